@@ -1,0 +1,59 @@
+# hoardfs — two commands from a fresh Debian 12 machine:
+#   make demo   install what is missing, start the embedded default, run the main job
+#   make test   same bootstrap, then the test suite against a separate test database
+# Both are idempotent: a second run reuses the .venv, the packages and the services.
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+# Debian packages the project needs at run time and to build pyfuse3.
+APT_PKGS := postgresql redis-server pgbackrest fuse3 libfuse3-dev pkg-config \
+            python3-dev python3-venv gcc libc6-dev e2fsprogs util-linux rsync procps
+PYTHON ?= python3
+VENV := .venv
+HOARD := $(VENV)/bin/hoard
+STAMP := $(VENV)/.installed
+
+.PHONY: help demo test deps venv up down clean
+
+help:
+	@echo "make demo   - install, start the embedded default and run the main job"
+	@echo "make test   - install, start services and run the tests (separate test DB)"
+	@echo "make down   - stop the private PostgreSQL and Redis under ./var"
+	@echo "make clean  - stop services and remove ./var and .venv"
+
+deps:
+	@missing=""; for p in $(APT_PKGS); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'ok installed' || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "==> installing Debian packages:$$missing"; \
+	  if [ "$$(id -u)" != 0 ]; then SUDO=sudo; else SUDO=; fi; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+
+$(STAMP): pyproject.toml | deps
+	@echo "==> creating $(VENV) with the project"
+	@[ -x $(VENV)/bin/python ] || $(PYTHON) -m venv $(VENV)
+	@$(VENV)/bin/pip install -q --disable-pip-version-check -U pip
+	@$(VENV)/bin/pip install -q --disable-pip-version-check -e '.[dev]'
+	@touch $(STAMP)
+
+venv: deps $(STAMP)
+
+up: venv
+	@$(HOARD) init --embedded
+	@$(HOARD) services up
+
+demo: up
+	@$(HOARD) demo
+
+test: up
+	@$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+
+down:
+	@[ ! -x $(HOARD) ] || $(HOARD) services down
+
+clean: down
+	rm -rf var .venv hoard.toml

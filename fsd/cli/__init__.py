@@ -1,0 +1,185 @@
+"""The `hoard` command line: typer + rich, one-line errors, documented exit codes."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import traceback
+from pathlib import Path
+from typing import Annotated, Optional
+
+import click
+import typer
+
+from fsd.cli import fixtures as _fixtures
+from fsd.cli import services as _services
+from fsd.cli import skeleton as _skeleton
+from fsd.cli._common import err, out, state
+from fsd.errors import ExitCode, HoardError
+
+app = typer.Typer(
+    name="hoard",
+    help="hoardfs: a content-addressed data-asset store on unequal second-hand disks.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+    rich_markup_mode="rich",
+)
+app.add_typer(_services.app, name="services")
+app.add_typer(_fixtures.app, name="fixtures")
+_skeleton.register(app)
+
+
+@app.callback()
+def _root(
+    ctx: typer.Context,
+    config: Annotated[Optional[str], typer.Option("--config", "-c", envvar="HOARD_CONFIG",
+                                                  help="hoard.toml to use (default ./hoard.toml)")] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="log debug messages")] = False,
+) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    state(ctx).config_path = config
+
+
+@app.command()
+def init(
+    ctx: typer.Context,
+    embedded: Annotated[bool, typer.Option("--embedded", help="write the embedded default hoard.toml "
+                                           "(directory disks and private servers under ./var) if missing")] = False,
+) -> None:
+    """Create the directories the configuration names (idempotent)."""
+    from fsd.config import embedded_config_text
+
+    st = state(ctx)
+    if embedded:
+        path = Path(st.config_path or "hoard.toml")
+        if path.exists():
+            out.print(f"config: {path} exists, kept")
+        else:
+            path.write_text(embedded_config_text())
+            out.print(f"config: wrote the embedded default to {path}")
+        st.config_path = str(path)
+    cfg = st.settings
+    for d in cfg.disks:
+        if cfg.store.allow_directory_disks:
+            d.path.mkdir(parents=True, exist_ok=True)
+        elif not d.path.is_dir():
+            raise HoardError(f"disk {d.label}: {d.path} does not exist; mount the disk there first",
+                             ExitCode.UNAVAILABLE)
+    from fsd.config import ZONES
+
+    for z in ZONES:
+        cfg.ssd.zone_path(z).mkdir(parents=True, exist_ok=True)
+    cfg.index_dir.mkdir(parents=True, exist_ok=True)
+    out.print(f"disks:  {', '.join(f'{d.label}={d.path}' for d in cfg.disks)}")
+    out.print(f"ssd:    {cfg.ssd.root} (zones {', '.join(ZONES)}; index {cfg.index_dir})")
+
+
+@app.command()
+def health(
+    ctx: typer.Context,
+    as_json: Annotated[bool, typer.Option("--json", help="print the machine-readable status")] = False,
+) -> None:
+    """Status of disks, SSD zones, PostgreSQL and Redis; exit 4 if anything needs attention."""
+    from fsd.health import collect
+
+    report = collect(state(ctx).settings)
+    if as_json:
+        out.print_json(json.dumps(report))
+    else:
+        _print_health(report)
+    if not report["ok"]:
+        raise typer.Exit(ExitCode.DEGRADED)
+
+
+def _print_health(report: dict) -> None:
+    from rich.table import Table
+
+    t = Table(title="disks", title_justify="left")
+    for c in ("label", "path", "mounted", "size", "free"):
+        t.add_column(c)
+    for d in report["disks"]:
+        t.add_row(d["label"], d["path"], "yes" if d["mount_point"] else "no (directory)",
+                  _gb(d.get("total_bytes")), _gb(d.get("free_bytes")))
+    out.print(t)
+    z = Table(title="ssd zones", title_justify="left")
+    for c in ("zone", "used", "quota", "level"):
+        z.add_column(c)
+    for name, s in report["zones"].items():
+        z.add_row(name, _gb(s["used_bytes"]), _gb(s["quota_bytes"]), s["level"])
+    out.print(z)
+    db, rd = report["database"], report["redis"]
+    out.print(f"database: {'ok, PostgreSQL ' + db['server_version'] if db['ok'] else 'DOWN'}")
+    out.print(f"redis:    {'ok, Redis ' + str(rd['redis_version']) if rd['ok'] else 'DOWN'}")
+    for p in report["problems"]:
+        err.print(f"[bold red]problem:[/] {p}")
+    if report["ok"]:
+        out.print("[green]all good[/]")
+
+
+def _gb(n: int | None) -> str:
+    return "-" if n is None else f"{n / 1024**3:.2f} GB"
+
+
+@app.command()
+def disks(ctx: typer.Context) -> None:
+    """List the configured disks with their capacity (add/retire arrive with W1-B1)."""
+    from fsd.health import disk_status
+
+    for d in disk_status(state(ctx).settings):
+        out.print(f"{d['label']:<8} {d['path']}  {'mount point' if d['mount_point'] else 'directory'}  "
+                  f"{_gb(d.get('total_bytes'))} total, {_gb(d.get('free_bytes'))} free")
+
+
+@app.command()
+def worker(
+    ctx: typer.Context,
+    queues: Annotated[str, typer.Option("--queues", "-q", help="comma-separated queue names")] = "ingest,io,sql,maintenance",
+    burst: Annotated[bool, typer.Option("--burst", help="quit when the queues are empty")] = False,
+) -> None:
+    """Run an RQ worker on the hoardfs queues."""
+    from rq import Queue, Worker
+
+    from jobs.queues import QUEUES, connect
+
+    names = [q.strip() for q in queues.split(",") if q.strip()]
+    unknown = [q for q in names if q not in QUEUES]
+    if unknown:
+        raise HoardError(f"unknown queue(s) {', '.join(unknown)}; allowed: {', '.join(QUEUES)}", ExitCode.USAGE)
+    cfg = state(ctx).settings
+    assert cfg.redis_url
+    conn = connect(cfg.redis_url)
+    Worker([Queue(n, connection=conn) for n in names], connection=conn).work(burst=burst)
+
+
+@app.command()
+def demo(ctx: typer.Context) -> None:
+    """The main job on the embedded default (grows as the issues land)."""
+    from fsd.demo import run_demo
+
+    run_demo(state(ctx).settings)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: one line for user errors, a traceback only for bugs."""
+    command = typer.main.get_command(app)
+    try:
+        command.main(args=argv, prog_name="hoard", standalone_mode=False)
+    except HoardError as e:
+        err.print(f"[bold red]hoard: error:[/] {e.message}", soft_wrap=True)
+        sys.exit(int(e.exit_code))
+    except click.exceptions.Exit as e:
+        sys.exit(e.exit_code)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(ExitCode.USAGE)
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        err.print("hoard: interrupted")
+        sys.exit(ExitCode.INTERRUPTED)
+    except Exception:
+        traceback.print_exc()
+        err.print("[bold red]hoard: internal error[/] (a bug: please report the traceback above)")
+        sys.exit(ExitCode.BUG)
+    sys.exit(0)

@@ -1,0 +1,38 @@
+"""`hoard fixtures generate`: deterministic synthetic scraped batches (S08)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from fsd.cli._common import out
+
+app = typer.Typer(help="Deterministic test and benchmark data.", no_args_is_help=True)
+
+
+@app.command()
+def generate(
+    out_dir: Annotated[Path, typer.Argument(help="directory to write the batches into")],
+    seed: Annotated[int, typer.Option(help="same seed, same bytes")] = 1,
+    batches: Annotated[int, typer.Option(min=1)] = 3,
+    items: Annotated[int, typer.Option("--items", min=1, help="media items per batch")] = 100,
+    large_max_mb: Annotated[int, typer.Option(min=1, help="upper size of the few large files")] = 50,
+    sources: Annotated[str, typer.Option(help="comma-separated: ytdlp,gallery,forum")] = "ytdlp,gallery,forum",
+    ready: Annotated[bool, typer.Option(help="drop a _READY signal file into each batch")] = False,
+) -> None:
+    """Write synthetic batches (media + sidecars, repeats, crops/frames) and truth.json."""
+    from adapters.synth import Spec, generate as gen
+    from fsd.errors import ExitCode, HoardError
+
+    try:
+        spec = Spec(seed=seed, batches=batches, items_per_batch=items, large_max_mb=large_max_mb,
+                    sources=tuple(s.strip() for s in sources.split(",") if s.strip()), ready_signal=ready)
+        result = gen(out_dir, spec)
+    except ValueError as e:
+        raise HoardError(str(e), ExitCode.USAGE) from None
+    for b in result:
+        size = sum(i.size for i in b.items)
+        out.print(f"{b.batch_id}: {len(b.items)} files, {size / 1e6:.1f} MB, {len(b.derived)} derived")
+    out.print(f"truth: {out_dir / 'truth.json'}")

@@ -1,0 +1,40 @@
+"""Commands of the skeleton whose implementation lands with a later issue.
+
+Each exists so `hoard --help` shows the whole tool; running one says which issue brings it
+and exits with ExitCode.NOT_BUILT (9). Each issue replaces its entries here with a module.
+"""
+
+from __future__ import annotations
+
+import typer
+
+from fsd.errors import NotBuilt
+
+PENDING = {
+    "put": ("Store files in the content-addressed store", "W1-B1 (issue 3)"),
+    "get": ("Read an object back by sha256", "W1-B1 (issue 3)"),
+    "ingest": ("Ingest a scraped batch from zone 3A (UA_1)", "W1-D (issue 6)"),
+    "stage": ("Stage nodes into zone 3C for a worker", "W1-F"),
+    "export": ("Export a dataset layout into zone 3D", "W1-F"),
+    "verify": ("Scrub: verify checksums, repair from replicas", "W1-B2 (issue 4)"),
+    "rebuild": ("Rebuild the replicas of a failed disk", "W1-B2 (issue 4)"),
+    "gc": ("Compact shards and free the space of deleted content", "W1-B2 (issue 4)"),
+    "index": ("Rebuild the LMDB index from the shards", "W1-B2 (issue 4)"),
+    "mount": ("Mount the store read-only with FUSE", "W1-E (issue 7)"),
+    "gui": ("Serve the NiceGUI scheduler and dashboards", "a later GUI issue"),
+    "db": ("Database: migrate, backup, verify-backup, restore", "W1-C (issue 5)"),
+}
+
+
+def register(app: typer.Typer) -> None:
+    for name, (help_text, issue) in PENDING.items():
+        app.command(name, help=f"{help_text}. [dim](arrives with {issue})[/]",
+                    context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(_pending(name, issue))
+
+
+def _pending(name: str, issue: str):
+    def command(ctx: typer.Context) -> None:
+        raise NotBuilt(f"`hoard {name}` is not built yet; it arrives with {issue}")
+
+    command.__name__ = f"cmd_{name}"
+    return command

@@ -1,0 +1,393 @@
+"""`hoard.toml`: the one configuration file, validated by pydantic.
+
+Where it is found: `--config PATH`, else `$HOARD_CONFIG`, else `./hoard.toml`, else
+`/etc/hoard/hoard.toml`. Relative paths inside the file are relative to the file.
+Environment variables `HOARD_<KEY>` override top-level keys (`HOARD_DATABASE_URL`,
+`HOARD_REDIS_URL`, ...) and `HOARD_<SECTION>__<KEY>` nested ones. Every key is
+documented in docs/config.md; a test checks that the document names them all.
+
+A bad file produces one `ConfigError` line naming the file, the key and what is allowed.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Literal, get_args, get_origin
+from urllib.parse import quote
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from fsd.errors import ConfigError
+
+ZONES = ("3A", "3B", "3C", "3D")
+ZoneName = Literal["3A", "3B", "3C", "3D"]
+SEARCH_PATHS = (Path("hoard.toml"), Path("/etc/hoard/hoard.toml"))
+
+_strict = ConfigDict(extra="forbid")
+
+
+class DiskConfig(BaseModel):
+    """One HDD: where it is mounted and the label people call it by."""
+
+    model_config = _strict
+    label: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,31}$")
+    path: Path
+    #: cap on the bytes hoard may use on this disk (default: the whole filesystem)
+    capacity_gb: float | None = Field(default=None, gt=0)
+    #: sequential read bandwidth for the batch read planner; measured if unset
+    read_mb_s: float | None = Field(default=None, gt=0)
+
+
+class ZoneConfig(BaseModel):
+    model_config = _strict
+    quota_gb: float = Field(gt=0)
+
+
+class Thresholds(BaseModel):
+    """Fractions of a zone quota: warn, then deny new work, then emergency cleanup."""
+
+    model_config = _strict
+    warn: float = Field(default=0.80, gt=0, le=1)
+    deny: float = Field(default=0.90, gt=0, le=1)
+    emergency: float = Field(default=0.95, gt=0, le=1)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Thresholds:
+        if not self.warn < self.deny < self.emergency:
+            raise ValueError("must satisfy warn < deny < emergency")
+        return self
+
+
+class SSDConfig(BaseModel):
+    """The SSD: four quota'd zones and the LMDB index (outside the zones)."""
+
+    model_config = _strict
+    root: Path
+    #: LMDB index directory; default `<root>/index`
+    index_dir: Path | None = None
+    zones: dict[ZoneName, ZoneConfig]
+    thresholds: Thresholds = Thresholds()
+
+    @model_validator(mode="after")
+    def _all_zones(self) -> SSDConfig:
+        missing = [z for z in ZONES if z not in self.zones]
+        if missing:
+            raise ValueError(f"zones {', '.join(missing)} missing; all of {', '.join(ZONES)} need a quota_gb")
+        if self.index_dir is None:
+            self.index_dir = self.root / "index"
+        return self
+
+    def zone_path(self, zone: ZoneName) -> Path:
+        return self.root / zone
+
+
+class StoreConfig(BaseModel):
+    """System constants of the store (seed defaults)."""
+
+    model_config = _strict
+    shard_size_mb: int = Field(default=256, ge=1, le=65536)
+    batch_size_gb: float = Field(default=50, gt=0)
+    copy_of_raw: int = Field(default=2, ge=2)
+    copy_of_generated: int = Field(default=2, ge=2)
+    write_ack: int = Field(default=2, ge=1)
+    a4_scale: int = Field(default=10, ge=1)
+    #: accept plain directories as disks (embedded default and unit tests only)
+    allow_directory_disks: bool = False
+
+
+class EmbeddedConfig(BaseModel):
+    """Private PostgreSQL and Redis run by `hoard services up` under `root`."""
+
+    model_config = _strict
+    root: Path
+    postgres: bool = True
+    redis: bool = True
+
+    @property
+    def pg_dir(self) -> Path:
+        return self.root / "pg"
+
+    @property
+    def pg_socket_dir(self) -> Path:
+        return self.root / "run"
+
+    @property
+    def redis_dir(self) -> Path:
+        return self.root / "redis"
+
+    @property
+    def redis_socket(self) -> Path:
+        return self.root / "run" / "redis.sock"
+
+
+class Settings(BaseSettings):
+    """The validated contents of hoard.toml plus environment overrides."""
+
+    model_config = SettingsConfigDict(env_prefix="HOARD_", env_nested_delimiter="__", extra="forbid")
+
+    disks: list[DiskConfig] = Field(min_length=1)
+    ssd: SSDConfig
+    store: StoreConfig = StoreConfig()
+    embedded: EmbeddedConfig | None = None
+    database_url: str | None = None
+    test_database_url: str | None = None
+    redis_url: str | None = None
+    test_redis_url: str | None = None
+    #: the file this came from (set by `load`, not a key of the file)
+    source: Path | None = Field(default=None, exclude=True)
+
+    @classmethod
+    def settings_customise_sources(
+        cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource, dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The environment beats the file, so HOARD_DATABASE_URL can point a checkout at a
+        # running server without editing hoard.toml.
+        return env_settings, init_settings
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Settings:
+        labels = [d.label for d in self.disks]
+        dup = sorted({x for x in labels if labels.count(x) > 1})
+        if dup:
+            raise ValueError(f"disk labels must be unique; repeated: {', '.join(dup)}")
+        paths = [d.path for d in self.disks]
+        if len(set(paths)) != len(paths):
+            raise ValueError("disk paths must be unique")
+        n = len(self.disks)
+        st = self.store
+        for key in ("copy_of_raw", "copy_of_generated"):
+            if getattr(st, key) > n:
+                raise ValueError(f"store.{key}={getattr(st, key)} needs that many disks; allowed 2..{n} with {n} disks")
+        if st.write_ack > min(st.copy_of_raw, st.copy_of_generated):
+            raise ValueError(f"store.write_ack={st.write_ack} must not exceed copy_of_raw/copy_of_generated")
+        if self.embedded is not None:
+            e = self.embedded
+            if self.database_url is None and e.postgres:
+                self.database_url = (
+                    f"postgresql://hoard@/hoard?host={quote(str(e.pg_socket_dir), safe='/')}"
+                )
+            if self.redis_url is None and e.redis:
+                self.redis_url = f"unix://{e.redis_socket}?db=0"
+        if self.database_url is None:
+            raise ValueError("database_url is required (or an [embedded] section with postgres = true)")
+        if self.redis_url is None:
+            raise ValueError("redis_url is required (or an [embedded] section with redis = true)")
+        if self.test_database_url is None:
+            self.test_database_url = _derive_test_db_url(self.database_url)
+        if self.test_redis_url is None:
+            self.test_redis_url = _derive_test_redis_url(self.redis_url)
+        return self
+
+    @property
+    def index_dir(self) -> Path:
+        assert self.ssd.index_dir is not None
+        return self.ssd.index_dir
+
+
+def _derive_test_db_url(url: str) -> str:
+    """Same server, database `<name>_test`: tests never touch the working database."""
+    import psycopg.conninfo
+
+    params = psycopg.conninfo.conninfo_to_dict(url)
+    params["dbname"] = f"{params.get('dbname') or 'hoard'}_test"
+    return psycopg.conninfo.make_conninfo(**params)
+
+
+def _derive_test_redis_url(url: str) -> str:
+    """Same Redis, database number 1 more than the working one (0 → 1)."""
+    import redis
+
+    kwargs = redis.connection.parse_url(url)
+    db = int(kwargs.get("db", 0)) + 1
+    base, _, query = url.partition("?")
+    rest = [p for p in query.split("&") if p and not p.startswith("db=")]
+    if base.startswith("unix://"):
+        return f"{base}?{'&'.join(rest + [f'db={db}'])}"
+    head, _, _old = base.rpartition("/") if base.count("/") > 2 else (base, "", "")
+    return f"{head}/{db}" + (f"?{'&'.join(rest)}" if rest else "")
+
+
+# -- loading -----------------------------------------------------------------------
+
+def find_config(explicit: str | os.PathLike[str] | None = None) -> Path:
+    """The config file to use, or a ConfigError saying how to make one."""
+    if explicit:
+        return Path(explicit)
+    env = os.environ.get("HOARD_CONFIG")
+    if env:
+        return Path(env)
+    for candidate in SEARCH_PATHS:
+        if candidate.is_file():
+            return candidate
+    raise ConfigError(
+        "no hoard.toml found (looked at --config, $HOARD_CONFIG, ./hoard.toml, /etc/hoard/hoard.toml); "
+        "run `hoard init --embedded` for the embedded default or see docs/config.md"
+    )
+
+
+_PATH_KEYS = (("ssd", "root"), ("ssd", "index_dir"), ("embedded", "root"))
+
+
+def _resolve_paths(data: dict[str, Any], base: Path) -> None:
+    def fix(value: Any) -> Any:
+        if isinstance(value, str) and value and not os.path.isabs(value):
+            return str((base / value).resolve())
+        return value
+
+    for disk in data.get("disks", []) if isinstance(data.get("disks"), list) else []:
+        if isinstance(disk, dict) and "path" in disk:
+            disk["path"] = fix(disk["path"])
+    for section, key in _PATH_KEYS:
+        sect = data.get(section)
+        if isinstance(sect, dict) and key in sect:
+            sect[key] = fix(sect[key])
+
+
+def load(explicit: str | os.PathLike[str] | None = None) -> Settings:
+    """Read, validate and return the configuration; ConfigError on any problem."""
+    path = find_config(explicit)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such file; run `hoard init --embedded` or see docs/config.md") from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read: {e.strerror}") from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {e.start})") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: not valid TOML: {e}") from None
+    _resolve_paths(data, path.resolve().parent)
+    try:
+        settings = Settings(**data)
+    except ValidationError as e:
+        raise ConfigError(f"{path}: {describe_validation_error(e)}") from None
+    settings.source = path.resolve()
+    return settings
+
+
+def describe_validation_error(err: ValidationError) -> str:
+    """One line: `key: what is wrong (got X); allowed: …` for the first error."""
+    errors = err.errors(include_url=False)
+    first = errors[0]
+    loc = [p for p in first["loc"]]
+    key = _dotted(loc) or "(top level)"
+    kind = first["type"]
+    if kind == "extra_forbidden":
+        allowed = _allowed_keys(Settings, loc[:-1])
+        msg = "unknown key" + (f"; allowed here: {', '.join(allowed)}" if allowed else "")
+    elif kind == "missing":
+        msg = "required key is missing"
+    else:
+        msg = first["msg"].removeprefix("Value error, ")
+        if "input" in first and not isinstance(first["input"], (dict, list)):
+            msg += f" (got {first['input']!r})"
+    more = f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})" if len(errors) > 1 else ""
+    return f"{key}: {msg}{more}"
+
+
+def _dotted(loc: list[Any]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out
+
+
+def _allowed_keys(model: Any, loc: list[Any]) -> list[str]:
+    """Field names of the model found by walking `loc` down from `model`."""
+    current: Any = model
+    for part in loc:
+        current = _unwrap(current)
+        if isinstance(part, int) or part in ZONES:
+            current = _unwrap(current, item=True)
+            continue
+        fields = getattr(current, "model_fields", None)
+        if not fields or part not in fields:
+            return []
+        current = fields[part].annotation
+    current = _unwrap(current)
+    fields = getattr(current, "model_fields", {})
+    return [k for k in fields if k != "source"]
+
+
+def _unwrap(tp: Any, item: bool = False) -> Any:
+    origin = get_origin(tp)
+    args = [a for a in get_args(tp) if a is not type(None)]
+    if origin in (list, dict) and item:
+        return args[-1]
+    if origin is not None and origin not in (list, dict) and args:
+        return _unwrap(args[0], item)
+    return tp
+
+
+# -- the embedded default -------------------------------------------------------------
+
+EMBEDDED_TEMPLATE = """\
+# hoard.toml — the embedded default written by `hoard init --embedded`.
+# Directory-backed "disks" of unequal size, SSD zones, a private PostgreSQL and Redis,
+# all under ./{var}. Every key is documented in docs/config.md.
+
+[store]
+shard_size_mb = 16          # small shards so the demo shows several
+batch_size_gb = 1
+copy_of_raw = 2
+copy_of_generated = 2
+write_ack = 2
+a4_scale = 10
+allow_directory_disks = true
+
+[[disks]]
+label = "hdd1"
+path = "{var}/disks/hdd1"
+capacity_gb = 4
+
+[[disks]]
+label = "hdd2"
+path = "{var}/disks/hdd2"
+capacity_gb = 3
+
+[[disks]]
+label = "hdd3"
+path = "{var}/disks/hdd3"
+capacity_gb = 2
+
+[[disks]]
+label = "hdd4"
+path = "{var}/disks/hdd4"
+capacity_gb = 1.5
+
+[ssd]
+root = "{var}/ssd"
+
+[ssd.zones.3A]
+quota_gb = 2
+[ssd.zones.3B]
+quota_gb = 2
+[ssd.zones.3C]
+quota_gb = 1
+[ssd.zones.3D]
+quota_gb = 1
+
+[ssd.thresholds]
+warn = 0.80
+deny = 0.90
+emergency = 0.95
+
+[embedded]
+root = "{var}"
+postgres = true
+redis = true
+"""
+
+
+def embedded_config_text(var: str = "var") -> str:
+    return EMBEDDED_TEMPLATE.format(var=var)

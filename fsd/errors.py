@@ -1,0 +1,65 @@
+"""One user-error type and the exit codes the `hoard` CLI documents.
+
+A `HoardError` is something a person can act on: its message names the thing (file,
+config key, disk label, batch id) and the next step. The CLI prints it as one line and
+exits with its code; anything else is a bug and gets a full traceback (exit 1).
+"""
+
+from __future__ import annotations
+
+import enum
+
+
+class ExitCode(enum.IntEnum):
+    """Exit codes of `hoard` (also listed in README.md)."""
+
+    OK = 0
+    #: an unexpected internal error: a bug, printed with a traceback
+    BUG = 1
+    #: bad command line or bad configuration file
+    USAGE = 2
+    #: a service the command needs (PostgreSQL, Redis, a disk) is unreachable
+    UNAVAILABLE = 3
+    #: `hoard health`: the system works but something needs attention
+    DEGRADED = 4
+    #: data problem: missing object, checksum mismatch, corrupt shard
+    DATA = 5
+    #: refused for lack of space: disks full, zone quota reached
+    NO_SPACE = 6
+    #: the command belongs to a part of hoardfs not built yet
+    NOT_BUILT = 9
+    #: interrupted by the user (Ctrl-C)
+    INTERRUPTED = 130
+
+
+class HoardError(Exception):
+    """An error a user can fix; printed as one line, never as a traceback."""
+
+    exit_code: ExitCode = ExitCode.BUG
+
+    def __init__(self, message: str, exit_code: ExitCode | None = None) -> None:
+        super().__init__(message)
+        if exit_code is not None:
+            self.exit_code = exit_code
+
+    @property
+    def message(self) -> str:
+        return str(self.args[0])
+
+
+class ConfigError(HoardError):
+    """The configuration file is missing, unreadable or invalid."""
+
+    exit_code = ExitCode.USAGE
+
+
+class ServiceUnavailable(HoardError):
+    """PostgreSQL, Redis or another service the command needs does not answer."""
+
+    exit_code = ExitCode.UNAVAILABLE
+
+
+class NotBuilt(HoardError):
+    """A command of the skeleton whose implementation has not landed yet."""
+
+    exit_code = ExitCode.NOT_BUILT

@@ -1,0 +1,96 @@
+"""`hoard health`: one JSON document with the state of every part (extended by each issue)."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from fsd.config import ZONES, Settings
+
+GB = 1024**3
+
+
+def disk_status(cfg: Settings) -> list[dict[str, Any]]:
+    out = []
+    for d in cfg.disks:
+        entry: dict[str, Any] = {"label": d.label, "path": str(d.path), "present": d.path.is_dir(),
+                                 "mount_point": os.path.ismount(d.path)}
+        if entry["present"]:
+            st = os.statvfs(d.path)
+            total, free = st.f_blocks * st.f_frsize, st.f_bavail * st.f_frsize
+            if d.capacity_gb is not None:
+                total = min(total, int(d.capacity_gb * GB))
+            entry.update(total_bytes=total, free_bytes=min(free, total))
+        out.append(entry)
+    return out
+
+
+def zone_status(cfg: Settings) -> dict[str, dict[str, Any]]:
+    out = {}
+    th = cfg.ssd.thresholds
+    for z in ZONES:
+        path = cfg.ssd.zone_path(z)
+        quota = int(cfg.ssd.zones[z].quota_gb * GB)
+        used = _du(path) if path.is_dir() else 0
+        ratio = used / quota
+        level = ("emergency" if ratio >= th.emergency else "deny" if ratio >= th.deny
+                 else "warn" if ratio >= th.warn else "ok")
+        out[z] = {"path": str(path), "present": path.is_dir(), "quota_bytes": quota, "used_bytes": used,
+                  "used_ratio": round(ratio, 4), "level": level}
+    return out
+
+
+def _du(path: os.PathLike[str] | str) -> int:
+    """Allocated bytes below `path` (what a quota is about), without following symlinks."""
+    total = 0
+    stack = [os.fspath(path)]
+    while stack:
+        top = stack.pop()
+        try:
+            with os.scandir(top) as it:
+                for e in it:
+                    try:
+                        st = e.stat(follow_symlinks=False)
+                    except FileNotFoundError:
+                        continue
+                    total += st.st_blocks * 512
+                    if e.is_dir(follow_symlinks=False):
+                        stack.append(e.path)
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+    return total
+
+
+def collect(cfg: Settings) -> dict[str, Any]:
+    """Gather the status of disks, zones, PostgreSQL and Redis, and list the problems."""
+    from jobs.queues import redis_status
+    from sql.health import database_status
+
+    assert cfg.database_url and cfg.redis_url
+    report: dict[str, Any] = {
+        "config": str(cfg.source) if cfg.source else None,
+        "disks": disk_status(cfg),
+        "zones": zone_status(cfg),
+        "database": database_status(cfg.database_url),
+        "redis": redis_status(cfg.redis_url),
+    }
+    problems: list[str] = []
+    for d in report["disks"]:
+        if not d["present"]:
+            problems.append(f"disk {d['label']}: {d['path']} does not exist; mount the disk or fix disks[].path")
+        elif not d["mount_point"] and not cfg.store.allow_directory_disks:
+            problems.append(f"disk {d['label']}: {d['path']} is not a mount point; mount the disk "
+                            "(or set store.allow_directory_disks for a test setup)")
+    for z, s in report["zones"].items():
+        if not s["present"]:
+            problems.append(f"zone {z}: {s['path']} does not exist; run `hoard init`")
+        elif s["level"] != "ok":
+            problems.append(f"zone {z}: {s['used_ratio']:.0%} of its quota used ({s['level']}); free space in {s['path']}")
+    if not report["database"]["ok"]:
+        problems.append(f"database: {report['database']['error']}; start it with `hoard services up` "
+                        "or fix database_url")
+    if not report["redis"]["ok"]:
+        problems.append(f"redis: {report['redis']['error']}; start it with `hoard services up` or fix redis_url")
+    report["problems"] = problems
+    report["ok"] = not problems
+    return report

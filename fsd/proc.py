@@ -1,0 +1,37 @@
+"""Running external programs with errors a person can act on."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from collections.abc import Sequence
+
+from fsd.errors import ExitCode, HoardError
+
+
+def which(program: str, package: str, extra_dirs: Sequence[str] = ()) -> str:
+    """Absolute path of `program`, or a HoardError naming the Debian package to install."""
+    found = shutil.which(program)
+    if found is None:
+        for d in extra_dirs:
+            found = shutil.which(program, path=d)
+            if found:
+                break
+    if found is None:
+        raise HoardError(
+            f"`{program}` not found; install the Debian package `{package}` (make demo does this)",
+            ExitCode.UNAVAILABLE,
+        )
+    return found
+
+
+def run(cmd: Sequence[str], what: str, timeout: float = 120, **kw) -> subprocess.CompletedProcess[str]:
+    """Run `cmd`; on failure raise a HoardError quoting `what` and the program's last words."""
+    try:
+        res = subprocess.run(list(cmd), capture_output=True, text=True, timeout=timeout, **kw)
+    except subprocess.TimeoutExpired:
+        raise HoardError(f"{what}: `{cmd[0]}` did not finish within {timeout:.0f} s", ExitCode.UNAVAILABLE) from None
+    if res.returncode != 0:
+        tail = (res.stderr or res.stdout).strip().splitlines()[-3:]
+        raise HoardError(f"{what} failed (exit {res.returncode}): {' | '.join(tail)}", ExitCode.UNAVAILABLE)
+    return res

@@ -1,0 +1,148 @@
+"""The private PostgreSQL cluster of the embedded default (initdb/pg_ctl under ./var/pg).
+
+It listens on a unix socket only (`listen_addresses = ''`), so it never clashes with a
+system PostgreSQL. PostgreSQL refuses to run as root; when we are root the cluster runs
+as the `postgres` system user that Debian's package creates. That user must be able to
+reach the data directory: if the checkout lives under a private home (e.g. /root), the
+data directory is placed under /var/lib/hoardfs/ and ./var/pg becomes a symlink to it.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import os
+import pwd
+import subprocess
+from pathlib import Path
+
+import psycopg
+from psycopg import sql as pgsql
+
+from fsd.errors import ExitCode, HoardError
+from fsd.proc import run, which
+
+PG_BIN_DIRS = sorted(glob.glob("/usr/lib/postgresql/*/bin"), key=lambda p: int(p.split("/")[-2]), reverse=True)
+SERVER_USER = "postgres"
+SUPERUSER = "hoard"
+
+
+class PrivateCluster:
+    """initdb / start / stop of one cluster; every step is idempotent."""
+
+    def __init__(self, pg_dir: Path, socket_dir: Path) -> None:
+        self.link = pg_dir
+        self.socket_dir = socket_dir
+
+    # -- where things are -------------------------------------------------------
+    @property
+    def data_dir(self) -> Path:
+        return self.link.resolve() / "data"
+
+    @property
+    def log_file(self) -> Path:
+        return self.link.resolve() / "postgres.log"
+
+    def _run_as(self) -> list[str]:
+        if os.geteuid() != 0:
+            return []
+        try:
+            pwd.getpwnam(SERVER_USER)
+        except KeyError:
+            raise HoardError(
+                f"running as root but there is no `{SERVER_USER}` user to run PostgreSQL; "
+                "install the Debian package `postgresql` (make demo does this)", ExitCode.UNAVAILABLE,
+            ) from None
+        return [which("runuser", "util-linux"), "-u", SERVER_USER, "--"]
+
+    def _bin(self, name: str) -> str:
+        return which(name, "postgresql", PG_BIN_DIRS)
+
+    def _prepare_dirs(self) -> None:
+        """Create ./var/pg (or its /var/lib/hoardfs stand-in) owned by the server user."""
+        if not self.link.exists():
+            self.link.parent.mkdir(parents=True, exist_ok=True)
+            if os.geteuid() == 0 and not _reachable_by(SERVER_USER, self.link.parent):
+                key = hashlib.sha256(str(self.link.absolute()).encode()).hexdigest()[:12]
+                real = Path("/var/lib/hoardfs") / f"pg-{key}"
+                real.mkdir(parents=True, exist_ok=True)
+                self.link.symlink_to(real)
+            else:
+                self.link.mkdir()
+        self.socket_dir.mkdir(parents=True, exist_ok=True)
+        if os.geteuid() == 0:
+            pw = pwd.getpwnam(SERVER_USER)
+            for p in (self.link.resolve(), self.socket_dir):
+                os.chown(p, pw.pw_uid, pw.pw_gid)
+            os.chmod(self.link.resolve(), 0o700)
+            os.chmod(self.socket_dir, 0o755)
+
+    # -- lifecycle ----------------------------------------------------------------
+    def initdb(self) -> bool:
+        """Create the cluster if it does not exist; True if it was created now."""
+        self._prepare_dirs()
+        if (self.data_dir / "PG_VERSION").exists():
+            return False
+        run(self._run_as() + [self._bin("initdb"), "-D", str(self.data_dir), "-U", SUPERUSER,
+             "--auth=trust", "--encoding=UTF8", "--locale=C.UTF-8", "--no-instructions"],
+            f"initdb of the private PostgreSQL cluster in {self.data_dir}")
+        with open(self.data_dir / "postgresql.conf", "a") as f:
+            f.write(
+                "\n# --- hoardfs embedded default ---\n"
+                "listen_addresses = ''\n"
+                f"unix_socket_directories = '{self.socket_dir.resolve()}'\n"
+                "port = 5432\n"
+                "max_connections = 100\n"
+                "shared_buffers = 256MB\n"
+                "logging_collector = off\n"
+            )
+        return True
+
+    def is_running(self) -> bool:
+        if not (self.data_dir / "PG_VERSION").exists():
+            return False
+        res = subprocess.run(self._run_as() + [self._bin("pg_ctl"), "-D", str(self.data_dir), "status"],
+                             capture_output=True, text=True)
+        return res.returncode == 0
+
+    def start(self) -> bool:
+        """Start the server if it is not running; True if it was started now."""
+        self.initdb()
+        if self.is_running():
+            return False
+        run(self._run_as() + [self._bin("pg_ctl"), "-D", str(self.data_dir), "-l", str(self.log_file),
+             "-w", "-t", "60", "start"],
+            f"starting PostgreSQL (log: {self.log_file})")
+        return True
+
+    def stop(self) -> bool:
+        if not self.is_running():
+            return False
+        run(self._run_as() + [self._bin("pg_ctl"), "-D", str(self.data_dir), "-m", "fast", "-w", "stop"],
+            "stopping PostgreSQL")
+        return True
+
+
+def ensure_database(url: str) -> bool:
+    """Create the database named in `url` on its server if missing; True if created."""
+    params = psycopg.conninfo.conninfo_to_dict(url)
+    name = params.get("dbname") or "hoard"
+    admin = psycopg.conninfo.make_conninfo(url, dbname="postgres")
+    try:
+        with psycopg.connect(admin, autocommit=True, connect_timeout=10) as conn:
+            if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [name]).fetchone():
+                return False
+            conn.execute(pgsql.SQL("CREATE DATABASE {}").format(pgsql.Identifier(name)))
+            return True
+    except psycopg.OperationalError as e:
+        raise HoardError(f"cannot create database {name!r}: {str(e).strip().splitlines()[0]}",
+                         ExitCode.UNAVAILABLE) from None
+
+
+def _reachable_by(user: str, path: Path) -> bool:
+    try:
+        pwd.getpwnam(user)
+    except KeyError:
+        return True  # _run_as reports the missing user
+    res = subprocess.run(["runuser", "-u", user, "--", "test", "-x", str(path.resolve())], capture_output=True)
+    return res.returncode == 0
