@@ -9,7 +9,6 @@ import traceback
 from pathlib import Path
 from typing import Annotated, Optional
 
-import click
 import typer
 
 from fsd.cli import fixtures as _fixtures
@@ -163,23 +162,19 @@ def demo(ctx: typer.Context) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point: one line for user errors, a traceback only for bugs."""
-    command = typer.main.get_command(app)
+    """Entry point: one line for user errors, a traceback only for bugs.
+
+    Typer (standalone mode) answers usage errors itself with exit code 2.
+    """
     try:
-        command.main(args=argv, prog_name="hoard", standalone_mode=False)
+        app(args=argv, prog_name="hoard")
     except HoardError as e:
         err.print(f"[bold red]hoard: error:[/] {e.message}", soft_wrap=True)
         sys.exit(int(e.exit_code))
-    except click.exceptions.Exit as e:
-        sys.exit(e.exit_code)
-    except click.ClickException as e:
-        e.show()
-        sys.exit(ExitCode.USAGE)
-    except (click.exceptions.Abort, KeyboardInterrupt):
+    except KeyboardInterrupt:
         err.print("hoard: interrupted")
         sys.exit(ExitCode.INTERRUPTED)
     except Exception:
         traceback.print_exc()
         err.print("[bold red]hoard: internal error[/] (a bug: please report the traceback above)")
         sys.exit(ExitCode.BUG)
-    sys.exit(0)

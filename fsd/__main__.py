@@ -1,0 +1,3 @@
+from fsd.cli import main
+
+main()

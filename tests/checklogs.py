@@ -1,0 +1,79 @@
+"""pytest plugin: a test fails on WARNING/ERROR log records it did not declare.
+
+Declare expected records with `@pytest.mark.expect_log(r"regex", level="WARNING")`; a
+declared record that never shows up fails the test too, so declarations stay honest.
+Records carrying a traceback (exc_info) count as unexpected unless declared.
+Modelled on S3QL's tests/pytest_checklogs.py.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+
+import pytest
+
+_KEY = pytest.StashKey["_Collector"]()
+_HITS = pytest.StashKey[set]()
+_FAILED = pytest.StashKey[bool]()
+
+
+class _Collector(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(level=logging.WARNING)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_setup(item: pytest.Item):
+    collector = _Collector()
+    item.stash[_KEY] = collector
+    item.stash[_HITS] = set()
+    logging.getLogger().addHandler(collector)
+    return (yield)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item):
+    try:
+        result = yield
+    except BaseException:
+        item.stash[_FAILED] = True  # the test's own error is the story; skip "never appeared"
+        raise
+    _evaluate(item)
+    return result
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_teardown(item: pytest.Item):
+    result = yield
+    collector = item.stash.get(_KEY, None)
+    if collector is not None:
+        logging.getLogger().removeHandler(collector)
+        _evaluate(item, final=True)
+    return result
+
+
+def _evaluate(item: pytest.Item, final: bool = False) -> None:
+    collector = item.stash[_KEY]
+    marks = [(re.compile(m.args[0]), m.kwargs.get("level")) for m in item.iter_markers("expect_log")]
+    hits = item.stash[_HITS]
+    bad = []
+    for rec in collector.records:
+        msg = rec.getMessage()
+        matched = [i for i, (pat, level) in enumerate(marks)
+                   if pat.search(msg) and (level is None or rec.levelname == level)]
+        hits.update(matched)
+        if not matched:
+            bad.append(f"{rec.levelname} {rec.name}: {msg}")
+    collector.records.clear()
+    if bad:
+        pytest.fail("unexpected log records (declare with @pytest.mark.expect_log):\n  " + "\n  ".join(bad),
+                    pytrace=False)
+    if final and not item.stash.get(_FAILED, False):
+        missing = [marks[i][0].pattern for i in range(len(marks)) if i not in hits]
+        if missing:
+            pytest.fail(f"declared log records never appeared: {missing}", pytrace=False)

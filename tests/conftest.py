@@ -1,0 +1,131 @@
+"""Shared fixtures: real PostgreSQL (a separate *_test database), real Redis, the disk lab.
+
+Where the servers are: `HOARD_TEST_DATABASE_URL` / `HOARD_TEST_REDIS_URL`, else the
+`test_database_url` / `test_redis_url` of the config (`$HOARD_CONFIG` or ./hoard.toml,
+which `make test` creates and whose services it starts). A test database whose name does
+not end in `_test`, or a test Redis db equal to the working one, is refused.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+import redis
+
+from tests import lab as lab_mod
+
+REPO = Path(__file__).resolve().parent.parent
+REALDATA = REPO.parent / "shared" / "realdata"
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    try:
+        lab_mod.check_support()
+    except lab_mod.LabUnavailable:
+        return
+    for leftover in lab_mod.sweep_stale():
+        print(f"disk lab: removed leftovers of a dead run: {leftover}", file=sys.stderr)
+
+
+def _repo_settings():
+    from fsd import config
+
+    return config.load(os.environ.get("HOARD_CONFIG") or REPO / "hoard.toml")
+
+
+@pytest.fixture(scope="session")
+def servers() -> dict[str, str]:
+    """URLs of the test database and the test Redis, checked to be separate from the working ones."""
+    db = os.environ.get("HOARD_TEST_DATABASE_URL")
+    rd = os.environ.get("HOARD_TEST_REDIS_URL")
+    work_redis = None
+    if not (db and rd):
+        try:
+            cfg = _repo_settings()
+        except Exception as e:  # noqa: BLE001 - turned into a clear failure
+            pytest.fail(f"no test servers: set HOARD_TEST_DATABASE_URL/HOARD_TEST_REDIS_URL or run `make test` "
+                        f"(it writes hoard.toml and starts the services): {e}", pytrace=False)
+        db, rd, work_redis = db or cfg.test_database_url, rd or cfg.test_redis_url, cfg.redis_url
+    name = psycopg.conninfo.conninfo_to_dict(db).get("dbname", "")
+    if not str(name).endswith("_test"):
+        pytest.fail(f"refusing to test against database {name!r}: its name must end in _test", pytrace=False)
+    if work_redis and redis.connection.parse_url(rd).get("db") == redis.connection.parse_url(work_redis).get("db"):
+        pytest.fail("refusing to test against the working Redis database", pytrace=False)
+    from sql.cluster import ensure_database
+
+    try:
+        ensure_database(db)
+        redis.Redis.from_url(rd).ping()
+    except Exception as e:  # noqa: BLE001
+        pytest.fail(f"test servers unreachable ({e}); `make test` starts the embedded ones", pytrace=False)
+    return {"database_url": db, "redis_url": rd}
+
+
+@pytest.fixture
+def db(servers) -> Iterator[psycopg.Connection]:
+    with psycopg.connect(servers["database_url"]) as conn:
+        yield conn
+
+
+@pytest.fixture
+def redis_conn(servers) -> Iterator[redis.Redis]:
+    r = redis.Redis.from_url(servers["redis_url"])
+    r.flushdb()
+    yield r
+    r.flushdb()
+
+
+@pytest.fixture
+def hoard_home(tmp_path: Path, servers) -> Path:
+    """A hoard.toml in tmp_path: directory disks of unequal size, SSD zones, test servers."""
+    disks = "\n".join(
+        f'[[disks]]\nlabel = "hdd{i}"\npath = "disks/hdd{i}"\ncapacity_gb = {cap}\n'
+        for i, cap in enumerate((4, 3, 2, 1.5), start=1)
+    )
+    zones = "\n".join(f"[ssd.zones.{z}]\nquota_gb = 1\n" for z in ("3A", "3B", "3C", "3D"))
+    (tmp_path / "hoard.toml").write_text(
+        f"database_url = {servers['database_url']!r}\nredis_url = {servers['redis_url']!r}\n\n"
+        "[store]\nshard_size_mb = 4\nallow_directory_disks = true\n\n"
+        f"{disks}\n[ssd]\nroot = \"ssd\"\n\n{zones}"
+    )
+    return tmp_path
+
+
+def _lab_or_skip(profiles) -> lab_mod.Lab:
+    try:
+        return lab_mod.Lab(profiles)
+    except lab_mod.LabUnavailable as e:
+        msg = f"DISK LAB UNAVAILABLE: {e}"
+        if os.environ.get("CI"):
+            pytest.fail(msg + " (CI must run the lab tests)", pytrace=False)
+        print(f"\n*** {msg} ***", file=sys.stderr)
+        pytest.skip(msg)
+
+
+@pytest.fixture
+def lab() -> Iterator[lab_mod.Lab]:
+    """The standard lab4 profile: four throttled ext4 disks of unequal size; always cleaned up."""
+    the_lab = _lab_or_skip(lab_mod.LAB4)
+    try:
+        yield the_lab
+    finally:
+        the_lab.close()
+
+
+@pytest.fixture
+def lab_factory() -> Iterator:
+    """Build labs with custom profiles; every one is cleaned up after the test."""
+    made: list[lab_mod.Lab] = []
+
+    def make(profiles=lab_mod.LAB4) -> lab_mod.Lab:
+        made.append(_lab_or_skip(profiles))
+        return made[-1]
+
+    yield make
+    for one in made:
+        one.close()

@@ -1,0 +1,152 @@
+"""hoard.toml: validation, one-line errors naming file and key, env overrides, docs."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from fsd import config
+from fsd.errors import ConfigError, ExitCode
+
+REPO = Path(__file__).resolve().parent.parent
+
+GOOD = """
+database_url = "postgresql:///hoard"
+redis_url = "redis://127.0.0.1:6379/0"
+[[disks]]
+label = "a"
+path = "d/a"
+[[disks]]
+label = "b"
+path = "d/b"
+[[disks]]
+label = "c"
+path = "/abs/c"
+[ssd]
+root = "ssd"
+[ssd.zones.3A]
+quota_gb = 1
+[ssd.zones.3B]
+quota_gb = 1
+[ssd.zones.3C]
+quota_gb = 1
+[ssd.zones.3D]
+quota_gb = 1
+"""
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    p = tmp_path / "hoard.toml"
+    p.write_text(text)
+    return p
+
+
+def test_defaults_and_relative_paths(tmp_path: Path) -> None:
+    """Seed defaults apply; relative paths resolve against the file's directory."""
+    cfg = config.load(_write(tmp_path, GOOD))
+    st = cfg.store
+    assert (st.shard_size_mb, st.batch_size_gb, st.write_ack, st.a4_scale) == (256, 50, 2, 10)
+    assert (st.copy_of_raw, st.copy_of_generated) == (2, 2)
+    th = cfg.ssd.thresholds
+    assert (th.warn, th.deny, th.emergency) == (0.80, 0.90, 0.95)
+    assert cfg.disks[0].path == tmp_path / "d" / "a"
+    assert cfg.disks[2].path == Path("/abs/c")
+    assert cfg.index_dir == tmp_path / "ssd" / "index"
+    assert cfg.test_database_url is not None and "dbname=hoard_test" in cfg.test_database_url
+    assert cfg.test_redis_url == "redis://127.0.0.1:6379/1"
+
+
+def test_example_and_embedded_default_are_valid(tmp_path: Path) -> None:
+    """The committed example and the embedded template both validate."""
+    ex = config.load(REPO / "hoard.example.toml")
+    assert [d.label for d in ex.disks] == ["wd4t", "st3t", "hgst2t"]
+    emb = config.load(_write(tmp_path, config.embedded_config_text()))
+    assert emb.embedded is not None and emb.store.allow_directory_disks
+    assert [d.capacity_gb for d in emb.disks] == [4, 3, 2, 1.5]
+    assert emb.redis_url == f"unix://{tmp_path}/var/run/redis.sock?db=0"
+    assert emb.test_redis_url == f"unix://{tmp_path}/var/run/redis.sock?db=1"
+    assert emb.database_url and "host=" + str(tmp_path / "var" / "run") in emb.database_url
+
+
+def test_environment_overrides_the_file(tmp_path: Path, monkeypatch) -> None:
+    """HOARD_DATABASE_URL / HOARD_REDIS_URL / HOARD_STORE__WRITE_ACK beat the file."""
+    monkeypatch.setenv("HOARD_DATABASE_URL", "postgresql://elsewhere/hoard")
+    monkeypatch.setenv("HOARD_REDIS_URL", "redis://elsewhere:6379/3")
+    monkeypatch.setenv("HOARD_STORE__WRITE_ACK", "1")
+    cfg = config.load(_write(tmp_path, GOOD))
+    assert cfg.database_url == "postgresql://elsewhere/hoard"
+    assert cfg.redis_url == "redis://elsewhere:6379/3"
+    assert cfg.test_redis_url == "redis://elsewhere:6379/4"
+    assert cfg.store.write_ack == 1
+
+
+BAD = [
+    ("[store\n", r"not valid TOML: .*line 1"),
+    (GOOD + "[store]\nwrite_ack = 0\n", r"store\.write_ack: Input should be greater than or equal to 1 \(got 0\)"),
+    (GOOD + "[store]\nshard_size_mb = 'big'\n", r"store\.shard_size_mb: Input should be a valid integer"),
+    (GOOD + "[store]\ncopy_of_raw = 4\n", r"copy_of_raw=4 needs that many disks; allowed 2\.\.3 with 3 disks"),
+    (GOOD + "[store]\nwrite_ack = 3\ncopy_of_raw = 3\n", r"write_ack=3 must not exceed"),
+    (GOOD + "[store]\nshard_sise_mb = 1\n", r"store\.shard_sise_mb: unknown key; allowed here: shard_size_mb, "),
+    ("colour = 1\n" + GOOD, r"colour: unknown key; allowed here: disks, ssd, store, embedded, database_url"),
+    (GOOD.replace('label = "b"', 'label = "a"'), r"disk labels must be unique; repeated: a"),
+    (GOOD.replace('label = "b"', 'label = "B B"'), r"disks\[1\]\.label: String should match pattern"),
+    (GOOD.replace("[ssd.zones.3D]\nquota_gb = 1", ""), r"ssd: zones 3D missing"),
+    (GOOD + "[ssd.thresholds]\nwarn = 0.95\n", r"ssd\.thresholds: must satisfy warn < deny < emergency"),
+    (GOOD.replace('database_url = "postgresql:///hoard"', ""), r"database_url is required"),
+    (GOOD.replace("[ssd.zones.3A]\nquota_gb = 1", "[ssd.zones.3A]\nquota_gb = -5"),
+     r"ssd\.zones\.3A\.quota_gb: Input should be greater than 0 \(got -5\)"),
+    (GOOD + "[ssd.zones.3E]\nquota_gb = 1\n", r"ssd\.zones\.3E"),
+]
+
+
+@pytest.mark.parametrize(("text", "pattern"), BAD, ids=[f"bad{i}" for i in range(len(BAD))])
+def test_bad_config_is_one_line_naming_file_and_key(tmp_path: Path, text: str, pattern: str) -> None:
+    """Each bad file gives a ConfigError: one line, the file's path, the key, what is allowed."""
+    path = _write(tmp_path, text)
+    with pytest.raises(ConfigError) as exc:
+        config.load(path)
+    msg = exc.value.message
+    assert "\n" not in msg
+    assert msg.startswith(f"{path}: ")
+    assert re.search(pattern, msg), msg
+    assert exc.value.exit_code == ExitCode.USAGE
+
+
+def test_missing_and_unreadable_files(tmp_path: Path, monkeypatch) -> None:
+    """No file anywhere, or a named file that is missing or not UTF-8: say how to make one."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("HOARD_CONFIG", raising=False)
+    with pytest.raises(ConfigError, match=r"hoard init --embedded"):
+        config.load(None)
+    with pytest.raises(ConfigError, match=r"nope\.toml: no such file"):
+        config.load(tmp_path / "nope.toml")
+    (tmp_path / "bin.toml").write_bytes(b"\xff\xfe")
+    with pytest.raises(ConfigError, match=r"not UTF-8"):
+        config.load(tmp_path / "bin.toml")
+
+
+def test_cli_prints_one_line_and_exits_2(tmp_path: Path) -> None:
+    """`hoard health` with a bad file: exit 2, one line on stderr, no traceback."""
+    path = _write(tmp_path, GOOD + "[store]\nwrite_ack = 'two'\n")
+    res = subprocess.run([sys.executable, "-m", "fsd", "--config", str(path), "health"],
+                         capture_output=True, text=True)
+    assert res.returncode == 2
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1, res.stderr
+    assert str(path) in lines[0] and "store.write_ack" in lines[0]
+    assert "Traceback" not in res.stderr
+
+
+def test_every_key_is_documented() -> None:
+    """docs/config.md names every key of every section."""
+    doc = (REPO / "docs" / "config.md").read_text()
+    models = {"": config.Settings, "disks[].": config.DiskConfig, "ssd.": config.SSDConfig,
+              "ssd.zones.<zone>.": config.ZoneConfig, "ssd.thresholds.": config.Thresholds,
+              "store.": config.StoreConfig, "embedded.": config.EmbeddedConfig}
+    missing = [f"{prefix}{name}" for prefix, model in models.items() for name in model.model_fields
+               if name != "source" and f"`{prefix}{name}`" not in doc]
+    assert not missing, f"undocumented keys: {missing}"
