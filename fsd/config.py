@@ -112,7 +112,8 @@ class EmbeddedConfig(BaseModel):
 
     @property
     def pg_socket_dir(self) -> Path:
-        return self.root / "run"
+        # inside pg/ so that the server user can write it even when pg/ is relocated
+        return self.pg_dir / "socket"
 
     @property
     def redis_dir(self) -> Path:

@@ -55,6 +55,10 @@ class PrivateCluster:
             ) from None
         return [which("runuser", "util-linux"), "-u", SERVER_USER, "--"]
 
+    def _pg(self, args: list[str], what: str) -> None:
+        # cwd=/ because the server user may not be allowed into the caller's directory
+        run(self._run_as() + args, what, cwd="/")
+
     def _bin(self, name: str) -> str:
         return which(name, "postgresql", PG_BIN_DIRS)
 
@@ -69,7 +73,7 @@ class PrivateCluster:
                 self.link.symlink_to(real)
             else:
                 self.link.mkdir()
-        self.socket_dir.mkdir(parents=True, exist_ok=True)
+        self.socket_dir.mkdir(parents=True, exist_ok=True)  # inside the link (see EmbeddedConfig)
         if os.geteuid() == 0:
             pw = pwd.getpwnam(SERVER_USER)
             for p in (self.link.resolve(), self.socket_dir):
@@ -83,14 +87,12 @@ class PrivateCluster:
         self._prepare_dirs()
         if (self.data_dir / "PG_VERSION").exists():
             return False
-        run(self._run_as() + [self._bin("initdb"), "-D", str(self.data_dir), "-U", SUPERUSER,
+        self._pg([self._bin("initdb"), "-D", str(self.data_dir), "-U", SUPERUSER,
              "--auth=trust", "--encoding=UTF8", "--locale=C.UTF-8", "--no-instructions"],
             f"initdb of the private PostgreSQL cluster in {self.data_dir}")
         with open(self.data_dir / "postgresql.conf", "a") as f:
             f.write(
                 "\n# --- hoardfs embedded default ---\n"
-                "listen_addresses = ''\n"
-                f"unix_socket_directories = '{self.socket_dir.resolve()}'\n"
                 "port = 5432\n"
                 "max_connections = 100\n"
                 "shared_buffers = 256MB\n"
@@ -102,7 +104,7 @@ class PrivateCluster:
         if not (self.data_dir / "PG_VERSION").exists():
             return False
         res = subprocess.run(self._run_as() + [self._bin("pg_ctl"), "-D", str(self.data_dir), "status"],
-                             capture_output=True, text=True)
+                             capture_output=True, text=True, cwd="/")
         return res.returncode == 0
 
     def start(self) -> bool:
@@ -110,17 +112,31 @@ class PrivateCluster:
         self.initdb()
         if self.is_running():
             return False
-        run(self._run_as() + [self._bin("pg_ctl"), "-D", str(self.data_dir), "-l", str(self.log_file),
-             "-w", "-t", "60", "start"],
+        # Socket and listen address follow the config at every start (not baked into the cluster).
+        opts = f"-c listen_addresses='' -c unix_socket_directories='{self.socket_dir.resolve()}'"
+        self._pg([self._bin("pg_ctl"), "-D", str(self.data_dir), "-l", str(self.log_file),
+             "-o", opts, "-w", "-t", "60", "start"],
             f"starting PostgreSQL (log: {self.log_file})")
         return True
 
     def stop(self) -> bool:
         if not self.is_running():
             return False
-        run(self._run_as() + [self._bin("pg_ctl"), "-D", str(self.data_dir), "-m", "fast", "-w", "stop"],
+        self._pg([self._bin("pg_ctl"), "-D", str(self.data_dir), "-m", "fast", "-w", "stop"],
             "stopping PostgreSQL")
         return True
+
+
+    def destroy(self) -> None:
+        """Stop the server and delete the cluster (tests and `make clean`)."""
+        import shutil
+
+        self.stop()
+        if self.link.is_symlink():
+            shutil.rmtree(self.link.resolve(), ignore_errors=True)
+            self.link.unlink()
+        else:
+            shutil.rmtree(self.link, ignore_errors=True)
 
 
 def ensure_database(url: str) -> bool:
@@ -144,5 +160,6 @@ def _reachable_by(user: str, path: Path) -> bool:
         pwd.getpwnam(user)
     except KeyError:
         return True  # _run_as reports the missing user
-    res = subprocess.run(["runuser", "-u", user, "--", "test", "-x", str(path.resolve())], capture_output=True)
+    res = subprocess.run(["runuser", "-u", user, "--", "test", "-x", str(path.resolve())],
+                         capture_output=True, cwd="/")
     return res.returncode == 0

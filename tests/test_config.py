@@ -69,7 +69,7 @@ def test_example_and_embedded_default_are_valid(tmp_path: Path) -> None:
     assert [d.capacity_gb for d in emb.disks] == [4, 3, 2, 1.5]
     assert emb.redis_url == f"unix://{tmp_path}/var/run/redis.sock?db=0"
     assert emb.test_redis_url == f"unix://{tmp_path}/var/run/redis.sock?db=1"
-    assert emb.database_url and "host=" + str(tmp_path / "var" / "run") in emb.database_url
+    assert emb.database_url and "host=" + str(tmp_path / "var" / "pg" / "socket") in emb.database_url
 
 
 def test_environment_overrides_the_file(tmp_path: Path, monkeypatch) -> None:
