@@ -96,15 +96,28 @@ def hoard_home(tmp_path: Path, servers) -> Path:
     return tmp_path
 
 
+def _lab_unavailable(e: lab_mod.LabUnavailable):
+    msg = f"DISK LAB UNAVAILABLE: {e}"
+    if os.environ.get("CI"):
+        pytest.fail(msg + " (CI must run the lab tests)", pytrace=False)
+    print(f"\n*** {msg} ***", file=sys.stderr)
+    pytest.skip(msg)
+
+
 def _lab_or_skip(profiles) -> lab_mod.Lab:
     try:
         return lab_mod.Lab(profiles)
     except lab_mod.LabUnavailable as e:
-        msg = f"DISK LAB UNAVAILABLE: {e}"
-        if os.environ.get("CI"):
-            pytest.fail(msg + " (CI must run the lab tests)", pytrace=False)
-        print(f"\n*** {msg} ***", file=sys.stderr)
-        pytest.skip(msg)
+        _lab_unavailable(e)
+
+
+@pytest.fixture
+def lab_support() -> None:
+    """Skip loudly (fail in CI) where the kernel cannot run the disk lab."""
+    try:
+        lab_mod.check_support()
+    except lab_mod.LabUnavailable as e:
+        _lab_unavailable(e)
 
 
 @pytest.fixture

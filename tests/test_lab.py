@@ -147,7 +147,7 @@ def test_close_removes_loops_mounts_and_cgroup(lab_factory) -> None:
     assert not any(str(m) in Path("/proc/mounts").read_text() for m in mounts)
 
 
-def test_killed_owner_is_swept(tmp_path: Path) -> None:
+def test_killed_owner_is_swept(lab_support) -> None:
     """A lab whose process was killed -9 is cleaned up by sweep_stale() (run at session start)."""
     script = (
         "import sys, time; sys.path.insert(0, %r)\n"
