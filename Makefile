@@ -56,4 +56,6 @@ down:
 	@[ ! -x $(HOARD) ] || $(HOARD) services down
 
 clean: down
+	@# the private cluster may live in /var/lib/hoardfs when ./var/pg is a symlink (see docs/config.md)
+	@if [ -L var/pg ]; then rm -rf "$$(readlink -f var/pg)"; fi
 	rm -rf var .venv hoard.toml
