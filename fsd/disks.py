@@ -1,0 +1,214 @@
+"""HDDs as shard backends: identity files, states, the local shard directory layout.
+
+    <disk root>/.hoard-disk.json          identity: {"uuid", "label", "created", "format"}
+    <disk root>/shards/<xx>/<id>.open     a shard being appended (no footer yet)
+    <disk root>/shards/<xx>/<id>.shard    a sealed shard (immutable)
+    <disk root>/tmp/                      replica copies in progress (renamed when complete)
+
+`<xx>` is the last two hex digits of the shard id (its random part) for an even fan-out.
+A disk is used only if its root is a mount point (unless directory disks are allowed)
+and its identity file names the uuid the index registered for that label: otherwise it is
+`missing`, and nothing is written there — never onto the root filesystem under a
+vanished mount.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import enum
+import errno
+import json
+import os
+import uuid as uuidlib
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+IDENTITY = ".hoard-disk.json"
+IDENTITY_FORMAT = 1
+
+
+class DiskState(str, enum.Enum):
+    ACTIVE = "active"  # takes new shards and serves reads
+    DRAINING = "draining"  # serves reads, takes no new shards (retire in progress)
+    FAILED = "failed"  # errors seen: no reads, no writes until replaced
+    MISSING = "missing"  # not mounted, or another disk's identity is there
+
+
+@dataclass
+class DiskRecord:
+    """What the index remembers about a disk."""
+
+    uuid: str
+    label: str
+    path: str
+    state: DiskState
+    created: str
+    used_bytes: int = 0
+    reason: str = ""
+
+    def to_json(self) -> bytes:
+        d = asdict(self)
+        d["state"] = self.state.value
+        return json.dumps(d).encode()
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> DiskRecord:
+        d = json.loads(raw)
+        d["state"] = DiskState(d["state"])
+        return cls(**d)
+
+
+def read_identity(root: Path) -> dict | None:
+    try:
+        return json.loads((root / IDENTITY).read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError):
+        return {"uuid": None, "error": "unreadable identity file"}
+
+
+def write_identity(root: Path, label: str) -> dict:
+    """Give a fresh disk its identity (tmp → fsync → rename → fsync dir)."""
+    ident = {"uuid": str(uuidlib.uuid4()), "label": label, "format": IDENTITY_FORMAT,
+             "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
+    atomic_write(root / IDENTITY, json.dumps(ident, indent=1).encode())
+    return ident
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.rename(tmp, path)
+    fsync_dir(path.parent)
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def probe(root: Path, expected_uuid: str | None, allow_directory: bool) -> tuple[DiskState, str]:
+    """The state a disk root is in right now, and why if it is not usable."""
+    if not root.is_dir():
+        return DiskState.MISSING, f"{root} does not exist"
+    if not allow_directory and not os.path.ismount(root):
+        return DiskState.MISSING, f"{root} is not a mount point (disk not mounted?)"
+    ident = read_identity(root)
+    if ident is None:
+        return DiskState.MISSING, f"{root} has no {IDENTITY} (not a hoardfs disk, or not initialised)"
+    if expected_uuid is not None and ident.get("uuid") != expected_uuid:
+        return DiskState.MISSING, f"{root} holds disk {ident.get('uuid')}, expected {expected_uuid} (another disk mounted there?)"
+    return DiskState.ACTIVE, ""
+
+
+class _FileSink:
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def write(self, data: bytes | memoryview) -> None:
+        view = memoryview(data)
+        while view:
+            n = os.write(self.fd, view)
+            view = view[n:]
+
+    def sync(self) -> None:
+        os.fdatasync(self.fd)
+
+    def truncate(self, size: int) -> None:
+        os.ftruncate(self.fd, size)
+        os.lseek(self.fd, size, os.SEEK_SET)
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            os.close(self.fd)
+
+
+class LocalDisk:
+    """One HDD (or, for tests and the embedded default, a directory) holding shards."""
+
+    def __init__(self, label: str, root: Path, uuid: str, capacity_bytes: int | None = None) -> None:
+        self.label, self.root, self.uuid, self.capacity_bytes = label, root, uuid, capacity_bytes
+        self._fds: dict[str, int] = {}
+
+    def __repr__(self) -> str:
+        return f"LocalDisk({self.label})"
+
+    def path(self, shard_hex: str, sealed: bool) -> Path:
+        return self.root / "shards" / shard_hex[-2:] / f"{shard_hex}.{'shard' if sealed else 'open'}"
+
+    def find(self, shard_hex: str) -> Path:
+        sealed = self.path(shard_hex, True)
+        if sealed.exists():
+            return sealed
+        open_ = self.path(shard_hex, False)
+        if open_.exists():
+            return open_
+        raise FileNotFoundError(errno.ENOENT, f"shard {shard_hex} not on disk {self.label}", str(sealed))
+
+    def create(self, shard_hex: str) -> _FileSink:
+        p = self.path(shard_hex, False)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        fsync_dir(p.parent)
+        return _FileSink(fd)
+
+    def reopen(self, shard_hex: str) -> _FileSink:
+        fd = os.open(self.path(shard_hex, False), os.O_WRONLY)
+        os.lseek(fd, 0, os.SEEK_END)
+        return _FileSink(fd)
+
+    def seal(self, shard_hex: str) -> None:
+        os.rename(self.path(shard_hex, False), self.path(shard_hex, True))
+        fsync_dir(self.path(shard_hex, True).parent)
+        self.forget(shard_hex)
+
+    def _fd(self, shard_hex: str) -> int:
+        fd = self._fds.get(shard_hex)
+        if fd is None:
+            fd = os.open(self.find(shard_hex), os.O_RDONLY)
+            if len(self._fds) > 256:
+                self.close_all()
+            self._fds[shard_hex] = fd
+        return fd
+
+    def read_at(self, shard_hex: str, offset: int, length: int) -> bytes:
+        return os.pread(self._fd(shard_hex), length, offset)
+
+    def size(self, shard_hex: str) -> int:
+        return self.find(shard_hex).stat().st_size
+
+    def delete(self, shard_hex: str) -> None:
+        self.forget(shard_hex)
+        for sealed in (True, False):
+            with contextlib.suppress(FileNotFoundError):
+                self.path(shard_hex, sealed).unlink()
+
+    def forget(self, shard_hex: str) -> None:
+        fd = self._fds.pop(shard_hex, None)
+        if fd is not None:
+            os.close(fd)
+
+    def close_all(self) -> None:
+        for fd in self._fds.values():
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self._fds.clear()
+
+    def free_bytes(self, used_by_hoard: int) -> int:
+        st = os.statvfs(self.root)
+        free = st.f_bavail * st.f_frsize
+        if self.capacity_bytes is not None:
+            free = min(free, self.capacity_bytes - used_by_hoard)
+        return max(0, free)
+
+    def total_bytes(self) -> int:
+        st = os.statvfs(self.root)
+        total = st.f_blocks * st.f_frsize
+        return min(total, self.capacity_bytes) if self.capacity_bytes is not None else total

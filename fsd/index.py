@@ -1,0 +1,184 @@
+"""The LMDB index on the SSD: a cache of what the shards on the HDDs hold.
+
+Named databases (keys → values):
+
+    objects  sha256 (32 B)        → shard_id (12 B) | payload offset u64 | length u64 | flags u8
+    shards   shard_id (12 B)      → JSON {class, size, sealed, replicas: [disk uuid…], records, created, verified}
+    disks    disk uuid (ascii)    → JSON DiskRecord
+    events   time_ns u64 BE | seq → JSON {time, kind, disk, shard, detail}
+    repairs  shard_id | disk uuid → JSON {reason, time}
+
+LMDB allows one writer at a time across processes (RQ workers, the mount daemon) and any
+number of readers. Transactions are short and never span an `await` or disk IO on the
+HDDs: callers do their IO first, then commit what it produced in one transaction.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import lmdb
+
+from fsd.disks import DiskRecord
+
+_OBJ = struct.Struct("<12sQQB")
+MAP_SIZE = 1 << 40  # address space only; the file grows with use
+_seq = 0
+_seq_lock = threading.Lock()
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectLoc:
+    shard_id: bytes
+    offset: int
+    length: int
+    flags: int = 0
+
+
+@dataclass
+class ShardMeta:
+    shard_id: bytes
+    klass: str
+    size: int = 0
+    sealed: bool = False
+    replicas: list[str] = field(default_factory=list)  # disk uuids holding a complete copy
+    records: int = 0
+    created: float = field(default_factory=time.time)
+    verified: float | None = None
+
+    @property
+    def hex(self) -> str:
+        return self.shard_id.hex()
+
+    def to_json(self) -> bytes:
+        return json.dumps({"class": self.klass, "size": self.size, "sealed": self.sealed,
+                           "replicas": self.replicas, "records": self.records,
+                           "created": self.created, "verified": self.verified}).encode()
+
+    @classmethod
+    def from_json(cls, sid: bytes, raw: bytes) -> ShardMeta:
+        d = json.loads(raw)
+        return cls(sid, d["class"], d["size"], d["sealed"], d["replicas"], d["records"], d["created"], d["verified"])
+
+
+class Index:
+    def __init__(self, path: Path, readonly: bool = False) -> None:
+        path.mkdir(parents=True, exist_ok=True)
+        self.env = lmdb.open(str(path), map_size=MAP_SIZE, max_dbs=8, readonly=readonly,
+                             max_readers=512, lock=True)
+        self.objects = self.env.open_db(b"objects", create=not readonly)
+        self.shards = self.env.open_db(b"shards", create=not readonly)
+        self.disks = self.env.open_db(b"disks", create=not readonly)
+        self.events = self.env.open_db(b"events", create=not readonly)
+        self.repairs = self.env.open_db(b"repairs", create=not readonly)
+
+    def close(self) -> None:
+        self.env.close()
+
+    # -- objects ---------------------------------------------------------------------
+    def lookup(self, sha: bytes) -> ObjectLoc | None:
+        with self.env.begin(db=self.objects) as txn:
+            raw = txn.get(sha)
+        return ObjectLoc(*_OBJ.unpack(raw)) if raw else None
+
+    def lookup_many(self, shas: Iterable[bytes]) -> dict[bytes, ObjectLoc]:
+        out = {}
+        with self.env.begin(db=self.objects) as txn:
+            for sha in shas:
+                raw = txn.get(sha)
+                if raw:
+                    out[sha] = ObjectLoc(*_OBJ.unpack(raw))
+        return out
+
+    def add_objects(self, entries: list[tuple[bytes, ObjectLoc]], shard: ShardMeta | None = None) -> list[bool]:
+        """Insert if absent, in one transaction (with the shard's new size/count); True = new."""
+        added = []
+        with self.env.begin(write=True) as txn:
+            for sha, loc in entries:
+                added.append(txn.put(sha, _OBJ.pack(loc.shard_id, loc.offset, loc.length, loc.flags),
+                                     overwrite=False, db=self.objects))
+            if shard is not None:
+                txn.put(shard.shard_id, shard.to_json(), db=self.shards)
+        return added
+
+    def count_objects(self) -> int:
+        with self.env.begin() as txn:
+            return txn.stat(self.objects)["entries"]
+
+    def iter_objects(self) -> Iterator[tuple[bytes, ObjectLoc]]:
+        with self.env.begin(db=self.objects) as txn:
+            for k, v in txn.cursor():
+                yield bytes(k), ObjectLoc(*_OBJ.unpack(v))
+
+    # -- shards ------------------------------------------------------------------------
+    def get_shard(self, sid: bytes) -> ShardMeta | None:
+        with self.env.begin(db=self.shards) as txn:
+            raw = txn.get(sid)
+        return ShardMeta.from_json(sid, raw) if raw else None
+
+    def put_shard(self, meta: ShardMeta, disk_deltas: dict[str, int] | None = None) -> None:
+        """Store shard metadata, adjusting disks' used_bytes in the same transaction."""
+        with self.env.begin(write=True) as txn:
+            txn.put(meta.shard_id, meta.to_json(), db=self.shards)
+            for uuid, delta in (disk_deltas or {}).items():
+                raw = txn.get(uuid.encode(), db=self.disks)
+                if raw:
+                    rec = DiskRecord.from_json(raw)
+                    rec.used_bytes = max(0, rec.used_bytes + delta)
+                    txn.put(uuid.encode(), rec.to_json(), db=self.disks)
+
+    def drop_shard(self, sid: bytes) -> None:
+        with self.env.begin(write=True, db=self.shards) as txn:
+            txn.delete(sid)
+
+    def iter_shards(self) -> Iterator[ShardMeta]:
+        with self.env.begin(db=self.shards) as txn:
+            items = [(bytes(k), bytes(v)) for k, v in txn.cursor()]
+        for k, v in items:
+            yield ShardMeta.from_json(k, v)
+
+    # -- disks -------------------------------------------------------------------------
+    def get_disks(self) -> list[DiskRecord]:
+        with self.env.begin(db=self.disks) as txn:
+            return [DiskRecord.from_json(v) for _, v in txn.cursor()]
+
+    def put_disk(self, rec: DiskRecord) -> None:
+        with self.env.begin(write=True, db=self.disks) as txn:
+            txn.put(rec.uuid.encode(), rec.to_json())
+
+    # -- events and repairs ---------------------------------------------------------------
+    def record_event(self, kind: str, **detail: Any) -> None:
+        global _seq
+        with _seq_lock:
+            _seq = (_seq + 1) & 0xFFFFFFFF
+            key = struct.pack(">QII", time.time_ns(), os.getpid(), _seq)
+        doc = {"time": time.time(), "kind": kind, **detail}
+        with self.env.begin(write=True, db=self.events) as txn:
+            txn.put(key, json.dumps(doc, default=str).encode())
+
+    def recent_events(self, limit: int = 20) -> list[dict[str, Any]]:
+        out = []
+        with self.env.begin(db=self.events) as txn:
+            cur = txn.cursor()
+            if cur.last():
+                for _, v in cur.iterprev():
+                    out.append(json.loads(v))
+                    if len(out) >= limit:
+                        break
+        return out
+
+    def queue_repair(self, sid: bytes, disk_uuid: str, reason: str) -> None:
+        with self.env.begin(write=True, db=self.repairs) as txn:
+            txn.put(sid + disk_uuid.encode(), json.dumps({"reason": reason, "time": time.time()}).encode())
+
+    def pending_repairs(self) -> list[tuple[bytes, str, dict]]:
+        with self.env.begin(db=self.repairs) as txn:
+            return [(bytes(k[:12]), bytes(k[12:]).decode(), json.loads(v)) for k, v in txn.cursor()]

@@ -1,0 +1,199 @@
+"""Storing files: read, hash, dedupe, append with retries on failing disks, report per file.
+
+A file is read once if small (≤ STREAM_THRESHOLD) and checked not to have changed while
+read (size and mtime before and after, bytes read = size). A large file is hashed in one
+pass and copied in a second that hashes again: if the two differ, or its size or mtime
+moved, it is rejected and nothing of it is indexed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from fsd import shardfmt as fmt
+from fsd.errors import ExitCode, HoardError
+from fsd.store import CHUNK, GROUP_BYTES, STREAM_THRESHOLD, PutResult, SourceChanged, Store, hash_file
+from fsd.writer import ReplicaFailed, ShardWriter, _Pending
+
+
+def put_files(store: Store, writer: ShardWriter, paths: list[Path]) -> list[PutResult]:
+    batch = _Batch(store, writer)
+    for path in paths:
+        batch.add_file(path)
+    return batch.finish()
+
+
+def put_payloads(store: Store, writer: ShardWriter, items: list[tuple[str, bytes]]) -> list[PutResult]:
+    batch = _Batch(store, writer)
+    for name, data in items:
+        res = PutResult(name)
+        batch.results.append(res)
+        batch.add_bytes(res, data)
+    return batch.finish()
+
+
+class _Batch:
+    def __init__(self, store: Store, writer: ShardWriter) -> None:
+        self.store, self.writer = store, writer
+        self.target = store.target(writer.klass)
+        self.results: list[PutResult] = []
+        self.waiting: dict[bytes, list[PutResult]] = {}  # appended, not yet committed
+        self.uncommitted = 0
+
+    # -- per file ---------------------------------------------------------------------------
+    def add_file(self, path: Path) -> None:
+        res = PutResult(str(path))
+        self.results.append(res)
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError as e:
+            res.reason = f"cannot read {path}: {e.strerror}"
+            return
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                res.reason = f"{path} is not a regular file"
+                return
+            if st.st_size > STREAM_THRESHOLD:
+                os.close(fd)
+                fd = -1
+                self._add_large(res, path)
+                return
+            data = _read_all(fd, st.st_size + 1)
+            if _changed(st, os.fstat(fd)) or len(data) != st.st_size:
+                res.reason = f"{path} changed while being read; store it again when its writer is done"
+                return
+        except OSError as e:
+            res.reason = f"cannot read {path}: {e.strerror}"
+            return
+        finally:
+            if fd >= 0:
+                os.close(fd)
+        self.add_bytes(res, data)
+
+    def add_bytes(self, res: PutResult, data: bytes) -> None:
+        sha = hashlib.sha256(data).digest()
+        res.sha256, res.size = sha.hex(), len(data)
+        if self._known(res, sha):
+            return
+        self._retrying(lambda: self.writer.append(sha, data))
+        self.waiting[sha] = [res]
+        self.uncommitted += len(data)
+        if self.uncommitted >= GROUP_BYTES:
+            self._commit()
+
+    def _add_large(self, res: PutResult, path: Path) -> None:
+        try:
+            sha, digest, n, st = hash_file(path)
+        except OSError as e:
+            res.reason = f"cannot read {path}: {e.strerror}"
+            return
+        res.sha256, res.size = sha.hex(), n
+        if self._known(res, sha):
+            return
+        self._commit()  # the streamed record is a group of its own: a rollback touches nothing else
+        try:
+            self._retrying(lambda: self._stream(path, sha, digest, n, st))
+        except SourceChanged as e:
+            self.writer.rollback()
+            res.reason = str(e)
+            return
+        except OSError as e:
+            self.writer.rollback()
+            res.reason = f"cannot read {path}: {e.strerror}"
+            return
+        self.waiting[sha] = [res]
+        self._commit()
+        if n + fmt.RECORD_HEADER_SIZE + fmt.SHARD_HEADER_SIZE > self.store.shard_bytes:
+            self._retrying(self.writer.seal)  # a file bigger than a shard has its shard to itself
+
+    def _stream(self, path: Path, sha: bytes, digest: bytes, n: int, st: os.stat_result) -> None:
+        self.writer.append_stream(sha, digest, n, _verified_chunks(path, sha, n, st), source=path)
+
+    def _known(self, res: PutResult, sha: bytes) -> bool:
+        if sha in self.waiting:
+            self.waiting[sha].append(res)
+            return True
+        loc = self.store.index.lookup(sha)
+        if loc is None:
+            return False
+        meta = self.store.index.get_shard(loc.shard_id)
+        res.status, res.target = "existing", self.target
+        res.replicas = sum(1 for u in meta.replicas if self.store.usable(u)) if meta else 0
+        return True
+
+    # -- commits and retries -----------------------------------------------------------------
+    def _commit(self) -> None:
+        self._retrying(self.writer.commit)
+        self.uncommitted = 0
+        replicas = self.store.cfg.store.write_ack
+        for sha, added in self.writer.drain_committed():
+            for i, res in enumerate(self.waiting.pop(sha, [])):
+                res.status = "new" if added and i == 0 else "existing"
+                res.replicas, res.target = replicas, self.target
+
+    def _retrying(self, fn: Callable[[], object]) -> None:
+        """Run fn; when a replica fails, move the uncommitted group to other disks and retry."""
+        for _ in range(len(self.store.disks) + 1):
+            try:
+                fn()
+                return
+            except ReplicaFailed as f:
+                self.writer.disk_failed(f)
+                group = self.writer.abandon_group()
+                self._retrying(lambda: self._replay(group))
+        raise HoardError("writes keep failing on every disk; see `hoard health`", ExitCode.UNAVAILABLE)
+
+    def _replay(self, group: list[_Pending]) -> None:
+        have = self.writer.pending_shas()
+        for p in group:
+            if p.sha in have:
+                continue
+            if p.payload is not None:
+                self.writer.append(p.sha, p.payload)
+            else:
+                assert p.source is not None
+                st = os.stat(p.source)
+                self.writer.append_stream(p.sha, p.digest, p.loc.length,
+                                          _verified_chunks(p.source, p.sha, p.loc.length, st), source=p.source)
+
+    def finish(self) -> list[PutResult]:
+        self._commit()
+        self._retrying(self.writer.seal)
+        return self.results
+
+
+def _read_all(fd: int, limit: int) -> bytes:
+    parts = []
+    total = 0
+    while total < limit:
+        chunk = os.read(fd, min(CHUNK, limit - total))
+        if not chunk:
+            break
+        parts.append(chunk)
+        total += len(chunk)
+    return b"".join(parts)
+
+
+def _changed(a: os.stat_result, b: os.stat_result) -> bool:
+    return (a.st_size, a.st_mtime_ns, a.st_ino) != (b.st_size, b.st_mtime_ns, b.st_ino)
+
+
+def _verified_chunks(path: Path, sha: bytes, n: int, st: os.stat_result) -> Iterator[bytes]:
+    """The file's bytes in chunks; SourceChanged at the end if they are not what was hashed."""
+    h = hashlib.sha256()
+    total = 0
+    with open(path, "rb", buffering=0) as f:
+        while chunk := f.read(CHUNK):
+            total += len(chunk)
+            if total > n:
+                raise SourceChanged(f"{path} grew while being stored; store it again when its writer is done")
+            h.update(chunk)
+            yield chunk
+        st2 = os.fstat(f.fileno())
+    if total != n or h.digest() != sha or _changed(st, st2):
+        raise SourceChanged(f"{path} changed while being stored; store it again when its writer is done")

@@ -1,0 +1,144 @@
+"""The background replicator: bring every sealed shard up to its class's replica target.
+
+`write_ack` replicas exist when a write is acknowledged; the rest (`copy_of_raw`,
+`copy_of_generated`) are copied here, whole shards at a time, rate-limited so foreground
+IO is not starved. A copy goes to `<disk>/tmp/`, is fsynced, verified record by record
+(xxh3-128), renamed into `shards/`, and only then added to the index. Replicas on
+draining disks do not count toward the target, so retiring a disk re-homes its shards.
+Source reads use POSIX_FADV_DONTNEED so replication does not evict hot data.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from fsd import shardfmt as fmt
+from fsd.disks import DiskState, fsync_dir
+from fsd.placement import NoSpace
+
+if TYPE_CHECKING:
+    from fsd.index import ShardMeta
+    from fsd.store import Store
+
+log = logging.getLogger(__name__)
+COPY_CHUNK = 4 << 20
+
+
+def counted_replicas(store: Store, meta: ShardMeta) -> list[str]:
+    return [u for u in meta.replicas if u in store.records and store.records[u].state == DiskState.ACTIVE]
+
+
+def replication_lag(store: Store) -> dict:
+    """Shards and bytes below their class target (sealed shards; open ones are at write_ack)."""
+    shards = bytes_ = 0
+    for meta in store.index.iter_shards():
+        if meta.sealed and len(counted_replicas(store, meta)) < store.target(meta.klass):
+            shards += 1
+            bytes_ += meta.size
+    return {"shards_below_target": shards, "bytes_below_target": bytes_}
+
+
+@dataclass
+class ReplicationReport:
+    copied_shards: int = 0
+    copied_bytes: int = 0
+    remaining_shards: int = 0
+    errors: int = 0
+    seconds: float = 0.0
+
+
+def replicate_once(store: Store, budget_s: float = 60.0, rate_mb_s: float | None = 100.0) -> ReplicationReport:
+    """Copy shards below target until done or `budget_s` is spent."""
+    rep = ReplicationReport()
+    t0 = time.monotonic()
+    todo = [m for m in store.index.iter_shards()
+            if m.sealed and len(counted_replicas(store, m)) < store.target(m.klass)]
+    todo.sort(key=lambda m: m.created)
+    for meta in todo:
+        if time.monotonic() - t0 > budget_s:
+            rep.remaining_shards += 1
+            continue
+        while len(counted_replicas(store, meta)) < store.target(meta.klass):
+            try:
+                n = _copy_one(store, meta, rate_mb_s)
+            except NoSpace as e:
+                log.warning("replication of shard %s postponed: %s", meta.hex, e.message)
+                rep.errors += 1
+                rep.remaining_shards += 1
+                break
+            if n is None:
+                rep.errors += 1
+                rep.remaining_shards += 1
+                break
+            rep.copied_shards += 1
+            rep.copied_bytes += n
+    rep.seconds = time.monotonic() - t0
+    return rep
+
+
+def _copy_one(store: Store, meta: ShardMeta, rate_mb_s: float | None) -> int | None:
+    sources = store.replica_order(meta)
+    if not sources:
+        log.warning("shard %s has no readable replica to copy from", meta.hex)
+        return None
+    [target] = store.place(1, meta.size, exclude=set(meta.replicas))
+    for src in sources:
+        try:
+            n = copy_shard(src, target, meta.hex, rate_mb_s)
+        except (OSError, fmt.ShardFormatError) as e:
+            store.disk_error(src, "replicate", e, meta.hex)
+            continue
+        fresh = store.index.get_shard(meta.shard_id)
+        fresh.replicas.append(target.uuid)
+        store.index.put_shard(fresh, {target.uuid: n})
+        meta.replicas = fresh.replicas
+        return n
+    return None
+
+
+def copy_shard(src, dst, shard_hex: str, rate_mb_s: float | None = None) -> int:
+    """Copy a sealed shard between backends: tmp → fsync → verify → rename → fsync dir."""
+    size = src.size(shard_hex)
+    tmp_dir = dst.root / "tmp"
+    tmp_dir.mkdir(parents=True, exist_ok=True)
+    tmp = tmp_dir / f"{shard_hex}.shard.tmp"
+    fd_in = os.open(src.find(shard_hex), os.O_RDONLY)
+    t0 = time.monotonic()
+    try:
+        with open(tmp, "wb", buffering=0) as out:
+            done = 0
+            while done < size:
+                chunk = os.pread(fd_in, min(COPY_CHUNK, size - done), done)
+                if not chunk:
+                    raise fmt.TruncatedShard(f"shard {shard_hex} on {src.label} ended at {done} of {size}")
+                out.write(chunk)
+                done += len(chunk)
+                if rate_mb_s:
+                    ahead = done / (rate_mb_s * 1e6) - (time.monotonic() - t0)
+                    if ahead > 0:
+                        time.sleep(ahead)
+            os.fdatasync(out.fileno())
+        os.posix_fadvise(fd_in, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd_in)
+    try:
+        with open(tmp, "rb", buffering=0) as f:
+            footer = fmt.decode_footer(lambda off, n: os.pread(f.fileno(), n, off), size)
+            if footer is None:
+                raise fmt.ShardFormatError(f"copy of {shard_hex} has no footer")
+            count = sum(1 for _ in fmt.scan_records(lambda off, n: os.pread(f.fileno(), n, off), size))
+            if count != len(footer):
+                raise fmt.FooterMismatch(f"copy of {shard_hex}: {count} records, footer lists {len(footer)}")
+            os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    final = dst.path(shard_hex, True)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    os.rename(tmp, final)
+    fsync_dir(final.parent)
+    return size

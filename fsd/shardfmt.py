@@ -1,0 +1,205 @@
+"""The shard file format: byte grammar, encoders, decoders, scanner (docs/design.md).
+
+    Shard       = ShardHeader || Record* || [Footer]
+    ShardHeader = "HOARDSH1" || version:u16 || class:u8 || flags:u8 || reserved:u32 || shard_id:12 || reserved:4
+    Record      = RecordHeader || payload
+    RecordHeader= "HREC" || version:u8 || flags:u8 || reserved:u16 || length:u64 || sha256:32
+                  || xxh3_128:16 || header_check:u32 || reserved:u32
+    Footer      = FooterEntry* || FooterTrailer
+    FooterEntry = sha256:32 || offset:u64 || length:u64 || flags:u8 || reserved:7
+    FooterTrailer = count:u64 || entries_offset:u64 || entries_xxh3_128:16 || "HSEALED1"
+
+All integers little-endian. `offset` is where the record's *payload* starts. A shard
+without a footer is open (being appended) or was left open by a crash: it is still
+readable by scanning records from the header, which is what `scan_records` does.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import xxhash
+
+SHARD_MAGIC = b"HOARDSH1"
+RECORD_MAGIC = b"HREC"
+SEAL_MAGIC = b"HSEALED1"
+VERSION = 1
+
+CLASS_RAW = 1
+CLASS_GENERATED = 2
+CLASSES = {"raw": CLASS_RAW, "generated": CLASS_GENERATED}
+CLASS_NAMES = {v: k for k, v in CLASSES.items()}
+
+_SHARD_HDR = struct.Struct("<8sHBBI12s4s")  # 32 bytes
+_REC_HDR = struct.Struct("<4sBBHQ32s16sII")  # 72 bytes
+_REC_CHECKED = struct.Struct("<4sBBHQ32s16s")  # the part header_check covers (64 bytes)
+_ENTRY = struct.Struct("<32sQQB7s")  # 56 bytes
+_TRAILER = struct.Struct("<QQ16s8s")  # 40 bytes
+
+SHARD_HEADER_SIZE = _SHARD_HDR.size
+RECORD_HEADER_SIZE = _REC_HDR.size
+FOOTER_ENTRY_SIZE = _ENTRY.size
+TRAILER_SIZE = _TRAILER.size
+
+#: record flags understood by this version (none yet); a reader rejects any other bit
+KNOWN_RECORD_FLAGS = 0x00
+
+
+class ShardFormatError(ValueError):
+    """Base of every corruption the decoder can name."""
+
+
+class BadMagic(ShardFormatError):
+    pass
+
+
+class UnsupportedVersion(ShardFormatError):
+    pass
+
+
+class HeaderCheckMismatch(ShardFormatError):
+    """A record header's own checksum does not match: its fields cannot be trusted."""
+
+
+class PayloadChecksumMismatch(ShardFormatError):
+    """The payload's xxh3-128 differs from the record header: the bytes are damaged."""
+
+
+class TruncatedShard(ShardFormatError):
+    """The file ends inside a header or a payload (a torn write)."""
+
+
+class FooterMismatch(ShardFormatError):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class ShardHeader:
+    shard_id: bytes  # 12 bytes
+    klass: int
+    flags: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class RecordInfo:
+    sha256: bytes
+    offset: int  # of the payload
+    length: int
+    xxh3: bytes
+    flags: int = 0
+
+    @property
+    def end(self) -> int:
+        return self.offset + self.length
+
+
+def xxh3(data: bytes | memoryview) -> bytes:
+    return xxhash.xxh3_128_digest(data)
+
+
+def encode_shard_header(h: ShardHeader) -> bytes:
+    if len(h.shard_id) != 12:
+        raise ValueError("shard_id must be 12 bytes")
+    return _SHARD_HDR.pack(SHARD_MAGIC, VERSION, h.klass, h.flags, 0, h.shard_id, b"\0" * 4)
+
+
+def decode_shard_header(buf: bytes) -> ShardHeader:
+    if len(buf) < SHARD_HEADER_SIZE:
+        raise TruncatedShard("file shorter than the shard header")
+    magic, version, klass, flags, _r, sid, _r2 = _SHARD_HDR.unpack_from(buf)
+    if magic != SHARD_MAGIC:
+        raise BadMagic(f"not a hoardfs shard (magic {magic!r})")
+    if version != VERSION:
+        raise UnsupportedVersion(f"shard format version {version}; this hoardfs reads {VERSION}")
+    if klass not in CLASS_NAMES:
+        raise ShardFormatError(f"unknown shard class {klass}")
+    return ShardHeader(sid, klass, flags)
+
+
+def encode_record_header(sha256: bytes, length: int, digest: bytes, flags: int = 0) -> bytes:
+    checked = _REC_CHECKED.pack(RECORD_MAGIC, VERSION, flags, 0, length, sha256, digest)
+    return checked + struct.pack("<II", xxhash.xxh32_intdigest(checked), 0)
+
+
+def encode_record(sha256: bytes, payload: bytes | memoryview) -> bytes:
+    """A whole record: header + payload (the caller computed sha256)."""
+    return encode_record_header(sha256, len(payload), xxh3(payload)) + bytes(payload)
+
+
+def decode_record_header(buf: bytes | memoryview, at: int = 0) -> tuple[bytes, int, bytes, int]:
+    """(sha256, length, xxh3, flags) of the record header at `at`; typed errors on damage."""
+    if len(buf) - at < RECORD_HEADER_SIZE:
+        raise TruncatedShard("file ends inside a record header")
+    magic, version, flags, _r, length, sha, digest, check, _r2 = _REC_HDR.unpack_from(buf, at)
+    if magic != RECORD_MAGIC:
+        raise BadMagic(f"no record magic at {at} (found {bytes(magic)!r})")
+    if xxhash.xxh32_intdigest(bytes(buf[at:at + _REC_CHECKED.size])) != check:
+        raise HeaderCheckMismatch(f"record header at {at} fails its check")
+    if version != VERSION:
+        raise UnsupportedVersion(f"record format version {version} at {at}")
+    if flags & ~KNOWN_RECORD_FLAGS:
+        raise ShardFormatError(f"unknown record flags {flags:#x} at {at}")
+    return sha, length, digest, flags
+
+
+def verify_payload(payload: bytes | memoryview, digest: bytes, where: str = "") -> None:
+    if xxh3(payload) != digest:
+        raise PayloadChecksumMismatch(f"payload checksum mismatch{where}")
+
+
+def encode_footer(records: list[RecordInfo], entries_offset: int) -> bytes:
+    entries = b"".join(_ENTRY.pack(r.sha256, r.offset, r.length, r.flags, b"\0" * 7) for r in records)
+    return entries + _TRAILER.pack(len(records), entries_offset, xxh3(entries), SEAL_MAGIC)
+
+
+def decode_footer(read_at, file_size: int) -> list[RecordInfo] | None:
+    """The footer's record list, or None for a shard that was never sealed.
+
+    `read_at(offset, n)` reads bytes from the shard (so this works on any backend).
+    """
+    if file_size < SHARD_HEADER_SIZE + TRAILER_SIZE:
+        return None
+    count, entries_offset, digest, magic = _TRAILER.unpack(read_at(file_size - TRAILER_SIZE, TRAILER_SIZE))
+    if magic != SEAL_MAGIC:
+        return None
+    size = count * FOOTER_ENTRY_SIZE
+    if entries_offset + size + TRAILER_SIZE != file_size:
+        raise FooterMismatch(f"footer says {count} entries at {entries_offset}, file is {file_size} bytes")
+    entries = read_at(entries_offset, size)
+    if xxh3(entries) != digest:
+        raise FooterMismatch("footer checksum mismatch")
+    out = []
+    for i in range(count):
+        sha, off, length, flags, _ = _ENTRY.unpack_from(entries, i * FOOTER_ENTRY_SIZE)
+        out.append(RecordInfo(sha, off, length, b"", flags))
+    return out
+
+
+def scan_records(read_at, file_size: int, verify: bool = True) -> Iterator[RecordInfo]:
+    """Walk the records from the header on, without any index.
+
+    Stops at the footer or at the end of the data. A torn tail (a record cut short or a
+    damaged header) raises TruncatedShard / HeaderCheckMismatch at its offset, after every
+    good record before it has been yielded — recovery truncates there.
+    """
+    decode_shard_header(read_at(0, SHARD_HEADER_SIZE))
+    footer_start = file_size
+    if file_size >= SHARD_HEADER_SIZE + TRAILER_SIZE:
+        count, entries_offset, _d, magic = _TRAILER.unpack(read_at(file_size - TRAILER_SIZE, TRAILER_SIZE))
+        if magic == SEAL_MAGIC:
+            footer_start = entries_offset
+    pos = SHARD_HEADER_SIZE
+    while pos < footer_start:
+        hdr = read_at(pos, RECORD_HEADER_SIZE)
+        if len(hdr) < RECORD_HEADER_SIZE:
+            raise TruncatedShard(f"file ends inside the record header at {pos}")
+        sha, length, digest, flags = decode_record_header(hdr)
+        start = pos + RECORD_HEADER_SIZE
+        if start + length > footer_start:
+            raise TruncatedShard(f"record at {pos} claims {length} bytes, file ends at {footer_start}")
+        if verify:
+            verify_payload(read_at(start, length), digest, f" in record at {pos}")
+        yield RecordInfo(sha, start, length, digest, flags)
+        pos = start + length

@@ -1,0 +1,312 @@
+"""The store facade: open the disks and the index, put, get, read batches, health.
+
+    store = Store.open(cfg)                        # a writer: recovers orphaned open shards
+    results = store.put_many(paths, klass="raw")   # per file: sha256, new/existing, replicas
+    data = store.get(sha256_hex)                   # verified bytes, from any good replica
+    store.close()
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import logging
+import os
+import random
+import threading
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from fsd import shardfmt as fmt
+from fsd.config import Settings
+from fsd.disks import DiskRecord, DiskState, LocalDisk, probe, read_identity, write_identity
+from fsd.errors import ExitCode, HoardError
+from fsd.index import Index, ShardMeta
+from fsd.placement import Candidate, choose
+from fsd.writer import ReplicaFailed, ShardWriter
+
+log = logging.getLogger(__name__)
+
+#: files up to this size are read into memory whole; larger ones are streamed twice
+STREAM_THRESHOLD = 8 << 20
+#: uncommitted bytes that trigger an fsync + index commit
+GROUP_BYTES = 32 << 20
+CHUNK = 4 << 20
+
+
+class ObjectNotFound(HoardError):
+    exit_code = ExitCode.DATA
+
+
+class DataError(HoardError):
+    exit_code = ExitCode.DATA
+
+
+@dataclass
+class PutResult:
+    path: str
+    sha256: str = ""
+    status: str = "rejected"  # new | existing | rejected
+    size: int = 0
+    replicas: int = 0
+    target: int = 0
+    reason: str = ""
+
+
+class SourceChanged(Exception):
+    pass
+
+
+class Store:
+    def __init__(self, cfg: Settings, index: Index, writable: bool) -> None:
+        self.cfg, self.index, self.writable = cfg, index, writable
+        self.shard_bytes = cfg.store.shard_size_mb << 20
+        self.disks: dict[str, LocalDisk] = {}
+        self.records: dict[str, DiskRecord] = {}
+        self.queue: dict[str, int] = {}
+        self.measured_bw: dict[str, float] = {}  # MB/s seen by the batch reader, per disk uuid
+        self.lock = threading.RLock()
+        self.rng = random.Random()
+        self._writers: dict[str, ShardWriter] = {}
+
+    # -- opening -----------------------------------------------------------------------
+    @classmethod
+    def open(cls, cfg: Settings, writable: bool = True, init: bool = False) -> Store:
+        """Open the index and check every configured disk; `init` gives new disks an identity."""
+        store = cls(cfg, Index(cfg.index_dir, readonly=False), writable)
+        store._attach_disks(init)
+        if writable:
+            from fsd.recovery import recover_orphans
+
+            recover_orphans(store)
+        return store
+
+    def _attach_disks(self, init: bool) -> None:
+        known = {r.label: r for r in self.index.get_disks()}
+        allow_dir = self.cfg.store.allow_directory_disks
+        for dc in self.cfg.disks:
+            rec = known.pop(dc.label, None)
+            if rec is None:
+                ident = read_identity(dc.path) if dc.path.is_dir() else None
+                if ident is None and init:
+                    if not allow_dir and not os.path.ismount(dc.path):
+                        raise HoardError(f"disk {dc.label}: {dc.path} is not a mount point; mount the disk "
+                                         "first (or set store.allow_directory_disks for a test setup)",
+                                         ExitCode.UNAVAILABLE)
+                    ident = write_identity(dc.path, dc.label)
+                if ident is None or not ident.get("uuid"):
+                    rec = DiskRecord("unregistered-" + dc.label, dc.label, str(dc.path), DiskState.MISSING,
+                                     "", reason=f"{dc.path} is not initialised; run `hoard init`")
+                    self.records[rec.uuid] = rec
+                    continue
+                rec = DiskRecord(ident["uuid"], dc.label, str(dc.path), DiskState.ACTIVE, ident.get("created", ""))
+                self.index.put_disk(rec)
+            state, why = probe(dc.path, rec.uuid, allow_dir)
+            if rec.path != str(dc.path):
+                rec.path = str(dc.path)
+                self.index.put_disk(rec)
+            if rec.state in (DiskState.DRAINING, DiskState.FAILED) and state == DiskState.ACTIVE:
+                state, why = rec.state, rec.reason
+            rec.state, rec.reason = state, why
+            self.records[rec.uuid] = rec
+            cap = int(dc.capacity_gb * (1 << 30)) if dc.capacity_gb else None
+            self.disks[rec.uuid] = LocalDisk(dc.label, dc.path, rec.uuid, cap)
+            self.queue[rec.uuid] = 0
+        for rec in known.values():  # registered, but no longer in hoard.toml
+            rec.state, rec.reason = DiskState.MISSING, "registered in the index but not listed in hoard.toml"
+            self.records[rec.uuid] = rec
+
+    def close(self) -> None:
+        with self.lock:
+            for w in self._writers.values():
+                w.commit()
+                w.seal()
+                w.close()
+            self._writers.clear()
+        for d in self.disks.values():
+            d.close_all()
+        self.index.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- helpers used by the writer ---------------------------------------------------------
+    def lock_path(self, shard_hex: str) -> Path:
+        return self.cfg.index_dir.parent / "locks" / f"{shard_hex}.lock"
+
+    def usable(self, uuid: str, for_write: bool = False) -> bool:
+        rec = self.records.get(uuid)
+        if rec is None or uuid not in self.disks:
+            return False
+        return rec.state == DiskState.ACTIVE or (not for_write and rec.state == DiskState.DRAINING)
+
+    def candidates(self) -> list[Candidate]:
+        out = []
+        for uuid, rec in self.records.items():
+            disk = self.disks.get(uuid)
+            if disk is None or not self.usable(uuid, for_write=True):
+                out.append(Candidate(uuid, rec.label, 0, usable=False, why_not=rec.state.value + (
+                    f" ({rec.reason})" if rec.reason else "")))
+                continue
+            fresh = self._disk_record(uuid)
+            out.append(Candidate(uuid, rec.label, disk.free_bytes(fresh.used_bytes), self.queue.get(uuid, 0)))
+        return out
+
+    def _disk_record(self, uuid: str) -> DiskRecord:
+        for r in self.index.get_disks():
+            if r.uuid == uuid:
+                return r
+        return self.records[uuid]
+
+    def place(self, n: int, need: int, exclude: set[str]) -> list[LocalDisk]:
+        return [self.disks[c.uuid] for c in choose(self.candidates(), n, need, self.rng, exclude)]
+
+    def queue_changed(self, disks: list[LocalDisk], delta: int) -> None:
+        for d in disks:
+            self.queue[d.uuid] = self.queue.get(d.uuid, 0) + delta
+
+    def disk_error(self, disk: LocalDisk, op: str, err: OSError | Exception, shard: str = "") -> None:
+        detail = getattr(err, "strerror", None) or str(err)
+        log.warning("disk %s: %s error%s: %s", disk.label, op, f" on shard {shard}" if shard else "", detail)
+        self.index.record_event(f"{op}_error", disk=disk.label, shard=shard, detail=detail,
+                                errno=getattr(err, "errno", None))
+
+    def target(self, klass: str) -> int:
+        return self.cfg.store.copy_of_raw if klass == "raw" else self.cfg.store.copy_of_generated
+
+    def writer(self, klass: str) -> ShardWriter:
+        if not self.writable:
+            raise HoardError("the store was opened read-only", ExitCode.USAGE)
+        if klass not in fmt.CLASSES:
+            raise HoardError(f"unknown class {klass!r}; allowed: raw, generated", ExitCode.USAGE)
+        w = self._writers.get(klass)
+        if w is None:
+            w = self._writers[klass] = ShardWriter(self, klass)
+        return w
+
+    # -- the write path ------------------------------------------------------------------------
+    def put_many(self, paths: Iterable[str | os.PathLike[str]], klass: str = "raw") -> list[PutResult]:
+        """Store files; dedupe by sha256; acknowledge after fsync on write_ack disks."""
+        from fsd.put import put_files
+
+        with self.lock:
+            return put_files(self, self.writer(klass), [Path(p) for p in paths])
+
+    def put_bytes(self, data: bytes, klass: str = "raw") -> PutResult:
+        """Store one in-memory object (used for dumps, manifests, generated data)."""
+        from fsd.put import put_payloads
+
+        with self.lock:
+            return put_payloads(self, self.writer(klass), [("<bytes>", data)])[0]
+
+    # -- the read path ------------------------------------------------------------------------
+    def replica_order(self, meta: ShardMeta, avoid: set[str] = frozenset()) -> list[LocalDisk]:
+        usable = [u for u in meta.replicas if self.usable(u) and u not in avoid]
+        usable.sort(key=lambda u: (self.records[u].state != DiskState.ACTIVE, self.queue.get(u, 0)))
+        return [self.disks[u] for u in usable]
+
+    def get(self, sha256_hex: str, avoid: set[str] = frozenset()) -> bytes:
+        """The object's bytes, verified (xxh3-128 and sha256), from the first good replica."""
+        sha = _sha_bytes(sha256_hex)
+        loc = self.index.lookup(sha)
+        if loc is None:
+            raise ObjectNotFound(f"object {sha256_hex} is not in the store (check the digest; "
+                                 "`hoard index rebuild` if the index was lost)")
+        meta = self.index.get_shard(loc.shard_id)
+        tried = []
+        for disk in self.replica_order(meta, avoid) if meta else []:
+            try:
+                data = self._read_record(disk, meta.hex, loc.offset, loc.length, sha)
+            except (OSError, fmt.ShardFormatError) as e:
+                tried.append(f"{disk.label} ({getattr(e, 'strerror', None) or e})")
+                self.disk_error(disk, "read", e, meta.hex)
+                self.index.queue_repair(meta.shard_id, disk.uuid, str(e))
+                continue
+            return data
+        raise DataError(f"object {sha256_hex}: no good replica of shard {loc.shard_id.hex()}; tried "
+                        + (", ".join(tried) or "none usable") + "; see `hoard health`")
+
+    def _read_record(self, disk: LocalDisk, shard_hex: str, offset: int, length: int, sha: bytes) -> bytes:
+        buf = disk.read_at(shard_hex, offset - fmt.RECORD_HEADER_SIZE, fmt.RECORD_HEADER_SIZE + length)
+        return verify_record(memoryview(buf), 0, sha, length, f" (shard {shard_hex} on {disk.label})")
+
+    def read_batch(self, shas_hex: list[str], sink) -> tuple:
+        """Read many objects with the batch planner; sink(sha_bytes, payload) per object."""
+        from fsd.planner import execute, make_plan
+
+        plan = make_plan(self, [_sha_bytes(h) for h in shas_hex])
+        if plan.missing:
+            raise ObjectNotFound(f"{len(plan.missing)} of the objects are not in the store, e.g. "
+                                 f"{plan.missing[0].hex()}")
+        return plan, execute(self, plan, sink)
+
+    # -- status --------------------------------------------------------------------------------
+    def status(self) -> dict:
+        from fsd.replicate import replication_lag
+
+        disks = []
+        for uuid, rec in self.records.items():
+            d = self.disks.get(uuid)
+            fresh = self._disk_record(uuid) if d else rec
+            entry = {"label": rec.label, "uuid": uuid, "path": rec.path, "state": rec.state.value,
+                     "reason": rec.reason, "used_bytes": fresh.used_bytes}
+            if d is not None and rec.state != DiskState.MISSING:
+                entry.update(total_bytes=d.total_bytes(), free_bytes=d.free_bytes(fresh.used_bytes))
+            disks.append(entry)
+        return {"objects": self.index.count_objects(), "disks": disks, "replication": replication_lag(self),
+                "recent_errors": [e for e in self.index.recent_events(50) if e["kind"].endswith("_error")][:10]}
+
+
+def verify_record(buf: memoryview, at: int, sha: bytes, length: int, where: str = "") -> bytes:
+    """Check the record header at `at` describes (sha, length) and the payload's xxh3; return it."""
+    got_sha, got_len, digest, _flags = fmt.decode_record_header(buf, at)
+    if got_sha != sha or got_len != length:
+        raise fmt.ShardFormatError(f"record header names {got_sha.hex()[:12]}…/{got_len} bytes, "
+                                   f"index expects {sha.hex()[:12]}…/{length}{where}")
+    start = at + fmt.RECORD_HEADER_SIZE
+    payload = buf[start:start + length]
+    if len(payload) != length:
+        raise fmt.TruncatedShard(f"short read{where}")
+    fmt.verify_payload(payload, digest, where)
+    return bytes(payload)
+
+
+def _sha_bytes(hex_: str) -> bytes:
+    try:
+        raw = bytes.fromhex(hex_)
+    except ValueError:
+        raw = b""
+    if len(raw) != 32:
+        raise HoardError(f"{hex_!r} is not a sha256 (64 hex digits)", ExitCode.USAGE)
+    return raw
+
+
+def hash_file(path: Path) -> tuple[bytes, bytes, int, os.stat_result]:
+    """sha256, xxh3-128, size and the stat taken before reading, streaming."""
+    import xxhash
+
+    sha, xx = hashlib.sha256(), xxhash.xxh3_128()
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        st = os.fstat(fd)
+        n = 0
+        while chunk := os.read(fd, CHUNK):
+            sha.update(chunk)
+            xx.update(chunk)
+            n += len(chunk)
+        _fadvise_dontneed(fd)
+    finally:
+        os.close(fd)
+    return sha.digest(), xx.digest(), n, st
+
+
+def _fadvise_dontneed(fd: int) -> None:
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    except OSError as e:  # pragma: no cover - filesystems without fadvise
+        if e.errno not in (errno.ENOSYS, errno.EINVAL, errno.ESPIPE):
+            raise

@@ -1,0 +1,295 @@
+"""The write path: append records to an open shard on `write_ack` disks, fsync, then index.
+
+Rules (docs/design.md, "Durability"):
+- An index entry MUST only point at bytes that are fsynced on `write_ack` distinct disks:
+  a group of records is written to every replica, fdatasync'ed on every replica, and only
+  then committed to LMDB in one transaction.
+- A failing replica (ENOSPC, EIO, a vanished disk) never leaves a half-indexed record: the
+  uncommitted group is cut off every replica, the shard is sealed as it was at its last
+  commit, and the group is written again into a new shard on other disks.
+- A shard is sealed by writing its footer, fsyncing, renaming `.open` → `.shard` and
+  fsyncing the directory; a crash before that leaves an open shard that `recover_orphans`
+  seals (truncating any torn tail) the next time a writer opens the store.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from fsd import shardfmt as fmt
+from fsd.index import ObjectLoc, ShardMeta
+
+if TYPE_CHECKING:
+    from fsd.disks import LocalDisk
+    from fsd.store import Store
+
+log = logging.getLogger(__name__)
+
+#: bytes buffered in memory before they are written to the replicas
+WRITE_CHUNK = 1 << 20
+
+
+def new_shard_id() -> bytes:
+    """12 bytes: 6 of milliseconds since the epoch (so ids sort by age) and 6 random."""
+    return int(time.time() * 1000).to_bytes(6, "big") + os.urandom(6)
+
+
+class ReplicaFailed(Exception):
+    def __init__(self, disk: LocalDisk, err: OSError) -> None:
+        super().__init__(f"disk {disk.label}: {err.strerror or err}")
+        self.disk, self.err = disk, err
+
+
+@dataclass
+class _Pending:
+    sha: bytes
+    loc: ObjectLoc
+    payload: bytes | None  # None for streamed records (re-read from `source` on retry)
+    source: Path | None = None
+    digest: bytes = b""
+
+
+@dataclass
+class OpenShard:
+    """One shard being appended on its replica disks by this process."""
+
+    meta: ShardMeta
+    disks: list[LocalDisk]
+    sinks: list
+    lock_fd: int
+    pos: int = 0  # bytes handed to the sinks or the buffer
+    committed: int = 0  # bytes fsynced and indexed
+    buf: bytearray = field(default_factory=bytearray)
+    pending: list[_Pending] = field(default_factory=list)
+    pending_set: set[bytes] = field(default_factory=set)
+    records: list[fmt.RecordInfo] = field(default_factory=list)  # committed, for the footer
+
+    @property
+    def hex(self) -> str:
+        return self.meta.hex
+
+
+class ShardWriter:
+    """Appends records for one class (raw or generated); used under the Store's write lock."""
+
+    def __init__(self, store: Store, klass: str) -> None:
+        self.store, self.klass = store, klass
+        self.shard: OpenShard | None = None
+        self.pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="replica")
+        self.excluded: set[str] = set()  # disks that failed for this writer
+        self.committed_log: list[tuple[bytes, bool]] = []  # (sha, newly indexed) since last drain
+
+    # -- opening and sealing -------------------------------------------------------------
+    def _open(self, need: int) -> OpenShard:
+        st = self.store
+        while True:
+            disks = st.place(st.cfg.store.write_ack, max(need, st.shard_bytes), self.excluded)
+            sid = new_shard_id()
+            meta = ShardMeta(sid, self.klass, replicas=[d.uuid for d in disks])
+            lock_fd = _lock(st.lock_path(sid.hex()))
+            st.index.put_shard(meta)  # before any byte, so recovery can find an orphan
+            sinks = []
+            try:
+                header = fmt.encode_shard_header(fmt.ShardHeader(sid, fmt.CLASSES[self.klass]))
+                for d in disks:
+                    try:
+                        sinks.append(d.create(sid.hex()))
+                        sinks[-1].write(header)
+                    except OSError as e:
+                        raise ReplicaFailed(d, e) from e
+            except ReplicaFailed as f:
+                self._discard(meta, disks, sinks, lock_fd)
+                self.disk_failed(f)
+                continue
+            st.queue_changed(disks, +1)
+            return OpenShard(meta, disks, sinks, lock_fd, pos=len(header), committed=len(header))
+
+    def _discard(self, meta: ShardMeta, disks: list, sinks: list, lock_fd: int) -> None:
+        for s in sinks:
+            s.close()
+        for d in disks:
+            with contextlib.suppress(OSError):
+                d.delete(meta.hex)
+        self.store.index.drop_shard(meta.shard_id)
+        _unlock(self.store.lock_path(meta.hex), lock_fd)
+
+    def disk_failed(self, f: ReplicaFailed) -> None:
+        self.excluded.add(f.disk.uuid)
+        self.store.disk_error(f.disk, "write", f.err)
+
+    def seal(self) -> None:
+        """Write the footer and make the current shard immutable."""
+        sh = self.shard
+        if sh is None:
+            return
+        self.shard = None
+        self.store.queue_changed(sh.disks, -1)
+        if not sh.records:
+            self._discard(sh.meta, sh.disks, sh.sinks, sh.lock_fd)
+            return
+        footer = fmt.encode_footer(sh.records, sh.committed)
+        try:
+            self._on_all(sh, lambda s: (s.truncate(sh.committed), s.write(footer), s.sync()))
+            for d in sh.disks:
+                d.seal(sh.hex)
+        except ReplicaFailed as f:
+            # the records are committed and fsynced; recovery seals what remains readable
+            self.disk_failed(f)
+            for s in sh.sinks:
+                s.close()
+            return
+        for s in sh.sinks:
+            s.close()
+        sh.meta.sealed = True
+        sh.meta.size = sh.committed + len(footer)
+        self.store.index.put_shard(sh.meta, {d.uuid: sh.meta.size for d in sh.disks})
+        _unlock(self.store.lock_path(sh.hex), sh.lock_fd)
+
+    # -- appending -----------------------------------------------------------------------------
+    def append(self, sha: bytes, payload: bytes) -> ObjectLoc | None:
+        """Queue one record (small or medium: held in memory until committed)."""
+        if self.shard is not None and sha in self.shard.pending_set:
+            return  # already queued (a retry after a failed replica replayed it)
+        size = fmt.RECORD_HEADER_SIZE + len(payload)
+        sh = self._room_for(size)
+        loc = ObjectLoc(sh.meta.shard_id, sh.pos + fmt.RECORD_HEADER_SIZE, len(payload))
+        sh.buf += fmt.encode_record_header(sha, len(payload), fmt.xxh3(payload))
+        sh.buf += payload
+        sh.pos += size
+        sh.pending.append(_Pending(sha, loc, payload))
+        sh.pending_set.add(sha)
+        if len(sh.buf) >= WRITE_CHUNK:
+            self._write_buf(sh)
+        return loc
+
+    def _room_for(self, size: int) -> OpenShard:
+        sh = self.shard
+        if sh is not None and sh.pos + size > self.store.shard_bytes and sh.pos > fmt.SHARD_HEADER_SIZE:
+            self.commit()
+            self.seal()
+            sh = None
+        if sh is None:
+            sh = self.shard = self._open(size + fmt.SHARD_HEADER_SIZE)
+        return sh
+
+    def append_stream(self, sha: bytes, digest: bytes, length: int, chunks,
+                      source: Path | None = None) -> ObjectLoc | None:
+        """A big record written straight through from `chunks` (an iterable of bytes)."""
+        if self.shard is not None and sha in self.shard.pending_set:
+            return
+        size = fmt.RECORD_HEADER_SIZE + length
+        sh = self._room_for(size)
+        self._write_buf(sh)
+        loc = ObjectLoc(sh.meta.shard_id, sh.pos + fmt.RECORD_HEADER_SIZE, length)
+        hdr = fmt.encode_record_header(sha, length, digest)
+        self._on_all(sh, lambda s: s.write(hdr))
+        for chunk in chunks:
+            self._on_all(sh, lambda s, c=chunk: s.write(c))
+        sh.pos += size
+        sh.pending.append(_Pending(sha, loc, None, source, digest))
+        sh.pending_set.add(sha)
+        return loc
+
+    def _write_buf(self, sh: OpenShard) -> None:
+        if sh.buf:
+            data = bytes(sh.buf)
+            sh.buf.clear()
+            self._on_all(sh, lambda s: s.write(data))
+
+    def _on_all(self, sh: OpenShard, fn) -> None:
+        """Run fn(sink) on every replica in parallel; the first OSError becomes ReplicaFailed."""
+        futures = [(d, self.pool.submit(fn, s)) for d, s in zip(sh.disks, sh.sinks)]
+        failure = None
+        for d, fut in futures:
+            try:
+                fut.result()
+            except OSError as e:
+                failure = failure or ReplicaFailed(d, e)
+        if failure:
+            raise failure
+
+    def drain_committed(self) -> list[tuple[bytes, bool]]:
+        out, self.committed_log = self.committed_log, []
+        return out
+
+    def pending_shas(self) -> set[bytes]:
+        return set(self.shard.pending_set) if self.shard else set()
+
+    def commit(self) -> None:
+        """fsync every replica, then index the pending records (see `drain_committed`)."""
+        sh = self.shard
+        if sh is None or not sh.pending:
+            return
+        self._write_buf(sh)
+        self._on_all(sh, lambda s: s.sync())
+        for p in sh.pending:
+            sh.records.append(fmt.RecordInfo(p.sha, p.loc.offset, p.loc.length, b""))
+        sh.committed = sh.pos
+        sh.meta.size = sh.pos
+        sh.meta.records = len(sh.records)
+        added = self.store.index.add_objects([(p.sha, p.loc) for p in sh.pending], sh.meta)
+        self.committed_log.extend((p.sha, a) for p, a in zip(sh.pending, added))
+        sh.pending.clear()
+        sh.pending_set.clear()
+
+    def rollback(self) -> None:
+        """Drop the uncommitted group (e.g. a source that changed while being copied)."""
+        sh = self.shard
+        if sh is None:
+            return
+        sh.pending.clear()
+        sh.pending_set.clear()
+        sh.buf.clear()
+        for s in sh.sinks:
+            s.truncate(sh.committed)
+        sh.pos = sh.committed
+
+    def abandon_group(self) -> list[_Pending]:
+        """After a ReplicaFailed: cut the uncommitted group off, seal the rest, return the group."""
+        sh = self.shard
+        assert sh is not None
+        group = list(sh.pending)
+        sh.pending.clear()
+        sh.pending_set.clear()
+        sh.buf.clear()
+        for s in sh.sinks:
+            with contextlib.suppress(OSError):
+                s.truncate(sh.committed)
+        sh.pos = sh.committed
+        try:
+            self.seal()
+        except OSError:
+            self.shard = None
+        return group
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True)
+
+
+def _lock(path: Path) -> int:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    return fd
+
+
+def try_lock(path: Path) -> int | None:
+    """The lock of an open shard if its writer is gone (None while a live writer holds it)."""
+    try:
+        return _lock(path)
+    except BlockingIOError:
+        return None
+
+
+def _unlock(path: Path, fd: int) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+    os.close(fd)
