@@ -61,26 +61,51 @@ def _du(path: os.PathLike[str] | str) -> int:
     return total
 
 
+def _disk_next_step(state: str) -> str:
+    return {"missing": "mount it at its path (or fix disks[].path); `hoard init` for a new disk",
+            "draining": "run `hoard replicate`, then unmount it",
+            "failed": "replace it: `hoard rebuild`"}.get(state, "see `hoard disks list`")
+
+
+def store_status(cfg: Settings) -> dict[str, Any]:
+    """The store's view (disk states, objects, replication lag); never raises."""
+    from fsd.store import Store
+
+    if not (cfg.index_dir / "data.mdb").exists():
+        return {"ok": False, "error": f"no index at {cfg.index_dir}; run `hoard init`"}
+    try:
+        with Store.open(cfg, writable=False) as store:
+            st = store.status()
+    except Exception as e:  # noqa: BLE001 - health reports, it does not crash
+        return {"ok": False, "error": f"cannot open the store: {e}"}
+    for d in st["disks"]:
+        d["present"] = os.path.isdir(d["path"])
+        d["mount_point"] = os.path.ismount(d["path"])
+    return {"ok": True, **st}
+
+
 def collect(cfg: Settings) -> dict[str, Any]:
     """Gather the status of disks, zones, PostgreSQL and Redis, and list the problems."""
     from jobs.queues import redis_status
     from sql.health import database_status
 
     assert cfg.database_url and cfg.redis_url
+    store = store_status(cfg)
     report: dict[str, Any] = {
         "config": str(cfg.source) if cfg.source else None,
-        "disks": disk_status(cfg),
+        "disks": store.pop("disks", None) or disk_status(cfg),
+        "store": store,
         "zones": zone_status(cfg),
         "database": database_status(cfg.database_url),
         "redis": redis_status(cfg.redis_url),
     }
     problems: list[str] = []
+    if not store["ok"]:
+        problems.append(f"store: {store['error']}")
     for d in report["disks"]:
-        if not d["present"]:
-            problems.append(f"disk {d['label']}: {d['path']} does not exist; mount the disk or fix disks[].path")
-        elif not d["mount_point"] and not cfg.store.allow_directory_disks:
-            problems.append(f"disk {d['label']}: {d['path']} is not a mount point; mount the disk "
-                            "(or set store.allow_directory_disks for a test setup)")
+        if d.get("state", "active") != "active":
+            problems.append(f"disk {d['label']}: {d['state']}: {d.get('reason') or 'not usable'}; "
+                            + _disk_next_step(d["state"]))
     for z, s in report["zones"].items():
         if not s["present"]:
             problems.append(f"zone {z}: {s['path']} does not exist; run `hoard init`")

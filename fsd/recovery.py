@@ -46,7 +46,7 @@ def _valid_prefix(disk, shard_hex: str) -> list[fmt.RecordInfo]:
     size = disk.size(shard_hex)
     out = []
     try:
-        for rec in fmt.scan_records(lambda off, n: disk.read_at(shard_hex, off, n), size):
+        for rec in fmt.scan_records(lambda off, n: disk.read_at(shard_hex, off, n), size, sealed=False):
             out.append(rec)
     except fmt.ShardFormatError as e:
         log.info("shard %s on %s: torn tail after %d records (%s)", shard_hex, disk.label, len(out), e)

@@ -130,7 +130,7 @@ def copy_shard(src, dst, shard_hex: str, rate_mb_s: float | None = None) -> int:
             footer = fmt.decode_footer(lambda off, n: os.pread(f.fileno(), n, off), size)
             if footer is None:
                 raise fmt.ShardFormatError(f"copy of {shard_hex} has no footer")
-            count = sum(1 for _ in fmt.scan_records(lambda off, n: os.pread(f.fileno(), n, off), size))
+            count = sum(1 for _ in fmt.scan_records(lambda off, n: os.pread(f.fileno(), n, off), size, sealed=True))
             if count != len(footer):
                 raise fmt.FooterMismatch(f"copy of {shard_hex}: {count} records, footer lists {len(footer)}")
             os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)

@@ -4,7 +4,7 @@
     ShardHeader = "HOARDSH1" || version:u16 || class:u8 || flags:u8 || reserved:u32 || shard_id:12 || reserved:4
     Record      = RecordHeader || payload
     RecordHeader= "HREC" || version:u8 || flags:u8 || reserved:u16 || length:u64 || sha256:32
-                  || xxh3_128:16 || header_check:u32 || reserved:u32
+                  || xxh3_128:16 || reserved:u32 || header_check:u32
     Footer      = FooterEntry* || FooterTrailer
     FooterEntry = sha256:32 || offset:u64 || length:u64 || flags:u8 || reserved:7
     FooterTrailer = count:u64 || entries_offset:u64 || entries_xxh3_128:16 || "HSEALED1"
@@ -34,7 +34,7 @@ CLASS_NAMES = {v: k for k, v in CLASSES.items()}
 
 _SHARD_HDR = struct.Struct("<8sHBBI12s4s")  # 32 bytes
 _REC_HDR = struct.Struct("<4sBBHQ32s16sII")  # 72 bytes
-_REC_CHECKED = struct.Struct("<4sBBHQ32s16s")  # the part header_check covers (64 bytes)
+_REC_CHECKED = struct.Struct("<4sBBHQ32s16sI")  # the part header_check covers (68 bytes)
 _ENTRY = struct.Struct("<32sQQB7s")  # 56 bytes
 _TRAILER = struct.Struct("<QQ16s8s")  # 40 bytes
 
@@ -119,8 +119,8 @@ def decode_shard_header(buf: bytes) -> ShardHeader:
 
 
 def encode_record_header(sha256: bytes, length: int, digest: bytes, flags: int = 0) -> bytes:
-    checked = _REC_CHECKED.pack(RECORD_MAGIC, VERSION, flags, 0, length, sha256, digest)
-    return checked + struct.pack("<II", xxhash.xxh32_intdigest(checked), 0)
+    checked = _REC_CHECKED.pack(RECORD_MAGIC, VERSION, flags, 0, length, sha256, digest, 0)
+    return checked + struct.pack("<I", xxhash.xxh32_intdigest(checked))
 
 
 def encode_record(sha256: bytes, payload: bytes | memoryview) -> bytes:
@@ -132,7 +132,7 @@ def decode_record_header(buf: bytes | memoryview, at: int = 0) -> tuple[bytes, i
     """(sha256, length, xxh3, flags) of the record header at `at`; typed errors on damage."""
     if len(buf) - at < RECORD_HEADER_SIZE:
         raise TruncatedShard("file ends inside a record header")
-    magic, version, flags, _r, length, sha, digest, check, _r2 = _REC_HDR.unpack_from(buf, at)
+    magic, version, flags, _r, length, sha, digest, _r2, check = _REC_HDR.unpack_from(buf, at)
     if magic != RECORD_MAGIC:
         raise BadMagic(f"no record magic at {at} (found {bytes(magic)!r})")
     if xxhash.xxh32_intdigest(bytes(buf[at:at + _REC_CHECKED.size])) != check:
@@ -154,10 +154,13 @@ def encode_footer(records: list[RecordInfo], entries_offset: int) -> bytes:
     return entries + _TRAILER.pack(len(records), entries_offset, xxh3(entries), SEAL_MAGIC)
 
 
-def decode_footer(read_at, file_size: int) -> list[RecordInfo] | None:
-    """The footer's record list, or None for a shard that was never sealed.
+def decode_footer(read_at, file_size: int, strict: bool = True) -> list[RecordInfo] | None:
+    """The footer's record list; None when there is no seal magic at the end.
 
-    `read_at(offset, n)` reads bytes from the shard (so this works on any backend).
+    `read_at(offset, n)` reads bytes from the shard (so this works on any backend). With
+    `strict=False` a footer whose geometry or checksum does not hold also gives None (the
+    bytes are just the end of an open shard's last payload); with `strict=True` it raises
+    FooterMismatch, as it must for a file that is supposed to be sealed.
     """
     if file_size < SHARD_HEADER_SIZE + TRAILER_SIZE:
         return None
@@ -165,10 +168,14 @@ def decode_footer(read_at, file_size: int) -> list[RecordInfo] | None:
     if magic != SEAL_MAGIC:
         return None
     size = count * FOOTER_ENTRY_SIZE
-    if entries_offset + size + TRAILER_SIZE != file_size:
+    if entries_offset < SHARD_HEADER_SIZE or entries_offset + size + TRAILER_SIZE != file_size:
+        if not strict:
+            return None
         raise FooterMismatch(f"footer says {count} entries at {entries_offset}, file is {file_size} bytes")
     entries = read_at(entries_offset, size)
     if xxh3(entries) != digest:
+        if not strict:
+            return None
         raise FooterMismatch("footer checksum mismatch")
     out = []
     for i in range(count):
@@ -177,19 +184,28 @@ def decode_footer(read_at, file_size: int) -> list[RecordInfo] | None:
     return out
 
 
-def scan_records(read_at, file_size: int, verify: bool = True) -> Iterator[RecordInfo]:
+def scan_records(read_at, file_size: int, verify: bool = True, sealed: bool | None = None) -> Iterator[RecordInfo]:
     """Walk the records from the header on, without any index.
 
-    Stops at the footer or at the end of the data. A torn tail (a record cut short or a
-    damaged header) raises TruncatedShard / HeaderCheckMismatch at its offset, after every
-    good record before it has been yielded — recovery truncates there.
+    `sealed`: True for a `.shard` file (its footer must be valid and bounds the records),
+    False for an `.open` one (records run to the end of the file), None to decide from the
+    footer (a payload that merely ends in the seal magic does not fool it: the footer's
+    geometry and checksum must hold).
+
+    A torn tail (a record cut short or a damaged header) raises TruncatedShard /
+    HeaderCheckMismatch at its offset, after every good record before it has been
+    yielded — recovery truncates there.
     """
     decode_shard_header(read_at(0, SHARD_HEADER_SIZE))
     footer_start = file_size
-    if file_size >= SHARD_HEADER_SIZE + TRAILER_SIZE:
-        count, entries_offset, _d, magic = _TRAILER.unpack(read_at(file_size - TRAILER_SIZE, TRAILER_SIZE))
-        if magic == SEAL_MAGIC:
-            footer_start = entries_offset
+    if sealed is not False and file_size >= SHARD_HEADER_SIZE + TRAILER_SIZE:
+        entries = decode_footer(read_at, file_size, strict=bool(sealed))
+        if entries is not None:
+            _c, footer_start, _d, _m = _TRAILER.unpack(read_at(file_size - TRAILER_SIZE, TRAILER_SIZE))
+        elif sealed:
+            raise FooterMismatch("sealed shard has no footer")
+    elif sealed:
+        raise TruncatedShard("sealed shard is shorter than a footer")
     pos = SHARD_HEADER_SIZE
     while pos < footer_start:
         hdr = read_at(pos, RECORD_HEADER_SIZE)

@@ -142,3 +142,63 @@ def lab_factory() -> Iterator:
     yield make
     for one in made:
         one.close()
+
+
+def write_config(root: Path, disks: list[tuple[str, Path, float | None]], allow_dirs: bool = True,
+                 **store: object) -> Path:
+    """A hoard.toml under `root` for store tests (no servers needed: they are not contacted)."""
+    lines = ['database_url = "postgresql:///unused_test"', 'redis_url = "redis://localhost:1/0"', "", "[store]",
+             f"allow_directory_disks = {'true' if allow_dirs else 'false'}"]
+    lines += [f"{k} = {v!r}" if not isinstance(v, bool) else f"{k} = {str(v).lower()}" for k, v in store.items()]
+    for label, path, cap in disks:
+        lines += ["", "[[disks]]", f'label = "{label}"', f'path = "{path}"']
+        if cap is not None:
+            lines.append(f"capacity_gb = {cap}")
+    lines += ["", "[ssd]", f'root = "{root / "ssd"}"']
+    for z in ("3A", "3B", "3C", "3D"):
+        lines += [f"[ssd.zones.{z}]", "quota_gb = 1"]
+    cfg = root / "hoard.toml"
+    cfg.write_text("\n".join(lines) + "\n")
+    return cfg
+
+
+@pytest.fixture
+def store_factory(tmp_path: Path):
+    """Open stores on directory disks under tmp_path; all are closed after the test."""
+    from fsd import config
+    from fsd.store import Store
+
+    opened = []
+
+    def make(n_disks: int = 4, caps=(4, 3, 2, 1.5), disks=None, **store_opts):
+        if disks is None:
+            disks = [(f"d{i}", tmp_path / "disks" / f"d{i}", caps[i - 1] if caps else None)
+                     for i in range(1, n_disks + 1)]
+        for _, p, _ in disks:
+            Path(p).mkdir(parents=True, exist_ok=True)
+        store_opts.setdefault("shard_size_mb", 1)
+        cfg = config.load(write_config(tmp_path, disks, **store_opts))
+        st = Store.open(cfg, init=True)
+        opened.append(st)
+        return st
+
+    yield make
+    for st in opened:
+        try:
+            st.close()
+        except Exception:  # noqa: BLE001 - a test may have closed it already
+            pass
+
+
+def make_files(root: Path, n: int, seed: int = 0, lo: int = 1024, hi: int = 64 * 1024) -> list[Path]:
+    """n files of pseudo-random bytes (deterministic by seed) under root."""
+    import random
+
+    rng = random.Random(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    out = []
+    for i in range(n):
+        p = root / f"f{i:05d}.bin"
+        p.write_bytes(rng.randbytes(rng.randint(lo, hi)))
+        out.append(p)
+    return out

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -72,7 +73,7 @@ def test_health_names_what_is_wrong(hoard_home: Path, tmp_path: Path) -> None:
     """A missing disk, a full zone and a dead database each get a problem line; exit 4."""
     cfg = hoard_home / "hoard.toml"
     assert hoard("--config", str(cfg), "init").returncode == 0
-    (hoard_home / "disks" / "hdd3").rmdir()
+    shutil.rmtree(hoard_home / "disks" / "hdd3")
     (hoard_home / "ssd" / "3C" / "big").write_bytes(os.urandom(1024) * (1024 * 1024 * 96 // 100 // 1024) * 1024)
     text = cfg.read_text().replace("database_url = ", f"database_url = 'postgresql:///x?host={tmp_path}/nowhere'\n#")
     cfg.write_text(text)

@@ -11,7 +11,9 @@ from typing import Annotated, Optional
 
 import typer
 
+from fsd.cli import disks as _disks
 from fsd.cli import fixtures as _fixtures
+from fsd.cli import store as _store
 from fsd.cli import services as _services
 from fsd.cli import skeleton as _skeleton
 from fsd.cli._common import err, out, state
@@ -27,6 +29,8 @@ app = typer.Typer(
 )
 app.add_typer(_services.app, name="services")
 app.add_typer(_fixtures.app, name="fixtures")
+app.add_typer(_disks.app, name="disks")
+_store.register(app)
 _skeleton.register(app)
 
 
@@ -72,6 +76,9 @@ def init(
     for z in ZONES:
         cfg.ssd.zone_path(z).mkdir(parents=True, exist_ok=True)
     cfg.index_dir.mkdir(parents=True, exist_ok=True)
+    from fsd.store import Store
+
+    Store.open(cfg, init=True).close()  # identity files for new disks, orphan recovery
     out.print(f"disks:  {', '.join(f'{d.label}={d.path}' for d in cfg.disks)}")
     out.print(f"ssd:    {cfg.ssd.root} (zones {', '.join(ZONES)}; index {cfg.index_dir})")
 
@@ -97,12 +104,17 @@ def _print_health(report: dict) -> None:
     from rich.table import Table
 
     t = Table(title="disks", title_justify="left")
-    for c in ("label", "path", "mounted", "size", "free"):
+    for c in ("label", "state", "path", "mounted", "size", "used", "free"):
         t.add_column(c)
     for d in report["disks"]:
-        t.add_row(d["label"], d["path"], "yes" if d["mount_point"] else "no (directory)",
-                  _gb(d.get("total_bytes")), _gb(d.get("free_bytes")))
+        t.add_row(d["label"], d.get("state", "?"), d["path"], "yes" if d["mount_point"] else "no (directory)",
+                  _gb(d.get("total_bytes")), _gb(d.get("used_bytes")), _gb(d.get("free_bytes")))
     out.print(t)
+    st = report["store"]
+    if st["ok"]:
+        lag = st["replication"]
+        out.print(f"store:    {st['objects']} objects; {lag['shards_below_target']} shards "
+                  f"({_gb(lag['bytes_below_target'])}) below their replica target")
     z = Table(title="ssd zones", title_justify="left")
     for c in ("zone", "used", "quota", "level"):
         z.add_column(c)
@@ -120,16 +132,6 @@ def _print_health(report: dict) -> None:
 
 def _gb(n: int | None) -> str:
     return "-" if n is None else f"{n / 1024**3:.2f} GB"
-
-
-@app.command()
-def disks(ctx: typer.Context) -> None:
-    """List the configured disks with their capacity (add/retire arrive with W1-B1)."""
-    from fsd.health import disk_status
-
-    for d in disk_status(state(ctx).settings):
-        out.print(f"{d['label']:<8} {d['path']}  {'mount point' if d['mount_point'] else 'directory'}  "
-                  f"{_gb(d.get('total_bytes'))} total, {_gb(d.get('free_bytes'))} free")
 
 
 @app.command()

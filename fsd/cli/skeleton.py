@@ -11,8 +11,6 @@ import typer
 from fsd.errors import NotBuilt
 
 PENDING = {
-    "put": ("Store files in the content-addressed store", "W1-B1 (issue 3)"),
-    "get": ("Read an object back by sha256", "W1-B1 (issue 3)"),
     "ingest": ("Ingest a scraped batch from zone 3A (UA_1)", "W1-D (issue 6)"),
     "stage": ("Stage nodes into zone 3C for a worker", "W1-F"),
     "export": ("Export a dataset layout into zone 3D", "W1-F"),

@@ -1,0 +1,82 @@
+"""`hoard disks list|add|retire`."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from fsd.cli._common import out, state
+from fsd.errors import ConfigError, ExitCode, HoardError
+
+app = typer.Typer(help="The HDDs: list, add, retire.", no_args_is_help=True)
+
+
+def _gb(n) -> str:
+    return "-" if n is None else f"{n / 1e9:.2f} GB"
+
+
+@app.command("list")
+def list_(ctx: typer.Context) -> None:
+    """Every disk with its state, size, space used by hoardfs and free space."""
+    from fsd.cli.store import open_store
+
+    with open_store(ctx, writable=False) as store:
+        st = store.status()
+    for d in st["disks"]:
+        out.print(f"{d['label']:<10} {d['state']:<9} {_gb(d.get('total_bytes')):>10} total "
+                  f"{_gb(d['used_bytes']):>10} used {_gb(d.get('free_bytes')):>10} free  {d['path']}"
+                  + (f"  ({d['reason']})" if d["reason"] else ""))
+
+
+@app.command()
+def add(
+    ctx: typer.Context,
+    path: Annotated[Path, typer.Argument(help="where the new disk is mounted")],
+    label: Annotated[str, typer.Option("--label", "-l", help="name for the disk, e.g. wd4t")],
+) -> None:
+    """Give a mounted disk its identity, register it and append it to hoard.toml."""
+    from fsd import config as config_mod
+    from fsd.store import Store
+
+    st = state(ctx)
+    cfg = st.settings
+    if not re.fullmatch(r"[a-z0-9][a-z0-9_-]{0,31}", label):
+        raise HoardError(f"label {label!r}: use 1-32 of a-z 0-9 _ - (starting with a letter or digit)", ExitCode.USAGE)
+    path = path.resolve()
+    if any(d.label == label for d in cfg.disks):
+        raise HoardError(f"a disk labelled {label} is already in {cfg.source}", ExitCode.USAGE)
+    if any(d.path == path for d in cfg.disks):
+        raise HoardError(f"{path} is already a disk in {cfg.source}", ExitCode.USAGE)
+    if not path.is_dir():
+        raise HoardError(f"{path} does not exist; mount the disk there first", ExitCode.UNAVAILABLE)
+    if not cfg.store.allow_directory_disks and not os.path.ismount(path):
+        raise HoardError(f"{path} is not a mount point; mount the disk first", ExitCode.UNAVAILABLE)
+    if cfg.source is None:
+        raise ConfigError("cannot add a disk: the configuration has no file to record it in")
+    with open(cfg.source, "a") as f:
+        f.write(f'\n[[disks]]\nlabel = "{label}"\npath = "{path}"\n')
+    st._settings = config_mod.load(cfg.source)
+    Store.open(st.settings, init=True).close()
+    out.print(f"disk {label} added at {path}; `hoard replicate` spreads replicas onto it")
+
+
+@app.command()
+def retire(
+    ctx: typer.Context,
+    label: Annotated[str, typer.Argument(help="the disk to take out of service")],
+) -> None:
+    """Stop new writes to a disk; the replicator copies its shards elsewhere."""
+    from fsd.cli.store import open_store
+    from fsd.disks import DiskState
+
+    with open_store(ctx) as store:
+        rec = next((r for r in store.index.get_disks() if r.label == label), None)
+        if rec is None:
+            raise HoardError(f"no disk labelled {label}; `hoard disks list` shows them", ExitCode.USAGE)
+        rec.state, rec.reason = DiskState.DRAINING, "retired by the user"
+        store.index.put_disk(rec)
+    out.print(f"disk {label} is draining: run `hoard replicate` to move its replicas, then unmount it")

@@ -1,0 +1,262 @@
+"""The store on directory disks: put/get, dedupe, big files, replication, planner, refusals."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from fsd import shardfmt as fmt
+from fsd.placement import NoSpace
+from fsd.store import DataError, ObjectNotFound
+from tests.conftest import make_files
+
+
+def _sha(p: Path) -> str:
+    return hashlib.sha256(p.read_bytes()).hexdigest()
+
+
+def _shard_files(store) -> list[Path]:
+    return sorted(p for d in store.disks.values() for p in (d.root / "shards").rglob("*") if p.is_file())
+
+
+def check_store(store) -> int:
+    """Consistency check (like S3QL's fsck at the end of each test): every indexed object reads
+    back with its sha256 from every replica, and every sealed replica's footer matches its records."""
+    n = 0
+    for sha, loc in store.index.iter_objects():
+        meta = store.index.get_shard(loc.shard_id)
+        assert meta is not None and len(set(meta.replicas)) == len(meta.replicas)
+        for disk in store.replica_order(meta):
+            data = store._read_record(disk, meta.hex, loc.offset, loc.length, sha)
+            assert hashlib.sha256(data).digest() == sha
+        n += 1
+    for meta in store.index.iter_shards():
+        if meta.sealed:
+            for disk in store.replica_order(meta):
+                size = disk.size(meta.hex)
+                read = lambda off, k, d=disk, h=meta.hex: d.read_at(h, off, k)  # noqa: E731
+                assert len(list(fmt.scan_records(read, size, sealed=True))) == meta.records
+    return n
+
+
+def test_put_get_round_trip_and_dedupe(store_factory, tmp_path: Path) -> None:
+    """New files are stored with write_ack replicas; the same content again is 'existing'."""
+    store = store_factory()
+    files = make_files(tmp_path / "in", 200)
+    (tmp_path / "in" / "copy.bin").write_bytes(files[0].read_bytes())
+    files.append(tmp_path / "in" / "copy.bin")
+    res = store.put_many(files)
+    assert Counter(r.status for r in res) == {"new": 200, "existing": 1}
+    assert all(r.replicas == 2 and r.target == 2 for r in res)
+    for f, r in zip(files, res):
+        assert r.sha256 == _sha(f) and store.get(r.sha256) == f.read_bytes()
+    again = store.put_many(files)
+    assert {r.status for r in again} == {"existing"}
+    assert check_store(store) == 200
+    assert not [p for p in _shard_files(store) if p.suffix == ".open"]
+
+
+def test_big_file_gets_its_own_contiguous_shard(store_factory, tmp_path: Path) -> None:
+    """A file larger than shard_size_mb is stored whole in a shard with one record."""
+    store = store_factory(shard_size_mb=2)
+    big = tmp_path / "big.bin"
+    big.write_bytes(os.urandom(9 << 20))
+    small = make_files(tmp_path / "in", 5)
+    res = store.put_many([small[0], big, *small[1:]])
+    assert [r.status for r in res] == ["new"] * 6
+    loc = store.index.lookup(bytes.fromhex(res[1].sha256))
+    meta = store.index.get_shard(loc.shard_id)
+    assert meta.records == 1 and loc.offset == fmt.SHARD_HEADER_SIZE + fmt.RECORD_HEADER_SIZE
+    assert store.get(res[1].sha256) == big.read_bytes()
+    check_store(store)
+
+
+def test_rejections_name_the_file(store_factory, tmp_path: Path) -> None:
+    """A missing file, a directory and a dangling symlink are rejected, the rest stored."""
+    store = store_factory()
+    good = make_files(tmp_path / "in", 3)
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
+    res = store.put_many([good[0], tmp_path / "missing", tmp_path / "in", tmp_path / "dangling", *good[1:]])
+    assert [r.status for r in res] == ["new", "rejected", "rejected", "rejected", "new", "new"]
+    assert "cannot read" in res[1].reason and str(tmp_path / "missing") in res[1].reason
+    assert "is not a regular file" in res[2].reason
+    assert "cannot read" in res[3].reason
+    assert store.index.count_objects() == 3
+
+
+def test_file_changing_while_stored_is_rejected(store_factory, tmp_path: Path) -> None:
+    """A large file rewritten during the copy is rejected and nothing of it is indexed."""
+    store = store_factory(shard_size_mb=64)
+    victim = tmp_path / "growing.bin"
+    victim.write_bytes(os.urandom(48 << 20))
+    stop = threading.Event()
+
+    def scribble() -> None:
+        with open(victim, "r+b") as f:
+            i = 0
+            while not stop.is_set():
+                f.seek((i * 7919) % (48 << 20))
+                f.write(os.urandom(16))
+                f.flush()
+                i += 1
+
+    t = threading.Thread(target=scribble)
+    t.start()
+    try:
+        [res] = store.put_many([victim])
+    finally:
+        stop.set()
+        t.join()
+    assert res.status == "rejected" and "changed while being" in res.reason
+    assert store.index.count_objects() == 0
+    assert all(p.stat().st_size == 0 or p.suffix == ".shard" for p in _shard_files(store))
+
+
+def test_replicator_reaches_the_class_target(store_factory, tmp_path: Path) -> None:
+    """copy_of_raw=3: after replicate_once every shard has 3 replicas on distinct disks."""
+    from fsd.replicate import replicate_once, replication_lag
+
+    store = store_factory(copy_of_raw=3, copy_of_generated=2)
+    files = make_files(tmp_path / "in", 300)
+    store.put_many(files)
+    lag = replication_lag(store)
+    assert lag["shards_below_target"] > 0 and lag["bytes_below_target"] > 0
+    gen = store.put_bytes(b"generated thing", klass="generated")
+    rep = replicate_once(store, rate_mb_s=None)
+    assert rep.copied_shards == lag["shards_below_target"]
+    assert replication_lag(store) == {"shards_below_target": 0, "bytes_below_target": 0}
+    for meta in store.index.iter_shards():
+        assert len(set(meta.replicas)) == (3 if meta.klass == "raw" else 2)
+    assert store.get(gen.sha256) == b"generated thing"
+    check_store(store)
+
+
+def test_placement_spreads_by_capacity(store_factory, tmp_path: Path) -> None:
+    """Many shards land on every disk, the larger ones taking more."""
+    store = store_factory(caps=(8, 4, 2, 1))
+    store.put_many(make_files(tmp_path / "in", 1500, lo=20_000, hi=60_000))
+    per_disk = Counter(u for m in store.index.iter_shards() for u in m.replicas)
+    labels = {u: store.disks[u].label for u in per_disk}
+    counts = {labels[u]: n for u, n in per_disk.items()}
+    assert set(counts) == {"d1", "d2", "d3", "d4"}, counts
+    assert counts["d1"] > counts["d3"] and counts["d1"] > counts["d4"], counts
+
+
+def test_refuses_when_too_few_disks_can_take_a_shard(store_factory, tmp_path: Path) -> None:
+    """With write_ack=2 and only one disk with room, the write is refused naming each disk."""
+    store = store_factory(n_disks=3, caps=(4, 0.0005, 0.0005))
+    with pytest.raises(NoSpace) as e:
+        store.put_many(make_files(tmp_path / "in", 3))
+    assert "need 2 disks" in e.value.message and "d1" in e.value.message and "d2 0.5 MB free" in e.value.message
+    assert store.index.count_objects() == 0
+
+
+@pytest.mark.expect_log(r"disk d\d: read error on shard", level="WARNING")
+def test_read_falls_back_from_a_corrupt_replica(store_factory, tmp_path: Path) -> None:
+    """A flipped byte in one replica: get returns the right bytes from the other and queues a repair;
+    with every replica damaged it raises DataError — never wrong bytes."""
+    store = store_factory()
+    [f] = make_files(tmp_path / "in", 1)
+    [res] = store.put_many([f])
+    loc = store.index.lookup(bytes.fromhex(res.sha256))
+    meta = store.index.get_shard(loc.shard_id)
+    first, second = (store.disks[u] for u in meta.replicas)
+    for disk in (first,):
+        path = disk.find(meta.hex)
+        raw = bytearray(path.read_bytes())
+        raw[loc.offset + 10] ^= 0x40
+        path.write_bytes(raw)
+        disk.forget(meta.hex)
+    assert store.get(res.sha256) == f.read_bytes()
+    repairs = store.index.pending_repairs()
+    assert [(s, u) for s, u, _ in repairs] == [(meta.shard_id, first.uuid)]
+    assert "checksum mismatch" in repairs[0][2]["reason"]
+    path = second.find(meta.hex)
+    raw = bytearray(path.read_bytes())
+    raw[loc.offset + 11] ^= 0x01
+    path.write_bytes(raw)
+    second.forget(meta.hex)
+    with pytest.raises(DataError, match="no good replica"):
+        store.get(res.sha256)
+    with pytest.raises(ObjectNotFound):
+        store.get("0" * 64)
+
+
+def test_batch_read_plan_covers_everything_coalesced(store_factory, tmp_path: Path) -> None:
+    """The planner reads every object once, in (shard, offset) order per disk, in few reads."""
+    from fsd.planner import make_plan
+
+    store = store_factory(shard_size_mb=4)
+    files = make_files(tmp_path / "in", 400)
+    res = store.put_many(files)
+    shas = [r.sha256 for r in res]
+    plan = make_plan(store, [bytes.fromhex(h) for h in shas])
+    planned = [w.sha for rs in plan.ranges.values() for r in rs for w in r.records]
+    assert sorted(planned) == sorted(bytes.fromhex(h) for h in shas)
+    for ranges in plan.ranges.values():
+        keys = [(r.shard_hex, w.offset) for r in ranges for w in r.records]
+        assert keys == sorted(keys)
+    assert sum(len(r) for r in plan.ranges.values()) < len(shas) / 10
+    assert plan.bound_s >= plan.ideal_s > 0
+    got: dict[bytes, bytes] = {}
+    lock = threading.Lock()
+
+    def sink(sha: bytes, payload: memoryview) -> None:
+        with lock:
+            got[sha] = bytes(payload)
+
+    plan2, stats = store.read_batch(shas, sink)
+    assert stats.objects == len(shas) and stats.fallbacks == 0
+    assert all(hashlib.sha256(v).digest() == k for k, v in got.items()) and len(got) == len(shas)
+
+
+@pytest.mark.expect_log(r"read error", level="WARNING")
+def test_batch_read_survives_a_damaged_replica(store_factory, tmp_path: Path) -> None:
+    """Ranges on a replica with a bad record fall back to other replicas; all bytes still right."""
+    store = store_factory(shard_size_mb=4)
+    files = make_files(tmp_path / "in", 200)
+    res = store.put_many(files)
+    from fsd.planner import execute, make_plan
+
+    plan = make_plan(store, [bytes.fromhex(r.sha256) for r in res])
+    for uuid, ranges in plan.ranges.items():  # damage the very replicas the plan reads from
+        disk = store.disks[uuid]
+        for shard_hex in {r.shard_hex for r in ranges}:
+            path = disk.find(shard_hex)
+            raw = bytearray(path.read_bytes())
+            raw[len(raw) // 2] ^= 0xFF
+            path.write_bytes(raw)
+        disk.close_all()
+    got = {}
+    stats = execute(store, plan, lambda s, p: got.__setitem__(s, bytes(p)))
+    assert len(got) == 200 and all(hashlib.sha256(v).digest() == k for k, v in got.items())
+    assert stats.fallbacks > 0
+
+
+def test_cli_put_get(hoard_home: Path, tmp_path: Path) -> None:
+    """`hoard put` prints sha256/status/replicas; `hoard get -o` writes the bytes back."""
+    from tests.test_cli import hoard
+
+    cfg = str(hoard_home / "hoard.toml")
+    assert hoard("--config", cfg, "init").returncode == 0
+    files = make_files(tmp_path / "in", 5)
+    res = hoard("--config", cfg, "put", str(tmp_path / "in"), str(tmp_path / "missing"))
+    assert res.returncode == 5
+    lines = res.stdout.strip().splitlines()
+    assert len(lines) == 5 and all(" new " in ln and " 2/2 " in ln for ln in lines)
+    assert f"rejected {tmp_path / 'missing'}" in res.stderr
+    sha = lines[0].split()[0]
+    out = tmp_path / "back.bin"
+    assert hoard("--config", cfg, "get", sha, "-o", str(out)).returncode == 0
+    assert _sha(out) == sha and out.read_bytes() == files[0].read_bytes()
+    again = hoard("--config", cfg, "put", str(files[0]))
+    assert again.returncode == 0 and " existing " in again.stdout
+    bad = hoard("--config", cfg, "get", "abc")
+    assert bad.returncode == 2 and "is not a sha256" in bad.stderr
+    missing = hoard("--config", cfg, "get", "0" * 64)
+    assert missing.returncode == 5 and "is not in the store" in missing.stderr
