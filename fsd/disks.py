@@ -60,12 +60,15 @@ class DiskRecord:
 
 
 def read_identity(root: Path) -> dict | None:
+    """The identity, None if there is none, or {"uuid": None, "error": why} if unreadable."""
     try:
         return json.loads((root / IDENTITY).read_text())
     except FileNotFoundError:
         return None
-    except (OSError, ValueError):
-        return {"uuid": None, "error": "unreadable identity file"}
+    except OSError as e:
+        return {"uuid": None, "error": f"cannot read {root / IDENTITY}: {e.strerror}", "errno": e.errno}
+    except ValueError:
+        return {"uuid": None, "error": f"{root / IDENTITY} is damaged (not JSON)"}
 
 
 def write_identity(root: Path, label: str) -> dict:
@@ -103,6 +106,8 @@ def probe(root: Path, expected_uuid: str | None, allow_directory: bool) -> tuple
     ident = read_identity(root)
     if ident is None:
         return DiskState.MISSING, f"{root} has no {IDENTITY} (not a hoardfs disk, or not initialised)"
+    if ident.get("error"):
+        return DiskState.FAILED, ident["error"]
     if expected_uuid is not None and ident.get("uuid") != expected_uuid:
         return DiskState.MISSING, f"{root} holds disk {ident.get('uuid')}, expected {expected_uuid} (another disk mounted there?)"
     return DiskState.ACTIVE, ""

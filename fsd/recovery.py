@@ -64,9 +64,15 @@ def _sealed_records(disk, shard_hex: str) -> list[fmt.RecordInfo] | None:
 def _recover(store: Store, meta) -> None:
     prefixes: dict[str, list[fmt.RecordInfo]] = {}
     sealed: dict[str, list[fmt.RecordInfo]] = {}
+    absent = 0
     for uuid in meta.replicas:
         disk = store.disks.get(uuid)
         if disk is None or not store.usable(uuid):
+            continue
+        try:
+            disk.find(meta.hex)
+        except FileNotFoundError:
+            absent += 1  # the writer died before it created this replica's file
             continue
         try:
             done = _sealed_records(disk, meta.hex)
@@ -76,6 +82,9 @@ def _recover(store: Store, meta) -> None:
                 prefixes[uuid] = _valid_prefix(disk, meta.hex)
         except (OSError, fmt.ShardFormatError) as e:
             store.disk_error(disk, "recovery", e, meta.hex)
+    if not prefixes and not sealed and absent == len(meta.replicas):
+        store.index.drop_shard(meta.shard_id)  # nothing was ever written, so nothing was indexed
+        return
     if not prefixes and not sealed:
         log.info("open shard %s: no replica reachable, left for `hoard index rebuild`", meta.hex)
         return

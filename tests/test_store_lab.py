@@ -1,0 +1,98 @@
+"""The store on lab disks (real ext4 mounts on loop devices): full disks, EIO, unreadable sources."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+from pathlib import Path
+
+import pytest
+
+from fsd import config
+from fsd.placement import choose
+from fsd.put import _Batch
+from fsd.store import Store
+from tests.conftest import make_files, write_config
+from tests.lab import DiskProfile, drop_caches
+from tests.test_store import check_store
+
+pytestmark = pytest.mark.lab
+
+
+def _lab_store(lab, tmp_path: Path, labels: list[str], **opts) -> Store:
+    disks = [(label, lab.disks[label].mountpoint, None) for label in labels]
+    cfg = config.load(write_config(tmp_path, disks, allow_dirs=False, **opts))
+    return Store.open(cfg, init=True)
+
+
+@pytest.mark.expect_log(r"disk tiny: write error", level="WARNING")
+def test_disk_full_mid_shard_rolls_to_other_disks(lab_factory, tmp_path: Path) -> None:
+    """A replica disk filling up mid-shard: the group moves to a new shard on other disks,
+    nothing is half-indexed, every object reads back."""
+    lab = lab_factory([DiskProfile("tiny", 64, 500, 500, 5000), DiskProfile("big1", 600, 500, 500, 5000),
+                       DiskProfile("big2", 600, 500, 500, 5000)])
+    store = _lab_store(lab, tmp_path, ["tiny", "big1", "big2"], shard_size_mb=16)
+    tiny = next(u for u, d in store.disks.items() if d.label == "tiny")
+    seed = next(s for s in range(1000)
+                if tiny in {c.uuid for c in choose(store.candidates(), 2, 16 << 20, random.Random(s))})
+    store.rng = random.Random(seed)
+    files = make_files(tmp_path / "in", 1200, lo=20_000, hi=60_000)
+    batch = _Batch(store, store.writer("raw"))
+    batch.add_file(files[0])
+    assert tiny in batch.writer.shard.meta.replicas
+    with open(lab.disks["tiny"].mountpoint / "filler", "wb") as f:  # someone else fills the disk
+        try:
+            while True:
+                f.write(os.urandom(1 << 20))
+        except OSError:
+            pass
+    for p in files[1:]:
+        batch.add_file(p)
+    results = batch.finish()
+    assert [r.status for r in results] == ["new"] * len(files)
+    assert check_store(store) == len(files)
+    for p, r in zip(files, results):
+        assert store.get(r.sha256) == p.read_bytes()
+    events = [e for e in store.index.recent_events(50) if e["kind"] == "write_error"]
+    assert events and events[0]["disk"] == "tiny" and events[0]["errno"] == 28  # ENOSPC
+    store.close()
+
+
+@pytest.mark.expect_log(r"disk lab\d: read error", level="WARNING")
+def test_eio_on_one_disk_reads_come_from_the_others(lab, tmp_path: Path) -> None:
+    """A disk that starts answering EIO: get and batch reads return correct bytes from other replicas."""
+    store = _lab_store(lab, tmp_path, ["lab1", "lab2", "lab3"], shard_size_mb=4, copy_of_raw=2)
+    files = make_files(tmp_path / "in", 400, lo=4000, hi=40000)
+    results = store.put_many(files)
+    # the disk that is the first choice for the most shards, so reads really hit it
+    victim_uuid = max(store.disks, key=lambda u: sum(m.replicas[0] == u for m in store.index.iter_shards()))
+    victim = store.disks[victim_uuid].label
+    lab.fail_eio(victim)  # while the store is open and in use
+    for p, r in zip(files, results):
+        assert hashlib.sha256(store.get(r.sha256)).hexdigest() == r.sha256
+    errors = [e for e in store.index.recent_events(500) if e["kind"] == "read_error"]
+    assert errors and {e["disk"] for e in errors} == {victim} and {e["errno"] for e in errors} == {5}
+    got = {}
+    drop_caches()
+    plan, stats = store.read_batch([r.sha256 for r in results], lambda s, b: got.__setitem__(s, bytes(b)))
+    assert len(got) == len(files) and all(hashlib.sha256(v).digest() == k for k, v in got.items())
+    store.close()
+    with Store.open(store.cfg) as again:  # reopened, the dying disk is not used at all
+        rec = again.records[victim_uuid]
+        assert rec.state.value == "failed" and "Input/output error" in rec.reason
+        assert all(hashlib.sha256(again.get(r.sha256)).hexdigest() == r.sha256 for r in results[:20])
+
+
+def test_unreadable_source_is_rejected_with_the_reason(lab, tmp_path: Path) -> None:
+    """A source file on a dying disk (EIO) is rejected by name; the other files are stored."""
+    store = _lab_store(lab, tmp_path, ["lab1", "lab2"], shard_size_mb=4)
+    src = lab.disks["lab4"].mountpoint / "scraped"
+    bad = make_files(src, 1, lo=3 << 20, hi=3 << 20)[0]
+    good = make_files(tmp_path / "good", 3)
+    os.sync()
+    lab.fail_eio("lab4")
+    results = store.put_many([good[0], bad, *good[1:]])
+    assert [r.status for r in results] == ["new", "rejected", "new", "new"]
+    assert results[1].reason == f"cannot read {bad}: Input/output error"
+    store.close()
