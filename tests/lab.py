@@ -155,6 +155,7 @@ class Lab:
     def fail_eio(self, label: str, keep_mb: int = 1) -> None:
         """The disk starts answering EIO: cut its image down to `keep_mb`."""
         d = self.disks[label]
+        os.sync()  # write back first: writeback after the cut would re-grow the image with holes
         os.truncate(d.image, keep_mb * MB)
         drop_caches()
 
