@@ -89,6 +89,18 @@ def generate(out: Path, spec: Spec = Spec()) -> list[Batch]:
     return batches
 
 
+def flat_files(out: Path, n: int, seed: int = 0, lo: int = 4 << 10, hi: int = 64 << 10) -> list[Path]:
+    """`n` files of pseudo-random bytes, sizes uniform in [lo, hi], for store tests and benchmarks."""
+    rng = random.Random(f"flat:{seed}")
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(n):
+        p = out / f"f{i:06d}.bin"
+        _write_if_changed(p, rng.randbytes(rng.randint(lo, hi)))
+        paths.append(p)
+    return paths
+
+
 # -- content ---------------------------------------------------------------------------
 
 def _rng(spec: Spec, *parts: object) -> random.Random:

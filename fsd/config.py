@@ -340,7 +340,7 @@ EMBEDDED_TEMPLATE = """\
 [store]
 shard_size_mb = 16          # small shards so the demo shows several
 batch_size_gb = 1
-copy_of_raw = 2
+copy_of_raw = 3             # four disks: show the replicator bringing raw data to 3 copies
 copy_of_generated = 2
 write_ack = 2
 a4_scale = 10

@@ -1,7 +1,9 @@
 """`hoard demo` / `make demo`: the main job on the embedded default.
 
-Today: check every part is up, generate a sample scraped batch set into zone 3A and show
-where it is. Each issue extends this (ingest → browse the mount → stage/export → GUI).
+Today: check every part is up, generate sample scraped batches into zone 3A, store them
+in the content-addressed store (dedupe, write_ack replicas), bring every shard to its
+replica target, and read everything back with the batch read planner, verified. Each
+issue extends this (ingest → browse the mount → stage/export → GUI).
 """
 
 from __future__ import annotations
@@ -33,7 +35,50 @@ def run_demo(cfg: Settings) -> None:
     out.print(f"[bold]3. sample[/]    {len(batches)} scraped batches in zone 3A: {files} files, {size / 1e6:.1f} MB")
     for b in batches:
         out.print(f"               {zone3a / b.batch_id}  ({b.source})")
+    _store_and_read_back(cfg, [zone3a / b.batch_id / i.path for b in batches for i in b.items])
     out.print("\n[bold]next:[/]")
     out.print("  .venv/bin/hoard health          status of disks, zones, PostgreSQL, Redis")
     out.print(f"  ls {zone3a}      the sample batches as a scraper leaves them")
-    out.print("  .venv/bin/hoard --help          every command (put/get, ingest, mount … arrive with issues 3–7)")
+    out.print("  .venv/bin/hoard disks list      where the replicas went, per disk")
+    out.print("  .venv/bin/hoard get SHA256 -o FILE   read one object back")
+    out.print("  .venv/bin/hoard --help          every command (ingest, mount … arrive with issues 4–7)")
+
+
+def _store_and_read_back(cfg: Settings, paths: list) -> None:
+    import hashlib
+    import threading
+    import time
+    from collections import Counter
+
+    from fsd.replicate import replicate_once
+    from fsd.store import Store
+
+    with Store.open(cfg) as store:
+        t0 = time.monotonic()
+        results = store.put_many(paths, klass="raw")
+        took = time.monotonic() - t0
+        c = Counter(r.status for r in results)
+        out.print(f"[bold]4. store[/]     {len(results)} files in {took:.2f} s: {c['new']} new, "
+                  f"{c['existing']} already present (same content seen before), {c['rejected']} rejected; "
+                  f"acknowledged with {cfg.store.write_ack} replicas each")
+        rep = replicate_once(store, budget_s=120, rate_mb_s=None)
+        out.print(f"[bold]5. replicate[/] {rep.copied_shards} shard copies made; "
+                  f"{store.status()['replication']['shards_below_target']} shards below target")
+        good = 0
+        lock = threading.Lock()
+
+        def check(sha: bytes, payload) -> None:
+            nonlocal good
+            ok = hashlib.sha256(payload).digest() == sha
+            with lock:
+                good += ok
+
+        shas = sorted({r.sha256 for r in results if r.sha256})
+        plan, stats = store.read_batch(shas, check)
+        labels = {u: d.label for u, d in store.disks.items()}
+        per_disk = ", ".join(f"{labels[u]} {b / 1e6:.1f} MB" for u, b in plan.bytes_per_disk.items())
+        out.print(f"[bold]6. read back[/] {good}/{len(shas)} objects verified by sha256 in {stats.seconds:.2f} s "
+                  f"with the batch planner ({per_disk})")
+        if good != len(shas):
+            raise HoardError(f"{len(shas) - good} objects did not read back correctly; see `hoard health`",
+                             ExitCode.DATA)

@@ -192,13 +192,6 @@ def store_factory(tmp_path: Path):
 
 def make_files(root: Path, n: int, seed: int = 0, lo: int = 1024, hi: int = 64 * 1024) -> list[Path]:
     """n files of pseudo-random bytes (deterministic by seed) under root."""
-    import random
+    from adapters.synth import flat_files
 
-    rng = random.Random(seed)
-    root.mkdir(parents=True, exist_ok=True)
-    out = []
-    for i in range(n):
-        p = root / f"f{i:05d}.bin"
-        p.write_bytes(rng.randbytes(rng.randint(lo, hi)))
-        out.append(p)
-    return out
+    return flat_files(root, n, seed, lo, hi)
