@@ -33,8 +33,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-#: bytes buffered in memory before they are written to the replicas
-WRITE_CHUNK = 1 << 20
+#: bytes buffered in memory before they are handed to the replicas' writer threads
+WRITE_CHUNK = 2 << 20
+#: writes queued per shard before the writer waits for the disks to catch up
+MAX_INFLIGHT = 16
 
 
 def new_shard_id() -> bytes:
@@ -71,6 +73,7 @@ class OpenShard:
     pending: list[_Pending] = field(default_factory=list)
     pending_set: set[bytes] = field(default_factory=set)
     records: list[fmt.RecordInfo] = field(default_factory=list)  # committed, for the footer
+    inflight: list = field(default_factory=list)  # (disk, future) of queued replica writes
 
     @property
     def hex(self) -> str:
@@ -83,7 +86,9 @@ class ShardWriter:
     def __init__(self, store: Store, klass: str) -> None:
         self.store, self.klass = store, klass
         self.shard: OpenShard | None = None
-        self.pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="replica")
+        # one thread per disk: a replica's writes stay in order, the disks work in parallel
+        # and hashing the next files overlaps with writing the previous ones
+        self.lanes: dict[str, ThreadPoolExecutor] = {}
         self.excluded: set[str] = set()  # disks that failed for this writer
         self.committed_log: list[tuple[bytes, bool]] = []  # (sha, newly indexed) since last drain
 
@@ -190,9 +195,10 @@ class ShardWriter:
         self._write_buf(sh)
         loc = ObjectLoc(sh.meta.shard_id, sh.pos + fmt.RECORD_HEADER_SIZE, length)
         hdr = fmt.encode_record_header(sha, length, digest)
-        self._on_all(sh, lambda s: s.write(hdr))
+        self._submit(sh, lambda s: s.write(hdr))
         for chunk in chunks:
-            self._on_all(sh, lambda s, c=chunk: s.write(c))
+            self._submit(sh, lambda s, c=chunk: s.write(c))
+        self._drain(sh)
         sh.pos += size
         sh.pending.append(_Pending(sha, loc, None, source, digest))
         sh.pending_set.add(sha)
@@ -200,21 +206,37 @@ class ShardWriter:
 
     def _write_buf(self, sh: OpenShard) -> None:
         if sh.buf:
-            data = bytes(sh.buf)
-            sh.buf.clear()
-            self._on_all(sh, lambda s: s.write(data))
+            data, sh.buf = sh.buf, bytearray()
+            self._submit(sh, lambda s: s.write(data))
 
-    def _on_all(self, sh: OpenShard, fn) -> None:
-        """Run fn(sink) on every replica in parallel; the first OSError becomes ReplicaFailed."""
-        futures = [(d, self.pool.submit(fn, s)) for d, s in zip(sh.disks, sh.sinks)]
+    def _lane(self, disk: LocalDisk) -> ThreadPoolExecutor:
+        lane = self.lanes.get(disk.uuid)
+        if lane is None:
+            lane = self.lanes[disk.uuid] = ThreadPoolExecutor(1, thread_name_prefix=f"write-{disk.label}")
+        return lane
+
+    def _submit(self, sh: OpenShard, fn) -> None:
+        """Queue fn(sink) on every replica's lane; wait when too much is queued."""
+        sh.inflight += [(d, self._lane(d).submit(fn, s)) for d, s in zip(sh.disks, sh.sinks)]
+        if len(sh.inflight) >= MAX_INFLIGHT * len(sh.disks):
+            self._drain(sh)
+
+    def _drain(self, sh: OpenShard, raise_errors: bool = True) -> None:
+        """Wait for every queued write; the first OSError becomes ReplicaFailed."""
         failure = None
-        for d, fut in futures:
+        for d, fut in sh.inflight:
             try:
                 fut.result()
             except OSError as e:
                 failure = failure or ReplicaFailed(d, e)
-        if failure:
+        sh.inflight.clear()
+        if failure and raise_errors:
             raise failure
+
+    def _on_all(self, sh: OpenShard, fn) -> None:
+        """Run fn(sink) on every replica after what is queued, and wait for all of it."""
+        self._submit(sh, fn)
+        self._drain(sh)
 
     def drain_committed(self) -> list[tuple[bytes, bool]]:
         out, self.committed_log = self.committed_log, []
@@ -245,6 +267,7 @@ class ShardWriter:
         sh = self.shard
         if sh is None:
             return
+        self._drain(sh, raise_errors=False)
         sh.pending.clear()
         sh.pending_set.clear()
         sh.buf.clear()
@@ -256,6 +279,7 @@ class ShardWriter:
         """After a ReplicaFailed: cut the uncommitted group off, seal the rest, return the group."""
         sh = self.shard
         assert sh is not None
+        self._drain(sh, raise_errors=False)
         group = list(sh.pending)
         sh.pending.clear()
         sh.pending_set.clear()
@@ -271,7 +295,8 @@ class ShardWriter:
         return group
 
     def close(self) -> None:
-        self.pool.shutdown(wait=True)
+        for lane in self.lanes.values():
+            lane.shutdown(wait=True)
 
 
 def _lock(path: Path) -> int:

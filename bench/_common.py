@@ -1,0 +1,44 @@
+"""Shared by the benchmarks: lab setup, a store on lab disks, timing, result printing."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from fsd import config  # noqa: E402
+from fsd.store import Store  # noqa: E402
+from tests.conftest import write_config  # noqa: E402
+from tests.lab import LAB4, Lab, drop_caches  # noqa: E402, F401
+
+
+def lab_store(lab: Lab, root: Path, labels: list[str] | None = None, **opts) -> Store:
+    """A store whose disks are the lab's mounts, with the profile's read speeds configured."""
+    labels = labels or list(lab.disks)
+    disks = [(label, lab.disks[label].mountpoint, None) for label in labels]
+    path = write_config(root, disks, allow_dirs=False, **opts)
+    text = path.read_text()
+    for label in labels:  # give the planner the lab's real read bandwidths
+        text = text.replace(f'label = "{label}"\n', f'label = "{label}"\nread_mb_s = {lab.disks[label].profile.read_mbps}\n')
+    path.write_text(text)
+    return Store.open(config.load(path), init=True)
+
+
+@contextmanager
+def timed(results: dict, name: str):
+    t0 = time.monotonic()
+    yield
+    results[name] = time.monotonic() - t0
+
+
+def report(title: str, rows: list[tuple[str, str]], data: dict) -> None:
+    print(f"\n== {title}")
+    width = max(len(k) for k, _ in rows)
+    for k, v in rows:
+        print(f"  {k:<{width}}  {v}")
+    print("json: " + json.dumps(data, sort_keys=True))
