@@ -1,0 +1,19 @@
+"""RQ jobs of the store (queue `maintenance`). Module-level functions, importable by path."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+
+from fsd import config
+
+
+def replicate(config_path: str | None = None, budget_s: float = 300.0, rate_mb_s: float | None = 100.0) -> dict:
+    """Bring shards to their replica target within `budget_s`; returns the report as a dict.
+
+    Idempotent: a second run copies only what is still below target.
+    """
+    from fsd.replicate import replicate_once
+    from fsd.store import Store
+
+    with Store.open(config.load(config_path)) as store:
+        return asdict(replicate_once(store, budget_s, rate_mb_s))

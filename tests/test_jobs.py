@@ -1,0 +1,31 @@
+"""Store jobs on a real Redis, run by an in-process SimpleWorker."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rq import Queue, SimpleWorker
+
+from fsd import config
+from fsd.replicate import replication_lag
+from fsd.store import Store
+from tests.conftest import make_files, write_config
+
+
+def test_replicate_job(tmp_path: Path, redis_conn) -> None:
+    """jobs.store_jobs.replicate brings a copy_of_raw=3 store to target; a second run copies nothing."""
+    disks = [(f"d{i}", tmp_path / f"d{i}", None) for i in range(3)]
+    for _, p, _ in disks:
+        p.mkdir()
+    cfg_path = str(write_config(tmp_path, disks, shard_size_mb=1, copy_of_raw=3))
+    with Store.open(config.load(cfg_path), init=True) as store:
+        store.put_many(make_files(tmp_path / "in", 100))
+    q = Queue("maintenance", connection=redis_conn)
+    first = q.enqueue("jobs.store_jobs.replicate", cfg_path, 60, None)
+    second = q.enqueue("jobs.store_jobs.replicate", cfg_path, 60, None, depends_on=first)
+    SimpleWorker([q], connection=redis_conn).work(burst=True)
+    assert first.get_status(refresh=True) == "finished" and second.get_status(refresh=True) == "finished"
+    assert first.return_value()["copied_shards"] > 0
+    assert second.return_value()["copied_shards"] == 0
+    with Store.open(config.load(cfg_path), writable=False) as store:
+        assert replication_lag(store)["shards_below_target"] == 0
