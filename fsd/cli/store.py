@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -86,12 +85,9 @@ def get(
         sys.stdout.buffer.write(data)
         sys.stdout.buffer.flush()
         return
-    tmp = output.with_name(f".{output.name}.hoard-tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.rename(tmp, output)
+    from fsd.disks import atomic_write
+
+    atomic_write(output, data)
 
 
 def replicate(
