@@ -35,7 +35,7 @@ def main() -> None:
     order = list(range(len(files)))
     random.Random(7).shuffle(order)  # the order a dataset query asks for them
     t: dict[str, float] = {}
-    with Lab(LAB4) as lab:
+    with Lab(LAB4, direct_io=True) as lab:
         store = lab_store(lab, work, shard_size_mb=256, write_ack=2, copy_of_raw=2)
         with lab.throttled():
             results = store.put_many(files)

@@ -30,7 +30,7 @@ def main() -> None:
     files = flat_files(src, args.files, seed=20000)
     total = sum(p.stat().st_size for p in files)
     t: dict[str, float] = {}
-    with Lab(LAB4, throttle=args.profile == "lab4") as lab:
+    with Lab(LAB4, throttle=args.profile == "lab4", direct_io=True) as lab:
         store = lab_store(lab, work, ["lab1", "lab2"], shard_size_mb=256, write_ack=2, copy_of_raw=2)
         a, b = (lab.disks[x].mountpoint for x in ("lab1", "lab2"))  # same disks for every variant
         with lab.throttled():

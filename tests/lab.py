@@ -93,8 +93,13 @@ class Lab:
     """A set of throttled lab disks; use as a context manager or call close()."""
 
     def __init__(self, profiles: Sequence[DiskProfile] = LAB4, root: Path | None = None,
-                 throttle: bool = True) -> None:
+                 throttle: bool = True, direct_io: bool = False) -> None:
+        """`direct_io`: the loop devices use O_DIRECT on their images (benchmarks): no second
+        page cache under the lab filesystem, so an fsync costs what the backing disk costs,
+        as on a real HDD. Off by default because then a truncated image reads back as zeros
+        or EBADMSG instead of EIO, and fault tests need the EIO of a dying drive."""
         check_support()
+        self.direct_io = direct_io
         self.root = Path(root or tempfile.mkdtemp(prefix=PREFIX, dir="/var/tmp"))
         self.root.mkdir(parents=True, exist_ok=True)
         (self.root / "owner.pid").write_text(str(os.getpid()))
@@ -116,7 +121,7 @@ class Lab:
             f.truncate(p.size_mb * MB)
         # direct IO between the loop device and its image: no second page cache under the lab
         # filesystem, so fsync costs what the backing disk costs (as on a real HDD)
-        device = _sh("losetup", "--find", "--show", "--direct-io=on", str(image))
+        device = _sh("losetup", "--find", "--show", f"--direct-io={'on' if self.direct_io else 'off'}", str(image))
         _sh("mkfs.ext4", "-q", "-F", "-m", "0", "-L", p.label,
             "-E", "lazy_itable_init=1,lazy_journal_init=1", device)
         mnt = self.root / "mnt" / p.label

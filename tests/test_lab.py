@@ -106,7 +106,7 @@ def test_wrapped_subprocess_is_throttled(lab_factory) -> None:
 
 
 def test_truncated_image_answers_eio(lab_factory) -> None:
-    """fail_eio: data written before reads back as EIO afterwards, like a dying drive."""
+    """fail_eio: data written before fails to read back afterwards (EIO), like a dying drive."""
     lab = lab_factory(SMALL)
     d = lab.disks["fast"]
     victim = d.mountpoint / "victim"
@@ -120,7 +120,8 @@ def test_truncated_image_answers_eio(lab_factory) -> None:
         with open(victim, "rb") as f:
             while f.read(MB):
                 pass
-    assert exc.value.errno == 5  # EIO
+    # EIO for data blocks; EBADMSG if an ext4 metadata block (extent tree) is hit first
+    assert exc.value.errno in (5, 74)
 
 
 def test_vanished_disk_leaves_empty_directory(lab_factory) -> None:

@@ -72,7 +72,8 @@ def test_eio_on_one_disk_reads_come_from_the_others(lab, tmp_path: Path) -> None
     for p, r in zip(files, results):
         assert hashlib.sha256(store.get(r.sha256)).hexdigest() == r.sha256
     errors = [e for e in store.index.recent_events(500) if e["kind"] == "read_error"]
-    assert errors and {e["disk"] for e in errors} == {victim} and {e["errno"] for e in errors} == {5}
+    assert errors and {e["disk"] for e in errors} == {victim}
+    assert {e["errno"] for e in errors} <= {5, 74}  # EIO, or EBADMSG when ext4 metadata reads come back bad
     got = {}
     drop_caches()
     plan, stats = store.read_batch([r.sha256 for r in results], lambda s, b: got.__setitem__(s, bytes(b)))
@@ -80,7 +81,8 @@ def test_eio_on_one_disk_reads_come_from_the_others(lab, tmp_path: Path) -> None
     store.close()
     with Store.open(store.cfg) as again:  # reopened, the dying disk is not used at all
         rec = again.records[victim_uuid]
-        assert rec.state.value == "failed" and "Input/output error" in rec.reason
+        assert rec.state.value == "failed"
+        assert "Input/output error" in rec.reason or "Bad message" in rec.reason
         assert all(hashlib.sha256(again.get(r.sha256)).hexdigest() == r.sha256 for r in results[:20])
 
 
@@ -94,5 +96,5 @@ def test_unreadable_source_is_rejected_with_the_reason(lab, tmp_path: Path) -> N
     lab.fail_eio("lab4")
     results = store.put_many([good[0], bad, *good[1:]])
     assert [r.status for r in results] == ["new", "rejected", "new", "new"]
-    assert results[1].reason == f"cannot read {bad}: Input/output error"
+    assert results[1].reason in (f"cannot read {bad}: Input/output error", f"cannot read {bad}: Bad message")
     store.close()
