@@ -45,6 +45,7 @@ venv: deps $(STAMP)
 up: venv
 	@$(HOARD) init --embedded
 	@$(HOARD) services up
+	@$(HOARD) db migrate
 
 demo: up
 	@$(HOARD) demo

@@ -111,9 +111,16 @@ def collect(cfg: Settings) -> dict[str, Any]:
             problems.append(f"zone {z}: {s['path']} does not exist; run `hoard init`")
         elif s["level"] != "ok":
             problems.append(f"zone {z}: {s['used_ratio']:.0%} of its quota used ({s['level']}); free space in {s['path']}")
-    if not report["database"]["ok"]:
-        problems.append(f"database: {report['database']['error']}; start it with `hoard services up` "
-                        "or fix database_url")
+    db = report["database"]
+    if not db["ok"]:
+        problems.append(f"database: {db['error']}; start it with `hoard services up` or fix database_url")
+    else:
+        from sql.migrate import available
+
+        latest = available()[-1].version
+        if db["schema_version"] < latest:
+            problems.append(f"database: schema version {db['schema_version']}, this hoardfs needs {latest}; "
+                            "run `hoard db migrate`")
     if not report["redis"]["ok"]:
         problems.append(f"redis: {report['redis']['error']}; start it with `hoard services up` or fix redis_url")
     report["problems"] = problems

@@ -13,10 +13,16 @@ def database_status(url: str, timeout: float = 5) -> dict[str, Any]:
         with psycopg.connect(url, connect_timeout=int(max(1, timeout))) as conn:
             row = conn.execute(
                 "SELECT current_database(), current_setting('server_version'), "
-                "pg_database_size(current_database())"
+                "pg_database_size(current_database()), to_regclass('schema_version') IS NOT NULL"
             ).fetchone()
             assert row is not None
-            return {"ok": True, "database": row[0], "server_version": row[1], "size_bytes": row[2]}
+            version = conn.execute("SELECT coalesce(max(version), 0) FROM schema_version").fetchone()[0] \
+                if row[3] else 0
+            long_tx = conn.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                "AND xact_start < now() - interval '10 minutes'").fetchone()[0]
+            return {"ok": True, "database": row[0], "server_version": row[1], "size_bytes": row[2],
+                    "schema_version": version, "long_transactions": long_tx}
     except psycopg.Error as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         return {"ok": False, "error": first}

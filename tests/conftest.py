@@ -195,3 +195,19 @@ def make_files(root: Path, n: int, seed: int = 0, lo: int = 1024, hi: int = 64 *
     from adapters.synth import flat_files
 
     return flat_files(root, n, seed, lo, hi)
+
+
+@pytest.fixture
+def pg(servers) -> Iterator[psycopg.Connection]:
+    """A connection to the test database whose search_path is a fresh, empty schema (dropped after)."""
+    import uuid
+
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(servers["database_url"], autocommit=True) as admin:
+        admin.execute(f"CREATE SCHEMA {schema}")
+        try:
+            with psycopg.connect(servers["database_url"], options=f"-c search_path={schema}",
+                                 autocommit=True) as conn:
+                yield conn
+        finally:
+            admin.execute(f"DROP SCHEMA {schema} CASCADE")

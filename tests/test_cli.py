@@ -58,6 +58,8 @@ def test_init_then_health_json_is_ok(hoard_home: Path) -> None:
     assert hoard("--config", cfg, "init").returncode == 0  # idempotent
     for z in ("3A", "3B", "3C", "3D"):
         assert (hoard_home / "ssd" / z).is_dir()
+    migrated = hoard("--config", cfg, "db", "migrate")
+    assert migrated.returncode == 0 and "schema version" in migrated.stdout, migrated.stderr
     res = hoard("--config", cfg, "health", "--json")
     assert res.returncode == 0, res.stdout + res.stderr
     report = json.loads(res.stdout)

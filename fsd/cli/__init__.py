@@ -11,6 +11,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from fsd.cli import db as _db
 from fsd.cli import disks as _disks
 from fsd.cli import fixtures as _fixtures
 from fsd.cli import store as _store
@@ -30,6 +31,7 @@ app = typer.Typer(
 app.add_typer(_services.app, name="services")
 app.add_typer(_fixtures.app, name="fixtures")
 app.add_typer(_disks.app, name="disks")
+app.add_typer(_db.app, name="db")
 _store.register(app)
 _skeleton.register(app)
 

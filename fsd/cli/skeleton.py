@@ -20,7 +20,6 @@ PENDING = {
     "index": ("Rebuild the LMDB index from the shards", "W1-B2 (issue 4)"),
     "mount": ("Mount the store read-only with FUSE", "W1-E (issue 7)"),
     "gui": ("Serve the NiceGUI scheduler and dashboards", "a later GUI issue"),
-    "db": ("Database: migrate, backup, verify-backup, restore", "W1-C (issue 5)"),
 }
 
 

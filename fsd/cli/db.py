@@ -1,0 +1,61 @@
+"""`hoard db …`: schema migrations and database status (backup arrives with the rest of W1-C)."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Optional
+
+import psycopg
+import typer
+
+from fsd.cli._common import out, state
+from fsd.errors import NotBuilt, ServiceUnavailable
+
+app = typer.Typer(help="The PostgreSQL database: migrate, status (backup, verify-backup, restore: W1-C).",
+                  no_args_is_help=True)
+
+
+def connect(ctx: typer.Context) -> psycopg.Connection:
+    url = state(ctx).settings.database_url
+    try:
+        return psycopg.connect(url, autocommit=True, connect_timeout=10)
+    except psycopg.OperationalError as e:
+        raise ServiceUnavailable(f"cannot reach the database: {str(e).strip().splitlines()[0]}; "
+                                 "`hoard services up` starts the embedded one") from None
+
+
+@app.command()
+def migrate(
+    ctx: typer.Context,
+    target: Annotated[Optional[int], typer.Option(help="stop at this schema version")] = None,
+) -> None:
+    """Apply the schema migrations that are missing (idempotent)."""
+    from sql.migrate import current_version, migrate as run
+
+    with connect(ctx) as conn:
+        applied = run(conn, target)
+        out.print(f"schema version {current_version(conn)}"
+                  + (f" (applied {', '.join(map(str, applied))})" if applied else " (up to date)"))
+
+
+@app.command()
+def status(ctx: typer.Context, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Schema version, server version and database size."""
+    from sql.health import database_status
+    from sql.migrate import available, current_version
+
+    st = database_status(state(ctx).settings.database_url)
+    if st["ok"]:
+        with connect(ctx) as conn:
+            st["schema_version"] = current_version(conn)
+        st["schema_latest"] = available()[-1].version
+    out.print(json.dumps(st) if as_json else
+              ", ".join(f"{k}: {v}" for k, v in st.items()))
+
+
+for _name in ("backup", "verify-backup", "restore", "proposals"):
+    def _pending(ctx: typer.Context, _n: str = _name) -> None:
+        raise NotBuilt(f"`hoard db {_n}` is not built yet; it arrives with W1-C (issue 5)")
+
+    app.command(_name, help="(arrives with W1-C)",
+                context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(_pending)
