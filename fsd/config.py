@@ -273,15 +273,19 @@ def load(explicit: str | os.PathLike[str] | None = None) -> Settings:
     return settings
 
 
-def describe_validation_error(err: ValidationError) -> str:
-    """One line: `key: what is wrong (got X); allowed: …` for the first error."""
+def describe_validation_error(err: ValidationError, model: Any = None) -> str:
+    """One line: `key: what is wrong (got X); allowed: …` for the first error.
+
+    `model` is the pydantic model that was validated (default: Settings); it tells which
+    keys are allowed where an unknown one was found.
+    """
     errors = err.errors(include_url=False)
     first = errors[0]
     loc = [p for p in first["loc"]]
     key = _dotted(loc) or "(top level)"
     kind = first["type"]
     if kind == "extra_forbidden":
-        allowed = _allowed_keys(Settings, loc[:-1])
+        allowed = _allowed_keys(model or Settings, loc[:-1])
         msg = "unknown key" + (f"; allowed here: {', '.join(allowed)}" if allowed else "")
     elif kind == "missing":
         msg = "required key is missing"
@@ -317,7 +321,7 @@ def _allowed_keys(model: Any, loc: list[Any]) -> list[str]:
         current = fields[part].annotation
     current = _unwrap(current)
     fields = getattr(current, "model_fields", {})
-    return [k for k in fields if k != "source"]
+    return [k for k, f in fields.items() if not f.exclude]  # excluded fields are not keys of the file
 
 
 def _unwrap(tp: Any, item: bool = False) -> Any:

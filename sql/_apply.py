@@ -1,0 +1,178 @@
+"""The bulk body of apply_write_intent: COPY into temporary tables, then set-based SQL.
+
+Every reference check runs before anything that depends on it, and names the field path
+(`edges[12].child`) of the first problem. Called inside the caller's transaction.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+
+import psycopg
+
+from sql.intents import IntentError, WriteIntent, virtual_description
+
+
+def _copy(conn: psycopg.Connection, table: str, columns: str, rows: Iterable[Sequence]) -> None:
+    with conn.cursor() as cur, cur.copy(f"COPY {table} ({columns}) FROM STDIN") as cp:
+        for row in rows:
+            cp.write_row(row)
+
+
+def _temp(conn: psycopg.Connection, name: str, columns: str) -> None:
+    """An empty temporary table (kept for the session: several intents may share a transaction)."""
+    conn.execute(f"CREATE TEMP TABLE IF NOT EXISTS {name} ({columns})")
+    conn.execute(f"TRUNCATE {name}")
+
+
+def _ids(conn: psycopg.Connection, table: str, key: str, names: set[str]) -> dict[str, int]:
+    if not names:
+        return {}
+    rows = conn.execute(f"SELECT name, {key} FROM {table} WHERE name = ANY(%s)", [list(names)]).fetchall()
+    return dict(rows)
+
+
+def _missing_nodes(conn: psycopg.Connection, shas: list[tuple[int, str, str]], what: str) -> None:
+    """(index, field, sha) triples whose node is not in the database (after the intent's upserts)."""
+    if not shas:
+        return
+    _temp(conn, "tmp_ref", "idx int, field text, sha bytea")
+    _copy(conn, "tmp_ref", "idx, field, sha", ((i, f, bytes.fromhex(s)) for i, f, s in shas))
+    row = conn.execute("SELECT r.idx, r.field, encode(r.sha, 'hex') FROM tmp_ref r "
+                       "LEFT JOIN node n ON n.sha256 = r.sha WHERE n.node_id IS NULL "
+                       "ORDER BY r.idx, r.field LIMIT 1").fetchone()
+    if row:
+        raise IntentError(f"{what}[{row[0]}].{row[1]}: node {row[2]} is neither in this intent nor in the database")
+
+
+def apply_body(conn: psycopg.Connection, it: WriteIntent) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    # -- names: sources and relationship types ------------------------------------------------
+    for name in it.sources:
+        conn.execute("INSERT INTO source (name) VALUES (%s) ON CONFLICT (name) DO NOTHING", [name])
+    for rel in it.relationships:
+        conn.execute("INSERT INTO relationship_type (name, action_id) VALUES (%s, %s) "
+                     "ON CONFLICT (name) DO NOTHING", [rel.name, rel.action])
+    wanted_sources = ({m.source for m in it.metadata} | {n.virtual.source for n in it.nodes if n.virtual}
+                      | {b.source for b in it.batches if b.source})
+    sources = _ids(conn, "source", "source_id", wanted_sources)
+    for path, name in ([(f"metadata[{i}].source", m.source) for i, m in enumerate(it.metadata)]
+                       + [(f"nodes[{i}].virtual.source", n.virtual.source) for i, n in enumerate(it.nodes) if n.virtual]
+                       + [(f"batches[{i}].source", b.source) for i, b in enumerate(it.batches) if b.source]):
+        if name not in sources:
+            raise IntentError(f"{path}: unknown source {name!r}; declare it in the intent's `sources`")
+    rels = _ids(conn, "relationship_type", "rel_id", {e.relationship for e in it.edges})
+    for i, e in enumerate(it.edges):
+        if e.relationship not in rels:
+            raise IntentError(f"edges[{i}].relationship: unknown relationship {e.relationship!r}; "
+                              "declare it in the intent's `relationships`")
+
+    # -- nodes ------------------------------------------------------------------------------
+    if it.nodes:
+        _temp(conn, "tmp_node", "idx int, sha bytea, is_virtual bool, size bigint, file_type text, kind text, "
+              "source_id smallint, stable_id text, description text")
+        _copy(conn, "tmp_node", "idx, sha, is_virtual, size, file_type, kind, source_id, stable_id, description",
+              ((i, bytes.fromhex(n.sha256), n.virtual is not None,
+                n.physical.size if n.physical else None, n.physical.file_type if n.physical else None,
+                n.virtual.kind if n.virtual else None, sources[n.virtual.source] if n.virtual else None,
+                n.virtual.stable_id if n.virtual else None,
+                virtual_description(n.virtual.kind, n.virtual.source, n.virtual.stable_id) if n.virtual else None)
+               for i, n in enumerate(it.nodes)))
+        clash = conn.execute("SELECT t.idx FROM tmp_node t JOIN node n ON n.sha256 = t.sha "
+                             "WHERE n.is_virtual <> t.is_virtual ORDER BY t.idx LIMIT 1").fetchone()
+        if clash:
+            raise IntentError(f"nodes[{clash[0]}]: the database has this node as the other kind (physical/virtual)")
+        cur = conn.execute("INSERT INTO node (sha256, is_virtual, is_physical) "
+                           "SELECT DISTINCT ON (sha) sha, is_virtual, NOT is_virtual FROM tmp_node "
+                           "ON CONFLICT (sha256) DO NOTHING")
+        counts["nodes_new"] = cur.rowcount
+        cur = conn.execute("INSERT INTO physical_content (node_id, size, file_type) "
+                           "SELECT DISTINCT ON (n.node_id) n.node_id, t.size, ft.ext FROM tmp_node t "
+                           "JOIN node n ON n.sha256 = t.sha LEFT JOIN file_type ft ON ft.ext = t.file_type "
+                           "WHERE NOT t.is_virtual ON CONFLICT (node_id) DO NOTHING")
+        counts["physical_new"] = cur.rowcount
+        cur = conn.execute("INSERT INTO virtual_asset (node_id, kind, source_id, stable_id, description) "
+                           "SELECT DISTINCT ON (n.node_id) n.node_id, t.kind, t.source_id, t.stable_id, t.description "
+                           "FROM tmp_node t JOIN node n ON n.sha256 = t.sha WHERE t.is_virtual "
+                           "ON CONFLICT (node_id) DO NOTHING")
+        counts["virtual_new"] = cur.rowcount
+        paths = [(bytes.fromhex(n.sha256), loc) for n in it.nodes if n.physical for loc in n.physical.locators]
+        if paths:
+            _temp(conn, "tmp_path", "sha bytea, locator text")
+            _copy(conn, "tmp_path", "sha, locator", paths)
+            cur = conn.execute("INSERT INTO physical_path (node_id, locator) SELECT n.node_id, p.locator "
+                               "FROM tmp_path p JOIN node n ON n.sha256 = p.sha ON CONFLICT DO NOTHING")
+            counts["paths_new"] = cur.rowcount
+
+    # -- references, then metadata, edges, labels -------------------------------------------------
+    _missing_nodes(conn, [(i, "node", m.node) for i, m in enumerate(it.metadata)], "metadata")
+    _missing_nodes(conn, [(i, f, getattr(e, f)) for i, e in enumerate(it.edges) for f in ("parent", "child")], "edges")
+    _missing_nodes(conn, [(i, "node", lb.node) for i, lb in enumerate(it.labels)], "labels")
+    _missing_nodes(conn, [(i, f"members[{j}]", s) for i, b in enumerate(it.batches) for j, s in enumerate(b.members)],
+                   "batches")
+    if it.metadata:
+        _temp(conn, "tmp_meta", "sha bytea, source_id smallint, is_raw bool, is_root bool, title text, "
+              "view_count bigint, update_time timestamptz, download_time timestamptz, author text, "
+              "user_name text, raw_metadata jsonb, raw_object bytea")
+        _copy(conn, "tmp_meta", "sha, source_id, is_raw, is_root, title, view_count, update_time, download_time, "
+              "author, user_name, raw_metadata, raw_object",
+              ((bytes.fromhex(m.node), sources[m.source], m.is_raw, m.is_root, m.title, m.view_count,
+                m.update_time, m.download_time, m.author, m.user,
+                json.dumps(m.raw_metadata) if m.raw_metadata is not None else None,
+                bytes.fromhex(m.raw_object) if m.raw_object else None) for m in it.metadata))
+        # the newest download wins when two batches describe the same node differently
+        cur = conn.execute("""
+            INSERT INTO common_metadata (node_id, source_id, is_raw, is_root, title, view_count, update_time,
+                                         download_time, author, user_name, raw_metadata, raw_object)
+            SELECT DISTINCT ON (n.node_id, t.source_id) n.node_id, t.source_id, t.is_raw, t.is_root, t.title,
+                   t.view_count, t.update_time, t.download_time, t.author, t.user_name, t.raw_metadata, t.raw_object
+            FROM tmp_meta t JOIN node n ON n.sha256 = t.sha
+            ORDER BY n.node_id, t.source_id, t.download_time DESC NULLS LAST
+            ON CONFLICT (node_id, source_id) DO UPDATE SET
+                is_raw = EXCLUDED.is_raw, is_root = EXCLUDED.is_root, title = EXCLUDED.title,
+                view_count = EXCLUDED.view_count, update_time = EXCLUDED.update_time,
+                download_time = EXCLUDED.download_time, author = EXCLUDED.author, user_name = EXCLUDED.user_name,
+                raw_metadata = EXCLUDED.raw_metadata, raw_object = EXCLUDED.raw_object
+            WHERE common_metadata.download_time IS NULL
+               OR EXCLUDED.download_time >= common_metadata.download_time""")
+        counts["metadata_rows"] = cur.rowcount
+    if it.edges:
+        _temp(conn, "tmp_edge", "parent bytea, child bytea, rel_id smallint")
+        _copy(conn, "tmp_edge", "parent, child, rel_id",
+              ((bytes.fromhex(e.parent), bytes.fromhex(e.child), rels[e.relationship]) for e in it.edges))
+        cur = conn.execute("INSERT INTO edge (parent_id, child_id, rel_id) SELECT p.node_id, c.node_id, t.rel_id "
+                           "FROM tmp_edge t JOIN node p ON p.sha256 = t.parent JOIN node c ON c.sha256 = t.child "
+                           "ON CONFLICT DO NOTHING")
+        counts["edges_new"] = cur.rowcount
+    if it.labels:
+        _temp(conn, "tmp_label", "sha bytea, key text, value text, origin text")
+        _copy(conn, "tmp_label", "sha, key, value, origin",
+              ((bytes.fromhex(lb.node), lb.key, lb.value, lb.origin) for lb in it.labels))
+        cur = conn.execute("INSERT INTO label (node_id, key, value, origin) SELECT n.node_id, t.key, t.value, "
+                           "t.origin FROM tmp_label t JOIN node n ON n.sha256 = t.sha ON CONFLICT DO NOTHING")
+        counts["labels_new"] = cur.rowcount
+
+    # -- batches and events ---------------------------------------------------------------------
+    for i, b in enumerate(it.batches):
+        conn.execute("INSERT INTO action_batch (batch_id, action_id, source_id) VALUES (%s, %s, %s) "
+                     "ON CONFLICT (batch_id) DO NOTHING", [b.batch_id, b.action, sources.get(b.source)])
+        have = conn.execute("SELECT action_id FROM action_batch WHERE batch_id = %s", [b.batch_id]).fetchone()
+        if have[0] != b.action:
+            raise IntentError(f"batches[{i}].action: batch {b.batch_id} belongs to action {have[0]}, not {b.action}")
+        if b.members:
+            cur = conn.execute("INSERT INTO batch_member (batch_id, node_id) SELECT %s, n.node_id FROM node n "
+                               "WHERE n.sha256 = ANY(%s) ON CONFLICT DO NOTHING",
+                               [b.batch_id, [bytes.fromhex(s) for s in b.members]])
+            counts["members_new"] = counts.get("members_new", 0) + cur.rowcount
+        if b.seal:
+            conn.execute("UPDATE action_batch SET sealed_at = now() WHERE batch_id = %s AND sealed_at IS NULL",
+                         [b.batch_id])
+    for i, ev in enumerate(it.events):
+        if not conn.execute("SELECT 1 FROM action_batch WHERE batch_id = %s", [ev.batch_id]).fetchone():
+            raise IntentError(f"events[{i}].batch_id: no batch {ev.batch_id!r}")
+        conn.execute("INSERT INTO action_event (batch_id, action_id, status, started_at, ended_at, detail) "
+                     "VALUES (%s, %s, %s, %s, %s, %s)",
+                     [ev.batch_id, ev.action, ev.status, ev.started_at, ev.ended_at, json.dumps(ev.detail)])
+    counts["events"] = len(it.events)
+    return counts

@@ -1,0 +1,215 @@
+"""Write-intents: the only way other systems change the database (S03 → S05).
+
+An adapter or an action parser builds a `WriteIntent` (pure data, versioned, validated by
+pydantic: unknown fields and wrong types are refused with the path of the bad field) and
+hands it to `apply_write_intent(conn, intent)`, which:
+
+1. records the intent's idempotency key with the sha256 of its canonical body — the same
+   key again is a no-op that says so, the same key with another body is refused;
+2. checks references (an edge's or a label's nodes must be in the intent or the
+   database; sources and relationship types must be registered or declared);
+3. applies everything in one transaction, in bulk: COPY into temporary tables, then
+   INSERT … SELECT … ON CONFLICT;
+4. returns counts of what changed.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Annotated, Any, Literal
+
+import psycopg
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator, model_validator
+
+from fsd.errors import ExitCode, HoardError
+
+INTENT_VERSION = 1
+Sha = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
+Name = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,62}$")]
+_strict = ConfigDict(extra="forbid")
+
+
+class IntentError(HoardError):
+    """A write-intent that cannot be applied; the message names the bad field."""
+
+    exit_code = ExitCode.USAGE
+
+
+class IntentConflict(IntentError):
+    """The key was applied before with a different body."""
+
+
+def virtual_description(kind: str, source: str, stable_id: str) -> str:
+    """The canonical string whose sha256 names a virtual asset (documented in docs/adapters.md)."""
+    return f"virtual:{kind}:{source}:{stable_id}"
+
+
+def virtual_sha256(kind: str, source: str, stable_id: str) -> str:
+    return hashlib.sha256(virtual_description(kind, source, stable_id).encode()).hexdigest()
+
+
+class Physical(BaseModel):
+    model_config = _strict
+    size: int = Field(ge=0)
+    file_type: str | None = Field(default=None, pattern=r"^[a-z0-9]{1,10}$")
+    locators: list[Annotated[str, StringConstraints(min_length=1, max_length=4096)]] = []
+
+
+class Virtual(BaseModel):
+    model_config = _strict
+    kind: Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,31}$")]
+    source: Name
+    stable_id: Annotated[str, StringConstraints(min_length=1, max_length=1024)]
+
+
+class NodeIn(BaseModel):
+    model_config = _strict
+    sha256: Sha
+    physical: Physical | None = None
+    virtual: Virtual | None = None
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> NodeIn:
+        if (self.physical is None) == (self.virtual is None):
+            raise ValueError("a node is exactly one of physical or virtual")
+        if self.virtual is not None:
+            v = self.virtual
+            if virtual_sha256(v.kind, v.source, v.stable_id) != self.sha256:
+                raise ValueError("sha256 of a virtual node must be sha256(virtual:<kind>:<source>:<stable_id>)")
+        return self
+
+
+class MetadataIn(BaseModel):
+    model_config = _strict
+    node: Sha
+    source: Name
+    is_raw: bool = True
+    is_root: bool = False
+    title: str | None = None
+    view_count: int | None = Field(default=None, ge=0)
+    update_time: dt.datetime | None = None
+    download_time: dt.datetime | None = None
+    author: str | None = None
+    user: str | None = None
+    raw_metadata: dict[str, Any] | None = None
+    raw_object: Sha | None = None
+
+    @field_validator("raw_metadata")
+    @classmethod
+    def _small(cls, v: dict | None) -> dict | None:
+        if v is not None and len(json.dumps(v, separators=(",", ":"), ensure_ascii=False).encode()) > 1024:
+            raise ValueError("raw_metadata is limited to 1 KB; store the full document and set raw_object")
+        return v
+
+
+class EdgeIn(BaseModel):
+    model_config = _strict
+    parent: Sha
+    child: Sha
+    relationship: Name
+
+    @model_validator(mode="after")
+    def _no_loop(self) -> EdgeIn:
+        if self.parent == self.child:
+            raise ValueError("an edge needs two different nodes")
+        return self
+
+
+class RelationshipIn(BaseModel):
+    model_config = _strict
+    name: Name
+    action: int = Field(default=0, ge=0)
+
+
+class BatchIn(BaseModel):
+    model_config = _strict
+    batch_id: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")]
+    action: int = Field(default=0, ge=0)
+    source: Name | None = None
+    members: list[Sha] = []
+    seal: bool = False
+
+
+class EventIn(BaseModel):
+    model_config = _strict
+    batch_id: str
+    action: int = Field(ge=0)
+    status: Literal["started", "done", "failed", "cancelled"]
+    started_at: dt.datetime
+    ended_at: dt.datetime | None = None
+    detail: dict[str, Any] = {}
+
+
+class LabelIn(BaseModel):
+    model_config = _strict
+    node: Sha
+    key: Annotated[str, StringConstraints(min_length=1, max_length=200)]
+    value: Annotated[str, StringConstraints(max_length=2000)] = ""
+    origin: Annotated[str, StringConstraints(min_length=1, max_length=100)] = "human"
+
+
+class WriteIntent(BaseModel):
+    """Everything one step wants written, applied all or nothing."""
+
+    model_config = _strict
+    version: Literal[1] = INTENT_VERSION
+    key: Annotated[str, StringConstraints(min_length=1, max_length=300)]
+    sources: list[Name] = []
+    relationships: list[RelationshipIn] = []
+    nodes: list[NodeIn] = []
+    metadata: list[MetadataIn] = []
+    edges: list[EdgeIn] = []
+    batches: list[BatchIn] = []
+    events: list[EventIn] = []
+    labels: list[LabelIn] = []
+
+    def digest(self) -> bytes:
+        body = self.model_dump(mode="json", exclude={"key"})
+        return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).digest()
+
+
+def parse_intent(data: dict[str, Any] | str | bytes) -> WriteIntent:
+    """Validate raw data (a dict or JSON); IntentError names the first bad field's path."""
+    from fsd.config import describe_validation_error
+
+    try:
+        if isinstance(data, (str, bytes)):
+            return WriteIntent.model_validate_json(data)
+        return WriteIntent.model_validate(data)
+    except ValidationError as e:
+        raise IntentError(f"write-intent rejected: {describe_validation_error(e, WriteIntent)}") from None
+
+
+@dataclass
+class ApplyResult:
+    key: str
+    noop: bool
+    counts: dict[str, int] = field(default_factory=dict)
+
+
+def apply_write_intent(conn: psycopg.Connection, intent: WriteIntent | dict[str, Any]) -> ApplyResult:
+    """Apply in one transaction; a re-applied key is a no-op (`noop=True`)."""
+    if not isinstance(intent, WriteIntent):
+        intent = parse_intent(intent)
+    digest = intent.digest()
+    with conn.transaction():
+        row = conn.execute("INSERT INTO applied_intent (key, digest, counts) VALUES (%s, %s, '{}') "
+                           "ON CONFLICT (key) DO NOTHING RETURNING key", [intent.key, digest]).fetchone()
+        if row is None:
+            prev_digest, prev_counts = conn.execute(
+                "SELECT digest, counts FROM applied_intent WHERE key = %s", [intent.key]).fetchone()
+            if bytes(prev_digest) != digest:
+                raise IntentConflict(f"write-intent {intent.key!r} was already applied with different content; "
+                                     "an intent's key must name exactly one body — use a new key")
+            return ApplyResult(intent.key, True, prev_counts)
+        from sql._apply import apply_body
+
+        try:
+            counts = apply_body(conn, intent)
+        except psycopg.errors.CheckViolation as e:
+            raise IntentError(f"write-intent {intent.key!r} rejected: {e.diag.message_primary}") from None
+        conn.execute("UPDATE applied_intent SET counts = %s WHERE key = %s", [json.dumps(counts), intent.key])
+    return ApplyResult(intent.key, False, counts)

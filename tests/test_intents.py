@@ -1,0 +1,169 @@
+"""Write-intents against a real PostgreSQL: bulk apply, idempotency, every rejection names its field."""
+
+from __future__ import annotations
+
+import copy
+import datetime as dt
+import hashlib
+
+import psycopg
+import pytest
+
+from sql.intents import IntentConflict, IntentError, apply_write_intent, parse_intent, virtual_sha256
+from sql.migrate import migrate
+
+T0 = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
+HOSTILE = "x'); DROP TABLE node; --"
+
+
+def sha(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def intent(key: str = "batch-1", media: int = 3, author: str = "ada", t: dt.datetime = T0, title: str = "clip") -> dict:
+    files = [sha(f"file-{i}") for i in range(media)]
+    chan = virtual_sha256("channel", "ytdlp", author)
+    return {
+        "key": key,
+        "sources": ["ytdlp"],
+        "relationships": [{"name": "channel_of"}],
+        "nodes": [{"sha256": f, "physical": {"size": 100 + i, "file_type": "mp4", "locators": [f"batch:{key}/v{i}.mp4"]}}
+                  for i, f in enumerate(files)]
+                 + [{"sha256": chan, "virtual": {"kind": "channel", "source": "ytdlp", "stable_id": author}}],
+        "metadata": [{"node": f, "source": "ytdlp", "title": f"{title} {i}", "view_count": i, "download_time": t.isoformat(),
+                      "author": author, "raw_metadata": {"id": i}} for i, f in enumerate(files)],
+        "edges": [{"parent": chan, "child": f, "relationship": "channel_of"} for f in files],
+        "labels": [{"node": files[0], "key": "class", "value": "cat"}],
+        "batches": [{"batch_id": key, "source": "ytdlp", "members": files, "seal": True}],
+        "events": [{"batch_id": key, "action": 0, "status": "done", "started_at": t.isoformat(),
+                    "ended_at": (t + dt.timedelta(seconds=5)).isoformat()}],
+    }
+
+
+@pytest.fixture
+def db(pg: psycopg.Connection) -> psycopg.Connection:
+    migrate(pg)
+    return pg
+
+
+def _graph(conn) -> dict:
+    q = lambda sql: sorted(conn.execute(sql).fetchall())  # noqa: E731
+    return {
+        "nodes": q("SELECT encode(sha256, 'hex'), is_virtual FROM node"),
+        "edges": q("SELECT encode(p.sha256, 'hex'), encode(c.sha256, 'hex'), r.name FROM edge e "
+                   "JOIN node p ON p.node_id = e.parent_id JOIN node c ON c.node_id = e.child_id "
+                   "JOIN relationship_type r USING (rel_id)"),
+        "meta": q("SELECT encode(n.sha256, 'hex'), m.title, m.download_time FROM common_metadata m JOIN node n USING (node_id)"),
+        "paths": q("SELECT locator FROM physical_path"),
+    }
+
+
+def test_apply_then_reapply_is_a_noop(db) -> None:
+    """One intent writes nodes, metadata, edges, labels, batch and event; the same key again changes nothing."""
+    res = apply_write_intent(db, intent())
+    assert not res.noop
+    assert res.counts == {"nodes_new": 4, "physical_new": 3, "virtual_new": 1, "paths_new": 3, "metadata_rows": 3,
+                          "edges_new": 3, "labels_new": 1, "members_new": 3, "events": 1}
+    before = _graph(db)
+    assert len(before["edges"]) == 3 and before["meta"][0][1] == "clip 0"
+    assert db.execute("SELECT sealed_at IS NOT NULL FROM action_batch WHERE batch_id = 'batch-1'").fetchone() == (True,)
+    again = apply_write_intent(db, intent())
+    assert again.noop and again.counts == res.counts
+    assert _graph(db) == before
+    assert db.execute("SELECT count(*) FROM action_event").fetchone() == (1,)
+
+
+def test_same_key_other_body_is_refused(db) -> None:
+    apply_write_intent(db, intent())
+    with pytest.raises(IntentConflict, match="already applied with different content"):
+        apply_write_intent(db, intent(title="changed"))
+
+
+def test_order_of_batches_does_not_matter(pg) -> None:
+    """Two batches sharing a channel and content: A then B gives the graph B then A gives."""
+    graphs = []
+    for order in ((0, 1), (1, 0)):
+        pg.execute("DROP SCHEMA IF EXISTS g CASCADE; CREATE SCHEMA g; SET search_path = g")
+        migrate(pg)
+        a, b = intent("a", media=3), intent("b", media=5, t=T0 + dt.timedelta(days=1), title="later")
+        for i in order:
+            apply_write_intent(pg, (a, b)[i])
+        graphs.append(_graph(pg))
+    assert graphs[0] == graphs[1]
+    titles = {t for _, t, _ in graphs[0]["meta"]}
+    assert titles == {f"later {i}" for i in range(5)}  # the newest download wins for shared nodes
+
+
+def test_hostile_strings_are_stored_verbatim(db) -> None:
+    """Values never reach SQL text: an injection string is just a title."""
+    apply_write_intent(db, intent(title=HOSTILE, author=HOSTILE))
+    assert db.execute("SELECT count(*) FROM node").fetchone()[0] == 4
+    assert db.execute("SELECT title FROM common_metadata ORDER BY title LIMIT 1").fetchone()[0].startswith(HOSTILE)
+
+
+def _bad(**changes):
+    doc = intent()
+    for path, value in changes.items():
+        target = doc
+        parts = path.split(".")
+        for p in parts[:-1]:
+            target = target[int(p)] if p.isdigit() else target[p]
+        last = parts[-1]
+        if value is KeyError:
+            del target[last]
+        else:
+            target[int(last) if last.isdigit() else last] = value
+    return doc
+
+
+BAD = [
+    (_bad(colour="red"), r"colour: unknown key; allowed here: version, key, sources"),
+    (_bad(**{"nodes.0.physical.size": "big"}), r"nodes\[0\]\.physical\.size: Input should be a valid integer"),
+    (_bad(**{"nodes.0.sha256": "abc"}), r"nodes\[0\]\.sha256: String should match pattern"),
+    (_bad(**{"nodes.3.virtual.stable_id": "bob"}), r"nodes\[3\]: sha256 of a virtual node must be"),
+    (_bad(**{"metadata.1.raw_metadata": {"x": "y" * 2000}}), r"metadata\[1\]\.raw_metadata: raw_metadata is limited to 1 KB"),
+    (_bad(**{"metadata.0.nodes": 1}), r"metadata\[0\]\.nodes: unknown key; allowed here: node, source"),
+    (_bad(version=2), r"version: Input should be 1"),
+    (_bad(**{"edges.0.child": sha("nowhere")}), r"edges\[0\]\.child: node [0-9a-f]{64} is neither in this intent nor in the database"),
+    (_bad(sources=[]), r"metadata\[0\]\.source: unknown source 'ytdlp'; declare it"),
+    (_bad(**{"edges.1.relationship": "nope_rel"}), r"edges\[1\]\.relationship: unknown relationship 'nope_rel'"),
+    (_bad(**{"labels.0.node": sha("x")}), r"labels\[0\]\.node: node"),
+    (_bad(**{"events.0.batch_id": "zzz"}), r"events\[0\]\.batch_id: no batch 'zzz'"),
+    (_bad(**{"edges.0.child": intent()["edges"][0]["parent"]}), r"edges\[0\]: an edge needs two different nodes"),
+]
+
+
+@pytest.mark.parametrize(("doc", "pattern"), BAD, ids=[f"bad{i}" for i in range(len(BAD))])
+def test_bad_intents_name_the_field_and_write_nothing(db, doc, pattern) -> None:
+    with pytest.raises(IntentError, match=pattern):
+        apply_write_intent(db, doc)
+    assert db.execute("SELECT count(*) FROM node").fetchone() == (0,)
+    assert db.execute("SELECT count(*) FROM applied_intent").fetchone() == (0,)
+
+
+def test_sealed_batch_refuses_members_from_a_later_intent(db) -> None:
+    apply_write_intent(db, intent())
+    later = intent(key="later", media=4)
+    later["batches"][0]["batch_id"] = "batch-1"
+    later["events"] = []
+    with pytest.raises(IntentError, match="batch batch-1 is sealed"):
+        apply_write_intent(db, later)
+    assert db.execute("SELECT count(*) FROM batch_member").fetchone() == (3,)
+
+
+def test_physical_virtual_clash(db) -> None:
+    apply_write_intent(db, intent())
+    doc = copy.deepcopy(intent(key="k2"))
+    chan = doc["nodes"][-1]["sha256"]
+    doc["nodes"] = [{"sha256": chan, "physical": {"size": 1}}]
+    doc["metadata"], doc["edges"], doc["labels"], doc["batches"], doc["events"] = [], [], [], [], []
+    with pytest.raises(IntentError, match=r"nodes\[0\]: the database has this node as the other kind"):
+        apply_write_intent(db, doc)
+
+
+def test_parse_from_json() -> None:
+    import json
+
+    assert parse_intent(json.dumps(intent())).key == "batch-1"
+    with pytest.raises(IntentError, match="write-intent rejected"):
+        parse_intent("{not json")
