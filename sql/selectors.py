@@ -1,0 +1,194 @@
+"""Node selectors: a pydantic `Selector` compiled to parametrised SQL (S07 asks, S05 answers).
+
+No value from a selector ever becomes SQL text: values travel as query parameters, and
+the few names that shape the query (metadata fields, operators, orderings) are chosen from
+fixed tables here — pydantic rejects anything else with the path of the bad field. Tree
+conditions walk edges with recursive CTEs that start from the matching ancestors (or
+descendants) once, instead of once per candidate row.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from typing import Annotated, Literal
+
+import psycopg
+from psycopg import sql
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+
+from fsd.errors import ExitCode, HoardError
+from sql.intents import Name, Sha
+
+_strict = ConfigDict(extra="forbid")
+
+#: metadata fields a selector may test, and their column in common_metadata
+FIELDS = {"title": "title", "view_count": "view_count", "update_time": "update_time",
+          "download_time": "download_time", "author": "author", "user": "user_name",
+          "is_raw": "is_raw", "is_root": "is_root"}
+OPS = {"eq": "=", "ne": "<>", "lt": "<", "le": "<=", "gt": ">", "ge": ">="}
+ORDERS = {"node_id": "n.node_id", "size": "pc.size DESC, n.node_id", "sha256": "n.sha256"}
+
+
+class SelectorError(HoardError):
+    exit_code = ExitCode.USAGE
+
+
+class FieldPredicate(BaseModel):
+    model_config = _strict
+    field: Literal["title", "view_count", "update_time", "download_time", "author", "user", "is_raw", "is_root"]
+    op: Literal["eq", "ne", "lt", "le", "gt", "ge", "contains", "in"]
+    value: str | int | float | bool | dt.datetime | list[str | int | float]
+
+
+class LabelPredicate(BaseModel):
+    model_config = _strict
+    key: Annotated[str, StringConstraints(min_length=1, max_length=200)]
+    value: str | None = None  # None: any value
+    present: bool = True
+
+
+class TreePredicate(BaseModel):
+    """A related node within `max_depth` edges (of `relationship`, or any) that matches."""
+
+    model_config = _strict
+    relationship: Name | None = None
+    max_depth: int = Field(default=1, ge=1, le=32)
+    sha256: Sha | None = None
+    kind: Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,31}$")] | None = None  # virtual kind
+    source: Name | None = None
+    label: LabelPredicate | None = None
+
+
+class Selector(BaseModel):
+    model_config = _strict
+    sources: list[Name] = []
+    batches: list[Annotated[str, StringConstraints(min_length=1, max_length=128)]] = []
+    file_types: list[Annotated[str, StringConstraints(pattern=r"^[a-z0-9]{1,10}$")]] = []
+    kinds: list[Literal["image", "video", "audio", "text"]] = []
+    metadata: list[FieldPredicate] = []
+    labels: list[LabelPredicate] = []
+    has_ancestor: list[TreePredicate] = []
+    has_descendant: list[TreePredicate] = []
+    is_root: bool | None = None
+    include_black_listed: bool = False
+    include_deleted: bool = False
+    order: Literal["node_id", "size", "sha256"] = "node_id"
+    limit: int | None = Field(default=None, ge=1, le=100_000_000)
+
+
+@dataclass
+class NodeSet:
+    node_ids: list[int]
+    sha256: list[str]
+    sizes: list[int]
+    total_bytes: int
+
+    def __len__(self) -> int:
+        return len(self.node_ids)
+
+
+class _Params:
+    def __init__(self) -> None:
+        self.values: dict[str, object] = {}
+
+    def add(self, value: object) -> sql.Composable:
+        name = f"p{len(self.values)}"
+        self.values[name] = value
+        return sql.Placeholder(name)
+
+
+def _tree(p: _Params, t: TreePredicate, up: bool) -> sql.Composable:
+    """node ids that have (up=True: an ancestor / False: a descendant) matching `t`."""
+    seed_where = [sql.SQL("true")]
+    if t.sha256:
+        seed_where.append(sql.SQL("m.sha256 = {}").format(p.add(bytes.fromhex(t.sha256))))
+    if t.kind or t.source:
+        cond = [sql.SQL("va.node_id = m.node_id")]
+        if t.kind:
+            cond.append(sql.SQL("va.kind = {}").format(p.add(t.kind)))
+        if t.source:
+            cond.append(sql.SQL("va.source_id = (SELECT source_id FROM source WHERE name = {})").format(p.add(t.source)))
+        seed_where.append(sql.SQL("EXISTS (SELECT 1 FROM virtual_asset va WHERE {})").format(sql.SQL(" AND ").join(cond)))
+    if t.label:
+        seed_where.append(_label(p, t.label, "m"))
+    rel = (sql.SQL(" AND e.rel_id = (SELECT rel_id FROM relationship_type WHERE name = {})").format(p.add(t.relationship))
+           if t.relationship else sql.SQL(""))
+    # walk away from the matching nodes: down to their descendants (has_ancestor) or up
+    src, dst = ("parent_id", "child_id") if up else ("child_id", "parent_id")
+    return sql.SQL(
+        "n.node_id IN (WITH RECURSIVE walk(node_id, depth) AS ("
+        " SELECT e.{dst}, 1 FROM edge e JOIN node m ON m.node_id = e.{src} WHERE {seed}{rel}"
+        " UNION SELECT e.{dst}, w.depth + 1 FROM edge e JOIN walk w ON e.{src} = w.node_id"
+        " WHERE w.depth < {depth}{rel}) SELECT node_id FROM walk)"
+    ).format(dst=sql.Identifier(dst), src=sql.Identifier(src), seed=sql.SQL(" AND ").join(seed_where),
+             rel=rel, depth=p.add(t.max_depth))
+
+
+def _label(p: _Params, lp: LabelPredicate, alias: str) -> sql.Composable:
+    cond = sql.SQL("l.node_id = {}.node_id AND l.key = {}").format(sql.Identifier(alias), p.add(lp.key))
+    if lp.value is not None:
+        cond = sql.SQL("{} AND l.value = {}").format(cond, p.add(lp.value))
+    return sql.SQL("{} (SELECT 1 FROM label l WHERE {})").format(sql.SQL("EXISTS" if lp.present else "NOT EXISTS"), cond)
+
+
+def compile_selector(sel: Selector) -> tuple[sql.Composed, dict[str, object]]:
+    p = _Params()
+    where: list[sql.Composable] = [sql.SQL("n.is_physical")]
+    if not sel.include_black_listed:
+        where.append(sql.SQL("NOT pc.in_black_list"))
+    if not sel.include_deleted:
+        where.append(sql.SQL("NOT pc.is_deleted"))
+    if sel.sources:
+        where.append(sql.SQL("EXISTS (SELECT 1 FROM common_metadata cm JOIN source s USING (source_id) "
+                             "WHERE cm.node_id = n.node_id AND s.name = ANY({}))").format(p.add(sel.sources)))
+    if sel.batches:
+        where.append(sql.SQL("EXISTS (SELECT 1 FROM batch_member bm WHERE bm.node_id = n.node_id "
+                             "AND bm.batch_id = ANY({}))").format(p.add(sel.batches)))
+    if sel.file_types:
+        where.append(sql.SQL("pc.file_type = ANY({})").format(p.add(sel.file_types)))
+    if sel.kinds:
+        where.append(sql.SQL("pc.file_type IN (SELECT ext FROM file_type WHERE kind = ANY({}))").format(p.add(sel.kinds)))
+    for fp in sel.metadata:
+        col = sql.SQL("cm.{}").format(sql.Identifier(FIELDS[fp.field]))
+        if fp.op == "contains":
+            cond = sql.SQL("{} ILIKE '%%' || {} || '%%'").format(col, p.add(str(fp.value)))
+        elif fp.op == "in":
+            if not isinstance(fp.value, list):
+                raise SelectorError(f"metadata[{sel.metadata.index(fp)}].value: op 'in' needs a list")
+            cond = sql.SQL("{} = ANY({})").format(col, p.add(fp.value))
+        else:
+            cond = sql.SQL("{} {} {}").format(col, sql.SQL(OPS[fp.op]), p.add(fp.value))
+        where.append(sql.SQL("EXISTS (SELECT 1 FROM common_metadata cm WHERE cm.node_id = n.node_id AND {})").format(cond))
+    for lp in sel.labels:
+        where.append(_label(p, lp, "n"))
+    for t in sel.has_ancestor:
+        where.append(_tree(p, t, up=True))
+    for t in sel.has_descendant:
+        where.append(_tree(p, t, up=False))
+    if sel.is_root is not None:
+        where.append(sql.SQL("EXISTS (SELECT 1 FROM common_metadata cm WHERE cm.node_id = n.node_id "
+                             "AND cm.is_root = {})").format(p.add(sel.is_root)))
+    query = sql.SQL("SELECT n.node_id, encode(n.sha256, 'hex'), pc.size FROM node n "
+                    "JOIN physical_content pc USING (node_id) WHERE {} ORDER BY {}").format(
+        sql.SQL(" AND ").join(where), sql.SQL(ORDERS[sel.order]))
+    if sel.limit is not None:
+        query = sql.SQL("{} LIMIT {}").format(query, p.add(sel.limit))
+    return query, p.values
+
+
+def parse_selector(data: dict) -> Selector:
+    from fsd.config import describe_validation_error
+
+    try:
+        return Selector.model_validate(data)
+    except ValidationError as e:
+        raise SelectorError(f"selector rejected: {describe_validation_error(e, Selector)}") from None
+
+
+def query_nodes(conn: psycopg.Connection, selector: Selector | dict) -> NodeSet:
+    """The physical nodes the selector picks, with sizes and their total (for quota reservation)."""
+    sel = selector if isinstance(selector, Selector) else parse_selector(selector)
+    query, params = compile_selector(sel)
+    rows = conn.execute(query, params).fetchall()
+    return NodeSet([r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows], sum(r[2] for r in rows))
