@@ -15,9 +15,12 @@ from sql.intents import IntentError, WriteIntent, virtual_description
 
 
 def _copy(conn: psycopg.Connection, table: str, columns: str, rows: Iterable[Sequence]) -> None:
+    """COPY rows into a temporary table, then ANALYZE it so the planner knows its size
+    (temporary tables have no statistics; without them it picks nested loops)."""
     with conn.cursor() as cur, cur.copy(f"COPY {table} ({columns}) FROM STDIN") as cp:
         for row in rows:
             cp.write_row(row)
+    conn.execute(f"ANALYZE {table}")
 
 
 def _temp(conn: psycopg.Connection, name: str, columns: str) -> None:

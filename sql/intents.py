@@ -167,8 +167,10 @@ class WriteIntent(BaseModel):
     labels: list[LabelIn] = []
 
     def digest(self) -> bytes:
-        body = self.model_dump(mode="json", exclude={"key"})
-        return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).digest()
+        """sha256 of the body (everything but the key) as pydantic serialises it: field order
+        is the model's, list order and the key order of free-form dicts are the caller's —
+        a retried intent built by the same code hashes the same."""
+        return hashlib.sha256(self.model_dump_json(exclude={"key"}).encode()).digest()
 
 
 def parse_intent(data: dict[str, Any] | str | bytes) -> WriteIntent:

@@ -3,8 +3,7 @@
 No value from a selector ever becomes SQL text: values travel as query parameters, and
 the few names that shape the query (metadata fields, operators, orderings) are chosen from
 fixed tables here — pydantic rejects anything else with the path of the bad field. Tree
-conditions walk edges with recursive CTEs that start from the matching ancestors (or
-descendants) once, instead of once per candidate row.
+conditions walk edges with recursive CTEs (see `_tree` for the two plans).
 """
 
 from __future__ import annotations
@@ -99,30 +98,44 @@ class _Params:
 
 
 def _tree(p: _Params, t: TreePredicate, up: bool) -> sql.Composable:
-    """node ids that have (up=True: an ancestor / False: a descendant) matching `t`."""
-    seed_where = [sql.SQL("true")]
+    """Nodes that have (up=True: an ancestor / False: a descendant) matching `t` within max_depth.
+
+    Two plans. A predicate naming one node (`sha256`) walks away from that node once and
+    tests membership: its subtree is small. Any other predicate (a kind, a label) may match
+    thousands of seeds whose subtrees cover most of the graph, so each candidate row walks
+    towards its own relatives instead (a correlated EXISTS over the edge indexes, at most
+    max_depth steps), which PostgreSQL evaluates after the cheaper filters of the selector.
+    """
+    match: list[sql.Composable] = []
     if t.sha256:
-        seed_where.append(sql.SQL("m.sha256 = {}").format(p.add(bytes.fromhex(t.sha256))))
+        match.append(sql.SQL("m.sha256 = {}").format(p.add(bytes.fromhex(t.sha256))))
     if t.kind or t.source:
         cond = [sql.SQL("va.node_id = m.node_id")]
         if t.kind:
             cond.append(sql.SQL("va.kind = {}").format(p.add(t.kind)))
         if t.source:
             cond.append(sql.SQL("va.source_id = (SELECT source_id FROM source WHERE name = {})").format(p.add(t.source)))
-        seed_where.append(sql.SQL("EXISTS (SELECT 1 FROM virtual_asset va WHERE {})").format(sql.SQL(" AND ").join(cond)))
+        match.append(sql.SQL("EXISTS (SELECT 1 FROM virtual_asset va WHERE {})").format(sql.SQL(" AND ").join(cond)))
     if t.label:
-        seed_where.append(_label(p, t.label, "m"))
+        match.append(_label(p, t.label, "m"))
+    matches = sql.SQL(" AND ").join(match) if match else sql.SQL("true")
     rel = (sql.SQL(" AND e.rel_id = (SELECT rel_id FROM relationship_type WHERE name = {})").format(p.add(t.relationship))
            if t.relationship else sql.SQL(""))
-    # walk away from the matching nodes: down to their descendants (has_ancestor) or up
-    src, dst = ("parent_id", "child_id") if up else ("child_id", "parent_id")
-    return sql.SQL(
-        "n.node_id IN (WITH RECURSIVE walk(node_id, depth) AS ("
-        " SELECT e.{dst}, 1 FROM edge e JOIN node m ON m.node_id = e.{src} WHERE {seed}{rel}"
-        " UNION SELECT e.{dst}, w.depth + 1 FROM edge e JOIN walk w ON e.{src} = w.node_id"
-        " WHERE w.depth < {depth}{rel}) SELECT node_id FROM walk)"
-    ).format(dst=sql.Identifier(dst), src=sql.Identifier(src), seed=sql.SQL(" AND ").join(seed_where),
-             rel=rel, depth=p.add(t.max_depth))
+    near, far = ("child_id", "parent_id") if up else ("parent_id", "child_id")
+    depth = p.add(t.max_depth)
+    if t.sha256:  # walk away from the one matching node, once
+        return sql.SQL(
+            "n.node_id IN (WITH RECURSIVE walk(node_id, depth) AS ("
+            " SELECT e.{near}, 1 FROM edge e JOIN node m ON m.node_id = e.{far} WHERE {matches}{rel}"
+            " UNION SELECT e.{near}, w.depth + 1 FROM edge e JOIN walk w ON e.{far} = w.node_id"
+            " WHERE w.depth < {depth}{rel}) SELECT node_id FROM walk)"
+        ).format(near=sql.Identifier(near), far=sql.Identifier(far), matches=matches, rel=rel, depth=depth)
+    return sql.SQL(  # walk from the candidate towards its relatives
+        "EXISTS (WITH RECURSIVE walk(node_id, depth) AS ("
+        " SELECT e.{far}, 1 FROM edge e WHERE e.{near} = n.node_id{rel}"
+        " UNION SELECT e.{far}, w.depth + 1 FROM edge e JOIN walk w ON e.{near} = w.node_id"
+        " WHERE w.depth < {depth}{rel}) SELECT 1 FROM walk JOIN node m ON m.node_id = walk.node_id WHERE {matches})"
+    ).format(near=sql.Identifier(near), far=sql.Identifier(far), matches=matches, rel=rel, depth=depth)
 
 
 def _label(p: _Params, lp: LabelPredicate, alias: str) -> sql.Composable:

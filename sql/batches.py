@@ -1,0 +1,141 @@
+"""Actions, action batches and pipelines: typed functions over an explicit connection.
+
+A batch collects the nodes one action works on; once sealed it refuses new members (a
+trigger in the schema enforces it for every writer). A pipeline is an ordered list of
+actions; `batch_stage` records, per batch, the last stage done for all its members, and
+only ever moves forward one stage at a time.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+
+from fsd.errors import ExitCode, HoardError
+
+
+class BatchError(HoardError):
+    exit_code = ExitCode.USAGE
+
+
+@dataclass(frozen=True)
+class BatchInfo:
+    batch_id: str
+    action_id: int
+    created_at: dt.datetime
+    sealed_at: dt.datetime | None
+    members: int
+
+
+def define_action(conn: psycopg.Connection, action_id: int, name: str, kind: str, description: str = "") -> None:
+    """Register an action (idempotent; the same id with another name is refused)."""
+    row = conn.execute("INSERT INTO action (action_id, name, kind, description) VALUES (%s, %s, %s, %s) "
+                       "ON CONFLICT (action_id) DO NOTHING RETURNING action_id",
+                       [action_id, name, kind, description]).fetchone()
+    if row is None:
+        have = conn.execute("SELECT name FROM action WHERE action_id = %s", [action_id]).fetchone()[0]
+        if have != name:
+            raise BatchError(f"action {action_id} is already {have!r}, not {name!r}")
+
+
+def create_batch(conn: psycopg.Connection, batch_id: str, action_id: int = 0) -> BatchInfo:
+    conn.execute("INSERT INTO action_batch (batch_id, action_id) VALUES (%s, %s) ON CONFLICT (batch_id) DO NOTHING",
+                 [batch_id, action_id])
+    info = get_batch(conn, batch_id)
+    if info.action_id != action_id:
+        raise BatchError(f"batch {batch_id} belongs to action {info.action_id}, not {action_id}")
+    return info
+
+
+def get_batch(conn: psycopg.Connection, batch_id: str) -> BatchInfo:
+    row = conn.execute("SELECT b.batch_id, b.action_id, b.created_at, b.sealed_at, "
+                       "(SELECT count(*) FROM batch_member m WHERE m.batch_id = b.batch_id) "
+                       "FROM action_batch b WHERE b.batch_id = %s", [batch_id]).fetchone()
+    if row is None:
+        raise BatchError(f"no batch {batch_id!r}")
+    return BatchInfo(*row)
+
+
+def add_nodes(conn: psycopg.Connection, batch_id: str, sha256s: list[str]) -> int:
+    """Add nodes (by sha256) to an open batch; returns how many were new members."""
+    shas = [bytes.fromhex(s) for s in sha256s]
+    with conn.transaction():
+        info = get_batch(conn, batch_id)
+        if info.sealed_at is not None:
+            raise BatchError(f"batch {batch_id} was sealed at {info.sealed_at:%Y-%m-%d %H:%M:%S}; "
+                             "it takes no new members — create a new batch")
+        found = conn.execute("SELECT count(*) FROM node WHERE sha256 = ANY(%s)", [shas]).fetchone()[0]
+        if found != len(set(shas)):
+            raise BatchError(f"{len(set(shas)) - found} of the nodes are not in the database")
+        cur = conn.execute("INSERT INTO batch_member (batch_id, node_id) SELECT %s, node_id FROM node "
+                           "WHERE sha256 = ANY(%s) ON CONFLICT DO NOTHING", [batch_id, shas])
+        return cur.rowcount
+
+
+def seal_batch(conn: psycopg.Connection, batch_id: str) -> dt.datetime:
+    """Seal (idempotent): returns the seal time, the first one if it was sealed before."""
+    conn.execute("UPDATE action_batch SET sealed_at = now() WHERE batch_id = %s AND sealed_at IS NULL", [batch_id])
+    return get_batch(conn, batch_id).sealed_at
+
+
+def record_event(conn: psycopg.Connection, batch_id: str, action_id: int, status: str,
+                 started_at: dt.datetime, ended_at: dt.datetime | None = None,
+                 detail: dict[str, Any] | None = None) -> int:
+    get_batch(conn, batch_id)
+    return conn.execute("INSERT INTO action_event (batch_id, action_id, status, started_at, ended_at, detail) "
+                        "VALUES (%s, %s, %s, %s, %s, %s) RETURNING event_id",
+                        [batch_id, action_id, status, started_at, ended_at, json.dumps(detail or {})]).fetchone()[0]
+
+
+def define_pipeline(conn: psycopg.Connection, name: str, action_ids: list[int]) -> int:
+    """Create a pipeline of stages (idempotent for the same stages)."""
+    with conn.transaction():
+        pid = conn.execute("INSERT INTO pipeline (name) VALUES (%s) ON CONFLICT (name) DO UPDATE SET name = EXCLUDED.name "
+                           "RETURNING pipeline_id", [name]).fetchone()[0]
+        have = [r[0] for r in conn.execute("SELECT action_id FROM pipeline_stage WHERE pipeline_id = %s "
+                                           "ORDER BY position", [pid]).fetchall()]
+        if have and have != action_ids:
+            raise BatchError(f"pipeline {name!r} already has stages {have}")
+        if not have:
+            for pos, a in enumerate(action_ids):
+                conn.execute("INSERT INTO pipeline_stage VALUES (%s, %s, %s)", [pid, pos, a])
+    return pid
+
+
+def stage_done(conn: psycopg.Connection, batch_id: str, pipeline: str, position: int) -> None:
+    """Record that stage `position` is done for all members; stages complete in order."""
+    with conn.transaction():
+        row = conn.execute("SELECT pipeline_id, (SELECT count(*) FROM pipeline_stage s WHERE s.pipeline_id = p.pipeline_id) "
+                           "FROM pipeline p WHERE name = %s", [pipeline]).fetchone()
+        if row is None:
+            raise BatchError(f"no pipeline {pipeline!r}")
+        pid, stages = row
+        if not 0 <= position < stages:
+            raise BatchError(f"pipeline {pipeline!r} has stages 0..{stages - 1}, not {position}")
+        get_batch(conn, batch_id)
+        conn.execute("INSERT INTO batch_stage (batch_id, pipeline_id) VALUES (%s, %s) ON CONFLICT DO NOTHING",
+                     [batch_id, pid])
+        done = conn.execute("SELECT done_position FROM batch_stage WHERE batch_id = %s AND pipeline_id = %s "
+                            "FOR UPDATE", [batch_id, pid]).fetchone()[0]
+        if position <= done:
+            return  # already recorded: idempotent
+        if position != done + 1:
+            raise BatchError(f"batch {batch_id}: stage {position} cannot be done before stage {done + 1}")
+        conn.execute("UPDATE batch_stage SET done_position = %s, updated_at = now() WHERE batch_id = %s "
+                     "AND pipeline_id = %s", [position, batch_id, pid])
+
+
+def current_stage(conn: psycopg.Connection, batch_id: str, pipeline: str) -> int | None:
+    """The next stage to run for the batch (None when every stage is done)."""
+    row = conn.execute("SELECT coalesce(bs.done_position, -1), (SELECT count(*) FROM pipeline_stage s "
+                       "WHERE s.pipeline_id = p.pipeline_id) FROM pipeline p LEFT JOIN batch_stage bs "
+                       "ON bs.pipeline_id = p.pipeline_id AND bs.batch_id = %s WHERE p.name = %s",
+                       [batch_id, pipeline]).fetchone()
+    if row is None:
+        raise BatchError(f"no pipeline {pipeline!r}")
+    nxt = row[0] + 1
+    return nxt if nxt < row[1] else None

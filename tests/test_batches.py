@@ -1,0 +1,71 @@
+"""Action batches, seal rules, events and pipeline stages on a real PostgreSQL."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+
+import pytest
+
+from sql.batches import (BatchError, add_nodes, create_batch, current_stage, define_action, define_pipeline,
+                         get_batch, record_event, seal_batch, stage_done)
+from sql.intents import apply_write_intent
+from sql.migrate import migrate
+
+
+@pytest.fixture
+def db(pg):
+    migrate(pg)
+    shas = [hashlib.sha256(bytes([i])).hexdigest() for i in range(5)]
+    apply_write_intent(pg, {"key": "n", "nodes": [{"sha256": s, "physical": {"size": 1}} for s in shas]})
+    define_action(pg, 1, "ocr", "gpu")
+    define_action(pg, 2, "canny", "cpu")
+    return pg, shas
+
+
+def test_batch_lifecycle(db) -> None:
+    """Members join an open batch once; a sealed batch refuses more; sealing is idempotent."""
+    conn, shas = db
+    info = create_batch(conn, "gpu-1", action_id=1)
+    assert info.sealed_at is None and create_batch(conn, "gpu-1", 1).created_at == info.created_at
+    assert add_nodes(conn, "gpu-1", shas[:3]) == 3
+    assert add_nodes(conn, "gpu-1", shas[:4]) == 1
+    sealed = seal_batch(conn, "gpu-1")
+    assert sealed >= info.created_at and seal_batch(conn, "gpu-1") == sealed
+    with pytest.raises(BatchError, match="batch gpu-1 was sealed at .* takes no new members"):
+        add_nodes(conn, "gpu-1", shas[4:])
+    assert get_batch(conn, "gpu-1").members == 4
+    with pytest.raises(BatchError, match="belongs to action 1, not 2"):
+        create_batch(conn, "gpu-1", 2)
+    create_batch(conn, "other", 2)
+    with pytest.raises(BatchError, match="not in the database"):
+        add_nodes(conn, "other", [hashlib.sha256(b"x").hexdigest()])
+    with pytest.raises(BatchError, match="already 'ocr'"):
+        define_action(conn, 1, "not-ocr", "gpu")
+
+
+def test_events_and_pipeline_stages(db) -> None:
+    """Events are recorded; stages complete in order, idempotently; the next stage is reported."""
+    conn, shas = db
+    create_batch(conn, "b", 0)
+    t = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
+    eid = record_event(conn, "b", 1, "done", t, t + dt.timedelta(minutes=3), {"gpu": "none"})
+    assert conn.execute("SELECT status, detail FROM action_event WHERE event_id = %s", [eid]).fetchone() == (
+        "done", {"gpu": "none"})
+    define_pipeline(conn, "clean", [0, 1, 2])
+    define_pipeline(conn, "clean", [0, 1, 2])
+    with pytest.raises(BatchError, match="already has stages"):
+        define_pipeline(conn, "clean", [0, 2])
+    assert current_stage(conn, "b", "clean") == 0
+    with pytest.raises(BatchError, match="stage 1 cannot be done before stage 0"):
+        stage_done(conn, "b", "clean", 1)
+    stage_done(conn, "b", "clean", 0)
+    stage_done(conn, "b", "clean", 0)
+    stage_done(conn, "b", "clean", 1)
+    assert current_stage(conn, "b", "clean") == 2
+    stage_done(conn, "b", "clean", 2)
+    assert current_stage(conn, "b", "clean") is None
+    with pytest.raises(BatchError, match="has stages 0..2, not 7"):
+        stage_done(conn, "b", "clean", 7)
+    with pytest.raises(BatchError, match="no batch 'zz'"):
+        record_event(conn, "zz", 0, "done", t)
