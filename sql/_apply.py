@@ -49,6 +49,16 @@ def _missing_nodes(conn: psycopg.Connection, shas: list[tuple[int, str, str]], w
         raise IntentError(f"{what}[{row[0]}].{row[1]}: node {row[2]} is neither in this intent nor in the database")
 
 
+def _check_refs(conn: psycopg.Connection, table: str, what: str, *columns: tuple[str, str]) -> None:
+    """The first row of a loaded temporary table naming a node that does not exist."""
+    for column, field in columns:
+        row = conn.execute(f"SELECT t.idx, encode(t.{column}, 'hex') FROM {table} t "
+                           f"LEFT JOIN node n ON n.sha256 = t.{column} WHERE n.node_id IS NULL "
+                           "ORDER BY t.idx LIMIT 1").fetchone()
+        if row:
+            raise IntentError(f"{what}[{row[0]}].{field}: node {row[1]} is neither in this intent nor in the database")
+
+
 def apply_body(conn: psycopg.Connection, it: WriteIntent) -> dict[str, int]:
     counts: dict[str, int] = {}
     # -- names: sources and relationship types ------------------------------------------------
@@ -108,22 +118,32 @@ def apply_body(conn: psycopg.Connection, it: WriteIntent) -> dict[str, int]:
                                "FROM tmp_path p JOIN node n ON n.sha256 = p.sha ON CONFLICT DO NOTHING")
             counts["paths_new"] = cur.rowcount
 
-    # -- references, then metadata, edges, labels -------------------------------------------------
-    _missing_nodes(conn, [(i, "node", m.node) for i, m in enumerate(it.metadata)], "metadata")
-    _missing_nodes(conn, [(i, f, getattr(e, f)) for i, e in enumerate(it.edges) for f in ("parent", "child")], "edges")
-    _missing_nodes(conn, [(i, "node", lb.node) for i, lb in enumerate(it.labels)], "labels")
+    # -- load metadata, edges, labels; check every node they name; then write them -------------------
+    if it.metadata:
+        _temp(conn, "tmp_meta", "idx int, sha bytea, source_id smallint, is_raw bool, is_root bool, title text, "
+              "view_count bigint, update_time timestamptz, download_time timestamptz, author text, "
+              "user_name text, raw_metadata jsonb, raw_object bytea")
+        _copy(conn, "tmp_meta", "idx, sha, source_id, is_raw, is_root, title, view_count, update_time, "
+              "download_time, author, user_name, raw_metadata, raw_object",
+              ((i, bytes.fromhex(m.node), sources[m.source], m.is_raw, m.is_root, m.title, m.view_count,
+                m.update_time, m.download_time, m.author, m.user,
+                json.dumps(m.raw_metadata) if m.raw_metadata is not None else None,
+                bytes.fromhex(m.raw_object) if m.raw_object else None) for i, m in enumerate(it.metadata)))
+        _check_refs(conn, "tmp_meta", "metadata", ("sha", "node"))
+    if it.edges:
+        _temp(conn, "tmp_edge", "idx int, parent bytea, child bytea, rel_id smallint")
+        _copy(conn, "tmp_edge", "idx, parent, child, rel_id",
+              ((i, bytes.fromhex(e.parent), bytes.fromhex(e.child), rels[e.relationship])
+               for i, e in enumerate(it.edges)))
+        _check_refs(conn, "tmp_edge", "edges", ("parent", "parent"), ("child", "child"))
+    if it.labels:
+        _temp(conn, "tmp_label", "idx int, sha bytea, key text, value text, origin text")
+        _copy(conn, "tmp_label", "idx, sha, key, value, origin",
+              ((i, bytes.fromhex(lb.node), lb.key, lb.value, lb.origin) for i, lb in enumerate(it.labels)))
+        _check_refs(conn, "tmp_label", "labels", ("sha", "node"))
     _missing_nodes(conn, [(i, f"members[{j}]", s) for i, b in enumerate(it.batches) for j, s in enumerate(b.members)],
                    "batches")
     if it.metadata:
-        _temp(conn, "tmp_meta", "sha bytea, source_id smallint, is_raw bool, is_root bool, title text, "
-              "view_count bigint, update_time timestamptz, download_time timestamptz, author text, "
-              "user_name text, raw_metadata jsonb, raw_object bytea")
-        _copy(conn, "tmp_meta", "sha, source_id, is_raw, is_root, title, view_count, update_time, download_time, "
-              "author, user_name, raw_metadata, raw_object",
-              ((bytes.fromhex(m.node), sources[m.source], m.is_raw, m.is_root, m.title, m.view_count,
-                m.update_time, m.download_time, m.author, m.user,
-                json.dumps(m.raw_metadata) if m.raw_metadata is not None else None,
-                bytes.fromhex(m.raw_object) if m.raw_object else None) for m in it.metadata))
         # the newest download wins when two batches describe the same node differently
         cur = conn.execute("""
             INSERT INTO common_metadata (node_id, source_id, is_raw, is_root, title, view_count, update_time,
@@ -141,17 +161,11 @@ def apply_body(conn: psycopg.Connection, it: WriteIntent) -> dict[str, int]:
                OR EXCLUDED.download_time >= common_metadata.download_time""")
         counts["metadata_rows"] = cur.rowcount
     if it.edges:
-        _temp(conn, "tmp_edge", "parent bytea, child bytea, rel_id smallint")
-        _copy(conn, "tmp_edge", "parent, child, rel_id",
-              ((bytes.fromhex(e.parent), bytes.fromhex(e.child), rels[e.relationship]) for e in it.edges))
         cur = conn.execute("INSERT INTO edge (parent_id, child_id, rel_id) SELECT p.node_id, c.node_id, t.rel_id "
                            "FROM tmp_edge t JOIN node p ON p.sha256 = t.parent JOIN node c ON c.sha256 = t.child "
                            "ON CONFLICT DO NOTHING")
         counts["edges_new"] = cur.rowcount
     if it.labels:
-        _temp(conn, "tmp_label", "sha bytea, key text, value text, origin text")
-        _copy(conn, "tmp_label", "sha, key, value, origin",
-              ((bytes.fromhex(lb.node), lb.key, lb.value, lb.origin) for lb in it.labels))
         cur = conn.execute("INSERT INTO label (node_id, key, value, origin) SELECT n.node_id, t.key, t.value, "
                            "t.origin FROM tmp_label t JOIN node n ON n.sha256 = t.sha ON CONFLICT DO NOTHING")
         counts["labels_new"] = cur.rowcount
