@@ -30,6 +30,13 @@ WRITEBACK_STEP = 8 << 20
 IDENTITY_FORMAT = 1
 
 
+class DiskGone(OSError):
+    """The disk's mount point or identity is gone (unmounted, vanished, replaced)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(errno.ENODEV, message)
+
+
 class DiskState(str, enum.Enum):
     ACTIVE = "active"  # takes new shards and serves reads
     DRAINING = "draining"  # serves reads, takes no new shards (retire in progress)
@@ -148,9 +155,18 @@ class _FileSink:
 class LocalDisk:
     """One HDD (or, for tests and the embedded default, a directory) holding shards."""
 
-    def __init__(self, label: str, root: Path, uuid: str, capacity_bytes: int | None = None) -> None:
+    def __init__(self, label: str, root: Path, uuid: str, capacity_bytes: int | None = None,
+                 require_mount: bool = True) -> None:
         self.label, self.root, self.uuid, self.capacity_bytes = label, root, uuid, capacity_bytes
+        self.require_mount = require_mount
         self._fds: dict[str, int] = {}
+
+    def check(self) -> None:
+        """Raise DiskGone unless this is still our disk: checked before any file is created or
+        renamed, so nothing ever lands on the root filesystem under a vanished mount."""
+        state, why = probe(self.root, self.uuid, allow_directory=not self.require_mount)
+        if state != DiskState.ACTIVE:
+            raise DiskGone(f"disk {self.label}: {why}")
 
     def __repr__(self) -> str:
         return f"LocalDisk({self.label})"
@@ -168,6 +184,7 @@ class LocalDisk:
         raise FileNotFoundError(errno.ENOENT, f"shard {shard_hex} not on disk {self.label}", str(sealed))
 
     def create(self, shard_hex: str) -> _FileSink:
+        self.check()
         p = self.path(shard_hex, False)
         p.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
@@ -180,6 +197,7 @@ class LocalDisk:
         return _FileSink(fd)
 
     def seal(self, shard_hex: str) -> None:
+        self.check()
         os.rename(self.path(shard_hex, False), self.path(shard_hex, True))
         fsync_dir(self.path(shard_hex, True).parent)
         self.forget(shard_hex)

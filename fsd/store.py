@@ -111,7 +111,7 @@ class Store:
             rec.state, rec.reason = state, why
             self.records[rec.uuid] = rec
             cap = int(dc.capacity_gb * (1 << 30)) if dc.capacity_gb else None
-            self.disks[rec.uuid] = LocalDisk(dc.label, dc.path, rec.uuid, cap)
+            self.disks[rec.uuid] = LocalDisk(dc.label, dc.path, rec.uuid, cap, require_mount=not allow_dir)
             self.queue[rec.uuid] = 0
         for rec in known.values():  # registered, but no longer in hoard.toml
             rec.state, rec.reason = DiskState.MISSING, "registered in the index but not listed in hoard.toml"
@@ -170,10 +170,16 @@ class Store:
             self.queue[d.uuid] = self.queue.get(d.uuid, 0) + delta
 
     def disk_error(self, disk: LocalDisk, op: str, err: OSError | Exception, shard: str = "") -> None:
+        """Record an error; a disk that is gone (unmounted, foreign) stops being used at once."""
+        from fsd.disks import DiskGone
+
         detail = getattr(err, "strerror", None) or str(err)
         log.warning("disk %s: %s error%s: %s", disk.label, op, f" on shard {shard}" if shard else "", detail)
         self.index.record_event(f"{op}_error", disk=disk.label, shard=shard, detail=detail,
                                 errno=getattr(err, "errno", None))
+        if isinstance(err, DiskGone):
+            rec = self.records[disk.uuid]
+            rec.state, rec.reason = DiskState.MISSING, detail
 
     def target(self, klass: str) -> int:
         return self.cfg.store.copy_of_raw if klass == "raw" else self.cfg.store.copy_of_generated

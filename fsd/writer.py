@@ -143,8 +143,6 @@ class ShardWriter:
         footer = fmt.encode_footer(sh.records, sh.committed)
         try:
             self._on_all(sh, lambda s: (s.truncate(sh.committed), s.write(footer), s.sync()))
-            for d in sh.disks:
-                d.seal(sh.hex)
         except ReplicaFailed as f:
             # the records are committed and fsynced; recovery seals what remains readable
             self.disk_failed(f)
@@ -153,9 +151,19 @@ class ShardWriter:
             return
         for s in sh.sinks:
             s.close()
+        survivors = []
+        for d in sh.disks:
+            try:
+                d.seal(sh.hex)
+                survivors.append(d)
+            except OSError as e:  # gone between the footer and the rename: seal the others
+                self.disk_failed(ReplicaFailed(d, e))
+        if not survivors:
+            return  # left open and locked until this process ends; recovery seals it then
         sh.meta.sealed = True
         sh.meta.size = sh.committed + len(footer)
-        self.store.index.put_shard(sh.meta, {d.uuid: sh.meta.size for d in sh.disks})
+        sh.meta.replicas = [d.uuid for d in survivors]
+        self.store.index.put_shard(sh.meta, {d.uuid: sh.meta.size for d in survivors})
         _unlock(self.store.lock_path(sh.hex), sh.lock_fd)
 
     # -- appending -----------------------------------------------------------------------------
@@ -252,6 +260,11 @@ class ShardWriter:
             return
         self._write_buf(sh)
         self._on_all(sh, lambda s: s.sync())
+        for d in sh.disks:  # bytes fsynced onto a disk that vanished meanwhile do not count
+            try:
+                d.check()
+            except OSError as e:
+                raise ReplicaFailed(d, e) from e
         for p in sh.pending:
             sh.records.append(fmt.RecordInfo(p.sha, p.loc.offset, p.loc.length, b""))
         sh.committed = sh.pos

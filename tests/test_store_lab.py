@@ -98,3 +98,37 @@ def test_unreadable_source_is_rejected_with_the_reason(lab, tmp_path: Path) -> N
     assert [r.status for r in results] == ["new", "rejected", "new", "new"]
     assert results[1].reason in (f"cannot read {bad}: Input/output error", f"cannot read {bad}: Bad message")
     store.close()
+
+
+@pytest.mark.expect_log(r"disk (v1|v2|v3): write error", level="WARNING")
+def test_disk_vanishing_mid_batch(lab_factory, tmp_path: Path) -> None:
+    """A disk lazily unmounted during a batch write: nothing lands under the empty mount
+    point, the batch completes on the other disks, every object reads back, and the
+    replicator restores the copies the vanished disk held."""
+    from fsd.replicate import replicate_once, replication_lag
+
+    lab = lab_factory([DiskProfile(f"v{i}", 400, 500, 500, 5000) for i in (1, 2, 3)])
+    store = _lab_store(lab, tmp_path, ["v1", "v2", "v3"], shard_size_mb=4)
+    files = make_files(tmp_path / "in", 600, lo=8000, hi=30000)
+    batch = _Batch(store, store.writer("raw"))
+    for p in files[:300]:
+        batch.add_file(p)
+    victim_uuid = batch.writer.shard.meta.replicas[0]
+    victim = store.disks[victim_uuid].label
+    lab.vanish(victim)
+    for p in files[300:]:
+        batch.add_file(p)
+    results = batch.finish()
+    assert [r.status for r in results] == ["new"] * len(files)
+    assert list(lab.disks[victim].mountpoint.iterdir()) == [], "something was written under the empty mount point"
+    assert store.records[victim_uuid].state.value == "missing"
+    for p, r in zip(files, results):
+        assert store.get(r.sha256) == p.read_bytes()
+    lost_a_copy = sum(victim_uuid in m.replicas for m in store.index.iter_shards())
+    assert replication_lag(store)["shards_below_target"] == lost_a_copy  # copies on the vanished disk do not count
+    replicate_once(store, rate_mb_s=None)
+    assert replication_lag(store)["shards_below_target"] == 0
+    for meta in store.index.iter_shards():
+        assert meta.sealed and len([u for u in meta.replicas if store.usable(u)]) >= 2
+    assert check_store(store) == len(files)
+    store.close()
