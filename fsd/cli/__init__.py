@@ -14,6 +14,7 @@ import typer
 from fsd.cli import db as _db
 from fsd.cli import disks as _disks
 from fsd.cli import fixtures as _fixtures
+from fsd.cli import index as _index
 from fsd.cli import store as _store
 from fsd.cli import services as _services
 from fsd.cli import skeleton as _skeleton
@@ -32,6 +33,7 @@ app.add_typer(_services.app, name="services")
 app.add_typer(_fixtures.app, name="fixtures")
 app.add_typer(_disks.app, name="disks")
 app.add_typer(_db.app, name="db")
+app.add_typer(_index.app, name="index")
 _store.register(app)
 _skeleton.register(app)
 

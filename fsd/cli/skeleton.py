@@ -17,7 +17,6 @@ PENDING = {
     "verify": ("Scrub: verify checksums, repair from replicas", "W1-B2 (issue 4)"),
     "rebuild": ("Rebuild the replicas of a failed disk", "W1-B2 (issue 4)"),
     "gc": ("Compact shards and free the space of deleted content", "W1-B2 (issue 4)"),
-    "index": ("Rebuild the LMDB index from the shards", "W1-B2 (issue 4)"),
     "mount": ("Mount the store read-only with FUSE", "W1-E (issue 7)"),
     "gui": ("Serve the NiceGUI scheduler and dashboards", "a later GUI issue"),
 }
