@@ -179,6 +179,10 @@ class Index:
         with self.env.begin(write=True, db=self.repairs) as txn:
             txn.put(sid + disk_uuid.encode(), json.dumps({"reason": reason, "time": time.time()}).encode())
 
+    def clear_repair(self, sid: bytes, disk_uuid: str) -> None:
+        with self.env.begin(write=True, db=self.repairs) as txn:
+            txn.delete(sid + disk_uuid.encode())
+
     def pending_repairs(self) -> list[tuple[bytes, str, dict]]:
         with self.env.begin(db=self.repairs) as txn:
             return [(bytes(k[:12]), bytes(k[12:]).decode(), json.loads(v)) for k, v in txn.cursor()]

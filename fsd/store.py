@@ -253,6 +253,7 @@ class Store:
     # -- status --------------------------------------------------------------------------------
     def status(self) -> dict:
         from fsd.replicate import replication_lag
+        from fsd.scrub import oldest_unverified_age
 
         disks = []
         for uuid, rec in self.records.items():
@@ -264,6 +265,8 @@ class Store:
                 entry.update(total_bytes=d.total_bytes(), free_bytes=d.free_bytes(fresh.used_bytes))
             disks.append(entry)
         return {"objects": self.index.count_objects(), "disks": disks, "replication": replication_lag(self),
+                "oldest_unverified_s": oldest_unverified_age(self),
+                "pending_repairs": len(self.index.pending_repairs()),
                 "recent_errors": [e for e in self.index.recent_events(50) if e["kind"].endswith("_error")][:10]}
 
 

@@ -16,6 +16,7 @@ from fsd.cli import disks as _disks
 from fsd.cli import fixtures as _fixtures
 from fsd.cli import index as _index
 from fsd.cli import store as _store
+from fsd.cli import verify as _verify
 from fsd.cli import services as _services
 from fsd.cli import skeleton as _skeleton
 from fsd.cli._common import err, out, state
@@ -35,6 +36,7 @@ app.add_typer(_disks.app, name="disks")
 app.add_typer(_db.app, name="db")
 app.add_typer(_index.app, name="index")
 _store.register(app)
+app.command()(_verify.verify)
 _skeleton.register(app)
 
 

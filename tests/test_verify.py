@@ -1,0 +1,65 @@
+"""`hoard verify`: a flipped bit is found and repaired from a good replica; sampling; health fields."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from fsd import config
+from fsd.store import Store
+from tests.conftest import make_files, write_config
+from tests.test_cli import hoard
+from tests.test_store import check_store
+
+
+def test_bit_flip_found_and_repaired(tmp_path: Path) -> None:
+    disks = [(f"d{i}", tmp_path / f"d{i}", None) for i in range(3)]
+    for _, p, _ in disks:
+        p.mkdir()
+    cfg_path = str(write_config(tmp_path, disks, shard_size_mb=1))
+    cfg = config.load(cfg_path)
+    with Store.open(cfg, init=True) as store:
+        results = store.put_many(make_files(tmp_path / "in", 120))
+        shard_count = sum(1 for _ in store.index.iter_shards())
+    victim = sorted(tmp_path.glob("d*/shards/*/*.shard"))[0]
+    raw = bytearray(victim.read_bytes())
+    raw[len(raw) // 3] ^= 0x10  # one bit, somewhere in the records
+    victim.write_bytes(raw)
+
+    st = json.loads(hoard("--config", cfg_path, "health", "--json").stdout)["store"]
+    assert st["oldest_unverified_s"] is not None
+
+    found = hoard("--config", cfg_path, "verify")
+    assert found.returncode == 5
+    assert f"verified {2 * shard_count} replicas of {shard_count} shards" in found.stdout
+    assert f"shard {victim.stem} on {victim.parent.parent.parent.name}" in found.stderr
+    assert "hoard verify --repair" in found.stderr
+
+    fixed = hoard("--config", cfg_path, "verify", "--repair", "--sha256")
+    assert fixed.returncode == 0 and "1 bad, 1 repaired" in fixed.stdout
+    clean = hoard("--config", cfg_path, "verify", "--sha256")
+    assert clean.returncode == 0 and "0 bad" in clean.stdout
+    with Store.open(cfg) as store:
+        assert check_store(store) == len({r.sha256 for r in results})
+        assert all(m.verified for m in store.index.iter_shards())
+        assert any(e["kind"] == "repaired" for e in store.index.recent_events(20))
+
+
+def test_sample_and_budget(tmp_path: Path) -> None:
+    """--sample checks part of the shards; the never-verified ones come first."""
+    from fsd.scrub import verify
+
+    disks = [(f"d{i}", tmp_path / f"d{i}", None) for i in range(2)]
+    for _, p, _ in disks:
+        p.mkdir()
+    cfg = config.load(write_config(tmp_path, disks, shard_size_mb=1))
+    with Store.open(cfg, init=True) as store:
+        store.put_many(make_files(tmp_path / "in", 200))
+        total = sum(1 for _ in store.index.iter_shards())
+        part = verify(store, sample_pct=50, seed=1)
+        assert 0 < part.shards < total and not part.bad
+        never = {m.shard_id for m in store.index.iter_shards() if m.verified is None}
+        assert len(never) == total - part.shards
+        rest = verify(store, budget_s=0)  # a zero budget still checks one shard: a never-verified one
+        assert rest.shards == 1
+        assert len({m.shard_id for m in store.index.iter_shards() if m.verified is None}) == len(never) - 1
