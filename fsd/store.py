@@ -106,7 +106,9 @@ class Store:
             if rec.path != str(dc.path):
                 rec.path = str(dc.path)
                 self.index.put_disk(rec)
-            if rec.state in (DiskState.DRAINING, DiskState.FAILED) and state == DiskState.ACTIVE:
+            # a user's or rebuild's decision sticks: failed stays failed (even if also unmounted),
+            # draining stays draining while the disk is there
+            if rec.state == DiskState.FAILED or (rec.state == DiskState.DRAINING and state == DiskState.ACTIVE):
                 state, why = rec.state, rec.reason
             rec.state, rec.reason = state, why
             self.records[rec.uuid] = rec
@@ -262,7 +264,10 @@ class Store:
             entry = {"label": rec.label, "uuid": uuid, "path": rec.path, "state": rec.state.value,
                      "reason": rec.reason, "used_bytes": fresh.used_bytes}
             if d is not None and rec.state != DiskState.MISSING:
-                entry.update(total_bytes=d.total_bytes(), free_bytes=d.free_bytes(fresh.used_bytes))
+                try:
+                    entry.update(total_bytes=d.total_bytes(), free_bytes=d.free_bytes(fresh.used_bytes))
+                except OSError:
+                    pass  # a failed disk may be gone altogether
             disks.append(entry)
         return {"objects": self.index.count_objects(), "disks": disks, "replication": replication_lag(self),
                 "oldest_unverified_s": oldest_unverified_age(self),

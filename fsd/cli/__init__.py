@@ -15,6 +15,7 @@ from fsd.cli import db as _db
 from fsd.cli import disks as _disks
 from fsd.cli import fixtures as _fixtures
 from fsd.cli import index as _index
+from fsd.cli import rebuild as _rebuild
 from fsd.cli import store as _store
 from fsd.cli import verify as _verify
 from fsd.cli import services as _services
@@ -37,6 +38,7 @@ app.add_typer(_db.app, name="db")
 app.add_typer(_index.app, name="index")
 _store.register(app)
 app.command()(_verify.verify)
+app.command()(_rebuild.rebuild)
 _skeleton.register(app)
 
 

@@ -80,3 +80,16 @@ def retire(
         rec.state, rec.reason = DiskState.DRAINING, "retired by the user"
         store.index.put_disk(rec)
     out.print(f"disk {label} is draining: run `hoard replicate` to move its replicas, then unmount it")
+
+
+@app.command()
+def replace(
+    ctx: typer.Context,
+    old: Annotated[str, typer.Argument(help="the lost or dying disk")],
+    new: Annotated[str, typer.Argument(help="an added, active disk to hold its replicas")],
+    rate_mb_s: Annotated[float, typer.Option(help="copy at most this fast (0 = no limit)")] = 0,
+) -> None:
+    """Rebuild every replica of OLD onto NEW (same as `hoard rebuild --disk OLD --onto NEW`)."""
+    from fsd.cli.rebuild import run_rebuild
+
+    run_rebuild(ctx, old, new, rate_mb_s)

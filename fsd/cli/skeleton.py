@@ -14,7 +14,6 @@ PENDING = {
     "ingest": ("Ingest a scraped batch from zone 3A (UA_1)", "W1-D (issue 6)"),
     "stage": ("Stage nodes into zone 3C for a worker", "W1-F"),
     "export": ("Export a dataset layout into zone 3D", "W1-F"),
-    "rebuild": ("Rebuild the replicas of a failed disk", "W1-B2 (issue 4)"),
     "gc": ("Compact shards and free the space of deleted content", "W1-B2 (issue 4)"),
     "mount": ("Mount the store read-only with FUSE", "W1-E (issue 7)"),
     "gui": ("Serve the NiceGUI scheduler and dashboards", "a later GUI issue"),

@@ -1,0 +1,39 @@
+"""`hoard rebuild`: the replicas of a lost disk, with a progress bar and an ETA."""
+
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
+
+from fsd.cli._common import err, out
+from fsd.errors import ExitCode
+
+
+def run_rebuild(ctx: typer.Context, disk: str, onto: Optional[str], rate_mb_s: float) -> None:
+    from fsd.cli.store import open_store
+    from fsd.rebuild import rebuild as run
+
+    with open_store(ctx) as store, Progress(TextColumn(f"rebuilding {disk}"), BarColumn(), DownloadColumn(),
+                                            TransferSpeedColumn(), TimeRemainingColumn(),
+                                            console=err, transient=True) as bar:
+        task = bar.add_task("rebuild", total=None)
+        rep = run(store, disk, onto, rate_mb_s or None,
+                  progress=lambda done, total: bar.update(task, completed=done, total=total))
+    out.print(f"rebuilt {rep.shards} shards of disk {disk} in {rep.seconds:.1f} s: {rep.copied} copied "
+              f"({rep.bytes / 1e6:.1f} MB), {rep.adopted} already there, {len(rep.lost)} without a healthy replica")
+    for hex_ in rep.lost:
+        err.print(f"[red]lost[/] shard {hex_}: no healthy replica; restore it from cold storage (zone 3B packages)")
+    if rep.lost:
+        raise typer.Exit(ExitCode.DATA)
+
+
+def rebuild(
+    ctx: typer.Context,
+    disk: Annotated[str, typer.Option("--disk", help="the lost disk's label")],
+    onto: Annotated[Optional[str], typer.Option("--onto", help="the new disk (default: any disks with room)")] = None,
+    rate_mb_s: Annotated[float, typer.Option(help="copy at most this fast (0 = no limit)")] = 0,
+) -> None:
+    """Re-create the replicas a lost disk held, from healthy replicas; resumable after a kill."""
+    run_rebuild(ctx, disk, onto, rate_mb_s)

@@ -1,0 +1,135 @@
+"""`hoard rebuild`: re-create every replica a lost disk held, from the healthy replicas.
+
+Shard-granular and resumable: each shard is copied (tmp → fsync → verify → rename) and only
+then swapped into the index (the lost disk out, the new one in), so a kill -9 leaves at
+most a temporary file that the next run overwrites; a copy that was renamed but not yet
+indexed is verified and adopted instead of copied again. The lost disk is marked `failed`
+first, so nothing reads from or writes to it meanwhile.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from fsd import shardfmt as fmt
+from fsd.disks import DiskState
+from fsd.errors import ExitCode, HoardError
+from fsd.replicate import copy_shard
+from fsd.scrub import check_replica
+
+if TYPE_CHECKING:
+    from fsd.disks import LocalDisk
+    from fsd.index import ShardMeta
+    from fsd.store import Store
+
+
+@dataclass
+class RebuildReport:
+    shards: int = 0
+    copied: int = 0
+    adopted: int = 0
+    bytes: int = 0
+    lost: list[str] = field(default_factory=list)  # shards with no healthy replica left
+    seconds: float = 0.0
+
+
+def mark_failed(store: Store, label: str, reason: str) -> str:
+    rec = next((r for r in store.index.get_disks() if r.label == label), None)
+    if rec is None:
+        raise HoardError(f"no disk labelled {label}; `hoard disks list` shows them", ExitCode.USAGE)
+    if rec.state != DiskState.FAILED:
+        rec.state, rec.reason = DiskState.FAILED, reason
+        store.index.put_disk(rec)
+        store.index.record_event("disk_failed", disk=label, detail=reason)
+    if rec.uuid in store.records:
+        store.records[rec.uuid].state, store.records[rec.uuid].reason = DiskState.FAILED, reason
+    return rec.uuid
+
+
+def shards_on(store: Store, uuid: str) -> list[ShardMeta]:
+    return sorted((m for m in store.index.iter_shards() if uuid in m.replicas and m.sealed), key=lambda m: m.created)
+
+
+def rebuild(store: Store, label: str, onto: str | None = None, rate_mb_s: float | None = None,
+            progress: Callable[[int, int], None] | None = None) -> RebuildReport:
+    """Copy every shard that had a replica on disk `label` to `onto` (or, without it, to other
+    disks with room, never two replicas on one disk). `progress(done_bytes, total_bytes)`."""
+    rep = RebuildReport()
+    t0 = time.monotonic()
+    lost_uuid = mark_failed(store, label, "being rebuilt onto other disks")
+    target: LocalDisk | None = None
+    if onto is not None:
+        target = next((d for d in store.disks.values() if d.label == onto), None)
+        if target is None or not store.usable(target.uuid, for_write=True):
+            raise HoardError(f"disk {onto} is not an active disk; `hoard disks add PATH --label {onto}` first",
+                             ExitCode.USAGE)
+    todo = shards_on(store, lost_uuid)
+    total = sum(m.size for m in todo)
+    done = 0
+    for meta in todo:
+        rep.shards += 1
+        dst = target or _adoptable(store, meta) or store.place(1, meta.size, exclude=set(meta.replicas))[0]
+        if dst.uuid in meta.replicas:  # --onto a disk that already holds this shard: just drop the lost copy
+            _swap(store, meta, lost_uuid, None)
+            continue
+        if _verified_copy_exists(dst, meta):
+            rep.adopted += 1
+        else:
+            sources = store.replica_order(meta)
+            if not sources:
+                rep.lost.append(meta.hex)
+                continue
+            _copy_from_any(store, sources, dst, meta, rate_mb_s)
+            rep.copied += 1
+            rep.bytes += meta.size
+        _swap(store, meta, lost_uuid, dst.uuid)
+        done += meta.size
+        if progress:
+            progress(done, total)
+    rep.seconds = time.monotonic() - t0
+    return rep
+
+
+def _adoptable(store: Store, meta: ShardMeta):
+    for d in store.disks.values():
+        if d.uuid not in meta.replicas and store.usable(d.uuid, for_write=True) and _verified_copy_exists(d, meta):
+            return d
+    return None
+
+
+def _verified_copy_exists(disk: LocalDisk, meta: ShardMeta) -> bool:
+    if not disk.path(meta.hex, True).exists():
+        return False
+    try:
+        check_replica(disk, meta)
+        return True
+    except (OSError, fmt.ShardFormatError):
+        return False
+
+
+def _copy_from_any(store: Store, sources: list, dst, meta: ShardMeta, rate_mb_s: float | None) -> None:
+    errors = []
+    for src in sources:
+        try:
+            copy_shard(src, dst, meta.hex, rate_mb_s)
+            return
+        except (OSError, fmt.ShardFormatError) as e:
+            store.disk_error(src, "rebuild", e, meta.hex)
+            errors.append(f"{src.label}: {getattr(e, 'strerror', None) or e}")
+    raise HoardError(f"shard {meta.hex}: no replica could be copied ({'; '.join(errors)}); "
+                     "`hoard verify --repair` may restore one", ExitCode.DATA)
+
+
+def _swap(store: Store, meta: ShardMeta, lost: str, new: str | None) -> None:
+    fresh = store.index.get_shard(meta.shard_id)
+    replicas = [u for u in fresh.replicas if u != lost]
+    if new and new not in replicas:
+        replicas.append(new)
+    fresh.replicas = replicas
+    deltas = {lost: -fresh.size}
+    if new:
+        deltas[new] = fresh.size
+    store.index.put_shard(fresh, deltas)

@@ -1,0 +1,103 @@
+"""`hoard rebuild` / `hoard disks replace`: a lost disk's replicas re-created; resumable after kill -9."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from fsd import config
+from fsd.index import Index
+from fsd.store import Store
+from tests.conftest import make_files, write_config
+from tests.test_cli import hoard
+from tests.test_store import check_store
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _setup(tmp_path: Path, n_files: int = 200) -> tuple[str, list]:
+    disks = [(f"d{i}", tmp_path / f"d{i}", None) for i in range(4)]
+    for _, p, _ in disks:
+        p.mkdir()
+    cfg_path = str(write_config(tmp_path, disks, shard_size_mb=1))
+    with Store.open(config.load(cfg_path), init=True) as store:
+        results = store.put_many(make_files(tmp_path / "in", n_files))
+    return cfg_path, results
+
+
+def _shards_on(cfg_path: str, label: str) -> int:
+    idx = Index(config.load(cfg_path).index_dir)
+    try:
+        uuid = next(r.uuid for r in idx.get_disks() if r.label == label)
+        return sum(uuid in m.replicas for m in idx.iter_shards())
+    finally:
+        idx.close()
+
+
+def test_replace_a_lost_disk(tmp_path: Path) -> None:
+    """d0 dies; a new disk is added; `disks replace d0 d4` puts every lost replica on d4."""
+    cfg_path, results = _setup(tmp_path)
+    lost = _shards_on(cfg_path, "d0")
+    assert lost > 0
+    shutil.rmtree(tmp_path / "d0")  # the disk is gone
+    (tmp_path / "d4").mkdir()
+    assert hoard("--config", cfg_path, "disks", "add", str(tmp_path / "d4"), "--label", "d4").returncode == 0
+    health = hoard("--config", cfg_path, "health", "--json")
+    assert health.returncode == 4
+    assert any(p.startswith("disk d0: missing") for p in json.loads(health.stdout)["problems"])
+    res = hoard("--config", cfg_path, "disks", "replace", "d0", "d4")
+    assert res.returncode == 0, res.stderr
+    assert f"rebuilt {lost} shards of disk d0" in res.stdout and f"{lost} copied" in res.stdout
+    assert _shards_on(cfg_path, "d4") == lost and _shards_on(cfg_path, "d0") == 0
+    report = json.loads(hoard("--config", cfg_path, "health", "--json").stdout)
+    assert report["store"]["ok"], report["store"]
+    assert {d["label"]: d["state"] for d in report["disks"]}["d0"] == "failed"
+    assert report["store"]["replication"]["shards_below_target"] == 0
+    with Store.open(config.load(cfg_path)) as store:
+        assert check_store(store) == len({r.sha256 for r in results})
+        for meta in store.index.iter_shards():
+            assert len(set(meta.replicas)) == len(meta.replicas) == 2
+
+
+def test_rebuild_without_a_new_disk_spreads_over_the_others(tmp_path: Path) -> None:
+    cfg_path, results = _setup(tmp_path)
+    shutil.rmtree(tmp_path / "d1")
+    res = hoard("--config", cfg_path, "rebuild", "--disk", "d1")
+    assert res.returncode == 0, res.stderr
+    with Store.open(config.load(cfg_path)) as store:
+        d1 = next(u for u, r in store.records.items() if r.label == "d1")
+        for meta in store.index.iter_shards():
+            assert d1 not in meta.replicas and len(set(meta.replicas)) == 2
+        assert check_store(store) == len({r.sha256 for r in results})
+
+
+def test_rebuild_resumes_after_kill_9(tmp_path: Path) -> None:
+    """A rate-limited rebuild killed mid-way: the re-run copies only what is left, no half shard remains."""
+    cfg_path, results = _setup(tmp_path, n_files=400)
+    lost = _shards_on(cfg_path, "d0")
+    shutil.rmtree(tmp_path / "d0")
+    (tmp_path / "d4").mkdir()
+    assert hoard("--config", cfg_path, "disks", "add", str(tmp_path / "d4"), "--label", "d4").returncode == 0
+    child = subprocess.Popen([sys.executable, "-m", "fsd", "--config", cfg_path, "rebuild", "--disk", "d0",
+                              "--onto", "d4", "--rate-mb-s", "3"], cwd=REPO)
+    deadline = time.monotonic() + 60
+    while _shards_on(cfg_path, "d4") < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    child.kill()
+    child.wait()
+    done = _shards_on(cfg_path, "d4")
+    assert 0 < done < lost, "the kill should land mid-rebuild"
+    res = hoard("--config", cfg_path, "rebuild", "--disk", "d0", "--onto", "d4")
+    assert res.returncode == 0, res.stderr
+    out = res.stdout
+    copied = int(out.split(" copied")[0].split()[-1])
+    adopted = int(out.split(" already there")[0].split(", ")[-1].split()[0])
+    assert copied + adopted == lost - done and adopted <= 1  # nothing copied twice
+    assert list((tmp_path / "d4" / "tmp").glob("*")) == []  # no half shard left behind
+    assert _shards_on(cfg_path, "d4") == lost
+    with Store.open(config.load(cfg_path)) as store:
+        assert check_store(store) == len({r.sha256 for r in results})
