@@ -102,6 +102,13 @@ def collect(cfg: Settings) -> dict[str, Any]:
     problems: list[str] = []
     if not store["ok"]:
         problems.append(f"store: {store['error']}")
+    else:
+        risk = store["replication"]["at_risk"]
+        if risk:
+            lost = sum(r["readable_replicas"] == 0 for r in risk)
+            problems.append(f"store: {len(risk)} shards have fewer than write_ack readable replicas"
+                            + (f", {lost} have none" if lost else "")
+                            + "; run `hoard replicate` (or `hoard rebuild --disk LABEL` for a failed disk)")
     for d in report["disks"]:
         if d.get("state", "active") != "active":
             problems.append(f"disk {d['label']}: {d['state']}: {d.get('reason') or 'not usable'}; "

@@ -33,13 +33,19 @@ def counted_replicas(store: Store, meta: ShardMeta) -> list[str]:
 
 
 def replication_lag(store: Store) -> dict:
-    """Shards and bytes below their class target (sealed shards; open ones are at write_ack)."""
+    """Shards and bytes below their class target (sealed shards; open ones are at write_ack),
+    and the shards at risk: fewer readable replicas than write_ack (one more loss away from
+    data loss, or lost already)."""
     shards = bytes_ = 0
+    at_risk = []
     for meta in store.index.iter_shards():
         if meta.sealed and len(counted_replicas(store, meta)) < store.target(meta.klass):
             shards += 1
             bytes_ += meta.size
-    return {"shards_below_target": shards, "bytes_below_target": bytes_}
+        readable = sum(1 for u in meta.replicas if store.usable(u))
+        if readable < store.cfg.store.write_ack:
+            at_risk.append({"shard": meta.hex, "readable_replicas": readable})
+    return {"shards_below_target": shards, "bytes_below_target": bytes_, "at_risk": at_risk}
 
 
 @dataclass

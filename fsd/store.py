@@ -14,6 +14,7 @@ import logging
 import os
 import random
 import threading
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -182,6 +183,12 @@ class Store:
         if isinstance(err, DiskGone):
             rec = self.records[disk.uuid]
             rec.state, rec.reason = DiskState.MISSING, detail
+        elif getattr(err, "errno", None) == errno.EIO:
+            # a disk answering EIO is dying: stop using it now, and say so until it is replaced
+            from fsd.rebuild import mark_failed
+
+            mark_failed(self, disk.label, f"I/O error during {op} at {time.strftime('%Y-%m-%d %H:%M:%S')}: "
+                                          f"{detail}; run `hoard rebuild --disk {disk.label}`")
 
     def target(self, klass: str) -> int:
         return self.cfg.store.copy_of_raw if klass == "raw" else self.cfg.store.copy_of_generated

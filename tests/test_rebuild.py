@@ -48,7 +48,9 @@ def test_replace_a_lost_disk(tmp_path: Path) -> None:
     assert hoard("--config", cfg_path, "disks", "add", str(tmp_path / "d4"), "--label", "d4").returncode == 0
     health = hoard("--config", cfg_path, "health", "--json")
     assert health.returncode == 4
-    assert any(p.startswith("disk d0: missing") for p in json.loads(health.stdout)["problems"])
+    problems = json.loads(health.stdout)["problems"]
+    assert any(p.startswith("disk d0: missing") for p in problems)
+    assert f"store: {lost} shards have fewer than write_ack readable replicas; run `hoard replicate`" in " ".join(problems)
     res = hoard("--config", cfg_path, "disks", "replace", "d0", "d4")
     assert res.returncode == 0, res.stderr
     assert f"rebuilt {lost} shards of disk d0" in res.stdout and f"{lost} copied" in res.stdout
@@ -57,6 +59,7 @@ def test_replace_a_lost_disk(tmp_path: Path) -> None:
     assert report["store"]["ok"], report["store"]
     assert {d["label"]: d["state"] for d in report["disks"]}["d0"] == "failed"
     assert report["store"]["replication"]["shards_below_target"] == 0
+    assert report["store"]["replication"]["at_risk"] == []
     with Store.open(config.load(cfg_path)) as store:
         assert check_store(store) == len({r.sha256 for r in results})
         for meta in store.index.iter_shards():

@@ -129,7 +129,7 @@ def test_replicator_reaches_the_class_target(store_factory, tmp_path: Path) -> N
     gen = store.put_bytes(b"generated thing", klass="generated")
     rep = replicate_once(store, rate_mb_s=None)
     assert rep.copied_shards == lag["shards_below_target"]
-    assert replication_lag(store) == {"shards_below_target": 0, "bytes_below_target": 0}
+    assert replication_lag(store) == {"shards_below_target": 0, "bytes_below_target": 0, "at_risk": []}
     for meta in store.index.iter_shards():
         assert len(set(meta.replicas)) == (3 if meta.klass == "raw" else 2)
     assert store.get(gen.sha256) == b"generated thing"

@@ -71,6 +71,8 @@ def test_eio_on_one_disk_reads_come_from_the_others(lab, tmp_path: Path) -> None
     lab.fail_eio(victim)  # while the store is open and in use
     for p, r in zip(files, results):
         assert hashlib.sha256(store.get(r.sha256)).hexdigest() == r.sha256
+    assert store.records[victim_uuid].state.value == "failed"  # EIO: out of service at once
+    assert any(e["kind"] == "disk_failed" and e["disk"] == victim for e in store.index.recent_events(500))
     errors = [e for e in store.index.recent_events(500) if e["kind"] == "read_error"]
     assert errors and {e["disk"] for e in errors} == {victim}
     assert {e["errno"] for e in errors} <= {5, 74}  # EIO, or EBADMSG when ext4 metadata reads come back bad
