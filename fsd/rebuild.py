@@ -9,7 +9,9 @@ first, so nothing reads from or writes to it meanwhile.
 
 from __future__ import annotations
 
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -54,7 +56,7 @@ def shards_on(store: Store, uuid: str) -> list[ShardMeta]:
 
 
 def rebuild(store: Store, label: str, onto: str | None = None, rate_mb_s: float | None = None,
-            progress: Callable[[int, int], None] | None = None) -> RebuildReport:
+            progress: Callable[[int, int], None] | None = None, streams: int = 3) -> RebuildReport:
     """Copy every shard that had a replica on disk `label` to `onto` (or, without it, to other
     disks with room, never two replicas on one disk). `progress(done_bytes, total_bytes)`."""
     rep = RebuildReport()
@@ -68,27 +70,40 @@ def rebuild(store: Store, label: str, onto: str | None = None, rate_mb_s: float 
                              ExitCode.USAGE)
     todo = shards_on(store, lost_uuid)
     total = sum(m.size for m in todo)
-    done = 0
-    for meta in todo:
-        rep.shards += 1
-        dst = target or _adoptable(store, meta) or store.place(1, meta.size, exclude=set(meta.replicas))[0]
-        if dst.uuid in meta.replicas:  # --onto a disk that already holds this shard: just drop the lost copy
-            _swap(store, meta, lost_uuid, None)
-            continue
+    done = [0]
+    lock = threading.Lock()
+
+    def one(meta: ShardMeta) -> None:
+        with lock:
+            rep.shards += 1
+            dst = target or _adoptable(store, meta) or store.place(1, meta.size, exclude=set(meta.replicas))[0]
+        if dst.uuid in meta.replicas:  # --onto a disk that already holds this shard: drop the lost copy
+            with lock:
+                _swap(store, meta, lost_uuid, None)
+            return
         if _verified_copy_exists(dst, meta):
-            rep.adopted += 1
+            with lock:
+                rep.adopted += 1
         else:
             sources = store.replica_order(meta)
             if not sources:
-                rep.lost.append(meta.hex)
-                continue
-            _copy_from_any(store, sources, dst, meta, rate_mb_s)
-            rep.copied += 1
-            rep.bytes += meta.size
-        _swap(store, meta, lost_uuid, dst.uuid)
-        done += meta.size
-        if progress:
-            progress(done, total)
+                with lock:
+                    rep.lost.append(meta.hex)
+                return
+            _copy_from_any(store, sources, dst, meta, rate_mb_s / streams if rate_mb_s else None)
+            with lock:
+                rep.copied += 1
+                rep.bytes += meta.size
+        with lock:
+            _swap(store, meta, lost_uuid, dst.uuid)
+            done[0] += meta.size
+            if progress:
+                progress(done[0], total)
+
+    # a few copies at once, so slow source disks together keep the target disk busy
+    with ThreadPoolExecutor(max_workers=streams, thread_name_prefix="rebuild") as pool:
+        for f in [pool.submit(one, m) for m in todo]:
+            f.result()
     rep.seconds = time.monotonic() - t0
     return rep
 

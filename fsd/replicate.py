@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import logging
 import os
+import queue
+import threading
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -114,13 +116,29 @@ def copy_shard(src, dst, shard_hex: str, rate_mb_s: float | None = None) -> int:
     tmp = tmp_dir / f"{shard_hex}.shard.tmp"
     fd_in = os.open(src.find(shard_hex), os.O_RDONLY)
     t0 = time.monotonic()
-    try:
-        with open(tmp, "wb", buffering=0) as out:
-            done = 0
+    chunks: queue.Queue = queue.Queue(maxsize=4)
+
+    def read_ahead() -> None:  # reading the source overlaps with writing the copy
+        done = 0
+        try:
             while done < size:
                 chunk = os.pread(fd_in, min(COPY_CHUNK, size - done), done)
                 if not chunk:
                     raise fmt.TruncatedShard(f"shard {shard_hex} on {src.label} ended at {done} of {size}")
+                chunks.put(chunk)
+                done += len(chunk)
+            chunks.put(None)
+        except BaseException as e:  # handed to the writer, which raises it
+            chunks.put(e)
+
+    reader = threading.Thread(target=read_ahead, name=f"copy-{src.label}", daemon=True)
+    reader.start()
+    try:
+        with open(tmp, "wb", buffering=0) as out:
+            done = 0
+            while (chunk := chunks.get()) is not None:
+                if isinstance(chunk, BaseException):
+                    raise chunk
                 out.write(chunk)
                 done += len(chunk)
                 if rate_mb_s:
@@ -129,7 +147,15 @@ def copy_shard(src, dst, shard_hex: str, rate_mb_s: float | None = None) -> int:
                         time.sleep(ahead)
             os.fdatasync(out.fileno())
         os.posix_fadvise(fd_in, 0, 0, os.POSIX_FADV_DONTNEED)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     finally:
+        while reader.is_alive():  # unblock and finish the reader before closing its fd
+            try:
+                chunks.get_nowait()
+            except queue.Empty:
+                reader.join(0.05)
         os.close(fd_in)
     try:
         with open(tmp, "rb", buffering=0) as f:

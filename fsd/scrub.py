@@ -12,7 +12,9 @@ from __future__ import annotations
 import hashlib
 import os
 import random
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -61,6 +63,8 @@ def check_replica(disk: LocalDisk, meta: ShardMeta, sha256: bool = False) -> int
 
 def verify(store: Store, sample_pct: float = 100.0, disk_label: str | None = None, sha256: bool = False,
            repair: bool = False, budget_s: float | None = None, seed: int | None = None) -> VerifyReport:
+    """Check the chosen shards' replicas, one reader thread per disk (the disks work in
+    parallel, each reading its replicas in order), then repair what is bad."""
     rep = VerifyReport()
     t0 = time.monotonic()
     metas = [m for m in store.index.iter_shards() if m.sealed]
@@ -68,33 +72,60 @@ def verify(store: Store, sample_pct: float = 100.0, disk_label: str | None = Non
     if sample_pct < 100:
         rng = random.Random(seed)
         metas = [m for m in metas if rng.random() * 100 < sample_pct]
+    work: dict[str, list[ShardMeta]] = {}
     for meta in metas:
-        if budget_s is not None and rep.shards and time.monotonic() - t0 > budget_s:
-            break  # (at least one shard per run, so a tiny budget still makes progress)
-        rep.shards += 1
-        good: list[LocalDisk] = []
-        bad: list[tuple[LocalDisk, str]] = []
         for disk in store.replica_order(meta):
-            if disk_label and disk.label != disk_label and not repair:
-                continue
+            if disk_label is None or disk.label == disk_label:
+                work.setdefault(disk.uuid, []).append(meta)
+    results: dict[bytes, dict[str, str | None]] = {}  # shard → disk uuid → None (good) or why
+    lock = threading.Lock()
+
+    def scrub_disk(uuid: str) -> None:
+        disk = store.disks[uuid]
+        checked = 0
+        for meta in work[uuid]:
+            if budget_s is not None and checked and time.monotonic() - t0 > budget_s:
+                break  # (at least one shard per disk, so a tiny budget still makes progress)
             try:
-                rep.bytes += check_replica(disk, meta, sha256)
-                good.append(disk)
+                n, why = check_replica(disk, meta, sha256), None
             except (OSError, fmt.ShardFormatError) as e:
-                why = getattr(e, "strerror", None) or str(e)
-                bad.append((disk, why))
-                rep.bad.append(f"shard {meta.hex} on {disk.label}: {why}")
+                n, why = 0, getattr(e, "strerror", None) or str(e)
                 store.disk_error(disk, "verify", e, meta.hex)
-            rep.replicas += 1
-        if bad and repair and good:
-            for disk, why in bad:
+            checked += 1
+            with lock:
+                results.setdefault(meta.shard_id, {})[uuid] = why
+                rep.bytes += n
+                rep.replicas += 1
+
+    with ThreadPoolExecutor(max_workers=max(1, len(work)), thread_name_prefix="scrub") as pool:
+        list(pool.map(scrub_disk, list(work)))
+    by_id = {m.shard_id: m for m in metas}
+    for sid, per_disk in results.items():
+        meta = by_id[sid]
+        rep.shards += 1
+        bad = [(store.disks[u], why) for u, why in per_disk.items() if why is not None]
+        good = [store.disks[u] for u, why in per_disk.items() if why is None]
+        for disk, why in bad:
+            rep.bad.append(f"shard {meta.hex} on {disk.label}: {why}")
+        if bad and repair:
+            if not good:  # the run may have checked one disk only: look at the others now
+                for d in store.replica_order(meta):
+                    if d.uuid not in per_disk:
+                        try:
+                            check_replica(d, meta, sha256)
+                            good.append(d)
+                            break
+                        except (OSError, fmt.ShardFormatError):
+                            continue
+            for disk, why in bad if good else []:
                 copy_shard(good[0], disk, meta.hex)
                 check_replica(disk, meta, sha256)
                 rep.repaired.append(f"shard {meta.hex} on {disk.label}")
                 store.index.record_event("repaired", disk=disk.label, shard=meta.hex, detail=why)
                 store.index.clear_repair(meta.shard_id, disk.uuid)
-            bad = []
-        if not bad and good:
+            if good:
+                bad = []
+        if not bad and good and len(per_disk) == len(store.replica_order(meta)):
             fresh = store.index.get_shard(meta.shard_id)
             fresh.verified = time.time()
             store.index.put_shard(fresh)

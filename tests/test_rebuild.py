@@ -99,7 +99,7 @@ def test_rebuild_resumes_after_kill_9(tmp_path: Path) -> None:
     out = res.stdout
     copied = int(out.split(" copied")[0].split()[-1])
     adopted = int(out.split(" already there")[0].split(", ")[-1].split()[0])
-    assert copied + adopted == lost - done and adopted <= 1  # nothing copied twice
+    assert copied + adopted == lost - done and adopted <= 3  # nothing copied twice (3 copies run at once)
     assert list((tmp_path / "d4" / "tmp").glob("*")) == []  # no half shard left behind
     assert _shards_on(cfg_path, "d4") == lost
     with Store.open(config.load(cfg_path)) as store:

@@ -1,0 +1,94 @@
+"""Rebuild of one lost lab4 disk onto a new disk, vs the bottleneck bound; scrub throughput
+vs the disks' sequential read bound.
+
+    python bench/rebuild_scrub.py [--gb 2.4]
+
+lab4 plus a fifth, new disk (3000 MB, 60/50 MB/s). Objects of 64 MB are stored with two
+copies; the disk holding the most is unmounted (lost) and rebuilt onto the new one.
+Bound for the rebuild: bytes / min(target write MB/s, sum of the sources' read MB/s).
+Bound for the scrub: bytes per disk / its read MB/s, the slowest disk deciding.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+
+from _common import LAB4, Lab, drop_caches, lab_store, report
+
+from fsd.rebuild import rebuild
+from fsd.scrub import verify
+from tests.lab import DiskProfile
+
+NEW = DiskProfile("new", 3000, 60, 50, 150)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--gb", type=float, default=2.4)
+    args = ap.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="hoard-bench-", dir="/var/tmp"))
+    n = int(args.gb * 1024 / 64)
+    src = work / "src"
+    src.mkdir()
+    for i in range(n):
+        (src / f"o{i:04d}.bin").write_bytes(os.urandom(64 << 20))
+    with Lab([*LAB4, NEW], direct_io=True) as lab:
+        store = lab_store(lab, work, ["lab1", "lab2", "lab3", "lab4"], shard_size_mb=256)
+        with lab.throttled():
+            store.put_many(sorted(src.iterdir()))
+            per_disk: dict[str, int] = defaultdict(int)
+            for m in store.index.iter_shards():
+                for u in m.replicas:
+                    per_disk[u] += m.size
+            # scrub: every replica on every disk
+            drop_caches()
+            t0 = time.monotonic()
+            v = verify(store)
+            scrub_s = time.monotonic() - t0
+            read_bw = {u: lab.disks[d.label].profile.read_mbps * 1e6 for u, d in store.disks.items()}
+            scrub_bound = max(per_disk[u] / read_bw[u] for u in per_disk)
+            # rebuild: lose the fullest disk, rebuild onto the new one
+            victim = max(per_disk, key=per_disk.get)
+            victim_label = store.disks[victim].label
+            lost_bytes = per_disk[victim]
+            store.close()
+            lab.vanish(victim_label)
+            extra = work / "new.toml"
+            cfg_text = (work / "hoard.toml").read_text()
+            cfg_text += f'\n[[disks]]\nlabel = "new"\npath = "{lab.disks["new"].mountpoint}"\n'
+            extra.write_text(cfg_text)
+            from fsd import config
+            from fsd.store import Store
+
+            store = Store.open(config.load(extra), init=True)
+            drop_caches()
+            t0 = time.monotonic()
+            r = rebuild(store, victim_label, onto="new")
+            rebuild_s = time.monotonic() - t0
+            sources = {u for m in store.index.iter_shards() for u in m.replicas if u != store_uuid(store, "new")}
+            src_bw = sum(read_bw[u] for u in sources if u in read_bw)
+            bound = lost_bytes / min(NEW.write_mbps * 1e6, src_bw)
+            store.close()
+    mb = lost_bytes / 1e6
+    rows = [("rebuild", f"{r.shards} shards, {mb:.0f} MB in {rebuild_s:.1f} s = {mb / rebuild_s:.1f} MB/s; "
+                        f"bound {mb / bound:.1f} MB/s -> {bound / rebuild_s:.0%} of it; lost objects: {len(r.lost)}"),
+            ("scrub", f"{v.replicas} replicas, {v.bytes / 1e6:.0f} MB in {scrub_s:.1f} s = {v.bytes / 1e6 / scrub_s:.1f} MB/s; "
+                      f"bound {scrub_bound:.1f} s -> {scrub_bound / scrub_s:.0%} of it; bad: {len(v.bad)}")]
+    report("rebuild and scrub on lab4", rows, {"rebuild_s": round(rebuild_s, 2), "rebuild_bound_s": round(bound, 2),
+                                               "lost_mb": round(mb), "scrub_s": round(scrub_s, 2),
+                                               "scrub_bound_s": round(scrub_bound, 2), "lost_objects": len(r.lost)})
+
+
+def store_uuid(store, label: str) -> str:
+    return next(u for u, d in store.disks.items() if d.label == label)
+
+
+if __name__ == "__main__":
+    t0 = time.monotonic()
+    main()
+    print(f"(benchmark took {time.monotonic() - t0:.0f} s)")
