@@ -162,6 +162,14 @@ def write_config(root: Path, disks: list[tuple[str, Path, float | None]], allow_
     return cfg
 
 
+def dir_disks_config(root: Path, n: int, first: int = 0, cap: float | None = None, **store: object) -> Path:
+    """A hoard.toml under `root` with `n` directory disks d<first>..; the directories are created."""
+    disks = [(f"d{i}", root / f"d{i}", cap) for i in range(first, first + n)]
+    for _, p, _ in disks:
+        p.mkdir(parents=True, exist_ok=True)
+    return write_config(root, disks, **store)
+
+
 @pytest.fixture
 def store_factory(tmp_path: Path):
     """Open stores on directory disks under tmp_path; all are closed after the test."""

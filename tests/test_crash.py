@@ -14,7 +14,7 @@ from fsd import config
 from fsd import shardfmt as fmt
 from fsd.index import Index
 from fsd.store import Store
-from tests.conftest import make_files, write_config
+from tests.conftest import dir_disks_config, make_files
 from tests.test_store import check_store
 
 REPO = Path(__file__).resolve().parent.parent
@@ -42,10 +42,7 @@ def _objects(index_dir: Path) -> int:
 def test_kill_9_during_batch_write(tmp_path: Path, kill_after: int) -> None:
     """After a kill -9, every index entry verifies, no open shard is left, a re-run completes,
     and every object is stored exactly once."""
-    disks = [(f"d{i}", tmp_path / f"d{i}", None) for i in range(3)]
-    for _, p, _ in disks:
-        p.mkdir()
-    cfg_path = write_config(tmp_path, disks, shard_size_mb=1)
+    cfg_path = dir_disks_config(tmp_path, 3, shard_size_mb=1)
     cfg = config.load(cfg_path)
     Store.open(cfg, init=True).close()
     files = make_files(tmp_path / "in", 1500, seed=kill_after, lo=2000, hi=30000)

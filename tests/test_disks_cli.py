@@ -10,7 +10,7 @@ from pathlib import Path
 
 from fsd import config
 from fsd.store import Store
-from tests.conftest import make_files, write_config
+from tests.conftest import dir_disks_config, make_files
 from tests.test_cli import hoard
 from tests.test_store import check_store
 
@@ -18,10 +18,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def _setup(tmp_path: Path, **opts) -> str:
-    disks = [(f"d{i}", tmp_path / f"d{i}", 2) for i in (1, 2)]
-    for _, p, _ in disks:
-        p.mkdir()
-    cfg = str(write_config(tmp_path, disks, shard_size_mb=1, **opts))
+    cfg = str(dir_disks_config(tmp_path, 2, first=1, cap=2, shard_size_mb=1, **opts))
     assert hoard("--config", cfg, "init").returncode == 0
     return cfg
 

@@ -9,15 +9,12 @@ from rq import Queue, SimpleWorker
 from fsd import config
 from fsd.replicate import replication_lag
 from fsd.store import Store
-from tests.conftest import make_files, write_config
+from tests.conftest import dir_disks_config, make_files
 
 
 def test_replicate_job(tmp_path: Path, redis_conn) -> None:
     """jobs.store_jobs.replicate brings a copy_of_raw=3 store to target; a second run copies nothing."""
-    disks = [(f"d{i}", tmp_path / f"d{i}", None) for i in range(3)]
-    for _, p, _ in disks:
-        p.mkdir()
-    cfg_path = str(write_config(tmp_path, disks, shard_size_mb=1, copy_of_raw=3))
+    cfg_path = str(dir_disks_config(tmp_path, 3, shard_size_mb=1, copy_of_raw=3))
     with Store.open(config.load(cfg_path), init=True) as store:
         store.put_many(make_files(tmp_path / "in", 100))
     q = Queue("maintenance", connection=redis_conn)

@@ -12,7 +12,7 @@ from pathlib import Path
 from fsd import config
 from fsd.index import Index
 from fsd.store import Store
-from tests.conftest import make_files, write_config
+from tests.conftest import dir_disks_config, make_files
 from tests.test_cli import hoard
 from tests.test_store import check_store
 
@@ -20,10 +20,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def _setup(tmp_path: Path, n_files: int = 200) -> tuple[str, list]:
-    disks = [(f"d{i}", tmp_path / f"d{i}", None) for i in range(4)]
-    for _, p, _ in disks:
-        p.mkdir()
-    cfg_path = str(write_config(tmp_path, disks, shard_size_mb=1))
+    cfg_path = str(dir_disks_config(tmp_path, 4, shard_size_mb=1))
     with Store.open(config.load(cfg_path), init=True) as store:
         results = store.put_many(make_files(tmp_path / "in", n_files))
     return cfg_path, results

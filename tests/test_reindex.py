@@ -8,7 +8,7 @@ from pathlib import Path
 from fsd import config
 from fsd.replicate import replicate_once
 from fsd.store import Store
-from tests.conftest import make_files, write_config
+from tests.conftest import dir_disks_config, make_files
 from tests.test_cli import hoard
 from tests.test_store import check_store
 
@@ -20,10 +20,7 @@ def _snapshot(store: Store) -> tuple[dict, dict]:
 
 
 def test_index_rebuilt_from_disks_is_the_same(tmp_path: Path) -> None:
-    disks = [(f"d{i}", tmp_path / f"d{i}", None) for i in range(4)]
-    for _, p, _ in disks:
-        p.mkdir()
-    cfg_path = write_config(tmp_path, disks, shard_size_mb=1, copy_of_raw=3)
+    cfg_path = dir_disks_config(tmp_path, 4, shard_size_mb=1, copy_of_raw=3)
     cfg = config.load(cfg_path)
     with Store.open(cfg, init=True) as store:
         results = store.put_many(make_files(tmp_path / "in", 300))
@@ -46,10 +43,7 @@ def test_index_rebuilt_from_disks_is_the_same(tmp_path: Path) -> None:
 def test_rebuild_skips_damaged_or_foreign_shard_files(tmp_path: Path) -> None:
     """A replica with a broken footer, or whose name and header disagree, is reported and not
     used; the other replica serves."""
-    disks = [(f"d{i}", tmp_path / f"d{i}", None) for i in range(2)]
-    for _, p, _ in disks:
-        p.mkdir()
-    cfg_path = write_config(tmp_path, disks, shard_size_mb=1)
+    cfg_path = dir_disks_config(tmp_path, 2, shard_size_mb=1)
     cfg = config.load(cfg_path)
     with Store.open(cfg, init=True) as store:
         results = store.put_many(make_files(tmp_path / "in", 40))
@@ -70,10 +64,7 @@ def test_rebuild_skips_damaged_or_foreign_shard_files(tmp_path: Path) -> None:
 
 def test_rebuild_indexes_an_open_shard_that_the_next_writer_seals(tmp_path: Path) -> None:
     """A shard left open by a crash (no footer) is found by scanning; recovery then seals it."""
-    disks = [(f"d{i}", tmp_path / f"d{i}", None) for i in range(2)]
-    for _, p, _ in disks:
-        p.mkdir()
-    cfg = config.load(write_config(tmp_path, disks, shard_size_mb=8))
+    cfg = config.load(dir_disks_config(tmp_path, 2, shard_size_mb=8))
     files = make_files(tmp_path / "in", 30)
     with Store.open(cfg, init=True) as store:
         writer = store.writer("raw")

@@ -7,16 +7,13 @@ from pathlib import Path
 
 from fsd import config
 from fsd.store import Store
-from tests.conftest import make_files, write_config
+from tests.conftest import dir_disks_config, make_files
 from tests.test_cli import hoard
 from tests.test_store import check_store
 
 
 def test_bit_flip_found_and_repaired(tmp_path: Path) -> None:
-    disks = [(f"d{i}", tmp_path / f"d{i}", None) for i in range(3)]
-    for _, p, _ in disks:
-        p.mkdir()
-    cfg_path = str(write_config(tmp_path, disks, shard_size_mb=1))
+    cfg_path = str(dir_disks_config(tmp_path, 3, shard_size_mb=1))
     cfg = config.load(cfg_path)
     with Store.open(cfg, init=True) as store:
         results = store.put_many(make_files(tmp_path / "in", 120))
@@ -49,10 +46,7 @@ def test_sample_and_budget(tmp_path: Path) -> None:
     """--sample checks part of the shards; the never-verified ones come first."""
     from fsd.scrub import verify
 
-    disks = [(f"d{i}", tmp_path / f"d{i}", None) for i in range(2)]
-    for _, p, _ in disks:
-        p.mkdir()
-    cfg = config.load(write_config(tmp_path, disks, shard_size_mb=1))
+    cfg = config.load(dir_disks_config(tmp_path, 2, shard_size_mb=1))
     with Store.open(cfg, init=True) as store:
         store.put_many(make_files(tmp_path / "in", 200))
         total = sum(1 for _ in store.index.iter_shards())
