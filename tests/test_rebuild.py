@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import subprocess
@@ -100,4 +101,29 @@ def test_rebuild_resumes_after_kill_9(tmp_path: Path) -> None:
     assert list((tmp_path / "d4" / "tmp").glob("*")) == []  # no half shard left behind
     assert _shards_on(cfg_path, "d4") == lost
     with Store.open(config.load(cfg_path)) as store:
+        assert check_store(store) == len({r.sha256 for r in results})
+
+
+def test_two_disks_lost_with_three_copies(tmp_path: Path) -> None:
+    """copy_of_raw=3 on five disks: two disks die, every object still reads back, and two
+    rebuilds restore three copies of everything."""
+    from fsd.replicate import replicate_once
+
+    cfg_path = str(dir_disks_config(tmp_path, 5, shard_size_mb=1, copy_of_raw=3))
+    cfg = config.load(cfg_path)
+    with Store.open(cfg, init=True) as store:
+        results = store.put_many(make_files(tmp_path / "in", 300))
+        replicate_once(store, rate_mb_s=None)
+    shutil.rmtree(tmp_path / "d1")
+    shutil.rmtree(tmp_path / "d3")
+    with Store.open(cfg) as store:
+        for r in results:
+            assert hashlib.sha256(store.get(r.sha256)).hexdigest() == r.sha256
+    for lost in ("d1", "d3"):
+        res = hoard("--config", cfg_path, "rebuild", "--disk", lost)
+        assert res.returncode == 0 and "0 without a healthy replica" in res.stdout, res.stdout + res.stderr
+    with Store.open(cfg) as store:
+        alive = {u for u, r in store.records.items() if r.label not in ("d1", "d3")}
+        for meta in store.index.iter_shards():
+            assert len(set(meta.replicas)) == 3 and set(meta.replicas) <= alive
         assert check_store(store) == len({r.sha256 for r in results})
