@@ -35,7 +35,8 @@ def run_demo(cfg: Settings) -> None:
     out.print(f"[bold]3. sample[/]    {len(batches)} scraped batches in zone 3A: {files} files, {size / 1e6:.1f} MB")
     for b in batches:
         out.print(f"               {zone3a / b.batch_id}  ({b.source})")
-    _store_and_read_back(cfg, [zone3a / b.batch_id / i.path for b in batches for i in b.items])
+    results = _store_and_read_back(cfg, [zone3a / b.batch_id / i.path for b in batches for i in b.items])
+    _describe_in_database(cfg, batches, results)
     out.print("\n[bold]next:[/]")
     out.print("  .venv/bin/hoard health          status of disks, zones, PostgreSQL, Redis")
     out.print(f"  ls {zone3a}      the sample batches as a scraper leaves them")
@@ -44,7 +45,7 @@ def run_demo(cfg: Settings) -> None:
     out.print("  .venv/bin/hoard --help          every command (ingest, mount … arrive with issues 4–7)")
 
 
-def _store_and_read_back(cfg: Settings, paths: list) -> None:
+def _store_and_read_back(cfg: Settings, paths: list) -> list:
     import hashlib
     import threading
     import time
@@ -82,3 +83,42 @@ def _store_and_read_back(cfg: Settings, paths: list) -> None:
         if good != len(shas):
             raise HoardError(f"{len(shas) - good} objects did not read back correctly; see `hoard health`",
                              ExitCode.DATA)
+    return results
+
+
+def _describe_in_database(cfg: Settings, batches, results) -> None:
+    """The stored files as nodes in PostgreSQL (one write-intent per batch), then a selector.
+
+    W1-D replaces this with the real adapters (metadata, virtual assets, edges)."""
+    from pathlib import PurePath
+
+    import psycopg
+
+    from sql.intents import apply_write_intent
+    from sql.migrate import migrate
+    from sql.selectors import query_nodes
+
+    by_path = {r.path: r for r in results}
+    zone3a = cfg.ssd.zone_path("3A")
+    with psycopg.connect(cfg.database_url, autocommit=True) as conn:
+        migrate(conn)
+        applied = 0
+        for b in batches:
+            nodes, members = {}, []
+            for item in b.items:
+                r = by_path[str(zone3a / b.batch_id / item.path)]
+                ext = PurePath(item.path).suffix.lstrip(".").lower() or None
+                node = nodes.setdefault(r.sha256, {"sha256": r.sha256, "physical": {
+                    "size": r.size, "file_type": ext, "locators": []}})
+                node["physical"]["locators"].append(f"batch:{b.batch_id}/{item.path}")
+                members.append(r.sha256)
+            res = apply_write_intent(conn, {"key": f"demo:{b.batch_id}", "sources": [b.source],
+                                            "nodes": list(nodes.values()),
+                                            "batches": [{"batch_id": b.batch_id, "source": b.source,
+                                                         "members": sorted(set(members)), "seal": True}]})
+            applied += not res.noop
+        images = query_nodes(conn, {"kinds": ["image"], "batches": [b.batch_id for b in batches]})
+        videos = query_nodes(conn, {"kinds": ["video"]})
+    out.print(f"[bold]7. database[/]  {len(batches)} write-intents ({applied} applied now, the rest already were); "
+              f"selector: {len(images)} images ({images.total_bytes / 1e6:.1f} MB), "
+              f"{len(videos)} videos ({videos.total_bytes / 1e6:.1f} MB)")

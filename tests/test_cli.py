@@ -103,3 +103,27 @@ def test_worker_rejects_unknown_queue(hoard_home: Path) -> None:
     res = hoard("--config", str(hoard_home / "hoard.toml"), "worker", "--queues", "ingest,bogus", "--burst")
     assert res.returncode == 2
     assert "unknown queue(s) bogus; allowed: ingest, io, sql, maintenance" in res.stderr
+
+
+def test_demo_end_to_end(hoard_home: Path, pg) -> None:
+    """`hoard demo` on a fresh home: sample batches stored, replicated, read back verified, in the
+    database (a fresh schema); a second run changes nothing."""
+    import psycopg
+
+    schema = pg.execute("SELECT current_schema()").fetchone()[0]
+    cfg_path = hoard_home / "hoard.toml"
+    lines = cfg_path.read_text().splitlines()
+    url = next(ln for ln in lines if ln.startswith("database_url = ")).split(" = ", 1)[1].strip("'\"")
+    own = psycopg.conninfo.make_conninfo(url, options=f"-c search_path={schema}")
+    cfg_path.write_text("\n".join(f"database_url = {json.dumps(own)}" if ln.startswith("database_url = ") else ln
+                                  for ln in lines) + "\n")
+    cfg = str(cfg_path)
+    assert hoard("--config", cfg, "init").returncode == 0
+    first = hoard("--config", cfg, "demo")
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert "0 rejected" in first.stdout
+    read_back = next(ln for ln in first.stdout.splitlines() if ln.startswith("6. read back"))
+    good, total = read_back.split()[3].split("/")
+    assert good == total and int(total) > 250
+    second = hoard("--config", cfg, "demo")
+    assert second.returncode == 0 and " 0 new," in second.stdout and "(0 applied now" in second.stdout
