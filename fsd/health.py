@@ -124,6 +124,10 @@ def collect(cfg: Settings) -> dict[str, Any]:
     else:
         from sql.migrate import available
 
+        last = db.get("last_backup")
+        if last and last["verified"] is False:
+            problems.append(f"database: the last backup failed its restore-verify ({last['verify_detail']}); "
+                            "run `hoard db backup` and `hoard db verify-backup`")
         latest = available()[-1].version
         if db["schema_version"] < latest:
             problems.append(f"database: schema version {db['schema_version']}, this hoardfs needs {latest}; "

@@ -219,3 +219,17 @@ def pg(servers) -> Iterator[psycopg.Connection]:
                 yield conn
         finally:
             admin.execute(f"DROP SCHEMA {schema} CASCADE")
+
+
+def use_schema(home: Path, conn: psycopg.Connection) -> str:
+    """Point the hoard.toml in `home` at `conn`'s schema (from the `pg` fixture); return the config path."""
+    import json
+
+    schema = conn.execute("SELECT current_schema()").fetchone()[0]
+    cfg_path = home / "hoard.toml"
+    lines = cfg_path.read_text().splitlines()
+    url = next(ln for ln in lines if ln.startswith("database_url = ")).split(" = ", 1)[1].strip("'\"")
+    own = psycopg.conninfo.make_conninfo(url, options=f"-c search_path={schema}")
+    cfg_path.write_text("\n".join(f"database_url = {json.dumps(own)}" if ln.startswith("database_url = ") else ln
+                                  for ln in lines) + "\n")
+    return str(cfg_path)

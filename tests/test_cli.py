@@ -14,6 +14,7 @@ from rq import Queue
 from rq.job import Job
 
 from fsd.cli.skeleton import PENDING
+from tests.conftest import use_schema
 
 SKELETON = ["init", "disks", "put", "get", "ingest", "stage", "export", "verify", "rebuild", "gc",
             "index", "health", "mount", "worker", "gui", "db"]
@@ -108,16 +109,7 @@ def test_worker_rejects_unknown_queue(hoard_home: Path) -> None:
 def test_demo_end_to_end(hoard_home: Path, pg) -> None:
     """`hoard demo` on a fresh home: sample batches stored, replicated, read back verified, in the
     database (a fresh schema); a second run changes nothing."""
-    import psycopg
-
-    schema = pg.execute("SELECT current_schema()").fetchone()[0]
-    cfg_path = hoard_home / "hoard.toml"
-    lines = cfg_path.read_text().splitlines()
-    url = next(ln for ln in lines if ln.startswith("database_url = ")).split(" = ", 1)[1].strip("'\"")
-    own = psycopg.conninfo.make_conninfo(url, options=f"-c search_path={schema}")
-    cfg_path.write_text("\n".join(f"database_url = {json.dumps(own)}" if ln.startswith("database_url = ") else ln
-                                  for ln in lines) + "\n")
-    cfg = str(cfg_path)
+    cfg = use_schema(hoard_home, pg)
     assert hoard("--config", cfg, "init").returncode == 0
     first = hoard("--config", cfg, "demo")
     assert first.returncode == 0, first.stdout + first.stderr

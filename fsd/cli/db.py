@@ -53,7 +53,39 @@ def status(ctx: typer.Context, as_json: Annotated[bool, typer.Option("--json")] 
               ", ".join(f"{k}: {v}" for k, v in st.items()))
 
 
-for _name in ("backup", "verify-backup", "restore", "proposals"):
+@app.command()
+def backup(
+    ctx: typer.Context,
+    kind: Annotated[str, typer.Option("--type", help="dump (pg_dump stored in S01 + copy in 3B); full|diff: pgBackRest")] = "dump",
+) -> None:
+    """Back the database up and record it (see docs/database.md)."""
+    from fsd.cli.store import open_store
+    from sql.backup import dump_backup
+
+    if kind != "dump":
+        raise NotBuilt(f"`hoard db backup --type {kind}` (pgBackRest) is not built yet; it arrives with W1-C (issue 5)")
+    cfg = state(ctx).settings
+    with open_store(ctx) as store:
+        res = dump_backup(cfg.database_url, store, cfg.ssd.zone_path("3B"))
+    out.print(f"dump {res.backup_id}: {res.size / 1e6:.1f} MB, {sum(res.row_counts.values())} rows, stored as "
+              f"{res.sha256} and copied to {res.location} in {res.seconds:.1f} s")
+
+
+@app.command("verify-backup")
+def verify_backup(ctx: typer.Context) -> None:
+    """Restore the latest dump into a scratch database and check it; exit 5 if it fails."""
+    from fsd.cli.store import open_store
+    from fsd.errors import ExitCode
+    from sql.backup import verify_dump
+
+    with open_store(ctx, writable=False) as store:
+        res = verify_dump(state(ctx).settings.database_url, store)
+    out.print(f"dump {res.backup_id}: {'OK' if res.ok else 'FAILED'} — {res.detail} ({res.seconds:.1f} s)")
+    if not res.ok:
+        raise typer.Exit(ExitCode.DATA)
+
+
+for _name in ("restore", "proposals"):
     def _pending(ctx: typer.Context, _n: str = _name) -> None:
         raise NotBuilt(f"`hoard db {_n}` is not built yet; it arrives with W1-C (issue 5)")
 

@@ -1,0 +1,131 @@
+"""Logical backups: `pg_dump -Fc` stored as an object in S01 (replicated on the HDDs, so a
+dead SSD loses nothing) and copied to zone 3B for cold storage; restore-verify into a
+scratch database. (pgBackRest full/diff backups: the rest of W1-C.)
+
+The dump and the row counts it is checked against come from one snapshot: a REPEATABLE
+READ transaction exports it and `pg_dump --snapshot` uses it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg
+from psycopg import sql
+
+from fsd.disks import atomic_write
+from fsd.errors import ExitCode, HoardError
+from fsd.proc import which
+
+
+@dataclass
+class DumpResult:
+    backup_id: int
+    sha256: str
+    size: int
+    location: Path
+    row_counts: dict[str, int]
+    seconds: float
+
+
+@dataclass
+class VerifyResult:
+    backup_id: int
+    ok: bool
+    detail: str
+    seconds: float
+
+
+def _tables(conn: psycopg.Connection, schema: str) -> list[str]:
+    return [r[0] for r in conn.execute(
+        "SELECT tablename FROM pg_tables WHERE schemaname = %s ORDER BY tablename", [schema]).fetchall()]
+
+
+def _counts(conn: psycopg.Connection, schema: str) -> dict[str, int]:
+    return {t: conn.execute(sql.SQL("SELECT count(*) FROM {}.{}").format(sql.Identifier(schema), sql.Identifier(t))
+                            ).fetchone()[0] for t in _tables(conn, schema) if t != "backup_log"}
+
+
+def dump_backup(url: str, store, zone3b: Path, label: str = "hoard") -> DumpResult:
+    """pg_dump the database at `url` (its current schema), store it, copy it to 3B, record it."""
+    t0 = time.monotonic()
+    started = dt.datetime.now(dt.timezone.utc)
+    with psycopg.connect(url, autocommit=True) as conn:
+        schema = conn.execute("SELECT current_schema()").fetchone()[0]
+        conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        snapshot = conn.execute("SELECT pg_export_snapshot()").fetchone()[0]
+        counts = _counts(conn, schema)
+        with tempfile.TemporaryDirectory(prefix="hoard-dump-") as tmp:
+            out = Path(tmp) / "db.dump"
+            res = subprocess.run([which("pg_dump", "postgresql-client"), "-Fc", f"--snapshot={snapshot}",
+                                  f"--schema={schema}", "--exclude-table-data=backup_log",
+                                  f"--dbname={url}", f"--file={out}"], capture_output=True, text=True)
+            conn.execute("ROLLBACK")  # the snapshot is needed only until pg_dump has finished
+            if res.returncode != 0:
+                raise HoardError(f"pg_dump failed: {res.stderr.strip().splitlines()[-1]}", ExitCode.UNAVAILABLE)
+            [put] = store.put_many([out], klass="generated")
+            size = out.stat().st_size
+            name = f"{label}-{started:%Y%m%dT%H%M%SZ}-{put.sha256[:12]}.dump"
+            dest = zone3b / "db-dumps" / name
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write(dest, out.read_bytes())
+        backup_id = conn.execute(
+            "INSERT INTO backup_log (kind, started_at, finished_at, size_bytes, sha256, location, row_counts) "
+            "VALUES ('dump', %s, now(), %s, %s, %s, %s) RETURNING backup_id",
+            [started, size, bytes.fromhex(put.sha256), str(dest), json.dumps(counts)]).fetchone()[0]
+    return DumpResult(backup_id, put.sha256, size, dest, counts, time.monotonic() - t0)
+
+
+def verify_dump(url: str, store, backup_id: int | None = None, sample: int = 200) -> VerifyResult:
+    """Restore a dump (default: the latest) from the store into a scratch database and check it:
+    the restore itself (every constraint, foreign keys included, is re-created and validated),
+    row counts against the dump's snapshot, and that sampled physical nodes exist in the store."""
+    t0 = time.monotonic()
+    with psycopg.connect(url, autocommit=True) as conn:
+        row = conn.execute("SELECT backup_id, encode(sha256, 'hex'), row_counts FROM backup_log WHERE kind = 'dump' "
+                           + ("AND backup_id = %s " if backup_id else "") + "ORDER BY finished_at DESC LIMIT 1",
+                           [backup_id] if backup_id else []).fetchone()
+        if row is None:
+            raise HoardError("no dump recorded; run `hoard db backup --type dump` first", ExitCode.USAGE)
+        backup_id, sha, counts = row
+        schema = conn.execute("SELECT current_schema()").fetchone()[0]
+        scratch = f"hoard_verify_{os.getpid()}_{int(time.time())}"
+        problems: list[str] = []
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(scratch)))
+        try:
+            with tempfile.TemporaryDirectory(prefix="hoard-verify-") as tmp:
+                dump = Path(tmp) / "db.dump"
+                dump.write_bytes(store.get(sha))
+                scratch_url = psycopg.conninfo.make_conninfo(url, dbname=scratch, options="")
+                with psycopg.connect(scratch_url, autocommit=True) as sc:  # `public` exists in a new database
+                    sc.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
+                res = subprocess.run([which("pg_restore", "postgresql-client"), "--exit-on-error", "--no-owner",
+                                      "-j", "2", f"--dbname={scratch_url}", str(dump)], capture_output=True, text=True)
+                if res.returncode != 0:
+                    problems.append(f"pg_restore failed: {res.stderr.strip().splitlines()[-1]}")
+            if not problems:
+                with psycopg.connect(scratch_url) as sc:
+                    got = _counts(sc, schema)
+                    for table, n in counts.items():
+                        if got.get(table) != n:
+                            problems.append(f"table {table}: {got.get(table)} rows restored, {n} dumped")
+                    shas = [bytes(r[0]) for r in sc.execute(sql.SQL(
+                        "SELECT sha256 FROM {}.node WHERE is_physical ORDER BY random() LIMIT %s").format(
+                        sql.Identifier(schema)), [sample]).fetchall()]
+                missing = [s.hex() for s in shas if store.index.lookup(s) is None]
+                if missing:
+                    problems.append(f"{len(missing)} of {len(shas)} sampled nodes are not in the store, e.g. {missing[0]}")
+        finally:
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(scratch)))
+        ok = not problems
+        detail = "; ".join(problems) if problems else f"restored {sum(counts.values())} rows in {len(counts)} tables"
+        conn.execute("UPDATE backup_log SET verified_at = now(), verify_ok = %s, verify_detail = %s WHERE backup_id = %s",
+                     [ok, detail, backup_id])
+    return VerifyResult(backup_id, ok, detail, time.monotonic() - t0)
