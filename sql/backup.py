@@ -76,11 +76,25 @@ def dump_backup(url: str, store, zone3b: Path, label: str = "hoard") -> DumpResu
             dest = zone3b / "db-dumps" / name
             dest.parent.mkdir(parents=True, exist_ok=True)
             atomic_write(dest, out.read_bytes())
+        _point_disks_at(store, {"sha256": put.sha256, "size": size, "taken_at": started.isoformat(),
+                                "schema": schema, "cold_copy": str(dest)})
         backup_id = conn.execute(
             "INSERT INTO backup_log (kind, started_at, finished_at, size_bytes, sha256, location, row_counts) "
             "VALUES ('dump', %s, now(), %s, %s, %s, %s) RETURNING backup_id",
             [started, size, bytes.fromhex(put.sha256), str(dest), json.dumps(counts)]).fetchone()[0]
     return DumpResult(backup_id, put.sha256, size, dest, counts, time.monotonic() - t0)
+
+
+POINTER = ".hoard-db-dump.json"
+
+
+def _point_disks_at(store, doc: dict) -> None:
+    """Write the latest dump's sha256 to every active HDD's root: with the SSD (index, database,
+    zone 3B) lost, `cat /srv/hdd/*/.hoard-db-dump.json` names the object to `hoard get` after
+    `hoard index rebuild`."""
+    for uuid, disk in store.disks.items():
+        if store.usable(uuid, for_write=True):
+            atomic_write(disk.root / POINTER, json.dumps(doc, indent=1).encode())
 
 
 def verify_dump(url: str, store, backup_id: int | None = None, sample: int = 200) -> VerifyResult:

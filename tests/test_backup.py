@@ -31,6 +31,8 @@ def test_dump_store_and_verify(tmp_path: Path, pg, servers) -> None:
         assert dump.location.parent == cfg.ssd.zone_path("3B") / "db-dumps"
         assert hashlib.sha256(dump.location.read_bytes()).hexdigest() == dump.sha256
         assert hashlib.sha256(store.get(dump.sha256)).hexdigest() == dump.sha256  # in S01, replicated
+        for d in store.disks.values():  # each HDD names the latest dump, for when the SSD is gone
+            assert json.loads((d.root / ".hoard-db-dump.json").read_text())["sha256"] == dump.sha256
 
         pg.execute("INSERT INTO source (name) VALUES ('after_the_dump')")  # later writes do not matter
         ok = verify_dump(url, store)
