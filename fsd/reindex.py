@@ -8,6 +8,7 @@ is kept as `<index>.old-<time>`. Run it with the store idle (no writer, no mount
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import time
@@ -115,3 +116,60 @@ def _read_shard(path: Path) -> tuple[ShardMeta, list[fmt.RecordInfo]]:
     meta = ShardMeta(header.shard_id, fmt.CLASS_NAMES[header.klass], size if sealed else 0, sealed, [],
                      len(records), created)
     return meta, records
+
+
+INDEX_COPY = "index-copy"
+
+
+def backup_index(store, copies: int = 2) -> list[str]:
+    """Copy the LMDB index (compacted, consistent) to `copies` HDDs: `<disk>/index-copy/`.
+
+    Written to `index-copy.tmp`, fsynced, then swapped in by rename, so a crash leaves the
+    previous copy intact. Returns the labels of the disks that hold a fresh copy."""
+    from fsd.disks import fsync_dir
+
+    disks = sorted((d for u, d in store.disks.items() if store.usable(u, for_write=True)),
+                   key=lambda d: -d.free_bytes(0))[:copies]
+    done = []
+    stamp = {"taken_at": time.time(), "objects": store.index.count_objects()}
+    for d in disks:
+        tmp, final, old = d.root / f"{INDEX_COPY}.tmp", d.root / INDEX_COPY, d.root / f"{INDEX_COPY}.old"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        store.index.env.copy(str(tmp), compact=True)
+        (tmp / "stamp.json").write_text(json.dumps(stamp))
+        for f in tmp.iterdir():
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+        fsync_dir(tmp)
+        shutil.rmtree(old, ignore_errors=True)
+        if final.exists():
+            os.rename(final, old)
+        os.rename(tmp, final)
+        fsync_dir(d.root)
+        shutil.rmtree(old, ignore_errors=True)
+        done.append(d.label)
+    return done
+
+
+def restore_index(cfg: Settings) -> tuple[str, dict]:
+    """Put the newest index copy found on the disks in place of the (lost) index."""
+    found = []
+    for dc in cfg.disks:
+        stamp = dc.path / INDEX_COPY / "stamp.json"
+        if stamp.is_file():
+            found.append((json.loads(stamp.read_text()), dc))
+    if not found:
+        from fsd.errors import ExitCode, HoardError
+
+        raise HoardError("no index copy on any disk; use `hoard index rebuild` (from the shards)", ExitCode.DATA)
+    stamp, dc = max(found, key=lambda x: x[0]["taken_at"])
+    target = cfg.index_dir
+    if target.exists():
+        os.rename(target, target.with_name(f"{target.name}.old-{time.strftime('%Y%m%d-%H%M%S')}"))
+    work = target.with_name(target.name + ".restore")
+    shutil.rmtree(work, ignore_errors=True)
+    shutil.copytree(dc.path / INDEX_COPY, work)
+    (work / "stamp.json").unlink()
+    os.rename(work, target)
+    return dc.label, stamp

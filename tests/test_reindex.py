@@ -89,3 +89,22 @@ def test_rebuild_indexes_an_open_shard_that_the_next_writer_seals(tmp_path: Path
         assert all(m.sealed for m in store.index.iter_shards())
         assert check_store(store) == 30
         assert not list(tmp_path.glob("d*/shards/*/*.open"))
+
+
+def test_index_copy_on_two_disks_restores_the_index(tmp_path: Path) -> None:
+    cfg_path = dir_disks_config(tmp_path, 3, shard_size_mb=1)
+    cfg = config.load(cfg_path)
+    with Store.open(cfg, init=True) as store:
+        store.put_many(make_files(tmp_path / "in", 100))
+        before = _snapshot(store)
+    res = hoard("--config", str(cfg_path), "index", "backup")
+    assert res.returncode == 0, res.stderr
+    assert len(list(tmp_path.glob("d*/index-copy/data.mdb"))) == 2
+    assert hoard("--config", str(cfg_path), "index", "backup").returncode == 0  # replaces, still two
+    assert len(list(tmp_path.glob("d*/index-copy*"))) == 2
+    shutil.rmtree(cfg.index_dir)
+    res = hoard("--config", str(cfg_path), "index", "restore")
+    assert res.returncode == 0 and "100 objects" in res.stdout, res.stderr
+    with Store.open(cfg) as store:
+        assert _snapshot(store) == before
+        assert check_store(store) == 100

@@ -21,3 +21,27 @@ def rebuild(ctx: typer.Context) -> None:
         err.print(f"[yellow]skipped disk[/] {s}")
     for d in rep.damaged:
         err.print(f"[yellow]unusable replica[/] {d} (`hoard verify --repair` restores it from another copy)")
+
+
+@app.command()
+def backup(ctx: typer.Context, copies: int = typer.Option(2, min=1, help="how many HDDs get a copy")) -> None:
+    """Copy the index to HDDs (`<disk>/index-copy/`), so a dead SSD costs no rebuild scan."""
+    from fsd.cli.store import open_store
+    from fsd.reindex import backup_index
+
+    with open_store(ctx, writable=False) as store:
+        labels = backup_index(store, copies)
+    out.print(f"index copied to {', '.join(labels)}")
+
+
+@app.command()
+def restore(ctx: typer.Context) -> None:
+    """Put the newest index copy from the HDDs in place (then `hoard verify` to be sure)."""
+    import time
+
+    from fsd.reindex import restore_index
+
+    label, stamp = restore_index(state(ctx).settings)
+    out.print(f"index restored from disk {label}: {stamp['objects']} objects, copied "
+              f"{time.strftime('%Y-%m-%d %H:%M', time.localtime(stamp['taken_at']))}; "
+              "objects stored after that: `hoard index rebuild` finds them in the shards")
