@@ -22,7 +22,7 @@ from fsd.index import Index, ObjectLoc, ShardMeta
 
 
 @dataclass
-class RebuildReport:
+class IndexRebuildReport:
     disks: int = 0
     shards: int = 0
     replicas: int = 0
@@ -38,8 +38,8 @@ def _reader(path: Path):
     return fd, (lambda off, n: os.pread(fd, n, off))
 
 
-def rebuild_index(cfg: Settings) -> RebuildReport:
-    rep = RebuildReport()
+def rebuild_index(cfg: Settings) -> IndexRebuildReport:
+    rep = IndexRebuildReport()
     t0 = time.monotonic()
     target = cfg.index_dir
     work = target.with_name(target.name + ".rebuild")
