@@ -26,7 +26,7 @@ def run_demo(cfg: Settings) -> None:
                          ExitCode.UNAVAILABLE)
     out.print(f"[bold]1. services[/]  PostgreSQL {report['database']['server_version']}, "
               f"Redis {report['redis']['redis_version']}")
-    out.print(f"[bold]2. disks[/]     " + ", ".join(
+    out.print("[bold]2. disks[/]     " + ", ".join(
         f"{d['label']} {d.get('total_bytes', 0) / 1024**3:.1f} GB" for d in report["disks"]))
     zone3a = cfg.ssd.zone_path("3A")
     batches = generate(zone3a, DEMO_SPEC)

@@ -98,6 +98,43 @@ def atomic_write(path: Path, data: bytes) -> None:
     fsync_dir(path.parent)
 
 
+def drop_cache(fd: int) -> None:
+    """Drop a file's pages from the page cache (scrub, copies, hashing must not evict hot data)."""
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    except OSError as e:  # pragma: no cover - filesystems without fadvise
+        if e.errno not in (errno.ENOSYS, errno.EINVAL, errno.ESPIPE):
+            raise
+
+
+def verify_shard_file(path: Path, sha256: bool = False) -> tuple[int, int]:
+    """(size, records) of a sealed shard file, after checking its footer, every record's
+    xxh3-128 (and sha256 when asked) and that the footer lists exactly the records found.
+    Raises OSError or ShardFormatError; leaves nothing of the file in the page cache."""
+    import hashlib
+
+    from fsd import shardfmt as fmt
+
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        size = os.fstat(fd).st_size
+        read = lambda off, n: os.pread(fd, n, off)  # noqa: E731
+        footer = fmt.decode_footer(read, size)
+        if footer is None:
+            raise fmt.FooterMismatch(f"{path.name} has no footer")
+        count = 0
+        for rec in fmt.scan_records(read, size, sealed=True):
+            if sha256 and hashlib.sha256(read(rec.offset, rec.length)).digest() != rec.sha256:
+                raise fmt.PayloadChecksumMismatch(f"sha256 of the record at {rec.offset} differs from its name")
+            count += 1
+        if count != len(footer):
+            raise fmt.FooterMismatch(f"{path.name}: {count} records, the footer lists {len(footer)}")
+        drop_cache(fd)
+        return size, count
+    finally:
+        os.close(fd)
+
+
 def fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:

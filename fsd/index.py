@@ -150,6 +150,11 @@ class Index:
         with self.env.begin(db=self.disks) as txn:
             return [DiskRecord.from_json(v) for _, v in txn.cursor()]
 
+    def get_disk(self, uuid: str) -> DiskRecord | None:
+        with self.env.begin(db=self.disks) as txn:
+            raw = txn.get(uuid.encode())
+        return DiskRecord.from_json(raw) if raw else None
+
     def put_disk(self, rec: DiskRecord) -> None:
         with self.env.begin(write=True, db=self.disks) as txn:
             txn.put(rec.uuid.encode(), rec.to_json())

@@ -38,19 +38,6 @@ class RebuildReport:
     seconds: float = 0.0
 
 
-def mark_failed(store: Store, label: str, reason: str) -> str:
-    rec = next((r for r in store.index.get_disks() if r.label == label), None)
-    if rec is None:
-        raise HoardError(f"no disk labelled {label}; `hoard disks list` shows them", ExitCode.USAGE)
-    if rec.state != DiskState.FAILED:
-        rec.state, rec.reason = DiskState.FAILED, reason
-        store.index.put_disk(rec)
-        store.index.record_event("disk_failed", disk=label, detail=reason)
-    if rec.uuid in store.records:
-        store.records[rec.uuid].state, store.records[rec.uuid].reason = DiskState.FAILED, reason
-    return rec.uuid
-
-
 def shards_on(store: Store, uuid: str) -> list[ShardMeta]:
     return sorted((m for m in store.index.iter_shards() if uuid in m.replicas and m.sealed), key=lambda m: m.created)
 
@@ -61,7 +48,7 @@ def rebuild(store: Store, label: str, onto: str | None = None, rate_mb_s: float 
     disks with room, never two replicas on one disk). `progress(done_bytes, total_bytes)`."""
     rep = RebuildReport()
     t0 = time.monotonic()
-    lost_uuid = mark_failed(store, label, "being rebuilt onto other disks")
+    lost_uuid = store.set_disk_state(label, DiskState.FAILED, "being rebuilt onto other disks")
     target: LocalDisk | None = None
     if onto is not None:
         target = next((d for d in store.disks.values() if d.label == onto), None)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from fsd import shardfmt as fmt
 from fsd.config import Settings
-from fsd.disks import DiskRecord, DiskState, read_identity
+from fsd.disks import DiskRecord, DiskState, drop_cache, read_identity
 from fsd.index import Index, ObjectLoc, ShardMeta
 
 
@@ -109,7 +109,7 @@ def _read_shard(path: Path) -> tuple[ShardMeta, list[fmt.RecordInfo]]:
                 records.extend(fmt.scan_records(read, size, sealed=False))
             except fmt.ShardFormatError:
                 pass
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        drop_cache(fd)
     finally:
         os.close(fd)
     created = int.from_bytes(header.shard_id[:6], "big") / 1000

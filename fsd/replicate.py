@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from fsd import shardfmt as fmt
-from fsd.disks import DiskState, fsync_dir
+from fsd.disks import DiskState, drop_cache, fsync_dir, verify_shard_file
 from fsd.placement import NoSpace
 
 if TYPE_CHECKING:
@@ -146,7 +146,7 @@ def copy_shard(src, dst, shard_hex: str, rate_mb_s: float | None = None) -> int:
                     if ahead > 0:
                         time.sleep(ahead)
             os.fdatasync(out.fileno())
-        os.posix_fadvise(fd_in, 0, 0, os.POSIX_FADV_DONTNEED)
+        drop_cache(fd_in)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -158,14 +158,7 @@ def copy_shard(src, dst, shard_hex: str, rate_mb_s: float | None = None) -> int:
                 reader.join(0.05)
         os.close(fd_in)
     try:
-        with open(tmp, "rb", buffering=0) as f:
-            footer = fmt.decode_footer(lambda off, n: os.pread(f.fileno(), n, off), size)
-            if footer is None:
-                raise fmt.ShardFormatError(f"copy of {shard_hex} has no footer")
-            count = sum(1 for _ in fmt.scan_records(lambda off, n: os.pread(f.fileno(), n, off), size, sealed=True))
-            if count != len(footer):
-                raise fmt.FooterMismatch(f"copy of {shard_hex}: {count} records, footer lists {len(footer)}")
-            os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+        verify_shard_file(tmp)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

@@ -9,8 +9,6 @@ verify → rename, as the replicator copies). A shard whose replicas all check o
 
 from __future__ import annotations
 
-import hashlib
-import os
 import random
 import threading
 import time
@@ -19,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from fsd import shardfmt as fmt
+from fsd.disks import verify_shard_file
 from fsd.replicate import copy_shard
 
 if TYPE_CHECKING:
@@ -43,22 +42,10 @@ class VerifyReport:
 
 def check_replica(disk: LocalDisk, meta: ShardMeta, sha256: bool = False) -> int:
     """Bytes checked; raises OSError or ShardFormatError on anything wrong."""
-    path = disk.find(meta.hex)
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        size = os.fstat(fd).st_size
-        read = lambda off, n: os.pread(fd, n, off)  # noqa: E731
-        count = 0
-        for rec in fmt.scan_records(read, size, sealed=True):
-            if sha256 and hashlib.sha256(read(rec.offset, rec.length)).digest() != rec.sha256:
-                raise fmt.PayloadChecksumMismatch(f"sha256 of the record at {rec.offset} differs from its name")
-            count += 1
-        if count != meta.records:
-            raise fmt.FooterMismatch(f"{count} records, the index expects {meta.records}")
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-        return size
-    finally:
-        os.close(fd)
+    size, count = verify_shard_file(disk.find(meta.hex), sha256)
+    if count != meta.records:
+        raise fmt.FooterMismatch(f"{count} records, the index expects {meta.records}")
+    return size
 
 
 def verify(store: Store, sample_pct: float = 100.0, disk_label: str | None = None, sha256: bool = False,

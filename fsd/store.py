@@ -21,11 +21,11 @@ from pathlib import Path
 
 from fsd import shardfmt as fmt
 from fsd.config import Settings
-from fsd.disks import DiskRecord, DiskState, LocalDisk, probe, read_identity, write_identity
+from fsd.disks import DiskRecord, DiskState, LocalDisk, drop_cache, probe, read_identity, write_identity
 from fsd.errors import ExitCode, HoardError
 from fsd.index import Index, ShardMeta
 from fsd.placement import Candidate, choose
-from fsd.writer import ReplicaFailed, ShardWriter
+from fsd.writer import ShardWriter
 
 log = logging.getLogger(__name__)
 
@@ -160,10 +160,21 @@ class Store:
         return out
 
     def _disk_record(self, uuid: str) -> DiskRecord:
-        for r in self.index.get_disks():
-            if r.uuid == uuid:
-                return r
-        return self.records[uuid]
+        """The index's current record (used_bytes moves as other processes write)."""
+        return self.index.get_disk(uuid) or self.records[uuid]
+
+    def set_disk_state(self, label: str, state: DiskState, reason: str) -> str:
+        """Persist a disk's state (with an event when it changes) and use it at once; returns its uuid."""
+        rec = next((r for r in self.index.get_disks() if r.label == label), None)
+        if rec is None:
+            raise HoardError(f"no disk labelled {label}; `hoard disks list` shows them", ExitCode.USAGE)
+        if rec.state != state:
+            rec.state, rec.reason = state, reason
+            self.index.put_disk(rec)
+            self.index.record_event(f"disk_{state.value}", disk=label, detail=reason)
+        if rec.uuid in self.records:
+            self.records[rec.uuid].state, self.records[rec.uuid].reason = rec.state, rec.reason
+        return rec.uuid
 
     def place(self, n: int, need: int, exclude: set[str]) -> list[LocalDisk]:
         return [self.disks[c.uuid] for c in choose(self.candidates(), n, need, self.rng, exclude)]
@@ -185,10 +196,9 @@ class Store:
             rec.state, rec.reason = DiskState.MISSING, detail
         elif getattr(err, "errno", None) == errno.EIO:
             # a disk answering EIO is dying: stop using it now, and say so until it is replaced
-            from fsd.rebuild import mark_failed
-
-            mark_failed(self, disk.label, f"I/O error during {op} at {time.strftime('%Y-%m-%d %H:%M:%S')}: "
-                                          f"{detail}; run `hoard rebuild --disk {disk.label}`")
+            self.set_disk_state(disk.label, DiskState.FAILED,
+                                f"I/O error during {op} at {time.strftime('%Y-%m-%d %H:%M:%S')}: {detail}; "
+                                f"run `hoard rebuild --disk {disk.label}`")
 
     def target(self, klass: str) -> int:
         return self.cfg.store.copy_of_raw if klass == "raw" else self.cfg.store.copy_of_generated
@@ -319,15 +329,8 @@ def hash_file(path: Path) -> tuple[bytes, bytes, int, os.stat_result]:
             sha.update(chunk)
             xx.update(chunk)
             n += len(chunk)
-        _fadvise_dontneed(fd)
+        drop_cache(fd)
     finally:
         os.close(fd)
     return sha.digest(), xx.digest(), n, st
 
-
-def _fadvise_dontneed(fd: int) -> None:
-    try:
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-    except OSError as e:  # pragma: no cover - filesystems without fadvise
-        if e.errno not in (errno.ENOSYS, errno.EINVAL, errno.ESPIPE):
-            raise

@@ -74,11 +74,7 @@ def retire(
     from fsd.disks import DiskState
 
     with open_store(ctx) as store:
-        rec = next((r for r in store.index.get_disks() if r.label == label), None)
-        if rec is None:
-            raise HoardError(f"no disk labelled {label}; `hoard disks list` shows them", ExitCode.USAGE)
-        rec.state, rec.reason = DiskState.DRAINING, "retired by the user"
-        store.index.put_disk(rec)
+        store.set_disk_state(label, DiskState.DRAINING, "retired by the user")
     out.print(f"disk {label} is draining: run `hoard replicate` to move its replicas, then unmount it")
 
 
