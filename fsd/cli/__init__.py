@@ -20,7 +20,7 @@ from fsd.cli import store as _store
 from fsd.cli import verify as _verify
 from fsd.cli import services as _services
 from fsd.cli import skeleton as _skeleton
-from fsd.cli._common import err, out, state
+from fsd.cli._common import err, gb, out, state
 from fsd.errors import ExitCode, HoardError
 
 app = typer.Typer(
@@ -116,18 +116,18 @@ def _print_health(report: dict) -> None:
         t.add_column(c)
     for d in report["disks"]:
         t.add_row(d["label"], d.get("state", "?"), d["path"], "yes" if d["mount_point"] else "no (directory)",
-                  _gb(d.get("total_bytes")), _gb(d.get("used_bytes")), _gb(d.get("free_bytes")))
+                  gb(d.get("total_bytes")), gb(d.get("used_bytes")), gb(d.get("free_bytes")))
     out.print(t)
     st = report["store"]
     if st["ok"]:
         lag = st["replication"]
         out.print(f"store:    {st['objects']} objects; {lag['shards_below_target']} shards "
-                  f"({_gb(lag['bytes_below_target'])}) below their replica target")
+                  f"({gb(lag['bytes_below_target'])}) below their replica target")
     z = Table(title="ssd zones", title_justify="left")
     for c in ("zone", "used", "quota", "level"):
         z.add_column(c)
     for name, s in report["zones"].items():
-        z.add_row(name, _gb(s["used_bytes"]), _gb(s["quota_bytes"]), s["level"])
+        z.add_row(name, gb(s["used_bytes"]), gb(s["quota_bytes"]), s["level"])
     out.print(z)
     db, rd = report["database"], report["redis"]
     out.print(f"database: {'ok, PostgreSQL ' + db['server_version'] if db['ok'] else 'DOWN'}")
@@ -136,10 +136,6 @@ def _print_health(report: dict) -> None:
         err.print(f"[bold red]problem:[/] {p}")
     if report["ok"]:
         out.print("[green]all good[/]")
-
-
-def _gb(n: int | None) -> str:
-    return "-" if n is None else f"{n / 1024**3:.2f} GB"
 
 
 @app.command()

@@ -14,6 +14,11 @@ out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
+def gb(n: int | None) -> str:
+    """Bytes as the GB of hoard.toml (capacity_gb, quota_gb are GiB), '-' when unknown."""
+    return "-" if n is None else f"{n / 1024**3:.2f} GB"
+
+
 @dataclass
 class State:
     config_path: str | None = None

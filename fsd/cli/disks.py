@@ -9,14 +9,10 @@ from typing import Annotated
 
 import typer
 
-from fsd.cli._common import out, state
+from fsd.cli._common import gb, out, state
 from fsd.errors import ConfigError, ExitCode, HoardError
 
 app = typer.Typer(help="The HDDs: list, add, retire.", no_args_is_help=True)
-
-
-def _gb(n) -> str:
-    return "-" if n is None else f"{n / 1e9:.2f} GB"
 
 
 @app.command("list")
@@ -27,8 +23,8 @@ def list_(ctx: typer.Context) -> None:
     with open_store(ctx, writable=False) as store:
         st = store.status()
     for d in st["disks"]:
-        out.print(f"{d['label']:<10} {d['state']:<9} {_gb(d.get('total_bytes')):>10} total "
-                  f"{_gb(d['used_bytes']):>10} used {_gb(d.get('free_bytes')):>10} free  {d['path']}"
+        out.print(f"{d['label']:<10} {d['state']:<9} {gb(d.get('total_bytes')):>10} total "
+                  f"{gb(d['used_bytes']):>10} used {gb(d.get('free_bytes')):>10} free  {d['path']}"
                   + (f"  ({d['reason']})" if d["reason"] else ""))
 
 
