@@ -1,0 +1,65 @@
+"""S03 adapters: per-source parsers that turn a scraped batch into records and rejects.
+
+    from adapters import adapter_for, parse_batch
+    adapter = adapter_for("forum", cfg.sources)     # a source name → its format's adapter
+    parsed, view = parse_batch(batch_dir, adapter)  # records, rejects (with reasons), claimed files
+
+Adding a source format = one module with an `Adapter` subclass + a line in `FORMATS`
+(docs/adapters.md). Adapters never touch SQL or the store; `adapters.intent` turns records
+and the store's digests into a write-intent.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+from adapters.base import Adapter, Asset, BatchView, File, Parsed, Record, Reject
+from adapters.manifest import CsvManifest
+from adapters.screen import display, quarantine, screen
+from adapters.sidecars import GalleryDl, Sidecar, YtDlp
+from adapters.social import Mastodon, Reddit, Twitter
+from fsd.errors import ExitCode, HoardError
+
+__all__ = ["FORMATS", "Adapter", "Asset", "BatchView", "File", "Parsed", "Record", "Reject", "UnknownSource",
+           "adapter_for", "display", "known_sources", "parse_batch", "quarantine", "screen"]
+
+#: format name → adapter class; a source name that is a format name needs no configuration
+FORMATS: dict[str, type[Adapter]] = {a.format: a for a in (YtDlp, GalleryDl, Sidecar, CsvManifest,
+                                                           Twitter, Reddit, Mastodon)}
+
+
+class UnknownSource(HoardError):
+    exit_code = ExitCode.USAGE
+
+
+def known_sources(configured: Mapping[str, str]) -> dict[str, str]:
+    """Every source name `hoard ingest --source` accepts → its format."""
+    return {**{f: f for f in FORMATS}, **dict(configured)}
+
+
+def adapter_for(source: str, configured: Mapping[str, str]) -> Adapter:
+    known = known_sources(configured)
+    fmt = known.get(source)
+    if fmt is None:
+        raise UnknownSource(f"unknown source {source!r}; known: {', '.join(sorted(known))}. A new site that "
+                            f"uses one of the formats ({', '.join(FORMATS)}) needs a line "
+                            f"`{source} = \"<format>\"` under [sources] in hoard.toml")
+    if fmt not in FORMATS:
+        raise UnknownSource(f"source {source!r} has format {fmt!r} in hoard.toml; formats: {', '.join(FORMATS)}")
+    return FORMATS[fmt](source)
+
+
+def parse_batch(root: Path, adapter: Adapter, settle_s: float = 0.0) -> tuple[Parsed, BatchView]:
+    """Screen, parse, and reject every file no record accounts for."""
+    view, rejects = screen(root, settle_s)
+    parsed = adapter.parse(view)
+    parsed.rejects[:0] = rejects
+    rejected = {p for r in parsed.rejects for p in r.paths}
+    stray = sorted(set(view.files) - parsed.claimed - rejected)
+    for rel in stray:
+        parsed.reject(f"not described by any {adapter.format} metadata in the batch; add its metadata or "
+                      "drop it with the right --source", rel)
+    # a file both claimed and rejected (e.g. media of a rejected sidecar also named elsewhere) stays rejected
+    parsed.claimed -= {p for r in parsed.rejects for p in r.paths}
+    return parsed, view

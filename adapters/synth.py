@@ -82,7 +82,7 @@ def generate(out: Path, spec: Spec = Spec()) -> list[Batch]:
         _MAKERS[source](writer, spec, b, pool)
         _derive(out / "_derived" / batch.batch_id, batch, spec)
         if spec.ready_signal:
-            (out / batch.batch_id / "_READY").touch()
+            (out / batch.batch_id / "_READY").write_text(source + "\n")  # the signal names the source
         batches.append(batch)
     truth = {"spec": asdict(spec), "batches": [asdict(x) for x in batches]}
     _write_if_changed(out / "truth.json", json.dumps(truth, indent=1, sort_keys=True).encode())
@@ -207,6 +207,8 @@ def _forum(w: _Writer, spec: Spec, b: int, pool: list) -> None:
         post = f"p{b:03d}{i:05d}"
         thread = f"t{b:03d}{i // 10:04d}"
         parent = f"p{b:03d}{i - 1:05d}" if i % 10 else ""
+        if i == 0 and b > 0:  # the thread goes on from the previous batch: a reply across batches
+            parent = f"p{b - 1:03d}{spec.items_per_batch - 1:05d}"
         author = rng.choice(_AUTHORS)
         if i % 2:
             rel, kind, data = f"media/{post}_0.png", "image", _media(rng, spec, "image", pool)

@@ -14,10 +14,10 @@ from __future__ import annotations
 import os
 import tomllib
 from pathlib import Path
-from typing import Any, Literal, get_args, get_origin
+from typing import Annotated, Any, Literal, get_args, get_origin
 from urllib.parse import quote
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from fsd.errors import ConfigError
@@ -98,6 +98,17 @@ class StoreConfig(BaseModel):
     allow_directory_disks: bool = False
 
 
+class IngestConfig(BaseModel):
+    """UA_1: how scraped batches in zone 3A are taken in."""
+
+    model_config = _strict
+    #: seconds between the two looks at a batch's files; a file that changed meanwhile is
+    #: still being written and goes to quarantine instead of being stored half-done
+    settle_s: float = Field(default=2.0, ge=0, le=600)
+    #: largest tar archive of a 3B package, MB (a package is split into parts of at most this)
+    package_part_mb: int = Field(default=4096, ge=1)
+
+
 class EmbeddedConfig(BaseModel):
     """Private PostgreSQL and Redis run by `hoard services up` under `root`."""
 
@@ -132,6 +143,9 @@ class Settings(BaseSettings):
     disks: list[DiskConfig] = Field(min_length=1)
     ssd: SSDConfig
     store: StoreConfig = StoreConfig()
+    ingest: IngestConfig = IngestConfig()
+    #: source name → format of its batches (a format's own name needs no entry)
+    sources: dict[Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,62}$")], str] = {}
     embedded: EmbeddedConfig | None = None
     database_url: str | None = None
     test_database_url: str | None = None
@@ -159,6 +173,12 @@ class Settings(BaseSettings):
         paths = [d.path for d in self.disks]
         if len(set(paths)) != len(paths):
             raise ValueError("disk paths must be unique")
+        from adapters import FORMATS
+
+        bad = {k: v for k, v in self.sources.items() if v not in FORMATS}
+        if bad:
+            name, fmt = next(iter(bad.items()))
+            raise ValueError(f"sources.{name} = {fmt!r} is not a format; allowed: {', '.join(FORMATS)}")
         n = len(self.disks)
         st = self.store
         for key in ("copy_of_raw", "copy_of_generated"):
@@ -369,6 +389,14 @@ capacity_gb = 2
 label = "hdd4"
 path = "{var}/disks/hdd4"
 capacity_gb = 1.5
+
+[ingest]
+settle_s = 1.0
+package_part_mb = 64        # small tar parts so the demo's 3B package shows several
+
+[sources]                   # the sample generator's sources → built-in formats
+gallery = "gallery_dl"
+forum = "csv_manifest"
 
 [ssd]
 root = "{var}/ssd"

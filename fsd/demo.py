@@ -1,9 +1,10 @@
 """`hoard demo` / `make demo`: the main job on the embedded default.
 
-Today: check every part is up, generate sample scraped batches into zone 3A, store them
-in the content-addressed store (dedupe, write_ack replicas), bring every shard to its
-replica target, and read everything back with the batch read planner, verified. Each
-issue extends this (ingest → browse the mount → stage/export → GUI).
+Today: check every part is up, drop sample scraped batches into zone 3A with a `_READY`
+signal, ingest them (UA_1 on RQ: store with dedup and write_ack replicas, metadata and
+cross-batch edges in PostgreSQL, a package per batch in 3B, 3A emptied), bring every
+shard to its replica target, read everything back with the batch read planner, verified,
+and query the database. Later issues add the mount, stage/export and the GUI.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from fsd.config import Settings
 from fsd.errors import ExitCode, HoardError
 from fsd.health import collect
 
-DEMO_SPEC = Spec(seed=7, batches=3, items_per_batch=60, large_max_mb=4)
+DEMO_SPEC = Spec(seed=7, batches=3, items_per_batch=60, large_max_mb=4, ready_signal=True)
 
 
 def run_demo(cfg: Settings) -> None:
@@ -29,42 +30,77 @@ def run_demo(cfg: Settings) -> None:
     out.print("[bold]2. disks[/]     " + ", ".join(
         f"{d['label']} {d.get('total_bytes', 0) / 1024**3:.1f} GB" for d in report["disks"]))
     zone3a = cfg.ssd.zone_path("3A")
-    batches = generate(zone3a, DEMO_SPEC)
+    batches = _sample_batches(cfg)
+    states = _ingest(cfg, batches)
+    _read_back(cfg, batches)
+    _describe(cfg, batches)
+    out.print("\n[bold]next:[/]")
+    out.print("  .venv/bin/hoard health                    status of disks, zones, ingest, PostgreSQL, Redis")
+    out.print(f"  .venv/bin/hoard ingest --status {states[0].batch_id}   one batch's report")
+    out.print(f"  ls {cfg.ssd.zone_path('3B')}          the packages for cold storage")
+    out.print("  .venv/bin/hoard db proposals              typed tables proposed for the sources' own fields")
+    out.print("  .venv/bin/hoard disks list                where the replicas went, per disk")
+    out.print("  .venv/bin/hoard --help                    every command (mount arrives with issue 7)")
+
+
+def _sample_batches(cfg: Settings) -> list:
+    """The demo's scraped batches, dropped in 3A with a _READY signal — unless a previous run
+    ingested them already (then only their reports are shown again)."""
+    from jobs.ingest import load_state
+
+    zone3a = cfg.ssd.zone_path("3A")
+    names = [f"{src}-s{DEMO_SPEC.seed}-b{b:03d}" for b, src in
+             zip(range(DEMO_SPEC.batches), DEMO_SPEC.sources * DEMO_SPEC.batches)]
+    done = {n for n in names if (st := load_state(cfg, n)) is not None and st.finished}
+    batches = generate(zone3a, DEMO_SPEC) if len(done) < len(names) else generate(
+        cfg.ssd.root / "state" / "demo-sample", DEMO_SPEC)
+    import shutil
+
+    for n in done:  # regenerated only because generate() makes all batches at once
+        shutil.rmtree(zone3a / n, ignore_errors=True)
     files = sum(len(b.items) for b in batches)
     size = sum(i.size for b in batches for i in b.items)
-    out.print(f"[bold]3. sample[/]    {len(batches)} scraped batches in zone 3A: {files} files, {size / 1e6:.1f} MB")
+    out.print(f"[bold]3. sample[/]    {len(batches)} scraped batches, {files} files, {size / 1e6:.1f} MB"
+              + (" (ingested by an earlier run)" if len(done) == len(names) else f", dropped in {zone3a}"))
+    return batches
+
+
+def _ingest(cfg: Settings, batches: list) -> list:
+    """UA_1 for each batch, on RQ, with the jobs run in this process."""
+    import time
+
+    from jobs.ingest import Status, load_state, submit, work_here
+
+    t0 = time.monotonic()
     for b in batches:
-        out.print(f"               {zone3a / b.batch_id}  ({b.source})")
-    results = _store_and_read_back(cfg, [zone3a / b.batch_id / i.path for b in batches for i in b.items])
-    _describe_in_database(cfg, batches, results)
-    out.print("\n[bold]next:[/]")
-    out.print("  .venv/bin/hoard health          status of disks, zones, PostgreSQL, Redis")
-    out.print(f"  ls {zone3a}      the sample batches as a scraper leaves them")
-    out.print("  .venv/bin/hoard disks list      where the replicas went, per disk")
-    out.print("  .venv/bin/hoard get SHA256 -o FILE   read one object back")
-    out.print("  .venv/bin/hoard --help          every command (ingest, mount … arrive with issues 4–7)")
+        submit(cfg, cfg.ssd.zone_path("3A") / b.batch_id, None)
+    work_here(cfg)
+    states = [load_state(cfg, b.batch_id) for b in batches]
+    out.print(f"[bold]4. ingest[/]    UA_1 (scan → store → database → 3B package → 3A emptied) "
+              f"in {time.monotonic() - t0:.2f} s:")
+    for st in states:
+        r = st.report
+        out.print(f"               {st.batch_id} ({st.source}): {st.status}; {r.get('stored_new', 0)} new, "
+                  f"{r.get('stored_existing', 0)} already stored, {r.get('metadata_rows', 0)} metadata rows, "
+                  f"{r.get('edges', 0)} edges, package {r.get('package', {}).get('parts', 0)} tar part(s)")
+        if st.status == Status.FAILED.value:
+            raise HoardError(f"ingest of {st.batch_id} failed at {st.step}: {st.error}", ExitCode.DATA)
+    return states
 
 
-def _store_and_read_back(cfg: Settings, paths: list) -> list:
+def _read_back(cfg: Settings, batches: list) -> None:
     import hashlib
     import threading
-    import time
-    from collections import Counter
 
     from fsd.replicate import replicate_once
     from fsd.store import Store
 
     with Store.open(cfg) as store:
-        t0 = time.monotonic()
-        results = store.put_many(paths, klass="raw")
-        took = time.monotonic() - t0
-        c = Counter(r.status for r in results)
-        out.print(f"[bold]4. store[/]     {len(results)} files in {took:.2f} s: {c['new']} new, "
-                  f"{c['existing']} already present (same content seen before), {c['rejected']} rejected; "
-                  f"acknowledged with {cfg.store.write_ack} replicas each")
         rep = replicate_once(store, budget_s=120, rate_mb_s=None)
         out.print(f"[bold]5. replicate[/] {rep.copied_shards} shard copies made; "
-                  f"{store.status()['replication']['shards_below_target']} shards below target")
+                  f"{store.status()['replication']['shards_below_target']} shards below the target of "
+                  f"{cfg.store.copy_of_raw} copies")
+        shas = sorted({f["sha256"] for b in batches for f in store.batch_manifest(b.batch_id)["files"]})
         good = 0
         lock = threading.Lock()
 
@@ -74,51 +110,30 @@ def _store_and_read_back(cfg: Settings, paths: list) -> list:
             with lock:
                 good += ok
 
-        shas = sorted({r.sha256 for r in results if r.sha256})
         plan, stats = store.read_batch(shas, check)
         labels = {u: d.label for u, d in store.disks.items()}
         per_disk = ", ".join(f"{labels[u]} {b / 1e6:.1f} MB" for u, b in plan.bytes_per_disk.items())
-        out.print(f"[bold]6. read back[/] {good}/{len(shas)} objects verified by sha256 in {stats.seconds:.2f} s "
-                  f"with the batch planner ({per_disk})")
+        out.print(f"[bold]6. read back[/] {good}/{len(shas)} objects of the batch manifests verified by sha256 in "
+                  f"{stats.seconds:.2f} s with the batch planner ({per_disk})")
         if good != len(shas):
             raise HoardError(f"{len(shas) - good} objects did not read back correctly; see `hoard health`",
                              ExitCode.DATA)
-    return results
 
 
-def _describe_in_database(cfg: Settings, batches, results) -> None:
-    """The stored files as nodes in PostgreSQL (one write-intent per batch), then a selector.
-
-    W1-D replaces this with the real adapters (metadata, virtual assets, edges)."""
-    from pathlib import PurePath
-
+def _describe(cfg: Settings, batches: list) -> None:
+    """What the database now knows: a selector and the cross-batch links."""
     import psycopg
 
-    from sql.intents import apply_write_intent
-    from sql.migrate import migrate
     from sql.selectors import query_nodes
 
-    by_path = {r.path: r for r in results}
-    zone3a = cfg.ssd.zone_path("3A")
     with psycopg.connect(cfg.database_url, autocommit=True) as conn:
-        migrate(conn)
-        applied = 0
-        for b in batches:
-            nodes, members = {}, []
-            for item in b.items:
-                r = by_path[str(zone3a / b.batch_id / item.path)]
-                ext = PurePath(item.path).suffix.lstrip(".").lower() or None
-                node = nodes.setdefault(r.sha256, {"sha256": r.sha256, "physical": {
-                    "size": r.size, "file_type": ext, "locators": []}})
-                node["physical"]["locators"].append(f"batch:{b.batch_id}/{item.path}")
-                members.append(r.sha256)
-            res = apply_write_intent(conn, {"key": f"demo:{b.batch_id}", "sources": [b.source],
-                                            "nodes": list(nodes.values()),
-                                            "batches": [{"batch_id": b.batch_id, "source": b.source,
-                                                         "members": sorted(set(members)), "seal": True}]})
-            applied += not res.noop
         images = query_nodes(conn, {"kinds": ["image"], "batches": [b.batch_id for b in batches]})
         videos = query_nodes(conn, {"kinds": ["video"]})
-    out.print(f"[bold]7. database[/]  {len(batches)} write-intents ({applied} applied now, the rest already were); "
-              f"selector: {len(images)} images ({images.total_bytes / 1e6:.1f} MB), "
-              f"{len(videos)} videos ({videos.total_bytes / 1e6:.1f} MB)")
+        counts = dict(conn.execute(
+            "SELECT r.name, count(*) FROM edge JOIN relationship_type r USING (rel_id) GROUP BY r.name").fetchall())
+        shared = conn.execute(
+            "SELECT count(*) FROM (SELECT node_id FROM batch_member GROUP BY node_id HAVING count(*) > 1) x").fetchone()[0]
+    out.print(f"[bold]7. database[/]  selector: {len(images)} images ({images.total_bytes / 1e6:.1f} MB), "
+              f"{len(videos)} videos ({videos.total_bytes / 1e6:.1f} MB); {shared} files appear in more than "
+              "one batch (stored once)")
+    out.print("               edges: " + ", ".join(f"{n} {k}" for k, n in sorted(counts.items())))

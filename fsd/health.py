@@ -86,6 +86,7 @@ def store_status(cfg: Settings) -> dict[str, Any]:
 
 def collect(cfg: Settings) -> dict[str, Any]:
     """Gather the status of disks, zones, PostgreSQL and Redis, and list the problems."""
+    from jobs.ingest import ingest_status
     from jobs.queues import redis_status
     from sql.health import database_status
 
@@ -98,8 +99,12 @@ def collect(cfg: Settings) -> dict[str, Any]:
         "zones": zone_status(cfg),
         "database": database_status(cfg.database_url),
         "redis": redis_status(cfg.redis_url),
+        "ingest": ingest_status(cfg),
     }
     problems: list[str] = []
+    for f in report["ingest"]["failed"]:
+        problems.append(f"ingest {f['batch_id']}: failed at {f['step']}: {f['error']}; after fixing it, "
+                        f"`hoard ingest --resume {f['batch_id']}`")
     if not store["ok"]:
         problems.append(f"store: {store['error']}")
     else:

@@ -7,6 +7,7 @@ Named databases (keys → values):
     disks    disk uuid (ascii)    → JSON DiskRecord
     events   time_ns u64 BE | seq → JSON {time, kind, disk, shard, detail}
     repairs  shard_id | disk uuid → JSON {reason, time}
+    batches  batch id (ascii)     → JSON {source, manifest: sha256 hex, files, bytes, sealed}
 
 LMDB allows one writer at a time across processes (RQ workers, the mount daemon) and any
 number of readers. Transactions are short and never span an `await` or disk IO on the
@@ -79,6 +80,7 @@ class Index:
         self.disks = self.env.open_db(b"disks", create=not readonly)
         self.events = self.env.open_db(b"events", create=not readonly)
         self.repairs = self.env.open_db(b"repairs", create=not readonly)
+        self.batches = self.env.open_db(b"batches", create=not readonly)
 
     def close(self) -> None:
         self.env.close()
@@ -117,6 +119,21 @@ class Index:
         with self.env.begin(db=self.objects) as txn:
             for k, v in txn.cursor():
                 yield bytes(k), ObjectLoc(*_OBJ.unpack(v))
+
+    # -- batches (ingested, with their manifest object) ------------------------------------
+    def put_batch(self, batch_id: str, info: dict[str, Any]) -> None:
+        with self.env.begin(write=True, db=self.batches) as txn:
+            txn.put(batch_id.encode(), json.dumps(info, sort_keys=True).encode())
+
+    def get_batch(self, batch_id: str) -> dict[str, Any] | None:
+        with self.env.begin(db=self.batches) as txn:
+            raw = txn.get(batch_id.encode())
+        return json.loads(raw) if raw else None
+
+    def iter_batches(self) -> Iterator[tuple[str, dict[str, Any]]]:
+        with self.env.begin(db=self.batches) as txn:
+            items = [(bytes(k).decode(), json.loads(v)) for k, v in txn.cursor()]
+        yield from items
 
     # -- shards ------------------------------------------------------------------------
     def get_shard(self, sid: bytes) -> ShardMeta | None:

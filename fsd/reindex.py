@@ -19,6 +19,7 @@ from fsd import shardfmt as fmt
 from fsd.config import Settings
 from fsd.disks import DiskRecord, DiskState, drop_cache, read_identity
 from fsd.index import Index, ObjectLoc, ShardMeta
+from fsd.store import BATCHES_DIR
 
 
 @dataclass
@@ -28,6 +29,7 @@ class IndexRebuildReport:
     replicas: int = 0
     objects: int = 0
     open_shards: int = 0
+    batches: int = 0
     damaged: list[str] = field(default_factory=list)  # replica files that could not be used
     skipped_disks: list[str] = field(default_factory=list)
     seconds: float = 0.0
@@ -47,6 +49,7 @@ def rebuild_index(cfg: Settings) -> IndexRebuildReport:
     index = Index(work)
     shards: dict[bytes, ShardMeta] = {}
     objects: dict[bytes, ObjectLoc] = {}
+    batches: dict[str, dict] = {}
     try:
         for dc in cfg.disks:
             ident = read_identity(dc.path) if dc.path.is_dir() else None
@@ -73,6 +76,11 @@ def rebuild_index(cfg: Settings) -> IndexRebuildReport:
                 rep.open_shards += not meta.sealed
                 for r in records:
                     objects.setdefault(r.sha256, ObjectLoc(meta.shard_id, r.offset, r.length))
+            for pointer in sorted((dc.path / BATCHES_DIR).glob("*.json")):
+                try:
+                    batches.setdefault(pointer.stem, json.loads(pointer.read_bytes()))
+                except (OSError, ValueError) as e:
+                    rep.damaged.append(f"{pointer}: {e}")
             index.put_disk(DiskRecord(ident["uuid"], dc.label, str(dc.path), DiskState.ACTIVE,
                                       ident.get("created", ""), used_bytes=used))
             rep.disks += 1
@@ -81,7 +89,9 @@ def rebuild_index(cfg: Settings) -> IndexRebuildReport:
         items = sorted(objects.items())
         for i in range(0, len(items), 50_000):
             index.add_objects(items[i:i + 50_000])
-        rep.shards, rep.objects = len(shards), len(objects)
+        for batch_id, info in batches.items():
+            index.put_batch(batch_id, info)
+        rep.shards, rep.objects, rep.batches = len(shards), len(objects), len(batches)
     finally:
         index.close()
     if target.exists():

@@ -34,6 +34,8 @@ STREAM_THRESHOLD = 8 << 20
 #: uncommitted bytes that trigger an fsync + index commit
 GROUP_BYTES = 32 << 20
 CHUNK = 4 << 20
+#: per disk: `<root>/batches/<batch_id>.json` names each ingested batch's manifest object
+BATCHES_DIR = "batches"
 
 
 class ObjectNotFound(HoardError):
@@ -229,6 +231,27 @@ class Store:
             return put_payloads(self, self.writer(klass), [("<bytes>", data)])[0]
 
     # -- the read path ------------------------------------------------------------------------
+    def register_batch(self, batch_id: str, info: dict) -> None:
+        """Name an ingested batch's manifest object in the index and, so that `hoard index
+        rebuild` finds it again, in `batches/<batch_id>.json` on every writable disk."""
+        import json
+
+        from fsd.disks import atomic_write
+
+        doc = json.dumps(info, indent=1, sort_keys=True).encode()
+        for uuid, disk in self.disks.items():
+            if self.usable(uuid, for_write=True):
+                (disk.root / BATCHES_DIR).mkdir(exist_ok=True)
+                atomic_write(disk.root / BATCHES_DIR / f"{batch_id}.json", doc)
+        self.index.put_batch(batch_id, info)
+
+    def batch_manifest(self, batch_id: str) -> dict | None:
+        """The manifest of an ingested batch (from the store, verified), or None if unknown."""
+        import json
+
+        info = self.index.get_batch(batch_id)
+        return json.loads(self.get(info["manifest"])) if info else None
+
     def replica_order(self, meta: ShardMeta, avoid: set[str] = frozenset()) -> list[LocalDisk]:
         usable = [u for u in meta.replicas if self.usable(u) and u not in avoid]
         usable.sort(key=lambda u: (self.records[u].state != DiskState.ACTIVE, self.queue.get(u, 0)))

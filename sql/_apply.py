@@ -122,13 +122,14 @@ def apply_body(conn: psycopg.Connection, it: WriteIntent) -> dict[str, int]:
     if it.metadata:
         _temp(conn, "tmp_meta", "idx int, sha bytea, source_id smallint, is_raw bool, is_root bool, title text, "
               "view_count bigint, update_time timestamptz, download_time timestamptz, author text, "
-              "user_name text, raw_metadata jsonb, raw_object bytea")
+              "user_name text, raw_metadata jsonb, raw_object bytea, specific jsonb")
         _copy(conn, "tmp_meta", "idx, sha, source_id, is_raw, is_root, title, view_count, update_time, "
-              "download_time, author, user_name, raw_metadata, raw_object",
+              "download_time, author, user_name, raw_metadata, raw_object, specific",
               ((i, bytes.fromhex(m.node), sources[m.source], m.is_raw, m.is_root, m.title, m.view_count,
                 m.update_time, m.download_time, m.author, m.user,
                 json.dumps(m.raw_metadata) if m.raw_metadata is not None else None,
-                bytes.fromhex(m.raw_object) if m.raw_object else None) for i, m in enumerate(it.metadata)))
+                bytes.fromhex(m.raw_object) if m.raw_object else None,
+                json.dumps(m.specific) if m.specific else None) for i, m in enumerate(it.metadata)))
         _check_refs(conn, "tmp_meta", "metadata", ("sha", "node"))
     if it.edges:
         _temp(conn, "tmp_edge", "idx int, parent bytea, child bytea, rel_id smallint")
@@ -147,19 +148,23 @@ def apply_body(conn: psycopg.Connection, it: WriteIntent) -> dict[str, int]:
         # the newest download wins when two batches describe the same node differently
         cur = conn.execute("""
             INSERT INTO common_metadata (node_id, source_id, is_raw, is_root, title, view_count, update_time,
-                                         download_time, author, user_name, raw_metadata, raw_object)
+                                         download_time, author, user_name, raw_metadata, raw_object, specific)
             SELECT DISTINCT ON (n.node_id, t.source_id) n.node_id, t.source_id, t.is_raw, t.is_root, t.title,
-                   t.view_count, t.update_time, t.download_time, t.author, t.user_name, t.raw_metadata, t.raw_object
+                   t.view_count, t.update_time, t.download_time, t.author, t.user_name, t.raw_metadata, t.raw_object,
+                   t.specific
             FROM tmp_meta t JOIN node n ON n.sha256 = t.sha
             ORDER BY n.node_id, t.source_id, t.download_time DESC NULLS LAST
             ON CONFLICT (node_id, source_id) DO UPDATE SET
                 is_raw = EXCLUDED.is_raw, is_root = EXCLUDED.is_root, title = EXCLUDED.title,
                 view_count = EXCLUDED.view_count, update_time = EXCLUDED.update_time,
                 download_time = EXCLUDED.download_time, author = EXCLUDED.author, user_name = EXCLUDED.user_name,
-                raw_metadata = EXCLUDED.raw_metadata, raw_object = EXCLUDED.raw_object
+                raw_metadata = EXCLUDED.raw_metadata, raw_object = EXCLUDED.raw_object, specific = EXCLUDED.specific
             WHERE common_metadata.download_time IS NULL
                OR EXCLUDED.download_time >= common_metadata.download_time""")
         counts["metadata_rows"] = cur.rowcount
+        from sql.schema_decider import fill_specific_tables
+
+        fill_specific_tables(conn, {sources[m.source] for m in it.metadata}, "tmp_meta")
     if it.edges:
         cur = conn.execute("INSERT INTO edge (parent_id, child_id, rel_id) SELECT p.node_id, c.node_id, t.rel_id "
                            "FROM tmp_edge t JOIN node p ON p.sha256 = t.parent JOIN node c ON c.sha256 = t.child "

@@ -10,11 +10,13 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from rich.markup import escape
 
 from fsd.cli import db as _db
 from fsd.cli import disks as _disks
 from fsd.cli import fixtures as _fixtures
 from fsd.cli import index as _index
+from fsd.cli import ingest as _ingest
 from fsd.cli import rebuild as _rebuild
 from fsd.cli import store as _store
 from fsd.cli import verify as _verify
@@ -39,6 +41,7 @@ app.add_typer(_index.app, name="index")
 _store.register(app)
 app.command()(_verify.verify)
 app.command()(_rebuild.rebuild)
+app.command()(_ingest.ingest)
 _skeleton.register(app)
 
 
@@ -129,11 +132,16 @@ def _print_health(report: dict) -> None:
     for name, s in report["zones"].items():
         z.add_row(name, gb(s["used_bytes"]), gb(s["quota_bytes"]), s["level"])
     out.print(z)
+    ing = report["ingest"]["batches"]
+    if ing:
+        out.print("ingest:   " + ", ".join(f"{n} {k}" for k, n in sorted(ing.items())) + " batches"
+                  + (f" (with rejects: {', '.join(report['ingest']['with_rejects'][:5])} — "
+                     "see `hoard ingest --status BATCH`)" if report["ingest"]["with_rejects"] else ""))
     db, rd = report["database"], report["redis"]
     out.print(f"database: {'ok, PostgreSQL ' + db['server_version'] if db['ok'] else 'DOWN'}")
     out.print(f"redis:    {'ok, Redis ' + str(rd['redis_version']) if rd['ok'] else 'DOWN'}")
     for p in report["problems"]:
-        err.print(f"[bold red]problem:[/] {p}")
+        err.print(f"[bold red]problem:[/] {escape(p)}")
     if report["ok"]:
         out.print("[green]all good[/]")
 
@@ -175,7 +183,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         app(args=argv, prog_name="hoard")
     except HoardError as e:
-        err.print(f"[bold red]hoard: error:[/] {e.message}", soft_wrap=True)
+        err.print(f"[bold red]hoard: error:[/] {escape(e.message)}", soft_wrap=True)
         sys.exit(int(e.exit_code))
     except KeyboardInterrupt:
         err.print("hoard: interrupted")

@@ -85,7 +85,45 @@ def verify_backup(ctx: typer.Context) -> None:
         raise typer.Exit(ExitCode.DATA)
 
 
-for _name in ("restore", "proposals"):
+@app.command()
+def proposals(
+    ctx: typer.Context,
+    accept: Annotated[Optional[int], typer.Option("--accept", metavar="N", help="create proposal N's table")] = None,
+    reject: Annotated[Optional[int], typer.Option("--reject", metavar="N", help="drop proposal N")] = None,
+    show_all: Annotated[bool, typer.Option("--all", help="also accepted, rejected and superseded ones")] = False,
+) -> None:
+    """SchemaDecider proposals: typed src_<source> tables for sources' specific fields."""
+    from sql.schema_decider import ProposalError, accept as do_accept, list_proposals
+
+    with connect(ctx) as conn:
+        if accept is not None:
+            prop = do_accept(conn, accept)
+            cols = sum(1 for f in prop.fields if f["column"])
+            n = conn.execute(f"SELECT count(*) FROM src_{prop.source}").fetchone()[0]
+            out.print(f"proposal {accept} accepted: table src_{prop.source} with {cols} columns + extra, "
+                      f"{n} rows filled from the metadata already ingested")
+            return
+        if reject is not None:
+            cur = conn.execute("UPDATE schema_proposal SET status = 'rejected', decided_at = now() "
+                               "WHERE proposal_id = %s AND status = 'provisional'", [reject])
+            if cur.rowcount == 0:
+                raise ProposalError(f"no provisional proposal {reject}; `hoard db proposals --all` lists them")
+            out.print(f"proposal {reject} rejected; the fields stay in common_metadata.specific")
+            return
+        props = list_proposals(conn, include_decided=show_all)
+    if not props:
+        out.print("no proposals" + ("" if show_all else " waiting (--all shows decided ones)"))
+    for p in props:
+        cols = [f for f in p.fields if f["column"]]
+        out.print(f"[bold]{p.proposal_id}[/] {p.source}: {p.status}, {p.sample_count} samples, "
+                  f"{len(cols)} columns, {len(p.fields) - len(cols)} fields in extra")
+        for f in p.fields:
+            where = f"{f['column']} {f['sql_type']}" if f["column"] else "extra"
+            out.print(f"    {f['path']:<40} {where:<32} present {f['presence']:.0%}, {f['type']} {f['type_share']:.0%}")
+        out.print(f"    accept: hoard db proposals --accept {p.proposal_id}")
+
+
+for _name in ("restore",):
     def _pending(ctx: typer.Context, _n: str = _name) -> None:
         raise NotBuilt(f"`hoard db {_n}` is not built yet; it arrives with W1-C (issue 5)")
 

@@ -11,7 +11,6 @@ import typer
 from fsd.errors import NotBuilt
 
 PENDING = {
-    "ingest": ("Ingest a scraped batch from zone 3A (UA_1)", "W1-D (issue 6)"),
     "stage": ("Stage nodes into zone 3C for a worker", "W1-F"),
     "export": ("Export a dataset layout into zone 3D", "W1-F"),
     "gc": ("Compact shards and free the space of deleted content", "W1-B2 (issue 4)"),

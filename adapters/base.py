@@ -1,0 +1,258 @@
+"""The adapter contract: a batch directory in, records and rejects out. No SQL, no store.
+
+An adapter reads one scraped batch (a `BatchView`: the batch's clean files, already
+screened for hostile names, empty files and escaping symlinks) and returns `Parsed`:
+
+* `records` — one per metadata document about one node: the node it describes (a file
+  of the batch or a virtual asset), the common fields, the source-specific fields, the
+  document file it came from (stored whole; `raw_object` points at it) and edges;
+* `rejects` — files it cannot use, each with a reason a person can act on;
+* `claimed` — every file a record accounts for. Files nobody claims are rejected by the
+  framework ("not described by any metadata"), so nothing is silently dropped.
+
+Identity is deterministic (docs/adapters.md): a file is the sha256 of its bytes, a virtual
+asset the sha256 of `virtual:<kind>:<source>:<stable id>` — the same author in two
+batches is one node, and edges join up whatever order the batches arrive in.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any, ClassVar
+
+#: longest relative path (bytes, UTF-8) accepted inside a batch
+MAX_PATH_BYTES = 1000
+#: file names the framework owns, never handed to an adapter
+SIGNAL_FILES = frozenset({"_READY"})
+MEDIA_EXT = frozenset({
+    "jpg", "jpeg", "png", "gif", "webp", "bmp", "tif", "tiff", "avif", "heic", "mp4", "webm", "mkv",
+    "mov", "avi", "m4v", "mp3", "wav", "ogg", "flac", "m4a", "opus"})
+
+
+@dataclass(frozen=True, slots=True)
+class File:
+    """A physical node: a file of the batch, by its relative path."""
+
+    rel: str
+
+
+@dataclass(frozen=True, slots=True)
+class Asset:
+    """A virtual node: `virtual:<kind>:<source>:<id>` (source is the batch's)."""
+
+    kind: str
+    id: str
+
+
+Node = File | Asset
+
+
+@dataclass
+class Record:
+    node: Node
+    doc: str | None = None  # the batch file holding the original document
+    raw: dict[str, Any] = field(default_factory=dict)  # the item's own document (trimmed to 1 KB in the DB)
+    title: str | None = None
+    view_count: int | None = None
+    update_time: dt.datetime | None = None
+    download_time: dt.datetime | None = None
+    author: str | None = None
+    user: str | None = None
+    specific: dict[str, Any] = field(default_factory=dict)
+    edges: list[tuple[Node, Node, str]] = field(default_factory=list)  # (parent, child, relationship)
+
+
+@dataclass
+class Reject:
+    paths: list[str]
+    reason: str
+
+
+@dataclass
+class Parsed:
+    records: list[Record] = field(default_factory=list)
+    rejects: list[Reject] = field(default_factory=list)
+    claimed: set[str] = field(default_factory=set)
+
+    def claim(self, *rels: str | None) -> None:
+        self.claimed.update(r for r in rels if r)
+
+    def reject(self, reason: str, *rels: str) -> None:
+        self.rejects.append(Reject(list(rels), reason))
+
+
+class BadDocument(ValueError):
+    """A metadata document that cannot be read; the message says where it breaks."""
+
+
+class BatchView:
+    """The clean files of one batch: relative POSIX paths → size."""
+
+    def __init__(self, root: Path, files: dict[str, int]) -> None:
+        self.root, self.files = root, files
+        self._media: dict[str, list[str]] | None = None
+
+    def path(self, rel: str) -> Path:
+        return self.root / rel
+
+    def media_index(self) -> dict[str, list[str]]:
+        """Media file name and stem → relative paths (built once per batch)."""
+        if self._media is None:
+            self._media = {}
+            for rel in self.files:
+                name = PurePosixPath(rel).name
+                stem, ext = split_media(name)
+                if ext in MEDIA_EXT:
+                    self._media.setdefault(name, []).append(rel)
+                    self._media.setdefault(stem, []).append(rel)
+        return self._media
+
+    def has(self, rel: str) -> bool:
+        return rel in self.files
+
+    def by_suffix(self, *suffixes: str) -> list[str]:
+        return sorted(r for r in self.files if r.lower().endswith(suffixes))
+
+    def read_json(self, rel: str) -> Any:
+        raw = self.path(rel).read_bytes()
+        try:
+            return json.loads(raw)
+        except UnicodeDecodeError as e:
+            raise BadDocument(f"{rel} is not UTF-8 (byte {e.start})") from None
+        except json.JSONDecodeError as e:
+            what = "truncated" if e.pos >= len(raw.rstrip()) else "malformed"
+            raise BadDocument(f"{rel} is {what} JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
+
+    def read_jsonl(self, rel: str) -> list[Any]:
+        out = []
+        for n, line in enumerate(self.path(rel).read_bytes().splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                out.append(json.loads(line))
+            except (UnicodeDecodeError, json.JSONDecodeError) as e:
+                raise BadDocument(f"{rel} line {n} is not valid JSON ({e})") from None
+        return out
+
+    def ref(self, base: str, name: str) -> str:
+        """A path named inside a document, relative to the document's directory, checked
+        like the framework checks file names; BadDocument names what is wrong."""
+        bad = hostile_reason(name)
+        if bad:
+            raise BadDocument(f"{base} names the file {short(name)}: {bad}")
+        return str(PurePosixPath(base).parent / name) if "/" in base else name
+
+
+def short(name: str, limit: int = 80) -> str:
+    """A name for a message: quoted, cut to `limit` characters."""
+    return repr(name) if len(name) <= limit else repr(name[:limit]) + f"… ({len(name)} characters)"
+
+
+def hostile_reason(rel: str) -> str | None:
+    """Why a relative path from a document or a directory listing is unsafe, or None."""
+    if not rel:
+        return "an empty path"
+    if "\x00" in rel:
+        return "the path contains a NUL byte"
+    if any(ord(c) < 32 or c == "\x7f" for c in rel):
+        return "the path contains control characters"
+    try:
+        size = len(rel.encode("utf-8"))
+    except UnicodeEncodeError:
+        return "the path is not valid UTF-8"
+    if size > MAX_PATH_BYTES:
+        return f"the path is {size} bytes long; at most {MAX_PATH_BYTES} are accepted"
+    if rel.startswith("/"):
+        return "an absolute path"
+    if any(part in ("..", ".") for part in rel.split("/")) or "//" in rel:
+        return "the path climbs out of the batch (`..`) or is not normalised"
+    return None
+
+
+class Adapter:
+    """Base class of a format. Subclasses set `format` and implement `parse`."""
+
+    format: ClassVar[str]
+    description: ClassVar[str] = ""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+
+    def parse(self, batch: BatchView) -> Parsed:  # pragma: no cover - interface
+        raise NotImplementedError
+
+
+# -- helpers for adapters --------------------------------------------------------------------
+
+def to_time(value: Any) -> dt.datetime | None:
+    """Epoch seconds, `YYYYMMDD`, ISO 8601 or `YYYY-MM-DD HH:MM:SS` → aware UTC datetime."""
+    if value is None or value == "":
+        return None
+    try:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return dt.datetime.fromtimestamp(value, dt.timezone.utc)
+        s = str(value).strip()
+        if len(s) == 8 and s.isdigit():
+            return dt.datetime.strptime(s, "%Y%m%d").replace(tzinfo=dt.timezone.utc)
+        t = dt.datetime.fromisoformat(s.replace("Z", "+00:00"))
+        return t if t.tzinfo else t.replace(tzinfo=dt.timezone.utc)
+    except (ValueError, OverflowError, OSError):
+        return None
+
+
+def to_int(value: Any) -> int | None:
+    if isinstance(value, bool):
+        return None
+    try:
+        n = int(value)
+    except (TypeError, ValueError):
+        return None
+    return n if n >= 0 else None
+
+
+def text(value: Any, limit: int = 500) -> str | None:
+    if value is None:
+        return None
+    s = str(value).strip()
+    return s[:limit] if s else None
+
+
+def specific_fields(doc: dict[str, Any], exclude: frozenset[str] = frozenset(), depth: int = 3,
+                    max_list: int = 50) -> dict[str, Any]:
+    """Flatten a document to `a.b.c` keys (up to `depth` levels) keeping scalars and short
+    lists of scalars; lists of objects (formats, thumbnails …) stay in the raw object."""
+    out: dict[str, Any] = {}
+
+    def walk(d: dict[str, Any], prefix: str, level: int) -> None:
+        for k, v in d.items():
+            if not isinstance(k, str) or (level == 1 and k in exclude) or k.startswith("__"):
+                continue
+            key = f"{prefix}{k}"
+            if isinstance(v, dict):
+                if level < depth:
+                    walk(v, key + ".", level + 1)
+            elif isinstance(v, list):
+                if len(v) <= max_list and all(isinstance(x, (str, int, float, bool)) for x in v):
+                    out[key] = v
+            elif v is not None:
+                out[key] = v
+
+    walk(doc, "", 1)
+    return out
+
+
+def split_media(name: str) -> tuple[str, str]:
+    stem, _, ext = name.rpartition(".")
+    return (stem, ext.lower()) if stem else (name, "")
+
+
+def match_media(batch: BatchView, ids: list[str], urls: list[str]) -> list[str]:
+    """Media files of the batch named `<id>.<ext>` or after a URL's last path segment —
+    how API scrapers usually save attachments next to the responses."""
+    wanted = [i for i in ids if i] + [os.path.basename(u.split("?")[0]) for u in urls if u]
+    index = batch.media_index()
+    return sorted({rel for name in wanted for rel in index.get(name, ())})

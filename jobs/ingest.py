@@ -1,0 +1,522 @@
+"""UA_1 on RQ: a scraped batch in zone 3A → store + database → a 3B package → gone from 3A.
+
+    submit(cfg, batch_dir, source)   # validate, record state, enqueue step 1
+    run_step(config_path, batch_id, step)   # an RQ job; on success it enqueues the next step
+
+Steps and their queues (each idempotent by batch id, so a retry or a crash resumes):
+
+    scan     ingest       screen + parse (adapter), quarantine rejects, save the records
+    store    io           put the good files into S01 (dedup, write_ack replicas)
+    apply    sql          one write-intent `ingest:<batch>` (S05); a schema proposal for a new source
+    package  io           tar parts + manifest in 3B/<batch>/; manifest also stored in S01
+    finish   maintenance  check every file is stored, empty 3A/<batch>, event + report
+
+State lives in `<ssd.root>/state/ingest/<batch>.json` (status, steps done, report), written
+atomically after every step; `hoard ingest --status BATCH` and `hoard health` read it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+import hashlib
+import json
+import os
+import re
+import shutil
+import tarfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from adapters import Asset, File, Record, adapter_for, display, parse_batch, quarantine
+from fsd import config as config_mod
+from fsd.config import Settings
+from fsd.disks import atomic_write, fsync_dir
+from fsd.errors import ExitCode, HoardError
+
+STEPS = ("scan", "store", "apply", "package", "finish")
+QUEUE_OF = {"scan": "ingest", "store": "io", "apply": "sql", "package": "io", "finish": "maintenance"}
+#: RQ timeout per step (a 20,000-item batch with large videos takes minutes, not hours)
+STEP_TIMEOUT_S = 6 * 3600
+BATCH_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+SIGNAL = "_READY"
+
+
+class Status(str, enum.Enum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    DONE_WITH_REJECTS = "done with rejects"
+    FAILED = "failed"
+
+
+class IngestError(HoardError):
+    exit_code = ExitCode.USAGE
+
+
+@dataclass
+class BatchState:
+    batch_id: str
+    source: str
+    status: str = Status.QUEUED.value
+    step: str = "scan"
+    done: list[str] = field(default_factory=list)
+    signalled: str = field(default_factory=lambda: _now())
+    updated: str = field(default_factory=lambda: _now())
+    error: str | None = None
+    seconds: dict[str, float] = field(default_factory=dict)
+    report: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def finished(self) -> bool:
+        return self.status in (Status.DONE.value, Status.DONE_WITH_REJECTS.value)
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+# -- state files -------------------------------------------------------------------------
+
+def state_dir(cfg: Settings) -> Path:
+    d = cfg.ssd.root / "state" / "ingest"
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def load_state(cfg: Settings, batch_id: str) -> BatchState | None:
+    path = state_dir(cfg) / f"{batch_id}.json"
+    if not path.exists():
+        return None
+    return BatchState(**json.loads(path.read_bytes()))
+
+
+def save_state(cfg: Settings, st: BatchState) -> None:
+    st.updated = _now()
+    atomic_write(state_dir(cfg) / f"{st.batch_id}.json", json.dumps(asdict(st), indent=1).encode())
+
+
+def _work(cfg: Settings, batch_id: str, what: str) -> Path:
+    return state_dir(cfg) / f"{batch_id}.{what}.json"
+
+
+def all_states(cfg: Settings) -> list[BatchState]:
+    out = []
+    for p in sorted(state_dir(cfg).glob("*.json")):
+        if p.name.count(".") == 1:  # <batch>.json, not <batch>.<work>.json
+            try:
+                out.append(BatchState(**json.loads(p.read_bytes())))
+            except (ValueError, TypeError):
+                continue
+    return out
+
+
+def ingest_status(cfg: Settings) -> dict[str, Any]:
+    """Counts per status and the batches that need a person (for `hoard health`)."""
+    states = all_states(cfg)
+    counts: dict[str, int] = {}
+    for s in states:
+        counts[s.status] = counts.get(s.status, 0) + 1
+    return {"batches": counts,
+            "failed": [{"batch_id": s.batch_id, "step": s.step, "error": s.error} for s in states
+                       if s.status == Status.FAILED.value],
+            "with_rejects": [s.batch_id for s in states if s.status == Status.DONE_WITH_REJECTS.value]}
+
+
+# -- submitting --------------------------------------------------------------------------
+
+def submit(cfg: Settings, batch_dir: Path, source: str | None, redis_conn=None) -> BatchState:
+    """Check the batch and its source, record it, enqueue its next step; idempotent."""
+    zone3a = cfg.ssd.zone_path("3A").resolve()
+    batch_dir = Path(batch_dir).resolve()
+    batch_id = batch_dir.name
+    if batch_dir.parent != zone3a:
+        raise IngestError(f"{batch_dir} is not a batch directory of zone 3A ({zone3a}/<batch_id>); "
+                          "move the batch there first — ingest takes it from the SSD, the scraper's landing zone")
+    if not BATCH_ID.match(batch_id):
+        raise IngestError(f"batch directory name {batch_id!r} is not a batch id (letters, digits, `.`, `_`, `-`, "
+                          "at most 128, starting with a letter or digit); rename the directory")
+    st = load_state(cfg, batch_id)
+    if st is not None and st.finished:
+        return st
+    if st is not None and st.step != "scan" and source in (None, st.source):
+        source = st.source  # resuming after the scan: the directory may already be gone
+    else:
+        if not batch_dir.is_dir():
+            raise IngestError(f"no batch directory {batch_dir}")
+        if source is None:
+            source = read_signal(batch_dir)
+    adapter_for(source, cfg.sources)  # UnknownSource names the known ones
+    if st is None or st.source != source:
+        st = BatchState(batch_id, source)
+    st.status, st.error = Status.QUEUED.value, None
+    save_state(cfg, st)
+    enqueue(cfg, st, redis_conn)
+    return st
+
+
+def read_signal(batch_dir: Path) -> str:
+    sig = batch_dir / SIGNAL
+    if not sig.exists():
+        raise IngestError(f"{batch_dir} has no {SIGNAL} file; name the source with --source or write it into "
+                          f"{sig}")
+    words = sig.read_text(errors="replace").split()
+    if not words:
+        raise IngestError(f"{sig} is empty; write the batch's source name into it (e.g. `echo ytdlp > {sig}`)")
+    return words[0]
+
+
+def ready_batches(cfg: Settings) -> list[Path]:
+    """Batch directories of 3A with a `_READY` signal and no finished or queued state."""
+    zone3a = cfg.ssd.zone_path("3A")
+    out = []
+    for d in sorted(zone3a.iterdir()) if zone3a.is_dir() else []:
+        if d.is_dir() and not d.name.startswith("_") and (d / SIGNAL).exists():
+            st = load_state(cfg, d.name)
+            if st is None or st.status == Status.FAILED.value:
+                out.append(d)
+    return out
+
+
+def _job_id(batch_id: str, step: str) -> str:
+    safe = re.sub(r"[^A-Za-z0-9_-]", "_", batch_id)
+    return f"ingest-{safe}-{hashlib.sha1(batch_id.encode()).hexdigest()[:8]}-{step}"
+
+
+def enqueue(cfg: Settings, st: BatchState, redis_conn=None) -> str:
+    from rq import Queue
+    from rq.exceptions import NoSuchJobError
+    from rq.job import Job
+
+    from jobs.queues import connect
+
+    assert cfg.redis_url
+    conn = redis_conn or connect(cfg.redis_url)
+    job_id = _job_id(st.batch_id, st.step)
+    try:
+        job = Job.fetch(job_id, connection=conn)
+        if job.get_status(refresh=True) in ("queued", "started", "scheduled", "deferred"):
+            return job_id  # already waiting or running: enqueueing again would run the step twice
+        job.delete()
+    except NoSuchJobError:
+        pass
+    Queue(QUEUE_OF[st.step], connection=conn).enqueue(
+        "jobs.ingest.run_step", str(cfg.source) if cfg.source else None, st.batch_id, st.step,
+        job_id=job_id, job_timeout=STEP_TIMEOUT_S, result_ttl=86400, failure_ttl=30 * 86400,
+        description=f"ingest {st.batch_id}: {st.step}")
+    return job_id
+
+
+# -- the job -----------------------------------------------------------------------------
+
+def run_step(config_path: str | None, batch_id: str, step: str) -> dict[str, Any]:
+    """RQ job: run one step (unless done), save the state, enqueue the next step.
+
+    A step that is not the batch's current one (a stale duplicate job) does nothing."""
+    cfg = config_mod.load(config_path)
+    st = load_state(cfg, batch_id)
+    if st is None:
+        raise IngestError(f"no ingest state for batch {batch_id}; submit it with `hoard ingest`")
+    if st.finished or step != st.step:
+        return st.report
+    st.status = Status.RUNNING.value
+    save_state(cfg, st)
+    t0 = time.monotonic()
+    try:
+        if step not in st.done:
+            _STEPS[step](cfg, st)
+            st.done.append(step)
+        st.seconds[step] = round(st.seconds.get(step, 0) + time.monotonic() - t0, 3)
+    except Exception as e:
+        st.status = Status.FAILED.value
+        st.error = _explain(e)
+        st.seconds[step] = round(time.monotonic() - t0, 3)
+        save_state(cfg, st)
+        raise
+    nxt = STEPS.index(step) + 1
+    if nxt < len(STEPS):
+        st.step, st.status = STEPS[nxt], Status.QUEUED.value
+        save_state(cfg, st)
+        enqueue(cfg, st)
+    else:
+        save_state(cfg, st)
+    return st.report
+
+
+def _explain(e: Exception) -> str:
+    """One line for the state file: what failed and what to do."""
+    import psycopg
+    import redis
+
+    if isinstance(e, HoardError):
+        return e.message
+    if isinstance(e, psycopg.OperationalError):
+        first = str(e).strip().splitlines()[0]
+        return f"PostgreSQL unreachable (psycopg.OperationalError: {first}); start it, then `hoard ingest --resume`"
+    if isinstance(e, redis.ConnectionError):
+        return f"Redis unreachable ({e}); start it, then `hoard ingest --resume`"
+    if isinstance(e, OSError):
+        return f"{e.strerror or e} ({e.filename or 'no file named'}); fix it, then `hoard ingest --resume`"
+    return f"{type(e).__name__}: {e} (a bug; traceback in the worker log)"
+
+
+def work_here(cfg: Settings, redis_conn=None) -> None:
+    """Run queued hoardfs jobs in this process until the queues are empty (`--here`)."""
+    from rq import Queue, SimpleWorker
+
+    from jobs.queues import QUEUES, connect
+
+    assert cfg.redis_url
+    conn = redis_conn or connect(cfg.redis_url)
+    SimpleWorker([Queue(q, connection=conn) for q in QUEUES], connection=conn).work(
+        burst=True, logging_level="WARNING")
+
+
+# -- steps --------------------------------------------------------------------------------
+
+def _step_scan(cfg: Settings, st: BatchState) -> None:
+    zone3a = cfg.ssd.zone_path("3A")
+    root = zone3a / st.batch_id
+    if not root.is_dir():
+        raise IngestError(f"batch directory {root} is gone; if it was ingested before, `hoard ingest --status "
+                          f"{st.batch_id}` says so — otherwise drop the batch again")
+    adapter = adapter_for(st.source, cfg.sources)
+    parsed, view = parse_batch(root, adapter, cfg.ingest.settle_s)
+    quarantine(zone3a, st.batch_id, parsed.rejects)
+    files = {rel: view.files[rel] for rel in sorted(parsed.claimed)}
+    atomic_write(_work(cfg, st.batch_id, "records"),
+                 json.dumps({"files": files, "records": [_rec_json(r) for r in parsed.records]}).encode())
+    st.report.update({"format": adapter.format, "files_seen": len(view.files) + sum(
+        len(r.paths) for r in parsed.rejects if r.paths and r.paths[0] not in view.files),
+        "files_accepted": len(files), "records": len(parsed.records),
+        "rejected": [{"path": display(p) if p else None, "reason": r.reason}
+                     for r in parsed.rejects for p in (r.paths or [""])],
+        "quarantine": str(zone3a / "_quarantine" / st.batch_id) if parsed.rejects else None})
+
+
+def _step_store(cfg: Settings, st: BatchState) -> None:
+    from fsd.store import Store
+
+    work = json.loads(_work(cfg, st.batch_id, "records").read_bytes())
+    root = cfg.ssd.zone_path("3A") / st.batch_id
+    rels = list(work["files"])
+    with Store.open(cfg) as store:
+        results = store.put_many([root / r for r in rels], klass="raw")
+    stored, late = {}, []
+    new = existing = bytes_new = 0
+    for rel, res in zip(rels, results):
+        if res.status == "rejected":
+            late.append((rel, res.reason))
+            continue
+        stored[rel] = (res.sha256, res.size)
+        new += res.status == "new"
+        existing += res.status == "existing"
+        bytes_new += res.size if res.status == "new" else 0
+    if late:
+        from adapters import Reject
+
+        quarantine(cfg.ssd.zone_path("3A"), st.batch_id, [Reject([rel], why) for rel, why in late])
+        st.report["rejected"] += [{"path": display(rel), "reason": why} for rel, why in late]
+    atomic_write(_work(cfg, st.batch_id, "stored"), json.dumps(stored).encode())
+    st.report.update({"stored_new": new, "stored_existing": existing, "bytes_new": bytes_new,
+                      "bytes_total": sum(size for _, size in stored.values())})
+
+
+def _step_apply(cfg: Settings, st: BatchState) -> None:
+    import psycopg
+
+    from adapters.intent import build_intent
+    from sql.intents import apply_write_intent
+    from sql.migrate import migrate
+    from sql.schema_decider import propose_if_new
+
+    records = [_rec_load(r) for r in json.loads(_work(cfg, st.batch_id, "records").read_bytes())["records"]]
+    stored = {k: tuple(v) for k, v in json.loads(_work(cfg, st.batch_id, "stored").read_bytes()).items()}
+    intent, stats = build_intent(f"ingest:{st.batch_id}", st.batch_id, st.source, records, stored,
+                                 dt.datetime.fromisoformat(st.signalled))
+    with psycopg.connect(cfg.database_url, autocommit=True) as conn:
+        migrate(conn)
+        res = apply_write_intent(conn, intent)
+        prop = propose_if_new(conn, st.source, [r.specific for r in records[:128]])
+    st.report.update({"metadata_rows": len(intent["metadata"]), "edges": stats.edges,
+                      "virtual_assets": stats.virtual, "nodes": len(intent["nodes"]),
+                      "records_skipped": stats.skipped_records, "database": res.counts,
+                      "intent": res.key, "intent_was_applied_before": res.noop})
+    if prop:
+        st.report["schema_proposal"] = prop.proposal_id
+
+
+def _step_package(cfg: Settings, st: BatchState) -> None:
+    from fsd.health import zone_status
+    from fsd.store import Store
+
+    stored = {k: tuple(v) for k, v in json.loads(_work(cfg, st.batch_id, "stored").read_bytes()).items()}
+    records = json.loads(_work(cfg, st.batch_id, "records").read_bytes())["records"]
+    root = cfg.ssd.zone_path("3A") / st.batch_id
+    out = cfg.ssd.zone_path("3B") / st.batch_id
+    manifest_path = out / f"{st.batch_id}.manifest.json"
+    if not manifest_path.exists():
+        need = sum(size for _, size in stored.values()) + 1024 * (len(stored) + 10)
+        z = zone_status(cfg)["3B"]
+        have = int(z["quota_bytes"] * cfg.ssd.thresholds.deny) - z["used_bytes"]
+        if need > have:
+            raise HoardError(
+                f"zone 3B has room for {max(have, 0) / 1e6:.0f} MB below its deny threshold, the package of "
+                f"{st.batch_id} needs {need / 1e6:.0f} MB; move finished packages from {out.parent} to cold "
+                f"storage (or raise ssd.zones.3B.quota_gb), then `hoard ingest --resume {st.batch_id}`. "
+                "The batch stays stored and in 3A until then.", ExitCode.NO_SPACE)
+        parts = _write_parts(root, out, st.batch_id, stored, cfg.ingest.package_part_mb << 20)
+        docs = sorted({r["doc"] for r in records if r.get("doc") and r["doc"] in stored})
+        manifest = {
+            "format": "hoardfs-batch-manifest-1", "batch_id": st.batch_id, "source": st.source,
+            "signalled": st.signalled,
+            "files": [{"path": rel, "sha256": sha, "size": size, "part": parts[rel]}
+                      for rel, (sha, size) in sorted(stored.items())],
+            "metadata_documents": [{"path": d, "sha256": stored[d][0]} for d in docs],
+            "rejected": st.report.get("rejected", []),
+            "intent": f"ingest:{st.batch_id}"}
+        body = json.dumps(manifest, indent=1, sort_keys=True).encode()
+        atomic_write(manifest_path, body)
+    body = manifest_path.read_bytes()
+    with Store.open(cfg) as store:
+        put = store.put_bytes(body, klass="raw")
+        store.register_batch(st.batch_id, {"source": st.source, "manifest": put.sha256,
+                                           "files": len(stored), "bytes": sum(s for _, s in stored.values()),
+                                           "sealed": _now()})
+    parts_n = len({p.name for p in out.glob(f"{st.batch_id}.part*.tar")})
+    st.report["package"] = {"path": str(out), "parts": parts_n, "manifest_sha256": put.sha256,
+                            "bytes": sum(p.stat().st_size for p in out.iterdir())}
+
+
+def _write_parts(root: Path, out: Path, batch_id: str, stored: dict[str, tuple[str, int]], part_bytes: int) -> dict[str, int]:
+    """Tar archives of at most `part_bytes` (a bigger file gets a part of its own), each
+    written to a temporary name, fsynced and renamed; a part already complete is kept."""
+    out.mkdir(parents=True, exist_ok=True)
+    parts: dict[str, int] = {}
+    groups: list[list[str]] = [[]]
+    size = 0
+    for rel, (_, n) in sorted(stored.items()):
+        if groups[-1] and size + n + 512 > part_bytes:
+            groups.append([])
+            size = 0
+        groups[-1].append(rel)
+        size += n + 1024
+    for no, group in enumerate(groups, 1):
+        final = out / f"{batch_id}.part{no:04d}.tar"
+        for rel in group:
+            parts[rel] = no
+        if final.exists():
+            continue
+        tmp = final.with_name(f".{final.name}.tmp")
+        with open(tmp, "wb") as fh:
+            with tarfile.open(fileobj=fh, mode="w", format=tarfile.PAX_FORMAT) as tar:
+                for rel in group:
+                    info = tar.gettarinfo(str(root / rel), arcname=rel)
+                    info.uid = info.gid = 0
+                    info.uname = info.gname = ""
+                    with open(root / rel, "rb") as src:
+                        tar.addfile(info, src)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.rename(tmp, final)
+    fsync_dir(out)
+    return parts
+
+
+def _step_finish(cfg: Settings, st: BatchState) -> None:
+    import psycopg
+
+    from fsd.store import Store
+    from sql.intents import apply_write_intent
+
+    stored = {k: tuple(v) for k, v in json.loads(_work(cfg, st.batch_id, "stored").read_bytes()).items()}
+    zone3a = cfg.ssd.zone_path("3A")
+    root = zone3a / st.batch_id
+    with Store.open(cfg, writable=False) as store:
+        short = [rel for rel, (sha, _) in stored.items() if _replicas(store, sha) < cfg.store.write_ack]
+    if short:
+        raise HoardError(f"{len(short)} files of {st.batch_id} (e.g. {short[0]}) have fewer than "
+                         f"{cfg.store.write_ack} replicas; nothing was removed from 3A — check `hoard health`, "
+                         f"then `hoard ingest --resume {st.batch_id}`", ExitCode.DATA)
+    if root.exists():
+        _empty_batch_dir(zone3a, st, stored)
+    status = Status.DONE_WITH_REJECTS if st.report.get("rejected") else Status.DONE
+    if "finished_at" not in st.report:  # fixed before the event is written: a retry sends the same intent
+        st.report["finished_at"] = _now()
+        save_state(cfg, st)
+    summary = {k: v for k, v in st.report.items() if k != "rejected"} | {
+        "rejected": len(st.report.get("rejected", [])), "status": status.value}
+    with psycopg.connect(cfg.database_url, autocommit=True) as conn:
+        apply_write_intent(conn, {"key": f"ingest:{st.batch_id}:event", "events": [{
+            "batch_id": st.batch_id, "action": 0, "status": "done", "started_at": st.signalled,
+            "ended_at": st.report["finished_at"], "detail": json.loads(json.dumps(summary, default=str))}]})
+    st.status = status.value
+    for what in ("records", "stored"):
+        _work(cfg, st.batch_id, what).unlink(missing_ok=True)
+
+
+def _replicas(store, sha_hex: str) -> int:
+    loc = store.index.lookup(bytes.fromhex(sha_hex))
+    meta = store.index.get_shard(loc.shard_id) if loc else None
+    return len(meta.replicas) if meta else 0
+
+
+def _empty_batch_dir(zone3a: Path, st: BatchState, stored: dict[str, tuple[str, int]]) -> None:
+    """Remove what was stored; anything else (a file that appeared after the scan) goes to
+    quarantine, never to the void."""
+    from adapters import Reject
+
+    root = zone3a / st.batch_id
+    extra = []
+    for dirpath, _dirs, files in os.walk(root):
+        for f in files:
+            rel = os.path.relpath(os.path.join(dirpath, f), root)
+            if rel == SIGNAL:
+                continue
+            if rel in stored and os.path.getsize(root / rel) == stored[rel][1]:
+                continue
+            extra.append(rel)
+    if extra:
+        rej = [Reject([rel], "appeared or changed after the batch was scanned; drop it in a new batch")
+               for rel in extra]
+        quarantine(zone3a, st.batch_id, rej)
+        st.report.setdefault("rejected", []).extend({"path": display(r), "reason": j.reason}
+                                                    for r, j in zip(extra, rej))
+    shutil.rmtree(root)
+    fsync_dir(zone3a)
+
+
+_STEPS = {"scan": _step_scan, "store": _step_store, "apply": _step_apply, "package": _step_package,
+          "finish": _step_finish}
+
+
+# -- records between steps ----------------------------------------------------------------
+
+def _node_json(n: File | Asset) -> list[str]:
+    return ["f", n.rel] if isinstance(n, File) else ["a", n.kind, n.id]
+
+
+def _node_load(j: list[str]) -> File | Asset:
+    return File(j[1]) if j[0] == "f" else Asset(j[1], j[2])
+
+
+def _rec_json(r: Record) -> dict[str, Any]:
+    from adapters.intent import small_raw
+
+    d = {k: getattr(r, k) for k in ("doc", "title", "view_count", "author", "user", "specific")}
+    d["raw"] = small_raw(r.raw) or {}  # the whole document is a stored file (raw_object)
+    d.update(node=_node_json(r.node), edges=[[_node_json(p), _node_json(c), rel] for p, c, rel in r.edges],
+             update_time=r.update_time.isoformat() if r.update_time else None,
+             download_time=r.download_time.isoformat() if r.download_time else None)
+    return json.loads(json.dumps(d, default=str))
+
+
+def _rec_load(d: dict[str, Any]) -> Record:
+    t = dt.datetime.fromisoformat
+    return Record(_node_load(d["node"]), doc=d["doc"], raw=d["raw"], title=d["title"], view_count=d["view_count"],
+                  update_time=t(d["update_time"]) if d["update_time"] else None,
+                  download_time=t(d["download_time"]) if d["download_time"] else None, author=d["author"],
+                  user=d["user"], specific=d["specific"],
+                  edges=[(_node_load(p), _node_load(c), rel) for p, c, rel in d["edges"]])
