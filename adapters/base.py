@@ -24,8 +24,10 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, ClassVar
 
-#: longest relative path (bytes, UTF-8) accepted inside a batch
-MAX_PATH_BYTES = 1000
+from fsd.paths import MAX_PATH_BYTES, hostile_reason
+
+__all__ = ["MAX_PATH_BYTES", "hostile_reason"]  # re-exported: adapters check names with these
+
 #: file names the framework owns, never handed to an adapter
 SIGNAL_FILES = frozenset({"_READY"})
 MEDIA_EXT = frozenset({
@@ -150,27 +152,6 @@ class BatchView:
 def short(name: str, limit: int = 80) -> str:
     """A name for a message: quoted, cut to `limit` characters."""
     return repr(name) if len(name) <= limit else repr(name[:limit]) + f"… ({len(name)} characters)"
-
-
-def hostile_reason(rel: str) -> str | None:
-    """Why a relative path from a document or a directory listing is unsafe, or None."""
-    if not rel:
-        return "an empty path"
-    if "\x00" in rel:
-        return "the path contains a NUL byte"
-    if any(ord(c) < 32 or c == "\x7f" for c in rel):
-        return "the path contains control characters"
-    try:
-        size = len(rel.encode("utf-8"))
-    except UnicodeEncodeError:
-        return "the path is not valid UTF-8"
-    if size > MAX_PATH_BYTES:
-        return f"the path is {size} bytes long; at most {MAX_PATH_BYTES} are accepted"
-    if rel.startswith("/"):
-        return "an absolute path"
-    if any(part in ("..", ".") for part in rel.split("/")) or "//" in rel:
-        return "the path climbs out of the batch (`..`) or is not normalised"
-    return None
 
 
 class Adapter:

@@ -8,6 +8,10 @@ Named databases (keys → values):
     events   time_ns u64 BE | seq → JSON {time, kind, disk, shard, detail}
     repairs  shard_id | disk uuid → JSON {reason, time}
     batches  batch id (ascii)     → JSON {source, manifest: sha256 hex, files, bytes, sealed}
+    views    view name (ascii)    → JSON {manifest: sha256 hex, files, bytes, created}
+    exts     sha256 (32 B)        → file extension seen when the object was stored (ascii, ≤ 10)
+    chunks   sha256 (32 B)        → xxh3-128 of each CHUNK_BYTES piece of a large object (16 B each),
+                                    so a reader can verify a piece without reading the whole object
 
 LMDB allows one writer at a time across processes (RQ workers, the mount daemon) and any
 number of readers. Transactions are short and never span an `await` or disk IO on the
@@ -73,7 +77,7 @@ class ShardMeta:
 class Index:
     def __init__(self, path: Path, readonly: bool = False) -> None:
         path.mkdir(parents=True, exist_ok=True)
-        self.env = lmdb.open(str(path), map_size=MAP_SIZE, max_dbs=8, readonly=readonly,
+        self.env = lmdb.open(str(path), map_size=MAP_SIZE, max_dbs=16, readonly=readonly,
                              max_readers=512, lock=True)
         self.objects = self.env.open_db(b"objects", create=not readonly)
         self.shards = self.env.open_db(b"shards", create=not readonly)
@@ -81,6 +85,9 @@ class Index:
         self.events = self.env.open_db(b"events", create=not readonly)
         self.repairs = self.env.open_db(b"repairs", create=not readonly)
         self.batches = self.env.open_db(b"batches", create=not readonly)
+        self.views = self.env.open_db(b"views", create=not readonly)
+        self.exts = self.env.open_db(b"exts", create=not readonly)
+        self.chunks = self.env.open_db(b"chunks", create=not readonly)
 
     def close(self) -> None:
         self.env.close()
@@ -120,20 +127,89 @@ class Index:
             for k, v in txn.cursor():
                 yield bytes(k), ObjectLoc(*_OBJ.unpack(v))
 
-    # -- batches (ingested, with their manifest object) ------------------------------------
+    # -- batches (ingested, with their manifest object) and views (named manifests) ---------------
     def put_batch(self, batch_id: str, info: dict[str, Any]) -> None:
-        with self.env.begin(write=True, db=self.batches) as txn:
-            txn.put(batch_id.encode(), json.dumps(info, sort_keys=True).encode())
+        self._put_json(self.batches, batch_id, info)
 
     def get_batch(self, batch_id: str) -> dict[str, Any] | None:
-        with self.env.begin(db=self.batches) as txn:
-            raw = txn.get(batch_id.encode())
+        return self._get_json(self.batches, batch_id)
+
+    def iter_batches(self) -> list[tuple[str, dict[str, Any]]]:
+        return self._all_json(self.batches)
+
+    def put_view(self, name: str, info: dict[str, Any] | None) -> None:
+        """Name a view's manifest object; None removes the view."""
+        self._put_json(self.views, name, info)
+
+    def get_view(self, name: str) -> dict[str, Any] | None:
+        return self._get_json(self.views, name)
+
+    def iter_views(self) -> list[tuple[str, dict[str, Any]]]:
+        return self._all_json(self.views)
+
+    def _put_json(self, db: Any, key: str, info: dict[str, Any] | None) -> None:
+        with self.env.begin(write=True, db=db) as txn:
+            if info is None:
+                txn.delete(key.encode())
+            else:
+                txn.put(key.encode(), json.dumps(info, sort_keys=True).encode())
+
+    def _get_json(self, db: Any, key: str) -> dict[str, Any] | None:
+        with self.env.begin(db=db) as txn:
+            raw = txn.get(key.encode())
         return json.loads(raw) if raw else None
 
-    def iter_batches(self) -> Iterator[tuple[str, dict[str, Any]]]:
-        with self.env.begin(db=self.batches) as txn:
-            items = [(bytes(k).decode(), json.loads(v)) for k, v in txn.cursor()]
-        yield from items
+    def _all_json(self, db: Any) -> list[tuple[str, dict[str, Any]]]:
+        with self.env.begin(db=db) as txn:
+            return [(bytes(k).decode(), json.loads(v)) for k, v in txn.cursor()]
+
+    # -- what readers want to know about an object: its extension, its chunk digests ------------
+    def put_exts(self, exts: dict[bytes, str]) -> None:
+        """Remember extensions (first one seen wins: the object's name never changes)."""
+        with self.env.begin(write=True, db=self.exts) as txn:
+            for sha, ext in exts.items():
+                txn.put(sha, ext.encode(), overwrite=False)
+
+    def get_ext(self, sha: bytes) -> str:
+        with self.env.begin(db=self.exts) as txn:
+            raw = txn.get(sha)
+        return bytes(raw).decode() if raw else ""
+
+    def put_chunks(self, sha: bytes, digests: bytes) -> None:
+        with self.env.begin(write=True, db=self.chunks) as txn:
+            txn.put(sha, digests, overwrite=False)
+
+    def get_chunks(self, sha: bytes) -> bytes | None:
+        with self.env.begin(db=self.chunks) as txn:
+            raw = txn.get(sha)
+        return bytes(raw) if raw else None
+
+    def used_prefixes(self, prefix: bytes) -> list[int]:
+        """Values of the byte after `prefix` that some object's sha256 has (non-empty by-hash dirs)."""
+        out = []
+        with self.env.begin(db=self.objects) as txn:
+            cur = txn.cursor()
+            nxt = 0
+            while nxt < 256 and cur.set_range(prefix + bytes([nxt])):
+                k = bytes(cur.key())
+                if not k.startswith(prefix):
+                    break
+                out.append(k[len(prefix)])
+                nxt = k[len(prefix)] + 1
+        return out
+
+    def objects_with_prefix(self, prefix: bytes, limit: int = 1 << 20) -> list[tuple[bytes, ObjectLoc]]:
+        """Objects whose sha256 starts with `prefix`, in order (a by-hash directory)."""
+        out = []
+        with self.env.begin(db=self.objects) as txn:
+            cur = txn.cursor()
+            if cur.set_range(prefix):
+                for k, v in cur:
+                    k = bytes(k)
+                    if not k.startswith(prefix) or len(out) >= limit:
+                        break
+                    out.append((k, ObjectLoc(*_OBJ.unpack(v))))
+        return out
 
     # -- shards ------------------------------------------------------------------------
     def get_shard(self, sid: bytes) -> ShardMeta | None:

@@ -88,11 +88,12 @@ class _Batch:
 
     def _add_large(self, res: PutResult, path: Path) -> None:
         try:
-            sha, digest, n, st = hash_file(path)
+            sha, digest, n, st, pieces = hash_file(path)
         except OSError as e:
             res.reason = f"cannot read {path}: {e.strerror}"
             return
         res.sha256, res.size = sha.hex(), n
+        self.store.index.put_chunks(sha, pieces)  # describes these bytes whether stored now or before
         if self._known(res, sha):
             return
         self._commit()  # the streamed record is a group of its own: a rollback touches nothing else

@@ -19,7 +19,7 @@ from fsd import shardfmt as fmt
 from fsd.config import Settings
 from fsd.disks import DiskRecord, DiskState, drop_cache, read_identity
 from fsd.index import Index, ObjectLoc, ShardMeta
-from fsd.store import BATCHES_DIR
+from fsd.store import BATCHES_DIR, VIEWS_DIR
 
 
 @dataclass
@@ -50,6 +50,7 @@ def rebuild_index(cfg: Settings) -> IndexRebuildReport:
     shards: dict[bytes, ShardMeta] = {}
     objects: dict[bytes, ObjectLoc] = {}
     batches: dict[str, dict] = {}
+    views: dict[str, dict] = {}
     try:
         for dc in cfg.disks:
             ident = read_identity(dc.path) if dc.path.is_dir() else None
@@ -76,11 +77,12 @@ def rebuild_index(cfg: Settings) -> IndexRebuildReport:
                 rep.open_shards += not meta.sealed
                 for r in records:
                     objects.setdefault(r.sha256, ObjectLoc(meta.shard_id, r.offset, r.length))
-            for pointer in sorted((dc.path / BATCHES_DIR).glob("*.json")):
-                try:
-                    batches.setdefault(pointer.stem, json.loads(pointer.read_bytes()))
-                except (OSError, ValueError) as e:
-                    rep.damaged.append(f"{pointer}: {e}")
+            for folder, found in ((BATCHES_DIR, batches), (VIEWS_DIR, views)):
+                for pointer in sorted((dc.path / folder).glob("*.json")):
+                    try:
+                        found.setdefault(pointer.stem, json.loads(pointer.read_bytes()))
+                    except (OSError, ValueError) as e:
+                        rep.damaged.append(f"{pointer}: {e}")
             index.put_disk(DiskRecord(ident["uuid"], dc.label, str(dc.path), DiskState.ACTIVE,
                                       ident.get("created", ""), used_bytes=used))
             rep.disks += 1
@@ -91,6 +93,8 @@ def rebuild_index(cfg: Settings) -> IndexRebuildReport:
             index.add_objects(items[i:i + 50_000])
         for batch_id, info in batches.items():
             index.put_batch(batch_id, info)
+        for name, info in views.items():
+            index.put_view(name, info)
         rep.shards, rep.objects, rep.batches = len(shards), len(objects), len(batches)
     finally:
         index.close()

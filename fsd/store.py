@@ -36,6 +36,8 @@ GROUP_BYTES = 32 << 20
 CHUNK = 4 << 20
 #: per disk: `<root>/batches/<batch_id>.json` names each ingested batch's manifest object
 BATCHES_DIR = "batches"
+#: per disk: `<root>/views/<name>.json` names each view's manifest object
+VIEWS_DIR = "views"
 
 
 class ObjectNotFound(HoardError):
@@ -221,7 +223,10 @@ class Store:
         from fsd.put import put_files
 
         with self.lock:
-            return put_files(self, self.writer(klass), [Path(p) for p in paths])
+            results = put_files(self, self.writer(klass), [Path(p) for p in paths])
+        self.index.put_exts({bytes.fromhex(r.sha256): ext for r in results
+                             if r.status != "rejected" and (ext := file_ext(r.path))})
+        return results
 
     def put_bytes(self, data: bytes, klass: str = "raw") -> PutResult:
         """Store one in-memory object (used for dumps, manifests, generated data)."""
@@ -234,16 +239,28 @@ class Store:
     def register_batch(self, batch_id: str, info: dict) -> None:
         """Name an ingested batch's manifest object in the index and, so that `hoard index
         rebuild` finds it again, in `batches/<batch_id>.json` on every writable disk."""
+        self._name_manifest(BATCHES_DIR, batch_id, info)
+        self.index.put_batch(batch_id, info)
+
+    def register_view(self, name: str, info: dict | None) -> None:
+        """The same for a view (`views/<name>.json`); None removes it."""
+        self._name_manifest(VIEWS_DIR, name, info)
+        self.index.put_view(name, info)
+
+    def _name_manifest(self, folder: str, name: str, info: dict | None) -> None:
         import json
 
-        from fsd.disks import atomic_write
+        from fsd.disks import atomic_write, fsync_dir
 
         doc = json.dumps(info, indent=1, sort_keys=True).encode()
         for uuid, disk in self.disks.items():
             if self.usable(uuid, for_write=True):
-                (disk.root / BATCHES_DIR).mkdir(exist_ok=True)
-                atomic_write(disk.root / BATCHES_DIR / f"{batch_id}.json", doc)
-        self.index.put_batch(batch_id, info)
+                (disk.root / folder).mkdir(exist_ok=True)
+                if info is None:
+                    (disk.root / folder / f"{name}.json").unlink(missing_ok=True)
+                    fsync_dir(disk.root / folder)
+                else:
+                    atomic_write(disk.root / folder / f"{name}.json", doc)
 
     def batch_manifest(self, batch_id: str) -> dict | None:
         """The manifest of an ingested batch (from the store, verified), or None if unknown."""
@@ -329,6 +346,12 @@ def verify_record(buf: memoryview, at: int, sha: bytes, length: int, where: str 
     return bytes(payload)
 
 
+def file_ext(name: str) -> str:
+    """The extension a file is shown with in by-hash/ (lower case, alphanumeric, ≤ 10), or ''."""
+    ext = os.path.splitext(name)[1][1:].lower()
+    return ext if ext and len(ext) <= 10 and ext.isascii() and ext.isalnum() else ""
+
+
 def _sha_bytes(hex_: str) -> bytes:
     try:
         raw = bytes.fromhex(hex_)
@@ -339,21 +362,41 @@ def _sha_bytes(hex_: str) -> bytes:
     return raw
 
 
-def hash_file(path: Path) -> tuple[bytes, bytes, int, os.stat_result]:
-    """sha256, xxh3-128, size and the stat taken before reading, streaming."""
+def hash_file(path: Path) -> tuple[bytes, bytes, int, os.stat_result, bytes]:
+    """sha256, xxh3-128, size, the stat taken before reading, and the xxh3-128 of each
+    CHUNK piece (the chunk map readers use to verify a piece of a large object), streaming."""
     import xxhash
 
     sha, xx = hashlib.sha256(), xxhash.xxh3_128()
+    pieces = []
     fd = os.open(path, os.O_RDONLY)
     try:
         st = os.fstat(fd)
         n = 0
-        while chunk := os.read(fd, CHUNK):
+        while chunk := _read_full(fd, CHUNK):
             sha.update(chunk)
             xx.update(chunk)
+            pieces.append(xxhash.xxh3_128_digest(chunk))
             n += len(chunk)
         drop_cache(fd)
     finally:
         os.close(fd)
-    return sha.digest(), xx.digest(), n, st
+    return sha.digest(), xx.digest(), n, st, b"".join(pieces)
 
+
+def chunk_map(data: bytes | memoryview) -> bytes:
+    """The chunk map of bytes in memory (same as hash_file's)."""
+    import xxhash
+
+    return b"".join(xxhash.xxh3_128_digest(data[i:i + CHUNK]) for i in range(0, len(data), CHUNK))
+
+
+def _read_full(fd: int, n: int) -> bytes:
+    parts, got = [], 0
+    while got < n:
+        b = os.read(fd, n - got)
+        if not b:
+            break
+        parts.append(b)
+        got += len(b)
+    return b"".join(parts)

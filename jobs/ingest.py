@@ -169,13 +169,14 @@ def read_signal(batch_dir: Path) -> str:
 
 
 def ready_batches(cfg: Settings) -> list[Path]:
-    """Batch directories of 3A with a `_READY` signal and no finished or queued state."""
+    """Batch directories of 3A with a `_READY` signal that were never queued (a failed one
+    waits for a person's `--resume`, so a timer does not retry it in a loop)."""
     zone3a = cfg.ssd.zone_path("3A")
     out = []
     for d in sorted(zone3a.iterdir()) if zone3a.is_dir() else []:
         if d.is_dir() and not d.name.startswith("_") and (d / SIGNAL).exists():
             st = load_state(cfg, d.name)
-            if st is None or st.status == Status.FAILED.value:
+            if st is None:
                 out.append(d)
     return out
 
@@ -197,9 +198,10 @@ def enqueue(cfg: Settings, st: BatchState, redis_conn=None) -> str:
     job_id = _job_id(st.batch_id, st.step)
     try:
         job = Job.fetch(job_id, connection=conn)
-        if job.get_status(refresh=True) in ("queued", "started", "scheduled", "deferred"):
+        status = job.get_status(refresh=True)
+        if status in ("queued", "scheduled", "deferred") or (status == "started" and _running(conn, job_id)):
             return job_id  # already waiting or running: enqueueing again would run the step twice
-        job.delete()
+        job.delete()  # finished, failed, or "started" by a worker that died (kill -9, power loss)
     except NoSuchJobError:
         pass
     Queue(QUEUE_OF[st.step], connection=conn).enqueue(
@@ -207,6 +209,29 @@ def enqueue(cfg: Settings, st: BatchState, redis_conn=None) -> str:
         job_id=job_id, job_timeout=STEP_TIMEOUT_S, result_ttl=86400, failure_ttl=30 * 86400,
         description=f"ingest {st.batch_id}: {st.step}")
     return job_id
+
+
+def _running(conn, job_id: str) -> bool:
+    """True if a live worker is executing `job_id` right now."""
+    from rq import Worker
+
+    return any(w.get_current_job_id() == job_id and _alive(w) for w in Worker.all(connection=conn))
+
+
+def _alive(worker) -> bool:
+    """A worker on this host is alive if its process is; one elsewhere while Redis keeps its
+    key (RQ lets a silent worker's key expire after its TTL)."""
+    import socket
+
+    if worker.hostname != socket.gethostname() or not worker.pid:
+        return True
+    try:
+        os.kill(worker.pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return True
 
 
 # -- the job -----------------------------------------------------------------------------

@@ -8,6 +8,8 @@ not end in `_test`, or a test Redis db equal to the working one, is refused.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import os
 import sys
 from collections.abc import Iterator
@@ -205,20 +207,26 @@ def make_files(root: Path, n: int, seed: int = 0, lo: int = 1024, hi: int = 64 *
     return flat_files(root, n, seed, lo, hi)
 
 
-@pytest.fixture
-def pg(servers) -> Iterator[psycopg.Connection]:
-    """A connection to the test database whose search_path is a fresh, empty schema (dropped after)."""
+@contextmanager
+def fresh_schema(url: str) -> Iterator[psycopg.Connection]:
+    """A connection to `url` whose search_path is a new, empty schema, dropped afterwards."""
     import uuid
 
     schema = f"t_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(servers["database_url"], autocommit=True) as admin:
+    with psycopg.connect(url, autocommit=True) as admin:
         admin.execute(f"CREATE SCHEMA {schema}")
         try:
-            with psycopg.connect(servers["database_url"], options=f"-c search_path={schema}",
-                                 autocommit=True) as conn:
+            with psycopg.connect(url, options=f"-c search_path={schema}", autocommit=True) as conn:
                 yield conn
         finally:
             admin.execute(f"DROP SCHEMA {schema} CASCADE")
+
+
+@pytest.fixture
+def pg(servers) -> Iterator[psycopg.Connection]:
+    """A connection to the test database whose search_path is a fresh, empty schema (dropped after)."""
+    with fresh_schema(servers["database_url"]) as conn:
+        yield conn
 
 
 def use_schema(home: Path, conn: psycopg.Connection) -> str:

@@ -21,7 +21,7 @@ from fsd.store import Store
 from jobs import ingest as ua1
 from jobs.queues import QUEUES
 from sql.intents import virtual_sha256
-from tests.conftest import use_schema
+from tests.conftest import fresh_schema, use_schema
 
 SPEC = Spec(seed=5, batches=3, items_per_batch=30, large_max_mb=2, ready_signal=True)
 
@@ -106,8 +106,6 @@ def _graph(conn: psycopg.Connection) -> tuple[set, set, set]:
 
 def test_batch_order_does_not_change_the_graph(tmp_path: Path, servers, redis_conn) -> None:
     """Ingesting a thread's batches A then B gives the same nodes, edges and metadata as B then A."""
-    import uuid
-
     spec = Spec(seed=9, batches=2, items_per_batch=25, sources=("forum",), large_max_mb=2, ready_signal=True,
                 repeat_fraction=0.3)
     graphs = []
@@ -115,20 +113,13 @@ def test_batch_order_does_not_change_the_graph(tmp_path: Path, servers, redis_co
         home = tmp_path / f"order{order[0]}"
         home.mkdir()
         (home / "hoard.toml").write_text(_home_toml(servers))
-        schema = f"t_{uuid.uuid4().hex[:12]}"
-        with psycopg.connect(servers["database_url"], autocommit=True) as admin:
-            admin.execute(f"CREATE SCHEMA {schema}")
-            try:
-                with psycopg.connect(servers["database_url"], options=f"-c search_path={schema}",
-                                     autocommit=True) as conn:
-                    cfg = ingest_home(home, conn)
-                    zone3a = cfg.ssd.zone_path("3A")
-                    batches = generate(zone3a, spec)
-                    for i in order:
-                        ingest_all(cfg, redis_conn, [zone3a / batches[i].batch_id])
-                    graphs.append(_graph(conn))
-            finally:
-                admin.execute(f"DROP SCHEMA {schema} CASCADE")
+        with fresh_schema(servers["database_url"]) as conn:
+            cfg = ingest_home(home, conn)
+            zone3a = cfg.ssd.zone_path("3A")
+            batches = generate(zone3a, spec)
+            for i in order:
+                ingest_all(cfg, redis_conn, [zone3a / batches[i].batch_id])
+            graphs.append(_graph(conn))
     assert graphs[0] == graphs[1]
     assert len(graphs[0][1]) > 50
     # the second batch's first post answers the first batch's last one: an edge across batches
@@ -373,3 +364,32 @@ def test_decider_heuristics() -> None:
     assert f["m"]["sql_type"] == "double precision"
     assert f["u"]["column"] is None and f["r"]["column"] is None and f["l"]["column"] is None
     assert ddl.startswith("CREATE TABLE src_demo (") and "extra jsonb" in ddl
+
+
+def test_worker_killed_mid_step_resumes(hoard_home: Path, pg, redis_conn) -> None:
+    """kill -9 of the worker while it runs a step leaves the batch `running`; `--resume` (a new
+    worker) runs the step again and the batch completes, nothing stored twice."""
+    import signal
+    import time
+
+    cfg = ingest_home(hoard_home, pg, settle_s=30)
+    zone3a = cfg.ssd.zone_path("3A")
+    batch = generate(zone3a, Spec(seed=15, batches=1, items_per_batch=20, large_max_mb=1, ready_signal=True))[0]
+    ua1.submit(cfg, zone3a / batch.batch_id, None, redis_conn)
+    hoard = [sys.executable, "-m", "fsd", "--config", str(cfg.source)]
+    worker = subprocess.Popen(hoard + ["worker", "--burst"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while ua1.load_state(cfg, batch.batch_id).status != "running" and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.3)
+    worker.send_signal(signal.SIGKILL)
+    worker.wait()
+    st = ua1.load_state(cfg, batch.batch_id)
+    assert st.status == "running" and st.step == "scan"
+    Path(cfg.source).write_text(Path(cfg.source).read_text().replace("settle_s = 30", "settle_s = 0.05"))
+    cfg = config.load(cfg.source)
+    ua1.submit(cfg, zone3a / batch.batch_id, None, redis_conn)
+    work(redis_conn)
+    st = ua1.load_state(cfg, batch.batch_id)
+    assert st.status == "done", st.error
+    assert st.report["stored_new"] + st.report["stored_existing"] == len(batch.items)

@@ -17,6 +17,7 @@ from fsd.cli import disks as _disks
 from fsd.cli import fixtures as _fixtures
 from fsd.cli import index as _index
 from fsd.cli import ingest as _ingest
+from fsd.cli import mount as _mount
 from fsd.cli import rebuild as _rebuild
 from fsd.cli import store as _store
 from fsd.cli import verify as _verify
@@ -42,6 +43,7 @@ _store.register(app)
 app.command()(_verify.verify)
 app.command()(_rebuild.rebuild)
 app.command()(_ingest.ingest)
+_mount.register(app)
 _skeleton.register(app)
 
 

@@ -1,0 +1,108 @@
+"""UA_1 end to end for one generated batch of N items (media + sidecar each): items/s and the
+time of each step, against copying the same batch durably to two disks by hand (`cp -r` +
+sync per file: stores the bytes twice but parses nothing, writes no database, packs nothing).
+
+    python bench/ua1_ingest.py [--items 20000] [--profile lab4|unthrottled]
+
+Runs on lab disks (root, loop devices, blkio; direct IO so writes are really throttled),
+zone 3A/3B on this machine's disk, and the test PostgreSQL + Redis of ./hoard.toml (`make
+test` starts them) in a fresh schema that is dropped afterwards. The steps run in this
+process through RQ (`SimpleWorker`), as `hoard ingest --here` does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import psycopg
+from _common import LAB4, REPO, Lab, drop_caches, report, timed
+
+from adapters.synth import Spec, generate
+from fsd import config
+from fsd.store import Store
+from jobs import ingest as ua1
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--items", type=int, default=20000)
+    ap.add_argument("--profile", choices=["lab4", "unthrottled"], default="lab4")
+    args = ap.parse_args()
+    repo_cfg = config.load(REPO / "hoard.toml")
+    work = Path(tempfile.mkdtemp(prefix="hoard-bench-ua1-", dir="/var/tmp"))
+    schema = f"bench_{uuid.uuid4().hex[:8]}"
+    t: dict[str, float] = {}
+    with psycopg.connect(repo_cfg.test_database_url, autocommit=True) as admin, \
+            Lab(LAB4, throttle=args.profile == "lab4", direct_io=True) as lab:
+        admin.execute(f"CREATE SCHEMA {schema}")
+        try:
+            url = psycopg.conninfo.make_conninfo(repo_cfg.test_database_url, options=f"-c search_path={schema}")
+            cfg = _config(work, lab, url, repo_cfg.test_redis_url)
+            import redis
+
+            redis.Redis.from_url(repo_cfg.test_redis_url).flushdb()  # the tests' Redis db: no stale jobs
+            zone3a = cfg.ssd.zone_path("3A")
+            spec = Spec(seed=20, batches=1, items_per_batch=args.items, sources=("gallery",), large_fraction=0.0,
+                        repeat_fraction=0.0, crop_fraction=0.0, ready_signal=True)
+            with timed(t, "generate"):
+                batch = generate(work / "gen", spec)[0]
+            files = len(batch.items)
+            mb = sum(i.size for i in batch.items) / 1e6
+            shutil.copytree(work / "gen" / batch.batch_id, zone3a / batch.batch_id)
+            a, b = (lab.disks[x].mountpoint for x in ("lab1", "lab2"))
+            with lab.throttled():
+                drop_caches()
+                with timed(t, "ua1"):
+                    ua1.submit(cfg, zone3a / batch.batch_id, None)
+                    ua1.work_here(cfg)
+                st = ua1.load_state(cfg, batch.batch_id)
+                assert st.status == "done", st.error
+                src = work / "gen" / batch.batch_id
+                drop_caches()
+                with timed(t, "cp_durable"):
+                    for dst in (a / "by-hand", b / "by-hand"):
+                        subprocess.run(["cp", "-r", str(src), str(dst)], check=True)
+                        subprocess.run(f"find {dst} -type f -exec sync -d {{}} +", shell=True, check=True)
+        finally:
+            admin.execute(f"DROP SCHEMA {schema} CASCADE")
+    n = args.items
+    rows = [("batch", f"{n} items = {files} files (media + sidecar), {mb:.0f} MB, profile {args.profile}"),
+            ("UA_1 end to end", f"{t['ua1']:7.2f} s  {n / t['ua1']:7.0f} items/s  {files / t['ua1']:7.0f} files/s"),
+            ("  of which", ", ".join(f"{k} {v:.2f} s" for k, v in st.seconds.items())),
+            ("  queueing + RQ", f"{t['ua1'] - sum(st.seconds.values()):.2f} s"),
+            ("cp -r + sync to 2 disks", f"{t['cp_durable']:7.2f} s  {n / t['cp_durable']:7.0f} items/s"),
+            ("UA_1 vs durable cp", f"{t['cp_durable'] / t['ua1']:.2f}x (UA_1 also parses, writes PostgreSQL, "
+                                   "packs 3B, empties 3A)")]
+    report("UA_1 ingest of one batch", rows, {"items": n, "files": files, "mb": round(mb, 1),
+                                              "profile": args.profile, "steps": st.seconds,
+                                              **{k: round(v, 3) for k, v in t.items()}})
+    shutil.rmtree(work, ignore_errors=True)
+
+
+def _config(work: Path, lab: Lab, url: str, redis_url: str) -> config.Settings:
+    disks = "".join(f'[[disks]]\nlabel = "{k}"\npath = "{d.mountpoint}"\nread_mb_s = {d.profile.read_mbps}\n'
+                    for k, d in lab.disks.items())
+    zones = "".join(f"[ssd.zones.{z}]\nquota_gb = 50\n" for z in ("3A", "3B", "3C", "3D"))
+    path = work / "hoard.toml"
+    path.write_text(f"database_url = {json.dumps(url)}\nredis_url = {json.dumps(redis_url)}\n"
+                    "[store]\nshard_size_mb = 256\ncopy_of_raw = 2\nwrite_ack = 2\n"
+                    "[ingest]\nsettle_s = 1.0\npackage_part_mb = 4096\n[sources]\ngallery = \"gallery_dl\"\n"
+                    f"{disks}[ssd]\nroot = \"{work / 'ssd'}\"\n{zones}")
+    cfg = config.load(path)
+    for z in cfg.ssd.zones:
+        cfg.ssd.zone_path(z).mkdir(parents=True, exist_ok=True)
+    Store.open(cfg, init=True).close()
+    return cfg
+
+
+if __name__ == "__main__":
+    t0 = time.monotonic()
+    main()
+    print(f"(benchmark took {time.monotonic() - t0:.0f} s)")

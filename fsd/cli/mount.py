@@ -1,0 +1,118 @@
+"""`hoard mount`, `hoard umount`, `hoard view …`: browse the store with ordinary tools."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from fsd.cli._common import out, state
+from fsd.errors import ExitCode, HoardError
+
+view_app = typer.Typer(help="Named views: a manifest of path → sha256 shown under <mount>/views/NAME.",
+                       no_args_is_help=True)
+
+
+def mount(
+    ctx: typer.Context,
+    mountpoint: Annotated[Path, typer.Argument(help="an empty directory")],
+    foreground: Annotated[bool, typer.Option("--foreground", "-f", help="stay attached (systemd, debugging)")] = False,
+    debug: Annotated[bool, typer.Option(help="log every FUSE request")] = False,
+    log_file: Annotated[Optional[Path], typer.Option(help="background mode: log here (default <ssd.root>/mount.log)")] = None,
+) -> None:
+    """Mount the store read-only: by-hash/, batches/, sources/, views/, .hoard/health, inbox → 3A."""
+    import logging
+
+    from fsd.mount import run_mount
+
+    cfg = state(ctx).settings
+    if foreground:
+        logging.basicConfig(level=logging.DEBUG if debug else logging.INFO,
+                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        run_mount(cfg, mountpoint, debug)
+        return
+    log_path = log_file or cfg.ssd.root / "mount.log"
+    cmd = [sys.executable, "-m", "fsd"] + (["--config", str(cfg.source)] if cfg.source else []) + [
+        "mount", "--foreground", str(mountpoint)] + (["--debug"] if debug else [])
+    with open(log_path, "ab") as logf:
+        child = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                 start_new_session=True)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if os.path.ismount(mountpoint):
+            out.print(f"mounted at {mountpoint} (pid {child.pid}, log {log_path}); `hoard umount {mountpoint}` "
+                      "to unmount")
+            return
+        if child.poll() is not None:
+            tail = log_path.read_text(errors="replace").strip().splitlines()[-1:] if log_path.exists() else []
+            raise HoardError(f"the mount daemon exited with {child.returncode}: {tail[0] if tail else ''} "
+                             f"(log: {log_path})", ExitCode.UNAVAILABLE)
+        time.sleep(0.05)
+    raise HoardError(f"{mountpoint} did not appear within 30 s; see {log_path}", ExitCode.UNAVAILABLE)
+
+
+def umount(
+    mountpoint: Annotated[Path, typer.Argument()],
+    lazy: Annotated[bool, typer.Option("--lazy", "-z", help="detach now even if files are open")] = False,
+) -> None:
+    """Unmount a hoard mount (fusermount3 -u; --lazy when readers are still busy)."""
+    if not os.path.ismount(mountpoint):
+        raise HoardError(f"{mountpoint} is not mounted", ExitCode.USAGE)
+    r = subprocess.run(["fusermount3", "-u"] + (["-z"] if lazy else []) + [str(mountpoint)],
+                       capture_output=True, text=True)
+    if r.returncode != 0:
+        raise HoardError(f"fusermount3: {r.stderr.strip()}" + ("" if lazy else "; if a reader keeps it busy, "
+                         f"`hoard umount --lazy {mountpoint}`"), ExitCode.UNAVAILABLE)
+    out.print(f"unmounted {mountpoint}")
+
+
+@view_app.command("add")
+def view_add(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="letters, digits, . _ -")],
+    manifest: Annotated[Path, typer.Argument(help="JSON {\"files\": [{\"path\", \"sha256\"}]} or lines `SHA256  PATH`")],
+) -> None:
+    """Define (or replace) a view: the manifest is checked and stored in the store itself."""
+    from fsd.store import Store
+    from fsd.views import define_view
+
+    with Store.open(state(ctx).settings) as store:
+        info = define_view(store, name, manifest.read_bytes())
+    out.print(f"view {name}: {info['files']} files, {info['bytes'] / 1e6:.1f} MB → <mount>/views/{name}/")
+
+
+@view_app.command("list")
+def view_list(ctx: typer.Context, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """The defined views."""
+    from fsd.index import Index
+
+    index = Index(state(ctx).settings.index_dir)
+    views = index.iter_views()
+    index.close()
+    if as_json:
+        out.print(json.dumps(dict(views)))
+    for name, info in views:
+        out.print(f"{name}: {info['files']} files, {info['bytes'] / 1e6:.1f} MB, created {info['created']}")
+
+
+@view_app.command("rm")
+def view_rm(ctx: typer.Context, name: str) -> None:
+    """Remove a view (its files stay in the store)."""
+    from fsd.store import Store
+    from fsd.views import remove_view
+
+    with Store.open(state(ctx).settings, writable=False) as store:
+        remove_view(store, name)
+    out.print(f"view {name} removed")
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(mount)
+    app.command()(umount)
+    app.add_typer(view_app, name="view")

@@ -1,0 +1,191 @@
+"""The pyfuse3 operations: each a debug log, a guard, a helper; errno only here.
+
+How the daemon uses trio: every handler runs on the one trio thread. Handlers never do
+HDD IO themselves — listings come from LMDB (short read transactions, never held across an
+`await`), and object bytes come from `Reader`, whose per-disk threads fill buffers; a
+handler awaits a buffer only when it is not ready yet (a trio Event set from the thread),
+so a sequential reader costs no thread hop per request. The mount is read-only (EROFS);
+`inbox` is a symlink into zone 3A, so writes there bypass FUSE altogether.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import stat
+from dataclasses import dataclass
+
+import pyfuse3
+
+from fsd.mount.namespace import ROOT, Namespace, Node
+from fsd.mount.reader import SMALL_MAX, ReadFailed, Reader
+
+log = logging.getLogger(__name__)
+
+#: content never changes: the kernel may keep names and attributes (S3QL uses 3600 s too)
+ENTRY_TIMEOUT = 3600
+#: directories that grow (batches/, sources/, views/, by-hash leaves) are re-checked this often
+LISTING_TIMEOUT = 5
+
+
+@dataclass
+class _Open:
+    node: Node
+    data: bytes | None = None  # small objects and .hoard/health: whole, verified
+    stream: object | None = None  # large objects: read-ahead state
+
+
+class HoardOps(pyfuse3.Operations):
+    enable_writeback_cache = False
+
+    def __init__(self, ns: Namespace, reader: Reader) -> None:
+        super().__init__()
+        self.ns, self.reader = ns, reader
+        self.handles: dict[int, _Open] = {}
+        self.dir_handles: dict[int, list] = {}
+        self.next_fh = 1
+        self.failsafe = False
+
+    # -- attributes ------------------------------------------------------------------------------
+    def _attr(self, n: Node) -> pyfuse3.EntryAttributes:
+        a = pyfuse3.EntryAttributes()
+        a.st_ino = n.inode
+        a.st_mode = n.mode
+        a.st_nlink = 2 if stat.S_ISDIR(n.mode) else 1
+        a.st_uid = a.st_gid = 0
+        a.st_size = len(self.ns.health_text()) if n.key == ("health",) else n.size
+        a.st_blksize = 1 << 20
+        a.st_blocks = (a.st_size + 511) // 512
+        a.st_atime_ns = a.st_mtime_ns = a.st_ctime_ns = n.mtime_ns
+        growing = stat.S_ISDIR(n.mode) and n.key[1] in ("root", "batches", "sources", "source", "views", "hash2")
+        a.entry_timeout = LISTING_TIMEOUT if growing or n.key == ("health",) else ENTRY_TIMEOUT
+        a.attr_timeout = 0 if n.key == ("health",) else a.entry_timeout
+        a.generation = 0
+        return a
+
+    def _get(self, inode: int) -> Node:
+        n = self.ns.nodes.get(inode)
+        if n is None:
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        return n
+
+    async def getattr(self, inode, ctx=None):
+        log.debug("getattr %d", inode)
+        return self._attr(self._get(inode))
+
+    async def lookup(self, parent_inode, name, ctx=None):
+        log.debug("lookup %d %r", parent_inode, name)
+        parent = self._get(parent_inode)
+        if not stat.S_ISDIR(parent.mode):
+            raise pyfuse3.FUSEError(errno.ENOTDIR)
+        if name == b".":
+            node = parent
+        else:
+            node = self.ns.lookup(parent, name)
+        if node is None:
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        node.lookups += 1
+        return self._attr(node)
+
+    async def forget(self, inode_list):
+        for inode, count in inode_list:
+            self.ns.forget(inode, count)
+
+    async def readlink(self, inode, ctx):
+        n = self._get(inode)
+        if n.key[0] != "link":
+            raise pyfuse3.FUSEError(errno.EINVAL)
+        return os.fsencode(n.key[1])
+
+    async def statfs(self, ctx):
+        s = pyfuse3.StatvfsData()
+        total = free = 0
+        for d in self.reader.store.disks.values():
+            try:
+                total += d.total_bytes()
+                free += d.free_bytes(0)
+            except OSError:
+                continue
+        s.f_bsize = s.f_frsize = 1 << 20
+        s.f_blocks, s.f_bfree, s.f_bavail = total >> 20, free >> 20, free >> 20
+        s.f_files = s.f_ffree = s.f_favail = 0
+        s.f_namemax = 255
+        return s
+
+    # -- directories ---------------------------------------------------------------------------
+    async def opendir(self, inode, ctx):
+        log.debug("opendir %d", inode)
+        n = self._get(inode)
+        if not stat.S_ISDIR(n.mode):
+            raise pyfuse3.FUSEError(errno.ENOTDIR)
+        fh = self.next_fh
+        self.next_fh += 1
+        self.dir_handles[fh] = self.ns.children(n)  # one snapshot per opendir: offsets stay stable
+        return fh
+
+    async def readdir(self, fh, start_id, token):
+        entries = self.dir_handles.get(fh)
+        if entries is None:
+            raise pyfuse3.FUSEError(errno.EBADF)
+        for i in range(start_id, len(entries)):
+            name, node = entries[i]
+            if not pyfuse3.readdir_reply(token, name, self._attr(node), i + 1):
+                return
+            node.lookups += 1
+
+    async def releasedir(self, fh):
+        self.dir_handles.pop(fh, None)
+
+    # -- files ------------------------------------------------------------------------------------
+    async def open(self, inode, flags, ctx):
+        log.debug("open %d", inode)
+        n = self._get(inode)
+        if flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND):
+            raise pyfuse3.FUSEError(errno.EROFS)
+        if stat.S_ISDIR(n.mode):
+            raise pyfuse3.FUSEError(errno.EISDIR)
+        h = _Open(n)
+        if n.key == ("health",):
+            h.data = self.ns.health_text()
+        elif n.size <= SMALL_MAX:
+            h.data = await self._verified(self.reader.read_small(n.sha))
+        else:
+            h.stream = self.reader.open_stream(n.sha, n.size)
+        fh = self.next_fh
+        self.next_fh += 1
+        self.handles[fh] = h
+        # content never changes: the page cache may keep it; health is regenerated per open
+        return pyfuse3.FileInfo(fh=fh, keep_cache=n.key != ("health",), direct_io=n.key == ("health",))
+
+    async def read(self, fh, off, size):
+        h = self.handles.get(fh)
+        if h is None:
+            raise pyfuse3.FUSEError(errno.EBADF)
+        if h.data is not None:
+            return h.data[off:off + size]
+        return await self._verified(self.reader.read_stream(h.stream, off, size))
+
+    async def release(self, fh):
+        h = self.handles.pop(fh, None)
+        if h is not None and h.stream is not None:
+            for fut in h.stream.pieces.values():
+                fut.cancel()
+
+    async def _verified(self, coro):
+        try:
+            return await coro
+        except ReadFailed as e:
+            log.error("mount: %s", e)
+            raise pyfuse3.FUSEError(errno.EIO) from None
+
+    # -- everything that would change the tree ------------------------------------------------
+    async def _readonly(self, *args, **kwargs):
+        raise pyfuse3.FUSEError(errno.EROFS)
+
+    setattr = mknod = mkdir = unlink = rmdir = symlink = rename = link = create = write = _readonly
+    setxattr = removexattr = _readonly
+
+
+def root_node(ns: Namespace) -> Node:
+    return ns.nodes[ROOT]

@@ -1,0 +1,218 @@
+"""Verified reads for the mount, on per-disk threads, bridged to trio without a hop per request.
+
+* Small objects (≤ `SMALL_MAX`): the shard bytes around the record are read in
+  `BLOCK`-sized, shard-aligned blocks into an LRU block cache — neighbours stored in the
+  same shard (a batch's files, usually) then come from memory. The record is checked
+  (header, xxh3-128, sha256) before a byte is served; the whole object is kept with the
+  open file.
+* Large objects: `CHUNK` pieces read ahead (`READ_AHEAD` pieces) on the disk's threads,
+  each checked against the object's chunk map (xxh3-128 per piece, recorded when it was
+  stored) before it is served. Without a chunk map, the object is read and sha256-checked
+  once in full, and the map is recorded for next time.
+
+A piece that fails (EIO, mismatch) is read from the next replica; the disk answering EIO
+is marked failed (as everywhere in the store). Only when no replica is good does the
+caller get `ReadFailed` (→ EIO). Each disk has `THREADS_PER_DISK` threads: a slow disk
+slows only the files on it.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import errno
+import hashlib
+import logging
+import os
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+import trio
+import xxhash
+
+from fsd import shardfmt as fmt
+from fsd.store import CHUNK, STREAM_THRESHOLD, Store, chunk_map, verify_record
+
+log = logging.getLogger(__name__)
+
+BLOCK = 4 << 20
+SMALL_MAX = STREAM_THRESHOLD
+READ_AHEAD = 4
+THREADS_PER_DISK = 2
+CACHE_BYTES = 256 << 20
+
+
+class ReadFailed(Exception):
+    """No replica gave good bytes."""
+
+
+@dataclass
+class _Stream:
+    """Read-ahead state of one open large object."""
+
+    sha: bytes
+    size: int
+    pieces: dict[int, cf.Future] = field(default_factory=dict)
+    chunk_digests: bytes | None = None
+
+
+class Reader:
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.pools = {u: cf.ThreadPoolExecutor(THREADS_PER_DISK, thread_name_prefix=f"read-{d.label}")
+                      for u, d in store.disks.items()}
+        self.blocks: OrderedDict[tuple[bytes, int], bytes] = OrderedDict()
+        self.cached = 0
+        self.lock = threading.Lock()
+        self.token: trio.lowlevel.TrioToken | None = None
+
+    def close(self) -> None:
+        for p in self.pools.values():
+            p.shutdown(wait=False, cancel_futures=True)
+
+    # -- trio bridge: wait for a future without a thread hop when it is already done ----------
+    async def wait(self, fut: cf.Future):
+        if not fut.done():
+            if self.token is None:
+                self.token = trio.lowlevel.current_trio_token()
+            event = trio.Event()
+            token = self.token
+            fut.add_done_callback(lambda _f: token.run_sync_soon(event.set))
+            await event.wait()
+        return fut.result()
+
+    def submit(self, disk_uuid: str, fn, *args) -> cf.Future:
+        return self.pools[disk_uuid].submit(fn, *args)
+
+    # -- small objects -------------------------------------------------------------------------
+    async def read_small(self, sha: bytes) -> bytes:
+        """The whole (small) object, verified."""
+        return await self.wait(self._first_disk_pool(sha).submit(self._small_sync, sha))
+
+    def _first_disk_pool(self, sha: bytes) -> cf.ThreadPoolExecutor:
+        loc = self.store.index.lookup(sha)
+        meta = self.store.index.get_shard(loc.shard_id) if loc else None
+        order = self.store.replica_order(meta) if meta else []
+        return self.pools[order[0].uuid] if order else next(iter(self.pools.values()))
+
+    def _small_sync(self, sha: bytes) -> bytes:
+        loc = self.store.index.lookup(sha)
+        if loc is None:
+            raise ReadFailed(f"object {sha.hex()} is no longer in the index")
+        meta = self.store.index.get_shard(loc.shard_id)
+        start = loc.offset - fmt.RECORD_HEADER_SIZE
+        end = loc.offset + loc.length
+        tried = []
+        for disk in self.store.replica_order(meta) if meta else []:
+            try:
+                buf = self._span(disk, meta.hex, loc.shard_id, start, end)
+                data = verify_record(memoryview(buf), 0, sha, loc.length, f" (shard {meta.hex} on {disk.label})")
+                if hashlib.sha256(data).digest() != sha:
+                    raise fmt.ShardFormatError(f"sha256 mismatch in shard {meta.hex} on {disk.label}")
+                return data
+            except (OSError, fmt.ShardFormatError) as e:
+                self._evict(loc.shard_id, start, end)
+                tried.append(f"{disk.label}: {getattr(e, 'strerror', None) or e}")
+                self._bad_replica(disk, meta, e)
+        raise ReadFailed(f"object {sha.hex()}: no good replica ({'; '.join(tried) or 'none usable'})")
+
+    def _span(self, disk, shard_hex: str, sid: bytes, start: int, end: int) -> bytes:
+        first, last = start // BLOCK, (end - 1) // BLOCK
+        parts = []
+        fd = None
+        try:
+            for b in range(first, last + 1):
+                with self.lock:
+                    blk = self.blocks.get((sid, b))
+                    if blk is not None:
+                        self.blocks.move_to_end((sid, b))
+                if blk is None:
+                    if fd is None:
+                        fd = os.open(disk.find(shard_hex), os.O_RDONLY)
+                    blk = os.pread(fd, BLOCK, b * BLOCK)
+                    self._keep((sid, b), blk)
+                parts.append(blk)
+        finally:
+            if fd is not None:
+                os.close(fd)
+        joined = parts[0] if len(parts) == 1 else b"".join(parts)
+        lo = start - first * BLOCK
+        return joined[lo:lo + (end - start)]
+
+    def _keep(self, key: tuple[bytes, int], blk: bytes) -> None:
+        with self.lock:
+            if key in self.blocks:
+                return
+            self.blocks[key] = blk
+            self.cached += len(blk)
+            while self.cached > CACHE_BYTES:
+                _, old = self.blocks.popitem(last=False)
+                self.cached -= len(old)
+
+    def _evict(self, sid: bytes, start: int, end: int) -> None:
+        with self.lock:
+            for b in range(start // BLOCK, (end - 1) // BLOCK + 1):
+                old = self.blocks.pop((sid, b), None)
+                if old is not None:
+                    self.cached -= len(old)
+
+    def _bad_replica(self, disk, meta, e: Exception) -> None:
+        log.warning("mount: replica of shard %s on %s unreadable: %s; trying another", meta.hex, disk.label, e)
+        if isinstance(e, OSError) and e.errno in (errno.EIO, errno.EBADMSG):
+            e = OSError(errno.EIO, e.strerror or "I/O error")
+        self.store.disk_error(disk, "read", e, meta.hex)
+        self.store.index.queue_repair(meta.shard_id, disk.uuid, str(e))
+
+    # -- large objects -------------------------------------------------------------------------
+    def open_stream(self, sha: bytes, size: int) -> _Stream:
+        return _Stream(sha, size, chunk_digests=self.store.index.get_chunks(sha))
+
+    async def read_stream(self, st: _Stream, off: int, size: int) -> bytes:
+        if st.chunk_digests is None:
+            await self.wait(self._first_disk_pool(st.sha).submit(self._learn_chunks, st))
+        end = min(off + size, st.size)
+        if off >= end:
+            return b""
+        first, last = off // CHUNK, (end - 1) // CHUNK
+        for i in range(first, min(last + READ_AHEAD, (st.size - 1) // CHUNK) + 1):
+            if i not in st.pieces:
+                st.pieces[i] = self._first_disk_pool(st.sha).submit(self._piece_sync, st, i)
+        for i in [k for k in st.pieces if k < first - 1]:  # keep one piece behind for small re-reads
+            st.pieces.pop(i).cancel()
+        out = []
+        for i in range(first, last + 1):
+            piece = await self.wait(st.pieces[i])
+            lo = max(off - i * CHUNK, 0)
+            hi = min(end - i * CHUNK, len(piece))
+            out.append(piece[lo:hi])
+        return out[0] if len(out) == 1 else b"".join(out)
+
+    def _piece_sync(self, st: _Stream, i: int) -> bytes:
+        loc = self.store.index.lookup(st.sha)
+        if loc is None:
+            raise ReadFailed(f"object {st.sha.hex()} is no longer in the index")
+        meta = self.store.index.get_shard(loc.shard_id)
+        length = min(CHUNK, st.size - i * CHUNK)
+        want = st.chunk_digests[i * 16:(i + 1) * 16]
+        tried = []
+        for disk in self.store.replica_order(meta) if meta else []:
+            try:
+                fd = os.open(disk.find(meta.hex), os.O_RDONLY)
+                try:
+                    piece = os.pread(fd, length, loc.offset + i * CHUNK)
+                finally:
+                    os.close(fd)
+                if len(piece) != length or xxhash.xxh3_128_digest(piece) != want:
+                    raise fmt.ShardFormatError(f"piece {i} of {st.sha.hex()[:12]}… does not match its chunk map")
+                return piece
+            except (OSError, fmt.ShardFormatError) as e:
+                tried.append(f"{disk.label}: {getattr(e, 'strerror', None) or e}")
+                self._bad_replica(disk, meta, e)
+        raise ReadFailed(f"object {st.sha.hex()} piece {i}: no good replica ({'; '.join(tried) or 'none usable'})")
+
+    def _learn_chunks(self, st: _Stream) -> None:
+        """No chunk map yet (stored before maps existed, or index rebuilt): read the object once
+        in full, check its sha256, record the map."""
+        data = self.store.get(st.sha.hex())
+        st.chunk_digests = chunk_map(data)
+        self.store.index.put_chunks(st.sha, st.chunk_digests)

@@ -1,0 +1,27 @@
+"""Relative paths that name files inside a batch or a view: what is safe to accept."""
+
+from __future__ import annotations
+
+#: longest relative path (bytes, UTF-8) accepted inside a batch or a view
+MAX_PATH_BYTES = 1000
+
+
+def hostile_reason(rel: str) -> str | None:
+    """Why a relative path from a document, a listing or a view manifest is unsafe, or None."""
+    if not rel:
+        return "an empty path"
+    if "\x00" in rel:
+        return "the path contains a NUL byte"
+    if any(ord(c) < 32 or c == "\x7f" for c in rel):
+        return "the path contains control characters"
+    try:
+        size = len(rel.encode("utf-8"))
+    except UnicodeEncodeError:
+        return "the path is not valid UTF-8"
+    if size > MAX_PATH_BYTES:
+        return f"the path is {size} bytes long; at most {MAX_PATH_BYTES} are accepted"
+    if rel.startswith("/"):
+        return "an absolute path"
+    if any(part in ("..", ".") for part in rel.split("/")) or "//" in rel or rel.endswith("/"):
+        return "the path climbs out of the batch (`..`) or is not normalised"
+    return None
