@@ -1,0 +1,206 @@
+"""Reading through `hoard mount`, side by side with the same bytes read other ways, one run.
+
+    python bench/mount_read.py [--profile lab4|unthrottled] [--parts large,hot,small,entries]
+
+large   sequential read of large objects (cold caches): through the mount vs straight from
+        the shard file on the replica the mount uses vs mergerfs over the lab disks holding
+        the same files as plain files (on the same disks)
+hot     the same objects with the shard files in the page cache, through a fresh mount
+        (our daemon's CPU path, not the kernel's FUSE page cache)
+small   5,000 small files (4–64 KB) in their stored order: through the mount (a view) vs
+        one read per file of the same files as plain files on the lab disks
+entries `find` over a view of 100,000 entries (1,000 per directory) vs `find` over the same
+        tree as plain files on one lab disk
+
+Runs on lab disks (root, loop devices, blkio; direct IO); every daemon and reader is
+started inside the lab's throttled cgroup. Needs mergerfs (`apt-get install mergerfs`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+from _common import LAB4, REPO, Lab, drop_caches, lab_store, report, timed
+
+from adapters.synth import flat_files
+from fsd.put import put_payloads
+from fsd.views import define_view
+
+MB = 1 << 20
+
+
+@contextmanager
+def hoard_mounted(cfg_path: Path, mnt: Path):
+    mnt.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.Popen([sys.executable, "-m", "fsd", "--config", str(cfg_path), "mount", "--foreground",
+                             str(mnt)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=REPO)
+    _wait_mount(mnt, proc)
+    try:
+        yield
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)
+
+
+@contextmanager
+def mergerfs_mounted(branches: list[Path], mnt: Path):
+    mnt.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["mergerfs", "-o", "ro,cache.files=off,category.search=ff",
+                    ":".join(str(b) for b in branches), str(mnt)], check=True)
+    try:
+        yield
+    finally:
+        subprocess.run(["fusermount3", "-u", str(mnt)], check=True)
+
+
+def _wait_mount(mnt: Path, proc) -> None:
+    deadline = time.monotonic() + 30
+    while not os.path.ismount(mnt):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise SystemExit(f"mount at {mnt} did not come up")
+        time.sleep(0.05)
+
+
+def read_file(path: Path, bs: int = MB) -> int:
+    n = 0
+    with open(path, "rb", buffering=0) as f:
+        while chunk := f.read(bs):
+            n += len(chunk)
+    return n
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--profile", choices=["lab4", "unthrottled"], default="lab4")
+    ap.add_argument("--parts", default="large,hot,small,entries")
+    ap.add_argument("--large-n", type=int, default=6)
+    ap.add_argument("--large-mb", type=int, default=48)
+    ap.add_argument("--small", type=int, default=5000)
+    ap.add_argument("--entries", type=int, default=100_000)
+    args = ap.parse_args()
+    parts = set(args.parts.split(","))
+    work = Path(tempfile.mkdtemp(prefix="hoard-bench-mount-", dir="/var/tmp"))
+    t: dict[str, float] = {}
+    rows: list[tuple[str, str]] = []
+    with Lab(LAB4, throttle=args.profile == "lab4", direct_io=True) as lab:
+        store = lab_store(lab, work, shard_size_mb=256, copy_of_raw=2, write_ack=2)
+        cfg_path = store.cfg.source
+        large = flat_files(work / "large", args.large_n, seed=7, lo=args.large_mb * MB, hi=args.large_mb * MB)
+        small = flat_files(work / "small", args.small, seed=8) if "small" in parts else []
+        big_res = store.put_many(large)
+        small_res = store.put_many(small)
+        if small_res:
+            manifest = "".join(f"{r.sha256}  s/{Path(r.path).name}\n" for r in small_res).encode()
+            define_view(store, "bench-small", manifest)
+        entries = []
+        if "entries" in parts:
+            payloads = [(f"e{i}", f"entry {i}\n".encode()) for i in range(args.entries)]
+            entries = put_payloads(store, store.writer("generated"), payloads)
+            define_view(store, "bench-entries", "".join(
+                f"{r.sha256}  d{i // 1000:03d}/f{i:06d}.txt\n" for i, r in enumerate(entries)).encode())
+        # where the mount will read each large object: the first replica in its order
+        where = []
+        for r in big_res:
+            loc = store.index.lookup(bytes.fromhex(r.sha256))
+            meta = store.index.get_shard(loc.shard_id)
+            disk = store.replica_order(meta)[0]
+            where.append((r, disk, disk.find(meta.hex), loc))
+        store.close()
+        total_large = sum(r.size for r in big_res)
+        plain_branches = [d.mountpoint / "plain" for d in lab.disks.values()]
+        for b in plain_branches:
+            b.mkdir(exist_ok=True)
+        for r, disk, _shard, _loc in where:  # mergerfs gets each file on the disk the mount reads from
+            shutil.copyfile(r.path, disk.root / "plain" / f"{r.sha256}.bin")
+        labels = sorted(lab.disks)
+        for k, p in enumerate(small):  # plain small files spread over the disks, as mergerfs would
+            shutil.copyfile(p, lab.disks[labels[k % len(labels)]].mountpoint / "plain" / p.name)
+        os.sync()
+        mnt, mfs = work / "mnt", work / "mergerfs"
+        with lab.throttled():
+            if "large" in parts:
+                drop_caches()
+                with timed(t, "large_direct"):
+                    for _r, _disk, shard, loc in where:
+                        fd = os.open(shard, os.O_RDONLY)
+                        off, end = loc.offset, loc.offset + loc.length
+                        while off < end:
+                            off += len(os.pread(fd, min(4 * MB, end - off), off))
+                        os.close(fd)
+                drop_caches()
+                with hoard_mounted(cfg_path, mnt), timed(t, "large_mount"):
+                    for r, *_ in where:
+                        read_file(mnt / "by-hash" / r.sha256[:2] / r.sha256[2:4] / f"{r.sha256}.bin")
+                drop_caches()
+                with mergerfs_mounted(plain_branches, mfs), timed(t, "large_mergerfs"):
+                    for r, *_ in where:
+                        read_file(mfs / f"{r.sha256}.bin")
+                mb = total_large / 1e6
+                rows += [("large objects", f"{args.large_n} × {args.large_mb} MB, cold caches, profile {args.profile}")]
+                for k in ("large_direct", "large_mount", "large_mergerfs"):
+                    rows.append((f"  {k[6:]}", f"{t[k]:6.2f} s  {mb / t[k]:7.1f} MB/s"))
+                rows.append(("  mount / direct shard read", f"{t['large_direct'] / t['large_mount']:.0%}"))
+                rows.append(("  mount / mergerfs", f"{t['large_mergerfs'] / t['large_mount']:.2f}x"))
+            if "hot" in parts:
+                for _r, _disk, shard, _loc in where:  # shard bytes into the page cache
+                    read_file(shard, 4 * MB)
+                with hoard_mounted(cfg_path, mnt), timed(t, "hot_mount"):
+                    for r, *_ in where:
+                        read_file(mnt / "by-hash" / r.sha256[:2] / r.sha256[2:4] / f"{r.sha256}.bin", 128 << 10)
+                rows.append(("hot (shards in page cache)", f"{t['hot_mount']:6.2f} s  "
+                                                           f"{total_large / 1e6 / t['hot_mount']:7.1f} MB/s through the mount"))
+            if "small" in parts:
+                drop_caches()
+                with timed(t, "small_plain"):
+                    for k, p in enumerate(small):
+                        read_file(lab.disks[labels[k % len(labels)]].mountpoint / "plain" / p.name)
+                drop_caches()
+                with hoard_mounted(cfg_path, mnt), timed(t, "small_mount"):
+                    for p in small:
+                        read_file(mnt / "views" / "bench-small" / "s" / p.name)
+                rows += [("small files", f"{len(small)} files, {sum(r.size for r in small_res) / 1e6:.0f} MB, "
+                                         "cold caches, in stored order"),
+                         ("  per-file plain ext4", f"{t['small_plain']:6.2f} s  {len(small) / t['small_plain']:7.0f} files/s"),
+                         ("  through the mount", f"{t['small_mount']:6.2f} s  {len(small) / t['small_mount']:7.0f} files/s"),
+                         ("  mount vs plain", f"{t['small_plain'] / t['small_mount']:.1f}x")]
+        if "entries" in parts:
+            plain = lab.disks[labels[0]].mountpoint / "entries"
+            for i in range(len(entries)):
+                d = plain / f"d{i // 1000:03d}"
+                if i % 1000 == 0:
+                    d.mkdir(parents=True, exist_ok=True)
+                (d / f"f{i:06d}.txt").write_bytes(f"entry {i}\n".encode())
+            drop_caches()
+            with timed(t, "entries_plain"):
+                n_plain = _count(["find", str(plain)])
+            with hoard_mounted(cfg_path, mnt):
+                with timed(t, "entries_mount"):
+                    n_mount = _count(["find", str(mnt / "views" / "bench-entries")])
+                with timed(t, "entries_mount_ls"):
+                    _count(["ls", "-R", str(mnt / "views" / "bench-entries")])
+            rows += [("entries", f"{len(entries)} files in {len(entries) // 1000} directories"),
+                     ("  find, plain ext4 (cold)", f"{t['entries_plain']:6.2f} s  {n_plain / t['entries_plain']:9.0f} entries/s"),
+                     ("  find, mount", f"{t['entries_mount']:6.2f} s  {n_mount / t['entries_mount']:9.0f} entries/s"),
+                     ("  ls -R, mount", f"{t['entries_mount_ls']:6.2f} s  {n_mount / t['entries_mount_ls']:9.0f} entries/s")]
+    report("hoard mount reads", rows, {"profile": args.profile, **{k: round(v, 3) for k, v in t.items()}})
+    shutil.rmtree(work, ignore_errors=True)
+
+
+def _count(cmd: list[str]) -> int:
+    out = subprocess.run(cmd, capture_output=True, check=True).stdout
+    return out.count(b"\n")
+
+
+if __name__ == "__main__":
+    t0 = time.monotonic()
+    main()
+    print(f"(benchmark took {time.monotonic() - t0:.0f} s)")
