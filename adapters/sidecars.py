@@ -122,9 +122,11 @@ class _PairedSidecars(Adapter):
     def parse(self, batch: BatchView) -> Parsed:
         parsed = Parsed()
         stems = _stems(batch)
-        for rel in batch.by_suffix(".json"):
+        sidecars = batch.by_suffix(".json")
+        is_sidecar = set(sidecars)
+        for rel in sidecars:
             base = rel[:-5]
-            if batch.has(base) and base not in batch.by_suffix(".json"):
+            if batch.has(base) and base not in is_sidecar:
                 media = [base]
             else:
                 media = stems.get(base, [])
