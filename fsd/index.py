@@ -12,6 +12,9 @@ Named databases (keys → values):
     exts     sha256 (32 B)        → file extension seen when the object was stored (ascii, ≤ 10)
     chunks   sha256 (32 B)        → xxh3-128 of each CHUNK_BYTES piece of a large object (16 B each),
                                     so a reader can verify a piece without reading the whole object
+    hidden   sha256 (32 B)        → JSON {time, reason}: deletion type A (the mount hides it, bytes stay)
+    deleted  sha256 (32 B)        → JSON {time, reason}: deletion type B tombstone (gc frees the bytes)
+    retired  shard_id (12 B)      → JSON ShardMeta: compacted by gc, replicas still to be deleted
 
 LMDB allows one writer at a time across processes (RQ workers, the mount daemon) and any
 number of readers. Transactions are short and never span an `await` or disk IO on the
@@ -88,6 +91,9 @@ class Index:
         self.views = self.env.open_db(b"views", create=not readonly)
         self.exts = self.env.open_db(b"exts", create=not readonly)
         self.chunks = self.env.open_db(b"chunks", create=not readonly)
+        self.hidden = self.env.open_db(b"hidden", create=not readonly)
+        self.deleted = self.env.open_db(b"deleted", create=not readonly)
+        self.retired = self.env.open_db(b"retired", create=not readonly)
 
     def close(self) -> None:
         self.env.close()
@@ -128,7 +134,7 @@ class Index:
                 yield bytes(k), ObjectLoc(*_OBJ.unpack(v))
 
     # -- batches (ingested, with their manifest object) and views (named manifests) ---------------
-    def put_batch(self, batch_id: str, info: dict[str, Any]) -> None:
+    def put_batch(self, batch_id: str, info: dict[str, Any] | None) -> None:
         self._put_json(self.batches, batch_id, info)
 
     def get_batch(self, batch_id: str) -> dict[str, Any] | None:
@@ -198,6 +204,29 @@ class Index:
                 nxt = k[len(prefix)] + 1
         return out
 
+    # -- deletion marks ------------------------------------------------------------------------
+    def mark(self, db: Any, shas: Iterable[bytes], reason: str) -> int:
+        """Set a deletion mark (hidden or deleted) on objects that exist; returns how many."""
+        doc = json.dumps({"time": time.time(), "reason": reason}).encode()
+        n = 0
+        with self.env.begin(write=True) as txn:
+            for sha in shas:
+                if txn.get(sha, db=self.objects) is not None:
+                    n += txn.put(sha, doc, db=db)
+        return n
+
+    def unmark(self, db: Any, shas: Iterable[bytes]) -> int:
+        with self.env.begin(write=True, db=db) as txn:
+            return sum(bool(txn.delete(sha)) for sha in shas)
+
+    def is_marked(self, db: Any, sha: bytes) -> bool:
+        with self.env.begin(db=db) as txn:
+            return txn.get(sha) is not None
+
+    def marked(self, db: Any) -> set[bytes]:
+        with self.env.begin(db=db) as txn:
+            return {bytes(k) for k, _ in txn.cursor()}
+
     def objects_with_prefix(self, prefix: bytes, limit: int = 1 << 20) -> list[tuple[bytes, ObjectLoc]]:
         """Objects whose sha256 starts with `prefix`, in order (a by-hash directory)."""
         out = []
@@ -221,12 +250,19 @@ class Index:
         """Store shard metadata, adjusting disks' used_bytes in the same transaction."""
         with self.env.begin(write=True) as txn:
             txn.put(meta.shard_id, meta.to_json(), db=self.shards)
-            for uuid, delta in (disk_deltas or {}).items():
-                raw = txn.get(uuid.encode(), db=self.disks)
-                if raw:
-                    rec = DiskRecord.from_json(raw)
-                    rec.used_bytes = max(0, rec.used_bytes + delta)
-                    txn.put(uuid.encode(), rec.to_json(), db=self.disks)
+            self._adjust_used(txn, disk_deltas or {})
+
+    def adjust_used(self, disk_deltas: dict[str, int]) -> None:
+        with self.env.begin(write=True) as txn:
+            self._adjust_used(txn, disk_deltas)
+
+    def _adjust_used(self, txn: Any, disk_deltas: dict[str, int]) -> None:
+        for uuid, delta in disk_deltas.items():
+            raw = txn.get(uuid.encode(), db=self.disks)
+            if raw:
+                rec = DiskRecord.from_json(raw)
+                rec.used_bytes = max(0, rec.used_bytes + delta)
+                txn.put(uuid.encode(), rec.to_json(), db=self.disks)
 
     def drop_shard(self, sid: bytes) -> None:
         with self.env.begin(write=True, db=self.shards) as txn:

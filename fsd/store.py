@@ -236,9 +236,10 @@ class Store:
             return put_payloads(self, self.writer(klass), [("<bytes>", data)])[0]
 
     # -- the read path ------------------------------------------------------------------------
-    def register_batch(self, batch_id: str, info: dict) -> None:
+    def register_batch(self, batch_id: str, info: dict | None) -> None:
         """Name an ingested batch's manifest object in the index and, so that `hoard index
-        rebuild` finds it again, in `batches/<batch_id>.json` on every writable disk."""
+        rebuild` finds it again, in `batches/<batch_id>.json` on every writable disk; None
+        unregisters it (type-B deletion)."""
         self._name_manifest(BATCHES_DIR, batch_id, info)
         self.index.put_batch(batch_id, info)
 

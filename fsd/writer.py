@@ -91,6 +91,8 @@ class ShardWriter:
         self.lanes: dict[str, ThreadPoolExecutor] = {}
         self.excluded: set[str] = set()  # disks that failed for this writer
         self.committed_log: list[tuple[bytes, bool]] = []  # (sha, newly indexed) since last drain
+        self.log_written = False  # gc turns this on: it re-points the index itself
+        self.written_log: list[tuple[bytes, ObjectLoc]] = []  # (sha, where this writer put it)
 
     # -- opening and sealing -------------------------------------------------------------
     def _open(self, need: int) -> OpenShard:
@@ -250,6 +252,12 @@ class ShardWriter:
         out, self.committed_log = self.committed_log, []
         return out
 
+    def drain_written(self) -> list[tuple[bytes, ObjectLoc]]:
+        """Every record committed since the last call, with its location — also those whose
+        sha256 the index already knew (gc copies live records and re-points the index itself)."""
+        out, self.written_log = self.written_log, []
+        return out
+
     def pending_shas(self) -> set[bytes]:
         return set(self.shard.pending_set) if self.shard else set()
 
@@ -272,6 +280,8 @@ class ShardWriter:
         sh.meta.records = len(sh.records)
         added = self.store.index.add_objects([(p.sha, p.loc) for p in sh.pending], sh.meta)
         self.committed_log.extend((p.sha, a) for p, a in zip(sh.pending, added))
+        if self.log_written:
+            self.written_log.extend((p.sha, p.loc) for p in sh.pending)
         sh.pending.clear()
         sh.pending_set.clear()
 

@@ -393,3 +393,38 @@ def test_worker_killed_mid_step_resumes(hoard_home: Path, pg, redis_conn) -> Non
     st = ua1.load_state(cfg, batch.batch_id)
     assert st.status == "done", st.error
     assert st.report["stored_new"] + st.report["stored_existing"] == len(batch.items)
+
+
+def test_delete_types_through_cli(hoard_home: Path, pg, redis_conn) -> None:
+    """Type A (`--node`) hides a node in the database and the store but keeps its bytes; type B
+    (`--batch`) drops the batch's memberships, marks its unshared nodes deleted, and `hoard gc`
+    frees them while content another batch holds stays readable."""
+    from sql.selectors import query_nodes
+
+    cfg = ingest_home(hoard_home, pg)
+    zone3a = cfg.ssd.zone_path("3A")
+    batches = generate(zone3a, Spec(seed=16, batches=2, items_per_batch=30, sources=("gallery",), large_max_mb=1,
+                                    repeat_fraction=0.3, ready_signal=True))
+    ingest_all(cfg, redis_conn, [zone3a / b.batch_id for b in batches])
+    hoard = [sys.executable, "-m", "fsd", "--config", str(cfg.source)]
+    one = batches[1].items[0].sha256
+    r = subprocess.run(hoard + ["delete", "--node", one], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert pg.execute("SELECT pc.is_deleted FROM physical_content pc JOIN node n USING (node_id) "
+                      "WHERE n.sha256 = %s", [bytes.fromhex(one)]).fetchone() == (True,)
+    assert one not in query_nodes(pg, {"batches": [batches[1].batch_id]}).sha256
+    assert subprocess.run(hoard + ["get", one, "-o", str(hoard_home / "one")], capture_output=True).returncode == 0
+    first = {i.sha256 for i in batches[0].items}
+    second = {i.sha256 for i in batches[1].items}
+    r = subprocess.run(hoard + ["delete", "--batch", batches[0].batch_id, "--yes"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert f"{len(first & second)} kept" in r.stdout
+    deleted = {bytes(s).hex() for (s,) in pg.execute(
+        "SELECT n.sha256 FROM physical_content pc JOIN node n USING (node_id) WHERE pc.is_deleted")}
+    assert deleted == (first - second) | {one}
+    r = subprocess.run(hoard + ["gc", "--threshold", "0.99"], capture_output=True, text=True)
+    assert r.returncode == 0 and "freed" in r.stdout, r.stderr
+    with Store.open(cfg, writable=False) as store:
+        for sha in second:
+            assert hashlib.sha256(store.get(sha)).hexdigest() == sha
+        assert all(store.index.lookup(bytes.fromhex(s)) is None for s in first - second)

@@ -16,6 +16,7 @@ from fsd.cli import db as _db
 from fsd.cli import disks as _disks
 from fsd.cli import fixtures as _fixtures
 from fsd.cli import index as _index
+from fsd.cli import gc as _gc
 from fsd.cli import ingest as _ingest
 from fsd.cli import mount as _mount
 from fsd.cli import rebuild as _rebuild
@@ -44,6 +45,7 @@ app.command()(_verify.verify)
 app.command()(_rebuild.rebuild)
 app.command()(_ingest.ingest)
 _mount.register(app)
+_gc.register(app)
 _skeleton.register(app)
 
 

@@ -13,7 +13,6 @@ from fsd.errors import NotBuilt
 PENDING = {
     "stage": ("Stage nodes into zone 3C for a worker", "W1-F"),
     "export": ("Export a dataset layout into zone 3D", "W1-F"),
-    "gc": ("Compact shards and free the space of deleted content", "W1-B2 (issue 4)"),
     "gui": ("Serve the NiceGUI scheduler and dashboards", "a later GUI issue"),
 }
 

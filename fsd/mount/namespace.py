@@ -121,6 +121,8 @@ class Namespace:
             prefix = bytes([key[2], key[3]])
             out = []
             for sha, loc in self.index.objects_with_prefix(prefix):
+                if not self.visible(sha):
+                    continue
                 ext = self.index.get_ext(sha)
                 name = sha.hex() + (f".{ext}" if ext else "")
                 out.append((name.encode(), self.node(("file", "obj", sha), stat.S_IFREG | 0o444, loc.length, sha)))
@@ -145,6 +147,8 @@ class Namespace:
             out = []
             for child, is_dir, sha, size in tree.dirs.get(path, []):
                 sub = f"{path}/{child}" if path else child
+                if not is_dir and not self.visible(sha):
+                    continue
                 if is_dir:
                     out.append((child.encode(), self._dir(("dir", "tree", what, name, sub), tree.mtime_ns)))
                 else:
@@ -164,7 +168,7 @@ class Namespace:
             if len(sha) != 32 or sha[:2] != bytes([parent.key[2], parent.key[3]]):
                 return None
             loc = self.index.lookup(sha)
-            if loc is None:
+            if loc is None or not self.visible(sha):
                 return None
             ext = self.index.get_ext(sha)
             if name != (sha.hex() + (f".{ext}" if ext else "")).encode():
@@ -174,6 +178,10 @@ class Namespace:
             if child == name:
                 return node
         return None
+
+    def visible(self, sha: bytes) -> bool:
+        """Not deleted: type A (hidden) and type B (tombstoned) objects are not shown."""
+        return not (self.index.is_marked(self.index.hidden, sha) or self.index.is_marked(self.index.deleted, sha))
 
     def tree(self, what: str, name: str) -> Tree | None:
         """A batch's or view's manifest as a tree (cached; None if unknown)."""

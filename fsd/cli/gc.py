@@ -1,0 +1,92 @@
+"""`hoard delete` (type A: hide nodes; type B: drop a batch) and `hoard gc` (free the bytes)."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Optional
+
+import typer
+
+from fsd.cli._common import gb, out, state
+from fsd.errors import ExitCode, HoardError
+
+
+def delete(
+    ctx: typer.Context,
+    batch: Annotated[Optional[str], typer.Option("--batch", help="type B: drop this batch's references")] = None,
+    node: Annotated[Optional[list[str]], typer.Option("--node", help="type A: hide this sha256 (repeatable)")] = None,
+    reason: Annotated[str, typer.Option(help="recorded with the deletion")] = "",
+    yes: Annotated[bool, typer.Option("--yes", help="do not ask (type B)")] = False,
+) -> None:
+    """Delete: type A hides nodes (bytes stay), type B drops a batch (`hoard gc` frees the bytes).
+
+    The database is changed first, then the store; re-running after a failure is safe.
+    """
+    import psycopg
+
+    from fsd.deletion import drop_batch, hide
+    from fsd.store import Store, _sha_bytes
+    from sql import deletion as db_del
+
+    cfg = state(ctx).settings
+    if bool(batch) == bool(node):
+        raise HoardError("name either --batch ID (type B) or --node SHA256 (type A)", ExitCode.USAGE)
+    if batch and not yes:
+        typer.confirm(f"drop batch {batch}: its files no other batch or view uses will be freed by the next "
+                      "`hoard gc`. Continue?", abort=True)
+    try:
+        conn = psycopg.connect(cfg.database_url, autocommit=True, connect_timeout=10)
+    except psycopg.OperationalError as e:
+        raise HoardError(f"cannot reach the database ({str(e).strip().splitlines()[0]}); nothing was deleted",
+                         ExitCode.UNAVAILABLE) from None
+    with conn, Store.open(cfg) as store:
+        if node:
+            shas = [_sha_bytes(h) for h in node]
+            n_db = db_del.hide_nodes(conn, shas)
+            n_store = hide(store, shas, reason or "deleted (type A)")
+            out.print(f"type A: {n_db} nodes marked deleted in the database, {n_store} hidden in the store "
+                      "(bytes stay; selectors and the mount no longer show them)")
+            return
+        assert batch is not None
+        counts = db_del.drop_batch(conn, batch, reason) if _in_db(conn, batch) else {}
+        dropped, shared = drop_batch(store, batch)
+        out.print(f"type B: batch {batch} dropped: {counts.get('members', 0)} memberships and "
+                  f"{counts.get('nodes_marked_deleted', 0)} nodes marked deleted in the database; {dropped} objects "
+                  f"tombstoned, {shared} kept (another batch or view uses them). `hoard gc` frees the space.")
+
+
+def _in_db(conn, batch: str) -> bool:
+    return conn.execute("SELECT 1 FROM action_batch WHERE batch_id = %s", [batch]).fetchone() is not None
+
+
+def gc(
+    ctx: typer.Context,
+    threshold: Annotated[float, typer.Option(min=0.01, max=1.0, help="compact shards whose live share is below this")] = 0.5,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="only show which shards would be compacted")] = False,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Compact shards holding deleted objects and free their space (resumable; reserves space first)."""
+    from dataclasses import asdict
+
+    from fsd.gc import gc as run
+    from fsd.store import Store
+
+    with Store.open(state(ctx).settings) as store:
+        rep = run(store, threshold, dry_run)
+    if as_json:
+        out.print(json.dumps(asdict(rep)))
+        return
+    if dry_run:
+        for p in rep.plan:
+            out.print(f"shard {p['shard']}: {p['ratio']:.0%} live ({gb(p['live'])} of {gb(p['size'])})")
+        out.print(f"{rep.candidates} shards below {threshold:.0%} live would be compacted")
+        return
+    out.print(f"{rep.compacted} of {rep.candidates} shards compacted ({gb(rep.live_bytes_copied)} live data copied), "
+              f"{rep.objects_dropped} deleted objects dropped, {rep.replicas_deleted} replica files removed, "
+              f"{gb(rep.bytes_freed)} freed in {rep.seconds:.1f} s"
+              + (f"; {rep.kept_back} kept back (stored again meanwhile), retried next run" if rep.kept_back else ""))
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(delete)
+    app.command()(gc)

@@ -1,0 +1,171 @@
+"""Deletion (type A hide, type B drop a batch) and `hoard gc` compaction, on real files and lab disks."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from fsd import config
+from fsd.deletion import drop_batch, hide
+from fsd.gc import GcNoSpace, gc
+from fsd.store import ObjectNotFound, Store
+from tests.conftest import make_files, write_config
+
+
+def _register(store: Store, batch_id: str, results) -> None:
+    """A batch manifest the way UA_1 writes one (files with path, sha256, size)."""
+    body = json.dumps({"batch_id": batch_id, "files": [
+        {"path": Path(r.path).name, "sha256": r.sha256, "size": r.size} for r in results]}).encode()
+    put = store.put_bytes(body)
+    store.register_batch(batch_id, {"source": "test", "manifest": put.sha256, "files": len(results),
+                                    "bytes": sum(r.size for r in results)})
+
+
+def _shard_bytes(store: Store) -> int:
+    return sum(p.stat().st_size for d in store.disks.values() for p in (d.root / "shards").rglob("*.shard"))
+
+
+def _check_all(store: Store, results) -> None:
+    for r in results:
+        assert hashlib.sha256(store.get(r.sha256)).hexdigest() == r.sha256
+
+
+def test_drop_batch_then_gc_frees_only_unshared(store_factory, tmp_path: Path) -> None:
+    """Dropping batch A tombstones what only A holds; gc copies the live records, re-points the
+    index and deletes the old shards: B (sharing some of A) reads back whole, A's own files are gone."""
+    store = store_factory(n_disks=3, caps=None, shard_size_mb=1, copy_of_raw=2)
+    a = store.put_many(make_files(tmp_path / "a", 60, seed=1))
+    b = store.put_many(make_files(tmp_path / "b", 30, seed=2) + [Path(r.path) for r in a[:5]])
+    _register(store, "batch-a", a)
+    _register(store, "batch-b", b)
+    before = _shard_bytes(store)
+    dropped, shared = drop_batch(store, "batch-a")
+    assert (dropped, shared) == (56, 5)  # 55 files + the manifest; 5 files B also names
+    rep = gc(store, threshold=0.5)
+    assert rep.compacted > 0 and rep.objects_dropped == 56 and rep.kept_back == 0
+    _check_all(store, b)
+    for r in a[5:]:
+        with pytest.raises(ObjectNotFound):
+            store.get(r.sha256)
+    assert _shard_bytes(store) < before - 0.6 * sum(r.size for r in a[5:]) * 2
+    assert store.index.marked(store.index.deleted) == set() and store.index.marked(store.index.retired) == set()
+    assert store.index.get_batch("batch-a") is None
+    assert not any((d.root / "batches" / "batch-a.json").exists() for d in store.disks.values())
+    again = gc(store, threshold=0.5)
+    assert again.compacted == 0 and again.bytes_freed == 0
+
+
+def test_stored_again_after_delete_is_kept(store_factory, tmp_path: Path) -> None:
+    """A tombstoned object that is stored again before gc runs is kept (its tombstone cleared)."""
+    store = store_factory(n_disks=3, caps=None, shard_size_mb=1)
+    files = make_files(tmp_path / "a", 40, seed=3)
+    a = store.put_many(files)
+    _register(store, "batch-a", a)
+    drop_batch(store, "batch-a")
+    again = store.put_many(files[:10])
+    assert all(r.status == "existing" for r in again)
+    gc(store, threshold=0.9)
+    _check_all(store, a[:10])
+    with pytest.raises(ObjectNotFound):
+        store.get(a[20].sha256)
+
+
+def test_gc_refuses_without_room(tmp_path: Path) -> None:
+    """With too little free space to copy the live records first, gc refuses naming the sizes
+    and changes nothing."""
+    disks = [(f"d{i}", tmp_path / f"d{i}", 0.0035) for i in range(2)]
+    for _, p, _ in disks:
+        p.mkdir()
+    cfg = config.load(write_config(tmp_path, disks, shard_size_mb=1, copy_of_raw=2))
+    with Store.open(cfg, init=True) as store:
+        res = store.put_many(make_files(tmp_path / "in", 100, seed=4, lo=20_000, hi=30_000))
+        _register(store, "big", res[::2])  # every other file: each shard is half dead, half live
+        drop_batch(store, "big")
+        with pytest.raises(GcNoSpace, match=r"gc needs .* GB free on the disks"):
+            gc(store, threshold=0.9)
+        assert len(store.index.marked(store.index.deleted)) == 51
+        _check_all(store, res)
+        assert not any((d.root / "tmp" / "gc-reserve").exists() for d in store.disks.values())
+
+
+def test_type_a_hides_but_keeps_bytes(store_factory, tmp_path: Path) -> None:
+    """Type A marks objects hidden; gc does not touch them and they still read back."""
+    store = store_factory(n_disks=2, caps=None, shard_size_mb=1)
+    res = store.put_many(make_files(tmp_path / "a", 10, seed=5))
+    assert hide(store, [bytes.fromhex(res[0].sha256)], "test") == 1
+    assert gc(store, threshold=0.99).objects_dropped == 0
+    _check_all(store, res)
+
+
+def test_kill_during_gc_then_rerun(lab_factory, tmp_path: Path) -> None:
+    """kill -9 of `hoard gc` mid-way, then a second run: every live object reads back, the
+    dropped ones are gone, and statvfs shows the space free again."""
+    from tests.lab import LAB4
+
+    lab = lab_factory(LAB4[:3])
+    disks = [(k, d.mountpoint, None) for k, d in lab.disks.items()]
+    cfg_path = write_config(tmp_path, disks, allow_dirs=False, shard_size_mb=2, copy_of_raw=2, write_ack=2)
+    cfg = config.load(cfg_path)
+    with Store.open(cfg, init=True) as store:
+        files = make_files(tmp_path / "in", 900, seed=6, lo=30_000, hi=60_000)
+        res = store.put_many(files)
+        doomed, kept = [r for k, r in enumerate(res) if k % 3], res[::3]  # every shard is 1/3 live
+        _register(store, "doomed", doomed)
+        _register(store, "kept", kept)
+        drop_batch(store, "doomed")
+    free_before = sum(os.statvfs(d.mountpoint).f_bavail * os.statvfs(d.mountpoint).f_frsize
+                      for d in lab.disks.values())
+    hoard = [sys.executable, "-m", "fsd", "--config", str(cfg_path)]
+    from tests.lab import drop_caches
+
+    drop_caches()
+    proc = subprocess.Popen(lab.wrap(hoard + ["gc", "--threshold", "0.9"]), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    # kill while it copies live records: a new shard is open on some disk
+    while not any(True for d in lab.disks.values() for _ in (d.mountpoint / "shards").rglob("*.open")):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.stderr else ""
+        time.sleep(0.002)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    rerun = subprocess.run(hoard + ["gc", "--threshold", "0.9", "--json"], capture_output=True, text=True)
+    assert rerun.returncode == 0, rerun.stderr
+    with Store.open(cfg, writable=False) as store:
+        _check_all(store, kept)
+        for r in doomed[:20]:
+            with pytest.raises(ObjectNotFound):
+                store.get(r.sha256)
+        assert store.index.marked(store.index.retired) == set()
+    free_after = sum(os.statvfs(d.mountpoint).f_bavail * os.statvfs(d.mountpoint).f_frsize
+                     for d in lab.disks.values())
+    assert free_after - free_before > 0.7 * sum(r.size for r in doomed) * 2
+    assert not any((d.mountpoint / "tmp" / "gc-reserve").exists() for d in lab.disks.values())
+
+
+def test_crash_between_swap_and_delete_is_finished_next_run(store_factory, tmp_path: Path) -> None:
+    """If gc stops after the index swap but before deleting the old replicas, the next run
+    deletes them first (the retired list), and nothing the index points at is touched."""
+    from fsd import gc as gcmod
+
+    store = store_factory(n_disks=3, caps=None, shard_size_mb=1)
+    res = store.put_many(make_files(tmp_path / "a", 80, seed=8))
+    _register(store, "a", res[::2])
+    drop_batch(store, "a")
+    items = gcmod.plan(store, 0.9)
+    moved = gcmod._copy_live(store, items[0][0].klass, items, [])
+    gcmod._swap(store, items, moved)  # ... and the process dies here
+    assert store.index.marked(store.index.retired)
+    old_files = [d.root / "shards" for d in store.disks.values()]
+    before = sum(1 for root in old_files for _ in root.rglob("*.shard"))
+    rep = gc(store, threshold=0.9)
+    assert rep.replicas_deleted > 0 and store.index.marked(store.index.retired) == set()
+    assert sum(1 for root in old_files for _ in root.rglob("*.shard")) < before
+    _check_all(store, res[1::2])
