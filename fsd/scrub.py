@@ -48,13 +48,31 @@ def check_replica(disk: LocalDisk, meta: ShardMeta, sha256: bool = False) -> int
     return size
 
 
+def batch_shards(store: Store, batch_id: str) -> set[bytes]:
+    """The shards holding an ingested batch's files (and its manifest)."""
+    import json
+
+    from fsd.errors import ExitCode, HoardError
+
+    info = store.index.get_batch(batch_id)
+    if info is None:
+        raise HoardError(f"no ingested batch {batch_id!r}; `hoard ingest --status {batch_id}` says why",
+                         ExitCode.USAGE)
+    shas = [bytes.fromhex(info["manifest"])] + [
+        bytes.fromhex(f["sha256"]) for f in json.loads(store.get(info["manifest"]))["files"]]
+    return {loc.shard_id for loc in store.index.lookup_many(shas).values()}
+
+
 def verify(store: Store, sample_pct: float = 100.0, disk_label: str | None = None, sha256: bool = False,
-           repair: bool = False, budget_s: float | None = None, seed: int | None = None) -> VerifyReport:
+           repair: bool = False, budget_s: float | None = None, seed: int | None = None,
+           batch: str | None = None) -> VerifyReport:
     """Check the chosen shards' replicas, one reader thread per disk (the disks work in
-    parallel, each reading its replicas in order), then repair what is bad."""
+    parallel, each reading its replicas in order), then repair what is bad. `batch` limits
+    the check to the shards holding that ingested batch."""
     rep = VerifyReport()
     t0 = time.monotonic()
-    metas = [m for m in store.index.iter_shards() if m.sealed]
+    only = batch_shards(store, batch) if batch else None
+    metas = [m for m in store.index.iter_shards() if m.sealed and (only is None or m.shard_id in only)]
     metas.sort(key=lambda m: (m.verified or 0, m.created))  # never verified first, then the oldest
     if sample_pct < 100:
         rng = random.Random(seed)

@@ -57,3 +57,25 @@ def test_sample_and_budget(tmp_path: Path) -> None:
         rest = verify(store, budget_s=0)  # a zero budget still checks one shard: a never-verified one
         assert rest.shards == 1
         assert len({m.shard_id for m in store.index.iter_shards() if m.verified is None}) == len(never) - 1
+
+
+def test_verify_one_batch(tmp_path: Path) -> None:
+    """`--batch ID` checks only the shards that hold that batch's files (and its manifest);
+    an unknown batch is a usage error."""
+    cfg_path = str(dir_disks_config(tmp_path, 2, shard_size_mb=1))
+    cfg = config.load(cfg_path)
+    with Store.open(cfg, init=True) as store:
+        first = store.put_many(make_files(tmp_path / "a", 60, seed=1))
+        store.put_many(make_files(tmp_path / "b", 60, seed=2))
+        body = json.dumps({"files": [{"path": Path(r.path).name, "sha256": r.sha256, "size": r.size}
+                                     for r in first]}).encode()
+        store.register_batch("a", {"source": "t", "manifest": store.put_bytes(body).sha256})
+        want = {store.index.lookup(bytes.fromhex(r.sha256)).shard_id for r in first}
+        total = sum(1 for _ in store.index.iter_shards())
+    want.add(b"manifest")  # the manifest's shard (the last one written) counts too
+    out = hoard("--config", cfg_path, "verify", "--batch", "a")
+    assert out.returncode == 0, out.stderr
+    n = int(out.stdout.split(" replicas of ")[1].split()[0])
+    assert len(want) - 1 <= n <= len(want) < total
+    bad = hoard("--config", cfg_path, "verify", "--batch", "nope")
+    assert bad.returncode == 2 and "no ingested batch 'nope'" in bad.stderr

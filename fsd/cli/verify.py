@@ -17,6 +17,7 @@ def verify(
     sha256: Annotated[bool, typer.Option("--sha256", help="also recompute every payload's sha256")] = False,
     repair: Annotated[bool, typer.Option("--repair", help="replace bad replicas with good copies")] = False,
     budget_s: Annotated[Optional[float], typer.Option(help="stop after this many seconds")] = None,
+    batch: Annotated[Optional[str], typer.Option("--batch", help="only the shards holding this ingested batch")] = None,
 ) -> None:
     """Check replicas (xxh3-128, footers; --sha256 too), oldest-verified first.
 
@@ -26,7 +27,7 @@ def verify(
     from fsd.scrub import verify as run
 
     with open_store(ctx) as store:
-        rep = run(store, sample, disk, sha256, repair, budget_s)
+        rep = run(store, sample, disk, sha256, repair, budget_s, batch=batch)
     out.print(f"verified {rep.replicas} replicas of {rep.shards} shards ({rep.bytes / 1e6:.1f} MB) in "
               f"{rep.seconds:.1f} s: {len(rep.bad)} bad, {len(rep.repaired)} repaired")
     for b in rep.bad:
