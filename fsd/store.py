@@ -203,6 +203,12 @@ class Store:
             self.set_disk_state(disk.label, DiskState.FAILED,
                                 f"I/O error during {op} at {time.strftime('%Y-%m-%d %H:%M:%S')}: {detail}; "
                                 f"run `hoard rebuild --disk {disk.label}`")
+        elif getattr(err, "errno", None) == errno.EROFS and self.records[disk.uuid].state == DiskState.ACTIVE:
+            # the kernel turned the filesystem read-only after errors: readable, not writable
+            self.set_disk_state(disk.label, DiskState.DRAINING,
+                                f"its filesystem turned read-only during {op} at {time.strftime('%Y-%m-%d %H:%M:%S')} "
+                                f"(usually after write errors); copies are still read from it — replace it: "
+                                f"`hoard disks replace {disk.label} NEW`")
 
     def target(self, klass: str) -> int:
         return self.cfg.store.copy_of_raw if klass == "raw" else self.cfg.store.copy_of_generated

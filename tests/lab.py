@@ -7,8 +7,10 @@ whether buffered or O_DIRECT, writes only when O_DIRECT, because buffered writeb
 not charged to the writer's group.
 
 Faults: `fail_eio(label)` truncates the image, so the kernel answers EIO for what lies
-beyond (a dying drive); `vanish(label)` lazily unmounts it, leaving an empty directory
-(a disk that dropped off the bus). `close()` always detaches and removes everything, and
+beyond (a dying drive); `fail_writes(label)` makes the image immutable, so every write
+reaching the disk fails with EIO and ext4 soon turns read-only (a drive that stopped
+writing); `vanish(label)` lazily unmounts it, leaving an empty directory (a disk that
+dropped off the bus). `close()` always detaches and removes everything, and
 `sweep_stale()` cleans up after a lab whose process was killed.
 
 Used by tests (the `lab` fixtures in conftest.py) and by benchmarks in bench/.
@@ -166,6 +168,12 @@ class Lab:
         os.truncate(d.image, keep_mb * MB)
         drop_caches()
 
+    def fail_writes(self, label: str) -> None:
+        """Writes to the disk start failing with EIO (reads still work until ext4 gives up):
+        the image file is made immutable, so the loop driver's writes to it are refused.
+        (Truncating the image does not fail writes: the loop device just re-grows the file.)"""
+        _sh("chattr", "+i", str(self.disks[label].image))
+
     def vanish(self, label: str) -> None:
         """The disk drops off: lazy unmount, an empty directory stays behind."""
         _sh("umount", "-l", str(self.disks[label].mountpoint))
@@ -173,6 +181,7 @@ class Lab:
     # -- cleanup --------------------------------------------------------------------
     def close(self) -> None:
         for d in self.disks.values():
+            subprocess.run(["chattr", "-i", str(d.image)], capture_output=True)
             subprocess.run(["umount", "-l", str(d.mountpoint)], capture_output=True)
             subprocess.run(["losetup", "-d", d.device], capture_output=True)
         self.disks.clear()
@@ -219,6 +228,8 @@ def sweep_stale() -> list[str]:
             owner = -1
         if owner > 0 and Path(f"/proc/{owner}").exists():
             continue
+        for img in root.rglob("*.img"):
+            subprocess.run(["chattr", "-i", str(img)], capture_output=True)
         for mnt in sorted((root / "mnt").glob("*")):
             subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
         for dev in loops:

@@ -134,3 +134,29 @@ def test_disk_vanishing_mid_batch(lab_factory, tmp_path: Path) -> None:
         assert meta.sealed and len([u for u in meta.replicas if store.usable(u)]) >= 2
     assert check_store(store) == len(files)
     store.close()
+
+
+@pytest.mark.expect_log(r"disk w\d: write error", level="WARNING")
+def test_write_eio_mid_batch(lab_factory, tmp_path: Path) -> None:
+    """A disk whose writes start failing (EIO) in the middle of a batch: the batch completes on
+    the other disks, every object reads back, the disk is taken out of writing and named."""
+    lab = lab_factory([DiskProfile(f"w{i}", 400, 500, 500, 5000) for i in (1, 2, 3)])
+    store = _lab_store(lab, tmp_path, ["w1", "w2", "w3"], shard_size_mb=4)
+    files = make_files(tmp_path / "in", 600, lo=8000, hi=30000)
+    batch = _Batch(store, store.writer("raw"))
+    for p in files[:300]:
+        batch.add_file(p)
+    victim_uuid = batch.writer.shard.meta.replicas[0]
+    victim = store.disks[victim_uuid].label
+    lab.fail_writes(victim)
+    for p in files[300:]:
+        batch.add_file(p)
+    results = batch.finish()
+    assert [r.status for r in results] == ["new"] * len(files)
+    assert store.records[victim_uuid].state.value in ("failed", "draining")
+    assert victim in store.records[victim_uuid].reason or "rebuild" in store.records[victim_uuid].reason \
+        or "replace" in store.records[victim_uuid].reason
+    for p, r in zip(files, results):
+        assert store.get(r.sha256) == p.read_bytes()
+    assert check_store(store) == len(files)
+    store.close()
