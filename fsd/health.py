@@ -129,10 +129,13 @@ def collect(cfg: Settings) -> dict[str, Any]:
     else:
         from sql.migrate import available
 
-        last = db.get("last_backup")
-        if last and last["verified"] is False:
-            problems.append(f"database: the last backup failed its restore-verify ({last['verify_detail']}); "
-                            "run `hoard db backup` and `hoard db verify-backup`")
+        for kind, b in (db.get("backups") or {}).items():
+            if b["verified"] is False:
+                problems.append(f"database: the last {kind} backup failed its restore-verify ({b['verify_detail']}); "
+                                f"run `hoard db backup --type {kind}` and `hoard db verify-backup`")
+            if b["age_s"] > 8 * 86400 and kind in ("dump", "full"):
+                problems.append(f"database: the last {kind} backup is {b['age_s'] // 86400} days old; is "
+                                "hoard-backup.timer running?")
         latest = available()[-1].version
         if db["schema_version"] < latest:
             problems.append(f"database: schema version {db['schema_version']}, this hoardfs needs {latest}; "

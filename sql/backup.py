@@ -143,3 +143,36 @@ def verify_dump(url: str, store, backup_id: int | None = None, sample: int = 200
         conn.execute("UPDATE backup_log SET verified_at = now(), verify_ok = %s, verify_detail = %s WHERE backup_id = %s",
                      [ok, detail, backup_id])
     return VerifyResult(backup_id, ok, detail, time.monotonic() - t0)
+
+
+def restore_dump(url: str, store, backup_id: int | None = None) -> int:
+    """Replace the database's schema with a dump (default: the latest); returns the backup id.
+    The backup log survives: its rows are carried over from the current database."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        row = conn.execute("SELECT backup_id, encode(sha256, 'hex') FROM backup_log WHERE kind = 'dump' "
+                           + ("AND backup_id = %s " if backup_id else "") + "ORDER BY finished_at DESC LIMIT 1",
+                           [backup_id] if backup_id else []).fetchone()
+        if row is None:
+            raise HoardError("no dump recorded" + (f" with id {backup_id}" if backup_id else "")
+                             + "; `hoard db backup --type dump` makes one", ExitCode.USAGE)
+        backup_id, sha = row
+        schema = conn.execute("SELECT current_schema()").fetchone()[0]
+        saved = bytearray()  # the backup log survives the restore (text COPY round-trips exactly)
+        with conn.cursor() as cur, cur.copy("COPY backup_log TO STDOUT") as cp:
+            for chunk in cp:
+                saved += chunk
+        with tempfile.TemporaryDirectory(prefix="hoard-restore-") as tmp:
+            dump = Path(tmp) / "db.dump"
+            dump.write_bytes(store.get(sha))
+            conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(schema)))  # pg_restore recreates it
+            res = subprocess.run([which("pg_restore", "postgresql-client"), "--exit-on-error", "--no-owner",
+                                  f"--dbname={psycopg.conninfo.make_conninfo(url, options='')}", str(dump)],
+                                 capture_output=True, text=True)
+            if res.returncode != 0:
+                raise HoardError(f"pg_restore failed: {res.stderr.strip().splitlines()[-1]}; the schema {schema} "
+                                 "may be incomplete — restore again or from pgBackRest", ExitCode.DATA)
+        with conn.cursor() as cur, cur.copy("COPY backup_log FROM STDIN") as cp:
+            cp.write(bytes(saved))
+        conn.execute("SELECT setval(pg_get_serial_sequence('backup_log', 'backup_id'), "
+                     "(SELECT coalesce(max(backup_id), 1) FROM backup_log))")
+    return backup_id

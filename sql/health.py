@@ -21,15 +21,21 @@ def database_status(url: str, timeout: float = 5) -> dict[str, Any]:
             long_tx = conn.execute(
                 "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
                 "AND xact_start < now() - interval '10 minutes'").fetchone()[0]
-            last = None
+            last, per_kind = None, {}
             if conn.execute("SELECT to_regclass('backup_log') IS NOT NULL").fetchone()[0]:
+                for kind, age, size, ok, detail in conn.execute(
+                        "SELECT DISTINCT ON (kind) kind, extract(epoch FROM now() - finished_at), size_bytes, "
+                        "verify_ok, verify_detail FROM backup_log ORDER BY kind, finished_at DESC"):
+                    per_kind[kind] = {"age_s": round(float(age)), "size_bytes": size, "verified": ok,
+                                      "verify_detail": detail}
                 b = conn.execute("SELECT kind, extract(epoch FROM now() - finished_at), size_bytes, verify_ok, "
                                  "verify_detail FROM backup_log ORDER BY finished_at DESC LIMIT 1").fetchone()
                 if b:
                     last = {"kind": b[0], "age_s": round(float(b[1])), "size_bytes": b[2], "verified": b[3],
                             "verify_detail": b[4]}
             return {"ok": True, "database": row[0], "server_version": row[1], "size_bytes": row[2],
-                    "schema_version": version, "long_transactions": long_tx, "last_backup": last}
+                    "schema_version": version, "long_transactions": long_tx, "last_backup": last,
+                    "backups": per_kind}
     except psycopg.Error as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         return {"ok": False, "error": first}

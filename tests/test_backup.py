@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import psycopg
@@ -60,4 +62,28 @@ def test_cli_backup_and_verify(hoard_home: Path, pg) -> None:
     assert checked.returncode == 0 and ": OK — restored" in checked.stdout, checked.stdout + checked.stderr
     last = json.loads(hoard("--config", cfg, "health", "--json").stdout)["database"]["last_backup"]
     assert last["kind"] == "dump" and last["verified"] is True
-    assert hoard("--config", cfg, "db", "backup", "--type", "full").returncode == 9
+    full = hoard("--config", cfg, "db", "backup", "--type", "full")  # this config runs no server itself
+    assert full.returncode == 2 and "backup --setup" in full.stderr
+    setup = hoard("--config", cfg, "db", "backup", "--setup")
+    assert setup.returncode == 0 and "archive_command" in setup.stdout
+
+
+def test_restore_dump_with_confirmation(hoard_home: Path, pg) -> None:
+    """`hoard db restore --from dump` asks for the database name; a wrong answer changes nothing;
+    the right one brings back the dumped rows and keeps the backup log."""
+    cfg = use_schema(hoard_home, pg)
+    for args in (("init",), ("db", "migrate")):
+        assert hoard("--config", cfg, *args).returncode == 0
+    apply_write_intent(pg, {"key": "before", "nodes": [{"sha256": "aa" * 32, "physical": {"size": 1}}]})
+    assert hoard("--config", cfg, "db", "backup").returncode == 0
+    apply_write_intent(pg, {"key": "after", "nodes": [{"sha256": "bb" * 32, "physical": {"size": 2}}]})
+    dbname = psycopg.conninfo.conninfo_to_dict(pg.info.dsn)["dbname"]
+    wrong = subprocess.run([sys.executable, "-m", "fsd", "--config", cfg, "db", "restore", "--from", "dump"],
+                           input="nope\n", capture_output=True, text=True)
+    assert wrong.returncode == 2 and "not confirmed" in wrong.stderr
+    assert pg.execute("SELECT count(*) FROM node").fetchone() == (2,)
+    right = subprocess.run([sys.executable, "-m", "fsd", "--config", cfg, "db", "restore", "--from", "dump"],
+                           input=f"{dbname}\n", capture_output=True, text=True)
+    assert right.returncode == 0, right.stderr
+    assert pg.execute("SELECT encode(sha256, 'hex') FROM node").fetchall() == [("aa" * 32,)]
+    assert pg.execute("SELECT count(*) FROM backup_log").fetchone() == (1,)

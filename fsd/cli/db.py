@@ -1,4 +1,4 @@
-"""`hoard db …`: schema migrations and database status (backup arrives with the rest of W1-C)."""
+"""`hoard db …`: migrations, status, backups (dump and pgBackRest), restore-verify, restore, proposals."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import psycopg
 import typer
 
 from fsd.cli._common import out, state
-from fsd.errors import NotBuilt, ServiceUnavailable
+from fsd.errors import ExitCode, HoardError, ServiceUnavailable
 
-app = typer.Typer(help="The PostgreSQL database: migrate, status (backup, verify-backup, restore: W1-C).",
+app = typer.Typer(help="The PostgreSQL database: migrate, status, backup, verify-backup, restore, proposals.",
                   no_args_is_help=True)
 
 
@@ -53,36 +53,143 @@ def status(ctx: typer.Context, as_json: Annotated[bool, typer.Option("--json")] 
               ", ".join(f"{k}: {v}" for k, v in st.items()))
 
 
+def backrest_for(cfg):
+    """The pgBackRest stanza of the embedded cluster (None when hoardfs does not run the
+    server, or pgbackrest is not installed)."""
+    import os
+    import shutil
+
+    from sql.cluster import PrivateCluster
+    from sql.pgbackrest import BackRest
+
+    e = cfg.embedded
+    if e is None or not e.postgres or os.environ.get("HOARD_DATABASE_URL") or not shutil.which("pgbackrest"):
+        return None
+    cluster = PrivateCluster(e.pg_dir, e.pg_socket_dir)
+    return BackRest.for_cluster(cluster, [d.path for d in cfg.disks])
+
+
+def _cluster(cfg):
+    from sql.cluster import PrivateCluster
+
+    return PrivateCluster(cfg.embedded.pg_dir, cfg.embedded.pg_socket_dir)
+
+
+def _need_backrest(cfg):
+    br = backrest_for(cfg)
+    if br is None:
+        raise HoardError("pgBackRest runs only for the embedded cluster here; for your own server configure it as "
+                         "`hoard db backup --setup` prints, and let its own timer run the backups", ExitCode.USAGE)
+    return br
+
+
 @app.command()
 def backup(
     ctx: typer.Context,
-    kind: Annotated[str, typer.Option("--type", help="dump (pg_dump stored in S01 + copy in 3B); full|diff: pgBackRest")] = "dump",
+    kind: Annotated[str, typer.Option("--type", help="dump (pg_dump stored in S01 + copy in 3B); full|diff: "
+                                                     "pgBackRest; auto: full weekly, else diff")] = "dump",
+    setup: Annotated[bool, typer.Option("--setup", help="configure pgBackRest (or print how, for your own server)")] = False,
 ) -> None:
     """Back the database up and record it (see docs/database.md)."""
     from fsd.cli.store import open_store
     from sql.backup import dump_backup
 
-    if kind != "dump":
-        raise NotBuilt(f"`hoard db backup --type {kind}` (pgBackRest) is not built yet; it arrives with W1-C (issue 5)")
     cfg = state(ctx).settings
+    if setup:
+        br = backrest_for(cfg)
+        if br is None:
+            from sql.pgbackrest import BackRest
+
+            out.print(BackRest.setup_text())
+            return
+        for line in br.setup(cfg.database_url, _cluster(cfg)):
+            out.print(line)
+        if br.note:
+            out.print(f"note: {br.note}")
+        return
+    if kind in ("full", "diff", "auto"):
+        br = _need_backrest(cfg)
+        br.setup(cfg.database_url, _cluster(cfg))
+        if kind == "auto":
+            kind = _auto_kind(cfg.database_url)
+        res = br.backup(cfg.database_url, kind)
+        out.print(f"{res['kind']} backup {res['label']}: {res['size'] / 1e6:.1f} MB into {res['repo']} "
+                  f"(backup_log {res['backup_id']})")
+        return
+    if kind != "dump":
+        raise HoardError(f"--type {kind!r}: dump, full, diff or auto", ExitCode.USAGE)
     with open_store(ctx) as store:
         res = dump_backup(cfg.database_url, store, cfg.ssd.zone_path("3B"))
     out.print(f"dump {res.backup_id}: {res.size / 1e6:.1f} MB, {sum(res.row_counts.values())} rows, stored as "
               f"{res.sha256} and copied to {res.location} in {res.seconds:.1f} s")
 
 
+def _auto_kind(url: str) -> str:
+    with psycopg.connect(url, autocommit=True) as conn:
+        recent = conn.execute("SELECT 1 FROM backup_log WHERE kind = 'full' "
+                              "AND finished_at > now() - interval '7 days'").fetchone()
+    return "diff" if recent else "full"
+
+
 @app.command("verify-backup")
 def verify_backup(ctx: typer.Context) -> None:
-    """Restore the latest dump into a scratch database and check it; exit 5 if it fails."""
+    """Restore the latest dump (scratch database) and the latest pgBackRest backup (scratch
+    cluster) and check both; exit 5 if one fails."""
     from fsd.cli.store import open_store
-    from fsd.errors import ExitCode
     from sql.backup import verify_dump
 
+    cfg = state(ctx).settings
+    failed = False
     with open_store(ctx, writable=False) as store:
-        res = verify_dump(state(ctx).settings.database_url, store)
-    out.print(f"dump {res.backup_id}: {'OK' if res.ok else 'FAILED'} — {res.detail} ({res.seconds:.1f} s)")
-    if not res.ok:
+        res = verify_dump(cfg.database_url, store)
+        out.print(f"dump {res.backup_id}: {'OK' if res.ok else 'FAILED'} — {res.detail} ({res.seconds:.1f} s)")
+        failed |= not res.ok
+        br = backrest_for(cfg)
+        if br is not None and _has_physical(cfg.database_url):
+            res = br.verify_latest(cfg.database_url, store)
+            out.print(f"pgbackrest {res.backup_id}: {'OK' if res.ok else 'FAILED'} — {res.detail} ({res.seconds:.1f} s)")
+            failed |= not res.ok
+    if failed:
         raise typer.Exit(ExitCode.DATA)
+
+
+def _has_physical(url: str) -> bool:
+    with psycopg.connect(url, autocommit=True) as conn:
+        return conn.execute("SELECT 1 FROM backup_log WHERE kind IN ('full', 'diff') LIMIT 1").fetchone() is not None
+
+
+@app.command()
+def restore(
+    ctx: typer.Context,
+    source: Annotated[str, typer.Option("--from", help="pgbackrest (the whole cluster) or dump (this database)")],
+    set_label: Annotated[Optional[str], typer.Option("--set", help="pgbackrest: go back to this backup's own "
+                                                                   "state (default: everything archived)")] = None,
+    backup_id: Annotated[Optional[int], typer.Option(help="dump: which one (default: the latest)")] = None,
+    yes: Annotated[bool, typer.Option("--yes", help="skip the typed confirmation (scripts)")] = False,
+) -> None:
+    """Replace the database with a backup — asks you to type the database name first."""
+    cfg = state(ctx).settings
+    dbname = psycopg.conninfo.conninfo_to_dict(cfg.database_url).get("dbname", "hoard")
+    what = (f"the whole PostgreSQL cluster (every database) from pgBackRest {set_label or '(latest + WAL)'}"
+            if source == "pgbackrest" else f"database {dbname} from dump {backup_id or '(latest)'}")
+    if source not in ("pgbackrest", "dump"):
+        raise HoardError("--from pgbackrest or --from dump", ExitCode.USAGE)
+    if not yes:
+        out.print(f"[bold red]This replaces {what}.[/] Changes since that backup are lost "
+                  "(pgbackrest keeps the old data directory beside the new one).")
+        typed = typer.prompt(f"type the database name ({dbname}) to continue")
+        if typed != dbname:
+            raise HoardError("not confirmed; nothing was changed", ExitCode.USAGE)
+    if source == "pgbackrest":
+        kept = _need_backrest(cfg).restore(_cluster(cfg), set_label)
+        out.print(f"restored; the previous data directory is kept at {kept} (delete it when satisfied)")
+        return
+    from fsd.cli.store import open_store
+    from sql.backup import restore_dump
+
+    with open_store(ctx, writable=False) as store:
+        n = restore_dump(cfg.database_url, store, backup_id)
+    out.print(f"database {dbname} restored from dump {n}; `hoard db migrate` if it is from an older schema")
 
 
 @app.command()
@@ -123,9 +230,3 @@ def proposals(
         out.print(f"    accept: hoard db proposals --accept {p.proposal_id}")
 
 
-for _name in ("restore",):
-    def _pending(ctx: typer.Context, _n: str = _name) -> None:
-        raise NotBuilt(f"`hoard db {_n}` is not built yet; it arrives with W1-C (issue 5)")
-
-    app.command(_name, help="(arrives with W1-C)",
-                context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(_pending)

@@ -48,6 +48,15 @@ def up(ctx: typer.Context) -> None:
     assert cfg.database_url and cfg.test_database_url
     for url in (cfg.database_url, cfg.test_database_url):
         ensure_database(url)
+    if pg is not None:
+        from fsd.cli.db import backrest_for
+
+        br = backrest_for(cfg)
+        if br is not None:
+            for line in br.setup(cfg.database_url, pg):
+                out.print(f"pgbackrest: {line}")
+            if br.note:
+                out.print(f"pgbackrest: note: {br.note}")
 
 
 @app.command()
