@@ -26,6 +26,22 @@ def _lab_store(lab, tmp_path: Path, labels: list[str], **opts) -> Store:
     return Store.open(cfg, init=True)
 
 
+def _batch_with_fault(lab_factory, tmp_path: Path, prefix: str, fault: str):
+    """600 files stored in one batch on three fast lab disks; after 300, `fault` ("vanish" or
+    "fail_writes") hits the first disk of the shard being written."""
+    lab = lab_factory([DiskProfile(f"{prefix}{i}", 400, 500, 500, 5000) for i in (1, 2, 3)])
+    store = _lab_store(lab, tmp_path, [f"{prefix}{i}" for i in (1, 2, 3)], shard_size_mb=4)
+    files = make_files(tmp_path / "in", 600, lo=8000, hi=30000)
+    batch = _Batch(store, store.writer("raw"))
+    for p in files[:300]:
+        batch.add_file(p)
+    victim_uuid = batch.writer.shard.meta.replicas[0]
+    getattr(lab, fault)(store.disks[victim_uuid].label)
+    for p in files[300:]:
+        batch.add_file(p)
+    return lab, store, files, batch.finish(), victim_uuid
+
+
 @pytest.mark.expect_log(r"disk tiny: write error", level="WARNING")
 def test_disk_full_mid_shard_rolls_to_other_disks(lab_factory, tmp_path: Path) -> None:
     """A replica disk filling up mid-shard: the group moves to a new shard on other disks,
@@ -109,18 +125,8 @@ def test_disk_vanishing_mid_batch(lab_factory, tmp_path: Path) -> None:
     replicator restores the copies the vanished disk held."""
     from fsd.replicate import replicate_once, replication_lag
 
-    lab = lab_factory([DiskProfile(f"v{i}", 400, 500, 500, 5000) for i in (1, 2, 3)])
-    store = _lab_store(lab, tmp_path, ["v1", "v2", "v3"], shard_size_mb=4)
-    files = make_files(tmp_path / "in", 600, lo=8000, hi=30000)
-    batch = _Batch(store, store.writer("raw"))
-    for p in files[:300]:
-        batch.add_file(p)
-    victim_uuid = batch.writer.shard.meta.replicas[0]
+    lab, store, files, results, victim_uuid = _batch_with_fault(lab_factory, tmp_path, "v", "vanish")
     victim = store.disks[victim_uuid].label
-    lab.vanish(victim)
-    for p in files[300:]:
-        batch.add_file(p)
-    results = batch.finish()
     assert [r.status for r in results] == ["new"] * len(files)
     assert list(lab.disks[victim].mountpoint.iterdir()) == [], "something was written under the empty mount point"
     assert store.records[victim_uuid].state.value == "missing"
@@ -140,22 +146,12 @@ def test_disk_vanishing_mid_batch(lab_factory, tmp_path: Path) -> None:
 def test_write_eio_mid_batch(lab_factory, tmp_path: Path) -> None:
     """A disk whose writes start failing (EIO) in the middle of a batch: the batch completes on
     the other disks, every object reads back, the disk is taken out of writing and named."""
-    lab = lab_factory([DiskProfile(f"w{i}", 400, 500, 500, 5000) for i in (1, 2, 3)])
-    store = _lab_store(lab, tmp_path, ["w1", "w2", "w3"], shard_size_mb=4)
-    files = make_files(tmp_path / "in", 600, lo=8000, hi=30000)
-    batch = _Batch(store, store.writer("raw"))
-    for p in files[:300]:
-        batch.add_file(p)
-    victim_uuid = batch.writer.shard.meta.replicas[0]
-    victim = store.disks[victim_uuid].label
-    lab.fail_writes(victim)
-    for p in files[300:]:
-        batch.add_file(p)
-    results = batch.finish()
+    _lab, store, files, results, victim_uuid = _batch_with_fault(lab_factory, tmp_path, "w", "fail_writes")
     assert [r.status for r in results] == ["new"] * len(files)
     assert store.records[victim_uuid].state.value in ("failed", "draining")
-    assert victim in store.records[victim_uuid].reason or "rebuild" in store.records[victim_uuid].reason \
-        or "replace" in store.records[victim_uuid].reason
+    victim = store.disks[victim_uuid].label
+    assert f"--disk {victim}" in store.records[victim_uuid].reason or f"replace {victim}" in \
+        store.records[victim_uuid].reason
     for p, r in zip(files, results):
         assert store.get(r.sha256) == p.read_bytes()
     assert check_store(store) == len(files)
