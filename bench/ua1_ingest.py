@@ -64,6 +64,7 @@ def main() -> None:
                     ua1.work_here(cfg)
                 st = ua1.load_state(cfg, batch.batch_id)
                 assert st.status == "done", st.error
+                print(f"UA_1: {t['ua1']:.2f} s, steps {st.seconds}; now the by-hand baseline …", flush=True)
                 src = work / "gen" / batch.batch_id
                 drop_caches()
                 with timed(t, "cp_durable"):
