@@ -428,3 +428,40 @@ def test_delete_types_through_cli(hoard_home: Path, pg, redis_conn) -> None:
         for sha in second:
             assert hashlib.sha256(store.get(sha)).hexdigest() == sha
         assert all(store.index.lookup(bytes.fromhex(s)) is None for s in first - second)
+
+
+def test_file_still_growing_is_quarantined(hoard_home: Path, pg, redis_conn) -> None:
+    """A file a scraper is still writing when the signal arrives (it changes between the two
+    looks `settle_s` apart) goes to quarantine, named as still being written; the rest ingests."""
+    import threading
+    import time
+
+    cfg = ingest_home(hoard_home, pg, settle_s=1.0)
+    b = cfg.ssd.zone_path("3A") / "side-growing"
+    b.mkdir(parents=True)
+    (b / "done.png").write_bytes(b"\x89PNG" + os.urandom(3000))
+    (b / "done.png.json").write_text('{"title": "complete"}')
+    (b / "partial.png").write_bytes(b"\x89PNG" + os.urandom(1000))
+    (b / "partial.png.json").write_text('{"title": "downloading"}')
+    (b / "_READY").write_text("sidecar")
+    stop = threading.Event()
+
+    def download() -> None:
+        with open(b / "partial.png", "ab") as f:
+            while not stop.is_set():
+                f.write(os.urandom(512))
+                f.flush()
+                time.sleep(0.05)
+
+    writer = threading.Thread(target=download)
+    writer.start()
+    try:
+        st = ingest_all(cfg, redis_conn, [b])[0]
+    finally:
+        stop.set()
+        writer.join()
+    assert st.status == "done with rejects"
+    reasons = _reasons(cfg, "side-growing")
+    assert "still being written" in reasons["partial.png"]
+    assert "names no file" in reasons["partial.png.json"] or "partial" in str(reasons)
+    assert st.report["stored_new"] + st.report["stored_existing"] == 2  # done.png and its sidecar

@@ -25,6 +25,9 @@ def test_index_rebuilt_from_disks_is_the_same(tmp_path: Path) -> None:
     with Store.open(cfg, init=True) as store:
         results = store.put_many(make_files(tmp_path / "in", 300))
         store.put_bytes(b"a generated object", klass="generated")
+        manifest = store.put_bytes(b'{"files": []}')
+        store.register_batch("b-1", {"source": "t", "manifest": manifest.sha256})
+        store.register_view("v-1", {"manifest": manifest.sha256, "files": 0, "bytes": 0, "created": "now"})
         replicate_once(store, rate_mb_s=None)
         before = _snapshot(store)
         used_before = {r.label: r.used_bytes for r in store.index.get_disks()}
@@ -38,6 +41,8 @@ def test_index_rebuilt_from_disks_is_the_same(tmp_path: Path) -> None:
         assert {r.label: r.used_bytes for r in store.index.get_disks()} == used_before
         assert check_store(store) == len(before[0])
         assert all(store.get(r.sha256) for r in results)
+        assert store.index.get_batch("b-1")["manifest"] == manifest.sha256  # batch manifests found again
+        assert store.index.get_view("v-1")["manifest"] == manifest.sha256
 
 
 def test_rebuild_skips_damaged_or_foreign_shard_files(tmp_path: Path) -> None:
