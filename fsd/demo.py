@@ -40,7 +40,8 @@ def run_demo(cfg: Settings) -> None:
     out.print(f"  ls {cfg.ssd.zone_path('3B')}          the packages for cold storage")
     out.print("  .venv/bin/hoard db proposals              typed tables proposed for the sources' own fields")
     out.print("  .venv/bin/hoard disks list                where the replicas went, per disk")
-    out.print("  .venv/bin/hoard --help                    every command (mount arrives with issue 7)")
+    out.print("  mkdir -p /tmp/hoard && .venv/bin/hoard mount /tmp/hoard   browse batches/, sources/, by-hash/")
+    out.print("  .venv/bin/hoard --help                    every command")
 
 
 def _sample_batches(cfg: Settings) -> list:
