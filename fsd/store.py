@@ -34,6 +34,8 @@ STREAM_THRESHOLD = 8 << 20
 #: uncommitted bytes that trigger an fsync + index commit
 GROUP_BYTES = 32 << 20
 CHUNK = 4 << 20
+#: a large object's chunk map has the xxh3-128 of every MAP_PIECE bytes (CHUNK is a multiple)
+MAP_PIECE = 1 << 20
 #: per disk: `<root>/batches/<batch_id>.json` names each ingested batch's manifest object
 BATCHES_DIR = "batches"
 #: per disk: `<root>/views/<name>.json` names each view's manifest object
@@ -371,7 +373,7 @@ def _sha_bytes(hex_: str) -> bytes:
 
 def hash_file(path: Path) -> tuple[bytes, bytes, int, os.stat_result, bytes]:
     """sha256, xxh3-128, size, the stat taken before reading, and the xxh3-128 of each
-    CHUNK piece (the chunk map readers use to verify a piece of a large object), streaming."""
+    MAP_PIECE piece (the chunk map readers use to verify a piece of a large object), streaming."""
     import xxhash
 
     sha, xx = hashlib.sha256(), xxhash.xxh3_128()
@@ -383,7 +385,7 @@ def hash_file(path: Path) -> tuple[bytes, bytes, int, os.stat_result, bytes]:
         while chunk := _read_full(fd, CHUNK):
             sha.update(chunk)
             xx.update(chunk)
-            pieces.append(xxhash.xxh3_128_digest(chunk))
+            pieces += [xxhash.xxh3_128_digest(chunk[i:i + MAP_PIECE]) for i in range(0, len(chunk), MAP_PIECE)]
             n += len(chunk)
         drop_cache(fd)
     finally:
@@ -395,7 +397,7 @@ def chunk_map(data: bytes | memoryview) -> bytes:
     """The chunk map of bytes in memory (same as hash_file's)."""
     import xxhash
 
-    return b"".join(xxhash.xxh3_128_digest(data[i:i + CHUNK]) for i in range(0, len(data), CHUNK))
+    return b"".join(xxhash.xxh3_128_digest(data[i:i + MAP_PIECE]) for i in range(0, len(data), MAP_PIECE))
 
 
 def _read_full(fd: int, n: int) -> bytes:

@@ -44,6 +44,14 @@ class Tree:
 
     dirs: dict[str, list[tuple[str, bool, bytes | None, int]]] = field(default_factory=dict)
     mtime_ns: int = 0
+    names: dict[str, dict[str, tuple[str, bool, bytes | None, int]]] = field(default_factory=dict)
+
+    def entry(self, path: str, name: str) -> tuple[str, bool, bytes | None, int] | None:
+        """One child by name, without listing the directory (lookups are O(1))."""
+        d = self.names.get(path)
+        if d is None:
+            d = self.names[path] = {e[0]: e for e in self.dirs.get(path, [])}
+        return d.get(name)
 
     @classmethod
     def from_files(cls, files: list[dict[str, Any]], mtime_ns: int) -> Tree:
@@ -145,15 +153,10 @@ class Namespace:
             if tree is None:
                 return []
             out = []
-            for child, is_dir, sha, size in tree.dirs.get(path, []):
-                sub = f"{path}/{child}" if path else child
-                if not is_dir and not self.visible(sha):
-                    continue
-                if is_dir:
-                    out.append((child.encode(), self._dir(("dir", "tree", what, name, sub), tree.mtime_ns)))
-                else:
-                    out.append((child.encode(), self.node(("file", what, name, sub), stat.S_IFREG | 0o444, size,
-                                                          sha, tree.mtime_ns)))
+            for e in tree.dirs.get(path, []):
+                node = self._tree_node(what, name, path, tree, e)
+                if node is not None:
+                    out.append((e[0].encode(), node))
             return out
         return []
 
@@ -174,10 +177,29 @@ class Namespace:
             if name != (sha.hex() + (f".{ext}" if ext else "")).encode():
                 return None
             return self.node(("file", "obj", sha), stat.S_IFREG | 0o444, loc.length, sha)
+        if kind == "tree":
+            _, _, what, tname, path = parent.key
+            tree = self.tree(what, tname)
+            try:
+                e = tree.entry(path, name.decode()) if tree else None
+            except UnicodeDecodeError:
+                return None
+            if e is None:
+                return None
+            return self._tree_node(what, tname, path, tree, e)
         for child, node in self.children(parent):
             if child == name:
                 return node
         return None
+
+    def _tree_node(self, what: str, name: str, path: str, tree: Tree, e) -> Node | None:
+        child, is_dir, sha, size = e
+        sub = f"{path}/{child}" if path else child
+        if is_dir:
+            return self._dir(("dir", "tree", what, name, sub), tree.mtime_ns)
+        if not self.visible(sha):
+            return None
+        return self.node(("file", what, name, sub), stat.S_IFREG | 0o444, size, sha, tree.mtime_ns)
 
     def visible(self, sha: bytes) -> bool:
         """Not deleted: type A (hidden) and type B (tombstoned) objects are not shown."""

@@ -5,7 +5,7 @@
   same shard (a batch's files, usually) then come from memory. The record is checked
   (header, xxh3-128, sha256) before a byte is served; the whole object is kept with the
   open file.
-* Large objects: `CHUNK` pieces read ahead (`READ_AHEAD` pieces) on the disk's threads,
+* Large objects: 1 MiB pieces (`MAP_PIECE`) read ahead (`READ_AHEAD` pieces) on the disk's threads,
   each checked against the object's chunk map (xxh3-128 per piece, recorded when it was
   stored) before it is served. Without a chunk map, the object is read and sha256-checked
   once in full, and the map is recorded for next time.
@@ -31,13 +31,13 @@ import trio
 import xxhash
 
 from fsd import shardfmt as fmt
-from fsd.store import CHUNK, STREAM_THRESHOLD, Store, chunk_map, verify_record
+from fsd.store import MAP_PIECE, STREAM_THRESHOLD, Store, chunk_map, verify_record
 
 log = logging.getLogger(__name__)
 
 BLOCK = 4 << 20
 SMALL_MAX = STREAM_THRESHOLD
-READ_AHEAD = 4
+READ_AHEAD = 8
 THREADS_PER_DISK = 2
 CACHE_BYTES = 256 << 20
 
@@ -188,25 +188,36 @@ class Reader:
 
     # -- large objects -------------------------------------------------------------------------
     def open_stream(self, sha: bytes, size: int) -> _Stream:
-        return _Stream(sha, size, chunk_digests=self.store.index.get_chunks(sha))
+        digests = self.store.index.get_chunks(sha)
+        if digests is not None and len(digests) != 16 * -(-size // MAP_PIECE):
+            digests = None  # a map of another granularity: learn it again
+        return _Stream(sha, size, chunk_digests=digests)
 
     async def read_stream(self, st: _Stream, off: int, size: int) -> bytes:
-        if st.chunk_digests is None:
-            await self.wait(self._first_disk_pool(st.sha).submit(self._learn_chunks, st))
         end = min(off + size, st.size)
         if off >= end:
             return b""
-        first, last = off // CHUNK, (end - 1) // CHUNK
-        for i in range(first, min(last + READ_AHEAD, (st.size - 1) // CHUNK) + 1):
+        first, last = off // MAP_PIECE, (end - 1) // MAP_PIECE
+        if first == last:  # the common case: a 128 KiB request inside one verified piece
+            fut = st.pieces.get(first)
+            ahead = first + READ_AHEAD // 2  # refill the read-ahead when it runs half empty
+            if fut is not None and fut.done() and (ahead in st.pieces or ahead * MAP_PIECE >= st.size):
+                piece = fut.result()
+                lo = off - first * MAP_PIECE
+                return piece[lo:lo + end - off]
+        if st.chunk_digests is None:
+            await self.wait(self._first_disk_pool(st.sha).submit(self._learn_chunks, st))
+        pool = self._first_disk_pool(st.sha)
+        for i in range(first, min(last + READ_AHEAD, (st.size - 1) // MAP_PIECE) + 1):
             if i not in st.pieces:
-                st.pieces[i] = self._first_disk_pool(st.sha).submit(self._piece_sync, st, i)
+                st.pieces[i] = pool.submit(self._piece_sync, st, i)
         for i in [k for k in st.pieces if k < first - 1]:  # keep one piece behind for small re-reads
             st.pieces.pop(i).cancel()
         out = []
         for i in range(first, last + 1):
             piece = await self.wait(st.pieces[i])
-            lo = max(off - i * CHUNK, 0)
-            hi = min(end - i * CHUNK, len(piece))
+            lo = max(off - i * MAP_PIECE, 0)
+            hi = min(end - i * MAP_PIECE, len(piece))
             out.append(piece[lo:hi])
         return out[0] if len(out) == 1 else b"".join(out)
 
@@ -215,14 +226,14 @@ class Reader:
         if loc is None:
             raise ReadFailed(f"object {st.sha.hex()} is no longer in the index")
         meta = self.store.index.get_shard(loc.shard_id)
-        length = min(CHUNK, st.size - i * CHUNK)
+        length = min(MAP_PIECE, st.size - i * MAP_PIECE)
         want = st.chunk_digests[i * 16:(i + 1) * 16]
         tried = []
         for disk in self.store.replica_order(meta) if meta else []:
             try:
                 fd = os.open(disk.find(meta.hex), os.O_RDONLY)
                 try:
-                    piece = os.pread(fd, length, loc.offset + i * CHUNK)
+                    piece = os.pread(fd, length, loc.offset + i * MAP_PIECE)
                 finally:
                     os.close(fd)
                 if len(piece) != length or xxhash.xxh3_128_digest(piece) != want:
