@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 ROOT = 1
+#: seconds a deletion may take to disappear from the mount
+DEAD_TTL = 5.0
 TOP = ("by-hash", "batches", "sources", "views", ".hoard", "inbox")
 
 
@@ -82,6 +84,8 @@ class Namespace:
         self.next_inode = ROOT + 1
         self.lock = threading.Lock()
         self.trees: OrderedDict[tuple, Tree] = OrderedDict()
+        self._dead: set[bytes] = set()
+        self._dead_at = -DEAD_TTL
         self.nodes[ROOT] = Node(ROOT, ("dir", "root"), stat.S_IFDIR | 0o555, mtime_ns=self.started_ns)
         self.by_key[("dir", "root")] = ROOT
 
@@ -203,7 +207,11 @@ class Namespace:
 
     def visible(self, sha: bytes) -> bool:
         """Not deleted: type A (hidden) and type B (tombstoned) objects are not shown."""
-        return not (self.index.is_marked(self.index.hidden, sha) or self.index.is_marked(self.index.deleted, sha))
+        now = time.monotonic()
+        if now - self._dead_at > DEAD_TTL:  # deletions are rare: re-read the marks every few seconds
+            self._dead = self.index.marked(self.index.hidden) | self.index.marked(self.index.deleted)
+            self._dead_at = now
+        return sha not in self._dead
 
     def tree(self, what: str, name: str) -> Tree | None:
         """A batch's or view's manifest as a tree (cached; None if unknown)."""
