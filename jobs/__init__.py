@@ -1,0 +1,11 @@
+"""S02 jobs: RQ queues, and the workflows that run on them (UA_1 ingest, store maintenance).
+
+Job functions live at module level so workers import them by dotted path
+(`jobs.ingest.run_step`, `jobs.store_jobs.replicate`); the NiceGUI pages only enqueue
+and watch them.
+"""
+
+from jobs.queues import QUEUES as QUEUES
+from jobs.queues import connect as connect
+
+__all__ = ["QUEUES", "connect"]

@@ -1,0 +1,14 @@
+"""S05 database: the schema (migrations), write-intents, selectors, backups.
+
+Other systems never write SQL: they hand `apply_write_intent` a `WriteIntent` and ask
+`query_nodes` for node sets. Every function takes an explicit connection.
+"""
+
+from sql.intents import WriteIntent as WriteIntent
+from sql.intents import apply_write_intent as apply_write_intent
+from sql.intents import parse_intent as parse_intent
+from sql.migrate import migrate as migrate
+from sql.selectors import Selector as Selector
+from sql.selectors import query_nodes as query_nodes
+
+__all__ = ["Selector", "WriteIntent", "apply_write_intent", "migrate", "parse_intent", "query_nodes"]
