@@ -180,3 +180,15 @@ def test_realdata_location_note() -> None:
     if not REALDATA.is_dir():
         pytest.skip(f"REAL SAMPLES MISSING at {REALDATA}: realdata tests skipped")
     assert shutil.which("true")
+
+
+def test_duplicate_video_in_one_batch(tmp_path: Path) -> None:
+    """Two info.json files describing the same video id: the first is kept, the second and its
+    media are rejected naming the first."""
+    doc = {"id": "abc", "title": "t", "ext": "mp4", "extractor": "youtube"}
+    files = {"one.info.json": json.dumps(doc).encode(), "one.mp4": b"\x00" * 100,
+             "two.info.json": json.dumps(doc).encode(), "two.mp4": b"\x01" * 100}
+    parsed, _ = parse_batch(_batch(tmp_path, files), adapter_for("ytdlp", {}))
+    assert len(parsed.records) == 1
+    [rej] = parsed.rejects
+    assert "again (first in" in rej.reason and len(rej.paths) == 2
