@@ -94,7 +94,7 @@ def _config(work: Path, lab: Lab, url: str, redis_url: str) -> config.Settings:
     path = work / "hoard.toml"
     path.write_text(f"database_url = {json.dumps(url)}\nredis_url = {json.dumps(redis_url)}\n"
                     "[store]\nshard_size_mb = 256\ncopy_of_raw = 2\nwrite_ack = 2\n"
-                    "[ingest]\nsettle_s = 1.0\npackage_part_mb = 4096\n[sources]\ngallery = \"gallery_dl\"\n"
+                    "[ingest]\nsettle_s = 1.0\n[sources]\ngallery = \"gallery_dl\"\n"
                     f"{disks}[ssd]\nroot = \"{work / 'ssd'}\"\n{zones}")
     cfg = config.load(path)
     for z in cfg.ssd.zones:

@@ -105,8 +105,6 @@ class IngestConfig(BaseModel):
     #: seconds between the two looks at a batch's files; a file that changed meanwhile is
     #: still being written and goes to quarantine instead of being stored half-done
     settle_s: float = Field(default=2.0, ge=0, le=600)
-    #: largest tar archive of a 3B package, MB (a package is split into parts of at most this)
-    package_part_mb: int = Field(default=4096, ge=1)
 
 
 class EmbeddedConfig(BaseModel):
@@ -392,7 +390,6 @@ capacity_gb = 1.5
 
 [ingest]
 settle_s = 1.0
-package_part_mb = 64        # small tar parts so the demo's 3B package shows several
 
 [sources]                   # the sample generator's sources → built-in formats
 gallery = "gallery_dl"

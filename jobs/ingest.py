@@ -392,7 +392,7 @@ def _step_package(cfg: Settings, st: BatchState) -> None:
                 f"{st.batch_id} needs {need / 1e6:.0f} MB; move finished packages from {out.parent} to cold "
                 f"storage (or raise ssd.zones.3B.quota_gb), then `hoard ingest --resume {st.batch_id}`. "
                 "The batch stays stored and in 3A until then.", ExitCode.NO_SPACE)
-        parts = _write_parts(root, out, st.batch_id, stored, cfg.ingest.package_part_mb << 20)
+        parts = _write_parts(root, out, st.batch_id, stored, int(cfg.store.batch_size_gb * (1 << 30)))
         docs = sorted({r["doc"] for r in records if r.get("doc") and r["doc"] in stored})
         manifest = {
             "format": "hoardfs-batch-manifest-1", "batch_id": st.batch_id, "source": st.source,

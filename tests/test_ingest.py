@@ -26,8 +26,12 @@ from tests.conftest import fresh_schema, use_schema
 SPEC = Spec(seed=5, batches=3, items_per_batch=30, large_max_mb=2, ready_signal=True)
 
 
-def ingest_home(home: Path, pg: psycopg.Connection, **ingest: object) -> config.Settings:
+def ingest_home(home: Path, pg: psycopg.Connection, batch_size_gb: float | None = None,
+                **ingest: object) -> config.Settings:
     cfg_path = use_schema(home, pg)
+    if batch_size_gb is not None:
+        text = Path(cfg_path).read_text()
+        Path(cfg_path).write_text(text.replace("[store]\n", f"[store]\nbatch_size_gb = {batch_size_gb}\n", 1))
     opts = {"settle_s": 0.05, **ingest}
     with open(cfg_path, "a") as fh:
         fh.write("\n[ingest]\n" + "".join(f"{k} = {v}\n" for k, v in opts.items()))
@@ -54,13 +58,15 @@ def ingest_all(cfg: config.Settings, redis_conn, dirs: list[Path], source: str |
 
 def test_synthetic_batches_end_to_end(hoard_home: Path, pg, redis_conn) -> None:
     """Three sources' batches end stored (≥ write_ack copies), described in the database with
-    cross-batch edges, packaged byte for byte in 3B, and gone from 3A."""
-    cfg = ingest_home(hoard_home, pg)
+    cross-batch edges, packaged byte for byte in 3B (in tar parts of at most batch_size_gb),
+    and gone from 3A."""
+    cfg = ingest_home(hoard_home, pg, batch_size_gb=0.001)
     zone3a = cfg.ssd.zone_path("3A")
     batches = generate(zone3a, SPEC)
     states = ingest_all(cfg, redis_conn, [zone3a / b.batch_id for b in batches])
     assert [s.status for s in states] == ["done"] * 3, [(s.status, s.error) for s in states]
     truth = {b.batch_id: {i.path: i.sha256 for i in b.items} for b in batches}
+    multipart = 0
     with Store.open(cfg, writable=False) as store:
         for b in batches:
             assert not (zone3a / b.batch_id).exists()
@@ -68,7 +74,11 @@ def test_synthetic_batches_end_to_end(hoard_home: Path, pg, redis_conn) -> None:
             manifest = json.loads((pkg / f"{b.batch_id}.manifest.json").read_bytes())
             assert {f["path"]: f["sha256"] for f in manifest["files"]} == truth[b.batch_id]
             packed = {}
-            for part in sorted(pkg.glob("*.tar")):
+            parts = sorted(pkg.glob("*.tar"))
+            assert len(parts) == len({f["part"] for f in manifest["files"]})
+            multipart += len(parts) > 1
+            for part in parts:  # at most batch_size_gb, unless one file alone is bigger
+                assert part.stat().st_size <= 0.001 * 2**30 + 64 * 1024 or len(tarfile.open(part).getmembers()) == 1
                 with tarfile.open(part) as tar:
                     for m in tar.getmembers():
                         packed[m.name] = hashlib.sha256(tar.extractfile(m).read()).hexdigest()
@@ -77,6 +87,7 @@ def test_synthetic_batches_end_to_end(hoard_home: Path, pg, redis_conn) -> None:
             for sha in truth[b.batch_id].values():
                 loc = store.index.lookup(bytes.fromhex(sha))
                 assert len(store.index.get_shard(loc.shard_id).replicas) >= cfg.store.write_ack
+    assert multipart >= 2
     all_shas = {s for t in truth.values() for s in t.values()}
     assert pg.execute("SELECT count(*) FROM node WHERE is_physical").fetchone()[0] == len(all_shas)
     # every metadata row of a file points at its stored sidecar, and the batches are sealed members
