@@ -267,3 +267,26 @@ def test_disk_failing_during_reads(lab_factory, servers, tmp_path: Path) -> None
     assert states[victim] == "failed"
     log = (tmp_path / "mnt.log").read_text()
     assert f"on {victim} unreadable" in log and "Traceback" not in log
+
+
+def test_browsing_needs_no_database(tmp_path: Path) -> None:
+    """With database_url pointing at nothing, the mount still lists batches and reads files:
+    names come from the index and the manifests in the store."""
+    import json as _json
+
+    from tests.conftest import dir_disks_config, make_files
+
+    cfg_path = dir_disks_config(tmp_path, 2, shard_size_mb=1)  # its database_url is unreachable
+    cfg = config.load(cfg_path)
+    with Store.open(cfg, init=True) as store:
+        res = store.put_many(make_files(tmp_path / "in", 12))
+        body = _json.dumps({"files": [{"path": f"pics/{Path(r.path).name}", "sha256": r.sha256, "size": r.size}
+                                      for r in res]}).encode()
+        store.register_batch("offline-1", {"source": "t", "manifest": store.put_bytes(body).sha256})
+    mnt = tmp_path / "mnt"
+    with mounted(str(cfg_path), mnt):
+        names = sorted(os.listdir(mnt / "batches" / "offline-1" / "pics"))
+        assert names == sorted(Path(r.path).name for r in res)
+        for r in res:
+            data = (mnt / "batches" / "offline-1" / "pics" / Path(r.path).name).read_bytes()
+            assert hashlib.sha256(data).hexdigest() == r.sha256
