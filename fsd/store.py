@@ -393,13 +393,6 @@ def hash_file(path: Path) -> tuple[bytes, bytes, int, os.stat_result, bytes]:
     return sha.digest(), xx.digest(), n, st, b"".join(pieces)
 
 
-def chunk_map(data: bytes | memoryview) -> bytes:
-    """The chunk map of bytes in memory (same as hash_file's)."""
-    import xxhash
-
-    return b"".join(xxhash.xxh3_128_digest(data[i:i + MAP_PIECE]) for i in range(0, len(data), MAP_PIECE))
-
-
 def _read_full(fd: int, n: int) -> bytes:
     parts, got = [], 0
     while got < n:

@@ -31,7 +31,7 @@ import trio
 import xxhash
 
 from fsd import shardfmt as fmt
-from fsd.store import MAP_PIECE, STREAM_THRESHOLD, Store, chunk_map, verify_record
+from fsd.store import MAP_PIECE, STREAM_THRESHOLD, Store, verify_record
 
 log = logging.getLogger(__name__)
 
@@ -305,8 +305,37 @@ class Reader:
         raise ReadFailed(f"object {st.sha.hex()} piece {i}: no good replica ({'; '.join(tried) or 'none usable'})")
 
     def _learn_chunks(self, st: _Stream) -> None:
-        """No chunk map yet (stored before maps existed, or index rebuilt): read the object once
-        in full, check its sha256, record the map."""
-        data = self.store.get(st.sha.hex())
-        st.chunk_digests = chunk_map(data)
-        self.store.index.put_chunks(st.sha, st.chunk_digests)
+        """No chunk map yet (stored before maps existed, or index rebuilt): stream the record
+        once from the first good replica — header, xxh3-128 and sha256 of the whole payload
+        checked, one MAP_PIECE in memory at a time — and record the map for next time."""
+        import hashlib
+
+        loc = self.store.index.lookup(st.sha)
+        meta = self.store.index.get_shard(loc.shard_id) if loc else None
+        tried = []
+        for disk in self.store.replica_order(meta) if meta else []:
+            try:
+                fd = os.open(disk.find(meta.hex), os.O_RDONLY)
+                try:
+                    head = os.pread(fd, fmt.RECORD_HEADER_SIZE, loc.offset - fmt.RECORD_HEADER_SIZE)
+                    sha, length, digest, _flags = fmt.decode_record_header(head)
+                    if sha != st.sha or length != loc.length:
+                        raise fmt.ShardFormatError("record header does not match the index")
+                    h, xx, pieces = hashlib.sha256(), xxhash.xxh3_128(), []
+                    for off in range(0, length, MAP_PIECE):
+                        piece = os.pread(fd, min(MAP_PIECE, length - off), loc.offset + off)
+                        h.update(piece)
+                        xx.update(piece)
+                        pieces.append(xxhash.xxh3_128_digest(piece))
+                finally:
+                    os.close(fd)
+                if xx.digest() != digest or h.digest() != st.sha:
+                    raise fmt.ShardFormatError(f"object {st.sha.hex()[:12]}… does not match its checksums")
+            except (OSError, fmt.ShardFormatError) as e:
+                tried.append(f"{disk.label}: {getattr(e, 'strerror', None) or e}")
+                self._bad_replica(disk, meta, e)
+                continue
+            st.chunk_digests = b"".join(pieces)
+            self.store.index.put_chunks(st.sha, st.chunk_digests)
+            return
+        raise ReadFailed(f"object {st.sha.hex()}: no good replica ({'; '.join(tried) or 'none usable'})")
