@@ -17,8 +17,10 @@ atomically after every step; `hoard ingest --status BATCH` and `hoard health` re
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import enum
+import fcntl
 import hashlib
 import json
 import os
@@ -241,6 +243,25 @@ def run_step(config_path: str | None, batch_id: str, step: str) -> dict[str, Any
 
     A step that is not the batch's current one (a stale duplicate job) does nothing."""
     cfg = config_mod.load(config_path)
+    with _batch_lock(cfg, batch_id):
+        return _run_step_locked(cfg, batch_id, step)
+
+
+@contextlib.contextmanager
+def _batch_lock(cfg: Settings, batch_id: str):
+    """One step of a batch at a time, across processes. RQ runs a job in a forked "work
+    horse": a kill -9 of the worker leaves the horse running its step, and a resumed job
+    must wait for it (then find the state moved on) rather than race it. The kernel drops
+    the lock when its holder dies."""
+    fd = os.open(state_dir(cfg) / f"{batch_id}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _run_step_locked(cfg: Settings, batch_id: str, step: str) -> dict[str, Any]:
     st = load_state(cfg, batch_id)
     if st is None:
         raise IngestError(f"no ingest state for batch {batch_id}; submit it with `hoard ingest`")

@@ -378,8 +378,9 @@ def test_decider_heuristics() -> None:
 
 
 def test_worker_killed_mid_step_resumes(hoard_home: Path, pg, redis_conn) -> None:
-    """kill -9 of the worker while it runs a step leaves the batch `running`; `--resume` (a new
-    worker) runs the step again and the batch completes, nothing stored twice."""
+    """kill -9 of the worker (and its work horse) while it runs a step leaves the batch
+    `running`; `--resume` (a new worker) runs the step again and the batch completes,
+    nothing stored twice."""
     import signal
     import time
 
@@ -388,12 +389,13 @@ def test_worker_killed_mid_step_resumes(hoard_home: Path, pg, redis_conn) -> Non
     batch = generate(zone3a, Spec(seed=15, batches=1, items_per_batch=20, large_max_mb=1, ready_signal=True))[0]
     ua1.submit(cfg, zone3a / batch.batch_id, None, redis_conn)
     hoard = [sys.executable, "-m", "fsd", "--config", str(cfg.source)]
-    worker = subprocess.Popen(hoard + ["worker", "--burst"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    worker = subprocess.Popen(hoard + ["worker", "--burst"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              start_new_session=True)
     deadline = time.monotonic() + 60
     while ua1.load_state(cfg, batch.batch_id).status != "running" and time.monotonic() < deadline:
         time.sleep(0.05)
     time.sleep(0.3)
-    worker.send_signal(signal.SIGKILL)
+    os.killpg(worker.pid, signal.SIGKILL)  # the worker and its work horse (power loss, OOM killer)
     worker.wait()
     st = ua1.load_state(cfg, batch.batch_id)
     assert st.status == "running" and st.step == "scan"
@@ -476,3 +478,28 @@ def test_file_still_growing_is_quarantined(hoard_home: Path, pg, redis_conn) -> 
     assert "still being written" in reasons["partial.png"]
     assert "names no file" in reasons["partial.png.json"] or "partial" in str(reasons)
     assert st.report["stored_new"] + st.report["stored_existing"] == 2  # done.png and its sidecar
+
+
+def test_orphaned_work_horse_is_waited_for(hoard_home: Path, pg, redis_conn) -> None:
+    """kill -9 of only the worker's parent leaves its forked work horse running the step; a
+    resumed job waits for it (batch lock) instead of racing it, and the batch completes once."""
+    import signal
+    import time
+
+    cfg = ingest_home(hoard_home, pg, settle_s=3)
+    zone3a = cfg.ssd.zone_path("3A")
+    batch = generate(zone3a, Spec(seed=17, batches=1, items_per_batch=15, large_max_mb=1, ready_signal=True))[0]
+    ua1.submit(cfg, zone3a / batch.batch_id, None, redis_conn)
+    hoard = [sys.executable, "-m", "fsd", "--config", str(cfg.source)]
+    parent = subprocess.Popen(hoard + ["worker", "--burst"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while ua1.load_state(cfg, batch.batch_id).status != "running" and time.monotonic() < deadline:
+        time.sleep(0.05)
+    parent.send_signal(signal.SIGKILL)  # the horse (its child) keeps scanning
+    parent.wait()
+    ua1.submit(cfg, zone3a / batch.batch_id, None, redis_conn)
+    work(redis_conn)
+    st = ua1.load_state(cfg, batch.batch_id)
+    assert st.status == "done", st.error
+    assert st.done == list(ua1.STEPS)
+    assert redis_conn.llen("rq:queue:io") == redis_conn.llen("rq:queue:sql") == 0
