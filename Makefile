@@ -57,6 +57,10 @@ down:
 	@[ ! -x $(HOARD) ] || $(HOARD) services down
 
 clean: down
-	@# the private cluster may live in /var/lib/hoardfs when ./var/pg is a symlink (see docs/config.md)
+	@# the pgBackRest repository lives in /var/lib/hoardfs when the postgres user cannot reach
+	@# ./var/disks, and so does the private cluster when ./var/pg is a symlink (docs/config.md)
+	@conf="$$(readlink -f var/pg 2>/dev/null)/pgbackrest/pgbackrest.conf"; \
+	  repo="$$(sed -n 's/^repo1-path=//p' "$$conf" 2>/dev/null)"; \
+	  case "$$repo" in /var/lib/hoardfs/pgbackrest-*) rm -rf "$$repo";; esac
 	@if [ -L var/pg ]; then rm -rf "$$(readlink -f var/pg)"; fi
 	rm -rf var .venv hoard.toml
