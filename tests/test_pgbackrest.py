@@ -26,7 +26,12 @@ def cluster(tmp_path: Path):
     c = PrivateCluster(tmp_path / "pg", tmp_path / "pg" / "socket")
     c.start()
     yield c
+    conf = c.link.resolve() / "pgbackrest" / "pgbackrest.conf"
+    repo = next((ln.split("=", 1)[1] for ln in conf.read_text().splitlines() if ln.startswith("repo1-path=")),
+                None) if conf.exists() else None
     c.destroy()
+    if repo and repo.startswith("/var/lib/hoardfs/pgbackrest-"):  # where a private tmp dir forces it
+        shutil.rmtree(repo, ignore_errors=True)
 
 
 def _url(c: PrivateCluster) -> str:
