@@ -176,6 +176,13 @@ def test_views_from_manifest(ingested, tmp_path: Path) -> None:
             data = (mnt / "views" / "train-v1" / "train" / "cats" / f"{k}.png").read_bytes()
             assert hashlib.sha256(data).hexdigest() == i.sha256
         assert os.listdir(mnt / "views") == ["train-v1"]
+        manifest.write_text(f"{items[0].sha256}  only/one.png\n")  # redefine it while mounted
+        subprocess.run(hoard + ["view", "add", "train-v1", str(manifest)], check=True, capture_output=True)
+        deadline = time.monotonic() + 15  # the views/ entry may be cached by the kernel for 5 s
+        while not (mnt / "views" / "train-v1" / "only").exists():
+            assert time.monotonic() < deadline, os.listdir(mnt / "views" / "train-v1")
+            time.sleep(0.5)
+        assert os.listdir(mnt / "views" / "train-v1" / "only") == ["one.png"]
 
 
 def test_sigterm_with_open_reader_unmounts_cleanly(ingested, tmp_path: Path) -> None:

@@ -214,16 +214,17 @@ class Namespace:
         return sha not in self._dead
 
     def tree(self, what: str, name: str) -> Tree | None:
-        """A batch's or view's manifest as a tree (cached; None if unknown)."""
-        key = (what, name)
+        """A batch's or view's manifest as a tree (None if unknown). Cached by the manifest's
+        sha256, so a view redefined with `hoard view add` shows its new content."""
+        info = (self.index.get_batch if what == "batch" else self.index.get_view)(name)
+        if info is None:
+            return None
+        key = (what, name, info["manifest"])
         with self.lock:
             t = self.trees.get(key)
             if t is not None:
                 self.trees.move_to_end(key)
                 return t
-        info = (self.index.get_batch if what == "batch" else self.index.get_view)(name)
-        if info is None:
-            return None
         manifest = self.load_manifest(info["manifest"])
         t = Tree.from_files(manifest["files"], _mtime_ns(info.get("sealed") or info.get("created")))
         with self.lock:
@@ -231,6 +232,7 @@ class Namespace:
             while len(self.trees) > self.MANIFEST_CACHE:
                 self.trees.popitem(last=False)
         return t
+
 
     def _dir(self, key: tuple, mtime_ns: int = 0) -> Node:
         return self.node(key, stat.S_IFDIR | 0o555, mtime_ns=mtime_ns)

@@ -36,6 +36,24 @@ class _Open:
     stream: object | None = None  # large objects: read-ahead state
 
 
+def _guarded(fn):
+    """A bug in one handler must cost one request (EIO, logged with its traceback), not the
+    whole mount: pyfuse3 ends its main loop on any exception that is not a FUSEError."""
+    import functools
+
+    @functools.wraps(fn)
+    async def handler(*args, **kwargs):
+        try:
+            return await fn(*args, **kwargs)
+        except pyfuse3.FUSEError:
+            raise
+        except Exception:
+            log.exception("mount: %s failed", fn.__name__)
+            raise pyfuse3.FUSEError(errno.EIO) from None
+
+    return handler
+
+
 class HoardOps(pyfuse3.Operations):
     enable_writeback_cache = False
 
@@ -70,10 +88,12 @@ class HoardOps(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.ENOENT)
         return n
 
+    @_guarded
     async def getattr(self, inode, ctx=None):
         log.debug("getattr %d", inode)
         return self._attr(self._get(inode))
 
+    @_guarded
     async def lookup(self, parent_inode, name, ctx=None):
         log.debug("lookup %d %r", parent_inode, name)
         parent = self._get(parent_inode)
@@ -88,16 +108,19 @@ class HoardOps(pyfuse3.Operations):
         node.lookups += 1
         return self._attr(node)
 
+    @_guarded
     async def forget(self, inode_list):
         for inode, count in inode_list:
             self.ns.forget(inode, count)
 
+    @_guarded
     async def readlink(self, inode, ctx):
         n = self._get(inode)
         if n.key[0] != "link":
             raise pyfuse3.FUSEError(errno.EINVAL)
         return os.fsencode(n.key[1])
 
+    @_guarded
     async def statfs(self, ctx):
         s = pyfuse3.StatvfsData()
         total = free = 0
@@ -114,6 +137,7 @@ class HoardOps(pyfuse3.Operations):
         return s
 
     # -- directories ---------------------------------------------------------------------------
+    @_guarded
     async def opendir(self, inode, ctx):
         log.debug("opendir %d", inode)
         n = self._get(inode)
@@ -124,6 +148,7 @@ class HoardOps(pyfuse3.Operations):
         self.dir_handles[fh] = self.ns.children(n)  # one snapshot per opendir: offsets stay stable
         return fh
 
+    @_guarded
     async def readdir(self, fh, start_id, token):
         entries = self.dir_handles.get(fh)
         if entries is None:
@@ -134,10 +159,12 @@ class HoardOps(pyfuse3.Operations):
                 return
             node.lookups += 1
 
+    @_guarded
     async def releasedir(self, fh):
         self.dir_handles.pop(fh, None)
 
     # -- files ------------------------------------------------------------------------------------
+    @_guarded
     async def open(self, inode, flags, ctx):
         log.debug("open %d", inode)
         n = self._get(inode)
@@ -158,6 +185,7 @@ class HoardOps(pyfuse3.Operations):
         # content never changes: the page cache may keep it; health is regenerated per open
         return pyfuse3.FileInfo(fh=fh, keep_cache=n.key != ("health",), direct_io=n.key == ("health",))
 
+    @_guarded
     async def read(self, fh, off, size):
         h = self.handles.get(fh)
         if h is None:
@@ -166,6 +194,7 @@ class HoardOps(pyfuse3.Operations):
             return h.data[off:off + size]
         return await self._verified(self.reader.read_stream(h.stream, off, size))
 
+    @_guarded
     async def release(self, fh):
         h = self.handles.pop(fh, None)
         if h is not None and h.stream is not None:
