@@ -5,10 +5,10 @@ from __future__ import annotations
 import datetime as dt
 import json
 from dataclasses import dataclass, field
-from pathlib import PurePosixPath
 from typing import Any
 
-from adapters.base import Asset, File, Node, Record
+from adapters.base import File, Node, Record
+from fsd.store import file_ext
 from sql.intents import virtual_sha256
 
 #: relationships the built-in adapters use beyond the ones migration 001 registers
@@ -52,7 +52,7 @@ def build_intent(key: str, batch_id: str, source: str, records: list[Record], st
     nodes: dict[str, dict[str, Any]] = {}
     for rel, (sha, size) in stored.items():
         node = nodes.setdefault(sha, {"sha256": sha, "physical": {
-            "size": size, "file_type": _ext(rel), "locators": []}})
+            "size": size, "file_type": file_ext(rel) or None, "locators": []}})
         node["physical"]["locators"].append(f"batch:{batch_id}/{rel}")
 
     def sha_of(n: Node) -> str | None:
@@ -122,12 +122,3 @@ def _bounded(specific: dict[str, Any], limit: int = 16000) -> dict[str, Any] | N
         out[k] = v
         size += item
     return out
-
-
-def _ext(rel: str) -> str | None:
-    ext = PurePosixPath(rel).suffix.lstrip(".").lower()
-    return ext if ext and ext.isalnum() and len(ext) <= 10 and ext.isascii() else None
-
-
-def record_as_asset(node: Node) -> Asset | None:
-    return node if isinstance(node, Asset) else None

@@ -29,7 +29,6 @@ def run_demo(cfg: Settings) -> None:
               f"Redis {report['redis']['redis_version']}")
     out.print("[bold]2. disks[/]     " + ", ".join(
         f"{d['label']} {d.get('total_bytes', 0) / 1024**3:.1f} GB" for d in report["disks"]))
-    zone3a = cfg.ssd.zone_path("3A")
     batches = _sample_batches(cfg)
     states = _ingest(cfg, batches)
     _read_back(cfg, batches)

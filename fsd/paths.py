@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+#: a batch id or a view name (the same rule as the database's CHECK on action_batch.batch_id)
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
+
 #: longest relative path (bytes, UTF-8) accepted inside a batch or a view
 MAX_PATH_BYTES = 1000
 

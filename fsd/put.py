@@ -16,7 +16,7 @@ from pathlib import Path
 
 from fsd import shardfmt as fmt
 from fsd.errors import ExitCode, HoardError
-from fsd.store import CHUNK, GROUP_BYTES, STREAM_THRESHOLD, PutResult, SourceChanged, Store, hash_file
+from fsd.store import CHUNK, GROUP_BYTES, STREAM_THRESHOLD, PutResult, SourceChanged, Store, hash_file, read_upto
 from fsd.writer import ReplicaFailed, ShardWriter, _Pending
 
 
@@ -63,7 +63,7 @@ class _Batch:
                 fd = -1
                 self._add_large(res, path)
                 return
-            data = _read_all(fd, st.st_size + 1)
+            data = read_upto(fd, st.st_size + 1)
             if _changed(st, os.fstat(fd)) or len(data) != st.st_size:
                 res.reason = f"{path} changed while being read; store it again when its writer is done"
                 return
@@ -170,18 +170,6 @@ class _Batch:
         self._commit()
         self._retrying(self.writer.seal)
         return self.results
-
-
-def _read_all(fd: int, limit: int) -> bytes:
-    parts = []
-    total = 0
-    while total < limit:
-        chunk = os.read(fd, min(CHUNK, limit - total))
-        if not chunk:
-            break
-        parts.append(chunk)
-        total += len(chunk)
-    return b"".join(parts)
 
 
 def _changed(a: os.stat_result, b: os.stat_result) -> bool:

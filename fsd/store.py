@@ -248,28 +248,32 @@ class Store:
         """Name an ingested batch's manifest object in the index and, so that `hoard index
         rebuild` finds it again, in `batches/<batch_id>.json` on every writable disk; None
         unregisters it (type-B deletion)."""
-        self._name_manifest(BATCHES_DIR, batch_id, info)
+        self.write_pointer(f"{BATCHES_DIR}/{batch_id}.json", info)
         self.index.put_batch(batch_id, info)
 
     def register_view(self, name: str, info: dict | None) -> None:
         """The same for a view (`views/<name>.json`); None removes it."""
-        self._name_manifest(VIEWS_DIR, name, info)
+        self.write_pointer(f"{VIEWS_DIR}/{name}.json", info)
         self.index.put_view(name, info)
 
-    def _name_manifest(self, folder: str, name: str, info: dict | None) -> None:
+    def write_pointer(self, rel: str, doc: dict | None) -> None:
+        """Write (tmp → fsync → rename) a small JSON document at `rel` under every writable
+        disk's root — what `hoard index rebuild` or a person needs with only the HDDs left —
+        or remove it there when `doc` is None."""
         import json
 
         from fsd.disks import atomic_write, fsync_dir
 
-        doc = json.dumps(info, indent=1, sort_keys=True).encode()
+        body = json.dumps(doc, indent=1, sort_keys=True).encode()
         for uuid, disk in self.disks.items():
             if self.usable(uuid, for_write=True):
-                (disk.root / folder).mkdir(exist_ok=True)
-                if info is None:
-                    (disk.root / folder / f"{name}.json").unlink(missing_ok=True)
-                    fsync_dir(disk.root / folder)
+                path = disk.root / rel
+                path.parent.mkdir(exist_ok=True)
+                if doc is None:
+                    path.unlink(missing_ok=True)
+                    fsync_dir(path.parent)
                 else:
-                    atomic_write(disk.root / folder / f"{name}.json", doc)
+                    atomic_write(path, body)
 
     def batch_manifest(self, batch_id: str) -> dict | None:
         """The manifest of an ingested batch (from the store, verified), or None if unknown."""
@@ -382,7 +386,7 @@ def hash_file(path: Path) -> tuple[bytes, bytes, int, os.stat_result, bytes]:
     try:
         st = os.fstat(fd)
         n = 0
-        while chunk := _read_full(fd, CHUNK):
+        while chunk := read_upto(fd, CHUNK):
             sha.update(chunk)
             xx.update(chunk)
             pieces += [xxhash.xxh3_128_digest(chunk[i:i + MAP_PIECE]) for i in range(0, len(chunk), MAP_PIECE)]
@@ -393,12 +397,14 @@ def hash_file(path: Path) -> tuple[bytes, bytes, int, os.stat_result, bytes]:
     return sha.digest(), xx.digest(), n, st, b"".join(pieces)
 
 
-def _read_full(fd: int, n: int) -> bytes:
-    parts, got = [], 0
-    while got < n:
-        b = os.read(fd, n - got)
-        if not b:
+def read_upto(fd: int, limit: int) -> bytes:
+    """Up to `limit` bytes from the file position (fewer only at the end of the file)."""
+    parts = []
+    total = 0
+    while total < limit:
+        chunk = os.read(fd, min(CHUNK, limit - total))
+        if not chunk:
             break
-        parts.append(b)
-        got += len(b)
+        parts.append(chunk)
+        total += len(chunk)
     return b"".join(parts)

@@ -14,9 +14,9 @@ import json
 import re
 
 from fsd.errors import ExitCode, HoardError
-from fsd.paths import hostile_reason
+from fsd.paths import NAME_PATTERN, hostile_reason
 
-VIEW_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+VIEW_NAME = re.compile(NAME_PATTERN)
 
 
 class ViewError(HoardError):

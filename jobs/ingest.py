@@ -37,12 +37,13 @@ from fsd import config as config_mod
 from fsd.config import Settings
 from fsd.disks import atomic_write, fsync_dir
 from fsd.errors import ExitCode, HoardError
+from fsd.paths import NAME_PATTERN
 
 STEPS = ("scan", "store", "apply", "package", "finish")
 QUEUE_OF = {"scan": "ingest", "store": "io", "apply": "sql", "package": "io", "finish": "maintenance"}
 #: RQ timeout per step (a 20,000-item batch with large videos takes minutes, not hours)
 STEP_TIMEOUT_S = 6 * 3600
-BATCH_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+BATCH_ID = re.compile(NAME_PATTERN)
 SIGNAL = "_READY"
 
 

@@ -92,9 +92,18 @@ def _point_disks_at(store, doc: dict) -> None:
     """Write the latest dump's sha256 to every active HDD's root: with the SSD (index, database,
     zone 3B) lost, `cat /srv/hdd/*/.hoard-db-dump.json` names the object to `hoard get` after
     `hoard index rebuild`."""
-    for uuid, disk in store.disks.items():
-        if store.usable(uuid, for_write=True):
-            atomic_write(disk.root / POINTER, json.dumps(doc, indent=1).encode())
+    store.write_pointer(POINTER, doc)
+
+
+def _dump_row(conn: psycopg.Connection, backup_id: int | None) -> tuple[int, str, dict]:
+    """(backup_id, sha256 hex, row counts) of a recorded dump: that one, or the latest."""
+    row = conn.execute("SELECT backup_id, encode(sha256, 'hex'), row_counts FROM backup_log WHERE kind = 'dump' "
+                       + ("AND backup_id = %s " if backup_id else "") + "ORDER BY finished_at DESC LIMIT 1",
+                       [backup_id] if backup_id else []).fetchone()
+    if row is None:
+        raise HoardError("no dump recorded" + (f" with id {backup_id}" if backup_id else "")
+                         + "; run `hoard db backup --type dump` first", ExitCode.USAGE)
+    return row
 
 
 def verify_dump(url: str, store, backup_id: int | None = None, sample: int = 200) -> VerifyResult:
@@ -103,12 +112,7 @@ def verify_dump(url: str, store, backup_id: int | None = None, sample: int = 200
     row counts against the dump's snapshot, and that sampled physical nodes exist in the store."""
     t0 = time.monotonic()
     with psycopg.connect(url, autocommit=True) as conn:
-        row = conn.execute("SELECT backup_id, encode(sha256, 'hex'), row_counts FROM backup_log WHERE kind = 'dump' "
-                           + ("AND backup_id = %s " if backup_id else "") + "ORDER BY finished_at DESC LIMIT 1",
-                           [backup_id] if backup_id else []).fetchone()
-        if row is None:
-            raise HoardError("no dump recorded; run `hoard db backup --type dump` first", ExitCode.USAGE)
-        backup_id, sha, counts = row
+        backup_id, sha, counts = _dump_row(conn, backup_id)
         schema = conn.execute("SELECT current_schema()").fetchone()[0]
         scratch = f"hoard_verify_{os.getpid()}_{int(time.time())}"
         problems: list[str] = []
@@ -149,13 +153,7 @@ def restore_dump(url: str, store, backup_id: int | None = None) -> int:
     """Replace the database's schema with a dump (default: the latest); returns the backup id.
     The backup log survives: its rows are carried over from the current database."""
     with psycopg.connect(url, autocommit=True) as conn:
-        row = conn.execute("SELECT backup_id, encode(sha256, 'hex') FROM backup_log WHERE kind = 'dump' "
-                           + ("AND backup_id = %s " if backup_id else "") + "ORDER BY finished_at DESC LIMIT 1",
-                           [backup_id] if backup_id else []).fetchone()
-        if row is None:
-            raise HoardError("no dump recorded" + (f" with id {backup_id}" if backup_id else "")
-                             + "; `hoard db backup --type dump` makes one", ExitCode.USAGE)
-        backup_id, sha = row
+        backup_id, sha, _counts_then = _dump_row(conn, backup_id)
         schema = conn.execute("SELECT current_schema()").fetchone()[0]
         saved = bytearray()  # the backup log survives the restore (text COPY round-trips exactly)
         with conn.cursor() as cur, cur.copy("COPY backup_log TO STDOUT") as cp:

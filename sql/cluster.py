@@ -44,16 +44,7 @@ class PrivateCluster:
         return self.link.resolve() / "postgres.log"
 
     def _run_as(self) -> list[str]:
-        if os.geteuid() != 0:
-            return []
-        try:
-            pwd.getpwnam(SERVER_USER)
-        except KeyError:
-            raise HoardError(
-                f"running as root but there is no `{SERVER_USER}` user to run PostgreSQL; "
-                "install the Debian package `postgresql` (make demo does this)", ExitCode.UNAVAILABLE,
-            ) from None
-        return [which("runuser", "util-linux"), "-u", SERVER_USER, "--"]
+        return run_as_server()
 
     def _pg(self, args: list[str], what: str) -> None:
         # cwd=/ because the server user may not be allowed into the caller's directory
@@ -74,10 +65,8 @@ class PrivateCluster:
             else:
                 self.link.mkdir()
         self.socket_dir.mkdir(parents=True, exist_ok=True)  # inside the link (see EmbeddedConfig)
+        give_to_server(self.link.resolve(), self.socket_dir)
         if os.geteuid() == 0:
-            pw = pwd.getpwnam(SERVER_USER)
-            for p in (self.link.resolve(), self.socket_dir):
-                os.chown(p, pw.pw_uid, pw.pw_gid)
             os.chmod(self.link.resolve(), 0o700)
             os.chmod(self.socket_dir, 0o755)
 
@@ -137,6 +126,29 @@ class PrivateCluster:
             self.link.unlink()
         else:
             shutil.rmtree(self.link, ignore_errors=True)
+
+
+def run_as_server() -> list[str]:
+    """The command prefix that runs a program as the PostgreSQL server user (none unless root)."""
+    if os.geteuid() != 0:
+        return []
+    try:
+        pwd.getpwnam(SERVER_USER)
+    except KeyError:
+        raise HoardError(
+            f"running as root but there is no `{SERVER_USER}` user to run PostgreSQL; "
+            "install the Debian package `postgresql` (make demo does this)", ExitCode.UNAVAILABLE,
+        ) from None
+    return [which("runuser", "util-linux"), "-u", SERVER_USER, "--"]
+
+
+def give_to_server(*paths: Path) -> None:
+    """chown paths to the server user (when root: the server must own what it writes)."""
+    if os.geteuid() != 0:
+        return
+    pw = pwd.getpwnam(SERVER_USER)
+    for p in paths:
+        os.chown(p, pw.pw_uid, pw.pw_gid)
 
 
 def ensure_database(url: str) -> bool:

@@ -25,6 +25,7 @@ import psycopg
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator, model_validator
 
 from fsd.errors import ExitCode, HoardError
+from fsd.paths import NAME_PATTERN
 
 INTENT_VERSION = 1
 Sha = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
@@ -137,7 +138,7 @@ class RelationshipIn(BaseModel):
 
 class BatchIn(BaseModel):
     model_config = _strict
-    batch_id: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")]
+    batch_id: Annotated[str, StringConstraints(pattern=NAME_PATTERN)]
     action: int = Field(default=0, ge=0)
     source: Name | None = None
     members: list[Sha] = []

@@ -59,14 +59,12 @@ def backrest_for(cfg):
     import os
     import shutil
 
-    from sql.cluster import PrivateCluster
     from sql.pgbackrest import BackRest
 
     e = cfg.embedded
     if e is None or not e.postgres or os.environ.get("HOARD_DATABASE_URL") or not shutil.which("pgbackrest"):
         return None
-    cluster = PrivateCluster(e.pg_dir, e.pg_socket_dir)
-    return BackRest.for_cluster(cluster, [d.path for d in cfg.disks])
+    return BackRest.for_cluster(_cluster(cfg), [d.path for d in cfg.disks])
 
 
 def _cluster(cfg):

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import pyfuse3
 
-from fsd.mount.namespace import ROOT, Namespace, Node
+from fsd.mount.namespace import Namespace, Node
 from fsd.mount.reader import SMALL_MAX, ReadFailed, Reader
 
 log = logging.getLogger(__name__)
@@ -63,7 +63,6 @@ class HoardOps(pyfuse3.Operations):
         self.handles: dict[int, _Open] = {}
         self.dir_handles: dict[int, list] = {}
         self.next_fh = 1
-        self.failsafe = False
 
     # -- attributes ------------------------------------------------------------------------------
     def _attr(self, n: Node) -> pyfuse3.EntryAttributes:
@@ -215,6 +214,3 @@ class HoardOps(pyfuse3.Operations):
     setattr = mknod = mkdir = unlink = rmdir = symlink = rename = link = create = write = _readonly
     setxattr = removexattr = _readonly
 
-
-def root_node(ns: Namespace) -> Node:
-    return ns.nodes[ROOT]

@@ -58,16 +58,21 @@ class _Stream:
     chunk_digests: bytes | None = None
 
 
-def _read_block(disk, shard_hex: str, b: int) -> bytes:
+def _pread(disk, shard_hex: str, offset: int, length: int, willneed: bool = False) -> bytes:
     fd = os.open(disk.find(shard_hex), os.O_RDONLY)
     try:
-        # Blocks are read every other one per replica: the kernel would not see a sequential
-        # reader and would fetch 4 MiB in small synchronous steps (about half the disk's
-        # rate). WILLNEED asks for the whole block at once.
-        os.posix_fadvise(fd, b * BLOCK, BLOCK, os.POSIX_FADV_WILLNEED)
-        return os.pread(fd, BLOCK, b * BLOCK)
+        if willneed:
+            os.posix_fadvise(fd, offset, length, os.POSIX_FADV_WILLNEED)
+        return os.pread(fd, length, offset)
     finally:
         os.close(fd)
+
+
+def _read_block(disk, shard_hex: str, b: int) -> bytes:
+    # Blocks are read every other one per replica: the kernel would not see a sequential
+    # reader and would fetch 4 MiB in small synchronous steps (about half the disk's rate).
+    # WILLNEED asks for the whole block at once.
+    return _pread(disk, shard_hex, b * BLOCK, BLOCK, willneed=True)
 
 
 class Reader:
@@ -102,9 +107,6 @@ class Reader:
             fut.add_done_callback(lambda _f: token.run_sync_soon(event.set))
             await event.wait()
         return fut.result()
-
-    def submit(self, disk_uuid: str, fn, *args) -> cf.Future:
-        return self.pools[disk_uuid].submit(fn, *args)
 
     # -- small objects -------------------------------------------------------------------------
     async def read_small(self, sha: bytes) -> bytes:
@@ -144,24 +146,34 @@ class Reader:
         order = self.store.replica_order(meta) if meta else []
         return self.pools[order[0].uuid] if order else next(iter(self.pools.values()))
 
-    def _small_sync(self, sha: bytes) -> bytes:
+    def _from_replicas(self, sha: bytes, what: str, read):
+        """`read(disk, meta, loc)` on the object's usable replicas in order until one gives
+        good bytes; a replica that fails is reported (EIO marks its disk failed) and skipped."""
         loc = self.store.index.lookup(sha)
         if loc is None:
             raise ReadFailed(f"object {sha.hex()} is no longer in the index")
         meta = self.store.index.get_shard(loc.shard_id)
-        start = loc.offset - fmt.RECORD_HEADER_SIZE
-        end = loc.offset + loc.length
         tried = []
         for disk in self.store.replica_order(meta) if meta else []:
+            try:
+                return read(disk, meta, loc)
+            except (OSError, fmt.ShardFormatError) as e:
+                tried.append(f"{disk.label}: {getattr(e, 'strerror', None) or e}")
+                self._bad_replica(disk, meta, e)
+        raise ReadFailed(f"{what}: no good replica ({'; '.join(tried) or 'none usable'})")
+
+    def _small_sync(self, sha: bytes) -> bytes:
+        def read(disk, meta, loc) -> bytes:
+            start, end = loc.offset - fmt.RECORD_HEADER_SIZE, loc.offset + loc.length
             try:
                 buf = self._span(disk, meta.hex, loc.shard_id, start, end)
                 self._prefetch(meta, (end - 1) // BLOCK)
                 return verify_record(memoryview(buf), 0, sha, loc.length, f" (shard {meta.hex} on {disk.label})")
-            except (OSError, fmt.ShardFormatError) as e:
-                self._evict(loc.shard_id, start, end)
-                tried.append(f"{disk.label}: {getattr(e, 'strerror', None) or e}")
-                self._bad_replica(disk, meta, e)
-        raise ReadFailed(f"object {sha.hex()}: no good replica ({'; '.join(tried) or 'none usable'})")
+            except (OSError, fmt.ShardFormatError):
+                self._evict(loc.shard_id, start, end)  # bad blocks must not be served to the next reader
+                raise
+
+        return self._from_replicas(sha, f"object {sha.hex()}", read)
 
     def _span(self, disk, shard_hex: str, sid: bytes, start: int, end: int) -> bytes:
         first, last = start // BLOCK, (end - 1) // BLOCK
@@ -265,9 +277,9 @@ class Reader:
                 piece = fut.result()
                 lo = off - first * MAP_PIECE
                 return piece[lo:lo + end - off]
-        if st.chunk_digests is None:
-            await self.wait(self._first_disk_pool(st.sha).submit(self._learn_chunks, st))
         pool = self._first_disk_pool(st.sha)
+        if st.chunk_digests is None:
+            await self.wait(pool.submit(self._learn_chunks, st))
         for i in range(first, min(last + READ_AHEAD, (st.size - 1) // MAP_PIECE) + 1):
             if i not in st.pieces:
                 st.pieces[i] = pool.submit(self._piece_sync, st, i)
@@ -282,27 +294,16 @@ class Reader:
         return out[0] if len(out) == 1 else b"".join(out)
 
     def _piece_sync(self, st: _Stream, i: int) -> bytes:
-        loc = self.store.index.lookup(st.sha)
-        if loc is None:
-            raise ReadFailed(f"object {st.sha.hex()} is no longer in the index")
-        meta = self.store.index.get_shard(loc.shard_id)
         length = min(MAP_PIECE, st.size - i * MAP_PIECE)
         want = st.chunk_digests[i * 16:(i + 1) * 16]
-        tried = []
-        for disk in self.store.replica_order(meta) if meta else []:
-            try:
-                fd = os.open(disk.find(meta.hex), os.O_RDONLY)
-                try:
-                    piece = os.pread(fd, length, loc.offset + i * MAP_PIECE)
-                finally:
-                    os.close(fd)
-                if len(piece) != length or xxhash.xxh3_128_digest(piece) != want:
-                    raise fmt.ShardFormatError(f"piece {i} of {st.sha.hex()[:12]}… does not match its chunk map")
-                return piece
-            except (OSError, fmt.ShardFormatError) as e:
-                tried.append(f"{disk.label}: {getattr(e, 'strerror', None) or e}")
-                self._bad_replica(disk, meta, e)
-        raise ReadFailed(f"object {st.sha.hex()} piece {i}: no good replica ({'; '.join(tried) or 'none usable'})")
+
+        def read(disk, meta, loc) -> bytes:
+            piece = _pread(disk, meta.hex, loc.offset + i * MAP_PIECE, length)
+            if len(piece) != length or xxhash.xxh3_128_digest(piece) != want:
+                raise fmt.ShardFormatError(f"piece {i} of {st.sha.hex()[:12]}… does not match its chunk map")
+            return piece
+
+        return self._from_replicas(st.sha, f"object {st.sha.hex()} piece {i}", read)
 
     def _learn_chunks(self, st: _Stream) -> None:
         """No chunk map yet (stored before maps existed, or index rebuilt): stream the record
@@ -310,32 +311,24 @@ class Reader:
         checked, one MAP_PIECE in memory at a time — and record the map for next time."""
         import hashlib
 
-        loc = self.store.index.lookup(st.sha)
-        meta = self.store.index.get_shard(loc.shard_id) if loc else None
-        tried = []
-        for disk in self.store.replica_order(meta) if meta else []:
+        def read(disk, meta, loc) -> bytes:
+            fd = os.open(disk.find(meta.hex), os.O_RDONLY)
             try:
-                fd = os.open(disk.find(meta.hex), os.O_RDONLY)
-                try:
-                    head = os.pread(fd, fmt.RECORD_HEADER_SIZE, loc.offset - fmt.RECORD_HEADER_SIZE)
-                    sha, length, digest, _flags = fmt.decode_record_header(head)
-                    if sha != st.sha or length != loc.length:
-                        raise fmt.ShardFormatError("record header does not match the index")
-                    h, xx, pieces = hashlib.sha256(), xxhash.xxh3_128(), []
-                    for off in range(0, length, MAP_PIECE):
-                        piece = os.pread(fd, min(MAP_PIECE, length - off), loc.offset + off)
-                        h.update(piece)
-                        xx.update(piece)
-                        pieces.append(xxhash.xxh3_128_digest(piece))
-                finally:
-                    os.close(fd)
-                if xx.digest() != digest or h.digest() != st.sha:
-                    raise fmt.ShardFormatError(f"object {st.sha.hex()[:12]}… does not match its checksums")
-            except (OSError, fmt.ShardFormatError) as e:
-                tried.append(f"{disk.label}: {getattr(e, 'strerror', None) or e}")
-                self._bad_replica(disk, meta, e)
-                continue
-            st.chunk_digests = b"".join(pieces)
-            self.store.index.put_chunks(st.sha, st.chunk_digests)
-            return
-        raise ReadFailed(f"object {st.sha.hex()}: no good replica ({'; '.join(tried) or 'none usable'})")
+                head = os.pread(fd, fmt.RECORD_HEADER_SIZE, loc.offset - fmt.RECORD_HEADER_SIZE)
+                sha, length, digest, _flags = fmt.decode_record_header(head)
+                if sha != st.sha or length != loc.length:
+                    raise fmt.ShardFormatError("record header does not match the index")
+                h, xx, pieces = hashlib.sha256(), xxhash.xxh3_128(), []
+                for off in range(0, length, MAP_PIECE):
+                    piece = os.pread(fd, min(MAP_PIECE, length - off), loc.offset + off)
+                    h.update(piece)
+                    xx.update(piece)
+                    pieces.append(xxhash.xxh3_128_digest(piece))
+            finally:
+                os.close(fd)
+            if xx.digest() != digest or h.digest() != st.sha:
+                raise fmt.ShardFormatError(f"object {st.sha.hex()[:12]}… does not match its checksums")
+            return b"".join(pieces)
+
+        st.chunk_digests = self._from_replicas(st.sha, f"object {st.sha.hex()}", read)
+        self.store.index.put_chunks(st.sha, st.chunk_digests)
