@@ -68,23 +68,23 @@ class DiskRecord:
         return cls(**d)
 
 
-def read_identity(root: Path) -> dict | None:
+def read_identity(root: Path, name: str = IDENTITY) -> dict | None:
     """The identity, None if there is none, or {"uuid": None, "error": why} if unreadable."""
     try:
-        return json.loads((root / IDENTITY).read_text())
+        return json.loads((root / name).read_text())
     except FileNotFoundError:
         return None
     except OSError as e:
-        return {"uuid": None, "error": f"cannot read {root / IDENTITY}: {e.strerror}", "errno": e.errno}
+        return {"uuid": None, "error": f"cannot read {root / name}: {e.strerror}", "errno": e.errno}
     except ValueError:
-        return {"uuid": None, "error": f"{root / IDENTITY} is damaged (not JSON)"}
+        return {"uuid": None, "error": f"{root / name} is damaged (not JSON)"}
 
 
-def write_identity(root: Path, label: str) -> dict:
-    """Give a fresh disk its identity (tmp → fsync → rename → fsync dir)."""
+def write_identity(root: Path, label: str, name: str = IDENTITY) -> dict:
+    """Give a fresh disk (or the SSD) its identity (tmp → fsync → rename → fsync dir)."""
     ident = {"uuid": str(uuidlib.uuid4()), "label": label, "format": IDENTITY_FORMAT,
              "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
-    atomic_write(root / IDENTITY, json.dumps(ident, indent=1).encode())
+    atomic_write(root / name, json.dumps(ident, indent=1).encode())
     return ident
 
 

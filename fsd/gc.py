@@ -26,6 +26,7 @@ import contextlib
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from fsd.errors import ExitCode, HoardError
@@ -54,22 +55,54 @@ class GcReport:
     plan: list[dict] = field(default_factory=list)
 
 
-def live_bytes(store: Store) -> tuple[dict[bytes, int], dict[bytes, list[bytes]], set[bytes]]:
-    """Per shard: live payload bytes and the live shas; plus the tombstoned shas."""
-    dead = store.index.marked(store.index.deleted)
+Roots = Callable[[set[bytes]], set[bytes]]
+
+
+def referenced(store: Store, among: set[bytes], extra: Roots | None = None) -> set[bytes]:
+    """Which of `among` something still references *now*: a registered batch or view manifest
+    (and the manifest objects themselves), a pin (a job between acknowledgement and manifest,
+    see Store.pin), or — through `extra` (the CLI passes the database's nodes) — a row.
+
+    Reachability is computed here, at gc time, not from marks set earlier: a tombstone only
+    says "someone asked to delete this"; an object is dropped only if it is tombstoned *and*
+    unreferenced when gc swaps."""
+    import json
+
+    from fsd.store import pinned
+
+    if not among:
+        return set()
+    refs: set[bytes] = set()
+    for entries in (store.index.iter_batches(), store.index.iter_views()):
+        for _name, info in entries:
+            man = bytes.fromhex(info["manifest"])
+            if man in among:
+                refs.add(man)
+            files = json.loads(store.get(info["manifest"]))["files"]
+            refs.update(sha for f in files if (sha := bytes.fromhex(f["sha256"])) in among)
+    pins, bad = pinned(store.cfg)
+    if bad:
+        raise HoardError(f"gc: pin files cannot be read ({'; '.join(bad)}); nothing was deleted — fix or remove "
+                         "them (each names the job that relies on objects)", ExitCode.DATA)
+    refs |= pins & among
+    if extra is not None:
+        refs |= extra(among - refs) & among
+    return refs
+
+
+def live_bytes(store: Store, dead: set[bytes]) -> tuple[dict[bytes, int], dict[bytes, list[bytes]]]:
+    """Per shard: live payload bytes, and every object pointing there (dead ones too)."""
     live: dict[bytes, int] = {}
     members: dict[bytes, list[bytes]] = {}
     for sha, loc in store.index.iter_objects():
-        if sha in dead:
-            members.setdefault(loc.shard_id, [])
-            continue
-        live[loc.shard_id] = live.get(loc.shard_id, 0) + loc.length
         members.setdefault(loc.shard_id, []).append(sha)
-    return live, members, dead
+        if sha not in dead:
+            live[loc.shard_id] = live.get(loc.shard_id, 0) + loc.length
+    return live, members
 
 
-def plan(store: Store, threshold: float) -> list[tuple[ShardMeta, int, list[bytes]]]:
-    live, members, _ = live_bytes(store)
+def plan(store: Store, threshold: float, dead: set[bytes]) -> list[tuple[ShardMeta, int, list[bytes]]]:
+    live, members = live_bytes(store, dead)
     out = []
     for meta in store.index.iter_shards():
         if not meta.sealed or meta.size <= 0:
@@ -80,11 +113,26 @@ def plan(store: Store, threshold: float) -> list[tuple[ShardMeta, int, list[byte
     return out
 
 
-def gc(store: Store, threshold: float = 0.5, dry_run: bool = False) -> GcReport:
+def gc(store: Store, threshold: float = 0.5, dry_run: bool = False, roots: Roots | None = None,
+       wait_s: float = 0.0) -> GcReport:
+    """Compact shards whose live share is below `threshold`. `roots(candidates)` names which
+    tombstoned objects something outside the store (the database) still references; they
+    are kept and their tombstones cleared. Holds the maintenance lock throughout and the
+    store lock exclusively while it decides what is unreferenced and swaps."""
+    with store.maintenance("gc", wait_s=wait_s):
+        return _gc(store, threshold, dry_run, roots, wait_s)
+
+
+def _gc(store: Store, threshold: float, dry_run: bool, roots: Roots | None, wait_s: float) -> GcReport:
     t0 = time.monotonic()
     rep = GcReport()
     rep.replicas_deleted, rep.bytes_freed = _finish_retired(store)  # a crashed run's step 4
-    todo = plan(store, threshold)
+    tombstoned = store.index.marked(store.index.deleted)
+    wanted = referenced(store, tombstoned, roots)
+    if wanted and not dry_run:
+        store.index.unmark(store.index.deleted, wanted)  # referenced again: not deleted after all
+    dead = tombstoned - wanted
+    todo = plan(store, threshold, dead)
     rep.candidates = len(todo)
     rep.plan = [{"shard": m.hex, "size": m.size, "live": live, "ratio": round(live / m.size, 3)}
                 for m, live, _ in todo]
@@ -96,13 +144,18 @@ def gc(store: Store, threshold: float = 0.5, dry_run: bool = False) -> GcReport:
         by_class.setdefault(item[0].klass, []).append(item)
     for klass, items in by_class.items():
         need = sum(live for _, live, _ in items) * store.target(klass)
-        reservations = _reserve(store, need)
+        reservation = _reserve(store, need)
         try:
-            moved = _copy_live(store, klass, items, reservations)
+            moved = _copy_live(store, klass, items, dead)
         finally:
-            _release(reservations)
+            reservation.release()
         rep.live_bytes_copied += sum(live for _, live, _ in items)
-        done, kept, dropped = _swap(store, items, moved)
+        with store.exclusive("gc swap", wait_s=max(wait_s, 60)):
+            # who references what is decided again now, with every writer stopped: objects
+            # stored again, pinned or named by a new manifest since the plan are kept
+            candidates = {sha for _, _, shas in items for sha in shas if sha not in moved}
+            still = referenced(store, candidates & store.index.marked(store.index.deleted), roots)
+            done, kept, dropped = _swap(store, items, moved, still)
         rep.compacted += done
         rep.kept_back += kept
         rep.objects_dropped += dropped
@@ -115,7 +168,7 @@ def gc(store: Store, threshold: float = 0.5, dry_run: bool = False) -> GcReport:
 
 # -- 1. reserve ------------------------------------------------------------------------------
 
-def _reserve(store: Store, need: int) -> list[str]:
+def _reserve(store: Store, need: int) -> Reservation:
     usable = [(u, d) for u, d in store.disks.items() if store.usable(u, for_write=True)]
     free = {u: d.free_bytes(store._disk_record(u).used_bytes) for u, d in usable}
     slack = store.shard_bytes
@@ -124,40 +177,68 @@ def _reserve(store: Store, need: int) -> list[str]:
         raise GcNoSpace(f"gc needs {need / 1e9:.2f} GB free on the disks to copy the live records before it can "
                         f"free anything, the disks have {have / 1e9:.2f} GB (after {slack / 1e6:.0f} MB slack each); "
                         "raise --threshold less (fewer shards), add a disk, or delete more first")
-    paths = []
+    res = Reservation(store)
     try:
         for u, d in usable:  # each disk reserves its share of the need, by free space
             share = int(need * max(0, free[u] - slack) / have) if have else 0
-            if share <= 0:
-                continue
-            path = d.root / "tmp" / RESERVE_NAME
-            path.parent.mkdir(exist_ok=True)
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
-            try:
-                os.posix_fallocate(fd, 0, share)
-            finally:
-                os.close(fd)
-            paths.append(str(path))
+            if share > 0:
+                res.add(d, share)
     except OSError as e:
-        _release(paths)
+        res.release()
         raise GcNoSpace(f"gc could not reserve {need / 1e9:.2f} GB ({e.strerror}); free space first") from None
-    return paths
+    return res
 
 
-def _release(paths: list[str]) -> None:
-    for p in paths:
+class Reservation:
+    """Space set aside on the disks with `fallocate`d files (`<disk>/tmp/gc-reserve`), so a
+    concurrent ingest cannot take what gc's copies need. It is handed over piece by piece:
+    the store counts it as free for this process's own placement (Store.reservations), and
+    each shard or replica gc places on a disk shrinks that disk's file first."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.files: dict[str, tuple[str, int]] = {}  # disk uuid → (path, bytes still reserved)
+        store.reservations = self
+
+    def add(self, disk, nbytes: int) -> None:
+        path = disk.root / "tmp" / RESERVE_NAME
+        path.parent.mkdir(exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.posix_fallocate(fd, 0, nbytes)
+        finally:
+            os.close(fd)
+        self.files[disk.uuid] = (str(path), nbytes)
+
+    def remaining(self, uuid: str) -> int:
+        return self.files.get(uuid, ("", 0))[1]
+
+    def take(self, uuid: str, nbytes: int) -> None:
+        """Give `nbytes` of the disk's reservation back to the filesystem for a write about to happen."""
+        if uuid not in self.files:
+            return
+        path, left = self.files[uuid]
+        left = max(0, left - nbytes)
         with contextlib.suppress(FileNotFoundError):
-            os.unlink(p)
+            os.truncate(path, left)
+        self.files[uuid] = (path, left)
+
+    def release(self) -> None:
+        for path, _ in self.files.values():
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+        self.files.clear()
+        if self.store.reservations is self:
+            self.store.reservations = None
 
 
 # -- 2. copy ---------------------------------------------------------------------------------
 
-def _copy_live(store: Store, klass: str, items, reservations: list[str]) -> dict[bytes, ObjectLoc]:
+def _copy_live(store: Store, klass: str, items, dead: set[bytes]) -> dict[bytes, ObjectLoc]:
     """Append every live record of the candidates to new shards; return sha → new location."""
-    from fsd.replicate import replicate_once
+    from fsd.replicate import _replicate
     from fsd.writer import ShardWriter
 
-    _release(reservations)  # handed to the writer now, right before it needs the space
     writer = ShardWriter(store, klass)
     writer.log_written = True
     moved: dict[bytes, ObjectLoc] = {}
@@ -165,6 +246,8 @@ def _copy_live(store: Store, klass: str, items, reservations: list[str]) -> dict
         with store.lock:
             for meta, _live, shas in items:
                 for sha in shas:
+                    if sha in dead:
+                        continue
                     data = store.get(sha.hex())  # verified, from any good replica
                     writer.append(sha, data)
                     if writer.shard and len(writer.shard.pending) >= 256:
@@ -177,7 +260,7 @@ def _copy_live(store: Store, klass: str, items, reservations: list[str]) -> dict
         writer.close()
     new_shards = {loc.shard_id for loc in moved.values()}
     for _ in range(3):  # bring the copies to the replica target before the old ones go
-        replicate_once(store, budget_s=3600, rate_mb_s=None)
+        _replicate(store, budget_s=3600, rate_mb_s=None)
         short = [s for s in new_shards if len((store.index.get_shard(s) or ShardMeta(s, klass)).replicas)
                  < store.target(klass)]
         if not short:
@@ -190,30 +273,27 @@ def _copy_live(store: Store, klass: str, items, reservations: list[str]) -> dict
 
 # -- 3. swap ---------------------------------------------------------------------------------
 
-def _swap(store: Store, items, moved: dict[bytes, ObjectLoc]) -> tuple[int, int, int]:
+def _swap(store: Store, items, moved: dict[bytes, ObjectLoc], referenced_now: set[bytes]) -> tuple[int, int, int]:
+    """One write transaction with point lookups of each candidate shard's members (known from
+    the plan: a sealed shard gains no objects), never a scan of the whole index."""
     idx = store.index
     done = kept = dropped = 0
-    sids = {meta.shard_id for meta, _, _ in items}
     with idx.env.begin(write=True) as txn:
-        pointing: dict[bytes, list[bytes]] = {sid: [] for sid in sids}
-        for k, v in txn.cursor(db=idx.objects):  # who points at the candidates, now, inside the txn
-            sid = bytes(v[:12])
-            if sid in pointing:
-                pointing[sid].append(bytes(k))
-        for meta, _live, _shas in items:
+        for meta, _live, shas in items:
             sid = meta.shard_id
-            old = pointing[sid]
-            if any(sha not in moved and txn.get(sha, db=idx.deleted) is None for sha in old):
-                kept += 1  # stored again after its delete, not copied: keep the shard this round
+            here = [sha for sha in shas if (v := txn.get(sha, db=idx.objects)) is not None and bytes(v[:12]) == sid]
+            drop = [sha for sha in here if sha not in moved]
+            if any(txn.get(sha, db=idx.deleted) is None or sha in referenced_now for sha in drop):
+                kept += 1  # wanted again since the plan and not copied: keep the shard this round
                 continue
-            for sha in old:
+            for sha in here:
                 if sha in moved:
                     txn.put(sha, _pack(moved[sha]), db=idx.objects)
-                else:
-                    txn.delete(sha, db=idx.objects)
-                    for db in (idx.deleted, idx.hidden, idx.exts, idx.chunks):
-                        txn.delete(sha, db=db)
-                    dropped += 1
+            for sha in drop:
+                txn.delete(sha, db=idx.objects)
+                for db in (idx.deleted, idx.hidden, idx.exts, idx.chunks):
+                    txn.delete(sha, db=db)
+                dropped += 1
             current = txn.get(sid, db=idx.shards)
             if current is not None:
                 txn.put(sid, current, db=idx.retired)

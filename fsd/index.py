@@ -15,6 +15,7 @@ Named databases (keys → values):
     hidden   sha256 (32 B)        → JSON {time, reason}: deletion type A (the mount hides it, bytes stay)
     deleted  sha256 (32 B)        → JSON {time, reason}: deletion type B tombstone (gc frees the bytes)
     retired  shard_id (12 B)      → JSON ShardMeta: compacted by gc, replicas still to be deleted
+    meta     key (ascii)          → value: `ssd_uuid` (the SSD this index belongs to)
 
 LMDB allows one writer at a time across processes (RQ workers, the mount daemon) and any
 number of readers. Transactions are short and never span an `await` or disk IO on the
@@ -28,7 +29,7 @@ import os
 import struct
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,9 +37,13 @@ from typing import Any
 import lmdb
 
 from fsd.disks import DiskRecord
+from fsd.errors import ExitCode, HoardError
 
 _OBJ = struct.Struct("<12sQQB")
 MAP_SIZE = 1 << 40  # address space only; the file grows with use
+#: events older than this, or beyond this many, are pruned (the newest are kept)
+EVENTS_MAX_AGE_S = 90 * 86400
+EVENTS_MAX = 100_000
 _seq = 0
 _seq_lock = threading.Lock()
 
@@ -77,11 +82,33 @@ class ShardMeta:
         return cls(sid, d["class"], d["size"], d["sealed"], d["replicas"], d["records"], d["created"], d["verified"])
 
 
+class IndexUnavailable(HoardError):
+    """The LMDB index cannot be written (SSD full, read-only, I/O error)."""
+
+    exit_code = ExitCode.UNAVAILABLE
+
+
+def index_error(path: Path | str, e: lmdb.Error) -> IndexUnavailable:
+    """One line for an LMDB failure, naming the index and what to do."""
+    text = str(e)
+    if isinstance(e, lmdb.MapFullError) or "No space left" in text or "ENOSPC" in text:
+        err = IndexUnavailable(f"the index at {path} cannot grow: the SSD is full ({text.strip()}); free space "
+                               "on the SSD (zones 3A–3D, old `index.old-*` copies) and run this again",
+                               ExitCode.NO_SPACE)
+        return err
+    return IndexUnavailable(f"the index at {path} failed: {text.strip()}; check the SSD (`dmesg`, `df`) and run "
+                            "this again; `hoard index restore` or `hoard index rebuild` if it stays broken")
+
+
 class Index:
     def __init__(self, path: Path, readonly: bool = False) -> None:
         path.mkdir(parents=True, exist_ok=True)
+        self.path = path
         self.env = lmdb.open(str(path), map_size=MAP_SIZE, max_dbs=16, readonly=readonly,
                              max_readers=512, lock=True)
+        # RQ kills work horses with SIGKILL: their reader slots stay taken and pin old pages
+        # (the file grows) until someone clears them
+        self.env.reader_check()
         self.objects = self.env.open_db(b"objects", create=not readonly)
         self.shards = self.env.open_db(b"shards", create=not readonly)
         self.disks = self.env.open_db(b"disks", create=not readonly)
@@ -94,6 +121,7 @@ class Index:
         self.hidden = self.env.open_db(b"hidden", create=not readonly)
         self.deleted = self.env.open_db(b"deleted", create=not readonly)
         self.retired = self.env.open_db(b"retired", create=not readonly)
+        self.meta = self.env.open_db(b"meta", create=not readonly)
 
     def close(self) -> None:
         self.env.close()
@@ -113,8 +141,11 @@ class Index:
                     out[sha] = ObjectLoc(*_OBJ.unpack(raw))
         return out
 
-    def add_objects(self, entries: list[tuple[bytes, ObjectLoc]], shard: ShardMeta | None = None) -> list[bool]:
-        """Insert if absent, in one transaction (with the shard's new size/count); True = new."""
+    def add_objects(self, entries: list[tuple[bytes, ObjectLoc]], shard: ShardMeta | None = None,
+                    update: tuple[bytes, Callable[[ShardMeta], dict[str, int] | None]] | None = None) -> list[bool]:
+        """Insert if absent, in one transaction with the shard's new metadata (`shard`, written
+        as is by the writer that owns the open shard, or `update` = (shard id, fn) as in
+        `update_shard`); True = new."""
         added = []
         with self.env.begin(write=True) as txn:
             for sha, loc in entries:
@@ -122,7 +153,26 @@ class Index:
                                      overwrite=False, db=self.objects))
             if shard is not None:
                 txn.put(shard.shard_id, shard.to_json(), db=self.shards)
+            if update is not None:
+                self._update_shard(txn, *update)
         return added
+
+    def lookup_keep(self, sha: bytes) -> ObjectLoc | None:
+        """Where an object is, for a writer about to answer "existing": the lookup and the
+        clearing of a type-B tombstone happen in one transaction, so gc — which drops only
+        objects still tombstoned inside its own swap transaction — cannot drop the object
+        after this returned it (storing an object again means it is wanted after all)."""
+        with self.env.begin() as txn:
+            raw = txn.get(sha, db=self.objects)
+            marked = raw is not None and txn.get(sha, db=self.deleted) is not None
+        if raw is None or not marked:
+            return ObjectLoc(*_OBJ.unpack(raw)) if raw else None
+        with self.env.begin(write=True) as txn:
+            raw = txn.get(sha, db=self.objects)
+            if raw is None:
+                return None  # gc dropped it between the two transactions: store it anew
+            txn.delete(sha, db=self.deleted)
+            return ObjectLoc(*_OBJ.unpack(raw))
 
     def count_objects(self) -> int:
         with self.env.begin() as txn:
@@ -252,6 +302,25 @@ class Index:
             txn.put(meta.shard_id, meta.to_json(), db=self.shards)
             self._adjust_used(txn, disk_deltas or {})
 
+    def update_shard(self, sid: bytes, fn: Callable[[ShardMeta], dict[str, int] | None]) -> ShardMeta | None:
+        """Read-modify-write one shard's metadata in one transaction: `fn(meta)` changes `meta`
+        in place and returns the disks' used_bytes deltas (or None). Returns the stored meta,
+        or None — without calling fn — when the shard is gone (gc retired it meanwhile): a
+        caller must then not resurrect it. Never read metadata in one transaction and write
+        it in another: a concurrent replicator or scrub would lose its update."""
+        with self.env.begin(write=True) as txn:
+            return self._update_shard(txn, sid, fn)
+
+    def _update_shard(self, txn: Any, sid: bytes, fn: Callable[[ShardMeta], dict[str, int] | None]) -> ShardMeta | None:
+        raw = txn.get(sid, db=self.shards)
+        if raw is None:
+            return None
+        meta = ShardMeta.from_json(sid, raw)
+        deltas = fn(meta)
+        txn.put(sid, meta.to_json(), db=self.shards)
+        self._adjust_used(txn, deltas or {})
+        return meta
+
     def adjust_used(self, disk_deltas: dict[str, int]) -> None:
         with self.env.begin(write=True) as txn:
             self._adjust_used(txn, disk_deltas)
@@ -288,6 +357,15 @@ class Index:
         with self.env.begin(write=True, db=self.disks) as txn:
             txn.put(rec.uuid.encode(), rec.to_json())
 
+    def get_meta(self, key: str) -> str | None:
+        with self.env.begin(db=self.meta) as txn:
+            raw = txn.get(key.encode())
+        return bytes(raw).decode() if raw else None
+
+    def set_meta(self, key: str, value: str) -> None:
+        with self.env.begin(write=True, db=self.meta) as txn:
+            txn.put(key.encode(), value.encode())
+
     # -- events and repairs ---------------------------------------------------------------
     def record_event(self, kind: str, **detail: Any) -> None:
         global _seq
@@ -297,6 +375,28 @@ class Index:
         doc = {"time": time.time(), "kind": kind, **detail}
         with self.env.begin(write=True, db=self.events) as txn:
             txn.put(key, json.dumps(doc, default=str).encode())
+            if _seq % 1000 == 0:
+                self._prune_events(txn)
+
+    def prune_events(self, max_age_s: float = EVENTS_MAX_AGE_S, max_count: int = EVENTS_MAX) -> int:
+        """Drop events older than `max_age_s` and all but the newest `max_count`; returns how many."""
+        with self.env.begin(write=True, db=self.events) as txn:
+            return self._prune_events(txn, max_age_s, max_count)
+
+    def _prune_events(self, txn: Any, max_age_s: float = EVENTS_MAX_AGE_S, max_count: int = EVENTS_MAX) -> int:
+        excess = txn.stat(self.events)["entries"] - max_count
+        oldest_kept = struct.pack(">Q", int((time.time() - max_age_s) * 1e9))
+        cur = txn.cursor(db=self.events)
+        n = 0
+        if cur.first():
+            while True:
+                key = bytes(cur.key())
+                if n >= excess and key[:8] >= oldest_kept:
+                    break
+                if not cur.delete():  # delete moves the cursor to the next entry
+                    break
+                n += 1
+        return n
 
     def recent_events(self, limit: int = 20) -> list[dict[str, Any]]:
         out = []

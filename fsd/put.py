@@ -119,16 +119,14 @@ class _Batch:
         if sha in self.waiting:
             self.waiting[sha].append(res)
             return True
-        loc = self.store.index.lookup(sha)
+        # stored again after a type-B delete: wanted after all (lookup + clearing the tombstone
+        # are one transaction, see Index.lookup_keep)
+        loc = self.store.index.lookup_keep(sha)
         if loc is None:
             return False
-        # stored again after a type-B delete: wanted after all. gc re-checks the tombstone in
-        # the same transaction that would drop the object, so clearing it here keeps it.
-        if self.store.index.is_marked(self.store.index.deleted, sha):
-            self.store.index.unmark(self.store.index.deleted, [sha])
         meta = self.store.index.get_shard(loc.shard_id)
         res.status, res.target = "existing", self.target
-        res.replicas = sum(1 for u in meta.replicas if self.store.usable(u)) if meta else 0
+        res.replicas = self.store.readable_replicas(meta) if meta else 0
         return True
 
     # -- commits and retries -----------------------------------------------------------------

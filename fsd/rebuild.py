@@ -46,15 +46,24 @@ def rebuild(store: Store, label: str, onto: str | None = None, rate_mb_s: float 
             progress: Callable[[int, int], None] | None = None, streams: int = 3) -> RebuildReport:
     """Copy every shard that had a replica on disk `label` to `onto` (or, without it, to other
     disks with room, never two replicas on one disk). `progress(done_bytes, total_bytes)`."""
+    with store.maintenance(f"rebuild of {label}"):
+        return _rebuild(store, label, onto, rate_mb_s, progress, streams)
+
+
+def _rebuild(store: Store, label: str, onto: str | None, rate_mb_s: float | None,
+             progress: Callable[[int, int], None] | None, streams: int) -> RebuildReport:
     rep = RebuildReport()
     t0 = time.monotonic()
-    lost_uuid = store.set_disk_state(label, DiskState.FAILED, "being rebuilt onto other disks")
     target: LocalDisk | None = None
     if onto is not None:
         target = next((d for d in store.disks.values() if d.label == onto), None)
         if target is None or not store.usable(target.uuid, for_write=True):
             raise HoardError(f"disk {onto} is not an active disk; `hoard disks add PATH --label {onto}` first",
                              ExitCode.USAGE)
+    # the switch-over: no other writer may keep placing shards on the disk (they read disk
+    # states when they open the store), so it happens while this process holds the store alone
+    with store.exclusive(f"rebuild of {label}: marking it failed", wait_s=60):
+        lost_uuid = store.set_disk_state(label, DiskState.FAILED, "being rebuilt onto other disks")
     todo = shards_on(store, lost_uuid)
     total = sum(m.size for m in todo)
     done = [0]
@@ -126,12 +135,13 @@ def _copy_from_any(store: Store, sources: list, dst, meta: ShardMeta, rate_mb_s:
 
 
 def _swap(store: Store, meta: ShardMeta, lost: str, new: str | None) -> None:
-    fresh = store.index.get_shard(meta.shard_id)
-    replicas = [u for u in fresh.replicas if u != lost]
-    if new and new not in replicas:
-        replicas.append(new)
-    fresh.replicas = replicas
-    deltas = {lost: -fresh.size}
-    if new:
-        deltas[new] = fresh.size
-    store.index.put_shard(fresh, deltas)
+    def swap(m: ShardMeta) -> dict[str, int]:
+        deltas = {lost: -m.size} if lost in m.replicas else {}
+        m.replicas = [u for u in m.replicas if u != lost]
+        if new and new not in m.replicas:
+            m.replicas.append(new)
+            deltas[new] = m.size
+        return deltas
+
+    if store.index.update_shard(meta.shard_id, swap) is None and new:
+        store.disks[new].delete(meta.hex)  # gc retired it meanwhile: the copy must not outlive it

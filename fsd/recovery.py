@@ -1,27 +1,50 @@
 """Sealing shards whose writer died (kill -9, power loss) before it could seal them.
 
-An open shard's index entries point only at records fsynced on every replica, so each
-replica holds at least those records. Records after them may be whole, torn, or present
-on one replica only. Recovery keeps the longest prefix of verified records that every
-reachable replica has, truncates each replica there, writes the footer, seals, and
-indexes the prefix's records that were not indexed yet (their bytes are verified, so
-keeping them is safe and a re-run of the batch then stores nothing twice).
+What the index acknowledges is the rule: an open shard's metadata carries `size`, the end
+of the last group that was fsynced on every replica and committed (the writer updates it
+in the same LMDB transaction that indexes the group). Every replica must hold valid
+records up to there. Recovery, for each open shard whose lock is free (its writer died):
+
+1. re-reads the shard's metadata *under the shard lock* (never a stale snapshot);
+2. scans each reachable replica for its prefix of verified records (a `.shard` replica —
+   renamed before the crash — gives its footer instead);
+3. **keeps every replica whose verified prefix reaches the indexed end**; a replica that
+   does not (a torn or corrupted copy) is *renamed aside* to `<disk>/orphans/` — never
+   truncated, never deleted: its later records may still be good, and only a person or
+   `hoard verify --orphans --repair` decides;
+4. seals the kept replicas at the shortest verified end among them (≥ the indexed end, so
+   nothing acknowledged is cut): truncate the torn tail, footer, fdatasync, rename;
+5. indexes the records of that prefix that were not indexed yet (their bytes are
+   verified, so keeping them is safe, and a re-run of the batch stores nothing twice), and
+   sets the shard's replicas, size and sealed flag in the same transaction.
+
+If no replica reaches the indexed end, nothing is changed: the shard stays open, an event
+names it and `hoard health` reports it — its good records remain readable by offset. A
+write error while sealing a replica goes through `Store.disk_error` (EIO fails the disk)
+and that replica is left out.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import time
 from typing import TYPE_CHECKING
 
 from fsd import shardfmt as fmt
+from fsd.disks import fsync_dir
 from fsd.index import ObjectLoc
 from fsd.writer import _unlock, try_lock
 
 if TYPE_CHECKING:
+    from fsd.disks import LocalDisk
+    from fsd.index import ShardMeta
     from fsd.store import Store
 
 log = logging.getLogger(__name__)
+
+#: per disk: replicas recovery (or the orphan sweep) set aside instead of deleting
+ORPHANS_DIR = "orphans"
 
 
 def recover_orphans(store: Store) -> list[str]:
@@ -35,25 +58,26 @@ def recover_orphans(store: Store) -> list[str]:
         if fd is None:
             continue  # a live writer holds it
         try:
-            _recover(store, meta)
-            done.append(meta.hex)
+            fresh = store.index.get_shard(meta.shard_id)  # under the lock: what the writer last committed
+            if fresh is not None and not fresh.sealed and _recover(store, fresh):
+                done.append(meta.hex)
         finally:
             _unlock(lock_path, fd)
     return done
 
 
-def _valid_prefix(disk, shard_hex: str) -> list[fmt.RecordInfo]:
+def _valid_prefix(disk: LocalDisk, shard_hex: str) -> list[fmt.RecordInfo]:
     size = disk.size(shard_hex)
     out = []
     try:
         for rec in fmt.scan_records(lambda off, n: disk.read_at(shard_hex, off, n), size, sealed=False):
             out.append(rec)
     except fmt.ShardFormatError as e:
-        log.info("shard %s on %s: torn tail after %d records (%s)", shard_hex, disk.label, len(out), e)
+        log.info("shard %s on %s: verified records end after %d records (%s)", shard_hex, disk.label, len(out), e)
     return out
 
 
-def _sealed_records(disk, shard_hex: str) -> list[fmt.RecordInfo] | None:
+def _sealed_records(disk: LocalDisk, shard_hex: str) -> list[fmt.RecordInfo] | None:
     """The footer's records if this replica was already renamed to .shard with a good footer."""
     path = disk.path(shard_hex, True)
     if not path.exists():
@@ -61,13 +85,34 @@ def _sealed_records(disk, shard_hex: str) -> list[fmt.RecordInfo] | None:
     return fmt.decode_footer(lambda off, n: disk.read_at(shard_hex, off, n), path.stat().st_size)
 
 
-def _recover(store: Store, meta) -> None:
-    prefixes: dict[str, list[fmt.RecordInfo]] = {}
-    sealed: dict[str, list[fmt.RecordInfo]] = {}
-    absent = 0
+def _end(records: list[fmt.RecordInfo]) -> int:
+    return records[-1].end if records else fmt.SHARD_HEADER_SIZE
+
+
+def set_aside(disk: LocalDisk, shard_hex: str, why: str) -> str:
+    """Move a replica file out of `shards/` into `<disk>/orphans/` (rename: no byte is lost);
+    its mtime is set to now so the orphan sweep's grace period starts from this moment."""
+    src = disk.find(shard_hex)
+    dest_dir = disk.root / ORPHANS_DIR
+    dest_dir.mkdir(exist_ok=True)
+    dest = dest_dir / f"{src.name}.{time.strftime('%Y%m%d-%H%M%S')}"
+    disk.forget(shard_hex)
+    os.rename(src, dest)
+    os.utime(dest)
+    fsync_dir(dest_dir)
+    fsync_dir(src.parent)
+    log.warning("shard %s on %s set aside to %s: %s", shard_hex, disk.label, dest, why)
+    return str(dest)
+
+
+def _recover(store: Store, meta: ShardMeta) -> bool:
+    indexed_end = max(meta.size, fmt.SHARD_HEADER_SIZE)
+    found: dict[str, tuple[list[fmt.RecordInfo], bool]] = {}  # uuid → (verified records, already sealed)
+    absent = unreachable = 0
     for uuid in meta.replicas:
         disk = store.disks.get(uuid)
         if disk is None or not store.usable(uuid):
+            unreachable += 1
             continue
         try:
             disk.find(meta.hex)
@@ -76,43 +121,69 @@ def _recover(store: Store, meta) -> None:
             continue
         try:
             done = _sealed_records(disk, meta.hex)
-            if done is not None:
-                sealed[uuid] = done  # crashed between the rename and the index update
-            else:
-                prefixes[uuid] = _valid_prefix(disk, meta.hex)
+            found[uuid] = (done, True) if done is not None else (_valid_prefix(disk, meta.hex), False)
         except (OSError, fmt.ShardFormatError) as e:
             store.disk_error(disk, "recovery", e, meta.hex)
-    if not prefixes and not sealed and absent == len(meta.replicas):
+    if not found and absent == len(meta.replicas) and indexed_end == fmt.SHARD_HEADER_SIZE:
         store.index.drop_shard(meta.shard_id)  # nothing was ever written, so nothing was indexed
-        return
-    if not prefixes and not sealed:
-        log.info("open shard %s: no replica reachable, left for `hoard index rebuild`", meta.hex)
-        return
-    if sealed:
-        records = next(iter(sealed.values()))
-        prefixes = {u: p for u, p in prefixes.items() if len(p) >= len(records)}
-    else:
-        records = next(iter(prefixes.values()))[:min(len(p) for p in prefixes.values())]
-    if not records:
-        for uuid in prefixes:
-            store.disks[uuid].delete(meta.hex)
-        store.index.drop_shard(meta.shard_id)
-        return
-    end = records[-1].end
-    footer = fmt.encode_footer(records, end)
-    for uuid in prefixes:
+        return True
+    if not found:
+        log.info("open shard %s: no replica reachable, left for when its disks are back", meta.hex)
+        return False
+    good = {u: r for u, (r, _s) in found.items() if _end(r) >= indexed_end}
+    if not good:
+        best = max(_end(r) for r, _s in found.values())
+        store.index.record_event("recovery_incomplete", shard=meta.hex, indexed_end=indexed_end, best_end=best,
+                                 detail=f"no replica holds the {indexed_end} indexed bytes (best {best}); "
+                                        "left open, nothing cut")
+        log.error("open shard %s: no replica holds all %d indexed bytes (the longest verified copy ends at %d); "
+                  "left open and untouched — run `hoard verify --orphans` and see `hoard health`",
+                  meta.hex, indexed_end, best)
+        return False
+    sealed_ones = [r for u, (r, s) in found.items() if s and u in good]
+    # the kept replicas must end up identical: a replica sealed before the crash fixes the end,
+    # else the shortest verified end among the good ones (every good one holds those bytes)
+    records = sealed_ones[0] if sealed_ones else min(good.values(), key=_end)
+    end = _end(records)
+    for uuid, (recs, sealed) in found.items():
+        if uuid in good and (_end(recs) >= end if not sealed else _end(recs) == end):
+            continue
+        good.pop(uuid, None)
         disk = store.disks[uuid]
-        sink = disk.reopen(meta.hex)
+        why = (f"its verified records end at {_end(recs)}, the index acknowledges {indexed_end} bytes"
+               if _end(recs) < indexed_end else f"it differs from the other sealed replica (ends at {_end(recs)})")
         try:
-            sink.truncate(end)
-            sink.write(footer)
-            sink.sync()
-        finally:
-            sink.close()
-        disk.seal(meta.hex)
-    replicas = list(sealed) + list(prefixes)
-    meta.replicas = replicas
-    meta.sealed, meta.size, meta.records = True, end + len(footer), len(records)
-    store.index.add_objects([(r.sha256, ObjectLoc(meta.shard_id, r.offset, r.length)) for r in records])
-    store.index.put_shard(meta, {u: meta.size for u in replicas})
-    store.index.record_event("recovered_shard", shard=meta.hex, records=len(records), pid=os.getpid())
+            set_aside(disk, meta.hex, why)
+        except OSError as e:
+            store.disk_error(disk, "recovery", e, meta.hex)
+    footer = fmt.encode_footer(records, end)
+    kept = []
+    for uuid in good:
+        disk = store.disks[uuid]
+        try:
+            if not found[uuid][1]:
+                sink = disk.reopen(meta.hex)
+                try:
+                    sink.truncate(end)  # only the unverified tail after `end` (≥ the indexed end)
+                    sink.write(footer)
+                    sink.sync()
+                finally:
+                    sink.close()
+                disk.seal(meta.hex)
+            kept.append(uuid)
+        except OSError as e:
+            store.disk_error(disk, "recovery", e, meta.hex)
+    if not kept:
+        log.error("open shard %s: no replica could be sealed; left open", meta.hex)
+        return False
+    size = end + len(footer)
+
+    def seal(m: ShardMeta) -> dict[str, int]:
+        m.replicas, m.sealed, m.size, m.records = kept, True, size, len(records)
+        return {u: size for u in kept}
+
+    store.index.add_objects([(r.sha256, ObjectLoc(meta.shard_id, r.offset, r.length)) for r in records],
+                            update=(meta.shard_id, seal))
+    store.index.record_event("recovered_shard", shard=meta.hex, records=len(records), replicas=len(kept),
+                             set_aside=len(found) - len(kept), pid=os.getpid())
+    return True

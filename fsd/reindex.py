@@ -8,10 +8,12 @@ is kept as `<index>.old-<time>`. Run it with the store idle (no writer, no mount
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,13 +42,46 @@ def _reader(path: Path):
     return fd, (lambda off, n: os.pread(fd, n, off))
 
 
+@contextlib.contextmanager
+def _store_idle(cfg: Settings, what: str) -> Iterator[str]:
+    """Both store locks held exclusively: no writer, worker or mount uses the index while it is
+    swapped (objects acknowledged after the scan would vanish from the new index). Yields the
+    SSD's uuid (a new SSD gets its identity: rebuilding onto it is how a lost SSD is replaced)."""
+    from fsd import storelock
+    from fsd.store import check_ssd, lock_root
+
+    ssd_uuid = check_ssd(cfg, init=True)
+    with storelock.exclusive(lock_root(cfg), what), storelock.exclusive(lock_root(cfg), what, storelock.READERS):
+        yield ssd_uuid
+
+
+def _set_aside(target: Path) -> None:
+    """Rename the current index to `<name>.old-<time>` (a free name, even within one second)."""
+    if not target.exists():
+        return
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    aside = target.with_name(f"{target.name}.old-{stamp}")
+    n = 1
+    while aside.exists():
+        n += 1
+        aside = target.with_name(f"{target.name}.old-{stamp}-{n}")
+    os.rename(target, aside)
+
+
 def rebuild_index(cfg: Settings) -> IndexRebuildReport:
+    """Build the index from the disks and swap it in; refuses while anything uses the store."""
+    with _store_idle(cfg, "index rebuild") as ssd_uuid:
+        return _rebuild_index(cfg, ssd_uuid)
+
+
+def _rebuild_index(cfg: Settings, ssd_uuid: str) -> IndexRebuildReport:
     rep = IndexRebuildReport()
     t0 = time.monotonic()
     target = cfg.index_dir
     work = target.with_name(target.name + ".rebuild")
     shutil.rmtree(work, ignore_errors=True)
     index = Index(work)
+    index.set_meta("ssd_uuid", ssd_uuid)
     shards: dict[bytes, ShardMeta] = {}
     objects: dict[bytes, ObjectLoc] = {}
     batches: dict[str, dict] = {}
@@ -98,8 +133,7 @@ def rebuild_index(cfg: Settings) -> IndexRebuildReport:
         rep.shards, rep.objects, rep.batches = len(shards), len(objects), len(batches)
     finally:
         index.close()
-    if target.exists():
-        os.rename(target, target.with_name(f"{target.name}.old-{time.strftime('%Y%m%d-%H%M%S')}"))
+    _set_aside(target)
     os.rename(work, target)
     rep.seconds = time.monotonic() - t0
     return rep
@@ -167,7 +201,13 @@ def backup_index(store, copies: int = 2) -> list[str]:
 
 
 def restore_index(cfg: Settings) -> tuple[str, dict]:
-    """Put the newest index copy found on the disks in place of the (lost) index."""
+    """Put the newest index copy found on the disks in place of the (lost) index; refuses
+    while anything uses the store."""
+    with _store_idle(cfg, "index restore") as ssd_uuid:
+        return _restore_index(cfg, ssd_uuid)
+
+
+def _restore_index(cfg: Settings, ssd_uuid: str) -> tuple[str, dict]:
     found = []
     for dc in cfg.disks:
         stamp = dc.path / INDEX_COPY / "stamp.json"
@@ -179,11 +219,15 @@ def restore_index(cfg: Settings) -> tuple[str, dict]:
         raise HoardError("no index copy on any disk; use `hoard index rebuild` (from the shards)", ExitCode.DATA)
     stamp, dc = max(found, key=lambda x: x[0]["taken_at"])
     target = cfg.index_dir
-    if target.exists():
-        os.rename(target, target.with_name(f"{target.name}.old-{time.strftime('%Y%m%d-%H%M%S')}"))
     work = target.with_name(target.name + ".restore")
     shutil.rmtree(work, ignore_errors=True)
     shutil.copytree(dc.path / INDEX_COPY, work)
     (work / "stamp.json").unlink()
+    restored = Index(work)
+    try:
+        restored.set_meta("ssd_uuid", ssd_uuid)  # the copy now belongs to this SSD
+    finally:
+        restored.close()
+    _set_aside(target)
     os.rename(work, target)
     return dc.label, stamp

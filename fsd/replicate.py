@@ -56,13 +56,22 @@ class ReplicationReport:
     copied_bytes: int = 0
     remaining_shards: int = 0
     errors: int = 0
+    repaired: int = 0  # replicas re-copied from a good one after a reader reported them bad
     seconds: float = 0.0
 
 
-def replicate_once(store: Store, budget_s: float = 60.0, rate_mb_s: float | None = 100.0) -> ReplicationReport:
-    """Copy shards below target until done or `budget_s` is spent."""
+def replicate_once(store: Store, budget_s: float = 60.0, rate_mb_s: float | None = 100.0,
+                   wait_s: float = 0.0) -> ReplicationReport:
+    """Repair the replicas readers reported bad, then copy shards below target until done or
+    `budget_s` is spent. Holds the maintenance lock (one of gc/replicate/rebuild at a time)."""
+    with store.maintenance("replicate", wait_s=wait_s):
+        return _replicate(store, budget_s, rate_mb_s)
+
+
+def _replicate(store: Store, budget_s: float, rate_mb_s: float | None) -> ReplicationReport:
     rep = ReplicationReport()
     t0 = time.monotonic()
+    rep.repaired = repair_reported(store)
     todo = [m for m in store.index.iter_shards()
             if m.sealed and len(counted_replicas(store, m)) < store.target(m.klass)]
     todo.sort(key=lambda m: m.created)
@@ -73,6 +82,8 @@ def replicate_once(store: Store, budget_s: float = 60.0, rate_mb_s: float | None
         while len(counted_replicas(store, meta)) < store.target(meta.klass):
             try:
                 n = _copy_one(store, meta, rate_mb_s)
+            except ShardGone:
+                break
             except NoSpace as e:
                 log.warning("replication of shard %s postponed: %s", meta.hex, e.message)
                 rep.errors += 1
@@ -100,12 +111,60 @@ def _copy_one(store: Store, meta: ShardMeta, rate_mb_s: float | None) -> int | N
         except (OSError, fmt.ShardFormatError) as e:
             store.disk_error(src, "replicate", e, meta.hex)
             continue
-        fresh = store.index.get_shard(meta.shard_id)
-        fresh.replicas.append(target.uuid)
-        store.index.put_shard(fresh, {target.uuid: n})
+
+        def add(m: ShardMeta) -> dict[str, int]:
+            if target.uuid in m.replicas:
+                return {}
+            m.replicas.append(target.uuid)
+            return {target.uuid: n}
+
+        fresh = store.index.update_shard(meta.shard_id, add)
+        if fresh is None:  # gc retired the shard while it was copied: the copy must not resurrect it
+            target.delete(meta.hex)
+            raise ShardGone(meta.hex)
         meta.replicas = fresh.replicas
         return n
     return None
+
+
+class ShardGone(Exception):
+    """The shard left the index (gc retired it) while it was being worked on."""
+
+
+def repair_reported(store: Store) -> int:
+    """Consume the repair queue: each replica a reader found bad (EIO, wrong bytes) is checked
+    and, if it really is bad, replaced by a verified copy of a good replica. An entry whose
+    disk is failed or missing stays queued (rebuild handles that disk)."""
+    from fsd.scrub import check_replica
+
+    fixed = 0
+    for sid, uuid, why in store.index.pending_repairs():
+        meta = store.index.get_shard(sid)
+        disk = store.disks.get(uuid)
+        if meta is None or uuid not in meta.replicas:
+            store.index.clear_repair(sid, uuid)  # retired by gc, or the replica was dropped already
+            continue
+        if disk is None or not store.usable(uuid, for_write=True):
+            continue
+        try:
+            check_replica(disk, meta)
+            store.index.clear_repair(sid, uuid)  # a transient error: the copy is fine
+            continue
+        except (OSError, fmt.ShardFormatError):
+            pass
+        for src in store.replica_order(meta, avoid={uuid}):
+            try:
+                check_replica(src, meta)
+                copy_shard(src, disk, meta.hex)
+                check_replica(disk, meta)
+            except (OSError, fmt.ShardFormatError) as e:
+                log.warning("repair of shard %s on %s from %s failed: %s", meta.hex, disk.label, src.label, e)
+                continue
+            store.index.clear_repair(sid, uuid)
+            store.index.record_event("repaired", disk=disk.label, shard=meta.hex, detail=why.get("reason", ""))
+            fixed += 1
+            break
+    return fixed
 
 
 def copy_shard(src, dst, shard_hex: str, rate_mb_s: float | None = None) -> int:
@@ -146,6 +205,7 @@ def copy_shard(src, dst, shard_hex: str, rate_mb_s: float | None = None) -> int:
                     if ahead > 0:
                         time.sleep(ahead)
             os.fdatasync(out.fileno())
+            drop_cache(out.fileno())  # the check below must read what is on the disk, not the page cache
         drop_cache(fd_in)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -166,4 +226,5 @@ def copy_shard(src, dst, shard_hex: str, rate_mb_s: float | None = None) -> int:
     final.parent.mkdir(parents=True, exist_ok=True)
     os.rename(tmp, final)
     fsync_dir(final.parent)
+    dst.forget(shard_hex)  # a cached descriptor would still read the file this one replaced
     return size

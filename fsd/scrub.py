@@ -68,7 +68,15 @@ def verify(store: Store, sample_pct: float = 100.0, disk_label: str | None = Non
            batch: str | None = None) -> VerifyReport:
     """Check the chosen shards' replicas, one reader thread per disk (the disks work in
     parallel, each reading its replicas in order), then repair what is bad. `batch` limits
-    the check to the shards holding that ingested batch."""
+    the check to the shards holding that ingested batch. Repairing holds the maintenance lock."""
+    if repair:
+        with store.maintenance("verify --repair"):
+            return _verify(store, sample_pct, disk_label, sha256, repair, budget_s, seed, batch)
+    return _verify(store, sample_pct, disk_label, sha256, repair, budget_s, seed, batch)
+
+
+def _verify(store: Store, sample_pct: float, disk_label: str | None, sha256: bool, repair: bool,
+            budget_s: float | None, seed: int | None, batch: str | None) -> VerifyReport:
     rep = VerifyReport()
     t0 = time.monotonic()
     only = batch_shards(store, batch) if batch else None
@@ -95,7 +103,7 @@ def verify(store: Store, sample_pct: float = 100.0, disk_label: str | None = Non
                 n, why = check_replica(disk, meta, sha256), None
             except (OSError, fmt.ShardFormatError) as e:
                 n, why = 0, getattr(e, "strerror", None) or str(e)
-                store.disk_error(disk, "verify", e, meta.hex)
+                store.bad_replica(disk, meta, "verify", e)  # queued: the replicator repairs it
             checked += 1
             with lock:
                 results.setdefault(meta.shard_id, {})[uuid] = why
@@ -131,9 +139,8 @@ def verify(store: Store, sample_pct: float = 100.0, disk_label: str | None = Non
             if good:
                 bad = []
         if not bad and good and len(per_disk) == len(store.replica_order(meta)):
-            fresh = store.index.get_shard(meta.shard_id)
-            fresh.verified = time.time()
-            store.index.put_shard(fresh)
+            now = time.time()
+            store.index.update_shard(meta.shard_id, lambda m: setattr(m, "verified", now))
     rep.seconds = time.monotonic() - t0
     return rep
 

@@ -76,18 +76,61 @@ class Store:
         self.lock = threading.RLock()
         self.rng = random.Random()
         self._writers: dict[str, ShardWriter] = {}
+        self.held = ""  # the lock this store holds shared until close() (see Store.open)
+        self.reservations = None  # gc's Reservation while it runs: space set aside for this process
 
     # -- opening -----------------------------------------------------------------------
     @classmethod
-    def open(cls, cfg: Settings, writable: bool = True, init: bool = False) -> Store:
-        """Open the index and check every configured disk; `init` gives new disks an identity."""
-        store = cls(cfg, Index(cfg.index_dir, readonly=False), writable)
-        store._attach_disks(init)
-        if writable:
-            from fsd.recovery import recover_orphans
+    def open(cls, cfg: Settings, writable: bool = True, init: bool = False, lock: str | None = None,
+             what: str = "") -> Store:
+        """Open the index and check every configured disk; `init` gives a new SSD and new disks
+        their identity. A writer holds the `store` lock shared until `close()` (gc's swap, an
+        index rebuild and rebuild's switch-over wait for it); a long-lived reader such as the
+        mount passes `lock="readers"` (only an index rebuild or restore waits for that)."""
+        import lmdb
 
-            recover_orphans(store)
+        from fsd import storelock
+
+        ssd_uuid = check_ssd(cfg, init)
+        hold = lock if lock is not None else (storelock.STORE if writable else "")
+        if hold:
+            storelock.acquire_shared(lock_root(cfg), what or ("a writer" if writable else "a reader"), hold)
+        try:
+            try:
+                index = Index(cfg.index_dir, readonly=False)
+            except lmdb.Error as e:
+                from fsd.index import index_error
+
+                raise index_error(cfg.index_dir, e) from None
+            store = cls(cfg, index, writable)
+            store.held = hold
+            try:
+                store._check_index_owner(ssd_uuid)
+                store._attach_disks(init)
+                if writable:
+                    from fsd.recovery import recover_orphans
+
+                    recover_orphans(store)
+            except BaseException:
+                store.index.close()
+                raise
+        except BaseException:
+            if hold:
+                storelock.release_shared(lock_root(cfg), hold)
+            raise
         return store
+
+    def _check_index_owner(self, ssd_uuid: str) -> None:
+        """The index must be this SSD's (an index copied from another store, or a fresh one on
+        an SSD that was not mounted, must not take writes)."""
+        owner = self.index.get_meta("ssd_uuid")
+        if owner is None:
+            self.index.set_meta("ssd_uuid", ssd_uuid)
+        elif owner != ssd_uuid:
+            raise HoardError(f"the index at {self.cfg.index_dir} belongs to SSD {owner}, but {self.cfg.ssd.root} "
+                             f"is SSD {ssd_uuid}: wrong ssd.root/index_dir in the config, or an index copied from "
+                             "another store; fix the config, or `hoard index rebuild` for this SSD",
+                             ExitCode.UNAVAILABLE)
 
     def _attach_disks(self, init: bool) -> None:
         known = {r.label: r for r in self.index.get_disks()}
@@ -96,6 +139,14 @@ class Store:
             rec = known.pop(dc.label, None)
             if rec is None:
                 ident = read_identity(dc.path) if dc.path.is_dir() else None
+                if ident and ident.get("uuid") and _holds_shards(dc.path):
+                    # a disk with shards this index never registered: the index was lost or
+                    # replaced (an unmounted SSD), or the disk is another store's. Registering
+                    # it would hide its objects from dedupe and from every read.
+                    raise HoardError(f"disk {dc.label} at {dc.path} holds shards, but the index at "
+                                     f"{self.cfg.index_dir} does not know this disk: if the SSD's index was lost, "
+                                     "run `hoard index restore` (or `hoard index rebuild`); if the disk belongs to "
+                                     "another store, remove it from the config", ExitCode.UNAVAILABLE)
                 if ident is None and init:
                     if not allow_dir and not os.path.ismount(dc.path):
                         raise HoardError(f"disk {dc.label}: {dc.path} is not a mount point; mount the disk "
@@ -127,15 +178,35 @@ class Store:
             self.records[rec.uuid] = rec
 
     def close(self) -> None:
-        with self.lock:
-            for w in self._writers.values():
-                w.commit()
-                w.seal()
-                w.close()
-            self._writers.clear()
-        for d in self.disks.values():
-            d.close_all()
-        self.index.close()
+        from fsd import storelock
+
+        try:
+            with self.lock:
+                for w in self._writers.values():
+                    w.commit()
+                    w.seal()
+                    w.close()
+                self._writers.clear()
+        finally:
+            for d in self.disks.values():
+                d.close_all()
+            self.index.close()
+            if self.held:
+                storelock.release_shared(lock_root(self.cfg), self.held)
+                self.held = ""
+
+    def exclusive(self, what: str, wait_s: float = 0.0):
+        """The store lock held exclusively (this process's shared hold is converted): no other
+        writer, worker or mount runs meanwhile. Refuses, naming them, after `wait_s`."""
+        from fsd import storelock
+
+        return storelock.exclusive(lock_root(self.cfg), what, wait_s=wait_s)
+
+    def maintenance(self, what: str, wait_s: float = 0.0):
+        """The maintenance lock: one of gc, replicate, rebuild, verify --repair at a time."""
+        from fsd import storelock
+
+        return storelock.exclusive(lock_root(self.cfg), what, name=storelock.MAINTENANCE, wait_s=wait_s)
 
     def __enter__(self) -> Store:
         return self
@@ -146,6 +217,10 @@ class Store:
     # -- helpers used by the writer ---------------------------------------------------------
     def lock_path(self, shard_hex: str) -> Path:
         return self.cfg.index_dir.parent / "locks" / f"{shard_hex}.lock"
+
+    def readable_replicas(self, meta: ShardMeta) -> int:
+        """Replicas on disks that can be read now (active or draining; not failed or missing)."""
+        return sum(1 for u in meta.replicas if self.usable(u))
 
     def usable(self, uuid: str, for_write: bool = False) -> bool:
         rec = self.records.get(uuid)
@@ -162,7 +237,10 @@ class Store:
                     f" ({rec.reason})" if rec.reason else "")))
                 continue
             fresh = self._disk_record(uuid)
-            out.append(Candidate(uuid, rec.label, disk.free_bytes(fresh.used_bytes), self.queue.get(uuid, 0)))
+            free = disk.free_bytes(fresh.used_bytes)
+            if self.reservations is not None:  # what gc set aside is free for gc itself
+                free += self.reservations.remaining(uuid)
+            out.append(Candidate(uuid, rec.label, free, self.queue.get(uuid, 0)))
         return out
 
     def _disk_record(self, uuid: str) -> DiskRecord:
@@ -183,7 +261,13 @@ class Store:
         return rec.uuid
 
     def place(self, n: int, need: int, exclude: set[str]) -> list[LocalDisk]:
-        return [self.disks[c.uuid] for c in choose(self.candidates(), n, need, self.rng, exclude)]
+        """`n` distinct disks with room for `need` bytes; a reservation of this process's on
+        them is shrunk by `need` first, so the write about to happen finds the space."""
+        disks = [self.disks[c.uuid] for c in choose(self.candidates(), n, need, self.rng, exclude)]
+        if self.reservations is not None:
+            for d in disks:
+                self.reservations.take(d.uuid, need)
+        return disks
 
     def queue_changed(self, disks: list[LocalDisk], delta: int) -> None:
         for d in disks:
@@ -193,10 +277,15 @@ class Store:
         """Record an error; a disk that is gone (unmounted, foreign) stops being used at once."""
         from fsd.disks import DiskGone
 
+        import lmdb
+
         detail = getattr(err, "strerror", None) or str(err)
         log.warning("disk %s: %s error%s: %s", disk.label, op, f" on shard {shard}" if shard else "", detail)
-        self.index.record_event(f"{op}_error", disk=disk.label, shard=shard, detail=detail,
-                                errno=getattr(err, "errno", None))
+        try:
+            self.index.record_event(f"{op}_error", disk=disk.label, shard=shard, detail=detail,
+                                    errno=getattr(err, "errno", None))
+        except lmdb.Error as e:  # a full SSD must not turn a replica fallback into a failure
+            log.error("index: cannot record the %s error of disk %s: %s", op, disk.label, e)
         if isinstance(err, DiskGone):
             rec = self.records[disk.uuid]
             rec.state, rec.reason = DiskState.MISSING, detail
@@ -275,6 +364,24 @@ class Store:
                 else:
                     atomic_write(path, body)
 
+    # -- pins: acknowledged objects a job holds before a manifest names them -------------------
+    def pin(self, name: str, shas_hex: Iterable[str], why: str) -> None:
+        """Record that a job (an ingest between its store and package steps, a stage/export)
+        relies on these objects: gc treats them as referenced until `unpin`. Write it before
+        the store is closed, i.e. while the shared store lock is held — gc decides what is
+        unreferenced under the exclusive lock, so it never sees the gap between the
+        acknowledgement and the pin."""
+        import json
+
+        from fsd.disks import atomic_write
+
+        path = pins_dir(self.cfg) / f"{_pin_name(name)}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, json.dumps({"why": why, "time": time.time(), "sha256": sorted(set(shas_hex))}).encode())
+
+    def unpin(self, name: str) -> None:
+        (pins_dir(self.cfg) / f"{_pin_name(name)}.json").unlink(missing_ok=True)
+
     def batch_manifest(self, batch_id: str) -> dict | None:
         """The manifest of an ingested batch (from the store, verified), or None if unknown."""
         import json
@@ -290,23 +397,53 @@ class Store:
     def get(self, sha256_hex: str, avoid: set[str] = frozenset()) -> bytes:
         """The object's bytes, verified (xxh3-128 and sha256), from the first good replica."""
         sha = _sha_bytes(sha256_hex)
-        loc = self.index.lookup(sha)
-        if loc is None:
-            raise ObjectNotFound(f"object {sha256_hex} is not in the store (check the digest; "
-                                 "`hoard index rebuild` if the index was lost)")
-        meta = self.index.get_shard(loc.shard_id)
-        tried = []
-        for disk in self.replica_order(meta, avoid) if meta else []:
-            try:
-                data = self._read_record(disk, meta.hex, loc.offset, loc.length, sha)
-            except (OSError, fmt.ShardFormatError) as e:
-                tried.append(f"{disk.label} ({getattr(e, 'strerror', None) or e})")
-                self.disk_error(disk, "read", e, meta.hex)
-                self.index.queue_repair(meta.shard_id, disk.uuid, str(e))
-                continue
-            return data
-        raise DataError(f"object {sha256_hex}: no good replica of shard {loc.shard_id.hex()}; tried "
+        return self.from_replicas(sha, lambda disk, meta, loc: self._read_record(
+            disk, meta.hex, loc.offset, loc.length, sha), avoid)
+
+    def from_replicas(self, sha: bytes, read, avoid: set[str] = frozenset()):
+        """`read(disk, meta, loc)` on the object's usable replicas in order until one succeeds.
+
+        A replica that fails is reported (an EIO marks its disk failed) and queued for repair.
+        If every replica's file was missing, the object may have moved meanwhile (a gc swap
+        re-points it, then deletes the old shard): the lookup is done once more before
+        anything is reported. Raises ObjectNotFound or DataError naming what was tried."""
+        loc = None
+        tried: list[str] = []
+        for _attempt in range(2):
+            new = self.index.lookup(sha)
+            if new is None:
+                raise ObjectNotFound(f"object {sha.hex()} is not in the store (check the digest; "
+                                     "`hoard index rebuild` if the index was lost)")
+            if new == loc:
+                break  # it did not move: the missing files are really missing
+            loc, tried, missing = new, [], []
+            meta = self.index.get_shard(loc.shard_id)
+            for disk in self.replica_order(meta, avoid) if meta else []:
+                try:
+                    return read(disk, meta, loc)
+                except FileNotFoundError as e:
+                    tried.append(f"{disk.label} (shard file missing)")
+                    missing.append((disk, e))
+                except (OSError, fmt.ShardFormatError) as e:
+                    tried.append(f"{disk.label} ({getattr(e, 'strerror', None) or e})")
+                    self.bad_replica(disk, meta, "read", e)
+            if not missing:
+                break
+        for disk, e in missing:
+            self.bad_replica(disk, meta, "read", e)
+        raise DataError(f"object {sha.hex()}: no good replica of shard {loc.shard_id.hex()}; tried "
                         + (", ".join(tried) or "none usable") + "; see `hoard health`")
+
+    def bad_replica(self, disk: LocalDisk, meta: ShardMeta, op: str, err: Exception) -> None:
+        """A replica gave an error or wrong bytes: report it and queue it for repair (the
+        replicator re-copies it from a good replica)."""
+        import lmdb
+
+        self.disk_error(disk, op, err, meta.hex)
+        try:
+            self.index.queue_repair(meta.shard_id, disk.uuid, getattr(err, "strerror", None) or str(err))
+        except lmdb.Error as e:
+            log.error("index: cannot queue the repair of shard %s on %s: %s", meta.hex, disk.label, e)
 
     def _read_record(self, disk: LocalDisk, shard_hex: str, offset: int, length: int, sha: bytes) -> bytes:
         buf = disk.read_at(shard_hex, offset - fmt.RECORD_HEADER_SIZE, fmt.RECORD_HEADER_SIZE + length)
@@ -343,6 +480,74 @@ class Store:
                 "oldest_unverified_s": oldest_unverified_age(self),
                 "pending_repairs": len(self.index.pending_repairs()),
                 "recent_errors": [e for e in self.index.recent_events(50) if e["kind"].endswith("_error")][:10]}
+
+
+SSD_IDENTITY = ".hoard-ssd.json"
+
+
+def pins_dir(cfg: Settings) -> Path:
+    """`<ssd.root>/state/pins/<name>.json`: objects jobs rely on (see Store.pin)."""
+    return cfg.ssd.root / "state" / "pins"
+
+
+def pinned(cfg: Settings) -> tuple[set[bytes], list[str]]:
+    """Every pinned object, and the pin files that could not be read (gc refuses then)."""
+    import json
+
+    shas: set[bytes] = set()
+    bad = []
+    for p in sorted(pins_dir(cfg).glob("*.json")):
+        try:
+            shas.update(bytes.fromhex(h) for h in json.loads(p.read_bytes())["sha256"])
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            bad.append(f"{p}: {e}")
+    return shas, bad
+
+
+def _pin_name(name: str) -> str:
+    import re
+
+    from fsd.paths import NAME_PATTERN
+
+    if not re.match(NAME_PATTERN, name):
+        raise HoardError(f"pin name {name!r} is not a valid name", ExitCode.BUG)
+    return name
+
+
+def lock_root(cfg: Settings) -> Path:
+    """Where the store's lock files live (beside the index, on the SSD)."""
+    return cfg.index_dir.parent
+
+
+def check_ssd(cfg: Settings, init: bool) -> str:
+    """The SSD's uuid from `<ssd.root>/.hoard-ssd.json`, or a refusal before anything is written.
+
+    Without it, an SSD that is not mounted would get a new, empty index on the root
+    filesystem and every job would carry on there (dedupe stops, objects land in the wrong
+    index). `init` (`hoard init`) creates the identity on a new SSD, and adopts an SSD that
+    already holds an index from before SSD identities existed."""
+    import json
+
+    root = cfg.ssd.root
+    ident = read_identity(root, SSD_IDENTITY) if root.is_dir() else None
+    if ident is None:
+        legacy = (cfg.index_dir / "data.mdb").is_file()
+        if not (init or legacy):
+            raise HoardError(f"the SSD at {root} has no {SSD_IDENTITY}: it is not mounted, or not initialised — "
+                             "nothing was written; mount it, or run `hoard init` for a new SSD",
+                             ExitCode.UNAVAILABLE)
+        root.mkdir(parents=True, exist_ok=True)
+        ident = write_identity(root, "ssd", SSD_IDENTITY)
+    if not ident.get("uuid"):
+        raise HoardError(f"the SSD identity {root / SSD_IDENTITY} is unreadable ({ident.get('error')}); check the "
+                         "SSD, then restore the file or run `hoard index rebuild`", ExitCode.UNAVAILABLE)
+    return str(ident["uuid"])
+
+
+def _holds_shards(root: Path) -> bool:
+    shards = root / "shards"
+    return shards.is_dir() and any(f.suffix in (".shard", ".open") for d in shards.iterdir() if d.is_dir()
+                                   for f in d.iterdir())
 
 
 def verify_record(buf: memoryview, at: int, sha: bytes, length: int, where: str = "") -> bytes:

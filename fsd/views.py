@@ -57,7 +57,8 @@ def define_view(store, name: str, raw: bytes) -> dict:
         if path in seen:
             raise ViewError(f"view {name}: path {path!r} appears twice")
         seen.add(path)
-        loc = store.index.lookup(bytes.fromhex(sha)) if re.fullmatch(r"[0-9a-f]{64}", sha) else None
+        # a view wants its objects: a type-B tombstone on one is cleared (as storing it again would)
+        loc = store.index.lookup_keep(bytes.fromhex(sha)) if re.fullmatch(r"[0-9a-f]{64}", sha) else None
         if loc is None:
             raise ViewError(f"view {name}: {path}: {sha[:64]!r} is not an object in the store")
         files.append({"path": path, "sha256": sha, "size": loc.length})

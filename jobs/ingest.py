@@ -351,6 +351,11 @@ def _step_store(cfg: Settings, st: BatchState) -> None:
     rels = list(work["files"])
     with Store.open(cfg) as store:
         results = store.put_many([root / r for r in rels], klass="raw")
+        # referenced from now on, before the store lock is let go: a `hoard delete --batch`
+        # of another batch holding the same files cannot let gc free them before this
+        # batch's manifest is registered (the package step); the finish step unpins
+        store.pin(f"ingest-{st.batch_id}", [r.sha256 for r in results if r.status != "rejected"],
+                  f"ingest of {st.batch_id}")
     stored, late = {}, []
     new = existing = bytes_new = 0
     for rel, res in zip(rels, results):
@@ -502,12 +507,14 @@ def _step_finish(cfg: Settings, st: BatchState) -> None:
     st.status = status.value
     for what in ("records", "stored"):
         _work(cfg, st.batch_id, what).unlink(missing_ok=True)
+    with Store.open(cfg, writable=False) as store:
+        store.unpin(f"ingest-{st.batch_id}")  # the registered manifest references the files now
 
 
 def _replicas(store, sha_hex: str) -> int:
     loc = store.index.lookup(bytes.fromhex(sha_hex))
     meta = store.index.get_shard(loc.shard_id) if loc else None
-    return len(meta.replicas) if meta else 0
+    return store.readable_replicas(meta) if meta else 0
 
 
 def _empty_batch_dir(zone3a: Path, st: BatchState, stored: dict[str, tuple[str, int]]) -> None:

@@ -41,3 +41,23 @@ def drop_batch(conn: psycopg.Connection, batch_id: str, reason: str = "") -> dic
                          [batch_id, row[0], json.dumps({"deleted": True, "reason": reason, "members": len(members),
                                                         "nodes_marked_deleted": hidden})])
     return {"members": len(members), "locators": paths, "nodes_marked_deleted": hidden}
+
+
+def referenced(conn: psycopg.Connection, shas: set[bytes], chunk: int = 10_000) -> set[bytes]:
+    """Which of these digests a row still needs — what `hoard gc` must keep although the store
+    holds a tombstone for it: a physical node that is not deleted or that a batch still holds
+    (type A keeps bytes), the full document (`raw_object`) of a metadata row describing a
+    node that is not deleted (a virtual asset, or content still held), a database dump."""
+    out: set[bytes] = set()
+    todo = list(shas)
+    for i in range(0, len(todo), chunk):
+        part = todo[i:i + chunk]
+        rows = conn.execute(
+            "SELECT n.sha256 FROM node n JOIN physical_content pc USING (node_id) WHERE n.sha256 = ANY(%(s)s) "
+            "AND (NOT pc.is_deleted OR EXISTS (SELECT 1 FROM batch_member bm WHERE bm.node_id = n.node_id)) "
+            "UNION SELECT cm.raw_object FROM common_metadata cm LEFT JOIN physical_content pc USING (node_id) "
+            "WHERE cm.raw_object = ANY(%(s)s) AND (pc.node_id IS NULL OR NOT pc.is_deleted "
+            "OR EXISTS (SELECT 1 FROM batch_member bm WHERE bm.node_id = cm.node_id)) "
+            "UNION SELECT sha256 FROM backup_log WHERE sha256 = ANY(%(s)s)", {"s": part})
+        out.update(bytes(r[0]) for r in rows)
+    return out

@@ -127,7 +127,7 @@ def test_kill_during_gc_then_rerun(lab_factory, tmp_path: Path) -> None:
     from tests.lab import drop_caches
 
     drop_caches()
-    proc = subprocess.Popen(lab.wrap(hoard + ["gc", "--threshold", "0.9"]), stdout=subprocess.DEVNULL,
+    proc = subprocess.Popen(lab.wrap(hoard + ["gc", "--threshold", "0.9", "--no-database"]), stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE)
     deadline = time.monotonic() + 60
     # kill while it copies live records: a new shard is open on some disk
@@ -136,7 +136,7 @@ def test_kill_during_gc_then_rerun(lab_factory, tmp_path: Path) -> None:
         time.sleep(0.002)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    rerun = subprocess.run(hoard + ["gc", "--threshold", "0.9", "--json"], capture_output=True, text=True)
+    rerun = subprocess.run(hoard + ["gc", "--threshold", "0.9", "--json", "--no-database"], capture_output=True, text=True)
     assert rerun.returncode == 0, rerun.stderr
     with Store.open(cfg, writable=False) as store:
         _check_all(store, kept)
@@ -159,9 +159,10 @@ def test_crash_between_swap_and_delete_is_finished_next_run(store_factory, tmp_p
     res = store.put_many(make_files(tmp_path / "a", 80, seed=8))
     _register(store, "a", res[::2])
     drop_batch(store, "a")
-    items = gcmod.plan(store, 0.9)
-    moved = gcmod._copy_live(store, items[0][0].klass, items, [])
-    gcmod._swap(store, items, moved)  # ... and the process dies here
+    dead = store.index.marked(store.index.deleted)
+    items = gcmod.plan(store, 0.9, dead)
+    moved = gcmod._copy_live(store, items[0][0].klass, items, dead)
+    gcmod._swap(store, items, moved, set())  # ... and the process dies here
     assert store.index.marked(store.index.retired)
     old_files = [d.root / "shards" for d in store.disks.values()]
     before = sum(1 for root in old_files for _ in root.rglob("*.shard"))

@@ -78,7 +78,7 @@ def test_rebuild_without_a_new_disk_spreads_over_the_others(tmp_path: Path) -> N
 
 def test_rebuild_resumes_after_kill_9(tmp_path: Path) -> None:
     """A rate-limited rebuild killed mid-way: the re-run copies only what is left, no half shard remains."""
-    cfg_path, results = _setup(tmp_path, n_files=400)
+    cfg_path, results = _setup(tmp_path, n_files=900)
     lost = _shards_on(cfg_path, "d0")
     shutil.rmtree(tmp_path / "d0")
     (tmp_path / "d4").mkdir()

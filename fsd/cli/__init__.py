@@ -179,13 +179,32 @@ def demo(ctx: typer.Context) -> None:
     run_demo(state(ctx).settings)
 
 
+def _index_path(argv: list[str] | None) -> str:
+    """The index directory of the config this run uses (only to name it in a message)."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    explicit = next((args[i + 1] for i, a in enumerate(args[:-1]) if a in ("--config", "-c")), None)
+    try:
+        from fsd import config
+
+        return str(config.load(explicit).index_dir)
+    except Exception:  # noqa: BLE001 - a message without the path is still a message
+        return "(the index)"
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: one line for user errors, a traceback only for bugs.
 
     Typer (standalone mode) answers usage errors itself with exit code 2.
     """
+    import lmdb
+
     try:
-        app(args=argv, prog_name="hoard")
+        try:
+            app(args=argv, prog_name="hoard")
+        except lmdb.Error as e:  # the SSD under the index is full or failing: a condition, not a bug
+            from fsd.index import index_error
+
+            raise index_error(_index_path(argv), e) from None
     except HoardError as e:
         err.print(f"[bold red]hoard: error:[/] {escape(e.message)}", soft_wrap=True)
         sys.exit(int(e.exit_code))

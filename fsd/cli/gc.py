@@ -64,15 +64,39 @@ def gc(
     threshold: Annotated[float, typer.Option(min=0.01, max=1.0, help="compact shards whose live share is below this")] = 0.5,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="only show which shards would be compacted")] = False,
     as_json: Annotated[bool, typer.Option("--json")] = False,
+    wait: Annotated[float, typer.Option(help="seconds to wait for other maintenance jobs or writers")] = 60.0,
+    no_database: Annotated[bool, typer.Option("--no-database", help="a store used without the database: only "
+                                              "manifests and running jobs count as references")] = False,
 ) -> None:
-    """Compact shards holding deleted objects and free their space (resumable; reserves space first)."""
+    """Compact shards holding deleted objects and free their space (resumable; reserves space first).
+
+    An object is freed only if it is tombstoned (`hoard delete --batch`) and, at gc time, no
+    batch or view manifest, running job (pin) or database row references it."""
     from dataclasses import asdict
+
+    import psycopg
 
     from fsd.gc import gc as run
     from fsd.store import Store
+    from sql.deletion import referenced
 
-    with Store.open(state(ctx).settings) as store:
-        rep = run(store, threshold, dry_run)
+    cfg = state(ctx).settings
+    conn = None
+    if not no_database:
+        try:
+            conn = psycopg.connect(cfg.database_url, autocommit=True, connect_timeout=10)
+        except psycopg.OperationalError as e:
+            raise HoardError(f"gc needs the database to know which objects rows still reference, and it is "
+                             f"unreachable ({str(e).strip().splitlines()[0]}); nothing was deleted — `hoard services "
+                             "up` or check database_url (`--no-database` for a store without one)",
+                             ExitCode.UNAVAILABLE) from None
+    roots = (lambda shas: referenced(conn, shas)) if conn is not None else None
+    try:
+        with Store.open(cfg, what="hoard gc") as store:
+            rep = run(store, threshold, dry_run, roots=roots, wait_s=wait)
+    finally:
+        if conn is not None:
+            conn.close()
     if as_json:
         out.print(json.dumps(asdict(rep)))
         return

@@ -42,7 +42,8 @@ def run_mount(cfg: Settings, mountpoint: Path, debug: bool = False, ready=None) 
                          ExitCode.USAGE)
     if not os.path.exists("/dev/fuse"):
         raise HoardError("/dev/fuse is missing: load the fuse module (`modprobe fuse`)", ExitCode.UNAVAILABLE)
-    store = Store.open(cfg, writable=False)
+    # the `readers` lock: `hoard index rebuild`/`restore` refuse while the mount serves the index
+    store = Store.open(cfg, writable=False, lock="readers", what=f"hoard mount {mountpoint}")
     reader = Reader(store)
     ns = Namespace(store.index, str(cfg.ssd.zone_path("3A")), _health_text(store),
                    lambda sha_hex: json.loads(store.get(sha_hex)))

@@ -1,0 +1,203 @@
+"""Store-wide locks on the SSD: who may change the store while whom runs.
+
+Two `flock` files under `<ssd.root>/locks/`:
+
+* `store.lock` — **shared** by everything that writes objects or serves them from a
+  long-lived process (writers, RQ work horses, the mount); **exclusive** for the moments
+  that must see the store still: gc's reachability + swap, `hoard index rebuild` /
+  `restore` (they rename the index away under everyone), and rebuild's switch-over.
+* `readers.lock` — **shared** by long-lived readers (the mount); **exclusive** only for
+  `hoard index rebuild` / `restore`, which would pull the index out from under them.
+* `maintenance.lock` — **exclusive** for the jobs that move replicas around (gc,
+  replicate, rebuild, verify --repair), so that two of them never race on one shard.
+
+Each holder leaves `<name>.<pid>.holder` (JSON: pid, command, mode, since) beside the lock
+so a refusal can name who is in the way ("held by pid 4242 `hoard mount /srv/hoard`
+since …") — as restic names a lock's holder and says how to remove a stale one. flock
+locks die with their process, so a holder file whose pid is gone is stale and ignored.
+
+A process holds at most one fd per lock file and counts its users, so several `Store`
+objects in one process share one lock (flock on two fds of one file would conflict with
+itself). An upgrade from shared to exclusive converts that one fd.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from fsd.errors import ExitCode, HoardError
+
+STORE = "store"
+READERS = "readers"
+MAINTENANCE = "maintenance"
+#: how long an exclusive request waits for the shared holders to finish, by default
+DEFAULT_WAIT_S = 0.0
+
+
+class StoreBusy(HoardError):
+    exit_code = ExitCode.UNAVAILABLE
+
+
+def _command() -> str:
+    argv = [os.path.basename(sys.argv[0])] + sys.argv[1:] if sys.argv and sys.argv[0] else ["python"]
+    return " ".join(argv)[:200]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class _Lock:
+    """One lock file, held by this process through one fd with a count per mode."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.fd: int | None = None
+        self.shared = 0
+        self.exclusive = 0
+        self.what = ""
+
+    def holder_path(self, pid: int | None = None) -> Path:
+        return self.path.with_name(f"{self.path.stem}.{pid or os.getpid()}.holder")
+
+    def _write_holder(self, mode: str, what: str) -> None:
+        doc = {"pid": os.getpid(), "command": _command(), "mode": mode, "what": what,
+               "since": time.strftime("%Y-%m-%d %H:%M:%S")}
+        tmp = self.holder_path().with_suffix(".tmp")
+        tmp.write_text(json.dumps(doc))
+        os.replace(tmp, self.holder_path())
+
+    def holders(self) -> list[dict]:
+        """Live holders other than this process (stale holder files are removed)."""
+        out = []
+        for p in self.path.parent.glob(f"{self.path.stem}.*.holder"):
+            try:
+                doc = json.loads(p.read_text())
+            except (OSError, ValueError):
+                continue
+            if doc.get("pid") == os.getpid():
+                continue
+            if not _alive(int(doc.get("pid", 0))):
+                with contextlib.suppress(OSError):
+                    p.unlink()
+                continue
+            out.append(doc)
+        return out
+
+    def _flock(self, op: int, wait_s: float) -> bool:
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                fcntl.flock(self.fd, op | fcntl.LOCK_NB)
+                return True
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    return False
+                time.sleep(0.05)
+
+    def refusal(self, what: str) -> StoreBusy:
+        held = self.holders()
+        who = "; ".join(f"pid {h['pid']} `{h['command']}` ({h['mode']}, {h.get('what', '')}, since {h['since']})"
+                        for h in held) or "a process that left no holder file"
+        return StoreBusy(f"{what}: the store is busy — {self.path.name} is held by {who}; wait for it to finish "
+                         "(or stop it: `hoard umount`, stop the workers) and run this again")
+
+
+_locks: dict[Path, _Lock] = {}
+_guard = threading.RLock()
+
+
+def _get(ssd_root: Path, name: str) -> _Lock:
+    path = (ssd_root / "locks" / f"{name}.lock").resolve()
+    lk = _locks.get(path)
+    if lk is None:
+        lk = _locks[path] = _Lock(path)
+    return lk
+
+
+def _open(lk: _Lock) -> None:
+    if lk.fd is None:
+        lk.path.parent.mkdir(parents=True, exist_ok=True)
+        lk.fd = os.open(lk.path, os.O_RDWR | os.O_CREAT, 0o644)
+
+
+def _close_if_unused(lk: _Lock) -> None:
+    if lk.shared == 0 and lk.exclusive == 0 and lk.fd is not None:
+        os.close(lk.fd)  # closing the last fd drops the flock
+        lk.fd = None
+        with contextlib.suppress(OSError):
+            lk.holder_path().unlink()
+
+
+def acquire_shared(ssd_root: Path, what: str, name: str = STORE, wait_s: float = 30.0) -> None:
+    """Take the shared lock (waiting up to `wait_s` for an exclusive holder), or raise StoreBusy."""
+    with _guard:
+        lk = _get(ssd_root, name)
+        if lk.shared or lk.exclusive:
+            lk.shared += 1
+            return
+        _open(lk)
+        if not lk._flock(fcntl.LOCK_SH, wait_s):
+            _close_if_unused(lk)
+            raise lk.refusal(what)
+        lk.shared += 1
+        lk.what = what
+        lk._write_holder("shared", what)
+
+
+def release_shared(ssd_root: Path, name: str = STORE) -> None:
+    with _guard:
+        lk = _get(ssd_root, name)
+        lk.shared = max(0, lk.shared - 1)
+        _close_if_unused(lk)
+
+
+@contextlib.contextmanager
+def exclusive(ssd_root: Path, what: str, name: str = STORE, wait_s: float = DEFAULT_WAIT_S) -> Iterator[None]:
+    """Hold the lock exclusively (converting this process's shared hold, if any); refuse with
+    the holders named when others keep it for longer than `wait_s`."""
+    with _guard:
+        lk = _get(ssd_root, name)
+        if lk.exclusive:
+            lk.exclusive += 1
+            nested = True
+        else:
+            nested = False
+            _open(lk)
+            if not lk._flock(fcntl.LOCK_EX, wait_s):
+                if lk.shared:  # a failed conversion may have dropped our shared hold: take it back
+                    lk._flock(fcntl.LOCK_SH, 3600)
+                else:
+                    _close_if_unused(lk)
+                raise lk.refusal(what)
+            lk.exclusive = 1
+            lk._write_holder("exclusive", what)
+    try:
+        yield
+    finally:
+        with _guard:
+            lk.exclusive -= 1
+            if not nested:
+                if lk.shared:
+                    fcntl.flock(lk.fd, fcntl.LOCK_SH)  # back to shared: exclusive → shared never blocks
+                    lk._write_holder("shared", lk.what)
+                _close_if_unused(lk)
+
+
+def holders(ssd_root: Path, name: str = STORE) -> list[dict]:
+    """Who holds the lock now (other processes), for `hoard health` and refusals."""
+    return _get(ssd_root, name).holders()
