@@ -114,6 +114,14 @@ def collect(cfg: Settings) -> dict[str, Any]:
             problems.append(f"store: {len(risk)} shards have fewer than write_ack readable replicas"
                             + (f", {lost} have none" if lost else "")
                             + "; run `hoard replicate` (or `hoard rebuild --disk LABEL` for a failed disk)")
+        if store.get("pending_repairs"):
+            problems.append(f"store: {store['pending_repairs']} replicas were found bad by readers or verify and "
+                            "are not repaired yet; run `hoard replicate` (it re-copies them from good replicas)")
+        stuck = store.get("open_without_writer") or []
+        if stuck:
+            problems.append(f"store: {len(stuck)} open shards have no writer left (e.g. {stuck[0]}): the next "
+                            "writer seals them; if they stay, no replica holds every acknowledged record — "
+                            "see `hoard check` and the `recovery_incomplete` events in `hoard health --json`")
     for d in report["disks"]:
         if d.get("state", "active") != "active":
             problems.append(f"disk {d['label']}: {d['state']}: {d.get('reason') or 'not usable'}; "

@@ -476,10 +476,17 @@ class Store:
                 except OSError:
                     pass  # a failed disk may be gone altogether
             disks.append(entry)
+        from fsd.writer import writer_alive
+
+        stuck = [m.hex for m in self.index.iter_shards()
+                 if not m.sealed and not writer_alive(self.lock_path(m.hex))]
         return {"objects": self.index.count_objects(), "disks": disks, "replication": replication_lag(self),
+                "open_without_writer": stuck,
                 "oldest_unverified_s": oldest_unverified_age(self),
                 "pending_repairs": len(self.index.pending_repairs()),
-                "recent_errors": [e for e in self.index.recent_events(50) if e["kind"].endswith("_error")][:10]}
+                "recent_errors": [e for e in self.index.recent_events(50) if e["kind"].endswith("_error")][:10],
+                "recovery_incomplete": [e for e in self.index.recent_events(200)
+                                        if e["kind"] == "recovery_incomplete" and e.get("shard") in stuck][:10]}
 
 
 SSD_IDENTITY = ".hoard-ssd.json"

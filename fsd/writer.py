@@ -337,6 +337,21 @@ def try_lock(path: Path) -> int | None:
         return None
 
 
+def writer_alive(path: Path) -> bool:
+    """Whether a live process holds an open shard's lock (without taking or removing it)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+
+
 def _unlock(path: Path, fd: int) -> None:
     with contextlib.suppress(FileNotFoundError):
         path.unlink()

@@ -130,6 +130,14 @@ def test_recovery_cuts_nothing_when_no_replica_is_whole(tmp_path: Path) -> None:
         assert any(e["kind"] == "recovery_incomplete" for e in store.index.recent_events(20))
         good = [f.read_bytes() for f in files]
         assert all(store.get(hashlib.sha256(d).hexdigest()) == d for d in good)  # each from a good copy
+        status = store.status()
+        assert status["open_without_writer"] == [meta.hex]
+        assert status["recovery_incomplete"][0]["shard"] == meta.hex
+    from fsd.health import collect
+
+    problems = [p for p in collect(cfg)["problems"] if p.startswith("store:")]
+    assert any("open shards have no writer left" in p for p in problems), problems
+    assert any("replicas were found bad" in p for p in problems), problems
 
 
 def test_delete_during_ingest_keeps_the_pinned_objects(store_factory, tmp_path: Path) -> None:
