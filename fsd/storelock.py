@@ -18,7 +18,11 @@ locks die with their process, so a holder file whose pid is gone is stale and ig
 
 A process holds at most one fd per lock file and counts its users, so several `Store`
 objects in one process share one lock (flock on two fds of one file would conflict with
-itself). An upgrade from shared to exclusive converts that one fd.
+itself). An upgrade from shared to exclusive converts that one fd — and Linux drops the
+shared lock when a non-blocking conversion fails, so every acquisition first passes a
+*gate* (`<name>.gate`): sharers take it shared for a moment, an exclusive requester holds it
+exclusively while it waits. Nobody can slip in while a converting process is without its
+lock, and an exclusive requester is not starved by a stream of new sharers.
 """
 
 from __future__ import annotations
@@ -67,6 +71,7 @@ class _Lock:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.fd: int | None = None
+        self.gate: int | None = None
         self.shared = 0
         self.exclusive = 0
         self.what = ""
@@ -98,11 +103,11 @@ class _Lock:
             out.append(doc)
         return out
 
-    def _flock(self, op: int, wait_s: float) -> bool:
+    def _flock(self, op: int, wait_s: float, fd: int | None = None) -> bool:
         deadline = time.monotonic() + wait_s
         while True:
             try:
-                fcntl.flock(self.fd, op | fcntl.LOCK_NB)
+                fcntl.flock(self.fd if fd is None else fd, op | fcntl.LOCK_NB)
                 return True
             except BlockingIOError:
                 if time.monotonic() >= deadline:
@@ -133,17 +138,19 @@ def _open(lk: _Lock) -> None:
     if lk.fd is None:
         lk.path.parent.mkdir(parents=True, exist_ok=True)
         lk.fd = os.open(lk.path, os.O_RDWR | os.O_CREAT, 0o644)
+        lk.gate = os.open(lk.path.with_suffix(".gate"), os.O_RDWR | os.O_CREAT, 0o644)
 
 
 def _close_if_unused(lk: _Lock) -> None:
     if lk.shared == 0 and lk.exclusive == 0 and lk.fd is not None:
         os.close(lk.fd)  # closing the last fd drops the flock
-        lk.fd = None
+        os.close(lk.gate)
+        lk.fd = lk.gate = None
         with contextlib.suppress(OSError):
             lk.holder_path().unlink()
 
 
-def acquire_shared(ssd_root: Path, what: str, name: str = STORE, wait_s: float = 30.0) -> None:
+def acquire_shared(ssd_root: Path, what: str, name: str = STORE, wait_s: float = 300.0) -> None:
     """Take the shared lock (waiting up to `wait_s` for an exclusive holder), or raise StoreBusy."""
     with _guard:
         lk = _get(ssd_root, name)
@@ -151,7 +158,12 @@ def acquire_shared(ssd_root: Path, what: str, name: str = STORE, wait_s: float =
             lk.shared += 1
             return
         _open(lk)
-        if not lk._flock(fcntl.LOCK_SH, wait_s):
+        deadline = time.monotonic() + wait_s
+        got = lk._flock(fcntl.LOCK_SH, wait_s, lk.gate)  # not while an exclusive requester waits
+        if got:
+            got = lk._flock(fcntl.LOCK_SH, max(0.0, deadline - time.monotonic()))
+            fcntl.flock(lk.gate, fcntl.LOCK_UN)
+        if not got:
             _close_if_unused(lk)
             raise lk.refusal(what)
         lk.shared += 1
@@ -178,11 +190,17 @@ def exclusive(ssd_root: Path, what: str, name: str = STORE, wait_s: float = DEFA
         else:
             nested = False
             _open(lk)
-            if not lk._flock(fcntl.LOCK_EX, wait_s):
-                if lk.shared:  # a failed conversion may have dropped our shared hold: take it back
-                    lk._flock(fcntl.LOCK_SH, 3600)
-                else:
-                    _close_if_unused(lk)
+            deadline = time.monotonic() + wait_s
+            # holding the gate, nobody else acquires anything: a failed conversion below drops
+            # this process's shared lock (Linux), and nobody can take the lock meanwhile
+            got = lk._flock(fcntl.LOCK_EX, wait_s, lk.gate)
+            if got:
+                got = lk._flock(fcntl.LOCK_EX, max(0.0, deadline - time.monotonic()))
+                if not got and lk.shared:
+                    fcntl.flock(lk.fd, fcntl.LOCK_SH)  # back to shared: only sharers hold it now
+                fcntl.flock(lk.gate, fcntl.LOCK_UN)
+            if not got:
+                _close_if_unused(lk)
                 raise lk.refusal(what)
             lk.exclusive = 1
             lk._write_holder("exclusive", what)
