@@ -16,15 +16,9 @@ import time
 from pathlib import Path
 
 from adapters.base import SIGNAL_FILES, BatchView, Reject, hostile_reason
+from fsd.paths import display
 
 QUARANTINE = "_quarantine"
-
-
-def display(rel: str) -> str:
-    """A path for reports and the database: undecodable bytes and control characters shown
-    as `\\xNN`, so one path is always one line."""
-    shown = rel.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-    return "".join(f"\\x{ord(c):02x}" if ord(c) < 32 or c == "\x7f" else c for c in shown)
 
 
 def screen(root: Path, settle_s: float = 0.0) -> tuple[BatchView, list[Reject]]:

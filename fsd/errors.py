@@ -30,6 +30,8 @@ class ExitCode(enum.IntEnum):
     NOT_BUILT = 9
     #: interrupted by the user (Ctrl-C)
     INTERRUPTED = 130
+    #: the reader of our output went away (`hoard ... | head`): stopped early, as SIGPIPE would
+    OUTPUT_CLOSED = 141
 
 
 class HoardError(Exception):

@@ -28,3 +28,11 @@ def hostile_reason(rel: str) -> str | None:
     if any(part in ("..", ".") for part in rel.split("/")) or "//" in rel or rel.endswith("/"):
         return "the path climbs out of the batch (`..`) or is not normalised"
     return None
+
+
+def display(name: str) -> str:
+    """A path or name as one safe line for a terminal, a report or the database: undecodable
+    bytes and control characters (C0, DEL and C1 — ESC and CSI start terminal escape
+    sequences; a newline would split the line) are shown as `\\xNN`."""
+    shown = name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    return "".join(f"\\x{ord(c):02x}" if ord(c) < 32 or 0x7f <= ord(c) < 0xa0 else c for c in shown)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -20,11 +21,28 @@ from fsd.store import CHUNK, GROUP_BYTES, STREAM_THRESHOLD, PutResult, SourceCha
 from fsd.writer import ReplicaFailed, ShardWriter, _Pending
 
 
-def put_files(store: Store, writer: ShardWriter, paths: list[Path]) -> list[PutResult]:
-    batch = _Batch(store, writer)
-    for path in paths:
-        batch.add_file(path)
-    return batch.finish()
+def put_files(store: Store, writer: ShardWriter, paths: list[Path],
+              on_result: Callable[[PutResult], None] | None = None,
+              stop: threading.Event | None = None) -> list[PutResult]:
+    """Store files; `on_result(res)` is called as soon as each file's outcome is final (a
+    rejection or an "existing" at once, a new file when its group is committed).
+
+    `stop` (set by a Ctrl-C handler) ends the call at the next file boundary: what was
+    appended is committed and reported, then KeyboardInterrupt is raised — so what was
+    reported is exactly what was stored. Any other exception cuts the uncommitted group off."""
+    batch = _Batch(store, writer, on_result)
+    try:
+        for path in paths:
+            if stop is not None and stop.is_set():
+                batch.finish()
+                raise KeyboardInterrupt
+            batch.add_file(path)
+        return batch.finish()
+    except KeyboardInterrupt:
+        raise
+    except BaseException:
+        writer.rollback()
+        raise
 
 
 def put_payloads(store: Store, writer: ShardWriter, items: list[tuple[str, bytes]]) -> list[PutResult]:
@@ -37,8 +55,9 @@ def put_payloads(store: Store, writer: ShardWriter, items: list[tuple[str, bytes
 
 
 class _Batch:
-    def __init__(self, store: Store, writer: ShardWriter) -> None:
+    def __init__(self, store: Store, writer: ShardWriter, on_result: Callable[[PutResult], None] | None = None) -> None:
         self.store, self.writer = store, writer
+        self.on_result = on_result or (lambda _res: None)
         self.target = store.target(writer.klass)
         self.results: list[PutResult] = []
         self.waiting: dict[bytes, list[PutResult]] = {}  # appended, not yet committed
@@ -48,15 +67,25 @@ class _Batch:
     def add_file(self, path: Path) -> None:
         res = PutResult(str(path))
         self.results.append(res)
+        self._add_file(res, path)
+        if res.reason or res.status == "existing":  # final now; a new file is reported at its commit
+            self.on_result(res)
+
+    def _add_file(self, res: PutResult, path: Path) -> None:
+        why = _not_storable(path)
+        if why:
+            res.reason = why
+            return
         try:
-            fd = os.open(path, os.O_RDONLY)
+            # O_NONBLOCK: a FIFO swapped in after the check must not block open() for ever
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
         except OSError as e:
-            res.reason = f"cannot read {path}: {e.strerror}"
+            res.reason = f"cannot read it: {e.strerror}"
             return
         try:
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode):
-                res.reason = f"{path} is not a regular file"
+                res.reason = "not a regular file"
                 return
             if st.st_size > STREAM_THRESHOLD:
                 os.close(fd)
@@ -65,10 +94,10 @@ class _Batch:
                 return
             data = read_upto(fd, st.st_size + 1)
             if _changed(st, os.fstat(fd)) or len(data) != st.st_size:
-                res.reason = f"{path} changed while being read; store it again when its writer is done"
+                res.reason = "it changed while being read; store it again when its writer is done"
                 return
         except OSError as e:
-            res.reason = f"cannot read {path}: {e.strerror}"
+            res.reason = f"cannot read it: {e.strerror}"
             return
         finally:
             if fd >= 0:
@@ -90,7 +119,7 @@ class _Batch:
         try:
             sha, digest, n, st, pieces = hash_file(path)
         except OSError as e:
-            res.reason = f"cannot read {path}: {e.strerror}"
+            res.reason = f"cannot read it: {e.strerror}"
             return
         res.sha256, res.size = sha.hex(), n
         self.store.index.put_chunks(sha, pieces)  # describes these bytes whether stored now or before
@@ -105,7 +134,7 @@ class _Batch:
             return
         except OSError as e:
             self.writer.rollback()
-            res.reason = f"cannot read {path}: {e.strerror}"
+            res.reason = f"cannot read it: {e.strerror}"
             return
         self.waiting[sha] = [res]
         self._commit()
@@ -138,6 +167,7 @@ class _Batch:
             for i, res in enumerate(self.waiting.pop(sha, [])):
                 res.status = "new" if added and i == 0 else "existing"
                 res.replicas, res.target = replicas, self.target
+                self.on_result(res)
 
     def _retrying(self, fn: Callable[[], object]) -> None:
         """Run fn; when a replica fails, move the uncommitted group to other disks and retry."""
@@ -170,6 +200,22 @@ class _Batch:
         return self.results
 
 
+def _not_storable(path: Path) -> str | None:
+    """Why `path` is not a regular file that can be stored (checked before it is opened: a
+    FIFO would block open(), a device would never end), or None."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return "a dangling symlink (its target is gone)" if os.path.islink(path) else "no such file"
+    except OSError as e:
+        return f"cannot read it: {e.strerror}"
+    if stat.S_ISREG(st.st_mode):
+        return None
+    kind = {stat.S_IFIFO: "a FIFO", stat.S_IFSOCK: "a socket", stat.S_IFCHR: "a character device",
+            stat.S_IFBLK: "a block device", stat.S_IFDIR: "a directory"}.get(stat.S_IFMT(st.st_mode), "not a file")
+    return f"{kind}, not a regular file: only regular files are stored"
+
+
 def _changed(a: os.stat_result, b: os.stat_result) -> bool:
     return (a.st_size, a.st_mtime_ns, a.st_ino) != (b.st_size, b.st_mtime_ns, b.st_ino)
 
@@ -182,9 +228,9 @@ def _verified_chunks(path: Path, sha: bytes, n: int, st: os.stat_result) -> Iter
         while chunk := f.read(CHUNK):
             total += len(chunk)
             if total > n:
-                raise SourceChanged(f"{path} grew while being stored; store it again when its writer is done")
+                raise SourceChanged("it grew while being stored; store it again when its writer is done")
             h.update(chunk)
             yield chunk
         st2 = os.fstat(f.fileno())
     if total != n or h.digest() != sha or _changed(st, st2):
-        raise SourceChanged(f"{path} changed while being stored; store it again when its writer is done")
+        raise SourceChanged("it changed while being stored; store it again when its writer is done")

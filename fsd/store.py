@@ -15,7 +15,7 @@ import os
 import random
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -315,12 +315,16 @@ class Store:
         return w
 
     # -- the write path ------------------------------------------------------------------------
-    def put_many(self, paths: Iterable[str | os.PathLike[str]], klass: str = "raw") -> list[PutResult]:
-        """Store files; dedupe by sha256; acknowledge after fsync on write_ack disks."""
+    def put_many(self, paths: Iterable[str | os.PathLike[str]], klass: str = "raw",
+                 on_result: Callable[[PutResult], None] | None = None,
+                 stop: threading.Event | None = None) -> list[PutResult]:
+        """Store files; dedupe by sha256; acknowledge after fsync on write_ack disks.
+        `on_result` sees each file as soon as its outcome is final; `stop` ends the call at the
+        next file boundary (see fsd.put.put_files)."""
         from fsd.put import put_files
 
         with self.lock:
-            results = put_files(self, self.writer(klass), [Path(p) for p in paths])
+            results = put_files(self, self.writer(klass), [Path(p) for p in paths], on_result, stop)
         self.index.put_exts({bytes.fromhex(r.sha256): ext for r in results
                              if r.status != "rejected" and (ext := file_ext(r.path))})
         return results

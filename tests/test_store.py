@@ -83,9 +83,9 @@ def test_rejections_name_the_file(store_factory, tmp_path: Path) -> None:
     (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
     res = store.put_many([good[0], tmp_path / "missing", tmp_path / "in", tmp_path / "dangling", *good[1:]])
     assert [r.status for r in res] == ["new", "rejected", "rejected", "rejected", "new", "new"]
-    assert "cannot read" in res[1].reason and str(tmp_path / "missing") in res[1].reason
-    assert "is not a regular file" in res[2].reason
-    assert "cannot read" in res[3].reason
+    assert res[1].path == str(tmp_path / "missing") and res[1].reason == "no such file"
+    assert res[2].reason == "a directory, not a regular file: only regular files are stored"
+    assert res[3].reason == "a dangling symlink (its target is gone)"
     assert store.index.count_objects() == 3
 
 

@@ -198,6 +198,9 @@ def main(argv: list[str] | None = None) -> None:
     """
     import lmdb
 
+    from fsd.cli._common import OutputFailed, guard_stdout
+
+    guard_stdout()  # click would turn a closed stdout (EPIPE) into exit 1, "a bug" in our table
     try:
         try:
             app(args=argv, prog_name="hoard")
@@ -205,6 +208,10 @@ def main(argv: list[str] | None = None) -> None:
             from fsd.index import index_error
 
             raise index_error(_index_path(argv), e) from None
+    except OutputFailed as e:
+        if e.message:
+            err.print(f"hoard: error: {e.message}", markup=False)
+        sys.exit(int(e.exit_code))
     except HoardError as e:
         err.print(f"[bold red]hoard: error:[/] {escape(e.message)}", soft_wrap=True)
         sys.exit(int(e.exit_code))

@@ -4,11 +4,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import contextlib
+import errno
+import os
+import sys
+from typing import Any
+
 import typer
 from rich.console import Console
 
 from fsd import config as _config
 from fsd.config import Settings
+from fsd.errors import ExitCode, HoardError
 
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -36,3 +43,56 @@ def state(ctx: typer.Context) -> State:
     if not isinstance(root.obj, State):
         root.obj = State()
     return root.obj
+
+
+class OutputFailed(HoardError):
+    """Our own output could not be written: the reader went away (`| head`: exit 141, no
+    message — it has what it wanted) or the device behind stdout is full or failing."""
+
+
+class _Guarded:
+    """A stream whose write errors become OutputFailed — not an OSError, which click would
+    swallow into exit 1 — and after which nothing more is written (the final flush stays quiet)."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+        self._dead = False
+
+    def _call(self, fn, *args):
+        if self._dead:
+            return None
+        try:
+            return fn(*args)
+        except OSError as e:
+            if e.errno not in (errno.EPIPE, errno.ENOSPC, errno.EIO, errno.EDQUOT):
+                raise
+            self._dead = True
+            with contextlib.suppress(OSError):
+                os.dup2(os.open(os.devnull, os.O_WRONLY), self._stream.fileno())
+            if e.errno == errno.EPIPE:
+                raise OutputFailed("", ExitCode.OUTPUT_CLOSED) from None
+            raise OutputFailed(f"cannot write the output: {e.strerror}; send it somewhere with room "
+                               "(`-o FILE` or a redirect)",
+                               ExitCode.NO_SPACE if e.errno in (errno.ENOSPC, errno.EDQUOT) else ExitCode.UNAVAILABLE
+                               ) from None
+
+    def write(self, data):
+        return self._call(self._stream.write, data)
+
+    def writelines(self, lines):
+        return self._call(self._stream.writelines, lines)
+
+    def flush(self):
+        return self._call(self._stream.flush)
+
+    @property
+    def buffer(self) -> _Guarded:
+        return _Guarded(self._stream.buffer) if hasattr(self._stream, "buffer") else self
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
+def guard_stdout() -> None:
+    if not isinstance(sys.stdout, _Guarded):
+        sys.stdout = _Guarded(sys.stdout)

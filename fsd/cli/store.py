@@ -12,6 +12,7 @@ import typer
 
 from fsd.cli._common import err, out, state
 from fsd.errors import ExitCode, HoardError
+from fsd.paths import display
 
 
 def open_store(ctx: typer.Context, writable: bool = True):
@@ -20,22 +21,37 @@ def open_store(ctx: typer.Context, writable: bool = True):
     return Store.open(state(ctx).settings, writable=writable)
 
 
-def _expand(paths: list[Path], manifest: Optional[Path]) -> list[Path]:
+def _expand(paths: list[Path], manifest: Optional[Path]) -> tuple[list[Path], list[str]]:
+    """The files to store, and the directories that could not be walked (each a reject line).
+
+    A directory walk lists every entry that is not a directory — FIFOs, sockets, devices and
+    dangling symlinks too — so each is rejected by name instead of vanishing silently."""
+    import os
+
     items: list[Path] = []
+    unreadable: list[str] = []
     if manifest is not None:
         try:
             text = sys.stdin.read() if str(manifest) == "-" else manifest.read_text()
         except OSError as e:
-            raise HoardError(f"cannot read manifest {manifest}: {e.strerror}", ExitCode.USAGE) from None
+            raise HoardError(f"cannot read manifest {display(str(manifest))}: {e.strerror}", ExitCode.USAGE) from None
+        except UnicodeDecodeError as e:
+            raise HoardError(f"manifest {display(str(manifest))} is not UTF-8 text (byte {e.start})",
+                             ExitCode.USAGE) from None
         items += [Path(line) for line in text.splitlines() if line.strip()]
     for p in paths:
         if p.is_dir():
-            items += sorted(q for q in p.rglob("*") if q.is_file())
+            walked: list[Path] = []
+            for top, dirs, files in os.walk(p, onerror=lambda e: unreadable.append(
+                    f"{display(str(e.filename))}: cannot list ({e.strerror})")):
+                dirs.sort()
+                walked += [Path(top) / f for f in files]
+            items += sorted(walked)
         else:
             items.append(p)
-    if not items:
+    if not items and not unreadable:
         raise HoardError("nothing to store: name files or directories, or --manifest FILE", ExitCode.USAGE)
-    return items
+    return items, unreadable
 
 
 def put(
@@ -45,32 +61,56 @@ def put(
     manifest: Annotated[Optional[Path], typer.Option(help="file with one path per line ('-' = stdin)")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="one JSON object per file")] = False,
 ) -> None:
-    """Store files: prints sha256, new/existing and replicas now/target per file.
+    """Store files: prints sha256, new/existing and replicas now/target per file, as each is stored.
 
-    Exit 5 if any file was rejected (each is named on stderr with the reason).
+    Exit 5 if any file was rejected (each is named on stderr with the reason). Interrupted,
+    it has printed exactly the files that were stored.
     """
-    items = _expand(paths or [], manifest)
+    items, unreadable = _expand(paths or [], manifest)
     t0 = time.monotonic()
-    with open_store(ctx) as store:
-        results = store.put_many(items, klass=klass)
-    took = time.monotonic() - t0
-    rejected = 0
-    for r in results:
+    counts = {"new": 0, "existing": 0, "rejected": len(unreadable), "bytes": 0}
+    for why in unreadable:
+        err.print(f"rejected {why}", markup=False)
+
+    def report(r) -> None:
+        counts[r.status] += 1
+        if r.status == "new":
+            counts["bytes"] += r.size
+        shown = display(r.path)
         if as_json:
-            out.print(json.dumps(r.__dict__), soft_wrap=True)
-        elif r.status == "rejected":
-            pass
-        else:
-            out.print(f"{r.sha256}  {r.status:<8} {r.replicas}/{r.target}  {r.path}")
+            out.print(json.dumps(r.__dict__ | {"path": shown}), soft_wrap=True, markup=False)
+        elif r.status != "rejected":
+            out.print(f"{r.sha256}  {r.status:<8} {r.replicas}/{r.target}  {shown}", markup=False)
         if r.status == "rejected":
-            rejected += 1
-            err.print(f"[red]rejected[/] {r.path}: {r.reason}")
-    new = sum(r.status == "new" for r in results)
-    size = sum(r.size for r in results if r.status == "new")
-    err.print(f"{len(results)} files: {new} new ({size / 1e6:.1f} MB), "
-              f"{len(results) - new - rejected} already present, {rejected} rejected in {took:.2f} s")
-    if rejected:
+            err.print(f"rejected {shown}: {r.reason}", markup=False)
+
+    stop = _stop_on_first_ctrl_c()
+    try:
+        with open_store(ctx) as store:
+            store.put_many(items, klass=klass, on_result=report, stop=stop)
+    finally:
+        err.print(f"{counts['new'] + counts['existing'] + counts['rejected']} files: {counts['new']} new "
+                  f"({counts['bytes'] / 1e6:.1f} MB), {counts['existing']} already present, {counts['rejected']} "
+                  f"rejected in {time.monotonic() - t0:.2f} s", markup=False)
+    if counts["rejected"]:
         raise typer.Exit(ExitCode.DATA)
+
+
+def _stop_on_first_ctrl_c():
+    """An event set by the first Ctrl-C (the work stops at a safe point and reports what it
+    did); a second Ctrl-C interrupts at once."""
+    import signal
+    import threading
+
+    stop = threading.Event()
+
+    def first(_sig, _frame) -> None:
+        stop.set()
+        err.print("hoard: stopping after the current file (Ctrl-C again to stop at once)", markup=False)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    signal.signal(signal.SIGINT, first)
+    return stop
 
 
 def get(
