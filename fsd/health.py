@@ -84,6 +84,30 @@ def store_status(cfg: Settings) -> dict[str, Any]:
     return {"ok": True, **st}
 
 
+def _space_problems(cfg: Settings, disks: list[dict[str, Any]]) -> list[str]:
+    """Disks too full to take a new shard, and whether the store can still place a new raw
+    shard's `copy_of_raw` replicas on distinct disks (writes need `write_ack` of them)."""
+    shard = cfg.store.shard_size_mb << 20
+    out = []
+    roomy = 0
+    for d in disks:
+        if d.get("state", "active") != "active" or d.get("free_bytes") is None:
+            continue
+        free, total = d["free_bytes"], d.get("total_bytes") or 0
+        if free >= shard:
+            roomy += 1
+        if free < 2 * shard or (total and free < 0.02 * total):
+            out.append(f"disk {d['label']}: {free / GB:.2f} GB free of {total / GB:.2f} GB — it "
+                       f"{'takes no new shard' if free < shard else 'is nearly full'}; free space "
+                       "(`hoard delete` + `hoard gc`) or add a disk (`hoard disks add`)")
+    if roomy < cfg.store.copy_of_raw:
+        what = ("new writes are refused" if roomy < cfg.store.write_ack
+                else f"new raw shards cannot reach copy_of_raw = {cfg.store.copy_of_raw}")
+        out.append(f"store: only {roomy} disks have room for a new shard ({shard >> 20} MB): {what}; add a disk "
+                   "or free space")
+    return out
+
+
 def collect(cfg: Settings) -> dict[str, Any]:
     """Gather the status of disks, zones, PostgreSQL and Redis, and list the problems."""
     from jobs.ingest import ingest_status
@@ -117,6 +141,12 @@ def collect(cfg: Settings) -> dict[str, Any]:
         if store.get("pending_repairs"):
             problems.append(f"store: {store['pending_repairs']} replicas were found bad by readers or verify and "
                             "are not repaired yet; run `hoard replicate` (it re-copies them from good replicas)")
+        lag = store["replication"]
+        if lag["shards_below_target"]:
+            problems.append(f"store: {lag['shards_below_target']} shards ({lag['bytes_below_target'] / GB:.2f} GB) are "
+                            "below their replica target (copy_of_raw / copy_of_generated); run `hoard replicate` "
+                            "(the replicator timer does it on a schedule)")
+        problems += _space_problems(cfg, report["disks"])
         stuck = store.get("open_without_writer") or []
         if stuck:
             problems.append(f"store: {len(stuck)} open shards have no writer left (e.g. {stuck[0]}): the next "
@@ -137,6 +167,9 @@ def collect(cfg: Settings) -> dict[str, Any]:
     else:
         from sql.migrate import available
 
+        if not db.get("backups"):
+            problems.append("database: no backup was ever taken; run `hoard db backup` and enable "
+                            "hoard-backup.timer (systemd/) so one is taken every night")
         for kind, b in (db.get("backups") or {}).items():
             if b["verified"] is False:
                 problems.append(f"database: the last {kind} backup failed its restore-verify ({b['verify_detail']}); "

@@ -62,9 +62,11 @@ def test_init_then_health_json_is_ok(hoard_home: Path) -> None:
     migrated = hoard("--config", cfg, "db", "migrate")
     assert migrated.returncode == 0 and "schema version" in migrated.stdout, migrated.stderr
     res = hoard("--config", cfg, "health", "--json")
-    assert res.returncode == 0, res.stdout + res.stderr
     report = json.loads(res.stdout)
-    assert report["ok"] is True and report["problems"] == []
+    # the one thing a fresh install lacks: a backup (health says so, exit 4)
+    assert res.returncode == 4 and report["problems"] == [
+        "database: no backup was ever taken; run `hoard db backup` and enable hoard-backup.timer (systemd/) so one "
+        "is taken every night"], res.stdout + res.stderr
     assert report["database"]["ok"] and report["database"]["database"].endswith("_test")
     assert report["redis"]["ok"]
     assert [d["label"] for d in report["disks"]] == ["hdd1", "hdd2", "hdd3", "hdd4"]
@@ -86,7 +88,18 @@ def test_health_names_what_is_wrong(hoard_home: Path, tmp_path: Path) -> None:
     assert "zone 3C:" in res.stderr and "(emergency)" in res.stderr
     assert "database:" in res.stderr and "hoard services up" in res.stderr
     js = json.loads(hoard("--config", str(cfg), "health", "--json").stdout)
-    assert js["ok"] is False and js["database"]["ok"] is False and len(js["problems"]) == 3
+    assert js["ok"] is False and js["database"]["ok"] is False and len(js["problems"]) == 3, js["problems"]
+
+
+def test_services_and_db_status_fail_when_down(hoard_home: Path, tmp_path: Path) -> None:
+    """`db status` against an unreachable server exits 3 with one line; it prints readable
+    lines (not a dict) when the server is up."""
+    cfg = hoard_home / "hoard.toml"
+    up = hoard("--config", str(cfg), "db", "status")
+    assert up.returncode == 0 and up.stdout.startswith("database:") and "{" not in up.stdout, up.stdout
+    cfg.write_text(cfg.read_text().replace("database_url = ", f"database_url = 'postgresql:///x?host={tmp_path}/no'\n#"))
+    down = hoard("--config", str(cfg), "db", "status")
+    assert down.returncode == 3 and "the database is unreachable" in down.stderr and "Traceback" not in down.stderr
 
 
 def test_worker_runs_a_real_job(hoard_home: Path, redis_conn) -> None:

@@ -49,8 +49,21 @@ def status(ctx: typer.Context, as_json: Annotated[bool, typer.Option("--json")] 
         with connect(ctx) as conn:
             st["schema_version"] = current_version(conn)
         st["schema_latest"] = available()[-1].version
-    out.print(json.dumps(st) if as_json else
-              ", ".join(f"{k}: {v}" for k, v in st.items()))
+    if as_json:
+        out.print(json.dumps(st), markup=False)
+    elif st["ok"]:
+        last = st.get("last_backup")
+        out.print(f"database:  {st['database']} (PostgreSQL {st['server_version']}), "
+                  f"{st['size_bytes'] / 1e6:.1f} MB\n"
+                  f"schema:    version {st['schema_version']} of {st['schema_latest']}"
+                  + ("" if st["schema_version"] == st["schema_latest"] else " — run `hoard db migrate`") + "\n"
+                  f"backup:    " + (f"{last['kind']}, {last['age_s'] / 3600:.1f} h ago, verified: {last['verified']}"
+                                    if last else "none yet — `hoard db backup`")
+                  + (f"\nlong transactions: {st['long_transactions']}" if st["long_transactions"] else ""),
+                  markup=False)
+    if not st["ok"]:
+        raise HoardError(f"the database is unreachable ({st['error']}); `hoard services up` or check database_url",
+                         ExitCode.UNAVAILABLE)
 
 
 def backrest_for(cfg):

@@ -8,7 +8,7 @@ import typer
 
 from fsd.cli._common import out, state
 from fsd.config import Settings
-from fsd.errors import ConfigError
+from fsd.errors import ConfigError, ExitCode, HoardError
 
 app = typer.Typer(help="Start, stop and show the private PostgreSQL and Redis (embedded default).",
                   no_args_is_help=True)
@@ -73,7 +73,17 @@ def down(ctx: typer.Context) -> None:
 def status(ctx: typer.Context) -> None:
     """Say whether each private server runs."""
     pg, rd = _private(state(ctx).settings)
+    stopped = []
     if pg is not None:
-        out.print(f"postgresql: {'running' if pg.is_running() else 'stopped'} ({pg.data_dir})")
+        up = pg.is_running()
+        out.print(f"postgresql: {'running' if up else 'stopped'} ({pg.data_dir})")
+        stopped += [] if up else ["postgresql"]
     if rd is not None:
-        out.print(f"redis:      {'running' if rd.is_running() else 'stopped'} ({rd.socket})")
+        up = rd.is_running()
+        out.print(f"redis:      {'running' if up else 'stopped'} ({rd.socket})")
+        stopped += [] if up else ["redis"]
+    if pg is None and rd is None:
+        out.print("no private servers: this config uses running ones (database_url, redis_url); "
+                  "`hoard health` checks them")
+    if stopped:
+        raise HoardError(f"{' and '.join(stopped)} stopped; start with `hoard services up`", ExitCode.UNAVAILABLE)
