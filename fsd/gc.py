@@ -143,8 +143,7 @@ def _gc(store: Store, threshold: float, dry_run: bool, roots: Roots | None, wait
     for item in todo:
         by_class.setdefault(item[0].klass, []).append(item)
     for klass, items in by_class.items():
-        need = sum(live for _, live, _ in items) * store.target(klass)
-        reservation = _reserve(store, need)
+        reservation = _reserve(store, klass, sum(live for _, live, _ in items))
         try:
             moved = _copy_live(store, klass, items, dead)
         finally:
@@ -168,24 +167,28 @@ def _gc(store: Store, threshold: float, dry_run: bool, roots: Roots | None, wait
 
 # -- 1. reserve ------------------------------------------------------------------------------
 
-def _reserve(store: Store, need: int) -> Reservation:
-    usable = [(u, d) for u, d in store.disks.items() if store.usable(u, for_write=True)]
-    free = {u: d.free_bytes(store._disk_record(u).used_bytes) for u, d in usable}
-    slack = store.shard_bytes
-    have = sum(max(0, f - slack) for f in free.values())
-    if need > have:
-        raise GcNoSpace(f"gc needs {need / 1e9:.2f} GB free on the disks to copy the live records before it can "
-                        f"free anything, the disks have {have / 1e9:.2f} GB (after {slack / 1e6:.0f} MB slack each); "
-                        "raise --threshold less (fewer shards), add a disk, or delete more first")
+def _reserve(store: Store, klass: str, live: int) -> Reservation:
+    """Place the copies on paper first — the live bytes as new shards, each with the class's
+    replica target on distinct disks, a shard of slack left on every disk — and reserve what
+    each disk would take; refuse before anything is written when they do not fit."""
+    from fsd.placement import Need, human, simulate, space_report
+
+    size, target, slack = store.shard_bytes, store.target(klass), store.shard_bytes
+    needs = [Need(min(size, live - off), target, what=f"new {klass} shard {i + 1}")
+             for i, off in enumerate(range(0, live, size))]
+    cands = store.candidates()
+    taken, unplaced = simulate(cands, needs, slack)
+    if unplaced:
+        raise GcNoSpace(f"gc needs room for {human(live * target)} of copies before it can free anything: "
+                        f"{space_report(cands, unplaced, slack)}; raise --threshold less (fewer shards), add a "
+                        "disk, or delete more first — nothing was changed")
     res = Reservation(store)
     try:
-        for u, d in usable:  # each disk reserves its share of the need, by free space
-            share = int(need * max(0, free[u] - slack) / have) if have else 0
-            if share > 0:
-                res.add(d, share)
+        for u, nbytes in taken.items():
+            res.add(store.disks[u], nbytes)
     except OSError as e:
         res.release()
-        raise GcNoSpace(f"gc could not reserve {need / 1e9:.2f} GB ({e.strerror}); free space first") from None
+        raise GcNoSpace(f"gc could not reserve {human(live * target)} ({e.strerror}); free space first") from None
     return res
 
 

@@ -30,14 +30,15 @@ class NoSpace(HoardError):
 
 
 def choose(cands: list[Candidate], n: int, need_bytes: int, rng: random.Random | None = None,
-           exclude: set[str] = frozenset()) -> list[Candidate]:
-    """Pick `n` distinct disks that can each take `need_bytes`; NoSpace names them all otherwise."""
+           exclude: set[str] = frozenset(), why_excluded: str = "excluded after an error") -> list[Candidate]:
+    """Pick `n` distinct disks that can each take `need_bytes`; NoSpace names them all otherwise.
+    `why_excluded` says why the `exclude` disks are out (an error, or holding a copy already)."""
     rng = rng or random.Random()
     eligible = [c for c in cands if c.usable and c.uuid not in exclude and c.free_bytes >= need_bytes]
     if len(eligible) < n:
         raise NoSpace(
-            f"need {n} disks with {_mb(need_bytes)} free for a new shard, only {len(eligible)} can take it: "
-            + ", ".join(_describe(c, need_bytes, exclude) for c in cands)
+            f"need {n} disks with {human(need_bytes)} free for a new shard, only {len(eligible)} can take it: "
+            + ", ".join(_describe(c, need_bytes, exclude, why_excluded) for c in cands)
             + "; add a disk (`hoard disks add`), free space (`hoard gc`) or lower store.write_ack"
         )
     chosen: list[Candidate] = []
@@ -49,13 +50,53 @@ def choose(cands: list[Candidate], n: int, need_bytes: int, rng: random.Random |
     return chosen
 
 
-def _mb(n: int) -> str:
+def human(n: int) -> str:
+    """Bytes as MB or GB (decimal), for messages."""
     return f"{n / 1e9:.2f} GB" if n >= 1e9 else f"{n / 1e6:.1f} MB"
 
 
-def _describe(c: Candidate, need: int, exclude: set[str]) -> str:
+def _describe(c: Candidate, need: int, exclude: set[str], why_excluded: str) -> str:
     if not c.usable:
         return f"{c.label} {c.why_not or 'unusable'}"
     if c.uuid in exclude:
-        return f"{c.label} excluded after an error"
-    return f"{c.label} {_mb(c.free_bytes)} free" + (" (too little)" if c.free_bytes < need else "")
+        return f"{c.label} {why_excluded}"
+    return f"{c.label} {human(c.free_bytes)} free" + (" (too little)" if c.free_bytes < need else "")
+
+
+@dataclass(frozen=True)
+class Need:
+    """`copies` new replicas of `size` bytes, on distinct disks other than `holding`."""
+
+    size: int
+    copies: int
+    holding: frozenset[str] = frozenset()
+    what: str = ""
+
+
+def simulate(cands: list[Candidate], needs: list[Need], slack: int = 0) -> tuple[dict[str, int], list[Need]]:
+    """Place every need on paper before anything is written: biggest first, each copy on the
+    distinct eligible disks with the most room left (`slack` bytes per disk stay free).
+    Returns the bytes each disk would take, and the needs that would not fit — so a job can
+    refuse (or report) up front instead of failing half way with disks full."""
+    room = {c.uuid: c.free_bytes - slack for c in cands if c.usable}
+    taken: dict[str, int] = {}
+    unplaced = []
+    for need in sorted(needs, key=lambda n: -n.size):
+        pool = sorted((u for u in room if u not in need.holding and room[u] >= need.size), key=lambda u: -room[u])
+        if len(pool) < need.copies:
+            unplaced.append(need)
+            continue
+        for u in pool[:need.copies]:
+            room[u] -= need.size
+            taken[u] = taken.get(u, 0) + need.size
+    return taken, unplaced
+
+
+def space_report(cands: list[Candidate], unplaced: list[Need], slack: int = 0) -> str:
+    """One line: what does not fit, and every disk's room."""
+    first = unplaced[0]
+    disks = ", ".join(f"{c.label} {human(max(0, c.free_bytes - slack))}" if c.usable else f"{c.label} {c.why_not}"
+                      for c in cands)
+    return (f"{len(unplaced)} shards cannot get their copies on distinct disks (e.g. {first.what or 'a shard'}: "
+            f"{first.copies} × {human(first.size)}); room per disk{f' after {human(slack)} slack' if slack else ''}: "
+            f"{disks}")

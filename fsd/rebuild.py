@@ -60,6 +60,10 @@ def _rebuild(store: Store, label: str, onto: str | None, rate_mb_s: float | None
         if target is None or not store.usable(target.uuid, for_write=True):
             raise HoardError(f"disk {onto} is not an active disk; `hoard disks add PATH --label {onto}` first",
                              ExitCode.USAGE)
+    lost_rec = next((r for r in store.index.get_disks() if r.label == label), None)
+    if lost_rec is None:
+        raise HoardError(f"no disk labelled {label}; `hoard disks list` shows them", ExitCode.USAGE)
+    _check_room(store, lost_rec.uuid, target)
     # the switch-over: no other writer may keep placing shards on the disk (they read disk
     # states when they open the store), so it happens while this process holds the store alone
     with store.exclusive(f"rebuild of {label}: marking it failed", wait_s=60):
@@ -72,7 +76,8 @@ def _rebuild(store: Store, label: str, onto: str | None, rate_mb_s: float | None
     def one(meta: ShardMeta) -> None:
         with lock:
             rep.shards += 1
-            dst = target or _adoptable(store, meta) or store.place(1, meta.size, exclude=set(meta.replicas))[0]
+            dst = target or _adoptable(store, meta) or store.place(1, meta.size, exclude=set(meta.replicas),
+                                                                   why_excluded="holds a copy already")[0]
         if dst.uuid in meta.replicas:  # --onto a disk that already holds this shard: drop the lost copy
             with lock:
                 _swap(store, meta, lost_uuid, None)
@@ -102,6 +107,20 @@ def _rebuild(store: Store, label: str, onto: str | None, rate_mb_s: float | None
             f.result()
     rep.seconds = time.monotonic() - t0
     return rep
+
+
+def _check_room(store: Store, lost: str, onto: LocalDisk | None) -> None:
+    """Refuse before anything changes when the lost disk's shards cannot all be placed (on
+    `onto`, or on distinct disks that do not hold them yet)."""
+    from fsd.placement import Need, NoSpace, simulate, space_report
+
+    cands = [c for c in store.candidates() if c.uuid != lost and (onto is None or c.uuid == onto.uuid)]
+    needs = [Need(m.size, 1, frozenset(m.replicas), m.hex) for m in shards_on(store, lost)]
+    _, unplaced = simulate(cands, needs)
+    if unplaced:
+        raise NoSpace(f"rebuild refused before it started: {space_report(cands, unplaced)}; add a disk "
+                      f"(`hoard disks add`) or free space (`hoard gc`) first — disk {store.records[lost].label} "
+                      "was not marked failed")
 
 
 def _adoptable(store: Store, meta: ShardMeta):

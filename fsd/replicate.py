@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 from fsd import shardfmt as fmt
 from fsd.disks import DiskState, drop_cache, fsync_dir, verify_shard_file
-from fsd.placement import NoSpace
+from fsd.placement import Need, NoSpace, simulate, space_report
 
 if TYPE_CHECKING:
     from fsd.index import ShardMeta
@@ -57,6 +57,8 @@ class ReplicationReport:
     remaining_shards: int = 0
     errors: int = 0
     repaired: int = 0  # replicas re-copied from a good one after a reader reported them bad
+    no_room: int = 0  # shards that cannot get their missing replicas on distinct disks now
+    no_room_detail: str = ""
     seconds: float = 0.0
 
 
@@ -75,6 +77,16 @@ def _replicate(store: Store, budget_s: float, rate_mb_s: float | None) -> Replic
     todo = [m for m in store.index.iter_shards()
             if m.sealed and len(counted_replicas(store, m)) < store.target(m.klass)]
     todo.sort(key=lambda m: m.created)
+    cands = store.candidates()
+    _, unplaced = simulate(cands, [Need(m.size, store.target(m.klass) - len(counted_replicas(store, m)),
+                                        frozenset(m.replicas), m.hex) for m in todo])
+    if unplaced:  # said once, up front, instead of a warning (and a failed copy) per shard
+        rep.no_room = len(unplaced)
+        rep.no_room_detail = space_report(cands, unplaced)
+        log.warning("replication: %s; those shards wait until there is room", rep.no_room_detail)
+        skip = {n.what for n in unplaced}
+        todo = [m for m in todo if m.hex not in skip]
+        rep.remaining_shards += len(skip)
     for meta in todo:
         if time.monotonic() - t0 > budget_s:
             rep.remaining_shards += 1
@@ -104,7 +116,7 @@ def _copy_one(store: Store, meta: ShardMeta, rate_mb_s: float | None) -> int | N
     if not sources:
         log.warning("shard %s has no readable replica to copy from", meta.hex)
         return None
-    [target] = store.place(1, meta.size, exclude=set(meta.replicas))
+    [target] = store.place(1, meta.size, exclude=set(meta.replicas), why_excluded="holds a copy already")
     for src in sources:
         try:
             n = copy_shard(src, target, meta.hex, rate_mb_s)

@@ -260,10 +260,11 @@ class Store:
             self.records[rec.uuid].state, self.records[rec.uuid].reason = rec.state, rec.reason
         return rec.uuid
 
-    def place(self, n: int, need: int, exclude: set[str]) -> list[LocalDisk]:
+    def place(self, n: int, need: int, exclude: set[str], why_excluded: str = "excluded after an error"
+              ) -> list[LocalDisk]:
         """`n` distinct disks with room for `need` bytes; a reservation of this process's on
         them is shrunk by `need` first, so the write about to happen finds the space."""
-        disks = [self.disks[c.uuid] for c in choose(self.candidates(), n, need, self.rng, exclude)]
+        disks = [self.disks[c.uuid] for c in choose(self.candidates(), n, need, self.rng, exclude, why_excluded)]
         if self.reservations is not None:
             for d in disks:
                 self.reservations.take(d.uuid, need)

@@ -89,7 +89,7 @@ def test_gc_refuses_without_room(tmp_path: Path) -> None:
         res = store.put_many(make_files(tmp_path / "in", 100, seed=4, lo=20_000, hi=30_000))
         _register(store, "big", res[::2])  # every other file: each shard is half dead, half live
         drop_batch(store, "big")
-        with pytest.raises(GcNoSpace, match=r"gc needs .* GB free on the disks"):
+        with pytest.raises(GcNoSpace, match=r"gc needs room for .* of copies .* cannot get their copies on distinct disks"):
             gc(store, threshold=0.9)
         assert len(store.index.marked(store.index.deleted)) == 51
         _check_all(store, res)

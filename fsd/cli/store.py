@@ -143,7 +143,11 @@ def replicate(
         with open_store(ctx) as store:
             rep = replicate_once(store, budget_s, rate_mb_s or None)
         out.print(f"replicated {rep.copied_shards} shards ({rep.copied_bytes / 1e6:.1f} MB) in {rep.seconds:.1f} s; "
-                  f"{rep.remaining_shards} still below target")
+                  f"{rep.remaining_shards} still below target"
+                  + (f"; {rep.repaired} bad replicas repaired" if rep.repaired else ""), markup=False)
+        if rep.no_room:
+            err.print(f"no room: {rep.no_room_detail}; add a disk (`hoard disks add`) or free space (`hoard gc`)",
+                      markup=False)
         if not watch:
             if rep.remaining_shards:
                 raise typer.Exit(ExitCode.DEGRADED)
