@@ -11,6 +11,7 @@ from typing import Annotated, Optional
 
 import typer
 from rich.markup import escape
+from typer.core import TyperOption
 
 from fsd.cli import db as _db
 from fsd.cli import disks as _disks
@@ -27,13 +28,20 @@ from fsd.cli import skeleton as _skeleton
 from fsd.cli._common import err, gb, out, state
 from fsd.errors import ExitCode, HoardError
 
+def _flag_type(self, ctx):  # a flag takes no value: show no `<bool>` type in --help
+    return None if self.is_bool_flag else _typer_option_type(self, ctx)
+
+
+_typer_option_type = TyperOption.display_type_rich
+TyperOption.display_type_rich = _flag_type
+
 app = typer.Typer(
     name="hoard",
     help="hoardfs: a content-addressed data-asset store on unequal second-hand disks.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
-    rich_markup_mode="rich",
+    rich_markup_mode="markdown",  # paragraphs reflowed, `code` shown as code
 )
 app.add_typer(_services.app, name="services")
 app.add_typer(_fixtures.app, name="fixtures")
@@ -55,10 +63,20 @@ def _root(
     config: Annotated[Optional[str], typer.Option("--config", "-c", envvar="HOARD_CONFIG",
                                                   help="hoard.toml to use (default ./hoard.toml)")] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="log debug messages")] = False,
+    version: Annotated[bool, typer.Option("--version", is_eager=True, callback=lambda v: _print_version(v),
+                                          help="print the version and exit")] = False,
 ) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     state(ctx).config_path = config
+
+
+def _print_version(wanted: bool) -> None:
+    if wanted:
+        from importlib.metadata import version
+
+        out.print(f"hoard (hoardfs) {version('hoardfs')}", markup=False)
+        raise typer.Exit()
 
 
 @app.command()
