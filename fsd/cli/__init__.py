@@ -197,6 +197,21 @@ def demo(ctx: typer.Context) -> None:
     run_demo(state(ctx).settings)
 
 
+def _service_down(e: Exception) -> HoardError | None:
+    """One line for PostgreSQL or Redis being unreachable, wherever in a command it showed."""
+    import psycopg
+    import redis
+
+    if isinstance(e, psycopg.OperationalError):
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        return HoardError(f"cannot reach the database ({first}); start it with `hoard services up` or fix "
+                          "database_url — nothing was changed after this point", ExitCode.UNAVAILABLE)
+    if isinstance(e, (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)):
+        return HoardError(f"cannot reach Redis ({str(e).strip()}); start it with `hoard services up` or fix "
+                          "redis_url", ExitCode.UNAVAILABLE)
+    return None
+
+
 def _index_path(argv: list[str] | None) -> str:
     """The index directory of the config this run uses (only to name it in a message)."""
     args = list(sys.argv[1:] if argv is None else argv)
@@ -226,6 +241,11 @@ def main(argv: list[str] | None = None) -> None:
             from fsd.index import index_error
 
             raise index_error(_index_path(argv), e) from None
+        except Exception as e:  # a server that went away is a condition to report, not a bug
+            down = _service_down(e)
+            if down is None:
+                raise
+            raise down from None
     except OutputFailed as e:
         if e.message:
             err.print(f"hoard: error: {e.message}", markup=False)

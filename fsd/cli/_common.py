@@ -96,3 +96,60 @@ class _Guarded:
 def guard_stdout() -> None:
     if not isinstance(sys.stdout, _Guarded):
         sys.stdout = _Guarded(sys.stdout)
+
+
+#: the largest list or manifest a command reads (a million paths fit many times over)
+MAX_INPUT = 256 << 20
+
+
+def read_input(path, what: str, limit: int = MAX_INPUT) -> bytes:
+    """The bytes of a list/manifest the user named: a regular file, a pipe (`<(cmd)`), or
+    `-` for stdin — never a device or a directory (`/dev/zero` would never end), and never
+    more than `limit` bytes. Errors are one line naming the file and what to do."""
+    import stat as st_mod
+
+    from fsd.paths import display
+
+    name = display(str(path))
+    if str(path) == "-":
+        stream = sys.stdin.buffer
+    else:
+        try:
+            st = os.stat(path)
+        except OSError as e:
+            raise HoardError(f"cannot read {what} {name}: {e.strerror}", ExitCode.USAGE) from None
+        if not (st_mod.S_ISREG(st.st_mode) or st_mod.S_ISFIFO(st.st_mode)):
+            raise HoardError(f"{what} {name} is not a file (a directory or a device); name a file, or `-` for "
+                             "standard input", ExitCode.USAGE)
+        try:
+            stream = open(path, "rb")  # noqa: SIM115 - closed below
+        except OSError as e:
+            raise HoardError(f"cannot read {what} {name}: {e.strerror}", ExitCode.USAGE) from None
+    try:
+        data = stream.read(limit + 1)
+    except OSError as e:
+        raise HoardError(f"cannot read {what} {name}: {e.strerror}", ExitCode.USAGE) from None
+    finally:
+        if stream is not sys.stdin.buffer:
+            stream.close()
+    if len(data) > limit:
+        raise HoardError(f"{what} {name} is larger than {limit >> 20} MiB; split it", ExitCode.USAGE)
+    return data
+
+
+def confirm(question: str, typed: str | None = None) -> None:
+    """Ask before something that cannot be undone; return only if the user agreed. `typed`:
+    the answer must be this word (e.g. the database name). Without a terminal there is no
+    one to ask: refuse, pointing at `--yes`. A "no" (or Ctrl-C/EOF) changes nothing: exit 130."""
+    if not sys.stdin.isatty():
+        raise HoardError(f"{question} — this needs a confirmation and there is no terminal to ask; pass --yes "
+                         "to confirm in a script", ExitCode.USAGE)
+    try:
+        if typed is None:
+            agreed = typer.confirm(question, default=False)
+        else:
+            agreed = typer.prompt(f"{question}\ntype {typed} to continue") == typed
+    except (typer.Abort, EOFError):
+        agreed = False
+    if not agreed:
+        raise HoardError("not confirmed; nothing was changed", ExitCode.INTERRUPTED)

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import psycopg
 import typer
 
-from fsd.cli._common import out, state
+from fsd.cli._common import confirm, out, state
 from fsd.errors import ExitCode, HoardError, ServiceUnavailable
 
 app = typer.Typer(help="The PostgreSQL database: migrate, status, backup, verify-backup, restore, proposals.",
@@ -186,11 +186,8 @@ def restore(
     if source not in ("pgbackrest", "dump"):
         raise HoardError("--from pgbackrest or --from dump", ExitCode.USAGE)
     if not yes:
-        out.print(f"[bold red]This replaces {what}.[/] Changes since that backup are lost "
-                  "(pgbackrest keeps the old data directory beside the new one).")
-        typed = typer.prompt(f"type the database name ({dbname}) to continue")
-        if typed != dbname:
-            raise HoardError("not confirmed; nothing was changed", ExitCode.USAGE)
+        confirm(f"This replaces {what}. Changes since that backup are lost (pgbackrest keeps the old data "
+                "directory beside the new one).", typed=dbname)
     if source == "pgbackrest":
         kept = _need_backrest(cfg).restore(_cluster(cfg), set_label)
         out.print(f"restored; the previous data directory is kept at {kept} (delete it when satisfied)")

@@ -32,6 +32,13 @@ def generate(
         result = gen(out_dir, spec)
     except ValueError as e:
         raise HoardError(str(e), ExitCode.USAGE) from None
+    except OSError as e:
+        import errno
+
+        raise HoardError(f"cannot write the batches into {out_dir}: {e.strerror}"
+                         + (f" ({e.filename})" if e.filename and str(e.filename) != str(out_dir) else "")
+                         + "; name a writable directory",
+                         ExitCode.NO_SPACE if e.errno == errno.ENOSPC else ExitCode.USAGE) from None
     for b in result:
         size = sum(i.size for i in b.items)
         out.print(f"{b.batch_id}: {len(b.items)} files, {size / 1e6:.1f} MB, {len(b.derived)} derived")

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from fsd.cli._common import gb, out, state
+from fsd.cli._common import confirm, gb, out, state
 from fsd.errors import ExitCode, HoardError
 
 
@@ -32,8 +32,8 @@ def delete(
     if bool(batch) == bool(node):
         raise HoardError("name either --batch ID (type B) or --node SHA256 (type A)", ExitCode.USAGE)
     if batch and not yes:
-        typer.confirm(f"drop batch {batch}: its files no other batch or view uses will be freed by the next "
-                      "`hoard gc`. Continue?", abort=True)
+        confirm(f"drop batch {batch}: its files no other batch or view uses will be freed by the next `hoard gc`. "
+                "Continue?")
     try:
         conn = psycopg.connect(cfg.database_url, autocommit=True, connect_timeout=10)
     except psycopg.OperationalError as e:

@@ -12,8 +12,9 @@ from typing import Annotated, Optional
 
 import typer
 
-from fsd.cli._common import out, state
+from fsd.cli._common import out, read_input, state
 from fsd.errors import ExitCode, HoardError
+from fsd.paths import display
 
 view_app = typer.Typer(help="Named views: a manifest of path → sha256 shown under <mount>/views/NAME.",
                        no_args_is_help=True)
@@ -32,6 +33,7 @@ def mount(
     from fsd.mount import run_mount
 
     cfg = state(ctx).settings
+    _check_mountpoint(mountpoint)
     if foreground:
         logging.basicConfig(level=logging.DEBUG if debug else logging.INFO,
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -57,6 +59,24 @@ def mount(
     raise HoardError(f"{mountpoint} did not appear within 30 s; see {log_path}", ExitCode.UNAVAILABLE)
 
 
+def _check_mountpoint(mountpoint: Path) -> None:
+    """Refuse, before anything starts, a mount point that is missing, not a directory, already
+    mounted, or not empty (a mount would hide its files)."""
+    name = display(str(mountpoint))
+    try:
+        is_dir = mountpoint.is_dir()
+    except OSError as e:  # a dead FUSE mount: "Transport endpoint is not connected"
+        raise HoardError(f"{name}: {e.strerror}; a mount whose daemon died is still there — "
+                         f"`hoard umount --lazy {name}`", ExitCode.USAGE) from None
+    if not is_dir:
+        raise HoardError(f"mount point {name} is not a directory; `mkdir -p {name}` first", ExitCode.USAGE)
+    if os.path.ismount(mountpoint):
+        raise HoardError(f"{name} is already a mount point; `hoard umount {name}` first", ExitCode.USAGE)
+    if any(mountpoint.iterdir()):
+        raise HoardError(f"mount point {name} is not empty: the mount would hide its files; use an empty "
+                         "directory", ExitCode.USAGE)
+
+
 def umount(
     mountpoint: Annotated[Path, typer.Argument()],
     lazy: Annotated[bool, typer.Option("--lazy", "-z", help="detach now even if files are open")] = False,
@@ -76,14 +96,15 @@ def umount(
 def view_add(
     ctx: typer.Context,
     name: Annotated[str, typer.Argument(help="letters, digits, . _ -")],
-    manifest: Annotated[Path, typer.Argument(help="JSON {\"files\": [{\"path\", \"sha256\"}]} or lines `SHA256  PATH`")],
+    manifest: Annotated[Path, typer.Argument(help="JSON {\"files\": [{\"path\", \"sha256\"}]} or lines `SHA256  PATH`; - for stdin")],
 ) -> None:
     """Define (or replace) a view: the manifest is checked and stored in the store itself."""
     from fsd.store import Store
     from fsd.views import define_view
 
+    raw = read_input(manifest, "view manifest")
     with Store.open(state(ctx).settings) as store:
-        info = define_view(store, name, manifest.read_bytes())
+        info = define_view(store, name, raw)
     out.print(f"view {name}: {info['files']} files, {info['bytes'] / 1e6:.1f} MB → <mount>/views/{name}/")
 
 

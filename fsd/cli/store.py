@@ -10,7 +10,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from fsd.cli._common import err, out, state
+from fsd.cli._common import err, out, read_input, state
 from fsd.errors import ExitCode, HoardError
 from fsd.paths import display
 
@@ -31,10 +31,9 @@ def _expand(paths: list[Path], manifest: Optional[Path]) -> tuple[list[Path], li
     items: list[Path] = []
     unreadable: list[str] = []
     if manifest is not None:
+        raw = read_input(manifest, "manifest")
         try:
-            text = sys.stdin.read() if str(manifest) == "-" else manifest.read_text()
-        except OSError as e:
-            raise HoardError(f"cannot read manifest {display(str(manifest))}: {e.strerror}", ExitCode.USAGE) from None
+            text = raw.decode("utf-8")
         except UnicodeDecodeError as e:
             raise HoardError(f"manifest {display(str(manifest))} is not UTF-8 text (byte {e.start})",
                              ExitCode.USAGE) from None
@@ -119,15 +118,67 @@ def get(
     output: Annotated[Optional[Path], typer.Option("-o", "--output", help="write here instead of stdout")] = None,
 ) -> None:
     """Read an object back, verified, from the best healthy replica."""
+    target = check_output(output) if output is not None else None
     with open_store(ctx, writable=False) as store:
         data = store.get(sha256.lower())
     if output is None:
         sys.stdout.buffer.write(data)
         sys.stdout.buffer.flush()
         return
-    from fsd.disks import atomic_write
+    write_output(output, target, [data])
 
-    atomic_write(output, data)
+
+def check_output(output: Path) -> str:
+    """How `-o PATH` will be written, checked before any work: "file" (a temp file beside it,
+    renamed over it when complete) or "device" (an existing FIFO or character device such as
+    /dev/null is written in place, as a shell redirect would — never renamed over)."""
+    import os
+    import stat
+
+    name = display(str(output))
+    try:
+        st = os.stat(output)
+    except FileNotFoundError:
+        st = None
+    except OSError as e:
+        raise HoardError(f"cannot write {name}: {e.strerror}", ExitCode.USAGE) from None
+    if st is not None and stat.S_ISDIR(st.st_mode):
+        raise HoardError(f"{name} is a directory; name the file to write (e.g. {name.rstrip('/')}/object.bin)",
+                         ExitCode.USAGE)
+    if st is not None and (stat.S_ISCHR(st.st_mode) or stat.S_ISFIFO(st.st_mode)):
+        return "device"
+    if st is not None and not stat.S_ISREG(st.st_mode):
+        raise HoardError(f"{name} is not a regular file; name a file to write", ExitCode.USAGE)
+    parent = output.parent if str(output.parent) else Path(".")
+    if not parent.is_dir():
+        raise HoardError(f"cannot write {name}: the directory {display(str(parent))} does not exist", ExitCode.USAGE)
+    if not os.access(parent, os.W_OK):
+        raise HoardError(f"cannot write {name}: {display(str(parent))} is not writable", ExitCode.USAGE)
+    return "file"
+
+
+def write_output(output: Path, how: str, chunks) -> None:
+    """Write `chunks` to `output` as `check_output` decided; a failure is one line (no room:
+    exit 6), and a regular file is only replaced once it is complete and fsynced."""
+    import errno
+    import os
+
+    name = display(str(output))
+    tmp = output.with_name(f".{output.name}.part") if how == "file" else output
+    try:
+        with open(tmp, "wb") as f:
+            for chunk in chunks:
+                f.write(chunk)
+            f.flush()
+            if how == "file":
+                os.fsync(f.fileno())
+        if how == "file":
+            os.rename(tmp, output)
+    except OSError as e:
+        if how == "file":
+            tmp.unlink(missing_ok=True)
+        raise HoardError(f"cannot write {name}: {e.strerror}",
+                         ExitCode.NO_SPACE if e.errno in (errno.ENOSPC, errno.EDQUOT) else ExitCode.USAGE) from None
 
 
 def replicate(

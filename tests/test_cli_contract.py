@@ -1,0 +1,245 @@
+"""The CLI contract: every `hoard` command (found by typer introspection, so a new command
+cannot be forgotten) keeps its promises when the world is hostile — PostgreSQL down, Redis
+down, a missing, special or unwritable path, a closed stdout:
+
+* never a traceback;
+* an exit code from the README's table that means what it says (3 a service is unreachable,
+  5 data, 6 space, 2 usage, …);
+* a failure is one line on stderr that names the thing (and the next step).
+
+Each run is a real subprocess against a real store on directory disks and the real test
+servers (or a socket path where nothing listens)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import typer.main
+
+from fsd.cli import app
+from tests.conftest import use_schema
+
+REPO = Path(__file__).resolve().parent.parent
+ALLOWED = {0, 2, 3, 4, 5, 6, 9, 130, 141}
+
+#: one invocation per command, shaped as a user would type it; placeholders are filled per run
+COMMANDS: dict[str, list[str]] = {
+    "db backup": [],
+    "db migrate": [],
+    "db proposals": [],
+    "db restore": ["--from", "dump"],  # stdin is closed: the typed confirmation is declined
+    "db status": [],
+    "db verify-backup": [],
+    "delete": ["--batch", "no-such-batch", "--yes"],
+    "demo": [],
+    "disks add": ["{MISSING}", "--label", "hdd9"],
+    "disks list": [],
+    "disks replace": ["hdd4", "nosuch"],
+    "disks retire": ["nosuch"],
+    "export": [],
+    "fixtures generate": ["{OUTDIR}", "--items", "3", "--batches", "1", "--large-max-mb", "1"],
+    "gc": [],
+    "get": ["{SHA}", "-o", "{OUT}"],
+    "gui": [],
+    "health": [],
+    "index backup": [],
+    "index rebuild": [],
+    "index restore": [],
+    "ingest": ["--ready"],
+    "init": [],
+    "mount": ["{MISSING}"],
+    "put": ["{FILE}"],
+    "rebuild": ["--disk", "nosuch"],
+    "replicate": ["--budget-s", "5"],
+    "services down": [],
+    "services status": [],
+    "services up": [],
+    "stage": [],
+    "umount": ["{MISSING}"],
+    "verify": [],
+    "view add": ["v1", "{FILE}"],
+    "view list": [],
+    "view rm": ["nosuch"],
+    "worker": ["--burst"],
+}
+
+#: commands whose work needs the service: with it down they must say so (exit 3, naming it)
+NEEDS_DATABASE = {"db backup", "db migrate", "db proposals", "db status", "db verify-backup", "delete", "demo", "gc"}
+NEEDS_REDIS = {"demo", "worker"}
+
+
+def _commands() -> list[str]:
+    found = []
+
+    def walk(cmd, prefix: list[str]) -> None:
+        subs = getattr(cmd, "commands", None)
+        if subs:
+            for name, sub in subs.items():
+                walk(sub, prefix + [name])
+        else:
+            found.append(" ".join(prefix))
+
+    walk(typer.main.get_command(app), [])
+    return sorted(found)
+
+
+def test_every_command_is_in_the_contract() -> None:
+    """A command added to the CLI must get a line in COMMANDS (and so be run below)."""
+    assert _commands() == sorted(COMMANDS)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory, servers):
+    """A real store with one object, and configs with PostgreSQL or Redis unreachable."""
+    import psycopg
+
+    from tests.conftest import fresh_schema
+
+    home = tmp_path_factory.mktemp("contract")
+    disks = "\n".join(f'[[disks]]\nlabel = "hdd{i}"\npath = "disks/hdd{i}"\ncapacity_gb = 1\n' for i in range(1, 5))
+    zones = "\n".join(f"[ssd.zones.{z}]\nquota_gb = 1\n" for z in ("3A", "3B", "3C", "3D"))
+    (home / "hoard.toml").write_text(
+        f"database_url = {servers['database_url']!r}\nredis_url = {servers['redis_url']!r}\n\n"
+        f"[store]\nshard_size_mb = 4\nallow_directory_disks = true\n\n{disks}\n[ssd]\nroot = \"ssd\"\n\n{zones}")
+    with fresh_schema(servers["database_url"]) as conn:
+        use_schema(home, conn)
+        ok = _run(home / "hoard.toml", ["init"])
+        assert ok.returncode == 0, ok.stderr
+        assert _run(home / "hoard.toml", ["db", "migrate"]).returncode == 0
+        sample = home / "sample.txt"
+        sample.write_text("a sample object\n")
+        (home / "adir").mkdir()
+        (home / "adir" / "one.txt").write_text("one\n")
+        put = _run(home / "hoard.toml", ["put", str(sample)])
+        assert put.returncode == 0, put.stderr
+        text = (home / "hoard.toml").read_text()
+        (home / "pg-down.toml").write_text(text.replace("database_url = ", f"database_url = 'postgresql:///x?host="
+                                                        f"{home}/nothing-listens'\n#"))
+        (home / "redis-down.toml").write_text(text.replace("redis_url = ", f"redis_url = 'unix://{home}/no.sock'\n#"))
+        yield {"home": home, "sha": put.stdout.split()[0], "file": sample}
+        assert psycopg  # the schema is dropped when the module is done
+
+
+def _run(config: Path, args: list[str], stdout=subprocess.PIPE, timeout: float = 120) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k not in ("HOARD_CONFIG", "HOARD_DATABASE_URL", "HOARD_REDIS_URL")}
+    return subprocess.run([sys.executable, "-m", "fsd", "--config", str(config), *args], cwd=config.parent,
+                          stdout=stdout, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
+                          timeout=timeout, env=env | {"COLUMNS": "200"})
+
+
+def _args(command: str, world: dict, **over: str) -> list[str]:
+    home = world["home"]
+    fill = {"{MISSING}": str(home / "does-not-exist"), "{FILE}": str(world["file"]), "{SHA}": world["sha"],
+            "{OUT}": str(home / "out.bin"), "{OUTDIR}": str(home / "fixtures-out")} | over
+    return command.split() + [fill.get(a, a) for a in COMMANDS[command]]
+
+
+def _check(command: str, res: subprocess.CompletedProcess, scenario: str) -> None:
+    what = f"`hoard {command}` with {scenario}: exit {res.returncode}\n{res.stderr[-2000:]}"
+    assert "Traceback" not in res.stderr, what
+    assert res.returncode in ALLOWED, what
+    if res.returncode not in (0, 4, 141):
+        lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+        assert lines, what
+        if res.returncode in (3, 5, 6):
+            errors = [ln for ln in lines if ln.startswith("hoard: error:")]
+            rejects = [ln for ln in lines if ln.startswith("rejected ")]  # put names each rejected file
+            assert (len(errors) == 1 and len(errors[0]) > 30) or (res.returncode == 5 and rejects), what
+
+
+def _scenario(world: dict, config: str, scenario: str, needs: set[str], service: str) -> list[str]:
+    failures = []
+
+    def one(command: str) -> None:
+        res = _run(world["home"] / config, _args(command, world))
+        try:
+            _check(command, res, scenario)
+            if command in needs:
+                assert res.returncode == 3 and service.lower() in res.stderr.lower(), \
+                    f"`hoard {command}` with {scenario}: exit {res.returncode}, must be 3 naming {service}\n{res.stderr}"
+        except AssertionError as e:
+            failures.append(str(e))
+
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(one, sorted(COMMANDS)))
+    return failures
+
+
+def test_postgresql_down(world) -> None:
+    """With PostgreSQL unreachable every command answers in one line or works without it;
+    the commands that need it exit 3 naming the database."""
+    failures = _scenario(world, "pg-down.toml", "PostgreSQL down", NEEDS_DATABASE, "database")
+    assert not failures, "\n\n".join(failures)
+
+
+def test_redis_down(world) -> None:
+    """With Redis unreachable the same holds; the commands that need it exit 3 naming Redis."""
+    failures = _scenario(world, "redis-down.toml", "Redis down", NEEDS_REDIS, "redis")
+    assert not failures, "\n\n".join(failures)
+
+
+def test_closed_stdout(world) -> None:
+    """Every command whose reader went away (`| head` closed before it wrote) stops quietly
+    with 141 or finishes; never a traceback, never 'internal error'."""
+    failures = []
+
+    def one(command: str) -> None:
+        r, w = os.pipe()
+        os.close(r)
+        try:
+            res = _run(world["home"] / "hoard.toml", _args(command, world, **{"{OUT}": "-"} if False else {}),
+                       stdout=w)
+        finally:
+            os.close(w)
+        try:
+            _check(command, res, "stdout closed")
+            assert "internal error" not in res.stderr
+        except AssertionError as e:
+            failures.append(str(e))
+
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(one, [c for c in sorted(COMMANDS) if c not in ("demo", "services down", "services up")]))
+    assert not failures, "\n\n".join(failures)
+
+
+BAD_PATHS = {
+    "missing": "{home}/no/such/dir/x",
+    "a directory": "{home}",
+    "unwritable": "/proc/1/no-such-file",
+    "/dev/full": "/dev/full",
+}
+
+
+@pytest.mark.parametrize("kind", sorted(BAD_PATHS))
+def test_bad_path_arguments(world, kind: str) -> None:
+    """Path arguments that are missing, a directory, unwritable or a full device: one line
+    naming the path, an exit code that says what kind of problem it is."""
+    home = world["home"]
+    bad = BAD_PATHS[kind].format(home=home)
+    runs = {
+        "put": ["put", bad] if kind != "a directory" else ["put", str(world["file"].parent / "adir")],
+        "get -o": ["get", world["sha"], "-o", bad],
+        "view add": ["view", "add", "v2", bad],
+        "put --manifest": ["put", "--manifest", bad],
+        "disks add": ["disks", "add", bad, "--label", "hdd8"],
+        "mount": ["mount", bad],
+        "fixtures generate": ["fixtures", "generate", bad, "--items", "2", "--batches", "1", "--large-max-mb", "1"],
+    }
+    # walking a directory is fine; an output directory that does not exist yet is created
+    valid = {"a directory": {"put", "disks add", "fixtures generate"}, "missing": {"fixtures generate"}}.get(kind, set())
+    failures = []
+    for name, args in runs.items():
+        res = _run(home / "hoard.toml", args)
+        try:
+            _check(name, res, f"a {kind} path")
+            if name not in valid:
+                assert res.returncode != 0, f"`hoard {name}` accepted a {kind} path {bad}\n{res.stdout}"
+        except AssertionError as e:
+            failures.append(str(e))
+    assert not failures, "\n\n".join(failures)
+    assert Path("/dev/full").is_char_device(), "a command replaced /dev/full by a file"
