@@ -114,16 +114,17 @@ def plan(store: Store, threshold: float, dead: set[bytes]) -> list[tuple[ShardMe
 
 
 def gc(store: Store, threshold: float = 0.5, dry_run: bool = False, roots: Roots | None = None,
-       wait_s: float = 0.0) -> GcReport:
+       wait_s: float = 0.0, progress: Callable[[int, int], None] | None = None) -> GcReport:
     """Compact shards whose live share is below `threshold`. `roots(candidates)` names which
     tombstoned objects something outside the store (the database) still references; they
     are kept and their tombstones cleared. Holds the maintenance lock throughout and the
     store lock exclusively while it decides what is unreferenced and swaps."""
     with store.maintenance("gc", wait_s=wait_s):
-        return _gc(store, threshold, dry_run, roots, wait_s)
+        return _gc(store, threshold, dry_run, roots, wait_s, progress)
 
 
-def _gc(store: Store, threshold: float, dry_run: bool, roots: Roots | None, wait_s: float) -> GcReport:
+def _gc(store: Store, threshold: float, dry_run: bool, roots: Roots | None, wait_s: float,
+        progress: Callable[[int, int], None] | None = None) -> GcReport:
     t0 = time.monotonic()
     rep = GcReport()
     rep.replicas_deleted, rep.bytes_freed = _finish_retired(store)  # a crashed run's step 4
@@ -145,7 +146,9 @@ def _gc(store: Store, threshold: float, dry_run: bool, roots: Roots | None, wait
     for klass, items in by_class.items():
         reservation = _reserve(store, klass, sum(live for _, live, _ in items))
         try:
-            moved = _copy_live(store, klass, items, dead)
+            total = sum(live for _, live, _ in todo)
+            moved = _copy_live(store, klass, items, dead,
+                               (lambda n, base=rep.live_bytes_copied: progress(base + n, total)) if progress else None)
         finally:
             reservation.release()
         rep.live_bytes_copied += sum(live for _, live, _ in items)
@@ -237,7 +240,8 @@ class Reservation:
 
 # -- 2. copy ---------------------------------------------------------------------------------
 
-def _copy_live(store: Store, klass: str, items, dead: set[bytes]) -> dict[bytes, ObjectLoc]:
+def _copy_live(store: Store, klass: str, items, dead: set[bytes],
+               progress: Callable[[int], None] | None = None) -> dict[bytes, ObjectLoc]:
     """Append every live record of the candidates to new shards; return sha → new location."""
     from fsd.replicate import _replicate
     from fsd.writer import ShardWriter
@@ -245,6 +249,7 @@ def _copy_live(store: Store, klass: str, items, dead: set[bytes]) -> dict[bytes,
     writer = ShardWriter(store, klass)
     writer.log_written = True
     moved: dict[bytes, ObjectLoc] = {}
+    copied = 0
     try:
         with store.lock:
             for meta, _live, shas in items:
@@ -253,6 +258,9 @@ def _copy_live(store: Store, klass: str, items, dead: set[bytes]) -> dict[bytes,
                         continue
                     data = store.get(sha.hex())  # verified, from any good replica
                     writer.append(sha, data)
+                    copied += len(data)
+                    if progress:
+                        progress(copied)
                     if writer.shard and len(writer.shard.pending) >= 256:
                         writer.commit()
                         moved.update(writer.drain_written())

@@ -13,7 +13,7 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -68,13 +68,19 @@ def _set_aside(target: Path) -> None:
     os.rename(target, aside)
 
 
-def rebuild_index(cfg: Settings) -> IndexRebuildReport:
-    """Build the index from the disks and swap it in; refuses while anything uses the store."""
+def rebuild_index(cfg: Settings, progress: Callable[[int, int], None] | None = None) -> IndexRebuildReport:
+    """Build the index from the disks and swap it in; refuses while anything uses the store.
+    `progress(bytes_read, bytes_to_read)` as shard files are read."""
     with _store_idle(cfg, "index rebuild") as ssd_uuid:
-        return _rebuild_index(cfg, ssd_uuid)
+        return _rebuild_index(cfg, ssd_uuid, progress)
 
 
-def _rebuild_index(cfg: Settings, ssd_uuid: str) -> IndexRebuildReport:
+def _shard_files(root: Path) -> list[Path]:
+    return [p for p in sorted((root / "shards").glob("*/*")) if p.suffix in (".shard", ".open")]
+
+
+def _rebuild_index(cfg: Settings, ssd_uuid: str, progress: Callable[[int, int], None] | None = None
+                   ) -> IndexRebuildReport:
     rep = IndexRebuildReport()
     t0 = time.monotonic()
     target = cfg.index_dir
@@ -86,6 +92,9 @@ def _rebuild_index(cfg: Settings, ssd_uuid: str) -> IndexRebuildReport:
     objects: dict[bytes, ObjectLoc] = {}
     batches: dict[str, dict] = {}
     views: dict[str, dict] = {}
+    files = {dc.label: _shard_files(dc.path) if dc.path.is_dir() else [] for dc in cfg.disks}
+    total = sum(_size(p) for fs in files.values() for p in fs)
+    done = 0
     try:
         for dc in cfg.disks:
             ident = read_identity(dc.path) if dc.path.is_dir() else None
@@ -93,9 +102,10 @@ def _rebuild_index(cfg: Settings, ssd_uuid: str) -> IndexRebuildReport:
                 rep.skipped_disks.append(f"{dc.label}: no readable identity at {dc.path}")
                 continue
             used = 0
-            for path in sorted((dc.path / "shards").glob("*/*")):
-                if path.suffix not in (".shard", ".open"):
-                    continue
+            for path in files[dc.label]:
+                if progress:
+                    done += _size(path)
+                    progress(done, total)
                 try:
                     meta, records = _read_shard(path)
                 except (OSError, fmt.ShardFormatError) as e:
@@ -137,6 +147,13 @@ def _rebuild_index(cfg: Settings, ssd_uuid: str) -> IndexRebuildReport:
     os.rename(work, target)
     rep.seconds = time.monotonic() - t0
     return rep
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
 
 
 def _read_shard(path: Path) -> tuple[ShardMeta, list[fmt.RecordInfo]]:

@@ -15,6 +15,7 @@ import os
 import queue
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -63,14 +64,16 @@ class ReplicationReport:
 
 
 def replicate_once(store: Store, budget_s: float = 60.0, rate_mb_s: float | None = 100.0,
-                   wait_s: float = 0.0) -> ReplicationReport:
+                   wait_s: float = 0.0, progress: Callable[[int, int], None] | None = None) -> ReplicationReport:
     """Repair the replicas readers reported bad, then copy shards below target until done or
-    `budget_s` is spent. Holds the maintenance lock (one of gc/replicate/rebuild at a time)."""
+    `budget_s` is spent. Holds the maintenance lock (one of gc/replicate/rebuild at a time).
+    `progress(copied_bytes, bytes_to_copy)` after each copy."""
     with store.maintenance("replicate", wait_s=wait_s):
-        return _replicate(store, budget_s, rate_mb_s)
+        return _replicate(store, budget_s, rate_mb_s, progress)
 
 
-def _replicate(store: Store, budget_s: float, rate_mb_s: float | None) -> ReplicationReport:
+def _replicate(store: Store, budget_s: float, rate_mb_s: float | None,
+               progress: Callable[[int, int], None] | None = None) -> ReplicationReport:
     rep = ReplicationReport()
     t0 = time.monotonic()
     rep.repaired = repair_reported(store)
@@ -87,7 +90,10 @@ def _replicate(store: Store, budget_s: float, rate_mb_s: float | None) -> Replic
         skip = {n.what for n in unplaced}
         todo = [m for m in todo if m.hex not in skip]
         rep.remaining_shards += len(skip)
+    total = sum(m.size * (store.target(m.klass) - len(counted_replicas(store, m))) for m in todo)
     for meta in todo:
+        if progress:
+            progress(rep.copied_bytes, total)
         if time.monotonic() - t0 > budget_s:
             rep.remaining_shards += 1
             continue

@@ -12,6 +12,7 @@ from __future__ import annotations
 import random
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -65,18 +66,19 @@ def batch_shards(store: Store, batch_id: str) -> set[bytes]:
 
 def verify(store: Store, sample_pct: float = 100.0, disk_label: str | None = None, sha256: bool = False,
            repair: bool = False, budget_s: float | None = None, seed: int | None = None,
-           batch: str | None = None) -> VerifyReport:
+           batch: str | None = None, progress: Callable[[int, int], None] | None = None) -> VerifyReport:
     """Check the chosen shards' replicas, one reader thread per disk (the disks work in
     parallel, each reading its replicas in order), then repair what is bad. `batch` limits
     the check to the shards holding that ingested batch. Repairing holds the maintenance lock."""
     if repair:
         with store.maintenance("verify --repair"):
-            return _verify(store, sample_pct, disk_label, sha256, repair, budget_s, seed, batch)
-    return _verify(store, sample_pct, disk_label, sha256, repair, budget_s, seed, batch)
+            return _verify(store, sample_pct, disk_label, sha256, repair, budget_s, seed, batch, progress)
+    return _verify(store, sample_pct, disk_label, sha256, repair, budget_s, seed, batch, progress)
 
 
 def _verify(store: Store, sample_pct: float, disk_label: str | None, sha256: bool, repair: bool,
-            budget_s: float | None, seed: int | None, batch: str | None) -> VerifyReport:
+            budget_s: float | None, seed: int | None, batch: str | None,
+            progress: Callable[[int, int], None] | None = None) -> VerifyReport:
     rep = VerifyReport()
     t0 = time.monotonic()
     only = batch_shards(store, batch) if batch else None
@@ -92,6 +94,7 @@ def _verify(store: Store, sample_pct: float, disk_label: str | None, sha256: boo
                 work.setdefault(disk.uuid, []).append(meta)
     results: dict[bytes, dict[str, str | None]] = {}  # shard → disk uuid → None (good) or why
     lock = threading.Lock()
+    total = sum(m.size for metas_ in work.values() for m in metas_)
 
     def scrub_disk(uuid: str) -> None:
         disk = store.disks[uuid]
@@ -109,6 +112,8 @@ def _verify(store: Store, sample_pct: float, disk_label: str | None, sha256: boo
                 results.setdefault(meta.shard_id, {})[uuid] = why
                 rep.bytes += n
                 rep.replicas += 1
+                if progress:
+                    progress(rep.bytes, total)
 
     with ThreadPoolExecutor(max_workers=max(1, len(work)), thread_name_prefix="scrub") as pool:
         list(pool.map(scrub_disk, list(work)))

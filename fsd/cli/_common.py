@@ -153,3 +153,56 @@ def confirm(question: str, typed: str | None = None) -> None:
         agreed = False
     if not agreed:
         raise HoardError("not confirmed; nothing was changed", ExitCode.INTERRUPTED)
+
+
+#: without a terminal, a progress line is printed this often (logs, systemd, CI)
+PLAIN_EVERY_S = 10.0
+
+
+@contextlib.contextmanager
+def progress(what: str, total: int | None = None, unit: str = "bytes"):
+    """Show how far a long job is: on a terminal a rich bar (done, rate, ETA) on stderr;
+    otherwise one plain line every PLAIN_EVERY_S seconds. Yields `update(done, total=None)`,
+    safe to call from worker threads; `unit` is "bytes" or a noun for counted things."""
+    import threading
+    import time
+
+    lock = threading.Lock()
+    if err.is_terminal:
+        from rich.progress import (BarColumn, DownloadColumn, MofNCompleteColumn, Progress, TextColumn,
+                                   TimeRemainingColumn, TransferSpeedColumn)
+
+        cols = ([DownloadColumn(), TransferSpeedColumn()] if unit == "bytes"
+                else [MofNCompleteColumn(), TextColumn(unit)])
+        with Progress(TextColumn(what), BarColumn(), *cols, TimeRemainingColumn(), console=err,
+                      transient=True) as bar:
+            task = bar.add_task(what, total=total)
+
+            def update(done: int, new_total: int | None = None) -> None:
+                with lock:
+                    bar.update(task, completed=done, **({"total": new_total} if new_total is not None else {}))
+
+            yield update
+        return
+    t0 = last = time.monotonic()
+    state = {"total": total}
+
+    def fmt(n: int) -> str:
+        return f"{n / 1e6:.1f} MB" if unit == "bytes" else f"{n} {unit}"
+
+    def update(done: int, new_total: int | None = None) -> None:
+        nonlocal last
+        with lock:
+            if new_total is not None:
+                state["total"] = new_total
+            now = time.monotonic()
+            if now - last < PLAIN_EVERY_S:
+                return
+            last = now
+            rate = done / max(now - t0, 1e-9)
+            tot = state["total"]
+            eta = f", about {(tot - done) / rate:.0f} s left" if tot and rate > 0 and done < tot else ""
+            speed = f" ({rate / 1e6:.1f} MB/s)" if unit == "bytes" else f" ({rate:.1f}/s)"
+            err.print(f"{what}: {fmt(done)}" + (f" of {fmt(tot)}" if tot else "") + speed + eta, markup=False)
+
+    yield update

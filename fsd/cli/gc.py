@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from fsd.cli._common import confirm, gb, out, state
+from fsd.cli._common import confirm, gb, out, progress, state
 from fsd.errors import ExitCode, HoardError
 
 
@@ -92,8 +92,8 @@ def gc(
                              ExitCode.UNAVAILABLE) from None
     roots = (lambda shas: referenced(conn, shas)) if conn is not None else None
     try:
-        with Store.open(cfg, what="hoard gc") as store:
-            rep = run(store, threshold, dry_run, roots=roots, wait_s=wait)
+        with Store.open(cfg, what="hoard gc") as store, progress("copying live records") as update:
+            rep = run(store, threshold, dry_run, roots=roots, wait_s=wait, progress=update)
     finally:
         if conn is not None:
             conn.close()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from fsd.cli._common import err, out, state
+from fsd.cli._common import err, out, progress, state
 
 app = typer.Typer(help="The LMDB index: rebuild it from the shards on the disks.", no_args_is_help=True)
 
@@ -14,7 +14,8 @@ def rebuild(ctx: typer.Context) -> None:
     """Reconstruct objects, shards and replica locations from the disks (store must be idle)."""
     from fsd.reindex import rebuild_index
 
-    rep = rebuild_index(state(ctx).settings)
+    with progress("reading the shards") as update:
+        rep = rebuild_index(state(ctx).settings, update)
     out.print(f"index rebuilt in {rep.seconds:.1f} s from {rep.disks} disks: {rep.objects} objects in "
               f"{rep.shards} shards ({rep.replicas} replicas, {rep.open_shards} open)")
     for s in rep.skipped_disks:

@@ -5,9 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Optional
 
 import typer
-from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
-
-from fsd.cli._common import err, out
+from fsd.cli._common import err, out, progress
 from fsd.errors import ExitCode
 
 
@@ -15,12 +13,8 @@ def run_rebuild(ctx: typer.Context, disk: str, onto: Optional[str], rate_mb_s: f
     from fsd.cli.store import open_store
     from fsd.rebuild import rebuild as run
 
-    with open_store(ctx) as store, Progress(TextColumn(f"rebuilding {disk}"), BarColumn(), DownloadColumn(),
-                                            TransferSpeedColumn(), TimeRemainingColumn(),
-                                            console=err, transient=True) as bar:
-        task = bar.add_task("rebuild", total=None)
-        rep = run(store, disk, onto, rate_mb_s or None,
-                  progress=lambda done, total: bar.update(task, completed=done, total=total))
+    with open_store(ctx) as store, progress(f"rebuilding {disk}") as update:
+        rep = run(store, disk, onto, rate_mb_s or None, progress=update)
     out.print(f"rebuilt {rep.shards} shards of disk {disk} in {rep.seconds:.1f} s: {rep.copied} copied "
               f"({rep.bytes / 1e6:.1f} MB), {rep.adopted} already there, {len(rep.lost)} without a healthy replica")
     for hex_ in rep.lost:

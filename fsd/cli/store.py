@@ -10,7 +10,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from fsd.cli._common import err, out, read_input, state
+from fsd.cli._common import err, out, progress, read_input, state
 from fsd.errors import ExitCode, HoardError
 from fsd.paths import display
 
@@ -71,6 +71,12 @@ def put(
     for why in unreadable:
         err.print(f"rejected {why}", markup=False)
 
+    seen = [0]
+
+    def done_bytes(r) -> int:
+        seen[0] += r.size
+        return seen[0]
+
     def report(r) -> None:
         counts[r.status] += 1
         if r.status == "new":
@@ -84,15 +90,26 @@ def put(
             err.print(f"rejected {shown}: {r.reason}", markup=False)
 
     stop = _stop_on_first_ctrl_c()
+    total = sum(_size(p) for p in items)
     try:
-        with open_store(ctx) as store:
-            store.put_many(items, klass=klass, on_result=report, stop=stop)
+        with open_store(ctx) as store, progress("storing", total) as update:
+            store.put_many(items, klass=klass, stop=stop,
+                           on_result=lambda r: (report(r), update(done_bytes(r))))
     finally:
         err.print(f"{counts['new'] + counts['existing'] + counts['rejected']} files: {counts['new']} new "
                   f"({counts['bytes'] / 1e6:.1f} MB), {counts['existing']} already present, {counts['rejected']} "
                   f"rejected in {time.monotonic() - t0:.2f} s", markup=False)
     if counts["rejected"]:
         raise typer.Exit(ExitCode.DATA)
+
+
+def _size(path: Path) -> int:
+    import os
+
+    try:
+        return os.stat(path).st_size
+    except OSError:
+        return 0
 
 
 def _stop_on_first_ctrl_c():
@@ -191,8 +208,8 @@ def replicate(
     from fsd.replicate import replicate_once
 
     while True:
-        with open_store(ctx) as store:
-            rep = replicate_once(store, budget_s, rate_mb_s or None)
+        with open_store(ctx) as store, progress("replicating") as update:
+            rep = replicate_once(store, budget_s, rate_mb_s or None, progress=update)
         out.print(f"replicated {rep.copied_shards} shards ({rep.copied_bytes / 1e6:.1f} MB) in {rep.seconds:.1f} s; "
                   f"{rep.remaining_shards} still below target"
                   + (f"; {rep.repaired} bad replicas repaired" if rep.repaired else ""), markup=False)

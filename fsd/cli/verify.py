@@ -6,7 +6,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from fsd.cli._common import err, out
+from fsd.cli._common import err, out, progress
 from fsd.errors import ExitCode
 
 
@@ -26,8 +26,8 @@ def verify(
     from fsd.cli.store import open_store
     from fsd.scrub import verify as run
 
-    with open_store(ctx) as store:
-        rep = run(store, sample, disk, sha256, repair, budget_s, batch=batch)
+    with open_store(ctx) as store, progress("verifying") as update:
+        rep = run(store, sample, disk, sha256, repair, budget_s, batch=batch, progress=update)
     out.print(f"verified {rep.replicas} replicas of {rep.shards} shards ({rep.bytes / 1e6:.1f} MB) in "
               f"{rep.seconds:.1f} s: {len(rep.bad)} bad, {len(rep.repaired)} repaired")
     for b in rep.bad:
