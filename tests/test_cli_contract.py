@@ -243,3 +243,40 @@ def test_bad_path_arguments(world, kind: str) -> None:
             failures.append(str(e))
     assert not failures, "\n\n".join(failures)
     assert Path("/dev/full").is_char_device(), "a command replaced /dev/full by a file"
+
+
+def _json_commands() -> list[str]:
+    found = []
+
+    def walk(cmd, prefix: list[str]) -> None:
+        for name, sub in (getattr(cmd, "commands", None) or {}).items():
+            walk(sub, prefix + [name])
+        if not getattr(cmd, "commands", None) and any(p.name == "as_json" for p in cmd.params):
+            found.append(" ".join(prefix))
+
+    walk(typer.main.get_command(app), [])
+    return sorted(found)
+
+
+def test_json_output_parses(world) -> None:
+    """Every command with --json prints JSON (one document, or one per line for streams)."""
+    import json
+
+    assert {"disks list", "verify", "replicate", "rebuild", "db proposals", "db status", "view list", "health",
+            "put", "gc"} <= set(_json_commands())
+    failures = []
+    for command in _json_commands():
+        if command == "ingest":
+            continue  # MERGE-NOTE: ingest's --json is being reworked on branch ingestid
+        res = _run(world["home"] / "hoard.toml", _args(command, world) + ["--json"])
+        if res.returncode not in (0, 4):
+            continue  # a refusal (e.g. rebuild of an unknown disk) is checked by the other tests
+        try:
+            try:
+                json.loads(res.stdout)
+            except ValueError:
+                for line in res.stdout.splitlines():
+                    json.loads(line)
+        except ValueError as e:
+            failures.append(f"`hoard {command} --json`: {e}: {res.stdout[:300]!r}")
+    assert not failures, "\n".join(failures)

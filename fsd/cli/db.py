@@ -206,6 +206,7 @@ def proposals(
     accept: Annotated[Optional[int], typer.Option("--accept", metavar="N", help="create proposal N's table")] = None,
     reject: Annotated[Optional[int], typer.Option("--reject", metavar="N", help="drop proposal N")] = None,
     show_all: Annotated[bool, typer.Option("--all", help="also accepted, rejected and superseded ones")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="the listing as JSON")] = False,
 ) -> None:
     """SchemaDecider proposals: typed src_<source> tables for sources' specific fields."""
     from sql.schema_decider import ProposalError, accept as do_accept, list_proposals
@@ -226,6 +227,10 @@ def proposals(
             out.print(f"proposal {reject} rejected; the fields stay in common_metadata.specific")
             return
         props = list_proposals(conn, include_decided=show_all)
+    if as_json:
+        out.print(json.dumps({"proposals": [p.model_dump(mode="json") if hasattr(p, "model_dump") else vars(p)
+                                            for p in props]}, default=str), markup=False)
+        return
     if not props:
         out.print("no proposals" + ("" if show_all else " waiting (--all shows decided ones)"))
     for p in props:

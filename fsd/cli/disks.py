@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import json
 import re
 from pathlib import Path
 from typing import Annotated
@@ -16,12 +17,16 @@ app = typer.Typer(help="The HDDs: list, add, retire.", no_args_is_help=True)
 
 
 @app.command("list")
-def list_(ctx: typer.Context) -> None:
+def list_(ctx: typer.Context, as_json: Annotated[bool, typer.Option("--json", help="one JSON document")] = False
+          ) -> None:
     """Every disk with its state, size, space used by hoardfs and free space."""
     from fsd.cli.store import open_store
 
     with open_store(ctx, writable=False) as store:
         st = store.status()
+    if as_json:
+        out.print(json.dumps({"disks": st["disks"]}), markup=False)
+        return
     for d in st["disks"]:
         out.print(f"{d['label']:<10} {d['state']:<9} {gb(d.get('total_bytes')):>10} total "
                   f"{gb(d['used_bytes']):>10} used {gb(d.get('free_bytes')):>10} free  {d['path']}"

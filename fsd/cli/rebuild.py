@@ -9,12 +9,20 @@ from fsd.cli._common import err, out, progress
 from fsd.errors import ExitCode
 
 
-def run_rebuild(ctx: typer.Context, disk: str, onto: Optional[str], rate_mb_s: float) -> None:
+def run_rebuild(ctx: typer.Context, disk: str, onto: Optional[str], rate_mb_s: float, as_json: bool = False) -> None:
     from fsd.cli.store import open_store
     from fsd.rebuild import rebuild as run
 
     with open_store(ctx) as store, progress(f"rebuilding {disk}") as update:
         rep = run(store, disk, onto, rate_mb_s or None, progress=update)
+    if as_json:
+        import json
+        from dataclasses import asdict
+
+        out.print(json.dumps(asdict(rep)), markup=False)
+        if rep.lost:
+            raise typer.Exit(ExitCode.DATA)
+        return
     out.print(f"rebuilt {rep.shards} shards of disk {disk} in {rep.seconds:.1f} s: {rep.copied} copied "
               f"({rep.bytes / 1e6:.1f} MB), {rep.adopted} already there, {len(rep.lost)} without a healthy replica")
     for hex_ in rep.lost:
@@ -28,6 +36,7 @@ def rebuild(
     disk: Annotated[str, typer.Option("--disk", help="the lost disk's label")],
     onto: Annotated[Optional[str], typer.Option("--onto", help="the new disk (default: any disks with room)")] = None,
     rate_mb_s: Annotated[float, typer.Option(help="copy at most this fast (0 = no limit)")] = 0,
+    as_json: Annotated[bool, typer.Option("--json", help="the report as JSON")] = False,
 ) -> None:
     """Re-create the replicas a lost disk held, from healthy replicas; resumable after a kill."""
-    run_rebuild(ctx, disk, onto, rate_mb_s)
+    run_rebuild(ctx, disk, onto, rate_mb_s, as_json)

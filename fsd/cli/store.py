@@ -203,6 +203,7 @@ def replicate(
     budget_s: Annotated[float, typer.Option(help="stop after this many seconds")] = 600,
     rate_mb_s: Annotated[float, typer.Option(help="copy at most this fast (0 = no limit)")] = 100,
     watch: Annotated[bool, typer.Option(help="keep running, checking every 30 s")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="each round's report as JSON")] = False,
 ) -> None:
     """Copy shards below their replica target (copy_of_raw / copy_of_generated)."""
     from fsd.replicate import replicate_once
@@ -210,10 +211,15 @@ def replicate(
     while True:
         with open_store(ctx) as store, progress("replicating") as update:
             rep = replicate_once(store, budget_s, rate_mb_s or None, progress=update)
-        out.print(f"replicated {rep.copied_shards} shards ({rep.copied_bytes / 1e6:.1f} MB) in {rep.seconds:.1f} s; "
-                  f"{rep.remaining_shards} still below target"
-                  + (f"; {rep.repaired} bad replicas repaired" if rep.repaired else ""), markup=False)
-        if rep.no_room:
+        if as_json:
+            from dataclasses import asdict
+
+            out.print(json.dumps(asdict(rep)), markup=False)
+        else:
+            out.print(f"replicated {rep.copied_shards} shards ({rep.copied_bytes / 1e6:.1f} MB) in "
+                      f"{rep.seconds:.1f} s; {rep.remaining_shards} still below target"
+                      + (f"; {rep.repaired} bad replicas repaired" if rep.repaired else ""), markup=False)
+        if rep.no_room and not as_json:
             err.print(f"no room: {rep.no_room_detail}; add a disk (`hoard disks add`) or free space (`hoard gc`)",
                       markup=False)
         if not watch:
