@@ -32,7 +32,8 @@ COMMANDS: dict[str, list[str]] = {
     "db backup": [],
     "db migrate": [],
     "db proposals": [],
-    "db restore": ["--from", "dump"],  # stdin is closed: the typed confirmation is declined
+    "db restore": ["--from", "dump"],
+    "db shell": [],  # stdin is closed: the typed confirmation is declined
     "db status": [],
     "db verify-backup": [],
     "delete": ["--batch", "no-such-batch", "--yes"],
@@ -48,14 +49,17 @@ COMMANDS: dict[str, list[str]] = {
     "gui": [],
     "health": [],
     "index backup": [],
+    "info": ["{SHA}"],
     "index rebuild": [],
     "index restore": [],
     "ingest": ["--ready"],
     "init": [],
+    "ls": [],
     "mount": ["{MISSING}"],
     "put": ["{FILE}"],
     "rebuild": ["--disk", "nosuch"],
     "replicate": ["--budget-s", "5"],
+    "select": ["--type", "txt"],
     "services down": [],
     "services status": [],
     "services up": [],
@@ -69,7 +73,8 @@ COMMANDS: dict[str, list[str]] = {
 }
 
 #: commands whose work needs the service: with it down they must say so (exit 3, naming it)
-NEEDS_DATABASE = {"db backup", "db migrate", "db proposals", "db status", "db verify-backup", "delete", "demo", "gc"}
+NEEDS_DATABASE = {"db backup", "db migrate", "db proposals", "db status", "db verify-backup", "delete", "demo", "gc",
+                  "select"}
 NEEDS_REDIS = {"demo", "worker"}
 
 

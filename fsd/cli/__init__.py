@@ -15,6 +15,7 @@ from typer.core import TyperOption
 
 from fsd.cli import db as _db
 from fsd.cli import disks as _disks
+from fsd.cli import find as _find
 from fsd.cli import fixtures as _fixtures
 from fsd.cli import index as _index
 from fsd.cli import gc as _gc
@@ -49,6 +50,7 @@ app.add_typer(_disks.app, name="disks")
 app.add_typer(_db.app, name="db")
 app.add_typer(_index.app, name="index")
 _store.register(app)
+_find.register(app, _db.app)
 app.command()(_verify.verify)
 app.command()(_rebuild.rebuild)
 app.command()(_ingest.ingest)

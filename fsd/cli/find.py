@@ -1,0 +1,276 @@
+"""Finding what is stored: `hoard info`, `hoard ls`, `hoard select`.
+
+`info` and `ls` answer from the store (the index and the batch manifests) and add what the
+database knows when it is reachable — so they work with PostgreSQL down, and say so.
+`select` is the database's node selector (sql.selectors) from flags or a JSON file; its
+`--view` output pipes into `hoard view add NAME -`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from fsd.cli._common import err, out, read_input, state
+from fsd.errors import ExitCode, HoardError
+from fsd.paths import display
+
+
+def _resolve(store, ref: str) -> bytes:
+    """A full sha256, or a unique prefix of at least 4 hex digits."""
+    ref = ref.strip().lower()
+    if not re.fullmatch(r"[0-9a-f]{4,64}", ref):
+        raise HoardError(f"{display(ref)!r} is not a sha256 or a prefix of one (4–64 hex digits)", ExitCode.USAGE)
+    if len(ref) == 64:
+        return bytes.fromhex(ref)
+    whole = bytes.fromhex(ref[: len(ref) // 2 * 2])
+    hits = [sha for sha, _ in store.index.objects_with_prefix(whole, limit=1000) if sha.hex().startswith(ref)]
+    if not hits:
+        raise HoardError(f"no stored object starts with {ref}", ExitCode.DATA)
+    if len(hits) > 1:
+        shown = ", ".join(h.hex()[:16] + "…" for h in hits[:5])
+        raise HoardError(f"{ref} is ambiguous: {len(hits)} objects start with it ({shown}); give more digits",
+                         ExitCode.USAGE)
+    return hits[0]
+
+
+def _manifest_paths(store, sha: bytes) -> list[dict[str, str]]:
+    """Where this object appears in batch and view manifests (the store's own record)."""
+    found = []
+    hexsha = sha.hex()
+    for kind, entries in (("batch", store.index.iter_batches()), ("view", store.index.iter_views())):
+        for name, info in entries:
+            try:
+                files = json.loads(store.get(info["manifest"]))["files"]
+            except HoardError:
+                continue  # an unreadable manifest is `hoard check`'s to report
+            found += [{kind: name, "path": f["path"]} for f in files if f["sha256"] == hexsha]
+    return found
+
+
+def _db_facts(cfg, sha: bytes) -> dict[str, Any]:
+    """What the database says about the node, or why it could not be asked."""
+    import psycopg
+
+    try:
+        with psycopg.connect(cfg.database_url, connect_timeout=5) as conn:
+            row = conn.execute(
+                "SELECT n.node_id, n.is_virtual, pc.size, pc.is_deleted, pc.in_black_list, pc.file_type "
+                "FROM node n LEFT JOIN physical_content pc USING (node_id) WHERE n.sha256 = %s", [sha]).fetchone()
+            if row is None:
+                return {"known": False}
+            meta = conn.execute(
+                "SELECT s.name, cm.title, cm.author, cm.user_name, cm.view_count, cm.download_time "
+                "FROM common_metadata cm JOIN source s USING (source_id) WHERE cm.node_id = %s", [row[0]]).fetchall()
+            labels = conn.execute("SELECT key, value FROM label WHERE node_id = %s ORDER BY key LIMIT 50",
+                                  [row[0]]).fetchall()
+            batches = [r[0] for r in conn.execute(
+                "SELECT batch_id FROM batch_member WHERE node_id = %s ORDER BY batch_id", [row[0]])]
+            return {"known": True, "node_id": row[0], "virtual": row[1], "deleted": row[3], "black_listed": row[4],
+                    "file_type": row[5], "batches": batches,
+                    "metadata": [{"source": m[0], "title": m[1], "author": m[2], "user": m[3], "view_count": m[4],
+                                  "download_time": m[5].isoformat() if m[5] else None} for m in meta],
+                    "labels": [{"key": k, "value": v} for k, v in labels]}
+    except psycopg.Error as e:
+        return {"unavailable": (str(e).strip().splitlines() or [type(e).__name__])[0]}
+
+
+def info(
+    ctx: typer.Context,
+    ref: Annotated[str, typer.Argument(help="a sha256, or a unique prefix of one (≥ 4 hex digits)")],
+    as_json: Annotated[bool, typer.Option("--json", help="one JSON document")] = False,
+) -> None:
+    """Everything known about one object: size, type, replicas and disks, batches and original
+    paths, metadata and labels (from the database when it is reachable), mount paths."""
+    from fsd.store import Store
+
+    cfg = state(ctx).settings
+    with Store.open(cfg, writable=False) as store:
+        sha = _resolve(store, ref)
+        loc = store.index.lookup(sha)
+        if loc is None:
+            raise HoardError(f"object {sha.hex()} is not in the store", ExitCode.DATA)
+        meta = store.index.get_shard(loc.shard_id)
+        ext = store.index.get_ext(sha)
+        doc: dict[str, Any] = {
+            "sha256": sha.hex(), "size": loc.length, "ext": ext or None,
+            "shard": loc.shard_id.hex(), "class": meta.klass if meta else None,
+            "replicas": [{"disk": store.records[u].label if u in store.records else u,
+                          "state": store.records[u].state.value if u in store.records else "unknown"}
+                         for u in (meta.replicas if meta else [])],
+            "target": store.target(meta.klass) if meta else None,
+            "verified": time.strftime("%Y-%m-%d %H:%M", time.localtime(meta.verified)) if meta and meta.verified
+            else None,
+            "hidden": store.index.is_marked(store.index.hidden, sha),
+            "tombstoned": store.index.is_marked(store.index.deleted, sha),
+            "in_manifests": _manifest_paths(store, sha),
+        }
+    h = sha.hex()
+    doc["mount_paths"] = [f"by-hash/{h[:2]}/{h[2:4]}/{h}" + (f".{ext}" if ext else "")] + [
+        f"batches/{m['batch']}/{m['path']}" if "batch" in m else f"views/{m['view']}/{m['path']}"
+        for m in doc["in_manifests"]]
+    doc["database"] = _db_facts(cfg, sha)
+    if as_json:
+        out.print(json.dumps(doc, default=str), markup=False)
+        return
+    reps = ", ".join(f"{r['disk']} ({r['state']})" for r in doc["replicas"]) or "none"
+    lines = [f"sha256:    {doc['sha256']}",
+             f"size:      {doc['size']:,} bytes" + (f", .{ext}" if ext else ""),
+             f"replicas:  {len(doc['replicas'])} of {doc['target']}: {reps}; shard {doc['shard']} ({doc['class']})"
+             + (f", verified {doc['verified']}" if doc["verified"] else ", never verified"),
+             *([f"marks:     " + ", ".join(m for m, on in (("hidden (type A)", doc["hidden"]),
+                                                           ("tombstoned (type B)", doc["tombstoned"])) if on)]
+               if doc["hidden"] or doc["tombstoned"] else [])]
+    for m in doc["in_manifests"][:20]:
+        lines.append(f"in:        {'batch ' + m['batch'] if 'batch' in m else 'view ' + m['view']}: "
+                     f"{display(m['path'])}")
+    if len(doc["in_manifests"]) > 20:
+        lines.append(f"           … and {len(doc['in_manifests']) - 20} more (--json lists all)")
+    db = doc["database"]
+    if "unavailable" in db:
+        lines.append(f"database:  not reachable ({db['unavailable']}); store facts only")
+    elif not db["known"]:
+        lines.append("database:  no node with this sha256")
+    else:
+        flags = [f for f, on in (("deleted", db["deleted"]), ("black-listed", db["black_listed"])) if on]
+        lines.append(f"database:  node {db['node_id']}" + (f", {db['file_type']}" if db["file_type"] else "")
+                     + (f" ({', '.join(flags)})" if flags else "")
+                     + (f"; batches {', '.join(db['batches'])}" if db["batches"] else ""))
+        for m in db["metadata"]:
+            lines.append(f"metadata:  [{m['source']}] " + "; ".join(
+                f"{k} {display(str(v))}" for k, v in m.items() if k != "source" and v not in (None, "")))
+        if db["labels"]:
+            lines.append("labels:    " + ", ".join(f"{lb['key']}={lb['value']}" for lb in db["labels"]))
+    lines += [f"mount:     <mount>/{p}" for p in doc["mount_paths"][:5]]
+    out.print("\n".join(lines), markup=False)
+
+
+def ls(
+    ctx: typer.Context,
+    batch: Annotated[Optional[str], typer.Option("--batch", help="list this batch's files")] = None,
+    source: Annotated[Optional[str], typer.Option("--source", help="only batches of this source")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="one JSON object per line")] = False,
+) -> None:
+    """The ingested batches (id, source, files, size, when), or one batch's files (sha256, size, path)."""
+    from fsd.store import Store
+
+    with Store.open(state(ctx).settings, writable=False) as store:
+        if batch is not None:
+            manifest = store.batch_manifest(batch)
+            if manifest is None:
+                raise HoardError(f"no ingested batch {batch!r}; `hoard ls` lists them", ExitCode.USAGE)
+            for f in manifest["files"]:
+                if as_json:
+                    out.print(json.dumps({k: f[k] for k in ("sha256", "size", "path")}), markup=False)
+                else:
+                    out.print(f"{f['sha256']}  {f['size']:>12,}  {display(f['path'])}", markup=False)
+            return
+        batches = [(b, i) for b, i in sorted(store.index.iter_batches()) if source in (None, i.get("source"))]
+    if not batches and not as_json:
+        err.print("no ingested batch" + (f" of source {source}" if source else ""), markup=False)
+    for b, i in batches:
+        if as_json:
+            out.print(json.dumps({"batch": b} | i), markup=False)
+        else:
+            out.print(f"{b:<40} {i.get('source', ''):<14} {i.get('files', 0):>8} files "
+                      f"{i.get('bytes', 0) / 1e6:>10.1f} MB  {i.get('sealed', '')}", markup=False)
+
+
+def select(
+    ctx: typer.Context,
+    source: Annotated[Optional[list[str]], typer.Option("--source", help="from this source (repeatable)")] = None,
+    batch: Annotated[Optional[list[str]], typer.Option("--batch", help="in this batch (repeatable)")] = None,
+    file_type: Annotated[Optional[list[str]], typer.Option("--type", help="file type, e.g. jpg (repeatable)")] = None,
+    since: Annotated[Optional[str], typer.Option(help="downloaded at or after (ISO date)")] = None,
+    until: Annotated[Optional[str], typer.Option(help="downloaded before (ISO date)")] = None,
+    label: Annotated[Optional[list[str]], typer.Option("--label", help="KEY or KEY=VALUE (repeatable)")] = None,
+    ancestor: Annotated[Optional[str], typer.Option("--has-ancestor", help="a node (sha256) above it")] = None,
+    black_listed: Annotated[bool, typer.Option("--include-black-listed", help="also black-listed nodes")] = False,
+    limit: Annotated[Optional[int], typer.Option(min=1, help="at most this many")] = None,
+    from_file: Annotated[Optional[Path], typer.Option("--file", help="a selector as JSON (docs/database.md)")] = None,
+    view: Annotated[bool, typer.Option("--view", help="print `SHA256  PATH` lines for `hoard view add NAME -`")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="one JSON object per node")] = False,
+) -> None:
+    """Select nodes from the database: flags, or a selector file (`--file`). Prints sha256 and
+    size per node; `--view` prints a view manifest (`hoard select … --view | hoard view add NAME -`)."""
+    import psycopg
+
+    from sql.selectors import parse_selector, query_nodes
+
+    if from_file is not None:
+        try:
+            data = json.loads(read_input(from_file, "selector file"))
+        except ValueError as e:
+            raise HoardError(f"selector file {display(str(from_file))} is not JSON: {e}", ExitCode.USAGE) from None
+        if not isinstance(data, dict):
+            raise HoardError(f"selector file {display(str(from_file))}: a JSON object is expected", ExitCode.USAGE)
+    else:
+        data = {}
+    data.setdefault("sources", source or [])
+    data.setdefault("batches", batch or [])
+    data.setdefault("file_types", file_type or [])
+    data.setdefault("include_black_listed", black_listed)
+    for op, value in (("ge", since), ("lt", until)):
+        if value:
+            data.setdefault("metadata", []).append({"field": "download_time", "op": op, "value": value})
+    for lb in label or []:
+        key, _, value = lb.partition("=")
+        data.setdefault("labels", []).append({"key": key, "value": value or None})
+    if ancestor:
+        data.setdefault("has_ancestor", []).append({"sha256": ancestor.lower(), "max_depth": 32})
+    if limit:
+        data["limit"] = limit
+    selector = parse_selector(data)
+    with psycopg.connect(state(ctx).settings.database_url, connect_timeout=10) as conn:
+        nodes = query_nodes(conn, selector)
+        paths = _first_paths(conn, nodes.sha256) if view else {}
+    for i, sha in enumerate(nodes.sha256):
+        size = nodes.sizes[i]
+        if view:
+            out.print(f"{sha}  {paths.get(sha) or sha}", markup=False)
+        elif as_json:
+            out.print(json.dumps({"sha256": sha, "size": size}), markup=False)
+        else:
+            out.print(f"{sha}  {size:>12,}", markup=False)
+    err.print(f"{len(nodes.sha256)} nodes", markup=False)
+
+
+def _first_paths(conn, shas: list[str]) -> dict[str, str]:
+    """A path per node for a view: its original path in the first batch that has it (unique
+    within the view: a name already taken gets the sha256 prefix in front)."""
+    rows = conn.execute(
+        "SELECT DISTINCT ON (n.sha256) n.sha256, pp.locator FROM node n JOIN physical_path pp USING (node_id) "
+        "WHERE n.sha256 = ANY(%s) ORDER BY n.sha256, pp.locator", [[bytes.fromhex(s) for s in shas]]).fetchall()
+    out_: dict[str, str] = {}
+    taken: set[str] = set()
+    for sha, locator in rows:
+        h = bytes(sha).hex()
+        path = locator.split("/", 1)[1] if locator.startswith("batch:") and "/" in locator else h
+        if path in taken:
+            path = f"{h[:12]}-{path.rsplit('/', 1)[-1]}"
+        taken.add(path)
+        out_[h] = path
+    return out_
+
+
+def db_shell(ctx: typer.Context) -> None:
+    """psql on the configured database (the test and working databases are never mixed up)."""
+    import os
+    import shutil
+
+    psql = shutil.which("psql")
+    if psql is None:
+        raise HoardError("psql is not installed (Debian package postgresql-client)", ExitCode.UNAVAILABLE)
+    os.execv(psql, ["psql", state(ctx).settings.database_url])
+
+
+def register(app: typer.Typer, db_app: typer.Typer) -> None:
+    app.command()(info)
+    app.command()(ls)
+    app.command()(select)
+    db_app.command("shell")(db_shell)
