@@ -25,6 +25,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 IDENTITY = ".hoard-disk.json"
+#: one pread() asks for at most this much: Linux returns at most 0x7ffff000 bytes per call,
+#: so every whole-record read loops (an object over 2 GiB was unreadable before)
+READ_STEP = 1 << 30
+#: pieces a streaming read hands out (bounded memory whatever the object's size)
+STREAM_PIECE = 8 << 20
 #: after this many bytes appended, a shard sink asks the kernel to start writing them back
 WRITEBACK_STEP = 8 << 20
 IDENTITY_FORMAT = 1
@@ -118,14 +123,18 @@ def verify_shard_file(path: Path, sha256: bool = False) -> tuple[int, int]:
     fd = os.open(path, os.O_RDONLY)
     try:
         size = os.fstat(fd).st_size
-        read = lambda off, n: os.pread(fd, n, off)  # noqa: E731
+        read = lambda off, n: pread_full(fd, n, off)  # noqa: E731
         footer = fmt.decode_footer(read, size)
         if footer is None:
             raise fmt.FooterMismatch(f"{path.name} has no footer")
         count = 0
         for rec in fmt.scan_records(read, size, sealed=True):
-            if sha256 and hashlib.sha256(read(rec.offset, rec.length)).digest() != rec.sha256:
-                raise fmt.PayloadChecksumMismatch(f"sha256 of the record at {rec.offset} differs from its name")
+            if sha256:
+                h = hashlib.sha256()
+                for off in range(rec.offset, rec.end, STREAM_PIECE):
+                    h.update(read(off, min(STREAM_PIECE, rec.end - off)))
+                if h.digest() != rec.sha256:
+                    raise fmt.PayloadChecksumMismatch(f"sha256 of the record at {rec.offset} differs from its name")
             count += 1
         if count != len(footer):
             raise fmt.FooterMismatch(f"{path.name}: {count} records, the footer lists {len(footer)}")
@@ -133,6 +142,22 @@ def verify_shard_file(path: Path, sha256: bool = False) -> tuple[int, int]:
         return size, count
     finally:
         os.close(fd)
+
+
+def pread_full(fd: int, length: int, offset: int) -> bytes:
+    """`length` bytes at `offset` (fewer only at the end of the file), in as many pread()
+    calls as it takes. The one read helper of the local backend: every read goes through it."""
+    first = os.pread(fd, min(length, READ_STEP), offset)
+    if len(first) == length or not first:
+        return first
+    parts, got = [first], len(first)
+    while got < length:
+        chunk = os.pread(fd, min(length - got, READ_STEP), offset + got)
+        if not chunk:
+            break
+        parts.append(chunk)
+        got += len(chunk)
+    return b"".join(parts)
 
 
 def fsync_dir(path: Path) -> None:
@@ -249,7 +274,7 @@ class LocalDisk:
         return fd
 
     def read_at(self, shard_hex: str, offset: int, length: int) -> bytes:
-        return os.pread(self._fd(shard_hex), length, offset)
+        return pread_full(self._fd(shard_hex), length, offset)
 
     def size(self, shard_hex: str) -> int:
         return self.find(shard_hex).stat().st_size

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 
 from fsd.errors import ExitCode, HoardError
 from fsd.index import ObjectLoc, ShardMeta
-from fsd.store import Store
+from fsd.store import STREAM_THRESHOLD, Store
 
 log = logging.getLogger(__name__)
 
@@ -256,9 +256,16 @@ def _copy_live(store: Store, klass: str, items, dead: set[bytes],
                 for sha in shas:
                     if sha in dead:
                         continue
-                    data = store.get(sha.hex())  # verified, from any good replica
-                    writer.append(sha, data)
-                    copied += len(data)
+                    loc = store.index.lookup(sha)
+                    if loc is not None and loc.length > STREAM_THRESHOLD:  # streamed: never whole in memory
+                        writer.append_stream(sha, store.record_digest(sha), loc.length, store.iter_object(sha))
+                        writer.commit()
+                        n = loc.length
+                    else:
+                        data = store.get(sha.hex())  # verified, from any good replica
+                        writer.append(sha, data)
+                        n = len(data)
+                    copied += n
                     if progress:
                         progress(copied)
                     if writer.shard and len(writer.shard.pending) >= 256:

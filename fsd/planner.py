@@ -20,7 +20,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -67,6 +67,7 @@ class Plan:
     bytes_per_disk: dict[str, int] = field(default_factory=dict)
     bandwidth: dict[str, float] = field(default_factory=dict)  # bytes/s assumed per disk
     missing: list[bytes] = field(default_factory=list)  # not in the store
+    large: list[Wanted] = field(default_factory=list)  # records over MAX_RANGE: streamed, never read whole
     bound_s: float = 0.0
     ideal_s: float = 0.0
     objects: int = 0
@@ -103,6 +104,9 @@ def make_plan(store: Store, shas: list[bytes], bw: dict[str, float] | None = Non
         loc = locs.get(sha)
         if loc is None:
             plan.missing.append(sha)
+            continue
+        if loc.length > MAX_RANGE:
+            plan.large.append(Wanted(sha, loc.offset, loc.length))
             continue
         by_shard[loc.shard_id].append(Wanted(sha, loc.offset, loc.length))
     plan.objects = len(seen) - len(plan.missing)
@@ -160,9 +164,17 @@ class ReadStats:
     per_disk_seconds: dict[str, float] = field(default_factory=dict)
 
 
-def execute(store: Store, plan: Plan, sink: Sink) -> ReadStats:
-    """Run the plan: one reader per disk; `sink(sha, payload)` is called from those threads."""
+def execute(store: Store, plan: Plan, sink: Sink,
+            large_sink: Callable[[bytes, Iterator[bytes]], None] | None = None) -> ReadStats:
+    """Run the plan: one reader per disk; `sink(sha, payload)` is called from those threads.
+    Records over MAX_RANGE are handed, after the rest, to `large_sink(sha, pieces)` — an
+    iterator of verified pieces (Store.iter_object), so no object is ever held whole; a plan
+    with such records needs a `large_sink`."""
     from fsd.store import verify_record
+
+    if plan.large and large_sink is None:
+        raise ValueError(f"{len(plan.large)} objects are larger than {MAX_RANGE >> 20} MiB: pass a large_sink "
+                         "that consumes them piece by piece")
 
     stats = ReadStats()
     lock = threading.Lock()
@@ -200,6 +212,10 @@ def execute(store: Store, plan: Plan, sink: Sink) -> ReadStats:
     t0 = time.monotonic()
     with ThreadPoolExecutor(max_workers=max(1, len(plan.ranges)), thread_name_prefix="reader") as pool:
         list(pool.map(read_disk, list(plan.ranges)))
+    for w in plan.large:
+        large_sink(w.sha, store.iter_object(w.sha))
+        stats.objects += 1
+        stats.bytes += w.length
     for uuid, rest in failed:  # what a failed range had not delivered, one by one from other replicas
         for w in rest:
             data = store.get(w.sha.hex(), avoid={uuid})

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from fsd import shardfmt as fmt
 from fsd.errors import ExitCode, HoardError
-from fsd.store import CHUNK, GROUP_BYTES, STREAM_THRESHOLD, PutResult, SourceChanged, Store, hash_file, read_upto
+from fsd.store import CHUNK, GROUP_BYTES, MAP_PIECE, STREAM_THRESHOLD, PutResult, SourceChanged, Store, hash_file, read_upto
 from fsd.writer import ReplicaFailed, ShardWriter, _Pending
 
 
@@ -107,6 +107,10 @@ class _Batch:
     def add_bytes(self, res: PutResult, data: bytes) -> None:
         sha = hashlib.sha256(data).digest()
         res.sha256, res.size = sha.hex(), len(data)
+        if len(data) > STREAM_THRESHOLD:  # a large object read back in pieces needs its chunk map
+            view = memoryview(data)
+            self.store.index.put_chunks(sha, b"".join(fmt.xxh3(view[i:i + MAP_PIECE])
+                                                      for i in range(0, len(data), MAP_PIECE)))
         if self._known(res, sha):
             return
         self._retrying(lambda: self.writer.append(sha, data))

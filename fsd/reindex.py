@@ -19,7 +19,7 @@ from pathlib import Path
 
 from fsd import shardfmt as fmt
 from fsd.config import Settings
-from fsd.disks import DiskRecord, DiskState, drop_cache, read_identity
+from fsd.disks import DiskRecord, DiskState, drop_cache, pread_full, read_identity
 from fsd.index import Index, ObjectLoc, ShardMeta
 from fsd.store import BATCHES_DIR, VIEWS_DIR
 
@@ -39,7 +39,7 @@ class IndexRebuildReport:
 
 def _reader(path: Path):
     fd = os.open(path, os.O_RDONLY)
-    return fd, (lambda off, n: os.pread(fd, n, off))
+    return fd, (lambda off, n: pread_full(fd, n, off))
 
 
 @contextlib.contextmanager

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from fsd import shardfmt as fmt
-from fsd.disks import DiskState, drop_cache, fsync_dir, verify_shard_file
+from fsd.disks import DiskState, drop_cache, fsync_dir, pread_full, verify_shard_file
 from fsd.placement import Need, NoSpace, simulate, space_report
 
 if TYPE_CHECKING:
@@ -199,7 +199,7 @@ def copy_shard(src, dst, shard_hex: str, rate_mb_s: float | None = None) -> int:
         done = 0
         try:
             while done < size:
-                chunk = os.pread(fd_in, min(COPY_CHUNK, size - done), done)
+                chunk = pread_full(fd_in, min(COPY_CHUNK, size - done), done)
                 if not chunk:
                     raise fmt.TruncatedShard(f"shard {shard_hex} on {src.label} ended at {done} of {size}")
                 chunks.put(chunk)

@@ -149,6 +149,29 @@ def verify_payload(payload: bytes | memoryview, digest: bytes, where: str = "") 
         raise PayloadChecksumMismatch(f"payload checksum mismatch{where}")
 
 
+#: payloads longer than this are checked in pieces of this size (memory stays bounded)
+VERIFY_PIECE = 8 << 20
+
+
+def verify_range(read_at, start: int, length: int, digest: bytes, where: str = "") -> None:
+    """Check the xxh3-128 of the payload at [start, start+length) without holding it whole."""
+    if length <= VERIFY_PIECE:
+        payload = read_at(start, length)
+        if len(payload) != length:
+            raise TruncatedShard(f"short read{where}")
+        verify_payload(payload, digest, where)
+        return
+    h = xxhash.xxh3_128()
+    for off in range(start, start + length, VERIFY_PIECE):
+        n = min(VERIFY_PIECE, start + length - off)
+        piece = read_at(off, n)
+        if len(piece) != n:
+            raise TruncatedShard(f"short read{where}")
+        h.update(piece)
+    if h.digest() != digest:
+        raise PayloadChecksumMismatch(f"payload checksum mismatch{where}")
+
+
 def encode_footer(records: list[RecordInfo], entries_offset: int) -> bytes:
     entries = b"".join(_ENTRY.pack(r.sha256, r.offset, r.length, r.flags, b"\0" * 7) for r in records)
     return entries + _TRAILER.pack(len(records), entries_offset, xxh3(entries), SEAL_MAGIC)
@@ -216,6 +239,6 @@ def scan_records(read_at, file_size: int, verify: bool = True, sealed: bool | No
         if start + length > footer_start:
             raise TruncatedShard(f"record at {pos} claims {length} bytes, file ends at {footer_start}")
         if verify:
-            verify_payload(read_at(start, length), digest, f" in record at {pos}")
+            verify_range(read_at, start, length, digest, f" in record at {pos}")
         yield RecordInfo(sha, start, length, digest, flags)
         pos = start + length

@@ -36,6 +36,11 @@ GROUP_BYTES = 32 << 20
 CHUNK = 4 << 20
 #: a large object's chunk map has the xxh3-128 of every MAP_PIECE bytes (CHUNK is a multiple)
 MAP_PIECE = 1 << 20
+#: `Store.get` returns objects up to this size in memory; larger ones are read with
+#: `iter_object` (verified pieces, bounded memory)
+GET_MAX = 256 << 20
+#: pieces `iter_object` reads from a replica at a time (each MAP_PIECE checked on its own)
+ITER_READ = 8 << 20
 #: per disk: `<root>/batches/<batch_id>.json` names each ingested batch's manifest object
 BATCHES_DIR = "batches"
 #: per disk: `<root>/views/<name>.json` names each view's manifest object
@@ -402,8 +407,72 @@ class Store:
     def get(self, sha256_hex: str, avoid: set[str] = frozenset()) -> bytes:
         """The object's bytes, verified (xxh3-128 and sha256), from the first good replica."""
         sha = _sha_bytes(sha256_hex)
+        loc = self.index.lookup(sha)
+        if loc is not None and loc.length > GET_MAX:
+            raise HoardError(f"object {sha256_hex} is {loc.length / 1e9:.2f} GB, too large to read into memory: "
+                             f"`hoard get {sha256_hex} -o FILE` streams it (Store.iter_object)", ExitCode.USAGE)
         return self.from_replicas(sha, lambda disk, meta, loc: self._read_record(
             disk, meta.hex, loc.offset, loc.length, sha), avoid)
+
+    # -- large objects: verified pieces, bounded memory ----------------------------------------
+    def iter_object(self, sha: bytes, avoid: set[str] = frozenset()):
+        """The object's bytes in verified pieces (each MAP_PIECE checked against the object's
+        chunk map before it is yielded; a piece that fails on one replica is read from the
+        next), whatever its size, in bounded memory. An object without a chunk map (stored
+        from memory, or its map lost with the index) is first read once in full — its
+        xxh3-128 and sha256 checked, streaming — to learn the map."""
+        loc = self.index.lookup(sha)
+        if loc is None:
+            raise ObjectNotFound(f"object {sha.hex()} is not in the store (check the digest)")
+        digests = self.chunk_map(sha, loc.length)
+        for start in range(0, loc.length, ITER_READ):
+            n = min(ITER_READ, loc.length - start)
+            first = start // MAP_PIECE
+
+            def read(disk, meta, loc, start=start, n=n, first=first) -> bytes:
+                buf = disk.read_at(meta.hex, loc.offset + start, n)
+                if len(buf) != n:
+                    raise fmt.TruncatedShard(f"shard {meta.hex} on {disk.label} ends inside object {sha.hex()[:12]}…")
+                view = memoryview(buf)
+                for i in range(0, n, MAP_PIECE):
+                    k = first + i // MAP_PIECE
+                    if fmt.xxh3(view[i:i + MAP_PIECE]) != digests[k * 16:(k + 1) * 16]:
+                        raise fmt.PayloadChecksumMismatch(f"piece {k} of {sha.hex()[:12]}… does not match its "
+                                                          f"chunk map (shard {meta.hex} on {disk.label})")
+                return buf
+
+            yield self.from_replicas(sha, read, avoid)
+
+    def copy_object_to(self, sha: bytes, f) -> int:
+        """Write the object's verified bytes to the binary file `f`, piece by piece; returns
+        the size. (A piece is only written after it was checked.)"""
+        n = 0
+        for piece in self.iter_object(sha):
+            f.write(piece)
+            n += len(piece)
+        return n
+
+    def chunk_map(self, sha: bytes, length: int) -> bytes:
+        """The object's chunk map (xxh3-128 per MAP_PIECE), learned from a verified full read
+        and recorded when the index has none."""
+        digests = self.index.get_chunks(sha)
+        if digests is not None and len(digests) == 16 * -(-length // MAP_PIECE):
+            return digests
+        digests = self.from_replicas(sha, lambda disk, meta, loc: learn_map(
+            lambda off, n: disk.read_at(meta.hex, off, n), f"shard {meta.hex} on {disk.label}", loc, sha))
+        self.index.put_chunks(sha, digests)
+        return digests
+
+    def record_digest(self, sha: bytes) -> bytes:
+        """The xxh3-128 of the whole payload, from the record header (what a copy must carry)."""
+        def read(disk, meta, loc) -> bytes:
+            head = disk.read_at(meta.hex, loc.offset - fmt.RECORD_HEADER_SIZE, fmt.RECORD_HEADER_SIZE)
+            got, length, digest, _ = fmt.decode_record_header(head)
+            if got != sha or length != loc.length:
+                raise fmt.ShardFormatError(f"record header of {sha.hex()[:12]}… does not match the index")
+            return digest
+
+        return self.from_replicas(sha, read)
 
     def from_replicas(self, sha: bytes, read, avoid: set[str] = frozenset()):
         """`read(disk, meta, loc)` on the object's usable replicas in order until one succeeds.
@@ -454,15 +523,16 @@ class Store:
         buf = disk.read_at(shard_hex, offset - fmt.RECORD_HEADER_SIZE, fmt.RECORD_HEADER_SIZE + length)
         return verify_record(memoryview(buf), 0, sha, length, f" (shard {shard_hex} on {disk.label})")
 
-    def read_batch(self, shas_hex: list[str], sink) -> tuple:
-        """Read many objects with the batch planner; sink(sha_bytes, payload) per object."""
+    def read_batch(self, shas_hex: list[str], sink, large_sink=None) -> tuple:
+        """Read many objects with the batch planner; sink(sha_bytes, payload) per object, and
+        large_sink(sha_bytes, pieces) for objects too large to hold whole (fsd.planner.execute)."""
         from fsd.planner import execute, make_plan
 
         plan = make_plan(self, [_sha_bytes(h) for h in shas_hex])
         if plan.missing:
             raise ObjectNotFound(f"{len(plan.missing)} of the objects are not in the store, e.g. "
                                  f"{plan.missing[0].hex()}")
-        return plan, execute(self, plan, sink)
+        return plan, execute(self, plan, sink, large_sink)
 
     # -- status --------------------------------------------------------------------------------
     def status(self) -> dict:
@@ -560,6 +630,31 @@ def _holds_shards(root: Path) -> bool:
     shards = root / "shards"
     return shards.is_dir() and any(f.suffix in (".shard", ".open") for d in shards.iterdir() if d.is_dir()
                                    for f in d.iterdir())
+
+
+def learn_map(read_at, where: str, loc, sha: bytes) -> bytes:
+    """Stream one replica's record once (`read_at(offset, n)` on its shard file): header
+    against the index, xxh3-128 and sha256 of the payload against the header; returns the
+    chunk map (xxh3-128 per MAP_PIECE) of what was read. Memory: one ITER_READ piece."""
+    import xxhash
+
+    got, length, digest, _flags = fmt.decode_record_header(read_at(loc.offset - fmt.RECORD_HEADER_SIZE,
+                                                                   fmt.RECORD_HEADER_SIZE))
+    if got != sha or length != loc.length:
+        raise fmt.ShardFormatError(f"record header of {sha.hex()[:12]}… does not match the index ({where})")
+    h, xx, pieces = hashlib.sha256(), xxhash.xxh3_128(), []
+    for off in range(0, length, ITER_READ):
+        n = min(ITER_READ, length - off)
+        buf = read_at(loc.offset + off, n)
+        if len(buf) != n:
+            raise fmt.TruncatedShard(f"{where} ends inside object {sha.hex()[:12]}…")
+        h.update(buf)
+        xx.update(buf)
+        view = memoryview(buf)
+        pieces += [xxhash.xxh3_128_digest(view[i:i + MAP_PIECE]) for i in range(0, n, MAP_PIECE)]
+    if xx.digest() != digest or h.digest() != sha:
+        raise fmt.PayloadChecksumMismatch(f"object {sha.hex()[:12]}… does not match its checksums ({where})")
+    return b"".join(pieces)
 
 
 def verify_record(buf: memoryview, at: int, sha: bytes, length: int, where: str = "") -> bytes:

@@ -120,7 +120,8 @@ def verify_dump(url: str, store, backup_id: int | None = None, sample: int = 200
         try:
             with tempfile.TemporaryDirectory(prefix="hoard-verify-") as tmp:
                 dump = Path(tmp) / "db.dump"
-                dump.write_bytes(store.get(sha))
+                with open(dump, "wb") as f:  # streamed: a dump may be larger than memory
+                    store.copy_object_to(bytes.fromhex(sha), f)
                 scratch_url = psycopg.conninfo.make_conninfo(url, dbname=scratch, options="")
                 with psycopg.connect(scratch_url, autocommit=True) as sc:  # `public` exists in a new database
                     sc.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
@@ -161,7 +162,8 @@ def restore_dump(url: str, store, backup_id: int | None = None) -> int:
                 saved += chunk
         with tempfile.TemporaryDirectory(prefix="hoard-restore-") as tmp:
             dump = Path(tmp) / "db.dump"
-            dump.write_bytes(store.get(sha))
+            with open(dump, "wb") as f:
+                store.copy_object_to(bytes.fromhex(sha), f)
             conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(schema)))  # pg_restore recreates it
             res = subprocess.run([which("pg_restore", "postgresql-client"), "--exit-on-error", "--no-owner",
                                   f"--dbname={psycopg.conninfo.make_conninfo(url, options='')}", str(dump)],

@@ -80,7 +80,7 @@ def test_restore_dump_with_confirmation(hoard_home: Path, pg) -> None:
     dbname = psycopg.conninfo.conninfo_to_dict(pg.info.dsn)["dbname"]
     wrong = subprocess.run([sys.executable, "-m", "fsd", "--config", cfg, "db", "restore", "--from", "dump"],
                            input="nope\n", capture_output=True, text=True)
-    assert wrong.returncode == 2 and "not confirmed" in wrong.stderr
+    assert wrong.returncode == 130 and "not confirmed" in wrong.stderr
     assert pg.execute("SELECT count(*) FROM node").fetchone() == (2,)
     right = subprocess.run([sys.executable, "-m", "fsd", "--config", cfg, "db", "restore", "--from", "dump"],
                            input=f"{dbname}\n", capture_output=True, text=True)

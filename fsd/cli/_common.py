@@ -139,11 +139,8 @@ def read_input(path, what: str, limit: int = MAX_INPUT) -> bytes:
 
 def confirm(question: str, typed: str | None = None) -> None:
     """Ask before something that cannot be undone; return only if the user agreed. `typed`:
-    the answer must be this word (e.g. the database name). Without a terminal there is no
-    one to ask: refuse, pointing at `--yes`. A "no" (or Ctrl-C/EOF) changes nothing: exit 130."""
-    if not sys.stdin.isatty():
-        raise HoardError(f"{question} — this needs a confirmation and there is no terminal to ask; pass --yes "
-                         "to confirm in a script", ExitCode.USAGE)
+    the answer must be this word (e.g. the database name). A "no", a wrong word, Ctrl-C or
+    no answer at all (stdin closed: pass --yes in scripts) changes nothing: exit 130."""
     try:
         if typed is None:
             agreed = typer.confirm(question, default=False)
@@ -152,7 +149,7 @@ def confirm(question: str, typed: str | None = None) -> None:
     except (typer.Abort, EOFError):
         agreed = False
     if not agreed:
-        raise HoardError("not confirmed; nothing was changed", ExitCode.INTERRUPTED)
+        raise HoardError("not confirmed; nothing was changed (--yes confirms in a script)", ExitCode.INTERRUPTED)
 
 
 #: without a terminal, a progress line is printed this often (logs, systemd, CI)

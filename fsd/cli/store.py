@@ -134,15 +134,22 @@ def get(
     sha256: Annotated[str, typer.Argument(help="the object's sha256 (64 hex digits)")],
     output: Annotated[Optional[Path], typer.Option("-o", "--output", help="write here instead of stdout")] = None,
 ) -> None:
-    """Read an object back, verified, from the best healthy replica."""
+    """Read an object back, verified piece by piece, from the best healthy replicas.
+
+    `-o FILE` is written beside the target and renamed when complete; a device or FIFO
+    (`-o /dev/null`) is written in place. Memory stays bounded whatever the object's size."""
+    from fsd.store import _sha_bytes
+
     target = check_output(output) if output is not None else None
+    sha = _sha_bytes(sha256.lower())
     with open_store(ctx, writable=False) as store:
-        data = store.get(sha256.lower())
-    if output is None:
-        sys.stdout.buffer.write(data)
-        sys.stdout.buffer.flush()
-        return
-    write_output(output, target, [data])
+        pieces = store.iter_object(sha)  # verified piece by piece: memory does not grow with the object
+        if output is None:
+            for piece in pieces:
+                sys.stdout.buffer.write(piece)
+            sys.stdout.buffer.flush()
+            return
+        write_output(output, target, pieces)
 
 
 def check_output(output: Path) -> str:

@@ -31,7 +31,8 @@ import trio
 import xxhash
 
 from fsd import shardfmt as fmt
-from fsd.store import MAP_PIECE, STREAM_THRESHOLD, Store, verify_record
+from fsd.disks import pread_full
+from fsd.store import MAP_PIECE, STREAM_THRESHOLD, Store, learn_map, verify_record
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +64,7 @@ def _pread(disk, shard_hex: str, offset: int, length: int, willneed: bool = Fals
     try:
         if willneed:
             os.posix_fadvise(fd, offset, length, os.POSIX_FADV_WILLNEED)
-        return os.pread(fd, length, offset)
+        return pread_full(fd, length, offset)
     finally:
         os.close(fd)
 
@@ -308,27 +309,10 @@ class Reader:
     def _learn_chunks(self, st: _Stream) -> None:
         """No chunk map yet (stored before maps existed, or index rebuilt): stream the record
         once from the first good replica — header, xxh3-128 and sha256 of the whole payload
-        checked, one MAP_PIECE in memory at a time — and record the map for next time."""
-        import hashlib
-
+        checked, one piece in memory at a time — and record the map for next time."""
         def read(disk, meta, loc) -> bytes:
-            fd = os.open(disk.find(meta.hex), os.O_RDONLY)
-            try:
-                head = os.pread(fd, fmt.RECORD_HEADER_SIZE, loc.offset - fmt.RECORD_HEADER_SIZE)
-                sha, length, digest, _flags = fmt.decode_record_header(head)
-                if sha != st.sha or length != loc.length:
-                    raise fmt.ShardFormatError("record header does not match the index")
-                h, xx, pieces = hashlib.sha256(), xxhash.xxh3_128(), []
-                for off in range(0, length, MAP_PIECE):
-                    piece = os.pread(fd, min(MAP_PIECE, length - off), loc.offset + off)
-                    h.update(piece)
-                    xx.update(piece)
-                    pieces.append(xxhash.xxh3_128_digest(piece))
-            finally:
-                os.close(fd)
-            if xx.digest() != digest or h.digest() != st.sha:
-                raise fmt.ShardFormatError(f"object {st.sha.hex()[:12]}… does not match its checksums")
-            return b"".join(pieces)
+            return learn_map(lambda off, n: _pread(disk, meta.hex, off, n), f"shard {meta.hex} on {disk.label}",
+                             loc, st.sha)
 
         st.chunk_digests = self._from_replicas(st.sha, f"object {st.sha.hex()}", read)
         self.store.index.put_chunks(st.sha, st.chunk_digests)
