@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -29,6 +30,19 @@ def hoard(cfg: config.Settings, *args: str, timeout: float = 300) -> subprocess.
 def health_problems(cfg: config.Settings) -> list[str]:
     res = hoard(cfg, "health", "--json")
     return json.loads(res.stdout)["problems"]
+
+
+def where(cfg: config.Settings, batch_id: str) -> tuple[str, str] | None:
+    """(status, step) of a batch, None before it is submitted."""
+    st = ua1.load_state(cfg, batch_id)
+    return (st.status, st.step) if st else None
+
+
+def wait_until(condition, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
 
 
 def drop(zone3a: Path, spec: Spec) -> list[Path]:
@@ -143,24 +157,19 @@ def test_ctrl_c_under_here_stops_at_once_and_resumes(hoard_home: Path, pg, redis
     batch = zone3a / spec_batch.batch_id
     proc = subprocess.Popen([sys.executable, "-m", "fsd", "--config", str(cfg.source), "ingest", str(batch),
                              "--here"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and proc.poll() is None:
-        st = ua1.load_state(cfg, batch.name)
-        if st is not None and st.status == "running" and st.step == "store":
-            break
-        time.sleep(0.02)
+    wait_until(lambda: where(cfg, batch.name) == ("running", "store") or proc.poll() is not None, 120)
     assert proc.poll() is None, "the batch finished before it could be interrupted: make it bigger"
     time.sleep(0.1)  # inside put_many
     proc.send_signal(signal.SIGINT)
     t0 = time.monotonic()
     time.sleep(0.2)
     proc.send_signal(signal.SIGINT)
-    stdout, stderr = proc.communicate(timeout=30)
-    assert time.monotonic() - t0 < 5
-    assert proc.returncode == ExitCode.INTERRUPTED, stderr
+    _, stderr = proc.communicate(timeout=30)
+    assert time.monotonic() - t0 < 5 and proc.returncode == ExitCode.INTERRUPTED, stderr
     assert f"`hoard ingest --resume {batch.name} --here`" in stderr and "Traceback" not in stderr
     st = ua1.load_state(cfg, batch.name)
     assert st.status == "failed" and st.step == "store" and "interrupted during step store" in st.error
+    assert batch.is_dir()
 
     res = hoard(cfg, "ingest", "--resume", batch.name, "--here")
     assert res.returncode == 0, res.stdout + res.stderr
@@ -168,6 +177,31 @@ def test_ctrl_c_under_here_stops_at_once_and_resumes(hoard_home: Path, pg, redis
     with Store.open(cfg, writable=False) as store:
         for item in spec_batch.items:
             assert hashlib.sha256(store.get(item.sha256)).hexdigest() == item.sha256
+
+
+def test_ctrl_c_under_wait_leaves_the_batch_to_the_worker(hoard_home: Path, pg, redis_conn) -> None:
+    """Ctrl-C during `hoard ingest --wait` exits 130 within seconds, saying the batch goes on in
+    the worker — which then finishes it."""
+    cfg = ingest_home(hoard_home, pg, settle_s=3)  # the scan looks twice, 3 s apart
+    batch = drop(cfg.ssd.zone_path("3A"), Spec(seed=27, batches=1, items_per_batch=4, sources=("gallery",),
+                                               large_max_mb=1, ready_signal=True))[0]
+    hoard_cmd = [sys.executable, "-m", "fsd", "--config", str(cfg.source)]
+    worker = subprocess.Popen(hoard_cmd + ["worker"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              start_new_session=True)
+    try:
+        wait_until(lambda: not ua1.unserved_queues(redis_conn))
+        proc = subprocess.Popen(hoard_cmd + ["ingest", str(batch), "--wait"], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+        wait_until(lambda: where(cfg, batch.name) == ("running", "scan"))
+        proc.send_signal(signal.SIGINT)
+        t0 = time.monotonic()
+        _, stderr = proc.communicate(timeout=30)
+        assert time.monotonic() - t0 < 5 and proc.returncode == ExitCode.INTERRUPTED, stderr
+        assert f"{batch.name} (running at step scan) goes on in the worker" in stderr
+        wait_until(lambda: where(cfg, batch.name) == ("done", "finish"))
+    finally:
+        os.killpg(worker.pid, signal.SIGTERM)  # a warm shutdown: the worker is idle by now
+        worker.wait(timeout=60)
 
 
 def test_no_worker_is_said_not_waited_for(hoard_home: Path, pg, redis_conn) -> None:
