@@ -5,11 +5,16 @@
 
 Steps and their queues (each idempotent by batch id, so a retry or a crash resumes):
 
-    scan     ingest       screen + parse (adapter), quarantine rejects, save the records
+    scan     ingest       screen + parse (adapter), quarantine rejects, save the records (no file
+                          accepted: the batch fails and nothing moves)
     store    io           put the good files into S01 (dedup, write_ack replicas)
     apply    sql          one write-intent `ingest:<batch>` (S05); a schema proposal for a new source
     package  io           tar parts + manifest in 3B/<batch>/; manifest also stored in S01
     finish   maintenance  check every file is stored, empty 3A/<batch>, event + report
+
+A batch whose signal cannot be taken (an unreadable or empty `_READY`, an unknown source, an
+id ingested before) is refused by name; `hoard ingest` sets its `_READY` aside as
+`_READY.rejected` with a `_REASON.txt`, and `hoard health` lists it until a person acts.
 
 State lives in `<ssd.root>/state/ingest/<batch>.json` (status, steps done, report), written
 atomically after every step; `hoard ingest --status BATCH` and `hoard health` read it.
@@ -139,15 +144,15 @@ def ingest_status(cfg: Settings) -> dict[str, Any]:
 
 # -- submitting --------------------------------------------------------------------------
 
-#: where `--ready` sets aside a signal it cannot take, and why (docs/adapters.md)
+#: where `hoard ingest` sets aside a signal it cannot take, and why (docs/adapters.md)
 REJECTED_SIGNAL = "_READY.rejected"
 REASON_FILE = "_REASON.txt"
 
 
 class SignalRefused(IngestError):
     """This batch's signal cannot be taken as it is: an unreadable or empty `_READY`, an
-    unknown source in it, or a batch id that was ingested before. `--ready` sets the signal
-    aside and goes on with the other batches."""
+    unknown source in it, or a batch id that was ingested before. `hoard ingest` sets the
+    signal aside and goes on with the other batches."""
 
     exit_code = ExitCode.DATA
 
@@ -393,11 +398,12 @@ def _run_step_locked(cfg: Settings, batch_id: str, step: str) -> dict[str, Any]:
             st.done.append(step)
         st.seconds[step] = round(st.seconds.get(step, 0) + time.monotonic() - t0, 3)
     except BaseException as e:
-        # KeyboardInterrupt too (Ctrl-C under `--here`): a batch left "running" with nobody
-        # running it would look busy for ever; "failed" names the step and `--resume`
+        # an interruption too (Ctrl-C under `--here`, RQ's cold shutdown): a batch left
+        # "running" with nobody running it would look busy for ever, while "failed" shows in
+        # `hoard health` with the step and the way on
         st.status = Status.FAILED.value
-        st.error = (f"interrupted during step {step}; `hoard ingest --resume {batch_id}` runs it again"
-                    if isinstance(e, KeyboardInterrupt) else _explain(e))
+        st.error = (_explain(e) if isinstance(e, Exception) else
+                    f"interrupted during step {step}; `hoard ingest --resume {batch_id}` runs it again")
         st.seconds[step] = round(st.seconds.get(step, 0) + time.monotonic() - t0, 3)
         save_state(cfg, st)
         raise
