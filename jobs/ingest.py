@@ -139,7 +139,47 @@ def ingest_status(cfg: Settings) -> dict[str, Any]:
             "failed": [{"batch_id": s.batch_id, "step": s.step, "error": s.error} for s in states
                        if s.status == Status.FAILED.value],
             "with_rejects": [s.batch_id for s in states if s.status == Status.DONE_WITH_REJECTS.value],
-            "refused": refused_batches(cfg)}
+            "refused": refused_batches(cfg),
+            "stalled": stalled_batches(cfg, [s for s in states if s.status in (Status.QUEUED.value,
+                                                                              Status.RUNNING.value)])}
+
+
+def stalled_batches(cfg: Settings, pending: list[BatchState]) -> list[dict[str, str]]:
+    """Queued or running batches that nothing will move: their step's job is gone from Redis
+    (restarted empty, flushed), was "started" by a worker that died, or waits on a queue no
+    worker serves. Empty when Redis does not answer: health reports Redis itself."""
+    import redis
+    from rq.exceptions import NoSuchJobError
+    from rq.job import Job
+
+    from jobs.queues import connect
+
+    if not pending or not cfg.redis_url:
+        return []
+    out = []
+    try:
+        conn = connect(cfg.redis_url)
+        idle = set(unserved_queues(conn))
+        for st in pending:
+            job_id = _job_id(st.batch_id, st.step)
+            try:
+                job_status = Job.fetch(job_id, connection=conn).get_status(refresh=True)
+            except NoSuchJobError:
+                job_status = None
+            if job_status == "started" and _running(conn, job_id):
+                continue
+            if job_status in ("queued", "scheduled", "deferred"):
+                if QUEUE_OF[st.step] not in idle:
+                    continue
+                why = (f"waits on the {QUEUE_OF[st.step]} queue, which no worker serves; start one with "
+                       f"`hoard worker`, or `hoard ingest --resume {st.batch_id} --here`")
+            else:
+                why = (f"no job runs its step (Redis lost it, or the worker running it died); "
+                       f"`hoard ingest --resume {st.batch_id}` queues it again")
+            out.append({"batch_id": st.batch_id, "reason": f"{st.status} at step {st.step} but {why}"})
+    except redis.RedisError:
+        return []
+    return out
 
 
 # -- submitting --------------------------------------------------------------------------

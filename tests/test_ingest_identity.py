@@ -27,9 +27,10 @@ def hoard(cfg: config.Settings, *args: str, timeout: float = 300) -> subprocess.
                           capture_output=True, text=True, timeout=timeout)
 
 
-def health_problems(cfg: config.Settings) -> list[str]:
+def ingest_problems(cfg: config.Settings) -> list[str]:
+    """The ingest lines among `hoard health`'s problems."""
     res = hoard(cfg, "health", "--json")
-    return json.loads(res.stdout)["problems"]
+    return [p for p in json.loads(res.stdout)["problems"] if p.startswith("ingest ")]
 
 
 def where(cfg: config.Settings, batch_id: str) -> tuple[str, str] | None:
@@ -64,13 +65,13 @@ def test_reused_batch_id_is_refused_and_shown(hoard_home: Path, pg, redis_conn) 
     drop(zone3a, spec)  # the scraper drops its next batch under the same name
     today = ua1.load_state(cfg, batch.name).report["finished_at"][:10]
 
-    assert any(p.startswith(f"ingest {batch.name}: ") for p in health_problems(cfg))  # before anyone ran ingest
+    assert any(p.startswith(f"ingest {batch.name}: ") for p in ingest_problems(cfg))  # before anyone ran ingest
     res = hoard(cfg, "ingest", str(batch))
     assert res.returncode == ExitCode.DATA
     assert f"already ingested on {today}" in res.stderr and f"{batch.name}.2" in res.stderr
     assert (batch / ua1.REJECTED_SIGNAL).exists() and not (batch / ua1.SIGNAL).exists()
     assert "already ingested" in (batch / ua1.REASON_FILE).read_text()
-    problem = next(p for p in health_problems(cfg) if p.startswith(f"ingest {batch.name}: "))
+    problem = next(p for p in ingest_problems(cfg) if p.startswith(f"ingest {batch.name}: "))
     assert "already ingested" in problem and f"write {ua1.SIGNAL} again" in problem
     assert hoard(cfg, "ingest", "--ready").returncode == 0  # the timer does not refuse it every 30 s
 
@@ -86,7 +87,7 @@ def test_reused_batch_id_is_refused_and_shown(hoard_home: Path, pg, redis_conn) 
     with Store.open(cfg, writable=False) as store:
         paths = {f["path"] for f in store.batch_manifest(renamed.name)["files"]}
     assert paths and not paths & {ua1.REJECTED_SIGNAL, ua1.REASON_FILE}
-    assert not any("ingest" in p for p in health_problems(cfg))
+    assert ingest_problems(cfg) == []
 
 
 def test_ready_takes_each_batch_on_its_own(hoard_home: Path, pg, redis_conn) -> None:
@@ -118,8 +119,7 @@ def test_ready_takes_each_batch_on_its_own(hoard_home: Path, pg, redis_conn) -> 
         assert (zone3a / name / "a.png").exists() and ua1.load_state(cfg, name) is None
     states = [ua1.load_state(cfg, d.name) for d in good]
     assert [s.status for s in states] == ["done", "done"] and states[1].source == "ytdlp"
-    problems = health_problems(cfg)
-    assert sorted(p.split(":")[0] for p in problems) == [f"ingest {n}" for n in sorted(bad)]
+    assert sorted(p.split(":")[0] for p in ingest_problems(cfg)) == [f"ingest {n}" for n in sorted(bad)]
 
     res = hoard(cfg, "ingest", "--ready", "--source", "ytdpl")
     assert res.returncode == ExitCode.USAGE and "did you mean ytdlp?" in res.stderr
@@ -220,6 +220,22 @@ def test_no_worker_is_said_not_waited_for(hoard_home: Path, pg, redis_conn) -> N
     assert ua1.load_state(cfg, batch.name).status == "queued"
     assert hoard(cfg, "ingest", "--resume", batch.name, "--here").returncode == 0
     assert ua1.load_state(cfg, batch.name).status == "done"
+
+
+def test_stalled_batches_are_health_problems(hoard_home: Path, pg, redis_conn) -> None:
+    """A batch recorded as queued whose job Redis lost, or which waits on a queue no worker
+    serves, is a health problem naming `--resume`; resumed and run, health is clean."""
+    cfg = ingest_home(hoard_home, pg)
+    batch = drop(cfg.ssd.zone_path("3A"), Spec(seed=28, batches=1, items_per_batch=3, sources=("gallery",),
+                                               large_max_mb=1, ready_signal=True))[0]
+    ua1.submit(cfg, batch, None, redis_conn)
+    [problem] = ingest_problems(cfg)
+    assert problem.startswith(f"ingest {batch.name}: queued at step scan but waits on the ingest queue")
+    redis_conn.flushdb()  # Redis restarted without its data
+    [problem] = ingest_problems(cfg)
+    assert "no job runs its step" in problem and f"`hoard ingest --resume {batch.name}`" in problem
+    assert hoard(cfg, "ingest", "--resume", batch.name, "--here").returncode == 0
+    assert ingest_problems(cfg) == []
 
 
 def test_redis_down_is_one_line(hoard_home: Path, pg) -> None:
