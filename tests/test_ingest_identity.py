@@ -12,8 +12,6 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
-
 from adapters.synth import Spec, generate
 from fsd import config
 from fsd.errors import ExitCode
