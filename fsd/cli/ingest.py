@@ -23,7 +23,7 @@ def ingest(
     wait: Annotated[bool, typer.Option(help="wait until each batch is done and print its report")] = False,
     here: Annotated[bool, typer.Option("--here", help="run the queued jobs in this process (no worker needed)")] = False,
     status: Annotated[Optional[str], typer.Option("--status", metavar="BATCH", help="show a batch's state and report")] = None,
-    resume: Annotated[Optional[str], typer.Option("--resume", metavar="BATCH", help="re-queue a failed batch at the step that failed")] = None,
+    resume: Annotated[Optional[str], typer.Option("--resume", metavar="BATCH", help="re-queue a batch at its step (after a failure, Ctrl-C or a lost job)")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="reports as JSON")] = False,
     timeout: Annotated[float, typer.Option(help="--wait gives up after this many seconds")] = 3600,
 ) -> None:
@@ -121,8 +121,9 @@ def _interrupted(cfg, batch_ids: list[str], here: bool) -> HoardError:
         how = "; ".join(f"{st.batch_id} stopped at step {st.step}: `hoard ingest --resume {st.batch_id} --here` "
                         "continues it" for st in left)
     else:
-        how = "; ".join(f"{st.batch_id} ({st.status} at step {st.step}) goes on in the worker: `hoard ingest "
-                        f"--status {st.batch_id}`" for st in left)
+        how = "; ".join(f"{st.batch_id} ({st.status} at step {st.step}) "
+                        + ("" if st.status == ua1.Status.FAILED.value else "goes on in the worker: ")
+                        + f"`hoard ingest --status {st.batch_id}`" for st in left)
     return HoardError("interrupted" + (f": {how}" if how else ""), ExitCode.INTERRUPTED)
 
 
