@@ -11,6 +11,7 @@ and the store's digests into a write-intent.
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -21,12 +22,16 @@ from adapters.sidecars import GalleryDl, Sidecar, YtDlp
 from adapters.social import Mastodon, Reddit, Twitter
 from fsd.errors import ExitCode, HoardError
 
-__all__ = ["FORMATS", "Adapter", "Asset", "BatchView", "File", "Parsed", "Record", "Reject", "UnknownSource",
-           "adapter_for", "display", "known_sources", "parse_batch", "quarantine", "screen"]
+__all__ = ["ALIASES", "FORMATS", "Adapter", "Asset", "BatchView", "File", "Parsed", "Record", "Reject", "UnknownSource",
+           "adapter_for", "canonical_source", "display", "known_sources", "parse_batch", "quarantine", "screen"]
 
 #: format name → adapter class; a source name that is a format name needs no configuration
 FORMATS: dict[str, type[Adapter]] = {a.format: a for a in (YtDlp, GalleryDl, Sidecar, CsvManifest,
                                                            Twitter, Reddit, Mastodon)}
+
+
+#: an alias (`yt-dlp`, `gallery-dl`) → the format it stands for; see `Adapter.aliases`
+ALIASES: dict[str, str] = {a: f for f, cls in FORMATS.items() for a in cls.aliases}
 
 
 class UnknownSource(HoardError):
@@ -34,17 +39,30 @@ class UnknownSource(HoardError):
 
 
 def known_sources(configured: Mapping[str, str]) -> dict[str, str]:
-    """Every source name `hoard ingest --source` accepts → its format."""
+    """Every source name `hoard ingest --source` accepts → its format (aliases aside)."""
     return {**{f: f for f in FORMATS}, **dict(configured)}
 
 
-def adapter_for(source: str, configured: Mapping[str, str]) -> Adapter:
+def canonical_source(source: str, configured: Mapping[str, str]) -> str:
+    """The source name a batch is recorded under: `source` itself when it is known, the
+    format an alias stands for (`yt-dlp` → `ytdlp`; a [sources] entry of the same name wins).
+
+    Raises UnknownSource naming the closest known names and every known one."""
     known = known_sources(configured)
-    fmt = known.get(source)
-    if fmt is None:
-        raise UnknownSource(f"unknown source {source!r}; known: {', '.join(sorted(known))}. A new site that "
-                            f"uses one of the formats ({', '.join(FORMATS)}) needs a line "
-                            f"`{source} = \"<format>\"` under [sources] in hoard.toml")
+    if source in known:
+        return source
+    if source in ALIASES:
+        return ALIASES[source]
+    close = difflib.get_close_matches(source, [*known, *ALIASES], n=3, cutoff=0.6)
+    hint = ", ".join(dict.fromkeys(ALIASES.get(c, c) for c in close))
+    raise UnknownSource(f"unknown source {source!r}; " + (f"did you mean {hint}? " if hint else "")
+                        + f"known: {', '.join(sorted(known))}. A new site that uses one of the formats "
+                        f"({', '.join(FORMATS)}) needs a line `{source} = \"<format>\"` under [sources] in hoard.toml")
+
+
+def adapter_for(source: str, configured: Mapping[str, str]) -> Adapter:
+    source = canonical_source(source, configured)
+    fmt = known_sources(configured)[source]
     if fmt not in FORMATS:
         raise UnknownSource(f"source {source!r} has format {fmt!r} in hoard.toml; formats: {', '.join(FORMATS)}")
     return FORMATS[fmt](source)
@@ -58,8 +76,8 @@ def parse_batch(root: Path, adapter: Adapter, settle_s: float = 0.0) -> tuple[Pa
     rejected = {p for r in parsed.rejects for p in r.paths}
     stray = sorted(set(view.files) - parsed.claimed - rejected)
     for rel in stray:
-        parsed.reject(f"not described by any {adapter.format} metadata in the batch; add its metadata or "
-                      "drop it with the right --source", rel)
+        parsed.reject(f"not described by any {adapter.format} metadata in the batch; add its metadata, or "
+                      "drop it again in a new batch (a new directory name) with the right source", rel)
     # a file both claimed and rejected (e.g. media of a rejected sidecar also named elsewhere) stays rejected
     parsed.claimed -= {p for r in parsed.rejects for p in r.paths}
     return parsed, view

@@ -159,6 +159,9 @@ class Adapter:
 
     format: ClassVar[str]
     description: ClassVar[str] = ""
+    #: other names people write for this format (the scraper's own command name, e.g. `yt-dlp`);
+    #: a batch signalled with one is recorded under `format`, so its assets keep one identity
+    aliases: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, source: str) -> None:
         self.source = source

@@ -41,6 +41,7 @@ def _load(batch: BatchView, parsed: Parsed, rel: str, also: list[str]) -> dict[s
 
 class YtDlp(Adapter):
     format = "ytdlp"
+    aliases = ("yt-dlp",)
     description = "yt-dlp --write-info-json: <name>.info.json beside <name>.<ext>"
     _EXCLUDE = frozenset({"formats", "thumbnails", "requested_formats", "automatic_captions", "subtitles",
                           "heatmap", "http_headers", "fragments", "requested_downloads", "chapters",
@@ -151,6 +152,7 @@ class _PairedSidecars(Adapter):
 
 class GalleryDl(_PairedSidecars):
     format = "gallery_dl"
+    aliases = ("gallery-dl",)
     description = "gallery-dl --write-metadata: <file>.<ext>.json beside <file>.<ext>"
     _EXCLUDE = frozenset({"title", "description", "date", "user", "author", "uploader", "owner", "view_count", "views"})
 

@@ -129,6 +129,8 @@ def collect(cfg: Settings) -> dict[str, Any]:
     for f in report["ingest"]["failed"]:
         problems.append(f"ingest {f['batch_id']}: failed at {f['step']}: {f['error']}; after fixing it, "
                         f"`hoard ingest --resume {f['batch_id']}`")
+    for r in report["ingest"]["refused"] + report["ingest"]["stalled"]:  # never a silent skip or stall
+        problems.append(f"ingest {r['batch_id']}: {r['reason']}")
     if not store["ok"]:
         problems.append(f"store: {store['error']}")
     else:

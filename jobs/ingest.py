@@ -5,11 +5,16 @@
 
 Steps and their queues (each idempotent by batch id, so a retry or a crash resumes):
 
-    scan     ingest       screen + parse (adapter), quarantine rejects, save the records
+    scan     ingest       screen + parse (adapter), quarantine rejects, save the records (no file
+                          accepted: the batch fails and nothing moves)
     store    io           put the good files into S01 (dedup, write_ack replicas)
     apply    sql          one write-intent `ingest:<batch>` (S05); a schema proposal for a new source
     package  io           tar parts + manifest in 3B/<batch>/; manifest also stored in S01
     finish   maintenance  check every file is stored, empty 3A/<batch>, event + report
+
+A batch whose signal cannot be taken (an unreadable or empty `_READY`, an unknown source, an
+id ingested before) is refused by name; `hoard ingest` sets its `_READY` aside as
+`_READY.rejected` with a `_REASON.txt`, and `hoard health` lists it until a person acts.
 
 State lives in `<ssd.root>/state/ingest/<batch>.json` (status, steps done, report), written
 atomically after every step; `hoard ingest --status BATCH` and `hoard health` read it.
@@ -18,21 +23,29 @@ atomically after every step; `hoard ingest --status BATCH` and `hoard health` re
 from __future__ import annotations
 
 import contextlib
+import copy
 import datetime as dt
 import enum
 import fcntl
 import hashlib
+import itertools
 import json
 import os
 import re
 import shutil
+import signal
 import tarfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from adapters import Asset, File, Record, adapter_for, display, parse_batch, quarantine
+from rq import SimpleWorker
+from rq.exceptions import StopRequested
+from rq.worker import WorkerStatus
+
+from adapters import (Asset, File, Record, UnknownSource, adapter_for, canonical_source, display, parse_batch,
+                      quarantine)
 from fsd import config as config_mod
 from fsd.config import Settings
 from fsd.disks import atomic_write, fsync_dir
@@ -125,63 +138,201 @@ def ingest_status(cfg: Settings) -> dict[str, Any]:
     return {"batches": counts,
             "failed": [{"batch_id": s.batch_id, "step": s.step, "error": s.error} for s in states
                        if s.status == Status.FAILED.value],
-            "with_rejects": [s.batch_id for s in states if s.status == Status.DONE_WITH_REJECTS.value]}
+            "with_rejects": [s.batch_id for s in states if s.status == Status.DONE_WITH_REJECTS.value],
+            "refused": refused_batches(cfg),
+            "stalled": stalled_batches(cfg, [s for s in states if s.status in (Status.QUEUED.value,
+                                                                              Status.RUNNING.value)])}
+
+
+def stalled_batches(cfg: Settings, pending: list[BatchState]) -> list[dict[str, str]]:
+    """Queued or running batches that nothing will move: their step's job is gone from Redis
+    (restarted empty, flushed), was "started" by a worker that died, or waits on a queue no
+    worker serves. Empty when Redis does not answer: health reports Redis itself."""
+    import redis
+    from rq.exceptions import NoSuchJobError
+    from rq.job import Job
+
+    from jobs.queues import connect
+
+    if not pending or not cfg.redis_url:
+        return []
+    out = []
+    try:
+        conn = connect(cfg.redis_url)
+        idle = set(unserved_queues(conn))
+        for st in pending:
+            job_id = _job_id(st.batch_id, st.step)
+            try:
+                job_status = Job.fetch(job_id, connection=conn).get_status(refresh=True)
+            except NoSuchJobError:
+                job_status = None
+            if job_status == "started" and _running(conn, job_id):
+                continue
+            if job_status in ("queued", "scheduled", "deferred"):
+                if QUEUE_OF[st.step] not in idle:
+                    continue
+                why = (f"waits on the {QUEUE_OF[st.step]} queue, which no worker serves; start one with "
+                       f"`hoard worker`, or `hoard ingest --resume {st.batch_id} --here`")
+            else:
+                why = (f"no job runs its step (Redis lost it, or the worker running it died); "
+                       f"`hoard ingest --resume {st.batch_id}` queues it again")
+            out.append({"batch_id": st.batch_id, "reason": f"{st.status} at step {st.step} but {why}"})
+    except redis.RedisError:
+        return []
+    return out
 
 
 # -- submitting --------------------------------------------------------------------------
 
+#: where `hoard ingest` sets aside a signal it cannot take, and why (docs/adapters.md)
+REJECTED_SIGNAL = "_READY.rejected"
+REASON_FILE = "_REASON.txt"
+
+
+class SignalRefused(IngestError):
+    """This batch's signal cannot be taken as it is: an unreadable or empty `_READY`, an
+    unknown source in it, or a batch id that was ingested before. `hoard ingest` sets the
+    signal aside and goes on with the other batches."""
+
+    exit_code = ExitCode.DATA
+
+
 def submit(cfg: Settings, batch_dir: Path, source: str | None, redis_conn=None) -> BatchState:
-    """Check the batch and its source, record it, enqueue its next step; idempotent."""
-    zone3a = cfg.ssd.zone_path("3A").resolve()
-    batch_dir = Path(batch_dir).resolve()
+    """Check the batch and its source, record it, enqueue its next step; idempotent.
+
+    A finished batch whose directory is gone is returned as it is; one whose directory is
+    back (a new drop under the same id) is refused — it would otherwise never be ingested."""
+    batch_dir = _batch_dir(cfg, batch_dir)
     batch_id = batch_dir.name
-    if batch_dir.parent != zone3a:
-        raise IngestError(f"{batch_dir} is not a batch directory of zone 3A ({zone3a}/<batch_id>); "
-                          "move the batch there first — ingest takes it from the SSD, the scraper's landing zone")
-    if not BATCH_ID.match(batch_id):
-        raise IngestError(f"batch directory name {batch_id!r} is not a batch id (letters, digits, `.`, `_`, `-`, "
-                          "at most 128, starting with a letter or digit); rename the directory")
+    if source is not None:
+        source = canonical_source(source, cfg.sources)  # UnknownSource: a bad command line
     st = load_state(cfg, batch_id)
     if st is not None and st.finished:
+        if batch_dir.exists():
+            raise SignalRefused(_reused_id(cfg, st))
         return st
     if st is not None and st.step != "scan" and source in (None, st.source):
         source = st.source  # resuming after the scan: the directory may already be gone
     else:
         if not batch_dir.is_dir():
             raise IngestError(f"no batch directory {batch_dir}")
-        if source is None:
-            source = read_signal(batch_dir)
-    adapter_for(source, cfg.sources)  # UnknownSource names the known ones
+        source = source or read_signal(cfg, batch_dir)
+        for name in (REJECTED_SIGNAL, REASON_FILE):  # a new signal supersedes one set aside
+            (batch_dir / name).unlink(missing_ok=True)
+    adapter_for(source, cfg.sources)  # a [sources] entry naming a format that does not exist
+    before = copy.deepcopy(st)
     if st is None or st.source != source:
         st = BatchState(batch_id, source)
     st.status, st.error = Status.QUEUED.value, None
     save_state(cfg, st)
-    enqueue(cfg, st, redis_conn)
+    try:
+        enqueue(cfg, st, redis_conn)
+    except BaseException:
+        # nothing waits in Redis, so the state must not say "queued" (that would stall for ever)
+        if before is None:
+            (state_dir(cfg) / f"{batch_id}.json").unlink(missing_ok=True)
+        else:
+            save_state(cfg, before)
+        raise
     return st
 
 
-def read_signal(batch_dir: Path) -> str:
+def _batch_dir(cfg: Settings, batch_dir: Path) -> Path:
+    zone3a = cfg.ssd.zone_path("3A").resolve()
+    batch_dir = Path(batch_dir).resolve()
+    if batch_dir.parent != zone3a:
+        raise IngestError(f"{batch_dir} is not a batch directory of zone 3A ({zone3a}/<batch_id>); "
+                          "move the batch there first — ingest takes it from the SSD, the scraper's landing zone")
+    if not BATCH_ID.match(batch_dir.name):
+        raise IngestError(f"batch directory name {batch_dir.name!r} is not a batch id (letters, digits, `.`, `_`, "
+                          "`-`, at most 128, starting with a letter or digit); rename the directory")
+    return batch_dir
+
+
+def _reused_id(cfg: Settings, st: BatchState) -> str:
+    """Why a batch dropped again under a finished batch's id is refused, and the new name to give it.
+
+    Refused, not renamed for the person: the id is how they find the batch in reports, the
+    mount and the database, so they choose it (docs/adapters.md, "Re-used batch ids")."""
+    zone3a = cfg.ssd.zone_path("3A")
+    free = next(f"{st.batch_id}.{n}" for n in itertools.count(2)
+                if load_state(cfg, f"{st.batch_id}.{n}") is None and not (zone3a / f"{st.batch_id}.{n}").exists())
+    when = str(st.report.get("finished_at") or st.updated)[:10]
+    return (f"batch {st.batch_id} was already ingested on {when} ({st.status}), so this new drop under the same "
+            f"id is not ingested; rename the directory (e.g. `mv {zone3a / st.batch_id} {zone3a / free}`) and "
+            "ingest it under the new id")
+
+
+def read_signal(cfg: Settings, batch_dir: Path) -> str:
+    """The source a batch's `_READY` names, as it is recorded (an alias resolved)."""
     sig = batch_dir / SIGNAL
     if not sig.exists():
         raise IngestError(f"{batch_dir} has no {SIGNAL} file; name the source with --source or write it into "
                           f"{sig}")
-    words = sig.read_text(errors="replace").split()
+    try:
+        words = sig.read_text(errors="replace").split()
+    except OSError as e:
+        raise SignalRefused(f"{sig} cannot be read ({e.strerror or e}); write it again as a file holding the "
+                            f"source name (e.g. `echo ytdlp > {sig}`)") from None
     if not words:
-        raise IngestError(f"{sig} is empty; write the batch's source name into it (e.g. `echo ytdlp > {sig}`)")
-    return words[0]
+        raise SignalRefused(f"{sig} is empty; write the batch's source name into it (e.g. `echo ytdlp > {sig}`)")
+    try:
+        return canonical_source(words[0], cfg.sources)
+    except UnknownSource as e:
+        raise SignalRefused(f"{sig}: {e.message}") from None
+
+
+def set_signal_aside(batch_dir: Path, reason: str) -> str:
+    """Rename a refused `_READY` to `_READY.rejected` beside a `_REASON.txt`, so the timer's
+    `--ready` does not refuse it again every 30 s while `hoard health` keeps showing it.
+    Returns the sentence to add to the reason: how to signal the batch again."""
+    os.replace(batch_dir / SIGNAL, batch_dir / REJECTED_SIGNAL)
+    atomic_write(batch_dir / REASON_FILE, f"{_now()}\t{reason}\n".encode())
+    return (f"its signal was set aside as {batch_dir / REJECTED_SIGNAL} (reason in {REASON_FILE}); once fixed, "
+            f"write {SIGNAL} again")
 
 
 def ready_batches(cfg: Settings) -> list[Path]:
-    """Batch directories of 3A with a `_READY` signal that were never queued (a failed one
-    waits for a person's `--resume`, so a timer does not retry it in a loop)."""
-    zone3a = cfg.ssd.zone_path("3A")
+    """Batch directories of 3A with a `_READY` signal that were never queued, or whose id was
+    ingested before (submit refuses those by name). A failed one waits for a person's
+    `--resume`, so a timer does not retry it in a loop."""
     out = []
-    for d in sorted(zone3a.iterdir()) if zone3a.is_dir() else []:
-        if d.is_dir() and not d.name.startswith("_") and (d / SIGNAL).exists():
+    for d in _signalled_dirs(cfg):
+        if (d / SIGNAL).exists():
             st = load_state(cfg, d.name)
-            if st is None:
+            if st is None or st.finished:
                 out.append(d)
     return out
+
+
+def refused_batches(cfg: Settings) -> list[dict[str, str]]:
+    """3A batches whose signal no step will take until a person acts: a signal set aside
+    (`_READY.rejected`), or a `_READY` that `--ready` would refuse (checked the same way)."""
+    out = []
+    for d in _signalled_dirs(cfg):
+        if (d / SIGNAL).exists():
+            st = load_state(cfg, d.name)
+            try:
+                if st is not None and st.finished:
+                    raise SignalRefused(_reused_id(cfg, st))
+                if st is None:
+                    read_signal(cfg, d)
+            except SignalRefused as e:
+                out.append({"batch_id": d.name, "reason": e.message})
+        elif (d / REJECTED_SIGNAL).exists():
+            try:
+                why = (d / REASON_FILE).read_text(errors="replace").strip().split("\t", 1)[-1]
+            except OSError:
+                why = "its signal was refused"
+            out.append({"batch_id": d.name, "reason": f"{why}; {d / REJECTED_SIGNAL} waits: once fixed, "
+                                                      f"write {SIGNAL} again"})
+    return out
+
+
+def _signalled_dirs(cfg: Settings) -> list[Path]:
+    zone3a = cfg.ssd.zone_path("3A")
+    return [d for d in (sorted(zone3a.iterdir()) if zone3a.is_dir() else [])
+            if d.is_dir() and not d.name.startswith("_") and ((d / SIGNAL).exists() or (d / REJECTED_SIGNAL).exists())]
 
 
 def _job_id(batch_id: str, step: str) -> str:
@@ -219,6 +370,16 @@ def _running(conn, job_id: str) -> bool:
     from rq import Worker
 
     return any(w.get_current_job_id() == job_id and _alive(w) for w in Worker.all(connection=conn))
+
+
+def unserved_queues(conn) -> list[str]:
+    """The hoardfs queues no live worker serves: a batch queued there waits until one starts."""
+    from rq import Worker
+
+    from jobs.queues import QUEUES
+
+    served = {q for w in Worker.all(connection=conn) if _alive(w) for q in w.queue_names()}
+    return [q for q in QUEUES if q not in served]
 
 
 def _alive(worker) -> bool:
@@ -276,10 +437,14 @@ def _run_step_locked(cfg: Settings, batch_id: str, step: str) -> dict[str, Any]:
             _STEPS[step](cfg, st)
             st.done.append(step)
         st.seconds[step] = round(st.seconds.get(step, 0) + time.monotonic() - t0, 3)
-    except Exception as e:
+    except BaseException as e:
+        # an interruption too (Ctrl-C under `--here`, RQ's cold shutdown): a batch left
+        # "running" with nobody running it would look busy for ever, while "failed" shows in
+        # `hoard health` with the step and the way on
         st.status = Status.FAILED.value
-        st.error = _explain(e)
-        st.seconds[step] = round(time.monotonic() - t0, 3)
+        st.error = (_explain(e) if isinstance(e, Exception) else
+                    f"interrupted during step {step}; `hoard ingest --resume {batch_id}` runs it again")
+        st.seconds[step] = round(st.seconds.get(step, 0) + time.monotonic() - t0, 3)
         save_state(cfg, st)
         raise
     nxt = STEPS.index(step) + 1
@@ -310,15 +475,54 @@ def _explain(e: Exception) -> str:
 
 
 def work_here(cfg: Settings, redis_conn=None) -> None:
-    """Run queued hoardfs jobs in this process until the queues are empty (`--here`)."""
-    from rq import Queue, SimpleWorker
+    """Run queued hoardfs jobs in this process until the queues are empty (`--here`).
+
+    Raises KeyboardInterrupt within moments of a Ctrl-C (or SIGTERM), the step under way cut
+    short and recorded as interrupted; the process's own signal handlers are put back after."""
+    from rq import Queue
 
     from jobs.queues import QUEUES, connect
 
     assert cfg.redis_url
     conn = redis_conn or connect(cfg.redis_url)
-    SimpleWorker([Queue(q, connection=conn) for q in QUEUES], connection=conn).work(
-        burst=True, logging_level="WARNING")
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    worker = _HereWorker([Queue(q, connection=conn) for q in QUEUES], connection=conn)
+    try:
+        worker.work(burst=True, logging_level="WARNING")
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
+    if worker.interrupted:
+        raise KeyboardInterrupt
+
+
+class _HereWorker(SimpleWorker):
+    """RQ's SimpleWorker answers Ctrl-C with a warm shutdown: the step under way (hours for a
+    large batch) runs to its end, and RQ's handlers stay installed after `work()` returns, so
+    a second Ctrl-C raised SystemExit — exit 0. Here Ctrl-C stops the step at once (steps are
+    idempotent: `--resume` runs it again) and the caller puts its own handlers back."""
+
+    interrupted = False
+
+    def _install_signal_handlers(self) -> None:
+        signal.signal(signal.SIGINT, self._interrupt)
+        signal.signal(signal.SIGTERM, self._interrupt)
+
+    def _interrupt(self, signum, frame) -> None:
+        if self.interrupted:
+            return  # already stopping: a second Ctrl-C must not cut short the recording of the first
+        self.interrupted = self._stop_requested = True
+        if self.get_state() == WorkerStatus.BUSY:
+            raise KeyboardInterrupt  # unwinds the job; run_step records it
+        raise StopRequested  # between jobs: the work loop ends quietly
+
+    def handle_exception(self, job, *exc_info) -> None:
+        # a user error or an interruption is one line in the batch's state, which the CLI
+        # prints; only a bug deserves RQ's traceback on the person's terminal
+        if isinstance(exc_info[1], (HoardError, KeyboardInterrupt)):
+            self.log.debug("job %s: %s", job.id, exc_info[1])
+            return
+        super().handle_exception(job, *exc_info)
 
 
 # -- steps --------------------------------------------------------------------------------
@@ -331,16 +535,28 @@ def _step_scan(cfg: Settings, st: BatchState) -> None:
                           f"{st.batch_id}` says so — otherwise drop the batch again")
     adapter = adapter_for(st.source, cfg.sources)
     parsed, view = parse_batch(root, adapter, cfg.ingest.settle_s)
-    quarantine(zone3a, st.batch_id, parsed.rejects)
     files = {rel: view.files[rel] for rel in sorted(parsed.claimed)}
-    atomic_write(_work(cfg, st.batch_id, "records"),
-                 json.dumps({"files": files, "records": [_rec_json(r) for r in parsed.records]}).encode())
     st.report.update({"format": adapter.format, "files_seen": len(view.files) + sum(
         len(r.paths) for r in parsed.rejects if r.paths and r.paths[0] not in view.files),
         "files_accepted": len(files), "records": len(parsed.records),
         "rejected": [{"path": display(p) if p else None, "reason": r.reason}
-                     for r in parsed.rejects for p in (r.paths or [""])],
-        "quarantine": str(zone3a / "_quarantine" / st.batch_id) if parsed.rejects else None})
+                     for r in parsed.rejects for p in (r.paths or [""])], "quarantine": None})
+    if not files:
+        _nothing_accepted(st, root, "accepted", st.report["rejected"])  # --status lists every reason
+    quarantine(zone3a, st.batch_id, parsed.rejects)
+    if parsed.rejects:
+        st.report["quarantine"] = str(zone3a / "_quarantine" / st.batch_id)
+    atomic_write(_work(cfg, st.batch_id, "records"),
+                 json.dumps({"files": files, "records": [_rec_json(r) for r in parsed.records]}).encode())
+
+
+def _nothing_accepted(st: BatchState, root: Path, what: str, rejected: list[dict[str, Any]]) -> None:
+    """Fail a batch none of whose files got through, before they move: a wholly wrong
+    `--source` then costs a re-run, not a batch scattered into quarantine and reported done."""
+    example = f", e.g. {rejected[0]['path'] or '-'}: {rejected[0]['reason']}" if rejected else ""
+    raise HoardError(f"no file of batch {st.batch_id} was {what} ({len(rejected)} rejected{example}); they stay "
+                     f"in {root}. If the source is wrong, `hoard ingest {root} --source NAME`; otherwise fix the "
+                     f"files, then `hoard ingest --resume {st.batch_id}`", ExitCode.DATA)
 
 
 def _step_store(cfg: Settings, st: BatchState) -> None:
@@ -366,6 +582,8 @@ def _step_store(cfg: Settings, st: BatchState) -> None:
         new += res.status == "new"
         existing += res.status == "existing"
         bytes_new += res.size if res.status == "new" else 0
+    if not stored:
+        _nothing_accepted(st, root, "stored", [{"path": display(rel), "reason": why} for rel, why in late])
     if late:
         from adapters import Reject
 

@@ -271,8 +271,6 @@ def test_json_output_parses(world) -> None:
             "put", "gc"} <= set(_json_commands())
     failures = []
     for command in _json_commands():
-        if command == "ingest":
-            continue  # MERGE-NOTE: ingest's --json is being reworked on branch ingestid
         res = _run(world["home"] / "hoard.toml", _args(command, world) + ["--json"])
         if res.returncode not in (0, 4):
             continue  # a refusal (e.g. rebuild of an unknown disk) is checked by the other tests

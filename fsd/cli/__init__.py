@@ -179,7 +179,7 @@ def worker(
     """Run an RQ worker on the hoardfs queues."""
     from rq import Queue, Worker
 
-    from jobs.queues import QUEUES, connect
+    from jobs.queues import QUEUES, connect, redis_required
 
     names = [q.strip() for q in queues.split(",") if q.strip()]
     unknown = [q for q in names if q not in QUEUES]
@@ -187,8 +187,9 @@ def worker(
         raise HoardError(f"unknown queue(s) {', '.join(unknown)}; allowed: {', '.join(QUEUES)}", ExitCode.USAGE)
     cfg = state(ctx).settings
     assert cfg.redis_url
-    conn = connect(cfg.redis_url)
-    Worker([Queue(n, connection=conn) for n in names], connection=conn).work(burst=burst)
+    with redis_required(cfg.redis_url):
+        conn = connect(cfg.redis_url)
+        Worker([Queue(n, connection=conn) for n in names], connection=conn).work(burst=burst)
 
 
 @app.command()

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import signal
 import time
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from rich.markup import escape
 
 from fsd.cli._common import err, out, state
 from fsd.errors import ExitCode, HoardError
@@ -21,7 +23,7 @@ def ingest(
     wait: Annotated[bool, typer.Option(help="wait until each batch is done and print its report")] = False,
     here: Annotated[bool, typer.Option("--here", help="run the queued jobs in this process (no worker needed)")] = False,
     status: Annotated[Optional[str], typer.Option("--status", metavar="BATCH", help="show a batch's state and report")] = None,
-    resume: Annotated[Optional[str], typer.Option("--resume", metavar="BATCH", help="re-queue a failed batch at the step that failed")] = None,
+    resume: Annotated[Optional[str], typer.Option("--resume", metavar="BATCH", help="re-queue a batch at its step (after a failure, Ctrl-C or a lost job)")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="reports as JSON")] = False,
     timeout: Annotated[float, typer.Option(help="--wait gives up after this many seconds")] = 3600,
 ) -> None:
@@ -29,9 +31,12 @@ def ingest(
 
     Runs as RQ jobs on the ingest/io/sql/maintenance queues (`hoard worker`, or --here).
     Bad files go to 3A/_quarantine/<batch>/ with _REASONS.txt; the batch then ends
-    "done with rejects" (exit 5 with --wait/--here).
+    "done with rejects" (exit 5 with --wait/--here). A batch that cannot be taken (a bad
+    _READY, an id ingested before) is named on stderr and the others go on (exit 5).
     """
+    from adapters import canonical_source
     from jobs import ingest as ua1
+    from jobs.queues import redis_required
 
     cfg = state(ctx).settings
     if status:
@@ -43,6 +48,8 @@ def ingest(
         if st.status == ua1.Status.FAILED.value:
             raise typer.Exit(ExitCode.DATA)
         return
+    if source is not None:
+        source = canonical_source(source, cfg.sources)  # a bad --source stops everything, before anything queues
     zone3a = cfg.ssd.zone_path("3A")
     dirs = list(batch_dirs or [])
     if resume:
@@ -55,29 +62,69 @@ def ingest(
             return
         raise HoardError("name batch directories of zone 3A, or --ready, --status BATCH, --resume BATCH",
                          ExitCode.USAGE)
-    submitted = [ua1.submit(cfg, d, source) for d in dirs]
-    for st in submitted:
-        out.print(f"{st.batch_id}: {st.status}" + ("" if st.finished else f" (next step: {st.step})"))
-    if here:
-        ua1.work_here(cfg)
-    elif wait and not _has_worker(cfg):
-        err.print("[yellow]no worker serves the ingest queue; start `hoard worker` (systemd: hoard-worker@ingest) "
-                  "or use --here[/]")
-    if not (wait or here):
-        return
-    final = [_wait(cfg, st.batch_id, timeout) for st in submitted]
-    for st in final:
-        _show(st, as_json)
-    if any(st.status != ua1.Status.DONE.value for st in final):
-        raise typer.Exit(ExitCode.DATA)
+    assert cfg.redis_url
+    with redis_required(cfg.redis_url):
+        try:
+            code = _ingest(cfg, dirs, source, wait=wait, here=here, as_json=as_json, timeout=timeout)
+        except KeyboardInterrupt:
+            # stopping now: another Ctrl-C while the message is written would kill the process
+            # by SIGINT instead of the documented exit 130
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            raise _interrupted(cfg, [Path(d).name for d in dirs], here) from None
+    if code:
+        raise typer.Exit(code)
 
 
-def _has_worker(cfg) -> bool:
-    from rq import Worker
-
+def _ingest(cfg, dirs: list[Path], source: str | None, *, wait: bool, here: bool, as_json: bool,
+            timeout: float) -> int:
+    """Submit each batch on its own, run or wait for them; the exit code (0 when all is done)."""
+    from jobs import ingest as ua1
     from jobs.queues import connect
 
-    return any("ingest" in w.queue_names() for w in Worker.all(connection=connect(cfg.redis_url)))
+    submitted, codes = [], []
+    for d in dirs:
+        try:
+            submitted.append(ua1.submit(cfg, d, source))
+        except HoardError as e:  # this batch's problem: name it, go on with the others
+            message = e.message
+            if isinstance(e, ua1.SignalRefused) and (Path(d) / ua1.SIGNAL).exists():
+                message += "; " + ua1.set_signal_aside(Path(d), e.message)
+            err.print(f"[bold red]hoard: {escape(Path(d).name)}:[/] {escape(message)}")
+            codes.append(e.exit_code)
+    for st in submitted:
+        out.print(f"{st.batch_id}: {st.status}" + ("" if st.finished else f" (next step: {st.step})"))
+    pending = [st.batch_id for st in submitted if not st.finished]
+    if here and pending:
+        ua1.work_here(cfg)
+    elif pending and (idle := ua1.unserved_queues(connect(cfg.redis_url))):
+        advice = (f"no worker serves the {', '.join(idle)} queue(s), so {', '.join(pending)} wait(s) in Redis: "
+                  "start one with `hoard worker` (systemd: hoard-worker@…), or run the jobs here with "
+                  f"`hoard ingest --resume {pending[0]} --here`")
+        if wait:
+            raise HoardError(advice, ExitCode.UNAVAILABLE)
+        err.print(f"[yellow]{escape(advice)}[/]")
+    if wait or here:
+        final = [_wait(cfg, st.batch_id, timeout) for st in submitted]
+        for st in final:
+            _show(st, as_json)
+        if any(st.status != ua1.Status.DONE.value for st in final):
+            codes.append(ExitCode.DATA)
+    return max(codes, default=ExitCode.OK)
+
+
+def _interrupted(cfg, batch_ids: list[str], here: bool) -> HoardError:
+    """Ctrl-C: say where each unfinished batch stands and how it goes on (exit 130)."""
+    from jobs import ingest as ua1
+
+    left = [st for st in (ua1.load_state(cfg, b) for b in batch_ids) if st is not None and not st.finished]
+    if here:
+        how = "; ".join(f"{st.batch_id} stopped at step {st.step}: `hoard ingest --resume {st.batch_id} --here` "
+                        "continues it" for st in left)
+    else:
+        how = "; ".join(f"{st.batch_id} ({st.status} at step {st.step}) "
+                        + ("" if st.status == ua1.Status.FAILED.value else "goes on in the worker: ")
+                        + f"`hoard ingest --status {st.batch_id}`" for st in left)
+    return HoardError("interrupted" + (f": {how}" if how else ""), ExitCode.INTERRUPTED)
 
 
 def _wait(cfg, batch_id: str, timeout: float):
@@ -127,4 +174,5 @@ def _show(st, as_json: bool) -> None:
     for rej in r.get("rejected", [])[:20]:
         out.print(f"  [yellow]rejected[/] {rej['path'] or '-'}: {rej['reason']}")
     if len(r.get("rejected", [])) > 20:
-        out.print(f"  … {len(r['rejected']) - 20} more in {r.get('quarantine')}/_REASONS.txt")
+        where = f"{r['quarantine']}/_REASONS.txt" if r.get("quarantine") else "`--json`"
+        out.print(f"  … {len(r['rejected']) - 20} more in {where}")
