@@ -58,7 +58,10 @@ def ingest(
         dirs += ua1.ready_batches(cfg)
     if not dirs:
         if ready:
-            out.print(f"no batch with a {ua1.SIGNAL} signal waits in {zone3a}")
+            if as_json:
+                out.print(json.dumps({"submitted": []}), markup=False)
+            else:
+                out.print(f"no batch with a {ua1.SIGNAL} signal waits in {zone3a}")
             return
         raise HoardError("name batch directories of zone 3A, or --ready, --status BATCH, --resume BATCH",
                          ExitCode.USAGE)
@@ -91,8 +94,9 @@ def _ingest(cfg, dirs: list[Path], source: str | None, *, wait: bool, here: bool
                 message += "; " + ua1.set_signal_aside(Path(d), e.message)
             err.print(f"[bold red]hoard: {escape(Path(d).name)}:[/] {escape(message)}")
             codes.append(e.exit_code)
-    for st in submitted:
-        out.print(f"{st.batch_id}: {st.status}" + ("" if st.finished else f" (next step: {st.step})"))
+    for st in submitted:  # with --json, the reports printed at the end are the output
+        if not as_json:
+            out.print(f"{st.batch_id}: {st.status}" + ("" if st.finished else f" (next step: {st.step})"))
     pending = [st.batch_id for st in submitted if not st.finished]
     if here and pending:
         ua1.work_here(cfg)
@@ -103,6 +107,9 @@ def _ingest(cfg, dirs: list[Path], source: str | None, *, wait: bool, here: bool
         if wait:
             raise HoardError(advice, ExitCode.UNAVAILABLE)
         err.print(f"[yellow]{escape(advice)}[/]")
+    if as_json and not (wait or here):
+        for st in submitted:
+            _show(st, True)
     if wait or here:
         final = [_wait(cfg, st.batch_id, timeout) for st in submitted]
         for st in final:
@@ -146,7 +153,7 @@ def _show(st, as_json: bool) -> None:
     from dataclasses import asdict
 
     if as_json:
-        out.print(json.dumps(asdict(st), indent=1, default=str))
+        out.print(json.dumps(asdict(st), default=str), markup=False)  # one line per batch
         return
     r = st.report
     color = {"done": "green", "done with rejects": "yellow", "failed": "red"}.get(st.status, "cyan")
