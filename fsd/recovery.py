@@ -66,8 +66,16 @@ def recover_orphans(store: Store) -> list[str]:
     return done
 
 
-def _valid_prefix(disk: LocalDisk, shard_hex: str) -> list[fmt.RecordInfo]:
+def _valid_prefix(disk: LocalDisk, shard_hex: str) -> list[fmt.RecordInfo] | None:
+    """The replica's verified records from the start; None when not even its header is there
+    (a power cut before the first fsync leaves a file of zeros, or an empty one)."""
     size = disk.size(shard_hex)
+    try:
+        header = fmt.decode_shard_header(disk.read_at(shard_hex, 0, fmt.SHARD_HEADER_SIZE))
+    except fmt.ShardFormatError:
+        return None
+    if header.shard_id.hex() != shard_hex:
+        return None
     out = []
     try:
         for rec in fmt.scan_records(lambda off, n: disk.read_at(shard_hex, off, n), size, sealed=False):
@@ -85,7 +93,9 @@ def _sealed_records(disk: LocalDisk, shard_hex: str) -> list[fmt.RecordInfo] | N
     return fmt.decode_footer(lambda off, n: disk.read_at(shard_hex, off, n), path.stat().st_size)
 
 
-def _end(records: list[fmt.RecordInfo]) -> int:
+def _end(records: list[fmt.RecordInfo] | None) -> int:
+    if records is None:
+        return 0  # no valid header: holds nothing
     return records[-1].end if records else fmt.SHARD_HEADER_SIZE
 
 
@@ -106,7 +116,9 @@ def set_aside(disk: LocalDisk, shard_hex: str, why: str) -> str:
 
 
 def _recover(store: Store, meta: ShardMeta) -> bool:
-    indexed_end = max(meta.size, fmt.SHARD_HEADER_SIZE)
+    # the end of what the index acknowledges; 0 when no group was ever committed (the writer
+    # sets `size` only in a commit's transaction), so a replica without even a header is fine
+    indexed_end = meta.size if meta.size > fmt.SHARD_HEADER_SIZE else 0
     found: dict[str, tuple[list[fmt.RecordInfo], bool]] = {}  # uuid → (verified records, already sealed)
     absent = unreachable = 0
     for uuid in meta.replicas:
@@ -124,7 +136,7 @@ def _recover(store: Store, meta: ShardMeta) -> bool:
             found[uuid] = (done, True) if done is not None else (_valid_prefix(disk, meta.hex), False)
         except (OSError, fmt.ShardFormatError) as e:
             store.disk_error(disk, "recovery", e, meta.hex)
-    if not found and absent == len(meta.replicas) and indexed_end == fmt.SHARD_HEADER_SIZE:
+    if not found and absent == len(meta.replicas) and indexed_end == 0:
         store.index.drop_shard(meta.shard_id)  # nothing was ever written, so nothing was indexed
         return True
     if not found:
@@ -144,6 +156,12 @@ def _recover(store: Store, meta: ShardMeta) -> bool:
     # the kept replicas must end up identical: a replica sealed before the crash fixes the end,
     # else the shortest verified end among the good ones (every good one holds those bytes)
     records = sealed_ones[0] if sealed_ones else min(good.values(), key=_end)
+    if not records and indexed_end == 0:
+        # nothing was ever committed and no replica holds a verified record: nothing to keep
+        for uuid in found:
+            store.disks[uuid].delete(meta.hex)
+        store.index.drop_shard(meta.shard_id)
+        return True
     end = _end(records)
     for uuid, (recs, sealed) in found.items():
         if uuid in good and (_end(recs) >= end if not sealed else _end(recs) == end):

@@ -147,7 +147,7 @@ def lab_factory() -> Iterator:
 
 
 def write_config(root: Path, disks: list[tuple[str, Path, float | None]], allow_dirs: bool = True,
-                 **store: object) -> Path:
+                 ssd_root: Path | None = None, **store: object) -> Path:
     """A hoard.toml under `root` for store tests (no servers needed: they are not contacted)."""
     lines = ['database_url = "postgresql:///unused_test"', 'redis_url = "redis://localhost:1/0"', "", "[store]",
              f"allow_directory_disks = {'true' if allow_dirs else 'false'}"]
@@ -156,7 +156,7 @@ def write_config(root: Path, disks: list[tuple[str, Path, float | None]], allow_
         lines += ["", "[[disks]]", f'label = "{label}"', f'path = "{path}"']
         if cap is not None:
             lines.append(f"capacity_gb = {cap}")
-    lines += ["", "[ssd]", f'root = "{root / "ssd"}"']
+    lines += ["", "[ssd]", f'root = "{ssd_root or root / "ssd"}"']
     for z in ("3A", "3B", "3C", "3D"):
         lines += [f"[ssd.zones.{z}]", "quota_gb = 1"]
     cfg = root / "hoard.toml"

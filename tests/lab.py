@@ -13,6 +13,17 @@ writing); `vanish(label)` lazily unmounts it, leaving an empty directory (a disk
 dropped off the bus). `close()` always detaches and removes everything, and
 `sweep_stale()` cleans up after a lab whose process was killed.
 
+Power cuts (`power_cut`, `mount_cut`): kill -9 is no power cut — the page cache survives
+it, so fsync ordering is never tested. With `direct_io=True` the loop devices write their
+images with O_DIRECT: what a lab filesystem has handed to its "disk" is in the image file,
+its dirty page cache is not. `power_cut()` copies every image (sparse) as it is at that
+moment — the platters after the power died — and `mount_cut()` mounts the copies on fresh
+loop devices (ext4 replays its journal, as after a reboot). The caller stops the writing
+process (SIGSTOP) around the copy so every disk is cut at the same instant of the program;
+writeback the kernel still does meanwhile, or a copy that races a write, is a crash state
+real disks produce too (any unsynced write may or may not have landed). What is not
+modelled: a drive that lies about flushes, and torn sectors inside one write.
+
 Used by tests (the `lab` fixtures in conftest.py) and by benchmarks in bench/.
 """
 
@@ -178,8 +189,46 @@ class Lab:
         """The disk drops off: lazy unmount, an empty directory stays behind."""
         _sh("umount", "-l", str(self.disks[label].mountpoint))
 
+    # -- power cuts -----------------------------------------------------------------
+    def power_cut(self, name: str) -> Path:
+        """Copy every disk image as it is now (what survives a power cut: only what reached the
+        'platter'); returns the directory holding the copies. Needs `direct_io=True`."""
+        assert self.direct_io, "a power cut needs direct-IO loops: buffered ones keep writes in the image's cache"
+        dest = self.root / "cuts" / name
+        dest.mkdir(parents=True)
+        for d in self.disks.values():
+            # dd reads every block (a SEEK_DATA-based copy can miss extents the loop device is
+            # just converting from unwritten); conv=sparse keeps the copy small
+            _sh("dd", f"if={d.image}", f"of={dest / d.image.name}", "bs=4M", "conv=sparse", "status=none")
+        return dest
+
+    def mount_cut(self, cut: Path) -> dict[str, Path]:
+        """Attach and mount the copies of a cut (journal replayed); label → mount point."""
+        mounts = {}
+        for img in sorted(cut.glob("*.img")):
+            device = _sh("losetup", "--find", "--show", str(img))
+            with (cut / "devices").open("a") as f:
+                f.write(device + "\n")
+            mnt = cut / "mnt" / img.stem
+            mnt.mkdir(parents=True)
+            _sh("mount", "-o", "noatime", device, str(mnt))
+            mounts[img.stem] = mnt
+        return mounts
+
+    def drop_cut(self, cut: Path) -> None:
+        """Unmount, detach and delete a cut's copies."""
+        for mnt in sorted((cut / "mnt").glob("*")) if (cut / "mnt").exists() else []:
+            subprocess.run(["umount", str(mnt)], capture_output=True)
+            subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+        devices = (cut / "devices").read_text().split() if (cut / "devices").exists() else []
+        for dev in devices:
+            subprocess.run(["losetup", "-d", dev], capture_output=True)
+        shutil.rmtree(cut, ignore_errors=True)
+
     # -- cleanup --------------------------------------------------------------------
     def close(self) -> None:
+        for cut in sorted((self.root / "cuts").glob("*")) if (self.root / "cuts").exists() else []:
+            self.drop_cut(cut)
         for d in self.disks.values():
             subprocess.run(["chattr", "-i", str(d.image)], capture_output=True)
             subprocess.run(["umount", "-l", str(d.mountpoint)], capture_output=True)
@@ -230,7 +279,7 @@ def sweep_stale() -> list[str]:
             continue
         for img in root.rglob("*.img"):
             subprocess.run(["chattr", "-i", str(img)], capture_output=True)
-        for mnt in sorted((root / "mnt").glob("*")):
+        for mnt in sorted((root / "mnt").glob("*")) + sorted(root.glob("cuts/*/mnt/*")):
             subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
         for dev in loops:
             if (dev.get("back-file") or "").startswith(str(root)):
