@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from fsd.cli._common import err, out, progress
+from fsd.cli._common import err, out, progress, state
 from fsd.errors import ExitCode
 
 
@@ -20,6 +20,9 @@ def verify(
     budget_s: Annotated[Optional[float], typer.Option(help="stop after this many seconds")] = None,
     batch: Annotated[Optional[str], typer.Option("--batch", help="only the shards holding this ingested batch")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="the report as JSON")] = False,
+    orphans: Annotated[bool, typer.Option("--orphans", help="instead: find shard files no index entry names "
+                                          "and set them aside (--repair deletes old ones)")] = False,
+    grace_h: Annotated[float, typer.Option("--grace-h", min=0, help="--orphans: leave files younger than this")] = 24,
 ) -> None:
     """Check replicas (xxh3-128, footers; --sha256 too), oldest-verified first.
 
@@ -27,6 +30,10 @@ def verify(
     """
     from fsd.cli.store import open_store
     from fsd.scrub import verify as run
+
+    if orphans:
+        _orphans(ctx, repair, grace_h * 3600, as_json)
+        return
 
     with open_store(ctx) as store, progress("verifying") as update:
         rep = run(store, sample, disk, sha256, repair, budget_s, batch=batch, progress=update)
@@ -42,4 +49,79 @@ def verify(
     if rep.unrepaired:
         if not repair:
             err.print("run `hoard verify --repair` to replace bad replicas from good ones")
+        raise typer.Exit(ExitCode.DATA)
+
+
+def _orphans(ctx: typer.Context, repair: bool, grace_s: float, as_json: bool) -> None:
+    from dataclasses import asdict
+
+    from fsd.cli.store import open_store
+    from fsd.orphans import sweep
+
+    with open_store(ctx) as store:
+        rep = sweep(store, repair, grace_s)
+    if as_json:
+        out.print(json.dumps(asdict(rep)), markup=False)
+    else:
+        out.print(f"{rep.found} shard files no index entry names ({rep.bytes / 1e6:.1f} MB): {len(rep.set_aside)} set "
+                  f"aside to <disk>/orphans/, {rep.too_young} younger than the grace period, {rep.writer_alive} still "
+                  f"being written, {len(rep.unindexed)} kept (they hold objects the index lacks); {rep.tmp_removed} "
+                  f"stale tmp files removed" + (f"; {len(rep.deleted)} old orphans deleted "
+                                                f"({rep.bytes_deleted / 1e6:.1f} MB)" if repair else ""), markup=False)
+        for line in rep.set_aside:
+            err.print(f"set aside: {line}", markup=False)
+    for line in rep.unindexed:
+        err.print(f"kept: {line}", markup=False)
+    if rep.unindexed:
+        raise typer.Exit(ExitCode.DATA)
+
+
+def check(
+    ctx: typer.Context,
+    as_json: Annotated[bool, typer.Option("--json", help="the report as JSON")] = False,
+    no_database: Annotated[bool, typer.Option("--no-database", help="only the index and the disks")] = False,
+) -> None:
+    """Do the index, the shards on the disks and the database agree? Names each disagreement.
+
+    Exit 5 when something disagrees (each on one line with what to do), 0 when all agree.
+    Changes nothing; `hoard verify` reads every byte, this reads the index, footers and sizes.
+    """
+    from dataclasses import asdict
+
+    from fsd.check import check as run
+    from fsd.cli.store import open_store
+
+    cfg = state(ctx).settings
+    conn = None
+    if not no_database:
+        import psycopg
+
+        try:
+            conn = psycopg.connect(cfg.database_url, autocommit=True, connect_timeout=10)
+        except psycopg.OperationalError as e:
+            err.print(f"database unreachable ({str(e).strip().splitlines()[0]}): checking the index and the disks "
+                      "only (--no-database says so up front)", markup=False)
+    try:
+        from sql.check import store_vs_database
+
+        with open_store(ctx, writable=False) as store:
+            rep = run(store, (lambda objs: store_vs_database(conn, objs)) if conn is not None else None)
+    finally:
+        if conn is not None:
+            conn.close()
+    if as_json:
+        out.print(json.dumps(asdict(rep) | {"ok": rep.ok}), markup=False)
+    else:
+        t = rep.totals
+        out.print(f"{t['objects']} objects in {t['shards']} shards ({t['sealed']} sealed), {t['replicas']} replicas; "
+                  + ", ".join(f"{k} {v / 1e6:.1f} MB" for k, v in sorted(t["bytes_per_disk"].items()))
+                  + f" — checked in {rep.seconds:.1f} s", markup=False)
+        for line in rep.notes:
+            out.print(f"note: {line}", markup=False)
+        for line in rep.problems:
+            err.print(f"disagrees: {line}", markup=False)
+        if rep.counts:
+            err.print("hoard: error: " + ", ".join(f"{n} {k}" for k, n in sorted(rep.counts.items()))
+                      + " — see the lines above", markup=False)
+    if not rep.ok:
         raise typer.Exit(ExitCode.DATA)

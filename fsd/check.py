@@ -1,0 +1,184 @@
+"""`hoard check`: do the index, the shards on the disks and the database agree?
+
+Like restic's `check` and git-annex's `fsck`, it reads what each side says and names every
+disagreement; it changes nothing. The invariants (docs/design.md, "What `hoard check`
+verifies"):
+
+1. every object entry points at a shard the index knows, inside the shard's bytes;
+2. a shard's replicas are registered disks, each listed once, and each replica file exists
+   on its disk with the size the index records (sealed shards);
+3. a sealed shard's footer lists exactly `records` records; the objects the index maps to
+   it are among them, and every object a footer names is in the index;
+4. each disk's `used_bytes` equals the size of the replica files the index puts there;
+5. deletion marks, chunk maps and extensions name objects that exist;
+6. every batch and view manifest is stored, and every file it names is in the index;
+7. (with the database) every physical node that is not deleted is in the store.
+
+Replicas below their class target and orphan files are reported as notes, not failures
+(`hoard replicate`, `hoard verify --orphans` deal with them).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from fsd import shardfmt as fmt
+
+if TYPE_CHECKING:
+    from fsd.store import Store
+
+#: at most this many lines per kind of disagreement (the counts are always complete)
+SHOW = 20
+
+
+@dataclass
+class CheckReport:
+    totals: dict = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
+    counts: dict[str, int] = field(default_factory=dict)  # kind of disagreement → how many
+    notes: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def add(self, kind: str, line: str) -> None:
+        self.counts[kind] = self.counts.get(kind, 0) + 1
+        if self.counts[kind] <= SHOW:
+            self.problems.append(line)
+
+    @property
+    def ok(self) -> bool:
+        return not self.counts
+
+
+def check(store: Store, missing_in_db: Callable[[set[bytes]], tuple[list[bytes], int]] | None = None) -> CheckReport:
+    """Reconcile index ↔ disks (↔ database: `missing_in_db(store_objects)` returns the physical
+    nodes the store lacks and how many store objects the database does not know)."""
+    from fsd.disks import DiskState
+    from fsd.orphans import shard_files
+
+    rep = CheckReport()
+    t0 = time.monotonic()
+    idx = store.index
+    shards = {m.shard_id: m for m in idx.iter_shards()}
+    pointing: Counter[bytes] = Counter()
+    objects: set[bytes] = set()
+    for sha, loc in idx.iter_objects():  # 1
+        objects.add(sha)
+        meta = shards.get(loc.shard_id)
+        if meta is None:
+            rep.add("dangling", f"object {sha.hex()} points at shard {loc.shard_id.hex()}, which the index does not "
+                                "know: `hoard index rebuild` finds it again if it is on a disk")
+            continue
+        pointing[loc.shard_id] += 1
+        if meta.sealed and loc.offset + loc.length > meta.size:
+            rep.add("out of bounds", f"object {sha.hex()} ends at {loc.offset + loc.length}, beyond its shard "
+                                     f"{meta.hex} ({meta.size} bytes)")
+    expect_used: Counter[str] = Counter()
+    footer_shas: set[bytes] = set()
+    for meta in shards.values():  # 2, 3
+        if len(set(meta.replicas)) != len(meta.replicas):
+            rep.add("replicas", f"shard {meta.hex} lists a disk twice: {meta.replicas}")
+        for uuid in meta.replicas:
+            rec = store.records.get(uuid)
+            if rec is None:
+                rep.add("replicas", f"shard {meta.hex} names disk {uuid}, which is not registered")
+                continue
+            if meta.sealed:
+                expect_used[uuid] += meta.size
+            disk = store.disks.get(uuid)
+            if disk is None or rec.state in (DiskState.MISSING, DiskState.FAILED):
+                continue  # health reports the disk; its files cannot be looked at now
+            try:
+                path = disk.find(meta.hex)
+                size = path.stat().st_size
+            except OSError:
+                rep.add("missing replica", f"shard {meta.hex}: its replica on {rec.label} is missing; "
+                                           "`hoard replicate` makes a new one from the others")
+                continue
+            if meta.sealed and size != meta.size:
+                rep.add("replica size", f"shard {meta.hex} on {rec.label} is {size} bytes, the index says "
+                                        f"{meta.size}: `hoard verify --repair` replaces a damaged replica")
+        if not meta.sealed:
+            continue
+        recs = _footer(store, meta)
+        if recs is None:
+            rep.add("footer", f"shard {meta.hex}: no readable replica footer; `hoard verify` names the damage")
+            continue
+        footer_shas.update(r.sha256 for r in recs)
+        if len(recs) != meta.records or pointing[meta.shard_id] > len(recs):
+            rep.add("record count", f"shard {meta.hex}: footer lists {len(recs)} records, the index says "
+                                    f"{meta.records} and maps {pointing[meta.shard_id]} objects there")
+    with idx.env.begin(db=idx.retired) as txn:  # gc's retired shards still hold files until deleted
+        from fsd.index import ShardMeta
+
+        for k, v in txn.cursor():
+            m = ShardMeta.from_json(bytes(k), bytes(v))
+            for uuid in m.replicas:
+                expect_used[uuid] += m.size
+            rep.notes.append(f"shard {m.hex} is retired by gc, {len(m.replicas)} replica files left to delete "
+                             "(the next `hoard gc` does it)")
+    for sha in footer_shas - objects:
+        rep.add("unindexed", f"object {sha.hex()} is in a shard footer but not in the index: "
+                             "`hoard index rebuild` indexes it")
+    for uuid, rec in store.records.items():  # 4
+        if uuid not in store.disks or rec.state == DiskState.MISSING:
+            continue
+        used = store._disk_record(uuid).used_bytes
+        on_disk = sum(p.stat().st_size for p in shard_files(store.disks[uuid])) if rec.state != DiskState.FAILED \
+            else None
+        if used != expect_used[uuid]:
+            rep.add("used bytes", f"disk {rec.label}: the index counts {used} bytes used, its replicas add up to "
+                                  f"{expect_used[uuid]}")
+        if on_disk is not None and on_disk > expect_used[uuid]:
+            rep.notes.append(f"disk {rec.label}: {on_disk - expect_used[uuid]} bytes of shard files no index entry "
+                             "names (orphans); `hoard verify --orphans` sets them aside")
+    for name, db in (("hidden", idx.hidden), ("deleted", idx.deleted), ("chunk map", idx.chunks),  # 5
+                     ("extension", idx.exts)):
+        with idx.env.begin(db=db) as txn:
+            for k, _ in txn.cursor():
+                if bytes(k) not in objects:
+                    rep.add("stale mark", f"{name} entry for {bytes(k).hex()}, which is not in the store")
+    for kind, entries in (("batch", idx.iter_batches()), ("view", idx.iter_views())):  # 6
+        for name, info in entries:
+            if bytes.fromhex(info["manifest"]) not in objects:
+                rep.add("manifest", f"{kind} {name}: its manifest {info['manifest']} is not in the store")
+                continue
+            try:
+                files = json.loads(store.get(info["manifest"]))["files"]
+            except Exception as e:  # noqa: BLE001 - a damaged manifest is a finding, not a crash
+                rep.add("manifest", f"{kind} {name}: its manifest cannot be read ({e})")
+                continue
+            lost = [f for f in files if bytes.fromhex(f["sha256"]) not in objects]
+            if lost:
+                rep.add("manifest", f"{kind} {name}: {len(lost)} of its {len(files)} files are not in the store "
+                                    f"(e.g. {lost[0]['path']} {lost[0]['sha256']})")
+    below = sum(1 for m in shards.values() if m.sealed and store.readable_replicas(m) < store.target(m.klass))
+    if below:
+        rep.notes.append(f"{below} shards are below their replica target; `hoard replicate`")
+    if missing_in_db is not None:  # 7
+        lacking, unknown = missing_in_db(objects)
+        for sha in lacking:
+            rep.add("database", f"the database has physical node {sha.hex()}, the store does not: its bytes are "
+                                "lost unless a 3B package holds them")
+        if unknown:
+            rep.notes.append(f"{unknown} stored objects are not nodes in the database (manifests, dumps, files "
+                             "stored with `hoard put`)")
+    per_disk = {store.records[u].label: n for u, n in expect_used.items() if u in store.records}
+    rep.totals = {"objects": len(objects), "shards": len(shards), "sealed": sum(m.sealed for m in shards.values()),
+                  "replicas": sum(len(m.replicas) for m in shards.values()), "bytes_per_disk": per_disk}
+    rep.seconds = time.monotonic() - t0
+    return rep
+
+
+def _footer(store: Store, meta) -> list[fmt.RecordInfo] | None:
+    """The footer of the first replica whose footer reads and checks."""
+    for disk in store.replica_order(meta):
+        try:
+            return fmt.decode_footer(lambda off, n, d=disk: d.read_at(meta.hex, off, n), disk.size(meta.hex))
+        except (OSError, fmt.ShardFormatError):
+            continue
+    return None

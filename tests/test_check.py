@@ -1,0 +1,132 @@
+"""`hoard check` (index ↔ disks ↔ database) and `hoard verify --orphans`, on real files:
+each kind of damage injected for real and named; orphans set aside, never lost."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from fsd import config
+from fsd.check import check
+from fsd.deletion import drop_batch
+from fsd.gc import gc
+from fsd.orphans import sweep
+from fsd.replicate import replicate_once
+from fsd.store import Store
+from fsd.writer import _lock, _unlock
+from tests.conftest import dir_disks_config, make_files, use_schema
+
+REPO = Path(__file__).resolve().parent.parent
+OLD = time.time() - 3 * 86400
+
+
+def _store(tmp_path: Path):
+    cfg = config.load(dir_disks_config(tmp_path, 3, shard_size_mb=1, copy_of_raw=3))
+    store = Store.open(cfg, init=True)
+    res = store.put_many(make_files(tmp_path / "in", 120, seed=51))
+    body = json.dumps({"files": [{"path": str(i), "sha256": r.sha256, "size": r.size}
+                                 for i, r in enumerate(res[:60])]}).encode()
+    store.register_batch("b", {"source": "t", "manifest": store.put_bytes(body).sha256, "files": 60, "bytes": 0})
+    return store, res
+
+
+def test_a_healthy_store_checks_clean(tmp_path: Path) -> None:
+    """After puts, replicate and gc the index, the disks and the counters agree."""
+    store, res = _store(tmp_path)
+    try:
+        assert check(store).ok, check(store).problems
+        replicate_once(store, rate_mb_s=None)
+        drop_batch(store, "b")
+        gc(store, threshold=0.9)
+        rep = check(store)
+        assert rep.ok, rep.problems
+        assert rep.totals["objects"] == 60 and rep.totals["replicas"] == 3 * rep.totals["shards"]
+    finally:
+        store.close()
+
+
+def test_each_damage_is_named(tmp_path: Path, pg) -> None:
+    """A missing replica file, a sealed replica that grew, an object missing from the index, a
+    used-bytes counter that drifted and a database node without bytes are each named; the CLI
+    exits 5."""
+    from sql.migrate import migrate
+
+    store, res = _store(tmp_path)
+    metas = [m for m in store.index.iter_shards() if m.sealed]
+    a, b = metas[0], metas[1]
+    store.disks[a.replicas[0]].find(a.hex).unlink()
+    with open(store.disks[b.replicas[0]].find(b.hex), "ab") as f:
+        f.write(b"junk")
+    victim = bytes.fromhex(res[100].sha256)
+    with store.index.env.begin(write=True, db=store.index.objects) as txn:
+        txn.delete(victim)
+    store.index.adjust_used({a.replicas[1]: 4096})
+    migrate(pg)
+    ghost = os.urandom(32)
+    (nid,) = pg.execute("INSERT INTO node (sha256, is_virtual, is_physical) VALUES (%s, false, true) RETURNING node_id",
+                        [ghost]).fetchone()
+    pg.execute("INSERT INTO physical_content (node_id, size) VALUES (%s, 1)", [nid])
+    from sql.check import store_vs_database
+
+    rep = check(store, lambda objs: store_vs_database(pg, objs))
+    store.close()
+    text = "\n".join(rep.problems)
+    assert f"shard {a.hex}: its replica on" in text and "is missing" in text
+    assert f"shard {b.hex} on" in text and "the index says" in text
+    assert f"object {victim.hex()} is in a shard footer but not in the index" in text
+    assert "the index counts" in text and "used" in text
+    assert f"physical node {ghost.hex()}" in text
+    assert set(rep.counts) >= {"missing replica", "replica size", "unindexed", "used bytes", "database"}
+    cfg_path = use_schema(tmp_path, pg)
+    cli = subprocess.run([sys.executable, "-m", "fsd", "--config", cfg_path, "check"], cwd=REPO,
+                         capture_output=True, text=True, timeout=120)
+    assert cli.returncode == 5 and "disagrees: " in cli.stderr and "hoard: error:" in cli.stderr, cli.stderr
+
+
+@pytest.mark.expect_log(r"set aside to .*: no index entry names it", level="WARNING")
+def test_orphans_are_set_aside_never_lost(tmp_path: Path) -> None:
+    """A fresh stray file is left alone; an old one is moved aside and only `--repair` deletes
+    it once it has been aside longer than the grace; a stray shard holding objects the index
+    lacks is kept and reported; an open shard whose writer is alive is not touched."""
+    store, res = _store(tmp_path)
+    try:
+        disk = next(iter(store.disks.values()))
+        meta = next(m for m in store.index.iter_shards() if m.sealed)
+        src = store.disks[meta.replicas[0]].find(meta.hex)
+        shards = disk.root / "shards" / "zz"
+        shards.mkdir(parents=True, exist_ok=True)
+        fresh = shards / "0000000000000000000000zz.shard"
+        shutil.copy(src, fresh)  # a copy of known objects, no index entry
+        old = shards / "0000000000000000000001zz.shard"
+        shutil.copy(src, old)
+        os.utime(old, (OLD, OLD))
+        live = shards / "0000000000000000000002zz.open"
+        live.write_bytes(b"being written")
+        os.utime(live, (OLD, OLD))
+        lock = _lock(store.lock_path(live.stem))
+        other = [m for m in store.index.iter_shards() if m.sealed and m.shard_id != meta.shard_id][0]
+        precious = shards / "0000000000000000000003zz.shard"
+        shutil.copy(store.disks[other.replicas[0]].find(other.hex), precious)
+        os.utime(precious, (OLD, OLD))
+        some = next(sha for sha, loc in store.index.iter_objects() if loc.shard_id == other.shard_id)
+        with store.index.env.begin(write=True, db=store.index.objects) as txn:  # its only index entry goes
+            txn.delete(some)
+        rep = sweep(store)
+        assert fresh.exists() and live.exists() and rep.too_young == 1 and rep.writer_alive == 1
+        assert not old.exists() and len(rep.set_aside) == 1
+        aside = Path(rep.set_aside[0])
+        assert aside.parent == disk.root / "orphans" and aside.read_bytes() == src.read_bytes()
+        assert precious.exists() and any("hoard index rebuild" in u and some.hex() in u for u in rep.unindexed)
+        assert sweep(store, repair=True).deleted == []  # aside for less than the grace
+        os.utime(aside, (OLD, OLD))
+        assert sweep(store, repair=True).deleted == [str(aside)]
+        _unlock(store.lock_path(live.stem), lock)
+    finally:
+        store.close()
