@@ -280,10 +280,17 @@ class LocalDisk:
         return self.find(shard_hex).stat().st_size
 
     def delete(self, shard_hex: str) -> None:
+        """Remove the shard's file durably: the directory is fsynced before this returns, so a
+        caller that then forgets the shard in the index (gc, recovery) never leaves a file
+        that a power cut brings back with nothing naming it."""
         self.forget(shard_hex)
+        removed = False
         for sealed in (True, False):
             with contextlib.suppress(FileNotFoundError):
                 self.path(shard_hex, sealed).unlink()
+                removed = True
+        if removed:
+            fsync_dir(self.path(shard_hex, True).parent)
 
     def forget(self, shard_hex: str) -> None:
         fd = self._fds.pop(shard_hex, None)

@@ -474,13 +474,15 @@ class Store:
 
         return self.from_replicas(sha, read)
 
-    def from_replicas(self, sha: bytes, read, avoid: set[str] = frozenset()):
+    def from_replicas(self, sha: bytes, read, avoid: set[str] = frozenset(), on_bad=None):
         """`read(disk, meta, loc)` on the object's usable replicas in order until one succeeds.
 
         A replica that fails is reported (an EIO marks its disk failed) and queued for repair.
         If every replica's file was missing, the object may have moved meanwhile (a gc swap
         re-points it, then deletes the old shard): the lookup is done once more before
-        anything is reported. Raises ObjectNotFound or DataError naming what was tried."""
+        anything is reported. Raises ObjectNotFound or DataError naming what was tried.
+        `on_bad(disk, meta, err)` replaces the default report (the mount logs its own line)."""
+        report = on_bad or (lambda disk, meta, e: self.bad_replica(disk, meta, "read", e))
         loc = None
         tried: list[str] = []
         for _attempt in range(2):
@@ -500,11 +502,11 @@ class Store:
                     missing.append((disk, e))
                 except (OSError, fmt.ShardFormatError) as e:
                     tried.append(f"{disk.label} ({getattr(e, 'strerror', None) or e})")
-                    self.bad_replica(disk, meta, "read", e)
+                    report(disk, meta, e)
             if not missing:
                 break
         for disk, e in missing:
-            self.bad_replica(disk, meta, "read", e)
+            report(disk, meta, e)
         raise DataError(f"object {sha.hex()}: no good replica of shard {loc.shard_id.hex()}; tried "
                         + (", ".join(tried) or "none usable") + "; see `hoard health`")
 

@@ -106,9 +106,9 @@ def _lab_unavailable(e: lab_mod.LabUnavailable):
     pytest.skip(msg)
 
 
-def _lab_or_skip(profiles) -> lab_mod.Lab:
+def _lab_or_skip(profiles, **options) -> lab_mod.Lab:
     try:
-        return lab_mod.Lab(profiles)
+        return lab_mod.Lab(profiles, **options)
     except lab_mod.LabUnavailable as e:
         _lab_unavailable(e)
 
@@ -134,11 +134,12 @@ def lab() -> Iterator[lab_mod.Lab]:
 
 @pytest.fixture
 def lab_factory() -> Iterator:
-    """Build labs with custom profiles; every one is cleaned up after the test."""
+    """Build labs with custom profiles (and Lab options: throttle, direct_io); every one is
+    cleaned up after the test."""
     made: list[lab_mod.Lab] = []
 
-    def make(profiles=lab_mod.LAB4) -> lab_mod.Lab:
-        made.append(_lab_or_skip(profiles))
+    def make(profiles=lab_mod.LAB4, **options) -> lab_mod.Lab:
+        made.append(_lab_or_skip(profiles, **options))
         return made[-1]
 
     yield make
@@ -147,8 +148,9 @@ def lab_factory() -> Iterator:
 
 
 def write_config(root: Path, disks: list[tuple[str, Path, float | None]], allow_dirs: bool = True,
-                 ssd_root: Path | None = None, **store: object) -> Path:
-    """A hoard.toml under `root` for store tests (no servers needed: they are not contacted)."""
+                 ssd: Path | None = None, **store: object) -> Path:
+    """A hoard.toml under `root` for store tests (no servers needed: they are not contacted);
+    the SSD root is `ssd`, by default `root/ssd`."""
     lines = ['database_url = "postgresql:///unused_test"', 'redis_url = "redis://localhost:1/0"', "", "[store]",
              f"allow_directory_disks = {'true' if allow_dirs else 'false'}"]
     lines += [f"{k} = {v!r}" if not isinstance(v, bool) else f"{k} = {str(v).lower()}" for k, v in store.items()]
@@ -156,7 +158,7 @@ def write_config(root: Path, disks: list[tuple[str, Path, float | None]], allow_
         lines += ["", "[[disks]]", f'label = "{label}"', f'path = "{path}"']
         if cap is not None:
             lines.append(f"capacity_gb = {cap}")
-    lines += ["", "[ssd]", f'root = "{ssd_root or root / "ssd"}"']
+    lines += ["", "[ssd]", f'root = "{ssd or root / "ssd"}"']
     for z in ("3A", "3B", "3C", "3D"):
         lines += [f"[ssd.zones.{z}]", "quota_gb = 1"]
     cfg = root / "hoard.toml"

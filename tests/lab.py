@@ -13,16 +13,34 @@ writing); `vanish(label)` lazily unmounts it, leaving an empty directory (a disk
 dropped off the bus). `close()` always detaches and removes everything, and
 `sweep_stale()` cleans up after a lab whose process was killed.
 
-Power cuts (`power_cut`, `mount_cut`): kill -9 is no power cut — the page cache survives
-it, so fsync ordering is never tested. With `direct_io=True` the loop devices write their
-images with O_DIRECT: what a lab filesystem has handed to its "disk" is in the image file,
-its dirty page cache is not. `power_cut()` copies every image (sparse) as it is at that
-moment — the platters after the power died — and `mount_cut()` mounts the copies on fresh
-loop devices (ext4 replays its journal, as after a reboot). The caller stops the writing
-process (SIGSTOP) around the copy so every disk is cut at the same instant of the program;
-writeback the kernel still does meanwhile, or a copy that races a write, is a crash state
-real disks produce too (any unsynced write may or may not have landed). What is not
-modelled: a drive that lies about flushes, and torn sectors inside one write.
+Power cuts (`power_cut`, for a lab built with `direct_io=True`). The model: with
+`losetup --direct-io=on` every write the loop device has completed is in the image file,
+while the lab filesystem's dirty pages (and requests not yet sent down) are not. So a copy
+of the images taken at one instant is what the disks would hold had the power failed
+then; `CutImages.mount()` attaches the copies to fresh loop devices and mounts them
+read-write, which replays the ext4 journal as the first mount after a reboot does.
+- Captured: everything fsync/fdatasync ordering decides. Data written but not synced may
+  be missing; a create or rename whose directory was not fsynced may be undone; an LMDB
+  commit is there only if its fsync returned before the cut. A dirty page the kernel
+  happened to write back before the cut is in the copy, one it did not is not: both are
+  legal crash states, and which one a cut sees is up to the kernel's writeback timing.
+- One instant across disks: a real power loss stops every disk at once, but the copies
+  are taken one after another (this ext4 has no reflink, so each copy takes time). So
+  `paused(pid)` SIGSTOPs the writer, and `power_cut` waits until no lab disk has a request
+  in flight, copies every image, and checks that no loop device's write or discard
+  counter (/sys/block/loopN/stat) moved meanwhile, else copies again: kernel writeback of
+  the stopped writer's dirty pages and jbd2 commits go on, and a copy that saw part of
+  them would mix two instants. Unpaused, each disk is cut at its own instant — a state no
+  real power loss produces (an index copied after the shard it points at was deleted, or
+  before it was written), so tests always pause. Pausing moves the cut to the end of the
+  syscalls in progress (an fsync under way completes), which is still a point the writer
+  really passes; random pause times cover seals, commits and acks alike.
+- Not captured: a drive's volatile write cache losing or reordering writes it reported
+  done (here "done" means "in the image"), torn sectors, misdirected writes. Lock files
+  and flock()s do not survive a cut: on the copy nobody holds them, exactly what recovery
+  after a reboot sees.
+The copies live under the lab's root: `CutImages.close()`, `Lab.close()` and
+`sweep_stale()` unmount and detach them.
 
 Used by tests (the `lab` fixtures in conftest.py) and by benchmarks in bench/.
 """
@@ -30,9 +48,11 @@ Used by tests (the `lab` fixtures in conftest.py) and by benchmarks in bench/.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -118,6 +138,8 @@ class Lab:
         (self.root / "owner.pid").write_text(str(os.getpid()))
         self.cgroup = BLKIO / f"{PREFIX}{os.getpid()}-{self.root.name}"
         self.disks: dict[str, LabDisk] = {}
+        self.cuts: list[CutImages] = []
+        self._cut_seq = itertools.count(1)
         try:
             self.cgroup.mkdir()
             for p in profiles:
@@ -190,45 +212,70 @@ class Lab:
         _sh("umount", "-l", str(self.disks[label].mountpoint))
 
     # -- power cuts -----------------------------------------------------------------
-    def power_cut(self, name: str) -> Path:
-        """Copy every disk image as it is now (what survives a power cut: only what reached the
-        'platter'); returns the directory holding the copies. Needs `direct_io=True`."""
-        assert self.direct_io, "a power cut needs direct-IO loops: buffered ones keep writes in the image's cache"
-        dest = self.root / "cuts" / name
+    @contextlib.contextmanager
+    def paused(self, *pids: int, timeout: float = 5.0) -> Iterator[None]:
+        """SIGSTOP the processes for the body of the with-block (SIGCONT after, always),
+        once every one of their threads has stopped, so no new write starts meanwhile."""
+        for pid in pids:
+            os.kill(pid, signal.SIGSTOP)
+        try:
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline and not all(_stopped(pid) for pid in pids):
+                time.sleep(0.001)
+            yield
+        finally:
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGCONT)
+
+    def power_cut(self, attempts: int = 50) -> CutImages:
+        """Copy every disk's image as it is now: what the disks hold after a power loss at
+        this instant (module docstring; call it inside `paused(writer)` for one instant
+        across disks). The copies are not mounted yet: `.mount()` them."""
+        if not self.direct_io:
+            raise ValueError("power_cut needs Lab(direct_io=True): otherwise the loop device's own "
+                             "page cache holds written blocks the image file does not show")
+        dest = self.root / "cuts" / f"cut{next(self._cut_seq)}"
         dest.mkdir(parents=True)
-        for d in self.disks.values():
-            # dd reads every block (a SEEK_DATA-based copy can miss extents the loop device is
-            # just converting from unwritten); conv=sparse keeps the copy small
-            _sh("dd", f"if={d.image}", f"of={dest / d.image.name}", "bs=4M", "conv=sparse", "status=none")
-        return dest
+        cut = CutImages(dest, {label: dest / f"{label}.img" for label in self.disks})
+        self.cuts.append(cut)
+        try:
+            for _ in range(attempts):
+                before = self._quiet_counters()
+                for label, d in self.disks.items():
+                    _sh("cp", "--reflink=auto", "--sparse=always", str(d.image), str(cut.images[label]))
+                idle = all(in_flight == 0 for _, _, in_flight in before.values())
+                if idle and self._io_counters() == before:
+                    return cut
+            raise RuntimeError(f"the lab disks never stayed idle for a whole copy in {attempts} attempts; "
+                               "pause the writer (Lab.paused) before cutting")
+        except BaseException:
+            cut.close()
+            raise
 
-    def mount_cut(self, cut: Path) -> dict[str, Path]:
-        """Attach and mount the copies of a cut (journal replayed); label → mount point."""
-        mounts = {}
-        for img in sorted(cut.glob("*.img")):
-            device = _sh("losetup", "--find", "--show", str(img))
-            with (cut / "devices").open("a") as f:
-                f.write(device + "\n")
-            mnt = cut / "mnt" / img.stem
-            mnt.mkdir(parents=True)
-            _sh("mount", "-o", "noatime", device, str(mnt))
-            mounts[img.stem] = mnt
-        return mounts
+    def _io_counters(self) -> dict[str, tuple[int, int, int]]:
+        """Per disk: (write requests done, discards done, requests in flight), from sysfs."""
+        out = {}
+        for label, d in self.disks.items():
+            f = (Path("/sys/block") / Path(d.device).name / "stat").read_text().split()
+            out[label] = (int(f[4]), int(f[11]) if len(f) > 11 else 0, int(f[8]))
+        return out
 
-    def drop_cut(self, cut: Path) -> None:
-        """Unmount, detach and delete a cut's copies."""
-        for mnt in sorted((cut / "mnt").glob("*")) if (cut / "mnt").exists() else []:
-            subprocess.run(["umount", str(mnt)], capture_output=True)
-            subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
-        devices = (cut / "devices").read_text().split() if (cut / "devices").exists() else []
-        for dev in devices:
-            subprocess.run(["losetup", "-d", dev], capture_output=True)
-        shutil.rmtree(cut, ignore_errors=True)
+    def _quiet_counters(self, timeout: float = 10.0) -> dict[str, tuple[int, int, int]]:
+        """The counters once no disk has a request in flight (or at the timeout; the copy
+        made then is not accepted)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            now = self._io_counters()
+            if all(c[2] == 0 for c in now.values()) or time.monotonic() > deadline:
+                return now
+            time.sleep(0.002)
 
     # -- cleanup --------------------------------------------------------------------
     def close(self) -> None:
-        for cut in sorted((self.root / "cuts").glob("*")) if (self.root / "cuts").exists() else []:
-            self.drop_cut(cut)
+        for cut in self.cuts:
+            cut.close()
+        self.cuts.clear()
         for d in self.disks.values():
             subprocess.run(["chattr", "-i", str(d.image)], capture_output=True)
             subprocess.run(["umount", "-l", str(d.mountpoint)], capture_output=True)
@@ -242,6 +289,76 @@ class Lab:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class CutImages:
+    """Copies of a lab's disk images taken at a power cut; mount them to see what a reboot sees."""
+
+    def __init__(self, root: Path, images: dict[str, Path]) -> None:
+        self.root, self.images = root, images
+        self.devices: dict[str, str] = {}
+        self.mountpoints: dict[str, Path] = {}
+
+    def mount(self) -> dict[str, Path]:
+        """Attach each copy to a fresh loop device and mount it read-write at
+        `<root>/mnt/<label>` (mounting replays the ext4 journal); returns label → mount point."""
+        try:
+            for label, image in self.images.items():
+                self.devices[label] = _sh("losetup", "--find", "--show", str(image))
+                mnt = self.root / "mnt" / label
+                mnt.mkdir(parents=True, exist_ok=True)
+                _sh("mount", "-o", "noatime", self.devices[label], str(mnt))
+                self.mountpoints[label] = mnt
+        except BaseException:
+            self.unmount()
+            raise
+        return dict(self.mountpoints)
+
+    def unmount(self) -> None:
+        for mnt in self.mountpoints.values():
+            if subprocess.run(["umount", str(mnt)], capture_output=True).returncode != 0:
+                subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+        self.mountpoints.clear()
+        for dev in self.devices.values():
+            subprocess.run(["losetup", "-d", dev], capture_output=True)
+        self.devices.clear()
+
+    def fsck(self) -> dict[str, str]:
+        """`e2fsck -fn` on every copy (unmounted, so after its journal replay): label → the
+        complaint, for each copy that has one. A power cut must leave consistent ext4."""
+        assert not self.mountpoints, "unmount() first"
+        out = {}
+        for label, image in self.images.items():
+            res = subprocess.run(["e2fsck", "-fn", str(image)], capture_output=True, text=True)
+            if res.returncode != 0:
+                out[label] = (res.stdout + res.stderr).strip()
+        return out
+
+    def close(self) -> None:
+        self.unmount()
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    def __enter__(self) -> CutImages:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _stopped(pid: int) -> bool:
+    """Every thread of `pid` is stopped (or gone)."""
+    try:
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+    except FileNotFoundError:
+        return True
+    for t in tasks:
+        try:
+            state = (t / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue
+        if state not in ("T", "t", "Z", "X"):
+            return False
+    return True
 
 
 def drop_caches() -> None:
@@ -265,6 +382,12 @@ def _remove_cgroup(group: Path) -> None:
             time.sleep(0.1)
 
 
+def _mounts_under(root: Path) -> list[str]:
+    """Mount points below `root`, deepest first (/proc/self/mounts escapes a space as \\040)."""
+    points = [line.split()[1].replace("\\040", " ") for line in Path("/proc/self/mounts").read_text().splitlines()]
+    return sorted((p for p in points if p.startswith(f"{root}/")), key=len, reverse=True)
+
+
 def sweep_stale() -> list[str]:
     """Remove the leftovers of labs whose owning process is gone; return what was removed."""
     removed = []
@@ -279,8 +402,8 @@ def sweep_stale() -> list[str]:
             continue
         for img in root.rglob("*.img"):
             subprocess.run(["chattr", "-i", str(img)], capture_output=True)
-        for mnt in sorted((root / "mnt").glob("*")) + sorted(root.glob("cuts/*/mnt/*")):
-            subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+        for mnt in _mounts_under(root):  # the lab's disks and any power-cut copies
+            subprocess.run(["umount", "-l", mnt], capture_output=True)
         for dev in loops:
             if (dev.get("back-file") or "").startswith(str(root)):
                 subprocess.run(["losetup", "-d", dev["name"]], capture_output=True)

@@ -148,12 +148,39 @@ def test_close_removes_loops_mounts_and_cgroup(lab_factory) -> None:
     assert not any(str(m) in Path("/proc/mounts").read_text() for m in mounts)
 
 
+def test_power_cut_keeps_synced_writes_and_loses_dirty_pages(lab_factory) -> None:
+    """A power cut's copy holds what was fsynced and not what sat in the page cache, while
+    the running disk keeps both; the copy mounts read-write and is a clean ext4."""
+    lab = lab_factory(SMALL[:1], throttle=False, direct_io=True)
+    mnt = lab.disks["fast"].mountpoint
+    synced, dirty = os.urandom(4 * MB), os.urandom(4 * MB)
+    with open(mnt / "synced", "wb") as f:
+        f.write(synced)
+        os.fsync(f.fileno())
+    fd = os.open(mnt, os.O_RDONLY)
+    os.fsync(fd)  # the directory entry too
+    os.close(fd)
+    (mnt / "dirty").write_bytes(dirty)  # written back only after dirty_expire (30 s)
+    with lab.power_cut() as cut:
+        copy = cut.mount()["fast"]
+        assert os.path.ismount(copy)
+        assert (copy / "synced").read_bytes() == synced
+        assert not (copy / "dirty").exists() or (copy / "dirty").read_bytes() != dirty
+        (copy / "written-after-reboot").write_bytes(b"x")
+        cut.unmount()
+        assert cut.fsck() == {}
+    assert (mnt / "dirty").read_bytes() == dirty
+    assert _loops_backed_by(lab.root / "cuts") == []
+
+
 def test_killed_owner_is_swept(lab_support) -> None:
-    """A lab whose process was killed -9 is cleaned up by sweep_stale() (run at session start)."""
+    """A lab whose process was killed -9 — and its mounted power-cut copies — are cleaned up
+    by sweep_stale() (run at session start)."""
     script = (
         "import sys, time; sys.path.insert(0, %r)\n"
         "from tests.lab import Lab, DiskProfile\n"
-        "lab = Lab([DiskProfile('k', 100, 50, 50, 500)])\n"
+        "lab = Lab([DiskProfile('k', 100, 50, 50, 500)], direct_io=True)\n"
+        "lab.power_cut().mount()\n"
         "print(lab.root, lab.cgroup, flush=True); time.sleep(60)\n" % str(Path(__file__).parent.parent)
     )
     proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
@@ -168,6 +195,7 @@ def test_killed_owner_is_swept(lab_support) -> None:
     removed = sweep_stale()
     assert root in removed
     assert _loops_backed_by(Path(root)) == []
+    assert root not in Path("/proc/mounts").read_text()
     assert not Path(group).exists()
     assert not Path(root).exists()
     assert BLKIO.exists()

@@ -149,19 +149,14 @@ class Reader:
 
     def _from_replicas(self, sha: bytes, what: str, read):
         """`read(disk, meta, loc)` on the object's usable replicas in order until one gives
-        good bytes; a replica that fails is reported (EIO marks its disk failed) and skipped."""
-        loc = self.store.index.lookup(sha)
-        if loc is None:
-            raise ReadFailed(f"object {sha.hex()} is no longer in the index")
-        meta = self.store.index.get_shard(loc.shard_id)
-        tried = []
-        for disk in self.store.replica_order(meta) if meta else []:
-            try:
-                return read(disk, meta, loc)
-            except (OSError, fmt.ShardFormatError) as e:
-                tried.append(f"{disk.label}: {getattr(e, 'strerror', None) or e}")
-                self._bad_replica(disk, meta, e)
-        raise ReadFailed(f"{what}: no good replica ({'; '.join(tried) or 'none usable'})")
+        good bytes (Store.from_replicas: a replica that fails is reported — EIO marks its disk
+        failed — and skipped; if gc moved the object meanwhile it is looked up again)."""
+        from fsd.errors import HoardError
+
+        try:
+            return self.store.from_replicas(sha, read, on_bad=self._bad_replica)
+        except HoardError as e:
+            raise ReadFailed(f"{what}: {e.message}") from None
 
     def _small_sync(self, sha: bytes) -> bytes:
         def read(disk, meta, loc) -> bytes:
