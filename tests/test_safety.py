@@ -43,6 +43,23 @@ def _run_child(code: str, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-c", code, *args], cwd=REPO, capture_output=True, text=True, timeout=120)
 
 
+def _died_before_seal(tmp_path: Path, disks: int, n: int, seed: int, hi: int):
+    """A store whose writer committed `n` files into one shard and died before sealing it:
+    (config, the files, the open shard's metadata, the index's objects)."""
+    cfg = config.load(dir_disks_config(tmp_path, disks, shard_size_mb=64))
+    Store.open(cfg, init=True).close()
+    files = make_files(tmp_path / "in", n, seed=seed, lo=2000, hi=hi)
+    listing = tmp_path / "list.txt"
+    listing.write_text("\n".join(map(str, files)))
+    child = _run_child(DIE_BEFORE_SEAL, str(cfg.source), str(listing))
+    assert child.returncode == 9, child.stderr
+    idx = Index(cfg.index_dir)
+    [meta] = [m for m in idx.iter_shards() if not m.sealed]
+    objects = dict(idx.iter_objects())
+    idx.close()
+    return cfg, files, meta, objects
+
+
 def _register(store: Store, batch_id: str, shas: list[str]) -> None:
     body = json.dumps({"batch_id": batch_id, "files": [{"path": f"f{i}", "sha256": h, "size": 0}
                                                        for i, h in enumerate(shas)]}).encode()
@@ -63,18 +80,7 @@ def test_recovery_keeps_the_healthy_replica(tmp_path: Path) -> None:
     """200 committed files, the writer dies before sealing, one bit flips on the second replica:
     recovery keeps the good replica whole (all 200 readable), sets the bad one aside (renamed,
     not cut) and the replicator brings the shard back to its target."""
-    cfg_path = dir_disks_config(tmp_path, 3, shard_size_mb=64)
-    cfg = config.load(cfg_path)
-    Store.open(cfg, init=True).close()
-    files = make_files(tmp_path / "in", 200, seed=11, lo=2000, hi=20000)
-    listing = tmp_path / "list.txt"
-    listing.write_text("\n".join(map(str, files)))
-    child = _run_child(DIE_BEFORE_SEAL, str(cfg_path), str(listing))
-    assert child.returncode == 9, child.stderr
-    idx = Index(cfg.index_dir)
-    [meta] = [m for m in idx.iter_shards() if not m.sealed]
-    objects = dict(idx.iter_objects())
-    idx.close()
+    cfg, files, meta, objects = _died_before_seal(tmp_path, 3, 200, 11, 20000)
     assert len(objects) == 200 and len(meta.replicas) == 2
     with Store.open(cfg, writable=False) as store:
         second = store.disks[meta.replicas[1]]
@@ -109,17 +115,8 @@ def victim_size(path: Path) -> int:
 def test_recovery_cuts_nothing_when_no_replica_is_whole(tmp_path: Path) -> None:
     """Both replicas damaged (at different records): nothing is truncated or moved, the shard
     stays open, the event names it, and the intact records stay readable by offset."""
-    cfg_path = dir_disks_config(tmp_path, 2, shard_size_mb=64)
-    cfg = config.load(cfg_path)
-    Store.open(cfg, init=True).close()
-    files = make_files(tmp_path / "in", 100, seed=12, lo=2000, hi=8000)
-    listing = tmp_path / "list.txt"
-    listing.write_text("\n".join(map(str, files)))
-    assert _run_child(DIE_BEFORE_SEAL, str(cfg_path), str(listing)).returncode == 9
-    idx = Index(cfg.index_dir)
-    [meta] = [m for m in idx.iter_shards() if not m.sealed]
-    offsets = sorted(loc.offset for loc in dict(idx.iter_objects()).values())
-    idx.close()
+    cfg, files, meta, objects = _died_before_seal(tmp_path, 2, 100, 12, 8000)
+    offsets = sorted(loc.offset for loc in objects.values())
     paths = [tmp_path / f"d{i}" / "shards" / meta.hex[-2:] / f"{meta.hex}.open" for i in range(2)]
     sizes = [p.stat().st_size for p in paths]
     _flip_byte(paths[0], offsets[10] + 5)
@@ -404,18 +401,9 @@ def test_events_are_pruned(store_factory) -> None:
 def test_a_sealed_record_is_never_cut_by_recovery_of_a_sealed_replica(tmp_path: Path) -> None:
     """A crash between the seal rename and the index update: the renamed replica's footer
     decides, the other (still open) replica is sealed to match, nothing is lost."""
-    cfg_path = dir_disks_config(tmp_path, 2, shard_size_mb=64)
-    cfg = config.load(cfg_path)
-    Store.open(cfg, init=True).close()
-    files = make_files(tmp_path / "in", 50, seed=21)
-    listing = tmp_path / "list.txt"
-    listing.write_text("\n".join(map(str, files)))
-    assert _run_child(DIE_BEFORE_SEAL, str(cfg_path), str(listing)).returncode == 9
-    idx = Index(cfg.index_dir)
-    [meta] = [m for m in idx.iter_shards() if not m.sealed]
+    cfg, files, meta, objects = _died_before_seal(tmp_path, 2, 50, 21, 64000)
     records = [fmt.RecordInfo(sha, loc.offset, loc.length, b"") for sha, loc in
-               sorted(idx.iter_objects(), key=lambda kv: kv[1].offset)]
-    idx.close()
+               sorted(objects.items(), key=lambda kv: kv[1].offset)]
     p0 = tmp_path / "d0" / "shards" / meta.hex[-2:] / f"{meta.hex}.open"
     if not p0.exists():
         p0 = tmp_path / "d1" / "shards" / meta.hex[-2:] / f"{meta.hex}.open"

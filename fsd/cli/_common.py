@@ -203,3 +203,27 @@ def progress(what: str, total: int | None = None, unit: str = "bytes"):
             err.print(f"{what}: {fmt(done)}" + (f" of {fmt(tot)}" if tot else "") + speed + eta, markup=False)
 
     yield update
+
+
+@contextlib.contextmanager
+def database(cfg: Settings, skip: bool = False, needed_for: str | None = None):
+    """A connection to the configured database (autocommit, closed afterwards), or None when
+    `skip`. Unreachable: with `needed_for` a one-line refusal naming why it is needed (exit 3);
+    without, a line saying the command goes on without it, and None."""
+    import psycopg
+
+    if skip:
+        yield None
+        return
+    try:
+        conn = psycopg.connect(cfg.database_url, autocommit=True, connect_timeout=10)
+    except psycopg.OperationalError as e:
+        why = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        if needed_for:
+            raise HoardError(f"{needed_for}, and the database is unreachable ({why}); nothing was changed — "
+                             "`hoard services up` or check database_url", ExitCode.UNAVAILABLE) from None
+        err.print(f"database unreachable ({why}): going on without it", markup=False)
+        yield None
+        return
+    with conn:
+        yield conn

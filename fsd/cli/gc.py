@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from fsd.cli._common import confirm, gb, out, progress, state
+from fsd.cli._common import confirm, database, gb, out, progress, state
 from fsd.errors import ExitCode, HoardError
 
 
@@ -22,8 +22,6 @@ def delete(
 
     The database is changed first, then the store; re-running after a failure is safe.
     """
-    import psycopg
-
     from fsd.deletion import drop_batch, hide
     from fsd.store import Store, _sha_bytes
     from sql import deletion as db_del
@@ -34,12 +32,7 @@ def delete(
     if batch and not yes:
         confirm(f"drop batch {batch}: its files no other batch or view uses will be freed by the next `hoard gc`. "
                 "Continue?")
-    try:
-        conn = psycopg.connect(cfg.database_url, autocommit=True, connect_timeout=10)
-    except psycopg.OperationalError as e:
-        raise HoardError(f"cannot reach the database ({str(e).strip().splitlines()[0]}); nothing was deleted",
-                         ExitCode.UNAVAILABLE) from None
-    with conn, Store.open(cfg) as store:
+    with database(cfg, needed_for="a deletion changes the database first") as conn, Store.open(cfg) as store:
         if node:
             shas = [_sha_bytes(h) for h in node]
             n_db = db_del.hide_nodes(conn, shas)
@@ -74,29 +67,16 @@ def gc(
     batch or view manifest, running job (pin) or database row references it."""
     from dataclasses import asdict
 
-    import psycopg
-
     from fsd.gc import gc as run
     from fsd.store import Store
     from sql.deletion import referenced
 
     cfg = state(ctx).settings
-    conn = None
-    if not no_database:
-        try:
-            conn = psycopg.connect(cfg.database_url, autocommit=True, connect_timeout=10)
-        except psycopg.OperationalError as e:
-            raise HoardError(f"gc needs the database to know which objects rows still reference, and it is "
-                             f"unreachable ({str(e).strip().splitlines()[0]}); nothing was deleted — `hoard services "
-                             "up` or check database_url (`--no-database` for a store without one)",
-                             ExitCode.UNAVAILABLE) from None
-    roots = (lambda shas: referenced(conn, shas)) if conn is not None else None
-    try:
-        with Store.open(cfg, what="hoard gc") as store, progress("copying live records") as update:
-            rep = run(store, threshold, dry_run, roots=roots, wait_s=wait, progress=update)
-    finally:
-        if conn is not None:
-            conn.close()
+    with database(cfg, skip=no_database, needed_for="gc needs the database to know which objects rows still "
+                  "reference (`--no-database` for a store without one)") as conn, \
+            Store.open(cfg, what="hoard gc") as store, progress("copying live records") as update:
+        roots = (lambda shas: referenced(conn, shas)) if conn is not None else None
+        rep = run(store, threshold, dry_run, roots=roots, wait_s=wait, progress=update)
     if as_json:
         out.print(json.dumps(asdict(rep)))
         return

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from fsd.cli._common import err, out, progress, state
+from fsd.cli._common import database, err, out, progress, state
 from fsd.errors import ExitCode
 
 
@@ -91,24 +91,10 @@ def check(
     from fsd.check import check as run
     from fsd.cli.store import open_store
 
-    cfg = state(ctx).settings
-    conn = None
-    if not no_database:
-        import psycopg
+    from sql.check import store_vs_database
 
-        try:
-            conn = psycopg.connect(cfg.database_url, autocommit=True, connect_timeout=10)
-        except psycopg.OperationalError as e:
-            err.print(f"database unreachable ({str(e).strip().splitlines()[0]}): checking the index and the disks "
-                      "only (--no-database says so up front)", markup=False)
-    try:
-        from sql.check import store_vs_database
-
-        with open_store(ctx, writable=False) as store:
-            rep = run(store, (lambda objs: store_vs_database(conn, objs)) if conn is not None else None)
-    finally:
-        if conn is not None:
-            conn.close()
+    with database(state(ctx).settings, skip=no_database) as conn, open_store(ctx, writable=False) as store:
+        rep = run(store, (lambda objs: store_vs_database(conn, objs)) if conn is not None else None)
     if as_json:
         out.print(json.dumps(asdict(rep) | {"ok": rep.ok}), markup=False)
     else:
