@@ -36,9 +36,20 @@ def timed(results: dict, name: str):
     results[name] = time.monotonic() - t0
 
 
+#: every run's raw numbers, one JSON file per benchmark and variant (committed with docs/benchmarks.md)
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
 def report(title: str, rows: list[tuple[str, str]], data: dict) -> None:
     print(f"\n== {title}")
     width = max(len(k) for k, _ in rows)
     for k, v in rows:
         print(f"  {k:<{width}}  {v}")
     print("json: " + json.dumps(data, sort_keys=True))
+    import re
+
+    RESULTS.mkdir(exist_ok=True)
+    variant = "-".join(a.lstrip("-") for a in sys.argv[1:]) or "default"
+    slug = re.sub(r"[^a-z0-9]+", "-", f"{Path(sys.argv[0]).stem}-{variant}".lower()).strip("-")
+    doc = {"benchmark": title, "argv": sys.argv[1:], "when": time.strftime("%Y-%m-%dT%H:%M:%S"), **data}
+    (RESULTS / f"{slug}.json").write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n")

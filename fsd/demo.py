@@ -85,6 +85,10 @@ def _ingest(cfg: Settings, batches: list) -> list:
                   f"{r.get('edges', 0)} edges, package {r.get('package', {}).get('parts', 0)} tar part(s)")
         if st.status == Status.FAILED.value:
             raise HoardError(f"ingest of {st.batch_id} failed at {st.step}: {st.error}", ExitCode.DATA)
+        if not st.finished:  # another worker on the same Redis took its jobs and has not finished them
+            raise HoardError(f"ingest of {st.batch_id} is still {st.status} at step {st.step} (another worker "
+                             f"took its jobs?); `hoard ingest --status {st.batch_id}`, then run the demo again",
+                             ExitCode.UNAVAILABLE)
     return states
 
 

@@ -91,7 +91,12 @@ class IndexUnavailable(HoardError):
 def index_error(path: Path | str, e: lmdb.Error) -> IndexUnavailable:
     """One line for an LMDB failure, naming the index and what to do."""
     text = str(e)
-    if isinstance(e, lmdb.MapFullError) or "No space left" in text or "ENOSPC" in text:
+    try:  # LMDB reports a short write on a full filesystem as EIO: look at the free space too
+        st = os.statvfs(path)
+        full = st.f_bavail * st.f_frsize < 4 << 20
+    except OSError:
+        full = False
+    if isinstance(e, lmdb.MapFullError) or "No space left" in text or "ENOSPC" in text or full:
         err = IndexUnavailable(f"the index at {path} cannot grow: the SSD is full ({text.strip()}); free space "
                                "on the SSD (zones 3A–3D, old `index.old-*` copies) and run this again",
                                ExitCode.NO_SPACE)
