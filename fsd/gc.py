@@ -299,6 +299,8 @@ def _swap(store: Store, items, moved: dict[bytes, ObjectLoc], referenced_now: se
                 txn.put(sid, current, db=idx.retired)
                 txn.delete(sid, db=idx.shards)
             done += 1
+            if drop and idx.mark_log:  # an object stored anew later must not get the old marks back
+                idx.mark_log("drop", drop)
     return done, kept, dropped
 
 

@@ -50,7 +50,7 @@ def test_sample_and_budget(tmp_path: Path) -> None:
     with Store.open(cfg, init=True) as store:
         store.put_many(make_files(tmp_path / "in", 200))
         total = sum(1 for _ in store.index.iter_shards())
-        part = verify(store, sample_pct=50, seed=1)
+        part = verify(store, sample_pct=50)
         assert 0 < part.shards < total and not part.bad
         never = {m.shard_id for m in store.index.iter_shards() if m.verified is None}
         assert len(never) == total - part.shards

@@ -11,16 +11,23 @@ from fsd.cli._common import err, out
 from fsd.errors import ExitCode
 
 
-def run_rebuild(ctx: typer.Context, disk: str, onto: Optional[str], rate_mb_s: float) -> None:
+def run_rebuild(ctx: typer.Context, disk: str, onto: Optional[str], rate_mb_s: float, yes: bool) -> None:
     from fsd.cli.store import open_store
+    from fsd.disks import DiskState
     from fsd.rebuild import rebuild as run
 
-    with open_store(ctx) as store, Progress(TextColumn(f"rebuilding {disk}"), BarColumn(), DownloadColumn(),
-                                            TransferSpeedColumn(), TimeRemainingColumn(),
-                                            console=err, transient=True) as bar:
-        task = bar.add_task("rebuild", total=None)
-        rep = run(store, disk, onto, rate_mb_s or None,
-                  progress=lambda done, total: bar.update(task, completed=done, total=total))
+    with open_store(ctx) as store:
+        rec = next((r for r in store.records.values() if r.label == disk), None)
+        # a rebuild marks the disk failed; done by mistake on a healthy disk, only
+        # `hoard disks activate` brings it back
+        if rec is not None and rec.state == DiskState.ACTIVE and not yes:
+            typer.confirm(f"disk {disk} is active and present: rebuilding marks it failed (`hoard disks activate "
+                          f"{disk}` undoes that). Continue?", abort=True)
+        with Progress(TextColumn(f"rebuilding {disk}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                      TimeRemainingColumn(), console=err, transient=True) as bar:
+            task = bar.add_task("rebuild", total=None)
+            rep = run(store, disk, onto, rate_mb_s or None,
+                      progress=lambda done, total: bar.update(task, completed=done, total=total))
     out.print(f"rebuilt {rep.shards} shards of disk {disk} in {rep.seconds:.1f} s: {rep.copied} copied "
               f"({rep.bytes / 1e6:.1f} MB), {rep.adopted} already there, {len(rep.lost)} without a healthy replica")
     for hex_ in rep.lost:
@@ -34,6 +41,8 @@ def rebuild(
     disk: Annotated[str, typer.Option("--disk", help="the lost disk's label")],
     onto: Annotated[Optional[str], typer.Option("--onto", help="the new disk (default: any disks with room)")] = None,
     rate_mb_s: Annotated[float, typer.Option(help="copy at most this fast (0 = no limit)")] = 0,
+    yes: Annotated[bool, typer.Option("--yes", help="do not ask when the disk is still healthy")] = False,
 ) -> None:
-    """Re-create the replicas a lost disk held, from healthy replicas; resumable after a kill."""
-    run_rebuild(ctx, disk, onto, rate_mb_s)
+    """Re-create the replicas a lost disk held, from healthy replicas; resumable after a kill.
+    Afterwards `hoard disks forget DISK` and remove its [[disks]] table from hoard.toml."""
+    run_rebuild(ctx, disk, onto, rate_mb_s, yes)
