@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from fsd.cli._common import err, gb, out, state
 from fsd.errors import ConfigError, ExitCode, HoardError
@@ -71,8 +72,8 @@ def retire(
 
     with open_store(ctx) as store:
         store.set_disk_state(label, DiskState.DRAINING, "retired by the user")
-    out.print(f"disk {label} is draining: run `hoard replicate` to copy its shards to other disks, then "
-              f"`hoard disks forget {label}`, then remove its [[disks]] table from hoard.toml and unmount it")
+    out.print(escape(f"disk {label} is draining: run `hoard replicate` to copy its shards to other disks, then "
+                     f"`hoard disks forget {label}`, then remove its [[disks]] table from hoard.toml and unmount it"))
 
 
 @app.command()
@@ -121,5 +122,5 @@ def forget(
 
     with open_store(ctx) as store:
         released = run(store, label)
-    out.print(f"disk {label} forgotten ({released} replicas released); now remove its [[disks]] table from "
-              f"{state(ctx).settings.source} and unmount it")
+    out.print(escape(f"disk {label} forgotten ({released} replicas released); now remove its [[disks]] table from "
+                     f"{state(ctx).settings.source} and unmount it"))
