@@ -21,7 +21,7 @@ from fsd import shardfmt as fmt
 from fsd.config import Settings
 from fsd.disks import DiskRecord, DiskState, drop_cache, read_identity
 from fsd.index import Index, ObjectLoc, ShardMeta
-from fsd.store import BATCHES_DIR, MARK_OPS, MARKS_DIR, VIEWS_DIR
+from fsd.store import BATCHES_DIR, FORGOTTEN, MARK_OPS, MARKS_DIR, VIEWS_DIR
 
 
 @dataclass
@@ -95,6 +95,9 @@ def _rebuild_index(cfg: Settings, ssd_uuid: str) -> IndexRebuildReport:
             ident = read_identity(dc.path) if dc.path.is_dir() else None
             if not ident or not ident.get("uuid"):
                 rep.skipped_disks.append(f"{dc.label}: no readable identity at {dc.path}")
+                continue
+            if read_identity(dc.path, FORGOTTEN):  # its shards were re-homed; what is left there is stale
+                rep.skipped_disks.append(f"{dc.label}: forgotten by `hoard disks forget`; remove it from the config")
                 continue
             used = 0
             for path in sorted((dc.path / "shards").glob("*/*")):
