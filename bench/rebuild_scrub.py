@@ -5,9 +5,10 @@ vs the disks' sequential read bound.
 
 lab4 plus a fifth, new disk (3000 MB, 60/50 MB/s). Objects of 64 MB are stored with two
 copies; the disk holding the most is unmounted (lost) and rebuilt onto the new one.
-Bound for the rebuild: bytes / min(target write, sum of the sources' reads) + bytes / the
-target's read (each copy is read back from the new disk before it is indexed). MB/s here
-are the lab's MiB/s (blkio limits are bytes per second: "60 MB/s" is 60 MiB/s).
+Bound for the rebuild: bytes / min(target write, target read, sum of the sources' reads):
+each copy is also read back from the new disk before it is indexed, and the lab throttles
+a disk's reads and writes separately. MB/s here are the lab's MiB/s (blkio limits are bytes
+per second: "60 MB/s" is 60 MiB/s).
 Bound for the scrub: bytes per disk / its read MB/s, the slowest disk deciding.
 """
 
@@ -77,8 +78,9 @@ def main() -> None:
             sources = {u for m in store.index.iter_shards() for u in m.replicas if u != store_uuid(store, "new")}
             src_bw = sum(read_bw[u] for u in sources if u in read_bw)
             # every copy is written, then read back from the new disk (page cache dropped) before
-            # the index names it: the new disk writes and reads the lost bytes once each
-            bound = lost_bytes / min(NEW.write_mbps * MB, src_bw) + lost_bytes / (NEW.read_mbps * MB)
+            # the index names it; the lab throttles a disk's reads and writes separately, so the
+            # bound is the slowest of: the sources' reads, the new disk's writes, its reads
+            bound = lost_bytes / min(NEW.write_mbps * MB, NEW.read_mbps * MB, src_bw)
             store.close()
     mb = lost_bytes / MB
     rows = [("rebuild", f"{r.shards} shards, {mb:.0f} MiB in {rebuild_s:.1f} s = {mb / rebuild_s:.1f} MiB/s; "

@@ -296,6 +296,7 @@ def _swap(store: Store, items, moved: dict[bytes, ObjectLoc], referenced_now: se
     the plan: a sealed shard gains no objects), never a scan of the whole index."""
     idx = store.index
     done = kept = dropped = 0
+    gone: list[bytes] = []
     with idx.env.begin(write=True) as txn:
         for meta, _live, shas in items:
             sid = meta.shard_id
@@ -317,6 +318,9 @@ def _swap(store: Store, items, moved: dict[bytes, ObjectLoc], referenced_now: se
                 txn.put(sid, current, db=idx.retired)
                 txn.delete(sid, db=idx.shards)
             done += 1
+            gone.extend(drop)
+        if gone and idx.mark_log:  # an object stored anew later must not get the old marks back
+            idx.mark_log("drop", gone)
     return done, kept, dropped
 
 

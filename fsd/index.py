@@ -126,7 +126,14 @@ class Index:
         self.hidden = self.env.open_db(b"hidden", create=not readonly)
         self.deleted = self.env.open_db(b"deleted", create=not readonly)
         self.retired = self.env.open_db(b"retired", create=not readonly)
-        self.meta = self.env.open_db(b"meta", create=not readonly)
+        try:
+            self.meta = self.env.open_db(b"meta", create=not readonly)
+        except lmdb.NotFoundError:  # a read-only look at an index from before the meta table
+            self.meta = None
+        #: `(op, shas)` called inside the write transaction that sets or clears deletion marks,
+        #: before it commits (the store appends them to `marks/` on the HDDs, see
+        #: Store.log_marks): the log's order is then the order the index applied them in
+        self.mark_log: Callable[[str, list[bytes]], None] | None = None
 
     def close(self) -> None:
         self.env.close()
@@ -176,7 +183,8 @@ class Index:
             raw = txn.get(sha, db=self.objects)
             if raw is None:
                 return None  # gc dropped it between the two transactions: store it anew
-            txn.delete(sha, db=self.deleted)
+            if txn.delete(sha, db=self.deleted) and self.mark_log:
+                self.mark_log("keep", [sha])
             return ObjectLoc(*_OBJ.unpack(raw))
 
     def count_objects(self) -> int:
@@ -263,16 +271,21 @@ class Index:
     def mark(self, db: Any, shas: Iterable[bytes], reason: str) -> int:
         """Set a deletion mark (hidden or deleted) on objects that exist; returns how many."""
         doc = json.dumps({"time": time.time(), "reason": reason}).encode()
-        n = 0
+        done = []
         with self.env.begin(write=True) as txn:
             for sha in shas:
-                if txn.get(sha, db=self.objects) is not None:
-                    n += txn.put(sha, doc, db=db)
-        return n
+                if txn.get(sha, db=self.objects) is not None and txn.put(sha, doc, db=db):
+                    done.append(sha)
+            if done and self.mark_log:
+                self.mark_log("hide" if db is self.hidden else "delete", done)
+        return len(done)
 
     def unmark(self, db: Any, shas: Iterable[bytes]) -> int:
         with self.env.begin(write=True, db=db) as txn:
-            return sum(bool(txn.delete(sha)) for sha in shas)
+            done = [sha for sha in shas if txn.delete(sha)]
+            if done and self.mark_log:
+                self.mark_log("show" if db is self.hidden else "keep", done)
+            return len(done)
 
     def is_marked(self, db: Any, sha: bytes) -> bool:
         with self.env.begin(db=db) as txn:
@@ -362,7 +375,14 @@ class Index:
         with self.env.begin(write=True, db=self.disks) as txn:
             txn.put(rec.uuid.encode(), rec.to_json())
 
+    def drop_disk(self, uuid: str) -> None:
+        """Forget a disk (`hoard disks forget`); the caller has released its replicas first."""
+        with self.env.begin(write=True, db=self.disks) as txn:
+            txn.delete(uuid.encode())
+
     def get_meta(self, key: str) -> str | None:
+        if self.meta is None:
+            return None
         with self.env.begin(db=self.meta) as txn:
             raw = txn.get(key.encode())
         return bytes(raw).decode() if raw else None

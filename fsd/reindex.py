@@ -21,7 +21,7 @@ from fsd import shardfmt as fmt
 from fsd.config import Settings
 from fsd.disks import DiskRecord, DiskState, drop_cache, pread_full, read_identity
 from fsd.index import Index, ObjectLoc, ShardMeta
-from fsd.store import BATCHES_DIR, VIEWS_DIR
+from fsd.store import BATCHES_DIR, FORGOTTEN, MARK_OPS, MARKS_DIR, VIEWS_DIR
 
 
 @dataclass
@@ -32,6 +32,8 @@ class IndexRebuildReport:
     objects: int = 0
     open_shards: int = 0
     batches: int = 0
+    hidden: int = 0  # type-A marks replayed from marks/
+    deleted: int = 0  # type-B tombstones replayed from marks/
     damaged: list[str] = field(default_factory=list)  # replica files that could not be used
     skipped_disks: list[str] = field(default_factory=list)
     seconds: float = 0.0
@@ -95,11 +97,16 @@ def _rebuild_index(cfg: Settings, ssd_uuid: str, progress: Callable[[int, int], 
     files = {dc.label: _shard_files(dc.path) if dc.path.is_dir() else [] for dc in cfg.disks}
     total = sum(_size(p) for fs in files.values() for p in fs)
     done = 0
+    marks: set[tuple[int, str, str]] = set()  # the same records are on every disk: one copy each
+    kept_states = _old_disk_states(target)
     try:
         for dc in cfg.disks:
             ident = read_identity(dc.path) if dc.path.is_dir() else None
             if not ident or not ident.get("uuid"):
                 rep.skipped_disks.append(f"{dc.label}: no readable identity at {dc.path}")
+                continue
+            if read_identity(dc.path, FORGOTTEN):  # its shards were re-homed; what is left there is stale
+                rep.skipped_disks.append(f"{dc.label}: forgotten by `hoard disks forget`; remove it from the config")
                 continue
             used = 0
             for path in files[dc.label]:
@@ -128,8 +135,11 @@ def _rebuild_index(cfg: Settings, ssd_uuid: str, progress: Callable[[int, int], 
                         found.setdefault(pointer.stem, json.loads(pointer.read_bytes()))
                     except (OSError, ValueError) as e:
                         rep.damaged.append(f"{pointer}: {e}")
-            index.put_disk(DiskRecord(ident["uuid"], dc.label, str(dc.path), DiskState.ACTIVE,
-                                      ident.get("created", ""), used_bytes=used))
+            _read_marks(dc.path / MARKS_DIR, marks, rep)
+            # a failed or draining disk stays so (a user's or rebuild's decision, as Store.open keeps it)
+            state, reason = kept_states.get(ident["uuid"], (DiskState.ACTIVE, ""))
+            index.put_disk(DiskRecord(ident["uuid"], dc.label, str(dc.path), state,
+                                      ident.get("created", ""), used_bytes=used, reason=reason))
             rep.disks += 1
         for meta in shards.values():
             index.put_shard(meta)
@@ -140,6 +150,9 @@ def _rebuild_index(cfg: Settings, ssd_uuid: str, progress: Callable[[int, int], 
             index.put_batch(batch_id, info)
         for name, info in views.items():
             index.put_view(name, info)
+        hidden, deleted = replay_marks(marks)
+        rep.hidden = index.mark(index.hidden, hidden, "restored from marks/ by an index rebuild")
+        rep.deleted = index.mark(index.deleted, deleted, "restored from marks/ by an index rebuild")
         rep.shards, rep.objects, rep.batches = len(shards), len(objects), len(batches)
     finally:
         index.close()
@@ -154,6 +167,61 @@ def _size(path: Path) -> int:
         return path.stat().st_size
     except OSError:
         return 0
+
+
+def _old_disk_states(target: Path) -> dict[str, tuple[DiskState, str]]:
+    """uuid → (state, reason) of the disks the old index marked failed or draining; empty when
+    there is no old index or it cannot be read (the SSD was lost: that is what rebuild is for)."""
+    import lmdb
+
+    if not (target / "data.mdb").is_file():
+        return {}
+    try:
+        old = Index(target, readonly=True)
+    except lmdb.Error:
+        return {}
+    try:
+        return {r.uuid: (r.state, r.reason) for r in old.get_disks()
+                if r.state in (DiskState.FAILED, DiskState.DRAINING)}
+    except lmdb.Error:
+        return {}
+    finally:
+        old.close()
+
+
+def _read_marks(folder: Path, into: set[tuple[int, str, str]], rep: IndexRebuildReport) -> None:
+    """Parse `marks/*.log` lines `<time_ns> <op> <sha256 hex>`; a torn last line (a crash during
+    an append) is skipped — its transaction never committed, see Store.log_marks."""
+    for path in sorted(folder.glob("*.log")):
+        try:
+            with open(path, "rb") as f:
+                for line in f:
+                    parts = line.split()
+                    if (len(parts) == 3 and line.endswith(b"\n") and parts[0].isdigit() and len(parts[2]) == 64
+                            and (op := parts[1].decode("ascii", "replace")) in MARK_OPS):
+                        into.add((int(parts[0]), op, parts[2].decode("ascii")))
+        except OSError as e:
+            rep.damaged.append(f"{path}: {e}")
+
+
+def replay_marks(records: set[tuple[int, str, str]]) -> tuple[list[bytes], list[bytes]]:
+    """The hidden and tombstoned objects after applying the records in time order (a later
+    `keep` — the object was stored again — or `drop` — gc freed it — undoes an earlier mark)."""
+    hidden: set[str] = set()
+    deleted: set[str] = set()
+    for _t, op, sha in sorted(records):
+        if op == "hide":
+            hidden.add(sha)
+        elif op == "delete":
+            deleted.add(sha)
+        elif op == "show":
+            hidden.discard(sha)
+        elif op == "keep":
+            deleted.discard(sha)
+        else:  # drop
+            hidden.discard(sha)
+            deleted.discard(sha)
+    return [bytes.fromhex(h) for h in sorted(hidden)], [bytes.fromhex(h) for h in sorted(deleted)]
 
 
 def _read_shard(path: Path) -> tuple[ShardMeta, list[fmt.RecordInfo]]:

@@ -9,7 +9,7 @@ verify → rename, as the replicator copies). A shard whose replicas all check o
 
 from __future__ import annotations
 
-import random
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -35,6 +35,7 @@ class VerifyReport:
     bad: list[str] = field(default_factory=list)  # "shard on disk: why"
     repaired: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    in_scope: int = 0  # sealed shards the run could have chosen (before --sample)
 
     @property
     def unrepaired(self) -> int:
@@ -65,32 +66,37 @@ def batch_shards(store: Store, batch_id: str) -> set[bytes]:
 
 
 def verify(store: Store, sample_pct: float = 100.0, disk_label: str | None = None, sha256: bool = False,
-           repair: bool = False, budget_s: float | None = None, seed: int | None = None,
-           batch: str | None = None, progress: Callable[[int, int], None] | None = None) -> VerifyReport:
-    """Check the chosen shards' replicas, one reader thread per disk (the disks work in
+           repair: bool = False, budget_s: float | None = None, batch: str | None = None,
+           progress: Callable[[int, int], None] | None = None) -> VerifyReport:
+    """Check the chosen shards' replicas: the first `sample_pct` % (at least one) of the sealed
+    shards in (verified, created) order — never verified first, then the oldest, so repeated
+    samples cover the whole store. `disk_label` limits the run to replicas on that disk (an
+    unknown label is refused). Checks one reader thread per disk (the disks work in
     parallel, each reading its replicas in order), then repair what is bad. `batch` limits
     the check to the shards holding that ingested batch. Repairing holds the maintenance lock."""
     if repair:
         with store.maintenance("verify --repair"):
-            return _verify(store, sample_pct, disk_label, sha256, repair, budget_s, seed, batch, progress)
-    return _verify(store, sample_pct, disk_label, sha256, repair, budget_s, seed, batch, progress)
+            return _verify(store, sample_pct, disk_label, sha256, repair, budget_s, batch, progress)
+    return _verify(store, sample_pct, disk_label, sha256, repair, budget_s, batch, progress)
 
 
 def _verify(store: Store, sample_pct: float, disk_label: str | None, sha256: bool, repair: bool,
-            budget_s: float | None, seed: int | None, batch: str | None,
+            budget_s: float | None, batch: str | None,
             progress: Callable[[int, int], None] | None = None) -> VerifyReport:
     rep = VerifyReport()
     t0 = time.monotonic()
+    only_disk = _disk_uuid(store, disk_label) if disk_label is not None else None
     only = batch_shards(store, batch) if batch else None
-    metas = [m for m in store.index.iter_shards() if m.sealed and (only is None or m.shard_id in only)]
+    metas = [m for m in store.index.iter_shards() if m.sealed and (only is None or m.shard_id in only)
+             and (only_disk is None or only_disk in m.replicas)]
     metas.sort(key=lambda m: (m.verified or 0, m.created))  # never verified first, then the oldest
-    if sample_pct < 100:
-        rng = random.Random(seed)
-        metas = [m for m in metas if rng.random() * 100 < sample_pct]
+    rep.in_scope = len(metas)
+    if sample_pct < 100 and metas:
+        metas = metas[:max(1, math.ceil(len(metas) * sample_pct / 100))]
     work: dict[str, list[ShardMeta]] = {}
     for meta in metas:
         for disk in store.replica_order(meta):
-            if disk_label is None or disk.label == disk_label:
+            if only_disk is None or disk.uuid == only_disk:
                 work.setdefault(disk.uuid, []).append(meta)
     results: dict[bytes, dict[str, str | None]] = {}  # shard → disk uuid → None (good) or why
     lock = threading.Lock()
@@ -148,6 +154,16 @@ def _verify(store: Store, sample_pct: float, disk_label: str | None, sha256: boo
             store.index.update_shard(meta.shard_id, lambda m: setattr(m, "verified", now))
     rep.seconds = time.monotonic() - t0
     return rep
+
+
+def _disk_uuid(store: Store, label: str) -> str:
+    from fsd.errors import ExitCode, HoardError
+
+    for uuid, rec in store.records.items():
+        if rec.label == label:
+            return uuid
+    raise HoardError(f"no disk labelled {label!r}; the disks are: {', '.join(sorted(r.label for r in store.records.values()))}",
+                     ExitCode.USAGE)
 
 
 def oldest_unverified_age(store: Store) -> float | None:

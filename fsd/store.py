@@ -45,6 +45,16 @@ ITER_READ = 8 << 20
 BATCHES_DIR = "batches"
 #: per disk: `<root>/views/<name>.json` names each view's manifest object
 VIEWS_DIR = "views"
+#: per disk: `<root>/marks/*.log`, the deletion marks (hidden, deleted) and their clearing, in order
+MARKS_DIR = "marks"
+MARKS_LOG = "marks.log"
+#: the record kinds of the marks log: set / clear a type-A hidden mark, set / clear a type-B
+#: tombstone, and "drop" (gc freed the object: both marks go with it)
+MARK_OPS = ("hide", "show", "delete", "keep", "drop")
+#: written on a forgotten disk's root (`hoard disks forget`), so that a hoard.toml still listing
+#: it gets "forgotten: remove it from hoard.toml" instead of the refusal of a disk holding
+#: shards the index does not know (the guard against a lost index)
+FORGOTTEN = ".hoard-forgotten.json"
 
 
 class ObjectNotFound(HoardError):
@@ -109,6 +119,7 @@ class Store:
                 raise index_error(cfg.index_dir, e) from None
             store = cls(cfg, index, writable)
             store.held = hold
+            index.mark_log = store.log_marks
             try:
                 store._check_index_owner(ssd_uuid)
                 store._attach_disks(init)
@@ -144,6 +155,12 @@ class Store:
             rec = known.pop(dc.label, None)
             if rec is None:
                 ident = read_identity(dc.path) if dc.path.is_dir() else None
+                if ident and read_identity(dc.path, FORGOTTEN):  # forgotten, still in hoard.toml
+                    rec = DiskRecord(ident.get("uuid") or "forgotten-" + dc.label, dc.label, str(dc.path),
+                                     DiskState.MISSING, "", reason="forgotten by `hoard disks forget`: remove its "
+                                     f"[[disks]] table from {self.cfg.source}")
+                    self.records[rec.uuid] = rec
+                    continue
                 if ident and ident.get("uuid") and _holds_shards(dc.path):
                     # a disk with shards this index never registered: the index was lost or
                     # replaced (an unmounted SSD), or the disk is another store's. Registering
@@ -179,7 +196,9 @@ class Store:
             self.disks[rec.uuid] = LocalDisk(dc.label, dc.path, rec.uuid, cap, require_mount=not allow_dir)
             self.queue[rec.uuid] = 0
         for rec in known.values():  # registered, but no longer in hoard.toml
-            rec.state, rec.reason = DiskState.MISSING, "registered in the index but not listed in hoard.toml"
+            rec.state, rec.reason = DiskState.MISSING, (
+                f"registered in the index but not listed in {self.cfg.source}: `hoard disks forget {rec.label}` "
+                "once no shard needs it (or put its [[disks]] table back)")
             self.records[rec.uuid] = rec
 
     def close(self) -> None:
@@ -373,6 +392,41 @@ class Store:
                     fsync_dir(path.parent)
                 else:
                     atomic_write(path, body)
+
+    def log_marks(self, op: str, shas: list[bytes]) -> None:
+        """Append deletion-mark records (`op` is one of MARK_OPS) to `marks/marks.log` on every
+        writable disk, fsynced — what `hoard index rebuild` replays (docs/design.md, "Deletion
+        marks on the HDDs"). Called by the index inside the transaction that applies them:
+        raising here (no disk took the records) leaves the index unchanged too."""
+        from fsd.disks import fsync_dir
+
+        stamp = time.time_ns()
+        body = "".join(f"{stamp} {op} {sha.hex()}\n" for sha in shas).encode()
+        written, errors = 0, []
+        for uuid, disk in self.disks.items():
+            if not self.usable(uuid, for_write=True):
+                continue
+            folder = disk.root / MARKS_DIR
+            try:
+                if not folder.is_dir():
+                    folder.mkdir()
+                    fsync_dir(disk.root)
+                # O_APPEND: records of concurrent processes interleave whole (one write each)
+                fd = os.open(folder / MARKS_LOG, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+                try:
+                    view = memoryview(body)
+                    while view:
+                        view = view[os.write(fd, view):]
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+                written += 1
+            except OSError as e:
+                log.warning("disk %s: cannot append to %s/%s: %s", disk.label, MARKS_DIR, MARKS_LOG, e)
+                errors.append(f"{disk.label}: {e.strerror or e}")
+        if not written:
+            raise HoardError(f"no disk took the deletion marks ({'; '.join(errors) or 'no writable disk'}); "
+                             "nothing was changed — `hoard health` names the disks' problems", ExitCode.UNAVAILABLE)
 
     # -- pins: acknowledged objects a job holds before a manifest names them -------------------
     def pin(self, name: str, shas_hex: Iterable[str], why: str) -> None:

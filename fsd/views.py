@@ -62,6 +62,7 @@ def define_view(store, name: str, raw: bytes) -> dict:
         if loc is None:
             raise ViewError(f"view {name}: {path}: {sha[:64]!r} is not an object in the store")
         files.append({"path": path, "sha256": sha, "size": loc.length})
+    _refuse_file_over_directory(name, seen)
     body = json.dumps({"format": "hoardfs-view-1", "name": name, "files": sorted(files, key=lambda f: f["path"])},
                       indent=1).encode()
     put = store.put_bytes(body, klass="generated")
@@ -69,6 +70,17 @@ def define_view(store, name: str, raw: bytes) -> dict:
             "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
     store.register_view(name, info)
     return info
+
+
+def _refuse_file_over_directory(name: str, paths: set[str]) -> None:
+    """A path that is also another path's directory (`a` and `a/b`) cannot be both a file and a
+    directory in the mount: one of them would silently vanish there."""
+    for path in paths:
+        parts = path.split("/")
+        for i in range(1, len(parts)):
+            if (prefix := "/".join(parts[:i])) in paths:
+                raise ViewError(f"view {name}: path {prefix!r} is a file, but {path!r} needs it as a directory; "
+                                "rename one of them in the manifest")
 
 
 def remove_view(store, name: str) -> None:

@@ -59,6 +59,11 @@ def _check_refs(conn: psycopg.Connection, table: str, what: str, *columns: tuple
             raise IntentError(f"{what}[{row[0]}].{field}: node {row[1]} is neither in this intent nor in the database")
 
 
+#: the columns common_metadata and metadata_version share besides their keys
+_VERSION_COLUMNS = ("is_raw, is_root, title, view_count, update_time, download_time, author, user_name, "
+                    "raw_metadata, specific")
+
+
 def apply_body(conn: psycopg.Connection, it: WriteIntent) -> dict[str, int]:
     counts: dict[str, int] = {}
     # Every id this function writes comes from a join against the row it references, inside
@@ -171,6 +176,13 @@ def apply_body(conn: psycopg.Connection, it: WriteIntent) -> dict[str, int]:
             WHERE common_metadata.download_time IS NULL
                OR EXCLUDED.download_time >= common_metadata.download_time""")
         counts["metadata_rows"] = cur.rowcount
+        # every document's version too: deleting its batch later recomputes common_metadata from the rest
+        conn.execute(f"""
+            INSERT INTO metadata_version (node_id, source_id, raw_object, {_VERSION_COLUMNS})
+            SELECT DISTINCT ON (n.node_id, t.source_id, t.raw_object) n.node_id, t.source_id, t.raw_object,
+                   {', '.join('t.' + c for c in _VERSION_COLUMNS.split(', '))}
+            FROM tmp_meta t JOIN node n ON n.sha256 = t.sha WHERE t.raw_object IS NOT NULL
+            ON CONFLICT DO NOTHING""")
         from sql.schema_decider import fill_specific_tables
 
         fill_specific_tables(conn, {sources[m.source] for m in it.metadata}, "tmp_meta")

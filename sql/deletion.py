@@ -3,7 +3,8 @@
 Type A marks nodes `is_deleted` (selectors skip them; metadata, edges and labels stay as
 history). Type B drops one batch's references — its members and its `batch:<id>/…`
 locators — and marks deleted the nodes no other batch still holds; the batch row stays,
-with a `cancelled` event saying it was deleted.
+with a `cancelled` event saying it was deleted. What the batch's documents said about nodes other
+batches also describe is replaced by the newest remaining description (`metadata_version`).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ def drop_batch(conn: psycopg.Connection, batch_id: str, reason: str = "") -> dic
                                               [batch_id])]
         paths = conn.execute("DELETE FROM physical_path WHERE locator LIKE %s",
                              [f"batch:{batch_id.replace('%', '').replace('_', chr(92) + '_')}/%"]).rowcount
+        described = _forget_descriptions(conn, members)
         hidden = conn.execute(
             "UPDATE physical_content pc SET is_deleted = true WHERE pc.node_id = ANY(%s) AND NOT pc.is_deleted "
             "AND NOT EXISTS (SELECT 1 FROM batch_member bm WHERE bm.node_id = pc.node_id)", [members]).rowcount
@@ -39,8 +41,36 @@ def drop_batch(conn: psycopg.Connection, batch_id: str, reason: str = "") -> dic
             conn.execute("INSERT INTO action_event (batch_id, action_id, status, ended_at, detail) "
                          "VALUES (%s, %s, 'cancelled', now(), %s)",
                          [batch_id, row[0], json.dumps({"deleted": True, "reason": reason, "members": len(members),
-                                                        "nodes_marked_deleted": hidden})])
-    return {"members": len(members), "locators": paths, "nodes_marked_deleted": hidden}
+                                                        "nodes_marked_deleted": hidden,
+                                                        "metadata_recomputed": described})])
+    return {"members": len(members), "locators": paths, "nodes_marked_deleted": hidden,
+            "metadata_recomputed": described}
+
+
+def _forget_descriptions(conn: psycopg.Connection, members: list[int]) -> int:
+    """Drop what the deleted batch's documents said about nodes (its members no other batch
+    holds are its documents) and recompute each affected common_metadata row from the
+    remaining versions, newest download first as apply does; a row no other document
+    describes goes. Returns how many common_metadata rows were replaced or removed."""
+    from sql._apply import _VERSION_COLUMNS
+
+    conn.execute("CREATE TEMP TABLE tmp_gone_doc ON COMMIT DROP AS SELECT n.sha256 FROM node n "
+                 "WHERE n.node_id = ANY(%s) AND NOT EXISTS (SELECT 1 FROM batch_member bm "
+                 "WHERE bm.node_id = n.node_id)", [members])
+    conn.execute("DELETE FROM metadata_version WHERE raw_object IN (SELECT sha256 FROM tmp_gone_doc)")
+    cols = _VERSION_COLUMNS.split(", ")
+    replaced = conn.execute(f"""
+        UPDATE common_metadata cm SET raw_object = v.raw_object, {', '.join(f'{c} = v.{c}' for c in cols)}
+        FROM (SELECT DISTINCT ON (node_id, source_id) * FROM metadata_version mv
+              WHERE (mv.node_id, mv.source_id) IN (SELECT node_id, source_id FROM common_metadata
+                                                   WHERE raw_object IN (SELECT sha256 FROM tmp_gone_doc))
+              ORDER BY node_id, source_id, download_time DESC NULLS LAST) v
+        WHERE cm.node_id = v.node_id AND cm.source_id = v.source_id
+          AND cm.raw_object IN (SELECT sha256 FROM tmp_gone_doc)""").rowcount
+    removed = conn.execute("DELETE FROM common_metadata WHERE raw_object IN (SELECT sha256 FROM tmp_gone_doc)"
+                           ).rowcount
+    conn.execute("DROP TABLE tmp_gone_doc")
+    return replaced + removed
 
 
 def referenced(conn: psycopg.Connection, shas: set[bytes], chunk: int = 10_000) -> set[bytes]:

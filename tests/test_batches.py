@@ -69,3 +69,41 @@ def test_events_and_pipeline_stages(db) -> None:
         stage_done(conn, "b", "clean", 7)
     with pytest.raises(BatchError, match="no batch 'zz'"):
         record_event(conn, "zz", 0, "done", t)
+
+
+def test_dropping_a_batch_recomputes_shared_metadata(pg) -> None:
+    """After `delete --batch`, a node another batch also describes shows that batch's newest
+    description (raw_object included), and a node only the deleted batch described has no
+    common_metadata row left."""
+    from sql.deletion import drop_batch
+
+    migrate(pg)
+
+    def sha(s: str) -> str:
+        return hashlib.sha256(s.encode()).hexdigest()
+
+    def ingest(batch: str, title: str, day: int, nodes: list[str]) -> None:
+        doc = sha(f"doc-{batch}")
+        apply_write_intent(pg, {
+            "key": batch, "sources": ["src"],
+            "nodes": [{"sha256": s, "physical": {"size": 1}} for s in nodes + [doc]],
+            "metadata": [{"node": s, "source": "src", "title": title, "author": f"by {batch}",
+                          "download_time": dt.datetime(2026, 1, day, tzinfo=dt.timezone.utc), "raw_object": doc}
+                         for s in nodes],
+            "batches": [{"batch_id": batch, "source": "src", "members": nodes + [doc], "seal": True}]})
+
+    shared, only_new = sha("shared"), sha("only-new")
+    ingest("old", "old title", 1, [shared])
+    ingest("mid", "mid title", 2, [shared])
+    ingest("new", "new title", 3, [shared, only_new])
+
+    def row(node: str):
+        return pg.execute("SELECT cm.title, cm.author, cm.raw_object FROM common_metadata cm JOIN node n "
+                          "USING (node_id) WHERE n.sha256 = %s", [bytes.fromhex(node)]).fetchone()
+
+    assert row(shared)[0] == "new title"
+    counts = drop_batch(pg, "new")
+    assert counts["metadata_recomputed"] == 2
+    assert row(shared) == ("mid title", "by mid", bytes.fromhex(sha("doc-mid")))
+    assert row(only_new) is None
+    assert drop_batch(pg, "new")["metadata_recomputed"] == 0  # idempotent

@@ -170,3 +170,23 @@ def test_crash_between_swap_and_delete_is_finished_next_run(store_factory, tmp_p
     assert rep.replicas_deleted > 0 and store.index.marked(store.index.retired) == set()
     assert sum(1 for root in old_files for _ in root.rglob("*.shard")) < before
     _check_all(store, res[1::2])
+
+
+def test_delete_unknown_node_is_refused(hoard_home: Path, pg) -> None:
+    """`hoard delete --node` of a sha256 the store does not hold exits 5 naming it and changes
+    nothing (a known node given with it is not hidden either)."""
+    from sql.migrate import migrate
+    from tests.conftest import use_schema
+
+    migrate(pg)
+    cfg_path = use_schema(hoard_home, pg)
+    for d in config.load(cfg_path).disks:
+        d.path.mkdir(parents=True, exist_ok=True)
+    with Store.open(config.load(cfg_path), init=True) as store:
+        known = store.put_many(make_files(hoard_home / "in", 1))[0].sha256
+    ghost = "ab" * 32
+    r = subprocess.run([sys.executable, "-m", "fsd", "--config", cfg_path, "delete", "--node", known, "--node", ghost],
+                       capture_output=True, text=True)
+    assert r.returncode == 5 and f"no object {ghost}" in r.stderr and known not in r.stderr
+    with Store.open(config.load(cfg_path), writable=False) as store:
+        assert store.index.marked(store.index.hidden) == set()

@@ -215,6 +215,49 @@ def test_mount_refuses_bad_mountpoints(hoard_home: Path, tmp_path: Path) -> None
     assert r.returncode == 2 and "already a mount point" in r.stderr
 
 
+def test_mount_refusals_and_dead_mount(hoard_home: Path, tmp_path: Path) -> None:
+    """A second mount on a mount point is refused before anything is printed; a non-empty
+    directory is refused unless --nonempty; the background `hoard mount` says "mounted" only
+    when the daemon serves; a mount whose daemon was killed is named with `hoard umount --lazy`,
+    which then detaches it."""
+    cfg_path = str(hoard_home / "hoard.toml")
+    for d in config.load(cfg_path).disks:
+        d.path.mkdir(parents=True, exist_ok=True)
+    Store.open(config.load(cfg_path), init=True).close()
+    hoard = [sys.executable, "-m", "fsd", "--config", cfg_path]
+    r = subprocess.run(hoard + ["mount", "/proc"], capture_output=True, text=True)
+    assert r.returncode == 2 and "already a mount point" in r.stderr and "mounted" not in r.stdout
+    full = tmp_path / "full"
+    full.mkdir()
+    (full / "keep.txt").write_text("x")
+    r = subprocess.run(hoard + ["mount", str(full)], capture_output=True, text=True)
+    assert r.returncode == 2 and "not empty" in r.stderr and "--nonempty" in r.stderr
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    r = subprocess.run(hoard + ["mount", str(mnt)], capture_output=True, text=True, timeout=60)
+    try:
+        assert r.returncode == 0 and "mounted at" in r.stdout, r.stderr
+        assert "by-hash" in os.listdir(mnt)  # served at once, not merely attached
+        again = subprocess.run(hoard + ["mount", str(mnt)], capture_output=True, text=True)
+        assert again.returncode == 2 and "already a mount point" in again.stderr and not again.stdout
+        pid = int(r.stdout.split("(pid ")[1].split(",")[0])
+        os.kill(pid, signal.SIGKILL)  # the daemon dies; the kernel keeps the mount attached
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                os.stat(mnt)
+            except OSError as e:
+                assert e.errno == errno.ENOTCONN
+                break
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        dead = subprocess.run(hoard + ["mount", str(mnt)], capture_output=True, text=True)
+        assert dead.returncode == 2 and f"hoard umount --lazy {mnt}" in dead.stderr and not dead.stdout
+    finally:
+        subprocess.run(hoard + ["umount", "--lazy", str(mnt)], capture_output=True, text=True)
+    assert not os.path.ismount(mnt) and os.listdir(mnt) == []
+
+
 def test_large_object_without_chunk_map(hoard_home: Path, tmp_path: Path) -> None:
     """A large object stored before chunk maps existed (map deleted here) is verified in full
     on first open, then served; the map is recorded for next time."""

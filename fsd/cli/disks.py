@@ -1,4 +1,4 @@
-"""`hoard disks list|add|retire`."""
+"""`hoard disks list|add|retire|replace|activate|forget`."""
 
 from __future__ import annotations
 
@@ -9,11 +9,12 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
-from fsd.cli._common import gb, out, state
+from fsd.cli._common import err, gb, out, state
 from fsd.errors import ConfigError, ExitCode, HoardError
 
-app = typer.Typer(help="The HDDs: list, add, retire.", no_args_is_help=True)
+app = typer.Typer(help="The HDDs: list, add, retire, replace, activate, forget.", no_args_is_help=True)
 
 
 @app.command("list")
@@ -76,7 +77,8 @@ def retire(
 
     with open_store(ctx) as store:
         store.set_disk_state(label, DiskState.DRAINING, "retired by the user")
-    out.print(f"disk {label} is draining: run `hoard replicate` to move its replicas, then unmount it")
+    out.print(escape(f"disk {label} is draining: run `hoard replicate` to copy its shards to other disks, then "
+                     f"`hoard disks forget {label}`, then remove its [[disks]] table from hoard.toml and unmount it"))
 
 
 @app.command()
@@ -85,8 +87,45 @@ def replace(
     old: Annotated[str, typer.Argument(help="the lost or dying disk")],
     new: Annotated[str, typer.Argument(help="an added, active disk to hold its replicas")],
     rate_mb_s: Annotated[float, typer.Option(help="copy at most this fast (0 = no limit)")] = 0,
+    yes: Annotated[bool, typer.Option("--yes", help="do not ask when OLD is still healthy")] = False,
 ) -> None:
-    """Rebuild every replica of OLD onto NEW (same as `hoard rebuild --disk OLD --onto NEW`)."""
+    """Rebuild every replica of OLD onto NEW (same as `hoard rebuild --disk OLD --onto NEW`);
+    afterwards `hoard disks forget OLD` and remove OLD's [[disks]] table from hoard.toml."""
     from fsd.cli.rebuild import run_rebuild
 
-    run_rebuild(ctx, old, new, rate_mb_s)
+    run_rebuild(ctx, old, new, rate_mb_s, yes)
+
+
+@app.command()
+def activate(
+    ctx: typer.Context,
+    label: Annotated[str, typer.Argument(help="a failed or draining disk")],
+) -> None:
+    """Put a failed or draining disk back into service, after checking it is the registered
+    disk and verifying its replicas (bad ones are reported and left for repair)."""
+    from fsd.cli.store import open_store
+    from fsd.lifecycle import activate as run
+
+    with open_store(ctx) as store:
+        rep = run(store, label)
+    out.print(f"disk {label} is active: {rep.checked} replicas verified, {rep.adopted} shard files listed again, "
+              f"{len(rep.bad)} bad")
+    for b in rep.bad:
+        err.print(f"[red]bad[/] {b}")
+    if rep.bad:
+        err.print("bad replicas are queued for repair: `hoard verify --repair` or `hoard replicate`")
+
+
+@app.command()
+def forget(
+    ctx: typer.Context,
+    label: Annotated[str, typer.Argument(help="a retired or replaced disk")],
+) -> None:
+    """Drop a disk from the index once every shard it held has its copies on other disks."""
+    from fsd.cli.store import open_store
+    from fsd.lifecycle import forget as run
+
+    with open_store(ctx) as store:
+        released = run(store, label)
+    out.print(escape(f"disk {label} forgotten ({released} replicas released); now remove its [[disks]] table from "
+                     f"{state(ctx).settings.source} and unmount it"))

@@ -35,6 +35,10 @@ def delete(
     with database(cfg, needed_for="a deletion changes the database first") as conn, Store.open(cfg) as store:
         if node:
             shas = [_sha_bytes(h) for h in node]
+            unknown = [s.hex() for s in shas if store.index.lookup(s) is None]
+            if unknown:  # checked before anything changes: a typo must not half-apply a deletion
+                raise HoardError(f"no object {', '.join(unknown)} in the store; nothing was hidden (check the "
+                                 "sha256: `ls <mount>/by-hash/<first 2 hex digits>`)", ExitCode.DATA)
             n_db = db_del.hide_nodes(conn, shas)
             n_store = hide(store, shas, reason or "deleted (type A)")
             out.print(f"type A: {n_db} nodes marked deleted in the database, {n_store} hidden in the store "

@@ -26,28 +26,34 @@ def mount(
     foreground: Annotated[bool, typer.Option("--foreground", "-f", help="stay attached (systemd, debugging)")] = False,
     debug: Annotated[bool, typer.Option(help="log every FUSE request")] = False,
     log_file: Annotated[Optional[Path], typer.Option(help="background mode: log here (default <ssd.root>/mount.log)")] = None,
+    nonempty: Annotated[bool, typer.Option("--nonempty", help="mount over a directory that holds files (they are "
+                                           "hidden until unmounted)")] = False,
 ) -> None:
     """Mount the store read-only: by-hash/, batches/, sources/, views/, .hoard/health, inbox → 3A."""
     import logging
 
-    from fsd.mount import run_mount
+    from fsd.mount import check_mountpoint, run_mount
 
     cfg = state(ctx).settings
-    _check_mountpoint(mountpoint)
     if foreground:
         logging.basicConfig(level=logging.DEBUG if debug else logging.INFO,
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-        run_mount(cfg, mountpoint, debug)
+        run_mount(cfg, mountpoint, debug, nonempty=nonempty)
         return
+    mountpoint = check_mountpoint(mountpoint, nonempty)  # refused here, before a daemon is started
+    before = os.stat(mountpoint).st_dev
     log_path = log_file or cfg.ssd.root / "mount.log"
     cmd = [sys.executable, "-m", "fsd"] + (["--config", str(cfg.source)] if cfg.source else []) + [
-        "mount", "--foreground", str(mountpoint)] + (["--debug"] if debug else [])
+        "mount", "--foreground", str(mountpoint)] + (["--debug"] if debug else []) + (
+        ["--nonempty"] if nonempty else [])
     with open(log_path, "ab") as logf:
         child = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                  start_new_session=True)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
-        if os.path.ismount(mountpoint):
+        # served = our daemon is alive and a stat of the mount point reaches a new file system
+        # (the daemon answered it); a mount point that merely is a mount proves nothing
+        if child.poll() is None and _served(mountpoint, before):
             out.print(f"mounted at {mountpoint} (pid {child.pid}, log {log_path}); `hoard umount {mountpoint}` "
                       "to unmount")
             return
@@ -59,30 +65,21 @@ def mount(
     raise HoardError(f"{mountpoint} did not appear within 30 s; see {log_path}", ExitCode.UNAVAILABLE)
 
 
-def _check_mountpoint(mountpoint: Path) -> None:
-    """Refuse, before anything starts, a mount point that is missing, not a directory, already
-    mounted, or not empty (a mount would hide its files)."""
-    name = display(str(mountpoint))
+def _served(mountpoint: Path, before: int) -> bool:
     try:
-        is_dir = mountpoint.is_dir()
-    except OSError as e:  # a dead FUSE mount: "Transport endpoint is not connected"
-        raise HoardError(f"{name}: {e.strerror}; a mount whose daemon died is still there — "
-                         f"`hoard umount --lazy {name}`", ExitCode.USAGE) from None
-    if not is_dir:
-        raise HoardError(f"mount point {name} is not a directory; `mkdir -p {name}` first", ExitCode.USAGE)
-    if os.path.ismount(mountpoint):
-        raise HoardError(f"{name} is already a mount point; `hoard umount {name}` first", ExitCode.USAGE)
-    if any(mountpoint.iterdir()):
-        raise HoardError(f"mount point {name} is not empty: the mount would hide its files; use an empty "
-                         "directory", ExitCode.USAGE)
+        return os.stat(mountpoint).st_dev != before
+    except OSError:
+        return False
 
 
 def umount(
     mountpoint: Annotated[Path, typer.Argument()],
     lazy: Annotated[bool, typer.Option("--lazy", "-z", help="detach now even if files are open")] = False,
 ) -> None:
-    """Unmount a hoard mount (fusermount3 -u; --lazy when readers are still busy)."""
-    if not os.path.ismount(mountpoint):
+    """Unmount a hoard mount (fusermount3 -u; --lazy when readers are still busy or its daemon died)."""
+    from fsd.mount import is_mounted
+
+    if not is_mounted(Path(os.path.realpath(mountpoint.parent)) / mountpoint.name):
         raise HoardError(f"{mountpoint} is not mounted", ExitCode.USAGE)
     r = subprocess.run(["fusermount3", "-u"] + (["-z"] if lazy else []) + [str(mountpoint)],
                        capture_output=True, text=True)

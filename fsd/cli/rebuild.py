@@ -5,16 +5,26 @@ from __future__ import annotations
 from typing import Annotated, Optional
 
 import typer
-from fsd.cli._common import err, out, progress
+
+from fsd.cli._common import confirm, err, out, progress
 from fsd.errors import ExitCode
 
 
-def run_rebuild(ctx: typer.Context, disk: str, onto: Optional[str], rate_mb_s: float, as_json: bool = False) -> None:
+def run_rebuild(ctx: typer.Context, disk: str, onto: Optional[str], rate_mb_s: float, yes: bool,
+                as_json: bool = False) -> None:
     from fsd.cli.store import open_store
+    from fsd.disks import DiskState
     from fsd.rebuild import rebuild as run
 
-    with open_store(ctx) as store, progress(f"rebuilding {disk}") as update:
-        rep = run(store, disk, onto, rate_mb_s or None, progress=update)
+    with open_store(ctx) as store:
+        rec = next((r for r in store.records.values() if r.label == disk), None)
+        # a rebuild marks the disk failed; done by mistake on a healthy disk, only
+        # `hoard disks activate` brings it back
+        if rec is not None and rec.state == DiskState.ACTIVE and not yes:
+            confirm(f"disk {disk} is active and present: rebuilding marks it failed (`hoard disks activate "
+                    f"{disk}` undoes that). Continue?")
+        with progress(f"rebuilding {disk}") as update:
+            rep = run(store, disk, onto, rate_mb_s or None, progress=update)
     if as_json:
         import json
         from dataclasses import asdict
@@ -36,7 +46,9 @@ def rebuild(
     disk: Annotated[str, typer.Option("--disk", help="the lost disk's label")],
     onto: Annotated[Optional[str], typer.Option("--onto", help="the new disk (default: any disks with room)")] = None,
     rate_mb_s: Annotated[float, typer.Option(help="copy at most this fast (0 = no limit)")] = 0,
+    yes: Annotated[bool, typer.Option("--yes", help="do not ask when the disk is still healthy")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="the report as JSON")] = False,
 ) -> None:
-    """Re-create the replicas a lost disk held, from healthy replicas; resumable after a kill."""
-    run_rebuild(ctx, disk, onto, rate_mb_s, as_json)
+    """Re-create the replicas a lost disk held, from healthy replicas; resumable after a kill.
+    Afterwards `hoard disks forget DISK` and remove its [[disks]] table from hoard.toml."""
+    run_rebuild(ctx, disk, onto, rate_mb_s, yes, as_json)

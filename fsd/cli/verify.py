@@ -8,12 +8,12 @@ from typing import Annotated, Optional
 import typer
 
 from fsd.cli._common import database, err, out, progress, state
-from fsd.errors import ExitCode
+from fsd.errors import ExitCode, HoardError
 
 
 def verify(
     ctx: typer.Context,
-    sample: Annotated[float, typer.Option("--sample", min=0.01, max=100, help="percent of shards to check")] = 100,
+    sample: Annotated[float, typer.Option("--sample", min=0.01, max=100, help="check this percent of the shards, least recently verified first")] = 100,
     disk: Annotated[Optional[str], typer.Option("--disk", help="only replicas on this disk")] = None,
     sha256: Annotated[bool, typer.Option("--sha256", help="also recompute every payload's sha256")] = False,
     repair: Annotated[bool, typer.Option("--repair", help="replace bad replicas with good copies")] = False,
@@ -37,6 +37,13 @@ def verify(
 
     with open_store(ctx) as store, progress("verifying") as update:
         rep = run(store, sample, disk, sha256, repair, budget_s, batch=batch, progress=update)
+    scope = (f" on disk {disk}" if disk else "") + (f" holding batch {batch}" if batch else "")
+    if rep.in_scope == 0 and not as_json:
+        out.print(f"nothing to verify: no sealed shard{scope}")
+        return
+    if rep.in_scope and rep.replicas == 0:  # shards exist, yet not one replica could be read: no pass
+        raise HoardError(f"{rep.in_scope} sealed shards{scope}, but none has a replica on a readable disk; "
+                         "`hoard health` names the failed or missing disks", ExitCode.DATA)
     if as_json:
         from dataclasses import asdict
 

@@ -8,9 +8,11 @@ operations) and docs/mount.md.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
+import re
 import signal
 import threading
 import time
@@ -19,12 +21,12 @@ from pathlib import Path
 from fsd.config import Settings
 from fsd.errors import ExitCode, HoardError
 
-__all__ = ["run_mount"]
+__all__ = ["check_mountpoint", "run_mount"]
 
 log = logging.getLogger(__name__)
 
 
-def run_mount(cfg: Settings, mountpoint: Path, debug: bool = False, ready=None) -> None:
+def run_mount(cfg: Settings, mountpoint: Path, debug: bool = False, ready=None, nonempty: bool = False) -> None:
     import pyfuse3
     import trio
 
@@ -33,13 +35,7 @@ def run_mount(cfg: Settings, mountpoint: Path, debug: bool = False, ready=None) 
     from fsd.mount.reader import Reader
     from fsd.store import Store
 
-    mountpoint = Path(mountpoint).resolve()
-    if not mountpoint.is_dir():
-        raise HoardError(f"mount point {mountpoint} is not a directory; `mkdir -p {mountpoint}` first",
-                         ExitCode.USAGE)
-    if os.path.ismount(mountpoint):
-        raise HoardError(f"{mountpoint} is already a mount point; `hoard umount {mountpoint}` first",
-                         ExitCode.USAGE)
+    mountpoint = check_mountpoint(mountpoint, nonempty)
     if not os.path.exists("/dev/fuse"):
         raise HoardError("/dev/fuse is missing: load the fuse module (`modprobe fuse`)", ExitCode.UNAVAILABLE)
     # the `readers` lock: `hoard index rebuild`/`restore` refuse while the mount serves the index
@@ -71,6 +67,53 @@ def run_mount(cfg: Settings, mountpoint: Path, debug: bool = False, ready=None) 
         reader.close()
         store.close()
         log.info("unmounted %s", mountpoint)
+
+
+def check_mountpoint(mountpoint: Path, nonempty: bool = False) -> Path:
+    """The resolved mount point, or a refusal naming the next step: not a directory, already a
+    mount (a live one, or a FUSE mount whose daemon died — its stat fails with ENOTCONN, which
+    `os.path.ismount` reports as "not a mount"), or holding files (hidden under the mount)."""
+    # the parent resolved, not the mount point itself: a stat of a dead FUSE mount fails
+    mountpoint = Path(os.path.realpath(Path(mountpoint).parent)) / Path(mountpoint).name
+    if is_mounted(mountpoint):
+        try:
+            os.stat(mountpoint)
+        except OSError as e:
+            if e.errno == errno.ENOTCONN:
+                raise HoardError(f"{mountpoint}: a FUSE mount whose daemon is gone is still attached (transport "
+                                 f"endpoint is not connected); `hoard umount --lazy {mountpoint}` first",
+                                 ExitCode.USAGE) from None
+            raise HoardError(f"{mountpoint}: {e.strerror}", ExitCode.USAGE) from None
+        raise HoardError(f"{mountpoint} is already a mount point; `hoard umount {mountpoint}` first",
+                         ExitCode.USAGE)
+    if not mountpoint.is_dir():
+        raise HoardError(f"mount point {mountpoint} is not a directory; `mkdir -p {mountpoint}` first",
+                         ExitCode.USAGE)
+    mountpoint = mountpoint.resolve()
+    if not nonempty and any(os.scandir(mountpoint)):
+        raise HoardError(f"mount point {mountpoint} is not empty (its files would be hidden while mounted); "
+                         "use an empty directory, or `hoard mount --nonempty`", ExitCode.USAGE)
+    return mountpoint
+
+
+def is_mounted(path: Path) -> bool:
+    """Whether something is mounted exactly at `path`, from /proc/self/mountinfo (which, unlike
+    `os.path.ismount`, also lists a FUSE mount whose daemon died)."""
+    target = os.path.abspath(path)
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
+            for line in f:
+                fields = line.split(" ")
+                # field 5 is the mount point, with space, tab, newline and backslash as octal escapes
+                if len(fields) > 4 and _unescape(fields[4]) == target:
+                    return True
+    except OSError:
+        return os.path.ismount(target)
+    return False
+
+
+def _unescape(field: str) -> str:
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
 
 
 async def _stop_on_signal(nursery) -> None:
