@@ -42,8 +42,10 @@ def test_retire_replicate_forget_then_health_is_clean(hoard_home: Path, pg) -> N
     assert _hoard(cfg_path, "init").returncode == 0
     with Store.open(config.load(cfg_path)) as st:
         results = st.put_many(make_files(hoard_home / "in", 40))
+    assert _hoard(cfg_path, "db", "backup").returncode == 0  # health counts a store never backed up
     assert _hoard(cfg_path, "replicate").returncode == 0
-    assert _hoard(cfg_path, "health").returncode == 0
+    health = _hoard(cfg_path, "health")
+    assert health.returncode == 0, health.stderr
     with Store.open(config.load(cfg_path), writable=False) as st:  # a disk that holds replicas
         label = next(st.records[u].label for m in st.index.iter_shards() for u in m.replicas)
     assert _hoard(cfg_path, "disks", "retire", label).returncode == 0
@@ -71,7 +73,8 @@ def test_rebuild_of_a_healthy_disk_asks_and_activate_brings_it_back(tmp_path: Pa
     are listed again and serve reads on their own."""
     cfg_path, results = _store(tmp_path)
     r = _hoard(cfg_path, "rebuild", "--disk", "d0", stdin="n\n")
-    assert r.returncode == 1 and "is active and present" in r.stdout and _states(cfg_path)["d0"] == "active"
+    assert r.returncode == 130 and "is active and present" in r.stdout and "not confirmed" in r.stderr
+    assert _states(cfg_path)["d0"] == "active"
     r = _hoard(cfg_path, "rebuild", "--disk", "d0", "--yes")
     assert r.returncode == 0, r.stderr
     assert _states(cfg_path)["d0"] == "failed"
