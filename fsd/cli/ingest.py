@@ -11,7 +11,7 @@ from typing import Annotated, Optional
 import typer
 from rich.markup import escape
 
-from fsd.cli._common import err, out, state
+from fsd.cli._common import err, out, progress, state
 from fsd.errors import ExitCode, HoardError
 
 
@@ -138,15 +138,17 @@ def _wait(cfg, batch_id: str, timeout: float):
     from jobs import ingest as ua1
 
     deadline = time.monotonic() + timeout
-    while True:
-        st = ua1.load_state(cfg, batch_id)
-        assert st is not None
-        if st.finished or st.status == ua1.Status.FAILED.value:
-            return st
-        if time.monotonic() > deadline:
-            raise HoardError(f"batch {batch_id} is still at step {st.step} after {timeout:.0f} s; "
-                             f"`hoard ingest --status {batch_id}` shows progress", ExitCode.UNAVAILABLE)
-        time.sleep(0.2)
+    with progress(f"ingest {batch_id}", len(ua1.STEPS), unit="steps") as update:
+        while True:
+            st = ua1.load_state(cfg, batch_id)
+            assert st is not None
+            update(len(st.done))
+            if st.finished or st.status == ua1.Status.FAILED.value:
+                return st
+            if time.monotonic() > deadline:
+                raise HoardError(f"batch {batch_id} is still at step {st.step} after {timeout:.0f} s; "
+                                 f"`hoard ingest --status {batch_id}` shows progress", ExitCode.UNAVAILABLE)
+            time.sleep(0.2)
 
 
 def _show(st, as_json: bool) -> None:
