@@ -103,6 +103,19 @@ def atomic_write(path: Path, data: bytes) -> None:
     fsync_dir(path.parent)
 
 
+def atomic_copy(src: Path, dest: Path) -> None:
+    """Copy a file of any size (streamed) as `atomic_write` writes one: tmp → fsync → rename."""
+    import shutil
+
+    tmp = dest.with_name(f".{dest.name}.tmp")
+    with open(src, "rb") as fin, open(tmp, "wb") as fout:
+        shutil.copyfileobj(fin, fout, 8 << 20)
+        fout.flush()
+        os.fsync(fout.fileno())
+    os.rename(tmp, dest)
+    fsync_dir(dest.parent)
+
+
 def drop_cache(fd: int) -> None:
     """Drop a file's pages from the page cache (scrub, copies, hashing must not evict hot data)."""
     try:

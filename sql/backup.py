@@ -20,7 +20,7 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
-from fsd.disks import atomic_write
+from fsd.disks import atomic_copy
 from fsd.errors import ExitCode, HoardError
 from fsd.proc import which
 
@@ -53,8 +53,10 @@ def _counts(conn: psycopg.Connection, schema: str) -> dict[str, int]:
                             ).fetchone()[0] for t in _tables(conn, schema) if t != "backup_log"}
 
 
-def dump_backup(url: str, store, zone3b: Path, label: str = "hoard") -> DumpResult:
-    """pg_dump the database at `url` (its current schema), store it, copy it to 3B, record it."""
+def dump_backup(url: str, store, zone3b: Path, label: str = "hoard", progress=None) -> DumpResult:
+    """pg_dump the database at `url` (its current schema), store it, copy it to 3B, record it.
+    `progress(done, 3)` after each of the three steps (dump, store, cold copy)."""
+    step = progress or (lambda done, total: None)
     t0 = time.monotonic()
     started = dt.datetime.now(dt.timezone.utc)
     with psycopg.connect(url, autocommit=True) as conn:
@@ -70,12 +72,15 @@ def dump_backup(url: str, store, zone3b: Path, label: str = "hoard") -> DumpResu
             conn.execute("ROLLBACK")  # the snapshot is needed only until pg_dump has finished
             if res.returncode != 0:
                 raise HoardError(f"pg_dump failed: {res.stderr.strip().splitlines()[-1]}", ExitCode.UNAVAILABLE)
+            step(1, 3)
             [put] = store.put_many([out], klass="generated")
+            step(2, 3)
             size = out.stat().st_size
             name = f"{label}-{started:%Y%m%dT%H%M%SZ}-{put.sha256[:12]}.dump"
             dest = zone3b / "db-dumps" / name
             dest.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write(dest, out.read_bytes())
+            atomic_copy(out, dest)  # streamed: a dump may be larger than memory
+            step(3, 3)
         _point_disks_at(store, {"sha256": put.sha256, "size": size, "taken_at": started.isoformat(),
                                 "schema": schema, "cold_copy": str(dest)})
         backup_id = conn.execute(

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import psycopg
 import typer
 
-from fsd.cli._common import confirm, out, state
+from fsd.cli._common import confirm, out, progress, state
 from fsd.errors import ExitCode, HoardError, ServiceUnavailable
 
 app = typer.Typer(help="The PostgreSQL database: migrate, status, backup, verify-backup, restore, proposals.",
@@ -129,8 +129,8 @@ def backup(
         return
     if kind != "dump":
         raise HoardError(f"--type {kind!r}: dump, full, diff or auto", ExitCode.USAGE)
-    with open_store(ctx) as store:
-        res = dump_backup(cfg.database_url, store, cfg.ssd.zone_path("3B"))
+    with open_store(ctx) as store, progress("database dump", 3, unit="steps") as update:
+        res = dump_backup(cfg.database_url, store, cfg.ssd.zone_path("3B"), progress=update)
     out.print(f"dump {res.backup_id}: {res.size / 1e6:.1f} MB, {sum(res.row_counts.values())} rows, stored as "
               f"{res.sha256} and copied to {res.location} in {res.seconds:.1f} s")
 
