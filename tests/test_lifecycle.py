@@ -108,16 +108,17 @@ def test_activate_reports_bad_replicas_for_repair(tmp_path: Path) -> None:
     """A replica on the returning disk that fails its check is reported and queued for repair;
     the disk is activated all the same, and `hoard verify --repair` then fixes the replica."""
     cfg_path, _ = _store(tmp_path, n=3)
-    assert _hoard(cfg_path, "rebuild", "--disk", "d1", "--yes").returncode == 0
-    victim = sorted((tmp_path / "d1" / "shards").glob("*/*.shard"))[0]
+    label = next(d.name for d in sorted(tmp_path.glob("d*")) if list(d.glob("shards/*/*.shard")))  # holds one
+    assert _hoard(cfg_path, "rebuild", "--disk", label, "--yes").returncode == 0
+    victim = sorted((tmp_path / label / "shards").glob("*/*.shard"))[0]
     raw = bytearray(victim.read_bytes())
     raw[len(raw) // 2] ^= 0x01
     victim.write_bytes(raw)
-    r = _hoard(cfg_path, "disks", "activate", "d1")
+    r = _hoard(cfg_path, "disks", "activate", label)
     assert r.returncode == 0 and "1 bad" in r.stdout and victim.stem in r.stderr, r.stdout + r.stderr
     with Store.open(config.load(cfg_path), writable=False) as st:
         assert {sid.hex() for sid, _, _ in st.index.pending_repairs()} == {victim.stem}
-        assert {rec.label: rec.state for rec in st.records.values()}["d1"] == DiskState.ACTIVE
+        assert {rec.label: rec.state for rec in st.records.values()}[label] == DiskState.ACTIVE
     r = _hoard(cfg_path, "verify", "--repair")
     assert r.returncode == 0 and "1 repaired" in r.stdout, r.stdout + r.stderr
 
