@@ -85,6 +85,7 @@ def test_recovery_keeps_the_healthy_replica(tmp_path: Path) -> None:
     with Store.open(cfg, writable=False) as store:
         second = store.disks[meta.replicas[1]]
         victim = second.find(meta.hex)
+        victim_bytes = victim.stat().st_size
     locs = sorted(loc.offset for loc in objects.values())
     _flip_byte(victim, locs[48] + 10)  # inside the payload of the 49th record
     with Store.open(cfg) as store:  # a writer: recovery runs
@@ -94,7 +95,7 @@ def test_recovery_keeps_the_healthy_replica(tmp_path: Path) -> None:
             data = f.read_bytes()
             assert store.get(hashlib.sha256(data).hexdigest()) == data
         aside = list((second.root / "orphans").iterdir())
-        assert len(aside) == 1 and aside[0].stat().st_size == victim_size(aside[0])
+        assert len(aside) == 1 and aside[0].stat().st_size == victim_bytes  # renamed whole, not cut
         assert not victim.exists()
         from fsd.replicate import replicate_once
 
@@ -103,11 +104,6 @@ def test_recovery_keeps_the_healthy_replica(tmp_path: Path) -> None:
         assert check_store(store) == 200
     with Store.open(cfg) as store:
         assert not [e for e in store.index.recent_events(50) if e["kind"] == "recovered_shard"][1:]
-
-
-def victim_size(path: Path) -> int:
-    """The set-aside file keeps every byte it had (it was renamed, not truncated)."""
-    return path.stat().st_size
 
 
 @pytest.mark.expect_log(r"no replica holds all .* indexed bytes", level="ERROR")
