@@ -201,6 +201,38 @@ class Store:
                 "once no shard needs it (or put its [[disks]] table back)")
             self.records[rec.uuid] = rec
 
+    def refresh_disks(self) -> bool:
+        """Look again at hoard.toml's `[[disks]]` and the index's disk records, as a long-lived
+        reader (the mount) must: a disk added, replaced, failed or reactivated by another
+        process is seen. Disks already attached keep their objects. True if anything changed."""
+        from fsd import config as config_mod
+
+        cfg = self.cfg
+        if cfg.source is not None:
+            try:
+                cfg = config_mod.load(cfg.source)
+            except HoardError as e:
+                log.warning("disks not refreshed: %s", e.message)
+                return False
+        fresh = Store(cfg, self.index, self.writable)
+        try:
+            fresh._attach_disks(init=False)
+        except HoardError as e:
+            log.warning("disks not refreshed: %s", e.message)
+            return False
+        before = {u: (r.state, r.path, r.reason) for u, r in self.records.items()}
+        after = {u: (r.state, r.path, r.reason) for u, r in fresh.records.items()}
+        if before == after:
+            return False
+        disks = {u: self.disks[u] if u in self.disks and self.disks[u].root == d.root else d
+                 for u, d in fresh.disks.items()}
+        with self.lock:
+            self.records, self.disks = fresh.records, disks
+            for u in disks:
+                self.queue.setdefault(u, 0)
+            self.cfg = self.cfg.model_copy(update={"disks": cfg.disks})
+        return True
+
     def close(self) -> None:
         from fsd import storelock
 
@@ -528,8 +560,9 @@ class Store:
 
         return self.from_replicas(sha, read)
 
-    def from_replicas(self, sha: bytes, read, avoid: set[str] = frozenset(), on_bad=None):
-        """`read(disk, meta, loc)` on the object's usable replicas in order until one succeeds.
+    def from_replicas(self, sha: bytes, read, avoid: set[str] = frozenset(), on_bad=None, first: str = ""):
+        """`read(disk, meta, loc)` on the object's usable replicas in order (the disk `first`
+        first, when it holds one: the mount's choice by queue depth) until one succeeds.
 
         A replica that fails is reported (an EIO marks its disk failed) and queued for repair.
         If every replica's file was missing, the object may have moved meanwhile (a gc swap
@@ -548,7 +581,9 @@ class Store:
                 break  # it did not move: the missing files are really missing
             loc, tried, missing = new, [], []
             meta = self.index.get_shard(loc.shard_id)
-            for disk in self.replica_order(meta, avoid) if meta else []:
+            order = self.replica_order(meta, avoid) if meta else []
+            order.sort(key=lambda d: d.uuid != first)  # stable: the rest keep their order
+            for disk in order:
                 try:
                     return read(disk, meta, loc)
                 except FileNotFoundError as e:

@@ -9,13 +9,10 @@ operations) and docs/mount.md.
 from __future__ import annotations
 
 import errno
-import json
 import logging
 import os
 import re
 import signal
-import threading
-import time
 from pathlib import Path
 
 from fsd.config import Settings
@@ -33,6 +30,7 @@ def run_mount(cfg: Settings, mountpoint: Path, debug: bool = False, ready=None, 
     from fsd.mount.namespace import Namespace
     from fsd.mount.ops import HoardOps
     from fsd.mount.reader import Reader
+    from fsd.mount.watch import Watcher
     from fsd.store import Store
 
     mountpoint = check_mountpoint(mountpoint, nonempty)
@@ -41,9 +39,12 @@ def run_mount(cfg: Settings, mountpoint: Path, debug: bool = False, ready=None, 
     # the `readers` lock: `hoard index rebuild`/`restore` refuse while the mount serves the index
     store = Store.open(cfg, writable=False, lock="readers", what=f"hoard mount {mountpoint}")
     reader = Reader(store)
-    ns = Namespace(store.index, str(cfg.ssd.zone_path("3A")), _health_text(store),
-                   lambda sha_hex: json.loads(store.get(sha_hex)))
-    ops = HoardOps(ns, reader)
+    ns = Namespace(store.index, str(cfg.ssd.zone_path("3A")), None, store.get)
+    watcher = Watcher(store, reader, ns)
+    ns.health_text, ns.visible = watcher.health_text, watcher.visible
+    for refresh in (watcher.refresh_marks, watcher.refresh_names, watcher.refresh_health, watcher.refresh_space):
+        refresh()  # the first figures before the first request
+    ops = HoardOps(ns, reader, watcher)
     options = set(pyfuse3.default_options) | {"fsname=hoardfs", "subtype=hoard", "ro"}
     if os.geteuid() == 0:
         options.add("allow_other")
@@ -57,6 +58,7 @@ def run_mount(cfg: Settings, mountpoint: Path, debug: bool = False, ready=None, 
     async def main() -> None:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_stop_on_signal, nursery)
+            nursery.start_soon(watcher.run)
             await pyfuse3.main()
             nursery.cancel_scope.cancel()
 
@@ -125,33 +127,3 @@ async def _stop_on_signal(nursery) -> None:
             log.info("signal %d: unmounting", sig)
             pyfuse3.terminate()
             return
-
-
-def _health_text(store, ttl: float = 10.0):
-    """`.hoard/health`: a few lines about the store, regenerated at most every `ttl` seconds."""
-    cache: dict[str, object] = {"at": 0.0, "text": b""}
-    lock = threading.Lock()
-
-    def text() -> bytes:
-        with lock:
-            if time.monotonic() - cache["at"] > ttl:
-                cache["text"], cache["at"] = _render(store), time.monotonic()
-            return cache["text"]  # type: ignore[return-value]
-
-    return text
-
-
-def _render(store) -> bytes:
-    try:
-        st = store.status()
-    except Exception as e:  # noqa: BLE001 - the health file must always answer
-        return f"status unavailable: {e}\n".encode()
-    lines = [f"objects: {st['objects']}"]
-    for d in st["disks"]:
-        lines.append(f"disk {d['label']}: {d['state']}" + (f" ({d['reason']})" if d["reason"] else "")
-                     + (f", {d['free_bytes'] / 1e9:.1f} GB free" if "free_bytes" in d else ""))
-    lag = st["replication"]
-    lines.append(f"shards below replica target: {lag['shards_below_target']}; at risk: {len(lag['at_risk'])}")
-    lines.append(f"batches: {len(store.index.iter_batches())}; views: {len(store.index.iter_views())}")
-    lines.append(f"generated: {time.strftime('%Y-%m-%d %H:%M:%S')}")
-    return ("\n".join(lines) + "\n").encode()

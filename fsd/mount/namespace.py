@@ -8,163 +8,228 @@
     /.hoard/health                           the store's status, as text
     /inbox -> <zone 3A>                      a symlink: files written there are a batch to ingest
 
-Inodes are handed out on first sight and stay stable while the mount runs; a directory is
-listed in name order so readdir offsets are stable. Nothing here does disk IO on the HDDs:
-listings come from LMDB and from manifests (objects in the store, read once through the
-reader and cached).
+**Inode numbers** are a 63-bit hash (xxh64) of what a node *is*: a file is its object and
+its time (`("file", sha256, mtime_ns)`), a directory its place — and, inside a batch or
+view, the manifest it comes from. So they are the same after a remount, a file shown in
+two places of one batch is one inode (nlink 1: `tar`/`rsync -H` do not treat it as a hard
+link), and a view redefined to point a path at another object gives that path another
+inode: no cached page of the old object can be served for it. (Two identities hashing to
+the same number — about one in 10^11 for 10^4 nodes the kernel holds — are told apart by
+probing the next number; only then does a number depend on the order of lookups.)
+
+A node enters the inode table when the kernel is told of it (lookup, readdirplus) and
+leaves when the kernel forgets it. Listings come from LMDB (short read transactions) and
+from manifests (`Tree` objects, cached); loading a manifest page never happens on the trio
+thread (`children`/`lookup` are async and hop to a worker thread only for a page that is
+not loaded yet).
 """
 
 from __future__ import annotations
 
+import json
 import stat
 import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
+
+import trio
+import xxhash
+
+__all__ = ["Namespace", "Node", "ROOT", "Tree", "WouldBlock", "inode_of"]
 
 ROOT = 1
-#: seconds a deletion may take to disappear from the mount
-DEAD_TTL = 5.0
 TOP = ("by-hash", "batches", "sources", "views", ".hoard", "inbox")
 
 
-@dataclass
+def inode_of(key: tuple) -> int:
+    """The inode number of a node's identity (before collision probing)."""
+    ino = xxhash.xxh64_intdigest(repr(key).encode()) >> 1
+    return ino if ino > ROOT else ino + 2
+
+
+@dataclass(eq=False)
 class Node:
     inode: int
-    key: tuple  # what it is: ("dir", kind, …) | ("file", sha) | ("health",) | ("link", target)
+    key: tuple  # what it is: ("dir", kind, …) | ("file", sha, mtime_ns) | ("health",) | ("link", target)
     mode: int
     size: int = 0
     mtime_ns: int = 0
     sha: bytes | None = None
     lookups: int = 0
+    #: (parent inode, name) under which the kernel knows it: invalidated when its object is deleted
+    links: set = field(default_factory=set)
 
 
-@dataclass
+class WouldBlock(Exception):
+    """The answer needs a manifest page that is not loaded yet (load it off the trio thread)."""
+
+
 class Tree:
-    """A manifest's files as directories: dir path → sorted [(name, is_dir, sha, size)]."""
+    """A batch's or view's manifest as directories: dir path → sorted [(name, is_dir, sha, size)].
+    Loaded on first use with `get` (verified object bytes by sha256 hex), in a worker thread."""
 
-    dirs: dict[str, list[tuple[str, bool, bytes | None, int]]] = field(default_factory=dict)
-    mtime_ns: int = 0
-    names: dict[str, dict[str, tuple[str, bool, bytes | None, int]]] = field(default_factory=dict)
+    def __init__(self, get: Callable[[str], bytes], manifest_sha_hex: str) -> None:
+        self.get, self.sha = get, manifest_sha_hex
+        self.dirs: dict[str, list[tuple[str, bool, bytes | None, int]]] | None = None
+        self.names: dict[str, dict[str, tuple[str, bool, bytes | None, int]]] = {}
+        self.lock = threading.Lock()
 
-    def entry(self, path: str, name: str) -> tuple[str, bool, bytes | None, int] | None:
-        """One child by name, without listing the directory (lookups are O(1))."""
+    def _load(self) -> dict:
+        with self.lock:
+            if self.dirs is None:
+                self.dirs = _dirs_of(json.loads(self.get(self.sha))["files"])
+            return self.dirs
+
+    def list_dir_nowait(self, path: str) -> list | None:
+        if self.dirs is None:
+            raise WouldBlock(self.sha)
+        return self.dirs.get(path)
+
+    def lookup_nowait(self, path: str, name: str):
+        if self.dirs is None:
+            raise WouldBlock(self.sha)
         d = self.names.get(path)
         if d is None:
             d = self.names[path] = {e[0]: e for e in self.dirs.get(path, [])}
         return d.get(name)
 
-    @classmethod
-    def from_files(cls, files: list[dict[str, Any]], mtime_ns: int) -> Tree:
-        children: dict[str, dict[str, tuple[bool, bytes | None, int]]] = {"": {}}
-        for f in files:
-            parts = f["path"].split("/")
-            for i in range(1, len(parts)):
-                parent, name = "/".join(parts[:i - 1]), parts[i - 1]
-                children.setdefault(parent, {})[name] = (True, None, 0)
-                children.setdefault("/".join(parts[:i]), {})
-            parent = "/".join(parts[:-1])
-            children.setdefault(parent, {})[parts[-1]] = (False, bytes.fromhex(f["sha256"]), int(f["size"]))
-        return cls({d: sorted((n, *v) for n, v in kids.items()) for d, kids in children.items()}, mtime_ns)
+    def list_dir(self, path: str) -> list | None:
+        self._load()
+        return self.list_dir_nowait(path)
+
+    def lookup(self, path: str, name: str):
+        self._load()
+        return self.lookup_nowait(path, name)
+
+
+def _dirs_of(files: list[dict[str, Any]]) -> dict[str, list[tuple[str, bool, bytes | None, int]]]:
+    children: dict[str, dict[str, tuple[bool, bytes | None, int]]] = {"": {}}
+    for f in files:
+        parts = f["path"].split("/")
+        for i in range(1, len(parts)):
+            parent, name = "/".join(parts[:i - 1]), parts[i - 1]
+            children.setdefault(parent, {})[name] = (True, None, 0)
+            children.setdefault("/".join(parts[:i]), {})
+        parent = "/".join(parts[:-1])
+        children.setdefault(parent, {})[parts[-1]] = (False, bytes.fromhex(f["sha256"]), int(f["size"]))
+    return {d: sorted((n, *v) for n, v in kids.items()) for d, kids in children.items()}
+
+
+async def _blocking(fn, *args):
+    """`fn(*args)` in a worker thread; a cancelled request abandons it (a dying disk under a
+    manifest must not hold up the unmount)."""
+    return await trio.to_thread.run_sync(fn, *args, abandon_on_cancel=True)
 
 
 class Namespace:
-    """Inode table + listings. `load_manifest(sha_hex)` returns a manifest's JSON (the reader
-    supplies it: verified bytes from the store)."""
+    """Inode table + listings. `get(sha_hex)` returns a stored object's verified bytes (the
+    manifests); `visible(sha)` says whether an object is shown (not deleted)."""
 
-    MANIFEST_CACHE = 64
+    TREE_CACHE = 64
 
-    def __init__(self, index: Any, zone3a: str, health_text, load_manifest) -> None:
+    def __init__(self, index: Any, zone3a: str, health_text, get: Callable[[str], bytes],
+                 visible: Callable[[bytes], bool] = lambda sha: True) -> None:
         self.index, self.zone3a = index, zone3a
-        self.health_text, self.load_manifest = health_text, load_manifest
+        self.health_text, self.get, self.visible = health_text, get, visible
         self.started_ns = time.time_ns()
         self.nodes: dict[int, Node] = {}
         self.by_key: dict[tuple, int] = {}
-        self.next_inode = ROOT + 1
         self.lock = threading.Lock()
-        self.trees: OrderedDict[tuple, Tree] = OrderedDict()
-        self._dead: set[bytes] = set()
-        self._dead_at = -DEAD_TTL
-        self.nodes[ROOT] = Node(ROOT, ("dir", "root"), stat.S_IFDIR | 0o555, mtime_ns=self.started_ns)
-        self.by_key[("dir", "root")] = ROOT
+        self.trees: OrderedDict[str, Tree] = OrderedDict()
+        root = Node(ROOT, ("dir", "root"), stat.S_IFDIR | 0o555, mtime_ns=self.started_ns, lookups=1)
+        self.nodes[ROOT], self.by_key[root.key] = root, ROOT
 
     # -- inodes -------------------------------------------------------------------------------
-    def node(self, key: tuple, mode: int, size: int = 0, sha: bytes | None = None, mtime_ns: int = 0) -> Node:
+    def make(self, key: tuple, mode: int, size: int = 0, sha: bytes | None = None,
+             mtime_ns: int | None = None) -> Node:
+        """A node for `key` (the known one if the kernel holds it); not yet in the table."""
+        ino = self.by_key.get(key)
+        known = self.nodes.get(ino) if ino is not None else None
+        if known is not None:
+            return known
+        return Node(0, key, mode, size, self.started_ns if mtime_ns is None else mtime_ns, sha)
+
+    def remember(self, node: Node, parent: int = 0, name: bytes = b"") -> Node:
+        """The kernel is told of `node` (one more lookup it will forget): give it its inode."""
         with self.lock:
-            ino = self.by_key.get(key)
-            if ino is not None:
-                return self.nodes[ino]
-            ino = self.next_inode
-            self.next_inode += 1
-            n = Node(ino, key, mode, size, mtime_ns or self.started_ns, sha)
-            self.nodes[ino] = n
-            self.by_key[key] = ino
-            return n
+            ino = self.by_key.get(node.key)
+            if ino is None:
+                ino = inode_of(node.key)
+                while ino in self.nodes and self.nodes[ino].key != node.key:
+                    ino += 1  # a hash collision: the next free number
+                node.inode = ino
+                self.nodes[ino], self.by_key[node.key] = node, ino
+            known = self.nodes[ino]
+            known.lookups += 1
+            if parent and known.sha is not None and len(known.links) < 64:
+                known.links.add((parent, name))
+            return known
 
     def forget(self, inode: int, count: int) -> None:
-        """The kernel dropped `count` references; files nobody references are forgotten
-        (directories stay: there are few, and their inode keeps listings stable)."""
+        """The kernel dropped `count` references; a node nobody references leaves the table
+        (its number is the same when it comes back)."""
         with self.lock:
             n = self.nodes.get(inode)
-            if n is None:
+            if n is None or inode == ROOT:
                 return
             n.lookups -= count
-            if n.lookups <= 0 and n.key[0] == "file":
+            if n.lookups <= 0:
                 del self.nodes[inode]
                 self.by_key.pop(n.key, None)
 
+    def with_object(self, dead: set[bytes]) -> list[tuple[int, bytes]]:
+        """(parent inode, name) of every known file whose object is in `dead`."""
+        with self.lock:
+            return [link for n in self.nodes.values() if n.sha in dead for link in n.links]
+
     # -- listings ------------------------------------------------------------------------------
-    def children(self, parent: Node) -> list[tuple[bytes, Node]]:
+    async def children(self, parent: Node) -> list[tuple[bytes, Node]]:
         """(name, node) of a directory, sorted by name."""
         key = parent.key
         kind = key[1] if key[0] == "dir" else None
         if kind == "root":
-            return [(b"by-hash", self._dir(("dir", "by-hash"))), (b"batches", self._dir(("dir", "batches"))),
-                    (b"sources", self._dir(("dir", "sources"))), (b"views", self._dir(("dir", "views"))),
-                    (b".hoard", self._dir(("dir", ".hoard"))),
-                    (b"inbox", self.node(("link", self.zone3a), stat.S_IFLNK | 0o777, len(self.zone3a.encode())))]
+            return [(name.encode(), self._top(name)) for name in TOP]
         if kind == "by-hash":  # only prefixes some object has: `find` need not walk 65,536 empty dirs
             return [(f"{i:02x}".encode(), self._dir(("dir", "hash1", i))) for i in self.index.used_prefixes(b"")]
         if kind == "hash1":
             return [(f"{j:02x}".encode(), self._dir(("dir", "hash2", key[2], j)))
                     for j in self.index.used_prefixes(bytes([key[2]]))]
         if kind == "hash2":
-            prefix = bytes([key[2], key[3]])
             out = []
-            for sha, loc in self.index.objects_with_prefix(prefix):
-                if not self.visible(sha):
-                    continue
-                ext = self.index.get_ext(sha)
-                name = sha.hex() + (f".{ext}" if ext else "")
-                out.append((name.encode(), self.node(("file", "obj", sha), stat.S_IFREG | 0o444, loc.length, sha)))
+            for sha, loc in self.index.objects_with_prefix(bytes([key[2], key[3]])):
+                if self.visible(sha):
+                    out.append((self._hash_name(sha), self._file(sha, loc.length, 0)))
             return out
         if kind == "batches":
-            return [(b.encode(), self._dir(("dir", "tree", "batch", b, ""))) for b, _ in self.index.iter_batches()]
+            return [(b.encode(), self._tree_root("batch", b, info)) for b, info in self.index.iter_batches()]
         if kind == "sources":
             names = sorted({info.get("source", "unknown") for _, info in self.index.iter_batches()})
             return [(s.encode(), self._dir(("dir", "source", s))) for s in names]
         if kind == "source":
-            return [(b.encode(), self._dir(("dir", "tree", "batch", b, "")))
+            return [(b.encode(), self._tree_root("batch", b, info))
                     for b, info in self.index.iter_batches() if info.get("source", "unknown") == key[2]]
         if kind == "views":
-            return [(v.encode(), self._dir(("dir", "tree", "view", v, ""))) for v, _ in self.index.iter_views()]
+            return [(v.encode(), self._tree_root("view", v, info)) for v, info in self.index.iter_views()]
         if kind == ".hoard":
-            return [(b"health", self.node(("health",), stat.S_IFREG | 0o444))]
+            return [(b"health", self.make(("health",), stat.S_IFREG | 0o444))]
         if kind == "tree":
-            _, _, what, name, path = key
-            tree = self.tree(what, name)
-            if tree is None:
-                return []
+            _, _, _what, _name, msha, path, mtime_ns = key
+            tree = self._tree(msha)
+            try:
+                entries = tree.list_dir_nowait(path)
+            except WouldBlock:
+                entries = await _blocking(tree.list_dir, path)
             out = []
-            for e in tree.dirs.get(path, []):
-                node = self._tree_node(what, name, path, tree, e)
+            for e in entries or []:
+                node = self._tree_node(key, e)
                 if node is not None:
                     out.append((e[0].encode(), node))
             return out
         return []
 
-    def lookup(self, parent: Node, name: bytes) -> Node | None:
+    async def lookup(self, parent: Node, name: bytes) -> Node | None:
         kind = parent.key[1] if parent.key[0] == "dir" else None
         if kind == "hash2":  # one object, not the whole directory
             stem = name.split(b".", 1)[0]
@@ -175,67 +240,76 @@ class Namespace:
             if len(sha) != 32 or sha[:2] != bytes([parent.key[2], parent.key[3]]):
                 return None
             loc = self.index.lookup(sha)
-            if loc is None or not self.visible(sha):
+            if loc is None or not self.visible(sha) or name != self._hash_name(sha):
                 return None
-            ext = self.index.get_ext(sha)
-            if name != (sha.hex() + (f".{ext}" if ext else "")).encode():
+            return self._file(sha, loc.length, 0)
+        if kind in ("batches", "source"):
+            info = self.index.get_batch(name.decode(errors="replace"))
+            if info is None or (kind == "source" and info.get("source", "unknown") != parent.key[2]):
                 return None
-            return self.node(("file", "obj", sha), stat.S_IFREG | 0o444, loc.length, sha)
+            return self._tree_root("batch", name.decode(), info)
+        if kind == "views":
+            info = self.index.get_view(name.decode(errors="replace"))
+            return None if info is None else self._tree_root("view", name.decode(), info)
         if kind == "tree":
-            _, _, what, tname, path = parent.key
-            tree = self.tree(what, tname)
+            tree = self._tree(parent.key[4])
             try:
-                e = tree.entry(path, name.decode()) if tree else None
+                text = name.decode()
             except UnicodeDecodeError:
                 return None
-            if e is None:
-                return None
-            return self._tree_node(what, tname, path, tree, e)
-        for child, node in self.children(parent):
+            try:
+                e = tree.lookup_nowait(parent.key[5], text)
+            except WouldBlock:
+                e = await _blocking(tree.lookup, parent.key[5], text)
+            return None if e is None else self._tree_node(parent.key, e)
+        for child, node in await self.children(parent):
             if child == name:
                 return node
         return None
 
-    def _tree_node(self, what: str, name: str, path: str, tree: Tree, e) -> Node | None:
-        child, is_dir, sha, size = e
-        sub = f"{path}/{child}" if path else child
-        if is_dir:
-            return self._dir(("dir", "tree", what, name, sub), tree.mtime_ns)
-        if not self.visible(sha):
-            return None
-        return self.node(("file", what, name, sub), stat.S_IFREG | 0o444, size, sha, tree.mtime_ns)
-
-    def visible(self, sha: bytes) -> bool:
-        """Not deleted: type A (hidden) and type B (tombstoned) objects are not shown."""
-        now = time.monotonic()
-        if now - self._dead_at > DEAD_TTL:  # deletions are rare: re-read the marks every few seconds
-            self._dead = self.index.marked(self.index.hidden) | self.index.marked(self.index.deleted)
-            self._dead_at = now
-        return sha not in self._dead
-
-    def tree(self, what: str, name: str) -> Tree | None:
-        """A batch's or view's manifest as a tree (None if unknown). Cached by the manifest's
-        sha256, so a view redefined with `hoard view add` shows its new content."""
-        info = (self.index.get_batch if what == "batch" else self.index.get_view)(name)
-        if info is None:
-            return None
-        key = (what, name, info["manifest"])
-        with self.lock:
-            t = self.trees.get(key)
-            if t is not None:
-                self.trees.move_to_end(key)
-                return t
-        manifest = self.load_manifest(info["manifest"])
-        t = Tree.from_files(manifest["files"], _mtime_ns(info.get("sealed") or info.get("created")))
-        with self.lock:
-            self.trees[key] = t
-            while len(self.trees) > self.MANIFEST_CACHE:
-                self.trees.popitem(last=False)
-        return t
-
+    # -- nodes -----------------------------------------------------------------------------------
+    def _top(self, name: str) -> Node:
+        if name == "inbox":
+            return self.make(("link", self.zone3a), stat.S_IFLNK | 0o777, len(self.zone3a.encode()))
+        return self._dir(("dir", name))
 
     def _dir(self, key: tuple, mtime_ns: int = 0) -> Node:
-        return self.node(key, stat.S_IFDIR | 0o555, mtime_ns=mtime_ns)
+        return self.make(key, stat.S_IFDIR | 0o555, mtime_ns=mtime_ns or None)
+
+    def _file(self, sha: bytes, size: int, mtime_ns: int) -> Node:
+        # by-hash files have no time of their own: mtime 0 keeps their inode the same on every mount
+        return self.make(("file", sha, mtime_ns), stat.S_IFREG | 0o444, size, sha, mtime_ns)
+
+    def _hash_name(self, sha: bytes) -> bytes:
+        ext = self.index.get_ext(sha)
+        return (sha.hex() + (f".{ext}" if ext else "")).encode()
+
+    def _tree_root(self, what: str, name: str, info: dict) -> Node:
+        """A batch's or view's top directory; its identity includes the manifest, so a view
+        redefined is a new directory (the old one stays consistent for whoever is inside it)."""
+        mtime_ns = _mtime_ns(info.get("sealed") or info.get("created")) or self.started_ns
+        return self._dir(("dir", "tree", what, name, info["manifest"], "", mtime_ns), mtime_ns)
+
+    def _tree_node(self, parent_key: tuple, e) -> Node | None:
+        child, is_dir, sha, size = e[:4]
+        _, _, what, name, msha, path, mtime_ns = parent_key
+        if is_dir:
+            return self._dir(("dir", "tree", what, name, msha, f"{path}/{child}" if path else child, mtime_ns),
+                             mtime_ns)
+        if not self.visible(sha):
+            return None
+        return self._file(sha, size, mtime_ns)
+
+    def _tree(self, manifest_sha_hex: str) -> Tree:
+        with self.lock:
+            t = self.trees.get(manifest_sha_hex)
+            if t is None:
+                t = self.trees[manifest_sha_hex] = Tree(self.get, manifest_sha_hex)
+                while len(self.trees) > self.TREE_CACHE:
+                    self.trees.popitem(last=False)
+            else:
+                self.trees.move_to_end(manifest_sha_hex)
+            return t
 
 
 def _mtime_ns(iso: str | None) -> int:

@@ -1,11 +1,14 @@
 """The pyfuse3 operations: each a debug log, a guard, a helper; errno only here.
 
-How the daemon uses trio: every handler runs on the one trio thread. Handlers never do
-HDD IO themselves — listings come from LMDB (short read transactions, never held across an
-`await`), and object bytes come from `Reader`, whose per-disk threads fill buffers; a
-handler awaits a buffer only when it is not ready yet (a trio Event set from the thread),
-so a sequential reader costs no thread hop per request. The mount is read-only (EROFS);
-`inbox` is a symlink into zone 3A, so writes there bypass FUSE altogether.
+How the daemon uses trio: every handler runs on the one trio thread, and none of them
+blocks it. Listings come from LMDB (short read transactions on the SSD, never held across
+an `await`) and from manifest pages — a page not loaded yet is loaded in a worker thread
+(`trio.to_thread`), the only await of lookup/opendir. Object bytes come from `Reader`,
+whose per-disk queues fill buffers; a handler awaits a buffer only when it is not ready
+yet (a trio Event set from the disk's thread), so a sequential reader costs no thread hop
+per request. Deletions, name changes, disks, `.hoard/health` and `statfs` figures are kept
+fresh by `Watcher` in worker threads and answered from memory. The mount is read-only
+(EROFS); `inbox` is a symlink into zone 3A, so writes there bypass FUSE altogether.
 """
 
 from __future__ import annotations
@@ -20,10 +23,12 @@ import pyfuse3
 
 from fsd.mount.namespace import Namespace, Node
 from fsd.mount.reader import SMALL_MAX, ReadFailed, Reader
+from fsd.mount.watch import Watcher
 
 log = logging.getLogger(__name__)
 
-#: content never changes: the kernel may keep names and attributes (S3QL uses 3600 s too)
+#: content never changes: the kernel may keep names and attributes (S3QL uses 3600 s too);
+#: a view redefined or a file deleted is invalidated explicitly (`Watcher`)
 ENTRY_TIMEOUT = 3600
 #: directories that grow (batches/, sources/, views/, by-hash leaves) are re-checked this often
 LISTING_TIMEOUT = 5
@@ -57,9 +62,9 @@ def _guarded(fn):
 class HoardOps(pyfuse3.Operations):
     enable_writeback_cache = False
 
-    def __init__(self, ns: Namespace, reader: Reader) -> None:
+    def __init__(self, ns: Namespace, reader: Reader, watcher: Watcher) -> None:
         super().__init__()
-        self.ns, self.reader = ns, reader
+        self.ns, self.reader, self.watcher = ns, reader, watcher
         self.handles: dict[int, _Open] = {}
         self.dir_handles: dict[int, list] = {}
         self.next_fh = 1
@@ -71,7 +76,7 @@ class HoardOps(pyfuse3.Operations):
         a.st_mode = n.mode
         a.st_nlink = 2 if stat.S_ISDIR(n.mode) else 1
         a.st_uid = a.st_gid = 0
-        a.st_size = len(self.ns.health_text()) if n.key == ("health",) else n.size
+        a.st_size = len(self.watcher.health_text()) if n.key == ("health",) else n.size
         a.st_blksize = 1 << 20
         a.st_blocks = (a.st_size + 511) // 512
         a.st_atime_ns = a.st_mtime_ns = a.st_ctime_ns = n.mtime_ns
@@ -98,14 +103,10 @@ class HoardOps(pyfuse3.Operations):
         parent = self._get(parent_inode)
         if not stat.S_ISDIR(parent.mode):
             raise pyfuse3.FUSEError(errno.ENOTDIR)
-        if name == b".":
-            node = parent
-        else:
-            node = self.ns.lookup(parent, name)
+        node = parent if name == b"." else await self.ns.lookup(parent, name)
         if node is None:
             raise pyfuse3.FUSEError(errno.ENOENT)
-        node.lookups += 1
-        return self._attr(node)
+        return self._attr(self.ns.remember(node, parent_inode, name))
 
     @_guarded
     async def forget(self, inode_list):
@@ -122,13 +123,7 @@ class HoardOps(pyfuse3.Operations):
     @_guarded
     async def statfs(self, ctx):
         s = pyfuse3.StatvfsData()
-        total = free = 0
-        for d in self.reader.store.disks.values():
-            try:
-                total += d.total_bytes()
-                free += d.free_bytes(0)
-            except OSError:
-                continue
+        total, free = self.watcher.space()  # measured in the background: a dying disk's statvfs may hang
         s.f_bsize = s.f_frsize = 1 << 20
         s.f_blocks, s.f_bfree, s.f_bavail = total >> 20, free >> 20, free >> 20
         s.f_files = s.f_ffree = s.f_favail = 0
@@ -144,19 +139,21 @@ class HoardOps(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.ENOTDIR)
         fh = self.next_fh
         self.next_fh += 1
-        self.dir_handles[fh] = self.ns.children(n)  # one snapshot per opendir: offsets stay stable
+        self.dir_handles[fh] = (inode, await self.ns.children(n))  # one snapshot per opendir: offsets stay stable
         return fh
 
     @_guarded
     async def readdir(self, fh, start_id, token):
-        entries = self.dir_handles.get(fh)
-        if entries is None:
+        handle = self.dir_handles.get(fh)
+        if handle is None:
             raise pyfuse3.FUSEError(errno.EBADF)
+        parent, entries = handle
         for i in range(start_id, len(entries)):
             name, node = entries[i]
+            node = self.ns.remember(node, parent, name)  # readdirplus: the kernel now knows it
             if not pyfuse3.readdir_reply(token, name, self._attr(node), i + 1):
+                self.ns.forget(node.inode, 1)  # it did not fit: not told after all
                 return
-            node.lookups += 1
 
     @_guarded
     async def releasedir(self, fh):
@@ -172,12 +169,13 @@ class HoardOps(pyfuse3.Operations):
         if stat.S_ISDIR(n.mode):
             raise pyfuse3.FUSEError(errno.EISDIR)
         h = _Open(n)
+        lane = ctx.pid  # the reader's own lane in each disk's queue: readers are served in turn
         if n.key == ("health",):
-            h.data = self.ns.health_text()
+            h.data = self.watcher.health_text()
         elif n.size <= SMALL_MAX:
-            h.data = await self._verified(self.reader.read_small(n.sha))
+            h.data = await self._verified(self.reader.read_small(n.sha, lane))
         else:
-            h.stream = self.reader.open_stream(n.sha, n.size)
+            h.stream = self.reader.open_stream(n.sha, n.size, lane)
         fh = self.next_fh
         self.next_fh += 1
         self.handles[fh] = h

@@ -1,24 +1,32 @@
-"""Verified reads for the mount, on per-disk threads, bridged to trio without a hop per request.
+"""Verified reads for the mount, on per-disk queues, bridged to trio without a hop per request.
 
-* Small objects (≤ `SMALL_MAX`): the shard bytes around the record are read in
-  `BLOCK`-sized, shard-aligned blocks into an LRU block cache — neighbours stored in the
-  same shard (a batch's files, usually) then come from memory, and the next blocks are
-  read ahead from all replicas at once. The record is checked (its header names the
-  sha256 and length the index expects, the payload matches its xxh3-128 — as every store
-  read) before a byte is served; the whole object is kept with the open file.
-* Large objects: 1 MiB pieces (`MAP_PIECE`) read ahead (`READ_AHEAD` pieces) on the disk's threads,
-  each checked against the object's chunk map (xxh3-128 per piece, recorded when it was
-  stored) before it is served. Without a chunk map, the object is read and sha256-checked
-  once in full, and the map is recorded for next time.
+* **Small objects** (≤ `SMALL_MAX`) are read whole at open. How much of the shard around
+  the record is read depends on how that shard is being read (`Window`, like the kernel's
+  read-ahead window): a read that does not continue where the last read of the same shard
+  ended — a shuffled data loader — fetches only its record, rounded to `ALIGN`; one that
+  continues fetches `MIN_WINDOW` ahead, doubling on each further miss up to `BLOCK`; from
+  there on the shard is read in `BLOCK`-aligned blocks with `PREFETCH_BLOCKS` read ahead
+  on the background lanes of all its replicas — a batch's files, stored together, stream
+  at the speed of all its copies together. What was read is kept in an extent cache
+  (`CACHE_BYTES`, LRU), so neighbours come from memory.
+* **Large objects**: 1 MiB pieces (`MAP_PIECE`), each checked against the object's chunk
+  map (xxh3-128 per piece, recorded when it was stored) before it is served. The pieces
+  read ahead per open file start at `FIRST_AHEAD`, double on each sequential request up to
+  `MAX_AHEAD` and collapse to one on a seek. Without a chunk map, the object is read and
+  sha256-checked once in full, and the map is recorded for next time.
 
-A piece that fails (EIO, mismatch) is read from the next replica; the disk answering EIO
-is marked failed (as everywhere in the store). Only when no replica is good does the
-caller get `ReadFailed` (→ EIO). Each disk has `THREADS_PER_DISK` threads: a slow disk
-slows only the files on it.
+Every record is checked (its header names the sha256 and length the index expects, the
+payload matches its xxh3-128 — as every store read) before a byte is served. The replica a
+request goes to is chosen per request by each disk's `DiskQueue.cost()` (queue depth ×
+recent seconds per request), so concurrent readers spread over every disk holding a copy
+and a slow or frozen disk loses new requests to the others. A piece that fails (EIO,
+mismatch) is read from the next replica; the disk answering EIO is marked failed (as
+everywhere in the store). Only when no replica is good does the caller get `ReadFailed`.
 """
 
 from __future__ import annotations
 
+import bisect
 import concurrent.futures as cf
 import errno
 import logging
@@ -32,17 +40,32 @@ import xxhash
 
 from fsd import shardfmt as fmt
 from fsd.disks import pread_full
+from fsd.mount.queue import BACKGROUND, DiskQueue, take_over
 from fsd.store import MAP_PIECE, STREAM_THRESHOLD, Store, learn_map, verify_record
+
+__all__ = ["Reader", "ReadFailed", "SMALL_MAX"]
 
 log = logging.getLogger(__name__)
 
-BLOCK = 4 << 20
 SMALL_MAX = STREAM_THRESHOLD
-READ_AHEAD = 8
-THREADS_PER_DISK = 2
-CACHE_BYTES = 256 << 20
-#: blocks read ahead of a small-object read, spread over the shard's replicas (32 MiB)
+#: reads are rounded to this (the devices' block): a random record costs its size + < 8 KiB
+ALIGN = 4096
+#: the first read-ahead of a shard read in order; doubled per miss up to BLOCK
+MIN_WINDOW = 128 << 10
+#: the read unit once a shard is read in order (and the largest window)
+BLOCK = 4 << 20
+#: blocks read ahead of an in-order reader, spread over the shard's replicas (32 MiB)
 PREFETCH_BLOCKS = 8
+#: a read that starts this close to where the last one of the shard ended is "in order"
+#: (a loader skipping a few files still streams)
+SEQ_SLACK = 256 << 10
+CACHE_BYTES = 256 << 20
+THREADS_PER_DISK = 2
+#: pieces of a large object read ahead at open, and at most
+FIRST_AHEAD = 2
+MAX_AHEAD = 16
+#: shards whose access pattern is remembered
+SEQ_SHARDS = 4096
 
 
 class ReadFailed(Exception):
@@ -55,48 +78,127 @@ class _Stream:
 
     sha: bytes
     size: int
+    lane: object
+    disk: str = ""  # the replica its pieces are read from first (chosen at open)
     pieces: dict[int, cf.Future] = field(default_factory=dict)
     chunk_digests: bytes | None = None
+    ahead: int = FIRST_AHEAD
+    next_off: int = 0
 
 
-def _pread(disk, shard_hex: str, offset: int, length: int, willneed: bool = False) -> bytes:
+def _open_read(disk, shard_hex: str, lo: int, hi: int, pattern: int) -> bytes:
+    """Bytes [lo, hi) of a shard file (fewer at its end), telling the kernel how it is read:
+    POSIX_FADV_RANDOM turns its own read-ahead off (else a 40 KiB read fetches 128 KiB),
+    WILLNEED fetches a whole block in one request."""
     fd = os.open(disk.find(shard_hex), os.O_RDONLY)
     try:
-        if willneed:
-            os.posix_fadvise(fd, offset, length, os.POSIX_FADV_WILLNEED)
-        return pread_full(fd, length, offset)
+        os.posix_fadvise(fd, lo, hi - lo, pattern)
+        return pread_full(fd, hi - lo, lo)
     finally:
         os.close(fd)
 
 
-def _read_block(disk, shard_hex: str, b: int) -> bytes:
-    # Blocks are read every other one per replica: the kernel would not see a sequential
-    # reader and would fetch 4 MiB in small synchronous steps (about half the disk's rate).
-    # WILLNEED asks for the whole block at once.
-    return _pread(disk, shard_hex, b * BLOCK, BLOCK, willneed=True)
+class _Extents:
+    """Byte ranges of shards kept in memory, LRU by bytes. Not thread-safe: the reader's lock."""
+
+    def __init__(self, budget: int) -> None:
+        self.budget, self.used = budget, 0
+        self.lru: OrderedDict[tuple[bytes, int], tuple[int, bytes]] = OrderedDict()
+        self.starts: dict[bytes, list[int]] = {}
+
+    def add(self, sid: bytes, start: int, data: bytes) -> None:
+        key = (sid, start)
+        old = self.lru.pop(key, None)
+        if old is not None:
+            if old[0] >= start + len(data):
+                self.lru[key] = old
+                return
+            self.used -= len(old[1])
+        else:
+            bisect.insort(self.starts.setdefault(sid, []), start)
+        self.lru[key] = (start + len(data), data)
+        self.used += len(data)
+        while self.used > self.budget and self.lru:
+            (osid, ostart), (_end, odata) = self.lru.popitem(last=False)
+            self.used -= len(odata)
+            self._unindex(osid, ostart)
+
+    def _unindex(self, sid: bytes, start: int) -> None:
+        starts = self.starts.get(sid)
+        if starts:
+            i = bisect.bisect_left(starts, start)
+            if i < len(starts) and starts[i] == start:
+                starts.pop(i)
+            if not starts:
+                del self.starts[sid]
+
+    def _covering(self, sid: bytes, pos: int):
+        starts = self.starts.get(sid)
+        if not starts:
+            return None
+        i = bisect.bisect_right(starts, pos) - 1
+        best = None
+        for j in range(i, max(i - 4, -1), -1):  # overlapping extents are few: look a little back
+            s = starts[j]
+            end, data = self.lru[(sid, s)]
+            if end > pos and (best is None or end > best[1]):
+                best = (s, end, data)
+        return best
+
+    def span(self, sid: bytes, lo: int, hi: int) -> bytes | None:
+        parts, pos = [], lo
+        while pos < hi:
+            ext = self._covering(sid, pos)
+            if ext is None:
+                return None
+            s, end, data = ext
+            self.lru.move_to_end((sid, s))
+            take = min(hi, end)
+            parts.append(data[pos - s:take - s])
+            pos = take
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def has(self, sid: bytes, pos: int) -> bool:
+        return self._covering(sid, pos) is not None
+
+    def evict(self, sid: bytes, lo: int, hi: int) -> None:
+        for s in list(self.starts.get(sid, [])):
+            end, data = self.lru[(sid, s)]
+            if s < hi and end > lo:
+                del self.lru[(sid, s)]
+                self.used -= len(data)
+                self._unindex(sid, s)
 
 
 class Reader:
     def __init__(self, store: Store) -> None:
         self.store = store
-        self.pools = {u: cf.ThreadPoolExecutor(THREADS_PER_DISK, thread_name_prefix=f"read-{d.label}")
-                      for u, d in store.disks.items()}
-        # prefetches run on their own thread per disk: a foreground read may wait for one,
-        # and must never wait for work queued behind itself
-        self.prefetchers = {u: cf.ThreadPoolExecutor(1, thread_name_prefix=f"ahead-{d.label}")
-                            for u, d in store.disks.items()}
-        self.inflight: dict[tuple[bytes, int], cf.Future] = {}
-        self.queued = {u: 0 for u in store.disks}  # prefetches waiting or running, per disk
-        speeds = {d.label: d.read_mb_s for d in store.cfg.disks}
-        self.speed = {u: speeds.get(d.label) or 100.0 for u, d in store.disks.items()}
-        self.blocks: OrderedDict[tuple[bytes, int], bytes] = OrderedDict()
-        self.cached = 0
+        self.queues: dict[str, DiskQueue] = {}
         self.lock = threading.Lock()
+        self.cache = _Extents(CACHE_BYTES)
+        self.inflight: dict[tuple[bytes, int], cf.Future] = {}  # block prefetches
+        self.seq: OrderedDict[bytes, list[int]] = OrderedDict()  # shard → [next offset, window]
         self.token: trio.lowlevel.TrioToken | None = None
+        self.sync_disks()
+
+    def sync_disks(self) -> None:
+        """A queue for every disk the store has now (disks added while mounted get theirs)."""
+        speeds = {d.label: d.read_mb_s for d in self.store.cfg.disks}
+        queues = dict(self.queues)  # replaced whole: the trio thread reads it without the lock
+        for u, d in list(self.store.disks.items()):
+            if u not in queues:
+                mb_s = speeds.get(d.label) or 100.0
+                # seeded with a seek plus a 64 KiB transfer; measured from the first reads on
+                queues[u] = DiskQueue(d.label, THREADS_PER_DISK, 0.008 + 0.0625 / mb_s)
+        self.queues = queues
 
     def close(self) -> None:
-        for p in [*self.pools.values(), *self.prefetchers.values()]:
-            p.shutdown(wait=False, cancel_futures=True)
+        for q in self.queues.values():
+            q.close()
+
+    def statistics(self) -> dict[str, dict[str, float]]:
+        return {q.label: {"pending": q.pending, "pending_ahead": q.pending_bg, "served": q.served,
+                          "seconds_per_read": round(q.seconds_per_read, 5)} for q in self.queues.values()}
 
     # -- trio bridge: wait for a future without a thread hop when it is already done ----------
     async def wait(self, fut: cf.Future):
@@ -109,94 +211,127 @@ class Reader:
             await event.wait()
         return fut.result()
 
-    # -- small objects -------------------------------------------------------------------------
-    async def read_small(self, sha: bytes) -> bytes:
-        """The whole (small) object, verified. When its blocks are cached (a neighbour was read
-        before) it is checked and returned right here, without a thread hop."""
-        data = self._small_cached(sha)
-        if data is not None:
-            return data
-        return await self.wait(self._first_disk_pool(sha).submit(self._small_sync, sha))
+    def _choose(self, meta) -> str:
+        """The replica that would finish a request first: queue depth × seconds per request."""
+        disks = self.store.replica_order(meta)
+        if not disks:
+            return ""
+        return min(disks, key=lambda d: self.queues[d.uuid].cost() if d.uuid in self.queues else 1e9).uuid
 
-    def _small_cached(self, sha: bytes) -> bytes | None:
+    def _queue(self, uuid: str) -> DiskQueue:
+        q = self.queues.get(uuid)
+        if q is None:
+            self.sync_disks()
+            q = self.queues.get(uuid) or next(iter(self.queues.values()))
+        return q
+
+    # -- small objects -------------------------------------------------------------------------
+    async def read_small(self, sha: bytes, lane: object = 0) -> bytes:
+        """The whole (small) object, verified. When its bytes are cached (a neighbour was read
+        before) it is checked and returned right here, without a thread hop."""
         loc = self.store.index.lookup(sha)
-        if loc is None:
-            return None
-        start = loc.offset - fmt.RECORD_HEADER_SIZE
-        end = loc.offset + loc.length
-        first, last = start // BLOCK, (end - 1) // BLOCK
-        with self.lock:
-            blocks = [self.blocks.get((loc.shard_id, b)) for b in range(first, last + 1)]
-        if any(b is None for b in blocks):
-            return None
-        probe = (loc.shard_id, last + PREFETCH_BLOCKS // 2)  # refill the read-ahead when half of it is used
-        if probe not in self.blocks and probe not in self.inflight:
+        if loc is not None:
+            data = self._small_cached(sha, loc)
+            if data is not None:
+                return data
             meta = self.store.index.get_shard(loc.shard_id)
+            first = self._choose(meta) if meta else ""
+        else:
+            first = ""
+        q = self._queue(first) if first else next(iter(self.queues.values()))
+        return await self.wait(q.submit(lane, self._small_sync, sha, first))
+
+    def _small_cached(self, sha: bytes, loc) -> bytes | None:
+        sid = loc.shard_id
+        start, end = loc.offset - fmt.RECORD_HEADER_SIZE, loc.offset + loc.length
+        with self.lock:
+            buf = self.cache.span(sid, start, end)
+            if buf is None:
+                return None
+            st = self.seq.get(sid)
+            refill = st is not None and st[1] >= BLOCK
+            if st is not None:
+                st[0] = max(st[0], end)
+            probe = (end - 1) // BLOCK + PREFETCH_BLOCKS // 2  # refill the read-ahead when half of it is used
+            refill = refill and not self.cache.has(sid, probe * BLOCK) and (sid, probe) not in self.inflight
+        if refill:
+            meta = self.store.index.get_shard(sid)
             if meta is not None:
-                self._prefetch(meta, last)
-        joined = blocks[0] if len(blocks) == 1 else b"".join(blocks)
-        lo = start - first * BLOCK
+                self._prefetch(meta, (end - 1) // BLOCK)
         try:  # header names this sha256 and length, payload matches its xxh3-128 (as every store read)
-            return verify_record(memoryview(joined)[lo:lo + end - start], 0, sha, loc.length)
+            return verify_record(memoryview(buf), 0, sha, loc.length)
         except fmt.ShardFormatError:
             return None  # the threaded path re-reads it and tries other replicas
 
-    def _first_disk_pool(self, sha: bytes) -> cf.ThreadPoolExecutor:
-        loc = self.store.index.lookup(sha)
-        meta = self.store.index.get_shard(loc.shard_id) if loc else None
-        order = self.store.replica_order(meta) if meta else []
-        return self.pools[order[0].uuid] if order else next(iter(self.pools.values()))
+    def _window(self, sid: bytes, start: int, end: int) -> int:
+        """How far past this record to read: 0 for a read that does not continue the shard's
+        last one (random), else the previous window doubled (from MIN_WINDOW, up to BLOCK)."""
+        with self.lock:
+            st = self.seq.get(sid)
+            if st is not None and st[0] - SEQ_SLACK <= start <= st[0] + SEQ_SLACK:
+                window = min(BLOCK, max(MIN_WINDOW, st[1] * 2))
+            else:
+                window = 0
+            self.seq[sid] = [end, window]
+            self.seq.move_to_end(sid)
+            while len(self.seq) > SEQ_SHARDS:
+                self.seq.popitem(last=False)
+            return window
 
-    def _from_replicas(self, sha: bytes, what: str, read):
-        """`read(disk, meta, loc)` on the object's usable replicas in order until one gives
-        good bytes (Store.from_replicas: a replica that fails is reported — EIO marks its disk
-        failed — and skipped; if gc moved the object meanwhile it is looked up again)."""
-        from fsd.errors import HoardError
-
-        try:
-            return self.store.from_replicas(sha, read, on_bad=self._bad_replica)
-        except HoardError as e:
-            raise ReadFailed(f"{what}: {e.message}") from None
-
-    def _small_sync(self, sha: bytes) -> bytes:
+    def _small_sync(self, sha: bytes, first: str) -> bytes:
         def read(disk, meta, loc) -> bytes:
             start, end = loc.offset - fmt.RECORD_HEADER_SIZE, loc.offset + loc.length
+            window = self._window(loc.shard_id, start, end)
             try:
-                buf = self._span(disk, meta.hex, loc.shard_id, start, end)
-                self._prefetch(meta, (end - 1) // BLOCK)
+                if window >= BLOCK:
+                    buf = self._blocks(disk, meta, start, end)
+                    self._prefetch(meta, (end - 1) // BLOCK)
+                else:
+                    lo = start - start % ALIGN
+                    hi = -(-max(end, start + window) // ALIGN) * ALIGN
+                    got = _open_read(disk, meta.hex, lo, hi,
+                                     os.POSIX_FADV_WILLNEED if window else os.POSIX_FADV_RANDOM)
+                    if len(got) < end - lo:
+                        raise fmt.ShardFormatError(f"shard {meta.hex} on {disk.label} ends at {lo + len(got)}, "
+                                                   f"before the record's end {end}")
+                    with self.lock:
+                        self.cache.add(loc.shard_id, lo, got)
+                    buf = memoryview(got)[start - lo:end - lo]
                 return verify_record(memoryview(buf), 0, sha, loc.length, f" (shard {meta.hex} on {disk.label})")
             except (OSError, fmt.ShardFormatError):
-                self._evict(loc.shard_id, start, end)  # bad blocks must not be served to the next reader
+                with self.lock:  # bad bytes must not be served to the next reader
+                    self.cache.evict(loc.shard_id, start, end)
                 raise
 
-        return self._from_replicas(sha, f"object {sha.hex()}", read)
+        return self._from_replicas(sha, f"object {sha.hex()}", read, first)
 
-    def _span(self, disk, shard_hex: str, sid: bytes, start: int, end: int) -> bytes:
+    def _blocks(self, disk, meta, start: int, end: int) -> bytes:
         first, last = start // BLOCK, (end - 1) // BLOCK
-        parts = [self._get_block(disk, shard_hex, sid, b) for b in range(first, last + 1)]
+        parts = [self._block(disk, meta, b) for b in range(first, last + 1)]
         joined = parts[0] if len(parts) == 1 else b"".join(parts)
         lo = start - first * BLOCK
         return joined[lo:lo + (end - start)]
 
-    def _get_block(self, disk, shard_hex: str, sid: bytes, b: int) -> bytes:
-        key = (sid, b)
+    def _block(self, disk, meta, b: int) -> bytes:
+        sid = meta.shard_id
         with self.lock:
-            blk = self.blocks.get(key)
-            if blk is not None:
-                self.blocks.move_to_end(key)
-                return blk
-            fut = self.inflight.get(key)
-        if fut is not None:
+            blk = self.cache.span(sid, b * BLOCK, min((b + 1) * BLOCK, meta.size or (b + 1) * BLOCK))
+            fut = self.inflight.get((sid, b)) if blk is None else None
+        if blk is not None:
+            return blk
+        if fut is not None and not take_over(fut):
             blk = fut.result()  # a prefetch thread is reading it right now
             if blk is not None:
                 return blk
-        blk = _read_block(disk, shard_hex, b)
-        self._keep(key, blk)
+        blk = _open_read(disk, meta.hex, b * BLOCK, (b + 1) * BLOCK, os.POSIX_FADV_WILLNEED)
+        with self.lock:
+            self.cache.add(sid, b * BLOCK, blk)
         return blk
 
     def _prefetch(self, meta, after: int) -> None:
-        """Read the next blocks of the shard in the background, alternating replicas, so a
-        directory of small files streams at the speed of all its copies together."""
+        """Read the next blocks of the shard in the background, each from the replica that
+        would finish it first, so a directory of small files streams at the speed of all its
+        copies together."""
         disks = self.store.replica_order(meta)
         if not disks or not meta.size:
             return
@@ -204,82 +339,91 @@ class Reader:
         for b in range(after + 1, min(after + 1 + PREFETCH_BLOCKS, last + 1)):
             key = (meta.shard_id, b)
             with self.lock:
-                if key in self.blocks or key in self.inflight:
+                if key in self.inflight or self.cache.has(meta.shard_id, b * BLOCK):
                     continue
-                # the replica that would finish it first, by its queue and its speed (disks[].read_mb_s)
-                disk = min(disks, key=lambda d: (self.queued[d.uuid] + 1) / self.speed[d.uuid])
-                self.queued[disk.uuid] += 1
-                self.inflight[key] = self.prefetchers[disk.uuid].submit(self._prefetch_one, disk, meta.hex, key)
+                open_ = [d for d in disks if d.uuid in self.queues and not self.queues[d.uuid].background_full()]
+                if not open_:
+                    return
+                disk = min(open_, key=lambda d: (self.queues[d.uuid].pending_bg + 1) * self.queues[d.uuid].seconds_per_read)
+                fut = self.queues[disk.uuid].submit(BACKGROUND, self._prefetch_one, disk, meta, b)
+                self.inflight[key] = fut
+            fut.add_done_callback(lambda _f, key=key: self._done_prefetch(key))
 
-    def _prefetch_one(self, disk, shard_hex: str, key: tuple[bytes, int]) -> bytes | None:
+    def _done_prefetch(self, key) -> None:
+        with self.lock:
+            self.inflight.pop(key, None)
+
+    def _prefetch_one(self, disk, meta, b: int) -> bytes | None:
         try:
-            blk = _read_block(disk, shard_hex, key[1])
-            self._keep(key, blk)
-            return blk
+            blk = _open_read(disk, meta.hex, b * BLOCK, (b + 1) * BLOCK, os.POSIX_FADV_WILLNEED)
         except OSError:
             return None  # the foreground read tries again and handles the error
-        finally:
-            with self.lock:
-                self.inflight.pop(key, None)
-                self.queued[disk.uuid] -= 1
-
-    def _keep(self, key: tuple[bytes, int], blk: bytes) -> None:
         with self.lock:
-            if key in self.blocks:
-                return
-            self.blocks[key] = blk
-            self.cached += len(blk)
-            while self.cached > CACHE_BYTES:
-                _, old = self.blocks.popitem(last=False)
-                self.cached -= len(old)
+            self.cache.add(meta.shard_id, b * BLOCK, blk)
+        return blk
 
-    def _evict(self, sid: bytes, start: int, end: int) -> None:
-        with self.lock:
-            for b in range(start // BLOCK, (end - 1) // BLOCK + 1):
-                old = self.blocks.pop((sid, b), None)
-                if old is not None:
-                    self.cached -= len(old)
+    # -- replicas ------------------------------------------------------------------------------
+    def _from_replicas(self, sha: bytes, what: str, read, first: str = ""):
+        """`read(disk, meta, loc)` on the object's usable replicas — `first` first — until one
+        gives good bytes (Store.from_replicas: a replica that fails is reported — EIO marks its
+        disk failed — and skipped; if gc moved the object meanwhile it is looked up again)."""
+        from fsd.errors import HoardError
+
+        try:
+            return self.store.from_replicas(sha, read, on_bad=self._bad_replica, first=first)
+        except HoardError as e:
+            raise ReadFailed(f"{what}: {e.message}") from None
 
     def _bad_replica(self, disk, meta, e: Exception) -> None:
         log.warning("mount: replica of shard %s on %s unreadable: %s; trying another", meta.hex, disk.label, e)
         if isinstance(e, OSError) and e.errno in (errno.EIO, errno.EBADMSG):
             e = OSError(errno.EIO, e.strerror or "I/O error")
-        self.store.disk_error(disk, "read", e, meta.hex)
-        self.store.index.queue_repair(meta.shard_id, disk.uuid, str(e))
+        self.store.bad_replica(disk, meta, "read", e)
 
     # -- large objects -------------------------------------------------------------------------
-    def open_stream(self, sha: bytes, size: int) -> _Stream:
+    def open_stream(self, sha: bytes, size: int, lane: object = 0) -> _Stream:
         """Read-ahead state for a large object; its first pieces are requested right away, so
         the disk is busy while the kernel is still between open() and the first read()."""
         digests = self.store.index.get_chunks(sha)
         if digests is not None and len(digests) != 16 * -(-size // MAP_PIECE):
             digests = None  # a map of another granularity: learn it again
-        st = _Stream(sha, size, chunk_digests=digests)
+        st = _Stream(sha, size, lane, chunk_digests=digests)
+        loc = self.store.index.lookup(sha)
+        meta = self.store.index.get_shard(loc.shard_id) if loc else None
+        st.disk = self._choose(meta) if meta else ""
         if digests is not None:
-            pool = self._first_disk_pool(sha)
-            for i in range(min(READ_AHEAD, -(-size // MAP_PIECE))):
-                st.pieces[i] = pool.submit(self._piece_sync, st, i)
+            self._want(st, 0, min(FIRST_AHEAD, -(-size // MAP_PIECE)) - 1)
         return st
+
+    def _want(self, st: _Stream, first: int, last: int) -> None:
+        q = self._queue(st.disk) if st.disk else next(iter(self.queues.values()))
+        for i in range(first, min(last, (st.size - 1) // MAP_PIECE) + 1):
+            if i not in st.pieces:
+                st.pieces[i] = q.submit(st.lane, self._piece_sync, st, i)
 
     async def read_stream(self, st: _Stream, off: int, size: int) -> bytes:
         end = min(off + size, st.size)
         if off >= end:
             return b""
         first, last = off // MAP_PIECE, (end - 1) // MAP_PIECE
-        if first == last:  # the common case: a 128 KiB request inside one verified piece
+        # in order: near where the last request ended (the kernel may send its read-ahead
+        # requests slightly out of order)
+        in_order = st.next_off - 2 * MAP_PIECE <= off <= st.next_off + 2 * MAP_PIECE
+        st.next_off = max(st.next_off, end) if in_order else end
+        if first == last and in_order:  # the common case: a 128 KiB request inside one verified piece
             fut = st.pieces.get(first)
-            ahead = first + READ_AHEAD // 2  # refill the read-ahead when it runs half empty
+            ahead = first + max(1, st.ahead // 2)  # refill the read-ahead when it runs half empty
             if fut is not None and fut.done() and (ahead in st.pieces or ahead * MAP_PIECE >= st.size):
                 piece = fut.result()
                 lo = off - first * MAP_PIECE
                 return piece[lo:lo + end - off]
-        pool = self._first_disk_pool(st.sha)
         if st.chunk_digests is None:
-            await self.wait(pool.submit(self._learn_chunks, st))
-        for i in range(first, min(last + READ_AHEAD, (st.size - 1) // MAP_PIECE) + 1):
-            if i not in st.pieces:
-                st.pieces[i] = pool.submit(self._piece_sync, st, i)
-        for i in [k for k in st.pieces if k < first - 1]:  # keep one piece behind for small re-reads
+            q = self._queue(st.disk) if st.disk else next(iter(self.queues.values()))
+            await self.wait(q.submit(st.lane, self._learn_chunks, st))
+        # the window: doubled while the reader goes on in order, one piece after a seek
+        st.ahead = min(MAX_AHEAD, st.ahead * 2) if in_order else 1
+        self._want(st, first, last + st.ahead)
+        for i in [k for k in st.pieces if k < first - 1 or k > last + st.ahead]:  # keep one piece behind
             st.pieces.pop(i).cancel()
         out = []
         for i in range(first, last + 1):
@@ -294,20 +438,22 @@ class Reader:
         want = st.chunk_digests[i * 16:(i + 1) * 16]
 
         def read(disk, meta, loc) -> bytes:
-            piece = _pread(disk, meta.hex, loc.offset + i * MAP_PIECE, length)
+            off = loc.offset + i * MAP_PIECE
+            piece = _open_read(disk, meta.hex, off, off + length, os.POSIX_FADV_NORMAL)
             if len(piece) != length or xxhash.xxh3_128_digest(piece) != want:
                 raise fmt.ShardFormatError(f"piece {i} of {st.sha.hex()[:12]}… does not match its chunk map")
             return piece
 
-        return self._from_replicas(st.sha, f"object {st.sha.hex()} piece {i}", read)
+        return self._from_replicas(st.sha, f"object {st.sha.hex()} piece {i}", read, st.disk)
 
     def _learn_chunks(self, st: _Stream) -> None:
         """No chunk map yet (stored before maps existed, or index rebuilt): stream the record
         once from the first good replica — header, xxh3-128 and sha256 of the whole payload
         checked, one piece in memory at a time — and record the map for next time."""
         def read(disk, meta, loc) -> bytes:
-            return learn_map(lambda off, n: _pread(disk, meta.hex, off, n), f"shard {meta.hex} on {disk.label}",
-                             loc, st.sha)
+            return learn_map(lambda off, n: _open_read(disk, meta.hex, off, off + n, os.POSIX_FADV_SEQUENTIAL),
+                             f"shard {meta.hex} on {disk.label}", loc, st.sha)
 
-        st.chunk_digests = self._from_replicas(st.sha, f"object {st.sha.hex()}", read)
-        self.store.index.put_chunks(st.sha, st.chunk_digests)
+        if st.chunk_digests is None:
+            st.chunk_digests = self._from_replicas(st.sha, f"object {st.sha.hex()}", read, st.disk)
+            self.store.index.put_chunks(st.sha, st.chunk_digests)

@@ -1,0 +1,158 @@
+"""What the mount keeps fresh in the background, every piece of it off the trio thread.
+
+    w = Watcher(store, reader, ns)
+    nursery.start_soon(w.run)        # in the mount's trio nursery
+    w.visible(sha) / w.health_text() / w.space()   # answered from memory, never blocking
+
+Each refresh runs in a worker thread of its own (`trio.to_thread`, abandoned on unmount),
+so a disk that hangs delays only its own refresh:
+
+* **deletions** (`MARKS_S`): the index's hidden and tombstoned objects; files that became
+  deleted are invalidated in the kernel (every (parent, name) the kernel was told of);
+* **names** (`NAMES_S`): batches and views; a view redefined or removed, or a batch
+  removed, is invalidated in the kernel (`pyfuse3.invalidate_entry_async` on its entry
+  under `views/`, `batches/`, `sources/<source>/`) — the kernel drops the directory and
+  everything it cached below it, so the next lookup sees the new manifest;
+* **disks** (`DISKS_S`): hoard.toml's `[[disks]]` and the index's disk records — a disk
+  added, replaced or reactivated while mounted gets a read queue and serves reads;
+* **health** (`HEALTH_S`): the `.hoard/health` document, rendered from `store.status()`;
+* **space** (`SPACE_S`): statvfs per disk, each in its own thread (a dying disk's statvfs
+  can hang), summed for `statfs`.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+import trio
+
+__all__ = ["Watcher", "render_health"]
+
+log = logging.getLogger(__name__)
+
+MARKS_S = 2.0
+NAMES_S = 1.0
+DISKS_S = 2.0
+HEALTH_S = 10.0
+SPACE_S = 5.0
+
+
+class Watcher:
+    def __init__(self, store, reader, ns) -> None:
+        self.store, self.reader, self.ns = store, reader, ns
+        self.dead: frozenset[bytes] = frozenset()
+        self.health = b"starting\n"
+        self.names: tuple[dict, dict] | None = None
+        self.free: dict[str, tuple[int, int]] = {}
+        self._statting: dict[str, threading.Thread] = {}
+        self.refreshed: dict[str, float] = {}
+
+    # -- answers from memory (the trio thread) --------------------------------------------------
+    def visible(self, sha: bytes) -> bool:
+        """Not deleted: type A (hidden) and type B (tombstoned) objects are not shown."""
+        return sha not in self.dead
+
+    def health_text(self) -> bytes:
+        return self.health
+
+    def space(self) -> tuple[int, int]:
+        """(total, free) bytes over the disks, as last measured."""
+        vals = list(self.free.values())
+        return sum(v[0] for v in vals), sum(v[1] for v in vals)
+
+    # -- one refresh each (worker threads) -------------------------------------------------------
+    def refresh_marks(self) -> list[tuple[int, bytes]]:
+        idx = self.store.index
+        dead = frozenset(idx.marked(idx.hidden) | idx.marked(idx.deleted))
+        newly = dead - self.dead
+        self.dead = dead
+        return self.ns.with_object(newly) if newly else []
+
+    def refresh_names(self) -> list[tuple[int, bytes]]:
+        idx = self.store.index
+        views = {n: info["manifest"] for n, info in idx.iter_views()}
+        batches = {b: (info["manifest"], info.get("source", "unknown")) for b, info in idx.iter_batches()}
+        old, self.names = self.names, (views, batches)
+        if old is None:
+            return []
+        out = []
+        ino = self.ns.by_key.get
+        for name, manifest in old[0].items():
+            if views.get(name) != manifest and (p := ino(("dir", "views"))):
+                out.append((p, name.encode()))
+        for b, (manifest, source) in old[1].items():
+            if batches.get(b, (None,))[0] != manifest:
+                for key in (("dir", "batches"), ("dir", "source", source)):
+                    if p := ino(key):
+                        out.append((p, b.encode()))
+        return out
+
+    def refresh_disks(self) -> bool:
+        changed = self.store.refresh_disks()
+        if changed:
+            self.reader.sync_disks()
+            log.info("mount: disks now %s", ", ".join(f"{r.label} ({r.state.value})"
+                                                       for r in self.store.records.values()))
+        return changed
+
+    def refresh_health(self) -> None:
+        self.health = render_health(self.store)
+
+    def refresh_space(self) -> None:
+        for uuid, disk in list(self.store.disks.items()):
+            t = self._statting.get(uuid)
+            if t is not None and t.is_alive():
+                continue  # still stuck in the last statvfs: its old figure stays
+            t = threading.Thread(target=self._statvfs, args=(uuid, disk), name=f"statvfs-{disk.label}", daemon=True)
+            self._statting[uuid] = t
+            t.start()
+
+    def _statvfs(self, uuid: str, disk) -> None:
+        try:
+            self.free[uuid] = (disk.total_bytes(), disk.free_bytes(0))
+        except OSError:
+            self.free.pop(uuid, None)
+
+    # -- the loop -------------------------------------------------------------------------------
+    async def run(self) -> None:
+        async with trio.open_nursery() as nursery:
+            for name, every, fn in (("marks", MARKS_S, self.refresh_marks), ("names", NAMES_S, self.refresh_names),
+                                    ("disks", DISKS_S, self.refresh_disks), ("health", HEALTH_S, self.refresh_health),
+                                    ("space", SPACE_S, self.refresh_space)):
+                nursery.start_soon(self._every, name, every, fn)
+
+    async def _every(self, name: str, every: float, fn) -> None:
+        import pyfuse3
+
+        while True:
+            try:
+                out = await trio.to_thread.run_sync(fn, abandon_on_cancel=True)
+            except Exception:  # noqa: BLE001 - a refresh that fails is logged and retried
+                log.exception("mount: refreshing %s failed", name)
+                out = None
+            self.refreshed[name] = time.monotonic()
+            if isinstance(out, list):
+                for parent, child in out:
+                    pyfuse3.invalidate_entry_async(parent, child, ignore_enoent=True)
+                if out:
+                    log.info("mount: %s changed: %d kernel entries invalidated", name, len(out))
+            await trio.sleep(every)
+
+
+def render_health(store) -> bytes:
+    """`.hoard/health`: a few lines about the store."""
+    try:
+        st = store.status()
+    except Exception as e:  # noqa: BLE001 - the health file must always answer
+        return f"status unavailable: {e}\n".encode()
+    lines = [f"objects: {st['objects']}"]
+    for d in st["disks"]:
+        lines.append(f"disk {d['label']}: {d['state']}" + (f" ({d['reason']})" if d["reason"] else "")
+                     + (f", {d['free_bytes'] / 1e9:.1f} GB free" if "free_bytes" in d else ""))
+    lag = st["replication"]
+    lines.append(f"shards below replica target: {lag['shards_below_target']}; at risk: {len(lag['at_risk'])}")
+    lines.append(f"batches: {len(store.index.iter_batches())}; views: {len(store.index.iter_views())}")
+    lines.append(f"generated: {time.strftime('%Y-%m-%d %H:%M:%S')}")
+    return ("\n".join(lines) + "\n").encode()
