@@ -26,12 +26,13 @@ pytestmark = pytest.mark.skipif(not os.path.exists("/dev/fuse"), reason="MOUNT T
 
 
 @contextmanager
-def mounted(cfg_path: str, mnt: Path):
-    """`hoard mount --foreground` as a child process; unmounted (and reaped) afterwards."""
+def mounted(cfg_path: str, mnt: Path, wrap=None):
+    """`hoard mount --foreground` as a child process (`wrap(cmd)`: e.g. the lab's, to run it
+    under the lab's throttles); unmounted (and reaped) afterwards."""
     mnt.mkdir(parents=True, exist_ok=True)
     log = open(mnt.parent / f"{mnt.name}.log", "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "fsd", "--config", cfg_path, "mount", "--foreground", str(mnt)],
-                            stdout=log, stderr=subprocess.STDOUT)
+    cmd = [sys.executable, "-m", "fsd", "--config", cfg_path, "mount", "--foreground", str(mnt)]
+    proc = subprocess.Popen(wrap(cmd) if wrap else cmd, stdout=log, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 30
         while not os.path.ismount(mnt):

@@ -36,7 +36,7 @@ def mount(
 
     cfg = state(ctx).settings
     if foreground:
-        logging.basicConfig(level=logging.DEBUG if debug else logging.INFO,
+        logging.basicConfig(level=logging.DEBUG if debug else logging.INFO, force=True,  # the CLI set WARNING
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         run_mount(cfg, mountpoint, debug, nonempty=nonempty)
         return

@@ -1,0 +1,278 @@
+"""Mount v2: views that change, stable inodes, deletions seen, disks that come and go while
+mounted, a frozen disk that delays only its own readers, and shuffled reads that fetch only
+what they serve — against real FUSE mounts, real disks (directory disks and the disk lab)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from fsd import config
+from fsd.mount.queue import BACKGROUND, DiskQueue
+from fsd.store import Store
+from fsd.views import define_view
+from tests.conftest import dir_disks_config, make_files, write_config
+from tests.test_mount import mounted
+
+pytestmark = pytest.mark.skipif(not os.path.exists("/dev/fuse"), reason="MOUNT TESTS SKIPPED: no /dev/fuse")
+
+
+def _hoard(cfg_path: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "fsd", "--config", str(cfg_path), *args],
+                          capture_output=True, text=True, timeout=120)
+
+
+def _until(cond, what: str, timeout: float = 15.0):
+    deadline = time.monotonic() + timeout
+    while True:
+        got = cond()
+        if got:
+            return got
+        assert time.monotonic() < deadline, what
+        time.sleep(0.2)
+
+
+def _read(path: Path) -> bytes | None:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        return None
+
+
+def test_redefined_view_serves_new_bytes_and_inodes_are_stable(tmp_path: Path) -> None:
+    """A path of a view read (kernel caches its name and pages), then the view redefined to
+    point that path at another object: the mount serves the new bytes within seconds. A
+    hidden object disappears even where the kernel had looked it up. Inode numbers are the
+    same after a remount."""
+    cfg_path = dir_disks_config(tmp_path, 2, shard_size_mb=1)
+    cfg = config.load(cfg_path)
+    files = make_files(tmp_path / "in", 6)
+    with Store.open(cfg, init=True) as store:
+        res = store.put_many(files)
+        define_view(store, "train", "".join(f"{r.sha256}  cats/{k}.bin\n" for k, r in enumerate(res[:3])).encode())
+        body = b"".join(f"{r.sha256}  pics/{Path(r.path).name}\n".encode() for r in res)
+        define_view(store, "all", body)
+    mnt = tmp_path / "mnt"
+    cat0 = mnt / "views" / "train" / "cats" / "0.bin"
+    with mounted(str(cfg_path), mnt):
+        assert hashlib.sha256(cat0.read_bytes()).hexdigest() == res[0].sha256
+        with open(cat0, "rb") as held:  # a reader inside the old view keeps reading the old object
+            inodes = {p: os.stat(p).st_ino for p in (cat0, mnt / "views" / "all" / "pics",
+                                                     mnt / "by-hash" / res[1].sha256[:2] / res[1].sha256[2:4])}
+            with Store.open(cfg) as store:  # redefine while mounted: 0.bin is now object 5
+                define_view(store, "train", f"{res[5].sha256}  cats/0.bin\n{res[4].sha256}  dogs/1.bin\n".encode())
+            _until(lambda: _read(cat0) == files[5].read_bytes(), "the redefined path still serves the old bytes")
+            assert sorted(os.listdir(mnt / "views" / "train")) == ["cats", "dogs"]
+            assert os.listdir(mnt / "views" / "train" / "cats") == ["0.bin"]
+            assert not (mnt / "views" / "train" / "cats" / "1.bin").exists()
+            assert held.read() == files[0].read_bytes()
+        # type-A deletion of an object the kernel had looked up: gone within seconds, bytes stay
+        victim = mnt / "views" / "all" / "pics" / Path(res[2].path).name
+        assert victim.exists()
+        with Store.open(cfg) as store:
+            from fsd.deletion import hide
+
+            hide(store, [bytes.fromhex(res[2].sha256)], "test")
+        _until(lambda: not victim.exists(), "a hidden object is still shown")
+        assert Path(res[2].path).name not in os.listdir(mnt / "views" / "all" / "pics")
+    with mounted(str(cfg_path), mnt):
+        for p, ino in inodes.items():
+            if p != cat0:  # (0.bin is another object now: another inode)
+                assert os.stat(p).st_ino == ino, p
+        assert os.stat(cat0).st_ino != inodes[cat0]
+
+
+def test_disk_added_and_replaced_while_mounted_serves_reads(tmp_path: Path) -> None:
+    """Both disks replaced while the mount runs (`hoard disks add` + `hoard disks replace`):
+    once the old disks are gone, every file reads from the new ones."""
+    cfg_path = dir_disks_config(tmp_path, 2, shard_size_mb=1)
+    cfg = config.load(cfg_path)
+    files = make_files(tmp_path / "in", 40)
+    with Store.open(cfg, init=True) as store:
+        res = store.put_many(files)
+    mnt = tmp_path / "mnt"
+    with mounted(str(cfg_path), mnt) as proc:
+        assert (mnt / "by-hash" / res[0].sha256[:2]).is_dir()
+        for old, new in (("d0", "d9"), ("d1", "d8")):
+            (tmp_path / new).mkdir()
+            r = _hoard(cfg_path, "disks", "add", str(tmp_path / new), "--label", new)
+            assert r.returncode == 0, r.stderr
+            r = _hoard(cfg_path, "disks", "replace", old, new, "--yes")
+            assert r.returncode == 0, r.stderr
+        for old in ("d0", "d1"):
+            os.rename(tmp_path / old, tmp_path / f"{old}-gone")  # the old disks vanish
+        time.sleep(3)  # the mount looks at the disks every 2 s
+        for r in res:
+            path = mnt / "by-hash" / r.sha256[:2] / r.sha256[2:4] / f"{r.sha256}.bin"
+            assert hashlib.sha256(path.read_bytes()).hexdigest() == r.sha256
+        assert proc.poll() is None
+    assert "disks now" in (tmp_path / "mnt.log").read_text()
+
+
+def test_disk_queue_serves_readers_in_turn() -> None:
+    """A reader with 40 queued requests does not make a reader with one wait behind them all;
+    a queued request can be taken over; read-ahead never runs on a foreground thread."""
+    q = DiskQueue("t", threads=1, seconds_per_read=0.01)
+    order: list[str] = []
+    gate = threading.Event()
+
+    def job(tag: str) -> str:
+        gate.wait(5)
+        order.append(tag)
+        time.sleep(0.005)
+        return tag
+
+    try:
+        futs = [q.submit("bulk", job, f"bulk{i}") for i in range(40)]
+        late = q.submit("one", job, "one")
+        assert q.pending == 41 and q.cost() > 0.4
+        gate.set()
+        assert late.result(5) == "one"
+        assert order.index("one") <= 2, order
+        ahead = q.submit(BACKGROUND, threading.current_thread)
+        assert ahead.result(5).name.startswith("ahead-")
+        for f in futs:
+            f.result(5)
+        assert q.pending == 0 and q.served == 42
+        blocker = q.submit("x", time.sleep, 0.3)
+        queued = q.submit("x", lambda: "late")
+        assert queued.cancel()  # not started: the caller may do it itself
+        blocker.result(5)
+    finally:
+        q.close()
+
+
+# -- the disk lab -------------------------------------------------------------------------------
+
+def _lab_store(lab_factory, tmp_path: Path, labels: int, **store):
+    from tests.lab import LAB4
+
+    lab = lab_factory(LAB4[:labels])
+    disks = [(k, d.mountpoint, None) for k, d in lab.disks.items()]
+    cfg_path = write_config(tmp_path, disks, allow_dirs=False, **store)
+    return lab, cfg_path, config.load(cfg_path)
+
+
+def _sectors_read(lab) -> int:
+    total = 0
+    for d in lab.disks.values():
+        f = (Path("/sys/block") / Path(d.device).name / "stat").read_text().split()
+        total += int(f[2]) * 512
+    return total
+
+
+def _drop_caches() -> None:
+    subprocess.run(["sh", "-c", "sync; echo 3 > /proc/sys/vm/drop_caches"], check=True)
+
+
+def test_shuffled_reads_fetch_only_what_they_serve(lab_factory, tmp_path: Path) -> None:
+    """Small files read in random order through the mount (cold caches): the disks read at
+    most 1.5× the bytes served; read in stored order they stream (blocks read ahead)."""
+    lab, cfg_path, cfg = _lab_store(lab_factory, tmp_path, 2, shard_size_mb=64, copy_of_raw=2, write_ack=2)
+    files = make_files(tmp_path / "in", 1500, seed=3, lo=4096, hi=64 * 1024)
+    with Store.open(cfg, init=True) as store:
+        res = store.put_many(files)
+    paths = {r.sha256: Path(r.path) for r in res}
+    mnt = tmp_path / "mnt"
+    rng = random.Random(5)
+    sample = rng.sample(res, 150)
+    with mounted(str(cfg_path), mnt):
+        def by_hash(r) -> Path:
+            return mnt / "by-hash" / r.sha256[:2] / r.sha256[2:4] / f"{r.sha256}.bin"
+
+        for r in sample:  # names first: the lookups' LMDB pages are not what is measured
+            os.stat(by_hash(r))
+        _drop_caches()
+        before = _sectors_read(lab)
+        served = 0
+        for r in sample:
+            data = by_hash(r).read_bytes()
+            assert data == paths[r.sha256].read_bytes()
+            served += len(data)
+        amplification = (_sectors_read(lab) - before) / served
+        assert amplification <= 1.5, f"shuffled reads read {amplification:.2f}x the bytes served"
+        rest = [r for r in res if r not in sample][:600]  # stored order (put_many's order)
+        for r in rest:
+            os.stat(by_hash(r))
+        _drop_caches()
+        before, t0 = _sectors_read(lab), time.monotonic()
+        served = sum(len(by_hash(r).read_bytes()) for r in rest)
+        in_order_s = time.monotonic() - t0
+        streamed = (_sectors_read(lab) - before) / served
+    assert streamed < 3, f"stored-order reads read {streamed:.2f}x"  # read-ahead reaches a bit past the end
+    assert len(rest) / in_order_s > 300, f"stored order: {len(rest) / in_order_s:.0f} files/s"
+
+
+def test_frozen_disk_delays_only_its_own_readers(lab_factory, tmp_path: Path) -> None:
+    """One view's files and manifest on two disks throttled to 8 KB/s (frozen, for a mount),
+    the other view's on two healthy disks: while readers hang on the frozen one — its manifest
+    included — the other view is listed and read at full speed, `.hoard/health` and `df`
+    answer."""
+    from fsd.disks import DiskState
+
+    lab, cfg_path, cfg = _lab_store(lab_factory, tmp_path, 4, shard_size_mb=16, copy_of_raw=2, write_ack=2)
+    labels = sorted(lab.disks)
+    slow, fast = labels[:2], labels[2:]
+    slow_files = make_files(tmp_path / "slow", 30, seed=1, lo=64 << 10, hi=256 << 10)
+    fast_files = make_files(tmp_path / "fast", 200, seed=2)
+    Store.open(cfg, init=True).close()
+    for mine, files, view, others in ((slow, slow_files, "slow", fast), (fast, fast_files, "fast", slow)):
+        with Store.open(cfg) as store:  # each view on its own pair of disks: the others drain meanwhile
+            for label in others:
+                store.set_disk_state(label, DiskState.DRAINING, "test placement")
+            for label in mine:
+                store.set_disk_state(label, DiskState.ACTIVE, "")
+            res = store.put_many(files)
+            # the slow view's manifest is large (each file under 40 names): loading it takes long
+            copies = 40 if view == "slow" else 1
+            define_view(store, view, "".join(f"{r.sha256}  d{k % 4}/{c}-{Path(r.path).name}\n" for k, r in
+                                             enumerate(res) for c in range(copies)).encode())
+    with Store.open(cfg) as store:
+        for label in slow:
+            store.set_disk_state(label, DiskState.ACTIVE, "")
+        for view, where in (("slow", slow), ("fast", fast)):
+            msha = bytes.fromhex(store.index.get_view(view)["manifest"])
+            meta = store.index.get_shard(store.index.lookup(msha).shard_id)
+            assert sorted(store.disks[u].label for u in meta.replicas) == where, view
+    mnt = tmp_path / "mnt"
+    hangers = []
+    with mounted(str(cfg_path), mnt, wrap=lab.wrap) as proc:
+        _drop_caches()
+        for label in slow:
+            lab.set_throttle(label, read_mbps=8 / 1024, write_mbps=1, iops=5)
+        try:
+            for k in range(3):  # readers stuck on the frozen disk: a listing (its manifest) and files
+                cmd = ["ls", "-lR", str(mnt / "views" / "slow")] if k == 0 else \
+                      ["sh", "-c", f"cat {mnt}/views/slow/d{k}/* > /dev/null"]
+                hangers.append(subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+            time.sleep(1)
+            t0 = time.monotonic()
+            names = []
+            for d in sorted(os.listdir(mnt / "views" / "fast")):
+                for name in sorted(os.listdir(mnt / "views" / "fast" / d)):
+                    names.append(name)
+                    data = (mnt / "views" / "fast" / d / name).read_bytes()
+                    assert data == (tmp_path / "fast" / name[2:]).read_bytes()
+            assert (mnt / ".hoard" / "health").read_text().startswith("objects:")
+            os.statvfs(mnt)
+            elapsed = time.monotonic() - t0
+            assert len(names) == 200
+            assert elapsed < 10, f"the healthy view took {elapsed:.1f} s while another disk was frozen"
+            assert any(h.poll() is None for h in hangers), "the frozen disk's readers were not held up at all"
+        finally:
+            for label in slow:
+                lab.set_throttle(label, read_mbps=0, write_mbps=0, iops=0)
+            for h in hangers:
+                try:
+                    h.wait(60)
+                except subprocess.TimeoutExpired:
+                    h.kill()
+        assert proc.poll() is None
