@@ -305,6 +305,8 @@ def test_disk_failing_during_reads(lab_factory, servers, tmp_path: Path) -> None
             for u in sid_meta.replicas:
                 per_disk[store.disks[u].label] = per_disk.get(store.disks[u].label, 0) + 1
     victim = max(per_disk, key=per_disk.get)
+    # the mount sends each read to the replica it expects to finish first: make that the victim
+    cfg_path.write_text(cfg_path.read_text().replace(f'label = "{victim}"', f'label = "{victim}"\nread_mb_s = 1000'))
     mnt = tmp_path / "mnt"
     with mounted(str(cfg_path), mnt):
         lab.fail_eio(victim)

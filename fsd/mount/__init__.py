@@ -39,9 +39,9 @@ def run_mount(cfg: Settings, mountpoint: Path, debug: bool = False, ready=None, 
     # the `readers` lock: `hoard index rebuild`/`restore` refuse while the mount serves the index
     store = Store.open(cfg, writable=False, lock="readers", what=f"hoard mount {mountpoint}")
     reader = Reader(store)
-    ns = Namespace(store.index, str(cfg.ssd.zone_path("3A")), None, store.get)
+    ns = Namespace(store.index, str(cfg.ssd.zone_path("3A")), store.get)
     watcher = Watcher(store, reader, ns)
-    ns.health_text, ns.visible = watcher.health_text, watcher.visible
+    ns.visible = watcher.visible
     for refresh in (watcher.refresh_marks, watcher.refresh_names, watcher.refresh_health, watcher.refresh_space):
         refresh()  # the first figures before the first request
     ops = HoardOps(ns, reader, watcher)

@@ -129,10 +129,10 @@ class Namespace:
 
     TREE_CACHE = 64
 
-    def __init__(self, index: Any, zone3a: str, health_text, get: Callable[[str], bytes],
+    def __init__(self, index: Any, zone3a: str, get: Callable[[str], bytes],
                  visible: Callable[[bytes], bool] = lambda sha: True) -> None:
         self.index, self.zone3a = index, zone3a
-        self.health_text, self.get, self.visible = health_text, get, visible
+        self.get, self.visible = get, visible
         self.started_ns = time.time_ns()
         self.nodes: dict[int, Node] = {}
         self.by_key: dict[tuple, int] = {}
