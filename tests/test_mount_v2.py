@@ -161,12 +161,14 @@ def _lab_store(lab_factory, tmp_path: Path, labels: int, **store):
     return lab, cfg_path, config.load(cfg_path)
 
 
-def _sectors_read(lab) -> int:
-    total = 0
+def _disk_reads(lab) -> tuple[int, int]:
+    """(read requests completed, bytes read) over the lab's disks, from /sys/block/*/stat."""
+    reqs = total = 0
     for d in lab.disks.values():
         f = (Path("/sys/block") / Path(d.device).name / "stat").read_text().split()
+        reqs += int(f[0])
         total += int(f[2]) * 512
-    return total
+    return reqs, total
 
 
 def _drop_caches() -> None:
@@ -191,24 +193,27 @@ def test_shuffled_reads_fetch_only_what_they_serve(lab_factory, tmp_path: Path) 
         for r in sample:  # names first: the lookups' LMDB pages are not what is measured
             os.stat(by_hash(r))
         _drop_caches()
-        before = _sectors_read(lab)
+        before = _disk_reads(lab)
         served = 0
         for r in sample:
             data = by_hash(r).read_bytes()
             assert data == paths[r.sha256].read_bytes()
             served += len(data)
-        amplification = (_sectors_read(lab) - before) / served
+        after = _disk_reads(lab)
+        amplification = (after[1] - before[1]) / served
         assert amplification <= 1.5, f"shuffled reads read {amplification:.2f}x the bytes served"
         rest = [r for r in res if r not in sample][:600]  # stored order (put_many's order)
         for r in rest:
             os.stat(by_hash(r))
         _drop_caches()
-        before, t0 = _sectors_read(lab), time.monotonic()
+        before = _disk_reads(lab)
         served = sum(len(by_hash(r).read_bytes()) for r in rest)
-        in_order_s = time.monotonic() - t0
-        streamed = (_sectors_read(lab) - before) / served
-    assert streamed < 3, f"stored-order reads read {streamed:.2f}x"  # read-ahead reaches a bit past the end
-    assert len(rest) / in_order_s > 300, f"stored order: {len(rest) / in_order_s:.0f} files/s"
+        after = _disk_reads(lab)
+        streamed = (after[1] - before[1]) / served
+    # the read-ahead window ends up to 32 MiB past the last file read (here ~20 MB are read)
+    assert streamed < 3, f"stored-order reads read {streamed:.2f}x"
+    # streamed in large reads, not one request per file (4 MiB blocks hold ~120 of these files)
+    assert after[0] - before[0] < len(rest) / 4, f"stored order took {after[0] - before[0]} disk reads"
 
 
 def test_frozen_disk_delays_only_its_own_readers(lab_factory, tmp_path: Path) -> None:

@@ -54,7 +54,8 @@ ALIGN = 4096
 MIN_WINDOW = 128 << 10
 #: the read unit once a shard is read in order (and the largest window)
 BLOCK = 4 << 20
-#: blocks read ahead of an in-order reader, spread over the shard's replicas (32 MiB)
+#: blocks read ahead of an in-order reader at most, spread over the shard's replicas (32 MiB);
+#: the window grows to it one doubling per refill (1, 2, 4, 8 blocks)
 PREFETCH_BLOCKS = 8
 #: a read that starts this close to where the last one of the shard ended is "in order"
 #: (a loader skipping a few files still streams)
@@ -158,6 +159,13 @@ class _Extents:
             pos = take
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
+    def covered(self, sid: bytes, lo: int, hi: int) -> int:
+        """How far from `lo` (up to `hi`) the cache holds the bytes without a gap."""
+        pos = lo
+        while pos < hi and (ext := self._covering(sid, pos)) is not None:
+            pos = ext[1]
+        return min(pos, hi)
+
     def has(self, sid: bytes, pos: int) -> bool:
         return self._covering(sid, pos) is not None
 
@@ -252,12 +260,16 @@ class Reader:
             refill = st is not None and st[1] >= BLOCK
             if st is not None:
                 st[0] = max(st[0], end)
-            probe = (end - 1) // BLOCK + PREFETCH_BLOCKS // 2  # refill the read-ahead when half of it is used
-            refill = refill and not self.cache.has(sid, probe * BLOCK) and (sid, probe) not in self.inflight
+                # refill the read-ahead when half of it is used, and let it grow
+                probe = (end - 1) // BLOCK + max(1, st[1] // BLOCK // 2)
+                refill = refill and not self.cache.has(sid, probe * BLOCK) and (sid, probe) not in self.inflight
+                if refill:
+                    st[1] = min(st[1] * 2, PREFETCH_BLOCKS * BLOCK)
+                    ahead = st[1] // BLOCK
         if refill:
             meta = self.store.index.get_shard(sid)
             if meta is not None:
-                self._prefetch(meta, (end - 1) // BLOCK)
+                self._prefetch(meta, (end - 1) // BLOCK, ahead)
         try:  # header names this sha256 and length, payload matches its xxh3-128 (as every store read)
             return verify_record(memoryview(buf), 0, sha, loc.length)
         except fmt.ShardFormatError:
@@ -269,7 +281,7 @@ class Reader:
         with self.lock:
             st = self.seq.get(sid)
             if st is not None and st[0] - SEQ_SLACK <= start <= st[0] + SEQ_SLACK:
-                window = min(BLOCK, max(MIN_WINDOW, st[1] * 2))
+                window = min(PREFETCH_BLOCKS * BLOCK, max(MIN_WINDOW, st[1] * 2))
             else:
                 window = 0
             self.seq[sid] = [end, window]
@@ -285,7 +297,7 @@ class Reader:
             try:
                 if window >= BLOCK:
                     buf = self._blocks(disk, meta, start, end)
-                    self._prefetch(meta, (end - 1) // BLOCK)
+                    self._prefetch(meta, (end - 1) // BLOCK, window // BLOCK)
                 else:
                     lo = start - start % ALIGN
                     hi = -(-max(end, start + window) // ALIGN) * ALIGN
@@ -314,8 +326,9 @@ class Reader:
 
     def _block(self, disk, meta, b: int) -> bytes:
         sid = meta.shard_id
+        lo, hi = b * BLOCK, min((b + 1) * BLOCK, meta.size or (b + 1) * BLOCK)
         with self.lock:
-            blk = self.cache.span(sid, b * BLOCK, min((b + 1) * BLOCK, meta.size or (b + 1) * BLOCK))
+            blk = self.cache.span(sid, lo, hi)
             fut = self.inflight.get((sid, b)) if blk is None else None
         if blk is not None:
             return blk
@@ -323,20 +336,25 @@ class Reader:
             blk = fut.result()  # a prefetch thread is reading it right now
             if blk is not None:
                 return blk
-        blk = _open_read(disk, meta.hex, b * BLOCK, (b + 1) * BLOCK, os.POSIX_FADV_WILLNEED)
+        with self.lock:  # the part the window reads before it reached BLOCK already hold
+            have = self.cache.covered(sid, lo, hi)
+        got = _open_read(disk, meta.hex, have, (b + 1) * BLOCK, os.POSIX_FADV_WILLNEED)
         with self.lock:
-            self.cache.add(sid, b * BLOCK, blk)
+            self.cache.add(sid, have, got)
+            blk = self.cache.span(sid, lo, hi)
+        if blk is None:  # evicted in between (a cache far too small): what was just read will do
+            blk = got if have == lo else _open_read(disk, meta.hex, lo, (b + 1) * BLOCK, os.POSIX_FADV_WILLNEED)
         return blk
 
-    def _prefetch(self, meta, after: int) -> None:
-        """Read the next blocks of the shard in the background, each from the replica that
-        would finish it first, so a directory of small files streams at the speed of all its
-        copies together."""
+    def _prefetch(self, meta, after: int, count: int) -> None:
+        """Read the next `count` blocks of the shard in the background, each from the replica
+        that would finish it first, so a directory of small files streams at the speed of all
+        its copies together."""
         disks = self.store.replica_order(meta)
         if not disks or not meta.size:
             return
         last = (meta.size - 1) // BLOCK
-        for b in range(after + 1, min(after + 1 + PREFETCH_BLOCKS, last + 1)):
+        for b in range(after + 1, min(after + 1 + count, last + 1)):
             key = (meta.shard_id, b)
             with self.lock:
                 if key in self.inflight or self.cache.has(meta.shard_id, b * BLOCK):
