@@ -72,24 +72,26 @@ def test_rebuild_of_a_healthy_disk_asks_and_activate_brings_it_back(tmp_path: Pa
     anyway with --yes, `hoard disks activate` checks the disk and puts it back: its shard files
     are listed again and serve reads on their own."""
     cfg_path, results = _store(tmp_path)
-    r = _hoard(cfg_path, "rebuild", "--disk", "d0", stdin="n\n")
+    with Store.open(config.load(cfg_path), writable=False) as st:  # placement is random: a disk holding shards
+        label = next(st.records[u].label for m in st.index.iter_shards() for u in m.replicas)
+    r = _hoard(cfg_path, "rebuild", "--disk", label, stdin="n\n")
     assert r.returncode == 130 and "is active and present" in r.stdout and "not confirmed" in r.stderr
-    assert _states(cfg_path)["d0"] == "active"
-    r = _hoard(cfg_path, "rebuild", "--disk", "d0", "--yes")
+    assert _states(cfg_path)[label] == "active"
+    r = _hoard(cfg_path, "rebuild", "--disk", label, "--yes")
     assert r.returncode == 0, r.stderr
-    assert _states(cfg_path)["d0"] == "failed"
-    r = _hoard(cfg_path, "disks", "activate", "d0")
-    assert r.returncode == 0 and "disk d0 is active" in r.stdout and "0 bad" in r.stdout, r.stderr
+    assert _states(cfg_path)[label] == "failed"
+    r = _hoard(cfg_path, "disks", "activate", label)
+    assert r.returncode == 0 and f"disk {label} is active" in r.stdout and "0 bad" in r.stdout, r.stderr
     cfg = config.load(cfg_path)
     with Store.open(cfg, writable=False) as st:
-        d0 = next(u for u, rec in st.records.items() if rec.label == "d0")
-        assert st.records[d0].state == DiskState.ACTIVE
-        on_d0 = [m for m in st.index.iter_shards() if d0 in m.replicas]
-        assert on_d0, "the shard files left on d0 are listed again"
-        others = {u for u in st.disks if u != d0}
+        dz = next(u for u, rec in st.records.items() if rec.label == label)
+        assert st.records[dz].state == DiskState.ACTIVE
+        on_dz = [m for m in st.index.iter_shards() if dz in m.replicas]
+        assert on_dz, "the shard files left on the disk are listed again"
+        others = {u for u in st.disks if u != dz}
         for res in results:
             loc = st.index.lookup(bytes.fromhex(res.sha256))
-            if d0 in st.index.get_shard(loc.shard_id).replicas:  # read from d0 alone
+            if dz in st.index.get_shard(loc.shard_id).replicas:  # read from that disk alone
                 assert hashlib.sha256(st.get(res.sha256, avoid=others)).hexdigest() == res.sha256
 
 
