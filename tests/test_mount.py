@@ -103,7 +103,7 @@ def test_rsync_and_tar_reproduce_batches(ingested, tmp_path: Path) -> None:
             assert subprocess.run(["diff", "-r", str(orig), str(untar)]).returncode == 0
         assert sorted(os.listdir(mnt / "sources")) == sorted({b.source for b in batches})
         health = (mnt / ".hoard" / "health").read_text()
-        assert "objects:" in health and "batches: 3" in health
+        assert "objects:" in health and "batches: 3" in health and "read queue" in health
 
 
 def test_concurrent_readers_large_and_small(ingested, tmp_path: Path) -> None:

@@ -98,7 +98,10 @@ class Watcher:
         return changed
 
     def refresh_health(self) -> None:
-        self.health = render_health(self.store)
+        lines = [f"read queue {label}: {q['pending']} waiting, {q['pending_ahead']} ahead, "
+                 f"{q['seconds_per_read'] * 1000:.1f} ms/read, {q['served']} served"
+                 for label, q in sorted(self.reader.statistics().items())]
+        self.health = render_health(self.store) + "".join(f"{line}\n" for line in lines).encode()
 
     def refresh_space(self) -> None:
         for uuid, disk in list(self.store.disks.items()):
