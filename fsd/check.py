@@ -20,7 +20,6 @@ Replicas below their class target and orphan files are reported as notes, not fa
 
 from __future__ import annotations
 
-import json
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -28,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from fsd import shardfmt as fmt
+from fsd.manifest import iter_files, manifest_objects, named
 
 if TYPE_CHECKING:
     from fsd.store import Store
@@ -142,20 +142,27 @@ def check(store: Store, missing_in_db: Callable[[set[bytes]], tuple[list[bytes],
             for k, _ in txn.cursor():
                 if bytes(k) not in objects:
                     rep.add("stale mark", f"{name} entry for {bytes(k).hex()}, which is not in the store")
-    for kind, entries in (("batch", idx.iter_batches()), ("view", idx.iter_views())):  # 6
-        for name, info in entries:
-            if bytes.fromhex(info["manifest"]) not in objects:
-                rep.add("manifest", f"{kind} {name}: its manifest {info['manifest']} is not in the store")
-                continue
-            try:
-                files = json.loads(store.get(info["manifest"]))["files"]
-            except Exception as e:  # noqa: BLE001 - a damaged manifest is a finding, not a crash
-                rep.add("manifest", f"{kind} {name}: its manifest cannot be read ({e})")
-                continue
-            lost = [f for f in files if bytes.fromhex(f["sha256"]) not in objects]
-            if lost:
-                rep.add("manifest", f"{kind} {name}: {len(lost)} of its {len(files)} files are not in the store "
-                                    f"(e.g. {lost[0]['path']} {lost[0]['sha256']})")
+    for kind, name, info in named(idx):  # 6
+        if bytes.fromhex(info["manifest"]) not in objects:
+            rep.add("manifest", f"{kind} {name}: its manifest {info['manifest']} is not in the store")
+            continue
+        try:
+            own = [sha for sha in manifest_objects(store.get, info["manifest"]) if sha not in objects]
+            files = lost = 0
+            example = ""
+            for path, sha, _size in iter_files(store.get, info["manifest"]):
+                files += 1
+                if sha not in objects:
+                    lost += 1
+                    example = example or f"{path} {sha.hex()}"
+        except Exception as e:  # noqa: BLE001 - a damaged manifest is a finding, not a crash
+            rep.add("manifest", f"{kind} {name}: its manifest cannot be read ({e})")
+            continue
+        if own:
+            rep.add("manifest", f"{kind} {name}: {len(own)} of its manifest's own objects are not in the store "
+                                f"(e.g. {own[0].hex()})")
+        if lost:
+            rep.add("manifest", f"{kind} {name}: {lost} of its {files} files are not in the store (e.g. {example})")
     below = sum(1 for m in shards.values() if m.sealed and store.readable_replicas(m) < store.target(m.klass))
     if below:
         rep.notes.append(f"{below} shards are below their replica target; `hoard replicate`")

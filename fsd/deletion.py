@@ -10,8 +10,6 @@
 
 from __future__ import annotations
 
-import json
-
 from fsd.errors import ExitCode, HoardError
 
 
@@ -20,16 +18,11 @@ def hide(store, shas: list[bytes], reason: str) -> int:
 
 
 def referenced_elsewhere(store, skip_batch: str) -> set[bytes]:
-    """sha256s named by every batch and view manifest except `skip_batch`'s."""
-    refs: set[bytes] = set()
-    for kind, entries in (("batch", store.index.iter_batches()), ("view", store.index.iter_views())):
-        for name, info in entries:
-            if kind == "batch" and name == skip_batch:
-                continue
-            manifest = json.loads(store.get(info["manifest"]))
-            refs.update(bytes.fromhex(f["sha256"]) for f in manifest["files"])
-            refs.add(bytes.fromhex(info["manifest"]))
-    return refs
+    """sha256s named by every batch and view manifest except `skip_batch`'s (files and the
+    manifests' own objects)."""
+    from fsd.manifest import references
+
+    return references(store, skip=("batch", skip_batch))
 
 
 def drop_batch(store, batch_id: str) -> tuple[int, int]:
@@ -38,8 +31,9 @@ def drop_batch(store, batch_id: str) -> tuple[int, int]:
     if info is None:
         raise HoardError(f"no ingested batch {batch_id!r} in the store; `ls <mount>/batches` lists them",
                          ExitCode.USAGE)
-    manifest = json.loads(store.get(info["manifest"]))
-    mine = {bytes.fromhex(f["sha256"]) for f in manifest["files"]}
+    from fsd.manifest import iter_files
+
+    mine = {sha for _path, sha, _size in iter_files(store.get, info["manifest"])}
     shared = mine & referenced_elsewhere(store, batch_id)
     doomed = (mine - shared) | {bytes.fromhex(info["manifest"])}
     n = store.index.mark(store.index.deleted, doomed, f"batch {batch_id} deleted")

@@ -66,20 +66,12 @@ def referenced(store: Store, among: set[bytes], extra: Roots | None = None) -> s
     Reachability is computed here, at gc time, not from marks set earlier: a tombstone only
     says "someone asked to delete this"; an object is dropped only if it is tombstoned *and*
     unreferenced when gc swaps."""
-    import json
-
+    from fsd.manifest import references
     from fsd.store import pinned
 
     if not among:
         return set()
-    refs: set[bytes] = set()
-    for entries in (store.index.iter_batches(), store.index.iter_views()):
-        for _name, info in entries:
-            man = bytes.fromhex(info["manifest"])
-            if man in among:
-                refs.add(man)
-            files = json.loads(store.get(info["manifest"]))["files"]
-            refs.update(sha for f in files if (sha := bytes.fromhex(f["sha256"])) in among)
+    refs = references(store, among)
     pins, bad = pinned(store.cfg)
     if bad:
         raise HoardError(f"gc: pin files cannot be read ({'; '.join(bad)}); nothing was deleted — fix or remove "

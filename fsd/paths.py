@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import re
+
 #: a batch id or a view name (the same rule as the database's CHECK on action_batch.batch_id)
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
 
 #: longest relative path (bytes, UTF-8) accepted inside a batch or a view
 MAX_PATH_BYTES = 1000
+
+
+_CONTROL = re.compile("[\x00-\x1f\x7f]")
 
 
 def hostile_reason(rel: str) -> str | None:
@@ -15,7 +20,7 @@ def hostile_reason(rel: str) -> str | None:
         return "an empty path"
     if "\x00" in rel:
         return "the path contains a NUL byte"
-    if any(ord(c) < 32 or c == "\x7f" for c in rel):
+    if _CONTROL.search(rel):
         return "the path contains control characters"
     try:
         size = len(rel.encode("utf-8"))

@@ -390,8 +390,14 @@ class Store:
         """Store one in-memory object (used for dumps, manifests, generated data)."""
         from fsd.put import put_payloads
 
+        return self.put_bytes_many([data], klass)[0]
+
+    def put_bytes_many(self, datas: list[bytes], klass: str = "raw") -> list[PutResult]:
+        """Store in-memory objects in one batch (one group commit, one seal)."""
+        from fsd.put import put_payloads
+
         with self.lock:
-            return put_payloads(self, self.writer(klass), [("<bytes>", data)])[0]
+            return put_payloads(self, self.writer(klass), [("<bytes>", d) for d in datas])
 
     # -- the read path ------------------------------------------------------------------------
     def register_batch(self, batch_id: str, info: dict | None) -> None:

@@ -1,10 +1,11 @@
 """Named views: a manifest of path → sha256, stored in the store itself and shown by the
 mount under `views/<name>/` (zero-copy staging for 3C and dataset exports for 3D).
 
-Manifest input: JSON `{"files": [{"path": "a/b.jpg", "sha256": "…"}, …]}` or text lines
-`<sha256><whitespace><path>` (what `sha256sum` prints). Every path is checked like a
-batch's (no `..`, absolute, NUL, control characters, over-long), every sha256 must be in
-the store, and a path may appear once.
+Manifest input: text lines `<sha256><whitespace><path>` (what `sha256sum` prints; read
+line by line, so a list of 10 M files streams) or JSON `{"files": [{"path": "a/b.jpg",
+"sha256": "…"}, …]}` (read whole). Every path is checked like a batch's (no `..`,
+absolute, NUL, control characters, over-long), every sha256 must be in the store, and a
+path may appear once. Stored as a `hoardfs-view-2` manifest (fsd/manifest.py).
 """
 
 from __future__ import annotations
@@ -12,78 +13,96 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
+from collections.abc import Iterable, Iterator
+from typing import IO
 
 from fsd.errors import ExitCode, HoardError
-from fsd.paths import NAME_PATTERN, hostile_reason
+from fsd.manifest import ViewError, build_view, manifest_objects
+from fsd.paths import NAME_PATTERN
+
+__all__ = ["ViewError", "define_view", "define_view_rows", "manifest_rows", "remove_view"]
 
 VIEW_NAME = re.compile(NAME_PATTERN)
 
 
-class ViewError(HoardError):
-    exit_code = ExitCode.USAGE
-
-
-def parse_manifest(raw: bytes) -> list[tuple[str, str]]:
-    text = raw.decode("utf-8", errors="strict")
-    if text.lstrip().startswith("{"):
+def manifest_rows(stream: IO[bytes]) -> Iterator[tuple[str, str]]:
+    """(path, sha256) rows from a manifest file, streaming when it is `SHA256  PATH` text."""
+    head = stream.peek(64)[:64] if hasattr(stream, "peek") else b""
+    if head.lstrip().startswith(b"{"):
+        yield from _json_rows(stream.read())
+        return
+    for n, raw in enumerate(stream, 1):
         try:
-            doc = json.loads(text)
-            return [(f["path"], f["sha256"]) for f in doc["files"]]
-        except (ValueError, KeyError, TypeError) as e:
-            raise ViewError(f"view manifest is not {{\"files\": [{{\"path\", \"sha256\"}}]}} JSON ({e})") from None
-    rows = []
-    for n, line in enumerate(text.splitlines(), 1):
+            line = raw.decode("utf-8").rstrip("\n").rstrip("\r")
+        except UnicodeDecodeError as e:
+            raise ViewError(f"view manifest line {n} is not UTF-8 (byte {e.start})") from None
+        if n == 1 and line.lstrip().startswith("{"):
+            yield from _json_rows(raw + stream.read())
+            return
         if not line.strip() or line.startswith("#"):
             continue
         parts = line.split(None, 1)
         if len(parts) != 2:
             raise ViewError(f"view manifest line {n}: expected `SHA256  PATH`")
-        rows.append((parts[1].lstrip("*"), parts[0]))
-    return rows
+        yield parts[1].lstrip("*"), parts[0]
+
+
+def _json_rows(raw: bytes) -> list[tuple[str, str]]:
+    try:
+        doc = json.loads(raw.decode("utf-8"))
+        return [(f["path"], f["sha256"]) for f in doc["files"]]
+    except UnicodeDecodeError as e:
+        raise ViewError(f"view manifest is not UTF-8 (byte {e.start})") from None
+    except (ValueError, KeyError, TypeError) as e:
+        raise ViewError(f"view manifest is not {{\"files\": [{{\"path\", \"sha256\"}}]}} JSON ({e})") from None
 
 
 def define_view(store, name: str, raw: bytes) -> dict:
+    """Define (or replace) view `name` from a manifest in memory."""
+    import io
+
+    return define_view_rows(store, name, manifest_rows(io.BufferedReader(io.BytesIO(raw))))
+
+
+def define_view_rows(store, name: str, rows: Iterable[tuple[str, str]]) -> dict:
+    """Define (or replace) view `name` from (path, sha256) rows in any order, in bounded
+    memory. The objects of the manifest it replaces are tombstoned: gc frees those that no
+    other manifest (an identical directory is one object) still references."""
     if not VIEW_NAME.match(name):
         raise ViewError(f"view name {name!r}: letters, digits, `.`, `_`, `-`, at most 128")
-    try:
-        rows = parse_manifest(raw)
-    except UnicodeDecodeError as e:
-        raise ViewError(f"view manifest is not UTF-8 (byte {e.start})") from None
-    files, seen = [], set()
-    for path, sha in rows:
-        why = hostile_reason(path)
-        if why:
-            raise ViewError(f"view {name}: path {path[:80]!r}: {why}")
-        if path in seen:
-            raise ViewError(f"view {name}: path {path!r} appears twice")
-        seen.add(path)
-        # a view wants its objects: a type-B tombstone on one is cleared (as storing it again would)
-        loc = store.index.lookup_keep(bytes.fromhex(sha)) if re.fullmatch(r"[0-9a-f]{64}", sha) else None
-        if loc is None:
-            raise ViewError(f"view {name}: {path}: {sha[:64]!r} is not an object in the store")
-        files.append({"path": path, "sha256": sha, "size": loc.length})
-    _refuse_file_over_directory(name, seen)
-    body = json.dumps({"format": "hoardfs-view-1", "name": name, "files": sorted(files, key=lambda f: f["path"])},
-                      indent=1).encode()
-    put = store.put_bytes(body, klass="generated")
-    info = {"manifest": put.sha256, "files": len(files), "bytes": sum(f["size"] for f in files),
-            "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
+    built = build_view(store, name, rows)
+    # Its objects were acknowledged one by one while it was built; one that a concurrent
+    # redefinition tombstoned meanwhile is kept (the tombstone cleared, as storing it again
+    # would), one a gc already freed means the view cannot be registered.
+    for sha in built.pop("objects"):
+        if store.index.lookup_keep(bytes.fromhex(sha)) is None:
+            raise HoardError(f"view {name}: part of its manifest ({sha}) was freed by a gc running meanwhile; "
+                             "run `hoard view add` again", ExitCode.DATA)
+    info = {**built, "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
+    old = store.index.get_view(name)
     store.register_view(name, info)
+    if old is not None and old["manifest"] != info["manifest"]:
+        _retire_manifest(store, old["manifest"])
     return info
 
 
-def _refuse_file_over_directory(name: str, paths: set[str]) -> None:
-    """A path that is also another path's directory (`a` and `a/b`) cannot be both a file and a
-    directory in the mount: one of them would silently vanish there."""
-    for path in paths:
-        parts = path.split("/")
-        for i in range(1, len(parts)):
-            if (prefix := "/".join(parts[:i])) in paths:
-                raise ViewError(f"view {name}: path {prefix!r} is a file, but {path!r} needs it as a directory; "
-                                "rename one of them in the manifest")
-
-
 def remove_view(store, name: str) -> None:
-    if store.index.get_view(name) is None:
+    old = store.index.get_view(name)
+    if old is None:
         raise ViewError(f"no view {name!r}; `hoard view list` shows them")
     store.register_view(name, None)
+    _retire_manifest(store, old["manifest"])
+
+
+def _retire_manifest(store, manifest_sha_hex: str) -> None:
+    """Tombstone (type B) a replaced manifest's own objects; gc keeps whatever is still
+    referenced when it runs, so shared directory objects survive."""
+    import logging
+
+    try:
+        shas = list(manifest_objects(store.get, manifest_sha_hex))
+    except Exception as e:  # noqa: BLE001 - an unreadable old manifest is `hoard check`'s to report
+        logging.getLogger(__name__).warning("the replaced view manifest %s cannot be read (%s): its objects are "
+                                            "left in place", manifest_sha_hex, e)
+        return
+    store.index.mark(store.index.deleted, shas, "replaced view manifest")

@@ -41,15 +41,14 @@ def _resolve(store, ref: str) -> bytes:
 
 def _manifest_paths(store, sha: bytes) -> list[dict[str, str]]:
     """Where this object appears in batch and view manifests (the store's own record)."""
+    from fsd.manifest import iter_files, named
+
     found = []
-    hexsha = sha.hex()
-    for kind, entries in (("batch", store.index.iter_batches()), ("view", store.index.iter_views())):
-        for name, info in entries:
-            try:
-                files = json.loads(store.get(info["manifest"]))["files"]
-            except HoardError:
-                continue  # an unreadable manifest is `hoard check`'s to report
-            found += [{kind: name, "path": f["path"]} for f in files if f["sha256"] == hexsha]
+    for kind, name, info in named(store.index):
+        try:
+            found += [{kind: name, "path": path} for path, s, _ in iter_files(store.get, info["manifest"]) if s == sha]
+        except HoardError:
+            continue  # an unreadable manifest is `hoard check`'s to report
     return found
 
 

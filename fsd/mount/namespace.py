@@ -26,7 +26,6 @@ not loaded yet).
 
 from __future__ import annotations
 
-import json
 import stat
 import threading
 import time
@@ -37,7 +36,9 @@ from typing import Any, Callable
 import trio
 import xxhash
 
-__all__ = ["Namespace", "Node", "ROOT", "Tree", "WouldBlock", "inode_of"]
+from fsd.manifest import Tree, WouldBlock
+
+__all__ = ["Namespace", "Node", "ROOT", "inode_of"]
 
 ROOT = 1
 TOP = ("by-hash", "batches", "sources", "views", ".hoard", "inbox")
@@ -60,61 +61,6 @@ class Node:
     lookups: int = 0
     #: (parent inode, name) under which the kernel knows it: invalidated when its object is deleted
     links: set = field(default_factory=set)
-
-
-class WouldBlock(Exception):
-    """The answer needs a manifest page that is not loaded yet (load it off the trio thread)."""
-
-
-class Tree:
-    """A batch's or view's manifest as directories: dir path → sorted [(name, is_dir, sha, size)].
-    Loaded on first use with `get` (verified object bytes by sha256 hex), in a worker thread."""
-
-    def __init__(self, get: Callable[[str], bytes], manifest_sha_hex: str) -> None:
-        self.get, self.sha = get, manifest_sha_hex
-        self.dirs: dict[str, list[tuple[str, bool, bytes | None, int]]] | None = None
-        self.names: dict[str, dict[str, tuple[str, bool, bytes | None, int]]] = {}
-        self.lock = threading.Lock()
-
-    def _load(self) -> dict:
-        with self.lock:
-            if self.dirs is None:
-                self.dirs = _dirs_of(json.loads(self.get(self.sha))["files"])
-            return self.dirs
-
-    def list_dir_nowait(self, path: str) -> list | None:
-        if self.dirs is None:
-            raise WouldBlock(self.sha)
-        return self.dirs.get(path)
-
-    def lookup_nowait(self, path: str, name: str):
-        if self.dirs is None:
-            raise WouldBlock(self.sha)
-        d = self.names.get(path)
-        if d is None:
-            d = self.names[path] = {e[0]: e for e in self.dirs.get(path, [])}
-        return d.get(name)
-
-    def list_dir(self, path: str) -> list | None:
-        self._load()
-        return self.list_dir_nowait(path)
-
-    def lookup(self, path: str, name: str):
-        self._load()
-        return self.lookup_nowait(path, name)
-
-
-def _dirs_of(files: list[dict[str, Any]]) -> dict[str, list[tuple[str, bool, bytes | None, int]]]:
-    children: dict[str, dict[str, tuple[bool, bytes | None, int]]] = {"": {}}
-    for f in files:
-        parts = f["path"].split("/")
-        for i in range(1, len(parts)):
-            parent, name = "/".join(parts[:i - 1]), parts[i - 1]
-            children.setdefault(parent, {})[name] = (True, None, 0)
-            children.setdefault("/".join(parts[:i]), {})
-        parent = "/".join(parts[:-1])
-        children.setdefault(parent, {})[parts[-1]] = (False, bytes.fromhex(f["sha256"]), int(f["size"]))
-    return {d: sorted((n, *v) for n, v in kids.items()) for d, kids in children.items()}
 
 
 async def _blocking(fn, *args):

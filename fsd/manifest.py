@@ -1,0 +1,439 @@
+"""Manifests: the one place that reads them, and writes view manifests.
+
+A manifest names files: path → (sha256, size). Three formats are stored (all objects in
+the store, JSON, UTF-8):
+
+* `hoardfs-batch-manifest-1` — an ingested batch (jobs/ingest.py), one document with
+  `"files": [{"path", "sha256", "size", …}]`;
+* `hoardfs-view-1` — a view as one document (views defined before view-2; still read);
+* `hoardfs-view-2` — a view as a tree of directory objects, so a view of 10 M entries is
+  never one document in memory: a lookup loads one object per directory level (one more
+  for a directory split into pages), a listing one directory. See docs/design.md
+  ("View manifests") for the layout and a worked example.
+
+    tree = Tree(store.get, info["manifest"])      # the mount; any format
+    tree.list_dir("train/cats") / tree.lookup("train", "cats")
+    for path, sha, size in iter_files(store.get, manifest_sha_hex): …   # streaming
+    manifest_objects(store.get, manifest_sha_hex)   # the manifest's own objects (gc, check)
+    build_view(store, name, rows)                   # rows: (path, sha256 hex), any order
+"""
+
+from __future__ import annotations
+
+import bisect
+import hashlib
+import json
+import os
+import subprocess
+import tempfile
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Iterator
+from typing import NamedTuple
+
+from fsd.errors import ExitCode, HoardError
+from fsd.paths import hostile_reason
+
+__all__ = ["Entry", "Tree", "WouldBlock", "ViewError", "build_view", "iter_files", "manifest_objects", "named",
+           "references", "PAGE_ENTRIES", "VIEW_FORMAT", "DIR_FORMAT"]
+
+VIEW_FORMAT = "hoardfs-view-2"
+DIR_FORMAT = "hoardfs-dir-1"
+#: entries per directory object; a larger directory is split into pages of this many
+PAGE_ENTRIES = 4096
+#: memory for parsed directory objects in a Tree
+CACHE_BYTES = 64 << 20
+
+Get = Callable[[str], bytes]
+
+
+class Entry(NamedTuple):
+    name: str
+    is_dir: bool
+    sha: bytes | None  # a file's object (None for a directory)
+    size: int  # a file's size; a directory's bytes below it (view-2) or 0
+    files: int = 0  # a directory's files below it (view-2) or 0
+
+
+class WouldBlock(Exception):
+    """The answer needs a manifest object that is not loaded yet (load it off the trio thread)."""
+
+
+class ViewError(HoardError):
+    exit_code = ExitCode.USAGE
+
+
+# -- reading ------------------------------------------------------------------------------------
+
+class _Dir:
+    """A parsed directory object: its entries (sorted), or the index of its pages."""
+
+    __slots__ = ("names", "entries", "firsts", "pages", "cost")
+
+    def __init__(self, doc: dict, cost: int) -> None:
+        self.cost = cost
+        self.names: list[str] = []
+        self.entries: list[Entry] = []
+        self.firsts: list[str] = []
+        self.pages: list[str] = []
+        if "pages" in doc:
+            for first, sha, _count in doc["pages"]:
+                self.firsts.append(first)
+                self.pages.append(sha)
+        else:
+            for e in doc["entries"]:
+                self.names.append(e[0])
+                self.entries.append(Entry(e[0], False, bytes.fromhex(e[2]), e[3]) if e[1] == "f"
+                                    else Entry(e[0], True, bytes.fromhex(e[2]), e[3], e[4]))
+
+    def find(self, name: str) -> Entry | None:
+        i = bisect.bisect_left(self.names, name)
+        return self.entries[i] if i < len(self.names) and self.names[i] == name else None
+
+
+class Tree:
+    """A manifest as directories, loaded lazily. `list_dir`/`lookup` may load objects
+    (blocking: call them from a worker thread); the `_nowait` versions answer only from what
+    is loaded and raise WouldBlock otherwise. Thread-safe."""
+
+    def __init__(self, get: Get, manifest_sha_hex: str, cache_bytes: int = CACHE_BYTES) -> None:
+        self.get, self.sha = get, manifest_sha_hex
+        self.cache_bytes = cache_bytes
+        self.lock = threading.RLock()
+        self.kind: str | None = None  # "v2" or "flat"
+        self.root: str | None = None  # v2: the root directory object's sha256
+        self.flat: dict[str, list[Entry]] | None = None  # one-document formats
+        self.objects: OrderedDict[str, _Dir] = OrderedDict()
+        self.used = 0
+        self.paths: OrderedDict[str, str | None] = OrderedDict()  # v2: dir path → object (None: not a dir)
+
+    # -- loading ------------------------------------------------------------------------------
+    def _head(self, block: bool) -> None:
+        if self.kind is not None:
+            return
+        if not block:
+            raise WouldBlock(self.sha)
+        doc = json.loads(self.get(self.sha))
+        with self.lock:
+            if self.kind is not None:
+                return
+            if doc.get("format") == VIEW_FORMAT:
+                self.root, self.kind = doc["root"], "v2"
+            else:
+                self.flat, self.kind = _flat_dirs(doc["files"]), "flat"
+
+    def _dir(self, sha: str, block: bool) -> _Dir:
+        with self.lock:
+            d = self.objects.get(sha)
+            if d is not None:
+                self.objects.move_to_end(sha)
+                return d
+        if not block:
+            raise WouldBlock(sha)
+        raw = self.get(sha)
+        d = _Dir(json.loads(raw), len(raw) * 4)
+        with self.lock:
+            if sha not in self.objects:
+                self.objects[sha] = d
+                self.used += d.cost
+                while self.used > self.cache_bytes and len(self.objects) > 1:
+                    _, old = self.objects.popitem(last=False)
+                    self.used -= old.cost
+        return d
+
+    def _find(self, dir_sha: str, name: str, block: bool) -> Entry | None:
+        d = self._dir(dir_sha, block)
+        if d.pages:
+            i = bisect.bisect_right(d.firsts, name) - 1
+            if i < 0:
+                return None
+            d = self._dir(d.pages[i], block)
+        return d.find(name)
+
+    def _dir_of(self, path: str, block: bool) -> str | None:
+        """The v2 directory object of `path`, or None if it is not a directory."""
+        with self.lock:
+            if path in self.paths:
+                self.paths.move_to_end(path)
+                return self.paths[path]
+        if path == "":
+            found = self.root
+        else:
+            parent, _, name = path.rpartition("/")
+            psha = self._dir_of(parent, block)
+            e = self._find(psha, name, block) if psha is not None else None
+            found = e.sha.hex() if e is not None and e.is_dir else None
+        with self.lock:
+            self.paths[path] = found
+            while len(self.paths) > 65536:
+                self.paths.popitem(last=False)
+        return found
+
+    def _list(self, path: str, block: bool) -> list[Entry] | None:
+        self._head(block)
+        if self.kind == "flat":
+            return self.flat.get(path)
+        sha = self._dir_of(path, block)
+        if sha is None:
+            return None
+        d = self._dir(sha, block)
+        if not d.pages:
+            return list(d.entries)
+        out: list[Entry] = []
+        for page in d.pages:
+            out.extend(self._dir(page, block).entries)
+        return out
+
+    def _lookup(self, path: str, name: str, block: bool) -> Entry | None:
+        self._head(block)
+        if self.kind == "flat":
+            kids = self.flat.get(path)
+            if kids is None:
+                return None
+            i = bisect.bisect_left(kids, (name,))
+            return kids[i] if i < len(kids) and kids[i].name == name else None
+        sha = self._dir_of(path, block)
+        return None if sha is None else self._find(sha, name, block)
+
+    # -- the API ------------------------------------------------------------------------------
+    def list_dir(self, path: str) -> list[Entry] | None:
+        """The entries of directory `path` ("" is the top), sorted by name; None if `path`
+        is not a directory of this manifest."""
+        return self._list(path, True)
+
+    def lookup(self, path: str, name: str) -> Entry | None:
+        return self._lookup(path, name, True)
+
+    def list_dir_nowait(self, path: str) -> list[Entry] | None:
+        return self._list(path, False)
+
+    def lookup_nowait(self, path: str, name: str) -> Entry | None:
+        return self._lookup(path, name, False)
+
+
+def _flat_dirs(files: list[dict]) -> dict[str, list[Entry]]:
+    """A one-document manifest's files as directories: dir path → sorted entries."""
+    children: dict[str, dict[str, Entry]] = {"": {}}
+    for f in files:
+        parts = f["path"].split("/")
+        for i in range(1, len(parts)):
+            parent, name = "/".join(parts[:i - 1]), parts[i - 1]
+            children.setdefault(parent, {})[name] = Entry(name, True, None, 0)
+            children.setdefault("/".join(parts[:i]), {})
+        children.setdefault("/".join(parts[:-1]), {})[parts[-1]] = Entry(parts[-1], False,
+                                                                         bytes.fromhex(f["sha256"]), int(f["size"]))
+    return {d: sorted(kids.values()) for d, kids in children.items()}
+
+
+def iter_files(get: Get, manifest_sha_hex: str) -> Iterator[tuple[str, bytes, int]]:
+    """(path, sha256, size) of every file a manifest names, any format; a view-2 manifest is
+    walked one directory object at a time (in path order)."""
+    doc = json.loads(get(manifest_sha_hex))
+    if doc.get("format") != VIEW_FORMAT:
+        for f in doc["files"]:
+            yield f["path"], bytes.fromhex(f["sha256"]), int(f["size"])
+        return
+    yield from _walk(get, doc["root"], "")
+
+
+def _walk(get: Get, dir_sha: str, prefix: str) -> Iterator[tuple[str, bytes, int]]:
+    doc = json.loads(get(dir_sha))
+    pages = [p[1] for p in doc["pages"]] if "pages" in doc else None
+    for entries in (json.loads(get(p))["entries"] for p in pages) if pages else [doc["entries"]]:
+        for e in entries:
+            if e[1] == "f":
+                yield prefix + e[0], bytes.fromhex(e[2]), e[3]
+            else:
+                yield from _walk(get, e[2], f"{prefix}{e[0]}/")
+
+
+def manifest_objects(get: Get, manifest_sha_hex: str) -> Iterator[bytes]:
+    """The sha256 of every object the manifest itself is made of (the document; for view-2
+    also every directory object and page), so gc keeps them and check can find them."""
+    yield bytes.fromhex(manifest_sha_hex)
+    doc = json.loads(get(manifest_sha_hex))
+    if doc.get("format") != VIEW_FORMAT:
+        return
+    todo = [doc["root"]]
+    while todo:
+        sha = todo.pop()
+        yield bytes.fromhex(sha)
+        d = json.loads(get(sha))
+        if "pages" in d:
+            for _first, page, _n in d["pages"]:
+                yield bytes.fromhex(page)
+                todo.extend(e[2] for e in json.loads(get(page))["entries"] if e[1] == "d")
+        else:
+            todo.extend(e[2] for e in d["entries"] if e[1] == "d")
+
+
+def named(index) -> Iterator[tuple[str, str, dict]]:
+    """("batch" | "view", name, info) of every registered manifest."""
+    for kind, entries in (("batch", index.iter_batches()), ("view", index.iter_views())):
+        for name, info in entries:
+            yield kind, name, info
+
+
+def references(store, among: set[bytes] | None = None, skip: tuple[str, str] | None = None) -> set[bytes]:
+    """Every object the registered manifests name — their files and their own objects —
+    limited to `among` if given, leaving out manifest `skip` = (kind, name)."""
+    refs: set[bytes] = set()
+    for kind, name, info in named(store.index):
+        if (kind, name) == skip:
+            continue
+        for sha in manifest_objects(store.get, info["manifest"]):
+            if among is None or sha in among:
+                refs.add(sha)
+        for _path, sha, _size in iter_files(store.get, info["manifest"]):
+            if among is None or sha in among:
+                refs.add(sha)
+    return refs
+
+
+# -- writing a view-2 manifest ---------------------------------------------------------------------
+
+#: path separator in sort keys: sorting "a\x01b" puts a directory's contents right after it
+#: and before any sibling that merely starts with its name ("a.txt"), i.e. component order
+_SEP = "\x01"
+
+
+def build_view(store, name: str, rows: Iterable[tuple[str, str]], page_entries: int = PAGE_ENTRIES) -> dict:
+    """Check and store a view-2 manifest from (path, sha256 hex) rows in any order; returns
+    {manifest, files, bytes, objects: the manifest's own objects}. Memory stays bounded whatever the number of rows: rows are
+    spooled to a temporary file, sorted there (`sort`, only if they were not in order
+    already), and directories are written bottom-up as they are completed."""
+    sizes: dict[str, int] = {}  # each distinct object looked up once
+    tmpdir = store.cfg.ssd.root / "state" / "tmp"
+    tmpdir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=tmpdir, prefix="view-") as tmp:
+        spool = os.path.join(tmp, "rows")
+        in_order, last = True, None
+        with open(spool, "w", encoding="utf-8", newline="\n") as out:
+            for path, sha in rows:
+                why = hostile_reason(path)
+                if why:
+                    raise ViewError(f"view {name}: path {path[:80]!r}: {why}")
+                size = sizes.get(sha)
+                if size is None:
+                    loc = None
+                    if len(sha) == 64 and all(c in "0123456789abcdef" for c in sha):
+                        # a view wants its objects: a type-B tombstone on one is cleared
+                        loc = store.index.lookup_keep(bytes.fromhex(sha))
+                    if loc is None:
+                        raise ViewError(f"view {name}: {path}: {sha[:64]!r} is not an object in the store")
+                    size = sizes[sha] = loc.length
+                key = path.replace("/", _SEP)
+                if last is not None and key <= last:
+                    in_order = False
+                last = key
+                out.write(f"{key}\t{sha}\t{size}\n")
+        if not in_order:
+            done = subprocess.run(["sort", "-t", "\t", "-k1,1", "-S", "256M", "-T", tmp, "-o", spool, spool],
+                                  env={**os.environ, "LC_ALL": "C"}, capture_output=True, text=True)
+            if done.returncode != 0:
+                full = "No space" in done.stderr
+                raise HoardError(f"view {name}: sorting the manifest in {tmpdir} failed: {done.stderr.strip()}",
+                                 ExitCode.NO_SPACE if full else ExitCode.UNAVAILABLE)
+        builder = _Builder(store, name, page_entries)
+        with open(spool, encoding="utf-8", newline="\n") as f:
+            root, files, total = builder.build(
+                (key.split(_SEP), sha, int(size)) for key, sha, size in (line.rstrip("\n").split("\t") for line in f))
+    body = json.dumps({"format": VIEW_FORMAT, "name": name, "files": files, "bytes": total, "root": root},
+                      sort_keys=True).encode()
+    sha = store.put_bytes(body, klass="generated").sha256
+    return {"manifest": sha, "files": files, "bytes": total, "objects": [*builder.written, sha]}
+
+
+class _Frame:
+    """An open directory while a view is built."""
+
+    __slots__ = ("name", "entries", "pages", "files", "bytes", "last")
+
+    def __init__(self, name: str) -> None:
+        self.name, self.entries, self.pages, self.files, self.bytes = name, [], [], 0, 0
+        self.last: tuple[str, str] | None = None  # (name, "f"|"d") of the newest entry, across pages
+
+
+class _Builder:
+    """Directories bottom-up from files in component order: a stack of open directories,
+    each written (as one object, or as pages plus a page index) when the walk leaves it."""
+
+    #: directory objects are stored in batches of this many bytes (one group commit each)
+    FLUSH_BYTES = 16 << 20
+
+    def __init__(self, store, name: str, page_entries: int) -> None:
+        self.store, self.name, self.page_entries = store, name, page_entries
+        self.written: list[str] = []
+        self.pending: list[bytes] = []
+        self.pending_bytes = 0
+
+    def _put(self, doc: dict) -> str:
+        """A directory object's sha256; the object is stored with the next batch (`flush`)."""
+        body = json.dumps({"format": DIR_FORMAT, **doc}, separators=(",", ":"), ensure_ascii=False).encode()
+        sha = hashlib.sha256(body).hexdigest()
+        self.written.append(sha)
+        self.pending.append(body)
+        self.pending_bytes += len(body)
+        if self.pending_bytes >= self.FLUSH_BYTES:
+            self.flush()
+        return sha
+
+    def flush(self) -> None:
+        if self.pending:
+            for res in self.store.put_bytes_many(self.pending, klass="generated"):
+                if res.status not in ("new", "existing"):
+                    raise HoardError(f"view {self.name}: a directory object could not be stored: {res.reason}",
+                                     ExitCode.UNAVAILABLE)
+            self.pending, self.pending_bytes = [], 0
+
+    def build(self, rows: Iterator[tuple[list[str], str, int]]) -> tuple[str, int, int]:
+        stack = [_Frame("")]
+        parts: list[str] = []  # the open directories' names (stack[1:])
+        prev: list[str] | None = None
+        for comps, sha, size in rows:
+            if comps == prev:
+                raise ViewError(f"view {self.name}: path {'/'.join(comps)!r} appears twice")
+            prev = comps
+            common = 0
+            while common < len(parts) and common < len(comps) - 1 and parts[common] == comps[common]:
+                common += 1
+            while len(parts) > common:
+                self._close(stack)
+                parts.pop()
+            for d in comps[common:-1]:
+                if stack[-1].last == (d, "f"):  # in component order a file `a` comes right before `a/…`
+                    raise ViewError(f"view {self.name}: path {'/'.join(comps[:len(parts) + 1])!r} is a file, but "
+                                    f"{'/'.join(comps)!r} needs it as a directory; rename one of them in the manifest")
+                stack.append(_Frame(d))
+                parts.append(d)
+            self._add(stack[-1], [comps[-1], "f", sha, size], 1, size)
+        while len(stack) > 1:
+            self._close(stack)
+        root = stack[0]
+        top = self._finish(root)
+        self.flush()
+        return top, root.files, root.bytes
+
+    def _add(self, frame: _Frame, entry: list, files: int, size: int) -> None:
+        frame.entries.append(entry)
+        frame.last = (entry[0], entry[1])
+        frame.files += files
+        frame.bytes += size
+        if len(frame.entries) >= self.page_entries:
+            self._page(frame)
+
+    def _page(self, frame: _Frame) -> None:
+        frame.pages.append([frame.entries[0][0], self._put({"entries": frame.entries}), len(frame.entries)])
+        frame.entries = []
+
+    def _close(self, stack: list[_Frame]) -> None:
+        frame = stack.pop()
+        self._add(stack[-1], [frame.name, "d", self._finish(frame), frame.bytes, frame.files], frame.files, frame.bytes)
+
+    def _finish(self, frame: _Frame) -> str:
+        """The directory's object: its entries, or (split) the index of its pages."""
+        if not frame.pages:
+            return self._put({"entries": frame.entries})
+        if frame.entries:
+            self._page(frame)
+        return self._put({"pages": frame.pages})
