@@ -102,10 +102,11 @@ def guard_stdout() -> None:
 MAX_INPUT = 256 << 20
 
 
-def read_input(path, what: str, limit: int = MAX_INPUT) -> bytes:
-    """The bytes of a list/manifest the user named: a regular file, a pipe (`<(cmd)`), or
-    `-` for stdin — never a device or a directory (`/dev/zero` would never end), and never
-    more than `limit` bytes. Errors are one line naming the file and what to do."""
+@contextlib.contextmanager
+def open_input(path, what: str):
+    """A binary stream of a list/manifest the user named: a regular file, a pipe (`<(cmd)`),
+    or `-` for stdin — never a device or a directory (`/dev/zero` would never end). Errors,
+    also while it is read, are one line naming the file and what to do."""
     import stat as st_mod
 
     from fsd.paths import display
@@ -126,14 +127,24 @@ def read_input(path, what: str, limit: int = MAX_INPUT) -> bytes:
         except OSError as e:
             raise HoardError(f"cannot read {what} {name}: {e.strerror}", ExitCode.USAGE) from None
     try:
-        data = stream.read(limit + 1)
+        yield stream
     except OSError as e:
+        if e.filename is not None:
+            raise
         raise HoardError(f"cannot read {what} {name}: {e.strerror}", ExitCode.USAGE) from None
     finally:
         if stream is not sys.stdin.buffer:
             stream.close()
+
+
+def read_input(path, what: str, limit: int = MAX_INPUT) -> bytes:
+    """The bytes of a list/manifest the user named (see `open_input`), never more than `limit`."""
+    from fsd.paths import display
+
+    with open_input(path, what) as stream:
+        data = stream.read(limit + 1)
     if len(data) > limit:
-        raise HoardError(f"{what} {name} is larger than {limit >> 20} MiB; split it", ExitCode.USAGE)
+        raise HoardError(f"{what} {display(str(path))} is larger than {limit >> 20} MiB; split it", ExitCode.USAGE)
     return data
 
 

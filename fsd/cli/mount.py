@@ -12,7 +12,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from fsd.cli._common import out, read_input, state
+from fsd.cli._common import out, open_input, state
 from fsd.errors import ExitCode, HoardError
 from fsd.paths import display
 
@@ -95,13 +95,13 @@ def view_add(
     name: Annotated[str, typer.Argument(help="letters, digits, . _ -")],
     manifest: Annotated[Path, typer.Argument(help="JSON {\"files\": [{\"path\", \"sha256\"}]} or lines `SHA256  PATH`; - for stdin")],
 ) -> None:
-    """Define (or replace) a view: the manifest is checked and stored in the store itself."""
+    """Define (or replace) a view: the manifest is checked and stored in the store itself.
+    Line manifests are read as a stream: a list of 10 M files needs no memory for itself."""
     from fsd.store import Store
-    from fsd.views import define_view
+    from fsd.views import define_view_rows, manifest_rows
 
-    raw = read_input(manifest, "view manifest")
-    with Store.open(state(ctx).settings) as store:
-        info = define_view(store, name, raw)
+    with open_input(manifest, "view manifest") as stream, Store.open(state(ctx).settings) as store:
+        info = define_view_rows(store, name, manifest_rows(stream))
     out.print(f"view {name}: {info['files']} files, {info['bytes'] / 1e6:.1f} MB → <mount>/views/{name}/")
 
 
