@@ -8,12 +8,23 @@ large   sequential read of large objects (cold caches): through the mount vs str
 hot     the same objects with the shard files in the page cache, through a fresh mount
         (our daemon's CPU path, not the kernel's FUSE page cache)
 small   5,000 small files (4–64 KB) in their stored order: through the mount (a view) vs
-        one read per file of the same files as plain files on the lab disks
+        one read per file of the same files as plain files on the lab disks (file k on
+        replica k mod 2 of its shard: the disks the store uses)
+shuffled  what a training data loader does: 20,000 small files (4–64 KB, 2 replicas, a
+        view), a seeded random order, 1, 4 and 16 concurrent readers (reader i reads items
+        i, i+N, … like a DataLoader's workers), cold (caches dropped, a fresh mount per
+        run). Baseline in the same run: the same files as plain files on the same lab disks,
+        file k on replica k mod 2 of its shard (the store's placement, both copies used),
+        read in the same order by the same number of readers. Reported: files/s, MiB/s,
+        and amplification = bytes the disks read (sectors read, /sys/block/<loop>/stat,
+        summed over the lab disks) / bytes served; bound = max(bytes / the summed read
+        limit, files / the summed IOPS limit) of the disks holding the files' replicas
 entries `find` over a view of 100,000 entries (1,000 per directory) vs `find` over the same
         tree as plain files on one lab disk
 
 Runs on lab disks (root, loop devices, blkio; direct IO); every daemon and reader is
-started inside the lab's throttled cgroup. Needs mergerfs (`apt-get install mergerfs`).
+started inside the lab's throttled cgroup. Needs mergerfs (`apt-get install mergerfs`),
+run at its defaults. Units: MiB (2^20 bytes), as the lab throttles.
 """
 
 from __future__ import annotations
@@ -36,6 +47,7 @@ from fsd.put import put_payloads
 from fsd.views import define_view
 
 MB = 1 << 20
+MiB = 1 << 20
 
 
 @contextmanager
@@ -54,7 +66,7 @@ def hoard_mounted(cfg_path: Path, mnt: Path):
 @contextmanager
 def mergerfs_mounted(branches: list[Path], mnt: Path):
     mnt.mkdir(parents=True, exist_ok=True)
-    subprocess.run(["mergerfs", "-o", "ro,cache.files=off,category.search=ff",
+    subprocess.run(["mergerfs", "-o", "ro",  # its defaults otherwise
                     ":".join(str(b) for b in branches), str(mnt)], check=True)
     try:
         yield
@@ -81,7 +93,10 @@ def read_file(path: Path, bs: int = MB) -> int:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--profile", choices=["lab4", "unthrottled"], default="lab4")
-    ap.add_argument("--parts", default="large,hot,small,entries")
+    ap.add_argument("--parts", default="large,hot,small,shuffled,entries")
+    ap.add_argument("--shuffled-files", type=int, default=20_000)
+    ap.add_argument("--shuffled-n", type=int, default=2_000, help="files read per run (of the shuffled order)")
+    ap.add_argument("--readers", default="1,4,16")
     ap.add_argument("--large-n", type=int, default=6)
     ap.add_argument("--large-mb", type=int, default=48)
     ap.add_argument("--small", type=int, default=5000)
@@ -101,6 +116,17 @@ def main() -> None:
         if small_res:
             manifest = "".join(f"{r.sha256}  s/{Path(r.path).name}\n" for r in small_res).encode()
             define_view(store, "bench-small", manifest)
+        shuf_res = []
+        if "shuffled" in parts:
+            shuf = flat_files(work / "shuf", args.shuffled_files, seed=9, lo=4096, hi=64 * 1024)
+            shuf_res = store.put_many(shuf)
+            define_view(store, "bench-shuffled", "".join(
+                f"{r.sha256}  d{k // 1000:02d}/{Path(r.path).name}\n" for k, r in enumerate(shuf_res)).encode())
+            shuf_where = {}  # sha → (view path, labels of the disks holding its replicas)
+            for k, r in enumerate(shuf_res):
+                meta = store.index.get_shard(store.index.lookup(bytes.fromhex(r.sha256)).shard_id)
+                shuf_where[r.sha256] = (f"d{k // 1000:02d}/{Path(r.path).name}",
+                                        [store.disks[u].label for u in meta.replicas])
         entries = []
         if "entries" in parts:
             payloads = [(f"e{i}", f"entry {i}\n".encode()) for i in range(args.entries)]
@@ -115,9 +141,11 @@ def main() -> None:
             disk = store.replica_order(meta)[0]
             where.append((r, disk, disk.find(meta.hex), loc))
         small_disks: set[str] = set()
-        for r in small_res:
+        small_home = {}  # the store's placement for the plain copies: file k on replica k mod 2
+        for k, r in enumerate(small_res):
             meta = store.index.get_shard(store.index.lookup(bytes.fromhex(r.sha256)).shard_id)
             small_disks.update(store.disks[u].label for u in meta.replicas)
+            small_home[Path(r.path).name] = store.disks[meta.replicas[k % len(meta.replicas)]].label
         store.close()
         total_large = sum(r.size for r in big_res)
         plain_branches = [d.mountpoint / "plain" for d in lab.disks.values()]
@@ -126,8 +154,15 @@ def main() -> None:
         for r, disk, _shard, _loc in where:  # mergerfs gets each file on the disk the mount reads from
             shutil.copyfile(r.path, disk.root / "plain" / f"{r.sha256}.bin")
         labels = sorted(lab.disks)
-        for k, p in enumerate(small):  # plain small files spread over the disks, as mergerfs would
-            shutil.copyfile(p, lab.disks[labels[k % len(labels)]].mountpoint / "plain" / p.name)
+        for p in small:
+            shutil.copyfile(p, lab.disks[small_home[p.name]].mountpoint / "plain" / p.name)
+        plain_shuf = {}  # the store's placement: file k on replica k mod 2 of its shard
+        for k, r in enumerate(shuf_res):
+            rel, disks = shuf_where[r.sha256]
+            dst = lab.disks[disks[k % len(disks)]].mountpoint / "plain-shuf" / rel
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(r.path, dst)
+            plain_shuf[r.sha256] = dst
         os.sync()
         mnt, mfs = work / "mnt", work / "mergerfs"
         with lab.throttled():
@@ -165,8 +200,8 @@ def main() -> None:
             if "small" in parts:
                 drop_caches()
                 with timed(t, "small_plain"):
-                    for k, p in enumerate(small):
-                        read_file(lab.disks[labels[k % len(labels)]].mountpoint / "plain" / p.name)
+                    for p in small:
+                        read_file(lab.disks[small_home[p.name]].mountpoint / "plain" / p.name)
                 drop_caches()
                 with hoard_mounted(cfg_path, mnt), timed(t, "small_mount"):
                     for p in small:
@@ -181,6 +216,8 @@ def main() -> None:
                 t["small_bound"] = bound
                 rows.append(("  disk bound (replicas on " + "+".join(sorted(small_disks)) + ")",
                              f"{bound:6.2f} s — the mount reaches {bound / t['small_mount']:.0%} of it"))
+            if "shuffled" in parts:
+                rows += shuffled_part(lab, args, cfg_path, mnt, shuf_res, shuf_where, plain_shuf, t)
         if "entries" in parts:
             plain = lab.disks[labels[0]].mountpoint / "entries"
             for i in range(len(entries)):
@@ -189,9 +226,9 @@ def main() -> None:
                     d.mkdir(parents=True, exist_ok=True)
                 (d / f"f{i:06d}.txt").write_bytes(f"entry {i}\n".encode())
             drop_caches()
-            with timed(t, "entries_plain"):
+            with lab.throttled(), timed(t, "entries_plain"):
                 n_plain = _count(["find", str(plain)])
-            with hoard_mounted(cfg_path, mnt):
+            with lab.throttled(), hoard_mounted(cfg_path, mnt):
                 with timed(t, "entries_mount"):
                     n_mount = _count(["find", str(mnt / "views" / "bench-entries")])
                 with timed(t, "entries_mount_ls"):
@@ -200,8 +237,89 @@ def main() -> None:
                      ("  find, plain ext4 (cold)", f"{t['entries_plain']:6.2f} s  {n_plain / t['entries_plain']:9.0f} entries/s"),
                      ("  find, mount", f"{t['entries_mount']:6.2f} s  {n_mount / t['entries_mount']:9.0f} entries/s"),
                      ("  ls -R, mount", f"{t['entries_mount_ls']:6.2f} s  {n_mount / t['entries_mount_ls']:9.0f} entries/s")]
-    report("hoard mount reads", rows, {"profile": args.profile, **{k: round(v, 3) for k, v in t.items()}})
+    report("hoard mount reads", rows, {"profile": args.profile, "commit": _commit(), "machine": _machine(),
+                                       "units": "MiB = 2^20 bytes",
+                                       **{k: round(v, 4) if isinstance(v, float) else v for k, v in t.items()}})
     shutil.rmtree(work, ignore_errors=True)
+
+
+def _disk_reads(lab) -> int:
+    """Bytes the lab's disks have read so far (sectors read × 512, /sys/block/<loop>/stat)."""
+    total = 0
+    for d in lab.disks.values():
+        total += int((Path("/sys/block") / Path(d.device).name / "stat").read_text().split()[2]) * 512
+    return total
+
+
+def read_all(paths: list[Path], readers: int) -> int:
+    """Read every file whole, `readers` threads at once, reader i taking items i, i+N, …
+    (a DataLoader's workers over a shuffled index); returns the bytes read."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def one(i: int) -> int:
+        n = 0
+        for p in paths[i::readers]:
+            with open(p, "rb", buffering=0) as f:
+                while chunk := f.read(1 << 20):
+                    n += len(chunk)
+        return n
+
+    with ThreadPoolExecutor(readers) as pool:
+        return sum(pool.map(one, range(readers)))
+
+
+def shuffled_part(lab, args, cfg_path: Path, mnt: Path, res, where, plain, t: dict) -> list[tuple[str, str]]:
+    import random
+
+    order = list(res)
+    random.Random(11).shuffle(order)
+    sample = order[:args.shuffled_n]
+    served = sum(r.size for r in sample)
+    used = sorted({label for r in sample for label in where[r.sha256][1]})
+    mib_s = sum(lab.disks[label].profile.read_mbps for label in used)
+    iops = sum(lab.disks[label].profile.iops for label in used)
+    bound = max(served / MiB / mib_s, len(sample) / iops)
+    t["shuffled_files"], t["shuffled_bytes"], t["shuffled_bound_s"] = len(sample), served, bound
+    rows = [("shuffled small files", f"{len(sample)} of {len(res)} files (4–64 KB, {served / MiB:.0f} MiB) in "
+                                     f"random order, cold, profile {args.profile}; replicas on {'+'.join(used)}; "
+                                     f"bound {bound:.2f} s (max of {mib_s:.0f} MiB/s, {iops} IOPS)")]
+    for n in [int(x) for x in args.readers.split(",")]:
+        for kind in ("plain", "mount"):
+            drop_caches()
+            if kind == "mount":
+                paths = [mnt / "views" / "bench-shuffled" / where[r.sha256][0] for r in sample]
+                with hoard_mounted(cfg_path, mnt):
+                    for p in paths[:1]:
+                        os.stat(p.parent)  # the mount is up and the view's manifest loaded
+                    drop_caches()
+                    before, t0 = _disk_reads(lab), time.monotonic()
+                    got = read_all(paths, n)
+                    secs, disk = time.monotonic() - t0, _disk_reads(lab) - before
+            else:
+                paths = [plain[r.sha256] for r in sample]
+                before, t0 = _disk_reads(lab), time.monotonic()
+                got = read_all(paths, n)
+                secs, disk = time.monotonic() - t0, _disk_reads(lab) - before
+            assert got == served, (got, served)
+            key = f"shuffled_{kind}_{n}"
+            t[key], t[key + "_disk_bytes"] = secs, disk
+            rows.append((f"  {kind:<5} {n:>2} reader{'s' if n > 1 else ' '}",
+                         f"{secs:6.2f} s {len(sample) / secs:7.0f} files/s {served / MiB / secs:6.1f} MiB/s  "
+                         f"read {disk / served:5.2f}x served  {bound / secs:4.0%} of bound"))
+        rows.append((f"  mount / plain, {n} readers", f"{t[f'shuffled_plain_{n}'] / t[f'shuffled_mount_{n}']:.2f}x"))
+    return rows
+
+
+def _commit() -> str:
+    try:
+        return subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True).stdout.strip()
+    except OSError:
+        return ""
+
+
+def _machine() -> str:
+    return f"{os.cpu_count()} cores, {os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') >> 30} GiB"
 
 
 def _count(cmd: list[str]) -> int:

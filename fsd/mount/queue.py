@@ -11,10 +11,13 @@ them (like the kernel's CFQ/BFQ between processes). Read-ahead runs on its own t
 background lane: a foreground read may wait for a prefetch, never behind one — and one that
 has not started yet is cancelled and read by the foreground instead (`take_over`).
 
-`cost()` is what the replica choice uses: (requests queued or running + 1) × the disk's
-recent seconds per request (an exponential average of what it measured, seeded from the
-configured `read_mb_s`). A slow, busy or frozen disk therefore loses new requests to the
-other replicas of the same shard, and its own stuck requests delay only their readers.
+`cost()` is what the replica choice uses: when a request submitted now would be done —
+the later of the disk's expected free time (each request submitted adds the disk's recent
+seconds per request: an exponential average of what it measured, seeded from the
+configured `read_mb_s`) and its queue depth × seconds per request, plus one more request.
+A slow, busy or frozen disk (its queue does not drain) therefore loses new requests to the
+other replicas of the same shard, and its own stuck requests delay only their readers;
+requests of a single reader alternate between replicas in proportion to their speed.
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ class DiskQueue:
         self.pending_bg = 0
         self.served = 0
         self.seconds_per_read = seconds_per_read
+        self.busy_until = 0.0  # monotonic time at which the requests submitted so far should be done
         self.closed = False
         self.threads = [threading.Thread(target=self._work, args=(False,), name=f"read-{label}-{i}", daemon=True)
                         for i in range(threads)]
@@ -65,6 +69,7 @@ class DiskQueue:
             else:
                 self.lanes.setdefault(lane, deque()).append((fut, fn, args))
                 self.pending += 1
+                self.busy_until = max(time.monotonic(), self.busy_until) + self.seconds_per_read
             self.cv.notify_all()
         return fut
 
@@ -73,7 +78,8 @@ class DiskQueue:
 
     def cost(self) -> float:
         """Expected seconds until a request submitted now would be done."""
-        return (self.pending + 1) * self.seconds_per_read
+        ahead = max(self.busy_until - time.monotonic(), self.pending * self.seconds_per_read)
+        return ahead + self.seconds_per_read
 
     def close(self) -> None:
         with self.cv:
