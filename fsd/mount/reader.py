@@ -182,6 +182,7 @@ class Reader:
     def __init__(self, store: Store) -> None:
         self.store = store
         self.queues: dict[str, DiskQueue] = {}
+        self.speed: dict[str, float] = {}  # configured read MB/s per disk (disks[].read_mb_s; 100 if unset)
         self.lock = threading.Lock()
         self.cache = _Extents(CACHE_BYTES)
         self.inflight: dict[tuple[bytes, int], cf.Future] = {}  # block prefetches
@@ -195,7 +196,7 @@ class Reader:
         queues = dict(self.queues)  # replaced whole: the trio thread reads it without the lock
         for u, d in list(self.store.disks.items()):
             if u not in queues:
-                mb_s = speeds.get(d.label) or 100.0
+                mb_s = self.speed[u] = speeds.get(d.label) or 100.0
                 # seeded with a seek plus a 64 KiB transfer; measured from the first reads on
                 queues[u] = DiskQueue(d.label, THREADS_PER_DISK, 0.008 + 0.0625 / mb_s)
         self.queues = queues
@@ -225,6 +226,14 @@ class Reader:
         if not disks:
             return ""
         return min(disks, key=lambda d: self.queues[d.uuid].cost() if d.uuid in self.queues else 1e9).uuid
+
+    def _choose_stream(self, meta) -> str:
+        """The replica a large object streams from: the most bandwidth per request queued
+        (a stream is one sequential read: bandwidth, not seek time, decides)."""
+        disks = [d for d in self.store.replica_order(meta) if d.uuid in self.queues]
+        if not disks:
+            return ""
+        return max(disks, key=lambda d: self.speed.get(d.uuid, 100.0) / (self.queues[d.uuid].pending + 1)).uuid
 
     def _queue(self, uuid: str) -> DiskQueue:
         q = self.queues.get(uuid)
@@ -408,7 +417,7 @@ class Reader:
         st = _Stream(sha, size, lane, chunk_digests=digests)
         loc = self.store.index.lookup(sha)
         meta = self.store.index.get_shard(loc.shard_id) if loc else None
-        st.disk = self._choose(meta) if meta else ""
+        st.disk = self._choose_stream(meta) if meta else ""
         if digests is not None:
             self._want(st, 0, min(FIRST_AHEAD, -(-size // MAP_PIECE)) - 1)
         return st
