@@ -41,7 +41,9 @@ MAX_BACKGROUND = 16
 class DiskQueue:
     def __init__(self, label: str, threads: int = 2, seconds_per_read: float = 0.01) -> None:
         self.label = label
-        self.cv = threading.Condition()
+        lock = threading.Lock()
+        self.cv = threading.Condition(lock)  # foreground threads wait here
+        self.bg_cv = threading.Condition(lock)  # the read-ahead thread here (a submit wakes one thread)
         self.lanes: OrderedDict[Any, deque] = OrderedDict()
         self.background: deque = deque()
         self.pending = 0  # foreground requests queued or running
@@ -66,11 +68,12 @@ class DiskQueue:
             if lane == BACKGROUND:
                 self.background.append((fut, fn, args))
                 self.pending_bg += 1
+                self.bg_cv.notify()
             else:
                 self.lanes.setdefault(lane, deque()).append((fut, fn, args))
                 self.pending += 1
                 self.busy_until = max(time.monotonic(), self.busy_until) + self.seconds_per_read
-            self.cv.notify_all()
+                self.cv.notify()
         return fut
 
     def background_full(self) -> bool:
@@ -90,6 +93,7 @@ class DiskQueue:
             self.lanes.clear()
             self.background.clear()
             self.cv.notify_all()
+            self.bg_cv.notify_all()
 
     # -- the worker threads ---------------------------------------------------------------------
     def _next(self, background: bool):
@@ -107,7 +111,7 @@ class DiskQueue:
                     else:
                         del self.lanes[lane]
                     return item
-                self.cv.wait()
+                (self.bg_cv if background else self.cv).wait()
 
     def _work(self, background: bool) -> None:
         while (item := self._next(background)) is not None:
