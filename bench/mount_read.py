@@ -217,7 +217,7 @@ def main() -> None:
                          ("  mount vs plain", f"{t['small_plain'] / t['small_mount']:.1f}x")]
                 mbps = sum(lab.disks[d].profile.read_mbps for d in small_disks)
                 bound = sum(r.size for r in small_res) / 1e6 / mbps
-                t["small_bound"] = bound
+                t["small_bound"], t["small_disks"] = bound, "+".join(sorted(small_disks))
                 rows.append(("  disk bound (replicas on " + "+".join(sorted(small_disks)) + ")",
                              f"{bound:6.2f} s — the mount reaches {bound / t['small_mount']:.0%} of it"))
             if "shuffled" in parts:
@@ -284,6 +284,7 @@ def shuffled_part(lab, args, cfg_path: Path, mnt: Path, res, where, plain, t: di
     iops = sum(lab.disks[label].profile.iops for label in used)
     bound = max(served / MiB / mib_s, len(sample) / iops)
     t["shuffled_files"], t["shuffled_bytes"], t["shuffled_bound_s"] = len(sample), served, bound
+    t["shuffled_disks"], t["shuffled_iops"], t["shuffled_mib_s"] = "+".join(used), iops, mib_s
     rows = [("shuffled small files", f"{len(sample)} of {len(res)} files (4–64 KB, {served / MiB:.0f} MiB) in "
                                      f"random order, cold, profile {args.profile}; replicas on {'+'.join(used)}; "
                                      f"bound {bound:.2f} s (max of {mib_s:.0f} MiB/s, {iops} IOPS)")]
