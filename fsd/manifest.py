@@ -230,8 +230,8 @@ def iter_files(get: Get, manifest_sha_hex: str) -> Iterator[tuple[str, bytes, in
     walked one directory object at a time (in path order)."""
     doc = json.loads(get(manifest_sha_hex))
     if doc.get("format") != VIEW_FORMAT:
-        for f in doc["files"]:
-            yield f["path"], bytes.fromhex(f["sha256"]), int(f["size"])
+        for f in doc["files"]:  # (hand-made batch manifests may lack sizes: 0 then)
+            yield f["path"], bytes.fromhex(f["sha256"]), int(f.get("size", 0))
         return
     yield from _walk(get, doc["root"], "")
 
