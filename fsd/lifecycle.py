@@ -79,6 +79,8 @@ def activate(store: Store, label: str) -> ActivateReport:
             raise HoardError(f"disk {label} failed while its replicas were checked "
                              f"({store.records[rec.uuid].reason}); it stays failed", ExitCode.UNAVAILABLE)
         store.set_disk_state(label, DiskState.ACTIVE, "")
+        # batch and view pointers it missed while out of service (index rebuild takes the newest)
+        store.rewrite_pointers(rec.uuid)
     store.index.record_event("disk_activated", disk=label, detail=f"{rep.adopted} adopted, {len(rep.bad)} bad")
     return rep
 

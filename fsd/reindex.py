@@ -132,9 +132,13 @@ def _rebuild_index(cfg: Settings, ssd_uuid: str, progress: Callable[[int, int], 
             for folder, found in ((BATCHES_DIR, batches), (VIEWS_DIR, views)):
                 for pointer in sorted((dc.path / folder).glob("*.json")):
                     try:
-                        found.setdefault(pointer.stem, json.loads(pointer.read_bytes()))
+                        doc = json.loads(pointer.read_bytes())
                     except (OSError, ValueError) as e:
                         rep.damaged.append(f"{pointer}: {e}")
+                        continue
+                    # the newest pointer wins: a disk that was failed or absent may hold an old one
+                    if doc.get("pointer_ns", 0) >= found.get(pointer.stem, {}).get("pointer_ns", -1):
+                        found[pointer.stem] = doc
             _read_marks(dc.path / MARKS_DIR, marks, rep)
             # a failed or draining disk stays so (a user's or rebuild's decision, as Store.open keeps it)
             state, reason = kept_states.get(ident["uuid"], (DiskState.ACTIVE, ""))
@@ -146,14 +150,21 @@ def _rebuild_index(cfg: Settings, ssd_uuid: str, progress: Callable[[int, int], 
         items = sorted(objects.items())
         for i in range(0, len(items), 50_000):
             index.add_objects(items[i:i + 50_000])
-        for batch_id, info in batches.items():
-            index.put_batch(batch_id, info)
-        for name, info in views.items():
-            index.put_view(name, info)
+        for kind, found, put in (("batch", batches, index.put_batch), ("view", views, index.put_view)):
+            for name, info in found.items():
+                info.pop("pointer_ns", None)
+                if info.get("removed"):
+                    continue  # removed after (some disks held) an older pointer
+                if bytes.fromhex(info["manifest"]) not in objects:
+                    rep.damaged.append(f"{kind} {name}: its newest pointer names manifest {info['manifest']}, "
+                                       "which no disk holds; not registered")
+                    continue
+                put(name, info)
         hidden, deleted = replay_marks(marks)
         rep.hidden = index.mark(index.hidden, hidden, "restored from marks/ by an index rebuild")
         rep.deleted = index.mark(index.deleted, deleted, "restored from marks/ by an index rebuild")
-        rep.shards, rep.objects, rep.batches = len(shards), len(objects), len(batches)
+        rep.shards, rep.objects = len(shards), len(objects)
+        rep.batches = sum(1 for info in batches.values() if not info.get("removed"))
     finally:
         index.close()
     _set_aside(target)

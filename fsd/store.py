@@ -412,24 +412,40 @@ class Store:
         self.write_pointer(f"{VIEWS_DIR}/{name}.json", info)
         self.index.put_view(name, info)
 
-    def write_pointer(self, rel: str, doc: dict | None) -> None:
-        """Write (tmp → fsync → rename) a small JSON document at `rel` under every writable
-        disk's root — what `hoard index rebuild` or a person needs with only the HDDs left —
-        or remove it there when `doc` is None."""
+    def write_pointer(self, rel: str, doc: dict | None, only: str | None = None) -> None:
+        """Write (tmp → fsync → rename) a small JSON document at `rel` under every present
+        disk's root (active or draining; `only`: that disk) — what `hoard index rebuild` or a
+        person needs with only the HDDs left. Each carries `pointer_ns` (when it was written):
+        a disk that missed later writes (failed, unplugged) holds an older one, and rebuild
+        takes the newest. `doc` None writes a removal record (`{"removed": true}`), so an
+        old pointer on such a disk cannot bring a removed batch or view back."""
         import json
 
-        from fsd.disks import atomic_write, fsync_dir
+        from fsd.disks import atomic_write
 
-        body = json.dumps(doc, indent=1, sort_keys=True).encode()
+        stamped = {**(doc or {"removed": True}), "pointer_ns": time.time_ns()}
+        body = json.dumps(stamped, indent=1, sort_keys=True).encode()
         for uuid, disk in self.disks.items():
-            if self.usable(uuid, for_write=True):
+            if (only is None and self.usable(uuid)) or uuid == only:
                 path = disk.root / rel
                 path.parent.mkdir(exist_ok=True)
-                if doc is None:
-                    path.unlink(missing_ok=True)
-                    fsync_dir(path.parent)
-                else:
-                    atomic_write(path, body)
+                atomic_write(path, body)
+
+    def rewrite_pointers(self, uuid: str) -> int:
+        """Bring one disk's batch and view pointers up to the index (after it missed writes
+        while failed or absent): the index's entries are written, names it no longer has get
+        removal records. Returns how many files were written."""
+        n = 0
+        for folder, entries in ((BATCHES_DIR, self.index.iter_batches()), (VIEWS_DIR, self.index.iter_views())):
+            known = dict(entries)
+            for name, info in known.items():
+                self.write_pointer(f"{folder}/{name}.json", info, only=uuid)
+                n += 1
+            for stale in sorted((self.disks[uuid].root / folder).glob("*.json")):
+                if stale.stem not in known:
+                    self.write_pointer(f"{folder}/{stale.stem}.json", None, only=uuid)
+                    n += 1
+        return n
 
     def log_marks(self, op: str, shas: list[bytes]) -> None:
         """Append deletion-mark records (`op` is one of MARK_OPS) to `marks/marks.log` on every

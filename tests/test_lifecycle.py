@@ -174,3 +174,35 @@ def test_gc_drop_is_replayed(tmp_path: Path) -> None:
     with Store.open(config.load(cfg_path), writable=False) as st:
         assert st.index.marked(st.index.deleted) == set()
         assert len(st.index.lookup_many(doomed)) == len(results)
+
+
+def test_index_rebuild_takes_the_newest_view_pointer(tmp_path: Path) -> None:
+    """A disk out of service misses a view's redefinition and another view's removal; gc then
+    frees the old manifests. `hoard index rebuild` (with that disk back, or still failed)
+    registers the newest definition and does not bring the removed view back: every view
+    reads whole and `hoard check` agrees."""
+    from fsd.gc import gc
+    from fsd.manifest import iter_files
+    from fsd.views import define_view_rows, remove_view
+
+    cfg_path, results = _store(tmp_path, n=3)
+    cfg = config.load(cfg_path)
+    with Store.open(cfg) as st:
+        define_view_rows(st, "v", [("old/a", results[0].sha256)])
+        define_view_rows(st, "gone", [("x", results[1].sha256)])
+        st.set_disk_state("d0", DiskState.FAILED, "test: out of service")
+    with Store.open(cfg) as st:  # d0 misses both changes
+        define_view_rows(st, "v", [("new/b", results[2].sha256)])
+        remove_view(st, "gone")
+        gc(st, threshold=1.0)
+    for activate in (False, True):
+        if activate:
+            r = _hoard(cfg_path, "disks", "activate", "d0")
+            assert r.returncode == 0, r.stderr
+        r = _hoard(cfg_path, "index", "rebuild")
+        assert r.returncode == 0, r.stdout + r.stderr
+        with Store.open(config.load(cfg_path), writable=False) as st:
+            assert [name for name, _ in st.index.iter_views()] == ["v"]
+            assert [p for p, _, _ in iter_files(st.get, st.index.get_view("v")["manifest"])] == ["new/b"]
+        r = _hoard(cfg_path, "check")
+        assert "manifest" not in r.stdout + r.stderr, r.stdout + r.stderr
