@@ -281,3 +281,41 @@ def test_frozen_disk_delays_only_its_own_readers(lab_factory, tmp_path: Path) ->
                 except subprocess.TimeoutExpired:
                     h.kill()
         assert proc.poll() is None
+
+
+def test_hung_replica_is_bypassed(lab_factory, tmp_path: Path) -> None:
+    """One of two disks holding every object stops answering (1 KB/s) before anything is
+    read: listings (manifest pages), small files in random order and a large file all come
+    from the other copy within seconds — a request stuck on the hung disk is also asked of
+    the other replica, and the hung disk gets no new requests."""
+    lab, cfg_path, cfg = _lab_store(lab_factory, tmp_path, 2, shard_size_mb=16, copy_of_raw=2, write_ack=2)
+    files = make_files(tmp_path / "in", 60, seed=4, lo=8 << 10, hi=128 << 10)
+    big = tmp_path / "big.bin"
+    big.write_bytes(random.Random(5).randbytes(12 << 20))
+    with Store.open(cfg, init=True) as store:
+        res = store.put_many(files + [big])
+        define_view(store, "v", "".join(f"{r.sha256}  d{k % 3}/{Path(r.path).name}\n"
+                                        for k, r in enumerate(res[:-1])).encode())
+    hung = sorted(lab.disks)[0]
+    mnt = tmp_path / "mnt"
+    with mounted(str(cfg_path), mnt, wrap=lab.wrap) as proc:
+        _drop_caches()
+        lab.set_throttle(hung, read_mbps=1 / 1024, write_mbps=1, iops=2)
+        try:
+            t0 = time.monotonic()
+            listed = subprocess.run(["ls", "-R", str(mnt / "views" / "v")], capture_output=True, text=True,
+                                    timeout=60).stdout
+            assert all(Path(f).name in listed for f in files)
+            for k, r in random.Random(6).sample(list(enumerate(res[:-1])), 60):
+                data = (mnt / "views" / "v" / f"d{k % 3}" / Path(r.path).name).read_bytes()
+                assert hashlib.sha256(data).hexdigest() == r.sha256
+            r = res[-1]
+            data = (mnt / "by-hash" / r.sha256[:2] / r.sha256[2:4] / f"{r.sha256}.bin").read_bytes()
+            assert hashlib.sha256(data).hexdigest() == r.sha256
+            elapsed = time.monotonic() - t0
+            assert elapsed < 30, f"reads with one hung replica took {elapsed:.1f} s"
+        finally:
+            lab.set_throttle(hung, read_mbps=0, write_mbps=0, iops=0)
+        assert proc.poll() is None
+    log = (tmp_path / "mnt.log").read_text()
+    assert "Traceback" not in log

@@ -39,7 +39,7 @@ def run_mount(cfg: Settings, mountpoint: Path, debug: bool = False, ready=None, 
     # the `readers` lock: `hoard index rebuild`/`restore` refuse while the mount serves the index
     store = Store.open(cfg, writable=False, lock="readers", what=f"hoard mount {mountpoint}")
     reader = Reader(store)
-    ns = Namespace(store.index, str(cfg.ssd.zone_path("3A")), store.get)
+    ns = Namespace(store.index, str(cfg.ssd.zone_path("3A")), reader.get_object)
     watcher = Watcher(store, reader, ns)
     ns.visible = watcher.visible
     for refresh in (watcher.refresh_marks, watcher.refresh_names, watcher.refresh_health, watcher.refresh_space):

@@ -21,9 +21,11 @@ from dataclasses import dataclass
 
 import pyfuse3
 
+from fsd.errors import HoardError
 from fsd.mount.namespace import Namespace, Node
 from fsd.mount.reader import SMALL_MAX, ReadFailed, Reader
 from fsd.mount.watch import Watcher
+from fsd.store import ObjectNotFound
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +105,7 @@ class HoardOps(pyfuse3.Operations):
         parent = self._get(parent_inode)
         if not stat.S_ISDIR(parent.mode):
             raise pyfuse3.FUSEError(errno.ENOTDIR)
-        node = parent if name == b"." else await self.ns.lookup(parent, name)
+        node = parent if name == b"." else await self._named(self.ns.lookup(parent, name))
         if node is None:
             raise pyfuse3.FUSEError(errno.ENOENT)
         return self._attr(self.ns.remember(node, parent_inode, name))
@@ -139,7 +141,7 @@ class HoardOps(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.ENOTDIR)
         fh = self.next_fh
         self.next_fh += 1
-        self.dir_handles[fh] = (inode, await self.ns.children(n))  # one snapshot per opendir: offsets stay stable
+        self.dir_handles[fh] = (inode, await self._named(self.ns.children(n)))  # a snapshot: offsets stay stable
         return fh
 
     @_guarded
@@ -197,6 +199,18 @@ class HoardOps(pyfuse3.Operations):
         if h is not None and h.stream is not None:
             for fut in h.stream.pieces.values():
                 fut.cancel()
+
+    async def _named(self, coro):
+        """A listing or lookup that may read a manifest page: a page gc freed (a view redefined
+        under a reader inside it) is ESTALE, an unreadable one EIO — one log line each."""
+        try:
+            return await coro
+        except ObjectNotFound as e:
+            log.warning("mount: %s (a view redefined and collected while in use?)", e.message)
+            raise pyfuse3.FUSEError(errno.ESTALE) from None
+        except HoardError as e:
+            log.error("mount: %s", e.message)
+            raise pyfuse3.FUSEError(errno.EIO) from None
 
     async def _verified(self, coro):
         try:

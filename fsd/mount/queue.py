@@ -12,12 +12,11 @@ background lane: a foreground read may wait for a prefetch, never behind one —
 has not started yet is cancelled and read by the foreground instead (`take_over`).
 
 `cost()` is what the replica choice uses: when a request submitted now would be done —
-the later of the disk's expected free time (each request submitted adds the disk's recent
-seconds per request: an exponential average of what it measured, seeded from the
-configured `read_mb_s`) and its queue depth × seconds per request, plus one more request.
-A slow, busy or frozen disk (its queue does not drain) therefore loses new requests to the
-other replicas of the same shard, and its own stuck requests delay only their readers;
-requests of a single reader alternate between replicas in proportion to their speed.
+(requests queued or running + 1) × the disk's seconds per request, where that is its
+recent average (exponential, of what it measured; seeded from the configured
+`read_mb_s`) or, if longer, the age of its oldest running request — so a disk that stops
+answering looks slower every second and loses new requests to the other replicas of the
+same shard. Requests already stuck on it are hedged by the reader (`reader.py`).
 """
 
 from __future__ import annotations
@@ -50,7 +49,8 @@ class DiskQueue:
         self.pending_bg = 0
         self.served = 0
         self.seconds_per_read = seconds_per_read
-        self.busy_until = 0.0  # monotonic time at which the requests submitted so far should be done
+        self.running: dict[int, float] = {}  # worker thread → when its request started
+        self.last_submit = 0.0
         self.closed = False
         self.threads = [threading.Thread(target=self._work, args=(False,), name=f"read-{label}-{i}", daemon=True)
                         for i in range(threads)]
@@ -72,7 +72,7 @@ class DiskQueue:
             else:
                 self.lanes.setdefault(lane, deque()).append((fut, fn, args))
                 self.pending += 1
-                self.busy_until = max(time.monotonic(), self.busy_until) + self.seconds_per_read
+                self.last_submit = time.monotonic()
                 self.cv.notify()
         return fut
 
@@ -81,8 +81,11 @@ class DiskQueue:
 
     def cost(self) -> float:
         """Expected seconds until a request submitted now would be done."""
-        ahead = max(self.busy_until - time.monotonic(), self.pending * self.seconds_per_read)
-        return ahead + self.seconds_per_read
+        per = self.seconds_per_read
+        running = list(self.running.values())
+        if running:
+            per = max(per, time.monotonic() - min(running))
+        return (self.pending + 1) * per
 
     def close(self) -> None:
         with self.cv:
@@ -120,12 +123,15 @@ class DiskQueue:
                 if not fut.set_running_or_notify_cancel():
                     continue  # cancelled while queued (a foreground read took it over)
                 t0 = time.monotonic()
+                me = threading.get_ident()
+                self.running[me] = t0
                 try:
                     fut.set_result(fn(*args))
                 except BaseException as e:  # noqa: BLE001 - handed to the waiting reader
                     fut.set_exception(e)
                 dt = time.monotonic() - t0
                 with self.cv:
+                    self.running.pop(me, None)
                     self.seconds_per_read += ALPHA * (dt - self.seconds_per_read)
                     self.served += 1
             finally:

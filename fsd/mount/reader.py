@@ -67,6 +67,11 @@ FIRST_AHEAD = 2
 MAX_AHEAD = 16
 #: shards whose access pattern is remembered
 SEQ_SHARDS = 4096
+#: a request not done after max(HEDGE_MIN, HEDGE_FACTOR × its expected time) is also sent
+#: to another replica; whichever answers first is used (a hung disk delays nobody whose
+#: data has another copy)
+HEDGE_MIN = 0.5
+HEDGE_FACTOR = 4
 
 
 class ReadFailed(Exception):
@@ -220,12 +225,87 @@ class Reader:
             await event.wait()
         return fut.result()
 
-    def _choose(self, meta) -> str:
-        """The replica that would finish a request first: queue depth × seconds per request."""
-        disks = self.store.replica_order(meta)
-        if not disks:
+    async def _wait_for(self, fut: cf.Future, timeout: float) -> bool:
+        """Wait up to `timeout` seconds for `fut`; whether it is done."""
+        with trio.move_on_after(timeout):
+            await self.wait(fut)
+        return fut.done()
+
+    async def _first_of(self, a: cf.Future, b: cf.Future):
+        """The result of whichever of two requests for the same bytes succeeds first."""
+        token = self.token or trio.lowlevel.current_trio_token()
+        while True:
+            for f in (a, b):
+                if f.done() and f.exception() is None:
+                    return f.result()
+            if a.done() and b.done():
+                return a.result()  # both failed: the first one's error
+            event = trio.Event()
+            for f in (a, b):
+                f.add_done_callback(lambda _f: token.run_sync_soon(event.set))
+            await event.wait()
+
+    def _choose(self, meta, avoid: frozenset = frozenset()) -> str:
+        """The replica that would finish a request first (DiskQueue.cost); among those within
+        25 % of the best, the one used least recently, so equal disks share a lone reader."""
+        costs = [(self.queues[d.uuid].cost(), d.uuid) for d in self.store.replica_order(meta)
+                 if d.uuid in self.queues and d.uuid not in avoid]
+        if not costs:
             return ""
-        return min(disks, key=lambda d: self.queues[d.uuid].cost() if d.uuid in self.queues else 1e9).uuid
+        best = min(c for c, _ in costs)
+        return min((u for c, u in costs if c <= best * 1.25), key=lambda u: self.queues[u].last_submit)
+
+    def _plan(self, sha: bytes) -> tuple[object, str]:
+        loc = self.store.index.lookup(sha)
+        meta = self.store.index.get_shard(loc.shard_id) if loc is not None else None
+        return meta, (self._choose(meta) if meta else "")
+
+    def _deadline(self, uuid: str) -> float:
+        return max(HEDGE_MIN, HEDGE_FACTOR * self._queue(uuid).cost()) if uuid else HEDGE_MIN
+
+    async def _hedged(self, sha: bytes, lane, fn, meta, first: str):
+        """`fn(sha, first, avoid)` on the chosen replica's queue; if it is not done by its
+        deadline and another replica exists, the same read there too (never on the slow one)."""
+        deadline = self._deadline(first)
+        fut = self._queue(first).submit(lane, fn, sha, first, frozenset()) if first else \
+            next(iter(self.queues.values())).submit(lane, fn, sha, "", frozenset())
+        if await self._wait_for(fut, deadline) or meta is None:
+            return await self.wait(fut)
+        second = self._choose(meta, avoid=frozenset({first}))
+        if not second:
+            return await self.wait(fut)
+        log.info("mount: %s is slow (%.1f s) for object %s; asking %s too", self._queue(first).label, deadline,
+                 sha.hex()[:12], self._queue(second).label)
+        return await self._first_of(fut, self._queue(second).submit(lane, fn, sha, second, frozenset({first})))
+
+    def _hedged_sync(self, sha: bytes, fn):
+        """The same, from a worker thread (manifest pages for the namespace)."""
+        meta, first = self._plan(sha)
+        fut = self._queue(first).submit("manifests", fn, sha, first, frozenset()) if first else \
+            next(iter(self.queues.values())).submit("manifests", fn, sha, "", frozenset())
+        done, _ = cf.wait([fut], timeout=self._deadline(first))
+        second = self._choose(meta, avoid=frozenset({first})) if not done and meta is not None else ""
+        if not second:
+            return fut.result()
+        log.info("mount: %s is slow for manifest object %s; asking %s too", self._queue(first).label,
+                 sha.hex()[:12], self._queue(second).label)
+        other = self._queue(second).submit("manifests", fn, sha, second, frozenset({first}))
+        pending = {fut, other}
+        while pending:
+            done, pending = cf.wait(pending, return_when=cf.FIRST_COMPLETED)
+            for f in done:
+                if f.exception() is None:
+                    return f.result()
+        return fut.result()
+
+    def get_object(self, sha_hex: str) -> bytes:
+        """A stored object's verified bytes (a manifest page), on the disks' queues with the
+        replica choice and hedging of every mount read. Blocking: call it from a worker thread."""
+        return self._hedged_sync(bytes.fromhex(sha_hex), self._object_sync)
+
+    def _object_sync(self, sha: bytes, first: str, avoid: frozenset) -> bytes:
+        return self.store.from_replicas(sha, lambda disk, meta, loc: self.store._read_record(
+            disk, meta.hex, loc.offset, loc.length, sha), avoid, on_bad=self._bad_replica, first=first)
 
     def _choose_stream(self, meta) -> str:
         """The replica a large object streams from: the most bandwidth per request queued
@@ -251,12 +331,8 @@ class Reader:
             data = self._small_cached(sha, loc)
             if data is not None:
                 return data
-            meta = self.store.index.get_shard(loc.shard_id)
-            first = self._choose(meta) if meta else ""
-        else:
-            first = ""
-        q = self._queue(first) if first else next(iter(self.queues.values()))
-        return await self.wait(q.submit(lane, self._small_sync, sha, first))
+        meta, first = self._plan(sha)
+        return await self._hedged(sha, lane, self._small_sync, meta, first)
 
     def _small_cached(self, sha: bytes, loc) -> bytes | None:
         sid = loc.shard_id
@@ -299,7 +375,7 @@ class Reader:
                 self.seq.popitem(last=False)
             return window
 
-    def _small_sync(self, sha: bytes, first: str) -> bytes:
+    def _small_sync(self, sha: bytes, first: str, avoid: frozenset = frozenset()) -> bytes:
         def read(disk, meta, loc) -> bytes:
             start, end = loc.offset - fmt.RECORD_HEADER_SIZE, loc.offset + loc.length
             window = self._window(loc.shard_id, start, end)
@@ -324,7 +400,7 @@ class Reader:
                     self.cache.evict(loc.shard_id, start, end)
                 raise
 
-        return self._from_replicas(sha, f"object {sha.hex()}", read, first)
+        return self._from_replicas(sha, f"object {sha.hex()}", read, first, avoid)
 
     def _blocks(self, disk, meta, start: int, end: int) -> bytes:
         first, last = start // BLOCK, (end - 1) // BLOCK
@@ -342,7 +418,10 @@ class Reader:
         if blk is not None:
             return blk
         if fut is not None and not take_over(fut):
-            blk = fut.result()  # a prefetch thread is reading it right now
+            try:  # a prefetch thread (maybe another replica's) is reading it right now
+                blk = fut.result(timeout=HEDGE_MIN)
+            except cf.TimeoutError:
+                blk = None  # that disk is slow: read it here (this thread's disk)
             if blk is not None:
                 return blk
         with self.lock:  # the part the window reads before it reached BLOCK already hold
@@ -390,14 +469,14 @@ class Reader:
         return blk
 
     # -- replicas ------------------------------------------------------------------------------
-    def _from_replicas(self, sha: bytes, what: str, read, first: str = ""):
+    def _from_replicas(self, sha: bytes, what: str, read, first: str = "", avoid: frozenset = frozenset()):
         """`read(disk, meta, loc)` on the object's usable replicas — `first` first — until one
         gives good bytes (Store.from_replicas: a replica that fails is reported — EIO marks its
         disk failed — and skipped; if gc moved the object meanwhile it is looked up again)."""
         from fsd.errors import HoardError
 
         try:
-            return self.store.from_replicas(sha, read, on_bad=self._bad_replica, first=first)
+            return self.store.from_replicas(sha, read, avoid, on_bad=self._bad_replica, first=first)
         except HoardError as e:
             raise ReadFailed(f"{what}: {e.message}") from None
 
@@ -454,13 +533,31 @@ class Reader:
             st.pieces.pop(i).cancel()
         out = []
         for i in range(first, last + 1):
-            piece = await self.wait(st.pieces[i])
+            piece = await self._piece(st, i)
             lo = max(off - i * MAP_PIECE, 0)
             hi = min(end - i * MAP_PIECE, len(piece))
             out.append(piece[lo:hi])
         return out[0] if len(out) == 1 else b"".join(out)
 
-    def _piece_sync(self, st: _Stream, i: int) -> bytes:
+    async def _piece(self, st: _Stream, i: int) -> bytes:
+        """Piece i, hedged: if its disk does not answer in time, the stream moves to another
+        replica (this piece and the ones after it)."""
+        fut = st.pieces[i]
+        if await self._wait_for(fut, self._deadline(st.disk)):
+            return fut.result()
+        meta = self._plan(st.sha)[0]
+        other = self._choose(meta, avoid=frozenset({st.disk})) if meta is not None else ""
+        if not other:
+            return await self.wait(fut)
+        log.info("mount: %s is slow for object %s; streaming it from %s", self._queue(st.disk).label,
+                 st.sha.hex()[:12], self._queue(other).label)
+        slow, st.disk = st.disk, other
+        for k in [k for k in st.pieces if k > i and not st.pieces[k].running()]:
+            st.pieces.pop(k).cancel()
+        again = self._queue(other).submit(st.lane, self._piece_sync, st, i, frozenset({slow}))
+        return await self._first_of(fut, again)
+
+    def _piece_sync(self, st: _Stream, i: int, avoid: frozenset = frozenset()) -> bytes:
         length = min(MAP_PIECE, st.size - i * MAP_PIECE)
         want = st.chunk_digests[i * 16:(i + 1) * 16]
 
@@ -471,7 +568,7 @@ class Reader:
                 raise fmt.ShardFormatError(f"piece {i} of {st.sha.hex()[:12]}… does not match its chunk map")
             return piece
 
-        return self._from_replicas(st.sha, f"object {st.sha.hex()} piece {i}", read, st.disk)
+        return self._from_replicas(st.sha, f"object {st.sha.hex()} piece {i}", read, st.disk, avoid)
 
     def _learn_chunks(self, st: _Stream) -> None:
         """No chunk map yet (stored before maps existed, or index rebuilt): stream the record
