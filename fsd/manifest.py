@@ -338,6 +338,9 @@ def build_view(store, name: str, rows: Iterable[tuple[str, str]], page_entries: 
         with open(spool, encoding="utf-8", newline="\n") as f:
             root, files, total = builder.build(
                 (key.split(_SEP), sha, int(size)) for key, sha, size in (line.rstrip("\n").split("\t") for line in f))
+    if not files:  # e.g. `hoard select … --view | hoard view add NAME -` whose left side failed
+        raise ViewError(f"view {name}: the manifest names no files; nothing changed (`hoard view rm {name}` "
+                        "removes a view)")
     body = json.dumps({"format": VIEW_FORMAT, "name": name, "files": files, "bytes": total, "root": root},
                       sort_keys=True).encode()
     sha = store.put_bytes(body, klass="generated").sha256

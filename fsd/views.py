@@ -18,43 +18,69 @@ from typing import IO
 
 from fsd.errors import ExitCode, HoardError
 from fsd.manifest import ViewError, build_view, manifest_objects
-from fsd.paths import NAME_PATTERN
+from fsd.paths import MAX_PATH_BYTES, NAME_PATTERN
 
 __all__ = ["ViewError", "define_view", "define_view_rows", "manifest_rows", "remove_view"]
 
 VIEW_NAME = re.compile(NAME_PATTERN)
 
 
+#: a line is a 64-hex digest, whitespace and a path of at most MAX_PATH_BYTES: longer is not a line
+MAX_LINE = 64 + 16 + MAX_PATH_BYTES
+#: a JSON manifest is read whole: at most this much (line manifests stream, without a limit)
+MAX_JSON = 256 << 20
+
+
 def manifest_rows(stream: IO[bytes]) -> Iterator[tuple[str, str]]:
-    """(path, sha256) rows from a manifest file, streaming when it is `SHA256  PATH` text."""
-    head = stream.peek(64)[:64] if hasattr(stream, "peek") else b""
-    if head.lstrip().startswith(b"{"):
-        yield from _json_rows(stream.read())
-        return
-    for n, raw in enumerate(stream, 1):
+    """(path, sha256) rows from a manifest file, streaming when it is `SHA256  PATH` text.
+    A JSON manifest (first non-blank character `{`) is read whole, up to MAX_JSON."""
+    n = 0
+    while True:
+        raw = stream.readline(MAX_LINE + 1)
+        if not raw:
+            return
+        n += 1
+        if n == 1 and raw.startswith(b"\xef\xbb\xbf"):  # a UTF-8 byte-order mark (Windows editors)
+            raw = raw[3:]
+        if len(raw) > MAX_LINE and not raw.endswith(b"\n"):
+            raise ViewError(f"view manifest line {n} is longer than {MAX_LINE} bytes: not `SHA256  PATH` "
+                            f"(a path is at most {MAX_PATH_BYTES} bytes)")
         try:
             line = raw.decode("utf-8").rstrip("\n").rstrip("\r")
         except UnicodeDecodeError as e:
             raise ViewError(f"view manifest line {n} is not UTF-8 (byte {e.start})") from None
-        if n == 1 and line.lstrip().startswith("{"):
-            yield from _json_rows(raw + stream.read())
-            return
         if not line.strip() or line.startswith("#"):
             continue
+        if line.lstrip().startswith(("{", "[")):
+            rest = stream.read(MAX_JSON + 1 - len(raw))
+            if len(raw) + len(rest) > MAX_JSON:
+                raise ViewError(f"view manifest is JSON larger than {MAX_JSON >> 20} MiB; use the line format "
+                                "`SHA256  PATH` (it streams)")
+            yield from _json_rows(raw + rest)
+            return
         parts = line.split(None, 1)
         if len(parts) != 2:
             raise ViewError(f"view manifest line {n}: expected `SHA256  PATH`")
-        yield parts[1].lstrip("*"), parts[0]
+        yield parts[1].lstrip("*"), parts[0].lower()
 
 
 def _json_rows(raw: bytes) -> list[tuple[str, str]]:
+    form = "{\"files\": [{\"path\": …, \"sha256\": …}]} JSON"
     try:
         doc = json.loads(raw.decode("utf-8"))
-        return [(f["path"], f["sha256"]) for f in doc["files"]]
     except UnicodeDecodeError as e:
         raise ViewError(f"view manifest is not UTF-8 (byte {e.start})") from None
-    except (ValueError, KeyError, TypeError) as e:
-        raise ViewError(f"view manifest is not {{\"files\": [{{\"path\", \"sha256\"}}]}} JSON ({e})") from None
+    except ValueError as e:
+        raise ViewError(f"view manifest is not valid JSON ({e})") from None
+    files = doc.get("files") if isinstance(doc, dict) else None
+    if not isinstance(files, list):
+        raise ViewError(f"view manifest is not {form}")
+    rows = []
+    for k, f in enumerate(files):
+        if not (isinstance(f, dict) and isinstance(f.get("path"), str) and isinstance(f.get("sha256"), str)):
+            raise ViewError(f"view manifest files[{k}] is not {{\"path\": string, \"sha256\": string}}")
+        rows.append((f["path"], f["sha256"].lower()))
+    return rows
 
 
 def define_view(store, name: str, raw: bytes) -> dict:

@@ -101,6 +101,21 @@ def test_bad_rows_refused_with_the_path(store_factory, tmp_path: Path) -> None:
         define_view(store, "bad", b"\xff\xfe  a\n")
     with pytest.raises(ViewError, match=r"view name"):
         define_view(store, "../evil", f"{one.sha256}  a\n".encode())
+    for raw, message in ((b"", r"names no files; nothing changed"), (b"# only a comment\n\n", r"names no files"),
+                         (b"a" * 5000, r"line 1 is longer than"),
+                         (b'{"files": [{"path": "j/a", "sha256": 5}]}', r"files\[0\] is not"),
+                         (b'{"files": [{"path": 7, "sha256": "x"}]}', r"files\[0\] is not"),
+                         (b"[1, 2]", r"is not \{\"files\""), (b"{nope", r"not valid JSON")):
+        with pytest.raises(ViewError, match=message):
+            define_view(store, "bad", raw)
+    assert store.index.get_view("bad") is None
+    # what Windows tools write: a byte-order mark, CRLF, upper-case digests (PowerShell Get-FileHash)
+    info = define_view(store, "win", b"\xef\xbb\xbf" + f"{one.sha256.upper()}  a/1.png\r\n{two.sha256}  a/2.png\r\n".encode())
+    assert info["files"] == 2
+    tree = Tree(store.get, info["manifest"])
+    assert [e.name for e in tree.list_dir("a")] == ["1.png", "2.png"]
+    info = define_view(store, "json", json.dumps({"files": [{"path": "x", "sha256": one.sha256}]}).encode())
+    assert info["files"] == 1
 
 
 def test_view1_manifests_still_read(store_factory, tmp_path: Path) -> None:
