@@ -12,8 +12,9 @@ small   5,000 small files (4–64 KB) in their stored order: through the mount (
         replica k mod 2 of its shard: the disks the store uses)
 shuffled  what a training data loader does: 20,000 small files (4–64 KB, 2 replicas, a
         view), a seeded random order, 1, 4 and 16 concurrent readers (reader i reads items
-        i, i+N, … like a DataLoader's workers), cold (caches dropped, a fresh mount per
-        run). Baseline in the same run: the same files as plain files on the same lab disks,
+        i, i+N, … like a DataLoader's workers), a fresh mount per run; names warm on both
+        sides (every path stat'ed first, as a loader lists its dataset), then the page cache
+        dropped (`echo 1`: file data cold, inodes and dentries kept). Baseline in the same run: the same files as plain files on the same lab disks,
         file k on replica k mod 2 of its shard (the store's placement, both copies used),
         read in the same order by the same number of readers. Reported: files/s, MiB/s,
         and amplification = bytes the disks read (sectors read, /sys/block/<loop>/stat,
@@ -187,10 +188,10 @@ def main() -> None:
                 with mergerfs_mounted(plain_branches, mfs), timed(t, "large_mergerfs"):
                     for r, *_ in where:
                         read_file(mfs / f"{r.sha256}.bin")
-                mb = total_large / 1e6
-                rows += [("large objects", f"{args.large_n} × {args.large_mb} MB, cold caches, profile {args.profile}")]
+                mb = total_large / MiB
+                rows += [("large objects", f"{args.large_n} × {args.large_mb} MiB, cold caches, profile {args.profile}")]
                 for k in ("large_direct", "large_mount", "large_mergerfs"):
-                    rows.append((f"  {k[6:]}", f"{t[k]:6.2f} s  {mb / t[k]:7.1f} MB/s"))
+                    rows.append((f"  {k[6:]}", f"{t[k]:6.2f} s  {mb / t[k]:7.1f} MiB/s"))
                 rows.append(("  mount / direct shard read", f"{t['large_direct'] / t['large_mount']:.0%}"))
                 rows.append(("  mount / mergerfs", f"{t['large_mergerfs'] / t['large_mount']:.2f}x"))
             if "hot" in parts:
@@ -200,7 +201,7 @@ def main() -> None:
                     for r, *_ in where:
                         read_file(mnt / "by-hash" / r.sha256[:2] / r.sha256[2:4] / f"{r.sha256}.bin", 128 << 10)
                 rows.append(("hot (shards in page cache)", f"{t['hot_mount']:6.2f} s  "
-                                                           f"{total_large / 1e6 / t['hot_mount']:7.1f} MB/s through the mount"))
+                                                           f"{total_large / MiB / t['hot_mount']:7.1f} MiB/s through the mount"))
             if "small" in parts:
                 drop_caches()
                 with timed(t, "small_plain"):
@@ -210,13 +211,13 @@ def main() -> None:
                 with hoard_mounted(cfg_path, mnt), timed(t, "small_mount"):
                     for p in small:
                         read_file(mnt / "views" / "bench-small" / "s" / p.name)
-                rows += [("small files", f"{len(small)} files, {sum(r.size for r in small_res) / 1e6:.0f} MB, "
+                rows += [("small files", f"{len(small)} files, {sum(r.size for r in small_res) / MiB:.0f} MiB, "
                                          "cold caches, in stored order"),
                          ("  per-file plain ext4", f"{t['small_plain']:6.2f} s  {len(small) / t['small_plain']:7.0f} files/s"),
                          ("  through the mount", f"{t['small_mount']:6.2f} s  {len(small) / t['small_mount']:7.0f} files/s"),
                          ("  mount vs plain", f"{t['small_plain'] / t['small_mount']:.1f}x")]
                 mbps = sum(lab.disks[d].profile.read_mbps for d in small_disks)
-                bound = sum(r.size for r in small_res) / 1e6 / mbps
+                bound = sum(r.size for r in small_res) / MiB / mbps  # the lab's limits are MiB/s
                 t["small_bound"], t["small_disks"] = bound, "+".join(sorted(small_disks))
                 rows.append(("  disk bound (replicas on " + "+".join(sorted(small_disks)) + ")",
                              f"{bound:6.2f} s — the mount reaches {bound / t['small_mount']:.0%} of it"))
@@ -245,6 +246,11 @@ def main() -> None:
                                        "units": "MiB = 2^20 bytes",
                                        **{k: round(v, 4) if isinstance(v, float) else v for k, v in t.items()}})
     shutil.rmtree(work, ignore_errors=True)
+
+
+def drop_page_cache() -> None:
+    """Drop cached file data only (`echo 1`): inodes and directory entries stay."""
+    subprocess.run(["sh", "-c", "sync; echo 1 > /proc/sys/vm/drop_caches"], check=True)
 
 
 def _disk_reads(lab) -> int:
@@ -290,18 +296,24 @@ def shuffled_part(lab, args, cfg_path: Path, mnt: Path, res, where, plain, t: di
                                      f"bound {bound:.2f} s (max of {mib_s:.0f} MiB/s, {iops} IOPS)")]
     for n in [int(x) for x in args.readers.split(",")]:
         for kind in ("plain", "mount"):
+            # names warm on both sides (a loader lists its dataset first), file data cold: stat
+            # every path, then drop only the page cache — plain ext4 keeps its inodes and
+            # directory entries, as the mount keeps its manifests and the kernel its dentries
             drop_caches()
             if kind == "mount":
                 paths = [mnt / "views" / "bench-shuffled" / where[r.sha256][0] for r in sample]
                 with hoard_mounted(cfg_path, mnt):
-                    for p in paths[:1]:
-                        os.stat(p.parent)  # the mount is up and the view's manifest loaded
-                    drop_caches()
+                    for p in paths:
+                        os.stat(p)
+                    drop_page_cache()
                     before, t0 = _disk_reads(lab), time.monotonic()
                     got = read_all(paths, n)
                     secs, disk = time.monotonic() - t0, _disk_reads(lab) - before
             else:
                 paths = [plain[r.sha256] for r in sample]
+                for p in paths:
+                    os.stat(p)
+                drop_page_cache()
                 before, t0 = _disk_reads(lab), time.monotonic()
                 got = read_all(paths, n)
                 secs, disk = time.monotonic() - t0, _disk_reads(lab) - before

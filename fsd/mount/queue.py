@@ -11,12 +11,15 @@ them (like the kernel's CFQ/BFQ between processes). Read-ahead runs on its own t
 background lane: a foreground read may wait for a prefetch, never behind one — and one that
 has not started yet is cancelled and read by the foreground instead (`take_over`).
 
-`cost()` is what the replica choice uses: when a request submitted now would be done —
-(requests queued or running + 1) × the disk's seconds per request, where that is its
-recent average (exponential, of what it measured; seeded from the configured
-`read_mb_s`) or, if longer, the age of its oldest running request — so a disk that stops
-answering looks slower every second and loses new requests to the other replicas of the
-same shard. Requests already stuck on it are hedged by the reader (`reader.py`).
+`cost()` is what the replica choice uses: when a request submitted now would be done.
+Each disk has a seconds-per-request figure — its recent average (exponential, of what it
+measured; seeded from the configured `read_mb_s`) or, if longer, the age of its oldest
+running request, so a disk that stops answering looks slower every second — and an
+expected free time that each submitted request pushes back by that figure (a device
+serves so many requests per second: a lone reader's requests then alternate between
+replicas in proportion to their speed). Cost = the later of that free time and queue
+depth × seconds per request, plus one request. A slow, busy or hung disk loses new
+requests to the other replicas; requests already stuck on it are hedged by the reader.
 """
 
 from __future__ import annotations
@@ -51,6 +54,7 @@ class DiskQueue:
         self.seconds_per_read = seconds_per_read
         self.running: dict[int, float] = {}  # worker thread → when its request started
         self.last_submit = 0.0
+        self.busy_until = 0.0  # when the requests submitted so far should be done (monotonic)
         self.closed = False
         self.threads = [threading.Thread(target=self._work, args=(False,), name=f"read-{label}-{i}", daemon=True)
                         for i in range(threads)]
@@ -72,20 +76,23 @@ class DiskQueue:
             else:
                 self.lanes.setdefault(lane, deque()).append((fut, fn, args))
                 self.pending += 1
-                self.last_submit = time.monotonic()
+                self.last_submit = now = time.monotonic()
+                self.busy_until = max(now, self.busy_until) + self._per(now)
                 self.cv.notify()
         return fut
 
     def background_full(self) -> bool:
         return self.pending_bg >= MAX_BACKGROUND
 
+    def _per(self, now: float) -> float:
+        running = list(self.running.values())
+        return max(self.seconds_per_read, now - min(running)) if running else self.seconds_per_read
+
     def cost(self) -> float:
         """Expected seconds until a request submitted now would be done."""
-        per = self.seconds_per_read
-        running = list(self.running.values())
-        if running:
-            per = max(per, time.monotonic() - min(running))
-        return (self.pending + 1) * per
+        now = time.monotonic()
+        per = self._per(now)
+        return max(self.busy_until - now, self.pending * per) + per
 
     def close(self) -> None:
         with self.cv:
