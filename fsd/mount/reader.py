@@ -4,8 +4,8 @@
   the record is read depends on how that shard is being read (`Window`, like the kernel's
   read-ahead window): a read that does not continue where the last read of the same shard
   ended — a shuffled data loader — fetches only its record, rounded to `ALIGN`; one that
-  continues fetches `MIN_WINDOW` ahead, doubling on each further miss up to `BLOCK`; from
-  there on the shard is read in `BLOCK`-aligned blocks with `PREFETCH_BLOCKS` read ahead
+  continues fetches `MIN_WINDOW` ahead, four times more on each further miss up to `BLOCK`;
+  from there on the shard is read in `BLOCK`-aligned blocks with up to `PREFETCH_BLOCKS` read ahead
   on the background lanes of all its replicas — a batch's files, stored together, stream
   at the speed of all its copies together. What was read is kept in an extent cache
   (`CACHE_BYTES`, LRU), so neighbours come from memory.
@@ -50,12 +50,12 @@ log = logging.getLogger(__name__)
 SMALL_MAX = STREAM_THRESHOLD
 #: reads are rounded to this (the devices' block): a random record costs its size + < 8 KiB
 ALIGN = 4096
-#: the first read-ahead of a shard read in order; doubled per miss up to BLOCK
+#: the first read-ahead of a shard read in order; ×4 per miss up to BLOCK
 MIN_WINDOW = 128 << 10
 #: the read unit once a shard is read in order (and the largest window)
 BLOCK = 4 << 20
 #: blocks read ahead of an in-order reader at most, spread over the shard's replicas (32 MiB);
-#: the window grows to it one doubling per refill (1, 2, 4, 8 blocks)
+#: the window grows to it ×4 per refill (1, 4, 8 blocks)
 PREFETCH_BLOCKS = 8
 #: a read that starts this close to where the last one of the shard ended is "in order"
 #: (a loader skipping a few files still streams)
@@ -349,7 +349,7 @@ class Reader:
                 probe = (end - 1) // BLOCK + max(1, st[1] // BLOCK // 2)
                 refill = refill and not self.cache.has(sid, probe * BLOCK) and (sid, probe) not in self.inflight
                 if refill:
-                    st[1] = min(st[1] * 2, PREFETCH_BLOCKS * BLOCK)
+                    st[1] = min(st[1] * 4, PREFETCH_BLOCKS * BLOCK)
                     ahead = st[1] // BLOCK
         if refill:
             meta = self.store.index.get_shard(sid)
@@ -362,11 +362,11 @@ class Reader:
 
     def _window(self, sid: bytes, start: int, end: int) -> int:
         """How far past this record to read: 0 for a read that does not continue the shard's
-        last one (random), else the previous window doubled (from MIN_WINDOW, up to BLOCK)."""
+        last one (random), else the previous window ×4 (from MIN_WINDOW, up to 8 blocks)."""
         with self.lock:
             st = self.seq.get(sid)
             if st is not None and st[0] - SEQ_SLACK <= start <= st[0] + SEQ_SLACK:
-                window = min(PREFETCH_BLOCKS * BLOCK, max(MIN_WINDOW, st[1] * 2))
+                window = min(PREFETCH_BLOCKS * BLOCK, max(MIN_WINDOW, st[1] * 4))
             else:
                 window = 0
             self.seq[sid] = [end, window]
