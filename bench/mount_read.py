@@ -301,22 +301,11 @@ def shuffled_part(lab, args, cfg_path: Path, mnt: Path, res, where, plain, t: di
             # directory entries, as the mount keeps its manifests and the kernel its dentries
             drop_caches()
             if kind == "mount":
-                paths = [mnt / "views" / "bench-shuffled" / where[r.sha256][0] for r in sample]
                 with hoard_mounted(cfg_path, mnt):
-                    for p in paths:
-                        os.stat(p)
-                    drop_page_cache()
-                    before, t0 = _disk_reads(lab), time.monotonic()
-                    got = read_all(paths, n)
-                    secs, disk = time.monotonic() - t0, _disk_reads(lab) - before
+                    got, secs, disk = _names_warm_data_cold(
+                        lab, [mnt / "views" / "bench-shuffled" / where[r.sha256][0] for r in sample], n)
             else:
-                paths = [plain[r.sha256] for r in sample]
-                for p in paths:
-                    os.stat(p)
-                drop_page_cache()
-                before, t0 = _disk_reads(lab), time.monotonic()
-                got = read_all(paths, n)
-                secs, disk = time.monotonic() - t0, _disk_reads(lab) - before
+                got, secs, disk = _names_warm_data_cold(lab, [plain[r.sha256] for r in sample], n)
             assert got == served, (got, served)
             key = f"shuffled_{kind}_{n}"
             t[key], t[key + "_disk_bytes"] = secs, disk
@@ -325,6 +314,16 @@ def shuffled_part(lab, args, cfg_path: Path, mnt: Path, res, where, plain, t: di
                          f"read {disk / served:5.2f}x served  {bound / secs:4.0%} of bound"))
         rows.append((f"  mount / plain, {n} readers", f"{t[f'shuffled_plain_{n}'] / t[f'shuffled_mount_{n}']:.2f}x"))
     return rows
+
+
+def _names_warm_data_cold(lab, paths: list[Path], readers: int) -> tuple[int, float, int]:
+    """Stat every path, drop the page cache, read them all: (bytes, seconds, bytes the disks read)."""
+    for p in paths:
+        os.stat(p)
+    drop_page_cache()
+    before, t0 = _disk_reads(lab), time.monotonic()
+    got = read_all(paths, readers)
+    return got, time.monotonic() - t0, _disk_reads(lab) - before
 
 
 def _commit() -> str:
