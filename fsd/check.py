@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from fsd import shardfmt as fmt
-from fsd.manifest import iter_files, manifest_objects, named
+from fsd.manifest import iter_files, named
 
 if TYPE_CHECKING:
     from fsd.store import Store
@@ -147,9 +147,9 @@ def check(store: Store, missing_in_db: Callable[[set[bytes]], tuple[list[bytes],
             rep.add("manifest", f"{kind} {name}: its manifest {info['manifest']} is not in the store")
             continue
         try:
-            own = [sha for sha in manifest_objects(store.get, info["manifest"]) if sha not in objects]
             files = lost = 0
             example = ""
+            # (a directory object or page of a view-2 manifest that is lost fails this read)
             for path, sha, _size in iter_files(store.get, info["manifest"]):
                 files += 1
                 if sha not in objects:
@@ -158,9 +158,6 @@ def check(store: Store, missing_in_db: Callable[[set[bytes]], tuple[list[bytes],
         except Exception as e:  # noqa: BLE001 - a damaged manifest is a finding, not a crash
             rep.add("manifest", f"{kind} {name}: its manifest cannot be read ({e})")
             continue
-        if own:
-            rep.add("manifest", f"{kind} {name}: {len(own)} of its manifest's own objects are not in the store "
-                                f"(e.g. {own[0].hex()})")
         if lost:
             rep.add("manifest", f"{kind} {name}: {lost} of its {files} files are not in the store (e.g. {example})")
     below = sum(1 for m in shards.values() if m.sealed and store.readable_replicas(m) < store.target(m.klass))

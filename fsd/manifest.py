@@ -225,46 +225,40 @@ def _flat_dirs(files: list[dict]) -> dict[str, list[Entry]]:
     return {d: sorted(kids.values()) for d, kids in children.items()}
 
 
-def iter_files(get: Get, manifest_sha_hex: str) -> Iterator[tuple[str, bytes, int]]:
+def iter_files(get: Get, manifest_sha_hex: str, own: list[bytes] | None = None) -> Iterator[tuple[str, bytes, int]]:
     """(path, sha256, size) of every file a manifest names, any format; a view-2 manifest is
-    walked one directory object at a time (in path order)."""
+    walked one directory object at a time (in path order). `own` collects, in the same
+    pass, the sha256 of every object the manifest itself is made of."""
+    if own is not None:
+        own.append(bytes.fromhex(manifest_sha_hex))
     doc = json.loads(get(manifest_sha_hex))
     if doc.get("format") != VIEW_FORMAT:
         for f in doc["files"]:  # (hand-made batch manifests may lack sizes: 0 then)
             yield f["path"], bytes.fromhex(f["sha256"]), int(f.get("size", 0))
         return
-    yield from _walk(get, doc["root"], "")
+    yield from _walk(get, doc["root"], "", own)
 
 
-def _walk(get: Get, dir_sha: str, prefix: str) -> Iterator[tuple[str, bytes, int]]:
+def _walk(get: Get, dir_sha: str, prefix: str, own: list[bytes] | None) -> Iterator[tuple[str, bytes, int]]:
     doc = json.loads(get(dir_sha))
-    pages = [p[1] for p in doc["pages"]] if "pages" in doc else None
+    pages = [p[1] for p in doc["pages"]] if "pages" in doc else []
+    if own is not None:
+        own += [bytes.fromhex(sha) for sha in (dir_sha, *pages)]
     for entries in (json.loads(get(p))["entries"] for p in pages) if pages else [doc["entries"]]:
         for e in entries:
             if e[1] == "f":
                 yield prefix + e[0], bytes.fromhex(e[2]), e[3]
             else:
-                yield from _walk(get, e[2], f"{prefix}{e[0]}/")
+                yield from _walk(get, e[2], f"{prefix}{e[0]}/", own)
 
 
-def manifest_objects(get: Get, manifest_sha_hex: str) -> Iterator[bytes]:
+def manifest_objects(get: Get, manifest_sha_hex: str) -> list[bytes]:
     """The sha256 of every object the manifest itself is made of (the document; for view-2
     also every directory object and page), so gc keeps them and check can find them."""
-    yield bytes.fromhex(manifest_sha_hex)
-    doc = json.loads(get(manifest_sha_hex))
-    if doc.get("format") != VIEW_FORMAT:
-        return
-    todo = [doc["root"]]
-    while todo:
-        sha = todo.pop()
-        yield bytes.fromhex(sha)
-        d = json.loads(get(sha))
-        if "pages" in d:
-            for _first, page, _n in d["pages"]:
-                yield bytes.fromhex(page)
-                todo.extend(e[2] for e in json.loads(get(page))["entries"] if e[1] == "d")
-        else:
-            todo.extend(e[2] for e in d["entries"] if e[1] == "d")
+    own: list[bytes] = []
+    for _ in iter_files(get, manifest_sha_hex, own):
+        pass
+    return own
 
 
 def named(index) -> Iterator[tuple[str, str, dict]]:
@@ -281,12 +275,10 @@ def references(store, among: set[bytes] | None = None, skip: tuple[str, str] | N
     for kind, name, info in named(store.index):
         if (kind, name) == skip:
             continue
-        for sha in manifest_objects(store.get, info["manifest"]):
-            if among is None or sha in among:
-                refs.add(sha)
-        for _path, sha, _size in iter_files(store.get, info["manifest"]):
-            if among is None or sha in among:
-                refs.add(sha)
+        own: list[bytes] = []  # one pass over each manifest: its files and its own objects
+        refs.update(sha for _path, sha, _size in iter_files(store.get, info["manifest"], own)
+                    if among is None or sha in among)
+        refs.update(sha for sha in own if among is None or sha in among)
     return refs
 
 
@@ -390,25 +382,22 @@ class _Builder:
             self.pending, self.pending_bytes = [], 0
 
     def build(self, rows: Iterator[tuple[list[str], str, int]]) -> tuple[str, int, int]:
-        stack = [_Frame("")]
-        parts: list[str] = []  # the open directories' names (stack[1:])
+        stack = [_Frame("")]  # the top, then the open directories of the current path
         prev: list[str] | None = None
         for comps, sha, size in rows:
             if comps == prev:
                 raise ViewError(f"view {self.name}: path {'/'.join(comps)!r} appears twice")
             prev = comps
-            common = 0
-            while common < len(parts) and common < len(comps) - 1 and parts[common] == comps[common]:
+            common = 0  # open directories this path shares
+            while common < len(stack) - 1 and common < len(comps) - 1 and stack[common + 1].name == comps[common]:
                 common += 1
-            while len(parts) > common:
+            while len(stack) - 1 > common:
                 self._close(stack)
-                parts.pop()
             for d in comps[common:-1]:
                 if stack[-1].last == (d, "f"):  # in component order a file `a` comes right before `a/…`
-                    raise ViewError(f"view {self.name}: path {'/'.join(comps[:len(parts) + 1])!r} is a file, but "
+                    raise ViewError(f"view {self.name}: path {'/'.join(comps[:len(stack)])!r} is a file, but "
                                     f"{'/'.join(comps)!r} needs it as a directory; rename one of them in the manifest")
                 stack.append(_Frame(d))
-                parts.append(d)
             self._add(stack[-1], [comps[-1], "f", sha, size], 1, size)
         while len(stack) > 1:
             self._close(stack)

@@ -261,14 +261,13 @@ class Reader:
         return meta, (self._choose(meta) if meta else "")
 
     def _deadline(self, uuid: str) -> float:
-        return max(HEDGE_MIN, HEDGE_FACTOR * self._queue(uuid).cost()) if uuid else HEDGE_MIN
+        return max(HEDGE_MIN, HEDGE_FACTOR * self._queue(uuid).cost())
 
     async def _hedged(self, sha: bytes, lane, fn, meta, first: str):
         """`fn(sha, first, avoid)` on the chosen replica's queue; if it is not done by its
         deadline and another replica exists, the same read there too (never on the slow one)."""
         deadline = self._deadline(first)
-        fut = self._queue(first).submit(lane, fn, sha, first, frozenset()) if first else \
-            next(iter(self.queues.values())).submit(lane, fn, sha, "", frozenset())
+        fut = self._queue(first).submit(lane, fn, sha, first, frozenset())
         if await self._wait_for(fut, deadline) or meta is None:
             return await self.wait(fut)
         second = self._choose(meta, avoid=frozenset({first}))
@@ -281,8 +280,7 @@ class Reader:
     def _hedged_sync(self, sha: bytes, fn):
         """The same, from a worker thread (manifest pages for the namespace)."""
         meta, first = self._plan(sha)
-        fut = self._queue(first).submit("manifests", fn, sha, first, frozenset()) if first else \
-            next(iter(self.queues.values())).submit("manifests", fn, sha, "", frozenset())
+        fut = self._queue(first).submit("manifests", fn, sha, first, frozenset())
         done, _ = cf.wait([fut], timeout=self._deadline(first))
         second = self._choose(meta, avoid=frozenset({first})) if not done and meta is not None else ""
         if not second:
@@ -316,6 +314,10 @@ class Reader:
         return max(disks, key=lambda d: self.speed.get(d.uuid, 100.0) / (self.queues[d.uuid].pending + 1)).uuid
 
     def _queue(self, uuid: str) -> DiskQueue:
+        """The disk's queue; with no disk to prefer (the object is not in the index: the read
+        reports that) any queue."""
+        if not uuid:
+            return next(iter(self.queues.values()))
         q = self.queues.get(uuid)
         if q is None:
             self.sync_disks()
@@ -502,7 +504,7 @@ class Reader:
         return st
 
     def _want(self, st: _Stream, first: int, last: int) -> None:
-        q = self._queue(st.disk) if st.disk else next(iter(self.queues.values()))
+        q = self._queue(st.disk)
         for i in range(first, min(last, (st.size - 1) // MAP_PIECE) + 1):
             if i not in st.pieces:
                 st.pieces[i] = q.submit(st.lane, self._piece_sync, st, i)
@@ -524,7 +526,7 @@ class Reader:
                 lo = off - first * MAP_PIECE
                 return piece[lo:lo + end - off]
         if st.chunk_digests is None:
-            q = self._queue(st.disk) if st.disk else next(iter(self.queues.values()))
+            q = self._queue(st.disk)
             await self.wait(q.submit(st.lane, self._learn_chunks, st))
         # the window: doubled while the reader goes on in order, one piece after a seek
         st.ahead = min(MAX_AHEAD, st.ahead * 2) if in_order else 1
