@@ -13,6 +13,7 @@ import typer
 from rich.markup import escape
 from typer.core import TyperOption
 
+from fsd import logs
 from fsd.cli import db as _db
 from fsd.cli import disks as _disks
 from fsd.cli import find as _find
@@ -69,8 +70,7 @@ def _root(
     version: Annotated[bool, typer.Option("--version", is_eager=True, callback=lambda v: _print_version(v),
                                           help="print the version and exit")] = False,
 ) -> None:
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.setup(logging.DEBUG if verbose else logging.WARNING)
     state(ctx).config_path = config
 
 

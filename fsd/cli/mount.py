@@ -32,12 +32,12 @@ def mount(
     """Mount the store read-only: by-hash/, batches/, sources/, views/, .hoard/health, inbox → 3A."""
     import logging
 
+    from fsd import logs
     from fsd.mount import check_mountpoint, run_mount
 
     cfg = state(ctx).settings
     if foreground:
-        logging.basicConfig(level=logging.DEBUG if debug else logging.INFO, force=True,  # the CLI set WARNING
-                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        logs.setup(logging.DEBUG if debug else logging.INFO, force=True)  # the CLI set WARNING
         run_mount(cfg, mountpoint, debug, nonempty=nonempty)
         return
     mountpoint = check_mountpoint(mountpoint, nonempty)  # refused here, before a daemon is started
