@@ -17,16 +17,44 @@ from tests.conftest import write_config  # noqa: E402
 from tests.lab import LAB4, Lab, drop_caches  # noqa: E402, F401
 
 
+MiB = 1 << 20
+
+
 def lab_store(lab: Lab, root: Path, labels: list[str] | None = None, **opts) -> Store:
     """A store whose disks are the lab's mounts, with the profile's read speeds configured."""
     labels = labels or list(lab.disks)
     disks = [(label, lab.disks[label].mountpoint, None) for label in labels]
     path = write_config(root, disks, allow_dirs=False, **opts)
     text = path.read_text()
-    for label in labels:  # give the planner the lab's real read bandwidths
-        text = text.replace(f'label = "{label}"\n', f'label = "{label}"\nread_mb_s = {lab.disks[label].profile.read_mbps}\n')
+    for label in labels:  # give the planner the lab's real read bandwidths: blkio throttles in MiB/s,
+        mb_s = lab.disks[label].profile.read_mbps * MiB / 1e6  # read_mb_s is in MB/s (10^6 bytes)
+        text = text.replace(f'label = "{label}"\n', f'label = "{label}"\nread_mb_s = {mb_s:.3f}\n')
     path.write_text(text)
     return Store.open(config.load(path), init=True)
+
+
+def _commit() -> str:
+    """The commit measured, with `+dirty` when the work tree differs from it."""
+    import subprocess
+
+    head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"],
+                           capture_output=True, text=True)
+    return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+
+
+def _machine() -> dict:
+    import os
+    import platform
+
+    mem = next((int(ln.split()[1]) // 1024 for ln in open("/proc/meminfo") if ln.startswith("MemTotal")), 0)
+    return {"cpus": os.cpu_count(), "mem_mib": mem, "kernel": platform.release(), "python": platform.python_version()}
+
+
+def lab_profile(lab: Lab) -> dict:
+    """The lab's disks as the kernel throttles them (MiB/s = 2^20 bytes per second)."""
+    return {label: {"size_mb": d.profile.size_mb, "read_mib_s": d.profile.read_mbps, "write_mib_s": d.profile.write_mbps,
+                    "iops": d.profile.iops} for label, d in lab.disks.items()}
 
 
 @contextmanager
@@ -51,5 +79,6 @@ def report(title: str, rows: list[tuple[str, str]], data: dict) -> None:
     RESULTS.mkdir(exist_ok=True)
     variant = "-".join(a.lstrip("-") for a in sys.argv[1:]) or "default"
     slug = re.sub(r"[^a-z0-9]+", "-", f"{Path(sys.argv[0]).stem}-{variant}".lower()).strip("-")
-    doc = {"benchmark": title, "argv": sys.argv[1:], "when": time.strftime("%Y-%m-%dT%H:%M:%S"), **data}
+    doc = {"benchmark": title, "argv": sys.argv[1:], "when": time.strftime("%Y-%m-%dT%H:%M:%S"),
+           "commit": _commit(), "machine": _machine(), **data}
     (RESULTS / f"{slug}.json").write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n")

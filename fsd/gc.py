@@ -29,6 +29,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from fsd.disks import DiskGone
 from fsd.errors import ExitCode, HoardError
 from fsd.index import ObjectLoc, ShardMeta
 from fsd.store import STREAM_THRESHOLD, Store
@@ -333,7 +334,7 @@ def _finish_retired(store: Store) -> tuple[int, int]:
     deleted = freed = 0
     for sid, doc in retired:
         meta = ShardMeta.from_json(sid, json.dumps(doc).encode())
-        remaining = []
+        remaining, removed = [], {}
         for uuid in meta.replicas:
             disk = store.disks.get(uuid)
             if disk is None or not store.usable(uuid):
@@ -344,13 +345,20 @@ def _finish_retired(store: Store) -> tuple[int, int]:
                 disk.delete(meta.hex)
                 deleted += 1
                 freed += size
-                idx.adjust_used({uuid: -size})
             except FileNotFoundError:
-                pass
+                try:  # gone already (an earlier run deleted it) — unless the disk itself is gone
+                    disk.check()
+                except DiskGone as e:
+                    log.warning("gc: shard %s on %s kept for later: %s", meta.hex, disk.label, e)
+                    remaining.append(uuid)
+                    continue
             except OSError as e:
                 log.warning("gc: cannot delete shard %s on %s: %s", meta.hex, disk.label, e)
                 remaining.append(uuid)
+                continue
+            removed[uuid] = -meta.size  # what sealing or copying it counted, whatever run deleted it
         with idx.env.begin(write=True) as txn:
+            idx._adjust_used(txn, removed)  # with the record of the replicas left: counted once
             if remaining:
                 meta.replicas = remaining
                 txn.put(sid, meta.to_json(), db=idx.retired)

@@ -43,8 +43,9 @@ HUNG_S = 120
 
 WORKLOADS = ("put", "put", "put", "replicate", "verify", "views_gc", "index_rebuild", "get")
 #: faults during a step: none, kill -9 of the CLI, a disk vanishing (and coming back), a
-#: disk dying (EIO; replaced by a spare), a flipped byte in one replica before the step
-FAULTS = ("none", "kill9", "kill9", "vanish", "eio", "flip")
+#: disk dying (EIO; replaced by a spare), a flipped byte in one replica before the step, a
+#: disk filling up (someone else's file takes its free space; removed afterwards)
+FAULTS = ("none", "kill9", "kill9", "vanish", "eio", "flip", "full")
 
 
 class InvariantViolation(AssertionError):
@@ -143,7 +144,7 @@ class World:
     # -- running a step -----------------------------------------------------------
     def run(self, step: Step) -> None:
         rng = random.Random(step.seed)
-        if step.fault in ("vanish", "eio", "flip"):
+        if step.fault in ("vanish", "eio", "flip", "full"):
             step.victim = rng.choice(self.disks)
             if step.fault == "eio" and not self.spares:
                 step.fault, step.victim = "vanish", step.victim  # no spare left to replace a dead disk
@@ -158,14 +159,9 @@ class World:
         t_fault = self.boot_s + step.at * max(0.1, expected_s - self.boot_s)
         t0 = time.monotonic()
         while proc.poll() is None:
-            if not injected and time.monotonic() - t0 >= t_fault and step.fault in ("kill9", "vanish", "eio"):
+            if not injected and time.monotonic() - t0 >= t_fault and step.fault in ("kill9", "vanish", "eio", "full"):
                 injected = True
-                if step.fault == "kill9":
-                    os.killpg(proc.pid, signal.SIGKILL)
-                elif step.fault == "vanish":
-                    self.lab.vanish(step.victim)
-                else:
-                    self.lab.fail_eio(step.victim)
+                self.inject(step, proc)
             if time.monotonic() - t0 > HUNG_S:
                 stack = _stack(proc.pid)
                 os.killpg(proc.pid, signal.SIGKILL)
@@ -174,18 +170,18 @@ class World:
                                          f"{stderr[-2000:]}\n{stack}")
             time.sleep(0.005)
         stdout, stderr = self.finish(proc)
-        if step.fault in ("none", "flip"):  # how long it takes undisturbed: where later faults land
+        if step.fault in ("none", "flip") or not injected:  # undisturbed: where later faults land
             self.took[step.workload] = time.monotonic() - t0
         self.log.append(f"  → exit {proc.returncode} after {time.monotonic() - t0:.2f} s")
         if "Traceback" in stderr:
             raise InvariantViolation(f"{step}: `hoard {' '.join(args)}` printed a traceback:\n{stderr[-3000:]}")
         self.collect_acks(step.workload, stdout)
-        if step.fault in ("vanish", "eio") and not injected:  # the command was faster than the fault
-            self.lab.vanish(step.victim) if step.fault == "vanish" else self.lab.fail_eio(step.victim)
+        if step.fault in ("vanish", "eio", "full") and not injected:  # the command was faster than the fault
+            self.inject(step, proc)
         when = "during" if injected or step.fault == "flip" else "after"
         key = f"{step.fault} {when} {step.workload}" if step.fault != "none" else f"no fault, {step.workload}"
         self.faults[key] = self.faults.get(key, 0) + 1
-        if step.fault in ("vanish", "eio"):
+        if step.fault in ("vanish", "eio", "full"):
             self.health_names(step.victim, step)
         clean = proc.returncode in (0,) or (step.fault == "none" and step.workload == "get")
         if not clean and step.fault == "none":
@@ -203,13 +199,13 @@ class World:
         """The command line of a workload and its expected duration in seconds."""
         if workload == "put":
             listing = self.make_batch(rng)
-            return ["put", "--json", "--manifest", str(listing)], 3.0
+            return ["put", "--json", "--manifest", str(listing)], 1.5
         if workload == "replicate":
-            return ["replicate"], 3.0
+            return ["replicate"], 1.0
         if workload == "verify":
-            return ["verify", "--sha256", "--repair"], 3.0
+            return ["verify", "--sha256", "--repair"], 1.2
         if workload == "index_rebuild":
-            return ["index", "rebuild"], 2.0
+            return ["index", "rebuild"], 1.0
         if workload == "get":
             if not self.acked:
                 return None, 0
@@ -219,7 +215,7 @@ class World:
             if not self.acked:
                 return None, 0
             self.define_view(rng)
-            return ["gc", "--threshold", "0.95", "--wait", "30"], 3.0
+            return ["gc", "--threshold", "0.95", "--wait", "30"], 1.5
         raise ValueError(workload)
 
     def make_batch(self, rng: random.Random) -> Path:
@@ -288,6 +284,28 @@ class World:
             f.write(bytes([b[0] ^ (1 << rng.randrange(8))]))
         self.log.append(f"  flipped a bit of {victim.name} at {off} on {label}")
 
+    def inject(self, step: Step, proc: subprocess.Popen) -> None:
+        if step.fault == "kill9":
+            os.killpg(proc.pid, signal.SIGKILL)
+        elif step.fault == "vanish":
+            self.lab.vanish(step.victim)
+        elif step.fault == "eio":
+            self.lab.fail_eio(step.victim)
+        elif step.fault == "full":
+            self.fill(step.victim)
+
+    def fill(self, label: str) -> None:
+        """Another program takes every free byte of the disk."""
+        mnt = self.lab.disks[label].mountpoint
+        free = os.statvfs(mnt)
+        filler = mnt / "someone-elses-file"
+        with open(filler, "ab") as f:
+            try:
+                os.posix_fallocate(f.fileno(), filler.stat().st_size, free.f_bavail * free.f_frsize)
+            except OSError:
+                pass  # as much as there was
+        self.log.append(f"  filled {label} ({free.f_bavail * free.f_frsize >> 20} MiB)")
+
     def health_names(self, label: str, step: Step) -> None:
         res = self.hoard("health", "--json", ok=(0, 4))
         problems = json.loads(res.stdout)["problems"]
@@ -309,6 +327,10 @@ class World:
             self.disks = [spare if d == step.victim else d for d in self.disks]
         elif step.fault == "flip":
             self.hoard("verify", "--sha256", "--repair", ok=(0, 5))
+        elif step.fault == "full":
+            (self.lab.disks[step.victim].mountpoint / "someone-elses-file").unlink()
+            if self.disk_state(step.victim) != "active":
+                self.hoard("disks", "activate", step.victim)
 
     def drop_disk_table(self, label: str) -> None:
         """Remove the [[disks]] table of `label` from hoard.toml (up to the next table)."""
