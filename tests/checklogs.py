@@ -27,11 +27,19 @@ _PASSED = pytest.StashKey[bool]()
 _ENV = "HOARD_LOG_JSON"  # fsd.logs.ENV (not imported: the plugin loads before the project)
 
 
+_OWN = pytest.StashKey[str]()
+
+
 def pytest_configure(config: pytest.Config) -> None:
     if not os.environ.get(_ENV):
         fd, path = tempfile.mkstemp(prefix="hoard-test-logs-", suffix=".jsonl")
         os.close(fd)
-        os.environ[_ENV] = path
+        os.environ[_ENV] = config.stash[_OWN] = path
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if _OWN in config.stash:
+        Path(config.stash[_OWN]).unlink(missing_ok=True)
 
 
 class _Subprocesses:

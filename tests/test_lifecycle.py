@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from fsd import config
 from fsd.deletion import drop_batch, hide
 from fsd.disks import DiskState
@@ -106,6 +108,7 @@ def test_activate_refuses_another_disk(tmp_path: Path) -> None:
     assert _states(cfg_path)["d2"] == "failed"
 
 
+@pytest.mark.expect_log(r"disk d0: verify error on shard \w+: payload checksum mismatch", level="WARNING")
 def test_activate_reports_bad_replicas_for_repair(tmp_path: Path) -> None:
     """A replica on the returning disk that fails its check is reported and queued for repair;
     the disk is activated all the same, and `hoard verify --repair` then fixes the replica."""

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from fsd import config
 from fsd.store import Store
 from tests.conftest import dir_disks_config, make_files
@@ -12,6 +14,7 @@ from tests.test_cli import hoard
 from tests.test_store import check_store
 
 
+@pytest.mark.expect_log(r"disk d0: verify error on shard \w+: payload checksum mismatch", level="WARNING")
 def test_bit_flip_found_and_repaired(tmp_path: Path) -> None:
     cfg_path = str(dir_disks_config(tmp_path, 3, shard_size_mb=1))
     cfg = config.load(cfg_path)
