@@ -10,7 +10,7 @@
 
 from __future__ import annotations
 
-from fsd.errors import ExitCode, HoardError
+from fsd.base.errors import ExitCode, HoardError
 
 
 def hide(store, shas: list[bytes], reason: str) -> int:

@@ -10,9 +10,9 @@ and query the database. Later issues add the mount, stage/export and the GUI.
 from __future__ import annotations
 
 from adapters.synth import Spec, generate
+from fsd.base.config import Settings
+from fsd.base.errors import ExitCode, HoardError
 from fsd.cli._common import err, out
-from fsd.config import Settings
-from fsd.errors import ExitCode, HoardError
 from fsd.health import collect
 
 DEMO_SPEC = Spec(seed=7, batches=3, items_per_batch=60, large_max_mb=4, ready_signal=True)

@@ -29,7 +29,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from fsd.errors import ExitCode, HoardError
+from fsd.base.errors import ExitCode, HoardError
 from fsd.index import ObjectLoc, ShardMeta
 from fsd.store import STREAM_THRESHOLD, Store
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from fsd.config import ZONES, Settings
+from fsd.base.config import ZONES, Settings
 
 GB = 1024**3
 

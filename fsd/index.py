@@ -36,8 +36,8 @@ from typing import Any
 
 import lmdb
 
+from fsd.base.errors import ExitCode, HoardError
 from fsd.disks import DiskRecord
-from fsd.errors import ExitCode, HoardError
 
 _OBJ = struct.Struct("<12sQQB")
 MAP_SIZE = 1 << 40  # address space only; the file grows with use

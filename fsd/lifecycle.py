@@ -14,8 +14,9 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from fsd.disks import DiskState, atomic_write, probe, read_identity
-from fsd.errors import ExitCode, HoardError
+from fsd.base.errors import ExitCode, HoardError
+from fsd.base.files import atomic_write
+from fsd.disks import DiskState, probe, read_identity
 from fsd.store import FORGOTTEN
 
 if TYPE_CHECKING:

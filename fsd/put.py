@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from fsd import shardfmt as fmt
-from fsd.errors import ExitCode, HoardError
+from fsd.base.errors import ExitCode, HoardError
 from fsd.store import CHUNK, GROUP_BYTES, MAP_PIECE, STREAM_THRESHOLD, PutResult, SourceChanged, Store, hash_file, read_upto
 from fsd.writer import ReplicaFailed, ShardWriter, _Pending
 

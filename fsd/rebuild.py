@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from fsd import shardfmt as fmt
+from fsd.base.errors import ExitCode, HoardError
 from fsd.disks import DiskState
-from fsd.errors import ExitCode, HoardError
 from fsd.replicate import copy_shard
 from fsd.scrub import check_replica
 

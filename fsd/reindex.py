@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fsd import shardfmt as fmt
-from fsd.config import Settings
+from fsd.base.config import Settings
 from fsd.disks import DiskRecord, DiskState, drop_cache, pread_full, read_identity
 from fsd.index import Index, ObjectLoc, ShardMeta
 from fsd.store import BATCHES_DIR, FORGOTTEN, MARK_OPS, MARKS_DIR, VIEWS_DIR
@@ -270,7 +270,7 @@ def backup_index(store, copies: int = 2) -> list[str]:
 
     Written to `index-copy.tmp`, fsynced, then swapped in by rename, so a crash leaves the
     previous copy intact. Returns the labels of the disks that hold a fresh copy."""
-    from fsd.disks import fsync_dir
+    from fsd.base.files import fsync_dir
 
     disks = sorted((d for u, d in store.disks.items() if store.usable(u, for_write=True)),
                    key=lambda d: -d.free_bytes(0))[:copies]
@@ -310,7 +310,7 @@ def _restore_index(cfg: Settings, ssd_uuid: str) -> tuple[str, dict]:
         if stamp.is_file():
             found.append((json.loads(stamp.read_text()), dc))
     if not found:
-        from fsd.errors import ExitCode, HoardError
+        from fsd.base.errors import ExitCode, HoardError
 
         raise HoardError("no index copy on any disk; use `hoard index rebuild` (from the shards)", ExitCode.DATA)
     stamp, dc = max(found, key=lambda x: x[0]["taken_at"])

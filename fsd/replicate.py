@@ -20,7 +20,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from fsd import shardfmt as fmt
-from fsd.disks import DiskState, drop_cache, fsync_dir, pread_full, verify_shard_file
+from fsd.base.files import fsync_dir
+from fsd.disks import DiskState, drop_cache, pread_full, verify_shard_file
 from fsd.placement import Need, NoSpace, simulate, space_report
 
 if TYPE_CHECKING:

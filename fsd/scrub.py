@@ -54,7 +54,7 @@ def batch_shards(store: Store, batch_id: str) -> set[bytes]:
     """The shards holding an ingested batch's files (and its manifest)."""
     import json
 
-    from fsd.errors import ExitCode, HoardError
+    from fsd.base.errors import ExitCode, HoardError
 
     info = store.index.get_batch(batch_id)
     if info is None:
@@ -157,7 +157,7 @@ def _verify(store: Store, sample_pct: float, disk_label: str | None, sha256: boo
 
 
 def _disk_uuid(store: Store, label: str) -> str:
-    from fsd.errors import ExitCode, HoardError
+    from fsd.base.errors import ExitCode, HoardError
 
     for uuid, rec in store.records.items():
         if rec.label == label:

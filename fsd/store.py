@@ -20,9 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fsd import shardfmt as fmt
-from fsd.config import Settings
+from fsd.base.config import Settings
+from fsd.base.errors import ExitCode, HoardError
+from fsd.base.paths import file_ext
 from fsd.disks import DiskRecord, DiskState, LocalDisk, drop_cache, probe, read_identity, write_identity
-from fsd.errors import ExitCode, HoardError
 from fsd.index import Index, ShardMeta
 from fsd.placement import Candidate, choose
 from fsd.writer import ShardWriter
@@ -205,7 +206,7 @@ class Store:
         """Look again at hoard.toml's `[[disks]]` and the index's disk records, as a long-lived
         reader (the mount) must: a disk added, replaced, failed or reactivated by another
         process is seen. Disks already attached keep their objects. True if anything changed."""
-        from fsd import config as config_mod
+        from fsd.base import config as config_mod
 
         cfg = self.cfg
         if cfg.source is not None:
@@ -421,7 +422,7 @@ class Store:
         old pointer on such a disk cannot bring a removed batch or view back."""
         import json
 
-        from fsd.disks import atomic_write
+        from fsd.base.files import atomic_write
 
         stamped = {**(doc or {"removed": True}), "pointer_ns": time.time_ns()}
         body = json.dumps(stamped, indent=1, sort_keys=True).encode()
@@ -452,7 +453,7 @@ class Store:
         writable disk, fsynced — what `hoard index rebuild` replays (docs/design.md, "Deletion
         marks on the HDDs"). Called by the index inside the transaction that applies them:
         raising here (no disk took the records) leaves the index unchanged too."""
-        from fsd.disks import fsync_dir
+        from fsd.base.files import fsync_dir
 
         stamp = time.time_ns()
         body = "".join(f"{stamp} {op} {sha.hex()}\n" for sha in shas).encode()
@@ -491,7 +492,7 @@ class Store:
         acknowledgement and the pin."""
         import json
 
-        from fsd.disks import atomic_write
+        from fsd.base.files import atomic_write
 
         path = pins_dir(self.cfg) / f"{_pin_name(name)}.json"
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -702,7 +703,7 @@ def pinned(cfg: Settings) -> tuple[set[bytes], list[str]]:
 def _pin_name(name: str) -> str:
     import re
 
-    from fsd.paths import NAME_PATTERN
+    from fsd.base.paths import NAME_PATTERN
 
     if not re.match(NAME_PATTERN, name):
         raise HoardError(f"pin name {name!r} is not a valid name", ExitCode.BUG)
@@ -782,12 +783,6 @@ def verify_record(buf: memoryview, at: int, sha: bytes, length: int, where: str 
         raise fmt.TruncatedShard(f"short read{where}")
     fmt.verify_payload(payload, digest, where)
     return bytes(payload)
-
-
-def file_ext(name: str) -> str:
-    """The extension a file is shown with in by-hash/ (lower case, alphanumeric, ≤ 10), or ''."""
-    ext = os.path.splitext(name)[1][1:].lower()
-    return ext if ext and len(ext) <= 10 and ext.isascii() and ext.isalnum() else ""
 
 
 def _sha_bytes(hex_: str) -> bytes:

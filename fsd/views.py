@@ -16,9 +16,9 @@ import re
 from collections.abc import Iterable, Iterator
 from typing import IO
 
-from fsd.errors import ExitCode, HoardError
+from fsd.base.errors import ExitCode, HoardError
+from fsd.base.paths import MAX_PATH_BYTES, NAME_PATTERN
 from fsd.manifest import ViewError, build_view, manifest_objects
-from fsd.paths import MAX_PATH_BYTES, NAME_PATTERN
 
 __all__ = ["ViewError", "define_view", "define_view_rows", "manifest_rows", "remove_view"]
 

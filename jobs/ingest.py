@@ -46,11 +46,11 @@ from rq.worker import WorkerStatus
 
 from adapters import (Asset, File, Record, UnknownSource, adapter_for, canonical_source, display, parse_batch,
                       quarantine)
-from fsd import config as config_mod
-from fsd.config import Settings
-from fsd.disks import atomic_write, fsync_dir
-from fsd.errors import ExitCode, HoardError
-from fsd.paths import NAME_PATTERN
+from fsd.base import config as config_mod
+from fsd.base.config import Settings
+from fsd.base.errors import ExitCode, HoardError
+from fsd.base.files import atomic_write, fsync_dir
+from fsd.base.paths import NAME_PATTERN
 
 STEPS = ("scan", "store", "apply", "package", "finish")
 QUEUE_OF = {"scan": "ingest", "store": "io", "apply": "sql", "package": "io", "finish": "maintenance"}

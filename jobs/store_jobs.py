@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict
 
-from fsd import config
+from fsd.base import config
 
 
 def replicate(config_path: str | None = None, budget_s: float = 300.0, rate_mb_s: float | None = 100.0) -> dict:

@@ -19,8 +19,8 @@ from pathlib import Path
 import psycopg
 from psycopg import sql as pgsql
 
-from fsd.errors import ExitCode, HoardError
-from fsd.proc import run, which
+from fsd.base.errors import ExitCode, HoardError
+from fsd.base.proc import run, which
 
 PG_BIN_DIRS = sorted(glob.glob("/usr/lib/postgresql/*/bin"), key=lambda p: int(p.split("/")[-2]), reverse=True)
 SERVER_USER = "postgres"

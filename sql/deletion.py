@@ -13,7 +13,7 @@ import json
 
 import psycopg
 
-from fsd.errors import ExitCode, HoardError
+from fsd.base.errors import ExitCode, HoardError
 
 
 def hide_nodes(conn: psycopg.Connection, shas: list[bytes]) -> int:

@@ -24,8 +24,8 @@ from typing import Annotated, Any, Literal
 import psycopg
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator, model_validator
 
-from fsd.errors import ExitCode, HoardError
-from fsd.paths import NAME_PATTERN
+from fsd.base.errors import ExitCode, HoardError
+from fsd.base.paths import NAME_PATTERN
 
 INTENT_VERSION = 1
 Sha = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
@@ -187,7 +187,7 @@ class WriteIntent(BaseModel):
 
 def parse_intent(data: dict[str, Any] | str | bytes) -> WriteIntent:
     """Validate raw data (a dict or JSON); IntentError names the first bad field's path."""
-    from fsd.config import describe_validation_error
+    from fsd.base.config import describe_validation_error
 
     try:
         if isinstance(data, (str, bytes)):

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import psycopg
 
-from fsd import config
+from fsd.base import config
 from fsd.store import Store
 from sql.backup import dump_backup, verify_dump
 from sql.intents import apply_write_intent

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from fsd import config
+from fsd.base import config
 from fsd.deletion import drop_batch, hide
 from fsd.gc import GcNoSpace, gc
 from fsd.store import ObjectNotFound, Store

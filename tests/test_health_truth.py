@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fsd import config
+from fsd.base import config
 from fsd.health import collect
 from fsd.store import Store
 from tests.conftest import dir_disks_config, make_files

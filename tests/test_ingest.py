@@ -15,8 +15,8 @@ import pytest
 from rq import Queue, SimpleWorker
 
 from adapters.synth import Spec, generate
-from fsd import config
-from fsd.errors import ExitCode, HoardError
+from fsd.base import config
+from fsd.base.errors import ExitCode, HoardError
 from fsd.store import Store
 from jobs import ingest as ua1
 from jobs.queues import QUEUES

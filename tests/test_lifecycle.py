@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from fsd import config
+from fsd.base import config
 from fsd.deletion import drop_batch, hide
 from fsd.disks import DiskState
 from fsd.store import Store

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from fsd import config
+from fsd.base import config
 from fsd.check import check
 from fsd.gc import gc
 from fsd.manifest import DIR_FORMAT, VIEW_FORMAT, Tree, WouldBlock, build_view, iter_files, manifest_objects

@@ -10,7 +10,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from fsd import config
+from fsd.base import config
 from fsd.store import Store
 from sql.cluster import PrivateCluster
 from sql.intents import apply_write_intent

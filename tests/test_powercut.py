@@ -28,8 +28,8 @@ from pathlib import Path
 
 import pytest
 
-from fsd import config
 from fsd import shardfmt as fmt
+from fsd.base import config
 from fsd.gc import RESERVE_NAME
 from fsd.index import Index
 from fsd.store import DataError, ObjectNotFound, Store
@@ -51,7 +51,7 @@ POWER_LAB = tuple(DiskProfile(label, 400, 100, 100, 10000) for label in HDDS) + 
 CHILD = """
 import os, random, sys
 from pathlib import Path
-from fsd import config
+from fsd.base import config
 from fsd.store import Store
 cfg, scratch, acklog, seed, mode = sys.argv[1:6]
 rng = random.Random(int(seed))

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from fsd import config
 from fsd import shardfmt as fmt
+from fsd.base import config
+from fsd.base.errors import HoardError
 from fsd.deletion import drop_batch
-from fsd.errors import HoardError
 from fsd.gc import gc
 from fsd.index import Index
 from fsd.store import Store
@@ -29,7 +29,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 DIE_BEFORE_SEAL = """
 import os, sys
-from fsd import config
+from fsd.base import config
 from fsd.store import Store
 from fsd.writer import ShardWriter
 ShardWriter.seal = lambda self: os._exit(9)  # the process dies after its last commit, before sealing
@@ -182,7 +182,7 @@ def test_put_during_gc_swap_keeps_the_object(store_factory, tmp_path: Path) -> N
 RACER_INGEST = """
 import json, sys, hashlib
 from pathlib import Path
-from fsd import config
+from fsd.base import config
 from fsd.store import Store
 cfg = config.load(sys.argv[1]); files = sys.argv[3:]; acks = open(sys.argv[2], "a")
 for k in range(int(8)):
@@ -200,7 +200,7 @@ for k in range(int(8)):
 
 RACER_DELETE = """
 import sys, time
-from fsd import config
+from fsd.base import config
 from fsd.deletion import drop_batch
 from fsd.gc import gc
 from fsd.store import Store
@@ -246,7 +246,7 @@ def test_ingest_racing_delete_and_gc_loses_nothing(tmp_path: Path) -> None:
 
 HOLD_STORE = """
 import sys, time
-from fsd import config
+from fsd.base import config
 from fsd.store import Store
 store = Store.open(config.load(sys.argv[1]), what="a test writer")
 print("open", flush=True)

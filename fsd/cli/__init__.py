@@ -13,6 +13,7 @@ import typer
 from rich.markup import escape
 from typer.core import TyperOption
 
+from fsd.base.errors import ExitCode, HoardError
 from fsd.cli import db as _db
 from fsd.cli import disks as _disks
 from fsd.cli import find as _find
@@ -27,7 +28,6 @@ from fsd.cli import verify as _verify
 from fsd.cli import services as _services
 from fsd.cli import skeleton as _skeleton
 from fsd.cli._common import err, gb, out, state
-from fsd.errors import ExitCode, HoardError
 
 def _flag_type(self, ctx):  # a flag takes no value: show no `<bool>` type in --help
     return None if self.is_bool_flag else _typer_option_type(self, ctx)
@@ -89,7 +89,7 @@ def init(
                                            "(directory disks and private servers under ./var) if missing")] = False,
 ) -> None:
     """Create the directories the configuration names (idempotent)."""
-    from fsd.config import embedded_config_text
+    from fsd.base.config import embedded_config_text
 
     st = state(ctx)
     if embedded:
@@ -107,7 +107,7 @@ def init(
         elif not d.path.is_dir():
             raise HoardError(f"disk {d.label}: {d.path} does not exist; mount the disk there first",
                              ExitCode.UNAVAILABLE)
-    from fsd.config import ZONES
+    from fsd.base.config import ZONES
 
     for z in ZONES:
         cfg.ssd.zone_path(z).mkdir(parents=True, exist_ok=True)
@@ -221,7 +221,7 @@ def _index_path(argv: list[str] | None) -> str:
     args = list(sys.argv[1:] if argv is None else argv)
     explicit = next((args[i + 1] for i, a in enumerate(args[:-1]) if a in ("--config", "-c")), None)
     try:
-        from fsd import config
+        from fsd.base import config
 
         return str(config.load(explicit).index_dir)
     except Exception:  # noqa: BLE001 - a message without the path is still a message

@@ -13,9 +13,9 @@ from typing import Any
 import typer
 from rich.console import Console
 
-from fsd import config as _config
-from fsd.config import Settings
-from fsd.errors import ExitCode, HoardError
+from fsd.base import config as _config
+from fsd.base.config import Settings
+from fsd.base.errors import ExitCode, HoardError
 
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -109,7 +109,7 @@ def open_input(path, what: str):
     also while it is read, are one line naming the file and what to do."""
     import stat as st_mod
 
-    from fsd.paths import display
+    from fsd.base.paths import display
 
     name = display(str(path))
     if str(path) == "-":
@@ -139,7 +139,7 @@ def open_input(path, what: str):
 
 def read_input(path, what: str, limit: int = MAX_INPUT) -> bytes:
     """The bytes of a list/manifest the user named (see `open_input`), never more than `limit`."""
-    from fsd.paths import display
+    from fsd.base.paths import display
 
     with open_input(path, what) as stream:
         data = stream.read(limit + 1)

@@ -8,8 +8,8 @@ from typing import Annotated, Optional
 import psycopg
 import typer
 
+from fsd.base.errors import ExitCode, HoardError, ServiceUnavailable
 from fsd.cli._common import confirm, out, progress, state
-from fsd.errors import ExitCode, HoardError, ServiceUnavailable
 
 app = typer.Typer(help="The PostgreSQL database: migrate, status, backup, verify-backup, restore, proposals.",
                   no_args_is_help=True)

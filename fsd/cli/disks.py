@@ -11,8 +11,8 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
+from fsd.base.errors import ConfigError, ExitCode, HoardError
 from fsd.cli._common import err, gb, out, state
-from fsd.errors import ConfigError, ExitCode, HoardError
 
 app = typer.Typer(help="The HDDs: list, add, retire, replace, activate, forget.", no_args_is_help=True)
 
@@ -41,7 +41,7 @@ def add(
     label: Annotated[str, typer.Option("--label", "-l", help="name for the disk, e.g. wd4t")],
 ) -> None:
     """Give a mounted disk its identity, register it and append it to hoard.toml."""
-    from fsd import config as config_mod
+    from fsd.base import config as config_mod
     from fsd.store import Store
 
     st = state(ctx)

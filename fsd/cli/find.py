@@ -16,9 +16,9 @@ from typing import Annotated, Any, Optional
 
 import typer
 
+from fsd.base.errors import ExitCode, HoardError
+from fsd.base.paths import display
 from fsd.cli._common import err, out, read_input, state
-from fsd.errors import ExitCode, HoardError
-from fsd.paths import display
 
 
 def _resolve(store, ref: str) -> bytes:

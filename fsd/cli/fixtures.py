@@ -24,7 +24,7 @@ def generate(
 ) -> None:
     """Write synthetic batches (media + sidecars, repeats, crops/frames) and truth.json."""
     from adapters.synth import Spec, generate as gen
-    from fsd.errors import ExitCode, HoardError
+    from fsd.base.errors import ExitCode, HoardError
 
     try:
         spec = Spec(seed=seed, batches=batches, items_per_batch=items, large_max_mb=large_max_mb,

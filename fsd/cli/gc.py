@@ -7,8 +7,8 @@ from typing import Annotated, Optional
 
 import typer
 
+from fsd.base.errors import ExitCode, HoardError
 from fsd.cli._common import confirm, database, gb, out, progress, state
-from fsd.errors import ExitCode, HoardError
 
 
 def delete(

@@ -11,8 +11,8 @@ from typing import Annotated, Optional
 import typer
 from rich.markup import escape
 
+from fsd.base.errors import ExitCode, HoardError
 from fsd.cli._common import err, out, progress, state
-from fsd.errors import ExitCode, HoardError
 
 
 def ingest(

@@ -12,9 +12,9 @@ from typing import Annotated, Optional
 
 import typer
 
+from fsd.base.errors import ExitCode, HoardError
+from fsd.base.paths import display
 from fsd.cli._common import out, open_input, state
-from fsd.errors import ExitCode, HoardError
-from fsd.paths import display
 
 view_app = typer.Typer(help="Named views: a manifest of path → sha256 shown under <mount>/views/NAME.",
                        no_args_is_help=True)

@@ -6,8 +6,8 @@ from typing import Annotated, Optional
 
 import typer
 
+from fsd.base.errors import ExitCode
 from fsd.cli._common import confirm, err, out, progress
-from fsd.errors import ExitCode
 
 
 def run_rebuild(ctx: typer.Context, disk: str, onto: Optional[str], rate_mb_s: float, yes: bool,

@@ -6,9 +6,9 @@ import os
 
 import typer
 
+from fsd.base.config import Settings
+from fsd.base.errors import ConfigError, ExitCode, HoardError
 from fsd.cli._common import out, state
-from fsd.config import Settings
-from fsd.errors import ConfigError, ExitCode, HoardError
 
 app = typer.Typer(help="Start, stop and show the private PostgreSQL and Redis (embedded default).",
                   no_args_is_help=True)

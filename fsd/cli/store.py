@@ -10,9 +10,9 @@ from typing import Annotated, Optional
 
 import typer
 
+from fsd.base.errors import ExitCode, HoardError
+from fsd.base.paths import display
 from fsd.cli._common import err, out, progress, read_input, state
-from fsd.errors import ExitCode, HoardError
-from fsd.paths import display
 
 
 def open_store(ctx: typer.Context, writable: bool = True):

@@ -15,8 +15,8 @@ import re
 import signal
 from pathlib import Path
 
-from fsd.config import Settings
-from fsd.errors import ExitCode, HoardError
+from fsd.base.config import Settings
+from fsd.base.errors import ExitCode, HoardError
 
 __all__ = ["check_mountpoint", "run_mount"]
 

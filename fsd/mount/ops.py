@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import pyfuse3
 
-from fsd.errors import HoardError
+from fsd.base.errors import HoardError
 from fsd.mount.namespace import Namespace, Node
 from fsd.mount.reader import SMALL_MAX, ReadFailed, Reader
 from fsd.mount.watch import Watcher

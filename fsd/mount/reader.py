@@ -475,7 +475,7 @@ class Reader:
         """`read(disk, meta, loc)` on the object's usable replicas — `first` first — until one
         gives good bytes (Store.from_replicas: a replica that fails is reported — EIO marks its
         disk failed — and skipped; if gc moved the object meanwhile it is looked up again)."""
-        from fsd.errors import HoardError
+        from fsd.base.errors import HoardError
 
         try:
             return self.store.from_replicas(sha, read, avoid, on_bad=self._bad_replica, first=first)
