@@ -19,8 +19,7 @@ from typing import TYPE_CHECKING
 from fsd import shardfmt as fmt
 from fsd.base.errors import ExitCode, HoardError
 from fsd.disks import DiskState
-from fsd.replicate import copy_shard
-from fsd.scrub import check_replica
+from fsd.replica import check_replica, copy_shard
 
 if TYPE_CHECKING:
     from fsd.disks import LocalDisk

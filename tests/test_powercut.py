@@ -32,7 +32,8 @@ from fsd import shardfmt as fmt
 from fsd.base import config
 from fsd.gc import RESERVE_NAME
 from fsd.index import Index
-from fsd.store import DataError, ObjectNotFound, Store
+from fsd.records import DataError, ObjectNotFound
+from fsd.store import Store
 from tests.conftest import write_config
 from tests.lab import CutImages, DiskProfile, Lab
 from tests.test_store import check_store

@@ -335,7 +335,7 @@ def test_the_replicator_repairs_what_readers_reported(store_factory, tmp_path: P
     """A reader finds a flipped byte, reads the other replica and queues a repair; the next
     `replicate` re-copies the bad replica from the good one and empties the queue."""
     from fsd.replicate import replicate_once
-    from fsd.scrub import check_replica
+    from fsd.replica import check_replica
 
     store = store_factory(n_disks=2, caps=None)
     [res] = store.put_many(make_files(tmp_path / "in", 1, seed=19))

@@ -23,7 +23,8 @@ def delete(
     The database is changed first, then the store; re-running after a failure is safe.
     """
     from fsd.deletion import drop_batch, hide
-    from fsd.store import Store, _sha_bytes
+    from fsd.records import sha_bytes
+    from fsd.store import Store
     from sql import deletion as db_del
 
     cfg = state(ctx).settings
@@ -34,7 +35,7 @@ def delete(
                 "Continue?")
     with database(cfg, needed_for="a deletion changes the database first") as conn, Store.open(cfg) as store:
         if node:
-            shas = [_sha_bytes(h) for h in node]
+            shas = [sha_bytes(h) for h in node]
             unknown = [s.hex() for s in shas if store.index.lookup(s) is None]
             if unknown:  # checked before anything changes: a typo must not half-apply a deletion
                 raise HoardError(f"no object {', '.join(unknown)} in the store; nothing was hidden (check the "

@@ -138,10 +138,10 @@ def get(
 
     `-o FILE` is written beside the target and renamed when complete; a device or FIFO
     (`-o /dev/null`) is written in place. Memory stays bounded whatever the object's size."""
-    from fsd.store import _sha_bytes
+    from fsd.records import sha_bytes
 
     target = check_output(output) if output is not None else None
-    sha = _sha_bytes(sha256.lower())
+    sha = sha_bytes(sha256.lower())
     with open_store(ctx, writable=False) as store:
         pieces = store.iter_object(sha)  # verified piece by piece: memory does not grow with the object
         if output is None:

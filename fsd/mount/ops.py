@@ -25,7 +25,7 @@ from fsd.base.errors import HoardError
 from fsd.mount.namespace import Namespace, Node
 from fsd.mount.reader import SMALL_MAX, ReadFailed, Reader
 from fsd.mount.watch import Watcher
-from fsd.store import ObjectNotFound
+from fsd.records import ObjectNotFound
 
 log = logging.getLogger(__name__)
 

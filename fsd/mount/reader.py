@@ -41,7 +41,8 @@ import xxhash
 from fsd import shardfmt as fmt
 from fsd.disks import pread_full
 from fsd.mount.queue import BACKGROUND, DiskQueue, take_over
-from fsd.store import MAP_PIECE, STREAM_THRESHOLD, Store, learn_map, verify_record
+from fsd.records import MAP_PIECE, STREAM_THRESHOLD, learn_map, verify_record
+from fsd.store import Store
 
 __all__ = ["Reader", "ReadFailed", "SMALL_MAX"]
 
