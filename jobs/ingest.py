@@ -598,7 +598,7 @@ def _step_apply(cfg: Settings, st: BatchState) -> None:
     import psycopg
 
     from adapters.intent import build_intent
-    from sql.intents import apply_write_intent
+    from sql.apply import apply_write_intent
     from sql.migrate import migrate
     from sql.schema_decider import propose_if_new
 
@@ -699,7 +699,7 @@ def _step_finish(cfg: Settings, st: BatchState) -> None:
     import psycopg
 
     from fsd.store import Store
-    from sql.intents import apply_write_intent
+    from sql.apply import apply_write_intent
 
     stored = {k: tuple(v) for k, v in json.loads(_work(cfg, st.batch_id, "stored").read_bytes()).items()}
     zone3a = cfg.ssd.zone_path("3A")

@@ -13,6 +13,7 @@ import glob
 import hashlib
 import os
 import pwd
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -118,8 +119,6 @@ class PrivateCluster:
 
     def destroy(self) -> None:
         """Stop the server and delete the cluster (tests and `make clean`)."""
-        import shutil
-
         self.stop()
         if self.link.is_symlink():
             shutil.rmtree(self.link.resolve(), ignore_errors=True)
