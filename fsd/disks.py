@@ -18,12 +18,14 @@ import contextlib
 import datetime as dt
 import enum
 import errno
+import hashlib
 import json
 import os
 import uuid as uuidlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from fsd import shardfmt as fmt
 from fsd.base.files import atomic_write, fsync_dir
 
 IDENTITY = ".hoard-disk.json"
@@ -108,10 +110,6 @@ def verify_shard_file(path: Path, sha256: bool = False) -> tuple[int, int]:
     """(size, records) of a sealed shard file, after checking its footer, every record's
     xxh3-128 (and sha256 when asked) and that the footer lists exactly the records found.
     Raises OSError or ShardFormatError; leaves nothing of the file in the page cache."""
-    import hashlib
-
-    from fsd import shardfmt as fmt
-
     fd = os.open(path, os.O_RDONLY)
     try:
         size = os.fstat(fd).st_size

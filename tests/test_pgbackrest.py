@@ -12,8 +12,8 @@ import pytest
 
 from fsd.base import config
 from fsd.store import Store
-from sql.cluster import PrivateCluster
 from sql.apply import apply_write_intent
+from sql.cluster import PrivateCluster
 from sql.migrate import migrate
 from sql.pgbackrest import BackRest
 from tests.conftest import dir_disks_config, make_files

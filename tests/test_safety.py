@@ -126,7 +126,7 @@ def test_recovery_cuts_nothing_when_no_replica_is_whole(tmp_path: Path) -> None:
         status = store.status()
         assert status["open_without_writer"] == [meta.hex]
         assert status["recovery_incomplete"][0]["shard"] == meta.hex
-    from fsd.health import collect
+    from jobs.health import collect
 
     problems = [p for p in collect(cfg)["problems"] if p.startswith("store:")]
     assert any("open shards have no writer left" in p for p in problems), problems
@@ -334,8 +334,8 @@ def test_replicate_does_not_resurrect_a_retired_shard(store_factory, tmp_path: P
 def test_the_replicator_repairs_what_readers_reported(store_factory, tmp_path: Path) -> None:
     """A reader finds a flipped byte, reads the other replica and queues a repair; the next
     `replicate` re-copies the bad replica from the good one and empties the queue."""
-    from fsd.replicate import replicate_once
     from fsd.replica import check_replica
+    from fsd.replicate import replicate_once
 
     store = store_factory(n_disks=2, caps=None)
     [res] = store.put_many(make_files(tmp_path / "in", 1, seed=19))

@@ -211,6 +211,7 @@ class Settings(BaseSettings):
 
 def _derive_test_db_url(url: str) -> str:
     """Same server, database `<name>_test`: tests never touch the working database."""
+    # deferred: psycopg (~0.1 s) loads only when a config is validated, not when the base is imported
     import psycopg.conninfo
 
     params = psycopg.conninfo.conninfo_to_dict(url)
@@ -220,6 +221,7 @@ def _derive_test_db_url(url: str) -> str:
 
 def _derive_test_redis_url(url: str) -> str:
     """Same Redis, database number 1 more than the working one (0 → 1)."""
+    # deferred: redis (~0.1 s) loads only when a config is validated, not when the base is imported
     import redis
 
     kwargs = redis.connection.parse_url(url)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from typing import Annotated, Optional
 
 import typer
@@ -22,6 +23,7 @@ def delete(
 
     The database is changed first, then the store; re-running after a failure is safe.
     """
+    # deferred: hoard starts without the store's and sql's modules
     from fsd.deletion import drop_batch, hide
     from fsd.records import sha_bytes
     from fsd.store import Store
@@ -70,8 +72,7 @@ def gc(
 
     An object is freed only if it is tombstoned (`hoard delete --batch`) and, at gc time, no
     batch or view manifest, running job (pin) or database row references it."""
-    from dataclasses import asdict
-
+    # deferred: hoard starts without the store's and sql's modules
     from fsd.gc import gc as run
     from fsd.store import Store
     from sql.deletion import referenced
