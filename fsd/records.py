@@ -2,8 +2,9 @@
 the helpers that hash a file and verify a record (docs/design.md: "RecordHeader", "Large
 objects").
 
-A leaf of the store: everything from the writer up to the facade (`fsd.store`) and the mount
-imports it; it imports only the byte format, the disks and the base.
+A leaf of the store: the write path (`put`), the read paths (`planner`, the facade
+`fsd.store`, the mount) and gc import it; it imports only the byte format, the disks and the
+base.
 """
 
 from __future__ import annotations

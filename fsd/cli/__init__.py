@@ -1,4 +1,8 @@
-"""The `hoard` command line: typer + rich, one-line errors, documented exit codes."""
+"""The `hoard` command line: typer + rich, one-line errors, documented exit codes.
+
+The top layer (docs/ARCHITECTURE.md, Layers): commands parse, call downward and print. Every
+command module is imported at start, so what only some commands use is imported inside them.
+"""
 
 from __future__ import annotations
 
