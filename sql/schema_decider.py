@@ -176,6 +176,14 @@ def accept(conn: psycopg.Connection, proposal_id: int) -> Proposal:
     return prop
 
 
+def reject(conn: psycopg.Connection, proposal_id: int) -> None:
+    """Drop a provisional proposal; its fields stay in common_metadata.specific."""
+    cur = conn.execute("UPDATE schema_proposal SET status = 'rejected', decided_at = now() "
+                       "WHERE proposal_id = %s AND status = 'provisional'", [proposal_id])
+    if cur.rowcount == 0:
+        raise ProposalError(f"no provisional proposal {proposal_id}; `hoard db proposals --all` lists them")
+
+
 def fill_specific_tables(conn: psycopg.Connection, source_ids: set[int], tmp_table: str | None) -> int:
     """Upsert `src_<source>` rows from `common_metadata.specific` — for the nodes in
     `tmp_table` (a write-intent's metadata) or, with None, for every node of the source."""

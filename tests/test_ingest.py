@@ -362,6 +362,21 @@ def test_schema_proposal_accept_fills_table(hoard_home: Path, pg, redis_conn) ->
     assert "gallery" in {p.source for p in list_proposals(pg)}  # a second source got its own proposal
 
 
+def test_schema_proposal_reject(pg) -> None:
+    """Rejecting a provisional proposal marks it rejected; rejecting it again names it as not provisional."""
+    from sql.apply import apply_write_intent
+    from sql.migrate import migrate
+    from sql.schema_decider import ProposalError, list_proposals, propose, reject
+
+    migrate(pg)
+    apply_write_intent(pg, {"key": "sources", "sources": ["demo"]})
+    prop = propose(pg, "demo", [{"a": i} for i in range(10)])
+    reject(pg, prop.proposal_id)
+    assert [p.status for p in list_proposals(pg, include_decided=True)] == ["rejected"]
+    with pytest.raises(ProposalError, match=f"no provisional proposal {prop.proposal_id}; `hoard db proposals --all`"):
+        reject(pg, prop.proposal_id)
+
+
 def test_decider_heuristics() -> None:
     """Presence and type stability decide columns; ISO strings become timestamptz; mixed ints and
     floats are numbers; unstable or rare fields stay in extra."""

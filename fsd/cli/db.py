@@ -215,7 +215,7 @@ def proposals(
 ) -> None:
     """SchemaDecider proposals: typed src_<source> tables for sources' specific fields."""
     # deferred: hoard starts without sql's modules
-    from sql.schema_decider import ProposalError, accept as do_accept, list_proposals
+    from sql.schema_decider import accept as do_accept, list_proposals, reject as do_reject
 
     with connect(ctx) as conn:
         if accept is not None:
@@ -226,10 +226,7 @@ def proposals(
                       f"{n} rows filled from the metadata already ingested")
             return
         if reject is not None:
-            cur = conn.execute("UPDATE schema_proposal SET status = 'rejected', decided_at = now() "
-                               "WHERE proposal_id = %s AND status = 'provisional'", [reject])
-            if cur.rowcount == 0:
-                raise ProposalError(f"no provisional proposal {reject}; `hoard db proposals --all` lists them")
+            do_reject(conn, reject)
             out.print(f"proposal {reject} rejected; the fields stay in common_metadata.specific")
             return
         props = list_proposals(conn, include_decided=show_all)
