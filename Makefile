@@ -15,11 +15,12 @@ VENV := .venv
 HOARD := $(VENV)/bin/hoard
 STAMP := $(VENV)/.installed
 
-.PHONY: help demo test deps venv up down clean
+.PHONY: help demo test chaos deps venv up down clean
 
 help:
 	@echo "make demo   - install, start the embedded default and run the main job"
 	@echo "make test   - install, start services and run the tests (separate test DB)"
+	@echo "make chaos  - the long chaos suite: SEEDS=200 seeds from SEED0 (tests/chaos)"
 	@echo "make down   - stop the private PostgreSQL and Redis under ./var"
 	@echo "make clean  - stop services and remove ./var and .venv"
 
@@ -52,6 +53,15 @@ demo: up
 
 test: up
 	@$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+
+SEEDS ?= 200
+SEED0 ?= 0
+CHAOS_REPORT := var/chaos-report.jsonl
+chaos: up
+	@rm -f $(CHAOS_REPORT)
+	@CHAOS_SEEDS=$(SEEDS) CHAOS_SEED0=$(SEED0) CHAOS_REPORT=$(CURDIR)/$(CHAOS_REPORT) \
+	  $(VENV)/bin/python -m pytest -m chaos tests/chaos $(PYTEST_ARGS) || failed=1; \
+	  [ ! -s $(CHAOS_REPORT) ] || $(VENV)/bin/python -m tests.chaos.report $(CHAOS_REPORT); exit $${failed:-0}
 
 down:
 	@[ ! -x $(HOARD) ] || $(HOARD) services down

@@ -4,25 +4,67 @@ Declare expected records with `@pytest.mark.expect_log(r"regex", level="WARNING"
 declared record that never shows up fails the test too, so declarations stay honest —
 unless it is declared `optional=True` (a race decides whether it happens, e.g. a power cut).
 Records carrying a traceback (exc_info) count as unexpected unless declared.
+The processes a test starts (the CLI, the mount daemon, workers) are checked the same way:
+the plugin sets HOARD_LOG_JSON (fsd/base/logs.py) for the session, every `hoard` process appends
+its WARNING/ERROR records there, and a test owns the records written while it ran.
 Modelled on S3QL's tests/pytest_checklogs.py.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import re
+import tempfile
+from pathlib import Path
 
 import pytest
 
 _KEY = pytest.StashKey["_Collector"]()
 _HITS = pytest.StashKey[set]()
 _PASSED = pytest.StashKey[bool]()
+_ENV = "HOARD_LOG_JSON"  # fsd.base.logs.ENV (not imported: the plugin loads before the project)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if not os.environ.get(_ENV):
+        fd, path = tempfile.mkstemp(prefix="hoard-test-logs-", suffix=".jsonl")
+        os.close(fd)
+        os.environ[_ENV] = path
+
+
+class _Subprocesses:
+    """Reads the records other processes appended to HOARD_LOG_JSON since the last look."""
+
+    def __init__(self) -> None:
+        self.path = Path(os.environ[_ENV])
+        self.offset = self.path.stat().st_size if self.path.exists() else 0
+
+    def records(self) -> list[logging.LogRecord]:
+        try:
+            with open(self.path, "rb") as f:
+                f.seek(self.offset)
+                data = f.read()
+        except FileNotFoundError:
+            return []
+        data = data[: data.rfind(b"\n") + 1]  # a line being written is read next time
+        self.offset += len(data)
+        out = []
+        for line in data.splitlines():
+            r = json.loads(line)
+            out.append(logging.makeLogRecord({
+                "name": f"{r['logger']} (pid {r['pid']})", "levelname": r["level"],
+                "levelno": logging.getLevelName(r["level"]),
+                "msg": r["message"] + (" [with a traceback]" if r["traceback"] else "")}))
+        return out
 
 
 class _Collector(logging.Handler):
     def __init__(self) -> None:
         super().__init__(level=logging.WARNING)
         self.records: list[logging.LogRecord] = []
+        self.subprocesses: _Subprocesses | None = None
 
     def emit(self, record: logging.LogRecord) -> None:
         self.records.append(record)
@@ -31,6 +73,7 @@ class _Collector(logging.Handler):
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_setup(item: pytest.Item):
     collector = _Collector()
+    collector.subprocesses = _Subprocesses()
     item.stash[_KEY] = collector
     item.stash[_HITS] = set()
     logging.getLogger().addHandler(collector)
@@ -62,6 +105,8 @@ def _evaluate(item: pytest.Item, final: bool = False) -> None:
     optional = {i for i, m in enumerate(all_marks) if m.kwargs.get("optional")}
     hits = item.stash[_HITS]
     bad = []
+    if collector.subprocesses is not None:
+        collector.records += collector.subprocesses.records()
     for rec in collector.records:
         msg = rec.getMessage()
         matched = [i for i, (pat, level) in enumerate(marks)

@@ -98,12 +98,23 @@ def hoard_home(tmp_path: Path, servers) -> Path:
     return tmp_path
 
 
-def _lab_unavailable(e: lab_mod.LabUnavailable):
-    msg = f"DISK LAB UNAVAILABLE: {e}"
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """`@pytest.mark.needs(available, reason)`: skipped loudly here, a failure in CI."""
+    for mark in item.iter_markers("needs"):
+        available, reason = mark.args
+        if not available:
+            _missing(reason)
+
+
+def _missing(msg: str) -> None:
     if os.environ.get("CI"):
-        pytest.fail(msg + " (CI must run the lab tests)", pytrace=False)
+        pytest.fail(msg + " (CI must run these tests)", pytrace=False)
     print(f"\n*** {msg} ***", file=sys.stderr)
     pytest.skip(msg)
+
+
+def _lab_unavailable(e: lab_mod.LabUnavailable):
+    _missing(f"DISK LAB UNAVAILABLE: {e}")
 
 
 def _lab_or_skip(profiles, **options) -> lab_mod.Lab:

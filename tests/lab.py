@@ -211,6 +211,12 @@ class Lab:
         """The disk drops off: lazy unmount, an empty directory stays behind."""
         _sh("umount", "-l", str(self.disks[label].mountpoint))
 
+    def reappear(self, label: str) -> None:
+        """A vanished disk comes back: its device is mounted again where it was."""
+        d = self.disks[label]
+        if not os.path.ismount(d.mountpoint):
+            _sh("mount", "-o", "noatime", d.device, str(d.mountpoint))
+
     # -- power cuts -----------------------------------------------------------------
     @contextlib.contextmanager
     def paused(self, *pids: int, timeout: float = 5.0) -> Iterator[None]:

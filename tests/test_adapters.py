@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
@@ -16,7 +15,7 @@ from fsd.base.config import SOURCE_FORMATS
 from sql.intents import parse_intent
 
 REALDATA = Path(__file__).resolve().parents[2] / "shared" / "realdata"
-needs_realdata = pytest.mark.skipif(not REALDATA.is_dir(), reason=f"no real samples at {REALDATA}")
+needs_realdata = pytest.mark.needs(REALDATA.is_dir(), f"REAL SAMPLES MISSING at {REALDATA}")
 
 
 def _batch(tmp_path: Path, files: dict[str, Path | bytes]) -> Path:
@@ -179,13 +178,6 @@ def test_unknown_source_lists_known(tmp_path: Path) -> None:
     assert adapter_for("forum", {"forum": "csv_manifest"}).format == "csv_manifest"
     with pytest.raises(Exception, match="known: .*gallery_dl"):
         adapter_for("forum", {})
-
-
-def test_realdata_location_note() -> None:
-    """The real samples are optional: this checkout either has them or skips those tests loudly."""
-    if not REALDATA.is_dir():
-        pytest.skip(f"REAL SAMPLES MISSING at {REALDATA}: realdata tests skipped")
-    assert shutil.which("true")
 
 
 def test_duplicate_video_in_one_batch(tmp_path: Path) -> None:

@@ -46,3 +46,30 @@ def test_traceback():
     assert "unexpected log records" in out and "disk hdd9 is on fire" in out
     assert "declared log records never appeared: ['never said']" in out
     assert "ERROR x: boom" in out
+
+
+def test_records_of_started_processes_count(pytester, monkeypatch) -> None:
+    """A warning logged by a `hoard` process the test starts fails the test unless declared
+    (the plugin points HOARD_LOG_JSON at its own file; fsd.base.logs writes there)."""
+    repo = Path(__file__).resolve().parent.parent
+    monkeypatch.setenv("PYTHONPATH", str(repo))
+    monkeypatch.delenv("HOARD_LOG_JSON")  # the inner session gets a file of its own
+    res = _run(pytester, f"""
+import subprocess, sys, pytest
+
+CHILD = ("import logging, sys; from fsd.base import logs; logs.setup(logging.WARNING); "
+         "logging.getLogger('fsd.store').warning('disk %s: write error', sys.argv[1])")
+
+def run(label):
+    subprocess.run([sys.executable, "-c", CHILD, label], check=True, cwd={str(repo)!r})
+
+def test_child_loud():
+    run("hdd7")
+
+@pytest.mark.expect_log(r"disk hdd8: write error", level="WARNING")
+def test_child_declared():
+    run("hdd8")
+""")
+    res.assert_outcomes(passed=1, failed=1)
+    out = res.stdout.str()
+    assert "WARNING fsd.store (pid " in out and "disk hdd7: write error" in out

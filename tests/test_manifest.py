@@ -203,7 +203,7 @@ def test_design_doc_worked_example_decodes(store_factory, tmp_path: Path) -> Non
     assert set(built["objects"]) == set(shas)
 
 
-@pytest.mark.skipif(not os.path.exists("/dev/fuse"), reason="MOUNT TESTS SKIPPED: no /dev/fuse")
+@pytest.mark.needs(os.path.exists("/dev/fuse"), "MOUNT TESTS SKIPPED: no /dev/fuse")
 def test_ten_million_entry_view(tmp_path: Path) -> None:
     """A view of 10,000,000 entries (10,000 directories of 1,000) is defined through the
     streaming path in bounded memory, read a directory at a time, and listed through the

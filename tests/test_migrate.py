@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 
 import psycopg
 import pytest
@@ -37,15 +38,39 @@ def test_upgrade_keeps_data(pg: psycopg.Connection) -> None:
     pg.execute("INSERT INTO action_batch (batch_id, action_id) VALUES ('b1', 0)")
 
 
+def _described_columns() -> set[tuple[str, str]]:
+    """(table, column) of every column whose definition in a migration carries a `--` comment:
+    the migrations promise those are mirrored with COMMENT ON."""
+    described, table = set(), None
+    for m in available():
+        for line in m.path.read_text().splitlines():
+            if start := re.match(r"CREATE TABLE (?:IF NOT EXISTS )?(\w+)", line):
+                table = start.group(1)
+            elif table and line.startswith(")"):
+                table = None
+            elif table and (col := re.match(r"\s+([a-z_][a-z0-9_]*)\s+\S.*--", line)):
+                if col.group(1) not in {"primary", "unique", "check", "foreign", "constraint"}:
+                    described.add((table, col.group(1)))
+    return described
+
+
 def test_every_table_and_column_is_commented(pg: psycopg.Connection) -> None:
-    """COMMENT ON mirrors the schema's comments: every table has one, and so do the columns
-    whose meaning is not obvious from the name (checked: none of ours lack a table comment)."""
+    """COMMENT ON mirrors the schema's comments: every table has one, and so does every column
+    the migrations describe with a `--` comment (the columns a reader of psql's \\d+ needs)."""
     migrate(pg)
-    missing = pg.execute("""
+    tables = pg.execute("""
         SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
         WHERE n.nspname = current_schema() AND c.relkind = 'r' AND c.relname <> 'schema_version'
           AND obj_description(c.oid, 'pg_class') IS NULL""").fetchall()
-    assert missing == []
+    assert tables == []
+    commented = set(pg.execute("""
+        SELECT c.relname, a.attname FROM pg_attribute a
+        JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+        WHERE n.nspname = current_schema() AND c.relkind = 'r' AND a.attnum > 0 AND NOT a.attisdropped
+          AND col_description(c.oid, a.attnum) IS NOT NULL""").fetchall())
+    described = _described_columns()
+    assert len(described) >= 15, "the migration parser found too few described columns"
+    assert sorted(described - commented) == []
 
 
 def test_sealed_batch_refuses_members(pg: psycopg.Connection) -> None:

@@ -22,7 +22,7 @@ from tests.test_ingest import ingest_all, ingest_home
 
 SPEC = Spec(seed=21, batches=3, items_per_batch=40, large_max_mb=12, large_fraction=0.05, ready_signal=True)
 
-pytestmark = pytest.mark.skipif(not os.path.exists("/dev/fuse"), reason="MOUNT TESTS SKIPPED: no /dev/fuse")
+pytestmark = pytest.mark.needs(os.path.exists("/dev/fuse"), "MOUNT TESTS SKIPPED: no /dev/fuse")
 
 
 @contextmanager

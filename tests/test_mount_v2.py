@@ -22,7 +22,7 @@ from fsd.views import define_view
 from tests.conftest import dir_disks_config, make_files, write_config
 from tests.test_mount import mounted
 
-pytestmark = pytest.mark.skipif(not os.path.exists("/dev/fuse"), reason="MOUNT TESTS SKIPPED: no /dev/fuse")
+pytestmark = pytest.mark.needs(os.path.exists("/dev/fuse"), "MOUNT TESTS SKIPPED: no /dev/fuse")
 
 
 def _hoard(cfg_path: Path, *args: str) -> subprocess.CompletedProcess:

@@ -18,7 +18,7 @@ from sql.migrate import migrate
 from sql.pgbackrest import BackRest
 from tests.conftest import dir_disks_config, make_files
 
-pytestmark = pytest.mark.skipif(shutil.which("pgbackrest") is None, reason="PGBACKREST MISSING: `make deps` installs it")
+pytestmark = pytest.mark.needs(shutil.which("pgbackrest") is not None, "PGBACKREST MISSING: `make deps` installs it")
 
 
 @pytest.fixture

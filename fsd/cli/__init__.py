@@ -22,6 +22,7 @@ from rich.table import Table
 from typer.core import TyperOption
 
 from fsd.base import config as config_mod
+from fsd.base import logs
 from fsd.base.config import ZONES, embedded_config_text
 from fsd.base.errors import ExitCode, HoardError
 from fsd.cli import db as _db
@@ -79,8 +80,7 @@ def _root(
     version: Annotated[bool, typer.Option("--version", is_eager=True, callback=lambda v: _print_version(v),
                                           help="print the version and exit")] = False,
 ) -> None:
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.setup(logging.DEBUG if verbose else logging.WARNING)
     state(ctx).config_path = config
 
 

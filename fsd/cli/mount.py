@@ -13,6 +13,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from fsd.base import logs
 from fsd.base.errors import ExitCode, HoardError
 from fsd.base.paths import display
 from fsd.cli._common import out, open_input, state
@@ -34,8 +35,7 @@ def mount(
     """Mount the store read-only: by-hash/, batches/, sources/, views/, .hoard/health, inbox → 3A."""
     cfg = state(ctx).settings
     if foreground:
-        logging.basicConfig(level=logging.DEBUG if debug else logging.INFO, force=True,  # the CLI set WARNING
-                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        logs.setup(logging.DEBUG if debug else logging.INFO, force=True)  # the CLI set WARNING
         run_mount(cfg, mountpoint, debug, nonempty=nonempty)
         return
     mountpoint = check_mountpoint(mountpoint, nonempty)  # refused here, before a daemon is started

@@ -1,0 +1,370 @@
+"""The chaos harness: a seeded scheduler runs store workloads through the real `hoard` CLI on
+lab disks, injects one fault at a random point of each step, heals what the fault broke the
+way an operator would, and checks global invariants after every step.
+
+The fault budget is what two copies protect against: at most one disk-level fault is
+unhealed at any time (the heal runs before the next step). Within that budget nothing
+acknowledged may be lost:
+
+- every object ever acknowledged (a line `hoard put` printed) reads back with its sha256;
+- `hoard check` finds the index, the shards on the disks and the database in agreement;
+- `hoard health` names an injected disk fault (the disk's label) until it is healed, and
+  names no store or disk problem once everything is healed.
+
+A step's plan (workload, fault, victim, timing) comes from the seed alone, so a failing seed
+replays with the command `World.replay_hint` prints; the kill instants are wall-clock, so a
+replay hits the same step at nearly, not exactly, the same point.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tests.lab import DiskProfile, Lab
+
+REPO = Path(__file__).resolve().parents[2]
+
+#: four small, fast lab disks in use and two spares that replace dead ones (throttling is not
+#: the point here: faults are)
+ACTIVE = tuple(DiskProfile(f"c{i}", 400, 200, 200, 5000) for i in (1, 2, 3, 4))
+SPARES = tuple(DiskProfile(f"s{i}", 400, 200, 200, 5000) for i in (1, 2))
+
+#: a command running this long (the lab is fast and a step's data small) is hung
+HUNG_S = 120
+
+WORKLOADS = ("put", "put", "put", "replicate", "verify", "views_gc", "index_rebuild", "get")
+#: faults during a step: none, kill -9 of the CLI, a disk vanishing (and coming back), a
+#: disk dying (EIO; replaced by a spare), a flipped byte in one replica before the step
+FAULTS = ("none", "kill9", "kill9", "vanish", "eio", "flip")
+
+
+class InvariantViolation(AssertionError):
+    pass
+
+
+@dataclass
+class Step:
+    n: int
+    workload: str
+    fault: str
+    victim: str | None  # a disk label for vanish/eio/flip
+    at: float  # the fault's instant, as a fraction of the step's expected duration
+    seed: int  # for the workload's own choices
+
+    def __str__(self) -> str:
+        where = f" on {self.victim}" if self.victim else ""
+        return f"step {self.n}: {self.workload} with {self.fault}{where} at {self.at:.2f}"
+
+
+@dataclass
+class World:
+    lab: Lab
+    home: Path
+    seed: int
+    cfg_path: Path = field(init=False)
+    acked: dict[str, int] = field(default_factory=dict)  # sha256 → size, every acknowledged object
+    disks: list[str] = field(default_factory=lambda: [p.label for p in ACTIVE])  # in the store now
+    spares: list[str] = field(default_factory=lambda: [p.label for p in SPARES])
+    views: list[str] = field(default_factory=list)
+    log: list[str] = field(default_factory=list)
+    faults: dict[str, int] = field(default_factory=dict)  # "kill9 during put" → how often
+    took: dict[str, float] = field(default_factory=dict)  # workload → seconds, last undisturbed run
+    boot_s: float = 0.0
+    _files: int = 0
+
+    def __post_init__(self) -> None:
+        self.cfg_path = self.home / "hoard.toml"
+
+    # -- the CLI ------------------------------------------------------------------
+    def _cmd(self, *args: str) -> list[str]:
+        return [sys.executable, "-m", "fsd", "--config", str(self.cfg_path), *args]
+
+    def hoard(self, *args: str, timeout: float = 300, ok: tuple[int, ...] | None = (0,)) -> subprocess.CompletedProcess:
+        res = subprocess.run(self._cmd(*args), cwd=self.home, capture_output=True, text=True, timeout=timeout,
+                             stdin=subprocess.DEVNULL, env=_env())
+        self.log.append(f"hoard {' '.join(args)} → {res.returncode}")
+        if "Traceback" in res.stderr:
+            raise InvariantViolation(f"`hoard {' '.join(args)}` printed a traceback:\n{res.stderr[-3000:]}")
+        if ok is not None and res.returncode not in ok:
+            raise InvariantViolation(f"`hoard {' '.join(args)}` exit {res.returncode}:\n{res.stderr[-3000:]}")
+        return res
+
+    def start(self, *args: str) -> subprocess.Popen:
+        """Started in its own session (a kill takes its children too); its output goes to files,
+        so a long output cannot block it on a full pipe: `finish` reads them."""
+        self.log.append(f"hoard {' '.join(args)} (started)")
+        with open(self.home / "out.txt", "w") as out, open(self.home / "err.txt", "w") as err:
+            return subprocess.Popen(self._cmd(*args), cwd=self.home, stdout=out, stderr=err,
+                                    stdin=subprocess.DEVNULL, env=_env(), start_new_session=True)
+
+    def finish(self, proc: subprocess.Popen) -> tuple[str, str]:
+        proc.wait()
+        return (self.home / "out.txt").read_text(errors="replace"), (self.home / "err.txt").read_text(errors="replace")
+
+    # -- setup --------------------------------------------------------------------
+    def init(self, database_url: str, redis_url: str) -> None:
+        lines = [f"database_url = {json.dumps(database_url)}", f"redis_url = {json.dumps(redis_url)}", "",
+                 "[store]", "shard_size_mb = 1", "copy_of_raw = 3", "copy_of_generated = 2", "write_ack = 2",
+                 "allow_directory_disks = false"]
+        for label in self.disks:
+            lines += ["", "[[disks]]", f'label = "{label}"', f'path = "{self.lab.disks[label].mountpoint}"']
+        lines += ["", "[ssd]", f'root = "{self.home / "ssd"}"']
+        for z in ("3A", "3B", "3C", "3D"):
+            lines += [f"[ssd.zones.{z}]", "quota_gb = 1"]
+        self.cfg_path.write_text("\n".join(lines) + "\n")
+        self.hoard("init")
+        self.hoard("db", "migrate")
+        t0 = time.monotonic()
+        self.hoard("disks", "list", "--json")
+        self.boot_s = time.monotonic() - t0  # a command's start-up: faults land after it
+
+    # -- the plan -----------------------------------------------------------------
+    def plan(self, steps: int) -> list[Step]:
+        rng = random.Random(self.seed)
+        out = []
+        for n in range(1, steps + 1):
+            workload = rng.choice(WORKLOADS) if n > 1 else "put"  # something to lose first
+            fault = rng.choice(FAULTS)
+            out.append(Step(n, workload, fault, None, rng.random(), rng.randrange(1 << 30)))
+        return out
+
+    def replay_hint(self) -> str:
+        return f"make chaos SEEDS=1 SEED0={self.seed}   (or: CHAOS_SEED={self.seed} pytest -m chaos tests/chaos)"
+
+    # -- running a step -----------------------------------------------------------
+    def run(self, step: Step) -> None:
+        rng = random.Random(step.seed)
+        if step.fault in ("vanish", "eio", "flip"):
+            step.victim = rng.choice(self.disks)
+            if step.fault == "eio" and not self.spares:
+                step.fault, step.victim = "vanish", step.victim  # no spare left to replace a dead disk
+        if step.fault == "flip":
+            self.flip_byte(step.victim, rng)
+        args, expected_s = self.workload_args(step.workload, rng)
+        if args is None:
+            return
+        expected_s = self.took.get(step.workload, expected_s)
+        proc = self.start(*args)
+        injected = False
+        t_fault = self.boot_s + step.at * max(0.1, expected_s - self.boot_s)
+        t0 = time.monotonic()
+        while proc.poll() is None:
+            if not injected and time.monotonic() - t0 >= t_fault and step.fault in ("kill9", "vanish", "eio"):
+                injected = True
+                if step.fault == "kill9":
+                    os.killpg(proc.pid, signal.SIGKILL)
+                elif step.fault == "vanish":
+                    self.lab.vanish(step.victim)
+                else:
+                    self.lab.fail_eio(step.victim)
+            if time.monotonic() - t0 > HUNG_S:
+                stack = _stack(proc.pid)
+                os.killpg(proc.pid, signal.SIGKILL)
+                _, stderr = self.finish(proc)
+                raise InvariantViolation(f"{step}: `hoard {' '.join(args)}` hung for {HUNG_S} s; stderr:\n"
+                                         f"{stderr[-2000:]}\n{stack}")
+            time.sleep(0.005)
+        stdout, stderr = self.finish(proc)
+        if step.fault in ("none", "flip"):  # how long it takes undisturbed: where later faults land
+            self.took[step.workload] = time.monotonic() - t0
+        self.log.append(f"  → exit {proc.returncode} after {time.monotonic() - t0:.2f} s")
+        if "Traceback" in stderr:
+            raise InvariantViolation(f"{step}: `hoard {' '.join(args)}` printed a traceback:\n{stderr[-3000:]}")
+        self.collect_acks(step.workload, stdout)
+        if step.fault in ("vanish", "eio") and not injected:  # the command was faster than the fault
+            self.lab.vanish(step.victim) if step.fault == "vanish" else self.lab.fail_eio(step.victim)
+        when = "during" if injected or step.fault == "flip" else "after"
+        key = f"{step.fault} {when} {step.workload}" if step.fault != "none" else f"no fault, {step.workload}"
+        self.faults[key] = self.faults.get(key, 0) + 1
+        if step.fault in ("vanish", "eio"):
+            self.health_names(step.victim, step)
+        clean = proc.returncode in (0,) or (step.fault == "none" and step.workload == "get")
+        if not clean and step.fault == "none":
+            raise InvariantViolation(f"{step}: `hoard {' '.join(args)}` exit {proc.returncode} with no fault:\n"
+                                     f"{stderr[-3000:]}")
+        self.heal(step)
+        if step.fault != "none" and step.workload != "get":  # the interrupted command, re-run, completes
+            res = self.hoard(*args, ok=None)
+            self.collect_acks(step.workload, res.stdout)
+            if res.returncode != 0:
+                raise InvariantViolation(f"{step}: re-run `hoard {' '.join(args)}` exit {res.returncode}:\n"
+                                         f"{res.stderr[-3000:]}")
+
+    def workload_args(self, workload: str, rng: random.Random) -> tuple[list[str] | None, float]:
+        """The command line of a workload and its expected duration in seconds."""
+        if workload == "put":
+            listing = self.make_batch(rng)
+            return ["put", "--json", "--manifest", str(listing)], 3.0
+        if workload == "replicate":
+            return ["replicate"], 3.0
+        if workload == "verify":
+            return ["verify", "--sha256", "--repair"], 3.0
+        if workload == "index_rebuild":
+            return ["index", "rebuild"], 2.0
+        if workload == "get":
+            if not self.acked:
+                return None, 0
+            sha = rng.choice(sorted(self.acked))
+            return ["get", sha, "-o", str(self.home / "got.bin")], 1.0
+        if workload == "views_gc":
+            if not self.acked:
+                return None, 0
+            self.define_view(rng)
+            return ["gc", "--threshold", "0.95", "--wait", "30"], 3.0
+        raise ValueError(workload)
+
+    def make_batch(self, rng: random.Random) -> Path:
+        """A batch of new files: mostly small, a few duplicates of acknowledged content, now and
+        then one of several MiB (a large object is streamed in pieces)."""
+        self._files += 1
+        root = self.home / "in" / f"b{self._files}"
+        root.mkdir(parents=True)
+        paths = []
+        for i in range(rng.randint(50, 400)):
+            size = rng.choice((rng.randint(0, 4096), rng.randint(4096, 65536), rng.randint(65536, 300_000)))
+            data = rng.randbytes(size)
+            p = root / f"f{i:04d}.bin"
+            p.write_bytes(data)
+            paths.append(p)
+        if self.acked and rng.random() < 0.5:  # content the store already has, under a new name
+            for j, p in enumerate(sorted(self.home.glob("in/*/*.bin"))[: rng.randint(1, 20)]):
+                dup = root / f"dup{j:03d}.bin"
+                dup.write_bytes(p.read_bytes())
+                paths.append(dup)
+        if rng.random() < 0.2:
+            big = root / "large.bin"
+            with open(big, "wb") as f:
+                for _ in range(rng.randint(3, 10)):
+                    f.write(rng.randbytes(1 << 20))
+            paths.append(big)
+        listing = root.parent / f"b{self._files}.list"
+        listing.write_text("\n".join(map(str, paths)) + "\n")
+        return listing
+
+    def collect_acks(self, workload: str, stdout: str) -> None:
+        if workload != "put":
+            return
+        for line in stdout.splitlines():
+            try:
+                r = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # the last line of a killed put may be cut short: not acknowledged
+            if r.get("status") in ("new", "existing"):
+                self.acked[r["sha256"]] = r["size"]
+
+    def define_view(self, rng: random.Random) -> None:
+        """A new view over some acknowledged objects; the previous one is removed, so its
+        manifest objects become garbage for gc to compact away."""
+        name = f"v{len(self.views) + 1}"
+        shas = rng.sample(sorted(self.acked), min(len(self.acked), rng.randint(1, 50)))
+        manifest = self.home / f"{name}.list"
+        manifest.write_text("".join(f"{sha}  d{i % 7}/o{i}.bin\n" for i, sha in enumerate(shas)))
+        self.hoard("view", "add", name, str(manifest))
+        if self.views:
+            self.hoard("view", "rm", self.views[-1])
+        self.views.append(name)
+
+    # -- faults and healing ---------------------------------------------------------
+    def flip_byte(self, label: str, rng: random.Random) -> None:
+        shards = sorted(self.lab.disks[label].mountpoint.glob("shards/*/*.shard"))
+        if not shards:
+            return
+        victim = rng.choice(shards)
+        size = victim.stat().st_size
+        off = rng.randrange(64, size) if size > 64 else 0
+        with open(victim, "r+b") as f:
+            f.seek(off)
+            b = f.read(1)
+            f.seek(off)
+            f.write(bytes([b[0] ^ (1 << rng.randrange(8))]))
+        self.log.append(f"  flipped a bit of {victim.name} at {off} on {label}")
+
+    def health_names(self, label: str, step: Step) -> None:
+        res = self.hoard("health", "--json", ok=(0, 4))
+        problems = json.loads(res.stdout)["problems"]
+        if res.returncode != 4 or not any(label in p for p in problems):
+            raise InvariantViolation(f"{step}: `hoard health` does not name disk {label}: {problems}")
+
+    def heal(self, step: Step) -> None:
+        if step.fault == "vanish":
+            self.lab.reappear(step.victim)
+            state = self.disk_state(step.victim)
+            if state != "active":
+                self.hoard("disks", "activate", step.victim)
+        elif step.fault == "eio":
+            spare = self.spares.pop(0)
+            self.hoard("disks", "add", str(self.lab.disks[spare].mountpoint), "--label", spare)
+            self.hoard("disks", "replace", step.victim, spare, "--yes", timeout=600)
+            self.hoard("disks", "forget", step.victim)
+            self.drop_disk_table(step.victim)  # what `disks forget` tells the operator to do
+            self.disks = [spare if d == step.victim else d for d in self.disks]
+        elif step.fault == "flip":
+            self.hoard("verify", "--sha256", "--repair", ok=(0, 5))
+
+    def drop_disk_table(self, label: str) -> None:
+        """Remove the [[disks]] table of `label` from hoard.toml (up to the next table)."""
+        out, table, dropped = [], [], False
+        for line in self.cfg_path.read_text().splitlines() + ["[end]"]:
+            if line.startswith("[") and table:
+                if f'label = "{label}"' in table:
+                    dropped = True
+                else:
+                    out += table
+                table = []
+            (table if line == "[[disks]]" or table else out).append(line)
+        assert dropped, f"no [[disks]] table for {label} in {self.cfg_path}"
+        self.cfg_path.write_text("\n".join(out[:-1]) + "\n")
+
+    def disk_state(self, label: str) -> str:
+        res = self.hoard("disks", "list", "--json")
+        return next(d["state"] for d in json.loads(res.stdout)["disks"] if d["label"] == label)
+
+    # -- invariants -----------------------------------------------------------------
+    def check_invariants(self, step: Step) -> None:
+        from fsd.base import config
+        from fsd.store import Store
+
+        self.hoard("replicate")  # the store may lag its replica target after a fault; not a loss
+        with Store.open(config.load(self.cfg_path), writable=False) as store:
+            lost = []
+            for sha, size in sorted(self.acked.items()):
+                try:
+                    data = store.get(sha)
+                except Exception as e:  # noqa: BLE001 - any failure to read it back is a loss
+                    lost.append(f"{sha}: {type(e).__name__}: {e}")
+                    continue
+                if len(data) != size or hashlib.sha256(data).hexdigest() != sha:
+                    lost.append(f"{sha}: read back {len(data)} bytes with another sha256")
+            if lost:
+                raise InvariantViolation(f"after {step}: {len(lost)} of {len(self.acked)} acknowledged objects "
+                                         "do not read back:\n  " + "\n  ".join(lost[:20]))
+        check = self.hoard("check", "--json", ok=None)
+        if check.returncode != 0:
+            raise InvariantViolation(f"after {step}: `hoard check` exit {check.returncode}:\n"
+                                     f"{check.stdout[-3000:]}{check.stderr[-2000:]}")
+        res = self.hoard("health", "--json", ok=(0, 4))
+        problems = [p for p in json.loads(res.stdout)["problems"] if p.startswith(("store:", "disk "))]
+        if problems:
+            raise InvariantViolation(f"after {step} and its heal: `hoard health` still reports {problems}")
+
+
+def _env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("HOARD_CONFIG", "HOARD_DATABASE_URL", "HOARD_REDIS_URL")}
+    return env | {"COLUMNS": "200", "PYTHONPATH": str(REPO)}
+
+
+def _stack(pid: int) -> str:
+    """The Python stacks of a hung process (py-spy, a dev dependency), for the failure message."""
+    spy = Path(sys.executable).with_name("py-spy")
+    if not spy.exists():
+        return "(no py-spy to show where it hangs)"
+    return subprocess.run([str(spy), "dump", "--pid", str(pid)], capture_output=True, text=True).stdout[-6000:]

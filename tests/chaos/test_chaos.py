@@ -1,0 +1,57 @@
+"""Randomised faults with global invariants (tests/chaos/harness.py says what is checked).
+
+Short form (in `make test`, so in CI): CHAOS_SEEDS seeds (default 3) of CHAOS_STEPS steps.
+Long form: `make chaos SEEDS=200` (seeds SEED0 … SEED0+SEEDS-1). One seed: CHAOS_SEED=N.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from tests.chaos.harness import ACTIVE, SPARES, InvariantViolation, World
+from tests.conftest import fresh_schema
+
+pytestmark = [pytest.mark.lab, pytest.mark.chaos]
+
+
+def _seeds() -> list[int]:
+    if os.environ.get("CHAOS_SEED"):
+        return [int(os.environ["CHAOS_SEED"])]
+    first = int(os.environ.get("CHAOS_SEED0", "0"))
+    return list(range(first, first + int(os.environ.get("CHAOS_SEEDS", "3"))))
+
+
+@pytest.mark.timeout(1800)
+# faults make the commands warn (disk errors, set-aside replicas, …) by design: the invariants,
+# not the absence of warnings, are what a chaos run checks
+@pytest.mark.expect_log(r".", optional=True)
+@pytest.mark.parametrize("seed", _seeds())
+def test_chaos(seed: int, lab_factory, servers, tmp_path: Path) -> None:
+    """One seed: a planned run of workloads with faults; every invariant holds after every step."""
+    lab = lab_factory(ACTIVE + SPARES, throttle=False)
+    steps = int(os.environ.get("CHAOS_STEPS", "6"))
+    with fresh_schema(servers["database_url"]) as conn:
+        schema = conn.execute("SELECT current_schema()").fetchone()[0]
+        world = World(lab, tmp_path, seed)
+        world.init(psycopg.conninfo.make_conninfo(servers["database_url"], options=f"-c search_path={schema}"),
+                   servers["redis_url"])
+        done = []
+        for step in world.plan(steps):
+            try:
+                world.run(step)
+                world.check_invariants(step)
+            except InvariantViolation as e:
+                history = "\n".join(done + [f"{step}  ← failed"])
+                pytest.fail(f"chaos seed {seed}: {e}\n\nsteps:\n{history}\n\ncommands:\n" + "\n".join(world.log[-40:])
+                            + f"\n\nreplay: {world.replay_hint()}", pytrace=False)
+            done.append(str(step))
+        assert world.acked, "the run acknowledged nothing: it tested nothing"
+        if os.environ.get("CHAOS_REPORT"):  # the long form's tally (make chaos)
+            with open(os.environ["CHAOS_REPORT"], "a") as f:
+                f.write(json.dumps({"seed": seed, "steps": steps, "acked": len(world.acked),
+                                    "faults": world.faults}) + "\n")
