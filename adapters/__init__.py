@@ -4,9 +4,9 @@
     adapter = adapter_for("forum", cfg.sources)     # a source name → its format's adapter
     parsed, view = parse_batch(batch_dir, adapter)  # records, rejects (with reasons), claimed files
 
-Adding a source format = one module with an `Adapter` subclass + a line in `FORMATS`
-(docs/adapters.md). Adapters never touch SQL or the store; `adapters.intent` turns records
-and the store's digests into a write-intent.
+Adding a source format = one module with an `Adapter` subclass + a line in `FORMATS` and its
+name in `fsd.base.config.SOURCE_FORMATS` (docs/adapters.md). Adapters never touch SQL or the
+store; `adapters.intent` turns records and the store's digests into a write-intent.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from adapters.manifest import CsvManifest
 from adapters.screen import display, quarantine, screen
 from adapters.sidecars import GalleryDl, Sidecar, YtDlp
 from adapters.social import Mastodon, Reddit, Twitter
-from fsd.errors import ExitCode, HoardError
+from fsd.base.errors import ExitCode, HoardError
 
 __all__ = ["ALIASES", "FORMATS", "Adapter", "Asset", "BatchView", "File", "Parsed", "Record", "Reject", "UnknownSource",
            "adapter_for", "canonical_source", "display", "known_sources", "parse_batch", "quarantine", "screen"]

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, ClassVar
 
-from fsd.paths import MAX_PATH_BYTES, hostile_reason
+from fsd.base.paths import MAX_PATH_BYTES, hostile_reason
 
 __all__ = ["MAX_PATH_BYTES", "hostile_reason"]  # re-exported: adapters check names with these
 

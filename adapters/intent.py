@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from adapters.base import File, Node, Record
-from fsd.store import file_ext
+from fsd.base.paths import file_ext
 from sql.intents import virtual_sha256
 
 #: relationships the built-in adapters use beyond the ones migration 001 registers

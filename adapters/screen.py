@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from adapters.base import SIGNAL_FILES, BatchView, Reject, hostile_reason
-from fsd.paths import display
+from fsd.base.paths import display
 
 QUARANTINE = "_quarantine"
 

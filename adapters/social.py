@@ -13,6 +13,8 @@ the metadata), so a later batch that brings the file links up.
 
 from __future__ import annotations
 
+import re
+from html import unescape
 from typing import Any
 
 from adapters.base import (Adapter, Asset, BadDocument, BatchView, File, Parsed, Record, match_media,
@@ -188,7 +190,4 @@ class Mastodon(_ApiDump):
 
 
 def _strip_html(html: str) -> str:
-    import re
-    from html import unescape
-
     return unescape(re.sub(r"<[^>]+>", " ", html)).strip()

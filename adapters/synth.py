@@ -21,6 +21,7 @@ The same `Spec` gives the same bytes on every run (with the same Pillow version)
 from __future__ import annotations
 
 import csv
+import datetime as dt
 import hashlib
 import io
 import json
@@ -231,8 +232,6 @@ _TAGS = ["cat", "dog", "street", "night", "food", "sky", "car", "tree", "sea", "
 
 
 def _date(ts: int, sep: str = "") -> str:
-    import datetime as dt
-
     return dt.datetime.fromtimestamp(ts, dt.timezone.utc).strftime(f"%Y{sep}%m{sep}%d")
 
 

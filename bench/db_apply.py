@@ -21,8 +21,9 @@ from contextlib import contextmanager
 import psycopg
 from _common import REPO, report
 
-from fsd import config
-from sql.intents import WriteIntent, apply_write_intent, virtual_sha256
+from fsd.base import config
+from sql.apply import apply_write_intent
+from sql.intents import WriteIntent, virtual_sha256
 from sql.migrate import migrate
 from sql.selectors import query_nodes
 

@@ -67,7 +67,7 @@ def main() -> None:
             cfg_text = (work / "hoard.toml").read_text()
             cfg_text += f'\n[[disks]]\nlabel = "new"\npath = "{lab.disks["new"].mountpoint}"\n'
             extra.write_text(cfg_text)
-            from fsd import config
+            from fsd.base import config
             from fsd.store import Store
 
             store = Store.open(config.load(extra), init=True)

@@ -25,7 +25,7 @@ import psycopg
 from _common import LAB4, REPO, Lab, drop_caches, report, timed
 
 from adapters.synth import Spec, generate
-from fsd import config
+from fsd.base import config
 from fsd.store import Store
 from jobs import ingest as ua1
 

@@ -27,7 +27,10 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from fsd import shardfmt as fmt
+from fsd.disks import DiskState
+from fsd.index import ShardMeta
 from fsd.manifest import iter_files, named
+from fsd.orphans import shard_files
 
 if TYPE_CHECKING:
     from fsd.store import Store
@@ -57,9 +60,6 @@ class CheckReport:
 def check(store: Store, missing_in_db: Callable[[set[bytes]], tuple[list[bytes], int]] | None = None) -> CheckReport:
     """Reconcile index ↔ disks (↔ database: `missing_in_db(store_objects)` returns the physical
     nodes the store lacks and how many store objects the database does not know)."""
-    from fsd.disks import DiskState
-    from fsd.orphans import shard_files
-
     rep = CheckReport()
     t0 = time.monotonic()
     idx = store.index
@@ -113,8 +113,6 @@ def check(store: Store, missing_in_db: Callable[[set[bytes]], tuple[list[bytes],
             rep.add("record count", f"shard {meta.hex}: footer lists {len(recs)} records, the index says "
                                     f"{meta.records} and maps {pointing[meta.shard_id]} objects there")
     with idx.env.begin(db=idx.retired) as txn:  # gc's retired shards still hold files until deleted
-        from fsd.index import ShardMeta
-
         for k, v in txn.cursor():
             m = ShardMeta.from_json(bytes(k), bytes(v))
             for uuid in m.replicas:

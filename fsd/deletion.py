@@ -10,7 +10,8 @@
 
 from __future__ import annotations
 
-from fsd.errors import ExitCode, HoardError
+from fsd.base.errors import ExitCode, HoardError
+from fsd.manifest import iter_files, references
 
 
 def hide(store, shas: list[bytes], reason: str) -> int:
@@ -20,8 +21,6 @@ def hide(store, shas: list[bytes], reason: str) -> int:
 def referenced_elsewhere(store, skip_batch: str) -> set[bytes]:
     """sha256s named by every batch and view manifest except `skip_batch`'s (files and the
     manifests' own objects)."""
-    from fsd.manifest import references
-
     return references(store, skip=("batch", skip_batch))
 
 
@@ -31,7 +30,6 @@ def drop_batch(store, batch_id: str) -> tuple[int, int]:
     if info is None:
         raise HoardError(f"no ingested batch {batch_id!r} in the store; `ls <mount>/batches` lists them",
                          ExitCode.USAGE)
-    from fsd.manifest import iter_files
 
     mine = {sha for _path, sha, _size in iter_files(store.get, info["manifest"])}
     shared = mine & referenced_elsewhere(store, batch_id)

@@ -18,11 +18,15 @@ import contextlib
 import datetime as dt
 import enum
 import errno
+import hashlib
 import json
 import os
 import uuid as uuidlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+from fsd import shardfmt as fmt
+from fsd.base.files import atomic_write, fsync_dir
 
 IDENTITY = ".hoard-disk.json"
 #: one pread() asks for at most this much: Linux returns at most 0x7ffff000 bytes per call,
@@ -93,29 +97,6 @@ def write_identity(root: Path, label: str, name: str = IDENTITY) -> dict:
     return ident
 
 
-def atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.rename(tmp, path)
-    fsync_dir(path.parent)
-
-
-def atomic_copy(src: Path, dest: Path) -> None:
-    """Copy a file of any size (streamed) as `atomic_write` writes one: tmp → fsync → rename."""
-    import shutil
-
-    tmp = dest.with_name(f".{dest.name}.tmp")
-    with open(src, "rb") as fin, open(tmp, "wb") as fout:
-        shutil.copyfileobj(fin, fout, 8 << 20)
-        fout.flush()
-        os.fsync(fout.fileno())
-    os.rename(tmp, dest)
-    fsync_dir(dest.parent)
-
-
 def drop_cache(fd: int) -> None:
     """Drop a file's pages from the page cache (scrub, copies, hashing must not evict hot data)."""
     try:
@@ -129,10 +110,6 @@ def verify_shard_file(path: Path, sha256: bool = False) -> tuple[int, int]:
     """(size, records) of a sealed shard file, after checking its footer, every record's
     xxh3-128 (and sha256 when asked) and that the footer lists exactly the records found.
     Raises OSError or ShardFormatError; leaves nothing of the file in the page cache."""
-    import hashlib
-
-    from fsd import shardfmt as fmt
-
     fd = os.open(path, os.O_RDONLY)
     try:
         size = os.fstat(fd).st_size
@@ -171,14 +148,6 @@ def pread_full(fd: int, length: int, offset: int) -> bytes:
         parts.append(chunk)
         got += len(chunk)
     return b"".join(parts)
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def probe(root: Path, expected_uuid: str | None, allow_directory: bool) -> tuple[DiskState, str]:

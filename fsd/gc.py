@@ -23,16 +23,23 @@ next run finishes step 4 first. Nothing the index points at is ever deleted.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from fsd.base.errors import ExitCode, HoardError
 from fsd.disks import DiskGone
-from fsd.errors import ExitCode, HoardError
-from fsd.index import ObjectLoc, ShardMeta
-from fsd.store import STREAM_THRESHOLD, Store
+from fsd.index import _OBJ, ObjectLoc, ShardMeta
+from fsd.layout import pinned
+from fsd.manifest import references
+from fsd.placement import Need, human, simulate, space_report
+from fsd.records import STREAM_THRESHOLD
+from fsd.replicate import _replicate
+from fsd.store import Store
+from fsd.writer import ShardWriter
 
 log = logging.getLogger(__name__)
 
@@ -67,9 +74,6 @@ def referenced(store: Store, among: set[bytes], extra: Roots | None = None) -> s
     Reachability is computed here, at gc time, not from marks set earlier: a tombstone only
     says "someone asked to delete this"; an object is dropped only if it is tombstoned *and*
     unreferenced when gc swaps."""
-    from fsd.manifest import references
-    from fsd.store import pinned
-
     if not among:
         return set()
     refs = references(store, among)
@@ -167,8 +171,6 @@ def _reserve(store: Store, klass: str, live: int) -> Reservation:
     """Place the copies on paper first — the live bytes as new shards, each with the class's
     replica target on distinct disks, a shard of slack left on every disk — and reserve what
     each disk would take; refuse before anything is written when they do not fit."""
-    from fsd.placement import Need, human, simulate, space_report
-
     size, target, slack = store.shard_bytes, store.target(klass), store.shard_bytes
     needs = [Need(min(size, live - off), target, what=f"new {klass} shard {i + 1}")
              for i, off in enumerate(range(0, live, size))]
@@ -236,9 +238,6 @@ class Reservation:
 def _copy_live(store: Store, klass: str, items, dead: set[bytes],
                progress: Callable[[int], None] | None = None) -> dict[bytes, ObjectLoc]:
     """Append every live record of the candidates to new shards; return sha → new location."""
-    from fsd.replicate import _replicate
-    from fsd.writer import ShardWriter
-
     writer = ShardWriter(store, klass)
     writer.log_written = True
     moved: dict[bytes, ObjectLoc] = {}
@@ -318,16 +317,12 @@ def _swap(store: Store, items, moved: dict[bytes, ObjectLoc], referenced_now: se
 
 
 def _pack(loc: ObjectLoc) -> bytes:
-    from fsd.index import _OBJ
-
     return _OBJ.pack(loc.shard_id, loc.offset, loc.length, loc.flags)
 
 
 # -- 4. delete --------------------------------------------------------------------------------
 
 def _finish_retired(store: Store) -> tuple[int, int]:
-    import json
-
     idx = store.index
     with idx.env.begin(db=idx.retired) as txn:
         retired = [(bytes(k), json.loads(v)) for k, v in txn.cursor()]

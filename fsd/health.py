@@ -1,11 +1,13 @@
-"""`hoard health`: one JSON document with the state of every part (extended by each issue)."""
+"""The store's part of `hoard health`: the disks, the SSD zones, the store's status and the
+problems they show. `jobs.health` puts every part together."""
 
 from __future__ import annotations
 
 import os
 from typing import Any
 
-from fsd.config import ZONES, Settings
+from fsd.base.config import ZONES, Settings
+from fsd.store import Store
 
 GB = 1024**3
 
@@ -69,8 +71,6 @@ def _disk_next_step(state: str) -> str:
 
 def store_status(cfg: Settings) -> dict[str, Any]:
     """The store's view (disk states, objects, replication lag); never raises."""
-    from fsd.store import Store
-
     if not (cfg.index_dir / "data.mdb").exists():
         return {"ok": False, "error": f"no index at {cfg.index_dir}; run `hoard init`"}
     try:
@@ -108,29 +108,11 @@ def _space_problems(cfg: Settings, disks: list[dict[str, Any]]) -> list[str]:
     return out
 
 
-def collect(cfg: Settings) -> dict[str, Any]:
-    """Gather the status of disks, zones, PostgreSQL and Redis, and list the problems."""
-    from jobs.ingest import ingest_status
-    from jobs.queues import redis_status
-    from sql.health import database_status
-
-    assert cfg.database_url and cfg.redis_url
-    store = store_status(cfg)
-    report: dict[str, Any] = {
-        "config": str(cfg.source) if cfg.source else None,
-        "disks": store.pop("disks", None) or disk_status(cfg),
-        "store": store,
-        "zones": zone_status(cfg),
-        "database": database_status(cfg.database_url),
-        "redis": redis_status(cfg.redis_url),
-        "ingest": ingest_status(cfg),
-    }
+def store_problems(cfg: Settings, store: dict[str, Any], disks: list[dict[str, Any]],
+                   zones: dict[str, dict[str, Any]]) -> list[str]:
+    """The lines of `hoard health` about the store, the disks and the SSD zones, each naming
+    the next step (`store`: store_status; `disks`: its disks, else disk_status; `zones`: zone_status)."""
     problems: list[str] = []
-    for f in report["ingest"]["failed"]:
-        problems.append(f"ingest {f['batch_id']}: failed at {f['step']}: {f['error']}; after fixing it, "
-                        f"`hoard ingest --resume {f['batch_id']}`")
-    for r in report["ingest"]["refused"] + report["ingest"]["stalled"]:  # never a silent skip or stall
-        problems.append(f"ingest {r['batch_id']}: {r['reason']}")
     if not store["ok"]:
         problems.append(f"store: {store['error']}")
     else:
@@ -148,43 +130,19 @@ def collect(cfg: Settings) -> dict[str, Any]:
             problems.append(f"store: {lag['shards_below_target']} shards ({lag['bytes_below_target'] / GB:.2f} GB) are "
                             "below their replica target (copy_of_raw / copy_of_generated); run `hoard replicate` "
                             "(the replicator timer does it on a schedule)")
-        problems += _space_problems(cfg, report["disks"])
+        problems += _space_problems(cfg, disks)
         stuck = store.get("open_without_writer") or []
         if stuck:
             problems.append(f"store: {len(stuck)} open shards have no writer left (e.g. {stuck[0]}): the next "
                             "writer seals them; if they stay, no replica holds every acknowledged record — "
                             "see `hoard check` and the `recovery_incomplete` events in `hoard health --json`")
-    for d in report["disks"]:
+    for d in disks:
         if d.get("state", "active") != "active":
             problems.append(f"disk {d['label']}: {d['state']}: {d.get('reason') or 'not usable'}; "
                             + _disk_next_step(d["state"]))
-    for z, s in report["zones"].items():
+    for z, s in zones.items():
         if not s["present"]:
             problems.append(f"zone {z}: {s['path']} does not exist; run `hoard init`")
         elif s["level"] != "ok":
             problems.append(f"zone {z}: {s['used_ratio']:.0%} of its quota used ({s['level']}); free space in {s['path']}")
-    db = report["database"]
-    if not db["ok"]:
-        problems.append(f"database: {db['error']}; start it with `hoard services up` or fix database_url")
-    else:
-        from sql.migrate import available
-
-        if not db.get("backups"):
-            problems.append("database: no backup was ever taken; run `hoard db backup` and enable "
-                            "hoard-backup.timer (systemd/) so one is taken every night")
-        for kind, b in (db.get("backups") or {}).items():
-            if b["verified"] is False:
-                problems.append(f"database: the last {kind} backup failed its restore-verify ({b['verify_detail']}); "
-                                f"run `hoard db backup --type {kind}` and `hoard db verify-backup`")
-            if b["age_s"] > 8 * 86400 and kind in ("dump", "full"):
-                problems.append(f"database: the last {kind} backup is {b['age_s'] // 86400} days old; is "
-                                "hoard-backup.timer running?")
-        latest = available()[-1].version
-        if db["schema_version"] < latest:
-            problems.append(f"database: schema version {db['schema_version']}, this hoardfs needs {latest}; "
-                            "run `hoard db migrate`")
-    if not report["redis"]["ok"]:
-        problems.append(f"redis: {report['redis']['error']}; start it with `hoard services up` or fix redis_url")
-    report["problems"] = problems
-    report["ok"] = not problems
-    return report
+    return problems

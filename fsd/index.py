@@ -10,7 +10,7 @@ Named databases (keys → values):
     batches  batch id (ascii)     → JSON {source, manifest: sha256 hex, files, bytes, sealed}
     views    view name (ascii)    → JSON {manifest: sha256 hex, files, bytes, created}
     exts     sha256 (32 B)        → file extension seen when the object was stored (ascii, ≤ 10)
-    chunks   sha256 (32 B)        → xxh3-128 of each 1 MiB piece (store.MAP_PIECE) of a large object (16 B each),
+    chunks   sha256 (32 B)        → xxh3-128 of each 1 MiB piece (records.MAP_PIECE) of a large object (16 B each),
                                     so a reader can verify a piece without reading the whole object
     hidden   sha256 (32 B)        → JSON {time, reason}: deletion type A (the mount hides it, bytes stay)
     deleted  sha256 (32 B)        → JSON {time, reason}: deletion type B tombstone (gc frees the bytes)
@@ -36,8 +36,8 @@ from typing import Any
 
 import lmdb
 
+from fsd.base.errors import ExitCode, HoardError
 from fsd.disks import DiskRecord
-from fsd.errors import ExitCode, HoardError
 
 _OBJ = struct.Struct("<12sQQB")
 MAP_SIZE = 1 << 40  # address space only; the file grows with use

@@ -14,9 +14,13 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from fsd.disks import DiskState, atomic_write, probe, read_identity
-from fsd.errors import ExitCode, HoardError
-from fsd.store import FORGOTTEN
+from fsd.base.errors import ExitCode, HoardError
+from fsd.base.files import atomic_write
+from fsd.disks import DiskState, probe, read_identity
+from fsd.layout import FORGOTTEN
+from fsd.rebuild import shards_on
+from fsd.replicate import counted_replicas
+from fsd.scrub import verify
 
 if TYPE_CHECKING:
     from fsd.disks import DiskRecord
@@ -44,9 +48,6 @@ def activate(store: Store, label: str) -> ActivateReport:
     Shard files on it that the index still knows (a rebuild dropped them from the index but
     not from the disk) are listed again, then every replica on it is verified; bad ones are
     reported and queued for repair, the good ones serve reads at once."""
-    from fsd.rebuild import shards_on
-    from fsd.scrub import verify
-
     rec = _record(store, label)
     if rec.state == DiskState.ACTIVE:
         raise HoardError(f"disk {label} is already active", ExitCode.USAGE)
@@ -99,8 +100,6 @@ def forget(store: Store, label: str) -> int:
     that lists it must still have its replica target on other active disks (the replicator
     has re-homed a retired disk's shards, or a rebuild has replaced a failed one); otherwise
     the disk is refused, naming how many shards still need it."""
-    from fsd.replicate import counted_replicas
-
     rec = _record(store, label)
     if rec.state == DiskState.ACTIVE and rec.uuid in store.disks:
         raise HoardError(f"disk {label} is active; `hoard disks retire {label}` and `hoard replicate` first",

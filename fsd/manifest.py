@@ -31,8 +31,8 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 from typing import NamedTuple
 
-from fsd.errors import ExitCode, HoardError
-from fsd.paths import hostile_reason
+from fsd.base.errors import ExitCode, HoardError
+from fsd.base.paths import hostile_reason
 
 __all__ = ["Entry", "Tree", "WouldBlock", "ViewError", "build_view", "iter_files", "manifest_objects", "named",
            "references", "PAGE_ENTRIES", "VIEW_FORMAT", "DIR_FORMAT"]

@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from fsd import shardfmt as fmt
+from fsd.disks import pread_full
+from fsd.index import ShardMeta
 from fsd.recovery import ORPHANS_DIR, set_aside
 from fsd.writer import writer_alive
 
@@ -51,8 +53,6 @@ class OrphanReport:
 
 def named_replicas(store: Store) -> set[tuple[str, str]]:
     """(shard hex, disk uuid) for every replica the index names, live or retired."""
-    from fsd.index import ShardMeta
-
     names = {(m.hex, u) for m in store.index.iter_shards() for u in m.replicas}
     with store.index.env.begin(db=store.index.retired) as txn:
         for k, v in txn.cursor():
@@ -67,8 +67,6 @@ def shard_files(disk: LocalDisk) -> list:
 
 def records_of(path) -> list[fmt.RecordInfo]:
     """The records a shard file holds: its footer if sealed, else the verified prefix."""
-    from fsd.disks import pread_full
-
     fd = os.open(path, os.O_RDONLY)
     try:
         size = os.fstat(fd).st_size

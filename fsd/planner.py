@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from fsd import shardfmt as fmt
+from fsd.records import verify_record
 
 if TYPE_CHECKING:
     from fsd.store import Store
@@ -170,8 +171,6 @@ def execute(store: Store, plan: Plan, sink: Sink,
     Records over MAX_RANGE are handed, after the rest, to `large_sink(sha, pieces)` — an
     iterator of verified pieces (Store.iter_object), so no object is ever held whole; a plan
     with such records needs a `large_sink`."""
-    from fsd.store import verify_record
-
     if plan.large and large_sink is None:
         raise ValueError(f"{len(plan.large)} objects are larger than {MAX_RANGE >> 20} MiB: pass a large_sink "
                          "that consumes them piece by piece")

@@ -14,11 +14,15 @@ import stat
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from fsd import shardfmt as fmt
-from fsd.errors import ExitCode, HoardError
-from fsd.store import CHUNK, GROUP_BYTES, MAP_PIECE, STREAM_THRESHOLD, PutResult, SourceChanged, Store, hash_file, read_upto
+from fsd.base.errors import ExitCode, HoardError
+from fsd.records import CHUNK, GROUP_BYTES, MAP_PIECE, STREAM_THRESHOLD, PutResult, SourceChanged, hash_file, read_upto
 from fsd.writer import ReplicaFailed, ShardWriter, _Pending
+
+if TYPE_CHECKING:
+    from fsd.store import Store
 
 
 def put_files(store: Store, writer: ShardWriter, paths: list[Path],

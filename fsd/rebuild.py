@@ -17,10 +17,10 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from fsd import shardfmt as fmt
+from fsd.base.errors import ExitCode, HoardError
 from fsd.disks import DiskState
-from fsd.errors import ExitCode, HoardError
-from fsd.replicate import copy_shard
-from fsd.scrub import check_replica
+from fsd.placement import Need, NoSpace, simulate, space_report
+from fsd.replica import check_replica, copy_shard
 
 if TYPE_CHECKING:
     from fsd.disks import LocalDisk
@@ -112,8 +112,6 @@ def _rebuild(store: Store, label: str, onto: str | None, rate_mb_s: float | None
 def _check_room(store: Store, lost: str, onto: LocalDisk | None) -> None:
     """Refuse before anything changes when the lost disk's shards cannot all be placed (on
     `onto`, or on distinct disks that do not hold them yet)."""
-    from fsd.placement import Need, NoSpace, simulate, space_report
-
     cands = [c for c in store.candidates() if c.uuid != lost and (onto is None or c.uuid == onto.uuid)]
     needs = [Need(m.size, 1, frozenset(m.replicas), m.hex) for m in shards_on(store, lost)]
     _, unplaced = simulate(cands, needs)

@@ -32,7 +32,7 @@ import time
 from typing import TYPE_CHECKING
 
 from fsd import shardfmt as fmt
-from fsd.disks import fsync_dir
+from fsd.base.files import fsync_dir
 from fsd.index import ObjectLoc
 from fsd.writer import _unlock, try_lock
 

@@ -17,11 +17,16 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import lmdb
+
 from fsd import shardfmt as fmt
-from fsd.config import Settings
+from fsd import storelock
+from fsd.base.config import Settings
+from fsd.base.errors import ExitCode, HoardError
+from fsd.base.files import fsync_dir
 from fsd.disks import DiskRecord, DiskState, drop_cache, pread_full, read_identity
 from fsd.index import Index, ObjectLoc, ShardMeta
-from fsd.store import BATCHES_DIR, FORGOTTEN, MARK_OPS, MARKS_DIR, VIEWS_DIR
+from fsd.layout import BATCHES_DIR, FORGOTTEN, MARK_OPS, MARKS_DIR, VIEWS_DIR, check_ssd, lock_root
 
 
 @dataclass
@@ -49,9 +54,6 @@ def _store_idle(cfg: Settings, what: str) -> Iterator[str]:
     """Both store locks held exclusively: no writer, worker or mount uses the index while it is
     swapped (objects acknowledged after the scan would vanish from the new index). Yields the
     SSD's uuid (a new SSD gets its identity: rebuilding onto it is how a lost SSD is replaced)."""
-    from fsd import storelock
-    from fsd.store import check_ssd, lock_root
-
     ssd_uuid = check_ssd(cfg, init=True)
     with storelock.exclusive(lock_root(cfg), what), storelock.exclusive(lock_root(cfg), what, storelock.READERS):
         yield ssd_uuid
@@ -183,8 +185,6 @@ def _size(path: Path) -> int:
 def _old_disk_states(target: Path) -> dict[str, tuple[DiskState, str]]:
     """uuid → (state, reason) of the disks the old index marked failed or draining; empty when
     there is no old index or it cannot be read (the SSD was lost: that is what rebuild is for)."""
-    import lmdb
-
     if not (target / "data.mdb").is_file():
         return {}
     try:
@@ -270,8 +270,6 @@ def backup_index(store, copies: int = 2) -> list[str]:
 
     Written to `index-copy.tmp`, fsynced, then swapped in by rename, so a crash leaves the
     previous copy intact. Returns the labels of the disks that hold a fresh copy."""
-    from fsd.disks import fsync_dir
-
     disks = sorted((d for u, d in store.disks.items() if store.usable(u, for_write=True)),
                    key=lambda d: -d.free_bytes(0))[:copies]
     done = []
@@ -310,7 +308,6 @@ def _restore_index(cfg: Settings, ssd_uuid: str) -> tuple[str, dict]:
         if stamp.is_file():
             found.append((json.loads(stamp.read_text()), dc))
     if not found:
-        from fsd.errors import ExitCode, HoardError
 
         raise HoardError("no index copy on any disk; use `hoard index rebuild` (from the shards)", ExitCode.DATA)
     stamp, dc = max(found, key=lambda x: x[0]["taken_at"])

@@ -11,24 +11,21 @@ Source reads use POSIX_FADV_DONTNEED so replication does not evict hot data.
 from __future__ import annotations
 
 import logging
-import os
-import queue
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from fsd import shardfmt as fmt
-from fsd.disks import DiskState, drop_cache, fsync_dir, pread_full, verify_shard_file
+from fsd.disks import DiskState
 from fsd.placement import Need, NoSpace, simulate, space_report
+from fsd.replica import check_replica, copy_shard
 
 if TYPE_CHECKING:
     from fsd.index import ShardMeta
     from fsd.store import Store
 
 log = logging.getLogger(__name__)
-COPY_CHUNK = 4 << 20
 
 
 def counted_replicas(store: Store, meta: ShardMeta) -> list[str]:
@@ -153,8 +150,6 @@ def repair_reported(store: Store) -> int:
     """Consume the repair queue: each replica a reader found bad (EIO, wrong bytes) is checked
     and, if it really is bad, replaced by a verified copy of a good replica. An entry whose
     disk is failed or missing stays queued (rebuild handles that disk)."""
-    from fsd.scrub import check_replica
-
     fixed = 0
     for sid, uuid, why in store.index.pending_repairs():
         meta = store.index.get_shard(sid)
@@ -183,66 +178,3 @@ def repair_reported(store: Store) -> int:
             fixed += 1
             break
     return fixed
-
-
-def copy_shard(src, dst, shard_hex: str, rate_mb_s: float | None = None) -> int:
-    """Copy a sealed shard between backends: tmp → fsync → verify → rename → fsync dir."""
-    size = src.size(shard_hex)
-    tmp_dir = dst.root / "tmp"
-    tmp_dir.mkdir(parents=True, exist_ok=True)
-    tmp = tmp_dir / f"{shard_hex}.shard.tmp"
-    fd_in = os.open(src.find(shard_hex), os.O_RDONLY)
-    t0 = time.monotonic()
-    chunks: queue.Queue = queue.Queue(maxsize=4)
-
-    def read_ahead() -> None:  # reading the source overlaps with writing the copy
-        done = 0
-        try:
-            while done < size:
-                chunk = pread_full(fd_in, min(COPY_CHUNK, size - done), done)
-                if not chunk:
-                    raise fmt.TruncatedShard(f"shard {shard_hex} on {src.label} ended at {done} of {size}")
-                chunks.put(chunk)
-                done += len(chunk)
-            chunks.put(None)
-        except BaseException as e:  # handed to the writer, which raises it
-            chunks.put(e)
-
-    reader = threading.Thread(target=read_ahead, name=f"copy-{src.label}", daemon=True)
-    reader.start()
-    try:
-        with open(tmp, "wb", buffering=0) as out:
-            done = 0
-            while (chunk := chunks.get()) is not None:
-                if isinstance(chunk, BaseException):
-                    raise chunk
-                out.write(chunk)
-                done += len(chunk)
-                if rate_mb_s:
-                    ahead = done / (rate_mb_s * 1e6) - (time.monotonic() - t0)
-                    if ahead > 0:
-                        time.sleep(ahead)
-            os.fdatasync(out.fileno())
-            drop_cache(out.fileno())  # the check below must read what is on the disk, not the page cache
-        drop_cache(fd_in)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    finally:
-        while reader.is_alive():  # unblock and finish the reader before closing its fd
-            try:
-                chunks.get_nowait()
-            except queue.Empty:
-                reader.join(0.05)
-        os.close(fd_in)
-    try:
-        verify_shard_file(tmp)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    final = dst.path(shard_hex, True)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    os.rename(tmp, final)
-    fsync_dir(final.parent)
-    dst.forget(shard_hex)  # a cached descriptor would still read the file this one replaced
-    return size

@@ -9,6 +9,7 @@ verify → rename, as the replicator copies). A shard whose replicas all check o
 
 from __future__ import annotations
 
+import json
 import math
 import threading
 import time
@@ -18,11 +19,10 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from fsd import shardfmt as fmt
-from fsd.disks import verify_shard_file
-from fsd.replicate import copy_shard
+from fsd.base.errors import ExitCode, HoardError
+from fsd.replica import check_replica, copy_shard
 
 if TYPE_CHECKING:
-    from fsd.disks import LocalDisk
     from fsd.index import ShardMeta
     from fsd.store import Store
 
@@ -42,20 +42,8 @@ class VerifyReport:
         return len(self.bad) - len(self.repaired)
 
 
-def check_replica(disk: LocalDisk, meta: ShardMeta, sha256: bool = False) -> int:
-    """Bytes checked; raises OSError or ShardFormatError on anything wrong."""
-    size, count = verify_shard_file(disk.find(meta.hex), sha256)
-    if count != meta.records:
-        raise fmt.FooterMismatch(f"{count} records, the index expects {meta.records}")
-    return size
-
-
 def batch_shards(store: Store, batch_id: str) -> set[bytes]:
     """The shards holding an ingested batch's files (and its manifest)."""
-    import json
-
-    from fsd.errors import ExitCode, HoardError
-
     info = store.index.get_batch(batch_id)
     if info is None:
         raise HoardError(f"no ingested batch {batch_id!r}; `hoard ingest --status {batch_id}` says why",
@@ -157,8 +145,6 @@ def _verify(store: Store, sample_pct: float, disk_label: str | None, sha256: boo
 
 
 def _disk_uuid(store: Store, label: str) -> str:
-    from fsd.errors import ExitCode, HoardError
-
     for uuid, rec in store.records.items():
         if rec.label == label:
             return uuid

@@ -9,76 +9,37 @@
 from __future__ import annotations
 
 import errno
-import hashlib
+import json
 import logging
 import os
 import random
 import threading
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from pathlib import Path
 
+import lmdb
+
 from fsd import shardfmt as fmt
-from fsd.config import Settings
-from fsd.disks import DiskRecord, DiskState, LocalDisk, drop_cache, probe, read_identity, write_identity
-from fsd.errors import ExitCode, HoardError
-from fsd.index import Index, ShardMeta
+from fsd import storelock
+from fsd.base import config as config_mod
+from fsd.base.config import Settings
+from fsd.base.errors import ExitCode, HoardError
+from fsd.base.files import atomic_write, fsync_dir
+from fsd.base.paths import file_ext
+from fsd.disks import DiskGone, DiskRecord, DiskState, LocalDisk, probe, read_identity, write_identity
+from fsd.index import Index, ShardMeta, index_error
+from fsd.layout import BATCHES_DIR, FORGOTTEN, MARKS_DIR, MARKS_LOG, VIEWS_DIR, check_ssd, lock_root, pin_path
 from fsd.placement import Candidate, choose
-from fsd.writer import ShardWriter
+from fsd.planner import execute, make_plan
+from fsd.put import put_files, put_payloads
+from fsd.records import GET_MAX, ITER_READ, MAP_PIECE, DataError, ObjectNotFound, PutResult, learn_map, sha_bytes, verify_record
+from fsd.recovery import recover_orphans
+from fsd.replicate import replication_lag
+from fsd.scrub import oldest_unverified_age
+from fsd.writer import ShardWriter, writer_alive
 
 log = logging.getLogger(__name__)
-
-#: files up to this size are read into memory whole; larger ones are streamed twice
-STREAM_THRESHOLD = 8 << 20
-#: uncommitted bytes that trigger an fsync + index commit
-GROUP_BYTES = 32 << 20
-CHUNK = 4 << 20
-#: a large object's chunk map has the xxh3-128 of every MAP_PIECE bytes (CHUNK is a multiple)
-MAP_PIECE = 1 << 20
-#: `Store.get` returns objects up to this size in memory; larger ones are read with
-#: `iter_object` (verified pieces, bounded memory)
-GET_MAX = 256 << 20
-#: pieces `iter_object` reads from a replica at a time (each MAP_PIECE checked on its own)
-ITER_READ = 8 << 20
-#: per disk: `<root>/batches/<batch_id>.json` names each ingested batch's manifest object
-BATCHES_DIR = "batches"
-#: per disk: `<root>/views/<name>.json` names each view's manifest object
-VIEWS_DIR = "views"
-#: per disk: `<root>/marks/*.log`, the deletion marks (hidden, deleted) and their clearing, in order
-MARKS_DIR = "marks"
-MARKS_LOG = "marks.log"
-#: the record kinds of the marks log: set / clear a type-A hidden mark, set / clear a type-B
-#: tombstone, and "drop" (gc freed the object: both marks go with it)
-MARK_OPS = ("hide", "show", "delete", "keep", "drop")
-#: written on a forgotten disk's root (`hoard disks forget`), so that a hoard.toml still listing
-#: it gets "forgotten: remove it from hoard.toml" instead of the refusal of a disk holding
-#: shards the index does not know (the guard against a lost index)
-FORGOTTEN = ".hoard-forgotten.json"
-
-
-class ObjectNotFound(HoardError):
-    exit_code = ExitCode.DATA
-
-
-class DataError(HoardError):
-    exit_code = ExitCode.DATA
-
-
-@dataclass
-class PutResult:
-    path: str
-    sha256: str = ""
-    status: str = "rejected"  # new | existing | rejected
-    size: int = 0
-    replicas: int = 0
-    target: int = 0
-    reason: str = ""
-
-
-class SourceChanged(Exception):
-    pass
-
 
 class Store:
     def __init__(self, cfg: Settings, index: Index, writable: bool) -> None:
@@ -102,10 +63,6 @@ class Store:
         their identity. A writer holds the `store` lock shared until `close()` (gc's swap, an
         index rebuild and rebuild's switch-over wait for it); a long-lived reader such as the
         mount passes `lock="readers"` (only an index rebuild or restore waits for that)."""
-        import lmdb
-
-        from fsd import storelock
-
         ssd_uuid = check_ssd(cfg, init)
         hold = lock if lock is not None else (storelock.STORE if writable else "")
         if hold:
@@ -114,8 +71,6 @@ class Store:
             try:
                 index = Index(cfg.index_dir, readonly=False)
             except lmdb.Error as e:
-                from fsd.index import index_error
-
                 raise index_error(cfg.index_dir, e) from None
             store = cls(cfg, index, writable)
             store.held = hold
@@ -124,8 +79,6 @@ class Store:
                 store._check_index_owner(ssd_uuid)
                 store._attach_disks(init)
                 if writable:
-                    from fsd.recovery import recover_orphans
-
                     recover_orphans(store)
             except BaseException:
                 store.index.close()
@@ -205,8 +158,6 @@ class Store:
         """Look again at hoard.toml's `[[disks]]` and the index's disk records, as a long-lived
         reader (the mount) must: a disk added, replaced, failed or reactivated by another
         process is seen. Disks already attached keep their objects. True if anything changed."""
-        from fsd import config as config_mod
-
         cfg = self.cfg
         if cfg.source is not None:
             try:
@@ -234,8 +185,6 @@ class Store:
         return True
 
     def close(self) -> None:
-        from fsd import storelock
-
         try:
             with self.lock:
                 for w in self._writers.values():
@@ -254,14 +203,10 @@ class Store:
     def exclusive(self, what: str, wait_s: float = 0.0):
         """The store lock held exclusively (this process's shared hold is converted): no other
         writer, worker or mount runs meanwhile. Refuses, naming them, after `wait_s`."""
-        from fsd import storelock
-
         return storelock.exclusive(lock_root(self.cfg), what, wait_s=wait_s)
 
     def maintenance(self, what: str, wait_s: float = 0.0):
         """The maintenance lock: one of gc, replicate, rebuild, verify --repair at a time."""
-        from fsd import storelock
-
         return storelock.exclusive(lock_root(self.cfg), what, name=storelock.MAINTENANCE, wait_s=wait_s)
 
     def __enter__(self) -> Store:
@@ -332,10 +277,6 @@ class Store:
 
     def disk_error(self, disk: LocalDisk, op: str, err: OSError | Exception, shard: str = "") -> None:
         """Record an error; a disk that is gone (unmounted, foreign) stops being used at once."""
-        from fsd.disks import DiskGone
-
-        import lmdb
-
         detail = getattr(err, "strerror", None) or str(err)
         log.warning("disk %s: %s error%s: %s", disk.label, op, f" on shard {shard}" if shard else "", detail)
         try:
@@ -378,8 +319,6 @@ class Store:
         """Store files; dedupe by sha256; acknowledge after fsync on write_ack disks.
         `on_result` sees each file as soon as its outcome is final; `stop` ends the call at the
         next file boundary (see fsd.put.put_files)."""
-        from fsd.put import put_files
-
         with self.lock:
             results = put_files(self, self.writer(klass), [Path(p) for p in paths], on_result, stop)
         self.index.put_exts({bytes.fromhex(r.sha256): ext for r in results
@@ -388,14 +327,10 @@ class Store:
 
     def put_bytes(self, data: bytes, klass: str = "raw") -> PutResult:
         """Store one in-memory object (used for dumps, manifests, generated data)."""
-        from fsd.put import put_payloads
-
         return self.put_bytes_many([data], klass)[0]
 
     def put_bytes_many(self, datas: list[bytes], klass: str = "raw") -> list[PutResult]:
         """Store in-memory objects in one batch (one group commit, one seal)."""
-        from fsd.put import put_payloads
-
         with self.lock:
             return put_payloads(self, self.writer(klass), [("<bytes>", d) for d in datas])
 
@@ -419,10 +354,6 @@ class Store:
         a disk that missed later writes (failed, unplugged) holds an older one, and rebuild
         takes the newest. `doc` None writes a removal record (`{"removed": true}`), so an
         old pointer on such a disk cannot bring a removed batch or view back."""
-        import json
-
-        from fsd.disks import atomic_write
-
         stamped = {**(doc or {"removed": True}), "pointer_ns": time.time_ns()}
         body = json.dumps(stamped, indent=1, sort_keys=True).encode()
         for uuid, disk in self.disks.items():
@@ -452,8 +383,6 @@ class Store:
         writable disk, fsynced — what `hoard index rebuild` replays (docs/design.md, "Deletion
         marks on the HDDs"). Called by the index inside the transaction that applies them:
         raising here (no disk took the records) leaves the index unchanged too."""
-        from fsd.disks import fsync_dir
-
         stamp = time.time_ns()
         body = "".join(f"{stamp} {op} {sha.hex()}\n" for sha in shas).encode()
         written, errors = 0, []
@@ -489,21 +418,15 @@ class Store:
         the store is closed, i.e. while the shared store lock is held — gc decides what is
         unreferenced under the exclusive lock, so it never sees the gap between the
         acknowledgement and the pin."""
-        import json
-
-        from fsd.disks import atomic_write
-
-        path = pins_dir(self.cfg) / f"{_pin_name(name)}.json"
+        path = pin_path(self.cfg, name)
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(path, json.dumps({"why": why, "time": time.time(), "sha256": sorted(set(shas_hex))}).encode())
 
     def unpin(self, name: str) -> None:
-        (pins_dir(self.cfg) / f"{_pin_name(name)}.json").unlink(missing_ok=True)
+        pin_path(self.cfg, name).unlink(missing_ok=True)
 
     def batch_manifest(self, batch_id: str) -> dict | None:
         """The manifest of an ingested batch (from the store, verified), or None if unknown."""
-        import json
-
         info = self.index.get_batch(batch_id)
         return json.loads(self.get(info["manifest"])) if info else None
 
@@ -514,7 +437,7 @@ class Store:
 
     def get(self, sha256_hex: str, avoid: set[str] = frozenset()) -> bytes:
         """The object's bytes, verified (xxh3-128 and sha256), from the first good replica."""
-        sha = _sha_bytes(sha256_hex)
+        sha = sha_bytes(sha256_hex)
         loc = self.index.lookup(sha)
         if loc is not None and loc.length > GET_MAX:
             raise HoardError(f"object {sha256_hex} is {loc.length / 1e9:.2f} GB, too large to read into memory: "
@@ -624,8 +547,6 @@ class Store:
     def bad_replica(self, disk: LocalDisk, meta: ShardMeta, op: str, err: Exception) -> None:
         """A replica gave an error or wrong bytes: report it and queue it for repair (the
         replicator re-copies it from a good replica)."""
-        import lmdb
-
         self.disk_error(disk, op, err, meta.hex)
         try:
             self.index.queue_repair(meta.shard_id, disk.uuid, getattr(err, "strerror", None) or str(err))
@@ -639,9 +560,7 @@ class Store:
     def read_batch(self, shas_hex: list[str], sink, large_sink=None) -> tuple:
         """Read many objects with the batch planner; sink(sha_bytes, payload) per object, and
         large_sink(sha_bytes, pieces) for objects too large to hold whole (fsd.planner.execute)."""
-        from fsd.planner import execute, make_plan
-
-        plan = make_plan(self, [_sha_bytes(h) for h in shas_hex])
+        plan = make_plan(self, [sha_bytes(h) for h in shas_hex])
         if plan.missing:
             raise ObjectNotFound(f"{len(plan.missing)} of the objects are not in the store, e.g. "
                                  f"{plan.missing[0].hex()}")
@@ -649,9 +568,6 @@ class Store:
 
     # -- status --------------------------------------------------------------------------------
     def status(self) -> dict:
-        from fsd.replicate import replication_lag
-        from fsd.scrub import oldest_unverified_age
-
         disks = []
         for uuid, rec in self.records.items():
             d = self.disks.get(uuid)
@@ -664,7 +580,6 @@ class Store:
                 except OSError:
                     pass  # a failed disk may be gone altogether
             disks.append(entry)
-        from fsd.writer import writer_alive
 
         stuck = [m.hex for m in self.index.iter_shards()
                  if not m.sealed and not writer_alive(self.lock_path(m.hex))]
@@ -677,159 +592,9 @@ class Store:
                                         if e["kind"] == "recovery_incomplete" and e.get("shard") in stuck][:10]}
 
 
-SSD_IDENTITY = ".hoard-ssd.json"
-
-
-def pins_dir(cfg: Settings) -> Path:
-    """`<ssd.root>/state/pins/<name>.json`: objects jobs rely on (see Store.pin)."""
-    return cfg.ssd.root / "state" / "pins"
-
-
-def pinned(cfg: Settings) -> tuple[set[bytes], list[str]]:
-    """Every pinned object, and the pin files that could not be read (gc refuses then)."""
-    import json
-
-    shas: set[bytes] = set()
-    bad = []
-    for p in sorted(pins_dir(cfg).glob("*.json")):
-        try:
-            shas.update(bytes.fromhex(h) for h in json.loads(p.read_bytes())["sha256"])
-        except (OSError, ValueError, KeyError, TypeError) as e:
-            bad.append(f"{p}: {e}")
-    return shas, bad
-
-
-def _pin_name(name: str) -> str:
-    import re
-
-    from fsd.paths import NAME_PATTERN
-
-    if not re.match(NAME_PATTERN, name):
-        raise HoardError(f"pin name {name!r} is not a valid name", ExitCode.BUG)
-    return name
-
-
-def lock_root(cfg: Settings) -> Path:
-    """Where the store's lock files live (beside the index, on the SSD)."""
-    return cfg.index_dir.parent
-
-
-def check_ssd(cfg: Settings, init: bool) -> str:
-    """The SSD's uuid from `<ssd.root>/.hoard-ssd.json`, or a refusal before anything is written.
-
-    Without it, an SSD that is not mounted would get a new, empty index on the root
-    filesystem and every job would carry on there (dedupe stops, objects land in the wrong
-    index). `init` (`hoard init`) creates the identity on a new SSD, and adopts an SSD that
-    already holds an index from before SSD identities existed."""
-    import json
-
-    root = cfg.ssd.root
-    ident = read_identity(root, SSD_IDENTITY) if root.is_dir() else None
-    if ident is None:
-        legacy = (cfg.index_dir / "data.mdb").is_file()
-        if not (init or legacy):
-            raise HoardError(f"the SSD at {root} has no {SSD_IDENTITY}: it is not mounted, or not initialised — "
-                             "nothing was written; mount it, or run `hoard init` for a new SSD",
-                             ExitCode.UNAVAILABLE)
-        root.mkdir(parents=True, exist_ok=True)
-        ident = write_identity(root, "ssd", SSD_IDENTITY)
-    if not ident.get("uuid"):
-        raise HoardError(f"the SSD identity {root / SSD_IDENTITY} is unreadable ({ident.get('error')}); check the "
-                         "SSD, then restore the file or run `hoard index rebuild`", ExitCode.UNAVAILABLE)
-    return str(ident["uuid"])
-
-
 def _holds_shards(root: Path) -> bool:
     shards = root / "shards"
     return shards.is_dir() and any(f.suffix in (".shard", ".open") for d in shards.iterdir() if d.is_dir()
                                    for f in d.iterdir())
 
 
-def learn_map(read_at, where: str, loc, sha: bytes) -> bytes:
-    """Stream one replica's record once (`read_at(offset, n)` on its shard file): header
-    against the index, xxh3-128 and sha256 of the payload against the header; returns the
-    chunk map (xxh3-128 per MAP_PIECE) of what was read. Memory: one ITER_READ piece."""
-    import xxhash
-
-    got, length, digest, _flags = fmt.decode_record_header(read_at(loc.offset - fmt.RECORD_HEADER_SIZE,
-                                                                   fmt.RECORD_HEADER_SIZE))
-    if got != sha or length != loc.length:
-        raise fmt.ShardFormatError(f"record header of {sha.hex()[:12]}… does not match the index ({where})")
-    h, xx, pieces = hashlib.sha256(), xxhash.xxh3_128(), []
-    for off in range(0, length, ITER_READ):
-        n = min(ITER_READ, length - off)
-        buf = read_at(loc.offset + off, n)
-        if len(buf) != n:
-            raise fmt.TruncatedShard(f"{where} ends inside object {sha.hex()[:12]}…")
-        h.update(buf)
-        xx.update(buf)
-        view = memoryview(buf)
-        pieces += [xxhash.xxh3_128_digest(view[i:i + MAP_PIECE]) for i in range(0, n, MAP_PIECE)]
-    if xx.digest() != digest or h.digest() != sha:
-        raise fmt.PayloadChecksumMismatch(f"object {sha.hex()[:12]}… does not match its checksums ({where})")
-    return b"".join(pieces)
-
-
-def verify_record(buf: memoryview, at: int, sha: bytes, length: int, where: str = "") -> bytes:
-    """Check the record header at `at` describes (sha, length) and the payload's xxh3; return it."""
-    got_sha, got_len, digest, _flags = fmt.decode_record_header(buf, at)
-    if got_sha != sha or got_len != length:
-        raise fmt.ShardFormatError(f"record header names {got_sha.hex()[:12]}…/{got_len} bytes, "
-                                   f"index expects {sha.hex()[:12]}…/{length}{where}")
-    start = at + fmt.RECORD_HEADER_SIZE
-    payload = buf[start:start + length]
-    if len(payload) != length:
-        raise fmt.TruncatedShard(f"short read{where}")
-    fmt.verify_payload(payload, digest, where)
-    return bytes(payload)
-
-
-def file_ext(name: str) -> str:
-    """The extension a file is shown with in by-hash/ (lower case, alphanumeric, ≤ 10), or ''."""
-    ext = os.path.splitext(name)[1][1:].lower()
-    return ext if ext and len(ext) <= 10 and ext.isascii() and ext.isalnum() else ""
-
-
-def _sha_bytes(hex_: str) -> bytes:
-    try:
-        raw = bytes.fromhex(hex_)
-    except ValueError:
-        raw = b""
-    if len(raw) != 32:
-        raise HoardError(f"{hex_!r} is not a sha256 (64 hex digits)", ExitCode.USAGE)
-    return raw
-
-
-def hash_file(path: Path) -> tuple[bytes, bytes, int, os.stat_result, bytes]:
-    """sha256, xxh3-128, size, the stat taken before reading, and the xxh3-128 of each
-    MAP_PIECE piece (the chunk map readers use to verify a piece of a large object), streaming."""
-    import xxhash
-
-    sha, xx = hashlib.sha256(), xxhash.xxh3_128()
-    pieces = []
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        st = os.fstat(fd)
-        n = 0
-        while chunk := read_upto(fd, CHUNK):
-            sha.update(chunk)
-            xx.update(chunk)
-            pieces += [xxhash.xxh3_128_digest(chunk[i:i + MAP_PIECE]) for i in range(0, len(chunk), MAP_PIECE)]
-            n += len(chunk)
-        drop_cache(fd)
-    finally:
-        os.close(fd)
-    return sha.digest(), xx.digest(), n, st, b"".join(pieces)
-
-
-def read_upto(fd: int, limit: int) -> bytes:
-    """Up to `limit` bytes from the file position (fewer only at the end of the file)."""
-    parts = []
-    total = 0
-    while total < limit:
-        chunk = os.read(fd, min(CHUNK, limit - total))
-        if not chunk:
-            break
-        parts.append(chunk)
-        total += len(chunk)
-    return b"".join(parts)

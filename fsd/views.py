@@ -11,14 +11,16 @@ path may appear once. Stored as a `hoardfs-view-2` manifest (fsd/manifest.py).
 from __future__ import annotations
 
 import datetime as dt
+import io
 import json
+import logging
 import re
 from collections.abc import Iterable, Iterator
 from typing import IO
 
-from fsd.errors import ExitCode, HoardError
+from fsd.base.errors import ExitCode, HoardError
+from fsd.base.paths import MAX_PATH_BYTES, NAME_PATTERN
 from fsd.manifest import ViewError, build_view, manifest_objects
-from fsd.paths import MAX_PATH_BYTES, NAME_PATTERN
 
 __all__ = ["ViewError", "define_view", "define_view_rows", "manifest_rows", "remove_view"]
 
@@ -85,8 +87,6 @@ def _json_rows(raw: bytes) -> list[tuple[str, str]]:
 
 def define_view(store, name: str, raw: bytes) -> dict:
     """Define (or replace) view `name` from a manifest in memory."""
-    import io
-
     return define_view_rows(store, name, manifest_rows(io.BufferedReader(io.BytesIO(raw))))
 
 
@@ -123,8 +123,6 @@ def remove_view(store, name: str) -> None:
 def _retire_manifest(store, manifest_sha_hex: str) -> None:
     """Tombstone (type B) a replaced manifest's own objects; gc keeps whatever is still
     referenced when it runs, so shared directory objects survive."""
-    import logging
-
     try:
         shas = list(manifest_objects(store.get, manifest_sha_hex))
     except Exception as e:  # noqa: BLE001 - an unreadable old manifest is `hoard check`'s to report

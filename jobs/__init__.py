@@ -1,4 +1,5 @@
-"""S02 jobs: RQ queues, and the workflows that run on them (UA_1 ingest, store maintenance).
+"""S02 jobs: RQ queues, the workflows that run on them (UA_1 ingest, store maintenance), and
+the `hoard health` document that puts every part's status together (`jobs.health`).
 
 Job functions live at module level so workers import them by dotted path
 (`jobs.ingest.run_step`, `jobs.store_jobs.replicate`); the NiceGUI pages only enqueue

@@ -34,23 +34,34 @@ import os
 import re
 import shutil
 import signal
+import socket
 import tarfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rq import SimpleWorker
-from rq.exceptions import StopRequested
+import psycopg
+import redis
+from rq import Queue, SimpleWorker, Worker
+from rq.exceptions import NoSuchJobError, StopRequested
+from rq.job import Job
 from rq.worker import WorkerStatus
 
-from adapters import (Asset, File, Record, UnknownSource, adapter_for, canonical_source, display, parse_batch,
-                      quarantine)
-from fsd import config as config_mod
-from fsd.config import Settings
-from fsd.disks import atomic_write, fsync_dir
-from fsd.errors import ExitCode, HoardError
-from fsd.paths import NAME_PATTERN
+from adapters import (Asset, File, Record, Reject, UnknownSource, adapter_for, canonical_source, display,
+                      parse_batch, quarantine)
+from adapters.intent import build_intent, small_raw
+from fsd.base import config as config_mod
+from fsd.base.config import Settings
+from fsd.base.errors import ExitCode, HoardError
+from fsd.base.files import atomic_write, fsync_dir
+from fsd.base.paths import NAME_PATTERN
+from fsd.health import zone_status
+from fsd.store import Store
+from jobs.queues import QUEUES, connect
+from sql.apply import apply_write_intent
+from sql.migrate import migrate
+from sql.schema_decider import propose_if_new
 
 STEPS = ("scan", "store", "apply", "package", "finish")
 QUEUE_OF = {"scan": "ingest", "store": "io", "apply": "sql", "package": "io", "finish": "maintenance"}
@@ -148,12 +159,6 @@ def stalled_batches(cfg: Settings, pending: list[BatchState]) -> list[dict[str, 
     """Queued or running batches that nothing will move: their step's job is gone from Redis
     (restarted empty, flushed), was "started" by a worker that died, or waits on a queue no
     worker serves. Empty when Redis does not answer: health reports Redis itself."""
-    import redis
-    from rq.exceptions import NoSuchJobError
-    from rq.job import Job
-
-    from jobs.queues import connect
-
     if not pending or not cfg.redis_url:
         return []
     out = []
@@ -341,12 +346,6 @@ def _job_id(batch_id: str, step: str) -> str:
 
 
 def enqueue(cfg: Settings, st: BatchState, redis_conn=None) -> str:
-    from rq import Queue
-    from rq.exceptions import NoSuchJobError
-    from rq.job import Job
-
-    from jobs.queues import connect
-
     assert cfg.redis_url
     conn = redis_conn or connect(cfg.redis_url)
     job_id = _job_id(st.batch_id, st.step)
@@ -367,17 +366,11 @@ def enqueue(cfg: Settings, st: BatchState, redis_conn=None) -> str:
 
 def _running(conn, job_id: str) -> bool:
     """True if a live worker is executing `job_id` right now."""
-    from rq import Worker
-
     return any(w.get_current_job_id() == job_id and _alive(w) for w in Worker.all(connection=conn))
 
 
 def unserved_queues(conn) -> list[str]:
     """The hoardfs queues no live worker serves: a batch queued there waits until one starts."""
-    from rq import Worker
-
-    from jobs.queues import QUEUES
-
     served = {q for w in Worker.all(connection=conn) if _alive(w) for q in w.queue_names()}
     return [q for q in QUEUES if q not in served]
 
@@ -385,8 +378,6 @@ def unserved_queues(conn) -> list[str]:
 def _alive(worker) -> bool:
     """A worker on this host is alive if its process is; one elsewhere while Redis keeps its
     key (RQ lets a silent worker's key expire after its TTL)."""
-    import socket
-
     if worker.hostname != socket.gethostname() or not worker.pid:
         return True
     try:
@@ -459,9 +450,6 @@ def _run_step_locked(cfg: Settings, batch_id: str, step: str) -> dict[str, Any]:
 
 def _explain(e: Exception) -> str:
     """One line for the state file: what failed and what to do."""
-    import psycopg
-    import redis
-
     if isinstance(e, HoardError):
         return e.message
     if isinstance(e, psycopg.OperationalError):
@@ -479,10 +467,6 @@ def work_here(cfg: Settings, redis_conn=None) -> None:
 
     Raises KeyboardInterrupt within moments of a Ctrl-C (or SIGTERM), the step under way cut
     short and recorded as interrupted; the process's own signal handlers are put back after."""
-    from rq import Queue
-
-    from jobs.queues import QUEUES, connect
-
     assert cfg.redis_url
     conn = redis_conn or connect(cfg.redis_url)
     saved = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
@@ -560,8 +544,6 @@ def _nothing_accepted(st: BatchState, root: Path, what: str, rejected: list[dict
 
 
 def _step_store(cfg: Settings, st: BatchState) -> None:
-    from fsd.store import Store
-
     work = json.loads(_work(cfg, st.batch_id, "records").read_bytes())
     root = cfg.ssd.zone_path("3A") / st.batch_id
     rels = list(work["files"])
@@ -585,8 +567,6 @@ def _step_store(cfg: Settings, st: BatchState) -> None:
     if not stored:
         _nothing_accepted(st, root, "stored", [{"path": display(rel), "reason": why} for rel, why in late])
     if late:
-        from adapters import Reject
-
         quarantine(cfg.ssd.zone_path("3A"), st.batch_id, [Reject([rel], why) for rel, why in late])
         st.report["rejected"] += [{"path": display(rel), "reason": why} for rel, why in late]
     atomic_write(_work(cfg, st.batch_id, "stored"), json.dumps(stored).encode())
@@ -595,13 +575,6 @@ def _step_store(cfg: Settings, st: BatchState) -> None:
 
 
 def _step_apply(cfg: Settings, st: BatchState) -> None:
-    import psycopg
-
-    from adapters.intent import build_intent
-    from sql.intents import apply_write_intent
-    from sql.migrate import migrate
-    from sql.schema_decider import propose_if_new
-
     records = [_rec_load(r) for r in json.loads(_work(cfg, st.batch_id, "records").read_bytes())["records"]]
     stored = {k: tuple(v) for k, v in json.loads(_work(cfg, st.batch_id, "stored").read_bytes()).items()}
     intent, stats = build_intent(f"ingest:{st.batch_id}", st.batch_id, st.source, records, stored,
@@ -619,9 +592,6 @@ def _step_apply(cfg: Settings, st: BatchState) -> None:
 
 
 def _step_package(cfg: Settings, st: BatchState) -> None:
-    from fsd.health import zone_status
-    from fsd.store import Store
-
     stored = {k: tuple(v) for k, v in json.loads(_work(cfg, st.batch_id, "stored").read_bytes()).items()}
     records = json.loads(_work(cfg, st.batch_id, "records").read_bytes())["records"]
     root = cfg.ssd.zone_path("3A") / st.batch_id
@@ -696,11 +666,6 @@ def _write_parts(root: Path, out: Path, batch_id: str, stored: dict[str, tuple[s
 
 
 def _step_finish(cfg: Settings, st: BatchState) -> None:
-    import psycopg
-
-    from fsd.store import Store
-    from sql.intents import apply_write_intent
-
     stored = {k: tuple(v) for k, v in json.loads(_work(cfg, st.batch_id, "stored").read_bytes()).items()}
     zone3a = cfg.ssd.zone_path("3A")
     root = zone3a / st.batch_id
@@ -738,8 +703,6 @@ def _replicas(store, sha_hex: str) -> int:
 def _empty_batch_dir(zone3a: Path, st: BatchState, stored: dict[str, tuple[str, int]]) -> None:
     """Remove what was stored; anything else (a file that appeared after the scan) goes to
     quarantine, never to the void."""
-    from adapters import Reject
-
     root = zone3a / st.batch_id
     extra = []
     for dirpath, _dirs, files in os.walk(root):
@@ -775,8 +738,6 @@ def _node_load(j: list[str]) -> File | Asset:
 
 
 def _rec_json(r: Record) -> dict[str, Any]:
-    from adapters.intent import small_raw
-
     d = {k: getattr(r, k) for k in ("doc", "title", "view_count", "author", "user", "specific")}
     d["raw"] = small_raw(r.raw) or {}  # the whole document is a stored file (raw_object)
     d.update(node=_node_json(r.node), edges=[[_node_json(p), _node_json(c), rel] for p, c, rel in r.edges],

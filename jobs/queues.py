@@ -8,7 +8,7 @@ from typing import Any
 
 import redis
 
-from fsd.errors import ServiceUnavailable
+from fsd.base.errors import ServiceUnavailable
 
 #: The queues of hoardfs, in the order a default worker serves them.
 QUEUES = ("ingest", "io", "sql", "maintenance")

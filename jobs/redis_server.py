@@ -7,8 +7,8 @@ from pathlib import Path
 
 import redis
 
-from fsd.errors import ExitCode, HoardError
-from fsd.proc import run, which
+from fsd.base.errors import ExitCode, HoardError
+from fsd.base.proc import run, which
 
 MAX_SOCKET_PATH = 100  # sun_path is 108 bytes including the NUL
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from dataclasses import asdict
 
-from fsd import config
+from fsd.base import config
+from fsd.replicate import replicate_once
+from fsd.store import Store
 
 
 def replicate(config_path: str | None = None, budget_s: float = 300.0, rate_mb_s: float | None = 100.0) -> dict:
@@ -12,8 +14,5 @@ def replicate(config_path: str | None = None, budget_s: float = 300.0, rate_mb_s
 
     Idempotent: a second run copies only what is still below target.
     """
-    from fsd.replicate import replicate_once
-    from fsd.store import Store
-
     with Store.open(config.load(config_path)) as store:
         return asdict(replicate_once(store, budget_s, rate_mb_s))

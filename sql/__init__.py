@@ -4,8 +4,8 @@ Other systems never write SQL: they hand `apply_write_intent` a `WriteIntent` an
 `query_nodes` for node sets. Every function takes an explicit connection.
 """
 
+from sql.apply import apply_write_intent as apply_write_intent
 from sql.intents import WriteIntent as WriteIntent
-from sql.intents import apply_write_intent as apply_write_intent
 from sql.intents import parse_intent as parse_intent
 from sql.migrate import migrate as migrate
 from sql.selectors import Selector as Selector

@@ -20,9 +20,9 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
-from fsd.disks import atomic_copy
-from fsd.errors import ExitCode, HoardError
-from fsd.proc import which
+from fsd.base.errors import ExitCode, HoardError
+from fsd.base.files import atomic_copy
+from fsd.base.proc import which
 
 
 @dataclass

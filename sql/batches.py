@@ -15,7 +15,7 @@ from typing import Any
 
 import psycopg
 
-from fsd.errors import ExitCode, HoardError
+from fsd.base.errors import ExitCode, HoardError
 
 
 class BatchError(HoardError):

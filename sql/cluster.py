@@ -13,14 +13,15 @@ import glob
 import hashlib
 import os
 import pwd
+import shutil
 import subprocess
 from pathlib import Path
 
 import psycopg
 from psycopg import sql as pgsql
 
-from fsd.errors import ExitCode, HoardError
-from fsd.proc import run, which
+from fsd.base.errors import ExitCode, HoardError
+from fsd.base.proc import run, which
 
 PG_BIN_DIRS = sorted(glob.glob("/usr/lib/postgresql/*/bin"), key=lambda p: int(p.split("/")[-2]), reverse=True)
 SERVER_USER = "postgres"
@@ -118,8 +119,6 @@ class PrivateCluster:
 
     def destroy(self) -> None:
         """Stop the server and delete the cluster (tests and `make clean`)."""
-        import shutil
-
         self.stop()
         if self.link.is_symlink():
             shutil.rmtree(self.link.resolve(), ignore_errors=True)

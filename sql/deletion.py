@@ -13,7 +13,8 @@ import json
 
 import psycopg
 
-from fsd.errors import ExitCode, HoardError
+from fsd.base.errors import ExitCode, HoardError
+from sql.apply import VERSION_COLUMNS
 
 
 def hide_nodes(conn: psycopg.Connection, shas: list[bytes]) -> int:
@@ -52,13 +53,11 @@ def _forget_descriptions(conn: psycopg.Connection, members: list[int]) -> int:
     holds are its documents) and recompute each affected common_metadata row from the
     remaining versions, newest download first as apply does; a row no other document
     describes goes. Returns how many common_metadata rows were replaced or removed."""
-    from sql._apply import _VERSION_COLUMNS
-
     conn.execute("CREATE TEMP TABLE tmp_gone_doc ON COMMIT DROP AS SELECT n.sha256 FROM node n "
                  "WHERE n.node_id = ANY(%s) AND NOT EXISTS (SELECT 1 FROM batch_member bm "
                  "WHERE bm.node_id = n.node_id)", [members])
     conn.execute("DELETE FROM metadata_version WHERE raw_object IN (SELECT sha256 FROM tmp_gone_doc)")
-    cols = _VERSION_COLUMNS.split(", ")
+    cols = VERSION_COLUMNS.split(", ")
     replaced = conn.execute(f"""
         UPDATE common_metadata cm SET raw_object = v.raw_object, {', '.join(f'{c} = v.{c}' for c in cols)}
         FROM (SELECT DISTINCT ON (node_id, source_id) * FROM metadata_version mv

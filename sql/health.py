@@ -1,10 +1,13 @@
-"""Database health for `hoard health`: reachability, version, size (grows with W1-C)."""
+"""The database's part of `hoard health`: reachability, version, size, backups, and the
+problems they show (`jobs.health` puts every part together)."""
 
 from __future__ import annotations
 
 from typing import Any
 
 import psycopg
+
+from sql.migrate import available
 
 
 def database_status(url: str, timeout: float = 5) -> dict[str, Any]:
@@ -39,3 +42,27 @@ def database_status(url: str, timeout: float = 5) -> dict[str, Any]:
     except psycopg.Error as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         return {"ok": False, "error": first}
+
+
+def database_problems(db: dict[str, Any]) -> list[str]:
+    """The lines of `hoard health` about the database (`db`: database_status), each naming the
+    next step: unreachable, no or failed or old backups, a schema older than this hoardfs."""
+    problems: list[str] = []
+    if not db["ok"]:
+        problems.append(f"database: {db['error']}; start it with `hoard services up` or fix database_url")
+    else:
+        if not db.get("backups"):
+            problems.append("database: no backup was ever taken; run `hoard db backup` and enable "
+                            "hoard-backup.timer (systemd/) so one is taken every night")
+        for kind, b in (db.get("backups") or {}).items():
+            if b["verified"] is False:
+                problems.append(f"database: the last {kind} backup failed its restore-verify ({b['verify_detail']}); "
+                                f"run `hoard db backup --type {kind}` and `hoard db verify-backup`")
+            if b["age_s"] > 8 * 86400 and kind in ("dump", "full"):
+                problems.append(f"database: the last {kind} backup is {b['age_s'] // 86400} days old; is "
+                                "hoard-backup.timer running?")
+        latest = available()[-1].version
+        if db["schema_version"] < latest:
+            problems.append(f"database: schema version {db['schema_version']}, this hoardfs needs {latest}; "
+                            "run `hoard db migrate`")
+    return problems

@@ -2,15 +2,8 @@
 
 An adapter or an action parser builds a `WriteIntent` (pure data, versioned, validated by
 pydantic: unknown fields and wrong types are refused with the path of the bad field) and
-hands it to `apply_write_intent(conn, intent)`, which:
-
-1. records the intent's idempotency key with the sha256 of its canonical body — the same
-   key again is a no-op that says so, the same key with another body is refused;
-2. checks references (an edge's or a label's nodes must be in the intent or the
-   database; sources and relationship types must be registered or declared);
-3. applies everything in one transaction, in bulk: COPY into temporary tables, then
-   INSERT … SELECT … ON CONFLICT;
-4. returns counts of what changed.
+hands it to `sql.apply.apply_write_intent(conn, intent)`. This module is the contract: the
+models, `parse_intent`, the errors and the names of virtual assets.
 """
 
 from __future__ import annotations
@@ -18,14 +11,13 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
-from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
-import psycopg
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator, model_validator
 
-from fsd.errors import ExitCode, HoardError
-from fsd.paths import NAME_PATTERN
+from fsd.base.config import describe_validation_error
+from fsd.base.errors import ExitCode, HoardError
+from fsd.base.paths import NAME_PATTERN
 
 INTENT_VERSION = 1
 Sha = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
@@ -187,43 +179,9 @@ class WriteIntent(BaseModel):
 
 def parse_intent(data: dict[str, Any] | str | bytes) -> WriteIntent:
     """Validate raw data (a dict or JSON); IntentError names the first bad field's path."""
-    from fsd.config import describe_validation_error
-
     try:
         if isinstance(data, (str, bytes)):
             return WriteIntent.model_validate_json(data)
         return WriteIntent.model_validate(data)
     except ValidationError as e:
         raise IntentError(f"write-intent rejected: {describe_validation_error(e, WriteIntent)}") from None
-
-
-@dataclass
-class ApplyResult:
-    key: str
-    noop: bool
-    counts: dict[str, int] = field(default_factory=dict)
-
-
-def apply_write_intent(conn: psycopg.Connection, intent: WriteIntent | dict[str, Any]) -> ApplyResult:
-    """Apply in one transaction; a re-applied key is a no-op (`noop=True`)."""
-    if not isinstance(intent, WriteIntent):
-        intent = parse_intent(intent)
-    digest = intent.digest()
-    with conn.transaction():
-        row = conn.execute("INSERT INTO applied_intent (key, digest, counts) VALUES (%s, %s, '{}') "
-                           "ON CONFLICT (key) DO NOTHING RETURNING key", [intent.key, digest]).fetchone()
-        if row is None:
-            prev_digest, prev_counts = conn.execute(
-                "SELECT digest, counts FROM applied_intent WHERE key = %s", [intent.key]).fetchone()
-            if bytes(prev_digest) != digest:
-                raise IntentConflict(f"write-intent {intent.key!r} was already applied with different content; "
-                                     "an intent's key must name exactly one body — use a new key")
-            return ApplyResult(intent.key, True, prev_counts)
-        from sql._apply import apply_body
-
-        try:
-            counts = apply_body(conn, intent)
-        except psycopg.errors.CheckViolation as e:
-            raise IntentError(f"write-intent {intent.key!r} rejected: {e.diag.message_primary}") from None
-        conn.execute("UPDATE applied_intent SET counts = %s WHERE key = %s", [json.dumps(counts), intent.key])
-    return ApplyResult(intent.key, False, counts)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import psycopg
 
-from fsd.errors import ExitCode, HoardError
+from fsd.base.errors import ExitCode, HoardError
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 _LOCK_ID = 0x686F617264  # "hoard"

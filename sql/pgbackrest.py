@@ -30,7 +30,7 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
-from fsd.errors import ExitCode, HoardError
+from fsd.base.errors import ExitCode, HoardError
 from sql.backup import VerifyResult, _counts
 from sql.cluster import SERVER_USER, PrivateCluster, _reachable_by, give_to_server, run_as_server
 

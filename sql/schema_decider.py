@@ -27,7 +27,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from fsd.errors import ExitCode, HoardError
+from fsd.base.errors import ExitCode, HoardError
 
 MAX_SAMPLES = 128
 COLUMN_PRESENCE = 0.5
@@ -174,6 +174,14 @@ def accept(conn: psycopg.Connection, proposal_id: int) -> Proposal:
         fill_specific_tables(conn, {source_id}, None)
     prop.status = "accepted"
     return prop
+
+
+def reject(conn: psycopg.Connection, proposal_id: int) -> None:
+    """Drop a provisional proposal; its fields stay in common_metadata.specific."""
+    cur = conn.execute("UPDATE schema_proposal SET status = 'rejected', decided_at = now() "
+                       "WHERE proposal_id = %s AND status = 'provisional'", [proposal_id])
+    if cur.rowcount == 0:
+        raise ProposalError(f"no provisional proposal {proposal_id}; `hoard db proposals --all` lists them")
 
 
 def fill_specific_tables(conn: psycopg.Connection, source_ids: set[int], tmp_table: str | None) -> int:

@@ -16,7 +16,8 @@ import psycopg
 from psycopg import sql
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
-from fsd.errors import ExitCode, HoardError
+from fsd.base.config import describe_validation_error
+from fsd.base.errors import ExitCode, HoardError
 from sql.intents import Name, Sha
 
 _strict = ConfigDict(extra="forbid")
@@ -191,8 +192,6 @@ def compile_selector(sel: Selector) -> tuple[sql.Composed, dict[str, object]]:
 
 
 def parse_selector(data: dict) -> Selector:
-    from fsd.config import describe_validation_error
-
     try:
         return Selector.model_validate(data)
     except ValidationError as e:

@@ -35,7 +35,7 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 
 
 def _repo_settings():
-    from fsd import config
+    from fsd.base import config
 
     return config.load(os.environ.get("HOARD_CONFIG") or REPO / "hoard.toml")
 
@@ -188,7 +188,7 @@ def dir_disks_config(root: Path, n: int, first: int = 0, cap: float | None = Non
 @pytest.fixture
 def store_factory(tmp_path: Path):
     """Open stores on directory disks under tmp_path; all are closed after the test."""
-    from fsd import config
+    from fsd.base import config
     from fsd.store import Store
 
     opened = []

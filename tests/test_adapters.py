@@ -11,6 +11,7 @@ from adapters import FORMATS, Asset, File, adapter_for, parse_batch
 from adapters.base import hostile_reason, specific_fields, to_time
 from adapters.intent import build_intent, small_raw
 from adapters.synth import Spec, generate
+from fsd.base.config import SOURCE_FORMATS
 from sql.intents import parse_intent
 
 REALDATA = Path(__file__).resolve().parents[2] / "shared" / "realdata"
@@ -28,6 +29,11 @@ def _batch(tmp_path: Path, files: dict[str, Path | bytes]) -> Path:
 
 def _ok(parsed) -> None:
     assert not parsed.rejects, [(r.paths, r.reason) for r in parsed.rejects]
+
+
+def test_config_names_every_format() -> None:
+    """hoard.toml accepts exactly the formats that have an adapter, listed in the same order."""
+    assert tuple(FORMATS) == SOURCE_FORMATS
 
 
 @needs_realdata

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import psycopg
 
-from fsd import config
+from fsd.base import config
 from fsd.store import Store
+from sql.apply import apply_write_intent
 from sql.backup import dump_backup, verify_dump
-from sql.intents import apply_write_intent
 from sql.migrate import available, migrate
 from tests.conftest import dir_disks_config, make_files, use_schema
 from tests.test_cli import hoard

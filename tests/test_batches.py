@@ -9,7 +9,7 @@ import pytest
 
 from sql.batches import (BatchError, add_nodes, create_batch, current_stage, define_action, define_pipeline,
                          get_batch, record_event, seal_batch, stage_done)
-from sql.intents import apply_write_intent
+from sql.apply import apply_write_intent
 from sql.migrate import migrate
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from fsd import config
+from fsd.base import config
 from fsd.check import check
 from fsd.deletion import drop_batch
 from fsd.gc import gc

@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from fsd import config
+from fsd.base import config
 from fsd.store import Store
 from tests.conftest import dir_disks_config, make_files
 

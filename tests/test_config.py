@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from fsd import config
-from fsd.errors import ConfigError, ExitCode
+from fsd.base import config
+from fsd.base.errors import ConfigError, ExitCode
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from fsd import config
 from fsd import shardfmt as fmt
+from fsd.base import config
 from fsd.index import Index
 from fsd.store import Store
 from tests.conftest import dir_disks_config, make_files
@@ -21,7 +21,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 CHILD = """
 import sys
-from fsd import config
+from fsd.base import config
 from fsd.store import Store
 paths = open(sys.argv[2]).read().split()
 with Store.open(config.load(sys.argv[1])) as store:

@@ -8,7 +8,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from fsd import config
+from fsd.base import config
 from fsd.store import Store
 from tests.conftest import dir_disks_config, make_files
 from tests.test_cli import hoard
@@ -65,7 +65,7 @@ def test_add_refuses_a_directory_that_is_no_mount_point(tmp_path: Path) -> None:
 
 WRITER = """
 import sys
-from fsd import config
+from fsd.base import config
 from fsd.store import Store
 with Store.open(config.load(sys.argv[1])) as store:
     res = store.put_many(sys.argv[2:])

@@ -13,10 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from fsd import config
+from fsd.base import config
 from fsd.deletion import drop_batch, hide
 from fsd.gc import GcNoSpace, gc
-from fsd.store import ObjectNotFound, Store
+from fsd.records import ObjectNotFound
+from fsd.store import Store
 from tests.conftest import make_files, write_config
 
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fsd import config
-from fsd.health import collect
+from fsd.base import config
 from fsd.store import Store
+from jobs.health import collect
 from tests.conftest import dir_disks_config, make_files
 
 

@@ -15,8 +15,8 @@ import pytest
 from rq import Queue, SimpleWorker
 
 from adapters.synth import Spec, generate
-from fsd import config
-from fsd.errors import ExitCode, HoardError
+from fsd.base import config
+from fsd.base.errors import ExitCode, HoardError
 from fsd.store import Store
 from jobs import ingest as ua1
 from jobs.queues import QUEUES
@@ -360,6 +360,21 @@ def test_schema_proposal_accept_fills_table(hoard_home: Path, pg, redis_conn) ->
     ingest_all(cfg, redis_conn, [zone3a / b.batch_id for b in batches[1:]])
     assert pg.execute("SELECT count(*) FROM src_ytdlp").fetchone()[0] > n1
     assert "gallery" in {p.source for p in list_proposals(pg)}  # a second source got its own proposal
+
+
+def test_schema_proposal_reject(pg) -> None:
+    """Rejecting a provisional proposal marks it rejected; rejecting it again names it as not provisional."""
+    from sql.apply import apply_write_intent
+    from sql.migrate import migrate
+    from sql.schema_decider import ProposalError, list_proposals, propose, reject
+
+    migrate(pg)
+    apply_write_intent(pg, {"key": "sources", "sources": ["demo"]})
+    prop = propose(pg, "demo", [{"a": i} for i in range(10)])
+    reject(pg, prop.proposal_id)
+    assert [p.status for p in list_proposals(pg, include_decided=True)] == ["rejected"]
+    with pytest.raises(ProposalError, match=f"no provisional proposal {prop.proposal_id}; `hoard db proposals --all`"):
+        reject(pg, prop.proposal_id)
 
 
 def test_decider_heuristics() -> None:

@@ -13,8 +13,8 @@ import time
 from pathlib import Path
 
 from adapters.synth import Spec, generate
-from fsd import config
-from fsd.errors import ExitCode
+from fsd.base import config
+from fsd.base.errors import ExitCode
 from fsd.store import Store
 from jobs import ingest as ua1
 from tests.test_ingest import ingest_home

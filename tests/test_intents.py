@@ -9,7 +9,8 @@ import hashlib
 import psycopg
 import pytest
 
-from sql.intents import IntentConflict, IntentError, apply_write_intent, parse_intent, virtual_sha256
+from sql.apply import apply_write_intent
+from sql.intents import IntentConflict, IntentError, parse_intent, virtual_sha256
 from sql.migrate import migrate
 
 T0 = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)

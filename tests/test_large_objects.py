@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from fsd import config
+from fsd.base import config
 from fsd.index import Index
 from fsd.store import Store
 from tests.conftest import dir_disks_config
@@ -136,7 +136,7 @@ def test_the_mount_serves_it(big) -> None:
 
 DIE_BEFORE_SEAL = """
 import os, sys
-from fsd import config
+from fsd.base import config
 from fsd.store import Store
 from fsd.writer import ShardWriter
 ShardWriter.seal = lambda self: os._exit(9)  # dies after the object is committed, before the seal

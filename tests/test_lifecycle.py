@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from fsd import config
+from fsd.base import config
 from fsd.deletion import drop_batch, hide
 from fsd.disks import DiskState
 from fsd.store import Store

@@ -16,11 +16,12 @@ from pathlib import Path
 
 import pytest
 
-from fsd import config
+from fsd.base import config
 from fsd.check import check
 from fsd.gc import gc
 from fsd.manifest import DIR_FORMAT, VIEW_FORMAT, Tree, WouldBlock, build_view, iter_files, manifest_objects
-from fsd.store import ObjectNotFound, Store
+from fsd.records import ObjectNotFound
+from fsd.store import Store
 from fsd.views import ViewError, define_view, define_view_rows, remove_view
 from tests.conftest import dir_disks_config, make_files
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from adapters.synth import Spec, generate
-from fsd import config
+from fsd.base import config
 from fsd.store import Store
 from tests.test_ingest import ingest_all, ingest_home
 

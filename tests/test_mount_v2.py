@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from fsd import config
+from fsd.base import config
 from fsd.mount.queue import BACKGROUND, DiskQueue
 from fsd.mount.reader import BLOCK, PREFETCH_BLOCKS
 from fsd.store import Store

@@ -10,10 +10,10 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from fsd import config
+from fsd.base import config
 from fsd.store import Store
+from sql.apply import apply_write_intent
 from sql.cluster import PrivateCluster
-from sql.intents import apply_write_intent
 from sql.migrate import migrate
 from sql.pgbackrest import BackRest
 from tests.conftest import dir_disks_config, make_files

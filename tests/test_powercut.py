@@ -28,11 +28,12 @@ from pathlib import Path
 
 import pytest
 
-from fsd import config
 from fsd import shardfmt as fmt
+from fsd.base import config
 from fsd.gc import RESERVE_NAME
 from fsd.index import Index
-from fsd.store import DataError, ObjectNotFound, Store
+from fsd.records import DataError, ObjectNotFound
+from fsd.store import Store
 from tests.conftest import write_config
 from tests.lab import CutImages, DiskProfile, Lab
 from tests.test_store import check_store
@@ -51,7 +52,7 @@ POWER_LAB = tuple(DiskProfile(label, 400, 100, 100, 10000) for label in HDDS) + 
 CHILD = """
 import os, random, sys
 from pathlib import Path
-from fsd import config
+from fsd.base import config
 from fsd.store import Store
 cfg, scratch, acklog, seed, mode = sys.argv[1:6]
 rng = random.Random(int(seed))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from fsd import config
+from fsd.base import config
 from fsd.replicate import replicate_once
 from fsd.store import Store
 from tests.conftest import dir_disks_config, make_files

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from fsd import config
 from fsd import shardfmt as fmt
+from fsd.base import config
+from fsd.base.errors import HoardError
 from fsd.deletion import drop_batch
-from fsd.errors import HoardError
 from fsd.gc import gc
 from fsd.index import Index
 from fsd.store import Store
@@ -29,7 +29,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 DIE_BEFORE_SEAL = """
 import os, sys
-from fsd import config
+from fsd.base import config
 from fsd.store import Store
 from fsd.writer import ShardWriter
 ShardWriter.seal = lambda self: os._exit(9)  # the process dies after its last commit, before sealing
@@ -126,7 +126,7 @@ def test_recovery_cuts_nothing_when_no_replica_is_whole(tmp_path: Path) -> None:
         status = store.status()
         assert status["open_without_writer"] == [meta.hex]
         assert status["recovery_incomplete"][0]["shard"] == meta.hex
-    from fsd.health import collect
+    from jobs.health import collect
 
     problems = [p for p in collect(cfg)["problems"] if p.startswith("store:")]
     assert any("open shards have no writer left" in p for p in problems), problems
@@ -182,7 +182,7 @@ def test_put_during_gc_swap_keeps_the_object(store_factory, tmp_path: Path) -> N
 RACER_INGEST = """
 import json, sys, hashlib
 from pathlib import Path
-from fsd import config
+from fsd.base import config
 from fsd.store import Store
 cfg = config.load(sys.argv[1]); files = sys.argv[3:]; acks = open(sys.argv[2], "a")
 for k in range(int(8)):
@@ -200,7 +200,7 @@ for k in range(int(8)):
 
 RACER_DELETE = """
 import sys, time
-from fsd import config
+from fsd.base import config
 from fsd.deletion import drop_batch
 from fsd.gc import gc
 from fsd.store import Store
@@ -246,7 +246,7 @@ def test_ingest_racing_delete_and_gc_loses_nothing(tmp_path: Path) -> None:
 
 HOLD_STORE = """
 import sys, time
-from fsd import config
+from fsd.base import config
 from fsd.store import Store
 store = Store.open(config.load(sys.argv[1]), what="a test writer")
 print("open", flush=True)
@@ -334,8 +334,8 @@ def test_replicate_does_not_resurrect_a_retired_shard(store_factory, tmp_path: P
 def test_the_replicator_repairs_what_readers_reported(store_factory, tmp_path: Path) -> None:
     """A reader finds a flipped byte, reads the other replica and queues a repair; the next
     `replicate` re-copies the bad replica from the good one and empties the queue."""
+    from fsd.replica import check_replica
     from fsd.replicate import replicate_once
-    from fsd.scrub import check_replica
 
     store = store_factory(n_disks=2, caps=None)
     [res] = store.put_many(make_files(tmp_path / "in", 1, seed=19))

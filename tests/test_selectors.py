@@ -8,7 +8,8 @@ import hashlib
 import psycopg
 import pytest
 
-from sql.intents import apply_write_intent, virtual_sha256
+from sql.apply import apply_write_intent
+from sql.intents import virtual_sha256
 from sql.migrate import migrate
 from sql.selectors import SelectorError, compile_selector, parse_selector, query_nodes
 

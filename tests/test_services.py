@@ -29,7 +29,7 @@ def test_private_redis_start_is_idempotent_and_stops(tmp_path: Path) -> None:
 
 
 def test_private_redis_refuses_overlong_socket_path(tmp_path: Path) -> None:
-    from fsd.errors import HoardError
+    from fsd.base.errors import HoardError
 
     with pytest.raises(HoardError, match="longer than 100 bytes"):
         PrivateRedis(tmp_path, tmp_path / ("x" * 120) / "redis.sock")

@@ -12,7 +12,7 @@ import pytest
 
 from fsd import shardfmt as fmt
 from fsd.placement import NoSpace
-from fsd.store import DataError, ObjectNotFound
+from fsd.records import DataError, ObjectNotFound
 from tests.conftest import make_files
 
 

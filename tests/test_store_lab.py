@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from fsd import config
+from fsd.base import config
 from fsd.placement import choose
 from fsd.put import _Batch
 from fsd.store import Store

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from fsd import config
+from fsd.base import config
 from fsd.store import Store
 from tests.conftest import dir_disks_config, make_files
 from tests.test_cli import hoard

@@ -1,7 +1,12 @@
-"""The `hoard` command line: typer + rich, one-line errors, documented exit codes."""
+"""The `hoard` command line: typer + rich, one-line errors, documented exit codes.
+
+The top layer (docs/ARCHITECTURE.md, Layers): commands parse, call downward and print. Every
+command module is imported at start, so what only some commands use is imported inside them.
+"""
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import logging
 import sys
@@ -9,11 +14,17 @@ import traceback
 from pathlib import Path
 from typing import Annotated, Optional
 
+import lmdb
+import psycopg
 import typer
 from rich.markup import escape
+from rich.table import Table
 from typer.core import TyperOption
 
-from fsd import logs
+from fsd.base import config as config_mod
+from fsd.base import logs
+from fsd.base.config import ZONES, embedded_config_text
+from fsd.base.errors import ExitCode, HoardError
 from fsd.cli import db as _db
 from fsd.cli import disks as _disks
 from fsd.cli import find as _find
@@ -27,8 +38,7 @@ from fsd.cli import store as _store
 from fsd.cli import verify as _verify
 from fsd.cli import services as _services
 from fsd.cli import skeleton as _skeleton
-from fsd.cli._common import err, gb, out, state
-from fsd.errors import ExitCode, HoardError
+from fsd.cli._common import OutputFailed, err, gb, guard_stdout, out, state
 
 def _flag_type(self, ctx):  # a flag takes no value: show no `<bool>` type in --help
     return None if self.is_bool_flag else _typer_option_type(self, ctx)
@@ -76,9 +86,7 @@ def _root(
 
 def _print_version(wanted: bool) -> None:
     if wanted:
-        from importlib.metadata import version
-
-        out.print(f"hoard (hoardfs) {version('hoardfs')}", markup=False)
+        out.print(f"hoard (hoardfs) {importlib.metadata.version('hoardfs')}", markup=False)
         raise typer.Exit()
 
 
@@ -89,8 +97,6 @@ def init(
                                            "(directory disks and private servers under ./var) if missing")] = False,
 ) -> None:
     """Create the directories the configuration names (idempotent)."""
-    from fsd.config import embedded_config_text
-
     st = state(ctx)
     if embedded:
         path = Path(st.config_path or "hoard.toml")
@@ -107,11 +113,11 @@ def init(
         elif not d.path.is_dir():
             raise HoardError(f"disk {d.label}: {d.path} does not exist; mount the disk there first",
                              ExitCode.UNAVAILABLE)
-    from fsd.config import ZONES
 
     for z in ZONES:
         cfg.ssd.zone_path(z).mkdir(parents=True, exist_ok=True)
     cfg.index_dir.mkdir(parents=True, exist_ok=True)
+    # deferred: hoard starts without the store's modules
     from fsd.store import Store
 
     Store.open(cfg, init=True).close()  # identity files for new disks, orphan recovery
@@ -125,7 +131,8 @@ def health(
     as_json: Annotated[bool, typer.Option("--json", help="print the machine-readable status")] = False,
 ) -> None:
     """Status of disks, SSD zones, PostgreSQL and Redis; exit 4 if anything needs attention."""
-    from fsd.health import collect
+    # deferred: hoard starts without jobs (rq, redis)
+    from jobs.health import collect
 
     report = collect(state(ctx).settings)
     if as_json:
@@ -137,8 +144,6 @@ def health(
 
 
 def _print_health(report: dict) -> None:
-    from rich.table import Table
-
     t = Table(title="disks", title_justify="left")
     for c in ("label", "state", "path", "mounted", "size", "used", "free"):
         t.add_column(c)
@@ -178,6 +183,7 @@ def worker(
     burst: Annotated[bool, typer.Option("--burst", help="quit when the queues are empty")] = False,
 ) -> None:
     """Run an RQ worker on the hoardfs queues."""
+    # deferred: hoard starts without jobs (rq, redis)
     from rq import Queue, Worker
 
     from jobs.queues import QUEUES, connect, redis_required
@@ -196,14 +202,15 @@ def worker(
 @app.command()
 def demo(ctx: typer.Context) -> None:
     """The main job on the embedded default (grows as the issues land)."""
-    from fsd.demo import run_demo
+    # deferred: the demo runs every part (jobs, rq, redis, the sample generator)
+    from fsd.cli.demo import run_demo
 
     run_demo(state(ctx).settings)
 
 
 def _service_down(e: Exception) -> HoardError | None:
     """One line for PostgreSQL or Redis being unreachable, wherever in a command it showed."""
-    import psycopg
+    # deferred: redis loads only to name a failure
     import redis
 
     if isinstance(e, psycopg.OperationalError):
@@ -221,9 +228,7 @@ def _index_path(argv: list[str] | None) -> str:
     args = list(sys.argv[1:] if argv is None else argv)
     explicit = next((args[i + 1] for i, a in enumerate(args[:-1]) if a in ("--config", "-c")), None)
     try:
-        from fsd import config
-
-        return str(config.load(explicit).index_dir)
+        return str(config_mod.load(explicit).index_dir)
     except Exception:  # noqa: BLE001 - a message without the path is still a message
         return "(the index)"
 
@@ -233,15 +238,12 @@ def main(argv: list[str] | None = None) -> None:
 
     Typer (standalone mode) answers usage errors itself with exit code 2.
     """
-    import lmdb
-
-    from fsd.cli._common import OutputFailed, guard_stdout
-
     guard_stdout()  # click would turn a closed stdout (EPIPE) into exit 1, "a bug" in our table
     try:
         try:
             app(args=argv, prog_name="hoard")
         except lmdb.Error as e:  # the SSD under the index is full or failing: a condition, not a bug
+            # deferred: hoard starts without the store's modules
             from fsd.index import index_error
 
             raise index_error(_index_path(argv), e) from None

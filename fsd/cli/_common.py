@@ -2,20 +2,26 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import contextlib
 import errno
 import os
+import stat as st_mod
 import sys
+import threading
+import time
+from dataclasses import dataclass, field
 from typing import Any
 
+import psycopg
 import typer
 from rich.console import Console
+from rich.progress import (BarColumn, DownloadColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn,
+                           TransferSpeedColumn)
 
-from fsd import config as _config
-from fsd.config import Settings
-from fsd.errors import ExitCode, HoardError
+from fsd.base import config as _config
+from fsd.base.config import Settings
+from fsd.base.errors import ExitCode, HoardError
+from fsd.base.paths import display
 
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -107,10 +113,6 @@ def open_input(path, what: str):
     """A binary stream of a list/manifest the user named: a regular file, a pipe (`<(cmd)`),
     or `-` for stdin — never a device or a directory (`/dev/zero` would never end). Errors,
     also while it is read, are one line naming the file and what to do."""
-    import stat as st_mod
-
-    from fsd.paths import display
-
     name = display(str(path))
     if str(path) == "-":
         stream = sys.stdin.buffer
@@ -139,8 +141,6 @@ def open_input(path, what: str):
 
 def read_input(path, what: str, limit: int = MAX_INPUT) -> bytes:
     """The bytes of a list/manifest the user named (see `open_input`), never more than `limit`."""
-    from fsd.paths import display
-
     with open_input(path, what) as stream:
         data = stream.read(limit + 1)
     if len(data) > limit:
@@ -172,14 +172,8 @@ def progress(what: str, total: int | None = None, unit: str = "bytes"):
     """Show how far a long job is: on a terminal a rich bar (done, rate, ETA) on stderr;
     otherwise one plain line every PLAIN_EVERY_S seconds. Yields `update(done, total=None)`,
     safe to call from worker threads; `unit` is "bytes" or a noun for counted things."""
-    import threading
-    import time
-
     lock = threading.Lock()
     if err.is_terminal:
-        from rich.progress import (BarColumn, DownloadColumn, MofNCompleteColumn, Progress, TextColumn,
-                                   TimeRemainingColumn, TransferSpeedColumn)
-
         cols = ([DownloadColumn(), TransferSpeedColumn()] if unit == "bytes"
                 else [MofNCompleteColumn(), TextColumn(unit)])
         with Progress(TextColumn(what), BarColumn(), *cols, TimeRemainingColumn(), console=err,
@@ -221,8 +215,6 @@ def database(cfg: Settings, skip: bool = False, needed_for: str | None = None):
     """A connection to the configured database (autocommit, closed afterwards), or None when
     `skip`. Unreachable: with `needed_for` a one-line refusal naming why it is needed (exit 3);
     without, a line saying the command goes on without it, and None."""
-    import psycopg
-
     if skip:
         yield None
         return

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from typing import Annotated, Optional
 
 import psycopg
 import typer
 
+from fsd.base.errors import ExitCode, HoardError, ServiceUnavailable
 from fsd.cli._common import confirm, out, progress, state
-from fsd.errors import ExitCode, HoardError, ServiceUnavailable
+from fsd.cli.store import open_store
 
 app = typer.Typer(help="The PostgreSQL database: migrate, status, backup, verify-backup, restore, proposals.",
                   no_args_is_help=True)
@@ -30,6 +33,7 @@ def migrate(
     target: Annotated[Optional[int], typer.Option(help="stop at this schema version")] = None,
 ) -> None:
     """Apply the schema migrations that are missing (idempotent)."""
+    # deferred: hoard starts without sql's modules
     from sql.migrate import current_version, migrate as run
 
     with connect(ctx) as conn:
@@ -41,6 +45,7 @@ def migrate(
 @app.command()
 def status(ctx: typer.Context, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Schema version, server version and database size."""
+    # deferred: hoard starts without sql's modules
     from sql.health import database_status
     from sql.migrate import available, current_version
 
@@ -69,9 +74,7 @@ def status(ctx: typer.Context, as_json: Annotated[bool, typer.Option("--json")] 
 def backrest_for(cfg):
     """The pgBackRest stanza of the embedded cluster (None when hoardfs does not run the
     server, or pgbackrest is not installed)."""
-    import os
-    import shutil
-
+    # deferred: hoard starts without sql's modules
     from sql.pgbackrest import BackRest
 
     e = cfg.embedded
@@ -81,6 +84,7 @@ def backrest_for(cfg):
 
 
 def _cluster(cfg):
+    # deferred: hoard starts without sql's modules
     from sql.cluster import PrivateCluster
 
     return PrivateCluster(cfg.embedded.pg_dir, cfg.embedded.pg_socket_dir)
@@ -102,13 +106,14 @@ def backup(
     setup: Annotated[bool, typer.Option("--setup", help="configure pgBackRest (or print how, for your own server)")] = False,
 ) -> None:
     """Back the database up and record it (see docs/database.md)."""
-    from fsd.cli.store import open_store
+    # deferred: hoard starts without sql's modules
     from sql.backup import dump_backup
 
     cfg = state(ctx).settings
     if setup:
         br = backrest_for(cfg)
         if br is None:
+            # deferred: hoard starts without sql's modules
             from sql.pgbackrest import BackRest
 
             out.print(BackRest.setup_text())
@@ -146,7 +151,7 @@ def _auto_kind(url: str) -> str:
 def verify_backup(ctx: typer.Context) -> None:
     """Restore the latest dump (scratch database) and the latest pgBackRest backup (scratch
     cluster) and check both; exit 5 if one fails."""
-    from fsd.cli.store import open_store
+    # deferred: hoard starts without sql's modules
     from sql.backup import verify_dump
 
     cfg = state(ctx).settings
@@ -192,7 +197,7 @@ def restore(
         kept = _need_backrest(cfg).restore(_cluster(cfg), set_label)
         out.print(f"restored; the previous data directory is kept at {kept} (delete it when satisfied)")
         return
-    from fsd.cli.store import open_store
+    # deferred: hoard starts without sql's modules
     from sql.backup import restore_dump
 
     with open_store(ctx, writable=False) as store:
@@ -209,7 +214,8 @@ def proposals(
     as_json: Annotated[bool, typer.Option("--json", help="the listing as JSON")] = False,
 ) -> None:
     """SchemaDecider proposals: typed src_<source> tables for sources' specific fields."""
-    from sql.schema_decider import ProposalError, accept as do_accept, list_proposals
+    # deferred: hoard starts without sql's modules
+    from sql.schema_decider import accept as do_accept, list_proposals, reject as do_reject
 
     with connect(ctx) as conn:
         if accept is not None:
@@ -220,10 +226,7 @@ def proposals(
                       f"{n} rows filled from the metadata already ingested")
             return
         if reject is not None:
-            cur = conn.execute("UPDATE schema_proposal SET status = 'rejected', decided_at = now() "
-                               "WHERE proposal_id = %s AND status = 'provisional'", [reject])
-            if cur.rowcount == 0:
-                raise ProposalError(f"no provisional proposal {reject}; `hoard db proposals --all` lists them")
+            do_reject(conn, reject)
             out.print(f"proposal {reject} rejected; the fields stay in common_metadata.specific")
             return
         props = list_proposals(conn, include_decided=show_all)

@@ -11,8 +11,11 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
+from fsd.base import config as config_mod
+from fsd.base.errors import ConfigError, ExitCode, HoardError
 from fsd.cli._common import err, gb, out, state
-from fsd.errors import ConfigError, ExitCode, HoardError
+from fsd.cli.rebuild import run_rebuild
+from fsd.cli.store import open_store
 
 app = typer.Typer(help="The HDDs: list, add, retire, replace, activate, forget.", no_args_is_help=True)
 
@@ -21,8 +24,6 @@ app = typer.Typer(help="The HDDs: list, add, retire, replace, activate, forget."
 def list_(ctx: typer.Context, as_json: Annotated[bool, typer.Option("--json", help="one JSON document")] = False
           ) -> None:
     """Every disk with its state, size, space used by hoardfs and free space."""
-    from fsd.cli.store import open_store
-
     with open_store(ctx, writable=False) as store:
         st = store.status()
     if as_json:
@@ -41,7 +42,7 @@ def add(
     label: Annotated[str, typer.Option("--label", "-l", help="name for the disk, e.g. wd4t")],
 ) -> None:
     """Give a mounted disk its identity, register it and append it to hoard.toml."""
-    from fsd import config as config_mod
+    # deferred: hoard starts without the store's modules
     from fsd.store import Store
 
     st = state(ctx)
@@ -72,7 +73,7 @@ def retire(
     label: Annotated[str, typer.Argument(help="the disk to take out of service")],
 ) -> None:
     """Stop new writes to a disk; the replicator copies its shards elsewhere."""
-    from fsd.cli.store import open_store
+    # deferred: hoard starts without the store's modules
     from fsd.disks import DiskState
 
     with open_store(ctx) as store:
@@ -91,8 +92,6 @@ def replace(
 ) -> None:
     """Rebuild every replica of OLD onto NEW (same as `hoard rebuild --disk OLD --onto NEW`);
     afterwards `hoard disks forget OLD` and remove OLD's [[disks]] table from hoard.toml."""
-    from fsd.cli.rebuild import run_rebuild
-
     run_rebuild(ctx, old, new, rate_mb_s, yes)
 
 
@@ -103,7 +102,7 @@ def activate(
 ) -> None:
     """Put a failed or draining disk back into service, after checking it is the registered
     disk and verifying its replicas (bad ones are reported and left for repair)."""
-    from fsd.cli.store import open_store
+    # deferred: hoard starts without the store's modules
     from fsd.lifecycle import activate as run
 
     with open_store(ctx) as store:
@@ -122,7 +121,7 @@ def forget(
     label: Annotated[str, typer.Argument(help="a retired or replaced disk")],
 ) -> None:
     """Drop a disk from the index once every shard it held has its copies on other disks."""
-    from fsd.cli.store import open_store
+    # deferred: hoard starts without the store's modules
     from fsd.lifecycle import forget as run
 
     with open_store(ctx) as store:

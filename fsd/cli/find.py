@@ -9,16 +9,19 @@ database knows when it is reachable — so they work with PostgreSQL down, and s
 from __future__ import annotations
 
 import json
+import os
 import re
+import shutil
 import time
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
+import psycopg
 import typer
 
+from fsd.base.errors import ExitCode, HoardError
+from fsd.base.paths import display
 from fsd.cli._common import err, out, read_input, state
-from fsd.errors import ExitCode, HoardError
-from fsd.paths import display
 
 
 def _resolve(store, ref: str) -> bytes:
@@ -41,6 +44,7 @@ def _resolve(store, ref: str) -> bytes:
 
 def _manifest_paths(store, sha: bytes) -> list[dict[str, str]]:
     """Where this object appears in batch and view manifests (the store's own record)."""
+    # deferred: hoard starts without the store's modules
     from fsd.manifest import iter_files, named
 
     found = []
@@ -54,8 +58,6 @@ def _manifest_paths(store, sha: bytes) -> list[dict[str, str]]:
 
 def _db_facts(cfg, sha: bytes) -> dict[str, Any]:
     """What the database says about the node, or why it could not be asked."""
-    import psycopg
-
     try:
         with psycopg.connect(cfg.database_url, connect_timeout=5) as conn:
             row = conn.execute(
@@ -86,6 +88,7 @@ def info(
 ) -> None:
     """Everything known about one object: size, type, replicas and disks, batches and original
     paths, metadata and labels (from the database when it is reachable), mount paths."""
+    # deferred: hoard starts without the store's modules
     from fsd.store import Store
 
     cfg = state(ctx).settings
@@ -156,6 +159,7 @@ def ls(
     as_json: Annotated[bool, typer.Option("--json", help="one JSON object per line")] = False,
 ) -> None:
     """The ingested batches (id, source, files, size, when), or one batch's files (sha256, size, path)."""
+    # deferred: hoard starts without the store's modules
     from fsd.store import Store
 
     with Store.open(state(ctx).settings, writable=False) as store:
@@ -197,8 +201,7 @@ def select(
 ) -> None:
     """Select nodes from the database: flags, or a selector file (`--file`). Prints sha256 and
     size per node; `--view` prints a view manifest (`hoard select … --view | hoard view add NAME -`)."""
-    import psycopg
-
+    # deferred: hoard starts without sql's modules
     from sql.selectors import parse_selector, query_nodes
 
     if from_file is not None:
@@ -259,9 +262,6 @@ def _first_paths(conn, shas: list[str]) -> dict[str, str]:
 
 def db_shell(ctx: typer.Context) -> None:
     """psql on the configured database (the test and working databases are never mixed up)."""
-    import os
-    import shutil
-
     psql = shutil.which("psql")
     if psql is None:
         raise HoardError("psql is not installed (Debian package postgresql-client)", ExitCode.UNAVAILABLE)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import errno
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from fsd.base.errors import ExitCode, HoardError
 from fsd.cli._common import out
 
 app = typer.Typer(help="Deterministic test and benchmark data.", no_args_is_help=True)
@@ -23,8 +25,8 @@ def generate(
     ready: Annotated[bool, typer.Option(help="drop a _READY signal file into each batch")] = False,
 ) -> None:
     """Write synthetic batches (media + sidecars, repeats, crops/frames) and truth.json."""
+    # deferred: hoard starts without the sample generator (Pillow)
     from adapters.synth import Spec, generate as gen
-    from fsd.errors import ExitCode, HoardError
 
     try:
         spec = Spec(seed=seed, batches=batches, items_per_batch=items, large_max_mb=large_max_mb,
@@ -33,8 +35,6 @@ def generate(
     except ValueError as e:
         raise HoardError(str(e), ExitCode.USAGE) from None
     except OSError as e:
-        import errno
-
         raise HoardError(f"cannot write the batches into {out_dir}: {e.strerror}"
                          + (f" ({e.filename})" if e.filename and str(e.filename) != str(out_dir) else "")
                          + "; name a writable directory",

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from typing import Annotated, Optional
 
 import typer
 
+from fsd.base.errors import ExitCode, HoardError
 from fsd.cli._common import confirm, database, gb, out, progress, state
-from fsd.errors import ExitCode, HoardError
 
 
 def delete(
@@ -22,8 +23,10 @@ def delete(
 
     The database is changed first, then the store; re-running after a failure is safe.
     """
+    # deferred: hoard starts without the store's and sql's modules
     from fsd.deletion import drop_batch, hide
-    from fsd.store import Store, _sha_bytes
+    from fsd.records import sha_bytes
+    from fsd.store import Store
     from sql import deletion as db_del
 
     cfg = state(ctx).settings
@@ -34,7 +37,7 @@ def delete(
                 "Continue?")
     with database(cfg, needed_for="a deletion changes the database first") as conn, Store.open(cfg) as store:
         if node:
-            shas = [_sha_bytes(h) for h in node]
+            shas = [sha_bytes(h) for h in node]
             unknown = [s.hex() for s in shas if store.index.lookup(s) is None]
             if unknown:  # checked before anything changes: a typo must not half-apply a deletion
                 raise HoardError(f"no object {', '.join(unknown)} in the store; nothing was hidden (check the "
@@ -69,8 +72,7 @@ def gc(
 
     An object is freed only if it is tombstoned (`hoard delete --batch`) and, at gc time, no
     batch or view manifest, running job (pin) or database row references it."""
-    from dataclasses import asdict
-
+    # deferred: hoard starts without the store's and sql's modules
     from fsd.gc import gc as run
     from fsd.store import Store
     from sql.deletion import referenced

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import time
+
 import typer
 
 from fsd.cli._common import err, out, progress, state
+from fsd.cli.store import open_store
 
 app = typer.Typer(help="The LMDB index: rebuild it from the shards on the disks.", no_args_is_help=True)
 
@@ -12,6 +15,7 @@ app = typer.Typer(help="The LMDB index: rebuild it from the shards on the disks.
 @app.command()
 def rebuild(ctx: typer.Context) -> None:
     """Reconstruct objects, shards and replica locations from the disks (store must be idle)."""
+    # deferred: hoard starts without the store's modules
     from fsd.reindex import rebuild_index
 
     with progress("reading the shards") as update:
@@ -28,7 +32,7 @@ def rebuild(ctx: typer.Context) -> None:
 @app.command()
 def backup(ctx: typer.Context, copies: int = typer.Option(2, min=1, help="how many HDDs get a copy")) -> None:
     """Copy the index to HDDs (`<disk>/index-copy/`), so a dead SSD costs no rebuild scan."""
-    from fsd.cli.store import open_store
+    # deferred: hoard starts without the store's modules
     from fsd.reindex import backup_index
 
     with open_store(ctx, writable=False) as store:
@@ -39,8 +43,7 @@ def backup(ctx: typer.Context, copies: int = typer.Option(2, min=1, help="how ma
 @app.command()
 def restore(ctx: typer.Context) -> None:
     """Put the newest index copy from the HDDs in place (then `hoard verify` to be sure)."""
-    import time
-
+    # deferred: hoard starts without the store's modules
     from fsd.reindex import restore_index
 
     label, stamp = restore_index(state(ctx).settings)

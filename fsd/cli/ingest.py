@@ -5,14 +5,15 @@ from __future__ import annotations
 import json
 import signal
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 from rich.markup import escape
 
+from fsd.base.errors import ExitCode, HoardError
 from fsd.cli._common import err, out, progress, state
-from fsd.errors import ExitCode, HoardError
 
 
 def ingest(
@@ -34,6 +35,7 @@ def ingest(
     "done with rejects" (exit 5 with --wait/--here). A batch that cannot be taken (a bad
     _READY, an id ingested before) is named on stderr and the others go on (exit 5).
     """
+    # deferred: hoard starts without jobs (rq, redis)
     from adapters import canonical_source
     from jobs import ingest as ua1
     from jobs.queues import redis_required
@@ -81,6 +83,7 @@ def ingest(
 def _ingest(cfg, dirs: list[Path], source: str | None, *, wait: bool, here: bool, as_json: bool,
             timeout: float) -> int:
     """Submit each batch on its own, run or wait for them; the exit code (0 when all is done)."""
+    # deferred: hoard starts without jobs (rq, redis)
     from jobs import ingest as ua1
     from jobs.queues import connect
 
@@ -121,6 +124,7 @@ def _ingest(cfg, dirs: list[Path], source: str | None, *, wait: bool, here: bool
 
 def _interrupted(cfg, batch_ids: list[str], here: bool) -> HoardError:
     """Ctrl-C: say where each unfinished batch stands and how it goes on (exit 130)."""
+    # deferred: hoard starts without jobs (rq, redis)
     from jobs import ingest as ua1
 
     left = [st for st in (ua1.load_state(cfg, b) for b in batch_ids) if st is not None and not st.finished]
@@ -135,6 +139,7 @@ def _interrupted(cfg, batch_ids: list[str], here: bool) -> HoardError:
 
 
 def _wait(cfg, batch_id: str, timeout: float):
+    # deferred: hoard starts without jobs (rq, redis)
     from jobs import ingest as ua1
 
     deadline = time.monotonic() + timeout
@@ -152,8 +157,6 @@ def _wait(cfg, batch_id: str, timeout: float):
 
 
 def _show(st, as_json: bool) -> None:
-    from dataclasses import asdict
-
     if as_json:
         out.print(json.dumps(asdict(st), default=str), markup=False)  # one line per batch
         return

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -12,9 +13,11 @@ from typing import Annotated, Optional
 
 import typer
 
+from fsd.base import logs
+from fsd.base.errors import ExitCode, HoardError
+from fsd.base.paths import display
 from fsd.cli._common import out, open_input, state
-from fsd.errors import ExitCode, HoardError
-from fsd.paths import display
+from fsd.mount import check_mountpoint, is_mounted, run_mount
 
 view_app = typer.Typer(help="Named views: a manifest of path → sha256 shown under <mount>/views/NAME.",
                        no_args_is_help=True)
@@ -30,11 +33,6 @@ def mount(
                                            "hidden until unmounted)")] = False,
 ) -> None:
     """Mount the store read-only: by-hash/, batches/, sources/, views/, .hoard/health, inbox → 3A."""
-    import logging
-
-    from fsd import logs
-    from fsd.mount import check_mountpoint, run_mount
-
     cfg = state(ctx).settings
     if foreground:
         logs.setup(logging.DEBUG if debug else logging.INFO, force=True)  # the CLI set WARNING
@@ -77,8 +75,6 @@ def umount(
     lazy: Annotated[bool, typer.Option("--lazy", "-z", help="detach now even if files are open")] = False,
 ) -> None:
     """Unmount a hoard mount (fusermount3 -u; --lazy when readers are still busy or its daemon died)."""
-    from fsd.mount import is_mounted
-
     if not is_mounted(Path(os.path.realpath(mountpoint.parent)) / mountpoint.name):
         raise HoardError(f"{mountpoint} is not mounted", ExitCode.USAGE)
     r = subprocess.run(["fusermount3", "-u"] + (["-z"] if lazy else []) + [str(mountpoint)],
@@ -97,6 +93,7 @@ def view_add(
 ) -> None:
     """Define (or replace) a view: the manifest is checked and stored in the store itself.
     Line manifests are read as a stream: a list of 10 M files needs no memory for itself."""
+    # deferred: hoard starts without the store's modules
     from fsd.store import Store
     from fsd.views import define_view_rows, manifest_rows
 
@@ -108,6 +105,7 @@ def view_add(
 @view_app.command("list")
 def view_list(ctx: typer.Context, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """The defined views."""
+    # deferred: hoard starts without the store's modules
     from fsd.index import Index
 
     index = Index(state(ctx).settings.index_dir)
@@ -122,6 +120,7 @@ def view_list(ctx: typer.Context, as_json: Annotated[bool, typer.Option("--json"
 @view_app.command("rm")
 def view_rm(ctx: typer.Context, name: str) -> None:
     """Remove a view (its files stay in the store)."""
+    # deferred: hoard starts without the store's modules
     from fsd.store import Store
     from fsd.views import remove_view
 

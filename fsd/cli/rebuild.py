@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import json
+from dataclasses import asdict
 from typing import Annotated, Optional
 
 import typer
 
+from fsd.base.errors import ExitCode
 from fsd.cli._common import confirm, err, out, progress
-from fsd.errors import ExitCode
+from fsd.cli.store import open_store
 
 
 def run_rebuild(ctx: typer.Context, disk: str, onto: Optional[str], rate_mb_s: float, yes: bool,
                 as_json: bool = False) -> None:
-    from fsd.cli.store import open_store
+    # deferred: hoard starts without the store's modules
     from fsd.disks import DiskState
     from fsd.rebuild import rebuild as run
 
@@ -26,9 +29,6 @@ def run_rebuild(ctx: typer.Context, disk: str, onto: Optional[str], rate_mb_s: f
         with progress(f"rebuilding {disk}") as update:
             rep = run(store, disk, onto, rate_mb_s or None, progress=update)
     if as_json:
-        import json
-        from dataclasses import asdict
-
         out.print(json.dumps(asdict(rep)), markup=False)
         if rep.lost:
             raise typer.Exit(ExitCode.DATA)

@@ -6,9 +6,10 @@ import os
 
 import typer
 
+from fsd.base.config import Settings
+from fsd.base.errors import ConfigError, ExitCode, HoardError
 from fsd.cli._common import out, state
-from fsd.config import Settings
-from fsd.errors import ConfigError, ExitCode, HoardError
+from fsd.cli.db import backrest_for
 
 app = typer.Typer(help="Start, stop and show the private PostgreSQL and Redis (embedded default).",
                   no_args_is_help=True)
@@ -23,6 +24,7 @@ def _embedded(cfg: Settings):
 
 def _private(cfg: Settings):
     """The private servers this config runs, skipping those overridden by the environment."""
+    # deferred: hoard starts without jobs (rq, redis) and sql's modules
     from jobs.redis_server import PrivateRedis
     from sql.cluster import PrivateCluster
 
@@ -37,6 +39,7 @@ def _private(cfg: Settings):
 @app.command()
 def up(ctx: typer.Context) -> None:
     """Start what is not running and create the working and the test database."""
+    # deferred: hoard starts without sql's modules
     from sql.cluster import ensure_database
 
     cfg = state(ctx).settings
@@ -49,8 +52,6 @@ def up(ctx: typer.Context) -> None:
     for url in (cfg.database_url, cfg.test_database_url):
         ensure_database(url)
     if pg is not None:
-        from fsd.cli.db import backrest_for
-
         br = backrest_for(cfg)
         if br is not None:
             for line in br.setup(cfg.database_url, pg):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import typer
 
-from fsd.errors import NotBuilt
+from fsd.base.errors import NotBuilt
 
 PENDING = {
     "stage": ("Stage nodes into zone 3C for a worker", "W1-F"),

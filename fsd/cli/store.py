@@ -2,20 +2,27 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import os
+import signal
+import stat
 import sys
+import threading
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
+from fsd.base.errors import ExitCode, HoardError
+from fsd.base.paths import display
 from fsd.cli._common import err, out, progress, read_input, state
-from fsd.errors import ExitCode, HoardError
-from fsd.paths import display
 
 
 def open_store(ctx: typer.Context, writable: bool = True):
+    # deferred: hoard starts without the store's modules
     from fsd.store import Store
 
     return Store.open(state(ctx).settings, writable=writable)
@@ -26,8 +33,6 @@ def _expand(paths: list[Path], manifest: Optional[Path]) -> tuple[list[Path], li
 
     A directory walk lists every entry that is not a directory — FIFOs, sockets, devices and
     dangling symlinks too — so each is rejected by name instead of vanishing silently."""
-    import os
-
     items: list[Path] = []
     unreadable: list[str] = []
     if manifest is not None:
@@ -104,8 +109,6 @@ def put(
 
 
 def _size(path: Path) -> int:
-    import os
-
     try:
         return os.stat(path).st_size
     except OSError:
@@ -115,9 +118,6 @@ def _size(path: Path) -> int:
 def _stop_on_first_ctrl_c():
     """An event set by the first Ctrl-C (the work stops at a safe point and reports what it
     did); a second Ctrl-C interrupts at once."""
-    import signal
-    import threading
-
     stop = threading.Event()
 
     def first(_sig, _frame) -> None:
@@ -138,10 +138,11 @@ def get(
 
     `-o FILE` is written beside the target and renamed when complete; a device or FIFO
     (`-o /dev/null`) is written in place. Memory stays bounded whatever the object's size."""
-    from fsd.store import _sha_bytes
+    # deferred: hoard starts without the store's modules
+    from fsd.records import sha_bytes
 
     target = check_output(output) if output is not None else None
-    sha = _sha_bytes(sha256.lower())
+    sha = sha_bytes(sha256.lower())
     with open_store(ctx, writable=False) as store:
         pieces = store.iter_object(sha)  # verified piece by piece: memory does not grow with the object
         if output is None:
@@ -156,9 +157,6 @@ def check_output(output: Path) -> str:
     """How `-o PATH` will be written, checked before any work: "file" (a temp file beside it,
     renamed over it when complete) or "device" (an existing FIFO or character device such as
     /dev/null is written in place, as a shell redirect would — never renamed over)."""
-    import os
-    import stat
-
     name = display(str(output))
     try:
         st = os.stat(output)
@@ -184,9 +182,6 @@ def check_output(output: Path) -> str:
 def write_output(output: Path, how: str, chunks) -> None:
     """Write `chunks` to `output` as `check_output` decided; a failure is one line (no room:
     exit 6), and a regular file is only replaced once it is complete and fsynced."""
-    import errno
-    import os
-
     name = display(str(output))
     tmp = output.with_name(f".{output.name}.part") if how == "file" else output
     try:
@@ -213,14 +208,13 @@ def replicate(
     as_json: Annotated[bool, typer.Option("--json", help="each round's report as JSON")] = False,
 ) -> None:
     """Copy shards below their replica target (copy_of_raw / copy_of_generated)."""
+    # deferred: hoard starts without the store's modules
     from fsd.replicate import replicate_once
 
     while True:
         with open_store(ctx) as store, progress("replicating") as update:
             rep = replicate_once(store, budget_s, rate_mb_s or None, progress=update)
         if as_json:
-            from dataclasses import asdict
-
             out.print(json.dumps(asdict(rep)), markup=False)
         else:
             out.print(f"replicated {rep.copied_shards} shards ({rep.copied_bytes / 1e6:.1f} MB) in "

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from typing import Annotated, Optional
 
 import typer
 
+from fsd.base.errors import ExitCode, HoardError
 from fsd.cli._common import database, err, out, progress, state
-from fsd.errors import ExitCode, HoardError
+from fsd.cli.store import open_store
 
 
 def verify(
@@ -28,7 +30,7 @@ def verify(
 
     Exit 5 if a bad replica remains (not repaired, or no good copy to repair from).
     """
-    from fsd.cli.store import open_store
+    # deferred: hoard starts without the store's modules
     from fsd.scrub import verify as run
 
     if orphans:
@@ -45,8 +47,6 @@ def verify(
         raise HoardError(f"{rep.in_scope} sealed shards{scope}, but none has a replica on a readable disk; "
                          "`hoard health` names the failed or missing disks", ExitCode.DATA)
     if as_json:
-        from dataclasses import asdict
-
         out.print(json.dumps(asdict(rep)), markup=False)
     else:
         out.print(f"verified {rep.replicas} replicas of {rep.shards} shards ({rep.bytes / 1e6:.1f} MB) in "
@@ -60,9 +60,7 @@ def verify(
 
 
 def _orphans(ctx: typer.Context, repair: bool, grace_s: float, as_json: bool) -> None:
-    from dataclasses import asdict
-
-    from fsd.cli.store import open_store
+    # deferred: hoard starts without the store's modules
     from fsd.orphans import sweep
 
     with open_store(ctx) as store:
@@ -93,10 +91,8 @@ def check(
     Exit 5 when something disagrees (each on one line with what to do), 0 when all agree.
     Changes nothing; `hoard verify` reads every byte, this reads the index, footers and sizes.
     """
-    from dataclasses import asdict
-
+    # deferred: hoard starts without the store's and sql's modules
     from fsd.check import check as run
-    from fsd.cli.store import open_store
 
     from sql.check import store_vs_database
 

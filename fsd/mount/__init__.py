@@ -15,8 +15,8 @@ import re
 import signal
 from pathlib import Path
 
-from fsd.config import Settings
-from fsd.errors import ExitCode, HoardError
+from fsd.base.config import Settings
+from fsd.base.errors import ExitCode, HoardError
 
 __all__ = ["check_mountpoint", "run_mount"]
 
@@ -24,6 +24,8 @@ log = logging.getLogger(__name__)
 
 
 def run_mount(cfg: Settings, mountpoint: Path, debug: bool = False, ready=None, nonempty: bool = False) -> None:
+    # deferred: pyfuse3, trio and the mount's modules (~0.2 s) load only to serve; the CLI imports
+    # this package at every start (check_mountpoint, is_mounted for `hoard umount`)
     import pyfuse3
     import trio
 
@@ -119,6 +121,7 @@ def _unescape(field: str) -> str:
 
 
 async def _stop_on_signal(nursery) -> None:
+    # deferred: as in run_mount, which has loaded them already
     import pyfuse3
     import trio
 

@@ -26,6 +26,7 @@ not loaded yet).
 
 from __future__ import annotations
 
+import datetime as dt
 import stat
 import threading
 import time
@@ -261,7 +262,6 @@ class Namespace:
 def _mtime_ns(iso: str | None) -> int:
     if not iso:
         return 0
-    import datetime as dt
 
     try:
         return int(dt.datetime.fromisoformat(iso).timestamp() * 1e9)

@@ -14,6 +14,7 @@ fresh by `Watcher` in worker threads and answered from memory. The mount is read
 from __future__ import annotations
 
 import errno
+import functools
 import logging
 import os
 import stat
@@ -21,11 +22,11 @@ from dataclasses import dataclass
 
 import pyfuse3
 
-from fsd.errors import HoardError
+from fsd.base.errors import HoardError
 from fsd.mount.namespace import Namespace, Node
 from fsd.mount.reader import SMALL_MAX, ReadFailed, Reader
 from fsd.mount.watch import Watcher
-from fsd.store import ObjectNotFound
+from fsd.records import ObjectNotFound
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +47,6 @@ class _Open:
 def _guarded(fn):
     """A bug in one handler must cost one request (EIO, logged with its traceback), not the
     whole mount: pyfuse3 ends its main loop on any exception that is not a FUSEError."""
-    import functools
-
     @functools.wraps(fn)
     async def handler(*args, **kwargs):
         try:

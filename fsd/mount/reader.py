@@ -39,9 +39,11 @@ import trio
 import xxhash
 
 from fsd import shardfmt as fmt
+from fsd.base.errors import HoardError
 from fsd.disks import pread_full
 from fsd.mount.queue import BACKGROUND, DiskQueue, take_over
-from fsd.store import MAP_PIECE, STREAM_THRESHOLD, Store, learn_map, verify_record
+from fsd.records import MAP_PIECE, STREAM_THRESHOLD, learn_map, verify_record
+from fsd.store import Store
 
 __all__ = ["Reader", "ReadFailed", "SMALL_MAX"]
 
@@ -475,8 +477,6 @@ class Reader:
         """`read(disk, meta, loc)` on the object's usable replicas — `first` first — until one
         gives good bytes (Store.from_replicas: a replica that fails is reported — EIO marks its
         disk failed — and skipped; if gc moved the object meanwhile it is looked up again)."""
-        from fsd.errors import HoardError
-
         try:
             return self.store.from_replicas(sha, read, avoid, on_bad=self._bad_replica, first=first)
         except HoardError as e:

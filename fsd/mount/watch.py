@@ -26,6 +26,7 @@ import logging
 import threading
 import time
 
+import pyfuse3
 import trio
 
 __all__ = ["Watcher", "render_health"]
@@ -127,8 +128,6 @@ class Watcher:
                 nursery.start_soon(self._every, name, every, fn)
 
     async def _every(self, name: str, every: float, fn) -> None:
-        import pyfuse3
-
         while True:
             try:
                 out = await trio.to_thread.run_sync(fn, abandon_on_cancel=True)

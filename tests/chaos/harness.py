@@ -352,7 +352,7 @@ class World:
 
     # -- invariants -----------------------------------------------------------------
     def check_invariants(self, step: Step) -> None:
-        from fsd import config
+        from fsd.base import config
         from fsd.store import Store
 
         self.hoard("replicate")  # the store may lag its replica target after a fault; not a loss

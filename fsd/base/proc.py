@@ -6,7 +6,7 @@ import shutil
 import subprocess
 from collections.abc import Sequence
 
-from fsd.errors import ExitCode, HoardError
+from fsd.base.errors import ExitCode, HoardError
 
 
 def which(program: str, package: str, extra_dirs: Sequence[str] = ()) -> str:

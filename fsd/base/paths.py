@@ -1,7 +1,9 @@
-"""Relative paths that name files inside a batch or a view: what is safe to accept."""
+"""Relative paths that name files inside a batch or a view: what is safe to accept, and how a
+name is shown."""
 
 from __future__ import annotations
 
+import os
 import re
 
 #: a batch id or a view name (the same rule as the database's CHECK on action_batch.batch_id)
@@ -41,3 +43,9 @@ def display(name: str) -> str:
     sequences; a newline would split the line) are shown as `\\xNN`."""
     shown = name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
     return "".join(f"\\x{ord(c):02x}" if ord(c) < 32 or 0x7f <= ord(c) < 0xa0 else c for c in shown)
+
+
+def file_ext(name: str) -> str:
+    """The extension a file is shown with in by-hash/ (lower case, alphanumeric, ≤ 10), or ''."""
+    ext = os.path.splitext(name)[1][1:].lower()
+    return ext if ext and len(ext) <= 10 and ext.isascii() and ext.isalnum() else ""

@@ -9,11 +9,22 @@ and query the database. Later issues add the mount, stage/export and the GUI.
 
 from __future__ import annotations
 
+import hashlib
+import shutil
+import threading
+import time
+
+import psycopg
+
 from adapters.synth import Spec, generate
+from fsd.base.config import Settings
+from fsd.base.errors import ExitCode, HoardError
 from fsd.cli._common import err, out
-from fsd.config import Settings
-from fsd.errors import ExitCode, HoardError
-from fsd.health import collect
+from fsd.replicate import replicate_once
+from fsd.store import Store
+from jobs.health import collect
+from jobs.ingest import Status, load_state, submit, work_here
+from sql.selectors import query_nodes
 
 DEMO_SPEC = Spec(seed=7, batches=3, items_per_batch=60, large_max_mb=4, ready_signal=True)
 
@@ -46,15 +57,12 @@ def run_demo(cfg: Settings) -> None:
 def _sample_batches(cfg: Settings) -> list:
     """The demo's scraped batches, dropped in 3A with a _READY signal — unless a previous run
     ingested them already (then only their reports are shown again)."""
-    from jobs.ingest import load_state
-
     zone3a = cfg.ssd.zone_path("3A")
     names = [f"{src}-s{DEMO_SPEC.seed}-b{b:03d}" for b, src in
              zip(range(DEMO_SPEC.batches), DEMO_SPEC.sources * DEMO_SPEC.batches)]
     done = {n for n in names if (st := load_state(cfg, n)) is not None and st.finished}
     batches = generate(zone3a, DEMO_SPEC) if len(done) < len(names) else generate(
         cfg.ssd.root / "state" / "demo-sample", DEMO_SPEC)
-    import shutil
 
     for n in done:  # regenerated only because generate() makes all batches at once
         shutil.rmtree(zone3a / n, ignore_errors=True)
@@ -67,10 +75,6 @@ def _sample_batches(cfg: Settings) -> list:
 
 def _ingest(cfg: Settings, batches: list) -> list:
     """UA_1 for each batch, on RQ, with the jobs run in this process."""
-    import time
-
-    from jobs.ingest import Status, load_state, submit, work_here
-
     t0 = time.monotonic()
     for b in batches:
         submit(cfg, cfg.ssd.zone_path("3A") / b.batch_id, None)
@@ -93,12 +97,6 @@ def _ingest(cfg: Settings, batches: list) -> list:
 
 
 def _read_back(cfg: Settings, batches: list) -> None:
-    import hashlib
-    import threading
-
-    from fsd.replicate import replicate_once
-    from fsd.store import Store
-
     with Store.open(cfg) as store:
         rep = replicate_once(store, budget_s=120, rate_mb_s=None)
         out.print(f"[bold]5. replicate[/] {rep.copied_shards} shard copies made; "
@@ -134,10 +132,6 @@ def _read_back(cfg: Settings, batches: list) -> None:
 
 def _describe(cfg: Settings, batches: list) -> None:
     """What the database now knows: a selector and the cross-batch links."""
-    import psycopg
-
-    from sql.selectors import query_nodes
-
     with psycopg.connect(cfg.database_url, autocommit=True) as conn:
         images = query_nodes(conn, {"kinds": ["image"], "batches": [b.batch_id for b in batches]})
         videos = query_nodes(conn, {"kinds": ["video"]})

@@ -1,17 +1,59 @@
-"""The bulk body of apply_write_intent: COPY into temporary tables, then set-based SQL.
+"""Applying a write-intent: `apply_write_intent(conn, intent)`, which
+
+1. records the intent's idempotency key with the sha256 of its canonical body — the same
+   key again is a no-op that says so, the same key with another body is refused;
+2. checks references (an edge's or a label's nodes must be in the intent or the
+   database; sources and relationship types must be registered or declared);
+3. applies everything in one transaction, in bulk: COPY into temporary tables, then
+   INSERT … SELECT … ON CONFLICT;
+4. returns counts of what changed.
 
 Every reference check runs before anything that depends on it, and names the field path
-(`edges[12].child`) of the first problem. Called inside the caller's transaction.
+(`edges[12].child`) of the first problem. The bulk body (`apply_body`) runs inside the
+transaction `apply_write_intent` opens.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 import psycopg
 
-from sql.intents import IntentError, WriteIntent, virtual_description
+from sql.intents import IntentConflict, IntentError, WriteIntent, parse_intent, virtual_description
+from sql.schema_decider import fill_specific_tables
+
+
+@dataclass
+class ApplyResult:
+    key: str
+    noop: bool
+    counts: dict[str, int] = field(default_factory=dict)
+
+
+def apply_write_intent(conn: psycopg.Connection, intent: WriteIntent | dict[str, Any]) -> ApplyResult:
+    """Apply in one transaction; a re-applied key is a no-op (`noop=True`)."""
+    if not isinstance(intent, WriteIntent):
+        intent = parse_intent(intent)
+    digest = intent.digest()
+    with conn.transaction():
+        row = conn.execute("INSERT INTO applied_intent (key, digest, counts) VALUES (%s, %s, '{}') "
+                           "ON CONFLICT (key) DO NOTHING RETURNING key", [intent.key, digest]).fetchone()
+        if row is None:
+            prev_digest, prev_counts = conn.execute(
+                "SELECT digest, counts FROM applied_intent WHERE key = %s", [intent.key]).fetchone()
+            if bytes(prev_digest) != digest:
+                raise IntentConflict(f"write-intent {intent.key!r} was already applied with different content; "
+                                     "an intent's key must name exactly one body — use a new key")
+            return ApplyResult(intent.key, True, prev_counts)
+        try:
+            counts = apply_body(conn, intent)
+        except psycopg.errors.CheckViolation as e:
+            raise IntentError(f"write-intent {intent.key!r} rejected: {e.diag.message_primary}") from None
+        conn.execute("UPDATE applied_intent SET counts = %s WHERE key = %s", [json.dumps(counts), intent.key])
+    return ApplyResult(intent.key, False, counts)
 
 
 def _copy(conn: psycopg.Connection, table: str, columns: str, rows: Iterable[Sequence]) -> None:
@@ -51,16 +93,16 @@ def _missing_nodes(conn: psycopg.Connection, shas: list[tuple[int, str, str]], w
 
 def _check_refs(conn: psycopg.Connection, table: str, what: str, *columns: tuple[str, str]) -> None:
     """The first row of a loaded temporary table naming a node that does not exist."""
-    for column, field in columns:
+    for column, name in columns:
         row = conn.execute(f"SELECT t.idx, encode(t.{column}, 'hex') FROM {table} t "
                            f"LEFT JOIN node n ON n.sha256 = t.{column} WHERE n.node_id IS NULL "
                            "ORDER BY t.idx LIMIT 1").fetchone()
         if row:
-            raise IntentError(f"{what}[{row[0]}].{field}: node {row[1]} is neither in this intent nor in the database")
+            raise IntentError(f"{what}[{row[0]}].{name}: node {row[1]} is neither in this intent nor in the database")
 
 
 #: the columns common_metadata and metadata_version share besides their keys
-_VERSION_COLUMNS = ("is_raw, is_root, title, view_count, update_time, download_time, author, user_name, "
+VERSION_COLUMNS = ("is_raw, is_root, title, view_count, update_time, download_time, author, user_name, "
                     "raw_metadata, specific")
 
 
@@ -178,12 +220,11 @@ def apply_body(conn: psycopg.Connection, it: WriteIntent) -> dict[str, int]:
         counts["metadata_rows"] = cur.rowcount
         # every document's version too: deleting its batch later recomputes common_metadata from the rest
         conn.execute(f"""
-            INSERT INTO metadata_version (node_id, source_id, raw_object, {_VERSION_COLUMNS})
+            INSERT INTO metadata_version (node_id, source_id, raw_object, {VERSION_COLUMNS})
             SELECT DISTINCT ON (n.node_id, t.source_id, t.raw_object) n.node_id, t.source_id, t.raw_object,
-                   {', '.join('t.' + c for c in _VERSION_COLUMNS.split(', '))}
+                   {', '.join('t.' + c for c in VERSION_COLUMNS.split(', '))}
             FROM tmp_meta t JOIN node n ON n.sha256 = t.sha WHERE t.raw_object IS NOT NULL
             ON CONFLICT DO NOTHING""")
-        from sql.schema_decider import fill_specific_tables
 
         fill_specific_tables(conn, {sources[m.source] for m in it.metadata}, "tmp_meta")
     if it.edges:

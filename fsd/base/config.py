@@ -20,9 +20,12 @@ from urllib.parse import quote
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from fsd.errors import ConfigError
+from fsd.base.errors import ConfigError
 
 ZONES = ("3A", "3B", "3C", "3D")
+#: the batch formats a `[sources]` entry may name, in the order messages list them: one per
+#: adapter of `adapters.FORMATS` (a test keeps the two equal; the config sits below adapters)
+SOURCE_FORMATS = ("ytdlp", "gallery_dl", "sidecar", "csv_manifest", "twitter", "reddit", "mastodon")
 ZoneName = Literal["3A", "3B", "3C", "3D"]
 SEARCH_PATHS = (Path("hoard.toml"), Path("/etc/hoard/hoard.toml"))
 
@@ -171,12 +174,10 @@ class Settings(BaseSettings):
         paths = [d.path for d in self.disks]
         if len(set(paths)) != len(paths):
             raise ValueError("disk paths must be unique")
-        from adapters import FORMATS
-
-        bad = {k: v for k, v in self.sources.items() if v not in FORMATS}
+        bad = {k: v for k, v in self.sources.items() if v not in SOURCE_FORMATS}
         if bad:
             name, fmt = next(iter(bad.items()))
-            raise ValueError(f"sources.{name} = {fmt!r} is not a format; allowed: {', '.join(FORMATS)}")
+            raise ValueError(f"sources.{name} = {fmt!r} is not a format; allowed: {', '.join(SOURCE_FORMATS)}")
         n = len(self.disks)
         st = self.store
         for key in ("copy_of_raw", "copy_of_generated"):
@@ -210,6 +211,7 @@ class Settings(BaseSettings):
 
 def _derive_test_db_url(url: str) -> str:
     """Same server, database `<name>_test`: tests never touch the working database."""
+    # deferred: psycopg (~0.1 s) loads only when a config is validated, not when the base is imported
     import psycopg.conninfo
 
     params = psycopg.conninfo.conninfo_to_dict(url)
@@ -219,6 +221,7 @@ def _derive_test_db_url(url: str) -> str:
 
 def _derive_test_redis_url(url: str) -> str:
     """Same Redis, database number 1 more than the working one (0 → 1)."""
+    # deferred: redis (~0.1 s) loads only when a config is validated, not when the base is imported
     import redis
 
     kwargs = redis.connection.parse_url(url)

@@ -1,0 +1,93 @@
+"""Where the store keeps things besides shards, on each HDD and on the SSD (docs/design.md,
+"Where things are").
+
+    <disk root>/batches/<batch_id>.json   names an ingested batch's manifest object
+    <disk root>/views/<name>.json         names a view's manifest object
+    <disk root>/marks/marks.log           the deletion marks, in order (replayed by index rebuild)
+    <disk root>/.hoard-forgotten.json     a disk `hoard disks forget` let go of
+    <ssd.root>/.hoard-ssd.json            the SSD's identity (no identity: not mounted)
+    <ssd.root>/state/pins/<name>.json     objects a running job relies on (gc keeps them)
+    <index_dir>/../                       the store's lock files (fsd.storelock)
+
+A leaf of the store: the facade, gc, reindex and lifecycle import it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from fsd.base.config import Settings
+from fsd.base.errors import ExitCode, HoardError
+from fsd.base.paths import NAME_PATTERN
+from fsd.disks import read_identity, write_identity
+
+#: per disk: `<root>/batches/<batch_id>.json` names each ingested batch's manifest object
+BATCHES_DIR = "batches"
+#: per disk: `<root>/views/<name>.json` names each view's manifest object
+VIEWS_DIR = "views"
+#: per disk: `<root>/marks/*.log`, the deletion marks (hidden, deleted) and their clearing, in order
+MARKS_DIR = "marks"
+MARKS_LOG = "marks.log"
+#: the record kinds of the marks log: set / clear a type-A hidden mark, set / clear a type-B
+#: tombstone, and "drop" (gc freed the object: both marks go with it)
+MARK_OPS = ("hide", "show", "delete", "keep", "drop")
+#: written on a forgotten disk's root (`hoard disks forget`), so that a hoard.toml still listing
+#: it gets "forgotten: remove it from hoard.toml" instead of the refusal of a disk holding
+#: shards the index does not know (the guard against a lost index)
+FORGOTTEN = ".hoard-forgotten.json"
+#: on the SSD's root: its identity (see check_ssd)
+SSD_IDENTITY = ".hoard-ssd.json"
+
+
+def pins_dir(cfg: Settings) -> Path:
+    """`<ssd.root>/state/pins/<name>.json`: objects jobs rely on (see Store.pin)."""
+    return cfg.ssd.root / "state" / "pins"
+
+
+def pinned(cfg: Settings) -> tuple[set[bytes], list[str]]:
+    """Every pinned object, and the pin files that could not be read (gc refuses then)."""
+    shas: set[bytes] = set()
+    bad = []
+    for p in sorted(pins_dir(cfg).glob("*.json")):
+        try:
+            shas.update(bytes.fromhex(h) for h in json.loads(p.read_bytes())["sha256"])
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            bad.append(f"{p}: {e}")
+    return shas, bad
+
+
+def pin_path(cfg: Settings, name: str) -> Path:
+    """The pin file `name` (e.g. `ingest-<batch_id>`) names; a name that is not a valid name is a bug."""
+    if not re.match(NAME_PATTERN, name):
+        raise HoardError(f"pin name {name!r} is not a valid name", ExitCode.BUG)
+    return pins_dir(cfg) / f"{name}.json"
+
+
+def lock_root(cfg: Settings) -> Path:
+    """Where the store's lock files live (beside the index, on the SSD)."""
+    return cfg.index_dir.parent
+
+
+def check_ssd(cfg: Settings, init: bool) -> str:
+    """The SSD's uuid from `<ssd.root>/.hoard-ssd.json`, or a refusal before anything is written.
+
+    Without it, an SSD that is not mounted would get a new, empty index on the root
+    filesystem and every job would carry on there (dedupe stops, objects land in the wrong
+    index). `init` (`hoard init`) creates the identity on a new SSD, and adopts an SSD that
+    already holds an index from before SSD identities existed."""
+    root = cfg.ssd.root
+    ident = read_identity(root, SSD_IDENTITY) if root.is_dir() else None
+    if ident is None:
+        legacy = (cfg.index_dir / "data.mdb").is_file()
+        if not (init or legacy):
+            raise HoardError(f"the SSD at {root} has no {SSD_IDENTITY}: it is not mounted, or not initialised — "
+                             "nothing was written; mount it, or run `hoard init` for a new SSD",
+                             ExitCode.UNAVAILABLE)
+        root.mkdir(parents=True, exist_ok=True)
+        ident = write_identity(root, "ssd", SSD_IDENTITY)
+    if not ident.get("uuid"):
+        raise HoardError(f"the SSD identity {root / SSD_IDENTITY} is unreadable ({ident.get('error')}); check the "
+                         "SSD, then restore the file or run `hoard index rebuild`", ExitCode.UNAVAILABLE)
+    return str(ident["uuid"])

@@ -1,0 +1,45 @@
+"""`hoard health`: one JSON document with the state of every part, and the problems to act on.
+
+Each system reports its own part — `fsd.health` (the disks, the store, the SSD zones),
+`sql.health` (the database), `jobs.queues` (Redis), `jobs.ingest` (UA_1 batches). `collect`
+puts them together here, above the store and the database, so that the `hoard` command and
+the GUI (which sit above jobs) read the same document.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fsd.base.config import Settings
+from fsd.health import disk_status, store_problems, store_status, zone_status
+from jobs.ingest import ingest_status
+from jobs.queues import redis_status
+from sql.health import database_problems, database_status
+
+
+def collect(cfg: Settings) -> dict[str, Any]:
+    """Gather the status of disks, zones, PostgreSQL and Redis, and list the problems."""
+    assert cfg.database_url and cfg.redis_url
+    store = store_status(cfg)
+    report: dict[str, Any] = {
+        "config": str(cfg.source) if cfg.source else None,
+        "disks": store.pop("disks", None) or disk_status(cfg),
+        "store": store,
+        "zones": zone_status(cfg),
+        "database": database_status(cfg.database_url),
+        "redis": redis_status(cfg.redis_url),
+        "ingest": ingest_status(cfg),
+    }
+    problems: list[str] = []
+    for f in report["ingest"]["failed"]:
+        problems.append(f"ingest {f['batch_id']}: failed at {f['step']}: {f['error']}; after fixing it, "
+                        f"`hoard ingest --resume {f['batch_id']}`")
+    for r in report["ingest"]["refused"] + report["ingest"]["stalled"]:  # never a silent skip or stall
+        problems.append(f"ingest {r['batch_id']}: {r['reason']}")
+    problems += store_problems(cfg, store, report["disks"], report["zones"])
+    problems += database_problems(report["database"])
+    if not report["redis"]["ok"]:
+        problems.append(f"redis: {report['redis']['error']}; start it with `hoard services up` or fix redis_url")
+    report["problems"] = problems
+    report["ok"] = not problems
+    return report

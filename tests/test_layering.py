@@ -1,0 +1,234 @@
+"""docs/ARCHITECTURE.md's package map holds in the code: every import points down the map, no
+module imports itself back through others, and a function-level import says why it waits.
+
+The map is the ```layers block of the document, read here, so the drawing and the test are
+one thing. Each line is `unit … → the units it may import`; a module belongs to the unit that
+is its longest prefix (`fsd.cli.demo` → `fsd.cli`, `fsd.store` → `fsd`). Units on one line may
+import each other; a line may only name units of lines below it.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+DOC = REPO / "docs" / "ARCHITECTURE.md"
+PACKAGES = ("fsd", "jobs", "sql", "adapters", "datasets", "gui")
+#: the comment a function-level import carries (on its line, or on the line above its group)
+DEFERRED = "# deferred:"
+
+
+@dataclass(frozen=True)
+class Import:
+    source: str  # the importing module
+    target: str  # the imported module (a package for `from pkg import name` of a non-module)
+    line: int
+    where: str  # "module" | "function" | "typing" (under `if TYPE_CHECKING:`)
+
+
+def layer_map() -> list[tuple[list[str], set[str]]]:
+    """The rows of the ```layers block: (units on the row, units they may import)."""
+    block = re.search(r"```layers\n(.*?)```", DOC.read_text(), re.S)
+    assert block, f"{DOC} has no ```layers block"
+    rows = []
+    for line in block.group(1).splitlines():
+        if line.strip():
+            left, arrow, right = line.partition("→")
+            assert arrow, f"a ```layers line needs `→`: {line!r}"
+            rows.append((left.split(), set(right.split())))
+    return rows
+
+
+def modules() -> dict[str, Path]:
+    found = {}
+    for pkg in PACKAGES:
+        for path in sorted((REPO / pkg).rglob("*.py")):
+            parts = path.relative_to(REPO).with_suffix("").parts
+            found[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    return found
+
+
+def _is_type_checking(test: ast.expr) -> bool:
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+
+
+def imports(mods: dict[str, Path]) -> list[Import]:
+    """Every import of a hoardfs module, resolved to the module it loads."""
+    def resolve(name: str) -> str | None:
+        while name and name not in mods:
+            name = name.rpartition(".")[0]
+        return name or None
+
+    out = []
+    for mod, path in mods.items():
+        package = mod if path.name == "__init__.py" else mod.rpartition(".")[0]
+
+        def visit(node: ast.AST, where: str) -> None:
+            for child in ast.iter_child_nodes(node):
+                inner = where
+                if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)) and where == "module":
+                    inner = "function"
+                elif isinstance(child, ast.If) and _is_type_checking(child.test):
+                    inner = "typing"
+                names = []
+                if isinstance(child, ast.Import):
+                    names = [a.name for a in child.names]
+                elif isinstance(child, ast.ImportFrom):
+                    base = child.module or ""
+                    if child.level:
+                        up = package.split(".")[: len(package.split(".")) - (child.level - 1)]
+                        base = ".".join(up + ([child.module] if child.module else []))
+                    names = [f"{base}.{a.name}" for a in child.names]
+                for name in names:
+                    target = resolve(name) if name.split(".")[0] in PACKAGES else None
+                    if target and target != mod:
+                        out.append(Import(mod, target, child.lineno, inner))
+                visit(child, inner)
+
+        visit(ast.parse(path.read_text(), str(path)), "module")
+    return out
+
+
+def unit_of(module: str, units: list[str]) -> str:
+    return max((u for u in units if module == u or module.startswith(u + ".")), key=len)
+
+
+def test_the_map_is_a_layering() -> None:
+    """The ```layers block covers every package, and each line names only units of lines below it."""
+    rows = layer_map()
+    seen: list[str] = []
+    for units, allowed in reversed(rows):
+        assert allowed <= set(seen), f"{' '.join(units)} → {' '.join(sorted(allowed - set(seen)))}: not below it"
+        seen += units
+    assert set(PACKAGES) <= set(seen), f"packages missing from the map: {set(PACKAGES) - set(seen)}"
+    assert len(seen) == len(set(seen)), "a unit is on two lines"
+
+
+def test_imports_point_down() -> None:
+    """No module imports a unit above its own (TYPE_CHECKING imports included)."""
+    rows = layer_map()
+    units = [u for row, _ in rows for u in row]
+    may = {u: allowed | set(row) for row, allowed in rows for u in row}
+    mods = modules()
+    upward = [f"{mods[i.source].relative_to(REPO)}:{i.line}: {i.source} imports {i.target} "
+              f"({unit_of(i.source, units)} may import only {' '.join(sorted(may[unit_of(i.source, units)]))})"
+              for i in imports(mods) if unit_of(i.target, units) not in may[unit_of(i.source, units)]]
+    assert not upward, "upward imports:\n" + "\n".join(upward)
+
+
+def test_the_leaf_base_is_a_leaf() -> None:
+    """Reaching fsd.base runs fsd/__init__.py first: it must import nothing, or the base would not be a leaf."""
+    assert not [n for n in ast.walk(ast.parse((REPO / "fsd" / "__init__.py").read_text()))
+                if isinstance(n, (ast.Import, ast.ImportFrom))]
+
+
+def test_no_import_cycles() -> None:
+    """No module reaches itself through imports that run (module- or function-level; a
+    TYPE_CHECKING import runs never). Importing `a.b.c` also runs `a` and `a.b`, so those count."""
+    mods = modules()
+    graph: dict[str, set[str]] = {m: set() for m in mods}
+    for i in imports(mods):
+        if i.where == "typing":
+            continue
+        parts = i.target.split(".")
+        for k in range(1, len(parts) + 1):
+            target = ".".join(parts[:k])
+            # a module's own packages are already running when it imports a sibling
+            if target in mods and target != i.source and not i.source.startswith(target + "."):
+                graph[i.source].add(target)
+    cycles = [" → ".join(_path_back(graph, c)) + (f" (all of {', '.join(c)} reach each other)" if len(c) > 2 else "")
+              for c in _cycles(graph)]
+    assert not cycles, "import cycles:\n" + "\n".join(cycles)
+
+
+def _path_back(graph: dict[str, set[str]], component: list[str]) -> list[str]:
+    """One cycle through the component's first module (breadth-first, inside the component)."""
+    start, inside = component[0], set(component)
+    came_from: dict[str, str] = {}
+    frontier = [start]
+    while frontier:
+        nxt = []
+        for node in frontier:
+            for child in sorted(graph[node] & inside):
+                if child == start:
+                    path = [node]
+                    while path[-1] != start:
+                        path.append(came_from[path[-1]])
+                    return [start, *reversed(path[:-1]), start] if len(path) > 1 else [start, node, start]
+                if child not in came_from:
+                    came_from[child] = node
+                    nxt.append(child)
+        frontier = nxt
+    return component
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components with more than one module (Tarjan, iterative)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found = []
+    for root in sorted(graph):
+        if root in index:
+            continue
+        work = [(root, iter(sorted(graph[root])))]
+        index[root] = low[root] = len(index)
+        stack.append(root)
+        on_stack.add(root)
+        while work:
+            node, children = work[-1]
+            child = next(children, None)
+            if child is not None:
+                if child not in index:
+                    index[child] = low[child] = len(index)
+                    stack.append(child)
+                    on_stack.add(child)
+                    work.append((child, iter(sorted(graph[child]))))
+                elif child in on_stack:
+                    low[node] = min(low[node], index[child])
+                continue
+            work.pop()
+            if work:
+                low[work[-1][0]] = min(low[work[-1][0]], low[node])
+            if low[node] == index[node]:
+                component = []
+                while True:
+                    member = stack.pop()
+                    on_stack.discard(member)
+                    component.append(member)
+                    if member == node:
+                        break
+                if len(component) > 1:
+                    found.append(sorted(component))
+    return found
+
+
+def test_function_level_imports_say_why() -> None:
+    """An import inside a function defers a heavy module (pyfuse3, rq, the store's modules for the
+    CLI's start, …) and says so: `# deferred: <reason>` on its line or above its group of imports."""
+    silent = []
+    for path in modules().values():
+        lines = path.read_text().splitlines()
+        tree = ast.parse("\n".join(lines))
+        in_functions = [n for f in ast.walk(tree) if isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef))
+                        for n in ast.walk(f) if isinstance(n, (ast.Import, ast.ImportFrom))]
+        import_lines = {k for n in in_functions for k in range(n.lineno, n.end_lineno + 1)}
+        for node in {id(n): n for n in in_functions}.values():
+            if any(DEFERRED in lines[k - 1] for k in range(node.lineno, node.end_lineno + 1)):
+                continue
+            above = node.lineno - 1
+            while above in import_lines or (not lines[above - 1].strip() and above - 1 in import_lines):
+                above -= 1  # the other imports of the same group, blank lines between them included
+            comment = []  # the comment lines right above the group
+            while above >= 1 and lines[above - 1].strip().startswith("#"):
+                comment.append(lines[above - 1])
+                above -= 1
+            if not any(line.strip().startswith(DEFERRED) for line in comment):
+                silent.append(f"{path.relative_to(REPO)}:{node.lineno}: {ast.unparse(node)}")
+    assert not silent, ("function-level imports without a `# deferred: <reason>` comment (move them to the "
+                        "top of the module, or say what they defer):\n" + "\n".join(silent))
