@@ -157,19 +157,25 @@ def test_kill_during_gc_then_rerun(lab_factory, tmp_path: Path) -> None:
     assert not any((d.mountpoint / "tmp" / "gc-reserve").exists() for d in lab.disks.values())
 
 
-def test_crash_between_swap_and_delete_is_finished_next_run(store_factory, tmp_path: Path) -> None:
-    """If gc stops after the index swap but before deleting the old replicas, the next run
-    deletes them first (the retired list), and nothing the index points at is touched."""
+def _swapped_not_deleted(store_factory, tmp_path: Path, seed: int):
+    """A store where gc swapped the index to new shards for a dropped batch and stopped before
+    deleting the old replicas (they are listed as retired); returns it and what was stored."""
     from fsd import gc as gcmod
 
     store = store_factory(n_disks=3, caps=None, shard_size_mb=1)
-    res = store.put_many(make_files(tmp_path / "a", 80, seed=8))
+    res = store.put_many(make_files(tmp_path / "a", 80, seed=seed))
     _register(store, "a", res[::2])
     drop_batch(store, "a")
     dead = store.index.marked(store.index.deleted)
     items = gcmod.plan(store, 0.9, dead)
-    moved = gcmod._copy_live(store, items[0][0].klass, items, dead)
-    gcmod._swap(store, items, moved, set())  # ... and the process dies here
+    gcmod._swap(store, items, gcmod._copy_live(store, items[0][0].klass, items, dead), set())
+    return store, res
+
+
+def test_crash_between_swap_and_delete_is_finished_next_run(store_factory, tmp_path: Path) -> None:
+    """If gc stops after the index swap but before deleting the old replicas, the next run
+    deletes them first (the retired list), and nothing the index points at is touched."""
+    store, res = _swapped_not_deleted(store_factory, tmp_path, seed=8)
     assert store.index.marked(store.index.retired)
     old_files = [d.root / "shards" for d in store.disks.values()]
     before = sum(1 for root in old_files for _ in root.rglob("*.shard"))
@@ -223,13 +229,7 @@ def test_disk_vanishing_before_delete_keeps_its_retired_replica(store_factory, t
     from fsd import gc as gcmod
     from fsd.check import check
 
-    store = store_factory(n_disks=3, caps=None, shard_size_mb=1)
-    res = store.put_many(make_files(tmp_path / "a", 80, seed=9))
-    _register(store, "a", res[::2])
-    drop_batch(store, "a")
-    dead = store.index.marked(store.index.deleted)
-    items = gcmod.plan(store, 0.9, dead)
-    gcmod._swap(store, items, gcmod._copy_live(store, items[0][0].klass, items, dead), set())
+    store, res = _swapped_not_deleted(store_factory, tmp_path, seed=9)
     d1 = next(d for d in store.disks.values() if d.label == "d1")
     on_d1 = [sid.hex() for sid, doc in _retired(store).items() if d1.uuid in doc["replicas"]]
     assert on_d1, "no retired shard has a replica on d1: pick another seed"
