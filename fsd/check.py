@@ -10,7 +10,7 @@ verifies"):
 3. a sealed shard's footer lists exactly `records` records; the objects the index maps to
    it are among them, and every object a footer names is in the index;
 4. each disk's `used_bytes` equals the size of the replica files the index puts there;
-5. deletion marks, chunk maps and extensions name objects that exist;
+5. deletion marks, roots, chunk maps and extensions name objects that exist;
 6. every batch and view manifest is stored, and every file it names is in the index;
 7. (with the database) every physical node that is not deleted is in the store.
 
@@ -134,8 +134,10 @@ def check(store: Store, missing_in_db: Callable[[set[bytes]], tuple[list[bytes],
         if on_disk is not None and on_disk > expect_used[uuid]:
             rep.notes.append(f"disk {rec.label}: {on_disk - expect_used[uuid]} bytes of shard files no index entry "
                              "names (orphans); `hoard verify --orphans` sets them aside")
-    for name, db in (("hidden", idx.hidden), ("deleted", idx.deleted), ("chunk map", idx.chunks),  # 5
-                     ("extension", idx.exts)):
+    for name, db in (("hidden", idx.hidden), ("deleted", idx.deleted), ("root", idx.rooted),  # 5
+                     ("chunk map", idx.chunks), ("extension", idx.exts)):
+        if db is None:  # a table an old index opened read-only does not have yet
+            continue
         with idx.env.begin(db=db) as txn:
             for k, _ in txn.cursor():
                 if bytes(k) not in objects:

@@ -264,7 +264,9 @@ class LocalDisk:
     def delete(self, shard_hex: str) -> None:
         """Remove the shard's file durably: the directory is fsynced before this returns, so a
         caller that then forgets the shard in the index (gc, recovery) never leaves a file
-        that a power cut brings back with nothing naming it."""
+        that a power cut brings back with nothing naming it. When there was no file, DiskGone
+        says the disk is gone (a vanished mount looks empty) and FileNotFoundError that it
+        was deleted before: a caller never counts a replica deleted that is still out there."""
         self.forget(shard_hex)
         removed = False
         for sealed in (True, False):
@@ -273,6 +275,9 @@ class LocalDisk:
                 removed = True
         if removed:
             fsync_dir(self.path(shard_hex, True).parent)
+            return
+        self.check()
+        raise FileNotFoundError(errno.ENOENT, f"no shard {shard_hex} on disk {self.label}")
 
     def forget(self, shard_hex: str) -> None:
         fd = self._fds.pop(shard_hex, None)

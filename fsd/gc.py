@@ -68,15 +68,16 @@ Roots = Callable[[set[bytes]], set[bytes]]
 
 def referenced(store: Store, among: set[bytes], extra: Roots | None = None) -> set[bytes]:
     """Which of `among` something still references *now*: a registered batch or view manifest
-    (and the manifest objects themselves), a pin (a job between acknowledgement and manifest,
-    see Store.pin), or — through `extra` (the CLI passes the database's nodes) — a row.
+    (and the manifest objects themselves), a root (`hoard put` acknowledged it), a pin (a job
+    between acknowledgement and manifest, see Store.pin), or — through `extra` (the CLI
+    passes the database's nodes) — a row.
 
     Reachability is computed here, at gc time, not from marks set earlier: a tombstone only
     says "someone asked to delete this"; an object is dropped only if it is tombstoned *and*
     unreferenced when gc swaps."""
     if not among:
         return set()
-    refs = references(store, among)
+    refs = references(store, among) | (store.index.marked(store.index.rooted) & among)
     pins, bad = pinned(store.cfg)
     if bad:
         raise HoardError(f"gc: pin files cannot be read ({'; '.join(bad)}); nothing was deleted — fix or remove "
@@ -294,7 +295,8 @@ def _swap(store: Store, items, moved: dict[bytes, ObjectLoc], referenced_now: se
             sid = meta.shard_id
             here = [sha for sha in shas if (v := txn.get(sha, db=idx.objects)) is not None and bytes(v[:12]) == sid]
             drop = [sha for sha in here if sha not in moved]
-            if any(txn.get(sha, db=idx.deleted) is None or sha in referenced_now for sha in drop):
+            if any(txn.get(sha, db=idx.deleted) is None or txn.get(sha, db=idx.rooted) is not None
+                   or sha in referenced_now for sha in drop):
                 kept += 1  # wanted again since the plan and not copied: keep the shard this round
                 continue
             for sha in here:
@@ -302,7 +304,7 @@ def _swap(store: Store, items, moved: dict[bytes, ObjectLoc], referenced_now: se
                     txn.put(sha, _pack(moved[sha]), db=idx.objects)
             for sha in drop:
                 txn.delete(sha, db=idx.objects)
-                for db in (idx.deleted, idx.hidden, idx.exts, idx.chunks):
+                for db in (idx.deleted, idx.hidden, idx.rooted, idx.exts, idx.chunks):
                     txn.delete(sha, db=db)
                 dropped += 1
             current = txn.get(sid, db=idx.shards)
@@ -336,17 +338,18 @@ def _finish_retired(store: Store) -> tuple[int, int]:
                 remaining.append(uuid)  # a missing disk keeps its copy until it is back or replaced
                 continue
             try:
-                size = disk.size(meta.hex)
-                disk.delete(meta.hex)
-                deleted += 1
-                freed += size
-            except FileNotFoundError:
-                try:  # gone already (an earlier run deleted it) — unless the disk itself is gone
-                    disk.check()
-                except DiskGone as e:
-                    log.warning("gc: shard %s on %s kept for later: %s", meta.hex, disk.label, e)
-                    remaining.append(uuid)
-                    continue
+                try:
+                    size = disk.size(meta.hex)
+                except FileNotFoundError:
+                    disk.check()  # gone already (an earlier run deleted it) — unless the disk itself is gone
+                else:
+                    disk.delete(meta.hex)  # DiskGone if it dropped off since the size: not counted
+                    deleted += 1
+                    freed += size
+            except DiskGone as e:
+                log.warning("gc: shard %s on %s kept for later: %s", meta.hex, disk.label, e)
+                remaining.append(uuid)
+                continue
             except OSError as e:
                 log.warning("gc: cannot delete shard %s on %s: %s", meta.hex, disk.label, e)
                 remaining.append(uuid)

@@ -14,6 +14,8 @@ Named databases (keys → values):
                                     so a reader can verify a piece without reading the whole object
     hidden   sha256 (32 B)        → JSON {time, reason}: deletion type A (the mount hides it, bytes stay)
     deleted  sha256 (32 B)        → JSON {time, reason}: deletion type B tombstone (gc frees the bytes)
+    rooted   sha256 (32 B)        → JSON {time, reason}: a root — `hoard put` acknowledged it with no manifest
+                                    naming it; gc keeps it until `hoard delete --object` releases it
     retired  shard_id (12 B)      → JSON ShardMeta: compacted by gc, replicas still to be deleted
     meta     key (ascii)          → value: `ssd_uuid` (the SSD this index belongs to)
 
@@ -126,10 +128,9 @@ class Index:
         self.hidden = self.env.open_db(b"hidden", create=not readonly)
         self.deleted = self.env.open_db(b"deleted", create=not readonly)
         self.retired = self.env.open_db(b"retired", create=not readonly)
-        try:
-            self.meta = self.env.open_db(b"meta", create=not readonly)
-        except lmdb.NotFoundError:  # a read-only look at an index from before the meta table
-            self.meta = None
+        # a read-only look at an index from before these tables: they are absent (None)
+        self.meta = self._optional_db(b"meta", readonly)
+        self.rooted = self._optional_db(b"rooted", readonly)
         #: `(op, shas)` called inside the write transaction that sets or clears deletion marks,
         #: before it commits (the store appends them to `marks/` on the HDDs, see
         #: Store.log_marks): the log's order is then the order the index applied them in
@@ -168,6 +169,12 @@ class Index:
             if update is not None:
                 self._update_shard(txn, *update)
         return added
+
+    def _optional_db(self, name: bytes, readonly: bool) -> Any:
+        try:
+            return self.env.open_db(name, create=not readonly)
+        except lmdb.NotFoundError:
+            return None
 
     def lookup_keep(self, sha: bytes) -> ObjectLoc | None:
         """Where an object is, for a writer about to answer "existing": the lookup and the
@@ -268,30 +275,45 @@ class Index:
         return out
 
     # -- deletion marks ------------------------------------------------------------------------
+    def _ops(self, db: Any) -> tuple[str, str]:
+        """The marks-log records that set and clear a mark of table `db`."""
+        if db is self.hidden:
+            return "hide", "show"
+        if db is self.rooted:
+            return "root", "unroot"
+        return "delete", "keep"
+
     def mark(self, db: Any, shas: Iterable[bytes], reason: str) -> int:
-        """Set a deletion mark (hidden or deleted) on objects that exist; returns how many."""
+        """Set a mark (hidden, deleted or rooted) on objects that exist; returns how many. A
+        deletion mark set again is renewed (its reason and time); a root set again is left as
+        it is and not logged (every `hoard put` of known files asks for it: no disk write)."""
         doc = json.dumps({"time": time.time(), "reason": reason}).encode()
         done = []
+        renew = db is not self.rooted
         with self.env.begin(write=True) as txn:
             for sha in shas:
-                if txn.get(sha, db=self.objects) is not None and txn.put(sha, doc, db=db):
+                if txn.get(sha, db=self.objects) is not None and txn.put(sha, doc, db=db, overwrite=renew):
                     done.append(sha)
             if done and self.mark_log:
-                self.mark_log("hide" if db is self.hidden else "delete", done)
+                self.mark_log(self._ops(db)[0], done)
         return len(done)
 
     def unmark(self, db: Any, shas: Iterable[bytes]) -> int:
         with self.env.begin(write=True, db=db) as txn:
             done = [sha for sha in shas if txn.delete(sha)]
             if done and self.mark_log:
-                self.mark_log("show" if db is self.hidden else "keep", done)
+                self.mark_log(self._ops(db)[1], done)
             return len(done)
 
     def is_marked(self, db: Any, sha: bytes) -> bool:
+        if db is None:  # a table an old index opened read-only does not have
+            return False
         with self.env.begin(db=db) as txn:
             return txn.get(sha) is not None
 
     def marked(self, db: Any) -> set[bytes]:
+        if db is None:  # a table an old index opened read-only does not have
+            return set()
         with self.env.begin(db=db) as txn:
             return {bytes(k) for k, _ in txn.cursor()}
 
@@ -374,6 +396,23 @@ class Index:
     def put_disk(self, rec: DiskRecord) -> None:
         with self.env.begin(write=True, db=self.disks) as txn:
             txn.put(rec.uuid.encode(), rec.to_json())
+
+    def release_retired(self, uuid: str) -> int:
+        """Take a forgotten disk out of gc's retired list (its old replicas cannot be deleted
+        any more, and nothing counts their bytes); returns how many were released."""
+        released = 0
+        with self.env.begin(write=True, db=self.retired) as txn:
+            for sid, raw in list(txn.cursor()):
+                doc = json.loads(raw)
+                if uuid not in doc["replicas"]:
+                    continue
+                released += 1
+                doc["replicas"].remove(uuid)
+                if doc["replicas"]:
+                    txn.put(sid, json.dumps(doc).encode())
+                else:
+                    txn.delete(sid)
+        return released
 
     def drop_disk(self, uuid: str) -> None:
         """Forget a disk (`hoard disks forget`); the caller has released its replicas first."""

@@ -31,8 +31,9 @@ VIEWS_DIR = "views"
 MARKS_DIR = "marks"
 MARKS_LOG = "marks.log"
 #: the record kinds of the marks log: set / clear a type-A hidden mark, set / clear a type-B
-#: tombstone, and "drop" (gc freed the object: both marks go with it)
-MARK_OPS = ("hide", "show", "delete", "keep", "drop")
+#: tombstone, set / release a root (`hoard put` acknowledged the object: it is kept until
+#: `hoard delete --object`), and "drop" (gc freed the object: every mark goes with it)
+MARK_OPS = ("hide", "show", "delete", "keep", "root", "unroot", "drop")
 #: written on a forgotten disk's root (`hoard disks forget`), so that a hoard.toml still listing
 #: it gets "forgotten: remove it from hoard.toml" instead of the refusal of a disk holding
 #: shards the index does not know (the guard against a lost index)

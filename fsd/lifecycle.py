@@ -115,6 +115,7 @@ def forget(store: Store, label: str) -> int:
                              f"active disks); run {step}, then forget it", ExitCode.DATA)
         for meta in listing:
             store.index.update_shard(meta.shard_id, _release(rec.uuid))
+        store.index.release_retired(rec.uuid)  # gc's old replicas on it: nothing left to delete
         for sid, uuid, _ in store.index.pending_repairs():
             if uuid == rec.uuid:
                 store.index.clear_repair(sid, uuid)

@@ -12,6 +12,7 @@ import hashlib
 import os
 import stat
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -24,17 +25,27 @@ from fsd.writer import ReplicaFailed, ShardWriter, _Pending
 if TYPE_CHECKING:
     from fsd.store import Store
 
+#: "existing" files (already stored) are acknowledged in runs: at most this many, or this
+#: long after the first, wait for the next commit to root them with (one marks-log fsync)
+KNOWN_BATCH = 256
+KNOWN_WAIT_S = 1.0
+
 
 def put_files(store: Store, writer: ShardWriter, paths: list[Path],
               on_result: Callable[[PutResult], None] | None = None,
-              stop: threading.Event | None = None) -> list[PutResult]:
+              stop: threading.Event | None = None, root: str | None = None) -> list[PutResult]:
     """Store files; `on_result(res)` is called as soon as each file's outcome is final (a
-    rejection or an "existing" at once, a new file when its group is committed).
+    rejection at once; a new file when its group is committed; an "existing" at once, or
+    with the next group when `root` is given).
+
+    `root` (the reason, e.g. "hoard put"): every stored file — new or existing — becomes a
+    root (Index.rooted) before it is reported, so nothing but `hoard delete --object` lets gc
+    free it; the roots of a group are one index transaction and one marks-log append.
 
     `stop` (set by a Ctrl-C handler) ends the call at the next file boundary: what was
     appended is committed and reported, then KeyboardInterrupt is raised — so what was
     reported is exactly what was stored. Any other exception cuts the uncommitted group off."""
-    batch = _Batch(store, writer, on_result)
+    batch = _Batch(store, writer, on_result, root)
     try:
         for path in paths:
             if stop is not None and stop.is_set():
@@ -59,12 +70,15 @@ def put_payloads(store: Store, writer: ShardWriter, items: list[tuple[str, bytes
 
 
 class _Batch:
-    def __init__(self, store: Store, writer: ShardWriter, on_result: Callable[[PutResult], None] | None = None) -> None:
-        self.store, self.writer = store, writer
+    def __init__(self, store: Store, writer: ShardWriter, on_result: Callable[[PutResult], None] | None = None,
+                 root: str | None = None) -> None:
+        self.store, self.writer, self.root = store, writer, root
         self.on_result = on_result or (lambda _res: None)
         self.target = store.target(writer.klass)
         self.results: list[PutResult] = []
         self.waiting: dict[bytes, list[PutResult]] = {}  # appended, not yet committed
+        self.known: list[PutResult] = []  # "existing", acknowledged once rooted (see _ack)
+        self.known_since = 0.0
         self.uncommitted = 0
 
     # -- per file ---------------------------------------------------------------------------
@@ -72,7 +86,12 @@ class _Batch:
         res = PutResult(str(path))
         self.results.append(res)
         self._add_file(res, path)
-        if res.reason or res.status == "existing":  # final now; a new file is reported at its commit
+        if res.status == "existing" and self.root is not None:
+            self.known.append(res)  # acknowledged once its root is written (see _ack)
+            self.known_since = self.known_since or time.monotonic()
+            if len(self.known) >= KNOWN_BATCH or time.monotonic() - self.known_since > KNOWN_WAIT_S:
+                self._ack([])
+        elif res.reason or res.status == "existing":  # final now; a new file is reported at its commit
             self.on_result(res)
 
     def _add_file(self, res: PutResult, path: Path) -> None:
@@ -171,11 +190,23 @@ class _Batch:
         self._retrying(self.writer.commit)
         self.uncommitted = 0
         replicas = self.store.cfg.store.write_ack
+        done: list[PutResult] = []
         for sha, added in self.writer.drain_committed():
             for i, res in enumerate(self.waiting.pop(sha, [])):
                 res.status = "new" if added and i == 0 else "existing"
                 res.replicas, res.target = replicas, self.target
-                self.on_result(res)
+                done.append(res)
+        self._ack(done)
+
+    def _ack(self, done: list[PutResult]) -> None:
+        """Report a committed group and the "existing" files seen since the last one — after
+        rooting them all (one index transaction, one marks-log append per disk) when the
+        caller asked for roots: a reported file is never one gc may free."""
+        done, self.known, self.known_since = done + self.known, [], 0.0
+        if self.root is not None and done:
+            self.store.index.mark(self.store.index.rooted, [bytes.fromhex(r.sha256) for r in done], self.root)
+        for res in done:
+            self.on_result(res)
 
     def _retrying(self, fn: Callable[[], object]) -> None:
         """Run fn; when a replica fails, move the uncommitted group to other disks and retry."""

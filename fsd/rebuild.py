@@ -20,7 +20,7 @@ from fsd import shardfmt as fmt
 from fsd.base.errors import ExitCode, HoardError
 from fsd.disks import DiskState
 from fsd.placement import Need, NoSpace, simulate, space_report
-from fsd.replica import check_replica, copy_shard
+from fsd.replica import check_replica, copy_shard, discard_copy
 
 if TYPE_CHECKING:
     from fsd.disks import LocalDisk
@@ -161,4 +161,4 @@ def _swap(store: Store, meta: ShardMeta, lost: str, new: str | None) -> None:
         return deltas
 
     if store.index.update_shard(meta.shard_id, swap) is None and new:
-        store.disks[new].delete(meta.hex)  # gc retired it meanwhile: the copy must not outlive it
+        discard_copy(store.disks[new], meta.hex, "gc retired it while it was rebuilt")  # must not outlive it

@@ -159,7 +159,14 @@ def _recover(store: Store, meta: ShardMeta) -> bool:
     if not records and indexed_end == 0:
         # nothing was ever committed and no replica holds a verified record: nothing to keep
         for uuid in found:
-            store.disks[uuid].delete(meta.hex)
+            try:
+                store.disks[uuid].delete(meta.hex)
+            except FileNotFoundError:
+                pass
+            except OSError as e:  # its disk dropped off: the index keeps naming the file until next time
+                log.warning("empty open shard %s: cannot delete it on %s (%s); left for the next recovery",
+                            meta.hex, store.disks[uuid].label, e)
+                return False
         store.index.drop_shard(meta.shard_id)
         return True
     end = _end(records)

@@ -39,6 +39,7 @@ class IndexRebuildReport:
     batches: int = 0
     hidden: int = 0  # type-A marks replayed from marks/
     deleted: int = 0  # type-B tombstones replayed from marks/
+    rooted: int = 0  # roots (objects `hoard put` acknowledged) replayed from marks/
     damaged: list[str] = field(default_factory=list)  # replica files that could not be used
     skipped_disks: list[str] = field(default_factory=list)
     seconds: float = 0.0
@@ -162,9 +163,10 @@ def _rebuild_index(cfg: Settings, ssd_uuid: str, progress: Callable[[int, int], 
                                        "which no disk holds; not registered")
                     continue
                 put(name, info)
-        hidden, deleted = replay_marks(marks)
-        rep.hidden = index.mark(index.hidden, hidden, "restored from marks/ by an index rebuild")
-        rep.deleted = index.mark(index.deleted, deleted, "restored from marks/ by an index rebuild")
+        final = replay_marks(marks)
+        for table in ("hidden", "deleted", "rooted"):
+            setattr(rep, table, index.mark(getattr(index, table), final[table],
+                                           "restored from marks/ by an index rebuild"))
         rep.shards, rep.objects = len(shards), len(objects)
         rep.batches = sum(1 for info in batches.values() if not info.get("removed"))
     finally:
@@ -215,24 +217,24 @@ def _read_marks(folder: Path, into: set[tuple[int, str, str]], rep: IndexRebuild
             rep.damaged.append(f"{path}: {e}")
 
 
-def replay_marks(records: set[tuple[int, str, str]]) -> tuple[list[bytes], list[bytes]]:
-    """The hidden and tombstoned objects after applying the records in time order (a later
-    `keep` — the object was stored again — or `drop` — gc freed it — undoes an earlier mark)."""
-    hidden: set[str] = set()
-    deleted: set[str] = set()
+#: marks-log op → (index table, set it?); "drop" (gc freed the object) clears every table
+_MARK_EFFECT = {"hide": ("hidden", True), "show": ("hidden", False), "delete": ("deleted", True),
+                "keep": ("deleted", False), "root": ("rooted", True), "unroot": ("rooted", False)}
+
+
+def replay_marks(records: set[tuple[int, str, str]]) -> dict[str, list[bytes]]:
+    """Per index table (hidden, deleted, rooted), the objects marked after applying the
+    records in time order (a later `keep` — the object was stored again —, `show`, `unroot`
+    or `drop` — gc freed it — undoes an earlier mark)."""
+    final: dict[str, set[str]] = {table: set() for table, _ in _MARK_EFFECT.values()}
     for _t, op, sha in sorted(records):
-        if op == "hide":
-            hidden.add(sha)
-        elif op == "delete":
-            deleted.add(sha)
-        elif op == "show":
-            hidden.discard(sha)
-        elif op == "keep":
-            deleted.discard(sha)
-        else:  # drop
-            hidden.discard(sha)
-            deleted.discard(sha)
-    return [bytes.fromhex(h) for h in sorted(hidden)], [bytes.fromhex(h) for h in sorted(deleted)]
+        if op == "drop":
+            for shas in final.values():
+                shas.discard(sha)
+            continue
+        table, on = _MARK_EFFECT[op]
+        (final[table].add if on else final[table].discard)(sha)
+    return {table: [bytes.fromhex(h) for h in sorted(shas)] for table, shas in final.items()}
 
 
 def _read_shard(path: Path) -> tuple[ShardMeta, list[fmt.RecordInfo]]:

@@ -6,6 +6,7 @@ as every durable file is (tmp → fsync → verify → rename → fsync the dire
 
 from __future__ import annotations
 
+import logging
 import os
 import queue
 import threading
@@ -21,6 +22,7 @@ if TYPE_CHECKING:
     from fsd.index import ShardMeta
 
 COPY_CHUNK = 4 << 20
+log = logging.getLogger(__name__)
 
 
 def check_replica(disk: LocalDisk, meta: ShardMeta, sha256: bool = False) -> int:
@@ -30,6 +32,19 @@ def check_replica(disk: LocalDisk, meta: ShardMeta, sha256: bool = False) -> int
         raise fmt.FooterMismatch(f"{count} records, the index expects {meta.records}")
     return size
 
+
+
+def discard_copy(disk: LocalDisk, shard_hex: str, why: str) -> None:
+    """Delete a replica just made that must not stay (the shard was retired or swapped while
+    it was copied). A copy that cannot be deleted now (its disk dropped off) is named in the
+    log and left for `hoard verify --orphans`, which finds files the index does not name."""
+    try:
+        disk.delete(shard_hex)
+    except FileNotFoundError:
+        pass
+    except OSError as e:
+        log.warning("shard %s on %s: %s, and the copy could not be deleted (%s): "
+                    "`hoard verify --orphans --repair` removes it later", shard_hex, disk.label, why, e)
 
 
 def copy_shard(src, dst, shard_hex: str, rate_mb_s: float | None = None) -> int:

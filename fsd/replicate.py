@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 from fsd import shardfmt as fmt
 from fsd.disks import DiskState
 from fsd.placement import Need, NoSpace, simulate, space_report
-from fsd.replica import check_replica, copy_shard
+from fsd.replica import check_replica, copy_shard, discard_copy
 
 if TYPE_CHECKING:
     from fsd.index import ShardMeta
@@ -135,7 +135,7 @@ def _copy_one(store: Store, meta: ShardMeta, rate_mb_s: float | None) -> int | N
 
         fresh = store.index.update_shard(meta.shard_id, add)
         if fresh is None:  # gc retired the shard while it was copied: the copy must not resurrect it
-            target.delete(meta.hex)
+            discard_copy(target, meta.hex, "gc retired it while it was copied")
             raise ShardGone(meta.hex)
         meta.replicas = fresh.replicas
         return n

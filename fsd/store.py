@@ -238,7 +238,11 @@ class Store:
                     f" ({rec.reason})" if rec.reason else "")))
                 continue
             fresh = self._disk_record(uuid)
-            free = disk.free_bytes(fresh.used_bytes)
+            try:
+                free = disk.free_bytes(fresh.used_bytes)
+            except OSError as e:  # it dropped off since the store was opened: nothing goes there
+                out.append(Candidate(uuid, rec.label, 0, usable=False, why_not=f"unreachable ({e.strerror})"))
+                continue
             if self.reservations is not None:  # what gc set aside is free for gc itself
                 free += self.reservations.remaining(uuid)
             out.append(Candidate(uuid, rec.label, free, self.queue.get(uuid, 0)))
@@ -315,12 +319,13 @@ class Store:
     # -- the write path ------------------------------------------------------------------------
     def put_many(self, paths: Iterable[str | os.PathLike[str]], klass: str = "raw",
                  on_result: Callable[[PutResult], None] | None = None,
-                 stop: threading.Event | None = None) -> list[PutResult]:
+                 stop: threading.Event | None = None, root: str | None = None) -> list[PutResult]:
         """Store files; dedupe by sha256; acknowledge after fsync on write_ack disks.
         `on_result` sees each file as soon as its outcome is final; `stop` ends the call at the
-        next file boundary (see fsd.put.put_files)."""
+        next file boundary; `root` makes each stored file a root gc keeps until released
+        (`hoard put`; see fsd.put.put_files)."""
         with self.lock:
-            results = put_files(self, self.writer(klass), [Path(p) for p in paths], on_result, stop)
+            results = put_files(self, self.writer(klass), [Path(p) for p in paths], on_result, stop, root)
         self.index.put_exts({bytes.fromhex(r.sha256): ext for r in results
                              if r.status != "rejected" and (ext := file_ext(r.path))})
         return results

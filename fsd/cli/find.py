@@ -110,6 +110,7 @@ def info(
             else None,
             "hidden": store.index.is_marked(store.index.hidden, sha),
             "tombstoned": store.index.is_marked(store.index.deleted, sha),
+            "rooted": store.index.is_marked(store.index.rooted, sha),
             "in_manifests": _manifest_paths(store, sha),
         }
     h = sha.hex()
@@ -121,13 +122,13 @@ def info(
         out.print(json.dumps(doc, default=str), markup=False)
         return
     reps = ", ".join(f"{r['disk']} ({r['state']})" for r in doc["replicas"]) or "none"
+    marks = (("kept by `hoard put` (until `hoard delete --object`)", doc.get("rooted")),
+             ("hidden (type A)", doc.get("hidden")), ("tombstoned (type B)", doc.get("tombstoned")))
     lines = [f"sha256:    {doc['sha256']}",
              f"size:      {doc['size']:,} bytes" + (f", .{ext}" if ext else ""),
              f"replicas:  {len(doc['replicas'])} of {doc['target']}: {reps}; shard {doc['shard']} ({doc['class']})"
              + (f", verified {doc['verified']}" if doc["verified"] else ", never verified"),
-             *([f"marks:     " + ", ".join(m for m, on in (("hidden (type A)", doc["hidden"]),
-                                                           ("tombstoned (type B)", doc["tombstoned"])) if on)]
-               if doc["hidden"] or doc["tombstoned"] else [])]
+             *([f"marks:     " + ", ".join(m for m, on in marks if on)] if any(on for _, on in marks) else [])]
     for m in doc["in_manifests"][:20]:
         lines.append(f"in:        {'batch ' + m['batch'] if 'batch' in m else 'view ' + m['view']}: "
                      f"{display(m['path'])}")

@@ -16,22 +16,33 @@ def delete(
     ctx: typer.Context,
     batch: Annotated[Optional[str], typer.Option("--batch", help="type B: drop this batch's references")] = None,
     node: Annotated[Optional[list[str]], typer.Option("--node", help="type A: hide this sha256 (repeatable)")] = None,
+    obj: Annotated[Optional[list[str]], typer.Option("--object", help="type B: release an object `hoard put` "
+                                                     "stored (repeatable)")] = None,
     reason: Annotated[str, typer.Option(help="recorded with the deletion")] = "",
     yes: Annotated[bool, typer.Option("--yes", help="do not ask (type B)")] = False,
 ) -> None:
-    """Delete: type A hides nodes (bytes stay), type B drops a batch (`hoard gc` frees the bytes).
+    """Delete: type A hides nodes (bytes stay), type B drops a batch or releases what `hoard put`
+    stored (`hoard gc` frees the bytes no batch, view, job or database row still uses).
 
     The database is changed first, then the store; re-running after a failure is safe.
     """
     # deferred: hoard starts without the store's and sql's modules
-    from fsd.deletion import drop_batch, hide
+    from fsd.deletion import drop_batch, hide, release
     from fsd.records import sha_bytes
     from fsd.store import Store
     from sql import deletion as db_del
 
     cfg = state(ctx).settings
-    if bool(batch) == bool(node):
-        raise HoardError("name either --batch ID (type B) or --node SHA256 (type A)", ExitCode.USAGE)
+    if sum(map(bool, (batch, node, obj))) != 1:
+        raise HoardError("name one of --batch ID (type B), --object SHA256 (type B, what `hoard put` stored) or "
+                         "--node SHA256 (type A)", ExitCode.USAGE)
+    if obj:
+        shas = [sha_bytes(h) for h in obj]
+        with Store.open(cfg) as store:  # the database is not asked: gc keeps what a row still needs
+            released, marked = release(store, shas, reason or "released (hoard delete --object)")
+        out.print(f"type B: {released} objects released from `hoard put`, {marked} tombstoned; `hoard gc` frees "
+                  "those no batch, view, job or database row uses")
+        return
     if batch and not yes:
         confirm(f"drop batch {batch}: its files no other batch or view uses will be freed by the next `hoard gc`. "
                 "Continue?")

@@ -22,7 +22,7 @@ def rebuild(ctx: typer.Context) -> None:
         rep = rebuild_index(state(ctx).settings, update)
     out.print(f"index rebuilt in {rep.seconds:.1f} s from {rep.disks} disks: {rep.objects} objects in "
               f"{rep.shards} shards ({rep.replicas} replicas, {rep.open_shards} open); deletion marks replayed: "
-              f"{rep.hidden} hidden, {rep.deleted} tombstoned")
+              f"{rep.hidden} hidden, {rep.deleted} tombstoned, {rep.rooted} kept by `hoard put`")
     for s in rep.skipped_disks:
         err.print(f"[yellow]skipped disk[/] {s}")
     for d in rep.damaged:

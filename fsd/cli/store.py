@@ -68,7 +68,8 @@ def put(
     """Store files: prints sha256, new/existing and replicas now/target per file, as each is stored.
 
     Exit 5 if any file was rejected (each is named on stderr with the reason). Interrupted,
-    it has printed exactly the files that were stored.
+    it has printed exactly the files that were stored. What it stored is kept until
+    `hoard delete --object SHA256` (dropping a batch with the same content does not free it).
     """
     items, unreadable = _expand(paths or [], manifest)
     t0 = time.monotonic()
@@ -98,7 +99,7 @@ def put(
     total = sum(_size(p) for p in items)
     try:
         with open_store(ctx) as store, progress("storing", total) as update:
-            store.put_many(items, klass=klass, stop=stop,
+            store.put_many(items, klass=klass, stop=stop, root="hoard put",
                            on_result=lambda r: (report(r), update(done_bytes(r))))
     finally:
         err.print(f"{counts['new'] + counts['existing'] + counts['rejected']} files: {counts['new']} new "
