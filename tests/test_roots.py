@@ -24,7 +24,9 @@ from fsd.gc import gc
 from fsd.records import ObjectNotFound
 from fsd.reindex import rebuild_index
 from fsd.store import Store
-from tests.conftest import dir_disks_config, make_files
+from tests.conftest import make_files
+from tests.test_cli_put import _hoard
+from tests.test_cli_put import _store as _cli_store
 from tests.test_gc import _register
 
 REPO = Path(__file__).resolve().parent.parent
@@ -130,17 +132,6 @@ def test_roots_and_releases_survive_an_index_rebuild(store_factory, tmp_path: Pa
 
 
 # -- through the command line -------------------------------------------------------------------
-
-def _hoard(cfg: Path, *args: str, **kw) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "fsd", "--config", str(cfg), *args], cwd=REPO, capture_output=True,
-                          text=True, timeout=120, **kw)
-
-
-def _cli_store(tmp_path: Path) -> Path:
-    cfg = dir_disks_config(tmp_path, 3, shard_size_mb=1)
-    Store.open(config.load(cfg), init=True).close()
-    return cfg
-
 
 def test_cli_put_info_delete_object_gc(tmp_path: Path) -> None:
     """`hoard put` → `hoard info` says it is kept → `hoard delete --object` → `hoard gc` frees

@@ -6,7 +6,8 @@ The fault budget is what two copies protect against: at most one disk-level faul
 unhealed at any time (the heal runs before the next step). Within that budget nothing
 acknowledged may be lost:
 
-- every object ever acknowledged (a line `hoard put` printed) reads back with its sha256;
+- every object ever acknowledged (a line `hoard put` printed) reads back with its sha256 —
+  also after a batch holding the same content was ingested, dropped and garbage-collected;
 - `hoard check` finds the index, the shards on the disks and the database in agreement;
 - `hoard health` names an injected disk fault (the disk's label) until it is healed, and
   names no store or disk problem once everything is healed.
@@ -41,7 +42,7 @@ SPARES = tuple(DiskProfile(f"s{i}", 400, 200, 200, 5000) for i in (1, 2))
 #: a command running this long (the lab is fast and a step's data small) is hung
 HUNG_S = 120
 
-WORKLOADS = ("put", "put", "put", "replicate", "verify", "views_gc", "index_rebuild", "get")
+WORKLOADS = ("put", "put", "put", "replicate", "verify", "views_gc", "batch_drop", "index_rebuild", "get")
 #: faults during a step: none, kill -9 of the CLI, a disk vanishing (and coming back), a
 #: disk dying (EIO; replaced by a spare), a flipped byte in one replica before the step, a
 #: disk filling up (someone else's file takes its free space; removed afterwards)
@@ -121,6 +122,7 @@ class World:
         lines += ["", "[ssd]", f'root = "{self.home / "ssd"}"']
         for z in ("3A", "3B", "3C", "3D"):
             lines += [f"[ssd.zones.{z}]", "quota_gb = 1"]
+        lines += ["", "[ingest]", "settle_s = 0.05", "", "[sources]", 'gallery = "gallery_dl"']
         self.cfg_path.write_text("\n".join(lines) + "\n")
         self.hoard("init")
         self.hoard("db", "migrate")
@@ -216,7 +218,28 @@ class World:
                 return None, 0
             self.define_view(rng)
             return ["gc", "--threshold", "0.95", "--wait", "30"], 1.5
+        if workload == "batch_drop":
+            self.ingest_and_drop(rng)
+            return ["gc", "--threshold", "0.95", "--wait", "30"], 1.5
         raise ValueError(workload)
+
+    def ingest_and_drop(self, rng: random.Random) -> None:
+        """A scraped batch (UA_1, synthetic gallery-dl) some of whose files `hoard put` also
+        stored is ingested and dropped (`delete --batch`): the gc that follows must keep every
+        object put acknowledged, whatever fault hits it."""
+        from adapters.synth import Spec, generate
+
+        seed = rng.randrange(1 << 30)
+        staging = self.home / "gen"
+        batch = generate(staging, Spec(seed=seed, batches=1, items_per_batch=rng.randint(10, 40),
+                                       sources=("gallery",), large_max_mb=1, ready_signal=True))[0]
+        zone3a = self.home / "ssd" / "3A"
+        (staging / batch.batch_id).rename(zone3a / batch.batch_id)
+        media = [zone3a / batch.batch_id / i.path for i in batch.items if i.kind != "sidecar"]
+        chosen = rng.sample(media, max(1, len(media) // 3))
+        self.collect_acks("put", self.hoard("put", "--json", *map(str, chosen)).stdout)
+        self.hoard("ingest", str(zone3a / batch.batch_id), "--here", timeout=300)
+        self.hoard("delete", "--batch", batch.batch_id, "--yes")
 
     def make_batch(self, rng: random.Random) -> Path:
         """A batch of new files: mostly small, a few duplicates of acknowledged content, now and
