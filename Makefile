@@ -15,12 +15,13 @@ VENV := .venv
 HOARD := $(VENV)/bin/hoard
 STAMP := $(VENV)/.installed
 
-.PHONY: help demo test chaos deps venv up down clean
+.PHONY: help demo test chaos peers deps venv up down clean
 
 help:
 	@echo "make demo   - install, start the embedded default and run the main job"
 	@echo "make test   - install, start services and run the tests (separate test DB)"
 	@echo "make chaos  - the long chaos suite: SEEDS=200 seeds from SEED0 (tests/chaos)"
+	@echo "make peers  - hoardfs vs cp, git-annex and SnapRAID on one corpus (bench/peers; ARGS=...)"
 	@echo "make down   - stop the private PostgreSQL and Redis under ./var"
 	@echo "make clean  - stop services and remove ./var and .venv"
 
@@ -74,3 +75,8 @@ clean: down
 	  case "$$repo" in /var/lib/hoardfs/pgbackrest-*) rm -rf "$$repo";; esac
 	@if [ -L var/pg ]; then rm -rf "$$(readlink -f var/pg)"; fi
 	rm -rf var .venv hoard.toml
+
+# the peers' packages only for the benchmark (a target-specific variable reaches `deps`)
+peers: APT_PKGS += git-annex snapraid
+peers: venv
+	@$(VENV)/bin/python bench/peers/versus.py $(ARGS)

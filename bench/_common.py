@@ -57,6 +57,15 @@ def lab_profile(lab: Lab) -> dict:
                     "iops": d.profile.iops} for label, d in lab.disks.items()}
 
 
+def parallel(cmds: list[list[str]]) -> None:
+    """Run the commands at the same time (one per disk); fail if any fails."""
+    import subprocess
+
+    procs = [subprocess.Popen(c) for c in cmds]
+    if any(p.wait() for p in procs):
+        raise SystemExit(f"a baseline failed: {cmds}")
+
+
 @contextmanager
 def timed(results: dict, name: str):
     t0 = time.monotonic()

@@ -27,16 +27,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import LAB4, Lab, MiB, drop_caches, lab_profile, lab_store, report, timed
+from _common import LAB4, Lab, MiB, drop_caches, lab_profile, lab_store, parallel, report, timed
 
 from adapters.synth import flat_files
-
-
-def _both(cmds: list[list[str]]) -> None:
-    """Run one command per disk at the same time; fail if any fails."""
-    procs = [subprocess.Popen(c) for c in cmds]
-    if any(p.wait() for p in procs):
-        raise SystemExit(f"a baseline failed: {cmds}")
 
 
 def _clean(*paths: Path) -> None:
@@ -67,15 +60,15 @@ def main() -> None:
                 results = store.put_many(files)
             store.close()
             with timed(t, "cp_parallel_syncfs"):
-                _both([["cp", "-r", str(src), str(d / "cp")] for d in (a, b)])
-                _both([["sync", "-f", str(d / "cp")] for d in (a, b)])
+                parallel([["cp", "-r", str(src), str(d / "cp")] for d in (a, b)])
+                parallel([["sync", "-f", str(d / "cp")] for d in (a, b)])
             _clean(a / "cp", b / "cp")
             with timed(t, "rsync_parallel_syncfs"):
-                _both([["rsync", "-a", f"{src}/", str(d / "rsync")] for d in (a, b)])
-                _both([["sync", "-f", str(d / "rsync")] for d in (a, b)])
+                parallel([["rsync", "-a", f"{src}/", str(d / "rsync")] for d in (a, b)])
+                parallel([["sync", "-f", str(d / "rsync")] for d in (a, b)])
             _clean(a / "rsync", b / "rsync")
             with timed(t, "cp_fsync_per_file"):
-                _both([["sh", "-c", 'cp -r "$1" "$2" && find "$2" -type f -exec sync -d {} +', "cp", str(src),
+                parallel([["sh", "-c", 'cp -r "$1" "$2" && find "$2" -type f -exec sync -d {} +', "cp", str(src),
                         str(d / "durable")] for d in (a, b)])
             _clean(a / "durable", b / "durable")
         assert all(r.status == "new" for r in results)
