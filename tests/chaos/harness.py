@@ -30,6 +30,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import psycopg
+
 from tests.lab import DiskProfile, Lab
 
 REPO = Path(__file__).resolve().parents[2]
@@ -42,11 +44,15 @@ SPARES = tuple(DiskProfile(f"s{i}", 400, 200, 200, 5000) for i in (1, 2))
 #: a command running this long (the lab is fast and a step's data small) is hung
 HUNG_S = 120
 
-WORKLOADS = ("put", "put", "put", "replicate", "verify", "views_gc", "batch_drop", "index_rebuild", "get")
+WORKLOADS = ("put", "put", "put", "replicate", "verify", "views_gc", "batch_drop", "ingest", "index_rebuild", "get")
 #: faults during a step: none, kill -9 of the CLI, a disk vanishing (and coming back), a
 #: disk dying (EIO; replaced by a spare), a flipped byte in one replica before the step, a
-#: disk filling up (someone else's file takes its free space; removed afterwards)
-FAULTS = ("none", "kill9", "kill9", "vanish", "eio", "flip", "full")
+#: disk filling up (someone else's file takes its free space; removed afterwards),
+#: PostgreSQL or Redis stopped (the world's own servers; started again by the heal)
+FAULTS = ("none", "kill9", "kill9", "vanish", "eio", "flip", "full", "db_down", "redis_down")
+DISK_FAULTS = ("vanish", "eio", "flip", "full")
+#: faults injected at an instant of the command (the others are set up before it)
+TIMED_FAULTS = ("kill9", "vanish", "eio", "full", "db_down", "redis_down")
 
 
 class InvariantViolation(AssertionError):
@@ -77,6 +83,7 @@ class World:
     disks: list[str] = field(default_factory=lambda: [p.label for p in ACTIVE])  # in the store now
     spares: list[str] = field(default_factory=lambda: [p.label for p in SPARES])
     views: list[str] = field(default_factory=list)
+    pending_batch: dict[str, int] = field(default_factory=dict)  # the batch `ingest` is taking
     log: list[str] = field(default_factory=list)
     faults: dict[str, int] = field(default_factory=dict)  # "kill9 during put" → how often
     took: dict[str, float] = field(default_factory=dict)  # workload → seconds, last undisturbed run
@@ -84,7 +91,13 @@ class World:
     _files: int = 0
 
     def __post_init__(self) -> None:
+        from jobs.redis_server import PrivateRedis
+        from sql.cluster import PrivateCluster
+
         self.cfg_path = self.home / "hoard.toml"
+        # its own servers, so that stopping them hurts no other test (nor a developer's run)
+        self.pg = PrivateCluster(self.home / "pg", self.home / "pg" / "socket")
+        self.redis = PrivateRedis(self.home / "redis", self.home / "run" / "redis.sock")
 
     # -- the CLI ------------------------------------------------------------------
     def _cmd(self, *args: str) -> list[str]:
@@ -113,7 +126,15 @@ class World:
         return (self.home / "out.txt").read_text(errors="replace"), (self.home / "err.txt").read_text(errors="replace")
 
     # -- setup --------------------------------------------------------------------
-    def init(self, database_url: str, redis_url: str) -> None:
+    def init(self) -> None:
+        from sql.cluster import ensure_database
+
+        self.pg.start()
+        self.redis.start()
+        database_url = psycopg.conninfo.make_conninfo(host=str(self.pg.socket_dir.resolve()), user="hoard",
+                                                      dbname="hoard_chaos")
+        redis_url = f"unix://{self.redis.socket}?db=0"
+        ensure_database(database_url)
         lines = [f"database_url = {json.dumps(database_url)}", f"redis_url = {json.dumps(redis_url)}", "",
                  "[store]", "shard_size_mb = 1", "copy_of_raw = 3", "copy_of_generated = 2", "write_ack = 2",
                  "allow_directory_disks = false"]
@@ -129,6 +150,10 @@ class World:
         t0 = time.monotonic()
         self.hoard("disks", "list", "--json")
         self.boot_s = time.monotonic() - t0  # a command's start-up: faults land after it
+
+    def close(self) -> None:
+        self.redis.stop()
+        self.pg.destroy()
 
     # -- the plan -----------------------------------------------------------------
     def plan(self, steps: int) -> list[Step]:
@@ -146,7 +171,7 @@ class World:
     # -- running a step -----------------------------------------------------------
     def run(self, step: Step) -> None:
         rng = random.Random(step.seed)
-        if step.fault in ("vanish", "eio", "flip", "full"):
+        if step.fault in DISK_FAULTS:
             step.victim = rng.choice(self.disks)
             if step.fault == "eio" and not self.spares:
                 step.fault, step.victim = "vanish", step.victim  # no spare left to replace a dead disk
@@ -161,7 +186,7 @@ class World:
         t_fault = self.boot_s + step.at * max(0.1, expected_s - self.boot_s)
         t0 = time.monotonic()
         while proc.poll() is None:
-            if not injected and time.monotonic() - t0 >= t_fault and step.fault in ("kill9", "vanish", "eio", "full"):
+            if not injected and time.monotonic() - t0 >= t_fault and step.fault in TIMED_FAULTS:
                 injected = True
                 self.inject(step, proc)
             if time.monotonic() - t0 > HUNG_S:
@@ -177,14 +202,16 @@ class World:
         self.log.append(f"  → exit {proc.returncode} after {time.monotonic() - t0:.2f} s")
         if "Traceback" in stderr:
             raise InvariantViolation(f"{step}: `hoard {' '.join(args)}` printed a traceback:\n{stderr[-3000:]}")
-        self.collect_acks(step.workload, stdout)
-        if step.fault in ("vanish", "eio", "full") and not injected:  # the command was faster than the fault
+        self.collect_acks(step.workload, stdout, proc.returncode)
+        if step.fault in TIMED_FAULTS and step.fault != "kill9" and not injected:  # faster than the fault
             self.inject(step, proc)
         when = "during" if injected or step.fault == "flip" else "after"
         key = f"{step.fault} {when} {step.workload}" if step.fault != "none" else f"no fault, {step.workload}"
         self.faults[key] = self.faults.get(key, 0) + 1
         if step.fault in ("vanish", "eio", "full"):
             self.health_names(step.victim, step)
+        elif step.fault in ("db_down", "redis_down"):
+            self.health_names("database:" if step.fault == "db_down" else "redis:", step)
         clean = proc.returncode in (0,) or (step.fault == "none" and step.workload == "get")
         if not clean and step.fault == "none":
             raise InvariantViolation(f"{step}: `hoard {' '.join(args)}` exit {proc.returncode} with no fault:\n"
@@ -192,7 +219,7 @@ class World:
         self.heal(step)
         if step.fault != "none" and step.workload != "get":  # the interrupted command, re-run, completes
             res = self.hoard(*args, ok=None)
-            self.collect_acks(step.workload, res.stdout)
+            self.collect_acks(step.workload, res.stdout, res.returncode)
             if res.returncode != 0:
                 raise InvariantViolation(f"{step}: re-run `hoard {' '.join(args)}` exit {res.returncode}:\n"
                                          f"{res.stderr[-3000:]}")
@@ -221,24 +248,33 @@ class World:
         if workload == "batch_drop":
             self.ingest_and_drop(rng)
             return ["gc", "--threshold", "0.95", "--wait", "30"], 1.5
+        if workload == "ingest":
+            batch = self.scraped_batch(rng)
+            self.pending_batch = {i.sha256: i.size for i in batch.items}
+            return ["ingest", str(self.home / "ssd" / "3A" / batch.batch_id), "--here"], 4.0
         raise ValueError(workload)
 
-    def ingest_and_drop(self, rng: random.Random) -> None:
-        """A scraped batch (UA_1, synthetic gallery-dl) some of whose files `hoard put` also
-        stored is ingested and dropped (`delete --batch`): the gc that follows must keep every
-        object put acknowledged, whatever fault hits it."""
+    def scraped_batch(self, rng: random.Random):
+        """A UA_1 batch (synthetic gallery-dl: media + sidecars, now and then a large file and
+        content seen before) dropped into zone 3A with its _READY signal."""
         from adapters.synth import Spec, generate
 
-        seed = rng.randrange(1 << 30)
         staging = self.home / "gen"
-        batch = generate(staging, Spec(seed=seed, batches=1, items_per_batch=rng.randint(10, 40),
+        batch = generate(staging, Spec(seed=rng.randrange(1 << 30), batches=1, items_per_batch=rng.randint(10, 40),
                                        sources=("gallery",), large_max_mb=1, ready_signal=True))[0]
-        zone3a = self.home / "ssd" / "3A"
-        (staging / batch.batch_id).rename(zone3a / batch.batch_id)
-        media = [zone3a / batch.batch_id / i.path for i in batch.items if i.kind != "sidecar"]
+        (staging / batch.batch_id).rename(self.home / "ssd" / "3A" / batch.batch_id)
+        return batch
+
+    def ingest_and_drop(self, rng: random.Random) -> None:
+        """A scraped batch some of whose files `hoard put` also stored is ingested and dropped
+        (`delete --batch`): the gc that follows must keep every object put acknowledged,
+        whatever fault hits it."""
+        batch = self.scraped_batch(rng)
+        folder = self.home / "ssd" / "3A" / batch.batch_id
+        media = [folder / i.path for i in batch.items if i.kind != "sidecar"]
         chosen = rng.sample(media, max(1, len(media) // 3))
-        self.collect_acks("put", self.hoard("put", "--json", *map(str, chosen)).stdout)
-        self.hoard("ingest", str(zone3a / batch.batch_id), "--here", timeout=300)
+        self.collect_acks("put", self.hoard("put", "--json", *map(str, chosen)).stdout, 0)
+        self.hoard("ingest", str(folder), "--here", timeout=300)
         self.hoard("delete", "--batch", batch.batch_id, "--yes")
 
     def make_batch(self, rng: random.Random) -> Path:
@@ -269,7 +305,14 @@ class World:
         listing.write_text("\n".join(map(str, paths)) + "\n")
         return listing
 
-    def collect_acks(self, workload: str, stdout: str) -> None:
+    def collect_acks(self, workload: str, stdout: str, code: int | None) -> None:
+        """What a command acknowledged: each line `put --json` printed (a killed put's too); a
+        whole batch when `ingest --here` ended with exit 0 (the batch is done: its manifest is
+        registered and names every file)."""
+        if workload == "ingest":
+            if code == 0:
+                self.acked.update(self.pending_batch)
+            return
         if workload != "put":
             return
         for line in stdout.splitlines():
@@ -316,6 +359,12 @@ class World:
             self.lab.fail_eio(step.victim)
         elif step.fault == "full":
             self.fill(step.victim)
+        elif step.fault == "db_down":
+            self.pg.stop()
+            self.log.append("  PostgreSQL stopped")
+        elif step.fault == "redis_down":
+            self.redis.stop()
+            self.log.append("  Redis stopped")
 
     def fill(self, label: str) -> None:
         """Another program takes every free byte of the disk."""
@@ -329,11 +378,12 @@ class World:
                 pass  # as much as there was
         self.log.append(f"  filled {label} ({free.f_bavail * free.f_frsize >> 20} MiB)")
 
-    def health_names(self, label: str, step: Step) -> None:
+    def health_names(self, what: str, step: Step) -> None:
+        """`hoard health` exits 4 with a problem naming `what` (a disk's label, `database:`, `redis:`)."""
         res = self.hoard("health", "--json", ok=(0, 4))
         problems = json.loads(res.stdout)["problems"]
-        if res.returncode != 4 or not any(label in p for p in problems):
-            raise InvariantViolation(f"{step}: `hoard health` does not name disk {label}: {problems}")
+        if res.returncode != 4 or not any(what in p for p in problems):
+            raise InvariantViolation(f"{step}: `hoard health` does not name {what}: {problems}")
 
     def heal(self, step: Step) -> None:
         if step.fault == "vanish":
@@ -354,6 +404,10 @@ class World:
             (self.lab.disks[step.victim].mountpoint / "someone-elses-file").unlink()
             if self.disk_state(step.victim) != "active":
                 self.hoard("disks", "activate", step.victim)
+        elif step.fault == "db_down":
+            self.pg.start()
+        elif step.fault == "redis_down":
+            self.redis.start()
 
     def drop_disk_table(self, label: str) -> None:
         """Remove the [[disks]] table of `label` from hoard.toml (up to the next table)."""

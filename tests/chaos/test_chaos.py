@@ -10,11 +10,9 @@ import json
 import os
 from pathlib import Path
 
-import psycopg
 import pytest
 
 from tests.chaos.harness import ACTIVE, SPARES, InvariantViolation, World
-from tests.conftest import fresh_schema
 
 pytestmark = [pytest.mark.lab, pytest.mark.chaos]
 
@@ -31,15 +29,13 @@ def _seeds() -> list[int]:
 # not the absence of warnings, are what a chaos run checks
 @pytest.mark.expect_log(r".", optional=True)
 @pytest.mark.parametrize("seed", _seeds())
-def test_chaos(seed: int, lab_factory, servers, tmp_path: Path) -> None:
+def test_chaos(seed: int, lab_factory, tmp_path: Path) -> None:
     """One seed: a planned run of workloads with faults; every invariant holds after every step."""
     lab = lab_factory(ACTIVE + SPARES, throttle=False)
     steps = int(os.environ.get("CHAOS_STEPS", "6"))
-    with fresh_schema(servers["database_url"]) as conn:
-        schema = conn.execute("SELECT current_schema()").fetchone()[0]
-        world = World(lab, tmp_path, seed)
-        world.init(psycopg.conninfo.make_conninfo(servers["database_url"], options=f"-c search_path={schema}"),
-                   servers["redis_url"])
+    world = World(lab, tmp_path, seed)
+    try:
+        world.init()  # its own PostgreSQL and Redis: the faults stop them
         done = []
         for step in world.plan(steps):
             try:
@@ -55,3 +51,5 @@ def test_chaos(seed: int, lab_factory, servers, tmp_path: Path) -> None:
             with open(os.environ["CHAOS_REPORT"], "a") as f:
                 f.write(json.dumps({"seed": seed, "steps": steps, "acked": len(world.acked),
                                     "faults": world.faults}) + "\n")
+    finally:
+        world.close()
