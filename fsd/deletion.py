@@ -35,7 +35,7 @@ def drop_batch(store, batch_id: str) -> tuple[int, int]:
 
     mine = {sha for _path, sha, _size in iter_files(store.get, info["manifest"])}
     # gc checks the roots again when it swaps (a `hoard put` may root one after this line)
-    shared = mine & (referenced_elsewhere(store, batch_id) | store.index.marked(store.index.rooted))
+    shared = (mine & referenced_elsewhere(store, batch_id)) | store.index.marked_among(store.index.rooted, mine)
     doomed = (mine - shared) | {bytes.fromhex(info["manifest"])}
     n = store.index.mark(store.index.deleted, doomed, f"batch {batch_id} deleted")
     store.register_batch(batch_id, None)

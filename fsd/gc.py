@@ -77,7 +77,7 @@ def referenced(store: Store, among: set[bytes], extra: Roots | None = None) -> s
     unreferenced when gc swaps."""
     if not among:
         return set()
-    refs = references(store, among) | (store.index.marked(store.index.rooted) & among)
+    refs = references(store, among) | store.index.marked_among(store.index.rooted, among)
     pins, bad = pinned(store.cfg)
     if bad:
         raise HoardError(f"gc: pin files cannot be read ({'; '.join(bad)}); nothing was deleted — fix or remove "
