@@ -12,7 +12,8 @@ slower's write limit).
 Runs on lab disks (root, loop devices, blkio; direct IO so writes are really throttled),
 zone 3A/3B on this machine's disk, and the test PostgreSQL + Redis of ./hoard.toml (`make
 test` starts them) in a fresh schema that is dropped afterwards. The steps run in this
-process through RQ (`SimpleWorker`), as `hoard ingest --here` does.
+process through RQ (`SimpleWorker`), as a worker runs them (`hoard ingest --here` runs the same
+steps without RQ).
 """
 
 from __future__ import annotations

@@ -12,7 +12,9 @@ verifies"):
 4. each disk's `used_bytes` equals the size of the replica files the index puts there;
 5. deletion marks, roots, chunk maps and extensions name objects that exist;
 6. every batch and view manifest is stored, and every file it names is in the index;
-7. (with the database) every physical node that is not deleted is in the store.
+7. (with the database) every physical node that is not deleted is in the store;
+8. the disks' marks logs (those an index rebuild reads: a failed disk's too) replay to
+   exactly the index's marks.
 
 Replicas below their class target and orphan files are reported as notes, not failures
 (`hoard replicate`, `hoard verify --orphans` deal with them).
@@ -26,9 +28,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from fsd import marks
 from fsd import shardfmt as fmt
 from fsd.disks import DiskState
-from fsd.index import ShardMeta
+from fsd.index import MARKS_NS, ShardMeta
 from fsd.manifest import iter_files, named
 from fsd.orphans import shard_files
 
@@ -142,6 +145,7 @@ def check(store: Store, missing_in_db: Callable[[set[bytes]], tuple[list[bytes],
             for k, _ in txn.cursor():
                 if bytes(k) not in objects:
                     rep.add("stale mark", f"{name} entry for {bytes(k).hex()}, which is not in the store")
+    _check_marks_logs(store, rep, objects)  # 8
     for kind, name, info in named(idx):  # 6
         if bytes.fromhex(info["manifest"]) not in objects:
             rep.add("manifest", f"{kind} {name}: its manifest {info['manifest']} is not in the store")
@@ -176,6 +180,73 @@ def check(store: Store, missing_in_db: Callable[[set[bytes]], tuple[list[bytes],
                   "replicas": sum(len(m.replicas) for m in shards.values()), "bytes_per_disk": per_disk}
     rep.seconds = time.monotonic() - t0
     return rep
+
+
+def _check_marks_logs(store: Store, rep: CheckReport, known: set[bytes]) -> None:
+    """The logs an index rebuild would read (every attached disk's, a failed one's too) must
+    replay to the index's marks together; and each log the index counts as complete must do
+    so alone (a log damaged or cut behind the index's back, or holding a record whose
+    transaction never committed)."""
+    fix = "`hoard index rewrite-marks` writes the index's marks to every disk"
+    # the index first, in one read transaction; then only log records up to its last stamp
+    # count (a put committing while the logs are read is not a disagreement)
+    held, cutoff = _index_marks(store)
+    held = {t: shas & known for t, shas in held.items()}  # (objects stored since step 1 are not judged)
+    last, at, _failed = store.index.marks_state()
+    found: set[marks.Record] = set()
+    for uuid, rec in store.records.items():
+        disk = store.disks.get(uuid)
+        if disk is None or rec.state == DiskState.MISSING:
+            continue
+        own: set[marks.Record] = set()
+        try:
+            bad = marks.read(marks.log_path(disk.root).parent, own)
+        except OSError as e:
+            if rec.state == DiskState.FAILED:
+                rep.notes.append(f"disk {rec.label} (failed): its marks log cannot be read ({e})")
+            else:
+                rep.add("marks log", f"disk {rec.label}: its marks log cannot be read ({e}): {fix}")
+            continue
+        own = {r for r in own if r[0] <= cutoff}
+        found |= own
+        if bad:
+            rep.notes.append(f"disk {rec.label}: {bad} line(s) of its marks log are not records (skipped by a "
+                             "rebuild; a torn line is a crash or a failed append)")
+        if rec.state == DiskState.ACTIVE and at.get(uuid, -1) < last:
+            rep.add("marks log", f"disk {rec.label}: its marks log misses records the index holds (a failed append, "
+                                 f"or it was out of service): the next writer rewrites it, or {fix}")
+        elif rec.state == DiskState.ACTIVE:
+            alone = marks.replay(own)
+            off = sum(len(held[t] ^ {sha for sha in alone[t] if sha in known}) for t in marks.TABLES)
+            if off:
+                rep.add("marks log", f"disk {rec.label}: its marks log alone replays {off} mark(s) differently from "
+                                     f"the index (damaged, cut, or a record that never committed): {fix}")
+    replayed = marks.replay(found)
+    unknown = 0
+    for table in marks.TABLES:
+        logged = set(replayed[table])
+        unknown += len({sha for sha in logged if sha not in known})
+        logged = {sha for sha in logged if sha in known}
+        for sha in sorted(held[table] - logged):
+            rep.add("marks log", f"{table} mark of {sha.hex()} is in the index, but the disks' marks logs do not "
+                                 f"replay it (an index rebuild would lose it): {fix}")
+        for sha in sorted(logged - held[table]):
+            rep.add("marks log", f"the disks' marks logs replay a {table} mark of {sha.hex()} that the index does "
+                                 f"not hold (an index rebuild would set it): {fix}")
+    if unknown:  # kept in the logs (snapshots carry them): disks absent at the last rebuild hold them
+        rep.notes.append(f"the marks logs hold {unknown} mark(s) of objects the index does not know (on disks that "
+                         "were absent when it was rebuilt?); they are kept: `hoard index rebuild` with every disk "
+                         "present takes them in")
+
+
+def _index_marks(store: Store) -> tuple[dict[str, set[bytes]], int]:
+    """The index's marks and its last stamp, in one read transaction."""
+    idx = store.index
+    with idx.env.begin() as txn:
+        held = {t: {bytes(k) for k, _ in txn.cursor(db=getattr(idx, t))} if getattr(idx, t) is not None else set()
+                for t in marks.TABLES}
+        raw = txn.get(MARKS_NS, db=idx.meta) if idx.meta is not None else None
+    return held, int(raw) if raw else (1 << 63)
 
 
 def _footer(store: Store, meta) -> list[fmt.RecordInfo] | None:

@@ -46,6 +46,7 @@ def release(store, shas: list[bytes], reason: str) -> tuple[int, int]:
     """Take `hoard put`'s root off objects and tombstone them (`hoard delete --object`);
     returns (released, tombstoned). The tombstone is a request: gc frees an object only if
     no manifest, pin or database row references it when it swaps."""
+    shas = list(dict.fromkeys(shas))
     unknown = [s.hex() for s in shas if store.index.lookup(s) is None]
     if unknown:  # checked before anything changes: a typo must not half-apply a deletion
         raise HoardError(f"no object {', '.join(unknown)} in the store; nothing was released (check the sha256: "

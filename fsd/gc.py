@@ -136,6 +136,8 @@ def _gc(store: Store, threshold: float, dry_run: bool, roots: Roots | None, wait
     rep.plan = [{"shard": m.hex, "size": m.size, "live": live, "ratio": round(live / m.size, 3)}
                 for m, live, _ in todo]
     if dry_run or not todo:
+        if not dry_run:
+            store.compact_marks()  # marks churn frees nothing, and the logs still grow
         rep.seconds = time.monotonic() - t0
         return rep
     by_class: dict[str, list] = {}
@@ -162,6 +164,7 @@ def _gc(store: Store, threshold: float, dry_run: bool, roots: Roots | None, wait
     deleted, freed = _finish_retired(store)
     rep.replicas_deleted += deleted
     rep.bytes_freed += freed
+    store.compact_marks()  # the drops above end the history of these objects' marks
     rep.seconds = time.monotonic() - t0
     return rep
 
@@ -313,8 +316,7 @@ def _swap(store: Store, items, moved: dict[bytes, ObjectLoc], referenced_now: se
                 txn.delete(sid, db=idx.shards)
             done += 1
             gone.extend(drop)
-        if gone and idx.mark_log:  # an object stored anew later must not get the old marks back
-            idx.mark_log("drop", gone)
+        idx.log_in(txn, "drop", gone)  # an object stored anew later must not get the old marks back
     return done, kept, dropped
 
 

@@ -6,7 +6,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from fsd.base.config import ZONES, Settings
+from fsd import zones
+from fsd.base.config import Settings
 from fsd.store import Store
 
 GB = 1024**3
@@ -28,39 +29,9 @@ def disk_status(cfg: Settings) -> list[dict[str, Any]]:
 
 
 def zone_status(cfg: Settings) -> dict[str, dict[str, Any]]:
-    out = {}
-    th = cfg.ssd.thresholds
-    for z in ZONES:
-        path = cfg.ssd.zone_path(z)
-        quota = int(cfg.ssd.zones[z].quota_gb * GB)
-        used = _du(path) if path.is_dir() else 0
-        ratio = used / quota
-        level = ("emergency" if ratio >= th.emergency else "deny" if ratio >= th.deny
-                 else "warn" if ratio >= th.warn else "ok")
-        out[z] = {"path": str(path), "present": path.is_dir(), "quota_bytes": quota, "used_bytes": used,
-                  "used_ratio": round(ratio, 4), "level": level}
-    return out
-
-
-def _du(path: os.PathLike[str] | str) -> int:
-    """Allocated bytes below `path` (what a quota is about), without following symlinks."""
-    total = 0
-    stack = [os.fspath(path)]
-    while stack:
-        top = stack.pop()
-        try:
-            with os.scandir(top) as it:
-                for e in it:
-                    try:
-                        st = e.stat(follow_symlinks=False)
-                    except FileNotFoundError:
-                        continue
-                    total += st.st_blocks * 512
-                    if e.is_dir(follow_symlinks=False):
-                        stack.append(e.path)
-        except (FileNotFoundError, NotADirectoryError):
-            continue
-    return total
+    """Per zone: quota, bytes on disk, reserved, free, level, reservations and outputs (the
+    figures of `hoard zones`, fsd.zones)."""
+    return zones.usage(cfg)
 
 
 def _disk_next_step(state: str) -> str:
@@ -144,5 +115,19 @@ def store_problems(cfg: Settings, store: dict[str, Any], disks: list[dict[str, A
         if not s["present"]:
             problems.append(f"zone {z}: {s['path']} does not exist; run `hoard init`")
         elif s["level"] != "ok":
-            problems.append(f"zone {z}: {s['used_ratio']:.0%} of its quota used ({s['level']}); free space in {s['path']}")
+            sealed = [o["id"] for o in s["outputs"] if o["state"] == "sealed"][:3]
+            problems.append(f"zone {z}: {s['used_ratio']:.0%} of its quota used or reserved ({s['level']}); "
+                            + (f"`hoard zones clean ID` removes a sealed output (biggest: {', '.join(sealed)})"
+                               if sealed else f"free space in {s['path']}"))
+        if s.get("error"):
+            problems.append(f"zone {z}: {s['error']}")
+        for r in s.get("reservations", []):
+            if r["stale"]:
+                problems.append(f"zone {z}: the reservation of job {r['job']} for {r['id']} is stale (pid {r['pid']} "
+                                f"on {r['host']} is gone); `hoard zones clean {r['id']}` reclaims it and removes "
+                                "what it wrote")
+        for o in s.get("outputs", []):
+            if o["state"] == "incomplete" and not any(r["id"] == o["id"] for r in s.get("reservations", [])):
+                problems.append(f"zone {z}: output {o['id']} is incomplete (not sealed, no job writes it; "
+                                f"{o['age_s'] / 3600:.1f} h old); `hoard zones clean {o['id']}` removes it")
     return problems

@@ -17,11 +17,14 @@ Named databases (keys → values):
     rooted   sha256 (32 B)        → JSON {time, reason}: a root — `hoard put` acknowledged it with no manifest
                                     naming it; gc keeps it until `hoard delete --object` releases it
     retired  shard_id (12 B)      → JSON ShardMeta: compacted by gc, replicas still to be deleted
-    meta     key (ascii)          → value: `ssd_uuid` (the SSD this index belongs to)
+    meta     key (ascii)          → value: `ssd_uuid` (the SSD this index belongs to), `marks_*` (the marks
+                                    log's stamps and each disk's progress, see Index.log_in)
 
 LMDB allows one writer at a time across processes (RQ workers, the mount daemon) and any
 number of readers. Transactions are short and never span an `await` or disk IO on the
-HDDs: callers do their IO first, then commit what it produced in one transaction.
+HDDs: callers do their IO first, then commit what it produced in one transaction — except
+the marks log, whose records are appended to the HDDs inside the transaction that applies
+them, so that its order is the index's (Store.log_marks, Store.snapshot_marks).
 """
 
 from __future__ import annotations
@@ -43,6 +46,19 @@ from fsd.disks import DiskRecord
 
 _OBJ = struct.Struct("<12sQQB")
 MAP_SIZE = 1 << 40  # address space only; the file grows with use
+#: `meta` keys of the marks log (Index.log_in): the last stamp (ns) given out, the stamp of the
+#: last record, and per disk `marks_at:<uuid>` (its log is complete up to) and
+#: `marks_failed:<uuid>` (when a snapshot last failed to reach it)
+MARKS_NS = b"marks_ns"
+MARKS_LAST = b"marks_last"
+
+
+def _marks_at(uuid: str) -> bytes:
+    return b"marks_at:" + uuid.encode()
+
+
+def _marks_failed(uuid: str) -> bytes:
+    return b"marks_failed:" + uuid.encode()
 #: events older than this, or beyond this many, are pruned (the newest are kept)
 EVENTS_MAX_AGE_S = 90 * 86400
 EVENTS_MAX = 100_000
@@ -131,10 +147,11 @@ class Index:
         # a read-only look at an index from before these tables: they are absent (None)
         self.meta = self._optional_db(b"meta", readonly)
         self.rooted = self._optional_db(b"rooted", readonly)
-        #: `(op, shas)` called inside the write transaction that sets or clears deletion marks,
+        #: `(op, shas, stamp)` called inside the write transaction that sets or clears marks,
         #: before it commits (the store appends them to `marks/` on the HDDs, see
         #: Store.log_marks): the log's order is then the order the index applied them in
-        self.mark_log: Callable[[str, list[bytes]], None] | None = None
+        self.mark_log: Callable[[str, list[bytes], int], list[str]] | None = None
+        self._stamp_floor = 0
 
     def close(self) -> None:
         self.env.close()
@@ -190,13 +207,19 @@ class Index:
             raw = txn.get(sha, db=self.objects)
             if raw is None:
                 return None  # gc dropped it between the two transactions: store it anew
-            if txn.delete(sha, db=self.deleted) and self.mark_log:
-                self.mark_log("keep", [sha])
+            if txn.delete(sha, db=self.deleted):
+                self.log_in(txn, "keep", [sha])
             return ObjectLoc(*_OBJ.unpack(raw))
 
     def count_objects(self) -> int:
+        return self.count(self.objects)
+
+    def count(self, db: Any) -> int:
+        """Entries in one table (0 for a table an old index opened read-only does not have)."""
+        if db is None:
+            return 0
         with self.env.begin() as txn:
-            return txn.stat(self.objects)["entries"]
+            return txn.stat(db)["entries"]
 
     def iter_objects(self) -> Iterator[tuple[bytes, ObjectLoc]]:
         with self.env.begin(db=self.objects) as txn:
@@ -294,16 +317,117 @@ class Index:
             for sha in shas:
                 if txn.get(sha, db=self.objects) is not None and txn.put(sha, doc, db=db, overwrite=renew):
                     done.append(sha)
-            if done and self.mark_log:
-                self.mark_log(self._ops(db)[0], done)
+            if done:
+                self.log_in(txn, self._ops(db)[0], done)
         return len(done)
 
     def unmark(self, db: Any, shas: Iterable[bytes]) -> int:
         with self.env.begin(write=True, db=db) as txn:
             done = [sha for sha in shas if txn.delete(sha)]
-            if done and self.mark_log:
-                self.mark_log(self._ops(db)[1], done)
+            if done:
+                self.log_in(txn, self._ops(db)[1], done)
             return len(done)
+
+    def _next_stamp(self, txn: Any) -> int:
+        """The marks log's next time stamp (ns), inside a write transaction: the wall clock,
+        but never at or before the last one (`meta` `marks_ns`) — a clock set back must not
+        reorder the log that `hoard index rebuild` replays in stamp order. Write transactions
+        are serialised across processes, so the stamps follow the order of the commits."""
+        last = txn.get(MARKS_NS, db=self.meta)
+        # (the floor: a stamp this process handed out in a transaction that then aborted is on
+        # the disks already and must not be given again — Store.catch_up_marks does the same
+        # across processes from the disks' logs)
+        stamp = max(time.time_ns(), int(last) + 1 if last else 0, self._stamp_floor + 1)
+        txn.put(MARKS_NS, str(stamp).encode(), db=self.meta)
+        self._stamp_floor = stamp
+        return stamp
+
+    def raise_stamp(self, seen: int) -> None:
+        """The disks' logs hold a record stamped `seen` (a transaction that appended it and
+        then died): no later stamp may be at or before it."""
+        with self.env.begin(write=True, db=self.meta) as txn:
+            last = txn.get(MARKS_NS)
+            if not last or int(last) < seen:
+                txn.put(MARKS_NS, str(seen).encode())
+
+    def log_in(self, txn: Any, op: str, shas: list[bytes]) -> None:
+        """Hand marks-log records of this write transaction to `mark_log` (the store's disks)
+        and note, in the same transaction, which disks took them: `marks_last` is the newest
+        record's stamp, `marks_at:<disk uuid>` the stamp up to which that disk's log is
+        complete. A disk that missed a record (not writable then, a failed or short append)
+        keeps an older one: it is *behind* (Store.marks_behind) — known to the index, not
+        guessed from the log's last line, so a later append cannot hide the hole."""
+        if shas and self.mark_log:
+            raw = txn.get(MARKS_LAST, db=self.meta)
+            before = int(raw) if raw else 0
+            stamp = self._next_stamp(txn)
+            took = self.mark_log(op, shas, stamp)
+            txn.put(MARKS_LAST, str(stamp).encode(), db=self.meta)
+            for uuid in took:  # only a disk that was complete stays complete: a hole stays a hole
+                at = txn.get(_marks_at(uuid), db=self.meta)
+                if at is not None and int(at) >= before:
+                    txn.put(_marks_at(uuid), str(stamp).encode(), db=self.meta)
+
+    def marks_state(self) -> tuple[int, dict[str, int], dict[str, float]]:
+        """(stamp of the last record, {disk uuid: complete up to}, {disk uuid: time its log
+        last failed to take a snapshot})."""
+        if self.meta is None:
+            return 0, {}, {}
+        last, at, failed = 0, {}, {}
+        with self.env.begin(db=self.meta) as txn:
+            raw = txn.get(MARKS_LAST)
+            last = int(raw) if raw else 0
+            cur = txn.cursor()
+            if cur.set_range(b"marks_"):
+                for k, v in cur:
+                    k = bytes(k)
+                    if k.startswith(b"marks_at:"):
+                        at[k[9:].decode()] = int(v)
+                    elif k.startswith(b"marks_failed:"):
+                        failed[k[13:].decode()] = float(v)
+                    elif not k.startswith(b"marks_"):
+                        break
+        return last, at, failed
+
+    def set_marks_stamp(self, last: int) -> None:
+        """After an index rebuild: the newest record replayed from the disks' logs (no disk is
+        known complete: the first writer snapshots them all)."""
+        with self.env.begin(write=True, db=self.meta) as txn:
+            txn.put(MARKS_NS, str(last).encode())
+            txn.put(MARKS_LAST, str(last).encode())
+
+    def snapshot_marks(self, write: Callable[[int, dict[str, list[bytes]], dict[str, int]],
+                                             tuple[list[str], list[str]]],
+                       foreign: dict[str, list[bytes]] | None = None) -> int:
+        """Call `write(stamp, {table: shas})` with every mark the index holds (hidden, deleted,
+        rooted) inside a write transaction — no other process sets or clears a mark meanwhile,
+        so what `write` puts on a disk is the whole state at `stamp`, and every later record
+        has a later stamp; `write` also gets each disk's `marks_at` as of now (no commit can
+        move it meanwhile). It returns (uuids written, uuids that failed): the first are
+        complete up to `stamp`, the others are not tried again for a while. `foreign`: marks
+        the disks' logs hold for objects this index does not know (their shards on disks that
+        were absent when it was rebuilt) — carried into the snapshot, not dropped from the
+        HDDs' history. Returns the stamp."""
+        with self.env.begin(write=True) as txn:
+            tables = {name: [bytes(k) for k, _ in txn.cursor(db=getattr(self, name))]
+                      for name in ("hidden", "deleted", "rooted")}
+            for name, shas in (foreign or {}).items():
+                tables[name] += [sha for sha in shas if txn.get(sha, db=self.objects) is None]
+            at = {}
+            cur = txn.cursor(db=self.meta)
+            if cur.set_range(b"marks_at:"):
+                for k, v in cur:
+                    if not bytes(k).startswith(b"marks_at:"):
+                        break
+                    at[bytes(k)[9:].decode()] = int(v)
+            stamp = self._next_stamp(txn)
+            written, failed = write(stamp, tables, at)
+            for uuid in written:
+                txn.put(_marks_at(uuid), str(stamp).encode(), db=self.meta)
+                txn.delete(_marks_failed(uuid), db=self.meta)
+            for uuid in failed:
+                txn.put(_marks_failed(uuid), repr(time.time()).encode(), db=self.meta)
+        return stamp
 
     def is_marked(self, db: Any, sha: bytes) -> bool:
         if db is None:  # a table an old index opened read-only does not have

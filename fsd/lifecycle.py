@@ -80,8 +80,12 @@ def activate(store: Store, label: str) -> ActivateReport:
             raise HoardError(f"disk {label} failed while its replicas were checked "
                              f"({store.records[rec.uuid].reason}); it stays failed", ExitCode.UNAVAILABLE)
         store.set_disk_state(label, DiskState.ACTIVE, "")
-        # batch and view pointers it missed while out of service (index rebuild takes the newest)
+        # batch and view pointers and marks it missed while out of service (index rebuild takes
+        # the newest pointer and replays the marks from the newest snapshot on)
         store.rewrite_pointers(rec.uuid)
+        if label not in store.snapshot_marks([rec.uuid]):
+            raise HoardError(f"disk {label}: its marks log could not be brought up to the index (see the "
+                             "warning above); it is active, and the next writer tries again", ExitCode.UNAVAILABLE)
     store.index.record_event("disk_activated", disk=label, detail=f"{rep.adopted} adopted, {len(rep.bad)} bad")
     return rep
 
@@ -109,7 +113,7 @@ def forget(store: Store, label: str) -> int:
         short = [m for m in listing
                  if len([u for u in counted_replicas(store, m) if u != rec.uuid]) < store.target(m.klass)]
         if short:
-            step = (f"`hoard replicate` (it copies a draining disk's shards elsewhere)" if rec.state ==
+            step = ("`hoard replicate` (it copies a draining disk's shards elsewhere)" if rec.state ==
                     DiskState.DRAINING else f"`hoard rebuild --disk {label}`")
             raise HoardError(f"disk {label}: {len(short)} shards still need its replica (too few copies on other "
                              f"active disks); run {step}, then forget it", ExitCode.DATA)

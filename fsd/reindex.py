@@ -10,23 +10,27 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import shutil
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import lmdb
 
+from fsd import marks
 from fsd import shardfmt as fmt
 from fsd import storelock
 from fsd.base.config import Settings
 from fsd.base.errors import ExitCode, HoardError
-from fsd.base.files import fsync_dir
+from fsd.base.files import fsync_dir, size_or_zero
 from fsd.disks import DiskRecord, DiskState, drop_cache, pread_full, read_identity
 from fsd.index import Index, ObjectLoc, ShardMeta
-from fsd.layout import BATCHES_DIR, FORGOTTEN, MARK_OPS, MARKS_DIR, VIEWS_DIR, check_ssd, lock_root
+from fsd.layout import BATCHES_DIR, FORGOTTEN, MARKS_DIR, VIEWS_DIR, check_ssd, lock_root
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -77,15 +81,28 @@ def rebuild_index(cfg: Settings, progress: Callable[[int, int], None] | None = N
     """Build the index from the disks and swap it in; refuses while anything uses the store.
     `progress(bytes_read, bytes_to_read)` as shard files are read."""
     with _store_idle(cfg, "index rebuild") as ssd_uuid:
-        return _rebuild_index(cfg, ssd_uuid, progress)
+        rep = _rebuild_index(cfg, ssd_uuid, progress)
+    _seed_marks(cfg)
+    return rep
+
+
+def _seed_marks(cfg: Settings) -> None:
+    """The rebuilt index knows no disk's log to be complete: the first writer gives every disk
+    a snapshot of the replayed marks — done here, so the disks agree with it at once."""
+    from fsd.store import Store  # deferred: fsd.store imports this module's siblings
+
+    try:
+        Store.open(cfg).close()
+    except HoardError as e:  # the rebuild stands; the next writer seeds the logs
+        log.warning("marks logs not rewritten after the rebuild: %s", e.message)
 
 
 def _shard_files(root: Path) -> list[Path]:
     return [p for p in sorted((root / "shards").glob("*/*")) if p.suffix in (".shard", ".open")]
 
 
-def _rebuild_index(cfg: Settings, ssd_uuid: str, progress: Callable[[int, int], None] | None = None
-                   ) -> IndexRebuildReport:
+def _rebuild_index(cfg: Settings, ssd_uuid: str, progress: Callable[[int, int], None] | None = None,
+                   backup: Path | None = None) -> IndexRebuildReport:
     rep = IndexRebuildReport()
     t0 = time.monotonic()
     target = cfg.index_dir
@@ -98,10 +115,11 @@ def _rebuild_index(cfg: Settings, ssd_uuid: str, progress: Callable[[int, int], 
     batches: dict[str, dict] = {}
     views: dict[str, dict] = {}
     files = {dc.label: _shard_files(dc.path) if dc.path.is_dir() else [] for dc in cfg.disks}
-    total = sum(_size(p) for fs in files.values() for p in fs)
+    total = sum(size_or_zero(p) for fs in files.values() for p in fs)
     done = 0
-    marks: set[tuple[int, str, str]] = set()  # the same records are on every disk: one copy each
-    kept_states = _old_disk_states(target)
+    found_marks: set[marks.Record] = set()  # the same records are on every disk: one copy each
+    kept_states = _old_disk_states(backup or target)
+    found_disks: list[DiskRecord] = []
     try:
         for dc in cfg.disks:
             ident = read_identity(dc.path) if dc.path.is_dir() else None
@@ -111,15 +129,14 @@ def _rebuild_index(cfg: Settings, ssd_uuid: str, progress: Callable[[int, int], 
             if read_identity(dc.path, FORGOTTEN):  # its shards were re-homed; what is left there is stale
                 rep.skipped_disks.append(f"{dc.label}: forgotten by `hoard disks forget`; remove it from the config")
                 continue
-            used = 0
             for path in files[dc.label]:
                 if progress:
-                    done += _size(path)
+                    done += size_or_zero(path)
                     progress(done, total)
                 try:
                     meta, records = _read_shard(path)
                 except (OSError, fmt.ShardFormatError) as e:
-                    rep.damaged.append(f"{path}: {e}")
+                    rep.damaged.append(f"replica {path}: {e}")
                     continue
                 known = shards.setdefault(meta.shard_id, meta)
                 known.sealed = known.sealed and meta.sealed
@@ -127,7 +144,6 @@ def _rebuild_index(cfg: Settings, ssd_uuid: str, progress: Callable[[int, int], 
                 known.records = max(known.records, meta.records)
                 if ident["uuid"] not in known.replicas:
                     known.replicas.append(ident["uuid"])
-                used += path.stat().st_size
                 rep.replicas += 1
                 rep.open_shards += not meta.sealed
                 for r in records:
@@ -142,14 +158,19 @@ def _rebuild_index(cfg: Settings, ssd_uuid: str, progress: Callable[[int, int], 
                     # the newest pointer wins: a disk that was failed or absent may hold an old one
                     if doc.get("pointer_ns", 0) >= found.get(pointer.stem, {}).get("pointer_ns", -1):
                         found[pointer.stem] = doc
-            _read_marks(dc.path / MARKS_DIR, marks, rep)
+            _read_marks(dc.path / MARKS_DIR, found_marks, rep)
             # a failed or draining disk stays so (a user's or rebuild's decision, as Store.open keeps it)
             state, reason = kept_states.get(ident["uuid"], (DiskState.ACTIVE, ""))
-            index.put_disk(DiskRecord(ident["uuid"], dc.label, str(dc.path), state,
-                                      ident.get("created", ""), used_bytes=used, reason=reason))
+            found_disks.append(DiskRecord(ident["uuid"], dc.label, str(dc.path), state, ident.get("created", ""),
+                                          reason=reason))
             rep.disks += 1
         for meta in shards.values():
             index.put_shard(meta)
+        # a disk's used bytes as `hoard check` counts them: the recorded size of each sealed
+        # shard it holds (a replica file's own size may differ: a longer copy, an open shard)
+        for rec in found_disks:
+            rec.used_bytes = sum(m.size for m in shards.values() if m.sealed and rec.uuid in m.replicas)
+            index.put_disk(rec)
         items = sorted(objects.items())
         for i in range(0, len(items), 50_000):
             index.add_objects(items[i:i + 50_000])
@@ -163,10 +184,19 @@ def _rebuild_index(cfg: Settings, ssd_uuid: str, progress: Callable[[int, int], 
                                        "which no disk holds; not registered")
                     continue
                 put(name, info)
-        final = replay_marks(marks)
-        for table in ("hidden", "deleted", "rooted"):
+        final = marks.replay(found_marks)
+        for table in marks.TABLES:
             setattr(rep, table, index.mark(getattr(index, table), final[table],
                                            "restored from marks/ by an index rebuild"))
+        # the disks whose log holds the newest record are current; the others get a snapshot
+        # when a writer next opens the store (Store.catch_up_marks)
+        last = max((t for t, _, _ in found_marks), default=0)
+        index.set_marks_stamp(last)
+        if backup is not None:
+            try:
+                _merge_backup(index, backup, objects.keys(), shards.keys())
+            except lmdb.Error as e:  # a copy damaged inside: the disks' part stands on its own
+                rep.damaged.append(f"index copy: {e}; the index is rebuilt without its disk states and events")
         rep.shards, rep.objects = len(shards), len(objects)
         rep.batches = sum(1 for info in batches.values() if not info.get("removed"))
     finally:
@@ -176,12 +206,6 @@ def _rebuild_index(cfg: Settings, ssd_uuid: str, progress: Callable[[int, int], 
     rep.seconds = time.monotonic() - t0
     return rep
 
-
-def _size(path: Path) -> int:
-    try:
-        return path.stat().st_size
-    except OSError:
-        return 0
 
 
 def _old_disk_states(target: Path) -> dict[str, tuple[DiskState, str]]:
@@ -202,39 +226,14 @@ def _old_disk_states(target: Path) -> dict[str, tuple[DiskState, str]]:
         old.close()
 
 
-def _read_marks(folder: Path, into: set[tuple[int, str, str]], rep: IndexRebuildReport) -> None:
-    """Parse `marks/*.log` lines `<time_ns> <op> <sha256 hex>`; a torn last line (a crash during
-    an append) is skipped — its transaction never committed, see Store.log_marks."""
-    for path in sorted(folder.glob("*.log")):
-        try:
-            with open(path, "rb") as f:
-                for line in f:
-                    parts = line.split()
-                    if (len(parts) == 3 and line.endswith(b"\n") and parts[0].isdigit() and len(parts[2]) == 64
-                            and (op := parts[1].decode("ascii", "replace")) in MARK_OPS):
-                        into.add((int(parts[0]), op, parts[2].decode("ascii")))
-        except OSError as e:
-            rep.damaged.append(f"{path}: {e}")
-
-
-#: marks-log op → (index table, set it?); "drop" (gc freed the object) clears every table
-_MARK_EFFECT = {"hide": ("hidden", True), "show": ("hidden", False), "delete": ("deleted", True),
-                "keep": ("deleted", False), "root": ("rooted", True), "unroot": ("rooted", False)}
-
-
-def replay_marks(records: set[tuple[int, str, str]]) -> dict[str, list[bytes]]:
-    """Per index table (hidden, deleted, rooted), the objects marked after applying the
-    records in time order (a later `keep` — the object was stored again —, `show`, `unroot`
-    or `drop` — gc freed it — undoes an earlier mark)."""
-    final: dict[str, set[str]] = {table: set() for table, _ in _MARK_EFFECT.values()}
-    for _t, op, sha in sorted(records):
-        if op == "drop":
-            for shas in final.values():
-                shas.discard(sha)
-            continue
-        table, on = _MARK_EFFECT[op]
-        (final[table].add if on else final[table].discard)(sha)
-    return {table: [bytes.fromhex(h) for h in sorted(shas)] for table, shas in final.items()}
+def _read_marks(folder: Path, into: set[marks.Record], rep: IndexRebuildReport) -> None:
+    try:
+        bad = marks.read(folder, into)
+    except OSError as e:
+        rep.damaged.append(f"marks log in {folder}: {e}")
+        return
+    if bad:  # a torn last line is a crash during an append (never committed); others are damage
+        rep.damaged.append(f"marks log in {folder}: {bad} line(s) that are not records were skipped")
 
 
 def _read_shard(path: Path) -> tuple[ShardMeta, list[fmt.RecordInfo]]:
@@ -296,33 +295,75 @@ def backup_index(store, copies: int = 2) -> list[str]:
     return done
 
 
-def restore_index(cfg: Settings) -> tuple[str, dict]:
-    """Put the newest index copy found on the disks in place of the (lost) index; refuses
-    while anything uses the store."""
+def restore_index(cfg: Settings, progress: Callable[[int, int], None] | None = None
+                  ) -> tuple[str, dict, IndexRebuildReport]:
+    """Put the newest index copy found on the disks, brought up to date from the disks, in
+    place of the (lost) index; refuses while anything uses the store."""
     with _store_idle(cfg, "index restore") as ssd_uuid:
-        return _restore_index(cfg, ssd_uuid)
+        done = _restore_index(cfg, ssd_uuid, progress)
+    _seed_marks(cfg)
+    return done
 
 
-def _restore_index(cfg: Settings, ssd_uuid: str) -> tuple[str, dict]:
+def _restore_index(cfg: Settings, ssd_uuid: str, progress: Callable[[int, int], None] | None = None
+                   ) -> tuple[str, dict, IndexRebuildReport]:
+    """An index copy is as old as its `hoard index backup`: objects stored, shards sealed,
+    replicated or compacted and marks set since then are on the disks only. So the index is
+    rebuilt from the disks, which are the truth for all of that, and the copy supplies what
+    the disks do not hold: disk states and reasons, events, queued repairs, file extensions,
+    large objects' piece digests."""
     found = []
     for dc in cfg.disks:
         stamp = dc.path / INDEX_COPY / "stamp.json"
-        if stamp.is_file():
-            found.append((json.loads(stamp.read_text()), dc))
+        try:
+            doc = json.loads(stamp.read_text())
+        except FileNotFoundError:
+            continue
+        except (OSError, ValueError) as e:
+            log.warning("index copy on %s not usable: %s", dc.label, e)
+            continue
+        taken = doc.get("taken_at") if isinstance(doc, dict) else None
+        if not isinstance(taken, (int, float)) or isinstance(taken, bool):
+            log.warning("index copy on %s not usable: %s has no time stamp", dc.label, stamp)
+            continue
+        found.append((doc, dc))
     if not found:
+        raise HoardError("no usable index copy on any disk; use `hoard index rebuild` (from the shards)",
+                         ExitCode.DATA)
+    copy = cfg.index_dir.with_name(cfg.index_dir.name + ".restore")
+    tried = []
+    # newest first; a copy that cannot be read (damaged, half-written) gives way to the next
+    for stamp, dc in sorted(found, key=lambda x: -x[0]["taken_at"]):
+        shutil.rmtree(copy, ignore_errors=True)
+        try:
+            shutil.copytree(dc.path / INDEX_COPY, copy)
+            Index(copy, readonly=True).close()
+        except (OSError, lmdb.Error) as e:
+            why = str(e).replace(str(copy), str(dc.path / INDEX_COPY))
+            tried.append(f"{dc.label}: {why}")
+            log.warning("index copy %s not usable: %s", dc.path / INDEX_COPY, why)
+            continue
+        try:
+            rep = _rebuild_index(cfg, ssd_uuid, progress, backup=copy)
+        finally:
+            shutil.rmtree(copy, ignore_errors=True)
+        rep.damaged += [f"index copy on {t}" for t in tried]
+        return dc.label, stamp, rep
+    raise HoardError(f"no index copy can be read ({'; '.join(tried)}); `hoard index rebuild` rebuilds the index "
+                     "from the shards alone", ExitCode.DATA)
 
-        raise HoardError("no index copy on any disk; use `hoard index rebuild` (from the shards)", ExitCode.DATA)
-    stamp, dc = max(found, key=lambda x: x[0]["taken_at"])
-    target = cfg.index_dir
-    work = target.with_name(target.name + ".restore")
-    shutil.rmtree(work, ignore_errors=True)
-    shutil.copytree(dc.path / INDEX_COPY, work)
-    (work / "stamp.json").unlink()
-    restored = Index(work)
+
+def _merge_backup(index: Index, backup: Path, objects: Iterable[bytes], shards: Iterable[bytes]) -> None:
+    """Copy into the rebuilt `index` what only an index copy knows, for objects and shards
+    that still exist."""
+    objects, shards = set(objects), set(shards)
+    old = Index(backup, readonly=True)
     try:
-        restored.set_meta("ssd_uuid", ssd_uuid)  # the copy now belongs to this SSD
+        with old.env.begin() as src, index.env.begin(write=True) as dst:
+            for name, keep in (("exts", objects), ("chunks", objects), ("events", None), ("repairs", shards)):
+                for k, v in src.cursor(db=getattr(old, name)):
+                    key = bytes(k)
+                    if keep is None or (key[:12] if name == "repairs" else key) in keep:
+                        dst.put(key, bytes(v), db=getattr(index, name))
     finally:
-        restored.close()
-    _set_aside(target)
-    os.rename(work, target)
-    return dc.label, stamp
+        old.close()

@@ -20,16 +20,17 @@ from pathlib import Path
 
 import lmdb
 
+from fsd import marks
 from fsd import shardfmt as fmt
 from fsd import storelock
 from fsd.base import config as config_mod
 from fsd.base.config import Settings
 from fsd.base.errors import ExitCode, HoardError
-from fsd.base.files import atomic_write, fsync_dir
+from fsd.base.files import atomic_write, fsync_dir, size_or_zero
 from fsd.base.paths import file_ext
 from fsd.disks import DiskGone, DiskRecord, DiskState, LocalDisk, probe, read_identity, write_identity
-from fsd.index import Index, ShardMeta, index_error
-from fsd.layout import BATCHES_DIR, FORGOTTEN, MARKS_DIR, MARKS_LOG, VIEWS_DIR, check_ssd, lock_root, pin_path
+from fsd.index import MARKS_NS, Index, ShardMeta, index_error
+from fsd.layout import BATCHES_DIR, FORGOTTEN, VIEWS_DIR, check_ssd, lock_root, pin_path
 from fsd.placement import Candidate, choose
 from fsd.planner import execute, make_plan
 from fsd.put import put_files, put_payloads
@@ -40,6 +41,9 @@ from fsd.scrub import oldest_unverified_age
 from fsd.writer import ShardWriter, writer_alive
 
 log = logging.getLogger(__name__)
+#: a disk whose marks log refused a snapshot is tried again after this long (not by every open)
+MARKS_RETRY_S = 600.0
+
 
 class Store:
     def __init__(self, cfg: Settings, index: Index, writable: bool) -> None:
@@ -80,6 +84,7 @@ class Store:
                 store._attach_disks(init)
                 if writable:
                     recover_orphans(store)
+                    store.catch_up_marks()
             except BaseException:
                 store.index.close()
                 raise
@@ -361,11 +366,20 @@ class Store:
         old pointer on such a disk cannot bring a removed batch or view back."""
         stamped = {**(doc or {"removed": True}), "pointer_ns": time.time_ns()}
         body = json.dumps(stamped, indent=1, sort_keys=True).encode()
-        for uuid, disk in self.disks.items():
+        took, errors = 0, []
+        for uuid, disk in list(self.disks.items()):
             if (only is None and self.usable(uuid)) or uuid == only:
                 path = disk.root / rel
-                path.parent.mkdir(exist_ok=True)
-                atomic_write(path, body)
+                try:
+                    path.parent.mkdir(exist_ok=True)
+                    atomic_write(path, body)
+                    took += 1
+                except OSError as e:  # a dying disk (EIO: marked failed) must not stop the others
+                    self.disk_error(disk, "write", e)
+                    errors.append(f"{disk.label}: {e.strerror or e}")
+        if errors and not took:
+            raise HoardError(f"no disk took {rel} ({'; '.join(errors)}); `hoard health` names the disks' problems",
+                             ExitCode.UNAVAILABLE)
 
     def rewrite_pointers(self, uuid: str) -> int:
         """Bring one disk's batch and view pointers up to the index (after it missed writes
@@ -383,38 +397,131 @@ class Store:
                     n += 1
         return n
 
-    def log_marks(self, op: str, shas: list[bytes]) -> None:
-        """Append deletion-mark records (`op` is one of MARK_OPS) to `marks/marks.log` on every
-        writable disk, fsynced — what `hoard index rebuild` replays (docs/design.md, "Deletion
-        marks on the HDDs"). Called by the index inside the transaction that applies them:
-        raising here (no disk took the records) leaves the index unchanged too."""
-        stamp = time.time_ns()
-        body = "".join(f"{stamp} {op} {sha.hex()}\n" for sha in shas).encode()
-        written, errors = 0, []
+    def log_marks(self, op: str, shas: list[bytes], stamp: int) -> list[str]:
+        """Append marks-log records (`op` is one of MARK_OPS) to `marks/marks.log` on every
+        writable disk, fsynced — what `hoard index rebuild` replays (fsd/marks.py); returns the
+        uuids of the disks that took them (Index.log_in notes them). Called by the index
+        inside the transaction that applies them: raising here (no disk took the records)
+        leaves the index unchanged too. Each append starts with a newline, so the torn rest of
+        an append that failed half-way is a line of its own, never glued to the next record."""
+        body = b"\n" + marks.records(stamp, op, shas)
+        took, errors = [], []
         for uuid, disk in self.disks.items():
             if not self.usable(uuid, for_write=True):
                 continue
-            folder = disk.root / MARKS_DIR
+            path = marks.log_path(disk.root)
             try:
-                if not folder.is_dir():
-                    folder.mkdir()
-                    fsync_dir(disk.root)
+                _marks_log(disk)
                 # O_APPEND: records of concurrent processes interleave whole (one write each)
-                fd = os.open(folder / MARKS_LOG, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+                fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NONBLOCK, 0o644)
                 try:
+                    marks.regular(fd, path)
                     view = memoryview(body)
                     while view:
                         view = view[os.write(fd, view):]
                     os.fsync(fd)
                 finally:
                     os.close(fd)
-                written += 1
+                took.append(uuid)
             except OSError as e:
-                log.warning("disk %s: cannot append to %s/%s: %s", disk.label, MARKS_DIR, MARKS_LOG, e)
+                log.warning("disk %s: cannot append to %s: %s", disk.label, path, e)
                 errors.append(f"{disk.label}: {e.strerror or e}")
-        if not written:
+        if not took:
             raise HoardError(f"no disk took the deletion marks ({'; '.join(errors) or 'no writable disk'}); "
                              "nothing was changed — `hoard health` names the disks' problems", ExitCode.UNAVAILABLE)
+        return took
+
+    def marks_behind(self, state: tuple[int, dict[str, int], dict[str, float]] | None = None) -> list[str]:
+        """Writable disks whose marks log misses records the index holds (the index knows which
+        disk took each record: Index.log_in) — added later, back from failed or unplugged, a
+        failed or short append — and that did not refuse a snapshot in the last
+        MARKS_RETRY_S (a disk gone read-only is not rewritten by every open)."""
+        last, at, failed = state or self.index.marks_state()
+        now = time.time()
+        return [u for u in self.disks if self.usable(u, for_write=True)
+                and (u not in at or at[u] < last) and now - failed.get(u, 0.0) > MARKS_RETRY_S]
+
+    def catch_up_marks(self) -> list[str]:
+        """Every writable open: no stamp is handed out again that a disk's log already holds
+        (a writer that appended and died before its commit), and the disks that are behind
+        get a snapshot of the index's marks."""
+        tails: dict[str, int] = {}
+        for u, d in self.disks.items():
+            if self.usable(u):
+                try:
+                    tails[u] = marks.last_stamp(d.root) or 0
+                except OSError as e:  # a dying disk, a hostile file: health's and check's business
+                    log.warning("disk %s: cannot read the end of its marks log: %s", d.label, e)
+        if tails and max(tails.values()) > int(self.index.get_meta(MARKS_NS.decode()) or 0):
+            self.index.raise_stamp(max(tails.values()))
+        state = self.index.marks_state()
+        at = state[1]
+        # a log ending after what the index knows it took: a record whose transaction died
+        # (or one committing right now: checked again inside the snapshot's transaction)
+        ahead = [u for u, t in tails.items() if u in at and t > at[u] and self.usable(u, for_write=True)]
+        behind = self.marks_behind(state)
+        if not (behind or ahead):
+            return []
+        done = self.snapshot_marks(behind + ahead, recheck=set(ahead) - set(behind))
+        if done:
+            log.info("marks log of %s brought up to the index", ", ".join(done))
+        return done
+
+    def compact_marks(self) -> list[str]:
+        """Snapshot the writable disks whose marks log has grown past twice what a snapshot
+        would take (plus 1 MiB): the history is replaced by the state."""
+        n = sum(self.index.count(getattr(self.index, t)) for t in marks.TABLES)
+        limit = 2 * (n + 1) * marks.RECORD_BYTES + (1 << 20)
+        big = [u for u, d in self.disks.items()
+               if self.usable(u, for_write=True) and size_or_zero(marks.log_path(d.root)) > limit]
+        return self.snapshot_marks(big) if big else []
+
+    def snapshot_marks(self, uuids: Iterable[str] | None = None, recheck: set[str] | None = None) -> list[str]:
+        """Replace the marks log of disks `uuids` (default: every disk in service, draining
+        included) by a snapshot of the index's marks (fsd/marks.py), inside an index write
+        transaction — plus the marks the logs hold for objects the index does not know. Returns
+        the labels written; a disk that cannot take it is logged and skipped (still behind: a
+        writer tries again after MARKS_RETRY_S)."""
+        # every disk in service: a draining one's log is still read by an index rebuild
+        chosen = [u for u in (self.disks if uuids is None else uuids) if self.usable(u)]
+        done: list[str] = []
+
+        def write(stamp: int, tables: dict[str, list[bytes]], at: dict[str, int]) -> tuple[list[str], list[str]]:
+            body = marks.snapshot(stamp, tables)
+            written, failed = [], []
+            for uuid in chosen:
+                disk = self.disks[uuid]
+                if uuid in (recheck or ()):  # "ahead" — still, now that no transaction is in flight?
+                    try:
+                        if (marks.last_stamp(disk.root) or 0) <= at.get(uuid, -1):
+                            continue
+                    except OSError:
+                        continue
+                path = marks.log_path(disk.root)
+                try:
+                    atomic_write(_marks_log(disk), body)
+                    done.append(disk.label)
+                    written.append(uuid)
+                except OSError as e:
+                    log.warning("disk %s: cannot rewrite %s from the index: %s", disk.label, path, e)
+                    failed.append(uuid)
+            return written, failed
+
+        if chosen:
+            self.index.snapshot_marks(write, self._logged_marks())
+        return done
+
+    def _logged_marks(self) -> dict[str, list[bytes]]:
+        """What the readable disks' logs replay to (the index keeps, of these, the marks of
+        objects it does not know: Index.snapshot_marks)."""
+        found: set[marks.Record] = set()
+        for u, d in self.disks.items():
+            if self.usable(u):
+                try:
+                    marks.read(marks.log_path(d.root).parent, found)
+                except OSError:
+                    continue
+        return marks.replay(found)
 
     # -- pins: acknowledged objects a job holds before a manifest names them -------------------
     def pin(self, name: str, shas_hex: Iterable[str], why: str) -> None:
@@ -595,6 +702,16 @@ class Store:
                 "recent_errors": [e for e in self.index.recent_events(50) if e["kind"].endswith("_error")][:10],
                 "recovery_incomplete": [e for e in self.index.recent_events(200)
                                         if e["kind"] == "recovery_incomplete" and e.get("shard") in stuck][:10]}
+
+
+
+def _marks_log(disk: LocalDisk) -> Path:
+    """The disk's marks log path, its directory made (and made durable) if it is new."""
+    path = marks.log_path(disk.root)
+    if not path.parent.is_dir():
+        path.parent.mkdir()
+        fsync_dir(disk.root)
+    return path
 
 
 def _holds_shards(root: Path) -> bool:

@@ -26,7 +26,7 @@ import contextlib
 import copy
 import datetime as dt
 import enum
-import fcntl
+import errno
 import hashlib
 import itertools
 import json
@@ -54,9 +54,9 @@ from adapters.intent import build_intent, small_raw
 from fsd.base import config as config_mod
 from fsd.base.config import Settings
 from fsd.base.errors import ExitCode, HoardError
-from fsd.base.files import atomic_write, fsync_dir
+from fsd.base.files import atomic_write, flocked, fsync_dir
 from fsd.base.paths import NAME_PATTERN
-from fsd.health import zone_status
+from fsd import zones
 from fsd.store import Store
 from jobs.queues import QUEUES, connect
 from sql.apply import apply_write_intent
@@ -202,9 +202,10 @@ class SignalRefused(IngestError):
     exit_code = ExitCode.DATA
 
 
-def submit(cfg: Settings, batch_dir: Path, source: str | None, redis_conn=None) -> BatchState:
+def submit(cfg: Settings, batch_dir: Path, source: str | None, redis_conn=None, *, queue: bool = True) -> BatchState:
     """Check the batch and its source, record it, enqueue its next step; idempotent.
 
+    With `queue=False` nothing goes to Redis: the caller runs the steps itself (`run_here`).
     A finished batch whose directory is gone is returned as it is; one whose directory is
     back (a new drop under the same id) is refused — it would otherwise never be ingested."""
     batch_dir = _batch_dir(cfg, batch_dir)
@@ -230,6 +231,8 @@ def submit(cfg: Settings, batch_dir: Path, source: str | None, redis_conn=None) 
         st = BatchState(batch_id, source)
     st.status, st.error = Status.QUEUED.value, None
     save_state(cfg, st)
+    if not queue:
+        return st
     try:
         enqueue(cfg, st, redis_conn)
     except BaseException:
@@ -406,15 +409,11 @@ def _batch_lock(cfg: Settings, batch_id: str):
     horse": a kill -9 of the worker leaves the horse running its step, and a resumed job
     must wait for it (then find the state moved on) rather than race it. The kernel drops
     the lock when its holder dies."""
-    fd = os.open(state_dir(cfg) / f"{batch_id}.lock", os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+    with flocked(state_dir(cfg) / f"{batch_id}.lock"):
         yield
-    finally:
-        os.close(fd)
 
 
-def _run_step_locked(cfg: Settings, batch_id: str, step: str) -> dict[str, Any]:
+def _run_step_locked(cfg: Settings, batch_id: str, step: str, *, then_enqueue: bool = True) -> dict[str, Any]:
     st = load_state(cfg, batch_id)
     if st is None:
         raise IngestError(f"no ingest state for batch {batch_id}; submit it with `hoard ingest`")
@@ -433,7 +432,7 @@ def _run_step_locked(cfg: Settings, batch_id: str, step: str) -> dict[str, Any]:
         # "running" with nobody running it would look busy for ever, while "failed" shows in
         # `hoard health` with the step and the way on
         st.status = Status.FAILED.value
-        st.error = (_explain(e) if isinstance(e, Exception) else
+        st.error = (_explain(e, cfg) if isinstance(e, Exception) else
                     f"interrupted during step {step}; `hoard ingest --resume {batch_id}` runs it again")
         st.seconds[step] = round(st.seconds.get(step, 0) + time.monotonic() - t0, 3)
         save_state(cfg, st)
@@ -442,13 +441,14 @@ def _run_step_locked(cfg: Settings, batch_id: str, step: str) -> dict[str, Any]:
     if nxt < len(STEPS):
         st.step, st.status = STEPS[nxt], Status.QUEUED.value
         save_state(cfg, st)
-        enqueue(cfg, st)
+        if then_enqueue:
+            enqueue(cfg, st)
     else:
         save_state(cfg, st)
     return st.report
 
 
-def _explain(e: Exception) -> str:
+def _explain(e: Exception, cfg: Settings | None = None) -> str:
     """One line for the state file: what failed and what to do."""
     if isinstance(e, HoardError):
         return e.message
@@ -458,12 +458,78 @@ def _explain(e: Exception) -> str:
     if isinstance(e, redis.ConnectionError):
         return f"Redis unreachable ({e}); start it, then `hoard ingest --resume`"
     if isinstance(e, OSError):
+        where = Path(e.filename) if isinstance(e.filename, str) else None
+        disk = next((d for d in (cfg.disks if cfg and where else []) if where.is_relative_to(d.path)), None)
+        if disk is not None:  # the store meets a disk dying under it (EIO) before it has marked it failed
+            return (f"disk {disk.label}: {e.strerror or e} ({e.filename}); `hoard health` shows its state: bring it "
+                    f"back or replace it (`hoard disks replace {disk.label} …`), then `hoard ingest --resume`")
         return f"{e.strerror or e} ({e.filename or 'no file named'}); fix it, then `hoard ingest --resume`"
     return f"{type(e).__name__}: {e} (a bug; traceback in the worker log)"
 
 
+#: what a step can meet that is not a bug: a service or a disk gone, a person's error. Under
+#: `run_here` it ends the run with the one line `_explain` recorded in the batch's state.
+CONDITIONS = (HoardError, psycopg.OperationalError, redis.ConnectionError, redis.TimeoutError, OSError)
+
+
+def run_here(cfg: Settings, batch_id: str) -> ExitCode:
+    """Run a submitted batch's remaining steps in this process (`hoard ingest --here`).
+
+    No Redis and no RQ: the steps run one after the other under the batch lock, as a worker
+    would run them (a worker's stale job for a step done here finds the state moved on and
+    does nothing). A step that meets one of CONDITIONS is recorded as failed with its one-line
+    reason and ends the run: the exit code says why (PostgreSQL or Redis down: 3); a re-run
+    (`--resume BATCH --here`) goes on at that step. A bug propagates with its traceback.
+    Ctrl-C or SIGTERM stops the step under way at once, recorded as interrupted, and raises
+    KeyboardInterrupt; a second one while that is recorded is ignored."""
+    with _interruptible():
+        while True:
+            st = load_state(cfg, batch_id)
+            if st is None:
+                raise IngestError(f"no ingest state for batch {batch_id}; submit it with `hoard ingest`")
+            if st.finished:
+                return ExitCode.OK
+            try:
+                with _batch_lock(cfg, batch_id):
+                    _run_step_locked(cfg, batch_id, st.step, then_enqueue=False)
+            except CONDITIONS as e:
+                if isinstance(e, HoardError):
+                    code = e.exit_code
+                elif isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+                    code = ExitCode.NO_SPACE
+                else:
+                    code = ExitCode.UNAVAILABLE  # PostgreSQL, Redis or a disk
+                after = load_state(cfg, batch_id)
+                if after is None or after.status != Status.FAILED.value:  # not recorded (the SSD itself?)
+                    raise HoardError(f"batch {batch_id} at step {st.step}: {_explain(e, cfg)}", code) from None
+                return code
+
+
+@contextlib.contextmanager
+def _interruptible():
+    """SIGINT and SIGTERM raise KeyboardInterrupt once inside; the process's handlers come back after."""
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    fired = False
+
+    def interrupt(signum, frame) -> None:
+        nonlocal fired
+        if fired:
+            return  # already stopping: a second Ctrl-C must not cut short the recording of the first
+        fired = True
+        raise KeyboardInterrupt
+
+    for sig in saved:
+        signal.signal(sig, interrupt)
+    try:
+        yield
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
+
+
 def work_here(cfg: Settings, redis_conn=None) -> None:
-    """Run queued hoardfs jobs in this process until the queues are empty (`--here`).
+    """Run queued hoardfs jobs in this process until the queues are empty, through RQ (the demo,
+    the benchmark, tests of the worker path; `hoard ingest --here` uses `run_here`).
 
     Raises KeyboardInterrupt within moments of a Ctrl-C (or SIGTERM), the step under way cut
     short and recorded as interrupted; the process's own signal handlers are put back after."""
@@ -598,27 +664,27 @@ def _step_package(cfg: Settings, st: BatchState) -> None:
     out = cfg.ssd.zone_path("3B") / st.batch_id
     manifest_path = out / f"{st.batch_id}.manifest.json"
     if not manifest_path.exists():
+        # reserved before a byte is written, released once the manifest (the package's seal) is
+        # there or the step failed; a worker killed meanwhile leaves a stale reservation that
+        # the next reserve in 3B reclaims (fsd.zones)
         need = sum(size for _, size in stored.values()) + 1024 * (len(stored) + 10)
-        z = zone_status(cfg)["3B"]
-        have = int(z["quota_bytes"] * cfg.ssd.thresholds.deny) - z["used_bytes"]
-        if need > have:
-            raise HoardError(
-                f"zone 3B has room for {max(have, 0) / 1e6:.0f} MB below its deny threshold, the package of "
-                f"{st.batch_id} needs {need / 1e6:.0f} MB; move finished packages from {out.parent} to cold "
-                f"storage (or raise ssd.zones.3B.quota_gb), then `hoard ingest --resume {st.batch_id}`. "
-                "The batch stays stored and in 3A until then.", ExitCode.NO_SPACE)
-        parts = _write_parts(root, out, st.batch_id, stored, int(cfg.store.batch_size_gb * (1 << 30)))
-        docs = sorted({r["doc"] for r in records if r.get("doc") and r["doc"] in stored})
-        manifest = {
-            "format": "hoardfs-batch-manifest-1", "batch_id": st.batch_id, "source": st.source,
-            "signalled": st.signalled,
-            "files": [{"path": rel, "sha256": sha, "size": size, "part": parts[rel]}
-                      for rel, (sha, size) in sorted(stored.items())],
-            "metadata_documents": [{"path": d, "sha256": stored[d][0]} for d in docs],
-            "rejected": st.report.get("rejected", []),
-            "intent": f"ingest:{st.batch_id}"}
-        body = json.dumps(manifest, indent=1, sort_keys=True).encode()
-        atomic_write(manifest_path, body)
+        zones.reserve(cfg, "3B", st.batch_id, f"ingest:{st.batch_id}", need,
+                      next_step=f"`hoard ingest --resume {st.batch_id}`; the batch stays stored and in 3A until then")
+        try:
+            parts = _write_parts(root, out, st.batch_id, stored, int(cfg.store.batch_size_gb * (1 << 30)))
+            docs = sorted({r["doc"] for r in records if r.get("doc") and r["doc"] in stored})
+            manifest = {
+                "format": "hoardfs-batch-manifest-1", "batch_id": st.batch_id, "source": st.source,
+                "signalled": st.signalled,
+                "files": [{"path": rel, "sha256": sha, "size": size, "part": parts[rel]}
+                          for rel, (sha, size) in sorted(stored.items())],
+                "metadata_documents": [{"path": d, "sha256": stored[d][0]} for d in docs],
+                "rejected": st.report.get("rejected", []),
+                "intent": f"ingest:{st.batch_id}"}
+            body = json.dumps(manifest, indent=1, sort_keys=True).encode()
+            atomic_write(manifest_path, body)
+        finally:
+            zones.release(cfg, "3B", st.batch_id)
     body = manifest_path.read_bytes()
     with Store.open(cfg) as store:
         put = store.put_bytes(body, klass="raw")

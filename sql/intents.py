@@ -181,7 +181,32 @@ def parse_intent(data: dict[str, Any] | str | bytes) -> WriteIntent:
     """Validate raw data (a dict or JSON); IntentError names the first bad field's path."""
     try:
         if isinstance(data, (str, bytes)):
-            return WriteIntent.model_validate_json(data)
-        return WriteIntent.model_validate(data)
+            intent = WriteIntent.model_validate_json(data)
+        else:
+            intent = WriteIntent.model_validate(data)
     except ValidationError as e:
         raise IntentError(f"write-intent rejected: {describe_validation_error(e, WriteIntent)}") from None
+    where = _nul_at(intent.model_dump(), "")
+    if where is not None:
+        raise IntentError(f"write-intent rejected: {where or 'a value'} holds NUL (U+0000), which PostgreSQL text "
+                          "and jsonb cannot store; replace it (the adapters write U+FFFD)")
+    return intent
+
+
+def _nul_at(v: Any, path: str) -> str | None:
+    """The path of the first string (or dict key) holding NUL, or None."""
+    if isinstance(v, str):
+        return path if "\x00" in v else None
+    if isinstance(v, dict):
+        for k, x in v.items():
+            if isinstance(k, str) and "\x00" in k:
+                return f"{path}.{k!r}".lstrip(".")
+            found = _nul_at(x, f"{path}.{k}".lstrip("."))
+            if found is not None:
+                return found
+    if isinstance(v, (list, tuple)):
+        for i, x in enumerate(v):
+            found = _nul_at(x, f"{path}[{i}]")
+            if found is not None:
+                return found
+    return None

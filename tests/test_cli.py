@@ -13,6 +13,7 @@ import pytest
 from rq import Queue
 from rq.job import Job
 
+from fsd import seal
 from fsd.cli.skeleton import PENDING
 from tests.conftest import use_schema
 
@@ -132,6 +133,10 @@ def test_demo_end_to_end(hoard_home: Path, pg) -> None:
     read_back = next(ln for ln in first.stdout.splitlines() if ln.startswith("6. read back"))
     good, total = read_back.split()[3].split("/")
     assert good == total and int(total) > 250
+    for kind, zone, oid in (("stage", "3C", "demo-ytdlp-s7-b000"), ("export", "3D", "demo-images")):
+        assert any(ln.startswith(f"{'8' if kind == 'stage' else '9'}. {kind}") for ln in first.stdout.splitlines())
+        seal.check_sealed(hoard_home / "ssd" / zone / oid, verify=True)
     second = hoard("--config", cfg, "demo")
     assert second.returncode == 0 and "ingested by an earlier run" in second.stdout
     assert "0 shard copies made" in second.stdout
+    assert "sealed in" in second.stdout  # the outputs are reported again, not made twice

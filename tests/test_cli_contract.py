@@ -55,6 +55,7 @@ COMMANDS: dict[str, list[str]] = {
     "info": ["{SHA}"],
     "index rebuild": [],
     "index restore": [],
+    "index rewrite-marks": [],
     "ingest": ["--ready"],
     "init": [],
     "ls": [],
@@ -73,6 +74,8 @@ COMMANDS: dict[str, list[str]] = {
     "view list": [],
     "view rm": ["nosuch"],
     "worker": ["--burst"],
+    "zones clean": ["nosuch"],
+    "zones list": [],
 }
 
 #: commands whose work needs the service: with it down they must say so (exit 3, naming it)
@@ -271,7 +274,7 @@ def test_json_output_parses(world) -> None:
     import json
 
     assert {"disks list", "verify", "replicate", "rebuild", "db proposals", "db status", "view list", "health",
-            "put", "gc"} <= set(_json_commands())
+            "put", "gc", "zones list"} <= set(_json_commands())
     failures = []
     for command in _json_commands():
         res = _run(world["home"] / "hoard.toml", _args(command, world) + ["--json"])

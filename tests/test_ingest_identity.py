@@ -237,8 +237,9 @@ def test_stalled_batches_are_health_problems(hoard_home: Path, pg, redis_conn) -
 
 
 def test_redis_down_is_one_line(hoard_home: Path, pg) -> None:
-    """With Redis unreachable every form of `hoard ingest` and `hoard worker --burst` prints one
-    line naming Redis and what to do (exit 3), and no batch is left recorded as queued."""
+    """With Redis unreachable every form of `hoard ingest` that queues and `hoard worker --burst`
+    prints one line naming Redis and what to do (exit 3), and no batch is left recorded as
+    queued (`--here` needs no Redis: tests/test_ingest_faults.py)."""
     cfg = ingest_home(hoard_home, pg)
     text = Path(cfg.source).read_text()
     redis_line = next(ln for ln in text.splitlines() if ln.startswith("redis_url = "))
@@ -246,7 +247,7 @@ def test_redis_down_is_one_line(hoard_home: Path, pg) -> None:
     cfg = config.load(cfg.source)
     batch = drop(cfg.ssd.zone_path("3A"), Spec(seed=26, batches=1, items_per_batch=3, sources=("gallery",),
                                                large_max_mb=1, ready_signal=True))[0]
-    for args in ([str(batch)], ["--ready"], ["--ready", "--here"], [str(batch), "--wait"],
+    for args in ([str(batch)], ["--ready"], [str(batch), "--wait"],
                  ["--resume", batch.name], ["worker", "--burst"]):
         res = hoard(cfg, *(args if args[0] == "worker" else ["ingest", *args]))
         assert res.returncode == ExitCode.UNAVAILABLE, (args, res.stderr)

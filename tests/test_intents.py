@@ -131,6 +131,8 @@ BAD = [
     (_bad(**{"labels.0.node": sha("x")}), r"labels\[0\]\.node: node"),
     (_bad(**{"events.0.batch_id": "zzz"}), r"events\[0\]\.batch_id: no batch 'zzz'"),
     (_bad(**{"edges.0.child": intent()["edges"][0]["parent"]}), r"edges\[0\]: an edge needs two different nodes"),
+    (_bad(**{"metadata.0.raw_metadata": {"x": "a\x00b"}}), r"metadata\[0\]\.raw_metadata\.x holds NUL \(U\+0000\)"),
+    (_bad(**{"metadata.0.title": "a\x00"}), r"metadata\[0\]\.title holds NUL"),
 ]
 
 

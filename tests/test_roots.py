@@ -149,7 +149,7 @@ def test_cli_put_info_delete_object_gc(tmp_path: Path) -> None:
     assert ghost.returncode == 5 and f"no object {'cd' * 32} in the store; nothing was released" in ghost.stderr
     both = _hoard(cfg, "delete", "--object", shas[0], "--node", shas[1])
     assert both.returncode == 2 and "name one of --batch" in both.stderr
-    rel = _hoard(cfg, "delete", "--object", shas[0])
+    rel = _hoard(cfg, "delete", "--object", shas[0], "--object", shas[0].upper())  # named twice: counted once
     assert rel.returncode == 0 and "1 objects released from `hoard put`, 1 tombstoned" in rel.stdout, rel.stderr
     g = _hoard(cfg, "gc", "--no-database", "--threshold", "1.0")
     assert g.returncode == 0, g.stderr

@@ -260,3 +260,32 @@ def test_cli_put_get(hoard_home: Path, tmp_path: Path) -> None:
     assert bad.returncode == 2 and "is not a sha256" in bad.stderr
     missing = hoard("--config", cfg, "get", "0" * 64)
     assert missing.returncode == 5 and "is not in the store" in missing.stderr
+
+
+@pytest.mark.expect_log(r"disk d\d: write error", level="WARNING")
+def test_a_pointer_write_error_on_one_disk_fails_that_disk_not_the_command(store_factory, tmp_path: Path,
+                                                                          monkeypatch) -> None:
+    """A disk answering EIO to a batch pointer (before anything else noticed it dying): the
+    other disks take the pointer, the disk is marked failed; with no disk left, one clear error."""
+    import errno
+
+    import fsd.store as store_mod
+    from fsd.base.errors import HoardError
+
+    store = store_factory(n_disks=3, caps=None)
+    real = store_mod.atomic_write
+    bad = {str(tmp_path / "disks" / "d2")}
+
+    def flaky(path, data):
+        if any(str(path).startswith(b + "/") for b in bad):
+            raise OSError(errno.EIO, "Input/output error")
+        return real(path, data)
+
+    monkeypatch.setattr(store_mod, "atomic_write", flaky)
+    store.write_pointer("batches/b1.json", {"manifest": "ab" * 32})
+    d2 = next(u for u, d in store.disks.items() if d.label == "d2")
+    assert store.records[d2].state.value == "failed"
+    assert all((tmp_path / "disks" / d / "batches" / "b1.json").is_file() for d in ("d1", "d3"))
+    bad |= {str(tmp_path / "disks" / d) for d in ("d1", "d3")}
+    with pytest.raises(HoardError, match="no disk took batches/b2.json"):
+        store.write_pointer("batches/b2.json", {"manifest": "cd" * 32})

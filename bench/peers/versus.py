@@ -19,6 +19,15 @@ stored with two copies on the lab's lab1 (50 MiB/s write) and lab2 (40 MiB/s wri
 mergerfs pools disks but keeps one copy of each file: it has no row here (its reads are
 compared in bench/mount_read.py).
 
+Then each exports the whole corpus (a small-file export: copy everything out to a directory
+off the lab, the way a stage to 3C or an export to 3D does, then one syncfs): hoardfs with
+`fsd.materialize` (the batch planner: every record from the replica that balances the two
+disks); cp with two `cp -r` in parallel, half of the batches from each disk's copy (the
+strongest use of two plain copies); git-annex and SnapRAID with `cp -rL` from the one disk
+holding their files (git-annex's working tree on lab1, SnapRAID's data disk). Bound: corpus
+bytes / (lab1 read + lab2 read) — both copies read at their limits; a peer reading one disk
+can reach at most that disk's share.
+
 Then lab1 is lost (lazy unmount) and each system restores what it held onto lab3 (30 MiB/s
 write) from what lab2 holds: `hoard rebuild --onto`, `cp -r` of lab2's copy, `git clone` +
 `git annex get`, `snapraid fix -d` with the data disk moved to lab3.
@@ -50,6 +59,7 @@ from _common import LAB4, Lab, MiB, drop_caches, lab_profile, lab_store, paralle
 from adapters.synth import Spec, generate  # noqa: E402
 from fsd.base import config  # noqa: E402
 from fsd.disks import DiskState  # noqa: E402
+from fsd.materialize import Item, materialize  # noqa: E402
 from fsd.rebuild import rebuild  # noqa: E402
 from fsd.store import Store  # noqa: E402
 
@@ -115,6 +125,7 @@ def main() -> None:
         profile = lab_profile(lab)
         slower_write = min(lab.disks[x].profile.write_mbps for x in ("lab1", "lab2"))
         restore_bw = min(lab.disks["lab2"].profile.read_mbps, lab.disks["lab3"].profile.write_mbps)
+        lab_read = {d: lab.disks[d].profile.read_mbps for d in ("lab1", "lab2")}
         store = lab_store(lab, work, ["lab1", "lab2", "lab3"], shard_size_mb=256, write_ack=2, copy_of_raw=2)
         # hoardfs places on the two emptiest disks with room; lab3 is kept out of the ingest
         store.set_disk_state("lab3", DiskState.DRAINING, "kept empty for the restore")
@@ -160,6 +171,31 @@ def main() -> None:
             on_disk["git_annex"] = _allocated(annex, bare)
             on_disk["snapraid"] = _allocated(m["lab1"] / "snap", m["lab2"] / "snapraid.parity",
                                              m["lab1"] / "snapraid.content", m["lab2"] / "snapraid.content")
+            # small-file export: everything out to a directory off the lab, then syncfs
+            out = work / "export"
+            for name in PEERS:
+                shutil.rmtree(out, ignore_errors=True)
+                out.mkdir()
+                drop_caches()
+                t0 = time.monotonic()
+                if name == "hoardfs":
+                    items = [Item(str(Path(r.path).relative_to(src)), r.sha256, r.size) for r in results]
+                    materialize(store, items, out)
+                elif name == "cp_x2_syncfs":
+                    batches = sorted(p.name for p in (m["lab1"] / "cp").iterdir())
+                    parallel([["cp", "-r", *[str(m[d] / "cp" / b) for b in batches[i::2]], str(out)]
+                              for i, d in enumerate(("lab1", "lab2"))])
+                    _run(["sync", "-f", str(out)])
+                elif name == "git_annex":
+                    _run(["cp", "-rL", *[str(p) for p in annex.iterdir() if p.name != ".git"], str(out)])
+                    _run(["sync", "-f", str(out)])
+                else:
+                    _run(["cp", "-r", f"{m['lab1'] / 'snap'}/.", str(out)])
+                    _run(["sync", "-f", str(out)])
+                t[f"export_{name}"] = time.monotonic() - t0
+                if _size(out) != total:
+                    raise SystemExit(f"export by {name}: {_size(out)} bytes out, the corpus has {total}")
+            shutil.rmtree(out, ignore_errors=True)
             store.close()
             # lab1 is lost; each system restores what it held onto lab3 from lab2
             lab.vanish("lab1")
@@ -205,6 +241,11 @@ def main() -> None:
         s = t[f"ingest_{name}"]
         share = f"  {bound_ingest / s:5.0%} of bound" if bound_ingest else ""
         rows.append((f"ingest {name}", f"{s:7.2f} s  {n_files / s:7.0f} files/s  {mib / s:6.1f} MiB/s{share}"))
+    read_bw = sum(lab_read[d] for d in ("lab1", "lab2"))
+    for name in PEERS:
+        s = t[f"export_{name}"]
+        share = f"  {total / (read_bw * MiB) / s:5.0%} of bound" if throttled else ""
+        rows.append((f"export {name}", f"{s:7.2f} s  {n_files / s:7.0f} files/s  {mib / s:6.1f} MiB/s{share}"))
     for name in PEERS:
         s, nbytes = t[f"restore_{name}"], restore_bytes[name]
         share = f"  {nbytes / (restore_bw * MiB) / s:5.0%} of bound" if throttled else ""
@@ -216,6 +257,7 @@ def main() -> None:
     report("hoardfs and its peers", rows, {
         "files": n_files, "bytes": total, "profile": args.profile, "lab": profile,
         "bound_ingest_s": bound_ingest and round(bound_ingest, 3), "restore_bound_mib_s": restore_bw,
+        "export_bound_mib_s": read_bw,
         "seconds": {k: round(v, 3) for k, v in t.items()}, "restore_bytes": restore_bytes,
         "allocated_bytes": on_disk,
         "versions": versions})

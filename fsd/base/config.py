@@ -73,6 +73,8 @@ class SSDConfig(BaseModel):
     index_dir: Path | None = None
     zones: dict[ZoneName, ZoneConfig]
     thresholds: Thresholds = Thresholds()
+    #: keep a failed job's partial output in `<zone>/.tmp/<id>/` for a look (default: removed)
+    keep_failed_outputs: bool = False
 
     @model_validator(mode="after")
     def _all_zones(self) -> SSDConfig:
@@ -110,6 +112,14 @@ class IngestConfig(BaseModel):
     settle_s: float = Field(default=2.0, ge=0, le=600)
 
 
+class MountConfig(BaseModel):
+    """Where `hoard mount` serves the store (systemd/hoard-mount.service: /srv/hoard): a
+    view-mode stage or export points into it."""
+
+    model_config = _strict
+    path: Path | None = None
+
+
 class EmbeddedConfig(BaseModel):
     """Private PostgreSQL and Redis run by `hoard services up` under `root`."""
 
@@ -145,6 +155,7 @@ class Settings(BaseSettings):
     ssd: SSDConfig
     store: StoreConfig = StoreConfig()
     ingest: IngestConfig = IngestConfig()
+    mount: MountConfig = MountConfig()
     #: source name → format of its batches (a format's own name needs no entry)
     sources: dict[Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,62}$")], str] = {}
     embedded: EmbeddedConfig | None = None

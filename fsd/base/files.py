@@ -6,9 +6,47 @@ must either be there whole after a power cut or not at all (docs/design.md, dura
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import fcntl
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
+
+
+def size_or_zero(path: str | os.PathLike[str]) -> int:
+    """A file's size; 0 when it is gone or cannot be looked at (a size for progress and
+    accounting, never for a decision about data)."""
+    try:
+        return os.stat(path).st_size
+    except OSError:
+        return 0
+
+
+@contextlib.contextmanager
+def flocked(path: Path) -> Iterator[None]:
+    """Hold an exclusive flock on `path` (created if need be) for the with-block: one holder
+    at a time across processes; the kernel drops it when the holder dies (kill -9 included)."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def syncfs(path: Path) -> None:
+    """syncfs(2) on the filesystem holding `path`: everything written there is durable (one
+    call for a whole tree of files, instead of an fsync per file)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        if libc.syncfs(fd) != 0:
+            e = ctypes.get_errno()
+            raise OSError(e, os.strerror(e), str(path))
+    finally:
+        os.close(fd)
 
 
 def atomic_write(path: Path, data: bytes) -> None:

@@ -33,9 +33,11 @@ from fsd.cli import index as _index
 from fsd.cli import gc as _gc
 from fsd.cli import ingest as _ingest
 from fsd.cli import mount as _mount
+from fsd.cli import outputs as _outputs
 from fsd.cli import rebuild as _rebuild
 from fsd.cli import store as _store
 from fsd.cli import verify as _verify
+from fsd.cli import zones as _zones
 from fsd.cli import services as _services
 from fsd.cli import skeleton as _skeleton
 from fsd.cli._common import OutputFailed, err, gb, guard_stdout, out, state
@@ -60,12 +62,15 @@ app.add_typer(_fixtures.app, name="fixtures")
 app.add_typer(_disks.app, name="disks")
 app.add_typer(_db.app, name="db")
 app.add_typer(_index.app, name="index")
+app.add_typer(_zones.app, name="zones")
 _store.register(app)
 _find.register(app, _db.app)
 app.command()(_verify.verify)
 app.command()(_verify.check)
 app.command()(_rebuild.rebuild)
 app.command()(_ingest.ingest)
+app.command()(_outputs.stage)
+app.command()(_outputs.export)
 _mount.register(app)
 _gc.register(app)
 _skeleton.register(app)
@@ -157,10 +162,14 @@ def _print_health(report: dict) -> None:
         out.print(f"store:    {st['objects']} objects; {lag['shards_below_target']} shards "
                   f"({gb(lag['bytes_below_target'])}) below their replica target")
     z = Table(title="ssd zones", title_justify="left")
-    for c in ("zone", "used", "quota", "level"):
+    for c in ("zone", "used", "reserved", "free", "quota", "level", "outputs"):
         z.add_column(c)
     for name, s in report["zones"].items():
-        z.add_row(name, gb(s["used_bytes"]), gb(s["quota_bytes"]), s["level"])
+        outs = s.get("outputs", [])
+        z.add_row(name, gb(s["used_bytes"]), gb(s["reserved_bytes"]), gb(s["free_bytes"]), gb(s["quota_bytes"]),
+                  s["level"], ", ".join(f"{sum(o['state'] == k for o in outs)} {k}"
+                                        for k in ("sealed", "running", "incomplete") if any(o["state"] == k for o in outs))
+                  or "-")
     out.print(z)
     ing = report["ingest"]["batches"]
     if ing:

@@ -62,7 +62,7 @@ def status(ctx: typer.Context, as_json: Annotated[bool, typer.Option("--json")] 
                   f"{st['size_bytes'] / 1e6:.1f} MB\n"
                   f"schema:    version {st['schema_version']} of {st['schema_latest']}"
                   + ("" if st["schema_version"] == st["schema_latest"] else " — run `hoard db migrate`") + "\n"
-                  f"backup:    " + (f"{last['kind']}, {last['age_s'] / 3600:.1f} h ago, verified: {last['verified']}"
+                  "backup:    " + (f"{last['kind']}, {last['age_s'] / 3600:.1f} h ago, verified: {last['verified']}"
                                     if last else "none yet — `hoard db backup`")
                   + (f"\nlong transactions: {st['long_transactions']}" if st["long_transactions"] else ""),
                   markup=False)

@@ -4,7 +4,8 @@ Today: check every part is up, drop sample scraped batches into zone 3A with a `
 signal, ingest them (UA_1 on RQ: store with dedup and write_ack replicas, metadata and
 cross-batch edges in PostgreSQL, a package per batch in 3B, 3A emptied), bring every
 shard to its replica target, read everything back with the batch read planner, verified,
-and query the database. Later issues add the mount, stage/export and the GUI.
+and query the database; stage the first batch into 3C and export the images into 3D.
+Later issues add the GUI.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from fsd.base.errors import ExitCode, HoardError
 from fsd.cli._common import err, out
 from fsd.replicate import replicate_once
 from fsd.store import Store
+from jobs import outputs
 from jobs.health import collect
 from jobs.ingest import Status, load_state, submit, work_here
 from sql.selectors import query_nodes
@@ -44,10 +46,14 @@ def run_demo(cfg: Settings) -> None:
     states = _ingest(cfg, batches)
     _read_back(cfg, batches)
     _describe(cfg, batches)
+    staged, exported = _stage_and_export(cfg, batches)
     out.print("\n[bold]next:[/]")
     out.print("  .venv/bin/hoard health                    status of disks, zones, ingest, PostgreSQL, Redis")
     out.print(f"  .venv/bin/hoard ingest --status {states[0].batch_id}   one batch's report")
     out.print(f"  ls {cfg.ssd.zone_path('3B')}          the packages for cold storage")
+    out.print(f"  ls {staged}   a worker's input (and its empty output/)")
+    out.print(f"  ls {exported}   an exported dataset, one directory per source")
+    out.print("  .venv/bin/hoard zones                     the SSD zones: used, reserved, sealed outputs")
     out.print("  .venv/bin/hoard db proposals              typed tables proposed for the sources' own fields")
     out.print("  .venv/bin/hoard disks list                where the replicas went, per disk")
     out.print("  mkdir -p /tmp/hoard && .venv/bin/hoard mount /tmp/hoard   browse batches/, sources/, by-hash/")
@@ -128,6 +134,24 @@ def _read_back(cfg: Settings, batches: list) -> None:
         if good != len(shas):
             raise HoardError(f"{len(shas) - good} objects did not read back correctly; see `hoard health`",
                              ExitCode.DATA)
+
+
+def _stage_and_export(cfg: Settings, batches: list):
+    """Stage the first batch into 3C for a worker, export the images into 3D (a second demo
+    run finds both done and says so)."""
+    first = batches[0].batch_id
+    done = []
+    for kind, oid, layout, selector in (("stage", f"demo-{first}", "by_batch", {"batches": [first]}),
+                                        ("export", "demo-images", "by_batch", {"kinds": ["image"]})):
+        spec = outputs.make_spec(kind, oid, layout, selector)
+        st = outputs.submit(cfg, spec)
+        rep = st.report if st.status == "done" else outputs.run(cfg, oid)
+        path = cfg.ssd.zone_path(spec.zone) / oid / layout
+        done.append(path / "input" if kind == "stage" else path)
+        out.print(f"[bold]{8 if kind == 'stage' else 9}. {kind}[/]{' ' * (9 - len(kind))}{rep['files']} files, "
+                  f"{rep['bytes'] / 1e6:.1f} MB sealed in {cfg.ssd.zone_path(spec.zone) / oid}"
+                  + (f" at {rep['mib_s']} MiB/s" if "mib_s" in rep else ""))
+    return done
 
 
 def _describe(cfg: Settings, batches: list) -> None:

@@ -128,7 +128,7 @@ def info(
              f"size:      {doc['size']:,} bytes" + (f", .{ext}" if ext else ""),
              f"replicas:  {len(doc['replicas'])} of {doc['target']}: {reps}; shard {doc['shard']} ({doc['class']})"
              + (f", verified {doc['verified']}" if doc["verified"] else ", never verified"),
-             *([f"marks:     " + ", ".join(m for m, on in marks if on)] if any(on for _, on in marks) else [])]
+             *(["marks:     " + ", ".join(m for m, on in marks if on)] if any(on for _, on in marks) else [])]
     for m in doc["in_manifests"][:20]:
         lines.append(f"in:        {'batch ' + m['batch'] if 'batch' in m else 'view ' + m['view']}: "
                      f"{display(m['path'])}")

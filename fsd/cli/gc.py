@@ -37,7 +37,7 @@ def delete(
         raise HoardError("name one of --batch ID (type B), --object SHA256 (type B, what `hoard put` stored) or "
                          "--node SHA256 (type A)", ExitCode.USAGE)
     if obj:
-        shas = [sha_bytes(h) for h in obj]
+        shas = list(dict.fromkeys(sha_bytes(h) for h in obj))  # one named twice is released once
         with Store.open(cfg) as store:  # the database is not asked: gc keeps what a row still needs
             released, marked = release(store, shas, reason or "released (hoard delete --object)")
         out.print(f"type B: {released} objects released from `hoard put`, {marked} tombstoned; `hoard gc` frees "

@@ -6,6 +6,7 @@ import time
 
 import typer
 
+from fsd.base.errors import ExitCode, HoardError
 from fsd.cli._common import err, out, progress, state
 from fsd.cli.store import open_store
 
@@ -20,13 +21,35 @@ def rebuild(ctx: typer.Context) -> None:
 
     with progress("reading the shards") as update:
         rep = rebuild_index(state(ctx).settings, update)
-    out.print(f"index rebuilt in {rep.seconds:.1f} s from {rep.disks} disks: {rep.objects} objects in "
+    _report("index rebuilt", rep)
+
+
+def _report(what: str, rep) -> None:
+    out.print(f"{what} in {rep.seconds:.1f} s from {rep.disks} disks: {rep.objects} objects in "
               f"{rep.shards} shards ({rep.replicas} replicas, {rep.open_shards} open); deletion marks replayed: "
               f"{rep.hidden} hidden, {rep.deleted} tombstoned, {rep.rooted} kept by `hoard put`")
     for s in rep.skipped_disks:
         err.print(f"[yellow]skipped disk[/] {s}")
     for d in rep.damaged:
-        err.print(f"[yellow]unusable replica[/] {d} (`hoard verify --repair` restores it from another copy)")
+        err.print(f"[yellow]unusable[/] {d}")
+    if rep.damaged:
+        err.print("a damaged replica is restored from another copy by `hoard verify --repair`")
+
+
+@app.command("rewrite-marks")
+def rewrite_marks(ctx: typer.Context) -> None:
+    """Replace every writable disk's marks log by the index's marks (what `hoard check` asks
+    for when a log would not replay them; writers also do it for a disk that fell behind)."""
+    # deferred: hoard starts without the store's modules
+    from fsd.marks import TABLES
+
+    with open_store(ctx) as store:
+        labels = store.snapshot_marks()
+        n = sum(store.index.count(getattr(store.index, t)) for t in TABLES)
+    if not labels:
+        raise HoardError("no disk took the marks log; `hoard health` names the disks' problems",
+                         ExitCode.UNAVAILABLE)
+    out.print(f"marks log rewritten on {', '.join(labels)}: {n} marks")
 
 
 @app.command()
@@ -42,11 +65,12 @@ def backup(ctx: typer.Context, copies: int = typer.Option(2, min=1, help="how ma
 
 @app.command()
 def restore(ctx: typer.Context) -> None:
-    """Put the newest index copy from the HDDs in place (then `hoard verify` to be sure)."""
+    """Rebuild the index from the disks, with what only the newest index copy on the HDDs
+    knows (disk states, events, queued repairs) taken from that copy (store must be idle)."""
     # deferred: hoard starts without the store's modules
     from fsd.reindex import restore_index
 
-    label, stamp = restore_index(state(ctx).settings)
-    out.print(f"index restored from disk {label}: {stamp['objects']} objects, copied "
-              f"{time.strftime('%Y-%m-%d %H:%M', time.localtime(stamp['taken_at']))}; "
-              "objects stored after that: `hoard index rebuild` finds them in the shards")
+    with progress("reading the shards") as update:
+        label, stamp, rep = restore_index(state(ctx).settings, update)
+    taken = time.strftime('%Y-%m-%d %H:%M', time.localtime(stamp.get("taken_at", 0)))
+    _report(f"index restored (copy of {taken} from disk {label}, brought up to date from the disks)", rep)

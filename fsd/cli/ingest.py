@@ -22,7 +22,7 @@ def ingest(
     source: Annotated[Optional[str], typer.Option(help="the batch's source (default: the word in its _READY file)")] = None,
     ready: Annotated[bool, typer.Option("--ready", help="take every 3A batch with a _READY signal")] = False,
     wait: Annotated[bool, typer.Option(help="wait until each batch is done and print its report")] = False,
-    here: Annotated[bool, typer.Option("--here", help="run the queued jobs in this process (no worker needed)")] = False,
+    here: Annotated[bool, typer.Option("--here", help="run the batches' steps in this process (no worker, no Redis)")] = False,
     status: Annotated[Optional[str], typer.Option("--status", metavar="BATCH", help="show a batch's state and report")] = None,
     resume: Annotated[Optional[str], typer.Option("--resume", metavar="BATCH", help="re-queue a batch at its step (after a failure, Ctrl-C or a lost job)")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="reports as JSON")] = False,
@@ -30,7 +30,8 @@ def ingest(
 ) -> None:
     """Ingest scraped batches: scan → store → database → 3B package → remove from 3A.
 
-    Runs as RQ jobs on the ingest/io/sql/maintenance queues (`hoard worker`, or --here).
+    Runs as RQ jobs on the ingest/io/sql/maintenance queues (`hoard worker`), or with --here
+    step by step in this process, without Redis (a step that fails names why; --resume goes on).
     Bad files go to 3A/_quarantine/<batch>/ with _REASONS.txt; the batch then ends
     "done with rejects" (exit 5 with --wait/--here). A batch that cannot be taken (a bad
     _READY, an id ingested before) is named on stderr and the others go on (exit 5).
@@ -68,7 +69,7 @@ def ingest(
         raise HoardError("name batch directories of zone 3A, or --ready, --status BATCH, --resume BATCH",
                          ExitCode.USAGE)
     assert cfg.redis_url
-    with redis_required(cfg.redis_url):
+    with redis_required(cfg.redis_url):  # --here does not use Redis
         try:
             code = _ingest(cfg, dirs, source, wait=wait, here=here, as_json=as_json, timeout=timeout)
         except KeyboardInterrupt:
@@ -90,7 +91,7 @@ def _ingest(cfg, dirs: list[Path], source: str | None, *, wait: bool, here: bool
     submitted, codes = [], []
     for d in dirs:
         try:
-            submitted.append(ua1.submit(cfg, d, source))
+            submitted.append(ua1.submit(cfg, d, source, queue=not here))
         except HoardError as e:  # this batch's problem: name it, go on with the others
             message = e.message
             if isinstance(e, ua1.SignalRefused) and (Path(d) / ua1.SIGNAL).exists():
@@ -101,8 +102,11 @@ def _ingest(cfg, dirs: list[Path], source: str | None, *, wait: bool, here: bool
         if not as_json:
             out.print(f"{st.batch_id}: {st.status}" + ("" if st.finished else f" (next step: {st.step})"))
     pending = [st.batch_id for st in submitted if not st.finished]
-    if here and pending:
-        ua1.work_here(cfg)
+    failed: dict[str, int] = {}  # --here: a batch whose step failed → the exit code of why
+    if here:
+        for batch_id in pending:  # one after the other; a failed batch does not stop the others
+            if code := ua1.run_here(cfg, batch_id):
+                failed[batch_id] = code
     elif pending and (idle := ua1.unserved_queues(connect(cfg.redis_url))):
         advice = (f"no worker serves the {', '.join(idle)} queue(s), so {', '.join(pending)} wait(s) in Redis: "
                   "start one with `hoard worker` (systemd: hoard-worker@…), or run the jobs here with "
@@ -114,11 +118,11 @@ def _ingest(cfg, dirs: list[Path], source: str | None, *, wait: bool, here: bool
         for st in submitted:
             _show(st, True)
     if wait or here:
-        final = [_wait(cfg, st.batch_id, timeout) for st in submitted]
+        final = [ua1.load_state(cfg, st.batch_id) if here else _wait(cfg, st.batch_id, timeout) for st in submitted]
         for st in final:
-            _show(st, as_json)
-        if any(st.status != ua1.Status.DONE.value for st in final):
-            codes.append(ExitCode.DATA)
+            _show(st, as_json, here)
+            if st.status != ua1.Status.DONE.value:
+                codes.append(failed.get(st.batch_id, ExitCode.DATA))
     return max(codes, default=ExitCode.OK)
 
 
@@ -156,7 +160,7 @@ def _wait(cfg, batch_id: str, timeout: float):
             time.sleep(0.2)
 
 
-def _show(st, as_json: bool) -> None:
+def _show(st, as_json: bool, here: bool = False) -> None:
     if as_json:
         out.print(json.dumps(asdict(st), default=str), markup=False)  # one line per batch
         return
@@ -166,7 +170,7 @@ def _show(st, as_json: bool) -> None:
               + (f" at step {st.step}" if not st.finished else ""))
     if st.error:
         out.print(f"  error: {st.error}")
-        out.print(f"  next:  fix the cause, then `hoard ingest --resume {st.batch_id}`")
+        out.print(f"  next:  fix the cause, then `hoard ingest --resume {st.batch_id}" + (" --here`" if here else "`"))
     if "files_accepted" in r:
         out.print(f"  files: {r['files_accepted']} accepted, {len(r.get('rejected', []))} rejected; "
                   f"{r.get('records', 0)} metadata records")

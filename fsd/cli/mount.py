@@ -15,7 +15,6 @@ import typer
 
 from fsd.base import logs
 from fsd.base.errors import ExitCode, HoardError
-from fsd.base.paths import display
 from fsd.cli._common import out, open_input, state
 from fsd.mount import check_mountpoint, is_mounted, run_mount
 

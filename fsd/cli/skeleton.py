@@ -11,8 +11,6 @@ import typer
 from fsd.base.errors import NotBuilt
 
 PENDING = {
-    "stage": ("Stage nodes into zone 3C for a worker", "W1-F"),
-    "export": ("Export a dataset layout into zone 3D", "W1-F"),
     "gui": ("Serve the NiceGUI scheduler and dashboards", "a later GUI issue"),
 }
 

@@ -17,6 +17,7 @@ from typing import Annotated, Optional
 import typer
 
 from fsd.base.errors import ExitCode, HoardError
+from fsd.base.files import size_or_zero
 from fsd.base.paths import display
 from fsd.cli._common import err, out, progress, read_input, state
 
@@ -96,7 +97,7 @@ def put(
             err.print(f"rejected {shown}: {r.reason}", markup=False)
 
     stop = _stop_on_first_ctrl_c()
-    total = sum(_size(p) for p in items)
+    total = sum(size_or_zero(p) for p in items)
     try:
         with open_store(ctx) as store, progress("storing", total) as update:
             store.put_many(items, klass=klass, stop=stop, root="hoard put",
@@ -109,22 +110,17 @@ def put(
         raise typer.Exit(ExitCode.DATA)
 
 
-def _size(path: Path) -> int:
-    try:
-        return os.stat(path).st_size
-    except OSError:
-        return 0
-
-
 def _stop_on_first_ctrl_c():
     """An event set by the first Ctrl-C (the work stops at a safe point and reports what it
     did); a second Ctrl-C interrupts at once."""
     stop = threading.Event()
 
     def first(_sig, _frame) -> None:
+        # the handler is swapped before anything else: a second Ctrl-C arriving while this one
+        # is inside Event.set (its lock held) must interrupt, not run this again (a deadlock)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         stop.set()
         err.print("hoard: stopping after the current file (Ctrl-C again to stop at once)", markup=False)
-        signal.signal(signal.SIGINT, signal.default_int_handler)
 
     signal.signal(signal.SIGINT, first)
     return stop

@@ -66,7 +66,8 @@ class Watcher:
     # -- one refresh each (worker threads) -------------------------------------------------------
     def refresh_marks(self) -> list[tuple[int, bytes]]:
         idx = self.store.index
-        dead = frozenset(idx.marked(idx.hidden) | idx.marked(idx.deleted))
+        # a root is not dead even if a racing `delete --batch` tombstoned it (gc clears that)
+        dead = frozenset(idx.marked(idx.hidden) | (idx.marked(idx.deleted) - idx.marked(idx.rooted)))
         newly = dead - self.dead
         self.dead = dead
         return self.ns.with_object(newly) if newly else []

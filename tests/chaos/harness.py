@@ -44,11 +44,7 @@ SPARES = tuple(DiskProfile(f"s{i}", 400, 200, 200, 5000) for i in (1, 2))
 #: a command running this long (the lab is fast and a step's data small) is hung
 HUNG_S = 120
 
-WORKLOADS = ("put", "put", "put", "replicate", "verify", "views_gc", "batch_drop", "index_rebuild", "get")
-#: `ingest` under faults printed tracebacks on seeds 112, 129, 154 (redis_down, db_down, eio):
-#: planned only with CHAOS_INGEST=1 until those are fixed (W2-K follow-up)
-if os.environ.get("CHAOS_INGEST"):
-    WORKLOADS += ("ingest",)
+WORKLOADS = ("put", "put", "put", "replicate", "verify", "views_gc", "batch_drop", "ingest", "index_rebuild", "get")
 #: faults during a step: none, kill -9 of the CLI, a disk vanishing (and coming back), a
 #: disk dying (EIO; replaced by a spare), a flipped byte in one replica before the step, a
 #: disk filling up (someone else's file takes its free space; removed afterwards),

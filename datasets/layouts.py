@@ -1,0 +1,351 @@
+"""Layouts: where each selected node's file goes in a staged (3C) or exported (3D) tree.
+
+A layout is a path template over a node's fields, e.g. `{source}/{batch}/{orig_path}`,
+`{sha256:2}/{sha256}{ext}` or `images/{label:class}/{sha256}{ext}`, plus options (a JSON
+sidecar next to each file; one file per original path instead of one per node). The whole
+plan — every node's relative path — is computed and checked before a byte moves: an
+unknown field, a value that would escape the tree (`..`, an absolute path, NUL, `/` inside
+a one-segment field), a missing label and two nodes mapped to one path are refused naming
+the node and the field. Format and examples: docs/layouts.md.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import tomllib
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+
+from fsd.base.errors import ExitCode, HoardError
+
+#: one node's fields as sql.layout_rows returns them
+Row = dict
+
+
+class LayoutError(HoardError):
+    """A template or layout file that cannot be used (exit 2)."""
+
+    exit_code = ExitCode.USAGE
+
+
+class PlacementError(HoardError):
+    """The selected nodes cannot be laid out (a value, a missing field, a collision; exit 5)."""
+
+    exit_code = ExitCode.DATA
+
+
+#: field → (what it is, needs an argument?)
+FIELDS = {
+    "sha256": ("the content's sha256 (hex); {sha256:N}: its first N digits", False),
+    "node_id": ("the node's id in the database", False),
+    "size": ("the file's size in bytes", False),
+    "ext": ("the file type with its dot ('.jpg'; '' when unknown)", False),
+    "source": ("the source the node's metadata came from (else its ingest batch's)", False),
+    "batch": ("the ingest batch the file came in", False),
+    "orig_path": ("the file's path inside that batch (may hold '/')", False),
+    "name": ("the last part of orig_path", False),
+    "stem": ("name without its extension", False),
+    "title": ("common metadata: title", False),
+    "author": ("common metadata: author", False),
+    "user_name": ("common metadata: user_name", False),
+    "view_count": ("common metadata: view_count", False),
+    "download_date": ("common metadata: download_time as YYYY-MM-DD", False),
+    "label": ("{label:KEY}: the node's value of label KEY", True),
+    "meta": ("{meta:KEY}: a scalar of the node's raw metadata", True),
+}
+#: fields whose value may hold '/' (each part is checked like a segment)
+MULTI_SEGMENT = {"orig_path"}
+#: fields whose values we make (hex, digits, a checked file type): nothing to check
+SAFE = {"sha256", "node_id", "size"}
+BUILTIN = {
+    "by_sha256": "{sha256:2}/{sha256}{ext}",
+    "by_batch": "{source}/{batch}/{orig_path}",
+    "by_label": "{label:class}/{sha256}{ext}",
+    "flat": "{sha256}{ext}",
+}
+NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
+_PART = re.compile(r"\{([^{}]*)\}|\{\{|\}\}|[^{}]+|[{}]")
+_SPEC = re.compile(r"([a-z_0-9]+)(?::([^|]*))?(?:\|(.*))?", re.S)
+MAX_SEGMENT = 255  # bytes, the usual NAME_MAX
+MAX_PATH = 4000  # bytes, below PATH_MAX with room for the zone's prefix
+
+
+@dataclass(frozen=True)
+class Slot:
+    field: str
+    arg: str | None
+    default: str | None
+
+
+@dataclass(frozen=True)
+class Layout:
+    name: str
+    template: str
+    sidecars: bool = False
+    #: one file per original path (physical_path locator) instead of one per node
+    per_locator: bool = False
+    parts: tuple[str | Slot, ...] = field(default=(), compare=False)
+
+    def needs(self) -> set[str]:
+        return {p.field for p in self.parts if isinstance(p, Slot)}
+
+
+def parse(template: str, name: str = "custom", sidecars: bool = False, per_locator: bool = False) -> Layout:
+    """A Layout from a template, or LayoutError naming what is wrong with it."""
+    if not NAME.fullmatch(name):
+        raise LayoutError(f"layout name {name!r}: use 1-64 of a-z 0-9 _ - (starting with a letter or digit)")
+    if not template or template.startswith("/"):
+        raise LayoutError(f"layout {name}: the template {template!r} must be a relative path")
+    if "\0" in template or any(ord(c) < 0x20 for c in template):
+        raise LayoutError(f"layout {name}: the template holds a control character")
+    parts: list[str | Slot] = []
+    for m in _PART.finditer(template):
+        text = m.group(0)
+        if text in ("{{", "}}"):
+            parts.append(text[0])
+        elif text in ("{", "}"):
+            raise LayoutError(f"layout {name}: unmatched {text!r} in {template!r} (write {text * 2} for the "
+                              "character itself)")
+        elif m.group(1) is not None:
+            parts.append(_slot(name, m.group(1)))
+        else:
+            parts.append(text)
+    if not any(isinstance(p, Slot) for p in parts):
+        raise LayoutError(f"layout {name}: the template {template!r} names no field: every node would get the "
+                          "same path")
+    for seg in "".join(p for p in parts if isinstance(p, str)).split("/"):
+        if seg in ("..",):
+            raise LayoutError(f"layout {name}: '..' in the template would leave the output directory")
+    return Layout(name, template, sidecars, per_locator, tuple(parts))
+
+
+def _slot(name: str, spec: str) -> Slot:
+    m = _SPEC.fullmatch(spec)
+    if m is None or m.group(1) not in FIELDS:
+        known = ", ".join(FIELDS)
+        raise LayoutError(f"layout {name}: unknown field {{{spec}}}; known fields: {known} (docs/layouts.md)")
+    fld, arg, default = m.group(1), m.group(2), m.group(3)
+    if FIELDS[fld][1] and not arg:
+        raise LayoutError(f"layout {name}: {{{fld}}} needs a key, e.g. {{{fld}:class}}")
+    if fld == "sha256" and arg is not None and not (arg.isdigit() and 1 <= int(arg) <= 64):
+        raise LayoutError(f"layout {name}: {{sha256:{arg}}}: the prefix length must be 1-64")
+    if not FIELDS[fld][1] and fld != "sha256" and arg is not None:
+        raise LayoutError(f"layout {name}: {{{fld}}} takes no argument (got {arg!r})")
+    if default is not None:
+        _check_value(default, f"the default of {{{spec}}}", lambda why: LayoutError(f"layout {name}: {why}"))
+    return Slot(fld, arg, default)
+
+
+def load(spec: str) -> Layout:
+    """A built-in layout by name, or a TOML file: `template = "…"`, optional `sidecars`,
+    `per_locator` (the file's stem is the layout's name)."""
+    if spec in BUILTIN:
+        return parse(BUILTIN[spec], spec)
+    path = Path(spec)
+    if not path.suffix == ".toml":
+        raise LayoutError(f"layout {spec!r}: not a built-in ({', '.join(BUILTIN)}) nor a .toml file")
+    try:
+        doc = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise LayoutError(f"layout file {path} does not exist") from None
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
+        raise LayoutError(f"layout file {path}: {e}") from None
+    extra = set(doc) - {"template", "sidecars", "per_locator"}
+    if extra or not isinstance(doc.get("template"), str):
+        raise LayoutError(f"layout file {path}: needs `template = \"...\"` (and optionally `sidecars`, "
+                          f"`per_locator` = true/false){'; unknown keys: ' + ', '.join(sorted(extra)) if extra else ''}")
+    flags = {k: doc.get(k, False) for k in ("sidecars", "per_locator")}
+    if any(not isinstance(v, bool) for v in flags.values()):
+        raise LayoutError(f"layout file {path}: sidecars and per_locator are true or false")
+    return parse(doc["template"], path.stem, **flags)
+
+
+# -- placing nodes --------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Placement:
+    path: str  # relative, '/'-separated
+    node_id: int
+    sha256: str
+    size: int
+    sidecar: bytes | None = None  # the JSON written at path + ".json"
+
+
+_CONTROL = re.compile(r"[\x00-\x1f]")
+
+
+def _check_value(value: str, what, error, multi: bool = False) -> None:
+    """Refuse a value that would escape or reshape the tree; `what` names it (a string, or
+    (row, slot): the message is built only for a refusal)."""
+    if _CONTROL.search(value) or (not multi and ("/" in value or value in (".", ".."))) or (
+            multi and ("//" in (framed := f"/{value}/") or "/./" in framed or "/../" in framed)):
+        _refuse(value, f"{_who(what[0])}: {_label(what[1])}" if isinstance(what, tuple) else what, error, multi)
+
+
+def _refuse(value: str, what: str, error, multi: bool) -> None:
+    if _CONTROL.search(value):
+        raise error(f"{what} holds a control character ({value!r})")
+    if not multi:
+        if "/" in value:
+            raise error(f"{what} is {value!r}: a '/' would make it a directory; pick another field or a template "
+                        "that does not use it")
+        if value in (".", ".."):
+            raise error(f"{what} is {value!r}: '{value}' would leave the output directory")
+        return
+    if value.startswith("/") or value.endswith("/") or "//" in value:
+        raise error(f"{what} is {value!r}: an absolute path or an empty part")
+    if "." in value:
+        for seg in value.split("/"):
+            if seg in (".", ".."):
+                raise error(f"{what} is {value!r}: '{seg}' would leave the output directory")
+
+
+def _locators(row: Row) -> list[tuple[str | None, str | None]]:
+    """(batch, path inside it) per physical_path locator `batch:<id>/<rel>`, sorted."""
+    out = []
+    for loc in sorted(row.get("locators") or []):
+        if loc.startswith("batch:") and "/" in loc:
+            batch, rel = loc[len("batch:"):].split("/", 1)
+            out.append((batch, rel))
+    return out or [(None, None)]
+
+
+def _value(slot: Slot, row: Row, batch: str | None, rel: str | None) -> str | None:
+    f = slot.field
+    if f == "sha256":
+        return row["sha256"][:int(slot.arg)] if slot.arg else row["sha256"]
+    if f in ("node_id", "size"):
+        return str(row[f])
+    if f == "ext":
+        ext = row.get("file_type") or (PurePosixPath(rel).suffix[1:].lower() if rel else "")
+        return f".{ext}" if ext else ""
+    if f == "batch":
+        return batch
+    if f == "source":  # the metadata's source; a file nothing describes has its batch's
+        return row.get("source") or (row.get("batch_sources") or {}).get(batch)
+    if f == "orig_path":
+        return rel
+    if f == "name":
+        return PurePosixPath(rel).name if rel else None
+    if f == "stem":
+        return PurePosixPath(rel).stem if rel else None
+    if f == "download_date":
+        t = row.get("download_time")
+        return t.date().isoformat() if t is not None else None
+    if f == "label":
+        values = (row.get("labels") or {}).get(slot.arg) or []
+        if len(values) > 1:
+            raise PlacementError(f"node {row['node_id']} ({row['sha256'][:12]}…) has {len(values)} values of label "
+                                 f"{slot.arg!r} ({', '.join(values[:5])}); the layout needs one — narrow the "
+                                 "selector or use another field")
+        return values[0] if values else None
+    if f == "meta":
+        v = (row.get("raw_metadata") or {}).get(slot.arg)
+        if isinstance(v, (dict, list)):
+            raise PlacementError(f"node {row['node_id']} ({row['sha256'][:12]}…): raw metadata {slot.arg!r} is "
+                                 "not a single value; a layout can use only strings and numbers")
+        return None if v is None else str(v)
+    v = row.get(f)
+    return None if v is None else str(v)
+
+
+def render(layout: Layout, row: Row, batch: str | None = None, rel: str | None = None) -> str:
+    """One node's relative path, or PlacementError naming the node and the field."""
+    out = []
+    for part in layout.parts:
+        if isinstance(part, str):
+            out.append(part)
+            continue
+        value = _value(part, row, batch, rel)
+        if value is None or value == "":
+            if part.default is None:
+                if part.field == "ext":
+                    out.append("")
+                    continue
+                else:
+                    raise PlacementError(f"{_who(row)} has no {_label(part)}; layout {layout.name} needs it — give a "
+                                         f"default ({{{_label(part)}|unknown}}) or narrow the selector")
+            else:
+                value = part.default
+        if part.field not in SAFE:
+            _check_value(value, (row, part), PlacementError, part.field in MULTI_SEGMENT)
+        out.append(value)
+    path = "".join(out)
+    for seg in path.split("/"):
+        if seg in ("", ".", ".."):
+            raise PlacementError(f"{_who(row)}: layout {layout.name} gives {path!r}, which has an empty, '.' or '..' "
+                                 "part; a field is empty — give it a default")
+        if len(seg) > MAX_SEGMENT // 4 and len(seg.encode()) > MAX_SEGMENT:
+            raise PlacementError(f"{_who(row)}: layout {layout.name} gives a name of {len(seg.encode())} bytes "
+                                 f"(at most {MAX_SEGMENT}): {seg[:40]}…")
+    if len(path.encode()) > MAX_PATH:
+        raise PlacementError(f"{_who(row)}: layout {layout.name} gives a path of {len(path.encode())} bytes "
+                             f"(at most {MAX_PATH})")
+    return path
+
+
+def _who(row: Row) -> str:
+    return f"node {row['node_id']} ({row['sha256'][:12]}…)"
+
+
+def _label(slot: Slot) -> str:
+    return f"{slot.field}:{slot.arg}" if slot.arg and slot.field != "sha256" else slot.field
+
+
+def sidecar(row: Row, batch: str | None, rel: str | None) -> bytes:
+    doc = {"sha256": row["sha256"], "node_id": row["node_id"], "size": row["size"], "file_type": row.get("file_type"),
+           "source": row.get("source"), "batch": batch, "orig_path": rel,
+           "metadata": {k: row.get(k) for k in ("title", "author", "user_name", "view_count")} |
+           {"download_time": row["download_time"].isoformat() if row.get("download_time") else None,
+            "raw": row.get("raw_metadata")},
+           "labels": row.get("labels") or {}}
+    return (json.dumps(doc, sort_keys=True, ensure_ascii=False, indent=1) + "\n").encode()
+
+
+def plan(layout: Layout, rows: Iterable[Row]) -> list[Placement]:
+    """Every file's place, sorted by path; PlacementError (naming both nodes) if two files
+    would share a path, or a file's path is another file's directory."""
+    placed: dict[str, Placement] = {}
+    for row in rows:
+        for batch, rel in (_locators(row) if layout.per_locator else _locators(row)[:1]):
+            path = render(layout, row, batch, rel)
+            car = sidecar(row, batch, rel) if layout.sidecars else None
+            p = Placement(path, row["node_id"], row["sha256"], row["size"], car)
+            for taken in (path, path + ".json") if car is not None else (path,):
+                other = placed.get(taken)
+                if other is not None:
+                    _collide(layout, taken, other, p)
+                placed[taken] = p
+    _no_file_is_a_directory(layout, placed)
+    return sorted({id(p): p for p in placed.values()}.values(), key=lambda p: p.path)
+
+
+def _collide(layout: Layout, path: str, a: Placement, b: Placement) -> None:
+    if a.node_id == b.node_id:
+        raise PlacementError(f"node {a.node_id} ({a.sha256[:12]}…) comes twice to {path!r} in layout "
+                             f"{layout.name} (two original paths): add {{batch}} or {{orig_path}} to the template")
+    raise PlacementError(f"nodes {a.node_id} ({a.sha256[:12]}…) and {b.node_id} ({b.sha256[:12]}…) both map to "
+                         f"{path!r} in layout {layout.name}: add {{sha256}} (or another field that tells them "
+                         "apart) to the template")
+
+
+def _no_file_is_a_directory(layout: Layout, placed: dict[str, Placement]) -> None:
+    for path in placed:
+        parent = path.rsplit("/", 1)[0] if "/" in path else None
+        while parent:
+            other = placed.get(parent)
+            if other is not None:
+                raise PlacementError(f"{parent!r} is the file of node {other.node_id} and a directory holding "
+                                     f"{path!r} in layout {layout.name}: make the template end every path at the "
+                                     "same depth")
+            parent = parent.rsplit("/", 1)[0] if "/" in parent else None
+
+
+def describe() -> Iterator[str]:
+    """Lines for `--help`-like listings: the fields and the built-in layouts."""
+    for f, (what, _) in FIELDS.items():
+        yield f"{{{f}}}  {what}"
+    for name, tpl in BUILTIN.items():
+        yield f"{name}: {tpl}"

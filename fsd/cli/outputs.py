@@ -1,0 +1,194 @@
+"""`hoard stage` (selected nodes → zone 3C for a worker) and `hoard export` (→ zone 3D)."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.markup import escape
+
+from fsd.base.errors import ExitCode, HoardError
+from fsd.cli._common import err, out, progress, read_input, state
+
+LAYOUT_HELP = "by_sha256 | by_batch | by_label | flat, or a layout .toml file (docs/layouts.md)"
+
+
+def stage(
+    ctx: typer.Context,
+    action_batch: Annotated[Optional[str], typer.Argument(help="the action batch id: the output is 3C/<id>/")] = None,
+    layout: Annotated[Optional[str], typer.Option(help=LAYOUT_HELP)] = None,
+    selector: Annotated[Optional[Path], typer.Option(help="a selector JSON file (docs/selectors.md)")] = None,
+    nodes: Annotated[Optional[Path], typer.Option(help="a file of sha256s, one per line ('-': stdin)")] = None,
+    mode: Annotated[str, typer.Option(help="copy (files on the SSD) or view (a view in the mount, no copy)")] = "copy",
+    here: Annotated[bool, typer.Option("--here", help="run in this process (no worker needed)")] = False,
+    wait: Annotated[bool, typer.Option(help="wait for the worker to finish and print the report")] = False,
+    status: Annotated[Optional[str], typer.Option("--status", metavar="ID", help="show a stage's state")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="the report as JSON")] = False,
+    timeout: Annotated[float, typer.Option(help="--wait gives up after this many seconds")] = 24 * 3600,
+) -> None:
+    """Stage nodes into zone 3C for a worker: 3C/<id>/<layout>/input/… and an empty output/.
+
+    Planned and checked whole (layout, collisions, room in the zone) before a byte moves;
+    copied with the batch read planner; sealed (_SEALED) only when every file checks. The
+    same command resumes a failed or killed run; the same id again after success does
+    nothing. Runs as an RQ job on the `io` queue (`hoard worker`), or --here."""
+    _command(ctx, "stage", action_batch, layout, selector, nodes, "by_node", mode, here, wait, status, as_json,
+             timeout)
+
+
+def export(
+    ctx: typer.Context,
+    output_id: Annotated[Optional[str], typer.Argument(metavar="ID", help="the export's id: the output is 3D/<id>/")] = None,
+    layout: Annotated[Optional[str], typer.Option(help=LAYOUT_HELP)] = None,
+    selector: Annotated[Optional[Path], typer.Option(help="a selector JSON file (docs/selectors.md)")] = None,
+    dedup: Annotated[str, typer.Option(help="by_node: as the layout says; by_sha256: each content once")] = "by_node",
+    mode: Annotated[str, typer.Option(help="copy (files on the SSD) or view (a view in the mount, no copy)")] = "copy",
+    here: Annotated[bool, typer.Option("--here", help="run in this process (no worker needed)")] = False,
+    wait: Annotated[bool, typer.Option(help="wait for the worker to finish and print the report")] = False,
+    status: Annotated[Optional[str], typer.Option("--status", metavar="ID", help="show an export's state")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="the report as JSON")] = False,
+    timeout: Annotated[float, typer.Option(help="--wait gives up after this many seconds")] = 24 * 3600,
+) -> None:
+    """Export a selection into zone 3D in a layout: 3D/<id>/<layout>/… (see `hoard stage`)."""
+    if dedup not in ("by_node", "by_sha256"):
+        raise HoardError(f"--dedup {dedup!r}: by_node or by_sha256", ExitCode.USAGE)
+    _command(ctx, "export", output_id, layout, selector, None, dedup, mode, here, wait, status, as_json, timeout)
+
+
+def _command(ctx: typer.Context, kind: str, output_id: str | None, layout: str | None, selector: Path | None,
+             nodes: Path | None, dedup: str, mode: str, here: bool, wait: bool, status: str | None,
+             as_json: bool, timeout: float) -> None:
+    # deferred: hoard starts without jobs (rq, redis, psycopg)
+    from jobs import outputs
+
+    cfg = state(ctx).settings
+    if status:
+        st = outputs.load_state(cfg, status)
+        if st is None or st.spec.get("kind") != kind:
+            raise HoardError(f"no {kind} {status!r} was requested here", ExitCode.USAGE)
+        _show(st, as_json)
+        if st.status == "failed":
+            raise typer.Exit(ExitCode.DATA)
+        return
+    if output_id is None or layout is None:
+        raise HoardError(f"`hoard {kind} ID --layout L --selector FILE`" + (" (or --nodes FILE)" if kind == "stage"
+                         else "") + ", or --status ID", ExitCode.USAGE)
+    sel = _json_file(selector, "selector") if selector is not None else None
+    listed = _sha_list(nodes) if nodes is not None else None
+    spec = outputs.make_spec(kind, output_id, layout, sel, listed, dedup, mode)
+    st = outputs.submit(cfg, spec)
+    if st.status == "done":
+        _report(st.report | {"already_done": True}, as_json)
+        return
+    if here:
+        try:
+            with progress(f"{kind} {output_id}") as update:
+                report = outputs.run(cfg, output_id, update)
+        except KeyboardInterrupt:
+            raise HoardError(f"{kind} {output_id} interrupted; its files so far are kept: the same command "
+                             "resumes it", ExitCode.INTERRUPTED) from None
+        _report(report, as_json)
+        return
+    _enqueue(cfg, kind, output_id)
+    if not wait:
+        out.print(f"{kind} {output_id}: queued on `{outputs.QUEUE}` (`hoard {kind} --status {output_id}`; "
+                  "`hoard worker` runs it, or add --here)")
+        return
+    deadline = time.monotonic() + timeout
+    while (st := outputs.load_state(cfg, output_id)) is not None and st.status in ("queued", "running"):
+        if time.monotonic() > deadline:
+            raise HoardError(f"{kind} {output_id} still {st.status} after {timeout:.0f} s; "
+                             f"`hoard {kind} --status {output_id}`", ExitCode.UNAVAILABLE)
+        time.sleep(0.5)
+    assert st is not None
+    if st.status == "failed":
+        raise HoardError(f"{kind} {output_id} failed: {st.error}; the same command resumes it", ExitCode.DATA)
+    _report(st.report, as_json)
+
+
+def _enqueue(cfg, kind: str, output_id: str) -> None:
+    # deferred: hoard starts without rq
+    from rq import Queue, Worker
+    from rq.exceptions import NoSuchJobError
+    from rq.job import Job
+
+    from jobs import outputs
+    from jobs.ingest import unserved_queues
+    from jobs.queues import connect, redis_required
+
+    with redis_required(cfg.redis_url):
+        conn = connect(cfg.redis_url)
+        job_id = f"{kind}-{output_id}"
+        try:
+            job = Job.fetch(job_id, connection=conn)
+            status = job.get_status(refresh=True)
+            running = any(w.get_current_job_id() == job_id for w in Worker.all(connection=conn))
+            if status in ("queued", "scheduled", "deferred") or (status == "started" and running):
+                return  # waiting or running: enqueueing again would run it twice
+            job.delete()  # finished, failed, or "started" by a worker that died
+        except NoSuchJobError:
+            pass
+        Queue(outputs.QUEUE, connection=conn).enqueue(
+            "jobs.outputs.run_job", str(cfg.source) if cfg.source else None, output_id, job_id=job_id,
+            job_timeout=outputs.JOB_TIMEOUT_S, result_ttl=86400, failure_ttl=30 * 86400,
+            description=f"{kind} {output_id}")
+        if outputs.QUEUE in unserved_queues(conn):
+            err.print(f"[yellow]no worker serves the {outputs.QUEUE} queue: `hoard worker`, or run it here with "
+                      f"`hoard {kind} {escape(output_id)} ... --here`[/]")
+
+
+def _json_file(path: Path, what: str) -> dict:
+    raw = read_input(path, what)
+    try:
+        doc = json.loads(raw)
+    except ValueError as e:
+        raise HoardError(f"{what} {path}: not JSON ({e})", ExitCode.USAGE) from None
+    if not isinstance(doc, dict):
+        raise HoardError(f"{what} {path}: a JSON object is expected", ExitCode.USAGE)
+    return doc
+
+
+def _sha_list(path: Path) -> list[str]:
+    raw = read_input(path, "node list")
+    try:
+        text = raw.decode()
+    except UnicodeDecodeError:
+        raise HoardError(f"node list {path}: not text (one sha256 per line)", ExitCode.USAGE) from None
+    shas = [line.strip().lower() for line in text.splitlines() if line.strip() and not line.startswith("#")]
+    if not shas:
+        raise HoardError(f"node list {path} is empty: nothing to stage", ExitCode.USAGE)
+    return shas
+
+
+def _show(st, as_json: bool) -> None:
+    if as_json:
+        out.print(json.dumps({"id": st.id, "status": st.status, "error": st.error, "report": st.report,
+                              "updated": st.updated}, sort_keys=True), markup=False)
+        return
+    out.print(f"{st.spec['kind']} {st.id}: {st.status}" + (f" — {st.error}" if st.error else ""), markup=False)
+    if st.report:
+        _report(st.report, False)
+
+
+def _report(report: dict, as_json: bool) -> None:
+    if as_json:
+        out.print(json.dumps(report, sort_keys=True), markup=False)
+        return
+    if report.get("mode") == "view" and not report.get("already_done"):
+        out.print(f"{report['path']}: sealed — {report['files']} files ({report['bytes'] / 1e6:.1f} MB) from "
+                  f"{report['nodes']} nodes published as view {report['view']} in {report['seconds']} s, nothing "
+                  "copied; read them through the mount (`hoard mount`)", markup=False)
+        return
+    if report.get("already_done"):
+        out.print(f"{report['path']}: already done ({report['files']} files, {report['bytes'] / 1e6:.1f} MB); "
+                  "nothing to do", markup=False)
+        return
+    out.print(f"{report['path']}: sealed — {report['files']} files, {report['bytes'] / 1e6:.1f} MB from "
+              f"{report['nodes']} nodes in layout {report['layout']}; copied {report['copied_files']} files at "
+              f"{report['mib_s']} MiB/s" + (f", {report['kept_files']} kept from an earlier run"
+                                             if report['kept_files'] else "")
+              + (f", {report['fallbacks']} read from another replica" if report['fallbacks'] else ""),
+              markup=False)

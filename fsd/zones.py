@@ -1,0 +1,461 @@
+"""Zone accounting: what each SSD zone holds, what running jobs have reserved, what may go.
+
+A zone's usage is the bytes allocated below it plus the part of every open reservation not
+written yet. A job reserves its `expected_bytes` before it writes a byte (`reserve`) and
+releases the reservation when its output is sealed or it failed (`release`):
+
+* a new reservation that would take the zone past the deny threshold (`ssd.thresholds.deny`,
+  90 %) is refused with one line naming the zone, how full it is, what the job needs and the
+  biggest sealed outputs `hoard zones clean ID` could remove;
+* past the emergency threshold (95 %) no new reservation is taken at all; jobs that hold one
+  finish (`grow` lets them overshoot their estimate up to that threshold, no further).
+
+Reservations are files, `<ssd.root>/state/reservations/<zone>/<id>.json` (written atomically,
+fsynced), so they survive a crash: each names its job, pid, the pid's start time, host and
+creation time. One whose process is gone (on this host) is stale — reclaimed by the next
+`reserve` in its zone or `hoard zones clean`, and reported. Every change to a zone's
+reservations happens under an flock on `<ssd.root>/locks/zone-<zone>.lock`, held while the
+zone is measured, so two processes never both get the last room.
+
+`<zone>/<id>/` is one output (docs/design.md, "Zones and reservations"): sealed when it holds
+`_SEALED` (the output contract, `fsd.seal`) — or, in 3B, `<id>.manifest.json` (a UA_1
+package's own seal) — running while a live reservation names it, incomplete otherwise.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+import logging
+import os
+import re
+import shutil
+import socket
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+from fsd.base.config import ZONES, Settings
+from fsd.base.errors import ExitCode, HoardError
+from fsd.base.files import atomic_write, flocked, fsync_dir
+from fsd.base.paths import NAME_PATTERN
+
+log = logging.getLogger(__name__)
+
+#: the zones whose directories are job outputs (3A holds scraped input, not outputs)
+OUTPUT_ZONES = ("3B", "3C", "3D")
+#: the file a sealed output holds (fsd.seal writes it last)
+SEALED = "_SEALED"
+#: where an output is written before it is sealed: `<zone>/.tmp/<id>/`
+TMP = ".tmp"
+MiB, GiB = 1 << 20, 1 << 30
+
+
+class ZoneFull(HoardError):
+    """A reservation refused: the zone would pass its deny threshold, or is past emergency."""
+
+    exit_code = ExitCode.NO_SPACE
+
+
+class ZoneBusy(HoardError):
+    """An output or reservation another live process holds."""
+
+    exit_code = ExitCode.UNAVAILABLE
+
+
+@dataclass
+class Reservation:
+    zone: str
+    id: str  # the output it is for: `<zone>/<id>/` (and `<zone>/.tmp/<id>/`)
+    job: str
+    bytes: int
+    pid: int
+    pid_start: int | None  # the pid's start time (/proc/<pid>/stat): a reused pid is not the owner
+    host: str
+    created: str
+    created_ns: int
+    #: set when read: its process is gone (this host only; another host's pid cannot be checked)
+    stale: bool = field(default=False, compare=False)
+    #: set when read: bytes already written to its output (they count as used, not reserved)
+    written: int = field(default=0, compare=False)
+
+    @property
+    def outstanding(self) -> int:
+        """The part still to be written: what the reservation adds to the zone's usage."""
+        return 0 if self.stale else max(0, self.bytes - self.written)
+
+    def describe(self) -> str:
+        return f"job {self.job} (pid {self.pid} on {self.host}, since {self.created})"
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self) | {"outstanding": self.outstanding,
+                               "age_s": round(max(0, time.time_ns() - self.created_ns) / 1e9, 1)}
+
+
+# -- processes ----------------------------------------------------------------------------
+
+def _pid_start(pid: int) -> int | None:
+    """The start time of `pid` in clock ticks since boot, or None (no such process, no /proc)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_bytes()
+    except OSError:
+        return None
+    return int(stat[stat.rindex(b")") + 2:].split()[19])
+
+
+def _alive(pid: int, start: int | None) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    now = _pid_start(pid)
+    return start is None or now is None or now == start
+
+
+# -- files and locks ----------------------------------------------------------------------
+
+def reservations_dir(cfg: Settings, zone: str) -> Path:
+    return cfg.ssd.root / "state" / "reservations" / zone
+
+
+def _res_path(cfg: Settings, zone: str, output_id: str) -> Path:
+    return reservations_dir(cfg, zone) / f"{output_id}.json"
+
+
+@contextlib.contextmanager
+def zone_lock(cfg: Settings, zone: str) -> Iterator[None]:
+    """The zone's flock: whoever changes its reservations holds it while measuring the zone."""
+    locks = cfg.ssd.root / "locks"
+    locks.mkdir(parents=True, exist_ok=True)
+    with flocked(locks / f"zone-{zone}.lock"):
+        yield
+
+
+def _check_id(zone: str, output_id: str) -> None:
+    if zone not in ZONES:
+        raise HoardError(f"no zone {zone!r}; zones are {', '.join(ZONES)}", ExitCode.USAGE)
+    if not re.fullmatch(NAME_PATTERN, output_id) or output_id in (TMP, "_quarantine"):
+        raise HoardError(f"{output_id!r} cannot name an output: use letters, digits and . _ - "
+                         "(at most 128, starting with a letter or digit)", ExitCode.USAGE)
+
+
+def du(path: os.PathLike[str] | str) -> int:
+    """Allocated bytes below `path` (what a quota is about), without following symlinks; 0
+    for nothing there. A single file counts too."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return 0
+    total = st.st_blocks * 512
+    stack = [os.fspath(path)] if os.path.isdir(path) and not os.path.islink(path) else []
+    while stack:
+        top = stack.pop()
+        try:
+            with os.scandir(top) as it:
+                for e in it:
+                    try:
+                        st = e.stat(follow_symlinks=False)
+                    except FileNotFoundError:
+                        continue
+                    total += st.st_blocks * 512
+                    if e.is_dir(follow_symlinks=False):
+                        stack.append(e.path)
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+    return total
+
+
+def reservations(cfg: Settings, zone: str) -> list[Reservation]:
+    """The zone's reservations, oldest first, each with `stale` and `written` filled in."""
+    found = []
+    here = socket.gethostname()
+    zpath = cfg.ssd.zone_path(zone)  # type: ignore[arg-type]
+    for p in sorted(reservations_dir(cfg, zone).glob("*.json")):
+        try:
+            doc = json.loads(p.read_bytes())
+            r = Reservation(**{k: doc[k] for k in Reservation.__dataclass_fields__ if k not in ("stale", "written")})
+        except FileNotFoundError:  # released meanwhile (listing takes no lock)
+            continue
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            # written atomically, so only a person's edit gets here: name it, never count it silently
+            raise HoardError(f"reservation file {p} is unreadable ({e}); remove it if no job is writing "
+                             f"{zpath / p.stem}", ExitCode.DATA) from None
+        r.stale = r.host == here and not _alive(r.pid, r.pid_start)
+        r.written = du(zpath / TMP / r.id) + du(zpath / r.id)
+        found.append(r)
+    return sorted(found, key=lambda r: r.created_ns)
+
+
+def _save(cfg: Settings, r: Reservation) -> None:
+    d = reservations_dir(cfg, r.zone)
+    if not d.is_dir():
+        d.mkdir(parents=True, exist_ok=True)
+        fsync_dir(d.parent)
+    doc = {k: v for k, v in asdict(r).items() if k not in ("stale", "written")}
+    atomic_write(_res_path(cfg, r.zone, r.id), json.dumps(doc, sort_keys=True).encode())
+
+
+def _drop(cfg: Settings, zone: str, output_id: str) -> bool:
+    p = _res_path(cfg, zone, output_id)
+    try:
+        p.unlink()
+    except FileNotFoundError:
+        return False
+    fsync_dir(p.parent)
+    return True
+
+
+def _reclaim(cfg: Settings, zone: str, rs: list[Reservation]) -> list[Reservation]:
+    """Remove the stale ones of `rs` (the caller holds the zone lock); return the live ones."""
+    live = []
+    for r in rs:
+        if r.stale:
+            _drop(cfg, zone, r.id)
+            log.warning("zone %s: reclaimed the stale reservation of %s for %s (%s): its process is gone; "
+                        "what it wrote stays until `hoard zones clean %s`", zone, r.describe(), r.id,
+                        size(r.bytes), r.id)
+        else:
+            live.append(r)
+    return live
+
+
+# -- usage --------------------------------------------------------------------------------
+
+def size(n: int) -> str:
+    """Bytes as people read quotas (quota_gb is GiB)."""
+    return f"{n / GiB:.2f} GB" if n >= GiB else f"{n / MiB:.0f} MB" if n >= MiB else f"{n / 1024:.0f} kB"
+
+
+def level(cfg: Settings, ratio: float) -> str:
+    th = cfg.ssd.thresholds
+    return ("emergency" if ratio >= th.emergency else "deny" if ratio >= th.deny
+            else "warn" if ratio >= th.warn else "ok")
+
+
+def quota(cfg: Settings, zone: str) -> int:
+    return int(cfg.ssd.zones[zone].quota_gb * GiB)  # type: ignore[index]
+
+
+def _iso(t: float) -> str:
+    return dt.datetime.fromtimestamp(t, dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def outputs(cfg: Settings, zone: str, rs: list[Reservation] | None = None) -> list[dict[str, Any]]:
+    """The zone's outputs, biggest first: `<zone>/<id>/` and unsealed `<zone>/.tmp/<id>/`, each
+    `sealed`, `running` (a live reservation names it) or `incomplete` (nothing will finish it)."""
+    if zone not in OUTPUT_ZONES:
+        return []
+    zpath = cfg.ssd.zone_path(zone)  # type: ignore[arg-type]
+    live = {r.id: r for r in (reservations(cfg, zone) if rs is None else rs) if not r.stale}
+    found: dict[str, dict[str, Any]] = {}
+    now = time.time()
+    for where in (zpath / TMP, zpath):
+        try:
+            entries = sorted(os.scandir(where), key=lambda e: e.name)
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        for e in entries:
+            if not e.is_dir(follow_symlinks=False) or e.name.startswith("."):
+                continue
+            p = Path(e.path)
+            try:
+                mtime = p.stat().st_mtime
+            except FileNotFoundError:  # removed meanwhile (listing takes no lock)
+                continue
+            entry = found.setdefault(e.name, {"id": e.name, "zone": zone, "bytes": 0, "paths": []})
+            entry["bytes"] += du(p)
+            entry["paths"].append(str(p))
+            seal = _seal_of(zone, p) if where == zpath else None
+            if seal is not None:
+                entry.update(state="sealed", kind=seal[0], sealed=_iso(seal[1]))
+            elif entry.get("state") != "sealed":
+                entry.update(state="running" if e.name in live else "incomplete", kind=None,
+                             age_s=round(now - mtime, 1))
+                if e.name in live:
+                    entry["job"], entry["pid"] = live[e.name].job, live[e.name].pid
+    return sorted(found.values(), key=lambda o: (-o["bytes"], o["id"]))
+
+
+def _seal_of(zone: str, p: Path) -> tuple[str, float] | None:
+    """(kind, sealed at) of a complete output directory, None if it is not complete."""
+    with contextlib.suppress(FileNotFoundError):
+        sealed = (p / SEALED).stat().st_mtime
+        kind = "output"
+        with contextlib.suppress(OSError, ValueError):
+            kind = json.loads((p / "_JOB.json").read_bytes()).get("kind") or kind
+        return kind, sealed
+    if zone == "3B":
+        # a UA_1 package's seal is its manifest, written last (tmp → fsync → rename)
+        with contextlib.suppress(FileNotFoundError):
+            return "ingest-package", (p / f"{p.name}.manifest.json").stat().st_mtime
+        if p.name == "db-dumps":  # `hoard db backup` copies each dump whole (atomic_copy)
+            return "db-dumps", max((f.stat().st_mtime for f in p.iterdir()), default=p.stat().st_mtime)
+    return None
+
+
+def zone_usage(cfg: Settings, zone: str) -> dict[str, Any]:
+    """One zone's figures for `hoard zones` and `hoard health` (never changes anything)."""
+    zpath = cfg.ssd.zone_path(zone)  # type: ignore[arg-type]
+    q = quota(cfg, zone)
+    present = zpath.is_dir()
+    error = None
+    try:
+        rs = reservations(cfg, zone) if present else []
+    except HoardError as e:  # health reports, it does not crash: the zone is shown without them
+        rs, error = [], e.message
+    used = du(zpath) if present else 0
+    reserved = sum(r.outstanding for r in rs)
+    ratio = (used + reserved) / q
+    return {"path": str(zpath), "present": present, "quota_bytes": q, "used_bytes": used,
+            "reserved_bytes": reserved, "free_bytes": max(0, q - used - reserved), "used_ratio": round(ratio, 4),
+            "level": level(cfg, ratio), "reservations": [r.to_json() for r in rs],
+            "outputs": outputs(cfg, zone, rs) if present else [], "error": error}
+
+
+def usage(cfg: Settings) -> dict[str, dict[str, Any]]:
+    return {z: zone_usage(cfg, z) for z in ZONES}
+
+
+# -- reserving ----------------------------------------------------------------------------
+
+def reserve(cfg: Settings, zone: str, output_id: str, job: str, nbytes: int, next_step: str = "") -> Reservation:
+    """Reserve `nbytes` in `zone` for `<zone>/<id>/` before writing it; ZoneFull if the zone
+    would pass its deny threshold (or is past emergency), naming what could be removed and
+    then `next_step`. Reserving an id this process already holds replaces the reservation; one
+    a dead process held is reclaimed; one another live process holds is ZoneBusy."""
+    _check_id(zone, output_id)
+    zpath = cfg.ssd.zone_path(zone)  # type: ignore[arg-type]
+    if not zpath.is_dir():  # the SSD not mounted: write nothing (no lock, no reservation) on the wrong disk
+        raise HoardError(f"zone {zone}: {zpath} does not exist — the SSD is not mounted, or not initialised; "
+                         "nothing was written; mount it, or run `hoard init`", ExitCode.UNAVAILABLE)
+    with zone_lock(cfg, zone):
+        rs = _reclaim(cfg, zone, reservations(cfg, zone))
+        mine = next((r for r in rs if r.id == output_id), None)
+        if mine is not None and mine.pid != os.getpid():
+            raise ZoneBusy(f"zone {zone}: output {output_id} is reserved by {mine.describe()}; wait for it to "
+                           "finish (or stop it: its reservation is then reclaimed)")
+        others = [r for r in rs if r.id != output_id]
+        used = du(zpath)
+        reserved = sum(r.outstanding for r in others)
+        written = du(zpath / TMP / output_id) + du(zpath / output_id)
+        need = max(0, nbytes - written)
+        q, th = quota(cfg, zone), cfg.ssd.thresholds
+        if (used + reserved) >= th.emergency * q or used + reserved + need > th.deny * q:
+            raise ZoneFull(refusal(cfg, zone, job, need, used, reserved, others, next_step))
+        now = time.time_ns()
+        r = Reservation(zone=zone, id=output_id, job=job, bytes=nbytes, pid=os.getpid(),
+                        pid_start=_pid_start(os.getpid()), host=socket.gethostname(),
+                        created=_iso(now / 1e9), created_ns=now, written=written)
+        _save(cfg, r)
+        return r
+
+
+def grow(cfg: Settings, r: Reservation, nbytes: int) -> Reservation:
+    """A running job needs more than it reserved: allowed up to the emergency threshold (past
+    deny, so work under way can finish), refused beyond it."""
+    with zone_lock(cfg, r.zone):
+        rs = [x for x in reservations(cfg, r.zone) if not x.stale and x.id != r.id]
+        zpath = cfg.ssd.zone_path(r.zone)  # type: ignore[arg-type]
+        used, reserved = du(zpath), sum(x.outstanding for x in rs)
+        written = du(zpath / TMP / r.id) + du(zpath / r.id)
+        q = quota(cfg, r.zone)
+        if used + reserved + max(0, nbytes - written) > cfg.ssd.thresholds.emergency * q:
+            raise ZoneFull(refusal(cfg, r.zone, r.job, max(0, nbytes - written), used, reserved, rs, "",
+                                   limit="emergency"))
+        r.bytes = nbytes
+        _save(cfg, r)
+        return r
+
+
+def release(cfg: Settings, zone: str, output_id: str) -> bool:
+    """Drop the reservation of `<zone>/<id>/` (its output sealed, or its job failed); True if
+    there was one. Idempotent."""
+    with zone_lock(cfg, zone):
+        return _drop(cfg, zone, output_id)
+
+
+def refusal(cfg: Settings, zone: str, job: str, need: int, used: int, reserved: int, rs: list[Reservation],
+            next_step: str, limit: str = "") -> str:
+    """The one line a refused reservation says: the zone, how full, what the job needs, what
+    could go and what then."""
+    q, th = quota(cfg, zone), cfg.ssd.thresholds
+    pct = (used + reserved) / q
+    held = f" + {size(reserved)} reserved by {len(rs)} running job{'s' if len(rs) != 1 else ''}" if rs else ""
+    full = f"it is {pct:.0%} full ({size(used)} on disk{held}, of its {size(q)} quota)"
+    if limit == "emergency" or (used + reserved) >= th.emergency * q:
+        head = (f"zone {zone} is past its emergency threshold ({th.emergency:.0%}): only jobs already holding "
+                f"a reservation may finish, and {job} needs {size(need)} more; {full}")
+    else:
+        room = max(0, int(th.deny * q) - used - reserved)
+        head = (f"zone {zone} has room for {size(room)} below its deny threshold ({th.deny:.0%}) and {job} "
+                f"needs {size(need)}; {full}")
+    sealed = [o for o in outputs(cfg, zone, rs) if o["state"] == "sealed"][:3]
+    if sealed:
+        what = ("Biggest sealed outputs: " + ", ".join(f"{o['id']} ({size(o['bytes'])})" for o in sealed)
+                + " — `hoard zones clean ID` removes one (copy away first what must be kept)")
+    else:
+        what = (f"Nothing in it is a sealed output `hoard zones clean` could remove; free space in "
+                f"{cfg.ssd.zone_path(zone)}")  # type: ignore[arg-type]
+    return f"{head}. {what} (or raise ssd.zones.{zone}.quota_gb)" + (f"; then {next_step}" if next_step else "")
+
+
+# -- cleaning -----------------------------------------------------------------------------
+
+def clean(cfg: Settings, output_id: str, zone: str | None = None) -> dict[str, Any]:
+    """Remove the output `output_id` (sealed, or incomplete with no live job) from its zone and
+    release its reservation; refuse one a live process still writes, naming the pid."""
+    if zone is not None and zone not in OUTPUT_ZONES:
+        raise HoardError(f"zone {zone} holds no job outputs (`hoard zones clean` works on "
+                         f"{', '.join(OUTPUT_ZONES)})", ExitCode.USAGE)
+    zones = [zone] if zone else list(OUTPUT_ZONES)
+    for z in zones:
+        _check_id(z, output_id)
+    hits = [z for z in zones if any(p.is_dir() for p in _paths(cfg, z, output_id))
+            or _res_path(cfg, z, output_id).exists()]
+    if not hits:
+        raise HoardError(f"no output {output_id} in zone{'s' if len(zones) > 1 else ''} {', '.join(zones)}; "
+                         "`hoard zones` lists them", ExitCode.DATA)
+    if len(hits) > 1:
+        raise HoardError(f"output {output_id} is in zones {', '.join(hits)}; say which with --zone", ExitCode.USAGE)
+    z = hits[0]
+    with zone_lock(cfg, z):
+        rs = reservations(cfg, z)
+        mine = next((r for r in rs if r.id == output_id), None)
+        if mine is not None and not mine.stale:
+            raise ZoneBusy(f"zone {z}: output {output_id} is still being written by {mine.describe()}; let it "
+                           f"finish, or stop pid {mine.pid} first (its reservation is then stale and "
+                           f"`hoard zones clean {output_id}` removes it)")
+        state = next((o["state"] for o in outputs(cfg, z, rs) if o["id"] == output_id), "reservation only")
+        view = _view_of(cfg.ssd.zone_path(z) / output_id)  # type: ignore[arg-type]
+        freed = 0
+        for p in _paths(cfg, z, output_id):
+            if p.is_dir():
+                freed += du(p)
+                # unseal first: a crash half-way through the removal must not leave a "sealed" rest
+                with contextlib.suppress(FileNotFoundError):
+                    (p / SEALED).unlink()
+                shutil.rmtree(p)
+                fsync_dir(p.parent)
+        if mine is not None:
+            _drop(cfg, z, output_id)
+    return {"zone": z, "id": output_id, "state": state, "freed_bytes": freed, "view": view,
+            "stale_reservation": mine.to_json() if mine is not None else None}
+
+
+def _view_of(final: Path) -> str | None:
+    """The view a view-mode output published (its `_JOB.json`), which goes with it."""
+    try:
+        doc = json.loads((final / "_JOB.json").read_bytes())
+    except (OSError, ValueError):
+        return None
+    sel = doc.get("selector")
+    return sel.get("view") if isinstance(sel, dict) and isinstance(sel.get("view"), str) else None
+
+
+def _paths(cfg: Settings, zone: str, output_id: str) -> list[Path]:
+    zpath = cfg.ssd.zone_path(zone)  # type: ignore[arg-type]
+    return [zpath / output_id, zpath / TMP / output_id]

@@ -1,0 +1,312 @@
+"""StageTo3C and ExportTo3D: selected nodes, laid out, copied out of the store into a sealed
+output (`hoard stage`, `hoard export`; RQ queue `io`, or in this process with --here).
+
+    hoard export train-v1 --layout by_label --selector sel.json          → 3D/train-v1/by_label/…
+    hoard stage ab-0042 --layout worker.toml --nodes shas.txt            → 3C/ab-0042/worker/{input/…, output/}
+
+One run: plan (the selector or the listed sha256s → nodes → their fields → the layout's
+paths, every path checked: datasets/layouts.py) → reserve the bytes in the zone (refused
+before a byte moves: fsd/zones.py) → copy with the batch planner into `<zone>/.tmp/<id>/`
+(fsd/materialize.py: each file checked against its sha256; a re-run keeps what is already
+there) → seal (fsd/seal.py: `_MANIFEST.json`, rename, `_JOB.json`, `_SEALED` last).
+
+Ids are immutable: the same id with the same request after success does nothing and says
+so; with another request it is refused. A failed or killed run keeps its partial tree and
+its request: the same command resumes it. The state of each id is a JSON file under
+`<ssd>/state/outputs/`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import hashlib
+import json
+import re
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from datasets import layouts
+from fsd import seal, zones
+from fsd.base import config as config_mod
+from fsd.base.config import Settings
+from fsd.base.errors import ExitCode, HoardError
+from fsd.base.files import atomic_write, flocked
+from fsd.materialize import Item, MaterializeReport, materialize
+
+OUTPUT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+ZONE_OF = {"stage": "3C", "export": "3D"}
+QUEUE = "io"
+JOB_TIMEOUT_S = 24 * 3600
+
+
+class OutputError(HoardError):
+    exit_code = ExitCode.USAGE
+
+
+class OutputSpec(BaseModel):
+    """What was asked for: an id's request, compared when the id comes again."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    kind: Literal["stage", "export"]
+    id: str = Field(pattern=OUTPUT_ID.pattern)
+    layout: dict[str, Any]  # name, template, sidecars, per_locator
+    selector: dict[str, Any] | None = None
+    nodes: list[str] | None = None  # sha256 hex, for --nodes
+    dedup: Literal["by_node", "by_sha256"] = "by_node"
+    mode: Literal["copy", "view"] = "copy"
+
+    @property
+    def zone(self) -> str:
+        return ZONE_OF[self.kind]
+
+    def digest(self) -> str:
+        """The request's identity: key order of its dicts does not count (state files sort them)."""
+        return hashlib.sha256(json.dumps(self.model_dump(), sort_keys=True).encode()).hexdigest()
+
+    def the_layout(self) -> layouts.Layout:
+        lay = self.layout
+        per_locator = bool(lay.get("per_locator")) and self.dedup == "by_node"
+        return layouts.parse(lay["template"], lay["name"], bool(lay.get("sidecars")), per_locator)
+
+
+def make_spec(kind: str, output_id: str, layout_spec: str, selector: dict | None = None,
+              nodes: list[str] | None = None, dedup: str = "by_node", mode: str = "copy") -> OutputSpec:
+    """A checked request (layout read and parsed, selector validated, one of selector/nodes)."""
+    if not OUTPUT_ID.fullmatch(output_id or ""):
+        raise OutputError(f"output id {output_id!r}: 1-128 of A-Z a-z 0-9 . _ - (starting with a letter or digit)")
+    if (selector is None) == (nodes is None):
+        raise OutputError("give one of --selector FILE or --nodes FILE")
+    if mode not in ("copy", "view"):
+        raise OutputError(f"--mode {mode!r}: copy or view")
+    lay = layouts.load(layout_spec)
+    if selector is not None:
+        from sql.selectors import parse_selector  # deferred: validation only; the run queries
+
+        parse_selector(selector)
+    if nodes is not None:
+        bad = [n for n in nodes if not re.fullmatch(r"[0-9a-f]{64}", n)]
+        if bad:
+            raise OutputError(f"--nodes: {bad[0]!r} is not a sha256 (64 lower-case hex digits)"
+                              + (f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""))
+    try:
+        return OutputSpec(kind=kind, id=output_id, selector=selector, nodes=sorted(set(nodes)) if nodes else None,
+                          layout={"name": lay.name, "template": lay.template, "sidecars": lay.sidecars,
+                                  "per_locator": lay.per_locator},
+                          dedup=dedup, mode=mode)
+    except ValidationError as e:
+        raise OutputError(f"request rejected: {e.errors()[0]['loc']}: {e.errors()[0]['msg']}") from None
+
+
+# -- state ------------------------------------------------------------------------------------
+
+@dataclass
+class OutputState:
+    id: str
+    spec: dict[str, Any]
+    status: str = "queued"  # queued | running | done | failed
+    error: str = ""
+    report: dict[str, Any] = field(default_factory=dict)
+    updated: str = ""
+
+
+def state_dir(cfg: Settings) -> Path:
+    d = cfg.ssd.root / "state" / "outputs"
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def load_state(cfg: Settings, output_id: str) -> OutputState | None:
+    try:
+        return OutputState(**json.loads((state_dir(cfg) / f"{output_id}.json").read_bytes()))
+    except FileNotFoundError:
+        return None
+
+
+def save_state(cfg: Settings, st: OutputState) -> None:
+    st.updated = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    atomic_write(state_dir(cfg) / f"{st.id}.json", json.dumps(asdict(st), indent=1, sort_keys=True).encode())
+
+
+@contextlib.contextmanager
+def _id_lock(cfg: Settings, output_id: str) -> Iterator[None]:
+    """One run of an id at a time, across processes (a killed worker's work horse may still
+    run: a resumed run waits for it). The kernel drops the lock with its holder."""
+    with flocked(state_dir(cfg) / f"{output_id}.lock"):
+        yield
+
+
+def submit(cfg: Settings, spec: OutputSpec) -> OutputState:
+    """Record the request (ids are immutable: the same request again is fine, another one is
+    refused naming the difference's remedy)."""
+    final = cfg.ssd.zone_path(spec.zone) / spec.id
+    st = load_state(cfg, spec.id)
+    if st is not None and not (final.exists() or (cfg.ssd.zone_path(spec.zone) / zones.TMP / spec.id).exists()):
+        st = None  # its output was removed (`hoard zones clean`): the id is free again
+    if st is not None and OutputSpec(**st.spec).digest() != spec.digest():
+        raise OutputError(f"output id {spec.id} was used for another request (see `hoard {spec.kind} --status "
+                          f"{spec.id}`); ids are immutable — choose a new id, or `hoard zones clean {spec.id}` "
+                          "first to reuse it")
+    if st is None and final.exists():
+        raise OutputError(f"{final} exists but no {spec.kind} made it; choose another id, or `hoard zones clean "
+                          f"{spec.id}` first")
+    if st is None or st.status in ("failed", "done") and not final.exists():
+        st = OutputState(spec.id, spec.model_dump(), status="queued")
+        save_state(cfg, st)
+    return st
+
+
+# -- the run ------------------------------------------------------------------------------------
+
+def run_job(config_path: str | None, output_id: str) -> dict[str, Any]:
+    """RQ job (queue `io`): run the recorded request of `output_id`."""
+    cfg = config_mod.load(config_path)
+    return run(cfg, output_id)
+
+
+def run(cfg: Settings, output_id: str, progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+    """Plan, reserve, copy, seal; the report. Idempotent: a sealed output of the same request
+    is reported as it is."""
+    with _id_lock(cfg, output_id):
+        st = load_state(cfg, output_id)
+        if st is None:
+            raise OutputError(f"no request recorded for output {output_id}; `hoard stage` / `hoard export` it first")
+        spec = OutputSpec(**st.spec)
+        if st.status == "done":
+            return {**st.report, "already_done": True}
+        st.status, st.error = "running", ""
+        save_state(cfg, st)
+        try:
+            report = _run(cfg, spec, progress)
+        except BaseException as e:
+            st.status = "failed"
+            st.error = e.message if isinstance(e, HoardError) else f"{type(e).__name__}: {e}"
+            save_state(cfg, st)
+            raise
+        st.status, st.report = "done", report
+        save_state(cfg, st)
+        return report
+
+
+def plan_items(cfg: Settings, spec: OutputSpec) -> tuple[list[Item], int]:
+    """The files of the output (paths relative to `<zone>/<id>/`) and the nodes selected."""
+    # deferred: the planning step is the only one that needs the database
+    import psycopg
+
+    from sql.layout_rows import layout_rows
+    from sql.selectors import query_nodes
+
+    lay = spec.the_layout()
+    with psycopg.connect(cfg.database_url) as conn:
+        if spec.selector is not None:
+            node_ids = query_nodes(conn, spec.selector).node_ids
+        else:
+            found = dict(conn.execute("SELECT encode(sha256, 'hex'), node_id FROM node WHERE sha256 = ANY(%s)",
+                                      [[bytes.fromhex(h) for h in spec.nodes or []]]).fetchall())
+            missing = [h for h in spec.nodes or [] if h not in found]
+            if missing:
+                raise OutputError(f"--nodes: {len(missing)} sha256(s) are not nodes in the database, e.g. "
+                                  f"{missing[0]}; nothing was staged", ExitCode.DATA)
+            node_ids = [found[h] for h in spec.nodes or []]
+        if not node_ids:
+            raise OutputError(f"the selection is empty: no node matches, so there is nothing to {spec.kind}; "
+                              "check the selector (`hoard find`)", ExitCode.DATA)
+        rows = layout_rows(conn, node_ids)
+    missing = len(node_ids) - len(rows)
+    if missing:  # selected, then gone before the fields were read (a concurrent deletion)
+        raise OutputError(f"{missing} selected node(s) vanished while the {spec.kind} was planned; run it again",
+                          ExitCode.DATA)
+    placed = layouts.plan(lay, rows)
+    prefix = f"{lay.name}/input/" if spec.kind == "stage" else f"{lay.name}/"
+    return [Item(prefix + p.path, p.sha256, p.size, p.sidecar) for p in placed], len(rows)
+
+
+def _run(cfg: Settings, spec: OutputSpec, progress: Callable[[int, int], None] | None) -> dict[str, Any]:
+    from fsd.store import Store  # deferred: the store opens only when there is something to copy
+
+    t0 = time.monotonic()
+    zone, final = spec.zone, cfg.ssd.zone_path(spec.zone) / spec.id
+    if (final / seal.SEALED).is_file():
+        doc = seal.check_sealed(final)
+        if doc.get("selector") != _request(spec):
+            raise OutputError(f"{final} is sealed for another request; ids are immutable", ExitCode.DATA)
+        return {"id": spec.id, "zone": zone, "path": str(final), "files": doc["actual_files"],
+                "bytes": doc["actual_bytes"], "already_done": True}
+    items, n_nodes = plan_items(cfg, spec)
+    if spec.mode == "view":
+        return _run_view(cfg, spec, items, n_nodes, t0)
+    expected = sum(it.size + len(it.sidecar or b"") for it in items)
+    out = seal.begin(cfg, zone, spec.id, job=f"{spec.kind}:{spec.id}", kind=spec.kind, expected_bytes=expected,
+                     expected_files=len(items) + sum(it.sidecar is not None for it in items),
+                     selector=_request(spec), layout=spec.layout, resume=True)
+    try:
+        rep: MaterializeReport
+        with Store.open(cfg) as store:
+            rep = materialize(store, items, out.tmp, progress)
+        if spec.kind == "stage":  # the worker's empty output directory (not part of the sealed files)
+            (out.tmp / spec.layout["name"] / "output").mkdir(exist_ok=True)
+        for it in items:
+            out.declare(it.path, it.size, it.sha256, verified=True)
+            if it.sidecar is not None:
+                out.declare(it.path + ".json", len(it.sidecar), hashlib.sha256(it.sidecar).hexdigest(), verified=True)
+        doc = out.seal()
+    except BaseException as e:
+        out.fail(e, keep=True)  # the partial tree stays: the same command resumes it
+        raise
+    return {"id": spec.id, "zone": zone, "path": str(final), "layout": spec.layout["name"], "nodes": n_nodes,
+            "files": doc["actual_files"], "bytes": doc["actual_bytes"], "copied_files": rep.written,
+            "copied_bytes": rep.bytes_written, "kept_files": rep.kept, "fallbacks": rep.fallbacks,
+            "seconds": round(time.monotonic() - t0, 3),
+            "mib_s": round(rep.bytes_written / (1 << 20) / max(rep.seconds, 1e-9), 1)}
+
+
+def view_name(spec: OutputSpec) -> str:
+    return f"{spec.zone}-{spec.id}"
+
+
+def _run_view(cfg: Settings, spec: OutputSpec, items: list[Item], n_nodes: int, t0: float) -> dict[str, Any]:
+    """Zero bytes copied: the files become a named view (`<mount>/views/<zone>-<id>/…`), and
+    the zone holds a sealed output whose entry is a link into the mount — the same path a
+    local consumer would read in copy mode (a worker on another machine needs copy mode)."""
+    # deferred: the store opens only when the plan is good
+    from fsd.store import Store
+    from fsd.views import define_view_rows
+
+    if cfg.mount.path is None:
+        raise OutputError("--mode view needs the mount: set `[mount] path = \"/srv/hoard\"` in hoard.toml (where "
+                          "`hoard mount` / hoard-mount.service serves), or use --mode copy")
+    name, lay = view_name(spec), spec.layout["name"]
+    with Store.open(cfg) as store:
+        rows = [(it.path, it.sha256) for it in items]
+        cars = [it for it in items if it.sidecar is not None]
+        if cars:  # sidecars are not in the store yet: they become generated objects the view names
+            stored = store.put_bytes_many([it.sidecar for it in cars if it.sidecar is not None], klass="generated")
+            rows += [(it.path + ".json", r.sha256) for it, r in zip(cars, stored)]
+        info = define_view_rows(store, name, rows)
+    entry = f"{lay}/input" if spec.kind == "stage" else lay
+    out = seal.begin(cfg, spec.zone, spec.id, job=f"{spec.kind}:{spec.id}", kind=spec.kind, expected_bytes=0,
+                     expected_files=0, selector=_request(spec), layout=spec.layout, resume=True)
+    try:
+        out.link(entry, str(cfg.mount.path / "views" / name / entry))
+        if spec.kind == "stage":
+            (out.tmp / lay / "output").mkdir(exist_ok=True)
+        doc = out.seal()
+    except BaseException as e:
+        out.fail(e)
+        raise
+    return {"id": spec.id, "zone": spec.zone, "path": str(cfg.ssd.zone_path(spec.zone) / spec.id), "layout": lay,
+            "nodes": n_nodes, "files": len(rows), "bytes": info.get("bytes", sum(it.size for it in items)),
+            "view": name, "mode": "view", "copied_files": 0, "copied_bytes": 0, "kept_files": 0, "fallbacks": 0,
+            "seconds": round(time.monotonic() - t0, 3), "sealed_files": doc["actual_files"]}
+
+
+def _request(spec: OutputSpec) -> dict[str, Any]:
+    """What `_JOB.json` records as the output's selector: enough to tell two requests apart."""
+    return {"selector": spec.selector, "nodes_sha256": hashlib.sha256("\n".join(spec.nodes).encode()).hexdigest()
+            if spec.nodes else None, "dedup": spec.dedup, "mode": spec.mode, "request_sha256": spec.digest(),
+            "view": view_name(spec) if spec.mode == "view" else None}

@@ -1,0 +1,47 @@
+"""The fields a layout can use (datasets/layouts.py), for a set of physical nodes, in a
+few set-based queries (no query per node)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import psycopg
+
+#: nodes per round trip
+CHUNK = 50_000
+
+
+def layout_rows(conn: psycopg.Connection, node_ids: Sequence[int]) -> list[dict]:
+    """One dict per physical node, in the order of `node_ids`: node_id, sha256 (hex), size,
+    file_type, locators (sorted), source + common metadata (of the source whose name sorts
+    first, when several described it), raw_metadata, labels {key: [values, sorted]},
+    batch_sources {ingest batch: its source} (the source of a file no metadata describes)."""
+    rows: dict[int, dict] = {}
+    for i in range(0, len(node_ids), CHUNK):
+        ids = list(node_ids[i:i + CHUNK])
+        for nid, sha, size, ftype, locs in conn.execute(
+                "SELECT n.node_id, encode(n.sha256, 'hex'), pc.size, pc.file_type, "
+                "       (SELECT array_agg(pp.locator ORDER BY pp.locator) FROM physical_path pp "
+                "         WHERE pp.node_id = n.node_id) "
+                "FROM node n JOIN physical_content pc USING (node_id) WHERE n.node_id = ANY(%s)", [ids]):
+            rows[nid] = {"node_id": nid, "sha256": sha, "size": size, "file_type": ftype, "locators": locs or [],
+                         "labels": {}, "batch_sources": {}}
+        for nid, batch, source in conn.execute(
+                "SELECT bm.node_id, ab.batch_id, s.name FROM batch_member bm JOIN action_batch ab USING (batch_id) "
+                "JOIN source s ON s.source_id = ab.source_id WHERE bm.node_id = ANY(%s)", [ids]):
+            if nid in rows:
+                rows[nid]["batch_sources"][batch] = source
+        for nid, source, title, author, user, views, dl, raw in conn.execute(
+                "SELECT DISTINCT ON (cm.node_id) cm.node_id, s.name, cm.title, cm.author, cm.user_name, "
+                "       cm.view_count, cm.download_time, cm.raw_metadata "
+                "FROM common_metadata cm JOIN source s USING (source_id) WHERE cm.node_id = ANY(%s) "
+                "ORDER BY cm.node_id, s.name", [ids]):
+            if nid in rows:
+                rows[nid].update(source=source, title=title, author=author, user_name=user, view_count=views,
+                                 download_time=dl, raw_metadata=raw)
+        for nid, key, values in conn.execute(
+                "SELECT node_id, key, array_agg(value ORDER BY value) FROM label WHERE node_id = ANY(%s) "
+                "GROUP BY node_id, key", [ids]):
+            if nid in rows:
+                rows[nid]["labels"][key] = values
+    return [rows[n] for n in node_ids if n in rows]

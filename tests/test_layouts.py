@@ -1,0 +1,161 @@
+"""Layouts (datasets/layouts.py): templates are checked when read; a plan is checked whole —
+hostile values, missing fields, collisions — before any byte moves. The rows come from a
+real PostgreSQL (sql/layout_rows.py) built by a write-intent, hostile metadata included."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from datasets.layouts import BUILTIN, LayoutError, PlacementError, load, parse, plan
+from sql.apply import apply_write_intent
+from sql.layout_rows import layout_rows
+from sql.migrate import migrate
+from sql.selectors import query_nodes
+
+
+def sha(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+@pytest.fixture
+def rows(pg: psycopg.Connection) -> dict[str, dict]:
+    """Five images in two batches of source `gallery`: labelled cat / dog / none, one with
+    hostile metadata values, one stored twice (two batches, two original paths)."""
+    migrate(pg)
+    spec = {  # name → (batch paths, label, title, raw metadata)
+        "a": (["batch:b1/img/a.jpg"], "cat", "A cat", {"album": "pets"}),
+        "b": (["batch:b1/img/b.jpg"], "dog", "../../etc/passwd", {"album": "../.."}),
+        "c": (["batch:b1/img/sub/c.png", "batch:b2/again/c.png"], None, "C/slash", {"album": "x\x01y"}),
+        "d": (["batch:b2/d.jpg"], "cat", "Nul\nline", {"album": {"nested": 1}}),
+    }
+    nodes, meta, labels, members = [], [], [], {"b1": [], "b2": []}
+    for name, (locs, label, title, raw) in spec.items():
+        h = sha(name)
+        nodes.append({"sha256": h, "physical": {"size": 10 + len(name), "file_type": locs[0].rsplit(".", 1)[1],
+                                                "locators": locs}})
+        meta.append({"node": h, "source": "gallery", "title": title, "raw_metadata": raw})
+        if label:
+            labels.append({"node": h, "key": "class", "value": label})
+        for loc in locs:
+            members[loc.split("/")[0][6:]].append(h)
+    apply_write_intent(pg, {"key": "layouts", "sources": ["gallery"], "nodes": nodes, "metadata": meta,
+                            "labels": labels,
+                            "batches": [{"batch_id": b, "members": m} for b, m in members.items()]})
+    picked = query_nodes(pg, {})
+    got = layout_rows(pg, picked.node_ids)
+    return {next(n for n in spec if sha(n) == r["sha256"]): r for r in got}
+
+
+def test_builtin_layouts_place_every_node(rows: dict[str, dict]) -> None:
+    by_sha = plan(load("by_sha256"), rows.values())
+    assert [p.path for p in by_sha] == sorted(f"{sha(n)[:2]}/{sha(n)}{'.png' if n == 'c' else '.jpg'}" for n in rows)
+    by_batch = plan(load("by_batch"), rows.values())
+    assert {p.path for p in by_batch} == {"gallery/b1/img/a.jpg", "gallery/b1/img/b.jpg", "gallery/b1/img/sub/c.png",
+                                          "gallery/b2/d.jpg"}
+    every = plan(parse("{source}/{batch}/{orig_path}", "all", per_locator=True), rows.values())
+    assert "gallery/b2/again/c.png" in {p.path for p in every} and len(every) == 5
+
+
+def test_a_missing_label_is_refused_naming_the_node_unless_a_default_is_given(rows: dict[str, dict]) -> None:
+    with pytest.raises(PlacementError, match=rf"node {rows['c']['node_id']} \({sha('c')[:12]}…\) has no label:class; "
+                                             r"layout by_label needs it — give a default"):
+        plan(load("by_label"), rows.values())
+    placed = plan(parse("{label:class|unlabelled}/{sha256}{ext}", "lbl"), rows.values())
+    assert sorted(p.path.split("/")[0] for p in placed) == ["cat", "cat", "dog", "unlabelled"]
+
+
+@pytest.mark.parametrize("template, field, why", [
+    ("{title}/{sha256}", "title", "'..' would leave"),  # b: ../../etc/passwd
+    ("{meta:album}/{sha256}", "meta:album", "'..' would leave"),  # b: album ../..
+])
+def test_hostile_values_are_refused_naming_node_and_field(rows: dict[str, dict], template: str, field: str,
+                                                          why: str) -> None:
+    only_b = [rows["b"]]
+    with pytest.raises(PlacementError) as e:
+        plan(parse(template, "t"), only_b)
+    assert f"node {rows['b']['node_id']}" in e.value.message and field in e.value.message
+    assert "'/' would make it a directory" in e.value.message or why in e.value.message
+
+
+def test_slash_nul_newline_and_nested_values_are_refused(rows: dict[str, dict]) -> None:
+    with pytest.raises(PlacementError, match="title is 'C/slash': a '/' would make it a directory"):
+        plan(parse("{title}/{sha256}", "t"), [rows["c"]])
+    with pytest.raises(PlacementError, match="meta:album holds a control character"):
+        plan(parse("{meta:album}/{sha256}", "t"), [rows["c"]])
+    with pytest.raises(PlacementError, match="title holds a control character"):
+        plan(parse("{title}/{sha256}", "t"), [rows["d"]])
+    with pytest.raises(PlacementError, match="raw metadata 'album' is not a single value"):
+        plan(parse("{meta:album}/{sha256}", "t"), [rows["d"]])
+
+
+def test_collisions_are_refused_naming_both_nodes(rows: dict[str, dict]) -> None:
+    with pytest.raises(PlacementError, match=r"nodes \d+ \(\w+…\) and \d+ \(\w+…\) both map to 'cat\.jpg'"):
+        plan(parse("{label:class}{ext}", "t"), [rows["a"], rows["d"]])
+    with pytest.raises(PlacementError, match="comes twice to 'x/c.png'.*two original paths"):
+        plan(parse("x/{name}", "t", per_locator=True), [rows["c"]])
+    file_and_dir = [dict(rows["a"], locators=["batch:b1/p"]), dict(rows["b"], locators=["batch:b1/p/q"])]
+    with pytest.raises(PlacementError, match="'p' is the file of node .* and a directory holding 'p/q'"):
+        plan(parse("{orig_path}", "t"), file_and_dir)
+
+
+def test_sidecars_carry_the_node_and_take_their_own_path(rows: dict[str, dict]) -> None:
+    placed = plan(parse("{sha256}{ext}", "cars", sidecars=True), [rows["a"]])
+    [p] = placed
+    doc = json.loads(p.sidecar)
+    assert doc["sha256"] == sha("a") and doc["labels"] == {"class": ["cat"]} and doc["metadata"]["title"] == "A cat"
+    assert doc["orig_path"] == "img/a.jpg" and doc["metadata"]["raw"] == {"album": "pets"}
+    clash = [rows["a"], dict(rows["b"], locators=["batch:b1/img/a.jpg.json"])]  # a file named like a's sidecar
+    with pytest.raises(PlacementError, match=r"both map to 'a\.jpg\.json'"):
+        plan(parse("{name}", "cars", sidecars=True), clash)
+
+
+@pytest.mark.parametrize("template, message", [
+    ("{nope}/{sha256}", "unknown field {nope}; known fields: sha256, node_id"),
+    ("/abs/{sha256}", "must be a relative path"),
+    ("../{sha256}", "'..' in the template"),
+    ("fixed/name.jpg", "names no field"),
+    ("{label}/{sha256}", "{label} needs a key"),
+    ("{sha256:99}", "prefix length must be 1-64"),
+    ("{size:3}", "{size} takes no argument"),
+    ("{sha256}/{", "unmatched '{'"),
+    ("{label:c|..}/{sha256}", "'..' would leave"),
+    ("", "must be a relative path"),
+])
+def test_bad_templates_are_refused_when_read(template: str, message: str) -> None:
+    with pytest.raises(LayoutError) as e:
+        parse(template, "bad")
+    assert message in e.value.message
+    assert e.value.exit_code == 2
+
+
+def test_layout_files(tmp_path: Path) -> None:
+    good = tmp_path / "worker-in.toml"
+    good.write_text('template = "{{raw}}/{sha256}{ext}"\nsidecars = true\n')
+    lay = load(str(good))
+    assert (lay.name, lay.sidecars, lay.per_locator) == ("worker-in", True, False)
+    assert plan(lay, [{"node_id": 1, "sha256": "ab" * 32, "size": 1, "file_type": "jpg", "locators": []}])[0].path \
+        == "{raw}/" + "ab" * 32 + ".jpg"
+    for body, message in (('template = 3\n', "needs `template"), ('template = "{sha256}"\nextra = 1\n', "unknown keys: "
+                          "extra"), ('template = "{sha256}"\nsidecars = "yes"\n', "true or false"), ("= =", "Invalid")):
+        bad = tmp_path / "bad.toml"
+        bad.write_text(body)
+        with pytest.raises(LayoutError, match=message):
+            load(str(bad))
+    with pytest.raises(LayoutError, match="does not exist"):
+        load(str(tmp_path / "missing.toml"))
+    with pytest.raises(LayoutError, match="not a built-in"):
+        load("by_nothing")
+    assert set(BUILTIN) == {"by_sha256", "by_batch", "by_label", "flat"}
+
+
+def test_a_file_no_metadata_describes_takes_its_batchs_source() -> None:
+    row = {"node_id": 9, "sha256": "cd" * 32, "size": 3, "file_type": None, "locators": ["batch:b7/x/y.json"],
+           "batch_sources": {"b7": "ytdlp"}, "labels": {}}
+    assert [p.path for p in plan(load("by_batch"), [row])] == ["ytdlp/b7/x/y.json"]
+    with pytest.raises(PlacementError, match="has no source"):
+        plan(load("by_batch"), [dict(row, batch_sources={})])

@@ -1,0 +1,117 @@
+"""Copy mode (fsd/materialize.py): objects out of the store into a tree on the SSD, checked
+file by file, resumable, completed from the other replicas when a disk dies mid-way, and an
+SSD that fills up is the SSD's problem — never taken for a failing HDD."""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+import threading
+from pathlib import Path
+
+import pytest
+
+from fsd.base.errors import ExitCode, HoardError
+from fsd.materialize import Item, materialize
+from tests.conftest import make_files
+from tests.lab import DiskProfile, drop_caches
+from tests.test_store_lab import _lab_store
+
+
+def _items(results, files: list[Path]) -> list[Item]:
+    return [Item(f"in/{i % 7}/{p.name}", r.sha256, r.size) for i, (p, r) in enumerate(zip(files, results))]
+
+
+def _check_tree(dest: Path, items: list[Item]) -> None:
+    for it in items:
+        assert hashlib.sha256((dest / it.path).read_bytes()).hexdigest() == it.sha256, it.path
+
+
+def test_copy_checks_every_file_and_resumes(store_factory, tmp_path: Path) -> None:
+    """60 small files, one of 40 MiB (streamed in pieces), the same content at two paths,
+    sidecars; then a damaged, a truncated and a deleted file: the re-run writes only those."""
+    store = store_factory(n_disks=3, caps=None, shard_size_mb=8)
+    files = make_files(tmp_path / "src", 60, seed=31)
+    big = tmp_path / "src" / "big.bin"
+    big.write_bytes(hashlib.sha256(b"x").digest() * (40 << 15))  # 40 MiB
+    results = store.put_many([*files, big])
+    items = _items(results[:60], files)
+    items += [Item("large/big.bin", results[60].sha256, results[60].size, b'{"big": true}\n'),
+              Item("large/again.bin", results[60].sha256, results[60].size),
+              Item("dup/first.bin", results[0].sha256, results[0].size)]
+    dest = tmp_path / "ssd" / "3D" / ".tmp" / "e1" / "flat"
+    seen: list[int] = []
+    rep = materialize(store, items, dest, progress=lambda done, total: seen.append(done))
+    _check_tree(dest, items)
+    assert (dest / "large/big.bin.json").read_bytes() == b'{"big": true}\n'
+    assert (rep.files, rep.kept, rep.written) == (63, 0, 63) and rep.bytes == sum(it.size for it in items)
+    assert seen and seen[-1] == rep.bytes
+    (dest / items[3].path).write_bytes(b"damaged")
+    with open(dest / items[4].path, "r+b") as f:
+        f.truncate(10)
+    (dest / items[5].path).unlink()
+    again = materialize(store, items, dest)
+    assert (again.kept, again.written) == (60, 3)
+    _check_tree(dest, items)
+    assert materialize(store, items, dest).written == 0
+
+
+def test_a_symlink_planted_in_the_tree_is_replaced_not_followed(store_factory, tmp_path: Path) -> None:
+    store = store_factory(n_disks=2, caps=None)
+    files = make_files(tmp_path / "src", 2, seed=32)
+    items = _items(store.put_many(files), files)
+    dest = tmp_path / "out"
+    (dest / Path(items[0].path).parent).mkdir(parents=True)
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"keep me")
+    (dest / items[0].path).symlink_to(victim)
+    materialize(store, items, dest)
+    assert victim.read_bytes() == b"keep me" and not (dest / items[0].path).is_symlink()
+    _check_tree(dest, items)
+
+
+@pytest.mark.lab
+@pytest.mark.expect_log(r"disk m\d: read error", level="WARNING")
+def test_a_disk_dying_mid_copy_is_replaced_by_the_other_replicas(lab_factory, tmp_path: Path) -> None:
+    """The disk most reads go to starts answering EIO once the first file is copied:
+    the copy completes from the other replicas, every file checks, the disk is marked failed."""
+    lab = lab_factory([DiskProfile(f"m{i}", 400, 500, 500, 5000) for i in (1, 2, 3)])
+    store = _lab_store(lab, tmp_path, ["m1", "m2", "m3"], shard_size_mb=1, copy_of_raw=2)
+    files = make_files(tmp_path / "src", 800, seed=33, lo=4000, hi=40000)
+    items = _items(store.put_many(files), files)
+    victim = max(store.disks, key=lambda u: sum(m.replicas[0] == u for m in store.index.iter_shards()))
+    fired = threading.Event()
+
+    def progress(done: int, total: int) -> None:
+        if not fired.is_set():
+            fired.set()
+            lab.fail_eio(store.disks[victim].label)
+
+    drop_caches()
+    rep = materialize(store, items, tmp_path / "out", progress)
+    assert fired.is_set()
+    _check_tree(tmp_path / "out", items)
+    assert rep.written == len(items)
+    assert store.records[victim].state.value == "failed"
+
+
+def test_a_full_ssd_is_named_and_no_hdd_is_blamed(store_factory, tmp_path: Path) -> None:
+    """The destination fills up: exit 6 naming it, and every HDD stays active (a write error
+    inside the planner's reader threads must not pass for a read error of their disk)."""
+    store = store_factory(n_disks=2, caps=None)
+    files = make_files(tmp_path / "src", 40, seed=34, lo=20_000, hi=40_000)
+    items = _items(store.put_many(files), files)
+    small = tmp_path / "small"
+    small.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(small)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here (needs root): {mounted.stderr.decode().strip()}")
+    try:
+        with pytest.raises(HoardError) as e:
+            materialize(store, items, small / "out")
+        assert e.value.exit_code == ExitCode.NO_SPACE
+        assert f"{small / 'out'}: the SSD is full" in e.value.message and "run the same command again" in e.value.message
+        assert {r.state.value for r in store.records.values()} == {"active"}
+        assert not [ev for ev in store.index.recent_events(100) if ev["kind"] in ("read_error", "disk_failed")]
+    finally:
+        subprocess.run(["umount", "-l", str(small)], check=False)

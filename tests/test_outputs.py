@@ -1,0 +1,252 @@
+"""`hoard export` / `hoard stage` (jobs/outputs.py) against real PostgreSQL, Redis and a store
+filled by UA_1: planned and checked before a byte moves, reserved, copied, sealed; idempotent,
+immutable ids, resumable after kill -9; the bad inputs W2-F names."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from adapters.synth import Spec, generate
+from fsd import seal
+from tests.test_ingest import ingest_all, ingest_home
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def filled(hoard_home: Path, pg, redis_conn):
+    """Two gallery batches ingested (real UA_1): ~60 physical nodes with metadata."""
+    cfg = ingest_home(hoard_home, pg)
+    zone3a = cfg.ssd.zone_path("3A")
+    batches = generate(zone3a, Spec(seed=41, batches=2, items_per_batch=25, large_max_mb=1, ready_signal=True,
+                                    sources=("gallery",)))
+    states = ingest_all(cfg, redis_conn, [zone3a / b.batch_id for b in batches])
+    assert [s.status for s in states] == ["done", "done"], [(s.status, s.error) for s in states]
+    return cfg, batches
+
+
+def _hoard(cfg, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "fsd", "--config", str(cfg.source), *args], cwd=REPO,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def _selector(tmp: Path, doc: dict) -> str:
+    path = tmp / f"sel-{hashlib.sha1(json.dumps(doc).encode()).hexdigest()[:8]}.json"
+    path.write_text(json.dumps(doc))
+    return str(path)
+
+
+def _zones(cfg) -> dict:
+    res = _hoard(cfg, "zones", "--json")
+    assert res.returncode == 0, res.stderr
+    return json.loads(res.stdout)["zones"]
+
+
+def _tree(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_export_copies_seals_and_is_idempotent(filled, pg, tmp_path: Path) -> None:
+    cfg, batches = filled
+    sel = _selector(tmp_path, {"sources": ["gallery"]})
+    res = _hoard(cfg, "export", "ex1", "--layout", "by_batch", "--selector", sel, "--here", "--json")
+    assert res.returncode == 0, res.stderr
+    report = json.loads(res.stdout.strip().splitlines()[-1])
+    final = cfg.ssd.zone_path("3D") / "ex1"
+    doc = seal.check_sealed(final, verify=True)
+    assert doc["kind"] == "export" and doc["layout"]["name"] == "by_batch"
+    nodes = pg.execute("SELECT encode(n.sha256, 'hex'), pp.locator FROM node n JOIN physical_path pp USING (node_id) "
+                       "JOIN common_metadata cm USING (node_id) JOIN source s USING (source_id) "
+                       "WHERE s.name = 'gallery'").fetchall()
+    files = _tree(final / "by_batch")
+    assert report["files"] == len(files) == doc["actual_files"] > 20
+    for rel, sha in files.items():  # every file is a gallery node's bytes at its original place
+        source, batch, orig = rel.split("/", 2)
+        assert source == "gallery" and (sha, f"batch:{batch}/{orig}") in set(nodes), rel
+    again = _hoard(cfg, "export", "ex1", "--layout", "by_batch", "--selector", sel, "--here")
+    assert again.returncode == 0 and "already done" in again.stdout, again.stderr
+    other = _hoard(cfg, "export", "ex1", "--layout", "flat", "--selector", sel, "--here")
+    assert other.returncode == 2 and "ids are immutable" in other.stderr, other.stderr
+    zones = _zones(cfg)
+    assert any(o["id"] == "ex1" and o["state"] == "sealed" for o in zones["3D"]["outputs"]), zones["3D"]
+    assert zones["3D"]["reserved_bytes"] == 0
+
+
+def test_stage_gives_the_worker_input_and_an_empty_output(filled, tmp_path: Path) -> None:
+    cfg, batches = filled
+    shas = [i.sha256 for i in batches[0].items[:5]]
+    listing = tmp_path / "nodes.txt"
+    listing.write_text("# five\n" + "\n".join(shas) + "\n")
+    queued = _hoard(cfg, "stage", "ab-1", "--layout", "by_sha256", "--nodes", str(listing))
+    assert queued.returncode == 0 and "queued on `io`" in queued.stdout, queued.stderr
+    assert "no worker serves the io queue" in queued.stderr
+    assert _hoard(cfg, "stage", "--status", "ab-1").stdout.startswith("stage ab-1: queued")
+    worker = _hoard(cfg, "worker", "--burst", "--queues", "io")  # a real worker process takes it
+    assert worker.returncode == 0, worker.stderr
+    res = _hoard(cfg, "stage", "--status", "ab-1")
+    assert res.returncode == 0 and "stage ab-1: done" in res.stdout, res.stdout + res.stderr
+    root = cfg.ssd.zone_path("3C") / "ab-1" / "by_sha256"
+    assert sorted(_tree(root / "input").values()) == sorted(set(shas))
+    assert (root / "output").is_dir() and not list((root / "output").iterdir())
+    seal.check_sealed(root.parent, verify=True)
+
+
+@pytest.mark.parametrize("args, code, message", [
+    (["--layout", "by_batch", "--selector", "{EMPTY}"], 5, "the selection is empty"),
+    (["--layout", "{nope}/x", "--selector", "{ALL}"], 2, "not a built-in"),
+    (["--layout", "{BADTOML}", "--selector", "{ALL}"], 2, "unknown field {nope}"),
+    (["--layout", "by_label", "--selector", "{ALL}"], 5, "has no label:class; layout by_label needs it"),
+    (["--layout", "{COLLIDE}", "--selector", "{ALL}"], 5, "both map to"),
+    (["--layout", "by_batch", "--selector", "{BADSEL}"], 2, "selector rejected"),
+    (["--layout", "by_batch", "--selector", "{ALL}", "--mode", "view"], 2, "--mode view needs the mount"),
+    (["--layout", "by_batch", "--selector", "{ALL}", "--mode", "sideways"], 2, "--mode 'sideways': copy or view"),
+    (["--layout", "by_batch", "--selector", "{ALL}", "--dedup", "twice"], 2, "--dedup 'twice'"),
+])
+def test_bad_requests_are_refused_before_anything_is_written(filled, tmp_path: Path, args, code, message) -> None:
+    cfg, _ = filled
+    (tmp_path / "bad.toml").write_text('template = "{nope}/{sha256}"\n')
+    (tmp_path / "collide.toml").write_text('template = "x{ext}"\n')
+    fill = {"{EMPTY}": _selector(tmp_path, {"sources": ["nosuchsource"]}), "{ALL}": _selector(tmp_path, {}),
+            "{BADTOML}": str(tmp_path / "bad.toml"), "{COLLIDE}": str(tmp_path / "collide.toml"),
+            "{BADSEL}": _selector(tmp_path, {"colour": "red"})}
+    res = _hoard(cfg, "export", "exbad", *[fill.get(a, a) for a in args], "--here")
+    assert res.returncode == code, res.stdout + res.stderr
+    assert message in res.stderr and "Traceback" not in res.stderr, res.stderr
+    zone = cfg.ssd.zone_path("3D")
+    assert not (zone / "exbad").exists() and not (zone / ".tmp" / "exbad").exists()
+    assert _zones(cfg)["3D"]["reserved_bytes"] == 0
+
+
+def test_an_export_too_big_for_the_zone_is_refused_before_it_starts(filled, tmp_path: Path) -> None:
+    cfg, _ = filled
+    text = Path(cfg.source).read_text().replace("[ssd.zones.3D]\nquota_gb = 1", "[ssd.zones.3D]\nquota_gb = 0.0001")
+    Path(cfg.source).write_text(text)
+    res = _hoard(cfg, "export", "big", "--layout", "flat", "--selector", _selector(tmp_path, {}), "--here")
+    assert res.returncode == 6, res.stderr
+    assert "zone 3D" in res.stderr and "Traceback" not in res.stderr
+    assert not (cfg.ssd.zone_path("3D") / ".tmp" / "big").exists() or not any(
+        (cfg.ssd.zone_path("3D") / ".tmp" / "big").rglob("*.*"))
+
+
+@pytest.mark.lab
+@pytest.mark.expect_log(r"zone 3D: reclaimed the stale reservation of job export:ex2", level="WARNING")
+def test_killed_export_resumes_without_recopying(lab_factory, hoard_home: Path, pg, redis_conn,
+                                                 tmp_path: Path) -> None:
+    """kill -9 in the middle of the copy (lab disks reading 0.5 MiB/s): nothing is presented
+    as done (no 3D/<id>, the output listed incomplete), and the same command finishes it,
+    keeping the files the first run had written."""
+    lab, cfg, sel = _slow_lab_export(lab_factory, hoard_home, pg, redis_conn, tmp_path)
+    cmd = [sys.executable, "-m", "fsd", "--config", str(cfg.source), "export", "ex2", "--layout", "by_sha256",
+           "--selector", sel, "--here"]
+    proc = subprocess.Popen(lab.wrap(cmd), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            start_new_session=True)
+    tmp = cfg.ssd.zone_path("3D") / ".tmp" / "ex2"
+    _until_a_file_in(tmp)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    written = len([p for p in tmp.rglob("*") if p.is_file()])
+    assert written >= 1
+    assert not (cfg.ssd.zone_path("3D") / "ex2").exists()
+    zones = _zones(cfg)["3D"]
+    assert [o for o in zones["outputs"] if o["id"] == "ex2" and o["state"] == "incomplete"], zones["outputs"]
+    res = _hoard(cfg, "export", "ex2", "--layout", "by_sha256", "--selector", sel, "--here", "--json", timeout=300)
+    assert res.returncode == 0, res.stderr
+    report = json.loads(res.stdout.strip().splitlines()[-1])
+    assert report["kept_files"] >= written - 1 and report["copied_files"] >= 1, report
+    seal.check_sealed(cfg.ssd.zone_path("3D") / "ex2", verify=True)
+    st = _hoard(cfg, "export", "--status", "ex2")
+    assert st.returncode == 0 and "ex2: done" in st.stdout
+
+
+@pytest.mark.lab
+def test_zone_directory_deleted_mid_export(lab_factory, hoard_home: Path, pg, redis_conn, tmp_path: Path) -> None:
+    """Someone removes 3D by hand while an export copies into it: the export fails naming the
+    path and what to do, nothing is sealed, and after `hoard init` the same command completes."""
+    import shutil
+
+    lab, cfg, sel = _slow_lab_export(lab_factory, hoard_home, pg, redis_conn, tmp_path)
+    cmd = [sys.executable, "-m", "fsd", "--config", str(cfg.source), "export", "ex3", "--layout", "flat",
+           "--selector", sel, "--here"]
+    proc = subprocess.Popen(lab.wrap(cmd), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _until_a_file_in(cfg.ssd.zone_path("3D") / ".tmp" / "ex3")
+    gone = cfg.ssd.zone_path("3D").with_name("3D.removed")  # `rm -rf 3D`, without racing the writer
+    cfg.ssd.zone_path("3D").rename(gone)
+    shutil.rmtree(gone, ignore_errors=True)
+    _out, errs = proc.communicate(timeout=120)
+    assert proc.returncode in (3, 5), errs
+    assert "Traceback" not in errs and "3D" in errs and "run the same command again" in errs, errs
+    assert _hoard(cfg, "init").returncode == 0
+    res = _hoard(cfg, "export", "ex3", "--layout", "flat", "--selector", sel, "--here", timeout=300)
+    assert res.returncode == 0, res.stderr
+    seal.check_sealed(cfg.ssd.zone_path("3D") / "ex3", verify=True)
+
+
+def _until_a_file_in(folder: Path, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and not [p for p in folder.rglob("*") if p.is_file()]:
+        time.sleep(0.01)
+
+
+def _slow_lab_export(lab_factory, hoard_home: Path, pg, redis_conn, tmp_path: Path):
+    """A store on two lab disks that read 0.5 MiB/s, one ingested batch, caches dropped: an
+    export of it takes seconds, time to interfere. (lab, settings, selector path)"""
+    from tests.lab import DiskProfile, drop_caches
+
+    lab = lab_factory([DiskProfile(f"k{i}", 200, 0.5, 50, 200) for i in (1, 2)])
+    toml = hoard_home / "hoard.toml"
+    text = toml.read_text().replace("shard_size_mb = 4\nallow_directory_disks = true", "shard_size_mb = 1")
+    head, _, tail = text.partition("[[disks]]")
+    tail = tail[tail.index("[ssd]"):]
+    disks = "".join(f'[[disks]]\nlabel = "{lbl}"\npath = "{d.mountpoint}"\n\n' for lbl, d in lab.disks.items())
+    toml.write_text(head + disks + tail)
+    cfg = ingest_home(hoard_home, pg)
+    zone3a = cfg.ssd.zone_path("3A")
+    batches = generate(zone3a, Spec(seed=42, batches=1, items_per_batch=40, large_max_mb=1, ready_signal=True,
+                                    sources=("gallery",)))
+    assert ingest_all(cfg, redis_conn, [zone3a / batches[0].batch_id])[0].status == "done"
+    drop_caches()
+    return lab, cfg, _selector(tmp_path, {})
+
+
+@pytest.mark.needs(os.path.exists("/dev/fuse"), "MOUNT TESTS SKIPPED: no /dev/fuse")
+def test_view_mode_publishes_without_copying_and_reads_through_the_mount(filled, tmp_path: Path) -> None:
+    """--mode view: no file copied, the zone holds a sealed output whose entry links into the
+    mount; read through that path the bytes are the copy mode's; `hoard zones clean` removes
+    the output and its view."""
+    from tests.test_mount import mounted
+
+    cfg, _ = filled
+    mnt = tmp_path / "mnt"
+    with open(cfg.source, "a") as f:
+        f.write(f'\n[mount]\npath = "{mnt}"\n')
+    sel = _selector(tmp_path, {"sources": ["gallery"]})
+    copy = _hoard(cfg, "export", "c1", "--layout", "by_batch", "--selector", sel, "--here")
+    assert copy.returncode == 0, copy.stderr
+    t0 = time.monotonic()
+    view = _hoard(cfg, "export", "v1", "--layout", "by_batch", "--selector", sel, "--mode", "view", "--here")
+    assert view.returncode == 0, view.stderr
+    assert "published as view 3D-v1" in view.stdout, view.stdout
+    out = cfg.ssd.zone_path("3D") / "v1"
+    doc = seal.check_sealed(out, verify=True)
+    assert doc["actual_bytes"] == 0 and os.readlink(out / "by_batch") == str(mnt / "views" / "3D-v1" / "by_batch")
+    assert _zones(cfg)["3D"]["reserved_bytes"] == 0
+    with mounted(str(cfg.source), mnt):
+        assert _tree(out / "by_batch") == _tree(cfg.ssd.zone_path("3D") / "c1" / "by_batch")
+    again = _hoard(cfg, "export", "v1", "--layout", "by_batch", "--selector", sel, "--mode", "view", "--here")
+    assert again.returncode == 0 and "already done" in again.stdout
+    cleaned = _hoard(cfg, "zones", "clean", "v1")
+    assert cleaned.returncode == 0 and "view 3D-v1 removed" in cleaned.stdout, cleaned.stderr
+    assert "3D-v1" not in _hoard(cfg, "view", "list").stdout
+    reuse = _hoard(cfg, "export", "v1", "--layout", "flat", "--selector", sel, "--here")  # the id is free again
+    assert reuse.returncode == 0, reuse.stderr
+    assert time.monotonic() - t0 < 120
