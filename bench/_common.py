@@ -48,7 +48,9 @@ def _machine() -> dict:
     import platform
 
     mem = next((int(ln.split()[1]) // 1024 for ln in open("/proc/meminfo") if ln.startswith("MemTotal")), 0)
-    return {"cpus": os.cpu_count(), "mem_mib": mem, "kernel": platform.release(), "python": platform.python_version()}
+    # the load when the run started: a figure measured on a busy machine says so
+    return {"cpus": os.cpu_count(), "mem_mib": mem, "kernel": platform.release(), "python": platform.python_version(),
+            "loadavg_1m_at_start": os.getloadavg()[0]}
 
 
 def lab_profile(lab: Lab) -> dict:
