@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from contextlib import contextmanager
@@ -18,6 +19,7 @@ from tests.lab import LAB4, Lab, drop_caches  # noqa: E402, F401
 
 
 MiB = 1 << 20
+_LOAD_AT_START = os.getloadavg()[0]  # a benchmark imports this module first
 
 
 def lab_store(lab: Lab, root: Path, labels: list[str] | None = None, **opts) -> Store:
@@ -48,9 +50,9 @@ def _machine() -> dict:
     import platform
 
     mem = next((int(ln.split()[1]) // 1024 for ln in open("/proc/meminfo") if ln.startswith("MemTotal")), 0)
-    # the load when the run started: a figure measured on a busy machine says so
+    # the load when the run started and when it ended: a figure measured on a busy machine says so
     return {"cpus": os.cpu_count(), "mem_mib": mem, "kernel": platform.release(), "python": platform.python_version(),
-            "loadavg_1m_at_start": os.getloadavg()[0]}
+            "loadavg_1m_at_start": _LOAD_AT_START, "loadavg_1m_at_end": os.getloadavg()[0]}
 
 
 def lab_profile(lab: Lab) -> dict:
