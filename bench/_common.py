@@ -46,7 +46,6 @@ def _commit() -> str:
 
 
 def _machine() -> dict:
-    import os
     import platform
 
     mem = next((int(ln.split()[1]) // 1024 for ln in open("/proc/meminfo") if ln.startswith("MemTotal")), 0)
