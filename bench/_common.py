@@ -94,3 +94,10 @@ def report(title: str, rows: list[tuple[str, str]], data: dict) -> None:
     doc = {"benchmark": title, "argv": sys.argv[1:], "when": time.strftime("%Y-%m-%dT%H:%M:%S"),
            "commit": _commit(), "machine": _machine(), **data}
     (RESULTS / f"{slug}.json").write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n")
+
+
+def run_timed(main) -> None:
+    """A benchmark's `__main__`: run it and say how long the whole run took."""
+    t0 = time.monotonic()
+    main()
+    print(f"(benchmark took {time.monotonic() - t0:.0f} s)")

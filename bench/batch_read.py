@@ -25,10 +25,9 @@ import shutil
 import subprocess
 import tempfile
 import threading
-import time
 from pathlib import Path
 
-from _common import LAB4, Lab, MiB, drop_caches, lab_profile, lab_store, report, timed
+from _common import LAB4, Lab, MiB, drop_caches, lab_profile, lab_store, report, run_timed, timed
 
 from adapters.synth import flat_files
 
@@ -134,6 +133,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    t0 = time.monotonic()
-    main()
-    print(f"(benchmark took {time.monotonic() - t0:.0f} s)")
+    run_timed(main)

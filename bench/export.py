@@ -41,10 +41,9 @@ import shutil
 import subprocess
 import tempfile
 import threading
-import time
 from pathlib import Path
 
-from _common import LAB4, Lab, MiB, drop_caches, lab_profile, lab_store, parallel, report, timed
+from _common import LAB4, Lab, MiB, drop_caches, lab_profile, lab_store, parallel, report, run_timed, timed
 from mount_read import drop_page_cache, hoard_mounted, read_file
 
 from adapters.synth import flat_files
@@ -229,6 +228,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    t0 = time.monotonic()
-    main()
-    print(f"(benchmark took {time.monotonic() - t0:.0f} s)")
+    run_timed(main)

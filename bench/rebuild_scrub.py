@@ -20,7 +20,7 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-from _common import LAB4, Lab, drop_caches, lab_profile, lab_store, report
+from _common import LAB4, Lab, drop_caches, lab_profile, lab_store, report, run_timed
 
 MB = 1 << 20  # the lab's unit: profiles' read/write figures are MiB/s
 
@@ -97,6 +97,4 @@ def store_uuid(store, label: str) -> str:
 
 
 if __name__ == "__main__":
-    t0 = time.monotonic()
-    main()
-    print(f"(benchmark took {time.monotonic() - t0:.0f} s)")
+    run_timed(main)
