@@ -69,6 +69,7 @@ class Plan:
     bandwidth: dict[str, float] = field(default_factory=dict)  # bytes/s assumed per disk
     missing: list[bytes] = field(default_factory=list)  # not in the store
     large: list[Wanted] = field(default_factory=list)  # records over MAX_RANGE: streamed, never read whole
+    large_by_disk: dict[str, list[Wanted]] = field(default_factory=dict)  # the disk each large record streams from
     bound_s: float = 0.0
     ideal_s: float = 0.0
     objects: int = 0
@@ -112,6 +113,15 @@ def make_plan(store: Store, shas: list[bytes], bw: dict[str, float] | None = Non
         by_shard[loc.shard_id].append(Wanted(sha, loc.offset, loc.length))
     plan.objects = len(seen) - len(plan.missing)
     pieces: list[tuple[int, str, list[str], list[Wanted]]] = []
+    large_pieces: list[tuple[int, str, list[str], Wanted]] = []
+    for w in plan.large:  # balanced with the rest: a large record is a piece of its own, streamed
+        meta = store.index.get_shard(locs[w.sha].shard_id)
+        cands = [d.uuid for d in store.replica_order(meta)] if meta else []
+        if cands:
+            large_pieces.append((w.length, meta.hex, cands, w))
+        else:
+            plan.missing.append(w.sha)
+    plan.large = [p[3] for p in large_pieces]
     for sid, wanted in by_shard.items():
         meta = store.index.get_shard(sid)
         cands = [d.uuid for d in store.replica_order(meta)] if meta else []
@@ -130,11 +140,16 @@ def make_plan(store: Store, shas: list[bytes], bw: dict[str, float] | None = Non
         pieces.append((size, sid.hex(), cands, piece))
     load: dict[str, int] = defaultdict(int)
     assigned: dict[str, list[tuple[str, Wanted]]] = defaultdict(list)
-    pieces.sort(key=lambda p: -p[0])
-    for size, shard_hex, cands, piece in pieces:
+    everything = [(size, sh, cands, piece) for size, sh, cands, piece in pieces] + \
+                 [(size, sh, cands, w) for size, sh, cands, w in large_pieces]
+    everything.sort(key=lambda p: -p[0])  # biggest first: the greedy balance comes out even
+    for size, shard_hex, cands, what in everything:
         best = min(cands, key=lambda u: ((load[u] + size) / bw.get(u, DEFAULT_MB_S * 1e6), u))
         load[best] += size
-        assigned[best].extend((shard_hex, w) for w in piece)
+        if isinstance(what, Wanted):
+            plan.large_by_disk.setdefault(best, []).append(what)
+        else:
+            assigned[best].extend((shard_hex, w) for w in what)
     for uuid, items in assigned.items():
         items.sort(key=lambda x: (x[0], x[1].offset))
         ranges: list[ReadRange] = []
@@ -147,11 +162,14 @@ def make_plan(store: Store, shas: list[bytes], bw: dict[str, float] | None = Non
             else:
                 ranges.append(ReadRange(shard_hex, w.start, w.end, [w]))
         plan.ranges[uuid] = ranges
-        plan.bytes_per_disk[uuid] = sum(r.end - r.start for r in ranges)
+    for uuid in set(plan.ranges) | set(plan.large_by_disk):
+        plan.ranges.setdefault(uuid, [])
+        plan.bytes_per_disk[uuid] = (sum(r.end - r.start for r in plan.ranges[uuid])
+                                     + sum(w.length for w in plan.large_by_disk.get(uuid, [])))
         plan.bandwidth[uuid] = bw.get(uuid, DEFAULT_MB_S * 1e6)
     if plan.bytes_per_disk:
         plan.bound_s = max(b / plan.bandwidth[u] for u, b in plan.bytes_per_disk.items())
-        involved = {u for _, _, cands, _ in pieces for u in cands}
+        involved = {u for _, _, cands, _ in everything for u in cands}
         plan.ideal_s = sum(plan.bytes_per_disk.values()) / sum(bw.get(u, DEFAULT_MB_S * 1e6) for u in involved)
     return plan
 
@@ -168,9 +186,11 @@ class ReadStats:
 def execute(store: Store, plan: Plan, sink: Sink,
             large_sink: Callable[[bytes, Iterator[bytes]], None] | None = None) -> ReadStats:
     """Run the plan: one reader per disk; `sink(sha, payload)` is called from those threads.
-    Records over MAX_RANGE are handed, after the rest, to `large_sink(sha, pieces)` — an
-    iterator of verified pieces (Store.iter_object), so no object is ever held whole; a plan
-    with such records needs a `large_sink`."""
+    Records over MAX_RANGE are handed to `large_sink(sha, pieces)` by the reader of the disk
+    the plan chose for them, after its ranges — an iterator of verified pieces
+    (Store.iter_object, that disk first, another replica for a piece it fails), so no object
+    is ever held whole; a plan with such records needs a `large_sink`, and both sinks must be
+    safe to call from several threads at once."""
     if plan.large and large_sink is None:
         raise ValueError(f"{len(plan.large)} objects are larger than {MAX_RANGE >> 20} MiB: pass a large_sink "
                          "that consumes them piece by piece")
@@ -198,6 +218,10 @@ def execute(store: Store, plan: Plan, sink: Sink,
                 store.disk_error(disk, "read", e, rng.shard_hex)
                 with lock:
                     failed.append((uuid, rng.records[delivered:]))
+        for w in plan.large_by_disk.get(uuid, []):  # read errors fail over piece by piece (iter_object)
+            large_sink(w.sha, store.iter_object(w.sha, first=uuid))
+            n_obj += 1
+            n_bytes += w.length
         took = time.monotonic() - t0
         with lock:
             stats.objects += n_obj
@@ -211,10 +235,6 @@ def execute(store: Store, plan: Plan, sink: Sink,
     t0 = time.monotonic()
     with ThreadPoolExecutor(max_workers=max(1, len(plan.ranges)), thread_name_prefix="reader") as pool:
         list(pool.map(read_disk, list(plan.ranges)))
-    for w in plan.large:
-        large_sink(w.sha, store.iter_object(w.sha))
-        stats.objects += 1
-        stats.bytes += w.length
     for uuid, rest in failed:  # what a failed range had not delivered, one by one from other replicas
         for w in rest:
             data = store.get(w.sha.hex(), avoid={uuid})

@@ -215,6 +215,45 @@ def test_batch_read_plan_covers_everything_coalesced(store_factory, tmp_path: Pa
     assert all(hashlib.sha256(v).digest() == k for k, v in got.items()) and len(got) == len(shas)
 
 
+def test_large_records_are_balanced_over_the_disks_and_streamed_by_their_readers(store_factory, tmp_path: Path) -> None:
+    """Records over MAX_RANGE count in the plan's per-disk load and bound, and each streams
+    (verified pieces) from the disk the plan chose, inside that disk's reader, beside the
+    other disks' readers — not one after another once everything else is read."""
+    from fsd.planner import MAX_RANGE, make_plan
+
+    store = store_factory(n_disks=4, shard_size_mb=40, copy_of_raw=2, write_ack=2)
+    big = []
+    for i in range(4):
+        p = tmp_path / "in" / f"big{i}.bin"
+        p.parent.mkdir(exist_ok=True)
+        p.write_bytes(hashlib.sha256(str(i).encode()).digest() * ((MAX_RANGE + (1 << 20)) // 32))
+        big.append(p)
+    small = make_files(tmp_path / "small", 50)
+    res = store.put_many(big + small)
+    shas = [r.sha256 for r in res]
+    plan = make_plan(store, [bytes.fromhex(h) for h in shas])
+    assert len(plan.large) == 4 and sum(len(v) for v in plan.large_by_disk.values()) == 4
+    assert len(plan.large_by_disk) >= 2, "the large records all went to one disk"
+    for uuid, ws in plan.large_by_disk.items():
+        assert plan.bytes_per_disk[uuid] >= sum(w.length for w in ws)
+    assert plan.bound_s >= max(sum(w.length for w in ws) / plan.bandwidth[u] for u, ws in plan.large_by_disk.items())
+    got: dict[bytes, tuple[str, str]] = {}
+    lock = threading.Lock()
+
+    def large_sink(sha: bytes, pieces) -> None:
+        h = hashlib.sha256()
+        for piece in pieces:
+            h.update(piece)
+        with lock:
+            got[sha] = (h.hexdigest(), threading.current_thread().name)
+
+    _, stats = store.read_batch(shas, lambda sha, payload: None, large_sink)
+    assert stats.objects == len(shas)
+    assert {sha.hex(): digest for sha, (digest, _) in got.items()} == {r.sha256: r.sha256 for r in res[:4]}
+    assert all(name.startswith("reader") for _, name in got.values())
+    assert len({name for _, name in got.values()}) >= 2
+
+
 @pytest.mark.expect_log(r"read error", level="WARNING")
 def test_batch_read_survives_a_damaged_replica(store_factory, tmp_path: Path) -> None:
     """Ranges on a replica with a bad record fall back to other replicas; all bytes still right."""
