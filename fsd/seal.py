@@ -197,6 +197,22 @@ class Output:
             fsync_dir(Path(top))
         return files
 
+    def prune(self, keep: set[str]) -> int:
+        """Remove from `tmp` every file and link not in `keep` (relative paths), and the
+        contract's own files a crashed seal left (`_MANIFEST.json`, its temporary): what a
+        resumed producer's earlier attempt wrote that its plan no longer names. Returns how
+        many were removed."""
+        removed = 0
+        for top, dirs, names in os.walk(self.tmp, topdown=False):
+            for n in names + [d for d in dirs if os.path.islink(os.path.join(top, d))]:
+                path = os.path.join(top, n)
+                if os.path.relpath(path, self.tmp) not in keep:
+                    os.unlink(path)
+                    removed += 1
+            if top != str(self.tmp) and not os.listdir(top):
+                os.rmdir(top)
+        return removed
+
     def fail(self, cause: BaseException, keep: bool = False) -> str:
         """Release the reservation and remove the partial output (kept with `keep` — a
         resumable producer's — or `ssd.keep_failed_outputs`); what happened to it, for the
@@ -208,6 +224,16 @@ class Output:
             shutil.rmtree(self.tmp)
             fsync_dir(self.tmp.parent)
         return "its partial files were removed"
+
+
+def as_error(e: OSError, what: str) -> HoardError:
+    """An SSD error while writing an output, as one line: a full file system is exit 6."""
+    cause = f"{e.strerror or e} ({e.filename or 'no file named'})"
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return HoardError(f"{what}: the SSD is full: {cause}; free space (`hoard zones`) and run the same command "
+                          "again — what was written is kept", ExitCode.NO_SPACE)
+    return HoardError(f"{what}: cannot write: {cause}; check the SSD (`dmesg`, `df`) and run the same command again",
+                      ExitCode.UNAVAILABLE)
 
 
 def _write_job(final: Path, doc: dict[str, Any]) -> None:
@@ -224,6 +250,16 @@ def begin(cfg: Settings, zone: str, output_id: str, *, job: str, kind: str, expe
         raise HoardError(f"zone {zone} holds no job outputs; outputs go to {', '.join(zones.OUTPUT_ZONES)}",
                          ExitCode.USAGE)
     out = Output(cfg, zone, output_id, job, kind, expected_bytes, expected_files, selector, layout)
+    if resume and out.final.is_dir() and not (out.final / SEALED).exists() and not out.tmp.exists():
+        # a crash between the rename and `_SEALED`: the files are verified ones, back to work
+        # in progress (nothing without `_SEALED` is read); the resumed seal writes it again
+        out.tmp.parent.mkdir(parents=True, exist_ok=True)
+        os.rename(out.final, out.tmp)
+        fsync_dir(out.final.parent)
+        fsync_dir(out.tmp.parent)
+        for name in (JOB, SEALED):
+            with contextlib.suppress(FileNotFoundError):
+                (out.tmp / name).unlink()
     if out.final.exists():
         raise HoardError(f"output {zone}/{output_id} exists already ({out.final}); `hoard zones clean "
                          f"{output_id}` removes it, or choose another id", ExitCode.USAGE)
@@ -249,12 +285,9 @@ def output(cfg: Settings, zone: str, output_id: str, **kw: Any) -> Iterator[Outp
             out.seal()
     except (HoardError, OSError) as e:
         what = out.fail(e)
-        if isinstance(e, HoardError):
-            cause, code = e.message, e.exit_code
-        else:
-            cause = f"{e.strerror or e} ({e.filename or 'no file named'})"
-            code = ExitCode.NO_SPACE if e.errno in (errno.ENOSPC, errno.EDQUOT) else ExitCode.UNAVAILABLE
-        raise OutputFailed(f"output {zone}/{output_id} of {out.job} failed: {cause}; {what}", code) from e
+        err = e if isinstance(e, HoardError) else as_error(e, f"output {zone}/{output_id}")
+        raise OutputFailed(f"output {zone}/{output_id} of {out.job} failed: {err.message}; {what}",
+                           err.exit_code) from e
     except BaseException as e:  # a bug or an interruption: cleaned up, then raised as it is (traceback)
         out.fail(e)
         raise

@@ -59,6 +59,12 @@ class ZoneFull(HoardError):
     exit_code = ExitCode.NO_SPACE
 
 
+class NoSuchOutput(HoardError):
+    """`hoard zones clean ID` of an id no zone holds."""
+
+    exit_code = ExitCode.DATA
+
+
 class ZoneBusy(HoardError):
     """An output or reservation another live process holds."""
 
@@ -417,8 +423,8 @@ def clean(cfg: Settings, output_id: str, zone: str | None = None) -> dict[str, A
     hits = [z for z in zones if any(p.is_dir() for p in _paths(cfg, z, output_id))
             or _res_path(cfg, z, output_id).exists()]
     if not hits:
-        raise HoardError(f"no output {output_id} in zone{'s' if len(zones) > 1 else ''} {', '.join(zones)}; "
-                         "`hoard zones` lists them", ExitCode.DATA)
+        raise NoSuchOutput(f"no output {output_id} in zone{'s' if len(zones) > 1 else ''} {', '.join(zones)}; "
+                           "`hoard zones` lists them")
     if len(hits) > 1:
         raise HoardError(f"output {output_id} is in zones {', '.join(hits)}; say which with --zone", ExitCode.USAGE)
     z = hits[0]
