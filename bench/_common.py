@@ -101,3 +101,35 @@ def run_timed(main) -> None:
     t0 = time.monotonic()
     main()
     print(f"(benchmark took {time.monotonic() - t0:.0f} s)")
+
+
+def place_like_store(store: Store, files: list[Path], shas: list[str]) -> list[tuple[int, list[Path]]]:
+    """Each file as a plain file on every disk holding a replica of its object's shard
+    (`<disk>/plain/<name>`): the store's own placement, for per-file baselines. (size, copies)."""
+    import shutil
+
+    placed = []
+    for path, sha in zip(files, shas):
+        meta = store.index.get_shard(store.index.lookup(bytes.fromhex(sha)).shard_id)
+        copies = []
+        for uuid in meta.replicas:
+            dst = store.disks[uuid].root / "plain" / path.name
+            dst.parent.mkdir(exist_ok=True)
+            shutil.copyfile(path, dst)
+            copies.append(dst)
+        placed.append((path.stat().st_size, copies))
+    os.sync()
+    return placed
+
+
+def balanced_per_disk(lab: Lab, placed: list[tuple[int, list[Path]]]) -> dict[str, list[Path]]:
+    """Each file from the copy whose disk finishes its share first (greedy by bytes / the
+    disk's read MiB/s), in the given order: disk label → the files its reader takes."""
+    speed = {label: d.profile.read_mbps for label, d in lab.disks.items()}  # a mount point's name is its label
+    load = dict.fromkeys(speed, 0.0)
+    per_disk: dict[str, list[Path]] = {}
+    for size, copies in placed:
+        best = min(copies, key=lambda c: (load[c.parent.parent.name] + size) / speed[c.parent.parent.name])
+        load[best.parent.parent.name] += size
+        per_disk.setdefault(best.parent.parent.name, []).append(best)
+    return per_disk
