@@ -35,6 +35,7 @@ import socket
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from collections.abc import Iterable
 from typing import Any, Iterator
 
 from fsd.base.config import ZONES, Settings
@@ -167,6 +168,37 @@ def du(path: os.PathLike[str] | str) -> int:
         except (FileNotFoundError, NotADirectoryError):
             continue
     return total
+
+
+#: what one file adds to its directory: an ext4 entry is an 8-byte header and the name padded
+#: to 4 bytes; an output's names are mostly a sha256 and an extension (~70 bytes)
+DIRENT_BYTES = 80
+
+
+def block_size(path: os.PathLike[str] | str) -> int:
+    """The allocation unit of the file system holding `path` (statvfs f_frsize)."""
+    st = os.statvfs(path)
+    return st.f_frsize or st.f_bsize
+
+
+def charge(where: os.PathLike[str] | str | tuple[Settings, str], sizes: Iterable[int], dirs: int = 0) -> int:
+    """The bytes a tree of files of these `sizes` will take on the file system of `where` (a
+    path, or a (cfg, zone) pair: the zone's directory) as `du` counts them — what a job
+    reserves (`reserve`), since a zone's usage is measured in allocated blocks. Each file is
+    rounded up to the block size (152 files under 2 KB hold 46 KB and occupy 608 KB on 4 KiB
+    blocks); `dirs`, the directories the tree makes, take a block each; the entries they hold
+    DIRENT_BYTES a file. Sparse files and inline data (ext4 `inline_data`) take less: this
+    errs on the side of the quota. A zone not there yet is measured at its nearest parent."""
+    path = Path(where[0].ssd.zone_path(where[1]) if isinstance(where, tuple) else where)  # type: ignore[arg-type]
+    while not path.exists() and path.parent != path:
+        path = path.parent
+    block = block_size(path)
+    files = total = 0
+    for n in sizes:
+        files += 1
+        total += -(-int(n) // block) * block
+    dirents = -(-files * DIRENT_BYTES // block) * block
+    return total + dirs * block + dirents
 
 
 def reservations(cfg: Settings, zone: str) -> list[Reservation]:

@@ -469,3 +469,26 @@ def test_a_bug_in_the_producer_is_cleaned_up_and_raised_as_it_is(tmp_path: Path)
             o.write("half.bin", b"x" * 1000)
             1 / 0
     assert zones.reservations(cfg, "3C") == [] and not o.tmp.exists()
+
+
+def test_charge_is_what_the_files_occupy_as_du_counts_them(tmp_path: Path) -> None:
+    """zones.charge of 152 small files (and a few others) in 3 directories covers what `du`
+    finds once they are written on this machine's file system, and not much more — the
+    logical sum of the sizes is a fraction of it."""
+    import random
+
+    rnd = random.Random(7)
+    sizes = [rnd.randint(1, 2000) for _ in range(152)] + [0, 4096, 5000, 65536]
+    tree = tmp_path / "tree"
+    for i, n in enumerate(sizes):
+        fill(tree / f"d{i % 2}" / f"{hashlib.sha256(str(i).encode()).hexdigest()}.jpg", n)
+    on_disk = int(subprocess.run(["du", "-sB1", str(tree)], capture_output=True, text=True,
+                                 check=True).stdout.split()[0])
+    assert zones.du(tree) == on_disk
+    block = os.statvfs(tree).f_frsize
+    got = zones.charge(tree, sizes, dirs=3)
+    assert on_disk <= got <= on_disk * 1.05 + 4 * block, (sum(sizes), on_disk, got)
+    assert sum(sizes) < on_disk / 2  # what a reservation of the sizes alone undercounts
+    cfg = zone_config(tmp_path / "home")
+    assert zones.charge((cfg, "3C"), iter(sizes)) == zones.charge(cfg.ssd.zone_path("3C"), sizes)
+    assert zones.charge(cfg.ssd.zone_path("3C") / "not-yet" / "deeper", [1]) == 2 * block  # a block and an entry
