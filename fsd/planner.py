@@ -9,6 +9,10 @@
    GAP_BYTES into one read (reading a small gap is cheaper than a seek).
 4. One reader thread per disk; every record is verified (header + xxh3-128) before it is
    handed to the sink; a failed range falls back to `Store.get` on the other replicas.
+5. The first failure stops the whole read: an exception in a reader (a sink's included) or
+   in the caller's thread (Ctrl-C) sets a stop event every reader checks before each range,
+   record and large-record piece, so `execute` returns within about one record's time
+   instead of reading (and handing to the sink) everything that was left.
 
 `Plan.bound_s` is the plan's own makespan at the assumed bandwidths — the bound that
 benchmarks compare the achieved time with; `Plan.ideal_s` is total bytes over the summed
@@ -183,6 +187,18 @@ class ReadStats:
     per_disk_seconds: dict[str, float] = field(default_factory=dict)
 
 
+class Stopped(Exception):
+    """Raised inside a reader (from a large record's piece iterator) when the read was stopped:
+    a large_sink sees it like a read error and must let it through."""
+
+
+def _until(stop: threading.Event, pieces: Iterator[bytes]) -> Iterator[bytes]:
+    for piece in pieces:
+        if stop.is_set():
+            raise Stopped("the batch read was stopped")
+        yield piece
+
+
 def execute(store: Store, plan: Plan, sink: Sink,
             large_sink: Callable[[bytes, Iterator[bytes]], None] | None = None) -> ReadStats:
     """Run the plan: one reader per disk; `sink(sha, payload)` is called from those threads.
@@ -190,7 +206,11 @@ def execute(store: Store, plan: Plan, sink: Sink,
     the plan chose for them, after its ranges — an iterator of verified pieces
     (Store.iter_object, that disk first, another replica for a piece it fails), so no object
     is ever held whole; a plan with such records needs a `large_sink`, and both sinks must be
-    safe to call from several threads at once."""
+    safe to call from several threads at once.
+
+    An exception from a sink (or a reader) stops every reader and is raised here; so is one
+    the calling thread gets while it waits (KeyboardInterrupt), after the readers stopped —
+    no sink is called once `execute` has returned."""
     if plan.large and large_sink is None:
         raise ValueError(f"{len(plan.large)} objects are larger than {MAX_RANGE >> 20} MiB: pass a large_sink "
                          "that consumes them piece by piece")
@@ -198,16 +218,32 @@ def execute(store: Store, plan: Plan, sink: Sink,
     stats = ReadStats()
     lock = threading.Lock()
     failed: list[tuple[str, list[Wanted]]] = []
+    stop = threading.Event()
+    errors: list[BaseException] = []  # the first reader failure is the one raised (the rest stopped because of it)
 
     def read_disk(uuid: str) -> None:
+        try:
+            _read_disk(uuid)
+        except Stopped:
+            pass
+        except BaseException as e:
+            with lock:
+                errors.append(e)
+            stop.set()
+
+    def _read_disk(uuid: str) -> None:
         disk = store.disks[uuid]
         t0 = time.monotonic()
         n_obj = n_bytes = 0
         for rng in plan.ranges[uuid]:
+            if stop.is_set():
+                return
             delivered = 0
             try:
                 buf = memoryview(_read_range(disk, rng))
                 for w in rng.records:
+                    if stop.is_set():
+                        return
                     payload = verify_record(buf, w.start - rng.start, w.sha, w.length,
                                             f" (shard {rng.shard_hex} on {disk.label})")
                     sink(w.sha, memoryview(payload))
@@ -219,7 +255,9 @@ def execute(store: Store, plan: Plan, sink: Sink,
                 with lock:
                     failed.append((uuid, rng.records[delivered:]))
         for w in plan.large_by_disk.get(uuid, []):  # read errors fail over piece by piece (iter_object)
-            large_sink(w.sha, store.iter_object(w.sha, first=uuid))
+            if stop.is_set():
+                return
+            large_sink(w.sha, _until(stop, store.iter_object(w.sha, first=uuid)))
             n_obj += 1
             n_bytes += w.length
         took = time.monotonic() - t0
@@ -234,7 +272,13 @@ def execute(store: Store, plan: Plan, sink: Sink,
 
     t0 = time.monotonic()
     with ThreadPoolExecutor(max_workers=max(1, len(plan.ranges)), thread_name_prefix="reader") as pool:
-        list(pool.map(read_disk, list(plan.ranges)))
+        try:
+            list(pool.map(read_disk, list(plan.ranges)))
+        except BaseException:  # Ctrl-C while waiting: the readers stop at their next check, then `with` ends
+            stop.set()
+            raise
+    if errors:
+        raise errors[0]
     for uuid, rest in failed:  # what a failed range had not delivered, one by one from other replicas
         for w in rest:
             data = store.get(w.sha.hex(), avoid={uuid})

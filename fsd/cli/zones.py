@@ -41,7 +41,7 @@ def list_(ctx: typer.Context,
         t.add_column(c, justify="right" if c in ("quota", "used", "reserved", "free") else "left")
     for z, s in report.items():
         t.add_row(z, _size(s["quota_bytes"]), _size(s["used_bytes"]), _size(s["reserved_bytes"]),
-                  _size(s["free_bytes"]), s["level"] if s["present"] else "missing (`hoard init`)")
+                  _size(s["free_bytes"]), _state(s))
     out.print(t)
     for z, s in report.items():
         if s["error"]:
@@ -55,6 +55,12 @@ def list_(ctx: typer.Context,
                     else f"running (job {escape(o['job'])}, pid {o['pid']})" if o["state"] == "running"
                     else f"[yellow]incomplete[/], {_age(o['age_s'])} old — `hoard zones clean {escape(o['id'])}`")
             out.print(f"{z} output    {escape(o['id'])}: {_size(o['bytes'])}, {what}")
+
+
+def _state(s: dict[str, Any]) -> str:
+    if not s["present"]:
+        return "missing (`hoard init`)"
+    return s["level"] + (f", file system: {_size(s['fs_free_bytes'])} free" if s["fs_short"] else "")
 
 
 @app.command()
