@@ -242,8 +242,10 @@ def _write_job(final: Path, doc: dict[str, Any]) -> None:
 
 def begin(cfg: Settings, zone: str, output_id: str, *, job: str, kind: str, expected_bytes: int,
           expected_files: int | None = None, selector: Any = None, layout: Any = None,
-          next_step: str = "", resume: bool = False) -> Output:
+          next_step: str = "", resume: bool = False, reserve_bytes: int | None = None) -> Output:
     """Reserve the room (zones.ZoneFull if there is none) and make `<zone>/.tmp/<id>/`.
+    `reserve_bytes`: what the files will occupy (zones.charge), when it is not
+    `expected_bytes` (the files' own sizes, which `_JOB.json` compares with the actual ones).
     `resume`: what an earlier attempt left there is kept (a producer that checks what it
     finds, as fsd.materialize does, goes on from it); otherwise it is removed."""
     if zone not in zones.OUTPUT_ZONES:
@@ -264,7 +266,8 @@ def begin(cfg: Settings, zone: str, output_id: str, *, job: str, kind: str, expe
         raise HoardError(f"output {zone}/{output_id} exists already ({out.final}); `hoard zones clean "
                          f"{output_id}` removes it, or choose another id", ExitCode.USAGE)
     # (a resumed attempt's files already in .tmp count as written against the reservation)
-    out.reservation = zones.reserve(cfg, zone, output_id, job, expected_bytes, next_step)
+    out.reservation = zones.reserve(cfg, zone, output_id, job,
+                                    expected_bytes if reserve_bytes is None else reserve_bytes, next_step)
     if out.tmp.exists() and not resume:  # the leftover of an attempt whose job died (its reservation was stale)
         shutil.rmtree(out.tmp)
     out.tmp.mkdir(parents=True, exist_ok=True)

@@ -332,8 +332,10 @@ def _run(cfg: Settings, spec: OutputSpec, progress: Callable[[int, int], None] |
         _check_stored(store, spec, items)
         if spec.mode == "view":
             return _run_view(cfg, spec, store, items, n_nodes, t0)
-        expected = sum(it.size + len(it.sidecar or b"") for it in items)
-        out = seal.begin(cfg, zone, spec.id, job=f"{spec.kind}:{spec.id}", kind=spec.kind, expected_bytes=expected,
+        sizes = [it.size for it in items] + [len(it.sidecar) for it in items if it.sidecar is not None]
+        dirs = {str(Path(it.path).parent) for it in items}  # each directory holds at least a block
+        out = seal.begin(cfg, zone, spec.id, job=f"{spec.kind}:{spec.id}", kind=spec.kind, expected_bytes=sum(sizes),
+                         reserve_bytes=zones.charge((cfg, zone), sizes, dirs=len(dirs)),  # what `du` will count
                          expected_files=len(items) + sum(it.sidecar is not None for it in items),
                          selector=_request(spec), layout=spec.layout, resume=True)
         try:

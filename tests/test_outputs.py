@@ -369,3 +369,21 @@ def test_output_views_belong_to_their_outputs(filled, tmp_path: Path) -> None:
     res = _hoard(cfg, "export", "vz", "--layout", "flat", "--selector", sel, "--mode", "view", "--here")
     assert res.returncode == 6, res.stderr
     assert "3D-vz" not in _hoard(cfg, "view", "list").stdout
+
+
+def test_the_zone_is_charged_what_the_files_occupy(filled, pg, tmp_path: Path) -> None:
+    """A stage reserves what its files will occupy on the SSD (blocks), not their bytes: ten
+    small files that fit by size but not by blocks are refused before a byte moves."""
+    cfg, _ = filled
+    small = pg.execute("SELECT encode(n.sha256, 'hex'), pc.size FROM node n JOIN physical_content pc USING (node_id) "
+                       "WHERE pc.size BETWEEN 1 AND 1500 ORDER BY pc.size, n.sha256 LIMIT 10").fetchall()
+    assert len(small) == 10, small
+    listing = tmp_path / "small.txt"
+    listing.write_text("\n".join(sha for sha, _ in small) + "\n")
+    quota = 34_000  # deny at 90 %: 30,600 bytes, the zone's own directory takes 4 KiB of it
+    assert sum(size for _, size in small) < 0.9 * quota - 8192 < 10 * 4096
+    text = Path(cfg.source).read_text().replace("[ssd.zones.3C]\nquota_gb = 1", f"[ssd.zones.3C]\nquota_gb = {quota / 1e9}")
+    Path(cfg.source).write_text(text)
+    res = _hoard(cfg, "stage", "tiny", "--layout", "by_sha256", "--nodes", str(listing), "--here")
+    assert res.returncode == 6 and "zone 3C" in res.stderr, res.stdout + res.stderr
+    assert not (cfg.ssd.zone_path("3C") / ".tmp" / "tiny").exists()
