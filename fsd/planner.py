@@ -21,6 +21,8 @@ bandwidth of the disks involved (no plan can beat it).
 
 from __future__ import annotations
 
+import contextlib
+import queue
 import threading
 import time
 from collections import defaultdict
@@ -199,6 +201,75 @@ def _until(stop: threading.Event, pieces: Iterator[bytes]) -> Iterator[bytes]:
         yield piece
 
 
+#: how many reads a disk's helper thread keeps ready ahead of its consumer (each up to
+#: MAX_RANGE, or one ITER_READ piece of a large record)
+READ_AHEAD = 1
+
+
+def _ahead(source: Iterator, stop: threading.Event, name: str) -> Iterator:
+    """The items of `source`, produced by a helper thread READ_AHEAD ahead of the consumer:
+    the disk reads the next range while this one is verified, hashed and written (a throttled
+    or seeking disk otherwise idles through all the consumer's CPU work). An exception of the
+    source is raised here, in its place; Stopped when the read is stopped."""
+    q: queue.Queue = queue.Queue(maxsize=READ_AHEAD)
+    gone = threading.Event()  # the consumer left (done, or an exception of its own)
+
+    def put(item) -> bool:
+        while not (stop.is_set() or gone.is_set()):
+            try:
+                q.put(item, timeout=0.05)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        it = iter(source)
+        try:
+            while not (stop.is_set() or gone.is_set()):  # checked before each read starts
+                try:
+                    x = next(it)
+                except StopIteration:
+                    put((False, None))
+                    return
+                if not put((True, x)):
+                    return
+        except BaseException as e:  # handed to the consumer, which raises it
+            put((False, e))
+
+    t = threading.Thread(target=produce, name=name, daemon=True)
+    t.start()
+    try:
+        while True:
+            try:
+                more, x = q.get(timeout=0.05)
+            except queue.Empty:
+                if stop.is_set():
+                    raise Stopped("the batch read was stopped") from None
+                continue
+            if not more:
+                if x is not None:
+                    raise x
+                return
+            yield x
+    finally:
+        # not joined: a read under way ends on its own and the thread with it (it calls no
+        # sink), while the consumer's own exception must reach `stop` at once
+        gone.set()
+        with contextlib.suppress(queue.Empty):
+            q.get_nowait()  # a put waiting for room returns now and sees `gone`
+
+
+def _range_reads(disk, ranges: list[ReadRange]) -> Iterator[tuple[ReadRange, bytes | BaseException]]:
+    """Each range with its bytes, or the read error it met (the consumer reports it and reads
+    what it had not delivered from other replicas)."""
+    for rng in ranges:
+        try:
+            yield rng, _read_range(disk, rng)
+        except (OSError, fmt.ShardFormatError) as e:
+            yield rng, e
+
+
 def execute(store: Store, plan: Plan, sink: Sink,
             large_sink: Callable[[bytes, Iterator[bytes]], None] | None = None) -> ReadStats:
     """Run the plan: one reader per disk; `sink(sha, payload)` is called from those threads.
@@ -235,12 +306,14 @@ def execute(store: Store, plan: Plan, sink: Sink,
         disk = store.disks[uuid]
         t0 = time.monotonic()
         n_obj = n_bytes = 0
-        for rng in plan.ranges[uuid]:
+        for rng, got in _ahead(_range_reads(disk, plan.ranges[uuid]), stop, f"read-ahead {disk.label}"):
             if stop.is_set():
                 return
             delivered = 0
             try:
-                buf = memoryview(_read_range(disk, rng))
+                if isinstance(got, BaseException):
+                    raise got
+                buf = memoryview(got)
                 for w in rng.records:
                     if stop.is_set():
                         return
@@ -257,7 +330,7 @@ def execute(store: Store, plan: Plan, sink: Sink,
         for w in plan.large_by_disk.get(uuid, []):  # read errors fail over piece by piece (iter_object)
             if stop.is_set():
                 return
-            large_sink(w.sha, _until(stop, store.iter_object(w.sha, first=uuid)))
+            large_sink(w.sha, _ahead(store.iter_object(w.sha, first=uuid), stop, f"read-ahead {disk.label}"))
             n_obj += 1
             n_bytes += w.length
         took = time.monotonic() - t0
