@@ -103,17 +103,25 @@ def run_timed(main) -> None:
     print(f"(benchmark took {time.monotonic() - t0:.0f} s)")
 
 
-def place_like_store(store: Store, files: list[Path], shas: list[str]) -> list[tuple[int, list[Path]]]:
-    """Each file as a plain file on every disk holding a replica of its object's shard
-    (`<disk>/plain/<name>`): the store's own placement, for per-file baselines. (size, copies)."""
+def replica_roots(store: Store, shas: list[str]) -> list[list[Path]]:
+    """For each object, the roots of the disks holding a replica of its shard."""
+    out = []
+    for sha in shas:
+        meta = store.index.get_shard(store.index.lookup(bytes.fromhex(sha)).shard_id)
+        out.append([store.disks[uuid].root for uuid in meta.replicas])
+    return out
+
+
+def place_plain(files: list[Path], roots: list[list[Path]]) -> list[tuple[int, list[Path]]]:
+    """Each file as a plain file `<root>/plain/<name>` on each of its roots (the store's own
+    placement, from `replica_roots`), for per-file baselines. (size, copies)."""
     import shutil
 
     placed = []
-    for path, sha in zip(files, shas):
-        meta = store.index.get_shard(store.index.lookup(bytes.fromhex(sha)).shard_id)
+    for path, where in zip(files, roots):
         copies = []
-        for uuid in meta.replicas:
-            dst = store.disks[uuid].root / "plain" / path.name
+        for root in where:
+            dst = root / "plain" / path.name
             dst.parent.mkdir(exist_ok=True)
             shutil.copyfile(path, dst)
             copies.append(dst)

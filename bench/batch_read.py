@@ -25,8 +25,8 @@ import tempfile
 import threading
 from pathlib import Path
 
-from _common import (LAB4, Lab, MiB, balanced_per_disk, drop_caches, lab_profile, lab_store, place_like_store, report,
-                     run_timed, timed)
+from _common import (LAB4, Lab, MiB, balanced_per_disk, drop_caches, lab_profile, lab_store, place_plain, replica_roots,
+                     report, run_timed, timed)
 
 from adapters.synth import flat_files
 
@@ -56,7 +56,7 @@ def main() -> None:
             results = store.put_many(files)
             shas = [results[i].sha256 for i in order]
             # the same files as plain files, on the disks the store put their replicas on
-            plain = place_like_store(store, [files[i] for i in order], shas)
+            plain = place_plain([files[i] for i in order], replica_roots(store, shas))
 
             drop_caches()
             got = [0]

@@ -46,8 +46,8 @@ import tempfile
 import threading
 from pathlib import Path
 
-from _common import (LAB4, Lab, MiB, balanced_per_disk, drop_caches, lab_profile, lab_store, parallel,
-                     place_like_store, report, run_timed, timed)
+from _common import (LAB4, Lab, MiB, balanced_per_disk, drop_caches, lab_profile, lab_store, parallel, place_plain,
+                     replica_roots, report, run_timed, timed)
 from mount_read import drop_page_cache, hoard_mounted, read_file
 
 from adapters.synth import flat_files
@@ -173,26 +173,6 @@ def main() -> None:
                               if (b / "src").exists()])
                     syncfs(dest)
 
-                for b in pool:  # room on the lab disks for two plain copies instead of mergerfs's one
-                    shutil.rmtree(b / "src", ignore_errors=True)
-                placed = place_like_store(store, files, [r.sha256 for r in results])
-                per_disk = {label: sorted(paths, key=lambda p: p.stat().st_ino)
-                            for label, paths in balanced_per_disk(lab, placed).items()}
-
-                def copy_plain(paths: list[Path]) -> None:
-                    for p in paths:
-                        shutil.copyfile(p, dest / p.name)
-
-                _fresh(dest)
-                drop_caches()
-                with timed(t, "plain_placed"):
-                    threads = [threading.Thread(target=copy_plain, args=(g,)) for g in per_disk.values()]
-                    for th in threads:
-                        th.start()
-                    for th in threads:
-                        th.join()
-                    syncfs(dest)
-
                 # view mode: publishing `--view-files` paths (the stored objects, each under
                 # several names) as a view — the layout's plan over rows as the database returns
                 # them, then the view-2 manifest (what `hoard export --mode view` does after its
@@ -220,6 +200,32 @@ def main() -> None:
                     drop_page_cache()
                     with timed(t, "readback_view"):
                         read_back(view, paths)
+
+                # (last: it removes the store's shards to make room for its plain copies)
+                # room on the lab disks for two plain copies: mergerfs's copy and the store's shards go
+                roots = replica_roots(store, [r.sha256 for r in results])
+                for b in pool:
+                    shutil.rmtree(b / "src", ignore_errors=True)
+                for d in lab.disks.values():
+                    shutil.rmtree(d.mountpoint / "shards", ignore_errors=True)
+                placed = place_plain(files, roots)
+                per_disk = {label: sorted(paths, key=lambda p: p.stat().st_ino)
+                            for label, paths in balanced_per_disk(lab, placed).items()}
+
+                def copy_plain(paths: list[Path]) -> None:
+                    for p in paths:
+                        shutil.copyfile(p, dest / p.name)
+
+                _fresh(dest)
+                drop_caches()
+                with timed(t, "plain_placed"):
+                    threads = [threading.Thread(target=copy_plain, args=(g,)) for g in per_disk.values()]
+                    for th in threads:
+                        th.start()
+                    for th in threads:
+                        th.join()
+                    syncfs(dest)
+
         finally:
             subprocess.run(["umount", "-l", str(mnt)], check=False)
         labels_by_uuid = {u: d.label for u, d in store.disks.items()}
