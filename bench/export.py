@@ -204,6 +204,8 @@ def main() -> None:
                 # (last: it removes the store's shards to make room for its plain copies)
                 # room on the lab disks for two plain copies: mergerfs's copy and the store's shards go
                 roots = replica_roots(store, [r.sha256 for r in results])
+                summary = plan.summary({u: d.label for u, d in store.disks.items()})
+                store.close()  # its open shard files would keep their space
                 for b in pool:
                     shutil.rmtree(b / "src", ignore_errors=True)
                 for d in lab.disks.values():
@@ -228,9 +230,6 @@ def main() -> None:
 
         finally:
             subprocess.run(["umount", "-l", str(mnt)], check=False)
-        labels_by_uuid = {u: d.label for u, d in store.disks.items()}
-        summary = plan.summary(labels_by_uuid)
-        store.close()
     mib = total / MiB
     rows = [("corpus", f"{args.small} files of 4-64 KiB + {args.large} of 1-50 MiB = {len(files)} files, "
                        f"{mib:.0f} MiB; 2 copies on lab4; cold (cache dropped); one syncfs of the destination")]
