@@ -22,6 +22,7 @@ from rq.registry import (DeferredJobRegistry, FailedJobRegistry, FinishedJobRegi
 from fsd.base.config import Settings
 from fsd.reindex import INDEX_COPY
 from jobs.health import collect
+from jobs.launch import Run, runs
 from jobs.queues import QUEUES, connect
 
 log = logging.getLogger(__name__)
@@ -46,6 +47,7 @@ class Snapshot:
     jobs: dict[str, dict[str, int]]  # queue → state → count
     banners: list[Banner]
     index_copies: list[dict[str, Any]]  # disk label → age of its index copy (`hoard index backup`)
+    runs: list[Run]  # every run, newest first (jobs.launch.runs)
     taken: float = field(default_factory=time.time)
     took_s: float = 0.0
 
@@ -129,7 +131,11 @@ class Cache:
                 jobs = job_counts(self.cfg.redis_url) if health["redis"].get("ok") else {}
             except redis.RedisError:
                 jobs = {}
-            self.snapshot = Snapshot(health, jobs, banners(health), index_copies(self.cfg),
+            try:
+                all_runs = runs(self.cfg)
+            except redis.RedisError:
+                all_runs = []
+            self.snapshot = Snapshot(health, jobs, banners(health), index_copies(self.cfg), all_runs,
                                      took_s=time.monotonic() - t0)
             return self.snapshot
 

@@ -37,10 +37,37 @@ def make_home(home: Path, conn, **gui: object) -> Path:
     return cfg_path
 
 
+#: the id of the batch `drop_batch` makes
+BATCH = "gallery-s3-b000"
+
+
+def drop_batch(cfg_path: Path, with_reject: bool = True) -> str:
+    """A synthetic gallery batch with a `_READY` in 3A, plus one truncated sidecar (a reject)."""
+    from adapters.synth import Spec, generate
+    from fsd.base import config
+
+    with open(cfg_path, "a") as fh:
+        fh.write('\n[ingest]\nsettle_s = 0.05\n\n[sources]\ngallery = "gallery_dl"\n')
+    zone3a = config.load(cfg_path).ssd.zone_path("3A")
+    batch = generate(zone3a, Spec(seed=3, batches=1, items_per_batch=6, sources=("gallery",), large_max_mb=1,
+                                  ready_signal=True))[0]
+    assert batch.batch_id == BATCH
+    if with_reject:
+        d = zone3a / batch.batch_id
+        (d / "broken.png").write_bytes(next(p for p in sorted(d.iterdir()) if p.suffix == ".png").read_bytes() + b"x")
+        (d / "broken.png.json").write_text('{"title": "x", "author": ')  # truncated JSON
+    return batch.batch_id
+
+
 @pytest.fixture
 def gui_home(request, hoard_home: Path, pg, redis_conn, monkeypatch) -> Path:
-    """A home for the GUI; `[gui]` keys from an indirect parameter (a dict), if any."""
-    cfg_path = make_home(hoard_home, pg, **getattr(request, "param", {}))
+    """A home for the GUI; `[gui]` keys from an indirect parameter (a dict), if any, and with
+    `"_batch": True` in it the fixture batch BATCH waiting in 3A."""
+    params = dict(getattr(request, "param", {}))
+    batch = params.pop("_batch", False)
+    cfg_path = make_home(hoard_home, pg, **params)
+    if batch:
+        drop_batch(cfg_path)
     monkeypatch.setenv("HOARD_CONFIG", str(cfg_path))
     return cfg_path
 

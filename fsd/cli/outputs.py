@@ -111,30 +111,14 @@ def _command(ctx: typer.Context, kind: str, output_id: str | None, layout: str |
 
 def _enqueue(cfg, kind: str, output_id: str) -> None:
     # deferred: hoard starts without rq
-    from rq import Queue, Worker
-    from rq.exceptions import NoSuchJobError
-    from rq.job import Job
-
     from jobs import outputs
     from jobs.ingest import unserved_queues
+    from jobs.launch import enqueue_output
     from jobs.queues import connect, redis_required
 
     with redis_required(cfg.redis_url):
         conn = connect(cfg.redis_url)
-        job_id = f"{kind}-{output_id}"
-        try:
-            job = Job.fetch(job_id, connection=conn)
-            status = job.get_status(refresh=True)
-            running = any(w.get_current_job_id() == job_id for w in Worker.all(connection=conn))
-            if status in ("queued", "scheduled", "deferred") or (status == "started" and running):
-                return  # waiting or running: enqueueing again would run it twice
-            job.delete()  # finished, failed, or "started" by a worker that died
-        except NoSuchJobError:
-            pass
-        Queue(outputs.QUEUE, connection=conn).enqueue(
-            "jobs.outputs.run_job", str(cfg.source) if cfg.source else None, output_id, job_id=job_id,
-            job_timeout=outputs.JOB_TIMEOUT_S, result_ttl=86400, failure_ttl=30 * 86400,
-            description=f"{kind} {output_id}")
+        enqueue_output(cfg, kind, output_id, conn)
         if outputs.QUEUE in unserved_queues(conn):
             err.print(f"[yellow]no worker serves the {outputs.QUEUE} queue: `hoard worker`, or run it here with "
                       f"`hoard {kind} {escape(output_id)} ... --here`[/]")
