@@ -28,6 +28,8 @@ OPEN_PREFIXES = ("/health/", "/_nicegui")
 OPEN_PATHS = ("/login",)
 #: paths answered with 401 + Basic instead of a redirect to the login page
 API_PREFIXES = ("/metrics", "/api/")
+#: mounted apps whose POSTs act (rq-dashboard: requeue, cancel, delete): operators and admins only
+ACTING_PREFIXES = ("/rq",)
 
 
 @dataclass(frozen=True)
@@ -99,7 +101,12 @@ async def login_check(name: str, password: str, client: str) -> tuple[users_mod.
 class AuthMiddleware(BaseHTTPMiddleware):
     async def dispatch(self, request: Request, call_next):
         path = request.url.path
-        if path in OPEN_PATHS or path.startswith(OPEN_PREFIXES) or current_user() is not None:
+        user = current_user() if not path.startswith(OPEN_PREFIXES) else None
+        acting = request.method not in ("GET", "HEAD") or "/requeue/" in path  # rq-dashboard requeues on GET too
+        if user is not None and path.startswith(ACTING_PREFIXES) and acting and not user.may("cancel"):
+            return JSONResponse({"error": f"a {user.role} may look but not act; ask an admin for the operator role"},
+                                status_code=403)
+        if path in OPEN_PATHS or path.startswith(OPEN_PREFIXES) or user is not None:
             return await call_next(request)
         if path.startswith(API_PREFIXES):
             creds = _basic(request)

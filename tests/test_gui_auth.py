@@ -28,7 +28,7 @@ async def test_every_page_asks_for_a_login(user) -> None:
         await user.open(path)
         await user.should_see("Sign in")
     await sign_in(user, "vera", then="")
-    await user.should_see("Overview")
+    await user.should_see("Overview", retries=30)
 
 
 async def test_login_returns_to_the_page_asked_for(user) -> None:
@@ -37,7 +37,7 @@ async def test_login_returns_to_the_page_asked_for(user) -> None:
     user.find("Name").type("vera")
     user.find("Password").type(PASSWORDS["vera"])
     user.find("Sign in").click()
-    await user.should_see("SSD zones")
+    await user.should_see("SSD zones", retries=30)
 
 
 async def test_wrong_password_is_refused(user) -> None:
@@ -154,7 +154,7 @@ async def test_the_overview_and_the_redirect_are_safe(user) -> None:
     user.find("Name").type("vera")
     user.find("Password").type(PASSWORDS["vera"])
     user.find("Sign in").click()
-    await user.should_see("Overview")
+    await user.should_see("Overview", retries=30)
 
 
 # -- `hoard users` and `hoard gui` on the command line -------------------------------------
@@ -219,3 +219,26 @@ def test_gui_refuses_to_serve_without_users(hoard_home: Path) -> None:
     res = hoard(hoard_home / "hoard.toml", "gui")
     assert res.returncode == 2
     assert "hoard users add NAME --role admin" in res.stderr and "Traceback" not in res.stderr
+
+
+# -- rq-dashboard under /rq ------------------------------------------------------------------
+
+async def test_rq_dashboard_is_behind_the_login(user) -> None:
+    """/rq: signed out → the login page; signed in → rq-dashboard's pages and JSON; a viewer's
+    POST (requeue, delete, empty) is refused, an operator's is not."""
+    r = await user.http_client.get("/rq/", follow_redirects=False)
+    assert r.status_code in (302, 307) and r.headers["location"].startswith("/login")
+    await sign_in(user, "vera")
+    r = await user.http_client.get("/rq/")
+    assert r.status_code == 200 and "RQ" in r.text and "/rq/static/" in r.text
+    r = await user.http_client.get("/rq/0/data/queues.json")
+    assert r.status_code == 200 and "queues" in r.json()
+    r = await user.http_client.get("/rq/0/data/workers.json")
+    assert r.status_code == 200 and "workers" in r.json()
+    for method, path in (("post", "/rq/queue/ingest/failed/empty"), ("get", "/rq/requeue/ingest")):
+        r = await getattr(user.http_client, method)(path)
+        assert r.status_code == 403 and "may look but not act" in r.json()["error"]
+    await user.open("/logout")
+    await sign_in(user, "otto")
+    r = await user.http_client.post("/rq/queue/ingest/failed/empty")
+    assert r.status_code == 200, r.text
