@@ -6,6 +6,7 @@ in the FUSE mount, and the low-quality flag (`in_black_list`). Reads go through 
 from __future__ import annotations
 
 import datetime as dt
+import json
 from urllib.parse import urlencode
 
 import psycopg
@@ -150,8 +151,8 @@ def register() -> None:
                     if n["is_virtual"]:
                         ui.label(f"virtual {n['virtual_kind']}: {n['description']}")
                     else:
-                        ui.label(f"{n['file_type'] or 'unknown type'} ({n['kind'] or '-'}), {gb(n['size'])}"
-                                 f" = {n['size']:,} bytes" + (", deleted (type A)" if n["is_deleted"] else ""))
+                        ui.label(f"{n['file_type'] or 'unknown type'} ({n['kind'] or '-'}), {gb(n['size'])} "
+                                 f"({n['size']:,} bytes)" + (", deleted (type A)" if n["is_deleted"] else ""))
                         flag = ui.label("flagged low quality (in_black_list): selectors leave it out"
                                         if n["in_black_list"] else "not flagged").mark("node-flag-state")
                         if user.may("flag"):
@@ -178,7 +179,8 @@ def register() -> None:
                             if m.get(k) is not None:
                                 ui.label(f"{k}: {m[k]}")
                         if m.get("raw_metadata"):
-                            ui.code(str(m["raw_metadata"])).classes("w-full")
+                            ui.code(json.dumps(m["raw_metadata"], indent=1, ensure_ascii=False, default=str),
+                                    language="json").classes("w-full")
             ui.label("Labels").classes("text-h6")
             for lab in n["labels"]:
                 ui.label(f"{lab['key']} = {lab['value']} ({lab['origin']})")

@@ -58,8 +58,13 @@ def frame(title: str) -> Iterator[SignedIn]:
 
 
 def gb(n: int | None) -> str:
-    """Bytes as the GB of hoard.toml and `hoard health` (GiB)."""
-    return "-" if n is None else f"{n / 1024**3:.2f} GB"
+    """Bytes in the units of hoard.toml and `hoard health` (binary: a GB is a GiB), scaled to read."""
+    if n is None:
+        return "-"
+    for unit, size in (("TB", 1024**4), ("GB", 1024**3), ("MB", 1024**2), ("KB", 1024)):
+        if n >= size:
+            return f"{n / size:.2f} {unit}"
+    return f"{n} B"
 
 
 def age(seconds: float | None) -> str:

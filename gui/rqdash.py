@@ -8,6 +8,8 @@ with many failed ones (rq-dashboard #91, #396): our own pages show counts instea
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import rq_dashboard
 from a2wsgi import WSGIMiddleware
 from flask import Flask
@@ -21,7 +23,10 @@ PREFIX = "/rq"
 
 
 def flask_app(cfg: Settings) -> Flask:
-    fa = Flask("hoard_rq_dashboard")
+    # /static/ is the blueprint's (its JS and CSS); the app's own, which its base template asks
+    # for the favicon, moves aside and serves the same directory
+    fa = Flask("hoard_rq_dashboard", static_folder=str(Path(rq_dashboard.__file__).parent / "static"),
+               static_url_path="/_app_static")
     fa.config.from_object(rq_dashboard.default_settings)
     fa.config["RQ_DASHBOARD_REDIS_URL"] = cfg.redis_url
     fa.config["RQ_DASHBOARD_POLL_INTERVAL"] = int(cfg.gui.refresh_s * 1000)

@@ -27,6 +27,9 @@ from jobs.queues import QUEUES, connect
 
 log = logging.getLogger(__name__)
 
+#: one Store open at a time in this process: LMDB allows an environment to be opened once per
+#: process, and the health document, thumbnails and the jobs API each open the store
+STORE_LOCK = threading.Lock()
 #: a database backup older than this is stale (the nightly timer missed a night)
 BACKUP_STALE_S = 26 * 3600
 JOB_STATES = ("queued", "started", "deferred", "scheduled", "finished", "failed")
@@ -126,7 +129,8 @@ class Cache:
         service that is down: the health document reports it."""
         with self._lock:
             t0 = time.monotonic()
-            health = collect(self.cfg)
+            with STORE_LOCK:
+                health = collect(self.cfg)
             try:
                 jobs = job_counts(self.cfg.redis_url) if health["redis"].get("ok") else {}
             except redis.RedisError:

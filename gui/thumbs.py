@@ -12,6 +12,7 @@ from PIL import Image, UnidentifiedImageError
 from fsd.base.config import Settings
 from fsd.base.files import atomic_write
 from fsd.store import Store
+from gui.state import STORE_LOCK
 
 SIZE = (256, 256)
 #: images larger than this are not read into memory for a thumbnail
@@ -32,7 +33,7 @@ def thumbnail(cfg: Settings, sha256_hex: str) -> Path | None:
     if out.exists():
         return out
     # opened per thumbnail, not kept: a store held open would hold gc's swap and index restores off
-    with Store.open(cfg, writable=False) as store:
+    with STORE_LOCK, Store.open(cfg, writable=False) as store:
         loc = store.index.lookup(bytes.fromhex(sha256_hex))
         if loc is None or loc.length > MAX_BYTES:
             return None

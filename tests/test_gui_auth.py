@@ -231,6 +231,7 @@ async def test_rq_dashboard_is_behind_the_login(user) -> None:
     await sign_in(user, "vera")
     r = await user.http_client.get("/rq/")
     assert r.status_code == 200 and "RQ" in r.text and "/rq/static/" in r.text
+    assert (await user.http_client.get("/rq/static/js/jquery-3.5.1.min.js")).status_code == 200
     r = await user.http_client.get("/rq/0/data/queues.json")
     assert r.status_code == 200 and "queues" in r.json()
     r = await user.http_client.get("/rq/0/data/workers.json")
