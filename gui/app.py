@@ -17,7 +17,7 @@ from nicegui import app, run, ui
 
 from fsd.base.config import Settings
 from fsd.base.errors import ExitCode, HoardError
-from gui import auth, browse_page, launch_page, overview, rqdash, runs_page, storage, users_page
+from gui import auth, browse_page, launch_page, overview, pipelines_page, rqdash, runs_page, storage, users_page
 from gui.context import Context, ctx, set_context
 from gui.metrics import render
 from gui.state import Cache
@@ -79,6 +79,7 @@ def build(cfg: Settings) -> None:
     launch_page.register()
     runs_page.register()
     browse_page.register()
+    pipelines_page.register()
     rqdash.mount(cfg)
 
 

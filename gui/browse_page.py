@@ -14,7 +14,7 @@ from fastapi.responses import FileResponse, Response
 from nicegui import app, run, ui
 
 from fsd.base.errors import HoardError
-from gui import thumbs
+from gui import charts, thumbs
 from gui.auth import require
 from gui.context import ctx
 from gui.frame import frame, gb
@@ -68,6 +68,9 @@ def register() -> None:
             ui.select({"": "every source", **{n: n for n in names}}, value=source, label="source",
                       on_change=lambda e: ui.navigate.to(f"/batches?{urlencode({'source': e.value} if e.value else {})}")
                       ).classes("w-48")
+            ingested = ctx().cache.get().ingested
+            if ingested:
+                ui.echart(charts.ingested_per_day(ingested)).classes("w-full h-56")
             ui.label(f"{total} batches").classes("text-caption")
             with ui.grid(columns=6).classes("gap-x-6 gap-y-1 items-center"):
                 for head in ("batch", "source", "members", "ingest", "created", "sealed"):

@@ -12,7 +12,7 @@ from gui.auth import SignedIn, current_user
 from gui.context import ctx
 
 NAV = (("Overview", "/"), ("Storage", "/storage"), ("Runs", "/runs"), ("Launch", "/launch"),
-       ("Batches", "/batches"), ("Assets", "/assets"), ("Users", "/users"), ("RQ", "/rq/"), ("Metrics", "/metrics"))
+       ("Batches", "/batches"), ("Assets", "/assets"), ("Pipelines", "/pipelines"), ("Users", "/users"), ("RQ", "/rq/"), ("Metrics", "/metrics"))
 
 
 def live(render: Callable[[], None]) -> None:

@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import psycopg
 import redis
 from rq import Queue
 from rq.registry import (DeferredJobRegistry, FailedJobRegistry, FinishedJobRegistry, ScheduledJobRegistry,
@@ -23,6 +24,7 @@ from fsd.base.config import Settings
 from fsd.reindex import INDEX_COPY
 from jobs.health import collect
 from jobs.launch import Run, runs
+from sql.browse import ingested_per_day
 from jobs.queues import QUEUES, connect
 
 log = logging.getLogger(__name__)
@@ -51,6 +53,7 @@ class Snapshot:
     banners: list[Banner]
     index_copies: list[dict[str, Any]]  # disk label → age of its index copy (`hoard index backup`)
     runs: list[Run]  # every run, newest first (jobs.launch.runs)
+    ingested: list[dict[str, Any]]  # files ingested per day and source, last 30 days (sql.browse)
     taken: float = field(default_factory=time.time)
     took_s: float = 0.0
 
@@ -116,6 +119,14 @@ def index_copies(cfg: Settings) -> list[dict[str, Any]]:
     return out
 
 
+def per_day(url: str) -> list[dict[str, Any]]:
+    try:
+        with psycopg.connect(url, connect_timeout=5) as conn:
+            return ingested_per_day(conn)
+    except psycopg.Error:
+        return []  # the health document reports the database
+
+
 class Cache:
     """The latest Snapshot and the one refresh that replaces it."""
 
@@ -139,7 +150,8 @@ class Cache:
                 all_runs = runs(self.cfg)
             except redis.RedisError:
                 all_runs = []
-            self.snapshot = Snapshot(health, jobs, banners(health), index_copies(self.cfg), all_runs,
+            ingested = per_day(self.cfg.database_url) if health["database"].get("ok") else []
+            self.snapshot = Snapshot(health, jobs, banners(health), index_copies(self.cfg), all_runs, ingested,
                                      took_s=time.monotonic() - t0)
             return self.snapshot
 

@@ -8,6 +8,7 @@ from typing import Any
 
 from nicegui import run, ui
 
+from gui import charts
 from gui.context import ctx
 from gui.frame import age, frame, gb, live
 
@@ -54,6 +55,10 @@ def _body() -> None:
     with ui.row().classes("w-full"):
         for d in h["disks"]:
             _disk_card(d, errors)
+    t = cfg.ssd.thresholds
+    with ui.row().classes("w-full no-wrap"):
+        ui.echart(charts.disk_usage(h["disks"])).classes("w-1/2 h-56")
+        ui.echart(charts.zone_usage(h["zones"], (t.warn, t.deny, t.emergency))).classes("w-1/2 h-56")
     ui.label("Store").classes("text-h6 q-mt-md")
     if store.get("ok"):
         lag = store["replication"]
@@ -66,7 +71,6 @@ def _body() -> None:
                 "text-caption text-negative")
     else:
         ui.label(store.get("error", "the store cannot be read")).classes("text-negative")
-    t = cfg.ssd.thresholds
     marks = (t.warn, t.deny, t.emergency)
     ui.label(f"SSD zones (marks at {t.warn:.0%} warn, {t.deny:.0%} deny, {t.emergency:.0%} emergency)").classes(
         "text-h6 q-mt-md")

@@ -142,3 +142,29 @@ def set_black_list(conn: psycopg.Connection, sha256_hex: str, flagged: bool) -> 
                          [flagged, node_id]).rowcount
     if n == 0:
         raise NotFound(f"node {sha256_hex} is virtual: only stored content can be flagged")
+
+
+def pipelines(conn: psycopg.Connection) -> list[dict[str, Any]]:
+    """Each pipeline: its stages (action names, in order) and how many batches have finished
+    each stage (`done_position`; -1 = none yet)."""
+    with conn.cursor(row_factory=dict_row) as cur:
+        rows = cur.execute("""
+            SELECT p.pipeline_id, p.name,
+                   coalesce((SELECT array_agg(a.name ORDER BY ps.position) FROM pipeline_stage ps
+                             JOIN action a USING (action_id) WHERE ps.pipeline_id = p.pipeline_id), '{}') AS stages,
+                   coalesce((SELECT jsonb_object_agg(done_position, n) FROM (
+                       SELECT done_position, count(*) AS n FROM batch_stage bs
+                       WHERE bs.pipeline_id = p.pipeline_id GROUP BY done_position) c), '{}') AS done
+            FROM pipeline p ORDER BY p.name""").fetchall()
+    return rows
+
+
+def ingested_per_day(conn: psycopg.Connection, days: int = 30) -> list[dict[str, Any]]:
+    """Files that joined an ingest batch per day and source over the last `days` days (for a
+    chart; the GUI gathers it in its background refresh, not per page view)."""
+    with conn.cursor(row_factory=dict_row) as cur:
+        return cur.execute("""
+            SELECT date_trunc('day', m.added_at)::date AS day, coalesce(s.name, '?') AS source, count(*) AS items
+            FROM batch_member m JOIN action_batch b USING (batch_id) LEFT JOIN source s USING (source_id)
+            WHERE b.action_id = 0 AND m.added_at >= now() - make_interval(days => %s)
+            GROUP BY 1, 2 ORDER BY 1, 2""", [days]).fetchall()

@@ -80,3 +80,42 @@ async def test_operator_flags_and_unflags_low_quality(user, gui_home: Path) -> N
     await user.should_see("Unflag", retries=30)
     user.find(marker="node-flag").click()
     await user.should_see("not flagged", retries=50)
+
+
+async def test_export_from_the_form_and_the_pipelines_page(user, gui_home: Path) -> None:
+    """An operator exports the ingested images to 3D from the Launch form; a worker runs it;
+    /pipelines shows the sealed output with its run, and a pipeline defined in the database
+    with its stages; the charts on /storage and /batches render."""
+    from fsd.base import config
+    from sql.batches import define_action, define_pipeline
+
+    _ingest(gui_home)
+    with psycopg.connect(config.load(gui_home).database_url, autocommit=True) as conn:
+        define_action(conn, 3, "ocr", "cpu")
+        define_pipeline(conn, "ocr-then-review", [3])
+    await sign_in(user, "otto")
+    await user.open("/launch")
+    user.find(marker="output-id").type("imgs-v1")
+    user.find(marker="output-selector").clear().type('{"sources": ["gallery"], "kinds": ["image"]}')
+    user.find(marker="launch-output").click()
+    await user.should_see("export imgs-v1", retries=50)
+    env = {k: v for k, v in os.environ.items() if k != "HOARD_CONFIG"}
+    res = subprocess.run([sys.executable, "-m", "fsd", "--config", str(gui_home), "worker", "--burst"],
+                         capture_output=True, text=True, env=env, timeout=240)
+    assert res.returncode == 0, res.stderr
+    from nicegui import run as nrun
+
+    from gui.context import ctx
+
+    await nrun.io_bound(ctx().cache.refresh)
+    await user.open("/runs/export/imgs-v1")
+    await user.should_see("done", retries=30)
+    await user.open("/pipelines")
+    for text in ("ocr-then-review", "0. ocr: 0 batches done", "Dataset exports (zone 3D)", "imgs-v1", "sealed"):
+        await user.should_see(text)
+    await user.open("/storage")
+    await user.should_see(kind=ui.echart)
+    assert len(user.find(kind=ui.echart).elements) == 2
+    await user.open("/batches")
+    await user.should_see(BATCH, retries=30)
+    assert len(user.find(kind=ui.echart).elements) == 1  # files ingested per day and source
