@@ -136,7 +136,9 @@ def register() -> None:
                     ui.label("Traceback (of its last job)").classes("text-h6")
                     ui.code(d["traceback"]).classes("w-full")
                 if d.get("job_id"):
-                    ui.label(f"RQ job {d['job_id']}: {d['job_status']}").classes("text-caption")
+                    ui.label(f"RQ job {d['job_id']} (its current step): {d['job_status']}").classes("text-bold q-mt-md")
+                    for line in d.get("job_log", []):
+                        ui.label(line).classes("text-caption text-mono")
 
             body()
 

@@ -71,6 +71,16 @@ def _body() -> None:
                 "text-caption text-negative")
     else:
         ui.label(store.get("error", "the store cannot be read")).classes("text-negative")
+    with ui.row().classes("items-center"):
+        ui.label("Maintenance runs:").classes("text-bold")
+        for kind in ("replicate", "verify", "rebuild", "gc", "backup", "verify-backup"):
+            last = next((r for r in snap.runs if r.kind == kind), None)  # newest first
+            if last is None:
+                ui.label(f"{kind}: none from here").classes("text-caption text-grey-7")
+            else:
+                ui.link(f"{kind}: {last.status} {last.updated[:16].replace('T', ' ')}", f"/runs/{kind}/{last.id}")
+    ui.label("(runs launched from this GUI; the systemd timers' runs show in `hoard health` and their journals)"
+             ).classes("text-caption text-grey-7")
     marks = (t.warn, t.deny, t.emergency)
     ui.label(f"SSD zones (marks at {t.warn:.0%} warn, {t.deny:.0%} deny, {t.emergency:.0%} emergency)").classes(
         "text-h6 q-mt-md")

@@ -290,7 +290,11 @@ def detail(cfg: Settings, kind: str, run_id: str, conn=None) -> dict[str, Any]:
     res = job.latest_result() if job is not None else None
     out["traceback"] = res.exc_string if res is not None and res.exc_string else ""
     out["job_id"] = job.id if job is not None else ""
-    out["job_status"] = str(job.get_status(refresh=True)) if job is not None else ""
+    out["job_status"] = str(job.get_status(refresh=True).value) if job is not None and job.get_status() else ""
+    out["job_log"] = [] if job is None else [
+        f"{what} {_iso(t).replace('T', ' ')}" for what, t in (("queued", job.enqueued_at), ("started", job.started_at),
+                                                            ("ended", job.ended_at)) if t is not None
+    ] + ([f"worker {job.worker_name}"] if job.worker_name else []) + [f"{job.origin}: {job.description}"]
     return out
 
 

@@ -56,7 +56,7 @@ async def test_operator_launches_an_ingest_and_watches_it(user, gui_home: Path) 
     await _refreshed()  # what the background timer does every gui.refresh_s
     await user.open(f"/runs/ingest/{batch_id}")
     await user.should_see("done with rejects")
-    for text in ("files_accepted", "2 rejected files", "broken.png.json", "scan: done", "finish: done", "(queue maintenance)"):
+    for text in ("maintenance: ingest gallery-s3-b000: finish", "started 20", "ended 20", "files_accepted", "2 rejected files", "broken.png.json", "scan: done", "finish: done", "(queue maintenance)"):
         await user.should_see(text)
     await user.open("/runs?kind=ingest")
     await user.should_see(batch_id)
@@ -111,6 +111,9 @@ async def test_maintenance_forms_validate_before_queueing(user, gui_home: Path) 
     await user.open("/runs?kind=replicate")
     await user.should_see("1 runs")
     await user.should_see("done")
+    await user.open("/storage")  # the last maintenance run of each kind
+    await user.should_see("replicate: done")
+    await user.should_see("gc: none from here")
 
 
 async def test_cancel_and_retry_a_maintenance_run(user, gui_home: Path) -> None:
