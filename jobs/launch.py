@@ -355,7 +355,8 @@ def retry(cfg: Settings, kind: str, run_id: str, by: str = "", conn=None) -> str
         launch_ingest(cfg, run_id, None, conn)
         return run_id
     if kind in outputs.ZONE_OF:
-        return enqueue_output(cfg, kind, run_id, conn) and run_id
+        enqueue_output(cfg, kind, run_id, conn)
+        return run_id
     job = _job_of(cfg, kind, run_id, conn)
     if job is None:
         raise LaunchError(f"no maintenance run {run_id!r} to retry")
