@@ -24,9 +24,13 @@ def _basic(name: str, password: str) -> dict[str, str]:
 
 async def test_every_page_asks_for_a_login(user) -> None:
     """Signed out, each page sends the browser to the login form, which returns there after."""
-    for path in ("/", "/storage", "/users", "/runs", "/launch"):
+    for path in ("/", "/storage", "/users", "/runs", "/launch", "/batches", "/assets", "/pipelines",
+                 f"/node/{'a' * 64}", "/runs/ingest/x"):
         await user.open(path)
         await user.should_see("Sign in")
+    for path in (f"/thumb/{'a' * 64}", "/rq/", "/rq/0/data/queues.json"):
+        r = await user.http_client.get(path, follow_redirects=False)
+        assert r.status_code in (302, 307) and r.headers["location"].startswith("/login"), path
     await sign_in(user, "vera", then="")
     await user.should_see("Overview", retries=30)
 
