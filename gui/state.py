@@ -21,11 +21,14 @@ from rq.registry import (DeferredJobRegistry, FailedJobRegistry, FinishedJobRegi
                          StartedJobRegistry)
 
 from fsd.base.config import Settings
+from fsd.base.errors import HoardError
 from fsd.reindex import INDEX_COPY
+from fsd.scrub import oldest_unverified_by_disk
+from fsd.store import Store
 from jobs.health import collect
 from jobs.launch import Run, runs
-from sql.browse import ingested_per_day
 from jobs.queues import QUEUES, connect
+from sql.browse import ingested_per_day
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +57,7 @@ class Snapshot:
     index_copies: list[dict[str, Any]]  # disk label → age of its index copy (`hoard index backup`)
     runs: list[Run]  # every run, newest first (jobs.launch.runs)
     ingested: list[dict[str, Any]]  # files ingested per day and source, last 30 days (sql.browse)
+    verified: dict[str, float | None]  # disk label → age of its least recently verified replica
     taken: float = field(default_factory=time.time)
     took_s: float = 0.0
 
@@ -119,6 +123,16 @@ def index_copies(cfg: Settings) -> list[dict[str, Any]]:
     return out
 
 
+def verified_by_disk(cfg: Settings) -> dict[str, float | None]:
+    """fsd.scrub's per-disk verification ages; {} when the store cannot be opened (the health
+    document already says why). Call with STORE_LOCK held."""
+    try:
+        with Store.open(cfg, writable=False) as store:
+            return oldest_unverified_by_disk(store)
+    except (HoardError, OSError):
+        return {}
+
+
 def per_day(url: str) -> list[dict[str, Any]]:
     try:
         with psycopg.connect(url, connect_timeout=5) as conn:
@@ -142,6 +156,7 @@ class Cache:
             t0 = time.monotonic()
             with STORE_LOCK:
                 health = collect(self.cfg)
+                verified = verified_by_disk(self.cfg) if health["store"].get("ok") else {}
             try:
                 jobs = job_counts(self.cfg.redis_url) if health["redis"].get("ok") else {}
             except redis.RedisError:
@@ -151,7 +166,7 @@ class Cache:
             except redis.RedisError:
                 all_runs = []
             ingested = per_day(self.cfg.database_url) if health["database"].get("ok") else []
-            self.snapshot = Snapshot(health, jobs, banners(health), index_copies(self.cfg), all_runs, ingested,
+            self.snapshot = Snapshot(health, jobs, banners(health), index_copies(self.cfg), all_runs, ingested, verified,
                                      took_s=time.monotonic() - t0)
             return self.snapshot
 

@@ -27,7 +27,7 @@ def _bar(ratio: float, marks: tuple[float, ...] = ()) -> None:
                                     "height: 20px; background: #424242")
 
 
-def _disk_card(d: dict[str, Any], errors: list[dict[str, Any]]) -> None:
+def _disk_card(d: dict[str, Any], errors: list[dict[str, Any]], verified: dict[str, float | None]) -> None:
     total, used = d.get("total_bytes"), d.get("used_bytes") or 0
     state = d.get("state", "active") if d.get("present", True) else "missing"
     with ui.card().classes("w-72").props(f'data-testid="disk-{d["label"]}"'):
@@ -37,6 +37,10 @@ def _disk_card(d: dict[str, Any], errors: list[dict[str, Any]]) -> None:
             ui.badge(state, color=STATE_COLOR.get(state, "grey"))
         _bar(used / total if total else 0)
         ui.label(f"{gb(used)} used of {gb(total)}, {gb(d.get('free_bytes'))} free").classes("text-caption")
+        if d["label"] in verified:
+            v = verified[d["label"]]
+            ui.label(f"its replicas verified (or written) {age(v)}" if v is not None else "no sealed shard here yet"
+                     ).classes("text-caption")
         ui.label(d["path"]).classes("text-caption text-grey-7")
         if d.get("reason"):
             ui.label(d["reason"]).classes("text-negative text-caption")
@@ -54,7 +58,7 @@ def _body() -> None:
     ui.label("Disks").classes("text-h6")
     with ui.row().classes("w-full"):
         for d in h["disks"]:
-            _disk_card(d, errors)
+            _disk_card(d, errors, snap.verified)
     t = cfg.ssd.thresholds
     with ui.row().classes("w-full no-wrap"):
         ui.echart(charts.disk_usage(h["disks"])).classes("w-1/2 h-56")

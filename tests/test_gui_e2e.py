@@ -162,6 +162,7 @@ def test_end_to_end_in_chromium(served, browser) -> None:
     _shot(d, "overview")
     d.get(f"{url}/storage")
     _wait_text(d, "SSD zones")
+    _wait_text(d, "its replicas verified (or written)")  # per disk, now that shards are sealed
     _shot(d, "storage")
 
     d.get(f"{url}/rq/")

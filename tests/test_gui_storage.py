@@ -26,7 +26,7 @@ async def test_storage_page_shows_disks_zones_and_backups(user) -> None:
     await user.open("/storage")
     for text in ("hdd1", "hdd4", "active", "used of 4.00 GB", "replication lag: 0 shards",
                  "zone 3A", "zone 3D", "80% warn, 90% deny, 95% emergency",
-                 "database: never backed up", "index: no copy on any disk"):
+                 "database: never backed up", "index: no copy on any disk", "no sealed shard here yet"):
         await user.should_see(text)
 
 
