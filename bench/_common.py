@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from contextlib import contextmanager
@@ -18,6 +19,7 @@ from tests.lab import LAB4, Lab, drop_caches  # noqa: E402, F401
 
 
 MiB = 1 << 20
+_LOAD_AT_START = os.getloadavg()[0]  # a benchmark imports this module first
 
 
 def lab_store(lab: Lab, root: Path, labels: list[str] | None = None, **opts) -> Store:
@@ -44,11 +46,12 @@ def _commit() -> str:
 
 
 def _machine() -> dict:
-    import os
     import platform
 
     mem = next((int(ln.split()[1]) // 1024 for ln in open("/proc/meminfo") if ln.startswith("MemTotal")), 0)
-    return {"cpus": os.cpu_count(), "mem_mib": mem, "kernel": platform.release(), "python": platform.python_version()}
+    # the load when the run started and when it ended: a figure measured on a busy machine says so
+    return {"cpus": os.cpu_count(), "mem_mib": mem, "kernel": platform.release(), "python": platform.python_version(),
+            "loadavg_1m_at_start": _LOAD_AT_START, "loadavg_1m_at_end": os.getloadavg()[0]}
 
 
 def lab_profile(lab: Lab) -> dict:
@@ -91,3 +94,42 @@ def report(title: str, rows: list[tuple[str, str]], data: dict) -> None:
     doc = {"benchmark": title, "argv": sys.argv[1:], "when": time.strftime("%Y-%m-%dT%H:%M:%S"),
            "commit": _commit(), "machine": _machine(), **data}
     (RESULTS / f"{slug}.json").write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n")
+
+
+def run_timed(main) -> None:
+    """A benchmark's `__main__`: run it and say how long the whole run took."""
+    t0 = time.monotonic()
+    main()
+    print(f"(benchmark took {time.monotonic() - t0:.0f} s)")
+
+
+def place_like_store(store: Store, files: list[Path], shas: list[str]) -> list[tuple[int, list[Path]]]:
+    """Each file as a plain file on every disk holding a replica of its object's shard
+    (`<disk>/plain/<name>`): the store's own placement, for per-file baselines. (size, copies)."""
+    import shutil
+
+    placed = []
+    for path, sha in zip(files, shas):
+        meta = store.index.get_shard(store.index.lookup(bytes.fromhex(sha)).shard_id)
+        copies = []
+        for uuid in meta.replicas:
+            dst = store.disks[uuid].root / "plain" / path.name
+            dst.parent.mkdir(exist_ok=True)
+            shutil.copyfile(path, dst)
+            copies.append(dst)
+        placed.append((path.stat().st_size, copies))
+    os.sync()
+    return placed
+
+
+def balanced_per_disk(lab: Lab, placed: list[tuple[int, list[Path]]]) -> dict[str, list[Path]]:
+    """Each file from the copy whose disk finishes its share first (greedy by bytes / the
+    disk's read MiB/s), in the given order: disk label → the files its reader takes."""
+    speed = {label: d.profile.read_mbps for label, d in lab.disks.items()}  # a mount point's name is its label
+    load = dict.fromkeys(speed, 0.0)
+    per_disk: dict[str, list[Path]] = {}
+    for size, copies in placed:
+        best = min(copies, key=lambda c: (load[c.parent.parent.name] + size) / speed[c.parent.parent.name])
+        load[best.parent.parent.name] += size
+        per_disk.setdefault(best.parent.parent.name, []).append(best)
+    return per_disk

@@ -19,16 +19,14 @@ it in the lab's units: blkio throttles in MiB/s) is printed beside the achieved 
 from __future__ import annotations
 
 import argparse
-import os
 import random
-import shutil
 import subprocess
 import tempfile
 import threading
-import time
 from pathlib import Path
 
-from _common import LAB4, Lab, MiB, drop_caches, lab_profile, lab_store, report, timed
+from _common import (LAB4, Lab, MiB, balanced_per_disk, drop_caches, lab_profile, lab_store, place_like_store, report,
+                     run_timed, timed)
 
 from adapters.synth import flat_files
 
@@ -58,17 +56,7 @@ def main() -> None:
             results = store.put_many(files)
             shas = [results[i].sha256 for i in order]
             # the same files as plain files, on the disks the store put their replicas on
-            plain: list[tuple[int, list[Path]]] = []
-            for i in order:
-                meta = store.index.get_shard(store.index.lookup(bytes.fromhex(results[i].sha256)).shard_id)
-                copies = []
-                for uuid in meta.replicas:
-                    dst = store.disks[uuid].root / "plain" / files[i].name
-                    dst.parent.mkdir(exist_ok=True)
-                    shutil.copyfile(files[i], dst)
-                    copies.append(dst)
-                plain.append((files[i].stat().st_size, copies))
-            os.sync()
+            plain = place_like_store(store, [files[i] for i in order], shas)
 
             drop_caches()
             got = [0]
@@ -99,13 +87,7 @@ def main() -> None:
             assert n_bytes[0] == total
 
             drop_caches()
-            speed = {label: d.profile.read_mbps for label, d in lab.disks.items()}  # a mount point's name is its label
-            load = dict.fromkeys(speed, 0.0)
-            per_disk: dict[str, list[Path]] = {}
-            for size, copies in plain:  # request order; each file from the copy that finishes first
-                best = min(copies, key=lambda c: (load[c.parent.parent.name] + size) / speed[c.parent.parent.name])
-                load[best.parent.parent.name] += size
-                per_disk.setdefault(best.parent.parent.name, []).append(best)
+            per_disk = balanced_per_disk(lab, plain)  # request order; each file from the copy that finishes first
 
             def read_all(paths: list[Path]) -> None:
                 for p in paths:
@@ -134,6 +116,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    t0 = time.monotonic()
-    main()
-    print(f"(benchmark took {time.monotonic() - t0:.0f} s)")
+    run_timed(main)

@@ -11,13 +11,24 @@ ends with one syncfs of the destination (as durable as the export). Variants:
 - **export**: `fsd.materialize` — what `hoard export` runs after planning: the batch planner
   (every record from the replica that balances the disks, coalesced, per disk in shard order),
   each file checked against its sha256;
-- **naive**: `Store.get` per object, one thread, request order, first replica (the issue's
-  definition of naive);
+- **naive**: one object after another (`Store.iter_object`: the store's replica order), one
+  thread, request order (the issue's definition of naive);
 - **naive per disk**: the same with one thread per disk, each taking the objects whose shard's
   first replica is on it (the strongest per-object reader without a plan);
 - **mergerfs cp**: the same files as plain files in a mergerfs pool over the four lab disks
   (its defaults, but `category.create=pfrd` and `minfreespace=64M` — its 4 GiB default is
-  more than a lab disk holds — when it placed them: one copy each), `cp -r` out.
+  more than a lab disk holds — when it placed them: one copy each), `cp -r` out;
+- **plain per disk**: the same plain files read straight from the four disks, one `cp -r`
+  per disk at the same time (every disk busy, no FUSE daemon in the way);
+- **plain placed**: the strongest copy of plain files — two copies of each file placed
+  where the store put its replicas, each file read from the copy whose disk finishes its
+  share first (greedy by bytes / read MiB/s), one copier thread per disk taking its files in
+  inode order (ext4 allocates them roughly in that order).
+
+View mode: publishing `--view-files` paths as a view (the layout's plan over rows, then the
+view-2 manifest; the SQL query is not timed), and reading the export back: every file of the
+export as a view through `hoard mount` (its daemon inside the throttled cgroup) vs the
+copy-mode export on the SSD; 4 readers, names warm and file data cold on both sides.
 
 Bounds: the planner's own (`Plan.bound_s`: its makespan at the disks' read limits, in MiB/s
 as blkio throttles) and the ideal (bytes / all disks' read MiB/s, no plan can beat it).
@@ -33,10 +44,11 @@ import shutil
 import subprocess
 import tempfile
 import threading
-import time
 from pathlib import Path
 
-from _common import LAB4, Lab, MiB, drop_caches, lab_profile, lab_store, report, timed
+from _common import (LAB4, Lab, MiB, balanced_per_disk, drop_caches, lab_profile, lab_store, parallel,
+                     place_like_store, report, run_timed, timed)
+from mount_read import drop_page_cache, hoard_mounted, read_file
 
 from adapters.synth import flat_files
 from datasets import layouts
@@ -44,6 +56,16 @@ from fsd.base.files import syncfs
 from fsd.materialize import Item, materialize
 from fsd.planner import make_plan
 from fsd.views import define_view_rows
+
+
+def read_back(root: Path, paths: list[str], readers: int = 4) -> None:
+    """Every file under `root`, reader i taking paths i, i+N, … (a DataLoader's workers)."""
+    threads = [threading.Thread(target=lambda k=k: [read_file(root / p) for p in paths[k::readers]])
+               for k in range(readers)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
 
 
 def _large(root: Path, n: int, seed: int) -> list[Path]:
@@ -81,6 +103,7 @@ def main() -> None:
     total = sum(p.stat().st_size for p in files)
     t: dict[str, float] = {}
     dest = work / "ssd" / "out"
+    exported = work / "ssd" / "export"  # the copy-mode export, kept for the read-back
     with Lab(LAB4, direct_io=True) as lab:
         store = lab_store(lab, work, shard_size_mb=256, write_ack=2, copy_of_raw=2)
         profile = lab_profile(lab)
@@ -101,10 +124,10 @@ def main() -> None:
                 os.sync()
                 plan = make_plan(store, [bytes.fromhex(it.sha256) for it in items])
 
-                _fresh(dest)
+                _fresh(exported)
                 drop_caches()
                 with timed(t, "export"):
-                    rep = materialize(store, items, dest)
+                    rep = materialize(store, items, exported)
                 assert rep.written == len(items) and rep.bytes_written == total
 
                 _fresh(dest)
@@ -143,6 +166,33 @@ def main() -> None:
                     subprocess.run(["cp", "-r", str(mnt / "src"), str(dest)], check=True)
                     syncfs(dest)
 
+                _fresh(dest)
+                drop_caches()
+                with timed(t, "plain_per_disk"):
+                    parallel([["cp", "-r", str(b / "src"), str(dest / f"from-{i}")] for i, b in enumerate(pool)
+                              if (b / "src").exists()])
+                    syncfs(dest)
+
+                for b in pool:  # room on the lab disks for two plain copies instead of mergerfs's one
+                    shutil.rmtree(b / "src", ignore_errors=True)
+                placed = place_like_store(store, files, [r.sha256 for r in results])
+                per_disk = {label: sorted(paths, key=lambda p: p.stat().st_ino)
+                            for label, paths in balanced_per_disk(lab, placed).items()}
+
+                def copy_plain(paths: list[Path]) -> None:
+                    for p in paths:
+                        shutil.copyfile(p, dest / p.name)
+
+                _fresh(dest)
+                drop_caches()
+                with timed(t, "plain_placed"):
+                    threads = [threading.Thread(target=copy_plain, args=(g,)) for g in per_disk.values()]
+                    for th in threads:
+                        th.start()
+                    for th in threads:
+                        th.join()
+                    syncfs(dest)
+
                 # view mode: publishing `--view-files` paths (the stored objects, each under
                 # several names) as a view — the layout's plan over rows as the database returns
                 # them, then the view-2 manifest (what `hoard export --mode view` does after its
@@ -151,9 +201,25 @@ def main() -> None:
                          "file_type": "bin", "locators": [f"batch:b{n % 97}/d{n % 1000}/f{n}.bin"], "labels": {},
                          "source": "bench"} for n in range(args.view_files)]
                 with timed(t, "view_publish"):
-                    placed = layouts.plan(layouts.load("by_batch"), rows)
-                    info = define_view_rows(store, "3D-bench", ((p.path, p.sha256) for p in placed))
+                    laid = layouts.plan(layouts.load("by_batch"), rows)
+                    info = define_view_rows(store, "3D-bench", ((p.path, p.sha256) for p in laid), for_output=True)
                 assert info["files"] == args.view_files
+
+                # reading the export back: as a view through the mount vs the copy on the SSD
+                define_view_rows(store, "3D-readback", ((it.path, it.sha256) for it in items), for_output=True)
+                paths = [it.path for it in items]
+                for p in paths:  # names warm and data cold on both sides (`echo 1`)
+                    os.stat(exported / p)
+                drop_page_cache()
+                with timed(t, "readback_copy"):
+                    read_back(exported, paths)
+                view = work / "hoard-mnt" / "views" / "3D-readback"
+                with hoard_mounted(store.cfg.source, work / "hoard-mnt"):
+                    for p in paths:  # names warm, as a loader lists its dataset first
+                        os.stat(view / p)
+                    drop_page_cache()
+                    with timed(t, "readback_view"):
+                        read_back(view, paths)
         finally:
             subprocess.run(["umount", "-l", str(mnt)], check=False)
         labels_by_uuid = {u: d.label for u, d in store.disks.items()}
@@ -162,16 +228,21 @@ def main() -> None:
     mib = total / MiB
     rows = [("corpus", f"{args.small} files of 4-64 KiB + {args.large} of 1-50 MiB = {len(files)} files, "
                        f"{mib:.0f} MiB; 2 copies on lab4; cold (cache dropped); one syncfs of the destination")]
-    for k in ("export", "naive", "naive_per_disk", "mergerfs_cp"):
+    for k in ("export", "naive", "naive_per_disk", "mergerfs_cp", "plain_per_disk", "plain_placed"):
         rows.append((k, f"{t[k]:8.2f} s  {len(files) / t[k]:7.0f} files/s  {mib / t[k]:6.1f} MiB/s  "
                         f"{plan.bound_s / t[k]:5.0%} of the planner's bound"))
     rows.append(("planner bound (own plan)", f"{plan.bound_s:8.2f} s -> export achieved {plan.bound_s / t['export']:.0%} "
                                              "(goal >= 85 %)"))
     rows.append(("ideal (bytes / all disks' read)", f"{plan.ideal_s:8.2f} s"))
-    for k, goal in (("naive", "3x"), ("naive_per_disk", "-"), ("mergerfs_cp", "10x")):
+    for k, goal in (("naive", "3x"), ("naive_per_disk", "-"), ("mergerfs_cp", "10x"), ("plain_per_disk", "-"),
+                     ("plain_placed", "-")):
         rows.append((f"export vs {k}", f"{t[k] / t['export']:.1f}x (goal {goal})"))
     rows.append(("view mode: publish", f"{args.view_files} files planned (layout by_batch) and published as a view in "
                                        f"{t['view_publish']:.2f} s (goal < 5 s; the SQL query is not included)"))
+    for k, where in (("readback_view", "the view through the mount (lab disks)"),
+                     ("readback_copy", "the copy-mode export (the SSD)")):
+        rows.append((f"read back: {k[9:]}", f"{t[k]:8.2f} s  {len(files) / t[k]:7.0f} files/s  {mib / t[k]:6.1f} MiB/s "
+                                            f"— {where}, 4 readers, data cold"))
     rows.append(("plan", str(summary["disks"])))
     report("copy-mode export", rows, {"small": args.small, "large": args.large, "files": len(files),
                                       "view_files": args.view_files,
@@ -182,6 +253,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    t0 = time.monotonic()
-    main()
-    print(f"(benchmark took {time.monotonic() - t0:.0f} s)")
+    run_timed(main)

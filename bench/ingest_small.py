@@ -24,10 +24,9 @@ from __future__ import annotations
 import argparse
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 
-from _common import LAB4, Lab, MiB, drop_caches, lab_profile, lab_store, parallel, report, timed
+from _common import LAB4, Lab, MiB, drop_caches, lab_profile, lab_store, parallel, report, run_timed, timed
 
 from adapters.synth import flat_files
 
@@ -92,6 +91,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    t0 = time.monotonic()
-    main()
-    print(f"(benchmark took {time.monotonic() - t0:.0f} s)")
+    run_timed(main)

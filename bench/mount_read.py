@@ -41,7 +41,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from _common import LAB4, REPO, Lab, drop_caches, lab_store, report, timed
+from _common import LAB4, Lab, REPO, drop_caches, lab_store, report, run_timed, timed
 
 from adapters.synth import flat_files
 from fsd.put import put_payloads
@@ -344,6 +344,4 @@ def _count(cmd: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    t0 = time.monotonic()
-    main()
-    print(f"(benchmark took {time.monotonic() - t0:.0f} s)")
+    run_timed(main)

@@ -3,13 +3,12 @@ vs the disks' sequential read bound.
 
     python bench/rebuild_scrub.py [--gb 2.4]
 
-lab4 plus a fifth, new disk (3000 MB, 60/50 MB/s). Objects of 64 MB are stored with two
+lab4 plus a fifth, new disk (3000 MB, 60/50 MiB/s). Objects of 64 MiB are stored with two
 copies; the disk holding the most is unmounted (lost) and rebuilt onto the new one.
 Bound for the rebuild: bytes / min(target write, target read, sum of the sources' reads):
 each copy is also read back from the new disk before it is indexed, and the lab throttles
-a disk's reads and writes separately. MB/s here are the lab's MiB/s (blkio limits are bytes
-per second: "60 MB/s" is 60 MiB/s).
-Bound for the scrub: bytes per disk / its read MB/s, the slowest disk deciding.
+a disk's reads and writes separately. Units are MiB (2^20 bytes), as the lab throttles.
+Bound for the scrub: bytes per disk / its read MiB/s, the slowest disk deciding.
 """
 
 from __future__ import annotations
@@ -21,9 +20,9 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-from _common import LAB4, Lab, drop_caches, lab_store, report
+from _common import LAB4, Lab, drop_caches, lab_profile, lab_store, report, run_timed
 
-MB = 1 << 20
+MB = 1 << 20  # the lab's unit: profiles' read/write figures are MiB/s
 
 from fsd.rebuild import rebuild
 from fsd.scrub import verify
@@ -44,6 +43,7 @@ def main() -> None:
         (src / f"o{i:04d}.bin").write_bytes(os.urandom(64 << 20))
     with Lab([*LAB4, NEW], direct_io=True) as lab:
         store = lab_store(lab, work, ["lab1", "lab2", "lab3", "lab4"], shard_size_mb=256)
+        lab_profile_of_run = lab_profile(lab)
         with lab.throttled():
             store.put_many(sorted(src.iterdir()))
             per_disk: dict[str, int] = defaultdict(int)
@@ -88,7 +88,7 @@ def main() -> None:
             ("scrub", f"{v.replicas} replicas, {v.bytes / MB:.0f} MiB in {scrub_s:.1f} s = {v.bytes / MB / scrub_s:.1f} MiB/s; "
                       f"bound {scrub_bound:.1f} s -> {scrub_bound / scrub_s:.0%} of it; bad: {len(v.bad)}")]
     report("rebuild and scrub on lab4", rows, {"rebuild_s": round(rebuild_s, 2), "rebuild_bound_s": round(bound, 2),
-                                               "lost_mb": round(mb), "scrub_s": round(scrub_s, 2),
+                                               "lost_mib": round(mb), "lab": lab_profile_of_run, "scrub_s": round(scrub_s, 2),
                                                "scrub_bound_s": round(scrub_bound, 2), "lost_objects": len(r.lost)})
 
 
@@ -97,6 +97,4 @@ def store_uuid(store, label: str) -> str:
 
 
 if __name__ == "__main__":
-    t0 = time.monotonic()
-    main()
-    print(f"(benchmark took {time.monotonic() - t0:.0f} s)")
+    run_timed(main)

@@ -22,12 +22,11 @@ import argparse
 import json
 import shutil
 import tempfile
-import time
 import uuid
 from pathlib import Path
 
 import psycopg
-from _common import LAB4, REPO, Lab, MiB, drop_caches, parallel, report, timed
+from _common import LAB4, Lab, MiB, REPO, drop_caches, parallel, report, run_timed, timed
 
 from adapters.synth import Spec, generate
 from fsd.base import config
@@ -118,6 +117,4 @@ def _config(work: Path, lab: Lab, url: str, redis_url: str) -> config.Settings:
 
 
 if __name__ == "__main__":
-    t0 = time.monotonic()
-    main()
-    print(f"(benchmark took {time.monotonic() - t0:.0f} s)")
+    run_timed(main)

@@ -6,7 +6,11 @@ sidecar next to each file; one file per original path instead of one per node). 
 plan — every node's relative path — is computed and checked before a byte moves: an
 unknown field, a value that would escape the tree (`..`, an absolute path, NUL, `/` inside
 a one-segment field), a missing label and two nodes mapped to one path are refused naming
-the node and the field. Format and examples: docs/layouts.md.
+the node and the field. Every path the output will hold (each file's and its sidecar's,
+under the directory stage/export put them in) is held to the output contract's own rule,
+`fsd.base.paths.hostile_reason` — the rule fsd.seal applies when it seals — and to the file
+system's name length, so nothing the plan admits is refused after the bytes were copied.
+Format and examples: docs/layouts.md.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from fsd.base.errors import ExitCode, HoardError
+from fsd.base.paths import CONTROL, display, hostile_reason
 
 #: one node's fields as sql.layout_rows returns them
 Row = dict
@@ -68,8 +73,9 @@ BUILTIN = {
 NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
 _PART = re.compile(r"\{([^{}]*)\}|\{\{|\}\}|[^{}]+|[{}]")
 _SPEC = re.compile(r"([a-z_0-9]+)(?::([^|]*))?(?:\|(.*))?", re.S)
-MAX_SEGMENT = 255  # bytes, the usual NAME_MAX
-MAX_PATH = 4000  # bytes, below PATH_MAX with room for the zone's prefix
+MAX_SEGMENT = 255  # bytes, the usual NAME_MAX (the seal does not check it: the file system refuses a longer name)
+#: what a sidecar's path adds to its file's
+SIDECAR_SUFFIX = ".json"
 
 
 @dataclass(frozen=True)
@@ -98,8 +104,8 @@ def parse(template: str, name: str = "custom", sidecars: bool = False, per_locat
         raise LayoutError(f"layout name {name!r}: use 1-64 of a-z 0-9 _ - (starting with a letter or digit)")
     if not template or template.startswith("/"):
         raise LayoutError(f"layout {name}: the template {template!r} must be a relative path")
-    if "\0" in template or any(ord(c) < 0x20 for c in template):
-        raise LayoutError(f"layout {name}: the template holds a control character")
+    if CONTROL.search(template):
+        raise LayoutError(f"layout {name}: the template holds a control character ({display(template)})")
     parts: list[str | Slot] = []
     for m in _PART.finditer(template):
         text = m.group(0)
@@ -115,9 +121,18 @@ def parse(template: str, name: str = "custom", sidecars: bool = False, per_locat
     if not any(isinstance(p, Slot) for p in parts):
         raise LayoutError(f"layout {name}: the template {template!r} names no field: every node would get the "
                           "same path")
-    for seg in "".join(p for p in parts if isinstance(p, str)).split("/"):
-        if seg in ("..",):
+    # the template's own text, each field standing for a one-character value: a '.' or empty
+    # part here ('./x', 'a//x', 'x/') is in every path, not the fault of a node's value
+    skeleton = "".join(p if isinstance(p, str) else "x" for p in parts)
+    for seg in skeleton.split("/"):
+        if seg == "..":
             raise LayoutError(f"layout {name}: '..' in the template would leave the output directory")
+        if seg in ("", "."):
+            raise LayoutError(f"layout {name}: the template {template!r} has an empty or '.' part (a leading "
+                              "'./', a '//' or a trailing '/'); write it as a/b/{sha256}")
+    why = hostile_reason(skeleton)
+    if why:
+        raise LayoutError(f"layout {name}: the template {template!r} cannot give an accepted path: {why}")
     return Layout(name, template, sidecars, per_locator, tuple(parts))
 
 
@@ -173,33 +188,33 @@ class Placement:
     sidecar: bytes | None = None  # the JSON written at path + ".json"
 
 
-_CONTROL = re.compile(r"[\x00-\x1f]")
-
-
 def _check_value(value: str, what, error, multi: bool = False) -> None:
-    """Refuse a value that would escape or reshape the tree; `what` names it (a string, or
-    (row, slot): the message is built only for a refusal)."""
-    if _CONTROL.search(value) or (not multi and ("/" in value or value in (".", ".."))) or (
-            multi and ("//" in (framed := f"/{value}/") or "/./" in framed or "/../" in framed)):
-        _refuse(value, f"{_who(what[0])}: {_label(what[1])}" if isinstance(what, tuple) else what, error, multi)
+    """Refuse a value that would escape or reshape the tree, or that the output contract
+    refuses (`hostile_reason`, as the seal applies it); `what` names it (a string, or (row,
+    slot): the message is built only for a refusal)."""
+    why = hostile_reason(value)
+    if why is not None or (not multi and "/" in value):
+        _refuse(value, f"{_who(what[0])}: {_label(what[1])}" if isinstance(what, tuple) else what, error, multi,
+                why)
 
 
-def _refuse(value: str, what: str, error, multi: bool) -> None:
-    if _CONTROL.search(value):
-        raise error(f"{what} holds a control character ({value!r})")
-    if not multi:
-        if "/" in value:
-            raise error(f"{what} is {value!r}: a '/' would make it a directory; pick another field or a template "
-                        "that does not use it")
-        if value in (".", ".."):
-            raise error(f"{what} is {value!r}: '{value}' would leave the output directory")
-        return
-    if value.startswith("/") or value.endswith("/") or "//" in value:
+def _refuse(value: str, what: str, error, multi: bool, why: str | None) -> None:
+    if CONTROL.search(value):
+        raise error(f"{what} holds a control character ({display(value)}); narrow the selector or use a template "
+                    "without this field")
+    if not multi and "/" in value:
+        raise error(f"{what} is {value!r}: a '/' would make it a directory; pick another field or a template "
+                    "that does not use it")
+    for seg in value.split("/"):
+        if seg in (".", ".."):
+            raise error(f"{what} is {value!r}: '{seg}' would leave the output directory")
+    if multi and (value.startswith("/") or value.endswith("/") or "//" in value):
         raise error(f"{what} is {value!r}: an absolute path or an empty part")
-    if "." in value:
-        for seg in value.split("/"):
-            if seg in (".", ".."):
-                raise error(f"{what} is {value!r}: '{seg}' would leave the output directory")
+    raise error(f"{what} is {_short(value)}: {why}; narrow the selector or use a template without this field")
+
+
+def _short(value: str) -> str:
+    return repr(value) if len(value) <= 60 else f"'{display(value[:40])}…' ({len(value.encode())} bytes)"
 
 
 def _locators(row: Row) -> list[tuple[str | None, str | None]]:
@@ -251,39 +266,72 @@ def _value(slot: Slot, row: Row, batch: str | None, rel: str | None) -> str | No
     return None if v is None else str(v)
 
 
-def render(layout: Layout, row: Row, batch: str | None = None, rel: str | None = None) -> str:
-    """One node's relative path, or PlacementError naming the node and the field."""
+def root(layout: Layout) -> str:
+    """The deepest directory stage/export put a layout's tree under in their output (a
+    stage's `<name>/input/`; an export's `<name>/` is shorter): `plan` checks every path with
+    it in front, so the output contract's length limit holds for both."""
+    return f"{layout.name}/input/"
+
+
+def render(layout: Layout, row: Row, batch: str | None = None, rel: str | None = None,
+           prefix: str | None = None) -> str:
+    """One node's relative path, or PlacementError naming the node and the field. The path
+    (and its sidecar's) must pass the output contract's rule below `prefix` (`root(layout)`
+    when None) — the seal would refuse it after the copy otherwise."""
     out = []
+    spans: list[tuple[Slot, int, int]] = []  # where each field's value lies in the path
+    at = 0
     for part in layout.parts:
         if isinstance(part, str):
             out.append(part)
+            at += len(part)
             continue
         value = _value(part, row, batch, rel)
         if value is None or value == "":
             if part.default is None:
                 if part.field == "ext":
-                    out.append("")
                     continue
-                else:
-                    raise PlacementError(f"{_who(row)} has no {_label(part)}; layout {layout.name} needs it — give a "
-                                         f"default ({{{_label(part)}|unknown}}) or narrow the selector")
-            else:
-                value = part.default
+                raise PlacementError(f"{_who(row)} has no {_label(part)}; layout {layout.name} needs it — give a "
+                                     f"default ({{{_label(part)}|unknown}}) or narrow the selector")
+            value = part.default
         if part.field not in SAFE:
             _check_value(value, (row, part), PlacementError, part.field in MULTI_SEGMENT)
         out.append(value)
+        spans.append((part, at, at + len(value)))
+        at += len(value)
     path = "".join(out)
+    prefix = root(layout) if prefix is None else prefix
+    for each in (path, path + SIDECAR_SUFFIX) if layout.sidecars else (path,):
+        _check_path(layout, row, each, each is not path, spans, prefix)
+    return path
+
+
+def _check_path(layout: Layout, row: Row, path: str, is_sidecar: bool, spans: list[tuple[Slot, int, int]],
+                prefix: str) -> None:
+    what = f"{_who(row)}: layout {layout.name} gives {'the sidecar ' if is_sidecar else ''}"
+    start = 0
     for seg in path.split("/"):
         if seg in ("", ".", ".."):
-            raise PlacementError(f"{_who(row)}: layout {layout.name} gives {path!r}, which has an empty, '.' or '..' "
-                                 "part; a field is empty — give it a default")
+            raise PlacementError(f"{what}{path!r}, which has an empty, '.' or '..' part; a field is empty — give it "
+                                 "a default")
         if len(seg) > MAX_SEGMENT // 4 and len(seg.encode()) > MAX_SEGMENT:
-            raise PlacementError(f"{_who(row)}: layout {layout.name} gives a name of {len(seg.encode())} bytes "
-                                 f"(at most {MAX_SEGMENT}): {seg[:40]}…")
-    if len(path.encode()) > MAX_PATH:
-        raise PlacementError(f"{_who(row)}: layout {layout.name} gives a path of {len(path.encode())} bytes "
-                             f"(at most {MAX_PATH})")
-    return path
+            raise PlacementError(f"{what}a name of {len(seg.encode())} bytes (at most {MAX_SEGMENT}, the file "
+                                 f"system's limit): '{display(seg[:40])}…'{_widest(spans, start, start + len(seg))}")
+        start += len(seg) + 1
+    why = hostile_reason(prefix + path)
+    if why is not None:
+        raise PlacementError(f"{what}'{display(path[:40])}…' (in the output: {prefix}…), which the output contract "
+                             f"refuses: {why}{_widest(spans, 0, len(path))}")
+
+
+def _widest(spans: list[tuple[Slot, int, int]], start: int, end: int) -> str:
+    """The message's next step: the field that takes most of path[start:end]."""
+    inside = [(min(e, end) - max(s, start), slot) for slot, s, e in spans if min(e, end) > max(s, start)]
+    if not inside:
+        return "; shorten the template"
+    n, slot = max(inside, key=lambda t: t[0])
+    return (f"; its longest field is {{{_label(slot)}}} ({n} characters) — use a shorter field (e.g. {{sha256}}) "
+            "or fewer of them, or narrow the selector")
 
 
 def _who(row: Row) -> str:
@@ -304,16 +352,17 @@ def sidecar(row: Row, batch: str | None, rel: str | None) -> bytes:
     return (json.dumps(doc, sort_keys=True, ensure_ascii=False, indent=1) + "\n").encode()
 
 
-def plan(layout: Layout, rows: Iterable[Row]) -> list[Placement]:
+def plan(layout: Layout, rows: Iterable[Row], prefix: str | None = None) -> list[Placement]:
     """Every file's place, sorted by path; PlacementError (naming both nodes) if two files
-    would share a path, or a file's path is another file's directory."""
+    would share a path, or a file's path is another file's directory; PlacementError naming
+    the node and the field if a path (below `prefix`, see `render`) is one the seal refuses."""
     placed: dict[str, Placement] = {}
     for row in rows:
         for batch, rel in (_locators(row) if layout.per_locator else _locators(row)[:1]):
-            path = render(layout, row, batch, rel)
+            path = render(layout, row, batch, rel, prefix)
             car = sidecar(row, batch, rel) if layout.sidecars else None
             p = Placement(path, row["node_id"], row["sha256"], row["size"], car)
-            for taken in (path, path + ".json") if car is not None else (path,):
+            for taken in (path, path + SIDECAR_SUFFIX) if car is not None else (path,):
                 other = placed.get(taken)
                 if other is not None:
                     _collide(layout, taken, other, p)

@@ -7,6 +7,7 @@ import os
 from typing import Any
 
 from fsd import zones
+from fsd.zones import size as zone_size  # (`zones` is a parameter name below)
 from fsd.base.config import Settings
 from fsd.store import Store
 
@@ -119,6 +120,12 @@ def store_problems(cfg: Settings, store: dict[str, Any], disks: list[dict[str, A
             problems.append(f"zone {z}: {s['used_ratio']:.0%} of its quota used or reserved ({s['level']}); "
                             + (f"`hoard zones clean ID` removes a sealed output (biggest: {', '.join(sealed)})"
                                if sealed else f"free space in {s['path']}"))
+        if s.get("fs_short"):
+            room = max(0, s["quota_bytes"] - s["used_bytes"] - s["reserved_bytes"])
+            problems.append(f"zone {z}: the file system holding {s['path']} has {zone_size(s['fs_free_bytes'])} "
+                            f"free, though the zone's quota promises {zone_size(room)} more: new work there is "
+                            "refused or fails; free space on that file system (the other zones and anything outside "
+                            f"hoardfs share it) or lower ssd.zones.{z}.quota_gb")
         if s.get("error"):
             problems.append(f"zone {z}: {s['error']}")
         for r in s.get("reservations", []):

@@ -15,6 +15,7 @@ it — this module never presents a tree as done.
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import hashlib
 import os
@@ -94,11 +95,27 @@ def _write_all(fd: int, data: memoryview | bytes) -> None:
         view = view[os.write(fd, view):]
 
 
+def _start_writeback(fd: int) -> None:
+    """Ask the kernel to start writing the file's dirty pages now, without waiting: the SSD
+    writes while the HDDs are still read, and the one syncfs at the end finds little left
+    (left alone, the kernel holds gigabytes dirty until its background threshold, and the
+    final sync writes them all while every disk reader is idle)."""
+    if _sync_file_range is not None:
+        _sync_file_range(fd, 0, 0, SYNC_FILE_RANGE_WRITE)  # a failure here is only a missed hint
+
+
+SYNC_FILE_RANGE_WRITE = 2  # <linux/fs.h>: start writeback of dirty pages, do not wait
+_sync_file_range = getattr(ctypes.CDLL(None, use_errno=True), "sync_file_range", None)  # not in Python's os
+if _sync_file_range is not None:
+    _sync_file_range.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+
+
 def _write_file(path: Path, data: memoryview | bytes) -> None:
     try:
         fd = _open_new(path)
         try:
             _write_all(fd, data)
+            _start_writeback(fd)
         finally:
             os.close(fd)
     except OSError as e:
@@ -171,6 +188,7 @@ def materialize(store: Store, items: Iterable[Item], dest: Path,
                         h.update(piece)
                         try:
                             _write_all(fd, piece)
+                            _start_writeback(fd)
                         except OSError as e:
                             raise _WriteFailed(e) from None
                 finally:

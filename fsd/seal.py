@@ -197,6 +197,22 @@ class Output:
             fsync_dir(Path(top))
         return files
 
+    def prune(self, keep: set[str]) -> int:
+        """Remove from `tmp` every file and link not in `keep` (relative paths), and the
+        contract's own files a crashed seal left (`_MANIFEST.json`, its temporary): what a
+        resumed producer's earlier attempt wrote that its plan no longer names. Returns how
+        many were removed."""
+        removed = 0
+        for top, dirs, names in os.walk(self.tmp, topdown=False):
+            for n in names + [d for d in dirs if os.path.islink(os.path.join(top, d))]:
+                path = os.path.join(top, n)
+                if os.path.relpath(path, self.tmp) not in keep:
+                    os.unlink(path)
+                    removed += 1
+            if top != str(self.tmp) and not os.listdir(top):
+                os.rmdir(top)
+        return removed
+
     def fail(self, cause: BaseException, keep: bool = False) -> str:
         """Release the reservation and remove the partial output (kept with `keep` — a
         resumable producer's — or `ssd.keep_failed_outputs`); what happened to it, for the
@@ -210,25 +226,48 @@ class Output:
         return "its partial files were removed"
 
 
+def as_error(e: OSError, what: str) -> HoardError:
+    """An SSD error while writing an output, as one line: a full file system is exit 6."""
+    cause = f"{e.strerror or e} ({e.filename or 'no file named'})"
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return HoardError(f"{what}: the SSD is full: {cause}; free space (`hoard zones`) and run the same command "
+                          "again — what was written is kept", ExitCode.NO_SPACE)
+    return HoardError(f"{what}: cannot write: {cause}; check the SSD (`dmesg`, `df`) and run the same command again",
+                      ExitCode.UNAVAILABLE)
+
+
 def _write_job(final: Path, doc: dict[str, Any]) -> None:
     atomic_write(final / JOB, json.dumps(doc, sort_keys=True, indent=1).encode())
 
 
 def begin(cfg: Settings, zone: str, output_id: str, *, job: str, kind: str, expected_bytes: int,
           expected_files: int | None = None, selector: Any = None, layout: Any = None,
-          next_step: str = "", resume: bool = False) -> Output:
+          next_step: str = "", resume: bool = False, reserve_bytes: int | None = None) -> Output:
     """Reserve the room (zones.ZoneFull if there is none) and make `<zone>/.tmp/<id>/`.
+    `reserve_bytes`: what the files will occupy (zones.charge), when it is not
+    `expected_bytes` (the files' own sizes, which `_JOB.json` compares with the actual ones).
     `resume`: what an earlier attempt left there is kept (a producer that checks what it
     finds, as fsd.materialize does, goes on from it); otherwise it is removed."""
     if zone not in zones.OUTPUT_ZONES:
         raise HoardError(f"zone {zone} holds no job outputs; outputs go to {', '.join(zones.OUTPUT_ZONES)}",
                          ExitCode.USAGE)
     out = Output(cfg, zone, output_id, job, kind, expected_bytes, expected_files, selector, layout)
+    if resume and out.final.is_dir() and not (out.final / SEALED).exists() and not out.tmp.exists():
+        # a crash between the rename and `_SEALED`: the files are verified ones, back to work
+        # in progress (nothing without `_SEALED` is read); the resumed seal writes it again
+        out.tmp.parent.mkdir(parents=True, exist_ok=True)
+        os.rename(out.final, out.tmp)
+        fsync_dir(out.final.parent)
+        fsync_dir(out.tmp.parent)
+        for name in (JOB, SEALED):
+            with contextlib.suppress(FileNotFoundError):
+                (out.tmp / name).unlink()
     if out.final.exists():
         raise HoardError(f"output {zone}/{output_id} exists already ({out.final}); `hoard zones clean "
                          f"{output_id}` removes it, or choose another id", ExitCode.USAGE)
     # (a resumed attempt's files already in .tmp count as written against the reservation)
-    out.reservation = zones.reserve(cfg, zone, output_id, job, expected_bytes, next_step)
+    out.reservation = zones.reserve(cfg, zone, output_id, job,
+                                    expected_bytes if reserve_bytes is None else reserve_bytes, next_step)
     if out.tmp.exists() and not resume:  # the leftover of an attempt whose job died (its reservation was stale)
         shutil.rmtree(out.tmp)
     out.tmp.mkdir(parents=True, exist_ok=True)
@@ -249,12 +288,9 @@ def output(cfg: Settings, zone: str, output_id: str, **kw: Any) -> Iterator[Outp
             out.seal()
     except (HoardError, OSError) as e:
         what = out.fail(e)
-        if isinstance(e, HoardError):
-            cause, code = e.message, e.exit_code
-        else:
-            cause = f"{e.strerror or e} ({e.filename or 'no file named'})"
-            code = ExitCode.NO_SPACE if e.errno in (errno.ENOSPC, errno.EDQUOT) else ExitCode.UNAVAILABLE
-        raise OutputFailed(f"output {zone}/{output_id} of {out.job} failed: {cause}; {what}", code) from e
+        err = e if isinstance(e, HoardError) else as_error(e, f"output {zone}/{output_id}")
+        raise OutputFailed(f"output {zone}/{output_id} of {out.job} failed: {err.message}; {what}",
+                           err.exit_code) from e
     except BaseException as e:  # a bug or an interruption: cleaned up, then raised as it is (traceback)
         out.fail(e)
         raise

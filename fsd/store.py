@@ -558,12 +558,13 @@ class Store:
             disk, meta.hex, loc.offset, loc.length, sha), avoid)
 
     # -- large objects: verified pieces, bounded memory ----------------------------------------
-    def iter_object(self, sha: bytes, avoid: set[str] = frozenset()):
+    def iter_object(self, sha: bytes, avoid: set[str] = frozenset(), first: str = ""):
         """The object's bytes in verified pieces (each MAP_PIECE checked against the object's
         chunk map before it is yielded; a piece that fails on one replica is read from the
         next), whatever its size, in bounded memory. An object without a chunk map (stored
         from memory, or its map lost with the index) is first read once in full — its
-        xxh3-128 and sha256 checked, streaming — to learn the map."""
+        xxh3-128 and sha256 checked, streaming — to learn the map. Pieces come from the disk
+        `first` while it holds a good replica (the batch planner's choice)."""
         loc = self.index.lookup(sha)
         if loc is None:
             raise ObjectNotFound(f"object {sha.hex()} is not in the store (check the digest)")
@@ -584,7 +585,7 @@ class Store:
                                                           f"chunk map (shard {meta.hex} on {disk.label})")
                 return buf
 
-            yield self.from_replicas(sha, read, avoid)
+            yield self.from_replicas(sha, read, avoid, first=first)
 
     def copy_object_to(self, sha: bytes, f) -> int:
         """Write the object's verified bytes to the binary file `f`, piece by piece; returns

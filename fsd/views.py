@@ -25,6 +25,17 @@ from fsd.manifest import ViewError, build_view, manifest_objects
 __all__ = ["ViewError", "define_view", "define_view_rows", "manifest_rows", "remove_view"]
 
 VIEW_NAME = re.compile(NAME_PATTERN)
+#: views named `<zone>-<id>` belong to view-mode outputs (jobs.outputs): only the output's
+#: own job defines one and only `hoard zones clean` removes it, so a sealed output's entry
+#: can never dangle or show another selection
+OUTPUT_VIEW = re.compile(r"3[BCD]-")
+
+
+def _check_owner(name: str, for_output: bool, doing: str) -> None:
+    if OUTPUT_VIEW.match(name) and not for_output:
+        raise ViewError(f"view {name!r}: names starting with 3B-, 3C- or 3D- belong to view-mode outputs of "
+                        f"`hoard stage`/`hoard export`, and cannot be {doing} by hand — `hoard zones clean "
+                        f"{name[3:]}` removes such an output with its view; choose another name for yours")
 
 
 #: a line is a 64-hex digest, whitespace and a path of at most MAX_PATH_BYTES: longer is not a line
@@ -90,12 +101,14 @@ def define_view(store, name: str, raw: bytes) -> dict:
     return define_view_rows(store, name, manifest_rows(io.BufferedReader(io.BytesIO(raw))))
 
 
-def define_view_rows(store, name: str, rows: Iterable[tuple[str, str]]) -> dict:
+def define_view_rows(store, name: str, rows: Iterable[tuple[str, str]], *, for_output: bool = False) -> dict:
     """Define (or replace) view `name` from (path, sha256) rows in any order, in bounded
     memory. The objects of the manifest it replaces are tombstoned: gc frees those that no
-    other manifest (an identical directory is one object) still references."""
+    other manifest (an identical directory is one object) still references. `for_output`:
+    the caller is a view-mode output's job (OUTPUT_VIEW names are its alone)."""
     if not VIEW_NAME.match(name):
         raise ViewError(f"view name {name!r}: letters, digits, `.`, `_`, `-`, at most 128")
+    _check_owner(name, for_output, "defined")
     built = build_view(store, name, rows)
     # Its objects were acknowledged one by one while it was built; one that a concurrent
     # redefinition tombstoned meanwhile is kept (the tombstone cleared, as storing it again
@@ -112,7 +125,8 @@ def define_view_rows(store, name: str, rows: Iterable[tuple[str, str]]) -> dict:
     return info
 
 
-def remove_view(store, name: str) -> None:
+def remove_view(store, name: str, *, for_output: bool = False) -> None:
+    _check_owner(name, for_output, "removed")
     old = store.index.get_view(name)
     if old is None:
         raise ViewError(f"no view {name!r}; `hoard view list` shows them")

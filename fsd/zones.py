@@ -8,7 +8,12 @@ releases the reservation when its output is sealed or it failed (`release`):
   90 %) is refused with one line naming the zone, how full it is, what the job needs and the
   biggest sealed outputs `hoard zones clean ID` could remove;
 * past the emergency threshold (95 %) no new reservation is taken at all; jobs that hold one
-  finish (`grow` lets them overshoot their estimate up to that threshold, no further).
+  finish (`grow` lets them overshoot their estimate up to that threshold, no further);
+* a quota is a promise the SSD's file system may not keep (zones share it, and other files
+  fill it): a reservation the file system's free space cannot hold is refused too, naming
+  the zone, its path, the free bytes and the need; a zone's `free_bytes` is the smaller of
+  its quota's room and the file system's, and `hoard health` names a zone whose file system
+  is nearly out of what its quota promises.
 
 Reservations are files, `<ssd.root>/state/reservations/<zone>/<id>.json` (written atomically,
 fsynced), so they survive a crash: each names its job, pid, the pid's start time, host and
@@ -35,6 +40,7 @@ import socket
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from collections.abc import Iterable
 from typing import Any, Iterator
 
 from fsd.base.config import ZONES, Settings
@@ -51,12 +57,25 @@ SEALED = "_SEALED"
 #: where an output is written before it is sealed: `<zone>/.tmp/<id>/`
 TMP = ".tmp"
 MiB, GiB = 1 << 20, 1 << 30
+#: `hoard health` names a zone whose file system has less free space than this share of the
+#: room its quota still promises. Zones share the SSD's file system and their quotas usually
+#: add up to more than it holds (not every zone is full at once): flagging every zone whose
+#: room exceeds the free space would flag a sound set-up for ever. Below 10 % the zone is as
+#: good as full while its quota says otherwise; a single job too big for the file system is
+#: refused by `reserve` anyway, in one line.
+FS_SHORT_SHARE = 0.10
 
 
 class ZoneFull(HoardError):
     """A reservation refused: the zone would pass its deny threshold, or is past emergency."""
 
     exit_code = ExitCode.NO_SPACE
+
+
+class NoSuchOutput(HoardError):
+    """`hoard zones clean ID` of an id no zone holds."""
+
+    exit_code = ExitCode.DATA
 
 
 class ZoneBusy(HoardError):
@@ -167,6 +186,44 @@ def du(path: os.PathLike[str] | str) -> int:
         except (FileNotFoundError, NotADirectoryError):
             continue
     return total
+
+
+#: what one file adds to its directory: an ext4 entry is an 8-byte header and the name padded
+#: to 4 bytes; an output's names are mostly a sha256 and an extension (~70 bytes)
+DIRENT_BYTES = 80
+
+
+def block_size(path: os.PathLike[str] | str) -> int:
+    """The allocation unit of the file system holding `path` (statvfs f_frsize)."""
+    st = os.statvfs(path)
+    return st.f_frsize or st.f_bsize
+
+
+def charge(where: os.PathLike[str] | str | tuple[Settings, str], sizes: Iterable[int], dirs: int = 0) -> int:
+    """The bytes a tree of files of these `sizes` will take on the file system of `where` (a
+    path, or a (cfg, zone) pair: the zone's directory) as `du` counts them — what a job
+    reserves (`reserve`), since a zone's usage is measured in allocated blocks. Each file is
+    rounded up to the block size (152 files under 2 KB hold 46 KB and occupy 608 KB on 4 KiB
+    blocks); `dirs`, the directories the tree makes, take a block each; the entries they hold
+    DIRENT_BYTES a file. Sparse files and inline data (ext4 `inline_data`) take less: this
+    errs on the side of the quota. A zone not there yet is measured at its nearest parent."""
+    path = Path(where[0].ssd.zone_path(where[1]) if isinstance(where, tuple) else where)  # type: ignore[arg-type]
+    while not path.exists() and path.parent != path:
+        path = path.parent
+    block = block_size(path)
+    files = total = 0
+    for n in sizes:
+        files += 1
+        total += -(-int(n) // block) * block
+    dirents = -(-files * DIRENT_BYTES // block) * block
+    return total + dirs * block + dirents
+
+
+def fs_free(path: os.PathLike[str] | str) -> int:
+    """Bytes an unprivileged writer may still allocate on the file system holding `path`
+    (statvfs f_bavail × f_frsize): what any zone on it can really take."""
+    st = os.statvfs(path)
+    return st.f_bavail * (st.f_frsize or st.f_bsize)
 
 
 def reservations(cfg: Settings, zone: str) -> list[Reservation]:
@@ -310,8 +367,12 @@ def zone_usage(cfg: Settings, zone: str) -> dict[str, Any]:
     used = du(zpath) if present else 0
     reserved = sum(r.outstanding for r in rs)
     ratio = (used + reserved) / q
+    room = max(0, q - used - reserved)
+    fs = fs_free(zpath) if present else 0
+    fs_room = max(0, fs - reserved)  # what running jobs reserved will come out of the file system too
     return {"path": str(zpath), "present": present, "quota_bytes": q, "used_bytes": used,
-            "reserved_bytes": reserved, "free_bytes": max(0, q - used - reserved), "used_ratio": round(ratio, 4),
+            "reserved_bytes": reserved, "fs_free_bytes": fs, "free_bytes": min(room, fs_room),
+            "fs_short": present and fs_room < FS_SHORT_SHARE * room, "used_ratio": round(ratio, 4),
             "level": level(cfg, ratio), "reservations": [r.to_json() for r in rs],
             "outputs": outputs(cfg, zone, rs) if present else [], "error": error}
 
@@ -346,6 +407,7 @@ def reserve(cfg: Settings, zone: str, output_id: str, job: str, nbytes: int, nex
         q, th = quota(cfg, zone), cfg.ssd.thresholds
         if (used + reserved) >= th.emergency * q or used + reserved + need > th.deny * q:
             raise ZoneFull(refusal(cfg, zone, job, need, used, reserved, others, next_step))
+        _check_fs(cfg, zone, job, need, reserved, next_step)
         now = time.time_ns()
         r = Reservation(zone=zone, id=output_id, job=job, bytes=nbytes, pid=os.getpid(),
                         pid_start=_pid_start(os.getpid()), host=socket.gethostname(),
@@ -366,9 +428,24 @@ def grow(cfg: Settings, r: Reservation, nbytes: int) -> Reservation:
         if used + reserved + max(0, nbytes - written) > cfg.ssd.thresholds.emergency * q:
             raise ZoneFull(refusal(cfg, r.zone, r.job, max(0, nbytes - written), used, reserved, rs, "",
                                    limit="emergency"))
+        _check_fs(cfg, r.zone, r.job, max(0, nbytes - written), reserved, "")
         r.bytes = nbytes
         _save(cfg, r)
         return r
+
+
+def _check_fs(cfg: Settings, zone: str, job: str, need: int, reserved: int, next_step: str) -> None:
+    """ZoneFull when the zone's file system cannot hold `need` beside the `reserved` bytes
+    other jobs there have still to write, whatever the quota says."""
+    zpath = cfg.ssd.zone_path(zone)  # type: ignore[arg-type]
+    free = fs_free(zpath)
+    if need <= 0 or need + reserved <= free:
+        return
+    held = f" besides {size(reserved)} running jobs reserved there and have not written yet" if reserved else ""
+    raise ZoneFull(f"zone {zone}: the file system holding {zpath} has {size(free)} free and {job} needs "
+                   f"{size(need)}{held}, though the zone's quota has room; free space on that file system (the "
+                   f"other zones and anything outside hoardfs share it) or lower ssd.zones.{zone}.quota_gb to what "
+                   f"it can hold" + (f"; then {next_step}" if next_step else ""))
 
 
 def release(cfg: Settings, zone: str, output_id: str) -> bool:
@@ -417,8 +494,8 @@ def clean(cfg: Settings, output_id: str, zone: str | None = None) -> dict[str, A
     hits = [z for z in zones if any(p.is_dir() for p in _paths(cfg, z, output_id))
             or _res_path(cfg, z, output_id).exists()]
     if not hits:
-        raise HoardError(f"no output {output_id} in zone{'s' if len(zones) > 1 else ''} {', '.join(zones)}; "
-                         "`hoard zones` lists them", ExitCode.DATA)
+        raise NoSuchOutput(f"no output {output_id} in zone{'s' if len(zones) > 1 else ''} {', '.join(zones)}; "
+                           "`hoard zones` lists them")
     if len(hits) > 1:
         raise HoardError(f"output {output_id} is in zones {', '.join(hits)}; say which with --zone", ExitCode.USAGE)
     z = hits[0]

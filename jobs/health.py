@@ -1,7 +1,8 @@
 """`hoard health`: one JSON document with the state of every part, and the problems to act on.
 
 Each system reports its own part — `fsd.health` (the disks, the store, the SSD zones),
-`sql.health` (the database), `jobs.queues` (Redis), `jobs.ingest` (UA_1 batches). `collect`
+`sql.health` (the database), `jobs.queues` (Redis), `jobs.ingest` (UA_1 batches),
+`jobs.outputs` (stages and exports). `collect`
 puts them together here, above the store and the database, so that the `hoard` command and
 the GUI (which sit above jobs) read the same document.
 """
@@ -12,6 +13,7 @@ from typing import Any
 
 from fsd.base.config import Settings
 from fsd.health import disk_status, store_problems, store_status, zone_status
+from jobs import outputs
 from jobs.ingest import ingest_status
 from jobs.queues import redis_status
 from sql.health import database_problems, database_status
@@ -37,6 +39,7 @@ def collect(cfg: Settings) -> dict[str, Any]:
     for r in report["ingest"]["refused"] + report["ingest"]["stalled"]:  # never a silent skip or stall
         problems.append(f"ingest {r['batch_id']}: {r['reason']}")
     problems += store_problems(cfg, store, report["disks"], report["zones"])
+    problems += outputs.problems(cfg)
     problems += database_problems(report["database"])
     if not report["redis"]["ok"]:
         problems.append(f"redis: {report['redis']['error']}; start it with `hoard services up` or fix redis_url")

@@ -34,7 +34,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import tarfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -43,7 +42,7 @@ from typing import Any
 
 import psycopg
 import redis
-from rq import Queue, SimpleWorker, Worker
+from rq import Queue, SimpleWorker
 from rq.exceptions import NoSuchJobError, StopRequested
 from rq.job import Job
 from rq.worker import WorkerStatus
@@ -58,7 +57,7 @@ from fsd.base.files import atomic_write, flocked, fsync_dir
 from fsd.base.paths import NAME_PATTERN
 from fsd import zones
 from fsd.store import Store
-from jobs.queues import QUEUES, connect
+from jobs.queues import QUEUES, connect, enqueue_once, running, unserved_queues
 from sql.apply import apply_write_intent
 from sql.migrate import migrate
 from sql.schema_decider import propose_if_new
@@ -171,7 +170,7 @@ def stalled_batches(cfg: Settings, pending: list[BatchState]) -> list[dict[str, 
                 job_status = Job.fetch(job_id, connection=conn).get_status(refresh=True)
             except NoSuchJobError:
                 job_status = None
-            if job_status == "started" and _running(conn, job_id):
+            if job_status == "started" and running(conn, job_id):
                 continue
             if job_status in ("queued", "scheduled", "deferred"):
                 if QUEUE_OF[st.step] not in idle:
@@ -350,46 +349,10 @@ def _job_id(batch_id: str, step: str) -> str:
 
 def enqueue(cfg: Settings, st: BatchState, redis_conn=None) -> str:
     assert cfg.redis_url
-    conn = redis_conn or connect(cfg.redis_url)
-    job_id = _job_id(st.batch_id, st.step)
-    try:
-        job = Job.fetch(job_id, connection=conn)
-        status = job.get_status(refresh=True)
-        if status in ("queued", "scheduled", "deferred") or (status == "started" and _running(conn, job_id)):
-            return job_id  # already waiting or running: enqueueing again would run the step twice
-        job.delete()  # finished, failed, or "started" by a worker that died (kill -9, power loss)
-    except NoSuchJobError:
-        pass
-    Queue(QUEUE_OF[st.step], connection=conn).enqueue(
-        "jobs.ingest.run_step", str(cfg.source) if cfg.source else None, st.batch_id, st.step,
-        job_id=job_id, job_timeout=STEP_TIMEOUT_S, result_ttl=86400, failure_ttl=30 * 86400,
-        description=f"ingest {st.batch_id}: {st.step}")
-    return job_id
-
-
-def _running(conn, job_id: str) -> bool:
-    """True if a live worker is executing `job_id` right now."""
-    return any(w.get_current_job_id() == job_id and _alive(w) for w in Worker.all(connection=conn))
-
-
-def unserved_queues(conn) -> list[str]:
-    """The hoardfs queues no live worker serves: a batch queued there waits until one starts."""
-    served = {q for w in Worker.all(connection=conn) if _alive(w) for q in w.queue_names()}
-    return [q for q in QUEUES if q not in served]
-
-
-def _alive(worker) -> bool:
-    """A worker on this host is alive if its process is; one elsewhere while Redis keeps its
-    key (RQ lets a silent worker's key expire after its TTL)."""
-    if worker.hostname != socket.gethostname() or not worker.pid:
-        return True
-    try:
-        os.kill(worker.pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass
-    return True
+    return enqueue_once(redis_conn or connect(cfg.redis_url), QUEUE_OF[st.step], "jobs.ingest.run_step",
+                        str(cfg.source) if cfg.source else None, st.batch_id, st.step,
+                        job_id=_job_id(st.batch_id, st.step), timeout=STEP_TIMEOUT_S,
+                        description=f"ingest {st.batch_id}: {st.step}")
 
 
 # -- the job -----------------------------------------------------------------------------

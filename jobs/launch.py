@@ -29,7 +29,7 @@ from fsd import zones
 from fsd.base.config import Settings
 from fsd.base.errors import ExitCode, HoardError
 from jobs import ingest, maintenance, outputs
-from jobs.queues import connect
+from jobs.queues import connect, enqueue_once, unserved_queues
 
 MAINTENANCE_QUEUE = "maintenance"
 PREFIX = "maint-"
@@ -151,22 +151,11 @@ def launch_output(cfg: Settings, kind: str, output_id: str, layout: str, selecto
 
 
 def enqueue_output(cfg: Settings, kind: str, output_id: str, conn=None) -> str:
-    """Queue the recorded request of an output, unless it already waits or runs."""
-    conn = conn or connect(cfg.redis_url)
-    job_id = f"{kind}-{output_id}"
-    try:
-        job = Job.fetch(job_id, connection=conn)
-        status = job.get_status(refresh=True)
-        if status in ("queued", "scheduled", "deferred") or (status == "started" and ingest._running(conn, job_id)):
-            return job_id  # waiting or running: enqueueing again would run it twice
-        job.delete()  # finished, failed, or "started" by a worker that died
-    except NoSuchJobError:
-        pass
-    Queue(outputs.QUEUE, connection=conn).enqueue(
-        "jobs.outputs.run_job", str(cfg.source) if cfg.source else None, output_id, job_id=job_id,
-        job_timeout=outputs.JOB_TIMEOUT_S, result_ttl=86400, failure_ttl=30 * 86400,
-        description=f"{kind} {output_id}")
-    return job_id
+    """Queue the recorded request of an output, unless it already waits or runs (as `hoard
+    stage|export` does)."""
+    return enqueue_once(conn or connect(cfg.redis_url), outputs.QUEUE, "jobs.outputs.run_job",
+                        str(cfg.source) if cfg.source else None, output_id, job_id=f"{kind}-{output_id}",
+                        timeout=outputs.JOB_TIMEOUT_S, description=f"{kind} {output_id}")
 
 
 # -- listing -------------------------------------------------------------------------------------
@@ -181,6 +170,11 @@ def _iso(t: dt.datetime | None) -> str:
     if t.tzinfo is None:
         t = t.replace(tzinfo=dt.timezone.utc)
     return t.isoformat(timespec="seconds")
+
+
+#: jobs.outputs.describe's statuses as runs show them (an interrupted or vanished output
+#: needs a person like a failed one; the reason says which)
+_OUTPUT_STATUS = {"interrupted": "failed", "gone": "failed"}
 
 
 def maintenance_runs(conn) -> list[Run]:
@@ -210,10 +204,16 @@ def runs(cfg: Settings, conn=None) -> list[Run]:
     out = [Run("ingest", s.batch_id, s.status, s.signalled, s.updated, source=s.source, error=s.error or "",
                queue=ingest.QUEUE_OF.get(s.step, "")) for s in ingest.all_states(cfg)]
     for p in sorted(outputs.state_dir(cfg).glob("*.json")):
-        st = outputs.load_state(cfg, p.stem)
+        try:
+            st = outputs.load_state(cfg, p.stem)
+        except HoardError as e:  # a damaged state file: listed with what to do
+            out.append(Run("export", p.stem, "failed", "", "", error=e.message, queue=outputs.QUEUE))
+            continue
         if st is not None:
-            out.append(Run(st.spec.get("kind", "export"), st.id, st.status, st.updated, st.updated,
-                           error=st.error, queue=outputs.QUEUE, params={"layout": st.spec.get("layout", {}).get("name")}))
+            shown, why = outputs.describe(cfg, st)
+            out.append(Run(st.spec.get("kind", "export"), st.id, _OUTPUT_STATUS.get(shown, shown), st.updated,
+                           st.updated, error=why or "", queue=outputs.QUEUE,
+                           params={"layout": st.spec.get("layout", {}).get("name")}))
     try:
         out += maintenance_runs(conn or connect(cfg.redis_url))
     except redis.RedisError:
@@ -279,7 +279,9 @@ def detail(cfg: Settings, kind: str, run_id: str, conn=None) -> dict[str, Any]:
         st = outputs.load_state(cfg, run_id)
         if st is None:
             raise LaunchError(f"no {kind} {run_id!r}")
-        out.update(asdict(st))
+        shown, why = outputs.describe(cfg, st)
+        out.update(asdict(st), status=_OUTPUT_STATUS.get(shown, shown), error=why or "",
+                   report=st.report if shown == "done" else {})
     else:
         job = _job_of(cfg, kind, run_id, conn)
         if job is None:
@@ -313,7 +315,7 @@ def why_waiting(cfg: Settings, kind: str, run_id: str, status: str, conn=None) -
         queue, zone = outputs.QUEUE, outputs.ZONE_OF[kind]
     else:
         queue, zone = MAINTENANCE_QUEUE, ""
-    if queue in ingest.unserved_queues(conn) and not any("no worker serves" in r for r in reasons):
+    if queue in unserved_queues(conn) and not any("no worker serves" in r for r in reasons):
         reasons.append(f"no worker serves the {queue} queue; start one with `hoard worker` (systemd: hoard-worker)")
     if zone:
         u = zones.zone_usage(cfg, zone)

@@ -36,7 +36,8 @@ from fsd import seal, zones
 from fsd.base import config as config_mod
 from fsd.base.config import Settings
 from fsd.base.errors import ExitCode, HoardError
-from fsd.base.files import atomic_write, flocked
+from fsd.base.files import atomic_write, flocked, fsync_dir
+from fsd.manifest import ViewError
 from fsd.materialize import Item, MaterializeReport, materialize
 
 OUTPUT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
@@ -47,6 +48,10 @@ JOB_TIMEOUT_S = 24 * 3600
 
 class OutputError(HoardError):
     exit_code = ExitCode.USAGE
+
+
+class DamagedState(OutputError):
+    exit_code = ExitCode.DATA
 
 
 class OutputSpec(BaseModel):
@@ -84,6 +89,9 @@ def make_spec(kind: str, output_id: str, layout_spec: str, selector: dict | None
         raise OutputError("give one of --selector FILE or --nodes FILE")
     if mode not in ("copy", "view"):
         raise OutputError(f"--mode {mode!r}: copy or view")
+    if mode == "view" and len(output_id) > 125:  # its view is named <zone>-<id>, at most 128
+        raise OutputError(f"output id {output_id[:20]}…: at most 125 characters in view mode (its view is named "
+                          f"{ZONE_OF.get(kind, '3D')}-<id>)")
     lay = layouts.load(layout_spec)
     if selector is not None:
         from sql.selectors import parse_selector  # deferred: validation only; the run queries
@@ -122,10 +130,64 @@ def state_dir(cfg: Settings) -> Path:
 
 
 def load_state(cfg: Settings, output_id: str) -> OutputState | None:
+    """The recorded request of `output_id`, None if there is none; a damaged state file is
+    named (OutputError), never a traceback."""
+    if not OUTPUT_ID.fullmatch(output_id or ""):
+        raise OutputError(f"{output_id!r} is not an output id (1-128 of A-Z a-z 0-9 . _ -)")
+    path = state_dir(cfg) / f"{output_id}.json"
     try:
-        return OutputState(**json.loads((state_dir(cfg) / f"{output_id}.json").read_bytes()))
+        doc = json.loads(path.read_bytes())
+        st = OutputState(**doc)
+        OutputSpec(**st.spec)
+        return st
     except FileNotFoundError:
         return None
+    except (OSError, ValueError, TypeError) as e:
+        raise DamagedState(f"the state of output {output_id} ({path}) is damaged ({type(e).__name__}: "
+                           f"{str(e).splitlines()[0] if str(e) else ''}); `hoard zones clean {output_id}` forgets the "
+                           "request (and removes its output)") from None
+
+
+def forget(cfg: Settings, output_id: str) -> bool:
+    """Drop the recorded request of `output_id` (its output was removed): the id is free again."""
+    try:
+        (state_dir(cfg) / f"{output_id}.json").unlink()
+    except FileNotFoundError:
+        return False
+    fsync_dir(state_dir(cfg))
+    return True
+
+
+def is_running(cfg: Settings, output_id: str) -> bool:
+    """True while a process (this host's CLI or a worker's work horse) runs `output_id`: it
+    holds the id's lock, which the kernel drops when that process dies."""
+    try:
+        with flocked(state_dir(cfg) / f"{output_id}.lock", wait=False):
+            return False
+    except BlockingIOError:
+        return True
+
+
+def sealed(cfg: Settings, spec: OutputSpec) -> dict[str, Any] | None:
+    """The `_JOB` document of the id's sealed output, None when there is none (never made,
+    cleaned, removed by hand, or a crash before its `_SEALED`)."""
+    try:
+        return seal.check_sealed(cfg.ssd.zone_path(spec.zone) / spec.id)
+    except seal.OutputIncomplete:
+        return None
+
+
+def describe(cfg: Settings, st: OutputState) -> tuple[str, str]:
+    """(status, why) as a person should read them: `done` only with its seal in place,
+    `running` only while a process runs it."""
+    spec = OutputSpec(**st.spec)
+    if st.status == "done" and sealed(cfg, spec) is None:
+        return "gone", (f"its output {spec.zone}/{spec.id} is no longer there (cleaned or removed by hand); the same "
+                        "command makes it again")
+    if st.status == "running" and not is_running(cfg, st.id):
+        return "interrupted", ("the process running it died (killed, or the worker's work horse was); the same "
+                               "command resumes it")
+    return st.status, st.error
 
 
 def save_state(cfg: Settings, st: OutputState) -> None:
@@ -141,24 +203,46 @@ def _id_lock(cfg: Settings, output_id: str) -> Iterator[None]:
         yield
 
 
+def problems(cfg: Settings) -> list[str]:
+    """`hoard health`'s lines about stages and exports: each failed or interrupted one (a
+    queued one waits for a worker; a done one is fine, or `gone` if its output was removed by
+    hand — not a problem of the store)."""
+    found = []
+    for path in sorted(state_dir(cfg).glob("*.json")):
+        try:
+            st = load_state(cfg, path.stem)
+        except OutputError as e:
+            found.append(f"output {path.stem}: {e.message}")
+            continue
+        if st is None:
+            continue
+        shown, why = describe(cfg, st)
+        if shown in ("failed", "interrupted"):
+            kind = st.spec["kind"]
+            found.append(f"{kind} {st.id}: {shown} — {why}; the same `hoard {kind} {st.id} …` command resumes it, "
+                         f"or `hoard zones clean {st.id}` gives it up")
+    return found
+
+
 def submit(cfg: Settings, spec: OutputSpec) -> OutputState:
-    """Record the request (ids are immutable: the same request again is fine, another one is
-    refused naming the difference's remedy)."""
+    """Record the request. Ids are immutable: the same request again is fine (a done one whose
+    output is gone is made again), another one — of either kind, queued, running, failed or
+    done — is refused until `hoard zones clean ID` forgets it. One submit of an id at a time."""
     final = cfg.ssd.zone_path(spec.zone) / spec.id
-    st = load_state(cfg, spec.id)
-    if st is not None and not (final.exists() or (cfg.ssd.zone_path(spec.zone) / zones.TMP / spec.id).exists()):
-        st = None  # its output was removed (`hoard zones clean`): the id is free again
-    if st is not None and OutputSpec(**st.spec).digest() != spec.digest():
-        raise OutputError(f"output id {spec.id} was used for another request (see `hoard {spec.kind} --status "
-                          f"{spec.id}`); ids are immutable — choose a new id, or `hoard zones clean {spec.id}` "
-                          "first to reuse it")
-    if st is None and final.exists():
-        raise OutputError(f"{final} exists but no {spec.kind} made it; choose another id, or `hoard zones clean "
-                          f"{spec.id}` first")
-    if st is None or st.status in ("failed", "done") and not final.exists():
-        st = OutputState(spec.id, spec.model_dump(), status="queued")
-        save_state(cfg, st)
-    return st
+    with flocked(state_dir(cfg) / f"{spec.id}.submit.lock"):
+        st = load_state(cfg, spec.id)
+        if st is not None and OutputSpec(**st.spec).digest() != spec.digest():
+            other = OutputSpec(**st.spec)
+            raise OutputError(f"output id {spec.id} is taken by another request ({other.kind}, "
+                              f"{describe(cfg, st)[0]}: `hoard {other.kind} --status {spec.id}`); ids are immutable — "
+                              f"choose a new id, or `hoard zones clean {spec.id}` first to reuse it")
+        if st is None and final.exists():
+            raise OutputError(f"{final} exists but no {spec.kind} made it; choose another id, or `hoard zones clean "
+                              f"{spec.id}` first")
+        if st is None or st.status == "done" and sealed(cfg, spec) is None:
+            st = OutputState(spec.id, spec.model_dump(), status="queued")
+            save_state(cfg, st)
+        return st
 
 
 # -- the run ------------------------------------------------------------------------------------
@@ -177,7 +261,7 @@ def run(cfg: Settings, output_id: str, progress: Callable[[int, int], None] | No
         if st is None:
             raise OutputError(f"no request recorded for output {output_id}; `hoard stage` / `hoard export` it first")
         spec = OutputSpec(**st.spec)
-        if st.status == "done":
+        if st.status == "done" and sealed(cfg, spec) is not None:
             return {**st.report, "already_done": True}
         st.status, st.error = "running", ""
         save_state(cfg, st)
@@ -206,16 +290,22 @@ def plan_items(cfg: Settings, spec: OutputSpec) -> tuple[list[Item], int]:
         if spec.selector is not None:
             node_ids = query_nodes(conn, spec.selector).node_ids
         else:
-            found = dict(conn.execute("SELECT encode(sha256, 'hex'), node_id FROM node WHERE sha256 = ANY(%s)",
-                                      [[bytes.fromhex(h) for h in spec.nodes or []]]).fetchall())
+            rows = conn.execute("SELECT encode(n.sha256, 'hex'), n.node_id, pc.in_black_list OR pc.is_deleted "
+                                "FROM node n JOIN physical_content pc USING (node_id) WHERE n.sha256 = ANY(%s)",
+                                [[bytes.fromhex(h) for h in spec.nodes or []]]).fetchall()
+            found = {h: node_id for h, node_id, _hidden in rows}
+            hidden = sorted(h for h, _, is_hidden in rows if is_hidden)
             missing = [h for h in spec.nodes or [] if h not in found]
             if missing:
-                raise OutputError(f"--nodes: {len(missing)} sha256(s) are not nodes in the database, e.g. "
+                raise OutputError(f"--nodes: {len(missing)} sha256(s) are not physical nodes in the database, e.g. "
                                   f"{missing[0]}; nothing was staged", ExitCode.DATA)
+            if hidden:  # as a selector leaves them out (`hoard delete --node`, black-listed)
+                raise OutputError(f"--nodes: {len(hidden)} of the listed nodes are deleted or black-listed, e.g. "
+                                  f"{hidden[0]}; take them off the list — nothing was staged", ExitCode.DATA)
             node_ids = [found[h] for h in spec.nodes or []]
         if not node_ids:
             raise OutputError(f"the selection is empty: no node matches, so there is nothing to {spec.kind}; "
-                              "check the selector (`hoard find`)", ExitCode.DATA)
+                              "check the selector (`hoard select`)", ExitCode.DATA)
         rows = layout_rows(conn, node_ids)
     missing = len(node_ids) - len(rows)
     if missing:  # selected, then gone before the fields were read (a concurrent deletion)
@@ -238,26 +328,33 @@ def _run(cfg: Settings, spec: OutputSpec, progress: Callable[[int, int], None] |
         return {"id": spec.id, "zone": zone, "path": str(final), "files": doc["actual_files"],
                 "bytes": doc["actual_bytes"], "already_done": True}
     items, n_nodes = plan_items(cfg, spec)
-    if spec.mode == "view":
-        return _run_view(cfg, spec, items, n_nodes, t0)
-    expected = sum(it.size + len(it.sidecar or b"") for it in items)
-    out = seal.begin(cfg, zone, spec.id, job=f"{spec.kind}:{spec.id}", kind=spec.kind, expected_bytes=expected,
-                     expected_files=len(items) + sum(it.sidecar is not None for it in items),
-                     selector=_request(spec), layout=spec.layout, resume=True)
-    try:
-        rep: MaterializeReport
-        with Store.open(cfg) as store:
-            rep = materialize(store, items, out.tmp, progress)
-        if spec.kind == "stage":  # the worker's empty output directory (not part of the sealed files)
-            (out.tmp / spec.layout["name"] / "output").mkdir(exist_ok=True)
-        for it in items:
-            out.declare(it.path, it.size, it.sha256, verified=True)
-            if it.sidecar is not None:
-                out.declare(it.path + ".json", len(it.sidecar), hashlib.sha256(it.sidecar).hexdigest(), verified=True)
-        doc = out.seal()
-    except BaseException as e:
-        out.fail(e, keep=True)  # the partial tree stays: the same command resumes it
-        raise
+    with Store.open(cfg) as store:
+        _check_stored(store, spec, items)
+        if spec.mode == "view":
+            return _run_view(cfg, spec, store, items, n_nodes, t0)
+        sizes = [it.size for it in items] + [len(it.sidecar) for it in items if it.sidecar is not None]
+        dirs = {str(Path(it.path).parent) for it in items}  # each directory holds at least a block
+        out = seal.begin(cfg, zone, spec.id, job=f"{spec.kind}:{spec.id}", kind=spec.kind, expected_bytes=sum(sizes),
+                         reserve_bytes=zones.charge((cfg, zone), sizes, dirs=len(dirs)),  # what `du` will count
+                         expected_files=len(items) + sum(it.sidecar is not None for it in items),
+                         selector=_request(spec), layout=spec.layout, resume=True)
+        try:
+            # what an earlier attempt wrote that this plan no longer names (the selection shrank)
+            out.prune({it.path for it in items} | {it.path + ".json" for it in items if it.sidecar is not None})
+            rep: MaterializeReport = materialize(store, items, out.tmp, progress)
+            if spec.kind == "stage":  # the worker's empty output directory (not part of the sealed files)
+                (out.tmp / spec.layout["name"] / "output").mkdir(exist_ok=True)
+            for it in items:
+                out.declare(it.path, it.size, it.sha256, verified=True)
+                if it.sidecar is not None:
+                    out.declare(it.path + ".json", len(it.sidecar), hashlib.sha256(it.sidecar).hexdigest(),
+                                verified=True)
+            doc = out.seal()
+        except BaseException as e:
+            out.fail(e, keep=True)  # the partial tree stays: the same command resumes it
+            if isinstance(e, OSError):  # sealing met the SSD (full, failing): one line, the re-run resumes
+                raise seal.as_error(e, f"output {zone}/{spec.id}") from None
+            raise
     return {"id": spec.id, "zone": zone, "path": str(final), "layout": spec.layout["name"], "nodes": n_nodes,
             "files": doc["actual_files"], "bytes": doc["actual_bytes"], "copied_files": rep.written,
             "copied_bytes": rep.bytes_written, "kept_files": rep.kept, "fallbacks": rep.fallbacks,
@@ -265,39 +362,92 @@ def _run(cfg: Settings, spec: OutputSpec, progress: Callable[[int, int], None] |
             "mib_s": round(rep.bytes_written / (1 << 20) / max(rep.seconds, 1e-9), 1)}
 
 
+def clean(cfg: Settings, output_id: str, zone: str | None = None) -> dict[str, Any]:
+    """`hoard zones clean ID`: remove the output (fsd.zones.clean: sealed, or incomplete with
+    no live job), the view a view-mode output published, and the recorded request — the id is
+    free again. Refused while a stage/export of the id runs (ZoneBusy)."""
+    from fsd.views import remove_view  # deferred: only a view-mode output opens the store here
+
+    damaged = False
+    try:
+        st = load_state(cfg, output_id) if OUTPUT_ID.fullmatch(output_id) else None
+    except DamagedState:
+        st, damaged = None, True
+    spec = OutputSpec(**st.spec) if st is not None else None
+    if st is not None and is_running(cfg, output_id):
+        raise zones.ZoneBusy(f"{spec.kind} {output_id} is running (`hoard {spec.kind} --status {output_id}`); let it "
+                             "finish or stop it first")
+    try:
+        res = zones.clean(cfg, output_id, zone if zone or spec is None else spec.zone)
+    except zones.NoSuchOutput:
+        if st is None and not damaged:
+            raise
+        res = {"zone": spec.zone if spec is not None else "-", "id": output_id, "state": "request only", "freed_bytes": 0,
+               "view": None, "stale_reservation": None}
+    view = res["view"] or (view_name(spec) if spec is not None and spec.mode == "view" else None)
+    res["view_removed"] = False
+    if view:  # gc then frees what only it named
+        from fsd.store import Store  # deferred: the store opens only for a view
+
+        with Store.open(cfg) as store, contextlib.suppress(ViewError):
+            remove_view(store, view, for_output=True)
+            res["view_removed"] = True
+    res["view"] = view
+    res["request_forgotten"] = (st is not None or damaged) and forget(cfg, output_id)
+    return res
+
+
 def view_name(spec: OutputSpec) -> str:
     return f"{spec.zone}-{spec.id}"
 
 
-def _run_view(cfg: Settings, spec: OutputSpec, items: list[Item], n_nodes: int, t0: float) -> dict[str, Any]:
+def _check_stored(store, spec: OutputSpec, items: list[Item]) -> None:
+    """Every selected object is in the store, before a byte is reserved or moved (a node whose
+    batch was dropped and collected is still a row until its delete reaches the database)."""
+    shas = sorted({bytes.fromhex(it.sha256) for it in items})
+    found = store.index.lookup_many(shas)
+    gone = [s.hex() for s in shas if s not in found]
+    if gone:
+        raise OutputError(f"{len(gone)} of the {len(shas)} selected objects are not in the store (deleted and "
+                          f"collected?), e.g. {gone[0]}; nothing was written — narrow the selection "
+                          f"(`hoard info {gone[0]}`)", ExitCode.DATA)
+
+
+def _run_view(cfg: Settings, spec: OutputSpec, store, items: list[Item], n_nodes: int, t0: float) -> dict[str, Any]:
     """Zero bytes copied: the files become a named view (`<mount>/views/<zone>-<id>/…`), and
     the zone holds a sealed output whose entry is a link into the mount — the same path a
-    local consumer would read in copy mode (a worker on another machine needs copy mode)."""
-    # deferred: the store opens only when the plan is good
-    from fsd.store import Store
-    from fsd.views import define_view_rows
+    local consumer would read in copy mode (a worker on another machine needs copy mode).
+    The view is defined only after the zone admitted the output, and removed if it fails."""
+    from fsd.views import define_view_rows, remove_view  # deferred: only view mode defines views
 
     if cfg.mount.path is None:
         raise OutputError("--mode view needs the mount: set `[mount] path = \"/srv/hoard\"` in hoard.toml (where "
                           "`hoard mount` / hoard-mount.service serves), or use --mode copy")
     name, lay = view_name(spec), spec.layout["name"]
-    with Store.open(cfg) as store:
+    entry = f"{lay}/input" if spec.kind == "stage" else lay
+    out = seal.begin(cfg, spec.zone, spec.id, job=f"{spec.kind}:{spec.id}", kind=spec.kind, expected_bytes=0,
+                     expected_files=0, selector=_request(spec), layout=spec.layout, resume=True)
+    defined = False
+    try:
         rows = [(it.path, it.sha256) for it in items]
         cars = [it for it in items if it.sidecar is not None]
         if cars:  # sidecars are not in the store yet: they become generated objects the view names
             stored = store.put_bytes_many([it.sidecar for it in cars if it.sidecar is not None], klass="generated")
             rows += [(it.path + ".json", r.sha256) for it, r in zip(cars, stored)]
-        info = define_view_rows(store, name, rows)
-    entry = f"{lay}/input" if spec.kind == "stage" else lay
-    out = seal.begin(cfg, spec.zone, spec.id, job=f"{spec.kind}:{spec.id}", kind=spec.kind, expected_bytes=0,
-                     expected_files=0, selector=_request(spec), layout=spec.layout, resume=True)
-    try:
+        info = define_view_rows(store, name, rows, for_output=True)
+        defined = True
+        out.prune({entry})
         out.link(entry, str(cfg.mount.path / "views" / name / entry))
         if spec.kind == "stage":
             (out.tmp / lay / "output").mkdir(exist_ok=True)
         doc = out.seal()
     except BaseException as e:
         out.fail(e)
+        if defined:  # nothing sealed names it: a failed output publishes nothing
+            with contextlib.suppress(HoardError):
+                remove_view(store, name, for_output=True)
+        if isinstance(e, OSError):
+            raise seal.as_error(e, f"output {spec.zone}/{spec.id}") from None
         raise
     return {"id": spec.id, "zone": spec.zone, "path": str(cfg.ssd.zone_path(spec.zone) / spec.id), "layout": lay,
             "nodes": n_nodes, "files": len(rows), "bytes": info.get("bytes", sum(it.size for it in items)),

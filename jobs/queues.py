@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import contextlib
+import os
+import socket
 from collections.abc import Iterator
 from typing import Any
 
 import redis
+from rq import Queue, Worker
+from rq.exceptions import NoSuchJobError
+from rq.job import Job
 
 from fsd.base.errors import ServiceUnavailable
 
@@ -38,3 +43,46 @@ def redis_status(url: str) -> dict[str, Any]:
         return {"ok": True, "redis_version": info.get("redis_version"), "db_keys": r.dbsize()}
     except redis.RedisError as e:
         return {"ok": False, "error": str(e).splitlines()[0]}
+
+
+def enqueue_once(conn: redis.Redis, queue: str, func: str, *args: Any, job_id: str, timeout: int,
+                 description: str) -> str:
+    """Enqueue `func(*args)` as job `job_id` on `queue`, unless that job is already waiting or
+    running on a live worker (enqueueing it again would run it twice). A job that finished,
+    failed, or was "started" by a worker that died (kill -9, power loss) is replaced."""
+    try:
+        job = Job.fetch(job_id, connection=conn)
+        status = job.get_status(refresh=True)
+        if status in ("queued", "scheduled", "deferred") or (status == "started" and running(conn, job_id)):
+            return job_id
+        job.delete()
+    except NoSuchJobError:
+        pass
+    Queue(queue, connection=conn).enqueue(func, *args, job_id=job_id, job_timeout=timeout, result_ttl=86400,
+                                          failure_ttl=30 * 86400, description=description)
+    return job_id
+
+
+def running(conn: redis.Redis, job_id: str) -> bool:
+    """True if a live worker is executing `job_id` right now."""
+    return any(w.get_current_job_id() == job_id and worker_alive(w) for w in Worker.all(connection=conn))
+
+
+def unserved_queues(conn: redis.Redis) -> list[str]:
+    """The hoardfs queues no live worker serves: a job queued there waits until one starts."""
+    served = {q for w in Worker.all(connection=conn) if worker_alive(w) for q in w.queue_names()}
+    return [q for q in QUEUES if q not in served]
+
+
+def worker_alive(worker: Worker) -> bool:
+    """A worker on this host is alive if its process is; one elsewhere while Redis keeps its
+    key (RQ lets a silent worker's key expire after its TTL)."""
+    if worker.hostname != socket.gethostname() or not worker.pid:
+        return True
+    try:
+        os.kill(worker.pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return True

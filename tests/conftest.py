@@ -11,6 +11,7 @@ from __future__ import annotations
 from contextlib import contextmanager
 
 import os
+import signal
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +21,17 @@ import pytest
 import redis
 
 from tests import lab as lab_mod
+
+
+@pytest.fixture(autouse=True)
+def _signal_handlers() -> Iterator[None]:
+    """Each test starts and ends with the process's SIGINT/SIGTERM handlers as they were: an
+    in-process RQ worker (SimpleWorker) installs its own and leaves them behind, which turns a
+    later test's Ctrl-C into rq's StopRequested."""
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    yield
+    for sig, handler in saved.items():
+        signal.signal(sig, handler)
 
 REPO = Path(__file__).resolve().parent.parent
 REALDATA = REPO.parent / "shared" / "realdata"

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 
 import psycopg
@@ -16,6 +17,7 @@ from sql.apply import apply_write_intent
 from sql.layout_rows import layout_rows
 from sql.migrate import migrate
 from sql.selectors import query_nodes
+from tests.test_outputs import _hoard, _selector, _zones, filled  # noqa: F401 (a fixture)
 
 
 def sha(text: str) -> str:
@@ -159,3 +161,54 @@ def test_a_file_no_metadata_describes_takes_its_batchs_source() -> None:
     assert [p.path for p in plan(load("by_batch"), [row])] == ["ytdlp/b7/x/y.json"]
     with pytest.raises(PlacementError, match="has no source"):
         plan(load("by_batch"), [dict(row, batch_sources={})])
+
+
+@pytest.mark.parametrize("template, title, sidecars, message", [
+    ("t/{title}{ext}", "del\x7fhere", False, r"title holds a control character \(del\\x7fhere\)"),
+    ("{title}/{title}/{title}/{title}/{title}{ext}", "x" * 240, False,
+     r"output contract refuses: the path is 1219 bytes long; at most 1000.*longest field is \{title\}"),
+    ("t/{title}", "y" * 253, True, r"the sidecar 't/y+…' \(in the output.*a name of 258 bytes|"
+                                    r"gives the sidecar a name of 258 bytes \(at most 255.*\{title\}"),
+])
+def test_a_path_the_seal_or_the_file_system_would_refuse_is_refused_by_the_plan(
+        rows: dict[str, dict], template: str, title: str, sidecars: bool, message: str) -> None:
+    """DEL, a path over the output contract's 1000 bytes (with the output's `<name>/input/`
+    in front) and a sidecar name over 255 bytes fail the plan, naming the node and the field."""
+    row = dict(rows["a"], title=title)
+    with pytest.raises(PlacementError, match=message) as e:
+        plan(parse(template, "long", sidecars=sidecars), [row])
+    assert f"node {row['node_id']}" in e.value.message and e.value.exit_code == 5
+    plan(parse(template, "long", sidecars=sidecars), [dict(row, title="ok")])  # the same layout, a fine title
+
+
+def test_the_plan_checks_paths_below_the_outputs_own_directory(rows: dict[str, dict]) -> None:
+    """A path that fits alone but not under the output's `<layout>/input/` is refused."""
+    lay = parse("{title}/{title}/{title}/{title}{ext}", "x" * 64)
+    row = dict(rows["a"], title="t" * 232)  # 4 * 232 + 3 + 4 = 935 bytes; 1006 under "xxx…/input/"
+    assert plan(lay, [row], prefix="")[0].path.endswith(".jpg")
+    with pytest.raises(PlacementError, match="1000"):
+        plan(lay, [row])
+
+
+@pytest.mark.parametrize("template", ["./{sha256}", "a//{sha256}", "{sha256}/", "a/./{sha256}", "t\x7f/{sha256}"])
+def test_a_template_with_an_empty_or_dot_part_is_refused_when_read(template: str) -> None:
+    """Template-made empty or '.' parts (and DEL) are the template's fault, refused by parse (exit 2)."""
+    with pytest.raises(LayoutError, match="empty or '.' part|control character") as e:
+        parse(template, "bad")
+    assert e.value.exit_code == 2
+
+
+def test_an_export_whose_titles_the_seal_would_refuse_writes_nothing(filled, pg, tmp_path: Path) -> None:
+    """`hoard export` with a DEL in the titles fails at the plan (exit 5, node and field
+    named): nothing reserved, nothing copied into 3D."""
+    cfg, _ = filled
+    pg.execute("UPDATE common_metadata SET title = 'a' || chr(127) || 'b'")
+    pg.commit()
+    layout = tmp_path / "titled.toml"
+    layout.write_text('template = "t/{title|none}/{sha256}{ext}"\n')
+    res = _hoard(cfg, "export", "exdel", "--layout", str(layout), "--selector", _selector(tmp_path, {}), "--here")
+    assert res.returncode == 5, res.stdout + res.stderr
+    assert re.search(r"node \d+ \(\w+…\): title holds a control character \(a\\x7fb\)", res.stderr), res.stderr
+    zone = cfg.ssd.zone_path("3D")
+    assert not (zone / "exdel").exists() and not (zone / ".tmp" / "exdel").exists()
+    assert _zones(cfg)["3D"]["reserved_bytes"] == 0

@@ -159,6 +159,10 @@ def test_killed_export_resumes_without_recopying(lab_factory, hoard_home: Path, 
     assert not (cfg.ssd.zone_path("3D") / "ex2").exists()
     zones = _zones(cfg)["3D"]
     assert [o for o in zones["outputs"] if o["id"] == "ex2" and o["state"] == "incomplete"], zones["outputs"]
+    status = _hoard(cfg, "export", "--status", "ex2")  # not "running" for ever: nothing runs it
+    assert status.returncode == 5 and "ex2: interrupted" in status.stdout, status.stdout + status.stderr
+    health = json.loads(_hoard(cfg, "health", "--json").stdout)["problems"]
+    assert any(p.startswith("export ex2: interrupted") for p in health), health
     res = _hoard(cfg, "export", "ex2", "--layout", "by_sha256", "--selector", sel, "--here", "--json", timeout=300)
     assert res.returncode == 0, res.stderr
     report = json.loads(res.stdout.strip().splitlines()[-1])
@@ -250,3 +254,136 @@ def test_view_mode_publishes_without_copying_and_reads_through_the_mount(filled,
     reuse = _hoard(cfg, "export", "v1", "--layout", "flat", "--selector", sel, "--here")  # the id is free again
     assert reuse.returncode == 0, reuse.stderr
     assert time.monotonic() - t0 < 120
+
+
+def test_an_id_is_never_taken_over_by_another_request(filled, tmp_path: Path) -> None:
+    """A queued id refuses a different request (of either kind) until `hoard zones clean`
+    forgets it; the worker then makes what was asked first."""
+    cfg, batches = filled
+    first = _selector(tmp_path, {"batches": [batches[0].batch_id]})
+    second = _selector(tmp_path, {"batches": [batches[1].batch_id]})
+    assert _hoard(cfg, "export", "q1", "--layout", "by_sha256", "--selector", first).returncode == 0
+    other = _hoard(cfg, "export", "q1", "--layout", "by_sha256", "--selector", second)
+    assert other.returncode == 2 and "taken by another request (export, queued" in other.stderr, other.stderr
+    listing = tmp_path / "one.txt"
+    listing.write_text(batches[1].items[0].sha256 + "\n")
+    stage = _hoard(cfg, "stage", "q1", "--layout", "by_sha256", "--nodes", str(listing))
+    assert stage.returncode == 2 and "taken by another request" in stage.stderr, stage.stderr
+    assert _hoard(cfg, "worker", "--burst", "--queues", "io").returncode == 0
+    made = set(_tree(cfg.ssd.zone_path("3D") / "q1" / "by_sha256").values())
+    first_only = {i.sha256 for i in batches[0].items} - {i.sha256 for i in batches[1].items}
+    second_only = {i.sha256 for i in batches[1].items} - {i.sha256 for i in batches[0].items}
+    assert made & first_only and not made & second_only, "the output holds another request's selection"
+    cleaned = _hoard(cfg, "zones", "clean", "q1")
+    assert cleaned.returncode == 0 and "the id is free again" in cleaned.stdout, cleaned.stderr
+    assert _hoard(cfg, "export", "q1", "--layout", "by_sha256", "--selector", second, "--here").returncode == 0
+
+
+def test_done_is_read_from_the_seal(filled, tmp_path: Path) -> None:
+    """An output whose `_SEALED` went (a crash in the middle of `zones clean`, or between
+    the rename and the seal) is not "done": --status says gone, and the same command seals it
+    again from the files it finds, copying nothing."""
+    cfg, _ = filled
+    sel = _selector(tmp_path, {"sources": ["gallery"]})
+    assert _hoard(cfg, "export", "f1", "--layout", "by_batch", "--selector", sel, "--here").returncode == 0
+    final = cfg.ssd.zone_path("3D") / "f1"
+    before = _tree(final / "by_batch")
+    (final / "_SEALED").unlink()
+    (final / "_JOB.json").unlink()
+    status = _hoard(cfg, "export", "--status", "f1")
+    assert status.returncode == 5 and "f1: gone" in status.stdout, status.stdout
+    again = _hoard(cfg, "export", "f1", "--layout", "by_batch", "--selector", sel, "--here", "--json")
+    assert again.returncode == 0, again.stderr
+    report = json.loads(again.stdout.strip().splitlines()[-1])
+    assert report["copied_files"] == 0 and report["kept_files"] == len(before), report
+    seal.check_sealed(final, verify=True)
+    assert _tree(final / "by_batch") == before
+
+
+def test_a_resumed_run_drops_what_its_plan_no_longer_names(filled, tmp_path: Path) -> None:
+    """Files an earlier attempt left in `.tmp/<id>/` that the plan does not name (the
+    selection shrank meanwhile) are removed, not a reason to refuse the seal for ever."""
+    cfg, _ = filled
+    sel = _selector(tmp_path, {"sources": ["gallery"]})
+    stray = cfg.ssd.zone_path("3D") / ".tmp" / "s1" / "by_sha256" / "ab" / "gone.bin"
+    stray.parent.mkdir(parents=True)
+    stray.write_bytes(b"a node the selection lost")
+    res = _hoard(cfg, "export", "s1", "--layout", "by_sha256", "--selector", sel, "--here")
+    assert res.returncode == 0, res.stderr
+    final = cfg.ssd.zone_path("3D") / "s1"
+    seal.check_sealed(final, verify=True)
+    assert not (final / "by_sha256" / "ab" / "gone.bin").exists()
+
+
+def test_deleted_nodes_and_objects_are_refused_before_a_byte_moves(filled, tmp_path: Path) -> None:
+    """--nodes leaves out nothing silently: a deleted (hidden) node is named; a selection whose
+    objects left the store is refused before reserving, not half-way through the copy."""
+    cfg, batches = filled
+    media = [i.sha256 for i in batches[0].items if i.kind != "sidecar"]
+    hide = _hoard(cfg, "delete", "--node", media[0])
+    assert hide.returncode == 0, hide.stderr
+    listing = tmp_path / "nodes.txt"
+    listing.write_text("\n".join(media[:3]) + "\n")
+    res = _hoard(cfg, "stage", "h1", "--layout", "by_sha256", "--nodes", str(listing), "--here")
+    assert res.returncode == 5 and "deleted or black-listed, e.g. " + media[0] in res.stderr, res.stderr
+    drop = _hoard(cfg, "delete", "--batch", batches[1].batch_id, "--yes")
+    assert drop.returncode == 0, drop.stderr
+    assert _hoard(cfg, "gc", "--threshold", "1.0").returncode == 0
+    only_dropped = {i.sha256 for i in batches[1].items} - {i.sha256 for i in batches[0].items}
+    listing.write_text("\n".join(sorted(only_dropped)[:2]) + "\n")
+    res = _hoard(cfg, "stage", "h2", "--layout", "by_sha256", "--nodes", str(listing), "--here")
+    assert res.returncode == 5 and "Traceback" not in res.stderr, res.stderr
+    assert not (cfg.ssd.zone_path("3C") / ".tmp" / "h2").exists() and _zones(cfg)["3C"]["reserved_bytes"] == 0
+
+
+def test_state_files_and_ids_from_outside(filled, tmp_path: Path) -> None:
+    """--status of a path is refused as an id; a damaged state file is named in one line,
+    and `hoard zones clean` forgets it."""
+    cfg, _ = filled
+    bad = _hoard(cfg, "export", "--status", "../ingest/x")
+    assert bad.returncode == 2 and "is not an output id" in bad.stderr and "Traceback" not in bad.stderr
+    state = cfg.ssd.root / "state" / "outputs"
+    state.mkdir(parents=True, exist_ok=True)
+    (state / "d1.json").write_text("{not json")
+    res = _hoard(cfg, "export", "--status", "d1")
+    assert res.returncode == 5 and "is damaged" in res.stderr and "Traceback" not in res.stderr, res.stderr
+    cleaned = _hoard(cfg, "zones", "clean", "d1")
+    assert cleaned.returncode == 0 and "free again" in cleaned.stdout, cleaned.stdout + cleaned.stderr
+
+
+def test_output_views_belong_to_their_outputs(filled, tmp_path: Path) -> None:
+    """`hoard view add/rm` refuse the 3B-/3C-/3D- names of view-mode outputs, and a view-mode
+    export refused by its zone publishes no view."""
+    cfg, _ = filled
+    with open(cfg.source, "a") as f:
+        f.write(f'\n[mount]\npath = "{tmp_path / "mnt"}"\n')
+    manifest = tmp_path / "m.txt"
+    manifest.write_text(f"{'0' * 64}  x.bin\n")
+    for args in (["view", "add", "3D-mine", str(manifest)], ["view", "rm", "3C-theirs"]):
+        res = _hoard(cfg, *args)
+        assert res.returncode == 2 and "belong to view-mode outputs" in res.stderr, res.stderr
+    filler = cfg.ssd.zone_path("3D") / "someone-elses"
+    with open(filler, "wb") as f:
+        os.posix_fallocate(f.fileno(), 0, int(0.97 * (1 << 30)))
+    sel = _selector(tmp_path, {"sources": ["gallery"]})
+    res = _hoard(cfg, "export", "vz", "--layout", "flat", "--selector", sel, "--mode", "view", "--here")
+    assert res.returncode == 6, res.stderr
+    assert "3D-vz" not in _hoard(cfg, "view", "list").stdout
+
+
+def test_the_zone_is_charged_what_the_files_occupy(filled, pg, tmp_path: Path) -> None:
+    """A stage reserves what its files will occupy on the SSD (blocks), not their bytes: ten
+    small files that fit by size but not by blocks are refused before a byte moves."""
+    cfg, _ = filled
+    small = pg.execute("SELECT encode(n.sha256, 'hex'), pc.size FROM node n JOIN physical_content pc USING (node_id) "
+                       "WHERE pc.size BETWEEN 1 AND 1500 ORDER BY pc.size, n.sha256 LIMIT 10").fetchall()
+    assert len(small) == 10, small
+    listing = tmp_path / "small.txt"
+    listing.write_text("\n".join(sha for sha, _ in small) + "\n")
+    quota = 34_000  # deny at 90 %: 30,600 bytes, the zone's own directory takes 4 KiB of it
+    assert sum(size for _, size in small) < 0.9 * quota - 8192 < 10 * 4096
+    text = Path(cfg.source).read_text().replace("[ssd.zones.3C]\nquota_gb = 1", f"[ssd.zones.3C]\nquota_gb = {quota / 1e9}")
+    Path(cfg.source).write_text(text)
+    res = _hoard(cfg, "stage", "tiny", "--layout", "by_sha256", "--nodes", str(listing), "--here")
+    assert res.returncode == 6 and "zone 3C" in res.stderr, res.stdout + res.stderr
+    assert not (cfg.ssd.zone_path("3C") / ".tmp" / "tiny").exists()

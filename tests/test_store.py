@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+import signal
 import threading
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -215,6 +217,45 @@ def test_batch_read_plan_covers_everything_coalesced(store_factory, tmp_path: Pa
     assert all(hashlib.sha256(v).digest() == k for k, v in got.items()) and len(got) == len(shas)
 
 
+def test_large_records_are_balanced_over_the_disks_and_streamed_by_their_readers(store_factory, tmp_path: Path) -> None:
+    """Records over MAX_RANGE count in the plan's per-disk load and bound, and each streams
+    (verified pieces) from the disk the plan chose, inside that disk's reader, beside the
+    other disks' readers — not one after another once everything else is read."""
+    from fsd.planner import MAX_RANGE, make_plan
+
+    store = store_factory(n_disks=4, shard_size_mb=40, copy_of_raw=2, write_ack=2)
+    big = []
+    for i in range(4):
+        p = tmp_path / "in" / f"big{i}.bin"
+        p.parent.mkdir(exist_ok=True)
+        p.write_bytes(hashlib.sha256(str(i).encode()).digest() * ((MAX_RANGE + (1 << 20)) // 32))
+        big.append(p)
+    small = make_files(tmp_path / "small", 50)
+    res = store.put_many(big + small)
+    shas = [r.sha256 for r in res]
+    plan = make_plan(store, [bytes.fromhex(h) for h in shas])
+    assert len(plan.large) == 4 and sum(len(v) for v in plan.large_by_disk.values()) == 4
+    assert len(plan.large_by_disk) >= 2, "the large records all went to one disk"
+    for uuid, ws in plan.large_by_disk.items():
+        assert plan.bytes_per_disk[uuid] >= sum(w.length for w in ws)
+    assert plan.bound_s >= max(sum(w.length for w in ws) / plan.bandwidth[u] for u, ws in plan.large_by_disk.items())
+    got: dict[bytes, tuple[str, str]] = {}
+    lock = threading.Lock()
+
+    def large_sink(sha: bytes, pieces) -> None:
+        h = hashlib.sha256()
+        for piece in pieces:
+            h.update(piece)
+        with lock:
+            got[sha] = (h.hexdigest(), threading.current_thread().name)
+
+    _, stats = store.read_batch(shas, lambda sha, payload: None, large_sink)
+    assert stats.objects == len(shas)
+    assert {sha.hex(): digest for sha, (digest, _) in got.items()} == {r.sha256: r.sha256 for r in res[:4]}
+    assert all(name.startswith("reader") for _, name in got.values())
+    assert len({name for _, name in got.values()}) >= 2
+
+
 @pytest.mark.expect_log(r"read error", level="WARNING")
 def test_batch_read_survives_a_damaged_replica(store_factory, tmp_path: Path) -> None:
     """Ranges on a replica with a bad record fall back to other replicas; all bytes still right."""
@@ -236,6 +277,68 @@ def test_batch_read_survives_a_damaged_replica(store_factory, tmp_path: Path) ->
     stats = execute(store, plan, lambda s, p: got.__setitem__(s, bytes(p)))
     assert len(got) == 200 and all(hashlib.sha256(v).digest() == k for k, v in got.items())
     assert stats.fallbacks > 0
+
+
+def _slow_read(store_factory, tmp_path: Path, on_record) -> tuple[list, list]:
+    """Read 400 objects from 4 disks through a sink that takes 2 ms a record and calls
+    `on_record(n)` after the n-th; (records delivered, what execute raised)."""
+    from fsd.planner import execute, make_plan
+
+    store = store_factory(shard_size_mb=1)
+    res = store.put_many(make_files(tmp_path / "in", 400, lo=8 << 10, hi=24 << 10))
+    plan = make_plan(store, [bytes.fromhex(r.sha256) for r in res])
+    assert len(plan.ranges) >= 3
+    delivered: list[float] = []
+    lock = threading.Lock()
+
+    def sink(sha: bytes, payload: memoryview) -> None:
+        time.sleep(0.002)
+        with lock:
+            delivered.append(time.monotonic())
+            n = len(delivered)
+        on_record(n)
+
+    raised = []
+    try:
+        execute(store, plan, sink)
+    except BaseException as e:  # noqa: BLE001 - the test looks at what came out
+        raised.append((e, time.monotonic()))
+    n_at_return = len(delivered)
+    time.sleep(0.1)
+    assert len(delivered) == n_at_return, "a reader called the sink after execute returned"
+    return delivered, raised
+
+
+def test_ctrl_c_stops_a_batch_read_within_a_record(store_factory, tmp_path: Path) -> None:
+    """SIGINT to the main thread during `execute` stops every reader: KeyboardInterrupt comes
+    out, and at most about one record per reader is delivered after it."""
+    sent: list[float] = []
+
+    def on_record(n: int) -> None:
+        if n == 20:
+            sent.append(time.monotonic())
+            signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)  # what Ctrl-C does
+
+    old = signal.signal(signal.SIGINT, signal.default_int_handler)  # an in-process rq worker may have set its own
+    try:
+        delivered, raised = _slow_read(store_factory, tmp_path, on_record)
+    finally:
+        signal.signal(signal.SIGINT, old)
+    assert raised and isinstance(raised[0][0], KeyboardInterrupt)
+    after = [t for t in delivered if t > sent[0]]
+    assert len(after) <= 8, f"{len(after)} records delivered after Ctrl-C"
+    assert raised[0][1] - sent[0] < 0.5
+
+
+def test_a_failing_sink_stops_the_other_readers(store_factory, tmp_path: Path) -> None:
+    """A sink that raises in one reader stops the others too; its exception is what execute raises."""
+    def on_record(n: int) -> None:
+        if n == 20:
+            raise RuntimeError("the SSD said no")
+
+    delivered, raised = _slow_read(store_factory, tmp_path, on_record)
+    assert raised and str(raised[0][0]) == "the SSD said no"
+    assert len(delivered) <= 20 + 8, f"{len(delivered) - 20} records delivered after the sink failed"
 
 
 def test_cli_put_get(hoard_home: Path, tmp_path: Path) -> None:

@@ -469,3 +469,67 @@ def test_a_bug_in_the_producer_is_cleaned_up_and_raised_as_it_is(tmp_path: Path)
             o.write("half.bin", b"x" * 1000)
             1 / 0
     assert zones.reservations(cfg, "3C") == [] and not o.tmp.exists()
+
+
+def test_charge_is_what_the_files_occupy_as_du_counts_them(tmp_path: Path) -> None:
+    """zones.charge of 152 small files (and a few others) in 3 directories covers what `du`
+    finds once they are written on this machine's file system, and not much more — the
+    logical sum of the sizes is a fraction of it."""
+    import random
+
+    rnd = random.Random(7)
+    sizes = [rnd.randint(1, 2000) for _ in range(152)] + [0, 4096, 5000, 65536]
+    tree = tmp_path / "tree"
+    for i, n in enumerate(sizes):
+        fill(tree / f"d{i % 2}" / f"{hashlib.sha256(str(i).encode()).hexdigest()}.jpg", n)
+    on_disk = int(subprocess.run(["du", "-sB1", str(tree)], capture_output=True, text=True,
+                                 check=True).stdout.split()[0])
+    assert zones.du(tree) == on_disk
+    block = os.statvfs(tree).f_frsize
+    got = zones.charge(tree, sizes, dirs=3)
+    assert on_disk <= got <= on_disk * 1.05 + 4 * block, (sum(sizes), on_disk, got)
+    assert sum(sizes) < on_disk / 2  # what a reservation of the sizes alone undercounts
+    cfg = zone_config(tmp_path / "home")
+    assert zones.charge((cfg, "3C"), iter(sizes)) == zones.charge(cfg.ssd.zone_path("3C"), sizes)
+    assert zones.charge(cfg.ssd.zone_path("3C") / "not-yet" / "deeper", [1]) == 2 * block  # a block and an entry
+
+
+def test_a_zone_on_a_full_file_system_refuses_what_its_quota_would_admit(tmp_path: Path) -> None:
+    """3C on a 4 MiB tmpfs holding 3.94 MiB (38 % of its 10 MiB quota): `zone_usage` reports
+    the file system's free bytes and counts them in `free_bytes`, `reserve` refuses 1 MiB
+    (exit 6, one line naming the zone, its path, the free bytes and the need), `hoard zones`
+    and `hoard health` name the shortfall; a reservation that fits is still taken."""
+    from fsd.health import store_problems
+
+    cfg = zone_config(tmp_path)
+    z = cfg.ssd.zone_path("3C")
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(z)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    try:
+        fill(z / "loose.bin", 4 * MiB - 64 * 1024)
+        u = zones.zone_usage(cfg, "3C")
+        assert u["level"] == "ok" and u["quota_bytes"] - u["used_bytes"] > 6 * MiB
+        assert u["fs_free_bytes"] == os.statvfs(z).f_bavail * os.statvfs(z).f_frsize <= 64 * 1024
+        assert u["free_bytes"] == u["fs_free_bytes"] and u["fs_short"]
+        other = zones.zone_usage(cfg, "3D")
+        assert not other["fs_short"] and other["free_bytes"] == other["quota_bytes"] - other["used_bytes"]
+        with pytest.raises(zones.ZoneFull) as e:
+            zones.reserve(cfg, "3C", "st-1", "stage:st-1", MiB, "run `hoard stage st-1` again")
+        msg = e.value.message
+        assert e.value.exit_code == ExitCode.NO_SPACE and "\n" not in msg
+        assert msg.startswith(f"zone 3C: the file system holding {z} has {zones.size(u['fs_free_bytes'])} free "
+                              "and stage:st-1 needs 1 MB"), msg
+        assert msg.endswith("; then run `hoard stage st-1` again") and zones.reservations(cfg, "3C") == []
+        zones.reserve(cfg, "3C", "st-2", "stage:st-2", 16 * 1024)
+        assert zones.release(cfg, "3C", "st-2")
+        problems = store_problems(cfg, {"ok": False, "error": "not opened"}, [], zones.usage(cfg))
+        assert [p for p in problems if p.startswith("zone ")] == [
+            f"zone 3C: the file system holding {z} has {zones.size(u['fs_free_bytes'])} free, though the zone's "
+            f"quota promises {zones.size(u['quota_bytes'] - u['used_bytes'])} more: new work there is refused or "
+            "fails; free space on that file system (the other zones and anything outside hoardfs share it) or "
+            "lower ssd.zones.3C.quota_gb"]
+        res = hoard(cfg, "zones")
+        assert res.returncode == 0 and f"ok, file system: {zones.size(u['fs_free_bytes'])} free" in res.stdout, \
+            res.stdout + res.stderr
+    finally:
+        subprocess.run(["umount", str(z)], check=True)

@@ -54,7 +54,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from _common import LAB4, Lab, MiB, drop_caches, lab_profile, lab_store, parallel, report  # noqa: E402
+from _common import LAB4, Lab, MiB, drop_caches, lab_profile, lab_store, parallel, report, run_timed  # noqa: E402
 
 from adapters.synth import Spec, generate  # noqa: E402
 from fsd.base import config  # noqa: E402
@@ -265,6 +265,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    t0 = time.monotonic()
-    main()
-    print(f"(benchmark took {time.monotonic() - t0:.0f} s)")
+    run_timed(main)

@@ -25,12 +25,13 @@ def size_or_zero(path: str | os.PathLike[str]) -> int:
 
 
 @contextlib.contextmanager
-def flocked(path: Path) -> Iterator[None]:
+def flocked(path: Path, wait: bool = True) -> Iterator[None]:
     """Hold an exclusive flock on `path` (created if need be) for the with-block: one holder
-    at a time across processes; the kernel drops it when the holder dies (kill -9 included)."""
+    at a time across processes; the kernel drops it when the holder dies (kill -9 included).
+    With `wait=False`, BlockingIOError at once when another process holds it."""
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
         yield
     finally:
         os.close(fd)

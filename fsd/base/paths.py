@@ -13,7 +13,8 @@ NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
 MAX_PATH_BYTES = 1000
 
 
-_CONTROL = re.compile("[\x00-\x1f\x7f]")
+#: the characters no accepted path holds (C0 and DEL): `hostile_reason` refuses them
+CONTROL = re.compile("[\x00-\x1f\x7f]")
 
 
 def hostile_reason(rel: str) -> str | None:
@@ -22,7 +23,7 @@ def hostile_reason(rel: str) -> str | None:
         return "an empty path"
     if "\x00" in rel:
         return "the path contains a NUL byte"
-    if _CONTROL.search(rel):
+    if CONTROL.search(rel):
         return "the path contains control characters"
     try:
         size = len(rel.encode("utf-8"))

@@ -69,8 +69,8 @@ def _command(ctx: typer.Context, kind: str, output_id: str | None, layout: str |
         st = outputs.load_state(cfg, status)
         if st is None or st.spec.get("kind") != kind:
             raise HoardError(f"no {kind} {status!r} was requested here", ExitCode.USAGE)
-        _show(st, as_json)
-        if st.status == "failed":
+        shown = _show(cfg, st, as_json)
+        if shown in ("failed", "interrupted", "gone"):
             raise typer.Exit(ExitCode.DATA)
         return
     if output_id is None or layout is None:
@@ -98,27 +98,33 @@ def _command(ctx: typer.Context, kind: str, output_id: str | None, layout: str |
                   "`hoard worker` runs it, or add --here)")
         return
     deadline = time.monotonic() + timeout
-    while (st := outputs.load_state(cfg, output_id)) is not None and st.status in ("queued", "running"):
+    while True:
+        st = outputs.load_state(cfg, output_id)
+        if st is None:
+            raise HoardError(f"the request of {kind} {output_id} was forgotten meanwhile (`hoard zones clean`)",
+                             ExitCode.DATA)
+        shown, why = outputs.describe(cfg, st)
+        if shown not in ("queued", "running"):
+            break
         if time.monotonic() > deadline:
-            raise HoardError(f"{kind} {output_id} still {st.status} after {timeout:.0f} s; "
+            raise HoardError(f"{kind} {output_id} still {shown} after {timeout:.0f} s; "
                              f"`hoard {kind} --status {output_id}`", ExitCode.UNAVAILABLE)
         time.sleep(0.5)
-    assert st is not None
-    if st.status == "failed":
-        raise HoardError(f"{kind} {output_id} failed: {st.error}; the same command resumes it", ExitCode.DATA)
+    if shown != "done":
+        raise HoardError(f"{kind} {output_id} {shown}: {why}" + ("; the same command resumes it"
+                                                                 if shown == "failed" else ""), ExitCode.DATA)
     _report(st.report, as_json)
 
 
 def _enqueue(cfg, kind: str, output_id: str) -> None:
     # deferred: hoard starts without rq
     from jobs import outputs
-    from jobs.ingest import unserved_queues
-    from jobs.launch import enqueue_output
-    from jobs.queues import connect, redis_required
+    from jobs.queues import connect, enqueue_once, redis_required, unserved_queues
 
     with redis_required(cfg.redis_url):
         conn = connect(cfg.redis_url)
-        enqueue_output(cfg, kind, output_id, conn)
+        enqueue_once(conn, outputs.QUEUE, "jobs.outputs.run_job", str(cfg.source) if cfg.source else None, output_id,
+                     job_id=f"{kind}-{output_id}", timeout=outputs.JOB_TIMEOUT_S, description=f"{kind} {output_id}")
         if outputs.QUEUE in unserved_queues(conn):
             err.print(f"[yellow]no worker serves the {outputs.QUEUE} queue: `hoard worker`, or run it here with "
                       f"`hoard {kind} {escape(output_id)} ... --here`[/]")
@@ -147,14 +153,20 @@ def _sha_list(path: Path) -> list[str]:
     return shas
 
 
-def _show(st, as_json: bool) -> None:
+def _show(cfg, st, as_json: bool) -> str:
+    """Print the state as `outputs.describe` reads it (done only if sealed, running only while
+    a process runs it); the status shown."""
+    from jobs import outputs  # deferred: hoard starts without jobs
+
+    shown, why = outputs.describe(cfg, st)
     if as_json:
-        out.print(json.dumps({"id": st.id, "status": st.status, "error": st.error, "report": st.report,
-                              "updated": st.updated}, sort_keys=True), markup=False)
-        return
-    out.print(f"{st.spec['kind']} {st.id}: {st.status}" + (f" — {st.error}" if st.error else ""), markup=False)
-    if st.report:
+        out.print(json.dumps({"id": st.id, "status": shown, "error": why, "report": st.report if shown == "done"
+                              else {}, "updated": st.updated}, sort_keys=True), markup=False)
+        return shown
+    out.print(f"{st.spec['kind']} {st.id}: {shown}" + (f" — {why}" if why else ""), markup=False)
+    if st.report and shown == "done":
         _report(st.report, False)
+    return shown
 
 
 def _report(report: dict, as_json: bool) -> None:

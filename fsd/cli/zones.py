@@ -41,7 +41,7 @@ def list_(ctx: typer.Context,
         t.add_column(c, justify="right" if c in ("quota", "used", "reserved", "free") else "left")
     for z, s in report.items():
         t.add_row(z, _size(s["quota_bytes"]), _size(s["used_bytes"]), _size(s["reserved_bytes"]),
-                  _size(s["free_bytes"]), s["level"] if s["present"] else "missing (`hoard init`)")
+                  _size(s["free_bytes"]), _state(s))
     out.print(t)
     for z, s in report.items():
         if s["error"]:
@@ -57,6 +57,12 @@ def list_(ctx: typer.Context,
             out.print(f"{z} output    {escape(o['id'])}: {_size(o['bytes'])}, {what}")
 
 
+def _state(s: dict[str, Any]) -> str:
+    if not s["present"]:
+        return "missing (`hoard init`)"
+    return s["level"] + (f", file system: {_size(s['fs_free_bytes'])} free" if s["fs_short"] else "")
+
+
 @app.command()
 def clean(
     ctx: typer.Context,
@@ -67,21 +73,14 @@ def clean(
     refused while its job still runs."""
     if zone is not None and zone not in ZONES:
         raise HoardError(f"--zone {zone}: no such zone; zones are {', '.join(ZONES)}", ExitCode.USAGE)
-    cfg = state(ctx).settings
-    res: dict[str, Any] = zones_mod.clean(cfg, output_id, zone)
-    stale = res["stale_reservation"]
-    if res["view"]:  # a view-mode output: its view goes too (gc then frees what only it named)
-        # deferred: hoard zones starts without the store's modules
-        from fsd.manifest import ViewError
-        from fsd.store import Store
-        from fsd.views import remove_view
+    from jobs import outputs  # deferred: hoard starts without jobs (rq, redis, psycopg)
 
-        with Store.open(cfg) as store:
-            try:
-                remove_view(store, res["view"])
-                out.print(f"view {escape(res['view'])} removed")
-            except ViewError:
-                pass  # removed by hand before
+    res: dict[str, Any] = outputs.clean(state(ctx).settings, output_id, zone)
+    stale = res["stale_reservation"]
+    if res["view_removed"]:  # a view-mode output: its view goes too (gc then frees what only it named)
+        out.print(f"view {escape(res['view'])} removed")
+    if res["request_forgotten"]:
+        out.print(f"the request of {escape(output_id)} is forgotten: the id is free again")
     out.print(f"zone {res['zone']}: removed {res['state']} output {escape(output_id)} "
               f"({_size(res['freed_bytes'])} freed)"
               + (f"; reclaimed the stale reservation of job {escape(stale['job'])} (pid {stale['pid']} gone)"

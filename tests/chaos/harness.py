@@ -10,7 +10,10 @@ acknowledged may be lost:
   also after a batch holding the same content was ingested, dropped and garbage-collected;
 - `hoard check` finds the index, the shards on the disks and the database in agreement;
 - `hoard health` names an injected disk fault (the disk's label) until it is healed, and
-  names no store or disk problem once everything is healed.
+  names no store or disk problem once everything is healed;
+- no reservation outlives its job, every output `hoard stage` / `hoard export` acknowledged
+  (exit 0) stays sealed and its files match their manifest, and nothing unsealed is ever
+  reported done.
 
 A step's plan (workload, fault, victim, timing) comes from the seed alone, so a failing seed
 replays with the command `World.replay_hint` prints; the kill instants are wall-clock, so a
@@ -44,12 +47,14 @@ SPARES = tuple(DiskProfile(f"s{i}", 400, 200, 200, 5000) for i in (1, 2))
 #: a command running this long (the lab is fast and a step's data small) is hung
 HUNG_S = 120
 
-WORKLOADS = ("put", "put", "put", "replicate", "verify", "views_gc", "batch_drop", "ingest", "index_rebuild", "get")
+WORKLOADS = ("put", "put", "put", "replicate", "verify", "views_gc", "batch_drop", "ingest", "index_rebuild", "get",
+             "export")
 #: faults during a step: none, kill -9 of the CLI, a disk vanishing (and coming back), a
 #: disk dying (EIO; replaced by a spare), a flipped byte in one replica before the step, a
 #: disk filling up (someone else's file takes its free space; removed afterwards),
-#: PostgreSQL or Redis stopped (the world's own servers; started again by the heal)
-FAULTS = ("none", "kill9", "kill9", "vanish", "eio", "flip", "full", "db_down", "redis_down")
+#: PostgreSQL or Redis stopped (the world's own servers; started again by the heal), the
+#: output zones 3B–3D past their deny threshold (someone else's files; removed by the heal)
+FAULTS = ("none", "kill9", "kill9", "vanish", "eio", "flip", "full", "db_down", "redis_down", "zone_full")
 DISK_FAULTS = ("vanish", "eio", "flip", "full")
 #: faults injected at an instant of the command (the others are set up before it)
 TIMED_FAULTS = ("kill9", "vanish", "eio", "full", "db_down", "redis_down")
@@ -84,6 +89,10 @@ class World:
     spares: list[str] = field(default_factory=lambda: [p.label for p in SPARES])
     views: list[str] = field(default_factory=list)
     pending_batch: dict[str, int] = field(default_factory=dict)  # the batch `ingest` is taking
+    pending_batch_id: str = ""
+    batches: list[str] = field(default_factory=list)  # ingested batches (in the database, not dropped)
+    outputs: dict[str, str] = field(default_factory=dict)  # stage/export id → zone, every acknowledged output
+    pending_output: tuple[str, str] = ("", "")  # (id, zone) of the stage/export under way
     log: list[str] = field(default_factory=list)
     faults: dict[str, int] = field(default_factory=dict)  # "kill9 during put" → how often
     took: dict[str, float] = field(default_factory=dict)  # workload → seconds, last undisturbed run
@@ -144,6 +153,7 @@ class World:
         for z in ("3A", "3B", "3C", "3D"):
             lines += [f"[ssd.zones.{z}]", "quota_gb = 1"]
         lines += ["", "[ingest]", "settle_s = 0.05", "", "[sources]", 'gallery = "gallery_dl"']
+        lines += ["", "[mount]", f'path = "{self.home / "mnt"}"']  # where view-mode outputs point
         self.cfg_path.write_text("\n".join(lines) + "\n")
         self.hoard("init")
         self.hoard("db", "migrate")
@@ -180,6 +190,8 @@ class World:
         args, expected_s = self.workload_args(step.workload, rng)
         if args is None:
             return
+        if step.fault == "zone_full":  # after the workload's own set-up (an ingest, say), before its command
+            self.fill_zones()
         expected_s = self.took.get(step.workload, expected_s)
         proc = self.start(*args)
         injected = False
@@ -197,7 +209,7 @@ class World:
                                          f"{stderr[-2000:]}\n{stack}")
             time.sleep(0.005)
         stdout, stderr = self.finish(proc)
-        if step.fault in ("none", "flip") or not injected:  # undisturbed: where later faults land
+        if step.fault in ("none", "flip", "zone_full") or not injected:  # undisturbed: where later faults land
             self.took[step.workload] = time.monotonic() - t0
         self.log.append(f"  → exit {proc.returncode} after {time.monotonic() - t0:.2f} s")
         if "Traceback" in stderr:
@@ -205,13 +217,15 @@ class World:
         self.collect_acks(step.workload, stdout, proc.returncode)
         if step.fault in TIMED_FAULTS and step.fault != "kill9" and not injected:  # faster than the fault
             self.inject(step, proc)
-        when = "during" if injected or step.fault == "flip" else "after"
+        when = "during" if injected or step.fault in ("flip", "zone_full") else "after"
         key = f"{step.fault} {when} {step.workload}" if step.fault != "none" else f"no fault, {step.workload}"
         self.faults[key] = self.faults.get(key, 0) + 1
         if step.fault in ("vanish", "eio", "full"):
             self.health_names(step.victim, step)
         elif step.fault in ("db_down", "redis_down"):
             self.health_names("database:" if step.fault == "db_down" else "redis:", step)
+        elif step.fault == "zone_full":
+            self.health_names("zone 3D:", step)
         clean = proc.returncode in (0,) or (step.fault == "none" and step.workload == "get")
         if not clean and step.fault == "none":
             raise InvariantViolation(f"{step}: `hoard {' '.join(args)}` exit {proc.returncode} with no fault:\n"
@@ -251,8 +265,28 @@ class World:
         if workload == "ingest":
             batch = self.scraped_batch(rng)
             self.pending_batch = {i.sha256: i.size for i in batch.items}
+            self.pending_batch_id = batch.batch_id
             return ["ingest", str(self.home / "ssd" / "3A" / batch.batch_id), "--here"], 4.0
+        if workload == "export":
+            return self.output_args(rng), 2.0
         raise ValueError(workload)
+
+    def output_args(self, rng: random.Random) -> list[str]:
+        """`hoard stage` (→ 3C) or `hoard export` (→ 3D) of some ingested batches, in copy mode
+        or (now and then) view mode; an ingest first when the database holds no batch."""
+        if not self.batches:
+            batch = self.scraped_batch(rng)
+            self.hoard("ingest", str(self.home / "ssd" / "3A" / batch.batch_id), "--here", timeout=300)
+            self.acked.update({i.sha256: i.size for i in batch.items})
+            self.batches.append(batch.batch_id)
+        kind = rng.choice(("export", "export", "stage"))
+        oid = f"o{len(self.log)}"  # unique within the run (the log only grows)
+        selector = self.home / f"{oid}.json"
+        selector.write_text(json.dumps({"batches": rng.sample(self.batches, rng.randint(1, min(3, len(self.batches))))}))
+        self.pending_output = (oid, "3C" if kind == "stage" else "3D")
+        mode = "view" if rng.random() < 0.25 else "copy"
+        layout = rng.choice(("by_sha256", "by_batch"))
+        return [kind, oid, "--layout", layout, "--selector", str(selector), "--mode", mode, "--here", "--json"]
 
     def scraped_batch(self, rng: random.Random):
         """A UA_1 batch (synthetic gallery-dl: media + sidecars, now and then a large file and
@@ -312,6 +346,13 @@ class World:
         if workload == "ingest":
             if code == 0:
                 self.acked.update(self.pending_batch)
+                if self.pending_batch_id not in self.batches:
+                    self.batches.append(self.pending_batch_id)
+            return
+        if workload == "export":
+            if code == 0:
+                oid, zone = self.pending_output
+                self.outputs[oid] = zone
             return
         if workload != "put":
             return
@@ -378,6 +419,15 @@ class World:
                 pass  # as much as there was
         self.log.append(f"  filled {label} ({free.f_bavail * free.f_frsize >> 20} MiB)")
 
+    def fill_zones(self) -> None:
+        """Someone else's files take the output zones past their deny threshold (92 % of the
+        quota): new stages, exports and ingest packages must be refused before they start."""
+        for zone in ("3B", "3C", "3D"):
+            filler = self.home / "ssd" / zone / "someone-elses-file"
+            with open(filler, "wb") as f:
+                os.posix_fallocate(f.fileno(), 0, int(0.92 * (1 << 30)))
+        self.log.append("  filled zones 3B, 3C and 3D to 92 % of their quota")
+
     def health_names(self, what: str, step: Step) -> None:
         """`hoard health` exits 4 with a problem naming `what` (a disk's label, `database:`, `redis:`)."""
         res = self.hoard("health", "--json", ok=(0, 4))
@@ -408,6 +458,9 @@ class World:
             self.pg.start()
         elif step.fault == "redis_down":
             self.redis.start()
+        elif step.fault == "zone_full":
+            for zone in ("3B", "3C", "3D"):
+                (self.home / "ssd" / zone / "someone-elses-file").unlink()
 
     def drop_disk_table(self, label: str) -> None:
         """Remove the [[disks]] table of `label` from hoard.toml (up to the next table)."""
@@ -451,9 +504,31 @@ class World:
             raise InvariantViolation(f"after {step}: `hoard check` exit {check.returncode}:\n"
                                      f"{check.stdout[-3000:]}{check.stderr[-2000:]}")
         res = self.hoard("health", "--json", ok=(0, 4))
-        problems = [p for p in json.loads(res.stdout)["problems"] if p.startswith(("store:", "disk "))]
+        problems = [p for p in json.loads(res.stdout)["problems"] if p.startswith(("store:", "disk ", "zone "))]
         if problems:
             raise InvariantViolation(f"after {step} and its heal: `hoard health` still reports {problems}")
+        self.check_outputs(step)
+
+    def check_outputs(self, step: Step) -> None:
+        """No reservation outlives its job; every acknowledged output is sealed and matches its
+        manifest; no output is reported done without its seal."""
+        from fsd.seal import OutputIncomplete, check_sealed
+
+        zones = json.loads(self.hoard("zones", "--json").stdout)["zones"]
+        held = [f"{z}: {r['id']} ({r['job']})" for z, s in zones.items() for r in s["reservations"]]
+        if held:
+            raise InvariantViolation(f"after {step}: reservations outlive their jobs: {held}")
+        for oid, zone in sorted(self.outputs.items()):
+            try:
+                check_sealed(self.home / "ssd" / zone / oid, verify=True)
+            except OutputIncomplete as e:
+                raise InvariantViolation(f"after {step}: acknowledged output {zone}/{oid}: {e.message}") from None
+        for state in sorted((self.home / "ssd" / "state" / "outputs").glob("*.json")):
+            doc = json.loads(state.read_text())
+            zone = "3C" if doc["spec"]["kind"] == "stage" else "3D"
+            if doc["status"] == "done" and not (self.home / "ssd" / zone / state.stem / "_SEALED").is_file():
+                raise InvariantViolation(f"after {step}: {doc['spec']['kind']} {state.stem} is reported done "
+                                         "but is not sealed")
 
 
 def _env() -> dict[str, str]:
