@@ -110,6 +110,12 @@ async def test_admin_adds_and_removes_a_user(user, gui_home: Path) -> None:
     user.find("Name").type("newbie")
     user.find(marker="user-rm").click()
     await user.should_see("removed: newbie", retries=20)
+    user.find("Name").clear().type("vera")
+    user.find("Password").clear().type("vera-new-pass")
+    user.find(marker="user-passwd").click()
+    await user.should_see("password set: vera", retries=20)
+    await user.open("/logout")
+    await sign_in(user, "vera", "vera-new-pass")
 
 
 async def test_open_health_routes(user) -> None:

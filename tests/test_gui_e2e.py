@@ -137,8 +137,25 @@ def test_end_to_end_in_chromium(served, browser) -> None:
     _wait_text(d, "broken.png.json")
     _shot(d, "run")
 
+    d.get(f"{url}/launch")  # an export of the batch's images into zone 3D
+    _wait_text(d, "stage / export")
+    d.find_element("xpath", "//input[@aria-label='output id']").send_keys("gallery-images-v1")
+    sel = d.find_element("xpath", "//textarea[starts-with(@aria-label, 'selector')]")
+    from selenium.webdriver.common.keys import Keys
+
+    sel.send_keys(Keys.CONTROL, "a")  # clear() would not reach the page's model (no input event)
+    sel.send_keys(Keys.DELETE)
+    sel.send_keys('{"sources": ["gallery"], "kinds": ["image"]}')
+    d.find_element("xpath", "//button[normalize-space(.)='Launch']").click()
+    _wait_text(d, "export gallery-images-v1")
+    res = subprocess.run([sys.executable, "-m", "fsd", "--config", str(cfg_path), "worker", "--burst"], env=_env(),
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    _wait_text(d, "files", timeout=60)  # the export's report
+
     d.get(f"{url}/runs")
     _wait_text(d, BATCH, timeout=20)
+    _wait_text(d, "gallery-images-v1", timeout=20)
     _shot(d, "runs")
 
     d.get(f"{url}/batches")
@@ -160,6 +177,10 @@ def test_end_to_end_in_chromium(served, browser) -> None:
     d.get(f"{url}/")
     _wait_text(d, "objects")
     _shot(d, "overview")
+    d.get(f"{url}/pipelines")
+    _wait_text(d, "Dataset exports (zone 3D)")
+    _wait_text(d, "gallery-images-v1")
+    _shot(d, "pipelines")
     d.get(f"{url}/storage")
     _wait_text(d, "SSD zones")
     _wait_text(d, "its replicas verified (or written)")  # per disk, now that shards are sealed
