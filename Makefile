@@ -7,9 +7,11 @@ SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
 .DEFAULT_GOAL := help
 
-# Debian packages the project needs at run time and to build pyfuse3.
+# Debian packages the project needs at run time and to build pyfuse3; chromium and its
+# driver for the GUI's end-to-end test (tests/test_gui_e2e.py: Selenium never downloads one).
 APT_PKGS := postgresql redis-server pgbackrest fuse3 libfuse3-dev pkg-config \
-            python3-dev python3-venv gcc libc6-dev e2fsprogs util-linux rsync procps
+            python3-dev python3-venv gcc libc6-dev e2fsprogs util-linux rsync procps \
+            chromium chromium-driver
 PYTHON ?= python3
 VENV := .venv
 HOARD := $(VENV)/bin/hoard

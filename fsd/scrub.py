@@ -156,3 +156,17 @@ def oldest_unverified_age(store: Store) -> float | None:
     """Seconds since the least recently verified sealed shard was verified (or created)."""
     ages = [m.verified or m.created for m in store.index.iter_shards() if m.sealed]
     return time.time() - min(ages) if ages else None
+
+
+def oldest_unverified_by_disk(store: Store) -> dict[str, float | None]:
+    """Per disk label: seconds since the least recently verified sealed shard with a replica
+    there was verified (or created) — every replica on the disk was checked at least that
+    recently (`verified` is set only when all of a shard's replicas passed). None: no shard."""
+    oldest: dict[str, float] = {}
+    for m in store.index.iter_shards():
+        if m.sealed:
+            t = m.verified or m.created
+            for uuid in m.replicas:
+                oldest[uuid] = min(oldest.get(uuid, t), t)
+    now = time.time()
+    return {rec.label: (now - oldest[uuid] if uuid in oldest else None) for uuid, rec in store.records.items()}

@@ -49,7 +49,7 @@ COMMANDS: dict[str, list[str]] = {
     "fixtures generate": ["{OUTDIR}", "--items", "3", "--batches", "1", "--large-max-mb", "1"],
     "gc": [],
     "get": ["{SHA}", "-o", "{OUT}"],
-    "gui": [],
+    "gui": [],  # no users in this world: refused (exit 2) before it would serve
     "health": [],
     "index backup": [],
     "info": ["{SHA}"],
@@ -69,6 +69,11 @@ COMMANDS: dict[str, list[str]] = {
     "services up": [],
     "stage": [],
     "umount": ["{MISSING}"],
+    "users add": ["alice", "--role", "viewer"],  # stdin is closed: no password, exit 2
+    "users hash": [],
+    "users list": [],
+    "users passwd": ["nosuch"],
+    "users rm": ["nosuch"],
     "verify": [],
     "view add": ["v1", "{FILE}"],
     "view list": [],

@@ -91,7 +91,7 @@ BAD = [
     (GOOD + "[store]\ncopy_of_raw = 4\n", r"copy_of_raw=4 needs that many disks; allowed 2\.\.3 with 3 disks"),
     (GOOD + "[store]\nwrite_ack = 3\ncopy_of_raw = 3\n", r"write_ack=3 must not exceed"),
     (GOOD + "[store]\nshard_sise_mb = 1\n", r"store\.shard_sise_mb: unknown key; allowed here: shard_size_mb, "),
-    ("colour = 1\n" + GOOD, r"colour: unknown key; allowed here: disks, ssd, store, ingest, mount, sources, embedded, database_url"),
+    ("colour = 1\n" + GOOD, r"colour: unknown key; allowed here: disks, ssd, store, ingest, mount, gui, sources, embedded, database_url"),
     (GOOD.replace('label = "b"', 'label = "a"'), r"disk labels must be unique; repeated: a"),
     (GOOD.replace('label = "b"', 'label = "B B"'), r"disks\[1\]\.label: String should match pattern"),
     (GOOD.replace("[ssd.zones.3D]\nquota_gb = 1", ""), r"ssd: zones 3D missing"),
@@ -147,7 +147,8 @@ def test_every_key_is_documented() -> None:
     models = {"": config.Settings, "disks[].": config.DiskConfig, "ssd.": config.SSDConfig,
               "ssd.zones.<zone>.": config.ZoneConfig, "ssd.thresholds.": config.Thresholds,
               "store.": config.StoreConfig, "embedded.": config.EmbeddedConfig,
-                  "ingest.": config.IngestConfig, "mount.": config.MountConfig}
+                  "ingest.": config.IngestConfig, "mount.": config.MountConfig,
+              "gui.": config.GuiConfig, "gui.users[].": config.GuiUser}
     missing = [f"{prefix}{name}" for prefix, model in models.items() for name in model.model_fields
                if name != "source" and f"`{prefix}{name}`" not in doc]
     assert not missing, f"undocumented keys: {missing}"

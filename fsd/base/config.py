@@ -120,6 +120,35 @@ class MountConfig(BaseModel):
     path: Path | None = None
 
 
+class GuiUser(BaseModel):
+    """A login of `hoard gui` given in hoard.toml (`hoard users add` keeps others in `gui.users_file`)."""
+
+    model_config = _strict
+    name: str = Field(pattern=r"^[a-z][a-z0-9_.-]{0,31}$")
+    role: Literal["admin", "operator", "viewer"]
+    #: an argon2 hash (`hoard users hash` prints one); never the password itself
+    password_hash: str = Field(pattern=r"^\$argon2")
+
+
+class GuiConfig(BaseModel):
+    """`hoard gui`: where it listens, its logins and sessions, how often it refreshes."""
+
+    model_config = _strict
+    #: localhost by default: put a TLS proxy in front before opening it to a network
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=1, le=65535)
+    users: list[GuiUser] = []
+    #: the users `hoard users add|passwd|rm` manage; default `<ssd.root>/state/gui/users.json`
+    users_file: Path | None = None
+    #: a login lasts this long, then the next page asks again
+    session_hours: float = Field(default=8.0, gt=0, le=24 * 30)
+    #: failed logins of one name or one client allowed per `login_window_s` before a wait
+    login_attempts: int = Field(default=5, ge=1, le=1000)
+    login_window_s: float = Field(default=300.0, gt=0, le=86400)
+    #: seconds between the one background refresh of what the pages show (health, counts)
+    refresh_s: float = Field(default=10.0, ge=1, le=3600)
+
+
 class EmbeddedConfig(BaseModel):
     """Private PostgreSQL and Redis run by `hoard services up` under `root`."""
 
@@ -156,6 +185,7 @@ class Settings(BaseSettings):
     store: StoreConfig = StoreConfig()
     ingest: IngestConfig = IngestConfig()
     mount: MountConfig = MountConfig()
+    gui: GuiConfig = GuiConfig()
     #: source name → format of its batches (a format's own name needs no entry)
     sources: dict[Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,62}$")], str] = {}
     embedded: EmbeddedConfig | None = None
@@ -219,6 +249,10 @@ class Settings(BaseSettings):
         assert self.ssd.index_dir is not None
         return self.ssd.index_dir
 
+    @property
+    def gui_users_file(self) -> Path:
+        return self.gui.users_file or self.ssd.root / "state" / "gui" / "users.json"
+
 
 def _derive_test_db_url(url: str) -> str:
     """Same server, database `<name>_test`: tests never touch the working database."""
@@ -263,7 +297,7 @@ def find_config(explicit: str | os.PathLike[str] | None = None) -> Path:
     )
 
 
-_PATH_KEYS = (("ssd", "root"), ("ssd", "index_dir"), ("embedded", "root"))
+_PATH_KEYS = (("ssd", "root"), ("ssd", "index_dir"), ("embedded", "root"), ("gui", "users_file"))
 
 
 def _resolve_paths(data: dict[str, Any], base: Path) -> None:

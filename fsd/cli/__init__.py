@@ -31,6 +31,7 @@ from fsd.cli import find as _find
 from fsd.cli import fixtures as _fixtures
 from fsd.cli import index as _index
 from fsd.cli import gc as _gc
+from fsd.cli import gui as _gui
 from fsd.cli import ingest as _ingest
 from fsd.cli import mount as _mount
 from fsd.cli import outputs as _outputs
@@ -63,6 +64,7 @@ app.add_typer(_disks.app, name="disks")
 app.add_typer(_db.app, name="db")
 app.add_typer(_index.app, name="index")
 app.add_typer(_zones.app, name="zones")
+app.add_typer(_gui.app, name="users")
 _store.register(app)
 _find.register(app, _db.app)
 app.command()(_verify.verify)
@@ -74,6 +76,7 @@ app.command()(_outputs.export)
 _mount.register(app)
 _gc.register(app)
 _skeleton.register(app)
+app.command("gui")(_gui.gui)
 
 
 @app.callback()

@@ -5,12 +5,14 @@ signal, ingest them (UA_1 on RQ: store with dedup and write_ack replicas, metada
 cross-batch edges in PostgreSQL, a package per batch in 3B, 3A emptied), bring every
 shard to its replica target, read everything back with the batch read planner, verified,
 and query the database; stage the first batch into 3C and export the images into 3D.
-Later issues add the GUI.
+It ends with the GUI's address and a login (a `demo` admin, made on the first run).
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
+import secrets
 import shutil
 import threading
 import time
@@ -23,6 +25,7 @@ from fsd.base.errors import ExitCode, HoardError
 from fsd.cli._common import err, out
 from fsd.replicate import replicate_once
 from fsd.store import Store
+from gui import users as gui_users
 from jobs import outputs
 from jobs.health import collect
 from jobs.ingest import Status, load_state, submit, work_here
@@ -58,6 +61,27 @@ def run_demo(cfg: Settings) -> None:
     out.print("  .venv/bin/hoard disks list                where the replicas went, per disk")
     out.print("  mkdir -p /tmp/hoard && .venv/bin/hoard mount /tmp/hoard   browse batches/, sources/, by-hash/")
     out.print("  .venv/bin/hoard --help                    every command")
+    name, password = _demo_login(cfg)
+    out.print(f"\n[bold]GUI:[/] .venv/bin/hoard gui, then open http://{cfg.gui.host}:{cfg.gui.port}/ and sign in as "
+              f"[bold]{name}[/] / [bold]{password}[/]", soft_wrap=True)
+
+
+def _demo_login(cfg: Settings) -> tuple[str, str]:
+    """The demo's GUI login: a `demo` admin with a random password, made once and kept
+    (mode 0600) beside the users file, so every run of the demo prints the same one."""
+    kept = cfg.gui_users_file.with_name("demo-login.txt")
+    if kept.exists() and "demo" in gui_users.users(cfg):
+        return "demo", kept.read_text().strip()
+    password = secrets.token_urlsafe(9)
+    if "demo" in gui_users.users(cfg):
+        gui_users.passwd(cfg, "demo", password)
+    else:
+        gui_users.add(cfg, "demo", "admin", password)
+    kept.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(kept, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(password + "\n")
+    return "demo", password
 
 
 def _sample_batches(cfg: Settings) -> list:

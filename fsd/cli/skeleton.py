@@ -10,9 +10,7 @@ import typer
 
 from fsd.base.errors import NotBuilt
 
-PENDING = {
-    "gui": ("Serve the NiceGUI scheduler and dashboards", "a later GUI issue"),
-}
+PENDING: dict[str, tuple[str, str]] = {}  # name → (help, the issue that brings it); none left
 
 
 def register(app: typer.Typer) -> None:

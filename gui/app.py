@@ -1,0 +1,103 @@
+"""`hoard gui`: the NiceGUI app — login, the pages, `/health/*`, `/metrics`.
+
+`build(cfg)` registers everything on NiceGUI's global app (pages, routes, the login
+middleware, the one refresh timer); `serve` runs it. The tests build it the same way
+(tests/gui_main.py) and drive it with NiceGUI's `user` fixture.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+from pathlib import Path
+
+from fastapi.responses import JSONResponse, Response
+from nicegui import app, run, ui
+
+from fsd.base.config import Settings
+from fsd.base.errors import ExitCode, HoardError
+from gui import auth, browse_page, launch_page, overview, pipelines_page, rqdash, runs_page, storage, users_page
+from gui.context import Context, ctx, set_context
+from gui.metrics import render
+from gui.state import Cache
+from gui.users import LoginLimiter, users
+
+log = logging.getLogger(__name__)
+
+
+def state_dir(cfg: Settings) -> Path:
+    return cfg.ssd.root / "state" / "gui"
+
+
+def storage_secret(cfg: Settings) -> str:
+    """The key that signs session cookies: made once, kept (0600) beside the users file, so
+    a restart keeps everyone signed in."""
+    path = state_dir(cfg) / "secret"
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_urlsafe(32))
+        return path.read_text().strip()
+
+
+def build(cfg: Settings) -> None:
+    """Register the GUI on NiceGUI's app for `cfg`."""
+    set_context(Context(cfg, Cache(cfg), LoginLimiter(cfg.gui.login_attempts, cfg.gui.login_window_s)))
+    auth.register()
+
+    async def refresh() -> None:
+        await run.io_bound(ctx().cache.refresh)
+
+    app.timer(cfg.gui.refresh_s, refresh)
+
+    @app.get("/health/live")
+    def live() -> dict:
+        return {"ok": True}
+
+    @app.get("/health/ready")
+    async def ready() -> JSONResponse:
+        """The `hoard health --json` document of the last refresh; 503 while the database or
+        Redis does not answer (the GUI can do nothing useful then)."""
+        snap = ctx().cache.snapshot or await run.io_bound(ctx().cache.refresh)
+        h = snap.health
+        up = bool(h["database"].get("ok") and h["redis"].get("ok"))
+        return JSONResponse(h, status_code=200 if up else 503)
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        if ctx().cache.snapshot is None:
+            await run.io_bound(ctx().cache.refresh)
+        return Response(render(lambda: ctx().cache.get()), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    overview.register()
+    storage.register()
+    users_page.register()
+    launch_page.register()
+    runs_page.register()
+    browse_page.register()
+    pipelines_page.register()
+    rqdash.mount(cfg)
+
+
+def usable(cfg: Settings) -> None:
+    """Refuse to serve pages nobody can sign in to."""
+    if not users(cfg):
+        raise HoardError("no GUI users yet; add one with `hoard users add NAME --role admin` "
+                         "(or [[gui.users]] in hoard.toml), then run `hoard gui` again", ExitCode.USAGE)
+
+
+def serve(cfg: Settings, host: str | None = None, port: int | None = None) -> None:
+    """Run the GUI until interrupted (blocking)."""
+    # deferred: NiceGUI's storage module is only needed when serving, to keep sessions on the SSD
+    from nicegui.storage import Storage
+
+    usable(cfg)
+    Storage.path = state_dir(cfg) / "sessions"
+    Storage.path.mkdir(parents=True, exist_ok=True)
+    build(cfg)
+    ui.run(host=host or cfg.gui.host, port=port or cfg.gui.port, title="hoardfs", reload=False, show=False,
+           storage_secret=storage_secret(cfg), show_welcome_message=False, favicon="🗄️")

@@ -1,0 +1,203 @@
+"""`/batches`, `/assets`, `/node/{sha256}`: what was ingested, found by source, batch, date and
+metadata; one node with its metadata, labels, parents and children (depth-limited), its paths
+in the FUSE mount, and the low-quality flag (`in_black_list`). Reads go through `sql.browse`
+(bounded queries); thumbnails through `gui.thumbs`."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from urllib.parse import urlencode
+
+import psycopg
+from fastapi.responses import FileResponse, Response
+from nicegui import app, run, ui
+
+from fsd.base.errors import HoardError
+from gui import charts, thumbs
+from gui.auth import require
+from gui.context import ctx
+from gui.frame import frame, gb
+from jobs import ingest
+from sql import browse
+
+PER_PAGE = 48
+
+
+def _db(fn, *args, **kwargs):
+    """Run one sql.browse call on its own connection (in a thread: run.io_bound)."""
+    with psycopg.connect(ctx().cfg.database_url, connect_timeout=5) as conn:
+        return fn(conn, *args, **kwargs)
+
+
+def _date(s: str) -> dt.date | None:
+    try:
+        return dt.date.fromisoformat(s) if s else None
+    except ValueError:
+        return None
+
+
+def mount_paths(sha256: str, ext: str | None, locators: list[str]) -> list[str]:
+    """Where the node shows in the FUSE mount (docs/mount.md): by-hash/ and each batch path."""
+    root = str(ctx().cfg.mount.path or "<mount>")
+    out = [f"{root}/by-hash/{sha256[:2]}/{sha256[2:4]}/{sha256}{'.' + ext if ext else ''}"]
+    out += [f"{root}/batches/{loc.removeprefix('batch:')}" for loc in locators if loc.startswith("batch:")]
+    return out
+
+
+def register() -> None:
+    @app.get("/thumb/{sha256}")
+    async def thumb(sha256: str) -> Response:
+        try:
+            p = await run.io_bound(thumbs.thumbnail, ctx().cfg, sha256)
+        except HoardError as e:
+            return Response(e.message, status_code=503, media_type="text/plain")
+        if p is None:
+            return Response(status_code=404)
+        return FileResponse(p, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=86400"})
+
+    @ui.page("/batches")
+    async def batches_page(source: str = "", page: int = 1) -> None:
+        with frame("Batches"):
+            try:
+                rows, total = await run.io_bound(_db, browse.batches, source or None, PER_PAGE, (page - 1) * PER_PAGE)
+                names = await run.io_bound(_db, browse.sources)
+            except psycopg.Error as e:
+                ui.label(f"the database does not answer: {str(e).strip().splitlines()[0]}").classes("text-negative")
+                return
+            ui.select({"": "every source", **{n: n for n in names}}, value=source, label="source",
+                      on_change=lambda e: ui.navigate.to(f"/batches?{urlencode({'source': e.value} if e.value else {})}")
+                      ).classes("w-48")
+            ingested = ctx().cache.get().ingested
+            if ingested:
+                ui.echart(charts.ingested_per_day(ingested)).classes("w-full h-56")
+            ui.label(f"{total} batches").classes("text-caption")
+            with ui.grid(columns=6).classes("gap-x-6 gap-y-1 items-center"):
+                for head in ("batch", "source", "members", "ingest", "created", "sealed"):
+                    ui.label(head).classes("text-bold")
+                for r in rows:
+                    st = ingest.load_state(ctx().cfg, r["batch_id"])
+                    ui.link(r["batch_id"], f"/assets?{urlencode({'batch': r['batch_id']})}")
+                    ui.label(r["source"] or r["action"])
+                    ui.label(f"{r['members']:,}")
+                    ui.link(st.status if st else (r["last_event"] or "-"), f"/runs/ingest/{r['batch_id']}")
+                    ui.label(f"{r['created_at']:%Y-%m-%d %H:%M}")
+                    ui.label(f"{r['sealed_at']:%Y-%m-%d %H:%M}" if r["sealed_at"] else "open")
+            with ui.row():
+                if page > 1:
+                    ui.link("← newer", f"/batches?{urlencode({'source': source, 'page': page - 1})}")
+                if page * PER_PAGE < total:
+                    ui.link("older →", f"/batches?{urlencode({'source': source, 'page': page + 1})}")
+
+    @ui.page("/assets")
+    async def assets_page(source: str = "", batch: str = "", since: str = "", until: str = "", q: str = "",
+                          kind: str = "", page: int = 1) -> None:
+        current = {"source": source, "batch": batch, "since": since, "until": until, "q": q, "kind": kind}
+
+        def go(**change: str) -> None:
+            ui.navigate.to(f"/assets?{urlencode({k: v for k, v in (current | change).items() if v})}")
+
+        with frame("Assets"):
+            with ui.row().classes("items-end"):
+                fields = {}
+                for key, label in (("source", "source"), ("batch", "batch"), ("since", "from (YYYY-MM-DD)"),
+                                   ("until", "until (YYYY-MM-DD)"), ("q", "title / author contains")):
+                    fields[key] = ui.input(label, value=current[key]).classes("w-44").mark(f"assets-{key}")
+                    fields[key].on("keydown.enter", lambda: go(**{k: f.value.strip() for k, f in fields.items()}))
+                ui.select({"": "any kind", "image": "image", "video": "video", "audio": "audio", "text": "text"},
+                          value=kind, label="kind", on_change=lambda e: go(kind=e.value)).classes("w-32")
+                ui.button("Search", on_click=lambda: go(**{k: f.value.strip() for k, f in fields.items()})).mark(
+                    "assets-search")
+            try:
+                rows = await run.io_bound(_db, browse.search, source or None, batch or None, _date(since),
+                                          _date(until), q or None, kind or None, PER_PAGE + 1, (page - 1) * PER_PAGE)
+            except psycopg.Error as e:
+                ui.label(f"the database does not answer: {str(e).strip().splitlines()[0]}").classes("text-negative")
+                return
+            more, rows = len(rows) > PER_PAGE, rows[:PER_PAGE]
+            ui.label(f"{len(rows)} assets on page {page}" if rows else "nothing matches").classes("text-caption")
+            with ui.row().classes("w-full"):
+                for r in rows:
+                    with ui.link(target=f"/node/{r['sha256']}").classes("no-underline text-black"):
+                        with ui.card().classes("w-44 q-pa-xs").props(f'data-testid="asset-{r["sha256"][:12]}"'):
+                            if r["kind"] == "image":
+                                ui.image(f"/thumb/{r['sha256']}").classes("w-40 h-40").props("fit=contain")
+                            else:
+                                ui.icon({"video": "movie", "audio": "audiotrack", "text": "description"}.get(
+                                    r["kind"], "insert_drive_file"), size="5em").classes("q-mx-auto")
+                            ui.label((r["title"] or (r["locator"] or r["sha256"][:16]).split("/")[-1])[:40]).classes(
+                                "text-caption")
+                            ui.label(f"{r['file_type'] or '?'} · {r['size']:,} B"
+                                     + (" · flagged" if r["in_black_list"] else "")).classes("text-caption text-grey-7")
+            with ui.row():
+                if page > 1:
+                    ui.link("← newer", f"/assets?{urlencode({k: v for k, v in current.items() if v} | {'page': page - 1})}")
+                if more:
+                    ui.link("older →", f"/assets?{urlencode({k: v for k, v in current.items() if v} | {'page': page + 1})}")
+
+    @ui.page("/node/{sha256}")
+    async def node_page(sha256: str, depth: int = 1) -> None:
+        with frame(f"node {sha256[:16]}…") as user:
+            try:
+                n = await run.io_bound(_db, browse.node, sha256, depth)
+            except HoardError as e:
+                ui.label(e.message).classes("text-negative")
+                return
+            except psycopg.Error as e:
+                ui.label(f"the database does not answer: {str(e).strip().splitlines()[0]}").classes("text-negative")
+                return
+            ui.label(n["sha256"]).classes("text-mono text-caption")
+            with ui.row().classes("items-start w-full"):
+                if n.get("kind") == "image":
+                    ui.image(f"/thumb/{n['sha256']}").classes("w-64 h-64").props("fit=contain")
+                with ui.column():
+                    if n["is_virtual"]:
+                        ui.label(f"virtual {n['virtual_kind']}: {n['description']}")
+                    else:
+                        ui.label(f"{n['file_type'] or 'unknown type'} ({n['kind'] or '-'}), {gb(n['size'])} "
+                                 f"({n['size']:,} bytes)" + (", deleted (type A)" if n["is_deleted"] else ""))
+                        flag = ui.label("flagged low quality (in_black_list): selectors leave it out"
+                                        if n["in_black_list"] else "not flagged").mark("node-flag-state")
+                        if user.may("flag"):
+                            async def toggle(to: bool) -> None:
+                                require("flag")
+                                await run.io_bound(_db, browse.set_black_list, n["sha256"], to)
+                                ui.navigate.reload()
+
+                            ui.button("Unflag" if n["in_black_list"] else "Flag low quality",
+                                      on_click=lambda: toggle(not n["in_black_list"])).mark("node-flag")
+                    ui.label(f"batches: {', '.join(n['batches']) or '-'}")
+                    ui.label("In the FUSE mount:").classes("text-bold q-mt-sm")
+                    for p in mount_paths(n["sha256"], n.get("file_type"), n["paths"]):
+                        ui.label(p).classes("text-mono text-caption")
+                    if not ctx().cfg.mount.path:
+                        ui.label("(mount.path is not set in hoard.toml: `hoard mount PATH` serves the store)").classes(
+                            "text-caption text-grey-7")
+            if n["metadata"]:
+                ui.label("Metadata").classes("text-h6")
+                for m in n["metadata"]:
+                    with ui.card().classes("w-full"):
+                        ui.label(f"source {m['source']}").classes("text-bold")
+                        for k in ("title", "author", "user_name", "view_count", "update_time", "download_time"):
+                            if m.get(k) is not None:
+                                ui.label(f"{k}: {m[k]}")
+                        if m.get("raw_metadata"):
+                            ui.code(json.dumps(m["raw_metadata"], indent=1, ensure_ascii=False, default=str),
+                                    language="json").classes("w-full")
+            ui.label("Labels").classes("text-h6")
+            for lab in n["labels"]:
+                ui.label(f"{lab['key']} = {lab['value']} ({lab['origin']})")
+            if not n["labels"]:
+                ui.label("none").classes("text-caption")
+            with ui.row().classes("items-center"):
+                ui.label("Parents and children").classes("text-h6")
+                for d in range(1, browse.MAX_DEPTH + 1):
+                    ui.link(f"depth {d}", f"/node/{n['sha256']}?depth={d}").classes("q-ml-sm")
+            for direction in ("parents", "children"):
+                ui.label(f"{direction} ({len(n[direction])})").classes("text-bold")
+                for r in n[direction]:
+                    what = (f"{r['virtual_kind']} {r['stable_id']}" if r["is_virtual"]
+                            else f"{r['file_type'] or 'file'} {r['sha256'][:16]}…")
+                    with ui.row().classes("items-center q-ml-md"):
+                        ui.label(f"{'  ' * (r['depth'] - 1)}{r['rel']} (depth {r['depth']})").classes("text-caption")
+                        ui.link(what, f"/node/{r['sha256']}")

@@ -1,0 +1,32 @@
+"""The one GUI process's shared objects: its settings, the snapshot cache, the login limiter.
+
+Set once by `gui.app.build`; pages and routes read it with `ctx()`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from fsd.base.config import Settings
+from gui.state import Cache
+from gui.users import LoginLimiter
+
+
+@dataclass
+class Context:
+    cfg: Settings
+    cache: Cache
+    limiter: LoginLimiter
+
+
+_current: Context | None = None
+
+
+def ctx() -> Context:
+    assert _current is not None, "gui.app.build(cfg) sets up the GUI first"
+    return _current
+
+
+def set_context(c: Context) -> None:
+    global _current
+    _current = c

@@ -1,0 +1,76 @@
+"""The frame of every page: the header with the navigation and the user, and the banner of
+what is on fire (failed or missing disks, zones past warn, failed batches, stale backups)."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+
+from nicegui import ui
+
+from gui.auth import SignedIn, current_user
+from gui.context import ctx
+
+NAV = (("Overview", "/"), ("Storage", "/storage"), ("Runs", "/runs"), ("Launch", "/launch"),
+       ("Batches", "/batches"), ("Assets", "/assets"), ("Pipelines", "/pipelines"), ("Users", "/users"), ("RQ", "/rq/"), ("Metrics", "/metrics"))
+
+
+def live(render: Callable[[], None]) -> None:
+    """Render `render` here, and again every `gui.refresh_s` from the latest snapshot — for
+    this page only (a refreshable made per page, so a closed page's timer goes with it)."""
+    part = ui.refreshable(render)
+    part()
+    ui.timer(ctx().cfg.gui.refresh_s, part.refresh)
+
+
+def banner() -> None:
+    snap = ctx().cache.snapshot
+    if snap is None:
+        return
+    for b in snap.banners:
+        color = "bg-red-7" if b.severity == "error" else "bg-orange-8"
+        with ui.row().classes(f"w-full {color} text-white q-px-md q-py-xs items-center no-wrap").props(
+                f'data-testid="banner"'):
+            ui.icon("error" if b.severity == "error" else "warning")
+            ui.link(b.text, b.link).classes("text-white")
+
+
+@contextlib.contextmanager
+def frame(title: str) -> Iterator[SignedIn]:
+    """Header, banner and a content column; yields the signed-in user (the middleware let
+    only signed-in requests reach a page)."""
+    user = current_user()
+    assert user is not None
+    ui.page_title(f"hoardfs · {title}")
+    with ui.header().classes("items-center q-px-md q-py-xs bg-blue-grey-9"):
+        ui.label("hoardfs").classes("text-h6 q-mr-lg")
+        for label, href in NAV:
+            if href == "/users" and not user.may("users"):
+                continue
+            ui.link(label, href).classes("text-white q-mr-md")
+        ui.space()
+        ui.label(f"{user.name} ({user.role})").classes("q-mr-md")
+        ui.link("Sign out", "/logout").classes("text-white")
+    live(banner)
+    with ui.column().classes("w-full q-pa-md"):
+        ui.label(title).classes("text-h5")
+        yield user
+
+
+def gb(n: int | None) -> str:
+    """Bytes in the units of hoard.toml and `hoard health` (binary: a GB is a GiB), scaled to read."""
+    if n is None:
+        return "-"
+    for unit, size in (("TB", 1024**4), ("GB", 1024**3), ("MB", 1024**2), ("KB", 1024)):
+        if n >= size:
+            return f"{n / size:.2f} {unit}"
+    return f"{n} B"
+
+
+def age(seconds: float | None) -> str:
+    if seconds is None:
+        return "never"
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.1f} {unit} ago"
+    return f"{seconds:.0f} s ago"

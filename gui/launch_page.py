@@ -1,0 +1,157 @@
+"""`/launch`: forms that start runs — a UA_1 ingest of a 3A batch, a stage or export, and each
+maintenance job, its form generated from the job's typed parameters (`jobs.launch.params_model`).
+Every request is validated by the jobs API before anything is queued; a refusal is shown as
+its one line."""
+
+from __future__ import annotations
+
+import json
+import typing
+from typing import Any
+
+from nicegui import run, ui
+
+from datasets.layouts import BUILTIN
+from fsd.base.errors import HoardError
+from gui.auth import SignedIn, require
+from gui.context import ctx
+from gui.frame import frame
+from jobs import launch
+from jobs.maintenance import JOBS
+
+
+def _field(name: str, annotation: Any, default: Any, mark: str) -> tuple[ui.element, Any]:
+    """An input for one parameter and a function reading its value back (None for empty)."""
+    el, read = _input(name, annotation, default)
+    el.mark(mark)
+    return el, read
+
+
+def _input(name: str, annotation: Any, default: Any) -> tuple[ui.element, Any]:
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    optional = type(None) in typing.get_args(annotation)
+    base = args[0] if optional and len(args) == 1 else annotation
+    if typing.get_origin(base) is typing.Annotated:
+        base = typing.get_args(base)[0]
+    label = name.replace("_", " ")
+    if base is bool:
+        el = ui.checkbox(label, value=bool(default))
+        return el, lambda: el.value
+    if typing.get_origin(base) is typing.Literal:
+        el = ui.select(list(typing.get_args(base)), value=default, label=label).classes("w-48")
+        return el, lambda: el.value
+    if base in (int, float):
+        el = ui.number(label, value=None if default in (None, Ellipsis) else default).classes("w-48")
+        return el, lambda: None if el.value in (None, "") else el.value
+    el = ui.input(label, value="" if default in (None, Ellipsis) else str(default)).classes("w-48")
+    return el, lambda: el.value.strip() or None
+
+
+def _maintenance_form(kind: str, user: SignedIn) -> None:
+    model = launch.params_model(kind)
+    with ui.card().classes("w-96").props(f'data-testid="launch-{kind}"'):
+        ui.label(kind).classes("text-h6")
+        ui.label(launch.describe(kind)).classes("text-caption")
+        readers = {}
+        for name, f in model.model_fields.items():
+            _, readers[name] = _field(name, f.annotation, ... if f.is_required() else f.default, f"{kind}-{name}")
+        message = ui.label("")
+
+        async def go() -> None:
+            who = require("launch")
+            params = {k: r() for k, r in readers.items()}
+            params = {k: v for k, v in params.items() if v is not None or not model.model_fields[k].is_required()}
+            try:
+                job_id = await run.io_bound(launch.launch_maintenance, ctx().cfg, kind, params, who.name)
+            except HoardError as e:
+                message.text = e.message
+                message.classes("text-negative")
+                return
+            ui.navigate.to(f"/runs/{kind}/{job_id}")
+
+        if user.may("launch"):
+            ui.button(f"Launch {kind}", on_click=go).mark(f"launch-{kind}")
+
+
+def _ingest_form(user: SignedIn) -> None:
+    cfg = ctx().cfg
+    batches = launch.ingest_candidates(cfg)
+    with ui.card().classes("w-96").props('data-testid="launch-ingest"'):
+        ui.label("ingest (UA_1)").classes("text-h6")
+        ui.label("A scraped batch of zone 3A → store, database, 3B package.").classes("text-caption")
+        if not batches:
+            ui.label(f"no batch waits in {cfg.ssd.zone_path('3A')}").classes("text-caption")
+        options = {b["batch_id"]: f"{b['batch_id']} ({b['source'] or 'no _READY'}, {b['state']})" for b in batches}
+        batch = ui.select(options, label="batch", value=next(iter(options), None)).classes("w-full").mark(
+            "ingest-batch")
+        source = ui.select({"": "the one its _READY names", **{s: s for s in launch.sources(cfg)}}, value="",
+                           label="source").classes("w-full").mark("ingest-source")
+        message = ui.label("")
+
+        async def go() -> None:
+            require("launch")
+            try:
+                st = await run.io_bound(launch.launch_ingest, cfg, batch.value or "", source.value or None)
+            except HoardError as e:
+                message.text = e.message
+                message.classes("text-negative")
+                return
+            await run.io_bound(ctx().cache.refresh)
+            ui.navigate.to(f"/runs/ingest/{st.batch_id}")
+
+        if user.may("launch"):
+            ui.button("Launch ingest", on_click=go).mark("launch-ingest")
+
+
+def _output_form(user: SignedIn) -> None:
+    with ui.card().classes("w-96").props('data-testid="launch-output"'):
+        ui.label("stage / export").classes("text-h6")
+        ui.label("Selected nodes, laid out, copied into 3C (stage) or 3D (export), then sealed.").classes(
+            "text-caption")
+        kind = ui.select(["export", "stage"], value="export", label="kind").classes("w-48")
+        output_id = ui.input("output id").classes("w-full").mark("output-id")
+        layout = ui.select(sorted(BUILTIN), value="by_sha256", label="layout", new_value_mode="add-unique").classes(
+            "w-full")
+        selector = ui.textarea("selector (JSON, see `hoard select`)", value='{"sources": []}').classes("w-full").mark(
+            "output-selector")
+        dedup = ui.select(["by_node", "by_sha256"], value="by_node", label="dedup").classes("w-48")
+        mode = ui.select(["copy", "view"], value="copy", label="mode").classes("w-48")
+        message = ui.label("")
+
+        async def go() -> None:
+            require("launch")
+            try:
+                sel = json.loads(selector.value or "null")
+            except ValueError as e:
+                message.text = f"the selector is not JSON: {e}"
+                message.classes("text-negative")
+                return
+            try:
+                oid = await run.io_bound(launch.launch_output, ctx().cfg, kind.value, output_id.value.strip(),
+                                         layout.value, sel if isinstance(sel, dict) else None, None, dedup.value,
+                                         mode.value)
+            except HoardError as e:
+                message.text = e.message
+                message.classes("text-negative")
+                return
+            await run.io_bound(ctx().cache.refresh)
+            ui.navigate.to(f"/runs/{kind.value}/{oid}")
+
+        if user.may("launch"):
+            ui.button("Launch", on_click=go).mark("launch-output")
+
+
+def register() -> None:
+    @ui.page("/launch")
+    def launch_page() -> None:
+        with frame("Launch") as user:
+            if not user.may("launch"):
+                ui.label(f"You are signed in as a {user.role}: you can look at the forms but not launch.").classes(
+                    "text-warning")
+            with ui.row().classes("w-full items-start"):
+                _ingest_form(user)
+                _output_form(user)
+            ui.label("Maintenance").classes("text-h6 q-mt-md")
+            with ui.row().classes("w-full items-start"):
+                for kind in JOBS:
+                    _maintenance_form(kind, user)

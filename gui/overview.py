@@ -1,0 +1,38 @@
+"""`/`: the overview — what the store holds, what runs, what needs a person."""
+
+from __future__ import annotations
+
+from nicegui import run, ui
+
+from gui.context import ctx
+from gui.frame import age, frame, gb, live
+
+
+def _body() -> None:
+    snap = ctx().cache.get()
+    h = snap.health
+    store = h["store"]
+    with ui.row().classes("w-full"):
+        for label, value in (
+                ("objects", f"{store.get('objects', '-'):,}" if store.get("ok") else "store not readable"),
+                ("stored", gb(sum(d.get("used_bytes") or 0 for d in h["disks"]))),
+                ("disks", f"{sum(d.get('state') == 'active' for d in h['disks'])} of {len(h['disks'])} active"),
+                ("jobs running", str(sum(c.get("started", 0) for c in snap.jobs.values()))),
+                ("jobs queued", str(sum(c.get("queued", 0) for c in snap.jobs.values()))),
+                ("jobs failed", str(sum(c.get("failed", 0) for c in snap.jobs.values())))):
+            with ui.card().classes("q-pa-sm"):
+                ui.label(label).classes("text-caption")
+                ui.label(value).classes("text-h6")
+    ui.label("Needs attention" if h["problems"] else "All good").classes("text-h6 q-mt-md")
+    for p in h["problems"]:
+        ui.label(p).classes("text-body2")
+    ui.label(f"figures from {age(snap.age_s)} (gathered in {snap.took_s:.2f} s)").classes("text-caption q-mt-md")
+
+
+def register() -> None:
+    @ui.page("/")
+    async def overview() -> None:
+        if ctx().cache.snapshot is None:
+            await run.io_bound(ctx().cache.refresh)
+        with frame("Overview"):
+            live(_body)

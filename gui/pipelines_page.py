@@ -1,0 +1,66 @@
+"""`/pipelines`: the pipelines defined in the database (their stages and how far their batches
+are), and the stage (3C) and export (3D) outputs — sealed, running, incomplete — with their
+runs. Actions (UA_2) and datasets (UA_3) are not built yet: this shows what exists."""
+
+from __future__ import annotations
+
+import psycopg
+from nicegui import run, ui
+
+from gui.context import ctx
+from gui.frame import frame, gb
+from sql import browse
+
+
+def _pipelines() -> list[dict]:
+    with psycopg.connect(ctx().cfg.database_url, connect_timeout=5) as conn:
+        return browse.pipelines(conn)
+
+
+def register() -> None:
+    @ui.page("/pipelines")
+    async def pipelines_page() -> None:
+        snap = ctx().cache.snapshot or await run.io_bound(ctx().cache.refresh)
+        with frame("Pipelines and outputs"):
+            ui.label("Pipelines").classes("text-h6")
+            try:
+                rows = await run.io_bound(_pipelines)
+            except psycopg.Error as e:
+                ui.label(f"the database does not answer: {str(e).strip().splitlines()[0]}").classes("text-negative")
+                rows = []
+            if not rows:
+                ui.label("no pipeline is defined yet (actions AC1–AC5 arrive with UA_2)").classes("text-caption")
+            for p in rows:
+                with ui.card().classes("w-full"):
+                    ui.label(p["name"]).classes("text-bold")
+                    stages = p["stages"] or []
+                    with ui.row().classes("items-center"):
+                        for i, name in enumerate(stages):
+                            done = sum(n for pos, n in p["done"].items() if int(pos) >= i)
+                            ui.badge(f"{i}. {name}: {done} batches done", color="primary")
+                    ui.label(f"{p['done'].get('-1', 0)} batches not started").classes("text-caption")
+            runs = {(r.kind, r.id): r for r in snap.runs if r.kind in ("stage", "export")}
+            for zone, title in (("3C", "Stages (zone 3C, worker scratch)"), ("3D", "Dataset exports (zone 3D)")):
+                z = snap.health["zones"].get(zone, {})
+                ui.label(f"{title}: {z.get('used_ratio', 0):.0%} of {gb(z.get('quota_bytes'))}").classes(
+                    "text-h6 q-mt-md")
+                outs = z.get("outputs", [])
+                if not outs:
+                    ui.label("none").classes("text-caption")
+                    continue
+                with ui.grid(columns=5).classes("gap-x-6 gap-y-1"):
+                    for head in ("output", "state", "size", "sealed / age", "run"):
+                        ui.label(head).classes("text-bold")
+                    for o in outs:
+                        kind = "stage" if zone == "3C" else "export"
+                        r = runs.get((kind, o["id"]))
+                        ui.label(o["id"])
+                        ui.label(o["state"])
+                        ui.label(gb(o["bytes"]))
+                        ui.label(o.get("sealed") or f"{o.get('age_s', 0) / 3600:.1f} h")
+                        if r:
+                            ui.link(r.status, f"/runs/{kind}/{o['id']}")
+                        else:
+                            ui.label("-")
+            ui.label(f"{len([r for r in snap.runs if r.kind in ('stage', 'export')])} stage/export runs recorded; "
+                     "launch one on the Launch page").classes("text-caption q-mt-md")

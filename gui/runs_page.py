@@ -1,0 +1,174 @@
+"""`/runs`: every run (ingests, stages/exports, maintenance jobs) with filters and pages
+computed on the server from the last snapshot; `/runs?view=failed`: failed and not since
+succeeded. `/runs/{kind}/{id}`: one run — step timeline and times, the report (counts and
+each rejected file with its reason), the traceback, why it waits; retry/resume and cancel."""
+
+from __future__ import annotations
+
+import json
+from urllib.parse import urlencode
+
+from nicegui import run, ui
+
+from fsd.base.errors import HoardError
+from gui.auth import require
+from gui.context import ctx
+from gui.frame import frame
+from jobs import launch
+
+PER_PAGE = 25
+STATUS_COLOR = {"done": "positive", "done with rejects": "warning", "failed": "negative", "running": "primary",
+                "queued": "grey", "canceled": "grey"}
+
+
+def _filters(current: dict[str, str]) -> None:
+    def go(**change: str) -> None:
+        q = {k: v for k, v in (current | change | {"page": "1"}).items() if v}
+        ui.navigate.to(f"/runs?{urlencode(q)}")
+
+    with ui.row().classes("items-end"):
+        ui.select({"": "any kind", **{k: k for k in launch.KINDS}}, value=current.get("kind", ""), label="kind",
+                  on_change=lambda e: go(kind=e.value)).classes("w-40")
+        ui.select({"": "any status", **{s: s for s in launch.STATUSES}}, value=current.get("status", ""),
+                  label="status", on_change=lambda e: go(status=e.value)).classes("w-40")
+        ui.input("source", value=current.get("source", ""),
+                 on_change=None).classes("w-32").on("keydown.enter", lambda e: go(source=e.sender.value))
+        ui.input("from (YYYY-MM-DD)", value=current.get("since", "")).classes("w-40").on(
+            "keydown.enter", lambda e: go(since=e.sender.value))
+        ui.input("until (YYYY-MM-DD)", value=current.get("until", "")).classes("w-40").on(
+            "keydown.enter", lambda e: go(until=e.sender.value))
+        ui.link("failed and not since succeeded", "/runs?view=failed").classes("q-ml-md")
+        ui.link("all runs", "/runs").classes("q-ml-md")
+
+
+def register() -> None:
+    @ui.page("/runs")
+    async def runs_page(kind: str = "", status: str = "", source: str = "", since: str = "", until: str = "",
+                        view: str = "", page: int = 1) -> None:
+        snap = ctx().cache.snapshot or await run.io_bound(ctx().cache.refresh)
+        all_runs = launch.failed_not_since_succeeded(snap.runs) if view == "failed" else snap.runs
+        rows, total = launch.select(all_runs, kind, status, source, since, until, page, PER_PAGE)
+        current = {"kind": kind, "status": status, "source": source, "since": since, "until": until, "view": view}
+        with frame("Failed, not since succeeded" if view == "failed" else "Runs"):
+            _filters(current)
+            ui.label(f"{total} runs" + (f", page {page} of {max(1, -(-total // PER_PAGE))}" if total else "")).classes(
+                "text-caption")
+            with ui.grid(columns=6).classes("gap-x-6 gap-y-1 items-center"):
+                for head in ("kind", "run", "status", "source", "created", "error"):
+                    ui.label(head).classes("text-bold")
+                for r in rows:
+                    ui.label(r.kind)
+                    ui.link(r.id, f"/runs/{r.kind}/{r.id}")
+                    ui.badge(r.status, color=STATUS_COLOR.get(r.status, "grey"))
+                    ui.label(r.source or "-")
+                    ui.label(r.created.replace("T", " ")[:19])
+                    ui.label((r.error or "")[:80]).classes("text-negative text-caption")
+            with ui.row():
+                q = {k: v for k, v in current.items() if v}
+                if page > 1:
+                    ui.link("← newer", f"/runs?{urlencode(q | {'page': page - 1})}")
+                if page * PER_PAGE < total:
+                    ui.link("older →", f"/runs?{urlencode(q | {'page': page + 1})}")
+
+    @ui.page("/runs/{kind}/{run_id}")
+    async def run_page(kind: str, run_id: str) -> None:
+        cfg = ctx().cfg
+        with frame(f"{kind} {run_id}") as user:
+            if kind not in launch.KINDS:
+                ui.label(f"no kind of run {kind!r}; one of {', '.join(launch.KINDS)}").classes("text-negative")
+                return
+
+            async def body_data():
+                d = await run.io_bound(launch.detail, cfg, kind, run_id)
+                d["waiting"] = await run.io_bound(launch.why_waiting, cfg, kind, run_id, d.get("status", ""))
+                return d
+
+            try:
+                d = await body_data()
+            except HoardError as e:
+                ui.label(e.message).classes("text-negative")
+                return
+
+            @ui.refreshable
+            def body(d=d) -> None:
+                status = d.get("status", "?")
+                with ui.row().classes("items-center"):
+                    ui.badge(status, color=STATUS_COLOR.get(status, "grey")).classes("text-h6").mark("run-status")
+                    if d.get("source"):
+                        ui.label(f"source {d['source']}")
+                    if d.get("signalled"):
+                        ui.label(f"signalled {d['signalled']}, updated {d.get('updated', '')}")
+                for why in d["waiting"]:
+                    ui.label(f"waiting: {why}").classes("text-warning")
+                if d.get("error"):
+                    ui.label(d["error"]).classes("text-negative")
+                if d.get("steps"):
+                    ui.label("Steps").classes("text-h6")
+                    with ui.timeline(side="right"):
+                        for s in d["steps"]:
+                            state = "done" if s["done"] else ("failed" if s["current"] and status == "failed" else
+                                                              "current" if s["current"] else "to do")
+                            secs = f"{s['seconds']:.2f} s" if s.get("seconds") is not None else ""
+                            with ui.timeline_entry(title=s["step"], color={
+                                    "done": "positive", "failed": "negative", "current": "primary"}.get(state, "grey")):
+                                ui.label(f"{s['step']}: {state} {secs} (queue {s['queue']})")
+                report = d.get("report") or {}
+                if report:
+                    ui.label("Report").classes("text-h6")
+                    counts = {k: v for k, v in report.items() if not isinstance(v, (list, dict))}
+                    with ui.grid(columns=2).classes("gap-x-6"):
+                        for k, v in counts.items():
+                            ui.label(k)
+                            ui.label(str(v))
+                    rejected = report.get("rejected") or []
+                    if rejected:
+                        ui.label(f"{len(rejected)} rejected files").classes("text-subtitle1 q-mt-sm")
+                        with ui.grid(columns=2).classes("gap-x-6"):
+                            for r in rejected[:500]:
+                                ui.label(r.get("path") or "(the batch)").classes("text-mono")
+                                ui.label(r.get("reason", ""))
+                    rest = {k: v for k, v in report.items() if isinstance(v, dict)}
+                    if rest:
+                        ui.code(json.dumps(rest, indent=1, default=str), language="json").classes("w-full")
+                if d.get("params"):
+                    ui.label("parameters: " + ", ".join(f"{k}={v}" for k, v in d["params"].items()))
+                if d.get("traceback"):
+                    ui.label("Traceback (of its last job)").classes("text-h6")
+                    ui.code(d["traceback"]).classes("w-full")
+                if d.get("job_id"):
+                    ui.label(f"RQ job {d['job_id']} (its current step): {d['job_status']}").classes("text-bold q-mt-md")
+                    for line in d.get("job_log", []):
+                        ui.label(line).classes("text-caption text-mono")
+
+            body()
+
+            async def reload() -> None:
+                try:
+                    body.refresh(await body_data())
+                except HoardError:
+                    pass
+
+            ui.timer(max(2.0, cfg.gui.refresh_s / 2), reload)
+
+            async def act(what: str) -> None:
+                who = require("retry" if what == "retry" else "cancel")
+                try:
+                    if what == "retry":
+                        new_id = await run.io_bound(launch.retry, cfg, kind, run_id, who.name)
+                        ui.notify(f"{kind} {new_id} queued again", type="positive")
+                        await run.io_bound(ctx().cache.refresh)
+                        if new_id != run_id:
+                            ui.navigate.to(f"/runs/{kind}/{new_id}")
+                            return
+                    else:
+                        said = await run.io_bound(launch.cancel, cfg, kind, run_id)
+                        ui.notify(f"{kind} {run_id}: {said}", type="positive")
+                except HoardError as e:
+                    ui.notify(e.message, type="negative")
+                    return
+                await reload()
+
+            if user.may("retry"):
+                with ui.row().classes("q-mt-md"):
+                    ui.button("Retry / resume", on_click=lambda: act("retry")).mark("run-retry")
+                    ui.button("Cancel", on_click=lambda: act("cancel")).props("color=negative").mark("run-cancel")

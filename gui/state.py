@@ -1,0 +1,175 @@
+"""What the pages show, gathered by one background refresh (`gui.refresh_s`), so that a page
+view reads memory instead of scanning the store, the database or Redis.
+
+`Snapshot` is replaced whole on each refresh (readers never see half of one). It holds the
+`hoard health --json` document (`jobs.health.collect`), the job counts per queue and state,
+and the banner lines derived from both.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+import redis
+from rq import Queue
+from rq.registry import (DeferredJobRegistry, FailedJobRegistry, FinishedJobRegistry, ScheduledJobRegistry,
+                         StartedJobRegistry)
+
+from fsd.base.config import Settings
+from fsd.base.errors import HoardError
+from fsd.reindex import INDEX_COPY
+from fsd.scrub import oldest_unverified_by_disk
+from fsd.store import Store
+from jobs.health import collect
+from jobs.launch import Run, runs
+from jobs.queues import QUEUES, connect
+from sql.browse import ingested_per_day
+
+log = logging.getLogger(__name__)
+
+#: one Store open at a time in this process: LMDB allows an environment to be opened once per
+#: process, and the health document, thumbnails and the jobs API each open the store
+STORE_LOCK = threading.Lock()
+#: a database backup older than this is stale (the nightly timer missed a night)
+BACKUP_STALE_S = 26 * 3600
+JOB_STATES = ("queued", "started", "deferred", "scheduled", "finished", "failed")
+
+
+@dataclass(frozen=True)
+class Banner:
+    """One thing on fire, shown on every page: what, how bad, where to look."""
+
+    text: str
+    severity: str  # "error" | "warning"
+    link: str
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    health: dict[str, Any]
+    jobs: dict[str, dict[str, int]]  # queue → state → count
+    banners: list[Banner]
+    index_copies: list[dict[str, Any]]  # disk label → age of its index copy (`hoard index backup`)
+    runs: list[Run]  # every run, newest first (jobs.launch.runs)
+    ingested: list[dict[str, Any]]  # files ingested per day and source, last 30 days (sql.browse)
+    verified: dict[str, float | None]  # disk label → age of its least recently verified replica
+    taken: float = field(default_factory=time.time)
+    took_s: float = 0.0
+
+    @property
+    def age_s(self) -> float:
+        return time.time() - self.taken
+
+
+def job_counts(url: str) -> dict[str, dict[str, int]]:
+    """Jobs per queue and state, from RQ's registries (counts only: no job is loaded)."""
+    conn = connect(url)
+    out = {}
+    for name in QUEUES:
+        q = Queue(name, connection=conn)
+        out[name] = {"queued": q.count,
+                     "started": StartedJobRegistry(queue=q).count,
+                     "deferred": DeferredJobRegistry(queue=q).count,
+                     "scheduled": ScheduledJobRegistry(queue=q).count,
+                     "finished": FinishedJobRegistry(queue=q).count,
+                     "failed": FailedJobRegistry(queue=q).count}
+    return out
+
+
+def banners(health: dict[str, Any]) -> list[Banner]:
+    """Failed or missing disks, zones past warn, failed batches, stale or missing backups."""
+    out = []
+    for d in health["disks"]:
+        state = d.get("state", "active")
+        if state in ("failed", "missing") or not d.get("present", True):
+            out.append(Banner(f"disk {d['label']} is {state if state != 'active' else 'missing'}"
+                              + (f": {d['reason']}" if d.get("reason") else ""), "error", "/storage"))
+    for z, s in health["zones"].items():
+        if s.get("level", "ok") != "ok":
+            out.append(Banner(f"zone {z} is {s['used_ratio']:.0%} full ({s['level']})",
+                              "error" if s["level"] != "warn" else "warning", "/storage"))
+    for f in health["ingest"]["failed"]:
+        out.append(Banner(f"batch {f['batch_id']} failed at {f['step']}", "error", f"/runs/ingest/{f['batch_id']}"))
+    db = health["database"]
+    if db.get("ok"):
+        last = db.get("last_backup")
+        if last is None:
+            out.append(Banner("the database was never backed up", "warning", "/storage"))
+        elif last["age_s"] > BACKUP_STALE_S:
+            out.append(Banner(f"the last database backup is {last['age_s'] / 3600:.0f} h old", "warning", "/storage"))
+        elif last.get("verified") is False:
+            out.append(Banner("the last database backup failed its restore check", "error", "/storage"))
+    else:
+        out.append(Banner(f"the database does not answer: {db.get('error')}", "error", "/storage"))
+    if not health["redis"].get("ok"):
+        out.append(Banner(f"Redis does not answer: {health['redis'].get('error')}", "error", "/storage"))
+    return out
+
+
+def index_copies(cfg: Settings) -> list[dict[str, Any]]:
+    """The index copies on the disks and their ages (one stat per disk)."""
+    out = []
+    for d in cfg.disks:
+        try:
+            taken = (d.path / INDEX_COPY / "stamp.json").stat().st_mtime
+        except OSError:
+            continue
+        out.append({"disk": d.label, "age_s": time.time() - taken})
+    return out
+
+
+def verified_by_disk(cfg: Settings) -> dict[str, float | None]:
+    """fsd.scrub's per-disk verification ages; {} when the store cannot be opened (the health
+    document already says why). Call with STORE_LOCK held."""
+    try:
+        with Store.open(cfg, writable=False) as store:
+            return oldest_unverified_by_disk(store)
+    except (HoardError, OSError):
+        return {}
+
+
+def per_day(url: str) -> list[dict[str, Any]]:
+    try:
+        with psycopg.connect(url, connect_timeout=5) as conn:
+            return ingested_per_day(conn)
+    except psycopg.Error:
+        return []  # the health document reports the database
+
+
+class Cache:
+    """The latest Snapshot and the one refresh that replaces it."""
+
+    def __init__(self, cfg: Settings) -> None:
+        self.cfg = cfg
+        self.snapshot: Snapshot | None = None
+        self._lock = threading.Lock()
+
+    def refresh(self) -> Snapshot:
+        """Gather a new snapshot (blocking: run it off the event loop). Never raises for a
+        service that is down: the health document reports it."""
+        with self._lock:
+            t0 = time.monotonic()
+            with STORE_LOCK:
+                health = collect(self.cfg)
+                verified = verified_by_disk(self.cfg) if health["store"].get("ok") else {}
+            try:
+                jobs = job_counts(self.cfg.redis_url) if health["redis"].get("ok") else {}
+            except redis.RedisError:
+                jobs = {}
+            try:
+                all_runs = runs(self.cfg)
+            except redis.RedisError:
+                all_runs = []
+            ingested = per_day(self.cfg.database_url) if health["database"].get("ok") else []
+            self.snapshot = Snapshot(health, jobs, banners(health), index_copies(self.cfg), all_runs, ingested, verified,
+                                     took_s=time.monotonic() - t0)
+            return self.snapshot
+
+    def get(self) -> Snapshot:
+        """The latest snapshot; the first call gathers one."""
+        return self.snapshot or self.refresh()

@@ -1,0 +1,131 @@
+"""`/storage`: each HDD (capacity bar, used/free, state, recent errors), replication lag,
+scrub age, the SSD zone gauges with their warn/deny/emergency marks, and the ages of the
+index and database backups — all from the last snapshot (`hoard health --json`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from nicegui import run, ui
+
+from gui import charts
+from gui.context import ctx
+from gui.frame import age, frame, gb, live
+
+STATE_COLOR = {"active": "positive", "draining": "warning", "failed": "negative", "missing": "negative"}
+
+
+def _bar(ratio: float, marks: tuple[float, ...] = ()) -> None:
+    """A horizontal gauge, with thin lines at `marks` (fractions)."""
+    color = "#c62828" if marks and ratio >= marks[-1] else "#ef6c00" if marks and ratio >= marks[0] else "#1e88e5"
+    with ui.element("div").classes("relative-position w-full").style(
+            "height: 14px; background: #e0e0e0; border-radius: 3px"):
+        ui.element("div").style(f"width: {min(ratio, 1) * 100:.1f}%; height: 100%; background: {color};"
+                                "border-radius: 3px")
+        for m in marks:
+            ui.element("div").style(f"position: absolute; left: {m * 100:.0f}%; top: -3px; width: 2px; "
+                                    "height: 20px; background: #424242")
+
+
+def _disk_card(d: dict[str, Any], errors: list[dict[str, Any]], verified: dict[str, float | None]) -> None:
+    total, used = d.get("total_bytes"), d.get("used_bytes") or 0
+    state = d.get("state", "active") if d.get("present", True) else "missing"
+    with ui.card().classes("w-72").props(f'data-testid="disk-{d["label"]}"'):
+        with ui.row().classes("items-center w-full"):
+            ui.label(d["label"]).classes("text-h6")
+            ui.space()
+            ui.badge(state, color=STATE_COLOR.get(state, "grey"))
+        _bar(used / total if total else 0)
+        ui.label(f"{gb(used)} used of {gb(total)}, {gb(d.get('free_bytes'))} free").classes("text-caption")
+        if d["label"] in verified:
+            v = verified[d["label"]]
+            ui.label(f"its replicas verified (or written) {age(v)}" if v is not None else "no sealed shard here yet"
+                     ).classes("text-caption")
+        ui.label(d["path"]).classes("text-caption text-grey-7")
+        if d.get("reason"):
+            ui.label(d["reason"]).classes("text-negative text-caption")
+        mine = [e for e in errors if e.get("disk") in (d["label"], d.get("uuid"))]
+        for e in mine[:3]:
+            ui.label(f"{e.get('kind')}: {e.get('error') or e.get('detail') or ''}").classes(
+                "text-negative text-caption")
+
+
+def _body() -> None:
+    snap = ctx().cache.get()
+    h, cfg = snap.health, ctx().cfg
+    store = h["store"]
+    errors = store.get("recent_errors", []) if store.get("ok") else []
+    ui.label("Disks").classes("text-h6")
+    with ui.row().classes("w-full"):
+        for d in h["disks"]:
+            _disk_card(d, errors, snap.verified)
+    t = cfg.ssd.thresholds
+    with ui.row().classes("w-full no-wrap"):
+        ui.echart(charts.disk_usage(h["disks"])).classes("w-1/2 h-56")
+        ui.echart(charts.zone_usage(h["zones"], (t.warn, t.deny, t.emergency))).classes("w-1/2 h-56")
+    ui.label("Store").classes("text-h6 q-mt-md")
+    if store.get("ok"):
+        lag = store["replication"]
+        ui.label(f"{store['objects']:,} objects; replication lag: {lag['shards_below_target']} shards "
+                 f"({gb(lag['bytes_below_target'])}) below their replica target; "
+                 f"{len(lag['at_risk'])} shards at risk; {store.get('pending_repairs', 0)} replicas waiting for repair")
+        ui.label(f"scrub: the least recently verified shard was checked {age(store.get('oldest_unverified_s'))}")
+        for e in errors[:10]:
+            ui.label(f"{e.get('time', '')} {e.get('kind')}: {e.get('disk', '')} {e.get('error', '')}").classes(
+                "text-caption text-negative")
+    else:
+        ui.label(store.get("error", "the store cannot be read")).classes("text-negative")
+    with ui.row().classes("items-center"):
+        ui.label("Maintenance runs:").classes("text-bold")
+        for kind in ("replicate", "verify", "rebuild", "gc", "backup", "verify-backup"):
+            last = next((r for r in snap.runs if r.kind == kind), None)  # newest first
+            if last is None:
+                ui.label(f"{kind}: none from here").classes("text-caption text-grey-7")
+            else:
+                ui.link(f"{kind}: {last.status} {last.updated[:16].replace('T', ' ')}", f"/runs/{kind}/{last.id}")
+    ui.label("(runs launched from this GUI; the systemd timers' runs show in `hoard health` and their journals)"
+             ).classes("text-caption text-grey-7")
+    marks = (t.warn, t.deny, t.emergency)
+    ui.label(f"SSD zones (marks at {t.warn:.0%} warn, {t.deny:.0%} deny, {t.emergency:.0%} emergency)").classes(
+        "text-h6 q-mt-md")
+    with ui.row().classes("w-full"):
+        for z, s in h["zones"].items():
+            with ui.card().classes("w-72").props(f'data-testid="zone-{z}"'):
+                with ui.row().classes("items-center w-full"):
+                    ui.label(f"zone {z}").classes("text-h6")
+                    ui.space()
+                    ui.badge(s.get("level", "?"), color="positive" if s.get("level") == "ok" else "negative")
+                _bar(s.get("used_ratio", 0), marks)
+                ui.label(f"{s.get('used_ratio', 0):.0%}: {gb(s.get('used_bytes'))} used + "
+                         f"{gb(s.get('reserved_bytes'))} reserved of {gb(s.get('quota_bytes'))}").classes("text-caption")
+                outs = s.get("outputs", [])
+                if outs:
+                    ui.label(", ".join(f"{sum(o['state'] == k for o in outs)} {k}" for k in
+                                       ("sealed", "running", "incomplete") if any(o["state"] == k for o in outs))
+                             + " outputs").classes("text-caption")
+    ui.label("Backups").classes("text-h6 q-mt-md")
+    db = h["database"]
+    if db.get("ok"):
+        kinds = db.get("backups") or {}
+        if not kinds:
+            ui.label("database: never backed up — run `hoard db backup`").classes("text-negative")
+        for kind, b in sorted(kinds.items()):
+            ok = {True: "restore-checked", False: "FAILED its restore check", None: "not checked"}[b.get("verified")]
+            ui.label(f"database ({kind}): {age(b['age_s'])}, {gb(b.get('size_bytes'))}, {ok}")
+    else:
+        ui.label(f"database: {db.get('error')}").classes("text-negative")
+    if snap.index_copies:
+        for c in snap.index_copies:
+            ui.label(f"index copy on {c['disk']}: {age(c['age_s'])}")
+    else:
+        ui.label("index: no copy on any disk — run `hoard index backup`").classes("text-negative")
+    ui.label(f"figures from {age(snap.age_s)}").classes("text-caption q-mt-md")
+
+
+def register() -> None:
+    @ui.page("/storage")
+    async def storage_page() -> None:
+        if ctx().cache.snapshot is None:
+            await run.io_bound(ctx().cache.refresh)
+        with frame("Storage"):
+            live(_body)

@@ -1,0 +1,50 @@
+"""Thumbnails of stored images, made on first request from the store (Pillow) and kept under
+`<ssd.root>/state/gui/thumbs/` — content-addressed, so a cached one is never stale."""
+
+from __future__ import annotations
+
+import io
+import re
+from pathlib import Path
+
+from PIL import Image, UnidentifiedImageError
+
+from fsd.base.config import Settings
+from fsd.base.files import atomic_write
+from fsd.store import Store
+from gui.state import STORE_LOCK
+
+SIZE = (256, 256)
+#: images larger than this are not read into memory for a thumbnail
+MAX_BYTES = 64 << 20
+SHA = re.compile(r"^[0-9a-f]{64}$")
+
+
+def path(cfg: Settings, sha256_hex: str) -> Path:
+    return cfg.ssd.root / "state" / "gui" / "thumbs" / sha256_hex[:2] / f"{sha256_hex}.jpg"
+
+
+def thumbnail(cfg: Settings, sha256_hex: str) -> Path | None:
+    """The cached JPEG thumbnail of an object, made now if missing; None if it is not an image
+    Pillow reads (or is too large). Blocking: run it in a thread."""
+    if not SHA.match(sha256_hex):
+        return None
+    out = path(cfg, sha256_hex)
+    if out.exists():
+        return out
+    # opened per thumbnail, not kept: a store held open would hold gc's swap and index restores off
+    with STORE_LOCK, Store.open(cfg, writable=False) as store:
+        loc = store.index.lookup(bytes.fromhex(sha256_hex))
+        if loc is None or loc.length > MAX_BYTES:
+            return None
+        data = store.get(sha256_hex)
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            im.thumbnail(SIZE)
+            buf = io.BytesIO()
+            im.convert("RGB").save(buf, "JPEG", quality=80)
+    except (UnidentifiedImageError, OSError, ValueError):
+        return None
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(out, buf.getvalue())
+    return out

@@ -1,0 +1,173 @@
+"""Logins of `hoard gui`: users and roles, argon2 hashes, what each role may do, and the
+limit on failed logins.
+
+Users come from two places: `[[gui.users]]` in hoard.toml (read-only here) and
+`gui.users_file` (JSON, mode 0600), which `hoard users add|passwd|rm` edits. A name in both
+is taken from hoard.toml. Only argon2 hashes are ever stored.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import re
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
+
+from fsd.base.config import Settings
+from fsd.base.errors import ExitCode, HoardError
+from fsd.base.files import atomic_write, flocked
+
+#: roles from least to most; each may do what the ones before it may
+ROLES = ("viewer", "operator", "admin")
+NAME = re.compile(r"^[a-z][a-z0-9_.-]{0,31}$")
+#: what needs which role at least (a page hides a control the role may not use, and the
+#: action checks again: a hidden button is not a permission)
+NEEDS = {"view": "viewer", "launch": "operator", "cancel": "operator", "retry": "operator",
+         "delete": "operator", "flag": "operator", "users": "admin"}
+MIN_PASSWORD = 8
+
+_hasher = PasswordHasher()
+# verifying against this costs what a real hash costs, so an unknown name answers as slowly
+# as a wrong password and does not tell which names exist
+_DUMMY = _hasher.hash("not a password of anyone")
+
+
+class UserError(HoardError):
+    exit_code = ExitCode.USAGE
+
+
+@dataclass(frozen=True)
+class User:
+    name: str
+    role: str
+    password_hash: str
+    from_config: bool
+
+
+def may(role: str, action: str) -> bool:
+    """Whether `role` may do `action` (a key of NEEDS)."""
+    return role in ROLES and ROLES.index(role) >= ROLES.index(NEEDS[action])
+
+
+def hash_password(password: str) -> str:
+    if len(password) < MIN_PASSWORD:
+        raise UserError(f"the password is too short: at least {MIN_PASSWORD} characters")
+    return _hasher.hash(password)
+
+
+def _read_file(path: Path) -> dict[str, dict[str, str]]:
+    try:
+        data = json.loads(path.read_bytes())
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as e:
+        raise UserError(f"{path}: cannot read the users file ({e}); fix or remove it "
+                        "(`hoard users add` writes a new one)", ExitCode.DATA) from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: not a users file (expected a JSON object); fix or remove it", ExitCode.DATA)
+    return data
+
+
+def users(cfg: Settings) -> dict[str, User]:
+    """Every user, by name: the users file's, then hoard.toml's (which win)."""
+    out = {name: User(name, u.get("role", "viewer"), u.get("password_hash", ""), False)
+           for name, u in _read_file(cfg.gui_users_file).items()}
+    for u in cfg.gui.users:
+        out[u.name] = User(u.name, u.role, u.password_hash, True)
+    return out
+
+
+def authenticate(cfg: Settings, name: str, password: str) -> User | None:
+    """The user if `password` is theirs, else None (also for an unknown name, as slowly)."""
+    user = users(cfg).get(name)
+    try:
+        _hasher.verify(user.password_hash if user else _DUMMY, password)
+    except (VerifyMismatchError, VerificationError, InvalidHashError):
+        return None
+    return user
+
+
+def _edit(cfg: Settings, name: str, change) -> None:
+    path = cfg.gui_users_file
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with flocked(path.with_name(f".{path.name}.lock")):
+        data = _read_file(path)
+        change(data)
+        atomic_write(path, json.dumps(data, indent=1, sort_keys=True).encode())
+        os.chmod(path, 0o600)
+
+
+def _in_config(cfg: Settings, name: str) -> bool:
+    return any(u.name == name for u in cfg.gui.users)
+
+
+def add(cfg: Settings, name: str, role: str, password: str) -> None:
+    if not NAME.match(name):
+        raise UserError(f"user name {name!r} is not allowed: lower case letters, digits, `_.-`, "
+                        "starting with a letter, at most 32")
+    if role not in ROLES:
+        raise UserError(f"role {role!r} is not one of {', '.join(ROLES)}")
+    if name in users(cfg):
+        raise UserError(f"user {name} exists; `hoard users passwd {name}` changes the password, "
+                        f"`hoard users rm {name}` removes it")
+    hashed = hash_password(password)
+    _edit(cfg, name, lambda d: d.__setitem__(name, {"role": role, "password_hash": hashed}))
+
+
+def passwd(cfg: Settings, name: str, password: str) -> None:
+    if _in_config(cfg, name):
+        raise UserError(f"user {name} is defined in {cfg.source or 'hoard.toml'} ([[gui.users]]); change its "
+                        "password_hash there (`hoard users hash` prints one)")
+    if name not in users(cfg):
+        raise UserError(f"no user {name}; `hoard users list` shows them")
+    hashed = hash_password(password)
+    _edit(cfg, name, lambda d: d[name].__setitem__("password_hash", hashed))
+
+
+def remove(cfg: Settings, name: str) -> None:
+    if _in_config(cfg, name):
+        raise UserError(f"user {name} is defined in {cfg.source or 'hoard.toml'} ([[gui.users]]); remove it there")
+    if name not in users(cfg):
+        raise UserError(f"no user {name}; `hoard users list` shows them")
+    _edit(cfg, name, lambda d: d.pop(name))
+
+
+class LoginLimiter:
+    """At most `attempts` failed logins per name and per client address within `window_s`
+    (in memory: a restart forgets, which only helps the owner locked out by a typo)."""
+
+    def __init__(self, attempts: int, window_s: float) -> None:
+        self.attempts, self.window_s = attempts, window_s
+        self._failures: dict[str, collections.deque[float]] = collections.defaultdict(collections.deque)
+        self._lock = threading.Lock()
+
+    def _recent(self, key: str, now: float) -> collections.deque[float]:
+        q = self._failures[key]
+        while q and q[0] <= now - self.window_s:
+            q.popleft()
+        return q
+
+    def wait_s(self, name: str, client: str) -> float:
+        """Seconds until another attempt is allowed for this name or client (0: now)."""
+        now = time.monotonic()
+        with self._lock:
+            waits = [q[0] + self.window_s - now for key in (f"n:{name}", f"c:{client}")
+                     if len(q := self._recent(key, now)) >= self.attempts]
+        return max(waits, default=0.0)
+
+    def failed(self, name: str, client: str) -> None:
+        now = time.monotonic()
+        with self._lock:
+            for key in (f"n:{name}", f"c:{client}"):
+                self._recent(key, now).append(now)
+
+    def succeeded(self, name: str) -> None:
+        with self._lock:
+            self._failures.pop(f"n:{name}", None)

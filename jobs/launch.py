@@ -1,0 +1,369 @@
+"""Launching and watching runs: what the GUI's scheduler pages call (S02).
+
+A *run* is one piece of work a person started: a UA_1 ingest of a batch (`jobs.ingest`, a
+chain of step jobs), a stage or export (`jobs.outputs`), or a maintenance job
+(`jobs.maintenance`). `runs(cfg)` lists them all in one shape from the state files and
+RQ's registries; `launch_*` validate a request completely before anything is queued;
+`cancel`, `retry` and `why_waiting` act on or explain one run.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import inspect
+import typing
+import uuid
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import redis
+from pydantic import BaseModel, ConfigDict, ValidationError, create_model
+from rq import Queue
+from rq.command import send_stop_job_command
+from rq.exceptions import InvalidJobOperation, NoSuchJobError
+from rq.job import Job, JobStatus
+from rq.registry import CanceledJobRegistry, FailedJobRegistry, FinishedJobRegistry, StartedJobRegistry
+
+from fsd import zones
+from fsd.base.config import Settings
+from fsd.base.errors import ExitCode, HoardError
+from jobs import ingest, maintenance, outputs
+from jobs.queues import connect, enqueue_once, unserved_queues
+
+MAINTENANCE_QUEUE = "maintenance"
+PREFIX = "maint-"
+KINDS = ("ingest", "stage", "export", *maintenance.JOBS)
+STATUSES = ("queued", "running", "done", "done with rejects", "failed", "canceled")
+
+
+class LaunchError(HoardError):
+    exit_code = ExitCode.USAGE
+
+
+@dataclass
+class Run:
+    kind: str
+    id: str  # batch id, output id, or the maintenance job's id
+    status: str  # one of STATUSES
+    created: str  # ISO 8601, UTC
+    updated: str
+    source: str = ""
+    error: str = ""
+    queue: str = ""
+    params: dict[str, Any] = field(default_factory=dict)
+    by: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# -- forms: the typed parameters of a maintenance job -----------------------------------------
+
+def params_model(kind: str) -> type[BaseModel]:
+    """A pydantic model of the job's parameters (all but config_path), from its signature."""
+    fn = maintenance.JOBS[kind]
+    hints = typing.get_type_hints(fn, include_extras=True)  # the module's annotations are strings
+    fields: dict[str, Any] = {}
+    for name, p in inspect.signature(fn).parameters.items():
+        if name == "config_path":
+            continue
+        default = ... if p.default is inspect.Parameter.empty else p.default
+        fields[name] = (hints[name], default)
+    return create_model(f"{kind.title().replace('-', '')}Params", __config__=ConfigDict(extra="forbid"), **fields)
+
+
+def describe(kind: str) -> str:
+    return inspect.getdoc(maintenance.JOBS[kind]) or ""
+
+
+def _validate(kind: str, params: dict[str, Any]) -> dict[str, Any]:
+    try:
+        return params_model(kind)(**params).model_dump()
+    except ValidationError as e:
+        first = e.errors(include_url=False)[0]
+        where = ".".join(str(x) for x in first["loc"]) or kind
+        raise LaunchError(f"{kind}: {where}: {first['msg']}") from None
+
+
+# -- launching ---------------------------------------------------------------------------------
+
+def launch_maintenance(cfg: Settings, kind: str, params: dict[str, Any], by: str = "", conn=None) -> str:
+    """Validate and queue a maintenance job; returns its id."""
+    if kind not in maintenance.JOBS:
+        raise LaunchError(f"no maintenance job {kind!r}; one of {', '.join(maintenance.JOBS)}")
+    clean = _validate(kind, params)
+    if kind == "rebuild" and clean["disk"] not in {d.label for d in cfg.disks}:
+        raise LaunchError(f"rebuild: no disk {clean['disk']!r} in hoard.toml; one of "
+                          f"{', '.join(d.label for d in cfg.disks)}")
+    job_id = f"{PREFIX}{kind}-{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
+    Queue(MAINTENANCE_QUEUE, connection=conn or connect(cfg.redis_url)).enqueue(
+        maintenance.JOBS[kind], str(cfg.source) if cfg.source else None, **clean, job_id=job_id,
+        job_timeout=maintenance.JOB_TIMEOUT_S, result_ttl=30 * 86400, failure_ttl=365 * 86400,
+        description=f"{kind} {' '.join(f'{k}={v}' for k, v in clean.items())}".strip(),
+        meta={"kind": kind, "params": clean, "by": by})
+    return job_id
+
+
+def ingest_candidates(cfg: Settings) -> list[dict[str, str]]:
+    """Batch directories in 3A not ingested yet, with the source their `_READY` names (if any)."""
+    zone3a = cfg.ssd.zone_path("3A")
+    out = []
+    for d in sorted(zone3a.iterdir()) if zone3a.is_dir() else []:
+        if not d.is_dir() or d.name.startswith(("_", ".")):
+            continue
+        st = ingest.load_state(cfg, d.name)
+        if st is not None and st.finished:
+            continue
+        try:
+            source = ingest.read_signal(cfg, d) if (d / ingest.SIGNAL).exists() else ""
+        except HoardError:
+            source = ""
+        out.append({"batch_id": d.name, "source": source, "state": st.status if st else "new"})
+    return out
+
+
+def sources(cfg: Settings) -> list[str]:
+    """The source names a batch may be ingested as: the configured ones and every format."""
+    # deferred: the adapters' format list, only for the launch form
+    from adapters import FORMATS
+
+    return sorted(set(cfg.sources) | set(FORMATS))
+
+
+def launch_ingest(cfg: Settings, batch_id: str, source: str | None, conn=None) -> ingest.BatchState:
+    """UA_1 for a batch of 3A (as `hoard ingest 3A/<batch> [--source S]`)."""
+    if not batch_id:
+        raise LaunchError("ingest: pick a batch of zone 3A")
+    return ingest.submit(cfg, cfg.ssd.zone_path("3A") / batch_id, source or None, conn)
+
+
+def launch_output(cfg: Settings, kind: str, output_id: str, layout: str, selector: dict | None = None,
+                  nodes: list[str] | None = None, dedup: str = "by_node", mode: str = "copy", conn=None) -> str:
+    """A stage (3C) or export (3D), checked and recorded, then queued (as `hoard stage|export`)."""
+    if kind not in outputs.ZONE_OF:
+        raise LaunchError(f"{kind!r}: stage or export")
+    spec = outputs.make_spec(kind, output_id, layout, selector, nodes, dedup, mode)
+    st = outputs.submit(cfg, spec)
+    if st.status != "done":
+        enqueue_output(cfg, kind, output_id, conn)
+    return output_id
+
+
+def enqueue_output(cfg: Settings, kind: str, output_id: str, conn=None) -> str:
+    """Queue the recorded request of an output, unless it already waits or runs (as `hoard
+    stage|export` does)."""
+    return enqueue_once(conn or connect(cfg.redis_url), outputs.QUEUE, "jobs.outputs.run_job",
+                        str(cfg.source) if cfg.source else None, output_id, job_id=f"{kind}-{output_id}",
+                        timeout=outputs.JOB_TIMEOUT_S, description=f"{kind} {output_id}")
+
+
+# -- listing -------------------------------------------------------------------------------------
+
+_RQ_STATUS = {"queued": "queued", "deferred": "queued", "scheduled": "queued", "started": "running",
+              "finished": "done", "failed": "failed", "stopped": "canceled", "canceled": "canceled"}
+
+
+def _iso(t: dt.datetime | None) -> str:
+    if t is None:
+        return ""
+    if t.tzinfo is None:
+        t = t.replace(tzinfo=dt.timezone.utc)
+    return t.isoformat(timespec="seconds")
+
+
+#: jobs.outputs.describe's statuses as runs show them (an interrupted or vanished output
+#: needs a person like a failed one; the reason says which)
+_OUTPUT_STATUS = {"interrupted": "failed", "gone": "failed"}
+
+
+def maintenance_runs(conn) -> list[Run]:
+    q = Queue(MAINTENANCE_QUEUE, connection=conn)
+    ids = set(q.job_ids)
+    for reg in (StartedJobRegistry(queue=q), FinishedJobRegistry(queue=q), FailedJobRegistry(queue=q),
+                CanceledJobRegistry(queue=q)):
+        ids.update(reg.get_job_ids())
+    out = []
+    for job in Job.fetch_many(sorted(i for i in ids if i.startswith(PREFIX)), connection=conn):
+        if job is None:
+            continue
+        status = _RQ_STATUS.get(str((job.get_status(refresh=True) or JobStatus.QUEUED).value), "queued")
+        error = ""
+        if status == "failed":
+            res = job.latest_result()
+            error = (res.exc_string or "").strip().splitlines()[-1] if res and res.exc_string else ""
+        out.append(Run(job.meta.get("kind", "?"), job.id, status, _iso(job.created_at),
+                       _iso(job.ended_at or job.started_at or job.enqueued_at), error=error,
+                       queue=MAINTENANCE_QUEUE, params=job.meta.get("params", {}), by=job.meta.get("by", "")))
+    return out
+
+
+def runs(cfg: Settings, conn=None) -> list[Run]:
+    """Every run this installation knows, newest first (ingests and outputs from their state
+    files; maintenance jobs from Redis, while RQ keeps them: 30 days done, a year failed)."""
+    out = [Run("ingest", s.batch_id, s.status, s.signalled, s.updated, source=s.source, error=s.error or "",
+               queue=ingest.QUEUE_OF.get(s.step, "")) for s in ingest.all_states(cfg)]
+    for p in sorted(outputs.state_dir(cfg).glob("*.json")):
+        try:
+            st = outputs.load_state(cfg, p.stem)
+        except HoardError as e:  # a damaged state file: listed with what to do
+            out.append(Run("export", p.stem, "failed", "", "", error=e.message, queue=outputs.QUEUE))
+            continue
+        if st is not None:
+            shown, why = outputs.describe(cfg, st)
+            out.append(Run(st.spec.get("kind", "export"), st.id, _OUTPUT_STATUS.get(shown, shown), st.updated,
+                           st.updated, error=why or "", queue=outputs.QUEUE,
+                           params={"layout": st.spec.get("layout", {}).get("name")}))
+    try:
+        out += maintenance_runs(conn or connect(cfg.redis_url))
+    except redis.RedisError:
+        pass  # the health document reports Redis; the state files still list ingests and outputs
+    out.sort(key=lambda r: r.created, reverse=True)
+    return out
+
+
+def failed_not_since_succeeded(all_runs: list[Run]) -> list[Run]:
+    """Failed runs with no later successful run of the same thing (the same batch or output,
+    or the same maintenance kind with the same parameters)."""
+    def key(r: Run) -> tuple:
+        return (r.kind, r.id) if r.kind in ("ingest", "stage", "export") else (r.kind, tuple(sorted(r.params.items())))
+
+    ok_after: dict[tuple, str] = {}
+    for r in all_runs:
+        if r.status in ("done", "done with rejects"):
+            ok_after[key(r)] = max(ok_after.get(key(r), ""), r.created)
+    return [r for r in all_runs if r.status == "failed" and ok_after.get(key(r), "") <= r.created]
+
+
+def select(all_runs: list[Run], kind: str = "", status: str = "", source: str = "", since: str = "",
+           until: str = "", page: int = 1, per_page: int = 25) -> tuple[list[Run], int]:
+    """One page of the runs matching the filters (dates `YYYY-MM-DD`, inclusive), and the total."""
+    found = [r for r in all_runs if (not kind or r.kind == kind) and (not status or r.status == status)
+             and (not source or r.source == source) and (not since or r.created[:10] >= since)
+             and (not until or r.created[:10] <= until)]
+    start = max(0, (page - 1) * per_page)
+    return found[start:start + per_page], len(found)
+
+
+# -- one run ---------------------------------------------------------------------------------
+
+def _ingest_job(cfg: Settings, st: ingest.BatchState, conn) -> Job | None:
+    try:
+        return Job.fetch(ingest._job_id(st.batch_id, st.step), connection=conn)
+    except NoSuchJobError:
+        return None
+
+
+def _job_of(cfg: Settings, kind: str, run_id: str, conn) -> Job | None:
+    if kind == "ingest":
+        st = ingest.load_state(cfg, run_id)
+        return _ingest_job(cfg, st, conn) if st else None
+    try:
+        return Job.fetch(run_id if kind in maintenance.JOBS else f"{kind}-{run_id}", connection=conn)
+    except NoSuchJobError:
+        return None
+
+
+def detail(cfg: Settings, kind: str, run_id: str, conn=None) -> dict[str, Any]:
+    """Everything the run page shows: state, step times, report, the failed job's traceback."""
+    conn = conn or connect(cfg.redis_url)
+    out: dict[str, Any] = {"kind": kind, "id": run_id}
+    if kind == "ingest":
+        st = ingest.load_state(cfg, run_id)
+        if st is None:
+            raise LaunchError(f"no ingest of batch {run_id!r}")
+        out.update(asdict(st), steps=[{"step": s, "queue": ingest.QUEUE_OF[s], "done": s in st.done,
+                                       "current": s == st.step and not st.finished,
+                                       "seconds": st.seconds.get(s)} for s in ingest.STEPS])
+    elif kind in outputs.ZONE_OF:
+        st = outputs.load_state(cfg, run_id)
+        if st is None:
+            raise LaunchError(f"no {kind} {run_id!r}")
+        shown, why = outputs.describe(cfg, st)
+        out.update(asdict(st), status=_OUTPUT_STATUS.get(shown, shown), error=why or "",
+                   report=st.report if shown == "done" else {})
+    else:
+        job = _job_of(cfg, kind, run_id, conn)
+        if job is None:
+            raise LaunchError(f"no maintenance run {run_id!r} (RQ keeps finished ones 30 days)")
+        run = next(r for r in maintenance_runs(conn) if r.id == run_id)
+        out.update(run.as_dict(), report=job.return_value() or {})
+    job = _job_of(cfg, kind, run_id, conn)
+    res = job.latest_result() if job is not None else None
+    out["traceback"] = res.exc_string if res is not None and res.exc_string else ""
+    out["job_id"] = job.id if job is not None else ""
+    out["job_status"] = str(job.get_status(refresh=True).value) if job is not None and job.get_status() else ""
+    out["job_log"] = [] if job is None else [
+        f"{what} {_iso(t).replace('T', ' ')}" for what, t in (("queued", job.enqueued_at), ("started", job.started_at),
+                                                            ("ended", job.ended_at)) if t is not None
+    ] + ([f"worker {job.worker_name}"] if job.worker_name else []) + [f"{job.origin}: {job.description}"]
+    return out
+
+
+def why_waiting(cfg: Settings, kind: str, run_id: str, status: str, conn=None) -> list[str]:
+    """Why a queued run has not started: no worker on its queue, a zone past its deny mark."""
+    if status not in ("queued", "running"):
+        return []
+    conn = conn or connect(cfg.redis_url)
+    reasons = []
+    if kind == "ingest":
+        st = ingest.load_state(cfg, run_id)
+        queue = ingest.QUEUE_OF[st.step] if st else "ingest"
+        zone = "3B"  # the package step writes there
+        reasons += [s["reason"] for s in ingest.stalled_batches(cfg, [st] if st else []) if s["batch_id"] == run_id]
+    elif kind in outputs.ZONE_OF:
+        queue, zone = outputs.QUEUE, outputs.ZONE_OF[kind]
+    else:
+        queue, zone = MAINTENANCE_QUEUE, ""
+    if queue in unserved_queues(conn) and not any("no worker serves" in r for r in reasons):
+        reasons.append(f"no worker serves the {queue} queue; start one with `hoard worker` (systemd: hoard-worker)")
+    if zone:
+        u = zones.zone_usage(cfg, zone)
+        if u["level"] in ("deny", "emergency"):
+            reasons.append(f"zone {zone} is {u['used_ratio']:.0%} full ({u['level']}); `hoard zones clean ID` "
+                           "frees a sealed output")
+    return reasons
+
+
+def cancel(cfg: Settings, kind: str, run_id: str, conn=None) -> str:
+    """Stop a running run's job or take a queued one off its queue; the run can be resumed."""
+    conn = conn or connect(cfg.redis_url)
+    job = _job_of(cfg, kind, run_id, conn)
+    if job is None:
+        raise LaunchError(f"{kind} {run_id}: no job waits or runs")
+    status = job.get_status(refresh=True)
+    if status == JobStatus.STARTED:
+        try:
+            send_stop_job_command(conn, job.id)
+        except InvalidJobOperation as e:
+            raise LaunchError(f"{kind} {run_id}: {e}") from None
+        return "stop sent to its worker"
+    if status in (JobStatus.QUEUED, JobStatus.DEFERRED, JobStatus.SCHEDULED):
+        job.cancel()
+        if kind == "ingest":
+            st = ingest.load_state(cfg, run_id)
+            if st is not None:
+                st.status, st.error = ingest.Status.FAILED.value, "canceled by a person; resume to go on"
+                ingest.save_state(cfg, st)
+        return "taken off its queue"
+    raise LaunchError(f"{kind} {run_id}: its job is {status}, nothing to cancel")
+
+
+def retry(cfg: Settings, kind: str, run_id: str, by: str = "", conn=None) -> str:
+    """Resume a failed or stopped run where it stopped (ingest, outputs) or run the same
+    maintenance job again; returns the id of the run that goes on."""
+    conn = conn or connect(cfg.redis_url)
+    if kind == "ingest":
+        launch_ingest(cfg, run_id, None, conn)
+        return run_id
+    if kind in outputs.ZONE_OF:
+        enqueue_output(cfg, kind, run_id, conn)
+        return run_id
+    job = _job_of(cfg, kind, run_id, conn)
+    if job is None:
+        raise LaunchError(f"no maintenance run {run_id!r} to retry")
+    return launch_maintenance(cfg, kind, job.meta.get("params", {}), by, conn)
+
+
+def batch_dir(cfg: Settings, batch_id: str) -> Path:
+    return cfg.ssd.zone_path("3A") / batch_id

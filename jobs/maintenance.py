@@ -1,0 +1,105 @@
+"""Store and database maintenance as RQ jobs (queue `maintenance`): the same work as `hoard
+replicate | verify | rebuild | gc | db backup | db verify-backup`, for the GUI's launch forms.
+
+Each job is a module-level function `(config_path, typed parameters…) -> report dict`; the
+parameters' annotations and defaults are the form (`jobs.launch.params_model` turns them
+into a pydantic model that validates a request before it is queued). Every one is safe to
+run again: replicate copies only what is below target, verify re-reads, rebuild and gc
+resume from their own state, a backup is a new one, a verify-backup another check.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Annotated, Any, Literal
+
+import psycopg
+from pydantic import Field
+
+from fsd.base import config
+from fsd.base.errors import ExitCode, HoardError
+from fsd.gc import gc as _gc
+from fsd.rebuild import rebuild as _rebuild
+from fsd.scrub import verify as _verify
+from fsd.store import Store
+from jobs import store_jobs
+from sql.backup import dump_backup, verify_dump
+from sql.deletion import referenced
+
+#: maintenance jobs hold the store's maintenance lock for hours on a big store
+JOB_TIMEOUT_S = 24 * 3600
+
+
+Seconds = Annotated[float, Field(gt=0, le=7 * 86400)]
+Rate = Annotated[float, Field(ge=0, le=100_000)]  # MB/s, 0 = no limit
+
+
+def replicate(config_path: str | None, budget_s: Seconds = 300.0, rate_mb_s: Rate = 100.0) -> dict[str, Any]:
+    """Bring shards to their replica target (copy_of_raw / copy_of_generated) within budget_s."""
+    return store_jobs.replicate(config_path, budget_s, rate_mb_s or None)
+
+
+def verify(config_path: str | None, sample: Annotated[float, Field(ge=0.01, le=100)] = 100.0,
+           disk: str | None = None, sha256: bool = False, repair: bool = False,
+           budget_s: Seconds | None = None) -> dict[str, Any]:
+    """Check replicas (xxh3-128, footers; sha256 too), least recently verified first; repair
+    replaces bad replicas from good ones."""
+    if not 0.01 <= sample <= 100:
+        raise HoardError(f"sample {sample}: a percentage from 0.01 to 100", ExitCode.USAGE)
+    with Store.open(config.load(config_path)) as store:
+        rep = _verify(store, sample, disk, sha256, repair, budget_s)
+    if rep.unrepaired:
+        raise HoardError(f"{rep.unrepaired} bad replicas remain ({', '.join(rep.bad[:3])}); "
+                         "run verify again with repair", ExitCode.DATA)
+    return asdict(rep)
+
+
+def rebuild(config_path: str | None, disk: str, onto: str | None = None, rate_mb_s: Rate = 0.0) -> dict[str, Any]:
+    """Re-create the replicas a lost disk held, from healthy replicas (the disk is marked failed)."""
+    with Store.open(config.load(config_path)) as store:
+        rep = _rebuild(store, disk, onto, rate_mb_s or None)
+    if rep.lost:
+        raise HoardError(f"{len(rep.lost)} shards of disk {disk} have no healthy replica (e.g. {rep.lost[0]}); "
+                         "restore them from the zone 3B packages", ExitCode.DATA)
+    return asdict(rep)
+
+
+def gc(config_path: str | None, threshold: Annotated[float, Field(ge=0.01, le=1)] = 0.5,
+       dry_run: bool = False) -> dict[str, Any]:
+    """Compact shards holding deleted objects and free their space; what a database row,
+    manifest or running job references is kept."""
+    if not 0.01 <= threshold <= 1:
+        raise HoardError(f"threshold {threshold}: a live share from 0.01 to 1", ExitCode.USAGE)
+    cfg = config.load(config_path)
+    assert cfg.database_url
+    with psycopg.connect(cfg.database_url) as conn, Store.open(cfg, what="gc job") as store:
+        rep = _gc(store, threshold, dry_run, roots=lambda shas: referenced(conn, shas), wait_s=60.0)
+    return asdict(rep)
+
+
+def backup(config_path: str | None, kind: Literal["dump"] = "dump") -> dict[str, Any]:
+    """A pg_dump of the database, stored as an object and copied to zone 3B (`hoard db backup`;
+    pgBackRest full/diff backups stay with the command and its timer)."""
+    cfg = config.load(config_path)
+    assert cfg.database_url
+    with Store.open(cfg) as store:
+        res = dump_backup(cfg.database_url, store, cfg.ssd.zone_path("3B"))
+    return {k: (str(v) if not isinstance(v, (int, float, str, dict, list, type(None))) else v)
+            for k, v in asdict(res).items()}
+
+
+def verify_backup(config_path: str | None) -> dict[str, Any]:
+    """Restore the latest dump into a scratch database and check it (`hoard db verify-backup`)."""
+    cfg = config.load(config_path)
+    assert cfg.database_url
+    with Store.open(cfg, writable=False) as store:
+        res = verify_dump(cfg.database_url, store)
+    if not res.ok:
+        raise HoardError(f"dump {res.backup_id} failed its restore check: {res.detail}", ExitCode.DATA)
+    return {k: (str(v) if not isinstance(v, (int, float, str, dict, list, bool, type(None))) else v)
+            for k, v in asdict(res).items()}
+
+
+#: kind → job, in the order the launch page lists them
+JOBS = {"replicate": replicate, "verify": verify, "rebuild": rebuild, "gc": gc, "backup": backup,
+        "verify-backup": verify_backup}

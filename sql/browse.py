@@ -1,0 +1,170 @@
+"""Read-only views of the database for people browsing it (the GUI's batches and asset
+pages), plus the one flag they may change: `in_black_list` (low quality / unwanted).
+
+Every query is bounded (LIMIT, depth) and served by an index, so a page costs the same on
+100,000 nodes as on 100.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import psycopg
+from psycopg.rows import dict_row
+
+from fsd.base.errors import ExitCode, HoardError
+
+#: the deepest parents/children a node page walks
+MAX_DEPTH = 3
+
+
+class NotFound(HoardError):
+    exit_code = ExitCode.USAGE
+
+
+def batches(conn: psycopg.Connection, source: str | None = None, limit: int = 50, offset: int = 0
+            ) -> tuple[list[dict[str, Any]], int]:
+    """Ingest and action batches, newest first: source, members, sealed, last event; and the total."""
+    where, params = "", {"limit": limit, "offset": offset}
+    if source:
+        where, params["source"] = "WHERE s.name = %(source)s", source
+    with conn.cursor(row_factory=dict_row) as cur:
+        rows = cur.execute(f"""
+            SELECT b.batch_id, s.name AS source, a.name AS action, b.created_at, b.sealed_at,
+                   (SELECT count(*) FROM batch_member m WHERE m.batch_id = b.batch_id) AS members,
+                   (SELECT e.status FROM action_event e WHERE e.batch_id = b.batch_id
+                     ORDER BY e.started_at DESC LIMIT 1) AS last_event
+            FROM action_batch b JOIN action a USING (action_id) LEFT JOIN source s USING (source_id)
+            {where} ORDER BY b.created_at DESC, b.batch_id LIMIT %(limit)s OFFSET %(offset)s""", params).fetchall()
+        total = cur.execute(f"SELECT count(*) AS n FROM action_batch b LEFT JOIN source s USING (source_id) {where}",
+                            params).fetchone()["n"]
+    return rows, total
+
+
+def sources(conn: psycopg.Connection) -> list[str]:
+    return [r[0] for r in conn.execute("SELECT name FROM source ORDER BY name")]
+
+
+def search(conn: psycopg.Connection, source: str | None = None, batch: str | None = None,
+           since: dt.date | None = None, until: dt.date | None = None, text: str | None = None,
+           file_kind: str | None = None, limit: int = 48, offset: int = 0) -> list[dict[str, Any]]:
+    """Physical nodes (newest first) by source, batch, ingest date, file kind, and a text found in
+    their title, author or user name; deleted nodes are left out, black-listed ones shown."""
+    where = ["NOT pc.is_deleted"]
+    params: dict[str, Any] = {"limit": limit, "offset": offset}
+    if source:
+        where.append("EXISTS (SELECT 1 FROM common_metadata cm JOIN source s USING (source_id) "
+                     "WHERE cm.node_id = n.node_id AND s.name = %(source)s)")
+        params["source"] = source
+    if batch:
+        where.append("EXISTS (SELECT 1 FROM batch_member m WHERE m.node_id = n.node_id AND m.batch_id = %(batch)s)")
+        params["batch"] = batch
+    if since:
+        where.append("n.created_at >= %(since)s")
+        params["since"] = since
+    if until:
+        where.append("n.created_at < %(until)s::date + 1")
+        params["until"] = until
+    if file_kind:
+        where.append("ft.kind = %(kind)s")
+        params["kind"] = file_kind
+    if text:
+        where.append("EXISTS (SELECT 1 FROM common_metadata cm WHERE cm.node_id = n.node_id AND "
+                     "(cm.title ILIKE %(text)s OR cm.author ILIKE %(text)s OR cm.user_name ILIKE %(text)s))")
+        params["text"] = f"%{text}%"
+    with conn.cursor(row_factory=dict_row) as cur:
+        return cur.execute(f"""
+            SELECT n.node_id, encode(n.sha256, 'hex') AS sha256, pc.size, pc.file_type, ft.kind,
+                   pc.in_black_list, n.created_at,
+                   (SELECT cm.title FROM common_metadata cm WHERE cm.node_id = n.node_id LIMIT 1) AS title,
+                   (SELECT min(p.locator) FROM physical_path p WHERE p.node_id = n.node_id) AS locator
+            FROM node n JOIN physical_content pc USING (node_id) LEFT JOIN file_type ft ON ft.ext = pc.file_type
+            WHERE {' AND '.join(where)}
+            ORDER BY n.node_id DESC LIMIT %(limit)s OFFSET %(offset)s""", params).fetchall()
+
+
+def _node_id(conn: psycopg.Connection, sha256_hex: str) -> int:
+    try:
+        sha = bytes.fromhex(sha256_hex)
+    except ValueError:
+        raise NotFound(f"{sha256_hex!r} is not a sha256 (64 hex digits)") from None
+    row = conn.execute("SELECT node_id FROM node WHERE sha256 = %s", [sha]).fetchone()
+    if row is None:
+        raise NotFound(f"no node {sha256_hex} in the database")
+    return row[0]
+
+
+def node(conn: psycopg.Connection, sha256_hex: str, depth: int = 1) -> dict[str, Any]:
+    """One node: kind, content, paths, metadata per source, labels, batches, and its parents and
+    children up to `depth` (≤ MAX_DEPTH) levels, each with the relationship."""
+    node_id = _node_id(conn, sha256_hex)
+    depth = max(1, min(depth, MAX_DEPTH))
+    with conn.cursor(row_factory=dict_row) as cur:
+        out = cur.execute("""
+            SELECT n.node_id, encode(n.sha256, 'hex') AS sha256, n.is_virtual, n.created_at,
+                   pc.size, pc.file_type, ft.kind, pc.in_black_list, pc.is_deleted,
+                   va.kind AS virtual_kind, va.description
+            FROM node n LEFT JOIN physical_content pc USING (node_id)
+            LEFT JOIN file_type ft ON ft.ext = pc.file_type LEFT JOIN virtual_asset va USING (node_id)
+            WHERE n.node_id = %s""", [node_id]).fetchone()
+        out["paths"] = [r["locator"] for r in cur.execute(
+            "SELECT locator FROM physical_path WHERE node_id = %s ORDER BY locator LIMIT 100", [node_id])]
+        out["metadata"] = cur.execute("""
+            SELECT s.name AS source, cm.title, cm.author, cm.user_name, cm.view_count, cm.update_time,
+                   cm.download_time, cm.raw_metadata FROM common_metadata cm JOIN source s USING (source_id)
+            WHERE cm.node_id = %s ORDER BY s.name""", [node_id]).fetchall()
+        out["labels"] = cur.execute("SELECT key, value, origin FROM label WHERE node_id = %s ORDER BY key, value",
+                                    [node_id]).fetchall()
+        out["batches"] = [r["batch_id"] for r in cur.execute(
+            "SELECT batch_id FROM batch_member WHERE node_id = %s ORDER BY batch_id LIMIT 100", [node_id])]
+        for direction, (near, far) in (("parents", ("child_id", "parent_id")), ("children", ("parent_id", "child_id"))):
+            out[direction] = cur.execute(f"""
+                WITH RECURSIVE walk(node_id, rel, depth) AS (
+                    SELECT e.{far}, r.name, 1 FROM edge e JOIN relationship_type r USING (rel_id)
+                    WHERE e.{near} = %(id)s
+                  UNION
+                    SELECT e.{far}, r.name, w.depth + 1 FROM walk w JOIN edge e ON e.{near} = w.node_id
+                    JOIN relationship_type r USING (rel_id) WHERE w.depth < %(depth)s)
+                SELECT DISTINCT ON (w.node_id) w.node_id, w.rel, w.depth, encode(n.sha256, 'hex') AS sha256,
+                       n.is_virtual, va.kind AS virtual_kind, va.stable_id, pc.file_type
+                FROM walk w JOIN node n USING (node_id) LEFT JOIN virtual_asset va USING (node_id)
+                LEFT JOIN physical_content pc USING (node_id)
+                ORDER BY w.node_id, w.depth LIMIT 200""", {"id": node_id, "depth": depth}).fetchall()
+    return out
+
+
+def set_black_list(conn: psycopg.Connection, sha256_hex: str, flagged: bool) -> None:
+    """Flag (or unflag) a physical node as low quality / unwanted: selectors leave it out."""
+    node_id = _node_id(conn, sha256_hex)
+    with conn.transaction():
+        n = conn.execute("UPDATE physical_content SET in_black_list = %s WHERE node_id = %s",
+                         [flagged, node_id]).rowcount
+    if n == 0:
+        raise NotFound(f"node {sha256_hex} is virtual: only stored content can be flagged")
+
+
+def pipelines(conn: psycopg.Connection) -> list[dict[str, Any]]:
+    """Each pipeline: its stages (action names, in order) and how many batches have finished
+    each stage (`done_position`; -1 = none yet)."""
+    with conn.cursor(row_factory=dict_row) as cur:
+        rows = cur.execute("""
+            SELECT p.pipeline_id, p.name,
+                   coalesce((SELECT array_agg(a.name ORDER BY ps.position) FROM pipeline_stage ps
+                             JOIN action a USING (action_id) WHERE ps.pipeline_id = p.pipeline_id), '{}') AS stages,
+                   coalesce((SELECT jsonb_object_agg(done_position, n) FROM (
+                       SELECT done_position, count(*) AS n FROM batch_stage bs
+                       WHERE bs.pipeline_id = p.pipeline_id GROUP BY done_position) c), '{}') AS done
+            FROM pipeline p ORDER BY p.name""").fetchall()
+    return rows
+
+
+def ingested_per_day(conn: psycopg.Connection, days: int = 30) -> list[dict[str, Any]]:
+    """Files that joined an ingest batch per day and source over the last `days` days (for a
+    chart; the GUI gathers it in its background refresh, not per page view)."""
+    with conn.cursor(row_factory=dict_row) as cur:
+        return cur.execute("""
+            SELECT date_trunc('day', m.added_at)::date AS day, coalesce(s.name, '?') AS source, count(*) AS items
+            FROM batch_member m JOIN action_batch b USING (batch_id) LEFT JOIN source s USING (source_id)
+            WHERE b.action_id = 0 AND m.added_at >= now() - make_interval(days => %s)
+            GROUP BY 1, 2 ORDER BY 1, 2""", [days]).fetchall()

@@ -1,0 +1,87 @@
+"""What the GUI tests share: a real home (store on directory disks, the test PostgreSQL in a
+fresh schema, the test Redis) with one user of each role, and signing in through the form."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import use_schema
+
+PASSWORDS = {"ada": "admin-pass-1", "otto": "operator-pass-1", "vera": "viewer-pass-1"}
+ROLES = {"ada": "admin", "otto": "operator", "vera": "viewer"}
+
+
+def make_home(home: Path, conn, **gui: object) -> Path:
+    """Init the store and the schema under `home`, add the three users; returns the config path."""
+    from fsd.base import config
+    from gui import users
+    from sql.migrate import migrate
+
+    cfg_path = Path(use_schema(home, conn))
+    text = cfg_path.read_text()
+    if gui:
+        text += "\n[gui]\n" + "".join(f"{k} = {v!r}\n" for k, v in gui.items())
+    cfg_path.write_text(text)
+    res = subprocess.run([sys.executable, "-m", "fsd", "--config", str(cfg_path), "init"], capture_output=True,
+                         text=True, env={k: v for k, v in os.environ.items() if k != "HOARD_CONFIG"})
+    assert res.returncode == 0, res.stderr
+    migrate(conn)
+    cfg = config.load(cfg_path)
+    for name, pw in PASSWORDS.items():
+        users.add(cfg, name, ROLES[name], pw)
+    return cfg_path
+
+
+#: the id of the batch `drop_batch` makes
+BATCH = "gallery-s3-b000"
+
+
+def drop_batch(cfg_path: Path, with_reject: bool = True) -> str:
+    """A synthetic gallery batch with a `_READY` in 3A, plus one truncated sidecar (a reject)."""
+    from adapters.synth import Spec, generate
+    from fsd.base import config
+
+    with open(cfg_path, "a") as fh:
+        fh.write('\n[ingest]\nsettle_s = 0.05\n\n[sources]\ngallery = "gallery_dl"\n')
+    zone3a = config.load(cfg_path).ssd.zone_path("3A")
+    batch = generate(zone3a, Spec(seed=3, batches=1, items_per_batch=6, sources=("gallery",), large_max_mb=1,
+                                  ready_signal=True))[0]
+    assert batch.batch_id == BATCH
+    if with_reject:
+        d = zone3a / batch.batch_id
+        (d / "broken.png").write_bytes(next(p for p in sorted(d.iterdir()) if p.suffix == ".png").read_bytes() + b"x")
+        (d / "broken.png.json").write_text('{"title": "x", "author": ')  # truncated JSON
+    return batch.batch_id
+
+
+@pytest.fixture
+def gui_home(request, hoard_home: Path, pg, redis_conn, monkeypatch) -> Path:
+    """A home for the GUI; `[gui]` keys from an indirect parameter (a dict), if any, and with
+    `"_batch": True` in it the fixture batch BATCH waiting in 3A."""
+    params = dict(getattr(request, "param", {}))
+    batch = params.pop("_batch", False)
+    cfg_path = make_home(hoard_home, pg, **params)
+    if batch:
+        drop_batch(cfg_path)
+    monkeypatch.setenv("HOARD_CONFIG", str(cfg_path))
+    return cfg_path
+
+
+@pytest.fixture
+async def user(gui_home, user):  # noqa: F811 - NiceGUI's fixture, built after the home exists
+    """NiceGUI's simulated user, on the app built for `gui_home` (tests/gui_main.py)."""
+    yield user
+
+
+async def sign_in(user, name: str, password: str | None = None, then: str = "Overview") -> None:
+    await user.open("/login")
+    user.find("Name").type(name)
+    user.find("Password").type(password if password is not None else PASSWORDS[name])
+    user.find("Sign in").click()
+    if then:
+        await user.should_see(then, retries=30)  # argon2 runs in a thread

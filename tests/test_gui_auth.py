@@ -1,0 +1,255 @@
+"""`hoard gui` slice 1: login, roles, sessions, the limit on failed logins, `/health/*`,
+`/metrics`, and `hoard users` — against the real test PostgreSQL and Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.gui_fixtures import PASSWORDS, gui_home, sign_in, user  # noqa: F401 - fixtures
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def _basic(name: str, password: str) -> dict[str, str]:
+    return {"Authorization": "Basic " + base64.b64encode(f"{name}:{password}".encode()).decode()}
+
+
+async def test_every_page_asks_for_a_login(user) -> None:
+    """Signed out, each page sends the browser to the login form, which returns there after."""
+    for path in ("/", "/storage", "/users", "/runs", "/launch", "/batches", "/assets", "/pipelines",
+                 f"/node/{'a' * 64}", "/runs/ingest/x"):
+        await user.open(path)
+        await user.should_see("Sign in")
+    for path in (f"/thumb/{'a' * 64}", "/rq/", "/rq/0/data/queues.json"):
+        r = await user.http_client.get(path, follow_redirects=False)
+        assert r.status_code in (302, 307) and r.headers["location"].startswith("/login"), path
+    await sign_in(user, "vera", then="")
+    await user.should_see("Overview", retries=30)
+
+
+async def test_login_returns_to_the_page_asked_for(user) -> None:
+    """`/storage` signed out → login → `/storage`."""
+    await user.open("/storage")
+    user.find("Name").type("vera")
+    user.find("Password").type(PASSWORDS["vera"])
+    user.find("Sign in").click()
+    await user.should_see("SSD zones", retries=30)
+
+
+async def test_wrong_password_is_refused(user) -> None:
+    await sign_in(user, "ada", "not-her-password", then="wrong name or password")
+    await user.open("/")
+    await user.should_see("Sign in")
+
+
+async def test_unknown_name_answers_like_a_wrong_password(user) -> None:
+    await sign_in(user, "nobody", "whatever-it-is", then="wrong name or password")
+
+
+@pytest.mark.parametrize("gui_home", [{"login_attempts": 3}], indirect=True)
+async def test_failed_logins_are_rate_limited(user) -> None:
+    """After `gui.login_attempts` failures even the right password waits for the window."""
+    for _ in range(3):
+        await sign_in(user, "ada", "guessing-wrong", then="wrong name or password")
+    await sign_in(user, "ada", then="too many failed logins")
+    await user.open("/")
+    await user.should_see("Sign in")
+
+
+@pytest.mark.parametrize("gui_home", [{"session_hours": 0.0005}], indirect=True)  # 1.8 s
+async def test_sessions_expire(user) -> None:
+    await sign_in(user, "ada")
+    await asyncio.sleep(2.0)
+    await user.open("/storage")
+    await user.should_see("Sign in")
+
+
+async def test_sign_out(user) -> None:
+    await sign_in(user, "otto")
+    await user.open("/logout")
+    await user.should_see("Sign in")
+    await user.open("/")
+    await user.should_see("Sign in")
+
+
+async def test_only_an_admin_manages_users(user) -> None:
+    """A viewer and an operator see no Users link and are told so on /users."""
+    for name in ("vera", "otto"):
+        await sign_in(user, name)
+        await user.should_not_see("Users")
+        await user.open("/users")
+        await user.should_see("Only an admin manages users")
+        await user.open("/logout")
+
+
+async def test_admin_adds_and_removes_a_user(user, gui_home: Path) -> None:
+    """The admin's form adds a user who can then sign in; a short password is refused by name."""
+    await sign_in(user, "ada")
+    await user.open("/users")
+    await user.should_see("vera")
+    user.find("Name").type("newbie")
+    user.find("Password").type("short")
+    user.find(marker="user-add").click()
+    await user.should_see("too short", retries=20)
+    user.find("Password").clear().type("long-enough-pw")
+    user.find(marker="user-add").click()
+    await user.should_see("added: newbie", retries=20)
+    await user.open("/logout")
+    await sign_in(user, "newbie", "long-enough-pw")
+    await user.open("/logout")
+    await sign_in(user, "ada")
+    await user.open("/users")
+    user.find("Name").type("newbie")
+    user.find(marker="user-rm").click()
+    await user.should_see("removed: newbie", retries=20)
+    user.find("Name").clear().type("vera")
+    user.find("Password").clear().type("vera-new-pass")
+    user.find(marker="user-passwd").click()
+    await user.should_see("password set: vera", retries=20)
+    await user.open("/logout")
+    await sign_in(user, "vera", "vera-new-pass")
+
+
+async def test_open_health_routes(user) -> None:
+    """`/health/live` and `/health/ready` answer without a login; ready is the health document."""
+    r = await user.http_client.get("/health/live")
+    assert r.status_code == 200 and r.json() == {"ok": True}
+    r = await user.http_client.get("/health/ready")
+    assert r.status_code == 200
+    doc = r.json()
+    assert {"disks", "store", "zones", "database", "redis", "ingest", "problems", "ok"} <= set(doc)
+    assert doc["database"]["ok"] and doc["redis"]["ok"]
+
+
+async def test_metrics_need_a_login(user) -> None:
+    """`/metrics`: 401 without credentials, 200 with a user's Basic credentials, Prometheus text."""
+    r = await user.http_client.get("/metrics")
+    assert r.status_code == 401 and "Basic" in r.headers["www-authenticate"]
+    r = await user.http_client.get("/metrics", headers=_basic("vera", "wrong-password!"))
+    assert r.status_code == 401
+    r = await user.http_client.get("/metrics", headers=_basic("vera", PASSWORDS["vera"]))
+    assert r.status_code == 200, r.text
+    text = r.text
+    for name in ("hoard_objects", "hoard_stored_bytes", "hoard_replication_shards_below_target",
+                 'hoard_disk_state{disk="hdd1",state="active"} 1.0', 'hoard_zone_used_ratio{zone="3A"}',
+                 'hoard_jobs{queue="ingest",state="queued"} 0.0', 'hoard_up{part="database"} 1.0'):
+        assert name in text, name
+
+
+@pytest.mark.parametrize("gui_home", [{"login_attempts": 2}], indirect=True)
+async def test_metrics_basic_auth_is_rate_limited(user) -> None:
+    for _ in range(2):
+        assert (await user.http_client.get("/metrics", headers=_basic("otto", "bad-bad-bad"))).status_code == 401
+    r = await user.http_client.get("/metrics", headers=_basic("otto", PASSWORDS["otto"]))
+    assert r.status_code == 429 and "too many failed logins" in r.json()["error"]
+
+
+async def test_signed_in_browser_reads_metrics(user) -> None:
+    await sign_in(user, "vera")
+    r = await user.http_client.get("/metrics")
+    assert r.status_code == 200 and "hoard_objects" in r.text
+
+
+async def test_the_overview_and_the_redirect_are_safe(user) -> None:
+    """A `redirect_to` pointing off-site is ignored after login."""
+    await user.open("/login?redirect_to=//evil.example/")
+    user.find("Name").type("vera")
+    user.find("Password").type(PASSWORDS["vera"])
+    user.find("Sign in").click()
+    await user.should_see("Overview", retries=30)
+
+
+# -- `hoard users` and `hoard gui` on the command line -------------------------------------
+
+def hoard(cfg: Path, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k != "HOARD_CONFIG"}
+    return subprocess.run([sys.executable, "-m", "fsd", "--config", str(cfg), *args], input=stdin,
+                          capture_output=True, text=True, env=env, timeout=60,
+                          stdin=None if stdin is not None else subprocess.DEVNULL)
+
+
+def test_users_commands(hoard_home: Path) -> None:
+    """add (password from stdin), list --json, passwd, rm; refusals are one line, exit 2; the
+    users file holds argon2 hashes only, mode 0600."""
+    cfg = hoard_home / "hoard.toml"
+    assert hoard(cfg, "init").returncode == 0
+    res = hoard(cfg, "users", "add", "ada", "--role", "admin", "--password-stdin", stdin="s3cret-pass\n")
+    assert res.returncode == 0, res.stderr
+    listed = json.loads(hoard(cfg, "users", "list", "--json").stdout)
+    assert listed == [{"name": "ada", "role": "admin", "from": "users file"}]
+    users_file = hoard_home / "ssd" / "state" / "gui" / "users.json"
+    assert oct(users_file.stat().st_mode & 0o777) == "0o600"
+    assert "s3cret-pass" not in users_file.read_text() and "$argon2id$" in users_file.read_text()
+    for args, stdin, says in (
+            (("users", "add", "ada", "--password-stdin"), "another-pass\n", "user ada exists"),
+            (("users", "add", "bob", "--role", "boss"), None, "role 'boss' is not one of viewer, operator, admin"),
+            (("users", "add", "bob"), None, "no terminal to ask for the password"),
+            (("users", "add", "bob", "--password-stdin"), "short\n", "too short"),
+            (("users", "add", "Bad Name", "--password-stdin"), "long-enough-1\n", "is not allowed"),
+            (("users", "passwd", "nosuch", "--password-stdin"), "long-enough-1\n", "no user nosuch"),
+            (("users", "rm", "nosuch"), None, "no user nosuch")):
+        res = hoard(cfg, *args, stdin=stdin)
+        assert res.returncode == 2, (args, res.stderr)
+        assert says in res.stderr and len(res.stderr.strip().splitlines()) == 1, res.stderr
+    assert hoard(cfg, "users", "passwd", "ada", "--password-stdin", stdin="new-pass-123\n").returncode == 0
+    from fsd.base import config
+    from gui import users
+
+    c = config.load(cfg)
+    assert users.authenticate(c, "ada", "new-pass-123") and not users.authenticate(c, "ada", "s3cret-pass")
+    assert hoard(cfg, "users", "rm", "ada").returncode == 0
+    assert json.loads(hoard(cfg, "users", "list", "--json").stdout) == []
+
+
+def test_users_from_hoard_toml(hoard_home: Path) -> None:
+    """[[gui.users]] with a hash from `hoard users hash` signs in; the CLI will not edit it."""
+    cfg = hoard_home / "hoard.toml"
+    hashed = hoard(cfg, "users", "hash", "--password-stdin", stdin="from-toml-pass\n")
+    assert hashed.returncode == 0 and hashed.stdout.startswith("$argon2id$")
+    cfg.write_text(cfg.read_text() + f'\n[[gui.users]]\nname = "root"\nrole = "admin"\n'
+                                     f'password_hash = "{hashed.stdout.strip()}"\n')
+    from fsd.base import config
+    from gui import users
+
+    assert users.authenticate(config.load(cfg), "root", "from-toml-pass").role == "admin"
+    res = hoard(cfg, "users", "rm", "root")
+    assert res.returncode == 2 and "remove it there" in res.stderr
+
+
+def test_gui_refuses_to_serve_without_users(hoard_home: Path) -> None:
+    """Pages nobody can sign in to are not served: one line naming `hoard users add`, exit 2."""
+    res = hoard(hoard_home / "hoard.toml", "gui")
+    assert res.returncode == 2
+    assert "hoard users add NAME --role admin" in res.stderr and "Traceback" not in res.stderr
+
+
+# -- rq-dashboard under /rq ------------------------------------------------------------------
+
+async def test_rq_dashboard_is_behind_the_login(user) -> None:
+    """/rq: signed out → the login page; signed in → rq-dashboard's pages and JSON; a viewer's
+    POST (requeue, delete, empty) is refused, an operator's is not."""
+    r = await user.http_client.get("/rq/", follow_redirects=False)
+    assert r.status_code in (302, 307) and r.headers["location"].startswith("/login")
+    await sign_in(user, "vera")
+    r = await user.http_client.get("/rq/")
+    assert r.status_code == 200 and "RQ" in r.text and "/rq/static/" in r.text
+    assert (await user.http_client.get("/rq/static/js/jquery-3.5.1.min.js")).status_code == 200
+    r = await user.http_client.get("/rq/0/data/queues.json")
+    assert r.status_code == 200 and "queues" in r.json()
+    r = await user.http_client.get("/rq/0/data/workers.json")
+    assert r.status_code == 200 and "workers" in r.json()
+    for method, path in (("post", "/rq/queue/ingest/failed/empty"), ("get", "/rq/requeue/ingest")):
+        r = await getattr(user.http_client, method)(path)
+        assert r.status_code == 403 and "may look but not act" in r.json()["error"]
+    await user.open("/logout")
+    await sign_in(user, "otto")
+    r = await user.http_client.post("/rq/queue/ingest/failed/empty")
+    assert r.status_code == 200, r.text

@@ -1,0 +1,121 @@
+"""`hoard gui` slice 5: batches and the asset browser — a real ingest (worker process, store,
+PostgreSQL), then the batch list, search, thumbnails from the store, a node page with its
+metadata, relations and mount paths, and the low-quality flag (operators only)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import psycopg
+import pytest
+from nicegui import ui
+
+from tests.gui_fixtures import BATCH, gui_home, sign_in, user  # noqa: F401 - fixtures
+
+pytestmark = [pytest.mark.timeout(300),
+              pytest.mark.parametrize("gui_home", [{"_batch": True}], indirect=True)]
+
+
+def _ingest(cfg_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "HOARD_CONFIG"}
+    res = subprocess.run([sys.executable, "-m", "fsd", "--config", str(cfg_path), "ingest", "--ready", "--here"],
+                         capture_output=True, text=True, env=env, timeout=240)
+    assert res.returncode in (0, 5), res.stderr  # 5: done with rejects (the fixture has one)
+
+
+def _an_image(cfg_path: Path) -> str:
+    from fsd.base import config
+
+    with psycopg.connect(config.load(cfg_path).database_url) as conn:
+        return conn.execute("SELECT encode(n.sha256, 'hex') FROM node n JOIN physical_content pc USING (node_id) "
+                            "WHERE pc.file_type = 'png' ORDER BY n.node_id LIMIT 1").fetchone()[0]
+
+
+async def test_batches_assets_node_and_thumbnail(user, gui_home: Path) -> None:
+    _ingest(gui_home)
+    await sign_in(user, "vera")
+    await user.open("/batches")
+    await user.should_see(BATCH)
+    await user.should_see("done with rejects")
+    await user.open(f"/assets?batch={BATCH}&kind=image")
+    await user.should_see("assets on page 1")
+    sha = _an_image(gui_home)
+    assert user.find(marker=None, kind=ui.image).elements  # image cards show thumbnails
+    r = await user.http_client.get(f"/thumb/{sha}")
+    assert r.status_code == 200 and r.headers["content-type"] == "image/jpeg" and r.content[:2] == b"\xff\xd8"
+    from gui import thumbs
+    from gui.context import ctx
+
+    assert thumbs.path(ctx().cfg, sha).exists()  # cached
+    assert (await user.http_client.get(f"/thumb/{'0' * 64}")).status_code == 404
+    await user.open(f"/node/{sha}")
+    for text in ("png (image)", f"batches: {BATCH}", "/by-hash/", f"/batches/{BATCH}/", "Metadata", "source gallery",
+                 "parents (", "not flagged"):
+        await user.should_see(text)
+    await user.should_not_see(marker="node-flag")  # a viewer cannot flag
+    await user.open("/assets?source=gallery&since=2000-01-01")
+    await user.should_see("assets on page 1")
+    await user.open("/assets?source=gallery&until=2000-01-01")
+    await user.should_see("nothing matches")
+    await user.open(f"/node/{'f' * 64}")
+    await user.should_see("no node")
+
+
+async def test_operator_flags_and_unflags_low_quality(user, gui_home: Path) -> None:
+    _ingest(gui_home)
+    sha = _an_image(gui_home)
+    await sign_in(user, "otto")
+    await user.open(f"/node/{sha}")
+    await user.should_see(marker="node-flag", retries=30)
+    user.find(marker="node-flag").click()
+    await user.should_see("flagged low quality", retries=50)
+    from fsd.base import config
+
+    with psycopg.connect(config.load(gui_home).database_url) as conn:
+        assert conn.execute("SELECT in_black_list FROM physical_content JOIN node USING (node_id) "
+                            "WHERE sha256 = %s", [bytes.fromhex(sha)]).fetchone()[0] is True
+    await user.should_see("Unflag", retries=30)
+    user.find(marker="node-flag").click()
+    await user.should_see("not flagged", retries=50)
+
+
+async def test_export_from_the_form_and_the_pipelines_page(user, gui_home: Path) -> None:
+    """An operator exports the ingested images to 3D from the Launch form; a worker runs it;
+    /pipelines shows the sealed output with its run, and a pipeline defined in the database
+    with its stages; the charts on /storage and /batches render."""
+    from fsd.base import config
+    from sql.batches import define_action, define_pipeline
+
+    _ingest(gui_home)
+    with psycopg.connect(config.load(gui_home).database_url, autocommit=True) as conn:
+        define_action(conn, 3, "ocr", "cpu")
+        define_pipeline(conn, "ocr-then-review", [3])
+    await sign_in(user, "otto")
+    await user.open("/launch")
+    user.find(marker="output-id").type("imgs-v1")
+    user.find(marker="output-selector").clear().type('{"sources": ["gallery"], "kinds": ["image"]}')
+    user.find(marker="launch-output").click()
+    await user.should_see("export imgs-v1", retries=50)
+    env = {k: v for k, v in os.environ.items() if k != "HOARD_CONFIG"}
+    res = subprocess.run([sys.executable, "-m", "fsd", "--config", str(gui_home), "worker", "--burst"],
+                         capture_output=True, text=True, env=env, timeout=240)
+    assert res.returncode == 0, res.stderr
+    from nicegui import run as nrun
+
+    from gui.context import ctx
+
+    await nrun.io_bound(ctx().cache.refresh)
+    await user.open("/runs/export/imgs-v1")
+    await user.should_see("done", retries=30)
+    await user.open("/pipelines")
+    for text in ("ocr-then-review", "0. ocr: 0 batches done", "Dataset exports (zone 3D)", "imgs-v1", "sealed"):
+        await user.should_see(text)
+    await user.open("/storage")
+    await user.should_see(kind=ui.echart)
+    assert len(user.find(kind=ui.echart).elements) == 2
+    await user.open("/batches")
+    await user.should_see(BATCH, retries=30)
+    assert len(user.find(kind=ui.echart).elements) == 1  # files ingested per day and source

@@ -1,0 +1,191 @@
+"""`hoard gui` slice 3, the scheduler: launch forms (ingest, stage/export, maintenance from the
+jobs' typed parameters, validated before anything is queued), the runs list with its filters
+and the failed view, the run page (steps, report with each rejected file and its reason,
+traceback, why it waits), retry and cancel — real RQ (SimpleWorker in burst), PostgreSQL, store."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from nicegui import run, ui
+from rq import Queue
+
+from tests.gui_fixtures import BATCH, gui_home, sign_in, user  # noqa: F401 - fixtures
+
+pytestmark = pytest.mark.timeout(300)
+
+
+def _work(cfg_path: Path) -> None:
+    """`hoard worker --burst`: a real worker process runs what is queued, then quits."""
+    env = {k: v for k, v in os.environ.items() if k != "HOARD_CONFIG"}
+    res = subprocess.run([sys.executable, "-m", "fsd", "--config", str(cfg_path), "worker", "--burst"],
+                         capture_output=True, text=True, env=env, timeout=240)
+    assert res.returncode == 0, res.stderr
+
+
+async def _refreshed() -> None:
+    from gui.context import ctx
+
+    await run.io_bound(ctx().cache.refresh)
+
+
+def _cfg(gui_home: Path):
+    from fsd.base import config
+
+    return config.load(gui_home)
+
+
+WITH_BATCH = pytest.mark.parametrize("gui_home", [{"_batch": True}], indirect=True)
+
+
+@WITH_BATCH
+async def test_operator_launches_an_ingest_and_watches_it(user, gui_home: Path) -> None:
+    """Launch → the run page says it waits (no worker on its queue) → a worker runs it →
+    done with rejects: counts, the rejected file with its reason, a step timeline."""
+    batch_id = BATCH
+    await sign_in(user, "otto")
+    await user.open("/launch")
+    await user.should_see(batch_id)
+    user.find(marker="launch-ingest").click()
+    await user.should_see("waits on the ingest queue, which no worker serves", retries=50)
+    await run.io_bound(_work, gui_home)
+    await _refreshed()  # what the background timer does every gui.refresh_s
+    await user.open(f"/runs/ingest/{batch_id}")
+    await user.should_see("done with rejects")
+    for text in ("maintenance: ingest gallery-s3-b000: finish", "started 20", "ended 20", "files_accepted", "2 rejected files", "broken.png.json", "scan: done", "finish: done", "(queue maintenance)"):
+        await user.should_see(text)
+    await user.open("/runs?kind=ingest")
+    await user.should_see(batch_id)
+    await user.open("/runs?kind=export")
+    await user.should_see("0 runs")
+    await user.open("/runs?status=done%20with%20rejects&source=gallery")
+    await user.should_see(batch_id)
+    await user.open("/runs?since=2000-01-01&until=2000-01-02")
+    await user.should_see("0 runs")
+
+
+@WITH_BATCH
+async def test_a_viewer_cannot_launch_retry_or_cancel(user) -> None:
+    await sign_in(user, "vera")
+    await user.open("/launch")
+    await user.should_see("you can look at the forms but not launch")
+    await user.should_not_see(marker="launch-ingest")
+    await user.should_not_see(marker="launch-replicate")
+    from gui.context import ctx
+    from jobs import launch
+
+    launch.launch_ingest(ctx().cfg, BATCH, None)
+    await user.open(f"/runs/ingest/{BATCH}")
+    await user.should_see("queued")
+    await user.should_not_see(marker="run-retry")
+    await user.should_not_see(marker="run-cancel")
+
+
+async def test_maintenance_forms_validate_before_queueing(user, gui_home: Path) -> None:
+    """A bad value is refused by name and nothing reaches the queue; a good one queues a job
+    whose run page shows its parameters; a worker runs it to done."""
+    import redis
+
+    await sign_in(user, "otto")
+    await user.open("/launch")
+    user.find(marker="verify-sample").type("500")
+    user.find(marker="launch-verify").click()
+    await user.should_see("verify: sample: Input should be less than or equal to 100", retries=30)
+    user.find(marker="launch-rebuild").click()
+    await user.should_see("rebuild: disk: Field required", retries=30)
+    user.find(marker="rebuild-disk").type("nosuch")
+    user.find(marker="launch-rebuild").click()
+    await user.should_see("rebuild: no disk 'nosuch' in hoard.toml", retries=30)
+    conn = redis.Redis.from_url(_cfg(gui_home).redis_url)
+    assert Queue("maintenance", connection=conn).count == 0
+    user.find(marker="replicate-budget_s").clear().type("30")
+    user.find(marker="launch-replicate").click()
+    await user.should_see("budget_s=30", retries=50)
+    assert Queue("maintenance", connection=conn).count == 1
+    await run.io_bound(_work, gui_home)
+    await _refreshed()
+    await user.open("/runs?kind=replicate")
+    await user.should_see("1 runs")
+    await user.should_see("done")
+    await user.open("/storage")  # the last maintenance run of each kind
+    await user.should_see("replicate: done")
+    await user.should_see("gc: none from here")
+
+
+async def test_cancel_and_retry_a_maintenance_run(user, gui_home: Path) -> None:
+    from gui.context import ctx
+    from jobs import launch
+
+    job_id = launch.launch_maintenance(ctx().cfg, "verify", {"sample": 50}, "otto")
+    await sign_in(user, "otto")
+    await user.open(f"/runs/verify/{job_id}")
+    await user.should_see("no worker serves the maintenance queue")
+    user.find(marker="run-cancel").click()
+    await user.should_see("taken off its queue", retries=30)
+    await user.should_see("canceled", retries=50)
+    user.find(marker="run-retry").click()
+    await user.should_see(kind=ui.badge, content="queued", retries=50)  # the new run's page
+    await user.should_see("sample=50.0")
+    await run.io_bound(ctx().cache.refresh)
+    runs = [r for r in ctx().cache.snapshot.runs if r.kind == "verify"]
+    assert sorted(r.status for r in runs) == ["canceled", "queued"]
+
+
+@WITH_BATCH
+@pytest.mark.expect_log(r"exception raised while executing \(jobs.ingest.run_step\)", level="ERROR")
+async def test_failed_ingest_shows_its_traceback_and_the_failed_view(user) -> None:
+    """A batch that fails (its directory vanished before the scan) is in the failed view with
+    its error and its job's traceback; a later success of another run does not hide it."""
+    import shutil
+
+    from gui.context import ctx
+    from jobs import launch
+
+    batch_id = BATCH
+    cfg = ctx().cfg
+    launch.launch_ingest(cfg, batch_id, None)
+    shutil.rmtree(cfg.ssd.zone_path("3A") / batch_id)
+    await run.io_bound(_work, cfg.source)
+    await run.io_bound(ctx().cache.refresh)
+    await sign_in(user, "otto")
+    await user.open("/runs?view=failed")
+    await user.should_see(batch_id)
+    await user.open(f"/runs/ingest/{batch_id}")
+    await user.should_see("failed")
+    await user.should_see("is gone")
+    await user.should_see("Traceback (of its last job)")
+    await user.should_see(f"batch {batch_id} failed at scan")  # the banner
+
+
+async def test_export_form_refuses_a_bad_request(user) -> None:
+    await sign_in(user, "otto")
+    await user.open("/launch")
+    user.find(marker="output-id").type("bad id with spaces")
+    user.find(marker="launch-output").click()
+    await user.should_see("output id 'bad id with spaces': 1-128 of", retries=30)
+    user.find(marker="output-id").clear().type("ok-id")
+    user.find(marker="output-selector").clear().type("{not json")
+    user.find(marker="launch-output").click()
+    await user.should_see("the selector is not JSON", retries=30)
+
+
+async def test_runs_list_pages_on_the_server(user) -> None:
+    """60 maintenance runs: 25 a page, links to the next and previous pages."""
+    from gui.context import ctx
+    from jobs import launch
+
+    for _ in range(60):
+        launch.launch_maintenance(ctx().cfg, "replicate", {}, "otto")
+    await run.io_bound(ctx().cache.refresh)
+    await sign_in(user, "vera")
+    await user.open("/runs")
+    await user.should_see("60 runs, page 1 of 3")
+    await user.should_see("older →")
+    await user.open("/runs?page=3")
+    await user.should_see("60 runs, page 3 of 3")
+    await user.should_see("← newer")
+    assert len(user.find(kind=ui.link, content="maint-replicate").elements) == 10
