@@ -119,12 +119,12 @@ def _command(ctx: typer.Context, kind: str, output_id: str | None, layout: str |
 def _enqueue(cfg, kind: str, output_id: str) -> None:
     # deferred: hoard starts without rq
     from jobs import outputs
-    from jobs.queues import connect, enqueue_once, redis_required, unserved_queues
+    from jobs.launch import enqueue_output
+    from jobs.queues import connect, redis_required, unserved_queues
 
     with redis_required(cfg.redis_url):
         conn = connect(cfg.redis_url)
-        enqueue_once(conn, outputs.QUEUE, "jobs.outputs.run_job", str(cfg.source) if cfg.source else None, output_id,
-                     job_id=f"{kind}-{output_id}", timeout=outputs.JOB_TIMEOUT_S, description=f"{kind} {output_id}")
+        enqueue_output(cfg, kind, output_id, conn)
         if outputs.QUEUE in unserved_queues(conn):
             err.print(f"[yellow]no worker serves the {outputs.QUEUE} queue: `hoard worker`, or run it here with "
                       f"`hoard {kind} {escape(output_id)} ... --here`[/]")
