@@ -141,3 +141,14 @@ def balanced_per_disk(lab: Lab, placed: list[tuple[int, list[Path]]]) -> dict[st
         load[best.parent.parent.name] += size
         per_disk.setdefault(best.parent.parent.name, []).append(best)
     return per_disk
+
+
+def in_threads(fn, groups) -> None:
+    """`fn(group)` for every group at the same time, one thread each (one reader per disk)."""
+    import threading
+
+    threads = [threading.Thread(target=fn, args=(g,)) for g in groups]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()

@@ -25,18 +25,10 @@ import tempfile
 import threading
 from pathlib import Path
 
-from _common import (LAB4, Lab, MiB, balanced_per_disk, drop_caches, lab_profile, lab_store, place_plain, replica_roots,
-                     report, run_timed, timed)
+from _common import (LAB4, Lab, MiB, balanced_per_disk, drop_caches, in_threads, lab_profile, lab_store, place_plain,
+                     replica_roots, report, run_timed, timed)
 
 from adapters.synth import flat_files
-
-
-def _parallel(fn, groups) -> None:
-    threads = [threading.Thread(target=fn, args=(g,)) for g in groups]
-    for th in threads:
-        th.start()
-    for th in threads:
-        th.join()
 
 
 def main() -> None:
@@ -83,7 +75,7 @@ def main() -> None:
                     n_bytes[0] += got_here
 
             with timed(t, "naive"):
-                _parallel(get_all, first.values())
+                in_threads(get_all, first.values())
             assert n_bytes[0] == total
 
             drop_caches()
@@ -95,7 +87,7 @@ def main() -> None:
                         f.read()
 
             with timed(t, "per_file"):
-                _parallel(read_all, per_disk.values())
+                in_threads(read_all, per_disk.values())
         labels_by_uuid = {u: d.label for u, d in store.disks.items()}
         summary = plan.summary(labels_by_uuid)
         store.close()

@@ -43,11 +43,10 @@ import random
 import shutil
 import subprocess
 import tempfile
-import threading
 from pathlib import Path
 
-from _common import (LAB4, Lab, MiB, balanced_per_disk, drop_caches, lab_profile, lab_store, parallel, place_plain,
-                     replica_roots, report, run_timed, timed)
+from _common import (LAB4, Lab, MiB, balanced_per_disk, drop_caches, in_threads, lab_profile, lab_store, parallel,
+                     place_plain, replica_roots, report, run_timed, timed)
 from mount_read import drop_page_cache, hoard_mounted, read_file
 
 from adapters.synth import flat_files
@@ -60,12 +59,15 @@ from fsd.views import define_view_rows
 
 def read_back(root: Path, paths: list[str], readers: int = 4) -> None:
     """Every file under `root`, reader i taking paths i, i+N, … (a DataLoader's workers)."""
-    threads = [threading.Thread(target=lambda k=k: [read_file(root / p) for p in paths[k::readers]])
-               for k in range(readers)]
-    for th in threads:
-        th.start()
-    for th in threads:
-        th.join()
+    in_threads(lambda part: [read_file(root / p) for p in part], [paths[k::readers] for k in range(readers)])
+
+
+def copy_objects(store, items: list[Item], dest: Path) -> None:
+    """One object after another, each streamed from the store (the naive copy)."""
+    for it in items:
+        with open(dest / it.path, "wb") as f:
+            for piece in store.iter_object(bytes.fromhex(it.sha256)):
+                f.write(piece)
 
 
 def _large(root: Path, n: int, seed: int) -> list[Path]:
@@ -133,10 +135,7 @@ def main() -> None:
                 _fresh(dest)
                 drop_caches()
                 with timed(t, "naive"):
-                    for it in items:
-                        with open(dest / it.path, "wb") as f:
-                            for piece in store.iter_object(bytes.fromhex(it.sha256)):
-                                f.write(piece)
+                    copy_objects(store, items, dest)
                     syncfs(dest)
 
                 _fresh(dest)
@@ -146,18 +145,8 @@ def main() -> None:
                     meta = store.index.get_shard(store.index.lookup(bytes.fromhex(it.sha256)).shard_id)
                     first.setdefault(meta.replicas[0], []).append(it)
 
-                def copy_all(group: list[Item]) -> None:
-                    for it in group:
-                        with open(dest / it.path, "wb") as f:
-                            for piece in store.iter_object(bytes.fromhex(it.sha256)):
-                                f.write(piece)
-
                 with timed(t, "naive_per_disk"):
-                    threads = [threading.Thread(target=copy_all, args=(g,)) for g in first.values()]
-                    for th in threads:
-                        th.start()
-                    for th in threads:
-                        th.join()
+                    in_threads(lambda group: copy_objects(store, group, dest), first.values())
                     syncfs(dest)
 
                 _fresh(dest)
@@ -221,11 +210,7 @@ def main() -> None:
                 _fresh(dest)
                 drop_caches()
                 with timed(t, "plain_placed"):
-                    threads = [threading.Thread(target=copy_plain, args=(g,)) for g in per_disk.values()]
-                    for th in threads:
-                        th.start()
-                    for th in threads:
-                        th.join()
+                    in_threads(copy_plain, per_disk.values())
                     syncfs(dest)
 
         finally:
