@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import math
 import time
 from dataclasses import dataclass
+from urllib.parse import quote, urlsplit
 
 from fastapi import Request
 from fastapi.responses import JSONResponse, RedirectResponse
@@ -41,15 +43,29 @@ class SignedIn:
         return users_mod.may(self.role, action)
 
 
+def _fingerprint(user: users_mod.User) -> str:
+    """Ties a session to the account as it was at sign-in: a changed password or role, or a
+    removed user, ends every session opened before (checked on each request)."""
+    return hashlib.sha256(f"{user.name}\0{user.role}\0{user.password_hash}".encode()).hexdigest()[:32]
+
+
 def current_user() -> SignedIn | None:
-    """The user of this browser session, or None (never signed in, signed out, or expired)."""
+    """The user of this browser session, or None (never signed in, signed out, expired, or the
+    account was removed, demoted or given a new password since)."""
     s = app.storage.user
     if not s.get("name"):
         return None
     if s.get("expires", 0) < time.time():
         s.clear()
         return None
-    return SignedIn(s["name"], s["role"])
+    try:
+        account = users_mod.users(ctx().cfg).get(s["name"])
+    except users_mod.UserError:
+        account = None
+    if account is None or s.get("account") != _fingerprint(account):
+        s.clear()
+        return None
+    return SignedIn(account.name, account.role)
 
 
 def require(action: str) -> SignedIn:
@@ -65,8 +81,26 @@ def require(action: str) -> SignedIn:
 
 
 def _safe_target(path: str) -> str:
-    """Only a local path (never `//host` or a scheme) may follow a login."""
-    return path if path.startswith("/") and not path.startswith("//") and "\\" not in path else "/"
+    """Only a local path (never `//host`, a scheme, or anything a browser could strip or turn
+    into one: backslashes, control characters, white space) may follow a login."""
+    parts = urlsplit(path)
+    ok = (path.startswith("/") and not path.startswith("//") and not parts.scheme and not parts.netloc
+          and not any(c == "\\" or c.isspace() or ord(c) < 0x20 or ord(c) == 0x7f for c in path))
+    return path if ok else "/"
+
+
+def _same_origin(request: Request) -> bool:
+    """A request a page of this GUI made: the browser's Sec-Fetch-Site, else Origin/Referer
+    naming this host and port (SameSite cookies do not tell ports apart, so a page served on
+    another port of the same host could act with the user's session otherwise)."""
+    site = request.headers.get("sec-fetch-site")
+    if site is not None:
+        return site in ("same-origin", "none")
+    origin = request.headers.get("origin") or request.headers.get("referer")
+    if not origin:
+        return True  # not a browser (curl, a script): it holds the cookie itself, no one else's page
+    here = request.headers.get("host", "")
+    return urlsplit(origin).netloc == here
 
 
 def _client(request: Request) -> str:
@@ -106,6 +140,9 @@ class AuthMiddleware(BaseHTTPMiddleware):
         if user is not None and path.startswith(ACTING_PREFIXES) and acting and not user.may("cancel"):
             return JSONResponse({"error": f"a {user.role} may look but not act; ask an admin for the operator role"},
                                 status_code=403)
+        if path.startswith(ACTING_PREFIXES) and acting and not _same_origin(request):
+            return JSONResponse({"error": "refused: this request came from another site's page (open the GUI "
+                                          "itself to act)"}, status_code=403)
         if path in OPEN_PATHS or path.startswith(OPEN_PREFIXES) or user is not None:
             return await call_next(request)
         if path.startswith(API_PREFIXES):
@@ -119,7 +156,7 @@ class AuthMiddleware(BaseHTTPMiddleware):
                 status, why = 401, "sign in: HTTP Basic with a `hoard users` login"
             return JSONResponse({"error": why}, status_code=status, headers={"WWW-Authenticate": 'Basic realm="hoard"'})
         target = path + (f"?{request.url.query}" if request.url.query else "")
-        return RedirectResponse(f"/login?redirect_to={target}")
+        return RedirectResponse(f"/login?redirect_to={quote(target, safe='/')}")
 
 
 def register() -> None:
@@ -138,7 +175,8 @@ def register() -> None:
                 message.text = why
                 message.visible = True
                 return
-            app.storage.user.update(name=user.name, role=user.role,
+            app.storage.user.clear()
+            app.storage.user.update(name=user.name, role=user.role, account=_fingerprint(user),
                                     expires=time.time() + ctx().cfg.gui.session_hours * 3600)
             ui.navigate.to(target)
 

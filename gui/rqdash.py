@@ -1,5 +1,8 @@
 """rq-dashboard (a Flask app) mounted under `/rq` through a WSGI bridge (a2wsgi), behind the
 same login as every page (gui.auth's middleware wraps the whole ASGI app, mounts included).
+Every string in the JSON it serves is HTML-escaped (its templates insert it unescaped), and
+an acting request must come from the GUI's own pages (gui.auth: no cross-site requeue or
+delete).
 
 A viewer may look but not act: rq-dashboard's requeue/cancel/delete/empty are POSTs, which
 gui.auth refuses to a viewer (ACTING_PREFIXES). rq-dashboard lists every job it is asked for and gets slow
@@ -8,6 +11,8 @@ with many failed ones (rq-dashboard #91, #396): our own pages show counts instea
 
 from __future__ import annotations
 
+import html
+import json
 from pathlib import Path
 
 import rq_dashboard
@@ -34,7 +39,29 @@ def flask_app(cfg: Settings) -> Flask:
     # and static files carry the prefix
     fa.register_blueprint(rq_dashboard.blueprint, url_prefix="")
     setup_rq_connection(fa)
+    fa.after_request(_escaped_json)
     return fa
+
+
+def _escaped(value):
+    if isinstance(value, str):
+        return html.escape(value, quote=True)
+    if isinstance(value, list):
+        return [_escaped(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _escaped(v) for k, v in value.items()}
+    return value
+
+
+def _escaped_json(response):
+    """rq-dashboard's pages put the JSON it serves (job descriptions, results, tracebacks —
+    text that can hold a scraped file's name) into the page unescaped (`<%= %>` templates):
+    every string is HTML-escaped on its way out, so it shows as text and never runs."""
+    if response.mimetype == "application/json":
+        data = response.get_json(silent=True)
+        if data is not None:
+            response.set_data(json.dumps(_escaped(data)))
+    return response
 
 
 def mount(cfg: Settings) -> None:

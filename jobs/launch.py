@@ -93,9 +93,12 @@ def launch_maintenance(cfg: Settings, kind: str, params: dict[str, Any], by: str
     if kind not in maintenance.JOBS:
         raise LaunchError(f"no maintenance job {kind!r}; one of {', '.join(maintenance.JOBS)}")
     clean = _validate(kind, params)
-    if kind == "rebuild" and clean["disk"] not in {d.label for d in cfg.disks}:
-        raise LaunchError(f"rebuild: no disk {clean['disk']!r} in hoard.toml; one of "
-                          f"{', '.join(d.label for d in cfg.disks)}")
+    labels = [d.label for d in cfg.disks]
+    for key in ("disk", "onto"):  # every parameter naming a disk names one of hoard.toml's
+        if clean.get(key) not in (None, "") and clean[key] not in labels:
+            raise LaunchError(f"{kind}: {key}: no disk {clean[key]!r} in hoard.toml; one of {', '.join(labels)}")
+    if kind == "rebuild" and clean.get("onto") == clean["disk"]:
+        raise LaunchError(f"rebuild: onto: a disk cannot be rebuilt onto itself ({clean['disk']})")
     job_id = f"{PREFIX}{kind}-{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
     Queue(MAINTENANCE_QUEUE, connection=conn or connect(cfg.redis_url)).enqueue(
         maintenance.JOBS[kind], str(cfg.source) if cfg.source else None, **clean, job_id=job_id,

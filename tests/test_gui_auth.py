@@ -253,3 +253,63 @@ async def test_rq_dashboard_is_behind_the_login(user) -> None:
     await sign_in(user, "otto")
     r = await user.http_client.post("/rq/queue/ingest/failed/empty")
     assert r.status_code == 200, r.text
+
+
+async def test_a_session_ends_with_its_account(user, gui_home: Path) -> None:
+    """A session opened before the user was demoted, given a new password or removed ends at
+    its next request (the session is tied to the account as it was at sign-in)."""
+    cfg = gui_home
+    await sign_in(user, "otto")
+    assert (await user.http_client.get("/metrics")).status_code == 200
+    assert hoard(cfg, "users", "rm", "otto").returncode == 0
+    added = hoard(cfg, "users", "add", "otto", "--role", "viewer", "--password-stdin", stdin="operator-pass-1\n")
+    assert added.returncode == 0, added.stderr
+    r = await user.http_client.post("/rq/queue/ingest/failed/empty", follow_redirects=False)
+    assert r.status_code in (302, 307, 401, 403), r.status_code  # not the operator's 200
+    await user.open("/storage")
+    await user.should_see("Sign in")
+    await sign_in(user, "otto")  # as the viewer now
+    r = await user.http_client.post("/rq/queue/ingest/failed/empty")
+    assert r.status_code == 403 and "may look but not act" in r.json()["error"]
+    assert hoard(cfg, "users", "passwd", "otto", "--password-stdin", stdin="a-new-password\n").returncode == 0
+    await user.open("/storage")
+    await user.should_see("Sign in")
+
+
+async def test_rq_acts_only_from_the_gui_itself(user) -> None:
+    """An operator's browser sent a requeue/delete by another site's page (another port of
+    the same host: SameSite does not tell ports apart) is refused."""
+    await sign_in(user, "otto")
+    for headers in ({"Sec-Fetch-Site": "cross-site"}, {"Origin": "http://127.0.0.1:18998"},
+                    {"Referer": "http://evil.example/page"}):
+        r = await user.http_client.post("/rq/queue/ingest/failed/empty", headers=headers)
+        assert r.status_code == 403 and "another site" in r.json()["error"], headers
+    r = await user.http_client.post("/rq/queue/ingest/failed/empty", headers={"Sec-Fetch-Site": "same-origin"})
+    assert r.status_code == 200, r.text
+
+
+async def test_rq_shows_job_text_as_text(user, redis_conn) -> None:
+    """A job whose description holds markup (a scraped file's name, a form's value) comes out
+    of /rq's JSON HTML-escaped: its templates insert it unescaped."""
+    from rq import Queue
+
+    evil = "<img src=x onerror=alert(1)>"
+    job = Queue("maintenance", connection=redis_conn).enqueue("builtins.print", evil, description=f"verify {evil}")
+    try:
+        await sign_in(user, "vera")
+        r = await user.http_client.get(f"/rq/0/data/job/{job.id}.json")
+        assert r.status_code == 200, r.text
+        assert evil not in r.text and "&lt;img src=x onerror=alert(1)&gt;" in r.json()["description"]
+    finally:
+        job.delete()
+
+
+def test_only_a_plain_local_path_follows_a_login() -> None:
+    """`redirect_to` values a browser could turn into another site are replaced by `/`."""
+    from gui.auth import _safe_target
+
+    for bad in ("//evil.example/", "/\t/evil.example/x", "/\n/evil.example", "\\\\evil.example", "/\\evil.example",
+                "https://evil.example/", "/a b", "/x\x7f"):
+        assert _safe_target(bad) == "/", repr(bad)
+    for good in ("/", "/storage", "/runs?kind=export&status=failed", "/node/" + "a" * 64):
+        assert _safe_target(good) == good

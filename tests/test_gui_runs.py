@@ -14,6 +14,7 @@ import pytest
 from nicegui import run, ui
 from rq import Queue
 
+from jobs import launch
 from tests.gui_fixtures import BATCH, gui_home, sign_in, user  # noqa: F401 - fixtures
 
 pytestmark = pytest.mark.timeout(300)
@@ -99,8 +100,16 @@ async def test_maintenance_forms_validate_before_queueing(user, gui_home: Path) 
     await user.should_see("rebuild: disk: Field required", retries=30)
     user.find(marker="rebuild-disk").type("nosuch")
     user.find(marker="launch-rebuild").click()
-    await user.should_see("rebuild: no disk 'nosuch' in hoard.toml", retries=30)
+    await user.should_see("rebuild: disk: no disk 'nosuch' in hoard.toml", retries=30)
     conn = redis.Redis.from_url(_cfg(gui_home).redis_url)
+    assert Queue("maintenance", connection=conn).count == 0
+    cfg = _cfg(gui_home)
+    first = cfg.disks[0].label
+    for kind, params, why in (("verify", {"disk": "<img src=x onerror=alert(1)>"}, "verify: disk: no disk"),
+                              ("rebuild", {"disk": first, "onto": "nosuch"}, "rebuild: onto: no disk 'nosuch'"),
+                              ("rebuild", {"disk": first, "onto": first}, "cannot be rebuilt onto itself")):
+        with pytest.raises(launch.LaunchError, match=why):  # what the form calls: no free text reaches a job
+            launch.launch_maintenance(cfg, kind, params, conn=conn)
     assert Queue("maintenance", connection=conn).count == 0
     user.find(marker="replicate-budget_s").clear().type("30")
     user.find(marker="launch-replicate").click()
