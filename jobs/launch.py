@@ -10,6 +10,7 @@ RQ's registries; `launch_*` validate a request completely before anything is que
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import inspect
 import typing
 import uuid
@@ -29,12 +30,22 @@ from fsd import zones
 from fsd.base.config import Settings
 from fsd.base.errors import ExitCode, HoardError
 from jobs import ingest, maintenance, outputs
-from jobs.queues import connect, enqueue_once, unserved_queues
+from jobs.queues import connect, enqueue_once, redis_required, unserved_queues
 
 MAINTENANCE_QUEUE = "maintenance"
 PREFIX = "maint-"
 KINDS = ("ingest", "stage", "export", *maintenance.JOBS)
 STATUSES = ("queued", "running", "done", "done with rejects", "failed", "canceled")
+
+
+def _needs_redis(fn):
+    """A Redis that does not answer, anywhere in `fn(cfg, …)`, becomes one HoardError naming
+    it (exit 3), which the pages show as a message instead of a server error."""
+    @functools.wraps(fn)
+    def wrapper(cfg: Settings, *args, **kwargs):
+        with redis_required(cfg.redis_url):
+            return fn(cfg, *args, **kwargs)
+    return wrapper
 
 
 class LaunchError(HoardError):
@@ -88,6 +99,7 @@ def _validate(kind: str, params: dict[str, Any]) -> dict[str, Any]:
 
 # -- launching ---------------------------------------------------------------------------------
 
+@_needs_redis
 def launch_maintenance(cfg: Settings, kind: str, params: dict[str, Any], by: str = "", conn=None) -> str:
     """Validate and queue a maintenance job; returns its id."""
     if kind not in maintenance.JOBS:
@@ -134,6 +146,7 @@ def sources(cfg: Settings) -> list[str]:
     return sorted(set(cfg.sources) | set(FORMATS))
 
 
+@_needs_redis
 def launch_ingest(cfg: Settings, batch_id: str, source: str | None, conn=None) -> ingest.BatchState:
     """UA_1 for a batch of 3A (as `hoard ingest 3A/<batch> [--source S]`)."""
     if not batch_id:
@@ -141,6 +154,7 @@ def launch_ingest(cfg: Settings, batch_id: str, source: str | None, conn=None) -
     return ingest.submit(cfg, cfg.ssd.zone_path("3A") / batch_id, source or None, conn)
 
 
+@_needs_redis
 def launch_output(cfg: Settings, kind: str, output_id: str, layout: str, selector: dict | None = None,
                   nodes: list[str] | None = None, dedup: str = "by_node", mode: str = "copy", conn=None) -> str:
     """A stage (3C) or export (3D), checked and recorded, then queued (as `hoard stage|export`)."""
@@ -153,6 +167,7 @@ def launch_output(cfg: Settings, kind: str, output_id: str, layout: str, selecto
     return output_id
 
 
+@_needs_redis
 def enqueue_output(cfg: Settings, kind: str, output_id: str, conn=None) -> str:
     """Queue the recorded request of an output, unless it already waits or runs (as `hoard
     stage|export` does)."""
@@ -201,6 +216,7 @@ def maintenance_runs(conn) -> list[Run]:
     return out
 
 
+@_needs_redis
 def runs(cfg: Settings, conn=None) -> list[Run]:
     """Every run this installation knows, newest first (ingests and outputs from their state
     files; maintenance jobs from Redis, while RQ keeps them: 30 days done, a year failed)."""
@@ -263,10 +279,11 @@ def _job_of(cfg: Settings, kind: str, run_id: str, conn) -> Job | None:
         return _ingest_job(cfg, st, conn) if st else None
     try:
         return Job.fetch(run_id if kind in maintenance.JOBS else f"{kind}-{run_id}", connection=conn)
-    except NoSuchJobError:
+    except (NoSuchJobError, ValueError):  # ValueError: not even a valid job id (a hand-typed URL)
         return None
 
 
+@_needs_redis
 def detail(cfg: Settings, kind: str, run_id: str, conn=None) -> dict[str, Any]:
     """Everything the run page shows: state, step times, report, the failed job's traceback."""
     conn = conn or connect(cfg.redis_url)
@@ -303,6 +320,7 @@ def detail(cfg: Settings, kind: str, run_id: str, conn=None) -> dict[str, Any]:
     return out
 
 
+@_needs_redis
 def why_waiting(cfg: Settings, kind: str, run_id: str, status: str, conn=None) -> list[str]:
     """Why a queued run has not started: no worker on its queue, a zone past its deny mark."""
     if status not in ("queued", "running"):
@@ -328,6 +346,7 @@ def why_waiting(cfg: Settings, kind: str, run_id: str, status: str, conn=None) -
     return reasons
 
 
+@_needs_redis
 def cancel(cfg: Settings, kind: str, run_id: str, conn=None) -> str:
     """Stop a running run's job or take a queued one off its queue; the run can be resumed."""
     conn = conn or connect(cfg.redis_url)
@@ -352,6 +371,7 @@ def cancel(cfg: Settings, kind: str, run_id: str, conn=None) -> str:
     raise LaunchError(f"{kind} {run_id}: its job is {status}, nothing to cancel")
 
 
+@_needs_redis
 def retry(cfg: Settings, kind: str, run_id: str, by: str = "", conn=None) -> str:
     """Resume a failed or stopped run where it stopped (ingest, outputs) or run the same
     maintenance job again; returns the id of the run that goes on."""
