@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import re
+import threading
 from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
@@ -17,6 +18,11 @@ from gui.state import STORE_LOCK
 SIZE = (256, 256)
 #: images larger than this are not read into memory for a thumbnail
 MAX_BYTES = 64 << 20
+#: nor decoded when their pixels (width × height, from the header) exceed this: a few KB of
+#: PNG can declare 20,000 × 20,000 pixels (an "image bomb") and take gigabytes to decode
+MAX_PIXELS = 40_000_000
+#: one decode at a time: a page asks for dozens of thumbnails at once
+_DECODE = threading.Lock()
 SHA = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -39,11 +45,14 @@ def thumbnail(cfg: Settings, sha256_hex: str) -> Path | None:
             return None
         data = store.get(sha256_hex)
     try:
-        with Image.open(io.BytesIO(data)) as im:
+        with _DECODE, Image.open(io.BytesIO(data)) as im:
+            if im.width * im.height > MAX_PIXELS:
+                return None
+            im.draft("RGB", SIZE)  # JPEG: decode at a reduced scale
             im.thumbnail(SIZE)
             buf = io.BytesIO()
             im.convert("RGB").save(buf, "JPEG", quality=80)
-    except (UnidentifiedImageError, OSError, ValueError):
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError):
         return None
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(out, buf.getvalue())

@@ -119,3 +119,24 @@ async def test_export_from_the_form_and_the_pipelines_page(user, gui_home: Path)
     await user.open("/batches")
     await user.should_see(BATCH, retries=30)
     assert len(user.find(kind=ui.echart).elements) == 1  # files ingested per day and source
+
+
+def test_an_image_bomb_gets_no_thumbnail(gui_home: Path, tmp_path: Path) -> None:
+    """A tiny PNG that declares 20,000 × 20,000 pixels is not decoded: no thumbnail, no error
+    (it would take gigabytes to decode), while a normal image gets one."""
+    from PIL import Image
+
+    from fsd.base import config
+    from fsd.store import Store
+    from gui import thumbs
+
+    cfg = config.load(gui_home)
+    bomb, fine = tmp_path / "bomb.png", tmp_path / "fine.png"
+    Image.new("1", (20000, 20000)).save(bomb)
+    Image.new("RGB", (640, 480), (200, 40, 40)).save(fine)
+    assert bomb.stat().st_size < 200_000
+    with Store.open(cfg) as store:
+        shas = [r.sha256 for r in store.put_many([bomb, fine])]
+    assert thumbs.thumbnail(cfg, shas[0]) is None
+    made = thumbs.thumbnail(cfg, shas[1])
+    assert made is not None and made.read_bytes()[:2] == b"\xff\xd8"
