@@ -17,7 +17,7 @@ from fsd.base.errors import HoardError
 from gui import charts, thumbs
 from gui.auth import require
 from gui.context import ctx
-from gui.frame import frame, gb
+from gui.frame import frame, gb, page_number
 from jobs import ingest
 from sql import browse
 
@@ -58,6 +58,7 @@ def register() -> None:
 
     @ui.page("/batches")
     async def batches_page(source: str = "", page: int = 1) -> None:
+        page = page_number(page)
         with frame("Batches"):
             try:
                 rows, total = await run.io_bound(_db, browse.batches, source or None, PER_PAGE, (page - 1) * PER_PAGE)
@@ -92,6 +93,7 @@ def register() -> None:
     @ui.page("/assets")
     async def assets_page(source: str = "", batch: str = "", since: str = "", until: str = "", q: str = "",
                           kind: str = "", page: int = 1) -> None:
+        page = page_number(page)
         current = {"source": source, "batch": batch, "since": since, "until": until, "q": q, "kind": kind}
 
         def go(**change: str) -> None:
@@ -108,6 +110,10 @@ def register() -> None:
                           value=kind, label="kind", on_change=lambda e: go(kind=e.value)).classes("w-32")
                 ui.button("Search", on_click=lambda: go(**{k: f.value.strip() for k, f in fields.items()})).mark(
                     "assets-search")
+            bad = [label for value, label in ((since, "from"), (until, "until")) if value and _date(value) is None]
+            if bad:  # never an unfiltered listing for a filter that did not parse
+                ui.label(f"{' and '.join(bad)}: not a date; write it as YYYY-MM-DD").classes("text-negative")
+                return
             try:
                 rows = await run.io_bound(_db, browse.search, source or None, batch or None, _date(since),
                                           _date(until), q or None, kind or None, PER_PAGE + 1, (page - 1) * PER_PAGE)

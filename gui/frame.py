@@ -74,3 +74,13 @@ def age(seconds: float | None) -> str:
         if seconds >= size:
             return f"{seconds / size:.1f} {unit} ago"
     return f"{seconds:.0f} s ago"
+
+
+#: the last page number a listing takes from a URL (a larger one is that page: past the end)
+MAX_PAGE = 1_000_000
+
+
+def page_number(page: int) -> int:
+    """A `page` query parameter as a listing uses it: at least 1, at most MAX_PAGE (a
+    hand-typed -5 or 10**20 is no database error)."""
+    return min(max(1, page), MAX_PAGE)

@@ -13,7 +13,7 @@ from nicegui import run, ui
 from fsd.base.errors import HoardError
 from gui.auth import require
 from gui.context import ctx
-from gui.frame import frame
+from gui.frame import frame, page_number
 from jobs import launch
 
 PER_PAGE = 25
@@ -45,6 +45,7 @@ def register() -> None:
     @ui.page("/runs")
     async def runs_page(kind: str = "", status: str = "", source: str = "", since: str = "", until: str = "",
                         view: str = "", page: int = 1) -> None:
+        page = page_number(page)
         snap = ctx().cache.snapshot or await run.io_bound(ctx().cache.refresh)
         all_runs = launch.failed_not_since_succeeded(snap.runs) if view == "failed" else snap.runs
         rows, total = launch.select(all_runs, kind, status, source, since, until, page, PER_PAGE)

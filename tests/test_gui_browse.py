@@ -140,3 +140,18 @@ def test_an_image_bomb_gets_no_thumbnail(gui_home: Path, tmp_path: Path) -> None
     assert thumbs.thumbnail(cfg, shas[0]) is None
     made = thumbs.thumbnail(cfg, shas[1])
     assert made is not None and made.read_bytes()[:2] == b"\xff\xd8"
+
+
+async def test_hand_typed_pages_and_dates(user, gui_home: Path) -> None:
+    """Negative or huge page numbers are clamped (no database error); a date that does not
+    parse is named instead of giving an unfiltered listing."""
+    _ingest(gui_home)
+    await sign_in(user, "vera")
+    for path in ("/batches?page=-5", "/assets?page=-3", "/assets?page=99999999999999999999", "/runs?page=-1"):
+        await user.open(path)
+        await user.should_not_see("does not answer")
+    await user.open("/runs?page=-1")
+    await user.should_not_see("page -1")
+    await user.open("/assets?since=9999-99-99")
+    await user.should_see("from: not a date; write it as YYYY-MM-DD")
+    await user.should_not_see("assets on page")
