@@ -35,8 +35,6 @@ log = logging.getLogger(__name__)
 #: one Store open at a time in this process: LMDB allows an environment to be opened once per
 #: process, and the health document, thumbnails and the jobs API each open the store
 STORE_LOCK = threading.Lock()
-#: a database backup older than this is stale (the nightly timer missed a night)
-BACKUP_STALE_S = 26 * 3600
 JOB_STATES = ("queued", "started", "deferred", "scheduled", "finished", "failed")
 
 
@@ -82,7 +80,8 @@ def job_counts(url: str) -> dict[str, dict[str, int]]:
 
 
 def banners(health: dict[str, Any]) -> list[Banner]:
-    """Failed or missing disks, zones past warn, failed batches, stale or missing backups."""
+    """Failed or missing disks, zones past warn, failed batches, the database or Redis down, and
+    every backup, store-at-risk and stage/export problem `hoard health` names."""
     out = []
     for d in health["disks"]:
         state = d.get("state", "active")
@@ -96,16 +95,18 @@ def banners(health: dict[str, Any]) -> list[Banner]:
     for f in health["ingest"]["failed"]:
         out.append(Banner(f"batch {f['batch_id']} failed at {f['step']}", "error", f"/runs/ingest/{f['batch_id']}"))
     db = health["database"]
-    if db.get("ok"):
-        last = db.get("last_backup")
-        if last is None:
-            out.append(Banner("the database was never backed up", "warning", "/storage"))
-        elif last["age_s"] > BACKUP_STALE_S:
-            out.append(Banner(f"the last database backup is {last['age_s'] / 3600:.0f} h old", "warning", "/storage"))
-        elif last.get("verified") is False:
-            out.append(Banner("the last database backup failed its restore check", "error", "/storage"))
-    else:
+    if not db.get("ok"):
         out.append(Banner(f"the database does not answer: {db.get('error')}", "error", "/storage"))
+    # the rest as `hoard health` words it (its rules are the one place that says what is stale
+    # or at risk): backups, data at risk in the store, failed or interrupted stages/exports
+    for p in health.get("problems", []):
+        if p.startswith("database:") and db.get("ok"):
+            out.append(Banner(p.removeprefix("database: "), "error" if "failed" in p else "warning", "/storage"))
+        elif p.startswith("store:"):
+            out.append(Banner(p, "error", "/storage"))
+        elif p.startswith(("stage ", "export ")):
+            kind, run_id = p.split(" ", 2)[:2]
+            out.append(Banner(p, "error", f"/runs/{kind}/{run_id.rstrip(':')}"))
     if not health["redis"].get("ok"):
         out.append(Banner(f"Redis does not answer: {health['redis'].get('error')}", "error", "/storage"))
     return out
