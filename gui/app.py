@@ -100,4 +100,8 @@ def serve(cfg: Settings, host: str | None = None, port: int | None = None) -> No
     Storage.path.mkdir(parents=True, exist_ok=True)
     build(cfg)
     ui.run(host=host or cfg.gui.host, port=port or cfg.gui.port, title="hoardfs", reload=False, show=False,
-           storage_secret=storage_secret(cfg), show_welcome_message=False, favicon="🗄️")
+           storage_secret=storage_secret(cfg), show_welcome_message=False, favicon="🗄️",
+           # the client address is the socket's: X-Forwarded-For from a local process must not
+           # choose it (the failed-login limiter counts per client); a reverse proxy in front
+           # would set forwarded_allow_ips for itself
+           proxy_headers=False)
