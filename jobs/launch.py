@@ -334,6 +334,9 @@ def why_waiting(cfg: Settings, kind: str, run_id: str, status: str, conn=None) -
         reasons += [s["reason"] for s in ingest.stalled_batches(cfg, [st] if st else []) if s["batch_id"] == run_id]
     elif kind in outputs.ZONE_OF:
         queue, zone = outputs.QUEUE, outputs.ZONE_OF[kind]
+        if status == "queued" and _job_of(cfg, kind, run_id, conn) is None:  # recorded, never queued (Redis was down)
+            reasons.append(f"recorded but not on the {queue} queue (Redis did not answer when it was launched): "
+                           f"launch the same request again, or `hoard {kind} {run_id} … --here`")
     else:
         queue, zone = MAINTENANCE_QUEUE, ""
     if queue in unserved_queues(conn) and not any("no worker serves" in r for r in reasons):

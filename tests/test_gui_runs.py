@@ -198,3 +198,19 @@ async def test_runs_list_pages_on_the_server(user) -> None:
     await user.should_see("60 runs, page 3 of 3")
     await user.should_see("← newer")
     assert len(user.find(kind=ui.link, content="maint-replicate").elements) == 10
+
+
+def test_an_output_recorded_while_redis_was_down_says_so(gui_home: Path, redis_conn) -> None:
+    """Launched while Redis did not answer, an export is recorded but not queued: the launch
+    says Redis in one line, and its run page says why it waits, not "no worker"."""
+    from fsd.base import config
+    from fsd.base.errors import HoardError
+    from jobs import outputs
+
+    cfg = config.load(gui_home)
+    down = cfg.model_copy(update={"redis_url": "unix:///nonexistent/redis.sock?db=0"})
+    with pytest.raises(HoardError, match=r"Redis at unix:///nonexistent/redis.sock\?db=0 does not answer"):
+        launch.launch_output(down, "export", "rd1", "by_sha256", {"sources": ["gallery"]})
+    assert outputs.load_state(cfg, "rd1").status == "queued"
+    why = launch.why_waiting(cfg, "export", "rd1", "queued", redis_conn)
+    assert any("recorded but not on the io queue" in r for r in why), why
