@@ -6,6 +6,7 @@ each rejected file with its reason), the traceback, why it waits; retry/resume a
 from __future__ import annotations
 
 import json
+import time
 from urllib.parse import urlencode
 
 from nicegui import run, ui
@@ -133,6 +134,15 @@ def register() -> None:
                         ui.code(json.dumps(rest, indent=1, default=str), language="json").classes("w-full")
                 if d.get("params"):
                     ui.label("parameters: " + ", ".join(f"{k}={v}" for k, v in d["params"].items()))
+                if d.get("log"):
+                    ui.label("Log" + (" (warnings and errors first)" if status == "failed" else "")).classes(
+                        "text-h6 q-mt-md")
+                    with ui.column().classes("gap-0").mark("run-log"):
+                        for rec in d["log"]:
+                            when = time.strftime("%H:%M:%S", time.localtime(rec.get("time", 0)))
+                            ui.label(f"{when} {rec.get('level', '?'):7} {rec.get('message', '')}").classes(
+                                "text-caption text-mono" + (" text-negative" if rec.get("level") in
+                                                            ("WARNING", "ERROR", "CRITICAL") else ""))
                 if d.get("traceback"):
                     ui.label("Traceback (of its last job)").classes("text-h6")
                     ui.code(d["traceback"]).classes("w-full")

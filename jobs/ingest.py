@@ -57,6 +57,7 @@ from fsd.base.files import atomic_write, flocked, fsync_dir
 from fsd.base.paths import NAME_PATTERN
 from fsd import zones
 from fsd.store import Store
+from jobs import runlog
 from jobs.queues import QUEUES, connect, enqueue_once, running, unserved_queues
 from sql.apply import apply_write_intent
 from sql.migrate import migrate
@@ -377,6 +378,11 @@ def _batch_lock(cfg: Settings, batch_id: str):
 
 
 def _run_step_locked(cfg: Settings, batch_id: str, step: str, *, then_enqueue: bool = True) -> dict[str, Any]:
+    with runlog.captured(cfg, "ingest", batch_id):  # the run page's log (jobs.runlog)
+        return _run_step_logged(cfg, batch_id, step, then_enqueue=then_enqueue)
+
+
+def _run_step_logged(cfg: Settings, batch_id: str, step: str, *, then_enqueue: bool = True) -> dict[str, Any]:
     st = load_state(cfg, batch_id)
     if st is None:
         raise IngestError(f"no ingest state for batch {batch_id}; submit it with `hoard ingest`")

@@ -29,7 +29,7 @@ from rq.registry import CanceledJobRegistry, FailedJobRegistry, FinishedJobRegis
 from fsd import zones
 from fsd.base.config import Settings
 from fsd.base.errors import ExitCode, HoardError
-from jobs import ingest, maintenance, outputs
+from jobs import ingest, maintenance, outputs, runlog
 from jobs.queues import connect, enqueue_once, redis_required, unserved_queues
 
 MAINTENANCE_QUEUE = "maintenance"
@@ -113,7 +113,7 @@ def launch_maintenance(cfg: Settings, kind: str, params: dict[str, Any], by: str
         raise LaunchError(f"rebuild: onto: a disk cannot be rebuilt onto itself ({clean['disk']})")
     job_id = f"{PREFIX}{kind}-{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
     Queue(MAINTENANCE_QUEUE, connection=conn or connect(cfg.redis_url)).enqueue(
-        maintenance.JOBS[kind], str(cfg.source) if cfg.source else None, **clean, job_id=job_id,
+        maintenance.run, kind, str(cfg.source) if cfg.source else None, **clean, job_id=job_id,
         job_timeout=maintenance.JOB_TIMEOUT_S, result_ttl=30 * 86400, failure_ttl=365 * 86400,
         description=f"{kind} {' '.join(f'{k}={v}' for k, v in clean.items())}".strip(),
         meta={"kind": kind, "params": clean, "by": by})
@@ -312,6 +312,7 @@ def detail(cfg: Settings, kind: str, run_id: str, conn=None) -> dict[str, Any]:
     res = job.latest_result() if job is not None else None
     out["traceback"] = res.exc_string if res is not None and res.exc_string else ""
     out["job_id"] = job.id if job is not None else ""
+    out["log"] = runlog.read(cfg, kind, run_id, failed=out.get("status") == "failed")
     out["job_status"] = str(job.get_status(refresh=True).value) if job is not None and job.get_status() else ""
     out["job_log"] = [] if job is None else [
         f"{what} {_iso(t).replace('T', ' ')}" for what, t in (("queued", job.enqueued_at), ("started", job.started_at),

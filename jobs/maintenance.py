@@ -22,7 +22,7 @@ from fsd.gc import gc as _gc
 from fsd.rebuild import rebuild as _rebuild
 from fsd.scrub import verify as _verify
 from fsd.store import Store
-from jobs import store_jobs
+from jobs import runlog, store_jobs
 from sql.backup import dump_backup, verify_dump
 from sql.deletion import referenced
 
@@ -103,3 +103,13 @@ def verify_backup(config_path: str | None) -> dict[str, Any]:
 #: kind → job, in the order the launch page lists them
 JOBS = {"replicate": replicate, "verify": verify, "rebuild": rebuild, "gc": gc, "backup": backup,
         "verify-backup": verify_backup}
+
+
+def run(kind: str, config_path: str | None, **params: Any) -> dict[str, Any]:
+    """RQ job: the maintenance job `kind` with its parameters, its log kept for the run page
+    (jobs.runlog, under the RQ job's id)."""
+    from rq import get_current_job  # deferred: only a worker runs this
+
+    job = get_current_job()
+    with runlog.captured(config.load(config_path), kind, job.id if job is not None else kind):
+        return JOBS[kind](config_path, **params)

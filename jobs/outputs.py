@@ -39,6 +39,7 @@ from fsd.base.errors import ExitCode, HoardError
 from fsd.base.files import atomic_write, flocked, fsync_dir
 from fsd.manifest import ViewError
 from fsd.materialize import Item, MaterializeReport, materialize
+from jobs import runlog
 
 OUTPUT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 ZONE_OF = {"stage": "3C", "export": "3D"}
@@ -266,7 +267,8 @@ def run(cfg: Settings, output_id: str, progress: Callable[[int, int], None] | No
         st.status, st.error = "running", ""
         save_state(cfg, st)
         try:
-            report = _run(cfg, spec, progress)
+            with runlog.captured(cfg, spec.kind, output_id):
+                report = _run(cfg, spec, progress)
         except BaseException as e:
             st.status = "failed"
             st.error = e.message if isinstance(e, HoardError) else f"{type(e).__name__}: {e}"

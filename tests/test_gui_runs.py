@@ -214,3 +214,29 @@ def test_an_output_recorded_while_redis_was_down_says_so(gui_home: Path, redis_c
     assert outputs.load_state(cfg, "rd1").status == "queued"
     why = launch.why_waiting(cfg, "export", "rd1", "queued", redis_conn)
     assert any("recorded but not on the io queue" in r for r in why), why
+
+
+@pytest.mark.expect_log(r"disk \w+: verify error on shard \w+: payload checksum mismatch", level="WARNING")
+@pytest.mark.expect_log(r"exception raised while executing \(jobs\.maintenance\.run\)", level="ERROR")
+def test_a_run_keeps_its_own_log(gui_home: Path, redis_conn) -> None:
+    """What a run logs while a worker runs it (a verify meeting a flipped bit) is kept as that
+    run's log, which its page shows — warnings and errors first when it failed."""
+    from fsd.base import config
+    from fsd.store import Store
+    from jobs import runlog
+    from tests.conftest import make_files
+
+    cfg = config.load(gui_home)
+    with Store.open(cfg) as store:
+        store.put_many(make_files(gui_home.parent / "in", 30))
+    victim = sorted(Path(cfg.disks[0].path).glob("shards/*/*.shard")) or sorted(
+        p for d in cfg.disks for p in Path(d.path).glob("shards/*/*.shard"))
+    raw = bytearray(victim[0].read_bytes())
+    raw[len(raw) // 3] ^= 0x10
+    victim[0].write_bytes(raw)
+    job_id = launch.launch_maintenance(cfg, "verify", {}, "otto", redis_conn)
+    _work(gui_home)
+    d = launch.detail(cfg, "verify", job_id, redis_conn)
+    assert d["status"] == "failed", d["status"]
+    assert d["log"] and d["log"][0]["level"] == "WARNING" and "payload checksum mismatch" in d["log"][0]["message"]
+    assert runlog.path(cfg, "verify", job_id).exists()

@@ -21,8 +21,8 @@ ENV = "HOARD_LOG_JSON"
 class JsonLinesHandler(logging.Handler):
     """WARNING and above, appended to `path` as JSON lines (opened per record: cheap at this level)."""
 
-    def __init__(self, path: str) -> None:
-        super().__init__(level=logging.WARNING)
+    def __init__(self, path: str, level: int = logging.WARNING) -> None:
+        super().__init__(level=level)
         self.path = path
 
     def emit(self, record: logging.LogRecord) -> None:
