@@ -41,6 +41,11 @@ def captured(cfg: Settings, kind: str, run_id: str) -> Iterator[None]:
     handler = JsonLinesHandler(str(p), LEVEL)
     root = logging.getLogger()
     old_level = root.level
+    # the process's own handlers (stderr) keep printing what they printed: INFO goes to the
+    # run's log only
+    quiet = [h for h in root.handlers if h.level == logging.NOTSET]
+    for h in quiet:
+        h.setLevel(root.getEffectiveLevel())
     root.addHandler(handler)
     if root.getEffectiveLevel() > LEVEL:
         root.setLevel(LEVEL)
@@ -49,6 +54,8 @@ def captured(cfg: Settings, kind: str, run_id: str) -> Iterator[None]:
     finally:
         root.removeHandler(handler)
         root.setLevel(old_level)
+        for h in quiet:
+            h.setLevel(logging.NOTSET)
 
 
 def read(cfg: Settings, kind: str, run_id: str, failed: bool = False) -> list[dict[str, Any]]:
