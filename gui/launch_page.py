@@ -20,6 +20,17 @@ from jobs import launch
 from jobs.maintenance import JOBS
 
 
+
+async def _launched(message, fn, *args):
+    """`fn(*args)` in a worker thread; its HoardError (a refused form, Redis down) shown in
+    `message` in red, and None returned."""
+    try:
+        return await run.io_bound(fn, *args)
+    except HoardError as e:
+        message.text = e.message
+        message.classes("text-negative")
+        return None
+
 def _field(name: str, annotation: Any, default: Any, mark: str) -> tuple[ui.element, Any]:
     """An input for one parameter and a function reading its value back (None for empty)."""
     el, read = _input(name, annotation, default)
@@ -61,11 +72,8 @@ def _maintenance_form(kind: str, user: SignedIn) -> None:
             who = require("launch")
             params = {k: r() for k, r in readers.items()}
             params = {k: v for k, v in params.items() if v is not None or not model.model_fields[k].is_required()}
-            try:
-                job_id = await run.io_bound(launch.launch_maintenance, ctx().cfg, kind, params, who.name)
-            except HoardError as e:
-                message.text = e.message
-                message.classes("text-negative")
+            job_id = await _launched(message, launch.launch_maintenance, ctx().cfg, kind, params, who.name)
+            if job_id is None:
                 return
             ui.navigate.to(f"/runs/{kind}/{job_id}")
 
@@ -90,11 +98,8 @@ def _ingest_form(user: SignedIn) -> None:
 
         async def go() -> None:
             require("launch")
-            try:
-                st = await run.io_bound(launch.launch_ingest, cfg, batch.value or "", source.value or None)
-            except HoardError as e:
-                message.text = e.message
-                message.classes("text-negative")
+            st = await _launched(message, launch.launch_ingest, cfg, batch.value or "", source.value or None)
+            if st is None:
                 return
             await run.io_bound(ctx().cache.refresh)
             ui.navigate.to(f"/runs/ingest/{st.batch_id}")
@@ -126,13 +131,9 @@ def _output_form(user: SignedIn) -> None:
                 message.text = f"the selector is not JSON: {e}"
                 message.classes("text-negative")
                 return
-            try:
-                oid = await run.io_bound(launch.launch_output, ctx().cfg, kind.value, output_id.value.strip(),
-                                         layout.value, sel if isinstance(sel, dict) else None, None, dedup.value,
-                                         mode.value)
-            except HoardError as e:
-                message.text = e.message
-                message.classes("text-negative")
+            oid = await _launched(message, launch.launch_output, ctx().cfg, kind.value, output_id.value.strip(),
+                                  layout.value, sel if isinstance(sel, dict) else None, None, dedup.value, mode.value)
+            if oid is None:
                 return
             await run.io_bound(ctx().cache.refresh)
             ui.navigate.to(f"/runs/{kind.value}/{oid}")
