@@ -376,16 +376,20 @@ def clean(cfg: Settings, output_id: str, zone: str | None = None) -> dict[str, A
     except DamagedState:
         st, damaged = None, True
     spec = OutputSpec(**st.spec) if st is not None else None
-    if st is not None and is_running(cfg, output_id):
+    if spec is not None and zone not in (None, spec.zone):
+        st = spec = None  # the request is of another zone's output (a 3B package may share its id)
+    if spec is not None and is_running(cfg, output_id):
         raise zones.ZoneBusy(f"{spec.kind} {output_id} is running (`hoard {spec.kind} --status {output_id}`); let it "
                              "finish or stop it first")
     try:
-        res = zones.clean(cfg, output_id, zone if zone or spec is None else spec.zone)
+        res = zones.clean(cfg, output_id, zone)
     except zones.NoSuchOutput:
         if st is None and not damaged:
             raise
         res = {"zone": spec.zone if spec is not None else "-", "id": output_id, "state": "request only", "freed_bytes": 0,
                "view": None, "stale_reservation": None}
+    if spec is not None and res["zone"] != spec.zone:
+        st = spec = None  # what was removed is not this request's output
     view = res["view"] or (view_name(spec) if spec is not None and spec.mode == "view" else None)
     res["view_removed"] = False
     if view:  # gc then frees what only it named
