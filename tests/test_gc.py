@@ -224,7 +224,8 @@ def test_disk_vanishing_between_size_and_delete_keeps_its_retired_replica(store_
     _check_all(store, res[1::2])
 
 
-@pytest.mark.expect_log(r"gc: shard \w+ on d1 kept for later: .*", level="WARNING")
+# the dying disk is whichever holds a retired replica (placement decides), not always d1
+@pytest.mark.expect_log(r"gc: shard \w+ on d\d kept for later: .*", level="WARNING")
 def test_forgetting_a_dead_disk_releases_its_retired_replicas(store_factory, tmp_path: Path) -> None:
     """Found by review: a disk that died while gc still had old replicas on it to delete is
     rebuilt and forgotten; its retired replicas must go with it (before, they stayed in the
