@@ -384,6 +384,9 @@ def retry(cfg: Settings, kind: str, run_id: str, by: str = "", conn=None) -> str
         launch_ingest(cfg, run_id, None, conn)
         return run_id
     if kind in outputs.ZONE_OF:
+        st = outputs.load_state(cfg, run_id)
+        if st is None or st.spec.get("kind") != kind:
+            raise LaunchError(f"no {kind} {run_id!r} to retry; launch it first")
         enqueue_output(cfg, kind, run_id, conn)
         return run_id
     job = _job_of(cfg, kind, run_id, conn)

@@ -240,3 +240,14 @@ def test_a_run_keeps_its_own_log(gui_home: Path, redis_conn) -> None:
     assert d["status"] == "failed", d["status"]
     assert d["log"] and d["log"][0]["level"] == "WARNING" and "payload checksum mismatch" in d["log"][0]["message"]
     assert runlog.path(cfg, "verify", job_id).exists()
+
+
+def test_retry_needs_a_run_to_retry(gui_home: Path, redis_conn) -> None:
+    """Retrying an export nobody launched (or one of the other kind) queues nothing."""
+    from fsd.base import config
+
+    cfg = config.load(gui_home)
+    for kind in ("export", "stage"):
+        with pytest.raises(launch.LaunchError, match=f"no {kind} 'nope' to retry"):
+            launch.retry(cfg, kind, "nope", "otto", redis_conn)
+    assert Queue("io", connection=redis_conn).count == 0
