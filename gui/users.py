@@ -140,8 +140,13 @@ def remove(cfg: Settings, name: str) -> None:
 
 
 class LoginLimiter:
-    """At most `attempts` failed logins per name and per client address within `window_s`
-    (in memory: a restart forgets, which only helps the owner locked out by a typo)."""
+    """At most `attempts` failed logins per name, and CLIENT_FACTOR times that per client
+    address, within `window_s` (in memory: a restart forgets, which only helps the owner
+    locked out by a typo). Guessing one password is slowed by the first; trying many names
+    from one place by the second — and a few typos of one person on a shared address (every
+    local user is 127.0.0.1) do not lock everyone else out."""
+
+    CLIENT_FACTOR = 4
 
     def __init__(self, attempts: int, window_s: float) -> None:
         self.attempts, self.window_s = attempts, window_s
@@ -158,8 +163,12 @@ class LoginLimiter:
         """Seconds until another attempt is allowed for this name or client (0: now)."""
         now = time.monotonic()
         with self._lock:
-            waits = [q[0] + self.window_s - now for key in (f"n:{name}", f"c:{client}")
-                     if len(q := self._recent(key, now)) >= self.attempts]
+            waits = [q[0] + self.window_s - now
+                     for key, limit in ((f"n:{name}", self.attempts), (f"c:{client}", self.attempts * self.CLIENT_FACTOR))
+                     if len(q := self._recent(key, now)) >= limit]
+            for key in (f"n:{name}", f"c:{client}"):  # no key kept for ever (one per name ever tried)
+                if not self._failures.get(key):
+                    self._failures.pop(key, None)
         return max(waits, default=0.0)
 
     def failed(self, name: str, client: str) -> None:

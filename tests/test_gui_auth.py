@@ -313,3 +313,25 @@ def test_only_a_plain_local_path_follows_a_login() -> None:
         assert _safe_target(bad) == "/", repr(bad)
     for good in ("/", "/storage", "/runs?kind=export&status=failed", "/node/" + "a" * 64):
         assert _safe_target(good) == good
+
+
+def test_one_persons_typos_do_not_lock_out_the_others() -> None:
+    """Failures count per name (a guessed password waits) and, four times as many, per client
+    address (many names tried from one place wait): another user on the same address (all
+    local users are 127.0.0.1) still signs in; no key is kept once its window has passed."""
+    from gui.users import LoginLimiter
+
+    lim = LoginLimiter(attempts=3, window_s=0.3)
+    for _ in range(3):
+        lim.failed("ada", "127.0.0.1")
+    assert lim.wait_s("ada", "127.0.0.1") > 0
+    assert lim.wait_s("vera", "127.0.0.1") == 0
+    for n in range(9):
+        lim.failed(f"name{n}", "127.0.0.1")
+    assert lim.wait_s("vera", "127.0.0.1") > 0  # 12 failures from one address: everyone there waits
+    assert lim.wait_s("vera", "10.0.0.9") == 0
+    import time
+
+    time.sleep(0.35)
+    assert lim.wait_s("vera", "127.0.0.1") == 0 and lim.wait_s("ada", "127.0.0.1") == 0
+    assert set(lim._failures) == {f"n:name{n}" for n in range(9)}  # checked keys gone; the rest when checked
