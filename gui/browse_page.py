@@ -61,8 +61,11 @@ def register() -> None:
         page = page_number(page)
         with frame("Batches"):
             try:
-                rows, total = await run.io_bound(_db, browse.batches, source or None, PER_PAGE, (page - 1) * PER_PAGE)
+                got = await run.io_bound(_db, browse.batches, source or None, PER_PAGE, (page - 1) * PER_PAGE)
                 names = await run.io_bound(_db, browse.sources)
+                if got is None or names is None:  # run.io_bound's answer while the app stops
+                    return
+                rows, total = got
             except psycopg.Error as e:
                 ui.label(f"the database does not answer: {str(e).strip().splitlines()[0]}").classes("text-negative")
                 return
@@ -117,6 +120,8 @@ def register() -> None:
             try:
                 rows = await run.io_bound(_db, browse.search, source or None, batch or None, _date(since),
                                           _date(until), q or None, kind or None, PER_PAGE + 1, (page - 1) * PER_PAGE)
+                if rows is None:  # run.io_bound's answer while the app stops
+                    return
             except psycopg.Error as e:
                 ui.label(f"the database does not answer: {str(e).strip().splitlines()[0]}").classes("text-negative")
                 return
@@ -162,7 +167,7 @@ def register() -> None:
                     else:
                         ui.label(f"{n['file_type'] or 'unknown type'} ({n['kind'] or '-'}), {gb(n['size'])} "
                                  f"({n['size']:,} bytes)" + (", deleted (type A)" if n["is_deleted"] else ""))
-                        flag = ui.label("flagged low quality (in_black_list): selectors leave it out"
+                        ui.label("flagged low quality (in_black_list): selectors leave it out"
                                         if n["in_black_list"] else "not flagged").mark("node-flag-state")
                         if user.may("flag"):
                             async def toggle(to: bool) -> None:

@@ -147,10 +147,11 @@ async def test_hand_typed_pages_and_dates(user, gui_home: Path) -> None:
     parse is named instead of giving an unfiltered listing."""
     _ingest(gui_home)
     await sign_in(user, "vera")
-    for path in ("/batches?page=-5", "/assets?page=-3", "/assets?page=99999999999999999999", "/runs?page=-1"):
+    for path, loaded in (("/batches?page=-5", "batches"), ("/assets?page=-3", "assets on page 1"),
+                         ("/assets?page=99999999999999999999", "nothing matches"), ("/runs?page=-1", "runs")):
         await user.open(path)
-        await user.should_not_see("does not answer")
-    await user.open("/runs?page=-1")
+        await user.should_see(loaded)  # the page has finished loading (its queries ran) …
+        await user.should_not_see("does not answer")  # … without a database error
     await user.should_not_see("page -1")
     await user.open("/assets?since=9999-99-99")
     await user.should_see("from: not a date; write it as YYYY-MM-DD")
