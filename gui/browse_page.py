@@ -168,7 +168,7 @@ def register() -> None:
                         ui.label(f"{n['file_type'] or 'unknown type'} ({n['kind'] or '-'}), {gb(n['size'])} "
                                  f"({n['size']:,} bytes)" + (", deleted (type A)" if n["is_deleted"] else ""))
                         ui.label("flagged low quality (in_black_list): selectors leave it out"
-                                        if n["in_black_list"] else "not flagged").mark("node-flag-state")
+                                 if n["in_black_list"] else "not flagged").mark("node-flag-state")
                         if user.may("flag"):
                             async def toggle(to: bool) -> None:
                                 require("flag")
