@@ -194,13 +194,6 @@ class Stopped(Exception):
     a large_sink sees it like a read error and must let it through."""
 
 
-def _until(stop: threading.Event, pieces: Iterator[bytes]) -> Iterator[bytes]:
-    for piece in pieces:
-        if stop.is_set():
-            raise Stopped("the batch read was stopped")
-        yield piece
-
-
 #: how many reads a disk's helper thread keeps ready ahead of its consumer (each up to
 #: MAX_RANGE, or one ITER_READ piece of a large record)
 READ_AHEAD = 1
