@@ -94,11 +94,22 @@ def browser():
         driver.quit()
 
 
+def _page_text(driver) -> str:
+    """The page's visible text, read fresh each time: a page that navigates (a click that
+    opens a run page) replaces its body, and a kept element reference would go stale."""
+    from selenium.common.exceptions import JavascriptException, StaleElementReferenceException
+
+    try:
+        return driver.execute_script("return document.body ? document.body.innerText : ''") or ""
+    except (JavascriptException, StaleElementReferenceException):  # the page is between documents
+        return ""
+
+
 def _wait_text(driver, text: str, timeout: float = 30) -> None:
     deadline = time.monotonic() + timeout
-    while text.lower() not in driver.find_element("tag name", "body").text.lower():  # buttons show in capitals
+    while text.lower() not in _page_text(driver).lower():  # buttons show in capitals
         if time.monotonic() > deadline:
-            raise AssertionError(f"{text!r} not on {driver.current_url}:\n{driver.find_element('tag name', 'body').text[:3000]}")
+            raise AssertionError(f"{text!r} not on {driver.current_url}:\n{_page_text(driver)[:3000]}")
         time.sleep(0.3)
 
 
@@ -196,6 +207,6 @@ def test_end_to_end_in_chromium(served, browser) -> None:
     _shot(d, "rq")
 
     d.get(f"{url}/metrics")
-    text = d.find_element("tag name", "body").text
+    text = _page_text(d)
     assert "hoard_objects" in text and 'hoard_disk_state{disk="hdd1",state="active"} 1.0' in text
     assert "hoard_objects 0.0" not in text  # the ingest stored objects
