@@ -323,7 +323,7 @@ def execute(store: Store, plan: Plan, sink: Sink,
         for w in plan.large_by_disk.get(uuid, []):  # read errors fail over piece by piece (iter_object)
             if stop.is_set():
                 return
-            large_sink(w.sha, _ahead(store.iter_object(w.sha, first=uuid), stop, f"read-ahead {disk.label}"))
+            large_sink(w.sha, _ahead(store.iter_object(w.sha, first=uuid, exact=True), stop, f"read-ahead {disk.label}"))
             n_obj += 1
             n_bytes += w.length
         took = time.monotonic() - t0
@@ -357,4 +357,4 @@ def execute(store: Store, plan: Plan, sink: Sink,
 
 
 def _read_range(disk, rng: ReadRange) -> bytes:
-    return disk.read_at(rng.shard_hex, rng.start, rng.end - rng.start)
+    return disk.read_exact(rng.shard_hex, rng.start, rng.end - rng.start)

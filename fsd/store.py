@@ -558,28 +558,29 @@ class Store:
             disk, meta.hex, loc.offset, loc.length, sha), avoid)
 
     # -- large objects: verified pieces, bounded memory ----------------------------------------
-    def iter_object(self, sha: bytes, avoid: set[str] = frozenset(), first: str = ""):
+    def iter_object(self, sha: bytes, avoid: set[str] = frozenset(), first: str = "", exact: bool = False):
         """The object's bytes in verified pieces (each MAP_PIECE checked against the object's
         chunk map before it is yielded; a piece that fails on one replica is read from the
         next), whatever its size, in bounded memory. An object without a chunk map (stored
         from memory, or its map lost with the index) is first read once in full — its
         xxh3-128 and sha256 checked, streaming — to learn the map. Pieces come from the disk
-        `first` while it holds a good replica (the batch planner's choice)."""
+        `first` while it holds a good replica (the batch planner's choice); `exact` reads
+        them with the disk's read-ahead off (the planner, which reads ahead itself)."""
         loc = self.index.lookup(sha)
         if loc is None:
             raise ObjectNotFound(f"object {sha.hex()} is not in the store (check the digest)")
         digests = self.chunk_map(sha, loc.length)
         for start in range(0, loc.length, ITER_READ):
             n = min(ITER_READ, loc.length - start)
-            first = start // MAP_PIECE
+            piece0 = start // MAP_PIECE  # (not `first`: that is the disk the caller wants read)
 
-            def read(disk, meta, loc, start=start, n=n, first=first) -> bytes:
-                buf = disk.read_at(meta.hex, loc.offset + start, n)
+            def read(disk, meta, loc, start=start, n=n, piece0=piece0) -> bytes:
+                buf = (disk.read_exact if exact else disk.read_at)(meta.hex, loc.offset + start, n)
                 if len(buf) != n:
                     raise fmt.TruncatedShard(f"shard {meta.hex} on {disk.label} ends inside object {sha.hex()[:12]}…")
                 view = memoryview(buf)
                 for i in range(0, n, MAP_PIECE):
-                    k = first + i // MAP_PIECE
+                    k = piece0 + i // MAP_PIECE
                     if fmt.xxh3(view[i:i + MAP_PIECE]) != digests[k * 16:(k + 1) * 16]:
                         raise fmt.PayloadChecksumMismatch(f"piece {k} of {sha.hex()[:12]}… does not match its "
                                                           f"chunk map (shard {meta.hex} on {disk.label})")

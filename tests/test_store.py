@@ -222,6 +222,7 @@ def test_large_records_are_balanced_over_the_disks_and_streamed_by_their_readers
     (verified pieces) from the disk the plan chose, inside that disk's reader, beside the
     other disks' readers — not one after another once everything else is read."""
     from fsd.planner import MAX_RANGE, make_plan
+    from tests.test_safety import _flip_byte
 
     store = store_factory(n_disks=4, shard_size_mb=40, copy_of_raw=2, write_ack=2)
     big = []
@@ -239,6 +240,11 @@ def test_large_records_are_balanced_over_the_disks_and_streamed_by_their_readers
     for uuid, ws in plan.large_by_disk.items():
         assert plan.bytes_per_disk[uuid] >= sum(w.length for w in ws)
     assert plan.bound_s >= max(sum(w.length for w in ws) / plan.bandwidth[u] for u, ws in plan.large_by_disk.items())
+    for chosen, ws in plan.large_by_disk.items():  # the other replica of each is damaged: read only if
+        for w in ws:                                 # the plan's choice were ignored (a warning fails the test)
+            meta = store.index.get_shard(store.index.lookup(w.sha).shard_id)
+            for other in set(meta.replicas) - {chosen}:
+                _flip_byte(store.disks[other].find(meta.hex), w.offset + (1 << 20))
     got: dict[bytes, tuple[str, str]] = {}
     lock = threading.Lock()
 
