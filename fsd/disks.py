@@ -21,7 +21,9 @@ import errno
 import hashlib
 import json
 import os
+import threading
 import uuid as uuidlib
+from collections import OrderedDict
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -196,6 +198,11 @@ class _FileSink:
             os.close(self.fd)
 
 
+def _close(fd: int) -> None:
+    with contextlib.suppress(OSError):  # a read-only descriptor: nothing to lose
+        os.close(fd)
+
+
 class LocalDisk:
     """One HDD (or, for tests and the embedded default, a directory) holding shards."""
 
@@ -203,7 +210,13 @@ class LocalDisk:
                  require_mount: bool = True) -> None:
         self.label, self.root, self.uuid, self.capacity_bytes = label, root, uuid, capacity_bytes
         self.require_mount = require_mount
-        self._fds: dict[tuple[str, bool], int] = {}  # (shard, read-ahead off: see read_exact) → fd
+        # (shard, read-ahead off: see read_exact) → [fd, readers using it now]; least recently
+        # used first. Shared by every thread reading this disk (the planner's readers, the
+        # mount's, a scrub's): an fd is closed only when no read is using it — closing one
+        # under a reader makes its pread fail with EBADF, or, once the number is reused,
+        # read another file's bytes, and either would mark a healthy replica bad.
+        self._fds: OrderedDict[tuple[str, bool], list[int]] = OrderedDict()
+        self._fds_lock = threading.Lock()
 
     def check(self) -> None:
         """Raise DiskGone unless this is still our disk: checked before any file is created or
@@ -246,20 +259,43 @@ class LocalDisk:
         fsync_dir(self.path(shard_hex, True).parent)
         self.forget(shard_hex)
 
-    def _fd(self, shard_hex: str, exact: bool = False) -> int:
-        fd = self._fds.get((shard_hex, exact))
-        if fd is None:
-            fd = os.open(self.find(shard_hex), os.O_RDONLY)
-            if exact:
-                with contextlib.suppress(OSError):  # only a hint: the bytes are the same without it
-                    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)
-            if len(self._fds) > 256:
-                self.close_all()
-            self._fds[shard_hex, exact] = fd
-        return fd
+    MAX_FDS = 256  # kept open per disk; more are opened while in use, then closed
+
+    def _pread(self, shard_hex: str, offset: int, length: int, exact: bool = False) -> bytes:
+        key = (shard_hex, exact)
+        with self._fds_lock:
+            ent = self._fds.get(key)
+            if ent is None:
+                fd = os.open(self.find(shard_hex), os.O_RDONLY)
+                if exact:
+                    with contextlib.suppress(OSError):  # only a hint: the bytes are the same without it
+                        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)
+                ent = self._fds[key] = [fd, 0]
+                self._trim()
+            else:
+                self._fds.move_to_end(key)
+            ent[1] += 1
+        try:
+            return pread_full(ent[0], length, offset)
+        finally:
+            with self._fds_lock:
+                ent[1] -= 1
+                if ent[1] == 0 and self._fds.get(key) is not ent:  # dropped while this read used it
+                    _close(ent[0])
+
+    def _trim(self) -> None:
+        """Close the least recently used idle descriptors beyond MAX_FDS (lock held)."""
+        for key in [k for k, e in self._fds.items() if e[1] == 0][:max(0, len(self._fds) - self.MAX_FDS)]:
+            _close(self._fds.pop(key)[0])
+
+    def _drop(self, key: tuple[str, bool]) -> None:
+        """Forget a descriptor (lock held): closed now if idle, else by its last reader."""
+        ent = self._fds.pop(key, None)
+        if ent is not None and ent[1] == 0:
+            _close(ent[0])
 
     def read_at(self, shard_hex: str, offset: int, length: int) -> bytes:
-        return pread_full(self._fd(shard_hex), length, offset)
+        return self._pread(shard_hex, offset, length)
 
     def read_exact(self, shard_hex: str, offset: int, length: int) -> bytes:
         """`read_at` with the kernel's read-ahead off: exactly these bytes come off the disk.
@@ -268,7 +304,7 @@ class LocalDisk:
         its window (2.5 MiB on the lab) past every range's end — bytes nobody asked for, which
         cost a throttled or busy disk as much as wanted ones (bench/planner_read.py: 10–20 %
         of a batch read's time)."""
-        return pread_full(self._fd(shard_hex, exact=True), length, offset)
+        return self._pread(shard_hex, offset, length, exact=True)
 
     def size(self, shard_hex: str) -> int:
         return self.find(shard_hex).stat().st_size
@@ -292,16 +328,14 @@ class LocalDisk:
         raise FileNotFoundError(errno.ENOENT, f"no shard {shard_hex} on disk {self.label}")
 
     def forget(self, shard_hex: str) -> None:
-        for exact in (False, True):
-            fd = self._fds.pop((shard_hex, exact), None)
-            if fd is not None:
-                os.close(fd)
+        with self._fds_lock:
+            for exact in (False, True):
+                self._drop((shard_hex, exact))
 
     def close_all(self) -> None:
-        for fd in self._fds.values():
-            with contextlib.suppress(OSError):
-                os.close(fd)
-        self._fds.clear()
+        with self._fds_lock:
+            for key in list(self._fds):
+                self._drop(key)
 
     def free_bytes(self, used_by_hoard: int) -> int:
         st = os.statvfs(self.root)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import random
 import signal
 import threading
 import time
@@ -398,3 +399,47 @@ def test_a_pointer_write_error_on_one_disk_fails_that_disk_not_the_command(store
     bad |= {str(tmp_path / "disks" / d) for d in ("d1", "d3")}
     with pytest.raises(HoardError, match="no disk took batches/b2.json"):
         store.write_pointer("batches/b2.json", {"manifest": "cd" * 32})
+
+
+def test_descriptor_cache_never_closes_a_descriptor_a_reader_is_using(tmp_path: Path) -> None:
+    """One disk, many reader threads, far more shards than the disk keeps descriptors for: a
+    descriptor closed under a reader made its pread fail (EBADF) or, once the number was
+    reused by another open, return another shard's bytes — either would mark a healthy
+    replica bad. Every read must return its own shard's bytes; nothing may leak."""
+    from fsd.disks import LocalDisk
+
+    disk = LocalDisk("d0", tmp_path, "u0", require_mount=False)
+    shards = {}
+    for i in range(300):  # more than MAX_FDS (256)
+        hexid = hashlib.sha256(b"%d" % i).hexdigest()[:32]
+        path = disk.path(hexid, True)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(hashlib.sha256(hexid.encode()).digest() * 512)  # 16 KiB, unique per shard
+        shards[hexid] = path.read_bytes()
+    before = len(os.listdir("/proc/self/fd"))
+    errors: list[BaseException] = []
+
+    def reader(seed: int) -> None:
+        rng = random.Random(seed)
+        try:
+            for _ in range(3000):
+                hexid = rng.choice(list(shards))
+                off = rng.randrange(0, 16 << 10, 32)
+                n = rng.randrange(1, 1024)
+                read = disk.read_exact if rng.random() < 0.5 else disk.read_at
+                got = read(hexid, off, n)
+                assert got == shards[hexid][off:off + n], f"shard {hexid}: wrong bytes"
+                if rng.random() < 0.01:
+                    disk.forget(hexid)  # what seal, replace and delete do, while others read
+        except BaseException as e:  # noqa: BLE001 — reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=reader, args=(s,)) for s in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors[:3]
+    assert len(disk._fds) <= disk.MAX_FDS
+    disk.close_all()
+    assert len(os.listdir("/proc/self/fd")) == before, "descriptors leaked"
