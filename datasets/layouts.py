@@ -92,13 +92,18 @@ class Layout:
     sidecars: bool = False
     #: one file per original path (physical_path locator) instead of one per node
     per_locator: bool = False
+    #: allow two paths that differ only in case ("A.jpg", "a.jpg"): only for outputs every
+    #: consumer reads on a case-sensitive file system (a Windows or macOS worker, an SMB share
+    #: or exFAT would keep one of the two)
+    case_sensitive: bool = False
     parts: tuple[str | Slot, ...] = field(default=(), compare=False)
 
     def needs(self) -> set[str]:
         return {p.field for p in self.parts if isinstance(p, Slot)}
 
 
-def parse(template: str, name: str = "custom", sidecars: bool = False, per_locator: bool = False) -> Layout:
+def parse(template: str, name: str = "custom", sidecars: bool = False, per_locator: bool = False,
+          case_sensitive: bool = False) -> Layout:
     """A Layout from a template, or LayoutError naming what is wrong with it."""
     if not NAME.fullmatch(name):
         raise LayoutError(f"layout name {name!r}: use 1-64 of a-z 0-9 _ - (starting with a letter or digit)")
@@ -133,7 +138,7 @@ def parse(template: str, name: str = "custom", sidecars: bool = False, per_locat
     why = hostile_reason(skeleton)
     if why:
         raise LayoutError(f"layout {name}: the template {template!r} cannot give an accepted path: {why}")
-    return Layout(name, template, sidecars, per_locator, tuple(parts))
+    return Layout(name, template, sidecars, per_locator, case_sensitive, tuple(parts))
 
 
 def _slot(name: str, spec: str) -> Slot:
@@ -153,9 +158,13 @@ def _slot(name: str, spec: str) -> Slot:
     return Slot(fld, arg, default)
 
 
+#: a layout file's true/false options (Layout's fields of the same names)
+FLAGS = ("sidecars", "per_locator", "case_sensitive")
+
+
 def load(spec: str) -> Layout:
     """A built-in layout by name, or a TOML file: `template = "…"`, optional `sidecars`,
-    `per_locator` (the file's stem is the layout's name)."""
+    `per_locator`, `case_sensitive` (the file's stem is the layout's name)."""
     if spec in BUILTIN:
         return parse(BUILTIN[spec], spec)
     path = Path(spec)
@@ -167,13 +176,14 @@ def load(spec: str) -> Layout:
         raise LayoutError(f"layout file {path} does not exist") from None
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
         raise LayoutError(f"layout file {path}: {e}") from None
-    extra = set(doc) - {"template", "sidecars", "per_locator"}
+    extra = set(doc) - {"template", *FLAGS}
     if extra or not isinstance(doc.get("template"), str):
         raise LayoutError(f"layout file {path}: needs `template = \"...\"` (and optionally `sidecars`, "
-                          f"`per_locator` = true/false){'; unknown keys: ' + ', '.join(sorted(extra)) if extra else ''}")
-    flags = {k: doc.get(k, False) for k in ("sidecars", "per_locator")}
+                          f"`per_locator`, `case_sensitive` = true/false)"
+                          f"{'; unknown keys: ' + ', '.join(sorted(extra)) if extra else ''}")
+    flags = {k: doc.get(k, False) for k in FLAGS}
     if any(not isinstance(v, bool) for v in flags.values()):
-        raise LayoutError(f"layout file {path}: sidecars and per_locator are true or false")
+        raise LayoutError(f"layout file {path}: {', '.join(FLAGS)} are true or false")
     return parse(doc["template"], path.stem, **flags)
 
 
@@ -330,6 +340,8 @@ def _widest(spans: list[tuple[Slot, int, int]], start: int, end: int) -> str:
     if not inside:
         return "; shorten the template"
     n, slot = max(inside, key=lambda t: t[0])
+    if sum(k for k, _ in inside) * 2 < end - start:  # mostly the template's own text
+        return f"; most of it is the template's own text ({end - start - sum(k for k, _ in inside)} characters): shorten it"
     return (f"; its longest field is {{{_label(slot)}}} ({n} characters) — use a shorter field (e.g. {{sha256}}) "
             "or fewer of them, or narrow the selector")
 
@@ -357,6 +369,7 @@ def plan(layout: Layout, rows: Iterable[Row], prefix: str | None = None) -> list
     would share a path, or a file's path is another file's directory; PlacementError naming
     the node and the field if a path (below `prefix`, see `render`) is one the seal refuses."""
     placed: dict[str, Placement] = {}
+    folded: dict[str, str] = {}  # casefold(path) → the path that has it (unless case_sensitive)
     for row in rows:
         for batch, rel in (_locators(row) if layout.per_locator else _locators(row)[:1]):
             path = render(layout, row, batch, rel, prefix)
@@ -366,6 +379,10 @@ def plan(layout: Layout, rows: Iterable[Row], prefix: str | None = None) -> list
                 other = placed.get(taken)
                 if other is not None:
                     _collide(layout, taken, other, p)
+                if not layout.case_sensitive:
+                    twin = folded.setdefault(taken.casefold(), taken)
+                    if twin != taken:
+                        _collide_case(layout, twin, placed[twin], taken, p)
                 placed[taken] = p
     _no_file_is_a_directory(layout, placed)
     return sorted({id(p): p for p in placed.values()}.values(), key=lambda p: p.path)
@@ -378,6 +395,14 @@ def _collide(layout: Layout, path: str, a: Placement, b: Placement) -> None:
     raise PlacementError(f"nodes {a.node_id} ({a.sha256[:12]}…) and {b.node_id} ({b.sha256[:12]}…) both map to "
                          f"{path!r} in layout {layout.name}: add {{sha256}} (or another field that tells them "
                          "apart) to the template")
+
+
+def _collide_case(layout: Layout, path_a: str, a: Placement, path_b: str, b: Placement) -> None:
+    raise PlacementError(f"node {a.node_id} ({a.sha256[:12]}…) maps to {display(path_a)!r} and node {b.node_id} "
+                         f"({b.sha256[:12]}…) to {display(path_b)!r} in layout {layout.name}: they differ only in "
+                         "case, and a case-insensitive consumer (a Windows or macOS worker, an SMB share, exFAT) "
+                         "would keep one of the two — add {sha256} to the template, or set `case_sensitive = true` "
+                         "in the layout file if every consumer reads it on Linux")
 
 
 def _no_file_is_a_directory(layout: Layout, placed: dict[str, Placement]) -> None:

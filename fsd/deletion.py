@@ -13,7 +13,7 @@
 from __future__ import annotations
 
 from fsd.base.errors import ExitCode, HoardError
-from fsd.manifest import iter_files, references
+from fsd.manifest import iter_files, naming_lock, references
 
 
 def hide(store, shas: list[bytes], reason: str) -> int:
@@ -34,11 +34,12 @@ def drop_batch(store, batch_id: str) -> tuple[int, int]:
                          ExitCode.USAGE)
 
     mine = {sha for _path, sha, _size in iter_files(store.get, info["manifest"])}
-    # gc checks the roots again when it swaps (a `hoard put` may root one after this line)
-    shared = (mine & referenced_elsewhere(store, batch_id)) | store.index.marked_among(store.index.rooted, mine)
-    doomed = (mine - shared) | {bytes.fromhex(info["manifest"])}
-    n = store.index.mark(store.index.deleted, doomed, f"batch {batch_id} deleted")
-    store.register_batch(batch_id, None)
+    with naming_lock(store):  # a view defined meanwhile is a reference seen here, or clears the mark after
+        # gc checks the roots again when it swaps (a `hoard put` may root one after this line)
+        shared = (mine & referenced_elsewhere(store, batch_id)) | store.index.marked_among(store.index.rooted, mine)
+        doomed = (mine - shared) | {bytes.fromhex(info["manifest"])}
+        n = store.index.mark(store.index.deleted, doomed, f"batch {batch_id} deleted")
+        store.register_batch(batch_id, None)
     return n, len(shared)
 
 

@@ -21,6 +21,7 @@ the store, JSON, UTF-8):
 from __future__ import annotations
 
 import bisect
+import contextlib
 import hashlib
 import json
 import os
@@ -32,6 +33,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import NamedTuple
 
 from fsd.base.errors import ExitCode, HoardError
+from fsd.base.files import flocked
 from fsd.base.paths import hostile_reason
 
 __all__ = ["Entry", "Tree", "WouldBlock", "ViewError", "build_view", "iter_files", "manifest_objects", "named",
@@ -289,9 +291,21 @@ def references(store, among: set[bytes] | None = None, skip: tuple[str, str] | N
 _SEP = "\x01"
 
 
+@contextlib.contextmanager
+def naming_lock(store) -> Iterator[None]:
+    """Held while a batch or view manifest is registered or unregistered together with the
+    tombstones that follow from it (view define/remove, batch delete): a view defined while
+    another is removed either is seen as a reference, or clears the tombstone after it."""
+    locks = store.cfg.ssd.root / "locks"
+    locks.mkdir(parents=True, exist_ok=True)
+    with flocked(locks / "names.lock"):
+        yield
+
+
 def build_view(store, name: str, rows: Iterable[tuple[str, str]], page_entries: int = PAGE_ENTRIES) -> dict:
     """Check and store a view-2 manifest from (path, sha256 hex) rows in any order; returns
-    {manifest, files, bytes, objects: the manifest's own objects}. Memory stays bounded whatever the number of rows: rows are
+    {manifest, files, bytes, objects: the manifest's own objects, file_objects: the distinct
+    sha256s of its files}. Memory stays bounded whatever the number of rows: rows are
     spooled to a temporary file, sorted there (`sort`, only if they were not in order
     already), and directories are written bottom-up as they are completed."""
     sizes: dict[str, int] = {}  # each distinct object looked up once
@@ -336,7 +350,8 @@ def build_view(store, name: str, rows: Iterable[tuple[str, str]], page_entries: 
     body = json.dumps({"format": VIEW_FORMAT, "name": name, "files": files, "bytes": total, "root": root},
                       sort_keys=True).encode()
     sha = store.put_bytes(body, klass="generated").sha256
-    return {"manifest": sha, "files": files, "bytes": total, "objects": [*builder.written, sha]}
+    return {"manifest": sha, "files": files, "bytes": total, "objects": [*builder.written, sha],
+            "file_objects": list(sizes)}
 
 
 class _Frame:

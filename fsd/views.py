@@ -20,7 +20,7 @@ from typing import IO
 
 from fsd.base.errors import ExitCode, HoardError
 from fsd.base.paths import MAX_PATH_BYTES, NAME_PATTERN
-from fsd.manifest import ViewError, build_view, manifest_objects
+from fsd.manifest import ViewError, build_view, iter_files, naming_lock, references
 
 __all__ = ["ViewError", "define_view", "define_view_rows", "manifest_rows", "remove_view"]
 
@@ -117,11 +117,17 @@ def define_view_rows(store, name: str, rows: Iterable[tuple[str, str]], *, for_o
         if store.index.lookup_keep(bytes.fromhex(sha)) is None:
             raise HoardError(f"view {name}: part of its manifest ({sha}) was freed by a gc running meanwhile; "
                              "run `hoard view add` again", ExitCode.DATA)
+    named = [bytes.fromhex(s) for s in built.pop("file_objects")]
     info = {**built, "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
-    old = store.index.get_view(name)
-    store.register_view(name, info)
-    if old is not None and old["manifest"] != info["manifest"]:
-        _retire_manifest(store, old["manifest"])
+    with naming_lock(store):
+        old = store.index.get_view(name)
+        store.register_view(name, info)
+        # a view removed or a batch deleted between the build's lookups and this line may
+        # have tombstoned a file this view names: a named file is live, as the build said
+        for sha in store.index.marked_among(store.index.deleted, named):
+            store.index.lookup_keep(sha)
+        if old is not None and old["manifest"] != info["manifest"]:
+            _retire_manifest(store, old["manifest"])
     return info
 
 
@@ -130,17 +136,25 @@ def remove_view(store, name: str, *, for_output: bool = False) -> None:
     old = store.index.get_view(name)
     if old is None:
         raise ViewError(f"no view {name!r}; `hoard view list` shows them")
-    store.register_view(name, None)
-    _retire_manifest(store, old["manifest"])
+    with naming_lock(store):
+        store.register_view(name, None)
+        _retire_manifest(store, old["manifest"])
 
 
 def _retire_manifest(store, manifest_sha_hex: str) -> None:
-    """Tombstone (type B) a replaced manifest's own objects; gc keeps whatever is still
-    referenced when it runs, so shared directory objects survive."""
+    """Tombstone (type B) a replaced or removed manifest's own objects, and the files that
+    only it named (a view-mode output's generated sidecars; objects whose batch was deleted
+    while this view kept them) — as deleting a batch does (fsd.deletion.drop_batch). Called
+    after the view is re-registered or unregistered, so what the new manifest, another batch
+    or view, or a `hoard put` root still names keeps no tombstone; gc checks again when it
+    swaps (and keeps what the database needs), so shared objects survive."""
+    shas: list[bytes] = []
     try:
-        shas = list(manifest_objects(store.get, manifest_sha_hex))
+        files = {sha for _path, sha, _size in iter_files(store.get, manifest_sha_hex, shas)}
     except Exception as e:  # noqa: BLE001 - an unreadable old manifest is `hoard check`'s to report
         logging.getLogger(__name__).warning("the replaced view manifest %s cannot be read (%s): its objects are "
                                             "left in place", manifest_sha_hex, e)
         return
     store.index.mark(store.index.deleted, shas, "replaced view manifest")
+    kept = (files & references(store, files)) | store.index.marked_among(store.index.rooted, files)
+    store.index.mark(store.index.deleted, files - kept, "no longer named by a view (removed or redefined)")

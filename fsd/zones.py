@@ -154,6 +154,17 @@ def zone_lock(cfg: Settings, zone: str) -> Iterator[None]:
         yield
 
 
+@contextlib.contextmanager
+def space_lock(cfg: Settings) -> Iterator[None]:
+    """Held (inside a zone's lock, never the other way round) while a reservation is checked
+    against the free space of the file system all zones share, and saved: two jobs in two
+    zones cannot both count on the same free bytes."""
+    locks = cfg.ssd.root / "locks"
+    locks.mkdir(parents=True, exist_ok=True)
+    with flocked(locks / "ssd-space.lock"):
+        yield
+
+
 def _check_id(zone: str, output_id: str) -> None:
     if zone not in ZONES:
         raise HoardError(f"no zone {zone!r}; zones are {', '.join(ZONES)}", ExitCode.USAGE)
@@ -217,6 +228,18 @@ def charge(where: os.PathLike[str] | str | tuple[Settings, str], sizes: Iterable
         total += -(-int(n) // block) * block
     dirents = -(-files * DIRENT_BYTES // block) * block
     return total + dirs * block + dirents
+
+
+def tree_dirs(paths: Iterable[str]) -> int:
+    """The directories a tree of these relative file paths makes (every level, not only each
+    file's parent: `a/b/c/f` makes a, a/b and a/b/c) — `charge`'s `dirs`."""
+    dirs: set[str] = set()
+    for p in paths:
+        d = os.path.dirname(p)
+        while d and d not in dirs:
+            dirs.add(d)
+            d = os.path.dirname(d)
+    return len(dirs)
 
 
 def fs_free(path: os.PathLike[str] | str) -> int:
@@ -369,7 +392,11 @@ def zone_usage(cfg: Settings, zone: str) -> dict[str, Any]:
     ratio = (used + reserved) / q
     room = max(0, q - used - reserved)
     fs = fs_free(zpath) if present else 0
-    fs_room = max(0, fs - reserved)  # what running jobs reserved will come out of the file system too
+    try:  # what running jobs in any zone reserved will come out of the shared file system too
+        pending = pending_on_fs(cfg, zone)[0] if present else 0
+    except HoardError:  # another zone's reservation file is damaged: its own usage names it
+        pending = reserved
+    fs_room = max(0, fs - pending)
     return {"path": str(zpath), "present": present, "quota_bytes": q, "used_bytes": used,
             "reserved_bytes": reserved, "fs_free_bytes": fs, "free_bytes": min(room, fs_room),
             "fs_short": present and fs_room < FS_SHORT_SHARE * room, "used_ratio": round(ratio, 4),
@@ -407,12 +434,13 @@ def reserve(cfg: Settings, zone: str, output_id: str, job: str, nbytes: int, nex
         q, th = quota(cfg, zone), cfg.ssd.thresholds
         if (used + reserved) >= th.emergency * q or used + reserved + need > th.deny * q:
             raise ZoneFull(refusal(cfg, zone, job, need, used, reserved, others, next_step))
-        _check_fs(cfg, zone, job, need, reserved, next_step)
         now = time.time_ns()
         r = Reservation(zone=zone, id=output_id, job=job, bytes=nbytes, pid=os.getpid(),
                         pid_start=_pid_start(os.getpid()), host=socket.gethostname(),
                         created=_iso(now / 1e9), created_ns=now, written=written)
-        _save(cfg, r)
+        with space_lock(cfg):
+            _check_fs(cfg, zone, output_id, job, need, next_step)
+            _save(cfg, r)
         return r
 
 
@@ -428,20 +456,44 @@ def grow(cfg: Settings, r: Reservation, nbytes: int) -> Reservation:
         if used + reserved + max(0, nbytes - written) > cfg.ssd.thresholds.emergency * q:
             raise ZoneFull(refusal(cfg, r.zone, r.job, max(0, nbytes - written), used, reserved, rs, "",
                                    limit="emergency"))
-        _check_fs(cfg, r.zone, r.job, max(0, nbytes - written), reserved, "")
         r.bytes = nbytes
-        _save(cfg, r)
+        with space_lock(cfg):
+            _check_fs(cfg, r.zone, r.id, r.job, max(0, nbytes - written), "")
+            _save(cfg, r)
         return r
 
 
-def _check_fs(cfg: Settings, zone: str, job: str, need: int, reserved: int, next_step: str) -> None:
-    """ZoneFull when the zone's file system cannot hold `need` beside the `reserved` bytes
-    other jobs there have still to write, whatever the quota says."""
+def pending_on_fs(cfg: Settings, zone: str, skip_id: str = "") -> tuple[int, list[str]]:
+    """Bytes the live reservations of every zone on `zone`'s file system have still to write
+    (but `skip_id`'s in `zone`), and those zones: the SSD's zones share its free space."""
+    dev = os.stat(cfg.ssd.zone_path(zone)).st_dev  # type: ignore[arg-type]
+    total, where = 0, []
+    for z in ZONES:
+        try:
+            if os.stat(cfg.ssd.zone_path(z)).st_dev != dev:  # type: ignore[arg-type]
+                continue
+        except (FileNotFoundError, KeyError):
+            continue
+        n = sum(r.outstanding for r in reservations(cfg, z) if not r.stale and not (z == zone and r.id == skip_id))
+        if n:
+            total += n
+            where.append(z)
+    return total, where
+
+
+def _check_fs(cfg: Settings, zone: str, output_id: str, job: str, need: int, next_step: str) -> None:
+    """ZoneFull when the zone's file system cannot hold `need` beside the bytes other jobs —
+    in any zone on that file system — reserved and have still to write, whatever the quota
+    says. The caller holds `space_lock`."""
+    if need <= 0:
+        return
     zpath = cfg.ssd.zone_path(zone)  # type: ignore[arg-type]
     free = fs_free(zpath)
-    if need <= 0 or need + reserved <= free:
+    reserved, zones_ = pending_on_fs(cfg, zone, output_id)
+    if need + reserved <= free:
         return
-    held = f" besides {size(reserved)} running jobs reserved there and have not written yet" if reserved else ""
+    held = (f" besides {size(reserved)} that running jobs reserved there (zone {', '.join(zones_)}) and have "
+            "not written yet" if reserved else "")
     raise ZoneFull(f"zone {zone}: the file system holding {zpath} has {size(free)} free and {job} needs "
                    f"{size(need)}{held}, though the zone's quota has room; free space on that file system (the "
                    f"other zones and anything outside hoardfs share it) or lower ssd.zones.{zone}.quota_gb to what "

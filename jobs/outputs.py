@@ -61,7 +61,7 @@ class OutputSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     kind: Literal["stage", "export"]
     id: str = Field(pattern=OUTPUT_ID.pattern)
-    layout: dict[str, Any]  # name, template, sidecars, per_locator
+    layout: dict[str, Any]  # name, template, sidecars, per_locator[, case_sensitive: only when true]
     selector: dict[str, Any] | None = None
     nodes: list[str] | None = None  # sha256 hex, for --nodes
     dedup: Literal["by_node", "by_sha256"] = "by_node"
@@ -78,7 +78,8 @@ class OutputSpec(BaseModel):
     def the_layout(self) -> layouts.Layout:
         lay = self.layout
         per_locator = bool(lay.get("per_locator")) and self.dedup == "by_node"
-        return layouts.parse(lay["template"], lay["name"], bool(lay.get("sidecars")), per_locator)
+        return layouts.parse(lay["template"], lay["name"], bool(lay.get("sidecars")), per_locator,
+                             bool(lay.get("case_sensitive")))
 
 
 def make_spec(kind: str, output_id: str, layout_spec: str, selector: dict | None = None,
@@ -106,7 +107,10 @@ def make_spec(kind: str, output_id: str, layout_spec: str, selector: dict | None
     try:
         return OutputSpec(kind=kind, id=output_id, selector=selector, nodes=sorted(set(nodes)) if nodes else None,
                           layout={"name": lay.name, "template": lay.template, "sidecars": lay.sidecars,
-                                  "per_locator": lay.per_locator},
+                                  "per_locator": lay.per_locator,
+                                  # only when set: a request's digest (its id's identity) stays
+                                  # what it was before the option existed
+                                  **({"case_sensitive": True} if lay.case_sensitive else {})},
                           dedup=dedup, mode=mode)
     except ValidationError as e:
         raise OutputError(f"request rejected: {e.errors()[0]['loc']}: {e.errors()[0]['msg']}") from None
@@ -313,8 +317,8 @@ def plan_items(cfg: Settings, spec: OutputSpec) -> tuple[list[Item], int]:
     if missing:  # selected, then gone before the fields were read (a concurrent deletion)
         raise OutputError(f"{missing} selected node(s) vanished while the {spec.kind} was planned; run it again",
                           ExitCode.DATA)
-    placed = layouts.plan(lay, rows)
     prefix = f"{lay.name}/input/" if spec.kind == "stage" else f"{lay.name}/"
+    placed = layouts.plan(lay, rows, prefix)  # paths checked as they will lie in the output
     return [Item(prefix + p.path, p.sha256, p.size, p.sidecar) for p in placed], len(rows)
 
 
@@ -335,9 +339,9 @@ def _run(cfg: Settings, spec: OutputSpec, progress: Callable[[int, int], None] |
         if spec.mode == "view":
             return _run_view(cfg, spec, store, items, n_nodes, t0)
         sizes = [it.size for it in items] + [len(it.sidecar) for it in items if it.sidecar is not None]
-        dirs = {str(Path(it.path).parent) for it in items}  # each directory holds at least a block
         out = seal.begin(cfg, zone, spec.id, job=f"{spec.kind}:{spec.id}", kind=spec.kind, expected_bytes=sum(sizes),
-                         reserve_bytes=zones.charge((cfg, zone), sizes, dirs=len(dirs)),  # what `du` will count
+                         # what `du` will count (a stage's empty output/ is a directory too)
+                         reserve_bytes=zones.charge((cfg, zone), sizes, dirs=zones.tree_dirs(it.path for it in items) + (spec.kind == "stage")),
                          expected_files=len(items) + sum(it.sidecar is not None for it in items),
                          selector=_request(spec), layout=spec.layout, resume=True)
         try:

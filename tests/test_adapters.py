@@ -162,6 +162,9 @@ def test_hostile_reason_cases() -> None:
     assert "absolute" in hostile_reason("/etc/passwd")
     assert "NUL" in hostile_reason("a\x00b")
     assert "control" in hostile_reason("a\nb")
+    assert "control" in hostile_reason("a\x9bb")  # C1: CSI, a terminal escape on its own
+    assert "bidirectional override" in hostile_reason("x/cod\u202egnp.exe")
+    assert hostile_reason("שלום/مرحبا.jpg") is None  # right-to-left letters are not controls
     assert "1000" in hostile_reason("x" * 1001)
 
 

@@ -182,6 +182,7 @@ def test_bad_inputs_are_quarantined_with_reasons(hoard_home: Path, pg, redis_con
     with open(bad_name, "wb") as fh:
         fh.write(images[6].read_bytes())
     (b / "new\nline.png").write_bytes(images[7].read_bytes())
+    (b / "cod\u202egnp.png").write_bytes(images[6].read_bytes() + b"!")  # shows as "codpng.png"
     (b / "_READY").write_text("sidecar\n")
 
     st = ingest_all(cfg, redis_conn, [b])[0]
@@ -195,6 +196,8 @@ def test_bad_inputs_are_quarantined_with_reasons(hoard_home: Path, pg, redis_con
     assert "outside the batch" in reasons["escape.png"]
     assert "not valid UTF-8" in reasons["caf\\xe9.png"]
     assert any("control characters" in r for p, r in reasons.items() if p.startswith("new"))
+    assert "bidirectional override" in reasons["cod\\u202egnp.png"], reasons
+    assert (zone3a / "_quarantine" / "side-bad-1" / "cod\u202egnp.png").is_file()  # moved, not lost
     q = zone3a / "_quarantine" / "side-bad-1"
     assert (q / "broken.png").read_bytes() == images[3].read_bytes()  # moved, not lost
     assert os.path.exists(os.fsencode(q) + b"/caf\xe9.png")

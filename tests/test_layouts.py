@@ -169,6 +169,8 @@ def test_a_file_no_metadata_describes_takes_its_batchs_source() -> None:
      r"output contract refuses: the path is 1219 bytes long; at most 1000.*longest field is \{title\}"),
     ("t/{title}", "y" * 253, True, r"the sidecar 't/y+…' \(in the output.*a name of 258 bytes|"
                                     r"gives the sidecar a name of 258 bytes \(at most 255.*\{title\}"),
+    ("t/{title}{ext}", "csi\x9bhere", False, r"title holds a control character \(csi\\x9bhere\)"),  # C1
+    ("t/{title}{ext}", "cod\u202egnp", False, r"title is 'cod\\u202egnp': the path contains a bidirectional override"),
 ])
 def test_a_path_the_seal_or_the_file_system_would_refuse_is_refused_by_the_plan(
         rows: dict[str, dict], template: str, title: str, sidecars: bool, message: str) -> None:
@@ -212,3 +214,41 @@ def test_an_export_whose_titles_the_seal_would_refuse_writes_nothing(filled, pg,
     zone = cfg.ssd.zone_path("3D")
     assert not (zone / "exdel").exists() and not (zone / ".tmp" / "exdel").exists()
     assert _zones(cfg)["3D"]["reserved_bytes"] == 0
+
+
+def test_paths_that_differ_only_in_case_are_refused_unless_the_layout_allows_them(rows: dict[str, dict],
+                                                                                 tmp_path: Path) -> None:
+    """'Cat.jpg' and 'cat.jpg' are two files on Linux and one on a Windows or macOS worker, an
+    SMB share or exFAT: refused naming both nodes, unless the layout file says
+    `case_sensitive = true`. Right-to-left letters are not controls and pass."""
+    two = [dict(rows["a"], title="Cat"), dict(rows["d"], title="cat")]
+    with pytest.raises(PlacementError, match=r"node \d+ \(\w+…\) maps to 'Cat\.jpg' and node \d+ .* to 'cat\.jpg'.*"
+                                             r"differ only in case.*case_sensitive = true") as e:
+        plan(parse("{title}{ext}", "t"), two)
+    assert e.value.exit_code == 5
+    lay = tmp_path / "linux-only.toml"
+    lay.write_text('template = "{title}{ext}"\ncase_sensitive = true\n')
+    assert [p.path for p in plan(load(str(lay)), two)] == ["Cat.jpg", "cat.jpg"]
+    rtl = [dict(rows["a"], title="שלום"), dict(rows["d"], title="مرحبا")]
+    assert len(plan(parse("{title}{ext}", "t"), rtl)) == 2
+
+
+def test_an_export_is_checked_under_its_own_prefix_not_a_stages(filled, tmp_path: Path) -> None:
+    """An export's files lie under `<layout>/`, a stage's under `<layout>/input/` (6 bytes
+    longer): a 990-byte path is within the output contract's 1000 as an export (995) and not
+    as a stage (1001) — the export goes through and seals, the stage is refused before a byte
+    moves."""
+    cfg, batches = filled
+    node = next(i.sha256 for i in batches[0].items if i.kind != "sidecar")
+    layout = tmp_path / "long.toml"
+    literal = "/".join(c * 230 for c in "abc") + "/" + "d" * 232 + "/"
+    layout.write_text(f'template = "{literal}{{sha256}}"\n')
+    assert len(literal) + 64 == 990
+    sel = _selector(tmp_path, {"sources": ["gallery"]})
+    res = _hoard(cfg, "export", "ex-long", "--layout", str(layout), "--selector", sel, "--here")
+    assert res.returncode == 0, res.stdout + res.stderr
+    out = cfg.ssd.zone_path("3D") / "ex-long" / "long" / literal / node
+    assert hashlib.sha256(out.read_bytes()).hexdigest() == node
+    res = _hoard(cfg, "stage", "st-long", "--layout", str(layout), "--selector", sel, "--here")
+    assert res.returncode == 5 and "1001 bytes long" in res.stderr, res.stdout + res.stderr
+    assert not (cfg.ssd.zone_path("3C") / "st-long").exists() and not (cfg.ssd.zone_path("3C") / ".tmp" / "st-long").exists()

@@ -387,3 +387,43 @@ def test_the_zone_is_charged_what_the_files_occupy(filled, pg, tmp_path: Path) -
     res = _hoard(cfg, "stage", "tiny", "--layout", "by_sha256", "--nodes", str(listing), "--here")
     assert res.returncode == 6 and "zone 3C" in res.stderr, res.stdout + res.stderr
     assert not (cfg.ssd.zone_path("3C") / ".tmp" / "tiny").exists()
+
+
+def test_view_mode_sidecars_are_freed_once_no_view_names_them(filled, tmp_path: Path) -> None:
+    """A view-mode export stores each sidecar as a generated object only its view names:
+    while any view names it gc keeps it (two exports share identical sidecars), once the last
+    is cleaned gc frees it — and the nodes' own objects, which the batches name, stay."""
+    from fsd.manifest import iter_files
+    from fsd.store import Store
+
+    cfg, _ = filled
+    with open(cfg.source, "a") as f:
+        f.write(f'\n[mount]\npath = "{tmp_path / "mnt"}"\n')
+    layout = tmp_path / "withmeta.toml"
+    layout.write_text('template = "{sha256}{ext}"\nsidecars = true\n')
+    sel = _selector(tmp_path, {"sources": ["gallery"]})
+    for out in ("vs1", "vs2"):
+        res = _hoard(cfg, "export", out, "--layout", str(layout), "--selector", sel, "--mode", "view", "--here")
+        assert res.returncode == 0, res.stderr
+
+    def objects() -> tuple[set[bytes], set[bytes]]:
+        with Store.open(cfg, writable=False) as store:
+            files = list(iter_files(store.get, store.index.get_view("3D-vs1")["manifest"]))
+            return ({sha for p, sha, _ in files if p.endswith(".json")}, {sha for p, sha, _ in files if not p.endswith(".json")})
+
+    def present(shas: set[bytes]) -> set[bytes]:
+        with Store.open(cfg, writable=False) as store:
+            return {s for s in shas if store.index.lookup(s) is not None}
+
+    cars, media = objects()
+    assert len(cars) == len(media) > 20
+    assert _hoard(cfg, "zones", "clean", "vs1").returncode == 0
+    assert _hoard(cfg, "gc", "--threshold", "1.0").returncode == 0
+    assert present(cars) == cars  # vs2 still names them
+    assert _hoard(cfg, "zones", "clean", "vs2").returncode == 0
+    res = _hoard(cfg, "gc", "--threshold", "1.0")
+    assert res.returncode == 0, res.stderr
+    assert present(cars) == set(), "sidecars no view names were kept for ever"
+    assert present(media) == media
+    check = _hoard(cfg, "check")
+    assert check.returncode == 0, check.stdout + check.stderr

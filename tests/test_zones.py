@@ -533,3 +533,48 @@ def test_a_zone_on_a_full_file_system_refuses_what_its_quota_would_admit(tmp_pat
             res.stdout + res.stderr
     finally:
         subprocess.run(["umount", str(z)], check=True)
+
+
+def test_charge_counts_every_level_of_a_deep_tree(tmp_path: Path) -> None:
+    """A layout like {sha256:1}/{sha256:2}/{sha256:3}/{sha256} makes three directory levels:
+    counting only each file's parent directory undercounts what `du` finds; `tree_dirs`
+    counts every level, and the charge covers the written tree."""
+    paths = []
+    for i in range(60):
+        h = hashlib.sha256(str(i).encode()).hexdigest()
+        paths.append(f"{h[:1]}/{h[:2]}/{h[:3]}/{h}.jpg")
+    tree = tmp_path / "tree"
+    for p in paths:
+        fill(tree / p, 100)
+    on_disk = zones.du(tree)
+    sizes = [100] * len(paths)
+    parents_only = len({os.path.dirname(p) for p in paths})
+    assert zones.tree_dirs(paths) == len({d for p in paths for d in (p[:1], p[:4], p[:8])}) > parents_only
+    assert zones.charge(tree, sizes, dirs=1 + parents_only) < on_disk  # the old count: short
+    assert on_disk <= zones.charge(tree, sizes, dirs=1 + zones.tree_dirs(paths))
+    assert zones.tree_dirs(["f", "a/f", "a/g"]) == 1 and zones.tree_dirs([]) == 0
+
+
+def test_zones_sharing_a_file_system_count_each_others_reservations(tmp_path: Path) -> None:
+    """All zones live on one SSD: a 4 MiB reservation in 3C (nothing written yet) leaves a
+    6 MiB file system 2 MiB for everyone, so 3D's 4 MiB is refused — though 3D's quota and
+    its own (empty) reservations would admit it — naming 3C's pending bytes; released, 3D
+    fits. `zone_usage` shows the shared shortfall in every zone."""
+    cfg = zone_config(tmp_path)
+    ssd = cfg.ssd.root
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=6m", "tmpfs", str(ssd)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    try:
+        for z in ("3A", "3B", "3C", "3D"):
+            cfg.ssd.zone_path(z).mkdir()
+        zones.reserve(cfg, "3C", "st-1", "stage:st-1", 4 * MiB)
+        assert zones.zone_usage(cfg, "3D")["free_bytes"] <= 2 * MiB + 64 * 1024
+        with pytest.raises(zones.ZoneFull) as e:
+            zones.reserve(cfg, "3D", "ex-1", "export:ex-1", 4 * MiB)
+        assert "running jobs reserved there (zone 3C)" in e.value.message, e.value.message
+        assert zones.reservations(cfg, "3D") == []
+        assert zones.release(cfg, "3C", "st-1")
+        zones.reserve(cfg, "3D", "ex-1", "export:ex-1", 4 * MiB)
+        assert [r.id for r in zones.reservations(cfg, "3D")] == ["ex-1"]
+    finally:
+        subprocess.run(["umount", str(ssd)], check=True)

@@ -13,8 +13,12 @@ NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
 MAX_PATH_BYTES = 1000
 
 
-#: the characters no accepted path holds (C0 and DEL): `hostile_reason` refuses them
-CONTROL = re.compile("[\x00-\x1f\x7f]")
+#: the characters no accepted path holds (C0, DEL and C1): `hostile_reason` refuses them
+CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
+#: bidirectional embeddings, overrides and isolates: they make a name display as another
+#: ("Trojan Source": `cod\u202egnp.exe` shows as `codexe.png`); letters of right-to-left
+#: scripts are not among them and pass
+BIDI_CONTROL = re.compile("[\u202a-\u202e\u2066-\u2069]")
 
 
 def hostile_reason(rel: str) -> str | None:
@@ -25,6 +29,9 @@ def hostile_reason(rel: str) -> str | None:
         return "the path contains a NUL byte"
     if CONTROL.search(rel):
         return "the path contains control characters"
+    if BIDI_CONTROL.search(rel):
+        return ("the path contains a bidirectional override (U+202A–U+202E, U+2066–U+2069), which makes a name "
+                "display as another")
     try:
         size = len(rel.encode("utf-8"))
     except UnicodeEncodeError:
@@ -41,9 +48,11 @@ def hostile_reason(rel: str) -> str | None:
 def display(name: str) -> str:
     """A path or name as one safe line for a terminal, a report or the database: undecodable
     bytes and control characters (C0, DEL and C1 — ESC and CSI start terminal escape
-    sequences; a newline would split the line) are shown as `\\xNN`."""
+    sequences; a newline would split the line) are shown as `\\xNN`, bidirectional overrides
+    (which would reorder the line around them) as `\\uNNNN`."""
     shown = name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-    return "".join(f"\\x{ord(c):02x}" if ord(c) < 32 or 0x7f <= ord(c) < 0xa0 else c for c in shown)
+    return "".join(f"\\x{ord(c):02x}" if ord(c) < 32 or 0x7f <= ord(c) < 0xa0 else
+                   f"\\u{ord(c):04x}" if BIDI_CONTROL.match(c) else c for c in shown)
 
 
 def file_ext(name: str) -> str:
