@@ -58,7 +58,7 @@ from fsd.base.paths import NAME_PATTERN
 from fsd import zones
 from fsd.store import Store
 from jobs import runlog
-from jobs.queues import QUEUES, connect, enqueue_once, running, unserved_queues
+from jobs.queues import CONDITIONS, QUEUES, condition_line, connect, enqueue_once, running, unserved_queues
 from sql.apply import apply_write_intent
 from sql.migrate import migrate
 from sql.schema_decider import propose_if_new
@@ -421,24 +421,20 @@ def _explain(e: Exception, cfg: Settings | None = None) -> str:
     """One line for the state file: what failed and what to do."""
     if isinstance(e, HoardError):
         return e.message
-    if isinstance(e, psycopg.OperationalError):
-        first = str(e).strip().splitlines()[0]
-        return f"PostgreSQL unreachable (psycopg.OperationalError: {first}); start it, then `hoard ingest --resume`"
-    if isinstance(e, redis.ConnectionError):
-        return f"Redis unreachable ({e}); start it, then `hoard ingest --resume`"
+    if isinstance(e, (psycopg.OperationalError, redis.ConnectionError, redis.TimeoutError)):
+        return f"{condition_line(e)}; start it, then `hoard ingest --resume`"
     if isinstance(e, OSError):
         where = Path(e.filename) if isinstance(e.filename, str) else None
         disk = next((d for d in (cfg.disks if cfg and where else []) if where.is_relative_to(d.path)), None)
         if disk is not None:  # the store meets a disk dying under it (EIO) before it has marked it failed
             return (f"disk {disk.label}: {e.strerror or e} ({e.filename}); `hoard health` shows its state: bring it "
                     f"back or replace it (`hoard disks replace {disk.label} …`), then `hoard ingest --resume`")
-        return f"{e.strerror or e} ({e.filename or 'no file named'}); fix it, then `hoard ingest --resume`"
+        return f"{condition_line(e)}; fix it, then `hoard ingest --resume`"
     return f"{type(e).__name__}: {e} (a bug; traceback in the worker log)"
 
 
-#: what a step can meet that is not a bug: a service or a disk gone, a person's error. Under
-#: `run_here` it ends the run with the one line `_explain` recorded in the batch's state.
-CONDITIONS = (HoardError, psycopg.OperationalError, redis.ConnectionError, redis.TimeoutError, OSError)
+# CONDITIONS (jobs.queues): under `run_here` a step meeting one ends the run with the one line
+# `_explain` recorded in the batch's state.
 
 
 def run_here(cfg: Settings, batch_id: str) -> ExitCode:

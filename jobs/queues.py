@@ -8,15 +8,49 @@ import socket
 from collections.abc import Iterator
 from typing import Any
 
+import psycopg
 import redis
 from rq import Queue, Worker
 from rq.exceptions import NoSuchJobError
 from rq.job import Job
 
-from fsd.base.errors import ServiceUnavailable
+from fsd.base.errors import HoardError, ServiceUnavailable
 
 #: The queues of hoardfs, in the order a default worker serves them.
 QUEUES = ("ingest", "io", "sql", "maintenance")
+
+#: what a job can meet that is not a bug: a service or a disk gone, a person's error. The
+#: job records it in its own state with the way on (`hoard ingest --status`, `--resume`).
+CONDITIONS = (HoardError, psycopg.OperationalError, redis.ConnectionError, redis.TimeoutError, OSError)
+
+
+def condition_line(e: BaseException) -> str:
+    """One line for a condition of CONDITIONS (what the worker's log says of it)."""
+    if isinstance(e, HoardError):
+        return e.message
+    if isinstance(e, psycopg.OperationalError):
+        return f"PostgreSQL unreachable ({str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__})"
+    if isinstance(e, (redis.ConnectionError, redis.TimeoutError)):
+        return f"Redis unreachable ({e})"
+    if isinstance(e, OSError):
+        return f"{e.strerror or e} ({e.filename or 'no file named'})"
+    return f"{type(e).__name__}: {e}"
+
+
+class HoardWorker(Worker):
+    """`hoard worker`: RQ's worker, except that a job ending on one of CONDITIONS (PostgreSQL
+    stopped, a disk gone, a full zone) is one line in the log — what failed and the job — not
+    a Python traceback for what is no bug; the job's state says how to go on, and RQ's failed
+    job registry (rq-dashboard) keeps the whole traceback. Any other exception is a bug and
+    is logged with its traceback as RQ does."""
+
+    def handle_exception(self, job: Job, *exc_info: Any) -> None:
+        e = exc_info[1]
+        if isinstance(e, CONDITIONS) and not self._exc_handlers:
+            self.log.error("Worker %s: job %s (%s) failed: %s", self.name, job.id, job.description,
+                           condition_line(e))
+            return
+        super().handle_exception(job, *exc_info)
 
 
 def connect(url: str) -> redis.Redis:

@@ -276,6 +276,36 @@ def test_database_down_then_resume(hoard_home: Path, pg, redis_conn) -> None:
     assert not (zone3a / batch.batch_id).exists()
 
 
+@pytest.mark.expect_log(r"\(ingest [^)]*: apply\) failed: PostgreSQL unreachable", level="ERROR")
+def test_hoard_worker_logs_a_condition_in_one_line(hoard_home: Path, pg, redis_conn) -> None:
+    """`hoard worker` running a step that meets PostgreSQL down (no bug, a condition): its log
+    says the job failed and why in one line — no Python traceback (the chaos suite's seed 66
+    found RQ's); the batch's state has the way on, and rq-dashboard's failed registry keeps
+    the traceback. Resumed after the fix, the batch completes."""
+    cfg = ingest_home(hoard_home, pg)
+    zone3a = cfg.ssd.zone_path("3A")
+    batch = generate(zone3a, Spec(seed=8, batches=1, items_per_batch=8, large_max_mb=1, ready_signal=True))[0]
+    cfg_text = Path(cfg.source).read_text()
+    Path(cfg.source).write_text(cfg_text.replace(json.dumps(cfg.database_url),
+                                                 json.dumps("postgresql://nobody@127.0.0.1:1/none?connect_timeout=2")))
+    ua1.submit(cfg, zone3a / batch.batch_id, None, redis_conn)
+    res = subprocess.run([sys.executable, "-m", "fsd", "--config", str(cfg.source), "worker", "--burst"],
+                         capture_output=True, text=True, timeout=300, cwd=Path(__file__).resolve().parent.parent)
+    assert res.returncode == 0, res.stderr
+    failed = [line for line in res.stderr.splitlines() if " failed: " in line]
+    assert "Traceback" not in res.stderr, res.stderr
+    assert len(failed) == 1 and f"ingest {batch.batch_id}: apply" in failed[0] \
+        and "PostgreSQL unreachable" in failed[0], res.stderr
+    st = ua1.load_state(cfg, batch.batch_id)
+    assert st.status == "failed" and st.step == "apply" and "start it, then `hoard ingest --resume`" in st.error
+    job = Queue("sql", connection=redis_conn).failed_job_registry.get_job_ids()
+    assert job, "the failed job is not in RQ's failed registry"
+    Path(cfg.source).write_text(cfg_text)
+    ua1.submit(cfg, zone3a / batch.batch_id, None, redis_conn)
+    work(redis_conn)
+    assert ua1.load_state(cfg, batch.batch_id).status == "done"
+
+
 @pytest.mark.expect_log(r"exception raised while executing", level="ERROR")
 def test_zone_3b_full_keeps_the_batch(hoard_home: Path, pg, redis_conn) -> None:
     """A 3B without room refuses the package (exit 6 message naming 3B and the next step);

@@ -194,7 +194,7 @@ def test_ctrl_c_under_wait_leaves_the_batch_to_the_worker(hoard_home: Path, pg, 
         proc.send_signal(signal.SIGINT)
         t0 = time.monotonic()
         _, stderr = proc.communicate(timeout=30)
-        assert time.monotonic() - t0 < 5 and proc.returncode == ExitCode.INTERRUPTED, stderr
+        assert time.monotonic() - t0 < 10 and proc.returncode == ExitCode.INTERRUPTED, stderr  # 1–2 s alone; 6.6 s seen under a loaded machine
         assert f"{batch.name} (running at step scan) goes on in the worker" in stderr
         wait_until(lambda: where(cfg, batch.name) == ("done", "finish"))
     finally:

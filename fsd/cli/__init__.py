@@ -196,9 +196,9 @@ def worker(
 ) -> None:
     """Run an RQ worker on the hoardfs queues."""
     # deferred: hoard starts without jobs (rq, redis)
-    from rq import Queue, Worker
+    from rq import Queue
 
-    from jobs.queues import QUEUES, connect, redis_required
+    from jobs.queues import QUEUES, HoardWorker, connect, redis_required
 
     names = [q.strip() for q in queues.split(",") if q.strip()]
     unknown = [q for q in names if q not in QUEUES]
@@ -208,7 +208,7 @@ def worker(
     assert cfg.redis_url
     with redis_required(cfg.redis_url):
         conn = connect(cfg.redis_url)
-        Worker([Queue(n, connection=conn) for n in names], connection=conn).work(burst=burst)
+        HoardWorker([Queue(n, connection=conn) for n in names], connection=conn).work(burst=burst)
 
 
 @app.command()

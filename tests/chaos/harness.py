@@ -11,6 +11,7 @@ acknowledged may be lost:
 - `hoard check` finds the index, the shards on the disks and the database in agreement;
 - `hoard health` names an injected disk fault (the disk's label) until it is healed, and
   names no store or disk problem once everything is healed;
+- nothing read through the mount comes back with other bytes than its sha256 says;
 - no reservation outlives its job, every output `hoard stage` / `hoard export` acknowledged
   (exit 0) stays sealed and its files match their manifest, and nothing unsealed is ever
   reported done.
@@ -22,6 +23,7 @@ replay hits the same step at nearly, not exactly, the same point.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -48,16 +50,41 @@ SPARES = tuple(DiskProfile(f"s{i}", 400, 200, 200, 5000) for i in (1, 2))
 HUNG_S = 120
 
 WORKLOADS = ("put", "put", "put", "replicate", "verify", "views_gc", "batch_drop", "ingest", "index_rebuild", "get",
-             "export")
+             "export", "ingest_rq", "mount_read")
 #: faults during a step: none, kill -9 of the CLI, a disk vanishing (and coming back), a
 #: disk dying (EIO; replaced by a spare), a flipped byte in one replica before the step, a
 #: disk filling up (someone else's file takes its free space; removed afterwards),
 #: PostgreSQL or Redis stopped (the world's own servers; started again by the heal), the
-#: output zones 3B–3D past their deny threshold (someone else's files; removed by the heal)
-FAULTS = ("none", "kill9", "kill9", "vanish", "eio", "flip", "full", "db_down", "redis_down", "zone_full")
+#: output zones 3B–3D past their deny threshold (someone else's files; removed by the heal);
+#: the worker's work horse alone killed -9 (the worker parent goes on: kill9 takes both), the
+#: FUSE mount killed -9 under a reader (its mount point is left "not connected")
+FAULTS = ("none", "kill9", "kill9", "vanish", "eio", "flip", "full", "db_down", "redis_down", "zone_full",
+          "kill_horse", "kill_mount")
 DISK_FAULTS = ("vanish", "eio", "flip", "full")
 #: faults injected at an instant of the command (the others are set up before it)
-TIMED_FAULTS = ("kill9", "vanish", "eio", "full", "db_down", "redis_down")
+TIMED_FAULTS = ("kill9", "vanish", "eio", "full", "db_down", "redis_down", "kill_horse", "kill_mount")
+#: the faults that only some workloads have a target for (a worker's horse, a mount)
+TARGETED = {"kill_horse": "ingest_rq", "kill_mount": "mount_read"}
+#: the reader a `mount_read` step runs (not a hoard command): argv mount point, a file of
+#: sha256s (up to 400); reads each object through by-hash/ and checks its sha256 — wrong bytes print
+#: WRONG BYTES (an invariant violation whatever the fault), an unreadable file exits 3
+READ_MOUNT = "@read-mount"
+READER = r"""
+import hashlib, os, sys
+mnt, listing = sys.argv[1], sys.argv[2]
+for sha in open(listing).read().split():
+    where = os.path.join(mnt, "by-hash", sha[:2], sha[2:4])
+    try:
+        name = next(n for n in os.listdir(where) if n.split(".")[0] == sha)
+        with open(os.path.join(where, name), "rb") as f:
+            got = hashlib.sha256(f.read()).hexdigest()
+    except (OSError, StopIteration) as e:
+        print(f"{sha}: {e!r}", file=sys.stderr)
+        sys.exit(3)
+    if got != sha:
+        print(f"WRONG BYTES: {sha} read back as {got}", file=sys.stderr)
+        sys.exit(1)
+"""
 
 
 class InvariantViolation(AssertionError):
@@ -97,6 +124,8 @@ class World:
     faults: dict[str, int] = field(default_factory=dict)  # "kill9 during put" → how often
     took: dict[str, float] = field(default_factory=dict)  # workload → seconds, last undisturbed run
     boot_s: float = 0.0
+    rerun: list[str] = field(default_factory=list)  # what re-runs an interrupted step (default: its command)
+    mount_proc: subprocess.Popen | None = None
     _files: int = 0
 
     def __post_init__(self) -> None:
@@ -110,7 +139,13 @@ class World:
 
     # -- the CLI ------------------------------------------------------------------
     def _cmd(self, *args: str) -> list[str]:
+        if args and args[0] == READ_MOUNT:
+            return [sys.executable, "-c", READER, str(self.mnt), *args[1:]]
         return [sys.executable, "-m", "fsd", "--config", str(self.cfg_path), *args]
+
+    @property
+    def mnt(self) -> Path:
+        return self.home / "mnt"
 
     def hoard(self, *args: str, timeout: float = 300, ok: tuple[int, ...] | None = (0,)) -> subprocess.CompletedProcess:
         res = subprocess.run(self._cmd(*args), cwd=self.home, capture_output=True, text=True, timeout=timeout,
@@ -162,6 +197,7 @@ class World:
         self.boot_s = time.monotonic() - t0  # a command's start-up: faults land after it
 
     def close(self) -> None:
+        self.stop_mount()
         self.redis.stop()
         self.pg.destroy()
 
@@ -172,6 +208,8 @@ class World:
         for n in range(1, steps + 1):
             workload = rng.choice(WORKLOADS) if n > 1 else "put"  # something to lose first
             fault = rng.choice(FAULTS)
+            if TARGETED.get(fault, workload) != workload:  # nothing of that kind runs in this step
+                fault = "kill9"
             out.append(Step(n, workload, fault, None, rng.random(), rng.randrange(1 << 30)))
         return out
 
@@ -190,12 +228,14 @@ class World:
         args, expected_s = self.workload_args(step.workload, rng)
         if args is None:
             return
+        self.rerun = self.rerun or list(args)
         if step.fault == "zone_full":  # after the workload's own set-up (an ingest, say), before its command
             self.fill_zones()
         expected_s = self.took.get(step.workload, expected_s)
         proc = self.start(*args)
         injected = False
-        t_fault = self.boot_s + step.at * max(0.1, expected_s - self.boot_s)
+        boot_s = 0.05 if args[0] == READ_MOUNT else self.boot_s  # the reader is no `hoard` process
+        t_fault = boot_s + step.at * max(0.1, expected_s - boot_s)
         t0 = time.monotonic()
         while proc.poll() is None:
             if not injected and time.monotonic() - t0 >= t_fault and step.fault in TIMED_FAULTS:
@@ -212,9 +252,12 @@ class World:
         if step.fault in ("none", "flip", "zone_full") or not injected:  # undisturbed: where later faults land
             self.took[step.workload] = time.monotonic() - t0
         self.log.append(f"  → exit {proc.returncode} after {time.monotonic() - t0:.2f} s")
-        if "Traceback" in stderr:
-            raise InvariantViolation(f"{step}: `hoard {' '.join(args)}` printed a traceback:\n{stderr[-3000:]}")
+        if "Traceback" in stderr or "WRONG BYTES" in stderr:
+            raise InvariantViolation(f"{step}: `hoard {' '.join(args)}` printed:\n{stderr[-3000:]}")
         self.collect_acks(step.workload, stdout, proc.returncode)
+        if step.workload == "ingest_rq" and step.fault == "none" and self.pending_batch_id not in self.batches:
+            raise InvariantViolation(f"{step}: the worker ended (exit {proc.returncode}) without the batch done:\n"
+                                     f"{stderr[-3000:]}")
         if step.fault in TIMED_FAULTS and step.fault != "kill9" and not injected:  # faster than the fault
             self.inject(step, proc)
         when = "during" if injected or step.fault in ("flip", "zone_full") else "after"
@@ -232,11 +275,14 @@ class World:
                                      f"{stderr[-3000:]}")
         self.heal(step)
         if step.fault != "none" and step.workload != "get":  # the interrupted command, re-run, completes
-            res = self.hoard(*args, ok=None)
+            again = self.rerun
+            res = self.hoard(*again, ok=None)
             self.collect_acks(step.workload, res.stdout, res.returncode)
             if res.returncode != 0:
-                raise InvariantViolation(f"{step}: re-run `hoard {' '.join(args)}` exit {res.returncode}:\n"
+                raise InvariantViolation(f"{step}: re-run `hoard {' '.join(again)}` exit {res.returncode}:\n"
                                          f"{res.stderr[-3000:]}")
+        self.rerun = []
+        self.stop_mount()
 
     def workload_args(self, workload: str, rng: random.Random) -> tuple[list[str] | None, float]:
         """The command line of a workload and its expected duration in seconds."""
@@ -269,7 +315,51 @@ class World:
             return ["ingest", str(self.home / "ssd" / "3A" / batch.batch_id), "--here"], 4.0
         if workload == "export":
             return self.output_args(rng), 2.0
+        if workload == "ingest_rq":  # queued, then run by a worker: the worker is what the fault hits
+            batch = self.scraped_batch(rng)
+            self.pending_batch = {i.sha256: i.size for i in batch.items}
+            self.pending_batch_id = batch.batch_id
+            folder = str(self.home / "ssd" / "3A" / batch.batch_id)
+            self.hoard("ingest", folder)
+            self.rerun = ["ingest", folder, "--here"]  # a killed job is not re-run by RQ: resume it here
+            return ["worker", "--burst"], 6.0
+        if workload == "mount_read":
+            if not self.acked:
+                return None, 0
+            self.start_mount()
+            listing = self.home / "read.list"
+            listing.write_text("\n".join(rng.sample(sorted(self.acked), min(len(self.acked), 400))) + "\n")
+            return [READ_MOUNT, str(listing)], 1.0
         raise ValueError(workload)
+
+    def start_mount(self) -> None:
+        """`hoard mount --foreground` in the background, until the step ends (it holds the store
+        lock shared: gc's swap waits for it)."""
+        self.mnt.mkdir(exist_ok=True)
+        log = open(self.home / "mount.log", "ab")
+        self.mount_proc = subprocess.Popen(self._cmd("mount", "--foreground", str(self.mnt)), cwd=self.home,
+                                           stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                           env=_env(), start_new_session=True)
+        log.close()
+        self.log.append("hoard mount --foreground (started)")
+        deadline = time.monotonic() + 60
+        while not os.path.ismount(self.mnt):
+            if self.mount_proc.poll() is not None or time.monotonic() > deadline:
+                raise InvariantViolation(f"`hoard mount` did not come up (exit {self.mount_proc.poll()}):\n"
+                                         + (self.home / "mount.log").read_text(errors="replace")[-2000:])
+            time.sleep(0.05)
+
+    def stop_mount(self) -> None:
+        proc, self.mount_proc = self.mount_proc, None
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        if os.path.ismount(self.mnt) or _dead_mount(self.mnt):
+            subprocess.run(["fusermount3", "-u", "-z", str(self.mnt)], capture_output=True)
 
     def output_args(self, rng: random.Random) -> list[str]:
         """`hoard stage` (→ 3C) or `hoard export` (→ 3D) of some ingested batches, in copy mode
@@ -343,6 +433,14 @@ class World:
         """What a command acknowledged: each line `put --json` printed (a killed put's too); a
         whole batch when `ingest --here` ended with exit 0 (the batch is done: its manifest is
         registered and names every file)."""
+        if workload == "ingest_rq":  # the worker's exit says nothing of the batch: its state does
+            from jobs.ingest import load_state
+
+            from fsd.base import config
+
+            st = load_state(config.load(self.cfg_path), self.pending_batch_id)
+            code = 0 if st is not None and st.status == "done" else 1
+            workload = "ingest"
         if workload == "ingest":
             if code == 0:
                 self.acked.update(self.pending_batch)
@@ -394,6 +492,16 @@ class World:
     def inject(self, step: Step, proc: subprocess.Popen) -> None:
         if step.fault == "kill9":
             os.killpg(proc.pid, signal.SIGKILL)
+        elif step.fault == "kill_horse":  # the worker's forked child running the job (if one runs now)
+            horses = _children(proc.pid)
+            for pid in horses:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            self.log.append(f"  killed the work horse {horses or '(none running)'}")
+        elif step.fault == "kill_mount" and self.mount_proc is not None:
+            os.killpg(self.mount_proc.pid, signal.SIGKILL)
+            self.mount_proc.wait()
+            self.log.append("  killed the mount")
         elif step.fault == "vanish":
             self.lab.vanish(step.victim)
         elif step.fault == "eio":
@@ -461,6 +569,9 @@ class World:
         elif step.fault == "zone_full":
             for zone in ("3B", "3C", "3D"):
                 (self.home / "ssd" / zone / "someone-elses-file").unlink()
+        elif step.fault == "kill_mount":  # what an operator (or systemd's ExecStopPost) does
+            self.stop_mount()
+            self.start_mount()
 
     def drop_disk_table(self, label: str) -> None:
         """Remove the [[disks]] table of `label` from hoard.toml (up to the next table)."""
@@ -534,6 +645,24 @@ class World:
 def _env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in ("HOARD_CONFIG", "HOARD_DATABASE_URL", "HOARD_REDIS_URL")}
     return env | {"COLUMNS": "200", "PYTHONPATH": str(REPO)}
+
+
+def _children(pid: int) -> list[int]:
+    """The direct children of `pid` (all its threads')."""
+    out = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        with contextlib.suppress(OSError):
+            out += [int(c) for c in (task / "children").read_text().split()]
+    return out
+
+
+def _dead_mount(path: Path) -> bool:
+    """A FUSE mount whose process died: stat answers ENOTCONN."""
+    try:
+        os.stat(path)
+    except OSError as e:
+        return e.errno == 107  # ENOTCONN
+    return False
 
 
 def _stack(pid: int) -> str:
