@@ -193,3 +193,24 @@ def test_duplicate_video_in_one_batch(tmp_path: Path) -> None:
     assert len(parsed.records) == 1
     [rej] = parsed.rejects
     assert "again (first in" in rej.reason and len(rej.paths) == 2
+
+
+def test_hostile_reason_fast_path_agrees_with_the_full_checks() -> None:
+    """`hostile_reason` answers most paths with one regex search; on any path it must say
+    what the full checks say (random paths over the characters that matter)."""
+    import random
+    import re
+
+    import fsd.base.paths as paths
+
+    alphabet = ["a", "é", "😀", "/", ".", "\x00", "\x1f", "\x7f", "\x85", "\u202e", "\u2067", "\ud800", "ש", " "]
+    rng = random.Random(5)
+    cases = ["".join(rng.choice(alphabet) for _ in range(rng.choice((1, 2, 3, 6, 20, 249, 251, 260))))
+             for _ in range(20000)]
+    fast = [hostile_reason(c) for c in cases]
+    saved, paths._SUSPECT = paths._SUSPECT, re.compile("")  # every path takes the full checks
+    try:
+        assert [hostile_reason(c) for c in cases] == fast
+    finally:
+        paths._SUSPECT = saved
+    assert sum(f is None for f in fast) > 100  # fine paths were among them
