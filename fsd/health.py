@@ -9,6 +9,8 @@ from typing import Any
 from fsd import zones
 from fsd.zones import size as zone_size  # (`zones` is a parameter name below)
 from fsd.base.config import Settings
+from fsd.base.errors import HoardError
+from fsd.scrub import oldest_unverified_by_disk
 from fsd.store import Store
 
 GB = 1024**3
@@ -54,6 +56,19 @@ def store_status(cfg: Settings) -> dict[str, Any]:
         d["present"] = os.path.isdir(d["path"])
         d["mount_point"] = os.path.ismount(d["path"])
     return {"ok": True, **st}
+
+
+def verified_by_disk(cfg: Settings) -> dict[str, float | None]:
+    """Per disk label, seconds since its least recently verified replica was verified (or
+    written); None for a disk with no sealed shard (`fsd.scrub.oldest_unverified_by_disk`).
+    {} when the store cannot be opened — `store_status` says why. Opens the store read-only: a
+    process that may open it from several threads serialises the opens (LMDB opens an
+    environment once per process)."""
+    try:
+        with Store.open(cfg, writable=False) as store:
+            return oldest_unverified_by_disk(store)
+    except (HoardError, OSError):
+        return {}
 
 
 def _space_problems(cfg: Settings, disks: list[dict[str, Any]]) -> list[str]:

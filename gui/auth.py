@@ -27,8 +27,8 @@ from fastapi.responses import JSONResponse, PlainTextResponse, RedirectResponse,
 from nicegui import app, run, ui
 from starlette.middleware.base import BaseHTTPMiddleware
 
-from gui import users as users_mod
 from gui.context import ctx
+from jobs import users as users_mod
 
 #: paths open without a login (the health probes of systemd / a load balancer; NiceGUI's
 #: own static files and websocket, which serve no data)

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from fsd.base.config import Settings
 from gui.state import Cache
 from gui.tickets import Tickets
-from gui.users import LoginLimiter
+from jobs.users import LoginLimiter
 
 
 @dataclass

@@ -299,7 +299,7 @@ def test_users_commands(hoard_home: Path) -> None:
         assert says in res.stderr and len(res.stderr.strip().splitlines()) == 1, res.stderr
     assert hoard(cfg, "users", "passwd", "ada", "--password-stdin", stdin="new-pass-123\n").returncode == 0
     from fsd.base import config
-    from gui import users
+    from jobs import users
 
     c = config.load(cfg)
     assert users.authenticate(c, "ada", "new-pass-123") and not users.authenticate(c, "ada", "s3cret-pass")
@@ -315,7 +315,7 @@ def test_users_from_hoard_toml(hoard_home: Path) -> None:
     cfg.write_text(cfg.read_text() + f'\n[[gui.users]]\nname = "root"\nrole = "admin"\n'
                                      f'password_hash = "{hashed.stdout.strip()}"\n')
     from fsd.base import config
-    from gui import users
+    from jobs import users
 
     assert users.authenticate(config.load(cfg), "root", "from-toml-pass").role == "admin"
     res = hoard(cfg, "users", "rm", "root")
@@ -432,7 +432,7 @@ def test_one_persons_typos_do_not_lock_out_the_others() -> None:
     """Failures count per name (a guessed password waits) and, four times as many, per client
     address (many names tried from one place wait): another user on the same address (all
     local users are 127.0.0.1) still signs in; no key is kept once its window has passed."""
-    from gui.users import LoginLimiter
+    from jobs.users import LoginLimiter
 
     lim = LoginLimiter(attempts=3, window_s=0.3)
     for _ in range(3):

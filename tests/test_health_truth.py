@@ -3,6 +3,7 @@ too full for a new shard, a store that can no longer place copy_of_raw replicas.
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 from fsd.base import config
@@ -35,3 +36,23 @@ def test_below_target_and_full_disks_are_problems(tmp_path: Path) -> None:
     assert sum("takes no new shard" in p for p in problems) == 2, problems
     assert any(p.startswith("store: only 1 disks have room for a new shard") and "new writes are refused" in p
                for p in problems), problems
+
+
+def test_verified_by_disk(tmp_path: Path) -> None:
+    """fsd.health.verified_by_disk: per disk label, the age of its least recently verified
+    replica — small right after the writes that sealed its shards, None for a disk holding no
+    sealed shard, and {} (not an error) when the store cannot be opened."""
+    from fsd.health import verified_by_disk
+
+    cfg_path = dir_disks_config(tmp_path, 4, shard_size_mb=1)
+    cfg = config.load(cfg_path)
+    with Store.open(cfg, init=True) as store:
+        store.put_many(make_files(tmp_path / "in", 60, seed=2))
+    with Store.open(cfg, writable=False) as store:
+        holding = {store.records[u].label for m in store.index.iter_shards() if m.sealed for u in m.replicas}
+    ages = verified_by_disk(cfg)
+    assert set(ages) == {d.label for d in cfg.disks} and holding, ages
+    assert all(ages[label] is not None and 0 <= ages[label] < 300 for label in holding), ages
+    assert all(ages[label] is None for label in set(ages) - holding), ages
+    shutil.rmtree(cfg.index_dir)
+    assert verified_by_disk(cfg) == {}
