@@ -66,6 +66,9 @@ class DiskRecord:
     created: str
     used_bytes: int = 0
     reason: str = ""
+    #: when a store open last found the disk at its path with its identity (Unix time, noted at
+    #: most every `fsd.store.SEEN_EVERY_S`); 0: never noted (a record older than the field)
+    seen: float = 0.0
 
     def to_json(self) -> bytes:
         d = asdict(self)
@@ -76,7 +79,9 @@ class DiskRecord:
     def from_json(cls, raw: bytes) -> DiskRecord:
         d = json.loads(raw)
         d["state"] = DiskState(d["state"])
-        return cls(**d)
+        # a field a later version added is not this version's to read (an index written by it
+        # still opens here)
+        return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
 
 
 def read_identity(root: Path, name: str = IDENTITY) -> dict | None:

@@ -9,6 +9,8 @@ from typing import Any
 from fsd import zones
 from fsd.zones import size as zone_size  # (`zones` is a parameter name below)
 from fsd.base.config import Settings
+from fsd.base.errors import HoardError
+from fsd.scrub import oldest_unverified_by_disk
 from fsd.store import Store
 
 GB = 1024**3
@@ -35,25 +37,82 @@ def zone_status(cfg: Settings) -> dict[str, dict[str, Any]]:
     return zones.usage(cfg)
 
 
-def _disk_next_step(state: str) -> str:
-    return {"missing": "mount it at its path (or fix disks[].path); `hoard init` for a new disk",
-            "draining": "run `hoard replicate`, then unmount it",
-            "failed": "replace it: `hoard rebuild`"}.get(state, "see `hoard disks list`")
+def disk_holdings(store: Store) -> dict[str, dict[str, int]]:
+    """Per disk uuid, what the index says the disk holds: `replicas` (shards with a complete copy
+    there), `replica_bytes` (their sizes), and `only_here` — shards whose every other replica is
+    unreadable now (on a failed or missing disk, or none): lost if this disk is gone for good."""
+    out: dict[str, dict[str, int]] = {u: {"replicas": 0, "replica_bytes": 0, "only_here": 0} for u in store.records}
+    for meta in store.index.iter_shards():
+        for u in meta.replicas:
+            held = out.setdefault(u, {"replicas": 0, "replica_bytes": 0, "only_here": 0})
+            held["replicas"] += 1
+            held["replica_bytes"] += meta.size
+            if not any(store.usable(other) for other in meta.replicas if other != u):
+                held["only_here"] += 1
+    return out
+
+
+def disk_next_step(d: dict[str, Any]) -> str:
+    """What a person does about a disk that is not active, with the `hoard` commands that do it
+    (`d`: a disk entry of `store_status`, with its holdings)."""
+    label, path, state = d["label"], d["path"], d.get("state", "active")
+    held, only = d.get("replicas", 0), d.get("only_here", 0)
+    if state == "draining":
+        return f"`hoard replicate` copies its shards to the other disks; then `hoard disks forget {label}`"
+    if str(d.get("uuid", "")).startswith("unregistered-"):
+        return f"mount the disk at {path} and run `hoard init` (it gives the disk its identity), or fix disks[].path"
+    if "not listed in" in d.get("reason", ""):
+        return (f"`hoard disks forget {label}` once no shard needs it, or put its [[disks]] table back"
+                + (f" ({only} shards have no other readable replica: put it back)" if only else ""))
+    lost = (f"`hoard disks add PATH --label NEW`, then `hoard disks replace {label} NEW` (copies its {held} replicas "
+            f"from the other disks), then `hoard disks forget {label}`")
+    if state == "failed":
+        if only:
+            return (f"{only} shards have no other readable replica: if the disk reads again, `hoard disks activate "
+                    f"{label}` checks its replicas and takes it back; else they are lost — {lost}")
+        return (f"{lost} (or `hoard rebuild --disk {label}` onto any disks with room); if its errors have passed, "
+                f"`hoard disks activate {label}` checks its replicas and takes it back")
+    if state == "missing":
+        if not held:
+            return f"it holds no replica: mount it again at {path}, or `hoard disks forget {label}`"
+        back = f"mount it again at {path} (it is used as soon as it is back)"
+        if only:
+            return f"{back}: {only} shards have no other readable replica (lost if it is gone for good)"
+        return f"{back}; if it is lost: {lost}"
+    return "see `hoard disks list`"
 
 
 def store_status(cfg: Settings) -> dict[str, Any]:
-    """The store's view (disk states, objects, replication lag); never raises."""
+    """The store's view (disk states and what each disk holds, objects, replication lag); never
+    raises. A disk that is not active carries `next_step`."""
     if not (cfg.index_dir / "data.mdb").exists():
         return {"ok": False, "error": f"no index at {cfg.index_dir}; run `hoard init`"}
     try:
         with Store.open(cfg, writable=False) as store:
             st = store.status()
+            holdings = disk_holdings(store)
     except Exception as e:  # noqa: BLE001 - health reports, it does not crash
         return {"ok": False, "error": f"cannot open the store: {e}"}
     for d in st["disks"]:
         d["present"] = os.path.isdir(d["path"])
         d["mount_point"] = os.path.ismount(d["path"])
+        d.update(holdings.get(d["uuid"], {"replicas": 0, "replica_bytes": 0, "only_here": 0}))
+        if d["state"] != "active":
+            d["next_step"] = disk_next_step(d)
     return {"ok": True, **st}
+
+
+def verified_by_disk(cfg: Settings) -> dict[str, float | None]:
+    """Per disk label, seconds since its least recently verified replica was verified (or
+    written); None for a disk with no sealed shard (`fsd.scrub.oldest_unverified_by_disk`).
+    {} when the store cannot be opened — `store_status` says why. Opens the store read-only: a
+    process that may open it from several threads serialises the opens (LMDB opens an
+    environment once per process)."""
+    try:
+        with Store.open(cfg, writable=False) as store:
+            return oldest_unverified_by_disk(store)
+    except (HoardError, OSError):
+        return {}
 
 
 def _space_problems(cfg: Settings, disks: list[dict[str, Any]]) -> list[str]:
@@ -111,7 +170,7 @@ def store_problems(cfg: Settings, store: dict[str, Any], disks: list[dict[str, A
     for d in disks:
         if d.get("state", "active") != "active":
             problems.append(f"disk {d['label']}: {d['state']}: {d.get('reason') or 'not usable'}; "
-                            + _disk_next_step(d["state"]))
+                            + (d.get("next_step") or disk_next_step(d)))
     for z, s in zones.items():
         if not s["present"]:
             problems.append(f"zone {z}: {s['path']} does not exist; run `hoard init`")

@@ -529,6 +529,16 @@ class Index:
         with self.env.begin(write=True, db=self.disks) as txn:
             txn.put(rec.uuid.encode(), rec.to_json())
 
+    def saw_disk(self, uuid: str, when: float) -> None:
+        """Note that disk `uuid` was found at its path at `when`, changing nothing else of its
+        record (read and written in one transaction: a writer's used_bytes is not undone)."""
+        with self.env.begin(write=True, db=self.disks) as txn:
+            raw = txn.get(uuid.encode())
+            if raw:
+                rec = DiskRecord.from_json(raw)
+                rec.seen = max(rec.seen, when)
+                txn.put(uuid.encode(), rec.to_json())
+
     def release_retired(self, uuid: str) -> int:
         """Take a forgotten disk out of gc's retired list (its old replicas cannot be deleted
         any more, and nothing counts their bytes); returns how many were released."""

@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import lmdb
 
@@ -293,6 +294,20 @@ def backup_index(store, copies: int = 2) -> list[str]:
         shutil.rmtree(old, ignore_errors=True)
         done.append(d.label)
     return done
+
+
+def index_copies(cfg: Settings) -> list[dict[str, Any]]:
+    """The index copies `hoard index backup` left on the configured disks: `{disk, age_s}` each,
+    from the stamp's time on disk (one stat per disk: cheap enough for a status refresh; a disk
+    that is gone, or holds no copy, is left out)."""
+    out = []
+    for d in cfg.disks:
+        try:
+            taken = (d.path / INDEX_COPY / "stamp.json").stat().st_mtime
+        except OSError:
+            continue
+        out.append({"disk": d.label, "age_s": time.time() - taken})
+    return out
 
 
 def restore_index(cfg: Settings, progress: Callable[[int, int], None] | None = None

@@ -43,6 +43,10 @@ from fsd.writer import ShardWriter, writer_alive
 log = logging.getLogger(__name__)
 #: a disk whose marks log refused a snapshot is tried again after this long (not by every open)
 MARKS_RETRY_S = 600.0
+#: a disk found at its path notes it in its index record (`DiskRecord.seen`, shown for a disk that
+#: went missing) at most this often: every status refresh opens the store, and one LMDB write
+#: per disk per open would be churn
+SEEN_EVERY_S = 600.0
 
 
 class Store:
@@ -141,6 +145,8 @@ class Store:
                 rec = DiskRecord(ident["uuid"], dc.label, str(dc.path), DiskState.ACTIVE, ident.get("created", ""))
                 self.index.put_disk(rec)
             state, why = probe(dc.path, rec.uuid, allow_dir)
+            if state == DiskState.ACTIVE:
+                self._note_seen(rec)
             if rec.path != str(dc.path):
                 rec.path = str(dc.path)
                 self.index.put_disk(rec)
@@ -158,6 +164,18 @@ class Store:
                 f"registered in the index but not listed in {self.cfg.source}: `hoard disks forget {rec.label}` "
                 "once no shard needs it (or put its [[disks]] table back)")
             self.records[rec.uuid] = rec
+
+    def _note_seen(self, rec: DiskRecord) -> None:
+        """The disk is at its path with its identity now: note it (at most every SEEN_EVERY_S)."""
+        now = time.time()
+        if now - rec.seen < SEEN_EVERY_S:
+            return
+        try:
+            self.index.saw_disk(rec.uuid, now)
+        except lmdb.Error as e:  # a full or read-only SSD: the open goes on, the time stays old
+            log.warning("index: cannot note that disk %s was seen: %s", rec.label, e)
+            return
+        rec.seen = now
 
     def refresh_disks(self) -> bool:
         """Look again at hoard.toml's `[[disks]]` and the index's disk records, as a long-lived
@@ -687,7 +705,7 @@ class Store:
             d = self.disks.get(uuid)
             fresh = self._disk_record(uuid) if d else rec
             entry = {"label": rec.label, "uuid": uuid, "path": rec.path, "state": rec.state.value,
-                     "reason": rec.reason, "used_bytes": fresh.used_bytes}
+                     "reason": rec.reason, "used_bytes": fresh.used_bytes, "seen": fresh.seen or None}
             if d is not None and rec.state != DiskState.MISSING:
                 try:
                     entry.update(total_bytes=d.total_bytes(), free_bytes=d.free_bytes(fresh.used_bytes))

@@ -21,7 +21,7 @@ from gui import auth, browse_page, launch_page, overview, pipelines_page, rqdash
 from gui.context import Context, ctx, set_context
 from gui.metrics import render
 from gui.state import Cache
-from gui.users import LoginLimiter, users
+from jobs.users import LoginLimiter, users
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,10 @@
 """Login: every page and route needs a signed-in user except `/health/*` and `/login`.
 
-A browser signs in on `/login`; its session (NiceGUI's `app.storage.user`, keyed by a signed
-cookie) holds the name, the role and when it expires (`gui.session_hours`). A program
+A browser signs in on `/login`; its session (NiceGUI's `app.storage.user`, keyed by the id in
+a signed cookie) holds the name, the role and when it expires (`gui.session_hours`). Signing in
+gives the browser a new session id (`gui.tickets`: the form hands out a one-use ticket,
+`/login/finish` redeems it), so a cookie someone held before the login stays signed out;
+`/logout` empties the session on the server (a copied cookie is signed out too). A program
 (Prometheus on `/metrics`, scripts on `/api/…`) sends HTTP Basic credentials instead; both
 go through the same limiter of failed logins (`gui.login_attempts` per `gui.login_window_s`).
 """
@@ -12,26 +15,37 @@ import base64
 import binascii
 import hashlib
 import math
+import posixpath
+import re
 import time
+import uuid
 from dataclasses import dataclass
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 from fastapi import Request
-from fastapi.responses import JSONResponse, RedirectResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, RedirectResponse, Response
 from nicegui import app, run, ui
 from starlette.middleware.base import BaseHTTPMiddleware
 
-from gui import users as users_mod
 from gui.context import ctx
+from jobs import users as users_mod
 
 #: paths open without a login (the health probes of systemd / a load balancer; NiceGUI's
 #: own static files and websocket, which serve no data)
 OPEN_PREFIXES = ("/health/", "/_nicegui")
-OPEN_PATHS = ("/login",)
+OPEN_PATHS = ("/login", "/login/finish", "/logout")
 #: paths answered with 401 + Basic instead of a redirect to the login page
 API_PREFIXES = ("/metrics", "/api/")
 #: mounted apps whose POSTs act (rq-dashboard: requeue, cancel, delete): operators and admins only
 ACTING_PREFIXES = ("/rq",)
+#: GET routes that act when a browser arrives (sign out, finish a sign-in, a program's API): a
+#: login never sends the browser on to one (`_safe_target`), so a link to `/login?redirect_to=…`
+#: cannot make a person act by signing in
+ACTS_ON_ARRIVAL = ("/logout", "/login/finish")
+ACTS_ON_ARRIVAL_PREFIXES = ("/api/",)
+#: rq-dashboard's pages, the only paths under /rq a login continues to (the rest act —
+#: `/rq/requeue/<queue>` on GET — or are its JSON)
+RQ_PAGES = re.compile(r"^/rq(/(\d+(/view(/.*)?)?)?)?$")
 
 
 @dataclass(frozen=True)
@@ -82,11 +96,21 @@ def require(action: str) -> SignedIn:
 
 def _safe_target(path: str) -> str:
     """Only a local path (never `//host`, a scheme, or anything a browser could strip or turn
-    into one: backslashes, control characters, white space) may follow a login."""
+    into one: backslashes, control characters, white space) may follow a login, and never one
+    that acts on arrival (ACTS_ON_ARRIVAL, rq-dashboard's acting routes) — those land on `/`."""
     parts = urlsplit(path)
     ok = (path.startswith("/") and not path.startswith("//") and not parts.scheme and not parts.netloc
           and not any(c == "\\" or c.isspace() or ord(c) < 0x20 or ord(c) == 0x7f for c in path))
-    return path if ok else "/"
+    return path if ok and not _acts_on_arrival(parts.path) else "/"
+
+
+def _acts_on_arrival(path: str) -> bool:
+    """The route a browser sent to `path` reaches acts (or is not a page): checked on the path the
+    server routes — percent-decoded (`/%6cogout`), dot segments resolved (`/x/../logout`, which
+    the browser resolves before asking), a trailing slash dropped (redirected to the route)."""
+    routed = posixpath.normpath(unquote(path)) if path else "/"
+    return (routed in ACTS_ON_ARRIVAL or routed.startswith(ACTS_ON_ARRIVAL_PREFIXES) or routed == "/api"
+            or ((routed == "/rq" or routed.startswith("/rq/")) and not RQ_PAGES.match(routed)))
 
 
 def _same_origin(request: Request) -> bool:
@@ -101,6 +125,11 @@ def _same_origin(request: Request) -> bool:
         return True  # not a browser (curl, a script): it holds the cookie itself, no one else's page
     here = request.headers.get("host", "")
     return urlsplit(origin).netloc == here
+
+
+#: what the login form says after a ticket that did not work
+RETRY = ("that sign-in did not finish: its ticket was used already, expired, or came from another browser; "
+         "sign in again")
 
 
 def _client(request: Request) -> str:
@@ -135,6 +164,8 @@ async def login_check(name: str, password: str, client: str) -> tuple[users_mod.
 class AuthMiddleware(BaseHTTPMiddleware):
     async def dispatch(self, request: Request, call_next):
         path = request.url.path
+        if (handed := ctx().tickets.claim(request.session.get("id"))) is not None:
+            app.storage.user.update(handed)  # the first request of a session `/login/finish` made
         user = current_user() if not path.startswith(OPEN_PREFIXES) else None
         acting = request.method not in ("GET", "HEAD") or "/requeue/" in path  # rq-dashboard requeues on GET too
         if user is not None and path.startswith(ACTING_PREFIXES) and acting and not user.may("cancel"):
@@ -163,7 +194,7 @@ def register() -> None:
     app.add_middleware(AuthMiddleware)
 
     @ui.page("/login", title="hoardfs · sign in")
-    def login_page(request: Request, redirect_to: str = "/") -> RedirectResponse | None:
+    def login_page(request: Request, redirect_to: str = "/", retry: int = 0) -> RedirectResponse | None:
         target = _safe_target(redirect_to)
         if current_user() is not None:
             return RedirectResponse(target)
@@ -175,22 +206,45 @@ def register() -> None:
                 message.text = why
                 message.visible = True
                 return
-            app.storage.user.clear()
-            app.storage.user.update(name=user.name, role=user.role, account=_fingerprint(user),
-                                    expires=time.time() + ctx().cfg.gui.session_hours * 3600)
-            ui.navigate.to(target)
+            # signed in under a new session id, not this one (which was made before the login and
+            # may be known to someone else): /login/finish switches the browser over
+            ticket = ctx().tickets.issue(app.storage.browser["id"], {
+                "name": user.name, "role": user.role, "account": _fingerprint(user),
+                "expires": time.time() + ctx().cfg.gui.session_hours * 3600}, target)
+            ui.navigate.to(f"/login/finish?ticket={ticket}")
 
         with ui.card().classes("absolute-center w-80"):
             ui.label("hoardfs").classes("text-h5")
             name = ui.input("Name").props("autofocus").classes("w-full")
             password = ui.input("Password", password=True, password_toggle_button=True).classes("w-full")
             password.on("keydown.enter", attempt)
-            message = ui.label("").classes("text-negative")
-            message.visible = False
+            message = ui.label(RETRY if retry else "").classes("text-negative")
+            message.visible = bool(retry)
             ui.button("Sign in", on_click=attempt).classes("w-full")
         return None
 
-    @ui.page("/logout")
-    def logout_page() -> RedirectResponse:
+    @app.get("/login/finish")
+    def finish(request: Request, ticket: str = "") -> RedirectResponse:
+        """Redeem the form's ticket: the session id the browser signed in with is emptied and
+        replaced (a new cookie); the signed-in state goes to the new id."""
+        redeemed = ctx().tickets.redeem(ticket, request.session.get("id"))
+        if redeemed is None:
+            return RedirectResponse("/login?retry=1", status_code=303)
+        state, target = redeemed
+        app.storage.user.clear()  # the old id's storage: anyone holding the old cookie finds nothing
+        fresh = str(uuid.uuid4())  # as NiceGUI makes them
+        request.session["id"] = fresh  # the session middleware sends the new cookie with this answer
+        ctx().tickets.hand_over(fresh, state)
+        return RedirectResponse(_safe_target(target), status_code=303)
+
+    @app.get("/logout")
+    def logout(request: Request) -> Response:
+        """Sign out: the session's storage is emptied on the server (a copy of the cookie is signed
+        out too) and the browser gets a new session id. Only from the GUI's own pages or a typed
+        address: another site's page cannot sign a person out."""
+        if not _same_origin(request):
+            return PlainTextResponse("refused: this sign-out came from another site's page; use Sign out in the "
+                                     "GUI itself", status_code=403)
         app.storage.user.clear()
-        return RedirectResponse("/login")
+        request.session["id"] = str(uuid.uuid4())
+        return RedirectResponse("/login", status_code=303)

@@ -1,7 +1,7 @@
 """`/batches`, `/assets`, `/node/{sha256}`: what was ingested, found by source, batch, date and
 metadata; one node with its metadata, labels, parents and children (depth-limited), its paths
 in the FUSE mount, and the low-quality flag (`in_black_list`). Reads go through `sql.browse`
-(bounded queries); thumbnails through `gui.thumbs`."""
+(bounded queries); thumbnails are `fsd.thumbs`'s, served here."""
 
 from __future__ import annotations
 
@@ -13,11 +13,13 @@ import psycopg
 from fastapi.responses import FileResponse, Response
 from nicegui import app, run, ui
 
+from fsd import thumbs
 from fsd.base.errors import HoardError
-from gui import charts, thumbs
+from gui import charts
 from gui.auth import require
 from gui.context import ctx
 from gui.frame import frame, gb, page_number
+from gui.state import STORE_LOCK
 from jobs import ingest
 from sql import browse
 
@@ -49,7 +51,7 @@ def register() -> None:
     @app.get("/thumb/{sha256}")
     async def thumb(sha256: str) -> Response:
         try:
-            p = await run.io_bound(thumbs.thumbnail, ctx().cfg, sha256)
+            p = await run.io_bound(thumbs.thumbnail, ctx().cfg, sha256, STORE_LOCK)
         except HoardError as e:
             return Response(e.message, status_code=503, media_type="text/plain")
         if p is None:

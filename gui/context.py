@@ -1,15 +1,17 @@
-"""The one GUI process's shared objects: its settings, the snapshot cache, the login limiter.
+"""The one GUI process's shared objects: its settings, the snapshot cache, the login limiter,
+the sign-in tickets.
 
 Set once by `gui.app.build`; pages and routes read it with `ctx()`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from fsd.base.config import Settings
 from gui.state import Cache
-from gui.users import LoginLimiter
+from gui.tickets import Tickets
+from jobs.users import LoginLimiter
 
 
 @dataclass
@@ -17,6 +19,7 @@ class Context:
     cfg: Settings
     cache: Cache
     limiter: LoginLimiter
+    tickets: Tickets = field(default_factory=Tickets)
 
 
 _current: Context | None = None

@@ -10,7 +10,8 @@ from collections.abc import Iterator
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 
-from gui.state import JOB_STATES, Snapshot
+from gui.state import Snapshot
+from jobs.queues import JOB_STATES
 
 DISK_STATES = ("active", "draining", "failed", "missing")  # fsd.disks.DiskState
 

@@ -14,28 +14,21 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-import psycopg
 import redis
-from rq import Queue
-from rq.registry import (DeferredJobRegistry, FailedJobRegistry, FinishedJobRegistry, ScheduledJobRegistry,
-                         StartedJobRegistry)
 
 from fsd.base.config import Settings
-from fsd.base.errors import HoardError
-from fsd.reindex import INDEX_COPY
-from fsd.scrub import oldest_unverified_by_disk
-from fsd.store import Store
+from fsd.health import verified_by_disk
+from fsd.reindex import index_copies
 from jobs.health import collect
 from jobs.launch import Run, runs
-from jobs.queues import QUEUES, connect
-from sql.browse import ingested_per_day
+from jobs.queues import job_counts
+from sql.browse import ingested_per_day_at
 
 log = logging.getLogger(__name__)
 
 #: one Store open at a time in this process: LMDB allows an environment to be opened once per
 #: process, and the health document, thumbnails and the jobs API each open the store
 STORE_LOCK = threading.Lock()
-JOB_STATES = ("queued", "started", "deferred", "scheduled", "finished", "failed")
 
 
 @dataclass(frozen=True)
@@ -62,21 +55,6 @@ class Snapshot:
     @property
     def age_s(self) -> float:
         return time.time() - self.taken
-
-
-def job_counts(url: str) -> dict[str, dict[str, int]]:
-    """Jobs per queue and state, from RQ's registries (counts only: no job is loaded)."""
-    conn = connect(url)
-    out = {}
-    for name in QUEUES:
-        q = Queue(name, connection=conn)
-        out[name] = {"queued": q.count,
-                     "started": StartedJobRegistry(queue=q).count,
-                     "deferred": DeferredJobRegistry(queue=q).count,
-                     "scheduled": ScheduledJobRegistry(queue=q).count,
-                     "finished": FinishedJobRegistry(queue=q).count,
-                     "failed": FailedJobRegistry(queue=q).count}
-    return out
 
 
 def banners(health: dict[str, Any]) -> list[Banner]:
@@ -112,36 +90,6 @@ def banners(health: dict[str, Any]) -> list[Banner]:
     return out
 
 
-def index_copies(cfg: Settings) -> list[dict[str, Any]]:
-    """The index copies on the disks and their ages (one stat per disk)."""
-    out = []
-    for d in cfg.disks:
-        try:
-            taken = (d.path / INDEX_COPY / "stamp.json").stat().st_mtime
-        except OSError:
-            continue
-        out.append({"disk": d.label, "age_s": time.time() - taken})
-    return out
-
-
-def verified_by_disk(cfg: Settings) -> dict[str, float | None]:
-    """fsd.scrub's per-disk verification ages; {} when the store cannot be opened (the health
-    document already says why). Call with STORE_LOCK held."""
-    try:
-        with Store.open(cfg, writable=False) as store:
-            return oldest_unverified_by_disk(store)
-    except (HoardError, OSError):
-        return {}
-
-
-def per_day(url: str) -> list[dict[str, Any]]:
-    try:
-        with psycopg.connect(url, connect_timeout=5) as conn:
-            return ingested_per_day(conn)
-    except psycopg.Error:
-        return []  # the health document reports the database
-
-
 class Cache:
     """The latest Snapshot and the one refresh that replaces it."""
 
@@ -166,7 +114,7 @@ class Cache:
                 all_runs = runs(self.cfg)
             except redis.RedisError:
                 all_runs = []
-            ingested = per_day(self.cfg.database_url) if health["database"].get("ok") else []
+            ingested = ingested_per_day_at(self.cfg.database_url) if health["database"].get("ok") else []
             self.snapshot = Snapshot(health, jobs, banners(health), index_copies(self.cfg), all_runs, ingested, verified,
                                      took_s=time.monotonic() - t0)
             return self.snapshot

@@ -1,9 +1,11 @@
-"""`/storage`: each HDD (capacity bar, used/free, state, recent errors), replication lag,
+"""`/storage`: each HDD (capacity bar, used/free, state, recent errors; for a missing or failed
+one when it was last seen, what it held and the next step), replication lag,
 scrub age, the SSD zone gauges with their warn/deny/emergency marks, and the ages of the
 index and database backups — all from the last snapshot (`hoard health --json`)."""
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from nicegui import run, ui
@@ -27,16 +29,35 @@ def _bar(ratio: float, marks: tuple[float, ...] = ()) -> None:
                                     "height: 20px; background: #424242")
 
 
+def _gone(d: dict[str, Any]) -> None:
+    """What a person needs about a disk that is missing or failed: since when it is not seen,
+    what it holds by the index, and the next step (all from `hoard health`: fsd.health)."""
+    seen = d.get("seen")
+    ui.label(f"last seen {age(time.time() - seen)} ({time.strftime('%Y-%m-%d %H:%M', time.localtime(seen))})"
+             if seen else "last seen: not recorded").classes("text-caption").mark("disk-seen")
+    ui.label(f"held {d.get('replicas', 0):,} replicas, {gb(d.get('replica_bytes', 0))} (by the index)").classes(
+        "text-caption").mark("disk-held")
+    if d.get("only_here"):
+        ui.label(f"{d['only_here']:,} shards have no other readable replica").classes("text-negative text-caption")
+    if d.get("next_step"):
+        ui.label(f"next: {d['next_step']}").classes("text-caption").mark("disk-next")
+
+
 def _disk_card(d: dict[str, Any], errors: list[dict[str, Any]], verified: dict[str, float | None]) -> None:
     total, used = d.get("total_bytes"), d.get("used_bytes") or 0
     state = d.get("state", "active") if d.get("present", True) else "missing"
-    with ui.card().classes("w-72").props(f'data-testid="disk-{d["label"]}"'):
+    with ui.card().classes("w-72").props(f'data-testid="disk-{d["label"]}"').mark(f"disk-{d['label']}"):
         with ui.row().classes("items-center w-full"):
             ui.label(d["label"]).classes("text-h6")
             ui.space()
             ui.badge(state, color=STATE_COLOR.get(state, "grey"))
-        _bar(used / total if total else 0)
-        ui.label(f"{gb(used)} used of {gb(total)}, {gb(d.get('free_bytes'))} free").classes("text-caption")
+        if total is not None:  # a disk that is not there has no size to show
+            _bar(used / total if total else 0)
+            ui.label(f"{gb(used)} used of {gb(total)}, {gb(d.get('free_bytes'))} free").classes("text-caption")
+        if state in ("missing", "failed"):
+            _gone(d)
+        elif d.get("next_step"):  # draining
+            ui.label(f"next: {d['next_step']}").classes("text-caption").mark("disk-next")
         if d["label"] in verified:
             v = verified[d["label"]]
             ui.label(f"its replicas verified (or written) {age(v)}" if v is not None else "no sealed shard here yet"

@@ -6,10 +6,10 @@ from __future__ import annotations
 from nicegui import run, ui
 
 from fsd.base.errors import HoardError
-from gui import users as users_mod
 from gui.auth import require
 from gui.context import ctx
 from gui.frame import frame
+from jobs import users as users_mod
 
 
 @ui.refreshable

@@ -13,11 +13,15 @@ import redis
 from rq import Queue, Worker
 from rq.exceptions import NoSuchJobError
 from rq.job import Job
+from rq.registry import (DeferredJobRegistry, FailedJobRegistry, FinishedJobRegistry, ScheduledJobRegistry,
+                         StartedJobRegistry)
 
 from fsd.base.errors import HoardError, ServiceUnavailable
 
 #: The queues of hoardfs, in the order a default worker serves them.
 QUEUES = ("ingest", "io", "sql", "maintenance")
+#: the states `job_counts` counts jobs in (RQ's queue and its registries)
+JOB_STATES = ("queued", "started", "deferred", "scheduled", "finished", "failed")
 
 #: what a job can meet that is not a bug: a service or a disk gone, a person's error. The
 #: job records it in its own state with the way on (`hoard ingest --status`, `--resume`).
@@ -77,6 +81,23 @@ def redis_status(url: str) -> dict[str, Any]:
         return {"ok": True, "redis_version": info.get("redis_version"), "db_keys": r.dbsize()}
     except redis.RedisError as e:
         return {"ok": False, "error": str(e).splitlines()[0]}
+
+
+def job_counts(url: str) -> dict[str, dict[str, int]]:
+    """Jobs per hoardfs queue and state (JOB_STATES), from RQ's registries — counts only, no job
+    is loaded, so it costs the same with 100,000 failed jobs as with none (rq-dashboard lists
+    them and gets slow). Raises redis.RedisError when Redis does not answer."""
+    conn = connect(url)
+    out = {}
+    for name in QUEUES:
+        q = Queue(name, connection=conn)
+        out[name] = {"queued": q.count,
+                     "started": StartedJobRegistry(queue=q).count,
+                     "deferred": DeferredJobRegistry(queue=q).count,
+                     "scheduled": ScheduledJobRegistry(queue=q).count,
+                     "finished": FinishedJobRegistry(queue=q).count,
+                     "failed": FailedJobRegistry(queue=q).count}
+    return out
 
 
 def enqueue_once(conn: redis.Redis, queue: str, func: str, *args: Any, job_id: str, timeout: int,

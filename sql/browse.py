@@ -168,3 +168,13 @@ def ingested_per_day(conn: psycopg.Connection, days: int = 30) -> list[dict[str,
             FROM batch_member m JOIN action_batch b USING (batch_id) LEFT JOIN source s USING (source_id)
             WHERE b.action_id = 0 AND m.added_at >= now() - make_interval(days => %s)
             GROUP BY 1, 2 ORDER BY 1, 2""", [days]).fetchall()
+
+
+def ingested_per_day_at(url: str, days: int = 30) -> list[dict[str, Any]]:
+    """`ingested_per_day` on a connection of its own, for a status refresh that must not fail:
+    [] when the database does not answer (`sql.health.database_status` says why)."""
+    try:
+        with psycopg.connect(url, connect_timeout=5) as conn:
+            return ingested_per_day(conn, days)
+    except psycopg.Error:
+        return []

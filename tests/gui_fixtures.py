@@ -19,7 +19,7 @@ ROLES = {"ada": "admin", "otto": "operator", "vera": "viewer"}
 def make_home(home: Path, conn, **gui: object) -> Path:
     """Init the store and the schema under `home`, add the three users; returns the config path."""
     from fsd.base import config
-    from gui import users
+    from jobs import users
     from sql.migrate import migrate
 
     cfg_path = Path(use_schema(home, conn))

@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import httpx
 import pytest
 
 from tests.gui_fixtures import PASSWORDS, gui_home, sign_in, user  # noqa: F401 - fixtures
@@ -78,6 +79,103 @@ async def test_sign_out(user) -> None:
     await user.should_see("Sign in")
     await user.open("/")
     await user.should_see("Sign in")
+
+
+def _other_browser(cookies: dict[str, str]) -> httpx.AsyncClient:
+    """A second HTTP client on the same app, holding `cookies` (someone who copied or planted them)."""
+    from nicegui import app
+
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://test", cookies=cookies)
+
+
+async def _signed_in(client: httpx.AsyncClient) -> bool:
+    """Whether `client`'s cookie is a signed-in session: a page answers (not a redirect to /login)
+    and /metrics answers without Basic credentials."""
+    page = await client.get("/storage", follow_redirects=False)
+    metrics = await client.get("/metrics")
+    assert (page.status_code == 200) == (metrics.status_code == 200), (page.status_code, metrics.status_code)
+    if page.status_code != 200:
+        assert page.headers["location"].startswith("/login") and metrics.status_code == 401
+    return page.status_code == 200
+
+
+async def test_a_cookie_from_before_sign_in_stays_signed_out(user) -> None:
+    """Session fixation: the session cookie a browser held before signing in (one an attacker
+    could have planted there, or copied) is not signed in by that login — signing in gives the
+    browser a new session id, and the old id's server-side storage is emptied."""
+    await user.open("/login")
+    before = dict(user.http_client.cookies)
+    assert before.get("session"), before  # NiceGUI's signed session cookie, made on the first visit
+    await sign_in(user, "otto")
+    after = dict(user.http_client.cookies)
+    assert after["session"] != before["session"]
+    assert await _signed_in(user.http_client)
+    async with _other_browser(before) as planted:
+        assert not await _signed_in(planted)
+    async with _other_browser(after) as copied:  # the new cookie is the session (the test's own check)
+        assert await _signed_in(copied)
+
+
+async def test_a_sign_in_ticket_works_once_and_only_in_its_browser(user) -> None:
+    """The form's ticket to `/login/finish` signs in the browser that asked for it, once: replayed
+    (from the same browser or another one) it signs nobody in and says why on the login page."""
+    await user.open("/login")
+    stranger_cookies = dict(user.http_client.cookies)
+    await sign_in(user, "vera")
+    finish = next(p for p in user.back_history if p.startswith("/login/finish?ticket="))
+    async with _other_browser({}) as stranger:
+        await stranger.get("/login")  # a browser with its own session
+        r = await stranger.get(finish, follow_redirects=False)
+        assert r.status_code == 303 and r.headers["location"] == "/login?retry=1"
+        assert not await _signed_in(stranger)
+    async with _other_browser(stranger_cookies) as same_browser_before:  # the ticket's own session id, replayed
+        r = await same_browser_before.get(finish, follow_redirects=False)
+        assert r.headers["location"] == "/login?retry=1"
+        assert not await _signed_in(same_browser_before)
+    await user.open("/logout")
+    await user.open(finish)
+    await user.should_see("that sign-in did not finish: its ticket was used already")
+    assert not await _signed_in(user.http_client)
+
+
+async def test_sign_out_ends_the_session_on_the_server(user) -> None:
+    """`/logout` empties the session server-side: a copy of the signed-in cookie is signed out
+    too. Asked by another site's page (or another port of this host) it is refused."""
+    await sign_in(user, "otto")
+    signed_in = dict(user.http_client.cookies)
+    for headers in ({"Sec-Fetch-Site": "cross-site"}, {"Sec-Fetch-Site": "same-site"},
+                    {"Referer": "http://evil.example/page"}, {"Origin": "http://127.0.0.1:18998"}):
+        r = await user.http_client.get("/logout", headers=headers, follow_redirects=False)
+        assert r.status_code == 403 and "another site's page" in r.text, headers
+    assert await _signed_in(user.http_client)
+    r = await user.http_client.get("/logout", headers={"Sec-Fetch-Site": "same-origin"}, follow_redirects=False)
+    assert r.status_code == 303 and r.headers["location"] == "/login"
+    assert not await _signed_in(user.http_client)
+    async with _other_browser(signed_in) as copy:
+        assert not await _signed_in(copy)
+
+
+async def test_a_login_never_continues_to_an_acting_route(user, redis_conn) -> None:
+    """`/login?redirect_to=/rq/requeue/ingest` (a link anyone can send) lands an operator on the
+    overview after signing in; the failed job that route would requeue stays failed."""
+    from rq import Queue
+    from rq.job import Job, JobStatus
+
+    q = Queue("ingest", connection=redis_conn)
+    job = Job.create("builtins.print", args=("x",), id="failed-before-login", connection=redis_conn, origin="ingest")
+    job.save()
+    job.set_status(JobStatus.FAILED)
+    q.failed_job_registry.add(job, exc_string="boom")
+    try:
+        await user.open("/login?redirect_to=/rq/requeue/ingest")
+        user.find("Name").type("otto")
+        user.find("Password").type(PASSWORDS["otto"])
+        user.find("Sign in").click()
+        await user.should_see("Overview", retries=30)
+        assert not any(p.startswith("/rq") for p in user.back_history), user.back_history
+        assert job.get_status(refresh=True) == JobStatus.FAILED and job.id in q.failed_job_registry
+    finally:
+        job.delete()
 
 
 async def test_only_an_admin_manages_users(user) -> None:
@@ -201,7 +299,7 @@ def test_users_commands(hoard_home: Path) -> None:
         assert says in res.stderr and len(res.stderr.strip().splitlines()) == 1, res.stderr
     assert hoard(cfg, "users", "passwd", "ada", "--password-stdin", stdin="new-pass-123\n").returncode == 0
     from fsd.base import config
-    from gui import users
+    from jobs import users
 
     c = config.load(cfg)
     assert users.authenticate(c, "ada", "new-pass-123") and not users.authenticate(c, "ada", "s3cret-pass")
@@ -217,7 +315,7 @@ def test_users_from_hoard_toml(hoard_home: Path) -> None:
     cfg.write_text(cfg.read_text() + f'\n[[gui.users]]\nname = "root"\nrole = "admin"\n'
                                      f'password_hash = "{hashed.stdout.strip()}"\n')
     from fsd.base import config
-    from gui import users
+    from jobs import users
 
     assert users.authenticate(config.load(cfg), "root", "from-toml-pass").role == "admin"
     res = hoard(cfg, "users", "rm", "root")
@@ -311,15 +409,30 @@ def test_only_a_plain_local_path_follows_a_login() -> None:
     for bad in ("//evil.example/", "/\t/evil.example/x", "/\n/evil.example", "\\\\evil.example", "/\\evil.example",
                 "https://evil.example/", "/a b", "/x\x7f"):
         assert _safe_target(bad) == "/", repr(bad)
-    for good in ("/", "/storage", "/runs?kind=export&status=failed", "/node/" + "a" * 64):
+    for good in ("/", "/storage", "/runs?kind=export&status=failed", "/node/" + "a" * 64, "/rq/", "/rq",
+                 "/rq/0/view/jobs", "/rq/0/view/job/abc", "/login?redirect_to=/storage"):
         assert _safe_target(good) == good
+
+
+def test_a_login_does_not_continue_to_a_route_that_acts() -> None:
+    """Sign out, finish a sign-in, a program's `/api/…`, rq-dashboard's acting routes (requeue
+    on GET; its JSON too): after a login these land on `/` — in every spelling that reaches them
+    (percent-encoded, dot segments the browser resolves, a trailing slash)."""
+    from gui.auth import _safe_target
+
+    for acting in ("/logout", "/logout/", "/logout?x=1", "/%6cogout", "/%6Cogout", "/storage/../logout",
+                   "/./logout", "/%2e%2e/logout", "/login/finish?ticket=abc", "/login/finish/", "/api/x", "/api",
+                   "/rq/requeue/ingest", "/rq/%72equeue/ingest", "/rq%2Frequeue%2Fingest", "/rq/0/../requeue/x",
+                   "/rq/queue/ingest/failed/empty", "/rq/job/abc/delete", "/rq/job/abc/requeue",
+                   "/rq/queue/ingest/compact", "/rq/0/data/queues.json"):
+        assert _safe_target(acting) == "/", acting
 
 
 def test_one_persons_typos_do_not_lock_out_the_others() -> None:
     """Failures count per name (a guessed password waits) and, four times as many, per client
     address (many names tried from one place wait): another user on the same address (all
     local users are 127.0.0.1) still signs in; no key is kept once its window has passed."""
-    from gui.users import LoginLimiter
+    from jobs.users import LoginLimiter
 
     lim = LoginLimiter(attempts=3, window_s=0.3)
     for _ in range(3):
@@ -335,3 +448,26 @@ def test_one_persons_typos_do_not_lock_out_the_others() -> None:
     time.sleep(0.35)
     assert lim.wait_s("vera", "127.0.0.1") == 0 and lim.wait_s("ada", "127.0.0.1") == 0
     assert set(lim._failures) == {f"n:name{n}" for n in range(9)}  # checked keys gone; the rest when checked
+
+
+def test_sign_in_tickets_are_short_lived_and_one_use() -> None:
+    """A ticket redeems once, only for the session id it was issued to (a wrong one spends it),
+    and not after its life; a handed-over state is claimed once, and not after its life."""
+    import time
+
+    from gui.tickets import Tickets
+
+    t = Tickets(life_s=0.3)
+    state = {"name": "ada", "role": "admin"}
+    ok = t.issue("session-1", state, "/storage")
+    assert t.redeem(ok, "session-1") == (state, "/storage")
+    assert t.redeem(ok, "session-1") is None
+    wrong = t.issue("session-1", state, "/")
+    assert t.redeem(wrong, "session-2") is None and t.redeem(wrong, "session-1") is None
+    assert t.redeem("not-a-ticket", "session-1") is None and t.redeem(t.issue("session-1", state, "/"), None) is None
+    late = t.issue("session-1", state, "/")
+    t.hand_over("session-3", state)
+    t.hand_over("session-4", state)
+    assert t.claim("session-3") == state and t.claim("session-3") is None
+    time.sleep(0.35)
+    assert t.redeem(late, "session-1") is None and t.claim("session-4") is None

@@ -46,7 +46,7 @@ async def test_batches_assets_node_and_thumbnail(user, gui_home: Path) -> None:
     assert user.find(marker=None, kind=ui.image).elements  # image cards show thumbnails
     r = await user.http_client.get(f"/thumb/{sha}")
     assert r.status_code == 200 and r.headers["content-type"] == "image/jpeg" and r.content[:2] == b"\xff\xd8"
-    from gui import thumbs
+    from fsd import thumbs
     from gui.context import ctx
 
     assert thumbs.path(ctx().cfg, sha).exists()  # cached
@@ -127,8 +127,8 @@ def test_an_image_bomb_gets_no_thumbnail(gui_home: Path, tmp_path: Path) -> None
     from PIL import Image
 
     from fsd.base import config
+    from fsd import thumbs
     from fsd.store import Store
-    from gui import thumbs
 
     cfg = config.load(gui_home)
     bomb, fine = tmp_path / "bomb.png", tmp_path / "fine.png"

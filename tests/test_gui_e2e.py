@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -127,17 +128,45 @@ def _click(driver, text: str) -> None:
     driver.find_element("xpath", f"//button[contains(normalize-space(.), {text!r})]").click()
 
 
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args, **kwargs):
+        return None
+
+
+def _status_with(url: str, cookie: str) -> tuple[int, str]:
+    """(status, Location) of a GET sent with only this session cookie, redirects not followed —
+    another client holding a copy of the browser's cookie."""
+    req = urllib.request.Request(url, headers={"Cookie": f"session={cookie}"})
+    try:
+        with urllib.request.build_opener(_NoRedirect).open(req, timeout=10) as r:
+            return r.status, ""
+    except urllib.error.HTTPError as e:
+        return e.code, e.headers.get("location", "")
+
+
+def _signed_in_as(url: str, cookie: str) -> bool:
+    status, location = _status_with(f"{url}/metrics", cookie)
+    assert status in (200, 401), (status, location)
+    page, location = _status_with(f"{url}/storage", cookie)
+    assert (page == 200) == (status == 200) and (page == 200 or location.startswith("/login")), (page, location)
+    return status == 200
+
+
 def test_end_to_end_in_chromium(served, browser) -> None:
     url, cfg_path = served
     d = browser
     d.get(f"{url}/storage")
     _wait_text(d, "Sign in")
     assert "/login" in d.current_url
+    before = d.get_cookie("session")["value"]  # the session id the browser had before signing in
     fields = d.find_elements("css selector", "input")
     fields[0].send_keys("otto")
     fields[1].send_keys(PASSWORDS["otto"])
     _click(d, "Sign in")
     _wait_text(d, "SSD zones")  # back on the page asked for
+    signed_in = d.get_cookie("session")["value"]
+    assert signed_in != before and _signed_in_as(url, signed_in)
+    assert not _signed_in_as(url, before)  # a cookie planted or copied before the login is not signed in
 
     d.get(f"{url}/launch")
     _wait_text(d, BATCH)
@@ -210,3 +239,10 @@ def test_end_to_end_in_chromium(served, browser) -> None:
     text = _page_text(d)
     assert "hoard_objects" in text and 'hoard_disk_state{disk="hdd1",state="active"} 1.0' in text
     assert "hoard_objects 0.0" not in text  # the ingest stored objects
+
+    d.get(f"{url}/")
+    _wait_text(d, "Sign out")
+    d.find_element("link text", "Sign out").click()
+    _wait_text(d, "Sign in")
+    assert "/login" in d.current_url
+    assert not _signed_in_as(url, signed_in)  # signed out on the server: a copy of the cookie is too

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 from pathlib import Path
 
@@ -75,3 +76,59 @@ def test_no_banner_when_all_is_well(gui_home: Path) -> None:
     texts = [b.text for b in banners(h)]
     assert any("dump backup is 9 days old" in t for t in texts), texts
     assert any("diff backup failed its restore-verify (3 orphan rows)" in t for t in texts), texts
+
+
+async def test_a_missing_and_a_failed_disk_card(user, gui_home: Path, tmp_path: Path) -> None:
+    """A disk gone from its path shows, instead of "used of -": missing, when it was last seen,
+    the replicas and bytes it held by the index and the `hoard disks` commands to run; once it
+    is back and another disk has failed, that one its state and `hoard disks replace|activate`.
+    Both picked from the index (placement decides which disks hold replicas)."""
+    from fsd.base import config
+    from fsd.disks import DiskState
+    from fsd.store import Store
+    from gui.frame import gb
+    from gui.state import STORE_LOCK
+    from tests.conftest import make_files
+
+    cfg = config.load(gui_home)
+    with STORE_LOCK, Store.open(cfg) as store:  # the app's refresh may open the store too: one at a time
+        store.put_many(make_files(tmp_path / "in", 40, seed=5, lo=200_000, hi=400_000))  # several 4 MB shards
+    with STORE_LOCK, Store.open(cfg, writable=False) as store:
+        held: dict[str, list[int]] = {rec.label: [0, 0] for rec in store.records.values()}
+        for m in store.index.iter_shards():
+            for u in m.replicas:
+                held[store.records[u].label][0] += 1
+                held[store.records[u].label][1] += m.size
+    missing, failed = sorted((label for label in held if held[label][0]), key=lambda label: -held[label][0])[:2]
+    gone = next(d.path for d in cfg.disks if d.label == missing)
+    gone.rename(gone.with_name("away"))  # as an unmounted disk leaves its mount point: not there
+    await _refresh()
+    await sign_in(user, "vera")
+    await user.open("/storage")
+    card = await _card_text(user, missing, "next:")
+    for text in ("missing", "last seen", " s ago (", f"held {held[missing][0]:,} replicas, {gb(held[missing][1])}",
+                 f"mount it again at {gone}", f"hoard disks replace {missing} NEW", f"hoard disks forget {missing}"):
+        assert text in card, (text, card)
+    assert "used of" not in card and "no other readable replica" not in card, card  # its replicas have copies
+
+    gone.with_name("away").rename(gone)  # back; another disk fails (one disk at a time: every shard has a copy)
+    with STORE_LOCK, Store.open(cfg) as store:
+        store.set_disk_state(failed, DiskState.FAILED, "I/O error during read (test)")
+    await _refresh()
+    await user.open("/storage")
+    card = await _card_text(user, failed, "next:")
+    for text in ("failed", "last seen", "used of", f"held {held[failed][0]:,} replicas, {gb(held[failed][1])}",
+                 f"hoard disks replace {failed} NEW", f"hoard disks activate {failed}"):
+        assert text in card, (text, card)
+    assert "next:" not in await _card_text(user, missing, "active")  # back in service
+
+async def _card_text(user, label: str, until: str) -> str:
+    """The text of disk `label`'s card on the page, once it shows `until` (the card is drawn
+    again on each refresh: read whole, at one moment)."""
+    for _ in range(50):
+        found = user.find(marker=f"disk-{label}").elements
+        text = " | ".join(str(getattr(e, "text", "")) for card in found for e in card.descendants())
+        if until in text:
+            return text
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"disk {label}'s card never showed {until!r}: {text}")

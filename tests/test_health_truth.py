@@ -3,6 +3,9 @@ too full for a new shard, a store that can no longer place copy_of_raw replicas.
 
 from __future__ import annotations
 
+import re
+import shutil
+import time
 from pathlib import Path
 
 from fsd.base import config
@@ -35,3 +38,109 @@ def test_below_target_and_full_disks_are_problems(tmp_path: Path) -> None:
     assert sum("takes no new shard" in p for p in problems) == 2, problems
     assert any(p.startswith("store: only 1 disks have room for a new shard") and "new writes are refused" in p
                for p in problems), problems
+
+
+def test_verified_by_disk(tmp_path: Path) -> None:
+    """fsd.health.verified_by_disk: per disk label, the age of its least recently verified
+    replica — small right after the writes that sealed its shards, None for a disk holding no
+    sealed shard, and {} (not an error) when the store cannot be opened."""
+    from fsd.health import verified_by_disk
+
+    cfg_path = dir_disks_config(tmp_path, 4, shard_size_mb=1)
+    cfg = config.load(cfg_path)
+    with Store.open(cfg, init=True) as store:
+        store.put_many(make_files(tmp_path / "in", 60, seed=2))
+    with Store.open(cfg, writable=False) as store:
+        holding = {store.records[u].label for m in store.index.iter_shards() if m.sealed for u in m.replicas}
+    ages = verified_by_disk(cfg)
+    assert set(ages) == {d.label for d in cfg.disks} and holding, ages
+    assert all(ages[label] is not None and 0 <= ages[label] < 300 for label in holding), ages
+    assert all(ages[label] is None for label in set(ages) - holding), ages
+    shutil.rmtree(cfg.index_dir)
+    assert verified_by_disk(cfg) == {}
+
+
+def _held_by_index(cfg) -> tuple[dict[str, tuple[int, int]], dict[str, float]]:
+    """Per disk label, (replicas, bytes) as the index lists them, and its record's `seen`."""
+    with Store.open(cfg, writable=False) as store:
+        held = {rec.label: (0, 0) for rec in store.records.values()}
+        for m in store.index.iter_shards():
+            for u in m.replicas:
+                n, b = held[store.records[u].label]
+                held[store.records[u].label] = (n + 1, b + m.size)
+        seen = {rec.label: store.index.get_disk(u).seen for u, rec in store.records.items()}
+    return held, seen
+
+
+def _commands_exist(text: str) -> None:
+    """Every `hoard …` command a next step names is one the command line has."""
+    import typer
+
+    from fsd.cli import app
+
+    group = typer.main.get_command(app)
+    named = re.findall(r"`hoard ([a-z-]+)(?: ([a-z-]+))?", text)
+    assert named, text
+    for cmd, sub in named:
+        assert cmd in group.commands, (cmd, text)
+        sub_group = group.commands[cmd]
+        if hasattr(sub_group, "commands"):
+            assert sub in sub_group.commands, (cmd, sub, text)
+
+
+def test_a_missing_and_a_failed_disk_say_what_they_held_and_what_to_do(tmp_path: Path) -> None:
+    """store_status gives each disk its replicas and bytes by the index and when a store last
+    found it at its path; a missing disk and a failed one (picked from the index: placement
+    decides which hold replicas) carry a next step naming `hoard disks` commands that exist."""
+    from fsd.disks import DiskState
+    from fsd.health import store_status
+
+    cfg_path = dir_disks_config(tmp_path, 4, shard_size_mb=1)
+    cfg = config.load(cfg_path)
+    t0 = time.time()
+    with Store.open(cfg, init=True) as store:
+        store.put_many(make_files(tmp_path / "in", 60, seed=3))
+    held, seen = _held_by_index(cfg)
+    assert all(t0 <= seen[label] <= time.time() for label in held), seen  # every disk was found there
+    holders = sorted((label for label in held if held[label][0]), key=lambda label: -held[label][0])
+    assert len(holders) >= 2, held
+    missing, failed = holders[0], holders[1]
+    path = next(d.path for d in cfg.disks if d.label == missing)
+    path.rename(path.with_name(path.name + ".away"))  # unmounted: its mount point is empty or gone
+    by_label = {d["label"]: d for d in store_status(cfg)["disks"]}
+    d = by_label[missing]
+    assert d["state"] == "missing" and (d["replicas"], d["replica_bytes"]) == held[missing], d
+    assert d["seen"] == seen[missing] and d["only_here"] == 0, d  # write_ack replicas: the others are readable
+    assert f"mount it again at {path}" in d["next_step"] and f"`hoard disks replace {missing} NEW`" in d["next_step"]
+    _commands_exist(d["next_step"])
+    assert all("next_step" not in e and (e["replicas"], e["replica_bytes"]) == held[e["label"]]
+               for e in by_label.values() if e["label"] != missing)
+    problems = _store_problems(cfg)
+    assert any(p.startswith(f"disk {missing}: missing") and f"hoard disks replace {missing} NEW" in p for p in problems)
+
+    path.with_name(path.name + ".away").rename(path)  # back; then another disk fails
+    with Store.open(cfg) as store:
+        store.set_disk_state(failed, DiskState.FAILED, "I/O error during read (test)")
+    d = {d["label"]: d for d in store_status(cfg)["disks"]}[failed]
+    assert d["state"] == "failed" and (d["replicas"], d["replica_bytes"]) == held[failed], d
+    assert f"`hoard disks activate {failed}`" in d["next_step"] and f"`hoard disks replace {failed} NEW`" in d["next_step"]
+    _commands_exist(d["next_step"])
+
+
+def test_a_disk_is_noted_as_seen_at_most_every_ten_minutes(tmp_path: Path) -> None:
+    """Every store open finds the disks, but writes a disk's `seen` only when the noted one is
+    SEEN_EVERY_S old (status refreshes open the store every few seconds: no LMDB write each time)."""
+    from fsd.store import SEEN_EVERY_S
+
+    cfg = config.load(dir_disks_config(tmp_path, 2, shard_size_mb=1))
+    Store.open(cfg, init=True).close()
+    with Store.open(cfg, writable=False) as store:
+        first = {u: store.index.get_disk(u).seen for u in store.records}
+    with Store.open(cfg, writable=False) as store:
+        assert {u: store.index.get_disk(u).seen for u in store.records} == first  # not rewritten
+        u = next(iter(store.records))
+        rec = store.index.get_disk(u)
+        rec.seen -= SEEN_EVERY_S + 1
+        store.index.put_disk(rec)
+    with Store.open(cfg, writable=False) as store:
+        assert store.index.get_disk(u).seen >= first[u]  # noted again, now

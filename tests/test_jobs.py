@@ -26,3 +26,21 @@ def test_replicate_job(tmp_path: Path, redis_conn) -> None:
     assert second.return_value()["copied_shards"] == 0
     with Store.open(config.load(cfg_path), writable=False) as store:
         assert replication_lag(store)["shards_below_target"] == 0
+
+
+def test_job_counts_per_queue_and_state(servers, redis_conn) -> None:
+    """jobs.queues.job_counts: every hoardfs queue with every state, a queued and a failed job
+    counted where they are (from RQ's registries, as the GUI and /metrics show them)."""
+    from rq.job import Job, JobStatus
+
+    from jobs.queues import JOB_STATES, QUEUES, job_counts
+
+    Queue("io", connection=redis_conn).enqueue("builtins.print", "waits")
+    failed = Job.create("builtins.print", args=("x",), connection=redis_conn, origin="maintenance")
+    failed.save()
+    failed.set_status(JobStatus.FAILED)
+    Queue("maintenance", connection=redis_conn).failed_job_registry.add(failed, exc_string="boom")
+    counts = job_counts(servers["redis_url"])
+    assert set(counts) == set(QUEUES) and all(set(c) == set(JOB_STATES) for c in counts.values())
+    assert counts["io"]["queued"] == 1 and counts["maintenance"]["failed"] == 1
+    assert sum(n for c in counts.values() for n in c.values()) == 2

@@ -5,12 +5,19 @@ The map is the ```layers block of the document, read here, so the drawing and th
 one thing. Each line is `unit … → the units it may import`; a module belongs to the unit that
 is its longest prefix (`fsd.cli.demo` → `fsd.cli`, `fsd.store` → `fsd`). Units on one line may
 import each other; a line may only name units of lines below it.
+
+Two narrower rules keep the GUI a thin layer (docs/ARCHITECTURE.md, Layers): the command line
+takes nothing from `gui` but the entry point `hoard gui` serves, and `gui` reaches the store only
+through the few fsd modules made for it, never its internals or the libraries behind them.
 """
 
 from __future__ import annotations
 
 import ast
+import os
 import re
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +26,15 @@ DOC = REPO / "docs" / "ARCHITECTURE.md"
 PACKAGES = ("fsd", "jobs", "sql", "adapters", "datasets", "gui")
 #: the comment a function-level import carries (on its line, or on the line above its group)
 DEFERRED = "# deferred:"
+#: what the command line may take from the GUI: the app `hoard gui` serves, inside that command
+CLI_MAY_TAKE_FROM_GUI = {"gui.app"}
+#: the fsd modules gui may import: the leaf base and the store's reports made for it (health,
+#: index copies, thumbnails) — not the store, its index, disks or scrubber (`jobs` and these
+#: modules open the store; the pages show what they return)
+GUI_MAY_TAKE_FROM_FSD = ("fsd.base", "fsd.health", "fsd.reindex", "fsd.thumbs")
+#: libraries behind the store, the job queue and the logins that gui must not use itself (it
+#: calls the hoardfs module that does): LMDB, Pillow, RQ (rq-dashboard is `rq_dashboard`), argon2
+GUI_MUST_NOT_USE = ("lmdb", "PIL", "rq", "argon2")
 
 
 @dataclass(frozen=True)
@@ -232,3 +248,62 @@ def test_function_level_imports_say_why() -> None:
                 silent.append(f"{path.relative_to(REPO)}:{node.lineno}: {ast.unparse(node)}")
     assert not silent, ("function-level imports without a `# deferred: <reason>` comment (move them to the "
                         "top of the module, or say what they defer):\n" + "\n".join(silent))
+
+
+def test_the_cli_takes_only_the_gui_entry_point() -> None:
+    """`hoard users` and `hoard demo` manage logins through `jobs.users`, not the GUI: the
+    command line imports nothing of `gui` but `gui.app`, and that only inside a function (the
+    `hoard gui` command), so no other command loads NiceGUI."""
+    mods = modules()
+    bad = [f"{mods[i.source].relative_to(REPO)}:{i.line}: {i.source} imports {i.target}"
+           + ("" if i.target in CLI_MAY_TAKE_FROM_GUI else f" (only {', '.join(sorted(CLI_MAY_TAKE_FROM_GUI))})")
+           + ("" if i.where == "function" else " at module level")
+           for i in imports(mods)
+           if (i.source == "fsd.__main__" or i.source.startswith("fsd.cli"))
+           and (i.target == "gui" or i.target.startswith("gui."))
+           and (i.target not in CLI_MAY_TAKE_FROM_GUI or i.where != "function")]
+    assert not bad, "the command line imports the GUI:\n" + "\n".join(bad)
+
+
+def test_hoard_users_loads_no_gui() -> None:
+    """`hoard users hash` runs without importing any `gui` module or NiceGUI (what the command
+    line loads, checked in a real process, not only read from its source)."""
+    code = ("import sys\n"
+            "from fsd.cli import app\n"
+            "try:\n"
+            "    app(['users', 'hash', '--password-stdin'])\n"
+            "except SystemExit as e:\n"
+            "    assert not e.code, e.code\n"
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('gui', 'nicegui')), file=sys.stderr)\n")
+    env = {k: v for k, v in os.environ.items() if k != "HOARD_CONFIG"}
+    res = subprocess.run([sys.executable, "-c", code], input="a-long-enough-password\n", capture_output=True,
+                         text=True, cwd=REPO, env=env, timeout=120)
+    assert res.returncode == 0 and res.stdout.startswith("$argon2id$"), res.stderr
+    assert res.stderr.strip().splitlines()[-1] == "[]", res.stderr
+
+
+def _third_party_imports(path: Path) -> list[tuple[str, int]]:
+    """(top-level name, line) of every import in a file that is not of hoardfs itself."""
+    out = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            out += [(a.name.split(".")[0], node.lineno) for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+            out.append((node.module.split(".")[0], node.lineno))
+    return [(name, line) for name, line in out if name not in PACKAGES]
+
+
+def test_the_gui_does_not_reach_into_the_store() -> None:
+    """gui/ imports from fsd only the leaf base and the reports made for it (GUI_MAY_TAKE_FROM_FSD),
+    and none of the libraries behind the store, the queues or the logins (GUI_MUST_NOT_USE): the
+    work they do belongs in fsd, jobs or sql, where the command line and the jobs can use it too."""
+    mods = modules()
+    bad = [f"{mods[i.source].relative_to(REPO)}:{i.line}: {i.source} imports {i.target}"
+           for i in imports(mods)
+           if i.source.startswith("gui") and i.target.split(".")[0] == "fsd"
+           and not any(i.target == m or i.target.startswith(m + ".") for m in GUI_MAY_TAKE_FROM_FSD)]
+    bad += [f"{path.relative_to(REPO)}:{line}: imports {name}"
+            for mod, path in mods.items() if mod == "gui" or mod.startswith("gui.")
+            for name, line in _third_party_imports(path) if name in GUI_MUST_NOT_USE]
+    assert not bad, ("the GUI reaches into the store or its libraries (move the work into fsd/jobs/sql "
+                     "and call it):\n" + "\n".join(bad))

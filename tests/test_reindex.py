@@ -6,6 +6,7 @@ import shutil
 from pathlib import Path
 
 from fsd.base import config
+from fsd.reindex import index_copies
 from fsd.replicate import replicate_once
 from fsd.store import Store
 from tests.conftest import dir_disks_config, make_files
@@ -102,9 +103,13 @@ def test_index_copy_on_two_disks_restores_the_index(tmp_path: Path) -> None:
     with Store.open(cfg, init=True) as store:
         store.put_many(make_files(tmp_path / "in", 100))
         before = _snapshot(store)
+    assert index_copies(cfg) == []
     res = hoard("--config", str(cfg_path), "index", "backup")
     assert res.returncode == 0, res.stderr
     assert len(list(tmp_path.glob("d*/index-copy/data.mdb"))) == 2
+    copies = index_copies(cfg)  # what `hoard health`'s readers (the GUI's storage page) show
+    assert sorted(c["disk"] for c in copies) == sorted(p.parent.parent.name for p in tmp_path.glob("d*/index-copy/data.mdb"))
+    assert all(0 <= c["age_s"] < 120 for c in copies), copies
     assert hoard("--config", str(cfg_path), "index", "backup").returncode == 0  # replaces, still two
     assert len(list(tmp_path.glob("d*/index-copy*"))) == 2
     shutil.rmtree(cfg.index_dir)

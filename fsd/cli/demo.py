@@ -25,7 +25,7 @@ from fsd.base.errors import ExitCode, HoardError
 from fsd.cli._common import err, out
 from fsd.replicate import replicate_once
 from fsd.store import Store
-from gui import users as gui_users
+from jobs import users as logins
 from jobs import outputs
 from jobs.health import collect
 from jobs.ingest import Status, load_state, submit, work_here
@@ -70,13 +70,13 @@ def _demo_login(cfg: Settings) -> tuple[str, str]:
     """The demo's GUI login: a `demo` admin with a random password, made once and kept
     (mode 0600) beside the users file, so every run of the demo prints the same one."""
     kept = cfg.gui_users_file.with_name("demo-login.txt")
-    if kept.exists() and "demo" in gui_users.users(cfg):
+    if kept.exists() and "demo" in logins.users(cfg):
         return "demo", kept.read_text().strip()
     password = secrets.token_urlsafe(9)
-    if "demo" in gui_users.users(cfg):
-        gui_users.passwd(cfg, "demo", password)
+    if "demo" in logins.users(cfg):
+        logins.passwd(cfg, "demo", password)
     else:
-        gui_users.add(cfg, "demo", "admin", password)
+        logins.add(cfg, "demo", "admin", password)
     kept.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(kept, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:

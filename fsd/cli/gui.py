@@ -54,7 +54,7 @@ def add(
 ) -> None:
     """Add a user (argon2-hashed password, kept in gui.users_file)."""
     # deferred: argon2 loads only for the users commands
-    from gui import users
+    from jobs import users
 
     cfg = state(ctx).settings
     if role not in users.ROLES:  # before asking for a password
@@ -71,7 +71,7 @@ def passwd(
 ) -> None:
     """Set a user's password."""
     # deferred: argon2 loads only for the users commands
-    from gui import users
+    from jobs import users
 
     cfg = state(ctx).settings
     if name not in users.users(cfg):
@@ -84,7 +84,7 @@ def passwd(
 def rm(ctx: typer.Context, name: Annotated[str, typer.Argument(help="login name")]) -> None:
     """Remove a user (their open sessions end at the next page they open)."""
     # deferred: argon2 loads only for the users commands
-    from gui import users
+    from jobs import users
 
     users.remove(state(ctx).settings, name)
     out.print(f"user {name} removed")
@@ -97,7 +97,7 @@ def list_(
 ) -> None:
     """The users and their roles."""
     # deferred: argon2 loads only for the users commands
-    from gui import users
+    from jobs import users
 
     found = sorted(users.users(state(ctx).settings).values(), key=lambda u: u.name)
     rows = [{"name": u.name, "role": u.role, "from": "hoard.toml" if u.from_config else "users file"} for u in found]
@@ -113,6 +113,6 @@ def list_(
 def hash_(password_stdin: StdinOpt = False) -> None:
     """Print an argon2 hash of a password, for [[gui.users]] password_hash in hoard.toml."""
     # deferred: argon2 loads only for the users commands
-    from gui import users
+    from jobs import users
 
     out.print(users.hash_password(_password(password_stdin)), markup=False)

@@ -1,5 +1,8 @@
-"""Logins of `hoard gui`: users and roles, argon2 hashes, what each role may do, and the
-limit on failed logins.
+"""Who may start and watch runs: the logins of `hoard gui`, their roles, argon2 hashes, what
+each role may do, and the limit on failed logins.
+
+Here, below the GUI, so that `hoard users` (and `hoard demo`, which makes the demo's login)
+manage accounts without loading NiceGUI; the GUI's sign-in (`gui.auth`) checks against it.
 
 Users come from two places: `[[gui.users]]` in hoard.toml (read-only here) and
 `gui.users_file` (JSON, mode 0600), which `hoard users add|passwd|rm` edits. A name in both

@@ -1,8 +1,10 @@
 """Thumbnails of stored images, made on first request from the store (Pillow) and kept under
-`<ssd.root>/state/gui/thumbs/` — content-addressed, so a cached one is never stale."""
+`<ssd.root>/state/gui/thumbs/` — content-addressed, so a cached one is never stale. The GUI
+serves the file `thumbnail` returns (`/thumb/{sha256}`); Pillow loads only with this module."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import re
 import threading
@@ -13,7 +15,6 @@ from PIL import Image, UnidentifiedImageError
 from fsd.base.config import Settings
 from fsd.base.files import atomic_write
 from fsd.store import Store
-from gui.state import STORE_LOCK
 
 SIZE = (256, 256)
 #: images larger than this are not read into memory for a thumbnail
@@ -30,16 +31,19 @@ def path(cfg: Settings, sha256_hex: str) -> Path:
     return cfg.ssd.root / "state" / "gui" / "thumbs" / sha256_hex[:2] / f"{sha256_hex}.jpg"
 
 
-def thumbnail(cfg: Settings, sha256_hex: str) -> Path | None:
+def thumbnail(cfg: Settings, sha256_hex: str,
+              store_lock: contextlib.AbstractContextManager = contextlib.nullcontext()) -> Path | None:
     """The cached JPEG thumbnail of an object, made now if missing; None if it is not an image
-    Pillow reads (or is too large). Blocking: run it in a thread."""
+    Pillow reads (or is too large). Blocking: run it in a thread. The store is opened under
+    `store_lock`: a process that opens it from several threads (the GUI) passes the lock that
+    serialises its opens (LMDB opens an environment once per process)."""
     if not SHA.match(sha256_hex):
         return None
     out = path(cfg, sha256_hex)
     if out.exists():
         return out
     # opened per thumbnail, not kept: a store held open would hold gc's swap and index restores off
-    with STORE_LOCK, Store.open(cfg, writable=False) as store:
+    with store_lock, Store.open(cfg, writable=False) as store:
         loc = store.index.lookup(bytes.fromhex(sha256_hex))
         if loc is None or loc.length > MAX_BYTES:
             return None
