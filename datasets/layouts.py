@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import re
 import tomllib
+import unicodedata
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -369,7 +370,7 @@ def plan(layout: Layout, rows: Iterable[Row], prefix: str | None = None) -> list
     would share a path, or a file's path is another file's directory; PlacementError naming
     the node and the field if a path (below `prefix`, see `render`) is one the seal refuses."""
     placed: dict[str, Placement] = {}
-    folded: dict[str, str] = {}  # casefold(path) → the path that has it (unless case_sensitive)
+    folded: dict[str, str] = {}  # _fold(path) → the path that has it (unless case_sensitive)
     for row in rows:
         for batch, rel in (_locators(row) if layout.per_locator else _locators(row)[:1]):
             path = render(layout, row, batch, rel, prefix)
@@ -380,7 +381,7 @@ def plan(layout: Layout, rows: Iterable[Row], prefix: str | None = None) -> list
                 if other is not None:
                     _collide(layout, taken, other, p)
                 if not layout.case_sensitive:
-                    twin = folded.setdefault(taken.casefold(), taken)
+                    twin = folded.setdefault(_fold(taken), taken)
                     if twin != taken:
                         _collide_case(layout, twin, placed[twin], taken, p)
                 placed[taken] = p
@@ -397,10 +398,22 @@ def _collide(layout: Layout, path: str, a: Placement, b: Placement) -> None:
                          "apart) to the template")
 
 
+def _fold(path: str) -> str:
+    """What a case-insensitive file system compares: case (lower(): NTFS and APFS fold single
+    characters, so "Straße" and "STRASSE" stay two names) and, for APFS/HFS+, the Unicode
+    normalisation (an "é" composed or not)."""
+    return unicodedata.normalize("NFC", path).lower()
+
+
 def _collide_case(layout: Layout, path_a: str, a: Placement, path_b: str, b: Placement) -> None:
+    if a.node_id == b.node_id:
+        raise PlacementError(f"node {a.node_id} ({a.sha256[:12]}…) comes twice, to {display(path_a)!r} and "
+                             f"{display(path_b)!r}, in layout {layout.name}: they differ only in case or accents, "
+                             "which a case-insensitive consumer keeps as one — add {batch} to the template, or set "
+                             "`case_sensitive = true` in the layout file if every consumer reads it on Linux")
     raise PlacementError(f"node {a.node_id} ({a.sha256[:12]}…) maps to {display(path_a)!r} and node {b.node_id} "
                          f"({b.sha256[:12]}…) to {display(path_b)!r} in layout {layout.name}: they differ only in "
-                         "case, and a case-insensitive consumer (a Windows or macOS worker, an SMB share, exFAT) "
+                         "case or accents, and a case-insensitive consumer (a Windows or macOS worker, an SMB share, exFAT) "
                          "would keep one of the two — add {sha256} to the template, or set `case_sensitive = true` "
                          "in the layout file if every consumer reads it on Linux")
 

@@ -275,11 +275,11 @@ class LocalDisk:
                 if exact:
                     with contextlib.suppress(OSError):  # only a hint: the bytes are the same without it
                         os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)
-                ent = self._fds[key] = [fd, 0]
+                ent = self._fds[key] = [fd, 1]  # in use before the trim: never its victim
                 self._trim()
             else:
                 self._fds.move_to_end(key)
-            ent[1] += 1
+                ent[1] += 1
         try:
             return pread_full(ent[0], length, offset)
         finally:

@@ -22,18 +22,19 @@ from __future__ import annotations
 
 import bisect
 import contextlib
+import fcntl
 import hashlib
 import json
 import os
 import subprocess
 import tempfile
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 from typing import NamedTuple
 
 from fsd.base.errors import ExitCode, HoardError
-from fsd.base.files import flocked
 from fsd.base.paths import hostile_reason
 
 __all__ = ["Entry", "Tree", "WouldBlock", "ViewError", "build_view", "iter_files", "manifest_objects", "named",
@@ -291,6 +292,10 @@ def references(store, among: set[bytes] | None = None, skip: tuple[str, str] | N
 _SEP = "\x01"
 
 
+#: how long `naming_lock` waits for another holder before it says so
+NAMING_WAIT_S = 300.0
+
+
 @contextlib.contextmanager
 def naming_lock(store) -> Iterator[None]:
     """Held while a batch or view manifest is registered or unregistered together with the
@@ -298,8 +303,23 @@ def naming_lock(store) -> Iterator[None]:
     another is removed either is seen as a reference, or clears the tombstone after it."""
     locks = store.cfg.ssd.root / "locks"
     locks.mkdir(parents=True, exist_ok=True)
-    with flocked(locks / "names.lock"):
+    fd = os.open(locks / "names.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        deadline = time.monotonic() + NAMING_WAIT_S
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise HoardError(f"another process has been registering or removing a batch or view for "
+                                     f"{NAMING_WAIT_S:.0f} s ({locks / 'names.lock'} is held; a disk that hangs while "
+                                     "its pointers are written?); `hoard health` names a hung disk; then try again",
+                                     ExitCode.UNAVAILABLE) from None
+                time.sleep(0.05)
         yield
+    finally:
+        os.close(fd)  # the kernel drops the lock with its last descriptor
 
 
 def build_view(store, name: str, rows: Iterable[tuple[str, str]], page_entries: int = PAGE_ENTRIES) -> dict:

@@ -15,12 +15,13 @@ import io
 import json
 import logging
 import re
+import time
 from collections.abc import Iterable, Iterator
 from typing import IO
 
 from fsd.base.errors import ExitCode, HoardError
 from fsd.base.paths import MAX_PATH_BYTES, NAME_PATTERN
-from fsd.manifest import ViewError, build_view, iter_files, naming_lock, references
+from fsd.manifest import ViewError, build_view, manifest_objects, naming_lock, references
 
 __all__ = ["ViewError", "define_view", "define_view_rows", "manifest_rows", "remove_view"]
 
@@ -101,11 +102,15 @@ def define_view(store, name: str, raw: bytes) -> dict:
     return define_view_rows(store, name, manifest_rows(io.BufferedReader(io.BytesIO(raw))))
 
 
-def define_view_rows(store, name: str, rows: Iterable[tuple[str, str]], *, for_output: bool = False) -> dict:
+def define_view_rows(store, name: str, rows: Iterable[tuple[str, str]], *, for_output: bool = False,
+                     owned: Iterable[str] = ()) -> dict:
     """Define (or replace) view `name` from (path, sha256) rows in any order, in bounded
     memory. The objects of the manifest it replaces are tombstoned: gc frees those that no
     other manifest (an identical directory is one object) still references. `for_output`:
-    the caller is a view-mode output's job (OUTPUT_VIEW names are its alone)."""
+    the caller is a view-mode output's job (OUTPUT_VIEW names are its alone). `owned`: the
+    sha256s of objects made for this view alone (a view-mode output's sidecars), listed in
+    an object the view's record names: when the view is removed or replaced they are
+    tombstoned too (`release_owned`) — nothing else a view names ever is."""
     if not VIEW_NAME.match(name):
         raise ViewError(f"view name {name!r}: letters, digits, `.`, `_`, `-`, at most 128")
     _check_owner(name, for_output, "defined")
@@ -118,6 +123,17 @@ def define_view_rows(store, name: str, rows: Iterable[tuple[str, str]], *, for_o
             raise HoardError(f"view {name}: part of its manifest ({sha}) was freed by a gc running meanwhile; "
                              "run `hoard view add` again", ExitCode.DATA)
     named = [bytes.fromhex(s) for s in built.pop("file_objects")]
+    owned = sorted(set(owned))
+    if owned:
+        # one list per definition (its name and time in it): two views owning the same sidecars
+        # must not share the list, which only its own view's removal tombstones
+        head = f"{OWNED_FORMAT} {name} {time.time_ns()}"
+        res = store.put_bytes(("\n".join([head, *owned]) + "\n").encode(), klass="generated")
+        if res.status not in ("new", "existing"):
+            raise HoardError(f"view {name}: the list of its own objects could not be stored: {res.reason}",
+                             ExitCode.UNAVAILABLE)
+        built["owned"] = listed = res.sha256
+        named.append(bytes.fromhex(listed))
     info = {**built, "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
     with naming_lock(store):
         old = store.index.get_view(name)
@@ -127,34 +143,58 @@ def define_view_rows(store, name: str, rows: Iterable[tuple[str, str]], *, for_o
         for sha in store.index.marked_among(store.index.deleted, named):
             store.index.lookup_keep(sha)
         if old is not None and old["manifest"] != info["manifest"]:
-            _retire_manifest(store, old["manifest"])
+            _retire(store, old)
     return info
 
 
 def remove_view(store, name: str, *, for_output: bool = False) -> None:
     _check_owner(name, for_output, "removed")
-    old = store.index.get_view(name)
-    if old is None:
-        raise ViewError(f"no view {name!r}; `hoard view list` shows them")
-    with naming_lock(store):
+    with naming_lock(store):  # read inside: a redefinition meanwhile is what gets retired
+        old = store.index.get_view(name)
+        if old is None:
+            raise ViewError(f"no view {name!r}; `hoard view list` shows them")
         store.register_view(name, None)
-        _retire_manifest(store, old["manifest"])
+        _retire(store, old)
 
 
-def _retire_manifest(store, manifest_sha_hex: str) -> None:
-    """Tombstone (type B) a replaced or removed manifest's own objects, and the files that
-    only it named (a view-mode output's generated sidecars; objects whose batch was deleted
-    while this view kept them) — as deleting a batch does (fsd.deletion.drop_batch). Called
-    after the view is re-registered or unregistered, so what the new manifest, another batch
-    or view, or a `hoard put` root still names keeps no tombstone; gc checks again when it
-    swaps (and keeps what the database needs), so shared objects survive."""
-    shas: list[bytes] = []
+#: first line of the object listing what a view owns (`define_view_rows(owned=)`)
+OWNED_FORMAT = "hoardfs-view-owned-1"
+
+
+def _retire(store, old: dict) -> None:
+    """Tombstone (type B) a replaced or removed view's manifest objects and the objects it
+    owned (its record's `owned` list); gc frees those no registered manifest still
+    references. Called under `naming_lock`, after the view is re-registered or unregistered;
+    never raises — the view's change is made already, and what cannot be read stays (a leak
+    `hoard check` can name, never a loss)."""
+    log = logging.getLogger(__name__)
     try:
-        files = {sha for _path, sha, _size in iter_files(store.get, manifest_sha_hex, shas)}
+        store.index.mark(store.index.deleted, manifest_objects(store.get, old["manifest"]), "replaced view manifest")
     except Exception as e:  # noqa: BLE001 - an unreadable old manifest is `hoard check`'s to report
-        logging.getLogger(__name__).warning("the replaced view manifest %s cannot be read (%s): its objects are "
-                                            "left in place", manifest_sha_hex, e)
-        return
-    store.index.mark(store.index.deleted, shas, "replaced view manifest")
-    kept = (files & references(store, files)) | store.index.marked_among(store.index.rooted, files)
-    store.index.mark(store.index.deleted, files - kept, "no longer named by a view (removed or redefined)")
+        log.warning("the replaced view manifest %s cannot be read (%s): its objects are left in place",
+                    old["manifest"], e)
+    if old.get("owned"):
+        try:
+            lines = store.get(old["owned"]).decode().splitlines()
+            if not lines or lines[0].split(" ")[0] != OWNED_FORMAT:
+                raise ValueError(f"not a {OWNED_FORMAT} list")
+            release_owned(store, {bytes.fromhex(h) for h in lines[1:] if h} | {bytes.fromhex(old["owned"])},
+                          "made for a view that was removed or replaced")
+        except Exception as e:  # noqa: BLE001 - see above
+            log.warning("the objects view %s owned (list %s) are left in place: %s", old.get("name", "?"),
+                        old["owned"], e)
+
+
+def release_owned(store, shas: set[bytes], reason: str) -> int:
+    """Tombstone objects made for one view (its sidecars) unless a registered manifest, a
+    `hoard put` root or a pin still names them; gc checks again when it swaps. Returns how
+    many. A pin file that cannot be read keeps them all (as gc would refuse to run)."""
+    from fsd.layout import pinned  # deferred: only releasing needs the pins
+
+    pins, bad = pinned(store.cfg)
+    if bad:
+        logging.getLogger(__name__).warning("pin files unreadable (%s): %d objects made for a view are left in place",
+                                            "; ".join(bad), len(shas))
+        return 0
+    kept = (shas & references(store, shas)) | store.index.marked_among(store.index.rooted, shas) | (shas & pins)
+    return store.index.mark(store.index.deleted, shas - kept, reason)

@@ -474,7 +474,12 @@ def pending_on_fs(cfg: Settings, zone: str, skip_id: str = "") -> tuple[int, lis
                 continue
         except (FileNotFoundError, KeyError):
             continue
-        n = sum(r.outstanding for r in reservations(cfg, z) if not r.stale and not (z == zone and r.id == skip_id))
+        try:
+            rs = reservations(cfg, z)
+        except OSError as e:  # that zone's own usage names it; it holds nothing this one can count on
+            log.warning("zone %s: its reservations cannot be read (%s)", z, e)
+            continue
+        n = sum(r.outstanding for r in rs if not r.stale and not (z == zone and r.id == skip_id))
         if n:
             total += n
             where.append(z)

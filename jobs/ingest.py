@@ -56,9 +56,10 @@ from fsd.base.errors import ExitCode, HoardError
 from fsd.base.files import atomic_write, flocked, fsync_dir
 from fsd.base.paths import NAME_PATTERN
 from fsd import zones
+from fsd.manifest import naming_lock
 from fsd.store import Store
 from jobs import runlog
-from jobs.queues import CONDITIONS, QUEUES, condition_line, connect, enqueue_once, running, unserved_queues
+from jobs.queues import CONDITIONS, QUEUES, condition_line, connect, enqueue_once, is_condition, running, unserved_queues
 from sql.apply import apply_write_intent
 from sql.migrate import migrate
 from sql.schema_decider import propose_if_new
@@ -458,6 +459,8 @@ def run_here(cfg: Settings, batch_id: str) -> ExitCode:
                 with _batch_lock(cfg, batch_id):
                     _run_step_locked(cfg, batch_id, st.step, then_enqueue=False)
             except CONDITIONS as e:
+                if not is_condition(e):  # a bug: its traceback
+                    raise
                 if isinstance(e, HoardError):
                     code = e.exit_code
                 elif isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
@@ -653,9 +656,14 @@ def _step_package(cfg: Settings, st: BatchState) -> None:
     body = manifest_path.read_bytes()
     with Store.open(cfg) as store:
         put = store.put_bytes(body, klass="raw")
-        store.register_batch(st.batch_id, {"source": st.source, "manifest": put.sha256,
-                                           "files": len(stored), "bytes": sum(s for _, s in stored.values()),
-                                           "sealed": _now()})
+        with naming_lock(store):
+            store.register_batch(st.batch_id, {"source": st.source, "manifest": put.sha256,
+                                               "files": len(stored), "bytes": sum(s for _, s in stored.values()),
+                                               "sealed": _now()})
+            # a batch deleted since the store step may have tombstoned a file this one shares (the
+            # pin kept it from gc): named by a registered batch now, it is live — not hidden
+            for sha in store.index.marked_among(store.index.deleted, {bytes.fromhex(h) for h, _ in stored.values()}):
+                store.index.lookup_keep(sha)
     parts_n = len({p.name for p in out.glob(f"{st.batch_id}.part*.tar")})
     st.report["package"] = {"path": str(out), "parts": parts_n, "manifest_sha256": put.sha256,
                             "bytes": sum(p.stat().st_size for p in out.iterdir())}

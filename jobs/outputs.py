@@ -428,7 +428,7 @@ def _run_view(cfg: Settings, spec: OutputSpec, store, items: list[Item], n_nodes
     the zone holds a sealed output whose entry is a link into the mount — the same path a
     local consumer would read in copy mode (a worker on another machine needs copy mode).
     The view is defined only after the zone admitted the output, and removed if it fails."""
-    from fsd.views import define_view_rows, remove_view  # deferred: only view mode defines views
+    from fsd.views import define_view_rows, release_owned, remove_view  # deferred: only view mode defines views
 
     if cfg.mount.path is None:
         raise OutputError("--mode view needs the mount: set `[mount] path = \"/srv/hoard\"` in hoard.toml (where "
@@ -437,14 +437,17 @@ def _run_view(cfg: Settings, spec: OutputSpec, store, items: list[Item], n_nodes
     entry = f"{lay}/input" if spec.kind == "stage" else lay
     out = seal.begin(cfg, spec.zone, spec.id, job=f"{spec.kind}:{spec.id}", kind=spec.kind, expected_bytes=0,
                      expected_files=0, selector=_request(spec), layout=spec.layout, resume=True)
-    defined = False
+    defined, stored = False, []
     try:
         rows = [(it.path, it.sha256) for it in items]
         cars = [it for it in items if it.sidecar is not None]
         if cars:  # sidecars are not in the store yet: they become generated objects the view names
             stored = store.put_bytes_many([it.sidecar for it in cars if it.sidecar is not None], klass="generated")
+            if any(r.status not in ("new", "existing") for r in stored):
+                bad = next(r for r in stored if r.status not in ("new", "existing"))
+                raise OutputError(f"a sidecar could not be stored: {bad.reason}", ExitCode.UNAVAILABLE)
             rows += [(it.path + ".json", r.sha256) for it, r in zip(cars, stored)]
-        info = define_view_rows(store, name, rows, for_output=True)
+        info = define_view_rows(store, name, rows, for_output=True, owned=[r.sha256 for r in stored])
         defined = True
         out.prune({entry})
         out.link(entry, str(cfg.mount.path / "views" / name / entry))
@@ -456,6 +459,10 @@ def _run_view(cfg: Settings, spec: OutputSpec, store, items: list[Item], n_nodes
         if defined:  # nothing sealed names it: a failed output publishes nothing
             with contextlib.suppress(HoardError):
                 remove_view(store, name, for_output=True)
+        elif stored:  # the sidecars made for a view that never was
+            with contextlib.suppress(HoardError):
+                release_owned(store, {bytes.fromhex(r.sha256) for r in stored if r.sha256},
+                              f"sidecars of view {name}, not published")
         if isinstance(e, OSError):
             raise seal.as_error(e, f"output {spec.zone}/{spec.id}") from None
         raise

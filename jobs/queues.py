@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import socket
 from collections.abc import Iterator
@@ -23,9 +24,26 @@ QUEUES = ("ingest", "io", "sql", "maintenance")
 #: the states `job_counts` counts jobs in (RQ's queue and its registries)
 JOB_STATES = ("queued", "started", "deferred", "scheduled", "finished", "failed")
 
-#: what a job can meet that is not a bug: a service or a disk gone, a person's error. The
-#: job records it in its own state with the way on (`hoard ingest --status`, `--resume`).
+#: the exception types a job can meet that are not a bug — a service or a disk gone, a
+#: person's error — when `is_condition` says so of the instance; the job records it in its
+#: own state with the way on (`hoard ingest --status`, `--resume`)
 CONDITIONS = (HoardError, psycopg.OperationalError, redis.ConnectionError, redis.TimeoutError, OSError)
+#: OSErrors a disk, a file system or a person causes (EBADF, EINVAL and the like are bugs)
+CONDITION_ERRNOS = frozenset({errno.EIO, errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.ENODEV, errno.ENXIO,
+                              errno.EACCES, errno.EPERM, errno.ENOENT, errno.ENOTDIR, errno.ENOTCONN, errno.ESTALE,
+                              errno.EBUSY, errno.ETIMEDOUT, errno.EUCLEAN, errno.EBADMSG})
+
+
+def is_condition(e: BaseException) -> bool:
+    """Whether `e` is a condition (see CONDITIONS): PostgreSQL only when it is unreachable,
+    out of resources or shut down (SQLSTATE classes 08, 53, 57P — a deadlock or a
+    serialization failure is a bug), an OSError only with one of CONDITION_ERRNOS."""
+    if isinstance(e, (HoardError, redis.ConnectionError, redis.TimeoutError)):
+        return True
+    if isinstance(e, psycopg.OperationalError):
+        state = getattr(e, "sqlstate", None)
+        return state is None or state[:2] in ("08", "53") or state.startswith("57P")
+    return isinstance(e, OSError) and e.errno in CONDITION_ERRNOS
 
 
 def condition_line(e: BaseException) -> str:
@@ -50,7 +68,7 @@ class HoardWorker(Worker):
 
     def handle_exception(self, job: Job, *exc_info: Any) -> None:
         e = exc_info[1]
-        if isinstance(e, CONDITIONS) and not self._exc_handlers:
+        if is_condition(e) and not self._exc_handlers:
             self.log.error("Worker %s: job %s (%s) failed: %s", self.name, job.id, job.description,
                            condition_line(e))
             return

@@ -443,3 +443,23 @@ def test_descriptor_cache_never_closes_a_descriptor_a_reader_is_using(tmp_path: 
     assert len(disk._fds) <= disk.MAX_FDS
     disk.close_all()
     assert len(os.listdir("/proc/self/fd")) == before, "descriptors leaked"
+
+
+def test_a_descriptor_just_opened_is_never_trimmed_under_its_read(tmp_path: Path) -> None:
+    """With every cached descriptor busy, the one a read just opened is the only idle one: the
+    trim must not close it under that read (EBADF, or another file's bytes)."""
+    from fsd.disks import LocalDisk
+
+    disk = LocalDisk("d0", tmp_path, "u0", require_mount=False)
+    disk.MAX_FDS = 0  # every open trims
+    before = len(os.listdir("/proc/self/fd"))
+    for i in range(3):
+        path = disk.path(f"{i:032x}", True)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(bytes([i]) * 100)
+    for i in range(3):
+        assert disk.read_at(f"{i:032x}", 10, 5) == bytes([i]) * 5
+        assert disk.read_exact(f"{i:032x}", 0, 3) == bytes([i]) * 3
+    assert len(disk._fds) == 1  # the last one, idle: the next open trims it
+    disk.close_all()
+    assert len(os.listdir("/proc/self/fd")) == before
