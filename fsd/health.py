@@ -90,13 +90,16 @@ def store_status(cfg: Settings) -> dict[str, Any]:
     try:
         with Store.open(cfg, writable=False) as store:
             st = store.status()
-            holdings = disk_holdings(store)
+            # a scan of every shard: only when a card needs it (a disk not active), not on
+            # every refresh of a healthy store
+            holdings = disk_holdings(store) if any(d["state"] != "active" for d in st["disks"]) else {}
     except Exception as e:  # noqa: BLE001 - health reports, it does not crash
         return {"ok": False, "error": f"cannot open the store: {e}"}
     for d in st["disks"]:
         d["present"] = os.path.isdir(d["path"])
         d["mount_point"] = os.path.ismount(d["path"])
-        d.update(holdings.get(d["uuid"], {"replicas": 0, "replica_bytes": 0, "only_here": 0}))
+        if holdings:  # (figured only while some disk is not active)
+            d.update(holdings.get(d["uuid"], {"replicas": 0, "replica_bytes": 0, "only_here": 0}))
         if d["state"] != "active":
             d["next_step"] = disk_next_step(d)
     return {"ok": True, **st}

@@ -101,7 +101,16 @@ def _safe_target(path: str) -> str:
     parts = urlsplit(path)
     ok = (path.startswith("/") and not path.startswith("//") and not parts.scheme and not parts.netloc
           and not any(c == "\\" or c.isspace() or ord(c) < 0x20 or ord(c) == 0x7f for c in path))
-    return path if ok and not _acts_on_arrival(parts.path) else "/"
+    # an empty or dot segment in any spelling: a browser resolves `..` keeping empty segments,
+    # a server's normalisation drops them, so the two can reach different routes (`/rq//../
+    # requeue//../ingest` is `/ingest` to normpath, `/rq/requeue/ingest` to a browser); no page
+    # of the GUI needs either
+    plain = unquote(parts.path)
+    odd = "//" in plain or DOT_SEGMENT.search(plain) is not None
+    return path if ok and not odd and not _acts_on_arrival(parts.path) else "/"
+
+
+DOT_SEGMENT = re.compile(r"(?:^|/)\.\.?(?:/|$)")
 
 
 def _acts_on_arrival(path: str) -> bool:

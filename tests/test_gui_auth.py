@@ -424,7 +424,9 @@ def test_a_login_does_not_continue_to_a_route_that_acts() -> None:
                    "/./logout", "/%2e%2e/logout", "/login/finish?ticket=abc", "/login/finish/", "/api/x", "/api",
                    "/rq/requeue/ingest", "/rq/%72equeue/ingest", "/rq%2Frequeue%2Fingest", "/rq/0/../requeue/x",
                    "/rq/queue/ingest/failed/empty", "/rq/job/abc/delete", "/rq/job/abc/requeue",
-                   "/rq/queue/ingest/compact", "/rq/0/data/queues.json"):
+                   "/rq/queue/ingest/compact", "/rq/0/data/queues.json",
+                   # dot segments a browser resolves keeping empty ones (a server's normpath drops them)
+                   "/rq//../requeue//../ingest", "/logout//..", "/rq/%2F../requeue/x", "/x/%2e/logout"):
         assert _safe_target(acting) == "/", acting
 
 

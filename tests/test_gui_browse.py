@@ -140,6 +140,31 @@ def test_an_image_bomb_gets_no_thumbnail(gui_home: Path, tmp_path: Path) -> None
     assert thumbs.thumbnail(cfg, shas[0]) is None
     made = thumbs.thumbnail(cfg, shas[1])
     assert made is not None and made.read_bytes()[:2] == b"\xff\xd8"
+    assert thumbs.path(cfg, shas[0]).stat().st_size == 0  # remembered: not read again per view
+
+
+def test_files_pillow_chokes_on_get_no_thumbnail_and_no_error(gui_home: Path, tmp_path: Path) -> None:
+    """Untrusted bytes: a DDS with an unknown pixel format (NotImplementedError in Pillow, found
+    by a fuzzer) and an EPS (Ghostscript is never run on stored files) get no thumbnail and
+    raise nothing; a sha256 with a trailing newline is not one."""
+    import io
+
+    from PIL import Image
+
+    from fsd import thumbs
+    from fsd.base import config
+    from fsd.store import Store
+
+    cfg = config.load(gui_home)
+    buf = io.BytesIO()
+    Image.new("RGBA", (8, 8)).save(buf, "DDS")
+    dds = bytearray(buf.getvalue())
+    dds[80:84] = (146).to_bytes(4, "little")
+    eps = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\nshowpage\n"
+    with Store.open(cfg) as store:
+        shas = [r.sha256 for r in store.put_bytes_many([bytes(dds), eps])]
+    assert [thumbs.thumbnail(cfg, s) for s in shas] == [None, None]
+    assert thumbs.thumbnail(cfg, shas[0] + "\n") is None and not list(thumbs.path(cfg, shas[0]).parent.glob("*\n*"))
 
 
 async def test_hand_typed_pages_and_dates(user, gui_home: Path) -> None:
