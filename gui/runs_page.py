@@ -82,13 +82,17 @@ def register() -> None:
 
             async def body_data():
                 d = await run.io_bound(launch.detail, cfg, kind, run_id)
-                d["waiting"] = await run.io_bound(launch.why_waiting, cfg, kind, run_id, d.get("status", ""))
-                return d
+                if d is None:  # run.io_bound's answer while the app stops
+                    return None
+                waiting = await run.io_bound(launch.why_waiting, cfg, kind, run_id, d.get("status", ""))
+                return None if waiting is None else d | {"waiting": waiting}
 
             try:
                 d = await body_data()
             except HoardError as e:
                 ui.label(e.message).classes("text-negative")
+                return
+            if d is None:
                 return
 
             @ui.refreshable
@@ -155,9 +159,11 @@ def register() -> None:
 
             async def reload() -> None:
                 try:
-                    body.refresh(await body_data())
+                    d = await body_data()
                 except HoardError:
-                    pass
+                    return
+                if d is not None:
+                    body.refresh(d)
 
             ui.timer(max(2.0, cfg.gui.refresh_s / 2), reload)
 

@@ -389,10 +389,10 @@ def _run_step_logged(cfg: Settings, batch_id: str, step: str, *, then_enqueue: b
         raise IngestError(f"no ingest state for batch {batch_id}; submit it with `hoard ingest`")
     if st.finished or step != st.step:
         return st.report
-    st.status = Status.RUNNING.value
-    save_state(cfg, st)
     t0 = time.monotonic()
-    try:
+    try:  # "running" is saved inside: a Ctrl-C right after it still marks the step interrupted
+        st.status = Status.RUNNING.value
+        save_state(cfg, st)
         if step not in st.done:
             _STEPS[step](cfg, st)
             st.done.append(step)

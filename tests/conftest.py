@@ -266,3 +266,14 @@ def use_schema(home: Path, conn: psycopg.Connection) -> str:
     cfg_path.write_text("\n".join(f"database_url = {json.dumps(own)}" if ln.startswith("database_url = ") else ln
                                   for ln in lines) + "\n")
     return str(cfg_path)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """NiceGUI's test app, stopped at a GUI test's teardown, logs "Could not cancel N tasks
+    within timeout" when a page's `run.io_bound` thread is still busy (a loaded machine): a
+    teardown artefact of the test harness, not something a user of the GUI meets — allowed,
+    never required, in the GUI tests only."""
+    for item in items:
+        if item.path.name.startswith("test_gui_"):
+            item.add_marker(pytest.mark.expect_log(r"^Could not cancel \d+ tasks within timeout", level="ERROR",
+                                                   optional=True))
