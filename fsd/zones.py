@@ -148,9 +148,7 @@ def _res_path(cfg: Settings, zone: str, output_id: str) -> Path:
 @contextlib.contextmanager
 def zone_lock(cfg: Settings, zone: str) -> Iterator[None]:
     """The zone's flock: whoever changes its reservations holds it while measuring the zone."""
-    locks = cfg.ssd.root / "locks"
-    locks.mkdir(parents=True, exist_ok=True)
-    with flocked(locks / f"zone-{zone}.lock"):
+    with flocked(_lock_path(cfg, f"zone-{zone}.lock")):
         yield
 
 
@@ -159,10 +157,14 @@ def space_lock(cfg: Settings) -> Iterator[None]:
     """Held (inside a zone's lock, never the other way round) while a reservation is checked
     against the free space of the file system all zones share, and saved: two jobs in two
     zones cannot both count on the same free bytes."""
+    with flocked(_lock_path(cfg, "ssd-space.lock")):
+        yield
+
+
+def _lock_path(cfg: Settings, name: str) -> Path:
     locks = cfg.ssd.root / "locks"
     locks.mkdir(parents=True, exist_ok=True)
-    with flocked(locks / "ssd-space.lock"):
-        yield
+    return locks / name
 
 
 def _check_id(zone: str, output_id: str) -> None:
