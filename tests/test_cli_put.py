@@ -15,6 +15,7 @@ from pathlib import Path
 from fsd.base import config
 from fsd.store import Store
 from tests.conftest import dir_disks_config, make_files
+from tests.terminal import as_foreground
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -80,7 +81,8 @@ def test_interrupted_put_printed_exactly_what_it_stored(tmp_path: Path) -> None:
     cfg = _store(tmp_path)
     files = make_files(tmp_path / "in", 3000, seed=2, lo=20_000, hi=60_000)
     proc = subprocess.Popen([sys.executable, "-m", "fsd", "--config", str(cfg), "put", str(tmp_path / "in")],
-                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=as_foreground)
     first = proc.stdout.readline()
     assert first.split()[1] == "new"
     proc.send_signal(signal.SIGINT)

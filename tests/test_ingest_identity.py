@@ -17,6 +17,7 @@ from fsd.base import config
 from fsd.base.errors import ExitCode
 from fsd.store import Store
 from jobs import ingest as ua1
+from tests.terminal import as_foreground
 from tests.test_ingest import ingest_home
 
 
@@ -154,7 +155,8 @@ def test_ctrl_c_under_here_stops_at_once_and_resumes(hoard_home: Path, pg, redis
                                          large_fraction=0.3, large_max_mb=2, ready_signal=True))
     batch = zone3a / spec_batch.batch_id
     proc = subprocess.Popen([sys.executable, "-m", "fsd", "--config", str(cfg.source), "ingest", str(batch),
-                             "--here"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                             "--here"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             preexec_fn=as_foreground)
     wait_until(lambda: where(cfg, batch.name) == ("running", "store") or proc.poll() is not None, 120)
     assert proc.poll() is None, "the batch finished before it could be interrupted: make it bigger"
     time.sleep(0.1)  # inside put_many
@@ -189,7 +191,7 @@ def test_ctrl_c_under_wait_leaves_the_batch_to_the_worker(hoard_home: Path, pg, 
     try:
         wait_until(lambda: not ua1.unserved_queues(redis_conn))
         proc = subprocess.Popen(hoard_cmd + ["ingest", str(batch), "--wait"], stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True)
+                                stderr=subprocess.PIPE, text=True, preexec_fn=as_foreground)
         wait_until(lambda: where(cfg, batch.name) == ("running", "scan"))
         proc.send_signal(signal.SIGINT)
         t0 = time.monotonic()
