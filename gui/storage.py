@@ -8,10 +8,14 @@ from typing import Any
 
 from nicegui import run, ui
 
+from fsd.base.errors import HoardError
 from gui import charts
 from gui.context import ctx
 from gui.frame import age, frame, gb, live
+from jobs import usage
 
+#: how far back the usage history charts look
+HISTORY_DAYS = 30
 STATE_COLOR = {"active": "positive", "draining": "warning", "failed": "negative", "missing": "negative"}
 
 
@@ -122,10 +126,30 @@ def _body() -> None:
     ui.label(f"figures from {age(snap.age_s)}").classes("text-caption q-mt-md")
 
 
+def _history(points: list[Any] | None, error: str) -> None:
+    """The usage history charts (`hoard health --record`, systemd/hoard-usage.timer), read once
+    per page view: one bucketed query of at most sql.usage.CHART_POINTS points per series."""
+    t = ctx().cfg.ssd.thresholds
+    ui.label(f"Usage over the last {HISTORY_DAYS} days").classes("text-h6 q-mt-md")
+    if error or not points:
+        ui.label(error or "no usage samples yet: `hoard health --record` takes one; enable hoard-usage.timer "
+                          "(systemd/) to take one every 10 minutes").classes("text-caption text-grey-7")
+        return
+    with ui.row().classes("w-full no-wrap"):
+        ui.echart(charts.disk_history(points)).classes("w-1/2 h-64").mark("disk-history")
+        ui.echart(charts.zone_history(points, (t.warn, t.deny, t.emergency))).classes("w-1/2 h-64").mark(
+            "zone-history")
+
+
 def register() -> None:
     @ui.page("/storage")
     async def storage_page() -> None:
         if ctx().cache.snapshot is None:
             await run.io_bound(ctx().cache.refresh)
+        try:
+            points, error = await run.io_bound(usage.history, ctx().cfg, HISTORY_DAYS), ""
+        except HoardError as e:
+            points, error = None, e.message
         with frame("Storage"):
             live(_body)
+            _history(points, error)
