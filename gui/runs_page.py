@@ -16,6 +16,7 @@ from gui.auth import require
 from gui.context import ctx
 from gui.frame import frame, page_number
 from jobs import launch
+from jobs import progress as job_progress
 
 PER_PAGE = 25
 STATUS_COLOR = {"done": "positive", "done with rejects": "warning", "failed": "negative", "running": "primary",
@@ -82,13 +83,17 @@ def register() -> None:
 
             async def body_data():
                 d = await run.io_bound(launch.detail, cfg, kind, run_id)
+                if d is None:  # run.io_bound's answer while the app stops
+                    return None
                 d["waiting"] = await run.io_bound(launch.why_waiting, cfg, kind, run_id, d.get("status", ""))
-                return d
+                return d if d["waiting"] is not None else None
 
             try:
                 d = await body_data()
             except HoardError as e:
                 ui.label(e.message).classes("text-negative")
+                return
+            if d is None:
                 return
 
             @ui.refreshable
@@ -102,6 +107,13 @@ def register() -> None:
                         ui.label(f"signalled {d['signalled']}, updated {d.get('updated', '')}")
                 for why in d["waiting"]:
                     ui.label(f"waiting: {why}").classes("text-warning")
+                if d.get("progress"):  # a maintenance job's figures (jobs.progress), live while it runs
+                    figures = d["progress"]
+                    if figures.get("total"):
+                        ui.linear_progress(value=min(1.0, figures["done"] / figures["total"]), show_value=False,
+                                           size="12px").classes("w-96")
+                    ui.label(f"{figures.get('what', 'progress')}: {job_progress.describe(figures)}").mark(
+                        "run-progress")
                 if d.get("error"):
                     ui.label(d["error"]).classes("text-negative")
                 if d.get("steps"):
@@ -155,9 +167,11 @@ def register() -> None:
 
             async def reload() -> None:
                 try:
-                    body.refresh(await body_data())
+                    d = await body_data()
                 except HoardError:
-                    pass
+                    return
+                if d is not None:
+                    body.refresh(d)
 
             ui.timer(max(2.0, cfg.gui.refresh_s / 2), reload)
 

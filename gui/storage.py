@@ -12,6 +12,7 @@ from fsd.base.errors import HoardError
 from gui import charts
 from gui.context import ctx
 from gui.frame import age, frame, gb, live
+from jobs import progress as job_progress
 from jobs import usage
 
 #: how far back the usage history charts look
@@ -87,6 +88,8 @@ def _body() -> None:
                 ui.label(f"{kind}: none from here").classes("text-caption text-grey-7")
             else:
                 ui.link(f"{kind}: {last.status} {last.updated[:16].replace('T', ' ')}", f"/runs/{kind}/{last.id}")
+                if last.status == "running" and last.progress:  # jobs.progress, as of the snapshot
+                    ui.label(job_progress.describe(last.progress)).classes("text-caption").mark(f"progress-{kind}")
     ui.label("(runs launched from this GUI; the systemd timers' runs show in `hoard health` and their journals)"
              ).classes("text-caption text-grey-7")
     marks = (t.warn, t.deny, t.emergency)
