@@ -20,14 +20,17 @@ from pathlib import Path
 import pytest
 import redis
 from nicegui import run
+from rq import Queue, SimpleWorker
 
 from fsd.base import config
 from fsd.base.progress import Progress, published
+from fsd.deletion import release
 from fsd.rebuild import rebuild
 from fsd.store import Store
 from jobs import launch
 from jobs.progress import KEY, describe
-from tests.conftest import dir_disks_config, make_files
+from sql.migrate import migrate
+from tests.conftest import dir_disks_config, make_files, use_schema
 from tests.gui_fixtures import gui_home, sign_in, user  # noqa: F401 - fixtures
 from tests.test_cli import hoard
 
@@ -287,3 +290,22 @@ def test_rebuild_reports_every_shard_it_deals_with(tmp_path: Path) -> None:
         rep = rebuild(store, "d0", progress=lambda done, total: calls.append((done, total)))
     total = sum(m.size for m in on_d0)
     assert len(rep.lost) == len(both) and calls and calls[-1] == (total, total), (rep.lost, calls[-3:], total)
+
+
+def test_verify_and_gc_jobs_end_with_their_last_figures(hoard_home: Path, pg, redis_conn) -> None:
+    """The other streaming jobs publish through the same path (RQ's SimpleWorker in-process):
+    a verify job and a gc job that compacts shards each leave done == total > 0, state done."""
+    cfg_path = Path(use_schema(hoard_home, pg))
+    assert hoard("--config", str(cfg_path), "init").returncode == 0
+    migrate(pg)
+    cfg = config.load(cfg_path)
+    with Store.open(cfg) as store:
+        results = store.put_many(make_files(hoard_home / "in", 60, lo=100_000, hi=200_000))
+        release(store, [bytes.fromhex(r.sha256) for r in results[::2]], "test")  # half of each shard is dead
+    ids = [launch.launch_maintenance(cfg, "verify", {"sha256": True}),
+           launch.launch_maintenance(cfg, "gc", {"threshold": 0.9})]
+    SimpleWorker([Queue("maintenance", connection=redis_conn)], connection=redis_conn).work(burst=True)
+    for job_id, what in zip(ids, ("bytes checked", "live bytes copied")):
+        final = json.loads(redis_conn.get(KEY.format(job_id)))
+        assert final["what"] == what and final["state"] == "done", final
+        assert final["done"] == final["total"] > 0, final
