@@ -14,9 +14,8 @@ from nicegui import run, ui
 from fsd.base.errors import HoardError
 from gui.auth import require
 from gui.context import ctx
-from gui.frame import frame, page_number
+from gui.frame import frame, page_number, progress_text
 from jobs import launch
-from jobs import progress as job_progress
 
 PER_PAGE = 25
 STATUS_COLOR = {"done": "positive", "done with rejects": "warning", "failed": "negative", "running": "primary",
@@ -112,7 +111,7 @@ def register() -> None:
                     if figures.get("total"):
                         ui.linear_progress(value=min(1.0, figures["done"] / figures["total"]), show_value=False,
                                            size="12px").classes("w-96")
-                    ui.label(f"{figures.get('what', 'progress')}: {job_progress.describe(figures)}").mark(
+                    ui.label(f"{figures.get('what', 'progress')}: {progress_text(figures)}").mark(
                         "run-progress")
                 if d.get("error"):
                     ui.label(d["error"]).classes("text-negative")

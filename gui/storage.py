@@ -11,8 +11,7 @@ from nicegui import run, ui
 from fsd.base.errors import HoardError
 from gui import charts
 from gui.context import ctx
-from gui.frame import age, frame, gb, live
-from jobs import progress as job_progress
+from gui.frame import age, frame, gb, live, progress_text
 from jobs import usage
 
 #: how far back the usage history charts look
@@ -89,7 +88,7 @@ def _body() -> None:
             else:
                 ui.link(f"{kind}: {last.status} {last.updated[:16].replace('T', ' ')}", f"/runs/{kind}/{last.id}")
                 if last.status == "running" and last.progress:  # jobs.progress, as of the snapshot
-                    ui.label(job_progress.describe(last.progress)).classes("text-caption").mark(f"progress-{kind}")
+                    ui.label(progress_text(last.progress)).classes("text-caption").mark(f"progress-{kind}")
     ui.label("(runs launched from this GUI; the systemd timers' runs show in `hoard health` and their journals)"
              ).classes("text-caption text-grey-7")
     marks = (t.warn, t.deny, t.emergency)

@@ -71,27 +71,3 @@ def read(conn: redis.Redis, job_ids: list[str]) -> dict[str, dict[str, Any]]:
                 continue  # not ours to explain: the run shows no figures
     return out
 
-
-def describe(p: dict[str, Any]) -> str:
-    """One line for a person: `1.2 GB of 3.4 GB (35%), 80.1 MB/s, about 28 s left`."""
-    def amount(n: float | None) -> str:
-        if n is None:
-            return "?"
-        if p.get("unit", "bytes") != "bytes":
-            return f"{n:,.0f} {p.get('unit')}"
-        for unit, size in (("TB", 1024**4), ("GB", 1024**3), ("MB", 1024**2), ("KB", 1024)):
-            if n >= size:
-                return f"{n / size:.1f} {unit}"
-        return f"{n:.0f} B"
-
-    done, total = p.get("done", 0), p.get("total")
-    text = amount(done) + (f" of {amount(total)}" if total else "")
-    if total:
-        text += f" ({min(1.0, done / total):.0%})"
-    rate = p.get("rate") or 0
-    text += f", {amount(rate)}/s" if p.get("unit", "bytes") == "bytes" else f", {rate:.1f}/s"
-    if p.get("state") == "running" and p.get("eta_s") is not None:
-        text += f", about {p['eta_s']:.0f} s left"
-    elif p.get("state") in ("done", "failed"):
-        text += f", {'finished' if p['state'] == 'done' else 'stopped'} after {p.get('elapsed_s', 0):.0f} s"
-    return text
