@@ -33,6 +33,7 @@ from sql.migrate import migrate
 from tests.conftest import dir_disks_config, make_files, use_schema
 from tests.gui_fixtures import gui_home, sign_in, user  # noqa: F401 - fixtures
 from tests.test_cli import hoard
+from tests.test_gui_runs import _work  # a real `hoard worker --burst` (RQ's forking Worker: the job runs in a work horse)
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -92,15 +93,6 @@ def _fill(cfg_path: Path, seed: int) -> None:
         store.put_many(make_files(cfg_path.parent / f"in{seed}", MB // 2, seed=seed, lo=2 << 20, hi=(2 << 20) + 1))
 
 
-def _worker(cfg_path: Path) -> subprocess.CompletedProcess:
-    """A real `hoard worker` (RQ's forking Worker: the job runs in a work horse) until the queue is empty."""
-    env = {k: v for k, v in os.environ.items() if k != "HOARD_CONFIG"}
-    res = subprocess.run([sys.executable, "-m", "fsd", "--config", str(cfg_path), "worker", "--queues", "maintenance",
-                          "--burst"], capture_output=True, text=True, env=env, timeout=240)
-    assert res.returncode == 0, res.stderr
-    return res
-
-
 class Watcher(threading.Thread):
     """Reads the job's progress key every 20 ms (GET only: a Redis paused for writes still answers)."""
 
@@ -137,7 +129,7 @@ def test_a_worker_publishes_progress_while_it_replicates(hoard_home: Path, redis
     job_id = launch.launch_maintenance(cfg, "replicate", {"rate_mb_s": RATE}, by="test")
     watcher = Watcher(cfg.redis_url, job_id)
     watcher.start()
-    _worker(cfg_path)
+    _work(cfg_path)
     time.sleep(0.1)
     watcher.stop.set()
     watcher.join()
@@ -177,7 +169,7 @@ def test_a_stalled_redis_does_not_slow_the_job(hoard_home: Path, redis_conn) -> 
         if pause:
             t = threading.Thread(target=pauser, daemon=True)
             t.start()
-        _worker(cfg_path)
+        _work(cfg_path)
         watcher.stop.set()
         watcher.join()
         took[run_] = _job_seconds(redis_conn, job_id)
@@ -256,7 +248,7 @@ async def test_run_page_and_storage_show_progress_while_it_runs(user, gui_home: 
     await sign_in(user, "vera")
     watcher = Watcher(ctx().cfg.redis_url, job_id)
     watcher.start()
-    working = asyncio.ensure_future(run.io_bound(_worker, cfg_path))
+    working = asyncio.ensure_future(run.io_bound(_work, cfg_path))
     try:
         for _ in range(600):
             if watcher.mid_run() or working.done():
