@@ -84,7 +84,7 @@ def record(conn: psycopg.Connection, rows: list[UsageRow], every: dt.timedelta =
             pruned = conn.execute("DELETE FROM usage_sample WHERE taken_at < now() - %s", [keep]).rowcount
             if last is not None and now - last < every:
                 return Recorded(None, 0, pruned, last)
-            with conn.cursor().copy(f"COPY usage_sample (taken_at, {', '.join(_COLUMNS)}) FROM STDIN") as cp:
+            with conn.cursor() as cur, cur.copy(f"COPY usage_sample (taken_at, {', '.join(_COLUMNS)}) FROM STDIN") as cp:
                 for r in rows:
                     cp.write_row([now, *(getattr(r, c) for c in _COLUMNS)])
             return Recorded(now, len(rows), pruned, last)
