@@ -74,6 +74,13 @@ def _rebuild(store: Store, label: str, onto: str | None, rate_mb_s: float | None
     lock = threading.Lock()
 
     def one(meta: ShardMeta) -> None:
+        handle(meta)
+        with lock:  # copied, adopted, dropped or lost: its bytes are dealt with
+            done[0] += meta.size
+            if progress:
+                progress(done[0], total)
+
+    def handle(meta: ShardMeta) -> None:
         with lock:
             rep.shards += 1
             dst = target or _adoptable(store, meta) or store.place(1, meta.size, exclude=set(meta.replicas),
@@ -97,9 +104,6 @@ def _rebuild(store: Store, label: str, onto: str | None, rate_mb_s: float | None
                 rep.bytes += meta.size
         with lock:
             _swap(store, meta, lost_uuid, dst.uuid)
-            done[0] += meta.size
-            if progress:
-                progress(done[0], total)
 
     # a few copies at once, so slow source disks together keep the target disk busy
     with ThreadPoolExecutor(max_workers=streams, thread_name_prefix="rebuild") as pool:

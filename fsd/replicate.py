@@ -64,7 +64,7 @@ def replicate_once(store: Store, budget_s: float = 60.0, rate_mb_s: float | None
                    wait_s: float = 0.0, progress: Callable[[int, int], None] | None = None) -> ReplicationReport:
     """Repair the replicas readers reported bad, then copy shards below target until done or
     `budget_s` is spent. Holds the maintenance lock (one of gc/replicate/rebuild at a time).
-    `progress(copied_bytes, bytes_to_copy)` after each copy."""
+    `progress(copied_bytes, bytes_to_copy)` before each copy and after the last."""
     with store.maintenance("replicate", wait_s=wait_s):
         return _replicate(store, budget_s, rate_mb_s, progress)
 
@@ -110,6 +110,8 @@ def _replicate(store: Store, budget_s: float, rate_mb_s: float | None,
                 break
             rep.copied_shards += 1
             rep.copied_bytes += n
+    if progress:  # after the last copy too (the loop reports before each)
+        progress(rep.copied_bytes, total)
     rep.seconds = time.monotonic() - t0
     return rep
 

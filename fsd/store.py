@@ -713,9 +713,10 @@ class Store:
                     pass  # a failed disk may be gone altogether
             disks.append(entry)
 
-        stuck = [m.hex for m in self.index.iter_shards()
-                 if not m.sealed and not writer_alive(self.lock_path(m.hex))]
-        return {"objects": self.index.count_objects(), "disks": disks, "replication": replication_lag(self),
+        shards = list(self.index.iter_shards())
+        stuck = [m.hex for m in shards if not m.sealed and not writer_alive(self.lock_path(m.hex))]
+        return {"objects": self.index.count_objects(), "shard_bytes": sum(m.size for m in shards),
+                "disks": disks, "replication": replication_lag(self),
                 "open_without_writer": stuck,
                 "oldest_unverified_s": oldest_unverified_age(self),
                 "pending_repairs": len(self.index.pending_repairs()),

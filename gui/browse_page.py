@@ -108,7 +108,7 @@ def register() -> None:
             with ui.row().classes("items-end"):
                 fields = {}
                 for key, label in (("source", "source"), ("batch", "batch"), ("since", "from (YYYY-MM-DD)"),
-                                   ("until", "until (YYYY-MM-DD)"), ("q", "title / author contains")):
+                                   ("until", "until (YYYY-MM-DD)"), ("q", "words in title, author, metadata")):
                     fields[key] = ui.input(label, value=current[key]).classes("w-44").mark(f"assets-{key}")
                     fields[key].on("keydown.enter", lambda: go(**{k: f.value.strip() for k, f in fields.items()}))
                 ui.select({"": "any kind", "image": "image", "video": "video", "audio": "audio", "text": "text"},
@@ -124,6 +124,9 @@ def register() -> None:
                                           _date(until), q or None, kind or None, PER_PAGE + 1, (page - 1) * PER_PAGE)
                 if rows is None:  # run.io_bound's answer while the app stops
                     return
+            except browse.BadSearch as e:
+                ui.label(e.message).classes("text-negative").mark("assets-refused")
+                return
             except psycopg.Error as e:
                 ui.label(f"the database does not answer: {str(e).strip().splitlines()[0]}").classes("text-negative")
                 return

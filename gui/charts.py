@@ -46,3 +46,43 @@ def ingested_per_day(rows: list[dict[str, Any]]) -> dict[str, Any]:
             "xAxis": {"type": "category", "data": days}, "yAxis": {"type": "value"},
             "series": [{"name": s, "type": "bar", "stack": "s", "data": [by.get((d, s), 0) for d in days]}
                        for s in sources]}
+
+
+def _series_by_name(points: list[Any], kind: str) -> dict[str, list[Any]]:
+    out: dict[str, list[Any]] = {}
+    for p in points:
+        if p.kind == kind:
+            out.setdefault(p.name, []).append(p)
+    return out
+
+
+def disk_history(points: list[Any]) -> dict[str, Any]:
+    """Used GB per disk over time (`jobs.usage.history`); a bucket in which the disk could not
+    be read has no value, so its line breaks there instead of falling to zero."""
+    series = [{"name": name, "type": "line", "showSymbol": False,
+               "data": [[p.at.isoformat(), None if p.used_bytes is None else round(p.used_bytes / GIB, 3)]
+                        for p in pts]}
+              for name, pts in sorted(_series_by_name(points, "disk").items())]
+    return {"title": {"text": "disk usage over time (GB used)", "textStyle": {"fontSize": 14}},
+            "tooltip": {"trigger": "axis"}, "legend": {"data": [s["name"] for s in series], "right": 0, "top": 0},
+            "grid": {"left": 60, "right": 20, "top": 40, "bottom": 30},
+            "xAxis": {"type": "time"}, "yAxis": {"type": "value"}, "series": series}
+
+
+def zone_history(points: list[Any], marks: tuple[float, float, float]) -> dict[str, Any]:
+    """Used + reserved share of each zone's quota over time, with the warn/deny/emergency lines."""
+    def pct(p: Any) -> float | None:
+        if p.used_bytes is None or not p.total_bytes:
+            return None
+        return round(100 * (p.used_bytes + (p.reserved_bytes or 0)) / p.total_bytes, 1)
+
+    series = [{"name": name, "type": "line", "showSymbol": False, "data": [[p.at.isoformat(), pct(p)] for p in pts]}
+              for name, pts in sorted(_series_by_name(points, "zone").items())]
+    lines = [{"yAxis": round(100 * m), "name": n, "lineStyle": {"color": c, "type": "dashed"}}
+             for m, n, c in zip(marks, ("warn", "deny", "emergency"), ("#ef6c00", "#d84315", "#b71c1c"))]
+    if series:
+        series[0]["markLine"] = {"symbol": "none", "silent": True, "label": {"formatter": "{b} {c}%"}, "data": lines}
+    return {"title": {"text": "SSD zones over time (% of quota)", "textStyle": {"fontSize": 14}},
+            "tooltip": {"trigger": "axis"}, "legend": {"data": [s["name"] for s in series], "right": 0, "top": 0},
+            "grid": {"left": 60, "right": 60, "top": 40, "bottom": 30},
+            "xAxis": {"type": "time"}, "yAxis": {"type": "value", "max": 100}, "series": series}

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
+from typing import Any
 
 from nicegui import ui
 
@@ -65,6 +66,24 @@ def gb(n: int | None) -> str:
         if n >= size:
             return f"{n / size:.2f} {unit}"
     return f"{n} B"
+
+
+def progress_text(p: dict[str, Any]) -> str:
+    """A job's published figures (`jobs.progress`) in one line: `1.20 GB of 3.40 GB (35%),
+    80.10 MB/s, about 28 s left`, or how it ended."""
+    counted = p.get("unit", "bytes") != "bytes"
+
+    def amount(n: float | None) -> str:
+        return "?" if n is None else f"{n:,.0f} {p['unit']}" if counted else gb(int(n))
+
+    done, total, rate = p.get("done", 0), p.get("total"), p.get("rate") or 0
+    text = amount(done) + (f" of {amount(total)} ({min(1.0, done / total):.0%})" if total else "")
+    text += f", {rate:.1f}/s" if counted else f", {gb(int(rate))}/s"
+    if p.get("state") == "running" and p.get("eta_s") is not None:
+        text += f", about {p['eta_s']:.0f} s left"
+    elif p.get("state") in ("done", "failed"):
+        text += f", {'finished' if p['state'] == 'done' else 'stopped'} after {p.get('elapsed_s', 0):.0f} s"
+    return text
 
 
 def age(seconds: float | None) -> str:

@@ -14,7 +14,7 @@ from nicegui import run, ui
 from fsd.base.errors import HoardError
 from gui.auth import require
 from gui.context import ctx
-from gui.frame import frame, page_number
+from gui.frame import frame, page_number, progress_text
 from jobs import launch
 
 PER_PAGE = 25
@@ -106,6 +106,13 @@ def register() -> None:
                         ui.label(f"signalled {d['signalled']}, updated {d.get('updated', '')}")
                 for why in d["waiting"]:
                     ui.label(f"waiting: {why}").classes("text-warning")
+                if d.get("progress"):  # a maintenance job's figures (jobs.progress), live while it runs
+                    figures = d["progress"]
+                    if figures.get("total"):
+                        ui.linear_progress(value=min(1.0, figures["done"] / figures["total"]), show_value=False,
+                                           size="12px").classes("w-96")
+                    ui.label(f"{figures.get('what', 'progress')}: {progress_text(figures)}").mark(
+                        "run-progress")
                 if d.get("error"):
                     ui.label(d["error"]).classes("text-negative")
                 if d.get("steps"):

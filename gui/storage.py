@@ -10,10 +10,14 @@ from typing import Any
 
 from nicegui import run, ui
 
+from fsd.base.errors import HoardError
 from gui import charts
 from gui.context import ctx
-from gui.frame import age, frame, gb, live
+from gui.frame import age, frame, gb, live, progress_text
+from jobs import usage
 
+#: how far back the usage history charts look
+HISTORY_DAYS = 30
 STATE_COLOR = {"active": "positive", "draining": "warning", "failed": "negative", "missing": "negative"}
 
 
@@ -104,6 +108,8 @@ def _body() -> None:
                 ui.label(f"{kind}: none from here").classes("text-caption text-grey-7")
             else:
                 ui.link(f"{kind}: {last.status} {last.updated[:16].replace('T', ' ')}", f"/runs/{kind}/{last.id}")
+                if last.status == "running" and last.progress:  # jobs.progress, as of the snapshot
+                    ui.label(progress_text(last.progress)).classes("text-caption").mark(f"progress-{kind}")
     ui.label("(runs launched from this GUI; the systemd timers' runs show in `hoard health` and their journals)"
              ).classes("text-caption text-grey-7")
     marks = (t.warn, t.deny, t.emergency)
@@ -143,10 +149,30 @@ def _body() -> None:
     ui.label(f"figures from {age(snap.age_s)}").classes("text-caption q-mt-md")
 
 
+def _history(points: list[Any] | None, error: str) -> None:
+    """The usage history charts (`hoard health --record`, systemd/hoard-usage.timer), read once
+    per page view: one bucketed query of at most sql.usage.CHART_POINTS points per series."""
+    t = ctx().cfg.ssd.thresholds
+    ui.label(f"Usage over the last {HISTORY_DAYS} days").classes("text-h6 q-mt-md")
+    if error or not points:
+        ui.label(error or "no usage samples yet: `hoard health --record` takes one; enable hoard-usage.timer "
+                          "(systemd/) to take one every 10 minutes").classes("text-caption text-grey-7")
+        return
+    with ui.row().classes("w-full no-wrap"):
+        ui.echart(charts.disk_history(points)).classes("w-1/2 h-64").mark("disk-history")
+        ui.echart(charts.zone_history(points, (t.warn, t.deny, t.emergency))).classes("w-1/2 h-64").mark(
+            "zone-history")
+
+
 def register() -> None:
     @ui.page("/storage")
     async def storage_page() -> None:
         if ctx().cache.snapshot is None:
             await run.io_bound(ctx().cache.refresh)
+        try:
+            points, error = await run.io_bound(usage.history, ctx().cfg, HISTORY_DAYS), ""
+        except HoardError as e:
+            points, error = None, e.message
         with frame("Storage"):
             live(_body)
+            _history(points, error)

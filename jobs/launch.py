@@ -30,6 +30,7 @@ from fsd import zones
 from fsd.base.config import Settings
 from fsd.base.errors import ExitCode, HoardError
 from jobs import ingest, maintenance, outputs, runlog
+from jobs import progress as job_progress
 from jobs.queues import connect, enqueue_once, redis_required, unserved_queues
 
 MAINTENANCE_QUEUE = "maintenance"
@@ -64,6 +65,7 @@ class Run:
     queue: str = ""
     params: dict[str, Any] = field(default_factory=dict)
     by: str = ""
+    progress: dict[str, Any] | None = None  # a maintenance job's published figures (jobs.progress)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -77,7 +79,7 @@ def params_model(kind: str) -> type[BaseModel]:
     hints = typing.get_type_hints(fn, include_extras=True)  # the module's annotations are strings
     fields: dict[str, Any] = {}
     for name, p in inspect.signature(fn).parameters.items():
-        if name == "config_path":
+        if name in maintenance.NOT_PARAMS:
             continue
         default = ... if p.default is inspect.Parameter.empty else p.default
         fields[name] = (hints[name], default)
@@ -213,6 +215,9 @@ def maintenance_runs(conn) -> list[Run]:
         out.append(Run(job.meta.get("kind", "?"), job.id, status, _iso(job.created_at),
                        _iso(job.ended_at or job.started_at or job.enqueued_at), error=error,
                        queue=MAINTENANCE_QUEUE, params=job.meta.get("params", {}), by=job.meta.get("by", "")))
+    figures = job_progress.read(conn, [r.id for r in out if r.status != "queued"])
+    for r in out:
+        r.progress = figures.get(r.id)
     return out
 
 

@@ -11,6 +11,7 @@ resume from their own state, a backup is a new one, a verify-backup another chec
 from __future__ import annotations
 
 from dataclasses import asdict
+from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
 import psycopg
@@ -22,6 +23,7 @@ from fsd.gc import gc as _gc
 from fsd.rebuild import rebuild as _rebuild
 from fsd.scrub import verify as _verify
 from fsd.store import Store
+from jobs import progress as job_progress
 from jobs import runlog, store_jobs
 from sql.backup import dump_backup, verify_dump
 from sql.deletion import referenced
@@ -31,33 +33,36 @@ JOB_TIMEOUT_S = 24 * 3600
 
 
 Seconds = Annotated[float, Field(gt=0, le=7 * 86400)]
+Hook = Callable[[int, int], None] | None  # fsd.base.progress.Progress.update: how far a job is
 Rate = Annotated[float, Field(ge=0, le=100_000)]  # MB/s, 0 = no limit
 
 
-def replicate(config_path: str | None, budget_s: Seconds = 300.0, rate_mb_s: Rate = 100.0) -> dict[str, Any]:
+def replicate(config_path: str | None, budget_s: Seconds = 300.0, rate_mb_s: Rate = 100.0, *,
+              progress: Hook = None) -> dict[str, Any]:
     """Bring shards to their replica target (copy_of_raw / copy_of_generated) within budget_s."""
-    return store_jobs.replicate(config_path, budget_s, rate_mb_s or None)
+    return store_jobs.replicate(config_path, budget_s, rate_mb_s or None, progress)
 
 
 def verify(config_path: str | None, sample: Annotated[float, Field(ge=0.01, le=100)] = 100.0,
            disk: str | None = None, sha256: bool = False, repair: bool = False,
-           budget_s: Seconds | None = None) -> dict[str, Any]:
+           budget_s: Seconds | None = None, *, progress: Hook = None) -> dict[str, Any]:
     """Check replicas (xxh3-128, footers; sha256 too), least recently verified first; repair
     replaces bad replicas from good ones."""
     if not 0.01 <= sample <= 100:
         raise HoardError(f"sample {sample}: a percentage from 0.01 to 100", ExitCode.USAGE)
     with Store.open(config.load(config_path)) as store:
-        rep = _verify(store, sample, disk, sha256, repair, budget_s)
+        rep = _verify(store, sample, disk, sha256, repair, budget_s, progress=progress)
     if rep.unrepaired:
         raise HoardError(f"{rep.unrepaired} bad replicas remain ({', '.join(rep.bad[:3])}); "
                          "run verify again with repair", ExitCode.DATA)
     return asdict(rep)
 
 
-def rebuild(config_path: str | None, disk: str, onto: str | None = None, rate_mb_s: Rate = 0.0) -> dict[str, Any]:
+def rebuild(config_path: str | None, disk: str, onto: str | None = None, rate_mb_s: Rate = 0.0, *,
+            progress: Hook = None) -> dict[str, Any]:
     """Re-create the replicas a lost disk held, from healthy replicas (the disk is marked failed)."""
     with Store.open(config.load(config_path)) as store:
-        rep = _rebuild(store, disk, onto, rate_mb_s or None)
+        rep = _rebuild(store, disk, onto, rate_mb_s or None, progress)
     if rep.lost:
         raise HoardError(f"{len(rep.lost)} shards of disk {disk} have no healthy replica (e.g. {rep.lost[0]}); "
                          "restore them from the zone 3B packages", ExitCode.DATA)
@@ -65,7 +70,7 @@ def rebuild(config_path: str | None, disk: str, onto: str | None = None, rate_mb
 
 
 def gc(config_path: str | None, threshold: Annotated[float, Field(ge=0.01, le=1)] = 0.5,
-       dry_run: bool = False) -> dict[str, Any]:
+       dry_run: bool = False, *, progress: Hook = None) -> dict[str, Any]:
     """Compact shards holding deleted objects and free their space; what a database row,
     manifest or running job references is kept."""
     if not 0.01 <= threshold <= 1:
@@ -73,7 +78,8 @@ def gc(config_path: str | None, threshold: Annotated[float, Field(ge=0.01, le=1)
     cfg = config.load(config_path)
     assert cfg.database_url
     with psycopg.connect(cfg.database_url) as conn, Store.open(cfg, what="gc job") as store:
-        rep = _gc(store, threshold, dry_run, roots=lambda shas: referenced(conn, shas), wait_s=60.0)
+        rep = _gc(store, threshold, dry_run, roots=lambda shas: referenced(conn, shas), wait_s=60.0,
+                  progress=progress)
     return asdict(rep)
 
 
@@ -103,13 +109,24 @@ def verify_backup(config_path: str | None) -> dict[str, Any]:
 #: kind → job, in the order the launch page lists them
 JOBS = {"replicate": replicate, "verify": verify, "rebuild": rebuild, "gc": gc, "backup": backup,
         "verify-backup": verify_backup}
+#: the jobs that stream bytes and take a `progress` hook: what each reports
+PROGRESS = {"replicate": "bytes copied", "verify": "bytes checked", "rebuild": "bytes rebuilt",
+            "gc": "live bytes copied"}
+#: parameters of a job function that are not the form's
+NOT_PARAMS = ("config_path", "progress")
 
 
 def run(kind: str, config_path: str | None, **params: Any) -> dict[str, Any]:
     """RQ job: the maintenance job `kind` with its parameters, its log kept for the run page
-    (jobs.runlog, under the RQ job's id)."""
+    (jobs.runlog, under the RQ job's id), and for the streaming ones (PROGRESS) its figures
+    published while it runs (jobs.progress: never waited for)."""
     from rq import get_current_job  # deferred: only a worker runs this
 
     job = get_current_job()
-    with runlog.captured(config.load(config_path), kind, job.id if job is not None else kind):
-        return JOBS[kind](config_path, **params)
+    job_id = job.id if job is not None else kind
+    cfg = config.load(config_path)
+    with runlog.captured(cfg, kind, job_id):
+        if kind not in PROGRESS or not cfg.redis_url:
+            return JOBS[kind](config_path, **params)
+        with job_progress.reported(cfg.redis_url, job_id, PROGRESS[kind]) as hook:
+            return JOBS[kind](config_path, **params, progress=hook)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict
 
 from fsd.base import config
@@ -9,10 +10,11 @@ from fsd.replicate import replicate_once
 from fsd.store import Store
 
 
-def replicate(config_path: str | None = None, budget_s: float = 300.0, rate_mb_s: float | None = 100.0) -> dict:
+def replicate(config_path: str | None = None, budget_s: float = 300.0, rate_mb_s: float | None = 100.0,
+              progress: Callable[[int, int], None] | None = None) -> dict:
     """Bring shards to their replica target within `budget_s`; returns the report as a dict.
 
     Idempotent: a second run copies only what is still below target.
     """
     with Store.open(config.load(config_path)) as store:
-        return asdict(replicate_once(store, budget_s, rate_mb_s))
+        return asdict(replicate_once(store, budget_s, rate_mb_s, progress=progress))

@@ -19,7 +19,19 @@ from fsd.base.errors import ExitCode, HoardError
 MAX_DEPTH = 3
 
 
+#: the longest search text taken (a few words; a page of text is refused, not searched)
+MAX_SEARCH_CHARS = 500
+#: the most different words a search ANDs
+MAX_SEARCH_WORDS = 16
+
+
 class NotFound(HoardError):
+    exit_code = ExitCode.USAGE
+
+
+class BadSearch(HoardError):
+    """A search text that cannot be searched for (empty of words, too long): its message says why."""
+
     exit_code = ExitCode.USAGE
 
 
@@ -42,6 +54,32 @@ def batches(conn: psycopg.Connection, source: str | None = None, limit: int = 50
     return rows, total
 
 
+def search_query(conn: psycopg.Connection, text: str) -> str:
+    """The tsquery text (`'w1':* & 'w2':*`) that finds rows whose metadata has every word of
+    `text`, each as a word or the start of one.
+
+    The words are cut from `text` by the same parser and config that made the documents
+    (`to_tsvector('simple', …)`, migration 008), so `e-mail`, `user@example.com` or `3.14` are
+    looked for as the documents hold them, and nothing a person types is ever read as tsquery
+    syntax: operators, quotes and backslashes are separators to that parser, and each word is
+    quoted again before it becomes a query. Control characters (NUL, which PostgreSQL text
+    cannot hold) are blanks, and a lone surrogate a `?`. BadSearch when the text is too long,
+    has too many words or none."""
+    if len(text) > MAX_SEARCH_CHARS:
+        raise BadSearch(f"the search text is {len(text):,} characters long; at most {MAX_SEARCH_CHARS} — "
+                        "search for a few words")
+    clean = "".join(" " if ord(c) < 0x20 or 0x7f <= ord(c) < 0xa0 else c for c in text)
+    clean = clean.encode("utf-8", "replace").decode("utf-8")  # a lone surrogate (from a URL) is no text
+    words = conn.execute("SELECT coalesce(array_agg(w ORDER BY w), '{}') FROM "
+                         "unnest(tsvector_to_array(to_tsvector('simple', %s))) w", [clean]).fetchone()[0]
+    if not words:
+        raise BadSearch(f"nothing to search for in {text.strip()[:40]!r}: words are letters and digits "
+                        "(punctuation and operators are ignored)")
+    if len(words) > MAX_SEARCH_WORDS:
+        raise BadSearch(f"the search text has {len(words)} different words; at most {MAX_SEARCH_WORDS}")
+    return " & ".join("'" + w.replace("\\", "\\\\").replace("'", "''") + "':*" for w in words)
+
+
 def sources(conn: psycopg.Connection) -> list[str]:
     return [r[0] for r in conn.execute("SELECT name FROM source ORDER BY name")]
 
@@ -49,8 +87,19 @@ def sources(conn: psycopg.Connection) -> list[str]:
 def search(conn: psycopg.Connection, source: str | None = None, batch: str | None = None,
            since: dt.date | None = None, until: dt.date | None = None, text: str | None = None,
            file_kind: str | None = None, limit: int = 48, offset: int = 0) -> list[dict[str, Any]]:
-    """Physical nodes (newest first) by source, batch, ingest date, file kind, and a text found in
-    their title, author or user name; deleted nodes are left out, black-listed ones shown."""
+    """Physical nodes (newest first) by source, batch, ingest date, file kind, and words in their
+    metadata (`search_query`: every word, as a word or the start of one, in the title, author,
+    user name or a string value of raw_metadata); deleted nodes are left out, black-listed ones
+    shown. A text with nothing to search for raises BadSearch."""
+    query, params = search_statement(conn, source, batch, since, until, text, file_kind, limit, offset)
+    with conn.cursor(row_factory=dict_row) as cur:
+        return cur.execute(query, params).fetchall()
+
+
+def search_statement(conn: psycopg.Connection, source: str | None = None, batch: str | None = None,
+                     since: dt.date | None = None, until: dt.date | None = None, text: str | None = None,
+                     file_kind: str | None = None, limit: int = 48, offset: int = 0) -> tuple[str, dict[str, Any]]:
+    """The statement `search` runs and its parameters (tests EXPLAIN it)."""
     where = ["NOT pc.is_deleted"]
     params: dict[str, Any] = {"limit": limit, "offset": offset}
     if source:
@@ -70,18 +119,17 @@ def search(conn: psycopg.Connection, source: str | None = None, batch: str | Non
         where.append("ft.kind = %(kind)s")
         params["kind"] = file_kind
     if text:
-        where.append("EXISTS (SELECT 1 FROM common_metadata cm WHERE cm.node_id = n.node_id AND "
-                     "(cm.title ILIKE %(text)s OR cm.author ILIKE %(text)s OR cm.user_name ILIKE %(text)s))")
-        params["text"] = f"%{text}%"
-    with conn.cursor(row_factory=dict_row) as cur:
-        return cur.execute(f"""
+        where.append("n.node_id IN (SELECT cm.node_id FROM common_metadata cm WHERE "
+                     "metadata_search_doc(cm.title, cm.author, cm.user_name, cm.raw_metadata) @@ %(words)s::tsquery)")
+        params["words"] = search_query(conn, text)
+    return f"""
             SELECT n.node_id, encode(n.sha256, 'hex') AS sha256, pc.size, pc.file_type, ft.kind,
                    pc.in_black_list, n.created_at,
                    (SELECT cm.title FROM common_metadata cm WHERE cm.node_id = n.node_id LIMIT 1) AS title,
                    (SELECT min(p.locator) FROM physical_path p WHERE p.node_id = n.node_id) AS locator
             FROM node n JOIN physical_content pc USING (node_id) LEFT JOIN file_type ft ON ft.ext = pc.file_type
             WHERE {' AND '.join(where)}
-            ORDER BY n.node_id DESC LIMIT %(limit)s OFFSET %(offset)s""", params).fetchall()
+            ORDER BY n.node_id DESC LIMIT %(limit)s OFFSET %(offset)s""", params
 
 
 def _node_id(conn: psycopg.Connection, sha256_hex: str) -> int:

@@ -137,18 +137,40 @@ def init(
 def health(
     ctx: typer.Context,
     as_json: Annotated[bool, typer.Option("--json", help="print the machine-readable status")] = False,
+    record: Annotated[bool, typer.Option("--record", help="also keep the disks', zones' and store's usage as a "
+                                         "sample for the storage page's history (at most one per 10 minutes)")] = False,
 ) -> None:
-    """Status of disks, SSD zones, PostgreSQL and Redis; exit 4 if anything needs attention."""
+    """Status of disks, SSD zones, PostgreSQL and Redis; exit 4 if anything needs attention.
+
+    With --record the same figures become a usage sample (exit 3 if it cannot be recorded)."""
     # deferred: hoard starts without jobs (rq, redis)
     from jobs.health import collect
 
-    report = collect(state(ctx).settings)
+    cfg = state(ctx).settings
+    report = collect(cfg)
     if as_json:
         out.print_json(json.dumps(report))
     else:
         _print_health(report)
+    if record:
+        _record_usage(cfg, report)
     if not report["ok"]:
         raise typer.Exit(ExitCode.DEGRADED)
+
+
+def _record_usage(cfg: config_mod.Settings, report: dict) -> None:
+    """`hoard health --record`: one line on stderr (stdout may be the JSON document)."""
+    # deferred: hoard starts without jobs (psycopg work, the sql layer)
+    from jobs.usage import record
+    from sql.usage import KEEP, SAMPLE_EVERY
+
+    rec = record(cfg, report)
+    pruned = f"; {rec.pruned} rows older than {KEEP.days} days pruned" if rec.pruned else ""
+    if rec.taken_at is None:
+        err.print(f"usage: not recorded — the last sample ({rec.last_at:%Y-%m-%d %H:%M:%S %Z}) is younger than "
+                  f"{SAMPLE_EVERY.seconds // 60} minutes{pruned}", markup=False)
+    else:
+        err.print(f"usage: sample of {rec.rows} disks, zones and the store recorded{pruned}", markup=False)
 
 
 def _print_health(report: dict) -> None:

@@ -7,7 +7,6 @@ import errno
 import os
 import stat as st_mod
 import sys
-import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -15,13 +14,14 @@ from typing import Any
 import psycopg
 import typer
 from rich.console import Console
-from rich.progress import (BarColumn, DownloadColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn,
-                           TransferSpeedColumn)
+from rich.progress import BarColumn, DownloadColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn, TransferSpeedColumn
+from rich.progress import Progress as RichProgress
 
 from fsd.base import config as _config
 from fsd.base.config import Settings
 from fsd.base.errors import ExitCode, HoardError
 from fsd.base.paths import display
+from fsd.base.progress import PUBLISH_EVERY_S, Progress, Snapshot, published
 
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -163,51 +163,57 @@ def confirm(question: str, typed: str | None = None) -> None:
         raise HoardError("not confirmed; nothing was changed (--yes confirms in a script)", ExitCode.INTERRUPTED)
 
 
-#: without a terminal, a progress line is printed this often (logs, systemd, CI)
+#: without a terminal and without a known total, a progress line is printed this often
 PLAIN_EVERY_S = 10.0
+#: how often the bar (on a terminal) takes the latest figures
+BAR_EVERY_S = 0.2
 
 
 @contextlib.contextmanager
 def progress(what: str, total: int | None = None, unit: str = "bytes"):
     """Show how far a long job is: on a terminal a rich bar (done, rate, ETA) on stderr;
-    otherwise one plain line every PLAIN_EVERY_S seconds. Yields `update(done, total=None)`,
-    safe to call from worker threads; `unit` is "bytes" or a noun for counted things."""
-    lock = threading.Lock()
+    otherwise one plain line at each further 10 % (every PLAIN_EVERY_S seconds while the total
+    is not known), and none for work done within a second. Yields `update(done, total=None)`:
+    `fsd.base.progress.Progress.update`, which only stores the figures, so it is safe from
+    worker threads and under the store's locks; a daemon thread draws them (a terminal that
+    does not take output stalls the drawing, never the work). `unit` is "bytes" or a noun for
+    counted things."""
+    tracker = Progress(what, total, unit)
     if err.is_terminal:
         cols = ([DownloadColumn(), TransferSpeedColumn()] if unit == "bytes"
                 else [MofNCompleteColumn(), TextColumn(unit)])
-        with Progress(TextColumn(what), BarColumn(), *cols, TimeRemainingColumn(), console=err,
-                      transient=True) as bar:
+        with RichProgress(TextColumn(what), BarColumn(), *cols, TimeRemainingColumn(), console=err,
+                          transient=True) as bar:
             task = bar.add_task(what, total=total)
-
-            def update(done: int, new_total: int | None = None) -> None:
-                with lock:
-                    bar.update(task, completed=done, **({"total": new_total} if new_total is not None else {}))
-
-            yield update
+            with published(tracker, lambda s: bar.update(task, completed=s.done, total=s.total), BAR_EVERY_S):
+                yield tracker.update
         return
-    t0 = last = time.monotonic()
-    state = {"total": total}
+    shown = {"step": 0, "done": -1, "at": time.monotonic()}
 
     def fmt(n: int) -> str:
         return f"{n / 1e6:.1f} MB" if unit == "bytes" else f"{n} {unit}"
 
-    def update(done: int, new_total: int | None = None) -> None:
-        nonlocal last
-        with lock:
-            if new_total is not None:
-                state["total"] = new_total
-            now = time.monotonic()
-            if now - last < PLAIN_EVERY_S:
+    def line(s: Snapshot) -> None:
+        now = time.monotonic()
+        if s.state != "running":
+            if s.elapsed_s < PUBLISH_EVERY_S or s.done == shown["done"]:
+                return  # done within a second, or its last line already said where it ended
+        elif s.fraction is not None:
+            if int(s.fraction * 10) <= shown["step"]:
                 return
-            last = now
-            rate = done / max(now - t0, 1e-9)
-            tot = state["total"]
-            eta = f", about {(tot - done) / rate:.0f} s left" if tot and rate > 0 and done < tot else ""
-            speed = f" ({rate / 1e6:.1f} MB/s)" if unit == "bytes" else f" ({rate:.1f}/s)"
-            err.print(f"{what}: {fmt(done)}" + (f" of {fmt(tot)}" if tot else "") + speed + eta, markup=False)
+            shown["step"] = int(s.fraction * 10)
+        elif now - shown["at"] < PLAIN_EVERY_S:
+            return
+        shown["at"], shown["done"] = now, s.done
+        pct = f"{s.fraction:.0%}, " if s.fraction is not None else ""
+        speed = f"{s.rate / 1e6:.1f} MB/s" if unit == "bytes" else f"{s.rate:.1f}/s"
+        eta = f", about {s.eta_s:.0f} s left" if s.state == "running" and s.eta_s else ""
+        end = {"running": "", "done": ", finished", "failed": ", stopped"}[s.state]
+        err.print(f"{what}: {fmt(s.done)}" + (f" of {fmt(s.total)}" if s.total else "") + f" ({pct}{speed}{eta}{end})",
+                  markup=False)
 
-    yield update
+    with published(tracker, line):
+        yield tracker.update
 
 
 @contextlib.contextmanager

@@ -1,0 +1,77 @@
+"""Usage history: the `hoard health` document (`jobs.health.collect`) turned into one
+`usage_sample` (sql.usage) — `hoard health --record` and systemd/hoard-usage.timer — and read
+back for the storage page's charts.
+
+The figures are the document's own, never measured again here. What the document does not
+know is recorded as not known: a disk the store could not read (missing, failed, or the store
+did not open at all) gets its state and no bytes, so its chart line breaks instead of
+dropping to an empty disk.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+
+from fsd.base.config import Settings
+from fsd.base.errors import ExitCode, HoardError
+from sql.usage import HistoryPoint, Recorded, UsageRow, history as _history, record as _record
+
+#: disk states whose byte counts are read from the disk itself
+_READABLE = ("active", "draining")
+
+
+def _disk_row(d: dict[str, Any], store_ok: bool) -> UsageRow:
+    if not d.get("present", True):
+        state = "missing"  # whatever the index last said: the path holds no disk now
+    elif not store_ok:
+        state = "unknown"  # the store did not open: hoard's bytes there are not known
+    else:
+        state = d.get("state") or "unknown"
+    if state in _READABLE and d.get("used_bytes") is not None and d.get("total_bytes") is not None:
+        return UsageRow(kind="disk", name=d["label"], state=state, used_bytes=d["used_bytes"],
+                        total_bytes=d["total_bytes"])
+    # an active disk that could not even be stat'ed is not known to be active
+    return UsageRow(kind="disk", name=d["label"], state="unknown" if state in _READABLE else state)
+
+
+def rows(report: dict[str, Any]) -> list[UsageRow]:
+    """One sample's rows from a `hoard health` document: each disk, each zone, the store."""
+    store = report["store"]
+    out = [_disk_row(d, bool(store.get("ok"))) for d in report["disks"]]
+    for name, z in report["zones"].items():
+        if z.get("present"):
+            out.append(UsageRow(kind="zone", name=name, state=z["level"], used_bytes=z["used_bytes"],
+                                total_bytes=z["quota_bytes"], reserved_bytes=z["reserved_bytes"]))
+        else:
+            out.append(UsageRow(kind="zone", name=name, state="absent"))
+    if store.get("ok"):
+        out.append(UsageRow(kind="store", name="store", state="ok", used_bytes=store.get("shard_bytes"),
+                            objects=store["objects"]))
+    else:
+        out.append(UsageRow(kind="store", name="store", state="unreadable"))
+    return out
+
+
+def _connect(cfg: Settings, why: str) -> psycopg.Connection:
+    assert cfg.database_url
+    try:
+        return psycopg.connect(cfg.database_url, connect_timeout=10)
+    except psycopg.OperationalError as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise HoardError(f"{why}: the database is unreachable ({first}); `hoard services up` or check "
+                         "database_url", ExitCode.UNAVAILABLE) from None
+
+
+def record(cfg: Settings, report: dict[str, Any]) -> Recorded:
+    """Record the document as a usage sample (unless the last one is younger than
+    sql.usage.SAMPLE_EVERY) and prune samples older than sql.usage.KEEP."""
+    with _connect(cfg, "no usage sample recorded") as conn:
+        return _record(conn, rows(report))
+
+
+def history(cfg: Settings, days: float = 30) -> list[HistoryPoint]:
+    """The disks' and zones' usage over the last `days` days, in chart-sized buckets."""
+    with _connect(cfg, "no usage history") as conn:
+        return _history(conn, days)

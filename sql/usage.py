@@ -1,0 +1,111 @@
+"""Usage history (table `usage_sample`, migration 007): record a sample, prune old ones, and
+read them back in time buckets for the storage page's charts.
+
+A sample is the rows `jobs.usage.rows` makes of one `hoard health` document: one per disk,
+per SSD zone and one for the store. Recording takes an advisory lock, so two recorders at
+once (the timer and a person) leave one sample, not two.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from typing import Literal
+
+import psycopg
+from psycopg.rows import class_row
+from pydantic import BaseModel, ConfigDict
+
+from fsd.base.errors import ExitCode, HoardError
+
+SAMPLE_EVERY = dt.timedelta(minutes=10)
+"""At most one sample per this interval: `hoard health --record` within it of the last sample
+records nothing (the timer fires every 5 minutes, so samples land 10 to 15 minutes apart)."""
+
+KEEP = dt.timedelta(days=90)
+"""Samples older than this are deleted whenever a sample is recorded."""
+
+CHART_POINTS = 400
+"""The most points per series `history` returns: samples are merged into buckets of
+window / CHART_POINTS (a 30-day window: ~2 h buckets), so a page never receives 90 days of rows."""
+
+_LOCK_ID = 0x686F61726475  # "hoardu": one recorder at a time
+
+_COLUMNS = ("kind", "name", "state", "used_bytes", "total_bytes", "reserved_bytes", "objects")
+
+
+class UsageRow(BaseModel):
+    """One disk, zone or the store in one sample; None = not known (see the table's comments)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    kind: Literal["disk", "zone", "store"]
+    name: str
+    state: str
+    used_bytes: int | None = None
+    total_bytes: int | None = None
+    reserved_bytes: int | None = None
+    objects: int | None = None
+
+
+class HistoryPoint(BaseModel):
+    """One disk's or zone's figures in one time bucket: the largest used/total/reserved of the
+    bucket's samples (None: no sample of the bucket knew them) and the state of its latest."""
+
+    at: dt.datetime
+    kind: str
+    name: str
+    state: str
+    used_bytes: int | None
+    total_bytes: int | None
+    reserved_bytes: int | None
+
+
+@dataclass(frozen=True)
+class Recorded:
+    taken_at: dt.datetime | None  # the new sample's instant; None when the last one is too recent
+    rows: int
+    pruned: int  # rows older than KEEP deleted
+    last_at: dt.datetime | None  # the sample before this call
+
+
+def _no_table(e: psycopg.Error) -> HoardError:
+    return HoardError(f"the database has no usage_sample table ({str(e).strip().splitlines()[0]}); run "
+                      "`hoard db migrate`", ExitCode.UNAVAILABLE)
+
+
+def record(conn: psycopg.Connection, rows: list[UsageRow], every: dt.timedelta = SAMPLE_EVERY,
+           keep: dt.timedelta = KEEP) -> Recorded:
+    """Record `rows` as one sample, unless the last sample is younger than `every`; either way
+    delete the rows older than `keep`. One transaction."""
+    try:
+        with conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", [_LOCK_ID])
+            now, last = conn.execute("SELECT now(), max(taken_at) FROM usage_sample").fetchone()
+            pruned = conn.execute("DELETE FROM usage_sample WHERE taken_at < now() - %s", [keep]).rowcount
+            if last is not None and now - last < every:
+                return Recorded(None, 0, pruned, last)
+            with conn.cursor() as cur, cur.copy(f"COPY usage_sample (taken_at, {', '.join(_COLUMNS)}) FROM STDIN") as cp:
+                for r in rows:
+                    cp.write_row([now, *(getattr(r, c) for c in _COLUMNS)])
+            return Recorded(now, len(rows), pruned, last)
+    except psycopg.errors.UndefinedTable as e:
+        raise _no_table(e) from None
+
+
+def history(conn: psycopg.Connection, days: float = 30, points: int = CHART_POINTS) -> list[HistoryPoint]:
+    """The disks' and zones' samples of the last `days` days, merged into at most `points`
+    buckets per series, oldest first."""
+    window = dt.timedelta(days=days)
+    bucket = max(SAMPLE_EVERY, window / max(1, points))
+    try:
+        with conn.cursor(row_factory=class_row(HistoryPoint)) as cur:
+            return cur.execute("""
+                SELECT date_bin(%(bucket)s, taken_at, timestamptz '2000-01-01') AS at, kind, name,
+                       (array_agg(state ORDER BY taken_at DESC))[1] AS state,
+                       max(used_bytes) AS used_bytes, max(total_bytes) AS total_bytes,
+                       max(reserved_bytes) AS reserved_bytes
+                FROM usage_sample
+                WHERE taken_at >= now() - %(window)s AND kind IN ('disk', 'zone')
+                GROUP BY 1, 2, 3 ORDER BY 1, 2, 3""", {"bucket": bucket, "window": window}).fetchall()
+    except psycopg.errors.UndefinedTable as e:
+        raise _no_table(e) from None

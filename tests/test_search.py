@@ -1,0 +1,190 @@
+"""The asset search (sql.browse.search, the GUI's /assets): words in the title, author, user
+name and metadata values, each as a word or its start, all required — served by the GIN index
+of migration 008 (no extension), safe for any text a person types, and carried by a dump and
+restore. Real PostgreSQL, 30,000 rows."""
+
+from __future__ import annotations
+
+import subprocess
+import uuid
+
+import psycopg
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from fsd.base.proc import which
+from sql import browse
+from sql.migrate import migrate
+from tests.conftest import fresh_schema
+from tests.gui_fixtures import gui_home, sign_in, user  # noqa: F401 - fixtures
+
+pytestmark = pytest.mark.timeout(300)
+
+N = 30_000
+
+
+def _fill(conn: psycopg.Connection) -> None:
+    """N physical nodes with metadata: every 1000th has 'Zebra crossing' in its title, every
+    500th a Hasselblad camera in raw_metadata, authors author0..96, user names nickax..nickmx."""
+    conn.execute("INSERT INTO source (name) VALUES ('gallery')")
+    conn.execute("INSERT INTO node (sha256, is_virtual, is_physical) "
+                 "SELECT sha256(int8send(i)), false, true FROM generate_series(1, %s) i", [N])
+    conn.execute("INSERT INTO physical_content (node_id, size, file_type) SELECT node_id, 1000, 'png' FROM node")
+    conn.execute("""
+        INSERT INTO common_metadata (node_id, source_id, title, author, user_name, raw_metadata)
+        SELECT node_id, 1, 'photo number ' || node_id || CASE WHEN node_id % 1000 = 7 THEN ' Zebra crossing' ELSE '' END,
+               'author' || (node_id % 97), 'nick' || chr(97 + (node_id % 13)::int) || 'x',
+               jsonb_build_object('tags', jsonb_build_array('tag' || (node_id % 50), 'misc'),
+                                  'camera', CASE WHEN node_id % 500 = 3 THEN 'Hasselblad X2D' ELSE 'phone' END)
+        FROM node""")
+    conn.execute("ANALYZE")
+
+
+@pytest.fixture(scope="module")
+def filled(servers):
+    """One schema with N rows for the whole module (filling it takes seconds)."""
+    with fresh_schema(servers["database_url"]) as conn:
+        migrate(conn)
+        _fill(conn)
+        yield conn
+
+
+def _ids(conn: psycopg.Connection, text: str, **kw) -> set[int]:
+    return {r["node_id"] for r in browse.search(conn, text=text, limit=10_000, **kw)}
+
+
+def test_the_index_serves_a_search(filled) -> None:
+    """EXPLAIN of the statement /assets runs: a selective search reads the GIN index
+    common_metadata_search — for one word, a word's start, several words, a metadata value —
+    and common_metadata is never scanned whole. No planner setting is changed: at 30,000 rows
+    the planner picks the index on its own (a word most rows hold is read in node order with
+    the LIMIT instead, also without a scan)."""
+    for text in ("zebra", "zeb", "crossing zebra", "hasselblad", "x2d"):
+        sql, params = browse.search_statement(filled, text=text)
+        plan = "\n".join(r[0] for r in filled.execute("EXPLAIN " + sql, params))
+        assert "Bitmap Index Scan on common_metadata_search" in plan, (text, plan)
+        assert "Seq Scan on common_metadata" not in plan, (text, plan)
+    sql, params = browse.search_statement(filled, text="photo")
+    plan = "\n".join(r[0] for r in filled.execute("EXPLAIN " + sql, params))
+    assert "Seq Scan on common_metadata" not in plan, plan
+
+
+def test_search_finds_words_prefixes_and_metadata_values(filled) -> None:
+    """Prefixes, several words (all required), any case, the author, user name and the string
+    values of raw_metadata — and not its keys."""
+    zebras = {i for i in range(1, N + 1) if i % 1000 == 7}
+    cameras = {i for i in range(1, N + 1) if i % 500 == 3}
+    assert _ids(filled, "zebra") == zebras
+    assert _ids(filled, "ZEB") == zebras  # the start of a word, any case
+    assert _ids(filled, "zebra crossing") == zebras
+    assert _ids(filled, "zebra nothere") == set()  # every word must be there
+    assert _ids(filled, "hasselblad") == cameras  # a value in raw_metadata
+    assert _ids(filled, "Hasselblad X2D") == cameras
+    assert _ids(filled, "camera") == set()  # a key is not a value
+    assert _ids(filled, "author42 NICKC") == {i for i in range(1, N + 1) if i % 97 == 42 and i % 13 == 2}
+    # a word is cut where the documents' parser cuts it: user_3 is the words "user" and "3"
+    assert _ids(filled, "zebra 2") == {i for i in range(1, N + 1) if i % 1000 == 7 and str(i).startswith("2")}
+    assert _ids(filled, "tag49 misc") == {i for i in range(1, N + 1) if i % 50 == 49}
+    assert _ids(filled, "photo 12345") == {12345}  # numbers are words; "12345" starts no other here
+    assert len(browse.search(filled, text="photo")) == 48  # a page (the default limit), newest first
+    assert [r["node_id"] for r in browse.search(filled, text="zebra", limit=2)] == [29007, 28007]
+
+
+@pytest.mark.parametrize("text", ["'", "''", "&|!:*()", "\\", "\\\\'", "\x00", "\x00zebra", "zebra\x00crossing",
+                                  ":*", "!zebra", "zebra:*B", "zebra & !crossing", "(zebra | photo)",
+                                  "'; DROP TABLE node; --", "zebra' | 'photo", "<->", "\ud800zebra", "   "])
+def test_hostile_text_gives_results_or_a_clear_refusal(filled, text: str) -> None:
+    """Operators, quotes, backslashes, NUL, a lone surrogate: searched as the words they hold
+    (operators are not obeyed), or refused with one clear line — never a database error."""
+    try:
+        rows = browse.search(filled, text=text, limit=10_000)
+    except browse.BadSearch as e:
+        assert "nothing to search for" in e.message
+        return
+    got = {r["node_id"] for r in rows}
+    if "zebra" in text:  # "zebra & !crossing" is not obeyed as NOT: its words are zebra and crossing
+        assert got <= {i for i in range(1, N + 1) if i % 1000 == 7}
+    assert filled.execute("SELECT count(*) FROM node").fetchone()[0] == N
+
+
+def test_long_or_wordy_text_is_refused_clearly(filled) -> None:
+    with pytest.raises(browse.BadSearch, match=r"10,000 characters long; at most 500"):
+        browse.search(filled, text="zebra " * 1666 + "zebr")
+    with pytest.raises(browse.BadSearch, match=r"20 different words; at most 16"):
+        browse.search(filled, text=" ".join(f"w{i}" for i in range(20)))
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.text(max_size=80))
+def test_any_text_is_safe(filled, text: str) -> None:
+    """Whatever is typed: a list of rows or BadSearch, never another error."""
+    try:
+        browse.search(filled, text=text, limit=5)
+    except browse.BadSearch:
+        pass
+
+
+def test_a_role_without_create_extension_migrates_and_searches(servers) -> None:
+    """Migration 008 needs nothing beyond CREATE on the schema: a role that may not create an
+    extension migrates from empty and searches."""
+    role = f"hoard_noext_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(servers["database_url"], autocommit=True) as admin:
+        admin.execute(f"CREATE ROLE {role} NOLOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE")
+        available = admin.execute("SELECT count(*) FROM pg_available_extensions WHERE name = 'pg_trgm'").fetchone()[0]
+    try:
+        with fresh_schema(servers["database_url"]) as conn:
+            schema = conn.execute("SELECT current_schema()").fetchone()[0]
+            conn.execute(f"GRANT USAGE, CREATE ON SCHEMA {schema} TO {role}")
+            conn.execute(f"SET ROLE {role}")
+            if available:
+                with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                    conn.execute("CREATE EXTENSION pg_trgm")
+            migrate(conn)
+            conn.execute("INSERT INTO source (name) VALUES ('s')")
+            conn.execute("INSERT INTO node (sha256, is_virtual, is_physical) VALUES (%s, false, true)", [b"\x01" * 32])
+            conn.execute("INSERT INTO physical_content (node_id, size) SELECT node_id, 1 FROM node")
+            conn.execute("INSERT INTO common_metadata (node_id, source_id, title) SELECT node_id, 1, 'Ünïcode café' "
+                         "FROM node")
+            assert [r["title"] for r in browse.search(conn, text="CAF")] == ["Ünïcode café"]
+            assert conn.execute("SELECT count(*) FROM pg_extension WHERE extname <> 'plpgsql'").fetchone()[0] == 0
+            conn.execute("RESET ROLE")
+    finally:
+        with psycopg.connect(servers["database_url"], autocommit=True) as admin:
+            admin.execute(f"DROP ROLE {role}")
+
+
+def test_dump_and_restore_carry_the_search(filled, servers) -> None:
+    """pg_dump -Fc of the schema restored (pg_restore --exit-on-error) into a scratch database:
+    the function and index come back and the same search finds the same rows through the index."""
+    schema = filled.execute("SELECT current_schema()").fetchone()[0]
+    scratch = f"hoard_search_{uuid.uuid4().hex[:8]}_test"
+    with psycopg.connect(servers["database_url"], autocommit=True) as admin:
+        admin.execute(f"CREATE DATABASE {scratch}")
+    try:
+        dump = subprocess.run([which("pg_dump", "postgresql-client"), "-Fc", f"--schema={schema}",
+                               f"--dbname={servers['database_url']}"], capture_output=True, check=True).stdout
+        target = psycopg.conninfo.make_conninfo(servers["database_url"], dbname=scratch)
+        subprocess.run([which("pg_restore", "postgresql-client"), "--exit-on-error", "--no-owner",
+                        f"--dbname={target}"], input=dump, capture_output=True, check=True)
+        with psycopg.connect(target, options=f"-c search_path={schema}", autocommit=True) as restored:
+            restored.execute("ANALYZE")
+            assert _ids(restored, "zebra crossing") == _ids(filled, "zebra crossing") != set()
+            sql, params = browse.search_statement(restored, text="hasselblad")
+            plan = "\n".join(r[0] for r in restored.execute("EXPLAIN " + sql, params))
+            assert "common_metadata_search" in plan, plan
+    finally:
+        with psycopg.connect(servers["database_url"], autocommit=True) as admin:
+            admin.execute(f"DROP DATABASE IF EXISTS {scratch}")
+
+
+async def test_assets_page_says_why_it_cannot_search(user) -> None:
+    """/assets with a text of operators only, or a NUL: one line saying why, not an error page
+    or an unfiltered listing."""
+    await sign_in(user, "vera")
+    await user.open("/assets?q=%26%7C%21%3A%2A%28%29")
+    await user.should_see("nothing to search for in '&|!:*()'")
+    await user.open("/assets?q=%00%27")
+    await user.should_see("nothing to search for")
+    await user.open("/assets?q=zebra")
+    await user.should_see("nothing matches")

@@ -1,0 +1,153 @@
+"""Usage history: `hoard health --record` keeps the health document's figures as a sample in
+PostgreSQL (at most one per 10 minutes, 90 days), a disk the store cannot read is recorded as
+such, and the storage page draws the history — real store, real PostgreSQL, the CLI itself."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import shutil
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from fsd.base import config
+from jobs.usage import rows
+from sql.migrate import migrate
+from tests.conftest import use_schema
+from tests.gui_fixtures import gui_home, sign_in, user  # noqa: F401 - fixtures
+from tests.test_cli import hoard
+
+pytestmark = pytest.mark.timeout(180)
+
+
+def _home(hoard_home: Path, pg: psycopg.Connection) -> str:
+    cfg = use_schema(hoard_home, pg)
+    assert hoard("--config", cfg, "init").returncode == 0
+    migrate(pg)
+    pg.commit()
+    return cfg
+
+
+def _samples(pg: psycopg.Connection) -> dict[dt.datetime, dict[tuple[str, str], tuple]]:
+    out: dict[dt.datetime, dict[tuple[str, str], tuple]] = {}
+    for at, kind, name, state, used, total, reserved, objects in pg.execute(
+            "SELECT taken_at, kind, name, state, used_bytes, total_bytes, reserved_bytes, objects "
+            "FROM usage_sample ORDER BY taken_at"):
+        out.setdefault(at, {})[(kind, name)] = (state, used, total, reserved, objects)
+    pg.commit()
+    return out
+
+
+def test_record_twice_within_ten_minutes_keeps_one_sample(hoard_home: Path, pg) -> None:
+    """The first `hoard health --record` records every disk, zone and the store with the health
+    document's own figures; a second one right after records nothing and says why."""
+    cfg = _home(hoard_home, pg)
+    (hoard_home / "f.bin").write_bytes(b"x" * 100_000)
+    assert hoard("--config", cfg, "put", str(hoard_home / "f.bin")).returncode == 0
+    first = hoard("--config", cfg, "health", "--json", "--record")
+    assert first.returncode == 4, first.stderr  # a fresh install has no backup: health still says so
+    report = json.loads(first.stdout)  # stdout stays the JSON document
+    assert "usage: sample of 9 disks, zones and the store recorded" in first.stderr
+    second = hoard("--config", cfg, "health", "--record")
+    assert second.returncode == 4 and "usage: not recorded — the last sample" in second.stderr, second.stderr
+    assert "younger than 10 minutes" in second.stderr
+    samples = _samples(pg)
+    assert len(samples) == 1
+    [sample] = samples.values()
+    assert set(sample) == {("disk", f"hdd{i}") for i in range(1, 5)} | {("zone", z) for z in ("3A", "3B", "3C", "3D")} \
+        | {("store", "store")}
+    for d in report["disks"]:
+        assert sample[("disk", d["label"])] == ("active", d["used_bytes"], d["total_bytes"], None, None)
+    assert sum(sample[("disk", f"hdd{i}")][1] for i in range(1, 5)) > 2 * 100_000  # the object's replicas
+    for z, s in report["zones"].items():
+        assert sample[("zone", z)] == (s["level"], s["used_bytes"], s["quota_bytes"], s["reserved_bytes"], None)
+    assert sample[("store", "store")] == ("ok", report["store"]["shard_bytes"], None, None, 1)
+    assert report["store"]["shard_bytes"] >= 100_000
+
+
+def test_a_missing_disk_is_recorded_missing_not_empty(hoard_home: Path, pg) -> None:
+    """A disk gone from its path is recorded with state `missing` and no bytes; with the store
+    unreadable every disk is `unknown` — never `active` with 0 bytes. The database refuses a
+    missing disk with bytes."""
+    cfg = _home(hoard_home, pg)
+    shutil.rmtree(hoard_home / "disks" / "hdd4")  # as an unmounted disk leaves an absent mount point
+    res = hoard("--config", cfg, "health", "--record")
+    assert res.returncode == 4 and "recorded" in res.stderr, res.stderr
+    [sample] = _samples(pg).values()
+    assert sample[("disk", "hdd4")] == ("missing", None, None, None, None)
+    assert sample[("disk", "hdd1")][0] == "active" and sample[("disk", "hdd1")][2] == 4 * 1024**3
+
+    # the store cannot be opened at all (no index): the disks' states are not known
+    from jobs.health import collect
+
+    shutil.rmtree(config.load(cfg).index_dir)
+    report = collect(config.load(cfg))
+    assert not report["store"]["ok"]
+    made = {(r.kind, r.name): r for r in rows(report)}
+    assert made[("disk", "hdd1")].state == "unknown" and made[("disk", "hdd1")].used_bytes is None
+    assert made[("disk", "hdd4")].state == "missing"
+    assert made[("store", "store")].state == "unreadable" and made[("store", "store")].objects is None
+
+    with pytest.raises(psycopg.errors.CheckViolation):
+        pg.execute("INSERT INTO usage_sample (taken_at, kind, name, state, used_bytes, total_bytes) "
+                   "VALUES (now() - interval '1 day', 'disk', 'hdd4', 'missing', 0, 100)")
+    pg.rollback()
+
+
+def test_record_prunes_samples_older_than_90_days(hoard_home: Path, pg) -> None:
+    """Recording deletes the rows older than 90 days and keeps the younger ones."""
+    cfg = _home(hoard_home, pg)
+    for days in (200, 91, 89, 1):
+        pg.execute("INSERT INTO usage_sample (taken_at, kind, name, state, used_bytes, total_bytes) "
+                   "VALUES (now() - make_interval(days => %s), 'disk', 'hdd1', 'active', %s, 100)", [days, days])
+    pg.commit()
+    res = hoard("--config", cfg, "health", "--record")
+    assert "2 rows older than 90 days pruned" in res.stderr, res.stderr
+    kept = sorted(r[0] for r in pg.execute("SELECT used_bytes FROM usage_sample WHERE used_bytes IN (1, 89, 91, 200)"))
+    assert kept == [1, 89]
+    assert len(_samples(pg)) == 3  # the two kept and the new one
+
+
+def test_record_without_the_table_names_the_migration(hoard_home: Path, pg) -> None:
+    """A database not migrated to the usage table: one line naming `hoard db migrate`, exit 3."""
+    cfg = use_schema(hoard_home, pg)
+    assert hoard("--config", cfg, "init").returncode == 0
+    migrate(pg, target=6)
+    pg.commit()
+    res = hoard("--config", cfg, "health", "--record")
+    assert res.returncode == 3 and "no usage_sample table" in res.stderr and "`hoard db migrate`" in res.stderr
+    assert "Traceback" not in res.stderr
+
+
+async def test_storage_page_draws_the_usage_history(user, gui_home: Path, pg) -> None:
+    """With samples over two days (hdd4 missing in the middle one) the storage page draws disk
+    usage over time, with a gap where hdd4 was not readable, and zone usage over time with the
+    80/90/95 % marks."""
+    for hours, hdd4 in ((48, 10 << 30), (24, None), (1, 12 << 30)):
+        for label, used in (("hdd1", 1 << 30), ("hdd4", hdd4)):
+            pg.execute("INSERT INTO usage_sample (taken_at, kind, name, state, used_bytes, total_bytes) "
+                       "VALUES (now() - make_interval(hours => %s), 'disk', %s, %s, %s, %s)",
+                       [hours, label, "active" if used else "missing", used, (16 << 30) if used else None])
+        pg.execute("INSERT INTO usage_sample (taken_at, kind, name, state, used_bytes, total_bytes, reserved_bytes) "
+                   "VALUES (now() - make_interval(hours => %s), 'zone', '3D', 'warn', %s, 1000, 50)", [hours, 800])
+    pg.commit()
+    await sign_in(user, "vera")
+    await user.open("/storage")
+    await user.should_see("Usage over the last 30 days")
+    disk_chart = user.find(marker="disk-history").elements.pop()
+    zone_chart = user.find(marker="zone-history").elements.pop()
+    series = {s["name"]: s["data"] for s in disk_chart.options["series"]}
+    assert [v for _, v in series["hdd4"]] == [10.0, None, 12.0]
+    assert [v for _, v in series["hdd1"]] == [1.0, 1.0, 1.0]
+    [zone] = zone_chart.options["series"]
+    assert zone["name"] == "3D" and [v for _, v in zone["data"]] == [85.0, 85.0, 85.0]
+    assert [(m["name"], m["yAxis"]) for m in zone["markLine"]["data"]] == [("warn", 80), ("deny", 90),
+                                                                          ("emergency", 95)]
+
+
+async def test_storage_page_without_samples_says_how_to_get_them(user) -> None:
+    await sign_in(user, "vera")
+    await user.open("/storage")
+    await user.should_see("no usage samples yet: `hoard health --record` takes one")
