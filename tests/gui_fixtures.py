@@ -85,3 +85,41 @@ async def sign_in(user, name: str, password: str | None = None, then: str = "Ove
     user.find("Sign in").click()
     if then:
         await user.should_see(then, retries=30)  # argon2 runs in a thread
+
+
+def fill_nodes(database_url: str, n: int, batches: int) -> str:
+    """`n` physical nodes (two thirds images), each with metadata and a path, in `batches` sealed
+    batches of two sources (the GUI's scale test and bench/gui_pages.py); returns one node's
+    sha256."""
+    import psycopg
+
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute("INSERT INTO source (name) VALUES ('gallery'), ('forum') ON CONFLICT DO NOTHING")
+        conn.execute("""INSERT INTO node (sha256, is_virtual, is_physical, created_at)
+            SELECT sha256(int8send(i)), false, true, now() - (i %% 60) * interval '1 day'
+            FROM generate_series(1, %s) i""", [n])
+        conn.execute("""INSERT INTO physical_content (node_id, size, file_type)
+            SELECT node_id, 1000 + node_id % 5000, CASE WHEN node_id % 3 = 0 THEN 'json' ELSE 'png' END FROM node""")
+        conn.execute("""INSERT INTO physical_path (node_id, locator)
+            SELECT node_id, 'batch:scale-' || (node_id %% %s) || '/f' || node_id || '.png' FROM node""", [batches])
+        conn.execute("""INSERT INTO common_metadata (node_id, source_id, title, author)
+            SELECT n.node_id, s.source_id, 'title ' || n.node_id, 'author ' || (n.node_id % 97)
+            FROM node n JOIN source s ON s.name = CASE WHEN n.node_id % 2 = 0 THEN 'gallery' ELSE 'forum' END""")
+        conn.execute("""INSERT INTO action_batch (batch_id, action_id, source_id)
+            SELECT 'scale-' || b, 0, (SELECT source_id FROM source WHERE name = 'gallery')
+            FROM generate_series(0, %s - 1) b""", [batches])
+        conn.execute("""INSERT INTO batch_member (batch_id, node_id)
+            SELECT 'scale-' || (node_id %% %s), node_id FROM node""", [batches])
+        conn.execute("UPDATE action_batch SET sealed_at = now() WHERE batch_id LIKE 'scale-%'")
+        conn.execute("ANALYZE")
+        return conn.execute("SELECT encode(sha256, 'hex') FROM node ORDER BY node_id LIMIT 1 OFFSET %s", [n // 20]).fetchone()[0]
+
+
+def scale_pages(sha: str) -> list[tuple[str, str]]:
+    """(path, text it shows once answered) for each page, on a database `fill_nodes` filled;
+    `sha`: the node it returned."""
+    return [("/", "Overview"), ("/storage", "SSD zones"), ("/runs", "runs"), ("/batches", "batches"),
+            ("/assets", "assets on page 1"), ("/assets?source=forum&q=author%2042", "assets on page 1"),
+            ("/assets?batch=scale-7&kind=image", "assets on page 1"),
+            ("/assets?since=2000-01-01&until=2000-01-02", "nothing matches"),
+            (f"/node/{sha}?depth=3", "title "), ("/launch", "Maintenance"), ("/pipelines", "Dataset exports")]

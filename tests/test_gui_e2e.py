@@ -7,8 +7,6 @@ each main page under docs/screenshots/ (shown in the README)."""
 from __future__ import annotations
 
 import os
-import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -18,100 +16,33 @@ from pathlib import Path
 
 import pytest
 
+from tests.gui_browser import chromium, child_env, click, free_port, have_browser, page_text, serving, wait_text
 from tests.gui_fixtures import BATCH, PASSWORDS, drop_batch, make_home
 
 REPO = Path(__file__).resolve().parents[1]
 #: the README's screenshots are refreshed only when asked (HOARD_SCREENSHOTS=1 make test), so a
 #: test run leaves the work tree as it was; otherwise they go to the test's own directory
 SHOTS = REPO / "docs" / "screenshots" if os.environ.get("HOARD_SCREENSHOTS") == "1" else None
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-DRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
-
 pytestmark = [pytest.mark.timeout(600),
-              pytest.mark.needs(Path(CHROMIUM).exists() and Path(DRIVER).exists(),
+              pytest.mark.needs(have_browser(),
                                 "no chromium + chromium-driver (Debian packages; `make deps` installs them): "
                                 "the end-to-end GUI test needs a real browser")]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _env() -> dict[str, str]:
-    # without PYTEST_CURRENT_TEST: NiceGUI takes a process that has it for its own test server
-    return {k: v for k, v in os.environ.items() if k not in ("HOARD_CONFIG", "PYTEST_CURRENT_TEST")}
 
 
 @pytest.fixture
 def served(hoard_home: Path, pg, redis_conn):
     """A home with the fixture batch in 3A and `hoard gui` serving it on a free port."""
-    port = _free_port()
+    port = free_port()
     cfg_path = make_home(hoard_home, pg, port=port, refresh_s=2.0)
     drop_batch(cfg_path)
-    log = open(hoard_home / "gui.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "fsd", "--config", str(cfg_path), "gui"], env=_env(),
-                            stdout=log, stderr=subprocess.STDOUT, cwd=hoard_home)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/health/live", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise AssertionError(f"hoard gui did not start: {(hoard_home / 'gui.log').read_text()}")
-                time.sleep(0.3)
+    with serving(cfg_path, hoard_home / "gui.log", port) as url:
         yield url, cfg_path
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
 
 
 @pytest.fixture
 def browser():
-    os.environ["SE_OFFLINE"] = "true"  # never let Selenium Manager look for a browser to download
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = CHROMIUM
-    for arg in ("headless=new", "no-sandbox", "disable-dev-shm-usage", "disable-gpu", "window-size=1280,900",
-                "disable-search-engine-choice-screen", "hide-scrollbars"):
-        opts.add_argument(f"--{arg}")
-    driver = webdriver.Chrome(service=Service(executable_path=DRIVER), options=opts)
-    driver.implicitly_wait(0)
-    try:
+    with chromium() as driver:
         yield driver
-    finally:
-        driver.quit()
-
-
-def _page_text(driver) -> str:
-    """The page's visible text, read fresh each time: a page that navigates (a click that
-    opens a run page) replaces its body, and a kept element reference would go stale."""
-    from selenium.common.exceptions import JavascriptException, StaleElementReferenceException
-
-    try:
-        return driver.execute_script("return document.body ? document.body.innerText : ''") or ""
-    except (JavascriptException, StaleElementReferenceException):  # the page is between documents
-        return ""
-
-
-def _wait_text(driver, text: str, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while text.lower() not in _page_text(driver).lower():  # buttons show in capitals
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{text!r} not on {driver.current_url}:\n{_page_text(driver)[:3000]}")
-        time.sleep(0.3)
 
 
 def _shot(driver, name: str) -> None:
@@ -122,10 +53,6 @@ def _shot(driver, name: str) -> None:
     driver.set_window_size(1280, max(900, height))
     assert driver.save_screenshot(str(shots / f"{name}.png")), f"no screenshot of {name}"
     driver.set_window_size(1280, 900)
-
-
-def _click(driver, text: str) -> None:
-    driver.find_element("xpath", f"//button[contains(normalize-space(.), {text!r})]").click()
 
 
 class _NoRedirect(urllib.request.HTTPRedirectHandler):
@@ -156,32 +83,32 @@ def test_end_to_end_in_chromium(served, browser) -> None:
     url, cfg_path = served
     d = browser
     d.get(f"{url}/storage")
-    _wait_text(d, "Sign in")
+    wait_text(d, "Sign in")
     assert "/login" in d.current_url
     before = d.get_cookie("session")["value"]  # the session id the browser had before signing in
     fields = d.find_elements("css selector", "input")
     fields[0].send_keys("otto")
     fields[1].send_keys(PASSWORDS["otto"])
-    _click(d, "Sign in")
-    _wait_text(d, "SSD zones")  # back on the page asked for
+    click(d, "Sign in")
+    wait_text(d, "SSD zones")  # back on the page asked for
     signed_in = d.get_cookie("session")["value"]
     assert signed_in != before and _signed_in_as(url, signed_in)
     assert not _signed_in_as(url, before)  # a cookie planted or copied before the login is not signed in
 
     d.get(f"{url}/launch")
-    _wait_text(d, BATCH)
+    wait_text(d, BATCH)
     _shot(d, "launch")
-    _click(d, "Launch ingest")
-    _wait_text(d, "which no worker serves")
-    res = subprocess.run([sys.executable, "-m", "fsd", "--config", str(cfg_path), "worker", "--burst"], env=_env(),
+    click(d, "Launch ingest")
+    wait_text(d, "which no worker serves")
+    res = subprocess.run([sys.executable, "-m", "fsd", "--config", str(cfg_path), "worker", "--burst"], env=child_env(),
                          capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr
-    _wait_text(d, "done with rejects", timeout=60)  # the run page refreshes itself
-    _wait_text(d, "broken.png.json")
+    wait_text(d, "done with rejects", timeout=60)  # the run page refreshes itself
+    wait_text(d, "broken.png.json")
     _shot(d, "run")
 
     d.get(f"{url}/launch")  # an export of the batch's images into zone 3D
-    _wait_text(d, "stage / export")
+    wait_text(d, "stage / export")
     d.find_element("xpath", "//input[@aria-label='output id']").send_keys("gallery-images-v1")
     sel = d.find_element("xpath", "//textarea[starts-with(@aria-label, 'selector')]")
     from selenium.webdriver.common.keys import Keys
@@ -190,22 +117,22 @@ def test_end_to_end_in_chromium(served, browser) -> None:
     sel.send_keys(Keys.DELETE)
     sel.send_keys('{"sources": ["gallery"], "kinds": ["image"]}')
     d.find_element("xpath", "//button[normalize-space(.)='Launch']").click()
-    _wait_text(d, "export gallery-images-v1")
-    res = subprocess.run([sys.executable, "-m", "fsd", "--config", str(cfg_path), "worker", "--burst"], env=_env(),
+    wait_text(d, "export gallery-images-v1")
+    res = subprocess.run([sys.executable, "-m", "fsd", "--config", str(cfg_path), "worker", "--burst"], env=child_env(),
                          capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr
-    _wait_text(d, "files", timeout=60)  # the export's report
+    wait_text(d, "files", timeout=60)  # the export's report
 
     d.get(f"{url}/runs")
-    _wait_text(d, BATCH, timeout=20)
-    _wait_text(d, "gallery-images-v1", timeout=20)
+    wait_text(d, BATCH, timeout=20)
+    wait_text(d, "gallery-images-v1", timeout=20)
     _shot(d, "runs")
 
     d.get(f"{url}/batches")
-    _wait_text(d, BATCH)
+    wait_text(d, BATCH)
     _shot(d, "batches")
     d.find_element("link text", BATCH).click()
-    _wait_text(d, "assets on page 1")
+    wait_text(d, "assets on page 1")
     deadline = time.monotonic() + 30  # thumbnails are made on first view
     while not d.execute_script("return [...document.images].some(i => i.src.includes('/thumb/') && "
                                "i.complete && i.naturalWidth > 0)"):
@@ -213,36 +140,36 @@ def test_end_to_end_in_chromium(served, browser) -> None:
         time.sleep(0.3)
     _shot(d, "assets")
     d.find_element("css selector", "a[href^='/node/'] img, a[href^='/node/'] .q-img").click()
-    _wait_text(d, "In the FUSE mount")
-    _wait_text(d, f"batches: {BATCH}")
+    wait_text(d, "In the FUSE mount")
+    wait_text(d, f"batches: {BATCH}")
     _shot(d, "node")
 
     d.get(f"{url}/")
-    _wait_text(d, "objects")
+    wait_text(d, "objects")
     _shot(d, "overview")
     d.get(f"{url}/pipelines")
-    _wait_text(d, "Dataset exports (zone 3D)")
-    _wait_text(d, "gallery-images-v1")
+    wait_text(d, "Dataset exports (zone 3D)")
+    wait_text(d, "gallery-images-v1")
     _shot(d, "pipelines")
     d.get(f"{url}/storage")
-    _wait_text(d, "SSD zones")
-    _wait_text(d, "its replicas verified (or written)")  # per disk, now that shards are sealed
+    wait_text(d, "SSD zones")
+    wait_text(d, "its replicas verified (or written)")  # per disk, now that shards are sealed
     _shot(d, "storage")
 
     d.get(f"{url}/rq/")
-    _wait_text(d, "Queues")
-    _wait_text(d, "maintenance")  # rq-dashboard lists the hoardfs queues
+    wait_text(d, "Queues")
+    wait_text(d, "maintenance")  # rq-dashboard lists the hoardfs queues
     assert not [e for e in d.get_log("browser") if e["level"] == "SEVERE"], d.get_log("browser")
     _shot(d, "rq")
 
     d.get(f"{url}/metrics")
-    text = _page_text(d)
+    text = page_text(d)
     assert "hoard_objects" in text and 'hoard_disk_state{disk="hdd1",state="active"} 1.0' in text
     assert "hoard_objects 0.0" not in text  # the ingest stored objects
 
     d.get(f"{url}/")
-    _wait_text(d, "Sign out")
+    wait_text(d, "Sign out")
     d.find_element("link text", "Sign out").click()
-    _wait_text(d, "Sign in")
+    wait_text(d, "Sign in")
     assert "/login" in d.current_url
     assert not _signed_in_as(url, signed_in)  # signed out on the server: a copy of the cookie is too
