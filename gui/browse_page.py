@@ -97,9 +97,10 @@ def register() -> None:
 
     @ui.page("/assets")
     async def assets_page(source: str = "", batch: str = "", since: str = "", until: str = "", q: str = "",
-                          kind: str = "", page: int = 1) -> None:
+                          kind: str = "", label: str = "", page: int = 1) -> None:
         page = page_number(page)
-        current = {"source": source, "batch": batch, "since": since, "until": until, "q": q, "kind": kind}
+        current = {"source": source, "batch": batch, "since": since, "until": until, "q": q, "label": label,
+                   "kind": kind}
 
         def go(**change: str) -> None:
             ui.navigate.to(f"/assets?{urlencode({k: v for k, v in (current | change).items() if v})}")
@@ -107,9 +108,10 @@ def register() -> None:
         with frame("Assets"):
             with ui.row().classes("items-end"):
                 fields = {}
-                for key, label in (("source", "source"), ("batch", "batch"), ("since", "from (YYYY-MM-DD)"),
-                                   ("until", "until (YYYY-MM-DD)"), ("q", "words in title, author, metadata")):
-                    fields[key] = ui.input(label, value=current[key]).classes("w-44").mark(f"assets-{key}")
+                for key, caption in (("source", "source"), ("batch", "batch"), ("since", "from (YYYY-MM-DD)"),
+                                     ("until", "until (YYYY-MM-DD)"), ("q", "words in title, author, metadata"),
+                                     ("label", "label (key or key=value)")):
+                    fields[key] = ui.input(caption, value=current[key]).classes("w-44").mark(f"assets-{key}")
                     fields[key].on("keydown.enter", lambda: go(**{k: f.value.strip() for k, f in fields.items()}))
                 ui.select({"": "any kind", "image": "image", "video": "video", "audio": "audio", "text": "text"},
                           value=kind, label="kind", on_change=lambda e: go(kind=e.value)).classes("w-32")
@@ -121,7 +123,8 @@ def register() -> None:
                 return
             try:
                 rows = await run.io_bound(_db, browse.search, source or None, batch or None, _date(since),
-                                          _date(until), q or None, kind or None, PER_PAGE + 1, (page - 1) * PER_PAGE)
+                                          _date(until), q or None, kind or None, PER_PAGE + 1, (page - 1) * PER_PAGE,
+                                          label=label or None)
                 if rows is None:  # run.io_bound's answer while the app stops
                     return
             except browse.BadSearch as e:
@@ -209,6 +212,8 @@ def register() -> None:
                 ui.label("Parents and children").classes("text-h6")
                 for d in range(1, browse.MAX_DEPTH + 1):
                     ui.link(f"depth {d}", f"/node/{n['sha256']}?depth={d}").classes("q-ml-sm")
+            if n["parents"] or n["children"]:
+                ui.echart(charts.lineage(n)).classes("w-full h-72").mark("lineage")
             for direction in ("parents", "children"):
                 ui.label(f"{direction} ({len(n[direction])})").classes("text-bold")
                 for r in n[direction]:

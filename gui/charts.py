@@ -86,3 +86,34 @@ def zone_history(points: list[Any], marks: tuple[float, float, float]) -> dict[s
             "tooltip": {"trigger": "axis"}, "legend": {"data": [s["name"] for s in series], "right": 0, "top": 0},
             "grid": {"left": 60, "right": 60, "top": 40, "bottom": 30},
             "xAxis": {"type": "time"}, "yAxis": {"type": "value", "max": 100}, "series": series}
+
+
+def lineage(node: dict[str, Any]) -> dict[str, Any]:
+    """A node's parents (left) and children (right) as a graph, one column per depth, each edge
+    drawn parent → child with its relationship (`sql.browse.node`'s walk: `via` is the node a
+    relative was reached from). A node reached both ways shows on both sides. Names are drawn
+    on the canvas and there is no tooltip: stable ids come from scraped metadata, and ECharts'
+    tooltips are HTML."""
+    def name(r: dict[str, Any]) -> str:
+        what = f"{r['virtual_kind']} {r['stable_id']}" if r["is_virtual"] else f"{r['file_type'] or 'file'} {r['sha256'][:8]}"
+        return what[:32]
+
+    root = node["node_id"]
+    nodes = [{"id": "root", "name": "this node", "x": 0, "y": 0, "symbolSize": 22, "itemStyle": {"color": "#1e88e5"}}]
+    links = []
+    for direction, side in (("parents", -1), ("children", 1)):
+        key = {root: "root"} | {r["node_id"]: f"{direction}:{r['node_id']}" for r in node[direction]}
+        rows_at: dict[int, int] = {}
+        for r in node[direction]:
+            row = rows_at[r["depth"]] = rows_at.get(r["depth"], -1) + 1
+            nodes.append({"id": key[r["node_id"]], "name": name(r), "x": side * r["depth"] * 200, "y": row * 40,
+                          "symbolSize": 14, "itemStyle": {"color": "#90a4ae" if r["is_virtual"] else "#43a047"}})
+            if r["via"] not in key:  # reached through a relative the walk's limit left out
+                continue
+            ends = (key[r["node_id"]], key[r["via"]]) if side < 0 else (key[r["via"]], key[r["node_id"]])
+            links.append({"source": ends[0], "target": ends[1], "label": {"show": True, "formatter": r["rel"]}})
+    return {"tooltip": {"show": False}, "animation": False,
+            "series": [{"type": "graph", "layout": "none", "roam": True, "data": nodes, "links": links,
+                        "label": {"show": True, "position": "bottom", "fontSize": 11},
+                        "edgeSymbol": ["none", "arrow"], "edgeLabel": {"fontSize": 10},
+                        "lineStyle": {"color": "#78909c"}}]}

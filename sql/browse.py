@@ -86,19 +86,22 @@ def sources(conn: psycopg.Connection) -> list[str]:
 
 def search(conn: psycopg.Connection, source: str | None = None, batch: str | None = None,
            since: dt.date | None = None, until: dt.date | None = None, text: str | None = None,
-           file_kind: str | None = None, limit: int = 48, offset: int = 0) -> list[dict[str, Any]]:
-    """Physical nodes (newest first) by source, batch, ingest date, file kind, and words in their
-    metadata (`search_query`: every word, as a word or the start of one, in the title, author,
-    user name or a string value of raw_metadata); deleted nodes are left out, black-listed ones
-    shown. A text with nothing to search for raises BadSearch."""
-    query, params = search_statement(conn, source, batch, since, until, text, file_kind, limit, offset)
+           file_kind: str | None = None, limit: int = 48, offset: int = 0, *,
+           label: str | None = None) -> list[dict[str, Any]]:
+    """Physical nodes (newest first) by source, batch, ingest date, file kind, a label (`key` or
+    `key=value`) and words in their metadata (`search_query`: every word, as a word or the start
+    of one, in the title, author, user name or a string value of raw_metadata); deleted nodes
+    are left out, black-listed ones shown. A text with nothing to search for, or a label with
+    no key, raises BadSearch."""
+    query, params = search_statement(conn, source, batch, since, until, text, file_kind, limit, offset, label=label)
     with conn.cursor(row_factory=dict_row) as cur:
         return cur.execute(query, params).fetchall()
 
 
 def search_statement(conn: psycopg.Connection, source: str | None = None, batch: str | None = None,
                      since: dt.date | None = None, until: dt.date | None = None, text: str | None = None,
-                     file_kind: str | None = None, limit: int = 48, offset: int = 0) -> tuple[str, dict[str, Any]]:
+                     file_kind: str | None = None, limit: int = 48, offset: int = 0, *,
+                     label: str | None = None) -> tuple[str, dict[str, Any]]:
     """The statement `search` runs and its parameters (tests EXPLAIN it)."""
     where = ["NOT pc.is_deleted"]
     params: dict[str, Any] = {"limit": limit, "offset": offset}
@@ -118,6 +121,13 @@ def search_statement(conn: psycopg.Connection, source: str | None = None, batch:
     if file_kind:
         where.append("ft.kind = %(kind)s")
         params["kind"] = file_kind
+    if label:
+        key, eq, value = label.partition("=")
+        if not key.strip():
+            raise BadSearch(f"label {label[:40]!r} names no key: write key or key=value (e.g. class=cat)")
+        where.append("EXISTS (SELECT 1 FROM label l WHERE l.node_id = n.node_id AND l.key = %(label_key)s"
+                     + (" AND l.value = %(label_value)s)" if eq else ")"))
+        params |= {"label_key": key.strip(), "label_value": value.strip()}
     if text:
         where.append("n.node_id IN (SELECT cm.node_id FROM common_metadata cm WHERE "
                      "metadata_search_doc(cm.title, cm.author, cm.user_name, cm.raw_metadata) @@ %(words)s::tsquery)")
@@ -145,7 +155,8 @@ def _node_id(conn: psycopg.Connection, sha256_hex: str) -> int:
 
 def node(conn: psycopg.Connection, sha256_hex: str, depth: int = 1) -> dict[str, Any]:
     """One node: kind, content, paths, metadata per source, labels, batches, and its parents and
-    children up to `depth` (≤ MAX_DEPTH) levels, each with the relationship."""
+    children up to `depth` (≤ MAX_DEPTH) levels, each with the relationship and `via`, the node
+    it was reached from (this node's `node_id` at depth 1)."""
     node_id = _node_id(conn, sha256_hex)
     depth = max(1, min(depth, MAX_DEPTH))
     with conn.cursor(row_factory=dict_row) as cur:
@@ -168,13 +179,13 @@ def node(conn: psycopg.Connection, sha256_hex: str, depth: int = 1) -> dict[str,
             "SELECT batch_id FROM batch_member WHERE node_id = %s ORDER BY batch_id LIMIT 100", [node_id])]
         for direction, (near, far) in (("parents", ("child_id", "parent_id")), ("children", ("parent_id", "child_id"))):
             out[direction] = cur.execute(f"""
-                WITH RECURSIVE walk(node_id, rel, depth) AS (
-                    SELECT e.{far}, r.name, 1 FROM edge e JOIN relationship_type r USING (rel_id)
+                WITH RECURSIVE walk(node_id, via, rel, depth) AS (
+                    SELECT e.{far}, e.{near}, r.name, 1 FROM edge e JOIN relationship_type r USING (rel_id)
                     WHERE e.{near} = %(id)s
                   UNION
-                    SELECT e.{far}, r.name, w.depth + 1 FROM walk w JOIN edge e ON e.{near} = w.node_id
+                    SELECT e.{far}, e.{near}, r.name, w.depth + 1 FROM walk w JOIN edge e ON e.{near} = w.node_id
                     JOIN relationship_type r USING (rel_id) WHERE w.depth < %(depth)s)
-                SELECT DISTINCT ON (w.node_id) w.node_id, w.rel, w.depth, encode(n.sha256, 'hex') AS sha256,
+                SELECT DISTINCT ON (w.node_id) w.node_id, w.via, w.rel, w.depth, encode(n.sha256, 'hex') AS sha256,
                        n.is_virtual, va.kind AS virtual_kind, va.stable_id, pc.file_type
                 FROM walk w JOIN node n USING (node_id) LEFT JOIN virtual_asset va USING (node_id)
                 LEFT JOIN physical_content pc USING (node_id)

@@ -181,3 +181,42 @@ async def test_hand_typed_pages_and_dates(user, gui_home: Path) -> None:
     await user.open("/assets?since=9999-99-99")
     await user.should_see("from: not a date; write it as YYYY-MM-DD")
     await user.should_not_see("assets on page")
+
+
+async def test_node_page_draws_its_lineage(user, gui_home: Path) -> None:
+    """A node's parents and children as a graph (one column per depth, edges parent → child with
+    their relationship); a stable id full of HTML is drawn as text, never a tooltip."""
+    from fsd.base import config
+    from gui import charts
+    from sql import browse
+
+    with psycopg.connect(config.load(gui_home).database_url, autocommit=True) as conn:
+        conn.execute("INSERT INTO source (name) VALUES ('forum') ON CONFLICT DO NOTHING")
+        ids = [conn.execute("INSERT INTO node (sha256, is_virtual, is_physical) VALUES (sha256(%s::bytea), %s, %s) "
+                            "RETURNING node_id", [f"lineage-{i}".encode(), virtual, not virtual]).fetchone()[0]
+               for i, virtual in enumerate((True, True, False, False))]
+        author, post, image, crop = ids
+        for node_id, stable in ((author, "<img src=x onerror=alert(1)>"), (post, "post-1")):
+            conn.execute("INSERT INTO virtual_asset (node_id, kind, source_id, stable_id, description) "
+                         "SELECT %s, 'post', source_id, %s, %s FROM source WHERE name = 'forum'",
+                         [node_id, stable, f"forum post {stable}"])
+        for node_id in (image, crop):
+            conn.execute("INSERT INTO physical_content (node_id, size, file_type) VALUES (%s, 10, 'png')", [node_id])
+        for parent, child, rel in ((author, post, "author_of"), (post, image, "media_of"), (image, crop, "media_of")):
+            conn.execute("INSERT INTO edge (parent_id, child_id, rel_id) SELECT %s, %s, rel_id FROM relationship_type "
+                         "WHERE name = %s", [parent, child, rel])
+        sha = conn.execute("SELECT encode(sha256, 'hex') FROM node WHERE node_id = %s", [image]).fetchone()[0]
+        n = browse.node(conn, sha, depth=2)
+    graph = charts.lineage(n)
+    series = graph["series"][0]
+    assert graph["tooltip"] == {"show": False}
+    names = {d["id"]: d["name"] for d in series["data"]}
+    assert names["root"] == "this node" and len(names) == 4
+    assert {(lk["source"], lk["target"], lk["label"]["formatter"]) for lk in series["links"]} == {
+        (f"parents:{author}", f"parents:{post}", "author_of"), (f"parents:{post}", "root", "media_of"),
+        ("root", f"children:{crop}", "media_of")}
+    assert names[f"parents:{author}"].startswith("post <img")  # canvas text
+    await sign_in(user, "vera")
+    await user.open(f"/node/{sha}?depth=2")
+    await user.should_see(marker="lineage")
+    await user.should_see("parents (2)")

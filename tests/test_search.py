@@ -26,7 +26,8 @@ N = 30_000
 
 def _fill(conn: psycopg.Connection) -> None:
     """N physical nodes with metadata: every 1000th has 'Zebra crossing' in its title, every
-    500th a Hasselblad camera in raw_metadata, authors author0..96, user names nickax..nickmx."""
+    500th a Hasselblad camera in raw_metadata, authors author0..96, user names nickax..nickmx;
+    every 10th a label class=dog, of which every 10th class=cat instead; a few `blurry`."""
     conn.execute("INSERT INTO source (name) VALUES ('gallery')")
     conn.execute("INSERT INTO node (sha256, is_virtual, is_physical) "
                  "SELECT sha256(int8send(i)), false, true FROM generate_series(1, %s) i", [N])
@@ -38,6 +39,10 @@ def _fill(conn: psycopg.Connection) -> None:
                jsonb_build_object('tags', jsonb_build_array('tag' || (node_id % 50), 'misc'),
                                   'camera', CASE WHEN node_id % 500 = 3 THEN 'Hasselblad X2D' ELSE 'phone' END)
         FROM node""")
+    conn.execute("""INSERT INTO label (node_id, key, value, origin)
+        SELECT node_id, 'class', CASE WHEN node_id % 100 = 1 THEN 'cat' ELSE 'dog' END, 'human' FROM node
+        WHERE node_id % 10 = 1""")
+    conn.execute("INSERT INTO label (node_id, key) SELECT node_id, 'blurry' FROM node WHERE node_id % 3000 = 2")
     conn.execute("ANALYZE")
 
 
@@ -89,6 +94,30 @@ def test_search_finds_words_prefixes_and_metadata_values(filled) -> None:
     assert _ids(filled, "photo 12345") == {12345}  # numbers are words; "12345" starts no other here
     assert len(browse.search(filled, text="photo")) == 48  # a page (the default limit), newest first
     assert [r["node_id"] for r in browse.search(filled, text="zebra", limit=2)] == [29007, 28007]
+
+
+def test_search_by_label(filled) -> None:
+    """A label as `key` (any value) or `key=value`, alone or with words; a label with no key is
+    refused in one line; what a person types is a parameter, never SQL."""
+    def ids(label: str, text: str | None = None) -> set[int]:
+        return {r["node_id"] for r in browse.search(filled, text=text, limit=10_000, label=label)}
+
+    cats = {i for i in range(1, N + 1) if i % 100 == 1}
+    assert ids("class=cat") == cats
+    assert ids(" class = cat ") == cats  # blanks around key and value do not count
+    assert ids("class") == {i for i in range(1, N + 1) if i % 10 == 1}
+    assert ids("blurry") == {i for i in range(1, N + 1) if i % 3000 == 2}
+    assert ids("blurry=") == ids("blurry")  # a label without a value has the empty value
+    assert ids("class=cat", "photo 1201") == {1201}
+    assert ids("class=Cat") == set() and ids("nothing") == set()  # labels match exactly
+    assert ids("class=cat'; DROP TABLE label; --") == set()
+    with pytest.raises(browse.BadSearch, match="names no key"):
+        browse.search(filled, label="=cat")
+    assert filled.execute("SELECT count(*) FROM label").fetchone()[0] > 0
+    for label in ("class=cat", "blurry"):  # an index finds the labelled nodes, the label table is never read whole
+        sql, params = browse.search_statement(filled, label=label)
+        plan = "\n".join(r[0] for r in filled.execute("EXPLAIN " + sql, params))
+        assert "Seq Scan on label" not in plan, plan
 
 
 @pytest.mark.parametrize("text", ["'", "''", "&|!:*()", "\\", "\\\\'", "\x00", "\x00zebra", "zebra\x00crossing",
@@ -187,4 +216,8 @@ async def test_assets_page_says_why_it_cannot_search(user) -> None:
     await user.open("/assets?q=%00%27")
     await user.should_see("nothing to search for")
     await user.open("/assets?q=zebra")
+    await user.should_see("nothing matches")
+    await user.open("/assets?label=%3Dcat")
+    await user.should_see("names no key")
+    await user.open("/assets?label=class%3Dcat")
     await user.should_see("nothing matches")
