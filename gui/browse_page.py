@@ -139,8 +139,9 @@ def register() -> None:
                 for r in rows:
                     with ui.link(target=f"/node/{r['sha256']}").classes("no-underline text-black"):
                         with ui.card().classes("w-44 q-pa-xs").props(f'data-testid="asset-{r["sha256"][:12]}"'):
-                            if r["kind"] == "image":
-                                ui.image(f"/thumb/{r['sha256']}").classes("w-40 h-40").props("fit=contain")
+                            if r["kind"] == "image" or r["poster"]:
+                                ui.image(f"/thumb/{r['poster'] or r['sha256']}").classes("w-40 h-40").props(
+                                    "fit=contain")
                             else:
                                 ui.icon({"video": "movie", "audio": "audiotrack", "text": "description"}.get(
                                     r["kind"], "insert_drive_file"), size="5em").classes("q-mx-auto")
@@ -167,8 +168,8 @@ def register() -> None:
                 return
             ui.label(n["sha256"]).classes("text-mono text-caption")
             with ui.row().classes("items-start w-full"):
-                if n.get("kind") == "image":
-                    ui.image(f"/thumb/{n['sha256']}").classes("w-64 h-64").props("fit=contain")
+                if n.get("kind") == "image" or n["poster"]:
+                    ui.image(f"/thumb/{n['poster'] or n['sha256']}").classes("w-64 h-64").props("fit=contain")
                 with ui.column():
                     if n["is_virtual"]:
                         ui.label(f"virtual {n['virtual_kind']}: {n['description']}")

@@ -84,6 +84,14 @@ def sources(conn: psycopg.Connection) -> list[str]:
     return [r[0] for r in conn.execute("SELECT name FROM source ORDER BY name")]
 
 
+#: a video's poster: the image its source shipped with it (yt-dlp's thumbnail, a `thumbnail_of`
+#: child, adapters.sidecars), found through the edge's primary key
+POSTER = """(SELECT encode(t.sha256, 'hex') FROM edge e JOIN relationship_type r ON r.rel_id = e.rel_id
+                     JOIN node t ON t.node_id = e.child_id
+                     WHERE e.parent_id = n.node_id AND r.name = 'thumbnail_of' AND ft.kind = 'video'
+                     ORDER BY e.child_id LIMIT 1)"""
+
+
 def search(conn: psycopg.Connection, source: str | None = None, batch: str | None = None,
            since: dt.date | None = None, until: dt.date | None = None, text: str | None = None,
            file_kind: str | None = None, limit: int = 48, offset: int = 0, *,
@@ -136,7 +144,8 @@ def search_statement(conn: psycopg.Connection, source: str | None = None, batch:
             SELECT n.node_id, encode(n.sha256, 'hex') AS sha256, pc.size, pc.file_type, ft.kind,
                    pc.in_black_list, n.created_at,
                    (SELECT cm.title FROM common_metadata cm WHERE cm.node_id = n.node_id LIMIT 1) AS title,
-                   (SELECT min(p.locator) FROM physical_path p WHERE p.node_id = n.node_id) AS locator
+                   (SELECT min(p.locator) FROM physical_path p WHERE p.node_id = n.node_id) AS locator,
+                   {POSTER} AS poster
             FROM node n JOIN physical_content pc USING (node_id) LEFT JOIN file_type ft ON ft.ext = pc.file_type
             WHERE {' AND '.join(where)}
             ORDER BY n.node_id DESC LIMIT %(limit)s OFFSET %(offset)s""", params
@@ -160,10 +169,10 @@ def node(conn: psycopg.Connection, sha256_hex: str, depth: int = 1) -> dict[str,
     node_id = _node_id(conn, sha256_hex)
     depth = max(1, min(depth, MAX_DEPTH))
     with conn.cursor(row_factory=dict_row) as cur:
-        out = cur.execute("""
+        out = cur.execute(f"""
             SELECT n.node_id, encode(n.sha256, 'hex') AS sha256, n.is_virtual, n.created_at,
                    pc.size, pc.file_type, ft.kind, pc.in_black_list, pc.is_deleted,
-                   va.kind AS virtual_kind, va.description
+                   va.kind AS virtual_kind, va.description, {POSTER} AS poster
             FROM node n LEFT JOIN physical_content pc USING (node_id)
             LEFT JOIN file_type ft ON ft.ext = pc.file_type LEFT JOIN virtual_asset va USING (node_id)
             WHERE n.node_id = %s""", [node_id]).fetchone()

@@ -220,3 +220,39 @@ async def test_node_page_draws_its_lineage(user, gui_home: Path) -> None:
     await user.open(f"/node/{sha}?depth=2")
     await user.should_see(marker="lineage")
     await user.should_see("parents (2)")
+
+
+async def test_a_video_shows_the_poster_its_source_shipped(user, gui_home: Path) -> None:
+    """yt-dlp's thumbnail next to a video is ingested as its `thumbnail_of` child; the video's
+    asset card and node page show that image's thumbnail (no frame is decoded from the video)."""
+    import io
+
+    from PIL import Image
+
+    from adapters.synth import Spec, generate
+    from fsd.base import config
+
+    with open(gui_home, "a") as fh:  # drop_batch's [sources] table is the file's last
+        fh.write('ytdlp = "ytdlp"\n')
+    zone3a = config.load(gui_home).ssd.zone_path("3A")
+    batch = generate(zone3a, Spec(seed=5, batches=1, items_per_batch=2, sources=("ytdlp",), large_max_mb=1,
+                                  ready_signal=True))[0]
+    video = next(p for p in (zone3a / batch.batch_id).iterdir() if p.suffix == ".mp4")
+    buf = io.BytesIO()
+    Image.new("RGB", (160, 90), (200, 30, 30)).save(buf, "JPEG")
+    video.with_suffix(".jpg").write_bytes(buf.getvalue())
+    _ingest(gui_home)
+    with psycopg.connect(config.load(gui_home).database_url) as conn:
+        vsha, psha = conn.execute("""
+            SELECT encode(v.sha256, 'hex'), encode(t.sha256, 'hex') FROM edge e
+            JOIN relationship_type r ON r.rel_id = e.rel_id AND r.name = 'thumbnail_of'
+            JOIN node v ON v.node_id = e.parent_id JOIN node t ON t.node_id = e.child_id""").fetchone()
+    await sign_in(user, "vera")
+    await user.open(f"/assets?batch={batch.batch_id}&kind=video")
+    await user.should_see("1 assets on page 1")
+    assert [img.source for img in user.find(kind=ui.image).elements] == [f"/thumb/{psha}"]
+    r = await user.http_client.get(f"/thumb/{psha}")
+    assert r.status_code == 200 and r.content[:2] == b"\xff\xd8"
+    await user.open(f"/node/{vsha}")
+    await user.should_see("mp4 (video)")
+    assert [img.source for img in user.find(kind=ui.image).elements] == [f"/thumb/{psha}"]
