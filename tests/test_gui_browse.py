@@ -43,7 +43,7 @@ async def test_batches_assets_node_and_thumbnail(user, gui_home: Path) -> None:
     await user.open(f"/assets?batch={BATCH}&kind=image")
     await user.should_see("assets on page 1")
     sha = _an_image(gui_home)
-    assert user.find(marker=None, kind=ui.image).elements  # image cards show thumbnails
+    assert user.find(marker="thumb").elements  # image cards show thumbnails
     r = await user.http_client.get(f"/thumb/{sha}")
     assert r.status_code == 200 and r.headers["content-type"] == "image/jpeg" and r.content[:2] == b"\xff\xd8"
     from fsd import thumbs
@@ -250,9 +250,9 @@ async def test_a_video_shows_the_poster_its_source_shipped(user, gui_home: Path)
     await sign_in(user, "vera")
     await user.open(f"/assets?batch={batch.batch_id}&kind=video")
     await user.should_see("1 assets on page 1")
-    assert [img.source for img in user.find(kind=ui.image).elements] == [f"/thumb/{psha}"]
+    assert [img.props["src"] for img in user.find(marker="thumb").elements] == [f"/thumb/{psha}"]
     r = await user.http_client.get(f"/thumb/{psha}")
     assert r.status_code == 200 and r.content[:2] == b"\xff\xd8"
     await user.open(f"/node/{vsha}")
     await user.should_see("mp4 (video)")
-    assert [img.source for img in user.find(kind=ui.image).elements] == [f"/thumb/{psha}"]
+    assert [img.props["src"] for img in user.find(marker="thumb").elements] == [f"/thumb/{psha}"]
