@@ -5,6 +5,7 @@ index and database backups — all from the last snapshot (`hoard health --json`
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
@@ -18,6 +19,9 @@ from jobs import usage
 
 #: how far back the usage history charts look
 HISTORY_DAYS = 30
+#: how long a page view waits for the usage history: NiceGUI gives up on a page after 3 s, and
+#: the rest of the page (the snapshot) must show even when the database hangs
+HISTORY_WAIT_S = 1.5
 STATE_COLOR = {"active": "positive", "draining": "warning", "failed": "negative", "missing": "negative"}
 
 
@@ -164,15 +168,28 @@ def _history(points: list[Any] | None, error: str) -> None:
             "zone-history")
 
 
+async def _read_history() -> tuple[list[Any] | None, str]:
+    """The usage history, or why it is not shown; never waits more than HISTORY_WAIT_S. The
+    read is not cancelled (run.io_bound would answer None): a late one ends on its own
+    (jobs.usage.HISTORY_TIMEOUT_S) and its answer is dropped."""
+    task = asyncio.ensure_future(run.io_bound(usage.history, ctx().cfg, HISTORY_DAYS))
+    task.add_done_callback(lambda t: t.cancelled() or t.exception())  # a late failure is no one's news
+    done, _ = await asyncio.wait({task}, timeout=HISTORY_WAIT_S)
+    if not done:
+        return None, (f"usage history not shown: the database did not answer within {HISTORY_WAIT_S} s "
+                      "(`hoard db status`)")
+    try:
+        return task.result(), ""
+    except HoardError as e:
+        return None, e.message
+
+
 def register() -> None:
     @ui.page("/storage")
     async def storage_page() -> None:
         if ctx().cache.snapshot is None:
             await run.io_bound(ctx().cache.refresh)
-        try:
-            points, error = await run.io_bound(usage.history, ctx().cfg, HISTORY_DAYS), ""
-        except HoardError as e:
-            points, error = None, e.message
+        points, error = await _read_history()
         with frame("Storage"):
             live(_body)
             _history(points, error)

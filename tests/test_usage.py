@@ -7,6 +7,8 @@ from __future__ import annotations
 import datetime as dt
 import json
 import shutil
+import socket
+import time
 from pathlib import Path
 
 import psycopg
@@ -151,3 +153,27 @@ async def test_storage_page_without_samples_says_how_to_get_them(user) -> None:
     await sign_in(user, "vera")
     await user.open("/storage")
     await user.should_see("no usage samples yet: `hoard health --record` takes one")
+
+
+async def test_storage_page_shows_when_the_database_hangs(user, gui_home: Path, monkeypatch) -> None:
+    """A PostgreSQL that takes connections and never answers (stopped with SIGSTOP, or behind a
+    network that drops its packets): /storage still shows the disks from the snapshot and says
+    the history is not shown — not NiceGUI's error page after its 3 s response timeout."""
+    from gui.context import ctx
+
+    hung = socket.socket()
+    hung.bind(("127.0.0.1", 0))
+    hung.listen(16)  # never accepted: the kernel completes the handshake, then nothing answers
+    try:
+        await sign_in(user, "vera")
+        if ctx().cache.snapshot is None:
+            ctx().cache.refresh()
+        url = f"postgresql://hoard@127.0.0.1:{hung.getsockname()[1]}/hoard"
+        monkeypatch.setattr(ctx(), "cfg", ctx().cfg.model_copy(update={"database_url": url}))
+        t0 = time.monotonic()
+        await user.open("/storage")
+        await user.should_see("hdd1")
+        await user.should_see("usage history not shown: the database did not answer")
+        assert time.monotonic() - t0 < 3
+    finally:
+        hung.close()
