@@ -195,3 +195,18 @@ async def test_storage_page_views_share_one_history_read(user, gui_home: Path, p
         await user.open("/storage")
         await user.should_see(marker="disk-history")
     assert len(calls) == 1, calls
+
+
+def test_a_clock_set_back_does_not_stop_the_recording(pg) -> None:
+    """The database's clock ran a day ahead and was set back (NTP stepping a wrong RTC): the
+    sample stamped in the 'future' must not stop recording for a day (now - last < 10 min held
+    for any sample after now), nor stay in the charts where it lies about when it was taken."""
+    from sql.usage import UsageRow, history, record
+
+    migrate(pg)
+    pg.execute("INSERT INTO usage_sample (taken_at, kind, name, state, used_bytes, total_bytes) "
+               "VALUES (now() + interval '1 day', 'disk', 'hdd1', 'active', 7, 100)")
+    rec = record(pg, [UsageRow(kind="disk", name="hdd1", state="active", used_bytes=5, total_bytes=100)])
+    assert rec.taken_at is not None, rec
+    assert [p.used_bytes for p in history(pg)] == [5]
+    assert pg.execute("SELECT count(*) FROM usage_sample WHERE taken_at > now()").fetchone()[0] == 0
