@@ -210,3 +210,17 @@ def test_a_clock_set_back_does_not_stop_the_recording(pg) -> None:
     assert rec.taken_at is not None, rec
     assert [p.used_bytes for p in history(pg)] == [5]
     assert pg.execute("SELECT count(*) FROM usage_sample WHERE taken_at > now()").fetchone()[0] == 0
+
+
+def test_zone_chart_shows_a_zone_over_its_quota() -> None:
+    """3A fills from outside hoardfs (scrapers write there whatever the quota says): a zone at
+    130 % of its quota is drawn at 130 %, not cut off flat at the chart's 100 % top."""
+    from gui import charts
+    from sql.usage import HistoryPoint
+
+    at = dt.datetime(2026, 11, 1, tzinfo=dt.timezone.utc)
+    points = [HistoryPoint(at=at + dt.timedelta(hours=h), kind="zone", name="3A", state="emergency",
+                           used_bytes=used, total_bytes=1000, reserved_bytes=0) for h, used in ((0, 900), (1, 1300))]
+    option = charts.zone_history(points, (0.8, 0.9, 0.95))
+    assert [v for _, v in option["series"][0]["data"]] == [90.0, 130.0]
+    assert option["yAxis"].get("max", 130) >= 130, option["yAxis"]
