@@ -42,8 +42,10 @@ def rows(report: dict[str, Any]) -> list[UsageRow]:
     out = [_disk_row(d, bool(store.get("ok"))) for d in report["disks"]]
     for name, z in report["zones"].items():
         if z.get("present"):
+            # a reservation file that could not be read (z["error"]): the reserved bytes are not known
             out.append(UsageRow(kind="zone", name=name, state=z["level"], used_bytes=z["used_bytes"],
-                                total_bytes=z["quota_bytes"], reserved_bytes=z["reserved_bytes"]))
+                                total_bytes=z["quota_bytes"],
+                                reserved_bytes=None if z.get("error") else z["reserved_bytes"]))
         else:
             out.append(UsageRow(kind="zone", name=name, state="absent"))
     if store.get("ok"):

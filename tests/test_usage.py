@@ -224,3 +224,21 @@ def test_zone_chart_shows_a_zone_over_its_quota() -> None:
     option = charts.zone_history(points, (0.8, 0.9, 0.95))
     assert [v for _, v in option["series"][0]["data"]] == [90.0, 130.0]
     assert option["yAxis"].get("max", 130) >= 130, option["yAxis"]
+
+
+def test_a_zone_whose_reservations_cannot_be_read_records_them_unknown(hoard_home: Path, pg) -> None:
+    """A damaged reservation file in 3D: health shows the zone without its reservations (and
+    says why); the sample must record its reserved bytes as not known (NULL), not 0 — the
+    table's rule, so the chart does not show the zone emptier than it may be."""
+    cfg = _home(hoard_home, pg)
+    from fsd import zones
+
+    d = zones.reservations_dir(config.load(cfg), "3D")
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "exp-1.json").write_text('{"id": "exp-1", "bytes": ')  # a person's edit cut short
+    res = hoard("--config", cfg, "health", "--json", "--record")
+    assert "recorded" in res.stderr, res.stderr
+    assert json.loads(res.stdout)["zones"]["3D"]["error"]
+    [sample] = _samples(pg).values()
+    state, used, total, reserved, _ = sample[("zone", "3D")]
+    assert used is not None and reserved is None, sample[("zone", "3D")]
