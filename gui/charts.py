@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 GIB = 1024**3
@@ -80,12 +81,14 @@ def zone_history(points: list[Any], marks: tuple[float, float, float]) -> dict[s
               for name, pts in sorted(_series_by_name(points, "zone").items())]
     lines = [{"yAxis": round(100 * m), "name": n, "lineStyle": {"color": c, "type": "dashed"}}
              for m, n, c in zip(marks, ("warn", "deny", "emergency"), ("#ef6c00", "#d84315", "#b71c1c"))]
+    # 100 % at the top, or the highest value above it: 3A fills from outside and can pass its quota
+    top = max([100.0] + [v for s in series for _, v in s["data"] if v is not None])
     if series:
         series[0]["markLine"] = {"symbol": "none", "silent": True, "label": {"formatter": "{b} {c}%"}, "data": lines}
     return {"title": {"text": "SSD zones over time (% of quota)", "textStyle": {"fontSize": 14}},
             "tooltip": {"trigger": "axis"}, "legend": {"data": [s["name"] for s in series], "right": 0, "top": 0},
             "grid": {"left": 60, "right": 60, "top": 40, "bottom": 30},
-            "xAxis": {"type": "time"}, "yAxis": {"type": "value", "max": 100}, "series": series}
+            "xAxis": {"type": "time"}, "yAxis": {"type": "value", "max": math.ceil(top / 10) * 10}, "series": series}
 
 
 def lineage(node: dict[str, Any]) -> dict[str, Any]:

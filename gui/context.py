@@ -7,6 +7,7 @@ Set once by `gui.app.build`; pages and routes read it with `ctx()`.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from fsd.base.config import Settings
 from gui.state import Cache
@@ -20,6 +21,8 @@ class Context:
     cache: Cache
     limiter: LoginLimiter
     tickets: Tickets = field(default_factory=Tickets)
+    #: the usage history as last read (time.monotonic(), points), shared by /storage's views
+    history: tuple[float, list[Any]] | None = None
 
 
 _current: Context | None = None

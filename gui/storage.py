@@ -5,6 +5,7 @@ index and database backups — all from the last snapshot (`hoard health --json`
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
@@ -18,6 +19,12 @@ from jobs import usage
 
 #: how far back the usage history charts look
 HISTORY_DAYS = 30
+#: how long a page view waits for the usage history: NiceGUI gives up on a page after 3 s, and
+#: the rest of the page (the snapshot) must show even when the database hangs
+HISTORY_WAIT_S = 1.5
+#: a read history serves every view for this long: samples come every 10 minutes, and the read
+#: is one row per disk and zone per sample of HISTORY_DAYS (~120,000 rows with 24 disks)
+HISTORY_KEEP_S = 120.0
 STATE_COLOR = {"active": "positive", "draining": "warning", "failed": "negative", "missing": "negative"}
 
 
@@ -164,15 +171,35 @@ def _history(points: list[Any] | None, error: str) -> None:
             "zone-history")
 
 
+async def _read_history() -> tuple[list[Any] | None, str]:
+    """The usage history, or why it is not shown; never waits more than HISTORY_WAIT_S. The
+    read is not cancelled (run.io_bound would answer None): a late one ends on its own
+    (jobs.usage.HISTORY_TIMEOUT_S) and its answer is dropped. A read younger than
+    HISTORY_KEEP_S is reused."""
+    c = ctx()
+    if c.history is not None and time.monotonic() - c.history[0] < HISTORY_KEEP_S:
+        return c.history[1], ""
+    task = asyncio.ensure_future(run.io_bound(usage.history, c.cfg, HISTORY_DAYS))
+    task.add_done_callback(lambda t: t.cancelled() or t.exception())  # a late failure is no one's news
+    done, _ = await asyncio.wait({task}, timeout=HISTORY_WAIT_S)
+    if not done:
+        return None, (f"usage history not shown: the database did not answer within {HISTORY_WAIT_S} s "
+                      "(`hoard db status`)")
+    try:
+        points = task.result()
+    except HoardError as e:
+        return None, e.message
+    if points is not None:  # (None: the app is stopping)
+        c.history = (time.monotonic(), points)
+    return points, ""
+
+
 def register() -> None:
     @ui.page("/storage")
     async def storage_page() -> None:
         if ctx().cache.snapshot is None:
             await run.io_bound(ctx().cache.refresh)
-        try:
-            points, error = await run.io_bound(usage.history, ctx().cfg, HISTORY_DAYS), ""
-        except HoardError as e:
-            points, error = None, e.message
+        points, error = await _read_history()
         with frame("Storage"):
             live(_body)
             _history(points, error)

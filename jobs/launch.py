@@ -217,7 +217,10 @@ def maintenance_runs(conn) -> list[Run]:
                        queue=MAINTENANCE_QUEUE, params=job.meta.get("params", {}), by=job.meta.get("by", "")))
     figures = job_progress.read(conn, [r.id for r in out if r.status != "queued"])
     for r in out:
-        r.progress = figures.get(r.id)
+        p = figures.get(r.id)
+        # "running" figures of a run that ended were left by a publisher killed with its job
+        # (kill -9, the OOM killer): they are no one's live figures
+        r.progress = None if p is not None and p.get("state") == "running" and r.status != "running" else p
     return out
 
 

@@ -42,8 +42,10 @@ def rows(report: dict[str, Any]) -> list[UsageRow]:
     out = [_disk_row(d, bool(store.get("ok"))) for d in report["disks"]]
     for name, z in report["zones"].items():
         if z.get("present"):
+            # a reservation file that could not be read (z["error"]): the reserved bytes are not known
             out.append(UsageRow(kind="zone", name=name, state=z["level"], used_bytes=z["used_bytes"],
-                                total_bytes=z["quota_bytes"], reserved_bytes=z["reserved_bytes"]))
+                                total_bytes=z["quota_bytes"],
+                                reserved_bytes=None if z.get("error") else z["reserved_bytes"]))
         else:
             out.append(UsageRow(kind="zone", name=name, state="absent"))
     if store.get("ok"):
@@ -54,13 +56,21 @@ def rows(report: dict[str, Any]) -> list[UsageRow]:
     return out
 
 
-def _connect(cfg: Settings, why: str) -> psycopg.Connection:
+#: a page view waits for the history only briefly (gui.storage): its connection and query give
+#: up soon after, so a hung database does not hold a GUI thread for long per view
+HISTORY_TIMEOUT_S = 3
+
+
+def _first_line(e: Exception) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0]
+
+
+def _connect(cfg: Settings, why: str, timeout_s: int = 10) -> psycopg.Connection:
     assert cfg.database_url
     try:
-        return psycopg.connect(cfg.database_url, connect_timeout=10)
+        return psycopg.connect(cfg.database_url, connect_timeout=timeout_s)
     except psycopg.OperationalError as e:
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise HoardError(f"{why}: the database is unreachable ({first}); `hoard services up` or check "
+        raise HoardError(f"{why}: the database is unreachable ({_first_line(e)}); `hoard services up` or check "
                          "database_url", ExitCode.UNAVAILABLE) from None
 
 
@@ -73,5 +83,12 @@ def record(cfg: Settings, report: dict[str, Any]) -> Recorded:
 
 def history(cfg: Settings, days: float = 30) -> list[HistoryPoint]:
     """The disks' and zones' usage over the last `days` days, in chart-sized buckets."""
-    with _connect(cfg, "no usage history") as conn:
-        return _history(conn, days)
+    with _connect(cfg, "no usage history", HISTORY_TIMEOUT_S) as conn:
+        try:
+            conn.execute("SELECT set_config('statement_timeout', %s, false)", [f"{HISTORY_TIMEOUT_S}s"])
+            return _history(conn, days)
+        except HoardError:
+            raise
+        except psycopg.Error as e:  # cancelled by the timeout, the server going away …: the page says so
+            raise HoardError(f"no usage history: the database failed ({_first_line(e)})",
+                             ExitCode.UNAVAILABLE) from None

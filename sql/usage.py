@@ -66,6 +66,7 @@ class Recorded:
     rows: int
     pruned: int  # rows older than KEEP deleted
     last_at: dt.datetime | None  # the sample before this call
+    ahead: int = 0  # rows stamped after now deleted (the clock was set back since they were taken)
 
 
 def _no_table(e: psycopg.Error) -> HoardError:
@@ -76,18 +77,21 @@ def _no_table(e: psycopg.Error) -> HoardError:
 def record(conn: psycopg.Connection, rows: list[UsageRow], every: dt.timedelta = SAMPLE_EVERY,
            keep: dt.timedelta = KEEP) -> Recorded:
     """Record `rows` as one sample, unless the last sample is younger than `every`; either way
-    delete the rows older than `keep`. One transaction."""
+    delete the rows older than `keep`, and those stamped after now: the database's clock was set
+    back since they were taken, so their instants are wrong — and kept, they would hold off every
+    new sample until the clock caught up with them. One transaction."""
     try:
         with conn.transaction():
             conn.execute("SELECT pg_advisory_xact_lock(%s)", [_LOCK_ID])
-            now, last = conn.execute("SELECT now(), max(taken_at) FROM usage_sample").fetchone()
             pruned = conn.execute("DELETE FROM usage_sample WHERE taken_at < now() - %s", [keep]).rowcount
+            ahead = conn.execute("DELETE FROM usage_sample WHERE taken_at > now()").rowcount
+            now, last = conn.execute("SELECT now(), max(taken_at) FROM usage_sample").fetchone()
             if last is not None and now - last < every:
-                return Recorded(None, 0, pruned, last)
+                return Recorded(None, 0, pruned, last, ahead)
             with conn.cursor() as cur, cur.copy(f"COPY usage_sample (taken_at, {', '.join(_COLUMNS)}) FROM STDIN") as cp:
                 for r in rows:
                     cp.write_row([now, *(getattr(r, c) for c in _COLUMNS)])
-            return Recorded(now, len(rows), pruned, last)
+            return Recorded(now, len(rows), pruned, last, ahead)
     except psycopg.errors.UndefinedTable as e:
         raise _no_table(e) from None
 
@@ -105,7 +109,7 @@ def history(conn: psycopg.Connection, days: float = 30, points: int = CHART_POIN
                        max(used_bytes) AS used_bytes, max(total_bytes) AS total_bytes,
                        max(reserved_bytes) AS reserved_bytes
                 FROM usage_sample
-                WHERE taken_at >= now() - %(window)s AND kind IN ('disk', 'zone')
+                WHERE taken_at >= now() - %(window)s AND taken_at <= now() AND kind IN ('disk', 'zone')
                 GROUP BY 1, 2, 3 ORDER BY 1, 2, 3""", {"bucket": bucket, "window": window}).fetchall()
     except psycopg.errors.UndefinedTable as e:
         raise _no_table(e) from None

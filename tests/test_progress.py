@@ -321,3 +321,37 @@ def test_verify_and_gc_jobs_end_with_their_last_figures(hoard_home: Path, pg, re
         final = json.loads(redis_conn.get(KEY.format(job_id)))
         assert final["what"] == what and final["state"] == "done", final
         assert final["done"] == final["total"] > 0, final
+
+
+@pytest.mark.expect_log(r"Work-horse terminated unexpectedly", level="WARNING")
+@pytest.mark.expect_log(r"Work horse killed for job", level="WARNING", optional=True)
+def test_a_killed_job_shows_no_live_figures(hoard_home: Path, redis_conn) -> None:
+    """The work horse of a replicate job killed (kill -9, the OOM killer) mid-copy: RQ marks
+    the run failed, and its last figures — state running, with a rate and an ETA — must not be
+    shown beside it as if it still copied (they lived on for RUNNING_TTL_S, 2 minutes)."""
+    cfg_path = _home(hoard_home)
+    _fill(cfg_path, seed=7)
+    cfg = config.load(cfg_path)
+    job_id = launch.launch_maintenance(cfg, "replicate", {"rate_mb_s": RATE / 2}, by="test")
+    watcher = Watcher(cfg.redis_url, job_id)
+    watcher.start()
+    env = {k: v for k, v in os.environ.items() if k != "HOARD_CONFIG"}
+    worker = subprocess.Popen([sys.executable, "-m", "fsd", "--config", str(cfg_path), "worker", "--burst"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    try:
+        deadline = time.monotonic() + 60
+        while not watcher.mid_run() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert watcher.mid_run(), watcher.seen
+        children = Path(f"/proc/{worker.pid}/task/{worker.pid}/children").read_text().split()
+        assert len(children) == 1, children  # RQ's work horse, running the job
+        os.kill(int(children[0]), 9)
+        worker.wait(timeout=60)
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+        watcher.stop.set()
+    [r] = [r for r in launch.runs(cfg) if r.id == job_id]
+    assert r.status == "failed", r
+    assert redis_conn.exists(KEY.format(job_id))  # the dead publisher's last write, still there
+    assert r.progress is None or r.progress["state"] != "running", r.progress

@@ -166,6 +166,8 @@ def _record_usage(cfg: config_mod.Settings, report: dict) -> None:
 
     rec = record(cfg, report)
     pruned = f"; {rec.pruned} rows older than {KEEP.days} days pruned" if rec.pruned else ""
+    if rec.ahead:
+        pruned += f"; {rec.ahead} rows stamped after now deleted (the database's clock was set back)"
     if rec.taken_at is None:
         err.print(f"usage: not recorded — the last sample ({rec.last_at:%Y-%m-%d %H:%M:%S %Z}) is younger than "
                   f"{SAMPLE_EVERY.seconds // 60} minutes{pruned}", markup=False)
