@@ -23,6 +23,12 @@ MAX_DEPTH = 3
 MAX_SEARCH_CHARS = 500
 #: the most different words a search ANDs
 MAX_SEARCH_WORDS = 16
+#: a shorter word is looked for whole, not as the start of others: "1" as a prefix is every
+#: number starting with 1 — thousands of distinct rare words the planner estimates at a few
+#: rows, so it read them all through the index and sorted them for one page
+MIN_PREFIX_CHARS = 3
+#: a search still running after this is refused ("add a word"), never left to hold a page
+SEARCH_TIMEOUT_MS = 2000
 
 
 class NotFound(HoardError):
@@ -55,8 +61,8 @@ def batches(conn: psycopg.Connection, source: str | None = None, limit: int = 50
 
 
 def search_query(conn: psycopg.Connection, text: str) -> str:
-    """The tsquery text (`'w1':* & 'w2':*`) that finds rows whose metadata has every word of
-    `text`, each as a word or the start of one.
+    """The tsquery text (`'zeb':* & 'x2':*`) that finds rows whose metadata has every word of
+    `text`, each as a word or — from MIN_PREFIX_CHARS characters on — the start of one.
 
     The words are cut from `text` by the same parser and config that made the documents
     (`to_tsvector('simple', …)`, migration 008), so `e-mail`, `user@example.com` or `3.14` are
@@ -77,7 +83,8 @@ def search_query(conn: psycopg.Connection, text: str) -> str:
                         "(punctuation and operators are ignored)")
     if len(words) > MAX_SEARCH_WORDS:
         raise BadSearch(f"the search text has {len(words)} different words; at most {MAX_SEARCH_WORDS}")
-    return " & ".join("'" + w.replace("\\", "\\\\").replace("'", "''") + "':*" for w in words)
+    return " & ".join("'" + w.replace("\\", "\\\\").replace("'", "''") + "'"
+                      + (":*" if len(w) >= MIN_PREFIX_CHARS else "") for w in words)
 
 
 def sources(conn: psycopg.Connection) -> list[str]:
@@ -102,8 +109,13 @@ def search(conn: psycopg.Connection, source: str | None = None, batch: str | Non
     are left out, black-listed ones shown. A text with nothing to search for, or a label with
     no key, raises BadSearch."""
     query, params = search_statement(conn, source, batch, since, until, text, file_kind, limit, offset, label=label)
-    with conn.cursor(row_factory=dict_row) as cur:
-        return cur.execute(query, params).fetchall()
+    try:
+        with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
+            cur.execute(f"SET LOCAL statement_timeout = {int(SEARCH_TIMEOUT_MS)}")
+            return cur.execute(query, params).fetchall()
+    except psycopg.errors.QueryCanceled:
+        raise BadSearch(f"the search did not finish in {SEARCH_TIMEOUT_MS / 1000:g} s: it matches too much to sort "
+                        "— add a word, a longer word, or a source, batch or date") from None
 
 
 def search_statement(conn: psycopg.Connection, source: str | None = None, batch: str | None = None,
