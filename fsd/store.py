@@ -142,7 +142,7 @@ class Store:
                     ident = write_identity(dc.path, dc.label)
                 if ident is None or not ident.get("uuid"):
                     rec = DiskRecord("unregistered-" + dc.label, dc.label, str(dc.path), DiskState.MISSING,
-                                     "", reason=f"{dc.path} is not initialised; run `hoard init`")
+                                     "", reason=f"no disk identity at {dc.path} (not initialised, or not mounted)")
                     self.records[rec.uuid] = rec
                     continue
                 rec = DiskRecord(ident["uuid"], dc.label, str(dc.path), DiskState.ACTIVE, ident.get("created", ""))
