@@ -122,18 +122,25 @@ def _acts_on_arrival(path: str) -> bool:
             or ((routed == "/rq" or routed.startswith("/rq/")) and not RQ_PAGES.match(routed)))
 
 
-def _same_origin(request: Request) -> bool:
-    """A request a page of this GUI made: the browser's Sec-Fetch-Site, else Origin/Referer
-    naming this host and port (SameSite cookies do not tell ports apart, so a page served on
-    another port of the same host could act with the user's session otherwise)."""
+def _not_from_the_gui(request: Request) -> str:
+    """Why a request that acts (`/logout`, /rq's actions) is refused, or "" for one a page of this
+    GUI made or a typed address: the browser's Sec-Fetch-Site (`same-origin`, or `none` for a
+    typed address or a bookmark), else Origin/Referer naming this host and port (SameSite
+    cookies do not tell ports apart, so a page served on another port of the same host could
+    act with the user's session otherwise). A request with none of the three is refused too:
+    every current browser sends Sec-Fetch-Site, so it is a script (which signs in with HTTP
+    Basic on /metrics and /api, and holds no session to sign out or act with) or an old browser,
+    where a hostile page can withhold Origin and Referer (`Referrer-Policy: no-referrer`) — a
+    rule that let it through would let that page through. An old browser signs out with the
+    GUI's Sign out link, which sends a Referer."""
     site = request.headers.get("sec-fetch-site")
     if site is not None:
-        return site in ("same-origin", "none")
+        return "" if site in ("same-origin", "none") else "it came from another site's page"
     origin = request.headers.get("origin") or request.headers.get("referer")
     if not origin:
-        return True  # not a browser (curl, a script): it holds the cookie itself, no one else's page
-    here = request.headers.get("host", "")
-    return urlsplit(origin).netloc == here
+        return ("it does not say where it came from (no Sec-Fetch-Site, Origin or Referer: a script, or a browser "
+                "too old to send Sec-Fetch-Site)")
+    return "" if urlsplit(origin).netloc == request.headers.get("host", "") else "it came from another site's page"
 
 
 #: what the login form says after a ticket that did not work
@@ -180,9 +187,8 @@ class AuthMiddleware(BaseHTTPMiddleware):
         if user is not None and path.startswith(ACTING_PREFIXES) and acting and not user.may("cancel"):
             return JSONResponse({"error": f"a {user.role} may look but not act; ask an admin for the operator role"},
                                 status_code=403)
-        if path.startswith(ACTING_PREFIXES) and acting and not _same_origin(request):
-            return JSONResponse({"error": "refused: this request came from another site's page (open the GUI "
-                                          "itself to act)"}, status_code=403)
+        if path.startswith(ACTING_PREFIXES) and acting and (why := _not_from_the_gui(request)):
+            return JSONResponse({"error": f"refused: {why}; open the GUI itself to act"}, status_code=403)
         if path in OPEN_PATHS or path.startswith(OPEN_PREFIXES) or user is not None:
             return await call_next(request)
         if path.startswith(API_PREFIXES):
@@ -250,10 +256,11 @@ def register() -> None:
     def logout(request: Request) -> Response:
         """Sign out: the session's storage is emptied on the server (a copy of the cookie is signed
         out too) and the browser gets a new session id. Only from the GUI's own pages or a typed
-        address: another site's page cannot sign a person out."""
-        if not _same_origin(request):
-            return PlainTextResponse("refused: this sign-out came from another site's page; use Sign out in the "
-                                     "GUI itself", status_code=403)
+        address (`_not_from_the_gui`, the rule of /rq's actions): another site's page cannot sign a
+        person out."""
+        if why := _not_from_the_gui(request):
+            return PlainTextResponse(f"refused: this sign-out was not made by the GUI's pages or a typed address — "
+                                     f"{why}; use Sign out in the GUI itself", status_code=403)
         app.storage.user.clear()
         request.session["id"] = str(uuid.uuid4())
         return RedirectResponse("/login", status_code=303)
