@@ -24,10 +24,10 @@ from urllib.parse import quote, unquote, urlsplit
 
 from fastapi import Request
 from fastapi.responses import JSONResponse, PlainTextResponse, RedirectResponse, Response
-from nicegui import app, run, ui
+from nicegui import app, ui
 from starlette.middleware.base import BaseHTTPMiddleware
 
-from gui.context import ctx
+from gui.context import AppStopping, ctx, in_thread, page, stopping
 from jobs import users as users_mod
 
 #: paths open without a login (the health probes of systemd / a load balancer; NiceGUI's
@@ -169,7 +169,7 @@ async def login_check(name: str, password: str, client: str) -> tuple[users_mod.
     wait = c.limiter.wait_s(name, client)
     if wait > 0:
         return None, f"too many failed logins; try again in {math.ceil(wait)} s"
-    user = await run.io_bound(users_mod.authenticate, c.cfg, name, password)
+    user = await in_thread(users_mod.authenticate, c.cfg, name, password)
     if user is None:
         c.limiter.failed(name, client)
         return None, "wrong name or password"
@@ -194,7 +194,10 @@ class AuthMiddleware(BaseHTTPMiddleware):
         if path.startswith(API_PREFIXES):
             creds = _basic(request)
             if creds:
-                user, why = await login_check(*creds, _client(request))
+                try:
+                    user, why = await login_check(*creds, _client(request))
+                except AppStopping:
+                    return stopping()
                 if user is not None:
                     return await call_next(request)
                 status = 429 if why.startswith("too many") else 401
@@ -208,7 +211,7 @@ class AuthMiddleware(BaseHTTPMiddleware):
 def register() -> None:
     app.add_middleware(AuthMiddleware)
 
-    @ui.page("/login", title="hoardfs · sign in")
+    @page("/login", title="hoardfs · sign in")
     def login_page(request: Request, redirect_to: str = "/", retry: int = 0) -> RedirectResponse | None:
         target = _safe_target(redirect_to)
         if current_user() is not None:

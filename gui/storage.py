@@ -8,11 +8,11 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from nicegui import run, ui
+from nicegui import ui
 
 from fsd.base.errors import HoardError
 from gui import charts
-from gui.context import ctx
+from gui.context import ctx, in_thread, page
 from gui.frame import age, frame, gb, live, progress_text
 from jobs import usage
 
@@ -165,12 +165,12 @@ def _history(points: list[Any] | None, error: str) -> None:
 
 
 def register() -> None:
-    @ui.page("/storage")
+    @page("/storage")
     async def storage_page() -> None:
         if ctx().cache.snapshot is None:
-            await run.io_bound(ctx().cache.refresh)
+            await in_thread(ctx().cache.refresh)
         try:
-            points, error = await run.io_bound(usage.history, ctx().cfg, HISTORY_DAYS), ""
+            points, error = await in_thread(usage.history, ctx().cfg, HISTORY_DAYS), ""
         except HoardError as e:
             points, error = None, e.message
         with frame("Storage"):
