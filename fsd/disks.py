@@ -66,9 +66,10 @@ class DiskRecord:
     created: str
     used_bytes: int = 0
     reason: str = ""
-    #: when a store open last found the disk at its path with its identity (Unix time, noted at
-    #: most every `fsd.store.SEEN_EVERY_S`); 0: never noted (a record older than the field)
-    seen: float = 0.0
+    # the JSON holds exactly these fields: the previous release reads a record with `cls(**d)`,
+    # and a field it does not know would make it fail to open an index written by this one (a
+    # downgrade). Whatever else is noted about a disk goes into the index's `meta` — when a
+    # store open last found it at its path: Index.disks_seen.
 
     def to_json(self) -> bytes:
         d = asdict(self)
@@ -80,7 +81,8 @@ class DiskRecord:
         d = json.loads(raw)
         d["state"] = DiskState(d["state"])
         # a field a later version added is not this version's to read (an index written by it
-        # still opens here)
+        # still opens here); a `seen` that records of the version that kept it here carry is read
+        # by Index.disks_seen and moved out when the record is rewritten
         return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
 
 

@@ -54,31 +54,53 @@ def disk_holdings(store: Store) -> dict[str, dict[str, int]]:
 
 def disk_next_step(d: dict[str, Any]) -> str:
     """What a person does about a disk that is not active, with the `hoard` commands that do it
-    (`d`: a disk entry of `store_status`, with its holdings)."""
+    in that state (`d`: a disk entry of `store_status`, with its holdings). Each branch is
+    followed command by command on a real store in tests/test_disk_next_step.py."""
     label, path, state = d["label"], d["path"], d.get("state", "active")
-    held, only = d.get("replicas", 0), d.get("only_here", 0)
+    held, only, reason = d.get("replicas", 0), d.get("only_here", 0), d.get("reason", "")
+    table = "remove its [[disks]] table from hoard.toml"
+    back = f"`hoard disks activate {label}` checks its replicas and takes it back"
+    if reason.startswith("forgotten by"):  # dropped from the index, still in hoard.toml
+        return f"{table} and unmount it"
     if state == "draining":
-        return f"`hoard replicate` copies its shards to the other disks; then `hoard disks forget {label}`"
+        # the replicator does not count a draining disk's replicas: it copies its shards to
+        # active disks; forget then finds every shard at its target without it
+        return (f"`hoard replicate` copies its shards to the other disks (until it reports 0 still below target), "
+                f"then `hoard disks forget {label}`, then {table}; or {back} to keep it")
     if str(d.get("uuid", "")).startswith("unregistered-"):
-        return f"mount the disk at {path} and run `hoard init` (it gives the disk its identity), or fix disks[].path"
-    if "not listed in" in d.get("reason", ""):
-        return (f"`hoard disks forget {label}` once no shard needs it, or put its [[disks]] table back"
-                + (f" ({only} shards have no other readable replica: put it back)" if only else ""))
-    lost = (f"`hoard disks add PATH --label NEW`, then `hoard disks replace {label} NEW` (copies its {held} replicas "
-            f"from the other disks), then `hoard disks forget {label}`")
+        # no identity at its path: a new disk not initialised yet, or one `forget` dropped (the
+        # index no longer knows it) and unmounted before its table was removed
+        return (f"a new disk: mount it at {path} and run `hoard init` (it gives the disk its identity); a disk "
+                f"`hoard disks forget` dropped: {table}; else correct its path there")
+    if "not listed in" in reason:
+        # not in hoard.toml: its replicas do not count and cannot be read, so `replicate`
+        # copies its shards from their other replicas; those with none need it back
+        if only:
+            return (f"put its [[disks]] table back (and the disk at its path): {only} shards have no other "
+                    "readable replica")
+        return (f"`hoard replicate` copies its shards from their other replicas, then `hoard disks forget {label}`; "
+                "or put its [[disks]] table back")
+    replace = (f"`hoard disks add PATH --label NEW`, then `hoard disks replace {label} NEW` (copies its {held} "
+               f"replicas from the other disks; `hoard rebuild --disk {label}` spreads them over any disks with "
+               f"room instead), then `hoard disks forget {label}` and {table}")
     if state == "failed":
         if only:
-            return (f"{only} shards have no other readable replica: if the disk reads again, `hoard disks activate "
-                    f"{label}` checks its replicas and takes it back; else they are lost — {lost}")
-        return (f"{lost} (or `hoard rebuild --disk {label}` onto any disks with room); if its errors have passed, "
-                f"`hoard disks activate {label}` checks its replicas and takes it back")
-    if state == "missing":
+            return (f"{only} shards have no other readable replica: if the disk reads again, {back}; a disk "
+                    f"holding their other replicas, back in service, makes them copyable. Until then `hoard disks "
+                    f"replace {label} NEW` copies only the others and `hoard disks forget {label}` is refused")
         if not held:
-            return f"it holds no replica: mount it again at {path}, or `hoard disks forget {label}`"
-        back = f"mount it again at {path} (it is used as soon as it is back)"
+            return f"it holds no replica: `hoard disks forget {label}`, then {table}; or, if its errors have passed, {back}"
+        return f"{replace}; if its errors have passed, {back}"
+    if state == "missing":
+        # `forget` refuses a disk the index still has active (the store would use it again
+        # when it is back): `retire` first
+        if not held:
+            return (f"it holds no replica: mount it again at {path}; or, if it is gone for good, `hoard disks retire "
+                    f"{label}`, then `hoard disks forget {label}` and {table}")
+        mount = f"mount it again at {path} (it is used as soon as it is back)"
         if only:
-            return f"{back}: {only} shards have no other readable replica (lost if it is gone for good)"
-        return f"{back}; if it is lost: {lost}"
+            return f"{mount}: {only} shards have no other readable replica (lost if it is gone for good)"
+        return f"{mount}; if it is lost: {replace}"
     return "see `hoard disks list`"
 
 

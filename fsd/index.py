@@ -18,7 +18,9 @@ Named databases (keys → values):
                                     naming it; gc keeps it until `hoard delete --object` releases it
     retired  shard_id (12 B)      → JSON ShardMeta: compacted by gc, replicas still to be deleted
     meta     key (ascii)          → value: `ssd_uuid` (the SSD this index belongs to), `marks_*` (the marks
-                                    log's stamps and each disk's progress, see Index.log_in)
+                                    log's stamps and each disk's progress, see Index.log_in),
+                                    `disk_seen:<uuid>` (when a store open last found the disk at its
+                                    path, see Index.disks_seen)
 
 LMDB allows one writer at a time across processes (RQ workers, the mount daemon) and any
 number of readers. Transactions are short and never span an `await` or disk IO on the
@@ -59,6 +61,14 @@ def _marks_at(uuid: str) -> bytes:
 
 def _marks_failed(uuid: str) -> bytes:
     return b"marks_failed:" + uuid.encode()
+
+
+def _disk_seen(uuid: str) -> bytes:
+    """The `meta` key of when a store open last found disk `uuid` at its path with its identity
+    (Unix time, `repr` of a float). Not in the disk's JSON record: see DiskRecord."""
+    return b"disk_seen:" + uuid.encode()
+
+
 #: events older than this, or beyond this many, are pruned (the newest are kept)
 EVENTS_MAX_AGE_S = 90 * 86400
 EVENTS_MAX = 100_000
@@ -503,7 +513,7 @@ class Index:
             if raw:
                 rec = DiskRecord.from_json(raw)
                 rec.used_bytes = max(0, rec.used_bytes + delta)
-                txn.put(uuid.encode(), rec.to_json(), db=self.disks)
+                self._put_disk(txn, rec, raw)
 
     def drop_shard(self, sid: bytes) -> None:
         with self.env.begin(write=True, db=self.shards) as txn:
@@ -526,18 +536,64 @@ class Index:
         return DiskRecord.from_json(raw) if raw else None
 
     def put_disk(self, rec: DiskRecord) -> None:
-        with self.env.begin(write=True, db=self.disks) as txn:
-            txn.put(rec.uuid.encode(), rec.to_json())
+        with self.env.begin(write=True) as txn:
+            self._put_disk(txn, rec, txn.get(rec.uuid.encode(), db=self.disks))
+
+    def _put_disk(self, txn: Any, rec: DiskRecord, before: bytes | None) -> None:
+        """Write a disk's record over `before` (its stored JSON): a `seen` that one still carries
+        (the version that kept it in the record wrote it) moves to its `meta` key."""
+        if before:
+            inside = json.loads(before).get("seen")
+            if inside:
+                self._saw(txn, rec.uuid, float(inside))
+        txn.put(rec.uuid.encode(), rec.to_json(), db=self.disks)
+
+    def _saw(self, txn: Any, uuid: str, when: float) -> None:
+        raw = txn.get(_disk_seen(uuid), db=self.meta)
+        if raw is None or float(raw) < when:
+            txn.put(_disk_seen(uuid), repr(when).encode(), db=self.meta)
 
     def saw_disk(self, uuid: str, when: float) -> None:
-        """Note that disk `uuid` was found at its path at `when`, changing nothing else of its
-        record (read and written in one transaction: a writer's used_bytes is not undone)."""
-        with self.env.begin(write=True, db=self.disks) as txn:
-            raw = txn.get(uuid.encode())
-            if raw:
-                rec = DiskRecord.from_json(raw)
-                rec.seen = max(rec.seen, when)
-                txn.put(uuid.encode(), rec.to_json())
+        """Note that disk `uuid` was found at its path at `when` (its `meta` key; its record is
+        left as it is)."""
+        with self.env.begin(write=True) as txn:
+            self._saw(txn, uuid, when)
+
+    def disks_seen(self) -> tuple[dict[str, float], list[str]]:
+        """({disk uuid: when a store open last found it at its path}, the uuids whose record still
+        carries that time inside — Index.move_seen_out takes it out). A disk never noted has no
+        entry."""
+        seen: dict[str, float] = {}
+        inside = []
+        with self.env.begin() as txn:
+            for k, v in txn.cursor(db=self.disks):
+                when = json.loads(v).get("seen")
+                if when is not None:
+                    inside.append(bytes(k).decode())
+                    if when:
+                        seen[bytes(k).decode()] = float(when)
+            if self.meta is not None:
+                cur = txn.cursor(db=self.meta)
+                if cur.set_range(b"disk_seen:"):
+                    for k, v in cur:
+                        k = bytes(k)
+                        if not k.startswith(b"disk_seen:"):
+                            break
+                        uuid = k[10:].decode()
+                        seen[uuid] = max(seen.get(uuid, 0.0), float(v))
+        return seen, inside
+
+    def move_seen_out(self) -> int:
+        """Rewrite the disk records that still carry `seen` inside (written by the version that
+        kept it there) without it, the time moved to its `meta` key: the previous release can
+        read them again. Returns how many were rewritten."""
+        moved = 0
+        with self.env.begin(write=True) as txn:
+            for k, v in list(txn.cursor(db=self.disks)):
+                if "seen" in json.loads(v):
+                    self._put_disk(txn, DiskRecord.from_json(v), bytes(v))
+                    moved += 1
+        return moved
 
     def release_retired(self, uuid: str) -> int:
         """Take a forgotten disk out of gc's retired list (its old replicas cannot be deleted
@@ -558,8 +614,9 @@ class Index:
 
     def drop_disk(self, uuid: str) -> None:
         """Forget a disk (`hoard disks forget`); the caller has released its replicas first."""
-        with self.env.begin(write=True, db=self.disks) as txn:
-            txn.delete(uuid.encode())
+        with self.env.begin(write=True) as txn:
+            txn.delete(uuid.encode(), db=self.disks)
+            txn.delete(_disk_seen(uuid), db=self.meta)
 
     def get_meta(self, key: str) -> str | None:
         if self.meta is None:

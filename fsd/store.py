@@ -43,9 +43,9 @@ from fsd.writer import ShardWriter, writer_alive
 log = logging.getLogger(__name__)
 #: a disk whose marks log refused a snapshot is tried again after this long (not by every open)
 MARKS_RETRY_S = 600.0
-#: a disk found at its path notes it in its index record (`DiskRecord.seen`, shown for a disk that
-#: went missing) at most this often: every status refresh opens the store, and one LMDB write
-#: per disk per open would be churn
+#: a disk found at its path notes it in the index (Index.saw_disk, shown for a disk that went
+#: missing) at most this often: every status refresh opens the store, and one LMDB write per disk
+#: per open would be churn
 SEEN_EVERY_S = 600.0
 
 
@@ -112,6 +112,9 @@ class Store:
 
     def _attach_disks(self, init: bool) -> None:
         known = {r.label: r for r in self.index.get_disks()}
+        noted, inside = self.index.disks_seen()
+        if inside:  # records the version that kept `seen` in them wrote: the previous release cannot read them
+            self._move_seen_out()
         allow_dir = self.cfg.store.allow_directory_disks
         for dc in self.cfg.disks:
             rec = known.pop(dc.label, None)
@@ -139,14 +142,14 @@ class Store:
                     ident = write_identity(dc.path, dc.label)
                 if ident is None or not ident.get("uuid"):
                     rec = DiskRecord("unregistered-" + dc.label, dc.label, str(dc.path), DiskState.MISSING,
-                                     "", reason=f"{dc.path} is not initialised; run `hoard init`")
+                                     "", reason=f"no disk identity at {dc.path} (not initialised, or not mounted)")
                     self.records[rec.uuid] = rec
                     continue
                 rec = DiskRecord(ident["uuid"], dc.label, str(dc.path), DiskState.ACTIVE, ident.get("created", ""))
                 self.index.put_disk(rec)
             state, why = probe(dc.path, rec.uuid, allow_dir)
             if state == DiskState.ACTIVE:
-                self._note_seen(rec)
+                self._note_seen(rec, noted.get(rec.uuid, 0.0))
             if rec.path != str(dc.path):
                 rec.path = str(dc.path)
                 self.index.put_disk(rec)
@@ -165,17 +168,22 @@ class Store:
                 "once no shard needs it (or put its [[disks]] table back)")
             self.records[rec.uuid] = rec
 
-    def _note_seen(self, rec: DiskRecord) -> None:
-        """The disk is at its path with its identity now: note it (at most every SEEN_EVERY_S)."""
+    def _note_seen(self, rec: DiskRecord, noted: float) -> None:
+        """The disk is at its path with its identity now: note it (at most every SEEN_EVERY_S
+        after the time `noted`)."""
         now = time.time()
-        if now - rec.seen < SEEN_EVERY_S:
+        if now - noted < SEEN_EVERY_S:
             return
         try:
             self.index.saw_disk(rec.uuid, now)
         except lmdb.Error as e:  # a full or read-only SSD: the open goes on, the time stays old
             log.warning("index: cannot note that disk %s was seen: %s", rec.label, e)
-            return
-        rec.seen = now
+
+    def _move_seen_out(self) -> None:
+        try:
+            self.index.move_seen_out()
+        except lmdb.Error as e:  # as _note_seen: the open goes on; the next one tries again
+            log.warning("index: cannot move the disks' last-seen times out of their records: %s", e)
 
     def refresh_disks(self) -> bool:
         """Look again at hoard.toml's `[[disks]]` and the index's disk records, as a long-lived
@@ -701,11 +709,12 @@ class Store:
     # -- status --------------------------------------------------------------------------------
     def status(self) -> dict:
         disks = []
+        seen = self.index.disks_seen()[0]
         for uuid, rec in self.records.items():
             d = self.disks.get(uuid)
             fresh = self._disk_record(uuid) if d else rec
             entry = {"label": rec.label, "uuid": uuid, "path": rec.path, "state": rec.state.value,
-                     "reason": rec.reason, "used_bytes": fresh.used_bytes, "seen": fresh.seen or None}
+                     "reason": rec.reason, "used_bytes": fresh.used_bytes, "seen": seen.get(uuid)}
             if d is not None and rec.state != DiskState.MISSING:
                 try:
                     entry.update(total_bytes=d.total_bytes(), free_bytes=d.free_bytes(fresh.used_bytes))

@@ -13,12 +13,12 @@ import secrets
 from pathlib import Path
 
 from fastapi.responses import JSONResponse, Response
-from nicegui import app, run, ui
+from nicegui import app, ui
 
 from fsd.base.config import Settings
 from fsd.base.errors import ExitCode, HoardError
 from gui import auth, browse_page, launch_page, overview, pipelines_page, rqdash, runs_page, storage, users_page
-from gui.context import Context, ctx, set_context
+from gui.context import AppStopping, Context, ctx, in_thread, set_context, stopping
 from gui.metrics import render
 from gui.state import Cache
 from jobs.users import LoginLimiter, users
@@ -50,7 +50,7 @@ def build(cfg: Settings) -> None:
     auth.register()
 
     async def refresh() -> None:
-        await run.io_bound(ctx().cache.refresh)
+        await in_thread(ctx().cache.refresh)
 
     app.timer(cfg.gui.refresh_s, refresh)
 
@@ -59,18 +59,24 @@ def build(cfg: Settings) -> None:
         return {"ok": True}
 
     @app.get("/health/ready")
-    async def ready() -> JSONResponse:
+    async def ready() -> Response:
         """The `hoard health --json` document of the last refresh; 503 while the database or
-        Redis does not answer (the GUI can do nothing useful then)."""
-        snap = ctx().cache.snapshot or await run.io_bound(ctx().cache.refresh)
+        Redis does not answer (the GUI can do nothing useful then), or while the GUI stops."""
+        try:
+            snap = ctx().cache.snapshot or await in_thread(ctx().cache.refresh)
+        except AppStopping:
+            return stopping()
         h = snap.health
         up = bool(h["database"].get("ok") and h["redis"].get("ok"))
         return JSONResponse(h, status_code=200 if up else 503)
 
     @app.get("/metrics")
     async def metrics() -> Response:
-        if ctx().cache.snapshot is None:
-            await run.io_bound(ctx().cache.refresh)
+        try:
+            if ctx().cache.snapshot is None:
+                await in_thread(ctx().cache.refresh)
+        except AppStopping:
+            return stopping()
         return Response(render(lambda: ctx().cache.get()), media_type="text/plain; version=0.0.4; charset=utf-8")
 
     overview.register()

@@ -24,10 +24,10 @@ from urllib.parse import quote, unquote, urlsplit
 
 from fastapi import Request
 from fastapi.responses import JSONResponse, PlainTextResponse, RedirectResponse, Response
-from nicegui import app, run, ui
+from nicegui import app, ui
 from starlette.middleware.base import BaseHTTPMiddleware
 
-from gui.context import ctx
+from gui.context import AppStopping, ctx, in_thread, page, stopping
 from jobs import users as users_mod
 
 #: paths open without a login (the health probes of systemd / a load balancer; NiceGUI's
@@ -122,18 +122,25 @@ def _acts_on_arrival(path: str) -> bool:
             or ((routed == "/rq" or routed.startswith("/rq/")) and not RQ_PAGES.match(routed)))
 
 
-def _same_origin(request: Request) -> bool:
-    """A request a page of this GUI made: the browser's Sec-Fetch-Site, else Origin/Referer
-    naming this host and port (SameSite cookies do not tell ports apart, so a page served on
-    another port of the same host could act with the user's session otherwise)."""
+def _not_from_the_gui(request: Request) -> str:
+    """Why a request that acts (`/logout`, /rq's actions) is refused, or "" for one a page of this
+    GUI made or a typed address: the browser's Sec-Fetch-Site (`same-origin`, or `none` for a
+    typed address or a bookmark), else Origin/Referer naming this host and port (SameSite
+    cookies do not tell ports apart, so a page served on another port of the same host could
+    act with the user's session otherwise). A request with none of the three is refused too:
+    every current browser sends Sec-Fetch-Site, so it is a script (which signs in with HTTP
+    Basic on /metrics and /api, and holds no session to sign out or act with) or an old browser,
+    where a hostile page can withhold Origin and Referer (`Referrer-Policy: no-referrer`) — a
+    rule that let it through would let that page through. An old browser signs out with the
+    GUI's Sign out link, which sends a Referer."""
     site = request.headers.get("sec-fetch-site")
     if site is not None:
-        return site in ("same-origin", "none")
+        return "" if site in ("same-origin", "none") else "it came from another site's page"
     origin = request.headers.get("origin") or request.headers.get("referer")
     if not origin:
-        return True  # not a browser (curl, a script): it holds the cookie itself, no one else's page
-    here = request.headers.get("host", "")
-    return urlsplit(origin).netloc == here
+        return ("it does not say where it came from (no Sec-Fetch-Site, Origin or Referer: a script, or a browser "
+                "too old to send Sec-Fetch-Site)")
+    return "" if urlsplit(origin).netloc == request.headers.get("host", "") else "it came from another site's page"
 
 
 #: what the login form says after a ticket that did not work
@@ -162,7 +169,7 @@ async def login_check(name: str, password: str, client: str) -> tuple[users_mod.
     wait = c.limiter.wait_s(name, client)
     if wait > 0:
         return None, f"too many failed logins; try again in {math.ceil(wait)} s"
-    user = await run.io_bound(users_mod.authenticate, c.cfg, name, password)
+    user = await in_thread(users_mod.authenticate, c.cfg, name, password)
     if user is None:
         c.limiter.failed(name, client)
         return None, "wrong name or password"
@@ -180,15 +187,17 @@ class AuthMiddleware(BaseHTTPMiddleware):
         if user is not None and path.startswith(ACTING_PREFIXES) and acting and not user.may("cancel"):
             return JSONResponse({"error": f"a {user.role} may look but not act; ask an admin for the operator role"},
                                 status_code=403)
-        if path.startswith(ACTING_PREFIXES) and acting and not _same_origin(request):
-            return JSONResponse({"error": "refused: this request came from another site's page (open the GUI "
-                                          "itself to act)"}, status_code=403)
+        if path.startswith(ACTING_PREFIXES) and acting and (why := _not_from_the_gui(request)):
+            return JSONResponse({"error": f"refused: {why}; open the GUI itself to act"}, status_code=403)
         if path in OPEN_PATHS or path.startswith(OPEN_PREFIXES) or user is not None:
             return await call_next(request)
         if path.startswith(API_PREFIXES):
             creds = _basic(request)
             if creds:
-                user, why = await login_check(*creds, _client(request))
+                try:
+                    user, why = await login_check(*creds, _client(request))
+                except AppStopping:
+                    return stopping()
                 if user is not None:
                     return await call_next(request)
                 status = 429 if why.startswith("too many") else 401
@@ -202,7 +211,7 @@ class AuthMiddleware(BaseHTTPMiddleware):
 def register() -> None:
     app.add_middleware(AuthMiddleware)
 
-    @ui.page("/login", title="hoardfs · sign in")
+    @page("/login", title="hoardfs · sign in")
     def login_page(request: Request, redirect_to: str = "/", retry: int = 0) -> RedirectResponse | None:
         target = _safe_target(redirect_to)
         if current_user() is not None:
@@ -250,10 +259,11 @@ def register() -> None:
     def logout(request: Request) -> Response:
         """Sign out: the session's storage is emptied on the server (a copy of the cookie is signed
         out too) and the browser gets a new session id. Only from the GUI's own pages or a typed
-        address: another site's page cannot sign a person out."""
-        if not _same_origin(request):
-            return PlainTextResponse("refused: this sign-out came from another site's page; use Sign out in the "
-                                     "GUI itself", status_code=403)
+        address (`_not_from_the_gui`, the rule of /rq's actions): another site's page cannot sign a
+        person out."""
+        if why := _not_from_the_gui(request):
+            return PlainTextResponse(f"refused: this sign-out was not made by the GUI's pages or a typed address — "
+                                     f"{why}; use Sign out in the GUI itself", status_code=403)
         app.storage.user.clear()
         request.session["id"] = str(uuid.uuid4())
         return RedirectResponse("/login", status_code=303)

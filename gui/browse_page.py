@@ -11,13 +11,13 @@ from urllib.parse import urlencode
 
 import psycopg
 from fastapi.responses import FileResponse, Response
-from nicegui import app, run, ui
+from nicegui import app, ui
 
 from fsd import thumbs
 from fsd.base.errors import HoardError
 from gui import charts
 from gui.auth import require
-from gui.context import ctx
+from gui.context import AppStopping, ctx, in_thread, page, stopping
 from gui.frame import frame, gb, page_number
 from gui.state import STORE_LOCK
 from jobs import ingest
@@ -27,7 +27,7 @@ PER_PAGE = 48
 
 
 def _db(fn, *args, **kwargs):
-    """Run one sql.browse call on its own connection (in a thread: run.io_bound)."""
+    """Run one sql.browse call on its own connection (blocking: run it `in_thread`)."""
     with psycopg.connect(ctx().cfg.database_url, connect_timeout=5) as conn:
         return fn(conn, *args, **kwargs)
 
@@ -58,23 +58,22 @@ def register() -> None:
     @app.get("/thumb/{sha256}")
     async def thumb(sha256: str) -> Response:
         try:
-            p = await run.io_bound(thumbs.thumbnail, ctx().cfg, sha256, STORE_LOCK)
+            p = await in_thread(thumbs.thumbnail, ctx().cfg, sha256, STORE_LOCK)
         except HoardError as e:
             return Response(e.message, status_code=503, media_type="text/plain")
+        except AppStopping:
+            return stopping()
         if p is None:
             return Response(status_code=404)
         return FileResponse(p, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=86400"})
 
-    @ui.page("/batches")
+    @page("/batches")
     async def batches_page(source: str = "", page: int = 1) -> None:
         page = page_number(page)
         with frame("Batches"):
             try:
-                got = await run.io_bound(_db, browse.batches, source or None, PER_PAGE, (page - 1) * PER_PAGE)
-                names = await run.io_bound(_db, browse.sources)
-                if got is None or names is None:  # run.io_bound's answer while the app stops
-                    return
-                rows, total = got
+                rows, total = await in_thread(_db, browse.batches, source or None, PER_PAGE, (page - 1) * PER_PAGE)
+                names = await in_thread(_db, browse.sources)
             except psycopg.Error as e:
                 ui.label(f"the database does not answer: {str(e).strip().splitlines()[0]}").classes("text-negative")
                 return
@@ -102,7 +101,7 @@ def register() -> None:
                 if page * PER_PAGE < total:
                     ui.link("older →", f"/batches?{urlencode({'source': source, 'page': page + 1})}")
 
-    @ui.page("/assets")
+    @page("/assets")
     async def assets_page(source: str = "", batch: str = "", since: str = "", until: str = "", q: str = "",
                           kind: str = "", label: str = "", page: int = 1) -> None:
         page = page_number(page)
@@ -129,11 +128,9 @@ def register() -> None:
                 ui.label(f"{' and '.join(bad)}: not a date; write it as YYYY-MM-DD").classes("text-negative")
                 return
             try:
-                rows = await run.io_bound(_db, browse.search, source or None, batch or None, _date(since),
-                                          _date(until), q or None, kind or None, PER_PAGE + 1, (page - 1) * PER_PAGE,
-                                          label=label or None)
-                if rows is None:  # run.io_bound's answer while the app stops
-                    return
+                rows = await in_thread(_db, browse.search, source or None, batch or None, _date(since),
+                                       _date(until), q or None, kind or None, PER_PAGE + 1, (page - 1) * PER_PAGE,
+                                       label=label or None)
             except browse.BadSearch as e:
                 ui.label(e.message).classes("text-negative").mark("assets-refused")
                 return
@@ -161,11 +158,11 @@ def register() -> None:
                 if more:
                     ui.link("older →", f"/assets?{urlencode({k: v for k, v in current.items() if v} | {'page': page + 1})}")
 
-    @ui.page("/node/{sha256}")
+    @page("/node/{sha256}")
     async def node_page(sha256: str, depth: int = 1) -> None:
         with frame(f"node {sha256[:16]}…") as user:
             try:
-                n = await run.io_bound(_db, browse.node, sha256, depth)
+                n = await in_thread(_db, browse.node, sha256, depth)
             except HoardError as e:
                 ui.label(e.message).classes("text-negative")
                 return
@@ -187,7 +184,7 @@ def register() -> None:
                         if user.may("flag"):
                             async def toggle(to: bool) -> None:
                                 require("flag")
-                                await run.io_bound(_db, browse.set_black_list, n["sha256"], to)
+                                await in_thread(_db, browse.set_black_list, n["sha256"], to)
                                 ui.navigate.reload()
 
                             ui.button("Unflag" if n["in_black_list"] else "Flag low quality",

@@ -1,13 +1,22 @@
 """The one GUI process's shared objects: its settings, the snapshot cache, the login limiter,
-the sign-in tickets.
+the sign-in tickets; `in_thread`, the one way the GUI runs blocking work off the event loop,
+and `page`, the one way it registers a page (which ends quietly when that work finds the app
+stopping).
 
 Set once by `gui.app.build`; pages and routes read it with `ctx()`.
 """
 
 from __future__ import annotations
 
+import asyncio
+import functools
+import inspect
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
+
+from fastapi.responses import PlainTextResponse
+from nicegui import run, ui
 
 from fsd.base.config import Settings
 from gui.state import Cache
@@ -36,3 +45,54 @@ def ctx() -> Context:
 def set_context(c: Context) -> None:
     global _current
     _current = c
+
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+class AppStopping(asyncio.CancelledError):
+    """NiceGUI did not run a call `in_thread` was given: the app is stopping (or the call was
+    cancelled). A CancelledError, as NiceGUI 4.0 will raise itself there: a timer or an event
+    handler it reaches ends quietly (NiceGUI's own handling of a cancelled task), and a page
+    registered with `page` ends with what it built. An HTTP route answers `stopping()`:
+    Starlette's middleware turns a CancelledError into an error."""
+
+
+async def in_thread(fn: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
+    """`fn(*args, **kwargs)` in NiceGUI's thread pool (`run.io_bound`), and its answer as it is
+    — None too, when that is what `fn` returned. Where run.io_bound answers None without having
+    run it (the app stopping), raises AppStopping: the GUI calls run.io_bound only here, so no
+    page mistakes that None for an answer or has to check for it."""
+    boxed = await run.io_bound(_boxed, fn, args, kwargs)
+    if boxed is None:
+        raise AppStopping(f"{getattr(fn, '__qualname__', fn)} was not run: the GUI is stopping")
+    return boxed[0]
+
+
+def _boxed(fn: Callable[..., R], args: tuple, kwargs: dict) -> tuple[R]:
+    return (fn(*args, **kwargs),)
+
+
+def page(path: str, **kwargs: Any) -> Callable[[Callable[P, Any]], Callable[P, Any]]:
+    """`ui.page(path, **kwargs)`, for every page of the GUI (tests/test_layering.py): a page
+    function awaiting `in_thread` while the app stops ends there, quietly, with what it built
+    (NiceGUI would log a cancelled page build)."""
+    def register(fn: Callable[P, Any]) -> Callable[P, Any]:
+        if not inspect.iscoroutinefunction(fn):  # awaits nothing: nothing to end early
+            return ui.page(path, **kwargs)(fn)
+
+        @functools.wraps(fn)  # (NiceGUI and FastAPI read the page's parameters through it)
+        async def quiet(*args: P.args, **kw: P.kwargs) -> Any:
+            try:
+                return await fn(*args, **kw)
+            except AppStopping:
+                return None
+
+        return ui.page(path, **kwargs)(quiet)
+    return register
+
+
+def stopping() -> PlainTextResponse:
+    """What an HTTP route answers when `in_thread` raised AppStopping."""
+    return PlainTextResponse("the GUI is stopping; try again when it is back", status_code=503)

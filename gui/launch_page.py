@@ -9,12 +9,12 @@ import json
 import typing
 from typing import Any
 
-from nicegui import run, ui
+from nicegui import ui
 
 from datasets.layouts import BUILTIN
 from fsd.base.errors import HoardError
 from gui.auth import SignedIn, require
-from gui.context import ctx
+from gui.context import ctx, in_thread, page
 from gui.frame import frame
 from jobs import launch
 from jobs.maintenance import JOBS
@@ -25,7 +25,7 @@ async def _launched(message, fn, *args):
     """`fn(*args)` in a worker thread; its HoardError (a refused form, Redis down) shown in
     `message` in red, and None returned."""
     try:
-        return await run.io_bound(fn, *args)
+        return await in_thread(fn, *args)
     except HoardError as e:
         message.text = e.message
         message.classes("text-negative")
@@ -101,7 +101,7 @@ def _ingest_form(user: SignedIn) -> None:
             st = await _launched(message, launch.launch_ingest, cfg, batch.value or "", source.value or None)
             if st is None:
                 return
-            await run.io_bound(ctx().cache.refresh)
+            await in_thread(ctx().cache.refresh)
             ui.navigate.to(f"/runs/ingest/{st.batch_id}")
 
         if user.may("launch"):
@@ -135,7 +135,7 @@ def _output_form(user: SignedIn) -> None:
                                   layout.value, sel if isinstance(sel, dict) else None, None, dedup.value, mode.value)
             if oid is None:
                 return
-            await run.io_bound(ctx().cache.refresh)
+            await in_thread(ctx().cache.refresh)
             ui.navigate.to(f"/runs/{kind.value}/{oid}")
 
         if user.may("launch"):
@@ -143,7 +143,7 @@ def _output_form(user: SignedIn) -> None:
 
 
 def register() -> None:
-    @ui.page("/launch")
+    @page("/launch")
     def launch_page() -> None:
         with frame("Launch") as user:
             if not user.may("launch"):

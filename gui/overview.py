@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from nicegui import run, ui
+from nicegui import ui
 
-from gui.context import ctx
+from gui.context import ctx, in_thread, page
 from gui.frame import age, frame, gb, live
 
 
@@ -30,9 +30,9 @@ def _body() -> None:
 
 
 def register() -> None:
-    @ui.page("/")
+    @page("/")
     async def overview() -> None:
         if ctx().cache.snapshot is None:
-            await run.io_bound(ctx().cache.refresh)
+            await in_thread(ctx().cache.refresh)
         with frame("Overview"):
             live(_body)

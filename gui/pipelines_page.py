@@ -5,9 +5,9 @@ runs. Actions (UA_2) and datasets (UA_3) are not built yet: this shows what exis
 from __future__ import annotations
 
 import psycopg
-from nicegui import run, ui
+from nicegui import ui
 
-from gui.context import ctx
+from gui.context import ctx, in_thread, page
 from gui.frame import frame, gb
 from sql import browse
 
@@ -18,13 +18,13 @@ def _pipelines() -> list[dict]:
 
 
 def register() -> None:
-    @ui.page("/pipelines")
+    @page("/pipelines")
     async def pipelines_page() -> None:
-        snap = ctx().cache.snapshot or await run.io_bound(ctx().cache.refresh)
+        snap = ctx().cache.snapshot or await in_thread(ctx().cache.refresh)
         with frame("Pipelines and outputs"):
             ui.label("Pipelines").classes("text-h6")
             try:
-                rows = await run.io_bound(_pipelines)
+                rows = await in_thread(_pipelines)
             except psycopg.Error as e:
                 ui.label(f"the database does not answer: {str(e).strip().splitlines()[0]}").classes("text-negative")
                 rows = []

@@ -9,11 +9,11 @@ import json
 import time
 from urllib.parse import urlencode
 
-from nicegui import run, ui
+from nicegui import ui
 
 from fsd.base.errors import HoardError
 from gui.auth import require
-from gui.context import ctx
+from gui.context import ctx, in_thread, page
 from gui.frame import frame, page_number, progress_text
 from jobs import launch
 
@@ -43,11 +43,11 @@ def _filters(current: dict[str, str]) -> None:
 
 
 def register() -> None:
-    @ui.page("/runs")
+    @page("/runs")
     async def runs_page(kind: str = "", status: str = "", source: str = "", since: str = "", until: str = "",
                         view: str = "", page: int = 1) -> None:
         page = page_number(page)
-        snap = ctx().cache.snapshot or await run.io_bound(ctx().cache.refresh)
+        snap = ctx().cache.snapshot or await in_thread(ctx().cache.refresh)
         all_runs = launch.failed_not_since_succeeded(snap.runs) if view == "failed" else snap.runs
         rows, total = launch.select(all_runs, kind, status, source, since, until, page, PER_PAGE)
         current = {"kind": kind, "status": status, "source": source, "since": since, "until": until, "view": view}
@@ -72,7 +72,7 @@ def register() -> None:
                 if page * PER_PAGE < total:
                     ui.link("older →", f"/runs?{urlencode(q | {'page': page + 1})}")
 
-    @ui.page("/runs/{kind}/{run_id}")
+    @page("/runs/{kind}/{run_id}")
     async def run_page(kind: str, run_id: str) -> None:
         cfg = ctx().cfg
         with frame(f"{kind} {run_id}") as user:
@@ -81,18 +81,13 @@ def register() -> None:
                 return
 
             async def body_data():
-                d = await run.io_bound(launch.detail, cfg, kind, run_id)
-                if d is None:  # run.io_bound's answer while the app stops
-                    return None
-                waiting = await run.io_bound(launch.why_waiting, cfg, kind, run_id, d.get("status", ""))
-                return None if waiting is None else d | {"waiting": waiting}
+                d = await in_thread(launch.detail, cfg, kind, run_id)
+                return d | {"waiting": await in_thread(launch.why_waiting, cfg, kind, run_id, d.get("status", ""))}
 
             try:
                 d = await body_data()
             except HoardError as e:
                 ui.label(e.message).classes("text-negative")
-                return
-            if d is None:
                 return
 
             @ui.refreshable
@@ -169,8 +164,7 @@ def register() -> None:
                     d = await body_data()
                 except HoardError:
                     return
-                if d is not None:
-                    body.refresh(d)
+                body.refresh(d)
 
             ui.timer(max(2.0, cfg.gui.refresh_s / 2), reload)
 
@@ -178,14 +172,14 @@ def register() -> None:
                 who = require("retry" if what == "retry" else "cancel")
                 try:
                     if what == "retry":
-                        new_id = await run.io_bound(launch.retry, cfg, kind, run_id, who.name)
+                        new_id = await in_thread(launch.retry, cfg, kind, run_id, who.name)
                         ui.notify(f"{kind} {new_id} queued again", type="positive")
-                        await run.io_bound(ctx().cache.refresh)
+                        await in_thread(ctx().cache.refresh)
                         if new_id != run_id:
                             ui.navigate.to(f"/runs/{kind}/{new_id}")
                             return
                     else:
-                        said = await run.io_bound(launch.cancel, cfg, kind, run_id)
+                        said = await in_thread(launch.cancel, cfg, kind, run_id)
                         ui.notify(f"{kind} {run_id}: {said}", type="positive")
                 except HoardError as e:
                     ui.notify(e.message, type="negative")

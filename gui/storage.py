@@ -9,11 +9,11 @@ import asyncio
 import time
 from typing import Any
 
-from nicegui import run, ui
+from nicegui import ui
 
 from fsd.base.errors import HoardError
 from gui import charts
-from gui.context import ctx
+from gui.context import ctx, in_thread, page
 from gui.frame import age, frame, gb, live, progress_text
 from jobs import usage
 
@@ -173,32 +173,31 @@ def _history(points: list[Any] | None, error: str) -> None:
 
 async def _read_history() -> tuple[list[Any] | None, str]:
     """The usage history, or why it is not shown; never waits more than HISTORY_WAIT_S. The
-    read is not cancelled (run.io_bound would answer None): a late one ends on its own
+    read is not cancelled (a thread cannot be): a late one ends on its own
     (jobs.usage.HISTORY_TIMEOUT_S) and its answer is dropped. A read younger than
     HISTORY_KEEP_S is reused."""
     c = ctx()
     if c.history is not None and time.monotonic() - c.history[0] < HISTORY_KEEP_S:
         return c.history[1], ""
-    task = asyncio.ensure_future(run.io_bound(usage.history, c.cfg, HISTORY_DAYS))
+    task = asyncio.ensure_future(in_thread(usage.history, c.cfg, HISTORY_DAYS))
     task.add_done_callback(lambda t: t.cancelled() or t.exception())  # a late failure is no one's news
     done, _ = await asyncio.wait({task}, timeout=HISTORY_WAIT_S)
     if not done:
         return None, (f"usage history not shown: the database did not answer within {HISTORY_WAIT_S} s "
                       "(`hoard db status`)")
     try:
-        points = task.result()
+        points = task.result()  # AppStopping (the app is stopping) ends the page quietly
     except HoardError as e:
         return None, e.message
-    if points is not None:  # (None: the app is stopping)
-        c.history = (time.monotonic(), points)
+    c.history = (time.monotonic(), points)
     return points, ""
 
 
 def register() -> None:
-    @ui.page("/storage")
+    @page("/storage")
     async def storage_page() -> None:
         if ctx().cache.snapshot is None:
-            await run.io_bound(ctx().cache.refresh)
+            await in_thread(ctx().cache.refresh)
         points, error = await _read_history()
         with frame("Storage"):
             live(_body)

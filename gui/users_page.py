@@ -3,11 +3,11 @@ functions as `hoard users`."""
 
 from __future__ import annotations
 
-from nicegui import run, ui
+from nicegui import ui
 
 from fsd.base.errors import HoardError
 from gui.auth import require
-from gui.context import ctx
+from gui.context import ctx, in_thread, page
 from gui.frame import frame
 from jobs import users as users_mod
 
@@ -24,7 +24,7 @@ def _table() -> None:
 
 
 def register() -> None:
-    @ui.page("/users")
+    @page("/users")
     def users_page() -> None:
         with frame("Users") as user:
             if not user.may("users"):
@@ -42,12 +42,12 @@ def register() -> None:
                     require("users")
                     try:
                         if what == "add":
-                            await run.io_bound(users_mod.add, ctx().cfg, name.value.strip(), role.value,
-                                               password.value)
+                            await in_thread(users_mod.add, ctx().cfg, name.value.strip(), role.value,
+                                            password.value)
                         elif what == "passwd":
-                            await run.io_bound(users_mod.passwd, ctx().cfg, name.value.strip(), password.value)
+                            await in_thread(users_mod.passwd, ctx().cfg, name.value.strip(), password.value)
                         else:
-                            await run.io_bound(users_mod.remove, ctx().cfg, name.value.strip())
+                            await in_thread(users_mod.remove, ctx().cfg, name.value.strip())
                     except HoardError as e:
                         status.text = e.message
                         status.classes("text-negative", remove="text-positive")

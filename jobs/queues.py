@@ -16,13 +16,15 @@ from rq.exceptions import NoSuchJobError
 from rq.job import Job
 from rq.registry import (DeferredJobRegistry, FailedJobRegistry, FinishedJobRegistry, ScheduledJobRegistry,
                          StartedJobRegistry)
+from rq.utils import current_timestamp
 
 from fsd.base.errors import HoardError, ServiceUnavailable
 
 #: The queues of hoardfs, in the order a default worker serves them.
 QUEUES = ("ingest", "io", "sql", "maintenance")
-#: the states `job_counts` counts jobs in (RQ's queue and its registries)
-JOB_STATES = ("queued", "started", "deferred", "scheduled", "finished", "failed")
+#: the states `job_counts` counts jobs in (RQ's queue and its registries; `abandoned`: started by a
+#: worker that died, not yet failed or retried by a worker's maintenance), in its order
+JOB_STATES = ("queued", "started", "abandoned", "deferred", "scheduled", "finished", "failed")
 
 #: the exception types a job can meet that are not a bug — a service or a disk gone, a
 #: person's error — when `is_condition` says so of the instance; the job records it in its
@@ -102,19 +104,39 @@ def redis_status(url: str) -> dict[str, Any]:
 
 
 def job_counts(url: str) -> dict[str, dict[str, int]]:
-    """Jobs per hoardfs queue and state (JOB_STATES), from RQ's registries — counts only, no job
-    is loaded, so it costs the same with 100,000 failed jobs as with none (rq-dashboard lists
-    them and gets slow). Raises redis.RedisError when Redis does not answer."""
+    """Jobs per hoardfs queue and state (JOB_STATES): one round trip of LLEN, ZCARD and ZCOUNT on
+    RQ's queue lists and registries — no job is loaded and nothing is changed, so it costs the
+    same with 100,000 failed jobs as with none, and a reader (the GUI's snapshot) stays a reader.
+    (RQ's `registry.count` runs the registry's cleanup first: for the started registry that
+    fetches every expired entry's job, runs its failure callbacks and moves it to failed — a
+    worker's maintenance, done by `hoard worker` — and for finished and failed it deletes the
+    expired entries.) A registry entry whose expiry (its score) has passed is not counted as what
+    it was: a finished or failed one is gone as far as RQ is concerned (its job's key expires with
+    it); a started one is a job whose worker stopped refreshing it — it died — counted as
+    `abandoned` until a worker's maintenance fails or retries it. Raises redis.RedisError when
+    Redis does not answer."""
     conn = connect(url)
-    out = {}
-    for name in QUEUES:
-        q = Queue(name, connection=conn)
-        out[name] = {"queued": q.count,
-                     "started": StartedJobRegistry(queue=q).count,
-                     "deferred": DeferredJobRegistry(queue=q).count,
-                     "scheduled": ScheduledJobRegistry(queue=q).count,
-                     "finished": FinishedJobRegistry(queue=q).count,
-                     "failed": FailedJobRegistry(queue=q).count}
+    now = current_timestamp()  # RQ's clock for expiry: an entry scored `now` or before has expired
+    live = (f"({now}", "+inf")
+    asked = []
+    with conn.pipeline(transaction=False) as p:
+        for name in QUEUES:
+            q = Queue(name, connection=conn)
+            started = StartedJobRegistry(queue=q).key
+            for state, (command, *args) in {
+                    "queued": ("llen", q.key),
+                    "started": ("zcount", started, *live),
+                    "abandoned": ("zcount", started, "-inf", now),
+                    "deferred": ("zcard", DeferredJobRegistry(queue=q).key),  # scored by creation: no expiry
+                    "scheduled": ("zcard", ScheduledJobRegistry(queue=q).key),  # scored by when due: no expiry
+                    "finished": ("zcount", FinishedJobRegistry(queue=q).key, *live),
+                    "failed": ("zcount", FailedJobRegistry(queue=q).key, *live)}.items():
+                getattr(p, command)(*args)
+                asked.append((name, state))
+        answers = p.execute()
+    out: dict[str, dict[str, int]] = {name: {} for name in QUEUES}
+    for (name, state), n in zip(asked, answers):
+        out[name][state] = n
     return out
 
 

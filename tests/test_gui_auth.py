@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.gui_fixtures import PASSWORDS, gui_home, sign_in, user  # noqa: F401 - fixtures
+from tests.gui_fixtures import FROM_THE_GUI, PASSWORDS, gui_home, sign_in, sign_out, user  # noqa: F401 - fixtures
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -75,7 +75,7 @@ async def test_sessions_expire(user) -> None:
 
 async def test_sign_out(user) -> None:
     await sign_in(user, "otto")
-    await user.open("/logout")
+    await sign_out(user)
     await user.should_see("Sign in")
     await user.open("/")
     await user.should_see("Sign in")
@@ -132,7 +132,7 @@ async def test_a_sign_in_ticket_works_once_and_only_in_its_browser(user) -> None
         r = await same_browser_before.get(finish, follow_redirects=False)
         assert r.headers["location"] == "/login?retry=1"
         assert not await _signed_in(same_browser_before)
-    await user.open("/logout")
+    await sign_out(user)
     await user.open(finish)
     await user.should_see("that sign-in did not finish: its ticket was used already")
     assert not await _signed_in(user.http_client)
@@ -153,6 +153,30 @@ async def test_sign_out_ends_the_session_on_the_server(user) -> None:
     assert not await _signed_in(user.http_client)
     async with _other_browser(signed_in) as copy:
         assert not await _signed_in(copy)
+
+
+async def test_sign_out_and_rq_actions_need_to_say_where_they_came_from(user) -> None:
+    """/logout and /rq's actions answer a typed address (Sec-Fetch-Site: none) and the GUI's own
+    pages (same-origin; an old browser's Referer naming this host and port), and refuse a request
+    with no Sec-Fetch-Site, Origin or Referer — a script, or an old browser on which another
+    site's page can withhold them — signing nobody out."""
+    await sign_in(user, "otto")
+    signed_in = dict(user.http_client.cookies)
+    async with _other_browser(signed_in) as bare:  # no header but the cookie
+        r = await bare.get("/logout", follow_redirects=False)
+        assert r.status_code == 403 and "does not say where it came from" in r.text, r.text
+        r = await bare.post("/rq/queue/ingest/failed/empty")
+        assert r.status_code == 403 and "does not say where it came from" in r.json()["error"], r.text
+        assert await _signed_in(bare)
+        r = await bare.post("/rq/queue/ingest/failed/empty", headers={"Referer": "http://test/rq/"})
+        assert r.status_code == 200, r.text
+        r = await bare.get("/logout", headers={"Sec-Fetch-Site": "none"}, follow_redirects=False)  # typed
+        assert r.status_code == 303 and r.headers["location"] == "/login"
+        assert not await _signed_in(bare)
+    assert not await _signed_in(user.http_client)  # the same session, signed out on the server
+    await sign_in(user, "otto")
+    r = await user.http_client.get("/logout", headers={"Referer": "http://test/storage"}, follow_redirects=False)
+    assert r.status_code == 303 and not await _signed_in(user.http_client)  # an old browser's Sign out link
 
 
 async def test_a_login_never_continues_to_an_acting_route(user, redis_conn) -> None:
@@ -185,7 +209,7 @@ async def test_only_an_admin_manages_users(user) -> None:
         await user.should_not_see("Users")
         await user.open("/users")
         await user.should_see("Only an admin manages users")
-        await user.open("/logout")
+        await sign_out(user)
 
 
 async def test_admin_adds_and_removes_a_user(user, gui_home: Path) -> None:
@@ -200,9 +224,9 @@ async def test_admin_adds_and_removes_a_user(user, gui_home: Path) -> None:
     user.find("Password").clear().type("long-enough-pw")
     user.find(marker="user-add").click()
     await user.should_see("added: newbie", retries=20)
-    await user.open("/logout")
+    await sign_out(user)
     await sign_in(user, "newbie", "long-enough-pw")
-    await user.open("/logout")
+    await sign_out(user)
     await sign_in(user, "ada")
     await user.open("/users")
     user.find("Name").type("newbie")
@@ -212,7 +236,7 @@ async def test_admin_adds_and_removes_a_user(user, gui_home: Path) -> None:
     user.find("Password").clear().type("vera-new-pass")
     user.find(marker="user-passwd").click()
     await user.should_see("password set: vera", retries=20)
-    await user.open("/logout")
+    await sign_out(user)
     await sign_in(user, "vera", "vera-new-pass")
 
 
@@ -347,9 +371,9 @@ async def test_rq_dashboard_is_behind_the_login(user) -> None:
     for method, path in (("post", "/rq/queue/ingest/failed/empty"), ("get", "/rq/requeue/ingest")):
         r = await getattr(user.http_client, method)(path)
         assert r.status_code == 403 and "may look but not act" in r.json()["error"]
-    await user.open("/logout")
+    await sign_out(user)
     await sign_in(user, "otto")
-    r = await user.http_client.post("/rq/queue/ingest/failed/empty")
+    r = await user.http_client.post("/rq/queue/ingest/failed/empty", headers=FROM_THE_GUI)
     assert r.status_code == 200, r.text
 
 

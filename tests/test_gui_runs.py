@@ -253,3 +253,33 @@ def test_retry_needs_a_run_to_retry(gui_home: Path, redis_conn) -> None:
         with pytest.raises(launch.LaunchError, match=f"no {kind} 'nope' to retry"):
             launch.retry(cfg, kind, "nope", "otto", redis_conn)
     assert Queue("io", connection=redis_conn).count == 0
+
+
+@pytest.mark.parametrize("gui_home", [{"refresh_s": 2}], indirect=True)
+async def test_pages_end_quietly_while_the_app_stops(user) -> None:
+    """While the app stops, NiceGUI's thread pool runs nothing (run.io_bound answers None
+    without running the call): each page waiting on such a call ends quietly with what it built
+    — never reading that None as an answer (the node page read it as the node) — a run page's
+    refresh timer stops without an error, and gui.context.in_thread tells that None from a
+    None the function returned."""
+    import asyncio
+
+    from gui.context import ctx
+
+    job_id = launch.launch_maintenance(ctx().cfg, "verify", {}, "otto")
+    await sign_in(user, "otto")
+    await user.open(f"/runs/verify/{job_id}")
+    await user.should_see("no worker serves the maintenance queue")
+    run.thread_pool.shutdown(wait=True)  # as the app's stop leaves it: "cannot schedule new futures"
+    try:
+        for path in (f"/node/{'a' * 64}", "/batches", "/assets", "/storage", "/pipelines", f"/runs/verify/{job_id}"):
+            await user.open(path)  # a 200 page, no error logged: a TypeError on the None was a 500 and an error
+        await asyncio.sleep(2.5)  # the run page's refresh timer (every 2 s) meets the stopped pool
+
+        from gui.context import AppStopping, in_thread
+
+        with pytest.raises(AppStopping):
+            await in_thread(len, "abc")
+    finally:
+        run.reset()
+    assert await in_thread(len, "abc") == 3 and await in_thread(dict.get, {}, "x") is None

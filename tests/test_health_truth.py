@@ -3,6 +3,8 @@ too full for a new shard, a store that can no longer place copy_of_raw replicas.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import re
 import shutil
 import time
@@ -61,14 +63,15 @@ def test_verified_by_disk(tmp_path: Path) -> None:
 
 
 def _held_by_index(cfg) -> tuple[dict[str, tuple[int, int]], dict[str, float]]:
-    """Per disk label, (replicas, bytes) as the index lists them, and its record's `seen`."""
+    """Per disk label, (replicas, bytes) as the index lists them, and when it was last seen."""
     with Store.open(cfg, writable=False) as store:
         held = {rec.label: (0, 0) for rec in store.records.values()}
         for m in store.index.iter_shards():
             for u in m.replicas:
                 n, b = held[store.records[u].label]
                 held[store.records[u].label] = (n + 1, b + m.size)
-        seen = {rec.label: store.index.get_disk(u).seen for u, rec in store.records.items()}
+        noted = store.index.disks_seen()[0]
+        seen = {rec.label: noted[u] for u, rec in store.records.items()}
     return held, seen
 
 
@@ -135,12 +138,78 @@ def test_a_disk_is_noted_as_seen_at_most_every_ten_minutes(tmp_path: Path) -> No
     cfg = config.load(dir_disks_config(tmp_path, 2, shard_size_mb=1))
     Store.open(cfg, init=True).close()
     with Store.open(cfg, writable=False) as store:
-        first = {u: store.index.get_disk(u).seen for u in store.records}
+        first = store.index.disks_seen()[0]
+        assert set(first) == set(store.records), first
     with Store.open(cfg, writable=False) as store:
-        assert {u: store.index.get_disk(u).seen for u in store.records} == first  # not rewritten
+        assert store.index.disks_seen()[0] == first  # not rewritten
         u = next(iter(store.records))
-        rec = store.index.get_disk(u)
-        rec.seen -= SEEN_EVERY_S + 1
-        store.index.put_disk(rec)
+        store.index.set_meta(f"disk_seen:{u}", repr(first[u] - SEEN_EVERY_S - 1))
     with Store.open(cfg, writable=False) as store:
-        assert store.index.get_disk(u).seen >= first[u]  # noted again, now
+        assert store.index.disks_seen()[0][u] >= first[u]  # noted again, now
+
+
+@dataclasses.dataclass
+class _PreviousDiskRecord:
+    """DiskRecord and its from_json as the release before `seen` had them: a record this
+    version writes must still be read by it (a downgrade after an upgrade)."""
+
+    uuid: str
+    label: str
+    path: str
+    state: object
+    created: str
+    used_bytes: int = 0
+    reason: str = ""
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> _PreviousDiskRecord:
+        from fsd.disks import DiskState
+
+        d = json.loads(raw)
+        d["state"] = DiskState(d["state"])
+        return cls(**d)
+
+
+def _raw_disk_records(store: Store) -> dict[str, bytes]:
+    with store.index.env.begin(db=store.index.disks) as txn:
+        return {bytes(k).decode(): bytes(v) for k, v in txn.cursor()}
+
+
+def test_disk_records_stay_readable_by_the_previous_release(tmp_path: Path) -> None:
+    """Every disk record the store writes (at init, on puts, when it notes a disk was seen) is
+    read by the previous release's `cls(**json)`; a record that carries `seen` inside (written
+    by the version that kept it there) still gives the missing disk's card its time, and the
+    next store open moves the time to the index's meta, leaving a record the previous release
+    reads."""
+    from fsd.disks import DiskState
+    from fsd.health import store_status
+
+    cfg = config.load(dir_disks_config(tmp_path, 3, shard_size_mb=1))
+    with Store.open(cfg, init=True) as store:
+        store.put_many(make_files(tmp_path / "in", 20, seed=4))
+    with Store.open(cfg, writable=False) as store:
+        raw = _raw_disk_records(store)
+        assert len(raw) == 3 and {_PreviousDiskRecord.from_json(r).used_bytes for r in raw.values()} != {0}, raw
+        assert set(store.index.disks_seen()[0]) == set(raw)
+
+        # records as the version that kept `seen` inside wrote them, an hour ago
+        then = time.time() - 3600
+        with store.index.env.begin(write=True) as txn:
+            for u, r in raw.items():
+                txn.put(u.encode(), json.dumps({**json.loads(r), "seen": then}).encode(), db=store.index.disks)
+                txn.delete(b"disk_seen:" + u.encode(), db=store.index.meta)
+        assert store.index.disks_seen() == ({u: then for u in raw}, sorted(raw))
+        gone = next(iter(raw))
+        label = store.records[gone].label
+    path = next(d.path for d in cfg.disks if d.label == label)
+    path.rename(path.with_name(path.name + ".away"))
+    t0 = time.time()
+    d = {d["label"]: d for d in store_status(cfg)["disks"]}[label]
+    assert d["state"] == DiskState.MISSING.value and d["seen"] == then, d
+    with Store.open(cfg, writable=False) as store:
+        raw = _raw_disk_records(store)
+        assert all(_PreviousDiskRecord.from_json(r) for r in raw.values())
+        seen, inside = store.index.disks_seen()
+        assert not inside and seen[gone] == then, seen
+        assert all(t0 <= seen[u] <= time.time() for u in raw if u != gone), seen  # found there now
+    path.with_name(path.name + ".away").rename(path)

@@ -44,3 +44,46 @@ def test_job_counts_per_queue_and_state(servers, redis_conn) -> None:
     assert set(counts) == set(QUEUES) and all(set(c) == set(JOB_STATES) for c in counts.values())
     assert counts["io"]["queued"] == 1 and counts["maintenance"]["failed"] == 1
     assert sum(n for c in counts.values() for n in c.values()) == 2
+
+
+def test_job_counts_skip_expired_entries_and_change_nothing(servers, redis_conn) -> None:
+    """Registry entries past their expiry are not counted as what they were — a failed or a
+    finished one is gone, a started one whose worker stopped refreshing it is `abandoned` — and
+    counting reads counts only: Redis sees LLEN, ZCARD and ZCOUNT, no job is fetched, no entry
+    removed (RQ's registry.count fetched the abandoned job, ran its failure callback and moved
+    it to failed from the GUI's snapshot, with a WARNING)."""
+    import time
+
+    from rq.executions import Execution
+    from rq.job import Job, JobStatus
+
+    from jobs.queues import QUEUES, job_counts
+
+    q = Queue("maintenance", connection=redis_conn)
+
+    def job(status: JobStatus) -> Job:
+        j = Job.create("builtins.print", args=("x",), connection=redis_conn, origin=q.name)
+        j.save()
+        j.set_status(status)
+        return j
+
+    for ttl in (1, 3600):  # one expires in a second
+        q.failed_job_registry.add(job(JobStatus.FAILED), ttl=ttl, exc_string="boom")
+        q.finished_job_registry.add(job(JobStatus.FINISHED), ttl=ttl)
+        with redis_conn.pipeline() as p:  # what a worker writes when it starts a job (its heartbeat renews it)
+            Execution.create(job(JobStatus.STARTED), ttl=ttl, pipeline=p, worker_name="gone")
+            p.execute()
+    time.sleep(2.1)  # the short ones expired: nothing renewed the started one (its worker "died")
+    keys = [q.failed_job_registry.key, q.finished_job_registry.key, q.started_job_registry.key]
+    before = [redis_conn.zcard(k) for k in keys]
+    redis_conn.config_resetstat()
+    counts = job_counts(servers["redis_url"])
+    calls = {name.removeprefix("cmdstat_"): stat["calls"] for name, stat in redis_conn.info("commandstats").items()}
+    assert counts["maintenance"] == {"queued": 0, "started": 1, "abandoned": 1, "deferred": 0, "scheduled": 0,
+                                     "finished": 1, "failed": 1}, counts
+    assert [redis_conn.zcard(k) for k in keys] == before == [2, 2, 2]  # nothing removed or moved
+    per_queue = {"llen": 1, "zcard": 2, "zcount": 4}
+    assert {c: calls.get(c, 0) for c in per_queue} == {c: n * len(QUEUES) for c, n in per_queue.items()}, calls
+    touching = {c: n for c, n in calls.items() if c.startswith(("hget", "hmget", "hexists", "zrange", "zrem", "zadd",
+                                                                  "multi", "exec", "get", "mget", "del", "expire"))}
+    assert not touching, calls  # no job read, no entry changed

@@ -307,3 +307,31 @@ def test_the_gui_does_not_reach_into_the_store() -> None:
             for name, line in _third_party_imports(path) if name in GUI_MUST_NOT_USE]
     assert not bad, ("the GUI reaches into the store or its libraries (move the work into fsd/jobs/sql "
                      "and call it):\n" + "\n".join(bad))
+
+
+#: the one gui module that runs blocking work through NiceGUI's pools (gui.context.in_thread)
+#: and registers pages with ui.page (gui.context.page)
+GUI_POOL_CALLS_IN = "gui.context"
+
+
+def test_the_gui_runs_blocking_work_only_through_in_thread() -> None:
+    """NiceGUI's run.io_bound / run.cpu_bound answer None without running the call while the app
+    stops; only gui.context.in_thread calls them, and raises AppStopping instead, which the pages
+    (all registered through gui.context.page, never ui.page), NiceGUI's timers and its event
+    handlers end on quietly: no page reads that None as an answer, and none has to remember to
+    check for it."""
+    mods = modules()
+    bad = []
+    for mod, path in mods.items():
+        if not (mod == "gui" or mod.startswith("gui.")) or mod == GUI_POOL_CALLS_IN:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module in ("nicegui", "nicegui.run") and any(
+                    a.name in ("run", "io_bound", "cpu_bound") for a in node.names):
+                bad.append(f"{path.relative_to(REPO)}:{node.lineno}: imports NiceGUI's run")
+            elif isinstance(node, ast.Attribute) and node.attr in ("io_bound", "cpu_bound"):
+                bad.append(f"{path.relative_to(REPO)}:{node.lineno}: calls .{node.attr}")
+            elif (isinstance(node, ast.Attribute) and node.attr == "page" and isinstance(node.value, ast.Name)
+                  and node.value.id == "ui"):
+                bad.append(f"{path.relative_to(REPO)}:{node.lineno}: registers a page with ui.page")
+    assert not bad, "use gui.context.in_thread and gui.context.page:\n" + "\n".join(bad)

@@ -1,0 +1,203 @@
+"""The next step `hoard health` and the storage page give for a disk that is not active
+(fsd.health.disk_next_step) works: in each state, the `hoard` commands it names are run
+through the real CLI, in the order it names them, on a small store of directory disks —
+each succeeds and the disk ends where the advice said (gone from the store, or active)."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from fsd.base import config
+from fsd.disks import DiskState
+from fsd.health import store_status
+from fsd.store import Store
+from tests.conftest import dir_disks_config, make_files
+from tests.test_cli import hoard
+
+
+def _store(tmp_path: Path) -> tuple[Path, list]:
+    cfg_path = dir_disks_config(tmp_path, 4, shard_size_mb=1, copy_of_raw=2)
+    with Store.open(config.load(cfg_path), init=True) as st:
+        results = st.put_many(make_files(tmp_path / "in", 40))
+    return cfg_path, results
+
+
+def _cards(cfg_path: Path) -> dict[str, dict]:
+    status = store_status(config.load(cfg_path))
+    assert status["ok"], status
+    return {d["label"]: d for d in status["disks"]}
+
+
+def _held(cfg_path: Path) -> dict[str, int]:
+    """Per disk label, the replicas the index lists on it."""
+    with Store.open(config.load(cfg_path), writable=False) as st:
+        held = {rec.label: 0 for rec in st.records.values()}
+        for m in st.index.iter_shards():
+            for u in m.replicas:
+                held[st.records[u].label] += 1
+    return held
+
+
+def _follow(cfg_path: Path, advice: str, steps: list[str], **subst: str) -> None:
+    """Run `steps`, commands the advice names (with its placeholders), in the order it names
+    them, each with `subst`'s values for the placeholders; each must succeed."""
+    at = 0
+    for step in steps:
+        assert f"`{step}`" in advice[at:], (step, advice)
+        at = advice.index(f"`{step}`", at) + len(step)
+        for name, value in subst.items():
+            step = step.replace(name, value)
+        r = hoard("--config", str(cfg_path), *step.split()[1:])
+        assert r.returncode == 0, (step, r.stdout, r.stderr)
+
+
+def _remove_table(cfg_path: Path, label: str, advice: str) -> None:
+    """Do what the advice says last: remove the disk's [[disks]] table from hoard.toml."""
+    assert "remove its [[disks]] table from hoard.toml" in advice, advice
+    text = cfg_path.read_text()
+    table = next(t for t in text.split("\n\n") if f'label = "{label}"' in t)
+    cfg_path.write_text(text.replace(table, ""))
+
+
+def _all_read_back(cfg_path: Path, results: list) -> None:
+    with Store.open(config.load(cfg_path), writable=False) as st:
+        for res in results:
+            assert hashlib.sha256(st.get(res.sha256)).hexdigest() == res.sha256
+
+
+def test_draining_then_forgotten(tmp_path: Path) -> None:
+    """A retired (draining) disk: `hoard replicate`, then `hoard disks forget` — or `hoard disks
+    activate` to keep it; once forgotten, removing its table leaves no card."""
+    cfg_path, results = _store(tmp_path)
+    held = _held(cfg_path)
+    keep, drain = sorted(held, key=lambda label: -held[label])[:2]
+    for label in (keep, drain):
+        assert hoard("--config", str(cfg_path), "disks", "retire", label).returncode == 0
+    card = _cards(cfg_path)[keep]
+    assert card["state"] == "draining", card
+    _follow(cfg_path, card["next_step"], [f"hoard disks activate {keep}"])
+    assert _cards(cfg_path)[keep]["state"] == "active"
+
+    advice = _cards(cfg_path)[drain]["next_step"]
+    _follow(cfg_path, advice, ["hoard replicate", f"hoard disks forget {drain}"])
+    card = _cards(cfg_path)[drain]
+    assert card["state"] == "missing" and card["reason"].startswith("forgotten by"), card
+    assert "hoard disks forget" not in card["next_step"] and "mount it again" not in card["next_step"], card
+    _remove_table(cfg_path, drain, card["next_step"])
+    assert set(_cards(cfg_path)) == set(held) - {drain}
+    assert all(d["state"] == "active" for d in _cards(cfg_path).values())
+    _all_read_back(cfg_path, results)
+
+
+def test_unregistered_new_disk_and_forgotten_unmounted_disk(tmp_path: Path) -> None:
+    """A [[disks]] table whose path has no identity: a new disk gets one from `hoard init`; a
+    disk forgotten and unmounted before its table was removed shows the same, and the advice
+    also says to remove its table."""
+    cfg_path, results = _store(tmp_path)
+    held = _held(cfg_path)
+    gone = max(held, key=lambda label: held[label])
+    assert hoard("--config", str(cfg_path), "disks", "retire", gone).returncode == 0
+    _follow(cfg_path, _cards(cfg_path)[gone]["next_step"], ["hoard replicate", f"hoard disks forget {gone}"])
+    path = tmp_path / gone
+    path.rename(path.with_name(gone + ".away"))  # unmounted, as forget's output says, table still there
+    with cfg_path.open("a") as f:
+        f.write(f'\n[[disks]]\nlabel = "new"\npath = "{tmp_path / "new"}"\n')  # not mounted yet
+    cards = _cards(cfg_path)
+    for label in (gone, "new"):
+        assert cards[label]["state"] == "missing" and cards[label]["uuid"].startswith("unregistered-"), cards[label]
+        assert "not initialised, or not mounted" in cards[label]["reason"], cards[label]
+    # (first: `hoard init` makes every disk's directory, or refuses one that is not there)
+    _remove_table(cfg_path, gone, cards[gone]["next_step"])
+    (tmp_path / "new").mkdir()  # "mounted"
+    _follow(cfg_path, cards["new"]["next_step"], ["hoard init"])
+    cards = _cards(cfg_path)
+    assert gone not in cards and cards["new"]["state"] == "active", cards
+    _all_read_back(cfg_path, results)
+
+
+def test_registered_but_not_in_the_config(tmp_path: Path) -> None:
+    """A disk whose table was removed while it held replicas: `hoard disks forget` alone is
+    refused, `hoard replicate` then `hoard disks forget` (as advised) works."""
+    cfg_path, results = _store(tmp_path)
+    held = _held(cfg_path)
+    label = max(held, key=lambda label: held[label])
+    text = cfg_path.read_text()
+    cfg_path.write_text(text.replace(next(t for t in text.split("\n\n") if f'label = "{label}"' in t), ""))
+    card = _cards(cfg_path)[label]
+    assert "not listed in" in card["reason"] and card["replicas"] == held[label] and not card["only_here"], card
+    assert hoard("--config", str(cfg_path), "disks", "forget", label).returncode == 5  # shards still need it
+    _follow(cfg_path, card["next_step"], ["hoard replicate", f"hoard disks forget {label}"])
+    assert label not in _cards(cfg_path)
+    _all_read_back(cfg_path, results)
+
+
+def test_failed_disk(tmp_path: Path) -> None:
+    """A failed disk holding replicas: add a disk, `hoard disks replace`, `hoard disks forget`,
+    remove its table; one holding none: `hoard disks forget` at once; one whose shards have no
+    other readable replica: forget is refused, as said, and `hoard disks activate` takes it back."""
+    cfg_path, results = _store(tmp_path)
+    held = _held(cfg_path)
+    holders = sorted((label for label in held if held[label]), key=lambda label: -held[label])
+    empty = [label for label in held if not held[label]]
+    with Store.open(config.load(cfg_path), writable=False) as st:
+        # two disks sharing a shard: one failed and the other missing leave it no readable replica
+        pair = next(sorted(st.records[u].label for u in m.replicas) for m in st.index.iter_shards()
+                    if len(m.replicas) == 2)
+    with Store.open(config.load(cfg_path)) as st:
+        st.set_disk_state(pair[0], DiskState.FAILED, "I/O error during read (test)")
+    other = tmp_path / pair[1]
+    other.rename(other.with_name(pair[1] + ".away"))
+    card = _cards(cfg_path)[pair[0]]
+    assert card["state"] == "failed" and card["only_here"] > 0, card
+    r = hoard("--config", str(cfg_path), "disks", "forget", pair[0])
+    assert f"`hoard disks forget {pair[0]}` is refused" in card["next_step"] and r.returncode == 5, r.stderr
+    _follow(cfg_path, card["next_step"], [f"hoard disks activate {pair[0]}"])
+    other.with_name(pair[1] + ".away").rename(other)
+    assert all(d["state"] == "active" for d in _cards(cfg_path).values())
+
+    failed = [holders[0]] + empty[:1]
+    with Store.open(config.load(cfg_path)) as st:
+        for label in failed:
+            st.set_disk_state(label, DiskState.FAILED, "I/O error during read (test)")
+    cards = _cards(cfg_path)
+    (tmp_path / "d9").mkdir()
+    _follow(cfg_path, cards[holders[0]]["next_step"], ["hoard disks add PATH --label NEW",
+                                                       f"hoard disks replace {holders[0]} NEW",
+                                                       f"hoard disks forget {holders[0]}"],
+            PATH=str(tmp_path / "d9"), NEW="d9")
+    _remove_table(cfg_path, holders[0], cards[holders[0]]["next_step"])
+    if empty:  # (placement is random: a disk may hold nothing)
+        _follow(cfg_path, cards[empty[0]]["next_step"], [f"hoard disks forget {empty[0]}"])
+        _remove_table(cfg_path, empty[0], cards[empty[0]]["next_step"])
+    cards = _cards(cfg_path)
+    assert set(cards) == set(held) - set(failed) | {"d9"}, cards
+    assert all(d["state"] == "active" for d in cards.values()), cards
+    _all_read_back(cfg_path, results)
+
+
+def test_missing_disk(tmp_path: Path) -> None:
+    """A missing disk holding replicas: `hoard rebuild --disk`, then `hoard disks forget`; one
+    holding none: `hoard disks forget` alone is refused (the index still has it active), `hoard
+    disks retire` then `hoard disks forget` (as advised) works."""
+    cfg_path, results = _store(tmp_path)
+    with cfg_path.open("a") as f:  # a disk that surely holds nothing
+        f.write(f'\n[[disks]]\nlabel = "d9"\npath = "{tmp_path / "d9"}"\n')
+    (tmp_path / "d9").mkdir()
+    assert hoard("--config", str(cfg_path), "init").returncode == 0
+    held = _held(cfg_path)
+    lost = max(held, key=lambda label: held[label])
+    for label in (lost, "d9"):
+        (tmp_path / label).rename(tmp_path / (label + ".away"))
+    cards = _cards(cfg_path)
+    assert cards["d9"]["state"] == "missing" and cards["d9"]["replicas"] == 0, cards["d9"]
+    assert hoard("--config", str(cfg_path), "disks", "forget", "d9").returncode == 2  # "is active"
+    _follow(cfg_path, cards["d9"]["next_step"], ["hoard disks retire d9", "hoard disks forget d9"])
+    _remove_table(cfg_path, "d9", cards["d9"]["next_step"])
+    card = cards[lost]
+    assert card["state"] == "missing" and card["replicas"] and not card["only_here"], card
+    _follow(cfg_path, card["next_step"], [f"hoard rebuild --disk {lost}", f"hoard disks forget {lost}"])
+    _remove_table(cfg_path, lost, card["next_step"])
+    cards = _cards(cfg_path)
+    assert set(cards) == set(held) - {lost, "d9"} and all(d["state"] == "active" for d in cards.values()), cards
+    _all_read_back(cfg_path, results)
