@@ -202,7 +202,7 @@ def maintenance_runs(conn) -> list[Run]:
     ids = set(q.job_ids)
     for reg in (StartedJobRegistry(queue=q), FinishedJobRegistry(queue=q), FailedJobRegistry(queue=q),
                 CanceledJobRegistry(queue=q)):
-        ids.update(reg.get_job_ids())
+        ids.update(reg.get_job_ids(cleanup=False))  # a listing changes nothing: no failure callbacks, no moves
     out = []
     for job in Job.fetch_many(sorted(i for i in ids if i.startswith(PREFIX)), connection=conn):
         if job is None:

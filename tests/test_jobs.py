@@ -87,3 +87,38 @@ def test_job_counts_skip_expired_entries_and_change_nothing(servers, redis_conn)
     touching = {c: n for c, n in calls.items() if c.startswith(("hget", "hmget", "hexists", "zrange", "zrem", "zadd",
                                                                   "multi", "exec", "get", "mget", "del", "expire"))}
     assert not touching, calls  # no job read, no entry changed
+
+
+def test_listing_maintenance_runs_changes_no_registry(servers, redis_conn) -> None:
+    """jobs.launch.maintenance_runs (the GUI's runs list, each refresh) reads the registries
+    without RQ's cleanup: an expired started entry (its worker died) stays for a worker's
+    maintenance to fail or retry, expired finished/failed entries are not deleted by a look."""
+    import time
+
+    from rq.executions import Execution
+    from rq.job import Job, JobStatus
+
+    from jobs.launch import PREFIX, maintenance_runs
+
+    q = Queue("maintenance", connection=redis_conn)
+
+    def job(status: JobStatus) -> Job:
+        j = Job.create("builtins.print", args=("x",), connection=redis_conn, origin=q.name,
+                       id=f"{PREFIX}{status.value}-{time.monotonic_ns()}")
+        j.save()
+        j.set_status(status)
+        return j
+
+    q.failed_job_registry.add(job(JobStatus.FAILED), ttl=1, exc_string="boom")
+    q.finished_job_registry.add(job(JobStatus.FINISHED), ttl=1)
+    with redis_conn.pipeline() as p:
+        Execution.create(job(JobStatus.STARTED), ttl=1, pipeline=p, worker_name="gone")
+        p.execute()
+    time.sleep(2.1)
+    keys = [q.failed_job_registry.key, q.finished_job_registry.key, q.started_job_registry.key]
+    before = [redis_conn.zcard(k) for k in keys]
+    runs = maintenance_runs(redis_conn)
+    assert [redis_conn.zcard(k) for k in keys] == before == [1, 1, 1]
+    # the started job is still what RQ says it is (its failure callback did not run from a look)
+    assert "running" in {r.status for r in runs}, runs
+    assert not q.failed_job_registry.get_job_ids(cleanup=False) or before[0] == 1
