@@ -17,6 +17,9 @@ from fsd.base.errors import ExitCode, HoardError
 
 #: the deepest parents/children a node page walks
 MAX_DEPTH = 3
+#: the most parents (and children) a node page lists: the nearest first, so every relative's
+#: `via` is listed too (cut by node id, a walk kept depth-2 rows whose depth-1 link it dropped)
+MAX_RELATIVES = 200
 
 
 #: the longest search text taken (a few words; a page of text is refused, not searched)
@@ -206,11 +209,14 @@ def node(conn: psycopg.Connection, sha256_hex: str, depth: int = 1) -> dict[str,
                   UNION
                     SELECT e.{far}, e.{near}, r.name, w.depth + 1 FROM walk w JOIN edge e ON e.{near} = w.node_id
                     JOIN relationship_type r USING (rel_id) WHERE w.depth < %(depth)s)
-                SELECT DISTINCT ON (w.node_id) w.node_id, w.via, w.rel, w.depth, encode(n.sha256, 'hex') AS sha256,
-                       n.is_virtual, va.kind AS virtual_kind, va.stable_id, pc.file_type
-                FROM walk w JOIN node n USING (node_id) LEFT JOIN virtual_asset va USING (node_id)
-                LEFT JOIN physical_content pc USING (node_id)
-                ORDER BY w.node_id, w.depth LIMIT 200""", {"id": node_id, "depth": depth}).fetchall()
+                SELECT * FROM (
+                    SELECT DISTINCT ON (w.node_id) w.node_id, w.via, w.rel, w.depth, encode(n.sha256, 'hex') AS sha256,
+                           n.is_virtual, va.kind AS virtual_kind, va.stable_id, pc.file_type
+                    FROM walk w JOIN node n USING (node_id) LEFT JOIN virtual_asset va USING (node_id)
+                    LEFT JOIN physical_content pc USING (node_id)
+                    ORDER BY w.node_id, w.depth) nearest
+                ORDER BY depth, node_id LIMIT %(limit)s""",
+                {"id": node_id, "depth": depth, "limit": MAX_RELATIVES}).fetchall()
     return out
 
 

@@ -1,9 +1,12 @@
-"""sql.browse outside the GUI: the per-day ingest counts a status refresh gathers."""
+"""sql.browse outside the GUI: the per-day ingest counts a status refresh gathers; a node's
+parents and children as the node page walks and draws them; a video's poster."""
 
 from __future__ import annotations
 
 import psycopg
 
+from gui import charts
+from sql import browse
 from sql.browse import ingested_per_day_at
 from sql.migrate import migrate
 
@@ -24,3 +27,56 @@ def test_ingested_per_day_at(servers, pg) -> None:
     today = pg.execute("SELECT current_date").fetchone()[0]
     assert ingested_per_day_at(url) == [{"day": today, "source": "gallery", "items": 3}]
     assert ingested_per_day_at("postgresql:///nosuchdb?host=/nonexistent&connect_timeout=2") == []
+
+
+def _node(conn: psycopg.Connection, tag: str, file_type: str | None = "png") -> int:
+    """A physical node (virtual when `file_type` is None) named by sha256(tag)."""
+    virtual = file_type is None
+    node_id = conn.execute("INSERT INTO node (sha256, is_virtual, is_physical) VALUES (sha256(%s::bytea), %s, %s) "
+                           "RETURNING node_id", [tag.encode(), virtual, not virtual]).fetchone()[0]
+    if not virtual:
+        conn.execute("INSERT INTO physical_content (node_id, size, file_type) VALUES (%s, 10, %s)",
+                     [node_id, file_type])
+    return node_id
+
+
+def _edge(conn: psycopg.Connection, parent: int, child: int, rel: str = "media_of") -> None:
+    conn.execute("INSERT INTO edge (parent_id, child_id, rel_id) SELECT %s, %s, rel_id FROM relationship_type "
+                 "WHERE name = %s", [parent, child, rel])
+
+
+def _sha(conn: psycopg.Connection, node_id: int) -> str:
+    return conn.execute("SELECT encode(sha256, 'hex') FROM node WHERE node_id = %s", [node_id]).fetchone()[0]
+
+
+def _connected(graph: dict) -> set[str]:
+    """The chart's node ids that some edge reaches from its root."""
+    links = graph["series"][0]["links"]
+    seen, todo = {"root"}, ["root"]
+    while todo:
+        at = todo.pop()
+        for lk in links:
+            for a, b in ((lk["source"], lk["target"]), (lk["target"], lk["source"])):
+                if a == at and b not in seen:
+                    seen.add(b)
+                    todo.append(b)
+    return seen
+
+
+def test_a_cut_walk_keeps_the_nearest_relatives(pg) -> None:
+    """A node with more relatives than the walk returns (200): the nearest are kept, so each
+    kept relative's `via` is kept too and the lineage graph is one connected drawing — not the
+    200 lowest node ids (a channel made after its 250 videos lost its one child)."""
+    migrate(pg)
+    videos = [_node(pg, f"video-{i}") for i in range(250)]
+    channel, playlist = _node(pg, "channel", None), _node(pg, "playlist", None)
+    _edge(pg, channel, playlist, "playlist_of")
+    for v in videos:
+        _edge(pg, playlist, v, "playlist_of")
+    n = browse.node(pg, _sha(pg, channel), depth=2)
+    assert len(n["children"]) == 200
+    kept = {r["node_id"] for r in n["children"]} | {n["node_id"]}
+    assert playlist in kept
+    assert all(r["via"] in kept for r in n["children"])
+    graph = charts.lineage(n)
+    assert _connected(graph) == {d["id"] for d in graph["series"][0]["data"]}
