@@ -180,7 +180,8 @@ def _node_id(conn: psycopg.Connection, sha256_hex: str) -> int:
 def node(conn: psycopg.Connection, sha256_hex: str, depth: int = 1) -> dict[str, Any]:
     """One node: kind, content, paths, metadata per source, labels, batches, and its parents and
     children up to `depth` (≤ MAX_DEPTH) levels, each with the relationship and `via`, the node
-    it was reached from (this node's `node_id` at depth 1)."""
+    it was reached from (this node's `node_id` at depth 1). A cycle of edges back to this node
+    does not make it its own relative."""
     node_id = _node_id(conn, sha256_hex)
     depth = max(1, min(depth, MAX_DEPTH))
     with conn.cursor(row_factory=dict_row) as cur:
@@ -208,7 +209,8 @@ def node(conn: psycopg.Connection, sha256_hex: str, depth: int = 1) -> dict[str,
                     WHERE e.{near} = %(id)s
                   UNION
                     SELECT e.{far}, e.{near}, r.name, w.depth + 1 FROM walk w JOIN edge e ON e.{near} = w.node_id
-                    JOIN relationship_type r USING (rel_id) WHERE w.depth < %(depth)s)
+                    JOIN relationship_type r USING (rel_id)
+                    WHERE w.depth < %(depth)s AND e.{far} <> %(id)s)  -- a cycle back to the node itself
                 SELECT * FROM (
                     SELECT DISTINCT ON (w.node_id) w.node_id, w.via, w.rel, w.depth, encode(n.sha256, 'hex') AS sha256,
                            n.is_virtual, va.kind AS virtual_kind, va.stable_id, pc.file_type

@@ -80,3 +80,21 @@ def test_a_cut_walk_keeps_the_nearest_relatives(pg) -> None:
     assert all(r["via"] in kept for r in n["children"])
     graph = charts.lineage(n)
     assert _connected(graph) == {d["id"] for d in graph["series"][0]["data"]}
+
+
+def test_a_node_in_a_cycle_is_not_its_own_relative(pg) -> None:
+    """Edges may close a cycle (a reply_to b, b reply_to a): the walk comes back to the node
+    itself, which is then neither listed as its own parent or child nor drawn a second time
+    (it took the root's place in the graph, leaving 'this node' without an edge); the other
+    node shows on both sides."""
+    migrate(pg)
+    a, b = _node(pg, "a"), _node(pg, "b")
+    _edge(pg, a, b, "reply_to")
+    _edge(pg, b, a, "reply_to")
+    n = browse.node(pg, _sha(pg, a), depth=3)
+    assert [(r["node_id"], r["via"], r["depth"]) for r in n["parents"]] == [(b, a, 1)]
+    assert [(r["node_id"], r["via"], r["depth"]) for r in n["children"]] == [(b, a, 1)]
+    graph = charts.lineage(n)
+    assert {d["id"] for d in graph["series"][0]["data"]} == {"root", f"parents:{b}", f"children:{b}"}
+    assert {(lk["source"], lk["target"]) for lk in graph["series"][0]["links"]} == {
+        (f"parents:{b}", "root"), ("root", f"children:{b}")}
