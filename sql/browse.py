@@ -95,10 +95,12 @@ def sources(conn: psycopg.Connection) -> list[str]:
 
 
 #: a video's poster: the image its source shipped with it (yt-dlp's thumbnail, a `thumbnail_of`
-#: child, adapters.sidecars), found through the edge's primary key
+#: child, adapters.sidecars), found through the edge's primary key — the first one still stored
+#: (a deleted one has no bytes to show) and not flagged (unwanted content is no video's face)
 POSTER = """(SELECT encode(t.sha256, 'hex') FROM edge e JOIN relationship_type r ON r.rel_id = e.rel_id
-                     JOIN node t ON t.node_id = e.child_id
+                     JOIN node t ON t.node_id = e.child_id JOIN physical_content tc ON tc.node_id = e.child_id
                      WHERE e.parent_id = n.node_id AND r.name = 'thumbnail_of' AND ft.kind = 'video'
+                       AND NOT tc.is_deleted AND NOT tc.in_black_list
                      ORDER BY e.child_id LIMIT 1)"""
 
 

@@ -41,8 +41,8 @@ def _node(conn: psycopg.Connection, tag: str, file_type: str | None = "png") -> 
 
 
 def _edge(conn: psycopg.Connection, parent: int, child: int, rel: str = "media_of") -> None:
-    conn.execute("INSERT INTO edge (parent_id, child_id, rel_id) SELECT %s, %s, rel_id FROM relationship_type "
-                 "WHERE name = %s", [parent, child, rel])
+    assert conn.execute("INSERT INTO edge (parent_id, child_id, rel_id) SELECT %s, %s, rel_id FROM relationship_type "
+                 "WHERE name = %s", [parent, child, rel]).rowcount == 1
 
 
 def _sha(conn: psycopg.Connection, node_id: int) -> str:
@@ -98,3 +98,26 @@ def test_a_node_in_a_cycle_is_not_its_own_relative(pg) -> None:
     assert {d["id"] for d in graph["series"][0]["data"]} == {"root", f"parents:{b}", f"children:{b}"}
     assert {(lk["source"], lk["target"]) for lk in graph["series"][0]["links"]} == {
         (f"parents:{b}", "root"), ("root", f"children:{b}")}
+
+
+def test_a_poster_deleted_or_flagged_is_not_shown(pg) -> None:
+    """A video with several thumbnail_of children shows the first that is still stored and not
+    flagged: a deleted one has no bytes (its card showed a broken image, /thumb answering 404),
+    a flagged one is unwanted content and no video's face; with none left the video has no
+    poster (its card shows the movie icon)."""
+    migrate(pg)
+    pg.execute("INSERT INTO relationship_type (name) VALUES ('thumbnail_of') ON CONFLICT DO NOTHING")
+    video = _node(pg, "video", "mp4")
+    gone, flagged, fine = (_node(pg, f"thumb-{i}", "jpg") for i in range(3))
+    for t in (gone, flagged, fine):
+        _edge(pg, video, t, "thumbnail_of")
+    pg.execute("UPDATE physical_content SET is_deleted = true WHERE node_id = %s", [gone])
+    pg.execute("UPDATE physical_content SET in_black_list = true WHERE node_id = %s", [flagged])
+
+    def posters() -> tuple[str | None, list[str | None]]:
+        return (browse.node(pg, _sha(pg, video))["poster"],
+                [r["poster"] for r in browse.search(pg, file_kind="video")])
+
+    assert posters() == (_sha(pg, fine), [_sha(pg, fine)])
+    pg.execute("UPDATE physical_content SET is_deleted = true WHERE node_id = %s", [fine])
+    assert posters() == (None, [None])
