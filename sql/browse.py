@@ -8,6 +8,7 @@ Every query is bounded (LIMIT, depth) and served by an index, so a page costs th
 from __future__ import annotations
 
 import datetime as dt
+import time
 from typing import Any
 
 import psycopg
@@ -114,11 +115,20 @@ def search(conn: psycopg.Connection, source: str | None = None, batch: str | Non
     are left out, black-listed ones shown. A text with nothing to search for, or a label with
     no key, raises BadSearch."""
     query, params = search_statement(conn, source, batch, since, until, text, file_kind, limit, offset, label=label)
+    # Local to a transaction, or a savepoint in the caller's when one is open (a connection that is
+    # not autocommit opened one to cut the words): a setting made in a savepoint outlives its
+    # release, so the caller's is put back — its next statements are not cut at 2 s.
+    started = time.monotonic()
     try:
         with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
+            callers = cur.execute("SELECT current_setting('statement_timeout') AS t").fetchone()["t"]
             cur.execute(f"SET LOCAL statement_timeout = {int(SEARCH_TIMEOUT_MS)}")
-            return cur.execute(query, params).fetchall()
+            rows = cur.execute(query, params).fetchall()
+            cur.execute("SELECT set_config('statement_timeout', %s, true)", [callers])
+            return rows
     except psycopg.errors.QueryCanceled:
+        if time.monotonic() - started < SEARCH_TIMEOUT_MS / 1000:
+            raise  # cancelled before its time was up (pg_cancel_backend, a shutdown): not the search's breadth
         raise BadSearch(f"the search did not finish in {SEARCH_TIMEOUT_MS / 1000:g} s: it matches too much to sort "
                         "— add a word, a longer word, or a source, batch or date") from None
 

@@ -248,3 +248,55 @@ def test_a_search_that_runs_too_long_is_refused(filled, monkeypatch) -> None:
         browse.search(filled, text="photo", limit=30_000)
     monkeypatch.setattr(browse, "SEARCH_TIMEOUT_MS", 2000)
     assert len(browse.search(filled, text="zebra")) == 30
+
+
+def _own_connection(filled, servers, **kw) -> psycopg.Connection:
+    """A second connection to the module's schema (not autocommit unless asked, as the GUI's)."""
+    schema = filled.execute("SELECT current_schema()").fetchone()[0]
+    return psycopg.connect(servers["database_url"], options=f"-c search_path={schema}", **kw)
+
+
+def test_a_search_leaves_the_callers_transaction_its_timeout(filled, servers) -> None:
+    """On a connection that is not autocommit a search runs inside the caller's transaction (the
+    words are cut by a statement that opens it), so its SET LOCAL lasted past the search: the
+    caller's next statements were cancelled after 2 s. The caller's setting is back after a
+    search, with words or without."""
+    with _own_connection(filled, servers) as conn:
+        conn.execute("SET statement_timeout = '7min'")
+        for kw in ({"text": "zebra"}, {"label": "class=cat"}):
+            browse.search(conn, **kw)
+            assert conn.execute("SHOW statement_timeout").fetchone()[0] == "7min", kw
+            conn.commit()
+            assert conn.execute("SHOW statement_timeout").fetchone()[0] == "7min", kw
+
+
+def test_a_search_cancelled_for_another_reason_is_not_called_too_broad(filled, servers) -> None:
+    """A search cancelled before its time was up (pg_cancel_backend by an administrator, a
+    shutdown) is a database error, not 'the search did not finish in 2 s … add a word'."""
+    import threading
+    import time
+
+    with _own_connection(filled, servers, autocommit=True) as locker, \
+            _own_connection(filled, servers, autocommit=True) as conn:
+        got: list[BaseException] = []
+
+        def search() -> None:
+            try:
+                browse.search(conn, text="zebra")
+            except BaseException as e:  # noqa: BLE001 - handed to the test
+                got.append(e)
+
+        with locker.transaction():
+            locker.execute("LOCK TABLE physical_content IN ACCESS EXCLUSIVE MODE")
+            t = threading.Thread(target=search)
+            t.start()
+            pid = conn.info.backend_pid
+            deadline = time.monotonic() + 10
+            while not locker.execute("SELECT wait_event_type = 'Lock' FROM pg_stat_activity WHERE pid = %s",
+                                     [pid]).fetchone()[0]:
+                assert time.monotonic() < deadline
+                time.sleep(0.02)
+            locker.execute("SELECT pg_cancel_backend(%s)", [pid])
+            t.join(10)
+        assert len(got) == 1 and isinstance(got[0], psycopg.errors.QueryCanceled), got
+        assert len(browse.search(conn, text="zebra")) == 30  # and the connection is usable
