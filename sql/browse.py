@@ -113,7 +113,7 @@ def search(conn: psycopg.Connection, source: str | None = None, batch: str | Non
     `key=value`) and words in their metadata (`search_query`: every word, as a word or the start
     of one, in the title, author, user name or a string value of raw_metadata); deleted nodes
     are left out, black-listed ones shown. A text with nothing to search for, or a label with
-    no key, raises BadSearch."""
+    no key or a character no label holds (NUL, a lone surrogate), raises BadSearch."""
     query, params = search_statement(conn, source, batch, since, until, text, file_kind, limit, offset, label=label)
     # Local to a transaction, or a savepoint in the caller's when one is open (a connection that is
     # not autocommit opened one to cut the words): a setting made in a savepoint outlives its
@@ -160,6 +160,9 @@ def search_statement(conn: psycopg.Connection, source: str | None = None, batch:
         key, eq, value = label.partition("=")
         if not key.strip():
             raise BadSearch(f"label {label[:40]!r} names no key: write key or key=value (e.g. class=cat)")
+        if "\x00" in label or any("\ud800" <= c <= "\udfff" for c in label):
+            # PostgreSQL text holds no NUL, UTF-8 no lone surrogate: no label has one
+            raise BadSearch(f"label {label[:40]!r} holds a character no label can (NUL, a lone surrogate)")
         where.append("EXISTS (SELECT 1 FROM label l WHERE l.node_id = n.node_id AND l.key = %(label_key)s"
                      + (" AND l.value = %(label_value)s)" if eq else ")"))
         params |= {"label_key": key.strip(), "label_value": value.strip()}

@@ -300,3 +300,27 @@ def test_a_search_cancelled_for_another_reason_is_not_called_too_broad(filled, s
             t.join(10)
         assert len(got) == 1 and isinstance(got[0], psycopg.errors.QueryCanceled), got
         assert len(browse.search(conn, text="zebra")) == 30  # and the connection is usable
+
+
+@pytest.mark.parametrize("label", ["\x00", "class=\x00cat", "cl\x00ass", "\ud800", "class=\ud800", "=", "==", "a==b",
+                                   "k" * 20_000, "class=" + "v" * 20_000, "ключ=значение", "class=cat\n", "\t=\t"])
+def test_hostile_labels_give_results_or_a_clear_refusal(filled, label: str) -> None:
+    """A label typed or pasted into /assets (a NUL from the URL, a lone surrogate, '==', a huge
+    one): rows or one clear line (BadSearch) — not 'the database does not answer' (a NUL made
+    psycopg refuse the parameter) nor a traceback (UnicodeEncodeError for a surrogate)."""
+    try:
+        rows = browse.search(filled, label=label, limit=5)
+    except browse.BadSearch as e:
+        assert "label" in e.message
+        return
+    assert isinstance(rows, list)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.text(max_size=40))
+def test_any_label_is_safe(filled, label: str) -> None:
+    """Whatever is typed as a label: a list of rows or BadSearch, never another error."""
+    try:
+        browse.search(filled, label=label, limit=5)
+    except browse.BadSearch:
+        pass
