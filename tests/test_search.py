@@ -221,6 +221,8 @@ async def test_assets_page_says_why_it_cannot_search(user) -> None:
     await user.should_see("nothing matches")
     await user.open("/assets?label=%3Dcat")
     await user.should_see("names no key")
+    await user.open("/assets?label=class%3D%00cat")
+    await user.should_see("holds a character no label can")
     await user.open("/assets?label=class%3Dcat")
     await user.should_see("nothing matches")
 
