@@ -8,8 +8,13 @@ PostgreSQL + Redis of ./hoard.toml (`make up` starts them) in a fresh schema dro
 afterwards, the store on directory disks under /var/tmp; headless Chromium (Debian's chromium
 + chromium-driver, Selenium offline) signed in as a viewer. A page's time runs from
 `driver.get` to its content being on screen (polled every 20 ms), so it includes the page's
-own queries, NiceGUI's render and the browser's load. Cold: the first visit after the GUI
-started; warm: the median of the next `--repeat` visits. There is no
+own queries, NiceGUI's render and the browser's load — not the thumbnails, which load lazily
+after the text (and 404 here: the stored objects are not the database's nodes). Cold: the
+page's first visit — not a cold GUI or database: the fill has just written every table into
+PostgreSQL's buffers, and sign-in (which loads /storage) and the pages before it ran in the
+same GUI process; warm: the median of the next
+`--repeat` visits. The node page's node has no parents or children, so its lineage graph
+is not drawn. There is no
 peer to compare with: the figure is set against the issue's goal (1 s).
 """
 

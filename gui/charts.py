@@ -105,7 +105,7 @@ def lineage(node: dict[str, Any]) -> dict[str, Any]:
     nodes = [{"id": "root", "name": "this node", "x": 0, "y": 0, "symbolSize": 22, "itemStyle": {"color": "#1e88e5"}}]
     links = []
     for direction, side in (("parents", -1), ("children", 1)):
-        key = {root: "root"} | {r["node_id"]: f"{direction}:{r['node_id']}" for r in node[direction]}
+        key = {r["node_id"]: f"{direction}:{r['node_id']}" for r in node[direction]} | {root: "root"}
         rows_at: dict[int, int] = {}
         for r in node[direction]:
             row = rows_at[r["depth"]] = rows_at.get(r["depth"], -1) + 1

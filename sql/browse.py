@@ -8,6 +8,7 @@ Every query is bounded (LIMIT, depth) and served by an index, so a page costs th
 from __future__ import annotations
 
 import datetime as dt
+import time
 from typing import Any
 
 import psycopg
@@ -17,6 +18,9 @@ from fsd.base.errors import ExitCode, HoardError
 
 #: the deepest parents/children a node page walks
 MAX_DEPTH = 3
+#: the most parents (and children) a node page lists: the nearest first, so every relative's
+#: `via` is listed too (cut by node id, a walk kept depth-2 rows whose depth-1 link it dropped)
+MAX_RELATIVES = 200
 
 
 #: the longest search text taken (a few words; a page of text is refused, not searched)
@@ -92,10 +96,12 @@ def sources(conn: psycopg.Connection) -> list[str]:
 
 
 #: a video's poster: the image its source shipped with it (yt-dlp's thumbnail, a `thumbnail_of`
-#: child, adapters.sidecars), found through the edge's primary key
+#: child, adapters.sidecars), found through the edge's primary key — the first one still stored
+#: (a deleted one has no bytes to show) and not flagged (unwanted content is no video's face)
 POSTER = """(SELECT encode(t.sha256, 'hex') FROM edge e JOIN relationship_type r ON r.rel_id = e.rel_id
-                     JOIN node t ON t.node_id = e.child_id
+                     JOIN node t ON t.node_id = e.child_id JOIN physical_content tc ON tc.node_id = e.child_id
                      WHERE e.parent_id = n.node_id AND r.name = 'thumbnail_of' AND ft.kind = 'video'
+                       AND NOT tc.is_deleted AND NOT tc.in_black_list
                      ORDER BY e.child_id LIMIT 1)"""
 
 
@@ -107,13 +113,22 @@ def search(conn: psycopg.Connection, source: str | None = None, batch: str | Non
     `key=value`) and words in their metadata (`search_query`: every word, as a word or the start
     of one, in the title, author, user name or a string value of raw_metadata); deleted nodes
     are left out, black-listed ones shown. A text with nothing to search for, or a label with
-    no key, raises BadSearch."""
+    no key or a character no label holds (NUL, a lone surrogate), raises BadSearch."""
     query, params = search_statement(conn, source, batch, since, until, text, file_kind, limit, offset, label=label)
+    # Local to a transaction, or a savepoint in the caller's when one is open (a connection that is
+    # not autocommit opened one to cut the words): a setting made in a savepoint outlives its
+    # release, so the caller's is put back — its next statements are not cut at 2 s.
+    started = time.monotonic()
     try:
         with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
+            callers = cur.execute("SELECT current_setting('statement_timeout') AS t").fetchone()["t"]
             cur.execute(f"SET LOCAL statement_timeout = {int(SEARCH_TIMEOUT_MS)}")
-            return cur.execute(query, params).fetchall()
+            rows = cur.execute(query, params).fetchall()
+            cur.execute("SELECT set_config('statement_timeout', %s, true)", [callers])
+            return rows
     except psycopg.errors.QueryCanceled:
+        if time.monotonic() - started < SEARCH_TIMEOUT_MS / 1000:
+            raise  # cancelled before its time was up (pg_cancel_backend, a shutdown): not the search's breadth
         raise BadSearch(f"the search did not finish in {SEARCH_TIMEOUT_MS / 1000:g} s: it matches too much to sort "
                         "— add a word, a longer word, or a source, batch or date") from None
 
@@ -145,6 +160,9 @@ def search_statement(conn: psycopg.Connection, source: str | None = None, batch:
         key, eq, value = label.partition("=")
         if not key.strip():
             raise BadSearch(f"label {label[:40]!r} names no key: write key or key=value (e.g. class=cat)")
+        if "\x00" in label or any("\ud800" <= c <= "\udfff" for c in label):
+            # PostgreSQL text holds no NUL, UTF-8 no lone surrogate: no label has one
+            raise BadSearch(f"label {label[:40]!r} holds a character no label can (NUL, a lone surrogate)")
         where.append("EXISTS (SELECT 1 FROM label l WHERE l.node_id = n.node_id AND l.key = %(label_key)s"
                      + (" AND l.value = %(label_value)s)" if eq else ")"))
         params |= {"label_key": key.strip(), "label_value": value.strip()}
@@ -177,7 +195,8 @@ def _node_id(conn: psycopg.Connection, sha256_hex: str) -> int:
 def node(conn: psycopg.Connection, sha256_hex: str, depth: int = 1) -> dict[str, Any]:
     """One node: kind, content, paths, metadata per source, labels, batches, and its parents and
     children up to `depth` (≤ MAX_DEPTH) levels, each with the relationship and `via`, the node
-    it was reached from (this node's `node_id` at depth 1)."""
+    it was reached from (this node's `node_id` at depth 1). A cycle of edges back to this node
+    does not make it its own relative."""
     node_id = _node_id(conn, sha256_hex)
     depth = max(1, min(depth, MAX_DEPTH))
     with conn.cursor(row_factory=dict_row) as cur:
@@ -205,12 +224,16 @@ def node(conn: psycopg.Connection, sha256_hex: str, depth: int = 1) -> dict[str,
                     WHERE e.{near} = %(id)s
                   UNION
                     SELECT e.{far}, e.{near}, r.name, w.depth + 1 FROM walk w JOIN edge e ON e.{near} = w.node_id
-                    JOIN relationship_type r USING (rel_id) WHERE w.depth < %(depth)s)
-                SELECT DISTINCT ON (w.node_id) w.node_id, w.via, w.rel, w.depth, encode(n.sha256, 'hex') AS sha256,
-                       n.is_virtual, va.kind AS virtual_kind, va.stable_id, pc.file_type
-                FROM walk w JOIN node n USING (node_id) LEFT JOIN virtual_asset va USING (node_id)
-                LEFT JOIN physical_content pc USING (node_id)
-                ORDER BY w.node_id, w.depth LIMIT 200""", {"id": node_id, "depth": depth}).fetchall()
+                    JOIN relationship_type r USING (rel_id)
+                    WHERE w.depth < %(depth)s AND e.{far} <> %(id)s)  -- a cycle back to the node itself
+                SELECT * FROM (
+                    SELECT DISTINCT ON (w.node_id) w.node_id, w.via, w.rel, w.depth, encode(n.sha256, 'hex') AS sha256,
+                           n.is_virtual, va.kind AS virtual_kind, va.stable_id, pc.file_type
+                    FROM walk w JOIN node n USING (node_id) LEFT JOIN virtual_asset va USING (node_id)
+                    LEFT JOIN physical_content pc USING (node_id)
+                    ORDER BY w.node_id, w.depth) nearest
+                ORDER BY depth, node_id LIMIT %(limit)s""",
+                {"id": node_id, "depth": depth, "limit": MAX_RELATIVES}).fetchall()
     return out
 
 
