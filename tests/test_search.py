@@ -335,15 +335,11 @@ def _blocks(plan: dict, index: str) -> int:
     return here + sum(_blocks(p, index) for p in plan.get("Plans", []))
 
 
-@pytest.mark.xfail(strict=True, reason="the planner walks label_pkey (node_id, key, value) backwards, newest node "
-                   "first, with the key as an index condition on its second column, and stops at a page: a label held "
-                   "only by old nodes is found after reading the whole index (998,000 entries, 0.18 s at 1,000,000 "
-                   "labels; linear, so ~2 s — the search timeout — at ~10 M); fix: a migration adding "
-                   "CREATE INDEX ON label (key, node_id), which yields a key's nodes newest first (here: 573 blocks "
-                   "of label_pkey → 4 of the new index; key=value keeps label_key_value)")
 def test_a_label_held_by_old_nodes_reads_about_a_page(pg) -> None:
     """A label only the oldest nodes have (a tagger's first run, one early batch) is found by
-    reading about a page of the label index, not the index entries of every newer node."""
+    reading about a page of the label index, not the index entries of every newer node (the
+    planner walked label_pkey backwards: 998,000 entries at 1,000,000 labels; migration 009
+    gives a key's nodes in node order)."""
     migrate(pg)
     n = 50_000
     pg.execute("INSERT INTO node (sha256, is_virtual, is_physical) "
