@@ -100,17 +100,23 @@ async def sign_in(user, name: str, password: str | None = None, then: str = "Ove
         await user.should_see(then, retries=30)  # argon2 runs in a thread
 
 
-def fill_nodes(database_url: str, n: int, batches: int) -> str:
+def fill_nodes(database_url: str, n: int, batches: int, shas: list[bytes] | None = None) -> str:
     """`n` physical nodes (two thirds images), each with metadata and a path, in `batches` sealed
-    batches of two sources (the GUI's scale test and bench/gui_pages.py); returns one node's
-    sha256."""
+    batches of two sources (the GUI's scale test and bench/gui_pages.py); their sha256s are
+    `shas` (objects in the store) or made up; returns one node's sha256."""
     import psycopg
 
     with psycopg.connect(database_url, autocommit=True) as conn:
         conn.execute("INSERT INTO source (name) VALUES ('gallery'), ('forum') ON CONFLICT DO NOTHING")
-        conn.execute("""INSERT INTO node (sha256, is_virtual, is_physical, created_at)
-            SELECT sha256(int8send(i)), false, true, now() - (i %% 60) * interval '1 day'
-            FROM generate_series(1, %s) i""", [n])
+        if shas is None:
+            conn.execute("""INSERT INTO node (sha256, is_virtual, is_physical, created_at)
+                SELECT sha256(int8send(i)), false, true, now() - (i %% 60) * interval '1 day'
+                FROM generate_series(1, %s) i""", [n])
+        else:
+            assert len(shas) == n
+            conn.execute("""INSERT INTO node (sha256, is_virtual, is_physical, created_at)
+                SELECT s, false, true, now() - (i %% 60) * interval '1 day'
+                FROM unnest(%s::bytea[]) WITH ORDINALITY AS t(s, i) ORDER BY i""", [shas])
         conn.execute("""INSERT INTO physical_content (node_id, size, file_type)
             SELECT node_id, 1000 + node_id % 5000, CASE WHEN node_id % 3 = 0 THEN 'json' ELSE 'png' END FROM node""")
         conn.execute("""INSERT INTO physical_path (node_id, locator)
