@@ -360,7 +360,7 @@ def naming_lock(store) -> Iterator[None]:
 
 
 def build_view(store, name: str, rows: Iterable[tuple[str, str]], page_entries: int = PAGE_ENTRIES) -> dict:
-    """Check and store a view-2 manifest from (path, sha256 hex) rows in any order; returns
+    """Check and store a view-3 manifest from (path, sha256 hex) rows in any order; returns
     {manifest, files, bytes, objects: the manifest's own objects, file_objects: the distinct
     sha256s of its files}. Memory stays bounded whatever the number of rows: rows are
     spooled to a temporary file, sorted there (`sort`, only if they were not in order
