@@ -80,7 +80,9 @@ def timed(results: dict, name: str):
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def report(title: str, rows: list[tuple[str, str]], data: dict) -> None:
+def report(title: str, rows: list[tuple[str, str]], data: dict, results: Path | None = None) -> None:
+    """Print the rows and write the raw numbers to `results` (default RESULTS) as
+    `<benchmark>-<arguments>.json`."""
     print(f"\n== {title}")
     width = max(len(k) for k, _ in rows)
     for k, v in rows:
@@ -88,12 +90,13 @@ def report(title: str, rows: list[tuple[str, str]], data: dict) -> None:
     print("json: " + json.dumps(data, sort_keys=True))
     import re
 
-    RESULTS.mkdir(exist_ok=True)
+    results = results or RESULTS
+    results.mkdir(parents=True, exist_ok=True)
     variant = "-".join(a.lstrip("-") for a in sys.argv[1:]) or "default"
     slug = re.sub(r"[^a-z0-9]+", "-", f"{Path(sys.argv[0]).stem}-{variant}".lower()).strip("-")
     doc = {"benchmark": title, "argv": sys.argv[1:], "when": time.strftime("%Y-%m-%dT%H:%M:%S"),
            "commit": _commit(), "machine": _machine(), **data}
-    (RESULTS / f"{slug}.json").write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n")
+    (results / f"{slug}.json").write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n")
 
 
 def run_timed(main) -> None:

@@ -231,7 +231,8 @@ def _short(value: str) -> str:
 def _locators(row: Row) -> list[tuple[str | None, str | None]]:
     """(batch, path inside it) per physical_path locator `batch:<id>/<rel>`, sorted."""
     out = []
-    for loc in sorted(row.get("locators") or []):
+    locs = row.get("locators") or []
+    for loc in sorted(locs) if len(locs) > 1 else locs:
         if loc.startswith("batch:") and "/" in loc:
             batch, rel = loc[len("batch:"):].split("/", 1)
             out.append((batch, rel))
@@ -285,10 +286,11 @@ def root(layout: Layout) -> str:
 
 
 def render(layout: Layout, row: Row, batch: str | None = None, rel: str | None = None,
-           prefix: str | None = None) -> str:
+           prefix: str | None = None, accepted: set[str] | None = None) -> str:
     """One node's relative path, or PlacementError naming the node and the field. The path
     (and its sidecar's) must pass the output contract's rule below `prefix` (`root(layout)`
-    when None) — the seal would refuse it after the copy otherwise."""
+    when None) — the seal would refuse it after the copy otherwise. `accepted`: one-segment
+    values already checked (a plan's nodes share a few sources, batches, labels), added to."""
     out = []
     spans: list[tuple[Slot, int, int]] = []  # where each field's value lies in the path
     at = 0
@@ -305,8 +307,12 @@ def render(layout: Layout, row: Row, batch: str | None = None, rel: str | None =
                 raise PlacementError(f"{_who(row)} has no {_label(part)}; layout {layout.name} needs it — give a "
                                      f"default ({{{_label(part)}|unknown}}) or narrow the selector")
             value = part.default
-        if part.field not in SAFE:
-            _check_value(value, (row, part), PlacementError, part.field in MULTI_SEGMENT)
+        if part.field in MULTI_SEGMENT:
+            _check_value(value, (row, part), PlacementError, True)
+        elif part.field not in SAFE and (accepted is None or value not in accepted):
+            _check_value(value, (row, part), PlacementError)  # (a one-segment value is refused by any node)
+            if accepted is not None:
+                accepted.add(value)
         out.append(value)
         spans.append((part, at, at + len(value)))
         at += len(value)
@@ -319,6 +325,11 @@ def render(layout: Layout, row: Row, batch: str | None = None, rel: str | None =
 
 def _check_path(layout: Layout, row: Row, path: str, is_sidecar: bool, spans: list[tuple[Slot, int, int]],
                 prefix: str) -> None:
+    why = hostile_reason(prefix + path)
+    if why is None and len(path) * 4 <= MAX_SEGMENT:
+        # what the loop below refuses, the rule refuses too (an empty, '.' or '..' part), but
+        # a name over MAX_SEGMENT bytes, which a path this short cannot hold: nothing to say
+        return
     what = f"{_who(row)}: layout {layout.name} gives {'the sidecar ' if is_sidecar else ''}"
     start = 0
     for seg in path.split("/"):
@@ -329,7 +340,6 @@ def _check_path(layout: Layout, row: Row, path: str, is_sidecar: bool, spans: li
             raise PlacementError(f"{what}a name of {len(seg.encode())} bytes (at most {MAX_SEGMENT}, the file "
                                  f"system's limit): '{display(seg[:40])}…'{_widest(spans, start, start + len(seg))}")
         start += len(seg) + 1
-    why = hostile_reason(prefix + path)
     if why is not None:
         raise PlacementError(f"{what}'{display(path[:40])}…' (in the output: {prefix}…), which the output contract "
                              f"refuses: {why}{_widest(spans, 0, len(path))}")
@@ -371,9 +381,11 @@ def plan(layout: Layout, rows: Iterable[Row], prefix: str | None = None) -> list
     the node and the field if a path (below `prefix`, see `render`) is one the seal refuses."""
     placed: dict[str, Placement] = {}
     folded: dict[str, str] = {}  # _fold(path) → the path that has it (unless case_sensitive)
+    accepted: set[str] = set()
+    prefix = root(layout) if prefix is None else prefix
     for row in rows:
         for batch, rel in (_locators(row) if layout.per_locator else _locators(row)[:1]):
-            path = render(layout, row, batch, rel, prefix)
+            path = render(layout, row, batch, rel, prefix, accepted)
             car = sidecar(row, batch, rel) if layout.sidecars else None
             p = Placement(path, row["node_id"], row["sha256"], row["size"], car)
             for taken in (path, path + SIDECAR_SUFFIX) if car is not None else (path,):
@@ -386,7 +398,9 @@ def plan(layout: Layout, rows: Iterable[Row], prefix: str | None = None) -> list
                         _collide_case(layout, twin, placed[twin], taken, p)
                 placed[taken] = p
     _no_file_is_a_directory(layout, placed)
-    return sorted({id(p): p for p in placed.values()}.values(), key=lambda p: p.path)
+    # a Placement is in `placed` twice (its file and its sidecar) only with sidecars
+    unique = {id(p): p for p in placed.values()}.values() if layout.sidecars else placed.values()
+    return sorted(unique, key=lambda p: p.path)
 
 
 def _collide(layout: Layout, path: str, a: Placement, b: Placement) -> None:
@@ -402,7 +416,7 @@ def _fold(path: str) -> str:
     """What a case-insensitive file system compares: case (lower(): NTFS and APFS fold single
     characters, so "Straße" and "STRASSE" stay two names) and, for APFS/HFS+, the Unicode
     normalisation (an "é" composed or not)."""
-    return unicodedata.normalize("NFC", path).lower()
+    return path.lower() if path.isascii() else unicodedata.normalize("NFC", path).lower()
 
 
 def _collide_case(layout: Layout, path_a: str, a: Placement, path_b: str, b: Placement) -> None:
@@ -419,7 +433,15 @@ def _collide_case(layout: Layout, path_a: str, a: Placement, path_b: str, b: Pla
 
 
 def _no_file_is_a_directory(layout: Layout, placed: dict[str, Placement]) -> None:
+    dirs: set[str] = set()  # every path's directories, each walked up once
     for path in placed:
+        parent = path.rpartition("/")[0]
+        while parent and parent not in dirs:
+            dirs.add(parent)
+            parent = parent.rpartition("/")[0]
+    if dirs.isdisjoint(placed):
+        return
+    for path in placed:  # (rare) name a file and a path below it
         parent = path.rsplit("/", 1)[0] if "/" in path else None
         while parent:
             other = placed.get(parent)

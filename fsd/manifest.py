@@ -9,7 +9,10 @@ the store, JSON, UTF-8):
 * `hoardfs-view-2` — a view as a tree of directory objects, so a view of 10 M entries is
   never one document in memory: a lookup loads one object per directory level (one more
   for a directory split into pages), a listing one directory. See docs/design.md
-  ("View manifests") for the layout and a worked example.
+  ("View manifests") for the layout and a worked example;
+* `hoardfs-view-3` (written now) — view-2 whose directory objects (`hoardfs-dir-2`) may
+  hold a small directory inline, in its parent's object, instead of as an object of its
+  own: a view of many tiny directories is a few objects, not one per directory.
 
     tree = Tree(store.get, info["manifest"])      # the mount; any format
     tree.list_dir("train/cats") / tree.lookup("train", "cats")
@@ -40,10 +43,16 @@ from fsd.base.paths import hostile_reason
 __all__ = ["Entry", "Tree", "WouldBlock", "ViewError", "build_view", "iter_files", "manifest_objects", "named",
            "references", "PAGE_ENTRIES", "VIEW_FORMAT", "DIR_FORMAT"]
 
-VIEW_FORMAT = "hoardfs-view-2"
-DIR_FORMAT = "hoardfs-dir-1"
-#: entries per directory object; a larger directory is split into pages of this many
+VIEW_FORMAT = "hoardfs-view-3"
+DIR_FORMAT = "hoardfs-dir-2"
+#: the tree formats read (view-2's directory objects are dir-1: dir-2 without inline entries)
+TREE_FORMATS = ("hoardfs-view-2", VIEW_FORMAT)
+#: entries per directory object; a larger directory is split into pages of this many (an
+#: inline directory counts with every entry it holds)
 PAGE_ENTRIES = 4096
+#: a directory holding at most this many entries (its inline ones' included) is written
+#: inline in its parent's object, not as an object of its own
+INLINE_ENTRIES = 16
 #: memory for parsed directory objects in a Tree
 CACHE_BYTES = 64 << 20
 
@@ -69,9 +78,10 @@ class ViewError(HoardError):
 # -- reading ------------------------------------------------------------------------------------
 
 class _Dir:
-    """A parsed directory object: its entries (sorted), or the index of its pages."""
+    """A parsed directory object: its entries (sorted), or the index of its pages. A
+    directory written inline (dir-2 `"i"` entries) is a _Dir in `inline`, by name."""
 
-    __slots__ = ("names", "entries", "firsts", "pages", "cost")
+    __slots__ = ("names", "entries", "firsts", "pages", "cost", "inline")
 
     def __init__(self, doc: dict, cost: int) -> None:
         self.cost = cost
@@ -79,6 +89,7 @@ class _Dir:
         self.entries: list[Entry] = []
         self.firsts: list[str] = []
         self.pages: list[str] = []
+        self.inline: dict[str, _Dir] = {}
         if "pages" in doc:
             for first, sha, _count in doc["pages"]:
                 self.firsts.append(first)
@@ -86,8 +97,13 @@ class _Dir:
         else:
             for e in doc["entries"]:
                 self.names.append(e[0])
-                self.entries.append(Entry(e[0], False, bytes.fromhex(e[2]), e[3]) if e[1] == "f"
-                                    else Entry(e[0], True, bytes.fromhex(e[2]), e[3], e[4]))
+                if e[1] == "f":
+                    self.entries.append(Entry(e[0], False, bytes.fromhex(e[2]), e[3]))
+                elif e[1] == "d":
+                    self.entries.append(Entry(e[0], True, bytes.fromhex(e[2]), e[3], e[4]))
+                else:  # "i": its entries are here; it has no object (sha None)
+                    self.entries.append(Entry(e[0], True, None, e[3], e[4]))
+                    self.inline[e[0]] = _Dir({"entries": e[2]}, 0)
 
     def find(self, name: str) -> Entry | None:
         i = bisect.bisect_left(self.names, name)
@@ -120,12 +136,20 @@ class Tree:
         with self.lock:
             if self.kind is not None:
                 return
-            if doc.get("format") == VIEW_FORMAT:
+            if doc.get("format") in TREE_FORMATS:
                 self.root, self.kind = doc["root"], "v2"
             else:
                 self.flat, self.kind = _flat_dirs(doc["files"]), "flat"
 
     def _dir(self, sha: str, block: bool) -> _Dir:
+        """The directory `sha` names: an object's sha256, or `<sha256>/<name>/…` for a
+        directory written inline in that object (a page's, for a split parent)."""
+        if "/" in sha:
+            holder, *names = sha.split("/")
+            d = self._dir(holder, block)
+            for name in names:
+                d = d.inline[name]
+            return d
         with self.lock:
             d = self.objects.get(sha)
             if d is not None:
@@ -145,13 +169,18 @@ class Tree:
         return d
 
     def _find(self, dir_sha: str, name: str, block: bool) -> Entry | None:
+        return self._find_in(dir_sha, name, block)[0]
+
+    def _find_in(self, dir_sha: str, name: str, block: bool) -> tuple[Entry | None, str]:
+        """The entry and the key (see `_dir`) of the directory or page that holds it."""
         d = self._dir(dir_sha, block)
         if d.pages:
             i = bisect.bisect_right(d.firsts, name) - 1
             if i < 0:
-                return None
-            d = self._dir(d.pages[i], block)
-        return d.find(name)
+                return None, dir_sha
+            dir_sha = d.pages[i]
+            d = self._dir(dir_sha, block)
+        return d.find(name), dir_sha
 
     def _dir_of(self, path: str, block: bool) -> str | None:
         """The v2 directory object of `path`, or None if it is not a directory."""
@@ -164,8 +193,10 @@ class Tree:
         else:
             parent, _, name = path.rpartition("/")
             psha = self._dir_of(parent, block)
-            e = self._find(psha, name, block) if psha is not None else None
-            found = e.sha.hex() if e is not None and e.is_dir else None
+            e, holder = self._find_in(psha, name, block) if psha is not None else (None, "")
+            found = None
+            if e is not None and e.is_dir:
+                found = e.sha.hex() if e.sha is not None else f"{holder}/{name}"
         with self.lock:
             self.paths[path] = found
             while len(self.paths) > 65536:
@@ -235,7 +266,7 @@ def iter_files(get: Get, manifest_sha_hex: str, own: list[bytes] | None = None) 
     if own is not None:
         own.append(bytes.fromhex(manifest_sha_hex))
     doc = json.loads(get(manifest_sha_hex))
-    if doc.get("format") != VIEW_FORMAT:
+    if doc.get("format") not in TREE_FORMATS:
         for f in doc["files"]:  # (hand-made batch manifests may lack sizes: 0 then)
             yield f["path"], bytes.fromhex(f["sha256"]), int(f.get("size", 0))
         return
@@ -248,11 +279,17 @@ def _walk(get: Get, dir_sha: str, prefix: str, own: list[bytes] | None) -> Itera
     if own is not None:
         own += [bytes.fromhex(sha) for sha in (dir_sha, *pages)]
     for entries in (json.loads(get(p))["entries"] for p in pages) if pages else [doc["entries"]]:
-        for e in entries:
-            if e[1] == "f":
-                yield prefix + e[0], bytes.fromhex(e[2]), e[3]
-            else:
-                yield from _walk(get, e[2], f"{prefix}{e[0]}/", own)
+        yield from _walk_entries(get, entries, prefix, own)
+
+
+def _walk_entries(get: Get, entries: list, prefix: str, own: list[bytes] | None) -> Iterator[tuple[str, bytes, int]]:
+    for e in entries:
+        if e[1] == "f":
+            yield prefix + e[0], bytes.fromhex(e[2]), e[3]
+        elif e[1] == "d":
+            yield from _walk(get, e[2], f"{prefix}{e[0]}/", own)
+        else:  # "i": a directory inline
+            yield from _walk_entries(get, e[2], f"{prefix}{e[0]}/", own)
 
 
 def manifest_objects(get: Get, manifest_sha_hex: str) -> list[bytes]:
@@ -323,7 +360,7 @@ def naming_lock(store) -> Iterator[None]:
 
 
 def build_view(store, name: str, rows: Iterable[tuple[str, str]], page_entries: int = PAGE_ENTRIES) -> dict:
-    """Check and store a view-2 manifest from (path, sha256 hex) rows in any order; returns
+    """Check and store a view-3 manifest from (path, sha256 hex) rows in any order; returns
     {manifest, files, bytes, objects: the manifest's own objects, file_objects: the distinct
     sha256s of its files}. Memory stays bounded whatever the number of rows: rows are
     spooled to a temporary file, sorted there (`sort`, only if they were not in order
@@ -369,24 +406,29 @@ def build_view(store, name: str, rows: Iterable[tuple[str, str]], page_entries: 
                         "removes a view)")
     body = json.dumps({"format": VIEW_FORMAT, "name": name, "files": files, "bytes": total, "root": root},
                       sort_keys=True).encode()
-    sha = store.put_bytes(body, klass="generated").sha256
-    return {"manifest": sha, "files": files, "bytes": total, "objects": [*builder.written, sha],
+    # the root goes in the last group of directory objects: one commit makes them all durable
+    # before any is indexed, so the root is never acknowledged before a directory it names
+    sha = builder.put_body(body)
+    builder.flush()
+    return {"manifest": sha, "files": files, "bytes": total, "objects": builder.written,
             "file_objects": list(sizes)}
 
 
 class _Frame:
     """An open directory while a view is built."""
 
-    __slots__ = ("name", "entries", "pages", "files", "bytes", "last")
+    __slots__ = ("name", "entries", "pages", "files", "bytes", "last", "weight")
 
     def __init__(self, name: str) -> None:
         self.name, self.entries, self.pages, self.files, self.bytes = name, [], [], 0, 0
-        self.last: tuple[str, str] | None = None  # (name, "f"|"d") of the newest entry, across pages
+        self.last: tuple[str, str] | None = None  # (name, kind) of the newest entry, across pages
+        self.weight = 0  # entries in `entries`, each inline directory's counted with it
 
 
 class _Builder:
     """Directories bottom-up from files in component order: a stack of open directories,
-    each written (as one object, or as pages plus a page index) when the walk leaves it."""
+    each written (inline in its parent, as one object, or as pages plus a page index) when
+    the walk leaves it. Objects are stored in groups (`flush`); the caller flushes the last."""
 
     #: directory objects are stored in batches of this many bytes (one group commit each)
     FLUSH_BYTES = 16 << 20
@@ -399,7 +441,10 @@ class _Builder:
 
     def _put(self, doc: dict) -> str:
         """A directory object's sha256; the object is stored with the next batch (`flush`)."""
-        body = json.dumps({"format": DIR_FORMAT, **doc}, separators=(",", ":"), ensure_ascii=False).encode()
+        return self.put_body(json.dumps({"format": DIR_FORMAT, **doc}, separators=(",", ":"),
+                                        ensure_ascii=False).encode())
+
+    def put_body(self, body: bytes) -> str:
         sha = hashlib.sha256(body).hexdigest()
         self.written.append(sha)
         self.pending.append(body)
@@ -437,24 +482,29 @@ class _Builder:
         while len(stack) > 1:
             self._close(stack)
         root = stack[0]
-        top = self._finish(root)
-        self.flush()
-        return top, root.files, root.bytes
+        return self._finish(root), root.files, root.bytes
 
-    def _add(self, frame: _Frame, entry: list, files: int, size: int) -> None:
+    def _add(self, frame: _Frame, entry: list, files: int, size: int, weight: int = 1) -> None:
         frame.entries.append(entry)
         frame.last = (entry[0], entry[1])
         frame.files += files
         frame.bytes += size
-        if len(frame.entries) >= self.page_entries:
+        frame.weight += weight
+        if frame.weight >= self.page_entries:
             self._page(frame)
 
     def _page(self, frame: _Frame) -> None:
         frame.pages.append([frame.entries[0][0], self._put({"entries": frame.entries}), len(frame.entries)])
-        frame.entries = []
+        frame.entries, frame.weight = [], 0
 
     def _close(self, stack: list[_Frame]) -> None:
         frame = stack.pop()
+        if not frame.pages and frame.weight <= INLINE_ENTRIES:
+            # a small directory is held in its parent's object: no object, no record, no
+            # index entry of its own (a by-batch export of 100,000 files has ~97,000 of them)
+            self._add(stack[-1], [frame.name, "i", frame.entries, frame.bytes, frame.files], frame.files,
+                      frame.bytes, 1 + frame.weight)
+            return
         self._add(stack[-1], [frame.name, "d", self._finish(frame), frame.bytes, frame.files], frame.files, frame.bytes)
 
     def _finish(self, frame: _Frame) -> str:

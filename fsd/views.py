@@ -5,7 +5,7 @@ Manifest input: text lines `<sha256><whitespace><path>` (what `sha256sum` prints
 line by line, so a list of 10 M files streams) or JSON `{"files": [{"path": "a/b.jpg",
 "sha256": "…"}, …]}` (read whole). Every path is checked like a batch's (no `..`,
 absolute, NUL, control characters, over-long), every sha256 must be in the store, and a
-path may appear once. Stored as a `hoardfs-view-2` manifest (fsd/manifest.py).
+path may appear once. Stored as a `hoardfs-view-3` manifest (fsd/manifest.py).
 """
 
 from __future__ import annotations
@@ -106,7 +106,7 @@ def define_view_rows(store, name: str, rows: Iterable[tuple[str, str]], *, for_o
                      owned: Iterable[str] = ()) -> dict:
     """Define (or replace) view `name` from (path, sha256) rows in any order, in bounded
     memory. The objects of the manifest it replaces are tombstoned: gc frees those that no
-    other manifest (an identical directory is one object) still references. `for_output`:
+    other manifest still references (a directory object two share is one). `for_output`:
     the caller is a view-mode output's job (OUTPUT_VIEW names are its alone). `owned`: the
     sha256s of objects made for this view alone (a view-mode output's sidecars), listed in
     an object the view's record names: when the view is removed or replaced they are

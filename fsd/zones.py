@@ -379,14 +379,40 @@ def _seal_of(zone: str, p: Path) -> tuple[str, float] | None:
     return None
 
 
-def zone_usage(cfg: Settings, zone: str) -> dict[str, Any]:
-    """One zone's figures for `hoard zones` and `hoard health` (never changes anything)."""
+#: every zone's reservations as one `usage` call read them (or what reading them raised)
+Read = dict[str, "list[Reservation] | HoardError"]
+
+
+def _read_all(cfg: Settings) -> Read:
+    read: Read = {}
+    for z in ZONES:
+        try:
+            read[z] = reservations(cfg, z)
+        except HoardError as e:
+            read[z] = e
+    return read
+
+
+def _reservations(cfg: Settings, zone: str, read: Read | None) -> list[Reservation]:
+    """`reservations(cfg, zone)`, or what `read` holds for it (raising what reading raised)."""
+    if read is None:
+        return reservations(cfg, zone)
+    got = read[zone]
+    if isinstance(got, HoardError):
+        raise got
+    return got
+
+
+def zone_usage(cfg: Settings, zone: str, read: Read | None = None) -> dict[str, Any]:
+    """One zone's figures for `hoard zones` and `hoard health` (never changes anything).
+    `read`: every zone's reservations, read once by the caller (`usage`): each zone counts
+    all zones' pending bytes, which would otherwise read every zone's files again."""
     zpath = cfg.ssd.zone_path(zone)  # type: ignore[arg-type]
     q = quota(cfg, zone)
     present = zpath.is_dir()
     error = None
     try:
-        rs = reservations(cfg, zone) if present else []
+        rs = _reservations(cfg, zone, read) if present else []
     except HoardError as e:  # health reports, it does not crash: the zone is shown without them
         rs, error = [], e.message
     used = du(zpath) if present else 0
@@ -395,7 +421,7 @@ def zone_usage(cfg: Settings, zone: str) -> dict[str, Any]:
     room = max(0, q - used - reserved)
     fs = fs_free(zpath) if present else 0
     try:  # what running jobs in any zone reserved will come out of the shared file system too
-        pending = pending_on_fs(cfg, zone)[0] if present else 0
+        pending = pending_on_fs(cfg, zone, read=read)[0] if present else 0
     except HoardError:  # another zone's reservation file is damaged: its own usage names it
         pending = reserved
     fs_room = max(0, fs - pending)
@@ -407,7 +433,9 @@ def zone_usage(cfg: Settings, zone: str) -> dict[str, Any]:
 
 
 def usage(cfg: Settings) -> dict[str, dict[str, Any]]:
-    return {z: zone_usage(cfg, z) for z in ZONES}
+    """Every zone's figures; each zone's reservation files are read once."""
+    read = _read_all(cfg)
+    return {z: zone_usage(cfg, z, read) for z in ZONES}
 
 
 # -- reserving ----------------------------------------------------------------------------
@@ -465,9 +493,10 @@ def grow(cfg: Settings, r: Reservation, nbytes: int) -> Reservation:
         return r
 
 
-def pending_on_fs(cfg: Settings, zone: str, skip_id: str = "") -> tuple[int, list[str]]:
+def pending_on_fs(cfg: Settings, zone: str, skip_id: str = "", read: Read | None = None) -> tuple[int, list[str]]:
     """Bytes the live reservations of every zone on `zone`'s file system have still to write
-    (but `skip_id`'s in `zone`), and those zones: the SSD's zones share its free space."""
+    (but `skip_id`'s in `zone`), and those zones: the SSD's zones share its free space.
+    `read`: the reservations as already read (see `zone_usage`), else they are read now."""
     dev = os.stat(cfg.ssd.zone_path(zone)).st_dev  # type: ignore[arg-type]
     total, where = 0, []
     for z in ZONES:
@@ -477,7 +506,7 @@ def pending_on_fs(cfg: Settings, zone: str, skip_id: str = "") -> tuple[int, lis
         except (FileNotFoundError, KeyError):
             continue
         try:
-            rs = reservations(cfg, z)
+            rs = _reservations(cfg, z, read)
         except OSError as e:  # that zone's own usage names it; it holds nothing this one can count on
             log.warning("zone %s: its reservations cannot be read (%s)", z, e)
             continue

@@ -19,7 +19,8 @@ import pytest
 from fsd.base import config
 from fsd.check import check
 from fsd.gc import gc
-from fsd.manifest import DIR_FORMAT, VIEW_FORMAT, Tree, WouldBlock, build_view, iter_files, manifest_objects
+from fsd.manifest import (DIR_FORMAT, INLINE_ENTRIES, VIEW_FORMAT, Tree, WouldBlock, build_view, iter_files,
+                          manifest_objects)
 from fsd.records import ObjectNotFound
 from fsd.store import Store
 from fsd.views import ViewError, define_view, define_view_rows, remove_view
@@ -140,11 +141,12 @@ def test_gc_keeps_live_pages_and_frees_replaced_ones(store_factory, tmp_path: Pa
     references and keeps every object of the live views (a directory both share included)."""
     store = store_factory(n_disks=3, caps=None, shard_size_mb=1, copy_of_raw=2)
     res = store.put_many(make_files(tmp_path / "in", 30))
-    shared = {f"common/{k}": r.sha256 for k, r in enumerate(res[:10])}
-    first = define_view_rows(store, "v", {**shared, "only/old": res[20].sha256}.items())
+    # more than INLINE_ENTRIES files: `common` is an object of its own (a smaller one is inline)
+    shared = {f"common/{k}": r.sha256 for k, r in enumerate(res[:INLINE_ENTRIES + 4])}
+    first = define_view_rows(store, "v", {**shared, "only/old": res[-2].sha256}.items())
     old_objects = set(manifest_objects(store.get, first["manifest"]))
     other = define_view_rows(store, "w", shared.items())  # shares the `common` directory object
-    second = define_view_rows(store, "v", {**shared, "only/new": res[21].sha256}.items())
+    second = define_view_rows(store, "v", {**shared, "only/new": res[-1].sha256}.items())
     live = set(manifest_objects(store.get, second["manifest"])) | set(manifest_objects(store.get, other["manifest"]))
     assert old_objects & live, "the two views should share the `common` directory object"
     gc(store, threshold=0.99)
@@ -154,7 +156,7 @@ def test_gc_keeps_live_pages_and_frees_replaced_ones(store_factory, tmp_path: Pa
         with pytest.raises(ObjectNotFound):
             store.get(sha.hex())
     assert {p for p, _, _ in iter_files(store.get, second["manifest"])} == {*shared, "only/new"}
-    for r in res[:10] + [res[21]]:  # files are not the views' to free
+    for r in res[:INLINE_ENTRIES + 4] + [res[-1]]:  # files are not the views' to free
         assert hashlib.sha256(store.get(r.sha256)).hexdigest() == r.sha256
     remove_view(store, "w")
     gc(store, threshold=0.99)
@@ -164,7 +166,8 @@ def test_gc_keeps_live_pages_and_frees_replaced_ones(store_factory, tmp_path: Pa
 def test_check_reports_a_lost_page(store_factory, tmp_path: Path) -> None:
     store = store_factory(n_disks=2)
     res = store.put_many(make_files(tmp_path / "in", 4))
-    built = define_view_rows(store, "v", [(f"d{k}/f", r.sha256) for k, r in enumerate(res)])
+    built = define_view_rows(store, "v", [(f"d{k}/f{j:02d}", r.sha256) for k, r in enumerate(res)
+                                          for j in range(INLINE_ENTRIES + 1)])  # each directory an object
     doc = json.loads(store.get(built["manifest"]))
     page = next(e[2] for e in json.loads(store.get(doc["root"]))["entries"] if e[0] == "d2")
     assert "manifest" not in check(store).counts
@@ -176,31 +179,102 @@ def test_check_reports_a_lost_page(store_factory, tmp_path: Path) -> None:
     assert found and "cannot be read" in found[0] and page in found[0], rep.problems
 
 
-def test_design_doc_worked_example_decodes(store_factory, tmp_path: Path) -> None:
-    """docs/design.md's view-2 example: the JSON shown there is what build_view writes for
-    its rows, object for object (the sha256s in the doc are those of the JSON shown)."""
+def _doc_example(version: str) -> tuple[list[str], list[dict]]:
+    """The sha256s and the objects of docs/design.md's view-N example block."""
     text = (REPO / "docs" / "design.md").read_text()
-    block = text[text.index("<!-- view-2 example -->"):text.index("<!-- /view-2 example -->")]
+    block = text[text.index(f"<!-- {version} example -->"):text.index(f"<!-- /{version} example -->")]
     docs = [json.loads(m) for m in re.findall(r"^(\{.*\})$", block, re.M)]
     shas = re.findall(r"^([0-9a-f]{64}):$", block, re.M)
-    assert len(docs) == len(shas) >= 3
-    by_sha = {}
+    assert len(docs) == len(shas) >= 2
     for sha, doc in zip(shas, docs):
-        raw = json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode() if doc["format"] == DIR_FORMAT \
-            else json.dumps(doc, sort_keys=True).encode()
+        raw = json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode() if "format" in doc and \
+            doc["format"].startswith("hoardfs-dir-") else json.dumps(doc, sort_keys=True).encode()
         assert hashlib.sha256(raw).hexdigest() == sha
-        by_sha[sha] = doc
-    root = next(d for d in docs if d["format"] == VIEW_FORMAT)
-    assert root["root"] in by_sha
-    store = store_factory(n_disks=2)
+    return shas, docs
+
+
+def _pets(store, tmp_path: Path) -> dict[str, str]:
     res = {}
     for name, content in (("cat.jpg", b"meow\n"), ("dog.jpg", b"woof\n"), ("readme.txt", b"hello\n")):
         (tmp_path / name).write_bytes(content)
-        res[name] = store.put_many([tmp_path / name])[0]
-    rows = [("train/cats/1.jpg", res["cat.jpg"].sha256), ("train/dogs/1.jpg", res["dog.jpg"].sha256),
-            ("README.txt", res["readme.txt"].sha256)]
-    built = build_view(store, root["name"], rows)
-    assert set(built["objects"]) == set(shas)
+        res[name] = store.put_many([tmp_path / name])[0].sha256
+    return {"train/cats/1.jpg": res["cat.jpg"], "train/dogs/1.jpg": res["dog.jpg"], "README.txt": res["readme.txt"]}
+
+
+def test_design_doc_worked_example_decodes(store_factory, tmp_path: Path) -> None:
+    """docs/design.md's view-3 example: the JSON shown there is what build_view writes for
+    its rows, object for object (the sha256s in the doc are those of the JSON shown)."""
+    shas, docs = _doc_example("view-3")
+    root = next(d for d in docs if d["format"] == VIEW_FORMAT)
+    assert root["root"] in shas and all(d["format"] == DIR_FORMAT for d in docs if d is not root)
+    store = store_factory(n_disks=2)
+    built = build_view(store, root["name"], list(_pets(store, tmp_path).items()))
+    assert built["objects"] == shas
+
+
+def test_view2_manifests_still_read(store_factory, tmp_path: Path) -> None:
+    """docs/design.md's view-2 example (one object per directory, as stored before view-3)
+    stored as it is: listed, looked up and walked as the view-3 one, its own objects found."""
+    shas, docs = _doc_example("view-2")
+    assert {d["format"] for d in docs} == {"hoardfs-view-2", "hoardfs-dir-1"}
+    store = store_factory(n_disks=2)
+    rows = _pets(store, tmp_path)
+    for sha, doc in zip(shas, docs):
+        raw = json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode() if doc["format"] == "hoardfs-dir-1" \
+            else json.dumps(doc, sort_keys=True).encode()
+        assert store.put_bytes(raw, klass="generated").sha256 == sha
+    manifest = next(sha for sha, d in zip(shas, docs) if d["format"] == "hoardfs-view-2")
+    new = build_view(store, "pets", list(rows.items()))["manifest"]
+    for sha in (manifest, new):
+        tree = Tree(store.get, sha)
+        assert [(e.name, e.is_dir, e.size, e.files) for e in tree.list_dir("")] == [("README.txt", False, 6, 0),
+                                                                                  ("train", True, 10, 2)]
+        assert [e.name for e in tree.list_dir("train")] == ["cats", "dogs"]
+        assert tree.lookup("train/dogs", "1.jpg").sha.hex() == rows["train/dogs/1.jpg"]
+        assert tree.list_dir("train/cats/1.jpg") is None and tree.lookup("train/cats", "2.jpg") is None
+        assert {p: s.hex() for p, s, _ in iter_files(store.get, sha)} == rows
+    assert sorted(s.hex() for s in manifest_objects(store.get, manifest)) == sorted(shas)
+
+
+def test_inline_directories_under_pages(store_factory, tmp_path: Path) -> None:
+    """Small directories inline, big ones objects, both in a parent split into pages: every
+    directory lists and looks up as built, the nowait lookups answer once loaded, and each
+    page holds at most page_entries - 1 + INLINE_ENTRIES + 1 weight."""
+    store = store_factory(n_disks=2)
+    res = store.put_many(make_files(tmp_path / "in", 5))
+    rows = {}
+    for k in range(30):  # d00..d29: sizes 1..30 — inline up to INLINE_ENTRIES, objects beyond
+        for j in range(k + 1):
+            rows[f"top/d{k:02d}/s/f{j:02d}" if k % 7 == 3 else f"top/d{k:02d}/f{j:02d}"] = res[j % 5].sha256
+    rows["top/d05/deeper/x/y/z"] = res[0].sha256
+    built = build_view(store, "t", sorted(rows.items()), page_entries=40)
+    tree = Tree(store.get, built["manifest"])
+    for d, kids in _expected_dirs(rows).items():
+        got = tree.list_dir(d)
+        assert [e.name for e in got] == kids, d
+        for e in got:
+            full = f"{d}/{e.name}" if d else e.name
+            assert tree.lookup_nowait(d, e.name) == e
+            if not e.is_dir:
+                assert e.sha.hex() == rows[full]
+            else:
+                assert e.files == sum(1 for p in rows if p.startswith(full + "/"))
+    assert {p: s.hex() for p, s, _ in iter_files(store.get, built["manifest"])} == rows
+    top = json.loads(store.get(json.loads(store.get(built["manifest"]))["root"]))
+    inner = json.loads(store.get(top["entries"][0][2]))
+    assert "pages" in inner and len(inner["pages"]) > 1
+    kinds = set()
+    for _first, page, _n in inner["pages"]:
+        entries = json.loads(store.get(page))["entries"]
+        kinds |= {e[1] for e in entries}
+        weight = sum(1 + _weight(e) for e in entries)
+        assert weight <= 40 - 1 + INLINE_ENTRIES + 1
+    assert kinds == {"i", "d"}
+    assert len(set(built["objects"])) == len(set(manifest_objects(store.get, built["manifest"])))
+
+
+def _weight(e: list) -> int:
+    return sum(1 + _weight(c) for c in e[2]) if e[1] == "i" else 0
 
 
 @pytest.mark.needs(os.path.exists("/dev/fuse"), "MOUNT TESTS SKIPPED: no /dev/fuse")

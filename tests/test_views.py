@@ -81,3 +81,66 @@ def test_removing_a_view_tombstones_only_what_it_owned(store_factory, tmp_path: 
     assert store.index.marked_among(store.index.deleted, [bytes.fromhex(s) for s in (a, b, c)]) == set()
     remove_view(store, "mixed")
     assert store.index.marked_among(store.index.deleted, [bytes.fromhex(s) for s in (a, b, c)]) == {bytes.fromhex(c)}
+
+
+def test_a_view_is_named_only_after_every_object_of_its_manifest_is_durable(
+        store_factory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The write order of a definition, followed call by call: an index transaction never
+    finds a shard replica with bytes written and not fsynced; the root is indexed no earlier
+    than any directory object it names (inline or not); the view is named — its pointers on
+    the disks, its index entry — only after every manifest object is indexed. (A build that
+    indexed before its fsyncs, or stored the root first, or registered before its last
+    group commit would leave a name pointing at bytes a power cut can take.)"""
+    from fsd import disks, manifest
+    from fsd.manifest import manifest_objects
+    from fsd.views import define_view_rows
+
+    store = store_factory(n_disks=3, caps=None)
+    res = store.put_many(make_files(tmp_path / "in", 8))
+    # directories inline (small/d*) and as objects (small, big, the top), in several group commits
+    rows = [(f"small/d{k}/f.bin", res[k % 8].sha256) for k in range(300)]
+    rows += [(f"big/f{k:04d}.bin", res[k % 8].sha256) for k in range(manifest.INLINE_ENTRIES + 30)]
+    monkeypatch.setattr(manifest._Builder, "FLUSH_BYTES", 4096)
+    events: list[tuple[str, object]] = []
+    dirty: set[int] = set()
+    real_write, real_sync = disks._FileSink.write, disks._FileSink.sync
+
+    def write(sink, data):
+        real_write(sink, data)
+        dirty.add(id(sink))
+
+    def sync(sink):
+        real_sync(sink)
+        dirty.discard(id(sink))
+
+    real_add, real_pointer, real_put_view = store.index.add_objects, store.write_pointer, store.index.put_view
+
+    def add_objects(entries, *a, **kw):
+        assert not dirty, "an index transaction while a replica holds bytes not fsynced"
+        events.append(("index", {sha.hex() for sha, _loc in entries}))
+        return real_add(entries, *a, **kw)
+
+    def named(kind):
+        def call(*a, **kw):
+            events.append((kind, None))
+            return (real_pointer if kind == "pointer" else real_put_view)(*a, **kw)
+        return call
+
+    monkeypatch.setattr(disks._FileSink, "write", write)
+    monkeypatch.setattr(disks._FileSink, "sync", sync)
+    monkeypatch.setattr(store.index, "add_objects", add_objects)
+    monkeypatch.setattr(store, "write_pointer", named("pointer"))
+    monkeypatch.setattr(store.index, "put_view", named("put_view"))
+    info = define_view_rows(store, "ordered", rows)
+
+    own = {sha.hex() for sha in manifest_objects(store.get, info["manifest"])}
+    assert len(own) == 4  # the root, the top, `small` and `big`
+    indexed_at: dict[str, int] = {}
+    for i, (kind, shas) in enumerate(events):
+        if kind == "index":
+            indexed_at.update({sha: i for sha in shas & own if sha not in indexed_at})
+    assert set(indexed_at) == own and len(set(indexed_at.values())) > 1  # several groups
+    assert indexed_at[info["manifest"]] == max(indexed_at.values())
+    first_name = min(i for i, (kind, _) in enumerate(events) if kind != "index")
+    assert max(indexed_at.values()) < first_name
+    assert [k for k, _ in events[first_name:]] == ["pointer", "put_view"]

@@ -578,3 +578,46 @@ def test_zones_sharing_a_file_system_count_each_others_reservations(tmp_path: Pa
         assert [r.id for r in zones.reservations(cfg, "3D")] == ["ex-1"]
     finally:
         subprocess.run(["umount", str(ssd)], check=True)
+
+
+def _steady(figures: dict) -> dict:
+    """Zone figures without what moves between two calls (reservations' ages)."""
+    return {z: {**u, "reservations": [{k: v for k, v in r.items() if k != "age_s"} for r in u["reservations"]]}
+            for z, u in figures.items()}
+
+
+def test_usage_reads_each_zones_reservations_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`usage` reads every zone's reservation files once — each zone's free space counts the
+    pending bytes of all zones on its file system, which used to read every zone's files per
+    zone (zones² reads) — and its figures are each zone's own `zone_usage`."""
+    cfg = zone_config(tmp_path)
+    zones.reserve(cfg, "3C", "job-c", "stage", 2 * MiB)
+    zones.reserve(cfg, "3D", "job-d", "export", 1 * MiB)
+    fill(tmp_path / "ssd" / "3D" / "job-d" / "part.bin", 256 << 10)
+    # a file system with 5 MiB free: what every zone may still use is that less all pending
+    monkeypatch.setattr(zones, "fs_free", lambda _path: 5 * MiB)
+    alone = {z: zones.zone_usage(cfg, z) for z in zones.ZONES}
+    calls: list[str] = []
+    real = zones.reservations
+    monkeypatch.setattr(zones, "reservations", lambda c, z: calls.append(z) or real(c, z))
+    together = zones.usage(cfg)
+    assert sorted(calls) == sorted(zones.ZONES)
+    assert _steady(together) == _steady(alone)
+    pending = together["3C"]["reserved_bytes"] + together["3D"]["reserved_bytes"]
+    assert together["3C"]["reserved_bytes"] == 2 * MiB and MiB - (264 << 10) <= together["3D"]["reserved_bytes"] < MiB
+    assert {z: u["free_bytes"] for z, u in together.items()} == {z: 5 * MiB - pending for z in zones.ZONES}
+
+
+def test_usage_with_a_damaged_reservation_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A reservation file a person broke: its zone names it, the other zones are reported
+    as `zone_usage` reports them alone (read once, raised where it was read)."""
+    cfg = zone_config(tmp_path)
+    zones.reserve(cfg, "3C", "job-c", "stage", 2 * MiB)
+    bad = zones.reservations_dir(cfg, "3D") / "broken.json"
+    bad.parent.mkdir(parents=True, exist_ok=True)
+    bad.write_text("{not json")
+    monkeypatch.setattr(zones, "fs_free", lambda _path: 5 * MiB)
+    together = zones.usage(cfg)
+    assert "broken.json" in together["3D"]["error"] and together["3D"]["reservations"] == []
+    assert together["3C"]["reserved_bytes"] == 2 * MiB and together["3C"]["error"] is None
+    assert _steady(together) == _steady({z: zones.zone_usage(cfg, z) for z in zones.ZONES})
