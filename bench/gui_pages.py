@@ -39,6 +39,7 @@ from _common import REPO, report, run_timed
 
 from fsd.base import config
 from fsd.store import Store
+from sql import browse
 from tests.gui_browser import chromium, free_port, have_browser, serving, sign_in, wait_text
 from tests.gui_fixtures import PASSWORDS, ROLES, fill_nodes, scale_pages
 
@@ -72,7 +73,8 @@ def main() -> None:
             store_s = time.monotonic() - t0
             sha = fill_nodes(url, args.nodes, 200, shas=shas)
             post, child = _lineage(url, args.relatives)
-            pages = scale_pages(sha) + [(f"/node/{post}?depth=1", f"children ({args.relatives})"),
+            shown = min(args.relatives, browse.MAX_RELATIVES)  # the page lists the nearest MAX_RELATIVES
+            pages = scale_pages(sha) + [(f"/node/{post}?depth=1", f"children ({shown}"),
                                         (f"/node/{child}?depth=3", "parents (2)")]
             with serving(cfg_path, work / "gui.log", port) as base, chromium() as driver:
                 sign_in(driver, base, "vera", PASSWORDS["vera"], path="/", then="Overview")

@@ -219,7 +219,8 @@ def register() -> None:
             if n["parents"] or n["children"]:
                 ui.echart(charts.lineage(n)).classes("w-full h-72").mark("lineage")
             for direction in ("parents", "children"):
-                ui.label(f"{direction} ({len(n[direction])})").classes("text-bold")
+                ui.label(f"{direction} ({len(n[direction])}" + (f"; more exist: the nearest {browse.MAX_RELATIVES} "
+                         "are shown)" if n[f"{direction}_cut"] else ")")).classes("text-bold")
                 for r in n[direction]:
                     what = (f"{r['virtual_kind']} {r['stable_id']}" if r["is_virtual"]
                             else f"{r['file_type'] or 'file'} {r['sha256'][:16]}…")

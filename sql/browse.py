@@ -233,7 +233,10 @@ def node(conn: psycopg.Connection, sha256_hex: str, depth: int = 1) -> dict[str,
                     LEFT JOIN physical_content pc USING (node_id)
                     ORDER BY w.node_id, w.depth) nearest
                 ORDER BY depth, node_id LIMIT %(limit)s""",
-                {"id": node_id, "depth": depth, "limit": MAX_RELATIVES}).fetchall()
+                {"id": node_id, "depth": depth, "limit": MAX_RELATIVES + 1}).fetchall()
+            # one more than shown says that more exist (the page says the list is cut)
+            out[f"{direction}_cut"] = len(out[direction]) > MAX_RELATIVES
+            del out[direction][MAX_RELATIVES:]
     return out
 
 
