@@ -6,6 +6,7 @@ in the FUSE mount, and the low-quality flag (`in_black_list`). Reads go through 
 from __future__ import annotations
 
 import datetime as dt
+import html
 import json
 from urllib.parse import urlencode
 
@@ -52,6 +53,19 @@ def thumb_img(sha256: str, size: str) -> ui.element:
     components (spinner, ratio box, transitions each) took seconds to render in a browser."""
     return ui.element("img").props(f'src="/thumb/{sha256}" loading="lazy" alt=""').classes(
         f"{size} object-contain").mark("thumb")
+
+
+def relatives_list(rows: list[dict]) -> ui.html:
+    """A node's parents or children as one HTML list (a row of two elements each took a 200-child
+    post's page past a second); stable ids and types come from scraped data: escaped."""
+    items = []
+    for r in rows:
+        what = (f"{r['virtual_kind']} {r['stable_id']}" if r["is_virtual"]
+                else f"{r['file_type'] or 'file'} {r['sha256'][:16]}…")
+        items.append(f'<li style="margin-left:{(r["depth"] - 1) * 1.5}em"><span class="text-caption">'
+                     f'{html.escape(r["rel"])} (depth {r["depth"]})</span> '
+                     f'<a href="/node/{r["sha256"]}">{html.escape(what)}</a></li>')
+    return ui.html(f'<ul class="q-ml-md" style="list-style:none;padding:0">{"".join(items)}</ul>')
 
 
 def register() -> None:
@@ -221,9 +235,5 @@ def register() -> None:
             for direction in ("parents", "children"):
                 ui.label(f"{direction} ({len(n[direction])}" + (f"; more exist: the nearest {browse.MAX_RELATIVES} "
                          "are shown)" if n[f"{direction}_cut"] else ")")).classes("text-bold")
-                for r in n[direction]:
-                    what = (f"{r['virtual_kind']} {r['stable_id']}" if r["is_virtual"]
-                            else f"{r['file_type'] or 'file'} {r['sha256'][:16]}…")
-                    with ui.row().classes("items-center q-ml-md"):
-                        ui.label(f"{'  ' * (r['depth'] - 1)}{r['rel']} (depth {r['depth']})").classes("text-caption")
-                        ui.link(what, f"/node/{r['sha256']}")
+                if n[direction]:
+                    relatives_list(n[direction]).mark(f"node-{direction}")

@@ -220,6 +220,9 @@ async def test_node_page_draws_its_lineage(user, gui_home: Path) -> None:
     await user.open(f"/node/{sha}?depth=2")
     await user.should_see(marker="lineage")
     await user.should_see("parents (2)")
+    [listed] = user.find(marker="node-parents").elements  # one HTML list, the stable id escaped
+    assert "post &lt;img src=x onerror=alert(1)&gt;" in listed.content and "<img src=x" not in listed.content
+    assert f'<a href="/node/{sha}"' not in listed.content and listed.content.count("<li") == 2
 
 
 async def test_a_video_shows_the_poster_its_source_shipped(user, gui_home: Path) -> None:
