@@ -232,6 +232,9 @@ def register() -> None:
                     ui.link(f"depth {d}", f"/node/{n['sha256']}?depth={d}").classes("q-ml-sm")
             if n["parents"] or n["children"]:
                 ui.echart(charts.lineage(n)).classes("w-full h-72").mark("lineage")
+                if max(len(n["parents"]), len(n["children"])) > charts.GRAPH_MAX:
+                    ui.label(f"the graph draws the nearest {charts.GRAPH_MAX} on each side; the lists below "
+                             "have them all").classes("text-caption")
             for direction in ("parents", "children"):
                 ui.label(f"{direction} ({len(n[direction])}" + (f"; more exist: the nearest {browse.MAX_RELATIVES} "
                          "are shown)" if n[f"{direction}_cut"] else ")")).classes("text-bold")

@@ -91,6 +91,11 @@ def zone_history(points: list[Any], marks: tuple[float, float, float]) -> dict[s
             "xAxis": {"type": "time"}, "yAxis": {"type": "value", "max": math.ceil(top / 10) * 10}, "series": series}
 
 
+#: the most parents (and children) the lineage graph draws: the nearest, so each one's `via` is
+#: drawn too; 200 labelled nodes and edges took a browser most of a second (the list has them all)
+GRAPH_MAX = 60
+
+
 def lineage(node: dict[str, Any]) -> dict[str, Any]:
     """A node's parents (left) and children (right) as a graph, one column per depth, each edge
     drawn parent → child with its relationship (`sql.browse.node`'s walk: `via` is the node a
@@ -105,9 +110,10 @@ def lineage(node: dict[str, Any]) -> dict[str, Any]:
     nodes = [{"id": "root", "name": "this node", "x": 0, "y": 0, "symbolSize": 22, "itemStyle": {"color": "#1e88e5"}}]
     links = []
     for direction, side in (("parents", -1), ("children", 1)):
-        key = {r["node_id"]: f"{direction}:{r['node_id']}" for r in node[direction]} | {root: "root"}
+        drawn = node[direction][:GRAPH_MAX]  # nearest first (sql.browse.node): their vias are drawn too
+        key = {r["node_id"]: f"{direction}:{r['node_id']}" for r in drawn} | {root: "root"}
         rows_at: dict[int, int] = {}
-        for r in node[direction]:
+        for r in drawn:
             row = rows_at[r["depth"]] = rows_at.get(r["depth"], -1) + 1
             nodes.append({"id": key[r["node_id"]], "name": name(r), "x": side * r["depth"] * 200, "y": row * 40,
                           "symbolSize": 14, "itemStyle": {"color": "#90a4ae" if r["is_virtual"] else "#43a047"}})

@@ -80,6 +80,8 @@ def test_a_cut_walk_keeps_the_nearest_relatives(pg) -> None:
     assert all(r["via"] in kept for r in n["children"])
     graph = charts.lineage(n)
     assert _connected(graph) == {d["id"] for d in graph["series"][0]["data"]}
+    assert len(graph["series"][0]["data"]) == 1 + charts.GRAPH_MAX  # the nearest drawn, the playlist among them
+    assert f"children:{playlist}" in {d["id"] for d in graph["series"][0]["data"]}
 
 
 def test_a_node_in_a_cycle_is_not_its_own_relative(pg) -> None:
