@@ -146,12 +146,14 @@ def test_long_or_wordy_text_is_refused_clearly(filled) -> None:
         browse.search(filled, text=" ".join(f"w{i}" for i in range(20)))
 
 
+@pytest.mark.parametrize("field", ["text", "label"])
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(st.text(max_size=80))
-def test_any_text_is_safe(filled, text: str) -> None:
-    """Whatever is typed: a list of rows or BadSearch, never another error."""
+@given(typed=st.text(max_size=80))
+def test_anything_typed_is_safe(filled, field: str, typed: str) -> None:
+    """Whatever is typed as search words or as a label: a list of rows or BadSearch, never
+    another error."""
     try:
-        browse.search(filled, text=text, limit=5)
+        browse.search(filled, limit=5, **{field: typed})
     except browse.BadSearch:
         pass
 
@@ -213,18 +215,12 @@ async def test_assets_page_says_why_it_cannot_search(user) -> None:
     """/assets with a text of operators only, or a NUL: one line saying why, not an error page
     or an unfiltered listing."""
     await sign_in(user, "vera")
-    await user.open("/assets?q=%26%7C%21%3A%2A%28%29")
-    await user.should_see("nothing to search for in '&|!:*()'")
-    await user.open("/assets?q=%00%27")
-    await user.should_see("nothing to search for")
-    await user.open("/assets?q=zebra")
-    await user.should_see("nothing matches")
-    await user.open("/assets?label=%3Dcat")
-    await user.should_see("names no key")
-    await user.open("/assets?label=class%3D%00cat")
-    await user.should_see("holds a character no label can")
-    await user.open("/assets?label=class%3Dcat")
-    await user.should_see("nothing matches")
+    for query, says in (("q=%26%7C%21%3A%2A%28%29", "nothing to search for in '&|!:*()'"),
+                        ("q=%00%27", "nothing to search for"), ("q=zebra", "nothing matches"),
+                        ("label=%3Dcat", "names no key"), ("label=class%3D%00cat", "holds a character no label can"),
+                        ("label=class%3Dcat", "nothing matches")):
+        await user.open(f"/assets?{query}")
+        await user.should_see(says)
 
 
 def _rows_read(plan: dict, relation: str) -> int:
@@ -316,17 +312,6 @@ def test_hostile_labels_give_results_or_a_clear_refusal(filled, label: str) -> N
         assert "label" in e.message
         return
     assert isinstance(rows, list)
-
-
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(st.text(max_size=40))
-def test_any_label_is_safe(filled, label: str) -> None:
-    """Whatever is typed as a label: a list of rows or BadSearch, never another error."""
-    try:
-        browse.search(filled, label=label, limit=5)
-    except browse.BadSearch:
-        pass
-
 
 
 def _blocks(plan: dict, index: str) -> int:
