@@ -60,8 +60,7 @@ def relatives_list(rows: list[dict]) -> ui.html:
     post's page past a second); stable ids and types come from scraped data: escaped."""
     items = []
     for r in rows:
-        what = (f"{r['virtual_kind']} {r['stable_id']}" if r["is_virtual"]
-                else f"{r['file_type'] or 'file'} {r['sha256'][:16]}…")
+        what = charts.relative_name(r, 16)
         items.append(f'<li style="margin-left:{(r["depth"] - 1) * 1.5}em"><span class="text-caption">'
                      f'{html.escape(r["rel"])} (depth {r["depth"]})</span> '
                      f'<a href="/node/{r["sha256"]}">{html.escape(what)}</a></li>')

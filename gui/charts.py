@@ -91,6 +91,14 @@ def zone_history(points: list[Any], marks: tuple[float, float, float]) -> dict[s
             "xAxis": {"type": "time"}, "yAxis": {"type": "value", "max": math.ceil(top / 10) * 10}, "series": series}
 
 
+def relative_name(r: dict[str, Any], sha_chars: int) -> str:
+    """How a parent or child (a row of `sql.browse.node`'s walk) is called: a virtual node by
+    its kind and stable id, a file by its type and the start of its sha256."""
+    if r["is_virtual"]:
+        return f"{r['virtual_kind']} {r['stable_id']}"
+    return f"{r['file_type'] or 'file'} {r['sha256'][:sha_chars]}…"
+
+
 #: the most parents (and children) the lineage graph draws: the nearest, so each one's `via` is
 #: drawn too; 200 labelled nodes and edges took a browser most of a second (the list has them all)
 GRAPH_MAX = 60
@@ -102,10 +110,6 @@ def lineage(node: dict[str, Any]) -> dict[str, Any]:
     relative was reached from). A node reached both ways shows on both sides. Names are drawn
     on the canvas and there is no tooltip: stable ids come from scraped metadata, and ECharts'
     tooltips are HTML."""
-    def name(r: dict[str, Any]) -> str:
-        what = f"{r['virtual_kind']} {r['stable_id']}" if r["is_virtual"] else f"{r['file_type'] or 'file'} {r['sha256'][:8]}"
-        return what[:32]
-
     root = node["node_id"]
     nodes = [{"id": "root", "name": "this node", "x": 0, "y": 0, "symbolSize": 22, "itemStyle": {"color": "#1e88e5"}}]
     links = []
@@ -115,8 +119,9 @@ def lineage(node: dict[str, Any]) -> dict[str, Any]:
         rows_at: dict[int, int] = {}
         for r in drawn:
             row = rows_at[r["depth"]] = rows_at.get(r["depth"], -1) + 1
-            nodes.append({"id": key[r["node_id"]], "name": name(r), "x": side * r["depth"] * 200, "y": row * 40,
-                          "symbolSize": 14, "itemStyle": {"color": "#90a4ae" if r["is_virtual"] else "#43a047"}})
+            nodes.append({"id": key[r["node_id"]], "name": relative_name(r, 8)[:32], "x": side * r["depth"] * 200,
+                          "y": row * 40, "symbolSize": 14,
+                          "itemStyle": {"color": "#90a4ae" if r["is_virtual"] else "#43a047"}})
             if r["via"] not in key:  # reached through a relative the walk's limit left out
                 continue
             ends = (key[r["node_id"]], key[r["via"]]) if side < 0 else (key[r["via"]], key[r["node_id"]])
