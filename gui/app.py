@@ -18,7 +18,7 @@ from nicegui import app, ui
 from fsd.base.config import Settings
 from fsd.base.errors import ExitCode, HoardError
 from gui import auth, browse_page, launch_page, overview, pipelines_page, rqdash, runs_page, storage, users_page
-from gui.context import AppStopping, Context, ctx, in_thread, set_context, stopping
+from gui.context import AppStopping, Context, ctx, in_thread, set_context, snapshot, stopping
 from gui.metrics import render
 from gui.state import Cache
 from jobs.users import LoginLimiter, users
@@ -63,7 +63,7 @@ def build(cfg: Settings) -> None:
         """The `hoard health --json` document of the last refresh; 503 while the database or
         Redis does not answer (the GUI can do nothing useful then), or while the GUI stops."""
         try:
-            snap = ctx().cache.snapshot or await in_thread(ctx().cache.refresh)
+            snap = await snapshot()
         except AppStopping:
             return stopping()
         h = snap.health
@@ -73,8 +73,7 @@ def build(cfg: Settings) -> None:
     @app.get("/metrics")
     async def metrics() -> Response:
         try:
-            if ctx().cache.snapshot is None:
-                await in_thread(ctx().cache.refresh)
+            await snapshot()
         except AppStopping:
             return stopping()
         return Response(render(lambda: ctx().cache.get()), media_type="text/plain; version=0.0.4; charset=utf-8")

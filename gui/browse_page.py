@@ -19,7 +19,7 @@ from fsd.base.errors import HoardError
 from gui import charts
 from gui.auth import require
 from gui.context import AppStopping, ctx, in_thread, page, stopping
-from gui.frame import frame, gb, page_number
+from gui.frame import db_down, frame, gb, page_number
 from gui.state import STORE_LOCK
 from jobs import ingest
 from sql import browse
@@ -88,7 +88,7 @@ def register() -> None:
                 rows, total = await in_thread(_db, browse.batches, source or None, PER_PAGE, (page - 1) * PER_PAGE)
                 names = await in_thread(_db, browse.sources)
             except psycopg.Error as e:
-                ui.label(f"the database does not answer: {str(e).strip().splitlines()[0]}").classes("text-negative")
+                db_down(e)
                 return
             ui.select({"": "every source", **{n: n for n in names}}, value=source, label="source",
                       on_change=lambda e: ui.navigate.to(f"/batches?{urlencode({'source': e.value} if e.value else {})}")
@@ -148,7 +148,7 @@ def register() -> None:
                 ui.label(e.message).classes("text-negative").mark("assets-refused")
                 return
             except psycopg.Error as e:
-                ui.label(f"the database does not answer: {str(e).strip().splitlines()[0]}").classes("text-negative")
+                db_down(e)
                 return
             more, rows = len(rows) > PER_PAGE, rows[:PER_PAGE]
             ui.label(f"{len(rows)} assets on page {page}" if rows else "nothing matches").classes("text-caption")
@@ -180,7 +180,7 @@ def register() -> None:
                 ui.label(e.message).classes("text-negative")
                 return
             except psycopg.Error as e:
-                ui.label(f"the database does not answer: {str(e).strip().splitlines()[0]}").classes("text-negative")
+                db_down(e)
                 return
             ui.label(n["sha256"]).classes("text-mono text-caption")
             with ui.row().classes("items-start w-full"):

@@ -19,7 +19,7 @@ from fastapi.responses import PlainTextResponse
 from nicegui import run, ui
 
 from fsd.base.config import Settings
-from gui.state import Cache
+from gui.state import Cache, Snapshot
 from gui.tickets import Tickets
 from jobs.users import LoginLimiter
 
@@ -91,6 +91,13 @@ def page(path: str, **kwargs: Any) -> Callable[[Callable[P, Any]], Callable[P, A
 
         return ui.page(path, **kwargs)(quiet)
     return register
+
+
+async def snapshot() -> Snapshot:
+    """The last snapshot, or one gathered now (off the event loop) when the background timer
+    has not made one yet: a page or route opened right after the GUI started."""
+    c = ctx()
+    return c.cache.snapshot or await in_thread(c.cache.refresh)
 
 
 def stopping() -> PlainTextResponse:

@@ -9,6 +9,7 @@ from typing import Any
 
 from nicegui import ui
 
+from fsd.base.errors import first_line
 from gui.auth import SignedIn, current_user
 from gui.context import ctx
 
@@ -66,6 +67,11 @@ def gb(n: int | None) -> str:
         if n >= size:
             return f"{n / size:.2f} {unit}"
     return f"{n} B"
+
+
+def db_down(e: Exception) -> None:
+    """The line a page shows where its database read failed."""
+    ui.label(f"the database does not answer: {first_line(e)}").classes("text-negative")
 
 
 def progress_text(p: dict[str, Any]) -> str:

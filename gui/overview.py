@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from nicegui import ui
 
-from gui.context import ctx, in_thread, page
+from gui.context import ctx, page, snapshot
 from gui.frame import age, frame, gb, live
 
 
@@ -32,7 +32,6 @@ def _body() -> None:
 def register() -> None:
     @page("/")
     async def overview() -> None:
-        if ctx().cache.snapshot is None:
-            await in_thread(ctx().cache.refresh)
+        await snapshot()
         with frame("Overview"):
             live(_body)

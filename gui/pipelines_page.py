@@ -7,8 +7,8 @@ from __future__ import annotations
 import psycopg
 from nicegui import ui
 
-from gui.context import ctx, in_thread, page
-from gui.frame import frame, gb
+from gui.context import ctx, in_thread, page, snapshot
+from gui.frame import db_down, frame, gb
 from sql import browse
 
 
@@ -20,13 +20,13 @@ def _pipelines() -> list[dict]:
 def register() -> None:
     @page("/pipelines")
     async def pipelines_page() -> None:
-        snap = ctx().cache.snapshot or await in_thread(ctx().cache.refresh)
+        snap = await snapshot()
         with frame("Pipelines and outputs"):
             ui.label("Pipelines").classes("text-h6")
             try:
                 rows = await in_thread(_pipelines)
             except psycopg.Error as e:
-                ui.label(f"the database does not answer: {str(e).strip().splitlines()[0]}").classes("text-negative")
+                db_down(e)
                 rows = []
             if not rows:
                 ui.label("no pipeline is defined yet (actions AC1–AC5 arrive with UA_2)").classes("text-caption")

@@ -13,7 +13,7 @@ from nicegui import ui
 
 from fsd.base.errors import HoardError
 from gui import charts
-from gui.context import ctx, in_thread, page
+from gui.context import ctx, in_thread, page, snapshot
 from gui.frame import age, frame, gb, live, progress_text
 from jobs import usage
 
@@ -157,8 +157,9 @@ def _body() -> None:
 
 
 def _history(points: list[Any] | None, error: str) -> None:
-    """The usage history charts (`hoard health --record`, systemd/hoard-usage.timer), read once
-    per page view: one bucketed query of at most sql.usage.CHART_POINTS points per series."""
+    """The usage history charts (`hoard health --record`, systemd/hoard-usage.timer) from
+    `_read_history`: one bucketed query of at most sql.usage.CHART_POINTS points per series,
+    shared by the views of HISTORY_KEEP_S."""
     t = ctx().cfg.ssd.thresholds
     ui.label(f"Usage over the last {HISTORY_DAYS} days").classes("text-h6 q-mt-md")
     if error or not points:
@@ -196,8 +197,7 @@ async def _read_history() -> tuple[list[Any] | None, str]:
 def register() -> None:
     @page("/storage")
     async def storage_page() -> None:
-        if ctx().cache.snapshot is None:
-            await in_thread(ctx().cache.refresh)
+        await snapshot()
         points, error = await _read_history()
         with frame("Storage"):
             live(_body)

@@ -18,7 +18,7 @@ from rq.registry import (DeferredJobRegistry, FailedJobRegistry, FinishedJobRegi
                          StartedJobRegistry)
 from rq.utils import current_timestamp
 
-from fsd.base.errors import HoardError, ServiceUnavailable
+from fsd.base.errors import HoardError, ServiceUnavailable, first_line
 
 #: The queues of hoardfs, in the order a default worker serves them.
 QUEUES = ("ingest", "io", "sql", "maintenance")
@@ -53,7 +53,7 @@ def condition_line(e: BaseException) -> str:
     if isinstance(e, HoardError):
         return e.message
     if isinstance(e, psycopg.OperationalError):
-        return f"PostgreSQL unreachable ({str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__})"
+        return f"PostgreSQL unreachable ({first_line(e)})"
     if isinstance(e, (redis.ConnectionError, redis.TimeoutError)):
         return f"Redis unreachable ({e})"
     if isinstance(e, OSError):
@@ -88,7 +88,7 @@ def redis_required(url: str) -> Iterator[None]:
     try:
         yield
     except (redis.ConnectionError, redis.TimeoutError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        first = first_line(e)
         raise ServiceUnavailable(f"Redis at {url} does not answer ({first}); start it (`hoard services up` for the "
                                  "embedded one) or fix redis_url in hoard.toml, then run this again") from None
 

@@ -15,7 +15,7 @@ from typing import Any
 import psycopg
 
 from fsd.base.config import Settings
-from fsd.base.errors import ExitCode, HoardError
+from fsd.base.errors import ExitCode, HoardError, first_line
 from sql.usage import HistoryPoint, Recorded, UsageRow, history as _history, record as _record
 
 #: disk states whose byte counts are read from the disk itself
@@ -61,16 +61,12 @@ def rows(report: dict[str, Any]) -> list[UsageRow]:
 HISTORY_TIMEOUT_S = 3
 
 
-def _first_line(e: Exception) -> str:
-    return (str(e).strip().splitlines() or [type(e).__name__])[0]
-
-
 def _connect(cfg: Settings, why: str, timeout_s: int = 10) -> psycopg.Connection:
     assert cfg.database_url
     try:
         return psycopg.connect(cfg.database_url, connect_timeout=timeout_s)
     except psycopg.OperationalError as e:
-        raise HoardError(f"{why}: the database is unreachable ({_first_line(e)}); `hoard services up` or check "
+        raise HoardError(f"{why}: the database is unreachable ({first_line(e)}); `hoard services up` or check "
                          "database_url", ExitCode.UNAVAILABLE) from None
 
 
@@ -90,5 +86,5 @@ def history(cfg: Settings, days: float = 30) -> list[HistoryPoint]:
         except HoardError:
             raise
         except psycopg.Error as e:  # cancelled by the timeout, the server going away …: the page says so
-            raise HoardError(f"no usage history: the database failed ({_first_line(e)})",
+            raise HoardError(f"no usage history: the database failed ({first_line(e)})",
                              ExitCode.UNAVAILABLE) from None

@@ -7,6 +7,7 @@ from typing import Any
 
 import psycopg
 
+from fsd.base.errors import first_line
 from sql.migrate import available
 
 
@@ -40,7 +41,7 @@ def database_status(url: str, timeout: float = 5) -> dict[str, Any]:
                     "schema_version": version, "long_transactions": long_tx, "last_backup": last,
                     "backups": per_kind}
     except psycopg.Error as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        first = first_line(e)
         return {"ok": False, "error": first}
 
 

@@ -65,3 +65,9 @@ class NotBuilt(HoardError):
     """A command of the skeleton whose implementation has not landed yet."""
 
     exit_code = ExitCode.NOT_BUILT
+
+
+def first_line(e: BaseException) -> str:
+    """An exception's message cut to its first line (a driver's error often runs on with a
+    DETAIL or a HINT), or its type's name when it has none: for one-line reports."""
+    return (str(e).strip().splitlines() or [type(e).__name__])[0]

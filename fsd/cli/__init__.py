@@ -24,7 +24,7 @@ from typer.core import TyperOption
 from fsd.base import config as config_mod
 from fsd.base import logs
 from fsd.base.config import ZONES, embedded_config_text
-from fsd.base.errors import ExitCode, HoardError
+from fsd.base.errors import ExitCode, HoardError, first_line
 from fsd.cli import db as _db
 from fsd.cli import disks as _disks
 from fsd.cli import find as _find
@@ -250,7 +250,7 @@ def _service_down(e: Exception) -> HoardError | None:
     import redis
 
     if isinstance(e, psycopg.OperationalError):
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        first = first_line(e)
         return HoardError(f"cannot reach the database ({first}); start it with `hoard services up` or fix "
                           "database_url — nothing was changed after this point", ExitCode.UNAVAILABLE)
     if isinstance(e, (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)):

@@ -19,7 +19,7 @@ from rich.progress import Progress as RichProgress
 
 from fsd.base import config as _config
 from fsd.base.config import Settings
-from fsd.base.errors import ExitCode, HoardError
+from fsd.base.errors import ExitCode, HoardError, first_line
 from fsd.base.paths import display
 from fsd.base.progress import PUBLISH_EVERY_S, Progress, Snapshot, published
 
@@ -227,7 +227,7 @@ def database(cfg: Settings, skip: bool = False, needed_for: str | None = None):
     try:
         conn = psycopg.connect(cfg.database_url, autocommit=True, connect_timeout=10)
     except psycopg.OperationalError as e:
-        why = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        why = first_line(e)
         if needed_for:
             raise HoardError(f"{needed_for}, and the database is unreachable ({why}); nothing was changed — "
                              "`hoard services up` or check database_url", ExitCode.UNAVAILABLE) from None

@@ -19,7 +19,7 @@ from typing import Annotated, Any, Optional
 import psycopg
 import typer
 
-from fsd.base.errors import ExitCode, HoardError
+from fsd.base.errors import ExitCode, HoardError, first_line
 from fsd.base.paths import display
 from fsd.cli._common import err, out, read_input, state
 
@@ -78,7 +78,7 @@ def _db_facts(cfg, sha: bytes) -> dict[str, Any]:
                                   "download_time": m[5].isoformat() if m[5] else None} for m in meta],
                     "labels": [{"key": k, "value": v} for k, v in labels]}
     except psycopg.Error as e:
-        return {"unavailable": (str(e).strip().splitlines() or [type(e).__name__])[0]}
+        return {"unavailable": first_line(e)}
 
 
 def info(
