@@ -1,6 +1,6 @@
 """The batch planner's reads alone (W2-F): where copy-mode export loses time against its bound.
 
-    python bench/planner_read.py [--small 20000] [--large 30]
+    python bench/planner_read.py [--small 20000] [--large 30] [--results DIR]
 
 The export corpus (bench/export.py: `--small` files of 4–64 KiB, `--large` of 1–50 MiB, two
 copies on lab4, 256 MiB shards), cold (page cache dropped before each variant), inside the
@@ -35,6 +35,7 @@ from fsd.planner import execute, make_plan
 
 
 def read_only(store, shas: list[bytes]) -> tuple[object, object]:
+    """Plan and read (timed by the caller; the page cache is dropped before, outside the time)."""
     plan = make_plan(store, shas)
 
     def sink(sha, payload) -> None:
@@ -44,7 +45,6 @@ def read_only(store, shas: list[bytes]) -> tuple[object, object]:
         for _ in pieces:
             pass
 
-    drop_caches()
     return plan, execute(store, plan, sink, large_sink)
 
 
@@ -52,6 +52,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--small", type=int, default=20000)
     ap.add_argument("--large", type=int, default=30)
+    ap.add_argument("--results", type=Path, help="directory for the JSON (default bench/results)")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="hoard-plread-", dir="/var/tmp"))
     small = flat_files(work / "src" / "small", args.small, seed=5151, lo=4 << 10, hi=64 << 10)
@@ -71,6 +72,7 @@ def main() -> None:
             sets = {"all": [by_path[p] for p in files], "small": [by_path[p] for p in small],
                     "large": [by_path[p] for p in large]}
             for name, shas in sets.items():
+                drop_caches()
                 with timed(t, f"read_{name}"):
                     plan, stats = read_only(store, shas)
                 out[name] = {"bound_s": round(plan.bound_s, 3), "ideal_s": round(plan.ideal_s, 3),
@@ -87,7 +89,8 @@ def main() -> None:
             with timed(t, "materialize_all"):
                 rep = materialize(store, items, dest)
             out["materialize"] = {"bound_s": out["all"]["bound_s"], "seconds": round(t["materialize_all"], 3),
-                                  "disks": {k: round(v, 2) for k, v in rep.per_disk_seconds.items()}}
+                                  "disks": {k: round(v, 2) for k, v in rep.per_disk_seconds.items()},
+                                  "phases": {k: round(v, 3) for k, v in rep.phases.items()}}
     rows = []
     for name in ("all", "small", "large"):
         o = out[name]
@@ -99,7 +102,8 @@ def main() -> None:
     rows.append(("materialize: all", f"{m['seconds']:7.2f} s  {out['all']['mib'] / m['seconds']:6.1f} MiB/s  "
                                      f"{m['bound_s'] / m['seconds']:5.0%} of the bound; per disk took "
                                      + "  ".join(f"{k} {v}" for k, v in sorted(m["disks"].items()))))
-    report("planner reads", rows, {"small": args.small, "large": args.large, "lab": profile, **out})
+    rows.append(("  materialize phases (s)", "  ".join(f"{k} {v}" for k, v in m["phases"].items())))
+    report("planner reads", rows, {"small": args.small, "large": args.large, "lab": profile, **out}, results=args.results)
     shutil.rmtree(work, ignore_errors=True)
 
 

@@ -4,8 +4,10 @@ The objects are read with the batch planner (fsd/planner.py): each record from t
 that balances the disks, one reader per disk in shard/offset order, coalesced; a disk that
 fails mid-way is replaced by the other replicas for what it had not delivered. Every file is
 checked against its sha256 as it is written (the planner already checked each record's
-xxh3), large objects are streamed piece by piece. One `syncfs` at the end makes the tree
-durable (a batch sync: as durable as a sync per file, for the whole tree at once).
+xxh3), large objects are streamed piece by piece. A `syncfs` at the end makes the tree
+durable (a batch sync: as durable as a sync per file, for the whole tree at once); while
+the disks are read, a helper thread runs one every second, so the SSD writes beside the
+reads and the last one has little left.
 
 Resumable: a file already in `dest` with the expected size and sha256 is kept (a run killed
 half-way and run again reads only what is missing or damaged). `dest` is a working
@@ -27,7 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from fsd.base.errors import ExitCode, HoardError
-from fsd.base.files import syncfs
+from fsd.base.files import syncfs_fd
 from fsd.records import DataError
 
 if TYPE_CHECKING:
@@ -63,6 +65,7 @@ class MaterializeReport:
     fallbacks: int = 0  # records read again from another replica after a disk error
     seconds: float = 0.0
     per_disk_seconds: dict[str, float] = field(default_factory=dict)
+    phases: dict[str, float] = field(default_factory=dict)  # prepare / plan / read / sync, seconds
 
 
 def _sha256_of(path: Path) -> str:
@@ -80,13 +83,23 @@ def _intact(path: Path, size: int, sha: str) -> bool:
         return False
 
 
-def _open_new(path: Path) -> int:
-    """A file to write, replacing what is there; never follows a symlink at the last part."""
+def _same_bytes(path: Path, data: bytes) -> bool:
     try:
-        path.unlink()
-    except FileNotFoundError:
-        pass
-    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+        return path.is_file() and not path.is_symlink() and path.read_bytes() == data
+    except OSError:
+        return False
+
+
+def _open_new(path: Path) -> int:
+    """A file to write, replacing what is there; never follows a symlink at the last part.
+    (Created first and removed only when something is in the way: a first run's files are
+    all new, and an unlink each that finds nothing is 20,000 wasted calls.)"""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+    try:
+        return os.open(path, flags, 0o644)
+    except FileExistsError:
+        path.unlink()  # a file or a symlink (O_EXCL refuses both); a directory raises here
+        return os.open(path, flags, 0o644)
 
 
 def _write_all(fd: int, data: memoryview | bytes) -> None:
@@ -122,6 +135,66 @@ def _write_file(path: Path, data: memoryview | bytes) -> None:
         raise _WriteFailed(e) from None
 
 
+def _present(dest: Path) -> set[str]:
+    """The relative paths of what is already under `dest` but directories (one walk: a first
+    run's `dest` is empty, and 20,000 files each looked up alone cost a stat each)."""
+    out: set[str] = set()
+    for root, _dirs, files in os.walk(dest):  # nothing when dest does not exist
+        rel = os.path.relpath(root, dest)
+        prefix = "" if rel == "." else rel.replace(os.sep, "/") + "/"
+        out.update(prefix + f for f in files)
+    return out
+
+
+class _Flusher:
+    """syncfs of `dest` every FLUSH_EVERY_S while the disks are read, so the SSD's writeback
+    and its journal commits run beside the reads and the final syncfs finds little left.
+    One file descriptor serves every call and the final one: a writeback error is reported
+    to each open file once, so an error one of these calls saw is kept and raised by
+    `final()` (a new descriptor opened later would not see it)."""
+
+    def __init__(self, dest: Path) -> None:
+        self.dest = dest
+        self.fd = os.open(dest, os.O_RDONLY | os.O_DIRECTORY)
+        self.stop = threading.Event()
+        self.error: OSError | None = None
+        self.thread: threading.Thread | None = None
+
+    def __enter__(self) -> _Flusher:
+        self.thread = threading.Thread(target=self._run, name="ssd-flush", daemon=True)
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        if self.thread is not None:
+            self.thread.join()
+            self.thread = None
+
+    def _sync(self) -> None:
+        try:
+            syncfs_fd(self.fd, self.dest)
+        except OSError as e:
+            self.error = self.error or e
+
+    def _run(self) -> None:
+        while not self.stop.wait(FLUSH_EVERY_S):
+            self._sync()
+
+    def final(self) -> None:
+        """One last syncfs (after the background calls stopped); raises the first error any
+        of them saw."""
+        self._sync()
+        if self.error is not None:
+            raise self.error
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+FLUSH_EVERY_S = 1.0
+
+
 def materialize(store: Store, items: Iterable[Item], dest: Path,
                 progress: Callable[[int, int], None] | None = None) -> MaterializeReport:
     """Write every item under `dest`; `progress(bytes_done, bytes_total)` from reader threads."""
@@ -131,30 +204,32 @@ def materialize(store: Store, items: Iterable[Item], dest: Path,
     rep.files, rep.bytes = len(items), sum(it.size for it in items)
     todo: dict[str, list[Item]] = {}
     done_bytes = 0
-    dirs: set[Path] = set()
+    present = _present(dest)
+    dirs: set[str] = set()
+    cars: list[Item] = []  # sidecars to (re)write
     for it in items:
-        target = dest / it.path
-        dirs.add(target.parent)
+        parent = it.path.rpartition("/")[0]
+        dirs.add(parent)
         if it.sidecar is not None:
-            car = target.with_name(target.name + ".json")
-            if not (car.is_file() and car.read_bytes() == it.sidecar):
-                dirs.add(car.parent)
-        if _intact(target, it.size, it.sha256):
+            car = it.path + ".json"
+            if not (car in present and _same_bytes(dest / car, it.sidecar)):
+                cars.append(it)
+        if it.path in present and _intact(dest / it.path, it.size, it.sha256):
             rep.kept += 1
             done_bytes += it.size
         else:
             todo.setdefault(it.sha256, []).append(it)
+    flusher: _Flusher | None = None
     try:
         for d in sorted(dirs):
-            d.mkdir(parents=True, exist_ok=True)
-        for it in items:
-            if it.sidecar is not None:
-                car = dest / (it.path + ".json")
-                if not (car.is_file() and car.read_bytes() == it.sidecar):
-                    try:
-                        _write_file(car, it.sidecar)
-                    except _WriteFailed as w:
-                        raise w.error from None
+            (dest / d).mkdir(parents=True, exist_ok=True)
+        dest.mkdir(parents=True, exist_ok=True)
+        flusher = _Flusher(dest)
+        for it in cars:
+            try:
+                _write_file(dest / (it.path + ".json"), it.sidecar)
+            except _WriteFailed as w:
+                raise w.error from None
         if todo:
             lock = threading.Lock()
             done = [done_bytes]
@@ -211,11 +286,16 @@ def materialize(store: Store, items: Iterable[Item], dest: Path,
                     advance(it.size)
 
             try:
-                _plan, stats = store.read_batch(sorted(todo), sink, large_sink)
+                rep.phases["prepare"] = time.monotonic() - t0
+                with flusher:
+                    plan, stats = store.read_batch(sorted(todo), sink, large_sink)
             except _WriteFailed as w:
                 raise w.error from None
             rep.fallbacks, rep.per_disk_seconds = stats.fallbacks, stats.per_disk_seconds
-        syncfs(dest)
+            rep.phases.update(plan=plan.seconds, read=stats.seconds)
+        t_sync = time.monotonic()
+        flusher.final()
+        rep.phases["sync"] = time.monotonic() - t_sync
     except OSError as e:
         if e.errno in (errno.ENOSPC, errno.EDQUOT):
             raise HoardError(f"{dest}: the SSD is full ({e.strerror}); what was written stays for a re-run — free "
@@ -223,5 +303,8 @@ def materialize(store: Store, items: Iterable[Item], dest: Path,
         raise HoardError(f"{dest}: cannot write {e.filename or ''} ({e.strerror or e}); what was written stays "
                          "for a re-run — check the SSD (`dmesg`, `df`) and run the same command again",
                          ExitCode.UNAVAILABLE) from None
+    finally:
+        if flusher is not None:
+            flusher.close()
     rep.seconds = time.monotonic() - t0
     return rep

@@ -115,3 +115,34 @@ def test_a_full_ssd_is_named_and_no_hdd_is_blamed(store_factory, tmp_path: Path)
         assert not [ev for ev in store.index.recent_events(100) if ev["kind"] in ("read_error", "disk_failed")]
     finally:
         subprocess.run(["umount", "-l", str(small)], check=False)
+
+
+@pytest.mark.lab
+@pytest.mark.expect_log(r".", optional=True)  # the kernel's ext4 errors, if any, are not ours
+def test_an_ssd_failing_its_writes_mid_copy_is_never_a_finished_copy(lab_factory, store_factory,
+                                                                       tmp_path: Path) -> None:
+    """The destination's disk starts refusing writes after the first file: the written pages
+    sit in the page cache and fail in writeback, seen by a background syncfs or the last one.
+    materialize raises (naming the destination, exit 69) instead of returning a report, and no
+    HDD is blamed."""
+    lab = lab_factory([DiskProfile("ssd", 200, 500, 500, 5000)])
+    store = store_factory(n_disks=2, caps=None)
+    files = make_files(tmp_path / "src", 400, seed=35, lo=20_000, hi=60_000)
+    items = _items(store.put_many(files), files)
+    dest = lab.disks["ssd"].mountpoint / "3D" / ".tmp" / "e1"
+    fired = threading.Event()
+
+    def progress(done: int, total: int) -> None:
+        if not fired.is_set():
+            fired.set()
+            lab.fail_writes("ssd")
+
+    try:
+        with pytest.raises(HoardError) as e:
+            materialize(store, items, dest, progress)
+        assert fired.is_set()
+        assert e.value.exit_code in (ExitCode.UNAVAILABLE, ExitCode.NO_SPACE)
+        assert str(dest) in e.value.message and "run the same command again" in e.value.message
+        assert {r.state.value for r in store.records.values()} == {"active"}
+    finally:
+        subprocess.run(["chattr", "-i", str(lab.disks["ssd"].image)], check=False)

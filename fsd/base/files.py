@@ -40,14 +40,22 @@ def flocked(path: Path, wait: bool = True) -> Iterator[None]:
 def syncfs(path: Path) -> None:
     """syncfs(2) on the filesystem holding `path`: everything written there is durable (one
     call for a whole tree of files, instead of an fsync per file)."""
-    libc = ctypes.CDLL(None, use_errno=True)
     fd = os.open(path, os.O_RDONLY)
     try:
-        if libc.syncfs(fd) != 0:
-            e = ctypes.get_errno()
-            raise OSError(e, os.strerror(e), str(path))
+        syncfs_fd(fd, path)
     finally:
         os.close(fd)
+
+
+def syncfs_fd(fd: int, path: Path | str = "") -> None:
+    """syncfs(2) through an open descriptor: a writeback error on that filesystem since the
+    descriptor was opened (or last reported through it) is raised once."""
+    if _libc.syncfs(fd) != 0:
+        e = ctypes.get_errno()
+        raise OSError(e, os.strerror(e), str(path))
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
 
 
 def atomic_write(path: Path, data: bytes) -> None:
