@@ -1,7 +1,7 @@
 """Copy-mode export (W2-F): a mixed corpus out of the store onto "the SSD" (a directory off
 the lab), cold, against the planner's bound and the strongest copies of the same files.
 
-    python bench/export.py [--small 20000] [--large 30] [--only view] [--results DIR]
+    python bench/export.py [--small 20000] [--large 30] [--only view|copy] [--results DIR]
 
 Corpus (S08 flat files): `--small` files of 4–64 KiB (≈ 95 % of the files) and `--large`
 files of 1–50 MiB, stored on lab4 with two copies (256 MiB shards). Everything runs inside
@@ -30,9 +30,9 @@ view manifest; the SQL query is not timed), and reading the export back: every f
 export as a view through `hoard mount` (its daemon inside the throttled cgroup) vs the
 copy-mode export on the SSD; 4 readers, names warm and file data cold on both sides.
 
-`--only view`: the corpus is stored as above, then only the view-mode publish is timed (no
-copy variant, no mergerfs pool, no read-back) — for working on the publish; its disks are
-quiet when it starts, where the full run's follow the copy variants. `--results DIR`: where
+`--only view` / `--only copy`: the corpus is stored as above, then only the view-mode
+publish or only the copy-mode export is timed (no other variant, no mergerfs pool, no
+read-back) — for working on one of them; the disks are quiet when it starts. `--results DIR`: where
 the JSON goes (default bench/results/, as every benchmark; a partial run elsewhere keeps
 the committed full run's file).
 
@@ -119,11 +119,13 @@ def _corpus(args, work: Path) -> tuple[list[Path], int]:
     return files, sum(p.stat().st_size for p in files)
 
 
-def view_only(args) -> None:
-    """`--only view`: the corpus stored on lab4 as in the full run, then the view publish."""
+def only(args) -> None:
+    """`--only view|copy`: the corpus stored on lab4 as in the full run, then only the view
+    publish, or only the copy-mode export (page cache dropped first), on quiet disks."""
     work = Path(tempfile.mkdtemp(prefix="hoard-export-", dir="/var/tmp"))
     files, total = _corpus(args, work)
     t: dict[str, float] = {}
+    extra: dict = {}
     with Lab(LAB4, direct_io=True) as lab:
         store = lab_store(lab, work, shard_size_mb=256, write_ack=2, copy_of_raw=2)
         profile = lab_profile(lab)
@@ -131,17 +133,38 @@ def view_only(args) -> None:
             results = store.put_many(files)
             items = [Item(f"{i:06d}-{Path(r.path).name}", r.sha256, r.size) for i, r in enumerate(results)]
             os.sync()
-            publish_view(store, items, args.view_files, t)
+            if args.only == "view":
+                publish_view(store, items, args.view_files, t)
+            else:
+                extra = export_copy(store, items, work / "ssd" / "export", total, t)
         store.close()
-    rows = [("corpus", f"{len(files)} files, {total / MiB:.0f} MiB stored with 2 copies on lab4 (views name them)"),
-            ("view mode: publish", f"{args.view_files} files planned (layout by_batch) and published as a view in "
-                                   f"{t['view_publish']:.2f} s (plan {t['view_plan']:.2f} s; goal < 5 s; the SQL "
-                                   "query is not included)")]
-    report("view-mode publish (--only view)", rows,
+    rows = [("corpus", f"{len(files)} files, {total / MiB:.0f} MiB stored with 2 copies on lab4")]
+    if args.only == "view":
+        rows.append(("view mode: publish", f"{args.view_files} files planned (layout by_batch) and published as a "
+                                           f"view in {t['view_publish']:.2f} s (plan {t['view_plan']:.2f} s; goal "
+                                           "< 5 s; the SQL query is not included)"))
+    else:
+        rows.append(("export", f"{t['export']:.2f} s, {extra['bound_s'] / t['export']:.0%} of the planner's bound "
+                               f"({extra['bound_s']:.2f} s); phases {extra['export_phases']}"))
+    report(f"{'view-mode publish' if args.only == 'view' else 'copy-mode export'} (--only {args.only})", rows,
            {"small": args.small, "large": args.large, "files": len(files), "view_files": args.view_files,
-            "only": "view", "lab": profile, **{k: round(v, 3) for k, v in t.items()}},
+            "only": args.only, "lab": profile, **extra, **{k: round(v, 3) for k, v in t.items()}},
            results=args.results)
     subprocess.run(["rm", "-rf", str(work)])
+
+
+def export_copy(store, items: list[Item], dest: Path, total: int, t: dict[str, float]) -> dict:
+    """The copy-mode export, cold, timed as `export`; its plan's bound and where its time went."""
+    plan = make_plan(store, [bytes.fromhex(it.sha256) for it in items])
+    _fresh(dest)
+    drop_caches()
+    with timed(t, "export"):
+        rep = materialize(store, items, dest)
+    assert rep.written == len(items) and rep.bytes_written == total
+    return {"bound_s": round(plan.bound_s, 3), "ideal_s": round(plan.ideal_s, 3),
+            "plan": plan.summary({u: d.label for u, d in store.disks.items()})["disks"],
+            "export_phases": {k: round(v, 3) for k, v in rep.phases.items()},
+            "export_disks": {k: round(v, 3) for k, v in rep.per_disk_seconds.items()}}
 
 
 def main() -> None:
@@ -149,11 +172,11 @@ def main() -> None:
     ap.add_argument("--small", type=int, default=20000)
     ap.add_argument("--large", type=int, default=30)
     ap.add_argument("--view-files", type=int, default=100_000)
-    ap.add_argument("--only", choices=["view"], help="time only the view-mode publish")
+    ap.add_argument("--only", choices=["view", "copy"], help="time only the view-mode publish or the copy-mode export")
     ap.add_argument("--results", type=Path, help="directory for the JSON (default bench/results)")
     args = ap.parse_args()
-    if args.only == "view":
-        return view_only(args)
+    if args.only:
+        return only(args)
     if shutil.which("mergerfs") is None:
         raise SystemExit("mergerfs is missing: `apt-get install mergerfs`")
     work = Path(tempfile.mkdtemp(prefix="hoard-export-", dir="/var/tmp"))
@@ -179,13 +202,7 @@ def main() -> None:
                 items = [Item(f"{i:06d}-{Path(r.path).name}", r.sha256, r.size) for i, r in enumerate(results)]
                 shutil.copytree(work / "src", mnt / "src")  # one copy per file, placed by mergerfs
                 os.sync()
-                plan = make_plan(store, [bytes.fromhex(it.sha256) for it in items])
-
-                _fresh(exported)
-                drop_caches()
-                with timed(t, "export"):
-                    rep = materialize(store, items, exported)
-                assert rep.written == len(items) and rep.bytes_written == total
+                export = export_copy(store, items, exported, total, t)
 
                 _fresh(dest)
                 drop_caches()
@@ -238,7 +255,6 @@ def main() -> None:
                 # (last: it removes the store's shards to make room for its plain copies)
                 # room on the lab disks for two plain copies: mergerfs's copy and the store's shards go
                 roots = replica_roots(store, [r.sha256 for r in results])
-                summary = plan.summary({u: d.label for u, d in store.disks.items()})
                 store.close()  # its open shard files would keep their space
                 for b in pool:
                     shutil.rmtree(b / "src", ignore_errors=True)
@@ -261,14 +277,15 @@ def main() -> None:
         finally:
             subprocess.run(["umount", "-l", str(mnt)], check=False)
     mib = total / MiB
+    bound = export["bound_s"]
     rows = [("corpus", f"{args.small} files of 4-64 KiB + {args.large} of 1-50 MiB = {len(files)} files, "
                        f"{mib:.0f} MiB; 2 copies on lab4; cold (cache dropped); one syncfs of the destination")]
     for k in ("export", "naive", "naive_per_disk", "mergerfs_cp", "plain_per_disk", "plain_placed"):
         rows.append((k, f"{t[k]:8.2f} s  {len(files) / t[k]:7.0f} files/s  {mib / t[k]:6.1f} MiB/s  "
-                        f"{plan.bound_s / t[k]:5.0%} of the planner's bound"))
-    rows.append(("planner bound (own plan)", f"{plan.bound_s:8.2f} s -> export achieved {plan.bound_s / t['export']:.0%} "
-                                             "(goal >= 85 %)"))
-    rows.append(("ideal (bytes / all disks' read)", f"{plan.ideal_s:8.2f} s"))
+                        f"{bound / t[k]:5.0%} of the planner's bound"))
+    rows.append(("planner bound (own plan)", f"{bound:8.2f} s -> export achieved {bound / t['export']:.0%} "
+                                             f"(goal >= 85 %); phases {export['export_phases']}"))
+    rows.append(("ideal (bytes / all disks' read)", f"{export['ideal_s']:8.2f} s"))
     for k, goal in (("naive", "3x"), ("naive_per_disk", "-"), ("mergerfs_cp", "10x"), ("plain_per_disk", "-"),
                      ("plain_placed", "-")):
         rows.append((f"export vs {k}", f"{t[k] / t['export']:.1f}x (goal {goal})"))
@@ -278,11 +295,9 @@ def main() -> None:
                      ("readback_copy", "the copy-mode export (the SSD)")):
         rows.append((f"read back: {k[9:]}", f"{t[k]:8.2f} s  {len(files) / t[k]:7.0f} files/s  {mib / t[k]:6.1f} MiB/s "
                                             f"— {where}, 4 readers, data cold"))
-    rows.append(("plan", str(summary["disks"])))
+    rows.append(("plan", str(export["plan"])))
     report("copy-mode export", rows, {"small": args.small, "large": args.large, "files": len(files),
-                                      "view_files": args.view_files,
-                                      "mib": round(mib, 1), "lab": profile, "plan": summary["disks"],
-                                      "bound_s": round(plan.bound_s, 3), "ideal_s": round(plan.ideal_s, 3),
+                                      "view_files": args.view_files, "mib": round(mib, 1), "lab": profile, **export,
                                       **{k: round(v, 3) for k, v in t.items()}},
            results=args.results)
     subprocess.run(["rm", "-rf", str(work)])
