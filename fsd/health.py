@@ -92,11 +92,11 @@ def disk_next_step(d: dict[str, Any]) -> str:
             return f"it holds no replica: `hoard disks forget {label}`, then {table}; or, if its errors have passed, {back}"
         return f"{replace}; if its errors have passed, {back}"
     if state == "missing":
-        # `forget` refuses a disk the index still has active (the store would use it again
-        # when it is back): `retire` first
+        # `forget` takes a missing disk once no shard needs its replicas (as it takes a
+        # retired one); a forgotten disk that comes back matches no index record
         if not held:
-            return (f"it holds no replica: mount it again at {path}; or, if it is gone for good, `hoard disks retire "
-                    f"{label}`, then `hoard disks forget {label}` and {table}")
+            return (f"it holds no replica: mount it again at {path}; or, if it is gone for good, `hoard disks forget "
+                    f"{label}`, then {table}")
         mount = f"mount it again at {path} (it is used as soon as it is back)"
         if only:
             return f"{mount}: {only} shards have no other readable replica (lost if it is gone for good)"

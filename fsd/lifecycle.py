@@ -36,10 +36,13 @@ class ActivateReport:
 
 
 def _record(store: Store, label: str) -> DiskRecord:
+    """The registered disk's record with its state as the store found it at open: the index
+    keeps "active" for a disk that is not there now (missing is what the probe says, not a
+    decision stored), and a missing disk must not be told it is active."""
     rec = next((r for r in store.index.get_disks() if r.label == label), None)
     if rec is None:
         raise HoardError(f"no disk labelled {label} in the index; `hoard disks list` shows them", ExitCode.USAGE)
-    return rec
+    return store.records.get(rec.uuid, rec)
 
 
 def activate(store: Store, label: str) -> ActivateReport:

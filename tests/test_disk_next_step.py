@@ -177,9 +177,8 @@ def test_failed_disk(tmp_path: Path) -> None:
 
 
 def test_missing_disk(tmp_path: Path) -> None:
-    """A missing disk holding replicas: `hoard rebuild --disk`, then `hoard disks forget`; one
-    holding none: `hoard disks forget` alone is refused (the index still has it active), `hoard
-    disks retire` then `hoard disks forget` (as advised) works."""
+    """A missing disk holding replicas: `hoard rebuild --disk`, then `hoard disks forget` (refused
+    before the rebuild: its shards still need it); one holding none: `hoard disks forget`."""
     cfg_path, results = _store(tmp_path)
     with cfg_path.open("a") as f:  # a disk that surely holds nothing
         f.write(f'\n[[disks]]\nlabel = "d9"\npath = "{tmp_path / "d9"}"\n')
@@ -191,8 +190,9 @@ def test_missing_disk(tmp_path: Path) -> None:
         (tmp_path / label).rename(tmp_path / (label + ".away"))
     cards = _cards(cfg_path)
     assert cards["d9"]["state"] == "missing" and cards["d9"]["replicas"] == 0, cards["d9"]
-    assert hoard("--config", str(cfg_path), "disks", "forget", "d9").returncode == 2  # "is active"
-    _follow(cfg_path, cards["d9"]["next_step"], ["hoard disks retire d9", "hoard disks forget d9"])
+    early = hoard("--config", str(cfg_path), "disks", "forget", lost)
+    assert early.returncode == 5 and f"hoard rebuild --disk {lost}" in early.stderr, early.stdout + early.stderr
+    _follow(cfg_path, cards["d9"]["next_step"], ["hoard disks forget d9"])
     _remove_table(cfg_path, "d9", cards["d9"]["next_step"])
     card = cards[lost]
     assert card["state"] == "missing" and card["replicas"] and not card["only_here"], card

@@ -210,3 +210,26 @@ def test_index_rebuild_takes_the_newest_view_pointer(tmp_path: Path) -> None:
             assert [p for p, _, _ in iter_files(st.get, st.index.get_view("v")["manifest"])] == ["new/b"]
         r = _hoard(cfg_path, "check")
         assert "manifest" not in r.stdout + r.stderr, r.stdout + r.stderr
+
+
+def test_forget_of_a_missing_disk_names_the_rebuild_not_a_retire(tmp_path: Path) -> None:
+    """A disk that is gone (its directory moved away) is missing, not active: `disks forget`
+    refuses while shards still need its replicas and names `hoard rebuild`; after the rebuild
+    it forgets the disk, and every object still reads back."""
+    cfg_path, results = _store(tmp_path)
+    with Store.open(config.load(cfg_path), writable=False) as st:
+        label = next(st.records[u].label for m in st.index.iter_shards() for u in m.replicas)
+        path = Path(next(r.path for r in st.records.values() if r.label == label))
+    path.rename(path.with_name(path.name + ".gone"))
+    path.mkdir()  # an empty mount point stays behind
+    assert _states(cfg_path)[label] == "missing"
+    early = _hoard(cfg_path, "disks", "forget", label)
+    assert early.returncode == 5, early.stdout + early.stderr
+    assert "is active" not in early.stderr and f"hoard rebuild --disk {label}" in early.stderr
+    r = _hoard(cfg_path, "rebuild", "--disk", label, "--yes")
+    assert r.returncode == 0, r.stdout + r.stderr
+    r = _hoard(cfg_path, "disks", "forget", label)
+    assert r.returncode == 0 and "forgotten" in r.stdout, r.stdout + r.stderr
+    with Store.open(config.load(cfg_path), writable=False) as st:
+        for res in results:
+            assert hashlib.sha256(st.get(res.sha256)).hexdigest() == res.sha256
