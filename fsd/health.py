@@ -10,6 +10,7 @@ from fsd import zones
 from fsd.zones import size as zone_size  # (`zones` is a parameter name below)
 from fsd.base.config import Settings
 from fsd.base.errors import HoardError
+from fsd.disks import IDENTITY
 from fsd.scrub import oldest_unverified_by_disk
 from fsd.store import Store
 
@@ -84,6 +85,9 @@ def disk_next_step(d: dict[str, Any]) -> str:
                f"replicas from the other disks; `hoard rebuild --disk {label}` spreads them over any disks with "
                f"room instead), then `hoard disks forget {label}` and {table}")
     if state == "failed":
+        if not d.get("present", True) or not d.get("identity", True):
+            # not at its path (unmounted after it failed): activate reads its identity first
+            back = f"mount it again at {path}, then {back}"
         if only:
             return (f"{only} shards have no other readable replica: if the disk reads again, {back}; a disk "
                     f"holding their other replicas, back in service, makes them copyable. Until then `hoard disks "
@@ -123,6 +127,9 @@ def store_status(cfg: Settings) -> dict[str, Any]:
         if holdings:  # (figured only while some disk is not active)
             d.update(holdings.get(d["uuid"], {"replicas": 0, "replica_bytes": 0, "only_here": 0}))
         if d["state"] != "active":
+            # an unmounted disk's mount point is an empty directory: its identity file says
+            # whether the disk itself is there (one stat; nothing is read from a failed disk)
+            d["identity"] = d["present"] and os.path.exists(os.path.join(d["path"], IDENTITY))
             d["next_step"] = disk_next_step(d)
     return {"ok": True, **st}
 

@@ -201,3 +201,25 @@ def test_missing_disk(tmp_path: Path) -> None:
     cards = _cards(cfg_path)
     assert set(cards) == set(held) - {lost, "d9"} and all(d["state"] == "active" for d in cards.values()), cards
     _all_read_back(cfg_path, results)
+
+
+def test_failed_and_unmounted_disk_is_told_to_mount_it_before_activate(tmp_path: Path) -> None:
+    """A failed disk that is no longer at its path (unmounted after it failed): activate there
+    refuses (no identity), so the advice says to mount it again first; following it works."""
+    cfg_path, results = _store(tmp_path)
+    held = _held(cfg_path)
+    label = max(held, key=lambda x: held[x])
+    with Store.open(config.load(cfg_path)) as st:
+        st.set_disk_state(label, DiskState.FAILED, "I/O error during read (test)")
+    disk = tmp_path / label
+    disk.rename(disk.with_name(label + ".away"))
+    disk.mkdir()  # the empty mount point
+    card = _cards(cfg_path)[label]
+    assert card["state"] == "failed" and not card["identity"], card
+    assert f"mount it again at {disk}, then `hoard disks activate {label}`" in card["next_step"], card
+    assert hoard("--config", str(cfg_path), "disks", "activate", label).returncode != 0  # why the advice says so
+    disk.rmdir()
+    disk.with_name(label + ".away").rename(disk)  # mounted again
+    _follow(cfg_path, card["next_step"], [f"hoard disks activate {label}"])
+    assert all(d["state"] == "active" for d in _cards(cfg_path).values())
+    _all_read_back(cfg_path, results)
