@@ -31,6 +31,9 @@ from fsd import shardfmt as fmt
 from fsd.base.files import atomic_write, fsync_dir
 
 IDENTITY = ".hoard-disk.json"
+#: a second copy of a disk's identity (as ext4 keeps backup superblocks): a damaged identity
+#: file alone does not make a disk a stranger (`hoard disks activate` puts it back)
+IDENTITY_COPY = ".hoard-disk.copy.json"
 #: one pread() asks for at most this much: Linux returns at most 0x7ffff000 bytes per call,
 #: so every whole-record read loops (an object over 2 GiB was unreadable before)
 READ_STEP = 1 << 30
@@ -87,23 +90,50 @@ class DiskRecord:
 
 
 def read_identity(root: Path, name: str = IDENTITY) -> dict | None:
-    """The identity, None if there is none, or {"uuid": None, "error": why} if unreadable."""
+    """The identity, None if there is none, or {"uuid": None, "error": why} if unreadable
+    (with "damaged": True when the file reads but is not an identity)."""
     try:
-        return json.loads((root / name).read_text())
+        ident = json.loads((root / name).read_text())
     except FileNotFoundError:
         return None
     except OSError as e:
         return {"uuid": None, "error": f"cannot read {root / name}: {e.strerror}", "errno": e.errno}
     except ValueError:
-        return {"uuid": None, "error": f"{root / name} is damaged (not JSON)"}
+        ident = None
+    if not isinstance(ident, dict) or not isinstance(ident.get("uuid"), str):
+        return {"uuid": None, "error": f"{root / name} is damaged (not an identity)", "damaged": True}
+    return ident
 
 
 def write_identity(root: Path, label: str, name: str = IDENTITY) -> dict:
-    """Give a fresh disk (or the SSD) its identity (tmp → fsync → rename → fsync dir)."""
+    """Give a fresh disk (or the SSD) its identity (tmp → fsync → rename → fsync dir); a disk's
+    is written twice (IDENTITY_COPY)."""
     ident = {"uuid": str(uuidlib.uuid4()), "label": label, "format": IDENTITY_FORMAT,
              "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
     atomic_write(root / name, json.dumps(ident, indent=1).encode())
+    if name == IDENTITY:
+        atomic_write(root / IDENTITY_COPY, json.dumps(ident, indent=1).encode())
     return ident
+
+
+def keep_identity_copy(root: Path, uuid: str) -> None:
+    """Write the second copy of a disk's identity if it has none (a disk initialised before
+    copies were kept); the identity must name `uuid`."""
+    if (root / IDENTITY_COPY).exists():
+        return
+    ident = read_identity(root)
+    if ident and ident.get("uuid") == uuid:
+        atomic_write(root / IDENTITY_COPY, json.dumps(ident, indent=1).encode())
+
+
+def restore_identity(root: Path, uuid: str) -> bool:
+    """Put a damaged identity back from its copy, if the copy names `uuid` (the disk the index
+    registered at this path); True if it did."""
+    copy = read_identity(root, IDENTITY_COPY)
+    if not copy or copy.get("uuid") != uuid:
+        return False
+    atomic_write(root / IDENTITY, json.dumps(copy, indent=1).encode())
+    return True
 
 
 def drop_cache(fd: int) -> None:

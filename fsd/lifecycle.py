@@ -10,22 +10,23 @@ one and whose replicas are checked, forget only a disk no shard still needs.
 from __future__ import annotations
 
 import json
+import logging
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from fsd.base.errors import ExitCode, HoardError
 from fsd.base.files import atomic_write
-from fsd.disks import DiskState, probe, read_identity
+from fsd.disks import IDENTITY_COPY, DiskState, probe, read_identity, restore_identity
 from fsd.layout import FORGOTTEN
 from fsd.rebuild import shards_on
 from fsd.replicate import counted_replicas
 from fsd.scrub import verify
 
+log = logging.getLogger(__name__)
 if TYPE_CHECKING:
     from fsd.disks import DiskRecord
     from fsd.store import Store
-
 
 
 @dataclass
@@ -59,6 +60,15 @@ def activate(store: Store, label: str) -> ActivateReport:
         raise HoardError(f"disk {label} is not in {store.cfg.source}; add its [[disks]] table back first",
                          ExitCode.USAGE)
     ident = read_identity(dc.path) if dc.path.is_dir() else None
+    if ident and ident.get("damaged"):
+        if not restore_identity(dc.path, rec.uuid):
+            raise HoardError(f"disk {label} at {dc.path}: {ident['error']}, and the copy of it ({IDENTITY_COPY}) is "
+                             f"missing or names another disk: hoard cannot tell this is the disk registered as "
+                             f"{label}; treat it as lost — `hoard disks replace {label} NEW` or `hoard rebuild --disk "
+                             f"{label}`", ExitCode.UNAVAILABLE)
+        log.warning("disk %s: %s; put back from its copy %s", label, ident["error"], IDENTITY_COPY)
+        store.index.record_event("identity_restored", disk=label, detail=ident["error"])
+        ident = read_identity(dc.path)
     if not ident or ident.get("uuid") != rec.uuid:
         found = (ident or {}).get("uuid") or (ident or {}).get("error") or "no identity file"
         raise HoardError(f"disk {label} at {dc.path}: its identity says {found}, the index registered {rec.uuid}; "

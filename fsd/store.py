@@ -28,7 +28,8 @@ from fsd.base.config import Settings
 from fsd.base.errors import ExitCode, HoardError
 from fsd.base.files import atomic_write, fsync_dir, size_or_zero
 from fsd.base.paths import file_ext
-from fsd.disks import DiskGone, DiskRecord, DiskState, LocalDisk, probe, read_identity, write_identity
+from fsd.disks import (DiskGone, DiskRecord, DiskState, LocalDisk, keep_identity_copy, probe, read_identity,
+                        write_identity)
 from fsd.index import MARKS_NS, Index, ShardMeta, index_error
 from fsd.layout import BATCHES_DIR, FORGOTTEN, VIEWS_DIR, check_ssd, lock_root, pin_path
 from fsd.placement import Candidate, choose
@@ -150,6 +151,11 @@ class Store:
             state, why = probe(dc.path, rec.uuid, allow_dir)
             if state == DiskState.ACTIVE:
                 self._note_seen(rec, noted.get(rec.uuid, 0.0))
+                if self.writable:
+                    try:
+                        keep_identity_copy(dc.path, rec.uuid)
+                    except OSError as e:  # a read-only or full disk: the copy waits for the next open
+                        log.warning("disk %s: cannot write the copy of its identity: %s", dc.label, e)
             if rec.path != str(dc.path):
                 rec.path = str(dc.path)
                 self.index.put_disk(rec)

@@ -8,6 +8,8 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+import pytest
+
 from fsd.base import config
 from fsd.disks import DiskState
 from fsd.health import store_status
@@ -223,3 +225,45 @@ def test_failed_and_unmounted_disk_is_told_to_mount_it_before_activate(tmp_path:
     _follow(cfg_path, card["next_step"], [f"hoard disks activate {label}"])
     assert all(d["state"] == "active" for d in _cards(cfg_path).values())
     _all_read_back(cfg_path, results)
+
+
+@pytest.mark.expect_log(r"is damaged \(not an identity\); put back from its copy", level="WARNING")
+def test_a_damaged_identity_is_put_back_from_its_copy_by_activate(tmp_path: Path) -> None:
+    """A disk's identity file is damaged: the disk is failed, the advice's `hoard disks
+    activate` puts the identity back from its copy (the disk is the registered one: the copy
+    names its uuid) and checks its replicas. Without a copy, activate refuses and says to treat
+    the disk as lost — not that another disk is mounted there."""
+    from fsd.disks import IDENTITY, IDENTITY_COPY
+
+    cfg_path, results = _store(tmp_path)
+    held = _held(cfg_path)
+    label, other = sorted(held, key=lambda x: -held[x])[:2]
+    good = (tmp_path / label / IDENTITY).read_bytes()
+    (tmp_path / label / IDENTITY).write_bytes(b'{"uuid": 7, "lab')
+    card = _cards(cfg_path)[label]
+    assert card["state"] == "failed" and "is damaged" in card["reason"], card
+    _follow(cfg_path, card["next_step"], [f"hoard disks activate {label}"])
+    assert (tmp_path / label / IDENTITY).read_bytes() == good
+    assert all(d["state"] == "active" for d in _cards(cfg_path).values())
+    _all_read_back(cfg_path, results)
+
+    (tmp_path / other / IDENTITY_COPY).unlink()
+    (tmp_path / other / IDENTITY).write_bytes(b"\x00" * 40)
+    r = hoard("--config", str(cfg_path), "disks", "activate", other)
+    assert r.returncode == 3 and "treat it as lost" in r.stderr and "not the same disk" not in r.stderr, r.stderr
+    _all_read_back(cfg_path, results)
+
+
+def test_a_disk_without_a_copy_of_its_identity_gets_one_at_the_next_open(tmp_path: Path) -> None:
+    """Disks initialised before copies were kept get theirs from the next writable open."""
+    from fsd.disks import IDENTITY, IDENTITY_COPY
+
+    cfg_path, _ = _store(tmp_path)
+    disks = [p for p in tmp_path.iterdir() if (p / IDENTITY).is_file()]
+    for d in disks:
+        (d / IDENTITY_COPY).unlink()
+    with Store.open(config.load(cfg_path), writable=False):
+        assert not any((d / IDENTITY_COPY).exists() for d in disks)  # a reader writes nothing
+    with Store.open(config.load(cfg_path)):
+        pass
+    assert all((d / IDENTITY_COPY).read_bytes() == (d / IDENTITY).read_bytes() for d in disks)
