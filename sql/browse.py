@@ -140,6 +140,11 @@ def search_statement(conn: psycopg.Connection, source: str | None = None, batch:
     """The statement `search` runs and its parameters (tests EXPLAIN it)."""
     where = ["NOT pc.is_deleted"]
     params: dict[str, Any] = {"limit": limit, "offset": offset}
+    for what, value in (("source", source), ("batch", batch), ("kind", file_kind), ("label", label)):
+        if value and ("\x00" in value or any("\ud800" <= c <= "\udfff" for c in value)):
+            # PostgreSQL text holds no NUL, UTF-8 no lone surrogate: no row has one, and the
+            # driver would refuse the query (which the pages took for a database down)
+            raise BadSearch(f"{what} {value[:40]!r} holds a character no {what} can (NUL, a lone surrogate)")
     if source:
         where.append("EXISTS (SELECT 1 FROM common_metadata cm JOIN source s USING (source_id) "
                      "WHERE cm.node_id = n.node_id AND s.name = %(source)s)")
@@ -160,9 +165,6 @@ def search_statement(conn: psycopg.Connection, source: str | None = None, batch:
         key, eq, value = label.partition("=")
         if not key.strip():
             raise BadSearch(f"label {label[:40]!r} names no key: write key or key=value (e.g. class=cat)")
-        if "\x00" in label or any("\ud800" <= c <= "\udfff" for c in label):
-            # PostgreSQL text holds no NUL, UTF-8 no lone surrogate: no label has one
-            raise BadSearch(f"label {label[:40]!r} holds a character no label can (NUL, a lone surrogate)")
         where.append("EXISTS (SELECT 1 FROM label l WHERE l.node_id = n.node_id AND l.key = %(label_key)s"
                      + (" AND l.value = %(label_value)s)" if eq else ")"))
         params |= {"label_key": key.strip(), "label_value": value.strip()}

@@ -218,6 +218,8 @@ async def test_assets_page_says_why_it_cannot_search(user) -> None:
     for query, says in (("q=%26%7C%21%3A%2A%28%29", "nothing to search for in '&|!:*()'"),
                         ("q=%00%27", "nothing to search for"), ("q=zebra", "nothing matches"),
                         ("label=%3Dcat", "names no key"), ("label=class%3D%00cat", "holds a character no label can"),
+                        ("source=forum%00", "holds a character no source can"),
+                        ("batch=%00", "holds a character no batch can"),
                         ("label=class%3Dcat", "nothing matches")):
         await user.open(f"/assets?{query}")
         await user.should_see(says)
@@ -298,6 +300,16 @@ def test_a_search_cancelled_for_another_reason_is_not_called_too_broad(filled, s
             t.join(10)
         assert len(got) == 1 and isinstance(got[0], psycopg.errors.QueryCanceled), got
         assert len(browse.search(conn, text="zebra")) == 30  # and the connection is usable
+
+
+@pytest.mark.parametrize("field", ["source", "batch", "file_kind"])
+@pytest.mark.parametrize("value", ["\x00", "forum\x00", "\ud800"])
+def test_a_nul_or_surrogate_in_source_batch_or_kind_is_refused_in_one_line(filled, field: str, value: str) -> None:
+    """/assets?source=%00… (or batch=, kind=): one clear line (BadSearch), not 'the database
+    does not answer' (psycopg refuses a NUL in a parameter) nor a traceback."""
+    with pytest.raises(browse.BadSearch) as e:
+        browse.search(filled, **{field: value}, limit=5)
+    assert f"holds a character no {field.removeprefix('file_')} can" in e.value.message
 
 
 @pytest.mark.parametrize("label", ["\x00", "class=\x00cat", "cl\x00ass", "\ud800", "class=\ud800", "=", "==", "a==b",
