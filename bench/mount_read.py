@@ -33,11 +33,8 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import signal
 import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
 
 from _common import (LAB4, Lab, REPO, drop_caches, hoard_mounted, lab_store, mergerfs_mounted,
