@@ -51,9 +51,9 @@ Rows (cold: page cache dropped first; warm: said so):
   the parity is no copy; mergerfs: the disks its pool put files on). Plain small files are
   also bound by the disks' IOPS (files / the summed IOPS limits: one read per file at
   least): each row shows its share of that bound too — hoardfs, whose files sit packed in
-  shards, is not held to one read per file and can pass it. git-annex's working tree costs
-  more than one read per file: its symlinks are too long to live in their inodes, so each
-  open reads the link's block (dropped with the page cache) before the object's.
+  shards, is not held to one read per file and can pass it; git-annex's working tree costs
+  more than one (each open follows a symlink into .git/annex/objects). The JSON has the
+  bytes the lab disks read during each read run (`*_disk_bytes`, /sys/block/<loop>/stat).
 - **large-file read** (cold) — `--large-n` files of `--large-mb` MiB, in a lab of their own
   (lab1 + lab2 of lab4, so that the other rows' disks hold only the corpus): stored by
   hoardfs with two copies, each read whole, one after the other, by one reader through the
