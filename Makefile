@@ -23,7 +23,7 @@ help:
 	@echo "make demo   - install, start the embedded default and run the main job"
 	@echo "make test   - install, start services and run the tests (separate test DB)"
 	@echo "make chaos  - the long chaos suite: SEEDS=200 seeds from SEED0 (tests/chaos)"
-	@echo "make peers  - hoardfs vs cp, git-annex and SnapRAID on one corpus (bench/peers; ARGS=...)"
+	@echo "make peers  - hoardfs vs cp, git-annex, SnapRAID and mergerfs on one corpus (bench/peers; ARGS=...)"
 	@echo "make down   - stop the private PostgreSQL and Redis under ./var"
 	@echo "make clean  - stop services and remove ./var and .venv"
 
@@ -79,6 +79,6 @@ clean: down
 	rm -rf var .venv hoard.toml
 
 # the peers' packages only for the benchmark (a target-specific variable reaches `deps`)
-peers: APT_PKGS += git-annex snapraid
+peers: APT_PKGS += git-annex snapraid mergerfs time
 peers: venv
 	@$(VENV)/bin/python bench/peers/versus.py $(ARGS)

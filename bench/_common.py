@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import subprocess
 import sys
 import time
 from contextlib import contextmanager
@@ -37,8 +39,6 @@ def lab_store(lab: Lab, root: Path, labels: list[str] | None = None, **opts) -> 
 
 def _commit() -> str:
     """The commit measured, with `+dirty` when the work tree differs from it."""
-    import subprocess
-
     head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
     dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"],
                            capture_output=True, text=True)
@@ -62,8 +62,6 @@ def lab_profile(lab: Lab) -> dict:
 
 def parallel(cmds: list[list[str]]) -> None:
     """Run the commands at the same time (one per disk); fail if any fails."""
-    import subprocess
-
     procs = [subprocess.Popen(c) for c in cmds]
     if any(p.wait() for p in procs):
         raise SystemExit(f"a baseline failed: {cmds}")
@@ -133,15 +131,27 @@ def place_plain(files: list[Path], roots: list[list[Path]]) -> list[tuple[int, l
     return placed
 
 
-def balanced_per_disk(lab: Lab, placed: list[tuple[int, list[Path]]]) -> dict[str, list[Path]]:
-    """Each file from the copy whose disk finishes its share first (greedy by bytes / the
-    disk's read MiB/s), in the given order: disk label → the files its reader takes."""
-    speed = {label: d.profile.read_mbps for label, d in lab.disks.items()}  # a mount point's name is its label
+def fair_copies(speed: dict[str, float], placed: list[tuple[int, list[tuple[str, Path]]]]) -> list[Path]:
+    """For each file (size, its copies as (disk label, path)), in the given order, the copy
+    whose disk finishes its share first (greedy by bytes / the disk's read MiB/s): what a
+    reader that knows every copy would choose, keeping every disk busy at every point of
+    the order."""
     load = dict.fromkeys(speed, 0.0)
-    per_disk: dict[str, list[Path]] = {}
+    out = []
     for size, copies in placed:
-        best = min(copies, key=lambda c: (load[c.parent.parent.name] + size) / speed[c.parent.parent.name])
-        load[best.parent.parent.name] += size
+        label, best = min(copies, key=lambda c: (load[c[0]] + size) / speed[c[0]])
+        load[label] += size
+        out.append(best)
+    return out
+
+
+def balanced_per_disk(lab: Lab, placed: list[tuple[int, list[Path]]]) -> dict[str, list[Path]]:
+    """Each file from the copy whose disk finishes its share first (`fair_copies`), in the
+    given order: disk label → the files its reader takes (copies are `<mount>/plain/<name>`)."""
+    speed = {label: d.profile.read_mbps for label, d in lab.disks.items()}  # a mount point's name is its label
+    chosen = fair_copies(speed, [(size, [(c.parent.parent.name, c) for c in copies]) for size, copies in placed])
+    per_disk: dict[str, list[Path]] = {}
+    for best in chosen:
         per_disk.setdefault(best.parent.parent.name, []).append(best)
     return per_disk
 
@@ -155,3 +165,93 @@ def in_threads(fn, groups) -> None:
         th.start()
     for th in threads:
         th.join()
+
+
+def allocated(*paths: Path) -> int:
+    """Bytes the filesystem spends on the paths (`du --block-size=1`: 4 KiB blocks included)."""
+    out = subprocess.run(["du", "-s", "--block-size=1", *map(str, paths)], capture_output=True, text=True, check=True)
+    return sum(int(line.split()[0]) for line in out.stdout.splitlines())
+
+
+# -- reading through mounts (hoard mount, mergerfs) and plain files ---------------------------------
+
+@contextmanager
+def hoard_mounted(cfg_path: Path, mnt: Path):
+    """`hoard mount --foreground` at `mnt` while the block runs; yields its process (the
+    daemon itself: its /proc/<pid>/status has the daemon's memory). Started from a throttled
+    block, the daemon is in the lab's cgroup (children inherit it)."""
+    mnt.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.Popen([sys.executable, "-m", "fsd", "--config", str(cfg_path), "mount", "--foreground",
+                             str(mnt)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=REPO)
+    _wait_mount(mnt, proc)
+    try:
+        yield proc
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)
+
+
+@contextmanager
+def mergerfs_mounted(branches: list[Path], mnt: Path, options: str = "ro"):
+    """A mergerfs pool of `branches` at `mnt` (its defaults but `options`), in the foreground
+    so that the process yielded is the daemon serving it."""
+    mnt.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.Popen(["mergerfs", "-f", "-o", options, ":".join(str(b) for b in branches), str(mnt)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _wait_mount(mnt, proc)
+    try:
+        yield proc
+    finally:
+        subprocess.run(["fusermount3", "-u", str(mnt)], check=True)
+        proc.wait(30)
+
+
+def _wait_mount(mnt: Path, proc) -> None:
+    deadline = time.monotonic() + 30
+    while not os.path.ismount(mnt):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise SystemExit(f"mount at {mnt} did not come up")
+        time.sleep(0.05)
+
+
+def read_file(path: Path, bs: int = MiB) -> int:
+    """Read a file whole, `bs` bytes per read(), no Python buffering; returns its size."""
+    n = 0
+    with open(path, "rb", buffering=0) as f:
+        while chunk := f.read(bs):
+            n += len(chunk)
+    return n
+
+
+def drop_page_cache() -> None:
+    """Drop cached file data only (`echo 1`): inodes and directory entries stay."""
+    subprocess.run(["sh", "-c", "sync; echo 1 > /proc/sys/vm/drop_caches"], check=True)
+
+
+def disk_reads(lab: Lab) -> int:
+    """Bytes the lab's disks have read so far (sectors read × 512, /sys/block/<loop>/stat)."""
+    total = 0
+    for d in lab.disks.values():
+        total += int((Path("/sys/block") / Path(d.device).name / "stat").read_text().split()[2]) * 512
+    return total
+
+
+def read_all(paths: list[Path], readers: int) -> int:
+    """Read every file whole, `readers` threads at once, reader i taking items i, i+N, …
+    (a DataLoader's workers over its index); returns the bytes read."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(readers) as pool:
+        return sum(pool.map(lambda i: sum(read_file(p) for p in paths[i::readers]), range(readers)))
+
+
+def names_warm_data_cold(lab: Lab, paths: list[Path], readers: int) -> tuple[int, float, int]:
+    """Stat every path (a loader lists its dataset first), drop the page cache (`echo 1`:
+    file data cold, inodes and dentries kept), read them all with `read_all`: (bytes,
+    seconds, bytes the lab's disks read meanwhile)."""
+    for p in paths:
+        os.stat(p)
+    drop_page_cache()
+    before, t0 = disk_reads(lab), time.monotonic()
+    got = read_all(paths, readers)
+    return got, time.monotonic() - t0, disk_reads(lab) - before

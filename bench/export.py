@@ -52,9 +52,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import (LAB4, Lab, MiB, balanced_per_disk, drop_caches, in_threads, lab_profile, lab_store, parallel,
-                     place_plain, replica_roots, report, run_timed, timed)
-from mount_read import drop_page_cache, hoard_mounted, read_file
+from _common import (LAB4, Lab, MiB, balanced_per_disk, drop_caches, drop_page_cache, hoard_mounted, in_threads,
+                     lab_profile, lab_store, parallel, place_plain, read_file, replica_roots, report, run_timed, timed)
 
 from adapters.synth import flat_files
 from datasets import layouts

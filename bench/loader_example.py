@@ -88,8 +88,7 @@ def _lab(args) -> None:
     import tempfile
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from _common import LAB4, Lab, drop_caches, lab_store, report
-    from mount_read import hoard_mounted
+    from _common import LAB4, Lab, drop_caches, hoard_mounted, lab_store, report
     from PIL import Image
 
     from fsd.views import define_view

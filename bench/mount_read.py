@@ -33,15 +33,12 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import signal
 import subprocess
-import sys
 import tempfile
-import time
-from contextlib import contextmanager
 from pathlib import Path
 
-from _common import LAB4, Lab, REPO, drop_caches, lab_store, report, run_timed, timed
+from _common import (LAB4, Lab, REPO, drop_caches, hoard_mounted, lab_store, mergerfs_mounted,
+                     names_warm_data_cold, read_file, report, run_timed, timed)
 
 from adapters.synth import flat_files
 from fsd.put import put_payloads
@@ -49,46 +46,6 @@ from fsd.views import define_view
 
 MB = 1 << 20
 MiB = 1 << 20
-
-
-@contextmanager
-def hoard_mounted(cfg_path: Path, mnt: Path):
-    mnt.mkdir(parents=True, exist_ok=True)
-    proc = subprocess.Popen([sys.executable, "-m", "fsd", "--config", str(cfg_path), "mount", "--foreground",
-                             str(mnt)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=REPO)
-    _wait_mount(mnt, proc)
-    try:
-        yield
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(30)
-
-
-@contextmanager
-def mergerfs_mounted(branches: list[Path], mnt: Path):
-    mnt.mkdir(parents=True, exist_ok=True)
-    subprocess.run(["mergerfs", "-o", "ro",  # its defaults otherwise
-                    ":".join(str(b) for b in branches), str(mnt)], check=True)
-    try:
-        yield
-    finally:
-        subprocess.run(["fusermount3", "-u", str(mnt)], check=True)
-
-
-def _wait_mount(mnt: Path, proc) -> None:
-    deadline = time.monotonic() + 30
-    while not os.path.ismount(mnt):
-        if proc.poll() is not None or time.monotonic() > deadline:
-            raise SystemExit(f"mount at {mnt} did not come up")
-        time.sleep(0.05)
-
-
-def read_file(path: Path, bs: int = MB) -> int:
-    n = 0
-    with open(path, "rb", buffering=0) as f:
-        while chunk := f.read(bs):
-            n += len(chunk)
-    return n
 
 
 def main() -> None:
@@ -248,36 +205,6 @@ def main() -> None:
     shutil.rmtree(work, ignore_errors=True)
 
 
-def drop_page_cache() -> None:
-    """Drop cached file data only (`echo 1`): inodes and directory entries stay."""
-    subprocess.run(["sh", "-c", "sync; echo 1 > /proc/sys/vm/drop_caches"], check=True)
-
-
-def _disk_reads(lab) -> int:
-    """Bytes the lab's disks have read so far (sectors read × 512, /sys/block/<loop>/stat)."""
-    total = 0
-    for d in lab.disks.values():
-        total += int((Path("/sys/block") / Path(d.device).name / "stat").read_text().split()[2]) * 512
-    return total
-
-
-def read_all(paths: list[Path], readers: int) -> int:
-    """Read every file whole, `readers` threads at once, reader i taking items i, i+N, …
-    (a DataLoader's workers over a shuffled index); returns the bytes read."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    def one(i: int) -> int:
-        n = 0
-        for p in paths[i::readers]:
-            with open(p, "rb", buffering=0) as f:
-                while chunk := f.read(1 << 20):
-                    n += len(chunk)
-        return n
-
-    with ThreadPoolExecutor(readers) as pool:
-        return sum(pool.map(one, range(readers)))
-
-
 def shuffled_part(lab, args, cfg_path: Path, mnt: Path, res, where, plain, t: dict) -> list[tuple[str, str]]:
     import random
 
@@ -302,10 +229,10 @@ def shuffled_part(lab, args, cfg_path: Path, mnt: Path, res, where, plain, t: di
             drop_caches()
             if kind == "mount":
                 with hoard_mounted(cfg_path, mnt):
-                    got, secs, disk = _names_warm_data_cold(
+                    got, secs, disk = names_warm_data_cold(
                         lab, [mnt / "views" / "bench-shuffled" / where[r.sha256][0] for r in sample], n)
             else:
-                got, secs, disk = _names_warm_data_cold(lab, [plain[r.sha256] for r in sample], n)
+                got, secs, disk = names_warm_data_cold(lab, [plain[r.sha256] for r in sample], n)
             assert got == served, (got, served)
             key = f"shuffled_{kind}_{n}"
             t[key], t[key + "_disk_bytes"] = secs, disk
@@ -314,16 +241,6 @@ def shuffled_part(lab, args, cfg_path: Path, mnt: Path, res, where, plain, t: di
                          f"read {disk / served:5.2f}x served  {bound / secs:4.0%} of bound"))
         rows.append((f"  mount / plain, {n} readers", f"{t[f'shuffled_plain_{n}'] / t[f'shuffled_mount_{n}']:.2f}x"))
     return rows
-
-
-def _names_warm_data_cold(lab, paths: list[Path], readers: int) -> tuple[int, float, int]:
-    """Stat every path, drop the page cache, read them all: (bytes, seconds, bytes the disks read)."""
-    for p in paths:
-        os.stat(p)
-    drop_page_cache()
-    before, t0 = _disk_reads(lab), time.monotonic()
-    got = read_all(paths, readers)
-    return got, time.monotonic() - t0, _disk_reads(lab) - before
 
 
 def _commit() -> str:
