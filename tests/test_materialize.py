@@ -4,9 +4,12 @@ SSD that fills up is the SSD's problem — never taken for a failing HDD."""
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
+import os
 import subprocess
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -146,3 +149,87 @@ def test_an_ssd_failing_its_writes_mid_copy_is_never_a_finished_copy(lab_factory
         assert {r.state.value for r in store.records.values()} == {"active"}
     finally:
         subprocess.run(["chattr", "-i", str(lab.disks["ssd"].image)], check=False)
+
+
+def _push_without_waiting(path: Path) -> None:
+    """Start writeback of a file's dirty pages and return (SYNC_FILE_RANGE_WRITE only): an
+    error it meets is recorded on the file for whoever checks first — not checked here."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        if _libc.sync_file_range(fd, ctypes.c_int64(0), ctypes.c_int64(0), 2) != 0:
+            raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()), str(path))
+    finally:
+        os.close(fd)
+
+
+def _wait_idle(device: str, timeout: float = 10.0) -> None:
+    """Until the block device has no request in flight (the writeback pushed above is done)."""
+    inflight = Path("/sys/block") / Path(device).name / "inflight"
+    deadline = time.monotonic() + timeout
+    while inflight.read_text().split() != ["0", "0"]:
+        assert time.monotonic() < deadline, f"{device} still busy"
+        time.sleep(0.01)
+    time.sleep(0.1)
+
+
+def _on_disk_sha256(path: Path) -> str:
+    """The sha256 of what the disk holds for `path`, not of what the page cache holds (its
+    clean pages are dropped first)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        h = hashlib.sha256()
+        while chunk := os.read(fd, 1 << 20):
+            h.update(chunk)
+        return h.hexdigest()
+    finally:
+        os.close(fd)
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+@pytest.mark.lab
+@pytest.mark.expect_log(r".", optional=True)  # the kernel's ext4 errors, if any, are not ours
+def test_a_kept_file_whose_writeback_failed_before_the_run_is_written_again(lab_factory, store_factory,
+                                                                              tmp_path: Path) -> None:
+    """A first attempt's files sit in the page cache with the right bytes, but their writeback
+    failed (the SSD refused writes for a moment) and that error was reported to another syncfs
+    (the first attempt's own, `sync -f`, another export's): the resumed run must not keep them
+    as they read back, or the copy is complete on paper while the SSD holds zeros."""
+    lab = lab_factory([DiskProfile("ssd", 200, 500, 500, 5000)])
+    ssd = lab.disks["ssd"]
+    store = store_factory(n_disks=2, caps=None)
+    files = make_files(tmp_path / "src", 30, seed=36, lo=20_000, hi=60_000)
+    items = [Item(it.path, it.sha256, it.size, b'{"n": %d}\n' % i if i % 2 else None)
+             for i, it in enumerate(_items(store.put_many(files), files))]
+    dest = ssd.mountpoint / "3D" / ".tmp" / "e1"
+    for it in items:
+        (dest / it.path).parent.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["sync", "-f", str(ssd.mountpoint)], check=True)  # the directories are on the disk
+    canary = ssd.mountpoint / "canary"
+    try:
+        lab.fail_writes("ssd")
+        planted = []  # what a first attempt killed before its syncfs left: the right bytes, not yet written back
+        for it, src in zip(items, files):
+            (dest / it.path).write_bytes(src.read_bytes())
+            planted.append(dest / it.path)
+            if it.sidecar is not None:
+                (dest / (it.path + ".json")).write_bytes(it.sidecar)
+                planted.append(dest / (it.path + ".json"))
+        canary.write_bytes(b"c" * 8192)
+        for path in planted:
+            _push_without_waiting(path)
+        with open(canary, "rb") as f:  # the fault is on: the canary's writeback fails, checked on the canary only
+            assert _libc.sync_file_range(f.fileno(), ctypes.c_int64(0), ctypes.c_int64(0), 7) != 0
+        _wait_idle(ssd.device)
+    finally:
+        subprocess.run(["chattr", "-i", str(ssd.image)], check=False)
+    # the SSD is back; someone else's syncfs is told of the error (and the kernel counts it as seen)
+    assert subprocess.run(["sync", "-f", str(ssd.mountpoint)], capture_output=True).returncode != 0
+    materialize(store, items, dest)
+    want = {it.path: it.sha256 for it in items}
+    want |= {it.path + ".json": hashlib.sha256(it.sidecar).hexdigest() for it in items if it.sidecar is not None}
+    bad = [rel for rel, sha in want.items() if _on_disk_sha256(dest / rel) != sha]
+    assert not bad, f"{len(bad)} of {len(want)} files are not on the SSD after a finished copy, e.g. {bad[0]}"
+
