@@ -155,15 +155,41 @@ def _write_file(path: Path, data: memoryview | bytes) -> None:
         raise _WriteFailed(e) from None
 
 
-def _present(dest: Path) -> set[str]:
-    """The relative paths of what is already under `dest` but directories (one walk: a first
-    run's `dest` is empty, and 20,000 files each looked up alone cost a stat each)."""
-    out: set[str] = set()
-    for root, _dirs, files in os.walk(dest):  # nothing when dest does not exist
+def _present(dest: Path) -> tuple[set[str], set[str]]:
+    """What is already under `dest`, relative: the paths of everything but directories, and
+    the directories ("" for `dest`) — real ones only, a link to a directory is among the
+    others (one walk: a first run's `dest` is empty, and 20,000 files each looked up alone
+    cost a stat each)."""
+    files: set[str] = set()
+    dirs: set[str] = set()
+    for root, subdirs, names in os.walk(dest):  # never into a link; nothing when dest does not exist
         rel = os.path.relpath(root, dest)
         prefix = "" if rel == "." else rel.replace(os.sep, "/") + "/"
-        out.update(prefix + f for f in files)
-    return out
+        dirs.add(prefix.rstrip("/"))
+        files.update(prefix + n for n in names)
+        files.update(prefix + d for d in subdirs if os.path.islink(os.path.join(root, d)))
+    return files, dirs
+
+
+def _make_dirs(dest: Path, wanted: set[str], real: set[str]) -> None:
+    """Make each directory of `wanted` under `dest`, replacing what stands where one goes (a
+    link — to a directory outside, say — a file, a FIFO): the files are written through
+    these paths, and only their last part is opened without following a link. `real`: the
+    directories `_present` found, grown as they are made."""
+    for d in sorted(wanted):
+        at = ""
+        for part in d.split("/") if d else ():
+            at = f"{at}/{part}" if at else part
+            if at in real:
+                continue
+            path = dest / at
+            try:
+                os.mkdir(path)
+            except FileExistsError:
+                if not stat.S_ISDIR(os.lstat(path).st_mode):
+                    os.unlink(path)
+                    os.mkdir(path)
+            real.add(at)
 
 
 class _Flusher:
@@ -230,7 +256,7 @@ def materialize(store: Store, items: Iterable[Item], dest: Path,
         # opened before anything in `dest` is looked at: a write error from here on is reported
         # to it; one from before is the file's own, which `_intact` checks
         flusher = _Flusher(dest)
-        present = _present(dest)
+        present, real_dirs = _present(dest)
         dirs: set[str] = set()
         cars: list[Item] = []  # sidecars to (re)write
         for it in items:
@@ -244,8 +270,7 @@ def materialize(store: Store, items: Iterable[Item], dest: Path,
                 done_bytes += it.size
             else:
                 todo.setdefault(it.sha256, []).append(it)
-        for d in sorted(dirs):
-            (dest / d).mkdir(parents=True, exist_ok=True)
+        _make_dirs(dest, dirs, real_dirs)
         for it in cars:
             try:
                 _write_file(dest / (it.path + ".json"), it.sidecar)

@@ -233,3 +233,35 @@ def test_a_kept_file_whose_writeback_failed_before_the_run_is_written_again(lab_
     bad = [rel for rel, sha in want.items() if _on_disk_sha256(dest / rel) != sha]
     assert not bad, f"{len(bad)} of {len(want)} files are not on the SSD after a finished copy, e.g. {bad[0]}"
 
+
+def test_a_resumed_tree_with_things_planted_in_it_is_put_right(store_factory, tmp_path: Path) -> None:
+    """What a re-run finds where its files and directories go — a link to a directory outside
+    in place of a parent directory, a file in place of one, a FIFO, a link to a directory, a
+    link to an outside file with the right bytes, a file with the right size and other bytes —
+    is replaced: nothing outside `dest` is read as kept or written, and the tree checks."""
+    store = store_factory(n_disks=2, caps=None)
+    files = make_files(tmp_path / "src", 8, seed=37)
+    results = store.put_many(files)
+    names = ["a/x 1.bin", "a/y#é.bin", "b/c/z.bin", "d/fifo", "d/dirlink", "d/filelink", "d/wrong", "e/ok"]
+    items = [Item(f"out/{n}", r.sha256, r.size, b"{}\n" if i % 3 == 0 else None)
+             for i, (n, r) in enumerate(zip(names, results))]
+    dest = tmp_path / "dest"
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "x 1.bin").write_bytes(files[0].read_bytes())  # the right bytes, outside
+    (dest / "out" / "d").mkdir(parents=True)
+    (dest / "out" / "a").symlink_to(outside)  # a parent directory that is a link out of the tree
+    (dest / "out" / "b").write_bytes(b"a file where a directory goes")
+    os.mkfifo(dest / "out" / "d" / "fifo")
+    (dest / "out" / "d" / "dirlink").symlink_to(outside)
+    (dest / "out" / "d" / "filelink").symlink_to(outside / "x 1.bin")
+    (dest / "out" / "d" / "wrong").write_bytes(bytes(results[6].size))
+    before = {p.name: p.read_bytes() for p in outside.iterdir()}
+    rep = materialize(store, items, dest)
+    assert {p.name: p.read_bytes() for p in outside.iterdir()} == before
+    assert rep.kept == 0 and rep.written == len(items)
+    for rel in ("out/a", "out/b", "out/b/c", "out/d"):
+        assert (dest / rel).is_dir() and not (dest / rel).is_symlink(), rel
+    for it in items:
+        assert (dest / it.path).is_file() and not (dest / it.path).is_symlink(), it.path
+    _check_tree(dest, items)
