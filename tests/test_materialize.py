@@ -7,6 +7,7 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import os
+import signal
 import subprocess
 import threading
 import time
@@ -15,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from fsd.base.errors import ExitCode, HoardError
+from fsd import materialize as materialize_mod
 from fsd.materialize import Item, materialize
 from tests.conftest import make_files
 from tests.lab import DiskProfile, drop_caches
@@ -189,6 +191,17 @@ def _on_disk_sha256(path: Path) -> str:
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
+def _open_fds() -> list[str]:
+    """What this process's descriptors point at."""
+    out = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            out.append(os.readlink(f"/proc/self/fd/{fd}"))
+        except FileNotFoundError:  # the one listdir itself used
+            pass
+    return out
+
+
 @pytest.mark.lab
 @pytest.mark.expect_log(r".", optional=True)  # the kernel's ext4 errors, if any, are not ours
 def test_a_kept_file_whose_writeback_failed_before_the_run_is_written_again(lab_factory, store_factory,
@@ -264,4 +277,39 @@ def test_a_resumed_tree_with_things_planted_in_it_is_put_right(store_factory, tm
         assert (dest / rel).is_dir() and not (dest / rel).is_symlink(), rel
     for it in items:
         assert (dest / it.path).is_file() and not (dest / it.path).is_symlink(), it.path
+    _check_tree(dest, items)
+
+
+def test_ctrl_c_mid_copy_leaves_no_thread_nor_descriptor_and_the_rerun_resumes(store_factory, tmp_path: Path,
+                                                                               monkeypatch) -> None:
+    """SIGINT to the main thread while the disks are read and the helper thread syncs every
+    10 ms: KeyboardInterrupt comes out at once, no helper thread and no descriptor outlive
+    the call, nothing more is written, and the same call again keeps what was written."""
+    monkeypatch.setattr(materialize_mod, "FLUSH_EVERY_S", 0.01)
+    store = store_factory(n_disks=2, caps=None)
+    files = make_files(tmp_path / "src", 300, seed=38, lo=2000, hi=8000)
+    items = _items(store.put_many(files), files)
+    dest = tmp_path / "out"
+    sent: list[float] = []
+
+    def progress(done: int, total: int) -> None:
+        time.sleep(0.003)
+        if not sent and len(list(dest.rglob("*.bin"))) >= 50:
+            sent.append(time.monotonic())
+            signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)  # what Ctrl-C does
+
+    old = signal.signal(signal.SIGINT, signal.default_int_handler)  # an in-process rq worker may have set its own
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            materialize(store, items, dest, progress)
+    finally:
+        signal.signal(signal.SIGINT, old)
+    assert sent and time.monotonic() - sent[0] < 1.0
+    assert not [t for t in threading.enumerate() if t.name == "ssd-flush"]
+    assert not [fd for fd in _open_fds() if fd.startswith(str(dest))]
+    written = sorted(dest.rglob("*.bin"))
+    time.sleep(0.2)
+    assert sorted(dest.rglob("*.bin")) == written and len(written) < len(items)
+    rep = materialize(store, items, dest)
+    assert rep.kept >= 50 and rep.kept + rep.written == len(items)
     _check_tree(dest, items)
