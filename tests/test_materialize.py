@@ -313,3 +313,49 @@ def test_ctrl_c_mid_copy_leaves_no_thread_nor_descriptor_and_the_rerun_resumes(s
     rep = materialize(store, items, dest)
     assert rep.kept >= 50 and rep.kept + rep.written == len(items)
     _check_tree(dest, items)
+
+
+
+@pytest.mark.lab
+@pytest.mark.expect_log(r".", optional=True)  # the kernel's ext4 errors, if any, are not ours
+@pytest.mark.parametrize("told", ["the helper thread", "another process"])
+def test_a_write_error_another_syncfs_was_told_of_first_fails_the_copy(lab_factory, store_factory, tmp_path: Path,
+                                                                       monkeypatch, told: str) -> None:
+    """The SSD refuses writes for a moment mid-copy: a few files' writeback fails and, by the
+    final syncfs, the SSD works again and another syncfs was told of the error first — the
+    helper thread's (through the same descriptor, which is told only once) or another
+    process's (`sync -f`, another export's helper; the kernel then counts the error as seen,
+    and a descriptor opened after it never hears of it). materialize raises all the same.
+    (The helper's first syncfs is 2 s in, after the fault: a journal commit during it would
+    turn the file system read-only, and the error would come from a write instead.)"""
+    monkeypatch.setattr(materialize_mod, "FLUSH_EVERY_S", 2.0 if told == "the helper thread" else 60.0)
+    lab = lab_factory([DiskProfile("ssd", 200, 500, 500, 5000)])
+    ssd = lab.disks["ssd"]
+    store = store_factory(n_disks=2, caps=None)
+    files = make_files(tmp_path / "src", 120, seed=39, lo=20_000, hi=60_000)
+    items = _items(store.put_many(files), files)
+    dest = ssd.mountpoint / "3D" / ".tmp" / "e1"
+    calls = [0]
+
+    def progress(done: int, total: int) -> None:
+        calls[0] += 1
+        if calls[0] == 20:
+            subprocess.run(["sync", "-f", str(ssd.mountpoint)], check=True)  # a journal commit now, not in the fault
+            lab.fail_writes("ssd")
+        elif calls[0] == 26:  # five files written (their writeback started) while the SSD refused
+            try:
+                _wait_idle(ssd.device)
+            finally:
+                subprocess.run(["chattr", "-i", str(ssd.image)], check=False)
+            if told == "the helper thread":
+                time.sleep(2.5)  # its first syncfs runs meanwhile, and is told
+            else:
+                assert subprocess.run(["sync", "-f", str(ssd.mountpoint)], capture_output=True).returncode != 0
+
+    try:
+        with pytest.raises(HoardError) as e:
+            materialize(store, items, dest, progress)
+        assert calls[0] == len(items), e.value.message  # the copy went on to the end: the error came from a syncfs
+        assert e.value.exit_code == ExitCode.UNAVAILABLE and str(dest) in e.value.message
+    finally:
+        subprocess.run(["chattr", "-i", str(ssd.image)], check=False)
