@@ -229,10 +229,14 @@ class _Flusher:
 
     def final(self) -> None:
         """One last syncfs (after the background calls stopped); raises the first error any
-        of them saw."""
+        of them saw, or ENOENT when `dest` is no longer the directory the descriptor holds
+        (moved away or replaced mid-copy: the files went by path, the syncs by descriptor)."""
         self._sync()
         if self.error is not None:
             raise self.error
+        held, now = os.fstat(self.fd), os.stat(self.dest)
+        if (held.st_dev, held.st_ino) != (now.st_dev, now.st_ino):
+            raise OSError(errno.ENOENT, "the directory was moved or replaced while the copy ran", str(self.dest))
 
     def close(self) -> None:
         os.close(self.fd)

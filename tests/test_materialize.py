@@ -359,3 +359,27 @@ def test_a_write_error_another_syncfs_was_told_of_first_fails_the_copy(lab_facto
         assert e.value.exit_code == ExitCode.UNAVAILABLE and str(dest) in e.value.message
     finally:
         subprocess.run(["chattr", "-i", str(ssd.image)], check=False)
+
+
+def test_a_destination_replaced_mid_copy_is_never_a_finished_copy(store_factory, tmp_path: Path) -> None:
+    """Someone moves the destination away mid-copy and puts an empty directory in its place:
+    the files written before are no longer in `dest`, and the syncfs went through a
+    descriptor of the old directory — materialize raises naming it instead of returning."""
+    store = store_factory(n_disks=2, caps=None)
+    files = make_files(tmp_path / "src", 60, seed=40)
+    items = [Item(p.name, r.sha256, r.size) for p, r in zip(files, store.put_many(files))]  # all at the top
+    dest = tmp_path / "out"
+    calls = [0]
+
+    def progress(done: int, total: int) -> None:
+        calls[0] += 1
+        if calls[0] == 10:
+            dest.rename(tmp_path / "moved")
+            dest.mkdir()
+
+    with pytest.raises(HoardError) as e:
+        materialize(store, items, dest, progress)
+    assert str(dest) in e.value.message and "run the same command again" in e.value.message
+    rep = materialize(store, items, dest)
+    assert rep.written >= 10
+    _check_tree(dest, items)
