@@ -117,7 +117,10 @@ def _open_new(path: Path) -> int:
     try:
         return os.open(path, flags, 0o644)
     except FileExistsError:
-        path.unlink()  # a file or a symlink (O_EXCL refuses both); a directory raises here
+        try:
+            path.unlink()  # a file, a link, a FIFO (O_EXCL refuses them all)
+        except IsADirectoryError:
+            path.rmdir()  # an empty directory; one with something in it is not this run's to remove
         return os.open(path, flags, 0o644)
 
 

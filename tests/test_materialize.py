@@ -250,12 +250,14 @@ def test_a_kept_file_whose_writeback_failed_before_the_run_is_written_again(lab_
 def test_a_resumed_tree_with_things_planted_in_it_is_put_right(store_factory, tmp_path: Path) -> None:
     """What a re-run finds where its files and directories go — a link to a directory outside
     in place of a parent directory, a file in place of one, a FIFO, a link to a directory, a
-    link to an outside file with the right bytes, a file with the right size and other bytes —
-    is replaced: nothing outside `dest` is read as kept or written, and the tree checks."""
+    link to an outside file with the right bytes, a file with the right size and other bytes,
+    an empty directory where a file goes — is replaced: nothing outside `dest` is read as kept
+    or written, and the tree checks."""
     store = store_factory(n_disks=2, caps=None)
-    files = make_files(tmp_path / "src", 8, seed=37)
+    files = make_files(tmp_path / "src", 9, seed=37)
     results = store.put_many(files)
-    names = ["a/x 1.bin", "a/y#é.bin", "b/c/z.bin", "d/fifo", "d/dirlink", "d/filelink", "d/wrong", "e/ok"]
+    names = ["a/x 1.bin", "a/y#é.bin", "b/c/z.bin", "d/fifo", "d/dirlink", "d/filelink", "d/wrong", "e/ok",
+             "d/emptydir"]
     items = [Item(f"out/{n}", r.sha256, r.size, b"{}\n" if i % 3 == 0 else None)
              for i, (n, r) in enumerate(zip(names, results))]
     dest = tmp_path / "dest"
@@ -269,6 +271,7 @@ def test_a_resumed_tree_with_things_planted_in_it_is_put_right(store_factory, tm
     (dest / "out" / "d" / "dirlink").symlink_to(outside)
     (dest / "out" / "d" / "filelink").symlink_to(outside / "x 1.bin")
     (dest / "out" / "d" / "wrong").write_bytes(bytes(results[6].size))
+    (dest / "out" / "d" / "emptydir").mkdir()
     before = {p.name: p.read_bytes() for p in outside.iterdir()}
     rep = materialize(store, items, dest)
     assert {p.name: p.read_bytes() for p in outside.iterdir()} == before
