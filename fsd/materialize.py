@@ -9,10 +9,10 @@ durable (a batch sync: as durable as a sync per file, for the whole tree at once
 the disks are read, a helper thread runs one every second, so the SSD writes beside the
 reads and the last one has little left.
 
-Resumable: a file already in `dest` with the expected size and sha256 is kept (a run killed
-half-way and run again reads only what is missing or damaged). `dest` is a working
-directory (`<zone>/.tmp/<id>/…`): nothing here is complete until the output contract seals
-it — this module never presents a tree as done.
+Resumable: a file already in `dest` with the expected size and sha256, and no failed write of
+it pending, is kept (a run killed half-way and run again reads only what is missing or
+damaged). `dest` is a working directory (`<zone>/.tmp/<id>/…`): nothing here is complete
+until the output contract seals it — this module never presents a tree as done.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import ctypes
 import errno
 import hashlib
 import os
+import stat
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -68,26 +69,44 @@ class MaterializeReport:
     phases: dict[str, float] = field(default_factory=dict)  # prepare / plan / read / sync, seconds
 
 
-def _sha256_of(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _intact(path: Path, size: int, sha: str) -> bool:
+    """`path` is a regular file (not a link, a FIFO or a directory) of `size` bytes hashing to
+    `sha`, and no write of it failed unreported: what a resumed run may keep as it is."""
     try:
-        return path.is_file() and not path.is_symlink() and path.stat().st_size == size and _sha256_of(path) == sha
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)  # a FIFO there must not hang the run
     except OSError:
         return False
-
-
-def _same_bytes(path: Path, data: bytes) -> bool:
     try:
-        return path.is_file() and not path.is_symlink() and path.read_bytes() == data
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_size != size:
+            return False
+        h = hashlib.sha256()
+        while chunk := os.read(fd, CHUNK):
+            h.update(chunk)
+        return h.hexdigest() == sha and _no_lost_writes(fd)
     except OSError:
         return False
+    finally:
+        os.close(fd)
+
+
+def _no_lost_writes(fd: int) -> bool:
+    """False when the writeback of this file failed and no descriptor of it was told yet.
+    Hashing a file checks the page cache, not the SSD: an earlier attempt's pages whose
+    writeback failed stay cached, clean, with the right bytes, and never reach the SSD — and
+    the final syncfs cannot tell once another syncfs (that attempt's, `sync -f`, another
+    export's helper thread) was told of the error: the file system's error reaches the
+    descriptors opened before it, and those opened after only while no syncfs was told.
+    The file's own error reaches any descriptor of the file until one of them is told, and
+    sync_file_range(WAIT_BEFORE) reads it without a write or a journal commit (an fdatasync
+    each would cost a cache flush per kept file)."""
+    if _sync_file_range is None:
+        try:
+            os.fdatasync(fd)
+        except OSError:
+            return False
+        return True
+    return _sync_file_range(fd, 0, 0, SYNC_FILE_RANGE_WAIT_BEFORE) == 0
 
 
 def _open_new(path: Path) -> int:
@@ -98,7 +117,10 @@ def _open_new(path: Path) -> int:
     try:
         return os.open(path, flags, 0o644)
     except FileExistsError:
-        path.unlink()  # a file or a symlink (O_EXCL refuses both); a directory raises here
+        try:
+            path.unlink()  # a file, a link, a FIFO (O_EXCL refuses them all)
+        except IsADirectoryError:
+            path.rmdir()  # an empty directory; one with something in it is not this run's to remove
         return os.open(path, flags, 0o644)
 
 
@@ -117,6 +139,7 @@ def _start_writeback(fd: int) -> None:
         _sync_file_range(fd, 0, 0, SYNC_FILE_RANGE_WRITE)  # a failure here is only a missed hint
 
 
+SYNC_FILE_RANGE_WAIT_BEFORE = 1  # <linux/fs.h>: wait for writeback under way, report a failed one
 SYNC_FILE_RANGE_WRITE = 2  # <linux/fs.h>: start writeback of dirty pages, do not wait
 _sync_file_range = getattr(ctypes.CDLL(None, use_errno=True), "sync_file_range", None)  # not in Python's os
 if _sync_file_range is not None:
@@ -135,15 +158,41 @@ def _write_file(path: Path, data: memoryview | bytes) -> None:
         raise _WriteFailed(e) from None
 
 
-def _present(dest: Path) -> set[str]:
-    """The relative paths of what is already under `dest` but directories (one walk: a first
-    run's `dest` is empty, and 20,000 files each looked up alone cost a stat each)."""
-    out: set[str] = set()
-    for root, _dirs, files in os.walk(dest):  # nothing when dest does not exist
+def _present(dest: Path) -> tuple[set[str], set[str]]:
+    """What is already under `dest`, relative: the paths of everything but directories, and
+    the directories ("" for `dest`) — real ones only, a link to a directory is among the
+    others (one walk: a first run's `dest` is empty, and 20,000 files each looked up alone
+    cost a stat each)."""
+    files: set[str] = set()
+    dirs: set[str] = set()
+    for root, subdirs, names in os.walk(dest):  # never into a link; nothing when dest does not exist
         rel = os.path.relpath(root, dest)
         prefix = "" if rel == "." else rel.replace(os.sep, "/") + "/"
-        out.update(prefix + f for f in files)
-    return out
+        dirs.add(prefix.rstrip("/"))
+        files.update(prefix + n for n in names)
+        files.update(prefix + d for d in subdirs if os.path.islink(os.path.join(root, d)))
+    return files, dirs
+
+
+def _make_dirs(dest: Path, wanted: set[str], real: set[str]) -> None:
+    """Make each directory of `wanted` under `dest`, replacing what stands where one goes (a
+    link — to a directory outside, say — a file, a FIFO): the files are written through
+    these paths, and only their last part is opened without following a link. `real`: the
+    directories `_present` found, grown as they are made."""
+    for d in sorted(wanted):
+        at = ""
+        for part in d.split("/") if d else ():
+            at = f"{at}/{part}" if at else part
+            if at in real:
+                continue
+            path = dest / at
+            try:
+                os.mkdir(path)
+            except FileExistsError:
+                if not stat.S_ISDIR(os.lstat(path).st_mode):
+                    os.unlink(path)
+                    os.mkdir(path)
+            real.add(at)
 
 
 class _Flusher:
@@ -183,10 +232,14 @@ class _Flusher:
 
     def final(self) -> None:
         """One last syncfs (after the background calls stopped); raises the first error any
-        of them saw."""
+        of them saw, or ENOENT when `dest` is no longer the directory the descriptor holds
+        (moved away or replaced mid-copy: the files went by path, the syncs by descriptor)."""
         self._sync()
         if self.error is not None:
             raise self.error
+        held, now = os.fstat(self.fd), os.stat(self.dest)
+        if (held.st_dev, held.st_ino) != (now.st_dev, now.st_ino):
+            raise OSError(errno.ENOENT, "the directory was moved or replaced while the copy ran", str(self.dest))
 
     def close(self) -> None:
         os.close(self.fd)
@@ -204,27 +257,27 @@ def materialize(store: Store, items: Iterable[Item], dest: Path,
     rep.files, rep.bytes = len(items), sum(it.size for it in items)
     todo: dict[str, list[Item]] = {}
     done_bytes = 0
-    present = _present(dest)
-    dirs: set[str] = set()
-    cars: list[Item] = []  # sidecars to (re)write
-    for it in items:
-        parent = it.path.rpartition("/")[0]
-        dirs.add(parent)
-        if it.sidecar is not None:
-            car = it.path + ".json"
-            if not (car in present and _same_bytes(dest / car, it.sidecar)):
-                cars.append(it)
-        if it.path in present and _intact(dest / it.path, it.size, it.sha256):
-            rep.kept += 1
-            done_bytes += it.size
-        else:
-            todo.setdefault(it.sha256, []).append(it)
     flusher: _Flusher | None = None
     try:
-        for d in sorted(dirs):
-            (dest / d).mkdir(parents=True, exist_ok=True)
         dest.mkdir(parents=True, exist_ok=True)
+        # opened before anything in `dest` is looked at: a write error from here on is reported
+        # to it; one from before is the file's own, which `_intact` checks
         flusher = _Flusher(dest)
+        present, real_dirs = _present(dest)
+        dirs: set[str] = set()
+        cars: list[Item] = []  # sidecars to (re)write
+        for it in items:
+            dirs.add(it.path.rpartition("/")[0])
+            if it.sidecar is not None:
+                car, want = it.path + ".json", hashlib.sha256(it.sidecar).hexdigest()
+                if not (car in present and _intact(dest / car, len(it.sidecar), want)):
+                    cars.append(it)
+            if it.path in present and _intact(dest / it.path, it.size, it.sha256):
+                rep.kept += 1
+                done_bytes += it.size
+            else:
+                todo.setdefault(it.sha256, []).append(it)
+        _make_dirs(dest, dirs, real_dirs)
         for it in cars:
             try:
                 _write_file(dest / (it.path + ".json"), it.sidecar)

@@ -4,14 +4,19 @@ SSD that fills up is the SSD's problem — never taken for a failing HDD."""
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
+import os
+import signal
 import subprocess
 import threading
+import time
 from pathlib import Path
 
 import pytest
 
 from fsd.base.errors import ExitCode, HoardError
+from fsd import materialize as materialize_mod
 from fsd.materialize import Item, materialize
 from tests.conftest import make_files
 from tests.lab import DiskProfile, drop_caches
@@ -146,3 +151,238 @@ def test_an_ssd_failing_its_writes_mid_copy_is_never_a_finished_copy(lab_factory
         assert {r.state.value for r in store.records.values()} == {"active"}
     finally:
         subprocess.run(["chattr", "-i", str(lab.disks["ssd"].image)], check=False)
+
+
+def _push_without_waiting(path: Path) -> None:
+    """Start writeback of a file's dirty pages and return (SYNC_FILE_RANGE_WRITE only): an
+    error it meets is recorded on the file for whoever checks first — not checked here."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        if _libc.sync_file_range(fd, ctypes.c_int64(0), ctypes.c_int64(0), 2) != 0:
+            raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()), str(path))
+    finally:
+        os.close(fd)
+
+
+def _wait_idle(device: str, timeout: float = 10.0) -> None:
+    """Until the block device has no request in flight (the writeback pushed above is done)."""
+    inflight = Path("/sys/block") / Path(device).name / "inflight"
+    deadline = time.monotonic() + timeout
+    while inflight.read_text().split() != ["0", "0"]:
+        assert time.monotonic() < deadline, f"{device} still busy"
+        time.sleep(0.01)
+    time.sleep(0.1)
+
+
+def _on_disk_sha256(path: Path) -> str:
+    """The sha256 of what the disk holds for `path`, not of what the page cache holds (its
+    clean pages are dropped first)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        h = hashlib.sha256()
+        while chunk := os.read(fd, 1 << 20):
+            h.update(chunk)
+        return h.hexdigest()
+    finally:
+        os.close(fd)
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _open_fds() -> list[str]:
+    """What this process's descriptors point at."""
+    out = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            out.append(os.readlink(f"/proc/self/fd/{fd}"))
+        except FileNotFoundError:  # the one listdir itself used
+            pass
+    return out
+
+
+@pytest.mark.lab
+@pytest.mark.expect_log(r".", optional=True)  # the kernel's ext4 errors, if any, are not ours
+def test_a_kept_file_whose_writeback_failed_before_the_run_is_written_again(lab_factory, store_factory,
+                                                                              tmp_path: Path) -> None:
+    """A first attempt's files sit in the page cache with the right bytes, but their writeback
+    failed (the SSD refused writes for a moment) and that error was reported to another syncfs
+    (the first attempt's own, `sync -f`, another export's): the resumed run must not keep them
+    as they read back, or the copy is complete on paper while the SSD holds zeros."""
+    lab = lab_factory([DiskProfile("ssd", 200, 500, 500, 5000)])
+    ssd = lab.disks["ssd"]
+    store = store_factory(n_disks=2, caps=None)
+    files = make_files(tmp_path / "src", 30, seed=36, lo=20_000, hi=60_000)
+    items = [Item(it.path, it.sha256, it.size, b'{"n": %d}\n' % i if i % 2 else None)
+             for i, it in enumerate(_items(store.put_many(files), files))]
+    dest = ssd.mountpoint / "3D" / ".tmp" / "e1"
+    for it in items:
+        (dest / it.path).parent.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["sync", "-f", str(ssd.mountpoint)], check=True)  # the directories are on the disk
+    canary = ssd.mountpoint / "canary"
+    try:
+        lab.fail_writes("ssd")
+        planted = []  # what a first attempt killed before its syncfs left: the right bytes, not yet written back
+        for it, src in zip(items, files):
+            (dest / it.path).write_bytes(src.read_bytes())
+            planted.append(dest / it.path)
+            if it.sidecar is not None:
+                (dest / (it.path + ".json")).write_bytes(it.sidecar)
+                planted.append(dest / (it.path + ".json"))
+        canary.write_bytes(b"c" * 8192)
+        for path in planted:
+            _push_without_waiting(path)
+        with open(canary, "rb") as f:  # the fault is on: the canary's writeback fails, checked on the canary only
+            assert _libc.sync_file_range(f.fileno(), ctypes.c_int64(0), ctypes.c_int64(0), 7) != 0
+        _wait_idle(ssd.device)
+    finally:
+        subprocess.run(["chattr", "-i", str(ssd.image)], check=False)
+    # the SSD is back; someone else's syncfs is told of the error (and the kernel counts it as seen)
+    assert subprocess.run(["sync", "-f", str(ssd.mountpoint)], capture_output=True).returncode != 0
+    materialize(store, items, dest)
+    want = {it.path: it.sha256 for it in items}
+    want |= {it.path + ".json": hashlib.sha256(it.sidecar).hexdigest() for it in items if it.sidecar is not None}
+    bad = [rel for rel, sha in want.items() if _on_disk_sha256(dest / rel) != sha]
+    assert not bad, f"{len(bad)} of {len(want)} files are not on the SSD after a finished copy, e.g. {bad[0]}"
+
+
+def test_a_resumed_tree_with_things_planted_in_it_is_put_right(store_factory, tmp_path: Path) -> None:
+    """What a re-run finds where its files and directories go — a link to a directory outside
+    in place of a parent directory, a file in place of one, a FIFO, a link to a directory, a
+    link to an outside file with the right bytes, a file with the right size and other bytes,
+    an empty directory where a file goes — is replaced: nothing outside `dest` is read as kept
+    or written, and the tree checks."""
+    store = store_factory(n_disks=2, caps=None)
+    files = make_files(tmp_path / "src", 9, seed=37)
+    results = store.put_many(files)
+    names = ["a/x 1.bin", "a/y#é.bin", "b/c/z.bin", "d/fifo", "d/dirlink", "d/filelink", "d/wrong", "e/ok",
+             "d/emptydir"]
+    items = [Item(f"out/{n}", r.sha256, r.size, b"{}\n" if i % 3 == 0 else None)
+             for i, (n, r) in enumerate(zip(names, results))]
+    dest = tmp_path / "dest"
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "x 1.bin").write_bytes(files[0].read_bytes())  # the right bytes, outside
+    (dest / "out" / "d").mkdir(parents=True)
+    (dest / "out" / "a").symlink_to(outside)  # a parent directory that is a link out of the tree
+    (dest / "out" / "b").write_bytes(b"a file where a directory goes")
+    os.mkfifo(dest / "out" / "d" / "fifo")
+    (dest / "out" / "d" / "dirlink").symlink_to(outside)
+    (dest / "out" / "d" / "filelink").symlink_to(outside / "x 1.bin")
+    (dest / "out" / "d" / "wrong").write_bytes(bytes(results[6].size))
+    (dest / "out" / "d" / "emptydir").mkdir()
+    before = {p.name: p.read_bytes() for p in outside.iterdir()}
+    rep = materialize(store, items, dest)
+    assert {p.name: p.read_bytes() for p in outside.iterdir()} == before
+    assert rep.kept == 0 and rep.written == len(items)
+    for rel in ("out/a", "out/b", "out/b/c", "out/d"):
+        assert (dest / rel).is_dir() and not (dest / rel).is_symlink(), rel
+    for it in items:
+        assert (dest / it.path).is_file() and not (dest / it.path).is_symlink(), it.path
+    _check_tree(dest, items)
+
+
+def test_ctrl_c_mid_copy_leaves_no_thread_nor_descriptor_and_the_rerun_resumes(store_factory, tmp_path: Path,
+                                                                               monkeypatch) -> None:
+    """SIGINT to the main thread while the disks are read and the helper thread syncs every
+    10 ms: KeyboardInterrupt comes out at once, no helper thread and no descriptor outlive
+    the call, nothing more is written, and the same call again keeps what was written."""
+    monkeypatch.setattr(materialize_mod, "FLUSH_EVERY_S", 0.01)
+    store = store_factory(n_disks=2, caps=None)
+    files = make_files(tmp_path / "src", 300, seed=38, lo=2000, hi=8000)
+    items = _items(store.put_many(files), files)
+    dest = tmp_path / "out"
+    sent: list[float] = []
+
+    def progress(done: int, total: int) -> None:
+        time.sleep(0.003)
+        if not sent and len(list(dest.rglob("*.bin"))) >= 50:
+            sent.append(time.monotonic())
+            signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)  # what Ctrl-C does
+
+    old = signal.signal(signal.SIGINT, signal.default_int_handler)  # an in-process rq worker may have set its own
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            materialize(store, items, dest, progress)
+    finally:
+        signal.signal(signal.SIGINT, old)
+    assert sent and time.monotonic() - sent[0] < 1.0
+    assert not [t for t in threading.enumerate() if t.name == "ssd-flush"]
+    assert not [fd for fd in _open_fds() if fd.startswith(str(dest))]
+    written = sorted(dest.rglob("*.bin"))
+    time.sleep(0.2)
+    assert sorted(dest.rglob("*.bin")) == written and len(written) < len(items)
+    rep = materialize(store, items, dest)
+    assert rep.kept >= 50 and rep.kept + rep.written == len(items)
+    _check_tree(dest, items)
+
+
+
+@pytest.mark.lab
+@pytest.mark.expect_log(r".", optional=True)  # the kernel's ext4 errors, if any, are not ours
+@pytest.mark.parametrize("told", ["the helper thread", "another process"])
+def test_a_write_error_another_syncfs_was_told_of_first_fails_the_copy(lab_factory, store_factory, tmp_path: Path,
+                                                                       monkeypatch, told: str) -> None:
+    """The SSD refuses writes for a moment mid-copy: a few files' writeback fails and, by the
+    final syncfs, the SSD works again and another syncfs was told of the error first — the
+    helper thread's (through the same descriptor, which is told only once) or another
+    process's (`sync -f`, another export's helper; the kernel then counts the error as seen,
+    and a descriptor opened after it never hears of it). materialize raises all the same.
+    (The helper's first syncfs is 2 s in, after the fault: a journal commit during it would
+    turn the file system read-only, and the error would come from a write instead.)"""
+    monkeypatch.setattr(materialize_mod, "FLUSH_EVERY_S", 2.0 if told == "the helper thread" else 60.0)
+    lab = lab_factory([DiskProfile("ssd", 200, 500, 500, 5000)])
+    ssd = lab.disks["ssd"]
+    store = store_factory(n_disks=2, caps=None)
+    files = make_files(tmp_path / "src", 120, seed=39, lo=20_000, hi=60_000)
+    items = _items(store.put_many(files), files)
+    dest = ssd.mountpoint / "3D" / ".tmp" / "e1"
+    calls = [0]
+
+    def progress(done: int, total: int) -> None:
+        calls[0] += 1
+        if calls[0] == 20:
+            subprocess.run(["sync", "-f", str(ssd.mountpoint)], check=True)  # a journal commit now, not in the fault
+            lab.fail_writes("ssd")
+        elif calls[0] == 26:  # five files written (their writeback started) while the SSD refused
+            try:
+                _wait_idle(ssd.device)
+            finally:
+                subprocess.run(["chattr", "-i", str(ssd.image)], check=False)
+            if told == "the helper thread":
+                time.sleep(2.5)  # its first syncfs runs meanwhile, and is told
+            else:
+                assert subprocess.run(["sync", "-f", str(ssd.mountpoint)], capture_output=True).returncode != 0
+
+    try:
+        with pytest.raises(HoardError) as e:
+            materialize(store, items, dest, progress)
+        assert calls[0] == len(items), e.value.message  # the copy went on to the end: the error came from a syncfs
+        assert e.value.exit_code == ExitCode.UNAVAILABLE and str(dest) in e.value.message
+    finally:
+        subprocess.run(["chattr", "-i", str(ssd.image)], check=False)
+
+
+def test_a_destination_replaced_mid_copy_is_never_a_finished_copy(store_factory, tmp_path: Path) -> None:
+    """Someone moves the destination away mid-copy and puts an empty directory in its place:
+    the files written before are no longer in `dest`, and the syncfs went through a
+    descriptor of the old directory — materialize raises naming it instead of returning."""
+    store = store_factory(n_disks=2, caps=None)
+    files = make_files(tmp_path / "src", 60, seed=40)
+    items = [Item(p.name, r.sha256, r.size) for p, r in zip(files, store.put_many(files))]  # all at the top
+    dest = tmp_path / "out"
+    calls = [0]
+
+    def progress(done: int, total: int) -> None:
+        calls[0] += 1
+        if calls[0] == 10:
+            dest.rename(tmp_path / "moved")
+            dest.mkdir()
+
+    with pytest.raises(HoardError) as e:
+        materialize(store, items, dest, progress)
+    assert str(dest) in e.value.message and "run the same command again" in e.value.message
+    rep = materialize(store, items, dest)
+    assert rep.written >= 10
+    _check_tree(dest, items)

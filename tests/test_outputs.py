@@ -17,6 +17,7 @@ import pytest
 
 from adapters.synth import Spec, generate
 from fsd import seal
+from tests.terminal import as_foreground
 from tests.test_ingest import ingest_all, ingest_home
 
 REPO = Path(__file__).resolve().parent.parent
@@ -170,6 +171,36 @@ def test_killed_export_resumes_without_recopying(lab_factory, hoard_home: Path, 
     seal.check_sealed(cfg.ssd.zone_path("3D") / "ex2", verify=True)
     st = _hoard(cfg, "export", "--status", "ex2")
     assert st.returncode == 0 and "ex2: done" in st.stdout
+
+
+
+@pytest.mark.lab
+def test_ctrl_c_mid_export_exits_130_and_the_same_command_finishes(lab_factory, hoard_home: Path, pg, redis_conn,
+                                                                   tmp_path: Path) -> None:
+    """Ctrl-C in the middle of the copy (the SSD's helper thread syncing beside the slow
+    reads): exit 130 within seconds without a traceback, nothing sealed, the output listed
+    incomplete, and the same command finishes it keeping what was written."""
+    lab, cfg, sel = _slow_lab_export(lab_factory, hoard_home, pg, redis_conn, tmp_path)
+    cmd = [sys.executable, "-m", "fsd", "--config", str(cfg.source), "export", "ex4", "--layout", "by_sha256",
+           "--selector", sel, "--here"]
+    proc = subprocess.Popen(lab.wrap(cmd), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=as_foreground)
+    tmp = cfg.ssd.zone_path("3D") / ".tmp" / "ex4"
+    _until_a_file_in(tmp)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    t0 = time.monotonic()
+    _out, errs = proc.communicate(timeout=60)
+    assert time.monotonic() - t0 < 10
+    assert proc.returncode == 130 and "Traceback" not in errs, errs
+    written = len([p for p in tmp.rglob("*") if p.is_file()])
+    assert written >= 1 and not (cfg.ssd.zone_path("3D") / "ex4").exists()
+    assert [o for o in _zones(cfg)["3D"]["outputs"] if o["id"] == "ex4" and o["state"] == "incomplete"]
+    res = _hoard(cfg, "export", "ex4", "--layout", "by_sha256", "--selector", sel, "--here", "--json", timeout=300)
+    assert res.returncode == 0, res.stderr
+    report = json.loads(res.stdout.strip().splitlines()[-1])
+    assert report["kept_files"] >= written - 1, report
+    seal.check_sealed(cfg.ssd.zone_path("3D") / "ex4", verify=True)
 
 
 @pytest.mark.lab

@@ -12,6 +12,8 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from fsd import shardfmt as fmt
 from fsd.placement import NoSpace
@@ -216,6 +218,65 @@ def test_batch_read_plan_covers_everything_coalesced(store_factory, tmp_path: Pa
     plan2, stats = store.read_batch(shas, sink)
     assert stats.objects == len(shas) and stats.fallbacks == 0
     assert all(hashlib.sha256(v).digest() == k for k, v in got.items()) and len(got) == len(shas)
+
+
+
+def _ranges_by_record_order(records: list, gap: int, max_range: int) -> list[tuple]:
+    """The planner's per-disk step as it was before 564468e: the disk's records sorted one by
+    one by (shard, offset), then coalesced — the reference the piece-wise sort must equal."""
+    out: list[list] = []
+    for shard_hex, w in sorted(records, key=lambda x: (x[0], x[1].offset)):
+        last = out[-1] if out else None
+        if last and last[0] == shard_hex and w.start - last[2] <= gap and w.end - last[1] <= max_range:
+            last[2] = max(last[2], w.end)
+            last[3].append(w.sha)
+        else:
+            out.append([shard_hex, w.start, w.end, [w.sha]])
+    return [tuple(r) for r in out]
+
+
+@pytest.fixture(scope="module")
+def planner_store(tmp_path_factory):
+    """Three disks, two replicas a shard, 1 MiB shards of 600 objects of 2-20 KB (read only)."""
+    from fsd.base import config
+    from fsd.store import Store
+    from tests.conftest import write_config
+
+    root = tmp_path_factory.mktemp("planner")
+    disks = [(f"d{i}", root / "disks" / f"d{i}", None) for i in (1, 2, 3)]
+    for _, p, _ in disks:
+        p.mkdir(parents=True)
+    store = Store.open(config.load(write_config(root, disks, shard_size_mb=1, copy_of_raw=2, write_ack=2)), init=True)
+    res = store.put_many(make_files(root / "in", 600, seed=51, lo=2000, hi=20_000))
+    yield store, [bytes.fromhex(r.sha256) for r in res]
+    store.close()
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_the_plan_orders_each_disks_records_as_sorting_them_one_by_one_did(planner_store, data) -> None:
+    """Whatever is asked (a subset, duplicate sha256s, shards cut into many pieces spread over
+    several disks, records over MAX_RANGE, any bandwidths and gaps): each disk's reads are
+    exactly what sorting its records by (shard, offset) and coalescing them gave before the
+    pieces were sorted instead, and every object found is read once."""
+    from fsd import planner
+
+    store, shas = planner_store
+    asked = data.draw(st.lists(st.sampled_from(shas), max_size=300))
+    knobs = {"PIECE_BYTES": data.draw(st.integers(1, 2 << 20)), "GAP_BYTES": data.draw(st.integers(0, 64 << 10)),
+             "MAX_RANGE": data.draw(st.integers(1, 64 << 10))}
+    bw = {u: data.draw(st.floats(1e6, 1e9)) for u in store.disks}
+    with pytest.MonkeyPatch.context() as mp:
+        for name, value in knobs.items():
+            mp.setattr(planner, name, value)
+        plan = planner.make_plan(store, asked, bw)
+    for ranges in plan.ranges.values():
+        got = [(r.shard_hex, r.start, r.end, [w.sha for w in r.records]) for r in ranges]
+        records = [(r.shard_hex, w) for r in ranges for w in r.records]
+        assert got == _ranges_by_record_order(records, knobs["GAP_BYTES"], knobs["MAX_RANGE"])
+    read = [w.sha for rs in plan.ranges.values() for r in rs for w in r.records] + [w.sha for w in plan.large]
+    assert sorted(read) == sorted(set(asked)) and not plan.missing
+    assert sorted(w.sha for ws in plan.large_by_disk.values() for w in ws) == sorted(w.sha for w in plan.large)
 
 
 def test_large_records_are_balanced_over_the_disks_and_streamed_by_their_readers(store_factory, tmp_path: Path) -> None:
