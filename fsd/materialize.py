@@ -232,14 +232,20 @@ class _Flusher:
 
     def final(self) -> None:
         """One last syncfs (after the background calls stopped); raises the first error any
-        of them saw, or ENOENT when `dest` is no longer the directory the descriptor holds
+        of them saw, or HoardError when `dest` is no longer the directory the descriptor holds
         (moved away or replaced mid-copy: the files went by path, the syncs by descriptor)."""
         self._sync()
         if self.error is not None:
             raise self.error
-        held, now = os.fstat(self.fd), os.stat(self.dest)
-        if (held.st_dev, held.st_ino) != (now.st_dev, now.st_ino):
-            raise OSError(errno.ENOENT, "the directory was moved or replaced while the copy ran", str(self.dest))
+        held = os.fstat(self.fd)
+        try:
+            now = os.stat(self.dest)
+        except FileNotFoundError:
+            now = None
+        if now is None or (held.st_dev, held.st_ino) != (now.st_dev, now.st_ino):
+            raise HoardError(f"{self.dest} was moved or replaced while the copy ran: what was written went with it "
+                             "and is not this copy; run the same command again (it writes the tree anew there)",
+                             ExitCode.UNAVAILABLE)
 
     def close(self) -> None:
         os.close(self.fd)

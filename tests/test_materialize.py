@@ -383,6 +383,7 @@ def test_a_destination_replaced_mid_copy_is_never_a_finished_copy(store_factory,
     with pytest.raises(HoardError) as e:
         materialize(store, items, dest, progress)
     assert str(dest) in e.value.message and "run the same command again" in e.value.message
+    assert "was moved or replaced while the copy ran" in e.value.message
     rep = materialize(store, items, dest)
     assert rep.written >= 10
     _check_tree(dest, items)
