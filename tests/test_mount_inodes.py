@@ -19,11 +19,12 @@ from tests.conftest import dir_disks_config
 @pytest.fixture
 def namespace(tmp_path: Path):
     """A Namespace (and a factory for more: a remount) over 300 tiny objects and a view of
-    them, 100 per directory, whose last path names object 0 again."""
+    them, 100 per directory, whose last two paths name objects 0 and 1 again (1 by its hash)."""
     cfg = config.load(dir_disks_config(tmp_path, 2))
     store = Store.open(cfg, init=True)
     shas = [r.sha256 for r in store.put_bytes_many([b"object %03d\n" % i for i in range(300)])]
-    rows = [(f"d{i // 100}/f{i:03d}.txt", sha) for i, sha in enumerate(shas)] + [("d2/again.txt", shas[0])]
+    rows = [(f"d{i // 100}/f{i:03d}.txt", sha) for i, sha in enumerate(shas)] + [("d2/again.txt", shas[0]),
+                                                                                  (f"d2/{shas[1]}.bin", shas[1])]
     define_view_rows(store, "v", rows)
     reader = Reader(store)
 
@@ -70,13 +71,17 @@ def test_one_small_entry_per_node(namespace) -> None:
     view = [(p, name, n) for p, name, n in told if n.sha is not None and n.mtime_ns]
     for p, name, n in view:
         assert (p, name) in n.links()
-        assert (n.more is None) == (n.sha != bytes.fromhex(shas[0]))
+        assert (n.more is None) == (n.sha.hex() not in shas[:2])
     twice = next(n for _, _, n in view if n.sha == bytes.fromhex(shas[0]))
     assert sorted(name for _, name in twice.links()) == [b"again.txt", b"f000.txt"]
+    # a name made of the object's hash is kept as its suffix: all of by-hash/, one in the view
+    assert all(type(n.name) is str for n in files if not n.mtime_ns)
+    hashed = next(n for _, _, n in view if n.sha == bytes.fromhex(shas[1]))
+    assert sorted(type(name).__name__ for name in [hashed.name, *(name for _, name in hashed.more)]) == ["bytes", "str"]
     # deleted objects: every name the kernel knows them under, in by-hash/ and in the view
-    dead = {bytes.fromhex(shas[0]), bytes.fromhex(shas[7])}
+    dead = {bytes.fromhex(shas[0]), bytes.fromhex(shas[1]), bytes.fromhex(shas[7])}
     assert sorted(ns.with_object(dead)) == sorted((p, name) for p, name, n in told if n.sha in dead)
-    assert len(ns.with_object(dead)) == 5
+    assert len(ns.with_object(dead)) == 3 + 5  # by-hash/, and f000, again, f001, <sha1>.bin, f007
     # a remount: the same numbers; a node forgotten and told again: the same number
     again = new()
     remounted = trio.run(_walk, again, b"views")

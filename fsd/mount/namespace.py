@@ -56,12 +56,18 @@ LINK_MODE = stat.S_IFLNK | 0o777
 #: names kept per file for invalidation; a file the kernel knows under more is rare (one object
 #: at many paths of one batch) and a name not invalidated still expires (ENTRY_TIMEOUT)
 MAX_LINKS = 64
+#: a name that is the file's sha256 in hex and a short suffix (every by-hash/ name, and a
+#: view's names for files named by their hash) is kept as that suffix, one str shared by all
+#: names with it; this many distinct suffixes at most, each of at most SUFFIX_MAX bytes
+MAX_SUFFIXES, SUFFIX_MAX = 1024, 16
+_suffixes: dict[bytes, str] = {}
 
 
 class Node:
     """One node of the tree. The table holds one per name the kernel knows, so it is small:
-    slots (no __dict__), a file's key is not kept (it is rebuilt from `sha` and `mtime_ns`),
-    and the one name under which a file is known is two slots, not a set."""
+    slots (no __dict__); a file's key is not kept (it is rebuilt from `sha` and `mtime_ns`);
+    the one name under which a file is known is two slots, not a set, and a name made of the
+    file's sha256 is kept as its suffix alone."""
 
     __slots__ = ("inode", "_key", "mode", "size", "mtime_ns", "sha", "lookups", "parent", "name", "more")
 
@@ -70,7 +76,8 @@ class Node:
         self.inode, self.mode, self.size, self.mtime_ns, self.sha, self.lookups = inode, mode, size, mtime_ns, sha, lookups
         self._key = None if key == ("file", sha, mtime_ns) else key
         #: (parent inode, name) under which the kernel knows a file, invalidated when its object
-        #: is deleted (parent 0: none yet); `more`: a set of further ones, up to MAX_LINKS in all
+        #: is deleted (parent 0: none yet; name: bytes, or a str suffix, see MAX_SUFFIXES);
+        #: `more`: a set of further ones, up to MAX_LINKS in all
         self.parent, self.name, self.more = 0, b"", None
 
     @property
@@ -79,7 +86,15 @@ class Node:
         return ("file", self.sha, self.mtime_ns) if self._key is None else self._key
 
     def link(self, parent: int, name: bytes) -> None:
-        """The kernel knows this file as `name` in directory `parent`."""
+        """The kernel knows this file as `name` in directory `parent` (called with the table's
+        lock held)."""
+        hexed = self.sha.hex().encode()
+        if name.startswith(hexed):
+            suffix = name[len(hexed):]
+            short = _suffixes.get(suffix)
+            if short is None and len(_suffixes) < MAX_SUFFIXES and len(suffix) <= SUFFIX_MAX:
+                short = _suffixes[suffix] = suffix.decode("latin-1")  # (any bytes, and back)
+            name = name if short is None else short
         if not self.parent:
             self.parent, self.name = parent, name
         elif (parent, name) != (self.parent, self.name):
@@ -90,7 +105,9 @@ class Node:
 
     def links(self) -> list[tuple[int, bytes]]:
         """Every (parent inode, name) under which the kernel knows this file."""
-        return ([(self.parent, self.name)] if self.parent else []) + list(self.more or ())
+        pairs = ([(self.parent, self.name)] if self.parent else []) + list(self.more or ())
+        hexed = self.sha.hex().encode()
+        return [(p, name if type(name) is bytes else hexed + name.encode("latin-1")) for p, name in pairs]
 
     def __repr__(self) -> str:
         return f"Node({self.inode}, {self.key!r}, lookups={self.lookups})"
