@@ -18,10 +18,15 @@ the same number — about one in 10^11 for 10^4 nodes the kernel holds — are t
 probing the next number; only then does a number depend on the order of lookups.)
 
 A node enters the inode table when the kernel is told of it (lookup, readdirplus) and
-leaves when the kernel forgets it. Listings come from LMDB (short read transactions) and
-from manifests (`Tree` objects, cached); loading a manifest page never happens on the trio
-thread (`children`/`lookup` are async and hop to a worker thread only for a page that is
-not loaded yet).
+leaves when the kernel forgets it, so the table holds one per name the kernel knows (2 × N
+and the by-hash directories after a `find` over by-hash/ and a view of N objects): `Node`
+is slotted and keeps no more than it must, and `nodes` (inode → node) is the only entry
+per node — a node is found again at inode_of(its key), and only one that probed past a
+collision is also in `moved` (key → inode).
+
+Listings come from LMDB (short read transactions) and from manifests (`Tree` objects,
+cached); loading a manifest page never happens on the trio thread (`children`/`lookup` are
+async and hop to a worker thread only for a page that is not loaded yet).
 """
 
 from __future__ import annotations
@@ -73,7 +78,8 @@ class Node:
 
     def __init__(self, inode: int, key: tuple, mode: int, size: int = 0, mtime_ns: int = 0,
                  sha: bytes | None = None, lookups: int = 0) -> None:
-        self.inode, self.mode, self.size, self.mtime_ns, self.sha, self.lookups = inode, mode, size, mtime_ns, sha, lookups
+        self.inode, self.mode, self.size, self.lookups = inode, mode, size, lookups
+        self.mtime_ns, self.sha = mtime_ns, sha
         self._key = None if key == ("file", sha, mtime_ns) else key
         #: (parent inode, name) under which the kernel knows a file, invalidated when its object
         #: is deleted (parent 0: none yet; name: bytes, or a str suffix, see MAX_SUFFIXES);
