@@ -77,12 +77,16 @@ def test_redefined_view_serves_new_bytes_and_inodes_are_stable(tmp_path: Path) -
             assert held.read() == files[0].read_bytes()
         # type-A deletion of an object the kernel had looked up: gone within seconds, bytes stay
         victim = mnt / "views" / "all" / "pics" / Path(res[2].path).name
-        assert victim.exists()
+        by_hash = mnt / "by-hash" / res[2].sha256[:2] / res[2].sha256[2:4]
+        hashed = by_hash / next(n for n in os.listdir(by_hash) if n.startswith(res[2].sha256))
+        assert victim.exists() and hashed.exists()
         with Store.open(cfg) as store:
             from fsd.deletion import hide
 
             hide(store, [bytes.fromhex(res[2].sha256)], "test")
         _until(lambda: not victim.exists(), "a hidden object is still shown")
+        # invalidated with it (the kernel would keep the name for an hour: ENTRY_TIMEOUT)
+        _until(lambda: not hashed.exists(), "a hidden object is still shown in by-hash/", timeout=1.0)
         assert Path(res[2].path).name not in os.listdir(mnt / "views" / "all" / "pics")
     with mounted(str(cfg_path), mnt):
         for p, ino in inodes.items():

@@ -18,10 +18,15 @@ the same number — about one in 10^11 for 10^4 nodes the kernel holds — are t
 probing the next number; only then does a number depend on the order of lookups.)
 
 A node enters the inode table when the kernel is told of it (lookup, readdirplus) and
-leaves when the kernel forgets it. Listings come from LMDB (short read transactions) and
-from manifests (`Tree` objects, cached); loading a manifest page never happens on the trio
-thread (`children`/`lookup` are async and hop to a worker thread only for a page that is
-not loaded yet).
+leaves when the kernel forgets it, so the table holds one per name the kernel knows (2 × N
+and the by-hash directories after a `find` over by-hash/ and a view of N objects): `Node`
+is slotted and keeps no more than it must, and `nodes` (inode → node) is the only entry
+per node — a node is found again at inode_of(its key), and only one that probed past a
+collision is also in `moved` (key → inode).
+
+Listings come from LMDB (short read transactions) and from manifests (`Tree` objects,
+cached); loading a manifest page never happens on the trio thread (`children`/`lookup` are
+async and hop to a worker thread only for a page that is not loaded yet).
 """
 
 from __future__ import annotations
@@ -31,7 +36,6 @@ import stat
 import threading
 import time
 from collections import OrderedDict
-from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import trio
@@ -51,17 +55,68 @@ def inode_of(key: tuple) -> int:
     return ino if ino > ROOT else ino + 2
 
 
-@dataclass(eq=False)
+FILE_MODE = stat.S_IFREG | 0o444
+DIR_MODE = stat.S_IFDIR | 0o555
+LINK_MODE = stat.S_IFLNK | 0o777
+#: names kept per file for invalidation; a file the kernel knows under more is rare (one object
+#: at many paths of one batch) and a name not invalidated still expires (ENTRY_TIMEOUT)
+MAX_LINKS = 64
+#: a name that is the file's sha256 in hex and a short suffix (every by-hash/ name, and a
+#: view's names for files named by their hash) is kept as that suffix, one str shared by all
+#: names with it; this many distinct suffixes at most, each of at most SUFFIX_MAX bytes
+MAX_SUFFIXES, SUFFIX_MAX = 1024, 16
+_suffixes: dict[bytes, str] = {}
+
+
 class Node:
-    inode: int
-    key: tuple  # what it is: ("dir", kind, …) | ("file", sha, mtime_ns) | ("health",) | ("link", target)
-    mode: int
-    size: int = 0
-    mtime_ns: int = 0
-    sha: bytes | None = None
-    lookups: int = 0
-    #: (parent inode, name) under which the kernel knows it: invalidated when its object is deleted
-    links: set = field(default_factory=set)
+    """One node of the tree. The table holds one per name the kernel knows, so it is small:
+    slots (no __dict__); a file's key is not kept (it is rebuilt from `sha` and `mtime_ns`);
+    the one name under which a file is known is two slots, not a set, and a name made of the
+    file's sha256 is kept as its suffix alone."""
+
+    __slots__ = ("inode", "_key", "mode", "size", "mtime_ns", "sha", "lookups", "parent", "name", "more")
+
+    def __init__(self, inode: int, key: tuple, mode: int, size: int = 0, mtime_ns: int = 0,
+                 sha: bytes | None = None, lookups: int = 0) -> None:
+        self.inode, self.mode, self.size, self.lookups = inode, mode, size, lookups
+        self.mtime_ns, self.sha = mtime_ns, sha
+        self._key = None if key == ("file", sha, mtime_ns) else key
+        #: (parent inode, name) under which the kernel knows a file, invalidated when its object
+        #: is deleted (parent 0: none yet; name: bytes, or a str suffix, see MAX_SUFFIXES);
+        #: `more`: a set of further ones, up to MAX_LINKS in all
+        self.parent, self.name, self.more = 0, b"", None
+
+    @property
+    def key(self) -> tuple:
+        """What it is: ("dir", kind, …) | ("file", sha, mtime_ns) | ("health",) | ("link", target)."""
+        return ("file", self.sha, self.mtime_ns) if self._key is None else self._key
+
+    def link(self, parent: int, name: bytes) -> None:
+        """The kernel knows this file as `name` in directory `parent` (called with the table's
+        lock held)."""
+        hexed = self.sha.hex().encode()
+        if name.startswith(hexed):
+            suffix = name[len(hexed):]
+            short = _suffixes.get(suffix)
+            if short is None and len(_suffixes) < MAX_SUFFIXES and len(suffix) <= SUFFIX_MAX:
+                short = _suffixes[suffix] = suffix.decode("latin-1")  # (any bytes, and back)
+            name = name if short is None else short
+        if not self.parent:
+            self.parent, self.name = parent, name
+        elif (parent, name) != (self.parent, self.name):
+            if self.more is None:
+                self.more = set()
+            if len(self.more) < MAX_LINKS - 1:
+                self.more.add((parent, name))
+
+    def links(self) -> list[tuple[int, bytes]]:
+        """Every (parent inode, name) under which the kernel knows this file."""
+        pairs = ([(self.parent, self.name)] if self.parent else []) + list(self.more or ())
+        hexed = self.sha.hex().encode()
+        return [(p, name if type(name) is bytes else hexed + name.encode("latin-1")) for p, name in pairs]
+
+    def __repr__(self) -> str:
+        return f"Node({self.inode}, {self.key!r}, lookups={self.lookups})"
 
 
 async def _blocking(fn, *args):
@@ -75,25 +130,35 @@ class Namespace:
     manifests); `visible(sha)` says whether an object is shown (not deleted)."""
 
     TREE_CACHE = 64
+    inode_of = staticmethod(inode_of)  # (a test gives a coarser hash to make numbers collide)
 
     def __init__(self, index: Any, zone3a: str, get: Callable[[str], bytes],
                  visible: Callable[[bytes], bool] = lambda sha: True) -> None:
         self.index, self.zone3a = index, zone3a
         self.get, self.visible = get, visible
         self.started_ns = time.time_ns()
+        #: inode → node, every node the kernel holds; a node is at inode_of(its key) …
         self.nodes: dict[int, Node] = {}
-        self.by_key: dict[tuple, int] = {}
+        #: … unless that number was taken when it came (a hash collision): key → its number
+        self.moved: dict[tuple, int] = {}
         self.lock = threading.Lock()
         self.trees: OrderedDict[str, Tree] = OrderedDict()
-        root = Node(ROOT, ("dir", "root"), stat.S_IFDIR | 0o555, mtime_ns=self.started_ns, lookups=1)
-        self.nodes[ROOT], self.by_key[root.key] = root, ROOT
+        root = Node(ROOT, ("dir", "root"), DIR_MODE, mtime_ns=self.started_ns, lookups=1)
+        self.nodes[ROOT], self.moved[root.key] = root, ROOT  # (its number is fixed, not its hash)
 
     # -- inodes -------------------------------------------------------------------------------
+    def known(self, key: tuple) -> Node | None:
+        """The node the kernel holds for `key`, if any. Every known key is at its home number
+        (inode_of) or in `moved`: `forget` keeps that true, so a node forgotten in the middle of
+        a run of collided numbers does not hide the nodes after it."""
+        ino = self.moved.get(key)
+        n = self.nodes.get(self.inode_of(key) if ino is None else ino)
+        return n if n is not None and n.key == key else None
+
     def make(self, key: tuple, mode: int, size: int = 0, sha: bytes | None = None,
              mtime_ns: int | None = None) -> Node:
         """A node for `key` (the known one if the kernel holds it); not yet in the table."""
-        ino = self.by_key.get(key)
-        known = self.nodes.get(ino) if ino is not None else None
+        known = self.known(key)
         if known is not None:
             return known
         return Node(0, key, mode, size, self.started_ns if mtime_ns is None else mtime_ns, sha)
@@ -101,17 +166,18 @@ class Namespace:
     def remember(self, node: Node, parent: int = 0, name: bytes = b"") -> Node:
         """The kernel is told of `node` (one more lookup it will forget): give it its inode."""
         with self.lock:
-            ino = self.by_key.get(node.key)
-            if ino is None:
-                ino = inode_of(node.key)
-                while ino in self.nodes and self.nodes[ino].key != node.key:
+            known = self.known(node.key)
+            if known is None:
+                known = node
+                home = ino = self.inode_of(node.key)
+                while ino in self.nodes:
                     ino += 1  # a hash collision: the next free number
-                node.inode = ino
-                self.nodes[ino], self.by_key[node.key] = node, ino
-            known = self.nodes[ino]
+                if ino != home:
+                    self.moved[node.key] = ino
+                node.inode, self.nodes[ino] = ino, node
             known.lookups += 1
-            if parent and known.sha is not None and len(known.links) < 64:
-                known.links.add((parent, name))
+            if parent and known.sha is not None:
+                known.link(parent, name)
             return known
 
     def forget(self, inode: int, count: int) -> None:
@@ -124,12 +190,19 @@ class Namespace:
             n.lookups -= count
             if n.lookups <= 0:
                 del self.nodes[inode]
-                self.by_key.pop(n.key, None)
+                if self.moved.get(n.key) == inode:
+                    del self.moved[n.key]
+
+    def known_inode(self, key: tuple) -> int | None:
+        """The number of `key`'s node if the kernel holds it (from any thread)."""
+        with self.lock:
+            n = self.known(key)
+            return None if n is None else n.inode
 
     def with_object(self, dead: set[bytes]) -> list[tuple[int, bytes]]:
         """(parent inode, name) of every known file whose object is in `dead`."""
         with self.lock:
-            return [link for n in self.nodes.values() if n.sha in dead for link in n.links]
+            return [link for n in self.nodes.values() if n.sha in dead for link in n.links()]
 
     # -- listings ------------------------------------------------------------------------------
     async def children(self, parent: Node) -> list[tuple[bytes, Node]]:
@@ -160,7 +233,7 @@ class Namespace:
         if kind == "views":
             return [(v.encode(), self._tree_root("view", v, info)) for v, info in self.index.iter_views()]
         if kind == ".hoard":
-            return [(b"health", self.make(("health",), stat.S_IFREG | 0o444))]
+            return [(b"health", self.make(("health",), FILE_MODE))]
         if kind == "tree":
             _, _, _what, _name, msha, path, mtime_ns = key
             tree = self._tree(msha)
@@ -217,15 +290,15 @@ class Namespace:
     # -- nodes -----------------------------------------------------------------------------------
     def _top(self, name: str) -> Node:
         if name == "inbox":
-            return self.make(("link", self.zone3a), stat.S_IFLNK | 0o777, len(self.zone3a.encode()))
+            return self.make(("link", self.zone3a), LINK_MODE, len(self.zone3a.encode()))
         return self._dir(("dir", name))
 
     def _dir(self, key: tuple, mtime_ns: int = 0) -> Node:
-        return self.make(key, stat.S_IFDIR | 0o555, mtime_ns=mtime_ns or None)
+        return self.make(key, DIR_MODE, mtime_ns=mtime_ns or None)
 
     def _file(self, sha: bytes, size: int, mtime_ns: int) -> Node:
         # by-hash files have no time of their own: mtime 0 keeps their inode the same on every mount
-        return self.make(("file", sha, mtime_ns), stat.S_IFREG | 0o444, size, sha, mtime_ns)
+        return self.make(("file", sha, mtime_ns), FILE_MODE, size, sha, mtime_ns)
 
     def _hash_name(self, sha: bytes) -> bytes:
         ext = self.index.get_ext(sha)

@@ -107,7 +107,8 @@ class HoardOps(pyfuse3.Operations):
         node = parent if name == b"." else await self._named(self.ns.lookup(parent, name))
         if node is None:
             raise pyfuse3.FUSEError(errno.ENOENT)
-        return self._attr(self.ns.remember(node, parent_inode, name))
+        # the parent's own number object: one int for all the names it holds, not one each
+        return self._attr(self.ns.remember(node, parent.inode, name))
 
     @_guarded
     async def forget(self, inode_list):
@@ -140,7 +141,7 @@ class HoardOps(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.ENOTDIR)
         fh = self.next_fh
         self.next_fh += 1
-        self.dir_handles[fh] = (inode, await self._named(self.ns.children(n)))  # a snapshot: offsets stay stable
+        self.dir_handles[fh] = (n.inode, await self._named(self.ns.children(n)))  # a snapshot: offsets stay stable
         return fh
 
     @_guarded

@@ -80,7 +80,7 @@ class Watcher:
         if old is None:
             return []
         out = []
-        ino = self.ns.by_key.get
+        ino = self.ns.known_inode
         for name, manifest in old[0].items():
             if views.get(name) != manifest and (p := ino(("dir", "views"))):
                 out.append((p, name.encode()))
