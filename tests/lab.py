@@ -204,7 +204,7 @@ class Lab:
         the disk's loop device goes over to buffered IO first (LOOP_SET_DIRECT_IO), so the
         dying disk fails as it does in a buffered lab, whatever the kernel makes of a direct
         read past the end of an image (`__init__`; kernel 6.18 answers EIO both ways). The
-        dead disk's image is no power-cut evidence afterwards: `reboot` leaves it out."""
+        dead disk's image is no power-cut evidence afterwards: leave it out of a `reboot`."""
         d = self.disks[label]
         if self.direct_io:
             _sh("losetup", "--direct-io=off", d.device)
