@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import os
 import time
 from pathlib import Path
 
@@ -11,6 +13,8 @@ from fsd.base.errors import ExitCode, HoardError
 from fsd.base.proc import run, which
 
 MAX_SOCKET_PATH = 100  # sun_path is 108 bytes including the NUL
+
+log = logging.getLogger(__name__)
 
 
 class PrivateRedis:
@@ -38,6 +42,7 @@ class PrivateRedis:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.socket.parent.mkdir(parents=True, exist_ok=True)
         self.socket.unlink(missing_ok=True)
+        self.drop_zero_tails()
         run([which("redis-server", "redis-server"),
              "--daemonize", "yes", "--port", "0",
              "--unixsocket", str(self.socket), "--unixsocketperm", "700",
@@ -50,8 +55,42 @@ class PrivateRedis:
             if self.is_running():
                 return True
             time.sleep(0.05)
-        raise HoardError(f"Redis did not answer on {self.socket} within 20 s; see {self.data_dir / 'redis.log'}",
-                         ExitCode.UNAVAILABLE)
+        raise HoardError(f"Redis did not answer on {self.socket} within 20 s; see {self.data_dir / 'redis.log'} (if "
+                         "it says 'Bad file format reading the append only file': copy the append-only directory "
+                         "aside, then `redis-check-aof --fix` on its manifest)", ExitCode.UNAVAILABLE)
+
+    def drop_zero_tails(self) -> list[tuple[Path, int]]:
+        """Cut the NUL bytes off the end of Redis's append-only files; returns (file, bytes cut).
+        A power loss leaves them when a file's new size reached the disk before its last pages
+        did (ext4 commits the size of an append into an allocated block with its journal, every
+        5 s; the pages follow at writeback): Redis fsyncs once a second (`appendfsync everysec`),
+        so its last second of appends can come back as zeros, and Redis refuses such a file
+        ("Bad file format"), where a file that merely ends early it loads (aof-load-truncated).
+        No append-only file ends in a NUL — every command ends with CRLF — so what is cut held
+        nothing; a command cut short before the zeros is then dropped by Redis itself."""
+        out = []
+        for f in sorted((self.data_dir / "appendonlydir").glob("*.aof")) + [self.data_dir / "appendonly.aof"]:
+            try:
+                fd = os.open(f, os.O_RDWR)
+            except FileNotFoundError:
+                continue
+            try:
+                size = end = os.fstat(fd).st_size
+                while end > 0:
+                    piece = os.pread(fd, min(end, 1 << 16), end - min(end, 1 << 16))
+                    kept = len(piece.rstrip(b"\0"))
+                    end -= len(piece) - kept
+                    if kept:
+                        break
+                if end < size:
+                    os.ftruncate(fd, end)
+                    os.fsync(fd)
+                    out.append((f, size - end))
+                    log.warning("Redis: cut %d NUL bytes off the end of %s, left by a power loss before Redis synced "
+                                "them (its appends of that last second are lost)", size - end, f)
+            finally:
+                os.close(fd)
+        return out
 
     def stop(self) -> bool:
         if not self.is_running():

@@ -21,11 +21,24 @@ import psycopg
 from psycopg import sql as pgsql
 
 from fsd.base.errors import ExitCode, HoardError
+from fsd.base.files import fsync_dir
 from fsd.base.proc import run, which
 
 PG_BIN_DIRS = sorted(glob.glob("/usr/lib/postgresql/*/bin"), key=lambda p: int(p.split("/")[-2]), reverse=True)
 SERVER_USER = "postgres"
 SUPERUSER = "hoard"
+
+
+#: what the embedded default adds to the cluster's postgresql.conf, once (its first line says
+#: it is there: a person may have changed the values since)
+EMBEDDED_MARK = "# --- hoardfs embedded default ---"
+EMBEDDED_SETTINGS = (
+    f"\n{EMBEDDED_MARK}\n"
+    "port = 5432\n"
+    "max_connections = 100\n"
+    "shared_buffers = 256MB\n"
+    "logging_collector = off\n"
+)
 
 
 class PrivateCluster:
@@ -73,22 +86,22 @@ class PrivateCluster:
 
     # -- lifecycle ----------------------------------------------------------------
     def initdb(self) -> bool:
-        """Create the cluster if it does not exist; True if it was created now."""
+        """Create the cluster if it does not exist; True if it was created now. Durable when it
+        returns: initdb syncs what it wrote, and the embedded settings replace postgresql.conf
+        tmp → fsync → rename (appended in place, a power cut soon after left the file cut short
+        — the server refused it — or without them). A cluster without them, cut between the
+        two, gets them at the next call (every start calls this)."""
         self._prepare_dirs()
-        if (self.data_dir / "PG_VERSION").exists():
-            return False
-        self._pg([self._bin("initdb"), "-D", str(self.data_dir), "-U", SUPERUSER,
-             "--auth=trust", "--encoding=UTF8", "--locale=C.UTF-8", "--no-instructions"],
-            f"initdb of the private PostgreSQL cluster in {self.data_dir}")
-        with open(self.data_dir / "postgresql.conf", "a") as f:
-            f.write(
-                "\n# --- hoardfs embedded default ---\n"
-                "port = 5432\n"
-                "max_connections = 100\n"
-                "shared_buffers = 256MB\n"
-                "logging_collector = off\n"
-            )
-        return True
+        created = not (self.data_dir / "PG_VERSION").exists()
+        if created:
+            self._pg([self._bin("initdb"), "-D", str(self.data_dir), "-U", SUPERUSER,
+                 "--auth=trust", "--encoding=UTF8", "--locale=C.UTF-8", "--no-instructions"],
+                f"initdb of the private PostgreSQL cluster in {self.data_dir}")
+        conf = self.data_dir / "postgresql.conf"
+        text = conf.read_text()
+        if EMBEDDED_MARK not in text:
+            _replace_durably(conf, text + EMBEDDED_SETTINGS)
+        return created
 
     def is_running(self) -> bool:
         if not (self.data_dir / "PG_VERSION").exists():
@@ -139,6 +152,20 @@ def run_as_server() -> list[str]:
             "install the Debian package `postgresql` (make demo does this)", ExitCode.UNAVAILABLE,
         ) from None
     return [which("runuser", "util-linux"), "-u", SERVER_USER, "--"]
+
+
+def _replace_durably(path: Path, text: str) -> None:
+    """Replace a file of the server's: tmp (the server's, with the file's mode) → fsync → rename
+    → fsync the directory, so a power cut leaves the old file or the new one."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fchmod(f.fileno(), path.stat().st_mode & 0o777)
+        give_to_server(tmp)
+        os.fsync(f.fileno())
+    os.rename(tmp, path)
+    fsync_dir(path.parent)
 
 
 def give_to_server(*paths: Path) -> None:

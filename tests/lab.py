@@ -40,7 +40,9 @@ read-write, which replays the ext4 journal as the first mount after a reboot doe
   and flock()s do not survive a cut: on the copy nobody holds them, exactly what recovery
   after a reboot sees.
 The copies live under the lab's root: `CutImages.close()`, `Lab.close()` and
-`sweep_stale()` unmount and detach them.
+`sweep_stale()` unmount and detach them. `Lab.reboot(cut)` instead puts the copies in the
+disks' places — same mount points, so every path into the lab stays valid — for a test that
+goes on with the machine after the cut (the chaos harness's power worlds).
 
 Used by tests (the `lab` fixtures in conftest.py) and by benchmarks in bench/.
 """
@@ -129,10 +131,13 @@ class Lab:
                  throttle: bool = True, direct_io: bool = False) -> None:
         """`direct_io`: the loop devices use O_DIRECT on their images (benchmarks): no second
         page cache under the lab filesystem, so an fsync costs what the backing disk costs,
-        as on a real HDD. Off by default because then a truncated image reads back as zeros
-        or EBADMSG instead of EIO, and fault tests need the EIO of a dying drive."""
+        as on a real HDD. Off by default because then a truncated image may read back as
+        zeros or EBADMSG instead of EIO, depending on the kernel (6.18 answers EIO either
+        way), and fault tests need the EIO of a dying drive: `fail_eio` switches a direct-IO
+        disk to buffered IO first."""
         check_support()
         self.direct_io = direct_io
+        self.throttle = throttle
         self.root = Path(root or tempfile.mkdtemp(prefix=PREFIX, dir="/var/tmp"))
         self.root.mkdir(parents=True, exist_ok=True)
         (self.root / "owner.pid").write_text(str(os.getpid()))
@@ -195,8 +200,14 @@ class Lab:
 
     # -- faults ---------------------------------------------------------------------
     def fail_eio(self, label: str, keep_mb: int = 1) -> None:
-        """The disk starts answering EIO: cut its image down to `keep_mb`."""
+        """The disk starts answering EIO: cut its image down to `keep_mb`. On a direct-IO lab
+        the disk's loop device goes over to buffered IO first (LOOP_SET_DIRECT_IO), so the
+        dying disk fails as it does in a buffered lab, whatever the kernel makes of a direct
+        read past the end of an image (`__init__`; kernel 6.18 answers EIO both ways). The
+        dead disk's image is no power-cut evidence afterwards: leave it out of a `reboot`."""
         d = self.disks[label]
+        if self.direct_io:
+            _sh("losetup", "--direct-io=off", d.device)
         os.sync()  # write back first: writeback after the cut would re-grow the image with holes
         os.truncate(d.image, keep_mb * MB)
         drop_caches()
@@ -226,7 +237,7 @@ class Lab:
             os.kill(pid, signal.SIGSTOP)
         try:
             deadline = time.monotonic() + timeout
-            while time.monotonic() < deadline and not all(_stopped(pid) for pid in pids):
+            while time.monotonic() < deadline and not all(stopped(pid) for pid in pids):
                 time.sleep(0.001)
             yield
         finally:
@@ -258,6 +269,28 @@ class Lab:
         except BaseException:
             cut.close()
             raise
+
+    def reboot(self, cut: CutImages, labels: Sequence[str] | None = None) -> None:
+        """The machine comes back after the power cut `cut` recorded: each disk of `labels`
+        (default: all) is unmounted and detached, its image replaced by its copy, attached
+        again and mounted at the same mount point (its ext4 journal replays), so every path
+        into the lab stays valid. Whatever held a file on those disks must be gone (killed)
+        first: an unmount that finds the disk busy raises. A disk left out keeps its running
+        image (a dead one, say); the cut's other copies are removed."""
+        for label in labels if labels is not None else list(self.disks):
+            d = self.disks[label]
+            if os.path.ismount(d.mountpoint):
+                _sh("umount", str(d.mountpoint))
+            _sh("losetup", "-d", d.device)
+            os.replace(cut.images.pop(label), d.image)
+            d.device = _sh("losetup", "--find", "--show", f"--direct-io={'on' if self.direct_io else 'off'}",
+                           str(d.image))
+            _sh("mount", "-o", "noatime", d.device, str(d.mountpoint))
+            st = os.stat(d.device)
+            d.majmin = f"{os.major(st.st_rdev)}:{os.minor(st.st_rdev)}"
+            if self.throttle:  # the limits are set per device
+                self.set_throttle(label, d.profile.read_mbps, d.profile.write_mbps, d.profile.iops)
+        cut.close()
 
     def _io_counters(self) -> dict[str, tuple[int, int, int]]:
         """Per disk: (write requests done, discards done, requests in flight), from sysfs."""
@@ -351,7 +384,7 @@ class CutImages:
         self.close()
 
 
-def _stopped(pid: int) -> bool:
+def stopped(pid: int) -> bool:
     """Every thread of `pid` is stopped (or gone)."""
     try:
         tasks = list(Path(f"/proc/{pid}/task").iterdir())

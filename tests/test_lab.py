@@ -105,9 +105,11 @@ def test_wrapped_subprocess_is_throttled(lab_factory) -> None:
     assert lab.cgroup.name in out
 
 
-def test_truncated_image_answers_eio(lab_factory) -> None:
-    """fail_eio: data written before fails to read back afterwards (EIO), like a dying drive."""
-    lab = lab_factory(SMALL)
+@pytest.mark.parametrize("direct_io", [False, True])
+def test_truncated_image_answers_eio(lab_factory, direct_io: bool) -> None:
+    """fail_eio: data written before fails to read back afterwards (EIO), like a dying drive,
+    on a direct-IO lab too."""
+    lab = lab_factory(SMALL, direct_io=direct_io)
     d = lab.disks["fast"]
     victim = d.mountpoint / "victim"
     with open(victim, "wb") as f:
@@ -170,6 +172,33 @@ def test_power_cut_keeps_synced_writes_and_loses_dirty_pages(lab_factory) -> Non
         cut.unmount()
         assert cut.fsck() == {}
     assert (mnt / "dirty").read_bytes() == dirty
+    assert _loops_backed_by(lab.root / "cuts") == []
+
+
+def test_reboot_puts_the_cut_copies_in_place(lab_factory) -> None:
+    """After reboot(cut) each disk's mount point shows what the cut kept (the synced file, not
+    the dirty one), on a new direct-IO loop device, writable; a disk left out keeps its state."""
+    lab = lab_factory(SMALL, throttle=False, direct_io=True)
+    mnt, other = lab.disks["fast"].mountpoint, lab.disks["slow"].mountpoint
+    synced = os.urandom(MB)
+    with open(mnt / "synced", "wb") as f:
+        f.write(synced)
+        os.fsync(f.fileno())
+    fd = os.open(mnt, os.O_RDONLY)
+    os.fsync(fd)
+    os.close(fd)
+    (mnt / "dirty").write_bytes(b"x" * MB)
+    (other / "kept").write_bytes(b"y")  # dirty too, but "slow" is not rebooted
+    before = lab.disks["fast"].device
+    lab.reboot(lab.power_cut(), ["fast"])
+    assert os.path.ismount(mnt)
+    assert (mnt / "synced").read_bytes() == synced
+    assert not (mnt / "dirty").exists() or (mnt / "dirty").read_bytes() != b"x" * MB
+    assert (other / "kept").read_bytes() == b"y"
+    dev = lab.disks["fast"].device
+    listing = subprocess.run(["losetup", "-n", "-l", "-O", "BACK-FILE,DIO", dev], capture_output=True, text=True)
+    assert listing.stdout.split() == [str(lab.disks["fast"].image), "1"], (before, listing.stdout)
+    (mnt / "after").write_bytes(b"z")
     assert _loops_backed_by(lab.root / "cuts") == []
 
 

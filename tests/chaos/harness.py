@@ -19,6 +19,29 @@ acknowledged may be lost:
 A step's plan (workload, fault, victim, timing) comes from the seed alone, so a failing seed
 replays with the command `World.replay_hint` prints; the kill instants are wall-clock, so a
 replay hits the same step at nearly, not exactly, the same point.
+
+Power worlds. Every third seed (seed % 3 == 0) builds a power world, where a step's fault may
+also be `powercut` (at least one step of such a seed has it): at the step's instant the whole
+machine loses power — every process of the world stops at once, every disk shows only what
+had reached it — and comes back (`World.power_cut`, the image-snapshot method of
+tests/lab.py); then an operator does what docs/operations.md says to do after a power loss,
+the interrupted command runs again and every invariant above must hold. Acknowledged is what
+the command had printed before the instant (it writes to a file, read once it is stopped),
+or what it acknowledged by its exit when the cut comes after it ended. Right after the cut,
+before anyone acts, whatever `hoard health` reports must be true (`health_after_cut`); once
+the operator's steps and the re-run are done it must report nothing at all.
+A power world differs from the others in two ways, neither of which changes what another
+fault means:
+- its lab disks use direct IO (`Lab(direct_io=True)`: a power cut copies what the loop
+  devices have written, not what sits in a page cache under the lab), and "the SSD" — the
+  store's [ssd] root with the index, the zones and the job state, PostgreSQL's data
+  directory, Redis's — is a lab disk too (`SSD`), cut at the same instant as the HDDs;
+  elsewhere they stay on the machine's own disk. A direct-IO loop reads a truncated image
+  back as zeros instead of failing, so `eio` first switches its victim's loop device to
+  buffered IO (`Lab.fail_eio`): the disk answers EIO as in any other world;
+- a scraped batch dropped into 3A is synced before the step: losing a drop the store never
+  took would be the scraper's loss, and the batch the harness expects would not exist.
+Seeds that are no power world plan and run exactly as before power worlds existed.
 """
 
 from __future__ import annotations
@@ -28,6 +51,7 @@ import hashlib
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -37,7 +61,8 @@ from pathlib import Path
 
 import psycopg
 
-from tests.lab import DiskProfile, Lab
+from fsd.base.files import syncfs
+from tests.lab import DiskProfile, Lab, stopped
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -57,12 +82,19 @@ WORKLOADS = ("put", "put", "put", "replicate", "verify", "views_gc", "batch_drop
 #: PostgreSQL or Redis stopped (the world's own servers; started again by the heal), the
 #: output zones 3B–3D past their deny threshold (someone else's files; removed by the heal);
 #: the worker's work horse alone killed -9 (the worker parent goes on: kill9 takes both), the
-#: FUSE mount killed -9 under a reader (its mount point is left "not connected")
+#: FUSE mount killed -9 under a reader (its mount point is left "not connected"); in a power
+#: world also a power cut (POWER_FAULTS)
 FAULTS = ("none", "kill9", "kill9", "vanish", "eio", "flip", "full", "db_down", "redis_down", "zone_full",
           "kill_horse", "kill_mount")
 DISK_FAULTS = ("vanish", "eio", "flip", "full")
 #: faults injected at an instant of the command (the others are set up before it)
-TIMED_FAULTS = ("kill9", "vanish", "eio", "full", "db_down", "redis_down", "kill_horse", "kill_mount")
+TIMED_FAULTS = ("kill9", "vanish", "eio", "full", "db_down", "redis_down", "kill_horse", "kill_mount", "powercut")
+#: a power world's faults: those, and the whole machine losing power (`World.power_cut`)
+POWER_FAULTS = FAULTS + ("powercut",) * 3
+#: a power world's SSD: a lab disk holding [ssd] root (index, zones, state), PostgreSQL's data
+#: directory and Redis's; large enough that every zone's quota fits on it with 3B–3D filled
+#: (zone_full), as on the machine's own disk (its image is sparse)
+SSD = DiskProfile("ssd", 6000, 400, 400, 5000)
 #: the faults that only some workloads have a target for (a worker's horse, a mount)
 TARGETED = {"kill_horse": "ingest_rq", "kill_mount": "mount_read"}
 #: the reader a `mount_read` step runs (not a hoard command): argv mount point, a file of
@@ -85,6 +117,15 @@ for sha in open(listing).read().split():
         print(f"WRONG BYTES: {sha} read back as {got}", file=sys.stderr)
         sys.exit(1)
 """
+
+
+def power_world(seed: int) -> bool:
+    """Every third seed (0, 3, 6, …) builds a power world (module docstring)."""
+    return seed % 3 == 0
+
+
+def lab_profiles(seed: int) -> tuple[DiskProfile, ...]:
+    return ACTIVE + SPARES + ((SSD,) if power_world(seed) else ())
 
 
 class InvariantViolation(AssertionError):
@@ -126,6 +167,8 @@ class World:
     boot_s: float = 0.0
     rerun: list[str] = field(default_factory=list)  # what re-runs an interrupted step (default: its command)
     mount_proc: subprocess.Popen | None = None
+    baseline: set[str] = field(default_factory=set)  # what `hoard health` reports right after init
+    cut_problems: list[str] = field(default_factory=list)  # what it reported right after the last power cut
     _files: int = 0
 
     def __post_init__(self) -> None:
@@ -133,9 +176,18 @@ class World:
         from sql.cluster import PrivateCluster
 
         self.cfg_path = self.home / "hoard.toml"
+        self.power = power_world(self.seed)
+        # in a power world "the SSD" is a lab disk the cut copies with the HDDs; else the machine's disk
+        base = self.home
+        if self.power:
+            assert self.lab.direct_io and "ssd" in self.lab.disks, \
+                "a power world needs Lab(lab_profiles(seed), direct_io=True)"
+            base = self.lab.disks["ssd"].mountpoint
+            os.chmod(self.lab.root, 0o711)  # PostgreSQL's server user must reach its data directory there
+        self.ssd = base / "ssd"
         # its own servers, so that stopping them hurts no other test (nor a developer's run)
-        self.pg = PrivateCluster(self.home / "pg", self.home / "pg" / "socket")
-        self.redis = PrivateRedis(self.home / "redis", self.home / "run" / "redis.sock")
+        self.pg = PrivateCluster(base / "pg", base / "pg" / "socket")
+        self.redis = PrivateRedis(base / "redis", self.home / "run" / "redis.sock")
 
     # -- the CLI ------------------------------------------------------------------
     def _cmd(self, *args: str) -> list[str]:
@@ -184,7 +236,7 @@ class World:
                  "allow_directory_disks = false"]
         for label in self.disks:
             lines += ["", "[[disks]]", f'label = "{label}"', f'path = "{self.lab.disks[label].mountpoint}"']
-        lines += ["", "[ssd]", f'root = "{self.home / "ssd"}"']
+        lines += ["", "[ssd]", f'root = "{self.ssd}"']
         for z in ("3A", "3B", "3C", "3D"):
             lines += [f"[ssd.zones.{z}]", "quota_gb = 1"]
         lines += ["", "[ingest]", "settle_s = 0.05", "", "[sources]", 'gallery = "gallery_dl"']
@@ -195,6 +247,8 @@ class World:
         t0 = time.monotonic()
         self.hoard("disks", "list", "--json")
         self.boot_s = time.monotonic() - t0  # a command's start-up: faults land after it
+        # what health reports of a new world (no backup taken yet): no fault's doing
+        self.baseline = set(json.loads(self.hoard("health", "--json", ok=(0, 4)).stdout)["problems"])
 
     def close(self) -> None:
         self.stop_mount()
@@ -207,10 +261,12 @@ class World:
         out = []
         for n in range(1, steps + 1):
             workload = rng.choice(WORKLOADS) if n > 1 else "put"  # something to lose first
-            fault = rng.choice(FAULTS)
+            fault = rng.choice(POWER_FAULTS if self.power else FAULTS)
             if TARGETED.get(fault, workload) != workload:  # nothing of that kind runs in this step
                 fault = "kill9"
             out.append(Step(n, workload, fault, None, rng.random(), rng.randrange(1 << 30)))
+        if self.power and out and not any(s.fault == "powercut" for s in out):  # a power world cuts at least once
+            rng.choice(out).fault = "powercut"
         return out
 
     def replay_hint(self) -> str:
@@ -218,6 +274,7 @@ class World:
 
     # -- running a step -----------------------------------------------------------
     def run(self, step: Step) -> None:
+        self.log.append(f"-- {step}")
         rng = random.Random(step.seed)
         if step.fault in DISK_FAULTS:
             step.victim = rng.choice(self.disks)
@@ -269,6 +326,8 @@ class World:
             self.health_names("database:" if step.fault == "db_down" else "redis:", step)
         elif step.fault == "zone_full":
             self.health_names("zone 3D:", step)
+        elif step.fault == "powercut":
+            self.health_after_cut(step)
         clean = proc.returncode in (0,) or (step.fault == "none" and step.workload == "get")
         if not clean and step.fault == "none":
             raise InvariantViolation(f"{step}: `hoard {' '.join(args)}` exit {proc.returncode} with no fault:\n"
@@ -312,14 +371,14 @@ class World:
             batch = self.scraped_batch(rng)
             self.pending_batch = {i.sha256: i.size for i in batch.items}
             self.pending_batch_id = batch.batch_id
-            return ["ingest", str(self.home / "ssd" / "3A" / batch.batch_id), "--here"], 4.0
+            return ["ingest", str(self.ssd / "3A" / batch.batch_id), "--here"], 4.0
         if workload == "export":
             return self.output_args(rng), 2.0
         if workload == "ingest_rq":  # queued, then run by a worker: the worker is what the fault hits
             batch = self.scraped_batch(rng)
             self.pending_batch = {i.sha256: i.size for i in batch.items}
             self.pending_batch_id = batch.batch_id
-            folder = str(self.home / "ssd" / "3A" / batch.batch_id)
+            folder = str(self.ssd / "3A" / batch.batch_id)
             self.hoard("ingest", folder)
             self.rerun = ["ingest", folder, "--here"]  # a killed job is not re-run by RQ: resume it here
             return ["worker", "--burst"], 6.0
@@ -366,7 +425,7 @@ class World:
         or (now and then) view mode; an ingest first when the database holds no batch."""
         if not self.batches:
             batch = self.scraped_batch(rng)
-            self.hoard("ingest", str(self.home / "ssd" / "3A" / batch.batch_id), "--here", timeout=300)
+            self.hoard("ingest", str(self.ssd / "3A" / batch.batch_id), "--here", timeout=300)
             self.acked.update({i.sha256: i.size for i in batch.items})
             self.batches.append(batch.batch_id)
         kind = rng.choice(("export", "export", "stage"))
@@ -383,10 +442,12 @@ class World:
         content seen before) dropped into zone 3A with its _READY signal."""
         from adapters.synth import Spec, generate
 
-        staging = self.home / "gen"
+        staging = self.ssd.parent / "gen"  # on the SSD's file system: moved into 3A by a rename
         batch = generate(staging, Spec(seed=rng.randrange(1 << 30), batches=1, items_per_batch=rng.randint(10, 40),
                                        sources=("gallery",), large_max_mb=1, ready_signal=True))[0]
-        (staging / batch.batch_id).rename(self.home / "ssd" / "3A" / batch.batch_id)
+        (staging / batch.batch_id).rename(self.ssd / "3A" / batch.batch_id)
+        if self.power:  # the scraper's drop is durable before any step: a cut losing it is no store's loss
+            syncfs(self.ssd)
         return batch
 
     def ingest_and_drop(self, rng: random.Random) -> None:
@@ -394,7 +455,7 @@ class World:
         (`delete --batch`): the gc that follows must keep every object put acknowledged,
         whatever fault hits it."""
         batch = self.scraped_batch(rng)
-        folder = self.home / "ssd" / "3A" / batch.batch_id
+        folder = self.ssd / "3A" / batch.batch_id
         media = [folder / i.path for i in batch.items if i.kind != "sidecar"]
         chosen = rng.sample(media, max(1, len(media) // 3))
         self.collect_acks("put", self.hoard("put", "--json", *map(str, chosen)).stdout, 0)
@@ -514,6 +575,51 @@ class World:
         elif step.fault == "redis_down":
             self.redis.stop()
             self.log.append("  Redis stopped")
+        elif step.fault == "powercut":
+            self.power_cut(step, proc)
+
+    def power_cut(self, step: Step, proc: subprocess.Popen) -> None:
+        """The machine loses power now, and comes back. Every process of the world — the
+        command and its children (a worker's horse), the mount, PostgreSQL and Redis — is
+        stopped at one instant (SIGSTOP); what the command printed until then is acknowledged;
+        every disk image, HDDs and the SSD, is copied as the disks hold it (`Lab.power_cut`);
+        every process is killed -9, the copies take the disks' places at the same mount points
+        (`Lab.reboot`: the ext4 journals replay) and PostgreSQL and Redis start again (they
+        replay their WAL and append-only file). What an operator does next is `heal`'s."""
+        during = proc.poll() is None
+        sessions = {p.pid for p in (proc, self.mount_proc) if p is not None and p.poll() is None}
+        servers = [pid for pid in (_pidfile(self.pg.data_dir / "postmaster.pid"),
+                                   _pidfile(self.redis.data_dir / "redis.pid")) if pid]
+        frozen = _freeze(lambda: _world_pids(sessions, servers))
+        try:
+            if during:  # its output file holds every line it wrote before the instant
+                self.collect_acks(step.workload, (self.home / "out.txt").read_text(errors="replace"), None)
+            cut = self.lab.power_cut()
+        finally:
+            for pid in frozen:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+        proc.wait()  # the harness's own children: reaped here, the others by init
+        if self.mount_proc is not None:
+            self.mount_proc.wait()
+        _wait_gone(frozen)
+        self.stop_mount()  # its process is dead: a lazy unmount of what it left
+        alive = [*self.disks, *self.spares, "ssd"]  # a dead disk stays as it died
+        self.lab.reboot(cut, alive)
+        self.log.append(f"  power cut {'while it ran' if during else 'after it ended'}: {len(frozen)} processes "
+                        f"stopped and killed, {len(alive)} disks rebooted from their copies")
+        self.start_servers(step)
+
+    def start_servers(self, step: Step) -> None:
+        """PostgreSQL and Redis start again after a cut; one that cannot is a violation, with its log."""
+        from fsd.base.errors import HoardError
+
+        for server, log in ((self.pg, self.pg.log_file), (self.redis, self.redis.data_dir / "redis.log")):
+            try:
+                server.start()
+            except HoardError as e:
+                tail = log.read_text(errors="replace")[-3000:] if log.exists() else "(no log)"
+                raise InvariantViolation(f"{step}: after the cut: {e.message}\n{tail}") from None
 
     def fill(self, label: str) -> None:
         """Another program takes every free byte of the disk."""
@@ -531,7 +637,7 @@ class World:
         """Someone else's files take the output zones past their deny threshold (92 % of the
         quota): new stages, exports and ingest packages must be refused before they start."""
         for zone in ("3B", "3C", "3D"):
-            filler = self.home / "ssd" / zone / "someone-elses-file"
+            filler = self.ssd / zone / "someone-elses-file"
             with open(filler, "wb") as f:
                 os.posix_fallocate(f.fileno(), 0, int(0.92 * (1 << 30)))
         self.log.append("  filled zones 3B, 3C and 3D to 92 % of their quota")
@@ -542,6 +648,52 @@ class World:
         problems = json.loads(res.stdout)["problems"]
         if res.returncode != 4 or not any(what in p for p in problems):
             raise InvariantViolation(f"{step}: `hoard health` does not name {what}: {problems}")
+
+    def health_after_cut(self, step: Step) -> None:
+        """Back from a power cut, before anyone acts: every problem `hoard health` reports is
+        true. Each kind a cut may leave is checked against the index, the zones or the job
+        state (`_cut_claim_true`); every disk and server is back, so one naming a disk, the
+        database or Redis as down is false, and so is a kind the harness cannot check."""
+        res = self.hoard("health", "--json", ok=(0, 4))
+        problems = [p for p in json.loads(res.stdout)["problems"] if p not in self.baseline]
+        self.log.append(f"  health after the cut: {problems}")
+        self.cut_problems = problems
+        false = [p for p in problems if not self._cut_claim_true(p)]
+        if false:
+            raise InvariantViolation(f"{step}: after the cut `hoard health` reports what is not so (or what the "
+                                     f"harness cannot check): {false}")
+
+    def _cut_claim_true(self, problem: str) -> bool:
+        from fsd import zones
+        from fsd.base import config
+        from fsd.replicate import counted_replicas
+        from fsd.store import Store
+        from jobs import ingest, outputs
+
+        cfg = config.load(self.cfg_path)
+        if m := re.match(r"store: (\d+) open shards have no writer left \(e\.g\. ([0-9a-f]+)\)", problem):
+            # every process of the world is dead: an open shard has no writer
+            with Store.open(cfg, writable=False) as store:
+                unsealed = {meta.hex for meta in store.index.iter_shards() if not meta.sealed}
+            return len(unsealed) == int(m[1]) and m[2] in unsealed
+        if m := re.match(r"store: (\d+) shards \(.*\) are below their replica target", problem):
+            with Store.open(cfg, writable=False) as store:
+                below = sum(1 for meta in store.index.iter_shards()
+                            if meta.sealed and len(counted_replicas(store, meta)) < store.target(meta.klass))
+            return below == int(m[1])
+        if m := re.match(r"zone (3[A-D]): the reservation of job .* for (\S+) is stale \(pid (\d+)", problem):
+            held = (zones.reservations_dir(cfg, m[1]) / f"{m[2]}.json").is_file()
+            return held and not Path(f"/proc/{m[3]}").exists()
+        if m := re.match(r"zone (3[A-D]): output (\S+) is incomplete", problem):
+            final, tmp = self.ssd / m[1] / m[2], self.ssd / m[1] / ".tmp" / m[2]
+            return (final.is_dir() and not (final / "_SEALED").exists()) or tmp.is_dir()
+        if m := re.match(r"ingest (\S+): (queued|running) at step \S+ but ", problem):
+            st = ingest.load_state(cfg, m[1])  # and no worker runs: the cut killed every one
+            return st is not None and st.status == m[2]
+        if m := re.match(r"(stage|export) (\S+): interrupted", problem):
+            st = outputs.load_state(cfg, m[2])  # and no process runs it: the cut killed every one
+            return st is not None and st.status == "running"
+        return False
 
     def heal(self, step: Step) -> None:
         if step.fault == "vanish":
@@ -568,10 +720,17 @@ class World:
             self.redis.start()
         elif step.fault == "zone_full":
             for zone in ("3B", "3C", "3D"):
-                (self.home / "ssd" / zone / "someone-elses-file").unlink()
+                (self.ssd / zone / "someone-elses-file").unlink()
         elif step.fault == "kill_mount":  # what an operator (or systemd's ExecStopPost) does
             self.stop_mount()
             self.start_mount()
+        elif step.fault == "powercut":  # docs/operations.md, "After a power loss" (the servers run again)
+            self.hoard("replicate")  # seals what the cut left open, brings shards to their target
+            for problem in self.cut_problems:  # an ingest whose job Redis lost, or whose worker died
+                if m := re.search(r"`hoard ingest --resume (\S+)`", problem):
+                    self.hoard("ingest", "--resume", m[1], "--here")
+            if step.workload == "mount_read":  # hoard-mount.service comes up at boot
+                self.start_mount()
 
     def drop_disk_table(self, label: str) -> None:
         """Remove the [[disks]] table of `label` from hoard.toml (up to the next table)."""
@@ -615,7 +774,8 @@ class World:
             raise InvariantViolation(f"after {step}: `hoard check` exit {check.returncode}:\n"
                                      f"{check.stdout[-3000:]}{check.stderr[-2000:]}")
         res = self.hoard("health", "--json", ok=(0, 4))
-        problems = [p for p in json.loads(res.stdout)["problems"] if p.startswith(("store:", "disk ", "zone "))]
+        problems = [p for p in json.loads(res.stdout)["problems"]
+                    if p.startswith(("store:", "disk ", "zone ")) or (step.fault == "powercut" and p not in self.baseline)]
         if problems:
             raise InvariantViolation(f"after {step} and its heal: `hoard health` still reports {problems}")
         self.check_outputs(step)
@@ -631,13 +791,13 @@ class World:
             raise InvariantViolation(f"after {step}: reservations outlive their jobs: {held}")
         for oid, zone in sorted(self.outputs.items()):
             try:
-                check_sealed(self.home / "ssd" / zone / oid, verify=True)
+                check_sealed(self.ssd / zone / oid, verify=True)
             except OutputIncomplete as e:
                 raise InvariantViolation(f"after {step}: acknowledged output {zone}/{oid}: {e.message}") from None
-        for state in sorted((self.home / "ssd" / "state" / "outputs").glob("*.json")):
+        for state in sorted((self.ssd / "state" / "outputs").glob("*.json")):
             doc = json.loads(state.read_text())
             zone = "3C" if doc["spec"]["kind"] == "stage" else "3D"
-            if doc["status"] == "done" and not (self.home / "ssd" / zone / state.stem / "_SEALED").is_file():
+            if doc["status"] == "done" and not (self.ssd / zone / state.stem / "_SEALED").is_file():
                 raise InvariantViolation(f"after {step}: {doc['spec']['kind']} {state.stem} is reported done "
                                          "but is not sealed")
 
@@ -645,6 +805,67 @@ class World:
 def _env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in ("HOARD_CONFIG", "HOARD_DATABASE_URL", "HOARD_REDIS_URL")}
     return env | {"COLUMNS": "200", "PYTHONPATH": str(REPO)}
+
+
+def _pidfile(path: Path) -> int | None:
+    """The pid on the first line of a server's pid file, if it names a live process."""
+    try:
+        pid = int(path.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    return pid if Path(f"/proc/{pid}").exists() else None
+
+
+def _world_pids(sessions: set[int], roots: list[int]) -> set[int]:
+    """Every process in one of `sessions` (the command's, the mount's) or below one of `roots`
+    (the servers), from /proc."""
+    parent, members = {}, set()
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            fields = (d / "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        pid, ppid, sid = int(d.name), int(fields[1]), int(fields[3])
+        parent[pid] = ppid
+        if sid in sessions:
+            members.add(pid)
+    for pid in parent:
+        p, seen = pid, 0
+        while p > 1 and seen < 64:
+            if p in roots:
+                members.add(pid)
+                break
+            p, seen = parent.get(p, 0), seen + 1
+    return members
+
+
+def _freeze(find) -> set[int]:
+    """SIGSTOP every process `find()` names, again until it names no new one (a fork under
+    way), then wait until every thread has stopped (a thread in an uninterruptible wait —
+    a reader on the stopped FUSE mount — may not: after 2 s it counts as stopped, since it
+    cannot return to user code before it stops)."""
+    done: set[int] = set()
+    while new := find() - done:
+        for pid in new:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGSTOP)
+        done |= new
+    deadline = time.monotonic() + 2
+    while time.monotonic() < deadline and not all(stopped(pid) for pid in done):
+        time.sleep(0.001)
+    return done
+
+
+def _wait_gone(pids: set[int], timeout: float = 30) -> None:
+    """Until every one of `pids` has exited and been reaped: a server's start after the cut
+    takes a zombie for its running self (pg_ctl status: the pid answers kill 0)."""
+    deadline = time.monotonic() + timeout
+    while left := [pid for pid in pids if Path(f"/proc/{pid}").exists()]:
+        if time.monotonic() > deadline:
+            raise InvariantViolation(f"processes {left} outlive their kill -9 by {timeout} s")
+        time.sleep(0.01)
 
 
 def _children(pid: int) -> list[int]:

@@ -2,6 +2,7 @@
 
 Short form (in `make test`, so in CI): CHAOS_SEEDS seeds (default 3) of CHAOS_STEPS steps.
 Long form: `make chaos SEEDS=200` (seeds SEED0 … SEED0+SEEDS-1). One seed: CHAOS_SEED=N.
+CHAOS_LOG=FILE appends each seed's commands and fault notes to FILE, passing or not.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.chaos.harness import ACTIVE, SPARES, InvariantViolation, World
+from tests.chaos.harness import InvariantViolation, World, lab_profiles, power_world
 
 pytestmark = [pytest.mark.lab, pytest.mark.chaos]
 
@@ -31,7 +32,7 @@ def _seeds() -> list[int]:
 @pytest.mark.parametrize("seed", _seeds())
 def test_chaos(seed: int, lab_factory, tmp_path: Path) -> None:
     """One seed: a planned run of workloads with faults; every invariant holds after every step."""
-    lab = lab_factory(ACTIVE + SPARES, throttle=False)
+    lab = lab_factory(lab_profiles(seed), throttle=False, direct_io=power_world(seed))
     steps = int(os.environ.get("CHAOS_STEPS", "6"))
     world = World(lab, tmp_path, seed)
     try:
@@ -49,7 +50,10 @@ def test_chaos(seed: int, lab_factory, tmp_path: Path) -> None:
         assert world.acked, "the run acknowledged nothing: it tested nothing"
         if os.environ.get("CHAOS_REPORT"):  # the long form's tally (make chaos)
             with open(os.environ["CHAOS_REPORT"], "a") as f:
-                f.write(json.dumps({"seed": seed, "steps": steps, "acked": len(world.acked),
+                f.write(json.dumps({"seed": seed, "power": world.power, "steps": steps, "acked": len(world.acked),
                                     "faults": world.faults}) + "\n")
     finally:
+        if os.environ.get("CHAOS_LOG"):  # every command and what the faults did, for a reader of a passing run
+            with open(os.environ["CHAOS_LOG"], "a") as f:
+                f.write(f"== seed {seed}\n" + "\n".join(world.log) + "\n")
         world.close()
