@@ -110,10 +110,14 @@ def write_identity(root: Path, label: str, name: str = IDENTITY) -> dict:
     is written twice (IDENTITY_COPY)."""
     ident = {"uuid": str(uuidlib.uuid4()), "label": label, "format": IDENTITY_FORMAT,
              "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
-    atomic_write(root / name, json.dumps(ident, indent=1).encode())
+    _write_identity_file(root / name, ident)
     if name == IDENTITY:
-        atomic_write(root / IDENTITY_COPY, json.dumps(ident, indent=1).encode())
+        _write_identity_file(root / IDENTITY_COPY, ident)
     return ident
+
+
+def _write_identity_file(path: Path, ident: dict) -> None:
+    atomic_write(path, json.dumps(ident, indent=1).encode())
 
 
 def keep_identity_copy(root: Path, uuid: str) -> None:
@@ -123,7 +127,7 @@ def keep_identity_copy(root: Path, uuid: str) -> None:
         return
     ident = read_identity(root)
     if ident and ident.get("uuid") == uuid:
-        atomic_write(root / IDENTITY_COPY, json.dumps(ident, indent=1).encode())
+        _write_identity_file(root / IDENTITY_COPY, ident)
 
 
 def restore_identity(root: Path, uuid: str) -> bool:
@@ -132,7 +136,7 @@ def restore_identity(root: Path, uuid: str) -> bool:
     copy = read_identity(root, IDENTITY_COPY)
     if not copy or copy.get("uuid") != uuid:
         return False
-    atomic_write(root / IDENTITY, json.dumps(copy, indent=1).encode())
+    _write_identity_file(root / IDENTITY, copy)
     return True
 
 

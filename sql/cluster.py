@@ -21,7 +21,7 @@ import psycopg
 from psycopg import sql as pgsql
 
 from fsd.base.errors import ExitCode, HoardError
-from fsd.base.files import fsync_dir
+from fsd.base.files import atomic_write
 from fsd.base.proc import run, which
 
 PG_BIN_DIRS = sorted(glob.glob("/usr/lib/postgresql/*/bin"), key=lambda p: int(p.split("/")[-2]), reverse=True)
@@ -155,17 +155,13 @@ def run_as_server() -> list[str]:
 
 
 def _replace_durably(path: Path, text: str) -> None:
-    """Replace a file of the server's: tmp (the server's, with the file's mode) → fsync → rename
-    → fsync the directory, so a power cut leaves the old file or the new one."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fchmod(f.fileno(), path.stat().st_mode & 0o777)
+    """Replace a file of the server's (`atomic_write`: a power cut leaves the old file or the
+    new one), the new one with the old one's mode and the server as its owner."""
+    def as_the_old(fd: int, tmp: Path) -> None:
+        os.fchmod(fd, path.stat().st_mode & 0o777)
         give_to_server(tmp)
-        os.fsync(f.fileno())
-    os.rename(tmp, path)
-    fsync_dir(path.parent)
+
+    atomic_write(path, text.encode(), as_the_old)
 
 
 def give_to_server(*paths: Path) -> None:

@@ -11,7 +11,7 @@ import ctypes
 import fcntl
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 
@@ -58,11 +58,15 @@ def syncfs_fd(fd: int, path: Path | str = "") -> None:
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
-def atomic_write(path: Path, data: bytes) -> None:
+def atomic_write(path: Path, data: bytes, prepare: Callable[[int, Path], None] | None = None) -> None:
+    """tmp → fsync → rename → fsync the directory: a crash leaves the old file or the new one.
+    `prepare(fd, tmp)` runs on the new file before it is synced (its mode or owner, say)."""
     tmp = path.with_name(f".{path.name}.tmp")
     with open(tmp, "wb") as f:
         f.write(data)
         f.flush()
+        if prepare is not None:
+            prepare(f.fileno(), tmp)
         os.fsync(f.fileno())
     os.rename(tmp, path)
     fsync_dir(path.parent)
