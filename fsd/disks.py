@@ -150,31 +150,38 @@ def drop_cache(fd: int) -> None:
 
 
 def verify_shard_file(path: Path, sha256: bool = False) -> tuple[int, int]:
-    """(size, records) of a sealed shard file, after checking its footer, every record's
-    xxh3-128 (and sha256 when asked) and that the footer lists exactly the records found.
-    Raises OSError or ShardFormatError; leaves nothing of the file in the page cache."""
+    """(size, records) of a sealed shard file, after checking it (`verify_shard`). Raises
+    OSError or ShardFormatError; leaves nothing of the file in the page cache."""
     fd = os.open(path, os.O_RDONLY)
     try:
         size = os.fstat(fd).st_size
-        read = lambda off, n: pread_full(fd, n, off)  # noqa: E731
-        footer = fmt.decode_footer(read, size)
-        if footer is None:
-            raise fmt.FooterMismatch(f"{path.name} has no footer")
-        count = 0
-        for rec in fmt.scan_records(read, size, sealed=True):
-            if sha256:
-                h = hashlib.sha256()
-                for off in range(rec.offset, rec.end, STREAM_PIECE):
-                    h.update(read(off, min(STREAM_PIECE, rec.end - off)))
-                if h.digest() != rec.sha256:
-                    raise fmt.PayloadChecksumMismatch(f"sha256 of the record at {rec.offset} differs from its name")
-            count += 1
-        if count != len(footer):
-            raise fmt.FooterMismatch(f"{path.name}: {count} records, the footer lists {len(footer)}")
+        count = verify_shard(lambda off, n: pread_full(fd, n, off), size, path.name, sha256)
         drop_cache(fd)
         return size, count
     finally:
         os.close(fd)
+
+
+def verify_shard(read, size: int, name: str, sha256: bool = False) -> int:
+    """The record count of a sealed shard of `size` bytes read through `read(offset, n)`,
+    after checking its footer, every record's xxh3-128 (and sha256 when asked) and that the
+    footer lists exactly the records found. Reads the footer first, then the records in
+    order. Raises OSError or ShardFormatError."""
+    footer = fmt.decode_footer(read, size)
+    if footer is None:
+        raise fmt.FooterMismatch(f"{name} has no footer")
+    count = 0
+    for rec in fmt.scan_records(read, size, sealed=True):
+        if sha256:
+            h = hashlib.sha256()
+            for off in range(rec.offset, rec.end, STREAM_PIECE):
+                h.update(read(off, min(STREAM_PIECE, rec.end - off)))
+            if h.digest() != rec.sha256:
+                raise fmt.PayloadChecksumMismatch(f"sha256 of the record at {rec.offset} differs from its name")
+        count += 1
+    if count != len(footer):
+        raise fmt.FooterMismatch(f"{name}: {count} records, the footer lists {len(footer)}")
+    return count
 
 
 def pread_full(fd: int, length: int, offset: int) -> bytes:

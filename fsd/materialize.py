@@ -17,7 +17,6 @@ until the output contract seals it — this module never presents a tree as done
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import hashlib
 import os
@@ -30,7 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from fsd.base.errors import ExitCode, HoardError
-from fsd.base.files import syncfs_fd
+from fsd.base.files import SYNC_FILE_RANGE_WAIT_BEFORE, SYNC_FILE_RANGE_WRITE, sync_file_range, syncfs_fd
 from fsd.records import DataError
 
 if TYPE_CHECKING:
@@ -100,13 +99,12 @@ def _no_lost_writes(fd: int) -> bool:
     The file's own error reaches any descriptor of the file until one of them is told, and
     sync_file_range(WAIT_BEFORE) reads it without a write or a journal commit (an fdatasync
     each would cost a cache flush per kept file)."""
-    if _sync_file_range is None:
-        try:
+    try:
+        if not sync_file_range(fd, 0, 0, SYNC_FILE_RANGE_WAIT_BEFORE):
             os.fdatasync(fd)
-        except OSError:
-            return False
-        return True
-    return _sync_file_range(fd, 0, 0, SYNC_FILE_RANGE_WAIT_BEFORE) == 0
+    except OSError:
+        return False
+    return True
 
 
 def _open_new(path: Path) -> int:
@@ -135,15 +133,10 @@ def _start_writeback(fd: int) -> None:
     writes while the HDDs are still read, and the one syncfs at the end finds little left
     (left alone, the kernel holds gigabytes dirty until its background threshold, and the
     final sync writes them all while every disk reader is idle)."""
-    if _sync_file_range is not None:
-        _sync_file_range(fd, 0, 0, SYNC_FILE_RANGE_WRITE)  # a failure here is only a missed hint
-
-
-SYNC_FILE_RANGE_WAIT_BEFORE = 1  # <linux/fs.h>: wait for writeback under way, report a failed one
-SYNC_FILE_RANGE_WRITE = 2  # <linux/fs.h>: start writeback of dirty pages, do not wait
-_sync_file_range = getattr(ctypes.CDLL(None, use_errno=True), "sync_file_range", None)  # not in Python's os
-if _sync_file_range is not None:
-    _sync_file_range.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    try:
+        sync_file_range(fd, 0, 0, SYNC_FILE_RANGE_WRITE)
+    except OSError:
+        pass  # only a missed hint: the final syncfs reports a failed write
 
 
 def _write_file(path: Path, data: memoryview | bytes) -> None:

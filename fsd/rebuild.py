@@ -9,6 +9,7 @@ first, so nothing reads from or writes to it meanwhile.
 
 from __future__ import annotations
 
+import errno
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -20,7 +21,7 @@ from fsd import shardfmt as fmt
 from fsd.base.errors import ExitCode, HoardError
 from fsd.disks import DiskState
 from fsd.placement import Need, NoSpace, simulate, space_report
-from fsd.replica import check_replica, copy_shard, discard_copy
+from fsd.replica import TargetError, check_replica, copy_shard, discard_copy
 
 if TYPE_CHECKING:
     from fsd.disks import LocalDisk
@@ -148,8 +149,14 @@ def _copy_from_any(store: Store, sources: list, dst, meta: ShardMeta, rate_mb_s:
         try:
             copy_shard(src, dst, meta.hex, rate_mb_s)
             return
+        except TargetError as e:  # another source would not help: the disk copied to failed
+            store.disk_error(dst, "rebuild", e.err, meta.hex)
+            raise HoardError(f"shard {meta.hex}: writing its copy onto disk {dst.label} failed ({e.strerror or e}); "
+                             "nothing was lost (a copy is indexed only once it is checked) — see `hoard health`, "
+                             "then run the rebuild again (with --onto, onto another disk)",
+                             ExitCode.NO_SPACE if e.errno == errno.ENOSPC else ExitCode.UNAVAILABLE) from e
         except (OSError, fmt.ShardFormatError) as e:
-            store.disk_error(src, "rebuild", e, meta.hex)
+            store.bad_replica(src, meta, "rebuild", e)  # queued: the replicator mends it
             errors.append(f"{src.label}: {getattr(e, 'strerror', None) or e}")
     raise HoardError(f"shard {meta.hex}: no replica could be copied ({'; '.join(errors)}); "
                      "`hoard verify --repair` may restore one", ExitCode.DATA)

@@ -1,11 +1,13 @@
 """One replica of a sealed shard: copy it between disks, check it against the index.
 
 The replicator, the scrubber, rebuild and lifecycle share these two steps; a copy is made
-as every durable file is (tmp → fsync → verify → rename → fsync the directory).
+as every durable file is (tmp → fsync → verify → rename → fsync the directory), the verify
+reading the copy back from the disk while it is written.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import queue
@@ -14,14 +16,15 @@ import time
 from typing import TYPE_CHECKING
 
 from fsd import shardfmt as fmt
-from fsd.base.files import fsync_dir
-from fsd.disks import drop_cache, pread_full, verify_shard_file
+from fsd.base.files import SYNC_FILE_RANGE_ALL, SYNC_FILE_RANGE_WRITE, fsync_dir, sync_file_range
+from fsd.disks import drop_cache, pread_full, verify_shard, verify_shard_file
 
 if TYPE_CHECKING:
     from fsd.disks import LocalDisk
     from fsd.index import ShardMeta
 
 COPY_CHUNK = 4 << 20
+PAGE = 4096
 log = logging.getLogger(__name__)
 
 
@@ -48,63 +51,188 @@ def discard_copy(disk: LocalDisk, shard_hex: str, why: str) -> None:
 
 
 def copy_shard(src, dst, shard_hex: str, rate_mb_s: float | None = None) -> int:
-    """Copy a sealed shard between backends: tmp → fsync → verify → rename → fsync dir."""
+    """Copy a sealed shard between backends: tmp → write and check → fdatasync → rename →
+    fsync the directory. The check reads the copy back from the disk (not the page cache)
+    and checks its footer and every record (`verify_shard`) before it is named.
+
+    Three streams overlap, so a copy runs at its slowest disk's speed rather than at the sum
+    of three passes: a thread reads the source ahead; each piece written is pushed to the
+    disk at once (sync_file_range) while the next is read; a second thread checks each piece
+    the disk has taken — its pages dropped from the cache first — while later ones are
+    written. The footer is copied first, since the check reads it before the records; a
+    check that fails stops the copy there. (On one real disk the read-back shares the head
+    with the writes; the lab throttles reads and writes apart: docs/benchmarks.md.)"""
     size = src.size(shard_hex)
-    tmp_dir = dst.root / "tmp"
-    tmp_dir.mkdir(parents=True, exist_ok=True)
-    tmp = tmp_dir / f"{shard_hex}.shard.tmp"
+    tmp = dst.root / "tmp" / f"{shard_hex}.shard.tmp"
     fd_in = os.open(src.find(shard_hex), os.O_RDONLY)
-    t0 = time.monotonic()
-    chunks: queue.Queue = queue.Queue(maxsize=4)
-
-    def read_ahead() -> None:  # reading the source overlaps with writing the copy
-        done = 0
-        try:
-            while done < size:
-                chunk = pread_full(fd_in, min(COPY_CHUNK, size - done), done)
-                if not chunk:
-                    raise fmt.TruncatedShard(f"shard {shard_hex} on {src.label} ended at {done} of {size}")
-                chunks.put(chunk)
-                done += len(chunk)
-            chunks.put(None)
-        except BaseException as e:  # handed to the writer, which raises it
-            chunks.put(e)
-
-    reader = threading.Thread(target=read_ahead, name=f"copy-{src.label}", daemon=True)
-    reader.start()
     try:
-        with open(tmp, "wb", buffering=0) as out:
-            done = 0
-            while (chunk := chunks.get()) is not None:
-                if isinstance(chunk, BaseException):
-                    raise chunk
-                out.write(chunk)
-                done += len(chunk)
-                if rate_mb_s:
-                    ahead = done / (rate_mb_s * 1e6) - (time.monotonic() - t0)
-                    if ahead > 0:
-                        time.sleep(ahead)
-            os.fdatasync(out.fileno())
-            drop_cache(out.fileno())  # the check below must read what is on the disk, not the page cache
+        with _on_target():
+            tmp.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            _Copy(fd_in, fd, size, f"shard {shard_hex} on {src.label}", tmp.name).run(rate_mb_s)
+        finally:
+            os.close(fd)
         drop_cache(fd_in)
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # (a failing target may refuse this too: the next copy overwrites it)
+            tmp.unlink(missing_ok=True)
         raise
     finally:
-        while reader.is_alive():  # unblock and finish the reader before closing its fd
-            try:
-                chunks.get_nowait()
-            except queue.Empty:
-                reader.join(0.05)
         os.close(fd_in)
-    try:
-        verify_shard_file(tmp)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    final = dst.path(shard_hex, True)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    os.rename(tmp, final)
-    fsync_dir(final.parent)
+    with _on_target():
+        final = dst.path(shard_hex, True)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        os.rename(tmp, final)
+        fsync_dir(final.parent)
     dst.forget(shard_hex)  # a cached descriptor would still read the file this one replaced
     return size
+
+
+class TargetError(OSError):
+    """Writing the copy or reading it back failed: the fault of the disk copied to, not of
+    the source (whose disk must not be marked failed for it). `err` is the original error."""
+
+    def __init__(self, err: OSError) -> None:
+        super().__init__(err.errno, err.strerror, err.filename)
+        self.err = err
+
+
+@contextlib.contextmanager
+def _on_target():
+    try:
+        yield
+    except TargetError:
+        raise
+    except OSError as e:
+        raise TargetError(e) from e
+
+
+class _FromSource(Exception):
+    """An error reading the source, carried past the target's error handling."""
+
+    def __init__(self, err: BaseException) -> None:
+        self.err = err
+
+
+class _Stopped(Exception):
+    """The copy failed elsewhere: the check stops waiting for pieces."""
+
+
+class _Copy:
+    """One shard copy's three streams (see copy_shard): the caller's thread writes, one
+    thread reads the source ahead, one checks what the disk took."""
+
+    def __init__(self, fd_in: int, fd: int, size: int, what: str, name: str) -> None:
+        self.fd_in, self.fd, self.size, self.what, self.name = fd_in, fd, size, what, name
+        # the footer's pages first, then everything before them, in COPY_CHUNK pieces
+        tail = fmt.footer_start(pread_full(fd_in, fmt.TRAILER_SIZE, max(0, size - fmt.TRAILER_SIZE)), size)
+        self.tail = min(tail - tail % PAGE, size)
+        self.pieces = _split(self.tail, size) + _split(0, self.tail)
+        self.n_tail = len(self.pieces) - len(_split(0, self.tail))
+        self.settled = 0  # pieces on the disk and out of the page cache, in `pieces` order …
+        self.prefix = 0  # … of which these bytes from offset 0 on
+        self.cond = threading.Condition()
+        self.stop = False
+        self.check_error: BaseException | None = None
+        self.chunks: queue.Queue = queue.Queue(maxsize=4)
+
+    def run(self, rate_mb_s: float | None) -> None:
+        reader = threading.Thread(target=self._read_ahead, name="copy-read", daemon=True)
+        checker = threading.Thread(target=self._check, name="copy-check", daemon=True)
+        reader.start()
+        checker.start()
+        try:
+            try:
+                with _on_target():
+                    self._write(rate_mb_s)
+                    os.fdatasync(self.fd)
+            except _FromSource as e:
+                raise e.err from None
+        except BaseException:
+            with self.cond:
+                self.stop = True
+                self.cond.notify_all()
+            raise
+        finally:
+            while reader.is_alive():  # unblock and finish the reader before its fd is closed
+                try:
+                    self.chunks.get_nowait()
+                except queue.Empty:
+                    reader.join(0.05)
+            checker.join()
+        if isinstance(self.check_error, OSError):  # reading the copy back
+            raise TargetError(self.check_error) from self.check_error
+        if self.check_error is not None:  # wrong bytes: the source's, or the copy's (a bad write)
+            raise self.check_error
+        drop_cache(self.fd)
+
+    def _read_ahead(self) -> None:
+        try:
+            for off, n in self.pieces:
+                chunk = pread_full(self.fd_in, n, off)
+                if len(chunk) != n:
+                    raise fmt.TruncatedShard(f"{self.what} ended at {off + len(chunk)} of {self.size}")
+                self.chunks.put(chunk)
+            self.chunks.put(None)
+        except BaseException as e:  # handed to the writer, which raises it
+            self.chunks.put(e)
+
+    def _write(self, rate_mb_s: float | None) -> None:
+        t0, done, before = time.monotonic(), 0, None
+        for off, n in self.pieces:
+            chunk = self.chunks.get()
+            if isinstance(chunk, BaseException):
+                raise _FromSource(chunk)
+            view = memoryview(chunk)
+            while view:
+                view = view[os.pwrite(self.fd, view, off + n - len(view)):]
+            sync_file_range(self.fd, off, n, SYNC_FILE_RANGE_WRITE)  # to the disk while the next is read
+            if before is not None:
+                self._settle(*before)
+            before, done = (off, n), done + n
+            if rate_mb_s:
+                ahead = done / (rate_mb_s * 1e6) - (time.monotonic() - t0)
+                if ahead > 0:
+                    time.sleep(ahead)
+        if before is not None:
+            self._settle(*before)
+
+    def _settle(self, off: int, n: int) -> None:
+        """Wait until a piece is on the disk, drop its pages, hand it to the check."""
+        if not sync_file_range(self.fd, off, n, SYNC_FILE_RANGE_ALL):
+            os.fdatasync(self.fd)  # (no sync_file_range here: everything so far)
+        os.posix_fadvise(self.fd, off, n, os.POSIX_FADV_DONTNEED)
+        with self.cond:
+            if self.settled >= self.n_tail:
+                self.prefix += n
+            self.settled += 1
+            self.cond.notify_all()
+            if self.check_error is not None:
+                raise self.check_error
+
+    def _check(self) -> None:
+        try:
+            verify_shard(self._read_settled, self.size, self.name)
+        except _Stopped:
+            pass
+        except BaseException as e:
+            with self.cond:
+                self.check_error = e
+
+    def _read_settled(self, off: int, n: int) -> bytes:
+        end = min(off + n, self.size)
+        with self.cond:
+            while not self._settled(off, end):
+                if self.stop:
+                    raise _Stopped
+                self.cond.wait()
+        return pread_full(self.fd, n, off)
+
+    def _settled(self, off: int, end: int) -> bool:
+        """Whether bytes [off, end) are on the disk (the footer's pieces come first)."""
+        return self.settled >= self.n_tail and (end <= self.prefix or off >= self.tail or self.prefix == self.tail)
+
+
+def _split(lo: int, hi: int) -> list[tuple[int, int]]:
+    return [(off, min(COPY_CHUNK, hi - off)) for off in range(lo, hi, COPY_CHUNK)]

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 from fsd import shardfmt as fmt
 from fsd.disks import DiskState
 from fsd.placement import Need, NoSpace, simulate, space_report
-from fsd.replica import check_replica, copy_shard, discard_copy
+from fsd.replica import TargetError, check_replica, copy_shard, discard_copy
 
 if TYPE_CHECKING:
     from fsd.index import ShardMeta
@@ -125,8 +125,11 @@ def _copy_one(store: Store, meta: ShardMeta, rate_mb_s: float | None) -> int | N
     for src in sources:
         try:
             n = copy_shard(src, target, meta.hex, rate_mb_s)
+        except TargetError as e:  # the disk copied to failed, not the source: the next run places elsewhere
+            store.disk_error(target, "replicate", e.err, meta.hex)
+            return None
         except (OSError, fmt.ShardFormatError) as e:
-            store.disk_error(src, "replicate", e, meta.hex)
+            store.bad_replica(src, meta, "replicate", e)
             continue
 
         def add(m: ShardMeta) -> dict[str, int]:

@@ -207,6 +207,19 @@ def decode_footer(read_at, file_size: int, strict: bool = True) -> list[RecordIn
     return out
 
 
+def footer_start(trailer: bytes, file_size: int) -> int:
+    """Where the footer begins, from a sealed shard's last TRAILER_SIZE bytes; `file_size`
+    when they are not a plausible trailer (nothing is checked beyond its geometry: a copy
+    uses it only to send the footer first, and the copy's check reads the real thing)."""
+    if file_size < SHARD_HEADER_SIZE + TRAILER_SIZE or len(trailer) != TRAILER_SIZE:
+        return file_size
+    count, entries_offset, _digest, magic = _TRAILER.unpack(trailer)
+    if magic != SEAL_MAGIC or entries_offset < SHARD_HEADER_SIZE or \
+            entries_offset + count * FOOTER_ENTRY_SIZE + TRAILER_SIZE != file_size:
+        return file_size
+    return entries_offset
+
+
 def scan_records(read_at, file_size: int, verify: bool = True, sealed: bool | None = None) -> Iterator[RecordInfo]:
     """Walk the records from the header on, without any index.
 

@@ -4,6 +4,7 @@ in the sum of free space — and refuse (or report once) before writing anything
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -77,8 +78,11 @@ def test_rebuild_refuses_before_marking_the_disk_failed(store_factory, tmp_path:
     disk stays active."""
     store = store_factory(n_disks=3, caps=None, shard_size_mb=1, copy_of_raw=2)
     store.put_many(make_files(tmp_path / "a", 100, seed=4, lo=20_000, hi=30_000))
-    for label in ("d2", "d3"):
+    # (placement is random: the disk to lose is one that holds shards, not always d1)
+    held = Counter(store.disks[u].label for m in store.index.iter_shards() for u in m.replicas)
+    lost = held.most_common(1)[0][0]
+    for label in {"d1", "d2", "d3"} - {lost}:
         _room(store, label, 0)
     with pytest.raises(NoSpace, match="rebuild refused before it started.*was not marked failed"):
-        rebuild(store, "d1")
-    assert {r.label: r.state.value for r in store.index.get_disks()}["d1"] == "active"
+        rebuild(store, lost)
+    assert {r.label: r.state.value for r in store.index.get_disks()}[lost] == "active"

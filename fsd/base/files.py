@@ -57,6 +57,28 @@ def syncfs_fd(fd: int, path: Path | str = "") -> None:
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
+SYNC_FILE_RANGE_WAIT_BEFORE = 1  # <linux/fs.h>: wait for writeback under way, report a failed one
+SYNC_FILE_RANGE_WRITE = 2  # start writeback of the range's dirty pages
+SYNC_FILE_RANGE_WAIT_AFTER = 4  # wait until that writeback is done
+#: all three: the range's pages are on the disk (not its metadata, not the drive's cache:
+#: an fdatasync still makes a file durable)
+SYNC_FILE_RANGE_ALL = SYNC_FILE_RANGE_WAIT_BEFORE | SYNC_FILE_RANGE_WRITE | SYNC_FILE_RANGE_WAIT_AFTER
+_sync_file_range = getattr(_libc, "sync_file_range", None)  # not in Python's os
+if _sync_file_range is not None:
+    _sync_file_range.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+
+
+def sync_file_range(fd: int, offset: int, length: int, flags: int) -> bool:
+    """sync_file_range(2) on `length` bytes at `offset` (0: to the end of the file). False
+    when the C library has no such call (nothing was done: the caller falls back to
+    fdatasync); OSError when the kernel reports a failure (a writeback error included)."""
+    if _sync_file_range is None:
+        return False
+    if _sync_file_range(fd, offset, length, flags) != 0:
+        e = ctypes.get_errno()
+        raise OSError(e, os.strerror(e))
+    return True
+
 
 def atomic_write(path: Path, data: bytes, prepare: Callable[[int, Path], None] | None = None) -> None:
     """tmp → fsync → rename → fsync the directory: a crash leaves the old file or the new one.

@@ -1,0 +1,172 @@
+"""One shard copy (fsd.replica.copy_shard, under rebuild, replicate, scrub and drain): the
+footer goes first, each piece is pushed to the disk and read back while the next is written.
+These tests try to get a bad copy named as a good one: odd geometries (a footer spanning
+pieces, one piece, a record spanning many), a damaged source, a destination that stops
+taking writes, and a rebuild whose first source is the damaged one."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from fsd import replica
+from fsd import shardfmt as fmt
+from fsd.base import config
+from fsd.base.errors import HoardError
+from fsd.disks import DiskState
+from fsd.rebuild import rebuild
+from fsd.replica import check_replica, copy_shard
+from fsd.replicate import repair_reported
+from fsd.store import Store
+from tests.conftest import write_config
+from tests.lab import DiskProfile
+from tests.test_store import check_store
+
+PIECE = 16 << 10  # small pieces, so a few KiB of records already make several
+
+
+def _sealed(store) -> list:
+    metas = [m for m in store.index.iter_shards() if m.sealed]
+    assert metas, "the batch left no sealed shard"
+    return metas
+
+
+def _spare(store, meta):
+    """A disk that holds no replica of the shard."""
+    return next(d for u, d in store.disks.items() if u not in meta.replicas)
+
+
+@pytest.mark.parametrize("sizes", [
+    [40] * 400,  # many tiny records: the footer spans several pieces
+    [300_000, 500_000],  # records spanning many pieces
+    [10],  # the whole shard is smaller than one piece
+    [PIECE - 7, PIECE * 3 + 1, 5, PIECE],  # boundaries off the pieces' edges
+], ids=["footer-spans-pieces", "records-span-pieces", "one-piece", "odd-boundaries"])
+def test_the_copy_is_the_source_byte_for_byte(store_factory, monkeypatch, sizes) -> None:
+    monkeypatch.setattr(replica, "COPY_CHUNK", PIECE)
+    store = store_factory(n_disks=3, caps=None, write_ack=2, copy_of_raw=2)
+    rng = random.Random(len(sizes))
+    store.put_bytes_many([rng.randbytes(n) for n in sizes])
+    for meta in _sealed(store):
+        src = store.disks[meta.replicas[0]]
+        dst = _spare(store, meta)
+        assert copy_shard(src, dst, meta.hex) == meta.size
+        assert dst.find(meta.hex).read_bytes() == src.find(meta.hex).read_bytes()
+        assert check_replica(dst, meta, sha256=True) == meta.size
+        assert not any((dst.root / "tmp").iterdir())
+
+
+def _flip(path: Path, offset: int) -> None:
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        b = f.read(1)
+        f.seek(offset)
+        f.write(bytes([b[0] ^ 0x40]))
+
+
+@pytest.mark.parametrize("where", ["first record", "last record", "footer"])
+def test_a_damaged_source_gives_no_copy(store_factory, monkeypatch, where) -> None:
+    """A flipped byte in the source: the copy raises, leaves no file (neither the temporary
+    nor a named one) and the source is as it was."""
+    monkeypatch.setattr(replica, "COPY_CHUNK", PIECE)
+    store = store_factory(n_disks=3, caps=None, write_ack=2, copy_of_raw=2)
+    store.put_bytes_many([os.urandom(9_000) for _ in range(30)])
+    meta = _sealed(store)[0]
+    src, dst = store.disks[meta.replicas[0]], _spare(store, meta)
+    path = src.find(meta.hex)
+    size = path.stat().st_size
+    offset = {"first record": fmt.SHARD_HEADER_SIZE + fmt.RECORD_HEADER_SIZE + 100,
+              "last record": size - fmt.TRAILER_SIZE - meta.records * fmt.FOOTER_ENTRY_SIZE - 50,
+              "footer": size - fmt.TRAILER_SIZE - 10}[where]
+    _flip(path, offset)
+    before = hashlib.sha256(path.read_bytes()).digest()
+    with pytest.raises(fmt.ShardFormatError):
+        copy_shard(src, dst, meta.hex)
+    assert not dst.path(meta.hex, True).exists()
+    assert not any((dst.root / "tmp").iterdir())
+    assert hashlib.sha256(path.read_bytes()).digest() == before
+
+
+def test_a_damaged_first_record_stops_the_copy_early(store_factory, monkeypatch) -> None:
+    """The check runs behind the writes: a bad first record ends the copy long before the
+    whole shard is written (here: a rate of 2 MB/s and 4 MB to go — it would take 2 s)."""
+    monkeypatch.setattr(replica, "COPY_CHUNK", 256 << 10)
+    store = store_factory(n_disks=3, caps=None, write_ack=2, copy_of_raw=2, shard_size_mb=8)
+    store.put_bytes_many([os.urandom(200_000) for _ in range(20)])
+    meta = max(_sealed(store), key=lambda m: m.size)
+    assert meta.size > 3_500_000
+    src, dst = store.disks[meta.replicas[0]], _spare(store, meta)
+    _flip(src.find(meta.hex), fmt.SHARD_HEADER_SIZE + fmt.RECORD_HEADER_SIZE + 5)
+    t0 = time.monotonic()
+    with pytest.raises(fmt.PayloadChecksumMismatch):
+        copy_shard(src, dst, meta.hex, rate_mb_s=2)
+    assert time.monotonic() - t0 < 1.0
+    assert not any((dst.root / "tmp").iterdir())
+
+
+@pytest.mark.expect_log(r"disk d\d: (rebuild|read) error on shard", level="WARNING")
+def test_rebuild_skips_a_damaged_source_for_a_whole_one(store_factory, monkeypatch) -> None:
+    """Three copies; one disk is lost and one of the two left is damaged in every shard: the
+    rebuild copies from the whole one and queues the damaged one for repair, which mends
+    it; every object reads back with its sha256 and every replica checks out."""
+    monkeypatch.setattr(replica, "COPY_CHUNK", PIECE)
+    store = store_factory(n_disks=4, caps=None, write_ack=3, copy_of_raw=3, copy_of_generated=3)
+    datas = [os.urandom(7_000 + i) for i in range(150)]
+    results = store.put_bytes_many(datas)
+    lost = store.disks[_sealed(store)[0].replicas[0]]
+    on_lost = [m for m in _sealed(store) if lost.uuid in m.replicas]
+    damaged = set()
+    for meta in on_lost:
+        one = next(u for u in meta.replicas if u != lost.uuid)
+        _flip(store.disks[one].find(meta.hex), fmt.SHARD_HEADER_SIZE + fmt.RECORD_HEADER_SIZE + 1)
+        damaged.add((meta.shard_id, one))
+    for f in lost.root.joinpath("shards").rglob("*.shard"):
+        f.unlink()
+    rep = rebuild(store, lost.label)
+    assert not rep.lost and rep.copied == len(on_lost)
+    for r, data in zip(results, datas):
+        assert store.get(r.sha256) == data
+    assert {(sid, uuid) for sid, uuid, _why in store.index.pending_repairs()} == damaged
+    assert repair_reported(store) == len(on_lost)
+    assert check_store(store) == len(datas)
+
+
+@pytest.mark.lab
+@pytest.mark.expect_log(r"disk t3: rebuild error", level="WARNING")
+def test_a_target_that_stops_writing_is_blamed_not_the_source(lab_factory, tmp_path: Path) -> None:
+    """The disk a rebuild copies onto starts failing writes (EIO) mid-copy: the rebuild stops
+    with a message naming that disk; the source disk stays active (it was once marked failed
+    for the target's error — every healthy disk a rebuild tried, one after the other); no copy
+    on the target is indexed; every object reads back."""
+    lab = lab_factory([DiskProfile(f"t{i}", 300, 500, 500, 5000) for i in (1, 2, 3)])
+    disks = [(label, lab.disks[label].mountpoint, None) for label in ("t1", "t2", "t3")]
+    store = Store.open(config.load(write_config(tmp_path, disks, allow_dirs=False, shard_size_mb=64, write_ack=2,
+                                                copy_of_raw=2)), init=True)
+    store.set_disk_state("t3", DiskState.DRAINING, "kept empty for the rebuild")
+    datas = [os.urandom(1 << 20) for _ in range(40)]
+    results = store.put_bytes_many(datas)
+    lab.vanish("t1")
+    store.set_disk_state("t3", DiskState.ACTIVE, "the rebuild's target")
+    failer = threading.Timer(0.3, lab.fail_writes, args=("t3",))
+    failer.start()
+    try:
+        with pytest.raises(HoardError) as e:
+            rebuild(store, "t1", onto="t3", rate_mb_s=20)
+    finally:
+        failer.join()
+        subprocess.run(["chattr", "-i", str(lab.disks["t3"].image)], check=False)
+    assert "writing its copy onto disk t3 failed" in e.value.message and "nothing was lost" in e.value.message
+    states = {r.label: r.state for r in store.records.values()}
+    assert states["t2"] == DiskState.ACTIVE and states["t3"] != DiskState.ACTIVE
+    t3 = next(u for u, r in store.records.items() if r.label == "t3")
+    assert all(t3 not in m.replicas for m in store.index.iter_shards())
+    for r, data in zip(results, datas):
+        assert store.get(r.sha256) == data
+    store.close()
