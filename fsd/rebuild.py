@@ -74,8 +74,16 @@ def _rebuild(store: Store, label: str, onto: str | None, rate_mb_s: float | None
     done = [0]
     lock = threading.Lock()
 
+    stop = threading.Event()
+
     def one(meta: ShardMeta) -> None:
-        handle(meta)
+        if stop.is_set():
+            return
+        try:
+            handle(meta)
+        except BaseException:
+            stop.set()
+            raise
         with lock:  # copied, adopted, dropped or lost: its bytes are dealt with
             done[0] += meta.size
             if progress:
@@ -108,8 +116,12 @@ def _rebuild(store: Store, label: str, onto: str | None, rate_mb_s: float | None
 
     # a few copies at once, so slow source disks together keep the target disk busy
     with ThreadPoolExecutor(max_workers=streams, thread_name_prefix="rebuild") as pool:
-        for f in [pool.submit(one, m) for m in todo]:
-            f.result()
+        futures = [pool.submit(one, m) for m in todo]
+        try:
+            for f in futures:
+                f.result()
+        finally:  # after a failure (a failed target, Ctrl-C) the copies under way end, no other starts
+            stop.set()
     rep.seconds = time.monotonic() - t0
     return rep
 

@@ -142,12 +142,12 @@ def test_rebuild_skips_a_damaged_source_for_a_whole_one(store_factory, monkeypat
 @pytest.mark.expect_log(r"disk t3: rebuild error", level="WARNING")
 def test_a_target_that_stops_writing_is_blamed_not_the_source(lab_factory, tmp_path: Path) -> None:
     """The disk a rebuild copies onto starts failing writes (EIO) mid-copy: the rebuild stops
-    with a message naming that disk; the source disk stays active (it was once marked failed
-    for the target's error — every healthy disk a rebuild tried, one after the other); no copy
-    on the target is indexed; every object reads back."""
+    with a message naming that disk, starting no further copy; the source disk stays active
+    (it was once marked failed for the target's error — every healthy disk a rebuild tried,
+    one after the other); no copy on the target is indexed; every object reads back."""
     lab = lab_factory([DiskProfile(f"t{i}", 300, 500, 500, 5000) for i in (1, 2, 3)])
     disks = [(label, lab.disks[label].mountpoint, None) for label in ("t1", "t2", "t3")]
-    store = Store.open(config.load(write_config(tmp_path, disks, allow_dirs=False, shard_size_mb=64, write_ack=2,
+    store = Store.open(config.load(write_config(tmp_path, disks, allow_dirs=False, shard_size_mb=4, write_ack=2,
                                                 copy_of_raw=2)), init=True)
     store.set_disk_state("t3", DiskState.DRAINING, "kept empty for the rebuild")
     datas = [os.urandom(1 << 20) for _ in range(40)]
@@ -163,6 +163,9 @@ def test_a_target_that_stops_writing_is_blamed_not_the_source(lab_factory, tmp_p
         failer.join()
         subprocess.run(["chattr", "-i", str(lab.disks["t3"].image)], check=False)
     assert "writing its copy onto disk t3 failed" in e.value.message and "nothing was lost" in e.value.message
+    # the copies under way when it failed (3 streams) failed with it; the other shards were not tried
+    errors = [ev for ev in store.index.recent_events(100) if ev["kind"] == "rebuild_error"]
+    assert 1 <= len(errors) <= 3 and {ev["disk"] for ev in errors} == {"t3"}
     states = {r.label: r.state for r in store.records.values()}
     assert states["t2"] == DiskState.ACTIVE and states["t3"] != DiskState.ACTIVE
     t3 = next(u for u, r in store.records.items() if r.label == "t3")
