@@ -27,6 +27,7 @@ from fsd.replicate import repair_reported
 from fsd.store import Store
 from tests.conftest import write_config
 from tests.lab import DiskProfile
+from tests.test_safety import _flip_byte
 from tests.test_store import check_store
 
 PIECE = 16 << 10  # small pieces, so a few KiB of records already make several
@@ -63,14 +64,6 @@ def test_the_copy_is_the_source_byte_for_byte(store_factory, monkeypatch, sizes)
         assert not any((dst.root / "tmp").iterdir())
 
 
-def _flip(path: Path, offset: int) -> None:
-    with open(path, "r+b") as f:
-        f.seek(offset)
-        b = f.read(1)
-        f.seek(offset)
-        f.write(bytes([b[0] ^ 0x40]))
-
-
 @pytest.mark.parametrize("where", ["first record", "last record", "footer"])
 def test_a_damaged_source_gives_no_copy(store_factory, monkeypatch, where) -> None:
     """A flipped byte in the source: the copy raises, leaves no file (neither the temporary
@@ -85,7 +78,7 @@ def test_a_damaged_source_gives_no_copy(store_factory, monkeypatch, where) -> No
     offset = {"first record": fmt.SHARD_HEADER_SIZE + fmt.RECORD_HEADER_SIZE + 100,
               "last record": size - fmt.TRAILER_SIZE - meta.records * fmt.FOOTER_ENTRY_SIZE - 50,
               "footer": size - fmt.TRAILER_SIZE - 10}[where]
-    _flip(path, offset)
+    _flip_byte(path, offset)
     before = hashlib.sha256(path.read_bytes()).digest()
     with pytest.raises(fmt.ShardFormatError):
         copy_shard(src, dst, meta.hex)
@@ -103,7 +96,7 @@ def test_a_damaged_first_record_stops_the_copy_early(store_factory, monkeypatch)
     meta = max(_sealed(store), key=lambda m: m.size)
     assert meta.size > 3_500_000
     src, dst = store.disks[meta.replicas[0]], _spare(store, meta)
-    _flip(src.find(meta.hex), fmt.SHARD_HEADER_SIZE + fmt.RECORD_HEADER_SIZE + 5)
+    _flip_byte(src.find(meta.hex), fmt.SHARD_HEADER_SIZE + fmt.RECORD_HEADER_SIZE + 5)
     t0 = time.monotonic()
     with pytest.raises(fmt.PayloadChecksumMismatch):
         copy_shard(src, dst, meta.hex, rate_mb_s=2)
@@ -125,7 +118,7 @@ def test_rebuild_skips_a_damaged_source_for_a_whole_one(store_factory, monkeypat
     damaged = set()
     for meta in on_lost:
         one = next(u for u in meta.replicas if u != lost.uuid)
-        _flip(store.disks[one].find(meta.hex), fmt.SHARD_HEADER_SIZE + fmt.RECORD_HEADER_SIZE + 1)
+        _flip_byte(store.disks[one].find(meta.hex), fmt.SHARD_HEADER_SIZE + fmt.RECORD_HEADER_SIZE + 1)
         damaged.add((meta.shard_id, one))
     for f in lost.root.joinpath("shards").rglob("*.shard"):
         f.unlink()
