@@ -67,6 +67,7 @@ def copy_shard(src, dst, shard_hex: str, rate_mb_s: float | None = None) -> int:
     fd_in = os.open(src.find(shard_hex), os.O_RDONLY)
     try:
         with _on_target():
+            dst.check()  # a vanished disk leaves an empty mount point: the copy would land on the root filesystem
             tmp.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
@@ -81,6 +82,7 @@ def copy_shard(src, dst, shard_hex: str, rate_mb_s: float | None = None) -> int:
     finally:
         os.close(fd_in)
     with _on_target():
+        dst.check()  # it may have dropped off during the copy: the descriptor still wrote to it, the path would not
         final = dst.path(shard_hex, True)
         final.parent.mkdir(parents=True, exist_ok=True)
         os.rename(tmp, final)

@@ -170,3 +170,39 @@ def test_a_target_that_stops_writing_is_blamed_not_the_source(lab_factory, tmp_p
     for r, data in zip(results, datas):
         assert store.get(r.sha256) == data
     store.close()
+
+
+@pytest.mark.lab
+@pytest.mark.expect_log(r"disk t3: rebuild error", level="WARNING")
+def test_a_target_that_dropped_off_gets_no_copy_on_the_root_filesystem(lab_factory, tmp_path: Path) -> None:
+    """The disk a rebuild copies onto drops off the bus (lazy unmount: an empty directory is
+    left) after the store was opened: the rebuild stops naming that disk and marks it
+    missing; nothing is written under the empty mount point (the root filesystem), and no
+    shard names t3 unless t3, mounted again, holds a good copy of it."""
+    lab = lab_factory([DiskProfile(f"t{i}", 300, 500, 500, 5000) for i in (1, 2, 3)], throttle=False)
+    disks = [(label, lab.disks[label].mountpoint, None) for label in ("t1", "t2", "t3")]
+    store = Store.open(config.load(write_config(tmp_path, disks, allow_dirs=False, shard_size_mb=4, write_ack=2,
+                                                copy_of_raw=2)), init=True)
+    store.set_disk_state("t3", DiskState.DRAINING, "kept empty for the rebuild")
+    datas = [os.urandom(1 << 20) for _ in range(12)]
+    results = store.put_bytes_many(datas)
+    lab.vanish("t1")
+    store.set_disk_state("t3", DiskState.ACTIVE, "the rebuild's target")
+    lab.vanish("t3")
+    with pytest.raises(HoardError) as e:
+        try:
+            rebuild(store, "t1", onto="t3")
+        finally:
+            mnt = lab.disks["t3"].mountpoint
+            assert not os.path.ismount(mnt) and list(mnt.iterdir()) == [], "written onto the root filesystem"
+    assert "disk t3" in e.value.message
+    states = {r.label: r.state for r in store.records.values()}
+    assert states["t2"] == DiskState.ACTIVE and states["t3"] == DiskState.MISSING
+    lab.reappear("t3")
+    t3 = next(u for u, r in store.records.items() if r.label == "t3")
+    for meta in store.index.iter_shards():
+        if t3 in meta.replicas:
+            check_replica(store.disks[t3], meta)
+    for r, data in zip(results, datas):
+        assert store.get(r.sha256) == data
+    store.close()
