@@ -50,7 +50,8 @@ def discard_copy(disk: LocalDisk, shard_hex: str, why: str) -> None:
                     "`hoard verify --orphans --repair` removes it later", shard_hex, disk.label, why, e)
 
 
-def copy_shard(src, dst, shard_hex: str, rate_mb_s: float | None = None) -> int:
+def copy_shard(src, dst, shard_hex: str, rate_mb_s: float | None = None,
+               stop: threading.Event | None = None) -> int:
     """Copy a sealed shard between backends: tmp → write and check → fdatasync → rename →
     fsync the directory. The check reads the copy back from the disk (not the page cache)
     and checks its footer and every record (`verify_shard`) before it is named.
@@ -61,7 +62,10 @@ def copy_shard(src, dst, shard_hex: str, rate_mb_s: float | None = None) -> int:
     the disk has taken — its pages dropped from the cache first — while later ones are
     written. The footer is copied first, since the check reads it before the records; a
     check that fails stops the copy there. (On one real disk the read-back shares the head
-    with the writes; the lab throttles reads and writes apart: docs/benchmarks.md.)"""
+    with the writes; the lab throttles reads and writes apart: docs/benchmarks.md.)
+
+    `stop` set ends the copy at its next piece (or rate-limit pause) with CopyStopped, which
+    blames no disk; nothing is left behind."""
     size = src.size(shard_hex)
     tmp = dst.root / "tmp" / f"{shard_hex}.shard.tmp"
     fd_in = os.open(src.find(shard_hex), os.O_RDONLY)
@@ -71,7 +75,7 @@ def copy_shard(src, dst, shard_hex: str, rate_mb_s: float | None = None) -> int:
             tmp.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
-            _Copy(fd_in, fd, size, f"shard {shard_hex} on {src.label}", tmp.name).run(rate_mb_s)
+            _Copy(fd_in, fd, size, f"shard {shard_hex} on {src.label}", tmp.name).run(rate_mb_s, stop)
         finally:
             os.close(fd)
         drop_cache(fd_in)
@@ -110,6 +114,10 @@ def _on_target():
         raise TargetError(e) from e
 
 
+class CopyStopped(Exception):
+    """The caller asked the copy to stop (copy_shard's `stop`): no disk is at fault."""
+
+
 class _FromSource(Exception):
     """An error reading the source, carried past the target's error handling."""
 
@@ -139,7 +147,7 @@ class _Copy:
         self.check_error: BaseException | None = None
         self.chunks: queue.Queue = queue.Queue(maxsize=4)
 
-    def run(self, rate_mb_s: float | None) -> None:
+    def run(self, rate_mb_s: float | None, stop: threading.Event | None = None) -> None:
         reader = threading.Thread(target=self._read_ahead, name="copy-read", daemon=True)
         checker = threading.Thread(target=self._check, name="copy-check", daemon=True)
         reader.start()
@@ -147,7 +155,7 @@ class _Copy:
         try:
             try:
                 with _on_target():
-                    self._write(rate_mb_s)
+                    self._write(rate_mb_s, stop or threading.Event())
                     os.fdatasync(self.fd)
             except _FromSource as e:
                 raise e.err from None
@@ -180,9 +188,11 @@ class _Copy:
         except BaseException as e:  # handed to the writer, which raises it
             self.chunks.put(e)
 
-    def _write(self, rate_mb_s: float | None) -> None:
+    def _write(self, rate_mb_s: float | None, stop: threading.Event) -> None:
         t0, done, before = time.monotonic(), 0, None
         for off, n in self.pieces:
+            if stop.is_set():
+                raise CopyStopped(f"{self.what}: the copy was stopped")
             chunk = self.chunks.get()
             if isinstance(chunk, BaseException):
                 raise _FromSource(chunk)
@@ -195,8 +205,8 @@ class _Copy:
             before, done = (off, n), done + n
             if rate_mb_s:
                 ahead = done / (rate_mb_s * 1e6) - (time.monotonic() - t0)
-                if ahead > 0:
-                    time.sleep(ahead)
+                if ahead > 0 and stop.wait(ahead):
+                    raise CopyStopped(f"{self.what}: the copy was stopped")
         if before is not None:
             self._settle(*before)
 
