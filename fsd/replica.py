@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 
 def check_replica(disk: LocalDisk, meta: ShardMeta, sha256: bool = False) -> int:
     """Bytes checked; raises OSError or ShardFormatError on anything wrong."""
-    size, count = verify_shard_file(disk.find(meta.hex), sha256)
+    size, count = verify_shard_file(disk.find(meta.hex), sha256, meta.hex)
     if count != meta.records:
         raise fmt.FooterMismatch(f"{count} records, the index expects {meta.records}")
     return size
@@ -75,7 +75,7 @@ def copy_shard(src, dst, shard_hex: str, rate_mb_s: float | None = None,
             tmp.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
-            _Copy(fd_in, fd, size, f"shard {shard_hex} on {src.label}", tmp.name).run(rate_mb_s, stop)
+            _Copy(fd_in, fd, size, f"shard {shard_hex} on {src.label}", tmp.name, shard_hex).run(rate_mb_s, stop)
         finally:
             os.close(fd)
         drop_cache(fd_in)
@@ -133,8 +133,9 @@ class _Copy:
     """One shard copy's three streams (see copy_shard): the caller's thread writes, one
     thread reads the source ahead, one checks what the disk took."""
 
-    def __init__(self, fd_in: int, fd: int, size: int, what: str, name: str) -> None:
+    def __init__(self, fd_in: int, fd: int, size: int, what: str, name: str, shard_hex: str) -> None:
         self.fd_in, self.fd, self.size, self.what, self.name = fd_in, fd, size, what, name
+        self.shard_hex = shard_hex
         # the footer's pages first, then everything before them, in COPY_CHUNK pieces
         tail = fmt.footer_start(pread_full(fd_in, fmt.TRAILER_SIZE, max(0, size - fmt.TRAILER_SIZE)), size)
         self.tail = min(tail - tail % PAGE, size)
@@ -225,7 +226,7 @@ class _Copy:
 
     def _check(self) -> None:
         try:
-            verify_shard(self._read_settled, self.size, self.name)
+            verify_shard(self._read_settled, self.size, self.name, shard_hex=self.shard_hex)
         except _Stopped:
             pass
         except BaseException as e:

@@ -73,10 +73,11 @@ def _flip(path: Path, offset: int) -> None:
         f.write(bytes([b[0] ^ 0x40]))
 
 
-@pytest.mark.parametrize("where", ["first record", "last record", "footer"])
+@pytest.mark.parametrize("where", ["first record", "last record", "footer", "shard id"])
 def test_a_damaged_source_gives_no_copy(store_factory, monkeypatch, where) -> None:
     """A flipped byte in the source: the copy raises, leaves no file (neither the temporary
-    nor a named one) and the source is as it was."""
+    nor a named one) and the source is as it was. (The header's shard id is covered by no
+    checksum: a copy with a wrong one was named, and `hoard index rebuild` refuses it later.)"""
     monkeypatch.setattr(replica, "COPY_CHUNK", PIECE)
     store = store_factory(n_disks=3, caps=None, write_ack=2, copy_of_raw=2)
     store.put_bytes_many([os.urandom(9_000) for _ in range(30)])
@@ -86,7 +87,8 @@ def test_a_damaged_source_gives_no_copy(store_factory, monkeypatch, where) -> No
     size = path.stat().st_size
     offset = {"first record": fmt.SHARD_HEADER_SIZE + fmt.RECORD_HEADER_SIZE + 100,
               "last record": size - fmt.TRAILER_SIZE - meta.records * fmt.FOOTER_ENTRY_SIZE - 50,
-              "footer": size - fmt.TRAILER_SIZE - 10}[where]
+              "footer": size - fmt.TRAILER_SIZE - 10,
+              "shard id": 16 + 5}[where]  # magic 8, version 2, class 1, flags 1, reserved 4, shard_id 12
     _flip(path, offset)
     before = hashlib.sha256(path.read_bytes()).digest()
     with pytest.raises(fmt.ShardFormatError):
