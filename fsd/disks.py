@@ -149,23 +149,25 @@ def drop_cache(fd: int) -> None:
             raise
 
 
-def verify_shard_file(path: Path, sha256: bool = False) -> tuple[int, int]:
+def verify_shard_file(path: Path, sha256: bool = False, shard_hex: str | None = None) -> tuple[int, int]:
     """(size, records) of a sealed shard file, after checking it (`verify_shard`). Raises
     OSError or ShardFormatError; leaves nothing of the file in the page cache."""
     fd = os.open(path, os.O_RDONLY)
     try:
         size = os.fstat(fd).st_size
-        count = verify_shard(lambda off, n: pread_full(fd, n, off), size, path.name, sha256)
+        count = verify_shard(lambda off, n: pread_full(fd, n, off), size, path.name, sha256, shard_hex)
         drop_cache(fd)
         return size, count
     finally:
         os.close(fd)
 
 
-def verify_shard(read, size: int, name: str, sha256: bool = False) -> int:
+def verify_shard(read, size: int, name: str, sha256: bool = False, shard_hex: str | None = None) -> int:
     """The record count of a sealed shard of `size` bytes read through `read(offset, n)`,
     after checking its footer, every record's xxh3-128 (and sha256 when asked) and that the
-    footer lists exactly the records found. Reads the footer first, then the records in
+    footer lists exactly the records found — and, given `shard_hex`, that the header names
+    that shard (no checksum covers the header's shard id, and `hoard index rebuild` refuses
+    a file whose header and name differ). Reads the footer first, then the records in
     order. Raises OSError or ShardFormatError."""
     footer = fmt.decode_footer(read, size)
     if footer is None:
@@ -181,6 +183,10 @@ def verify_shard(read, size: int, name: str, sha256: bool = False) -> int:
         count += 1
     if count != len(footer):
         raise fmt.FooterMismatch(f"{name}: {count} records, the footer lists {len(footer)}")
+    if shard_hex is not None:
+        found = fmt.decode_shard_header(read(0, fmt.SHARD_HEADER_SIZE)).shard_id.hex()
+        if found != shard_hex:
+            raise fmt.ShardFormatError(f"{name}: the header names shard {found}, not {shard_hex}")
     return count
 
 

@@ -73,8 +73,7 @@ def _rebuild(store: Store, label: str, onto: str | None, rate_mb_s: float | None
     total = sum(m.size for m in todo)
     done = [0]
     lock = threading.Lock()
-
-    stop = threading.Event()
+    stop = threading.Event()  # a stream failed or Ctrl-C: the copies under way end at their next piece
 
     def one(meta: ShardMeta) -> None:
         if stop.is_set():
@@ -107,7 +106,7 @@ def _rebuild(store: Store, label: str, onto: str | None, rate_mb_s: float | None
                 with lock:
                     rep.lost.append(meta.hex)
                 return
-            _copy_from_any(store, sources, dst, meta, rate_mb_s / streams if rate_mb_s else None)
+            _copy_from_any(store, sources, dst, meta, rate_mb_s / streams if rate_mb_s else None, stop)
             with lock:
                 rep.copied += 1
                 rep.bytes += meta.size
@@ -120,8 +119,11 @@ def _rebuild(store: Store, label: str, onto: str | None, rate_mb_s: float | None
         try:
             for f in futures:
                 f.result()
-        finally:  # after a failure (a failed target, Ctrl-C) the copies under way end, no other starts
+        except BaseException:  # the pool would otherwise copy every shard left before it let go
             stop.set()
+            for f in futures:
+                f.cancel()
+            raise
     rep.seconds = time.monotonic() - t0
     return rep
 
@@ -155,11 +157,12 @@ def _verified_copy_exists(disk: LocalDisk, meta: ShardMeta) -> bool:
         return False
 
 
-def _copy_from_any(store: Store, sources: list, dst, meta: ShardMeta, rate_mb_s: float | None) -> None:
+def _copy_from_any(store: Store, sources: list, dst, meta: ShardMeta, rate_mb_s: float | None,
+                   stop: threading.Event | None = None) -> None:
     errors = []
     for src in sources:
         try:
-            copy_shard(src, dst, meta.hex, rate_mb_s)
+            copy_shard(src, dst, meta.hex, rate_mb_s, stop)
             return
         except TargetError as e:  # another source would not help: the disk copied to failed
             store.disk_error(dst, "rebuild", e.err, meta.hex)

@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 
 def check_replica(disk: LocalDisk, meta: ShardMeta, sha256: bool = False) -> int:
     """Bytes checked; raises OSError or ShardFormatError on anything wrong."""
-    size, count = verify_shard_file(disk.find(meta.hex), sha256)
+    size, count = verify_shard_file(disk.find(meta.hex), sha256, meta.hex)
     if count != meta.records:
         raise fmt.FooterMismatch(f"{count} records, the index expects {meta.records}")
     return size
@@ -50,7 +50,8 @@ def discard_copy(disk: LocalDisk, shard_hex: str, why: str) -> None:
                     "`hoard verify --orphans --repair` removes it later", shard_hex, disk.label, why, e)
 
 
-def copy_shard(src, dst, shard_hex: str, rate_mb_s: float | None = None) -> int:
+def copy_shard(src, dst, shard_hex: str, rate_mb_s: float | None = None,
+               stop: threading.Event | None = None) -> int:
     """Copy a sealed shard between backends: tmp → write and check → fdatasync → rename →
     fsync the directory. The check reads the copy back from the disk (not the page cache)
     and checks its footer and every record (`verify_shard`) before it is named.
@@ -61,16 +62,20 @@ def copy_shard(src, dst, shard_hex: str, rate_mb_s: float | None = None) -> int:
     the disk has taken — its pages dropped from the cache first — while later ones are
     written. The footer is copied first, since the check reads it before the records; a
     check that fails stops the copy there. (On one real disk the read-back shares the head
-    with the writes; the lab throttles reads and writes apart: docs/benchmarks.md.)"""
+    with the writes; the lab throttles reads and writes apart: docs/benchmarks.md.)
+
+    `stop` set ends the copy at its next piece (or rate-limit pause) with CopyStopped, which
+    blames no disk; nothing is left behind."""
     size = src.size(shard_hex)
     tmp = dst.root / "tmp" / f"{shard_hex}.shard.tmp"
     fd_in = os.open(src.find(shard_hex), os.O_RDONLY)
     try:
         with _on_target():
+            dst.check()  # a vanished disk leaves an empty mount point: the copy would land on the root filesystem
             tmp.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
-            _Copy(fd_in, fd, size, f"shard {shard_hex} on {src.label}", tmp.name).run(rate_mb_s)
+            _Copy(fd_in, fd, size, f"shard {shard_hex} on {src.label}", tmp.name, shard_hex).run(rate_mb_s, stop)
         finally:
             os.close(fd)
         drop_cache(fd_in)
@@ -81,6 +86,7 @@ def copy_shard(src, dst, shard_hex: str, rate_mb_s: float | None = None) -> int:
     finally:
         os.close(fd_in)
     with _on_target():
+        dst.check()  # it may have dropped off during the copy: the descriptor still wrote to it, the path would not
         final = dst.path(shard_hex, True)
         final.parent.mkdir(parents=True, exist_ok=True)
         os.rename(tmp, final)
@@ -108,6 +114,10 @@ def _on_target():
         raise TargetError(e) from e
 
 
+class CopyStopped(Exception):
+    """The caller asked the copy to stop (copy_shard's `stop`): no disk is at fault."""
+
+
 class _FromSource(Exception):
     """An error reading the source, carried past the target's error handling."""
 
@@ -123,8 +133,9 @@ class _Copy:
     """One shard copy's three streams (see copy_shard): the caller's thread writes, one
     thread reads the source ahead, one checks what the disk took."""
 
-    def __init__(self, fd_in: int, fd: int, size: int, what: str, name: str) -> None:
+    def __init__(self, fd_in: int, fd: int, size: int, what: str, name: str, shard_hex: str) -> None:
         self.fd_in, self.fd, self.size, self.what, self.name = fd_in, fd, size, what, name
+        self.shard_hex = shard_hex
         # the footer's pages first, then everything before them, in COPY_CHUNK pieces
         tail = fmt.footer_start(pread_full(fd_in, fmt.TRAILER_SIZE, max(0, size - fmt.TRAILER_SIZE)), size)
         self.tail = min(tail - tail % PAGE, size)
@@ -137,7 +148,7 @@ class _Copy:
         self.check_error: BaseException | None = None
         self.chunks: queue.Queue = queue.Queue(maxsize=4)
 
-    def run(self, rate_mb_s: float | None) -> None:
+    def run(self, rate_mb_s: float | None, stop: threading.Event | None = None) -> None:
         reader = threading.Thread(target=self._read_ahead, name="copy-read", daemon=True)
         checker = threading.Thread(target=self._check, name="copy-check", daemon=True)
         reader.start()
@@ -145,7 +156,7 @@ class _Copy:
         try:
             try:
                 with _on_target():
-                    self._write(rate_mb_s)
+                    self._write(rate_mb_s, stop or threading.Event())
                     os.fdatasync(self.fd)
             except _FromSource as e:
                 raise e.err from None
@@ -178,9 +189,11 @@ class _Copy:
         except BaseException as e:  # handed to the writer, which raises it
             self.chunks.put(e)
 
-    def _write(self, rate_mb_s: float | None) -> None:
+    def _write(self, rate_mb_s: float | None, stop: threading.Event) -> None:
         t0, done, before = time.monotonic(), 0, None
         for off, n in self.pieces:
+            if stop.is_set():
+                raise CopyStopped(f"{self.what}: the copy was stopped")
             chunk = self.chunks.get()
             if isinstance(chunk, BaseException):
                 raise _FromSource(chunk)
@@ -193,8 +206,8 @@ class _Copy:
             before, done = (off, n), done + n
             if rate_mb_s:
                 ahead = done / (rate_mb_s * 1e6) - (time.monotonic() - t0)
-                if ahead > 0:
-                    time.sleep(ahead)
+                if ahead > 0 and stop.wait(ahead):
+                    raise CopyStopped(f"{self.what}: the copy was stopped")
         if before is not None:
             self._settle(*before)
 
@@ -213,7 +226,7 @@ class _Copy:
 
     def _check(self) -> None:
         try:
-            verify_shard(self._read_settled, self.size, self.name)
+            verify_shard(self._read_settled, self.size, self.name, shard_hex=self.shard_hex)
         except _Stopped:
             pass
         except BaseException as e:
