@@ -8,6 +8,7 @@ reading the copy back from the disk while it is written.
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import queue
@@ -76,6 +77,8 @@ def copy_shard(src, dst, shard_hex: str, rate_mb_s: float | None = None,
             fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
             _Copy(fd_in, fd, size, f"shard {shard_hex} on {src.label}", tmp.name, shard_hex).run(rate_mb_s, stop)
+        except fmt.ShardFormatError as e:
+            raise _whose_bytes(src, shard_hex, dst, e) from e
         finally:
             os.close(fd)
         drop_cache(fd_in)
@@ -93,6 +96,18 @@ def copy_shard(src, dst, shard_hex: str, rate_mb_s: float | None = None,
         fsync_dir(final.parent)
     dst.forget(shard_hex)  # a cached descriptor would still read the file this one replaced
     return size
+
+
+def _whose_bytes(src, shard_hex: str, dst, err: fmt.ShardFormatError) -> Exception:
+    """The copy's check found wrong bytes: the source's (it holds them too: `err` stands) or
+    the target's — a disk that gave back other bytes than it took, blamed as an I/O error
+    (the source is then checked whole a second time, on this rare path only)."""
+    try:
+        verify_shard_file(src.find(shard_hex), shard_hex=shard_hex)
+    except (OSError, fmt.ShardFormatError):
+        return err
+    return TargetError(OSError(errno.EIO, f"disk {dst.label} gave back other bytes than were written "
+                                          f"to it ({err})"))
 
 
 class TargetError(OSError):
@@ -176,7 +191,8 @@ class _Copy:
             raise TargetError(self.check_error) from self.check_error
         if self.check_error is not None:  # wrong bytes: the source's, or the copy's (a bad write)
             raise self.check_error
-        drop_cache(self.fd)
+        with _on_target():
+            drop_cache(self.fd)
 
     def _read_ahead(self) -> None:
         try:

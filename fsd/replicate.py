@@ -175,6 +175,9 @@ def repair_reported(store: Store) -> int:
                 check_replica(src, meta)
                 copy_shard(src, disk, meta.hex)
                 check_replica(disk, meta)
+            except TargetError as e:  # the disk being repaired failed: another source would not help
+                store.disk_error(disk, "repair", e.err, meta.hex)
+                break
             except (OSError, fmt.ShardFormatError) as e:
                 log.warning("repair of shard %s on %s from %s failed: %s", meta.hex, disk.label, src.label, e)
                 continue

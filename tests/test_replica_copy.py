@@ -246,3 +246,31 @@ def test_an_interrupted_rebuild_stops_at_once_and_the_next_run_finishes(tmp_path
         assert check_store(store) == len(datas)
     finally:
         store.close()
+
+
+@pytest.mark.expect_log(r"disk d\d: rebuild error on shard .*gave back other bytes", level="WARNING")
+def test_a_target_that_gives_back_other_bytes_is_blamed_not_the_source(store_factory, monkeypatch) -> None:
+    """The copy's read-back finds wrong bytes while the source is whole: the target is at
+    fault (a disk that returns other bytes than it took) — it is marked failed, the source
+    stays active and is not queued for repair, the rebuild stops naming the target. (The lab
+    has no device-mapper to build such a disk: the copy's check is made to see one bad record,
+    the seam being `replica.verify_shard`; the source check that decides runs for real.)"""
+    store = store_factory(n_disks=3, caps=None, write_ack=2, copy_of_raw=2)
+    datas = [os.urandom(9_000) for _ in range(60)]
+    results = store.put_bytes_many(datas)
+    lost = store.disks[_sealed(store)[0].replicas[0]]
+
+    def wrong_bytes(read, size, name, sha256=False, shard_hex=None):
+        raise fmt.PayloadChecksumMismatch("payload checksum mismatch in record at 32")
+
+    monkeypatch.setattr(replica, "verify_shard", wrong_bytes)
+    for f in lost.root.joinpath("shards").rglob("*.shard"):
+        f.unlink()
+    with pytest.raises(HoardError, match=r"writing its copy onto disk d\d failed .*gave back other bytes"):
+        rebuild(store, lost.label)
+    states = {r.label: r.state for r in store.records.values()}
+    assert list(states.values()).count(DiskState.FAILED) == 2  # the lost disk and the target
+    assert not list(store.index.pending_repairs())
+    monkeypatch.undo()
+    for r, data in zip(results, datas):
+        assert store.get(r.sha256) == data
