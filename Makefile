@@ -17,13 +17,14 @@ VENV := .venv
 HOARD := $(VENV)/bin/hoard
 STAMP := $(VENV)/.installed
 
-.PHONY: help demo test chaos peers deps venv up down clean
+.PHONY: help demo test chaos peers bench deps venv up down clean
 
 help:
 	@echo "make demo   - install, start the embedded default and run the main job"
 	@echo "make test   - install, start services and run the tests (separate test DB)"
 	@echo "make chaos  - the long chaos suite: SEEDS=200 seeds from SEED0 (tests/chaos)"
 	@echo "make peers  - hoardfs vs cp, git-annex, SnapRAID and mergerfs on one corpus (bench/peers; ARGS=...)"
+	@echo "make bench  - every other benchmark behind docs/benchmarks.md, raw JSON to bench/results"
 	@echo "make down   - stop the private PostgreSQL and Redis under ./var"
 	@echo "make clean  - stop services and remove ./var and .venv"
 
@@ -77,6 +78,15 @@ clean: down
 	  case "$$repo" in /var/lib/hoardfs/pgbackrest-*) rm -rf "$$repo";; esac
 	@if [ -L var/pg ]; then rm -rf "$$(readlink -f var/pg)"; fi
 	rm -rf var .venv hoard.toml
+
+# every benchmark docs/benchmarks.md quotes besides the versus table, as it quotes them; each
+# writes its raw JSON (commit, machine, load) to bench/results/. Run it on a quiet machine.
+BENCHES := "ingest_small.py --profile lab4" batch_read.py rebuild_scrub.py db_apply.py \
+           "ua1_ingest.py --items 20000" mount_read.py export.py planner_read.py gui_pages.py \
+           "loader_example.py --lab"
+bench: APT_PKGS += mergerfs
+bench: up
+	@for b in $(BENCHES); do echo "==> bench/$$b"; $(VENV)/bin/python bench/$$b; done
 
 # the peers' packages only for the benchmark (a target-specific variable reaches `deps`)
 peers: APT_PKGS += git-annex snapraid mergerfs time
