@@ -31,6 +31,7 @@ import psycopg
 from psycopg import sql
 
 from fsd.base.errors import ExitCode, HoardError
+from fsd.base.files import atomic_write
 from sql.backup import VerifyResult, _counts
 from sql.cluster import SERVER_USER, PrivateCluster, _reachable_by, give_to_server, run_as_server
 
@@ -94,8 +95,8 @@ class BackRest:
                 f"pg1-user=hoard\npg1-database=postgres\n")
         if self.conf.exists() and self.conf.read_text() == text:
             return False
-        self.conf.write_text(text)
-        give_to_server(self.conf)
+        # whole or not at all after a power cut, owned by the server from the first byte
+        atomic_write(self.conf, text.encode(), lambda _fd, tmp: give_to_server(tmp))
         return True
 
     def archive_command(self) -> str:
