@@ -1,5 +1,6 @@
-"""The mount's inode table (fsd/mount/namespace.py) over a real store index, without FUSE:
-what it keeps per node, and numbers that collide. The mount itself: test_mount*.py."""
+"""What the mount daemon keeps in memory, over a real store, without FUSE: its inode table
+(fsd/mount/namespace.py, inodes.py) — what it keeps per node, numbers that collide — and
+its read cache (reader.py). The mount itself: test_mount*.py."""
 
 from __future__ import annotations
 
@@ -129,3 +130,46 @@ def test_colliding_numbers_and_forgetting_inside_a_probe_run(namespace) -> None:
         assert n.inode == ino and ns.known(n.key) is n
         assert (n.key in ns.moved) == (ino != ns.inode_of(n.key))
     assert set(ns.moved) <= {n.key for n in ns.nodes.values()}
+
+
+def test_lone_records_kept_apart_from_read_ahead(tmp_path: Path) -> None:
+    """Shuffled reads of tiny objects keep at most LONE_BYTES of their pages (the kernel's
+    page cache has them too) and never push out what read-ahead fetched; reading in order
+    still grows a window and serves the following records from memory."""
+    from fsd.mount import reader as reader_mod
+
+    cfg = config.load(dir_disks_config(tmp_path, 2))
+    store = Store.open(cfg, init=True)
+    payloads = [b"tiny %05d\n" % i + bytes(3000) for i in range(3000)]  # ~3 KB: about one page each
+    shas = [bytes.fromhex(r.sha256) for r in store.put_bytes_many(payloads)]
+    reader = reader_mod.Reader(store)
+    cache = reader.cache
+    cache.lone_budget = 64 << 10  # 16 pages: the test's scale, not 8 MiB
+
+    async def read(order) -> None:
+        for k in order:
+            assert await reader.read_small(shas[k]) == payloads[k]
+
+    async def main() -> None:  # (one trio run: the reader keeps its trio token)
+        # each read ~290 KB past the last (beyond SEQ_SLACK): none continues another
+        shuffled = [k * 97 % 3000 for k in range(3000)]
+        await read(shuffled)
+        assert cache.used == 0 and 0 < cache.lone_used <= cache.lone_budget
+        assert len(cache.lone) <= 17 and not cache.lru
+        await read(range(1000, 1600))  # in order: the window grows, read-ahead kept in the main part
+        assert cache.used > 0 and cache.lone_used <= cache.lone_budget
+        kept = dict(cache.lru)
+        await read(shuffled[:600])  # shuffled again: the read-ahead stays
+        assert all(k in cache.lru for k in kept) and cache.lone_used <= cache.lone_budget
+        for k in range(1600, 1650):  # what comes next is in memory already, checked, served inline
+            assert reader._small_cached(shas[k], store.index.lookup(shas[k])) == payloads[k]
+        # tiny records sharing pages: a page another read uses moves to the main part
+        before = cache.used
+        await read([1, 2999, 2, 2998])  # (neighbours: their 4 KiB-rounded extents overlap)
+        assert cache.used > before
+
+    try:
+        trio.run(main)
+    finally:
+        reader.close()
+        store.close()

@@ -7,8 +7,11 @@
   continues fetches `MIN_WINDOW` ahead, four times more on each further miss up to `BLOCK`;
   from there on the shard is read in `BLOCK`-aligned blocks with up to `PREFETCH_BLOCKS` read ahead
   on the background lanes of all its replicas — a batch's files, stored together, stream
-  at the speed of all its copies together. What was read is kept in an extent cache
-  (`CACHE_BYTES`, LRU), so neighbours come from memory.
+  at the speed of all its copies together. What read-ahead fetched is kept in an extent
+  cache (`CACHE_BYTES`, LRU) until the reader comes to it, so neighbours come from memory;
+  a record fetched alone is kept in a small part of it (`LONE_BYTES`) until another read
+  uses it: its pages are in the kernel's page cache as well, and a shuffled loader would
+  otherwise fill the budget with pages nobody reads twice.
 * **Large objects**: 1 MiB pieces (`MAP_PIECE`), each checked against the object's chunk
   map (xxh3-128 per piece, recorded when it was stored) before it is served. The pieces
   read ahead per open file start at `FIRST_AHEAD`, double on each sequential request up to
@@ -62,7 +65,15 @@ PREFETCH_BLOCKS = 8
 #: a read that starts this close to where the last one of the shard ended is "in order"
 #: (a loader skipping a few files still streams)
 SEQ_SLACK = 256 << 10
+#: what read-ahead fetched (windows and blocks of shards read in order), kept for the reader
+#: coming to it: up to PREFETCH_BLOCKS × BLOCK per shard being streamed
 CACHE_BYTES = 256 << 20
+#: records fetched alone (a read that continued nothing: a shuffled loader) are kept only this
+#: much until a later read uses them: their 4 KiB pages are in the kernel's page cache as well
+#: (no O_DIRECT here), and a loader of files of a page or more never comes back to them. A
+#: page some other read does use — tiny objects share pages, a reader turning sequential
+#: continues one — moves to the main part (CACHE_BYTES) and is served from memory from then on
+LONE_BYTES = 8 << 20
 THREADS_PER_DISK = 2
 #: pieces of a large object read ahead at open, and at most
 FIRST_AHEAD = 2
@@ -107,29 +118,67 @@ def _open_read(disk, shard_hex: str, lo: int, hi: int, pattern: int) -> bytes:
 
 
 class _Extents:
-    """Byte ranges of shards kept in memory, LRU by bytes. Not thread-safe: the reader's lock."""
+    """Byte ranges of shards kept in memory, LRU by bytes, in two parts (like 2Q): the main
+    one (`budget`) for what read-ahead fetched and for what was used again, and a small one
+    (`lone_budget`, see LONE_BYTES) for records a read that continued nothing fetched, which
+    move to the main part when a later read uses them. Not thread-safe: the reader's lock."""
 
-    def __init__(self, budget: int) -> None:
+    def __init__(self, budget: int, lone_budget: int = 0) -> None:
         self.budget, self.used = budget, 0
+        self.lone_budget, self.lone_used = lone_budget, 0
         self.lru: OrderedDict[tuple[bytes, int], tuple[int, bytes]] = OrderedDict()
+        self.lone: OrderedDict[tuple[bytes, int], tuple[int, bytes]] = OrderedDict()
         self.starts: dict[bytes, list[int]] = {}
 
-    def add(self, sid: bytes, start: int, data: bytes) -> None:
+    def add(self, sid: bytes, start: int, data: bytes, lone: bool = False) -> None:
         key = (sid, start)
-        old = self.lru.pop(key, None)
+        old, was_lone = self.lru.pop(key, None), False
+        if old is None:
+            old = self.lone.pop(key, None)
+            was_lone = old is not None
         if old is not None:
             if old[0] >= start + len(data):
-                self.lru[key] = old
+                (self.lone if was_lone else self.lru)[key] = old
                 return
-            self.used -= len(old[1])
+            if was_lone:
+                self.lone_used -= len(old[1])
+            else:
+                self.used -= len(old[1])
         else:
             bisect.insort(self.starts.setdefault(sid, []), start)
-        self.lru[key] = (start + len(data), data)
-        self.used += len(data)
+        if lone:
+            self.lone[key] = (start + len(data), data)
+            self.lone_used += len(data)
+        else:
+            self.lru[key] = (start + len(data), data)
+            self.used += len(data)
         while self.used > self.budget and self.lru:
             (osid, ostart), (_end, odata) = self.lru.popitem(last=False)
             self.used -= len(odata)
             self._unindex(osid, ostart)
+        while self.lone_used > self.lone_budget and self.lone:
+            (osid, ostart), (_end, odata) = self.lone.popitem(last=False)
+            self.lone_used -= len(odata)
+            self._unindex(osid, ostart)
+
+    def _touch(self, key: tuple[bytes, int]) -> None:
+        """A hit: most recently used; a lone extent hit is worth keeping (its page holds other
+        records read too: tiny objects) and moves to the main part (2Q's promotion)."""
+        if key in self.lru:
+            self.lru.move_to_end(key)
+            return
+        ext = self.lone.pop(key)
+        self.lone_used -= len(ext[1])
+        self.lru[key] = ext
+        self.used += len(ext[1])
+        while self.used > self.budget and len(self.lru) > 1:
+            (osid, ostart), (_end, odata) = self.lru.popitem(last=False)
+            self.used -= len(odata)
+            self._unindex(osid, ostart)
+
+    def _get(self, key: tuple[bytes, int]) -> tuple[int, bytes]:
+        got = self.lru.get(key)
+        return self.lone[key] if got is None else got
 
     def _unindex(self, sid: bytes, start: int) -> None:
         starts = self.starts.get(sid)
@@ -148,7 +197,7 @@ class _Extents:
         best = None
         for j in range(i, max(i - 4, -1), -1):  # overlapping extents are few: look a little back
             s = starts[j]
-            end, data = self.lru[(sid, s)]
+            end, data = self._get((sid, s))
             if end > pos and (best is None or end > best[1]):
                 best = (s, end, data)
         return best
@@ -160,7 +209,7 @@ class _Extents:
             if ext is None:
                 return None
             s, end, data = ext
-            self.lru.move_to_end((sid, s))
+            self._touch((sid, s))
             take = min(hi, end)
             parts.append(data[pos - s:take - s])
             pos = take
@@ -178,10 +227,13 @@ class _Extents:
 
     def evict(self, sid: bytes, lo: int, hi: int) -> None:
         for s in list(self.starts.get(sid, [])):
-            end, data = self.lru[(sid, s)]
+            end, data = self._get((sid, s))
             if s < hi and end > lo:
-                del self.lru[(sid, s)]
-                self.used -= len(data)
+                if self.lru.pop((sid, s), None) is not None:
+                    self.used -= len(data)
+                else:
+                    del self.lone[(sid, s)]
+                    self.lone_used -= len(data)
                 self._unindex(sid, s)
 
 
@@ -191,7 +243,7 @@ class Reader:
         self.queues: dict[str, DiskQueue] = {}
         self.speed: dict[str, float] = {}  # configured read MB/s per disk (disks[].read_mb_s; 100 if unset)
         self.lock = threading.Lock()
-        self.cache = _Extents(CACHE_BYTES)
+        self.cache = _Extents(CACHE_BYTES, LONE_BYTES)
         self.inflight: dict[tuple[bytes, int], cf.Future] = {}  # block prefetches
         self.seq: OrderedDict[bytes, list[int]] = OrderedDict()  # shard → [next offset, window]
         self.token: trio.lowlevel.TrioToken | None = None
@@ -396,7 +448,7 @@ class Reader:
                         raise fmt.ShardFormatError(f"shard {meta.hex} on {disk.label} ends at {lo + len(got)}, "
                                                    f"before the record's end {end}")
                     with self.lock:
-                        self.cache.add(loc.shard_id, lo, got)
+                        self.cache.add(loc.shard_id, lo, got, lone=not window)
                     buf = memoryview(got)[start - lo:end - lo]
                 return verify_record(memoryview(buf), 0, sha, loc.length, f" (shard {meta.hex} on {disk.label})")
             except (OSError, fmt.ShardFormatError):
