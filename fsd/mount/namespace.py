@@ -136,6 +136,11 @@ class Namespace:
     manifests); `visible(sha)` says whether an object is shown (not deleted)."""
 
     TREE_CACHE = 64
+    #: parsed manifest pages kept per batch or view (the estimate Tree counts, ~1.7× their real
+    #: size). A page serves the listing of its directory; the kernel then keeps the names (an
+    #: hour), so pages are needed again only for lookups after that: the library's default
+    #: (64 MiB) held ~38 MB of a 1,000,000-name view after one `find`, for nothing
+    TREE_BYTES = 16 << 20
     inode_of = staticmethod(inode_of)  # (a test gives a coarser hash to make numbers collide)
 
     def __init__(self, index: Any, zone3a: str, get: Callable[[str], bytes],
@@ -399,7 +404,7 @@ class Namespace:
         with self.lock:
             t = self.trees.get(manifest_sha_hex)
             if t is None:
-                t = self.trees[manifest_sha_hex] = Tree(self.get, manifest_sha_hex)
+                t = self.trees[manifest_sha_hex] = Tree(self.get, manifest_sha_hex, self.TREE_BYTES)
                 while len(self.trees) > self.TREE_CACHE:
                     self.trees.popitem(last=False)
             else:
