@@ -1,8 +1,10 @@
-"""The mount's inode table (fsd/mount/namespace.py) over a real store index, without FUSE:
-what it keeps per node, and numbers that collide. The mount itself: test_mount*.py."""
+"""What the mount daemon keeps in memory, over a real store, without FUSE: its inode table
+(fsd/mount/namespace.py, inodes.py) — what it keeps per node, numbers that collide — and
+its read cache (reader.py). The mount itself: test_mount*.py."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -50,47 +52,48 @@ async def _walk(ns: Namespace, top: bytes) -> list[tuple[int, bytes, Node]]:
     return told
 
 
-def test_one_small_entry_per_node(namespace) -> None:
-    """What the table keeps per node (the mount daemon's memory grows with it): a node has no
-    __dict__, a file does not keep its key tuple besides its sha, a file known under one name
-    keeps it in two slots, and a node at its own hash's number has no entry besides `nodes`."""
+def test_files_are_rows_and_names_are_derived(namespace) -> None:
+    """What the table keeps per node (the mount daemon's memory grows with it): a file is a
+    row of flat columns (56 bytes: no object, no key tuple, no name, no size); directories
+    are nodes; every node is at its own hash's number, the same after a remount and after
+    being forgotten; the names of deleted objects — every one the kernel knows, in by-hash/
+    and in the view, two in one file's case — are derived from the directories it was
+    named in."""
     new, shas = namespace
     ns = new()
     told = trio.run(_walk, ns, b"by-hash") + trio.run(_walk, ns, b"views")
-    nodes = {id(n): n for _, _, n in told}
-    assert len(ns.nodes) == len(nodes) + 1  # (and the root)
+    inodes = {n.inode for _, _, n in told}
+    assert len(ns.nodes) == len(inodes) + 1 and sorted(ns.nodes) == sorted(inodes | {ROOT})
     assert ns.moved == {("dir", "root"): ROOT}  # no collision among these few
-    files = [n for n in nodes.values() if n.sha is not None]
+    files = {n.inode: n for _, _, n in told if n.sha is not None}
+    assert len(ns.files) == len(files) and all(n.sha is None for n in ns.others.values())
+    f = ns.files
+    assert f.ino.itemsize + 32 + f.time.itemsize + f.lookups.itemsize + f.parent.itemsize == 56
     # by-hash/ (mtime 0: and the view's manifest objects) and the view (its time): two identities each
-    assert len([n for n in files if n.mtime_ns]) == 300 and len([n for n in files if not n.mtime_ns]) > 300
-    for n in nodes.values():
-        assert not hasattr(n, "__dict__")
-        assert ns.nodes[n.inode] is n and n.inode == inode_of(n.key)
-    for n in files:
-        assert n._key is None and n.key == ("file", n.sha, n.mtime_ns)
+    assert len([n for n in files.values() if n.mtime_ns]) == 300 and len([n for n in files.values() if not n.mtime_ns]) > 300
+    for _, _, n in told:
+        got = ns.nodes[n.inode]
+        assert got.key == n.key and n.inode == inode_of(n.key) and got.size == n.size and got.mode == n.mode
+        assert ns.known(n.key).inode == n.inode
+    # a file named in two directories keeps both; names are not kept
     view = [(p, name, n) for p, name, n in told if n.sha is not None and n.mtime_ns]
-    for p, name, n in view:
-        assert (p, name) in n.links()
-        assert (n.more is None) == (n.sha.hex() not in shas[:2])
     twice = next(n for _, _, n in view if n.sha == bytes.fromhex(shas[0]))
-    assert sorted(name for _, name in twice.links()) == [b"again.txt", b"f000.txt"]
-    # a name made of the object's hash is kept as its suffix: all of by-hash/, one in the view
-    assert all(type(n.name) is str for n in files if not n.mtime_ns)
-    hashed = next(n for _, _, n in view if n.sha == bytes.fromhex(shas[1]))
-    assert sorted(type(name).__name__ for name in [hashed.name, *(name for _, name in hashed.more)]) == ["bytes", "str"]
+    assert sorted(f.parents(f.row(twice.inode))) == sorted(p for p, _, n in view if n.inode == twice.inode)
+    assert len(f.parents(f.row(twice.inode))) == 2
     # deleted objects: every name the kernel knows them under, in by-hash/ and in the view
     dead = {bytes.fromhex(shas[0]), bytes.fromhex(shas[1]), bytes.fromhex(shas[7])}
-    assert sorted(ns.with_object(dead)) == sorted((p, name) for p, name, n in told if n.sha in dead)
+    assert ns.with_object(dead) == sorted({(p, name) for p, name, n in told if n.sha in dead})
     assert len(ns.with_object(dead)) == 3 + 5  # by-hash/, and f000, again, f001, <sha1>.bin, f007
     # a remount: the same numbers; a node forgotten and told again: the same number
     again = new()
     remounted = trio.run(_walk, again, b"views")
     assert len(remounted) > 300 and all(ns.known(n.key).inode == n.inode for _, _, n in remounted)
     n = view[5][2]
-    ns.forget(n.inode, n.lookups)
-    assert n.inode not in ns.nodes and ns.known(n.key) is None
+    ns.forget(n.inode, ns.nodes[n.inode].lookups)
+    assert n.inode not in ns.nodes and ns.known(n.key) is None and ns.with_object({n.sha}) == sorted(
+        {(p, name) for p, name, m in told if m.sha == n.sha and m.inode != n.inode})
     fresh = ns.make(n.key, n.mode, n.size, n.sha, n.mtime_ns)
-    assert fresh is not n and ns.remember(fresh).inode == n.inode
+    assert ns.remember(fresh).inode == n.inode and ns.nodes[n.inode].lookups == 1
 
 
 class _Colliding(Namespace):
@@ -105,20 +108,20 @@ def test_colliding_numbers_and_forgetting_inside_a_probe_run(namespace) -> None:
     new, _ = namespace
     ns = new(_Colliding)
     told = trio.run(_walk, ns, b"views")
-    nodes = list({id(n): n for _, _, n in told}.values())
+    nodes = list({n.inode: n for _, _, n in told}.values())
     assert len(nodes) > 300 and len(ns.nodes) == len(nodes) + 1  # (and the root)
     assert sorted(ns.nodes) == [ROOT] + list(range(100, 100 + len(nodes)))
     for ino, n in ns.nodes.items():
-        assert n.inode == ino and ns.known(n.key) is n
+        assert n.inode == ino and ns.known(n.key).inode == ino
         assert (n.key in ns.moved) == (ino != ns.inode_of(n.key))
     # forget every other node, from the middle of the runs: the rest are still found, at their numbers
     gone = nodes[::2]
     for n in gone:
-        ns.forget(n.inode, n.lookups)
+        ns.forget(n.inode, ns.nodes[n.inode].lookups)
     for n in nodes[1::2]:
-        assert ns.known(n.key) is n and ns.nodes[n.inode] is n
+        assert ns.known(n.key).inode == n.inode and ns.nodes[n.inode].key == n.key
         again = ns.remember(ns.make(n.key, n.mode, n.size, n.sha, n.mtime_ns))
-        assert again is n
+        assert again.inode == n.inode
     for n in gone:
         assert ns.known(n.key) is None and n.key not in ns.moved
     # those forgotten come back: each at a free number, none shared, the table consistent
@@ -126,6 +129,132 @@ def test_colliding_numbers_and_forgetting_inside_a_probe_run(namespace) -> None:
         ns.remember(ns.make(n.key, n.mode, n.size, n.sha, n.mtime_ns))
     assert len(ns.nodes) == len(nodes) + 1
     for ino, n in ns.nodes.items():
-        assert n.inode == ino and ns.known(n.key) is n
+        assert n.inode == ino and ns.known(n.key).inode == ino
         assert (n.key in ns.moved) == (ino != ns.inode_of(n.key))
-    assert set(ns.moved) <= {n.key for n in ns.nodes.values()}
+    assert set(ns.moved) <= {n.key for _, n in ns.nodes.items()}
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_file_columns_against_a_dict(seed: int) -> None:
+    """The file table's open-addressing index (fsd/mount/inodes.py) against a dict through
+    random adds, lookups, counts and removals — inodes chosen to share their low bits (long
+    probe runs, wrapping at the table's end, rows freed in the middle of runs and reused)."""
+    import random
+
+    from fsd.mount.inodes import Files
+
+    rnd = random.Random(seed)
+    files, model = Files(), {}  # inode → (sha, mtime, lookups, parents)
+    pool = [(rnd.randrange(4) << 40) | rnd.choice([0, 1, 2, 7, 1023, (1 << 20) - 1]) | 1 for _ in range(400)]
+    pool = list(dict.fromkeys(ino for ino in pool if ino))
+    for step in range(6000):
+        ino = rnd.choice(pool)
+        r = files.row(ino)
+        assert (r >= 0) == (ino in model)
+        if ino not in model:
+            sha, mtime = rnd.randbytes(32), rnd.choice([0, 10**18, 2 * 10**18])
+            r = files.add(ino, sha, mtime)
+            files.looked_up(r, 1)
+            model[ino] = (sha, mtime, 1, [])
+        elif rnd.random() < 0.5:
+            sha, mtime, n, parents = model[ino]
+            assert files.is_(r, sha, mtime) and files.sha_of(r) == sha and files.mtime_of(r) == mtime
+            assert files.count_of(r) == n
+            p = rnd.choice([5, 6, 7])
+            files.link(r, p)
+            model[ino] = (sha, mtime, files.looked_up(r, 1), parents + [p] if p not in parents else parents)
+            assert model[ino][2] == n + 1
+        else:
+            sha, mtime, n, parents = model[ino]
+            k = rnd.randint(1, n)
+            if files.looked_up(r, -k) == 0:
+                files.remove(r)
+                del model[ino]
+            else:
+                model[ino] = (sha, mtime, n - k, parents)
+        if step % 500 == 0:
+            assert len(files) == len(model)
+            for i, (sha, mtime, n, parents) in model.items():
+                r = files.row(i)
+                assert files.sha_of(r) == sha and files.count_of(r) == n
+                assert sorted(files.parents(r)) == sorted(parents)
+    # the sha256 column searched both ways (a few dead objects, many): every row of theirs
+    shas = {m[0] for m in model.values()}
+    for dead in (set(list(shas)[:3]), set(list(shas)[:40])):
+        rows = files.rows_with(dead, 0, len(files.ino))
+        assert sorted(files.sha_of(r) for r in rows) == sorted(m[0] for m in model.values() if m[0] in dead)
+    # a count past 2^32 (never seen: the kernel's is 64-bit) is kept whole
+    r = files.add(1 << 50, b"x" * 32, 0)  # (no inode of the pool)
+    assert files.looked_up(r, 1 << 33) == 1 << 33 and files.looked_up(r, -(1 << 33) + 1) == 1
+
+
+def _drop_page_cache(root: Path) -> None:
+    """The kernel's cached pages of every file under `root` dropped (clean pages: they go)."""
+    for d, _, names in os.walk(root):
+        for name in names:
+            fd = os.open(os.path.join(d, name), os.O_RDONLY)
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            os.close(fd)
+
+
+def test_lone_records_kept_apart_from_read_ahead(tmp_path: Path, monkeypatch) -> None:
+    """Shuffled reads of tiny objects keep at most LONE_BYTES of their pages (the kernel's
+    page cache has them too, and serves a page read again without a thread hop) and never
+    push out what read-ahead fetched; reading in order still grows a window and serves the
+    following records from memory."""
+    from fsd.mount import reader as reader_mod
+
+    # no hedging: on a busy machine a read slower than 0.5 s is asked of the other replica too,
+    # and that second read of the same record looks like a reader going on in order
+    monkeypatch.setattr(reader_mod, "HEDGE_MIN", 60.0)
+    cfg = config.load(dir_disks_config(tmp_path, 2, shard_size_mb=256))  # (one shard)
+    store = Store.open(cfg, init=True)
+    payloads = [b"tiny %05d\n" % i + bytes(3000) for i in range(3000)]  # ~3 KB: about one page each
+    shas = [bytes.fromhex(r.sha256) for r in store.put_bytes_many(payloads)]
+    reader = reader_mod.Reader(store)
+    cache = reader.cache
+    cache.lone_budget = 64 << 10  # 16 pages: the test's scale, not 8 MiB
+
+    async def read(order) -> None:
+        for k in order:
+            assert await reader.read_small(shas[k]) == payloads[k]
+
+    async def main() -> None:  # (one trio run: the reader keeps its trio token)
+        # in the shard's order (not the order given), each read ~290 KB past the last (beyond
+        # SEQ_SLACK): none continues another
+        stored = sorted(range(3000), key=lambda k: store.index.lookup(shas[k]).offset)
+        shuffled = [stored[j * 97 % 3000] for j in range(3000)]
+        await read(shuffled)
+        assert cache.used == 0 and 0 < cache.lone_used <= cache.lone_budget
+        assert len(cache.lone) <= 17 and not cache.lru
+        # a record read long ago (gone from the small part): from the kernel's page cache,
+        # verified, on this thread — and nothing more kept for it
+        k = shuffled[5]
+        loc = store.index.lookup(shas[k])
+        assert reader._small_cached(shas[k], loc) is None
+        before = (cache.used, cache.lone_used)
+        assert reader._small_nowait(shas[k], loc) == payloads[k]
+        assert (cache.used, cache.lone_used) == before
+        # … not once the kernel dropped its pages: RWF_NOWAIT refuses to wait for the disk
+        _drop_page_cache(tmp_path)
+        assert reader._small_nowait(shas[k], loc) is None
+        assert await reader.read_small(shas[k]) == payloads[k]  # (the threaded path reads it)
+        assert reader._small_nowait(shas[k], loc) == payloads[k]
+        # in order (pages not cached): the window grows, read-ahead is kept in the main part
+        _drop_page_cache(tmp_path)
+        await read(stored[1000:1600])
+        assert cache.used > 0 and cache.lone_used <= cache.lone_budget
+        kept = dict(cache.lru)
+        await read(shuffled[:600])  # shuffled again: the read-ahead stays
+        assert all(k in cache.lru for k in kept) and cache.lone_used <= cache.lone_budget
+        for k in stored[1600:1650]:  # what comes next is in memory already, checked, served inline
+            assert reader._small_cached(shas[k], store.index.lookup(shas[k])) == payloads[k]
+        # the kept-open files of shards the index no longer has on that disk are closed
+        reader.close_shards(lambda sid, uuid: True)
+        assert not reader.fds and reader._small_nowait(shas[k], store.index.lookup(shas[k])) is None
+
+    try:
+        trio.run(main)
+    finally:
+        reader.close()
+        store.close()

@@ -11,12 +11,17 @@ parity.
 - **hoardfs**: N objects stored with `Store.put_bytes_many` (2 copies on two directory
   disks) and named by one view; then the mount daemon (`hoard mount --foreground`) lists
   every name — `find -printf %s` over the view and over `by-hash/` (each entry looked up
-  and stat'ed) — and 4 readers read `read_n` of them in a shuffled order; its peak RSS is
-  the daemon's VmHWM (/proc/<pid>/status: anonymous memory and the touched pages of the
-  LMDB map alike). The LMDB index's size on the SSD is reported beside it.
+  and stat'ed) — and 4 readers read `read_n` of them in a shuffled order. Reported: its
+  resident memory at the end split into anonymous (RssAnon: the daemon's heap — its inode
+  table and read cache) and file-backed (RssFile: mostly the touched pages of the LMDB
+  map, which are page cache: clean, shared with any other reader of the index, dropped by
+  the kernel under pressure and read again from the SSD), its peak (VmHWM, both kinds), and
+  that split after each step (`phases`: mounted, by-hash/ listed, view listed, read). The
+  LMDB index's size on the SSD is reported beside it.
 - **mergerfs**: the same N files as plain files, one copy each, spread over two disks
   (file i on disk i mod 2, as a pool places one copy per file), pooled by a mergerfs daemon
-  at its defaults (read-only); the same listing (the pool's N names) and reads; its VmHWM.
+  at its defaults (read-only); the same listing (the pool's N names) and reads; its memory
+  split the same way (it maps no file of its own: nearly all of it is anonymous).
 - **SnapRAID**: no daemon; `snapraid sync` over those N files (the two disks as data
   disks d1 and d2, the parity on a third): the peak RSS of the run. `blocksize 1` (KiB):
   every file takes at least one block of parity, so with the default 256 KiB a million tiny
@@ -27,7 +32,9 @@ parity.
   below N (a million `git annex add`s do not finish in minutes here): the row says which N.
 - **cp ×2**: nothing runs to serve plain files.
 
-Peak RSS of a command = the larger of its process tree's summed RSS (sampled every 50 ms:
+Like with like: a daemon's anonymous memory is what it costs; its file-backed pages and
+the kernel's caches are not counted for anyone (the rows show them). Peak RSS of a command
+= the larger of its process tree's summed RSS (sampled every 50 ms:
 git-annex runs git helpers beside itself) and the largest single process's own peak (GNU
 time's %M, exact). Not counted for any system: the kernel's inode, dentry and page
 caches (the plain files' inodes and the FUSE mounts' alike).
@@ -114,18 +121,35 @@ def _count(cmd: list[str]) -> int:
     return subprocess.run(cmd, capture_output=True, check=True).stdout.count(b"\n")
 
 
-def _serve(root: Path, paths: list[str], proc, readers: int, idle_kib: int) -> dict:
+def memory(pid: int) -> dict:
+    """A daemon's resident memory now: anonymous (its heap: what it keeps) and file-backed
+    (mapped files' pages — for hoardfs mostly the LMDB index's, page cache the kernel may
+    drop and read again), its peak so far (VmHWM, both kinds) and the CPU seconds it has used
+    (on a busy machine a steadier measure of its work than the wall clock)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    cpu_s = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime so far
+    return {"anon_bytes": vm_kib(pid, "RssAnon") * 1024, "file_bytes": vm_kib(pid, "RssFile") * 1024,
+            "hwm_bytes": vm_kib(pid) * 1024, "cpu_s": round(cpu_s, 2)}
+
+
+def _serve(root: Path, paths: list[str], proc, readers: int, idle_kib: int, phases: dict | None = None) -> dict:
     """List every name under `root` and read `paths` through it; the daemon's memory after
-    (and `idle_kib`, its RSS when it had just mounted)."""
+    (and `idle_kib`, its RSS when it had just mounted); `phases` gets its memory after each
+    step ("listed", "read")."""
+    phases = {} if phases is None else phases
     t0 = time.monotonic()
     listed = _count(["find", str(root), "-type", "f", "-printf", "%s\n"])
     t_list = time.monotonic() - t0
+    phases["listed"] = memory(proc.pid)
     t0 = time.monotonic()
     got = read_all([root / p for p in paths], readers)
+    t_read = time.monotonic() - t0
+    phases["read"] = memory(proc.pid)
     return {"listed": listed, "list_s": round(t_list, 2), "read": len(paths), "read_bytes": got,
-            "read_s": round(time.monotonic() - t0, 2), "idle_bytes": idle_kib * 1024,
+            "read_s": round(t_read, 2), "idle_bytes": idle_kib * 1024,
             "hwm_bytes": vm_kib(proc.pid) * 1024,
-            "rss_anon_bytes": vm_kib(proc.pid, "RssAnon") * 1024, "rss_file_bytes": vm_kib(proc.pid, "RssFile") * 1024}
+            "rss_anon_bytes": vm_kib(proc.pid, "RssAnon") * 1024, "rss_file_bytes": vm_kib(proc.pid, "RssFile") * 1024,
+            "phases": phases}
 
 
 def hoardfs(work: Path, n: int, sample: list[int], readers: int) -> dict:
@@ -147,10 +171,12 @@ def hoardfs(work: Path, n: int, sample: list[int], readers: int) -> dict:
     mnt = work / "hoard-mnt"
     with hoard_mounted(cfg_path, mnt) as proc:
         idle = vm_kib(proc.pid, "VmRSS")
+        phases = {"mounted": memory(proc.pid)}
         t0 = time.monotonic()
         out["by_hash_listed"] = _count(["find", str(mnt / "by-hash"), "-type", "f", "-printf", "%s\n"])
         out["by_hash_list_s"] = round(time.monotonic() - t0, 2)
-        out |= _serve(mnt / "views" / "ram", [name(i) for i in sample], proc, readers, idle)
+        phases["by_hash_listed"] = memory(proc.pid)
+        out |= _serve(mnt / "views" / "ram", [name(i) for i in sample], proc, readers, idle, phases)
     return out
 
 
@@ -229,11 +255,12 @@ def measure(work: Path, n: int, read_n: int, annex_n: int, readers: int = 4) -> 
     listing = f"after listing {n:,} names and reading {len(sample):,} of them ({readers} readers, shuffled)"
     rows = [("RAM", f"{n:,} tiny objects; what each keeps in memory to serve them; warm (just written, nothing "
                     "throttled); kernel caches not counted"),
-            ("RAM hoardfs", f"mount daemon peak {mib(h['hwm_bytes'])} (VmHWM; {mib(h['idle_bytes'])} just mounted) "
-                            f"{listing}, and {h['by_hash_listed']:,} in by-hash/; LMDB index "
-                            f"{mib(h['index_bytes'])} on the SSD"),
-            ("RAM mergerfs", f"daemon peak {mib(m['hwm_bytes'])} (VmHWM; {mib(m['idle_bytes'])} just mounted) "
-                             f"{listing}"),
+            ("RAM hoardfs", f"mount daemon {mib(h['rss_anon_bytes'])} anonymous + {mib(h['rss_file_bytes'])} "
+                            f"file-backed (mostly the LMDB index's pages: page cache) {listing}, and "
+                            f"{h['by_hash_listed']:,} in by-hash/; peak {mib(h['hwm_bytes'])} (VmHWM, both kinds; "
+                            f"{mib(h['idle_bytes'])} just mounted); LMDB index {mib(h['index_bytes'])} on the SSD"),
+            ("RAM mergerfs", f"daemon {mib(m['rss_anon_bytes'])} anonymous + {mib(m['rss_file_bytes'])} file-backed "
+                             f"{listing}; peak {mib(m['hwm_bytes'])} (VmHWM; {mib(m['idle_bytes'])} just mounted)"),
             ("RAM snapraid", f"nothing resident; `snapraid sync` of {n:,} files peaks at {mib(s['sync_peak_bytes'])} "
                              f"({s['sync_s']:.0f} s)"),
             ("RAM git_annex", f"nothing resident; at {a['n']:,} files" + (f" (not {n:,}: too slow here, "

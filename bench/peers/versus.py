@@ -67,8 +67,10 @@ Rows (cold: page cache dropped first; warm: said so):
 - **bytes on disk** — allocated bytes (`du --block-size=1`, what the filesystem spends, 4 KiB
   blocks included) per byte of corpus, index and content files included.
 - **RAM at `--ram-objects` objects** (warm; bench/peers/ram.py says how each is measured):
-  hoardfs's mount daemon's peak RSS after listing and reading through a view and by-hash/,
-  with its LMDB index's size; mergerfs's daemon's peak RSS over the same files; the peak RSS
+  hoardfs's mount daemon's memory after listing and reading through a view and by-hash/ —
+  anonymous (its heap) and file-backed (the LMDB index's mapped pages, page cache the kernel
+  can drop) shown apart, and the peak of both (VmHWM) — with its LMDB index's size;
+  mergerfs's daemon's memory over the same files, split the same way; the peak RSS
   of `snapraid sync` and of `git annex add` / `git annex find` (git-annex at `--ram-annex`
   files, which the row names when it is below `--ram-objects`). `--ram-only` runs these rows
   alone.

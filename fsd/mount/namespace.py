@@ -19,10 +19,15 @@ probing the next number; only then does a number depend on the order of lookups.
 
 A node enters the inode table when the kernel is told of it (lookup, readdirplus) and
 leaves when the kernel forgets it, so the table holds one per name the kernel knows (2 × N
-and the by-hash directories after a `find` over by-hash/ and a view of N objects): `Node`
-is slotted and keeps no more than it must, and `nodes` (inode → node) is the only entry
-per node — a node is found again at inode_of(its key), and only one that probed past a
-collision is also in `moved` (key → inode).
+and the by-hash directories after a `find` over by-hash/ and a view of N objects). Files
+— nearly all of them — are rows of flat arrays (`inodes.Files`, ~64 bytes each): inode,
+sha256, time, the kernel's count and the directory the kernel learnt the name in; the size
+comes from the index when asked (getattr, open: one short LMDB read) and the names to
+invalidate when an object is deleted are derived from the directory (by-hash/: the sha256
+and its extension; a view or batch: its manifest's listing of that directory). Everything
+else (directories, `.hoard/health`, `inbox`) is a `Node` in a dict. A node sits at
+inode_of(its key), which is how it is found again; only one that probed past a collision
+is also in `moved` (key → inode). `nodes.get(inode)` gives a file as a fresh `Node`.
 
 Listings come from LMDB (short read transactions) and from manifests (`Tree` objects,
 cached); loading a manifest page never happens on the trio thread (`children`/`lookup` are
@@ -42,6 +47,7 @@ import trio
 import xxhash
 
 from fsd.manifest import Tree, WouldBlock
+from fsd.mount.inodes import Files
 
 __all__ = ["Namespace", "Node", "ROOT", "inode_of"]
 
@@ -58,65 +64,65 @@ def inode_of(key: tuple) -> int:
 FILE_MODE = stat.S_IFREG | 0o444
 DIR_MODE = stat.S_IFDIR | 0o555
 LINK_MODE = stat.S_IFLNK | 0o777
-#: names kept per file for invalidation; a file the kernel knows under more is rare (one object
-#: at many paths of one batch) and a name not invalidated still expires (ENTRY_TIMEOUT)
-MAX_LINKS = 64
-#: a name that is the file's sha256 in hex and a short suffix (every by-hash/ name, and a
-#: view's names for files named by their hash) is kept as that suffix, one str shared by all
-#: names with it; this many distinct suffixes at most, each of at most SUFFIX_MAX bytes
-MAX_SUFFIXES, SUFFIX_MAX = 1024, 16
-_suffixes: dict[bytes, str] = {}
 
 
 class Node:
-    """One node of the tree. The table holds one per name the kernel knows, so it is small:
-    slots (no __dict__); a file's key is not kept (it is rebuilt from `sha` and `mtime_ns`);
-    the one name under which a file is known is two slots, not a set, and a name made of the
-    file's sha256 is kept as its suffix alone."""
+    """One node of the tree, as handed to the FUSE operations. Directories and the few other
+    nodes are kept as these; a file is built from its row of the table when asked for (and
+    its key is rebuilt from `sha` and `mtime_ns`, not kept)."""
 
-    __slots__ = ("inode", "_key", "mode", "size", "mtime_ns", "sha", "lookups", "parent", "name", "more")
+    __slots__ = ("inode", "_key", "mode", "size", "mtime_ns", "sha", "lookups")
 
     def __init__(self, inode: int, key: tuple, mode: int, size: int = 0, mtime_ns: int = 0,
                  sha: bytes | None = None, lookups: int = 0) -> None:
         self.inode, self.mode, self.size, self.lookups = inode, mode, size, lookups
         self.mtime_ns, self.sha = mtime_ns, sha
         self._key = None if key == ("file", sha, mtime_ns) else key
-        #: (parent inode, name) under which the kernel knows a file, invalidated when its object
-        #: is deleted (parent 0: none yet; name: bytes, or a str suffix, see MAX_SUFFIXES);
-        #: `more`: a set of further ones, up to MAX_LINKS in all
-        self.parent, self.name, self.more = 0, b"", None
 
     @property
     def key(self) -> tuple:
         """What it is: ("dir", kind, …) | ("file", sha, mtime_ns) | ("health",) | ("link", target)."""
         return ("file", self.sha, self.mtime_ns) if self._key is None else self._key
 
-    def link(self, parent: int, name: bytes) -> None:
-        """The kernel knows this file as `name` in directory `parent` (called with the table's
-        lock held)."""
-        hexed = self.sha.hex().encode()
-        if name.startswith(hexed):
-            suffix = name[len(hexed):]
-            short = _suffixes.get(suffix)
-            if short is None and len(_suffixes) < MAX_SUFFIXES and len(suffix) <= SUFFIX_MAX:
-                short = _suffixes[suffix] = suffix.decode("latin-1")  # (any bytes, and back)
-            name = name if short is None else short
-        if not self.parent:
-            self.parent, self.name = parent, name
-        elif (parent, name) != (self.parent, self.name):
-            if self.more is None:
-                self.more = set()
-            if len(self.more) < MAX_LINKS - 1:
-                self.more.add((parent, name))
-
-    def links(self) -> list[tuple[int, bytes]]:
-        """Every (parent inode, name) under which the kernel knows this file."""
-        pairs = ([(self.parent, self.name)] if self.parent else []) + list(self.more or ())
-        hexed = self.sha.hex().encode()
-        return [(p, name if type(name) is bytes else hexed + name.encode("latin-1")) for p, name in pairs]
-
     def __repr__(self) -> str:
         return f"Node({self.inode}, {self.key!r}, lookups={self.lookups})"
+
+
+class _Nodes:
+    """inode → Node over both parts of the table (read-only; the Namespace changes it)."""
+
+    def __init__(self, files: Files, others: dict[int, Node], size_of: Callable[[bytes], int]) -> None:
+        self.files, self.others, self.size_of = files, others, size_of
+
+    def get(self, inode: int, default=None) -> Node | None:
+        n = self.others.get(inode)
+        if n is not None:
+            return n
+        r = self.files.row(inode)
+        if r < 0:
+            return default
+        sha = self.files.sha_of(r)
+        return Node(inode, ("file", sha, self.files.mtime_of(r)), FILE_MODE, self.size_of(sha),
+                    self.files.mtime_of(r), sha, self.files.count_of(r))
+
+    def __getitem__(self, inode: int) -> Node:
+        n = self.get(inode)
+        if n is None:
+            raise KeyError(inode)
+        return n
+
+    def __contains__(self, inode: int) -> bool:
+        return inode in self.others or self.files.row(inode) >= 0
+
+    def __len__(self) -> int:
+        return len(self.others) + len(self.files)
+
+    def __iter__(self):
+        yield from list(self.others)
+        yield from [ino for ino in self.files.ino if ino]
+
+    def items(self):
+        return [(ino, self[ino]) for ino in self]
 
 
 async def _blocking(fn, *args):
@@ -130,6 +136,11 @@ class Namespace:
     manifests); `visible(sha)` says whether an object is shown (not deleted)."""
 
     TREE_CACHE = 64
+    #: parsed manifest pages kept per batch or view (the estimate Tree counts, ~1.7× their real
+    #: size). A page serves the listing of its directory; the kernel then keeps the names (an
+    #: hour), so pages are needed again only for lookups after that: the library's default
+    #: (64 MiB) held ~38 MB of a 1,000,000-name view after one `find`, for nothing
+    TREE_BYTES = 16 << 20
     inode_of = staticmethod(inode_of)  # (a test gives a coarser hash to make numbers collide)
 
     def __init__(self, index: Any, zone3a: str, get: Callable[[str], bytes],
@@ -137,72 +148,141 @@ class Namespace:
         self.index, self.zone3a = index, zone3a
         self.get, self.visible = get, visible
         self.started_ns = time.time_ns()
-        #: inode → node, every node the kernel holds; a node is at inode_of(its key) …
-        self.nodes: dict[int, Node] = {}
+        #: inode → node, every node the kernel holds: files in columns, the rest as Nodes; a
+        #: node is at inode_of(its key) …
+        self.files, self.others = Files(), {}
+        self.nodes = _Nodes(self.files, self.others, self._size_of)
         #: … unless that number was taken when it came (a hash collision): key → its number
         self.moved: dict[tuple, int] = {}
         self.lock = threading.Lock()
         self.trees: OrderedDict[str, Tree] = OrderedDict()
         root = Node(ROOT, ("dir", "root"), DIR_MODE, mtime_ns=self.started_ns, lookups=1)
-        self.nodes[ROOT], self.moved[root.key] = root, ROOT  # (its number is fixed, not its hash)
+        self.others[ROOT], self.moved[root.key] = root, ROOT  # (its number is fixed, not its hash)
 
     # -- inodes -------------------------------------------------------------------------------
+    def _number(self, key: tuple) -> int:
+        """Where `key` is if the kernel holds it: its home number, or where it moved."""
+        ino = self.moved.get(key)
+        return self.inode_of(key) if ino is None else ino
+
+    def _file_row(self, key: tuple) -> int:
+        r = self.files.row(self._number(key))
+        return r if r >= 0 and self.files.is_(r, key[1], key[2]) else -1
+
     def known(self, key: tuple) -> Node | None:
         """The node the kernel holds for `key`, if any. Every known key is at its home number
         (inode_of) or in `moved`: `forget` keeps that true, so a node forgotten in the middle of
         a run of collided numbers does not hide the nodes after it."""
-        ino = self.moved.get(key)
-        n = self.nodes.get(self.inode_of(key) if ino is None else ino)
+        if key[0] == "file":
+            return self.nodes.get(self._number(key)) if self._file_row(key) >= 0 else None
+        n = self.others.get(self._number(key))
         return n if n is not None and n.key == key else None
 
     def make(self, key: tuple, mode: int, size: int = 0, sha: bytes | None = None,
              mtime_ns: int | None = None) -> Node:
-        """A node for `key` (the known one if the kernel holds it); not yet in the table."""
-        known = self.known(key)
-        if known is not None:
-            return known
+        """A node for `key` (a directory: the known one if the kernel holds it); not yet in
+        the table. A file's node is a new one whatever the table holds: `remember` finds it."""
+        if key[0] != "file":
+            known = self.known(key)
+            if known is not None:
+                return known
         return Node(0, key, mode, size, self.started_ns if mtime_ns is None else mtime_ns, sha)
 
+    def _free_number(self, key: tuple, home: int | None = None) -> int:
+        """The first number from `key`'s home (its hash) no node holds; a number past the
+        home is recorded in `moved`."""
+        home = ino = self.inode_of(key) if home is None else home
+        while ino in self.others or self.files.row(ino) >= 0:
+            ino += 1  # a hash collision: the next free number
+        if ino != home:
+            self.moved[key] = ino
+        return ino
+
     def remember(self, node: Node, parent: int = 0, name: bytes = b"") -> Node:
-        """The kernel is told of `node` (one more lookup it will forget): give it its inode."""
+        """The kernel is told of `node` (one more lookup it will forget), as `name` in directory
+        `parent`: give it its inode. A file's node comes back with its number and count set;
+        any other node is the one the table holds."""
+        key = node.key
+        if key[0] == "file":
+            files, home = self.files, self.inode_of(key)  # (hashed once, outside the lock)
+            with self.lock:
+                r = files.row(self.moved.get(key, home))
+                if r < 0 or not files.is_(r, node.sha, node.mtime_ns):
+                    r = files.add(self._free_number(key, home), node.sha, node.mtime_ns)
+                node.inode, node.lookups = files.ino[r], files.looked_up(r, 1)
+                if parent:
+                    files.link(r, parent)
+                return node
         with self.lock:
-            known = self.known(node.key)
+            known = self.known(key)
             if known is None:
                 known = node
-                home = ino = self.inode_of(node.key)
-                while ino in self.nodes:
-                    ino += 1  # a hash collision: the next free number
-                if ino != home:
-                    self.moved[node.key] = ino
-                node.inode, self.nodes[ino] = ino, node
+                node.inode = self._free_number(key)
+                self.others[node.inode] = node
             known.lookups += 1
-            if parent and known.sha is not None:
-                known.link(parent, name)
             return known
 
     def forget(self, inode: int, count: int) -> None:
         """The kernel dropped `count` references; a node nobody references leaves the table
         (its number is the same when it comes back)."""
         with self.lock:
-            n = self.nodes.get(inode)
-            if n is None or inode == ROOT:
+            if inode == ROOT:
                 return
-            n.lookups -= count
-            if n.lookups <= 0:
-                del self.nodes[inode]
-                if self.moved.get(n.key) == inode:
-                    del self.moved[n.key]
+            n = self.others.get(inode)
+            if n is not None:
+                n.lookups -= count
+                if n.lookups <= 0:
+                    del self.others[inode]
+                    if self.moved.get(n.key) == inode:
+                        del self.moved[n.key]
+                return
+            r = self.files.row(inode)
+            if r >= 0 and self.files.looked_up(r, -count) == 0:
+                key = ("file", self.files.sha_of(r), self.files.mtime_of(r))
+                self.files.remove(r)
+                if self.moved.get(key) == inode:
+                    del self.moved[key]
 
     def known_inode(self, key: tuple) -> int | None:
         """The number of `key`'s node if the kernel holds it (from any thread)."""
         with self.lock:
+            if key[0] == "file":
+                return self._number(key) if self._file_row(key) >= 0 else None
             n = self.known(key)
             return None if n is None else n.inode
 
-    def with_object(self, dead: set[bytes]) -> list[tuple[int, bytes]]:
-        """(parent inode, name) of every known file whose object is in `dead`."""
+    def with_object(self, dead: set[bytes] | frozenset[bytes]) -> list[tuple[int, bytes]]:
+        """(parent inode, name) of every known file whose object is in `dead`. Blocking (a
+        manifest page may be read to name a view's file): call it from a worker thread."""
+        found: list[tuple[bytes, int]] = []  # (sha, parent inode)
+        step = 1 << 16
+        hi = len(self.files.ino)
+        for lo in range(0, hi, step):  # the lock a chunk at a time: the trio thread waits ≤ a few ms
+            with self.lock:
+                for r in self.files.rows_with(dead, lo, min(hi, lo + step, len(self.files.ino))):
+                    found += [(self.files.sha_of(r), p) for p in self.files.parents(r)]
+        out = set()
+        for sha, p in found:
+            out.update((p, name) for name in self._names_in(p, sha))
+        return sorted(out)
+
+    def _names_in(self, parent: int, sha: bytes) -> list[bytes]:
+        """The names of file `sha` in directory `parent` (none if the kernel forgot it)."""
         with self.lock:
-            return [link for n in self.nodes.values() if n.sha in dead for link in n.links()]
+            d = self.others.get(parent)
+        if d is None or d.key[0] != "dir":
+            return []
+        kind = d.key[1]
+        if kind == "hash2":
+            return [self._hash_name(sha)]
+        if kind == "tree":
+            entries = self._tree(d.key[4]).list_dir(d.key[5]) or []
+            return [e[0].encode() for e in entries if not e[1] and e[2] == sha]
+        return []
+
+    def _size_of(self, sha: bytes) -> int:
+        loc = self.index.lookup(sha)
+        return 0 if loc is None else loc.length  # (gone: collected after it was deleted)
 
     # -- listings ------------------------------------------------------------------------------
     async def children(self, parent: Node) -> list[tuple[bytes, Node]]:
@@ -324,7 +404,7 @@ class Namespace:
         with self.lock:
             t = self.trees.get(manifest_sha_hex)
             if t is None:
-                t = self.trees[manifest_sha_hex] = Tree(self.get, manifest_sha_hex)
+                t = self.trees[manifest_sha_hex] = Tree(self.get, manifest_sha_hex, self.TREE_BYTES)
                 while len(self.trees) > self.TREE_CACHE:
                     self.trees.popitem(last=False)
             else:

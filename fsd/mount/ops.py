@@ -6,7 +6,8 @@ an `await`) and from manifest pages — a page not loaded yet is loaded in a wor
 (`trio.to_thread`), the only await of lookup/opendir. Object bytes come from `Reader`,
 whose per-disk queues fill buffers; a handler awaits a buffer only when it is not ready
 yet (a trio Event set from the disk's thread), so a sequential reader costs no thread hop
-per request. Deletions, name changes, disks, `.hoard/health` and `statfs` figures are kept
+per request; a small object whose pages the daemon read before is read from the kernel's
+page cache right here (`preadv` with RWF_NOWAIT: it fails rather than wait for a disk). Deletions, name changes, disks, `.hoard/health` and `statfs` figures are kept
 fresh by `Watcher` in worker threads and answered from memory. The mount is read-only
 (EROFS); `inbox` is a symlink into zone 3A, so writes there bypass FUSE altogether.
 """

@@ -3,12 +3,18 @@
 * **Small objects** (≤ `SMALL_MAX`) are read whole at open. How much of the shard around
   the record is read depends on how that shard is being read (`Window`, like the kernel's
   read-ahead window): a read that does not continue where the last read of the same shard
-  ended — a shuffled data loader — fetches only its record, rounded to `ALIGN`; one that
-  continues fetches `MIN_WINDOW` ahead, four times more on each further miss up to `BLOCK`;
-  from there on the shard is read in `BLOCK`-aligned blocks with up to `PREFETCH_BLOCKS` read ahead
-  on the background lanes of all its replicas — a batch's files, stored together, stream
-  at the speed of all its copies together. What was read is kept in an extent cache
-  (`CACHE_BYTES`, LRU), so neighbours come from memory.
+  ended — a shuffled data loader — fetches only its record, rounded to `ALIGN`, and so does
+  the first that does (one random read in a few hundred lands near the last by chance in a
+  shard of tiny records; two in a row do not); from the second in a row on, `MIN_WINDOW`
+  ahead, four times more on each further miss up to `BLOCK`; from there on the shard is
+  read in `BLOCK`-aligned blocks with up to `PREFETCH_BLOCKS` read ahead on the background
+  lanes of all its replicas — a batch's files, stored together, stream at the speed of all
+  its copies together. What read-ahead fetched is kept in an extent cache (`CACHE_BYTES`,
+  LRU) until the reader comes to it, so neighbours come from memory; a record fetched alone
+  is kept only in a small part of it (`LONE_BYTES`). A page read again (tiny objects share
+  pages) comes from the kernel's page cache instead, on the trio thread without a hop:
+  `preadv(RWF_NOWAIT)` on a replica file a worker thread left open, asked only for pages
+  this reader read before, fails rather than waits when the kernel has dropped them.
 * **Large objects**: 1 MiB pieces (`MAP_PIECE`), each checked against the object's chunk
   map (xxh3-128 per piece, recorded when it was stored) before it is served. The pieces
   read ahead per open file start at `FIRST_AHEAD`, double on each sequential request up to
@@ -62,13 +68,24 @@ PREFETCH_BLOCKS = 8
 #: a read that starts this close to where the last one of the shard ended is "in order"
 #: (a loader skipping a few files still streams)
 SEQ_SLACK = 256 << 10
+#: what read-ahead fetched (windows and blocks of shards read in order), kept for the reader
+#: coming to it: up to PREFETCH_BLOCKS × BLOCK per shard being streamed
 CACHE_BYTES = 256 << 20
+#: records fetched alone (a read that continued nothing: a shuffled loader) are kept only this
+#: much: their pages are in the kernel's page cache as well (no O_DIRECT here), and a page
+#: read again — tiny objects share pages — is served from there without a thread hop
+#: (`_small_nowait`), so a bigger copy in the daemon would be memory spent twice; what this
+#: is for is the next read continuing one of the last few (a reader turning sequential
+#: before its window has grown)
+LONE_BYTES = 8 << 20
 THREADS_PER_DISK = 2
 #: pieces of a large object read ahead at open, and at most
 FIRST_AHEAD = 2
 MAX_AHEAD = 16
 #: shards whose access pattern is remembered
 SEQ_SHARDS = 4096
+#: shard replica files kept open for reads from the page cache (`_small_nowait`)
+OPEN_SHARDS = 64
 #: a request not done after max(HEDGE_MIN, HEDGE_FACTOR × its expected time) is also sent
 #: to another replica; whichever answers first is used (a hung disk delays nobody whose
 #: data has another copy)
@@ -106,30 +123,67 @@ def _open_read(disk, shard_hex: str, lo: int, hi: int, pattern: int) -> bytes:
         os.close(fd)
 
 
-class _Extents:
-    """Byte ranges of shards kept in memory, LRU by bytes. Not thread-safe: the reader's lock."""
+def _set(bits: bytearray, first: int, last: int) -> None:
+    """Set bits first..last (growing `bits` as needed)."""
+    if len(bits) <= last >> 3:
+        bits.extend(bytes((last >> 3) + 1 - len(bits)))
+    for i in range(first, last + 1):
+        bits[i >> 3] |= 1 << (i & 7)
 
-    def __init__(self, budget: int) -> None:
+
+def _all_set(bits: bytearray, first: int, last: int) -> bool:
+    return len(bits) > last >> 3 and all(bits[i >> 3] >> (i & 7) & 1 for i in range(first, last + 1))
+
+
+class _Extents:
+    """Byte ranges of shards kept in memory, LRU by bytes, in two parts: what read-ahead
+    fetched (`budget`), and records a read that continued nothing fetched (`lone_budget`,
+    small: see LONE_BYTES). Not thread-safe: the reader's lock."""
+
+    def __init__(self, budget: int, lone_budget: int = 0) -> None:
         self.budget, self.used = budget, 0
+        self.lone_budget, self.lone_used = lone_budget, 0
         self.lru: OrderedDict[tuple[bytes, int], tuple[int, bytes]] = OrderedDict()
+        self.lone: OrderedDict[tuple[bytes, int], tuple[int, bytes]] = OrderedDict()
         self.starts: dict[bytes, list[int]] = {}
 
-    def add(self, sid: bytes, start: int, data: bytes) -> None:
+    def add(self, sid: bytes, start: int, data: bytes, lone: bool = False) -> None:
         key = (sid, start)
-        old = self.lru.pop(key, None)
+        old, was_lone = self.lru.pop(key, None), False
+        if old is None:
+            old = self.lone.pop(key, None)
+            was_lone = old is not None
         if old is not None:
             if old[0] >= start + len(data):
-                self.lru[key] = old
+                (self.lone if was_lone else self.lru)[key] = old
                 return
-            self.used -= len(old[1])
+            if was_lone:
+                self.lone_used -= len(old[1])
+            else:
+                self.used -= len(old[1])
         else:
             bisect.insort(self.starts.setdefault(sid, []), start)
-        self.lru[key] = (start + len(data), data)
-        self.used += len(data)
+        if lone:
+            self.lone[key] = (start + len(data), data)
+            self.lone_used += len(data)
+        else:
+            self.lru[key] = (start + len(data), data)
+            self.used += len(data)
         while self.used > self.budget and self.lru:
             (osid, ostart), (_end, odata) = self.lru.popitem(last=False)
             self.used -= len(odata)
             self._unindex(osid, ostart)
+        while self.lone_used > self.lone_budget and self.lone:
+            (osid, ostart), (_end, odata) = self.lone.popitem(last=False)
+            self.lone_used -= len(odata)
+            self._unindex(osid, ostart)
+
+    def _touch(self, key: tuple[bytes, int]) -> None:
+        (self.lru if key in self.lru else self.lone).move_to_end(key)
+
+    def _get(self, key: tuple[bytes, int]) -> tuple[int, bytes]:
+        got = self.lru.get(key)
+        return self.lone[key] if got is None else got
 
     def _unindex(self, sid: bytes, start: int) -> None:
         starts = self.starts.get(sid)
@@ -148,7 +202,7 @@ class _Extents:
         best = None
         for j in range(i, max(i - 4, -1), -1):  # overlapping extents are few: look a little back
             s = starts[j]
-            end, data = self.lru[(sid, s)]
+            end, data = self._get((sid, s))
             if end > pos and (best is None or end > best[1]):
                 best = (s, end, data)
         return best
@@ -160,7 +214,7 @@ class _Extents:
             if ext is None:
                 return None
             s, end, data = ext
-            self.lru.move_to_end((sid, s))
+            self._touch((sid, s))
             take = min(hi, end)
             parts.append(data[pos - s:take - s])
             pos = take
@@ -178,10 +232,13 @@ class _Extents:
 
     def evict(self, sid: bytes, lo: int, hi: int) -> None:
         for s in list(self.starts.get(sid, [])):
-            end, data = self.lru[(sid, s)]
+            end, data = self._get((sid, s))
             if s < hi and end > lo:
-                del self.lru[(sid, s)]
-                self.used -= len(data)
+                if self.lru.pop((sid, s), None) is not None:
+                    self.used -= len(data)
+                else:
+                    del self.lone[(sid, s)]
+                    self.lone_used -= len(data)
                 self._unindex(sid, s)
 
 
@@ -191,9 +248,15 @@ class Reader:
         self.queues: dict[str, DiskQueue] = {}
         self.speed: dict[str, float] = {}  # configured read MB/s per disk (disks[].read_mb_s; 100 if unset)
         self.lock = threading.Lock()
-        self.cache = _Extents(CACHE_BYTES)
+        self.cache = _Extents(CACHE_BYTES, LONE_BYTES)
         self.inflight: dict[tuple[bytes, int], cf.Future] = {}  # block prefetches
         self.seq: OrderedDict[bytes, list[int]] = OrderedDict()  # shard → [next offset, window]
+        #: (shard, disk uuid) → (fd, pages): replica files left open by worker threads for
+        #: `_small_nowait`, and a bit per 4 KiB page this reader has read from each (so only
+        #: what is likely in the page cache is asked for there: a miss would start a disk read
+        #: of its own); read and closed only with the lock held (an fd closed under a reader
+        #: could be reused)
+        self.fds: OrderedDict[tuple[bytes, str], tuple[int, bytearray]] = OrderedDict()
         self.token: trio.lowlevel.TrioToken | None = None
         self.sync_disks()
 
@@ -211,6 +274,24 @@ class Reader:
     def close(self) -> None:
         for q in self.queues.values():
             q.close()
+        self.close_shards(lambda sid, uuid: True)
+
+    def close_shards(self, which=None) -> None:
+        """Close the kept-open shard files `which(shard id, disk uuid)` names; by default those
+        the index no longer has on that disk (gc removed or moved the shard: an open file of it
+        would keep its space taken)."""
+        if which is None:
+            def which(sid: bytes, uuid: str) -> bool:
+                meta = self.store.index.get_shard(sid)
+                return meta is None or uuid not in meta.replicas
+
+        with self.lock:
+            kept = list(self.fds)
+        gone = [key for key in kept if which(*key)]  # (LMDB reads: not under the lock)
+        with self.lock:
+            for key in gone:
+                if key in self.fds:
+                    os.close(self.fds.pop(key)[0])
 
     def statistics(self) -> dict[str, dict[str, float]]:
         return {q.label: {"pending": q.pending, "pending_ahead": q.pending_bg, "served": q.served,
@@ -333,6 +414,8 @@ class Reader:
         loc = self.store.index.lookup(sha)
         if loc is not None:
             data = self._small_cached(sha, loc)
+            if data is None:
+                data = self._small_nowait(sha, loc)
             if data is not None:
                 return data
         meta, first = self._plan(sha)
@@ -364,20 +447,80 @@ class Reader:
         except fmt.ShardFormatError:
             return None  # the threaded path re-reads it and tries other replicas
 
+    def _small_nowait(self, sha: bytes, loc) -> bytes | None:
+        """The record from the kernel's page cache, verified, right here — or None when it is
+        not all there. Asked only for pages this reader read before from the file it keeps
+        open, and with RWF_NOWAIT: a page evicted since fails with EAGAIN instead of waiting
+        for the disk, so the trio thread never does (the read the kernel then starts covers
+        just that page: the file is opened POSIX_FADV_RANDOM)."""
+        sid = loc.shard_id
+        start, end = loc.offset - fmt.RECORD_HEADER_SIZE, loc.offset + loc.length
+        first, last = start // ALIGN, (end - 1) // ALIGN
+        with self.lock:
+            for uuid in self.queues:  # (the disks: a few)
+                kept = self.fds.get((sid, uuid))
+                if kept is not None and _all_set(kept[1], first, last) and self.store.usable(uuid):
+                    break
+            else:
+                return None
+            buf = bytearray(end - start)
+            try:
+                if os.preadv(kept[0], [buf], start, os.RWF_NOWAIT) != len(buf):
+                    return None
+            except OSError:  # EAGAIN: evicted since (EOPNOTSUPP: no such reads here)
+                return None
+            self.fds.move_to_end((sid, uuid))
+            st = self.seq.get(sid)  # where this shard's last read ended, as a read from disk sets it
+            if st is not None and st[0] - SEQ_SLACK <= start <= st[0] + SEQ_SLACK:
+                st[0] = max(st[0], end)  # a reader going on in order still counts as one
+            elif st is not None:
+                st[0], st[1] = end, 0  # a jump: the next read is in order only if it continues this one
+        try:
+            return verify_record(memoryview(buf), 0, sha, loc.length)
+        except fmt.ShardFormatError:
+            return None  # the threaded path reads it again and tries other replicas
+
+    def _keep_open(self, disk, meta, lo: int, hi: int) -> None:
+        """(A worker thread, after a good read of bytes [lo, hi) of the shard from `disk`.)
+        Keep a file of the shard open for `_small_nowait`, and mark those pages read."""
+        key = (meta.shard_id, disk.uuid)
+        with self.lock:
+            kept = self.fds.get(key)
+            if kept is not None:
+                _set(kept[1], lo // ALIGN, (hi - 1) // ALIGN)
+                return
+        try:
+            fd = os.open(disk.find(meta.hex), os.O_RDONLY)
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)
+        except OSError:
+            return
+        with self.lock:
+            if key in self.fds:
+                os.close(fd)
+                return
+            pages = bytearray()
+            _set(pages, lo // ALIGN, (hi - 1) // ALIGN)
+            self.fds[key] = (fd, pages)
+            while len(self.fds) > OPEN_SHARDS:
+                os.close(self.fds.popitem(last=False)[1][0])
+
     def _window(self, sid: bytes, start: int, end: int) -> int:
         """How far past this record to read: 0 for a read that does not continue the shard's
-        last one (random), else the previous window ×4 (from MIN_WINDOW, up to 8 blocks)."""
+        last one (random), and for the first that does; from the second in a row on, the
+        previous window ×4 (from MIN_WINDOW, up to 8 blocks). (In a shard of tiny records one
+        random read in a few hundred lands within SEQ_SLACK of the last one by chance: two in a
+        row almost never do. The window -1 marks "continued once".)"""
         with self.lock:
             st = self.seq.get(sid)
             if st is not None and st[0] - SEQ_SLACK <= start <= st[0] + SEQ_SLACK:
-                window = min(PREFETCH_BLOCKS * BLOCK, max(MIN_WINDOW, st[1] * 4))
+                window = -1 if st[1] == 0 else min(PREFETCH_BLOCKS * BLOCK, max(MIN_WINDOW, st[1] * 4))
             else:
                 window = 0
             self.seq[sid] = [end, window]
             self.seq.move_to_end(sid)
             while len(self.seq) > SEQ_SHARDS:
                 self.seq.popitem(last=False)
-            return window
+            return max(window, 0)
 
     def _small_sync(self, sha: bytes, first: str, avoid: frozenset = frozenset()) -> bytes:
         def read(disk, meta, loc) -> bytes:
@@ -396,9 +539,11 @@ class Reader:
                         raise fmt.ShardFormatError(f"shard {meta.hex} on {disk.label} ends at {lo + len(got)}, "
                                                    f"before the record's end {end}")
                     with self.lock:
-                        self.cache.add(loc.shard_id, lo, got)
+                        self.cache.add(loc.shard_id, lo, got, lone=not window)
                     buf = memoryview(got)[start - lo:end - lo]
-                return verify_record(memoryview(buf), 0, sha, loc.length, f" (shard {meta.hex} on {disk.label})")
+                data = verify_record(memoryview(buf), 0, sha, loc.length, f" (shard {meta.hex} on {disk.label})")
+                self._keep_open(disk, meta, start, end)
+                return data
             except (OSError, fmt.ShardFormatError):
                 with self.lock:  # bad bytes must not be served to the next reader
                     self.cache.evict(loc.shard_id, start, end)

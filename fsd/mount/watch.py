@@ -14,7 +14,8 @@ so a disk that hangs delays only its own refresh:
   under `views/`, `batches/`, `sources/<source>/`) — the kernel drops the directory and
   everything it cached below it, so the next lookup sees the new manifest;
 * **disks** (`DISKS_S`): hoard.toml's `[[disks]]` and the index's disk records — a disk
-  added, replaced or reactivated while mounted gets a read queue and serves reads;
+  added, replaced or reactivated while mounted gets a read queue and serves reads; the
+  reader's open shard files that gc removed or moved are closed;
 * **health** (`HEALTH_S`): the `.hoard/health` document, rendered from `store.status()`;
 * **space** (`SPACE_S`): statvfs per disk, each in its own thread (a dying disk's statvfs
   can hang), summed for `statfs`.
@@ -92,6 +93,7 @@ class Watcher:
         return out
 
     def refresh_disks(self) -> bool:
+        self.reader.close_shards()  # the shard files gc removed are not kept open
         changed = self.store.refresh_disks()
         if changed:
             self.reader.sync_disks()
