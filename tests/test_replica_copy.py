@@ -135,6 +135,21 @@ def test_rebuild_skips_a_damaged_source_for_a_whole_one(store_factory, monkeypat
     assert check_store(store) == len(datas)
 
 
+def _t1_lost(lab_factory, tmp_path: Path, n_mib: int, **lab_options):
+    """Three fast lab disks, `n_mib` objects of 1 MiB stored with 2 copies on t1 and t2 (t3
+    kept empty), t1 lost (lazy unmount) and t3 ready to take its copies."""
+    lab = lab_factory([DiskProfile(f"t{i}", 300, 500, 500, 5000) for i in (1, 2, 3)], **lab_options)
+    disks = [(label, lab.disks[label].mountpoint, None) for label in ("t1", "t2", "t3")]
+    store = Store.open(config.load(write_config(tmp_path, disks, allow_dirs=False, shard_size_mb=4, write_ack=2,
+                                                copy_of_raw=2)), init=True)
+    store.set_disk_state("t3", DiskState.DRAINING, "kept empty for the rebuild")
+    datas = [os.urandom(1 << 20) for _ in range(n_mib)]
+    results = store.put_bytes_many(datas)
+    lab.vanish("t1")
+    store.set_disk_state("t3", DiskState.ACTIVE, "the rebuild's target")
+    return lab, store, datas, results
+
+
 @pytest.mark.lab
 @pytest.mark.expect_log(r"disk t3: rebuild error", level="WARNING")
 def test_a_target_that_stops_writing_is_blamed_not_the_source(lab_factory, tmp_path: Path) -> None:
@@ -142,15 +157,7 @@ def test_a_target_that_stops_writing_is_blamed_not_the_source(lab_factory, tmp_p
     with a message naming that disk, starting no further copy; the source disk stays active
     (it was once marked failed for the target's error — every healthy disk a rebuild tried,
     one after the other); no copy on the target is indexed; every object reads back."""
-    lab = lab_factory([DiskProfile(f"t{i}", 300, 500, 500, 5000) for i in (1, 2, 3)])
-    disks = [(label, lab.disks[label].mountpoint, None) for label in ("t1", "t2", "t3")]
-    store = Store.open(config.load(write_config(tmp_path, disks, allow_dirs=False, shard_size_mb=4, write_ack=2,
-                                                copy_of_raw=2)), init=True)
-    store.set_disk_state("t3", DiskState.DRAINING, "kept empty for the rebuild")
-    datas = [os.urandom(1 << 20) for _ in range(40)]
-    results = store.put_bytes_many(datas)
-    lab.vanish("t1")
-    store.set_disk_state("t3", DiskState.ACTIVE, "the rebuild's target")
+    lab, store, datas, results = _t1_lost(lab_factory, tmp_path, 40)
     failer = threading.Timer(0.3, lab.fail_writes, args=("t3",))
     failer.start()
     try:
@@ -179,15 +186,7 @@ def test_a_target_that_dropped_off_gets_no_copy_on_the_root_filesystem(lab_facto
     left) after the store was opened: the rebuild stops naming that disk and marks it
     missing; nothing is written under the empty mount point (the root filesystem), and no
     shard names t3 unless t3, mounted again, holds a good copy of it."""
-    lab = lab_factory([DiskProfile(f"t{i}", 300, 500, 500, 5000) for i in (1, 2, 3)], throttle=False)
-    disks = [(label, lab.disks[label].mountpoint, None) for label in ("t1", "t2", "t3")]
-    store = Store.open(config.load(write_config(tmp_path, disks, allow_dirs=False, shard_size_mb=4, write_ack=2,
-                                                copy_of_raw=2)), init=True)
-    store.set_disk_state("t3", DiskState.DRAINING, "kept empty for the rebuild")
-    datas = [os.urandom(1 << 20) for _ in range(12)]
-    results = store.put_bytes_many(datas)
-    lab.vanish("t1")
-    store.set_disk_state("t3", DiskState.ACTIVE, "the rebuild's target")
+    lab, store, datas, results = _t1_lost(lab_factory, tmp_path, 12, throttle=False)
     lab.vanish("t3")
     with pytest.raises(HoardError) as e:
         try:
