@@ -4,6 +4,7 @@ SSD that fills up is the SSD's problem — never taken for a failing HDD."""
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import os
 import signal
@@ -361,6 +362,14 @@ def test_a_write_error_another_syncfs_was_told_of_first_fails_the_copy(lab_facto
         subprocess.run(["chattr", "-i", str(ssd.image)], check=False)
 
 
+def _exchange(a: Path, b: Path) -> None:
+    """renameat2(RENAME_EXCHANGE): the two names swap atomically (`a` is never missing)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    at_fdcwd, rename_exchange = -100, 2
+    if libc.renameat2(at_fdcwd, bytes(a), at_fdcwd, bytes(b), rename_exchange) != 0:
+        raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()), str(a))
+
+
 def test_a_destination_replaced_mid_copy_is_never_a_finished_copy(store_factory, tmp_path: Path) -> None:
     """Someone moves the destination away mid-copy and puts an empty directory in its place:
     the files written before are no longer in `dest`, and the syncfs went through a
@@ -369,13 +378,13 @@ def test_a_destination_replaced_mid_copy_is_never_a_finished_copy(store_factory,
     files = make_files(tmp_path / "src", 60, seed=40)
     items = [Item(p.name, r.sha256, r.size) for p, r in zip(files, store.put_many(files))]  # all at the top
     dest = tmp_path / "out"
+    (tmp_path / "moved").mkdir()
     calls = [0]
 
     def progress(done: int, total: int) -> None:
         calls[0] += 1
-        if calls[0] == 10:
-            dest.rename(tmp_path / "moved")
-            dest.mkdir()
+        if calls[0] == 10:  # in one step: a rename, then a mkdir, let another reader thread's
+            _exchange(dest, tmp_path / "moved")  # write fail in between (ENOENT) — another error
 
     with pytest.raises(HoardError) as e:
         materialize(store, items, dest, progress)
