@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import logging
 import os
 import socket
 from collections.abc import Iterator
@@ -68,6 +69,11 @@ class HoardWorker(Worker):
     job registry (rq-dashboard) keeps the whole traceback. Any other exception is a bug and
     is logged with its traceback as RQ does."""
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if not any(isinstance(f, _OutageInOneLine) for f in self.log.filters):
+            self.log.addFilter(_OutageInOneLine())
+
     def handle_exception(self, job: Job, *exc_info: Any) -> None:
         e = exc_info[1]
         if is_condition(e) and not self._exc_handlers:
@@ -75,6 +81,19 @@ class HoardWorker(Worker):
                            condition_line(e))
             return
         super().handle_exception(job, *exc_info)
+
+
+class _OutageInOneLine(logging.Filter):
+    """RQ's work loop logs any exception it quits on with its traceback ("found an unhandled
+    exception, quitting..."): Redis stopping while a job runs is no bug — one line, the
+    error's first line appended; `hoard worker` then says what to do (exit 3)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        e = record.exc_info[1] if record.exc_info else None
+        if isinstance(e, (redis.ConnectionError, redis.TimeoutError)):
+            record.msg, record.args = f"{record.getMessage()} ({first_line(e)})", None
+            record.exc_info = record.exc_text = None
+        return True
 
 
 def connect(url: str) -> redis.Redis:

@@ -18,11 +18,19 @@ from tests.chaos.harness import InvariantViolation, World, lab_profiles, power_w
 pytestmark = [pytest.mark.lab, pytest.mark.chaos]
 
 
+#: seeds of the long form that once found a violation, run by the short form too (CI):
+#: 139 — Redis stopped while `hoard worker --burst` ran a job: RQ printed a traceback
+REGRESSION_SEEDS = (139,)
+
+
 def _seeds() -> list[int]:
     if os.environ.get("CHAOS_SEED"):
         return [int(os.environ["CHAOS_SEED"])]
     first = int(os.environ.get("CHAOS_SEED0", "0"))
-    return list(range(first, first + int(os.environ.get("CHAOS_SEEDS", "3"))))
+    seeds = list(range(first, first + int(os.environ.get("CHAOS_SEEDS", "3"))))
+    if "CHAOS_SEED0" not in os.environ:  # the short form
+        seeds += [s for s in REGRESSION_SEEDS if s not in seeds]
+    return seeds
 
 
 @pytest.mark.timeout(1800)
