@@ -8,7 +8,11 @@ from collections import Counter
 
 
 def main(path: str) -> None:
-    runs = [json.loads(line) for line in open(path) if line.strip()]
+    entries = [json.loads(line) for line in open(path) if line.strip()]
+    failed = [r for r in entries if "failed" in r]
+    runs = [r for r in entries if "failed" not in r]
+    for r in failed:
+        print(f"seed {r['seed']} FAILED: {r['failed'].splitlines()[0]}")
     faults: Counter[str] = Counter()
     kinds: Counter[str] = Counter()
     for r in runs:
@@ -16,6 +20,7 @@ def main(path: str) -> None:
         for key, n in r["faults"].items():  # "powercut during put" → powercut; "no fault, put" → none
             kinds["none" if key.startswith("no fault") else key.split()[0]] += n
     power = sum(1 for r in runs if r.get("power"))
+    print(f"{len(failed)} seed{'s' if len(failed) > 1 else ''} failed" if failed else "no seed failed")
     print(f"{len(runs)} seeds passed ({power} power worlds), {sum(r['steps'] for r in runs)} steps, "
           f"{sum(r['acked'] for r in runs)} objects acknowledged and read back")
     print("  by fault: " + ", ".join(f"{kind} {n}" for kind, n in sorted(kinds.items())))

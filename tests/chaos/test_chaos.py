@@ -33,6 +33,13 @@ def _seeds() -> list[int]:
     return seeds
 
 
+def _report(entry: dict) -> None:
+    """One line of the long form's tally (make chaos: CHAOS_REPORT), a pass or a failure."""
+    if os.environ.get("CHAOS_REPORT"):
+        with open(os.environ["CHAOS_REPORT"], "a") as f:
+            f.write(json.dumps(entry) + "\n")
+
+
 @pytest.mark.timeout(1800)
 # faults make the commands warn (disk errors, set-aside replicas, …) by design: the invariants,
 # not the absence of warnings, are what a chaos run checks
@@ -52,14 +59,14 @@ def test_chaos(seed: int, lab_factory, tmp_path: Path) -> None:
                 world.check_invariants(step)
             except InvariantViolation as e:
                 history = "\n".join(done + [f"{step}  ← failed"])
-                pytest.fail(f"chaos seed {seed}: {e}\n\nsteps:\n{history}\n\ncommands:\n" + "\n".join(world.log[-40:])
-                            + f"\n\nreplay: {world.replay_hint()}", pytrace=False)
+                text = (f"chaos seed {seed}: {e}\n\nsteps:\n{history}\n\ncommands:\n" + "\n".join(world.log[-40:])
+                        + f"\n\nreplay: {world.replay_hint()}")
+                # written now: a long run stopped before pytest's summary keeps what failed
+                _report({"seed": seed, "power": world.power, "failed": text})
+                pytest.fail(text, pytrace=False)
             done.append(str(step))
         assert world.acked, "the run acknowledged nothing: it tested nothing"
-        if os.environ.get("CHAOS_REPORT"):  # the long form's tally (make chaos)
-            with open(os.environ["CHAOS_REPORT"], "a") as f:
-                f.write(json.dumps({"seed": seed, "power": world.power, "steps": steps, "acked": len(world.acked),
-                                    "faults": world.faults}) + "\n")
+        _report({"seed": seed, "power": world.power, "steps": steps, "acked": len(world.acked), "faults": world.faults})
     finally:
         if os.environ.get("CHAOS_LOG"):  # every command and what the faults did, for a reader of a passing run
             with open(os.environ["CHAOS_LOG"], "a") as f:
