@@ -119,10 +119,8 @@ def _rebuild(store: Store, label: str, onto: str | None, rate_mb_s: float | None
         try:
             for f in futures:
                 f.result()
-        except BaseException:  # the pool would otherwise copy every shard left before it let go
+        except BaseException:  # (Ctrl-C) the shards not started return at once (see one())
             stop.set()
-            for f in futures:
-                f.cancel()
             raise
     rep.seconds = time.monotonic() - t0
     return rep

@@ -154,12 +154,12 @@ class _Copy:
         # the footer's pages first, then everything before them, in COPY_CHUNK pieces
         tail = fmt.footer_start(pread_full(fd_in, fmt.TRAILER_SIZE, max(0, size - fmt.TRAILER_SIZE)), size)
         self.tail = min(tail - tail % PAGE, size)
-        self.pieces = _split(self.tail, size) + _split(0, self.tail)
-        self.n_tail = len(self.pieces) - len(_split(0, self.tail))
+        footer = _split(self.tail, size)
+        self.pieces, self.n_tail = footer + _split(0, self.tail), len(footer)
         self.settled = 0  # pieces on the disk and out of the page cache, in `pieces` order …
         self.prefix = 0  # … of which these bytes from offset 0 on
         self.cond = threading.Condition()
-        self.stop = False
+        self.aborted = False  # the copy failed: the check stops waiting
         self.check_error: BaseException | None = None
         self.chunks: queue.Queue = queue.Queue(maxsize=4)
 
@@ -177,7 +177,7 @@ class _Copy:
                 raise e.err from None
         except BaseException:
             with self.cond:
-                self.stop = True
+                self.aborted = True
                 self.cond.notify_all()
             raise
         finally:
@@ -253,7 +253,7 @@ class _Copy:
         end = min(off + n, self.size)
         with self.cond:
             while not self._settled(off, end):
-                if self.stop:
+                if self.aborted:
                     raise _Stopped
                 self.cond.wait()
         return pread_full(self.fd, n, off)
