@@ -439,10 +439,12 @@ def sweep_stale() -> list[str]:
             owner = -1
         if owner > 0 and Path(f"/proc/{owner}").exists():
             continue
-        for img in root.rglob("*.img"):
-            subprocess.run(["chattr", "-i", str(img)], capture_output=True)
         for mnt in _mounts_under(root):  # the lab's disks and any power-cut copies
             subprocess.run(["umount", "-l", mnt], capture_output=True)
+        # after the unmounts: a walk into a damaged lab disk meets EBADMSG/EIO (os.walk skips what it cannot read)
+        for parent, _, names in os.walk(root):
+            for img in (n for n in names if n.endswith(".img")):
+                subprocess.run(["chattr", "-i", os.path.join(parent, img)], capture_output=True)
         for dev in loops:
             if (dev.get("back-file") or "").startswith(str(root)):
                 subprocess.run(["losetup", "-d", dev["name"]], capture_output=True)
