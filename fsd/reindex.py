@@ -78,11 +78,13 @@ def _set_aside(target: Path) -> None:
     os.rename(target, aside)
 
 
-def rebuild_index(cfg: Settings, progress: Callable[[int, int], None] | None = None) -> IndexRebuildReport:
-    """Build the index from the disks and swap it in; refuses while anything uses the store.
+def rebuild_index(cfg: Settings, progress: Callable[[int, int], None] | None = None,
+                  without: Iterable[str] = ()) -> IndexRebuildReport:
+    """Build the index from the disks and swap it in; refuses while anything uses the store,
+    and while a configured disk cannot be read unless it is named in `without`.
     `progress(bytes_read, bytes_to_read)` as shard files are read."""
     with _store_idle(cfg, "index rebuild") as ssd_uuid:
-        rep = _rebuild_index(cfg, ssd_uuid, progress)
+        rep = _rebuild_index(cfg, ssd_uuid, progress, without=frozenset(without))
     _seed_marks(cfg)
     return rep
 
@@ -98,44 +100,102 @@ def _seed_marks(cfg: Settings) -> None:
         log.warning("marks logs not rewritten after the rebuild: %s", e.message)
 
 
+def _disks_to_read(cfg: Settings, without: frozenset[str], rep: IndexRebuildReport) -> list[tuple[Any, dict]]:
+    """(disk, its identity) of every configured disk the rebuild reads. A disk whose identity
+    cannot be read is not left out quietly: its shards would be missing from the new index,
+    and the store refuses a disk its index does not know when it is back — the rebuild
+    refuses unless the user names it in `without`."""
+    unknown = sorted(without - {dc.label for dc in cfg.disks})
+    if unknown:
+        raise HoardError(f"--without {', '.join(unknown)}: no such disk in the configuration "
+                         f"(disks: {', '.join(dc.label for dc in cfg.disks)})", ExitCode.USAGE)
+    found, missing = [], []
+    for dc in cfg.disks:
+        ident = read_identity(dc.path) if dc.path.is_dir() else None
+        if dc.label in without:
+            rep.skipped_disks.append(f"{dc.label}: left out (--without {dc.label})")
+        elif not ident or not ident.get("uuid"):
+            why = ident["error"] if ident else f"no disk identity at {dc.path}"
+            missing.append((dc.label, f"disk {dc.label}: {why}"))
+        elif read_identity(dc.path, FORGOTTEN):  # its shards were re-homed; what is left there is stale
+            rep.skipped_disks.append(f"{dc.label}: forgotten by `hoard disks forget`; remove it from the config")
+        else:
+            found.append((dc, ident))
+    if missing:
+        labels = " ".join(f"--without {label}" for label, _ in missing)
+        raise HoardError(f"{'; '.join(why for _, why in missing)} (not mounted, or dead?). Nothing changed: the "
+                         f"index is as it was. Mount the disk and run `hoard index rebuild` again; to rebuild from "
+                         f"the other disks alone, run `hoard index rebuild {labels}` (its shards are then not in "
+                         "the index: a rebuild with the disk back adds them)", ExitCode.UNAVAILABLE)
+    return found
+
+
+def _still_there(disks: list[tuple[Any, dict]]) -> None:
+    """Every disk read still answers with the identity it had: one that vanished during the
+    scan gave errors or an empty directory, not its shards (checked before the swap)."""
+    for dc, had in disks:
+        ident = read_identity(dc.path) if dc.path.is_dir() else None
+        if not ident or ident.get("uuid") != had["uuid"]:
+            raise _went_away(dc, "its identity no longer reads")
+
+
+def _went_away(dc: Any, how: str) -> HoardError:
+    return HoardError(f"disk {dc.label} at {dc.path} went away during the index rebuild ({how}): the scan may have "
+                      "missed its shards. Nothing changed: the index is as it was. When the disk is back, run "
+                      f"`hoard index rebuild` again (or `hoard index rebuild --without {dc.label}` to leave it out)",
+                      ExitCode.UNAVAILABLE)
+
+
 def _shard_files(root: Path) -> list[Path]:
     return [p for p in sorted((root / "shards").glob("*/*")) if p.suffix in (".shard", ".open")]
 
 
 def _rebuild_index(cfg: Settings, ssd_uuid: str, progress: Callable[[int, int], None] | None = None,
-                   backup: Path | None = None) -> IndexRebuildReport:
+                   backup: Path | None = None, without: frozenset[str] = frozenset()) -> IndexRebuildReport:
     rep = IndexRebuildReport()
     t0 = time.monotonic()
+    disks = _disks_to_read(cfg, without, rep)
     target = cfg.index_dir
     work = target.with_name(target.name + ".rebuild")
     shutil.rmtree(work, ignore_errors=True)
+    try:
+        _build(cfg, disks, work, ssd_uuid, target, rep, progress, backup)
+        _still_there(disks)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    _set_aside(target)
+    os.rename(work, target)
+    rep.seconds = time.monotonic() - t0
+    return rep
+
+
+def _build(cfg: Settings, disks: list[tuple[Any, dict]], work: Path, ssd_uuid: str, target: Path,
+           rep: IndexRebuildReport, progress: Callable[[int, int], None] | None, backup: Path | None) -> None:
+    """The new index at `work`, from `disks`."""
     index = Index(work)
     index.set_meta("ssd_uuid", ssd_uuid)
     shards: dict[bytes, ShardMeta] = {}
     objects: dict[bytes, ObjectLoc] = {}
     batches: dict[str, dict] = {}
     views: dict[str, dict] = {}
-    files = {dc.label: _shard_files(dc.path) if dc.path.is_dir() else [] for dc in cfg.disks}
+    files = {dc.label: _shard_files(dc.path) for dc, _ in disks}
     total = sum(size_or_zero(p) for fs in files.values() for p in fs)
     done = 0
     found_marks: set[marks.Record] = set()  # the same records are on every disk: one copy each
     kept_states = _old_disk_states(backup or target)
     found_disks: list[DiskRecord] = []
     try:
-        for dc in cfg.disks:
-            ident = read_identity(dc.path) if dc.path.is_dir() else None
-            if not ident or not ident.get("uuid"):
-                rep.skipped_disks.append(f"{dc.label}: no readable identity at {dc.path}")
-                continue
-            if read_identity(dc.path, FORGOTTEN):  # its shards were re-homed; what is left there is stale
-                rep.skipped_disks.append(f"{dc.label}: forgotten by `hoard disks forget`; remove it from the config")
-                continue
+        for dc, ident in disks:
+            uuid = ident["uuid"]
             for path in files[dc.label]:
                 if progress:
                     done += size_or_zero(path)
                     progress(done, total)
                 try:
                     meta, records = _read_shard(path)
+                except FileNotFoundError:  # listed a moment ago, the store idle: the disk is not what it was
+                    raise _went_away(dc, f"{path} was listed, then not found") from None
                 except (OSError, fmt.ShardFormatError) as e:
                     rep.damaged.append(f"replica {path}: {e}")
                     continue
@@ -143,8 +203,8 @@ def _rebuild_index(cfg: Settings, ssd_uuid: str, progress: Callable[[int, int], 
                 known.sealed = known.sealed and meta.sealed
                 known.size = max(known.size, meta.size)
                 known.records = max(known.records, meta.records)
-                if ident["uuid"] not in known.replicas:
-                    known.replicas.append(ident["uuid"])
+                if uuid not in known.replicas:
+                    known.replicas.append(uuid)
                 rep.replicas += 1
                 rep.open_shards += not meta.sealed
                 for r in records:
@@ -161,9 +221,8 @@ def _rebuild_index(cfg: Settings, ssd_uuid: str, progress: Callable[[int, int], 
                         found[pointer.stem] = doc
             _read_marks(dc.path / MARKS_DIR, found_marks, rep)
             # a failed or draining disk stays so (a user's or rebuild's decision, as Store.open keeps it)
-            state, reason = kept_states.get(ident["uuid"], (DiskState.ACTIVE, ""))
-            found_disks.append(DiskRecord(ident["uuid"], dc.label, str(dc.path), state, ident.get("created", ""),
-                                          reason=reason))
+            state, reason = kept_states.get(uuid, (DiskState.ACTIVE, ""))
+            found_disks.append(DiskRecord(uuid, dc.label, str(dc.path), state, ident.get("created", ""), reason=reason))
             rep.disks += 1
         for meta in shards.values():
             index.put_shard(meta)
@@ -202,10 +261,6 @@ def _rebuild_index(cfg: Settings, ssd_uuid: str, progress: Callable[[int, int], 
         rep.batches = sum(1 for info in batches.values() if not info.get("removed"))
     finally:
         index.close()
-    _set_aside(target)
-    os.rename(work, target)
-    rep.seconds = time.monotonic() - t0
-    return rep
 
 
 
@@ -310,18 +365,19 @@ def index_copies(cfg: Settings) -> list[dict[str, Any]]:
     return out
 
 
-def restore_index(cfg: Settings, progress: Callable[[int, int], None] | None = None
-                  ) -> tuple[str, dict, IndexRebuildReport]:
+def restore_index(cfg: Settings, progress: Callable[[int, int], None] | None = None,
+                  without: Iterable[str] = ()) -> tuple[str, dict, IndexRebuildReport]:
     """Put the newest index copy found on the disks, brought up to date from the disks, in
-    place of the (lost) index; refuses while anything uses the store."""
+    place of the (lost) index; refuses while anything uses the store (and as rebuild_index
+    does, while a disk not in `without` cannot be read)."""
     with _store_idle(cfg, "index restore") as ssd_uuid:
-        done = _restore_index(cfg, ssd_uuid, progress)
+        done = _restore_index(cfg, ssd_uuid, progress, frozenset(without))
     _seed_marks(cfg)
     return done
 
 
-def _restore_index(cfg: Settings, ssd_uuid: str, progress: Callable[[int, int], None] | None = None
-                   ) -> tuple[str, dict, IndexRebuildReport]:
+def _restore_index(cfg: Settings, ssd_uuid: str, progress: Callable[[int, int], None] | None = None,
+                   without: frozenset[str] = frozenset()) -> tuple[str, dict, IndexRebuildReport]:
     """An index copy is as old as its `hoard index backup`: objects stored, shards sealed,
     replicated or compacted and marks set since then are on the disks only. So the index is
     rebuilt from the disks, which are the truth for all of that, and the copy supplies what
@@ -359,7 +415,7 @@ def _restore_index(cfg: Settings, ssd_uuid: str, progress: Callable[[int, int], 
             log.warning("index copy %s not usable: %s", dc.path / INDEX_COPY, why)
             continue
         try:
-            rep = _rebuild_index(cfg, ssd_uuid, progress, backup=copy)
+            rep = _rebuild_index(cfg, ssd_uuid, progress, backup=copy, without=without)
         finally:
             shutil.rmtree(copy, ignore_errors=True)
         rep.damaged += [f"index copy on {t}" for t in tried]

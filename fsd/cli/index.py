@@ -13,14 +13,19 @@ from fsd.cli.store import open_store
 app = typer.Typer(help="The LMDB index: rebuild it from the shards on the disks.", no_args_is_help=True)
 
 
+WITHOUT = typer.Option([], "--without", metavar="LABEL",
+                       help="leave out this configured disk (not mounted, dead); repeat for more. Without it, a "
+                            "disk that cannot be read stops the rebuild with nothing changed")
+
+
 @app.command()
-def rebuild(ctx: typer.Context) -> None:
+def rebuild(ctx: typer.Context, without: list[str] = WITHOUT) -> None:
     """Reconstruct objects, shards and replica locations from the disks (store must be idle)."""
     # deferred: hoard starts without the store's modules
     from fsd.reindex import rebuild_index
 
     with progress("reading the shards") as update:
-        rep = rebuild_index(state(ctx).settings, update)
+        rep = rebuild_index(state(ctx).settings, update, without=without)
     _report("index rebuilt", rep)
 
 
@@ -64,13 +69,13 @@ def backup(ctx: typer.Context, copies: int = typer.Option(2, min=1, help="how ma
 
 
 @app.command()
-def restore(ctx: typer.Context) -> None:
+def restore(ctx: typer.Context, without: list[str] = WITHOUT) -> None:
     """Rebuild the index from the disks, with what only the newest index copy on the HDDs
     knows (disk states, events, queued repairs) taken from that copy (store must be idle)."""
     # deferred: hoard starts without the store's modules
     from fsd.reindex import restore_index
 
     with progress("reading the shards") as update:
-        label, stamp, rep = restore_index(state(ctx).settings, update)
+        label, stamp, rep = restore_index(state(ctx).settings, update, without=without)
     taken = time.strftime('%Y-%m-%d %H:%M', time.localtime(stamp.get("taken_at", 0)))
     _report(f"index restored (copy of {taken} from disk {label}, brought up to date from the disks)", rep)
