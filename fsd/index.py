@@ -459,6 +459,20 @@ class Index:
         with self.env.begin(db=db) as txn:
             return {bytes(k) for k, _ in txn.cursor()}
 
+    def sharing_prefix(self, top: int, bits: int, limit: int = 2) -> list[bytes]:
+        """Up to `limit` stored objects whose sha256 begins with the `bits` (≤ 64) bits `top`, in order
+        (the mount's by-hash inode numbers are those bits: one object each, nearly always)."""
+        shift = 64 - bits
+        out = []
+        with self.env.begin(db=self.objects) as txn:
+            cur = txn.cursor()
+            if cur.set_range((top << shift).to_bytes(8, "big")):
+                for k in cur.iternext(values=False):
+                    if int.from_bytes(k[:8], "big") >> shift != top or len(out) >= limit:
+                        break
+                    out.append(bytes(k))
+        return out
+
     def objects_with_prefix(self, prefix: bytes, limit: int = 1 << 20) -> list[tuple[bytes, ObjectLoc]]:
         """Objects whose sha256 starts with `prefix`, in order (a by-hash directory)."""
         out = []

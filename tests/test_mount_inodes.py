@@ -4,6 +4,9 @@ its read cache (reader.py). The mount itself: test_mount*.py."""
 
 from __future__ import annotations
 
+import collections
+import hashlib
+import itertools
 import os
 from pathlib import Path
 
@@ -11,7 +14,7 @@ import pytest
 import trio
 
 from fsd.base import config
-from fsd.mount.namespace import ROOT, Namespace, Node, inode_of
+from fsd.mount.namespace import DERIVED, ROOT, Namespace, Node, inode_of
 from fsd.mount.reader import Reader
 from fsd.store import Store
 from fsd.views import define_view_rows
@@ -33,6 +36,7 @@ def namespace(tmp_path: Path):
     def new(cls=Namespace) -> Namespace:
         return cls(store.index, str(cfg.ssd.zone_path("3A")), reader.get_object)
 
+    new.store = store  # (a test adds objects)
     yield new, shas
     reader.close()
     store.close()
@@ -53,28 +57,37 @@ async def _walk(ns: Namespace, top: bytes) -> list[tuple[int, bytes, Node]]:
 
 
 def test_files_are_rows_and_names_are_derived(namespace) -> None:
-    """What the table keeps per node (the mount daemon's memory grows with it): a file is a
-    row of flat columns (56 bytes: no object, no key tuple, no name, no size); directories
-    are nodes; every node is at its own hash's number, the same after a remount and after
-    being forgotten; the names of deleted objects — every one the kernel knows, in by-hash/
-    and in the view, two in one file's case — are derived from the directories it was
-    named in."""
+    """What the table keeps per node (the mount daemon's memory grows with it): by-hash/'s
+    directories and files are numbered by what they are (a directory's two hex bytes, a
+    file's sha256) and kept in no table; a view's file is a row of flat columns (56 bytes: no
+    object, no key tuple, no name, no size); other directories are nodes; every node is at
+    its own number, the same after a remount and after being forgotten; the names of deleted
+    objects — every one the kernel knows, in by-hash/ and in the view, two in one file's
+    case — are derived from the directories it was named in."""
     new, shas = namespace
     ns = new()
-    told = trio.run(_walk, ns, b"by-hash") + trio.run(_walk, ns, b"views")
-    inodes = {n.inode for _, _, n in told}
-    assert len(ns.nodes) == len(inodes) + 1 and sorted(ns.nodes) == sorted(inodes | {ROOT})
+    in_hash, in_view = trio.run(_walk, ns, b"by-hash"), trio.run(_walk, ns, b"views")
+    told = in_hash + in_view
+    assert all(n.inode >= DERIVED for _, _, n in in_hash[1:]) and all(n.inode < DERIVED for _, _, n in in_view)
+    assert sorted(ns.nodes) == sorted({n.inode for _, _, n in told if n.inode < DERIVED} | {ROOT})
     assert ns.moved == {("dir", "root"): ROOT}  # no collision among these few
     files = {n.inode: n for _, _, n in told if n.sha is not None}
-    assert len(ns.files) == len(files) and all(n.sha is None for n in ns.others.values())
+    assert len(ns.files) == 300 and all(n.sha is None for n in ns.others.values())
     f = ns.files
     assert f.ino.itemsize + 32 + f.time.itemsize + f.lookups.itemsize + f.parent.itemsize == 56
     # by-hash/ (mtime 0: and the view's manifest objects) and the view (its time): two identities each
     assert len([n for n in files.values() if n.mtime_ns]) == 300 and len([n for n in files.values() if not n.mtime_ns]) > 300
     for _, _, n in told:
         got = ns.nodes[n.inode]
-        assert got.key == n.key and n.inode == inode_of(n.key) and got.size == n.size and got.mode == n.mode
-        assert ns.known(n.key).inode == n.inode
+        assert got.key == n.key and got.size == n.size and got.mode == n.mode
+        if n.inode < DERIVED:
+            assert n.inode == inode_of(n.key) and ns.known(n.key).inode == n.inode
+            assert ns.generation(n) == 0
+        elif n.sha is not None:  # a by-hash file: its number is its sha256's first bits, its generation more of them
+            assert n.inode == DERIVED | 1 << 61 | int.from_bytes(n.sha[:8], "big") >> 3 and ns.known(n.key) is None
+            assert ns.generation(n) == int.from_bytes(n.sha[8:16], "big")
+        else:
+            assert ns.known(n.key).inode == n.inode
     # a file named in two directories keeps both; names are not kept
     view = [(p, name, n) for p, name, n in told if n.sha is not None and n.mtime_ns]
     twice = next(n for _, _, n in view if n.sha == bytes.fromhex(shas[0]))
@@ -86,14 +99,65 @@ def test_files_are_rows_and_names_are_derived(namespace) -> None:
     assert len(ns.with_object(dead)) == 3 + 5  # by-hash/, and f000, again, f001, <sha1>.bin, f007
     # a remount: the same numbers; a node forgotten and told again: the same number
     again = new()
-    remounted = trio.run(_walk, again, b"views")
-    assert len(remounted) > 300 and all(ns.known(n.key).inode == n.inode for _, _, n in remounted)
+    remounted = trio.run(_walk, again, b"views") + trio.run(_walk, again, b"by-hash")
+    assert len(remounted) > 600 and all(n.inode in {m.inode for _, _, m in told} for _, _, n in remounted)
+    assert again.with_object(dead) == ns.with_object(dead)  # the same names, at the same numbers
     n = view[5][2]
     ns.forget(n.inode, ns.nodes[n.inode].lookups)
     assert n.inode not in ns.nodes and ns.known(n.key) is None and ns.with_object({n.sha}) == sorted(
         {(p, name) for p, name, m in told if m.sha == n.sha and m.inode != n.inode})
     fresh = ns.make(n.key, n.mode, n.size, n.sha, n.mtime_ns)
     assert ns.remember(fresh).inode == n.inode and ns.nodes[n.inode].lookups == 1
+
+
+class _Sharing(Namespace):
+    """By-hash numbers from the first 8 bits of a sha256: most of 300 objects share theirs."""
+    PREFIX_BITS = 8
+
+
+def sharing_bytes(sha: bytes, bits: int) -> bytes:
+    """New bytes whose sha256 begins with the same `bits` bits as `sha` (found by trying)."""
+    top = int.from_bytes(sha[:8], "big") >> (64 - bits)
+    for i in itertools.count():
+        data = b"collider %d\n" % i
+        if int.from_bytes(hashlib.sha256(data).digest()[:8], "big") >> (64 - bits) == top:
+            return data
+    raise AssertionError
+
+
+def test_by_hash_files_whose_number_bits_are_shared_get_rows(namespace) -> None:
+    """A by-hash file whose leading sha256 bits another stored object shares is not numbered
+    by them: it gets a row at its hashed number like a view's file, and its name is still
+    invalidated once when it is deleted. A number given while its object was alone, whose bits
+    an object stored later shares, names nothing any more (the mount answers ESTALE and the
+    kernel looks the name up again): never the newcomer; looked up again, each of the two gets
+    a row of its own."""
+    new, _ = namespace
+    ns = new(_Sharing)
+    told = trio.run(_walk, ns, b"by-hash")[1:]
+    files = [(p, name, n) for p, name, n in told if n.sha is not None]
+    tops = collections.Counter(n.sha[0] for _, _, n in files)
+    alone = [(p, name, n) for p, name, n in files if tops[n.sha[0]] == 1]
+    shared = [(p, name, n) for p, name, n in files if tops[n.sha[0]] > 1]
+    assert len(alone) > 20 and len(shared) > 100  # (~300 objects in 256 buckets)
+    for p, name, n in alone:
+        assert n.inode == DERIVED | 1 << 61 | n.sha[0] and ns.nodes[n.inode].sha == n.sha
+    for p, name, n in shared:
+        assert n.inode < DERIVED and ns.files.row(n.inode) >= 0 and ns.nodes[n.inode].sha == n.sha
+        assert ns.files.parents(ns.files.row(n.inode)) == [p]  # the (numbered, not kept) by-hash directory
+    dead = {shared[0][2].sha, alone[0][2].sha}
+    assert ns.with_object(dead) == sorted((p, name) for p, name, n in files if n.sha in dead)
+
+    p, name, a = alone[1]
+    newcomer = new.store.put_bytes(sharing_bytes(a.sha, 8))
+    b_sha = bytes.fromhex(newcomer.sha256)
+    assert a.inode not in ns.nodes and ns.nodes.get(a.inode) is None  # not the newcomer's
+    hash2 = ns.nodes[p]
+    again = ns.remember(trio.run(ns.lookup, hash2, name), p, name)
+    assert again.inode < DERIVED and ns.nodes[again.inode].sha == a.sha
+    b_name, b_dir = ns._hash_name(b_sha), ns.known(("dir", "hash2", b_sha[0], b_sha[1]))  # (8 bits: maybe another)
+    b = ns.remember(trio.run(ns.lookup, b_dir, b_name), b_dir.inode, b_name)
+    assert b.inode < DERIVED and b.inode != again.inode and ns.nodes[b.inode].sha == b_sha
 
 
 class _Colliding(Namespace):

@@ -95,6 +95,50 @@ def test_redefined_view_serves_new_bytes_and_inodes_are_stable(tmp_path: Path) -
         assert os.stat(cat0).st_ino != inodes[cat0]
 
 
+def _prefix_bits(bits: int):
+    """A `mounted(wrap=)` that runs the mount daemon with by-hash numbers of `bits` leading
+    sha256 bits (61 in a real mount: objects that share them are one in ~10^12 at 10^6)."""
+    code = ("import runpy, sys; import fsd.mount.namespace as n; n.Namespace.PREFIX_BITS = int(sys.argv.pop(1)); "
+            "runpy.run_module('fsd', run_name='__main__', alter_sys=True)")
+    return lambda cmd: [cmd[0], "-c", code, str(bits)] + cmd[3:]  # cmd: python -m fsd …
+
+
+def test_a_by_hash_number_another_object_comes_to_share_is_looked_up_again(tmp_path: Path) -> None:
+    """A by-hash file is numbered by its sha256's leading bits while no other object shares
+    them. An object stored later with the same bits (forced here: 8 bits) makes that number
+    name nothing: the next open of the cached name gets ESTALE inside the kernel, which looks
+    the name up again and reads the right bytes under a number of its own; the newcomer reads
+    its own bytes; a reader that held the file open keeps reading it."""
+    from tests.test_mount_inodes import sharing_bytes
+
+    cfg_path = dir_disks_config(tmp_path, 2, shard_size_mb=1)
+    cfg = config.load(cfg_path)
+    datas = [b"object %03d\n" % i for i in range(40)]
+    with Store.open(cfg, init=True) as store:
+        shas = [r.sha256 for r in store.put_bytes_many(datas)]
+    tops = [int(s[:2], 16) for s in shas]
+    i = next(k for k, t in enumerate(tops) if tops.count(t) == 1)  # alone in its 8 bits
+    mnt = tmp_path / "mnt"
+
+    def path(sha: str) -> Path:
+        return mnt / "by-hash" / sha[:2] / sha[2:4] / sha
+
+    with mounted(str(cfg_path), mnt, wrap=_prefix_bits(8)):
+        a = path(shas[i])
+        assert a.read_bytes() == datas[i] and os.stat(a).st_ino >= 1 << 62
+        with open(a, "rb") as held:
+            with Store.open(cfg) as store:
+                b_sha = store.put_bytes(sharing_bytes(bytes.fromhex(shas[i]), 8)).sha256
+            assert b_sha[:2] == shas[i][:2]
+            assert a.read_bytes() == datas[i]  # (the kernel's ESTALE retry: a lookup, then a row's number)
+            assert os.stat(a).st_ino < 1 << 62
+            assert path(b_sha).read_bytes() == sharing_bytes(bytes.fromhex(shas[i]), 8)
+            assert os.stat(path(b_sha)).st_ino != os.stat(a).st_ino
+            assert held.read() == datas[i]
+        for k in range(40):
+            assert path(shas[k]).read_bytes() == datas[k]
+
+
 def test_disk_added_and_replaced_while_mounted_serves_reads(tmp_path: Path) -> None:
     """Both disks replaced while the mount runs (`hoard disks add` + `hoard disks replace`):
     once the old disks are gone, every file reads from the new ones."""

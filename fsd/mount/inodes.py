@@ -1,7 +1,8 @@
 """The files of the mount's inode table, in columns: about 64 bytes per name the kernel knows.
 
-A file node is what a `find` over a million objects leaves behind a million times (twice:
-by-hash/ and a view), so it is not a Python object but a row of flat arrays:
+A file node is what a `find` over a view of a million objects leaves behind a million times
+(by-hash/ files are numbered by their sha256 and need no row: namespace.py), so it is not a
+Python object but a row of flat arrays:
 
     inode     8 B   array 'Q'   0 marks a free row
     sha256   32 B   bytearray   row r at [32 r, 32 r + 32)

@@ -8,18 +8,26 @@
     /.hoard/health                           the store's status, as text
     /inbox -> <zone 3A>                      a symlink: files written there are a batch to ingest
 
-**Inode numbers** are a 63-bit hash (xxh64) of what a node *is*: a file is its object and
-its time (`("file", sha256, mtime_ns)`), a directory its place — and, inside a batch or
-view, the manifest it comes from. So they are the same after a remount, a file shown in
-two places of one batch is one inode (nlink 1: `tar`/`rsync -H` do not treat it as a hard
+**Inode numbers** are what a node *is*, so they are the same after a remount. Under
+by-hash/ they are kept in no table, in the numbers from DERIVED (2^62) up: a directory is
+its hex bytes, a file the first PREFIX_BITS (61) bits of its sha256 (its FUSE generation the
+next 64) — while no other stored object shares those bits; one that does is numbered like
+the rest (nearly never: ~10^-6 at 10^6 objects, or an attacker's doing). A number whose bits
+an object stored later shares names nothing from then on (ESTALE: the kernel looks the name
+up again) — never the newcomer. Every other node's number is a 62-bit hash (xxh64) of its
+identity: a file is its object and its time (`("file", sha256, mtime_ns)`), a directory its
+place — and, inside a batch or view, the manifest it comes from. So a file shown in two
+places of one batch is one inode (nlink 1: `tar`/`rsync -H` do not treat it as a hard
 link), and a view redefined to point a path at another object gives that path another
 inode: no cached page of the old object can be served for it. (Two identities hashing to
 the same number — about one in 10^11 for 10^4 nodes the kernel holds — are told apart by
 probing the next number; only then does a number depend on the order of lookups.)
 
-A node enters the inode table when the kernel is told of it (lookup, readdirplus) and
-leaves when the kernel forgets it, so the table holds one per name the kernel knows (2 × N
-and the by-hash directories after a `find` over by-hash/ and a view of N objects). Files
+A node with a hashed number enters the inode table when the kernel is told of it (lookup,
+readdirplus) and leaves when the kernel forgets it, so the table holds one per name the
+kernel knows outside by-hash/ (N after a `find` over a view of N objects; a `find` over
+by-hash/ adds a bit per by-hash directory: whether a name in it was told, so that a deleted
+object's name there is invalidated). Files
 — nearly all of them — are rows of flat arrays (`inodes.Files`, ~64 bytes each): inode,
 sha256, time, the kernel's count and the directory the kernel learnt the name in; the size
 comes from the index when asked (getattr, open: one short LMDB read) and the names to
@@ -49,15 +57,22 @@ import xxhash
 from fsd.manifest import Tree, WouldBlock
 from fsd.mount.inodes import Files
 
-__all__ = ["Namespace", "Node", "ROOT", "inode_of"]
+__all__ = ["DERIVED", "Namespace", "Node", "ROOT", "inode_of"]
 
 ROOT = 1
 TOP = ("by-hash", "batches", "sources", "views", ".hoard", "inbox")
+#: numbers from here up are what they name and are kept in no table: by-hash directories
+#: (`_HASH1 | a`, `_HASH2 | a << 8 | b`) and by-hash files (`DERIVED | _FILE | the sha256's
+#: first PREFIX_BITS bits`); below it, a node's number is the hash of what it is
+DERIVED = 1 << 62
+_FILE = 1 << 61
+_HASH1 = DERIVED | 1 << 16
+_HASH2 = DERIVED | 2 << 16
 
 
 def inode_of(key: tuple) -> int:
-    """The inode number of a node's identity (before collision probing)."""
-    ino = xxhash.xxh64_intdigest(repr(key).encode()) >> 1
+    """The inode number of a node's identity (before collision probing): below DERIVED."""
+    ino = xxhash.xxh64_intdigest(repr(key).encode()) >> 2
     return ino if ino > ROOT else ino + 2
 
 
@@ -89,12 +104,17 @@ class Node:
 
 
 class _Nodes:
-    """inode → Node over both parts of the table (read-only; the Namespace changes it)."""
+    """inode → Node over both parts of the table and the numbers kept in none (read-only; the
+    Namespace changes it)."""
 
-    def __init__(self, files: Files, others: dict[int, Node], size_of: Callable[[bytes], int]) -> None:
-        self.files, self.others, self.size_of = files, others, size_of
+    def __init__(self, files: Files, others: dict[int, Node], size_of: Callable[[bytes], int],
+                 derive: Callable[[int], Node | None]) -> None:
+        self.files, self.others, self.size_of, self.derive = files, others, size_of, derive
 
     def get(self, inode: int, default=None) -> Node | None:
+        if inode >= DERIVED:
+            n = self.derive(inode)
+            return default if n is None else n
         n = self.others.get(inode)
         if n is not None:
             return n
@@ -112,6 +132,8 @@ class _Nodes:
         return n
 
     def __contains__(self, inode: int) -> bool:
+        if inode >= DERIVED:
+            return self.derive(inode) is not None
         return inode in self.others or self.files.row(inode) >= 0
 
     def __len__(self) -> int:
@@ -142,6 +164,9 @@ class Namespace:
     #: (64 MiB) held ~38 MB of a 1,000,000-name view after one `find`, for nothing
     TREE_BYTES = 16 << 20
     inode_of = staticmethod(inode_of)  # (a test gives a coarser hash to make numbers collide)
+    #: a by-hash file's number holds this many leading bits of its sha256 (a test gives fewer,
+    #: to make objects share them)
+    PREFIX_BITS = 61
 
     def __init__(self, index: Any, zone3a: str, get: Callable[[str], bytes],
                  visible: Callable[[bytes], bool] = lambda sha: True) -> None:
@@ -151,7 +176,10 @@ class Namespace:
         #: inode → node, every node the kernel holds: files in columns, the rest as Nodes; a
         #: node is at inode_of(its key) …
         self.files, self.others = Files(), {}
-        self.nodes = _Nodes(self.files, self.others, self._size_of)
+        self.nodes = _Nodes(self.files, self.others, self._size_of, self.derived_node)
+        #: the by-hash directories the kernel was told a file name in (bit a·256+b), whose names
+        #: are invalidated when an object is deleted: by-hash files have no rows to say so
+        self.hash2_told = bytearray(256 * 256 // 8)
         #: … unless that number was taken when it came (a hash collision): key → its number
         self.moved: dict[tuple, int] = {}
         self.lock = threading.Lock()
@@ -160,6 +188,50 @@ class Namespace:
         self.others[ROOT], self.moved[root.key] = root, ROOT  # (its number is fixed, not its hash)
 
     # -- inodes -------------------------------------------------------------------------------
+    @staticmethod
+    def _derived(key: tuple) -> int:
+        """The number a by-hash directory is (0 for any other key than a by-hash directory's)."""
+        if key[0] == "dir" and key[1] == "hash1":
+            return _HASH1 | key[2]
+        if key[0] == "dir" and key[1] == "hash2":
+            return _HASH2 | key[2] << 8 | key[3]
+        return 0
+
+    def _sha_top(self, sha: bytes) -> int:
+        return int.from_bytes(sha[:8], "big") >> (64 - self.PREFIX_BITS)
+
+    def _alone(self, sha: bytes) -> bool:
+        """Whether `sha` is the one stored object with its first PREFIX_BITS bits (a short LMDB read)."""
+        return self.index.sharing_prefix(self._sha_top(sha), self.PREFIX_BITS) == [sha]
+
+    def derived_node(self, inode: int) -> Node | None:
+        """The node a number from DERIVED up is; None if it names nothing (now): an object
+        collected, or one that now shares its number's bits with another (ops answer ESTALE,
+        and the kernel looks the name up again, getting a number from the table)."""
+        if inode & _FILE:
+            top = inode - (DERIVED | _FILE)
+            if not 0 <= top < 1 << self.PREFIX_BITS:
+                return None
+            shas = self.index.sharing_prefix(top, self.PREFIX_BITS)
+            if len(shas) != 1:
+                return None
+            return Node(inode, ("file", shas[0], 0), FILE_MODE, self._size_of(shas[0]), 0, shas[0])
+        kind, low = (inode - DERIVED) >> 16, inode & 0xFFFF
+        if kind == 1 and low < 256:
+            key: tuple = ("dir", "hash1", low)
+        elif kind == 2:
+            key = ("dir", "hash2", low >> 8, low & 0xFF)
+        else:
+            return None
+        return Node(inode, key, DIR_MODE, mtime_ns=self.started_ns)
+
+    @staticmethod
+    def generation(node: Node) -> int:
+        """The FUSE generation of a node: a by-hash file's is more of its sha256, so a number that
+        came to name another object (a collected one's, shared bits) is a new inode to the kernel —
+        no page it cached of the old object is served for the new one."""
+        return int.from_bytes(node.sha[8:16], "big") if node.inode >= DERIVED and node.sha else 0
+
     def _number(self, key: tuple) -> int:
         """Where `key` is if the kernel holds it: its home number, or where it moved."""
         ino = self.moved.get(key)
@@ -173,8 +245,10 @@ class Namespace:
         """The node the kernel holds for `key`, if any. Every known key is at its home number
         (inode_of) or in `moved`: `forget` keeps that true, so a node forgotten in the middle of
         a run of collided numbers does not hide the nodes after it."""
-        if key[0] == "file":
+        if key[0] == "file":  # (a by-hash file given its number from the sha256 is in no table)
             return self.nodes.get(self._number(key)) if self._file_row(key) >= 0 else None
+        if d := self._derived(key):
+            return self.derived_node(d)
         n = self.others.get(self._number(key))
         return n if n is not None and n.key == key else None
 
@@ -186,14 +260,14 @@ class Namespace:
             known = self.known(key)
             if known is not None:
                 return known
-        return Node(0, key, mode, size, self.started_ns if mtime_ns is None else mtime_ns, sha)
+        return Node(self._derived(key), key, mode, size, self.started_ns if mtime_ns is None else mtime_ns, sha)
 
     def _free_number(self, key: tuple, home: int | None = None) -> int:
         """The first number from `key`'s home (its hash) no node holds; a number past the
         home is recorded in `moved`."""
         home = ino = self.inode_of(key) if home is None else home
         while ino in self.others or self.files.row(ino) >= 0:
-            ino += 1  # a hash collision: the next free number
+            ino = ino + 1 if ino + 1 < DERIVED else ROOT + 1  # a hash collision: the next free number
         if ino != home:
             self.moved[key] = ino
         return ino
@@ -203,6 +277,15 @@ class Namespace:
         `parent`: give it its inode. A file's node comes back with its number and count set;
         any other node is the one the table holds."""
         key = node.key
+        if key[0] == "file" and key[2] == 0 and self._alone(node.sha):
+            # a by-hash file (time 0: no other file has it): numbered by its sha256, kept in no
+            # table; its directory is marked for the invalidation of its name when it is deleted
+            node.inode = DERIVED | _FILE | self._sha_top(node.sha)
+            byte, bit = _told_bit(node.sha)
+            self.hash2_told[byte] |= bit
+            return node
+        if node.inode >= DERIVED:  # a by-hash directory
+            return node
         if key[0] == "file":
             files, home = self.files, self.inode_of(key)  # (hashed once, outside the lock)
             with self.lock:
@@ -225,9 +308,9 @@ class Namespace:
     def forget(self, inode: int, count: int) -> None:
         """The kernel dropped `count` references; a node nobody references leaves the table
         (its number is the same when it comes back)."""
+        if inode == ROOT or inode >= DERIVED:  # (numbers from DERIVED up are kept in no table)
+            return
         with self.lock:
-            if inode == ROOT:
-                return
             n = self.others.get(inode)
             if n is not None:
                 n.lookups -= count
@@ -261,6 +344,10 @@ class Namespace:
             with self.lock:
                 for r in self.files.rows_with(dead, lo, min(hi, lo + step, len(self.files.ino))):
                     found += [(self.files.sha_of(r), p) for p in self.files.parents(r)]
+        for sha in dead:  # by-hash names numbered by their sha256: in no row
+            byte, bit = _told_bit(sha)
+            if self.hash2_told[byte] & bit:
+                found.append((sha, _HASH2 | sha[0] << 8 | sha[1]))
         out = set()
         for sha, p in found:
             out.update((p, name) for name in self._names_in(p, sha))
@@ -268,8 +355,11 @@ class Namespace:
 
     def _names_in(self, parent: int, sha: bytes) -> list[bytes]:
         """The names of file `sha` in directory `parent` (none if the kernel forgot it)."""
-        with self.lock:
-            d = self.others.get(parent)
+        if parent >= DERIVED:
+            d = self.derived_node(parent)
+        else:
+            with self.lock:
+                d = self.others.get(parent)
         if d is None or d.key[0] != "dir":
             return []
         kind = d.key[1]
@@ -410,6 +500,12 @@ class Namespace:
             else:
                 self.trees.move_to_end(manifest_sha_hex)
             return t
+
+
+def _told_bit(sha: bytes) -> tuple[int, int]:
+    """Where Namespace.hash2_told keeps sha's by-hash directory: (byte, bit mask)."""
+    i = sha[0] << 8 | sha[1]
+    return i >> 3, 1 << (i & 7)
 
 
 def _mtime_ns(iso: str | None) -> int:

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import pyfuse3
 
 from fsd.base.errors import HoardError
-from fsd.mount.namespace import Namespace, Node
+from fsd.mount.namespace import DERIVED, Namespace, Node
 from fsd.mount.reader import SMALL_MAX, ReadFailed, Reader
 from fsd.mount.watch import Watcher
 from fsd.records import ObjectNotFound
@@ -85,13 +85,13 @@ class HoardOps(pyfuse3.Operations):
         growing = stat.S_ISDIR(n.mode) and n.key[1] in ("root", "batches", "sources", "source", "views", "hash2")
         a.entry_timeout = LISTING_TIMEOUT if growing or n.key == ("health",) else ENTRY_TIMEOUT
         a.attr_timeout = 0 if n.key == ("health",) else a.entry_timeout
-        a.generation = 0
+        a.generation = self.ns.generation(n)
         return a
 
     def _get(self, inode: int) -> Node:
         n = self.ns.nodes.get(inode)
-        if n is None:
-            raise pyfuse3.FUSEError(errno.ENOENT)
+        if n is None:  # a number kept in no table that names nothing now: the kernel looks the name up again
+            raise pyfuse3.FUSEError(errno.ESTALE if inode >= DERIVED else errno.ENOENT)
         return n
 
     @_guarded
