@@ -254,30 +254,31 @@ class Namespace:
     def with_object(self, dead: set[bytes] | frozenset[bytes]) -> list[tuple[int, bytes]]:
         """(parent inode, name) of every known file whose object is in `dead`. Blocking (a
         manifest page may be read to name a view's file): call it from a worker thread."""
-        found: list[tuple[bytes, int]] = []  # (sha, parent inode)
+        found: dict[int, set[bytes]] = {}  # parent inode → the dead files the kernel knows there
         step = 1 << 16
         hi = len(self.files.ino)
         for lo in range(0, hi, step):  # the lock a chunk at a time: the trio thread waits ≤ a few ms
             with self.lock:
                 for r in self.files.rows_with(dead, lo, min(hi, lo + step, len(self.files.ino))):
-                    found += [(self.files.sha_of(r), p) for p in self.files.parents(r)]
-        out = set()
-        for sha, p in found:
-            out.update((p, name) for name in self._names_in(p, sha))
+                    for p in self.files.parents(r):
+                        found.setdefault(p, set()).add(self.files.sha_of(r))
+        out = []
+        for p, shas in found.items():  # each directory listed once, whatever it holds of them
+            out += [(p, name) for name in self._names_in(p, shas)]
         return sorted(out)
 
-    def _names_in(self, parent: int, sha: bytes) -> list[bytes]:
-        """The names of file `sha` in directory `parent` (none if the kernel forgot it)."""
+    def _names_in(self, parent: int, shas: set[bytes]) -> list[bytes]:
+        """The names of files `shas` in directory `parent` (none if the kernel forgot it)."""
         with self.lock:
             d = self.others.get(parent)
         if d is None or d.key[0] != "dir":
             return []
         kind = d.key[1]
         if kind == "hash2":
-            return [self._hash_name(sha)]
+            return [self._hash_name(sha) for sha in shas]
         if kind == "tree":
             entries = self._tree(d.key[4]).list_dir(d.key[5]) or []
-            return [e[0].encode() for e in entries if not e[1] and e[2] == sha]
+            return [e[0].encode() for e in entries if not e[1] and e[2] in shas]
         return []
 
     def _size_of(self, sha: bytes) -> int:
