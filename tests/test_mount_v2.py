@@ -328,3 +328,41 @@ def test_hung_replica_is_bypassed(lab_factory, tmp_path: Path) -> None:
         assert proc.poll() is None
     log = (tmp_path / "mnt.log").read_text()
     assert "Traceback" not in log
+
+
+@pytest.mark.expect_log(r"names of deleted objects under train/cats not invalidated", level="WARNING")
+def test_deletions_invalidated_past_a_collected_view_manifest(tmp_path: Path) -> None:
+    """A reader holds a file of a view that is then redefined and its old manifest collected
+    (gc), and the daemon has dropped that manifest from its cache: the names under the old
+    view can no longer be derived. Objects deleted after that are still invalidated
+    everywhere else — the deletions refresh must not fail whole (it had already taken the
+    objects as dead, so their names stayed in the kernel for an hour: ENTRY_TIMEOUT)."""
+    from fsd.deletion import hide
+    from fsd.gc import gc
+    from fsd.mount.namespace import Namespace
+
+    cfg_path = dir_disks_config(tmp_path, 2, shard_size_mb=1)
+    cfg = config.load(cfg_path)
+    files = make_files(tmp_path / "in", 6)
+    with Store.open(cfg, init=True) as store:
+        res = store.put_many(files)
+        define_view(store, "train", f"{res[0].sha256}  cats/0.bin\n".encode())
+        for k in range(Namespace.TREE_CACHE):  # enough views to push a manifest out of the daemon's cache
+            define_view(store, f"f{k:02d}", f"{res[3].sha256}  x/{k}.bin\n".encode())
+    mnt = tmp_path / "mnt"
+    cat0 = mnt / "views" / "train" / "cats" / "0.bin"
+    by_hash = mnt / "by-hash" / res[2].sha256[:2] / res[2].sha256[2:4]
+    with mounted(str(cfg_path), mnt):
+        hashed = by_hash / next(n for n in os.listdir(by_hash) if n.startswith(res[2].sha256))
+        assert hashed.exists()
+        with open(cat0, "rb") as held:  # keeps the old view's directory known to the kernel
+            with Store.open(cfg) as store:
+                define_view(store, "train", f"{res[5].sha256}  cats/0.bin\n".encode())
+                gc(store, threshold=0.99)  # the replaced manifest is freed
+            _until(lambda: _read(cat0) == files[5].read_bytes(), "the redefined path still serves the old bytes")
+            for k in range(Namespace.TREE_CACHE):
+                assert os.listdir(mnt / "views" / f"f{k:02d}") == ["x"]
+            with Store.open(cfg) as store:
+                hide(store, [bytes.fromhex(res[0].sha256), bytes.fromhex(res[2].sha256)], "test")
+            _until(lambda: not hashed.exists(), "a hidden object is still shown in by-hash/", timeout=6.0)
+            assert held.read() == files[0].read_bytes()
