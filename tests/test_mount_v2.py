@@ -372,3 +372,91 @@ def test_hung_replica_is_bypassed(lab_factory, tmp_path: Path) -> None:
         assert proc.poll() is None
     log = (tmp_path / "mnt.log").read_text()
     assert "Traceback" not in log
+
+
+@pytest.mark.expect_log(r"names of deleted objects under train/cats not invalidated", level="WARNING")
+def test_deletions_invalidated_past_a_collected_view_manifest(tmp_path: Path) -> None:
+    """A reader holds a file of a view that is then redefined and its old manifest collected
+    (gc), and the daemon has dropped that manifest from its cache: the names under the old
+    view can no longer be derived. Objects deleted after that are still invalidated
+    everywhere else — the deletions refresh must not fail whole (it had already taken the
+    objects as dead, so their names stayed in the kernel for an hour: ENTRY_TIMEOUT)."""
+    from fsd.deletion import hide
+    from fsd.gc import gc
+    from fsd.mount.namespace import Namespace
+
+    cfg_path = dir_disks_config(tmp_path, 2, shard_size_mb=1)
+    cfg = config.load(cfg_path)
+    files = make_files(tmp_path / "in", 6)
+    with Store.open(cfg, init=True) as store:
+        res = store.put_many(files)
+        define_view(store, "train", f"{res[0].sha256}  cats/0.bin\n".encode())
+        for k in range(Namespace.TREE_CACHE):  # enough views to push a manifest out of the daemon's cache
+            define_view(store, f"f{k:02d}", f"{res[3].sha256}  x/{k}.bin\n".encode())
+    mnt = tmp_path / "mnt"
+    cat0 = mnt / "views" / "train" / "cats" / "0.bin"
+    by_hash = mnt / "by-hash" / res[2].sha256[:2] / res[2].sha256[2:4]
+    with mounted(str(cfg_path), mnt):
+        hashed = by_hash / next(n for n in os.listdir(by_hash) if n.startswith(res[2].sha256))
+        assert hashed.exists()
+        with open(cat0, "rb") as held:  # keeps the old view's directory known to the kernel
+            with Store.open(cfg) as store:
+                define_view(store, "train", f"{res[5].sha256}  cats/0.bin\n".encode())
+                gc(store, threshold=0.99)  # the replaced manifest is freed
+            _until(lambda: _read(cat0) == files[5].read_bytes(), "the redefined path still serves the old bytes")
+            for k in range(Namespace.TREE_CACHE):
+                assert os.listdir(mnt / "views" / f"f{k:02d}") == ["x"]
+            with Store.open(cfg) as store:
+                hide(store, [bytes.fromhex(res[0].sha256), bytes.fromhex(res[2].sha256)], "test")
+            _until(lambda: not hashed.exists(), "a hidden object is still shown in by-hash/", timeout=6.0)
+            assert held.read() == files[0].read_bytes()
+
+
+def test_object_deleted_during_a_listing_is_not_told_to_the_kernel(tmp_path: Path) -> None:
+    """A directory listed in several readdir calls (a `find` or `ls` of a large directory)
+    while one of its objects is deleted: the entries handed out after the deletion was seen
+    do not include it — it was listed from a snapshot taken at opendir, and a name the
+    kernel learns after the deletions refresh has passed is never invalidated (an hour of
+    a deleted object shown and read: ENTRY_TIMEOUT)."""
+    from fsd.deletion import hide
+    from fsd.views import define_view_rows
+
+    cfg_path = dir_disks_config(tmp_path, 2, shard_size_mb=4)
+    cfg = config.load(cfg_path)
+    with Store.open(cfg, init=True) as store:
+        shas = [r.sha256 for r in store.put_bytes_many([b"object %05d\n" % i for i in range(3000)])]
+        define_view_rows(store, "v", [(f"d/f{i:05d}.txt", sha) for i, sha in enumerate(shas)])
+    mnt = tmp_path / "mnt"
+    d = mnt / "views" / "v" / "d"
+    last = d / "f02999.txt"
+    with mounted(str(cfg_path), mnt):
+        fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
+        try:  # getdents64 in 4 KiB steps, as a small reader does (glibc's readdir asks for up to 1 MiB)
+            first = _getdents(fd)
+            with Store.open(cfg) as store:
+                hide(store, [bytes.fromhex(shas[2999])], "test")
+            time.sleep(3)  # the deletions refresh (every 2 s) has seen it: the kernel knows no name of it
+            rest = []
+            while names := _getdents(fd):
+                rest += names
+        finally:
+            os.close(fd)
+        assert b"f00000.txt" in first and len(first) < 200
+        assert len(first) + len(rest) == 2999 and b"f02999.txt" not in rest  # (listed after it was deleted)
+        _until(lambda: not last.exists(), "an object deleted during a listing is still shown", timeout=6.0)
+
+
+def _getdents(fd: int) -> list[bytes]:
+    """The names one getdents64(2) call with a 4 KiB buffer returns."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    buf = ctypes.create_string_buffer(4096)
+    n = libc.syscall(217, fd, buf, len(buf))  # SYS_getdents64 (x86-64)
+    assert n >= 0, os.strerror(ctypes.get_errno())
+    names, pos = [], 0
+    while pos < n:
+        reclen = int.from_bytes(buf.raw[pos + 16:pos + 18], "little")
+        names.append(buf.raw[pos + 19:pos + reclen].split(b"\0", 1)[0])
+        pos += reclen
+    return names

@@ -45,6 +45,7 @@ async and hop to a worker thread only for a page that is not loaded yet).
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import stat
 import threading
 import time
@@ -54,10 +55,13 @@ from typing import Any, Callable
 import trio
 import xxhash
 
+from fsd.base.errors import HoardError
 from fsd.manifest import Tree, WouldBlock
 from fsd.mount.inodes import Files
 
 __all__ = ["DERIVED", "Namespace", "Node", "ROOT", "inode_of"]
+
+log = logging.getLogger(__name__)
 
 ROOT = 1
 TOP = ("by-hash", "batches", "sources", "views", ".hoard", "inbox")
@@ -337,24 +341,25 @@ class Namespace:
     def with_object(self, dead: set[bytes] | frozenset[bytes]) -> list[tuple[int, bytes]]:
         """(parent inode, name) of every known file whose object is in `dead`. Blocking (a
         manifest page may be read to name a view's file): call it from a worker thread."""
-        found: list[tuple[bytes, int]] = []  # (sha, parent inode)
+        found: dict[int, set[bytes]] = {}  # parent inode → the dead files the kernel knows there
         step = 1 << 16
         hi = len(self.files.ino)
         for lo in range(0, hi, step):  # the lock a chunk at a time: the trio thread waits ≤ a few ms
             with self.lock:
                 for r in self.files.rows_with(dead, lo, min(hi, lo + step, len(self.files.ino))):
-                    found += [(self.files.sha_of(r), p) for p in self.files.parents(r)]
+                    for p in self.files.parents(r):
+                        found.setdefault(p, set()).add(self.files.sha_of(r))
         for sha in dead:  # by-hash names numbered by their sha256: in no row
             byte, bit = _told_bit(sha)
             if self.hash2_told[byte] & bit:
-                found.append((sha, _HASH2 | sha[0] << 8 | sha[1]))
+                found.setdefault(_HASH2 | sha[0] << 8 | sha[1], set()).add(sha)
         out = set()
-        for sha, p in found:
-            out.update((p, name) for name in self._names_in(p, sha))
+        for p, shas in found.items():  # each directory listed once, whatever it holds of them
+            out.update((p, name) for name in self._names_in(p, shas))
         return sorted(out)
 
-    def _names_in(self, parent: int, sha: bytes) -> list[bytes]:
-        """The names of file `sha` in directory `parent` (none if the kernel forgot it)."""
+    def _names_in(self, parent: int, shas: set[bytes]) -> list[bytes]:
+        """The names of files `shas` in directory `parent` (none if the kernel forgot it)."""
         if parent >= DERIVED:
             d = self.derived_node(parent)
         else:
@@ -364,10 +369,15 @@ class Namespace:
             return []
         kind = d.key[1]
         if kind == "hash2":
-            return [self._hash_name(sha)]
+            return [self._hash_name(sha) for sha in shas]
         if kind == "tree":
-            entries = self._tree(d.key[4]).list_dir(d.key[5]) or []
-            return [e[0].encode() for e in entries if not e[1] and e[2] == sha]
+            try:
+                entries = self._tree(d.key[4]).list_dir(d.key[5]) or []
+            except HoardError as e:  # (the manifest of a view redefined under a reader, collected since)
+                log.warning("mount: names of deleted objects under %s/%s not invalidated, their manifest cannot "
+                            "be read (%s); they expire with the kernel's entry timeout", d.key[3], d.key[5], e.message)
+                return []
+            return [e[0].encode() for e in entries if not e[1] and e[2] in shas]
         return []
 
     def _size_of(self, sha: bytes) -> int:

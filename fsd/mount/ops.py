@@ -154,6 +154,11 @@ class HoardOps(pyfuse3.Operations):
         for i in range(start_id, len(entries)):
             name, node = entries[i]
             node = self.ns.remember(node, parent, name)  # readdirplus: the kernel now knows it
+            if node.sha is not None and not self.ns.visible(node.sha):
+                # deleted since opendir's snapshot: a name the deletions refresh did not see (it
+                # looks only after it has taken the object as dead) would stay for ENTRY_TIMEOUT
+                self.ns.forget(node.inode, 1)
+                continue
             if not pyfuse3.readdir_reply(token, name, self._attr(node), i + 1):
                 self.ns.forget(node.inode, 1)  # it did not fit: not told after all
                 return
