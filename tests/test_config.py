@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import psycopg.conninfo
 import pytest
 
 from fsd.base import config
@@ -56,7 +57,8 @@ def test_defaults_and_relative_paths(tmp_path: Path) -> None:
     assert cfg.disks[0].path == tmp_path / "d" / "a"
     assert cfg.disks[2].path == Path("/abs/c")
     assert cfg.index_dir == tmp_path / "ssd" / "index"
-    assert cfg.test_database_url is not None and "dbname=hoard_test" in cfg.test_database_url
+    assert cfg.test_database_url == "postgresql:///hoard_test"  # (read without libpq: a URI)
+    assert psycopg.conninfo.conninfo_to_dict(cfg.test_database_url)["dbname"] == "hoard_test"
     assert cfg.test_redis_url == "redis://127.0.0.1:6379/1"
 
 
@@ -152,3 +154,41 @@ def test_every_key_is_documented() -> None:
     missing = [f"{prefix}{name}" for prefix, model in models.items() for name in model.model_fields
                if name != "source" and f"`{prefix}{name}`" not in doc]
     assert not missing, f"undocumented keys: {missing}"
+
+
+@pytest.mark.parametrize("url, test_url", [
+    ("postgresql:///hoard", "postgresql:///hoard_test"),
+    ("postgresql://hoard@/hoard?host=%2Fvar%2Frun%20pg", "postgresql://hoard@/hoard_test?host=%2Fvar%2Frun%20pg"),
+    ("postgresql://u:p@h:5432/my%20db?sslmode=require", "postgresql://u:p@h:5432/my%20db_test?sslmode=require"),
+    ("postgresql://h?dbname=foo&sslmode=disable", "postgresql://h?dbname=foo_test&sslmode=disable"),
+    ("postgres://h", "postgres://h/hoard_test"),
+    ("host=/tmp dbname=x", "dbname=x_test host=/tmp"),
+])
+def test_the_test_database_is_the_working_one_with_test_appended(url: str, test_url: str) -> None:
+    """Read as libpq reads it (a URI without libpq: the mount daemon does not load psycopg)."""
+    got = config._derive_test_db_url(url)
+    assert got == test_url
+    want = psycopg.conninfo.conninfo_to_dict(url)
+    want["dbname"] = f"{want.get('dbname') or 'hoard'}_test"
+    assert psycopg.conninfo.conninfo_to_dict(got) == want
+
+
+@pytest.mark.parametrize("url, test_url", [
+    ("redis://127.0.0.1:6379/0", "redis://127.0.0.1:6379/1"),
+    ("redis://h", "redis://h/1"),
+    ("unix:///run/redis.sock?db=0", "unix:///run/redis.sock?db=1"),
+    ("unix:///run/redis.sock", "unix:///run/redis.sock?db=1"),
+    ("rediss://u:p@h:1/2?db=5", "rediss://u:p@h:1/6"),
+])
+def test_the_test_redis_is_the_next_database(url: str, test_url: str) -> None:
+    """The next database number, as redis-py reads the URL (`?db=` wins over the path)."""
+    import redis.connection
+
+    assert config._derive_test_redis_url(url) == test_url
+    assert redis.connection.parse_url(test_url).get("db", 0) == redis.connection.parse_url(url).get("db", 0) + 1
+
+
+def test_a_bad_redis_url_is_a_config_error(tmp_path: Path) -> None:
+    for bad, why in (("http://h/0", "must start with redis://"), ("redis://h/abc", "is not a number")):
+        with pytest.raises(ConfigError, match=why):
+            config.load(_write(tmp_path, GOOD.replace("redis://127.0.0.1:6379/0", bad)))

@@ -15,7 +15,7 @@ import os
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args, get_origin
-from urllib.parse import quote
+from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
@@ -256,7 +256,14 @@ class Settings(BaseSettings):
 
 def _derive_test_db_url(url: str) -> str:
     """Same server, database `<name>_test`: tests never touch the working database."""
-    # deferred: psycopg (~0.1 s) loads only when a config is validated, not when the base is imported
+    if url.startswith(("postgresql://", "postgres://")):  # a URI: no need of libpq to read it
+        parts = urlsplit(url)
+        query = parse_qsl(parts.query, keep_blank_values=True)
+        if any(k == "dbname" for k, _ in query):  # (a dbname parameter wins over the path)
+            query = [(k, f"{v or 'hoard'}_test" if k == "dbname" else v) for k, v in query]
+            return _uri(parts._replace(query=urlencode(query, safe="/")))
+        return _uri(parts._replace(path="/" + quote(f"{unquote(parts.path[1:]) or 'hoard'}_test")))
+    # deferred: psycopg (~0.1 s, ~15 MiB resident) loads only for a key=value conninfo
     import psycopg.conninfo
 
     params = psycopg.conninfo.conninfo_to_dict(url)
@@ -264,13 +271,22 @@ def _derive_test_db_url(url: str) -> str:
     return psycopg.conninfo.make_conninfo(**params)
 
 
-def _derive_test_redis_url(url: str) -> str:
-    """Same Redis, database number 1 more than the working one (0 → 1)."""
-    # deferred: redis (~0.1 s) loads only when a config is validated, not when the base is imported
-    import redis
+def _uri(parts) -> str:
+    """urlunsplit, but keeping `//` before an empty host (postgresql:///hoard: the local socket)."""
+    return f"{parts.scheme}://{parts.netloc}{parts.path}" + (f"?{parts.query}" if parts.query else "")
 
-    kwargs = redis.connection.parse_url(url)
-    db = int(kwargs.get("db", 0)) + 1
+
+def _derive_test_redis_url(url: str) -> str:
+    """Same Redis, database number 1 more than the working one (0 → 1). Read as redis-py reads
+    it (`?db=` wins over a redis:// path), without loading redis-py (~15 MiB resident)."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("redis", "rediss", "unix"):
+        raise ValueError(f"redis_url {url!r}: must start with redis://, rediss:// or unix://")
+    given = dict(parse_qsl(parts.query)).get("db") or (parts.scheme != "unix" and unquote(parts.path).strip("/")) or 0
+    try:
+        db = int(given) + 1
+    except ValueError:
+        raise ValueError(f"redis_url {url!r}: database {given!r} is not a number") from None
     base, _, query = url.partition("?")
     rest = [p for p in query.split("&") if p and not p.startswith("db=")]
     if base.startswith("unix://"):

@@ -11,7 +11,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-import psycopg
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn, TransferSpeedColumn
@@ -221,6 +220,9 @@ def database(cfg: Settings, skip: bool = False, needed_for: str | None = None):
     """A connection to the configured database (autocommit, closed afterwards), or None when
     `skip`. Unreachable: with `needed_for` a one-line refusal naming why it is needed (exit 3);
     without, a line saying the command goes on without it, and None."""
+    # deferred: psycopg loads only in commands that use the database (~15 MiB: the mount daemon does not)
+    import psycopg
+
     if skip:
         yield None
         return

@@ -7,7 +7,6 @@ import os
 import shutil
 from typing import Annotated, Optional
 
-import psycopg
 import typer
 
 from fsd.base.errors import ExitCode, HoardError, ServiceUnavailable
@@ -19,6 +18,9 @@ app = typer.Typer(help="The PostgreSQL database: migrate, status, backup, verify
 
 
 def connect(ctx: typer.Context) -> psycopg.Connection:
+    # deferred: psycopg loads only in commands that use the database (~15 MiB: the mount daemon does not)
+    import psycopg
+
     url = state(ctx).settings.database_url
     try:
         return psycopg.connect(url, autocommit=True, connect_timeout=10)
@@ -141,6 +143,9 @@ def backup(
 
 
 def _auto_kind(url: str) -> str:
+    # deferred: psycopg loads only in commands that use the database
+    import psycopg
+
     with psycopg.connect(url, autocommit=True) as conn:
         recent = conn.execute("SELECT 1 FROM backup_log WHERE kind = 'full' "
                               "AND finished_at > now() - interval '7 days'").fetchone()
@@ -170,6 +175,9 @@ def verify_backup(ctx: typer.Context) -> None:
 
 
 def _has_physical(url: str) -> bool:
+    # deferred: psycopg loads only in commands that use the database
+    import psycopg
+
     with psycopg.connect(url, autocommit=True) as conn:
         return conn.execute("SELECT 1 FROM backup_log WHERE kind IN ('full', 'diff') LIMIT 1").fetchone() is not None
 
@@ -184,6 +192,8 @@ def restore(
     yes: Annotated[bool, typer.Option("--yes", help="skip the typed confirmation (scripts)")] = False,
 ) -> None:
     """Replace the database with a backup — asks you to type the database name first."""
+    import psycopg.conninfo  # deferred: as above
+
     cfg = state(ctx).settings
     dbname = psycopg.conninfo.conninfo_to_dict(cfg.database_url).get("dbname", "hoard")
     what = (f"the whole PostgreSQL cluster (every database) from pgBackRest {set_label or '(latest + WAL)'}"

@@ -16,7 +16,6 @@ import time
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
-import psycopg
 import typer
 
 from fsd.base.errors import ExitCode, HoardError, first_line
@@ -58,6 +57,9 @@ def _manifest_paths(store, sha: bytes) -> list[dict[str, str]]:
 
 def _db_facts(cfg, sha: bytes) -> dict[str, Any]:
     """What the database says about the node, or why it could not be asked."""
+    # deferred: psycopg loads only in commands that use the database
+    import psycopg
+
     try:
         with psycopg.connect(cfg.database_url, connect_timeout=5) as conn:
             row = conn.execute(
@@ -202,7 +204,9 @@ def select(
 ) -> None:
     """Select nodes from the database: flags, or a selector file (`--file`). Prints sha256 and
     size per node; `--view` prints a view manifest (`hoard select … --view | hoard view add NAME -`)."""
-    # deferred: hoard starts without sql's modules
+    # deferred: hoard starts without sql's modules (and psycopg)
+    import psycopg
+
     from sql.selectors import parse_selector, query_nodes
 
     if from_file is not None:
