@@ -39,7 +39,7 @@ from fsd.placement import Need, human, simulate, space_report
 from fsd.records import STREAM_THRESHOLD
 from fsd.replicate import _replicate
 from fsd.store import Store
-from fsd.writer import ShardWriter
+from fsd.writer import ReplicaFailed, ShardWriter
 
 log = logging.getLogger(__name__)
 
@@ -239,6 +239,20 @@ class Reservation:
 
 # -- 2. copy ---------------------------------------------------------------------------------
 
+@contextlib.contextmanager
+def _stopped_by_a_failing_disk(writer: ShardWriter):
+    """A disk the copies go to fails (vanishes, EIO, full): its state is recorded and gc stops
+    with a message naming it — nothing is freed until the copies are whole and indexed, so every
+    object is still where it was (a re-run writes to the other disks)."""
+    try:
+        yield
+    except ReplicaFailed as f:
+        writer.disk_failed(f)
+        raise HoardError(f"gc stopped: {f} (while live objects were copied out of sparse shards). Nothing was "
+                         "freed: every object is where it was. `hoard health` names the disk; run `hoard gc` "
+                         "again (it writes to the other disks)", ExitCode.UNAVAILABLE) from None
+
+
 def _copy_live(store: Store, klass: str, items, dead: set[bytes],
                progress: Callable[[int], None] | None = None) -> dict[bytes, ObjectLoc]:
     """Append every live record of the candidates to new shards; return sha → new location."""
@@ -247,7 +261,7 @@ def _copy_live(store: Store, klass: str, items, dead: set[bytes],
     moved: dict[bytes, ObjectLoc] = {}
     copied = 0
     try:
-        with store.lock:
+        with store.lock, _stopped_by_a_failing_disk(writer):
             for meta, _live, shas in items:
                 for sha in shas:
                     if sha in dead:
