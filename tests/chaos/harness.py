@@ -205,8 +205,9 @@ class World:
         self.log.append(f"hoard {' '.join(args)} → {res.returncode}")
         if "Traceback" in res.stderr:
             raise InvariantViolation(f"`hoard {' '.join(args)}` printed a traceback:\n{res.stderr[-3000:]}")
-        if ok is not None and res.returncode not in ok:
-            raise InvariantViolation(f"`hoard {' '.join(args)}` exit {res.returncode}:\n{res.stderr[-3000:]}")
+        if ok is not None and res.returncode not in ok:  # (some commands name a failure on stdout: ingest --here)
+            raise InvariantViolation(f"`hoard {' '.join(args)}` exit {res.returncode}:\n{res.stderr[-3000:]}"
+                                     f"\nstdout:\n{res.stdout[-2000:]}")
         return res
 
     def start(self, *args: str) -> subprocess.Popen:
@@ -339,7 +340,7 @@ class World:
             self.collect_acks(step.workload, res.stdout, res.returncode)
             if res.returncode != 0:
                 raise InvariantViolation(f"{step}: re-run `hoard {' '.join(again)}` exit {res.returncode}:\n"
-                                         f"{res.stderr[-3000:]}")
+                                         f"{res.stderr[-3000:]}\nstdout:\n{res.stdout[-2000:]}")
         self.rerun = []
         self.stop_mount()
 
