@@ -283,8 +283,10 @@ def test_large_object_without_chunk_map(hoard_home: Path, tmp_path: Path) -> Non
 
 
 # the victim is the disk holding the most replicas: placement's choice, not always lab1
-@pytest.mark.expect_log(r"mount: replica of shard \w+ on lab\d unreadable: .*; trying another", level="WARNING")
-@pytest.mark.expect_log(r"disk lab\d: read error on shard \w+", level="WARNING")
+# (optional: on a loaded machine the disks refresh's probe can mark the disk failed before a read meets it)
+@pytest.mark.expect_log(r"mount: replica of shard \w+ on lab\d unreadable: .*; trying another", level="WARNING",
+                        optional=True)
+@pytest.mark.expect_log(r"disk lab\d: read error on shard \w+", level="WARNING", optional=True)
 def test_disk_failing_during_reads(lab_factory, servers, tmp_path: Path) -> None:
     """A lab disk answering EIO while the mount reads: every file still reads correctly (from
     the other replica) and the disk is marked failed."""
@@ -322,7 +324,9 @@ def test_disk_failing_during_reads(lab_factory, servers, tmp_path: Path) -> None
         states = {rec.label: rec.state.value for rec in store.records.values()}
     assert states[victim] == "failed"
     log = (tmp_path / "mnt.log").read_text()
-    assert f"on {victim} unreadable" in log and "Traceback" not in log
+    # the reader meets the EIO, or — on a loaded machine, reads slower — the disks refresh's
+    # probe marks the disk failed first and no read is sent to it
+    assert (f"on {victim} unreadable" in log or f"{victim} (failed)" in log) and "Traceback" not in log, log
 
 
 def test_browsing_needs_no_database(tmp_path: Path) -> None:

@@ -360,3 +360,55 @@ def test_deleting_many_files_of_one_directory_lists_it_once(tmp_path: Path) -> N
     finally:
         reader.close()
         store.close()
+
+
+def test_manifest_pages_are_kept_within_one_budget(namespace) -> None:
+    """Parsed manifest pages count against one budget over every batch and view (a `find`
+    over batches/ kept up to 64 manifests' pages): past it the least recently used manifest
+    is dropped whole, and listing it again reads it again — same names, same numbers."""
+    new, shas = namespace
+    define_view_rows(new.store, "w", [(f"e/{i:03d}.txt", sha) for i, sha in enumerate(shas[:50])])
+
+    class _OneManifest(Namespace):
+        TREES_BYTES = 1  # any two manifests' pages are over it
+
+    ns = new(_OneManifest)
+    first = trio.run(_walk, ns, b"views")
+    assert len(ns.trees) == 1 and len({n.key[4] for _, _, n in first if n.key[:3] == ("dir", "tree", "view")}) == 2
+    assert len([n for _, _, n in first if n.sha is not None]) == 302 + 50  # (v: 300 and two names again)
+    again = trio.run(_walk, ns, b"views")
+    assert [(p, name, n.inode) for p, name, n in again] == [(p, name, n.inode) for p, name, n in first]
+    full = new()
+    trio.run(_walk, full, b"views")
+    assert len(full.trees) == 2
+
+
+def test_a_deletions_round_whose_search_fails_hands_its_objects_to_the_next(namespace) -> None:
+    """The deletions refresh takes objects as dead before it looks for their names; a search
+    that fails (an unreadable index page, say) used to lose them — the kernel kept the names
+    for its entry timeout, an hour. The next round looks for them again."""
+    from fsd.deletion import hide
+    from fsd.mount.watch import Watcher
+
+    new, shas = namespace
+
+    class _SearchFailsOnce(Namespace):
+        failed = False
+
+        def with_object(self, dead):
+            if not self.failed:
+                self.failed = True
+                raise OSError(5, "Input/output error")
+            return super().with_object(dead)
+
+    ns = new(_SearchFailsOnce)
+    told = trio.run(_walk, ns, b"views")
+    watcher = Watcher(new.store, None, ns)
+    assert watcher.refresh_marks() == []  # (nothing deleted yet)
+    victim = bytes.fromhex(shas[7])
+    hide(new.store, [victim], "test")
+    with pytest.raises(OSError):
+        watcher.refresh_marks()
+    assert not watcher.visible(victim)  # taken as dead at once
+    assert watcher.refresh_marks() == sorted((p, name) for p, name, n in told if n.sha == victim) != []
+    assert watcher.refresh_marks() == []  # and only once

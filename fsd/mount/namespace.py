@@ -163,10 +163,12 @@ class Namespace:
 
     TREE_CACHE = 64
     #: parsed manifest pages kept per batch or view (the estimate Tree counts, ~1.7× their real
-    #: size). A page serves the listing of its directory; the kernel then keeps the names (an
-    #: hour), so pages are needed again only for lookups after that: the library's default
-    #: (64 MiB) held ~38 MB of a 1,000,000-name view after one `find`, for nothing
-    TREE_BYTES = 16 << 20
+    #: size), and over all of them. A page serves the listing of its directory; the kernel then
+    #: keeps the names (an hour), so pages are needed again only for lookups after that: the
+    #: library's default (64 MiB a tree) held ~38 MB of a 1,000,000-name view after one `find`,
+    #: for nothing, and a `find` over batches/ kept up to TREE_CACHE trees of them
+    TREE_BYTES = 4 << 20
+    TREES_BYTES = 16 << 20
     inode_of = staticmethod(inode_of)  # (a test gives a coarser hash to make numbers collide)
     #: a by-hash file's number holds this many leading bits of its sha256 (a test gives fewer,
     #: to make objects share them)
@@ -509,6 +511,8 @@ class Namespace:
                     self.trees.popitem(last=False)
             else:
                 self.trees.move_to_end(manifest_sha_hex)
+            while len(self.trees) > 1 and sum(tree.used for tree in self.trees.values()) > self.TREES_BYTES:
+                self.trees.popitem(last=False)  # the least recently used manifest, all its pages
             return t
 
 

@@ -109,7 +109,11 @@ class HoardOps(pyfuse3.Operations):
         if node is None:
             raise pyfuse3.FUSEError(errno.ENOENT)
         # the parent's own number object: one int for all the names it holds, not one each
-        return self._attr(self.ns.remember(node, parent.inode, name))
+        node = self.ns.remember(node, parent.inode, name)
+        if node.sha is not None and not self.ns.visible(node.sha):  # deleted meanwhile: as readdir below
+            self.ns.forget(node.inode, 1)
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        return self._attr(node)
 
     @_guarded
     async def forget(self, inode_list):

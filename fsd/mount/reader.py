@@ -123,6 +123,14 @@ def _open_read(disk, shard_hex: str, lo: int, hi: int, pattern: int) -> bytes:
         os.close(fd)
 
 
+def _close_all(fds: list[int]) -> None:
+    """Close file descriptors taken out of `Reader.fds` — outside the reader's lock, which the
+    trio thread takes on every small read: the last close of a shard file gc deleted frees its
+    blocks, which a stalled disk can make slow."""
+    for fd in fds:
+        os.close(fd)
+
+
 def _set(bits: bytearray, first: int, last: int) -> None:
     """Set bits first..last (growing `bits` as needed)."""
     if len(bits) <= last >> 3:
@@ -289,9 +297,8 @@ class Reader:
             kept = list(self.fds)
         gone = [key for key in kept if which(*key)]  # (LMDB reads: not under the lock)
         with self.lock:
-            for key in gone:
-                if key in self.fds:
-                    os.close(self.fds.pop(key)[0])
+            closing = [self.fds.pop(key)[0] for key in gone if key in self.fds]
+        _close_all(closing)
 
     def statistics(self) -> dict[str, dict[str, float]]:
         return {q.label: {"pending": q.pending, "pending_ahead": q.pending_bg, "served": q.served,
@@ -494,15 +501,17 @@ class Reader:
             os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)
         except OSError:
             return
+        closing = []
         with self.lock:
             if key in self.fds:
-                os.close(fd)
-                return
-            pages = bytearray()
-            _set(pages, lo // ALIGN, (hi - 1) // ALIGN)
-            self.fds[key] = (fd, pages)
-            while len(self.fds) > OPEN_SHARDS:
-                os.close(self.fds.popitem(last=False)[1][0])
+                closing.append(fd)
+            else:
+                pages = bytearray()
+                _set(pages, lo // ALIGN, (hi - 1) // ALIGN)
+                self.fds[key] = (fd, pages)
+                while len(self.fds) > OPEN_SHARDS:
+                    closing.append(self.fds.popitem(last=False)[1][0])
+        _close_all(closing)
 
     def _window(self, sid: bytes, start: int, end: int) -> int:
         """How far past this record to read: 0 for a read that does not continue the shard's

@@ -45,6 +45,7 @@ class Watcher:
     def __init__(self, store, reader, ns) -> None:
         self.store, self.reader, self.ns = store, reader, ns
         self.dead: frozenset[bytes] = frozenset()
+        self.unnamed: frozenset[bytes] = frozenset()  # dead objects whose names are still to invalidate
         self.health = b"starting\n"
         self.names: tuple[dict, dict] | None = None
         self.free: dict[str, tuple[int, int]] = {}
@@ -69,9 +70,13 @@ class Watcher:
         idx = self.store.index
         # a root is not dead even if a racing `delete --batch` tombstoned it (gc clears that)
         dead = frozenset(idx.marked(idx.hidden) | (idx.marked(idx.deleted) - idx.marked(idx.rooted)))
-        newly = dead - self.dead
-        self.dead = dead
-        return self.ns.with_object(newly) if newly else []
+        # taken as dead before their names are looked for (readdir/lookup check after they tell
+        # the kernel of a name); a round whose search fails hands its objects to the next one
+        newly = (dead - self.dead) | self.unnamed
+        self.dead, self.unnamed = dead, newly
+        out = self.ns.with_object(newly) if newly else []
+        self.unnamed = frozenset()
+        return out
 
     def refresh_names(self) -> list[tuple[int, bytes]]:
         idx = self.store.index
