@@ -412,3 +412,20 @@ def test_a_deletions_round_whose_search_fails_hands_its_objects_to_the_next(name
     assert not watcher.visible(victim)  # taken as dead at once
     assert watcher.refresh_marks() == sorted((p, name) for p, name, n in told if n.sha == victim) != []
     assert watcher.refresh_marks() == []  # and only once
+
+
+def test_the_mount_hides_tombstones_except_roots_and_hidden_objects(namespace) -> None:
+    """What the mount takes as deleted: hidden objects, and tombstoned ones that are not roots
+    (a racing `delete --batch` may tombstone what `hoard put` acknowledged: gc clears that) —
+    the roots asked about the tombstoned only, not read whole each round."""
+    from fsd.mount.watch import Watcher
+
+    new, shas = namespace
+    idx = new.store.index
+    sha = [bytes.fromhex(s) for s in shas[:6]]
+    idx.mark(idx.rooted, sha[:3], "test: acknowledged by hoard put")
+    idx.mark(idx.deleted, [sha[1], sha[4]], "test: a batch dropped")
+    idx.mark(idx.hidden, [sha[2], sha[5]], "test: hidden")
+    watcher = Watcher(new.store, None, new())
+    watcher.refresh_marks()
+    assert [watcher.visible(s) for s in sha] == [True, True, False, True, False, False]
