@@ -112,12 +112,16 @@ def _disks_to_read(cfg: Settings, without: frozenset[str], rep: IndexRebuildRepo
     found, missing = [], []
     for dc in cfg.disks:
         ident = read_identity(dc.path) if dc.path.is_dir() else None
+        # (an unreadable marker is no marker: an EIO there once left a live disk out as "forgotten")
+        forgotten = read_identity(dc.path, FORGOTTEN) if ident and ident.get("uuid") else None
         if dc.label in without:
             rep.skipped_disks.append(f"{dc.label}: left out (--without {dc.label})")
         elif not ident or not ident.get("uuid"):
             why = ident["error"] if ident else f"no disk identity at {dc.path}"
             missing.append((dc.label, f"disk {dc.label}: {why}"))
-        elif read_identity(dc.path, FORGOTTEN):  # its shards were re-homed; what is left there is stale
+        elif forgotten and not forgotten.get("uuid"):
+            missing.append((dc.label, f"disk {dc.label}: {forgotten['error']}"))
+        elif forgotten:  # its shards were re-homed; what is left there is stale
             rep.skipped_disks.append(f"{dc.label}: forgotten by `hoard disks forget`; remove it from the config")
         else:
             found.append((dc, ident))

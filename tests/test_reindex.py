@@ -207,3 +207,21 @@ def test_a_disk_that_vanishes_during_the_scan_leaves_the_index_as_it_was(lab_fac
     with Store.open(cfg) as store:
         assert _snapshot(store) == before
         assert all(store.get(r.sha256) for r in results)
+
+
+def test_an_unreadable_forgotten_marker_does_not_leave_a_disk_out(tmp_path: Path) -> None:
+    """A disk whose `hoard disks forget` marker cannot be read (an I/O error there: chaos seed
+    412 hit EIO) is not taken as forgotten — the rebuild left the live disk out and exited 0,
+    and the disk was then unknown; it refuses, naming it, like any disk that does not read."""
+    from fsd.layout import FORGOTTEN
+
+    cfg_path = dir_disks_config(tmp_path, 3, shard_size_mb=1, copy_of_raw=2)
+    cfg = config.load(cfg_path)
+    with Store.open(cfg, init=True) as store:
+        store.put_many(make_files(tmp_path / "in", 60))
+        before = _snapshot(store)
+    (tmp_path / "d1" / FORGOTTEN).mkdir()  # reading it fails (EISDIR), as an EIO would
+    res = hoard("--config", str(cfg_path), "index", "rebuild")
+    assert res.returncode == 3 and "disk d1: cannot read" in res.stderr and "forgotten by" not in res.stderr, res.stderr
+    with Store.open(cfg, writable=False) as store:
+        assert _snapshot(store) == before
