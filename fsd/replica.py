@@ -23,6 +23,7 @@ from fsd.disks import drop_cache, pread_full, verify_shard, verify_shard_file
 if TYPE_CHECKING:
     from fsd.disks import LocalDisk
     from fsd.index import ShardMeta
+    from fsd.store import Store
 
 COPY_CHUNK = 4 << 20
 PAGE = 4096
@@ -36,6 +37,31 @@ def check_replica(disk: LocalDisk, meta: ShardMeta, sha256: bool = False) -> int
         raise fmt.FooterMismatch(f"{count} records, the index expects {meta.records}")
     return size
 
+
+
+def repair_replica(store: Store, meta: ShardMeta, disk: LocalDisk, sources, reason: str,
+                   sha256: bool = False, check_sources: bool = True) -> bool:
+    """Replace `disk`'s bad replica of `meta` by a verified copy of the first of `sources`
+    that gives one (each checked whole first unless the caller just did); True when done (its
+    queued repair cleared, a `repaired` event). A failing `disk` — writes, read-back, gone —
+    is recorded against it and ends the attempt (another source would not help); a failing
+    source is logged and the next one tried."""
+    for src in sources:
+        try:
+            if check_sources:
+                check_replica(src, meta)
+            copy_shard(src, disk, meta.hex)
+            check_replica(disk, meta, sha256)
+        except TargetError as e:
+            store.disk_error(disk, "repair", e.err, meta.hex)
+            return False
+        except (OSError, fmt.ShardFormatError) as e:
+            log.warning("repair of shard %s on %s from %s failed: %s", meta.hex, disk.label, src.label, e)
+            continue
+        store.index.clear_repair(meta.shard_id, disk.uuid)
+        store.index.record_event("repaired", disk=disk.label, shard=meta.hex, detail=reason)
+        return True
+    return False
 
 
 def discard_copy(disk: LocalDisk, shard_hex: str, why: str) -> None:

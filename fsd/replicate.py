@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 from fsd import shardfmt as fmt
 from fsd.disks import DiskState
 from fsd.placement import Need, NoSpace, simulate, space_report
-from fsd.replica import TargetError, check_replica, copy_shard, discard_copy
+from fsd.replica import TargetError, check_replica, copy_shard, discard_copy, repair_replica
 
 if TYPE_CHECKING:
     from fsd.index import ShardMeta
@@ -170,19 +170,5 @@ def repair_reported(store: Store) -> int:
             continue
         except (OSError, fmt.ShardFormatError):
             pass
-        for src in store.replica_order(meta, avoid={uuid}):
-            try:
-                check_replica(src, meta)
-                copy_shard(src, disk, meta.hex)
-                check_replica(disk, meta)
-            except TargetError as e:  # the disk being repaired failed: another source would not help
-                store.disk_error(disk, "repair", e.err, meta.hex)
-                break
-            except (OSError, fmt.ShardFormatError) as e:
-                log.warning("repair of shard %s on %s from %s failed: %s", meta.hex, disk.label, src.label, e)
-                continue
-            store.index.clear_repair(sid, uuid)
-            store.index.record_event("repaired", disk=disk.label, shard=meta.hex, detail=why.get("reason", ""))
-            fixed += 1
-            break
+        fixed += repair_replica(store, meta, disk, store.replica_order(meta, avoid={uuid}), why.get("reason", ""))
     return fixed

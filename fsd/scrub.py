@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 from fsd import shardfmt as fmt
 from fsd.base.errors import ExitCode, HoardError
-from fsd.replica import check_replica, copy_shard
+from fsd.replica import check_replica, repair_replica
 
 if TYPE_CHECKING:
     from fsd.index import ShardMeta
@@ -129,14 +129,14 @@ def _verify(store: Store, sample_pct: float, disk_label: str | None, sha256: boo
                             break
                         except (OSError, fmt.ShardFormatError):
                             continue
+            left = []  # a repair that failed (its disk's error recorded): the shard is not verified
             for disk, why in bad if good else []:
-                copy_shard(good[0], disk, meta.hex)
-                check_replica(disk, meta, sha256)
-                rep.repaired.append(f"shard {meta.hex} on {disk.label}")
-                store.index.record_event("repaired", disk=disk.label, shard=meta.hex, detail=why)
-                store.index.clear_repair(meta.shard_id, disk.uuid)
+                if repair_replica(store, meta, disk, good, why, sha256, check_sources=False):
+                    rep.repaired.append(f"shard {meta.hex} on {disk.label}")
+                else:
+                    left.append((disk, why))
             if good:
-                bad = []
+                bad = left
         if not bad and good and len(per_disk) == len(store.replica_order(meta)):
             now = time.time()
             store.index.update_shard(meta.shard_id, lambda m: setattr(m, "verified", now))

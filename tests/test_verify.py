@@ -122,3 +122,43 @@ def test_verify_cli_says_what_it_did(tmp_path: Path) -> None:
         store.put_many(make_files(tmp_path / "in", 60))
     r = hoard("--config", cfg_path, "verify", "--sample", "10", "--disk", "d1")
     assert r.returncode == 0 and "verified 1 replicas of 1 shards" in r.stdout, r.stdout + r.stderr
+
+
+@pytest.mark.lab
+@pytest.mark.expect_log(r"verify: .*|disk v\d: .*", level="WARNING")
+def test_a_disk_vanishing_before_its_repair_is_named_not_a_traceback(lab_factory, tmp_path: Path) -> None:
+    """`hoard verify --repair` finds a bad replica; its disk drops off before the repair copies
+    onto it (chaos seed 492: TargetError's traceback, exit 1). The repair is not done, the shard
+    is reported bad and not stamped verified, every object reads; with the disk back, the
+    next `verify --repair` mends it."""
+    from fsd.scrub import verify
+    from tests.conftest import write_config
+    from tests.lab import DiskProfile
+    from tests.test_safety import _flip_byte
+
+    lab = lab_factory([DiskProfile(f"v{i}", 200, 500, 500, 5000) for i in (1, 2, 3)], throttle=False)
+    disks = [(k, d.mountpoint, None) for k, d in lab.disks.items()]
+    cfg = config.load(write_config(tmp_path, disks, allow_dirs=False, shard_size_mb=1, copy_of_raw=2))
+    store = Store.open(cfg, init=True)
+    results = store.put_many(make_files(tmp_path / "in", 60))
+    victim = sorted(p for d in lab.disks.values() for p in (d.mountpoint / "shards").rglob("*.shard"))[0]
+    label = next(k for k, d in lab.disks.items() if victim.is_relative_to(d.mountpoint))
+    _flip_byte(victim, victim.stat().st_size // 3)
+    gone, calls = [], []
+    replicas = sum(len(m.replicas) for m in store.index.iter_shards() if m.sealed)
+
+    def progress(done: int, total: int) -> None:
+        calls.append(done)
+        if len(calls) == replicas:  # every replica checked: the repairs come next
+            gone.append(lab.vanish(label))
+
+    rep = verify(store, sha256=True, repair=True, progress=progress)
+    assert gone and not rep.repaired and any(victim.stem in b and label in b for b in rep.bad), rep
+    assert check_store(store) == len({r.sha256 for r in results})  # (from the other copies)
+    assert store.index.get_shard(bytes.fromhex(victim.stem)).verified is None
+    store.close()
+    lab.reappear(label)
+    with Store.open(cfg) as store:
+        rep = verify(store, sha256=True, repair=True)
+        assert rep.repaired == [f"shard {victim.stem} on {label}"], rep
+        assert check_store(store) == len({r.sha256 for r in results})
