@@ -705,21 +705,24 @@ def _write_parts(root: Path, out: Path, batch_id: str, stored: dict[str, tuple[s
 
 
 def _step_finish(cfg: Settings, st: BatchState) -> None:
-    stored = {k: tuple(v) for k, v in json.loads(_work(cfg, st.batch_id, "stored").read_bytes()).items()}
-    zone3a = cfg.ssd.zone_path("3A")
-    root = zone3a / st.batch_id
-    with Store.open(cfg, writable=False) as store:
-        short = [rel for rel, (sha, _) in stored.items() if _replicas(store, sha) < cfg.store.write_ack]
-    if short:
-        raise HoardError(f"{len(short)} files of {st.batch_id} (e.g. {short[0]}) have fewer than "
-                         f"{cfg.store.write_ack} replicas; nothing was removed from 3A — check `hoard health`, "
-                         f"then `hoard ingest --resume {st.batch_id}`", ExitCode.DATA)
-    if root.exists():
-        _empty_batch_dir(zone3a, st, stored)
-    status = Status.DONE_WITH_REJECTS if st.report.get("rejected") else Status.DONE
-    if "finished_at" not in st.report:  # fixed before the event is written: a retry sends the same intent
-        st.report["finished_at"] = _now()
+    # `finished_at` is saved once 3A is emptied: a finish run again after that (a crash or power
+    # cut before the state said done) goes on from the event — the work files it reads before
+    # are removed at its end, so a second run must not need them (chaos seed 306: exit 3 for ever)
+    if "finished_at" not in st.report:
+        stored = {k: tuple(v) for k, v in json.loads(_work(cfg, st.batch_id, "stored").read_bytes()).items()}
+        zone3a = cfg.ssd.zone_path("3A")
+        root = zone3a / st.batch_id
+        with Store.open(cfg, writable=False) as store:
+            short = [rel for rel, (sha, _) in stored.items() if _replicas(store, sha) < cfg.store.write_ack]
+        if short:
+            raise HoardError(f"{len(short)} files of {st.batch_id} (e.g. {short[0]}) have fewer than "
+                             f"{cfg.store.write_ack} replicas; nothing was removed from 3A — check `hoard health`, "
+                             f"then `hoard ingest --resume {st.batch_id}`", ExitCode.DATA)
+        if root.exists():
+            _empty_batch_dir(zone3a, st, stored)
+        st.report["finished_at"] = _now()  # fixed before the event is written: a retry sends the same intent
         save_state(cfg, st)
+    status = Status.DONE_WITH_REJECTS if st.report.get("rejected") else Status.DONE
     summary = {k: v for k, v in st.report.items() if k != "rejected"} | {
         "rejected": len(st.report.get("rejected", [])), "status": status.value}
     with psycopg.connect(cfg.database_url, autocommit=True) as conn:

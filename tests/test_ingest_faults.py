@@ -12,6 +12,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import psycopg
+
 from adapters.synth import Spec, generate
 from fsd.base import config
 from fsd.base.errors import ExitCode
@@ -108,3 +110,25 @@ def test_disk_error_under_here_names_the_disk_then_resumes(hoard_home: Path, pg,
     assert ua1.run_here(cfg, st.batch_id) == ExitCode.OK
     assert_ingested(cfg, folder, files)
 
+
+
+def test_finish_cut_after_its_cleanup_resumes(hoard_home: Path, pg) -> None:
+    """A power cut during the last step after it removed its work files but before the state
+    said done (chaos seed 306): the batch stood "running at step finish" and every `--resume
+    --here` exited 3 — the step read the work file it had removed. It goes on from where it
+    was: done, the event sent once, every file readable."""
+    cfg = ingest_home(hoard_home, pg)
+    folder, files = drop_batch(cfg, seed=44)
+    st = ua1.submit(cfg, folder, None, queue=False)
+    assert ua1.run_here(cfg, st.batch_id) == ExitCode.OK
+    st = ua1.load_state(cfg, folder.name)
+    assert "finished_at" in st.report and not ua1._work(cfg, st.batch_id, "stored").exists()
+    st.step, st.status, st.done = "finish", ua1.Status.RUNNING.value, st.done[:-1]  # the state the cut left
+    ua1.save_state(cfg, st)
+    res = hoard(cfg.source, "ingest", "--resume", folder.name, "--here")
+    assert res.returncode == 0 and "Traceback" not in res.stderr, res.stdout + res.stderr
+    assert_ingested(cfg, folder, files)
+    with psycopg.connect(cfg.database_url) as conn:
+        n = conn.execute("SELECT count(*) FROM action_event WHERE batch_id = %s AND status = 'done'",
+                         [folder.name]).fetchone()
+    assert n == (1,)
