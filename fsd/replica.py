@@ -195,9 +195,12 @@ class _Copy:
         reader.start()
         checker.start()
         try:
+            stop = stop or threading.Event()
             try:
                 with _on_target():
-                    self._write(rate_mb_s, stop or threading.Event())
+                    self._write(rate_mb_s, stop)
+                    if stop.is_set():  # (a copy stopped is discarded: no need to wait for its fsync)
+                        raise CopyStopped(f"{self.what}: the copy was stopped")
                     os.fdatasync(self.fd)
             except _FromSource as e:
                 raise e.err from None

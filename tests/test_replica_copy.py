@@ -226,7 +226,10 @@ def test_an_interrupted_rebuild_stops_at_once_and_the_next_run_finishes(tmp_path
         proc.send_signal(sig)
         t0 = time.monotonic()
         proc.communicate(timeout=60)
-        assert time.monotonic() - t0 < 5, "the rebuild went on after it was interrupted"
+        # (the copies under way end at their next piece; an fsync already started on a busy
+        # root file system may take seconds — 14 s once in a fresh-clone CI run; going on with
+        # every shard left takes 30 s here)
+        assert time.monotonic() - t0 < 20, "the rebuild went on after it was interrupted"
         assert proc.returncode == (130 if sig == signal.SIGINT else -signal.SIGKILL)
     finally:
         if proc.poll() is None:
