@@ -1,3 +1,3 @@
-from fsd.cli import main
+from fsd.entry import main
 
 main()

@@ -52,6 +52,29 @@ def test_usage_error_exits_2() -> None:
     assert "No such option" in res.stderr
 
 
+CTRL_C_WHILE_LOADING = """
+import builtins, os, signal, sys
+signal.signal(signal.SIGINT, signal.default_int_handler)
+load = builtins.__import__
+def importing(name, *args, **kw):
+    if name == "typer":  # the CLI's modules are loading: the user presses Ctrl-C now
+        os.kill(os.getpid(), signal.SIGINT)
+    return load(name, *args, **kw)
+builtins.__import__ = importing
+sys.argv = ["hoard", "health"]
+from fsd.entry import main
+main()
+"""
+
+
+def test_ctrl_c_while_the_cli_loads_is_an_interrupt_not_a_traceback() -> None:
+    """Ctrl-C in the first second of a cold start (the CLI still importing its modules) ends
+    `hoard` as one later does: "hoard: interrupted", exit 130, no traceback."""
+    res = subprocess.run([sys.executable, "-c", CTRL_C_WHILE_LOADING], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 130, res.stderr
+    assert res.stderr == "hoard: interrupted\n"
+
+
 def test_init_then_health_json_is_ok(hoard_home: Path) -> None:
     """init creates disks and zones; health --json reports everything ok against real servers."""
     cfg = str(hoard_home / "hoard.toml")

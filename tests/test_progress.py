@@ -250,11 +250,13 @@ async def test_run_page_and_storage_show_progress_while_it_runs(user, gui_home: 
     and so does /storage (from the snapshot); after it, the run page keeps the final figures.
     (Each page is opened once while the job runs: every open run page polls the job.)"""
     from gui.context import ctx
+    from gui.state import STORE_LOCK
 
     cfg_path = gui_home
     cfg_path.write_text(cfg_path.read_text().replace("[store]\n", "[store]\ncopy_of_raw = 3\n"))
     ctx().cache.cfg = config.load(cfg_path)
-    _fill(cfg_path, seed=6)
+    with STORE_LOCK:  # the app's background refresh opens the store too: one at a time
+        _fill(cfg_path, seed=6)
     job_id = launch.launch_maintenance(config.load(cfg_path), "replicate", {"rate_mb_s": RATE / 3}, by="otto")
     await sign_in(user, "vera")
     watcher = Watcher(ctx().cfg.redis_url, job_id)

@@ -1,0 +1,16 @@
+"""The `hoard` command's entry point: a Ctrl-C while the CLI's modules are still loading (the
+first second or so of a cold start) ends it like one later on — "hoard: interrupted", exit
+130 — instead of a traceback from inside an import."""
+
+from __future__ import annotations
+
+import sys
+
+
+def main() -> None:
+    try:
+        from fsd.cli import main as run
+    except KeyboardInterrupt:
+        sys.stderr.write("hoard: interrupted\n")
+        sys.exit(130)  # ExitCode.INTERRUPTED (fsd.base is not loaded yet)
+    run()
