@@ -161,6 +161,39 @@ def test_by_hash_files_whose_number_bits_are_shared_get_rows(namespace) -> None:
     assert b.inode < DERIVED and b.inode != again.inode and ns.nodes[b.inode].sha == b_sha
 
 
+def test_a_collected_objects_by_hash_bits_stay_taken(namespace) -> None:
+    """A by-hash file's number whose object gc collected names nothing (the kernel may still
+    hold it: a name not invalidated yet, a file held open), and an object stored later with
+    the same leading bits gets a row instead of that number, on this mount and the next; the
+    collected object stored again is itself and gets its number back. Two collected objects
+    whose first 64 bits agree leave the bits shared for good."""
+    from fsd.gc import gc
+
+    new, shas = namespace
+    store = new.store
+    ns = new(_Sharing)
+    files = [n for _, _, n in trio.run(_walk, ns, b"by-hash")[1:] if n.sha is not None]
+    tops = collections.Counter(n.sha[0] for n in files)
+    gone, back = [n for n in files if tops[n.sha[0]] == 1][:2]
+    assert gone.inode >= DERIVED and back.inode >= DERIVED
+    store.register_view("v", None)  # (which names every object)
+    store.index.mark(store.index.deleted, [gone.sha, back.sha], "test")
+    assert gc(store, threshold=0.99).objects_dropped == 2
+    assert ns.nodes.get(gone.inode) is None and ns.nodes.get(back.inode) is None
+
+    b_sha = bytes.fromhex(store.put_bytes(sharing_bytes(gone.sha, 8)).sha256)
+    assert store.put_bytes(b"object %03d\n" % shas.index(back.sha.hex())).sha256 == back.sha.hex()
+    for mount in (ns, new(_Sharing)):  # (a remount: the same numbers)
+        assert mount.nodes.get(gone.inode) is None  # not the newcomer's
+        b_dir = mount.known(("dir", "hash2", b_sha[0], b_sha[1]))
+        b = mount.remember(trio.run(mount.lookup, b_dir, mount._hash_name(b_sha)), b_dir.inode, b"")
+        assert b.inode < DERIVED and mount.nodes[b.inode].sha == b_sha
+        assert mount.nodes[back.inode].sha == back.sha  # stored again: itself
+    with store.index.env.begin(write=True) as txn:  # another collected object with back's first 64 bits
+        store.index.note_dropped(txn, [back.sha[:8] + bytes(24)])
+    assert ns.nodes.get(back.inode) is None
+
+
 class _Colliding(Namespace):
     """Every identity hashes to one of 3 numbers: collisions are the rule, not 1 in 10^11."""
     inode_of = staticmethod(lambda key: 100 + inode_of(key) % 3)
