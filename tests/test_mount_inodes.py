@@ -194,6 +194,26 @@ def test_a_collected_objects_by_hash_bits_stay_taken(namespace) -> None:
     assert ns.nodes.get(back.inode) is None
 
 
+def test_a_listing_told_again_after_bits_came_to_be_shared_gives_the_lookups_number(namespace) -> None:
+    """A by-hash directory's listing (opendir's snapshot) whose entry is told to the kernel
+    again (readdir resumed where a full buffer stopped, a rewind) after an object sharing the
+    entry's bits was stored: readdirplus gives the number a lookup gives (a row's), not the
+    number that names nothing any more (it kept the first telling's: the kernel held a
+    number that answers ESTALE, and readdirplus and stat disagreed)."""
+    new, _ = namespace
+    ns = new(_Sharing)
+    told = trio.run(_walk, ns, b"by-hash")[1:]
+    tops = collections.Counter(n.sha[0] for _, _, n in told if n.sha is not None)
+    p, name, a = next((p, name, n) for p, name, n in told if n.sha is not None and tops[n.sha[0]] == 1)
+    listing = trio.run(ns.children, ns.nodes[p])
+    entry = next(node for child, node in listing if child == name)
+    assert ns.remember(entry, p, name).inode == a.inode >= DERIVED
+    new.store.put_bytes(sharing_bytes(a.sha, 8))
+    again = ns.remember(entry, p, name).inode
+    looked_up = ns.remember(trio.run(ns.lookup, ns.nodes[p], name), p, name).inode
+    assert again == looked_up < DERIVED and ns.nodes[again].sha == a.sha
+
+
 class _Colliding(Namespace):
     """Every identity hashes to one of 3 numbers: collisions are the rule, not 1 in 10^11."""
     inode_of = staticmethod(lambda key: 100 + inode_of(key) % 3)

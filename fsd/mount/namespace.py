@@ -295,8 +295,8 @@ class Namespace:
             byte, bit = _told_bit(node.sha)
             self.hash2_told[byte] |= bit
             return node
-        if node.inode >= DERIVED:  # a by-hash directory
-            return node
+        if key[0] != "file" and node.inode >= DERIVED:  # a by-hash directory (a file told before, from
+            return node                                  # a listing's snapshot, may not own its bits now)
         if key[0] == "file":
             files, home = self.files, self.inode_of(key)  # (hashed once, outside the lock)
             with self.lock:
