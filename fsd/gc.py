@@ -10,7 +10,8 @@ threshold are compacted, in this order (docs/design.md, "gc order"):
 2. **copy**: live records are read (verified) and appended to new shards by an ordinary
    writer (fsync on `write_ack` disks), sealed, then replicated to the target.
 3. **swap** (one LMDB transaction): every live object that still points at an old shard
-   is pointed at its new copy; objects still tombstoned are dropped with their marks;
+   is pointed at its new copy; objects still tombstoned are dropped with their marks
+   (and 16 bytes of each kept in `dropped`, for the mount's by-hash numbers);
    the old shard moves from `shards` to `retired`. An object whose tombstone was cleared
    meanwhile (stored again) but was not copied keeps its old shard alive: that shard is
    not retired this round.
@@ -330,6 +331,7 @@ def _swap(store: Store, items, moved: dict[bytes, ObjectLoc], referenced_now: se
                 txn.delete(sid, db=idx.shards)
             done += 1
             gone.extend(drop)
+        idx.note_dropped(txn, gone)  # (the mount's by-hash numbers: Index.sole_owner)
         idx.log_in(txn, "drop", gone)  # an object stored anew later must not get the old marks back
     return done, kept, dropped
 

@@ -17,6 +17,9 @@ Named databases (keys → values):
     rooted   sha256 (32 B)        → JSON {time, reason}: a root — `hoard put` acknowledged it with no manifest
                                     naming it; gc keeps it until `hoard delete --object` releases it
     retired  shard_id (12 B)      → JSON ShardMeta: compacted by gc, replicas still to be deleted
+    dropped  sha256[:8]           → sha256[8:16] (b"" when several): an object gc collected, so that
+                                    the mount never lets a by-hash number name a later object
+                                    with the same leading bits (Index.sole_owner)
     meta     key (ascii)          → value: `ssd_uuid` (the SSD this index belongs to), `marks_*` (the marks
                                     log's stamps and each disk's progress, see Index.log_in),
                                     `disk_seen:<uuid>` (when a store open last found the disk at its
@@ -157,6 +160,7 @@ class Index:
         # a read-only look at an index from before these tables: they are absent (None)
         self.meta = self._optional_db(b"meta", readonly)
         self.rooted = self._optional_db(b"rooted", readonly)
+        self.dropped = self._optional_db(b"dropped", readonly)
         #: `(op, shas, stamp)` called inside the write transaction that sets or clears marks,
         #: before it commits (the store appends them to `marks/` on the HDDs, see
         #: Store.log_marks): the log's order is then the order the index applied them in
@@ -459,19 +463,42 @@ class Index:
         with self.env.begin(db=db) as txn:
             return {bytes(k) for k, _ in txn.cursor()}
 
-    def sharing_prefix(self, top: int, bits: int, limit: int = 2) -> list[bytes]:
-        """Up to `limit` stored objects whose sha256 begins with the `bits` (≤ 64) bits `top`, in order
-        (the mount's by-hash inode numbers are those bits: one object each, nearly always)."""
+    def sole_owner(self, top: int, bits: int) -> tuple[bytes, ObjectLoc] | None:
+        """The one object whose sha256 begins with the `bits` (≤ 64) bits `top`, and where it is;
+        None if no stored object has them or another object shares them — a stored one, or one
+        gc collected (`dropped`; the same object stored again is itself). The mount's by-hash
+        inode numbers are those bits: a number the kernel may still hold for a collected object
+        must not come to name a newcomer. One read transaction."""
         shift = 64 - bits
-        out = []
-        with self.env.begin(db=self.objects) as txn:
-            cur = txn.cursor()
-            if cur.set_range((top << shift).to_bytes(8, "big")):
-                for k in cur.iternext(values=False):
-                    if int.from_bytes(k[:8], "big") >> shift != top or len(out) >= limit:
+        start = (top << shift).to_bytes(8, "big")
+        found = None
+        with self.env.begin() as txn:
+            cur = txn.cursor(db=self.objects)
+            if cur.set_range(start):
+                for k, v in cur:
+                    if int.from_bytes(k[:8], "big") >> shift != top:
                         break
-                    out.append(bytes(k))
-        return out
+                    if found is not None:
+                        return None
+                    found = (bytes(k), ObjectLoc(*_OBJ.unpack(v)))
+            if found is None or self.dropped is None:
+                return found
+            cur = txn.cursor(db=self.dropped)
+            if cur.set_range(start):
+                for k, v in cur:
+                    if int.from_bytes(k, "big") >> shift != top:
+                        break
+                    if bytes(k) + bytes(v) != found[0][:16]:
+                        return None
+        return found
+
+    def note_dropped(self, txn: Any, shas: Iterable[bytes]) -> None:
+        """Inside gc's swap transaction: `shas` leave the index (`dropped`, see sole_owner). 16
+        bytes of each are kept, not 32: a collected object costs ~30 bytes of the SSD for good."""
+        for sha in shas:
+            old = txn.get(sha[:8], db=self.dropped)
+            if old is None or (old and old != sha[8:16]):  # (b"": two or more collected objects had these 64 bits)
+                txn.put(sha[:8], sha[8:16] if old is None else b"", db=self.dropped)
 
     def objects_with_prefix(self, prefix: bytes, limit: int = 1 << 20) -> list[tuple[bytes, ObjectLoc]]:
         """Objects whose sha256 starts with `prefix`, in order (a by-hash directory)."""

@@ -161,6 +161,59 @@ def test_by_hash_files_whose_number_bits_are_shared_get_rows(namespace) -> None:
     assert b.inode < DERIVED and b.inode != again.inode and ns.nodes[b.inode].sha == b_sha
 
 
+def test_a_collected_objects_by_hash_bits_stay_taken(namespace) -> None:
+    """A by-hash file's number whose object gc collected names nothing (the kernel may still
+    hold it: a name not invalidated yet, a file held open), and an object stored later with
+    the same leading bits gets a row instead of that number, on this mount and the next; the
+    collected object stored again is itself and gets its number back. Two collected objects
+    whose first 64 bits agree leave the bits shared for good."""
+    from fsd.gc import gc
+
+    new, shas = namespace
+    store = new.store
+    ns = new(_Sharing)
+    files = [n for _, _, n in trio.run(_walk, ns, b"by-hash")[1:] if n.sha is not None]
+    tops = collections.Counter(n.sha[0] for n in files)
+    gone, back = [n for n in files if tops[n.sha[0]] == 1][:2]
+    assert gone.inode >= DERIVED and back.inode >= DERIVED
+    store.register_view("v", None)  # (which names every object)
+    store.index.mark(store.index.deleted, [gone.sha, back.sha], "test")
+    assert gc(store, threshold=0.99).objects_dropped == 2
+    assert ns.nodes.get(gone.inode) is None and ns.nodes.get(back.inode) is None
+
+    b_sha = bytes.fromhex(store.put_bytes(sharing_bytes(gone.sha, 8)).sha256)
+    assert store.put_bytes(b"object %03d\n" % shas.index(back.sha.hex())).sha256 == back.sha.hex()
+    for mount in (ns, new(_Sharing)):  # (a remount: the same numbers)
+        assert mount.nodes.get(gone.inode) is None  # not the newcomer's
+        b_dir = mount.known(("dir", "hash2", b_sha[0], b_sha[1]))
+        b = mount.remember(trio.run(mount.lookup, b_dir, mount._hash_name(b_sha)), b_dir.inode, b"")
+        assert b.inode < DERIVED and mount.nodes[b.inode].sha == b_sha
+        assert mount.nodes[back.inode].sha == back.sha  # stored again: itself
+    with store.index.env.begin(write=True) as txn:  # another collected object with back's first 64 bits
+        store.index.note_dropped(txn, [back.sha[:8] + bytes(24)])
+    assert ns.nodes.get(back.inode) is None
+
+
+def test_a_listing_told_again_after_bits_came_to_be_shared_gives_the_lookups_number(namespace) -> None:
+    """A by-hash directory's listing (opendir's snapshot) whose entry is told to the kernel
+    again (readdir resumed where a full buffer stopped, a rewind) after an object sharing the
+    entry's bits was stored: readdirplus gives the number a lookup gives (a row's), not the
+    number that names nothing any more (it kept the first telling's: the kernel held a
+    number that answers ESTALE, and readdirplus and stat disagreed)."""
+    new, _ = namespace
+    ns = new(_Sharing)
+    told = trio.run(_walk, ns, b"by-hash")[1:]
+    tops = collections.Counter(n.sha[0] for _, _, n in told if n.sha is not None)
+    p, name, a = next((p, name, n) for p, name, n in told if n.sha is not None and tops[n.sha[0]] == 1)
+    listing = trio.run(ns.children, ns.nodes[p])
+    entry = next(node for child, node in listing if child == name)
+    assert ns.remember(entry, p, name).inode == a.inode >= DERIVED
+    new.store.put_bytes(sharing_bytes(a.sha, 8))
+    again = ns.remember(entry, p, name).inode
+    looked_up = ns.remember(trio.run(ns.lookup, ns.nodes[p], name), p, name).inode
+    assert again == looked_up < DERIVED and ns.nodes[again].sha == a.sha
+
+
 class _Colliding(Namespace):
     """Every identity hashes to one of 3 numbers: collisions are the rule, not 1 in 10^11."""
     inode_of = staticmethod(lambda key: 100 + inode_of(key) % 3)

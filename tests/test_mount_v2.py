@@ -95,12 +95,14 @@ def test_redefined_view_serves_new_bytes_and_inodes_are_stable(tmp_path: Path) -
         assert os.stat(cat0).st_ino != inodes[cat0]
 
 
-def _prefix_bits(bits: int):
+def _prefix_bits(bits: int, marks_s: float = 2.0):
     """A `mounted(wrap=)` that runs the mount daemon with by-hash numbers of `bits` leading
-    sha256 bits (61 in a real mount: objects that share them are one in ~10^12 at 10^6)."""
-    code = ("import runpy, sys; import fsd.mount.namespace as n; n.Namespace.PREFIX_BITS = int(sys.argv.pop(1)); "
+    sha256 bits (61 in a real mount: objects that share them are one in ~10^12 at 10^6) and
+    its deletions refresh every `marks_s` seconds (2 in a real mount)."""
+    code = ("import runpy, sys; import fsd.mount.namespace as n, fsd.mount.watch as w; "
+            "n.Namespace.PREFIX_BITS = int(sys.argv.pop(1)); w.MARKS_S = float(sys.argv.pop(1)); "
             "runpy.run_module('fsd', run_name='__main__', alter_sys=True)")
-    return lambda cmd: [cmd[0], "-c", code, str(bits)] + cmd[3:]  # cmd: python -m fsd …
+    return lambda cmd: [cmd[0], "-c", code, str(bits), str(marks_s)] + cmd[3:]  # cmd: python -m fsd …
 
 
 def test_a_by_hash_number_another_object_comes_to_share_is_looked_up_again(tmp_path: Path) -> None:
@@ -137,6 +139,57 @@ def test_a_by_hash_number_another_object_comes_to_share_is_looked_up_again(tmp_p
             assert held.read() == datas[i]
         for k in range(40):
             assert path(shas[k]).read_bytes() == datas[k]
+
+
+def test_a_by_hash_number_never_names_an_object_stored_after_its_own_was_collected(tmp_path: Path) -> None:
+    """A by-hash file's number whose object is deleted and collected (gc), after which an
+    object with the same leading bits is stored (forced here: 8 bits; an attacker's 2^61
+    tries at 61): the kernel still holds the number — a name it had looked up, the deletion
+    not seen yet (gc ran within the 2 s of the deletions refresh: here it is slowed), or a
+    file a process holds open, reopened through /proc — and an open of it must not read the
+    newcomer's bytes (it read them: the number was taken to name whichever one object has
+    its bits)."""
+    from fsd.gc import gc
+
+    cfg_path = dir_disks_config(tmp_path, 2, shard_size_mb=1)
+    cfg = config.load(cfg_path)
+    datas = [b"object %03d\n" % i for i in range(40)]
+    with Store.open(cfg, init=True) as store:
+        shas = [r.sha256 for r in store.put_bytes_many(datas)]
+    tops = [int(s[:2], 16) for s in shas]
+    named, held = [k for k, t in enumerate(tops) if tops.count(t) == 1][:2]  # each alone in its 8 bits
+    newcomers = {}
+    for n in range(100000):  # same length, same 8 leading bits
+        data = b"newbie%04d\n" % n
+        top = hashlib.sha256(data).digest()[0]
+        if top in (tops[named], tops[held]) and top not in newcomers:
+            newcomers[top] = data
+    mnt = tmp_path / "mnt"
+
+    def path(sha: str) -> Path:
+        return mnt / "by-hash" / sha[:2] / sha[2:4] / sha
+
+    with mounted(str(cfg_path), mnt, wrap=_prefix_bits(8, marks_s=3600)):
+        assert os.stat(path(shas[named])).st_ino >= 1 << 62  # the name is known to the kernel, no page read
+        fd = os.open(path(shas[held]), os.O_RDONLY)
+        try:
+            with Store.open(cfg) as store:
+                store.index.mark(store.index.deleted, [bytes.fromhex(shas[named]), bytes.fromhex(shas[held])], "test")
+                assert gc(store, threshold=0.99).objects_dropped == 2
+                for k in (named, held):
+                    assert store.put_bytes(newcomers[tops[k]]).sha256[:2] == shas[k][:2]
+            with pytest.raises(OSError):  # (ENOENT: collected)
+                got = path(shas[named]).read_bytes()
+                assert got != newcomers[tops[named]], "a collected object's name read the newcomer's bytes"
+            with pytest.raises(OSError):  # (ESTALE: its number names nothing now)
+                with open(f"/proc/self/fd/{fd}", "rb") as again:
+                    got = again.read()
+                assert got != newcomers[tops[held]], "a collected object's open file read the newcomer's bytes"
+        finally:
+            os.close(fd)
+        for k, data in newcomers.items():
+            sha = hashlib.sha256(data).hexdigest()
+            assert path(sha).read_bytes() == data
 
 
 def test_disk_added_and_replaced_while_mounted_serves_reads(tmp_path: Path) -> None:

@@ -14,7 +14,8 @@ its hex bytes, a file the first PREFIX_BITS (61) bits of its sha256 (its FUSE ge
 next 64) — while no other stored object shares those bits; one that does is numbered like
 the rest (nearly never: ~10^-6 at 10^6 objects, or an attacker's doing). A number whose bits
 an object stored later shares names nothing from then on (ESTALE: the kernel looks the name
-up again) — never the newcomer. Every other node's number is a 62-bit hash (xxh64) of its
+up again) — never the newcomer, even when its own object was collected first (gc keeps the
+bits of what it collects: Index.sole_owner). Every other node's number is a 62-bit hash (xxh64) of its
 identity: a file is its object and its time (`("file", sha256, mtime_ns)`), a directory its
 place — and, inside a batch or view, the manifest it comes from. So a file shown in two
 places of one batch is one inode (nlink 1: `tar`/`rsync -H` do not treat it as a hard
@@ -200,28 +201,32 @@ class Namespace:
         if key[0] == "dir" and key[1] == "hash1":
             return _HASH1 | key[2]
         if key[0] == "dir" and key[1] == "hash2":
-            return _HASH2 | key[2] << 8 | key[3]
+            return _hash2_number(key[2], key[3])
         return 0
 
-    def _sha_top(self, sha: bytes) -> int:
-        return int.from_bytes(sha[:8], "big") >> (64 - self.PREFIX_BITS)
+    def _file_number(self, sha: bytes) -> int:
+        """The number a by-hash file is while it is its bits' sole owner (Index.sole_owner)."""
+        return DERIVED | _FILE | int.from_bytes(sha[:8], "big") >> (64 - self.PREFIX_BITS)
 
     def _alone(self, sha: bytes) -> bool:
-        """Whether `sha` is the one stored object with its first PREFIX_BITS bits (a short LMDB read)."""
-        return self.index.sharing_prefix(self._sha_top(sha), self.PREFIX_BITS) == [sha]
+        """Whether `sha` is the sole owner of its number's bits (a short LMDB read)."""
+        owner = self.index.sole_owner(self._file_number(sha) - (DERIVED | _FILE), self.PREFIX_BITS)
+        return owner is not None and owner[0] == sha
 
     def derived_node(self, inode: int) -> Node | None:
         """The node a number from DERIVED up is; None if it names nothing (now): an object
-        collected, or one that now shares its number's bits with another (ops answer ESTALE,
-        and the kernel looks the name up again, getting a number from the table)."""
+        collected, or one that now shares its number's bits with another, stored or collected
+        (ops answer ESTALE, and the kernel looks the name up again, getting a number from the
+        table). The bits' owner and its size come from one LMDB read."""
         if inode & _FILE:
             top = inode - (DERIVED | _FILE)
             if not 0 <= top < 1 << self.PREFIX_BITS:
                 return None
-            shas = self.index.sharing_prefix(top, self.PREFIX_BITS)
-            if len(shas) != 1:
+            owner = self.index.sole_owner(top, self.PREFIX_BITS)
+            if owner is None:
                 return None
-            return Node(inode, ("file", shas[0], 0), FILE_MODE, self._size_of(shas[0]), 0, shas[0])
+            sha, loc = owner
+            return Node(inode, ("file", sha, 0), FILE_MODE, loc.length, 0, sha)
         kind, low = (inode - DERIVED) >> 16, inode & 0xFFFF
         if kind == 1 and low < 256:
             key: tuple = ("dir", "hash1", low)
@@ -286,12 +291,12 @@ class Namespace:
         if key[0] == "file" and key[2] == 0 and self._alone(node.sha):
             # a by-hash file (time 0: no other file has it): numbered by its sha256, kept in no
             # table; its directory is marked for the invalidation of its name when it is deleted
-            node.inode = DERIVED | _FILE | self._sha_top(node.sha)
+            node.inode = self._file_number(node.sha)
             byte, bit = _told_bit(node.sha)
             self.hash2_told[byte] |= bit
             return node
-        if node.inode >= DERIVED:  # a by-hash directory
-            return node
+        if key[0] != "file" and node.inode >= DERIVED:  # a by-hash directory (a file told before, from
+            return node                                  # a listing's snapshot, may not own its bits now)
         if key[0] == "file":
             files, home = self.files, self.inode_of(key)  # (hashed once, outside the lock)
             with self.lock:
@@ -354,7 +359,7 @@ class Namespace:
         for sha in dead:  # by-hash names numbered by their sha256: in no row
             byte, bit = _told_bit(sha)
             if self.hash2_told[byte] & bit:
-                found.setdefault(_HASH2 | sha[0] << 8 | sha[1], set()).add(sha)
+                found.setdefault(_hash2_number(sha[0], sha[1]), set()).add(sha)
         out = set()
         for p, shas in found.items():  # each directory listed once, whatever it holds of them
             out.update((p, name) for name in self._names_in(p, shas))
@@ -514,6 +519,11 @@ class Namespace:
             while len(self.trees) > 1 and sum(tree.used for tree in self.trees.values()) > self.TREES_BYTES:
                 self.trees.popitem(last=False)  # the least recently used manifest, all its pages
             return t
+
+
+def _hash2_number(a: int, b: int) -> int:
+    """The number of by-hash directory <a>/<b> (two hex bytes)."""
+    return _HASH2 | a << 8 | b
 
 
 def _told_bit(sha: bytes) -> tuple[int, int]:
