@@ -192,6 +192,37 @@ def test_a_by_hash_number_never_names_an_object_stored_after_its_own_was_collect
             assert path(sha).read_bytes() == data
 
 
+def test_a_name_whose_object_was_collected_unseen_is_gone_not_an_io_error(tmp_path: Path) -> None:
+    """A name the kernel looked up (a file with a table row) whose object is deleted and
+    collected before the mount's deletions refresh saw the tombstone (gc within its 2 s; here
+    the refresh is slowed): the kernel still has the name, and opening it says the file is
+    gone (ESTALE, then ENOENT when looked up again) — not EIO, and no disk error logged."""
+    import errno
+
+    from fsd.gc import gc
+
+    cfg_path = dir_disks_config(tmp_path, 2, shard_size_mb=1)
+    cfg = config.load(cfg_path)
+    datas = [b"object %03d\n" % i for i in range(40)]
+    with Store.open(cfg, init=True) as store:
+        shas = [r.sha256 for r in store.put_bytes_many(datas)]
+    tops = [s[:2] for s in shas]
+    k = next(i for i, t in enumerate(tops) if tops.count(t) > 1)  # shares its 8 bits: a table row
+    mnt = tmp_path / "mnt"
+    path = mnt / "by-hash" / shas[k][:2] / shas[k][2:4] / shas[k]
+    with mounted(str(cfg_path), mnt, wrap=_prefix_bits(8, marks_s=3600)):
+        assert os.stat(path).st_ino < 1 << 62  # a row's number, known to the kernel
+        with Store.open(cfg) as store:
+            store.index.mark(store.index.deleted, [bytes.fromhex(shas[k])], "test")
+            assert gc(store, threshold=0.99).objects_dropped == 1
+        with pytest.raises(OSError) as e:
+            path.read_bytes()
+        assert e.value.errno in (errno.ENOENT, errno.ESTALE), e.value
+        assert not path.exists()
+    log = (tmp_path / "mnt.log").read_text()
+    assert "ERROR" not in log and "unreadable" not in log, log
+
+
 def test_disk_added_and_replaced_while_mounted_serves_reads(tmp_path: Path) -> None:
     """Both disks replaced while the mount runs (`hoard disks add` + `hoard disks replace`):
     once the old disks are gone, every file reads from the new ones."""

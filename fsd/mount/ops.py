@@ -25,7 +25,7 @@ import pyfuse3
 
 from fsd.base.errors import HoardError
 from fsd.mount.namespace import DERIVED, Namespace, Node
-from fsd.mount.reader import SMALL_MAX, ReadFailed, Reader
+from fsd.mount.reader import SMALL_MAX, ObjectGone, ReadFailed, Reader
 from fsd.mount.watch import Watcher
 from fsd.records import ObjectNotFound
 
@@ -225,6 +225,9 @@ class HoardOps(pyfuse3.Operations):
     async def _verified(self, coro):
         try:
             return await coro
+        except ObjectGone as e:  # collected after the kernel was told its name: the kernel looks it up again
+            log.info("mount: %s", e)
+            raise pyfuse3.FUSEError(errno.ESTALE) from None
         except ReadFailed as e:
             log.error("mount: %s", e)
             raise pyfuse3.FUSEError(errno.EIO) from None

@@ -48,7 +48,7 @@ from fsd import shardfmt as fmt
 from fsd.base.errors import HoardError
 from fsd.disks import pread_full
 from fsd.mount.queue import BACKGROUND, DiskQueue, take_over
-from fsd.records import MAP_PIECE, STREAM_THRESHOLD, learn_map, verify_record
+from fsd.records import MAP_PIECE, STREAM_THRESHOLD, ObjectNotFound, learn_map, verify_record
 from fsd.store import Store
 
 __all__ = ["Reader", "ReadFailed", "SMALL_MAX"]
@@ -99,6 +99,10 @@ HEDGE_FACTOR = 4
 
 class ReadFailed(Exception):
     """No replica gave good bytes."""
+
+
+class ObjectGone(ReadFailed):
+    """The object is no longer in the store (gc collected it after the kernel was told its name)."""
 
 
 @dataclass
@@ -643,6 +647,8 @@ class Reader:
         disk failed — and skipped; if gc moved the object meanwhile it is looked up again)."""
         try:
             return self.store.from_replicas(sha, read, avoid, on_bad=self._bad_replica, first=first)
+        except ObjectNotFound as e:
+            raise ObjectGone(f"{what}: {e.message}") from None
         except HoardError as e:
             raise ReadFailed(f"{what}: {e.message}") from None
 
