@@ -9,7 +9,7 @@ import sys
 
 def main() -> None:
     try:
-        from fsd.cli import main as run
+        from fsd.cli import main as run  # deferred: a Ctrl-C while the CLI loads is caught here
     except KeyboardInterrupt:
         sys.stderr.write("hoard: interrupted\n")
         sys.exit(130)  # ExitCode.INTERRUPTED (fsd.base is not loaded yet)
