@@ -295,7 +295,11 @@ def _reclaim(cfg: Settings, zone: str, rs: list[Reservation]) -> list[Reservatio
     """Remove the stale ones of `rs` (the caller holds the zone lock); return the live ones."""
     live = []
     for r in rs:
-        if r.stale:
+        if r.stale and _sealed(cfg, zone, r.id):
+            _drop(cfg, zone, r.id)
+            log.info("zone %s: released the reservation of %s for %s: its process died after sealing the output",
+                     zone, r.describe(), r.id)
+        elif r.stale:
             _drop(cfg, zone, r.id)
             log.warning("zone %s: reclaimed the stale reservation of %s for %s (%s): its process is gone; "
                         "what it wrote stays until `hoard zones clean %s`", zone, r.describe(), r.id,
@@ -534,6 +538,18 @@ def _check_fs(cfg: Settings, zone: str, output_id: str, job: str, need: int, nex
                    f"{size(need)}{held}, though the zone's quota has room; free space on that file system (the "
                    f"other zones and anything outside hoardfs share it) or lower ssd.zones.{zone}.quota_gb to what "
                    f"it can hold" + (f"; then {next_step}" if next_step else ""))
+
+
+def _sealed(cfg: Settings, zone: str, output_id: str) -> bool:
+    return (cfg.ssd.zone_path(zone) / output_id / SEALED).is_file()  # type: ignore[operator]
+
+
+def release_stale(cfg: Settings, zone: str, output_id: str) -> bool:
+    """A job run again that finds its output sealed: the reservation a killed run left (it
+    died between the seal and the release) is dropped if its process is gone; True if it was."""
+    with zone_lock(cfg, zone):
+        mine = next((r for r in reservations(cfg, zone) if r.id == output_id), None)
+        return mine is not None and mine.stale and _drop(cfg, zone, output_id)
 
 
 def release(cfg: Settings, zone: str, output_id: str) -> bool:

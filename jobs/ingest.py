@@ -653,6 +653,8 @@ def _step_package(cfg: Settings, st: BatchState) -> None:
             atomic_write(manifest_path, body)
         finally:
             zones.release(cfg, "3B", st.batch_id)
+    else:  # a worker killed after the manifest, before the release, left its reservation
+        zones.release_stale(cfg, "3B", st.batch_id)
     body = manifest_path.read_bytes()
     with Store.open(cfg) as store:
         put = store.put_bytes(body, klass="raw")

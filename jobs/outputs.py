@@ -331,6 +331,7 @@ def _run(cfg: Settings, spec: OutputSpec, progress: Callable[[int, int], None] |
         doc = seal.check_sealed(final)
         if doc.get("selector") != _request(spec):
             raise OutputError(f"{final} is sealed for another request; ids are immutable", ExitCode.DATA)
+        zones.release_stale(cfg, zone, spec.id)  # a run killed after its seal, before its release
         return {"id": spec.id, "zone": zone, "path": str(final), "files": doc["actual_files"],
                 "bytes": doc["actual_bytes"], "already_done": True}
     items, n_nodes = plan_items(cfg, spec)

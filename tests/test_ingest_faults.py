@@ -132,3 +132,31 @@ def test_finish_cut_after_its_cleanup_resumes(hoard_home: Path, pg) -> None:
         n = conn.execute("SELECT count(*) FROM action_event WHERE batch_id = %s AND status = 'done'",
                          [folder.name]).fetchone()
     assert n == (1,)
+
+
+DIE_BEFORE_RELEASE = """
+import os, sys
+from fsd import zones
+zones.release = lambda cfg, zone, output_id: os._exit(9)  # killed after the manifest, before the release
+from fsd.entry import main
+sys.argv = ["hoard", *sys.argv[1:]]
+main()
+"""
+
+
+def test_package_killed_between_its_manifest_and_its_release_resumes_without_a_stale_reservation(
+        hoard_home: Path, pg) -> None:
+    """The package step killed after it wrote the 3B manifest (the package's seal) and before it
+    released its 3B reservation: `--resume` goes on from the manifest and releases the
+    reservation the dead run left; `hoard health` names no zone problem afterwards."""
+    cfg = ingest_home(hoard_home, pg)
+    folder, files = drop_batch(cfg, seed=45)
+    died = subprocess.run([sys.executable, "-c", DIE_BEFORE_RELEASE, "--config", str(cfg.source), "ingest",
+                           str(folder), "--here"], capture_output=True, text=True, timeout=300)
+    assert died.returncode == 9, died.stdout + died.stderr
+    assert (cfg.ssd.zone_path("3B") / folder.name / f"{folder.name}.manifest.json").is_file()
+    res = hoard(cfg.source, "ingest", "--resume", folder.name, "--here")
+    assert res.returncode == 0 and "Traceback" not in res.stderr, res.stdout + res.stderr
+    assert_ingested(cfg, folder, files)
+    report = json.loads(hoard(cfg.source, "health", "--json").stdout)
+    assert not [p for p in report["problems"] if p.startswith("zone ")], report["problems"]

@@ -102,6 +102,41 @@ def test_stage_gives_the_worker_input_and_an_empty_output(filled, tmp_path: Path
     seal.check_sealed(root.parent, verify=True)
 
 
+DIE_BEFORE_RELEASE = """
+import os, sys
+from fsd import zones
+zones.release = lambda cfg, zone, output_id: os._exit(9)  # killed after the seal, before the release
+from fsd.entry import main
+sys.argv = ["hoard", *sys.argv[1:]]
+main()
+"""
+
+
+def test_a_run_killed_between_its_seal_and_its_release_leaves_nothing_stale(filled, tmp_path: Path) -> None:
+    """An export killed after it sealed its output and before it released its reservation
+    (chaos seed 522: the re-run said "already done" and the stale reservation stayed, with
+    `hoard health` advising `hoard zones clean ID` — which removes the sealed output). Health
+    says the output is whole and what releases it; the re-run releases it; nothing is removed."""
+    cfg, _ = filled
+    sel = _selector(tmp_path, {"sources": ["gallery"]})
+    args = ["export", "ex9", "--layout", "by_batch", "--selector", sel, "--here"]
+    died = subprocess.run([sys.executable, "-c", DIE_BEFORE_RELEASE, "--config", str(cfg.source), *args], cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
+    assert died.returncode == 9, died.stderr
+    final = cfg.ssd.zone_path("3D") / "ex9"
+    seal.check_sealed(final, verify=True)
+    report = json.loads(_hoard(cfg, "health", "--json").stdout)
+    said = [p for p in report["problems"] if p.startswith("zone 3D:")]
+    assert len(said) == 1 and "after sealing output ex9" in said[0] and "the output is whole" in said[0], said
+    assert "zones clean" not in said[0]
+    again = _hoard(cfg, *args)
+    assert again.returncode == 0 and "already done" in again.stdout, again.stderr
+    assert _zones(cfg)["3D"]["reservations"] == []
+    report = json.loads(_hoard(cfg, "health", "--json").stdout)
+    assert not [p for p in report["problems"] if p.startswith("zone ")], report["problems"]
+    seal.check_sealed(final, verify=True)
+
+
 @pytest.mark.parametrize("args, code, message", [
     (["--layout", "by_batch", "--selector", "{EMPTY}"], 5, "the selection is empty"),
     (["--layout", "{nope}/x", "--selector", "{ALL}"], 2, "not a built-in"),
