@@ -179,6 +179,7 @@ def _build(cfg: Settings, disks: list[tuple[Any, dict]], work: Path, ssd_uuid: s
     """The new index at `work`, from `disks`."""
     index = Index(work)
     index.set_meta("ssd_uuid", ssd_uuid)
+    copies: dict[bytes, list[_Copy]] = {}  # shard id → its replica files, in the order they were read
     shards: dict[bytes, ShardMeta] = {}
     objects: dict[bytes, ObjectLoc] = {}
     batches: dict[str, dict] = {}
@@ -203,16 +204,7 @@ def _build(cfg: Settings, disks: list[tuple[Any, dict]], work: Path, ssd_uuid: s
                 except (OSError, fmt.ShardFormatError) as e:
                     rep.damaged.append(f"replica {path}: {e}")
                     continue
-                known = shards.setdefault(meta.shard_id, meta)
-                known.sealed = known.sealed and meta.sealed
-                known.size = max(known.size, meta.size)
-                known.records = max(known.records, meta.records)
-                if uuid not in known.replicas:
-                    known.replicas.append(uuid)
-                rep.replicas += 1
-                rep.open_shards += not meta.sealed
-                for r in records:
-                    objects.setdefault(r.sha256, ObjectLoc(meta.shard_id, r.offset, r.length))
+                copies.setdefault(meta.shard_id, []).append(_Copy(uuid, path, meta, records))
             for folder, found in ((BATCHES_DIR, batches), (VIEWS_DIR, views)):
                 for pointer in sorted((dc.path / folder).glob("*.json")):
                     try:
@@ -228,6 +220,11 @@ def _build(cfg: Settings, disks: list[tuple[Any, dict]], work: Path, ssd_uuid: s
             state, reason = kept_states.get(uuid, (DiskState.ACTIVE, ""))
             found_disks.append(DiskRecord(uuid, dc.label, str(dc.path), state, ident.get("created", ""), reason=reason))
             rep.disks += 1
+        for sid, found in copies.items():
+            meta, records = _resolve(found, rep)
+            shards[sid] = meta
+            for r in records:
+                objects.setdefault(r.sha256, ObjectLoc(sid, r.offset, r.length))
         for meta in shards.values():
             index.put_shard(meta)
         # a disk's used bytes as `hoard check` counts them: the recorded size of each sealed
@@ -266,6 +263,46 @@ def _build(cfg: Settings, disks: list[tuple[Any, dict]], work: Path, ssd_uuid: s
     finally:
         index.close()
 
+
+
+@dataclass
+class _Copy:
+    """One replica file of a shard, as read."""
+
+    uuid: str
+    path: Path
+    meta: ShardMeta
+    records: list[fmt.RecordInfo]
+
+
+def _resolve(found: list[_Copy], rep: IndexRebuildReport) -> tuple[ShardMeta, list[fmt.RecordInfo]]:
+    """A shard's metadata and records from its replica files. A sealed copy makes the shard
+    sealed, and its replicas are the sealed copies only: an `.open` file beside them is what a
+    writer left on a disk that dropped out before the seal (it may lack the last groups) —
+    counted as a replica it made the shard "open" with the sealed size as its acknowledged
+    end, which no copy could reach (recovery left it open for good; chaos seed 803). It is
+    reported, and `hoard verify --orphans` sets it aside. A shard with open copies only (its
+    writer died) is open, acknowledged up to its longest verified copy: the next writer's
+    recovery keeps every copy that reaches it and sets a shorter one aside — never cuts the
+    longer one down to a torn copy's end."""
+    sealed = [c for c in found if c.meta.sealed]
+    use = sealed or found
+    for c in found:
+        if sealed and not c.meta.sealed:
+            rep.damaged.append(f"replica {c.path}: an open copy of shard {c.meta.hex}, sealed on another disk "
+                               "(left when its disk dropped out during the write); not counted — `hoard verify "
+                               "--orphans --repair` sets it aside")
+    best = max(use, key=lambda c: (c.meta.size, len(c.records)))
+    meta = ShardMeta(best.meta.shard_id, best.meta.klass, best.meta.size, bool(sealed), [], len(best.records),
+                     best.meta.created)
+    if not sealed:  # the end recovery must find on a copy to keep it: the longest verified prefix
+        meta.size = max((c.records[-1].end for c in found if c.records), default=0)
+        rep.open_shards += 1
+    for c in use:
+        if c.uuid not in meta.replicas:
+            meta.replicas.append(c.uuid)
+            rep.replicas += 1
+    return meta, best.records
 
 
 def _old_disk_states(target: Path) -> dict[str, tuple[DiskState, str]]:

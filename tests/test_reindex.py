@@ -95,11 +95,93 @@ def test_rebuild_indexes_an_open_shard_that_the_next_writer_seals(tmp_path: Path
     from fsd.reindex import rebuild_index
 
     rep = rebuild_index(cfg)
-    assert (rep.objects, rep.open_shards) == (30, 2)
+    assert (rep.objects, rep.open_shards, rep.replicas) == (30, 1, 2)
     with Store.open(cfg) as store:  # the writer's recovery seals it
         assert all(m.sealed for m in store.index.iter_shards())
         assert check_store(store) == 30
         assert not list(tmp_path.glob("d*/shards/*/*.open"))
+
+
+def _open_shard_on_two_disks(tmp_path: Path, n: int = 30):
+    """A shard left open on d0 and d1 by a writer that died after committing `n` files (their
+    bytes fsynced on both, indexed): the config and the two `.open` files."""
+    from fsd.put import _Batch
+
+    cfg = config.load(dir_disks_config(tmp_path, 2, shard_size_mb=8))
+    with Store.open(cfg, init=True) as store:
+        batch = _Batch(store, store.writer("raw"))
+        for f in make_files(tmp_path / "in", n):
+            batch.add_file(f)
+        batch._commit()
+        open_files = {p: p.read_bytes() for p in tmp_path.glob("d*/shards/*/*.open")}
+        assert len(open_files) == 2
+    for p in tmp_path.glob("d*/shards/*/*.shard"):  # as if the writer died before sealing
+        p.unlink()
+    for p, data in open_files.items():
+        p.write_bytes(data)
+    return cfg, sorted(open_files)
+
+
+@pytest.mark.expect_log(r"shard \w+ on d\d set aside to .*: its verified records end at \d+, the index acknowledges",
+                        level="WARNING")
+def test_an_open_shard_with_a_torn_copy_keeps_the_longer_copy(tmp_path: Path) -> None:
+    """Index rebuilt while a shard is open on two disks, one copy torn short (a power cut cut
+    its tail): the next writer's recovery keeps the copy that holds every record and sets the
+    torn one aside — it cut the whole copy down to the torn one's end (the rebuilt index knew
+    no acknowledged end), losing the objects past it."""
+    from fsd.recovery import ORPHANS_DIR
+    from fsd.reindex import rebuild_index
+
+    cfg, (whole, torn) = _open_shard_on_two_disks(tmp_path)
+    data = torn.read_bytes()
+    torn.write_bytes(data[:len(data) // 2])  # mid-record
+    shutil.rmtree(cfg.index_dir)
+    rep = rebuild_index(cfg)
+    assert (rep.objects, rep.open_shards) == (30, 1)
+    with Store.open(cfg) as store:  # the writer's recovery seals it
+        [meta] = store.index.iter_shards()
+        assert meta.sealed and [store.disks[u].root for u in meta.replicas] == [whole.parents[2]]
+        assert check_store(store) == 30
+    assert len(list((torn.parents[2] / ORPHANS_DIR).iterdir())) == 1  # set aside, not deleted
+
+
+@pytest.mark.expect_log(r"shard \w+ on d\d set aside to .*: no index entry names it", level="WARNING")
+def test_an_open_copy_beside_sealed_ones_is_not_a_replica(tmp_path: Path) -> None:
+    """A disk that dropped out while a shard was written keeps an `.open` copy of it (its first
+    records) after the shard was sealed on the others (chaos seed 803). An index rebuild took
+    the shard for open, with the sealed size as its acknowledged end, counted the stale copy as
+    a replica, and no recovery could seal it (`hoard health`: an open shard with no writer, for
+    good). Now: sealed, on the sealed copies only; the stale file is reported, and set aside
+    by `hoard verify --orphans --repair`."""
+    from fsd import shardfmt as fmt
+
+    cfg_path = dir_disks_config(tmp_path, 3, shard_size_mb=1)
+    cfg = config.load(cfg_path)
+    with Store.open(cfg, init=True) as store:
+        results = store.put_many(make_files(tmp_path / "in", 60))
+        meta = next(m for m in store.index.iter_shards() if m.sealed and m.records > 2)
+        holders = {store.disks[u].label for u in meta.replicas}
+        src = store.disks[meta.replicas[0]].find(meta.hex)
+    [spare] = {"d0", "d1", "d2"} - holders
+    data = src.read_bytes()
+    records = fmt.decode_footer(lambda off, n: data[off:off + n], len(data))
+    stale = tmp_path / spare / "shards" / src.parent.name / f"{meta.hex}.open"
+    stale.parent.mkdir(parents=True, exist_ok=True)
+    stale.write_bytes(data[:records[1].end])  # its first two records, no footer
+    shutil.rmtree(cfg.index_dir)
+    res = hoard("--config", str(cfg_path), "index", "rebuild")
+    assert res.returncode == 0, res.stderr
+    assert f"an open copy of shard {meta.hex}, sealed on another disk" in res.stderr
+    assert " 0 open)" in res.stdout, res.stdout
+    with Store.open(cfg) as store:
+        again = store.index.get_shard(meta.shard_id)
+        assert again.sealed and {store.disks[u].label for u in again.replicas} == holders
+        assert all(store.get(r.sha256) for r in results)
+        assert check_store(store) == 60
+    health = hoard("--config", str(cfg_path), "health")
+    assert "open shards" not in health.stdout + health.stderr, health.stdout + health.stderr
+    swept = hoard("--config", str(cfg_path), "verify", "--orphans", "--repair", "--grace-h", "0")
+    assert swept.returncode == 0 and not stale.exists(), swept.stdout + swept.stderr
 
 
 def test_index_copy_on_two_disks_restores_the_index(tmp_path: Path) -> None:
