@@ -61,21 +61,24 @@ class ReplicationReport:
 
 
 def replicate_once(store: Store, budget_s: float = 60.0, rate_mb_s: float | None = 100.0,
-                   wait_s: float = 0.0, progress: Callable[[int, int], None] | None = None) -> ReplicationReport:
+                   wait_s: float = 0.0, progress: Callable[[int, int], None] | None = None,
+                   only: set[bytes] | None = None) -> ReplicationReport:
     """Repair the replicas readers reported bad, then copy shards below target until done or
     `budget_s` is spent. Holds the maintenance lock (one of gc/replicate/rebuild at a time).
-    `progress(copied_bytes, bytes_to_copy)` before each copy and after the last."""
+    `progress(copied_bytes, bytes_to_copy)` before each copy and after the last. `only`: these
+    shard ids alone (a job topping up what it is about to rely on, e.g. ingest's finish)."""
     with store.maintenance("replicate", wait_s=wait_s):
-        return _replicate(store, budget_s, rate_mb_s, progress)
+        return _replicate(store, budget_s, rate_mb_s, progress, only)
 
 
 def _replicate(store: Store, budget_s: float, rate_mb_s: float | None,
-               progress: Callable[[int, int], None] | None = None) -> ReplicationReport:
+               progress: Callable[[int, int], None] | None = None, only: set[bytes] | None = None) -> ReplicationReport:
     rep = ReplicationReport()
     t0 = time.monotonic()
     rep.repaired = repair_reported(store)
     todo = [m for m in store.index.iter_shards()
-            if m.sealed and len(counted_replicas(store, m)) < store.target(m.klass)]
+            if m.sealed and (only is None or m.shard_id in only)
+            and len(counted_replicas(store, m)) < store.target(m.klass)]
     todo.sort(key=lambda m: m.created)
     cands = store.candidates()
     _, unplaced = simulate(cands, [Need(m.size, store.target(m.klass) - len(counted_replicas(store, m)),

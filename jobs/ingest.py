@@ -30,6 +30,7 @@ import errno
 import hashlib
 import itertools
 import json
+import logging
 import os
 import re
 import shutil
@@ -57,12 +58,15 @@ from fsd.base.files import atomic_write, flocked, fsync_dir
 from fsd.base.paths import NAME_PATTERN
 from fsd import zones
 from fsd.manifest import naming_lock
+from fsd.replicate import replicate_once
 from fsd.store import Store
 from jobs import runlog
 from jobs.queues import CONDITIONS, QUEUES, condition_line, connect, enqueue_once, is_condition, running, unserved_queues
 from sql.apply import apply_write_intent
 from sql.migrate import migrate
 from sql.schema_decider import propose_if_new
+
+log = logging.getLogger(__name__)
 
 STEPS = ("scan", "store", "apply", "package", "finish")
 QUEUE_OF = {"scan": "ingest", "store": "io", "apply": "sql", "package": "io", "finish": "maintenance"}
@@ -716,10 +720,13 @@ def _step_finish(cfg: Settings, st: BatchState) -> None:
         root = zone3a / st.batch_id
         with Store.open(cfg, writable=False) as store:
             short = [rel for rel, (sha, _) in stored.items() if _replicas(store, sha) < cfg.store.write_ack]
+        if short:  # a disk failed or was replaced since the store step: copy them again first
+            short = _top_up(cfg, stored, short)
         if short:
             raise HoardError(f"{len(short)} files of {st.batch_id} (e.g. {short[0]}) have fewer than "
-                             f"{cfg.store.write_ack} replicas; nothing was removed from 3A — check `hoard health`, "
-                             f"then `hoard ingest --resume {st.batch_id}`", ExitCode.DATA)
+                             f"{cfg.store.write_ack} readable replicas and no other disk could take a copy now; "
+                             f"nothing was removed from 3A — see `hoard health` (a failed disk: `hoard disks replace`; "
+                             f"then `hoard replicate`), then `hoard ingest --resume {st.batch_id}`", ExitCode.DATA)
         if root.exists():
             _empty_batch_dir(zone3a, st, stored)
         st.report["finished_at"] = _now()  # fixed before the event is written: a retry sends the same intent
@@ -736,6 +743,20 @@ def _step_finish(cfg: Settings, st: BatchState) -> None:
         _work(cfg, st.batch_id, what).unlink(missing_ok=True)
     with Store.open(cfg, writable=False) as store:
         store.unpin(f"ingest-{st.batch_id}")  # the registered manifest references the files now
+
+
+def _top_up(cfg: Settings, stored: dict[str, tuple[str, int]], short: list[str]) -> list[str]:
+    """Copy the shards of `short` files to other disks until they have their replicas again
+    (the maintenance lock is waited for a while: a gc or rebuild may hold it); the files
+    still short afterwards."""
+    with Store.open(cfg) as store:
+        locs = [store.index.lookup(bytes.fromhex(stored[rel][0])) for rel in short]
+        try:
+            replicate_once(store, budget_s=3600, rate_mb_s=None, wait_s=60,
+                           only={loc.shard_id for loc in locs if loc is not None})
+        except HoardError as e:  # the lock stayed busy: said below, with the files still short
+            log.warning("batch files short of replicas not copied now: %s", e.message)
+        return [rel for rel in short if _replicas(store, stored[rel][0]) < cfg.store.write_ack]
 
 
 def _replicas(store, sha_hex: str) -> int:

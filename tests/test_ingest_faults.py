@@ -160,3 +160,38 @@ def test_package_killed_between_its_manifest_and_its_release_resumes_without_a_s
     assert_ingested(cfg, folder, files)
     report = json.loads(hoard(cfg.source, "health", "--json").stdout)
     assert not [p for p in report["problems"] if p.startswith("zone ")], report["problems"]
+
+
+DIE_AT_FINISH = """
+import os, sys
+from jobs import ingest
+ingest._STEPS["finish"] = lambda cfg, st: os._exit(9)  # killed as the last step starts
+from fsd.entry import main
+sys.argv = ["hoard", *sys.argv[1:]]
+main()
+"""
+
+
+def test_finish_copies_again_what_a_failed_disk_held_then_empties_3a(hoard_home: Path, pg) -> None:
+    """A disk holding copies of the batch failed between the store step and finish (chaos seed
+    805: it was replaced and forgotten, and a shard the writer had sealed without it stayed at
+    one copy): `--resume` copies those shards to other disks itself, then finishes — it exited
+    5, "fewer than 2 replicas", until someone ran `hoard replicate`."""
+    from fsd.disks import DiskState
+
+    cfg = ingest_home(hoard_home, pg)
+    folder, files = drop_batch(cfg, seed=46)
+    died = subprocess.run([sys.executable, "-c", DIE_AT_FINISH, "--config", str(cfg.source), "ingest", str(folder),
+                           "--here"], capture_output=True, text=True, timeout=300)
+    assert died.returncode == 9, died.stdout + died.stderr
+    with Store.open(cfg) as store:
+        loc = store.index.lookup(bytes.fromhex(next(iter(files))))
+        victim = store.disks[store.index.get_shard(loc.shard_id).replicas[0]].label
+        store.set_disk_state(victim, DiskState.FAILED, "test: failed after the store step")
+    res = hoard(cfg.source, "ingest", "--resume", folder.name, "--here")
+    assert res.returncode == 0 and "Traceback" not in res.stderr, res.stdout + res.stderr
+    assert_ingested(cfg, folder, files)
+    with Store.open(cfg, writable=False) as store:
+        for sha in files:
+            meta = store.index.get_shard(store.index.lookup(bytes.fromhex(sha)).shard_id)
+            assert store.readable_replicas(meta) >= cfg.store.write_ack, sha
