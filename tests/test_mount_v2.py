@@ -105,6 +105,17 @@ def _prefix_bits(bits: int, marks_s: float = 2.0):
     return lambda cmd: [cmd[0], "-c", code, str(bits), str(marks_s)] + cmd[3:]  # cmd: python -m fsd …
 
 
+def _forty_small_objects(tmp_path: Path):
+    """40 tiny objects stored on two directory disks: config path, settings, the bytes, their
+    sha256s and each one's first byte (its by-hash number's leading bits when they are cut to 8)."""
+    cfg_path = dir_disks_config(tmp_path, 2, shard_size_mb=1)
+    cfg = config.load(cfg_path)
+    datas = [b"object %03d\n" % i for i in range(40)]
+    with Store.open(cfg, init=True) as store:
+        shas = [r.sha256 for r in store.put_bytes_many(datas)]
+    return cfg_path, cfg, datas, shas, [int(s[:2], 16) for s in shas]
+
+
 def test_a_by_hash_number_another_object_comes_to_share_is_looked_up_again(tmp_path: Path) -> None:
     """A by-hash file is numbered by its sha256's leading bits while no other object shares
     them. An object stored later with the same bits (forced here: 8 bits) makes that number
@@ -113,12 +124,7 @@ def test_a_by_hash_number_another_object_comes_to_share_is_looked_up_again(tmp_p
     its own bytes; a reader that held the file open keeps reading it."""
     from tests.test_mount_inodes import sharing_bytes
 
-    cfg_path = dir_disks_config(tmp_path, 2, shard_size_mb=1)
-    cfg = config.load(cfg_path)
-    datas = [b"object %03d\n" % i for i in range(40)]
-    with Store.open(cfg, init=True) as store:
-        shas = [r.sha256 for r in store.put_bytes_many(datas)]
-    tops = [int(s[:2], 16) for s in shas]
+    cfg_path, cfg, datas, shas, tops = _forty_small_objects(tmp_path)
     i = next(k for k, t in enumerate(tops) if tops.count(t) == 1)  # alone in its 8 bits
     mnt = tmp_path / "mnt"
 
@@ -151,12 +157,7 @@ def test_a_by_hash_number_never_names_an_object_stored_after_its_own_was_collect
     its bits)."""
     from fsd.gc import gc
 
-    cfg_path = dir_disks_config(tmp_path, 2, shard_size_mb=1)
-    cfg = config.load(cfg_path)
-    datas = [b"object %03d\n" % i for i in range(40)]
-    with Store.open(cfg, init=True) as store:
-        shas = [r.sha256 for r in store.put_bytes_many(datas)]
-    tops = [int(s[:2], 16) for s in shas]
+    cfg_path, cfg, datas, shas, tops = _forty_small_objects(tmp_path)
     named, held = [k for k, t in enumerate(tops) if tops.count(t) == 1][:2]  # each alone in its 8 bits
     newcomers = {}
     for n in range(100000):  # same length, same 8 leading bits
@@ -201,12 +202,7 @@ def test_a_name_whose_object_was_collected_unseen_is_gone_not_an_io_error(tmp_pa
 
     from fsd.gc import gc
 
-    cfg_path = dir_disks_config(tmp_path, 2, shard_size_mb=1)
-    cfg = config.load(cfg_path)
-    datas = [b"object %03d\n" % i for i in range(40)]
-    with Store.open(cfg, init=True) as store:
-        shas = [r.sha256 for r in store.put_bytes_many(datas)]
-    tops = [s[:2] for s in shas]
+    cfg_path, cfg, _, shas, tops = _forty_small_objects(tmp_path)
     k = next(i for i, t in enumerate(tops) if tops.count(t) > 1)  # shares its 8 bits: a table row
     mnt = tmp_path / "mnt"
     path = mnt / "by-hash" / shas[k][:2] / shas[k][2:4] / shas[k]

@@ -73,35 +73,6 @@ def test_rebuild_skips_damaged_or_foreign_shard_files(tmp_path: Path) -> None:
         assert all(store.get(r.sha256) for r in results)
 
 
-def test_rebuild_indexes_an_open_shard_that_the_next_writer_seals(tmp_path: Path) -> None:
-    """A shard left open by a crash (no footer) is found by scanning; recovery then seals it."""
-    cfg = config.load(dir_disks_config(tmp_path, 2, shard_size_mb=8))
-    files = make_files(tmp_path / "in", 30)
-    with Store.open(cfg, init=True) as store:
-        writer = store.writer("raw")
-        from fsd.put import _Batch
-
-        batch = _Batch(store, writer)
-        for f in files:
-            batch.add_file(f)
-        batch._commit()
-        open_files = {p: p.read_bytes() for p in tmp_path.glob("d*/shards/*/*.open")}
-        assert len(open_files) == 2
-    for p in tmp_path.glob("d*/shards/*/*.shard"):  # as if the writer died before sealing
-        p.unlink()
-    for p, data in open_files.items():
-        p.write_bytes(data)
-    shutil.rmtree(cfg.index_dir)
-    from fsd.reindex import rebuild_index
-
-    rep = rebuild_index(cfg)
-    assert (rep.objects, rep.open_shards, rep.replicas) == (30, 1, 2)
-    with Store.open(cfg) as store:  # the writer's recovery seals it
-        assert all(m.sealed for m in store.index.iter_shards())
-        assert check_store(store) == 30
-        assert not list(tmp_path.glob("d*/shards/*/*.open"))
-
-
 def _open_shard_on_two_disks(tmp_path: Path, n: int = 30):
     """A shard left open on d0 and d1 by a writer that died after committing `n` files (their
     bytes fsynced on both, indexed): the config and the two `.open` files."""
@@ -120,6 +91,20 @@ def _open_shard_on_two_disks(tmp_path: Path, n: int = 30):
     for p, data in open_files.items():
         p.write_bytes(data)
     return cfg, sorted(open_files)
+
+
+def test_rebuild_indexes_an_open_shard_that_the_next_writer_seals(tmp_path: Path) -> None:
+    """A shard left open by a crash (no footer) is found by scanning; recovery then seals it."""
+    from fsd.reindex import rebuild_index
+
+    cfg, _ = _open_shard_on_two_disks(tmp_path)
+    shutil.rmtree(cfg.index_dir)
+    rep = rebuild_index(cfg)
+    assert (rep.objects, rep.open_shards, rep.replicas) == (30, 1, 2)
+    with Store.open(cfg) as store:  # the writer's recovery seals it
+        assert all(m.sealed for m in store.index.iter_shards())
+        assert check_store(store) == 30
+        assert not list(tmp_path.glob("d*/shards/*/*.open"))
 
 
 @pytest.mark.expect_log(r"shard \w+ on d\d set aside to .*: its verified records end at \d+, the index acknowledges",
