@@ -18,6 +18,7 @@ gc is moving files meanwhile):
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from dataclasses import dataclass, field
@@ -66,13 +67,18 @@ def shard_files(disk: LocalDisk) -> list:
 
 
 def records_of(path) -> list[fmt.RecordInfo]:
-    """The records a shard file holds: its footer if sealed, else the verified prefix."""
+    """The records a shard file holds: its footer if sealed, else the verified prefix — also for
+    a `.shard` whose footer does not decode (its records are each checked on their own: taken
+    for unreadable, it was set aside and deleted while it held objects the index lacked)."""
     fd = os.open(path, os.O_RDONLY)
     try:
         size = os.fstat(fd).st_size
         read = lambda off, n: pread_full(fd, n, off)  # noqa: E731
         if path.suffix == ".shard":
-            return fmt.decode_footer(read, size) or []
+            with contextlib.suppress(fmt.FooterMismatch):
+                found = fmt.decode_footer(read, size)
+                if found is not None:
+                    return found
         out = []
         try:
             out.extend(fmt.scan_records(read, size, sealed=False))

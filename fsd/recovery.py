@@ -86,11 +86,27 @@ def _valid_prefix(disk: LocalDisk, shard_hex: str) -> list[fmt.RecordInfo] | Non
 
 
 def _sealed_records(disk: LocalDisk, shard_hex: str) -> list[fmt.RecordInfo] | None:
-    """The footer's records if this replica was already renamed to .shard with a good footer."""
+    """The footer's records if this replica was already renamed to .shard with a good footer.
+    A `.shard` whose footer does not decode (bit rot; an index rebuild indexed its verified
+    records as an open copy's) is renamed back to `.open`: None, and it is recovered as one —
+    its records are checked one by one and its footer written again."""
     path = disk.path(shard_hex, True)
     if not path.exists():
         return None
-    return fmt.decode_footer(lambda off, n: disk.read_at(shard_hex, off, n), path.stat().st_size)
+    try:
+        records = fmt.decode_footer(lambda off, n: disk.read_at(shard_hex, off, n), path.stat().st_size)
+        if records is not None:
+            return records
+        raise fmt.FooterMismatch("no seal at its end")
+    except fmt.FooterMismatch as e:
+        log.warning("shard %s on %s: its footer does not decode (%s); recovered as an open copy", shard_hex,
+                    disk.label, e)
+    if disk.path(shard_hex, False).exists():  # never renamed over: a person sorts out two files of one shard
+        raise fmt.ShardFormatError(f"{path} has a damaged footer and an .open file of the shard lies beside it")
+    disk.forget(shard_hex)
+    os.rename(path, disk.path(shard_hex, False))
+    fsync_dir(path.parent)
+    return None
 
 
 def _end(records: list[fmt.RecordInfo] | None) -> int:

@@ -198,13 +198,13 @@ def _build(cfg: Settings, disks: list[tuple[Any, dict]], work: Path, ssd_uuid: s
                     done += size_or_zero(path)
                     progress(done, total)
                 try:
-                    meta, records = _read_shard(path)
+                    meta, records, damage = _read_shard(path)
                 except FileNotFoundError:  # listed a moment ago, the store idle: the disk is not what it was
                     raise _went_away(dc, f"{path} was listed, then not found") from None
                 except (OSError, fmt.ShardFormatError) as e:
                     rep.damaged.append(f"replica {path}: {e}")
                     continue
-                copies.setdefault(meta.shard_id, []).append(_Copy(uuid, path, meta, records))
+                copies.setdefault(meta.shard_id, []).append(_Copy(uuid, path, meta, records, damage))
             for folder, found in ((BATCHES_DIR, batches), (VIEWS_DIR, views)):
                 for pointer in sorted((dc.path / folder).glob("*.json")):
                     try:
@@ -273,6 +273,7 @@ class _Copy:
     path: Path
     meta: ShardMeta
     records: list[fmt.RecordInfo]
+    damage: str = ""  # a `.shard` whose footer does not decode: read as an open copy (its verified records)
 
 
 def _resolve(found: list[_Copy], rep: IndexRebuildReport) -> tuple[ShardMeta, list[fmt.RecordInfo]]:
@@ -284,11 +285,23 @@ def _resolve(found: list[_Copy], rep: IndexRebuildReport) -> tuple[ShardMeta, li
     reported, and `hoard verify --orphans` sets it aside. A shard with open copies only (its
     writer died) is open, acknowledged up to its longest verified copy: the next writer's
     recovery keeps every copy that reaches it and sets a shorter one aside — never cuts the
-    longer one down to a torn copy's end."""
+    longer one down to a torn copy's end.
+
+    A `.shard` copy whose footer does not decode (bit rot in its last sector) still holds its
+    records, each checked on its own: it counts as an open copy, so when no sealed copy is
+    whole its records are indexed and the next writer's recovery seals it again. Skipped, its
+    objects were gone from the index — with a stale `.open` copy beside it, the shard was
+    made of that copy's first records alone, and a later copy renamed over the damaged file."""
     sealed = [c for c in found if c.meta.sealed]
     use = sealed or found
     for c in found:
-        if sealed and not c.meta.sealed:
+        if c.damage and not sealed:
+            rep.damaged.append(f"replica {c.path}: {c.damage}; its {len(c.records)} verified records are indexed "
+                               "as an open copy's — the next writer's recovery seals it again")
+        elif c.damage:
+            rep.damaged.append(f"replica {c.path}: {c.damage}; not counted (shard {c.meta.hex} is whole on another "
+                               "disk) — `hoard verify --orphans --repair` sets it aside")
+        elif sealed and not c.meta.sealed:
             rep.damaged.append(f"replica {c.path}: an open copy of shard {c.meta.hex}, sealed on another disk "
                                "(left when its disk dropped out during the write); not counted — `hoard verify "
                                "--orphans --repair` sets it aside")
@@ -333,8 +346,12 @@ def _read_marks(folder: Path, into: set[marks.Record], rep: IndexRebuildReport) 
         rep.damaged.append(f"marks log in {folder}: {bad} line(s) that are not records were skipped")
 
 
-def _read_shard(path: Path) -> tuple[ShardMeta, list[fmt.RecordInfo]]:
+def _read_shard(path: Path) -> tuple[ShardMeta, list[fmt.RecordInfo], str]:
+    """(metadata, records, damage) of one replica file; `damage` names what is wrong with a
+    `.shard` whose footer does not decode — it is then read as an open copy (its verified
+    prefix), never skipped: its records are each checked on their own."""
     sealed = path.suffix == ".shard"
+    damage = ""
     fd, read = _reader(path)
     try:
         size = os.fstat(fd).st_size
@@ -342,10 +359,13 @@ def _read_shard(path: Path) -> tuple[ShardMeta, list[fmt.RecordInfo]]:
         if header.shard_id.hex() != path.stem:
             raise fmt.ShardFormatError(f"file name says {path.stem}, header says {header.shard_id.hex()}")
         if sealed:
-            records = fmt.decode_footer(read, size)
-            if records is None:
-                raise fmt.FooterMismatch("sealed shard without a footer")
-        else:  # the verified prefix; the next writer's recovery seals it
+            try:
+                records = fmt.decode_footer(read, size)
+                if records is None:
+                    raise fmt.FooterMismatch("sealed shard without a footer")
+            except fmt.FooterMismatch as e:
+                damage, sealed = f"its footer does not decode ({e})", False
+        if not sealed:  # the verified prefix; the next writer's recovery seals it
             records = []
             try:
                 records.extend(fmt.scan_records(read, size, sealed=False))
@@ -357,7 +377,7 @@ def _read_shard(path: Path) -> tuple[ShardMeta, list[fmt.RecordInfo]]:
     created = int.from_bytes(header.shard_id[:6], "big") / 1000
     meta = ShardMeta(header.shard_id, fmt.CLASS_NAMES[header.klass], size if sealed else 0, sealed, [],
                      len(records), created)
-    return meta, records
+    return meta, records, damage
 
 
 INDEX_COPY = "index-copy"

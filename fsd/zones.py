@@ -541,7 +541,9 @@ def _check_fs(cfg: Settings, zone: str, output_id: str, job: str, need: int, nex
 
 
 def _sealed(cfg: Settings, zone: str, output_id: str) -> bool:
-    return (cfg.ssd.zone_path(zone) / output_id / SEALED).is_file()  # type: ignore[operator]
+    """The output is whole: `_SEALED`, or a 3B package's manifest (what `outputs` calls sealed)."""
+    p = cfg.ssd.zone_path(zone) / output_id  # type: ignore[operator]
+    return p.is_dir() and _seal_of(zone, p) is not None
 
 
 def release_stale(cfg: Settings, zone: str, output_id: str) -> bool:

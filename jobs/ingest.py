@@ -756,6 +756,9 @@ def _top_up(cfg: Settings, stored: dict[str, tuple[str, int]], short: list[str])
                            only={loc.shard_id for loc in locs if loc is not None})
         except HoardError as e:  # the lock stayed busy: said below, with the files still short
             log.warning("batch files short of replicas not copied now: %s", e.message)
+        # counted on the disks' states as they are now: the wait and the copies take minutes, and a
+        # disk another process failed meanwhile (the mount saw EIO) still counted as readable here
+        store.refresh_disks()
         return [rel for rel in short if _replicas(store, stored[rel][0]) < cfg.store.write_ack]
 
 

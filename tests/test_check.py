@@ -90,6 +90,32 @@ def test_each_damage_is_named(tmp_path: Path, pg) -> None:
     assert cli.returncode == 5 and "disagrees: " in cli.stderr and "hoard: error:" in cli.stderr, cli.stderr
 
 
+def test_an_orphan_with_a_damaged_footer_is_kept_when_it_holds_unknown_objects(tmp_path: Path) -> None:
+    """A stray `.shard` whose footer does not decode (bit rot) still holds its records, each
+    checked on its own: when one is an object the index lacks (an index rebuilt while its only
+    copy read as damaged), the sweep keeps it and says so. It took the file for unreadable,
+    set it aside, and `--repair` deleted it — the only copy of those objects."""
+    store, res = _store(tmp_path)
+    try:
+        disk = next(iter(store.disks.values()))
+        other = next(m for m in store.index.iter_shards() if m.sealed)
+        shards = disk.root / "shards" / "zz"
+        shards.mkdir(parents=True, exist_ok=True)
+        precious = shards / "0000000000000000000003zz.shard"
+        data = bytearray(store.disks[other.replicas[0]].find(other.hex).read_bytes())
+        data[-9] ^= 0xFF  # the footer's checksum
+        precious.write_bytes(bytes(data))
+        os.utime(precious, (OLD, OLD))
+        some = next(sha for sha, loc in store.index.iter_objects() if loc.shard_id == other.shard_id)
+        with store.index.env.begin(write=True, db=store.index.objects) as txn:  # its only index entry goes
+            txn.delete(some)
+        rep = sweep(store, repair=True, grace_s=0)
+        assert precious.exists() and rep.set_aside == [] and rep.deleted == []
+        assert any("hoard index rebuild" in u and some.hex() in u for u in rep.unindexed), rep.unindexed
+    finally:
+        store.close()
+
+
 @pytest.mark.expect_log(r"set aside to .*: no index entry names it", level="WARNING")
 def test_orphans_are_set_aside_never_lost(tmp_path: Path) -> None:
     """A fresh stray file is left alone; an old one is moved aside and only `--repair` deletes

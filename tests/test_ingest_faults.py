@@ -195,3 +195,58 @@ def test_finish_copies_again_what_a_failed_disk_held_then_empties_3a(hoard_home:
         for sha in files:
             meta = store.index.get_shard(store.index.lookup(bytes.fromhex(sha)).shard_id)
             assert store.readable_replicas(meta) >= cfg.store.write_ack, sha
+
+
+TOP_UP = """
+import json, sys
+from fsd.base import config
+from jobs.ingest import _top_up
+stored = {k: tuple(v) for k, v in json.loads(sys.argv[2]).items()}
+print(json.dumps(_top_up(config.load(sys.argv[1]), stored, sorted(stored))))
+"""
+
+
+def test_finish_counts_copies_on_the_disk_states_after_its_top_up(tmp_path: Path) -> None:
+    """finish's top-up waits for the maintenance lock (a gc or rebuild holds it) with the disk
+    states it read when it opened the store; a disk another process fails meanwhile still
+    counted as readable, so the batch looked whole and 3A was emptied with one readable copy
+    of each file. The count after the top-up reads the disks' states again."""
+    import fcntl
+    import os
+    import time
+
+    from fsd import storelock
+    from fsd.disks import DiskState
+    from fsd.layout import lock_root
+    from tests.conftest import dir_disks_config, make_files
+
+    cfg = config.load(dir_disks_config(tmp_path, 3, shard_size_mb=8))
+    with Store.open(cfg, init=True) as store:
+        files = make_files(tmp_path / "in", 20)
+        stored = {p.name: (r.sha256, r.size) for p, r in zip(files, store.put_many(files))}
+        meta = store.index.get_shard(store.index.lookup(bytes.fromhex(next(iter(stored.values()))[0])).shard_id)
+        first, second = (store.disks[u].label for u in meta.replicas)
+        store.set_disk_state(first, DiskState.FAILED, "test: failed before finish")
+    gate = lock_root(cfg) / "locks" / f"{storelock.MAINTENANCE}.gate"
+    with storelock.exclusive(lock_root(cfg), "test: a gc", name=storelock.MAINTENANCE):
+        proc = subprocess.Popen([sys.executable, "-c", TOP_UP, str(cfg.source), json.dumps(stored)],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        probe = os.open(gate, os.O_RDWR)
+        try:  # the top-up holds the gate while it waits for the lock: its store is open by then
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline and proc.poll() is None:
+                try:
+                    fcntl.flock(probe, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                    fcntl.flock(probe, fcntl.LOCK_UN)
+                    time.sleep(0.05)
+                except BlockingIOError:
+                    break
+            else:
+                pytest.fail("the top-up never waited for the maintenance lock: " + proc.communicate()[1])
+        finally:
+            os.close(probe)
+        with Store.open(cfg) as store:  # the mount's reader, say, saw EIO from the other copy's disk
+            store.set_disk_state(second, DiskState.FAILED, "test: failed during the top-up")
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    assert json.loads(out.splitlines()[-1]) == sorted(stored), "files with one readable copy were taken as whole"

@@ -169,6 +169,56 @@ def test_an_open_copy_beside_sealed_ones_is_not_a_replica(tmp_path: Path) -> Non
     assert swept.returncode == 0 and not stale.exists(), swept.stdout + swept.stderr
 
 
+def _damage_footer(path: Path) -> None:
+    """Flip one byte of a sealed replica's footer checksum (bit rot in its last sector): its
+    records stay whole, the footer no longer decodes."""
+    data = bytearray(path.read_bytes())
+    data[-9] ^= 0xFF  # the trailer's entries checksum
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.expect_log(r"shard \w+ on d\d set aside to .*: its verified records end at \d+, the index acknowledges",
+                        level="WARNING")
+@pytest.mark.expect_log(r"shard \w+ on d\d: its footer does not decode", level="WARNING")
+def test_a_sealed_copy_with_a_damaged_footer_keeps_its_records(tmp_path: Path) -> None:
+    """A shard sealed on two disks, both footers damaged (bit rot; or one holder lost with the
+    SSD, the other's footer damaged), and an `.open` copy of its first records on a third
+    disk (chaos seed 803's leftover): the rebuild skipped the sealed copies as damaged, so the
+    stale copy alone made the shard — its objects past the second record were gone from the
+    index, and the damaged files left as orphans (a copy renames over them). Their records
+    are verified one by one: they are indexed, and the writer's recovery seals those copies
+    again and sets the stale one aside."""
+    from fsd import shardfmt as fmt
+    from fsd.recovery import ORPHANS_DIR
+
+    cfg_path = dir_disks_config(tmp_path, 3, shard_size_mb=1)
+    cfg = config.load(cfg_path)
+    with Store.open(cfg, init=True) as store:
+        results = store.put_many(make_files(tmp_path / "in", 60))
+        meta = next(m for m in store.index.iter_shards() if m.sealed and m.records > 2)
+        holders = {store.disks[u].label for u in meta.replicas}
+        copies = [store.disks[u].find(meta.hex) for u in meta.replicas]
+    [spare] = {"d0", "d1", "d2"} - holders
+    data = copies[0].read_bytes()
+    records = fmt.decode_footer(lambda off, n: data[off:off + n], len(data))
+    stale = tmp_path / spare / "shards" / copies[0].parent.name / f"{meta.hex}.open"
+    stale.parent.mkdir(parents=True, exist_ok=True)
+    stale.write_bytes(data[:records[1].end])
+    for p in copies:
+        _damage_footer(p)
+    shutil.rmtree(cfg.index_dir)
+    res = hoard("--config", str(cfg_path), "index", "rebuild")
+    assert res.returncode == 0, res.stderr
+    assert res.stderr.count("footer") >= 2, res.stderr  # both damaged copies are reported
+    with Store.open(cfg) as store:  # the writer's recovery seals it again
+        again = store.index.get_shard(meta.shard_id)
+        assert again.sealed and {store.disks[u].label for u in again.replicas} == holders
+        assert again.records == len(records)
+        assert all(store.get(r.sha256) for r in results)
+        assert check_store(store) == 60
+    assert not stale.exists() and len(list((tmp_path / spare / ORPHANS_DIR).iterdir())) == 1
+
+
 def test_index_copy_on_two_disks_restores_the_index(tmp_path: Path) -> None:
     cfg_path = dir_disks_config(tmp_path, 3, shard_size_mb=1)
     cfg = config.load(cfg_path)

@@ -231,6 +231,34 @@ def test_reservation_survives_kill9_and_is_reclaimed_as_stale(tmp_path: Path) ->
     assert not (cfg.ssd.zone_path("3C") / ".tmp" / "stage-9").exists()
 
 
+PACKAGER = """
+r = zones.reserve(cfg, "3B", "b-7", "ingest:b-7", 2 << 20)
+out = cfg.ssd.zone_path("3B") / "b-7"
+os.makedirs(out)
+(out / "b-7.part0001.tar").write_bytes(os.urandom(1 << 20))
+(out / "b-7.manifest.json").write_text("{}")  # the package's seal
+print("sealed", r.pid, flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_stale_reservation_of_a_sealed_package_is_released_not_reclaimed(tmp_path: Path) -> None:
+    """An ingest package step killed after its manifest (the 3B package's seal), before its
+    release: the next reservation in 3B drops it as an output's that is whole — it warned
+    "what it wrote stays until `hoard zones clean b-7`", advice that removes the sealed
+    package (the seal it looked for was `_SEALED` alone; a package's is its manifest)."""
+    cfg = zone_config(tmp_path)
+    proc = child(cfg, PACKAGER)
+    wait_line(proc, "sealed")
+    proc.kill()
+    proc.wait()
+    [r] = zones.reservations(cfg, "3B")
+    assert r.stale and r.id == "b-7"
+    zones.reserve(cfg, "3B", "b-8", "ingest:b-8", MiB)  # reclaims it: no warning (the test fails on one)
+    assert [x.id for x in zones.reservations(cfg, "3B")] == ["b-8"]
+    assert (cfg.ssd.zone_path("3B") / "b-7" / "b-7.manifest.json").is_file()
+
+
 def test_seal_refuses_what_was_not_declared(tmp_path: Path) -> None:
     """A file whose sha256 or size differs from its declaration, or one never declared, is not
     sealed: the error names the output, the file and the cause; the reservation is released
