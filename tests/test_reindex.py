@@ -130,14 +130,11 @@ def test_an_open_shard_with_a_torn_copy_keeps_the_longer_copy(tmp_path: Path) ->
     assert len(list((torn.parents[2] / ORPHANS_DIR).iterdir())) == 1  # set aside, not deleted
 
 
-@pytest.mark.expect_log(r"shard \w+ on d\d set aside to .*: no index entry names it", level="WARNING")
-def test_an_open_copy_beside_sealed_ones_is_not_a_replica(tmp_path: Path) -> None:
-    """A disk that dropped out while a shard was written keeps an `.open` copy of it (its first
-    records) after the shard was sealed on the others (chaos seed 803). An index rebuild took
-    the shard for open, with the sealed size as its acknowledged end, counted the stale copy as
-    a replica, and no recovery could seal it (`hoard health`: an open shard with no writer, for
-    good). Now: sealed, on the sealed copies only; the stale file is reported, and set aside
-    by `hoard verify --orphans --repair`."""
+def _sealed_shard_with_a_stale_open_copy(tmp_path: Path):
+    """60 files on three directory disks; one shard sealed on two of them and, on the third, an
+    `.open` file of it holding its first two records (what a writer leaves on a disk that
+    dropped out mid-write): config path, settings, the put results, the shard's metadata, the
+    labels of its two disks, its two sealed files and the stale one."""
     from fsd import shardfmt as fmt
 
     cfg_path = dir_disks_config(tmp_path, 3, shard_size_mb=1)
@@ -146,13 +143,25 @@ def test_an_open_copy_beside_sealed_ones_is_not_a_replica(tmp_path: Path) -> Non
         results = store.put_many(make_files(tmp_path / "in", 60))
         meta = next(m for m in store.index.iter_shards() if m.sealed and m.records > 2)
         holders = {store.disks[u].label for u in meta.replicas}
-        src = store.disks[meta.replicas[0]].find(meta.hex)
+        copies = [store.disks[u].find(meta.hex) for u in meta.replicas]
     [spare] = {"d0", "d1", "d2"} - holders
-    data = src.read_bytes()
+    data = copies[0].read_bytes()
     records = fmt.decode_footer(lambda off, n: data[off:off + n], len(data))
-    stale = tmp_path / spare / "shards" / src.parent.name / f"{meta.hex}.open"
+    stale = tmp_path / spare / "shards" / copies[0].parent.name / f"{meta.hex}.open"
     stale.parent.mkdir(parents=True, exist_ok=True)
     stale.write_bytes(data[:records[1].end])  # its first two records, no footer
+    return cfg_path, cfg, results, meta, holders, copies, stale
+
+
+@pytest.mark.expect_log(r"shard \w+ on d\d set aside to .*: no index entry names it", level="WARNING")
+def test_an_open_copy_beside_sealed_ones_is_not_a_replica(tmp_path: Path) -> None:
+    """A disk that dropped out while a shard was written keeps an `.open` copy of it (its first
+    records) after the shard was sealed on the others (chaos seed 803). An index rebuild took
+    the shard for open, with the sealed size as its acknowledged end, counted the stale copy as
+    a replica, and no recovery could seal it (`hoard health`: an open shard with no writer, for
+    good). Now: sealed, on the sealed copies only; the stale file is reported, and set aside
+    by `hoard verify --orphans --repair`."""
+    cfg_path, cfg, results, meta, holders, copies, stale = _sealed_shard_with_a_stale_open_copy(tmp_path)
     shutil.rmtree(cfg.index_dir)
     res = hoard("--config", str(cfg_path), "index", "rebuild")
     assert res.returncode == 0, res.stderr
@@ -188,22 +197,9 @@ def test_a_sealed_copy_with_a_damaged_footer_keeps_its_records(tmp_path: Path) -
     index, and the damaged files left as orphans (a copy renames over them). Their records
     are verified one by one: they are indexed, and the writer's recovery seals those copies
     again and sets the stale one aside."""
-    from fsd import shardfmt as fmt
     from fsd.recovery import ORPHANS_DIR
 
-    cfg_path = dir_disks_config(tmp_path, 3, shard_size_mb=1)
-    cfg = config.load(cfg_path)
-    with Store.open(cfg, init=True) as store:
-        results = store.put_many(make_files(tmp_path / "in", 60))
-        meta = next(m for m in store.index.iter_shards() if m.sealed and m.records > 2)
-        holders = {store.disks[u].label for u in meta.replicas}
-        copies = [store.disks[u].find(meta.hex) for u in meta.replicas]
-    [spare] = {"d0", "d1", "d2"} - holders
-    data = copies[0].read_bytes()
-    records = fmt.decode_footer(lambda off, n: data[off:off + n], len(data))
-    stale = tmp_path / spare / "shards" / copies[0].parent.name / f"{meta.hex}.open"
-    stale.parent.mkdir(parents=True, exist_ok=True)
-    stale.write_bytes(data[:records[1].end])
+    cfg_path, cfg, results, meta, holders, copies, stale = _sealed_shard_with_a_stale_open_copy(tmp_path)
     for p in copies:
         _damage_footer(p)
     shutil.rmtree(cfg.index_dir)
@@ -213,10 +209,10 @@ def test_a_sealed_copy_with_a_damaged_footer_keeps_its_records(tmp_path: Path) -
     with Store.open(cfg) as store:  # the writer's recovery seals it again
         again = store.index.get_shard(meta.shard_id)
         assert again.sealed and {store.disks[u].label for u in again.replicas} == holders
-        assert again.records == len(records)
+        assert again.records == meta.records
         assert all(store.get(r.sha256) for r in results)
         assert check_store(store) == 60
-    assert not stale.exists() and len(list((tmp_path / spare / ORPHANS_DIR).iterdir())) == 1
+    assert not stale.exists() and len(list((stale.parents[2] / ORPHANS_DIR).iterdir())) == 1
 
 
 def test_index_copy_on_two_disks_restores_the_index(tmp_path: Path) -> None:
