@@ -144,14 +144,24 @@ def _still_there(disks: list[tuple[Any, dict]]) -> None:
 
 
 def _went_away(dc: Any, how: str) -> HoardError:
-    return HoardError(f"disk {dc.label} at {dc.path} went away during the index rebuild ({how}): the scan may have "
-                      "missed its shards. Nothing changed: the index is as it was. When the disk is back, run "
-                      f"`hoard index rebuild` again (or `hoard index rebuild --without {dc.label}` to leave it out)",
+    return HoardError(f"disk {dc.label} at {dc.path} went away or stopped reading during the index rebuild ({how}): "
+                      "the scan may have missed its shards. Nothing changed: the index is as it was. When the disk "
+                      f"reads again, run `hoard index rebuild` again (or `hoard index rebuild --without {dc.label}` "
+                      "to leave it out; `hoard health` after, and `hoard disks replace` for a dying disk)",
                       ExitCode.UNAVAILABLE)
 
 
-def _shard_files(root: Path) -> list[Path]:
-    return [p for p in sorted((root / "shards").glob("*/*")) if p.suffix in (".shard", ".open")]
+def _listing(dc: Any, folder: str, pattern: str) -> list[Path]:
+    """The paths under the disk's `folder` that match `pattern`, sorted. A listing that fails
+    (EIO: chaos seed 1101) is a disk that does not read, not a traceback and not an empty folder."""
+    try:
+        return sorted((dc.path / folder).glob(pattern))
+    except OSError as e:
+        raise _went_away(dc, f"listing {folder}/: {e.strerror or e}") from None
+
+
+def _shard_files(dc: Any) -> list[Path]:
+    return [p for p in _listing(dc, "shards", "*/*") if p.suffix in (".shard", ".open")]
 
 
 def _rebuild_index(cfg: Settings, ssd_uuid: str, progress: Callable[[int, int], None] | None = None,
@@ -184,7 +194,7 @@ def _build(cfg: Settings, disks: list[tuple[Any, dict]], work: Path, ssd_uuid: s
     objects: dict[bytes, ObjectLoc] = {}
     batches: dict[str, dict] = {}
     views: dict[str, dict] = {}
-    files = {dc.label: _shard_files(dc.path) for dc, _ in disks}
+    files = {dc.label: _shard_files(dc) for dc, _ in disks}
     total = sum(size_or_zero(p) for fs in files.values() for p in fs)
     done = 0
     found_marks: set[marks.Record] = set()  # the same records are on every disk: one copy each
@@ -206,7 +216,7 @@ def _build(cfg: Settings, disks: list[tuple[Any, dict]], work: Path, ssd_uuid: s
                     continue
                 copies.setdefault(meta.shard_id, []).append(_Copy(uuid, path, meta, records, damage))
             for folder, found in ((BATCHES_DIR, batches), (VIEWS_DIR, views)):
-                for pointer in sorted((dc.path / folder).glob("*.json")):
+                for pointer in _listing(dc, folder, "*.json"):
                     try:
                         doc = json.loads(pointer.read_bytes())
                     except (OSError, ValueError) as e:

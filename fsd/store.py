@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import logging
@@ -15,7 +16,7 @@ import os
 import random
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import lmdb
@@ -260,6 +261,13 @@ class Store:
         """Replicas on disks that can be read now (active or draining; not failed or missing)."""
         return sum(1 for u in meta.replicas if self.usable(u))
 
+    def gone(self, disk: LocalDisk, err: DiskGone) -> None:
+        """The disk's mount or identity is gone: this process stops using it at once (its
+        state in the index is not changed: it may come back)."""
+        rec = self.records.get(disk.uuid)
+        if rec is not None:
+            rec.state, rec.reason = DiskState.MISSING, err.strerror or str(err)
+
     def usable(self, uuid: str, for_write: bool = False) -> bool:
         rec = self.records.get(uuid)
         if rec is None or uuid not in self.disks:
@@ -326,8 +334,7 @@ class Store:
         except lmdb.Error as e:  # a full SSD must not turn a replica fallback into a failure
             log.error("index: cannot record the %s error of disk %s: %s", op, disk.label, e)
         if isinstance(err, DiskGone):
-            rec = self.records[disk.uuid]
-            rec.state, rec.reason = DiskState.MISSING, detail
+            self.gone(disk, err)
         elif getattr(err, "errno", None) == errno.EIO:
             # a disk answering EIO is dying: stop using it now, and say so until it is replaced
             self.set_disk_state(disk.label, DiskState.FAILED,
@@ -403,8 +410,9 @@ class Store:
             if (only is None and self.usable(uuid)) or uuid == only:
                 path = disk.root / rel
                 try:
-                    path.parent.mkdir(exist_ok=True)
-                    atomic_write(path, body)
+                    with _on_disk(self, disk):
+                        path.parent.mkdir(exist_ok=True)
+                        atomic_write(path, body)
                     took += 1
                 except OSError as e:  # a dying disk (EIO: marked failed) must not stop the others
                     self.disk_error(disk, "write", e)
@@ -443,17 +451,18 @@ class Store:
                 continue
             path = marks.log_path(disk.root)
             try:
-                _marks_log(disk)
-                # O_APPEND: records of concurrent processes interleave whole (one write each)
-                fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NONBLOCK, 0o644)
-                try:
-                    marks.regular(fd, path)
-                    view = memoryview(body)
-                    while view:
-                        view = view[os.write(fd, view):]
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
+                with _on_disk(self, disk):
+                    _marks_log(disk)
+                    # O_APPEND: records of concurrent processes interleave whole (one write each)
+                    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NONBLOCK, 0o644)
+                    try:
+                        marks.regular(fd, path)
+                        view = memoryview(body)
+                        while view:
+                            view = view[os.write(fd, view):]
+                        os.fsync(fd)
+                    finally:
+                        os.close(fd)
                 took.append(uuid)
             except OSError as e:
                 log.warning("disk %s: cannot append to %s: %s", disk.label, path, e)
@@ -531,9 +540,12 @@ class Store:
                         continue
                 path = marks.log_path(disk.root)
                 try:
-                    atomic_write(_marks_log(disk), body)
+                    with _on_disk(self, disk):
+                        atomic_write(_marks_log(disk), body)
                     done.append(disk.label)
                     written.append(uuid)
+                except DiskGone as e:  # not a refusal: tried again by the first writer that finds it back
+                    log.warning("disk %s: cannot rewrite %s from the index: %s", disk.label, path, e)
                 except OSError as e:
                     log.warning("disk %s: cannot rewrite %s from the index: %s", disk.label, path, e)
                     failed.append(uuid)
@@ -739,6 +751,22 @@ class Store:
                 "recovery_incomplete": [e for e in self.index.recent_events(200)
                                         if e["kind"] == "recovery_incomplete" and e.get("shard") in stuck][:10]}
 
+
+
+@contextlib.contextmanager
+def _on_disk(store: Store, disk: LocalDisk) -> Iterator[None]:
+    """Small files (marks logs, pointers) written by path inside: the disk is checked to be
+    there before (a vanished mount leaves an empty directory on the root filesystem that takes
+    any write) and after (one that vanished during the write took it beside the disk, not on
+    it: chaos seed 1025 — the index counted the roots as on the disk's log, and they were not).
+    Either way it raises DiskGone and this process stops using the disk."""
+    try:
+        disk.check()
+        yield
+        disk.check()
+    except DiskGone as e:
+        store.gone(disk, e)
+        raise
 
 
 def _marks_log(disk: LocalDisk) -> Path:

@@ -529,3 +529,38 @@ def test_gc_compacts_a_big_log_even_with_no_shard_to_compact(store_factory, tmp_
     assert big > 2 << 20
     gc(store, threshold=0.5)
     assert os.path.getsize(marks.log_path(tmp_path / "disks" / "d1")) < big, "gc did not compact the log"
+
+
+@pytest.mark.lab
+@pytest.mark.expect_log(r"disk m3: cannot append to", level="WARNING")
+def test_a_disk_that_vanishes_gets_the_marks_it_missed(lab_factory, tmp_path: Path) -> None:
+    """A lab disk drops off (lazy unmount) while a store is open, and the next operation
+    writes only marks (no shard goes near the disk, so nothing has noticed it is gone): its
+    mount point is an empty directory on the root filesystem, which took the marks-log append
+    — the index counted the marks as on the disk's log, and once the disk was back its own
+    log lacked them, with nothing to catch it up (chaos seed 1025: `hoard check` exit 5, "its
+    marks log alone replays 70 marks differently"). Now an append is checked to land on the
+    disk; the first writer that finds the disk back brings its log up to the index."""
+    from fsd.base import config
+    from fsd.check import check
+    from fsd.deletion import hide
+    from tests.conftest import write_config
+    from tests.lab import DiskProfile
+
+    lab = lab_factory([DiskProfile(f"m{i}", 200, 500, 500, 5000) for i in (1, 2, 3)], throttle=False)
+    disks = [(label, lab.disks[label].mountpoint, None) for label in ("m1", "m2", "m3")]
+    cfg = config.load(write_config(tmp_path, disks, allow_dirs=False, shard_size_mb=1, copy_of_raw=2))
+    m3 = lab.disks["m3"].mountpoint
+    with Store.open(cfg, init=True) as store:
+        stored = store.put_many(make_files(tmp_path / "a", 6, seed=61), root=PUT)
+        lab.vanish("m3")
+        hidden = [bytes.fromhex(r.sha256) for r in stored[:4]]
+        assert hide(store, hidden, "test: hidden while m3 was gone") == 4
+        assert not (m3 / "marks").exists(), "the marks went to the root filesystem under the vanished mount"
+    lab.reappear("m3")
+    assert not _own_log(m3)["hidden"]  # the disk missed them
+    with Store.open(cfg) as store:  # the first writer to find it back
+        assert sorted(_own_log(m3)["hidden"]) == sorted(hidden)
+        assert all(_reads_back(store, r.sha256) for r in stored)
+        rep = check(store)
+        assert rep.ok, rep.problems

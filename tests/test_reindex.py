@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 from pathlib import Path
@@ -320,6 +321,49 @@ def test_a_disk_that_vanishes_during_the_scan_leaves_the_index_as_it_was(lab_fac
     with Store.open(cfg) as store:
         assert _snapshot(store) == before
         assert all(store.get(r.sha256) for r in results)
+
+
+@pytest.mark.parametrize("folder", ["shards", "batches", "views"])
+def test_a_folder_that_does_not_list_stops_the_rebuild(tmp_path: Path, monkeypatch, folder: str) -> None:
+    """A disk whose `views/` (or `shards/`, `batches/`) folder answers EIO when listed — a
+    dying disk (chaos seed 1101: a traceback) — is a disk that does not read: the rebuild
+    stops naming it and `--without`, nothing swapped in; once it reads, the rebuild gives the
+    whole index again. (The EIO is injected into os.scandir: the lab's
+    dying disk still lists folders whose blocks the kernel keeps.)"""
+    from fsd.reindex import rebuild_index
+
+    cfg = config.load(dir_disks_config(tmp_path, 3, shard_size_mb=1, copy_of_raw=2))
+    with Store.open(cfg, init=True) as store:
+        results = store.put_many(make_files(tmp_path / "in", 60))
+        store.register_view("v1", {"manifest": results[0].sha256})
+        store.register_batch("b1", {"manifest": results[1].sha256})
+        before = _snapshot(store)
+    files = _index_files(cfg)
+    dying = tmp_path / "d1" / folder
+    real = os.scandir
+
+    def scandir(path=".", *a, **kw):
+        if isinstance(path, (str, os.PathLike)) and Path(path) == dying:
+            raise OSError(errno.EIO, "Input/output error (injected)", str(path))
+        return real(path, *a, **kw)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    with pytest.raises(HoardError) as e:
+        rebuild_index(cfg)
+    msg = e.value.message
+    assert "disk d1" in msg and "stopped reading" in msg and f"listing {folder}/" in msg, msg
+    assert "Nothing changed" in msg and "--without d1" in msg, msg
+    assert _index_files(cfg) == files
+    with Store.open(cfg, writable=False) as store:
+        assert _snapshot(store) == before
+
+    monkeypatch.setattr(os, "scandir", real)  # the disk reads again: the advice's second run
+    rep = rebuild_index(cfg)
+    assert rep.disks == 3 and not rep.damaged and not rep.skipped_disks, rep
+    with Store.open(cfg, writable=False) as store:
+        assert _snapshot(store) == before
+        assert all(store.get(r.sha256) == Path(r.path).read_bytes() for r in results)
+        assert store.index.get_view("v1") and store.index.get_batch("b1")
 
 
 def test_an_unreadable_forgotten_marker_does_not_leave_a_disk_out(tmp_path: Path) -> None:
