@@ -38,10 +38,11 @@ def lab_store(lab: Lab, root: Path, labels: list[str] | None = None, **opts) -> 
 
 
 def _commit() -> str:
-    """The commit measured, with `+dirty` when the work tree differs from it."""
+    """The commit measured, with `+dirty` when the work tree's code differs from it (the
+    results a `make bench` run has written so far do not count: they are not what runs)."""
     head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
-    dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"],
-                           capture_output=True, text=True)
+    dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no", "--", ".",
+                            ":(exclude)bench/results"], capture_output=True, text=True)
     return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
 
 
