@@ -220,7 +220,12 @@ def _build(cfg: Settings, disks: list[tuple[Any, dict]], work: Path, ssd_uuid: s
                 for pointer in _listing(dc, folder, "*.json"):
                     try:
                         doc = json.loads(pointer.read_bytes())
-                    except (OSError, ValueError) as e:
+                    except IsADirectoryError as e:  # planted content, not a disk that stopped reading
+                        rep.damaged.append(f"{pointer}: {e.strerror}")
+                        continue
+                    except OSError as e:  # the newest pointer may be this disk's alone (a removal too)
+                        raise _went_away(dc, f"reading {pointer}: {e.strerror or e}") from None
+                    except ValueError as e:
                         rep.damaged.append(f"{pointer}: {e}")
                         continue
                     # the newest pointer wins: a disk that was failed or absent may hold an old one

@@ -367,14 +367,15 @@ def test_a_folder_that_does_not_list_stops_the_rebuild(tmp_path: Path, monkeypat
 
 
 @pytest.mark.lab
-def test_a_marks_log_that_does_not_read_stops_the_rebuild(lab_factory, tmp_path: Path) -> None:
+@pytest.mark.parametrize("what", ["marks/marks.log", "views/v1.json"])
+def test_a_marks_log_or_pointer_that_does_not_read_stops_the_rebuild(lab_factory, tmp_path: Path, what: str) -> None:
     """A dying lab disk whose identity, folders and shards still read (the kernel has them
-    cached) but whose marks log answers EIO: the rebuild took it as a damaged file and went
-    on, replaying the other disks' logs only — which lacked the hides set while they were
-    unplugged — and swapped in an index without them (exit 0, the advice `hoard verify
-    --repair`, which does nothing for a log); its writer then seeded every log with that.
-    A marks log that does not read is a disk that does not read (as a folder that does not
-    list: chaos seed 1101): the rebuild stops naming it, the index is as it was."""
+    cached) but whose marks log (or a view's pointer) answers EIO: the rebuild took it as a
+    damaged file and went on with the other disks' copies — which lacked the hides and the
+    view set while they were unplugged — and swapped in an index without them (exit 0, the
+    advice `hoard verify --repair`, which does nothing for a log); its writer then seeded
+    every log with that. A file that does not read is a disk that does not read (as a folder
+    that does not list: chaos seed 1101): the rebuild stops naming it, the index as it was."""
     from fsd.deletion import hide
     from fsd.reindex import rebuild_index
 
@@ -386,23 +387,27 @@ def test_a_marks_log_that_does_not_read_stops_the_rebuild(lab_factory, tmp_path:
     lab.vanish("k2")
     lab.vanish("k3")
     hidden = [bytes.fromhex(r.sha256) for r in results[:3]]
-    with Store.open(cfg) as store:  # k1 alone takes the hides
+    with Store.open(cfg) as store:  # k1 alone takes the hides and the view
         assert hide(store, hidden, "test: hidden while k2 and k3 were unplugged") == 3
+        store.register_view("v1", {"manifest": results[4].sha256})
     lab.reappear("k2")
     lab.reappear("k3")
-    with Store.open(cfg, writable=False) as store:
-        before = _snapshot(store), store.index.marked(store.index.hidden)
-    assert before[1] == set(hidden)
+
+    def state() -> tuple:
+        with Store.open(cfg, writable=False) as store:
+            return _snapshot(store), store.index.marked(store.index.hidden), store.index.get_view("v1")
+
+    before = state()
+    assert before[1] == set(hidden) and before[2]
     files = _index_files(cfg)
-    lab.fail_eio_in("k1", lab.disks["k1"].mountpoint / "marks" / "marks.log")
+    lab.fail_eio_in("k1", lab.disks["k1"].mountpoint / what)
 
     with pytest.raises(HoardError) as e:
         rebuild_index(cfg)
     msg = e.value.message
     assert "disk k1" in msg and "Nothing changed" in msg and "--without k1" in msg, msg
     assert _index_files(cfg) == files
-    with Store.open(cfg, writable=False) as store:
-        assert (_snapshot(store), store.index.marked(store.index.hidden)) == before
+    assert state() == before
 
 
 def test_an_unreadable_forgotten_marker_does_not_leave_a_disk_out(tmp_path: Path) -> None:
