@@ -9,6 +9,7 @@ is kept as `<index>.old-<time>`. Run it with the store idle (no writer, no mount
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import os
@@ -219,13 +220,18 @@ def _build(cfg: Settings, disks: list[tuple[Any, dict]], work: Path, ssd_uuid: s
                 for pointer in _listing(dc, folder, "*.json"):
                     try:
                         doc = json.loads(pointer.read_bytes())
-                    except (OSError, ValueError) as e:
+                    except IsADirectoryError as e:  # planted content, not a disk that stopped reading
+                        rep.damaged.append(f"{pointer}: {e.strerror}")
+                        continue
+                    except OSError as e:  # the newest pointer may be this disk's alone (a removal too)
+                        raise _went_away(dc, f"reading {pointer}: {e.strerror or e}") from None
+                    except ValueError as e:
                         rep.damaged.append(f"{pointer}: {e}")
                         continue
                     # the newest pointer wins: a disk that was failed or absent may hold an old one
                     if doc.get("pointer_ns", 0) >= found.get(pointer.stem, {}).get("pointer_ns", -1):
                         found[pointer.stem] = doc
-            _read_marks(dc.path / MARKS_DIR, found_marks, rep)
+            _read_marks(dc, found_marks, rep)
             # a failed or draining disk stays so (a user's or rebuild's decision, as Store.open keeps it)
             state, reason = kept_states.get(uuid, (DiskState.ACTIVE, ""))
             found_disks.append(DiskRecord(uuid, dc.label, str(dc.path), state, ident.get("created", ""), reason=reason))
@@ -346,10 +352,18 @@ def _old_disk_states(target: Path) -> dict[str, tuple[DiskState, str]]:
         old.close()
 
 
-def _read_marks(folder: Path, into: set[marks.Record], rep: IndexRebuildReport) -> None:
+def _read_marks(dc: Any, into: set[marks.Record], rep: IndexRebuildReport) -> None:
+    """Add the records of the disk's marks logs. A log that does not read (EIO) stops the
+    rebuild as a folder that does not list does: taken as damage, the rebuild replayed the
+    other disks' logs alone — which lack what was marked while they were unplugged — and
+    swapped in an index without those marks, and its writer then seeded every log with it.
+    Only a log that is not a regular file (planted content) is damage to report and skip."""
+    folder = dc.path / MARKS_DIR
     try:
         bad = marks.read(folder, into)
     except OSError as e:
+        if e.errno != errno.EINVAL:  # marks.regular's "not a regular file"
+            raise _went_away(dc, f"reading {MARKS_DIR}/: {e.strerror or e}") from None
         rep.damaged.append(f"marks log in {folder}: {e}")
         return
     if bad:  # a torn last line is a crash during an append (never committed); others are damage

@@ -410,9 +410,9 @@ class Store:
             if (only is None and self.usable(uuid)) or uuid == only:
                 path = disk.root / rel
                 try:
-                    with _on_disk(self, disk):
+                    with _on_disk(self, disk) as wrote:
                         path.parent.mkdir(exist_ok=True)
-                        atomic_write(path, body)
+                        atomic_write(path, body, prepare=lambda fd, _: wrote.append(os.fstat(fd).st_dev))
                     took += 1
                 except OSError as e:  # a dying disk (EIO: marked failed) must not stop the others
                     self.disk_error(disk, "write", e)
@@ -451,7 +451,7 @@ class Store:
                 continue
             path = marks.log_path(disk.root)
             try:
-                with _on_disk(self, disk):
+                with _on_disk(self, disk) as wrote:
                     _marks_log(disk)
                     # O_APPEND: records of concurrent processes interleave whole (one write each)
                     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NONBLOCK, 0o644)
@@ -461,6 +461,7 @@ class Store:
                         while view:
                             view = view[os.write(fd, view):]
                         os.fsync(fd)
+                        wrote.append(os.fstat(fd).st_dev)
                     finally:
                         os.close(fd)
                 took.append(uuid)
@@ -540,8 +541,8 @@ class Store:
                         continue
                 path = marks.log_path(disk.root)
                 try:
-                    with _on_disk(self, disk):
-                        atomic_write(_marks_log(disk), body)
+                    with _on_disk(self, disk) as wrote:
+                        atomic_write(_marks_log(disk), body, prepare=lambda fd, _: wrote.append(os.fstat(fd).st_dev))
                     done.append(disk.label)
                     written.append(uuid)
                 except DiskGone as e:  # not a refusal: tried again by the first writer that finds it back
@@ -754,16 +755,23 @@ class Store:
 
 
 @contextlib.contextmanager
-def _on_disk(store: Store, disk: LocalDisk) -> Iterator[None]:
+def _on_disk(store: Store, disk: LocalDisk) -> Iterator[list[int]]:
     """Small files (marks logs, pointers) written by path inside: the disk is checked to be
     there before (a vanished mount leaves an empty directory on the root filesystem that takes
     any write) and after (one that vanished during the write took it beside the disk, not on
     it: chaos seed 1025 — the index counted the roots as on the disk's log, and they were not).
-    Either way it raises DiskGone and this process stops using the disk."""
+    The body adds the device of each file it wrote (fstat) to the list it is given: a disk
+    that dropped off before the file was opened and was mounted again before the check after
+    passes both checks, and only the device tells that the file is not on it. Any of these
+    raises DiskGone, and this process stops using the disk."""
+    wrote: list[int] = []
     try:
         disk.check()
-        yield
+        yield wrote
         disk.check()
+        if any(dev != os.stat(disk.root).st_dev for dev in wrote):
+            raise DiskGone(f"disk {disk.label}: a file was written beside it, not on it (the disk dropped off "
+                           "and came back during the write)")
     except DiskGone as e:
         store.gone(disk, e)
         raise

@@ -212,6 +212,27 @@ class Lab:
         os.truncate(d.image, keep_mb * MB)
         drop_caches()
 
+    def fail_eio_in(self, label: str, *paths: Path) -> None:
+        """The disk dies while the kernel still has most of it cached: only `paths` answer EIO.
+        Every file on it is read into the page cache, the image is cut as `fail_eio` cuts it
+        (the caches kept), and the pages of `paths` are dropped (POSIX_FADV_DONTNEED) — so the
+        identity and the folders still read, these files do not. (Under memory pressure the
+        kernel may drop more: more of the disk then answers EIO.)"""
+        d = self.disks[label]
+        for p in d.mountpoint.rglob("*"):
+            if p.is_file():
+                p.read_bytes()
+        if self.direct_io:
+            _sh("losetup", "--direct-io=off", d.device)
+        os.sync()
+        os.truncate(d.image, MB)
+        for p in paths:
+            fd = os.open(p, os.O_RDONLY)
+            try:
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            finally:
+                os.close(fd)
+
     def fail_writes(self, label: str) -> None:
         """Writes to the disk start failing with EIO (reads still work until ext4 gives up):
         the image file is made immutable, so the loop driver's writes to it are refused.

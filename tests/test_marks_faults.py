@@ -264,10 +264,10 @@ def test_one_read_only_disk_does_not_make_every_open_rewrite_every_log(store_fac
             raise OSError(errno.EROFS, "Read-only file system", str(path))
         return real_open(path, flags, *a, **kw)
 
-    def ro_atomic(path, data):
+    def ro_atomic(path, data, **kw):
         if str(path).startswith(str(d3) + "/"):
             raise OSError(errno.EROFS, "Read-only file system", str(path))
-        return real_atomic(path, data)
+        return real_atomic(path, data, **kw)
 
     monkeypatch.setattr(os, "open", ro_open)
     monkeypatch.setattr(store_mod, "atomic_write", ro_atomic)
@@ -430,10 +430,10 @@ def test_a_stamp_on_the_disks_is_never_given_again(store_factory, tmp_path: Path
     store.close()
     real_atomic = store_mod.atomic_write
 
-    def d2_fails(path, data):
+    def d2_fails(path, data, **kw):
         if str(path).startswith(str(d2) + "/"):
             raise OSError(errno.EIO, "Input/output error (transient)")
-        return real_atomic(path, data)
+        return real_atomic(path, data, **kw)
 
     monkeypatch.setattr(store_mod, "atomic_write", d2_fails)
     Store.open(cfg).close()  # the next writer: a snapshot, d2 misses it
@@ -564,3 +564,52 @@ def test_a_disk_that_vanishes_gets_the_marks_it_missed(lab_factory, tmp_path: Pa
         assert all(_reads_back(store, r.sha256) for r in stored)
         rep = check(store)
         assert rep.ok, rep.problems
+
+
+@pytest.mark.lab
+@pytest.mark.expect_log(r"disk m3: cannot append to", level="WARNING")
+def test_a_disk_that_vanishes_and_comes_back_during_an_append_is_not_counted(lab_factory, tmp_path: Path,
+                                                                             monkeypatch) -> None:
+    """The disk is there for the check before the marks append, drops off (lazy unmount)
+    before the log is opened — so the log opened, written and fsynced is one on the root
+    filesystem under the empty mount point — and is mounted again before the check after:
+    both checks saw the disk, the index counted the marks as on its log, and the disk's own
+    log lacked them with nothing to catch it up (the hole chaos seed 1025 found, narrowed
+    to the time between the two checks). The append must be on the disk's filesystem."""
+    from fsd import store as store_mod
+    from fsd.base import config
+    from fsd.deletion import hide
+    from tests.conftest import write_config
+    from tests.lab import DiskProfile
+
+    lab = lab_factory([DiskProfile(f"m{i}", 120, 500, 500, 5000) for i in (1, 2, 3)], throttle=False)
+    disks = [(label, lab.disks[label].mountpoint, None) for label in ("m1", "m2", "m3")]
+    cfg = config.load(write_config(tmp_path, disks, allow_dirs=False, shard_size_mb=1, copy_of_raw=2))
+    m3 = lab.disks["m3"].mountpoint
+    real_log, real_regular = store_mod._marks_log, marks.regular
+    armed = []
+
+    def marks_log(disk):  # after the check before: the disk drops off
+        if armed and disk.label == "m3":
+            lab.vanish("m3")
+        return real_log(disk)
+
+    def regular(fd, path):  # the log is open (beside the disk): it is mounted again
+        real_regular(fd, path)
+        if armed and path.is_relative_to(m3):
+            armed.clear()
+            lab.reappear("m3")
+
+    with Store.open(cfg, init=True) as store:
+        stored = store.put_many(make_files(tmp_path / "a", 6, seed=62), root=PUT)
+        monkeypatch.setattr(store_mod, "_marks_log", marks_log)
+        monkeypatch.setattr(marks, "regular", regular)
+        armed.append(True)
+        hidden = [bytes.fromhex(r.sha256) for r in stored[:4]]
+        assert hide(store, hidden, "test: hidden while m3 blinked") == 4
+        assert not armed, "the injected vanish did not happen"
+        monkeypatch.undo()
+    assert os.path.ismount(m3) and not _own_log(m3)["hidden"]  # the disk missed them
+    with Store.open(cfg) as store:  # the next writer brings its log up to the index
+        assert sorted(_own_log(m3)["hidden"]) == sorted(hidden)
+        assert all(_reads_back(store, r.sha256) for r in stored)

@@ -366,6 +366,50 @@ def test_a_folder_that_does_not_list_stops_the_rebuild(tmp_path: Path, monkeypat
         assert store.index.get_view("v1") and store.index.get_batch("b1")
 
 
+@pytest.mark.lab
+@pytest.mark.parametrize("what", ["marks/marks.log", "views/v1.json"])
+def test_a_marks_log_or_pointer_that_does_not_read_stops_the_rebuild(lab_factory, tmp_path: Path, what: str) -> None:
+    """A dying lab disk whose identity, folders and shards still read (the kernel has them
+    cached) but whose marks log (or a view's pointer) answers EIO: the rebuild took it as a
+    damaged file and went on with the other disks' copies — which lacked the hides and the
+    view set while they were unplugged — and swapped in an index without them (exit 0, the
+    advice `hoard verify --repair`, which does nothing for a log); its writer then seeded
+    every log with that. A file that does not read is a disk that does not read (as a folder
+    that does not list: chaos seed 1101): the rebuild stops naming it, the index as it was."""
+    from fsd.deletion import hide
+    from fsd.reindex import rebuild_index
+
+    lab = lab_factory([DiskProfile(f"k{i}", 120, 500, 500, 5000) for i in (1, 2, 3)], throttle=False)
+    disks = [(label, lab.disks[label].mountpoint, None) for label in ("k1", "k2", "k3")]
+    cfg = config.load(write_config(tmp_path, disks, allow_dirs=False, shard_size_mb=1, copy_of_raw=2))
+    with Store.open(cfg, init=True) as store:
+        results = store.put_bytes_many([os.urandom(50_000) for _ in range(10)])
+    lab.vanish("k2")
+    lab.vanish("k3")
+    hidden = [bytes.fromhex(r.sha256) for r in results[:3]]
+    with Store.open(cfg) as store:  # k1 alone takes the hides and the view
+        assert hide(store, hidden, "test: hidden while k2 and k3 were unplugged") == 3
+        store.register_view("v1", {"manifest": results[4].sha256})
+    lab.reappear("k2")
+    lab.reappear("k3")
+
+    def state() -> tuple:
+        with Store.open(cfg, writable=False) as store:
+            return _snapshot(store), store.index.marked(store.index.hidden), store.index.get_view("v1")
+
+    before = state()
+    assert before[1] == set(hidden) and before[2]
+    files = _index_files(cfg)
+    lab.fail_eio_in("k1", lab.disks["k1"].mountpoint / what)
+
+    with pytest.raises(HoardError) as e:
+        rebuild_index(cfg)
+    msg = e.value.message
+    assert "disk k1" in msg and "Nothing changed" in msg and "--without k1" in msg, msg
+    assert _index_files(cfg) == files
+    assert state() == before
+
+
 def test_an_unreadable_forgotten_marker_does_not_leave_a_disk_out(tmp_path: Path) -> None:
     """A disk whose `hoard disks forget` marker cannot be read (an I/O error there: chaos seed
     412 hit EIO) is not taken as forgotten — the rebuild left the live disk out and exited 0,

@@ -447,10 +447,10 @@ def test_a_pointer_write_error_on_one_disk_fails_that_disk_not_the_command(store
     real = store_mod.atomic_write
     bad = {str(tmp_path / "disks" / "d2")}
 
-    def flaky(path, data):
+    def flaky(path, data, **kw):
         if any(str(path).startswith(b + "/") for b in bad):
             raise OSError(errno.EIO, "Input/output error")
-        return real(path, data)
+        return real(path, data, **kw)
 
     monkeypatch.setattr(store_mod, "atomic_write", flaky)
     store.write_pointer("batches/b1.json", {"manifest": "ab" * 32})
