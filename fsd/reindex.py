@@ -219,12 +219,12 @@ def _build(cfg: Settings, disks: list[tuple[Any, dict]], work: Path, ssd_uuid: s
             for folder, found in ((BATCHES_DIR, batches), (VIEWS_DIR, views)):
                 for pointer in _listing(dc, folder, "*.json"):
                     try:
-                        doc = json.loads(pointer.read_bytes())
-                    except IsADirectoryError as e:  # planted content, not a disk that stopped reading
-                        rep.damaged.append(f"{pointer}: {e.strerror}")
+                        doc = json.loads(_read_pointer(pointer))
+                    except OSError as e:
+                        if e.errno != errno.EINVAL:  # the newest pointer may be this disk's alone (a removal too)
+                            raise _went_away(dc, f"reading {pointer}: {e.strerror or e}") from None
+                        rep.damaged.append(f"{pointer}: {e.strerror}")  # planted: a directory, a FIFO
                         continue
-                    except OSError as e:  # the newest pointer may be this disk's alone (a removal too)
-                        raise _went_away(dc, f"reading {pointer}: {e.strerror or e}") from None
                     except ValueError as e:
                         rep.damaged.append(f"{pointer}: {e}")
                         continue
@@ -350,6 +350,18 @@ def _old_disk_states(target: Path) -> dict[str, tuple[DiskState, str]]:
         return {}
     finally:
         old.close()
+
+
+def _read_pointer(path: Path) -> bytes:
+    """A batch or view pointer's bytes; OSError(EINVAL) if it is not a regular file (a FIFO
+    planted there would block the rebuild for good, a directory is not a pointer)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        marks.regular(fd, path)
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            return f.read()
+    finally:
+        os.close(fd)
 
 
 def _read_marks(dc: Any, into: set[marks.Record], rep: IndexRebuildReport) -> None:

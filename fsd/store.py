@@ -416,7 +416,7 @@ class Store:
                     took += 1
                 except OSError as e:  # a dying disk (EIO: marked failed) must not stop the others
                     self.disk_error(disk, "write", e)
-                    errors.append(f"{disk.label}: {e.strerror or e}")
+                    errors.append(_disk_error_text(disk, e))
         if errors and not took:
             raise HoardError(f"no disk took {rel} ({'; '.join(errors)}); `hoard health` names the disks' problems",
                              ExitCode.UNAVAILABLE)
@@ -467,9 +467,9 @@ class Store:
                 took.append(uuid)
             except OSError as e:
                 log.warning("disk %s: cannot append to %s: %s", disk.label, path, e)
-                errors.append(f"{disk.label}: {e.strerror or e}")
+                errors.append(_disk_error_text(disk, e))
         if not took:
-            raise HoardError(f"no disk took the deletion marks ({'; '.join(errors) or 'no writable disk'}); "
+            raise HoardError(f"no disk took the marks (roots, hides, deletions: {'; '.join(errors) or 'no writable disk'}); "
                              "nothing was changed — `hoard health` names the disks' problems", ExitCode.UNAVAILABLE)
         return took
 
@@ -752,6 +752,12 @@ class Store:
                 "recovery_incomplete": [e for e in self.index.recent_events(200)
                                         if e["kind"] == "recovery_incomplete" and e.get("shard") in stuck][:10]}
 
+
+
+def _disk_error_text(disk: LocalDisk, e: OSError) -> str:
+    """"LABEL: what went wrong", without the label twice (a DiskGone names its disk itself)."""
+    text = e.strerror or str(e)
+    return text if text.startswith(f"disk {disk.label}") else f"{disk.label}: {text}"
 
 
 @contextlib.contextmanager

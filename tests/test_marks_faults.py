@@ -613,3 +613,26 @@ def test_a_disk_that_vanishes_and_comes_back_during_an_append_is_not_counted(lab
     with Store.open(cfg) as store:  # the next writer brings its log up to the index
         assert sorted(_own_log(m3)["hidden"]) == sorted(hidden)
         assert all(_reads_back(store, r.sha256) for r in stored)
+
+
+@pytest.mark.expect_log(r"disk d\d: cannot append to", level="WARNING")
+def test_marks_no_disk_takes_change_nothing_and_say_so(store_factory, tmp_path: Path) -> None:
+    """Every disk dropped off (each mount point an empty directory): a hide is refused in one
+    clear line naming each disk once, nothing is written under the empty mount points, and
+    the index's marks are as they were."""
+    from fsd.base.errors import HoardError
+    from fsd.deletion import hide
+
+    store = store_factory(n_disks=2, caps=None)
+    stored = store.put_many(make_files(tmp_path / "a", 2, seed=71), root=PUT)
+    for i in (1, 2):
+        d = tmp_path / "disks" / f"d{i}"
+        d.rename(d.with_name(f"d{i}-unplugged"))
+        d.mkdir()
+    with pytest.raises(HoardError) as e:
+        hide(store, [bytes.fromhex(stored[0].sha256)], "test: every disk gone")
+    msg = e.value.message
+    assert msg.startswith("no disk took the marks") and "d1: disk d1" not in msg, msg
+    assert msg.count("disk d1") == 1 and msg.count("disk d2") == 1, msg
+    assert store.index.count(store.index.hidden) == 0
+    assert not any((tmp_path / "disks" / f"d{i}" / "marks").exists() for i in (1, 2))

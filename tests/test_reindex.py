@@ -74,6 +74,27 @@ def test_rebuild_skips_damaged_or_foreign_shard_files(tmp_path: Path) -> None:
         assert all(store.get(r.sha256) for r in results)
 
 
+def test_planted_pointers_are_reported_not_waited_on(tmp_path: Path) -> None:
+    """A FIFO, a directory or a file that is not JSON where a view or batch pointer belongs is
+    named as damage and the rebuild finishes — a FIFO read would block the rebuild for good
+    (the adversarial review of the pointer change); the real pointers still register."""
+    cfg_path = dir_disks_config(tmp_path, 2, shard_size_mb=1)
+    cfg = config.load(cfg_path)
+    with Store.open(cfg, init=True) as store:
+        results = store.put_many(make_files(tmp_path / "in", 10))
+        store.register_view("v1", {"manifest": results[0].sha256})
+    views = tmp_path / "d0" / "views"
+    os.mkfifo(views / "fifo.json")
+    (views / "folder.json").mkdir()
+    (views / "text.json").write_text("not json")
+    res = hoard("--config", str(cfg_path), "index", "rebuild")  # (a hang: the 120 s timeout fails it)
+    assert res.returncode == 0, res.stdout + res.stderr
+    for name in ("fifo.json", "folder.json", "text.json"):
+        assert str(views / name) in res.stderr, res.stderr
+    with Store.open(cfg, writable=False) as store:
+        assert store.index.get_view("v1") and [name for name, _ in store.index.iter_views()] == ["v1"]
+
+
 def _open_shard_on_two_disks(tmp_path: Path, n: int = 30):
     """A shard left open on d0 and d1 by a writer that died after committing `n` files (their
     bytes fsynced on both, indexed): the config and the two `.open` files."""
