@@ -132,6 +132,11 @@ def memory(pid: int) -> dict:
             "hwm_bytes": vm_kib(pid) * 1024, "cpu_s": round(cpu_s, 2)}
 
 
+def _cpu(d: dict, before: str, after: str) -> float:
+    """The daemon's CPU seconds between two of its phases."""
+    return d["phases"][after]["cpu_s"] - d["phases"][before]["cpu_s"]
+
+
 def _serve(root: Path, paths: list[str], proc, readers: int, idle_kib: int, phases: dict | None = None) -> dict:
     """List every name under `root` and read `paths` through it; the daemon's memory after
     (and `idle_kib`, its RSS when it had just mounted); `phases` gets its memory after each
@@ -261,6 +266,11 @@ def measure(work: Path, n: int, read_n: int, annex_n: int, readers: int = 4) -> 
                             f"{mib(h['idle_bytes'])} just mounted); LMDB index {mib(h['index_bytes'])} on the SSD"),
             ("RAM mergerfs", f"daemon {mib(m['rss_anon_bytes'])} anonymous + {mib(m['rss_file_bytes'])} file-backed "
                              f"{listing}; peak {mib(m['hwm_bytes'])} (VmHWM; {mib(m['idle_bytes'])} just mounted)"),
+            ("RAM warm reads", f"the same {len(sample):,} reads, {readers} readers, warm: hoardfs "
+                               f"{len(sample) / h['read_s']:,.0f} files/s ({_cpu(h, 'listed', 'read'):.1f} s of the "
+                               f"daemon's CPU), mergerfs {len(sample) / m['read_s']:,.0f} files/s "
+                               f"({_cpu(m, 'listed', 'read'):.1f} s); listing {n:,} names: hoardfs "
+                               f"{n / h['list_s']:,.0f}/s, mergerfs {n / m['list_s']:,.0f}/s"),
             ("RAM snapraid", f"nothing resident; `snapraid sync` of {n:,} files peaks at {mib(s['sync_peak_bytes'])} "
                              f"({s['sync_s']:.0f} s)"),
             ("RAM git_annex", f"nothing resident; at {a['n']:,} files" + (f" (not {n:,}: too slow here, "
