@@ -52,7 +52,14 @@ class IndexRebuildReport:
 
 
 def _reader(path: Path):
-    fd = os.open(path, os.O_RDONLY)
+    """(fd, read(offset, n)) of a shard file; OSError(EINVAL) if it is not a regular file (a
+    FIFO planted in `shards/` would block the rebuild for good)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        marks.regular(fd, path)
+    except BaseException:
+        os.close(fd)
+        raise
     return fd, (lambda off, n: pread_full(fd, n, off))
 
 
@@ -211,6 +218,9 @@ def _build(cfg: Settings, disks: list[tuple[Any, dict]], work: Path, ssd_uuid: s
                 try:
                     meta, records, damage = _read_shard(path)
                 except FileNotFoundError:  # listed a moment ago, the store idle: the disk is not what it was
+                    if os.path.islink(path):  # (unless it is a symbolic link to nothing: planted)
+                        rep.damaged.append(f"replica {path}: a symbolic link to nothing ({os.readlink(path)})")
+                        continue
                     raise _went_away(dc, f"{path} was listed, then not found") from None
                 except (OSError, fmt.ShardFormatError) as e:
                     rep.damaged.append(f"replica {path}: {e}")

@@ -95,6 +95,43 @@ def test_planted_pointers_are_reported_not_waited_on(tmp_path: Path) -> None:
         assert store.index.get_view("v1") and [name for name, _ in store.index.iter_views()] == ["v1"]
 
 
+def _plant_in_shards(disk: Path) -> list[Path]:
+    """A FIFO, a symbolic link to nothing and a directory where shard files belong on `disk`,
+    named as shard files are (in their fan-out folder): the paths planted."""
+    folder = disk / "shards" / "ab"
+    folder.mkdir(exist_ok=True)
+    fifo, link, directory = (folder / f"{c * 22}ab.shard" for c in "123")
+    os.mkfifo(fifo)
+    os.symlink(disk / "nowhere", link)
+    directory.mkdir()
+    return [fifo, link, directory]
+
+
+@pytest.mark.expect_log(r"shard \w+ on d0 set aside to .*: no index entry names it", level="WARNING")
+def test_planted_shard_files_are_reported_not_waited_on(tmp_path: Path) -> None:
+    """A FIFO, a link to nothing or a directory named as a shard file in `shards/`: the index
+    rebuild opened the FIFO and waited for a writer for good, and took the link to nothing for
+    a disk that went away (refused until the disk was left out); `hoard check` and `hoard
+    verify --orphans` stopped on the link with a traceback. Each is damage to name, or an
+    orphan to set aside; the real shards are indexed and every object reads."""
+    cfg_path = dir_disks_config(tmp_path, 2, shard_size_mb=1)
+    cfg = config.load(cfg_path)
+    with Store.open(cfg, init=True) as store:
+        results = store.put_many(make_files(tmp_path / "in", 10))
+    planted = _plant_in_shards(tmp_path / "d0")
+    res = hoard("--config", str(cfg_path), "index", "rebuild")  # (a hang: the 120 s timeout fails it)
+    assert res.returncode == 0, res.stdout + res.stderr
+    for p in planted:
+        assert f"unusable replica {p}" in res.stderr, res.stderr
+    res = hoard("--config", str(cfg_path), "check")
+    assert res.returncode == 0 and "Traceback" not in res.stderr, res.stdout + res.stderr
+    res = hoard("--config", str(cfg_path), "verify", "--orphans", "--repair", "--grace-h", "0")
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "3 set aside" in res.stdout, res.stdout
+    with Store.open(cfg, writable=False) as store:
+        assert all(store.get(r.sha256) == Path(r.path).read_bytes() for r in results)
+
+
 def _open_shard_on_two_disks(tmp_path: Path, n: int = 30):
     """A shard left open on d0 and d1 by a writer that died after committing `n` files (their
     bytes fsynced on both, indexed): the config and the two `.open` files."""
