@@ -200,14 +200,16 @@ def _check_marks_logs(store: Store, rep: CheckReport, known: set[bytes]) -> None
         if disk is None or rec.state == DiskState.MISSING:
             continue
         own: set[marks.Record] = set()
+        planted: list[str] = []
         try:
-            bad = marks.read(marks.log_path(disk.root).parent, own)
+            bad = marks.read(marks.log_path(disk.root).parent, own, planted)
         except OSError as e:
             if rec.state == DiskState.FAILED:
                 rep.notes.append(f"disk {rec.label} (failed): its marks log cannot be read ({e})")
             else:
                 rep.add("marks log", f"disk {rec.label}: its marks log cannot be read ({e}): {fix}")
             continue
+        rep.notes += [f"disk {rec.label}: {p} (not a marks log: skipped by a rebuild; remove it)" for p in planted]
         own = {r for r in own if r[0] <= cutoff}
         found |= own
         if bad:

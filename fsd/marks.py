@@ -89,17 +89,31 @@ def regular(fd: int, path: Path) -> None:
         raise OSError(errno.EINVAL, "not a regular file", str(path))
 
 
-def read(folder: Path, into: set[Record]) -> int:
+def read(folder: Path, into: set[Record], planted: list[str] | None = None) -> int:
     """Add the records of `folder/*.log` to `into`; returns how many lines were not records
     (blank lines — each append starts with one — do not count; nor does a reset whose end
-    line does not agree, which is not added). Raises OSError if a log cannot be read or is
-    not a regular file."""
+    line does not agree, which is not added). A `*.log` that is not a regular file, or a
+    symbolic link to nothing, is skipped — named in `planted` — and the others are still read
+    (it stopped the folder's read, and the real log went unread with it). Raises OSError if a
+    log cannot be read."""
     bad = 0
     for path in sorted(folder.glob("*.log")):
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        except FileNotFoundError:
+            if not os.path.islink(path):
+                raise
+            (planted if planted is not None else []).append(f"{path}: a symbolic link to nothing")
+            continue
         try:
             regular(fd, path)
             f = os.fdopen(fd, "rb")
+        except OSError as e:
+            os.close(fd)
+            if e.errno != errno.EINVAL:
+                raise
+            (planted if planted is not None else []).append(f"{path}: not a regular file")
+            continue
         except BaseException:
             os.close(fd)
             raise

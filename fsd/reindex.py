@@ -379,15 +379,15 @@ def _read_marks(dc: Any, into: set[marks.Record], rep: IndexRebuildReport) -> No
     rebuild as a folder that does not list does: taken as damage, the rebuild replayed the
     other disks' logs alone — which lack what was marked while they were unplugged — and
     swapped in an index without those marks, and its writer then seeded every log with it.
-    Only a log that is not a regular file (planted content) is damage to report and skip."""
+    Only a log that is not a regular file (planted content) is damage to report and skip —
+    the folder's other logs are still read."""
     folder = dc.path / MARKS_DIR
+    planted: list[str] = []
     try:
-        bad = marks.read(folder, into)
+        bad = marks.read(folder, into, planted)
     except OSError as e:
-        if e.errno != errno.EINVAL:  # marks.regular's "not a regular file"
-            raise _went_away(dc, f"reading {MARKS_DIR}/: {e.strerror or e}") from None
-        rep.damaged.append(f"marks log in {folder}: {e}")
-        return
+        raise _went_away(dc, f"reading {e.filename or MARKS_DIR + '/'}: {e.strerror or e}") from None
+    rep.damaged += [f"marks log {p}" for p in planted]
     if bad:  # a torn last line is a crash during an append (never committed); others are damage
         rep.damaged.append(f"marks log in {folder}: {bad} line(s) that are not records were skipped")
 

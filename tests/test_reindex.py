@@ -132,6 +132,37 @@ def test_planted_shard_files_are_reported_not_waited_on(tmp_path: Path) -> None:
         assert all(store.get(r.sha256) == Path(r.path).read_bytes() for r in results)
 
 
+def test_a_planted_log_beside_the_marks_log_does_not_hide_it(tmp_path: Path) -> None:
+    """A FIFO or a link to nothing named `*.log` in `marks/` (sorted before `marks.log`): the
+    rebuild took the first file that is not a regular file as the whole folder's damage and
+    skipped the real log on every disk — it swapped in an index without the hides, deletions
+    and roots (exit 0), and its writer seeded every log with that. The planted file is named
+    and the real log is replayed; `hoard check` names it and still finds the logs agree."""
+    from fsd.deletion import hide
+
+    cfg_path = dir_disks_config(tmp_path, 2, shard_size_mb=1)
+    cfg = config.load(cfg_path)
+    with Store.open(cfg, init=True) as store:
+        results = store.put_many(make_files(tmp_path / "in", 10), root="test")
+        hidden = [bytes.fromhex(r.sha256) for r in results[:3]]
+        hide(store, hidden, "test")
+        rooted = store.index.marked(store.index.rooted)
+    assert len(rooted) == 10
+    planted = [tmp_path / "d0" / "marks" / "a.log", tmp_path / "d1" / "marks" / "a.log"]
+    os.mkfifo(planted[0])
+    os.symlink(tmp_path / "nowhere", planted[1])
+    res = hoard("--config", str(cfg_path), "check", "--no-database")
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert all(str(p) in res.stdout + res.stderr for p in planted), res.stdout + res.stderr
+    res = hoard("--config", str(cfg_path), "index", "rebuild")
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert all(str(p) in res.stderr for p in planted), res.stderr
+    assert "3 hidden" in res.stdout and "10 kept by `hoard put`" in res.stdout, res.stdout
+    with Store.open(cfg, writable=False) as store:
+        assert store.index.marked(store.index.hidden) == set(hidden)
+        assert store.index.marked(store.index.rooted) == rooted
+
+
 def _open_shard_on_two_disks(tmp_path: Path, n: int = 30):
     """A shard left open on d0 and d1 by a writer that died after committing `n` files (their
     bytes fsynced on both, indexed): the config and the two `.open` files."""
