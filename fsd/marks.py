@@ -37,7 +37,8 @@ RESET = "reset"
 #: agrees, so a flipped bit in a reset's stamp cannot make it "the newest" and hide records
 END = "end"
 _NO_SHA = "0" * 64
-_HEX64 = re.compile(rb"[0-9a-f]{64}")
+#: a sha256 as the store writes it: 64 lower-case hex digits
+HEX64 = re.compile(rb"[0-9a-f]{64}")
 #: marks-log op → (index table, set it?); "drop" (gc freed the object) clears every table
 EFFECT = {"hide": ("hidden", True), "show": ("hidden", False), "delete": ("deleted", True),
           "keep": ("deleted", False), "root": ("rooted", True), "unroot": ("rooted", False)}
@@ -74,7 +75,7 @@ def parse(line: bytes) -> Record | None:
     replayed."""
     parts = line.split()
     if (len(parts) != 3 or not line.endswith(b"\n") or not parts[0].isdigit() or len(parts[0]) > 19
-            or not _HEX64.fullmatch(parts[2])):
+            or not HEX64.fullmatch(parts[2])):
         return None
     op = parts[1].decode("ascii", "replace")
     if op not in MARK_OPS and op not in (RESET, END):

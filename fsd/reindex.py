@@ -229,7 +229,12 @@ def _build(cfg: Settings, disks: list[tuple[Any, dict]], work: Path, ssd_uuid: s
             for folder, found in ((BATCHES_DIR, batches), (VIEWS_DIR, views)):
                 for pointer in _listing(dc, folder, "*.json"):
                     try:
-                        doc = json.loads(_read_pointer(pointer))
+                        doc = _pointer_doc(_read_pointer(pointer))
+                    except FileNotFoundError as e:
+                        if not os.path.islink(pointer):  # listed a moment ago, the store idle
+                            raise _went_away(dc, f"{pointer} was listed, then not found") from None
+                        rep.damaged.append(f"{pointer}: a symbolic link to nothing ({e.strerror})")
+                        continue
                     except OSError as e:
                         if e.errno != errno.EINVAL:  # the newest pointer may be this disk's alone (a removal too)
                             raise _went_away(dc, f"reading {pointer}: {e.strerror or e}") from None
@@ -362,16 +367,41 @@ def _old_disk_states(target: Path) -> dict[str, tuple[DiskState, str]]:
         old.close()
 
 
+#: a batch or view pointer is a few hundred bytes of JSON; a larger file is not one (read
+#: whole, a 200 GiB sparse file planted there ended the rebuild with a MemoryError)
+POINTER_MAX = 1 << 20
+
+
 def _read_pointer(path: Path) -> bytes:
     """A batch or view pointer's bytes; OSError(EINVAL) if it is not a regular file (a FIFO
-    planted there would block the rebuild for good, a directory is not a pointer)."""
+    planted there would block the rebuild for good, a directory is not a pointer), ValueError
+    if it is larger than POINTER_MAX."""
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     try:
         marks.regular(fd, path)
         with os.fdopen(fd, "rb", closefd=False) as f:
-            return f.read()
+            body = f.read(POINTER_MAX + 1)
     finally:
         os.close(fd)
+    if len(body) > POINTER_MAX:
+        raise ValueError(f"larger than {POINTER_MAX} bytes: not a pointer")
+    return body
+
+
+def _pointer_doc(body: bytes) -> dict:
+    """A pointer's JSON object; ValueError unless it is one as Store.write_pointer writes it —
+    a removal record, or a manifest of 64 hex digits — with an integer `pointer_ns` (other
+    JSON there ended the rebuild with a traceback)."""
+    doc = json.loads(body)
+    if not isinstance(doc, dict):
+        raise ValueError(f"a JSON {type(doc).__name__}, not a pointer's object")
+    ns = doc.get("pointer_ns", 0)
+    if not isinstance(ns, int) or isinstance(ns, bool):
+        raise ValueError(f"pointer_ns is {ns!r}, not a time in nanoseconds")
+    manifest = doc.get("manifest")
+    if not doc.get("removed") and not (isinstance(manifest, str) and marks.HEX64.fullmatch(manifest.encode())):
+        raise ValueError(f"manifest is {manifest!r}, not a sha256 in hex")
+    return doc
 
 
 def _read_marks(dc: Any, into: set[marks.Record], rep: IndexRebuildReport) -> None:

@@ -163,6 +163,35 @@ def test_a_planted_log_beside_the_marks_log_does_not_hide_it(tmp_path: Path) -> 
         assert store.index.marked(store.index.rooted) == rooted
 
 
+def test_a_huge_or_dangling_pointer_is_reported(tmp_path: Path) -> None:
+    """A view pointer that is a 200 GiB sparse file was read whole (MemoryError: a traceback),
+    and a batch pointer that is a link to nothing stopped the rebuild as a disk that went away;
+    JSON that is not a pointer's object (a list, a manifest that is not hex, a stamp that is
+    not a number) ended it with a traceback. Each is damage to name; the real pointers register."""
+    cfg_path = dir_disks_config(tmp_path, 2, shard_size_mb=1)
+    cfg = config.load(cfg_path)
+    with Store.open(cfg, init=True) as store:
+        results = store.put_many(make_files(tmp_path / "in", 10))
+        store.register_view("v1", {"manifest": results[0].sha256})
+    huge = tmp_path / "d0" / "views" / "huge.json"
+    with open(huge, "wb") as f:
+        f.truncate(200 << 30)
+    (tmp_path / "d1" / "batches").mkdir(exist_ok=True)
+    dangling = tmp_path / "d1" / "batches" / "b.json"
+    os.symlink(tmp_path / "nowhere", dangling)
+    odd = {"list.json": "[1]", "hex.json": '{"manifest": "zz", "pointer_ns": 1}',
+           "stamp.json": f'{{"manifest": "{results[1].sha256}", "pointer_ns": "late"}}'}
+    for name, body in odd.items():
+        (tmp_path / "d0" / "views" / name).write_text(body)
+    res = hoard("--config", str(cfg_path), "index", "rebuild")
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert str(huge) in res.stderr and str(dangling) in res.stderr, res.stderr
+    for name in odd:
+        assert str(tmp_path / "d0" / "views" / name) in res.stderr, res.stderr
+    with Store.open(cfg, writable=False) as store:
+        assert [name for name, _ in store.index.iter_views()] == ["v1"]
+
+
 def _open_shard_on_two_disks(tmp_path: Path, n: int = 30):
     """A shard left open on d0 and d1 by a writer that died after committing `n` files (their
     bytes fsynced on both, indexed): the config and the two `.open` files."""
