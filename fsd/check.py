@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING
 
 from fsd import marks
 from fsd import shardfmt as fmt
+from fsd.base.files import size_or_zero
 from fsd.disks import DiskState
 from fsd.index import MARKS_NS, ShardMeta
 from fsd.manifest import iter_files, named
@@ -129,7 +130,7 @@ def check(store: Store, missing_in_db: Callable[[set[bytes]], tuple[list[bytes],
         if uuid not in store.disks or rec.state == DiskState.MISSING:
             continue
         used = store._disk_record(uuid).used_bytes
-        on_disk = sum(p.stat().st_size for p in shard_files(store.disks[uuid])) if rec.state != DiskState.FAILED \
+        on_disk = sum(size_or_zero(p) for p in shard_files(store.disks[uuid])) if rec.state != DiskState.FAILED \
             else None
         if used != expect_used[uuid]:
             rep.add("used bytes", f"disk {rec.label}: the index counts {used} bytes used, its replicas add up to "
@@ -199,14 +200,16 @@ def _check_marks_logs(store: Store, rep: CheckReport, known: set[bytes]) -> None
         if disk is None or rec.state == DiskState.MISSING:
             continue
         own: set[marks.Record] = set()
+        planted: list[str] = []
         try:
-            bad = marks.read(marks.log_path(disk.root).parent, own)
+            bad = marks.read(marks.log_path(disk.root).parent, own, planted)
         except OSError as e:
             if rec.state == DiskState.FAILED:
                 rep.notes.append(f"disk {rec.label} (failed): its marks log cannot be read ({e})")
             else:
                 rep.add("marks log", f"disk {rec.label}: its marks log cannot be read ({e}): {fix}")
             continue
+        rep.notes += [f"disk {rec.label}: {p} (not a marks log: skipped by a rebuild; remove it)" for p in planted]
         own = {r for r in own if r[0] <= cutoff}
         found |= own
         if bad:

@@ -37,7 +37,8 @@ RESET = "reset"
 #: agrees, so a flipped bit in a reset's stamp cannot make it "the newest" and hide records
 END = "end"
 _NO_SHA = "0" * 64
-_HEX64 = re.compile(rb"[0-9a-f]{64}")
+#: a sha256 as the store writes it: 64 lower-case hex digits
+HEX64 = re.compile(rb"[0-9a-f]{64}")
 #: marks-log op → (index table, set it?); "drop" (gc freed the object) clears every table
 EFFECT = {"hide": ("hidden", True), "show": ("hidden", False), "delete": ("deleted", True),
           "keep": ("deleted", False), "root": ("rooted", True), "unroot": ("rooted", False)}
@@ -74,7 +75,7 @@ def parse(line: bytes) -> Record | None:
     replayed."""
     parts = line.split()
     if (len(parts) != 3 or not line.endswith(b"\n") or not parts[0].isdigit() or len(parts[0]) > 19
-            or not _HEX64.fullmatch(parts[2])):
+            or not HEX64.fullmatch(parts[2])):
         return None
     op = parts[1].decode("ascii", "replace")
     if op not in MARK_OPS and op not in (RESET, END):
@@ -89,17 +90,31 @@ def regular(fd: int, path: Path) -> None:
         raise OSError(errno.EINVAL, "not a regular file", str(path))
 
 
-def read(folder: Path, into: set[Record]) -> int:
+def read(folder: Path, into: set[Record], planted: list[str] | None = None) -> int:
     """Add the records of `folder/*.log` to `into`; returns how many lines were not records
     (blank lines — each append starts with one — do not count; nor does a reset whose end
-    line does not agree, which is not added). Raises OSError if a log cannot be read or is
-    not a regular file."""
+    line does not agree, which is not added). A `*.log` that is not a regular file, or a
+    symbolic link to nothing, is skipped — named in `planted` — and the others are still read
+    (it stopped the folder's read, and the real log went unread with it). Raises OSError if a
+    log cannot be read."""
     bad = 0
     for path in sorted(folder.glob("*.log")):
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        except FileNotFoundError:
+            if not os.path.islink(path):
+                raise
+            (planted if planted is not None else []).append(f"{path}: a symbolic link to nothing")
+            continue
         try:
             regular(fd, path)
             f = os.fdopen(fd, "rb")
+        except OSError as e:
+            os.close(fd)
+            if e.errno != errno.EINVAL:
+                raise
+            (planted if planted is not None else []).append(f"{path}: not a regular file")
+            continue
         except BaseException:
             os.close(fd)
             raise

@@ -19,7 +19,9 @@ gc is moving files meanwhile):
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import stat
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -70,8 +72,10 @@ def records_of(path) -> list[fmt.RecordInfo]:
     """The records a shard file holds: its footer if sealed, else the verified prefix — also for
     a `.shard` whose footer does not decode (its records are each checked on their own: taken
     for unreadable, it was set aside and deleted while it held objects the index lacked)."""
-    fd = os.open(path, os.O_RDONLY)
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # a FIFO planted there must not hang the sweep
     try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", str(path))
         size = os.fstat(fd).st_size
         read = lambda off, n: pread_full(fd, n, off)  # noqa: E731
         if path.suffix == ".shard":
@@ -106,7 +110,12 @@ def _sweep(store: Store, repair: bool, grace_s: float) -> OrphanReport:
             shard_hex = path.stem
             if (shard_hex, uuid) in named:
                 continue
-            st = path.stat()
+            try:
+                st = path.stat()
+            except FileNotFoundError:  # a symbolic link to nothing (planted): an orphan to set aside
+                if not os.path.islink(path):
+                    continue  # gone since the listing
+                st = path.lstat()
             rep.found += 1
             rep.bytes += st.st_size
             if now - st.st_mtime < grace_s:
@@ -123,7 +132,7 @@ def _sweep(store: Store, repair: bool, grace_s: float) -> OrphanReport:
                 rep.unindexed.append(f"{path} holds {len(unknown)} objects the index does not know (e.g. "
                                      f"{unknown[0].sha256.hex()}): run `hoard index rebuild` — it is kept")
                 continue
-            rep.set_aside.append(set_aside(disk, shard_hex, "no index entry names it"))
+            rep.set_aside.append(set_aside(disk, shard_hex, "no index entry names it", path))
         tmp = disk.root / "tmp"
         for p in sorted(tmp.iterdir()) if tmp.is_dir() else []:
             if p.is_file() and (now - p.stat().st_mtime >= grace_s or p.name == "gc-reserve"):
@@ -132,7 +141,9 @@ def _sweep(store: Store, repair: bool, grace_s: float) -> OrphanReport:
         aside = disk.root / ORPHANS_DIR
         if repair and aside.is_dir():
             for p in sorted(aside.iterdir()):
-                st = p.stat()
+                st = p.lstat()  # (a link planted in shards/ and set aside is removed, not its target)
+                if stat.S_ISDIR(st.st_mode):
+                    continue  # a directory planted in shards/: not ours to delete with what it holds
                 if now - st.st_mtime >= grace_s:
                     p.unlink()
                     rep.deleted.append(str(p))

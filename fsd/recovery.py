@@ -37,6 +37,8 @@ from fsd.index import ObjectLoc
 from fsd.writer import _unlock, try_lock
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from fsd.disks import LocalDisk
     from fsd.index import ShardMeta
     from fsd.store import Store
@@ -115,16 +117,17 @@ def _end(records: list[fmt.RecordInfo] | None) -> int:
     return records[-1].end if records else fmt.SHARD_HEADER_SIZE
 
 
-def set_aside(disk: LocalDisk, shard_hex: str, why: str) -> str:
-    """Move a replica file out of `shards/` into `<disk>/orphans/` (rename: no byte is lost);
-    its mtime is set to now so the orphan sweep's grace period starts from this moment."""
-    src = disk.find(shard_hex)
+def set_aside(disk: LocalDisk, shard_hex: str, why: str, src: Path | None = None) -> str:
+    """Move a replica file (`src`, by default the one `disk.find` finds) out of `shards/` into
+    `<disk>/orphans/` (rename: no byte is lost); its mtime is set to now so the orphan sweep's
+    grace period starts from this moment (a symbolic link's own, not its target's)."""
+    src = src or disk.find(shard_hex)
     dest_dir = disk.root / ORPHANS_DIR
     dest_dir.mkdir(exist_ok=True)
     dest = dest_dir / f"{src.name}.{time.strftime('%Y%m%d-%H%M%S')}"
     disk.forget(shard_hex)
     os.rename(src, dest)
-    os.utime(dest)
+    os.utime(dest, follow_symlinks=not dest.is_symlink())
     fsync_dir(dest_dir)
     fsync_dir(src.parent)
     log.warning("shard %s on %s set aside to %s: %s", shard_hex, disk.label, dest, why)

@@ -52,7 +52,14 @@ class IndexRebuildReport:
 
 
 def _reader(path: Path):
-    fd = os.open(path, os.O_RDONLY)
+    """(fd, read(offset, n)) of a shard file; OSError(EINVAL) if it is not a regular file (a
+    FIFO planted in `shards/` would block the rebuild for good)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        marks.regular(fd, path)
+    except BaseException:
+        os.close(fd)
+        raise
     return fd, (lambda off, n: pread_full(fd, n, off))
 
 
@@ -211,6 +218,9 @@ def _build(cfg: Settings, disks: list[tuple[Any, dict]], work: Path, ssd_uuid: s
                 try:
                     meta, records, damage = _read_shard(path)
                 except FileNotFoundError:  # listed a moment ago, the store idle: the disk is not what it was
+                    if os.path.islink(path):  # (unless it is a symbolic link to nothing: planted)
+                        rep.damaged.append(f"replica {path}: a symbolic link to nothing ({os.readlink(path)})")
+                        continue
                     raise _went_away(dc, f"{path} was listed, then not found") from None
                 except (OSError, fmt.ShardFormatError) as e:
                     rep.damaged.append(f"replica {path}: {e}")
@@ -219,7 +229,12 @@ def _build(cfg: Settings, disks: list[tuple[Any, dict]], work: Path, ssd_uuid: s
             for folder, found in ((BATCHES_DIR, batches), (VIEWS_DIR, views)):
                 for pointer in _listing(dc, folder, "*.json"):
                     try:
-                        doc = json.loads(_read_pointer(pointer))
+                        doc = _pointer_doc(_read_pointer(pointer))
+                    except FileNotFoundError as e:
+                        if not os.path.islink(pointer):  # listed a moment ago, the store idle
+                            raise _went_away(dc, f"{pointer} was listed, then not found") from None
+                        rep.damaged.append(f"{pointer}: a symbolic link to nothing ({e.strerror})")
+                        continue
                     except OSError as e:
                         if e.errno != errno.EINVAL:  # the newest pointer may be this disk's alone (a removal too)
                             raise _went_away(dc, f"reading {pointer}: {e.strerror or e}") from None
@@ -352,16 +367,41 @@ def _old_disk_states(target: Path) -> dict[str, tuple[DiskState, str]]:
         old.close()
 
 
+#: a batch or view pointer is a few hundred bytes of JSON; a larger file is not one (read
+#: whole, a 200 GiB sparse file planted there ended the rebuild with a MemoryError)
+POINTER_MAX = 1 << 20
+
+
 def _read_pointer(path: Path) -> bytes:
     """A batch or view pointer's bytes; OSError(EINVAL) if it is not a regular file (a FIFO
-    planted there would block the rebuild for good, a directory is not a pointer)."""
+    planted there would block the rebuild for good, a directory is not a pointer), ValueError
+    if it is larger than POINTER_MAX."""
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     try:
         marks.regular(fd, path)
         with os.fdopen(fd, "rb", closefd=False) as f:
-            return f.read()
+            body = f.read(POINTER_MAX + 1)
     finally:
         os.close(fd)
+    if len(body) > POINTER_MAX:
+        raise ValueError(f"larger than {POINTER_MAX} bytes: not a pointer")
+    return body
+
+
+def _pointer_doc(body: bytes) -> dict:
+    """A pointer's JSON object; ValueError unless it is one as Store.write_pointer writes it —
+    a removal record, or a manifest of 64 hex digits — with an integer `pointer_ns` (other
+    JSON there ended the rebuild with a traceback)."""
+    doc = json.loads(body)
+    if not isinstance(doc, dict):
+        raise ValueError(f"a JSON {type(doc).__name__}, not a pointer's object")
+    ns = doc.get("pointer_ns", 0)
+    if not isinstance(ns, int) or isinstance(ns, bool):
+        raise ValueError(f"pointer_ns is {ns!r}, not a time in nanoseconds")
+    manifest = doc.get("manifest")
+    if not doc.get("removed") and not (isinstance(manifest, str) and marks.HEX64.fullmatch(manifest.encode())):
+        raise ValueError(f"manifest is {manifest!r}, not a sha256 in hex")
+    return doc
 
 
 def _read_marks(dc: Any, into: set[marks.Record], rep: IndexRebuildReport) -> None:
@@ -369,15 +409,15 @@ def _read_marks(dc: Any, into: set[marks.Record], rep: IndexRebuildReport) -> No
     rebuild as a folder that does not list does: taken as damage, the rebuild replayed the
     other disks' logs alone — which lack what was marked while they were unplugged — and
     swapped in an index without those marks, and its writer then seeded every log with it.
-    Only a log that is not a regular file (planted content) is damage to report and skip."""
+    Only a log that is not a regular file (planted content) is damage to report and skip —
+    the folder's other logs are still read."""
     folder = dc.path / MARKS_DIR
+    planted: list[str] = []
     try:
-        bad = marks.read(folder, into)
+        bad = marks.read(folder, into, planted)
     except OSError as e:
-        if e.errno != errno.EINVAL:  # marks.regular's "not a regular file"
-            raise _went_away(dc, f"reading {MARKS_DIR}/: {e.strerror or e}") from None
-        rep.damaged.append(f"marks log in {folder}: {e}")
-        return
+        raise _went_away(dc, f"reading {e.filename or MARKS_DIR + '/'}: {e.strerror or e}") from None
+    rep.damaged += [f"marks log {p}" for p in planted]
     if bad:  # a torn last line is a crash during an append (never committed); others are damage
         rep.damaged.append(f"marks log in {folder}: {bad} line(s) that are not records were skipped")
 

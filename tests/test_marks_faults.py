@@ -462,8 +462,8 @@ def test_check_is_not_fooled_by_a_put_while_it_reads_the_logs(store_factory, tmp
     real_read = marks.read
     calls = {"n": 0}
 
-    def read(folder, into):
-        bad = real_read(folder, into)
+    def read(folder, into, *args):
+        bad = real_read(folder, into, *args)
         calls["n"] += 1
         if calls["n"] == 2:  # both logs read; a put lands before check looks at the index
             store.put_many(later, root=PUT)

@@ -95,6 +95,103 @@ def test_planted_pointers_are_reported_not_waited_on(tmp_path: Path) -> None:
         assert store.index.get_view("v1") and [name for name, _ in store.index.iter_views()] == ["v1"]
 
 
+def _plant_in_shards(disk: Path) -> list[Path]:
+    """A FIFO, a symbolic link to nothing and a directory where shard files belong on `disk`,
+    named as shard files are (in their fan-out folder): the paths planted."""
+    folder = disk / "shards" / "ab"
+    folder.mkdir(exist_ok=True)
+    fifo, link, directory = (folder / f"{c * 22}ab.shard" for c in "123")
+    os.mkfifo(fifo)
+    os.symlink(disk / "nowhere", link)
+    directory.mkdir()
+    return [fifo, link, directory]
+
+
+@pytest.mark.expect_log(r"shard \w+ on d0 set aside to .*: no index entry names it", level="WARNING")
+def test_planted_shard_files_are_reported_not_waited_on(tmp_path: Path) -> None:
+    """A FIFO, a link to nothing or a directory named as a shard file in `shards/`: the index
+    rebuild opened the FIFO and waited for a writer for good, and took the link to nothing for
+    a disk that went away (refused until the disk was left out); `hoard check` and `hoard
+    verify --orphans` stopped on the link with a traceback. Each is damage to name, or an
+    orphan to set aside; the real shards are indexed and every object reads."""
+    cfg_path = dir_disks_config(tmp_path, 2, shard_size_mb=1)
+    cfg = config.load(cfg_path)
+    with Store.open(cfg, init=True) as store:
+        results = store.put_many(make_files(tmp_path / "in", 10))
+    planted = _plant_in_shards(tmp_path / "d0")
+    res = hoard("--config", str(cfg_path), "index", "rebuild")  # (a hang: the 120 s timeout fails it)
+    assert res.returncode == 0, res.stdout + res.stderr
+    for p in planted:
+        assert f"unusable replica {p}" in res.stderr, res.stderr
+    res = hoard("--config", str(cfg_path), "check")
+    assert res.returncode == 0 and "Traceback" not in res.stderr, res.stdout + res.stderr
+    res = hoard("--config", str(cfg_path), "verify", "--orphans", "--repair", "--grace-h", "0")
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "3 set aside" in res.stdout, res.stdout
+    with Store.open(cfg, writable=False) as store:
+        assert all(store.get(r.sha256) == Path(r.path).read_bytes() for r in results)
+
+
+def test_a_planted_log_beside_the_marks_log_does_not_hide_it(tmp_path: Path) -> None:
+    """A FIFO or a link to nothing named `*.log` in `marks/` (sorted before `marks.log`): the
+    rebuild took the first file that is not a regular file as the whole folder's damage and
+    skipped the real log on every disk — it swapped in an index without the hides, deletions
+    and roots (exit 0), and its writer seeded every log with that. The planted file is named
+    and the real log is replayed; `hoard check` names it and still finds the logs agree."""
+    from fsd.deletion import hide
+
+    cfg_path = dir_disks_config(tmp_path, 2, shard_size_mb=1)
+    cfg = config.load(cfg_path)
+    with Store.open(cfg, init=True) as store:
+        results = store.put_many(make_files(tmp_path / "in", 10), root="test")
+        hidden = [bytes.fromhex(r.sha256) for r in results[:3]]
+        hide(store, hidden, "test")
+        rooted = store.index.marked(store.index.rooted)
+    assert len(rooted) == 10
+    planted = [tmp_path / "d0" / "marks" / "a.log", tmp_path / "d1" / "marks" / "a.log"]
+    os.mkfifo(planted[0])
+    os.symlink(tmp_path / "nowhere", planted[1])
+    res = hoard("--config", str(cfg_path), "check", "--no-database")
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert all(str(p) in res.stdout + res.stderr for p in planted), res.stdout + res.stderr
+    res = hoard("--config", str(cfg_path), "index", "rebuild")
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert all(str(p) in res.stderr for p in planted), res.stderr
+    assert "3 hidden" in res.stdout and "10 kept by `hoard put`" in res.stdout, res.stdout
+    with Store.open(cfg, writable=False) as store:
+        assert store.index.marked(store.index.hidden) == set(hidden)
+        assert store.index.marked(store.index.rooted) == rooted
+
+
+def test_a_huge_or_dangling_pointer_is_reported(tmp_path: Path) -> None:
+    """A view pointer that is a 200 GiB sparse file was read whole (MemoryError: a traceback),
+    and a batch pointer that is a link to nothing stopped the rebuild as a disk that went away;
+    JSON that is not a pointer's object (a list, a manifest that is not hex, a stamp that is
+    not a number) ended it with a traceback. Each is damage to name; the real pointers register."""
+    cfg_path = dir_disks_config(tmp_path, 2, shard_size_mb=1)
+    cfg = config.load(cfg_path)
+    with Store.open(cfg, init=True) as store:
+        results = store.put_many(make_files(tmp_path / "in", 10))
+        store.register_view("v1", {"manifest": results[0].sha256})
+    huge = tmp_path / "d0" / "views" / "huge.json"
+    with open(huge, "wb") as f:
+        f.truncate(200 << 30)
+    (tmp_path / "d1" / "batches").mkdir(exist_ok=True)
+    dangling = tmp_path / "d1" / "batches" / "b.json"
+    os.symlink(tmp_path / "nowhere", dangling)
+    odd = {"list.json": "[1]", "hex.json": '{"manifest": "zz", "pointer_ns": 1}',
+           "stamp.json": f'{{"manifest": "{results[1].sha256}", "pointer_ns": "late"}}'}
+    for name, body in odd.items():
+        (tmp_path / "d0" / "views" / name).write_text(body)
+    res = hoard("--config", str(cfg_path), "index", "rebuild")
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert str(huge) in res.stderr and str(dangling) in res.stderr, res.stderr
+    for name in odd:
+        assert str(tmp_path / "d0" / "views" / name) in res.stderr, res.stderr
+    with Store.open(cfg, writable=False) as store:
+        assert [name for name, _ in store.index.iter_views()] == ["v1"]
+
+
 def _open_shard_on_two_disks(tmp_path: Path, n: int = 30):
     """A shard left open on d0 and d1 by a writer that died after committing `n` files (their
     bytes fsynced on both, indexed): the config and the two `.open` files."""
