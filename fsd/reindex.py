@@ -153,7 +153,7 @@ def _still_there(disks: list[tuple[Any, dict]]) -> None:
 
 def _went_away(dc: Any, how: str) -> HoardError:
     return HoardError(f"disk {dc.label} at {dc.path} went away or stopped reading during the index rebuild ({how}): "
-                      "the scan may have missed its shards. Nothing changed: the index is as it was. When the disk "
+                      "the scan may have missed what it holds (shards, marks, view and batch pointers). Nothing changed: the index is as it was. When the disk "
                       f"reads again, run `hoard index rebuild` again (or `hoard index rebuild --without {dc.label}` "
                       "to leave it out; `hoard health` after, and `hoard disks replace` for a dying disk)",
                       ExitCode.UNAVAILABLE)

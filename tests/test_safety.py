@@ -4,6 +4,7 @@ the SSD identity, the repair queue. Real files on directory disks; races in real
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -497,6 +498,40 @@ def test_a_full_ssd_is_one_line_and_loses_nothing(lab_factory, tmp_path: Path) -
     filler.unlink()
     with Store.open(config.load(cfg_path)) as store:
         assert len(stored) >= 500
+        for sha in stored:
+            assert hashlib.sha256(store.get(sha)).hexdigest() == sha
+        check_store(store)
+
+
+def test_an_index_rebuild_on_a_full_ssd_is_one_line_and_changes_nothing(lab_factory, tmp_path: Path) -> None:
+    """`hoard index rebuild` with no room left on the SSD for the new index: one line saying
+    the SSD is full (exit 6), no traceback, and the index in use is the one from before."""
+    from tests.conftest import write_config
+    from tests.lab import DiskProfile
+    from tests.test_cli import hoard
+
+    lab = lab_factory((DiskProfile("ssd", 24, 0, 0, 0),))
+    disks = [(f"d{i}", tmp_path / f"d{i}", None) for i in range(2)]
+    for _, p, _ in disks:
+        p.mkdir()
+    cfg_path = write_config(tmp_path, disks, ssd=lab.disks["ssd"].mountpoint, shard_size_mb=1)
+    Store.open(config.load(cfg_path), init=True).close()
+    put = hoard("--config", str(cfg_path), "put", str(make_files(tmp_path / "a", 300, seed=26)[0].parent))
+    assert put.returncode == 0, put.stderr
+    stored = [line.split()[0] for line in put.stdout.splitlines()]
+    filler = lab.disks["ssd"].mountpoint / "filler"
+    with open(filler, "wb") as f:  # every block the SSD has left
+        with contextlib.suppress(OSError):
+            while True:
+                f.write(b"\0" * 65536)
+                f.flush()
+    res = hoard("--config", str(cfg_path), "index", "rebuild")
+    assert res.returncode == 6, res.stdout[-500:] + res.stderr[-2000:]
+    assert "Traceback" not in res.stderr and "the SSD is full" in res.stderr, res.stderr
+    assert not list(lab.disks["ssd"].mountpoint.glob("**/*.rebuild")), "the half-built index was left behind"
+    filler.unlink()
+    with Store.open(config.load(cfg_path)) as store:
+        assert len(stored) == 300
         for sha in stored:
             assert hashlib.sha256(store.get(sha)).hexdigest() == sha
         check_store(store)
