@@ -30,6 +30,7 @@ from fsd import shardfmt as fmt
 from fsd.disks import pread_full
 from fsd.index import ShardMeta
 from fsd.recovery import ORPHANS_DIR, set_aside
+from fsd.reindex import PLANTED
 from fsd.writer import writer_alive
 
 if TYPE_CHECKING:
@@ -126,8 +127,17 @@ def _sweep(store: Store, repair: bool, grace_s: float) -> OrphanReport:
                 continue
             try:
                 unknown = [r for r in records_of(path) if store.index.lookup(r.sha256) is None]
-            except (OSError, fmt.ShardFormatError):
-                unknown = []  # unreadable: nothing in it can be read anyway; set it aside
+            except fmt.ShardFormatError:
+                unknown = []  # not a shard: nothing in it can be read; set it aside
+            except OSError as e:
+                if isinstance(e, FileNotFoundError) and not os.path.islink(path):
+                    continue  # gone since the listing
+                if e.errno not in PLANTED and not os.path.islink(path):
+                    # EIO: it may hold the only copy of objects, and read again after a reset
+                    rep.unindexed.append(f"{path} does not read ({e.strerror or e}): it may hold objects no other "
+                                         f"copy has — it is kept; check disk {disk.label} (`hoard health`, dmesg)")
+                    continue
+                unknown = []  # planted (a FIFO, a directory, a link to nothing): set it aside
             if unknown:
                 rep.unindexed.append(f"{path} holds {len(unknown)} objects the index does not know (e.g. "
                                      f"{unknown[0].sha256.hex()}): run `hoard index rebuild` — it is kept")

@@ -151,6 +151,14 @@ def _still_there(disks: list[tuple[Any, dict]]) -> None:
             raise _went_away(dc, "its identity no longer reads")
 
 
+#: what opening or reading a file planted in a disk's folders answers (a FIFO or a directory:
+#: `marks.regular`'s EINVAL; a loop of links): damage to name. Any other error reading a shard,
+#: a marks log or a pointer (EIO) is a disk that does not read — the rebuild stops: a shard
+#: file taken as damage left its objects out of the new index when no other disk had them,
+#: and `hoard verify --orphans --repair` then deleted the only copy as an orphan.
+PLANTED = frozenset({errno.EINVAL, errno.ELOOP, errno.EISDIR})
+
+
 def _went_away(dc: Any, how: str) -> HoardError:
     return HoardError(f"disk {dc.label} at {dc.path} went away or stopped reading during the index rebuild ({how}): "
                       "the scan may have missed what it holds (shards, marks, view and batch pointers). Nothing changed: the index is as it was. When the disk "
@@ -222,7 +230,12 @@ def _build(cfg: Settings, disks: list[tuple[Any, dict]], work: Path, ssd_uuid: s
                         rep.damaged.append(f"replica {path}: a symbolic link to nothing ({os.readlink(path)})")
                         continue
                     raise _went_away(dc, f"{path} was listed, then not found") from None
-                except (OSError, fmt.ShardFormatError) as e:
+                except OSError as e:
+                    if e.errno not in PLANTED:  # its objects may be on no other disk: not damage to skip
+                        raise _went_away(dc, f"reading {path}: {e.strerror or e}") from None
+                    rep.damaged.append(f"replica {path}: {e}")
+                    continue
+                except fmt.ShardFormatError as e:
                     rep.damaged.append(f"replica {path}: {e}")
                     continue
                 copies.setdefault(meta.shard_id, []).append(_Copy(uuid, path, meta, records, damage))
@@ -236,7 +249,7 @@ def _build(cfg: Settings, disks: list[tuple[Any, dict]], work: Path, ssd_uuid: s
                         rep.damaged.append(f"{pointer}: a symbolic link to nothing ({e.strerror})")
                         continue
                     except OSError as e:
-                        if e.errno != errno.EINVAL:  # the newest pointer may be this disk's alone (a removal too)
+                        if e.errno not in PLANTED:  # the newest pointer may be this disk's alone (a removal too)
                             raise _went_away(dc, f"reading {pointer}: {e.strerror or e}") from None
                         rep.damaged.append(f"{pointer}: {e.strerror}")  # planted: a directory, a FIFO
                         continue

@@ -116,6 +116,34 @@ def test_an_orphan_with_a_damaged_footer_is_kept_when_it_holds_unknown_objects(t
         store.close()
 
 
+@pytest.mark.lab
+def test_an_orphan_that_does_not_read_is_kept(lab_factory, tmp_path: Path) -> None:
+    """A shard file no index entry names that answers EIO (a dying disk, or one that resets):
+    the sweep took "unreadable" for "nothing in it", set it aside and `--repair` deleted it —
+    the only copy of its objects when an index rebuild had left them out. It is kept and
+    named (exit 5 from the CLI), where it is."""
+    from tests.conftest import write_config
+    from tests.lab import DiskProfile
+    from tests.test_cli import hoard
+
+    lab = lab_factory([DiskProfile(f"k{i}", 120, 500, 500, 5000) for i in (1, 2)], throttle=False)
+    disks = [(label, lab.disks[label].mountpoint, None) for label in ("k1", "k2")]
+    cfg_path = write_config(tmp_path, disks, allow_dirs=False, shard_size_mb=1, copy_of_raw=2)
+    with Store.open(config.load(cfg_path), init=True) as store:
+        store.put_bytes_many([os.urandom(50_000) for _ in range(30)])
+        meta = next(m for m in store.index.iter_shards() if m.sealed)
+        src = store.disks[meta.replicas[0]].find(meta.hex)
+    stray = lab.disks["k1"].mountpoint / "shards" / "zz" / "0000000000000000000004zz.shard"
+    stray.parent.mkdir()
+    shutil.copy(src, stray)
+    os.utime(stray, (OLD, OLD))
+    lab.fail_eio_in("k1", stray)
+    res = hoard("--config", str(cfg_path), "verify", "--orphans", "--repair", "--grace-h", "0")
+    assert res.returncode == 5, res.stdout + res.stderr
+    assert f"kept: {stray} does not read" in res.stderr and "Traceback" not in res.stderr, res.stderr
+    assert stray.exists() and not list((lab.disks["k1"].mountpoint / "orphans").glob("*"))
+
+
 @pytest.mark.expect_log(r"set aside to .*: no index entry names it", level="WARNING")
 def test_orphans_are_set_aside_never_lost(tmp_path: Path) -> None:
     """A fresh stray file is left alone; an old one is moved aside and only `--repair` deletes

@@ -485,10 +485,10 @@ def test_a_folder_that_does_not_list_stops_the_rebuild(tmp_path: Path, monkeypat
 
 
 @pytest.mark.lab
-@pytest.mark.parametrize("what", ["marks/marks.log", "views/v1.json"])
-def test_a_marks_log_or_pointer_that_does_not_read_stops_the_rebuild(lab_factory, tmp_path: Path, what: str) -> None:
+@pytest.mark.parametrize("what", ["marks/marks.log", "views/v1.json", "a shard"])
+def test_a_marks_log_pointer_or_shard_that_does_not_read_stops_the_rebuild(lab_factory, tmp_path: Path, what: str) -> None:
     """A dying lab disk whose identity, folders and shards still read (the kernel has them
-    cached) but whose marks log (or a view's pointer) answers EIO: the rebuild took it as a
+    cached) but whose marks log (or a view's pointer, or a shard file) answers EIO: the rebuild took it as a
     damaged file and went on with the other disks' copies — which lacked the hides and the
     view set while they were unplugged — and swapped in an index without them (exit 0, the
     advice `hoard verify --repair`, which does nothing for a log); its writer then seeded
@@ -518,12 +518,19 @@ def test_a_marks_log_or_pointer_that_does_not_read_stops_the_rebuild(lab_factory
     before = state()
     assert before[1] == set(hidden) and before[2]
     files = _index_files(cfg)
-    lab.fail_eio_in("k1", lab.disks["k1"].mountpoint / what)
+    label = "k1"
+    if what == "a shard":  # taken as damage, its objects were left out of the index when no other
+        # disk had them, and `hoard verify --orphans --repair` then deleted the file (the review of 70da9fd)
+        label, path = next((k, p) for k in ("k1", "k2", "k3") for p in sorted(
+            (lab.disks[k].mountpoint / "shards").rglob("*")) if p.suffix in (".shard", ".open"))
+    else:
+        path = lab.disks["k1"].mountpoint / what
+    lab.fail_eio_in(label, path)
 
     with pytest.raises(HoardError) as e:
         rebuild_index(cfg)
     msg = e.value.message
-    assert "disk k1" in msg and "Nothing changed" in msg and "--without k1" in msg, msg
+    assert f"disk {label}" in msg and "Nothing changed" in msg and f"--without {label}" in msg, msg
     assert _index_files(cfg) == files
     assert state() == before
 

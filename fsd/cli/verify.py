@@ -70,7 +70,7 @@ def _orphans(ctx: typer.Context, repair: bool, grace_s: float, as_json: bool) ->
     else:
         out.print(f"{rep.found} shard files no index entry names ({rep.bytes / 1e6:.1f} MB): {len(rep.set_aside)} set "
                   f"aside to <disk>/orphans/, {rep.too_young} younger than the grace period, {rep.writer_alive} still "
-                  f"being written, {len(rep.unindexed)} kept (they hold objects the index lacks); {rep.tmp_removed} "
+                  f"being written, {len(rep.unindexed)} kept (they hold, or may hold, objects the index lacks); {rep.tmp_removed} "
                   f"stale tmp files removed" + (f"; {len(rep.deleted)} old orphans deleted "
                                                 f"({rep.bytes_deleted / 1e6:.1f} MB)" if repair else ""), markup=False)
         for line in rep.set_aside:
