@@ -471,9 +471,9 @@ def test_a_reader_that_looked_up_before_a_gc_swap_still_reads(store_factory, tmp
     assert not [e for e in store.index.recent_events(50) if e["kind"].endswith("_error")]
 
 
-def test_a_full_ssd_is_one_line_and_loses_nothing(lab_factory, tmp_path: Path) -> None:
-    """The SSD under the index fills up during a put: one line saying the SSD is full (exit 6),
-    no traceback, and every object the run reported as stored reads back afterwards."""
+def _store_on_a_small_ssd(lab_factory, tmp_path: Path, n: int, seed: int) -> tuple[Path, Path, list[str]]:
+    """Two directory disks, the index on a 24 MB lab SSD, `n` files put by the CLI: (the
+    config, the SSD's mount point, the digests the put reported)."""
     from tests.conftest import write_config
     from tests.lab import DiskProfile
     from tests.test_cli import hoard
@@ -482,11 +482,28 @@ def test_a_full_ssd_is_one_line_and_loses_nothing(lab_factory, tmp_path: Path) -
     disks = [(f"d{i}", tmp_path / f"d{i}", None) for i in range(2)]
     for _, p, _ in disks:
         p.mkdir()
-    cfg_path = write_config(tmp_path, disks, ssd=lab.disks["ssd"].mountpoint, shard_size_mb=1)
+    ssd = lab.disks["ssd"].mountpoint
+    cfg_path = write_config(tmp_path, disks, ssd=ssd, shard_size_mb=1)
     Store.open(config.load(cfg_path), init=True).close()
-    first = hoard("--config", str(cfg_path), "put", str(make_files(tmp_path / "a", 500, seed=24)[0].parent))
-    assert first.returncode == 0, first.stderr
-    filler = lab.disks["ssd"].mountpoint / "filler"
+    put = hoard("--config", str(cfg_path), "put", str(make_files(tmp_path / "a", n, seed=seed)[0].parent))
+    assert put.returncode == 0, put.stderr
+    return cfg_path, ssd, [line.split()[0] for line in put.stdout.splitlines()]
+
+
+def _all_read_back(cfg_path: Path, stored: list[str]) -> None:
+    with Store.open(config.load(cfg_path)) as store:
+        for sha in stored:
+            assert hashlib.sha256(store.get(sha)).hexdigest() == sha
+        check_store(store)
+
+
+def test_a_full_ssd_is_one_line_and_loses_nothing(lab_factory, tmp_path: Path) -> None:
+    """The SSD under the index fills up during a put: one line saying the SSD is full (exit 6),
+    no traceback, and every object the run reported as stored reads back afterwards."""
+    from tests.test_cli import hoard
+
+    cfg_path, ssd, stored = _store_on_a_small_ssd(lab_factory, tmp_path, 500, seed=24)
+    filler = ssd / "filler"
     st = os.statvfs(filler.parent)
     with open(filler, "wb") as f:  # leave ~200 KB: the index soon cannot grow
         f.write(b"\0" * max(0, st.f_bavail * st.f_frsize - 200_000))
@@ -494,32 +511,19 @@ def test_a_full_ssd_is_one_line_and_loses_nothing(lab_factory, tmp_path: Path) -
     res = hoard("--config", str(cfg_path), "put", str(tmp_path / "b"))
     assert res.returncode == 6, res.stdout[-500:] + res.stderr[-2000:]
     assert "Traceback" not in res.stderr and "the SSD is full" in res.stderr
-    stored = [line.split()[0] for line in (first.stdout + res.stdout).splitlines()]
+    stored += [line.split()[0] for line in res.stdout.splitlines()]
     filler.unlink()
-    with Store.open(config.load(cfg_path)) as store:
-        assert len(stored) >= 500
-        for sha in stored:
-            assert hashlib.sha256(store.get(sha)).hexdigest() == sha
-        check_store(store)
+    assert len(stored) >= 500
+    _all_read_back(cfg_path, stored)
 
 
 def test_an_index_rebuild_on_a_full_ssd_is_one_line_and_changes_nothing(lab_factory, tmp_path: Path) -> None:
     """`hoard index rebuild` with no room left on the SSD for the new index: one line saying
     the SSD is full (exit 6), no traceback, and the index in use is the one from before."""
-    from tests.conftest import write_config
-    from tests.lab import DiskProfile
     from tests.test_cli import hoard
 
-    lab = lab_factory((DiskProfile("ssd", 24, 0, 0, 0),))
-    disks = [(f"d{i}", tmp_path / f"d{i}", None) for i in range(2)]
-    for _, p, _ in disks:
-        p.mkdir()
-    cfg_path = write_config(tmp_path, disks, ssd=lab.disks["ssd"].mountpoint, shard_size_mb=1)
-    Store.open(config.load(cfg_path), init=True).close()
-    put = hoard("--config", str(cfg_path), "put", str(make_files(tmp_path / "a", 300, seed=26)[0].parent))
-    assert put.returncode == 0, put.stderr
-    stored = [line.split()[0] for line in put.stdout.splitlines()]
-    filler = lab.disks["ssd"].mountpoint / "filler"
+    cfg_path, ssd, stored = _store_on_a_small_ssd(lab_factory, tmp_path, 300, seed=26)
+    filler = ssd / "filler"
     with open(filler, "wb") as f:  # every block the SSD has left
         with contextlib.suppress(OSError):
             while True:
@@ -528,10 +532,7 @@ def test_an_index_rebuild_on_a_full_ssd_is_one_line_and_changes_nothing(lab_fact
     res = hoard("--config", str(cfg_path), "index", "rebuild")
     assert res.returncode == 6, res.stdout[-500:] + res.stderr[-2000:]
     assert "Traceback" not in res.stderr and "the SSD is full" in res.stderr, res.stderr
-    assert not list(lab.disks["ssd"].mountpoint.glob("**/*.rebuild")), "the half-built index was left behind"
+    assert not list(ssd.glob("**/*.rebuild")), "the half-built index was left behind"
     filler.unlink()
-    with Store.open(config.load(cfg_path)) as store:
-        assert len(stored) == 300
-        for sha in stored:
-            assert hashlib.sha256(store.get(sha)).hexdigest() == sha
-        check_store(store)
+    assert len(stored) == 300
+    _all_read_back(cfg_path, stored)
