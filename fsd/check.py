@@ -61,9 +61,20 @@ class CheckReport:
         return not self.counts
 
 
-def check(store: Store, missing_in_db: Callable[[set[bytes]], tuple[list[bytes], int]] | None = None) -> CheckReport:
+def check(store: Store, missing_in_db: Callable[[set[bytes]], tuple[list[bytes], int]] | None = None,
+          wait_s: float = 60.0) -> CheckReport:
     """Reconcile index ↔ disks (↔ database: `missing_in_db(store_objects)` returns the physical
-    nodes the store lacks and how many store objects the database does not know)."""
+    nodes the store lacks and how many store objects the database does not know).
+
+    Holds the maintenance lock (waiting up to `wait_s` for a gc, replicate, rebuild or verify
+    --repair to finish, else refusing with its holder named): gc moves shards to `retired`,
+    deletes their files and adjusts the disks' used bytes in steps, and a check reading between
+    them reported "used bytes" and "missing replica" disagreements about a whole store."""
+    with store.maintenance("check", wait_s=wait_s):
+        return _check(store, missing_in_db)
+
+
+def _check(store: Store, missing_in_db: Callable[[set[bytes]], tuple[list[bytes], int]] | None) -> CheckReport:
     rep = CheckReport()
     t0 = time.monotonic()
     idx = store.index
