@@ -140,6 +140,8 @@ def verified_by_disk(cfg: Settings) -> dict[str, float | None]:
     {} when the store cannot be opened — `store_status` says why. Opens the store read-only: a
     process that may open it from several threads serialises the opens (LMDB opens an
     environment once per process)."""
+    if not (cfg.index_dir / "data.mdb").exists():
+        return {}  # (not the store's wait for an index being swapped in: health answers at once)
     try:
         with Store.open(cfg, writable=False) as store:
             return oldest_unverified_by_disk(store)

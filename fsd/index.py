@@ -136,12 +136,34 @@ def index_error(path: Path | str, e: lmdb.Error) -> IndexUnavailable:
                             "this again; `hoard index restore` or `hoard index rebuild` if it stays broken")
 
 
+def open_existing(path: Path, wait_s: float = 2.0) -> Index:
+    """The store's index at `path`, never a new one: an index rebuild or restore swaps the
+    index in with two renames, and a command that opened it in between used to create an
+    empty index there (the rebuild's rename then failed, and the store showed no objects).
+    A missing index is waited for `wait_s` (the gap is a moment), then refused."""
+    deadline = time.monotonic() + wait_s
+    while not (path / "data.mdb").is_file():
+        if time.monotonic() >= deadline:
+            raise IndexUnavailable(f"there is no index at {path} (an index rebuild or restore is swapping it in, or "
+                                   "it was removed): nothing was written; run this again, and if it stays, "
+                                   "`hoard index restore` or `hoard index rebuild`")
+        time.sleep(0.05)
+    try:
+        return Index(path, create=False)
+    except lmdb.Error as e:
+        raise index_error(path, e) from None
+
+
 class Index:
-    def __init__(self, path: Path, readonly: bool = False) -> None:
-        path.mkdir(parents=True, exist_ok=True)
+    def __init__(self, path: Path, readonly: bool = False, create: bool = True) -> None:
+        """`create` makes the folder and the LMDB files when missing (`hoard init`, a rebuild's
+        new index); without it, or `readonly`, a missing index is an `lmdb.Error`."""
+        create = create and not readonly
+        if create:
+            path.mkdir(parents=True, exist_ok=True)
         self.path = path
         self.env = lmdb.open(str(path), map_size=MAP_SIZE, max_dbs=16, readonly=readonly,
-                             max_readers=512, lock=True)
+                             max_readers=512, lock=True, create=create)
         # RQ kills work horses with SIGKILL: their reader slots stay taken and pin old pages
         # (the file grows) until someone clears them
         self.env.reader_check()

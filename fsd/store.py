@@ -31,7 +31,7 @@ from fsd.base.files import atomic_write, fsync_dir, size_or_zero
 from fsd.base.paths import file_ext
 from fsd.disks import (DiskGone, DiskRecord, DiskState, LocalDisk, keep_identity_copy, probe, read_identity,
                         write_identity)
-from fsd.index import MARKS_NS, Index, ShardMeta, index_error
+from fsd.index import MARKS_NS, Index, ShardMeta, index_error, open_existing
 from fsd.layout import BATCHES_DIR, FORGOTTEN, VIEWS_DIR, check_ssd, lock_root, pin_path
 from fsd.placement import Candidate, choose
 from fsd.planner import execute, make_plan
@@ -78,10 +78,13 @@ class Store:
         if hold:
             storelock.acquire_shared(lock_root(cfg), what or ("a writer" if writable else "a reader"), hold)
         try:
-            try:
-                index = Index(cfg.index_dir, readonly=False)
-            except lmdb.Error as e:
-                raise index_error(cfg.index_dir, e) from None
+            if init:
+                try:
+                    index = Index(cfg.index_dir)
+                except lmdb.Error as e:
+                    raise index_error(cfg.index_dir, e) from None
+            else:
+                index = open_existing(cfg.index_dir)
             store = cls(cfg, index, writable)
             store.held = hold
             index.mark_log = store.log_marks

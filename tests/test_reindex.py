@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import os
 import shutil
+import threading
 from pathlib import Path
 
 import pytest
@@ -50,6 +51,36 @@ def test_index_rebuilt_from_disks_is_the_same(tmp_path: Path) -> None:
         assert all(store.get(r.sha256) for r in results)
         assert store.index.get_batch("b-1")["manifest"] == manifest.sha256  # batch manifests found again
         assert store.index.get_view("v-1")["manifest"] == manifest.sha256
+
+
+def test_a_reader_in_the_swap_gap_never_creates_an_index(tmp_path: Path) -> None:
+    """An index rebuild or restore swaps the new index in with two renames. A read-only
+    command that opened the store between them created an empty index there: the rebuild's
+    rename then failed (the folder was not empty) and the store showed no objects. A reader
+    now waits for the index (the gap is a moment), and refuses in one line, creating
+    nothing, when it stays away."""
+    cfg_path = dir_disks_config(tmp_path, 2, shard_size_mb=1)
+    cfg = config.load(cfg_path)
+    with Store.open(cfg, init=True) as store:
+        sha = store.put_bytes(b"acknowledged before the rebuild").sha256
+    gap = cfg.index_dir.with_name("index.rebuild")
+    os.rename(cfg.index_dir, gap)  # the old index set aside, the new one not yet renamed in
+    back = threading.Timer(0.5, os.rename, (gap, cfg.index_dir))
+    back.start()
+    res = hoard("--config", str(cfg_path), "info", sha)
+    back.join()
+    assert res.returncode == 0, res.stderr
+    assert f"size:      {len(b'acknowledged before the rebuild')} bytes" in res.stdout, res.stdout
+
+    os.rename(cfg.index_dir, gap)  # an index that does not come back
+    res = hoard("--config", str(cfg_path), "info", sha)
+    assert res.returncode == 3, res.stderr
+    [line] = res.stderr.strip().splitlines()
+    assert f"there is no index at {cfg.index_dir}" in line and "`hoard index rebuild`" in line
+    assert not cfg.index_dir.exists()  # nothing created where the rebuild renames its index
+    os.rename(gap, cfg.index_dir)
+    with Store.open(cfg) as store:
+        assert store.get(sha) == b"acknowledged before the rebuild"
 
 
 def test_rebuild_skips_damaged_or_foreign_shard_files(tmp_path: Path) -> None:

@@ -105,9 +105,9 @@ def view_add(
 def view_list(ctx: typer.Context, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """The defined views."""
     # deferred: hoard starts without the store's modules
-    from fsd.index import Index
+    from fsd.index import open_existing
 
-    index = Index(state(ctx).settings.index_dir)
+    index = open_existing(state(ctx).settings.index_dir)
     views = index.iter_views()
     index.close()
     if as_json:
