@@ -22,6 +22,7 @@ Replicas below their class target and orphan files are reported as notes, not fa
 
 from __future__ import annotations
 
+import json
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -31,10 +32,11 @@ from typing import TYPE_CHECKING
 from fsd import marks
 from fsd import shardfmt as fmt
 from fsd.base.files import size_or_zero
-from fsd.disks import DiskState
-from fsd.index import MARKS_NS, ShardMeta
-from fsd.manifest import iter_files, named
+from fsd.disks import DiskRecord, DiskState
+from fsd.index import MARKS_NS, ObjectLoc, ShardMeta
+from fsd.manifest import iter_files
 from fsd.orphans import shard_files
+from fsd.writer import writer_alive
 
 if TYPE_CHECKING:
     from fsd.store import Store
@@ -74,24 +76,75 @@ def check(store: Store, missing_in_db: Callable[[set[bytes]], tuple[list[bytes],
         return _check(store, missing_in_db)
 
 
+@dataclass
+class _Moment:
+    """What the index said in one read transaction (steps 1 and 5 are judged inside it): a
+    check beside a writer must not compare tables read at two moments — the shard table
+    before a seal and the disk's used bytes after it (a false "used bytes"), or objects
+    committed after the shard table was read (a false "dangling")."""
+    shards: dict[bytes, ShardMeta]
+    retired: list[ShardMeta]
+    used: dict[str, int]  # disk uuid → used_bytes
+    objects: set[bytes]
+    pointing: Counter[bytes]
+    named: list[tuple[str, str, dict]]
+
+
+def _read_moment(store: Store, rep: CheckReport) -> _Moment:
+    idx = store.index
+    with idx.env.begin() as txn:
+        shards = {bytes(k): ShardMeta.from_json(bytes(k), bytes(v)) for k, v in txn.cursor(db=idx.shards)}
+        retired = [ShardMeta.from_json(bytes(k), bytes(v)) for k, v in txn.cursor(db=idx.retired)]
+        used = {r.uuid: r.used_bytes for r in (DiskRecord.from_json(bytes(v)) for _, v in txn.cursor(db=idx.disks))}
+        named = [(kind, bytes(k).decode(), json.loads(v)) for kind, db in (("batch", idx.batches), ("view", idx.views))
+                 for k, v in txn.cursor(db=db)]
+        pointing: Counter[bytes] = Counter()
+        objects: set[bytes] = set()
+        for k, v in txn.cursor(db=idx.objects):  # 1
+            sha, loc = bytes(k), ObjectLoc.unpack(bytes(v))
+            objects.add(sha)
+            meta = shards.get(loc.shard_id)
+            if meta is None:
+                rep.add("dangling", f"object {sha.hex()} points at shard {loc.shard_id.hex()}, which the index does "
+                                    "not know: `hoard index rebuild` finds it again if it is on a disk")
+                continue
+            pointing[loc.shard_id] += 1
+            if meta.sealed and loc.offset + loc.length > meta.size:
+                rep.add("out of bounds", f"object {sha.hex()} ends at {loc.offset + loc.length}, beyond its shard "
+                                         f"{meta.hex} ({meta.size} bytes)")
+        for name, db in (("hidden", idx.hidden), ("deleted", idx.deleted), ("root", idx.rooted),  # 5
+                         ("chunk map", idx.chunks), ("extension", idx.exts)):
+            if db is None:  # a table an old index opened read-only does not have yet
+                continue
+            for k, _ in txn.cursor(db=db):
+                if bytes(k) not in objects:
+                    rep.add("stale mark", f"{name} entry for {bytes(k).hex()}, which is not in the store")
+    return _Moment(shards, retired, used, objects, pointing, named)
+
+
+def _replica_size(store: Store, disk, meta: ShardMeta, uuid: str) -> int | None:
+    """The size of `meta`'s replica file on `disk`; None when a live writer holds the shard
+    (it indexes a new shard before it creates the files) or it changed since the index's
+    moment (sealed: `.open` renamed to `.shard` between two looks; recovery dropped an empty
+    one). OSError when it is missing."""
+    try:
+        return disk.find(meta.hex).stat().st_size
+    except FileNotFoundError:
+        if not meta.sealed and writer_alive(store.lock_path(meta.hex)):
+            return None
+        now = store.index.get_shard(meta.shard_id)
+        if now is None or uuid not in now.replicas:
+            return None
+        if now.sealed == meta.sealed:
+            return disk.find(meta.hex).stat().st_size  # (sealed in between: the .shard is there now)
+        return None
+
+
 def _check(store: Store, missing_in_db: Callable[[set[bytes]], tuple[list[bytes], int]] | None) -> CheckReport:
     rep = CheckReport()
     t0 = time.monotonic()
-    idx = store.index
-    shards = {m.shard_id: m for m in idx.iter_shards()}
-    pointing: Counter[bytes] = Counter()
-    objects: set[bytes] = set()
-    for sha, loc in idx.iter_objects():  # 1
-        objects.add(sha)
-        meta = shards.get(loc.shard_id)
-        if meta is None:
-            rep.add("dangling", f"object {sha.hex()} points at shard {loc.shard_id.hex()}, which the index does not "
-                                "know: `hoard index rebuild` finds it again if it is on a disk")
-            continue
-        pointing[loc.shard_id] += 1
-        if meta.sealed and loc.offset + loc.length > meta.size:
-            rep.add("out of bounds", f"object {sha.hex()} ends at {loc.offset + loc.length}, beyond its shard "
-                                     f"{meta.hex} ({meta.size} bytes)")
+    m0 = _read_moment(store, rep)
+    shards, objects, pointing = m0.shards, m0.objects, m0.pointing
     expect_used: Counter[str] = Counter()
     footer_shas: set[bytes] = set()
     for meta in shards.values():  # 2, 3
@@ -108,13 +161,12 @@ def _check(store: Store, missing_in_db: Callable[[set[bytes]], tuple[list[bytes]
             if disk is None or rec.state in (DiskState.MISSING, DiskState.FAILED):
                 continue  # health reports the disk; its files cannot be looked at now
             try:
-                path = disk.find(meta.hex)
-                size = path.stat().st_size
+                size = _replica_size(store, disk, meta, uuid)
             except OSError:
                 rep.add("missing replica", f"shard {meta.hex}: its replica on {rec.label} is missing; "
                                            "`hoard replicate` makes a new one from the others")
                 continue
-            if meta.sealed and size != meta.size:
+            if meta.sealed and size is not None and size != meta.size:
                 rep.add("replica size", f"shard {meta.hex} on {rec.label} is {size} bytes, the index says "
                                         f"{meta.size}: `hoard verify --repair` replaces a damaged replica")
         if not meta.sealed:
@@ -127,38 +179,29 @@ def _check(store: Store, missing_in_db: Callable[[set[bytes]], tuple[list[bytes]
         if len(recs) != meta.records or pointing[meta.shard_id] > len(recs):
             rep.add("record count", f"shard {meta.hex}: footer lists {len(recs)} records, the index says "
                                     f"{meta.records} and maps {pointing[meta.shard_id]} objects there")
-    with idx.env.begin(db=idx.retired) as txn:  # gc's retired shards still hold files until deleted
-        for k, v in txn.cursor():
-            m = ShardMeta.from_json(bytes(k), bytes(v))
-            for uuid in m.replicas:
-                expect_used[uuid] += m.size
-            rep.notes.append(f"shard {m.hex} is retired by gc, {len(m.replicas)} replica files left to delete "
-                             "(the next `hoard gc` does it)")
+    for m in m0.retired:  # gc's retired shards still hold files until deleted
+        for uuid in m.replicas:
+            expect_used[uuid] += m.size
+        rep.notes.append(f"shard {m.hex} is retired by gc, {len(m.replicas)} replica files left to delete "
+                         "(the next `hoard gc` does it)")
     for sha in footer_shas - objects:
         rep.add("unindexed", f"object {sha.hex()} is in a shard footer but not in the index: "
                              "`hoard index rebuild` indexes it")
+    named_then = {(m.hex, u) for m in (*shards.values(), *m0.retired) for u in m.replicas}
     for uuid, rec in store.records.items():  # 4
         if uuid not in store.disks or rec.state == DiskState.MISSING:
             continue
-        used = store._disk_record(uuid).used_bytes
-        on_disk = sum(size_or_zero(p) for p in shard_files(store.disks[uuid])) if rec.state != DiskState.FAILED \
-            else None
+        used = m0.used.get(uuid, rec.used_bytes)
         if used != expect_used[uuid]:
             rep.add("used bytes", f"disk {rec.label}: the index counts {used} bytes used, its replicas add up to "
                                   f"{expect_used[uuid]}")
-        if on_disk is not None and on_disk > expect_used[uuid]:
-            rep.notes.append(f"disk {rec.label}: {on_disk - expect_used[uuid]} bytes of shard files no index entry "
-                             "names (orphans); `hoard verify --orphans` sets them aside")
-    for name, db in (("hidden", idx.hidden), ("deleted", idx.deleted), ("root", idx.rooted),  # 5
-                     ("chunk map", idx.chunks), ("extension", idx.exts)):
-        if db is None:  # a table an old index opened read-only does not have yet
-            continue
-        with idx.env.begin(db=db) as txn:
-            for k, _ in txn.cursor():
-                if bytes(k) not in objects:
-                    rep.add("stale mark", f"{name} entry for {bytes(k).hex()}, which is not in the store")
+        if rec.state != DiskState.FAILED:
+            unnamed = _unnamed_bytes(store, uuid, named_then)
+            if unnamed:
+                rep.notes.append(f"disk {rec.label}: {unnamed} bytes of shard files no index entry names "
+                                 "(orphans); `hoard verify --orphans` sets them aside")
     _check_marks_logs(store, rep, objects)  # 8
-    for kind, name, info in named(idx):  # 6
+    for kind, name, info in m0.named:  # 6
         if bytes.fromhex(info["manifest"]) not in objects:
             rep.add("manifest", f"{kind} {name}: its manifest {info['manifest']} is not in the store")
             continue
@@ -192,6 +235,22 @@ def _check(store: Store, missing_in_db: Callable[[set[bytes]], tuple[list[bytes]
                   "replicas": sum(len(m.replicas) for m in shards.values()), "bytes_per_disk": per_disk}
     rep.seconds = time.monotonic() - t0
     return rep
+
+
+def _unnamed_bytes(store: Store, uuid: str, named_then: set[tuple[str, str]]) -> int:
+    """Bytes of shard files on the disk that no index entry names — neither at the check's
+    moment nor now (a shard a writer opened since is not an orphan)."""
+    total = 0
+    for p in shard_files(store.disks[uuid]):
+        if (p.stem, uuid) in named_then:
+            continue
+        try:
+            now = store.index.get_shard(bytes.fromhex(p.stem))
+        except ValueError:  # not a shard's name
+            now = None
+        if now is None or uuid not in now.replicas:
+            total += size_or_zero(p)
+    return total
 
 
 def _check_marks_logs(store: Store, rep: CheckReport, known: set[bytes]) -> None:

@@ -86,6 +86,11 @@ class ObjectLoc:
     length: int
     flags: int = 0
 
+    @classmethod
+    def unpack(cls, raw: bytes) -> ObjectLoc:
+        """An `objects` table value (for a reader holding its own transaction)."""
+        return cls(*_OBJ.unpack(raw))
+
 
 @dataclass
 class ShardMeta:
