@@ -1,7 +1,8 @@
 """`hoard gc`: free the space of deleted objects by compacting shards.
 
 A sealed shard's *live ratio* is the payload of the records the index still points at —
-minus those tombstoned by a type-B delete — over the shard's size. Shards below the
+minus those tombstoned by a type-B delete — over the payload its records hold (`payload`:
+the size without framing, so a whole shard of small objects is 100 % live). Shards below the
 threshold are compacted, in this order (docs/design.md, "gc order"):
 
 1. **plan + reserve**: live bytes × replica target must fit in the disks' free space
@@ -31,6 +32,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from fsd import shardfmt as fmt
 from fsd.base.errors import ExitCode, HoardError
 from fsd.disks import DiskGone
 from fsd.index import _OBJ, ObjectLoc, ShardMeta
@@ -100,6 +102,15 @@ def live_bytes(store: Store, dead: set[bytes]) -> tuple[dict[bytes, int], dict[b
     return live, members
 
 
+def payload(meta: ShardMeta) -> int:
+    """The bytes a sealed shard's records hold: its size without the shard header, the
+    trailer and each record's framing (header + footer entry, 128 bytes). Against the whole
+    size a shard of 1 KiB objects was ~89 % live with nothing deleted, and every gc with a
+    high threshold rewrote it again, for nothing."""
+    framing = fmt.SHARD_HEADER_SIZE + fmt.TRAILER_SIZE + meta.records * (fmt.RECORD_HEADER_SIZE + fmt.FOOTER_ENTRY_SIZE)
+    return max(meta.size - framing, 1)
+
+
 def plan(store: Store, threshold: float, dead: set[bytes]) -> list[tuple[ShardMeta, int, list[bytes]]]:
     live, members = live_bytes(store, dead)
     out = []
@@ -107,7 +118,7 @@ def plan(store: Store, threshold: float, dead: set[bytes]) -> list[tuple[ShardMe
         if not meta.sealed or meta.size <= 0:
             continue
         got = live.get(meta.shard_id, 0)
-        if got / meta.size < threshold:
+        if got / payload(meta) < threshold:
             out.append((meta, got, members.get(meta.shard_id, [])))
     return out
 
@@ -134,7 +145,7 @@ def _gc(store: Store, threshold: float, dry_run: bool, roots: Roots | None, wait
     dead = tombstoned - wanted
     todo = plan(store, threshold, dead)
     rep.candidates = len(todo)
-    rep.plan = [{"shard": m.hex, "size": m.size, "live": live, "ratio": round(live / m.size, 3)}
+    rep.plan = [{"shard": m.hex, "size": m.size, "live": live, "ratio": round(live / payload(m), 3)}
                 for m, live, _ in todo]
     if dry_run or not todo:
         if not dry_run:

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from fsd.base import config
-from fsd.deletion import drop_batch, hide
+from fsd.deletion import drop_batch, hide, release
 from fsd.gc import GcNoSpace, gc
 from fsd.records import ObjectNotFound
 from fsd.store import Store
@@ -334,3 +334,21 @@ def test_a_disk_vanishing_while_gc_copies_stops_it_with_nothing_lost(lab_factory
         assert rep.objects_dropped >= len(doomed)
         _check_all(store, kept)
         assert _shard_bytes(store) < before
+
+
+def test_a_whole_shard_of_small_objects_is_not_compacted_again(store_factory, tmp_path: Path) -> None:
+    """The live share is measured against what the records can hold, not the shard's size:
+    each record's framing (its header and footer entry, 128 bytes) made a shard of 1 KiB
+    objects ~89 % live with nothing deleted, and every `gc --threshold 0.95` rewrote it again."""
+    store = store_factory(n_disks=2, caps=None, shard_size_mb=1)
+    results = store.put_many(make_files(tmp_path / "in", 1500, seed=4, lo=1024, hi=2048))
+    sealed = [m for m in store.index.iter_shards() if m.sealed]
+    assert sealed
+    assert gc(store, threshold=1.0).compacted == 0  # nothing is dead: nothing to gain
+    victim = next(sha for sha, loc in store.index.iter_objects() if loc.shard_id == sealed[0].shard_id)
+    release(store, [victim], "test")
+    rep = gc(store, threshold=1.0)
+    assert rep.compacted == 1 and rep.objects_dropped == 1
+    with pytest.raises(ObjectNotFound):
+        store.get(victim.hex())
+    _check_all(store, [r for r in results if r.sha256 != victim.hex()])
