@@ -326,10 +326,15 @@ def _index_marks(store: Store) -> tuple[dict[str, set[bytes]], int]:
 
 
 def _footer(store: Store, meta) -> list[fmt.RecordInfo] | None:
-    """The footer of the first replica whose footer reads and checks."""
+    """The footer of the first replica whose footer reads and checks. A replica cut short has
+    no seal at its end (`decode_footer` gives None, it does not raise): the next is read — the
+    first one truncated made the whole shard "no readable replica footer", and its record
+    count and unindexed objects went unchecked."""
     for disk in store.replica_order(meta):
         try:
-            return fmt.decode_footer(lambda off, n, d=disk: d.read_at(meta.hex, off, n), disk.size(meta.hex))
+            recs = fmt.decode_footer(lambda off, n, d=disk: d.read_at(meta.hex, off, n), disk.size(meta.hex))
         except (OSError, fmt.ShardFormatError):
             continue
+        if recs is not None:
+            return recs
     return None

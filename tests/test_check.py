@@ -90,6 +90,28 @@ def test_each_damage_is_named(tmp_path: Path, pg) -> None:
     assert cli.returncode == 5 and "disagrees: " in cli.stderr and "hoard: error:" in cli.stderr, cli.stderr
 
 
+def test_a_truncated_replica_is_named_and_the_others_footer_is_read(tmp_path: Path) -> None:
+    """A sealed replica cut short is a "replica size" disagreement — and only that: the shard's
+    other replica still has its footer, so the record count and the footer's objects are
+    checked against it (the first replica's missing seal made it "no readable replica
+    footer", and an object missing from the index went unnamed)."""
+    store, _res = _store(tmp_path)
+    try:
+        meta = next(m for m in store.index.iter_shards() if m.sealed)
+        for disk in store.replica_order(meta)[:1]:
+            with open(disk.find(meta.hex), "r+b") as f:
+                f.truncate(meta.size // 2)
+        victim = next(sha for sha, loc in store.index.iter_objects() if loc.shard_id == meta.shard_id)
+        with store.index.env.begin(write=True, db=store.index.objects) as txn:
+            txn.delete(victim)
+        rep = check(store)
+        assert rep.counts["replica size"] == 1 and rep.counts["unindexed"] == 1, rep.problems
+        assert "footer" not in rep.counts and "record count" not in rep.counts, rep.problems
+        assert f"object {victim.hex()} is in a shard footer but not in the index" in "\n".join(rep.problems)
+    finally:
+        store.close()
+
+
 def test_oddly_named_files_among_the_shards_are_orphans_not_a_failure(tmp_path: Path) -> None:
     """Files under `<disk>/shards/*/` whose names are no shard id are orphans (a note), never
     a check that fails: " .shard" made an empty index key (check refused, blaming the index),
