@@ -23,6 +23,7 @@ Replicas below their class target and orphan files are reported as notes, not fa
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -43,6 +44,8 @@ if TYPE_CHECKING:
 
 #: at most this many lines per kind of disagreement (the counts are always complete)
 SHOW = 20
+#: a shard file's name without its suffix: the shard id in lowercase hex
+_SHARD_NAME = re.compile(r"(?:[0-9a-f]{2})+")
 
 
 @dataclass
@@ -239,15 +242,15 @@ def _check(store: Store, missing_in_db: Callable[[set[bytes]], tuple[list[bytes]
 
 def _unnamed_bytes(store: Store, uuid: str, named_then: set[tuple[str, str]]) -> int:
     """Bytes of shard files on the disk that no index entry names — neither at the check's
-    moment nor now (a shard a writer opened since is not an orphan)."""
+    moment nor now (a shard a writer opened since is not an orphan). Only a name a shard's id
+    spells (lowercase hex) is looked up: `bytes.fromhex` also takes spaces and capitals, and a
+    file " .shard" made an empty key the index refused (check failed, blaming the index), while
+    a copy named in capitals, which no reader opens, was taken for the shard's replica."""
     total = 0
     for p in shard_files(store.disks[uuid]):
         if (p.stem, uuid) in named_then:
             continue
-        try:
-            now = store.index.get_shard(bytes.fromhex(p.stem))
-        except ValueError:  # not a shard's name
-            now = None
+        now = store.index.get_shard(bytes.fromhex(p.stem)) if _SHARD_NAME.fullmatch(p.stem) else None
         if now is None or uuid not in now.replicas:
             total += size_or_zero(p)
     return total
@@ -323,10 +326,15 @@ def _index_marks(store: Store) -> tuple[dict[str, set[bytes]], int]:
 
 
 def _footer(store: Store, meta) -> list[fmt.RecordInfo] | None:
-    """The footer of the first replica whose footer reads and checks."""
+    """The footer of the first replica whose footer reads and checks. A replica cut short has
+    no seal at its end (`decode_footer` gives None, it does not raise): the next is read — the
+    first one truncated made the whole shard "no readable replica footer", and its record
+    count and unindexed objects went unchecked."""
     for disk in store.replica_order(meta):
         try:
-            return fmt.decode_footer(lambda off, n, d=disk: d.read_at(meta.hex, off, n), disk.size(meta.hex))
+            recs = fmt.decode_footer(lambda off, n, d=disk: d.read_at(meta.hex, off, n), disk.size(meta.hex))
         except (OSError, fmt.ShardFormatError):
             continue
+        if recs is not None:
+            return recs
     return None

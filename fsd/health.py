@@ -111,8 +111,12 @@ def disk_next_step(d: dict[str, Any]) -> str:
 def store_status(cfg: Settings) -> dict[str, Any]:
     """The store's view (disk states and what each disk holds, objects, replication lag); never
     raises. A disk that is not active carries `next_step`."""
-    if not (cfg.index_dir / "data.mdb").exists():
-        return {"ok": False, "error": f"no index at {cfg.index_dir}; run `hoard init`"}
+    if not (cfg.index_dir / "data.mdb").is_file():  # (as the store's open: a directory there is no index either)
+        # not `hoard init` alone: on a store whose index was removed it refuses (its disks hold
+        # shards) after making an empty index there; during a rebuild's swap it is back at once
+        return {"ok": False, "error": f"no index at {cfg.index_dir}: for a new store run `hoard init`; if it was "
+                                      "removed, `hoard index restore` or `hoard index rebuild` (while one of them "
+                                      "swaps it in, it is back in a moment)"}
     try:
         with Store.open(cfg, writable=False) as store:
             st = store.status()
@@ -140,7 +144,7 @@ def verified_by_disk(cfg: Settings) -> dict[str, float | None]:
     {} when the store cannot be opened — `store_status` says why. Opens the store read-only: a
     process that may open it from several threads serialises the opens (LMDB opens an
     environment once per process)."""
-    if not (cfg.index_dir / "data.mdb").exists():
+    if not (cfg.index_dir / "data.mdb").is_file():
         return {}  # (not the store's wait for an index being swapped in: health answers at once)
     try:
         with Store.open(cfg, writable=False) as store:

@@ -6,6 +6,7 @@ import errno
 import os
 import shutil
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -81,6 +82,26 @@ def test_a_reader_in_the_swap_gap_never_creates_an_index(tmp_path: Path) -> None
     os.rename(gap, cfg.index_dir)
     with Store.open(cfg) as store:
         assert store.get(sha) == b"acknowledged before the rebuild"
+
+
+def test_health_without_an_index_answers_at_once_and_names_the_restore(tmp_path: Path) -> None:
+    """`hoard health` with no index — removed, or a `data.mdb` that is not a file — answers at
+    once (it does not take the store's wait for an index being swapped in) and names the
+    restore, not `hoard init` alone (which refuses a store whose disks hold shards, after
+    making an empty index there)."""
+    from fsd.health import store_status, verified_by_disk
+
+    cfg = config.load(dir_disks_config(tmp_path, 2, shard_size_mb=1))
+    with Store.open(cfg, init=True) as store:
+        store.put_bytes(b"acknowledged")
+    shutil.rmtree(cfg.index_dir)
+    st = store_status(cfg)
+    assert not st["ok"] and "`hoard index restore`" in st["error"], st
+    (cfg.index_dir / "data.mdb").mkdir(parents=True)
+    t0 = time.monotonic()
+    st, seen = store_status(cfg), verified_by_disk(cfg)
+    assert time.monotonic() - t0 < 1.0 and not st["ok"] and "`hoard index restore`" in st["error"], st
+    assert seen == {}
 
 
 def test_rebuild_skips_damaged_or_foreign_shard_files(tmp_path: Path) -> None:
