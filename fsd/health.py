@@ -11,6 +11,7 @@ from fsd.zones import size as zone_size  # (`zones` is a parameter name below)
 from fsd.base.config import Settings
 from fsd.base.errors import HoardError
 from fsd.disks import IDENTITY
+from fsd.index import has_index
 from fsd.scrub import oldest_unverified_by_disk
 from fsd.store import Store
 
@@ -111,7 +112,7 @@ def disk_next_step(d: dict[str, Any]) -> str:
 def store_status(cfg: Settings) -> dict[str, Any]:
     """The store's view (disk states and what each disk holds, objects, replication lag); never
     raises. A disk that is not active carries `next_step`."""
-    if not (cfg.index_dir / "data.mdb").is_file():  # (as the store's open: a directory there is no index either)
+    if not has_index(cfg.index_dir):  # (as the store's open: a directory or an empty file there is none either)
         # not `hoard init` alone: on a store whose index was removed it refuses (its disks hold
         # shards) after making an empty index there; during a rebuild's swap it is back at once
         return {"ok": False, "error": f"no index at {cfg.index_dir}: for a new store run `hoard init`; if it was "
@@ -144,7 +145,7 @@ def verified_by_disk(cfg: Settings) -> dict[str, float | None]:
     {} when the store cannot be opened — `store_status` says why. Opens the store read-only: a
     process that may open it from several threads serialises the opens (LMDB opens an
     environment once per process)."""
-    if not (cfg.index_dir / "data.mdb").is_file():
+    if not has_index(cfg.index_dir):
         return {}  # (not the store's wait for an index being swapped in: health answers at once)
     try:
         with Store.open(cfg, writable=False) as store:

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import struct
 import threading
 import time
@@ -141,13 +142,23 @@ def index_error(path: Path | str, e: lmdb.Error) -> IndexUnavailable:
                             "this again; `hoard index restore` or `hoard index rebuild` if it stays broken")
 
 
+def has_index(path: Path) -> bool:
+    """Whether an LMDB index is at `path`: its data file, a regular file that is not empty (a
+    zero-byte one is no index: LMDB would write a new, empty one into it)."""
+    try:
+        st = (path / "data.mdb").stat()
+    except OSError:
+        return False
+    return stat.S_ISREG(st.st_mode) and st.st_size > 0
+
+
 def open_existing(path: Path, wait_s: float = 2.0) -> Index:
     """The store's index at `path`, never a new one: an index rebuild or restore swaps the
     index in with two renames, and a command that opened it in between used to create an
     empty index there (the rebuild's rename then failed, and the store showed no objects).
     A missing index is waited for `wait_s` (the gap is a moment), then refused."""
     deadline = time.monotonic() + wait_s
-    while not (path / "data.mdb").is_file():
+    while not has_index(path):
         if time.monotonic() >= deadline:
             raise IndexUnavailable(f"there is no index at {path} (an index rebuild or restore is swapping it in, or "
                                    "it was removed): nothing was written; run this again, and if it stays, "

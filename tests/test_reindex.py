@@ -104,6 +104,28 @@ def test_health_without_an_index_answers_at_once_and_names_the_restore(tmp_path:
     assert seen == {}
 
 
+def test_an_empty_index_file_is_no_index(tmp_path: Path) -> None:
+    """A zero-byte `data.mdb` (a crash on a filesystem that lost the file's data, a copy cut
+    short) is no index: a reader refuses in one line and leaves it as it is — LMDB would have
+    written a new, empty index into it — and health says so at once."""
+    from fsd.health import store_status
+
+    cfg_path = dir_disks_config(tmp_path, 2, shard_size_mb=1)
+    cfg = config.load(cfg_path)
+    with Store.open(cfg, init=True) as store:
+        sha = store.put_bytes(b"acknowledged").sha256
+    os.truncate(cfg.index_dir / "data.mdb", 0)
+    res = hoard("--config", str(cfg_path), "info", sha)
+    assert res.returncode == 3 and f"there is no index at {cfg.index_dir}" in res.stderr, res.stderr
+    assert (cfg.index_dir / "data.mdb").stat().st_size == 0
+    t0 = time.monotonic()
+    st = store_status(cfg)
+    assert time.monotonic() - t0 < 1.0 and "`hoard index rebuild`" in st["error"], st
+    assert hoard("--config", str(cfg_path), "index", "rebuild").returncode == 0
+    with Store.open(cfg) as store:
+        assert store.get(sha) == b"acknowledged"
+
+
 def test_rebuild_skips_damaged_or_foreign_shard_files(tmp_path: Path) -> None:
     """A replica with a broken footer, or whose name and header disagree, is reported and not
     used; the other replica serves."""
