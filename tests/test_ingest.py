@@ -483,7 +483,7 @@ def test_delete_types_through_cli(hoard_home: Path, pg, redis_conn) -> None:
     deleted = {bytes(s).hex() for (s,) in pg.execute(
         "SELECT n.sha256 FROM physical_content pc JOIN node n USING (node_id) WHERE pc.is_deleted")}
     assert deleted == (first - second) | {one}
-    r = subprocess.run(hoard + ["gc", "--threshold", "0.99"], capture_output=True, text=True)
+    r = subprocess.run(hoard + ["gc", "--threshold", "1.0"], capture_output=True, text=True)
     assert r.returncode == 0 and "freed" in r.stdout, r.stderr
     with Store.open(cfg, writable=False) as store:
         for sha in second:

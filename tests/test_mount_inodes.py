@@ -178,7 +178,7 @@ def test_a_collected_objects_by_hash_bits_stay_taken(namespace) -> None:
     assert gone.inode >= DERIVED and back.inode >= DERIVED
     store.register_view("v", None)  # (which names every object)
     store.index.mark(store.index.deleted, [gone.sha, back.sha], "test")
-    assert gc(store, threshold=0.99).objects_dropped == 2
+    assert gc(store, threshold=1.0).objects_dropped == 2
     assert ns.nodes.get(gone.inode) is None and ns.nodes.get(back.inode) is None
 
     b_sha = bytes.fromhex(store.put_bytes(sharing_bytes(gone.sha, 8)).sha256)

@@ -176,7 +176,7 @@ def test_a_by_hash_number_never_names_an_object_stored_after_its_own_was_collect
         try:
             with Store.open(cfg) as store:
                 store.index.mark(store.index.deleted, [bytes.fromhex(shas[named]), bytes.fromhex(shas[held])], "test")
-                assert gc(store, threshold=0.99).objects_dropped == 2
+                assert gc(store, threshold=1.0).objects_dropped == 2
                 for k in (named, held):
                     assert store.put_bytes(newcomers[tops[k]]).sha256[:2] == shas[k][:2]
             with pytest.raises(OSError):  # (ENOENT: collected)
@@ -210,7 +210,7 @@ def test_a_name_whose_object_was_collected_unseen_is_gone_not_an_io_error(tmp_pa
         assert os.stat(path).st_ino < 1 << 62  # a row's number, known to the kernel
         with Store.open(cfg) as store:
             store.index.mark(store.index.deleted, [bytes.fromhex(shas[k])], "test")
-            assert gc(store, threshold=0.99).objects_dropped == 1
+            assert gc(store, threshold=1.0).objects_dropped == 1
         with pytest.raises(OSError) as e:
             path.read_bytes()
         assert e.value.errno in (errno.ENOENT, errno.ESTALE), e.value
@@ -482,7 +482,7 @@ def test_deletions_invalidated_past_a_collected_view_manifest(tmp_path: Path) ->
         with open(cat0, "rb") as held:  # keeps the old view's directory known to the kernel
             with Store.open(cfg) as store:
                 define_view(store, "train", f"{res[5].sha256}  cats/0.bin\n".encode())
-                gc(store, threshold=0.99)  # the replaced manifest is freed
+                gc(store, threshold=1.0)  # the replaced manifest is freed
             _until(lambda: _read(cat0) == files[5].read_bytes(), "the redefined path still serves the old bytes")
             for k in range(Namespace.TREE_CACHE):
                 assert os.listdir(mnt / "views" / f"f{k:02d}") == ["x"]

@@ -62,7 +62,7 @@ def test_put_object_survives_dropping_a_batch_with_the_same_content(store_factor
         assert acked[0].status == "existing"
         if order == "batch first":
             drop_batch(store, "batch-a")
-    rep = gc(store, threshold=0.99)
+    rep = gc(store, threshold=1.0)
     assert _reads_back(store, acked[0].sha256)
     assert rep.objects_dropped == 20  # the other 19 files and the manifest
     assert not any(_reads_back(store, r.sha256) for r in batch[1:])
@@ -77,7 +77,7 @@ def test_a_tombstone_set_on_a_root_is_cleared_by_gc(store_factory, tmp_path: Pat
     acked = store.put_many(files, root=PUT)
     shas = [bytes.fromhex(r.sha256) for r in acked]
     assert store.index.mark(store.index.deleted, shas, "as a racing delete --batch would") == 10
-    gc(store, threshold=0.99)
+    gc(store, threshold=1.0)
     assert all(_reads_back(store, r.sha256) for r in acked)
     assert store.index.marked(store.index.deleted) == set()
     assert store.index.marked(store.index.rooted) == set(shas)
@@ -94,7 +94,7 @@ def test_release_then_gc_frees_only_what_nothing_else_needs(store_factory, tmp_p
     assert release(store, shas[:4], "test") == (4, 4)
     again = store.put_many(files[3:4], root=PUT)  # wanted again: root and no tombstone
     assert again[0].status == "existing"
-    gc(store, threshold=0.99)
+    gc(store, threshold=1.0)
     assert [_reads_back(store, r.sha256) for r in acked] == [True, True, False, True, True, True]
     assert store.index.marked(store.index.rooted) == set(shas[3:])
 
@@ -126,7 +126,7 @@ def test_roots_and_releases_survive_an_index_rebuild(store_factory, tmp_path: Pa
     with Store.open(cfg) as store:
         assert store.index.marked(store.index.rooted) == {bytes.fromhex(r.sha256) for r in acked[:2]}
         drop_batch(store, "batch-a")
-        gc(store, threshold=0.99)
+        gc(store, threshold=1.0)
         assert [_reads_back(store, r.sha256) for r in acked] == [True, True, False]
         assert not any(_reads_back(store, r.sha256) for r in batch[3:])
 

@@ -79,9 +79,9 @@ def test_files_only_inline_survive_every_reader(tmp_path: Path, monkeypatch: pyt
         other = define_view_rows(store, "w", [("x/" + p, s) for p, s in list(rows.items())[:30]], owned=shas[:30])
         remove_view(store, "w")
         drop_batch(store, "b1")
-        gc(store, threshold=0.99)
+        gc(store, threshold=1.0)
         remove_view(store, "v2")
-        gc(store, threshold=0.99)
+        gc(store, threshold=1.0)
         assert not check(store).problems
         dead = store.index.marked_among(store.index.deleted, [bytes.fromhex(s) for s in rows.values()])
         assert not dead
@@ -89,7 +89,7 @@ def test_files_only_inline_survive_every_reader(tmp_path: Path, monkeypatch: pyt
     r = hoard("--config", str(cfg_path), "index", "rebuild")
     assert r.returncode == 0, r.stderr
     with Store.open(cfg) as store:
-        gc(store, threshold=0.99)
+        gc(store, threshold=1.0)
         assert not check(store).problems
     r = hoard("--config", str(cfg_path), "check")
     assert r.returncode == 0, r.stdout + r.stderr
@@ -148,7 +148,7 @@ def test_kill_9_during_view_definitions(tmp_path: Path, delay: float) -> None:
             for path, sha, _ in iter_files(store.get, info["manifest"]):
                 assert hashlib.sha256(store.get(sha.hex())).hexdigest() == sha.hex()
         from fsd.gc import gc
-        gc(store, threshold=0.99)
+        gc(store, threshold=1.0)
         for name, info in store.index.iter_views():
             for path, sha, _ in iter_files(store.get, info["manifest"]):
                 assert hashlib.sha256(store.get(sha.hex())).hexdigest() == sha.hex()
