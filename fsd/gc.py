@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from fsd import shardfmt as fmt
 from fsd.base.errors import ExitCode, HoardError
 from fsd.disks import DiskGone
-from fsd.index import _OBJ, ObjectLoc, ShardMeta
+from fsd.index import ObjectLoc, ShardMeta
 from fsd.layout import pinned
 from fsd.manifest import references
 from fsd.placement import Need, human, simulate, space_report
@@ -348,7 +348,7 @@ def _swap(store: Store, items, moved: dict[bytes, ObjectLoc], referenced_now: se
 
 
 def _pack(loc: ObjectLoc) -> bytes:
-    return _OBJ.pack(loc.shard_id, loc.offset, loc.length, loc.flags)
+    return loc.pack()
 
 
 # -- 4. delete --------------------------------------------------------------------------------

@@ -89,8 +89,12 @@ class ObjectLoc:
 
     @classmethod
     def unpack(cls, raw: bytes) -> ObjectLoc:
-        """An `objects` table value (for a reader holding its own transaction)."""
+        """From an `objects` table value."""
         return cls(*_OBJ.unpack(raw))
+
+    def pack(self) -> bytes:
+        """The `objects` table value."""
+        return _OBJ.pack(self.shard_id, self.offset, self.length, self.flags)
 
 
 @dataclass
@@ -212,7 +216,7 @@ class Index:
     def lookup(self, sha: bytes) -> ObjectLoc | None:
         with self.env.begin(db=self.objects) as txn:
             raw = txn.get(sha)
-        return ObjectLoc(*_OBJ.unpack(raw)) if raw else None
+        return ObjectLoc.unpack(raw) if raw else None
 
     def lookup_many(self, shas: Iterable[bytes]) -> dict[bytes, ObjectLoc]:
         out = {}
@@ -220,7 +224,7 @@ class Index:
             for sha in shas:
                 raw = txn.get(sha)
                 if raw:
-                    out[sha] = ObjectLoc(*_OBJ.unpack(raw))
+                    out[sha] = ObjectLoc.unpack(raw)
         return out
 
     def add_objects(self, entries: list[tuple[bytes, ObjectLoc]], shard: ShardMeta | None = None,
@@ -231,7 +235,7 @@ class Index:
         added = []
         with self.env.begin(write=True) as txn:
             for sha, loc in entries:
-                added.append(txn.put(sha, _OBJ.pack(loc.shard_id, loc.offset, loc.length, loc.flags),
+                added.append(txn.put(sha, loc.pack(),
                                      overwrite=False, db=self.objects))
             if shard is not None:
                 txn.put(shard.shard_id, shard.to_json(), db=self.shards)
@@ -254,14 +258,14 @@ class Index:
             raw = txn.get(sha, db=self.objects)
             marked = raw is not None and txn.get(sha, db=self.deleted) is not None
         if raw is None or not marked:
-            return ObjectLoc(*_OBJ.unpack(raw)) if raw else None
+            return ObjectLoc.unpack(raw) if raw else None
         with self.env.begin(write=True) as txn:
             raw = txn.get(sha, db=self.objects)
             if raw is None:
                 return None  # gc dropped it between the two transactions: store it anew
             if txn.delete(sha, db=self.deleted):
                 self.log_in(txn, "keep", [sha])
-            return ObjectLoc(*_OBJ.unpack(raw))
+            return ObjectLoc.unpack(raw)
 
     def count_objects(self) -> int:
         return self.count(self.objects)
@@ -276,7 +280,7 @@ class Index:
     def iter_objects(self) -> Iterator[tuple[bytes, ObjectLoc]]:
         with self.env.begin(db=self.objects) as txn:
             for k, v in txn.cursor():
-                yield bytes(k), ObjectLoc(*_OBJ.unpack(v))
+                yield bytes(k), ObjectLoc.unpack(v)
 
     # -- batches (ingested, with their manifest object) and views (named manifests) ---------------
     def put_batch(self, batch_id: str, info: dict[str, Any] | None) -> None:
@@ -518,7 +522,7 @@ class Index:
                         break
                     if found is not None:
                         return None
-                    found = (bytes(k), ObjectLoc(*_OBJ.unpack(v)))
+                    found = (bytes(k), ObjectLoc.unpack(v))
             if found is None or self.dropped is None:
                 return found
             cur = txn.cursor(db=self.dropped)
@@ -548,7 +552,7 @@ class Index:
                     k = bytes(k)
                     if not k.startswith(prefix) or len(out) >= limit:
                         break
-                    out.append((k, ObjectLoc(*_OBJ.unpack(v))))
+                    out.append((k, ObjectLoc.unpack(v)))
         return out
 
     # -- shards ------------------------------------------------------------------------
