@@ -127,9 +127,9 @@ def _read_moment(store: Store, rep: CheckReport) -> _Moment:
 
 def _replica_size(store: Store, disk, meta: ShardMeta, uuid: str) -> int | None:
     """The size of `meta`'s replica file on `disk`; None when a live writer holds the shard
-    (it indexes a new shard before it creates the files) or it changed since the index's
-    moment (sealed: `.open` renamed to `.shard` between two looks; recovery dropped an empty
-    one). OSError when it is missing."""
+    (it indexes a new shard before it creates the files) or the index no longer names the
+    replica (recovery dropped an empty shard). OSError when it is missing — looked for twice:
+    a writer may have sealed it (`.open` renamed to `.shard`) between `find`'s two looks."""
     try:
         return disk.find(meta.hex).stat().st_size
     except FileNotFoundError:
@@ -138,9 +138,7 @@ def _replica_size(store: Store, disk, meta: ShardMeta, uuid: str) -> int | None:
         now = store.index.get_shard(meta.shard_id)
         if now is None or uuid not in now.replicas:
             return None
-        if now.sealed == meta.sealed:
-            return disk.find(meta.hex).stat().st_size  # (sealed in between: the .shard is there now)
-        return None
+        return disk.find(meta.hex).stat().st_size
 
 
 def _check(store: Store, missing_in_db: Callable[[set[bytes]], tuple[list[bytes], int]] | None) -> CheckReport:
