@@ -30,7 +30,9 @@ read-write, which replays the ext4 journal as the first mount after a reboot doe
   in flight, copies every image, and checks that no loop device's write or discard
   counter (/sys/block/loopN/stat) moved meanwhile, else copies again: kernel writeback of
   the stopped writer's dirty pages and jbd2 commits go on, and a copy that saw part of
-  them would mix two instants. Unpaused, each disk is cut at its own instant — a state no
+  them would mix two instants (it keeps copying for up to 2 minutes, past the kernel's
+  30 s writeback expiry; lab disks are mounted `noinit_itable` so ext4's background inode
+  table zeroing does not keep them busy). Unpaused, each disk is cut at its own instant — a state no
   real power loss produces (an index copied after the shard it points at was deleted, or
   before it was written), so tests always pause. Pausing moves the cut to the end of the
   syscalls in progress (an fsync under way completes), which is still a point the writer
@@ -65,6 +67,11 @@ from pathlib import Path
 BLKIO = Path("/sys/fs/cgroup/blkio")
 PREFIX = "hoardlab-"
 MB = 1 << 20
+#: how every lab disk (and every power-cut copy) is mounted. `noinit_itable`: the images are
+#: fresh sparse files, so their inode tables already read as zeros; without it the kernel's
+#: ext4lazyinit thread zeroes them in the background for seconds to minutes after mkfs (longer
+#: on a busy machine), and those writes keep `power_cut` from ever seeing the disks idle
+MOUNT_OPTIONS = "noatime,noinit_itable"
 
 
 @dataclass(frozen=True)
@@ -166,7 +173,7 @@ class Lab:
             "-E", "lazy_itable_init=1,lazy_journal_init=1", device)
         mnt = self.root / "mnt" / p.label
         mnt.mkdir(parents=True)
-        _sh("mount", "-o", "noatime", device, str(mnt))
+        _sh("mount", "-o", MOUNT_OPTIONS, device, str(mnt))
         st = os.stat(device)
         return LabDisk(p, image, device, mnt, f"{os.major(st.st_rdev)}:{os.minor(st.st_rdev)}")
 
@@ -247,7 +254,7 @@ class Lab:
         """A vanished disk comes back: its device is mounted again where it was."""
         d = self.disks[label]
         if not os.path.ismount(d.mountpoint):
-            _sh("mount", "-o", "noatime", d.device, str(d.mountpoint))
+            _sh("mount", "-o", MOUNT_OPTIONS, d.device, str(d.mountpoint))
 
     # -- power cuts -----------------------------------------------------------------
     @contextlib.contextmanager
@@ -266,7 +273,7 @@ class Lab:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGCONT)
 
-    def power_cut(self, attempts: int = 50) -> CutImages:
+    def power_cut(self, patience_s: float = 120.0) -> CutImages:
         """Copy every disk's image as it is now: what the disks hold after a power loss at
         this instant (module docstring; call it inside `paused(writer)` for one instant
         across disks). The copies are not mounted yet: `.mount()` them."""
@@ -278,15 +285,21 @@ class Lab:
         cut = CutImages(dest, {label: dest / f"{label}.img" for label in self.disks})
         self.cuts.append(cut)
         try:
-            for _ in range(attempts):
+            # the stopped writers' dirty pages and jbd2 commits drain within the kernel's
+            # writeback expiry (vm.dirty_expire_centisecs, 30 s by default): keep copying until
+            # one copy saw no write, for longer than that
+            deadline, attempts = time.monotonic() + patience_s, 0
+            while True:
+                attempts += 1
                 before = self._quiet_counters()
                 for label, d in self.disks.items():
                     _sh("cp", "--reflink=auto", "--sparse=always", str(d.image), str(cut.images[label]))
                 idle = all(in_flight == 0 for _, _, in_flight in before.values())
                 if idle and self._io_counters() == before:
                     return cut
-            raise RuntimeError(f"the lab disks never stayed idle for a whole copy in {attempts} attempts; "
-                               "pause the writer (Lab.paused) before cutting")
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"the lab disks never stayed idle for a whole copy in {patience_s:.0f} s "
+                                       f"({attempts} copies); pause the writer (Lab.paused) before cutting")
         except BaseException:
             cut.close()
             raise
@@ -306,7 +319,7 @@ class Lab:
             os.replace(cut.images.pop(label), d.image)
             d.device = _sh("losetup", "--find", "--show", f"--direct-io={'on' if self.direct_io else 'off'}",
                            str(d.image))
-            _sh("mount", "-o", "noatime", d.device, str(d.mountpoint))
+            _sh("mount", "-o", MOUNT_OPTIONS, d.device, str(d.mountpoint))
             st = os.stat(d.device)
             d.majmin = f"{os.major(st.st_rdev)}:{os.minor(st.st_rdev)}"
             if self.throttle:  # the limits are set per device
@@ -367,7 +380,7 @@ class CutImages:
                 self.devices[label] = _sh("losetup", "--find", "--show", str(image))
                 mnt = self.root / "mnt" / label
                 mnt.mkdir(parents=True, exist_ok=True)
-                _sh("mount", "-o", "noatime", self.devices[label], str(mnt))
+                _sh("mount", "-o", MOUNT_OPTIONS, self.devices[label], str(mnt))
                 self.mountpoints[label] = mnt
         except BaseException:
             self.unmount()

@@ -150,6 +150,17 @@ def test_close_removes_loops_mounts_and_cgroup(lab_factory) -> None:
     assert not any(str(m) in Path("/proc/mounts").read_text() for m in mounts)
 
 
+def test_a_fresh_lab_disk_writes_nothing_by_itself(lab_factory) -> None:
+    """Nothing writes to a new lab disk nobody uses: ext4's lazy inode-table zeroing would
+    (for seconds to minutes after mkfs), and a power cut waits for idle disks — CI once timed
+    out a chaos seed's cut that way. The disks are 400 MB, as the chaos worlds' are."""
+    lab = lab_factory((DiskProfile("a", 400, 200, 200, 5000), DiskProfile("b", 400, 200, 200, 5000)),
+                      throttle=False, direct_io=True)
+    before = lab._io_counters()
+    time.sleep(3)
+    assert lab._io_counters() == before
+
+
 def test_power_cut_keeps_synced_writes_and_loses_dirty_pages(lab_factory) -> None:
     """A power cut's copy holds what was fsynced and not what sat in the page cache, while
     the running disk keeps both; the copy mounts read-write and is a clean ext4."""
