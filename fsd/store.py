@@ -31,7 +31,7 @@ from fsd.base.files import atomic_write, fsync_dir, size_or_zero
 from fsd.base.paths import file_ext
 from fsd.disks import (DiskGone, DiskRecord, DiskState, LocalDisk, keep_identity_copy, probe, read_identity,
                         write_identity)
-from fsd.index import MARKS_NS, Index, ShardMeta, index_error, open_existing
+from fsd.index import MARKS_NS, Index, ShardMeta, has_index, index_error, open_existing
 from fsd.layout import BATCHES_DIR, FORGOTTEN, VIEWS_DIR, check_ssd, lock_root, pin_path
 from fsd.placement import Candidate, choose
 from fsd.planner import execute, make_plan
@@ -79,6 +79,11 @@ class Store:
             storelock.acquire_shared(lock_root(cfg), what or ("a writer" if writable else "a reader"), hold)
         try:
             if init:
+                if not has_index(cfg.index_dir):  # a lost index: refuse before an empty one takes its place
+                    for dc in cfg.disks:
+                        ident = read_identity(dc.path) if dc.path.is_dir() else None
+                        if not (ident and read_identity(dc.path, FORGOTTEN)):
+                            _refuse_disk_with_shards(cfg, dc, ident)
                 try:
                     index = Index(cfg.index_dir)
                 except lmdb.Error as e:
@@ -131,14 +136,7 @@ class Store:
                                      f"[[disks]] table from {self.cfg.source}")
                     self.records[rec.uuid] = rec
                     continue
-                if ident and ident.get("uuid") and _holds_shards(dc.path):
-                    # a disk with shards this index never registered: the index was lost or
-                    # replaced (an unmounted SSD), or the disk is another store's. Registering
-                    # it would hide its objects from dedupe and from every read.
-                    raise HoardError(f"disk {dc.label} at {dc.path} holds shards, but the index at "
-                                     f"{self.cfg.index_dir} does not know this disk: if the SSD's index was lost, "
-                                     "run `hoard index restore` (or `hoard index rebuild`); if the disk belongs to "
-                                     "another store, remove it from the config", ExitCode.UNAVAILABLE)
+                _refuse_disk_with_shards(self.cfg, dc, ident)
                 if ident is None and init:
                     if not allow_dir and not os.path.ismount(dc.path):
                         raise HoardError(f"disk {dc.label}: {dc.path} is not a mount point; mount the disk "
@@ -793,6 +791,17 @@ def _marks_log(disk: LocalDisk) -> Path:
         path.parent.mkdir()
         fsync_dir(disk.root)
     return path
+
+
+def _refuse_disk_with_shards(cfg: Settings, dc: config_mod.DiskConfig, ident: dict | None) -> None:
+    """Refuse a disk with an identity and shards that the index does not know: the index was
+    lost or replaced (an unmounted SSD), or the disk is another store's. Registering it would
+    hide its objects from dedupe and from every read."""
+    if ident and ident.get("uuid") and _holds_shards(dc.path):
+        raise HoardError(f"disk {dc.label} at {dc.path} holds shards, but the index at {cfg.index_dir} does not "
+                         "know this disk: if the SSD's index was lost, run `hoard index restore` (or `hoard index "
+                         "rebuild`); if the disk belongs to another store, remove it from the config",
+                         ExitCode.UNAVAILABLE)
 
 
 def _holds_shards(root: Path) -> bool:

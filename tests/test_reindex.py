@@ -126,6 +126,26 @@ def test_an_empty_index_file_is_no_index(tmp_path: Path) -> None:
         assert store.get(sha) == b"acknowledged"
 
 
+def test_init_on_a_lost_index_refuses_before_creating_one(tmp_path: Path) -> None:
+    """`hoard init` where the index was lost but the disks hold shards refuses (exit 3, naming
+    restore and rebuild) and leaves no index behind: a new empty one would have made every
+    later command open it and show an empty store; `hoard index restore` finds the place free."""
+    cfg_path = dir_disks_config(tmp_path, 2, shard_size_mb=1)
+    cfg = config.load(cfg_path)
+    with Store.open(cfg, init=True) as store:
+        sha = store.put_bytes(b"acknowledged").sha256
+    assert hoard("--config", str(cfg_path), "index", "backup").returncode == 0
+    shutil.rmtree(cfg.index_dir)
+    res = hoard("--config", str(cfg_path), "init")
+    assert res.returncode == 3 and "holds shards" in res.stderr and "hoard index restore" in res.stderr, res.stderr
+    assert not (cfg.index_dir / "data.mdb").exists()
+    res = hoard("--config", str(cfg_path), "info", sha)
+    assert res.returncode == 3 and "there is no index" in res.stderr, res.stderr
+    assert hoard("--config", str(cfg_path), "index", "restore").returncode == 0
+    with Store.open(cfg) as store:
+        assert store.get(sha) == b"acknowledged"
+
+
 def test_rebuild_skips_damaged_or_foreign_shard_files(tmp_path: Path) -> None:
     """A replica with a broken footer, or whose name and header disagree, is reported and not
     used; the other replica serves."""
