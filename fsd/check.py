@@ -26,7 +26,7 @@ import json
 import re
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -34,7 +34,7 @@ from fsd import marks
 from fsd import shardfmt as fmt
 from fsd.base.files import size_or_zero
 from fsd.disks import DiskRecord, DiskState
-from fsd.index import MARKS_NS, ObjectLoc, ShardMeta
+from fsd.index import MARKS_NS, IndexDamaged, ObjectLoc, ShardMeta
 from fsd.manifest import iter_files
 from fsd.orphans import shard_files
 from fsd.writer import writer_alive
@@ -96,16 +96,21 @@ class _Moment:
 def _read_moment(store: Store, rep: CheckReport) -> _Moment:
     idx = store.index
     with idx.env.begin() as txn:
-        shards = {bytes(k): ShardMeta.from_json(bytes(k), bytes(v)) for k, v in txn.cursor(db=idx.shards)}
-        retired = [ShardMeta.from_json(bytes(k), bytes(v)) for k, v in txn.cursor(db=idx.retired)]
+        shards = {m.shard_id: m for m in _decoded(rep, txn.cursor(db=idx.shards), ShardMeta.from_json)}
+        retired = list(_decoded(rep, txn.cursor(db=idx.retired), ShardMeta.from_json))
         used = {r.uuid: r.used_bytes for r in (DiskRecord.from_json(bytes(v)) for _, v in txn.cursor(db=idx.disks))}
         named = [(kind, bytes(k).decode(), json.loads(v)) for kind, db in (("batch", idx.batches), ("view", idx.views))
                  for k, v in txn.cursor(db=db)]
         pointing: Counter[bytes] = Counter()
         objects: set[bytes] = set()
         for k, v in txn.cursor(db=idx.objects):  # 1
-            sha, loc = bytes(k), ObjectLoc.unpack(bytes(v))
-            objects.add(sha)
+            sha = bytes(k)
+            objects.add(sha)  # a malformed entry still names an object: its marks are not stale
+            try:
+                loc = ObjectLoc.unpack(bytes(v), sha)
+            except IndexDamaged as e:
+                rep.add("malformed", e.message)
+                continue
             meta = shards.get(loc.shard_id)
             if meta is None:
                 rep.add("dangling", f"object {sha.hex()} points at shard {loc.shard_id.hex()}, which the index does "
@@ -123,6 +128,15 @@ def _read_moment(store: Store, rep: CheckReport) -> _Moment:
                 if bytes(k) not in objects:
                     rep.add("stale mark", f"{name} entry for {bytes(k).hex()}, which is not in the store")
     return _Moment(shards, retired, used, objects, pointing, named)
+
+
+def _decoded(rep: CheckReport, cursor, decode: Callable[[bytes, bytes], ShardMeta]) -> Iterator[ShardMeta]:
+    """The table's entries decoded; one that does not decode is a "malformed" disagreement."""
+    for k, v in cursor:
+        try:
+            yield decode(bytes(k), bytes(v))
+        except IndexDamaged as e:
+            rep.add("malformed", e.message)
 
 
 def _replica_size(store: Store, disk, meta: ShardMeta, uuid: str) -> int | None:
@@ -248,7 +262,10 @@ def _unnamed_bytes(store: Store, uuid: str, named_then: set[tuple[str, str]]) ->
     for p in shard_files(store.disks[uuid]):
         if (p.stem, uuid) in named_then:
             continue
-        now = store.index.get_shard(bytes.fromhex(p.stem)) if _SHARD_NAME.fullmatch(p.stem) else None
+        try:
+            now = store.index.get_shard(bytes.fromhex(p.stem)) if _SHARD_NAME.fullmatch(p.stem) else None
+        except IndexDamaged:  # named already ("malformed"): its file is no orphan for that
+            continue
         if now is None or uuid not in now.replicas:
             total += size_or_zero(p)
     return total

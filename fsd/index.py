@@ -88,9 +88,13 @@ class ObjectLoc:
     flags: int = 0
 
     @classmethod
-    def unpack(cls, raw: bytes) -> ObjectLoc:
-        """From an `objects` table value."""
-        return cls(*_OBJ.unpack(raw))
+    def unpack(cls, raw: bytes, sha: bytes | None = None) -> ObjectLoc:
+        """From an `objects` table value (of object `sha`, named if the value is malformed)."""
+        try:
+            return cls(*_OBJ.unpack(raw))
+        except struct.error:
+            raise IndexDamaged(f"the index entry of object {sha.hex() if sha else '?'} is malformed "
+                               f"({len(raw)} bytes, an entry has {_OBJ.size})") from None
 
     def pack(self) -> bytes:
         """The `objects` table value."""
@@ -119,8 +123,23 @@ class ShardMeta:
 
     @classmethod
     def from_json(cls, sid: bytes, raw: bytes) -> ShardMeta:
-        d = json.loads(raw)
-        return cls(sid, d["class"], d["size"], d["sealed"], d["replicas"], d["records"], d["created"], d["verified"])
+        try:
+            d = json.loads(raw)
+            return cls(sid, d["class"], d["size"], d["sealed"], d["replicas"], d["records"], d["created"],
+                       d["verified"])
+        except (ValueError, TypeError, KeyError) as e:
+            raise IndexDamaged(f"the index entry of shard {sid.hex()} is malformed ({type(e).__name__}: {e})") from None
+
+
+class IndexDamaged(HoardError):
+    """An index entry that does not decode: the SSD corrupted it, or a tool wrote it. The
+    shards are the truth (every record carries its sha256 and size): a rebuild recreates it."""
+
+    exit_code = ExitCode.DATA
+
+    def __init__(self, what: str) -> None:
+        super().__init__(f"{what}: the index is damaged; `hoard index rebuild` recreates it from the shards "
+                         "(`hoard check` lists every damaged entry)", ExitCode.DATA)
 
 
 class IndexUnavailable(HoardError):
@@ -216,7 +235,7 @@ class Index:
     def lookup(self, sha: bytes) -> ObjectLoc | None:
         with self.env.begin(db=self.objects) as txn:
             raw = txn.get(sha)
-        return ObjectLoc.unpack(raw) if raw else None
+        return ObjectLoc.unpack(raw, sha) if raw else None
 
     def lookup_many(self, shas: Iterable[bytes]) -> dict[bytes, ObjectLoc]:
         out = {}
@@ -224,7 +243,7 @@ class Index:
             for sha in shas:
                 raw = txn.get(sha)
                 if raw:
-                    out[sha] = ObjectLoc.unpack(raw)
+                    out[sha] = ObjectLoc.unpack(raw, sha)
         return out
 
     def add_objects(self, entries: list[tuple[bytes, ObjectLoc]], shard: ShardMeta | None = None,
@@ -258,14 +277,14 @@ class Index:
             raw = txn.get(sha, db=self.objects)
             marked = raw is not None and txn.get(sha, db=self.deleted) is not None
         if raw is None or not marked:
-            return ObjectLoc.unpack(raw) if raw else None
+            return ObjectLoc.unpack(raw, sha) if raw else None
         with self.env.begin(write=True) as txn:
             raw = txn.get(sha, db=self.objects)
             if raw is None:
                 return None  # gc dropped it between the two transactions: store it anew
             if txn.delete(sha, db=self.deleted):
                 self.log_in(txn, "keep", [sha])
-            return ObjectLoc.unpack(raw)
+            return ObjectLoc.unpack(raw, sha)
 
     def count_objects(self) -> int:
         return self.count(self.objects)
@@ -280,7 +299,7 @@ class Index:
     def iter_objects(self) -> Iterator[tuple[bytes, ObjectLoc]]:
         with self.env.begin(db=self.objects) as txn:
             for k, v in txn.cursor():
-                yield bytes(k), ObjectLoc.unpack(v)
+                yield bytes(k), ObjectLoc.unpack(v, bytes(k))
 
     # -- batches (ingested, with their manifest object) and views (named manifests) ---------------
     def put_batch(self, batch_id: str, info: dict[str, Any] | None) -> None:
@@ -522,7 +541,7 @@ class Index:
                         break
                     if found is not None:
                         return None
-                    found = (bytes(k), ObjectLoc.unpack(v))
+                    found = (bytes(k), ObjectLoc.unpack(v, bytes(k)))
             if found is None or self.dropped is None:
                 return found
             cur = txn.cursor(db=self.dropped)
@@ -552,7 +571,7 @@ class Index:
                     k = bytes(k)
                     if not k.startswith(prefix) or len(out) >= limit:
                         break
-                    out.append((k, ObjectLoc.unpack(v)))
+                    out.append((k, ObjectLoc.unpack(v, k)))
         return out
 
     # -- shards ------------------------------------------------------------------------

@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 import time
+from hashlib import sha256
 from pathlib import Path
 
 import pytest
@@ -110,6 +111,40 @@ def test_a_truncated_replica_is_named_and_the_others_footer_is_read(tmp_path: Pa
         assert f"object {victim.hex()} is in a shard footer but not in the index" in "\n".join(rep.problems)
     finally:
         store.close()
+
+
+def test_a_malformed_index_entry_is_named_not_a_traceback(tmp_path: Path) -> None:
+    """An objects-table value of the wrong length or a shard entry that is not JSON (an SSD
+    that corrupted the index, a tool that wrote it): `hoard check` names each as "malformed"
+    and goes on checking the rest, a read of that object fails in one line (exit 5) naming the
+    rebuild, and the rebuild brings every object back."""
+    store, res = _store(tmp_path)
+    cfg = store.cfg
+    victim, other = bytes.fromhex(res[3].sha256), bytes.fromhex(res[4].sha256)
+    shard = store.index.lookup(other).shard_id
+    with store.index.env.begin(write=True) as txn:
+        txn.put(victim, b"short", db=store.index.objects)
+        txn.put(shard, b"{not json", db=store.index.shards)
+    rep = check(store)
+    store.close()
+    text = "\n".join(rep.problems)
+    assert rep.counts["malformed"] == 2, rep.problems
+    assert f"the index entry of object {victim.hex()} is malformed (5 bytes" in text
+    assert f"the index entry of shard {shard.hex()} is malformed" in text
+    cli = subprocess.run([sys.executable, "-m", "fsd", "--config", str(cfg.source), "check"], cwd=REPO,
+                         capture_output=True, text=True, timeout=120)
+    assert cli.returncode == 5 and "malformed" in cli.stderr and "Traceback" not in cli.stderr, cli.stderr
+    got = subprocess.run([sys.executable, "-m", "fsd", "--config", str(cfg.source), "get", res[3].sha256],
+                         cwd=REPO, capture_output=True, timeout=120)
+    err = got.stderr.decode()
+    assert got.returncode == 5 and "`hoard index rebuild`" in err and "Traceback" not in err, err
+    rebuilt = subprocess.run([sys.executable, "-m", "fsd", "--config", str(cfg.source), "index", "rebuild"],
+                             cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert rebuilt.returncode == 0, rebuilt.stderr
+    with Store.open(cfg) as again:
+        assert check(again).ok
+        for r in res:
+            assert sha256(again.get(r.sha256)).hexdigest() == r.sha256
 
 
 def test_oddly_named_files_among_the_shards_are_orphans_not_a_failure(tmp_path: Path) -> None:
