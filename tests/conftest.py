@@ -35,6 +35,8 @@ def _signal_handlers() -> Iterator[None]:
 
 REPO = Path(__file__).resolve().parent.parent
 REALDATA = REPO.parent / "shared" / "realdata"
+#: for tests of real public sample files (../shared/realdata beside the repo; under CI=true a skip fails)
+needs_realdata = pytest.mark.needs(REALDATA.is_dir(), f"REAL SAMPLES MISSING at {REALDATA}")
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:

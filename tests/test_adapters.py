@@ -13,9 +13,7 @@ from adapters.intent import build_intent, small_raw
 from adapters.synth import Spec, generate
 from fsd.base.config import SOURCE_FORMATS
 from sql.intents import parse_intent
-
-REALDATA = Path(__file__).resolve().parents[2] / "shared" / "realdata"
-needs_realdata = pytest.mark.needs(REALDATA.is_dir(), f"REAL SAMPLES MISSING at {REALDATA}")
+from tests.conftest import REALDATA, needs_realdata
 
 
 def _batch(tmp_path: Path, files: dict[str, Path | bytes]) -> Path:

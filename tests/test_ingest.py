@@ -21,7 +21,7 @@ from fsd.store import Store
 from jobs import ingest as ua1
 from jobs.queues import QUEUES
 from sql.intents import virtual_sha256
-from tests.conftest import fresh_schema, use_schema
+from tests.conftest import REALDATA, fresh_schema, needs_realdata, use_schema
 
 SPEC = Spec(seed=5, batches=3, items_per_batch=30, large_max_mb=2, ready_signal=True)
 
@@ -345,10 +345,7 @@ def test_real_worker_process_and_cli(hoard_home: Path, pg, redis_conn) -> None:
     assert health["ingest"]["batches"] == {"done": 2}
 
 
-REALDATA = Path(__file__).resolve().parents[2] / "shared" / "realdata"
-
-
-@pytest.mark.needs(REALDATA.is_dir(), f"REAL SAMPLES MISSING at {REALDATA}")
+@needs_realdata
 def test_real_api_dumps_end_to_end(hoard_home: Path, pg, redis_conn) -> None:
     """Real Twitter, Reddit and Mastodon responses ingest into the database with their edges."""
     cfg = ingest_home(hoard_home, pg)
