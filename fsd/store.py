@@ -29,8 +29,8 @@ from fsd.base.config import Settings
 from fsd.base.errors import ExitCode, HoardError
 from fsd.base.files import atomic_write, fsync_dir, size_or_zero
 from fsd.base.paths import file_ext
-from fsd.disks import (DiskGone, DiskRecord, DiskState, LocalDisk, keep_identity_copy, probe, read_identity,
-                        write_identity)
+from fsd.disks import (IDENTITY, IDENTITY_COPY, DiskGone, DiskRecord, DiskState, LocalDisk, keep_identity_copy,
+                        probe, read_identity, write_identity)
 from fsd.index import MARKS_NS, Index, ShardMeta, has_index, index_error, open_existing
 from fsd.layout import BATCHES_DIR, FORGOTTEN, VIEWS_DIR, check_ssd, lock_root, pin_path
 from fsd.placement import Candidate, choose
@@ -82,8 +82,10 @@ class Store:
                 if not has_index(cfg.index_dir):  # a lost index: refuse before an empty one takes its place
                     for dc in cfg.disks:
                         ident = read_identity(dc.path) if dc.path.is_dir() else None
-                        if not (ident and read_identity(dc.path, FORGOTTEN)):
-                            _refuse_disk_with_shards(cfg, dc, ident)
+                        if not _forgotten(dc.path, ident):
+                            _refuse_disk_with_shards(cfg, dc, ident, init)
+                            if ident is None:
+                                _refuse_unmounted(cfg, dc)
                 try:
                     index = Index(cfg.index_dir)
                 except lmdb.Error as e:
@@ -130,18 +132,15 @@ class Store:
             rec = known.pop(dc.label, None)
             if rec is None:
                 ident = read_identity(dc.path) if dc.path.is_dir() else None
-                if ident and read_identity(dc.path, FORGOTTEN):  # forgotten, still in hoard.toml
+                if _forgotten(dc.path, ident):  # forgotten, still in hoard.toml
                     rec = DiskRecord(ident.get("uuid") or "forgotten-" + dc.label, dc.label, str(dc.path),
                                      DiskState.MISSING, "", reason="forgotten by `hoard disks forget`: remove its "
                                      f"[[disks]] table from {self.cfg.source}")
                     self.records[rec.uuid] = rec
                     continue
-                _refuse_disk_with_shards(self.cfg, dc, ident)
+                _refuse_disk_with_shards(self.cfg, dc, ident, init)
                 if ident is None and init:
-                    if not allow_dir and not os.path.ismount(dc.path):
-                        raise HoardError(f"disk {dc.label}: {dc.path} is not a mount point; mount the disk "
-                                         "first (or set store.allow_directory_disks for a test setup)",
-                                         ExitCode.UNAVAILABLE)
+                    _refuse_unmounted(self.cfg, dc)
                     ident = write_identity(dc.path, dc.label)
                 if ident is None or not ident.get("uuid"):
                     rec = DiskRecord("unregistered-" + dc.label, dc.label, str(dc.path), DiskState.MISSING,
@@ -793,15 +792,40 @@ def _marks_log(disk: LocalDisk) -> Path:
     return path
 
 
-def _refuse_disk_with_shards(cfg: Settings, dc: config_mod.DiskConfig, ident: dict | None) -> None:
-    """Refuse a disk with an identity and shards that the index does not know: the index was
-    lost or replaced (an unmounted SSD), or the disk is another store's. Registering it would
-    hide its objects from dedupe and from every read."""
-    if ident and ident.get("uuid") and _holds_shards(dc.path):
+def _forgotten(root: Path, ident: dict | None) -> bool:
+    """Whether the disk at `root` (with identity `ident`) was forgotten by `hoard disks forget`
+    (an unreadable marker is no marker, as in the rebuild: it must not let a live disk pass)."""
+    if not ident:
+        return False
+    marker = read_identity(root, FORGOTTEN)
+    return bool(marker and marker.get("uuid"))
+
+
+def _refuse_disk_with_shards(cfg: Settings, dc: config_mod.DiskConfig, ident: dict | None, init: bool) -> None:
+    """Refuse a disk with shards that the index does not know: the index was lost or replaced
+    (an unmounted SSD), or the disk is another store's. Registering it would hide its objects
+    from dedupe and from every read. With `init`, a disk with shards but no readable identity
+    is refused too: it is no new disk, and a new identity would rename it."""
+    if not ((ident and ident.get("uuid")) or init) or not _holds_shards(dc.path):
+        return
+    if ident and ident.get("uuid"):
         raise HoardError(f"disk {dc.label} at {dc.path} holds shards, but the index at {cfg.index_dir} does not "
                          "know this disk: if the SSD's index was lost, run `hoard index restore` (or `hoard index "
                          "rebuild`); if the disk belongs to another store, remove it from the config",
                          ExitCode.UNAVAILABLE)
+    why = ident["error"] if ident else f"it has no {IDENTITY}"
+    raise HoardError(f"disk {dc.label} at {dc.path} holds shards, but {why}: it is no new disk, and nothing was "
+                     f"written. Put its identity back (from {dc.path / IDENTITY_COPY} if that is intact), then, if "
+                     "the SSD's index was lost, run `hoard index restore` (or `hoard index rebuild`); if the disk "
+                     "belongs to another store, remove it from the config", ExitCode.UNAVAILABLE)
+
+
+def _refuse_unmounted(cfg: Settings, dc: config_mod.DiskConfig) -> None:
+    """`hoard init` gives a disk its identity only where one is mounted (checked before an
+    index is created: a disk not mounted may hold the shards of a lost index)."""
+    if not cfg.store.allow_directory_disks and not os.path.ismount(dc.path):
+        raise HoardError(f"disk {dc.label}: {dc.path} is not a mount point; mount the disk first (or set "
+                         "store.allow_directory_disks for a test setup)", ExitCode.UNAVAILABLE)
 
 
 def _holds_shards(root: Path) -> bool:

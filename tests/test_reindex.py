@@ -146,6 +146,56 @@ def test_init_on_a_lost_index_refuses_before_creating_one(tmp_path: Path) -> Non
         assert store.get(sha) == b"acknowledged"
 
 
+@pytest.mark.parametrize("damage", ["identity damaged", "identity removed", "forgotten marker unreadable",
+                                    "disks not mounted"])
+def test_init_on_a_lost_index_refuses_whatever_the_disks_identity(tmp_path: Path, damage: str) -> None:
+    """The refusal above must not hinge on a readable identity: a disk whose identity is damaged
+    or gone (its copy may be intact), one with an unreadable `forgotten` marker, or disks not
+    mounted yet all hid the lost index's shards, and `hoard init` created an empty index (exit
+    0: every reader then saw an empty store; a removed identity was even replaced by a new one)."""
+    cfg_path = dir_disks_config(tmp_path, 2, shard_size_mb=1)
+    cfg = config.load(cfg_path)
+    with Store.open(cfg, init=True) as store:
+        store.put_bytes(b"acknowledged")
+    shutil.rmtree(cfg.index_dir)
+    before = {dc.label: (dc.path / ".hoard-disk.copy.json").read_bytes() for dc in cfg.disks}
+    for dc in cfg.disks:
+        if damage == "identity damaged":
+            (dc.path / ".hoard-disk.json").write_text("{")
+        elif damage == "identity removed":
+            (dc.path / ".hoard-disk.json").unlink()
+        elif damage == "forgotten marker unreadable":
+            (dc.path / ".hoard-forgotten.json").write_text("")
+        else:  # the mount points are empty directories; the disks are elsewhere
+            dc.path.rename(dc.path.with_name(dc.path.name + ".unmounted"))
+            dc.path.mkdir()
+    if damage == "disks not mounted":
+        cfg_path.write_text(cfg_path.read_text().replace("allow_directory_disks = true", "allow_directory_disks = false"))
+    res = hoard("--config", str(cfg_path), "init")
+    assert res.returncode == 3, res.stderr
+    assert ("holds shards" if damage != "disks not mounted" else "not a mount point") in res.stderr, res.stderr
+    assert not (cfg.index_dir / "data.mdb").exists()
+    if damage != "disks not mounted":
+        assert {dc.label: (dc.path / ".hoard-disk.copy.json").read_bytes() for dc in cfg.disks} == before
+
+
+def test_init_still_welcomes_new_disks_and_disks_without_shards(tmp_path: Path) -> None:
+    """What the refusal must not block: a first `hoard init` on new disks, `hoard init` again on
+    a healthy store, and a lost index over disks that have an identity but hold no shards."""
+    cfg_path = dir_disks_config(tmp_path, 2, shard_size_mb=1)
+    cfg = config.load(cfg_path)
+    assert hoard("--config", str(cfg_path), "init").returncode == 0
+    assert hoard("--config", str(cfg_path), "init").returncode == 0
+    shutil.rmtree(cfg.index_dir)
+    res = hoard("--config", str(cfg_path), "init")
+    assert res.returncode == 0, res.stderr
+    with Store.open(cfg) as store:
+        sha = store.put_bytes(b"after").sha256
+    assert hoard("--config", str(cfg_path), "init").returncode == 0
+    with Store.open(cfg) as store:
+        assert store.get(sha) == b"after"
+
+
 def test_rebuild_skips_damaged_or_foreign_shard_files(tmp_path: Path) -> None:
     """A replica with a broken footer, or whose name and header disagree, is reported and not
     used; the other replica serves."""
