@@ -22,19 +22,18 @@ Replicas below their class target and orphan files are reported as notes, not fa
 
 from __future__ import annotations
 
-import json
 import re
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from fsd import marks
 from fsd import shardfmt as fmt
 from fsd.base.files import size_or_zero
-from fsd.disks import DiskRecord, DiskState
-from fsd.index import MARKS_NS, IndexDamaged, ObjectLoc, ShardMeta
+from fsd.disks import DiskState
+from fsd.index import MARKS_NS, IndexDamaged, ObjectLoc, ShardMeta, disk_record, json_entry
 from fsd.manifest import iter_files
 from fsd.orphans import shard_files
 from fsd.writer import writer_alive
@@ -44,6 +43,7 @@ if TYPE_CHECKING:
 
 #: at most this many lines per kind of disagreement (the counts are always complete)
 SHOW = 20
+T = TypeVar("T")
 #: a shard file's name without its suffix: the shard id in lowercase hex
 _SHARD_NAME = re.compile(r"(?:[0-9a-f]{2})+")
 
@@ -98,14 +98,19 @@ def _read_moment(store: Store, rep: CheckReport) -> _Moment:
     with idx.env.begin() as txn:
         shards = {m.shard_id: m for m in _decoded(rep, txn.cursor(db=idx.shards), ShardMeta.from_json)}
         retired = list(_decoded(rep, txn.cursor(db=idx.retired), ShardMeta.from_json))
-        used = {r.uuid: r.used_bytes for r in (DiskRecord.from_json(bytes(v)) for _, v in txn.cursor(db=idx.disks))}
-        named = [(kind, bytes(k).decode(), json.loads(v)) for kind, db in (("batch", idx.batches), ("view", idx.views))
-                 for k, v in txn.cursor(db=db)]
+        used = {r.uuid: r.used_bytes for r in _decoded(rep, txn.cursor(db=idx.disks), disk_record)}
+        named = [(kind, name, info) for kind, db in (("batch", idx.batches), ("view", idx.views))
+                 for name, info in _decoded(rep, txn.cursor(db=db), lambda k, v, kind=kind: (
+                     bytes(k).decode(errors="replace"), json_entry(f"{kind} {bytes(k).decode(errors='replace')}", v)))]
         pointing: Counter[bytes] = Counter()
         objects: set[bytes] = set()
         for k, v in txn.cursor(db=idx.objects):  # 1
             sha = bytes(k)
             objects.add(sha)  # a malformed entry still names an object: its marks are not stale
+            if len(sha) != 32:  # no sha256: no read finds it, and it counts against its shard's records
+                rep.add("malformed", f"the index has an object key of {len(sha)} bytes ({sha.hex()}), a sha256 has "
+                                     "32: `hoard index rebuild` recreates the index from the shards")
+                continue
             try:
                 loc = ObjectLoc.unpack(bytes(v), sha)
             except IndexDamaged as e:
@@ -130,7 +135,7 @@ def _read_moment(store: Store, rep: CheckReport) -> _Moment:
     return _Moment(shards, retired, used, objects, pointing, named)
 
 
-def _decoded(rep: CheckReport, cursor, decode: Callable[[bytes, bytes], ShardMeta]) -> Iterator[ShardMeta]:
+def _decoded(rep: CheckReport, cursor, decode: Callable[[bytes, bytes], T]) -> Iterator[T]:
     """The table's entries decoded; one that does not decode is a "malformed" disagreement."""
     for k, v in cursor:
         try:

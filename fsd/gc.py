@@ -25,7 +25,6 @@ next run finishes step 4 first. Nothing the index points at is ever deleted.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import time
@@ -356,10 +355,10 @@ def _pack(loc: ObjectLoc) -> bytes:
 def _finish_retired(store: Store) -> tuple[int, int]:
     idx = store.index
     with idx.env.begin(db=idx.retired) as txn:
-        retired = [(bytes(k), json.loads(v)) for k, v in txn.cursor()]
+        retired = [(bytes(k), bytes(v)) for k, v in txn.cursor()]
     deleted = freed = 0
-    for sid, doc in retired:
-        meta = ShardMeta.from_json(sid, json.dumps(doc).encode())
+    for sid, raw in retired:
+        meta = ShardMeta.from_json(sid, raw)  # IndexDamaged if malformed (exit 5, names the rebuild)
         remaining, removed = [], {}
         for uuid in meta.replicas:
             disk = store.disks.get(uuid)

@@ -125,10 +125,53 @@ class ShardMeta:
     def from_json(cls, sid: bytes, raw: bytes) -> ShardMeta:
         try:
             d = json.loads(raw)
-            return cls(sid, d["class"], d["size"], d["sealed"], d["replicas"], d["records"], d["created"],
+            meta = cls(sid, d["class"], d["size"], d["sealed"], d["replicas"], d["records"], d["created"],
                        d["verified"])
         except (ValueError, TypeError, KeyError) as e:
             raise IndexDamaged(f"the index entry of shard {sid.hex()} is malformed ({type(e).__name__}: {e})") from None
+        # JSON of the wrong types decodes, then every reader traced back on it (`replicas: null`)
+        wrong = [name for name, ok in (
+            ("class", isinstance(meta.klass, str)), ("size", _is_int(meta.size)), ("records", _is_int(meta.records)),
+            ("replicas", isinstance(meta.replicas, list) and all(isinstance(u, str) for u in meta.replicas)),
+            ("created", _is_num(meta.created)), ("verified", meta.verified is None or _is_num(meta.verified)))
+            if not ok]
+        if wrong:
+            raise IndexDamaged(f"the index entry of shard {sid.hex()} is malformed ({', '.join(wrong)} of the wrong "
+                               "type)")
+        return meta
+
+
+def _is_int(v: object) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_num(v: object) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def json_entry(what: str, raw: bytes) -> dict[str, Any]:
+    """A table value that holds a JSON object (a disk, batch, view or retired shard: `what`
+    names it); IndexDamaged if it is not one."""
+    try:
+        doc = json.loads(raw)
+    except ValueError as e:
+        raise IndexDamaged(f"the index entry of {what} is malformed ({type(e).__name__}: {e})") from None
+    if not isinstance(doc, dict):
+        raise IndexDamaged(f"the index entry of {what} is malformed (a JSON {type(doc).__name__}, not an object)")
+    return doc
+
+
+def disk_record(key: bytes, raw: bytes) -> DiskRecord:
+    """A `disks` table entry; IndexDamaged if it does not decode."""
+    what = f"disk {bytes(key).decode(errors='replace')}"
+    json_entry(what, raw)
+    try:
+        rec = DiskRecord.from_json(raw)
+    except (ValueError, TypeError, KeyError) as e:
+        raise IndexDamaged(f"the index entry of {what} is malformed ({type(e).__name__}: {e})") from None
+    if not _is_int(rec.used_bytes) or not all(isinstance(v, str) for v in (rec.uuid, rec.label, rec.path)):
+        raise IndexDamaged(f"the index entry of {what} is malformed (a field of the wrong type)")
+    return rec
 
 
 class IndexDamaged(HoardError):
@@ -306,20 +349,20 @@ class Index:
         self._put_json(self.batches, batch_id, info)
 
     def get_batch(self, batch_id: str) -> dict[str, Any] | None:
-        return self._get_json(self.batches, batch_id)
+        return self._get_json(self.batches, batch_id, "batch")
 
     def iter_batches(self) -> list[tuple[str, dict[str, Any]]]:
-        return self._all_json(self.batches)
+        return self._all_json(self.batches, "batch")
 
     def put_view(self, name: str, info: dict[str, Any] | None) -> None:
         """Name a view's manifest object; None removes the view."""
         self._put_json(self.views, name, info)
 
     def get_view(self, name: str) -> dict[str, Any] | None:
-        return self._get_json(self.views, name)
+        return self._get_json(self.views, name, "view")
 
     def iter_views(self) -> list[tuple[str, dict[str, Any]]]:
-        return self._all_json(self.views)
+        return self._all_json(self.views, "view")
 
     def _put_json(self, db: Any, key: str, info: dict[str, Any] | None) -> None:
         with self.env.begin(write=True, db=db) as txn:
@@ -328,14 +371,15 @@ class Index:
             else:
                 txn.put(key.encode(), json.dumps(info, sort_keys=True).encode())
 
-    def _get_json(self, db: Any, key: str) -> dict[str, Any] | None:
+    def _get_json(self, db: Any, key: str, kind: str) -> dict[str, Any] | None:
         with self.env.begin(db=db) as txn:
             raw = txn.get(key.encode())
-        return json.loads(raw) if raw else None
+        return json_entry(f"{kind} {key}", raw) if raw else None
 
-    def _all_json(self, db: Any) -> list[tuple[str, dict[str, Any]]]:
+    def _all_json(self, db: Any, kind: str) -> list[tuple[str, dict[str, Any]]]:
         with self.env.begin(db=db) as txn:
-            return [(bytes(k).decode(), json.loads(v)) for k, v in txn.cursor()]
+            items = [(bytes(k).decode(errors="replace"), bytes(v)) for k, v in txn.cursor()]
+        return [(k, json_entry(f"{kind} {k}", v)) for k, v in items]
 
     # -- what readers want to know about an object: its extension, its chunk digests ------------
     def put_exts(self, exts: dict[bytes, str]) -> None:
@@ -613,7 +657,7 @@ class Index:
         for uuid, delta in disk_deltas.items():
             raw = txn.get(uuid.encode(), db=self.disks)
             if raw:
-                rec = DiskRecord.from_json(raw)
+                rec = disk_record(uuid.encode(), raw)
                 rec.used_bytes = max(0, rec.used_bytes + delta)
                 self._put_disk(txn, rec, raw)
 
@@ -630,12 +674,12 @@ class Index:
     # -- disks -------------------------------------------------------------------------
     def get_disks(self) -> list[DiskRecord]:
         with self.env.begin(db=self.disks) as txn:
-            return [DiskRecord.from_json(v) for _, v in txn.cursor()]
+            return [disk_record(k, v) for k, v in txn.cursor()]
 
     def get_disk(self, uuid: str) -> DiskRecord | None:
         with self.env.begin(db=self.disks) as txn:
             raw = txn.get(uuid.encode())
-        return DiskRecord.from_json(raw) if raw else None
+        return disk_record(uuid.encode(), raw) if raw else None
 
     def put_disk(self, rec: DiskRecord) -> None:
         with self.env.begin(write=True) as txn:
@@ -645,7 +689,7 @@ class Index:
         """Write a disk's record over `before` (its stored JSON): a `seen` that one still carries
         (the version that kept it in the record wrote it) moves to its `meta` key."""
         if before:
-            inside = json.loads(before).get("seen")
+            inside = json_entry(f"disk {rec.uuid}", before).get("seen")
             if inside:
                 self._saw(txn, rec.uuid, float(inside))
         txn.put(rec.uuid.encode(), rec.to_json(), db=self.disks)
@@ -669,7 +713,7 @@ class Index:
         inside = []
         with self.env.begin() as txn:
             for k, v in txn.cursor(db=self.disks):
-                when = json.loads(v).get("seen")
+                when = json_entry(f"disk {bytes(k).decode(errors='replace')}", v).get("seen")
                 if when is not None:
                     inside.append(bytes(k).decode())
                     if when:
@@ -692,8 +736,8 @@ class Index:
         moved = 0
         with self.env.begin(write=True) as txn:
             for k, v in list(txn.cursor(db=self.disks)):
-                if "seen" in json.loads(v):
-                    self._put_disk(txn, DiskRecord.from_json(v), bytes(v))
+                if "seen" in json_entry(f"disk {bytes(k).decode(errors='replace')}", v):
+                    self._put_disk(txn, disk_record(k, v), bytes(v))
                     moved += 1
         return moved
 
@@ -703,7 +747,8 @@ class Index:
         released = 0
         with self.env.begin(write=True, db=self.retired) as txn:
             for sid, raw in list(txn.cursor()):
-                doc = json.loads(raw)
+                doc = json_entry(f"retired shard {bytes(sid).hex()}", raw)
+                ShardMeta.from_json(bytes(sid), raw)  # (the types)
                 if uuid not in doc["replicas"]:
                     continue
                 released += 1
