@@ -830,7 +830,11 @@ def _refuse_unmounted(cfg: Settings, dc: config_mod.DiskConfig) -> None:
 
 def _holds_shards(root: Path) -> bool:
     shards = root / "shards"
-    return shards.is_dir() and any(f.suffix in (".shard", ".open") for d in shards.iterdir() if d.is_dir()
-                                   for f in d.iterdir())
+    try:
+        return shards.is_dir() and any(f.suffix in (".shard", ".open") for d in shards.iterdir() if d.is_dir()
+                                       for f in d.iterdir())
+    except OSError as e:  # a disk that does not list may hold shards: nothing is decided on it
+        raise HoardError(f"cannot list {shards}: {e.strerror or e}; nothing was written — check the disk (dmesg, "
+                         "`hoard health`), then run this again", ExitCode.UNAVAILABLE) from None
 
 

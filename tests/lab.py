@@ -288,7 +288,8 @@ class Lab:
             # the stopped writers' dirty pages and jbd2 commits drain within the kernel's
             # writeback expiry (vm.dirty_expire_centisecs, 30 s by default): keep copying until
             # one copy saw no write, for longer than that
-            deadline, attempts = time.monotonic() + patience_s, 0
+            t0 = time.monotonic()
+            deadline, attempts = t0 + patience_s, 0
             while True:
                 attempts += 1
                 before = self._quiet_counters()
@@ -296,6 +297,7 @@ class Lab:
                     _sh("cp", "--reflink=auto", "--sparse=always", str(d.image), str(cut.images[label]))
                 idle = all(in_flight == 0 for _, _, in_flight in before.values())
                 if idle and self._io_counters() == before:
+                    cut.waited_s, cut.copies = round(time.monotonic() - t0, 2), attempts
                     return cut
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"the lab disks never stayed idle for a whole copy in {patience_s:.0f} s "
@@ -369,6 +371,10 @@ class CutImages:
 
     def __init__(self, root: Path, images: dict[str, Path]) -> None:
         self.root, self.images = root, images
+        #: how long `power_cut` waited for a copy no write disturbed, and how many it made: a cut
+        #: that waited past the kernel's writeback expiry (30 s) holds the stopped writers'
+        #: dirty pages — still a legal crash state, but not the instant the writer was paused
+        self.waited_s, self.copies = 0.0, 0
         self.devices: dict[str, str] = {}
         self.mountpoints: dict[str, Path] = {}
 

@@ -196,6 +196,29 @@ def test_init_still_welcomes_new_disks_and_disks_without_shards(tmp_path: Path) 
         assert store.get(sha) == b"after"
 
 
+def test_init_on_a_lost_index_beside_a_disk_that_does_not_list_refuses(tmp_path: Path, monkeypatch) -> None:
+    """A disk whose `shards/` answers EIO may hold the lost index's shards: init names the
+    folder and creates nothing (it traced back). The EIO is injected into Path.iterdir, as in
+    test_a_folder_that_does_not_list_stops_the_rebuild."""
+    cfg = config.load(dir_disks_config(tmp_path, 2, shard_size_mb=1))
+    with Store.open(cfg, init=True) as store:
+        store.put_bytes(b"acknowledged")
+    shutil.rmtree(cfg.index_dir)
+    dying = tmp_path / "d0" / "shards"  # the first disk init looks at
+    listing = Path.iterdir
+
+    def iterdir(self: Path):
+        if self == dying:
+            raise OSError(errno.EIO, "Input/output error", str(self))
+        return listing(self)
+
+    monkeypatch.setattr(Path, "iterdir", iterdir)
+    with pytest.raises(HoardError) as e:
+        Store.open(cfg, init=True)
+    assert f"cannot list {dying}: Input/output error" in e.value.message and "nothing was written" in e.value.message
+    assert not (cfg.index_dir / "data.mdb").exists()
+
+
 def test_rebuild_skips_damaged_or_foreign_shard_files(tmp_path: Path) -> None:
     """A replica with a broken footer, or whose name and header disagree, is reported and not
     used; the other replica serves."""

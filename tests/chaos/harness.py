@@ -608,7 +608,8 @@ class World:
         alive = [*self.disks, *self.spares, "ssd"]  # a dead disk stays as it died
         self.lab.reboot(cut, alive)
         self.log.append(f"  power cut {'while it ran' if during else 'after it ended'}: {len(frozen)} processes "
-                        f"stopped and killed, {len(alive)} disks rebooted from their copies")
+                        f"stopped and killed, {len(alive)} disks rebooted from their copies (taken "
+                        f"{cut.waited_s:.1f} s after the pause, copy {cut.copies})")
         self.start_servers(step)
 
     def start_servers(self, step: Step) -> None:
