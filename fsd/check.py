@@ -33,7 +33,7 @@ from fsd import marks
 from fsd import shardfmt as fmt
 from fsd.base.files import size_or_zero
 from fsd.disks import DiskState
-from fsd.index import MARKS_NS, IndexDamaged, ObjectLoc, ShardMeta, disk_record, json_entry
+from fsd.index import MARKS_NS, IndexDamaged, ObjectLoc, ShardMeta, disk_record, named_entry
 from fsd.manifest import iter_files
 from fsd.orphans import shard_files
 from fsd.writer import writer_alive
@@ -101,7 +101,7 @@ def _read_moment(store: Store, rep: CheckReport) -> _Moment:
         used = {r.uuid: r.used_bytes for r in _decoded(rep, txn.cursor(db=idx.disks), disk_record)}
         named = [(kind, name, info) for kind, db in (("batch", idx.batches), ("view", idx.views))
                  for name, info in _decoded(rep, txn.cursor(db=db), lambda k, v, kind=kind: (
-                     bytes(k).decode(errors="replace"), json_entry(f"{kind} {bytes(k).decode(errors='replace')}", v)))]
+                     bytes(k).decode(errors="replace"), named_entry(kind, bytes(k).decode(errors="replace"), v)))]
         pointing: Counter[bytes] = Counter()
         objects: set[bytes] = set()
         for k, v in txn.cursor(db=idx.objects):  # 1

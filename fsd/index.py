@@ -161,6 +161,16 @@ def json_entry(what: str, raw: bytes) -> dict[str, Any]:
     return doc
 
 
+def named_entry(kind: str, name: str, raw: bytes) -> dict[str, Any]:
+    """A `batches` or `views` entry (`kind` "batch" or "view"): a JSON object naming its
+    manifest object; IndexDamaged if it is not one (every reader takes `info["manifest"]`)."""
+    doc = json_entry(f"{kind} {name}", raw)
+    sha = doc.get("manifest")
+    if not (isinstance(sha, str) and len(sha) == 64 and all(c in "0123456789abcdef" for c in sha)):
+        raise IndexDamaged(f"the index entry of {kind} {name} is malformed (no manifest sha256)")
+    return doc
+
+
 def disk_record(key: bytes, raw: bytes) -> DiskRecord:
     """A `disks` table entry; IndexDamaged if it does not decode."""
     what = f"disk {bytes(key).decode(errors='replace')}"
@@ -269,6 +279,8 @@ class Index:
         #: before it commits (the store appends them to `marks/` on the HDDs, see
         #: Store.log_marks): the log's order is then the order the index applied them in
         self.mark_log: Callable[[str, list[bytes], int], list[str]] | None = None
+        #: listings hand an entry that does not decode here and leave it out (see _listed)
+        self.damaged: Callable[[IndexDamaged], None] | None = None
         self._stamp_floor = 0
 
     def close(self) -> None:
@@ -374,12 +386,24 @@ class Index:
     def _get_json(self, db: Any, key: str, kind: str) -> dict[str, Any] | None:
         with self.env.begin(db=db) as txn:
             raw = txn.get(key.encode())
-        return json_entry(f"{kind} {key}", raw) if raw else None
+        return named_entry(kind, key, raw) if raw else None
 
     def _all_json(self, db: Any, kind: str) -> list[tuple[str, dict[str, Any]]]:
         with self.env.begin(db=db) as txn:
             items = [(bytes(k).decode(errors="replace"), bytes(v)) for k, v in txn.cursor()]
-        return [(k, json_entry(f"{kind} {k}", v)) for k, v in items]
+        return list(self._listed(items, lambda k, v: (k, named_entry(kind, k, v))))
+
+    def _listed(self, items: Iterable[tuple[Any, Any]], decode: Callable[[Any, Any], Any]) -> Iterator[Any]:
+        """Decoded entries of a listing. One that does not decode raises IndexDamaged — or,
+        where `self.damaged` is set (the mount), goes to it and is left out, so one damaged
+        entry does not hide every good one beside it."""
+        for k, v in items:
+            try:
+                yield decode(k, v)
+            except IndexDamaged as e:
+                if self.damaged is None:
+                    raise
+                self.damaged(e)
 
     # -- what readers want to know about an object: its extension, its chunk digests ------------
     def put_exts(self, exts: dict[bytes, str]) -> None:
@@ -615,8 +639,8 @@ class Index:
                     k = bytes(k)
                     if not k.startswith(prefix) or len(out) >= limit:
                         break
-                    out.append((k, ObjectLoc.unpack(v, k)))
-        return out
+                    out.append((k, bytes(v)))
+        return list(self._listed(out, lambda k, v: (k, ObjectLoc.unpack(v, k))))
 
     # -- shards ------------------------------------------------------------------------
     def get_shard(self, sid: bytes) -> ShardMeta | None:

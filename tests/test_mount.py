@@ -350,3 +350,44 @@ def test_browsing_needs_no_database(tmp_path: Path) -> None:
         for r in res:
             data = (mnt / "batches" / "offline-1" / "pics" / Path(r.path).name).read_bytes()
             assert hashlib.sha256(data).hexdigest() == r.sha256
+
+
+@pytest.mark.expect_log(r"left out of a listing: the index entry of (object|batch) \S+ is malformed", level="WARNING")
+def test_a_damaged_index_entry_hides_itself_not_its_folder(tmp_path: Path) -> None:
+    """One malformed objects-table value, or batch entry, made its whole by-hash folder (or
+    `batches/`) answer EIO, hiding every good object beside it: now the damaged entry alone is
+    left out (logged once; `hoard check` names it) and the rest lists and reads."""
+    import json as _json
+
+    from tests.conftest import dir_disks_config
+
+    by_prefix: dict[bytes, bytes] = {}
+    i = 0
+    while True:  # two objects in one by-hash folder (the first 2 bytes of their sha256 alike)
+        data = f"object {i}\n".encode()
+        head = hashlib.sha256(data).digest()[:2]
+        if head in by_prefix:
+            pair = [by_prefix[head], data]
+            break
+        by_prefix[head] = data
+        i += 1
+    cfg_path = dir_disks_config(tmp_path, 2, shard_size_mb=1)
+    cfg = config.load(cfg_path)
+    with Store.open(cfg, init=True) as store:
+        good, bad = (store.put_bytes(d).sha256 for d in pair)
+        for name in ("good-batch", "bad-batch"):
+            body = _json.dumps({"files": [{"path": "a.txt", "sha256": good, "size": len(pair[0])}]}).encode()
+            store.register_batch(name, {"source": "t", "manifest": store.put_bytes(body).sha256})
+        with store.index.env.begin(write=True) as txn:
+            txn.put(bytes.fromhex(bad), b"short", db=store.index.objects)
+            txn.put(b"bad-batch", b"{not json", db=store.index.batches)
+    mnt = tmp_path / "mnt"
+    with mounted(str(cfg_path), mnt):
+        folder = mnt / "by-hash" / good[:2] / good[2:4]
+        assert [n.split(".")[0] for n in os.listdir(folder)] == [good]
+        assert hashlib.sha256((folder / os.listdir(folder)[0]).read_bytes()).hexdigest() == good
+        assert os.listdir(mnt / "batches") == ["good-batch"]
+        assert (mnt / "batches" / "good-batch" / "a.txt").read_bytes() == pair[0]
+    log = (tmp_path / "mnt.log").read_text()
+    assert log.count(f"the index entry of object {bad} is malformed") == 1, log
+    assert "the index entry of batch bad-batch is malformed" in log, log

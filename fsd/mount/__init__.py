@@ -40,6 +40,7 @@ def run_mount(cfg: Settings, mountpoint: Path, debug: bool = False, ready=None, 
         raise HoardError("/dev/fuse is missing: load the fuse module (`modprobe fuse`)", ExitCode.UNAVAILABLE)
     # the `readers` lock: `hoard index rebuild`/`restore` refuse while the mount serves the index
     store = Store.open(cfg, writable=False, lock="readers", what=f"hoard mount {mountpoint}")
+    store.index.damaged = _warn_once()  # a damaged index entry hides itself, not its folder
     reader = Reader(store)
     ns = Namespace(store.index, str(cfg.ssd.zone_path("3A")), reader.get_object)
     watcher = Watcher(store, reader, ns)
@@ -130,3 +131,14 @@ async def _stop_on_signal(nursery) -> None:
             log.info("signal %d: unmounting", sig)
             pyfuse3.terminate()
             return
+
+
+def _warn_once():
+    """A hook for `Index.damaged`: each damaged entry a listing leaves out is logged once."""
+    told: set[str] = set()
+
+    def damaged(e) -> None:
+        if e.message not in told:
+            told.add(e.message)
+            log.warning("left out of a listing: %s", e.message)
+    return damaged
