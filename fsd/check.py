@@ -114,7 +114,7 @@ def _read_moment(store: Store, rep: CheckReport) -> _Moment:
             try:
                 loc = ObjectLoc.unpack(bytes(v), sha)
             except IndexDamaged as e:
-                rep.add("malformed", e.message)
+                rep.add("malformed", e.finding)
                 continue
             meta = shards.get(loc.shard_id)
             if meta is None:
@@ -141,7 +141,7 @@ def _decoded(rep: CheckReport, cursor, decode: Callable[[bytes, bytes], T]) -> I
         try:
             yield decode(bytes(k), bytes(v))
         except IndexDamaged as e:
-            rep.add("malformed", e.message)
+            rep.add("malformed", e.finding)
 
 
 def _replica_size(store: Store, disk, meta: ShardMeta, uuid: str) -> int | None:

@@ -191,8 +191,14 @@ class IndexDamaged(HoardError):
     exit_code = ExitCode.DATA
 
     def __init__(self, what: str) -> None:
+        self.what = what
         super().__init__(f"{what}: the index is damaged; `hoard index rebuild` recreates it from the shards "
                          "(`hoard check` lists every damaged entry)", ExitCode.DATA)
+
+    @property
+    def finding(self) -> str:
+        """The line `hoard check` prints for it."""
+        return f"{self.what}: `hoard index rebuild` recreates the index from the shards"
 
 
 class IndexUnavailable(HoardError):
