@@ -704,7 +704,8 @@ class Index:
     # -- disks -------------------------------------------------------------------------
     def get_disks(self) -> list[DiskRecord]:
         with self.env.begin(db=self.disks) as txn:
-            return [disk_record(k, v) for k, v in txn.cursor()]
+            items = [(bytes(k), bytes(v)) for k, v in txn.cursor()]
+        return list(self._listed(items, disk_record))
 
     def get_disk(self, uuid: str) -> DiskRecord | None:
         with self.env.begin(db=self.disks) as txn:

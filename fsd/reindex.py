@@ -29,7 +29,7 @@ from fsd.base.config import Settings
 from fsd.base.errors import ExitCode, HoardError
 from fsd.base.files import fsync_dir, size_or_zero
 from fsd.disks import DiskRecord, DiskState, drop_cache, pread_full, read_identity
-from fsd.index import Index, IndexDamaged, ObjectLoc, ShardMeta, disk_record
+from fsd.index import Index, ObjectLoc, ShardMeta
 from fsd.layout import BATCHES_DIR, FORGOTTEN, MARKS_DIR, VIEWS_DIR, check_ssd, lock_root
 
 log = logging.getLogger(__name__)
@@ -371,22 +371,15 @@ def _old_disk_states(target: Path) -> dict[str, tuple[DiskState, str]]:
         old = Index(target, readonly=True)
     except lmdb.Error:
         return {}
-    states = {}
+    # a malformed record (what `hoard check` sends the user here for) is left behind
+    old.damaged = lambda e: log.warning("a disk state the old index held is not kept: %s", e.what)
     try:
-        with old.env.begin(db=old.disks) as txn:
-            for k, v in txn.cursor():
-                try:  # a malformed record (what `hoard check` sends the user here for) is left behind
-                    r = disk_record(bytes(k), bytes(v))
-                except IndexDamaged as e:
-                    log.warning("a disk state the old index held is not kept: %s", e.message)
-                    continue
-                if r.state in (DiskState.FAILED, DiskState.DRAINING):
-                    states[r.uuid] = (r.state, r.reason)
+        return {r.uuid: (r.state, r.reason) for r in old.get_disks()
+                if r.state in (DiskState.FAILED, DiskState.DRAINING)}
     except lmdb.Error:
         return {}
     finally:
         old.close()
-    return states
 
 
 #: a batch or view pointer is a few hundred bytes of JSON; a larger file is not one (read
