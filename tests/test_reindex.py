@@ -617,9 +617,13 @@ def test_a_folder_that_does_not_list_stops_the_rebuild(tmp_path: Path, monkeypat
     dying disk still lists folders whose blocks the kernel keeps.)"""
     from fsd.reindex import rebuild_index
 
-    cfg = config.load(dir_disks_config(tmp_path, 3, shard_size_mb=1, copy_of_raw=2))
+    # a replica on every disk: d1 always holds shards (with 2 of 3, placement sometimes left
+    # d1 without one, its shards/ was never listed and the rebuild rightly went on)
+    cfg = config.load(dir_disks_config(tmp_path, 3, shard_size_mb=1, copy_of_raw=3))
     with Store.open(cfg, init=True) as store:
         results = store.put_many(make_files(tmp_path / "in", 60))
+        replicate_once(store, rate_mb_s=None)
+        assert any((tmp_path / "d1" / "shards").glob("*/*.shard"))
         store.register_view("v1", {"manifest": results[0].sha256})
         store.register_batch("b1", {"manifest": results[1].sha256})
         before = _snapshot(store)
