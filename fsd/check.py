@@ -100,16 +100,15 @@ def _read_moment(store: Store, rep: CheckReport) -> _Moment:
         retired = list(_decoded(rep, txn.cursor(db=idx.retired), ShardMeta.from_json))
         used = {r.uuid: r.used_bytes for r in _decoded(rep, txn.cursor(db=idx.disks), disk_record)}
         named = [(kind, name, info) for kind, db in (("batch", idx.batches), ("view", idx.views))
-                 for name, info in _decoded(rep, txn.cursor(db=db), lambda k, v, kind=kind: (
-                     bytes(k).decode(errors="replace"), named_entry(kind, bytes(k).decode(errors="replace"), v)))]
+                 for name, info in _decoded(rep, txn.cursor(db=db), _named(kind))]
         pointing: Counter[bytes] = Counter()
         objects: set[bytes] = set()
         for k, v in txn.cursor(db=idx.objects):  # 1
             sha = bytes(k)
             objects.add(sha)  # a malformed entry still names an object: its marks are not stale
             if len(sha) != 32:  # no sha256: no read finds it, and it counts against its shard's records
-                rep.add("malformed", f"the index has an object key of {len(sha)} bytes ({sha.hex()}), a sha256 has "
-                                     "32: `hoard index rebuild` recreates the index from the shards")
+                rep.add("malformed", IndexDamaged(f"the index has an object key of {len(sha)} bytes ({sha.hex()}), "
+                                                  "a sha256 has 32").finding)
                 continue
             try:
                 loc = ObjectLoc.unpack(bytes(v), sha)
@@ -142,6 +141,14 @@ def _decoded(rep: CheckReport, cursor, decode: Callable[[bytes, bytes], T]) -> I
             yield decode(bytes(k), bytes(v))
         except IndexDamaged as e:
             rep.add("malformed", e.finding)
+
+
+def _named(kind: str) -> Callable[[bytes, bytes], tuple[str, dict]]:
+    """The decoder of a `batches` (kind "batch") or `views` ("view") entry: (name, info)."""
+    def decode(key: bytes, raw: bytes) -> tuple[str, dict]:
+        name = key.decode(errors="replace")
+        return name, named_entry(kind, name, raw)
+    return decode
 
 
 def _replica_size(store: Store, disk, meta: ShardMeta, uuid: str) -> int | None:

@@ -329,7 +329,7 @@ def _swap(store: Store, items, moved: dict[bytes, ObjectLoc], referenced_now: se
                 continue
             for sha in here:
                 if sha in moved:
-                    txn.put(sha, _pack(moved[sha]), db=idx.objects)
+                    txn.put(sha, moved[sha].pack(), db=idx.objects)
             for sha in drop:
                 txn.delete(sha, db=idx.objects)
                 for db in (idx.deleted, idx.hidden, idx.rooted, idx.exts, idx.chunks):
@@ -344,10 +344,6 @@ def _swap(store: Store, items, moved: dict[bytes, ObjectLoc], referenced_now: se
         idx.note_dropped(txn, gone)  # (the mount's by-hash numbers: Index.sole_owner)
         idx.log_in(txn, "drop", gone)  # an object stored anew later must not get the old marks back
     return done, kept, dropped
-
-
-def _pack(loc: ObjectLoc) -> bytes:
-    return loc.pack()
 
 
 # -- 4. delete --------------------------------------------------------------------------------

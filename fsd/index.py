@@ -171,9 +171,14 @@ def named_entry(kind: str, name: str, raw: bytes) -> dict[str, Any]:
     return doc
 
 
+def _disk(key: bytes) -> str:
+    """How a `disks` table entry is named in IndexDamaged's message."""
+    return f"disk {bytes(key).decode(errors='replace')}"
+
+
 def disk_record(key: bytes, raw: bytes) -> DiskRecord:
     """A `disks` table entry; IndexDamaged if it does not decode."""
-    what = f"disk {bytes(key).decode(errors='replace')}"
+    what = _disk(key)
     json_entry(what, raw)
     try:
         rec = DiskRecord.from_json(raw)
@@ -720,7 +725,7 @@ class Index:
         """Write a disk's record over `before` (its stored JSON): a `seen` that one still carries
         (the version that kept it in the record wrote it) moves to its `meta` key."""
         if before:
-            inside = json_entry(f"disk {rec.uuid}", before).get("seen")
+            inside = json_entry(_disk(rec.uuid.encode()), before).get("seen")
             if inside:
                 self._saw(txn, rec.uuid, float(inside))
         txn.put(rec.uuid.encode(), rec.to_json(), db=self.disks)
@@ -744,7 +749,7 @@ class Index:
         inside = []
         with self.env.begin() as txn:
             for k, v in txn.cursor(db=self.disks):
-                when = json_entry(f"disk {bytes(k).decode(errors='replace')}", v).get("seen")
+                when = json_entry(_disk(k), v).get("seen")
                 if when is not None:
                     inside.append(bytes(k).decode())
                     if when:
@@ -767,7 +772,7 @@ class Index:
         moved = 0
         with self.env.begin(write=True) as txn:
             for k, v in list(txn.cursor(db=self.disks)):
-                if "seen" in json_entry(f"disk {bytes(k).decode(errors='replace')}", v):
+                if "seen" in json_entry(_disk(k), v):
                     self._put_disk(txn, disk_record(k, v), bytes(v))
                     moved += 1
         return moved
@@ -778,14 +783,13 @@ class Index:
         released = 0
         with self.env.begin(write=True, db=self.retired) as txn:
             for sid, raw in list(txn.cursor()):
-                doc = json_entry(f"retired shard {bytes(sid).hex()}", raw)
-                ShardMeta.from_json(bytes(sid), raw)  # (the types)
-                if uuid not in doc["replicas"]:
+                meta = ShardMeta.from_json(bytes(sid), raw)  # a retired entry is its shard's entry
+                if uuid not in meta.replicas:
                     continue
                 released += 1
-                doc["replicas"].remove(uuid)
-                if doc["replicas"]:
-                    txn.put(sid, json.dumps(doc).encode())
+                meta.replicas.remove(uuid)
+                if meta.replicas:
+                    txn.put(sid, meta.to_json())
                 else:
                     txn.delete(sid)
         return released

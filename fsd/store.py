@@ -806,9 +806,10 @@ def _refuse_disk_with_shards(cfg: Settings, dc: config_mod.DiskConfig, ident: di
     (an unmounted SSD), or the disk is another store's. Registering it would hide its objects
     from dedupe and from every read. With `init`, a disk with shards but no readable identity
     is refused too: it is no new disk, and a new identity would rename it."""
-    if not ((ident and ident.get("uuid")) or init) or not _holds_shards(dc.path):
+    known = bool(ident and ident.get("uuid"))
+    if not (known or init) or not _holds_shards(dc.path):
         return
-    if ident and ident.get("uuid"):
+    if known:
         raise HoardError(f"disk {dc.label} at {dc.path} holds shards, but the index at {cfg.index_dir} does not "
                          "know this disk: if the SSD's index was lost, run `hoard index restore` (or `hoard index "
                          "rebuild`); if the disk belongs to another store, remove it from the config",
