@@ -285,24 +285,24 @@ def _unnamed_bytes(store: Store, uuid: str, named_then: set[tuple[str, str]]) ->
 
 def _check_marks_logs(store: Store, rep: CheckReport, known: set[bytes]) -> None:
     """The logs an index rebuild would read (every attached disk's, a failed one's too) must
-    replay to the index's marks together; and each log the index counts as complete must do
-    so alone (a log damaged or cut behind the index's back, or holding a record whose
-    transaction never committed)."""
+    replay to the index's marks together, as a rebuild decides them (marks.agree); each log
+    the index counts as complete must do so alone (a log damaged or cut behind the index's
+    back, or holding a record whose transaction never committed); a damaged line (its check
+    does not hold) and a record stamped after anything the index gave out are named."""
     fix = "`hoard index rewrite-marks` writes the index's marks to every disk"
     # the index first, in one read transaction; then only log records up to its last stamp
     # count (a put committing while the logs are read is not a disagreement)
     held, cutoff = _index_marks(store)
     held = {t: shas & known for t, shas in held.items()}  # (objects stored since step 1 are not judged)
     last, at, _failed = store.index.marks_state()
-    found: set[marks.Record] = set()
+    logs: list[marks.DiskLog] = []
     for uuid, rec in store.records.items():
         disk = store.disks.get(uuid)
         if disk is None or rec.state == DiskState.MISSING:
             continue
-        own: set[marks.Record] = set()
         planted: list[str] = []
         try:
-            bad = marks.read(marks.log_path(disk.root).parent, own, planted)
+            got = marks.read_log(marks.log_path(disk.root).parent, planted, rec.label)
         except OSError as e:
             if rec.state == DiskState.FAILED:
                 rep.notes.append(f"disk {rec.label} (failed): its marks log cannot be read ({e})")
@@ -310,21 +310,32 @@ def _check_marks_logs(store: Store, rep: CheckReport, known: set[bytes]) -> None
                 rep.add("marks log", f"disk {rec.label}: its marks log cannot be read ({e}): {fix}")
             continue
         rep.notes += [f"disk {rec.label}: {p} (not a marks log: skipped by a rebuild; remove it)" for p in planted]
-        own = {r for r in own if r[0] <= cutoff}
-        found |= own
-        if bad:
-            rep.notes.append(f"disk {rec.label}: {bad} line(s) of its marks log are not records (skipped by a "
-                             "rebuild; a torn line is a crash or a failed append)")
+        # (a failed disk's log is read by a rebuild but rewritten by nothing: a note, its disk is the problem)
+        name = rep.notes.append if rec.state == DiskState.FAILED else (lambda text: rep.add("marks log", text))
+        if got.damaged:
+            where = ", ".join(map(str, got.damaged_lines)) + (" …" if got.damaged > len(got.damaged_lines) else "")
+            name(f"disk {rec.label}: {got.damaged} damaged line(s) in its marks log (line {where}: a check that "
+                 f"does not hold — bit rot; a rebuild does not obey them): {fix}")
+        ahead = got.after(_index_stamp(store))  # the index's stamp now: a put that committed meanwhile is no record ahead
+        if ahead:
+            name(f"disk {rec.label}: its marks log holds {ahead} record(s) stamped after anything the index gave out "
+                 f"(a record whose transaction never committed, or damage): {fix}")
+        if got.other or got.broken_resets:
+            rep.notes.append(f"disk {rec.label}: {got.other + got.broken_resets} line(s) of its marks log are not "
+                             "records (skipped by a rebuild; a torn line is a crash or a failed append)")
+        own = got.upto(cutoff)
+        logs.append(own)
         if rec.state == DiskState.ACTIVE and at.get(uuid, -1) < last:
             rep.add("marks log", f"disk {rec.label}: its marks log misses records the index holds (a failed append, "
                                  f"or it was out of service): the next writer rewrites it, or {fix}")
         elif rec.state == DiskState.ACTIVE:
-            alone = marks.replay(own)
+            alone = marks.replay(own.records | {(t, marks.RESET, "0" * 64) for t in own.resets})
             off = sum(len(held[t] ^ {sha for sha in alone[t] if sha in known}) for t in marks.TABLES)
             if off:
                 rep.add("marks log", f"disk {rec.label}: its marks log alone replays {off} mark(s) differently from "
                                      f"the index (damaged, cut, or a record that never committed): {fix}")
-    replayed = marks.replay(found)
+    agreed, disputed = marks.agree(logs)
+    replayed = marks.replay(agreed)
     unknown = 0
     for table in marks.TABLES:
         logged = set(replayed[table])
@@ -336,6 +347,9 @@ def _check_marks_logs(store: Store, rep: CheckReport, known: set[bytes]) -> None
         for sha in sorted(logged - held[table]):
             rep.add("marks log", f"the disks' marks logs replay a {table} mark of {sha.hex()} that the index does "
                                  f"not hold (an index rebuild would set it): {fix}")
+    if disputed:
+        rep.notes.append(f"the marks logs hold {len(disputed)} record(s) that free an object on one disk alone, "
+                         "which another disk lacks (a rebuild does not obey them)")
     if unknown:  # kept in the logs (snapshots carry them): disks absent at the last rebuild hold them
         rep.notes.append(f"the marks logs hold {unknown} mark(s) of objects the index does not know (on disks that "
                          "were absent when it was rebuilt?); they are kept: `hoard index rebuild` with every disk "
@@ -350,6 +364,16 @@ def _index_marks(store: Store) -> tuple[dict[str, set[bytes]], int]:
                 for t in marks.TABLES}
         raw = txn.get(MARKS_NS, db=idx.meta) if idx.meta is not None else None
     return held, int(raw) if raw else (1 << 63)
+
+
+def _index_stamp(store: Store) -> int:
+    """The newest marks-log stamp the index gave out (no index stamp: none counts as ahead)."""
+    idx = store.index
+    if idx.meta is None:
+        return 1 << 63
+    with idx.env.begin(db=idx.meta) as txn:
+        raw = txn.get(MARKS_NS)
+    return int(raw) if raw else (1 << 63)
 
 
 def _footer(store: Store, meta) -> list[fmt.RecordInfo] | None:

@@ -2,8 +2,10 @@
 
 The index's marks (hidden, deleted, rooted — see fsd/index.py) live on the SSD; each change
 is also appended, inside the index transaction that applies it, to every writable disk's
-log as lines `<stamp_ns> <op> <sha256 hex>` (ops: fsd.layout.MARK_OPS). Stamps come from
-Index._next_stamp: strictly increasing across processes, whatever the wall clock does.
+log as lines `<stamp_ns> <op> <sha256 hex> <check>` (ops: fsd.layout.MARK_OPS; `check` is
+the xxh3-64 of the line's first three fields, so a flipped bit makes a line *damaged* —
+named by `hoard check`/`verify` and never obeyed). Stamps come from Index._next_stamp:
+strictly increasing across processes, whatever the wall clock does.
 
 The index notes, in the transaction of each record, which disks took it (Index.log_in:
 `marks_at:<disk>`). A disk that missed records (failed, unplugged, newly added, a failed or
@@ -17,6 +19,13 @@ with a newline, so the torn rest of a failed append is a line of its own (skippe
 glued to the next record; a stamp of more than 19 digits is damage and skipped too. A
 snapshot ends with an `end` line (its stamp, the number of records): a reset whose end
 line does not agree — a flipped bit, a cut file — is not honoured.
+
+**One disk's damage cannot flip a mark** (`agree`): a record that could free an object's
+bytes (`delete`, `unroot`, `drop`) is obeyed only when two disks hold it, or when no other
+disk's log covers its stamp (it was the only disk taking records then); a record that keeps
+or hides (`root`, `keep`, `show`, `hide`) and a snapshot's set-records are obeyed from one
+disk. A lone freeing record that another disk should hold and lacks is *disputed*: not
+obeyed — an object is kept rather than lost — and named by `hoard check`.
 """
 
 from __future__ import annotations
@@ -26,7 +35,10 @@ import os
 import re
 import stat
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
+
+import xxhash
 
 from fsd.layout import MARK_OPS, MARKS_DIR, MARKS_LOG
 
@@ -39,15 +51,19 @@ END = "end"
 _NO_SHA = "0" * 64
 #: a sha256 as the store writes it: 64 lower-case hex digits
 HEX64 = re.compile(rb"[0-9a-f]{64}")
+#: a line's check: xxh3-64 of its first three fields (and the two spaces), 16 lower-case hex digits
+HEX16 = re.compile(rb"[0-9a-f]{16}")
 #: marks-log op → (index table, set it?); "drop" (gc freed the object) clears every table
 EFFECT = {"hide": ("hidden", True), "show": ("hidden", False), "delete": ("deleted", True),
           "keep": ("deleted", False), "root": ("rooted", True), "unroot": ("rooted", False)}
 TABLES = ("hidden", "deleted", "rooted")
 #: each table's set-record, as a snapshot writes it
 SET_OP = {table: op for op, (table, on) in EFFECT.items() if on}
+#: the ops after which gc may free an object's bytes: one disk's word is not enough (`agree`)
+FREEING = frozenset({"delete", "unroot", "drop"})
 
-#: the size of one record line (stamp of 19 digits, the longest op, 64 hex digits)
-RECORD_BYTES = 19 + 1 + 6 + 1 + 64 + 1
+#: the size of one record line (stamp of 19 digits, the longest op, 64 hex digits, the check)
+RECORD_BYTES = 19 + 1 + 6 + 1 + 64 + 1 + 16 + 1
 
 Record = tuple[int, str, str]  # (stamp, op, sha256 hex)
 
@@ -56,31 +72,86 @@ def log_path(disk_root: Path) -> Path:
     return disk_root / MARKS_DIR / MARKS_LOG
 
 
+def _check(head: str) -> str:
+    return xxhash.xxh3_64_hexdigest(head.encode())
+
+
+def line(stamp: int, op: str, sha_hex: str) -> str:
+    """One record line as the store writes it, its check included."""
+    head = f"{stamp} {op} {sha_hex}"
+    return f"{head} {_check(head)}\n"
+
+
 def records(stamp: int, op: str, shas: Iterable[bytes]) -> bytes:
-    return "".join(f"{stamp} {op} {sha.hex()}\n" for sha in shas).encode()
+    return "".join(line(stamp, op, sha.hex()) for sha in shas).encode()
 
 
 def snapshot(stamp: int, tables: dict[str, list[bytes]]) -> bytes:
     """A whole log: the reset line, then every mark as its set-record, one stamp."""
     n = sum(len(tables.get(t, ())) for t in TABLES)
-    return (f"{stamp} {RESET} {_NO_SHA}\n".encode()
+    return (line(stamp, RESET, _NO_SHA).encode()
             + b"".join(records(stamp, SET_OP[t], tables.get(t, ())) for t in TABLES)
-            + f"{stamp} {END} {n:064x}\n".encode())
+            + line(stamp, END, f"{n:064x}").encode())
 
 
-def parse(line: bytes) -> Record | None:
-    """One complete line, or None: a torn last line (a crash during an append, whose
-    transaction never committed) or damage — a record that is not exactly three fields, a
-    decimal stamp of at most 19 digits, a known op and 64 lower-case hex digits is not
-    replayed."""
-    parts = line.split()
-    if (len(parts) != 3 or not line.endswith(b"\n") or not parts[0].isdigit() or len(parts[0]) > 19
-            or not HEX64.fullmatch(parts[2])):
+#: what `classify` says of a line
+OK, LEGACY, DAMAGED, OTHER = "record", "legacy", "damaged", "other"
+
+
+def classify(raw: bytes) -> tuple[str, Record | None]:
+    """(kind, record) of one line. OK: a record whose check holds. LEGACY: a record of the
+    three-field format written before lines had checks (replayed as it is where its log has
+    no checked line; the first writable open rewrites such logs). OTHER: the torn rest of an
+    append (a crash during it: its transaction never committed) — a line that is a prefix of
+    a well-formed one. DAMAGED: anything else — a line whose check does not hold (bit rot, an
+    edit), a flipped space or digit, planted text: never obeyed, and named."""
+    if not raw.endswith(b"\n"):
+        return OTHER, None  # the file's last line, cut
+    body = raw[:-1]
+    parts = body.split(b" ")
+    if len(parts) == 4 and HEX16.fullmatch(parts[3]):
+        rec = _fields(parts[:3])
+        if rec is not None and _check(body[:-17].decode("ascii")) == parts[3].decode():
+            return OK, rec
+        return DAMAGED, None
+    if len(parts) == 3 and (rec := _fields(parts)) is not None:
+        return LEGACY, rec
+    return (OTHER if _torn(parts) else DAMAGED), None
+
+
+#: an op's prefix, for telling a torn line from a damaged one
+_OP_PREFIXES = frozenset(op[:i] for op in (*MARK_OPS, "reset", "end") for i in range(len(op) + 1))
+
+
+def _torn(parts: list[bytes]) -> bool:
+    """Whether the fields are a strict prefix of a record line: every field but the last
+    whole, the last one begun (what a cut append leaves)."""
+    if len(parts) > 4:
+        return False
+    whole = (lambda p: p.isdigit() and len(p) <= 19, lambda p: p.decode("ascii", "replace") in MARK_OPS + ("reset", "end"),
+             lambda p: bool(HEX64.fullmatch(p)))
+    begun = (lambda p: (p.isdigit() or not p) and len(p) <= 19,
+             lambda p: p.decode("ascii", "replace") in _OP_PREFIXES,
+             lambda p: len(p) <= 64 and bool(re.fullmatch(rb"[0-9a-f]*", p)),
+             lambda p: len(p) < 16 and bool(re.fullmatch(rb"[0-9a-f]*", p)))
+    *done, last = parts
+    return all(whole[i](p) for i, p in enumerate(done)) and begun[len(done)](last)
+
+
+def _fields(parts: list[bytes]) -> Record | None:
+    """A decimal stamp of at most 19 digits, a known op and 64 lower-case hex digits."""
+    if not parts[0].isdigit() or len(parts[0]) > 19 or not HEX64.fullmatch(parts[2]):
         return None
     op = parts[1].decode("ascii", "replace")
     if op not in MARK_OPS and op not in (RESET, END):
         return None
     return int(parts[0]), op, parts[2].decode("ascii")
+
+
+def parse(raw: bytes) -> Record | None:
+    """One line's record, or None when it is not one to replay (`classify`)."""
+    kind, rec = classify(raw)
+    return rec if kind in (OK, LEGACY) else None
 
 
 def regular(fd: int, path: Path) -> None:
@@ -90,14 +161,51 @@ def regular(fd: int, path: Path) -> None:
         raise OSError(errno.EINVAL, "not a regular file", str(path))
 
 
-def read(folder: Path, into: set[Record], planted: list[str] | None = None) -> int:
-    """Add the records of `folder/*.log` to `into`; returns how many lines were not records
-    (blank lines — each append starts with one — do not count; nor does a reset whose end
-    line does not agree, which is not added). A `*.log` that is not a regular file, or a
-    symbolic link to nothing, is skipped — named in `planted` — and the others are still read
-    (it stopped the folder's read, and the real log went unread with it). Raises OSError if a
+@dataclass
+class DiskLog:
+    """What one disk's marks logs hold: the records to replay (a snapshot's `reset` only
+    when its `end` line agrees), and how many lines were damaged (a check that does not
+    hold), not records (torn, planted), legacy (no check), or a snapshot not honoured."""
+
+    label: str = ""
+    records: set[Record] = field(default_factory=set)
+    resets: set[int] = field(default_factory=set)  # honoured snapshots' stamps
+    damaged: int = 0
+    other: int = 0
+    legacy: int = 0
+    broken_resets: int = 0
+    damaged_lines: list[int] = field(default_factory=list)  # line numbers (1-based), the first few
+
+    @property
+    def begin(self) -> int:
+        """The first stamp this log speaks for: its newest honoured snapshot, else its first record."""
+        if self.resets:
+            return max(self.resets)
+        return min((r[0] for r in self.records), default=1 << 64)
+
+    @property
+    def end(self) -> int:
+        return max((r[0] for r in self.records), default=-1)
+
+    def covers(self, stamp: int) -> bool:
+        return self.begin <= stamp <= self.end
+
+    def upto(self, stamp: int) -> DiskLog:
+        """The same log without its records stamped after `stamp`."""
+        return DiskLog(self.label, {r for r in self.records if r[0] <= stamp}, {t for t in self.resets if t <= stamp},
+                       self.damaged, self.other, self.legacy, self.broken_resets, self.damaged_lines)
+
+    def after(self, stamp: int) -> int:
+        """How many of its records are stamped after `stamp`."""
+        return sum(1 for r in self.records if r[0] > stamp) + sum(1 for t in self.resets if t > stamp)
+
+
+def read_log(folder: Path, planted: list[str] | None = None, label: str = "") -> DiskLog:
+    """The records of `folder/*.log`. A `*.log` that is not a regular file, or a symbolic
+    link to nothing, is skipped — named in `planted` — and the others are still read (it
+    stopped the folder's read, and the real log went unread with it). Raises OSError if a
     log cannot be read."""
-    bad = 0
+    out = DiskLog(label)
     for path in sorted(folder.glob("*.log")):
         try:
             fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
@@ -120,47 +228,121 @@ def read(folder: Path, into: set[Record], planted: list[str] | None = None) -> i
             raise
         resets: dict[int, int] = {}  # reset stamp → set-records seen with it
         ends: dict[int, int] = {}
+        legacy: list[Record] = []
+        checked = False
         with f:
-            for line in f:
-                if not line.strip():
+            for n, raw in enumerate(f, 1):
+                if not raw.strip():
                     continue
-                rec = parse(line)
+                kind, rec = classify(raw)
                 if rec is None:
-                    bad += 1
-                elif rec[1] == RESET:
-                    resets[rec[0]] = 0
-                elif rec[1] == END:
-                    ends[rec[0]] = int(rec[2], 16)
+                    if kind == DAMAGED:
+                        out.damaged += 1
+                        if len(out.damaged_lines) < 5:
+                            out.damaged_lines.append(n)
+                    else:
+                        out.other += 1
+                elif kind == LEGACY:
+                    legacy.append(rec)
                 else:
-                    if rec[0] in resets:
-                        resets[rec[0]] += 1
-                    into.add(rec)
+                    checked = True
+                    _take(rec, resets, ends, out.records)
+        if checked:
+            # a log with checked lines has no legacy ones: a three-field line there is an append
+            # cut right after its sha256 and completed by the next append's newline (never committed)
+            out.other += len(legacy)
+        else:
+            out.legacy += len(legacy)
+            for rec in legacy:
+                _take(rec, resets, ends, out.records)
         for stamp, n in resets.items():
             if ends.get(stamp) == n:
-                into.add((stamp, RESET, _NO_SHA))
+                out.resets.add(stamp)
             else:
-                bad += 1
-    return bad
+                out.broken_resets += 1
+    return out
+
+
+def _take(rec: Record, resets: dict[int, int], ends: dict[int, int], into: set[Record]) -> None:
+    if rec[1] == RESET:
+        resets[rec[0]] = 0
+    elif rec[1] == END:
+        ends[rec[0]] = int(rec[2], 16)
+    else:
+        if rec[0] in resets:
+            resets[rec[0]] += 1
+        into.add(rec)
+
+
+def read(folder: Path, into: set[Record], planted: list[str] | None = None) -> int:
+    """Add the records of `folder/*.log` to `into` (honoured resets as RESET records);
+    returns how many lines were not records (blank lines — each append starts with one — do
+    not count; a reset whose end line does not agree does, and is not added)."""
+    got = read_log(folder, planted)
+    into |= got.records | {(s, RESET, _NO_SHA) for s in got.resets}
+    return got.damaged + got.other + got.broken_resets
 
 
 def last_stamp(disk_root: Path) -> int | None:
     """The stamp of the log's last complete record; 0 when there is no log (or it is
     empty); None when the last line is not a record (torn or damaged)."""
+    tail = _tail(disk_root)
+    if tail is None:
+        return 0
+    rec = parse(tail)
+    return rec[0] if rec else None
+
+
+def tail_is_legacy(disk_root: Path) -> bool:
+    """Whether the log's last line is a record without a check (written before lines had
+    them): the log is rewritten by the next writable open."""
+    tail = _tail(disk_root)
+    return tail is not None and classify(tail)[0] == LEGACY
+
+
+def _tail(disk_root: Path) -> bytes | None:
+    """The log's last line (None: no log, or an empty one)."""
     try:
         fd = os.open(log_path(disk_root), os.O_RDONLY | os.O_NONBLOCK)
     except FileNotFoundError:
-        return 0
+        return None
     try:
         regular(fd, log_path(disk_root))
         size = os.fstat(fd).st_size
         if size == 0:
-            return 0
+            return None
         tail = os.pread(fd, min(size, 4096), max(0, size - 4096))
     finally:
         os.close(fd)
-    line = tail[tail.rfind(b"\n", 0, len(tail) - 1) + 1:]
-    rec = parse(line)
-    return rec[0] if rec else None
+    return tail[tail.rfind(b"\n", 0, len(tail) - 1) + 1:]
+
+
+def agree(logs: Iterable[DiskLog]) -> tuple[set[Record], list[tuple[Record, str]]]:
+    """The records the disks' logs agree on, as a set `replay` takes, and the disputed ones
+    with the label of the disk that alone holds each. The rule (docs/design.md "Deletion
+    marks on the HDDs"): from the newest honoured snapshot on, a record is obeyed when two
+    disks hold it, when it is a snapshot's set-record (the snapshot is vouched for by its
+    `end` line), when it keeps or hides (a lone `root` ignored could let gc free what `hoard
+    put` acknowledged), or when no other disk's log covers its stamp (that disk was the only
+    one taking records). A lone freeing record (`delete`, `unroot`, `drop`) that another disk
+    covering its stamp lacks is disputed: not obeyed."""
+    logs = list(logs)
+    since = max((max(lg.resets) for lg in logs if lg.resets), default=-1)
+    holders: dict[Record, list[DiskLog]] = {}
+    for lg in logs:
+        for rec in lg.records:
+            if rec[0] >= since:
+                holders.setdefault(rec, []).append(lg)
+    agreed: set[Record] = {(since, RESET, _NO_SHA)} if since >= 0 else set()
+    disputed: list[tuple[Record, str]] = []
+    for rec, held in holders.items():
+        stamp, op, _ = rec
+        if (len(held) >= 2 or op not in FREEING or any(stamp in lg.resets for lg in held)
+                or not any(lg.covers(stamp) for lg in logs if lg is not held[0])):
+            agreed.add(rec)
+        else:
+            disputed.append((rec, held[0].label))
+    return agreed, sorted(disputed)
 
 
 def replay(found: set[Record]) -> dict[str, list[bytes]]:

@@ -213,7 +213,7 @@ def _build(cfg: Settings, disks: list[tuple[Any, dict]], work: Path, ssd_uuid: s
     files = {dc.label: _shard_files(dc) for dc, _ in disks}
     total = sum(size_or_zero(p) for fs in files.values() for p in fs)
     done = 0
-    found_marks: set[marks.Record] = set()  # the same records are on every disk: one copy each
+    logs: list[marks.DiskLog] = []  # each disk's marks log: replayed as the disks agree (marks.agree)
     kept_states = _old_disk_states(backup or target)
     found_disks: list[DiskRecord] = []
     try:
@@ -259,7 +259,7 @@ def _build(cfg: Settings, disks: list[tuple[Any, dict]], work: Path, ssd_uuid: s
                     # the newest pointer wins: a disk that was failed or absent may hold an old one
                     if doc.get("pointer_ns", 0) >= found.get(pointer.stem, {}).get("pointer_ns", -1):
                         found[pointer.stem] = doc
-            _read_marks(dc, found_marks, rep)
+            logs.append(_read_marks(dc, rep))
             # a failed or draining disk stays so (a user's or rebuild's decision, as Store.open keeps it)
             state, reason = kept_states.get(uuid, (DiskState.ACTIVE, ""))
             found_disks.append(DiskRecord(uuid, dc.label, str(dc.path), state, ident.get("created", ""), reason=reason))
@@ -289,13 +289,19 @@ def _build(cfg: Settings, disks: list[tuple[Any, dict]], work: Path, ssd_uuid: s
                                        "which no disk holds; not registered")
                     continue
                 put(name, info)
+        found_marks, disputed = marks.agree(logs)
+        for (stamp, op, sha), label in disputed[:20]:
+            rep.damaged.append(f"marks log on {label}: `{op}` of {sha} (stamp {stamp}) is on that disk alone, and "
+                               "another disk that took records then lacks it: not obeyed (the object is kept)")
+        if len(disputed) > 20:
+            rep.damaged.append(f"marks logs: {len(disputed) - 20} more such records not obeyed")
         final = marks.replay(found_marks)
         for table in marks.TABLES:
             setattr(rep, table, index.mark(getattr(index, table), final[table],
                                            "restored from marks/ by an index rebuild"))
         # the disks whose log holds the newest record are current; the others get a snapshot
         # when a writer next opens the store (Store.catch_up_marks)
-        last = max((t for t, _, _ in found_marks), default=0)
+        last = max([lg.end for lg in logs] + [max(lg.resets) for lg in logs if lg.resets] + [0])
         index.set_marks_stamp(last)
         if backup is not None:
             try:
@@ -419,22 +425,27 @@ def _pointer_doc(body: bytes) -> dict:
     return doc
 
 
-def _read_marks(dc: Any, into: set[marks.Record], rep: IndexRebuildReport) -> None:
-    """Add the records of the disk's marks logs. A log that does not read (EIO) stops the
-    rebuild as a folder that does not list does: taken as damage, the rebuild replayed the
-    other disks' logs alone — which lack what was marked while they were unplugged — and
-    swapped in an index without those marks, and its writer then seeded every log with it.
-    Only a log that is not a regular file (planted content) is damage to report and skip —
-    the folder's other logs are still read."""
+def _read_marks(dc: Any, rep: IndexRebuildReport) -> marks.DiskLog:
+    """The disk's marks logs. A log that does not read (EIO) stops the rebuild as a folder
+    that does not list does: taken as damage, the rebuild replayed the other disks' logs
+    alone — which lack what was marked while they were unplugged — and swapped in an index
+    without those marks, and its writer then seeded every log with it. Only a log that is not
+    a regular file (planted content) is damage to report and skip — the folder's other logs
+    are still read; a damaged line (its check does not hold) is named and not obeyed."""
     folder = dc.path / MARKS_DIR
     planted: list[str] = []
     try:
-        bad = marks.read(folder, into, planted)
+        got = marks.read_log(folder, planted, dc.label)
     except OSError as e:
         raise _went_away(dc, f"reading {e.filename or MARKS_DIR + '/'}: {e.strerror or e}") from None
     rep.damaged += [f"marks log {p}" for p in planted]
-    if bad:  # a torn last line is a crash during an append (never committed); others are damage
-        rep.damaged.append(f"marks log in {folder}: {bad} line(s) that are not records were skipped")
+    if got.damaged:
+        rep.damaged.append(f"marks log in {folder}: {got.damaged} damaged line(s) (line {', '.join(map(str, got.damaged_lines))}"
+                           f"{' …' if got.damaged > len(got.damaged_lines) else ''}): not obeyed")
+    if got.other or got.broken_resets:  # a torn line is a crash during an append (never committed)
+        rep.damaged.append(f"marks log in {folder}: {got.other + got.broken_resets} line(s) that are not records "
+                           "(torn appends, or a snapshot cut short) were skipped")
+    return got
 
 
 def _read_shard(path: Path) -> tuple[ShardMeta, list[fmt.RecordInfo], str]:

@@ -18,6 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from fsd import marks
 from fsd import shardfmt as fmt
 from fsd.base.errors import ExitCode, HoardError
 from fsd.replica import check_replica, repair_replica
@@ -140,8 +141,30 @@ def _verify(store: Store, sample_pct: float, disk_label: str | None, sha256: boo
         if not bad and good and len(per_disk) == len(store.replica_order(meta)):
             now = time.time()
             store.index.update_shard(meta.shard_id, lambda m: setattr(m, "verified", now))
+    if batch is None:
+        _scrub_marks(store, rep, only_disk, repair)
     rep.seconds = time.monotonic() - t0
     return rep
+
+
+def _scrub_marks(store: Store, rep: VerifyReport, only_disk: str | None, repair: bool) -> None:
+    """Read every disk's marks log as its replicas are read: a line whose check does not hold
+    (bit rot) is bad — a rebuild would not obey it, so the record it was is on fewer disks than
+    it should be — and `--repair` rewrites that log from the index (a snapshot), as `hoard
+    index rewrite-marks` does. A log that cannot be read is `hoard check`'s and health's."""
+    for uuid, disk in store.disks.items():
+        if (only_disk is not None and uuid != only_disk) or not store.usable(uuid):
+            continue
+        try:
+            got = marks.read_log(marks.log_path(disk.root).parent, label=disk.label)
+        except OSError:
+            continue
+        if not got.damaged:
+            continue
+        rep.bad.append(f"marks log on {disk.label}: {got.damaged} damaged line(s) (line "
+                       f"{', '.join(map(str, got.damaged_lines))}{' …' if got.damaged > len(got.damaged_lines) else ''})")
+        if repair and disk.label in store.snapshot_marks([uuid]):
+            rep.repaired.append(f"marks log on {disk.label}: rewritten from the index")
 
 
 def _disk_uuid(store: Store, label: str) -> str:

@@ -488,10 +488,13 @@ class Store:
         (a writer that appended and died before its commit), and the disks that are behind
         get a snapshot of the index's marks."""
         tails: dict[str, int] = {}
+        legacy: list[str] = []  # logs written before lines had checks: rewritten (fsd/marks.py)
         for u, d in self.disks.items():
             if self.usable(u):
                 try:
                     tails[u] = marks.last_stamp(d.root) or 0
+                    if marks.tail_is_legacy(d.root) and self.usable(u, for_write=True):
+                        legacy.append(u)
                 except OSError as e:  # a dying disk, a hostile file: health's and check's business
                     log.warning("disk %s: cannot read the end of its marks log: %s", d.label, e)
         if tails and max(tails.values()) > int(self.index.get_meta(MARKS_NS.decode()) or 0):
@@ -502,6 +505,7 @@ class Store:
         # (or one committing right now: checked again inside the snapshot's transaction)
         ahead = [u for u, t in tails.items() if u in at and t > at[u] and self.usable(u, for_write=True)]
         behind = self.marks_behind(state)
+        behind += [u for u in legacy if u not in behind]
         if not (behind or ahead):
             return []
         done = self.snapshot_marks(behind + ahead, recheck=set(ahead) - set(behind))
@@ -559,14 +563,14 @@ class Store:
     def _logged_marks(self) -> dict[str, list[bytes]]:
         """What the readable disks' logs replay to (the index keeps, of these, the marks of
         objects it does not know: Index.snapshot_marks)."""
-        found: set[marks.Record] = set()
+        logs = []
         for u, d in self.disks.items():
             if self.usable(u):
                 try:
-                    marks.read(marks.log_path(d.root).parent, found)
+                    logs.append(marks.read_log(marks.log_path(d.root).parent, label=d.label))
                 except OSError:
                     continue
-        return marks.replay(found)
+        return marks.replay(marks.agree(logs)[0])
 
     # -- pins: acknowledged objects a job holds before a manifest names them -------------------
     def pin(self, name: str, shas_hex: Iterable[str], why: str) -> None:

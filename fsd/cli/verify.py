@@ -26,9 +26,9 @@ def verify(
                                           "and set them aside (--repair deletes old ones)")] = False,
     grace_h: Annotated[float, typer.Option("--grace-h", min=0, help="--orphans: leave files younger than this")] = 24,
 ) -> None:
-    """Check replicas (xxh3-128, footers; --sha256 too), oldest-verified first.
+    """Check replicas (xxh3-128, footers; --sha256 too), oldest-verified first, and every disk's marks log.
 
-    Exit 5 if a bad replica remains (not repaired, or no good copy to repair from).
+    Exit 5 if a bad replica or a damaged marks-log line remains (not repaired, or no good copy to repair from).
     """
     # deferred: hoard starts without the store's modules
     from fsd.scrub import verify as run
@@ -40,7 +40,7 @@ def verify(
     with open_store(ctx) as store, progress("verifying") as update:
         rep = run(store, sample, disk, sha256, repair, budget_s, batch=batch, progress=update)
     scope = (f" on disk {disk}" if disk else "") + (f" holding batch {batch}" if batch else "")
-    if rep.in_scope == 0 and not as_json:
+    if rep.in_scope == 0 and not rep.bad and not as_json:
         out.print(f"nothing to verify: no sealed shard{scope}")
         return
     if rep.in_scope and rep.replicas == 0:  # shards exist, yet not one replica could be read: no pass
@@ -55,7 +55,7 @@ def verify(
             err.print(f"bad {b}", markup=False)
     if rep.unrepaired:
         if not repair:
-            err.print("run `hoard verify --repair` to replace bad replicas from good ones")
+            err.print("run `hoard verify --repair` to replace bad replicas from good ones (and rewrite damaged marks logs from the index)")
         raise typer.Exit(ExitCode.DATA)
 
 

@@ -52,6 +52,7 @@ import json
 import os
 import random
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -70,6 +71,9 @@ REPO = Path(__file__).resolve().parents[2]
 #: the point here: faults are)
 ACTIVE = tuple(DiskProfile(f"c{i}", 400, 200, 200, 5000) for i in (1, 2, 3, 4))
 SPARES = tuple(DiskProfile(f"s{i}", 400, 200, 200, 5000) for i in (1, 2))
+
+#: what a step's seed is mixed with for the marks-log flip's own choices
+MARKS_FLIP = 0x6D61726B
 
 #: a command running this long (the lab is fast and a step's data small) is hung
 HUNG_S = 120
@@ -140,6 +144,7 @@ class Step:
     victim: str | None  # a disk label for vanish/eio/flip
     at: float  # the fault's instant, as a fraction of the step's expected duration
     seed: int  # for the workload's own choices
+    marks: bool = False  # a `flip` step that also flipped a bit in the victim's marks log
 
     def __str__(self) -> str:
         where = f" on {self.victim}" if self.victim else ""
@@ -283,6 +288,11 @@ class World:
                 step.fault, step.victim = "vanish", step.victim  # no spare left to replace a dead disk
         if step.fault == "flip":
             self.flip_byte(step.victim, rng)
+            # half the flips also hit the victim's marks log (an rng of their own: the replica
+            # flip and the rest of the step stay what they were for every seed)
+            own = random.Random(step.seed ^ MARKS_FLIP)
+            if own.random() < 0.5:
+                step.marks = self.flip_marks(step.victim, own)
         args, expected_s = self.workload_args(step.workload, rng)
         if args is None:
             return
@@ -551,6 +561,36 @@ class World:
             f.write(bytes([b[0] ^ (1 << rng.randrange(8))]))
         self.log.append(f"  flipped a bit of {victim.name} at {off} on {label}")
 
+    def flip_marks(self, label: str, rng: random.Random) -> bool:
+        """Flip one bit of one line of the disk's marks log: half the time a digit of the stamp of
+        a record that frees an object (`unroot`, `delete`, `drop`) moved days ahead — what once
+        made one disk's log outvote the others' and lose an acknowledged object (W3-S) —, else
+        any bit of any line. Returns whether a line was flipped."""
+        log = self.lab.disks[label].mountpoint / "marks" / "marks.log"
+        try:
+            data = bytearray(log.read_bytes())
+        except OSError:
+            return False
+        starts = [0] + [i + 1 for i, b in enumerate(data) if b == 0x0A and i + 1 < len(data)]
+        lines = [i for i in starts if data[i:i + 19].isdigit()]
+        freeing = [i for i in lines if data[i + 20:i + 27].split(b" ")[0] in (b"unroot", b"delete", b"drop")]
+        if not lines:
+            return False
+        if freeing and rng.random() < 0.5:
+            at = rng.choice(freeing) + rng.choice((2, 3))  # the digit worth 10^16 or 10^15 ns
+            bits = [b for b in (1, 2, 4, 8) if data[at] < (data[at] ^ b) <= 0x39]
+            if not bits:
+                return False
+            data[at] ^= rng.choice(bits)
+        else:
+            start = rng.choice(lines)
+            end = data.index(b"\n", start) if b"\n" in data[start:] else len(data)
+            at = rng.randrange(start, end)
+            data[at] ^= 1 << rng.randrange(8)
+        log.write_bytes(bytes(data))
+        self.log.append(f"  flipped a bit of {label}'s marks log at {at}")
+        return True
+
     def inject(self, step: Step, proc: subprocess.Popen) -> None:
         if step.fault == "kill9":
             os.killpg(proc.pid, signal.SIGKILL)
@@ -711,6 +751,12 @@ class World:
             self.drop_disk_table(step.victim)  # what `disks forget` tells the operator to do
             self.disks = [spare if d == step.victim else d for d in self.disks]
         elif step.fault == "flip":
+            if step.marks:  # the index lost while a log is damaged: the rebuild must not obey it
+                self.stop_mount()
+                from fsd.base import config
+
+                shutil.rmtree(config.load(self.cfg_path).index_dir)
+                self.hoard("index", "rebuild")
             self.hoard("verify", "--sha256", "--repair", ok=(0, 5))
         elif step.fault == "full":
             (self.lab.disks[step.victim].mountpoint / "someone-elses-file").unlink()
