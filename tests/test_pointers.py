@@ -243,3 +243,16 @@ def test_a_disk_added_or_back_gets_the_database_dump_pointer(tmp_path: Path, how
     (tmp_path / "d1" / ".hoard-db-dump.json").unlink()
     _ok(hoard("--config", cfg, "index", "rebuild"))
     assert json.loads((tmp_path / "d1" / ".hoard-db-dump.json").read_text())["sha256"] == doc["sha256"]
+
+
+def test_the_design_docs_pointer_example_decodes() -> None:
+    """docs/design.md's pointer example is what fsd.pointers reads and writes, byte for byte."""
+    from fsd import pointers
+
+    doc_text = (Path(__file__).resolve().parent.parent / "docs" / "design.md").read_text()
+    body = re.search(r"```pointer-example\n(.*?)```", doc_text, re.S).group(1).rstrip("\n").encode()
+    doc = pointers.decode(body)
+    assert pointers.encode(pointers.entry(doc), doc["pointer_ns"]) == body
+    flipped = body.replace(b'"files": 3', b'"files": 2')  # one bit
+    with pytest.raises(ValueError, match="checksum"):
+        pointers.decode(flipped)
