@@ -81,12 +81,9 @@ POINTERS_NS = b"pointers_ns"
 POINTERS_LAST = b"pointers_last"
 
 
-def _pointers_at(uuid: str) -> bytes:
-    return b"pointers_at:" + uuid.encode()
-
-
-def _pointers_failed(uuid: str) -> bytes:
-    return b"pointers_failed:" + uuid.encode()
+def _pointers_of(what: str, uuid: str) -> bytes:
+    """The `meta` key `pointers_<what>:<uuid>` (`what`: "at" or "failed")."""
+    return f"pointers_{what}:{uuid}".encode()
 
 
 def _disk_seen(uuid: str) -> bytes:
@@ -486,9 +483,9 @@ class Index:
         txn.put(key.encode(), body, db=self.pointers)
         txn.put(POINTERS_LAST, str(stamp).encode(), db=self.meta)
         for uuid in took:  # only a disk that was complete stays complete
-            at = txn.get(_pointers_at(uuid), db=self.meta)
+            at = txn.get(_pointers_of("at", uuid), db=self.meta)
             if at is not None and int(at) >= before:
-                txn.put(_pointers_at(uuid), str(stamp).encode(), db=self.meta)
+                txn.put(_pointers_of("at", uuid), str(stamp).encode(), db=self.meta)
 
     def pointers_state(self) -> tuple[int | None, dict[str, int], dict[str, float]]:
         """(stamp of the newest pointer — None: the table was never filled, an index from before
@@ -538,10 +535,10 @@ class Index:
                     self._put_pointer(txn, key, bodies[key], stamp, ())
             ok = write(bodies)
             if ok:
-                txn.put(_pointers_at(uuid), txn.get(POINTERS_LAST, db=self.meta) or b"0", db=self.meta)
-                txn.delete(_pointers_failed(uuid), db=self.meta)
+                txn.put(_pointers_of("at", uuid), txn.get(POINTERS_LAST, db=self.meta) or b"0", db=self.meta)
+                txn.delete(_pointers_of("failed", uuid), db=self.meta)
             else:
-                txn.put(_pointers_failed(uuid), repr(time.time()).encode(), db=self.meta)
+                txn.put(_pointers_of("failed", uuid), repr(time.time()).encode(), db=self.meta)
         return ok
 
     def align_pointers(self) -> int:

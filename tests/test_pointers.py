@@ -256,3 +256,37 @@ def test_the_design_docs_pointer_example_decodes() -> None:
     flipped = body.replace(b'"files": 3', b'"files": 2')  # one bit
     with pytest.raises(ValueError, match="checksum"):
         pointers.decode(flipped)
+
+
+def test_an_index_from_before_the_pointers_table_is_brought_along(tmp_path: Path) -> None:
+    """An index without the `pointers` table (nor its notes) and disks with pointers as the
+    previous release wrote them (no checksum), plus a disk added: the first writer fills the
+    table from the index's batches and views and writes them to every disk; check is clean and
+    a rebuild from the new disk's pointers alone keeps the view."""
+    import lmdb
+
+    cfg, _ = _store(tmp_path)
+    index_dir = config.load(cfg).index_dir
+    env = lmdb.open(str(index_dir), max_dbs=24)
+    with env.begin(write=True) as txn:
+        txn.drop(env.open_db(b"pointers", txn=txn), delete=True)
+        meta = env.open_db(b"meta", txn=txn)
+        for k in [bytes(k) for k, _ in txn.cursor(db=meta) if bytes(k).startswith(b"pointers_")]:
+            txn.delete(k, db=meta)
+    env.close()
+    for p in tmp_path.glob("d*/*/*.json"):
+        doc = json.loads(p.read_text())
+        doc.pop("check")
+        p.write_text(json.dumps(doc, indent=1, sort_keys=True))
+    (tmp_path / "d3").mkdir()
+    _ok(hoard("--config", cfg, "disks", "add", str(tmp_path / "d3"), "--label", "d3"))
+    assert all("check" in json.loads(p.read_text()) for p in tmp_path.glob("d*/*/*.json"))
+    res = _check(cfg)
+    assert res.returncode == 0, res.stdout + res.stderr
+    before = _views(cfg)
+    for d in ("d1", "d2"):
+        for p in (tmp_path / d).glob("*/*.json"):
+            p.unlink()
+    _lose_index(cfg)
+    _ok(hoard("--config", cfg, "index", "rebuild"))
+    assert _views(cfg) == before
