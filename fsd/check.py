@@ -15,8 +15,8 @@ verifies"):
 7. (with the database) every physical node that is not deleted is in the store;
 8. the disks' marks logs (those an index rebuild reads: a failed disk's too) replay to
    exactly the index's marks;
-9. every batch and view has its pointer in the index, and every disk in service holds the
-   index's pointers, byte for byte (a rebuild from any of them names the same batches and
+9. (design.md's item 10) every batch and view has its pointer in the index, and every disk
+   in service holds the index's pointers, byte for byte (a rebuild from any of them names the same batches and
    views, with the same definitions).
 
 Replicas below their class target and orphan files are reported as notes, not failures

@@ -103,7 +103,7 @@ class Store:
                 if writable:
                     recover_orphans(store)
                     store.catch_up_marks()
-                    store.catch_up_pointers()
+                    store._catch_up_pointers_or_warn()
             except BaseException:
                 store.index.close()
                 raise
@@ -223,10 +223,7 @@ class Store:
             for u in disks:
                 self.queue.setdefault(u, 0)
             self.cfg = self.cfg.model_copy(update={"disks": cfg.disks})
-        try:  # a disk back (or added) takes the pointers it missed now, not at the next open
-            self.catch_up_pointers()
-        except (HoardError, lmdb.Error) as e:
-            log.warning("batch and view pointers not brought up: %s", getattr(e, "message", e))
+        self._catch_up_pointers_or_warn()  # a disk back (or added) takes them now, not at the next open
         return True
 
     def close(self) -> None:
@@ -417,18 +414,18 @@ class Store:
             for disk, e in failed:
                 self.disk_error(disk, "write", e)
 
-    def write_pointer(self, rel: str, body: bytes, only: str | None = None,
-                      failed: list[tuple[LocalDisk, OSError]] | None = None) -> list[str]:
+    def write_pointer(self, rel: str, body: bytes, failed: list[tuple[LocalDisk, OSError]] | None = None
+                      ) -> list[str]:
         """Write (tmp → fsync → rename) a pointer's bytes (fsd/pointers.py: stamped by
         Index.name_pointer, so a disk that missed later writes holds an older one and rebuild
         takes the newest; a removal record for a removed name) at `rel` under every disk in
-        service (active or draining; `only`: that disk) — what `hoard index rebuild` or a person
+        service (active or draining) — what `hoard index rebuild` or a person
         needs with only the HDDs left. Returns the uuids of the disks that took it; raises when
         none did (the index then names nothing new). `failed`: a disk's error goes there, to
         be reported by the caller after its index transaction, instead of at once."""
         took, errors = [], []
         for uuid, disk in list(self.disks.items()):
-            if (only is None and self.usable(uuid)) or uuid == only:
+            if self.usable(uuid):
                 try:
                     with _on_disk(self, disk) as wrote:
                         _put_pointer(disk, rel, body, wrote)
@@ -468,6 +465,14 @@ class Store:
         if done:
             log.info("batch and view pointers of %s brought up to the index", ", ".join(done))
         return done
+
+    def _catch_up_pointers_or_warn(self) -> None:
+        """catch_up_pointers, where it must not stop the caller (an open, a refresh): a full
+        SSD leaves the disks behind, and the next writer tries again."""
+        try:
+            self.catch_up_pointers()
+        except (HoardError, lmdb.Error) as e:
+            log.warning("batch and view pointers not brought up to the index: %s", getattr(e, "message", e))
 
     def _bring_pointers(self, uuid: str) -> bool:
         """Write to the disk each pointer it does not hold as the index does (most of them
