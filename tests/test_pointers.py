@@ -161,6 +161,8 @@ def test_a_redefinition_after_the_clock_went_back_still_wins(tmp_path: Path, mon
     monkeypatch.undo()
     d2.rmdir()
     (tmp_path / "d2.away").rename(d2)
+    res = _check(cfg)  # (read-only: nothing brought d2 up yet)
+    assert res.returncode == 5 and "disk d2: holds an older pointer of view v" in res.stdout + res.stderr, res.stdout
     _lose_index(cfg)
     _ok(hoard("--config", cfg, "index", "rebuild"))
     assert _view_paths(cfg, "v") == ["new/a.bin"]
