@@ -14,7 +14,10 @@ verifies"):
 6. every batch and view manifest is stored, and every file it names is in the index;
 7. (with the database) every physical node that is not deleted is in the store;
 8. the disks' marks logs (those an index rebuild reads: a failed disk's too) replay to
-   exactly the index's marks.
+   exactly the index's marks;
+9. (design.md's item 10) every batch and view has its pointer in the index, and every disk
+   in service holds the index's pointers, byte for byte (a rebuild from any of them names the same batches and
+   views, with the same definitions).
 
 Replicas below their class target and orphan files are reported as notes, not failures
 (`hoard replicate`, `hoard verify --orphans` deal with them).
@@ -29,10 +32,11 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, TypeVar
 
-from fsd import marks
+from fsd import marks, pointers
 from fsd import shardfmt as fmt
 from fsd.base.files import size_or_zero
 from fsd.disks import DiskState
+from fsd.layout import BATCHES_DIR, VIEWS_DIR
 from fsd.index import MARKS_NS, IndexDamaged, ObjectLoc, ShardMeta, disk_record, named_entry
 from fsd.manifest import iter_files
 from fsd.orphans import shard_files
@@ -228,6 +232,7 @@ def _check(store: Store, missing_in_db: Callable[[set[bytes]], tuple[list[bytes]
                 rep.notes.append(f"disk {rec.label}: {unnamed} bytes of shard files no index entry names "
                                  "(orphans); `hoard verify --orphans` sets them aside")
     _check_marks_logs(store, rep, objects)  # 8
+    _check_pointers(store, rep, objects)  # 9
     for kind, name, info in m0.named:  # 6
         if bytes.fromhex(info["manifest"]) not in objects:
             rep.add("manifest", f"{kind} {name}: its manifest {info['manifest']} is not in the store")
@@ -354,6 +359,86 @@ def _check_marks_logs(store: Store, rep: CheckReport, known: set[bytes]) -> None
         rep.notes.append(f"the marks logs hold {unknown} mark(s) of objects the index does not know (on disks that "
                          "were absent when it was rebuilt?); they are kept: `hoard index rebuild` with every disk "
                          "present takes them in")
+
+
+def _check_pointers(store: Store, rep: CheckReport, objects: set[bytes]) -> None:
+    """The index's `pointers` table must name what its batches and views are; each disk in
+    service (an index rebuild reads them, and one may be all that is left after the others
+    are replaced) must hold those pointers. A pointer stamped after the table was read is a
+    write in flight, not a disagreement."""
+    fix = "`hoard index rewrite-pointers` writes the index's batch and view pointers to every disk in service"
+    if store.index.pointers is None:
+        return
+    idx = store.index
+    with idx.env.begin() as txn:  # one moment: a batch named meanwhile is in both tables or in neither
+        since, bodies = idx.pointer_bodies(txn)
+        ignore = CheckReport()  # (a malformed entry is named by step 6 already)
+        named = {pointers.rel(folder, name): info for folder, db in ((BATCHES_DIR, idx.batches), (VIEWS_DIR, idx.views))
+                 for name, info in _decoded(ignore, txn.cursor(db=db), _named(pointers.KINDS[folder]))}
+    for key in sorted(set(named) | {k for k in bodies if pointers.split(k)[0] in pointers.KINDS}):
+        try:
+            held = pointers.entry(pointers.decode(bodies[key], key)) if key in bodies else "none"
+        except ValueError as e:
+            held = f"a damaged one ({e})"
+        if held == named.get(key):
+            continue
+        if held is None or isinstance(held, str):
+            why = "a removal record" if held is None else held
+        elif key not in named and bytes.fromhex(held["manifest"]) not in objects:
+            rep.notes.append(f"{pointers.describe(key)}: its pointer names manifest {held['manifest']}, which "
+                             "no disk held at the last index rebuild; kept, so a rebuild with that disk back names it")
+            continue
+        else:
+            why = "another definition"
+        rep.add("pointer", f"{pointers.describe(key)}: the index holds {why} as its pointer, so an index "
+                           f"rebuild would not bring back what the index names now: {fix}")
+    for uuid, rec in store.records.items():
+        disk = store.disks.get(uuid)
+        if disk is None or not store.usable(uuid):
+            continue
+        lines = []
+        for folder in pointers.KINDS:
+            try:
+                listed = {pointers.rel(folder, p.stem) for p in (disk.root / folder).glob("*.json")}
+            except OSError as e:
+                rep.add("pointer", f"disk {rec.label}: its {folder}/ cannot be listed ({e}): `hoard health`, then {fix}")
+                continue
+            lines += [_pointer_finding(disk, key, bodies.get(key), since) for key in sorted(listed | {
+                k for k in bodies if k.startswith(folder + "/")})]
+        lines += [_pointer_finding(disk, key, bodies[key], since) for key in pointers.ROOT_FILES if key in bodies]
+        rep.notes += [f"disk {rec.label}: {line[1:]} (not a pointer: skipped by a rebuild; remove it)"
+                      for line in lines if line.startswith("!")]
+        lines = [line for line in lines if line and not line.startswith("!")]
+        for line in lines[:SHOW]:
+            rep.add("pointer", f"disk {rec.label}: {line}: {fix}")
+        if len(lines) > SHOW:
+            rep.add("pointer", f"disk {rec.label}: {len(lines) - SHOW} more pointers like these: {fix}")
+
+
+def _pointer_finding(disk, key: str, want: bytes | None, since: int) -> str:
+    """What is wrong with the disk's pointer at `key` (the index holds `want`), or ""."""
+    what = pointers.describe(key)
+    if want is None and pointers.planted(disk.root / key):
+        return f"!{disk.root / key}"  # a note, not a disagreement (see _check_pointers)
+    try:
+        body = pointers.read(disk.root / key)
+    except FileNotFoundError:
+        return f"lacks the pointer of {what}" if want else ""
+    except (OSError, ValueError) as e:
+        return f"its pointer of {what} cannot be read ({getattr(e, 'strerror', None) or e})"
+    if body == want:
+        return ""
+    try:
+        doc = pointers.decode(body, key)
+    except ValueError as e:
+        return f"its pointer of {what} is damaged ({e})"
+    stamp = doc.get(pointers.STAMP, 0)
+    if stamp > since or (want is None and doc.get("removed")):  # a definition committing now; a removal
+        return ""
+    if want is None:
+        return f"holds a pointer of {what}, which the index does not name (an index rebuild would bring it back)"
+    return (f"holds an older pointer of {what}" if stamp < pointers.stamp_of(want)
+            else f"holds a different pointer of {what}")
 
 
 def _index_marks(store: Store) -> tuple[dict[str, set[bytes]], int]:

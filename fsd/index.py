@@ -20,8 +20,11 @@ Named databases (keys → values):
     dropped  sha256[:8]           → sha256[8:16] (b"" when several): an object gc collected, so that
                                     the mount never lets a by-hash number name a later object
                                     with the same leading bits (Index.sole_owner)
+    pointers `<folder>/<name>.json` → the exact bytes of the newest batch or view pointer written to the
+                                    disks (fsd/pointers.py; removal records too), see Index.name_pointer
     meta     key (ascii)          → value: `ssd_uuid` (the SSD this index belongs to), `marks_*` (the marks
-                                    log's stamps and each disk's progress, see Index.log_in),
+                                    log's stamps and each disk's progress, see Index.log_in), `pointers_*`
+                                    (the pointers' stamps and each disk's progress, see Index.name_pointer),
                                     `disk_seen:<uuid>` (when a store open last found the disk at its
                                     path, see Index.disks_seen)
 
@@ -29,11 +32,13 @@ LMDB allows one writer at a time across processes (RQ workers, the mount daemon)
 number of readers. Transactions are short and never span an `await` or disk IO on the
 HDDs: callers do their IO first, then commit what it produced in one transaction — except
 the marks log, whose records are appended to the HDDs inside the transaction that applies
-them, so that its order is the index's (Store.log_marks, Store.snapshot_marks).
+them, so that its order is the index's (Store.log_marks, Store.snapshot_marks), and a batch
+or view pointer, written inside the transaction that names it (Index.name_pointer).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import stat
@@ -48,7 +53,9 @@ from typing import Any
 import lmdb
 
 from fsd.base.errors import ExitCode, HoardError
+from fsd import pointers
 from fsd.disks import DiskRecord
+from fsd.layout import BATCHES_DIR, VIEWS_DIR
 
 _OBJ = struct.Struct("<12sQQB")
 MAP_SIZE = 1 << 40  # address space only; the file grows with use
@@ -65,6 +72,18 @@ def _marks_at(uuid: str) -> bytes:
 
 def _marks_failed(uuid: str) -> bytes:
     return b"marks_failed:" + uuid.encode()
+
+
+#: `meta` keys of the batch and view pointers (Index.name_pointer): the last stamp given out,
+#: the stamp of the newest pointer, and per disk `pointers_at:<uuid>` (it holds every pointer up
+#: to) and `pointers_failed:<uuid>` (when bringing its pointers up last failed)
+POINTERS_NS = b"pointers_ns"
+POINTERS_LAST = b"pointers_last"
+
+
+def _pointers_of(what: str, uuid: str) -> bytes:
+    """The `meta` key `pointers_<what>:<uuid>` (`what`: "at" or "failed")."""
+    return f"pointers_{what}:{uuid}".encode()
 
 
 def _disk_seen(uuid: str) -> bytes:
@@ -265,7 +284,7 @@ class Index:
         if create:
             path.mkdir(parents=True, exist_ok=True)
         self.path = path
-        self.env = lmdb.open(str(path), map_size=MAP_SIZE, max_dbs=16, readonly=readonly,
+        self.env = lmdb.open(str(path), map_size=MAP_SIZE, max_dbs=24, readonly=readonly,
                              max_readers=512, lock=True, create=create)
         # RQ kills work horses with SIGKILL: their reader slots stay taken and pin old pages
         # (the file grows) until someone clears them
@@ -286,6 +305,7 @@ class Index:
         self.meta = self._optional_db(b"meta", readonly)
         self.rooted = self._optional_db(b"rooted", readonly)
         self.dropped = self._optional_db(b"dropped", readonly)
+        self.pointers = self._optional_db(b"pointers", readonly)
         #: `(op, shas, stamp)` called inside the write transaction that sets or clears marks,
         #: before it commits (the store appends them to `marks/` on the HDDs, see
         #: Store.log_marks): the log's order is then the order the index applied them in
@@ -415,6 +435,160 @@ class Index:
                 if self.damaged is None:
                     raise
                 self.damaged(e)
+
+    # -- batch and view pointers: the bytes the disks hold of each name (fsd/pointers.py) --------
+    def _next_pointer_stamp(self, txn: Any, floor: int = 0) -> int:
+        """A pointer's stamp (ns), inside a write transaction: the wall clock, but after the last
+        one given (`meta` `pointers_ns`) and after `floor` — a clock set back must not make a
+        redefinition older than the definition it replaces (a rebuild takes the newest)."""
+        last = txn.get(POINTERS_NS, db=self.meta)
+        stamp = max(time.time_ns(), int(last) + 1 if last else 0, floor + 1)
+        txn.put(POINTERS_NS, str(stamp).encode(), db=self.meta)
+        return stamp
+
+    def name_pointer(self, folder: str, name: str, info: dict[str, Any] | None,
+                     write: Callable[[str, bytes], list[str]]) -> bytes:
+        """Register batch (`folder` BATCHES_DIR) or view (VIEWS_DIR) `name` — None unregisters
+        it — in one write transaction: its stamped pointer goes to `write(rel, body)` (the store
+        puts it on the disks in service and returns the uuids that took it; raising leaves the
+        index unchanged), then the entry and the pointer's bytes are put, and each disk that
+        took it and held every earlier pointer is noted complete up to its stamp (one that
+        missed an earlier one stays behind: Store.catch_up_pointers). Returns the bytes."""
+        db = self.batches if folder == BATCHES_DIR else self.views
+
+        def entry(txn: Any) -> None:
+            if info is None:
+                txn.delete(name.encode(), db=db)
+            else:
+                txn.put(name.encode(), json.dumps(info, sort_keys=True).encode(), db=db)
+
+        return self.keep_pointer(pointers.rel(folder, name), info, write, entry)
+
+    def keep_pointer(self, key: str, info: dict[str, Any] | None, write: Callable[[str, bytes], list[str]],
+                     also: Callable[[Any], None] | None = None) -> bytes:
+        """name_pointer for any pointer (a ROOT_FILES one: no table names it); `also(txn)` puts
+        what the pointer names, in the same transaction."""
+        with self.env.begin(write=True) as txn:
+            stamp = self._next_pointer_stamp(txn)
+            body = pointers.encode(info, stamp)
+            took = write(key, body)
+            if also is not None:
+                also(txn)
+            self._put_pointer(txn, key, body, stamp, took)
+        return body
+
+    def _put_pointer(self, txn: Any, key: str, body: bytes, stamp: int, took: Iterable[str]) -> None:
+        raw = txn.get(POINTERS_LAST, db=self.meta)
+        before = int(raw) if raw else 0
+        txn.put(key.encode(), body, db=self.pointers)
+        txn.put(POINTERS_LAST, str(stamp).encode(), db=self.meta)
+        for uuid in took:  # only a disk that was complete stays complete
+            at = txn.get(_pointers_of("at", uuid), db=self.meta)
+            if at is not None and int(at) >= before:
+                txn.put(_pointers_of("at", uuid), str(stamp).encode(), db=self.meta)
+
+    def pointers_state(self) -> tuple[int | None, dict[str, int], dict[str, float]]:
+        """(stamp of the newest pointer — None: the table was never filled, an index from before
+        it (align_pointers) —, {disk uuid: holds every pointer up to}, {disk uuid: when bringing
+        its pointers up last failed})."""
+        if self.meta is None:
+            return None, {}, {}
+        at, failed = {}, {}
+        with self.env.begin(db=self.meta) as txn:
+            raw = txn.get(POINTERS_LAST)
+            cur = txn.cursor()
+            if cur.set_range(b"pointers_"):
+                for k, v in cur:
+                    k = bytes(k)
+                    if not k.startswith(b"pointers_"):
+                        break
+                    if k.startswith(b"pointers_at:"):
+                        at[k[12:].decode()] = int(v)
+                    elif k.startswith(b"pointers_failed:"):
+                        failed[k[16:].decode()] = float(v)
+        return (int(raw) if raw else None), at, failed
+
+    def pointer_bodies(self, txn: Any = None) -> tuple[int, dict[str, bytes]]:
+        """(stamp of the newest pointer, {rel path: the pointer's bytes}), in one read
+        transaction (`txn`, if given)."""
+        if self.pointers is None:
+            return 0, {}
+        with contextlib.nullcontext(txn) if txn is not None else self.env.begin() as txn:
+            raw = txn.get(POINTERS_LAST, db=self.meta)
+            return int(raw) if raw else 0, {bytes(k).decode(): bytes(v) for k, v in txn.cursor(db=self.pointers)}
+
+    def pointers_brought(self, uuid: str, since: int, stale: dict[str, int],
+                         write: Callable[[dict[str, bytes]], bool]) -> bool:
+        """Finish bringing disk `uuid`'s pointers up to the index, inside a write transaction (no
+        pointer is named meanwhile): the pointers stamped after `since` (named while the caller
+        wrote the older ones: its copy may have gone over a newer one) and a removal record for
+        each `stale` name (a file on the disk the index has no pointer for; its stamp, when it
+        reads, is the floor of the new one) go to `write({rel: bytes})`. If it returns True the
+        disk holds every pointer; else the failure's time is noted (Store.pointers_behind)."""
+        with self.env.begin(write=True) as txn:
+            bodies = {bytes(k).decode(): bytes(v) for k, v in txn.cursor(db=self.pointers)
+                      if pointers.stamp_of(bytes(v)) > since}
+            for key, seen in stale.items():
+                if txn.get(key.encode(), db=self.pointers) is None:
+                    stamp = self._next_pointer_stamp(txn, seen)
+                    bodies[key] = pointers.encode(None, stamp)
+                    self._put_pointer(txn, key, bodies[key], stamp, ())
+            ok = write(bodies)
+            if ok:
+                txn.put(_pointers_of("at", uuid), txn.get(POINTERS_LAST, db=self.meta) or b"0", db=self.meta)
+                txn.delete(_pointers_of("failed", uuid), db=self.meta)
+            else:
+                txn.put(_pointers_of("failed", uuid), repr(time.time()).encode(), db=self.meta)
+        return ok
+
+    def align_pointers(self) -> int:
+        """Make the `pointers` table name what `batches` and `views` hold: an entry without its
+        pointer, or with a different one (an index from before the table), gets a new one; a
+        pointer naming what the index does not hold gets a removal record — unless its manifest
+        is no object the index knows (a rebuild left it out: its disk was absent; kept, so a
+        rebuild with that disk back takes it). No disk is noted as holding the new pointers
+        (Store.catch_up_pointers brings them). Returns how many changed."""
+        n = 0
+        with self.env.begin(write=True) as txn:
+            have = {bytes(k).decode(): bytes(v) for k, v in txn.cursor(db=self.pointers)}
+            want: dict[str, dict[str, Any] | None] = {}
+            for folder, db in ((BATCHES_DIR, self.batches), (VIEWS_DIR, self.views)):
+                for k, v in txn.cursor(db=db):
+                    name = bytes(k).decode(errors="replace")
+                    try:
+                        want[pointers.rel(folder, name)] = named_entry(pointers.KINDS[folder], name, bytes(v))
+                    except IndexDamaged:
+                        continue  # `hoard check` names it ("malformed")
+            for key, body in have.items():
+                if pointers.split(key)[0] not in pointers.KINDS:
+                    continue  # (a ROOT_FILES pointer: no table says what it should be)
+                try:
+                    now = pointers.entry(pointers.decode(body))
+                except ValueError:  # damage in the index: the pointer is written again
+                    have[key], now = b"", None
+                if key not in want and now is not None and txn.get(bytes.fromhex(now["manifest"]), db=self.objects):
+                    want[key] = None
+                elif key not in want:
+                    want[key] = now
+            for key, info in want.items():
+                if key in have and have[key] and pointers.entry(pointers.decode(have[key])) == info:
+                    continue
+                stamp = self._next_pointer_stamp(txn)
+                self._put_pointer(txn, key, pointers.encode(info, stamp), stamp, ())
+                n += 1
+            if txn.get(POINTERS_LAST, db=self.meta) is None:
+                txn.put(POINTERS_LAST, b"0", db=self.meta)
+        return n
+
+    def load_pointers(self, bodies: dict[str, bytes]) -> None:
+        """After an index rebuild: the newest pointer of each name the disks (and an index copy)
+        hold; later stamps follow the newest (no disk is known to hold them all)."""
+        last = max((pointers.stamp_of(b) for b in bodies.values()), default=0)
+        with self.env.begin(write=True) as txn:
+            for key, body in bodies.items():
+                txn.put(key.encode(), body, db=self.pointers)
+            txn.put(POINTERS_NS, str(last).encode(), db=self.meta)
+            txn.put(POINTERS_LAST, str(last).encode(), db=self.meta)
 
     # -- what readers want to know about an object: its extension, its chunk digests ------------
     def put_exts(self, exts: dict[bytes, str]) -> None:

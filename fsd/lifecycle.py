@@ -95,7 +95,9 @@ def activate(store: Store, label: str) -> ActivateReport:
         store.set_disk_state(label, DiskState.ACTIVE, "")
         # batch and view pointers and marks it missed while out of service (index rebuild takes
         # the newest pointer and replays the marks from the newest snapshot on)
-        store.rewrite_pointers(rec.uuid)
+        if label not in store.catch_up_pointers([rec.uuid]):
+            raise HoardError(f"disk {label}: its batch and view pointers could not be brought up to the index (see "
+                             "the warning above); it is active, and the next writer tries again", ExitCode.UNAVAILABLE)
         if label not in store.snapshot_marks([rec.uuid]):
             raise HoardError(f"disk {label}: its marks log could not be brought up to the index (see the "
                              "warning above); it is active, and the next writer tries again", ExitCode.UNAVAILABLE)

@@ -22,7 +22,7 @@ from typing import Any
 
 import lmdb
 
-from fsd import marks
+from fsd import marks, pointers
 from fsd import shardfmt as fmt
 from fsd import storelock
 from fsd.base.config import Settings
@@ -208,8 +208,7 @@ def _build(cfg: Settings, disks: list[tuple[Any, dict]], work: Path, ssd_uuid: s
     copies: dict[bytes, list[_Copy]] = {}  # shard id → its replica files, in the order they were read
     shards: dict[bytes, ShardMeta] = {}
     objects: dict[bytes, ObjectLoc] = {}
-    batches: dict[str, dict] = {}
-    views: dict[str, dict] = {}
+    found_pointers: dict[str, dict] = {}  # rel path → the newest pointer of that name
     files = {dc.label: _shard_files(dc) for dc, _ in disks}
     total = sum(size_or_zero(p) for fs in files.values() for p in fs)
     done = 0
@@ -239,26 +238,7 @@ def _build(cfg: Settings, disks: list[tuple[Any, dict]], work: Path, ssd_uuid: s
                     rep.damaged.append(f"replica {path}: {e}")
                     continue
                 copies.setdefault(meta.shard_id, []).append(_Copy(uuid, path, meta, records, damage))
-            for folder, found in ((BATCHES_DIR, batches), (VIEWS_DIR, views)):
-                for pointer in _listing(dc, folder, "*.json"):
-                    try:
-                        doc = _pointer_doc(_read_pointer(pointer))
-                    except FileNotFoundError as e:
-                        if not os.path.islink(pointer):  # listed a moment ago, the store idle
-                            raise _went_away(dc, f"{pointer} was listed, then not found") from None
-                        rep.damaged.append(f"{pointer}: a symbolic link to nothing ({e.strerror})")
-                        continue
-                    except OSError as e:
-                        if e.errno not in PLANTED:  # the newest pointer may be this disk's alone (a removal too)
-                            raise _went_away(dc, f"reading {pointer}: {e.strerror or e}") from None
-                        rep.damaged.append(f"{pointer}: {e.strerror}")  # planted: a directory, a FIFO
-                        continue
-                    except ValueError as e:
-                        rep.damaged.append(f"{pointer}: {e}")
-                        continue
-                    # the newest pointer wins: a disk that was failed or absent may hold an old one
-                    if doc.get("pointer_ns", 0) >= found.get(pointer.stem, {}).get("pointer_ns", -1):
-                        found[pointer.stem] = doc
+            _read_pointers(dc, found_pointers, rep)
             logs.append(_read_marks(dc, rep))
             # a failed or draining disk stays so (a user's or rebuild's decision, as Store.open keeps it)
             state, reason = kept_states.get(uuid, (DiskState.ACTIVE, ""))
@@ -279,16 +259,7 @@ def _build(cfg: Settings, disks: list[tuple[Any, dict]], work: Path, ssd_uuid: s
         items = sorted(objects.items())
         for i in range(0, len(items), 50_000):
             index.add_objects(items[i:i + 50_000])
-        for kind, found, put in (("batch", batches, index.put_batch), ("view", views, index.put_view)):
-            for name, info in found.items():
-                info.pop("pointer_ns", None)
-                if info.get("removed"):
-                    continue  # removed after (some disks held) an older pointer
-                if bytes.fromhex(info["manifest"]) not in objects:
-                    rep.damaged.append(f"{kind} {name}: its newest pointer names manifest {info['manifest']}, "
-                                       "which no disk holds; not registered")
-                    continue
-                put(name, info)
+        rep.batches = _name_pointers(index, found_pointers, set(objects), rep, backup)
         found_marks, disputed = marks.agree(logs)
         for (stamp, op, sha), label in disputed[:20]:
             rep.damaged.append(f"marks log on {label}: `{op}` of {sha} (stamp {stamp}) is on that disk alone, and "
@@ -309,7 +280,6 @@ def _build(cfg: Settings, disks: list[tuple[Any, dict]], work: Path, ssd_uuid: s
             except lmdb.Error as e:  # a copy damaged inside: the disks' part stands on its own
                 rep.damaged.append(f"index copy: {e}; the index is rebuilt without its disk states and events")
         rep.shards, rep.objects = len(shards), len(objects)
-        rep.batches = sum(1 for info in batches.values() if not info.get("removed"))
     finally:
         index.close()
 
@@ -388,41 +358,76 @@ def _old_disk_states(target: Path) -> dict[str, tuple[DiskState, str]]:
         old.close()
 
 
-#: a batch or view pointer is a few hundred bytes of JSON; a larger file is not one (read
-#: whole, a 200 GiB sparse file planted there ended the rebuild with a MemoryError)
-POINTER_MAX = 1 << 20
+def _read_pointers(dc: Any, found: dict[str, dict], rep: IndexRebuildReport) -> None:
+    """Add the disk's batch and view pointers to `found` where they are newer than what it
+    holds (a disk that was failed or absent may hold an older one). One that does not read as
+    a pointer (planted, or damaged: its checksum) is damage to name; one that does not read
+    (EIO) stops the rebuild: the newest pointer may be this disk's alone (a removal too)."""
+    paths = [(pointers.rel(folder, p.stem), p) for folder in pointers.KINDS for p in _listing(dc, folder, "*.json")]
+    paths += [(key, dc.path / key) for key in pointers.ROOT_FILES if os.path.lexists(dc.path / key)]
+    for key, path in paths:
+        try:
+            doc = pointers.decode(pointers.read(path), key)
+        except FileNotFoundError:  # listed a moment ago, the store idle
+            raise _went_away(dc, f"{path} was listed, then not found") from None
+        except OSError as e:
+            if e.errno not in PLANTED:
+                raise _went_away(dc, f"reading {path}: {e.strerror or e}") from None
+            rep.damaged.append(f"{path}: {e.strerror}")  # planted: a directory, a FIFO, a link
+            continue
+        except ValueError as e:
+            rep.damaged.append(f"{path}: {e}")
+            continue
+        _newer(found, key, doc)
 
 
-def _read_pointer(path: Path) -> bytes:
-    """A batch or view pointer's bytes; OSError(EINVAL) if it is not a regular file (a FIFO
-    planted there would block the rebuild for good, a directory is not a pointer), ValueError
-    if it is larger than POINTER_MAX."""
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+def _newer(found: dict[str, dict], key: str, doc: dict) -> None:
+    """Keep `doc` as the pointer of `key` if its stamp is at least that of the one held."""
+    if doc.get(pointers.STAMP, 0) >= found.get(key, {}).get(pointers.STAMP, -1):
+        found[key] = doc
+
+
+def _copy_pointers(backup: Path) -> dict[str, dict]:
+    """The pointers an index copy holds (its `pointers` table; a copy from before that table:
+    its batches and views, stamped 0 — any pointer on a disk is newer)."""
+    old = Index(backup, readonly=True)
     try:
-        marks.regular(fd, path)
-        with os.fdopen(fd, "rb", closefd=False) as f:
-            body = f.read(POINTER_MAX + 1)
+        if old.pointers is not None:
+            return {key: pointers.decode(body, key) for key, body in old.pointer_bodies()[1].items()}
+        return {pointers.rel(folder, name): {**info, pointers.STAMP: 0}
+                for folder, entries in ((BATCHES_DIR, old.iter_batches()), (VIEWS_DIR, old.iter_views()))
+                for name, info in entries}
     finally:
-        os.close(fd)
-    if len(body) > POINTER_MAX:
-        raise ValueError(f"larger than {POINTER_MAX} bytes: not a pointer")
-    return body
+        old.close()
 
 
-def _pointer_doc(body: bytes) -> dict:
-    """A pointer's JSON object; ValueError unless it is one as Store.write_pointer writes it —
-    a removal record, or a manifest of 64 hex digits — with an integer `pointer_ns` (other
-    JSON there ended the rebuild with a traceback)."""
-    doc = json.loads(body)
-    if not isinstance(doc, dict):
-        raise ValueError(f"a JSON {type(doc).__name__}, not a pointer's object")
-    ns = doc.get("pointer_ns", 0)
-    if not isinstance(ns, int) or isinstance(ns, bool):
-        raise ValueError(f"pointer_ns is {ns!r}, not a time in nanoseconds")
-    manifest = doc.get("manifest")
-    if not doc.get("removed") and not (isinstance(manifest, str) and marks.HEX64.fullmatch(manifest.encode())):
-        raise ValueError(f"manifest is {manifest!r}, not a sha256 in hex")
-    return doc
+def _name_pointers(index: Index, found: dict[str, dict], objects: set[bytes], rep: IndexRebuildReport,
+                   backup: Path | None) -> int:
+    """Register the batches and views whose newest pointer — of the disks' and, restoring, the
+    index copy's — names a manifest the disks hold; the newest pointers (removal records too)
+    become the index's `pointers` table, which the disks are then brought up to. Returns how
+    many batches were registered."""
+    if backup is not None:
+        try:
+            for key, doc in _copy_pointers(backup).items():
+                _newer(found, key, doc)
+        except (lmdb.Error, ValueError) as e:  # a copy damaged inside: the disks' pointers stand alone
+            rep.damaged.append(f"index copy: its batches and views cannot be read ({e}); those on the disks are used")
+    bodies, batches = {}, 0
+    for key, doc in found.items():
+        folder, name = pointers.split(key)
+        info = pointers.entry(doc)
+        if folder not in pointers.KINDS:  # a ROOT_FILES pointer: kept, and brought to every disk
+            pass
+        elif info is not None and bytes.fromhex(info["manifest"]) not in objects:
+            rep.damaged.append(f"{pointers.KINDS[folder]} {name}: its newest pointer names manifest "
+                               f"{info['manifest']}, which no disk holds; not registered")
+        elif info is not None:
+            (index.put_batch if folder == BATCHES_DIR else index.put_view)(name, info)
+            batches += folder == BATCHES_DIR
+        bodies[key] = pointers.encode(info, doc.get(pointers.STAMP, 0))
+    index.load_pointers(bodies)
+    return batches
 
 
 def _read_marks(dc: Any, rep: IndexRebuildReport) -> marks.DiskLog:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import lmdb
 
-from fsd import marks
+from fsd import marks, pointers
 from fsd import shardfmt as fmt
 from fsd import storelock
 from fsd.base import config as config_mod
@@ -45,6 +45,8 @@ from fsd.writer import ShardWriter, writer_alive
 log = logging.getLogger(__name__)
 #: a disk whose marks log refused a snapshot is tried again after this long (not by every open)
 MARKS_RETRY_S = 600.0
+#: the same for a disk that failed to take the batch and view pointers it missed
+POINTERS_RETRY_S = 600.0
 #: a disk found at its path notes it in the index (Index.saw_disk, shown for a disk that went
 #: missing) at most this often: every status refresh opens the store, and one LMDB write per disk
 #: per open would be churn
@@ -101,6 +103,7 @@ class Store:
                 if writable:
                     recover_orphans(store)
                     store.catch_up_marks()
+                    store._catch_up_pointers_or_warn()
             except BaseException:
                 store.index.close()
                 raise
@@ -220,6 +223,7 @@ class Store:
             for u in disks:
                 self.queue.setdefault(u, 0)
             self.cfg = self.cfg.model_copy(update={"disks": cfg.disks})
+        self._catch_up_pointers_or_warn()  # a disk back (or added) takes them now, not at the next open
         return True
 
     def close(self) -> None:
@@ -386,56 +390,128 @@ class Store:
     # -- the read path ------------------------------------------------------------------------
     def register_batch(self, batch_id: str, info: dict | None) -> None:
         """Name an ingested batch's manifest object in the index and, so that `hoard index
-        rebuild` finds it again, in `batches/<batch_id>.json` on every writable disk; None
+        rebuild` finds it again, in `batches/<batch_id>.json` on every disk in service; None
         unregisters it (type-B deletion)."""
-        self.write_pointer(f"{BATCHES_DIR}/{batch_id}.json", info)
-        self.index.put_batch(batch_id, info)
+        self._pointing(lambda write: self.index.name_pointer(BATCHES_DIR, batch_id, info, write))
 
     def register_view(self, name: str, info: dict | None) -> None:
         """The same for a view (`views/<name>.json`); None removes it."""
-        self.write_pointer(f"{VIEWS_DIR}/{name}.json", info)
-        self.index.put_view(name, info)
+        self._pointing(lambda write: self.index.name_pointer(VIEWS_DIR, name, info, write))
 
-    def write_pointer(self, rel: str, doc: dict | None, only: str | None = None) -> None:
-        """Write (tmp → fsync → rename) a small JSON document at `rel` under every present
-        disk's root (active or draining; `only`: that disk) — what `hoard index rebuild` or a
-        person needs with only the HDDs left. Each carries `pointer_ns` (when it was written):
-        a disk that missed later writes (failed, unplugged) holds an older one, and rebuild
-        takes the newest. `doc` None writes a removal record (`{"removed": true}`), so an
-        old pointer on such a disk cannot bring a removed batch or view back."""
-        stamped = {**(doc or {"removed": True}), "pointer_ns": time.time_ns()}
-        body = json.dumps(stamped, indent=1, sort_keys=True).encode()
-        took, errors = 0, []
+    def keep_pointer(self, key: str, doc: dict) -> None:
+        """A pointer at the disks' root (fsd.pointers.ROOT_FILES: the newest database dump) on
+        every disk in service, kept in the index as a batch's is: a disk added or back later
+        gets it, and an index rebuild takes the newest."""
+        self._pointing(lambda write: self.index.keep_pointer(key, doc, write))
+
+    def _pointing(self, name: Callable[[Callable[[str, bytes], list[str]]], bytes]) -> None:
+        """`name(write)` with write_pointer as `write`; the disks' errors are reported after
+        the index transaction (reporting one writes to the index)."""
+        failed: list[tuple[LocalDisk, OSError]] = []
+        try:
+            name(lambda key, body: self.write_pointer(key, body, failed=failed))
+        finally:
+            for disk, e in failed:
+                self.disk_error(disk, "write", e)
+
+    def write_pointer(self, rel: str, body: bytes, failed: list[tuple[LocalDisk, OSError]] | None = None
+                      ) -> list[str]:
+        """Write (tmp → fsync → rename) a pointer's bytes (fsd/pointers.py: stamped by
+        Index.name_pointer, so a disk that missed later writes holds an older one and rebuild
+        takes the newest; a removal record for a removed name) at `rel` under every disk in
+        service (active or draining) — what `hoard index rebuild` or a person
+        needs with only the HDDs left. Returns the uuids of the disks that took it; raises when
+        none did (the index then names nothing new). `failed`: a disk's error goes there, to
+        be reported by the caller after its index transaction, instead of at once."""
+        took, errors = [], []
         for uuid, disk in list(self.disks.items()):
-            if (only is None and self.usable(uuid)) or uuid == only:
-                path = disk.root / rel
+            if self.usable(uuid):
                 try:
                     with _on_disk(self, disk) as wrote:
-                        path.parent.mkdir(exist_ok=True)
-                        atomic_write(path, body, prepare=lambda fd, _: wrote.append(os.fstat(fd).st_dev))
-                    took += 1
+                        _put_pointer(disk, rel, body, wrote)
+                    took.append(uuid)
                 except OSError as e:  # a dying disk (EIO: marked failed) must not stop the others
-                    self.disk_error(disk, "write", e)
+                    if failed is None:
+                        self.disk_error(disk, "write", e)
+                    else:
+                        failed.append((disk, e))
                     errors.append(_disk_error_text(disk, e))
-        if errors and not took:
-            raise HoardError(f"no disk took {rel} ({'; '.join(errors)}); `hoard health` names the disks' problems",
-                             ExitCode.UNAVAILABLE)
+        if not took:
+            raise HoardError(f"no disk took {rel} ({'; '.join(errors) or 'no disk in service'}); nothing was "
+                             "changed — `hoard health` names the disks' problems", ExitCode.UNAVAILABLE)
+        return took
 
-    def rewrite_pointers(self, uuid: str) -> int:
-        """Bring one disk's batch and view pointers up to the index (after it missed writes
-        while failed or absent): the index's entries are written, names it no longer has get
-        removal records. Returns how many files were written."""
-        n = 0
-        for folder, entries in ((BATCHES_DIR, self.index.iter_batches()), (VIEWS_DIR, self.index.iter_views())):
-            known = dict(entries)
-            for name, info in known.items():
-                self.write_pointer(f"{folder}/{name}.json", info, only=uuid)
-                n += 1
-            for stale in sorted((self.disks[uuid].root / folder).glob("*.json")):
-                if stale.stem not in known:
-                    self.write_pointer(f"{folder}/{stale.stem}.json", None, only=uuid)
-                    n += 1
-        return n
+    def pointers_behind(self, state: tuple[int | None, dict[str, int], dict[str, float]] | None = None) -> list[str]:
+        """Disks in service that miss pointers the index holds (the index knows which disk took
+        each: Index.name_pointer) — added later, replaced onto, back from failed or unplugged,
+        a failed write — and that did not fail to take them in the last POINTERS_RETRY_S."""
+        last, at, failed = state or self.index.pointers_state()
+        now = time.time()
+        return [u for u in self.disks if self.usable(u) and (last is None or at.get(u, -1) < last)
+                and now - failed.get(u, 0.0) > POINTERS_RETRY_S]
+
+    def catch_up_pointers(self, uuids: Iterable[str] | None = None) -> list[str]:
+        """Every writable open: the disks that are behind (or `uuids`, whatever they hold) get
+        the index's batch and view pointers. An index from before the `pointers` table gets it
+        filled first (Index.align_pointers). Returns the labels brought up."""
+        if not self.writable or self.index.pointers is None:
+            return []
+        state = self.index.pointers_state()
+        if state[0] is None:
+            self.index.align_pointers()
+            state = self.index.pointers_state()
+        chosen = self.pointers_behind(state) if uuids is None else list(uuids)
+        done = [self.disks[u].label for u in chosen if self.usable(u) and self._bring_pointers(u)]
+        if done:
+            log.info("batch and view pointers of %s brought up to the index", ", ".join(done))
+        return done
+
+    def _catch_up_pointers_or_warn(self) -> None:
+        """catch_up_pointers, where it must not stop the caller (an open, a refresh): a full
+        SSD leaves the disks behind, and the next writer tries again."""
+        try:
+            self.catch_up_pointers()
+        except (HoardError, lmdb.Error) as e:
+            log.warning("batch and view pointers not brought up to the index: %s", getattr(e, "message", e))
+
+    def _bring_pointers(self, uuid: str) -> bool:
+        """Write to the disk each pointer it does not hold as the index does (most of them
+        outside any transaction: a new disk takes thousands); then, inside one, those named
+        meanwhile and removal records for the names on the disk the index has no pointer for
+        (Index.pointers_brought). False when the disk did not take them all."""
+        disk = self.disks[uuid]
+        since, bodies = self.index.pointer_bodies()
+        stale: dict[str, int] = {}
+        errors: list[OSError] = []
+
+        def put(items: Iterable[tuple[str, bytes]]) -> bool:
+            try:
+                with _on_disk(self, disk) as wrote:
+                    for key, body in items:
+                        if _pointer_on(disk, key) != body:
+                            _put_pointer(disk, key, body, wrote)
+                return True
+            except OSError as e:  # reported after the index transaction (it writes to the index)
+                errors.append(e)
+                return False
+
+        ok = put(bodies.items())
+        if ok:
+            try:
+                for folder in pointers.KINDS:
+                    for path in (disk.root / folder).glob("*.json"):
+                        key = pointers.rel(folder, path.stem)
+                        if key not in bodies and not pointers.planted(path):
+                            stale[key] = _pointer_stamp(disk, key)
+            except OSError as e:
+                log.warning("disk %s: cannot list its pointers: %s", disk.label, e)
+                ok = False
+        try:
+            return self.index.pointers_brought(uuid, since, stale if ok else {},
+                                               lambda newer: ok and put(newer.items()))
+        finally:
+            for e in errors:
+                self.disk_error(disk, "write", e)
 
     def log_marks(self, op: str, shas: list[bytes], stamp: int) -> list[str]:
         """Append marks-log records (`op` is one of MARK_OPS) to `marks/marks.log` on every
@@ -785,6 +861,29 @@ def _on_disk(store: Store, disk: LocalDisk) -> Iterator[list[int]]:
     except DiskGone as e:
         store.gone(disk, e)
         raise
+
+
+def _put_pointer(disk: LocalDisk, key: str, body: bytes, wrote: list[int]) -> None:
+    """A pointer's bytes at `key` under the disk's root (inside `_on_disk`)."""
+    path = disk.root / key
+    path.parent.mkdir(exist_ok=True)
+    atomic_write(path, body, prepare=lambda fd, _: wrote.append(os.fstat(fd).st_dev))
+
+
+def _pointer_on(disk: LocalDisk, key: str) -> bytes | None:
+    """The bytes of the disk's pointer at `key`; None when there is none that reads."""
+    try:
+        return pointers.read(disk.root / key)
+    except (OSError, ValueError):
+        return None
+
+
+def _pointer_stamp(disk: LocalDisk, key: str) -> int:
+    """The stamp of the disk's pointer at `key` (0 when it does not read as one)."""
+    try:
+        return pointers.decode(pointers.read(disk.root / key)).get(pointers.STAMP, 0)
+    except (OSError, ValueError):
+        return 0
 
 
 def _marks_log(disk: LocalDisk) -> Path:

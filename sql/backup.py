@@ -90,14 +90,15 @@ def dump_backup(url: str, store, zone3b: Path, label: str = "hoard", progress=No
     return DumpResult(backup_id, put.sha256, size, dest, counts, time.monotonic() - t0)
 
 
+#: (the store keeps it as fsd.pointers.DB_DUMP: sql does not import fsd)
 POINTER = ".hoard-db-dump.json"
 
 
 def _point_disks_at(store, doc: dict) -> None:
-    """Write the latest dump's sha256 to every active HDD's root: with the SSD (index, database,
-    zone 3B) lost, `cat /srv/hdd/*/.hoard-db-dump.json` names the object to `hoard get` after
-    `hoard index rebuild`."""
-    store.write_pointer(POINTER, doc)
+    """Write the latest dump's sha256 to every HDD in service's root (and, kept by the index,
+    to a disk added or back later): with the SSD (index, database, zone 3B) lost, `cat
+    /srv/hdd/*/.hoard-db-dump.json` names the object to `hoard get` after `hoard index rebuild`."""
+    store.keep_pointer(POINTER, doc)
 
 
 def _dump_row(conn: psycopg.Connection, backup_id: int | None) -> tuple[int, str, dict]:

@@ -56,6 +56,7 @@ COMMANDS: dict[str, list[str]] = {
     "index rebuild": [],
     "index restore": [],
     "index rewrite-marks": [],
+    "index rewrite-pointers": [],
     "ingest": ["--ready"],
     "init": [],
     "ls": [],

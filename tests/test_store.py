@@ -453,13 +453,14 @@ def test_a_pointer_write_error_on_one_disk_fails_that_disk_not_the_command(store
         return real(path, data, **kw)
 
     monkeypatch.setattr(store_mod, "atomic_write", flaky)
-    store.write_pointer("batches/b1.json", {"manifest": "ab" * 32})
+    store.register_batch("b1", {"manifest": "ab" * 32})
     d2 = next(u for u, d in store.disks.items() if d.label == "d2")
     assert store.records[d2].state.value == "failed"
     assert all((tmp_path / "disks" / d / "batches" / "b1.json").is_file() for d in ("d1", "d3"))
     bad |= {str(tmp_path / "disks" / d) for d in ("d1", "d3")}
     with pytest.raises(HoardError, match="no disk took batches/b2.json"):
-        store.write_pointer("batches/b2.json", {"manifest": "cd" * 32})
+        store.register_batch("b2", {"manifest": "cd" * 32})
+    assert store.index.get_batch("b2") is None and store.index.get_batch("b1") is not None
 
 
 def test_descriptor_cache_never_closes_a_descriptor_a_reader_is_using(tmp_path: Path) -> None:

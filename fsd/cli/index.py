@@ -57,6 +57,24 @@ def rewrite_marks(ctx: typer.Context) -> None:
     out.print(f"marks log rewritten on {', '.join(labels)}: {n} marks")
 
 
+@app.command("rewrite-pointers")
+def rewrite_pointers(ctx: typer.Context) -> None:
+    """Write the index's batch and view pointers to every disk in service, and removal records
+    over the ones it does not name (what `hoard check` asks for when a disk lacks one or holds
+    another; writers also do it for a disk that was added, replaced onto or came back)."""
+    with open_store(ctx) as store:
+        store.index.align_pointers()
+        chosen = [u for u in store.disks if store.usable(u)]
+        labels = store.catch_up_pointers(chosen)
+        left = [store.disks[u].label for u in chosen if store.disks[u].label not in labels]
+        n = len(store.index.pointer_bodies()[1])
+    if left or not labels:
+        raise HoardError(f"the batch and view pointers could not be written to {', '.join(left) or 'any disk'} (see "
+                         "the warnings above); `hoard health` names the disks' problems, then run this again",
+                         ExitCode.UNAVAILABLE)
+    out.print(f"batch and view pointers rewritten on {', '.join(labels)}: {n} pointers")
+
+
 @app.command()
 def backup(ctx: typer.Context, copies: int = typer.Option(2, min=1, help="how many HDDs get a copy")) -> None:
     """Copy the index to HDDs (`<disk>/index-copy/`), so a dead SSD costs no rebuild scan."""
