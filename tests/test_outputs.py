@@ -493,3 +493,40 @@ def test_view_mode_sidecars_are_freed_once_no_view_names_them(filled, tmp_path: 
     assert present(media) == media
     check = _hoard(cfg, "check")
     assert check.returncode == 0, check.stdout + check.stderr
+
+
+def test_a_batch_deleted_under_a_view_mode_export_is_freed_once_the_export_is_cleaned(filled, tmp_path: Path) -> None:
+    """A batch deleted while a view-mode export names its files: the files stay while the
+    export serves them; `zones clean` of the export and gc free what only that batch and the
+    export named, and every object still referenced reads back."""
+    from fsd.store import Store
+
+    cfg, batches = filled
+    with open(cfg.source, "a") as f:
+        f.write(f'\n[mount]\npath = "{tmp_path / "mnt"}"\n')
+    sel = _selector(tmp_path, {"batches": [batches[1].batch_id]})
+    res = _hoard(cfg, "export", "vd", "--layout", "by_sha256", "--selector", sel, "--mode", "view", "--here")
+    assert res.returncode == 0, res.stderr
+    kept = {i.sha256 for i in batches[0].items}
+    only_dropped = {i.sha256 for i in batches[1].items} - kept
+    assert len(only_dropped) > 10
+
+    def present(shas: set[str]) -> set[str]:
+        with Store.open(cfg, writable=False) as store:
+            return {s for s in shas if store.index.lookup(bytes.fromhex(s)) is not None}
+
+    drop = _hoard(cfg, "delete", "--batch", batches[1].batch_id, "--yes")
+    assert drop.returncode == 0, drop.stderr
+    assert _hoard(cfg, "gc", "--threshold", "1.0").returncode == 0
+    assert present(only_dropped) == only_dropped  # the export still serves them
+    assert _hoard(cfg, "zones", "clean", "vd").returncode == 0
+    for _ in range(2):
+        res = _hoard(cfg, "gc", "--threshold", "1.0")
+        assert res.returncode == 0, res.stderr
+    assert present(only_dropped) == set(), "files only a deleted batch and a cleaned export named were never freed"
+    with Store.open(cfg, writable=False) as store:
+        for sha in kept:
+            assert hashlib.sha256(store.get(sha)).hexdigest() == sha
+    check = _hoard(cfg, "check")
+    assert check.returncode == 0, check.stdout + check.stderr
+
