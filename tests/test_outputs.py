@@ -530,3 +530,35 @@ def test_a_batch_deleted_under_a_view_mode_export_is_freed_once_the_export_is_cl
     check = _hoard(cfg, "check")
     assert check.returncode == 0, check.stdout + check.stderr
 
+
+def test_a_sealed_view_mode_export_keeps_a_file_hidden_after_it_was_sealed(filled, tmp_path: Path) -> None:
+    """`hoard delete --node` of a file a sealed view-mode export serves: the export keeps
+    serving it (its sealed selection does not change), while the batch's directory, by-hash/
+    and a hand-made view stop showing it."""
+    from tests.test_mount import mounted
+
+    cfg, batches = filled
+    mnt = tmp_path / "mnt"
+    with open(cfg.source, "a") as f:
+        f.write(f'\n[mount]\npath = "{mnt}"\n')
+    sel = _selector(tmp_path, {"batches": [batches[0].batch_id]})
+    res = _hoard(cfg, "export", "vh", "--layout", "by_sha256", "--selector", sel, "--mode", "view", "--here")
+    assert res.returncode == 0, res.stderr
+    out = cfg.ssd.zone_path("3D") / "vh" / "by_sha256"
+    victim = next(i.sha256 for i in batches[0].items if i.kind != "sidecar")
+    mine = tmp_path / "mine.txt"
+    mine.write_text(f"{victim}  one/file.bin\n")
+    assert _hoard(cfg, "view", "add", "mine", str(mine)).returncode == 0
+    with mounted(str(cfg.source), mnt):
+        before = _tree(out)
+        assert victim in before.values()
+        hide = _hoard(cfg, "delete", "--node", victim)
+        assert hide.returncode == 0, hide.stderr
+        deadline = time.monotonic() + 30
+        while (mnt / "views" / "mine" / "one" / "file.bin").exists():  # the mount took the hide in
+            assert time.monotonic() < deadline, "the mount never hid the node"
+            time.sleep(0.2)
+        assert not list((mnt / "by-hash" / victim[:2] / victim[2:4]).glob(victim + "*"))
+        assert _tree(out) == before, "the sealed export lost a file"
+    status = _hoard(cfg, "export", "--status", "vh")
+    assert status.returncode == 0 and "done" in status.stdout, status.stdout + status.stderr
