@@ -39,6 +39,7 @@ from pathlib import Path
 
 from fsd.base.errors import ExitCode, HoardError
 from fsd.base.files import ssd_space
+from fsd.base.proc import pid_alive
 
 STORE = "store"
 READERS = "readers"
@@ -54,16 +55,6 @@ class StoreBusy(HoardError):
 def _command() -> str:
     argv = [os.path.basename(sys.argv[0])] + sys.argv[1:] if sys.argv and sys.argv[0] else ["python"]
     return " ".join(argv)[:200]
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class _Lock:
@@ -104,7 +95,7 @@ class _Lock:
                 continue
             if doc.get("pid") == os.getpid():
                 continue
-            if not _alive(int(doc.get("pid", 0))):
+            if not pid_alive(int(doc.get("pid", 0))):
                 with contextlib.suppress(OSError):
                     p.unlink()
                 continue

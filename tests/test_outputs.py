@@ -261,6 +261,32 @@ def test_zone_directory_deleted_mid_export(lab_factory, hoard_home: Path, pg, re
     seal.check_sealed(cfg.ssd.zone_path("3D") / "ex3", verify=True)
 
 
+@pytest.mark.lab
+def test_a_killed_export_left_a_zombie_is_not_alive(lab_factory, hoard_home: Path, pg, redis_conn,
+                                                    tmp_path: Path) -> None:
+    """kill -9 of an export whose parent does not reap it (State: Z): the zombie holds
+    nothing, so `zones clean` and the re-run are not refused as if it still ran."""
+    lab, cfg, sel = _slow_lab_export(lab_factory, hoard_home, pg, redis_conn, tmp_path)
+    cmd = [sys.executable, "-m", "fsd", "--config", str(cfg.source), "export", "ex5", "--layout", "by_sha256",
+           "--selector", sel, "--here"]
+    proc = subprocess.Popen(lab.wrap(cmd), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        _until_a_file_in(cfg.ssd.zone_path("3D") / ".tmp" / "ex5")
+        os.kill(proc.pid, signal.SIGKILL)  # and not reaped: a zombie until proc.wait() below
+        deadline = time.monotonic() + 10
+        while "State:\tZ" not in Path(f"/proc/{proc.pid}/status").read_text():
+            assert time.monotonic() < deadline, "the killed export did not become a zombie"
+            time.sleep(0.05)
+        cleaned = _hoard(cfg, "zones", "clean", "ex5")
+        assert cleaned.returncode == 0, cleaned.stdout + cleaned.stderr
+        res = _hoard(cfg, "export", "ex5", "--layout", "by_sha256", "--selector", sel, "--here", timeout=300)
+        assert res.returncode == 0, res.stdout + res.stderr
+        assert "State:\tZ" in Path(f"/proc/{proc.pid}/status").read_text()  # still not reaped
+    finally:
+        proc.wait()
+    seal.check_sealed(cfg.ssd.zone_path("3D") / "ex5", verify=True)
+
+
 def _until_a_file_in(folder: Path, timeout: float = 120) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and not [p for p in folder.rglob("*") if p.is_file()]:
