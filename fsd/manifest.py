@@ -39,7 +39,7 @@ from typing import NamedTuple
 
 from fsd.base.errors import ExitCode, HoardError
 from fsd.base.files import ssd_full, ssd_space
-from fsd.base.paths import hostile_reason
+from fsd.base.paths import MAX_NAME_BYTES, hostile_reason, long_name
 
 __all__ = ["Entry", "Tree", "WouldBlock", "ViewError", "build_view", "iter_files", "manifest_objects", "named",
            "references", "PAGE_ENTRIES", "VIEW_FORMAT", "DIR_FORMAT"]
@@ -380,6 +380,11 @@ def build_view(store, name: str, rows: Iterable[tuple[str, str]], page_entries: 
                 why = hostile_reason(path)
                 if why:
                     raise ViewError(f"view {name}: path {path[:80]!r}: {why}")
+                part = long_name(path)
+                if part is not None:
+                    raise ViewError(f"view {name}: path {path[:80]!r} has a name of {len(part.encode())} bytes "
+                                    f"({part[:40]!r}…); at most {MAX_NAME_BYTES}, the file system's limit (a copy "
+                                    "out of the mount could not create it) — shorten it in the manifest")
                 size = sizes.get(sha)
                 if size is None:
                     loc = None

@@ -20,7 +20,7 @@ from collections.abc import Iterable, Iterator
 from typing import IO
 
 from fsd.base.errors import ExitCode, HoardError
-from fsd.base.paths import MAX_PATH_BYTES, NAME_PATTERN
+from fsd.base.paths import MAX_PATH_BYTES, NAME_PATTERN, display
 from fsd.manifest import ViewError, build_view, iter_files, manifest_objects, naming_lock, references
 
 __all__ = ["ViewError", "define_view", "define_view_rows", "manifest_rows", "remove_view"]
@@ -57,8 +57,9 @@ def manifest_rows(stream: IO[bytes]) -> Iterator[tuple[str, str]]:
         if n == 1 and raw.startswith(b"\xef\xbb\xbf"):  # a UTF-8 byte-order mark (Windows editors)
             raw = raw[3:]
         if len(raw) > MAX_LINE and not raw.endswith(b"\n"):
-            raise ViewError(f"view manifest line {n} is longer than {MAX_LINE} bytes: not `SHA256  PATH` "
-                            f"(a path is at most {MAX_PATH_BYTES} bytes)")
+            start = (raw.decode("utf-8", "replace").split(None, 1) + [""])[1][:80]
+            raise ViewError(f"view manifest line {n} is longer than {MAX_LINE} bytes: its path {display(start)}… "
+                            f"is over {MAX_PATH_BYTES} bytes, the most a path in a view may have — shorten it")
         try:
             line = raw.decode("utf-8").rstrip("\n").rstrip("\r")
         except UnicodeDecodeError as e:

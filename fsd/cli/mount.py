@@ -111,7 +111,8 @@ def view_list(ctx: typer.Context, as_json: Annotated[bool, typer.Option("--json"
     views = index.iter_views()
     index.close()
     if as_json:
-        out.print(json.dumps(dict(views)))
+        out.print(json.dumps(dict(views)), markup=False)
+        return
     for name, info in views:
         out.print(f"{name}: {info['files']} files, {info['bytes'] / 1e6:.1f} MB, created {info['created']}")
 
