@@ -38,7 +38,8 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import NamedTuple
 
 from fsd.base.errors import ExitCode, HoardError
-from fsd.base.paths import hostile_reason
+from fsd.base.files import ssd_full, ssd_space
+from fsd.base.paths import MAX_NAME_BYTES, hostile_reason, long_name
 
 __all__ = ["Entry", "Tree", "WouldBlock", "ViewError", "build_view", "iter_files", "manifest_objects", "named",
            "references", "PAGE_ENTRIES", "VIEW_FORMAT", "DIR_FORMAT"]
@@ -367,15 +368,23 @@ def build_view(store, name: str, rows: Iterable[tuple[str, str]], page_entries: 
     already), and directories are written bottom-up as they are completed."""
     sizes: dict[str, int] = {}  # each distinct object looked up once
     tmpdir = store.cfg.ssd.root / "state" / "tmp"
-    tmpdir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=tmpdir, prefix="view-") as tmp:
+    what = f"view {name}: spooling its manifest in {tmpdir}"
+    with ssd_space(store.cfg.ssd.root, what):
+        tmpdir.mkdir(parents=True, exist_ok=True)
+        spooled = tempfile.TemporaryDirectory(dir=tmpdir, prefix="view-")
+    with spooled as tmp:
         spool = os.path.join(tmp, "rows")
         in_order, last = True, None
-        with open(spool, "w", encoding="utf-8", newline="\n") as out:
+        with ssd_space(store.cfg.ssd.root, what, spool), open(spool, "w", encoding="utf-8", newline="\n") as out:
             for path, sha in rows:
                 why = hostile_reason(path)
                 if why:
                     raise ViewError(f"view {name}: path {path[:80]!r}: {why}")
+                part = long_name(path)
+                if part is not None:
+                    raise ViewError(f"view {name}: path {path[:80]!r} has a name of {len(part.encode())} bytes "
+                                    f"({part[:40]!r}…); at most {MAX_NAME_BYTES}, the file system's limit (a copy "
+                                    "out of the mount could not create it) — shorten it in the manifest")
                 size = sizes.get(sha)
                 if size is None:
                     loc = None
@@ -390,13 +399,14 @@ def build_view(store, name: str, rows: Iterable[tuple[str, str]], page_entries: 
                     in_order = False
                 last = key
                 out.write(f"{key}\t{sha}\t{size}\n")
-        if not in_order:
+        if not in_order:  # (its spill files go to `tmp` too)
             done = subprocess.run(["sort", "-t", "\t", "-k1,1", "-S", "256M", "-T", tmp, "-o", spool, spool],
                                   env={**os.environ, "LC_ALL": "C"}, capture_output=True, text=True)
             if done.returncode != 0:
-                full = "No space" in done.stderr
+                if "No space" in done.stderr:
+                    raise ssd_full(store.cfg.ssd.root, what, done.stderr.strip())
                 raise HoardError(f"view {name}: sorting the manifest in {tmpdir} failed: {done.stderr.strip()}",
-                                 ExitCode.NO_SPACE if full else ExitCode.UNAVAILABLE)
+                                 ExitCode.UNAVAILABLE)
         builder = _Builder(store, name, page_entries)
         with open(spool, encoding="utf-8", newline="\n") as f:
             root, files, total = builder.build(

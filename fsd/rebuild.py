@@ -22,6 +22,7 @@ from fsd.base.errors import ExitCode, HoardError
 from fsd.disks import DiskState
 from fsd.placement import Need, NoSpace, simulate, space_report
 from fsd.replica import TargetError, check_replica, copy_shard, discard_copy
+from fsd.replicate import counted_replicas
 
 if TYPE_CHECKING:
     from fsd.disks import LocalDisk
@@ -91,12 +92,11 @@ def _rebuild(store: Store, label: str, onto: str | None, rate_mb_s: float | None
     def handle(meta: ShardMeta) -> None:
         with lock:
             rep.shards += 1
+            if _done_already(store, meta, lost_uuid, target):  # (`hoard replicate` ran first): no copy
+                _swap(store, meta, lost_uuid, None)
+                return
             dst = target or _adoptable(store, meta) or store.place(1, meta.size, exclude=set(meta.replicas),
                                                                    why_excluded="holds a copy already")[0]
-        if dst.uuid in meta.replicas:  # --onto a disk that already holds this shard: drop the lost copy
-            with lock:
-                _swap(store, meta, lost_uuid, None)
-            return
         if _verified_copy_exists(dst, meta):
             with lock:
                 rep.adopted += 1
@@ -130,12 +130,22 @@ def _check_room(store: Store, lost: str, onto: LocalDisk | None) -> None:
     """Refuse before anything changes when the lost disk's shards cannot all be placed (on
     `onto`, or on distinct disks that do not hold them yet)."""
     cands = [c for c in store.candidates() if c.uuid != lost and (onto is None or c.uuid == onto.uuid)]
-    needs = [Need(m.size, 1, frozenset(m.replicas), m.hex) for m in shards_on(store, lost)]
+    needs = [Need(m.size, 1, frozenset(m.replicas), m.hex) for m in shards_on(store, lost)
+             if not _done_already(store, m, lost, onto)]
     _, unplaced = simulate(cands, needs)
     if unplaced:
         raise NoSpace(f"rebuild refused before it started: {space_report(cands, unplaced)}; add a disk "
                       f"(`hoard disks add`) or free space (`hoard gc`) first — disk {store.records[lost].label} "
                       "was not marked failed")
+
+
+def _done_already(store: Store, meta: ShardMeta, lost: str, onto: LocalDisk | None) -> bool:
+    """Whether the shard needs no copy to replace the lost disk's: it is on the target disk
+    already, or has its replica target without the lost copy (`hoard replicate` made them
+    while the disk was missing or draining). Its lost copy is then only dropped from the index."""
+    if onto is not None and onto.uuid in meta.replicas:
+        return True
+    return len([u for u in counted_replicas(store, meta) if u != lost]) >= store.target(meta.klass)
 
 
 def _adoptable(store: Store, meta: ShardMeta):

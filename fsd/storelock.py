@@ -38,6 +38,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from fsd.base.errors import ExitCode, HoardError
+from fsd.base.files import ssd_space
+from fsd.base.proc import pid_alive
 
 STORE = "store"
 READERS = "readers"
@@ -53,16 +55,6 @@ class StoreBusy(HoardError):
 def _command() -> str:
     argv = [os.path.basename(sys.argv[0])] + sys.argv[1:] if sys.argv and sys.argv[0] else ["python"]
     return " ".join(argv)[:200]
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class _Lock:
@@ -83,8 +75,15 @@ class _Lock:
         doc = {"pid": os.getpid(), "command": _command(), "mode": mode, "what": what,
                "since": time.strftime("%Y-%m-%d %H:%M:%S")}
         tmp = self.holder_path().with_suffix(".tmp")
-        tmp.write_text(json.dumps(doc))
-        os.replace(tmp, self.holder_path())
+        # a full SSD is one line (exit 6), not a traceback; the caller gives the lock back
+        with ssd_space(self.path.parent.parent, f"{what}: taking {self.path.name}", tmp):
+            try:
+                tmp.write_text(json.dumps(doc))
+                os.replace(tmp, self.holder_path())
+            except OSError:
+                with contextlib.suppress(OSError):
+                    tmp.unlink()
+                raise
 
     def holders(self) -> list[dict]:
         """Live holders other than this process (stale holder files are removed)."""
@@ -96,7 +95,7 @@ class _Lock:
                 continue
             if doc.get("pid") == os.getpid():
                 continue
-            if not _alive(int(doc.get("pid", 0))):
+            if not pid_alive(int(doc.get("pid", 0))):
                 with contextlib.suppress(OSError):
                     p.unlink()
                 continue
@@ -134,11 +133,17 @@ def _get(ssd_root: Path, name: str) -> _Lock:
     return lk
 
 
-def _open(lk: _Lock) -> None:
+def _open(lk: _Lock, what: str) -> None:
     if lk.fd is None:
-        lk.path.parent.mkdir(parents=True, exist_ok=True)
-        lk.fd = os.open(lk.path, os.O_RDWR | os.O_CREAT, 0o644)
-        lk.gate = os.open(lk.path.with_suffix(".gate"), os.O_RDWR | os.O_CREAT, 0o644)
+        with ssd_space(lk.path.parent.parent, f"{what}: creating {lk.path.name}"):
+            lk.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(lk.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                lk.gate = os.open(lk.path.with_suffix(".gate"), os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError:
+                os.close(fd)
+                raise
+            lk.fd = fd
 
 
 def _close_if_unused(lk: _Lock) -> None:
@@ -157,7 +162,7 @@ def acquire_shared(ssd_root: Path, what: str, name: str = STORE, wait_s: float =
         if lk.shared or lk.exclusive:
             lk.shared += 1
             return
-        _open(lk)
+        _open(lk, what)
         deadline = time.monotonic() + wait_s
         got = lk._flock(fcntl.LOCK_SH, wait_s, lk.gate)  # not while an exclusive requester waits
         if got:
@@ -168,7 +173,12 @@ def acquire_shared(ssd_root: Path, what: str, name: str = STORE, wait_s: float =
             raise lk.refusal(what)
         lk.shared += 1
         lk.what = what
-        lk._write_holder("shared", what)
+        try:
+            lk._write_holder("shared", what)
+        except BaseException:
+            lk.shared -= 1
+            _close_if_unused(lk)
+            raise
 
 
 def release_shared(ssd_root: Path, name: str = STORE) -> None:
@@ -189,7 +199,7 @@ def exclusive(ssd_root: Path, what: str, name: str = STORE, wait_s: float = DEFA
             nested = True
         else:
             nested = False
-            _open(lk)
+            _open(lk, what)
             deadline = time.monotonic() + wait_s
             # holding the gate, nobody else acquires anything: a failed conversion below drops
             # this process's shared lock (Linux), and nobody can take the lock meanwhile
@@ -203,7 +213,14 @@ def exclusive(ssd_root: Path, what: str, name: str = STORE, wait_s: float = DEFA
                 _close_if_unused(lk)
                 raise lk.refusal(what)
             lk.exclusive = 1
-            lk._write_holder("exclusive", what)
+            try:
+                lk._write_holder("exclusive", what)
+            except BaseException:
+                lk.exclusive = 0
+                if lk.shared:
+                    fcntl.flock(lk.fd, fcntl.LOCK_SH)
+                _close_if_unused(lk)
+                raise
     try:
         yield
     finally:
@@ -212,7 +229,9 @@ def exclusive(ssd_root: Path, what: str, name: str = STORE, wait_s: float = DEFA
             if not nested:
                 if lk.shared:
                     fcntl.flock(lk.fd, fcntl.LOCK_SH)  # back to shared: exclusive → shared never blocks
-                    lk._write_holder("shared", lk.what)
+                    # only a label for refusals: a full SSD leaves the old one ("exclusive")
+                    with contextlib.suppress(HoardError):
+                        lk._write_holder("shared", lk.what)
                 _close_if_unused(lk)
 
 

@@ -20,8 +20,8 @@ from collections.abc import Iterable, Iterator
 from typing import IO
 
 from fsd.base.errors import ExitCode, HoardError
-from fsd.base.paths import MAX_PATH_BYTES, NAME_PATTERN
-from fsd.manifest import ViewError, build_view, manifest_objects, naming_lock, references
+from fsd.base.paths import MAX_PATH_BYTES, NAME_PATTERN, display
+from fsd.manifest import ViewError, build_view, iter_files, manifest_objects, naming_lock, references
 
 __all__ = ["ViewError", "define_view", "define_view_rows", "manifest_rows", "remove_view"]
 
@@ -57,8 +57,9 @@ def manifest_rows(stream: IO[bytes]) -> Iterator[tuple[str, str]]:
         if n == 1 and raw.startswith(b"\xef\xbb\xbf"):  # a UTF-8 byte-order mark (Windows editors)
             raw = raw[3:]
         if len(raw) > MAX_LINE and not raw.endswith(b"\n"):
-            raise ViewError(f"view manifest line {n} is longer than {MAX_LINE} bytes: not `SHA256  PATH` "
-                            f"(a path is at most {MAX_PATH_BYTES} bytes)")
+            start = (raw.decode("utf-8", "replace").split(None, 1) + [""])[1][:80]
+            raise ViewError(f"view manifest line {n} is longer than {MAX_LINE} bytes: its path {display(start)}… "
+                            f"is over {MAX_PATH_BYTES} bytes, the most a path in a view may have — shorten it")
         try:
             line = raw.decode("utf-8").rstrip("\n").rstrip("\r")
         except UnicodeDecodeError as e:
@@ -110,7 +111,8 @@ def define_view_rows(store, name: str, rows: Iterable[tuple[str, str]], *, for_o
     the caller is a view-mode output's job (OUTPUT_VIEW names are its alone). `owned`: the
     sha256s of objects made for this view alone (a view-mode output's sidecars), listed in
     an object the view's record names: when the view is removed or replaced they are
-    tombstoned too (`release_owned`) — nothing else a view names ever is."""
+    tombstoned too (`release_owned`), and for an output's view the files it named that
+    nothing else holds then (see `_retire`)."""
     if not VIEW_NAME.match(name):
         raise ViewError(f"view name {name!r}: letters, digits, `.`, `_`, `-`, at most 128")
     _check_owner(name, for_output, "defined")
@@ -143,7 +145,7 @@ def define_view_rows(store, name: str, rows: Iterable[tuple[str, str]], *, for_o
         for sha in store.index.marked_among(store.index.deleted, named):
             store.index.lookup_keep(sha)
         if old is not None and old["manifest"] != info["manifest"]:
-            _retire(store, old)
+            _retire(store, name, old)
     return info
 
 
@@ -154,19 +156,29 @@ def remove_view(store, name: str, *, for_output: bool = False) -> None:
         if old is None:
             raise ViewError(f"no view {name!r}; `hoard view list` shows them")
         store.register_view(name, None)
-        _retire(store, old)
+        _retire(store, name, old)
 
 
 #: first line of the object listing what a view owns (`define_view_rows(owned=)`)
 OWNED_FORMAT = "hoardfs-view-owned-1"
 
 
-def _retire(store, old: dict) -> None:
+#: a removed view's files are released this many at a time (bounded memory: each round holds
+#: this many digests and reads every registered manifest once)
+RELEASE_CHUNK = 1 << 20
+
+
+def _retire(store, name: str, old: dict) -> None:
     """Tombstone (type B) a replaced or removed view's manifest objects and the objects it
-    owned (its record's `owned` list); gc frees those no registered manifest still
-    references. Called under `naming_lock`, after the view is re-registered or unregistered;
-    never raises — the view's change is made already, and what cannot be read stays (a leak
-    `hoard check` can name, never a loss)."""
+    owned (its record's `owned` list); gc frees those no manifest, root, pin or database row
+    references when it swaps. An output's view (`OUTPUT_VIEW`, a selection of nodes) also
+    releases the files it named that nothing else holds now (no registered manifest, `hoard
+    put` root or pin: `release_owned`): a file a batch deletion kept only because the output
+    served it is freed once the output is cleaned. A hand-made view's files are left alone —
+    it may name what only the database knows (a dump) or what a user keeps by hand. Called
+    under `naming_lock`, after the view is re-registered or unregistered; never raises — the
+    view's change is made already, and what cannot be read stays (a leak `hoard check` can
+    name, never a loss)."""
     log = logging.getLogger(__name__)
     try:
         store.index.mark(store.index.deleted, manifest_objects(store.get, old["manifest"]), "replaced view manifest")
@@ -181,15 +193,30 @@ def _retire(store, old: dict) -> None:
             release_owned(store, {bytes.fromhex(h) for h in lines[1:] if h} | {bytes.fromhex(old["owned"])},
                           "made for a view that was removed or replaced")
         except Exception as e:  # noqa: BLE001 - see above
-            log.warning("the objects view %s owned (list %s) are left in place: %s", old.get("name", "?"),
-                        old["owned"], e)
+            log.warning("the objects view %s owned (list %s) are left in place: %s", name, old["owned"], e)
+    if not OUTPUT_VIEW.match(name):
+        return
+    try:
+        files: set[bytes] = set()
+        for _path, sha, _size in iter_files(store.get, old["manifest"]):
+            files.add(sha)
+            if len(files) >= RELEASE_CHUNK:
+                release_owned(store, files, "served by an output that was cleaned or redone")
+                files = set()
+        release_owned(store, files, "served by an output that was cleaned or redone")
+    except Exception as e:  # noqa: BLE001 - see above
+        log.warning("the files of output view %s (manifest %s) are left in place: %s", name, old["manifest"], e)
 
 
 def release_owned(store, shas: set[bytes], reason: str) -> int:
-    """Tombstone objects made for one view (its sidecars) unless a registered manifest, a
-    `hoard put` root or a pin still names them; gc checks again when it swaps. Returns how
-    many. A pin file that cannot be read keeps them all (as gc would refuse to run)."""
+    """Tombstone objects made for or served by a view that went (its sidecars; an output's
+    files) unless a registered manifest, a `hoard put` root or a pin still names them; gc checks
+    again when it swaps. Returns how many. A pin file that cannot be read keeps them all (as
+    gc would refuse to run)."""
     from fsd.layout import pinned  # deferred: only releasing needs the pins
+
+    if not shas:
+        return 0
 
     pins, bad = pinned(store.cfg)
     if bad:

@@ -47,6 +47,7 @@ from fsd.base.config import ZONES, Settings
 from fsd.base.errors import ExitCode, HoardError
 from fsd.base.files import atomic_write, flocked, fsync_dir
 from fsd.base.paths import NAME_PATTERN
+from fsd.base.proc import pid_alive
 
 log = logging.getLogger(__name__)
 
@@ -125,12 +126,10 @@ def _pid_start(pid: int) -> int | None:
 
 
 def _alive(pid: int, start: int | None) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+    """Whether the reservation's process still runs: not gone, not a zombie (`pid_alive`), and
+    not another process that was given the same pid since (its start time differs)."""
+    if not pid_alive(pid):
         return False
-    except PermissionError:
-        pass
     now = _pid_start(pid)
     return start is None or now is None or now == start
 

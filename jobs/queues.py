@@ -20,6 +20,7 @@ from rq.registry import (DeferredJobRegistry, FailedJobRegistry, FinishedJobRegi
 from rq.utils import current_timestamp
 
 from fsd.base.errors import HoardError, ServiceUnavailable, first_line
+from fsd.base.proc import pid_alive
 
 #: The queues of hoardfs, in the order a default worker serves them.
 QUEUES = ("ingest", "io", "sql", "maintenance")
@@ -193,10 +194,4 @@ def worker_alive(worker: Worker) -> bool:
     key (RQ lets a silent worker's key expire after its TTL)."""
     if worker.hostname != socket.gethostname() or not worker.pid:
         return True
-    try:
-        os.kill(worker.pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass
-    return True
+    return pid_alive(worker.pid)

@@ -261,6 +261,32 @@ def test_zone_directory_deleted_mid_export(lab_factory, hoard_home: Path, pg, re
     seal.check_sealed(cfg.ssd.zone_path("3D") / "ex3", verify=True)
 
 
+@pytest.mark.lab
+def test_a_killed_export_left_a_zombie_is_not_alive(lab_factory, hoard_home: Path, pg, redis_conn,
+                                                    tmp_path: Path) -> None:
+    """kill -9 of an export whose parent does not reap it (State: Z): the zombie holds
+    nothing, so `zones clean` and the re-run are not refused as if it still ran."""
+    lab, cfg, sel = _slow_lab_export(lab_factory, hoard_home, pg, redis_conn, tmp_path)
+    cmd = [sys.executable, "-m", "fsd", "--config", str(cfg.source), "export", "ex5", "--layout", "by_sha256",
+           "--selector", sel, "--here"]
+    proc = subprocess.Popen(lab.wrap(cmd), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        _until_a_file_in(cfg.ssd.zone_path("3D") / ".tmp" / "ex5")
+        os.kill(proc.pid, signal.SIGKILL)  # and not reaped: a zombie until proc.wait() below
+        deadline = time.monotonic() + 10
+        while "State:\tZ" not in Path(f"/proc/{proc.pid}/status").read_text():
+            assert time.monotonic() < deadline, "the killed export did not become a zombie"
+            time.sleep(0.05)
+        cleaned = _hoard(cfg, "zones", "clean", "ex5")
+        assert cleaned.returncode == 0, cleaned.stdout + cleaned.stderr
+        res = _hoard(cfg, "export", "ex5", "--layout", "by_sha256", "--selector", sel, "--here", timeout=300)
+        assert res.returncode == 0, res.stdout + res.stderr
+        assert "State:\tZ" in Path(f"/proc/{proc.pid}/status").read_text()  # still not reaped
+    finally:
+        proc.wait()
+    seal.check_sealed(cfg.ssd.zone_path("3D") / "ex5", verify=True)
+
+
 def _until_a_file_in(folder: Path, timeout: float = 120) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and not [p for p in folder.rglob("*") if p.is_file()]:
@@ -493,3 +519,72 @@ def test_view_mode_sidecars_are_freed_once_no_view_names_them(filled, tmp_path: 
     assert present(media) == media
     check = _hoard(cfg, "check")
     assert check.returncode == 0, check.stdout + check.stderr
+
+
+def test_a_batch_deleted_under_a_view_mode_export_is_freed_once_the_export_is_cleaned(filled, tmp_path: Path) -> None:
+    """A batch deleted while a view-mode export names its files: the files stay while the
+    export serves them; `zones clean` of the export and gc free what only that batch and the
+    export named, and every object still referenced reads back."""
+    from fsd.store import Store
+
+    cfg, batches = filled
+    with open(cfg.source, "a") as f:
+        f.write(f'\n[mount]\npath = "{tmp_path / "mnt"}"\n')
+    sel = _selector(tmp_path, {"batches": [batches[1].batch_id]})
+    res = _hoard(cfg, "export", "vd", "--layout", "by_sha256", "--selector", sel, "--mode", "view", "--here")
+    assert res.returncode == 0, res.stderr
+    kept = {i.sha256 for i in batches[0].items}
+    only_dropped = {i.sha256 for i in batches[1].items} - kept
+    assert len(only_dropped) > 10
+
+    def present(shas: set[str]) -> set[str]:
+        with Store.open(cfg, writable=False) as store:
+            return {s for s in shas if store.index.lookup(bytes.fromhex(s)) is not None}
+
+    drop = _hoard(cfg, "delete", "--batch", batches[1].batch_id, "--yes")
+    assert drop.returncode == 0, drop.stderr
+    assert _hoard(cfg, "gc", "--threshold", "1.0").returncode == 0
+    assert present(only_dropped) == only_dropped  # the export still serves them
+    assert _hoard(cfg, "zones", "clean", "vd").returncode == 0
+    for _ in range(2):
+        res = _hoard(cfg, "gc", "--threshold", "1.0")
+        assert res.returncode == 0, res.stderr
+    assert present(only_dropped) == set(), "files only a deleted batch and a cleaned export named were never freed"
+    with Store.open(cfg, writable=False) as store:
+        for sha in kept:
+            assert hashlib.sha256(store.get(sha)).hexdigest() == sha
+    check = _hoard(cfg, "check")
+    assert check.returncode == 0, check.stdout + check.stderr
+
+
+def test_a_sealed_view_mode_export_keeps_a_file_hidden_after_it_was_sealed(filled, tmp_path: Path) -> None:
+    """`hoard delete --node` of a file a sealed view-mode export serves: the export keeps
+    serving it (its sealed selection does not change), while the batch's directory, by-hash/
+    and a hand-made view stop showing it."""
+    from tests.test_mount import mounted
+
+    cfg, batches = filled
+    mnt = tmp_path / "mnt"
+    with open(cfg.source, "a") as f:
+        f.write(f'\n[mount]\npath = "{mnt}"\n')
+    sel = _selector(tmp_path, {"batches": [batches[0].batch_id]})
+    res = _hoard(cfg, "export", "vh", "--layout", "by_sha256", "--selector", sel, "--mode", "view", "--here")
+    assert res.returncode == 0, res.stderr
+    out = cfg.ssd.zone_path("3D") / "vh" / "by_sha256"
+    victim = next(i.sha256 for i in batches[0].items if i.kind != "sidecar")
+    mine = tmp_path / "mine.txt"
+    mine.write_text(f"{victim}  one/file.bin\n")
+    assert _hoard(cfg, "view", "add", "mine", str(mine)).returncode == 0
+    with mounted(str(cfg.source), mnt):
+        before = _tree(out)
+        assert victim in before.values()
+        hide = _hoard(cfg, "delete", "--node", victim)
+        assert hide.returncode == 0, hide.stderr
+        deadline = time.monotonic() + 30
+        while (mnt / "views" / "mine" / "one" / "file.bin").exists():  # the mount took the hide in
+            assert time.monotonic() < deadline, "the mount never hid the node"
+            time.sleep(0.2)
+        assert not list((mnt / "by-hash" / victim[:2] / victim[2:4]).glob(victim + "*"))
+        assert _tree(out) == before, "the sealed export lost a file"
+    status = _hoard(cfg, "export", "--status", "vh")
+    assert status.returncode == 0 and "done" in status.stdout, status.stdout + status.stderr

@@ -127,3 +127,52 @@ def test_two_disks_lost_with_three_copies(tmp_path: Path) -> None:
         for meta in store.index.iter_shards():
             assert len(set(meta.replicas)) == 3 and set(meta.replicas) <= alive
         assert check_store(store) == len({r.sha256 for r in results})
+
+
+def _lost_then_replicated(tmp_path: Path) -> tuple[str, list, int]:
+    """d0 lost, d4 added, `hoard replicate` run: every shard of d0 has its two readable
+    replicas again (almost all on d4: the others are made nearly full) while the index still
+    lists d0's (unreadable) copies."""
+    cfg_path, results = _setup(tmp_path)
+    lost = _shards_on(cfg_path, "d0")
+    shutil.rmtree(tmp_path / "d0")
+    (tmp_path / "d4").mkdir()
+    assert hoard("--config", cfg_path, "disks", "add", str(tmp_path / "d4"), "--label", "d4").returncode == 0
+    text = Path(cfg_path).read_text()
+    for label in ("d1", "d2", "d3"):
+        text = text.replace(f'label = "{label}"\n', f'label = "{label}"\ncapacity_gb = 0.02\n')
+    Path(cfg_path).write_text(text)
+    rep = hoard("--config", cfg_path, "replicate", "--rate-mb-s", "0")
+    assert rep.returncode == 0, rep.stdout + rep.stderr
+    assert 0 < _shards_on(cfg_path, "d4") and _shards_on(cfg_path, "d0") == lost
+    return cfg_path, results, lost
+
+
+def _assert_rebuilt(cfg_path: str, results: list) -> None:
+    with Store.open(config.load(cfg_path)) as store:
+        d0 = next(u for u, r in store.records.items() if r.label == "d0")
+        for meta in store.index.iter_shards():
+            assert d0 not in meta.replicas and len(set(meta.replicas)) == len(meta.replicas) == 2
+        assert check_store(store) == len({r.sha256 for r in results})
+
+
+def test_replace_after_replicate_counts_copies_already_made(tmp_path: Path) -> None:
+    """`disks replace d0 d4` after `hoard replicate` already put copies on d4: not refused for
+    room, and no shard that already has its copies is copied again."""
+    cfg_path, results, lost = _lost_then_replicated(tmp_path)
+    res = hoard("--config", cfg_path, "disks", "replace", "d0", "d4")
+    assert res.returncode == 0, res.stderr
+    assert f"rebuilt {lost} shards of disk d0" in res.stdout and ": 0 copied" in res.stdout, res.stdout
+    assert _shards_on(cfg_path, "d0") == 0
+    _assert_rebuilt(cfg_path, results)
+
+
+def test_rebuild_after_replicate_copies_nothing_twice(tmp_path: Path) -> None:
+    """`rebuild --disk d0` after `hoard replicate`: every shard is at its target already, so
+    d0's copies are dropped from the index and nothing is copied."""
+    cfg_path, results, lost = _lost_then_replicated(tmp_path)
+    res = hoard("--config", cfg_path, "rebuild", "--disk", "d0", "--json")
+    assert res.returncode == 0, res.stderr
+    rep = json.loads(res.stdout)
+    assert rep["shards"] == lost and rep["copied"] == 0 and rep["bytes"] == 0, rep
+    _assert_rebuilt(cfg_path, results)

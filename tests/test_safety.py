@@ -536,3 +536,69 @@ def test_an_index_rebuild_on_a_full_ssd_is_one_line_and_changes_nothing(lab_fact
     filler.unlink()
     assert len(stored) == 300
     _all_read_back(cfg_path, stored)
+
+
+def _fill(path: Path, leave: int = 0) -> Path:
+    """Fill the filesystem under `path` up to `leave` bytes free (every block when 0); the filler."""
+    filler = path / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o644)
+    try:
+        if leave:
+            st = os.statvfs(path)
+            os.write(fd, b"\0" * max(0, st.f_bavail * st.f_frsize - leave))
+        else:  # smaller and smaller writes, down to a byte: not even a part of a block is left
+            chunk = 1 << 16
+            while chunk:
+                try:
+                    os.write(fd, b"\0" * chunk)
+                except OSError:
+                    chunk //= 2
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return filler
+
+
+def test_commands_on_a_full_ssd_are_one_line(lab_factory, tmp_path: Path) -> None:
+    """With no block left on the SSD, every command that takes a store lock (its holder file)
+    or spools on the SSD says so in one line (exit 6) naming the SSD and the next step; then,
+    with space back, the same commands run and nothing was lost."""
+    from tests.test_cli import hoard
+
+    cfg_path, ssd, stored = _store_on_a_small_ssd(lab_factory, tmp_path, 60, seed=27)
+    (tmp_path / "v.txt").write_text("".join(f"{sha}  f/{i}.bin\n" for i, sha in enumerate(stored)))
+    filler = _fill(ssd)
+    commands = [("gc", "--no-database", "--wait", "0"), ("replicate",), ("verify", "--repair"),
+                ("view", "add", "v", str(tmp_path / "v.txt"))]
+    for args in commands:
+        res = hoard("--config", str(cfg_path), *args)
+        assert res.returncode == 6, (args, res.stderr[-2000:])
+        lines = res.stderr.strip().splitlines()
+        assert len(lines) == 1 and "Traceback" not in res.stderr, (args, res.stderr)
+        assert "the SSD is full" in lines[0] and str(ssd) in lines[0] and "`hoard zones`" in lines[0], lines
+    filler.unlink()
+    for args in commands:
+        res = hoard("--config", str(cfg_path), *args)
+        assert res.returncode == 0, (args, res.stderr[-2000:])
+    _all_read_back(cfg_path, stored)
+
+
+def test_view_add_whose_spool_fills_the_ssd_is_one_line(lab_factory, tmp_path: Path) -> None:
+    """`hoard view add` with room for its lock but not for its spooled manifest: one line
+    naming the SSD (exit 6), no traceback, no view defined and no spool left behind."""
+    from tests.test_cli import hoard
+
+    cfg_path, ssd, stored = _store_on_a_small_ssd(lab_factory, tmp_path, 20, seed=28)
+    # rows of long paths: the spool outgrows the room left well before the manifest is read
+    long = "d" * 200
+    (tmp_path / "v.txt").write_text("".join(f"{stored[i % len(stored)]}  {long}/{j}/{i}.bin\n"
+                                            for j in range(30) for i in range(400)))
+    filler = _fill(ssd, leave=256 << 10)
+    res = hoard("--config", str(cfg_path), "view", "add", "v", str(tmp_path / "v.txt"))
+    filler.unlink()
+    assert res.returncode == 6, res.stderr[-2000:]
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and "the SSD is full" in lines[0] and str(ssd) in lines[0], res.stderr
+    assert list((ssd / "state" / "tmp").glob("*")) == []
+    listing = hoard("--config", str(cfg_path), "view", "list", "--json")
+    assert json.loads(listing.stdout) == {}

@@ -145,3 +145,34 @@ def test_a_view_is_named_only_after_every_object_of_its_manifest_is_durable(
     assert max(indexed_at.values()) < first_name
     # the pointer is written inside the transaction that names the view (Index.name_pointer)
     assert [k for k, _ in events[first_name:]] == ["pointer"] and store.index.get_view("ordered") == info
+
+
+def test_view_add_refuses_names_and_paths_a_copy_out_of_the_mount_cannot_make(tmp_path: Path) -> None:
+    """A name over 255 bytes (which the mount would serve but `cp -r` out of it cannot
+    create) and a path over 4096 bytes are refused in one line naming the path, nothing is
+    defined; a name of exactly 255 bytes is accepted. `view list --json` prints only JSON."""
+    import json
+
+    from fsd.base import config
+    from fsd.store import Store
+    from tests.conftest import dir_disks_config
+    from tests.test_cli import hoard
+
+    cfg = str(dir_disks_config(tmp_path, 2, shard_size_mb=1))
+    with Store.open(config.load(cfg), init=True) as store:
+        sha = store.put_many(make_files(tmp_path / "in", 1))[0].sha256
+    cases = {"long-name": f"ok/{'é' * 128}/f.bin",  # 256 bytes in 128 characters
+             "long-path": "/".join(["d" * 200] * 21)}  # 4220 bytes, every name short
+    for view, path in cases.items():
+        manifest = tmp_path / f"{view}.txt"
+        manifest.write_text(f"{sha}  {path}\n")
+        res = hoard("--config", cfg, "view", "add", view, str(manifest))
+        assert res.returncode == 2, (view, res.stdout, res.stderr)
+        lines = res.stderr.strip().splitlines()
+        assert len(lines) == 1 and "Traceback" not in res.stderr and path[:40] in lines[0], (view, res.stderr)
+    fine = tmp_path / "fine.txt"
+    fine.write_text(f"{sha}  ok/{'é' * 127}x/f.bin\n")  # 255 bytes
+    assert hoard("--config", cfg, "view", "add", "fine", str(fine)).returncode == 0
+    listing = hoard("--config", cfg, "view", "list", "--json")
+    assert listing.returncode == 0, listing.stderr
+    assert set(json.loads(listing.stdout)) == {"fine"}  # the whole of stdout is one JSON document

@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
 import fcntl
 import os
 import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
+
+from fsd.base.errors import ExitCode, HoardError
 
 
 def size_or_zero(path: str | os.PathLike[str]) -> int:
@@ -22,6 +25,25 @@ def size_or_zero(path: str | os.PathLike[str]) -> int:
         return os.stat(path).st_size
     except OSError:
         return 0
+
+
+def ssd_full(ssd_root: Path, what: str, cause: str) -> HoardError:
+    """One line for a write the full SSD refused: the SSD and the next step, exit 6."""
+    return HoardError(f"{what}: the SSD is full — {cause}; free space on the SSD at {ssd_root} (`hoard zones` "
+                      "shows what holds it, `hoard zones clean ID` removes a finished output) and run this again",
+                      ExitCode.NO_SPACE)
+
+
+@contextlib.contextmanager
+def ssd_space(ssd_root: Path, what: str, path: Path | str | None = None) -> Iterator[None]:
+    """A full file system under a with-block that writes on the SSD (a lock's holder file, a
+    spool: `path`, named when the error names no file) becomes `ssd_full`; other errors pass."""
+    try:
+        yield
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        raise ssd_full(ssd_root, what, f"cannot write {e.filename or path or ssd_root} ({e.strerror})") from None
 
 
 @contextlib.contextmanager

@@ -13,6 +13,19 @@ NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
 MAX_PATH_BYTES = 1000
 
 
+#: longest name (one part of a path, bytes, UTF-8) a view may hold: NAME_MAX of Linux file
+#: systems. The mount would serve a longer one, but `cp -r` out of it could not create it.
+MAX_NAME_BYTES = 255
+
+
+def long_name(rel: str) -> str | None:
+    """The first part of `rel` longer than MAX_NAME_BYTES bytes (UTF-8), or None."""
+    if len(rel) * 4 <= MAX_NAME_BYTES:  # (no part of so short a path can be: the common case)
+        return None
+    return next((part for part in rel.split("/") if len(part) * 4 > MAX_NAME_BYTES
+                 and len(part.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES), None)
+
+
 #: the characters no accepted path holds (C0, DEL and C1): `hostile_reason` refuses them
 CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
 #: bidirectional embeddings, overrides and isolates: they make a name display as another

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from collections.abc import Sequence
+from pathlib import Path
 
 from fsd.base.errors import ExitCode, HoardError
 
@@ -35,3 +37,25 @@ def run(cmd: Sequence[str], what: str, timeout: float = 120, **kw) -> subprocess
         tail = (res.stderr or res.stdout).strip().splitlines()[-3:]
         raise HoardError(f"{what} failed (exit {res.returncode}): {' | '.join(tail)}", ExitCode.UNAVAILABLE)
     return res
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process `pid` (on this host) still runs. A zombie (state Z in /proc/<pid>/stat:
+    killed or exited, its parent has not reaped it yet) does not: it holds no file, lock or
+    memory any more, and a killed job left as one must not block the re-run or a clean-up
+    until its parent calls wait()."""
+    if pid <= 0:  # (kill(0, 0) would ask about our own process group)
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: it exists
+        pass
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_bytes()
+    except FileNotFoundError:  # gone since kill(): reaped meanwhile
+        return False
+    except OSError:  # no /proc to look at: as kill() said
+        return True
+    return stat[stat.rindex(b")") + 2:][:1] not in (b"Z", b"X")

@@ -59,6 +59,7 @@ import xxhash
 from fsd.base.errors import HoardError
 from fsd.manifest import Tree, WouldBlock
 from fsd.mount.inodes import Files
+from fsd.views import OUTPUT_VIEW
 
 __all__ = ["DERIVED", "Namespace", "Node", "ROOT", "inode_of"]
 
@@ -378,6 +379,8 @@ class Namespace:
         if kind == "hash2":
             return [self._hash_name(sha) for sha in shas]
         if kind == "tree":
+            if _sealed(d.key[2], d.key[3]):
+                return []  # shows its files whatever their marks: nothing to invalidate
             try:
                 entries = self._tree(d.key[4]).list_dir(d.key[5]) or []
             except HoardError as e:  # (the manifest of a view redefined under a reader, collected since)
@@ -503,9 +506,14 @@ class Namespace:
         if is_dir:
             return self._dir(("dir", "tree", what, name, msha, f"{path}/{child}" if path else child, mtime_ns),
                              mtime_ns)
-        if not self.visible(sha):
+        if not self.shown(parent_key, sha):
             return None
         return self._file(sha, size, mtime_ns)
+
+    def shown(self, parent_key: tuple, sha: bytes) -> bool:
+        """Whether the file `sha` in directory `parent_key` is shown: it is not deleted, or the
+        directory is part of a view-mode output's view (`_sealed`)."""
+        return self.visible(sha) or (parent_key[:2] == ("dir", "tree") and _sealed(parent_key[2], parent_key[3]))
 
     def _tree(self, manifest_sha_hex: str) -> Tree:
         with self.lock:
@@ -519,6 +527,14 @@ class Namespace:
             while len(self.trees) > 1 and sum(tree.used for tree in self.trees.values()) > self.TREES_BYTES:
                 self.trees.popitem(last=False)  # the least recently used manifest, all its pages
             return t
+
+
+def _sealed(what: str, name: str) -> bool:
+    """Whether a tree is a view-mode output's view (`<zone>-<id>`): it shows every file it
+    sealed, hidden (`hoard delete --node`) or tombstoned since or not — a sealed output's
+    selection never changes under its consumer (docs/design.md, "View mode"); its objects
+    stay in the store while the view names them (gc keeps what a manifest references)."""
+    return what == "view" and OUTPUT_VIEW.match(name) is not None
 
 
 def _hash2_number(a: int, b: int) -> int:

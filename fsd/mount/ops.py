@@ -110,7 +110,7 @@ class HoardOps(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.ENOENT)
         # the parent's own number object: one int for all the names it holds, not one each
         node = self.ns.remember(node, parent.inode, name)
-        if node.sha is not None and not self.ns.visible(node.sha):  # deleted meanwhile: as readdir below
+        if node.sha is not None and not self.ns.shown(parent.key, node.sha):  # deleted meanwhile: as readdir below
             self.ns.forget(node.inode, 1)
             raise pyfuse3.FUSEError(errno.ENOENT)
         return self._attr(node)
@@ -146,7 +146,7 @@ class HoardOps(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.ENOTDIR)
         fh = self.next_fh
         self.next_fh += 1
-        self.dir_handles[fh] = (n.inode, await self._named(self.ns.children(n)))  # a snapshot: offsets stay stable
+        self.dir_handles[fh] = (n, await self._named(self.ns.children(n)))  # a snapshot: offsets stay stable
         return fh
 
     @_guarded
@@ -157,8 +157,8 @@ class HoardOps(pyfuse3.Operations):
         parent, entries = handle
         for i in range(start_id, len(entries)):
             name, node = entries[i]
-            node = self.ns.remember(node, parent, name)  # readdirplus: the kernel now knows it
-            if node.sha is not None and not self.ns.visible(node.sha):
+            node = self.ns.remember(node, parent.inode, name)  # readdirplus: the kernel now knows it
+            if node.sha is not None and not self.ns.shown(parent.key, node.sha):
                 # deleted since opendir's snapshot: a name the deletions refresh did not see (it
                 # looks only after it has taken the object as dead) would stay for ENTRY_TIMEOUT
                 self.ns.forget(node.inode, 1)
