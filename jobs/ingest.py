@@ -43,9 +43,8 @@ from typing import Any
 
 import psycopg
 import redis
-from rq import Queue, SimpleWorker
+from rq import SimpleWorker
 from rq.exceptions import NoSuchJobError, StopRequested
-from rq.job import Job
 from rq.worker import WorkerStatus
 
 from adapters import (Asset, File, Record, Reject, UnknownSource, adapter_for, canonical_source, display,
@@ -61,7 +60,9 @@ from fsd.manifest import naming_lock
 from fsd.replicate import replicate_once
 from fsd.store import Store
 from jobs import runlog
-from jobs.queues import CONDITIONS, QUEUES, condition_line, connect, enqueue_once, is_condition, running, unserved_queues
+from jobs.guard import SERIALIZER, GuardedWorker, HoardJob
+from jobs.queues import (CONDITIONS, QUEUES, condition_line, connect, enqueue_once, fetch_job, is_condition, rq_queue,
+                         running, unserved_queues)
 from sql.apply import apply_write_intent
 from sql.migrate import migrate
 from sql.schema_decider import propose_if_new
@@ -173,7 +174,7 @@ def stalled_batches(cfg: Settings, pending: list[BatchState]) -> list[dict[str, 
         for st in pending:
             job_id = _job_id(st.batch_id, st.step)
             try:
-                job_status = Job.fetch(job_id, connection=conn).get_status(refresh=True)
+                job_status = fetch_job(job_id, conn).get_status(refresh=True)
             except NoSuchJobError:
                 job_status = None
             if job_status == "started" and running(conn, job_id):
@@ -508,7 +509,9 @@ def work_here(cfg: Settings, redis_conn=None) -> None:
     assert cfg.redis_url
     conn = redis_conn or connect(cfg.redis_url)
     saved = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
-    worker = _HereWorker([Queue(q, connection=conn) for q in QUEUES], connection=conn)
+    worker = _HereWorker([rq_queue(q, conn) for q in QUEUES], connection=conn, serializer=SERIALIZER,
+                         job_class=HoardJob)
+    worker.config_path = cfg.source
     try:
         worker.work(burst=True, logging_level="WARNING")
     finally:
@@ -518,11 +521,12 @@ def work_here(cfg: Settings, redis_conn=None) -> None:
         raise KeyboardInterrupt
 
 
-class _HereWorker(SimpleWorker):
+class _HereWorker(GuardedWorker, SimpleWorker):
     """RQ's SimpleWorker answers Ctrl-C with a warm shutdown: the step under way (hours for a
     large batch) runs to its end, and RQ's handlers stay installed after `work()` returns, so
     a second Ctrl-C raised SystemExit — exit 0. Here Ctrl-C stops the step at once (steps are
-    idempotent: `--resume` runs it again) and the caller puts its own handlers back."""
+    idempotent: `--resume` runs it again) and the caller puts its own handlers back. Like
+    `hoard worker` it runs only hoardfs's own jobs (jobs.guard)."""
 
     interrupted = False
 

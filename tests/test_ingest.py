@@ -12,14 +12,15 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from rq import Queue, SimpleWorker
+from rq import SimpleWorker
 
 from adapters.synth import Spec, generate
 from fsd.base import config
 from fsd.base.errors import ExitCode, HoardError
 from fsd.store import Store
 from jobs import ingest as ua1
-from jobs.queues import QUEUES
+from jobs.guard import SERIALIZER
+from jobs.queues import QUEUES, rq_queue
 from sql.intents import virtual_sha256
 from tests.conftest import REALDATA, fresh_schema, needs_realdata, use_schema
 
@@ -46,7 +47,7 @@ def ingest_home(home: Path, pg: psycopg.Connection, batch_size_gb: float | None 
 
 
 def work(redis_conn) -> None:
-    SimpleWorker([Queue(q, connection=redis_conn) for q in QUEUES], connection=redis_conn).work(burst=True)
+    SimpleWorker([rq_queue(q, redis_conn) for q in QUEUES], connection=redis_conn, serializer=SERIALIZER).work(burst=True)
 
 
 def ingest_all(cfg: config.Settings, redis_conn, dirs: list[Path], source: str | None = None) -> list[ua1.BatchState]:
@@ -298,7 +299,7 @@ def test_hoard_worker_logs_a_condition_in_one_line(hoard_home: Path, pg, redis_c
         and "PostgreSQL unreachable" in failed[0], res.stderr
     st = ua1.load_state(cfg, batch.batch_id)
     assert st.status == "failed" and st.step == "apply" and "start it, then `hoard ingest --resume`" in st.error
-    job = Queue("sql", connection=redis_conn).failed_job_registry.get_job_ids()
+    job = rq_queue("sql", redis_conn).failed_job_registry.get_job_ids()
     assert job, "the failed job is not in RQ's failed registry"
     Path(cfg.source).write_text(cfg_text)
     ua1.submit(cfg, zone3a / batch.batch_id, None, redis_conn)
