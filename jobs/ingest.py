@@ -73,6 +73,8 @@ STEPS = ("scan", "store", "apply", "package", "finish")
 QUEUE_OF = {"scan": "ingest", "store": "io", "apply": "sql", "package": "io", "finish": "maintenance"}
 #: RQ timeout per step (a 20,000-item batch with large videos takes minutes, not hours)
 STEP_TIMEOUT_S = 6 * 3600
+#: what a package in 3B reserves per file beyond its bytes (tar header, manifest line)
+PACKAGE_OVERHEAD_PER_FILE = 1024
 BATCH_ID = re.compile(NAME_PATTERN)
 SIGNAL = "_READY"
 
@@ -561,6 +563,9 @@ def _step_scan(cfg: Settings, st: BatchState) -> None:
                           f"{st.batch_id}` says so — otherwise drop the batch again")
     adapter = adapter_for(st.source, cfg.sources)
     parsed, view = parse_batch(root, adapter, cfg.ingest.settle_s)
+    for rel, why in _beyond_3b(cfg, root, {rel: view.files[rel] for rel in parsed.claimed}).items():
+        parsed.reject(why, rel)  # its records are skipped by the intent: their node is not stored
+        parsed.claimed.discard(rel)
     files = {rel: view.files[rel] for rel in sorted(parsed.claimed)}
     st.report.update({"format": adapter.format, "files_seen": len(view.files) + sum(
         len(r.paths) for r in parsed.rejects if r.paths and r.paths[0] not in view.files),
@@ -574,6 +579,27 @@ def _step_scan(cfg: Settings, st: BatchState) -> None:
         st.report["quarantine"] = str(zone3a / "_quarantine" / st.batch_id)
     atomic_write(_work(cfg, st.batch_id, "records"),
                  json.dumps({"files": files, "records": [_rec_json(r) for r in parsed.records]}).encode())
+
+
+def _beyond_3b(cfg: Settings, root: Path, files: dict[str, int]) -> dict[str, str]:
+    """Files too large for the batch's package ever to fit zone 3B (its quota up to the deny
+    threshold), each → the reason: refused at scan, before the store step reads them. A sparse
+    file (a scraper's preallocated or failed download: holes, no data) takes little of 3A but
+    its apparent size is what the store reads and 3B must hold."""
+    limit = int(zones.quota(cfg, "3B") * cfg.ssd.thresholds.deny)
+    out = {}
+    for rel, size in files.items():
+        if size + PACKAGE_OVERHEAD_PER_FILE * (1 + 10) <= limit:  # one file: the package's `need`
+            continue
+        try:
+            on_disk = os.lstat(root / rel).st_blocks * 512
+        except OSError:
+            on_disk = size
+        sparse = f" (sparse: {zones.size(on_disk)} on disk)" if on_disk < size // 2 else ""
+        out[rel] = (f"{zones.size(size)}{sparse} is more than zone 3B can ever hold for the batch's package "
+                    f"({zones.size(limit)}: ssd.zones.3B.quota_gb at the deny threshold); if the file is real, "
+                    "raise the quota and drop it in a new batch")
+    return out
 
 
 def _nothing_accepted(st: BatchState, root: Path, what: str, rejected: list[dict[str, Any]]) -> None:
@@ -643,7 +669,7 @@ def _step_package(cfg: Settings, st: BatchState) -> None:
         # reserved before a byte is written, released once the manifest (the package's seal) is
         # there or the step failed; a worker killed meanwhile leaves a stale reservation that
         # the next reserve in 3B reclaims (fsd.zones)
-        need = sum(size for _, size in stored.values()) + 1024 * (len(stored) + 10)
+        need = sum(size for _, size in stored.values()) + PACKAGE_OVERHEAD_PER_FILE * (len(stored) + 10)
         zones.reserve(cfg, "3B", st.batch_id, f"ingest:{st.batch_id}", need,
                       next_step=f"`hoard ingest --resume {st.batch_id}`; the batch stays stored and in 3A until then")
         try:

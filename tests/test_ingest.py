@@ -329,6 +329,28 @@ def test_zone_3b_full_keeps_the_batch(hoard_home: Path, pg, redis_conn) -> None:
     assert ua1.load_state(cfg, batch.batch_id).status == "done"
 
 
+def test_a_sparse_file_beyond_3b_is_refused_at_scan(hoard_home: Path, pg, redis_conn) -> None:
+    """A sparse file (`truncate -s`: holes, almost nothing on disk) larger than zone 3B could
+    ever hold is quarantined at scan with one line naming its apparent size — before the store
+    step reads it — and the rest of the batch is ingested (the package step used to refuse
+    the whole batch after storing every byte of it)."""
+    toml = hoard_home / "hoard.toml"
+    toml.write_text(toml.read_text().replace("[ssd.zones.3B]\nquota_gb = 1\n", "[ssd.zones.3B]\nquota_gb = 0.1\n"))
+    cfg = ingest_home(hoard_home, pg)
+    zone3a = cfg.ssd.zone_path("3A")
+    batch = generate(zone3a, Spec(seed=9, batches=1, items_per_batch=6, large_max_mb=1, sources=("gallery",),
+                                  large_fraction=0.0))[0]
+    big = zone3a / batch.batch_id / "huge.png"
+    with open(big, "wb") as fh:
+        fh.truncate(200 << 20)  # 200 MiB apparent, 0 bytes allocated; 3B admits 0.09 GiB
+    (zone3a / batch.batch_id / "huge.png.json").write_text(json.dumps({"category": "site", "id": 1, "title": "x"}))
+    st = ingest_all(cfg, redis_conn, [zone3a / batch.batch_id], "gallery")[0]
+    assert st.status == "done with rejects", (st.step, st.error)
+    reason = _reasons(cfg, batch.batch_id)["huge.png"]
+    assert reason.startswith("200 MB (sparse: 0 kB on disk) is more than zone 3B can ever hold"), reason
+    assert "\n" not in reason and st.report["files_accepted"] == len(batch.items) + 1  # + huge.png.json
+
+
 def test_real_worker_process_and_cli(hoard_home: Path, pg, redis_conn) -> None:
     """`hoard ingest --ready` queues; a real `hoard worker --burst` subprocess runs the job graph;
     `hoard ingest --status` prints the report."""
