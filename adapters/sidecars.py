@@ -16,6 +16,10 @@ from adapters.base import (MEDIA_EXT, Adapter, Asset, BadDocument, BatchView, Fi
                            specific_fields, split_media, text, to_int, to_time)
 
 
+#: the way on for a sidecar that cannot be read
+REDO = "fix or re-download the sidecar and drop both files in a new batch"
+
+
 def _stems(batch: BatchView) -> dict[str, list[str]]:
     """`dir/stem` → media files `dir/stem.<ext>`."""
     out: dict[str, list[str]] = defaultdict(list)
@@ -31,7 +35,7 @@ def _load(batch: BatchView, parsed: Parsed, rel: str, also: list[str]) -> dict[s
     try:
         doc = batch.read_json(rel)
     except BadDocument as e:
-        parsed.reject(f"{e}; fix or re-download the sidecar and drop both files in a new batch", rel, *also)
+        parsed.reject(f"{e}; {REDO}", rel, *also)
         return None
     if not isinstance(doc, dict):
         parsed.reject(f"{rel} holds a JSON {type(doc).__name__}, not an object", rel, *also)
@@ -70,7 +74,7 @@ class YtDlp(Adapter):
                 with one_document(rel):
                     self._one(batch, parsed, rel, prefix, mine, doc, seen)
             except BadDocument as e:
-                parsed.reject(f"{e}; fix or re-download the sidecar and drop both files in a new batch", rel, *mine)
+                parsed.reject(f"{e}; {REDO}", rel, *mine)
         return parsed
 
     def _one(self, batch: BatchView, parsed: Parsed, rel: str, prefix: str, mine: list[str], doc: dict[str, Any],
@@ -156,7 +160,7 @@ class _PairedSidecars(Adapter):
                 with one_document(rel):
                     rec = self.record(File(media[0]), rel, doc)
             except BadDocument as e:
-                parsed.reject(f"{e}; fix or re-download the sidecar and drop both files in a new batch", rel, *media)
+                parsed.reject(f"{e}; {REDO}", rel, *media)
                 continue
             parsed.claim(rel, media[0])
             parsed.records.append(rec)
