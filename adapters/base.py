@@ -17,9 +17,11 @@ batches is one node, and edges join up whatever order the batches arrive in.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, ClassVar
@@ -44,10 +46,15 @@ class File:
 
 @dataclass(frozen=True, slots=True)
 class Asset:
-    """A virtual node: `virtual:<kind>:<source>:<id>` (source is the batch's)."""
+    """A virtual node: `virtual:<kind>:<source>:<id>` (source is the batch's). The id is text
+    taken from a scraped document: anything else is that document's fault (BadDocument)."""
 
     kind: str
     id: str
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.id, str) or not self.id:
+            raise BadDocument(f"a {self.kind} id must be non-empty text, found {_json_type(self.id)} {short(str(self.id))}")
 
 
 Node = File | Asset
@@ -89,6 +96,32 @@ class Parsed:
 
 class BadDocument(ValueError):
     """A metadata document that cannot be read; the message says where it breaks."""
+
+
+#: what reading a document of the wrong shape raises — a list where an object belongs
+#: (AttributeError: 'list' object has no attribute 'get'), a number where text belongs
+#: (TypeError, AttributeError), an object used as a key (TypeError: unhashable)
+SHAPE_ERRORS = (AttributeError, TypeError, KeyError, IndexError, ValueError)
+
+
+@contextlib.contextmanager
+def one_document(rel: str) -> Iterator[None]:
+    """Read one scraped document inside this: a value of the wrong JSON type anywhere in it
+    makes it a BadDocument naming the file and what was wrong, which the adapter rejects (the
+    file goes to quarantine with that reason) while the rest of the batch goes on — scraped
+    JSON is hostile, and one odd field must not fail the whole batch."""
+    try:
+        yield
+    except BadDocument as e:
+        raise BadDocument(str(e) if rel in str(e) else f"{rel}: {e}") from None
+    except SHAPE_ERRORS as e:
+        raise BadDocument(f"{rel}: a field holds the wrong type of JSON value ({type(e).__name__}: "
+                          f"{short(str(e), 160)})") from None
+
+
+def _json_type(v: Any) -> str:
+    return {dict: "an object", list: "a list", str: "text", bool: "a boolean", int: "a number",
+            float: "a number", type(None): "null"}.get(type(v), type(v).__name__)
 
 
 class BatchView:
@@ -193,7 +226,7 @@ def to_int(value: Any) -> int | None:
         return None
     try:
         n = int(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: JSON's Infinity
         return None
     return n if n >= 0 else None
 

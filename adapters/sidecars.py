@@ -12,8 +12,12 @@ import bisect
 from collections import defaultdict
 from typing import Any
 
-from adapters.base import (MEDIA_EXT, Adapter, Asset, BadDocument, BatchView, File, Parsed, Record, specific_fields,
-                           split_media, text, to_int, to_time)
+from adapters.base import (MEDIA_EXT, Adapter, Asset, BadDocument, BatchView, File, Parsed, Record, one_document,
+                           specific_fields, split_media, text, to_int, to_time)
+
+
+#: the way on for a sidecar that cannot be read
+REDO = "fix or re-download the sidecar and drop both files in a new batch"
 
 
 def _stems(batch: BatchView) -> dict[str, list[str]]:
@@ -31,7 +35,7 @@ def _load(batch: BatchView, parsed: Parsed, rel: str, also: list[str]) -> dict[s
     try:
         doc = batch.read_json(rel)
     except BadDocument as e:
-        parsed.reject(f"{e}; fix or re-download the sidecar and drop both files in a new batch", rel, *also)
+        parsed.reject(f"{e}; {REDO}", rel, *also)
         return None
     if not isinstance(doc, dict):
         parsed.reject(f"{rel} holds a JSON {type(doc).__name__}, not an object", rel, *also)
@@ -66,42 +70,52 @@ class YtDlp(Adapter):
             doc = _load(batch, parsed, rel, mine)
             if doc is None:
                 continue
-            media = [r for r in mine if split_media(r)[1] in MEDIA_EXT]
-            main = self._main(media, doc)
-            if main is None:
-                parsed.reject(f"{rel} describes a download ({prefix}.{doc.get('ext', '<ext>')}) that is not in the "
-                              "batch; add the media file or drop the sidecar", rel, *mine)
-                continue
-            vid = text(doc.get("id"), 200)
-            key = f"{doc.get('extractor_key') or doc.get('extractor') or ''}:{vid}"
-            if vid and key in seen:
-                parsed.reject(f"{rel} describes video {vid!r} again (first in {seen[key]}); "
-                              "keep one copy per batch", rel, *mine)
-                continue
-            seen[key] = rel
-            parsed.claim(rel, *mine)
-            rec = Record(
-                File(main), doc=rel, raw=doc, title=text(doc.get("title")), view_count=to_int(doc.get("view_count")),
-                update_time=to_time(doc.get("timestamp") or doc.get("upload_date")),
-                download_time=to_time(doc.get("epoch")), author=text(doc.get("uploader") or doc.get("channel"), 200),
-                user=text(doc.get("uploader_id") or doc.get("channel_id"), 200),
-                specific=specific_fields(doc, self._EXCLUDE))
-            if vid:
-                rec.edges.append((Asset("video", key), File(main), "media_of"))
-            channel = text(doc.get("channel_id") or doc.get("uploader_id"), 200)
-            if channel:
-                rec.edges.append((Asset("channel", channel), File(main), "channel_of"))
-            if doc.get("playlist_id"):
-                rec.edges.append((Asset("playlist", str(doc["playlist_id"])), File(main), "playlist_of"))
-            for extra in mine:
-                if extra == main:
-                    continue
-                ext = split_media(extra)[1]
-                rel_name = ("subtitle_of" if ext in ("vtt", "srt", "ass") else
-                            "thumbnail_of" if ext in ("jpg", "jpeg", "png", "webp") else "attachment_of")
-                rec.edges.append((File(main), File(extra), rel_name))
-            parsed.records.append(rec)
+            try:
+                with one_document(rel):
+                    self._one(batch, parsed, rel, prefix, mine, doc, seen)
+            except BadDocument as e:
+                parsed.reject(f"{e}; {REDO}", rel, *mine)
         return parsed
+
+    def _one(self, batch: BatchView, parsed: Parsed, rel: str, prefix: str, mine: list[str], doc: dict[str, Any],
+             seen: dict[str, str]) -> None:
+        """The record of one info.json and the files `mine` that share its name; claims them
+        only once the record is built (a document of the wrong shape raises half-way)."""
+        media = [r for r in mine if split_media(r)[1] in MEDIA_EXT]
+        main = self._main(media, doc)
+        if main is None:
+            parsed.reject(f"{rel} describes a download ({prefix}.{doc.get('ext', '<ext>')}) that is not in the "
+                          "batch; add the media file or drop the sidecar", rel, *mine)
+            return
+        vid = text(doc.get("id"), 200)
+        key = f"{doc.get('extractor_key') or doc.get('extractor') or ''}:{vid}"
+        if vid and key in seen:
+            parsed.reject(f"{rel} describes video {vid!r} again (first in {seen[key]}); "
+                          "keep one copy per batch", rel, *mine)
+            return
+        rec = Record(
+            File(main), doc=rel, raw=doc, title=text(doc.get("title")), view_count=to_int(doc.get("view_count")),
+            update_time=to_time(doc.get("timestamp") or doc.get("upload_date")),
+            download_time=to_time(doc.get("epoch")), author=text(doc.get("uploader") or doc.get("channel"), 200),
+            user=text(doc.get("uploader_id") or doc.get("channel_id"), 200),
+            specific=specific_fields(doc, self._EXCLUDE))
+        if vid:
+            rec.edges.append((Asset("video", key), File(main), "media_of"))
+        channel = text(doc.get("channel_id") or doc.get("uploader_id"), 200)
+        if channel:
+            rec.edges.append((Asset("channel", channel), File(main), "channel_of"))
+        if doc.get("playlist_id"):
+            rec.edges.append((Asset("playlist", str(doc["playlist_id"])), File(main), "playlist_of"))
+        for extra in mine:
+            if extra == main:
+                continue
+            ext = split_media(extra)[1]
+            rel_name = ("subtitle_of" if ext in ("vtt", "srt", "ass") else
+                        "thumbnail_of" if ext in ("jpg", "jpeg", "png", "webp") else "attachment_of")
+            rec.edges.append((File(main), File(extra), rel_name))
+        seen[key] = rel
+        parsed.claim(rel, *mine)
+        parsed.records.append(rec)
 
     @staticmethod
     def _main(media: list[str], doc: dict[str, Any]) -> str | None:
@@ -142,8 +156,14 @@ class _PairedSidecars(Adapter):
             doc = _load(batch, parsed, rel, media)
             if doc is None:
                 continue
+            try:
+                with one_document(rel):
+                    rec = self.record(File(media[0]), rel, doc)
+            except BadDocument as e:
+                parsed.reject(f"{e}; {REDO}", rel, *media)
+                continue
             parsed.claim(rel, media[0])
-            parsed.records.append(self.record(File(media[0]), rel, doc))
+            parsed.records.append(rec)
         return parsed
 
     def record(self, node: File, rel: str, doc: dict[str, Any]) -> Record:  # pragma: no cover - interface

@@ -17,7 +17,7 @@ import re
 from html import unescape
 from typing import Any
 
-from adapters.base import (Adapter, Asset, BadDocument, BatchView, File, Parsed, Record, match_media,
+from adapters.base import (Adapter, Asset, BadDocument, BatchView, File, Parsed, Record, match_media, one_document,
                            specific_fields, text, to_int, to_time)
 
 
@@ -29,24 +29,30 @@ class _ApiDump(Adapter):
         self.done: set[tuple[str, str]] = set()
         for rel in batch.by_suffix(*self.suffixes):
             mine = Parsed()
+            self.new: set[tuple[str, str]] = set()  # what this file adds to `done`, if it is taken
+            self.items = 0  # items the file holds, new or already seen in another file
             try:
-                docs = batch.read_jsonl(rel) if rel.endswith(".jsonl") else [batch.read_json(rel)]
-                for doc in docs:
-                    self.page(batch, mine, rel, doc)
-                if not mine.records:
+                with one_document(rel):
+                    docs = batch.read_jsonl(rel) if rel.endswith(".jsonl") else [batch.read_json(rel)]
+                    for doc in docs:
+                        self.page(batch, mine, rel, doc)
+                if not self.items:
                     raise BadDocument(f"{rel} holds no {self.format} items")
             except BadDocument as e:
                 parsed.reject(f"{e}; check the file is an unmodified {self.format} API response", rel)
                 continue
+            self.done |= self.new
             parsed.records += mine.records
             parsed.claim(rel, *mine.claimed)
         return parsed
 
     def first_time(self, kind: str, ident: str) -> bool:
-        """True once per (kind, id) and batch: a tweet in two pages is one record."""
-        if (kind, ident) in self.done:
+        """True once per (kind, id) and batch: a tweet in two pages is one record (a rejected
+        file's items do not count: a good file may hold them too)."""
+        self.items += 1
+        if (kind, ident) in self.done or (kind, ident) in self.new:
             return False
-        self.done.add((kind, ident))
+        self.new.add((kind, ident))
         return True
 
     def media(self, batch: BatchView, parsed: Parsed, rel: str, owner: Record, ident: str, url: str | None,

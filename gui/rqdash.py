@@ -19,10 +19,12 @@ import rq_dashboard
 from a2wsgi import WSGIMiddleware
 from flask import Flask
 from nicegui import app
+from rq_dashboard.web import config as rq_dashboard_config
 from rq_dashboard.web import setup_rq_connection
 from starlette.routing import Mount
 
 from fsd.base.config import Settings
+from jobs.guard import SERIALIZER
 
 PREFIX = "/rq"
 
@@ -39,6 +41,9 @@ def flask_app(cfg: Settings) -> Flask:
     # and static files carry the prefix
     fa.register_blueprint(rq_dashboard.blueprint, url_prefix="")
     setup_rq_connection(fa)
+    # hoardfs's jobs are JSON (jobs.guard): with RQ's default, pickle, showing a job written to
+    # Redis by someone else would run the code its pickle names, in the GUI's process
+    rq_dashboard_config.serializer = SERIALIZER
     fa.after_request(_escaped_json)
     return fa
 

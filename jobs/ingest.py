@@ -43,9 +43,8 @@ from typing import Any
 
 import psycopg
 import redis
-from rq import Queue, SimpleWorker
+from rq import SimpleWorker
 from rq.exceptions import NoSuchJobError, StopRequested
-from rq.job import Job
 from rq.worker import WorkerStatus
 
 from adapters import (Asset, File, Record, Reject, UnknownSource, adapter_for, canonical_source, display,
@@ -61,7 +60,9 @@ from fsd.manifest import naming_lock
 from fsd.replicate import replicate_once
 from fsd.store import Store
 from jobs import runlog
-from jobs.queues import CONDITIONS, QUEUES, condition_line, connect, enqueue_once, is_condition, running, unserved_queues
+from jobs.guard import SERIALIZER, GuardedWorker, HoardJob
+from jobs.queues import (CONDITIONS, QUEUES, condition_line, connect, enqueue_once, fetch_job, is_condition, rq_queue,
+                         running, unserved_queues)
 from sql.apply import apply_write_intent
 from sql.migrate import migrate
 from sql.schema_decider import propose_if_new
@@ -72,6 +73,8 @@ STEPS = ("scan", "store", "apply", "package", "finish")
 QUEUE_OF = {"scan": "ingest", "store": "io", "apply": "sql", "package": "io", "finish": "maintenance"}
 #: RQ timeout per step (a 20,000-item batch with large videos takes minutes, not hours)
 STEP_TIMEOUT_S = 6 * 3600
+#: what a package in 3B reserves per file beyond its bytes (tar header, manifest line)
+PACKAGE_OVERHEAD_PER_FILE = 1024
 BATCH_ID = re.compile(NAME_PATTERN)
 SIGNAL = "_READY"
 
@@ -173,7 +176,7 @@ def stalled_batches(cfg: Settings, pending: list[BatchState]) -> list[dict[str, 
         for st in pending:
             job_id = _job_id(st.batch_id, st.step)
             try:
-                job_status = Job.fetch(job_id, connection=conn).get_status(refresh=True)
+                job_status = fetch_job(job_id, conn).get_status(refresh=True)
             except NoSuchJobError:
                 job_status = None
             if job_status == "started" and running(conn, job_id):
@@ -508,7 +511,9 @@ def work_here(cfg: Settings, redis_conn=None) -> None:
     assert cfg.redis_url
     conn = redis_conn or connect(cfg.redis_url)
     saved = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
-    worker = _HereWorker([Queue(q, connection=conn) for q in QUEUES], connection=conn)
+    worker = _HereWorker([rq_queue(q, conn) for q in QUEUES], connection=conn, serializer=SERIALIZER,
+                         job_class=HoardJob)
+    worker.config_path = cfg.source
     try:
         worker.work(burst=True, logging_level="WARNING")
     finally:
@@ -518,11 +523,12 @@ def work_here(cfg: Settings, redis_conn=None) -> None:
         raise KeyboardInterrupt
 
 
-class _HereWorker(SimpleWorker):
+class _HereWorker(GuardedWorker, SimpleWorker):
     """RQ's SimpleWorker answers Ctrl-C with a warm shutdown: the step under way (hours for a
     large batch) runs to its end, and RQ's handlers stay installed after `work()` returns, so
     a second Ctrl-C raised SystemExit — exit 0. Here Ctrl-C stops the step at once (steps are
-    idempotent: `--resume` runs it again) and the caller puts its own handlers back."""
+    idempotent: `--resume` runs it again) and the caller puts its own handlers back. Like
+    `hoard worker` it runs only hoardfs's own jobs (jobs.guard)."""
 
     interrupted = False
 
@@ -557,6 +563,9 @@ def _step_scan(cfg: Settings, st: BatchState) -> None:
                           f"{st.batch_id}` says so — otherwise drop the batch again")
     adapter = adapter_for(st.source, cfg.sources)
     parsed, view = parse_batch(root, adapter, cfg.ingest.settle_s)
+    for rel, why in _beyond_3b(cfg, root, {rel: view.files[rel] for rel in parsed.claimed}).items():
+        parsed.reject(why, rel)  # its records are skipped by the intent: their node is not stored
+        parsed.claimed.discard(rel)
     files = {rel: view.files[rel] for rel in sorted(parsed.claimed)}
     st.report.update({"format": adapter.format, "files_seen": len(view.files) + sum(
         len(r.paths) for r in parsed.rejects if r.paths and r.paths[0] not in view.files),
@@ -570,6 +579,27 @@ def _step_scan(cfg: Settings, st: BatchState) -> None:
         st.report["quarantine"] = str(zone3a / "_quarantine" / st.batch_id)
     atomic_write(_work(cfg, st.batch_id, "records"),
                  json.dumps({"files": files, "records": [_rec_json(r) for r in parsed.records]}).encode())
+
+
+def _beyond_3b(cfg: Settings, root: Path, files: dict[str, int]) -> dict[str, str]:
+    """Files too large for the batch's package ever to fit zone 3B (its quota up to the deny
+    threshold), each → the reason: refused at scan, before the store step reads them. A sparse
+    file (a scraper's preallocated or failed download: holes, no data) takes little of 3A but
+    its apparent size is what the store reads and 3B must hold."""
+    limit = int(zones.quota(cfg, "3B") * cfg.ssd.thresholds.deny)
+    out = {}
+    for rel, size in files.items():
+        if size + PACKAGE_OVERHEAD_PER_FILE * (1 + 10) <= limit:  # one file: the package's `need`
+            continue
+        try:
+            on_disk = os.lstat(root / rel).st_blocks * 512
+        except OSError:
+            on_disk = size
+        sparse = f" (sparse: {zones.size(on_disk)} on disk)" if on_disk < size // 2 else ""
+        out[rel] = (f"{zones.size(size)}{sparse} is more than zone 3B can ever hold for the batch's package "
+                    f"({zones.size(limit)}: ssd.zones.3B.quota_gb at the deny threshold); if the file is real, "
+                    "raise the quota and drop it in a new batch")
+    return out
 
 
 def _nothing_accepted(st: BatchState, root: Path, what: str, rejected: list[dict[str, Any]]) -> None:
@@ -639,7 +669,7 @@ def _step_package(cfg: Settings, st: BatchState) -> None:
         # reserved before a byte is written, released once the manifest (the package's seal) is
         # there or the step failed; a worker killed meanwhile leaves a stale reservation that
         # the next reserve in 3B reclaims (fsd.zones)
-        need = sum(size for _, size in stored.values()) + 1024 * (len(stored) + 10)
+        need = sum(size for _, size in stored.values()) + PACKAGE_OVERHEAD_PER_FILE * (len(stored) + 10)
         zones.reserve(cfg, "3B", st.batch_id, f"ingest:{st.batch_id}", need,
                       next_step=f"`hoard ingest --resume {st.batch_id}`; the batch stays stored and in 3A until then")
         try:

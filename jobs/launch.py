@@ -20,7 +20,6 @@ from typing import Any
 
 import redis
 from pydantic import BaseModel, ConfigDict, ValidationError, create_model
-from rq import Queue
 from rq.command import send_stop_job_command
 from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.job import Job, JobStatus
@@ -31,7 +30,8 @@ from fsd.base.config import Settings
 from fsd.base.errors import ExitCode, HoardError
 from jobs import ingest, maintenance, outputs, runlog
 from jobs import progress as job_progress
-from jobs.queues import connect, enqueue_once, redis_required, unserved_queues
+from jobs.guard import SERIALIZER
+from jobs.queues import connect, enqueue_once, fetch_job, redis_required, rq_queue, unserved_queues
 
 MAINTENANCE_QUEUE = "maintenance"
 PREFIX = "maint-"
@@ -114,7 +114,7 @@ def launch_maintenance(cfg: Settings, kind: str, params: dict[str, Any], by: str
     if kind == "rebuild" and clean.get("onto") == clean["disk"]:
         raise LaunchError(f"rebuild: onto: a disk cannot be rebuilt onto itself ({clean['disk']})")
     job_id = f"{PREFIX}{kind}-{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
-    Queue(MAINTENANCE_QUEUE, connection=conn or connect(cfg.redis_url)).enqueue(
+    rq_queue(MAINTENANCE_QUEUE, conn or connect(cfg.redis_url)).enqueue(
         maintenance.run, kind, str(cfg.source) if cfg.source else None, **clean, job_id=job_id,
         job_timeout=maintenance.JOB_TIMEOUT_S, result_ttl=30 * 86400, failure_ttl=365 * 86400,
         description=f"{kind} {' '.join(f'{k}={v}' for k, v in clean.items())}".strip(),
@@ -198,13 +198,14 @@ _OUTPUT_STATUS = {"interrupted": "failed", "gone": "failed"}
 
 
 def maintenance_runs(conn) -> list[Run]:
-    q = Queue(MAINTENANCE_QUEUE, connection=conn)
+    q = rq_queue(MAINTENANCE_QUEUE, conn)
     ids = set(q.job_ids)
     for reg in (StartedJobRegistry(queue=q), FinishedJobRegistry(queue=q), FailedJobRegistry(queue=q),
                 CanceledJobRegistry(queue=q)):
         ids.update(reg.get_job_ids(cleanup=False))  # a listing changes nothing: no failure callbacks, no moves
     out = []
-    for job in Job.fetch_many(sorted(i for i in ids if i.startswith(PREFIX)), connection=conn):
+    for job in Job.fetch_many(sorted(i for i in ids if i.startswith(PREFIX)), connection=conn,
+                                 serializer=SERIALIZER):
         if job is None:
             continue
         status = _RQ_STATUS.get(str((job.get_status(refresh=True) or JobStatus.QUEUED).value), "queued")
@@ -276,7 +277,7 @@ def select(all_runs: list[Run], kind: str = "", status: str = "", source: str = 
 
 def _ingest_job(cfg: Settings, st: ingest.BatchState, conn) -> Job | None:
     try:
-        return Job.fetch(ingest._job_id(st.batch_id, st.step), connection=conn)
+        return fetch_job(ingest._job_id(st.batch_id, st.step), conn)
     except NoSuchJobError:
         return None
 
@@ -286,7 +287,7 @@ def _job_of(cfg: Settings, kind: str, run_id: str, conn) -> Job | None:
         st = ingest.load_state(cfg, run_id)
         return _ingest_job(cfg, st, conn) if st else None
     try:
-        return Job.fetch(run_id if kind in maintenance.JOBS else f"{kind}-{run_id}", connection=conn)
+        return fetch_job(run_id if kind in maintenance.JOBS else f"{kind}-{run_id}", conn)
     except (NoSuchJobError, ValueError):  # ValueError: not even a valid job id (a hand-typed URL)
         return None
 

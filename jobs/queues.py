@@ -21,6 +21,7 @@ from rq.utils import current_timestamp
 
 from fsd.base.errors import HoardError, ServiceUnavailable, first_line
 from fsd.base.proc import pid_alive
+from jobs.guard import SERIALIZER, GuardedWorker, HoardJob
 
 #: The queues of hoardfs, in the order a default worker serves them.
 QUEUES = ("ingest", "io", "sql", "maintenance")
@@ -63,15 +64,30 @@ def condition_line(e: BaseException) -> str:
     return f"{type(e).__name__}: {e}"
 
 
-class HoardWorker(Worker):
-    """`hoard worker`: RQ's worker, except that a job ending on one of CONDITIONS (PostgreSQL
-    stopped, a disk gone, a full zone) is one line in the log — what failed and the job — not
-    a Python traceback for what is no bug; the job's state says how to go on, and RQ's failed
-    job registry (rq-dashboard) keeps the whole traceback. Any other exception is a bug and
-    is logged with its traceback as RQ does."""
+def rq_queue(name: str, conn: redis.Redis) -> Queue:
+    """An RQ queue of hoardfs: JSON jobs (jobs.guard), never pickles."""
+    return Queue(name, connection=conn, serializer=SERIALIZER)
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+
+def fetch_job(job_id: str, conn: redis.Redis) -> Job:
+    """Job.fetch with hoardfs's serializer: reading a job decodes JSON, never a pickle."""
+    return Job.fetch(job_id, connection=conn, serializer=SERIALIZER)
+
+
+class HoardWorker(GuardedWorker, Worker):
+    """`hoard worker`: RQ's worker, except that it runs only hoardfs's own jobs (jobs.guard: JSON,
+    an allow-list checked before anything of a job is imported), and that a job ending on one of
+    CONDITIONS (PostgreSQL stopped, a disk gone, a full zone) is one line in the log — what
+    failed and the job — not a Python traceback for what is no bug; the job's state says how to
+    go on, and RQ's failed job registry (rq-dashboard) keeps the whole traceback. Any other
+    exception is a bug and is logged with its traceback as RQ does. `config_path`: the file the
+    worker's configuration came from (a job naming another is refused)."""
+
+    def __init__(self, *args: Any, config_path: Any = None, **kwargs: Any) -> None:
+        kwargs.setdefault("serializer", SERIALIZER)
+        kwargs.setdefault("job_class", HoardJob)
         super().__init__(*args, **kwargs)
+        self.config_path = config_path
         if not any(isinstance(f, _OutageInOneLine) for f in self.log.filters):
             self.log.addFilter(_OutageInOneLine())
 
@@ -141,7 +157,7 @@ def job_counts(url: str) -> dict[str, dict[str, int]]:
     asked = []
     with conn.pipeline(transaction=False) as p:
         for name in QUEUES:
-            q = Queue(name, connection=conn)
+            q = rq_queue(name, conn)
             started = StartedJobRegistry(queue=q).key
             for state, (command, *args) in {
                     "queued": ("llen", q.key),
@@ -166,14 +182,14 @@ def enqueue_once(conn: redis.Redis, queue: str, func: str, *args: Any, job_id: s
     running on a live worker (enqueueing it again would run it twice). A job that finished,
     failed, or was "started" by a worker that died (kill -9, power loss) is replaced."""
     try:
-        job = Job.fetch(job_id, connection=conn)
+        job = fetch_job(job_id, conn)
         status = job.get_status(refresh=True)
         if status in ("queued", "scheduled", "deferred") or (status == "started" and running(conn, job_id)):
             return job_id
         job.delete()
     except NoSuchJobError:
         pass
-    Queue(queue, connection=conn).enqueue(func, *args, job_id=job_id, job_timeout=timeout, result_ttl=86400,
+    rq_queue(queue, conn).enqueue(func, *args, job_id=job_id, job_timeout=timeout, result_ttl=86400,
                                           failure_ttl=30 * 86400, description=description)
     return job_id
 

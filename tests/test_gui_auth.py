@@ -413,10 +413,10 @@ async def test_rq_acts_only_from_the_gui_itself(user) -> None:
 async def test_rq_shows_job_text_as_text(user, redis_conn) -> None:
     """A job whose description holds markup (a scraped file's name, a form's value) comes out
     of /rq's JSON HTML-escaped: its templates insert it unescaped."""
-    from rq import Queue
+    from jobs.queues import rq_queue
 
     evil = "<img src=x onerror=alert(1)>"
-    job = Queue("maintenance", connection=redis_conn).enqueue("builtins.print", evil, description=f"verify {evil}")
+    job = rq_queue("maintenance", redis_conn).enqueue("builtins.print", evil, description=f"verify {evil}")
     try:
         await sign_in(user, "vera")
         r = await user.http_client.get(f"/rq/0/data/job/{job.id}.json")

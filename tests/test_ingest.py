@@ -12,14 +12,15 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from rq import Queue, SimpleWorker
+from rq import SimpleWorker
 
 from adapters.synth import Spec, generate
 from fsd.base import config
 from fsd.base.errors import ExitCode, HoardError
 from fsd.store import Store
 from jobs import ingest as ua1
-from jobs.queues import QUEUES
+from jobs.guard import SERIALIZER
+from jobs.queues import QUEUES, rq_queue
 from sql.intents import virtual_sha256
 from tests.conftest import REALDATA, fresh_schema, needs_realdata, use_schema
 
@@ -46,7 +47,7 @@ def ingest_home(home: Path, pg: psycopg.Connection, batch_size_gb: float | None 
 
 
 def work(redis_conn) -> None:
-    SimpleWorker([Queue(q, connection=redis_conn) for q in QUEUES], connection=redis_conn).work(burst=True)
+    SimpleWorker([rq_queue(q, redis_conn) for q in QUEUES], connection=redis_conn, serializer=SERIALIZER).work(burst=True)
 
 
 def ingest_all(cfg: config.Settings, redis_conn, dirs: list[Path], source: str | None = None) -> list[ua1.BatchState]:
@@ -298,7 +299,7 @@ def test_hoard_worker_logs_a_condition_in_one_line(hoard_home: Path, pg, redis_c
         and "PostgreSQL unreachable" in failed[0], res.stderr
     st = ua1.load_state(cfg, batch.batch_id)
     assert st.status == "failed" and st.step == "apply" and "start it, then `hoard ingest --resume`" in st.error
-    job = Queue("sql", connection=redis_conn).failed_job_registry.get_job_ids()
+    job = rq_queue("sql", redis_conn).failed_job_registry.get_job_ids()
     assert job, "the failed job is not in RQ's failed registry"
     Path(cfg.source).write_text(cfg_text)
     ua1.submit(cfg, zone3a / batch.batch_id, None, redis_conn)
@@ -326,6 +327,28 @@ def test_zone_3b_full_keeps_the_batch(hoard_home: Path, pg, redis_conn) -> None:
     ua1.submit(cfg, zone3a / batch.batch_id, None, redis_conn)
     work(redis_conn)
     assert ua1.load_state(cfg, batch.batch_id).status == "done"
+
+
+def test_a_sparse_file_beyond_3b_is_refused_at_scan(hoard_home: Path, pg, redis_conn) -> None:
+    """A sparse file (`truncate -s`: holes, almost nothing on disk) larger than zone 3B could
+    ever hold is quarantined at scan with one line naming its apparent size — before the store
+    step reads it — and the rest of the batch is ingested (the package step used to refuse
+    the whole batch after storing every byte of it)."""
+    toml = hoard_home / "hoard.toml"
+    toml.write_text(toml.read_text().replace("[ssd.zones.3B]\nquota_gb = 1\n", "[ssd.zones.3B]\nquota_gb = 0.1\n"))
+    cfg = ingest_home(hoard_home, pg)
+    zone3a = cfg.ssd.zone_path("3A")
+    batch = generate(zone3a, Spec(seed=9, batches=1, items_per_batch=6, large_max_mb=1, sources=("gallery",),
+                                  large_fraction=0.0))[0]
+    big = zone3a / batch.batch_id / "huge.png"
+    with open(big, "wb") as fh:
+        fh.truncate(200 << 20)  # 200 MiB apparent, 0 bytes allocated; 3B admits 0.09 GiB
+    (zone3a / batch.batch_id / "huge.png.json").write_text(json.dumps({"category": "site", "id": 1, "title": "x"}))
+    st = ingest_all(cfg, redis_conn, [zone3a / batch.batch_id], "gallery")[0]
+    assert st.status == "done with rejects", (st.step, st.error)
+    reason = _reasons(cfg, batch.batch_id)["huge.png"]
+    assert reason.startswith("200 MB (sparse: 0 kB on disk) is more than zone 3B can ever hold"), reason
+    assert "\n" not in reason and st.report["files_accepted"] == len(batch.items) + 1  # + huge.png.json
 
 
 def test_real_worker_process_and_cli(hoard_home: Path, pg, redis_conn) -> None:

@@ -20,7 +20,6 @@ from pathlib import Path
 import pytest
 import redis
 from nicegui import run
-from rq import Queue, SimpleWorker
 
 from fsd.base import config
 from fsd.base.progress import Progress, published
@@ -28,7 +27,9 @@ from fsd.deletion import release
 from fsd.rebuild import rebuild
 from fsd.store import Store
 from jobs import launch
+from jobs.ingest import work_here
 from jobs.progress import KEY
+from jobs.queues import fetch_job
 from sql.migrate import migrate
 from tests.conftest import dir_disks_config, make_files, use_schema
 from tests.gui_fixtures import gui_home, sign_in, user  # noqa: F401 - fixtures
@@ -112,9 +113,7 @@ class Watcher(threading.Thread):
 
 
 def _job_seconds(redis_conn, job_id: str) -> float:
-    from rq.job import Job
-
-    job = Job.fetch(job_id, connection=redis_conn)
+    job = fetch_job(job_id, redis_conn)
     assert job.get_status() == "finished", job.get_status()
     return (job.ended_at - job.started_at).total_seconds()
 
@@ -307,7 +306,7 @@ def test_rebuild_reports_every_shard_it_deals_with(tmp_path: Path) -> None:
 
 
 def test_verify_and_gc_jobs_end_with_their_last_figures(hoard_home: Path, pg, redis_conn) -> None:
-    """The other streaming jobs publish through the same path (RQ's SimpleWorker in-process):
+    """The other streaming jobs publish through the same path (hoardfs's in-process worker):
     a verify job and a gc job that compacts shards each leave done == total > 0, state done."""
     cfg_path = Path(use_schema(hoard_home, pg))
     assert hoard("--config", str(cfg_path), "init").returncode == 0
@@ -318,7 +317,7 @@ def test_verify_and_gc_jobs_end_with_their_last_figures(hoard_home: Path, pg, re
         release(store, [bytes.fromhex(r.sha256) for r in results[::2]], "test")  # half of each shard is dead
     ids = [launch.launch_maintenance(cfg, "verify", {"sha256": True}),
            launch.launch_maintenance(cfg, "gc", {"threshold": 0.9})]
-    SimpleWorker([Queue("maintenance", connection=redis_conn)], connection=redis_conn).work(burst=True)
+    work_here(cfg, redis_conn)  # hoardfs's own in-process worker (jobs.guard: JSON jobs)
     for job_id, what in zip(ids, ("bytes checked", "live bytes copied")):
         final = json.loads(redis_conn.get(KEY.format(job_id)))
         assert final["what"] == what and final["state"] == "done", final

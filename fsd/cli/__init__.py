@@ -219,9 +219,8 @@ def worker(
 ) -> None:
     """Run an RQ worker on the hoardfs queues."""
     # deferred: hoard starts without jobs (rq, redis)
-    from rq import Queue
-
-    from jobs.queues import QUEUES, HoardWorker, connect, redis_required
+    from jobs.guard import exposure
+    from jobs.queues import QUEUES, HoardWorker, connect, redis_required, rq_queue
 
     names = [q.strip() for q in queues.split(",") if q.strip()]
     unknown = [q for q in names if q not in QUEUES]
@@ -229,9 +228,11 @@ def worker(
         raise HoardError(f"unknown queue(s) {', '.join(unknown)}; allowed: {', '.join(QUEUES)}", ExitCode.USAGE)
     cfg = state(ctx).settings
     assert cfg.redis_url
+    if open_to := exposure(cfg.redis_url):
+        logging.getLogger("jobs.guard").warning("%s", open_to)
     with redis_required(cfg.redis_url):
         conn = connect(cfg.redis_url)
-        HoardWorker([Queue(n, connection=conn) for n in names], connection=conn).work(burst=burst)
+        HoardWorker([rq_queue(n, conn) for n in names], connection=conn, config_path=cfg.source).work(burst=burst)
 
 
 @app.command()

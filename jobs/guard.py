@@ -1,0 +1,143 @@
+"""What a hoardfs worker agrees to run: the JSON serializer every queue, job and reader uses,
+and the allow-list a job is checked against before anything of it is imported or called.
+
+Anyone who can write to Redis can put a job on a queue, and RQ runs whatever a job names:
+`func_name` is imported by dotted path and called with the job's arguments. With RQ's
+default serializer the job's `data`, `meta` and `result` are pickles, and unpickling alone
+runs code (a pickle names any callable) — in the worker, and in every process that merely
+fetches the job (the GUI's run pages, rq-dashboard). So:
+
+- every queue, fetch and worker of hoardfs uses SERIALIZER (JSON): reading a job decodes
+  JSON, which names no code; a pickle written by someone else does not decode and is refused;
+- a worker runs a job only when `refusal(job, …)` finds nothing wrong: its function one of
+  JOB_FUNCTIONS, no instance, no callbacks or webhooks, and the configuration file it names the worker's
+  own (a job naming another file would run a hoardfs job against someone else's disks and
+  paths, as the worker's user). A refused job is marked failed with the reason, one line in
+  the worker's log, and nothing of it was imported or run.
+
+This is the second wall: the first is that only the `hoard` group can reach Redis at all (a
+unix socket with mode 0770, or a password; docs/security-workers.md).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from rq.exceptions import DeserializationError, NoSuchJobError
+from rq.job import Job
+from rq.queue import Queue
+from rq.serializers import JSONSerializer
+
+#: the serializer of every hoardfs queue, job fetch and worker (never RQ's default, pickle)
+SERIALIZER = JSONSerializer
+
+#: the job functions a hoardfs worker runs → the position of their `config_path` argument
+#: (positional, or the keyword of that name)
+JOB_FUNCTIONS = {
+    "jobs.ingest.run_step": 0,
+    "jobs.outputs.run_job": 0,
+    "jobs.maintenance.run": 1,
+    "jobs.store_jobs.replicate": 0,
+}
+
+
+class HoardJob(Job):
+    """RQ's Job, except that a job hash RQ cannot read (a garbled field written by hand) is a
+    job that does not exist — the worker goes on to the next — rather than an exception that
+    ends the worker's loop ("found an unhandled exception, quitting")."""
+
+    def restore(self, raw_data: Any) -> Any:
+        try:
+            return super().restore(raw_data)
+        except NoSuchJobError:
+            raise
+        except Exception as e:
+            why = f"job {self.id}: its Redis hash is not a job RQ can read ({type(e).__name__}: {e}); skipped"
+            self.log.error("%s", why)
+            raise NoSuchJobError(why) from None
+
+
+def refusal(job: Job, config_path: str | os.PathLike[str] | None) -> str:
+    """Why a worker whose configuration is `config_path` must not run `job`, or "" to run it.
+    Reads only the job's decoded JSON: nothing the job names is imported."""
+    if job.serializer is not SERIALIZER:
+        return "not read with the JSON serializer"
+    try:
+        func_name, instance, args, kwargs = job.func_name, job.instance, job.args, job.kwargs
+    except DeserializationError:
+        return "its payload is not JSON (a pickle written to Redis by hand?)"
+    if getattr(job, "_unreadable_meta", None) is not None:
+        return "its meta is not JSON (a pickle written to Redis by hand?)"
+    if func_name not in JOB_FUNCTIONS:
+        return f"function {str(func_name)[:200]!r} is not a hoardfs job (allowed: {', '.join(JOB_FUNCTIONS)})"
+    if instance is not None or not isinstance(args, list) or not isinstance(kwargs, dict):
+        return f"{func_name}: malformed payload (instance, args or kwargs)"
+    callbacks = [n for n in ("_success_callback_name", "_failure_callback_name", "_stopped_callback_name")
+                 if getattr(job, n, None)]
+    if callbacks or job.webhooks:
+        return f"{func_name}: names callbacks or webhooks; hoardfs jobs have none"
+    at = JOB_FUNCTIONS[func_name]
+    named = args[at] if len(args) > at else kwargs.get("config_path")
+    if not _same_file(named, config_path):
+        return (f"{func_name}: names configuration {str(named)[:200]!r}, not this worker's "
+                f"({str(config_path) if config_path else 'none given'})")
+    return ""
+
+
+def _same_file(named: Any, own: str | os.PathLike[str] | None) -> bool:
+    """A job's configuration is the worker's own: the very file the worker loaded, or none when
+    the worker has none either (Settings built in code: `hoard ingest --here`, tests)."""
+    if named is None or own is None:
+        return named is None and own is None
+    if not isinstance(named, str):
+        return False
+    try:
+        return os.path.samefile(named, own)
+    except (OSError, ValueError):
+        return False
+
+
+class GuardedWorker:
+    """Mixin for an RQ worker class (before it in the bases): checks each dequeued job with
+    `refusal` before the worker forks or calls anything, and fails a refused one without
+    running it. `config_path` is the file the worker's own configuration came from."""
+
+    config_path: str | os.PathLike[str] | None = None
+
+    def execute_job(self, job: Job, queue: Queue) -> None:
+        why = refusal(job, self.config_path)
+        if not why:
+            super().execute_job(job, queue)  # type: ignore[misc]
+            return
+        self.log.error("Worker %s: refused job %s on queue %s, not run: %s; only the hoard group may write to "  # type: ignore[attr-defined]
+                       "Redis (docs/security-workers.md)", self.name, job.id, queue.name, why)  # type: ignore[attr-defined]
+        # nothing the job names may be reached on the way to failing it: no retry, no webhook
+        job.retries_left, job.webhooks = None, []
+        self.handle_job_failure(job, queue, exc_string=f"refused by the worker, not run: {why}")  # type: ignore[attr-defined]
+        queue.intermediate_queue.remove(job.id)
+
+
+def exposure(url: str) -> str:
+    """What lets people outside the `hoard` group write jobs into the Redis at `url`, or "":
+    a TCP Redis without a password (any local user, any host that reaches the port), a unix
+    socket whose mode gives others access. `hoard worker` says it once at start."""
+    from redis.connection import parse_url  # deferred: only the worker asks
+
+    try:
+        parts = parse_url(url)
+    except ValueError:
+        return ""  # a URL redis-py cannot parse fails loudly when the worker connects
+    if "path" in parts:
+        try:
+            mode = os.stat(parts["path"]).st_mode
+        except OSError:
+            return ""
+        if mode & 0o007:
+            return (f"Redis socket {parts['path']} has mode {mode & 0o777:o}: every local user can queue jobs; "
+                    "serve it with unixsocketperm 770 for the hoard group (docs/security-workers.md)")
+        return ""
+    if not parts.get("password"):
+        return (f"Redis at {parts.get('host')}:{parts.get('port')} takes no password: every local user can queue "
+                "jobs; use a unix socket with mode 0770 or a password in redis_url (docs/security-workers.md)")
+    return ""
