@@ -53,7 +53,9 @@ def frame(title: str) -> Iterator[SignedIn]:
             ui.link(label, href).classes("text-white q-mr-md")
         ui.space()
         ui.label(f"{user.name} ({user.role})").classes("q-mr-md")
-        ui.link("Sign out", "/logout").classes("text-white")
+        # a form POST: signing out acts, and no GET does (gui.auth's /logout)
+        with ui.element("form").props('method="post" action="/logout"'):
+            ui.button("Sign out").props("type=submit flat dense no-caps color=white").mark("sign-out")
     live(banner)
     with ui.column().classes("w-full q-pa-md"):
         ui.label(title).classes("text-h5")

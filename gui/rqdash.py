@@ -5,7 +5,7 @@ an acting request must come from the GUI's own pages (gui.auth: no cross-site re
 delete).
 
 A viewer may look but not act: rq-dashboard's requeue/cancel/delete/empty are POSTs, which
-gui.auth refuses to a viewer (ACTING_PREFIXES). rq-dashboard lists every job it is asked for and gets slow
+gui.auth refuses to a viewer (ACTING_PREFIXES); a GET to any of them answers 405. rq-dashboard lists every job it is asked for and gets slow
 with many failed ones (rq-dashboard #91, #396): our own pages show counts instead.
 """
 
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import rq_dashboard
 from a2wsgi import WSGIMiddleware
-from flask import Flask
+from flask import Flask, Response, request
 from nicegui import app
 from rq_dashboard.web import setup_rq_connection
 from starlette.routing import Mount
@@ -40,8 +40,20 @@ def flask_app(cfg: Settings) -> Flask:
     # and static files carry the prefix
     fa.register_blueprint(rq_dashboard.blueprint, url_prefix="")
     setup_rq_connection(fa)
+    fa.before_request(_no_acting_get)
     fa.after_request(_escaped_json)
     return fa
+
+
+def _no_acting_get():
+    """A GET to a route that acts answers 405: rq-dashboard's `/requeue/<queue>` requeues every
+    failed job of a queue on GET too, which an `<img>` in any page the operator's browser shows
+    could ask for. Its own buttons POST; every route of it that takes a POST acts."""
+    rule = request.url_rule
+    if request.method in ("GET", "HEAD") and rule is not None and "POST" in (rule.methods or ()):
+        return Response("refused: this acts, and acting takes a POST from the GUI's own page (its buttons)\n",
+                        status=405, mimetype="text/plain", headers={"Allow": "POST"})
+    return None
 
 
 def _escaped(value):

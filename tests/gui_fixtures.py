@@ -78,15 +78,15 @@ async def user(gui_home, user):  # noqa: F811 - NiceGUI's fixture, built after t
     yield user
 
 
-#: what a current browser sends with a request a page of the GUI made (its Sign out link, its
+#: what a current browser sends with a request a page of the GUI made (its Sign out form, its
 #: rq-dashboard's buttons): /logout and /rq's actions refuse a request that says nothing of where
 #: it came from (gui.auth._not_from_the_gui)
 FROM_THE_GUI = {"Sec-Fetch-Site": "same-origin"}
 
 
 async def sign_out(user) -> None:
-    """Follow the GUI's Sign out link, as a current browser does; then on the login page."""
-    r = await user.http_client.get("/logout", headers=FROM_THE_GUI, follow_redirects=False)
+    """Submit the GUI's Sign out form, as a current browser does; then on the login page."""
+    r = await user.http_client.post("/logout", headers=FROM_THE_GUI, follow_redirects=False)
     assert r.status_code == 303 and r.headers["location"] == "/login", (r.status_code, r.text)
     await user.open("/login")
 

@@ -114,6 +114,23 @@ def test_scraped_markup_stays_text_in_chromium(served, redis_conn) -> None:
     assert ingest_job.get_status(refresh=True) == JobStatus.FAILED
 
 
+async def test_state_changes_refuse_get(user, redis_conn) -> None:
+    """What an `<img>` or a link makes — a GET, same-origin — acts nowhere: `/logout` and
+    rq-dashboard's actions (its `/requeue/<queue>` requeued every failed job on GET) answer 405."""
+    job = _failed_job(redis_conn, "ingest", "failed-before-get", "boom")
+    await sign_in_user(user, "otto")
+    for path in ("/logout", "/rq/requeue/ingest", "/rq/job/failed-before-get/requeue", "/rq/job/failed-before-get/delete",
+                 "/rq/queue/ingest/failed/empty", "/rq/queue/ingest/compact"):
+        r = await user.http_client.get(path, headers=FROM_THE_GUI, follow_redirects=False)
+        assert r.status_code == 405, (path, r.status_code, r.text)
+    from rq.job import JobStatus
+
+    assert job.get_status(refresh=True) == JobStatus.FAILED
+    assert (await user.http_client.get("/storage", follow_redirects=False)).status_code == 200  # still signed in
+    r = await user.http_client.post("/rq/requeue/ingest", headers=FROM_THE_GUI)  # the dashboard's own button
+    assert r.status_code == 200 and job.get_status(refresh=True) != JobStatus.FAILED
+
+
 def test_charts_never_make_markup_of_names() -> None:
     """Every chart's tooltip is off or drawn on the canvas (ECharts' default tooltip is HTML):
     a source, disk or relative named with markup is never parsed; a relative's name has its
