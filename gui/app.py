@@ -20,6 +20,7 @@ from fsd.base.errors import ExitCode, HoardError
 from gui import auth, browse_page, launch_page, overview, pipelines_page, rqdash, runs_page, storage, users_page
 from gui.context import AppStopping, Context, ctx, in_thread, set_context, snapshot, stopping
 from gui.metrics import render
+from gui.security import SecurityHeaders
 from gui.state import Cache
 from jobs.users import LoginLimiter, users
 
@@ -48,6 +49,7 @@ def build(cfg: Settings) -> None:
     """Register the GUI on NiceGUI's app for `cfg`."""
     set_context(Context(cfg, Cache(cfg), LoginLimiter(cfg.gui.login_attempts, cfg.gui.login_window_s)))
     auth.register()
+    app.add_middleware(SecurityHeaders)  # added after the login's: outside it, so its refusals carry the headers too
 
     async def refresh() -> None:
         await in_thread(ctx().cache.refresh)

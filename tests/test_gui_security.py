@@ -65,6 +65,31 @@ def _failed_job(redis_conn, queue: str, job_id: str, exc_string: str):
     return job
 
 
+@contextlib.contextmanager
+def _other_origin(html: str) -> Iterator[str]:
+    """Another site's page (another port of this host) serving `html`."""
+    body = html.encode()
+
+    class Page(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - http.server's name
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Page)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 @pytest.fixture
 def served(hoard_home: Path, pg, redis_conn):
     """`hoard gui` on a free port, the hostile node in its database."""
@@ -114,6 +139,25 @@ def test_scraped_markup_stays_text_in_chromium(served, redis_conn) -> None:
     assert ingest_job.get_status(refresh=True) == JobStatus.FAILED
 
 
+@BROWSER
+def test_another_origin_cannot_frame_the_gui(served) -> None:
+    """A page on another port of the same host (same site: the Lax cookie goes along) frames the
+    node page: Chromium refuses to show it (frame-ancestors 'none', X-Frame-Options: DENY)."""
+    url = served
+    with chromium() as d:
+        sign_in(d, url, "vera", PASSWORDS["vera"])
+        with _other_origin(f'<p>look</p><iframe id="f" src="{url}/node/{NODE}" width=800 height=600></iframe>') as evil:
+            d.get(evil)
+            time.sleep(3)
+            d.switch_to.frame(d.find_element("id", "f"))
+            inside = page_text(d)
+            where = d.execute_script("return location.href")
+            d.switch_to.default_content()
+        assert "Metadata" not in inside and "Sign in" not in inside, inside
+        assert not where.startswith(url), where
+        assert any("frame-ancestors" in m for m in _csp_reports(d)), d.get_log("browser")
+
+
 async def test_state_changes_refuse_get(user, redis_conn) -> None:
     """What an `<img>` or a link makes — a GET, same-origin — acts nowhere: `/logout` and
     rq-dashboard's actions (its `/requeue/<queue>` requeued every failed job on GET) answer 405."""
@@ -129,6 +173,47 @@ async def test_state_changes_refuse_get(user, redis_conn) -> None:
     assert (await user.http_client.get("/storage", follow_redirects=False)).status_code == 200  # still signed in
     r = await user.http_client.post("/rq/requeue/ingest", headers=FROM_THE_GUI)  # the dashboard's own button
     assert r.status_code == 200 and job.get_status(refresh=True) != JobStatus.FAILED
+
+
+def _script_tags(html: str) -> list[str]:
+    return re.findall(r"<script\b[^>]*>", html, re.IGNORECASE)
+
+
+@pytest.mark.expect_log(r"http://test/no/such/thing not found", level="WARNING")
+async def test_every_answer_carries_the_headers(user) -> None:
+    """A page, the login redirect, a refusal, a 404, the probes, NiceGUI's static files and
+    rq-dashboard's pages: each has the CSP (nonce scripts, no inline script otherwise, no
+    framing, images from this origin only) and X-Frame-Options: DENY; every `<script>` of an
+    HTML answer has that answer's nonce."""
+    client = user.http_client
+    answers = {"redirect": await client.get("/storage", follow_redirects=False),
+               "login": await client.get("/login"),
+               "live": await client.get("/health/live"),
+               "metrics 401": await client.get("/metrics")}
+    await sign_in_user(user, "otto")
+    answers |= {"page": await client.get("/storage"), "node": await client.get(f"/node/{NODE}"),
+                "404": await client.get("/no/such/thing"),
+                "405": await client.get("/logout", headers=FROM_THE_GUI),
+                "refused": await client.post("/rq/queue/ingest/failed/empty", headers={"Sec-Fetch-Site": "cross-site"}),
+                "rq": await client.get("/rq/"), "rq json": await client.get("/rq/0/data/queues.json"),
+                "rq static": await client.get("/rq/static/js/jquery-3.5.1.min.js")}
+    page = answers["page"].text
+    static = re.search(r'src="(/_nicegui/[^"]+\.js)"', page)
+    assert static, page[:2000]
+    answers["nicegui static"] = await client.get(static.group(1))
+    for what, r in answers.items():
+        csp = r.headers.get("content-security-policy", "")
+        assert r.headers.get("x-frame-options") == "DENY", what
+        assert "frame-ancestors 'none'" in csp and "img-src 'self' data:;" in csp, (what, csp)
+        script_src = re.search(r"script-src ([^;]*)", csp).group(1)
+        assert "'unsafe-inline'" not in script_src and "'nonce-" in script_src, (what, csp)
+        if r.headers.get("content-type", "").startswith("text/html"):
+            nonce = re.search(r"'nonce-([^']+)'", csp).group(1)
+            tags = _script_tags(r.text)
+            assert tags and all(f'nonce="{nonce}"' in t for t in tags), (what, tags)
+    assert answers["rq"].status_code == 200 and answers["page"].status_code == 200
+    other = (await client.get("/storage")).headers["content-security-policy"]
+    assert other != answers["page"].headers["content-security-policy"]  # a fresh nonce per answer
 
 
 def test_charts_never_make_markup_of_names() -> None:
