@@ -62,15 +62,24 @@ def build(cfg: Settings) -> None:
 
     @app.get("/health/ready")
     async def ready() -> Response:
-        """The `hoard health --json` document of the last refresh; 503 while the database or
-        Redis does not answer (the GUI can do nothing useful then), or while the GUI stops."""
+        """Open to anyone (a load balancer, systemd): only `{"ready": true|false}` — 200 when the
+        last refresh's `hoard health` found nothing wrong, 503 when it did (or while the GUI
+        stops). What is wrong (paths, disk ids, error texts) is `/api/health`'s, behind the login."""
         try:
             snap = await snapshot()
         except AppStopping:
             return stopping()
-        h = snap.health
-        up = bool(h["database"].get("ok") and h["redis"].get("ok"))
-        return JSONResponse(h, status_code=200 if up else 503)
+        up = bool(snap.health.get("ok"))
+        return JSONResponse({"ready": up}, status_code=200 if up else 503)
+
+    @app.get("/api/health")
+    async def health() -> Response:
+        """The `hoard health --json` document of the last refresh (signed in, or HTTP Basic)."""
+        try:
+            snap = await snapshot()
+        except AppStopping:
+            return stopping()
+        return JSONResponse(snap.health)
 
     @app.get("/metrics")
     async def metrics() -> Response:

@@ -241,14 +241,12 @@ async def test_admin_adds_and_removes_a_user(user, gui_home: Path) -> None:
 
 
 async def test_open_health_routes(user) -> None:
-    """`/health/live` and `/health/ready` answer without a login; ready is the health document."""
+    """`/health/live` and `/health/ready` answer without a login; ready says only ready or not
+    (the health document is `/api/health`'s: tests/test_gui_security.py)."""
     r = await user.http_client.get("/health/live")
     assert r.status_code == 200 and r.json() == {"ok": True}
     r = await user.http_client.get("/health/ready")
-    assert r.status_code == 200
-    doc = r.json()
-    assert {"disks", "store", "zones", "database", "redis", "ingest", "problems", "ok"} <= set(doc)
-    assert doc["database"]["ok"] and doc["redis"]["ok"]
+    assert r.status_code in (200, 503) and r.json() == {"ready": r.status_code == 200}
 
 
 async def test_metrics_need_a_login(user) -> None:

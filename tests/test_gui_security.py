@@ -216,6 +216,34 @@ async def test_every_answer_carries_the_headers(user) -> None:
     assert other != answers["page"].headers["content-security-policy"]  # a fresh nonce per answer
 
 
+async def test_ready_says_only_ready_or_not(user, gui_home: Path) -> None:
+    """`/health/ready` without a login: `{"ready": …}` only — 503 while `hoard health` finds
+    something wrong (a fresh home: no backup yet), 200 once nothing is; the document (paths,
+    errors) is `/api/health`'s, behind the login."""
+    from nicegui import run
+
+    from gui.context import ctx
+
+    await run.io_bound(ctx().cache.refresh)
+    assert not ctx().cache.snapshot.health["ok"]
+    r = await user.http_client.get("/health/ready")
+    assert r.status_code == 503 and r.json() == {"ready": False}, r.text
+    r = await user.http_client.get("/api/health")
+    assert r.status_code == 401
+    await sign_in_user(user, "vera")
+    r = await user.http_client.get("/api/health")
+    assert r.status_code == 200 and not r.json()["ok"], r.text
+    assert any("no backup was ever taken" in p for p in r.json()["problems"]), r.text
+    res = await run.io_bound(subprocess.run, [sys.executable, "-m", "fsd", "--config", str(gui_home), "db", "backup"],
+                             capture_output=True, text=True, env=child_env(), timeout=120)
+    assert res.returncode == 0, res.stderr
+    await run.io_bound(ctx().cache.refresh)
+    assert ctx().cache.snapshot.health["ok"], ctx().cache.snapshot.health["problems"]
+    user.http_client.cookies.clear()  # signed out: the probe's view
+    r = await user.http_client.get("/health/ready")
+    assert r.status_code == 200 and r.json() == {"ready": True}, r.text
+
+
 def test_charts_never_make_markup_of_names() -> None:
     """Every chart's tooltip is off or drawn on the canvas (ECharts' default tooltip is HTML):
     a source, disk or relative named with markup is never parsed; a relative's name has its
