@@ -106,6 +106,12 @@ def usable(cfg: Settings) -> None:
                          "(or [[gui.users]] in hoard.toml), then run `hoard gui` again", ExitCode.USAGE)
 
 
+def session_options(cfg: Settings) -> dict[str, object]:
+    """The session cookie's attributes: `Secure` when `gui.secure_cookies` says the GUI is
+    reached over TLS (a proxy in front); SameSite=Lax, HttpOnly (Starlette's)."""
+    return {"https_only": cfg.gui.secure_cookies, "same_site": "lax"}
+
+
 def serve(cfg: Settings, host: str | None = None, port: int | None = None) -> None:
     """Run the GUI until interrupted (blocking)."""
     # deferred: NiceGUI's storage module is only needed when serving, to keep sessions on the SSD
@@ -116,7 +122,8 @@ def serve(cfg: Settings, host: str | None = None, port: int | None = None) -> No
     Storage.path.mkdir(parents=True, exist_ok=True)
     build(cfg)
     ui.run(host=host or cfg.gui.host, port=port or cfg.gui.port, title="hoardfs", reload=False, show=False,
-           storage_secret=storage_secret(cfg), show_welcome_message=False, favicon="🗄️",
+           storage_secret=storage_secret(cfg), session_middleware_kwargs=session_options(cfg),
+           show_welcome_message=False, favicon="🗄️",
            # the client address is the socket's: X-Forwarded-For from a local process must not
            # choose it (the failed-login limiter counts per client); a reverse proxy in front
            # would set forwarded_allow_ips for itself

@@ -244,6 +244,26 @@ async def test_ready_says_only_ready_or_not(user, gui_home: Path) -> None:
     assert r.status_code == 200 and r.json() == {"ready": True}, r.text
 
 
+def test_secure_cookies_behind_tls(hoard_home: Path, pg) -> None:
+    """`gui.secure_cookies = true` (a TLS proxy in front): the session cookie is Secure;
+    by default (the plain-HTTP listener) it is not, or it would never come back."""
+    port = free_port()
+    cfg_path = make_home(hoard_home, pg, port=port)  # its [gui] table last
+    base = cfg_path.read_text()
+    for secure in (False, True):
+        cfg_path.write_text(base + ("secure_cookies = true\n" if secure else ""))
+        with serving(cfg_path, hoard_home / "gui.log", port) as url:
+            try:
+                with urllib.request.urlopen(f"{url}/login", timeout=10) as r:
+                    cookies = r.headers.get_all("set-cookie") or []
+            except urllib.error.HTTPError as e:
+                raise AssertionError(e.read()) from None
+        session = [c for c in cookies if c.startswith("session=")]
+        assert session, cookies
+        assert ("; secure" in session[0].lower()) == secure, session
+        assert "httponly" in session[0].lower() and "samesite=lax" in session[0].lower()
+
+
 def test_charts_never_make_markup_of_names() -> None:
     """Every chart's tooltip is off or drawn on the canvas (ECharts' default tooltip is HTML):
     a source, disk or relative named with markup is never parsed; a relative's name has its
