@@ -196,7 +196,7 @@ def _script_tags(html: str) -> list[str]:
 
 @pytest.mark.expect_log(r"http://test/no/such/thing not found", level="WARNING")
 async def test_every_answer_carries_the_headers(user) -> None:
-    """A page, the login redirect, a refusal, a 404, the probes, NiceGUI's static files and
+    """Every page, the login redirect, a refusal, a 404, the probes, NiceGUI's static files and
     rq-dashboard's pages: each has the CSP (nonce scripts, no inline script otherwise, no
     framing, images from this origin only) and X-Frame-Options: DENY; every `<script>` of an
     HTML answer has that answer's nonce."""
@@ -206,6 +206,9 @@ async def test_every_answer_carries_the_headers(user) -> None:
                "live": await client.get("/health/live"),
                "metrics 401": await client.get("/metrics")}
     await sign_in_user(user, "otto")
+    for path in ("/", "/runs", "/runs?view=failed", "/launch", "/batches", "/assets", "/pipelines", "/users"):
+        answers[path] = await client.get(path)
+        assert answers[path].status_code == 200, path
     answers |= {"page": await client.get("/storage"), "node": await client.get(f"/node/{NODE}"),
                 "404": await client.get("/no/such/thing"),
                 "405": await client.get("/logout", headers=FROM_THE_GUI),
