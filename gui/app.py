@@ -20,6 +20,7 @@ from fsd.base.errors import ExitCode, HoardError
 from gui import auth, browse_page, launch_page, overview, pipelines_page, rqdash, runs_page, storage, users_page
 from gui.context import AppStopping, Context, ctx, in_thread, set_context, snapshot, stopping
 from gui.metrics import render
+from gui.security import SecurityHeaders
 from gui.state import Cache
 from jobs.users import LoginLimiter, users
 
@@ -48,6 +49,7 @@ def build(cfg: Settings) -> None:
     """Register the GUI on NiceGUI's app for `cfg`."""
     set_context(Context(cfg, Cache(cfg), LoginLimiter(cfg.gui.login_attempts, cfg.gui.login_window_s)))
     auth.register()
+    app.add_middleware(SecurityHeaders)  # added after the login's: outside it, so its refusals carry the headers too
 
     async def refresh() -> None:
         await in_thread(ctx().cache.refresh)
@@ -60,15 +62,24 @@ def build(cfg: Settings) -> None:
 
     @app.get("/health/ready")
     async def ready() -> Response:
-        """The `hoard health --json` document of the last refresh; 503 while the database or
-        Redis does not answer (the GUI can do nothing useful then), or while the GUI stops."""
+        """Open to anyone (a load balancer, systemd): only `{"ready": true|false}` — 200 when the
+        last refresh's `hoard health` found nothing wrong, 503 when it did (or while the GUI
+        stops). What is wrong (paths, disk ids, error texts) is `/api/health`'s, behind the login."""
         try:
             snap = await snapshot()
         except AppStopping:
             return stopping()
-        h = snap.health
-        up = bool(h["database"].get("ok") and h["redis"].get("ok"))
-        return JSONResponse(h, status_code=200 if up else 503)
+        up = bool(snap.health.get("ok"))
+        return JSONResponse({"ready": up}, status_code=200 if up else 503)
+
+    @app.get("/api/health")
+    async def health() -> Response:
+        """The `hoard health --json` document of the last refresh (signed in, or HTTP Basic)."""
+        try:
+            snap = await snapshot()
+        except AppStopping:
+            return stopping()
+        return JSONResponse(snap.health)
 
     @app.get("/metrics")
     async def metrics() -> Response:
@@ -95,6 +106,12 @@ def usable(cfg: Settings) -> None:
                          "(or [[gui.users]] in hoard.toml), then run `hoard gui` again", ExitCode.USAGE)
 
 
+def session_options(cfg: Settings) -> dict[str, object]:
+    """The session cookie's attributes: `Secure` when `gui.secure_cookies` says the GUI is
+    reached over TLS (a proxy in front); SameSite=Lax, HttpOnly (Starlette's)."""
+    return {"https_only": cfg.gui.secure_cookies, "same_site": "lax"}
+
+
 def serve(cfg: Settings, host: str | None = None, port: int | None = None) -> None:
     """Run the GUI until interrupted (blocking)."""
     # deferred: NiceGUI's storage module is only needed when serving, to keep sessions on the SSD
@@ -105,7 +122,8 @@ def serve(cfg: Settings, host: str | None = None, port: int | None = None) -> No
     Storage.path.mkdir(parents=True, exist_ok=True)
     build(cfg)
     ui.run(host=host or cfg.gui.host, port=port or cfg.gui.port, title="hoardfs", reload=False, show=False,
-           storage_secret=storage_secret(cfg), show_welcome_message=False, favicon="🗄️",
+           storage_secret=storage_secret(cfg), session_middleware_kwargs=session_options(cfg),
+           show_welcome_message=False, favicon="🗄️",
            # the client address is the socket's: X-Forwarded-For from a local process must not
            # choose it (the failed-login limiter counts per client); a reverse proxy in front
            # would set forwarded_allow_ips for itself

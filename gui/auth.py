@@ -131,8 +131,8 @@ def _not_from_the_gui(request: Request) -> str:
     every current browser sends Sec-Fetch-Site, so it is a script (which signs in with HTTP
     Basic on /metrics and /api, and holds no session to sign out or act with) or an old browser,
     where a hostile page can withhold Origin and Referer (`Referrer-Policy: no-referrer`) — a
-    rule that let it through would let that page through. An old browser signs out with the
-    GUI's Sign out link, which sends a Referer."""
+    rule that let it through would let that page through. An old browser's Sign out form sends
+    Origin (and a Referer)."""
     site = request.headers.get("sec-fetch-site")
     if site is not None:
         return "" if site in ("same-origin", "none") else "it came from another site's page"
@@ -183,7 +183,7 @@ class AuthMiddleware(BaseHTTPMiddleware):
         if (handed := ctx().tickets.claim(request.session.get("id"))) is not None:
             app.storage.user.update(handed)  # the first request of a session `/login/finish` made
         user = current_user() if not path.startswith(OPEN_PREFIXES) else None
-        acting = request.method not in ("GET", "HEAD") or "/requeue/" in path  # rq-dashboard requeues on GET too
+        acting = request.method not in ("GET", "HEAD")  # (a GET to rq-dashboard's acting routes: 405, gui.rqdash)
         if user is not None and path.startswith(ACTING_PREFIXES) and acting and not user.may("cancel"):
             return JSONResponse({"error": f"a {user.role} may look but not act; ask an admin for the operator role"},
                                 status_code=403)
@@ -255,12 +255,13 @@ def register() -> None:
         ctx().tickets.hand_over(fresh, state)
         return RedirectResponse(_safe_target(target), status_code=303)
 
-    @app.get("/logout")
+    @app.post("/logout")
     def logout(request: Request) -> Response:
         """Sign out: the session's storage is emptied on the server (a copy of the cookie is signed
-        out too) and the browser gets a new session id. Only from the GUI's own pages or a typed
-        address (`_not_from_the_gui`, the rule of /rq's actions): another site's page cannot sign a
-        person out."""
+        out too) and the browser gets a new session id. A POST (the header's Sign out form), never
+        a GET: a GET is what an `<img>` or a link makes, and no markup a page shows may sign its
+        viewer out (GET answers 405). Only from the GUI's own pages (`_not_from_the_gui`, the rule
+        of /rq's actions): another site's page cannot sign a person out."""
         if why := _not_from_the_gui(request):
             return PlainTextResponse(f"refused: this sign-out was not made by the GUI's pages or a typed address — "
                                      f"{why}; use Sign out in the GUI itself", status_code=403)

@@ -16,11 +16,12 @@ from nicegui import app, ui
 
 from fsd import thumbs
 from fsd.base.errors import HoardError
-from gui import charts
+from gui import charts, text
 from gui.auth import require
 from gui.context import AppStopping, ctx, in_thread, page, stopping
 from gui.frame import db_down, frame, gb, page_number
 from gui.state import STORE_LOCK
+from gui.text import shown
 from jobs import ingest
 from sql import browse
 
@@ -57,13 +58,15 @@ def thumb_img(sha256: str, size: str) -> ui.element:
 
 def relatives_list(rows: list[dict]) -> ui.html:
     """A node's parents or children as one HTML list (a row of two elements each took a 200-child
-    post's page past a second); stable ids and types come from scraped data: escaped."""
+    post's page past a second); stable ids and types come from scraped data: every value
+    HTML-escaped, its hidden characters written out (`shown`; `relative_name` does it for the
+    name) — the one `ui.html` of the GUI, audited in docs/security.md."""
     items = []
     for r in rows:
         what = charts.relative_name(r, 16)
         items.append(f'<li style="margin-left:{(r["depth"] - 1) * 1.5}em"><span class="text-caption">'
-                     f'{html.escape(r["rel"])} (depth {r["depth"]})</span> '
-                     f'<a href="/node/{r["sha256"]}">{html.escape(what)}</a></li>')
+                     f'{html.escape(shown(r["rel"]))} (depth {r["depth"]})</span> '
+                     f'<a href="/node/{html.escape(r["sha256"])}">{html.escape(what)}</a></li>')
     return ui.html(f'<ul class="q-ml-md" style="list-style:none;padding:0">{"".join(items)}</ul>')
 
 
@@ -102,8 +105,8 @@ def register() -> None:
                     ui.label(head).classes("text-bold")
                 for r in rows:
                     st = ingest.load_state(ctx().cfg, r["batch_id"])
-                    ui.link(r["batch_id"], f"/assets?{urlencode({'batch': r['batch_id']})}")
-                    ui.label(r["source"] or r["action"])
+                    ui.link(shown(r["batch_id"]), f"/assets?{urlencode({'batch': r['batch_id']})}")
+                    text.label(r["source"] or r["action"])
                     ui.label(f"{r['members']:,}")
                     ui.link(st.status if st else (r["last_event"] or "-"), f"/runs/ingest/{r['batch_id']}")
                     ui.label(f"{r['created_at']:%Y-%m-%d %H:%M}")
@@ -161,7 +164,7 @@ def register() -> None:
                             else:
                                 ui.icon({"video": "movie", "audio": "audiotrack", "text": "description"}.get(
                                     r["kind"], "insert_drive_file"), size="5em").classes("q-mx-auto")
-                            ui.label((r["title"] or (r["locator"] or r["sha256"][:16]).split("/")[-1])[:40]).classes(
+                            text.label((r["title"] or (r["locator"] or r["sha256"][:16]).split("/")[-1])[:40]).classes(
                                 "text-caption")
                             ui.label(f"{r['file_type'] or '?'} · {r['size']:,} B"
                                      + (" · flagged" if r["in_black_list"] else "")).classes("text-caption text-grey-7")
@@ -188,7 +191,7 @@ def register() -> None:
                     thumb_img(n["poster"] or n["sha256"], "w-64 h-64")
                 with ui.column():
                     if n["is_virtual"]:
-                        ui.label(f"virtual {n['virtual_kind']}: {n['description']}")
+                        text.label(f"virtual {n['virtual_kind']}: {n['description']}")
                     else:
                         ui.label(f"{n['file_type'] or 'unknown type'} ({n['kind'] or '-'}), {gb(n['size'])} "
                                  f"({n['size']:,} bytes)" + (", deleted (type A)" if n["is_deleted"] else ""))
@@ -202,10 +205,10 @@ def register() -> None:
 
                             ui.button("Unflag" if n["in_black_list"] else "Flag low quality",
                                       on_click=lambda: toggle(not n["in_black_list"])).mark("node-flag")
-                    ui.label(f"batches: {', '.join(n['batches']) or '-'}")
+                    text.label(f"batches: {', '.join(n['batches']) or '-'}")
                     ui.label("In the FUSE mount:").classes("text-bold q-mt-sm")
                     for p in mount_paths(n["sha256"], n.get("file_type"), n["paths"]):
-                        ui.label(p).classes("text-mono text-caption")
+                        text.label(p).classes("text-mono text-caption")
                     if not ctx().cfg.mount.path:
                         ui.label("(mount.path is not set in hoard.toml: `hoard mount PATH` serves the store)").classes(
                             "text-caption text-grey-7")
@@ -213,16 +216,16 @@ def register() -> None:
                 ui.label("Metadata").classes("text-h6")
                 for m in n["metadata"]:
                     with ui.card().classes("w-full"):
-                        ui.label(f"source {m['source']}").classes("text-bold")
+                        text.label(f"source {m['source']}").classes("text-bold")
                         for k in ("title", "author", "user_name", "view_count", "update_time", "download_time"):
                             if m.get(k) is not None:
-                                ui.label(f"{k}: {m[k]}")
+                                text.label(f"{k}: {m[k]}")
                         if m.get("raw_metadata"):
-                            ui.code(json.dumps(m["raw_metadata"], indent=1, ensure_ascii=False, default=str),
-                                    language="json").classes("w-full")
+                            text.pre(json.dumps(m["raw_metadata"], indent=1, ensure_ascii=False, default=str)
+                                     ).mark("node-raw-metadata")
             ui.label("Labels").classes("text-h6")
             for lab in n["labels"]:
-                ui.label(f"{lab['key']} = {lab['value']} ({lab['origin']})")
+                text.label(f"{lab['key']} = {lab['value']} ({lab['origin']})")
             if not n["labels"]:
                 ui.label("none").classes("text-caption")
             with ui.row().classes("items-center"):

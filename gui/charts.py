@@ -5,7 +5,12 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from gui.text import shown
+
 GIB = 1024**3
+#: ECharts' tooltips are HTML by default; drawn on the canvas instead, a name in them (a disk
+#: label, a source named by a _READY file) can never be markup (docs/security.md)
+TOOLTIP = {"trigger": "axis", "renderMode": "richText"}
 
 
 def disk_usage(disks: list[dict[str, Any]]) -> dict[str, Any]:
@@ -14,7 +19,7 @@ def disk_usage(disks: list[dict[str, Any]]) -> dict[str, Any]:
     used = [round((d.get("used_bytes") or 0) / GIB, 3) for d in disks]
     free = [round((d.get("free_bytes") or 0) / GIB, 3) for d in disks]
     return {"title": {"text": "disks (GB)", "textStyle": {"fontSize": 14}},
-            "tooltip": {"trigger": "axis"}, "legend": {"data": ["used", "free"], "right": 0, "top": 0},
+            "tooltip": {**TOOLTIP}, "legend": {"data": ["used", "free"], "right": 0, "top": 0},
             "grid": {"left": 60, "right": 20, "top": 40, "bottom": 30},
             "xAxis": {"type": "value"}, "yAxis": {"type": "category", "data": labels},
             "series": [{"name": "used", "type": "bar", "stack": "d", "data": used, "itemStyle": {"color": "#1e88e5"}},
@@ -30,7 +35,7 @@ def zone_usage(zones: dict[str, dict[str, Any]], marks: tuple[float, float, floa
              for m, n, c, p in zip(marks, ("warn", "deny", "emergency"), ("#ef6c00", "#d84315", "#b71c1c"),
                                    ("end", "start", "end"))]
     return {"title": {"text": "SSD zones (% of quota)", "textStyle": {"fontSize": 14}},
-            "tooltip": {"trigger": "axis"}, "grid": {"left": 60, "right": 30, "top": 40, "bottom": 40},
+            "tooltip": {**TOOLTIP}, "grid": {"left": 60, "right": 30, "top": 40, "bottom": 40},
             "xAxis": {"type": "value", "max": 100}, "yAxis": {"type": "category", "data": names},
             "series": [{"name": "used", "type": "bar", "data": pct, "itemStyle": {"color": "#1e88e5"},
                         "markLine": {"symbol": "none", "label": {"formatter": "{b}"}, "data": lines}}]}
@@ -42,7 +47,7 @@ def ingested_per_day(rows: list[dict[str, Any]]) -> dict[str, Any]:
     sources = sorted({r["source"] for r in rows})
     by = {(str(r["day"]), r["source"]): r["items"] for r in rows}
     return {"title": {"text": "files ingested per day", "textStyle": {"fontSize": 14}},
-            "tooltip": {"trigger": "axis"}, "legend": {"data": sources, "right": 0, "top": 0},
+            "tooltip": {**TOOLTIP}, "legend": {"data": sources, "right": 0, "top": 0},
             "grid": {"left": 60, "right": 20, "top": 40, "bottom": 30},
             "xAxis": {"type": "category", "data": days}, "yAxis": {"type": "value"},
             "series": [{"name": s, "type": "bar", "stack": "s", "data": [by.get((d, s), 0) for d in days]}
@@ -65,7 +70,7 @@ def disk_history(points: list[Any]) -> dict[str, Any]:
                         for p in pts]}
               for name, pts in sorted(_series_by_name(points, "disk").items())]
     return {"title": {"text": "disk usage over time (GB used)", "textStyle": {"fontSize": 14}},
-            "tooltip": {"trigger": "axis"}, "legend": {"data": [s["name"] for s in series], "right": 0, "top": 0},
+            "tooltip": {**TOOLTIP}, "legend": {"data": [s["name"] for s in series], "right": 0, "top": 0},
             "grid": {"left": 60, "right": 20, "top": 40, "bottom": 30},
             "xAxis": {"type": "time"}, "yAxis": {"type": "value"}, "series": series}
 
@@ -86,16 +91,17 @@ def zone_history(points: list[Any], marks: tuple[float, float, float]) -> dict[s
     if series:
         series[0]["markLine"] = {"symbol": "none", "silent": True, "label": {"formatter": "{b} {c}%"}, "data": lines}
     return {"title": {"text": "SSD zones over time (% of quota)", "textStyle": {"fontSize": 14}},
-            "tooltip": {"trigger": "axis"}, "legend": {"data": [s["name"] for s in series], "right": 0, "top": 0},
+            "tooltip": {**TOOLTIP}, "legend": {"data": [s["name"] for s in series], "right": 0, "top": 0},
             "grid": {"left": 60, "right": 60, "top": 40, "bottom": 30},
             "xAxis": {"type": "time"}, "yAxis": {"type": "value", "max": math.ceil(top / 10) * 10}, "series": series}
 
 
 def relative_name(r: dict[str, Any], sha_chars: int) -> str:
     """How a parent or child (a row of `sql.browse.node`'s walk) is called: a virtual node by
-    its kind and stable id, a file by its type and the start of its sha256."""
+    its kind and stable id (scraped: its hidden characters written out, gui.text.shown), a file
+    by its type and the start of its sha256."""
     if r["is_virtual"]:
-        return f"{r['virtual_kind']} {r['stable_id']}"
+        return shown(f"{r['virtual_kind']} {r['stable_id']}")
     return f"{r['file_type'] or 'file'} {r['sha256'][:sha_chars]}…"
 
 
@@ -125,7 +131,7 @@ def lineage(node: dict[str, Any]) -> dict[str, Any]:
             if r["via"] not in key:  # reached through a relative the walk's limit left out
                 continue
             ends = (key[r["node_id"]], key[r["via"]]) if side < 0 else (key[r["via"]], key[r["node_id"]])
-            links.append({"source": ends[0], "target": ends[1], "label": {"show": True, "formatter": r["rel"]}})
+            links.append({"source": ends[0], "target": ends[1], "label": {"show": True, "formatter": shown(r["rel"])}})
     return {"tooltip": {"show": False}, "animation": False,
             "series": [{"type": "graph", "layout": "none", "roam": True, "data": nodes, "links": links,
                         "label": {"show": True, "position": "bottom", "fontSize": 11},

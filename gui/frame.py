@@ -12,6 +12,7 @@ from nicegui import ui
 from fsd.base.errors import first_line
 from gui.auth import SignedIn, current_user
 from gui.context import ctx
+from gui.text import shown
 
 NAV = (("Overview", "/"), ("Storage", "/storage"), ("Runs", "/runs"), ("Launch", "/launch"),
        ("Batches", "/batches"), ("Assets", "/assets"), ("Pipelines", "/pipelines"), ("Users", "/users"), ("RQ", "/rq/"), ("Metrics", "/metrics"))
@@ -34,7 +35,7 @@ def banner() -> None:
         with ui.row().classes(f"w-full {color} text-white q-px-md q-py-xs items-center no-wrap").props(
                 f'data-testid="banner"'):
             ui.icon("error" if b.severity == "error" else "warning")
-            ui.link(b.text, b.link).classes("text-white")
+            ui.link(shown(b.text), b.link).classes("text-white")
 
 
 @contextlib.contextmanager
@@ -52,7 +53,9 @@ def frame(title: str) -> Iterator[SignedIn]:
             ui.link(label, href).classes("text-white q-mr-md")
         ui.space()
         ui.label(f"{user.name} ({user.role})").classes("q-mr-md")
-        ui.link("Sign out", "/logout").classes("text-white")
+        # a form POST: signing out acts, and no GET does (gui.auth's /logout)
+        with ui.element("form").props('method="post" action="/logout"'):
+            ui.button("Sign out").props("type=submit flat dense no-caps color=white").mark("sign-out")
     live(banner)
     with ui.column().classes("w-full q-pa-md"):
         ui.label(title).classes("text-h5")

@@ -16,6 +16,7 @@ from fsd.base.errors import HoardError
 from gui.auth import SignedIn, require
 from gui.context import ctx, in_thread, page
 from gui.frame import frame
+from gui.text import shown
 from jobs import launch
 from jobs.maintenance import JOBS
 
@@ -89,7 +90,7 @@ def _ingest_form(user: SignedIn) -> None:
         ui.label("A scraped batch of zone 3A → store, database, 3B package.").classes("text-caption")
         if not batches:
             ui.label(f"no batch waits in {cfg.ssd.zone_path('3A')}").classes("text-caption")
-        options = {b["batch_id"]: f"{b['batch_id']} ({b['source'] or 'no _READY'}, {b['state']})" for b in batches}
+        options = {b["batch_id"]: shown(f"{b['batch_id']} ({b['source'] or 'no _READY'}, {b['state']})") for b in batches}
         batch = ui.select(options, label="batch", value=next(iter(options), None)).classes("w-full").mark(
             "ingest-batch")
         source = ui.select({"": "the one its _READY names", **{s: s for s in launch.sources(cfg)}}, value="",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from nicegui import ui
 
+from gui import text
 from gui.context import ctx, page, snapshot
 from gui.frame import age, frame, gb, live
 
@@ -25,7 +26,7 @@ def _body() -> None:
                 ui.label(value).classes("text-h6")
     ui.label("Needs attention" if h["problems"] else "All good").classes("text-h6 q-mt-md")
     for p in h["problems"]:
-        ui.label(p).classes("text-body2")
+        text.label(p).classes("text-body2")  # a problem line can name a batch directory (scraped)
     ui.label(f"figures from {age(snap.age_s)} (gathered in {snap.took_s:.2f} s)").classes("text-caption q-mt-md")
 
 

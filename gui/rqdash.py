@@ -5,7 +5,7 @@ an acting request must come from the GUI's own pages (gui.auth: no cross-site re
 delete).
 
 A viewer may look but not act: rq-dashboard's requeue/cancel/delete/empty are POSTs, which
-gui.auth refuses to a viewer (ACTING_PREFIXES). rq-dashboard lists every job it is asked for and gets slow
+gui.auth refuses to a viewer (ACTING_PREFIXES); a GET to any of them answers 405. rq-dashboard lists every job it is asked for and gets slow
 with many failed ones (rq-dashboard #91, #396): our own pages show counts instead.
 """
 
@@ -17,13 +17,14 @@ from pathlib import Path
 
 import rq_dashboard
 from a2wsgi import WSGIMiddleware
-from flask import Flask
+from flask import Flask, Response, request
 from nicegui import app
 from rq_dashboard.web import config as rq_dashboard_config
 from rq_dashboard.web import setup_rq_connection
 from starlette.routing import Mount
 
 from fsd.base.config import Settings
+from gui.text import shown
 from jobs.guard import SERIALIZER
 
 PREFIX = "/rq"
@@ -44,13 +45,25 @@ def flask_app(cfg: Settings) -> Flask:
     # hoardfs's jobs are JSON (jobs.guard): with RQ's default, pickle, showing a job written to
     # Redis by someone else would run the code its pickle names, in the GUI's process
     rq_dashboard_config.serializer = SERIALIZER
+    fa.before_request(_no_acting_get)
     fa.after_request(_escaped_json)
     return fa
 
 
+def _no_acting_get():
+    """A GET to a route that acts answers 405: rq-dashboard's `/requeue/<queue>` requeues every
+    failed job of a queue on GET too, which an `<img>` in any page the operator's browser shows
+    could ask for. Its own buttons POST; every route of it that takes a POST acts."""
+    rule = request.url_rule
+    if request.method in ("GET", "HEAD") and rule is not None and "POST" in (rule.methods or ()):
+        return Response("refused: this acts, and acting takes a POST from the GUI's own page (its buttons)\n",
+                        status=405, mimetype="text/plain", headers={"Allow": "POST"})
+    return None
+
+
 def _escaped(value):
     if isinstance(value, str):
-        return html.escape(value, quote=True)
+        return html.escape(shown(value), quote=True)
     if isinstance(value, list):
         return [_escaped(v) for v in value]
     if isinstance(value, dict):
@@ -61,7 +74,8 @@ def _escaped(value):
 def _escaped_json(response):
     """rq-dashboard's pages put the JSON it serves (job descriptions, results, tracebacks —
     text that can hold a scraped file's name) into the page unescaped (`<%= %>` templates):
-    every string is HTML-escaped on its way out, so it shows as text and never runs."""
+    every string is HTML-escaped on its way out (and its hidden characters written out,
+    gui.text.shown), so it shows as text and never runs."""
     if response.mimetype == "application/json":
         data = response.get_json(silent=True)
         if data is not None:

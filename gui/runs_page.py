@@ -14,6 +14,7 @@ from nicegui import ui
 from fsd.base.errors import HoardError
 from gui.auth import require
 from gui.context import ctx, in_thread, page, snapshot
+from gui import text
 from gui.frame import frame, page_number, progress_text
 from jobs import launch
 
@@ -62,9 +63,9 @@ def register() -> None:
                     ui.label(r.kind)
                     ui.link(r.id, f"/runs/{r.kind}/{r.id}")
                     ui.badge(r.status, color=STATUS_COLOR.get(r.status, "grey"))
-                    ui.label(r.source or "-")
+                    text.label(r.source or "-")
                     ui.label(r.created.replace("T", " ")[:19])
-                    ui.label((r.error or "")[:80]).classes("text-negative text-caption")
+                    text.label((r.error or "")[:80]).classes("text-negative text-caption")
             with ui.row():
                 q = {k: v for k, v in current.items() if v}
                 if page > 1:
@@ -96,11 +97,11 @@ def register() -> None:
                 with ui.row().classes("items-center"):
                     ui.badge(status, color=STATUS_COLOR.get(status, "grey")).classes("text-h6").mark("run-status")
                     if d.get("source"):
-                        ui.label(f"source {d['source']}")
+                        text.label(f"source {d['source']}")
                     if d.get("signalled"):
                         ui.label(f"signalled {d['signalled']}, updated {d.get('updated', '')}")
                 for why in d["waiting"]:
-                    ui.label(f"waiting: {why}").classes("text-warning")
+                    text.label(f"waiting: {why}").classes("text-warning")
                 if d.get("progress"):  # a maintenance job's figures (jobs.progress), live while it runs
                     figures = d["progress"]
                     if figures.get("total"):
@@ -109,7 +110,7 @@ def register() -> None:
                     ui.label(f"{figures.get('what', 'progress')}: {progress_text(figures)}").mark(
                         "run-progress")
                 if d.get("error"):
-                    ui.label(d["error"]).classes("text-negative")
+                    text.label(d["error"]).classes("text-negative")
                 if d.get("steps"):
                     ui.label("Steps").classes("text-h6")
                     with ui.timeline(side="right"):
@@ -126,36 +127,36 @@ def register() -> None:
                     counts = {k: v for k, v in report.items() if not isinstance(v, (list, dict))}
                     with ui.grid(columns=2).classes("gap-x-6"):
                         for k, v in counts.items():
-                            ui.label(k)
-                            ui.label(str(v))
+                            text.label(k)
+                            text.label(v)
                     rejected = report.get("rejected") or []
                     if rejected:
                         ui.label(f"{len(rejected)} rejected files").classes("text-subtitle1 q-mt-sm")
                         with ui.grid(columns=2).classes("gap-x-6"):
                             for r in rejected[:500]:
-                                ui.label(r.get("path") or "(the batch)").classes("text-mono")
-                                ui.label(r.get("reason", ""))
+                                text.label(r.get("path") or "(the batch)").classes("text-mono")
+                                text.label(r.get("reason", ""))
                     rest = {k: v for k, v in report.items() if isinstance(v, dict)}
                     if rest:
-                        ui.code(json.dumps(rest, indent=1, default=str), language="json").classes("w-full")
+                        text.pre(json.dumps(rest, indent=1, ensure_ascii=False, default=str)).mark("run-report")
                 if d.get("params"):
-                    ui.label("parameters: " + ", ".join(f"{k}={v}" for k, v in d["params"].items()))
+                    text.label("parameters: " + ", ".join(f"{k}={v}" for k, v in d["params"].items()))
                 if d.get("log"):
                     ui.label("Log" + (" (warnings and errors first)" if status == "failed" else "")).classes(
                         "text-h6 q-mt-md")
                     with ui.column().classes("gap-0").mark("run-log"):
                         for rec in d["log"]:
                             when = time.strftime("%H:%M:%S", time.localtime(rec.get("time", 0)))
-                            ui.label(f"{when} {rec.get('level', '?'):7} {rec.get('message', '')}").classes(
+                            text.label(f"{when} {rec.get('level', '?'):7} {rec.get('message', '')}").classes(
                                 "text-caption text-mono" + (" text-negative" if rec.get("level") in
                                                             ("WARNING", "ERROR", "CRITICAL") else ""))
                 if d.get("traceback"):
                     ui.label("Traceback (of its last job)").classes("text-h6")
-                    ui.code(d["traceback"]).classes("w-full")
+                    text.pre(d["traceback"]).mark("run-traceback")
                 if d.get("job_id"):
                     ui.label(f"RQ job {d['job_id']} (its current step): {d['job_status']}").classes("text-bold q-mt-md")
                     for line in d.get("job_log", []):
-                        ui.label(line).classes("text-caption text-mono")
+                        text.label(line).classes("text-caption text-mono")
 
             body()
 

@@ -12,7 +12,7 @@ from typing import Any
 from nicegui import ui
 
 from fsd.base.errors import HoardError
-from gui import charts
+from gui import charts, text
 from gui.context import ctx, in_thread, page, snapshot
 from gui.frame import age, frame, gb, live, progress_text
 from jobs import usage
@@ -75,10 +75,10 @@ def _disk_card(d: dict[str, Any], errors: list[dict[str, Any]], verified: dict[s
                      ).classes("text-caption")
         ui.label(d["path"]).classes("text-caption text-grey-7")
         if d.get("reason"):
-            ui.label(d["reason"]).classes("text-negative text-caption")
+            text.label(d["reason"]).classes("text-negative text-caption")
         mine = [e for e in errors if e.get("disk") in (d["label"], d.get("uuid"))]
         for e in mine[:3]:
-            ui.label(f"{e.get('kind')}: {e.get('error') or e.get('detail') or ''}").classes(
+            text.label(f"{e.get('kind')}: {e.get('error') or e.get('detail') or ''}").classes(
                 "text-negative text-caption")
 
 
@@ -103,7 +103,7 @@ def _body() -> None:
                  f"{len(lag['at_risk'])} shards at risk; {store.get('pending_repairs', 0)} replicas waiting for repair")
         ui.label(f"scrub: the least recently verified shard was checked {age(store.get('oldest_unverified_s'))}")
         for e in errors[:10]:
-            ui.label(f"{e.get('time', '')} {e.get('kind')}: {e.get('disk', '')} {e.get('error', '')}").classes(
+            text.label(f"{e.get('time', '')} {e.get('kind')}: {e.get('disk', '')} {e.get('error', '')}").classes(
                 "text-caption text-negative")
     else:
         ui.label(store.get("error", "the store cannot be read")).classes("text-negative")

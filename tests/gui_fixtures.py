@@ -3,9 +3,11 @@ fresh schema, the test Redis) with one user of each role, and signing in through
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -35,6 +37,20 @@ def make_home(home: Path, conn, **gui: object) -> Path:
     for name, pw in PASSWORDS.items():
         users.add(cfg, name, ROLES[name], pw)
     return cfg_path
+
+
+@contextlib.contextmanager
+def gui_process(home: Path, conn, prepare: Callable[[Path], object] = lambda cfg_path: None,
+                **gui: object) -> Iterator[tuple[str, Path]]:
+    """A home made by `make_home` (`gui` its [gui] keys), `prepare(config path)` run on it, and
+    a real `hoard gui` serving it on a free port: yields (its URL, the config path)."""
+    from tests.gui_browser import free_port, serving
+
+    port = free_port()
+    cfg_path = make_home(home, conn, port=port, **gui)
+    prepare(cfg_path)
+    with serving(cfg_path, home / "gui.log", port) as url:
+        yield url, cfg_path
 
 
 #: the id of the batch `drop_batch` makes
@@ -78,15 +94,15 @@ async def user(gui_home, user):  # noqa: F811 - NiceGUI's fixture, built after t
     yield user
 
 
-#: what a current browser sends with a request a page of the GUI made (its Sign out link, its
+#: what a current browser sends with a request a page of the GUI made (its Sign out form, its
 #: rq-dashboard's buttons): /logout and /rq's actions refuse a request that says nothing of where
 #: it came from (gui.auth._not_from_the_gui)
 FROM_THE_GUI = {"Sec-Fetch-Site": "same-origin"}
 
 
 async def sign_out(user) -> None:
-    """Follow the GUI's Sign out link, as a current browser does; then on the login page."""
-    r = await user.http_client.get("/logout", headers=FROM_THE_GUI, follow_redirects=False)
+    """Submit the GUI's Sign out form, as a current browser does; then on the login page."""
+    r = await user.http_client.post("/logout", headers=FROM_THE_GUI, follow_redirects=False)
     assert r.status_code == 303 and r.headers["location"] == "/login", (r.status_code, r.text)
     await user.open("/login")
 

@@ -145,10 +145,10 @@ async def test_sign_out_ends_the_session_on_the_server(user) -> None:
     signed_in = dict(user.http_client.cookies)
     for headers in ({"Sec-Fetch-Site": "cross-site"}, {"Sec-Fetch-Site": "same-site"},
                     {"Referer": "http://evil.example/page"}, {"Origin": "http://127.0.0.1:18998"}):
-        r = await user.http_client.get("/logout", headers=headers, follow_redirects=False)
+        r = await user.http_client.post("/logout", headers=headers, follow_redirects=False)
         assert r.status_code == 403 and "another site's page" in r.text, headers
     assert await _signed_in(user.http_client)
-    r = await user.http_client.get("/logout", headers={"Sec-Fetch-Site": "same-origin"}, follow_redirects=False)
+    r = await user.http_client.post("/logout", headers={"Sec-Fetch-Site": "same-origin"}, follow_redirects=False)
     assert r.status_code == 303 and r.headers["location"] == "/login"
     assert not await _signed_in(user.http_client)
     async with _other_browser(signed_in) as copy:
@@ -163,20 +163,20 @@ async def test_sign_out_and_rq_actions_need_to_say_where_they_came_from(user) ->
     await sign_in(user, "otto")
     signed_in = dict(user.http_client.cookies)
     async with _other_browser(signed_in) as bare:  # no header but the cookie
-        r = await bare.get("/logout", follow_redirects=False)
+        r = await bare.post("/logout", follow_redirects=False)
         assert r.status_code == 403 and "does not say where it came from" in r.text, r.text
         r = await bare.post("/rq/queue/ingest/failed/empty")
         assert r.status_code == 403 and "does not say where it came from" in r.json()["error"], r.text
         assert await _signed_in(bare)
         r = await bare.post("/rq/queue/ingest/failed/empty", headers={"Referer": "http://test/rq/"})
         assert r.status_code == 200, r.text
-        r = await bare.get("/logout", headers={"Sec-Fetch-Site": "none"}, follow_redirects=False)  # typed
+        r = await bare.post("/logout", headers={"Sec-Fetch-Site": "none"}, follow_redirects=False)
         assert r.status_code == 303 and r.headers["location"] == "/login"
         assert not await _signed_in(bare)
     assert not await _signed_in(user.http_client)  # the same session, signed out on the server
     await sign_in(user, "otto")
-    r = await user.http_client.get("/logout", headers={"Referer": "http://test/storage"}, follow_redirects=False)
-    assert r.status_code == 303 and not await _signed_in(user.http_client)  # an old browser's Sign out link
+    r = await user.http_client.post("/logout", headers={"Referer": "http://test/storage"}, follow_redirects=False)
+    assert r.status_code == 303 and not await _signed_in(user.http_client)  # an old browser's Sign out form
 
 
 async def test_a_login_never_continues_to_an_acting_route(user, redis_conn) -> None:
@@ -241,14 +241,12 @@ async def test_admin_adds_and_removes_a_user(user, gui_home: Path) -> None:
 
 
 async def test_open_health_routes(user) -> None:
-    """`/health/live` and `/health/ready` answer without a login; ready is the health document."""
+    """`/health/live` and `/health/ready` answer without a login; ready says only ready or not
+    (the health document is `/api/health`'s: tests/test_gui_security.py)."""
     r = await user.http_client.get("/health/live")
     assert r.status_code == 200 and r.json() == {"ok": True}
     r = await user.http_client.get("/health/ready")
-    assert r.status_code == 200
-    doc = r.json()
-    assert {"disks", "store", "zones", "database", "redis", "ingest", "problems", "ok"} <= set(doc)
-    assert doc["database"]["ok"] and doc["redis"]["ok"]
+    assert r.status_code in (200, 503) and r.json() == {"ready": r.status_code == 200}
 
 
 async def test_metrics_need_a_login(user) -> None:
@@ -368,8 +366,8 @@ async def test_rq_dashboard_is_behind_the_login(user) -> None:
     assert r.status_code == 200 and "queues" in r.json()
     r = await user.http_client.get("/rq/0/data/workers.json")
     assert r.status_code == 200 and "workers" in r.json()
-    for method, path in (("post", "/rq/queue/ingest/failed/empty"), ("get", "/rq/requeue/ingest")):
-        r = await getattr(user.http_client, method)(path)
+    for path in ("/rq/queue/ingest/failed/empty", "/rq/requeue/ingest"):
+        r = await user.http_client.post(path)
         assert r.status_code == 403 and "may look but not act" in r.json()["error"]
     await sign_out(user)
     await sign_in(user, "otto")

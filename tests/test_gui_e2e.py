@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.gui_browser import chromium, child_env, click, free_port, have_browser, page_text, serving, wait_text
-from tests.gui_fixtures import BATCH, PASSWORDS, drop_batch, make_home
+from tests.gui_browser import chromium, child_env, click, have_browser, page_text, wait_text
+from tests.gui_fixtures import BATCH, PASSWORDS, drop_batch, gui_process
 
 REPO = Path(__file__).resolve().parents[1]
 #: the README's screenshots are refreshed only when asked (HOARD_SCREENSHOTS=1 make test), so a
@@ -32,11 +32,8 @@ pytestmark = [pytest.mark.timeout(600),
 @pytest.fixture
 def served(hoard_home: Path, pg, redis_conn):
     """A home with the fixture batch in 3A and `hoard gui` serving it on a free port."""
-    port = free_port()
-    cfg_path = make_home(hoard_home, pg, port=port, refresh_s=2.0)
-    drop_batch(cfg_path)
-    with serving(cfg_path, hoard_home / "gui.log", port) as url:
-        yield url, cfg_path
+    with gui_process(hoard_home, pg, drop_batch, refresh_s=2.0) as served:
+        yield served
 
 
 @pytest.fixture
@@ -169,7 +166,7 @@ def test_end_to_end_in_chromium(served, browser) -> None:
 
     d.get(f"{url}/")
     wait_text(d, "Sign out")
-    d.find_element("link text", "Sign out").click()
+    click(d, "Sign out")  # the header's form: a POST
     wait_text(d, "Sign in")
     assert "/login" in d.current_url
     assert not _signed_in_as(url, signed_in)  # signed out on the server: a copy of the cookie is too

@@ -147,6 +147,9 @@ class GuiConfig(BaseModel):
     login_window_s: float = Field(default=300.0, gt=0, le=86400)
     #: seconds between the one background refresh of what the pages show (health, counts)
     refresh_s: float = Field(default=10.0, ge=1, le=3600)
+    #: the session cookie is `Secure` (sent over HTTPS only): on when a TLS proxy serves the GUI;
+    #: off for the plain-HTTP listener it has itself, where a Secure cookie would never come back
+    secure_cookies: bool = False
 
 
 class EmbeddedConfig(BaseModel):

