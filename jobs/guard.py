@@ -16,7 +16,7 @@ fetches the job (the GUI's run pages, rq-dashboard). So:
   the worker's log, and nothing of it was imported or run.
 
 This is the second wall: the first is that only the `hoard` group can reach Redis at all (a
-unix socket with mode 0770, or a password; docs/security-workers.md).
+unix socket with mode 0770, or a password; docs/security.md).
 """
 
 from __future__ import annotations
@@ -111,7 +111,7 @@ class GuardedWorker:
             super().execute_job(job, queue)  # type: ignore[misc]
             return
         self.log.error("Worker %s: refused job %s on queue %s, not run: %s; only the hoard group may write to "  # type: ignore[attr-defined]
-                       "Redis (docs/security-workers.md)", self.name, job.id, queue.name, why)  # type: ignore[attr-defined]
+                       "Redis (docs/security.md)", self.name, job.id, queue.name, why)  # type: ignore[attr-defined]
         # nothing the job names may be reached on the way to failing it: no retry, no webhook
         job.retries_left, job.webhooks = None, []
         self.handle_job_failure(job, queue, exc_string=f"refused by the worker, not run: {why}")  # type: ignore[attr-defined]
@@ -135,9 +135,9 @@ def exposure(url: str) -> str:
             return ""
         if mode & 0o007:
             return (f"Redis socket {parts['path']} has mode {mode & 0o777:o}: every local user can queue jobs; "
-                    "serve it with unixsocketperm 770 for the hoard group (docs/security-workers.md)")
+                    "serve it with unixsocketperm 770 for the hoard group (docs/security.md)")
         return ""
     if not parts.get("password"):
         return (f"Redis at {parts.get('host')}:{parts.get('port')} takes no password: every local user can queue "
-                "jobs; use a unix socket with mode 0770 or a password in redis_url (docs/security-workers.md)")
+                "jobs; use a unix socket with mode 0770 or a password in redis_url (docs/security.md)")
     return ""

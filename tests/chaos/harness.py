@@ -75,6 +75,9 @@ SPARES = tuple(DiskProfile(f"s{i}", 400, 200, 200, 5000) for i in (1, 2))
 #: what a step's seed is mixed with for the marks-log flip's own choices
 MARKS_FLIP = 0x6D61726B
 
+#: what a seed is mixed with to choose the seeds that end by replacing every disk
+REPLACE_ALL = 0x7265706C
+
 #: a command running this long (the lab is fast and a step's data small) is hung
 HUNG_S = 120
 
@@ -566,7 +569,11 @@ class World:
         a record that frees an object (`unroot`, `delete`, `drop`) moved days ahead — what once
         made one disk's log outvote the others' and lose an acknowledged object (W3-S) —, else
         any bit of any line. Returns whether a line was flipped."""
-        log = self.lab.disks[label].mountpoint / "marks" / "marks.log"
+        root = self.lab.disks[label].mountpoint
+        pointers = sorted(root.glob("batches/*.json")) + sorted(root.glob("views/*.json"))
+        if pointers and rng.random() < 1 / 3:  # a batch or view pointer instead (W3-S)
+            return self.flip_pointer(label, rng.choice(pointers), rng)
+        log = root / "marks" / "marks.log"
         try:
             data = bytearray(log.read_bytes())
         except OSError:
@@ -590,6 +597,63 @@ class World:
         log.write_bytes(bytes(data))
         self.log.append(f"  flipped a bit of {label}'s marks log at {at}")
         return True
+
+    def flip_pointer(self, label: str, pointer: Path, rng: random.Random) -> bool:
+        """Flip one bit of a batch or view pointer file on one disk."""
+        data = bytearray(pointer.read_bytes())
+        if not data:
+            return False
+        at = rng.randrange(len(data))
+        data[at] ^= 1 << rng.randrange(8)
+        pointer.write_bytes(bytes(data))
+        self.log.append(f"  flipped a bit of {label}'s pointer {pointer.parent.name}/{pointer.name} at {at}")
+        return True
+
+    def named(self) -> tuple[dict, dict]:
+        """(batches, views) as the store names them: `hoard ls --json`, `hoard view list --json`."""
+        batches = {}
+        for line in self.hoard("ls", "--json").stdout.splitlines():
+            doc = json.loads(line)
+            batches[doc.pop("batch")] = doc
+        return batches, json.loads(self.hoard("view", "list", "--json").stdout)
+
+    def replace_all_due(self) -> bool:
+        """One seed in three ends by replacing every disk (an rng of its own: plans stay as they were)."""
+        return random.Random(self.seed ^ REPLACE_ALL).random() < 1 / 3
+
+    def replace_all_then_rebuild(self) -> None:
+        """W3-S: every disk replaced one by one by the documented procedure (docs/operations.md:
+        add a new disk, `disks replace OLD NEW`, `disks forget OLD`, its [[disks]] table removed;
+        the old disk wiped and kept as the next spare), then the index lost and rebuilt from the
+        new disks alone: every acknowledged object (check_invariants), batch and view — with its
+        latest definition — must be there."""
+        from fsd.base import config
+
+        if not self.spares:  # dead disks (eio) used them up: nothing to replace onto
+            self.log.append("-- replace every disk: no spare left, skipped")
+            return
+        self.log.append("-- replace every disk, then lose the index")
+        self.stop_mount()
+        before = self.named()
+        for old in list(self.disks):
+            new = self.spares.pop(0)
+            self.hoard("disks", "add", str(self.lab.disks[new].mountpoint), "--label", new)
+            self.hoard("disks", "replace", old, new, "--yes", timeout=600)
+            self.hoard("disks", "forget", old)
+            self.drop_disk_table(old)
+            gone = self.lab.disks[old].mountpoint
+            for entry in gone.iterdir():  # wiped: a new disk when it is added again
+                if entry.name != "lost+found":
+                    shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+            self.spares.append(old)
+            self.disks = [new if d == old else d for d in self.disks]
+        shutil.rmtree(config.load(self.cfg_path).index_dir)
+        self.hoard("index", "rebuild")
+        after = self.named()
+        if after != before:
+            raise InvariantViolation(f"after replacing every disk and rebuilding the index, the store names\n"
+                                     f"  batches {sorted(after[0])} (before: {sorted(before[0])})\n"
+                                     f"  views {after[1]}\n  (before: {before[1]})")
 
     def inject(self, step: Step, proc: subprocess.Popen) -> None:
         if step.fault == "kill9":

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.chaos.harness import InvariantViolation, World, lab_profiles, power_world
+from tests.chaos.harness import InvariantViolation, Step, World, lab_profiles, power_world
 
 pytestmark = [pytest.mark.lab, pytest.mark.chaos]
 
@@ -40,6 +40,14 @@ def _report(entry: dict) -> None:
             f.write(json.dumps(entry) + "\n")
 
 
+def _failed(world: World, e: InvariantViolation, history: list[str]) -> None:
+    text = (f"chaos seed {world.seed}: {e}\n\nsteps:\n" + "\n".join(history) + "\n\ncommands:\n"
+            + "\n".join(world.log[-40:]) + f"\n\nreplay: {world.replay_hint()}")
+    # written now: a long run stopped before pytest's summary keeps what failed
+    _report({"seed": world.seed, "power": world.power, "failed": text})
+    pytest.fail(text, pytrace=False)
+
+
 @pytest.mark.timeout(1800)
 # faults make the commands warn (disk errors, set-aside replicas, …) by design: the invariants,
 # not the absence of warnings, are what a chaos run checks
@@ -58,13 +66,16 @@ def test_chaos(seed: int, lab_factory, tmp_path: Path) -> None:
                 world.run(step)
                 world.check_invariants(step)
             except InvariantViolation as e:
-                history = "\n".join(done + [f"{step}  ← failed"])
-                text = (f"chaos seed {seed}: {e}\n\nsteps:\n{history}\n\ncommands:\n" + "\n".join(world.log[-40:])
-                        + f"\n\nreplay: {world.replay_hint()}")
-                # written now: a long run stopped before pytest's summary keeps what failed
-                _report({"seed": seed, "power": world.power, "failed": text})
-                pytest.fail(text, pytrace=False)
+                _failed(world, e, done + [f"{step}  ← failed"])
             done.append(str(step))
+        if world.replace_all_due():
+            last = Step(steps + 1, "replace every disk, lose the index, rebuild", "none", None, 0.0, 0)
+            try:
+                world.replace_all_then_rebuild()
+                world.check_invariants(last)
+            except InvariantViolation as e:
+                _failed(world, e, done + [f"{last}  ← failed"])
+            world.faults["replace every disk, then index rebuild"] = 1
         assert world.acked, "the run acknowledged nothing: it tested nothing"
         _report({"seed": seed, "power": world.power, "steps": steps, "acked": len(world.acked), "faults": world.faults})
     finally:
