@@ -202,10 +202,16 @@ def _check(store: Store, missing_in_db: Callable[[set[bytes]], tuple[list[bytes]
                                         f"{meta.size}: `hoard verify --repair` replaces a damaged replica")
         if not meta.sealed:
             continue
-        recs = _footer(store, meta)
+        recs, size = _footer(store, meta)
         if recs is None:
             rep.add("footer", f"shard {meta.hex}: no readable replica footer; `hoard verify` names the damage")
             continue
+        body_end = recs[-1].end if recs else fmt.SHARD_HEADER_SIZE
+        footer_at = size - len(recs) * fmt.FOOTER_ENTRY_SIZE - fmt.TRAILER_SIZE
+        if footer_at != body_end:  # what `hoard verify` finds as "N records, the footer lists M"
+            rep.add("footer", f"shard {meta.hex}: its body runs {footer_at - body_end} bytes past the last record its "
+                              "footer lists (a record no footer names: a sealing cut short by Ctrl-C); "
+                              "`hoard verify --repair` reseals it")
         footer_shas.update(r.sha256 for r in recs)
         if len(recs) != meta.records or pointing[meta.shard_id] > len(recs):
             rep.add("record count", f"shard {meta.hex}: footer lists {len(recs)} records, the index says "
@@ -461,16 +467,17 @@ def _index_stamp(store: Store) -> int:
     return int(raw) if raw else (1 << 63)
 
 
-def _footer(store: Store, meta) -> list[fmt.RecordInfo] | None:
-    """The footer of the first replica whose footer reads and checks. A replica cut short has
+def _footer(store: Store, meta) -> tuple[list[fmt.RecordInfo] | None, int]:
+    """The footer (and file size) of the first replica whose footer reads and checks. A replica cut short has
     no seal at its end (`decode_footer` gives None, it does not raise): the next is read — the
     first one truncated made the whole shard "no readable replica footer", and its record
     count and unindexed objects went unchecked."""
     for disk in store.replica_order(meta):
         try:
-            recs = fmt.decode_footer(lambda off, n, d=disk: d.read_at(meta.hex, off, n), disk.size(meta.hex))
+            size = disk.size(meta.hex)
+            recs = fmt.decode_footer(lambda off, n, d=disk: d.read_at(meta.hex, off, n), size)
         except (OSError, fmt.ShardFormatError):
             continue
         if recs is not None:
-            return recs
-    return None
+            return recs, size
+    return None, 0

@@ -64,6 +64,76 @@ def repair_replica(store: Store, meta: ShardMeta, disk: LocalDisk, sources, reas
     return False
 
 
+def reseal_unlisted(store: Store, meta: ShardMeta, disk: LocalDisk) -> int | None:
+    """Repair a sealed replica whose body holds records its footer does not list (what a Ctrl-C
+    between writing a record and noting it left behind, before the writer sealed at the record's
+    end: every replica alike, so there is no good copy to repair from). The new file keeps the
+    body up to the last record the footer lists or the index points at, and a footer listing
+    every record kept; a trailing record nothing names (the interrupted file: its re-run stored
+    it elsewhere) is dropped. Written tmp → fsync → verify → rename, the index's size and record
+    count updated first. Returns the number of records dropped; None (nothing changed) when the
+    replica is not of that kind — a listed record missing, a record that does not verify."""
+    path = disk.find(meta.hex)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        size = os.fstat(fd).st_size
+
+        def read(off: int, n: int) -> bytes:
+            return pread_full(fd, n, off)
+
+        try:
+            listed = fmt.decode_footer(read, size) or []
+            body = list(fmt.scan_records(read, size, sealed=True))
+        except fmt.ShardFormatError:
+            return None
+        where = {(r.offset, r.sha256) for r in listed}
+        if len(body) <= len(listed) or not where <= {(r.offset, r.sha256) for r in body}:
+            return None
+        locs = store.index.lookup_many([r.sha256 for r in body])
+        named = [i for i, r in enumerate(body) if (r.offset, r.sha256) in where
+                 or (r.sha256 in locs and locs[r.sha256].shard_id == meta.shard_id and locs[r.sha256].offset == r.offset)]
+        kept = body[:named[-1] + 1] if named else []
+        if not kept:
+            return None
+        end = kept[-1].end
+        footer = fmt.encode_footer(kept, end)
+        tmp = disk.root / "tmp" / f"{meta.hex}.shard.tmp"
+        with _on_target():
+            tmp.parent.mkdir(parents=True, exist_ok=True)
+            out = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            with _on_target():
+                for off in range(0, end, COPY_CHUNK):
+                    data = read(off, min(COPY_CHUNK, end - off))
+                    os.write(out, data)  # (a short write on a regular file is an error: ENOSPC)
+                os.write(out, footer)
+                os.fsync(out)
+            verify_shard(lambda off, n: pread_full(out, n, off), end + len(footer), tmp.name, shard_hex=meta.hex)
+        except BaseException:
+            os.close(out)
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise
+        os.close(out)
+    finally:
+        os.close(fd)
+    new_size = end + len(footer)
+
+    def shrink(m: ShardMeta) -> dict[str, int]:
+        m.size, m.records = new_size, len(kept)
+        return {u: new_size - size for u in m.replicas}
+
+    if store.index.update_shard(meta.shard_id, shrink) is None:  # gc retired it meanwhile
+        tmp.unlink(missing_ok=True)
+        return None
+    with _on_target():
+        os.rename(tmp, path)
+        fsync_dir(path.parent)
+    disk.forget(meta.hex)
+    meta.size, meta.records = new_size, len(kept)
+    return len(body) - len(kept)
+
+
 def discard_copy(disk: LocalDisk, shard_hex: str, why: str) -> None:
     """Delete a replica just made that must not stay (the shard was retired or swapped while
     it was copied). A copy that cannot be deleted now (its disk dropped off) is named in the

@@ -10,6 +10,7 @@ verify → rename, as the replicator copies). A shard whose replicas all check o
 from __future__ import annotations
 
 import json
+import logging
 import math
 import threading
 import time
@@ -21,7 +22,9 @@ from typing import TYPE_CHECKING
 from fsd import marks
 from fsd import shardfmt as fmt
 from fsd.base.errors import ExitCode, HoardError
-from fsd.replica import check_replica, repair_replica
+from fsd.replica import TargetError, check_replica, repair_replica, reseal_unlisted
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from fsd.index import ShardMeta
@@ -130,6 +133,9 @@ def _verify(store: Store, sample_pct: float, disk_label: str | None, sha256: boo
                             break
                         except (OSError, fmt.ShardFormatError):
                             continue
+            if not good:  # no good copy: a body holding records its footer does not list is resealed
+                good = _reseal(store, meta, bad, rep)
+                bad = [(d, why) for d, why in bad if d not in good]
             left = []  # a repair that failed (its disk's error recorded): the shard is not verified
             for disk, why in bad if good else []:
                 if repair_replica(store, meta, disk, good, why, sha256, check_sources=False):
@@ -145,6 +151,32 @@ def _verify(store: Store, sample_pct: float, disk_label: str | None, sha256: boo
         _scrub_marks(store, rep, only_disk, repair)
     rep.seconds = time.monotonic() - t0
     return rep
+
+
+def _reseal(store: Store, meta: ShardMeta, bad: list, rep: VerifyReport) -> list:
+    """Reseal the first bad replica whose body holds records its footer does not list (every
+    replica of such a shard is alike: the others are then repaired from it, as from any good
+    copy); returns [that disk] when done, else []."""
+    for disk, why in bad:
+        if "the footer lists" not in why:
+            continue
+        try:
+            dropped = reseal_unlisted(store, meta, disk)
+        except TargetError as e:
+            store.disk_error(disk, "repair", e.err, meta.hex)
+            continue
+        except (OSError, fmt.ShardFormatError) as e:
+            log.warning("reseal of shard %s on %s failed: %s", meta.hex, disk.label, e)
+            continue
+        if dropped is None:
+            continue
+        store.index.clear_repair(meta.shard_id, disk.uuid)
+        store.index.record_event("repaired", disk=disk.label, shard=meta.hex,
+                                 detail=f"resealed: {dropped} record(s) no footer or index entry named dropped")
+        rep.repaired.append(f"shard {meta.hex} on {disk.label} (resealed: the footer now lists every record kept; "
+                            f"{dropped} unnamed record(s) dropped)")
+        return [disk]
+    return []
 
 
 def _scrub_marks(store: Store, rep: VerifyReport, only_disk: str | None, repair: bool) -> None:
