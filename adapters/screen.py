@@ -9,6 +9,7 @@ Rejected files are moved (a rename inside zone 3A — nothing is copied or lost)
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import os
 import stat
@@ -16,6 +17,7 @@ import time
 from pathlib import Path
 
 from adapters.base import SIGNAL_FILES, BatchView, Reject, hostile_reason
+from fsd.base.errors import ExitCode, HoardError
 from fsd.base.paths import display
 
 QUARANTINE = "_quarantine"
@@ -97,24 +99,82 @@ def _file_problem(full: str, real_root: str) -> tuple[os.stat_result | None, str
 
 def quarantine(zone3a: Path, batch_id: str, rejects: list[Reject]) -> Path:
     """Move rejected files to `<zone3a>/_quarantine/<batch_id>/` and append their reasons to
-    `_REASONS.txt` there. Idempotent: a file already moved is not looked for again."""
+    `_REASONS.txt` there. Idempotent: a file already moved is not looked for again.
+
+    3A is writable by the scraper: every directory on the way is opened with O_NOFOLLOW from
+    its parent's descriptor, and one under `_quarantine` that is a symbolic link or belongs to
+    another user is refused (a link there once let a rejected `users.json` replace the GUI's
+    accounts) — one line, nothing moved. The source side is walked the same way (no ownership
+    check: the batch is the scraper's), so a directory swapped for a link after the scan cannot
+    make a file outside the batch move."""
     qdir = zone3a / QUARANTINE / batch_id
-    src_root = zone3a / batch_id
-    lines = []
-    for rej in rejects:
-        for rel in rej.paths or [""]:
-            if rel:
-                src, dst = src_root / rel, qdir / rel
-                if os.path.lexists(src):
-                    dst.parent.mkdir(parents=True, exist_ok=True)
-                    os.replace(src, dst)
-            lines.append(f"{display(rel) or '-'}\t{rej.reason}\n")
-    if lines:
-        qdir.mkdir(parents=True, exist_ok=True)
-        stamp = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-        with open(qdir / "_REASONS.txt", "a", encoding="utf-8") as fh:
+    moves = [(rel, rej) for rej in rejects for rel in rej.paths if rel]
+    lines = [f"{display(rel) or '-'}\t{rej.reason}\n" for rej in rejects for rel in rej.paths or [""]]
+    if not lines:
+        return qdir
+    zone = os.open(zone3a, os.O_RDONLY | os.O_DIRECTORY)
+    opened = [zone]
+    try:
+        top = _own_dir(zone, QUARANTINE, zone3a / QUARANTINE, opened)
+        home = _own_dir(top, batch_id, qdir, opened)
+        for rel, _rej in moves:
+            *dirs, name = rel.split("/")
+            src = _walk(zone, [batch_id, *dirs], zone3a / batch_id, opened, own=False)
+            if src is None or not _lexists(name, src):
+                continue
+            dst = home
+            for i, d in enumerate(dirs):
+                dst = _own_dir(dst, d, qdir.joinpath(*dirs[:i + 1]), opened)
+            os.replace(name, name, src_dir_fd=src, dst_dir_fd=dst)
+        fd = os.open("_REASONS.txt", os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o640, dir_fd=home)
+        with open(fd, "a", encoding="utf-8") as fh:
+            stamp = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
             fh.write(f"# {stamp}  batch {batch_id}: path<TAB>reason\n")
             fh.writelines(lines)
             fh.flush()
             os.fsync(fh.fileno())
+    finally:
+        for fd in opened:
+            os.close(fd)
     return qdir
+
+
+def _lexists(name: str, dir_fd: int) -> bool:
+    try:
+        os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def _own_dir(parent: int, name: str, where: Path, opened: list[int]) -> int:
+    """The descriptor of directory `name` under `parent`, made if missing (mode 0750); refused
+    when it is a symbolic link, not a directory, or not this service's (nor root's)."""
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(name, 0o750, dir_fd=parent)
+    fd = _walk(parent, [name], where, opened, own=True)
+    assert fd is not None
+    return fd
+
+
+def _walk(parent: int, names: list[str], where: Path, opened: list[int], own: bool) -> int | None:
+    """Open `names` one directory at a time below `parent`, never following a link; None when
+    one is missing (a source directory already moved); HoardError naming `where` when one is a
+    link or a file (and, with `own`, another user's directory)."""
+    fd = parent
+    for name in names:
+        try:
+            fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+        except FileNotFoundError:
+            return None
+        except OSError as e:  # ELOOP: a symbolic link; ENOTDIR: a file
+            raise HoardError(f"{display(str(where))}: {e.strerror} — a symbolic link or a file where zone 3A needs "
+                             "a directory of its own; nothing was moved: remove it and run the ingest again "
+                             "(`hoard ingest --resume BATCH`)", ExitCode.DATA) from None
+        opened.append(fd)
+        owner = os.fstat(fd).st_uid
+        if own and owner not in (os.geteuid(), 0):
+            raise HoardError(f"{display(str(where))} belongs to uid {owner}, not to this service: a directory "
+                             "another account made where quarantined files go; nothing was moved: remove it and "
+                             "run the ingest again (`hoard ingest --resume BATCH`)", ExitCode.DATA)
+    return fd
