@@ -54,21 +54,23 @@ def screen(root: Path, settle_s: float = 0.0) -> tuple[BatchView, list[Reject]]:
                 rejects.append(Reject([rel], why))
             else:
                 assert st is not None
-                files[rel] = (st.st_size, st.st_mtime_ns)
+                files[rel] = (st.st_size, st.st_mtime_ns, st.st_dev, st.st_ino)
     if settle_s > 0 and files:
         time.sleep(settle_s)
-        for rel, (size, mtime) in list(files.items()):
+        for rel, (size, mtime, dev, ino) in list(files.items()):
             try:
                 st = os.stat(root / rel)
             except OSError as e:
                 rejects.append(Reject([], f"{display(rel)} vanished while the batch was screened ({e.strerror})"))
                 del files[rel]
                 continue
-            if (st.st_size, st.st_mtime_ns) != (size, mtime):
+            if (st.st_size, st.st_mtime_ns, st.st_dev, st.st_ino) != (size, mtime, dev, ino):
                 rejects.append(Reject([rel], f"still being written after the signal (size {size} → {st.st_size} "
                                              "bytes); drop it in a new batch once complete"))
                 del files[rel]
-    return BatchView(root, {rel: size for rel, (size, _) in files.items()}), rejects
+    view = BatchView(root, {rel: size for rel, (size, *_) in files.items()})
+    view.identity = {rel: (dev, ino, size, mtime) for rel, (size, mtime, dev, ino) in files.items()}
+    return view, rejects
 
 
 def _name_problem(rel: str) -> str | None:

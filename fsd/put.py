@@ -33,7 +33,8 @@ KNOWN_WAIT_S = 1.0
 
 def put_files(store: Store, writer: ShardWriter, paths: list[Path],
               on_result: Callable[[PutResult], None] | None = None,
-              stop: threading.Event | None = None, root: str | None = None) -> list[PutResult]:
+              stop: threading.Event | None = None, root: str | None = None,
+              expect: dict[str, tuple[int, int, int, int]] | None = None) -> list[PutResult]:
     """Store files; `on_result(res)` is called as soon as each file's outcome is final (a
     rejection at once; a new file when its group is committed; an "existing" at once, or
     with the next group when `root` is given).
@@ -44,8 +45,12 @@ def put_files(store: Store, writer: ShardWriter, paths: list[Path],
 
     `stop` (set by a Ctrl-C handler) ends the call at the next file boundary: what was
     appended is committed and reported, then KeyboardInterrupt is raised — so what was
-    reported is exactly what was stored. Any other exception cuts the uncommitted group off."""
+    reported is exactly what was stored. Any other exception cuts the uncommitted group off.
+
+    `expect` (an ingest's scan): path → (device, inode, size, mtime_ns); the file opened must
+    be that one — a file swapped (for a link to a secret, say) since is rejected unread."""
     batch = _Batch(store, writer, on_result, root)
+    batch.expect = expect or {}
     try:
         for path in paths:
             if stop is not None and stop.is_set():
@@ -80,6 +85,7 @@ class _Batch:
         self.known: list[PutResult] = []  # "existing", acknowledged once rooted (see _ack)
         self.known_since = 0.0
         self.uncommitted = 0
+        self.expect: dict[str, tuple[int, int, int, int]] = {}
 
     # -- per file ---------------------------------------------------------------------------
     def add_file(self, path: Path) -> None:
@@ -109,6 +115,9 @@ class _Batch:
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode):
                 res.reason = "not a regular file"
+                return
+            if why := self._unlike_scan(path, st):
+                res.reason = why
                 return
             if st.st_size > STREAM_THRESHOLD:
                 os.close(fd)
@@ -148,6 +157,9 @@ class _Batch:
         except OSError as e:
             res.reason = f"cannot read it: {e.strerror}"
             return
+        if why := self._unlike_scan(path, st):  # (the second pass must then find the same file: _changed)
+            res.reason = why
+            return
         res.sha256, res.size = sha.hex(), n
         self.store.index.put_chunks(sha, pieces)  # describes these bytes whether stored now or before
         if self._known(res, sha):
@@ -170,6 +182,13 @@ class _Batch:
 
     def _stream(self, path: Path, sha: bytes, digest: bytes, n: int, st: os.stat_result) -> None:
         self.writer.append_stream(sha, digest, n, _verified_chunks(path, sha, n, st), source=path)
+
+    def _unlike_scan(self, path: Path, st: os.stat_result) -> str | None:
+        want = self.expect.get(str(path))
+        if want is None or (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns) == want:
+            return None
+        return ("not the file the scan saw (another device, inode, size or time: swapped or changed since); "
+                "nothing of it was stored — drop it in a new batch")
 
     def _known(self, res: PutResult, sha: bytes) -> bool:
         if sha in self.waiting:

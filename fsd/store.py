@@ -367,13 +367,15 @@ class Store:
     # -- the write path ------------------------------------------------------------------------
     def put_many(self, paths: Iterable[str | os.PathLike[str]], klass: str = "raw",
                  on_result: Callable[[PutResult], None] | None = None,
-                 stop: threading.Event | None = None, root: str | None = None) -> list[PutResult]:
+                 stop: threading.Event | None = None, root: str | None = None,
+                 expect: dict[str, tuple[int, int, int, int]] | None = None) -> list[PutResult]:
         """Store files; dedupe by sha256; acknowledge after fsync on write_ack disks.
         `on_result` sees each file as soon as its outcome is final; `stop` ends the call at the
         next file boundary; `root` makes each stored file a root gc keeps until released
-        (`hoard put`; see fsd.put.put_files)."""
+        (`hoard put`); `expect`: path → (device, inode, size, mtime_ns) a scan saw — another
+        file there is rejected (see fsd.put.put_files)."""
         with self.lock:
-            results = put_files(self, self.writer(klass), [Path(p) for p in paths], on_result, stop, root)
+            results = put_files(self, self.writer(klass), [Path(p) for p in paths], on_result, stop, root, expect)
         self.index.put_exts({bytes.fromhex(r.sha256): ext for r in results
                              if r.status != "rejected" and (ext := file_ext(r.path))})
         return results

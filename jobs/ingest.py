@@ -578,7 +578,8 @@ def _step_scan(cfg: Settings, st: BatchState) -> None:
     if parsed.rejects:
         st.report["quarantine"] = str(zone3a / "_quarantine" / st.batch_id)
     atomic_write(_work(cfg, st.batch_id, "records"),
-                 json.dumps({"files": files, "records": [_rec_json(r) for r in parsed.records]}).encode())
+                 json.dumps({"files": files, "records": [_rec_json(r) for r in parsed.records],
+                             "identity": {rel: view.identity[rel] for rel in files if rel in view.identity}}).encode())
 
 
 def _beyond_3b(cfg: Settings, root: Path, files: dict[str, int]) -> dict[str, str]:
@@ -615,8 +616,11 @@ def _step_store(cfg: Settings, st: BatchState) -> None:
     work = json.loads(_work(cfg, st.batch_id, "records").read_bytes())
     root = cfg.ssd.zone_path("3A") / st.batch_id
     rels = list(work["files"])
+    # each file must be the one the scan saw (device, inode, size, mtime): one swapped for a
+    # link to a secret since was stored as root, and the world-readable shards gave it back
+    expect = {str(root / r): tuple(v) for r, v in work.get("identity", {}).items()}
     with Store.open(cfg) as store:
-        results = store.put_many([root / r for r in rels], klass="raw")
+        results = store.put_many([root / r for r in rels], klass="raw", expect=expect)
         # referenced from now on, before the store lock is let go: a `hoard delete --batch`
         # of another batch holding the same files cannot let gc free them before this
         # batch's manifest is registered (the package step); the finish step unpins

@@ -591,3 +591,29 @@ def test_only_conditions_are_logged_as_conditions() -> None:
     assert is_condition(OSError(errno.EIO, "I/O error")) and is_condition(OSError(errno.ENOSPC, "full"))
     assert not is_condition(OSError(errno.EBADF, "Bad file descriptor"))
     assert not is_condition(ValueError("a bug"))
+
+
+def test_a_file_swapped_for_a_link_after_the_scan_is_not_stored(hoard_home: Path, pg) -> None:
+    """W3-X reproduction 4: between the scan and the store step a file of the batch is replaced
+    by a symbolic link to a secret (the scraper account can write 3A). The store step ran as
+    root and stored the secret in the world-readable shards. Now each file must be the one the
+    scan saw (device, inode, size, mtime): the swapped one is rejected, the others stored."""
+    cfg = ingest_home(hoard_home, pg)
+    zone3a = cfg.ssd.zone_path("3A")
+    batch = generate(hoard_home / "gen", Spec(seed=5, batches=1, items_per_batch=4, sources=("gallery",),
+                                              large_max_mb=1))[0]
+    (hoard_home / "gen" / batch.batch_id).rename(zone3a / batch.batch_id)
+    b = zone3a / batch.batch_id
+    ua1.submit(cfg, b, "gallery", queue=False)
+    ua1._run_step_locked(cfg, batch.batch_id, "scan", then_enqueue=False)
+    victim = sorted(p for p in b.iterdir() if p.suffix == ".png")[0]
+    secret = hoard_home / "secret"
+    secret.write_bytes(b"TOP SECRET " * 100)
+    victim.unlink()
+    victim.symlink_to(secret)
+    report = ua1._run_step_locked(cfg, batch.batch_id, "store", then_enqueue=False)
+    with Store.open(cfg, writable=False) as store:
+        assert store.index.lookup(hashlib.sha256(secret.read_bytes()).digest()) is None  # the old code stored it
+        assert store.index.count_objects() >= 3
+    rejected = {r["path"]: r["reason"] for r in report["rejected"]}
+    assert "not the file the scan saw" in rejected[victim.name], rejected
