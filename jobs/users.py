@@ -34,7 +34,15 @@ NAME = re.compile(r"^[a-z][a-z0-9_.-]{0,31}$")
 #: action checks again: a hidden button is not a permission)
 NEEDS = {"view": "viewer", "launch": "operator", "cancel": "operator", "retry": "operator",
          "delete": "operator", "flag": "operator", "users": "admin"}
-MIN_PASSWORD = 8
+MIN_PASSWORD = 10
+#: passwords every guessing list starts with (compared lower-cased, also without trailing
+#: digits and `!`): refused whatever their length
+COMMON_PASSWORDS = frozenset("""
+password passw0rd passwort motdepasse contrasena 1234567890 12345678910 0123456789 9876543210
+qwertyuiop qwertzuiop azertyuiop asdfghjkl zxcvbnm qwerty qwertz azerty iloveyou letmein welcome
+changeme changeit administrator admin root toor secret supersecret trustno1 dragon monkey
+football baseball sunshine princess starwars whatever abc123 abcdefgh abcdefghij hoardfs hoard
+""".split())
 
 _hasher = PasswordHasher()
 # verifying against this costs what a real hash costs, so an unknown name answers as slowly
@@ -59,10 +67,29 @@ def may(role: str, action: str) -> bool:
     return role in ROLES and ROLES.index(role) >= ROLES.index(NEEDS[action])
 
 
-def hash_password(password: str) -> str:
-    if len(password) < MIN_PASSWORD:
-        raise UserError(f"the password is too short: at least {MIN_PASSWORD} characters")
+def hash_password(password: str, name: str = "") -> str:
+    """The argon2 hash of a password that passes the policy (UserError names what fails)."""
+    why = weak_password(password, name)
+    if why:
+        raise UserError(f"the password is {why}; choose another (at least {MIN_PASSWORD} characters, not a common "
+                        "one, not the user's name)")
     return _hasher.hash(password)
+
+
+def weak_password(password: str, name: str = "") -> str | None:
+    """Why `password` is refused, or None: shorter than MIN_PASSWORD, white space or a few
+    characters repeated (`12121212…`, eight spaces), a common password (COMMON_PASSWORDS, also
+    with digits or `!` after it), or the user's name inside it."""
+    low = password.lower()
+    if len(password) < MIN_PASSWORD:
+        return f"too short ({len(password)} characters)"
+    if len(set(password.strip())) < 4:
+        return "too few different characters"
+    if low in COMMON_PASSWORDS or low.rstrip("0123456789!") in COMMON_PASSWORDS or low.lstrip("0123456789") in COMMON_PASSWORDS:
+        return "a common password"
+    if name and name.lower() in low:
+        return "the user's name with something added"
+    return None
 
 
 def _read_file(path: Path) -> dict[str, dict[str, str]]:
@@ -120,7 +147,7 @@ def add(cfg: Settings, name: str, role: str, password: str) -> None:
     if name in users(cfg):
         raise UserError(f"user {name} exists; `hoard users passwd {name}` changes the password, "
                         f"`hoard users rm {name}` removes it")
-    hashed = hash_password(password)
+    hashed = hash_password(password, name)
     _edit(cfg, name, lambda d: d.__setitem__(name, {"role": role, "password_hash": hashed}))
 
 
@@ -130,7 +157,7 @@ def passwd(cfg: Settings, name: str, password: str) -> None:
                         "password_hash there (`hoard users hash` prints one)")
     if name not in users(cfg):
         raise UserError(f"no user {name}; `hoard users list` shows them")
-    hashed = hash_password(password)
+    hashed = hash_password(password, name)
     _edit(cfg, name, lambda d: d[name].__setitem__("password_hash", hashed))
 
 

@@ -313,6 +313,12 @@ def test_users_commands(hoard_home: Path) -> None:
             (("users", "add", "bob", "--role", "boss"), None, "role 'boss' is not one of viewer, operator, admin"),
             (("users", "add", "bob"), None, "no terminal to ask for the password"),
             (("users", "add", "bob", "--password-stdin"), "short\n", "too short"),
+            # W3-X 13: accepted for an admin before
+            (("users", "add", "bob", "--role", "admin", "--password-stdin"), "12345678\n", "too short"),
+            (("users", "add", "bob", "--role", "admin", "--password-stdin"), "1234567890\n", "a common password"),
+            (("users", "add", "bob", "--role", "admin", "--password-stdin"), "Password123!\n", "a common password"),
+            (("users", "add", "bob", "--role", "admin", "--password-stdin"), " " * 12 + "\n", "too few different"),
+            (("users", "add", "bob", "--role", "admin", "--password-stdin"), "bob-the-admin\n", "user's name"),
             (("users", "add", "Bad Name", "--password-stdin"), "long-enough-1\n", "is not allowed"),
             (("users", "passwd", "nosuch", "--password-stdin"), "long-enough-1\n", "no user nosuch"),
             (("users", "rm", "nosuch"), None, "no user nosuch")):
