@@ -60,9 +60,13 @@ def thumbnail(cfg: Settings, sha256_hex: str,
         data = store.get(sha256_hex)
     try:
         with _DECODE, Image.open(io.BytesIO(data), formats=FORMATS) as im:
-            im.draft("RGB", SIZE)  # JPEG: decode at a reduced scale (a 60 MP photo at 1/8)
-            if im.width * im.height > MAX_PIXELS:
+            # the size the header declares, before draft() shrinks it: a progressive JPEG is
+            # decoded into whole-image coefficient buffers whatever the scale (a 2 MB 13000 ×
+            # 13000 one passed at 1/8 and grew the GUI from 156 MB to 1.15 GB)
+            limit = MAX_PIXELS // 4 if im.format == "JPEG" and im.info.get("progressive") else MAX_PIXELS
+            if im.width * im.height > limit:
                 return _none(out)
+            im.draft("RGB", SIZE)  # JPEG: decode at a reduced scale (a 60 MP photo at 1/8)
             im.thumbnail(SIZE)
             buf = io.BytesIO()
             im.convert("RGB").save(buf, "JPEG", quality=80)
