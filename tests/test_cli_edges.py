@@ -25,6 +25,16 @@ def _hoard(*args: str, env: dict | None = None, **kw) -> subprocess.CompletedPro
                           timeout=60, env={**os.environ, "COLUMNS": "200", **(env or {})}, **kw)
 
 
+def test_put_empty_directory_says_so(tmp_path: Path) -> None:
+    cfg = dir_disks_config(tmp_path, 3, shard_size_mb=1)
+    Store.open(config.load(cfg), init=True).close()
+    (tmp_path / "empty" / "sub").mkdir(parents=True)
+    res = _hoard("--config", str(cfg), "put", str(tmp_path / "empty"))
+    assert res.returncode == 2, res.stderr
+    assert f"nothing to store: {tmp_path / 'empty'} holds no files" in res.stderr
+    assert "name files or directories" not in res.stderr
+
+
 PLACEHOLDER = re.compile(r"<[A-Za-z_][\w.]*>")
 
 
