@@ -25,6 +25,23 @@ def _hoard(*args: str, env: dict | None = None, **kw) -> subprocess.CompletedPro
                           timeout=60, env={**os.environ, "COLUMNS": "200", **(env or {})}, **kw)
 
 
+@pytest.mark.parametrize("unbuffered", ["1", ""])
+def test_get_into_a_closed_pipe_exits_141(tmp_path: Path, unbuffered: str) -> None:
+    """`hoard get SHA | head -c 10`: the shell sees 141, as the README promises (an unbuffered
+    stdout wrote short and ended 0)."""
+    cfg = dir_disks_config(tmp_path, 3, shard_size_mb=1)
+    Store.open(config.load(cfg), init=True).close()
+    blob = tmp_path / "big.bin"
+    blob.write_bytes(os.urandom(3 << 20))
+    assert _hoard("--config", str(cfg), "put", str(blob)).returncode == 0
+    sha = hashlib.sha256(blob.read_bytes()).hexdigest()
+    res = subprocess.run(["bash", "-c", f'"$0" -m fsd --config {cfg} get {sha} | head -c 10 >/dev/null; '
+                          'echo "${PIPESTATUS[0]}"', sys.executable], cwd=REPO, capture_output=True, text=True,
+                         timeout=60, env={**os.environ, "PYTHONUNBUFFERED": unbuffered})
+    assert res.stdout.strip() == "141", res.stdout + res.stderr
+    assert "Traceback" not in res.stderr and "Exception ignored" not in res.stderr, res.stderr
+
+
 def test_put_empty_directory_says_so(tmp_path: Path) -> None:
     cfg = dir_disks_config(tmp_path, 3, shard_size_mb=1)
     Store.open(config.load(cfg), init=True).close()
