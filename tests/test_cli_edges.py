@@ -25,6 +25,52 @@ def _hoard(*args: str, env: dict | None = None, **kw) -> subprocess.CompletedPro
                           timeout=60, env={**os.environ, "COLUMNS": "200", **(env or {})}, **kw)
 
 
+@pytest.fixture
+def select_cfg(hoard_home: Path, pg) -> str:
+    """A config on a fresh schema holding one jpg from source `sidecar`."""
+    from sql.apply import apply_write_intent
+    from sql.migrate import migrate
+
+    migrate(pg)
+    h = hashlib.sha256(b"one").hexdigest()
+    apply_write_intent(pg, {"key": "edges", "sources": ["sidecar"],
+                            "nodes": [{"sha256": h, "physical": {"size": 3, "file_type": "jpg"}}],
+                            "metadata": [{"node": h, "source": "sidecar", "download_time": "2026-01-02T00:00:00+00:00"}]})
+    return use_schema(hoard_home, pg)
+
+
+@pytest.mark.parametrize("flag,value", [("--since", "garbage"), ("--since", "2026-13-45"), ("--until", "yesterday")])
+def test_bad_since_until_is_one_usage_line(select_cfg: str, flag: str, value: str) -> None:
+    res = _hoard("--config", select_cfg, "select", flag, value)
+    assert res.returncode == 2, res.stderr
+    assert "Traceback" not in res.stderr and len(res.stderr.strip().splitlines()) == 1, res.stderr
+    assert f"{flag} '{value}' is not a date; give YYYY-MM-DD" in res.stderr
+
+
+def test_since_until_and_type_in_any_case_select(select_cfg: str) -> None:
+    h = hashlib.sha256(b"one").hexdigest()
+    for args in (["--type", "JPG"], ["--type", ".jpg"], ["--since", "2026-01-01", "--until", "2026-01-03T00:00"]):
+        res = _hoard("--config", select_cfg, "select", *args)
+        assert res.returncode == 0 and res.stdout.split()[0] == h, (args, res.stdout, res.stderr)
+    assert _hoard("--config", select_cfg, "select", "--since", "2026-01-03").stdout == ""
+
+
+def test_bad_type_is_one_human_line(select_cfg: str) -> None:
+    res = _hoard("--config", select_cfg, "select", "--type", "j p*g")
+    assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1, res.stderr
+    assert "--type 'j p*g' is not a file type" in res.stderr and "pattern" not in res.stderr
+
+
+def test_mistyped_source_gets_did_you_mean(select_cfg: str) -> None:
+    res = _hoard("--config", select_cfg, "select", "--source", "sidcar")
+    assert res.returncode == 0 and res.stdout == ""
+    assert "no source 'sidcar'; did you mean 'sidecar'?" in res.stderr
+    res = _hoard("--config", select_cfg, "select", "--source", "zzzzzz")
+    assert "no source 'zzzzzz'; known: " in res.stderr and "sidecar" in res.stderr
+    res = _hoard("--config", select_cfg, "select", "--source", "sidecar")
+    assert res.stdout.strip() and "no source" not in res.stderr
+
+
 @pytest.mark.parametrize("unbuffered", ["1", ""])
 def test_get_into_a_closed_pipe_exits_141(tmp_path: Path, unbuffered: str) -> None:
     """`hoard get SHA | head -c 10`: the shell sees 141, as the README promises (an unbuffered
