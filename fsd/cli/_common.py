@@ -82,7 +82,16 @@ class _Guarded:
                                ) from None
 
     def write(self, data):
-        return self._call(self._stream.write, data)
+        n = self._call(self._stream.write, data)
+        if isinstance(data, str) or not isinstance(n, int):
+            return n
+        # an unbuffered stdout (PYTHONUNBUFFERED, `python -u`) is a raw file: a write to a pipe
+        # whose reader went away returns short instead of failing; the next one gets EPIPE
+        view, done = memoryview(data).cast("B"), n
+        while 0 < n and done < len(view):
+            n = self._call(self._stream.write, view[done:])
+            done += n or 0
+        return done
 
     def writelines(self, lines):
         return self._call(self._stream.writelines, lines)

@@ -223,7 +223,7 @@ def proposals(
     show_all: Annotated[bool, typer.Option("--all", help="also accepted, rejected and superseded ones")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="the listing as JSON")] = False,
 ) -> None:
-    """SchemaDecider proposals: typed src_<source> tables for sources' specific fields."""
+    """SchemaDecider proposals: typed `src_<source>` tables for sources' specific fields."""
     # deferred: hoard starts without sql's modules
     from sql.schema_decider import accept as do_accept, list_proposals, reject as do_reject
 

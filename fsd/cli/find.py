@@ -191,9 +191,9 @@ def select(
     ctx: typer.Context,
     source: Annotated[Optional[list[str]], typer.Option("--source", help="from this source (repeatable)")] = None,
     batch: Annotated[Optional[list[str]], typer.Option("--batch", help="in this batch (repeatable)")] = None,
-    file_type: Annotated[Optional[list[str]], typer.Option("--type", help="file type, e.g. jpg (repeatable)")] = None,
-    since: Annotated[Optional[str], typer.Option(help="downloaded at or after (ISO date)")] = None,
-    until: Annotated[Optional[str], typer.Option(help="downloaded before (ISO date)")] = None,
+    file_type: Annotated[Optional[list[str]], typer.Option("--type", help="file type, e.g. jpg or JPG (repeatable)")] = None,
+    since: Annotated[Optional[str], typer.Option(help="downloaded at or after (YYYY-MM-DD or YYYY-MM-DDTHH:MM)")] = None,
+    until: Annotated[Optional[str], typer.Option(help="downloaded before (YYYY-MM-DD or YYYY-MM-DDTHH:MM)")] = None,
     label: Annotated[Optional[list[str]], typer.Option("--label", help="KEY or KEY=VALUE (repeatable)")] = None,
     ancestor: Annotated[Optional[str], typer.Option("--has-ancestor", help="a node (sha256) above it")] = None,
     black_listed: Annotated[bool, typer.Option("--include-black-listed", help="also black-listed nodes")] = False,
@@ -220,11 +220,11 @@ def select(
         data = {}
     data.setdefault("sources", source or [])
     data.setdefault("batches", batch or [])
-    data.setdefault("file_types", file_type or [])
+    data.setdefault("file_types", [_file_type(t) for t in file_type or []])
     data.setdefault("include_black_listed", black_listed)
-    for op, value in (("ge", since), ("lt", until)):
-        if value:
-            data.setdefault("metadata", []).append({"field": "download_time", "op": op, "value": value})
+    for flag, op, value in (("--since", "ge", since), ("--until", "lt", until)):
+        if value is not None:
+            data.setdefault("metadata", []).append({"field": "download_time", "op": op, "value": _when(flag, value)})
     for lb in label or []:
         key, _, value = lb.partition("=")
         data.setdefault("labels", []).append({"key": key, "value": value or None})
@@ -234,8 +234,13 @@ def select(
         data["limit"] = limit
     selector = parse_selector(data)
     with psycopg.connect(state(ctx).settings.database_url, connect_timeout=10) as conn:
-        nodes = query_nodes(conn, selector)
+        try:
+            nodes = query_nodes(conn, selector)
+        except psycopg.errors.DataError as e:  # a value of the selector file the column cannot take
+            raise HoardError(f"selector rejected: {first_line(e)}", ExitCode.USAGE) from None
         paths = _first_paths(conn, nodes.sha256) if view else {}
+        if not nodes.sha256:
+            _unknown_sources(conn, state(ctx).settings, selector.sources)
     for i, sha in enumerate(nodes.sha256):
         size = nodes.sizes[i]
         if view:
@@ -245,6 +250,46 @@ def select(
         else:
             out.print(f"{sha}  {size:>12,}", markup=False)
     err.print(f"{len(nodes.sha256)} nodes", markup=False)
+
+
+def _when(flag: str, value: str) -> str:
+    """A --since/--until value, checked here (PostgreSQL's answer to a bad one is a traceback)."""
+    import datetime as dt
+
+    try:
+        dt.datetime.fromisoformat(value.strip())
+    except ValueError:
+        raise HoardError(f"{flag} {display(value)!r} is not a date; give YYYY-MM-DD or YYYY-MM-DDTHH:MM "
+                         f"(e.g. {flag} 2026-01-31)", ExitCode.USAGE) from None
+    return value.strip()
+
+
+def _file_type(value: str) -> str:
+    """A --type value: an extension in any case, with or without its dot (`JPG`, `.jpg` → `jpg`)."""
+    ext = value.strip().lower().removeprefix(".")
+    if not re.fullmatch(r"[a-z0-9]{1,10}", ext):
+        raise HoardError(f"--type {display(value)!r} is not a file type; give an extension of 1-10 letters "
+                         "or digits, e.g. --type jpg", ExitCode.USAGE)
+    return ext
+
+
+def _unknown_sources(conn, settings, sources: list[str]) -> None:
+    """Zero nodes: name each --source no batch or configuration knows, with the closest known names
+    (a typo otherwise looks like an empty source)."""
+    import difflib
+
+    from adapters import known_sources
+
+    if not sources:
+        return
+    known = {r[0] for r in conn.execute("SELECT name FROM source").fetchall()} | set(known_sources(settings.sources))
+    for name in sources:
+        if name in known:
+            continue
+        close = difflib.get_close_matches(name, sorted(known), n=3, cutoff=0.6)
+        hint = ("did you mean " + " or ".join(repr(c) for c in close) + "?") if close else \
+            f"known: {', '.join(sorted(known)) or 'none yet'}"
+        err.print(f"no source {name!r}; {hint}", markup=False)
 
 
 def _first_paths(conn, shas: list[str]) -> dict[str, str]:

@@ -32,7 +32,7 @@ def ingest(
 
     Runs as RQ jobs on the ingest/io/sql/maintenance queues (`hoard worker`), or with --here
     step by step in this process, without Redis (a step that fails names why; --resume goes on).
-    Bad files go to 3A/_quarantine/<batch>/ with _REASONS.txt; the batch then ends
+    Bad files go to `3A/_quarantine/<batch>/` with _REASONS.txt; the batch then ends
     "done with rejects" (exit 5 with --wait/--here). A batch that cannot be taken (a bad
     _READY, an id ingested before) is named on stderr and the others go on (exit 5).
     """

@@ -18,7 +18,7 @@ from fsd.base.errors import ExitCode, HoardError
 from fsd.cli._common import out, open_input, state
 from fsd.mount import check_mountpoint, is_mounted, run_mount
 
-view_app = typer.Typer(help="Named views: a manifest of path → sha256 shown under <mount>/views/NAME.",
+view_app = typer.Typer(help="Named views: a manifest of path → sha256 shown under `<mount>/views/NAME`.",
                        no_args_is_help=True)
 
 

@@ -18,7 +18,7 @@ LAYOUT_HELP = "by_sha256 | by_batch | by_label | flat, or a layout .toml file (d
 
 def stage(
     ctx: typer.Context,
-    action_batch: Annotated[Optional[str], typer.Argument(help="the action batch id: the output is 3C/<id>/")] = None,
+    action_batch: Annotated[Optional[str], typer.Argument(help="the action batch id: the output is `3C/<id>/`")] = None,
     layout: Annotated[Optional[str], typer.Option(help=LAYOUT_HELP)] = None,
     selector: Annotated[Optional[Path], typer.Option(help="a selector JSON file (docs/selectors.md)")] = None,
     nodes: Annotated[Optional[Path], typer.Option(help="a file of sha256s, one per line ('-': stdin)")] = None,
@@ -29,7 +29,7 @@ def stage(
     as_json: Annotated[bool, typer.Option("--json", help="the report as JSON")] = False,
     timeout: Annotated[float, typer.Option(help="--wait gives up after this many seconds")] = 24 * 3600,
 ) -> None:
-    """Stage nodes into zone 3C for a worker: 3C/<id>/<layout>/input/… and an empty output/.
+    """Stage nodes into zone 3C for a worker: `3C/<id>/<layout>/input/…` and an empty `output/`.
 
     Planned and checked whole (layout, collisions, room in the zone) before a byte moves;
     copied with the batch read planner; sealed (_SEALED) only when every file checks. The
@@ -41,7 +41,7 @@ def stage(
 
 def export(
     ctx: typer.Context,
-    output_id: Annotated[Optional[str], typer.Argument(metavar="ID", help="the export's id: the output is 3D/<id>/")] = None,
+    output_id: Annotated[Optional[str], typer.Argument(metavar="ID", help="the export's id: the output is `3D/<id>/`")] = None,
     layout: Annotated[Optional[str], typer.Option(help=LAYOUT_HELP)] = None,
     selector: Annotated[Optional[Path], typer.Option(help="a selector JSON file (docs/selectors.md)")] = None,
     dedup: Annotated[str, typer.Option(help="by_node: as the layout says; by_sha256: each content once")] = "by_node",
@@ -52,7 +52,7 @@ def export(
     as_json: Annotated[bool, typer.Option("--json", help="the report as JSON")] = False,
     timeout: Annotated[float, typer.Option(help="--wait gives up after this many seconds")] = 24 * 3600,
 ) -> None:
-    """Export a selection into zone 3D in a layout: 3D/<id>/<layout>/… (see `hoard stage`)."""
+    """Export a selection into zone 3D in a layout: `3D/<id>/<layout>/…` (see `hoard stage`)."""
     if dedup not in ("by_node", "by_sha256"):
         raise HoardError(f"--dedup {dedup!r}: by_node or by_sha256", ExitCode.USAGE)
     _command(ctx, "export", output_id, layout, selector, None, dedup, mode, here, wait, status, as_json, timeout)

@@ -55,6 +55,11 @@ def _expand(paths: list[Path], manifest: Optional[Path]) -> tuple[list[Path], li
         else:
             items.append(p)
     if not items and not unreadable:
+        empty = [display(str(p)) for p in paths if p.is_dir()]
+        if empty:
+            raise HoardError(f"nothing to store: {', '.join(empty)} "
+                             f"{'holds' if len(empty) == 1 else 'hold'} no files; name a directory with files "
+                             "in it, files, or --manifest FILE", ExitCode.USAGE)
         raise HoardError("nothing to store: name files or directories, or --manifest FILE", ExitCode.USAGE)
     return items, unreadable
 
