@@ -37,6 +37,7 @@ import os
 import re
 import shutil
 import socket
+import stat
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -174,14 +175,22 @@ def _check_id(zone: str, output_id: str) -> None:
                          "(at most 128, starting with a letter or digit)", ExitCode.USAGE)
 
 
+def _charged(st: os.stat_result) -> int:
+    """What a file counts against a quota: its allocated bytes, or its apparent size if that is
+    larger — a sparse file (`truncate -s 6G` allocates 12 KB) holds what ingest reads, packages
+    and stores, and counted only by its blocks it slipped past the 3A quota (W3-X 14)."""
+    allocated = st.st_blocks * 512
+    return max(allocated, st.st_size) if stat.S_ISREG(st.st_mode) else allocated
+
+
 def du(path: os.PathLike[str] | str) -> int:
-    """Allocated bytes below `path` (what a quota is about), without following symlinks; 0
+    """Bytes below `path` as a quota counts them (`_charged`), without following symlinks; 0
     for nothing there. A single file counts too."""
     try:
         st = os.lstat(path)
     except FileNotFoundError:
         return 0
-    total = st.st_blocks * 512
+    total = _charged(st)
     stack = [os.fspath(path)] if os.path.isdir(path) and not os.path.islink(path) else []
     while stack:
         top = stack.pop()
@@ -192,7 +201,7 @@ def du(path: os.PathLike[str] | str) -> int:
                         st = e.stat(follow_symlinks=False)
                     except FileNotFoundError:
                         continue
-                    total += st.st_blocks * 512
+                    total += _charged(st)
                     if e.is_dir(follow_symlinks=False):
                         stack.append(e.path)
         except (FileNotFoundError, NotADirectoryError):

@@ -649,3 +649,19 @@ def test_usage_with_a_damaged_reservation_file(tmp_path: Path, monkeypatch: pyte
     assert "broken.json" in together["3D"]["error"] and together["3D"]["reservations"] == []
     assert together["3C"]["reserved_bytes"] == 2 * MiB and together["3C"]["error"] is None
     assert _steady(together) == _steady({z: zones.zone_usage(cfg, z) for z in zones.ZONES})
+
+
+def test_a_sparse_file_counts_by_its_apparent_size(tmp_path: Path) -> None:
+    """W3-X 14: `truncate -s 6G` in 3A allocates a few KB and slipped past the quota (ingest
+    then read 6 GB); a file counts by its apparent size when that is larger than its blocks."""
+    from fsd.zones import du
+
+    sparse = tmp_path / "3A" / "b" / "x"
+    sparse.parent.mkdir(parents=True)
+    with open(sparse, "wb") as f:
+        f.truncate(6 << 30)
+    assert sparse.stat().st_blocks * 512 < 1 << 20
+    assert du(tmp_path / "3A") >= 6 << 30  # the old count: a few KB
+    small = tmp_path / "small"
+    small.write_bytes(b"x")
+    assert du(small) == small.stat().st_blocks * 512  # a dense file: its blocks, as before
