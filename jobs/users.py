@@ -79,7 +79,8 @@ def hash_password(password: str, name: str = "") -> str:
 def weak_password(password: str, name: str = "") -> str | None:
     """Why `password` is refused, or None: shorter than MIN_PASSWORD, white space or a few
     characters repeated (`12121212…`, eight spaces), a common password (COMMON_PASSWORDS, also
-    with digits or `!` after it), or the user's name inside it."""
+    with digits or `!` after it), or the user's name with little added (fewer than six
+    characters, or no letter: `bob1234567890`)."""
     low = password.lower()
     if len(password) < MIN_PASSWORD:
         return f"too short ({len(password)} characters)"
@@ -87,8 +88,9 @@ def weak_password(password: str, name: str = "") -> str | None:
         return "too few different characters"
     if low in COMMON_PASSWORDS or low.rstrip("0123456789!") in COMMON_PASSWORDS or low.lstrip("0123456789") in COMMON_PASSWORDS:
         return "a common password"
-    if name and name.lower() in low:
-        return "the user's name with something added"
+    rest = low.replace(name.lower(), "") if name else low
+    if name and name.lower() in low and (len(rest) < 6 or not any(c.isalpha() for c in rest)):
+        return "the user's name with little added"
     return None
 
 
