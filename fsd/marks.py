@@ -100,8 +100,8 @@ OK, LEGACY, DAMAGED, OTHER = "record", "legacy", "damaged", "other"
 
 def classify(raw: bytes) -> tuple[str, Record | None]:
     """(kind, record) of one line. OK: a record whose check holds. LEGACY: a record of the
-    three-field format written before lines had checks (replayed as it is where its log has
-    no checked line; the first writable open rewrites such logs). OTHER: the torn rest of an
+    three-field format written before lines had checks (replayed as it is where no checked
+    line precedes it in its log; the first writable open rewrites such logs). OTHER: the torn rest of an
     append (a crash during it: its transaction never committed) — a line that is a prefix of
     a well-formed one. DAMAGED: anything else — a line whose check does not hold (bit rot, an
     edit), a flipped space or digit, planted text: never obeyed, and named."""
@@ -228,7 +228,6 @@ def read_log(folder: Path, planted: list[str] | None = None, label: str = "") ->
             raise
         resets: dict[int, int] = {}  # reset stamp → set-records seen with it
         ends: dict[int, int] = {}
-        legacy: list[Record] = []
         checked = False
         with f:
             for n, raw in enumerate(f, 1):
@@ -242,19 +241,18 @@ def read_log(folder: Path, planted: list[str] | None = None, label: str = "") ->
                             out.damaged_lines.append(n)
                     else:
                         out.other += 1
+                elif kind == LEGACY and checked:
+                    # after a checked line, a three-field line is an append cut right after its
+                    # sha256 and completed by the next append's newline (never committed)
+                    out.other += 1
                 elif kind == LEGACY:
-                    legacy.append(rec)
+                    # the release before checks wrote it: replayed, even when checked appends
+                    # follow (its log was not rewritten: its last line was torn or damaged)
+                    out.legacy += 1
+                    _take(rec, resets, ends, out.records)
                 else:
                     checked = True
                     _take(rec, resets, ends, out.records)
-        if checked:
-            # a log with checked lines has no legacy ones: a three-field line there is an append
-            # cut right after its sha256 and completed by the next append's newline (never committed)
-            out.other += len(legacy)
-        else:
-            out.legacy += len(legacy)
-            for rec in legacy:
-                _take(rec, resets, ends, out.records)
         for stamp, n in resets.items():
             if ends.get(stamp) == n:
                 out.resets.add(stamp)

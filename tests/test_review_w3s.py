@@ -1,0 +1,49 @@
+"""Adversarial review of W3-S (marks-log checks, agreement, pointers): reproductions."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from fsd import marks
+from fsd.deletion import drop_batch
+from fsd.gc import gc
+from fsd.reindex import rebuild_index
+from fsd.store import Store
+from tests.conftest import make_files
+from tests.test_gc import _register
+from tests.test_roots import _reads_back
+
+PUT = "hoard put"
+
+
+def _to_legacy(log: Path, torn: bytes = b"") -> None:
+    """Rewrite a log as the release before checks wrote it (three fields a line), `torn` appended."""
+    body = re.sub(rb" [0-9a-f]{16}\n", b"\n", log.read_bytes())
+    log.write_bytes(body + torn)
+
+
+def test_a_legacy_log_with_a_torn_last_line_keeps_its_roots(store_factory, tmp_path: Path) -> None:
+    """The release before checks crashed during an append (a torn last line on every disk, its
+    transaction never committed). After the upgrade the first writable open did not rewrite the
+    logs (their last line is torn, not legacy), the next append wrote a checked line, and from
+    then on every legacy line of those logs counted as a torn append: a rebuild lost every
+    root `hoard put` set before the upgrade, and a batch drop + gc freed the object."""
+    store = store_factory(n_disks=3, caps=None)
+    x, y = make_files(tmp_path / "in", 2, seed=81)
+    sha = store.put_many([x], root=PUT)[0].sha256
+    cfg = store.cfg
+    store.close()
+    for d in ("d1", "d2", "d3"):
+        _to_legacy(marks.log_path(tmp_path / "disks" / d), torn=b"\n1763812345123456789 roo")
+    with Store.open(cfg) as again:  # the upgraded release's first writer
+        _register(again, "b1", again.put_many([x]))
+        again.put_many([y], root=PUT)  # a checked append
+    rep = rebuild_index(cfg)
+    assert rep.rooted == 2, (rep.rooted, rep.damaged)
+    with Store.open(cfg) as again:
+        drop_batch(again, "b1")
+        gc(again, threshold=1.0)
+        assert _reads_back(again, sha)
