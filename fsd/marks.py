@@ -284,7 +284,7 @@ def read(folder: Path, into: set[Record], planted: list[str] | None = None) -> i
 def last_stamp(disk_root: Path) -> int | None:
     """The stamp of the log's last complete record; 0 when there is no log (or it is
     empty); None when the last line is not a record (torn or damaged)."""
-    tail = _tail(disk_root)
+    tail = _ends(disk_root)[1]
     if tail is None:
         return 0
     rec = parse(tail)
@@ -292,27 +292,29 @@ def last_stamp(disk_root: Path) -> int | None:
 
 
 def tail_is_legacy(disk_root: Path) -> bool:
-    """Whether the log's last line is a record without a check (written before lines had
-    them): the log is rewritten by the next writable open."""
-    tail = _tail(disk_root)
-    return tail is not None and classify(tail)[0] == LEGACY
+    """Whether the log's last line — or its first: a legacy log whose last line was torn took
+    checked appends after its legacy lines — is a record without a check (written before lines
+    had them): the log is rewritten by the next writable open."""
+    return any(end is not None and classify(end)[0] == LEGACY for end in _ends(disk_root))
 
 
-def _tail(disk_root: Path) -> bytes | None:
-    """The log's last line (None: no log, or an empty one)."""
+def _ends(disk_root: Path) -> tuple[bytes | None, bytes | None]:
+    """The log's first non-blank line and its last line (None: no log, or an empty one)."""
     try:
         fd = os.open(log_path(disk_root), os.O_RDONLY | os.O_NONBLOCK)
     except FileNotFoundError:
-        return None
+        return None, None
     try:
         regular(fd, log_path(disk_root))
         size = os.fstat(fd).st_size
         if size == 0:
-            return None
+            return None, None
+        head = os.pread(fd, min(size, 4096), 0)
         tail = os.pread(fd, min(size, 4096), max(0, size - 4096))
     finally:
         os.close(fd)
-    return tail[tail.rfind(b"\n", 0, len(tail) - 1) + 1:]
+    first = head.lstrip(b"\n")
+    return first[:first.find(b"\n") + 1] or first, tail[tail.rfind(b"\n", 0, len(tail) - 1) + 1:]
 
 
 def agree(logs: Iterable[DiskLog]) -> tuple[set[Record], list[tuple[Record, str]]]:

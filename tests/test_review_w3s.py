@@ -41,9 +41,28 @@ def test_a_legacy_log_with_a_torn_last_line_keeps_its_roots(store_factory, tmp_p
     with Store.open(cfg) as again:  # the upgraded release's first writer
         _register(again, "b1", again.put_many([x]))
         again.put_many([y], root=PUT)  # a checked append
+    for d in ("d1", "d2", "d3"):  # rewritten by the first writable open: no legacy line is left
+        got = marks.read_log(marks.log_path(tmp_path / "disks" / d).parent)
+        assert got.legacy == 0 and not got.damaged, marks.log_path(tmp_path / "disks" / d).read_text()
     rep = rebuild_index(cfg)
     assert rep.rooted == 2, (rep.rooted, rep.damaged)
     with Store.open(cfg) as again:
         drop_batch(again, "b1")
         gc(again, threshold=1.0)
         assert _reads_back(again, sha)
+
+
+def test_legacy_lines_before_the_first_checked_line_are_replayed(tmp_path: Path) -> None:
+    """A log holding legacy lines, then a torn one, then checked appends (a store whose legacy
+    log was not rewritten): the legacy records are replayed; a three-field line after a checked
+    one is still a cut append."""
+    sha = "ab" * 32
+    legacy = f"1763812345123456789 root {sha}\n"
+    cut = f"1763812345123456999 unroot {sha}\n"
+    log = tmp_path / "marks" / "marks.log"
+    log.parent.mkdir()
+    log.write_text(legacy + "\n1763812345123456790 roo\n" + marks.line(1763812345123456800, "hide", "cd" * 32) + cut)
+    got = marks.read_log(log.parent)
+    assert (1763812345123456789, "root", sha) in got.records, got
+    assert got.legacy == 1 and got.other == 2 and len(got.records) == 2, got
+    assert marks.tail_is_legacy(tmp_path)  # its first line: the next writable open rewrites it
