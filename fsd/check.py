@@ -419,7 +419,7 @@ def _pointer_finding(disk, key: str, want: bytes | None, since: int) -> str:
     """What is wrong with the disk's pointer at `key` (the index holds `want`), or ""."""
     what = pointers.describe(key)
     if want is None and pointers.planted(disk.root / key):
-        return f"!{disk.root / key}"  # a note, not a disagreement (see _check_pointers)
+        return f"!{pointers.shown(disk.root / key)}"  # a note, not a disagreement (see _check_pointers)
     try:
         body = pointers.read(disk.root / key)
     except FileNotFoundError:

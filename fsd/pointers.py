@@ -84,9 +84,29 @@ def read(path: Path) -> bytes:
     return body
 
 
+def foreign_name(path: Path) -> bool:
+    """Whether the file's name is not UTF-8: no batch or view is named so (the store writes
+    every name as UTF-8), and such a name cannot be a key of the index's `pointers` table (it
+    once ended every writable open with a traceback once a disk holding one was behind)."""
+    try:
+        path.name.encode()
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def shown(path: Path) -> str:
+    """The path for a message: a name that is not UTF-8 with its odd bytes escaped (`\\udcff`),
+    never written raw to a terminal or a log."""
+    return str(path).encode("utf-8", "backslashreplace").decode()
+
+
 def planted(path: Path) -> bool:
     """Whether something other than a regular file sits at a pointer's name (a directory, a
-    FIFO, a link: not a pointer — a rebuild skips it, and it is left for a person to remove)."""
+    FIFO, a link: not a pointer — a rebuild skips it, and it is left for a person to remove),
+    or a file whose name is not UTF-8 (foreign_name)."""
+    if foreign_name(path):
+        return True
     try:
         return not stat.S_ISREG(os.lstat(path).st_mode)
     except FileNotFoundError:

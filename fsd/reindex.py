@@ -366,6 +366,9 @@ def _read_pointers(dc: Any, found: dict[str, dict], rep: IndexRebuildReport) -> 
     paths = [(pointers.rel(folder, p.stem), p) for folder in pointers.KINDS for p in _listing(dc, folder, "*.json")]
     paths += [(key, dc.path / key) for key in pointers.ROOT_FILES if os.path.lexists(dc.path / key)]
     for key, path in paths:
+        if pointers.foreign_name(path):
+            rep.damaged.append(f"{pointers.shown(path)}: its name is not UTF-8 (not a pointer)")
+            continue
         try:
             doc = pointers.decode(pointers.read(path), key)
         except FileNotFoundError:  # listed a moment ago, the store idle

@@ -13,10 +13,16 @@ from fsd.gc import gc
 from fsd.reindex import rebuild_index
 from fsd.store import Store
 from tests.conftest import make_files
+from tests.test_cli_put import _hoard
+from tests.test_cli_put import _store as _cli_store
 from tests.test_gc import _register
 from tests.test_roots import _reads_back
 
 PUT = "hoard put"
+
+
+def _ok(res) -> None:
+    assert res.returncode == 0, res.stdout + res.stderr
 
 
 def _to_legacy(log: Path, torn: bytes = b"") -> None:
@@ -66,3 +72,31 @@ def test_legacy_lines_before_the_first_checked_line_are_replayed(tmp_path: Path)
     assert (1763812345123456789, "root", sha) in got.records, got
     assert got.legacy == 1 and got.other == 2 and len(got.records) == 2, got
     assert marks.tail_is_legacy(tmp_path)  # its first line: the next writable open rewrites it
+
+
+def test_a_pointer_file_whose_name_is_not_utf8_is_skipped_not_a_traceback(tmp_path: Path) -> None:
+    """A file with a non-UTF-8 name in a disk's batches/ (a copy from another system, a
+    planted name): the index's `pointers` table cannot hold that name, and bringing a disk's
+    pointers up (every disk is behind after an index rebuild) ended with a UnicodeEncodeError
+    traceback — the rebuild's own first writer, then every writable open (`hoard put`), and
+    `hoard index rewrite-pointers`, check's advice. Now it is named as not a pointer, and skipped."""
+    import os
+
+    cfg = _cli_store(tmp_path)
+    x = make_files(tmp_path / "in", 1, seed=83)[0]
+    _ok(_hoard(cfg, "put", str(x)))
+    batches = tmp_path / "d0" / "batches"
+    batches.mkdir(exist_ok=True)
+    odd = os.fsencode(batches) + b"/b\xff.json"
+    with open(odd, "wb") as f:
+        f.write(b'{"manifest": "' + b"a" * 64 + b'", "pointer_ns": 5}')
+    res = _hoard(cfg, "index", "rewrite-pointers")
+    _ok(res)
+    res = _hoard(cfg, "index", "rebuild")
+    _ok(res)  # the old code: a traceback from its first writer
+    assert "not UTF-8" in res.stdout + res.stderr, res.stdout + res.stderr
+    _ok(_hoard(cfg, "put", str(x)))
+    res = _hoard(cfg, "check")
+    _ok(res)
+    assert "not a pointer" in res.stdout + res.stderr, res.stdout + res.stderr
+    assert os.path.exists(odd)  # left for a person to remove
