@@ -25,6 +25,7 @@ Replicas below their class target and orphan files are reported as notes, not fa
 
 from __future__ import annotations
 
+import os
 import re
 import time
 from collections import Counter
@@ -425,6 +426,10 @@ def _pointer_finding(disk, key: str, want: bytes | None, since: int) -> str:
     except FileNotFoundError:
         return f"lacks the pointer of {what}" if want else ""
     except (OSError, ValueError) as e:
+        if want is not None and os.path.isdir(disk.root / key) and not os.path.islink(disk.root / key):
+            # (a writer's rename cannot replace a directory: the fix alone failed, again and again)
+            return (f"a directory stands at {pointers.shown(disk.root / key)}, where its pointer of {what} goes: "
+                    "remove it, then")
         return f"its pointer of {what} cannot be read ({getattr(e, 'strerror', None) or e})"
     if body == want:
         return ""

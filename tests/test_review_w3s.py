@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from fsd import marks
+from fsd.base import config as config_mod
 from fsd.deletion import drop_batch
 from fsd.gc import gc
 from fsd.reindex import rebuild_index
@@ -100,3 +101,27 @@ def test_a_pointer_file_whose_name_is_not_utf8_is_skipped_not_a_traceback(tmp_pa
     _ok(res)
     assert "not a pointer" in res.stdout + res.stderr, res.stdout + res.stderr
     assert os.path.exists(odd)  # left for a person to remove
+
+
+def test_a_directory_where_a_pointer_goes_is_named_with_a_fix_that_works(tmp_path: Path) -> None:
+    """A directory stands at a disk's batches/<id>.json of a registered batch: check said the
+    pointer cannot be read and advised `hoard index rewrite-pointers` — which cannot replace a
+    directory and failed pointing at `hoard health`, which says nothing of it. Check now names
+    the directory to remove; after that, its advice works."""
+    import shutil
+
+    cfg = _cli_store(tmp_path)
+    x = make_files(tmp_path / "in", 1, seed=84)[0]
+    with Store.open(config_mod.load(cfg)) as store:
+        _register(store, "b1", store.put_many([x]))
+    spot = tmp_path / "d1" / "batches" / "b1.json"
+    spot.unlink()
+    spot.mkdir()
+    (spot / "x").write_text("x")
+    res = _hoard(cfg, "check")
+    assert res.returncode == 5, res.stdout + res.stderr
+    assert f"a directory stands at {spot}" in res.stdout + res.stderr, res.stdout + res.stderr
+    assert "remove it" in res.stdout + res.stderr
+    shutil.rmtree(spot)
+    _ok(_hoard(cfg, "index", "rewrite-pointers"))
+    _ok(_hoard(cfg, "check"))
