@@ -125,3 +125,26 @@ def test_a_directory_where_a_pointer_goes_is_named_with_a_fix_that_works(tmp_pat
     shutil.rmtree(spot)
     _ok(_hoard(cfg, "index", "rewrite-pointers"))
     _ok(_hoard(cfg, "check"))
+
+
+@pytest.mark.expect_log(r"disk d0: cannot (read the end of|rewrite) .*marks", level="WARNING")
+def test_rewrite_marks_that_leaves_a_disk_behind_says_so(tmp_path: Path) -> None:
+    """A directory at a disk's marks/marks.log: `hoard index rewrite-marks` (check's advice)
+    printed "rewritten on d1, d2" and exit 0 while d0 kept no log; it now fails naming d0
+    (as rewrite-pointers does), and once the directory is gone it works and check agrees."""
+    import shutil
+
+    cfg = _cli_store(tmp_path)
+    x = make_files(tmp_path / "in", 1, seed=85)[0]
+    _ok(_hoard(cfg, "put", str(x)))
+    log = marks.log_path(tmp_path / "d0")
+    log.unlink()
+    log.mkdir()
+    res = _hoard(cfg, "check")
+    assert res.returncode == 5 and "remove it" in res.stdout + res.stderr, res.stdout + res.stderr
+    res = _hoard(cfg, "index", "rewrite-marks")
+    assert res.returncode == 3, res.stdout + res.stderr  # the old code: 0
+    assert "could not be rewritten on d0" in res.stderr, res.stderr
+    shutil.rmtree(log)
+    _ok(_hoard(cfg, "index", "rewrite-marks"))
+    _ok(_hoard(cfg, "check"))
