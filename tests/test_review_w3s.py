@@ -148,3 +148,27 @@ def test_rewrite_marks_that_leaves_a_disk_behind_says_so(tmp_path: Path) -> None
     shutil.rmtree(log)
     _ok(_hoard(cfg, "index", "rewrite-marks"))
     _ok(_hoard(cfg, "check"))
+
+
+@pytest.mark.expect_log(r"disk d1: cannot rewrite .*marks", level="WARNING")
+def test_a_legacy_log_that_refuses_its_rewrite_is_not_retried_by_every_open(store_factory, tmp_path: Path,
+                                                                            caplog) -> None:
+    """A legacy log on a disk that cannot take the rewrite (here: a directory where its tmp
+    goes): every writable open tried again — each reading every disk's whole marks log
+    (Store._logged_marks) and taking a write transaction — where a disk that is behind is
+    tried again only after MARKS_RETRY_S."""
+    import logging
+
+    store = store_factory(n_disks=2, caps=None)
+    x = make_files(tmp_path / "in", 1, seed=86)[0]
+    store.put_many([x], root=PUT)
+    cfg = store.cfg
+    store.close()
+    log = marks.log_path(tmp_path / "disks" / "d1")
+    _to_legacy(log)
+    (log.parent / f".{log.name}.tmp").mkdir()
+    caplog.set_level(logging.WARNING, logger="fsd.store")
+    for _ in range(3):
+        Store.open(cfg).close()
+    tries = [r for r in caplog.records if "cannot rewrite" in r.getMessage()]
+    assert len(tries) == 1, [r.getMessage() for r in tries]  # the old code: 3
