@@ -15,10 +15,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import stat
 from pathlib import Path
 
 from fsd import marks
+from fsd.base.paths import NAME_PATTERN
 from fsd.layout import BATCHES_DIR, VIEWS_DIR
 
 #: the two folders, and what their entries are called in messages
@@ -85,14 +87,16 @@ def read(path: Path) -> bytes:
 
 
 def foreign_name(path: Path) -> bool:
-    """Whether the file's name is not UTF-8: no batch or view is named so (the store writes
-    every name as UTF-8), and such a name cannot be a key of the index's `pointers` table (it
-    once ended every writable open with a traceback once a disk holding one was behind)."""
+    """Whether the file's name is none the store writes: not UTF-8 (no key of the index's
+    `pointers` table: it once ended every writable open with a traceback once a disk holding
+    one was behind), or in batches/ or views/ a name no batch or view can have
+    (fsd.base.paths.NAME_PATTERN: `..`, spaces, shell characters — a rebuild registered such a
+    file as a batch or view under a name `hoard view add` and ingest refuse)."""
     try:
         path.name.encode()
     except UnicodeEncodeError:
         return True
-    return False
+    return path.parent.name in KINDS and re.match(NAME_PATTERN, path.stem) is None
 
 
 def shown(path: Path) -> str:

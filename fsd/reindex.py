@@ -367,7 +367,8 @@ def _read_pointers(dc: Any, found: dict[str, dict], rep: IndexRebuildReport) -> 
     paths += [(key, dc.path / key) for key in pointers.ROOT_FILES if os.path.lexists(dc.path / key)]
     for key, path in paths:
         if pointers.foreign_name(path):
-            rep.damaged.append(f"{pointers.shown(path)}: its name is not UTF-8 (not a pointer)")
+            rep.damaged.append(f"{pointers.shown(path)}: a name the store never writes (not UTF-8, or no batch or "
+                               "view name): not a pointer, not registered")
             continue
         try:
             doc = pointers.decode(pointers.read(path), key)

@@ -172,3 +172,31 @@ def test_a_legacy_log_that_refuses_its_rewrite_is_not_retried_by_every_open(stor
         Store.open(cfg).close()
     tries = [r for r in caplog.records if "cannot rewrite" in r.getMessage()]
     assert len(tries) == 1, [r.getMessage() for r in tries]  # the old code: 3
+
+
+def test_a_pointer_file_under_a_name_no_batch_can_have_is_not_registered(store_factory, tmp_path: Path) -> None:
+    """Copies of a batch pointer as batches/...json and batches/a b;$(x).json on every disk: the
+    rebuild registered batches named `..` and `a b;$(x)` (names ingest and `hoard view add`
+    refuse; as a view, `..` was served by the mount). They are now named and skipped, and
+    check notes them as no pointers."""
+    import shutil
+
+    from fsd.check import check
+
+    store = store_factory(n_disks=3, caps=None)
+    x = make_files(tmp_path / "in", 1, seed=87)[0]
+    _register(store, "b1", store.put_many([x]))
+    cfg = store.cfg
+    store.close()
+    for d in ("d1", "d2", "d3"):
+        folder = tmp_path / "disks" / d / "batches"
+        for odd in ("...json", "a b;$(x).json"):
+            shutil.copy(folder / "b1.json", folder / odd)
+    rep = rebuild_index(cfg)
+    assert rep.batches == 1, rep  # the old code: 3
+    assert sum("no batch or view name" in d for d in rep.damaged) == 6, rep.damaged
+    with Store.open(cfg) as again:
+        assert [name for name, _ in again.index.iter_batches()] == ["b1"]
+        found = check(again)
+        assert not found.problems, found.problems
+        assert sum("not a pointer" in n for n in found.notes) == 6, found.notes
