@@ -200,3 +200,21 @@ def test_a_pointer_file_under_a_name_no_batch_can_have_is_not_registered(store_f
         found = check(again)
         assert not found.problems, found.problems
         assert sum("not a pointer" in n for n in found.notes) == 6, found.notes
+
+
+@pytest.mark.xfail(strict=True, reason="a pointer's checksum covers its content, not its file name: one disk's "
+                                       "damaged name registers a batch nobody made (the name belongs in the check)")
+def test_a_damaged_pointer_name_on_one_disk_makes_no_phantom_batch(store_factory, tmp_path: Path) -> None:
+    """One bit of a pointer's file name flipped on one disk (b1.json → b3.json: '1' is 0x31,
+    '3' 0x33): the pointer still decodes, its checksum holds, and a rebuild registers batch b3
+    — a batch that never was, holding b1's files (dropping b1 then frees nothing it holds)."""
+    store = store_factory(n_disks=3, caps=None)
+    x = make_files(tmp_path / "in", 1, seed=88)[0]
+    _register(store, "b1", store.put_many([x]))
+    cfg = store.cfg
+    store.close()
+    folder = tmp_path / "disks" / "d2" / "batches"
+    (folder / "b1.json").rename(folder / "b3.json")
+    rebuild_index(cfg)
+    with Store.open(cfg) as again:
+        assert [name for name, _ in again.index.iter_batches()] == ["b1"]
