@@ -426,10 +426,9 @@ def _pointer_finding(disk, key: str, want: bytes | None, since: int) -> str:
     except FileNotFoundError:
         return f"lacks the pointer of {what}" if want else ""
     except (OSError, ValueError) as e:
-        if want is not None and os.path.isdir(disk.root / key) and not os.path.islink(disk.root / key):
-            # (a writer's rename cannot replace a directory: the fix alone failed, again and again)
-            return (f"a directory stands at {pointers.shown(disk.root / key)}, where its pointer of {what} goes: "
-                    "remove it, then")
+        if want is not None and (blocker := _in_the_way(disk.root / key)):
+            # (a writer cannot replace it: the fix alone failed, again and again)
+            return f"{blocker} where its pointer of {what} goes: remove it, then"
         return f"its pointer of {what} cannot be read ({getattr(e, 'strerror', None) or e})"
     if body == want:
         return ""
@@ -444,6 +443,16 @@ def _pointer_finding(disk, key: str, want: bytes | None, since: int) -> str:
         return f"holds a pointer of {what}, which the index does not name (an index rebuild would bring it back)"
     return (f"holds an older pointer of {what}" if stamp < pointers.stamp_of(want)
             else f"holds a different pointer of {what}")
+
+
+def _in_the_way(path) -> str:
+    """What stands where a pointer is to be written that a writer cannot replace — a directory
+    at its name, or something that is not a directory at its folder's — or ""."""
+    if os.path.isdir(path) and not os.path.islink(path):
+        return f"a directory stands at {pointers.shown(path)},"
+    if os.path.lexists(path.parent) and not os.path.isdir(path.parent):
+        return f"{pointers.shown(path.parent)} is not a directory,"
+    return ""
 
 
 def _index_marks(store: Store) -> tuple[dict[str, set[bytes]], int]:

@@ -103,11 +103,12 @@ def test_a_pointer_file_whose_name_is_not_utf8_is_skipped_not_a_traceback(tmp_pa
     assert os.path.exists(odd)  # left for a person to remove
 
 
-def test_a_directory_where_a_pointer_goes_is_named_with_a_fix_that_works(tmp_path: Path) -> None:
-    """A directory stands at a disk's batches/<id>.json of a registered batch: check said the
-    pointer cannot be read and advised `hoard index rewrite-pointers` — which cannot replace a
-    directory and failed pointing at `hoard health`, which says nothing of it. Check now names
-    the directory to remove; after that, its advice works."""
+@pytest.mark.parametrize("what", ["a directory at the pointer", "a file at batches/"])
+def test_a_directory_where_a_pointer_goes_is_named_with_a_fix_that_works(tmp_path: Path, what: str) -> None:
+    """A directory stands at a disk's batches/<id>.json of a registered batch (or a file at
+    its batches/): check said the pointer cannot be read and advised `hoard index
+    rewrite-pointers` — which cannot replace it and failed pointing at `hoard health`, which
+    says nothing of it. Check now names what to remove; after that, its advice works."""
     import shutil
 
     cfg = _cli_store(tmp_path)
@@ -115,14 +116,24 @@ def test_a_directory_where_a_pointer_goes_is_named_with_a_fix_that_works(tmp_pat
     with Store.open(config_mod.load(cfg)) as store:
         _register(store, "b1", store.put_many([x]))
     spot = tmp_path / "d1" / "batches" / "b1.json"
-    spot.unlink()
-    spot.mkdir()
-    (spot / "x").write_text("x")
+    if what == "a directory at the pointer":
+        spot.unlink()
+        spot.mkdir()
+        (spot / "x").write_text("x")
+        said = f"a directory stands at {spot}"
+    else:
+        shutil.rmtree(spot.parent)
+        spot.parent.write_text("x")
+        spot = spot.parent
+        said = f"{spot} is not a directory"
     res = _hoard(cfg, "check")
     assert res.returncode == 5, res.stdout + res.stderr
-    assert f"a directory stands at {spot}" in res.stdout + res.stderr, res.stdout + res.stderr
+    assert said in res.stdout + res.stderr, res.stdout + res.stderr
     assert "remove it" in res.stdout + res.stderr
-    shutil.rmtree(spot)
+    if spot.is_dir():
+        shutil.rmtree(spot)
+    else:
+        spot.unlink()
     _ok(_hoard(cfg, "index", "rewrite-pointers"))
     _ok(_hoard(cfg, "check"))
 
