@@ -316,6 +316,9 @@ def _check_marks_logs(store: Store, rep: CheckReport, known: set[bytes]) -> None
                 rep.add("marks log", f"disk {rec.label}: its marks log cannot be read ({e}): {fix}")
             continue
         rep.notes += [f"disk {rec.label}: {p} (not a marks log: skipped by a rebuild; remove it)" for p in planted]
+        if rec.state != DiskState.FAILED and (blocker := _in_the_way(marks.log_path(disk.root))):
+            rep.add("marks log", f"disk {rec.label}: {blocker} where its marks log goes: remove it, then {fix}")
+            continue  # (the comparisons below would only repeat it)
         # (a failed disk's log is read by a rebuild but rewritten by nothing: a note, its disk is the problem)
         name = rep.notes.append if rec.state == DiskState.FAILED else (lambda text: rep.add("marks log", text))
         if got.damaged:
@@ -446,7 +449,7 @@ def _pointer_finding(disk, key: str, want: bytes | None, since: int) -> str:
 
 
 def _in_the_way(path) -> str:
-    """What stands where a pointer is to be written that a writer cannot replace — a directory
+    """What stands where a pointer or a marks log is to be written that a writer cannot replace — a directory
     at its name, or something that is not a directory at its folder's — or ""."""
     if os.path.isdir(path) and not os.path.islink(path):
         return f"a directory stands at {pointers.shown(path)},"

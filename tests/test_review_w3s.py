@@ -139,24 +139,36 @@ def test_a_directory_where_a_pointer_goes_is_named_with_a_fix_that_works(tmp_pat
 
 
 @pytest.mark.expect_log(r"disk d0: cannot (read the end of|rewrite) .*marks", level="WARNING")
-def test_rewrite_marks_that_leaves_a_disk_behind_says_so(tmp_path: Path) -> None:
-    """A directory at a disk's marks/marks.log: `hoard index rewrite-marks` (check's advice)
-    printed "rewritten on d1, d2" and exit 0 while d0 kept no log; it now fails naming d0
-    (as rewrite-pointers does), and once the directory is gone it works and check agrees."""
+@pytest.mark.parametrize("what", ["a directory at marks.log", "a file at marks/"])
+def test_rewrite_marks_that_leaves_a_disk_behind_says_so(tmp_path: Path, what: str) -> None:
+    """A directory at a disk's marks/marks.log (or a file at its marks/): `hoard index
+    rewrite-marks` (check's advice) printed "rewritten on d1, d2" and exit 0 while d0 kept no
+    log; it now fails naming d0 (as rewrite-pointers does), check names what to remove, and
+    once it is gone the advice works and check agrees."""
     import shutil
 
     cfg = _cli_store(tmp_path)
     x = make_files(tmp_path / "in", 1, seed=85)[0]
     _ok(_hoard(cfg, "put", str(x)))
     log = marks.log_path(tmp_path / "d0")
-    log.unlink()
-    log.mkdir()
+    if what == "a directory at marks.log":
+        log.unlink()
+        log.mkdir()
+        said, spot = f"a directory stands at {log}", log
+    else:
+        shutil.rmtree(log.parent)
+        log.parent.write_text("x")
+        said, spot = f"{log.parent} is not a directory", log.parent
     res = _hoard(cfg, "check")
-    assert res.returncode == 5 and "remove it" in res.stdout + res.stderr, res.stdout + res.stderr
+    assert res.returncode == 5 and said in res.stdout + res.stderr, res.stdout + res.stderr
+    assert "remove it" in res.stdout + res.stderr
     res = _hoard(cfg, "index", "rewrite-marks")
     assert res.returncode == 3, res.stdout + res.stderr  # the old code: 0
     assert "could not be rewritten on d0" in res.stderr, res.stderr
-    shutil.rmtree(log)
+    if spot.is_dir():
+        shutil.rmtree(spot)
+    else:
+        spot.unlink()
     _ok(_hoard(cfg, "index", "rewrite-marks"))
     _ok(_hoard(cfg, "check"))
 

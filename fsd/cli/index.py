@@ -55,7 +55,7 @@ def rewrite_marks(ctx: typer.Context) -> None:
     left = [label for label in chosen if label not in labels]
     if left or not labels:  # (it said "rewritten on d1, d2", exit 0, with d0's log left behind)
         raise HoardError(f"the marks log could not be rewritten on {', '.join(left) or 'any disk'} (see the warnings "
-                         "above: a directory or other non-file at marks/marks.log is to be removed); `hoard health` "
+                         "above; `hoard check` names what to remove); `hoard health` "
                          "names the disks' problems, then run this again", ExitCode.UNAVAILABLE)
     out.print(f"marks log rewritten on {', '.join(labels)}: {n} marks")
 
