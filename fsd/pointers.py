@@ -96,7 +96,8 @@ def foreign_name(path: Path) -> bool:
         path.name.encode()
     except UnicodeEncodeError:
         return True
-    return path.parent.name in KINDS and re.match(NAME_PATTERN, path.stem) is None
+    # (a ROOT_FILES pointer sits at a disk's root, whatever that directory is called)
+    return path.parent.name in KINDS and path.name not in ROOT_FILES and re.match(NAME_PATTERN, path.stem) is None
 
 
 def shown(path: Path) -> str:
