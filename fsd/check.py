@@ -316,6 +316,9 @@ def _check_marks_logs(store: Store, rep: CheckReport, known: set[bytes]) -> None
                 rep.add("marks log", f"disk {rec.label}: its marks log cannot be read ({e}): {fix}")
             continue
         rep.notes += [f"disk {rec.label}: {p} (not a marks log: skipped by a rebuild; remove it)" for p in planted]
+        rep.notes += [f"disk {rec.label}: {p}: {n} line(s) that are not records (not the store's log, which is "
+                      f"{marks.log_path(disk.root).name}: a rebuild reads its records and skips the rest; remove it)"
+                      for p, n in got.foreign.items()]
         if rec.state != DiskState.FAILED and (blocker := _in_the_way(marks.log_path(disk.root))):
             rep.add("marks log", f"disk {rec.label}: {blocker} where its marks log goes: remove it, then {fix}")
             continue  # (the comparisons below would only repeat it)

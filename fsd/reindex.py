@@ -448,6 +448,8 @@ def _read_marks(dc: Any, rep: IndexRebuildReport) -> marks.DiskLog:
     except OSError as e:
         raise _went_away(dc, f"reading {e.filename or MARKS_DIR + '/'}: {e.strerror or e}") from None
     rep.damaged += [f"marks log {p}" for p in planted]
+    rep.damaged += [f"{p}: {n} line(s) that are not records, in a file beside the marks log: skipped"
+                    for p, n in got.foreign.items()]
     if got.damaged:
         rep.damaged.append(f"marks log in {folder}: {got.damaged} damaged line(s) (line {', '.join(map(str, got.damaged_lines))}"
                            f"{' …' if got.damaged > len(got.damaged_lines) else ''}): not obeyed")

@@ -241,3 +241,20 @@ def test_a_damaged_pointer_name_on_one_disk_makes_no_phantom_batch(store_factory
     rebuild_index(cfg)
     with Store.open(cfg) as again:
         assert [name for name, _ in again.index.iter_batches()] == ["b1"]
+
+
+def test_a_stray_log_beside_the_marks_log_gets_advice_that_works(tmp_path: Path) -> None:
+    """A text file `notes.log` in a disk's marks/ (every `*.log` there is read): its lines were
+    "damaged lines in its marks log" — check advised `hoard index rewrite-marks`, and `hoard
+    verify --repair` said it repaired them, yet neither touches that file and the next check
+    and verify named them again. Now it is a note naming the file to remove; verify, which
+    judges the store's own logs, has nothing to repair."""
+    cfg = _cli_store(tmp_path)
+    x = make_files(tmp_path / "in", 1, seed=89)[0]
+    _ok(_hoard(cfg, "put", str(x)))
+    stray = marks.log_path(tmp_path / "d0").parent / "notes.log"
+    stray.write_text("hello world\nnot a record\n")
+    res = _hoard(cfg, "check")
+    _ok(res)  # the old code: exit 5, "rewrite-marks", which changed nothing
+    assert f"{stray}: 2 line(s) that are not records" in res.stdout + res.stderr and "remove it" in res.stdout + res.stderr
+    _ok(_hoard(cfg, "verify"))
