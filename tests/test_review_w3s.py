@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import logging
+import os
 import re
+import shutil
 from pathlib import Path
 
 import pytest
 
 from fsd import marks
 from fsd.base import config as config_mod
+from fsd.check import check
 from fsd.deletion import drop_batch
 from fsd.gc import gc
 from fsd.reindex import rebuild_index
@@ -30,6 +34,37 @@ def _to_legacy(log: Path, torn: bytes = b"") -> None:
     """Rewrite a log as the release before checks wrote it (three fields a line), `torn` appended."""
     body = re.sub(rb" [0-9a-f]{16}\n", b"\n", log.read_bytes())
     log.write_bytes(body + torn)
+
+
+def _block(spot: Path, where: str) -> tuple[str, Path]:
+    """Put what a writer cannot replace at `spot` (`where` "at": a directory there; "folder": a
+    file where its folder goes); (what check names, the path to remove)."""
+    if where == "at":
+        spot.unlink()
+        spot.mkdir()
+        (spot / "x").write_text("x")
+        return f"a directory stands at {spot}", spot
+    shutil.rmtree(spot.parent)
+    spot.parent.write_text("x")
+    return f"{spot.parent} is not a directory", spot.parent
+
+
+def _check_names_then_fix(cfg: Path, said: str, spot: Path, fix: str, refused: str | None = None) -> None:
+    """Check names `said` and what to do; `hoard index <fix>` fails while `spot` is there (naming
+    `refused`, if given); once it is removed the fix works and check agrees."""
+    res = _hoard(cfg, "check")
+    assert res.returncode == 5 and said in res.stdout + res.stderr, res.stdout + res.stderr
+    assert "remove it" in res.stdout + res.stderr
+    if refused is not None:
+        res = _hoard(cfg, "index", fix)
+        assert res.returncode == 3, res.stdout + res.stderr  # the old code: 0
+        assert refused in res.stderr, res.stderr
+    if spot.is_dir():
+        shutil.rmtree(spot)
+    else:
+        spot.unlink()
+    _ok(_hoard(cfg, "index", fix))
+    _ok(_hoard(cfg, "check"))
 
 
 def test_a_legacy_log_with_a_torn_last_line_keeps_its_roots(store_factory, tmp_path: Path) -> None:
@@ -81,8 +116,6 @@ def test_a_pointer_file_whose_name_is_not_utf8_is_skipped_not_a_traceback(tmp_pa
     pointers up (every disk is behind after an index rebuild) ended with a UnicodeEncodeError
     traceback — the rebuild's own first writer, then every writable open (`hoard put`), and
     `hoard index rewrite-pointers`, check's advice. Now it is named as not a pointer, and skipped."""
-    import os
-
     cfg = _cli_store(tmp_path)
     x = make_files(tmp_path / "in", 1, seed=83)[0]
     _ok(_hoard(cfg, "put", str(x)))
@@ -109,33 +142,13 @@ def test_a_directory_where_a_pointer_goes_is_named_with_a_fix_that_works(tmp_pat
     its batches/): check said the pointer cannot be read and advised `hoard index
     rewrite-pointers` — which cannot replace it and failed pointing at `hoard health`, which
     says nothing of it. Check now names what to remove; after that, its advice works."""
-    import shutil
-
     cfg = _cli_store(tmp_path)
     x = make_files(tmp_path / "in", 1, seed=84)[0]
     with Store.open(config_mod.load(cfg)) as store:
         _register(store, "b1", store.put_many([x]))
-    spot = tmp_path / "d1" / "batches" / "b1.json"
-    if what == "a directory at the pointer":
-        spot.unlink()
-        spot.mkdir()
-        (spot / "x").write_text("x")
-        said = f"a directory stands at {spot}"
-    else:
-        shutil.rmtree(spot.parent)
-        spot.parent.write_text("x")
-        spot = spot.parent
-        said = f"{spot} is not a directory"
-    res = _hoard(cfg, "check")
-    assert res.returncode == 5, res.stdout + res.stderr
-    assert said in res.stdout + res.stderr, res.stdout + res.stderr
-    assert "remove it" in res.stdout + res.stderr
-    if spot.is_dir():
-        shutil.rmtree(spot)
-    else:
-        spot.unlink()
-    _ok(_hoard(cfg, "index", "rewrite-pointers"))
-    _ok(_hoard(cfg, "check"))
+    where = "at" if what == "a directory at the pointer" else "folder"
+    said, spot = _block(tmp_path / "d1" / "batches" / "b1.json", where)
+    _check_names_then_fix(cfg, said, spot, "rewrite-pointers")
 
 
 @pytest.mark.expect_log(r"disk d0: cannot (read the end of|rewrite) .*marks", level="WARNING")
@@ -145,32 +158,11 @@ def test_rewrite_marks_that_leaves_a_disk_behind_says_so(tmp_path: Path, what: s
     rewrite-marks` (check's advice) printed "rewritten on d1, d2" and exit 0 while d0 kept no
     log; it now fails naming d0 (as rewrite-pointers does), check names what to remove, and
     once it is gone the advice works and check agrees."""
-    import shutil
-
     cfg = _cli_store(tmp_path)
     x = make_files(tmp_path / "in", 1, seed=85)[0]
     _ok(_hoard(cfg, "put", str(x)))
-    log = marks.log_path(tmp_path / "d0")
-    if what == "a directory at marks.log":
-        log.unlink()
-        log.mkdir()
-        said, spot = f"a directory stands at {log}", log
-    else:
-        shutil.rmtree(log.parent)
-        log.parent.write_text("x")
-        said, spot = f"{log.parent} is not a directory", log.parent
-    res = _hoard(cfg, "check")
-    assert res.returncode == 5 and said in res.stdout + res.stderr, res.stdout + res.stderr
-    assert "remove it" in res.stdout + res.stderr
-    res = _hoard(cfg, "index", "rewrite-marks")
-    assert res.returncode == 3, res.stdout + res.stderr  # the old code: 0
-    assert "could not be rewritten on d0" in res.stderr, res.stderr
-    if spot.is_dir():
-        shutil.rmtree(spot)
-    else:
-        spot.unlink()
-    _ok(_hoard(cfg, "index", "rewrite-marks"))
-    _ok(_hoard(cfg, "check"))
+    said, spot = _block(marks.log_path(tmp_path / "d0"), "at" if what == "a directory at marks.log" else "folder")
+    _check_names_then_fix(cfg, said, spot, "rewrite-marks", refused="could not be rewritten on d0")
 
 
 @pytest.mark.expect_log(r"disk d1: cannot rewrite .*marks", level="WARNING")
@@ -180,8 +172,6 @@ def test_a_legacy_log_that_refuses_its_rewrite_is_not_retried_by_every_open(stor
     goes): every writable open tried again — each reading every disk's whole marks log
     (Store._logged_marks) and taking a write transaction — where a disk that is behind is
     tried again only after MARKS_RETRY_S."""
-    import logging
-
     store = store_factory(n_disks=2, caps=None)
     x = make_files(tmp_path / "in", 1, seed=86)[0]
     store.put_many([x], root=PUT)
@@ -202,10 +192,6 @@ def test_a_pointer_file_under_a_name_no_batch_can_have_is_not_registered(store_f
     rebuild registered batches named `..` and `a b;$(x)` (names ingest and `hoard view add`
     refuse; as a view, `..` was served by the mount). They are now named and skipped, and
     check notes them as no pointers."""
-    import shutil
-
-    from fsd.check import check
-
     store = store_factory(n_disks=3, caps=None)
     x = make_files(tmp_path / "in", 1, seed=87)[0]
     _register(store, "b1", store.put_many([x]))
@@ -256,5 +242,6 @@ def test_a_stray_log_beside_the_marks_log_gets_advice_that_works(tmp_path: Path)
     stray.write_text("hello world\nnot a record\n")
     res = _hoard(cfg, "check")
     _ok(res)  # the old code: exit 5, "rewrite-marks", which changed nothing
-    assert f"{stray}: 2 line(s) that are not records" in res.stdout + res.stderr and "remove it" in res.stdout + res.stderr
+    out = res.stdout + res.stderr
+    assert f"{stray}: 2 line(s) that are not records" in out and "remove it" in out, out
     _ok(_hoard(cfg, "verify"))
