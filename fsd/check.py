@@ -25,6 +25,7 @@ Replicas below their class target and orphan files are reported as notes, not fa
 
 from __future__ import annotations
 
+import os
 import re
 import time
 from collections import Counter
@@ -321,6 +322,12 @@ def _check_marks_logs(store: Store, rep: CheckReport, known: set[bytes]) -> None
                 rep.add("marks log", f"disk {rec.label}: its marks log cannot be read ({e}): {fix}")
             continue
         rep.notes += [f"disk {rec.label}: {p} (not a marks log: skipped by a rebuild; remove it)" for p in planted]
+        rep.notes += [f"disk {rec.label}: {p}: {n} line(s) that are not records (not the store's log, which is "
+                      f"{marks.log_path(disk.root).name}: a rebuild reads its records and skips the rest; remove it)"
+                      for p, n in got.foreign.items()]
+        if rec.state != DiskState.FAILED and (blocker := _in_the_way(marks.log_path(disk.root))):
+            rep.add("marks log", f"disk {rec.label}: {blocker} where its marks log goes: remove it, then {fix}")
+            continue  # (the comparisons below would only repeat it)
         # (a failed disk's log is read by a rebuild but rewritten by nothing: a note, its disk is the problem)
         name = rep.notes.append if rec.state == DiskState.FAILED else (lambda text: rep.add("marks log", text))
         if got.damaged:
@@ -425,12 +432,15 @@ def _pointer_finding(disk, key: str, want: bytes | None, since: int) -> str:
     """What is wrong with the disk's pointer at `key` (the index holds `want`), or ""."""
     what = pointers.describe(key)
     if want is None and pointers.planted(disk.root / key):
-        return f"!{disk.root / key}"  # a note, not a disagreement (see _check_pointers)
+        return f"!{pointers.shown(disk.root / key)}"  # a note, not a disagreement (see _check_pointers)
     try:
         body = pointers.read(disk.root / key)
     except FileNotFoundError:
         return f"lacks the pointer of {what}" if want else ""
     except (OSError, ValueError) as e:
+        if want is not None and (blocker := _in_the_way(disk.root / key)):
+            # (a writer cannot replace it: the fix alone failed, again and again)
+            return f"{blocker} where its pointer of {what} goes: remove it, then"
         return f"its pointer of {what} cannot be read ({getattr(e, 'strerror', None) or e})"
     if body == want:
         return ""
@@ -445,6 +455,16 @@ def _pointer_finding(disk, key: str, want: bytes | None, since: int) -> str:
         return f"holds a pointer of {what}, which the index does not name (an index rebuild would bring it back)"
     return (f"holds an older pointer of {what}" if stamp < pointers.stamp_of(want)
             else f"holds a different pointer of {what}")
+
+
+def _in_the_way(path) -> str:
+    """What stands where a pointer or a marks log is to be written that a writer cannot replace — a directory
+    at its name, or something that is not a directory at its folder's — or ""."""
+    if os.path.isdir(path) and not os.path.islink(path):
+        return f"a directory stands at {pointers.shown(path)},"
+    if os.path.lexists(path.parent) and not os.path.isdir(path.parent):
+        return f"{pointers.shown(path.parent)} is not a directory,"
+    return ""
 
 
 def _index_marks(store: Store) -> tuple[dict[str, set[bytes]], int]:

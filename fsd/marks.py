@@ -100,8 +100,8 @@ OK, LEGACY, DAMAGED, OTHER = "record", "legacy", "damaged", "other"
 
 def classify(raw: bytes) -> tuple[str, Record | None]:
     """(kind, record) of one line. OK: a record whose check holds. LEGACY: a record of the
-    three-field format written before lines had checks (replayed as it is where its log has
-    no checked line; the first writable open rewrites such logs). OTHER: the torn rest of an
+    three-field format written before lines had checks (replayed as it is where no checked
+    line precedes it in its log; the first writable open rewrites such logs). OTHER: the torn rest of an
     append (a crash during it: its transaction never committed) — a line that is a prefix of
     a well-formed one. DAMAGED: anything else — a line whose check does not hold (bit rot, an
     edit), a flipped space or digit, planted text: never obeyed, and named."""
@@ -175,6 +175,10 @@ class DiskLog:
     legacy: int = 0
     broken_resets: int = 0
     damaged_lines: list[int] = field(default_factory=list)  # line numbers (1-based), the first few
+    #: damaged lines in a `*.log` beside marks.log, per file: no rewrite from the index
+    #: touches such a file (`hoard index rewrite-marks`, `verify --repair` said they fixed
+    #: them, and the next check or verify named them again), so they are a note: remove it
+    foreign: dict[str, int] = field(default_factory=dict)
 
     @property
     def begin(self) -> int:
@@ -193,7 +197,7 @@ class DiskLog:
     def upto(self, stamp: int) -> DiskLog:
         """The same log without its records stamped after `stamp`."""
         return DiskLog(self.label, {r for r in self.records if r[0] <= stamp}, {t for t in self.resets if t <= stamp},
-                       self.damaged, self.other, self.legacy, self.broken_resets, self.damaged_lines)
+                       self.damaged, self.other, self.legacy, self.broken_resets, self.damaged_lines, self.foreign)
 
     def after(self, stamp: int) -> int:
         """How many of its records are stamped after `stamp`."""
@@ -228,7 +232,6 @@ def read_log(folder: Path, planted: list[str] | None = None, label: str = "") ->
             raise
         resets: dict[int, int] = {}  # reset stamp → set-records seen with it
         ends: dict[int, int] = {}
-        legacy: list[Record] = []
         checked = False
         with f:
             for n, raw in enumerate(f, 1):
@@ -236,25 +239,26 @@ def read_log(folder: Path, planted: list[str] | None = None, label: str = "") ->
                     continue
                 kind, rec = classify(raw)
                 if rec is None:
-                    if kind == DAMAGED:
+                    if kind == DAMAGED and path.name != MARKS_LOG:
+                        out.foreign[str(path)] = out.foreign.get(str(path), 0) + 1
+                    elif kind == DAMAGED:
                         out.damaged += 1
                         if len(out.damaged_lines) < 5:
                             out.damaged_lines.append(n)
                     else:
                         out.other += 1
+                elif kind == LEGACY and checked:
+                    # after a checked line, a three-field line is an append cut right after its
+                    # sha256 and completed by the next append's newline (never committed)
+                    out.other += 1
                 elif kind == LEGACY:
-                    legacy.append(rec)
+                    # the release before checks wrote it: replayed, even when checked appends
+                    # follow (its log was not rewritten: its last line was torn or damaged)
+                    out.legacy += 1
+                    _take(rec, resets, ends, out.records)
                 else:
                     checked = True
                     _take(rec, resets, ends, out.records)
-        if checked:
-            # a log with checked lines has no legacy ones: a three-field line there is an append
-            # cut right after its sha256 and completed by the next append's newline (never committed)
-            out.other += len(legacy)
-        else:
-            out.legacy += len(legacy)
-            for rec in legacy:
-                _take(rec, resets, ends, out.records)
         for stamp, n in resets.items():
             if ends.get(stamp) == n:
                 out.resets.add(stamp)
@@ -286,7 +290,7 @@ def read(folder: Path, into: set[Record], planted: list[str] | None = None) -> i
 def last_stamp(disk_root: Path) -> int | None:
     """The stamp of the log's last complete record; 0 when there is no log (or it is
     empty); None when the last line is not a record (torn or damaged)."""
-    tail = _tail(disk_root)
+    tail = _ends(disk_root)[1]
     if tail is None:
         return 0
     rec = parse(tail)
@@ -294,27 +298,29 @@ def last_stamp(disk_root: Path) -> int | None:
 
 
 def tail_is_legacy(disk_root: Path) -> bool:
-    """Whether the log's last line is a record without a check (written before lines had
-    them): the log is rewritten by the next writable open."""
-    tail = _tail(disk_root)
-    return tail is not None and classify(tail)[0] == LEGACY
+    """Whether the log's last line — or its first: a legacy log whose last line was torn took
+    checked appends after its legacy lines — is a record without a check (written before lines
+    had them): the log is rewritten by the next writable open."""
+    return any(end is not None and classify(end)[0] == LEGACY for end in _ends(disk_root))
 
 
-def _tail(disk_root: Path) -> bytes | None:
-    """The log's last line (None: no log, or an empty one)."""
+def _ends(disk_root: Path) -> tuple[bytes | None, bytes | None]:
+    """The log's first non-blank line and its last line (None: no log, or an empty one)."""
     try:
         fd = os.open(log_path(disk_root), os.O_RDONLY | os.O_NONBLOCK)
     except FileNotFoundError:
-        return None
+        return None, None
     try:
         regular(fd, log_path(disk_root))
         size = os.fstat(fd).st_size
         if size == 0:
-            return None
+            return None, None
+        head = os.pread(fd, min(size, 4096), 0)
         tail = os.pread(fd, min(size, 4096), max(0, size - 4096))
     finally:
         os.close(fd)
-    return tail[tail.rfind(b"\n", 0, len(tail) - 1) + 1:]
+    first = head.lstrip(b"\n")
+    return first[:first.find(b"\n") + 1] or first, tail[tail.rfind(b"\n", 0, len(tail) - 1) + 1:]
 
 
 def agree(logs: Iterable[DiskLog]) -> tuple[set[Record], list[tuple[Record, str]]]:

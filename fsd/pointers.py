@@ -15,10 +15,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import stat
 from pathlib import Path
 
 from fsd import marks
+from fsd.base.paths import NAME_PATTERN
 from fsd.layout import BATCHES_DIR, VIEWS_DIR
 
 #: the two folders, and what their entries are called in messages
@@ -84,9 +86,32 @@ def read(path: Path) -> bytes:
     return body
 
 
+def foreign_name(path: Path) -> bool:
+    """Whether the file's name is none the store writes: not UTF-8 (no key of the index's
+    `pointers` table: it once ended every writable open with a traceback once a disk holding
+    one was behind), or in batches/ or views/ a name no batch or view can have
+    (fsd.base.paths.NAME_PATTERN: `..`, spaces, shell characters — a rebuild registered such a
+    file as a batch or view under a name `hoard view add` and ingest refuse)."""
+    try:
+        path.name.encode()
+    except UnicodeEncodeError:
+        return True
+    # (a ROOT_FILES pointer sits at a disk's root, whatever that directory is called)
+    return path.parent.name in KINDS and path.name not in ROOT_FILES and re.match(NAME_PATTERN, path.stem) is None
+
+
+def shown(path: Path) -> str:
+    """The path for a message: a name that is not UTF-8 with its odd bytes escaped (`\\udcff`),
+    never written raw to a terminal or a log."""
+    return str(path).encode("utf-8", "backslashreplace").decode()
+
+
 def planted(path: Path) -> bool:
     """Whether something other than a regular file sits at a pointer's name (a directory, a
-    FIFO, a link: not a pointer — a rebuild skips it, and it is left for a person to remove)."""
+    FIFO, a link: not a pointer — a rebuild skips it, and it is left for a person to remove),
+    or a file whose name is not UTF-8 (foreign_name)."""
+    if foreign_name(path):
+        return True
     try:
         return not stat.S_ISREG(os.lstat(path).st_mode)
     except FileNotFoundError:

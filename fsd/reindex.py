@@ -366,6 +366,10 @@ def _read_pointers(dc: Any, found: dict[str, dict], rep: IndexRebuildReport) -> 
     paths = [(pointers.rel(folder, p.stem), p) for folder in pointers.KINDS for p in _listing(dc, folder, "*.json")]
     paths += [(key, dc.path / key) for key in pointers.ROOT_FILES if os.path.lexists(dc.path / key)]
     for key, path in paths:
+        if pointers.foreign_name(path):
+            rep.damaged.append(f"{pointers.shown(path)}: a name the store never writes (not UTF-8, or no batch or "
+                               "view name): not a pointer, not registered")
+            continue
         try:
             doc = pointers.decode(pointers.read(path), key)
         except FileNotFoundError:  # listed a moment ago, the store idle
@@ -444,6 +448,8 @@ def _read_marks(dc: Any, rep: IndexRebuildReport) -> marks.DiskLog:
     except OSError as e:
         raise _went_away(dc, f"reading {e.filename or MARKS_DIR + '/'}: {e.strerror or e}") from None
     rep.damaged += [f"marks log {p}" for p in planted]
+    rep.damaged += [f"{p}: {n} line(s) that are not records, in a file beside the marks log: skipped"
+                    for p, n in got.foreign.items()]
     if got.damaged:
         rep.damaged.append(f"marks log in {folder}: {got.damaged} damaged line(s) (line {', '.join(map(str, got.damaged_lines))}"
                            f"{' …' if got.damaged > len(got.damaged_lines) else ''}): not obeyed")

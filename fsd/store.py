@@ -583,7 +583,9 @@ class Store:
         # (or one committing right now: checked again inside the snapshot's transaction)
         ahead = [u for u, t in tails.items() if u in at and t > at[u] and self.usable(u, for_write=True)]
         behind = self.marks_behind(state)
-        behind += [u for u in legacy if u not in behind]
+        # (a legacy log that refused its rewrite waits MARKS_RETRY_S like a disk behind: each try
+        # reads every disk's whole log and takes a write transaction)
+        behind += [u for u in legacy if u not in behind and time.time() - state[2].get(u, 0.0) > MARKS_RETRY_S]
         if not (behind or ahead):
             return []
         done = self.snapshot_marks(behind + ahead, recheck=set(ahead) - set(behind))

@@ -49,11 +49,14 @@ def rewrite_marks(ctx: typer.Context) -> None:
     from fsd.marks import TABLES
 
     with open_store(ctx) as store:
+        chosen = [store.disks[u].label for u in store.disks if store.usable(u)]
         labels = store.snapshot_marks()
         n = sum(store.index.count(getattr(store.index, t)) for t in TABLES)
-    if not labels:
-        raise HoardError("no disk took the marks log; `hoard health` names the disks' problems",
-                         ExitCode.UNAVAILABLE)
+    left = [label for label in chosen if label not in labels]
+    if left or not labels:  # (it said "rewritten on d1, d2", exit 0, with d0's log left behind)
+        raise HoardError(f"the marks log could not be rewritten on {', '.join(left) or 'any disk'} (see the warnings "
+                         "above; `hoard check` names what to remove); `hoard health` "
+                         "names the disks' problems, then run this again", ExitCode.UNAVAILABLE)
     out.print(f"marks log rewritten on {', '.join(labels)}: {n} marks")
 
 
