@@ -470,7 +470,7 @@ class Index:
         what the pointer names, in the same transaction."""
         with self.env.begin(write=True) as txn:
             stamp = self._next_pointer_stamp(txn)
-            body = pointers.encode(info, stamp)
+            body = pointers.encode(info, stamp, key)
             took = write(key, body)
             if also is not None:
                 also(txn)
@@ -531,7 +531,7 @@ class Index:
             for key, seen in stale.items():
                 if txn.get(key.encode(), db=self.pointers) is None:
                     stamp = self._next_pointer_stamp(txn, seen)
-                    bodies[key] = pointers.encode(None, stamp)
+                    bodies[key] = pointers.encode(None, stamp, key)
                     self._put_pointer(txn, key, bodies[key], stamp, ())
             ok = write(bodies)
             if ok:
@@ -574,7 +574,7 @@ class Index:
                 if key in have and have[key] and pointers.entry(pointers.decode(have[key])) == info:
                     continue
                 stamp = self._next_pointer_stamp(txn)
-                self._put_pointer(txn, key, pointers.encode(info, stamp), stamp, ())
+                self._put_pointer(txn, key, pointers.encode(info, stamp, key), stamp, ())
                 n += 1
             if txn.get(POINTERS_LAST, db=self.meta) is None:
                 txn.put(POINTERS_LAST, b"0", db=self.meta)

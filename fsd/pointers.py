@@ -33,8 +33,10 @@ ROOT_FILES = (DB_DUMP,)
 #: a pointer is a few hundred bytes of JSON; a larger file is not one (read whole, a 200 GiB
 #: sparse file planted there ended the rebuild with a MemoryError)
 POINTER_MAX = 1 << 20
-#: what a pointer carries besides the batch's or view's entry
-STAMP, CHECK = "pointer_ns", "check"
+#: what a pointer carries besides the batch's or view's entry: its stamp, its checksum, and
+#: its own path under the disk's root (under the checksum: a flipped bit in a file *name* —
+#: b1.json → b3.json — once made a rebuild register a batch nobody made)
+STAMP, CHECK, KEY = "pointer_ns", "check", "key"
 
 
 def rel(folder: str, name: str) -> str:
@@ -61,11 +63,13 @@ def _digest(doc: dict) -> str:
     return hashlib.sha256(plain.encode()).hexdigest()[:32]
 
 
-def encode(info: dict | None, stamp: int) -> bytes:
+def encode(info: dict | None, stamp: int, key: str = "") -> bytes:
     """The pointer file's bytes: `info` (None: a removal record, `{"removed": true}`) with its
-    stamp and checksum."""
-    doc = {k: v for k, v in (info or {"removed": True}).items() if k not in (STAMP, CHECK)}
+    stamp, its path `key` (`rel`) and checksum."""
+    doc = {k: v for k, v in (info or {"removed": True}).items() if k not in (STAMP, CHECK, KEY)}
     doc[STAMP] = stamp
+    if key:
+        doc[KEY] = key
     doc[CHECK] = _digest(doc)
     return json.dumps(doc, indent=1, sort_keys=True).encode()
 
@@ -137,6 +141,8 @@ def decode(body: bytes, key: str = "") -> dict:
         raise ValueError(f"{'sha256' if key in ROOT_FILES else 'manifest'} is {manifest!r}, not a sha256 in hex")
     if CHECK in doc and doc[CHECK] != _digest(doc):
         raise ValueError("its checksum does not match its content (damaged)")
+    if key and doc.get(KEY, key) != key:  # (a pointer from before the key: none to compare)
+        raise ValueError(f"its content says it is {doc[KEY]!r}: a damaged or changed file name")
     return doc
 
 
@@ -153,4 +159,4 @@ def entry(doc: dict) -> dict | None:
     """The batch's or view's entry a pointer names (None: a removal record)."""
     if doc.get("removed"):
         return None
-    return {k: v for k, v in doc.items() if k not in (STAMP, CHECK)}
+    return {k: v for k, v in doc.items() if k not in (STAMP, CHECK, KEY)}

@@ -429,7 +429,7 @@ def _name_pointers(index: Index, found: dict[str, dict], objects: set[bytes], re
         elif info is not None:
             (index.put_batch if folder == BATCHES_DIR else index.put_view)(name, info)
             batches += folder == BATCHES_DIR
-        bodies[key] = pointers.encode(info, doc.get(pointers.STAMP, 0))
+        bodies[key] = pointers.encode(info, doc.get(pointers.STAMP, 0), key)
     index.load_pointers(bodies)
     return batches
 

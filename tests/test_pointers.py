@@ -253,8 +253,10 @@ def test_the_design_docs_pointer_example_decodes() -> None:
 
     doc_text = (Path(__file__).resolve().parent.parent / "docs" / "design.md").read_text()
     body = re.search(r"```pointer-example\n(.*?)```", doc_text, re.S).group(1).rstrip("\n").encode()
-    doc = pointers.decode(body)
-    assert pointers.encode(pointers.entry(doc), doc["pointer_ns"]) == body
+    doc = pointers.decode(body, "views/holiday.json")
+    assert pointers.encode(pointers.entry(doc), doc["pointer_ns"], doc["key"]) == body
+    with pytest.raises(ValueError, match="file name"):
+        pointers.decode(body, "views/holidax.json")
     flipped = body.replace(b'"files": 3', b'"files": 2')  # one bit
     with pytest.raises(ValueError, match="checksum"):
         pointers.decode(flipped)
