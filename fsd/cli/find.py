@@ -8,6 +8,8 @@ database knows when it is reachable — so they work with PostgreSQL down, and s
 
 from __future__ import annotations
 
+import datetime as dt
+import difflib
 import json
 import os
 import re
@@ -254,8 +256,6 @@ def select(
 
 def _when(flag: str, value: str) -> str:
     """A --since/--until value, checked here (PostgreSQL's answer to a bad one is a traceback)."""
-    import datetime as dt
-
     try:
         dt.datetime.fromisoformat(value.strip())
     except ValueError:
@@ -276,8 +276,7 @@ def _file_type(value: str) -> str:
 def _unknown_sources(conn, settings, sources: list[str]) -> None:
     """Zero nodes: name each --source no batch or configuration knows, with the closest known names
     (a typo otherwise looks like an empty source)."""
-    import difflib
-
+    # deferred: hoard starts without the adapters' modules (only a zero-node select needs them)
     from adapters import known_sources
 
     if not sources:
