@@ -618,7 +618,11 @@ def _step_store(cfg: Settings, st: BatchState) -> None:
     rels = list(work["files"])
     # each file must be the one the scan saw (device, inode, size, mtime): one swapped for a
     # link to a secret since was stored as root, and the world-readable shards gave it back
-    expect = {str(root / r): tuple(v) for r, v in work.get("identity", {}).items()}
+    # (the device is the batch directory's now, not the scan's: a reboot or a power cut may
+    # number the SSD's filesystem anew, and a resume must still find its files; a link to
+    # another filesystem stays refused)
+    dev = os.stat(root).st_dev if work.get("identity") else 0
+    expect = {str(root / r): (dev, *v[1:]) for r, v in work.get("identity", {}).items()}
     with Store.open(cfg) as store:
         results = store.put_many([root / r for r in rels], klass="raw", expect=expect)
         # referenced from now on, before the store lock is let go: a `hoard delete --batch`

@@ -821,6 +821,8 @@ class World:
 
                 shutil.rmtree(config.load(self.cfg_path).index_dir)
                 self.hoard("index", "rebuild")
+                if step.workload == "mount_read":  # (the step's re-run reads through it)
+                    self.start_mount()
             self.hoard("verify", "--sha256", "--repair", ok=(0, 5))
         elif step.fault == "full":
             (self.lab.disks[step.victim].mountpoint / "someone-elses-file").unlink()
