@@ -290,18 +290,24 @@ def read(folder: Path, into: set[Record], planted: list[str] | None = None) -> i
 def last_stamp(disk_root: Path) -> int | None:
     """The stamp of the log's last complete record; 0 when there is no log (or it is
     empty); None when the last line is not a record (torn or damaged)."""
-    tail = _ends(disk_root)[1]
-    if tail is None:
-        return 0
-    rec = parse(tail)
-    return rec[0] if rec else None
+    return log_ends(disk_root)[0]
 
 
 def tail_is_legacy(disk_root: Path) -> bool:
     """Whether the log's last line — or its first: a legacy log whose last line was torn took
     checked appends after its legacy lines — is a record without a check (written before lines
     had them): the log is rewritten by the next writable open."""
-    return any(end is not None and classify(end)[0] == LEGACY for end in _ends(disk_root))
+    return log_ends(disk_root)[1]
+
+
+def log_ends(disk_root: Path) -> tuple[int | None, bool]:
+    """(`last_stamp`, `tail_is_legacy`) from one open and read of the log's two ends (every
+    writable open asks both of every disk: Store.catch_up_marks)."""
+    ends = _ends(disk_root)
+    tail = ends[1]
+    rec = parse(tail) if tail is not None else None
+    stamp = 0 if tail is None else (rec[0] if rec else None)
+    return stamp, any(end is not None and classify(end)[0] == LEGACY for end in ends)
 
 
 def _ends(disk_root: Path) -> tuple[bytes | None, bytes | None]:

@@ -570,8 +570,9 @@ class Store:
         for u, d in self.disks.items():
             if self.usable(u):
                 try:
-                    tails[u] = marks.last_stamp(d.root) or 0
-                    if marks.tail_is_legacy(d.root) and self.usable(u, for_write=True):
+                    stamp, old_format = marks.log_ends(d.root)
+                    tails[u] = stamp or 0
+                    if old_format and self.usable(u, for_write=True):
                         legacy.append(u)
                 except OSError as e:  # a dying disk, a hostile file: health's and check's business
                     log.warning("disk %s: cannot read the end of its marks log: %s", d.label, e)
