@@ -19,6 +19,7 @@ from fsd.base.config import Settings
 from fsd.base.errors import ExitCode, HoardError
 from gui import auth, browse_page, launch_page, overview, pipelines_page, rqdash, runs_page, storage, users_page
 from gui.context import AppStopping, Context, ctx, in_thread, set_context, snapshot, stopping
+from gui.gate import LoginGate
 from gui.metrics import render
 from gui.security import SecurityHeaders
 from gui.state import Cache
@@ -47,7 +48,8 @@ def storage_secret(cfg: Settings) -> str:
 
 def build(cfg: Settings) -> None:
     """Register the GUI on NiceGUI's app for `cfg`."""
-    set_context(Context(cfg, Cache(cfg), LoginLimiter(cfg.gui.login_attempts, cfg.gui.login_window_s)))
+    set_context(Context(cfg, Cache(cfg), LoginLimiter(cfg.gui.login_attempts, cfg.gui.login_window_s),
+                        LoginGate(cfg.gui.login_concurrency)))
     auth.register()
     app.add_middleware(SecurityHeaders)  # added after the login's: outside it, so its refusals carry the headers too
 
@@ -87,7 +89,7 @@ def build(cfg: Settings) -> None:
             await snapshot()
         except AppStopping:
             return stopping()
-        return Response(render(lambda: ctx().cache.get()), media_type="text/plain; version=0.0.4; charset=utf-8")
+        return Response(render(lambda: ctx().cache.get(), ctx().gate), media_type="text/plain; version=0.0.4; charset=utf-8")
 
     overview.register()
     storage.register()
@@ -125,6 +127,6 @@ def serve(cfg: Settings, host: str | None = None, port: int | None = None) -> No
            storage_secret=storage_secret(cfg), session_middleware_kwargs=session_options(cfg),
            show_welcome_message=False, favicon="🗄️",
            # the client address is the socket's: X-Forwarded-For from a local process must not
-           # choose it (the failed-login limiter counts per client); a reverse proxy in front
-           # would set forwarded_allow_ips for itself
+           # choose it (the failed-login limiter counts per client); `gui.trusted_proxies` names
+           # the proxies whose header counts (gui.auth.client_address)
            proxy_headers=False)

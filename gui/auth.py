@@ -6,7 +6,10 @@ gives the browser a new session id (`gui.tickets`: the form hands out a one-use 
 `/login/finish` redeems it), so a cookie someone held before the login stays signed out;
 `/logout` empties the session on the server (a copied cookie is signed out too). A program
 (Prometheus on `/metrics`, scripts on `/api/…`) sends HTTP Basic credentials instead; both
-go through the same limiter of failed logins (`gui.login_attempts` per `gui.login_window_s`).
+go through `login_check`: the same limits of failed logins (`gui.login_attempts` per
+`gui.login_window_s`, counted before the password is checked; docs/security.md) for the same
+client address (`client_address`: `gui.trusted_proxies`), and the same gate of password checks
+(`gui.login_concurrency` at once).
 """
 
 from __future__ import annotations
@@ -19,7 +22,9 @@ import posixpath
 import re
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
+from ipaddress import IPv4Network, IPv6Network, ip_address
 from urllib.parse import quote, unquote, urlsplit
 
 from fastapi import Request
@@ -28,6 +33,7 @@ from nicegui import app, ui
 from starlette.middleware.base import BaseHTTPMiddleware
 
 from gui.context import AppStopping, ctx, in_thread, page, stopping
+from gui.gate import Busy
 from jobs import users as users_mod
 
 #: paths open without a login (the health probes of systemd / a load balancer; NiceGUI's
@@ -148,8 +154,35 @@ RETRY = ("that sign-in did not finish: its ticket was used already, expired, or 
          "sign in again")
 
 
+def client_address(request: Request, trusted: Sequence[IPv4Network | IPv6Network]) -> str:
+    """The address the failed-login limits count for: the socket's, unless it is a trusted proxy
+    (`gui.trusted_proxies`); then the right-most X-Forwarded-For entry that is not one — each
+    proxy appends the address it was connected from, so entries to the left of the first
+    untrusted one are whatever that client wrote. A malformed entry (never one a trusted proxy
+    appends) stops the walk at the proxy that passed it on."""
+    peer = request.client.host if request.client else "unknown"
+    hop = peer
+    forwarded = [part.strip() for value in request.headers.getlist("x-forwarded-for") for part in value.split(",")]
+    while _trusted(hop, trusted) and forwarded:
+        entry = forwarded.pop()
+        try:
+            ip_address(entry)
+        except ValueError:
+            break
+        hop = entry
+    return hop
+
+
+def _trusted(address: str, trusted: Sequence[IPv4Network | IPv6Network]) -> bool:
+    try:
+        ip = ip_address(address)
+    except ValueError:
+        return False
+    return any(ip in net for net in trusted)
+
+
 def _client(request: Request) -> str:
-    return request.client.host if request.client else "unknown"
+    return client_address(request, ctx().cfg.gui.trusted_proxies)
 
 
 def _basic(request: Request) -> tuple[str, str] | None:
@@ -163,18 +196,28 @@ def _basic(request: Request) -> tuple[str, str] | None:
     return name, password
 
 
-async def login_check(name: str, password: str, client: str) -> tuple[users_mod.User | None, str]:
-    """(the user, "") on success; (None, why) on a refusal. Counts failures."""
+async def login_check(name: str, password: str, client: str) -> tuple[users_mod.User | None, str, float]:
+    """(the user, "", 0) on success; (None, why, seconds to wait or 0) on a refusal. The attempt
+    counts as a failure before the password is checked (LoginLimiter.begin), and the check waits
+    for a turn at the gate (at most `gui.login_concurrency` at once)."""
     c = ctx()
-    wait = c.limiter.wait_s(name, client)
-    if wait > 0:
-        return None, f"too many failed logins; try again in {math.ceil(wait)} s"
-    user = await in_thread(users_mod.authenticate, c.cfg, name, password)
+    token, wait = c.limiter.begin(name, client)
+    if token is None:
+        return None, f"too many failed logins; try again in {math.ceil(wait)} s", wait
+    user = None
+    try:
+        async with c.gate.turn():
+            user = await in_thread(users_mod.authenticate, c.cfg, name, password)
+    except Busy as busy:
+        c.limiter.end(name, client, token, succeeded=False)  # never checked: not a failure
+        return None, str(busy), busy.retry_s
+    except BaseException:
+        c.limiter.end(name, client, token, succeeded=False)  # the GUI stopping: nothing was decided
+        raise
     if user is None:
-        c.limiter.failed(name, client)
-        return None, "wrong name or password"
-    c.limiter.succeeded(name)
-    return user, ""
+        return None, "wrong name or password", 0.0
+    c.limiter.end(name, client, token, succeeded=True)
+    return user, "", 0.0
 
 
 class AuthMiddleware(BaseHTTPMiddleware):
@@ -195,15 +238,16 @@ class AuthMiddleware(BaseHTTPMiddleware):
             creds = _basic(request)
             if creds:
                 try:
-                    user, why = await login_check(*creds, _client(request))
+                    user, why, wait = await login_check(*creds, _client(request))
                 except AppStopping:
                     return stopping()
                 if user is not None:
                     return await call_next(request)
-                status = 429 if why.startswith("too many") else 401
             else:
-                status, why = 401, "sign in: HTTP Basic with a `hoard users` login"
-            return JSONResponse({"error": why}, status_code=status, headers={"WWW-Authenticate": 'Basic realm="hoard"'})
+                why, wait = "sign in: HTTP Basic with a `hoard users` login", 0.0
+            if wait:  # refused before the password was checked: come back later
+                return JSONResponse({"error": why}, status_code=429, headers={"Retry-After": str(math.ceil(wait))})
+            return JSONResponse({"error": why}, status_code=401, headers={"WWW-Authenticate": 'Basic realm="hoard"'})
         target = path + (f"?{request.url.query}" if request.url.query else "")
         return RedirectResponse(f"/login?redirect_to={quote(target, safe='/')}")
 
@@ -219,7 +263,7 @@ def register() -> None:
         client = _client(request)
 
         async def attempt() -> None:
-            user, why = await login_check(name.value.strip(), password.value, client)
+            user, why, _ = await login_check(name.value.strip(), password.value, client)
             if user is None:
                 message.text = why
                 message.visible = True

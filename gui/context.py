@@ -1,5 +1,5 @@
-"""The one GUI process's shared objects: its settings, the snapshot cache, the login limiter,
-the sign-in tickets; `in_thread`, the one way the GUI runs blocking work off the event loop,
+"""The one GUI process's shared objects: its settings, the snapshot cache, the login limiter
+and gate, the sign-in tickets; `in_thread`, the one way the GUI runs blocking work off the event loop,
 and `page`, the one way it registers a page (which ends quietly when that work finds the app
 stopping).
 
@@ -19,6 +19,7 @@ from fastapi.responses import PlainTextResponse
 from nicegui import run, ui
 
 from fsd.base.config import Settings
+from gui.gate import LoginGate
 from gui.state import Cache, Snapshot
 from gui.tickets import Tickets
 from jobs.users import LoginLimiter
@@ -29,6 +30,7 @@ class Context:
     cfg: Settings
     cache: Cache
     limiter: LoginLimiter
+    gate: LoginGate = field(default_factory=LoginGate)
     tickets: Tickets = field(default_factory=Tickets)
     #: the usage history as last read (time.monotonic(), points), shared by /storage's views
     history: tuple[float, list[Any]] | None = None

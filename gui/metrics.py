@@ -8,8 +8,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
+from gui.gate import LoginGate
 from gui.state import Snapshot
 from jobs.queues import JOB_STATES
 
@@ -74,7 +75,29 @@ class _Collector:
         yield g
 
 
-def render(snapshot) -> bytes:
+class _Logins:
+    """The login gate's counts (gui.gate): a flood of logins shows as busy refusals."""
+
+    def __init__(self, gate: LoginGate) -> None:
+        self._gate = gate
+
+    def collect(self) -> Iterator[Metric]:
+        gate = self._gate
+        c = CounterMetricFamily("hoard_gui_login_checks", "Passwords checked (argon2) by the GUI since it started")
+        c.add_metric([], gate.checks)
+        yield c
+        c = CounterMetricFamily("hoard_gui_logins_busy", "Logins turned away unchecked: too many checks at once")
+        c.add_metric([], gate.busy)
+        yield c
+        g = GaugeMetricFamily("hoard_gui_login_checks_most_at_once",
+                              "The most password checks that ever ran at once (at most gui.login_concurrency)")
+        g.add_metric([], gate.most_at_once)
+        yield g
+
+
+def render(snapshot, gate: LoginGate | None = None) -> bytes:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_Collector(snapshot))
+    if gate is not None:
+        registry.register(_Logins(gate))
     return generate_latest(registry)

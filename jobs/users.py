@@ -172,43 +172,88 @@ def remove(cfg: Settings, name: str) -> None:
 
 
 class LoginLimiter:
-    """At most `attempts` failed logins per name, and CLIENT_FACTOR times that per client
-    address, within `window_s` (in memory: a restart forgets, which only helps the owner
-    locked out by a typo). Guessing one password is slowed by the first; trying many names
-    from one place by the second — and a few typos of one person on a shared address (every
-    local user is 127.0.0.1) do not lock everyone else out."""
+    """Failed logins, counted *before* the password is checked (docs/security.md, Logins).
 
+    `begin(name, client)` decides and, when it lets the attempt go on, records it as a failure in
+    the same step under one lock — so parallel attempts cannot all pass the check before any of
+    them is recorded; `end` takes the record back for a login that succeeded (or was never
+    checked: the GUI was busy). Three counts within `window_s`:
+
+    - name at this client: `attempts` failures lock that name *at that client* (guessing one
+      password from one place);
+    - name at every client together: NAME_FACTOR × `attempts` lock the name everywhere (guessing
+      from many places); one client adds at most `attempts` to it, so no single client can;
+    - client over every name: past CLIENT_FACTOR × `attempts` failures the client has one try per
+      name left (spraying a password over many names) — a name that has not failed there in the
+      window is still checked, so a correct password of a name that is not locked signs in.
+
+    In memory: a restart forgets, which only helps an owner locked out by a typo."""
+
+    NAME_FACTOR = 4
     CLIENT_FACTOR = 4
+    #: keys kept before a sweep drops the ones whose failures have all left the window
+    SWEEP_AT = 10_000
 
     def __init__(self, attempts: int, window_s: float) -> None:
         self.attempts, self.window_s = attempts, window_s
-        self._failures: dict[str, collections.deque[float]] = collections.defaultdict(collections.deque)
+        self._failures: dict[str, collections.deque[tuple[float, object]]] = {}
         self._lock = threading.Lock()
 
-    def _recent(self, key: str, now: float) -> collections.deque[float]:
-        q = self._failures[key]
-        while q and q[0] <= now - self.window_s:
+    def _recent(self, key: str, now: float) -> collections.deque[tuple[float, object]]:
+        q = self._failures.get(key) or collections.deque()
+        while q and q[0][0] <= now - self.window_s:
             q.popleft()
         return q
 
-    def wait_s(self, name: str, client: str) -> float:
-        """Seconds until another attempt is allowed for this name or client (0: now)."""
-        now = time.monotonic()
-        with self._lock:
-            waits = [q[0] + self.window_s - now
-                     for key, limit in ((f"n:{name}", self.attempts), (f"c:{client}", self.attempts * self.CLIENT_FACTOR))
-                     if len(q := self._recent(key, now)) >= limit]
-            for key in (f"n:{name}", f"c:{client}"):  # no key kept for ever (one per name ever tried)
-                if not self._failures.get(key):
-                    self._failures.pop(key, None)
-        return max(waits, default=0.0)
+    @staticmethod
+    def _keys(name: str, client: str) -> tuple[str, str, str]:
+        return f"p:{client}\0{name}", f"n:{name}", f"c:{client}"
 
-    def failed(self, name: str, client: str) -> None:
+    def begin(self, name: str, client: str) -> tuple[object | None, float]:
+        """(a token for `end`, 0) when this attempt may be checked — it is counted as a failure
+        already; (None, seconds until it may) when it is refused."""
         now = time.monotonic()
+        pair, nkey, ckey = self._keys(name, client)
         with self._lock:
-            for key in (f"n:{name}", f"c:{client}"):
-                self._recent(key, now).append(now)
+            if len(self._failures) > self.SWEEP_AT:
+                self._failures = {k: q for k in list(self._failures) if (q := self._recent(k, now))}
+            counts = {k: self._recent(k, now) for k in (pair, nkey, ckey)}
 
-    def succeeded(self, name: str) -> None:
+            def until_under(key: str, limit: int) -> float:  # seconds until `key` has fewer than `limit`
+                q = counts[key]
+                return q[len(q) - limit][0] + self.window_s - now if len(q) >= limit else 0.0
+
+            pair_wait = until_under(pair, self.attempts)
+            if until_under(ckey, self.attempts * self.CLIENT_FACTOR) > 0 and counts[pair]:
+                # one try per name left: until this name's failures here have gone, or the client's
+                # are under the limit again (and then the name's own limit still holds)
+                pair_wait = min(until_under(pair, 1),
+                                max(until_under(ckey, self.attempts * self.CLIENT_FACTOR), pair_wait))
+            wait = max(pair_wait, until_under(nkey, self.attempts * self.NAME_FACTOR))
+            if wait > 0:
+                for k, q in counts.items():  # no key kept for a name only ever refused
+                    if not q:
+                        self._failures.pop(k, None)
+                return None, wait
+            token = (now, object())
+            for k, q in counts.items():
+                q.append(token)
+                self._failures[k] = q
+            return token, 0.0
+
+    def end(self, name: str, client: str, token: object, succeeded: bool) -> None:
+        """The attempt `begin` counted was not a failure after all: the password was right
+        (`succeeded`: the name's earlier failures at this client are forgiven too — not those of
+        the name everywhere, which a login every few seconds would otherwise reset for a guesser
+        elsewhere), or it was never checked."""
+        pair, nkey, ckey = self._keys(name, client)
         with self._lock:
-            self._failures.pop(f"n:{name}", None)
+            for k in (pair, nkey, ckey):
+                q = self._failures.get(k)
+                if q is not None:
+                    if succeeded and k == pair:
+                        q.clear()
+                    elif token in q:
+                        q.remove(token)
+                    if not q:
+                        self._failures.pop(k, None)

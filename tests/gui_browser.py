@@ -30,8 +30,11 @@ def free_port() -> int:
 
 def child_env() -> dict[str, str]:
     """The environment of a `hoard` child: without PYTEST_CURRENT_TEST (NiceGUI takes a process
-    that has it for its own test server) and without HOARD_CONFIG (the child gets --config)."""
-    return {k: v for k, v in os.environ.items() if k not in ("HOARD_CONFIG", "PYTEST_CURRENT_TEST")}
+    that has it for its own test server) and without HOARD_CONFIG (the child gets --config); the
+    checkout these tests are in first on its path (the venv's editable install may be another's)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("HOARD_CONFIG", "PYTEST_CURRENT_TEST")}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(Path(__file__).resolve().parents[1]), env.get("PYTHONPATH")) if p)
+    return env
 
 
 @contextlib.contextmanager

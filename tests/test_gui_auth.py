@@ -458,26 +458,52 @@ def test_a_login_does_not_continue_to_a_route_that_acts() -> None:
         assert _safe_target(acting) == "/", acting
 
 
-def test_one_persons_typos_do_not_lock_out_the_others() -> None:
-    """Failures count per name (a guessed password waits) and, four times as many, per client
-    address (many names tried from one place wait): another user on the same address (all
-    local users are 127.0.0.1) still signs in; no key is kept once its window has passed."""
-    from jobs.users import LoginLimiter
-
-    lim = LoginLimiter(attempts=3, window_s=0.3)
-    for _ in range(3):
-        lim.failed("ada", "127.0.0.1")
-    assert lim.wait_s("ada", "127.0.0.1") > 0
-    assert lim.wait_s("vera", "127.0.0.1") == 0
-    for n in range(9):
-        lim.failed(f"name{n}", "127.0.0.1")
-    assert lim.wait_s("vera", "127.0.0.1") > 0  # 12 failures from one address: everyone there waits
-    assert lim.wait_s("vera", "10.0.0.9") == 0
+def test_the_limits_of_failed_logins() -> None:
+    """Failures count before the check: per name at one client (`attempts`), per name everywhere
+    (four times as many; one client adds at most `attempts`), per client (four times as many:
+    then one try per name that has not failed there yet). A correct password forgives the name's
+    failures at that client only; a check that never ran (busy) is not a failure; no key is kept
+    once its window has passed."""
     import time
 
-    time.sleep(0.35)
-    assert lim.wait_s("vera", "127.0.0.1") == 0 and lim.wait_s("ada", "127.0.0.1") == 0
-    assert set(lim._failures) == {f"n:name{n}" for n in range(9)}  # checked keys gone; the rest when checked
+    from jobs.users import LoginLimiter
+
+    lim = LoginLimiter(attempts=3, window_s=2.0)
+
+    def fail(name: str, client: str) -> None:
+        token, wait = lim.begin(name, client)
+        assert token is not None and wait == 0, (name, client, wait)
+
+    for _ in range(3):
+        fail("ada", "127.0.0.1")
+    assert lim.begin("ada", "127.0.0.1")[0] is None and lim.begin("ada", "127.0.0.1")[1] > 1
+    token, _ = lim.begin("vera", "127.0.0.1")
+    lim.end("vera", "127.0.0.1", token, succeeded=True)  # another name at the same address
+    for client in ("10.0.0.1", "10.0.0.2", "10.0.0.3"):  # ada from elsewhere: 3 + 9 = 12, her limit everywhere
+        for _ in range(3):
+            fail("ada", client)
+        assert lim.begin("ada", client)[0] is None
+    assert lim.begin("ada", "10.0.0.9")[0] is None  # locked everywhere
+    for n in range(9):  # 3 (ada) + 9 failures here: 12, the client's limit
+        fail(f"name{n}", "127.0.0.1")
+    token, _ = lim.begin("vera", "127.0.0.1")  # not locked: still checked
+    assert token is not None
+    lim.end("vera", "127.0.0.1", token, succeeded=False)  # busy: not counted
+    fail("other", "127.0.0.1")
+    assert lim.begin("name0", "127.0.0.1")[0] is None  # one try per name past the client's limit
+    token, _ = lim.begin("otto", "10.0.0.5")
+    lim.end("otto", "10.0.0.5", token, succeeded=False)
+    time.sleep(2.05)
+    fail("ada", "127.0.0.1")
+    fail("name0", "127.0.0.1")
+    assert set(lim._failures) == {"p:127.0.0.1\0ada", "n:ada", "c:127.0.0.1", "p:127.0.0.1\0name0", "n:name0",
+                                  *(k for n in range(1, 9) for k in (f"p:127.0.0.1\0name{n}", f"n:name{n}")),
+                                  "p:127.0.0.1\0other", "n:other",
+                                  *(k for c in ("10.0.0.1", "10.0.0.2", "10.0.0.3") for k in (f"p:{c}\0ada", f"c:{c}"))}
+    lim.SWEEP_AT = 0
+    fail("ada", "127.0.0.2")
+    assert set(lim._failures) == {"p:127.0.0.1\0ada", "n:ada", "c:127.0.0.1", "p:127.0.0.1\0name0", "n:name0",
+                                  "p:127.0.0.2\0ada", "c:127.0.0.2"}
 
 
 def test_sign_in_tickets_are_short_lived_and_one_use() -> None:

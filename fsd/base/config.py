@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, get_args, get_origin
 from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, IPvAnyNetwork, StringConstraints, ValidationError, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from fsd.base.errors import ConfigError
@@ -145,6 +145,12 @@ class GuiConfig(BaseModel):
     #: failed logins of one name or one client allowed per `login_window_s` before a wait
     login_attempts: int = Field(default=5, ge=1, le=1000)
     login_window_s: float = Field(default=300.0, gt=0, le=86400)
+    #: password checks (argon2: 64 MiB and about 0.1 s of the cores each) run at once; the rest
+    #: wait a few seconds for a turn, then get 429 + Retry-After. Default: half the cores, 1..8
+    login_concurrency: int | None = Field(default=None, ge=1, le=64)
+    #: reverse proxies (addresses or CIDRs) whose X-Forwarded-For names the client; from any other
+    #: address the header is ignored (docs/security.md, Logins)
+    trusted_proxies: list[IPvAnyNetwork] = []
     #: seconds between the one background refresh of what the pages show (health, counts)
     refresh_s: float = Field(default=10.0, ge=1, le=3600)
     #: the session cookie is `Secure` (sent over HTTPS only): on when a TLS proxy serves the GUI;
