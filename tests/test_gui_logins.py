@@ -119,7 +119,7 @@ def test_a_flood_of_logins_runs_few_checks_at_once_and_pages_stay_responsive(ser
     checks = _metric(url, "hoard_gui_login_checks_total")
     assert wrong <= checks <= wrong + 2 and _metric(url, "hoard_gui_logins_busy_total") == busy
     # generous bounds for a loaded 2-core machine (before: every page took 4.1 s on an idle one)
-    assert len(latencies) >= 2 and statistics.median(latencies) < 1.5 and max(latencies) < 5, latencies
+    assert len(latencies) >= 2 and statistics.median(latencies) < 1.5 and max(latencies) < 8, latencies
     assert _get(f"{url}/metrics", "ada", PASSWORDS["ada"])[0] == 200  # nobody locked out by it
 
 
