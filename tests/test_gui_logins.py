@@ -21,6 +21,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.gui_browser import chromium, have_browser
+from tests.gui_browser import sign_in as browser_sign_in
 from tests.gui_fixtures import PASSWORDS, gui_home, gui_process, sign_in, user  # noqa: F401 - fixtures
 
 pytestmark = pytest.mark.timeout(300)
@@ -174,6 +176,21 @@ def test_forwarded_for_from_anyone_else_is_ignored(served) -> None:
         assert _get(f"{url}/metrics", "otto", f"guess-{i}", f"203.0.113.{i}")[0] == 401
     assert _get(f"{url}/metrics", "otto", PASSWORDS["otto"], "203.0.113.77")[0] == 429
     assert _get(f"{url}/metrics", "otto", PASSWORDS["otto"])[0] == 429
+
+
+@pytest.mark.needs(have_browser(), "no chromium + chromium-driver (Debian packages; `make deps` installs them)")
+def test_the_form_and_basic_share_one_count(served) -> None:
+    """Real Chromium on the real form: failures sent by HTTP Basic from this address count for
+    the form too (the same client, the same limits) — otto, locked by Basic, is refused on the
+    form; the admin, after 25 other names failed from here, signs in on it."""
+    url = served
+    for i in range(5):
+        assert _get(f"{url}/metrics", "otto", f"guess-{i}")[0] == 401
+    for i in range(25):
+        assert _get(f"{url}/metrics", f"sprayed{i}", "Winter2026!")[0] == 401
+    with chromium() as d:
+        browser_sign_in(d, url, "otto", PASSWORDS["otto"], then="too many failed logins")
+        browser_sign_in(d, url, "ada", PASSWORDS["ada"])
 
 
 async def test_the_form_follows_the_same_rules(user) -> None:
