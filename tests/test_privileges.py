@@ -291,3 +291,26 @@ def test_own_dir_refuses_a_link_or_another_users_directory(tmp_path: Path) -> No
             modes.own_dir(tmp_path / name)
         assert why in e.value.message
     assert modes.own_dir(tmp_path / "mine").is_dir()
+
+
+def test_a_store_made_before_the_modes_is_closed_at_its_next_write(reachable: Path) -> None:
+    """A store an older hoardfs made (0755 directories, 0644 files) is closed to others by the
+    next writable command: the disks' and the SSD's directories are tightened."""
+    from tests.conftest import dir_disks_config
+
+    cfg_path = dir_disks_config(reachable, 2)
+    first = reachable / "first.bin"
+    first.write_bytes(os.urandom(20_000))
+    hoard(cfg_path, "init")
+    hoard(cfg_path, "put", str(first))
+    made = [p for p in reachable.rglob("*") if p.parent != reachable or p.is_dir()]
+    for p in made:  # as the old code left them
+        p.chmod(0o755 if p.is_dir() else 0o644)
+    shards = list(reachable.glob("d*/shards/*/*.shard"))
+    assert shards and readable_by_user(shards) == [str(p) for p in shards]
+    second = reachable / "second.bin"
+    second.write_bytes(os.urandom(20_000))
+    hoard(cfg_path, "put", str(second))
+    index = list((reachable / "ssd" / "index").iterdir())
+    assert readable_by_user(shards + index) == []
+    assert stat.S_IMODE((reachable / "ssd" / "3A").stat().st_mode) == 0o1750  # g+w never given: kept away
