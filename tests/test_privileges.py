@@ -314,3 +314,29 @@ def test_a_store_made_before_the_modes_is_closed_at_its_next_write(reachable: Pa
     index = list((reachable / "ssd" / "index").iterdir())
     assert readable_by_user(shards + index) == []
     assert stat.S_IMODE((reachable / "ssd" / "3A").stat().st_mode) == 0o1750  # g+w never given: kept away
+
+
+def test_a_link_planted_at_3c_tmp_takes_no_output_elsewhere(home: Path) -> None:
+    """3C is written by others too (a trainer's group): one plants `3C/.tmp` → a directory of
+    root's before the first stage; `hoard stage` (root) refuses in one line and writes nothing
+    there (the old code wrote the output through the link)."""
+    import grp
+
+    cfg_path = home / "hoard.toml"
+    batch = _gallery(home / "gen")
+    shutil.copytree(batch, home / "ssd" / "3A" / batch.name)
+    hoard(cfg_path, "ingest", str(home / "ssd" / "3A" / batch.name), "--here")
+    zone = home / "ssd" / "3C"
+    os.chown(zone, -1, grp.getgrnam(GROUP).gr_gid)
+    elsewhere = home / "root-only"
+    elsewhere.mkdir()
+    res = as_user('ln -s "$1" "$2/.tmp"', str(elsewhere), str(zone))
+    assert res.returncode == 0, res.stderr
+    import hashlib
+
+    nodes = home / "nodes.txt"
+    nodes.write_text("".join(hashlib.sha256(p.read_bytes()).hexdigest() + "\n"
+                             for p in sorted(batch.iterdir()) if p.suffix == ".png"))
+    res = hoard(cfg_path, "stage", "s1", "--layout", "by_sha256", "--nodes", str(nodes), "--here", ok=False)
+    assert res.returncode != 0 and "is a symbolic link" in res.stderr, res
+    assert list(elsewhere.iterdir()) == []
