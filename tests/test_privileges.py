@@ -39,7 +39,7 @@ def _have_user() -> bool:
 
 
 needs_root = pytest.mark.needs(os.geteuid() == 0 and bool(shutil.which("setpriv")) and _have_user(),
-                               f"ROOT, setpriv AND THE USER {USER}:{GROUP} NEEDED to run attacks as an unprivileged user")
+                               f"ROOT, setpriv AND THE USER {USER}:{GROUP} NEEDED to attack as an unprivileged user")
 pytestmark = needs_root
 
 

@@ -16,7 +16,6 @@ are taken away, and only a directory of root's group is given the `hoard` group.
 from __future__ import annotations
 
 import contextlib
-import errno
 import grp
 import logging
 import os
@@ -62,8 +61,8 @@ def ensure_dir(path: Path, mode: int = PRIVATE) -> Path:
     """`path` as a directory of `mode` (its missing parents 0755: passages, as they always
     were): made if missing, an existing one tightened (a stricter mode kept), given the
     `hoard` group if it has root's. A symbolic link at `path` is followed (a disk mounted
-    through one); what cannot be changed (a read-only file system, another owner's directory)
-    is left as it is."""
+    through one); what cannot be changed (a read-only or failing file system, another owner's
+    directory) is left as it is."""
     made = False
     if not path.is_dir():
         _make_parents(path.parent)
@@ -86,9 +85,7 @@ def ensure_dir(path: Path, mode: int = PRIVATE) -> Path:
         want = perms | special | (stat.S_IMODE(st.st_mode) & stat.S_ISGID)
         if stat.S_IMODE(st.st_mode) != want:
             os.chmod(path, want)
-    except OSError as e:
-        if e.errno not in (errno.EPERM, errno.EROFS, errno.EACCES):
-            raise
+    except OSError as e:  # a read-only or failing disk: what needs it next says so, in its own words
         log.debug("%s: mode left as it is (%s)", path, e.strerror)
     return path
 
