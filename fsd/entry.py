@@ -5,13 +5,14 @@ first second or so of a cold start) ends it like one later on — "hoard: interr
 
 from __future__ import annotations
 
-import os
 import sys
 
 
 def main() -> None:
-    os.umask(0o027)  # fsd.base.modes.UMASK (not loaded yet): nothing hoard makes is others' to read
     try:
+        from fsd.base.modes import set_umask  # deferred: a Ctrl-C while it loads is caught here too
+
+        set_umask()  # before anything is made: nothing a hoard process makes is others' to read
         from fsd.cli import main as run  # deferred: a Ctrl-C while the CLI loads is caught here
     except KeyboardInterrupt:
         sys.stderr.write("hoard: interrupted\n")
