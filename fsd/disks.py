@@ -29,6 +29,7 @@ from pathlib import Path
 
 from fsd import shardfmt as fmt
 from fsd.base.files import atomic_write, fsync_dir
+from fsd.base.modes import FILE
 
 IDENTITY = ".hoard-disk.json"
 #: a second copy of a disk's identity (as ext4 keeps backup superblocks): a damaged identity
@@ -298,7 +299,7 @@ class LocalDisk:
         self.check()
         p = self.path(shard_hex, False)
         p.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE)
         fsync_dir(p.parent)
         return _FileSink(fd)
 

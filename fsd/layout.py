@@ -9,6 +9,10 @@
     <ssd.root>/state/pins/<name>.json     objects a running job relies on (gc keeps them)
     <index_dir>/../                       the store's lock files (fsd.storelock)
 
+Who may enter which of them (`protect_ssd`, `protect_disk`; docs/security.md): a disk's root
+and the SSD's are passages (0751), what holds data below them 0750, zones 3A and 3C 1770 with
+the sticky bit.
+
 A leaf of the store: the facade, gc, reindex and lifecycle import it.
 """
 
@@ -18,7 +22,8 @@ import json
 import re
 from pathlib import Path
 
-from fsd.base.config import Settings
+from fsd.base import modes
+from fsd.base.config import ZONES, Settings
 from fsd.base.errors import ExitCode, HoardError
 from fsd.base.paths import NAME_PATTERN
 from fsd.disks import read_identity, write_identity
@@ -40,6 +45,34 @@ MARK_OPS = ("hide", "show", "delete", "keep", "root", "unroot", "drop")
 FORGOTTEN = ".hoard-forgotten.json"
 #: on the SSD's root: its identity (see check_ssd)
 SSD_IDENTITY = ".hoard-ssd.json"
+
+
+#: the zones others write besides this service: a scraper account 3A, a trainer's job 3C
+DROP_ZONES = ("3A", "3C")
+#: what a disk's root holds that only the service and its group may read
+DISK_PRIVATE = ("shards", "tmp", BATCHES_DIR, VIEWS_DIR, MARKS_DIR)
+
+
+def protect_ssd(cfg: Settings, make: bool = False) -> None:
+    """The SSD's directories with their modes (fsd.base.modes): `make` creates the missing ones
+    (`hoard init`), otherwise the existing ones are tightened (every writable open: a store
+    made by an older hoardfs, 0755 everywhere, is closed to others at its next write)."""
+    root = cfg.ssd.root
+    dirs = [(root, modes.PASSAGE), (cfg.index_dir, modes.PRIVATE), (root / "state", modes.PRIVATE),
+            (root / "locks", modes.PRIVATE)]
+    dirs += [(cfg.ssd.zone_path(z), modes.DROP if z in DROP_ZONES else modes.PRIVATE) for z in ZONES]
+    for path, mode in dirs:
+        if make or path.is_dir():
+            modes.ensure_dir(path, mode)
+
+
+def protect_disk(root: Path) -> None:
+    """A disk's root as a passage (PostgreSQL's user reaches its pgBackRest repository there),
+    what holds shards, pointers and marks below it closed to others."""
+    modes.ensure_dir(root, modes.PASSAGE)
+    for name in DISK_PRIVATE:
+        if (root / name).is_dir():
+            modes.ensure_dir(root / name, modes.PRIVATE)
 
 
 def pins_dir(cfg: Settings) -> Path:

@@ -39,6 +39,7 @@ from typing import NamedTuple
 
 from fsd.base.errors import ExitCode, HoardError
 from fsd.base.files import ssd_full, ssd_space
+from fsd.base.modes import FILE
 from fsd.base.paths import MAX_NAME_BYTES, hostile_reason, long_name
 
 __all__ = ["Entry", "Tree", "WouldBlock", "ViewError", "build_view", "iter_files", "manifest_objects", "named",
@@ -341,7 +342,7 @@ def naming_lock(store) -> Iterator[None]:
     another is removed either is seen as a reference, or clears the tombstone after it."""
     locks = store.cfg.ssd.root / "locks"
     locks.mkdir(parents=True, exist_ok=True)
-    fd = os.open(locks / "names.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    fd = os.open(locks / "names.lock", os.O_RDWR | os.O_CREAT, FILE)
     try:
         deadline = time.monotonic() + NAMING_WAIT_S
         while True:

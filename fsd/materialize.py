@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING
 
 from fsd.base.errors import ExitCode, HoardError
 from fsd.base.files import SYNC_FILE_RANGE_WAIT_BEFORE, SYNC_FILE_RANGE_WRITE, sync_file_range, syncfs_fd
+from fsd.base.modes import FILE
 from fsd.records import DataError
 
 if TYPE_CHECKING:
@@ -113,13 +114,13 @@ def _open_new(path: Path) -> int:
     all new, and an unlink each that finds nothing is 20,000 wasted calls.)"""
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
     try:
-        return os.open(path, flags, 0o644)
+        return os.open(path, flags, FILE)
     except FileExistsError:
         try:
             path.unlink()  # a file, a link, a FIFO (O_EXCL refuses them all)
         except IsADirectoryError:
             path.rmdir()  # an empty directory; one with something in it is not this run's to remove
-        return os.open(path, flags, 0o644)
+        return os.open(path, flags, FILE)
 
 
 def _write_all(fd: int, data: memoryview | bytes) -> None:

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 from fsd import shardfmt as fmt
 from fsd.base.files import SYNC_FILE_RANGE_ALL, SYNC_FILE_RANGE_WRITE, fsync_dir, sync_file_range
+from fsd.base.modes import FILE
 from fsd.disks import drop_cache, pread_full, verify_shard, verify_shard_file
 
 if TYPE_CHECKING:
@@ -100,7 +101,7 @@ def reseal_unlisted(store: Store, meta: ShardMeta, disk: LocalDisk) -> int | Non
         tmp = disk.root / "tmp" / f"{meta.hex}.shard.tmp"
         with _on_target():
             tmp.parent.mkdir(parents=True, exist_ok=True)
-            out = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+            out = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, FILE)
         try:
             with _on_target():
                 for off in range(0, end, COPY_CHUNK):
@@ -170,7 +171,7 @@ def copy_shard(src, dst, shard_hex: str, rate_mb_s: float | None = None,
         with _on_target():
             dst.check()  # a vanished disk leaves an empty mount point: the copy would land on the root filesystem
             tmp.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+            fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, FILE)
         try:
             _Copy(fd_in, fd, size, f"shard {shard_hex} on {src.label}", tmp.name, shard_hex).run(rate_mb_s, stop)
         except fmt.ShardFormatError as e:

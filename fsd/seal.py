@@ -34,6 +34,7 @@ from fsd import zones
 from fsd.base.config import Settings
 from fsd.base.errors import ExitCode, HoardError
 from fsd.base.files import atomic_write, fsync_dir
+from fsd.base.modes import own_dir
 from fsd.base.paths import display, hostile_reason
 
 FORMAT = "hoardfs-output-1"
@@ -255,7 +256,7 @@ def begin(cfg: Settings, zone: str, output_id: str, *, job: str, kind: str, expe
     if resume and out.final.is_dir() and not (out.final / SEALED).exists() and not out.tmp.exists():
         # a crash between the rename and `_SEALED`: the files are verified ones, back to work
         # in progress (nothing without `_SEALED` is read); the resumed seal writes it again
-        out.tmp.parent.mkdir(parents=True, exist_ok=True)
+        _own_tmp(out)
         os.rename(out.final, out.tmp)
         fsync_dir(out.final.parent)
         fsync_dir(out.tmp.parent)
@@ -268,12 +269,20 @@ def begin(cfg: Settings, zone: str, output_id: str, *, job: str, kind: str, expe
     # (a resumed attempt's files already in .tmp count as written against the reservation)
     out.reservation = zones.reserve(cfg, zone, output_id, job,
                                     expected_bytes if reserve_bytes is None else reserve_bytes, next_step)
+    _own_tmp(out)
     if out.tmp.exists() and not resume:  # the leftover of an attempt whose job died (its reservation was stale)
         shutil.rmtree(out.tmp)
-    out.tmp.mkdir(parents=True, exist_ok=True)
+    out.tmp.mkdir(exist_ok=True)
     fsync_dir(out.tmp.parent)
     fsync_dir(out.tmp.parent.parent)  # `.tmp` itself may be new
     return out
+
+
+def _own_tmp(out: Output) -> None:
+    """`<zone>/.tmp` as this service's directory: others write 3C too, and a link planted there
+    would take the output (written as root) anywhere."""
+    out.tmp.parent.parent.mkdir(parents=True, exist_ok=True)
+    own_dir(out.tmp.parent)
 
 
 @contextlib.contextmanager

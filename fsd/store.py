@@ -28,11 +28,13 @@ from fsd.base import config as config_mod
 from fsd.base.config import Settings
 from fsd.base.errors import ExitCode, HoardError
 from fsd.base.files import atomic_write, fsync_dir, size_or_zero
+from fsd.base.modes import FILE
 from fsd.base.paths import file_ext
 from fsd.disks import (IDENTITY, IDENTITY_COPY, DiskGone, DiskRecord, DiskState, LocalDisk, keep_identity_copy,
                         probe, read_identity, write_identity)
 from fsd.index import MARKS_NS, Index, ShardMeta, has_index, index_error, open_existing
-from fsd.layout import BATCHES_DIR, FORGOTTEN, VIEWS_DIR, check_ssd, lock_root, pin_path
+from fsd.layout import (BATCHES_DIR, FORGOTTEN, VIEWS_DIR, check_ssd, lock_root, pin_path, protect_disk,
+                        protect_ssd)
 from fsd.placement import Candidate, choose
 from fsd.planner import execute, make_plan
 from fsd.put import put_files, put_payloads
@@ -76,6 +78,8 @@ class Store:
         index rebuild and rebuild's switch-over wait for it); a long-lived reader such as the
         mount passes `lock="readers"` (only an index rebuild or restore waits for that)."""
         ssd_uuid = check_ssd(cfg, init)
+        if writable:
+            protect_ssd(cfg)
         hold = lock if lock is not None else (storelock.STORE if writable else "")
         if hold:
             storelock.acquire_shared(lock_root(cfg), what or ("a writer" if writable else "a reader"), hold)
@@ -157,6 +161,7 @@ class Store:
                 self._note_seen(rec, noted.get(rec.uuid, 0.0))
                 if self.writable:
                     try:
+                        protect_disk(dc.path)
                         keep_identity_copy(dc.path, rec.uuid)
                     except OSError as e:  # a read-only or full disk: the copy waits for the next open
                         log.warning("disk %s: cannot write the copy of its identity: %s", dc.label, e)
@@ -532,7 +537,7 @@ class Store:
                 with _on_disk(self, disk) as wrote:
                     _marks_log(disk)
                     # O_APPEND: records of concurrent processes interleave whole (one write each)
-                    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NONBLOCK, 0o644)
+                    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NONBLOCK, FILE)
                     try:
                         marks.regular(fd, path)
                         view = memoryview(body)

@@ -39,6 +39,7 @@ from pathlib import Path
 
 from fsd.base.errors import ExitCode, HoardError
 from fsd.base.files import ssd_space
+from fsd.base.modes import FILE
 from fsd.base.proc import pid_alive
 
 STORE = "store"
@@ -137,9 +138,9 @@ def _open(lk: _Lock, what: str) -> None:
     if lk.fd is None:
         with ssd_space(lk.path.parent.parent, f"{what}: creating {lk.path.name}"):
             lk.path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(lk.path, os.O_RDWR | os.O_CREAT, 0o644)
+            fd = os.open(lk.path, os.O_RDWR | os.O_CREAT, FILE)
             try:
-                lk.gate = os.open(lk.path.with_suffix(".gate"), os.O_RDWR | os.O_CREAT, 0o644)
+                lk.gate = os.open(lk.path.with_suffix(".gate"), os.O_RDWR | os.O_CREAT, FILE)
             except OSError:
                 os.close(fd)
                 raise

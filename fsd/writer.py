@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from fsd import shardfmt as fmt
+from fsd.base.modes import FILE
 from fsd.index import ObjectLoc, ShardMeta
 
 if TYPE_CHECKING:
@@ -337,7 +338,7 @@ class ShardWriter:
 
 def _lock(path: Path) -> int:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, FILE)
     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     return fd
 

@@ -17,6 +17,7 @@ from nicegui import app, ui
 
 from fsd.base.config import Settings
 from fsd.base.errors import ExitCode, HoardError
+from fsd.base.modes import ensure_dir
 from gui import auth, browse_page, launch_page, overview, pipelines_page, rqdash, runs_page, storage, users_page
 from gui.context import AppStopping, Context, ctx, in_thread, set_context, snapshot, stopping
 from gui.gate import LoginGate
@@ -121,7 +122,7 @@ def serve(cfg: Settings, host: str | None = None, port: int | None = None) -> No
 
     usable(cfg)
     Storage.path = state_dir(cfg) / "sessions"
-    Storage.path.mkdir(parents=True, exist_ok=True)
+    ensure_dir(Storage.path)  # 0750: session ids, names and roles are nobody else's to read
     build(cfg)
     ui.run(host=host or cfg.gui.host, port=port or cfg.gui.port, title="hoardfs", reload=False, show=False,
            storage_secret=storage_secret(cfg), session_middleware_kwargs=session_options(cfg),

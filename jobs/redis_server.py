@@ -10,6 +10,7 @@ from pathlib import Path
 import redis
 
 from fsd.base.errors import ExitCode, HoardError
+from fsd.base.modes import ensure_dir
 from fsd.base.proc import run, which
 
 MAX_SOCKET_PATH = 100  # sun_path is 108 bytes including the NUL
@@ -39,8 +40,8 @@ class PrivateRedis:
     def start(self) -> bool:
         if self.is_running():
             return False
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        self.socket.parent.mkdir(parents=True, exist_ok=True)
+        ensure_dir(self.data_dir)  # 0750: the append-only file holds every job's arguments
+        ensure_dir(self.socket.parent)
         self.socket.unlink(missing_ok=True)
         self.drop_zero_tails()
         run([which("redis-server", "redis-server"),

@@ -132,8 +132,8 @@ def _edit(cfg: Settings, name: str, change) -> None:
     with flocked(path.with_name(f".{path.name}.lock")):
         data = _read_file(path)
         change(data)
-        atomic_write(path, json.dumps(data, indent=1, sort_keys=True).encode())
-        os.chmod(path, 0o600)
+        # 0600 from its first byte: password hashes
+        atomic_write(path, json.dumps(data, indent=1, sort_keys=True).encode(), lambda fd, _tmp: os.fchmod(fd, 0o600))
 
 
 def _in_config(cfg: Settings, name: str) -> bool:

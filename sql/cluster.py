@@ -22,6 +22,7 @@ from psycopg import sql as pgsql
 
 from fsd.base.errors import ExitCode, HoardError
 from fsd.base.files import atomic_write
+from fsd.base.modes import passage
 from fsd.base.proc import run, which
 
 PG_BIN_DIRS = sorted(glob.glob("/usr/lib/postgresql/*/bin"), key=lambda p: int(p.split("/")[-2]), reverse=True)
@@ -70,11 +71,11 @@ class PrivateCluster:
     def _prepare_dirs(self) -> None:
         """Create ./var/pg (or its /var/lib/hoardfs stand-in) owned by the server user."""
         if not self.link.exists():
-            self.link.parent.mkdir(parents=True, exist_ok=True)
+            passage(self.link.parent)
             if os.geteuid() == 0 and not _reachable_by(SERVER_USER, self.link.parent):
                 key = hashlib.sha256(str(self.link.absolute()).encode()).hexdigest()[:12]
-                real = Path("/var/lib/hoardfs") / f"pg-{key}"
-                real.mkdir(parents=True, exist_ok=True)
+                real = passage(Path("/var/lib/hoardfs")) / f"pg-{key}"
+                real.mkdir(exist_ok=True)
                 self.link.symlink_to(real)
             else:
                 self.link.mkdir()

@@ -32,6 +32,7 @@ from psycopg import sql
 
 from fsd.base.errors import ExitCode, HoardError
 from fsd.base.files import atomic_write
+from fsd.base.modes import passage
 from sql.backup import VerifyResult, _counts
 from sql.cluster import SERVER_USER, PrivateCluster, _reachable_by, give_to_server, run_as_server
 
@@ -83,6 +84,7 @@ class BackRest:
     def write_conf(self) -> bool:
         """Write the configuration; True if it changed."""
         home = self.conf.parent
+        passage(self.repo.parent)  # the server user passes through to its repository
         for d in (home, home / "log", home / "lock", home / "spool", self.repo):
             d.mkdir(parents=True, exist_ok=True)
             give_to_server(d)
@@ -187,7 +189,7 @@ class BackRest:
         if repo_check.returncode != 0:
             problems.append(f"pgbackrest verify: {(repo_check.stderr or repo_check.stdout).strip().splitlines()[-1:]}")
         base = Path("/var/lib/hoardfs") if os.geteuid() == 0 else Path(tempfile.gettempdir())
-        base.mkdir(parents=True, exist_ok=True)
+        passage(base)
         scratch = Path(tempfile.mkdtemp(prefix="pgverify-", dir=base))
         data, sock = scratch / "data", scratch / "sock"
         data.mkdir(mode=0o700)

@@ -13,9 +13,11 @@ import fcntl
 import os
 import shutil
 from collections.abc import Callable, Iterator
+from typing import BinaryIO
 from pathlib import Path
 
 from fsd.base.errors import ExitCode, HoardError
+from fsd.base.modes import FILE, rewrite_mode
 
 
 def size_or_zero(path: str | os.PathLike[str]) -> int:
@@ -51,7 +53,7 @@ def flocked(path: Path, wait: bool = True) -> Iterator[None]:
     """Hold an exclusive flock on `path` (created if need be) for the with-block: one holder
     at a time across processes; the kernel drops it when the holder dies (kill -9 included).
     With `wait=False`, BlockingIOError at once when another process holds it."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, FILE)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
         yield
@@ -104,9 +106,10 @@ def sync_file_range(fd: int, offset: int, length: int, flags: int) -> bool:
 
 def atomic_write(path: Path, data: bytes, prepare: Callable[[int, Path], None] | None = None) -> None:
     """tmp → fsync → rename → fsync the directory: a crash leaves the old file or the new one.
-    `prepare(fd, tmp)` runs on the new file before it is synced (its mode or owner, say)."""
+    The new file is 0640, or as strict as the file it replaces; `prepare(fd, tmp)` runs on it
+    before it is synced (another mode or owner, say)."""
     tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
+    with _create(tmp, rewrite_mode(path)) as f:
         f.write(data)
         f.flush()
         if prepare is not None:
@@ -119,12 +122,19 @@ def atomic_write(path: Path, data: bytes, prepare: Callable[[int, Path], None] |
 def atomic_copy(src: Path, dest: Path) -> None:
     """Copy a file of any size (streamed) as `atomic_write` writes one: tmp → fsync → rename."""
     tmp = dest.with_name(f".{dest.name}.tmp")
-    with open(src, "rb") as fin, open(tmp, "wb") as fout:
+    with open(src, "rb") as fin, _create(tmp, rewrite_mode(dest)) as fout:
         shutil.copyfileobj(fin, fout, 8 << 20)
         fout.flush()
         os.fsync(fout.fileno())
     os.rename(tmp, dest)
     fsync_dir(dest.parent)
+
+
+def _create(tmp: Path, mode: int) -> BinaryIO:
+    """`tmp` empty and open for writing with `mode` whatever the umask or a leftover's mode."""
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    os.fchmod(fd, mode)
+    return open(fd, "wb")
 
 
 def fsync_dir(path: Path) -> None:

@@ -24,6 +24,7 @@ from fsd.base import config as config_mod
 from fsd.base import logs
 from fsd.base.config import ZONES, embedded_config_text
 from fsd.base.errors import ExitCode, HoardError, first_line
+from fsd.base.modes import PASSAGE, ensure_dir
 from fsd.cli import db as _db
 from fsd.cli import disks as _disks
 from fsd.cli import find as _find
@@ -116,16 +117,16 @@ def init(
     cfg = st.settings
     for d in cfg.disks:
         if cfg.store.allow_directory_disks:
-            d.path.mkdir(parents=True, exist_ok=True)
+            ensure_dir(d.path, PASSAGE)
         elif not d.path.is_dir():
             raise HoardError(f"disk {d.label}: {d.path} does not exist; mount the disk there first",
                              ExitCode.UNAVAILABLE)
 
-    for z in ZONES:
-        cfg.ssd.zone_path(z).mkdir(parents=True, exist_ok=True)
-    cfg.index_dir.mkdir(parents=True, exist_ok=True)
     # deferred: hoard starts without the store's modules
+    from fsd.layout import protect_ssd
     from fsd.store import Store
+
+    protect_ssd(cfg, make=True)  # the zones and the index, each with its mode (docs/security.md)
 
     Store.open(cfg, init=True).close()  # identity files for new disks, orphan recovery
     out.print(f"disks:  {', '.join(f'{d.label}={d.path}' for d in cfg.disks)}")
