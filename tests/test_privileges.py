@@ -340,3 +340,26 @@ def test_a_link_planted_at_3c_tmp_takes_no_output_elsewhere(home: Path) -> None:
     res = hoard(cfg_path, "stage", "s1", "--layout", "by_sha256", "--nodes", str(nodes), "--here", ok=False)
     assert res.returncode != 0 and "is a symbolic link" in res.stderr, res
     assert list(elsewhere.iterdir()) == []
+
+
+@pytest.mark.needs(os.path.exists("/dev/fuse"), "MOUNT TESTS SKIPPED: no /dev/fuse")
+def test_an_unprivileged_user_reads_nothing_through_the_mount(reachable: Path) -> None:
+    """`hoard mount` runs as root with `allow_other` (so the `hoard` group's workers can read):
+    the mount served every object 0444, and the kernel checked nothing, so any local user read
+    any object (a database dump included) by its path. Now nodes are 0440/0550 of the `hoard`
+    group with `default_permissions`: the user reads nothing, root reads the same path."""
+    from tests.conftest import dir_disks_config
+    from tests.test_mount import mounted
+
+    cfg_path = dir_disks_config(reachable, 2)
+    secret = reachable / "secret.bin"
+    secret.write_bytes(b"a dump nobody else may read " + os.urandom(1000))
+    hoard(cfg_path, "init")
+    sha = hoard(cfg_path, "put", str(secret)).stdout.split()[0]
+    mnt = reachable / "mnt"
+    with mounted(str(cfg_path), mnt):
+        path = mnt / "by-hash" / sha[:2] / sha[2:4] / f"{sha}.bin"
+        assert path.read_bytes() == secret.read_bytes()  # root, as the service
+        assert readable_by_user([path]) == []
+        listed = as_user('ls "$1"', str(mnt / "by-hash"))
+        assert listed.returncode != 0 and "Permission denied" in listed.stderr, listed

@@ -82,8 +82,10 @@ def inode_of(key: tuple) -> int:
     return ino if ino > ROOT else ino + 2
 
 
-FILE_MODE = stat.S_IFREG | 0o444
-DIR_MODE = stat.S_IFDIR | 0o555
+#: the service and its `hoard` group read (the kernel checks: `default_permissions`); other
+#: local users read nothing through the mount, as they read no shard (docs/security.md)
+FILE_MODE = stat.S_IFREG | 0o440
+DIR_MODE = stat.S_IFDIR | 0o550
 LINK_MODE = stat.S_IFLNK | 0o777
 
 

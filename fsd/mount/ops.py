@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 import pyfuse3
 
+from fsd.base import modes
 from fsd.base.errors import HoardError
 from fsd.mount.namespace import DERIVED, Namespace, Node
 from fsd.mount.reader import SMALL_MAX, ObjectGone, ReadFailed, Reader
@@ -70,6 +71,9 @@ class HoardOps(pyfuse3.Operations):
         self.handles: dict[int, _Open] = {}
         self.dir_handles: dict[int, list] = {}
         self.next_fh = 1
+        #: who a node belongs to: the mounting user and the `hoard` group (its own without one)
+        gid = modes.group_id()
+        self.owner = (os.geteuid(), os.getegid() if gid is None else gid)
 
     # -- attributes ------------------------------------------------------------------------------
     def _attr(self, n: Node) -> pyfuse3.EntryAttributes:
@@ -77,7 +81,7 @@ class HoardOps(pyfuse3.Operations):
         a.st_ino = n.inode
         a.st_mode = n.mode
         a.st_nlink = 2 if stat.S_ISDIR(n.mode) else 1
-        a.st_uid = a.st_gid = 0
+        a.st_uid, a.st_gid = self.owner
         a.st_size = len(self.watcher.health_text()) if n.key == ("health",) else n.size
         a.st_blksize = 1 << 20
         a.st_blocks = (a.st_size + 511) // 512
