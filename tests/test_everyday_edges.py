@@ -4,11 +4,21 @@ batch's paths, overlapping puts count exactly, deleted batches do not linger."""
 
 from __future__ import annotations
 
+import random
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 from adapters.synth import Spec, generate
+from fsd.base import config
+from fsd.records import STREAM_THRESHOLD
+from fsd.store import Store
 from sql.selectors import query_nodes
+from tests.conftest import dir_disks_config, make_files
 from tests.test_ingest import ingest_all, ingest_home
+
+REPO = Path(__file__).resolve().parent.parent
 
 FORUM = Spec(seed=1, batches=1, items_per_batch=40, sources=("forum",), large_max_mb=1, ready_signal=True)
 
@@ -34,3 +44,38 @@ def test_select_by_source_reaches_files_under_their_post(hoard_home: Path, pg, r
     picked = set(query_nodes(pg, {"sources": ["forum"]}).sha256)
     assert picked == members - documents
     assert not set(query_nodes(pg, {"sources": ["ytdlp"]}).sha256)
+
+
+def _summary(stderr: str) -> tuple[int, int, int]:
+    """(files, new, already present) from `hoard put`'s last line."""
+    m = re.search(r"^(\d+) files: (\d+) new \(.*\), (\d+) already present", stderr, re.M)
+    assert m, stderr
+    return int(m[1]), int(m[2]), int(m[3])
+
+
+def test_overlapping_puts_count_every_file_once(tmp_path: Path) -> None:
+    """Two `hoard put`s of the same files at the same time: each reports every file exactly
+    once (a file the other put committed while this one was writing it is "existing", once),
+    and the new ones of the two add up to the files. Repeated: the race needs timing luck."""
+    src = tmp_path / "in"
+    big = [src / f"big{i}.bin" for i in range(3)]  # streamed, each its own commit
+    src.mkdir()
+    for i, p in enumerate(big):
+        p.write_bytes(random.Random(i).randbytes(STREAM_THRESHOLD + 4096))
+    small = make_files(src / "small", 70, seed=3, lo=500_000, hi=520_000)  # > one 32 MB group
+    n = len(big) + len(small)
+    for attempt in range(3):
+        cfg = dir_disks_config(tmp_path / f"try{attempt}", 3, shard_size_mb=64)
+        Store.open(config.load(cfg), init=True).close()
+        cmd = [sys.executable, "-m", "fsd", "--config", str(cfg), "put", str(src)]
+        procs = [subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                 for _ in range(2)]
+        outs = [p.communicate(timeout=300) for p in procs]
+        assert [p.returncode for p in procs] == [0, 0], outs
+        news = 0
+        for stdout, stderr in outs:
+            files, new, existing = _summary(stderr)
+            assert (files, new + existing) == (n, n), stderr
+            assert sorted(line.split()[-1] for line in stdout.splitlines()) == sorted(str(p) for p in big + small)
+            news += new
+        assert news == n
