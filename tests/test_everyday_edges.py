@@ -4,6 +4,7 @@ batch's paths, overlapping puts count exactly, deleted batches do not linger."""
 
 from __future__ import annotations
 
+import hashlib
 import random
 import re
 import subprocess
@@ -14,6 +15,7 @@ from adapters.synth import Spec, generate
 from fsd.base import config
 from fsd.records import STREAM_THRESHOLD
 from fsd.store import Store
+from jobs import outputs
 from sql.selectors import query_nodes
 from tests.conftest import dir_disks_config, make_files
 from tests.test_ingest import ingest_all, ingest_home
@@ -79,3 +81,40 @@ def test_overlapping_puts_count_every_file_once(tmp_path: Path) -> None:
             assert sorted(line.split()[-1] for line in stdout.splitlines()) == sorted(str(p) for p in big + small)
             news += new
         assert news == n
+
+
+GALLERY = Spec(seed=4, batches=2, items_per_batch=40, sources=("gallery",), large_max_mb=1, ready_signal=True,
+               repeat_fraction=0.3)
+
+
+def test_view_and_stage_of_one_batch_use_its_paths(hoard_home: Path, pg, redis_conn) -> None:
+    """`select --batch B --view` and a stage of B put every file of B under its path in B —
+    a file first seen in another batch too, and each path of a file B holds twice."""
+    cfg = ingest_home(hoard_home, pg)
+    zone3a = cfg.ssd.zone_path("3A")
+    batches = generate(zone3a, GALLERY)
+    states = ingest_all(cfg, redis_conn, [zone3a / b.batch_id for b in batches])
+    assert [s.status for s in states] == ["done"] * 2, [s.error for s in states]
+    second = batches[1]
+    truth = {(i.sha256, i.path) for i in second.items}
+    first = {i.sha256 for i in batches[0].items}
+    shas = [s for s, _ in truth]
+    assert len(shas) > len(set(shas)), "the fixture needs files the batch holds twice"
+    assert first & set(shas), "the fixture needs files another batch holds too"
+    cfg_path = str(hoard_home / "hoard.toml")
+    res = subprocess.run([sys.executable, "-m", "fsd", "--config", cfg_path, "select", "--batch", second.batch_id,
+                          "--view"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert {tuple(line.split("  ", 1)) for line in res.stdout.splitlines()} == truth
+    assert len(res.stdout.splitlines()) == len(truth)
+    add = subprocess.run([sys.executable, "-m", "fsd", "--config", cfg_path, "view", "add", "b1", "-"], cwd=REPO,
+                         input=res.stdout, capture_output=True, text=True, timeout=120)
+    assert add.returncode == 0, add.stderr
+    spec = outputs.make_spec("stage", "one-batch", "by_batch", selector={"batches": [second.batch_id]})
+    outputs.submit(cfg, spec)
+    report = outputs.run(cfg, "one-batch")
+    assert report["files"] == len(truth)
+    staged = cfg.ssd.zone_path("3C") / "one-batch" / "by_batch" / "input" / "gallery" / second.batch_id
+    assert {(hashlib.sha256(p.read_bytes()).hexdigest(), str(p.relative_to(staged)))
+            for p in staged.rglob("*") if p.is_file()} == truth
+
