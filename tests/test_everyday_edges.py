@@ -15,7 +15,9 @@ from adapters.synth import Spec, generate
 from fsd.base import config
 from fsd.records import STREAM_THRESHOLD
 from fsd.store import Store
+from jobs import ingest as ua1
 from jobs import outputs
+from sql import browse
 from sql.selectors import query_nodes
 from tests.conftest import dir_disks_config, make_files
 from tests.test_ingest import ingest_all, ingest_home
@@ -118,3 +120,38 @@ def test_view_and_stage_of_one_batch_use_its_paths(hoard_home: Path, pg, redis_c
     assert {(hashlib.sha256(p.read_bytes()).hexdigest(), str(p.relative_to(staged)))
             for p in staged.rglob("*") if p.is_file()} == truth
 
+
+def test_a_deleted_batch_is_shown_deleted_everywhere(hoard_home: Path, pg, redis_conn) -> None:
+    """After `hoard delete --batch B` of a batch ingested with rejects: health no longer names
+    it "with rejects", `ingest --status B` and the GUI's batch list say it was deleted, and its
+    3B package is gone."""
+    cfg = ingest_home(hoard_home, pg)
+    zone3a = cfg.ssd.zone_path("3A")
+    (batch,) = generate(zone3a, Spec(seed=6, batches=1, items_per_batch=10, sources=("gallery",), large_max_mb=1))
+    (zone3a / batch.batch_id / "lonely.png.json").write_text('{"title": "no media"}')  # a reject
+    (zone3a / batch.batch_id / "_READY").write_text("gallery\n")
+    (st,) = ingest_all(cfg, redis_conn, [zone3a / batch.batch_id])
+    assert st.status == "done with rejects", st.error
+    package = cfg.ssd.zone_path("3B") / batch.batch_id
+    assert package.is_dir()
+    assert batch.batch_id in ua1.ingest_status(cfg)["with_rejects"]
+    cfg_path = str(hoard_home / "hoard.toml")
+
+    def hoard(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "fsd", "--config", cfg_path, *args], cwd=REPO,
+                              capture_output=True, text=True, timeout=120)
+
+    res = hoard("delete", "--batch", batch.batch_id, "--yes")
+    assert res.returncode == 0, res.stderr
+    assert f"3B package {package} removed" in res.stdout
+    assert not package.exists()
+    status = ua1.ingest_status(cfg)
+    assert batch.batch_id not in status["with_rejects"] and status["deleted"] == [batch.batch_id]
+    shown = hoard("ingest", "--status", batch.batch_id)
+    assert shown.returncode == 0 and "deleted" in shown.stdout, shown.stdout + shown.stderr
+    rows, _ = browse.batches(pg)
+    (row,) = [r for r in rows if r["batch_id"] == batch.batch_id]
+    assert row["deleted"] is True
+    again = hoard("delete", "--batch", batch.batch_id, "--yes")  # idempotent, and says the package is gone
+    assert again.returncode == 0, again.stderr
+    assert "already deleted" in again.stdout and "no 3B package" in again.stdout, again.stdout
