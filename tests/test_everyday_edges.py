@@ -147,6 +147,8 @@ def test_a_deleted_batch_is_shown_deleted_everywhere(hoard_home: Path, pg, redis
     assert not package.exists()
     status = ua1.ingest_status(cfg)
     assert batch.batch_id not in status["with_rejects"] and status["deleted"] == [batch.batch_id]
+    health = hoard("health")
+    assert "ingest:   1 deleted batches" in health.stdout and "with rejects" not in health.stdout, health.stdout
     shown = hoard("ingest", "--status", batch.batch_id)
     assert shown.returncode == 0 and "deleted" in shown.stdout, shown.stdout + shown.stderr
     rows, _ = browse.batches(pg)
