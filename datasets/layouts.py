@@ -19,7 +19,7 @@ import json
 import re
 import tomllib
 import unicodedata
-from collections.abc import Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
@@ -375,17 +375,34 @@ def sidecar(row: Row, batch: str | None, rel: str | None) -> bytes:
     return (json.dumps(doc, sort_keys=True, ensure_ascii=False, indent=1) + "\n").encode()
 
 
-def plan(layout: Layout, rows: Iterable[Row], prefix: str | None = None) -> list[Placement]:
-    """Every file's place, sorted by path; PlacementError (naming both nodes) if two files
-    would share a path, or a file's path is another file's directory; PlacementError naming
-    the node and the field if a path (below `prefix`, see `render`) is one the seal refuses."""
+def _places(layout: Layout, row: Row, batches: Collection[str]) -> list[tuple[str | None, str | None]]:
+    """The original paths a node is placed under: every one with `per_locator`; otherwise
+    those in the selected `batches` (a stage of one batch uses that batch's paths), or when
+    it is in none of them, those in the first batch that has it — all of that batch's paths,
+    so a file a batch holds twice is placed twice (where the template tells them apart)."""
+    locs = _locators(row)
+    if layout.per_locator:
+        return locs
+    return [loc for loc in locs if loc[0] in batches] or [loc for loc in locs if loc[0] == locs[0][0]]
+
+
+def plan(layout: Layout, rows: Iterable[Row], prefix: str | None = None,
+         batches: Collection[str] = ()) -> list[Placement]:
+    """Every file's place, sorted by path (see `_places`: `batches` are those the selection
+    named); PlacementError (naming both nodes) if two files would share a path, or a file's
+    path is another file's directory; PlacementError naming the node and the field if a path
+    (below `prefix`, see `render`) is one the seal refuses."""
     placed: dict[str, Placement] = {}
     folded: dict[str, str] = {}  # _fold(path) → the path that has it (unless case_sensitive)
     accepted: set[str] = set()
     prefix = root(layout) if prefix is None else prefix
     for row in rows:
-        for batch, rel in (_locators(row) if layout.per_locator else _locators(row)[:1]):
+        mine: set[str] = set()
+        for batch, rel in _places(layout, row, batches):
             path = render(layout, row, batch, rel, prefix, accepted)
+            if path in mine and not layout.per_locator:
+                continue  # the same bytes on the same path: a template without {orig_path} folds a node's paths
+            mine.add(path)
             car = sidecar(row, batch, rel) if layout.sidecars else None
             p = Placement(path, row["node_id"], row["sha256"], row["size"], car)
             for taken in (path, path + SIDECAR_SUFFIX) if car is not None else (path,):

@@ -108,7 +108,8 @@ def register() -> None:
                     ui.link(shown(r["batch_id"]), f"/assets?{urlencode({'batch': r['batch_id']})}")
                     text.label(r["source"] or r["action"])
                     ui.label(f"{r['members']:,}")
-                    ui.link(st.status if st else (r["last_event"] or "-"), f"/runs/ingest/{r['batch_id']}")
+                    ui.link("deleted" if r["deleted"] else st.status if st else (r["last_event"] or "-"),
+                            f"/runs/ingest/{r['batch_id']}")
                     ui.label(f"{r['created_at']:%Y-%m-%d %H:%M}")
                     ui.label(f"{r['sealed_at']:%Y-%m-%d %H:%M}" if r["sealed_at"] else "open")
             with ui.row():

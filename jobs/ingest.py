@@ -103,6 +103,8 @@ class BatchState:
     error: str | None = None
     seconds: dict[str, float] = field(default_factory=dict)
     report: dict[str, Any] = field(default_factory=dict)
+    #: when `hoard delete --batch` dropped it (its status is then history, not a problem)
+    deleted: str | None = None
 
     @property
     def finished(self) -> bool:
@@ -150,17 +152,38 @@ def all_states(cfg: Settings) -> list[BatchState]:
 
 def ingest_status(cfg: Settings) -> dict[str, Any]:
     """Counts per status and the batches that need a person (for `hoard health`)."""
-    states = all_states(cfg)
+    everything = all_states(cfg)
+    states = [s for s in everything if s.deleted is None]
     counts: dict[str, int] = {}
     for s in states:
         counts[s.status] = counts.get(s.status, 0) + 1
     return {"batches": counts,
+            "deleted": [s.batch_id for s in everything if s.deleted is not None],
             "failed": [{"batch_id": s.batch_id, "step": s.step, "error": s.error} for s in states
                        if s.status == Status.FAILED.value],
             "with_rejects": [s.batch_id for s in states if s.status == Status.DONE_WITH_REJECTS.value],
             "refused": refused_batches(cfg),
             "stalled": stalled_batches(cfg, [s for s in states if s.status in (Status.QUEUED.value,
                                                                               Status.RUNNING.value)])}
+
+
+def forget_deleted(cfg: Settings, batch_id: str) -> str:
+    """After `hoard delete --batch` committed (database and store): its ingest record says
+    deleted, and its 3B package (what UA_1 packaged for cold storage) is removed — a package
+    of a batch the store dropped restores nothing anyone asked to keep. Returns one line
+    saying what happened to the package."""
+    st = load_state(cfg, batch_id)
+    if st is not None and st.deleted is None:
+        st.deleted = _now()
+        save_state(cfg, st)
+    package = cfg.ssd.zone_path("3B") / batch_id
+    try:
+        freed = zones.clean(cfg, batch_id, "3B")["freed_bytes"]
+    except zones.NoSuchOutput:
+        return f"no 3B package {package} (moved to cold storage or never made)"
+    except HoardError as e:  # a package step still writing it: name it, the deletion stands
+        return f"3B package {package} kept: {e.message}; `hoard zones clean {batch_id}` removes it later"
+    return f"3B package {package} removed ({zones.size(freed)})"
 
 
 def stalled_batches(cfg: Settings, pending: list[BatchState]) -> list[dict[str, str]]:

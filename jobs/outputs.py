@@ -318,7 +318,8 @@ def plan_items(cfg: Settings, spec: OutputSpec) -> tuple[list[Item], int]:
         raise OutputError(f"{missing} selected node(s) vanished while the {spec.kind} was planned; run it again",
                           ExitCode.DATA)
     prefix = f"{lay.name}/input/" if spec.kind == "stage" else f"{lay.name}/"
-    placed = layouts.plan(lay, rows, prefix)  # paths checked as they will lie in the output
+    batches = (spec.selector or {}).get("batches") or ()  # a stage of one batch: that batch's paths
+    placed = layouts.plan(lay, rows, prefix, batches)  # paths checked as they will lie in the output
     return [Item(prefix + p.path, p.sha256, p.size, p.sidecar) for p in placed], len(rows)
 
 

@@ -47,7 +47,8 @@ class BadSearch(HoardError):
 
 def batches(conn: psycopg.Connection, source: str | None = None, limit: int = 50, offset: int = 0
             ) -> tuple[list[dict[str, Any]], int]:
-    """Ingest and action batches, newest first: source, members, sealed, last event; and the total."""
+    """Ingest and action batches, newest first: source, members, sealed, last event, deleted
+    (`hoard delete --batch` dropped it); and the total."""
     where, params = "", {"limit": limit, "offset": offset}
     if source:
         where, params["source"] = "WHERE s.name = %(source)s", source
@@ -56,7 +57,9 @@ def batches(conn: psycopg.Connection, source: str | None = None, limit: int = 50
             SELECT b.batch_id, s.name AS source, a.name AS action, b.created_at, b.sealed_at,
                    (SELECT count(*) FROM batch_member m WHERE m.batch_id = b.batch_id) AS members,
                    (SELECT e.status FROM action_event e WHERE e.batch_id = b.batch_id
-                     ORDER BY e.started_at DESC LIMIT 1) AS last_event
+                     ORDER BY e.started_at DESC LIMIT 1) AS last_event,
+                   EXISTS (SELECT 1 FROM action_event e WHERE e.batch_id = b.batch_id
+                            AND e.detail->>'deleted' = 'true') AS deleted
             FROM action_batch b JOIN action a USING (action_id) LEFT JOIN source s USING (source_id)
             {where} ORDER BY b.created_at DESC, b.batch_id LIMIT %(limit)s OFFSET %(offset)s""", params).fetchall()
         total = cur.execute(f"SELECT count(*) AS n FROM action_batch b LEFT JOIN source s USING (source_id) {where}",

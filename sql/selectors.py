@@ -146,6 +146,19 @@ def _label(p: _Params, lp: LabelPredicate, alias: str) -> sql.Composable:
     return sql.SQL("{} (SELECT 1 FROM label l WHERE {})").format(sql.SQL("EXISTS" if lp.present else "NOT EXISTS"), cond)
 
 
+def _from_sources(p: _Params, sources: list[str]) -> sql.Composable:
+    """Files described by one of `sources`: by metadata of their own (a yt-dlp video, a
+    gallery image) or through the virtual asset right above them (a csv_manifest source's
+    media carry nothing themselves; their metadata sits on the post that holds them)."""
+    ids = p.add(sources)
+    return sql.SQL(
+        "(EXISTS (SELECT 1 FROM common_metadata cm WHERE cm.node_id = n.node_id"
+        " AND cm.source_id IN (SELECT source_id FROM source WHERE name = ANY({ids})))"
+        " OR EXISTS (SELECT 1 FROM edge e JOIN virtual_asset va ON va.node_id = e.parent_id"
+        " WHERE e.child_id = n.node_id"
+        " AND va.source_id IN (SELECT source_id FROM source WHERE name = ANY({ids}))))").format(ids=ids)
+
+
 def compile_selector(sel: Selector) -> tuple[sql.Composed, dict[str, object]]:
     p = _Params()
     where: list[sql.Composable] = [sql.SQL("n.is_physical")]
@@ -154,8 +167,7 @@ def compile_selector(sel: Selector) -> tuple[sql.Composed, dict[str, object]]:
     if not sel.include_deleted:
         where.append(sql.SQL("NOT pc.is_deleted"))
     if sel.sources:
-        where.append(sql.SQL("EXISTS (SELECT 1 FROM common_metadata cm JOIN source s USING (source_id) "
-                             "WHERE cm.node_id = n.node_id AND s.name = ANY({}))").format(p.add(sel.sources)))
+        where.append(_from_sources(p, sel.sources))
     if sel.batches:
         where.append(sql.SQL("EXISTS (SELECT 1 FROM batch_member bm WHERE bm.node_id = n.node_id "
                              "AND bm.batch_id = ANY({}))").format(p.add(sel.batches)))

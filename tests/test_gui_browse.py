@@ -34,6 +34,21 @@ def _an_image(cfg_path: Path) -> str:
                             "WHERE pc.file_type = 'png' ORDER BY n.node_id LIMIT 1").fetchone()[0]
 
 
+async def test_a_deleted_batch_is_shown_deleted(user, gui_home: Path) -> None:
+    """After `hoard delete --batch`, the Batches page says the batch was deleted (not its old
+    "done with rejects" beside 0 members)."""
+    _ingest(gui_home)
+    env = {k: v for k, v in os.environ.items() if k != "HOARD_CONFIG"}
+    res = subprocess.run([sys.executable, "-m", "fsd", "--config", str(gui_home), "delete", "--batch", BATCH, "--yes"],
+                         capture_output=True, text=True, env=env, timeout=120)
+    assert res.returncode == 0, res.stderr
+    await sign_in(user, "vera")
+    await user.open("/batches")
+    await user.should_see(BATCH)
+    await user.should_see("deleted")
+    await user.should_not_see("done with rejects")
+
+
 async def test_batches_assets_node_and_thumbnail(user, gui_home: Path) -> None:
     _ingest(gui_home)
     await sign_in(user, "vera")

@@ -252,3 +252,10 @@ def test_an_export_is_checked_under_its_own_prefix_not_a_stages(filled, tmp_path
     res = _hoard(cfg, "stage", "st-long", "--layout", str(layout), "--selector", sel, "--here")
     assert res.returncode == 5 and "1001 bytes long" in res.stderr, res.stdout + res.stderr
     assert not (cfg.ssd.zone_path("3C") / "st-long").exists() and not (cfg.ssd.zone_path("3C") / ".tmp" / "st-long").exists()
+
+
+def test_a_selected_batch_gives_its_own_paths(rows: dict[str, dict]) -> None:
+    """A stage of batch b2 places the file stored in b1 and b2 under its b2 path; the others
+    (in no selected batch) keep their first batch's path."""
+    placed = {p.path for p in plan(load("by_batch"), rows.values(), batches=["b2"])}
+    assert placed == {"gallery/b1/img/a.jpg", "gallery/b1/img/b.jpg", "gallery/b2/again/c.png", "gallery/b2/d.jpg"}

@@ -199,8 +199,10 @@ def _print_health(report: dict) -> None:
                   or "-")
     out.print(z)
     ing = report["ingest"]["batches"]
-    if ing:
-        out.print("ingest:   " + ", ".join(f"{n} {k}" for k, n in sorted(ing.items())) + " batches"
+    gone = report["ingest"].get("deleted") or []  # history, not a problem: `hoard delete --batch`
+    if ing or gone:
+        out.print("ingest:   " + ", ".join([f"{n} {k}" for k, n in sorted(ing.items())]
+                                          + ([f"{len(gone)} deleted"] if gone else [])) + " batches"
                   + (f" (with rejects: {', '.join(report['ingest']['with_rejects'][:5])} — "
                      "see `hoard ingest --status BATCH`)" if report["ingest"]["with_rejects"] else ""))
     db, rd = report["database"], report["redis"]

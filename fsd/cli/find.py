@@ -240,13 +240,14 @@ def select(
             nodes = query_nodes(conn, selector)
         except psycopg.errors.DataError as e:  # a value of the selector file the column cannot take
             raise HoardError(f"selector rejected: {first_line(e)}", ExitCode.USAGE) from None
-        paths = _first_paths(conn, nodes.sha256) if view else {}
+        paths = _view_paths(conn, nodes.sha256, selector.batches) if view else {}
         if not nodes.sha256:
             _unknown_sources(conn, state(ctx).settings, selector.sources)
     for i, sha in enumerate(nodes.sha256):
         size = nodes.sizes[i]
         if view:
-            out.print(f"{sha}  {paths.get(sha) or sha}", markup=False)
+            for path in paths.get(sha) or [sha]:
+                out.print(f"{sha}  {path}", markup=False)
         elif as_json:
             out.print(json.dumps({"sha256": sha, "size": size}), markup=False)
         else:
@@ -291,21 +292,28 @@ def _unknown_sources(conn, settings, sources: list[str]) -> None:
         err.print(f"no source {name!r}; {hint}", markup=False)
 
 
-def _first_paths(conn, shas: list[str]) -> dict[str, str]:
-    """A path per node for a view: its original path in the first batch that has it (unique
-    within the view: a name already taken gets the sha256 prefix in front)."""
+def _view_paths(conn, shas: list[str], batches: list[str]) -> dict[str, list[str]]:
+    """The paths of each node in a view: its original paths in the selected batches (all of
+    them: a file a batch holds twice appears twice), or, when no batch was selected, in the
+    first batch that has it. Unique within the view: a path already taken by other bytes gets
+    the sha256 prefix in front."""
     rows = conn.execute(
-        "SELECT DISTINCT ON (n.sha256) n.sha256, pp.locator FROM node n JOIN physical_path pp USING (node_id) "
+        "SELECT n.sha256, pp.locator FROM node n JOIN physical_path pp USING (node_id) "
         "WHERE n.sha256 = ANY(%s) ORDER BY n.sha256, pp.locator", [[bytes.fromhex(s) for s in shas]]).fetchall()
-    out_: dict[str, str] = {}
-    taken: set[str] = set()
+    by_sha: dict[str, list[tuple[str | None, str]]] = {}
     for sha, locator in rows:
-        h = bytes(sha).hex()
-        path = locator.split("/", 1)[1] if locator.startswith("batch:") and "/" in locator else h
-        if path in taken:
-            path = f"{h[:12]}-{path.rsplit('/', 1)[-1]}"
-        taken.add(path)
-        out_[h] = path
+        batch, sep, rel = locator.removeprefix("batch:").partition("/")
+        if locator.startswith("batch:") and sep:
+            by_sha.setdefault(bytes(sha).hex(), []).append((batch, rel))
+    out_: dict[str, list[str]] = {}
+    taken: dict[str, str] = {}  # path → the sha256 under it
+    for h, locs in by_sha.items():
+        mine = [rel for b, rel in locs if b in batches] or [rel for b, rel in locs if b == locs[0][0]]
+        for path in dict.fromkeys(mine):
+            if taken.setdefault(path, h) != h:
+                path = f"{h[:12]}-{path.rsplit('/', 1)[-1]}"
+                taken[path] = h
+            out_.setdefault(h, []).append(path)
     return out_
 
 

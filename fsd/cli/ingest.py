@@ -168,6 +168,8 @@ def _show(st, as_json: bool, here: bool = False) -> None:
     color = {"done": "green", "done with rejects": "yellow", "failed": "red"}.get(st.status, "cyan")
     out.print(f"[bold]{st.batch_id}[/] ({st.source}): [{color}]{st.status}[/]"
               + (f" at step {st.step}" if not st.finished else ""))
+    if st.deleted:
+        out.print(f"  deleted: {st.deleted} (`hoard delete --batch`); what follows is its ingest's history")
     if st.error:
         out.print(f"  error: {st.error}")
         out.print(f"  next:  fix the cause, then `hoard ingest --resume {st.batch_id}" + (" --here`" if here else "`"))
