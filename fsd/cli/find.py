@@ -211,15 +211,7 @@ def select(
 
     from sql.selectors import parse_selector, query_nodes
 
-    if from_file is not None:
-        try:
-            data = json.loads(read_input(from_file, "selector file"))
-        except ValueError as e:
-            raise HoardError(f"selector file {display(str(from_file))} is not JSON: {e}", ExitCode.USAGE) from None
-        if not isinstance(data, dict):
-            raise HoardError(f"selector file {display(str(from_file))}: a JSON object is expected", ExitCode.USAGE)
-    else:
-        data = {}
+    data = read_selector(from_file) if from_file is not None else {}
     data.setdefault("sources", source or [])
     data.setdefault("batches", batch or [])
     data.setdefault("file_types", [_file_type(t) for t in file_type or []])
@@ -252,6 +244,18 @@ def select(
         else:
             out.print(f"{sha}  {size:>12,}", markup=False)
     err.print(f"{len(nodes.sha256)} nodes", markup=False)
+
+
+def read_selector(path: Path) -> dict[str, Any]:
+    """The JSON object of a selector file (`-` = stdin; docs/selectors.md), unchecked."""
+    try:
+        data = json.loads(read_input(path, "selector file"))
+    except ValueError as e:
+        raise HoardError(f"selector file {display(str(path))} is not JSON: {e}", ExitCode.USAGE) from None
+    if not isinstance(data, dict):
+        raise HoardError(f"selector file {display(str(path))}: a JSON object is expected (docs/selectors.md)",
+                         ExitCode.USAGE)
+    return data
 
 
 def _when(flag: str, value: str) -> str:
