@@ -112,3 +112,46 @@ def test_label_bad_input_is_one_line_and_changes_nothing(ingested, pg, tmp_path:
     res = _hoard(cfg, "label", "add", "class=cat", "--nodes", str(bad_line))
     assert res.returncode == 2 and "line 2" in res.stderr
     assert pg.execute("SELECT count(*) FROM label").fetchone()[0] == 0
+
+
+def test_select_text_finds_what_the_gui_search_finds(ingested, pg, tmp_path: Path) -> None:
+    """`select --text WORDS` (and `"text"` in a selector file) picks the nodes the GUI's asset
+    search (sql.browse.search, the same full-text index) finds for the same words — a word's
+    start included — and combines with the other flags; words that are no words are one line."""
+    from sql import browse
+
+    cfg, b = ingested
+    titles = pg.execute("SELECT cm.title FROM common_metadata cm JOIN physical_content USING (node_id) "
+                        "WHERE cm.title IS NOT NULL ORDER BY cm.node_id").fetchall()
+    assert titles
+    word = max(titles[0][0].split(), key=len)
+    for text in (word, word[:3].upper(), f"{word} {titles[0][0].split()[0]}"):
+        gui = {r["sha256"] for r in browse.search(pg, text=text, limit=10_000)}
+        assert gui, text
+        assert set(_selected(cfg, "--text", text, "--include-black-listed")) == gui, text
+        sel = tmp_path / "text.json"
+        sel.write_text(json.dumps({"text": text, "include_black_listed": True}))
+        assert set(_selected(cfg, "--file", str(sel))) == gui
+    assert _selected(cfg, "--text", word, "--batch", "no-such-batch") == []
+    assert _selected(cfg, "--text", "zzqqxxnothingmatches") == []
+    for text, words in (("!!! ???", "nothing to search for"), ("x" * 600, "at most 500")):
+        res = _hoard(cfg, "select", "--text", text)
+        assert res.returncode == 2 and words in res.stderr and "Traceback" not in res.stderr, res.stderr
+
+
+def test_every_example_in_docs_selectors_md_is_a_selector_that_runs(pg) -> None:
+    """Each JSON example of docs/selectors.md parses as a Selector and runs; the key table
+    names every key the Selector model has."""
+    import re
+
+    from sql.migrate import migrate
+    from sql.selectors import Selector, parse_selector, query_nodes
+
+    migrate(pg)
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "selectors.md").read_text()
+    examples = re.findall(r"```json\n(.*?)```", doc, re.S)
+    assert len(examples) >= 5
+    for text in examples:
+        query_nodes(pg, parse_selector(json.loads(text)))
+    table = set(re.findall(r"^\| `([a-z_]+)` \|", doc, re.M))
+    assert table == set(Selector.model_fields)

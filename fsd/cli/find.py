@@ -198,9 +198,11 @@ def select(
     until: Annotated[Optional[str], typer.Option(help="downloaded before (YYYY-MM-DD or YYYY-MM-DDTHH:MM)")] = None,
     label: Annotated[Optional[list[str]], typer.Option("--label", help="KEY or KEY=VALUE (repeatable)")] = None,
     ancestor: Annotated[Optional[str], typer.Option("--has-ancestor", help="a node (sha256) above it")] = None,
+    text: Annotated[Optional[str], typer.Option("--text", help="words of the title, author, user name or metadata "
+                                                "values, all of them (the GUI's asset search)")] = None,
     black_listed: Annotated[bool, typer.Option("--include-black-listed", help="also black-listed nodes")] = False,
     limit: Annotated[Optional[int], typer.Option(min=1, help="at most this many")] = None,
-    from_file: Annotated[Optional[Path], typer.Option("--file", help="a selector as JSON (docs/database.md)")] = None,
+    from_file: Annotated[Optional[Path], typer.Option("--file", help="a selector as JSON (docs/selectors.md)")] = None,
     view: Annotated[bool, typer.Option("--view", help="print `SHA256  PATH` lines for `hoard view add NAME -`")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="one JSON object per node")] = False,
 ) -> None:
@@ -222,6 +224,8 @@ def select(
     for lb in label or []:
         key, _, value = lb.partition("=")
         data.setdefault("labels", []).append({"key": key, "value": value or None})
+    if text is not None:
+        data["text"] = text
     if ancestor:
         data.setdefault("has_ancestor", []).append({"sha256": ancestor.lower(), "max_depth": 32})
     if limit:
