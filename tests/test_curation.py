@@ -155,3 +155,111 @@ def test_every_example_in_docs_selectors_md_is_a_selector_that_runs(pg) -> None:
         query_nodes(pg, parse_selector(json.loads(text)))
     table = set(re.findall(r"^\| `([a-z_]+)` \|", doc, re.M))
     assert table == set(Selector.model_fields)
+
+
+def _put(cfg, *args: str) -> dict[str, str]:
+    """`hoard put --json …`: path → sha256 of what it stored."""
+    res = _hoard(cfg, "put", "--json", *args)
+    assert res.returncode == 0, res.stderr
+    return {Path(d["path"]).name: d["sha256"] for d in map(json.loads, res.stdout.splitlines())}
+
+
+def _readable(cfg, sha: str) -> bool:
+    return _hoard(cfg, "get", sha, "-o", "/dev/null").returncode == 0
+
+
+def test_named_puts_survive_a_rebuild_and_release_only_what_nothing_else_holds(ingested, tmp_path: Path) -> None:
+    """`put --name` records what one put stored (existing files too); `ls --puts` lists it; the
+    record survives `hoard index rebuild`; `delete --put alpha` + gc frees only alpha's own
+    files: a file another named put, an unnamed put (rooted before or after) or an ingested
+    batch holds reads back. A duplicate, a bad or an unknown name is one line and stores or
+    releases nothing."""
+    cfg, b = ingested
+    batch_sha = b.items[0].sha256
+    got = _hoard(cfg, "get", batch_sha, "-o", str(tmp_path / "from-batch.bin"))
+    assert got.returncode == 0, got.stderr
+    alpha, beta = tmp_path / "alpha", tmp_path / "beta"
+    alpha.mkdir(), beta.mkdir()
+    for d, names in ((alpha, ("own-a", "shared", "unnamed-before", "unnamed-after")), (beta, ("shared", "own-b"))):
+        for n in names:
+            (d / f"{n}.bin").write_bytes(f"{n} bytes of the curation test".encode() * 50)
+    (alpha / "batch.bin").write_bytes((tmp_path / "from-batch.bin").read_bytes())
+    before = _put(cfg, str(alpha / "unnamed-before.bin"))
+
+    shas = _put(cfg, "--name", "alpha", str(alpha))
+    assert shas["batch.bin"] == batch_sha and len(shas) == 5
+    shas_b = _put(cfg, "--name", "beta", str(beta))
+    assert shas_b["shared.bin"] == shas["shared.bin"]
+    after = _put(cfg, str(alpha / "unnamed-after.bin"))
+    assert before["unnamed-before.bin"] == shas["unnamed-before.bin"]
+    assert after["unnamed-after.bin"] == shas["unnamed-after.bin"]
+
+    (tmp_path / "new.bin").write_bytes(b"never stored: the name was taken")
+    dup = _hoard(cfg, "put", "--name", "alpha", str(tmp_path / "new.bin"))
+    assert dup.returncode == 2 and "a put named 'alpha' exists already" in dup.stderr, dup.stderr
+    bad = _hoard(cfg, "put", "--name", "../x", str(tmp_path / "new.bin"))
+    assert bad.returncode == 2 and "put name" in bad.stderr and "Traceback" not in bad.stderr, bad.stderr
+    assert "new.bin" not in _hoard(cfg, "ls", "--puts").stdout
+    by_hand = _hoard(cfg, "view", "rm", "put.alpha")
+    assert by_hand.returncode == 2 and "hoard delete --put alpha" in by_hand.stderr, by_hand.stderr
+
+    def listed() -> dict[str, dict]:
+        res = _hoard(cfg, "ls", "--puts", "--json")
+        assert res.returncode == 0, res.stderr
+        return {d["name"]: d for d in map(json.loads, res.stdout.splitlines())}
+
+    puts = listed()
+    assert set(puts) == {"alpha", "beta"} and puts["alpha"]["count"] == 5 and puts["beta"]["count"] == 2
+    assert puts["alpha"]["bytes"] == sum(p.stat().st_size for p in alpha.iterdir()) and puts["alpha"]["when"]
+
+    rebuilt = _hoard(cfg, "index", "rebuild")
+    assert rebuilt.returncode == 0, rebuilt.stderr
+    assert listed() == puts
+
+    no = _hoard(cfg, "delete", "--put", "alpha", stdin="")
+    assert no.returncode == 130 and set(listed()) == {"alpha", "beta"}
+    unknown = _hoard(cfg, "delete", "--put", "gamma", "--yes")
+    assert unknown.returncode == 2 and "no put named 'gamma'" in unknown.stderr, unknown.stderr
+    gone = _hoard(cfg, "delete", "--put", "alpha", "--yes")
+    assert gone.returncode == 0, gone.stderr
+    assert "1 objects tombstoned, 4 kept" in gone.stdout, gone.stdout
+    assert set(listed()) == {"beta"}
+    swept = _hoard(cfg, "gc", "--threshold", "1.0")
+    assert swept.returncode == 0, swept.stderr
+    assert not _readable(cfg, shas["own-a.bin"])
+    for kept in ("shared.bin", "unnamed-before.bin", "unnamed-after.bin", "batch.bin"):
+        assert _readable(cfg, shas[kept]), kept
+    again = _hoard(cfg, "delete", "--put", "alpha", "--yes")
+    assert again.returncode == 2 and "no put named 'alpha'" in again.stderr
+
+    assert _hoard(cfg, "delete", "--put", "beta", "--yes").returncode == 0
+    assert _hoard(cfg, "gc", "--threshold", "1.0").returncode == 0
+    assert not _readable(cfg, shas["shared.bin"]) and not _readable(cfg, shas_b["own-b.bin"])
+    assert _readable(cfg, batch_sha) and _readable(cfg, shas["unnamed-after.bin"])
+    check = _hoard(cfg, "check")
+    assert check.returncode == 0, check.stdout + check.stderr
+
+
+def test_delete_objects_from_a_list(ingested, tmp_path: Path) -> None:
+    """`delete --objects-from FILE|-` releases the listed objects as `--object` does; an empty
+    list or a bad line is one line (exit 2), an unknown sha256 exit 5, and nothing is released."""
+    cfg, _b = ingested
+    for n in range(3):
+        (tmp_path / f"f{n}.bin").write_bytes(f"object {n} of the list".encode() * 40)
+    shas = _put(cfg, *(str(tmp_path / f"f{n}.bin") for n in range(3)))
+    listing = tmp_path / "list.txt"
+    listing.write_text(f"# from hoard put\n{shas['f0.bin']}  f0.bin\n\n")
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    for args, stdin, code, words in ((("--objects-from", str(empty)), None, 2, "lists no sha256"),
+                                     (("--objects-from", "-"), "zz\n", 2, "line 1"),
+                                     (("--objects-from", "-"), "cd" * 32 + "\n" + shas["f1.bin"], 5,
+                                      "nothing was released")):
+        res = _hoard(cfg, "delete", *args, stdin=stdin)
+        assert res.returncode == code and words in res.stderr and "Traceback" not in res.stderr, res.stderr
+    res = _hoard(cfg, "delete", "--objects-from", str(listing))
+    assert res.returncode == 0 and "1 objects released" in res.stdout, res.stderr
+    res = _hoard(cfg, "delete", "--objects-from", "-", "--object", shas["f2.bin"], stdin=shas["f1.bin"] + "\n")
+    assert res.returncode == 0 and "2 objects released" in res.stdout, res.stderr
+    assert _hoard(cfg, "gc", "--threshold", "1.0").returncode == 0
+    assert not any(_readable(cfg, s) for s in shas.values())

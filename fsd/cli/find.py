@@ -161,13 +161,24 @@ def ls(
     ctx: typer.Context,
     batch: Annotated[Optional[str], typer.Option("--batch", help="list this batch's files")] = None,
     source: Annotated[Optional[str], typer.Option("--source", help="only batches of this source")] = None,
+    puts_: Annotated[bool, typer.Option("--puts", help="the named puts (`hoard put --name`) instead")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="one JSON object per line")] = False,
 ) -> None:
-    """The ingested batches (id, source, files, size, when), or one batch's files (sha256, size, path)."""
+    """The ingested batches (id, source, files, size, when), or one batch's files (sha256, size, path),
+    or (`--puts`) the named puts: name, when, count, bytes."""
     # deferred: hoard starts without the store's modules
+    from fsd.puts import listing
     from fsd.store import Store
 
     with Store.open(state(ctx).settings, writable=False) as store:
+        if puts_:
+            named = listing(store.index)
+            if not named and not as_json:
+                err.print("no named put (`hoard put --name NAME FILE…` makes one)", markup=False)
+            for p in named:
+                out.print(json.dumps(p) if as_json else f"{display(p['name']):<40} {p['when'] or '':<26} "
+                          f"{p['count']:>8} files {p['bytes'] / 1e6:>10.1f} MB", markup=False)
+            return
         if batch is not None:
             manifest = store.batch_manifest(batch)
             if manifest is None:
