@@ -263,3 +263,22 @@ def test_delete_objects_from_a_list(ingested, tmp_path: Path) -> None:
     assert res.returncode == 0 and "2 objects released" in res.stdout, res.stderr
     assert _hoard(cfg, "gc", "--threshold", "1.0").returncode == 0
     assert not any(_readable(cfg, s) for s in shas.values())
+
+
+def test_a_named_put_needs_no_database(hoard_home: Path, tmp_path: Path) -> None:
+    """`put --name`, `ls --puts` and `delete --put` work on a store whose database does not answer."""
+    from fsd.base import config
+
+    cfg_path = hoard_home / "hoard.toml"
+    text = cfg_path.read_text()
+    cfg_path.write_text(text.replace("database_url = ", f"database_url = 'postgresql:///x?host={tmp_path}'\n#", 1))
+    cfg = config.load(cfg_path)
+    assert _hoard(cfg, "init").returncode == 0
+    (tmp_path / "one.bin").write_bytes(b"stored without a database" * 10)
+    shas = _put(cfg, "--name", "offline", str(tmp_path / "one.bin"))
+    listed = _hoard(cfg, "ls", "--puts")
+    assert listed.returncode == 0 and "offline" in listed.stdout and "1 files" in listed.stdout, listed.stderr
+    gone = _hoard(cfg, "delete", "--put", "offline", "--yes")
+    assert gone.returncode == 0 and "1 objects tombstoned" in gone.stdout, gone.stderr
+    assert _hoard(cfg, "gc", "--no-database", "--threshold", "1.0").returncode == 0
+    assert not _readable(cfg, shas["one.bin"])
