@@ -8,21 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from adapters.synth import Spec, generate
-from tests.test_find import _hoard
-from tests.test_ingest import ingest_all, ingest_home
+from tests.test_find import _hoard, ingest_one
 
 
 @pytest.fixture
 def ingested(hoard_home: Path, pg, redis_conn):
     """A home with one ingested yt-dlp batch: (cfg, the batch)."""
-    cfg = ingest_home(hoard_home, pg)
-    zone3a = cfg.ssd.zone_path("3A")
-    [b] = generate(zone3a, Spec(seed=33, batches=1, items_per_batch=8, sources=("ytdlp",), large_max_mb=1,
-                                ready_signal=True))
-    [st] = ingest_all(cfg, redis_conn, [zone3a / b.batch_id])
-    assert st.status == "done", st.error
-    return cfg, b
+    return ingest_one(hoard_home, pg, redis_conn, seed=33)
 
 
 def _selected(cfg, *args: str) -> list[str]:
