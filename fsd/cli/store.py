@@ -127,6 +127,8 @@ def put(
                     info = puts.record(store, name, stored, root)
                     err.print(f"put {name}: {info['files']} files, {info['bytes'] / 1e6:.1f} MB recorded "
                               f"(`hoard delete --put {name}` releases them)", markup=False)
+                elif name is not None:
+                    err.print(f"nothing stored: no put named {name} was recorded", markup=False)
     finally:
         err.print(f"{counts['new'] + counts['existing'] + counts['rejected']} files: {counts['new']} new "
                   f"({counts['bytes'] / 1e6:.1f} MB), {counts['existing']} already present, {counts['rejected']} "
