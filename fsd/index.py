@@ -99,6 +99,22 @@ _seq = 0
 _seq_lock = threading.Lock()
 
 
+#: the reason of a named put's provisional roots (`hoard put --name`): it roots what it stores
+#: as every put does, then, once its manifest holds them, takes off the roots that are still
+#: its own (Index.unmark_held); any other root of the same object replaces it (Index.mark)
+HELD_UNTIL_NAMED = "held until its put is named: "
+
+
+def _reason(doc: bytes | None) -> str:
+    """The reason of a mark's JSON value ("" for none or one that does not read)."""
+    if doc is None:
+        return ""
+    try:
+        return str(json.loads(doc).get("reason", ""))
+    except (ValueError, AttributeError):
+        return ""
+
+
 @dataclass(frozen=True, slots=True)
 class ObjectLoc:
     shard_id: bytes
@@ -643,11 +659,26 @@ class Index:
         renew = db is not self.rooted
         with self.env.begin(write=True) as txn:
             for sha in shas:
-                if txn.get(sha, db=self.objects) is not None and txn.put(sha, doc, db=db, overwrite=renew):
+                if txn.get(sha, db=self.objects) is None:
+                    continue
+                # a named put's provisional root (HELD_UNTIL_NAMED) is taken over by any other
+                # root, so the named put's `unmark_held` leaves it: it is that root's now
+                held = "" if renew else _reason(txn.get(sha, db=db))
+                over = renew or (held.startswith(HELD_UNTIL_NAMED) and held != reason)
+                if txn.put(sha, doc, db=db, overwrite=over):
                     done.append(sha)
             if done:
                 self.log_in(txn, self._ops(db)[0], done)
         return len(done)
+
+    def unmark_held(self, shas: Iterable[bytes], reason: str) -> int:
+        """Take the provisional roots `reason` (HELD_UNTIL_NAMED …) off `shas` where they are
+        still that root — not where another put rooted the object since (see `mark`)."""
+        with self.env.begin(write=True, db=self.rooted) as txn:
+            done = [sha for sha in shas if _reason(txn.get(sha)) == reason and txn.delete(sha)]
+            if done:
+                self.log_in(txn, "unroot", done)
+            return len(done)
 
     def unmark(self, db: Any, shas: Iterable[bytes]) -> int:
         with self.env.begin(write=True, db=db) as txn:

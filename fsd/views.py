@@ -32,7 +32,16 @@ VIEW_NAME = re.compile(NAME_PATTERN)
 OUTPUT_VIEW = re.compile(r"3[BCD]-")
 
 
-def _check_owner(name: str, for_output: bool, doing: str) -> None:
+#: views named `put.<name>` are named puts (fsd.puts): `hoard put --name` defines one and only
+#: `hoard delete --put` removes it
+PUT_VIEW = re.compile(r"put\.")
+
+
+def _check_owner(name: str, for_output: bool, doing: str, for_put: bool = False) -> None:
+    if PUT_VIEW.match(name) and not for_put:
+        raise ViewError(f"view {name!r}: names starting with `put.` belong to named puts (`hoard put --name`), and "
+                        f"cannot be {doing} by hand — `hoard delete --put {name[4:]}` releases such a put; "
+                        "choose another name for yours")
     if OUTPUT_VIEW.match(name) and not for_output:
         raise ViewError(f"view {name!r}: names starting with 3B-, 3C- or 3D- belong to view-mode outputs of "
                         f"`hoard stage`/`hoard export`, and cannot be {doing} by hand — `hoard zones clean "
@@ -104,7 +113,7 @@ def define_view(store, name: str, raw: bytes) -> dict:
 
 
 def define_view_rows(store, name: str, rows: Iterable[tuple[str, str]], *, for_output: bool = False,
-                     owned: Iterable[str] = ()) -> dict:
+                     owned: Iterable[str] = (), for_put: bool = False) -> dict:
     """Define (or replace) view `name` from (path, sha256) rows in any order, in bounded
     memory. The objects of the manifest it replaces are tombstoned: gc frees those that no
     other manifest still references (a directory object two share is one). `for_output`:
@@ -115,7 +124,7 @@ def define_view_rows(store, name: str, rows: Iterable[tuple[str, str]], *, for_o
     nothing else holds then (see `_retire`)."""
     if not VIEW_NAME.match(name):
         raise ViewError(f"view name {name!r}: letters, digits, `.`, `_`, `-`, at most 128")
-    _check_owner(name, for_output, "defined")
+    _check_owner(name, for_output, "defined", for_put)
     built = build_view(store, name, rows)
     # Its objects were acknowledged one by one while it was built; one that a concurrent
     # redefinition tombstoned meanwhile is kept (the tombstone cleared, as storing it again
@@ -149,8 +158,8 @@ def define_view_rows(store, name: str, rows: Iterable[tuple[str, str]], *, for_o
     return info
 
 
-def remove_view(store, name: str, *, for_output: bool = False) -> None:
-    _check_owner(name, for_output, "removed")
+def remove_view(store, name: str, *, for_output: bool = False, for_put: bool = False) -> None:
+    _check_owner(name, for_output, "removed", for_put)
     with naming_lock(store):  # read inside: a redefinition meanwhile is what gets retired
         old = store.index.get_view(name)
         if old is None:

@@ -9,16 +9,18 @@ import json
 import typing
 from typing import Any
 
+import psycopg
 from nicegui import ui
 
 from datasets.layouts import BUILTIN
-from fsd.base.errors import HoardError
+from fsd.base.errors import HoardError, first_line
 from gui.auth import SignedIn, require
 from gui.context import ctx, in_thread, page
 from gui.frame import frame
 from gui.text import shown
-from jobs import launch
+from jobs import launch, outputs
 from jobs.maintenance import JOBS
+from sql.selectors import query_nodes
 
 
 
@@ -118,22 +120,45 @@ def _output_form(user: SignedIn) -> None:
         output_id = ui.input("output id").classes("w-full").mark("output-id")
         layout = ui.select(sorted(BUILTIN), value="by_sha256", label="layout", new_value_mode="add-unique").classes(
             "w-full")
-        selector = ui.textarea("selector (JSON, see `hoard select`)", value='{"sources": []}').classes("w-full").mark(
+        # empty, never a default: `{}` (or `{"sources": []}`) selects every node in the store
+        selector = ui.textarea("selector (JSON, docs/selectors.md)", value="",
+                               placeholder='{"batches": ["…"], "kinds": ["image"]}').classes("w-full").mark(
             "output-selector")
         dedup = ui.select(["by_node", "by_sha256"], value="by_node", label="dedup").classes("w-48")
         mode = ui.select(["copy", "view"], value="copy", label="mode").classes("w-48")
         message = ui.label("")
 
+        def refuse(text: str) -> None:
+            message.text = text
+            message.classes("text-negative")
+
         async def go() -> None:
             require("launch")
+            message.classes(remove="text-negative")
             try:
                 sel = json.loads(selector.value or "null")
             except ValueError as e:
-                message.text = f"the selector is not JSON: {e}"
-                message.classes("text-negative")
+                refuse(f"the selector is not JSON: {e}")
                 return
-            oid = await _launched(message, launch.launch_output, ctx().cfg, kind.value, output_id.value.strip(),
-                                  layout.value, sel if isinstance(sel, dict) else None, None, dedup.value, mode.value)
+            if not isinstance(sel, dict) or not any(v not in ([], None, False, "") for v in sel.values()):
+                refuse("write a selector (docs/selectors.md), e.g. {\"batches\": [\"…\"]}: an empty one would "
+                       "select every node in the store")
+                return
+            args = (kind.value, output_id.value.strip(), layout.value, sel, None, dedup.value, mode.value)
+            if await _launched(message, outputs.make_spec, *args) is None:  # the id, layout, selector: checked
+                return
+            try:
+                found = await _launched(message, _count, sel)  # a selector a query refuses (`text`): its line
+            except psycopg.Error as e:
+                refuse(f"the selection could not be counted: the database does not answer ({first_line(e)})")
+                return
+            if found is None:
+                return
+            if not found[0]:
+                refuse("the selector selects no node; nothing was queued (`hoard select --file` shows what it picks)")
+                return
+            message.text = f"{found[0]:,} nodes, {found[1] / 1e6:,.1f} MB selected"
+            oid = await _launched(message, launch.launch_output, ctx().cfg, *args)
             if oid is None:
                 return
             await in_thread(ctx().cache.refresh)
@@ -141,6 +166,13 @@ def _output_form(user: SignedIn) -> None:
 
         if user.may("launch"):
             ui.button("Launch", on_click=go).mark("launch-output")
+
+
+def _count(sel: dict) -> tuple[int, int]:
+    """How many nodes the selector picks and their bytes (blocking: run it `in_thread`)."""
+    with psycopg.connect(ctx().cfg.database_url, connect_timeout=5) as conn:
+        nodes = query_nodes(conn, sel)
+    return len(nodes), nodes.total_bytes
 
 
 def register() -> None:

@@ -198,6 +198,11 @@ def apply_body(conn: psycopg.Connection, it: WriteIntent) -> dict[str, int]:
         _copy(conn, "tmp_label", "idx, sha, key, value, origin",
               ((i, bytes.fromhex(lb.node), lb.key, lb.value, lb.origin) for i, lb in enumerate(it.labels)))
         _check_refs(conn, "tmp_label", "labels", ("sha", "node"))
+    if it.unlabels:
+        _temp(conn, "tmp_unlabel", "idx int, sha bytea, key text, value text")
+        _copy(conn, "tmp_unlabel", "idx, sha, key, value",
+              ((i, bytes.fromhex(lb.node), lb.key, lb.value) for i, lb in enumerate(it.unlabels)))
+        _check_refs(conn, "tmp_unlabel", "unlabels", ("sha", "node"))
     _missing_nodes(conn, [(i, f"members[{j}]", s) for i, b in enumerate(it.batches) for j, s in enumerate(b.members)],
                    "batches")
     if it.metadata:
@@ -236,6 +241,10 @@ def apply_body(conn: psycopg.Connection, it: WriteIntent) -> dict[str, int]:
         cur = conn.execute("INSERT INTO label (node_id, key, value, origin) SELECT n.node_id, t.key, t.value, "
                            "t.origin FROM tmp_label t JOIN node n ON n.sha256 = t.sha ON CONFLICT DO NOTHING")
         counts["labels_new"] = cur.rowcount
+    if it.unlabels:  # a NULL value takes every value of the key off
+        cur = conn.execute("DELETE FROM label l USING tmp_unlabel t, node n WHERE n.sha256 = t.sha "
+                           "AND l.node_id = n.node_id AND l.key = t.key AND (t.value IS NULL OR l.value = t.value)")
+        counts["labels_removed"] = cur.rowcount
 
     # -- batches and events ---------------------------------------------------------------------
     for i, b in enumerate(it.batches):

@@ -155,6 +155,15 @@ class LabelIn(BaseModel):
     origin: Annotated[str, StringConstraints(min_length=1, max_length=100)] = "human"
 
 
+class UnlabelIn(BaseModel):
+    """A label to take off a node: `value` None takes every value of `key` off."""
+
+    model_config = _strict
+    node: Sha
+    key: Annotated[str, StringConstraints(min_length=1, max_length=200)]
+    value: Annotated[str, StringConstraints(max_length=2000)] | None = None
+
+
 class WriteIntent(BaseModel):
     """Everything one step wants written, applied all or nothing."""
 
@@ -169,12 +178,16 @@ class WriteIntent(BaseModel):
     batches: list[BatchIn] = []
     events: list[EventIn] = []
     labels: list[LabelIn] = []
+    #: labels taken off (applied after `labels`)
+    unlabels: list[UnlabelIn] = []
 
     def digest(self) -> bytes:
         """sha256 of the body (everything but the key) as pydantic serialises it: field order
         is the model's, list order and the key order of free-form dicts are the caller's —
-        a retried intent built by the same code hashes the same."""
-        return hashlib.sha256(self.model_dump_json(exclude={"key"}).encode()).digest()
+        a retried intent built by the same code hashes the same. An empty `unlabels` is left
+        out: an intent applied before the field existed hashes as it did then."""
+        skip = {"key"} | (set() if self.unlabels else {"unlabels"})
+        return hashlib.sha256(self.model_dump_json(exclude=skip).encode()).digest()
 
 
 def parse_intent(data: dict[str, Any] | str | bytes) -> WriteIntent:

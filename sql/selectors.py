@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, Validation
 
 from fsd.base.config import describe_validation_error
 from fsd.base.errors import ExitCode, HoardError
+from sql.browse import search_query
 from sql.intents import Name, Sha
 
 _strict = ConfigDict(extra="forbid")
@@ -71,6 +72,9 @@ class Selector(BaseModel):
     has_ancestor: list[TreePredicate] = []
     has_descendant: list[TreePredicate] = []
     is_root: bool | None = None
+    #: words of the title, author, user name or metadata values, every one (each as a word or,
+    #: from 3 characters on, the start of one): the GUI's asset search, on its full-text index
+    text: Annotated[str, StringConstraints(min_length=1, max_length=500)] | None = None
     include_black_listed: bool = False
     include_deleted: bool = False
     order: Literal["node_id", "size", "sha256"] = "node_id"
@@ -159,7 +163,9 @@ def _from_sources(p: _Params, sources: list[str]) -> sql.Composable:
         " AND va.source_id IN (SELECT source_id FROM source WHERE name = ANY({ids}))))").format(ids=ids)
 
 
-def compile_selector(sel: Selector) -> tuple[sql.Composed, dict[str, object]]:
+def compile_selector(sel: Selector, words: str | None = None) -> tuple[sql.Composed, dict[str, object]]:
+    """The query and its parameters. `words`: `sel.text` as a tsquery (sql.browse.search_query,
+    which needs the database to cut the words as the index did); required when `sel.text` is set."""
     p = _Params()
     where: list[sql.Composable] = [sql.SQL("n.is_physical")]
     if not sel.include_black_listed:
@@ -195,6 +201,12 @@ def compile_selector(sel: Selector) -> tuple[sql.Composed, dict[str, object]]:
     if sel.is_root is not None:
         where.append(sql.SQL("EXISTS (SELECT 1 FROM common_metadata cm WHERE cm.node_id = n.node_id "
                              "AND cm.is_root = {})").format(p.add(sel.is_root)))
+    if sel.text is not None:
+        if words is None:
+            raise ValueError("compile_selector: a selector with text needs its words (sql.browse.search_query)")
+        # the expression of the metadata_search index (migration 008), as the GUI's search uses it
+        where.append(sql.SQL("n.node_id IN (SELECT cm.node_id FROM common_metadata cm WHERE metadata_search_doc("
+                             "cm.title, cm.author, cm.user_name, cm.raw_metadata) @@ {}::tsquery)").format(p.add(words)))
     query = sql.SQL("SELECT n.node_id, encode(n.sha256, 'hex'), pc.size FROM node n "
                     "JOIN physical_content pc USING (node_id) WHERE {} ORDER BY {}").format(
         sql.SQL(" AND ").join(where), sql.SQL(ORDERS[sel.order]))
@@ -213,6 +225,7 @@ def parse_selector(data: dict) -> Selector:
 def query_nodes(conn: psycopg.Connection, selector: Selector | dict) -> NodeSet:
     """The physical nodes the selector picks, with sizes and their total (for quota reservation)."""
     sel = selector if isinstance(selector, Selector) else parse_selector(selector)
-    query, params = compile_selector(sel)
+    words = search_query(conn, sel.text) if sel.text is not None else None
+    query, params = compile_selector(sel, words)
     rows = conn.execute(query, params).fetchall()
     return NodeSet([r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows], sum(r[2] for r in rows))

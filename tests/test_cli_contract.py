@@ -58,6 +58,8 @@ COMMANDS: dict[str, list[str]] = {
     "index rewrite-marks": [],
     "index rewrite-pointers": [],
     "ingest": ["--ready"],
+    "label add": ["class=cat", "{SHA}"],
+    "label rm": ["class", "--nodes", "{FILE}"],
     "init": [],
     "ls": [],
     "mount": ["{MISSING}"],
@@ -86,7 +88,7 @@ COMMANDS: dict[str, list[str]] = {
 
 #: commands whose work needs the service: with it down they must say so (exit 3, naming it)
 NEEDS_DATABASE = {"db backup", "db migrate", "db proposals", "db status", "db verify-backup", "delete", "demo", "gc",
-                  "select"}
+                  "label add", "select"}
 NEEDS_REDIS = {"demo", "worker"}
 
 

@@ -19,16 +19,22 @@ def _hoard(cfg, *args: str, stdin: str | None = None) -> subprocess.CompletedPro
                           input=stdin, capture_output=True, text=True, timeout=60)
 
 
+def ingest_one(hoard_home: Path, pg, redis_conn, seed: int):
+    """A home with one ingested yt-dlp batch of 8 items: (its settings, the generated batch)."""
+    cfg = ingest_home(hoard_home, pg)
+    zone3a = cfg.ssd.zone_path("3A")
+    [b] = generate(zone3a, Spec(seed=seed, batches=1, items_per_batch=8, sources=("ytdlp",), large_max_mb=1,
+                                ready_signal=True))
+    [st] = ingest_all(cfg, redis_conn, [zone3a / b.batch_id])
+    assert st.status == "done", st.error
+    return cfg, b
+
+
 def test_ls_info_select_on_an_ingested_batch(hoard_home: Path, pg, redis_conn, tmp_path: Path) -> None:
     """`ls` lists the batch and its files; `info PREFIX` names size, replicas, the batch and
     original path, the metadata and mount paths — and still answers, saying so, with the
     database down; `select --batch B --view` makes a view manifest `view add NAME -` accepts."""
-    cfg = ingest_home(hoard_home, pg)
-    zone3a = cfg.ssd.zone_path("3A")
-    [b] = generate(zone3a, Spec(seed=31, batches=1, items_per_batch=8, sources=("ytdlp",), large_max_mb=1,
-                                ready_signal=True))
-    [st] = ingest_all(cfg, redis_conn, [zone3a / b.batch_id])
-    assert st.status == "done", st.error
+    cfg, b = ingest_one(hoard_home, pg, redis_conn, seed=31)
     listing = _hoard(cfg, "ls")
     assert listing.returncode == 0 and b.batch_id in listing.stdout and "ytdlp" in listing.stdout
     files = [json.loads(line) for line in _hoard(cfg, "ls", "--batch", b.batch_id, "--json").stdout.splitlines()]

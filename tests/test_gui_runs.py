@@ -173,15 +173,35 @@ async def test_failed_ingest_shows_its_traceback_and_the_failed_view(user) -> No
 
 
 async def test_export_form_refuses_a_bad_request(user) -> None:
+    """The selector starts empty and an empty one is refused (it would select every node); a
+    bad id, bad JSON, an unknown key and a selection of no node are each refused in one line
+    before anything is queued."""
+    from gui.context import ctx
+    from jobs import launch
+
     await sign_in(user, "otto")
     await user.open("/launch")
+    assert user.find(marker="output-selector").elements.pop().value == ""
     user.find(marker="output-id").type("bad id with spaces")
+    user.find(marker="launch-output").click()
+    await user.should_see("write a selector (docs/selectors.md)", retries=30)
+    for text in ('{"sources": []}', "{}"):
+        user.find(marker="output-selector").clear().type(text)
+        user.find(marker="launch-output").click()
+        await user.should_see("an empty one would select every node", retries=30)
+    user.find(marker="output-selector").clear().type('{"batches": ["no-such-batch"]}')
     user.find(marker="launch-output").click()
     await user.should_see("output id 'bad id with spaces': 1-128 of", retries=30)
     user.find(marker="output-id").clear().type("ok-id")
+    user.find(marker="launch-output").click()
+    await user.should_see("the selector selects no node; nothing was queued", retries=30)
+    user.find(marker="output-selector").clear().type('{"colour": ["red"]}')
+    user.find(marker="launch-output").click()
+    await user.should_see("selector rejected", retries=30)
     user.find(marker="output-selector").clear().type("{not json")
     user.find(marker="launch-output").click()
     await user.should_see("the selector is not JSON", retries=30)
+    assert [r.id for r in launch.runs(ctx().cfg) if r.id in ("ok-id", "bad id with spaces")] == []
 
 
 async def test_runs_list_pages_on_the_server(user) -> None:

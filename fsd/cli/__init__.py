@@ -33,6 +33,7 @@ from fsd.cli import index as _index
 from fsd.cli import gc as _gc
 from fsd.cli import gui as _gui
 from fsd.cli import ingest as _ingest
+from fsd.cli import label as _label
 from fsd.cli import mount as _mount
 from fsd.cli import outputs as _outputs
 from fsd.cli import rebuild as _rebuild
@@ -65,6 +66,7 @@ app.add_typer(_db.app, name="db")
 app.add_typer(_index.app, name="index")
 app.add_typer(_zones.app, name="zones")
 app.add_typer(_gui.app, name="users")
+app.add_typer(_label.app, name="label")
 _store.register(app)
 _find.register(app, _db.app)
 app.command()(_verify.verify)

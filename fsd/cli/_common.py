@@ -156,6 +156,30 @@ def read_input(path, what: str, limit: int = MAX_INPUT) -> bytes:
     return data
 
 
+def read_sha_list(path, what: str) -> list[str]:
+    """The sha256s of a list file (`-` = stdin), in order, each once: the first field of each
+    line, so `hoard select` output (`SHA256  SIZE`) and `sha256sum` output pipe in as they are.
+    Blank lines and `#` comments are skipped; a line that is no sha256, or a list without any,
+    is one line naming the file (exit 2)."""
+    name = display(str(path))
+    try:
+        text = read_input(path, what).decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise HoardError(f"{what} {name} is not UTF-8 text (byte {e.start})", ExitCode.USAGE) from None
+    shas: dict[str, None] = {}
+    for n, line in enumerate(text.splitlines(), 1):
+        field = line.split(None, 1)[0].lower() if line.strip() else ""
+        if not field or field.startswith("#"):
+            continue
+        if len(field) != 64 or any(c not in "0123456789abcdef" for c in field):
+            raise HoardError(f"{what} {name} line {n}: {display(field[:80])!r} is not a sha256 (64 hex digits); "
+                             "nothing was changed", ExitCode.USAGE)
+        shas[field] = None
+    if not shas:
+        raise HoardError(f"{what} {name} lists no sha256 (one per line); nothing was changed", ExitCode.USAGE)
+    return list(shas)
+
+
 def confirm(question: str, typed: str | None = None) -> None:
     """Ask before something that cannot be undone; return only if the user agreed. `typed`:
     the answer must be this word (e.g. the database name). A "no", a wrong word, Ctrl-C or

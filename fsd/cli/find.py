@@ -161,13 +161,24 @@ def ls(
     ctx: typer.Context,
     batch: Annotated[Optional[str], typer.Option("--batch", help="list this batch's files")] = None,
     source: Annotated[Optional[str], typer.Option("--source", help="only batches of this source")] = None,
+    puts_: Annotated[bool, typer.Option("--puts", help="the named puts (`hoard put --name`) instead")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="one JSON object per line")] = False,
 ) -> None:
-    """The ingested batches (id, source, files, size, when), or one batch's files (sha256, size, path)."""
+    """The ingested batches (id, source, files, size, when), or one batch's files (sha256, size, path),
+    or (`--puts`) the named puts: name, when, count, bytes."""
     # deferred: hoard starts without the store's modules
+    from fsd.puts import listing
     from fsd.store import Store
 
     with Store.open(state(ctx).settings, writable=False) as store:
+        if puts_:
+            named = listing(store.index)
+            if not named and not as_json:
+                err.print("no named put (`hoard put --name NAME FILE…` makes one)", markup=False)
+            for p in named:
+                out.print(json.dumps(p) if as_json else f"{display(p['name']):<40} {p['when'] or '':<26} "
+                          f"{p['count']:>8} files {p['bytes'] / 1e6:>10.1f} MB", markup=False)
+            return
         if batch is not None:
             manifest = store.batch_manifest(batch)
             if manifest is None:
@@ -198,9 +209,11 @@ def select(
     until: Annotated[Optional[str], typer.Option(help="downloaded before (YYYY-MM-DD or YYYY-MM-DDTHH:MM)")] = None,
     label: Annotated[Optional[list[str]], typer.Option("--label", help="KEY or KEY=VALUE (repeatable)")] = None,
     ancestor: Annotated[Optional[str], typer.Option("--has-ancestor", help="a node (sha256) above it")] = None,
+    text: Annotated[Optional[str], typer.Option("--text", help="words of the title, author, user name or metadata "
+                                                "values, all of them (the GUI's asset search)")] = None,
     black_listed: Annotated[bool, typer.Option("--include-black-listed", help="also black-listed nodes")] = False,
     limit: Annotated[Optional[int], typer.Option(min=1, help="at most this many")] = None,
-    from_file: Annotated[Optional[Path], typer.Option("--file", help="a selector as JSON (docs/database.md)")] = None,
+    from_file: Annotated[Optional[Path], typer.Option("--file", help="a selector as JSON (docs/selectors.md)")] = None,
     view: Annotated[bool, typer.Option("--view", help="print `SHA256  PATH` lines for `hoard view add NAME -`")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="one JSON object per node")] = False,
 ) -> None:
@@ -211,15 +224,7 @@ def select(
 
     from sql.selectors import parse_selector, query_nodes
 
-    if from_file is not None:
-        try:
-            data = json.loads(read_input(from_file, "selector file"))
-        except ValueError as e:
-            raise HoardError(f"selector file {display(str(from_file))} is not JSON: {e}", ExitCode.USAGE) from None
-        if not isinstance(data, dict):
-            raise HoardError(f"selector file {display(str(from_file))}: a JSON object is expected", ExitCode.USAGE)
-    else:
-        data = {}
+    data = read_selector(from_file) if from_file is not None else {}
     data.setdefault("sources", source or [])
     data.setdefault("batches", batch or [])
     data.setdefault("file_types", [_file_type(t) for t in file_type or []])
@@ -230,6 +235,8 @@ def select(
     for lb in label or []:
         key, _, value = lb.partition("=")
         data.setdefault("labels", []).append({"key": key, "value": value or None})
+    if text is not None:
+        data["text"] = text
     if ancestor:
         data.setdefault("has_ancestor", []).append({"sha256": ancestor.lower(), "max_depth": 32})
     if limit:
@@ -253,6 +260,18 @@ def select(
         else:
             out.print(f"{sha}  {size:>12,}", markup=False)
     err.print(f"{len(nodes.sha256)} nodes", markup=False)
+
+
+def read_selector(path: Path) -> dict[str, Any]:
+    """The JSON object of a selector file (`-` = stdin; docs/selectors.md), unchecked."""
+    try:
+        data = json.loads(read_input(path, "selector file"))
+    except ValueError as e:
+        raise HoardError(f"selector file {display(str(path))} is not JSON: {e}", ExitCode.USAGE) from None
+    if not isinstance(data, dict):
+        raise HoardError(f"selector file {display(str(path))}: a JSON object is expected (docs/selectors.md)",
+                         ExitCode.USAGE)
+    return data
 
 
 def _when(flag: str, value: str) -> str:

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict
+from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
 from fsd.base.errors import ExitCode, HoardError
-from fsd.cli._common import confirm, database, gb, out, progress, state
+from fsd.cli._common import confirm, database, gb, out, progress, read_sha_list, state
 
 
 def delete(
@@ -18,6 +19,10 @@ def delete(
     node: Annotated[Optional[list[str]], typer.Option("--node", help="type A: hide this sha256 (repeatable)")] = None,
     obj: Annotated[Optional[list[str]], typer.Option("--object", help="type B: release an object `hoard put` "
                                                      "stored (repeatable)")] = None,
+    objects_from: Annotated[Optional[Path], typer.Option("--objects-from", help="type B: release the objects "
+                                                         "listed in FILE, one sha256 per line ('-' = stdin)")] = None,
+    put: Annotated[Optional[str], typer.Option("--put", help="type B: release what `hoard put --name NAME` "
+                                               "stored (`hoard ls --puts`)")] = None,
     reason: Annotated[str, typer.Option(help="recorded with the deletion")] = "",
     yes: Annotated[bool, typer.Option("--yes", help="do not ask (type B)")] = False,
 ) -> None:
@@ -33,11 +38,24 @@ def delete(
     from sql import deletion as db_del
 
     cfg = state(ctx).settings
-    if sum(map(bool, (batch, node, obj))) != 1:
-        raise HoardError("name one of --batch ID (type B), --object SHA256 (type B, what `hoard put` stored) or "
-                         "--node SHA256 (type A)", ExitCode.USAGE)
-    if obj:
-        shas = list(dict.fromkeys(sha_bytes(h) for h in obj))  # one named twice is released once
+    if sum(map(bool, (batch, node, obj or objects_from, put))) != 1:
+        raise HoardError("name one of --batch ID (type B), --object SHA256 / --objects-from FILE (type B, what "
+                         "`hoard put` stored), --put NAME (type B, a named put) or --node SHA256 (type A)",
+                         ExitCode.USAGE)
+    if put:
+        from fsd.puts import release as release_put  # deferred: as above
+
+        if not yes:
+            confirm(f"release put {put}: its files no other put, batch or view holds will be freed by the next "
+                    "`hoard gc`. Continue?")
+        with Store.open(cfg) as store:
+            released, kept = release_put(store, put, reason or f"put {put} released (hoard delete --put)")
+        out.print(f"type B: put {put} released: {released} objects tombstoned, {kept} kept (another put, a batch, "
+                  "a view or a job holds them); `hoard gc` frees the space")
+        return
+    if obj or objects_from:
+        listed = read_sha_list(objects_from, "object list") if objects_from is not None else []
+        shas = list(dict.fromkeys([sha_bytes(h) for h in obj or []] + [bytes.fromhex(h) for h in listed]))
         with Store.open(cfg) as store:  # the database is not asked: gc keeps what a row still needs
             released, marked = release(store, shas, reason or "released (hoard delete --object)")
         out.print(f"type B: {released} objects released from `hoard put`, {marked} tombstoned; `hoard gc` frees "

@@ -70,12 +70,16 @@ def put(
     klass: Annotated[str, typer.Option("--class", help="raw or generated (sets the replica target)")] = "raw",
     manifest: Annotated[Optional[Path], typer.Option(help="file with one path per line ('-' = stdin)")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="one JSON object per file")] = False,
+    name: Annotated[Optional[str], typer.Option("--name", help="record what this put stored under NAME "
+                                                "(`hoard ls --puts`; `hoard delete --put NAME` releases it)")] = None,
 ) -> None:
     """Store files: prints sha256, new/existing and replicas now/target per file, as each is stored.
 
     Exit 5 if any file was rejected (each is named on stderr with the reason). Interrupted,
     it has printed exactly the files that were stored. What it stored is kept until
-    `hoard delete --object SHA256` (dropping a batch with the same content does not free it).
+    `hoard delete --object SHA256` (dropping a batch with the same content does not free it);
+    with `--name NAME`, until `hoard delete --put NAME` (an interrupted named put records
+    what it stored until then).
     """
     items, unreadable = _expand(paths or [], manifest)
     t0 = time.monotonic()
@@ -89,8 +93,12 @@ def put(
         seen[0] += r.size
         return seen[0]
 
+    stored: dict[str, str] = {}  # a named put's view: path → sha256
+
     def report(r) -> None:
         counts[r.status] += 1
+        if r.status != "rejected":
+            stored[puts.view_path(r.path)] = r.sha256
         if r.status == "new":
             counts["bytes"] += r.size
         shown = display(r.path)
@@ -103,10 +111,24 @@ def put(
 
     stop = _stop_on_first_ctrl_c()
     total = sum(size_or_zero(p) for p in items)
+    # deferred: hoard starts without the store's modules
+    from fsd import puts
+
     try:
         with open_store(ctx) as store, progress("storing", total) as update:
-            store.put_many(items, klass=klass, stop=stop, root="hoard put",
-                           on_result=lambda r: (report(r), update(done_bytes(r))))
+            if name is not None:
+                puts.check_name(store.index, name)  # before a byte is stored
+            root = puts.held_reason(name) if name is not None else "hoard put"
+            try:
+                store.put_many(items, klass=klass, stop=stop, root=root,
+                               on_result=lambda r: (report(r), update(done_bytes(r))))
+            finally:
+                if name is not None and stored:
+                    info = puts.record(store, name, stored, root)
+                    err.print(f"put {name}: {info['files']} files, {info['bytes'] / 1e6:.1f} MB recorded "
+                              f"(`hoard delete --put {name}` releases them)", markup=False)
+                elif name is not None:
+                    err.print(f"nothing stored: no put named {name} was recorded", markup=False)
     finally:
         err.print(f"{counts['new'] + counts['existing'] + counts['rejected']} files: {counts['new']} new "
                   f"({counts['bytes'] / 1e6:.1f} MB), {counts['existing']} already present, {counts['rejected']} "
