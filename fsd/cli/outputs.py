@@ -70,6 +70,8 @@ def _command(ctx: typer.Context, kind: str, output_id: str | None, layout: str |
         if st is None or st.spec.get("kind") != kind:
             raise HoardError(f"no {kind} {status!r} was requested here", ExitCode.USAGE)
         shown = _show(cfg, st, as_json)
+        if shown == "refused":
+            raise typer.Exit(st.exit_code or ExitCode.USAGE)
         if shown in ("failed", "interrupted", "gone"):
             raise typer.Exit(ExitCode.DATA)
         return
@@ -110,6 +112,9 @@ def _command(ctx: typer.Context, kind: str, output_id: str | None, layout: str |
             raise HoardError(f"{kind} {output_id} still {shown} after {timeout:.0f} s; "
                              f"`hoard {kind} --status {output_id}`", ExitCode.UNAVAILABLE)
         time.sleep(0.5)
+    if shown == "refused":
+        raise HoardError(f"{kind} {output_id} refused, nothing written or reserved: {why}",
+                         ExitCode(st.exit_code or ExitCode.USAGE))
     if shown != "done":
         raise HoardError(f"{kind} {output_id} {shown}: {why}" + ("; the same command resumes it"
                                                                  if shown == "failed" else ""), ExitCode.DATA)
