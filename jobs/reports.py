@@ -40,8 +40,12 @@ def size(n: float) -> str:
     return f"{int(value)} B" if unit == "B" else f"{value:.1f} {unit}"
 
 
+#: keys whose words would mislead
+LABELS = {"seconds": "took", "mib_s": "rate"}
+
+
 def _label(key: str) -> str:
-    return key.replace("_", " ").strip()
+    return LABELS.get(key) or key.replace("_", " ").strip()
 
 
 def _value(key: str, v: Any) -> str | None:

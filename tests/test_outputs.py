@@ -96,6 +96,9 @@ def test_stage_gives_the_worker_input_and_an_empty_output(filled, tmp_path: Path
     assert worker.returncode == 0, worker.stderr
     res = _hoard(cfg, "stage", "--status", "ab-1")
     assert res.returncode == 0 and "stage ab-1: done" in res.stdout, res.stdout + res.stderr
+    # W3-R: the report as labelled figures with the run's duration, not keys
+    assert "  copied files: " in res.stdout and "  took: " in res.stdout and "  rate: " in res.stdout, res.stdout
+    assert not any("_" in line.split(":")[0] for line in res.stdout.splitlines()[1:]), res.stdout
     root = cfg.ssd.zone_path("3C") / "ab-1" / "by_sha256"
     assert sorted(_tree(root / "input").values()) == sorted(set(shas))
     assert (root / "output").is_dir() and not list((root / "output").iterdir())

@@ -11,7 +11,7 @@ import typer
 from rich.markup import escape
 
 from fsd.base.errors import ExitCode, HoardError
-from fsd.cli._common import err, out, progress, read_input, state
+from fsd.cli._common import err, out, print_figures, progress, read_input, state
 
 LAYOUT_HELP = "by_sha256 | by_batch | by_label | flat, or a layout .toml file (docs/layouts.md)"
 
@@ -170,7 +170,7 @@ def _show(cfg, st, as_json: bool) -> str:
         return shown
     out.print(f"{st.spec['kind']} {st.id}: {shown}" + (f" — {why}" if why else ""), markup=False)
     if st.report and shown == "done":
-        _report(st.report, False)
+        print_figures(st.report, st.report.get("seconds"))
     return shown
 
 
