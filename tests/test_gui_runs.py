@@ -354,3 +354,23 @@ async def test_a_maintenance_url_naming_another_job_says_so(user, gui_home: Path
     await sign_in(user, "otto")
     await user.open("/runs/replicate/export-other1")
     await user.should_see("no replicate run 'export-other1'")
+
+
+@pytest.mark.expect_log(r"shard \w+ has no readable replica to copy from", level="WARNING")
+def test_replicate_exit_4_is_documented_and_says_what_to_do(gui_home: Path) -> None:
+    """W3-R: `hoard replicate` exited 4 (not in the README's table for it) with only raw
+    WARNING lines; now 4 is the README's "shards remain below their target" and a line names
+    the next step."""
+    from fsd.base import config
+
+    cfg = config.load(gui_home)
+    _two_holders_failed(cfg)
+    env = {k: v for k, v in os.environ.items() if k != "HOARD_CONFIG"}
+    res = subprocess.run([sys.executable, "-m", "fsd", "--config", str(gui_home), "replicate"],
+                         capture_output=True, text=True, env=env, timeout=240)
+    assert res.returncode == 4, res.stdout + res.stderr
+    assert "could not be copied" in res.stderr and "`hoard health`" in res.stderr, res.stderr
+    assert "Traceback" not in res.stderr
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    row = next(line for line in readme.splitlines() if line.startswith("| 4 |"))
+    assert "`hoard replicate`" in row, row
