@@ -374,3 +374,16 @@ def test_replicate_exit_4_is_documented_and_says_what_to_do(gui_home: Path) -> N
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
     row = next(line for line in readme.splitlines() if line.startswith("| 4 |"))
     assert "`hoard replicate`" in row, row
+
+
+def test_a_report_reads_as_labelled_figures() -> None:
+    """W3-R: the report keys the run page showed raw (`intent_was_applied_before False`,
+    `quarantine None`) read as labels and words; sizes and times carry their units."""
+    from jobs import reports
+
+    shown = dict(reports.figures({"files_accepted": 120, "quarantine": None, "bytes_new": 3 << 20,
+                                  "database": {"intent_was_applied_before": False}, "seconds": 75.2,
+                                  "mib_s": 41.5, "rejected": [{"path": "a", "reason": "b"}]}))
+    assert shown == {"files accepted": "120", "bytes new": "3.0 MiB (3,145,728 bytes)",
+                     "database: intent was applied before": "no", "took": "1 min 15 s", "rate": "41.5 MiB/s"}
+    assert reports.errors({"errors": 1}) == 1 and reports.errors({"errors": []}) == 0 and reports.errors(None) == 0
