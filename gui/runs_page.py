@@ -5,7 +5,6 @@ each rejected file with its reason), the traceback, why it waits; retry/resume a
 
 from __future__ import annotations
 
-import json
 import time
 from urllib.parse import urlencode
 
@@ -16,11 +15,12 @@ from gui.auth import require
 from gui.context import ctx, in_thread, page, snapshot
 from gui import text
 from gui.frame import frame, page_number, progress_text
-from jobs import launch
+from jobs import launch, reports
 
 PER_PAGE = 25
-STATUS_COLOR = {"done": "positive", "done with rejects": "warning", "failed": "negative", "running": "primary",
-                "queued": "grey", "canceled": "grey"}
+STATUS_COLOR = {"done": "positive", "done with rejects": "warning", "done with errors": "warning",
+                "failed": "negative", "running": "primary", "queued": "grey", "canceled": "grey",
+                "refused": "orange"}
 
 
 def _filters(current: dict[str, str]) -> None:
@@ -56,8 +56,8 @@ def register() -> None:
             _filters(current)
             ui.label(f"{total} runs" + (f", page {page} of {max(1, -(-total // PER_PAGE))}" if total else "")).classes(
                 "text-caption")
-            with ui.grid(columns=6).classes("gap-x-6 gap-y-1 items-center"):
-                for head in ("kind", "run", "status", "source", "created", "error"):
+            with ui.grid(columns=7).classes("gap-x-6 gap-y-1 items-center"):
+                for head in ("kind", "run", "status", "source", "created", "took", "error"):
                     ui.label(head).classes("text-bold")
                 for r in rows:
                     ui.label(r.kind)
@@ -65,6 +65,7 @@ def register() -> None:
                     ui.badge(r.status, color=STATUS_COLOR.get(r.status, "grey"))
                     text.label(r.source or "-")
                     ui.label(r.created.replace("T", " ")[:19])
+                    ui.label(reports.duration(r.seconds))
                     text.label((r.error or "")[:80]).classes("text-negative text-caption")
             with ui.row():
                 q = {k: v for k, v in current.items() if v}
@@ -100,6 +101,8 @@ def register() -> None:
                         text.label(f"source {d['source']}")
                     if d.get("signalled"):
                         ui.label(f"signalled {d['signalled']}, updated {d.get('updated', '')}")
+                    if d.get("took") is not None:
+                        ui.label(f"took {reports.duration(d['took'])}").mark("run-took")
                 for why in d["waiting"]:
                     text.label(f"waiting: {why}").classes("text-warning")
                 if d.get("progress"):  # a maintenance job's figures (jobs.progress), live while it runs
@@ -117,17 +120,16 @@ def register() -> None:
                         for s in d["steps"]:
                             state = "done" if s["done"] else ("failed" if s["current"] and status == "failed" else
                                                               "current" if s["current"] else "to do")
-                            secs = f"{s['seconds']:.2f} s" if s.get("seconds") is not None else ""
+                            secs = reports.duration(s["seconds"]) if s.get("seconds") is not None else ""
                             with ui.timeline_entry(title=s["step"], color={
                                     "done": "positive", "failed": "negative", "current": "primary"}.get(state, "grey")):
                                 ui.label(f"{s['step']}: {state} {secs} (queue {s['queue']})")
                 report = d.get("report") or {}
                 if report:
                     ui.label("Report").classes("text-h6")
-                    counts = {k: v for k, v in report.items() if not isinstance(v, (list, dict))}
-                    with ui.grid(columns=2).classes("gap-x-6"):
-                        for k, v in counts.items():
-                            text.label(k)
+                    with ui.grid(columns=2).classes("gap-x-6").mark("run-report"):
+                        for k, v in reports.figures(report):
+                            text.label(k).classes("text-bold")
                             text.label(v)
                     rejected = report.get("rejected") or []
                     if rejected:
@@ -136,9 +138,6 @@ def register() -> None:
                             for r in rejected[:500]:
                                 text.label(r.get("path") or "(the batch)").classes("text-mono")
                                 text.label(r.get("reason", ""))
-                    rest = {k: v for k, v in report.items() if isinstance(v, dict)}
-                    if rest:
-                        text.pre(json.dumps(rest, indent=1, ensure_ascii=False, default=str)).mark("run-report")
                 if d.get("params"):
                     text.label("parameters: " + ", ".join(f"{k}={v}" for k, v in d["params"].items()))
                 if d.get("log"):
@@ -157,8 +156,13 @@ def register() -> None:
                     ui.label(f"RQ job {d['job_id']} (its current step): {d['job_status']}").classes("text-bold q-mt-md")
                     for line in d.get("job_log", []):
                         text.label(line).classes("text-caption text-mono")
-
-            body()
+                if user.may("retry"):  # what the run's status allows: a done run offers neither
+                    with ui.row().classes("q-mt-md"):
+                        if status in launch.RETRYABLE:
+                            ui.button("Retry / resume", on_click=lambda: act("retry")).mark("run-retry")
+                        if status in launch.CANCELABLE:
+                            ui.button("Cancel", on_click=lambda: act("cancel")).props("color=negative").mark(
+                                "run-cancel")
 
             async def reload() -> None:
                 try:
@@ -187,7 +191,4 @@ def register() -> None:
                     return
                 await reload()
 
-            if user.may("retry"):
-                with ui.row().classes("q-mt-md"):
-                    ui.button("Retry / resume", on_click=lambda: act("retry")).mark("run-retry")
-                    ui.button("Cancel", on_click=lambda: act("cancel")).props("color=negative").mark("run-cancel")
+            body()

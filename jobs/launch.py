@@ -28,7 +28,7 @@ from rq.registry import CanceledJobRegistry, FailedJobRegistry, FinishedJobRegis
 from fsd import zones
 from fsd.base.config import Settings
 from fsd.base.errors import ExitCode, HoardError
-from jobs import ingest, maintenance, outputs, runlog
+from jobs import ingest, maintenance, outputs, reports, runlog
 from jobs import progress as job_progress
 from jobs.guard import SERIALIZER
 from jobs.queues import connect, enqueue_once, fetch_job, redis_required, rq_queue, unserved_queues
@@ -36,7 +36,13 @@ from jobs.queues import connect, enqueue_once, fetch_job, redis_required, rq_que
 MAINTENANCE_QUEUE = "maintenance"
 PREFIX = "maint-"
 KINDS = ("ingest", "stage", "export", *maintenance.JOBS)
-STATUSES = ("queued", "running", "done", "done with rejects", "failed", "canceled")
+#: "done with errors": finished, but its report counts errors (a replicate that could not
+#: copy a shard) — not a success; "refused": a stage/export refused before it started
+#: (nothing written or reserved, its id free again)
+STATUSES = ("queued", "running", "done", "done with rejects", "done with errors", "failed", "canceled", "refused")
+#: what a person may do with a run in each status: cancel what waits or works, retry what failed
+CANCELABLE = ("queued", "running")
+RETRYABLE = ("failed", "canceled")
 
 
 def _needs_redis(fn):
@@ -66,6 +72,7 @@ class Run:
     params: dict[str, Any] = field(default_factory=dict)
     by: str = ""
     progress: dict[str, Any] | None = None  # a maintenance job's published figures (jobs.progress)
+    seconds: float | None = None  # how long it worked (ingest: its steps' times; None while unknown)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -197,32 +204,42 @@ def _iso(t: dt.datetime | None) -> str:
 _OUTPUT_STATUS = {"interrupted": "failed", "gone": "failed"}
 
 
+def _maintenance_run(job: Job) -> Run:
+    """A maintenance job as a run: a finished one whose report counts errors is `done with
+    errors` (the count is in its meta since the job ended, or read from its return value)."""
+    status = _RQ_STATUS.get(str((job.get_status(refresh=True) or JobStatus.QUEUED).value), "queued")
+    error = ""
+    if status == "failed":
+        res = job.latest_result()
+        error = (res.exc_string or "").strip().splitlines()[-1] if res and res.exc_string else ""
+    if status == "done":
+        n = job.meta["errors"] if "errors" in job.meta else reports.errors(job.return_value())
+        if n:
+            status, error = "done with errors", f"its report counts {n} error(s); see the run's log"
+    seconds = (job.ended_at - job.started_at).total_seconds() if job.ended_at and job.started_at else None
+    return Run(job.meta.get("kind", "?"), job.id, status, _iso(job.created_at),
+               _iso(job.ended_at or job.started_at or job.enqueued_at), error=error, queue=MAINTENANCE_QUEUE,
+               params=job.meta.get("params", {}), by=job.meta.get("by", ""), seconds=seconds)
+
+
+def _with_progress(conn, found: list[Run]) -> list[Run]:
+    figures = job_progress.read(conn, [r.id for r in found if r.status != "queued"])
+    for r in found:
+        p = figures.get(r.id)
+        # "running" figures of a run that ended were left by a publisher killed with its job
+        # (kill -9, the OOM killer): they are no one's live figures
+        r.progress = None if p is not None and p.get("state") == "running" and r.status != "running" else p
+    return found
+
+
 def maintenance_runs(conn) -> list[Run]:
     q = rq_queue(MAINTENANCE_QUEUE, conn)
     ids = set(q.job_ids)
     for reg in (StartedJobRegistry(queue=q), FinishedJobRegistry(queue=q), FailedJobRegistry(queue=q),
                 CanceledJobRegistry(queue=q)):
         ids.update(reg.get_job_ids(cleanup=False))  # a listing changes nothing: no failure callbacks, no moves
-    out = []
-    for job in Job.fetch_many(sorted(i for i in ids if i.startswith(PREFIX)), connection=conn,
-                                 serializer=SERIALIZER):
-        if job is None:
-            continue
-        status = _RQ_STATUS.get(str((job.get_status(refresh=True) or JobStatus.QUEUED).value), "queued")
-        error = ""
-        if status == "failed":
-            res = job.latest_result()
-            error = (res.exc_string or "").strip().splitlines()[-1] if res and res.exc_string else ""
-        out.append(Run(job.meta.get("kind", "?"), job.id, status, _iso(job.created_at),
-                       _iso(job.ended_at or job.started_at or job.enqueued_at), error=error,
-                       queue=MAINTENANCE_QUEUE, params=job.meta.get("params", {}), by=job.meta.get("by", "")))
-    figures = job_progress.read(conn, [r.id for r in out if r.status != "queued"])
-    for r in out:
-        p = figures.get(r.id)
-        # "running" figures of a run that ended were left by a publisher killed with its job
-        # (kill -9, the OOM killer): they are no one's live figures
-        r.progress = None if p is not None and p.get("state") == "running" and r.status != "running" else p
-    return out
+    jobs = Job.fetch_many(sorted(i for i in ids if i.startswith(PREFIX)), connection=conn, serializer=SERIALIZER)
+    return _with_progress(conn, [_maintenance_run(job) for job in jobs if job is not None])
 
 
 @_needs_redis
@@ -230,7 +247,8 @@ def runs(cfg: Settings, conn=None) -> list[Run]:
     """Every run this installation knows, newest first (ingests and outputs from their state
     files; maintenance jobs from Redis, while RQ keeps them: 30 days done, a year failed)."""
     out = [Run("ingest", s.batch_id, s.status, s.signalled, s.updated, source=s.source, error=s.error or "",
-               queue=ingest.QUEUE_OF.get(s.step, "")) for s in ingest.all_states(cfg)]
+               queue=ingest.QUEUE_OF.get(s.step, ""), seconds=sum(s.seconds.values()) if s.seconds else None)
+           for s in ingest.all_states(cfg)]
     for p in sorted(outputs.state_dir(cfg).glob("*.json")):
         try:
             st = outputs.load_state(cfg, p.stem)
@@ -241,7 +259,8 @@ def runs(cfg: Settings, conn=None) -> list[Run]:
             shown, why = outputs.describe(cfg, st)
             out.append(Run(st.spec.get("kind", "export"), st.id, _OUTPUT_STATUS.get(shown, shown), st.updated,
                            st.updated, error=why or "", queue=outputs.QUEUE,
-                           params={"layout": st.spec.get("layout", {}).get("name")}))
+                           params={"layout": st.spec.get("layout", {}).get("name")},
+                           seconds=st.report.get("seconds") if shown == "done" else None))
     try:
         out += maintenance_runs(conn or connect(cfg.redis_url))
     except redis.RedisError:
@@ -303,20 +322,22 @@ def detail(cfg: Settings, kind: str, run_id: str, conn=None) -> dict[str, Any]:
             raise LaunchError(f"no ingest of batch {run_id!r}")
         out.update(asdict(st), steps=[{"step": s, "queue": ingest.QUEUE_OF[s], "done": s in st.done,
                                        "current": s == st.step and not st.finished,
-                                       "seconds": st.seconds.get(s)} for s in ingest.STEPS])
+                                       "seconds": st.seconds.get(s)} for s in ingest.STEPS],
+                   took=sum(st.seconds.values()) if st.seconds else None)
     elif kind in outputs.ZONE_OF:
         st = outputs.load_state(cfg, run_id)
         if st is None:
             raise LaunchError(f"no {kind} {run_id!r}")
         shown, why = outputs.describe(cfg, st)
         out.update(asdict(st), status=_OUTPUT_STATUS.get(shown, shown), error=why or "",
-                   report=st.report if shown == "done" else {})
+                   report=st.report if shown == "done" else {},
+                   took=st.report.get("seconds") if shown == "done" else None)
     else:
-        job = _job_of(cfg, kind, run_id, conn)
-        if job is None:
-            raise LaunchError(f"no maintenance run {run_id!r} (RQ keeps finished ones 30 days)")
-        run = next(r for r in maintenance_runs(conn) if r.id == run_id)
-        out.update(run.as_dict(), report=job.return_value() or {})
+        job = _job_of(cfg, kind, run_id, conn) if run_id.startswith(PREFIX) else None
+        if job is None or job.meta.get("kind") != kind:  # a hand-typed URL: another job's id, or none
+            raise LaunchError(f"no {kind} run {run_id!r} (RQ keeps finished ones 30 days)")
+        run = _with_progress(conn, [_maintenance_run(job)])[0]
+        out.update(run.as_dict(), report=job.return_value() or {}, took=run.seconds)
     job = _job_of(cfg, kind, run_id, conn)
     res = job.latest_result() if job is not None else None
     out["traceback"] = res.exc_string if res is not None and res.exc_string else ""

@@ -24,7 +24,7 @@ from fsd.rebuild import rebuild as _rebuild
 from fsd.scrub import verify as _verify
 from fsd.store import Store
 from jobs import progress as job_progress
-from jobs import runlog, store_jobs
+from jobs import reports, runlog, store_jobs
 from sql.backup import dump_backup, verify_dump
 from sql.deletion import referenced
 
@@ -127,6 +127,11 @@ def run(kind: str, config_path: str | None, **params: Any) -> dict[str, Any]:
     cfg = config.load(config_path)
     with runlog.captured(cfg, kind, job_id):
         if kind not in PROGRESS or not cfg.redis_url:
-            return JOBS[kind](config_path, **params)
-        with job_progress.reported(cfg.redis_url, job_id, PROGRESS[kind]) as hook:
-            return JOBS[kind](config_path, **params, progress=hook)
+            report = JOBS[kind](config_path, **params)
+        else:
+            with job_progress.reported(cfg.redis_url, job_id, PROGRESS[kind]) as hook:
+                report = JOBS[kind](config_path, **params, progress=hook)
+    if job is not None:  # the runs list reads it without loading every report (jobs.launch)
+        job.meta["errors"] = reports.errors(report)
+        job.save_meta()
+    return report

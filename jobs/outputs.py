@@ -12,8 +12,11 @@ there) → seal (fsd/seal.py: `_MANIFEST.json`, rename, `_JOB.json`, `_SEALED` l
 
 Ids are immutable: the same id with the same request after success does nothing and says
 so; with another request it is refused. A failed or killed run keeps its partial tree and
-its request: the same command resumes it. The state of each id is a JSON file under
-`<ssd>/state/outputs/`.
+its request: the same command resumes it. A request refused before it started (a bad
+layout for the data, an empty selection, a full zone, PostgreSQL down: nothing written,
+nothing reserved) keeps nothing: with --here its id is free at once; a worker's leaves a
+`refused` state saying why, which holds no id and is no health problem. The state of each
+id is a JSON file under `<ssd>/state/outputs/`.
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ from datasets import layouts
 from fsd import seal, zones
 from fsd.base import config as config_mod
 from fsd.base.config import Settings
-from fsd.base.errors import ExitCode, HoardError
+from fsd.base.errors import ExitCode, HoardError, first_line
 from fsd.base.files import atomic_write, flocked, fsync_dir
 from fsd.manifest import ViewError
 from fsd.materialize import Item, MaterializeReport, materialize
@@ -122,10 +125,15 @@ def make_spec(kind: str, output_id: str, layout_spec: str, selector: dict | None
 class OutputState:
     id: str
     spec: dict[str, Any]
-    status: str = "queued"  # queued | running | done | failed
+    status: str = "queued"  # queued | running | done | failed | refused
     error: str = ""
     report: dict[str, Any] = field(default_factory=dict)
     updated: str = ""
+    #: a run of it reserved room and began writing (`seal.begin` returned): from then on a
+    #: failure keeps what was written for the same command to resume; before, it is a refusal
+    started: bool = False
+    #: a refusal's exit code (README), for `--wait` and `--status` to exit with it
+    exit_code: int = 0
 
 
 def state_dir(cfg: Settings) -> Path:
@@ -236,6 +244,8 @@ def submit(cfg: Settings, spec: OutputSpec) -> OutputState:
     final = cfg.ssd.zone_path(spec.zone) / spec.id
     with flocked(state_dir(cfg) / f"{spec.id}.submit.lock"):
         st = load_state(cfg, spec.id)
+        if st is not None and st.status == "refused":
+            st = None  # a refusal holds no id: any request may take it
         if st is not None and OutputSpec(**st.spec).digest() != spec.digest():
             other = OutputSpec(**st.spec)
             raise OutputError(f"output id {spec.id} is taken by another request ({other.kind}, "
@@ -253,14 +263,18 @@ def submit(cfg: Settings, spec: OutputSpec) -> OutputState:
 # -- the run ------------------------------------------------------------------------------------
 
 def run_job(config_path: str | None, output_id: str) -> dict[str, Any]:
-    """RQ job (queue `io`): run the recorded request of `output_id`."""
+    """RQ job (queue `io`): run the recorded request of `output_id` (a refusal stays recorded
+    as `refused`, saying why, for `--status` and the run page)."""
     cfg = config_mod.load(config_path)
-    return run(cfg, output_id)
+    return run(cfg, output_id, keep_refusal=True)
 
 
-def run(cfg: Settings, output_id: str, progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+def run(cfg: Settings, output_id: str, progress: Callable[[int, int], None] | None = None,
+        keep_refusal: bool = False) -> dict[str, Any]:
     """Plan, reserve, copy, seal; the report. Idempotent: a sealed output of the same request
-    is reported as it is."""
+    is reported as it is. A HoardError before the run started (nothing reserved, nothing
+    written) is a refusal: the request is forgotten (`keep_refusal`: kept as `refused`, which
+    holds no id) and the error raised as it is."""
     with _id_lock(cfg, output_id):
         st = load_state(cfg, output_id)
         if st is None:
@@ -268,12 +282,28 @@ def run(cfg: Settings, output_id: str, progress: Callable[[int, int], None] | No
         spec = OutputSpec(**st.spec)
         if st.status == "done" and sealed(cfg, spec) is not None:
             return {**st.report, "already_done": True}
-        st.status, st.error = "running", ""
+        st.status, st.error, st.exit_code = "running", "", 0
+        zone_dir = cfg.ssd.zone_path(spec.zone)
+        # an earlier attempt left files (a state from before `started` was recorded)
+        st.started = st.started or (zone_dir / zones.TMP / spec.id).exists() or (zone_dir / spec.id).exists()
         save_state(cfg, st)
+
+        def started() -> None:
+            if not st.started:
+                st.started = True
+                save_state(cfg, st)
+
         try:
             with runlog.captured(cfg, spec.kind, output_id):
-                report = _run(cfg, spec, progress)
+                report = _run(cfg, spec, progress, started)
         except BaseException as e:
+            if isinstance(e, HoardError) and not st.started:
+                if keep_refusal:
+                    st.status, st.error, st.exit_code = "refused", e.message, int(e.exit_code)
+                    save_state(cfg, st)
+                else:
+                    forget(cfg, output_id)
+                raise
             st.status = "failed"
             st.error = e.message if isinstance(e, HoardError) else f"{type(e).__name__}: {e}"
             save_state(cfg, st)
@@ -292,7 +322,13 @@ def plan_items(cfg: Settings, spec: OutputSpec) -> tuple[list[Item], int]:
     from sql.selectors import query_nodes
 
     lay = spec.the_layout()
-    with psycopg.connect(cfg.database_url) as conn:
+    try:
+        conn = psycopg.connect(cfg.database_url, connect_timeout=10)
+    except psycopg.OperationalError as e:
+        raise OutputError(f"cannot reach the database ({first_line(e)}) to plan {spec.kind} {spec.id}; nothing was "
+                          "written — start it (`hoard services up`) and run the same command again",
+                          ExitCode.UNAVAILABLE) from None
+    with conn:
         if spec.selector is not None:
             node_ids = query_nodes(conn, spec.selector).node_ids
         else:
@@ -323,7 +359,10 @@ def plan_items(cfg: Settings, spec: OutputSpec) -> tuple[list[Item], int]:
     return [Item(prefix + p.path, p.sha256, p.size, p.sidecar) for p in placed], len(rows)
 
 
-def _run(cfg: Settings, spec: OutputSpec, progress: Callable[[int, int], None] | None) -> dict[str, Any]:
+def _run(cfg: Settings, spec: OutputSpec, progress: Callable[[int, int], None] | None,
+         started: Callable[[], None] = lambda: None) -> dict[str, Any]:
+    """The run; `started()` is called once the zone admitted it (room reserved, its tree
+    made): what fails before that was refused, and has written and reserved nothing."""
     from fsd.store import Store  # deferred: the store opens only when there is something to copy
 
     t0 = time.monotonic()
@@ -335,17 +374,21 @@ def _run(cfg: Settings, spec: OutputSpec, progress: Callable[[int, int], None] |
         zones.release_stale(cfg, zone, spec.id)  # a run killed after its seal, before its release
         return {"id": spec.id, "zone": zone, "path": str(final), "files": doc["actual_files"],
                 "bytes": doc["actual_bytes"], "already_done": True}
+    if spec.mode == "view" and cfg.mount.path is None:
+        raise OutputError("--mode view needs the mount: set `[mount] path = \"/srv/hoard\"` in hoard.toml (where "
+                          "`hoard mount` / hoard-mount.service serves), or use --mode copy")
     items, n_nodes = plan_items(cfg, spec)
     with Store.open(cfg) as store:
         _check_stored(store, spec, items)
         if spec.mode == "view":
-            return _run_view(cfg, spec, store, items, n_nodes, t0)
+            return _run_view(cfg, spec, store, items, n_nodes, t0, started)
         sizes = [it.size for it in items] + [len(it.sidecar) for it in items if it.sidecar is not None]
         out = seal.begin(cfg, zone, spec.id, job=f"{spec.kind}:{spec.id}", kind=spec.kind, expected_bytes=sum(sizes),
                          # what `du` will count (a stage's empty output/ is a directory too)
                          reserve_bytes=zones.charge((cfg, zone), sizes, dirs=zones.tree_dirs(it.path for it in items) + (spec.kind == "stage")),
                          expected_files=len(items) + sum(it.sidecar is not None for it in items),
                          selector=_request(spec), layout=spec.layout, resume=True)
+        started()
         try:
             # what an earlier attempt wrote that this plan no longer names (the selection shrank)
             out.prune({it.path for it in items} | {it.path + ".json" for it in items if it.sidecar is not None})
@@ -425,20 +468,20 @@ def _check_stored(store, spec: OutputSpec, items: list[Item]) -> None:
                           f"(`hoard info {gone[0]}`)", ExitCode.DATA)
 
 
-def _run_view(cfg: Settings, spec: OutputSpec, store, items: list[Item], n_nodes: int, t0: float) -> dict[str, Any]:
+def _run_view(cfg: Settings, spec: OutputSpec, store, items: list[Item], n_nodes: int, t0: float,
+              started: Callable[[], None]) -> dict[str, Any]:
     """Zero bytes copied: the files become a named view (`<mount>/views/<zone>-<id>/…`), and
     the zone holds a sealed output whose entry is a link into the mount — the same path a
     local consumer would read in copy mode (a worker on another machine needs copy mode).
     The view is defined only after the zone admitted the output, and removed if it fails."""
     from fsd.views import define_view_rows, release_owned, remove_view  # deferred: only view mode defines views
 
-    if cfg.mount.path is None:
-        raise OutputError("--mode view needs the mount: set `[mount] path = \"/srv/hoard\"` in hoard.toml (where "
-                          "`hoard mount` / hoard-mount.service serves), or use --mode copy")
+    assert cfg.mount.path is not None  # _run refused the request without it
     name, lay = view_name(spec), spec.layout["name"]
     entry = f"{lay}/input" if spec.kind == "stage" else lay
     out = seal.begin(cfg, spec.zone, spec.id, job=f"{spec.kind}:{spec.id}", kind=spec.kind, expected_bytes=0,
                      expected_files=0, selector=_request(spec), layout=spec.layout, resume=True)
+    started()
     defined, stored = False, []
     try:
         rows = [(it.path, it.sha256) for it in items]

@@ -57,7 +57,7 @@ async def test_operator_launches_an_ingest_and_watches_it(user, gui_home: Path) 
     await _refreshed()  # what the background timer does every gui.refresh_s
     await user.open(f"/runs/ingest/{batch_id}")
     await user.should_see("done with rejects")
-    for text in ("maintenance: ingest gallery-s3-b000: finish", "started 20", "ended 20", "files_accepted", "2 rejected files", "broken.png.json", "scan: done", "finish: done", "(queue maintenance)"):
+    for text in ("maintenance: ingest gallery-s3-b000: finish", "started 20", "ended 20", "files accepted", "took ", "2 rejected files", "broken.png.json", "scan: done", "finish: done", "(queue maintenance)"):
         await user.should_see(text)
     await user.open("/runs?kind=ingest")
     await user.should_see(batch_id)
@@ -303,3 +303,107 @@ async def test_pages_end_quietly_while_the_app_stops(user) -> None:
     finally:
         run.reset()
     assert await in_thread(len, "abc") == 3 and await in_thread(dict.get, {}, "x") is None
+
+
+def _two_holders_failed(cfg) -> None:
+    """Files put, then both disks holding one shard failed: that shard has no readable replica,
+    so a replicate run ends with errors (a real report, not a made-up one)."""
+    from fsd.disks import DiskState
+    from fsd.store import Store
+    from tests.conftest import make_files
+
+    with Store.open(cfg) as store:
+        store.put_many(make_files(Path(cfg.source).parent / "in", 30))
+    with Store.open(cfg) as store:
+        pair = next(sorted(store.records[u].label for u in m.replicas) for m in store.index.iter_shards()
+                    if len(m.replicas) == 2)
+        for label in pair:
+            store.set_disk_state(label, DiskState.FAILED, "I/O error during read (test)")
+
+
+@pytest.mark.expect_log(r"shard \w+ has no readable replica to copy from", level="WARNING")
+async def test_a_run_whose_report_has_errors_is_not_green_and_a_done_run_offers_no_cancel(user, gui_home: Path) -> None:
+    """W3-R: a replicate whose report says errors 1 was a green "done" with raw keys
+    (`intent_was_applied_before False`, `quarantine None`) and Retry/Cancel; now it is "done
+    with errors", its report labelled figures with its duration, and it offers neither."""
+    from gui.context import ctx
+
+    cfg = ctx().cfg
+    _two_holders_failed(cfg)
+    job_id = launch.launch_maintenance(cfg, "replicate", {}, "otto")
+    await run.io_bound(_work, gui_home)
+    await _refreshed()
+    await sign_in(user, "otto")
+    await user.open(f"/runs/replicate/{job_id}")
+    await user.should_see(kind=ui.badge, content="done with errors")
+    await user.should_see("copied shards")  # a label, not the key copied_shards
+    await user.should_not_see("copied_shards")
+    await user.should_see(marker="run-took")
+    await user.should_not_see(marker="run-cancel")
+    await user.should_not_see(marker="run-retry")
+    runs = [r for r in ctx().cache.snapshot.runs if r.id == job_id]
+    assert [r.status for r in runs] == ["done with errors"] and runs[0].seconds is not None, runs
+    await user.open("/runs?status=done%20with%20errors")
+    await user.should_see(job_id)
+
+
+async def test_a_done_run_offers_no_retry_or_cancel_and_shows_its_duration(user, gui_home: Path) -> None:
+    """W3-R: a run that ended well offers no Cancel (nothing waits or runs) and no Retry."""
+    from gui.context import ctx
+
+    job_id = launch.launch_maintenance(ctx().cfg, "replicate", {}, "otto")
+    await run.io_bound(_work, gui_home)
+    await _refreshed()
+    await sign_in(user, "otto")
+    await user.open(f"/runs/replicate/{job_id}")
+    await user.should_see(kind=ui.badge, content="done")
+    await user.should_see("took ")
+    await user.should_not_see(marker="run-cancel")
+    await user.should_not_see(marker="run-retry")
+
+
+async def test_a_maintenance_url_naming_another_job_says_so(user, gui_home: Path, redis_conn) -> None:
+    """W3-R: `/runs/replicate/<an id not starting with maint->` (another run's job) raised
+    StopIteration in jobs.launch.detail and the page hung; now one line says there is no such run."""
+    from gui.context import ctx
+
+    cfg = ctx().cfg
+    launch.launch_output(cfg, "export", "other1", "by_sha256", {"sources": ["gallery"]}, conn=redis_conn)
+    with pytest.raises(launch.LaunchError, match="no replicate run 'export-other1'"):
+        launch.detail(cfg, "replicate", "export-other1", redis_conn)
+    await sign_in(user, "otto")
+    await user.open("/runs/replicate/export-other1")
+    await user.should_see("no replicate run 'export-other1'")
+
+
+@pytest.mark.expect_log(r"shard \w+ has no readable replica to copy from", level="WARNING")
+def test_replicate_exit_4_is_documented_and_says_what_to_do(gui_home: Path) -> None:
+    """W3-R: `hoard replicate` exited 4 (not in the README's table for it) with only raw
+    WARNING lines; now 4 is the README's "shards remain below their target" and a line names
+    the next step."""
+    from fsd.base import config
+
+    cfg = config.load(gui_home)
+    _two_holders_failed(cfg)
+    env = {k: v for k, v in os.environ.items() if k != "HOARD_CONFIG"}
+    res = subprocess.run([sys.executable, "-m", "fsd", "--config", str(gui_home), "replicate"],
+                         capture_output=True, text=True, env=env, timeout=240)
+    assert res.returncode == 4, res.stdout + res.stderr
+    assert "could not be copied" in res.stderr and "`hoard health`" in res.stderr, res.stderr
+    assert "Traceback" not in res.stderr
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    row = next(line for line in readme.splitlines() if line.startswith("| 4 |"))
+    assert "`hoard replicate`" in row, row
+
+
+def test_a_report_reads_as_labelled_figures() -> None:
+    """W3-R: the report keys the run page showed raw (`intent_was_applied_before False`,
+    `quarantine None`) read as labels and words; sizes and times carry their units."""
+    from jobs import reports
+
+    shown = dict(reports.figures({"files_accepted": 120, "quarantine": None, "bytes_new": 3 << 20,
+                                  "database": {"intent_was_applied_before": False}, "seconds": 75.2,
+                                  "mib_s": 41.5, "rejected": [{"path": "a", "reason": "b"}]}))
+    assert shown == {"files accepted": "120", "bytes new": "3.0 MiB (3,145,728 bytes)",
+                     "database: intent was applied before": "no", "took": "1 min 15 s", "rate": "41.5 MiB/s"}
+    assert reports.errors({"errors": 1}) == 1 and reports.errors({"errors": []}) == 0 and reports.errors(None) == 0

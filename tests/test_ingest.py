@@ -363,7 +363,10 @@ def test_real_worker_process_and_cli(hoard_home: Path, pg, redis_conn) -> None:
     subprocess.run(hoard + ["worker", "--burst"], capture_output=True, text=True, check=True, timeout=300)
     shown = subprocess.run(hoard + ["ingest", "--status", batches[1].batch_id], capture_output=True, text=True)
     assert shown.returncode == 0, shown.stderr
-    assert "done" in shown.stdout and "package: 1 tar part(s)" in shown.stdout
+    assert "done" in shown.stdout and "package: parts: 1" in shown.stdout and "took: " in shown.stdout
+    # W3-R: labelled figures, not raw keys and values (`intent_was_applied_before False`, `quarantine None`)
+    assert "files accepted: " in shown.stdout and "None" not in shown.stdout, shown.stdout
+    assert not any("_" in line.split(":")[0] for line in shown.stdout.splitlines()[1:]), shown.stdout
     health = json.loads(subprocess.run(hoard + ["health", "--json"], capture_output=True, text=True).stdout)
     assert health["ingest"]["batches"] == {"done": 2}
 

@@ -96,6 +96,9 @@ def test_stage_gives_the_worker_input_and_an_empty_output(filled, tmp_path: Path
     assert worker.returncode == 0, worker.stderr
     res = _hoard(cfg, "stage", "--status", "ab-1")
     assert res.returncode == 0 and "stage ab-1: done" in res.stdout, res.stdout + res.stderr
+    # W3-R: the report as labelled figures with the run's duration, not keys
+    assert "  copied files: " in res.stdout and "  took: " in res.stdout and "  rate: " in res.stdout, res.stdout
+    assert not any("_" in line.split(":")[0] for line in res.stdout.splitlines()[1:]), res.stdout
     root = cfg.ssd.zone_path("3C") / "ab-1" / "by_sha256"
     assert sorted(_tree(root / "input").values()) == sorted(set(shas))
     assert (root / "output").is_dir() and not list((root / "output").iterdir())
@@ -588,3 +591,84 @@ def test_a_sealed_view_mode_export_keeps_a_file_hidden_after_it_was_sealed(fille
         assert _tree(out) == before, "the sealed export lost a file"
     status = _hoard(cfg, "export", "--status", "vh")
     assert status.returncode == 0 and "done" in status.stdout, status.stdout + status.stderr
+
+
+def _refusal_setup(cfg, tmp_path: Path, case: str) -> list[str]:
+    """The arguments (after the id) of a request refused before it starts, and what makes it so."""
+    if case == "zone full":
+        text = Path(cfg.source).read_text().replace("[ssd.zones.3D]\nquota_gb = 1", "[ssd.zones.3D]\nquota_gb = 0.0001")
+        Path(cfg.source).write_text(text)
+    if case == "database down":
+        lines = Path(cfg.source).read_text().splitlines()
+        Path(cfg.source).write_text("\n".join(
+            f"database_url = {json.dumps(f'postgresql://nobody@/nodb?host={tmp_path}/nopg')}"
+            if ln.startswith("database_url = ") else ln for ln in lines) + "\n")
+    sel = {"empty selection": {"sources": ["nosuchsource"]}}.get(case, {})
+    return ["--layout", "by_label" if case == "missing label" else "by_batch", "--selector", _selector(tmp_path, sel),
+            *(["--mode", "view"] if case == "view without mount" else [])]
+
+
+REFUSALS = pytest.mark.parametrize("case, code, message", [
+    ("missing label", 5, "layout by_label needs it"),
+    ("view without mount", 2, "--mode view needs the mount"),
+    ("empty selection", 5, "the selection is empty"),
+    ("zone full", 6, "zone 3D"),
+    ("database down", 3, "cannot reach the database"),
+])
+
+
+@REFUSALS
+def test_a_refused_request_keeps_no_id_reservation_or_problem(filled, tmp_path: Path, case, code, message) -> None:
+    """W3-R: a stage/export refused before it copies (--here) is not a failed output: no state,
+    no reservation, no health line, one line with the README's code, and the id takes another
+    request."""
+    from jobs import outputs
+
+    cfg, _ = filled
+    saved = Path(cfg.source).read_text()
+    args = _refusal_setup(cfg, tmp_path, case)
+    res = _hoard(cfg, "export", "refusedx", *args, "--here")
+    assert res.returncode == code, res.stdout + res.stderr
+    assert message in res.stderr, res.stderr
+    for bad in ("Traceback", "OperationalError", "resumes it", "zones clean refusedx"):
+        assert bad not in res.stderr, res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1, res.stderr
+    Path(cfg.source).write_text(saved)
+    assert not (outputs.state_dir(cfg) / "refusedx.json").exists()
+    assert outputs.problems(cfg) == []
+    assert _zones(cfg)["3D"]["reserved_bytes"] == 0
+    assert not (cfg.ssd.zone_path("3D") / ".tmp" / "refusedx").exists()
+    health = _hoard(cfg, "health")
+    assert "refusedx" not in health.stdout + health.stderr
+    # the id is free for another request, without `hoard zones clean`
+    res = _hoard(cfg, "export", "refusedx", "--layout", "flat", "--selector", _selector(tmp_path, {}), "--here")
+    assert res.returncode == 0, res.stderr
+
+
+@REFUSALS
+def test_a_workers_refusal_says_why_and_holds_nothing(filled, tmp_path: Path, case, code, message) -> None:
+    """W3-R: refused in the worker (the GUI's launches): `--status` says `refused` and why with
+    the README's code, no health problem, the id takes another request."""
+    from jobs import outputs
+
+    cfg, _ = filled
+    saved = Path(cfg.source).read_text()
+    args = _refusal_setup(cfg, tmp_path, case)
+    from fsd.base import config as config_mod
+
+    spec = outputs.make_spec("export", "refusedw", args[1], json.loads(Path(args[3]).read_text()),
+                             mode="view" if "view" in args else "copy")
+    outputs.submit(cfg, spec)
+    with pytest.raises(outputs.HoardError) as e:
+        outputs.run_job(str(cfg.source), "refusedw")  # what `hoard worker` runs
+    assert e.value.exit_code == code and message in e.value.message
+    Path(cfg.source).write_text(saved)
+    cfg = config_mod.load(cfg.source)
+    st = _hoard(cfg, "export", "--status", "refusedw")
+    assert st.returncode == code, st.stdout + st.stderr
+    assert "refusedw: refused" in st.stdout and message in st.stdout, st.stdout
+    assert "OperationalError" not in st.stdout and "resumes it" not in st.stdout
+    assert outputs.problems(cfg) == []
+    assert _zones(cfg)["3D"]["reserved_bytes"] == 0
+    res = _hoard(cfg, "export", "refusedw", "--layout", "flat", "--selector", _selector(tmp_path, {}), "--here")
+    assert res.returncode == 0, res.stderr

@@ -271,3 +271,15 @@ def database(cfg: Settings, skip: bool = False, needed_for: str | None = None):
         return
     with conn:
         yield conn
+
+
+def print_figures(report: dict[str, Any], seconds: float | None = None, indent: str = "  ") -> None:
+    """A run's report as labelled figures, one a line (`--status` of ingest, stage, export:
+    what the GUI's run page shows), never as markup: its values come from outside."""
+    # deferred: jobs (rq, redis) loads only in the commands that show runs
+    from jobs import reports
+
+    if seconds is not None and "seconds" not in report:
+        out.print(f"{indent}took: {reports.duration(seconds)}", markup=False)
+    for label, value in reports.figures(report):
+        out.print(f"{indent}{label}: {value}", markup=False)

@@ -13,7 +13,7 @@ import typer
 from rich.markup import escape
 
 from fsd.base.errors import ExitCode, HoardError
-from fsd.cli._common import err, out, progress, state
+from fsd.cli._common import err, out, print_figures, progress, state
 
 
 def ingest(
@@ -164,33 +164,25 @@ def _show(st, as_json: bool, here: bool = False) -> None:
     if as_json:
         out.print(json.dumps(asdict(st), default=str), markup=False)  # one line per batch
         return
+    from jobs.reports import duration  # deferred: hoard starts without jobs (rq, redis)
+
     r = st.report
     color = {"done": "green", "done with rejects": "yellow", "failed": "red"}.get(st.status, "cyan")
-    out.print(f"[bold]{st.batch_id}[/] ({st.source}): [{color}]{st.status}[/]"
+    out.print(f"[bold]{escape(st.batch_id)}[/] ({escape(st.source)}): [{color}]{st.status}[/]"
               + (f" at step {st.step}" if not st.finished else ""))
     if st.deleted:
         out.print(f"  deleted: {st.deleted} (`hoard delete --batch`); what follows is its ingest's history")
     if st.error:
-        out.print(f"  error: {st.error}")
-        out.print(f"  next:  fix the cause, then `hoard ingest --resume {st.batch_id}" + (" --here`" if here else "`"))
-    if "files_accepted" in r:
-        out.print(f"  files: {r['files_accepted']} accepted, {len(r.get('rejected', []))} rejected; "
-                  f"{r.get('records', 0)} metadata records")
-    if "stored_new" in r:
-        out.print(f"  store: {r['stored_new']} new, {r['stored_existing']} already present "
-                  f"({r['bytes_new'] / 1e6:.1f} MB new of {r['bytes_total'] / 1e6:.1f} MB)")
-    if "metadata_rows" in r:
-        db = r.get("database", {})
-        out.print(f"  database: {r['nodes']} nodes ({db.get('nodes_new', 0)} new), {r['metadata_rows']} metadata "
-                  f"rows, {r['edges']} edges, {r['virtual_assets']} virtual assets"
-                  + (f"; schema proposal {r['schema_proposal']} (`hoard db proposals`)" if r.get("schema_proposal") else ""))
-    if "package" in r:
-        p = r["package"]
-        out.print(f"  package: {p['parts']} tar part(s), {p['bytes'] / 1e6:.1f} MB in {p['path']}")
+        out.print(f"  error: {st.error}", markup=False)
+        out.print(f"  next:  fix the cause, then `hoard ingest --resume {st.batch_id}" + (" --here`" if here else "`"),
+                  markup=False)
+    print_figures(r, sum(st.seconds.values()) if st.seconds else None)
     if st.seconds:
-        out.print("  time: " + ", ".join(f"{k} {v:.2f} s" for k, v in st.seconds.items()))
+        out.print("  steps: " + ", ".join(f"{k} {duration(v)}" for k, v in st.seconds.items()), markup=False)
+    if "rejected" in r:
+        out.print(f"  rejected files: {len(r['rejected'])}")
     for rej in r.get("rejected", [])[:20]:
-        out.print(f"  [yellow]rejected[/] {rej['path'] or '-'}: {rej['reason']}")
+        out.print(f"  rejected {rej['path'] or '-'}: {rej['reason']}", markup=False)
     if len(r.get("rejected", [])) > 20:
         where = f"{r['quarantine']}/_REASONS.txt" if r.get("quarantine") else "`--json`"
-        out.print(f"  … {len(r['rejected']) - 20} more in {where}")
+        out.print(f"  … {len(r['rejected']) - 20} more in {where}", markup=False)

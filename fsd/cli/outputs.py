@@ -11,7 +11,7 @@ import typer
 from rich.markup import escape
 
 from fsd.base.errors import ExitCode, HoardError
-from fsd.cli._common import err, out, progress, read_input, state
+from fsd.cli._common import err, out, print_figures, progress, read_input, state
 
 LAYOUT_HELP = "by_sha256 | by_batch | by_label | flat, or a layout .toml file (docs/layouts.md)"
 
@@ -70,6 +70,8 @@ def _command(ctx: typer.Context, kind: str, output_id: str | None, layout: str |
         if st is None or st.spec.get("kind") != kind:
             raise HoardError(f"no {kind} {status!r} was requested here", ExitCode.USAGE)
         shown = _show(cfg, st, as_json)
+        if shown == "refused":
+            raise typer.Exit(st.exit_code or ExitCode.USAGE)
         if shown in ("failed", "interrupted", "gone"):
             raise typer.Exit(ExitCode.DATA)
         return
@@ -110,6 +112,9 @@ def _command(ctx: typer.Context, kind: str, output_id: str | None, layout: str |
             raise HoardError(f"{kind} {output_id} still {shown} after {timeout:.0f} s; "
                              f"`hoard {kind} --status {output_id}`", ExitCode.UNAVAILABLE)
         time.sleep(0.5)
+    if shown == "refused":
+        raise HoardError(f"{kind} {output_id} refused, nothing written or reserved: {why}",
+                         ExitCode(st.exit_code or ExitCode.USAGE))
     if shown != "done":
         raise HoardError(f"{kind} {output_id} {shown}: {why}" + ("; the same command resumes it"
                                                                  if shown == "failed" else ""), ExitCode.DATA)
@@ -165,7 +170,7 @@ def _show(cfg, st, as_json: bool) -> str:
         return shown
     out.print(f"{st.spec['kind']} {st.id}: {shown}" + (f" — {why}" if why else ""), markup=False)
     if st.report and shown == "done":
-        _report(st.report, False)
+        print_figures(st.report, st.report.get("seconds"))
     return shown
 
 

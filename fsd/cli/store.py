@@ -231,7 +231,10 @@ def replicate(
     watch: Annotated[bool, typer.Option(help="keep running, checking every 30 s")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="each round's report as JSON")] = False,
 ) -> None:
-    """Copy shards below their replica target (copy_of_raw / copy_of_generated)."""
+    """Copy shards below their replica target (copy_of_raw / copy_of_generated).
+
+    Exit 0: every shard is at its target; 4: some remain below it — each reason on stderr
+    (no room, no readable replica, the budget ran out) with its next step."""
     # deferred: hoard starts without the store's modules
     from fsd.replicate import replicate_once
 
@@ -247,8 +250,14 @@ def replicate(
         if rep.no_room and not as_json:
             err.print(f"no room: {rep.no_room_detail}; add a disk (`hoard disks add`) or free space (`hoard gc`)",
                       markup=False)
+        if rep.errors and not as_json:
+            err.print(f"{rep.errors} shard(s) could not be copied (the warnings above name them): `hoard health` "
+                      "lists shards without a readable replica, `hoard verify --repair` mends bad ones", markup=False)
         if not watch:
-            if rep.remaining_shards:
+            if rep.remaining_shards:  # README: exit 4, below target (attention, or another run)
+                if not as_json and rep.remaining_shards > rep.errors + rep.no_room:
+                    err.print(f"{rep.remaining_shards - rep.errors - rep.no_room} shard(s) left for the next run "
+                              "(the --budget-s ran out): run `hoard replicate` again", markup=False)
                 raise typer.Exit(ExitCode.DEGRADED)
             return
         time.sleep(30)
