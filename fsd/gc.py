@@ -61,6 +61,8 @@ class GcReport:
     objects_dropped: int = 0
     replicas_deleted: int = 0
     bytes_freed: int = 0
+    bytes_written: int = 0  # the new shards' replica files (live data × its copies)
+    stale_cleared: int = 0  # chunk maps and extensions of objects not in the store
     seconds: float = 0.0
     plan: list[dict] = field(default_factory=list)
 
@@ -137,6 +139,8 @@ def _gc(store: Store, threshold: float, dry_run: bool, roots: Roots | None, wait
     t0 = time.monotonic()
     rep = GcReport()
     rep.replicas_deleted, rep.bytes_freed = _finish_retired(store)  # a crashed run's step 4
+    if not dry_run:
+        rep.stale_cleared = _clear_stale(store)
     tombstoned = store.index.marked(store.index.deleted)
     wanted = referenced(store, tombstoned, roots)
     if wanted and not dry_run:
@@ -178,6 +182,22 @@ def _gc(store: Store, threshold: float, dry_run: bool, roots: Roots | None, wait
     store.compact_marks()  # the drops above end the history of these objects' marks
     rep.seconds = time.monotonic() - t0
     return rep
+
+
+def _clear_stale(store: Store) -> int:
+    """Drop chunk maps and extensions of objects the store does not hold (a `hoard put` that
+    failed or was killed between recording an object's chunk map and storing it). They only
+    describe bytes, are in no marks log, and an object stored later learns its map again on
+    its first read (Store.chunk_map); the marks (deleted, hidden, root) are left to check."""
+    idx = store.index
+    cleared = 0
+    with idx.env.begin(write=True) as txn:
+        for db in (idx.chunks, idx.exts):
+            stale = [bytes(k) for k, _ in txn.cursor(db=db) if txn.get(bytes(k), db=idx.objects) is None]
+            for sha in stale:
+                txn.delete(sha, db=db)
+            cleared += len(stale)
+    return cleared
 
 
 # -- 1. reserve ------------------------------------------------------------------------------
