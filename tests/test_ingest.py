@@ -347,7 +347,7 @@ def test_a_sparse_file_beyond_3b_is_refused_at_scan(hoard_home: Path, pg, redis_
     st = ingest_all(cfg, redis_conn, [zone3a / batch.batch_id], "gallery")[0]
     assert st.status == "done with rejects", (st.step, st.error)
     reason = _reasons(cfg, batch.batch_id)["huge.png"]
-    assert reason.startswith("200 MB (sparse: 0 kB on disk) is more than zone 3B can ever hold"), reason
+    assert reason.startswith("200.0 MiB (sparse: 0 B on disk) is more than zone 3B can ever hold"), reason
     assert "\n" not in reason and st.report["files_accepted"] == len(batch.items) + 1  # + huge.png.json
 
 

@@ -26,6 +26,7 @@ import psycopg
 from adapters.synth import Spec, generate
 from fsd.base.config import Settings
 from fsd.base.errors import ExitCode, HoardError
+from fsd.base.units import fmt_bytes
 from fsd.cli._common import err, out
 from fsd.replicate import replicate_once
 from fsd.store import Store
@@ -49,7 +50,7 @@ def run_demo(cfg: Settings) -> None:
     out.print(f"[bold]1. services[/]  PostgreSQL {report['database']['server_version']}, "
               f"Redis {report['redis']['redis_version']}")
     out.print("[bold]2. disks[/]     " + ", ".join(
-        f"{d['label']} {d.get('total_bytes', 0) / 1024**3:.1f} GB" for d in report["disks"]))
+        f"{d['label']} {fmt_bytes(d.get('total_bytes'))}" for d in report["disks"]))
     batches = _sample_batches(cfg)
     states = _ingest(cfg, batches)
     _read_back(cfg, batches)
@@ -106,7 +107,7 @@ def _sample_batches(cfg: Settings) -> list:
     _forget_old_leftovers(zone3a, names)
     files = sum(len(b.items) for b in batches)
     size = sum(i.size for b in batches for i in b.items)
-    out.print(f"[bold]3. sample[/]    {len(batches)} scraped batches, {files} files, {size / 1e6:.1f} MB"
+    out.print(f"[bold]3. sample[/]    {len(batches)} scraped batches, {files} files, {fmt_bytes(size)}"
               + (" (ingested by an earlier run)" if len(done) == len(names) else f", dropped in {zone3a}"))
     return batches
 
@@ -173,7 +174,7 @@ def _read_back(cfg: Settings, batches: list) -> None:
 
         plan, stats = store.read_batch(shas, check, check_large)
         labels = {u: d.label for u, d in store.disks.items()}
-        per_disk = ", ".join(f"{labels[u]} {b / 1e6:.1f} MB" for u, b in plan.bytes_per_disk.items())
+        per_disk = ", ".join(f"{labels[u]} {fmt_bytes(b)}" for u, b in plan.bytes_per_disk.items())
         out.print(f"[bold]6. read back[/] {good}/{len(shas)} objects of the batch manifests verified by sha256 in "
                   f"{stats.seconds:.2f} s with the batch planner ({per_disk})")
         if good != len(shas):
@@ -194,7 +195,7 @@ def _stage_and_export(cfg: Settings, batches: list):
         path = cfg.ssd.zone_path(spec.zone) / oid / layout
         done.append(path / "input" if kind == "stage" else path)
         out.print(f"[bold]{8 if kind == 'stage' else 9}. {kind}[/]{' ' * (9 - len(kind))}{rep['files']} files, "
-                  f"{rep['bytes'] / 1e6:.1f} MB sealed in {cfg.ssd.zone_path(spec.zone) / oid}"
+                  f"{fmt_bytes(rep['bytes'])} sealed in {cfg.ssd.zone_path(spec.zone) / oid}"
                   + (f" at {rep['mib_s']} MiB/s" if "mib_s" in rep else ""))
     return done
 
@@ -214,7 +215,7 @@ def _first_backup(cfg: Settings) -> None:
     if not checked.ok:
         raise HoardError(f"the demo's database dump {made.backup_id} failed its restore-verify: {checked.detail}; "
                          "see `hoard health`", ExitCode.DATA)
-    out.print(f"[bold]10. backup[/]   dump {made.backup_id} of the database ({made.size / 1e6:.1f} MB) stored and "
+    out.print(f"[bold]10. backup[/]   dump {made.backup_id} of the database ({fmt_bytes(made.size)}) stored and "
               f"copied to 3B, verified by a restore ({checked.detail}); nightly: hoard-backup.timer (systemd/)")
 
 
@@ -227,7 +228,7 @@ def _describe(cfg: Settings, batches: list) -> None:
             "SELECT r.name, count(*) FROM edge JOIN relationship_type r USING (rel_id) GROUP BY r.name").fetchall())
         shared = conn.execute(
             "SELECT count(*) FROM (SELECT node_id FROM batch_member GROUP BY node_id HAVING count(*) > 1) x").fetchone()[0]
-    out.print(f"[bold]7. database[/]  selector: {len(images)} images ({images.total_bytes / 1e6:.1f} MB), "
-              f"{len(videos)} videos ({videos.total_bytes / 1e6:.1f} MB); {shared} files appear in more than "
+    out.print(f"[bold]7. database[/]  selector: {len(images)} images ({fmt_bytes(images.total_bytes)}), "
+              f"{len(videos)} videos ({fmt_bytes(videos.total_bytes)}); {shared} files appear in more than "
               "one batch (stored once)")
     out.print("               edges: " + ", ".join(f"{n} {k}" for k, n in sorted(counts.items())))

@@ -13,6 +13,7 @@ import typer
 from rich.markup import escape
 
 from fsd.base.errors import ExitCode, HoardError
+from fsd.base.units import fmt_bytes
 from fsd.cli._common import err, out, progress, state
 
 
@@ -176,7 +177,7 @@ def _show(st, as_json: bool, here: bool = False) -> None:
                   f"{r.get('records', 0)} metadata records")
     if "stored_new" in r:
         out.print(f"  store: {r['stored_new']} new, {r['stored_existing']} already present "
-                  f"({r['bytes_new'] / 1e6:.1f} MB new of {r['bytes_total'] / 1e6:.1f} MB)")
+                  f"({fmt_bytes(r['bytes_new'])} new of {fmt_bytes(r['bytes_total'])})")
     if "metadata_rows" in r:
         db = r.get("database", {})
         out.print(f"  database: {r['nodes']} nodes ({db.get('nodes_new', 0)} new), {r['metadata_rows']} metadata "
@@ -184,7 +185,7 @@ def _show(st, as_json: bool, here: bool = False) -> None:
                   + (f"; schema proposal {r['schema_proposal']} (`hoard db proposals`)" if r.get("schema_proposal") else ""))
     if "package" in r:
         p = r["package"]
-        out.print(f"  package: {p['parts']} tar part(s), {p['bytes'] / 1e6:.1f} MB in {p['path']}")
+        out.print(f"  package: {p['parts']} tar part(s), {fmt_bytes(p['bytes'])} in {p['path']}")
     if st.seconds:
         out.print("  time: " + ", ".join(f"{k} {v:.2f} s" for k, v in st.seconds.items()))
     for rej in r.get("rejected", [])[:20]:
