@@ -10,7 +10,7 @@ from pathlib import Path
 
 import psycopg
 
-from adapters.synth import Spec, generate
+from adapters.synth import Spec
 from fsd.base import config
 from fsd.store import Store
 from sql.apply import apply_write_intent
@@ -18,7 +18,7 @@ from sql.backup import dump_backup, verify_dump
 from sql.migrate import available, migrate
 from tests.conftest import dir_disks_config, make_files, use_schema
 from tests.test_cli import hoard
-from tests.test_ingest import ingest_all, ingest_home
+from tests.test_ingest import ingest_sample
 
 
 def test_dump_store_and_verify(tmp_path: Path, pg, servers) -> None:
@@ -95,12 +95,9 @@ def test_verify_backup_after_a_deleted_batch_was_collected(hoard_home: Path, pg,
     """Issue #33: `hoard delete --batch X --yes; hoard gc; hoard db backup; hoard db verify-backup`
     said "FAILED — 29 of 200 sampled nodes are not in the store": the sample took deleted nodes
     whose bytes gc freed by design. Only nodes whose bytes the store must hold are sampled."""
-    cfg = ingest_home(hoard_home, pg)
-    zone3a = cfg.ssd.zone_path("3A")
-    batches = generate(zone3a, Spec(seed=43, batches=2, items_per_batch=20, large_max_mb=1, ready_signal=True,
-                                    sources=("gallery",)))
-    states = ingest_all(cfg, redis_conn, [zone3a / b.batch_id for b in batches])
-    assert [s.status for s in states] == ["done", "done"], [(s.status, s.error) for s in states]
+    cfg, batches = ingest_sample(hoard_home, pg, redis_conn, Spec(seed=43, batches=2, items_per_batch=20,
+                                                                  large_max_mb=1, ready_signal=True,
+                                                                  sources=("gallery",)))
     cli = ("--config", str(cfg.source))
     assert hoard(*cli, "delete", "--batch", batches[1].batch_id, "--yes").returncode == 0
     assert hoard(*cli, "gc", "--threshold", "1.0").returncode == 0

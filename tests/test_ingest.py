@@ -46,6 +46,16 @@ def ingest_home(home: Path, pg: psycopg.Connection, batch_size_gb: float | None 
     return cfg
 
 
+def ingest_sample(home: Path, pg: psycopg.Connection, redis_conn, spec: Spec) -> tuple[config.Settings, list]:
+    """A home (ingest_home) with `spec`'s synthetic batches dropped in 3A and ingested, each done."""
+    cfg = ingest_home(home, pg)
+    zone3a = cfg.ssd.zone_path("3A")
+    batches = generate(zone3a, spec)
+    states = ingest_all(cfg, redis_conn, [zone3a / b.batch_id for b in batches])
+    assert [s.status for s in states] == ["done"] * len(batches), [(s.status, s.error) for s in states]
+    return cfg, batches
+
+
 def work(redis_conn) -> None:
     SimpleWorker([rq_queue(q, redis_conn) for q in QUEUES], connection=redis_conn, serializer=SERIALIZER).work(burst=True)
 
