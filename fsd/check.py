@@ -51,6 +51,10 @@ SHOW = 20
 T = TypeVar("T")
 #: a shard file's name without its suffix: the shard id in lowercase hex
 _SHARD_NAME = re.compile(r"(?:[0-9a-f]{2})+")
+#: the next step of a stale entry: a chunk map or extension only describes bytes
+_GC = "`hoard gc` clears it"
+#: a mark (in the disks' marks logs too) of an object the index lost: a rebuild finds it again
+_REBUILD = "`hoard index rebuild` finds the object again if a disk holds it"
 
 
 @dataclass
@@ -129,13 +133,14 @@ def _read_moment(store: Store, rep: CheckReport) -> _Moment:
             if meta.sealed and loc.offset + loc.length > meta.size:
                 rep.add("out of bounds", f"object {sha.hex()} ends at {loc.offset + loc.length}, beyond its shard "
                                          f"{meta.hex} ({meta.size} bytes)")
-        for name, db in (("hidden", idx.hidden), ("deleted", idx.deleted), ("root", idx.rooted),  # 5
-                         ("chunk map", idx.chunks), ("extension", idx.exts)):
+        for name, db, fix in (("hidden", idx.hidden, _REBUILD), ("deleted", idx.deleted, _REBUILD),  # 5
+                              ("root", idx.rooted, _REBUILD), ("chunk map", idx.chunks, _GC),
+                              ("extension", idx.exts, _GC)):
             if db is None:  # a table an old index opened read-only does not have yet
                 continue
             for k, _ in txn.cursor(db=db):
                 if bytes(k) not in objects:
-                    rep.add("stale mark", f"{name} entry for {bytes(k).hex()}, which is not in the store")
+                    rep.add("stale mark", f"{name} entry for {bytes(k).hex()}, which is not in the store: {fix}")
     return _Moment(shards, retired, used, objects, pointing, named)
 
 

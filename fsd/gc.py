@@ -33,11 +33,12 @@ from dataclasses import dataclass, field
 
 from fsd import shardfmt as fmt
 from fsd.base.errors import ExitCode, HoardError
+from fsd.base.units import fmt_bytes
 from fsd.disks import DiskGone
 from fsd.index import ObjectLoc, ShardMeta
 from fsd.layout import pinned
 from fsd.manifest import references
-from fsd.placement import Need, human, simulate, space_report
+from fsd.placement import Need, simulate, space_report
 from fsd.records import STREAM_THRESHOLD
 from fsd.replicate import _replicate
 from fsd.store import Store
@@ -61,6 +62,8 @@ class GcReport:
     objects_dropped: int = 0
     replicas_deleted: int = 0
     bytes_freed: int = 0
+    bytes_written: int = 0  # the new shards' replica files (live data × its copies)
+    stale_cleared: int = 0  # chunk maps and extensions of objects not in the store
     seconds: float = 0.0
     plan: list[dict] = field(default_factory=list)
 
@@ -137,6 +140,8 @@ def _gc(store: Store, threshold: float, dry_run: bool, roots: Roots | None, wait
     t0 = time.monotonic()
     rep = GcReport()
     rep.replicas_deleted, rep.bytes_freed = _finish_retired(store)  # a crashed run's step 4
+    if not dry_run:
+        rep.stale_cleared = _clear_stale(store)
     tombstoned = store.index.marked(store.index.deleted)
     wanted = referenced(store, tombstoned, roots)
     if wanted and not dry_run:
@@ -158,11 +163,12 @@ def _gc(store: Store, threshold: float, dry_run: bool, roots: Roots | None, wait
         reservation = _reserve(store, klass, sum(live for _, live, _ in items))
         try:
             total = sum(live for _, live, _ in todo)
-            moved = _copy_live(store, klass, items, dead,
+            moved, written = _copy_live(store, klass, items, dead,
                                (lambda n, base=rep.live_bytes_copied: progress(base + n, total)) if progress else None)
         finally:
             reservation.release()
         rep.live_bytes_copied += sum(live for _, live, _ in items)
+        rep.bytes_written += written
         with store.exclusive("gc swap", wait_s=max(wait_s, 60)):
             # who references what is decided again now, with every writer stopped: objects
             # stored again, pinned or named by a new manifest since the plan are kept
@@ -180,6 +186,22 @@ def _gc(store: Store, threshold: float, dry_run: bool, roots: Roots | None, wait
     return rep
 
 
+def _clear_stale(store: Store) -> int:
+    """Drop chunk maps and extensions of objects the store does not hold (a `hoard put` that
+    failed or was killed between recording an object's chunk map and storing it). They only
+    describe bytes, are in no marks log, and an object stored later learns its map again on
+    its first read (Store.chunk_map); the marks (deleted, hidden, root) are left to check."""
+    idx = store.index
+    cleared = 0
+    with idx.env.begin(write=True) as txn:
+        for db in (idx.chunks, idx.exts):
+            stale = [bytes(k) for k, _ in txn.cursor(db=db) if txn.get(bytes(k), db=idx.objects) is None]
+            for sha in stale:
+                txn.delete(sha, db=db)
+            cleared += len(stale)
+    return cleared
+
+
 # -- 1. reserve ------------------------------------------------------------------------------
 
 def _reserve(store: Store, klass: str, live: int) -> Reservation:
@@ -192,7 +214,7 @@ def _reserve(store: Store, klass: str, live: int) -> Reservation:
     cands = store.candidates()
     taken, unplaced = simulate(cands, needs, slack)
     if unplaced:
-        raise GcNoSpace(f"gc needs room for {human(live * target)} of copies before it can free anything: "
+        raise GcNoSpace(f"gc needs room for {fmt_bytes(live * target)} of copies before it can free anything: "
                         f"{space_report(cands, unplaced, slack)}; raise --threshold less (fewer shards), add a "
                         "disk, or delete more first — nothing was changed")
     res = Reservation(store)
@@ -201,7 +223,7 @@ def _reserve(store: Store, klass: str, live: int) -> Reservation:
             res.add(store.disks[u], nbytes)
     except OSError as e:
         res.release()
-        raise GcNoSpace(f"gc could not reserve {human(live * target)} ({e.strerror}); free space first") from None
+        raise GcNoSpace(f"gc could not reserve {fmt_bytes(live * target)} ({e.strerror}); free space first") from None
     return res
 
 
@@ -265,8 +287,9 @@ def _stopped_by_a_failing_disk(writer: ShardWriter):
 
 
 def _copy_live(store: Store, klass: str, items, dead: set[bytes],
-               progress: Callable[[int], None] | None = None) -> dict[bytes, ObjectLoc]:
-    """Append every live record of the candidates to new shards; return sha → new location."""
+               progress: Callable[[int], None] | None = None) -> tuple[dict[bytes, ObjectLoc], int]:
+    """Append every live record of the candidates to new shards; return sha → new location,
+    and the bytes of the new shards' replica files (each shard's size × its copies)."""
     writer = ShardWriter(store, klass)
     writer.log_written = True
     moved: dict[bytes, ObjectLoc] = {}
@@ -307,7 +330,8 @@ def _copy_live(store: Store, klass: str, items, dead: set[bytes],
     else:
         raise HoardError(f"gc: {len(short)} new shards stay below {store.target(klass)} replicas; nothing was "
                          "deleted — see `hoard health`", ExitCode.UNAVAILABLE)
-    return moved
+    metas = [m for s in new_shards if (m := store.index.get_shard(s)) is not None]
+    return moved, sum(m.size * len(m.replicas) for m in metas)
 
 
 # -- 3. swap ---------------------------------------------------------------------------------

@@ -7,9 +7,9 @@ import os
 from typing import Any
 
 from fsd import zones
-from fsd.zones import size as zone_size  # (`zones` is a parameter name below)
 from fsd.base.config import Settings
 from fsd.base.errors import HoardError
+from fsd.base.units import fmt_bytes
 from fsd.disks import IDENTITY
 from fsd.index import has_index
 from fsd.scrub import oldest_unverified_by_disk
@@ -167,13 +167,13 @@ def _space_problems(cfg: Settings, disks: list[dict[str, Any]]) -> list[str]:
         if free >= shard:
             roomy += 1
         if free < 2 * shard or (total and free < 0.02 * total):
-            out.append(f"disk {d['label']}: {free / GB:.2f} GB free of {total / GB:.2f} GB — it "
+            out.append(f"disk {d['label']}: {fmt_bytes(free)} free of {fmt_bytes(total)} — it "
                        f"{'takes no new shard' if free < shard else 'is nearly full'}; free space "
                        "(`hoard delete` + `hoard gc`) or add a disk (`hoard disks add`)")
     if roomy < cfg.store.copy_of_raw:
         what = ("new writes are refused" if roomy < cfg.store.write_ack
                 else f"new raw shards cannot reach copy_of_raw = {cfg.store.copy_of_raw}")
-        out.append(f"store: only {roomy} disks have room for a new shard ({shard >> 20} MB): {what}; add a disk "
+        out.append(f"store: only {roomy} disks have room for a new shard ({fmt_bytes(shard)}): {what}; add a disk "
                    "or free space")
     return out
 
@@ -197,7 +197,7 @@ def store_problems(cfg: Settings, store: dict[str, Any], disks: list[dict[str, A
                             "are not repaired yet; run `hoard replicate` (it re-copies them from good replicas)")
         lag = store["replication"]
         if lag["shards_below_target"]:
-            problems.append(f"store: {lag['shards_below_target']} shards ({lag['bytes_below_target'] / GB:.2f} GB) are "
+            problems.append(f"store: {lag['shards_below_target']} shards ({fmt_bytes(lag['bytes_below_target'])}) are "
                             "below their replica target (copy_of_raw / copy_of_generated); run `hoard replicate` "
                             "(the replicator timer does it on a schedule)")
         problems += _space_problems(cfg, disks)
@@ -220,8 +220,8 @@ def store_problems(cfg: Settings, store: dict[str, Any], disks: list[dict[str, A
                                if sealed else f"free space in {s['path']}"))
         if s.get("fs_short"):
             room = max(0, s["quota_bytes"] - s["used_bytes"] - s["reserved_bytes"])
-            problems.append(f"zone {z}: the file system holding {s['path']} has {zone_size(s['fs_free_bytes'])} "
-                            f"free, though the zone's quota promises {zone_size(room)} more: new work there is "
+            problems.append(f"zone {z}: the file system holding {s['path']} has {fmt_bytes(s['fs_free_bytes'])} "
+                            f"free, though the zone's quota promises {fmt_bytes(room)} more: new work there is "
                             "refused or fails; free space on that file system (the other zones and anything outside "
                             f"hoardfs share it) or lower ssd.zones.{z}.quota_gb")
         if s.get("error"):

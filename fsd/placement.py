@@ -13,6 +13,7 @@ import random
 from dataclasses import dataclass
 
 from fsd.base.errors import ExitCode, HoardError
+from fsd.base.units import fmt_bytes
 
 
 @dataclass(frozen=True)
@@ -37,7 +38,7 @@ def choose(cands: list[Candidate], n: int, need_bytes: int, rng: random.Random |
     eligible = [c for c in cands if c.usable and c.uuid not in exclude and c.free_bytes >= need_bytes]
     if len(eligible) < n:
         raise NoSpace(
-            f"need {n} disks with {human(need_bytes)} free for a new shard, only {len(eligible)} can take it: "
+            f"need {n} disks with {fmt_bytes(need_bytes)} free for a new shard, only {len(eligible)} can take it: "
             + ", ".join(_describe(c, need_bytes, exclude, why_excluded) for c in cands)
             + "; add a disk (`hoard disks add`), free space (`hoard gc`) or lower store.write_ack"
         )
@@ -50,17 +51,12 @@ def choose(cands: list[Candidate], n: int, need_bytes: int, rng: random.Random |
     return chosen
 
 
-def human(n: int) -> str:
-    """Bytes as MB or GB (decimal), for messages."""
-    return f"{n / 1e9:.2f} GB" if n >= 1e9 else f"{n / 1e6:.1f} MB"
-
-
 def _describe(c: Candidate, need: int, exclude: set[str], why_excluded: str) -> str:
     if not c.usable:
         return f"{c.label} {c.why_not or 'unusable'}"
     if c.uuid in exclude:
         return f"{c.label} {why_excluded}"
-    return f"{c.label} {human(c.free_bytes)} free" + (" (too little)" if c.free_bytes < need else "")
+    return f"{c.label} {fmt_bytes(c.free_bytes)} free" + (" (too little)" if c.free_bytes < need else "")
 
 
 @dataclass(frozen=True)
@@ -95,8 +91,8 @@ def simulate(cands: list[Candidate], needs: list[Need], slack: int = 0) -> tuple
 def space_report(cands: list[Candidate], unplaced: list[Need], slack: int = 0) -> str:
     """One line: what does not fit, and every disk's room."""
     first = unplaced[0]
-    disks = ", ".join(f"{c.label} {human(max(0, c.free_bytes - slack))}" if c.usable else f"{c.label} {c.why_not}"
+    disks = ", ".join(f"{c.label} {fmt_bytes(max(0, c.free_bytes - slack))}" if c.usable else f"{c.label} {c.why_not}"
                       for c in cands)
     return (f"{len(unplaced)} shards cannot get their copies on distinct disks (e.g. {first.what or 'a shard'}: "
-            f"{first.copies} × {human(first.size)}); room per disk{f' after {human(slack)} slack' if slack else ''}: "
+            f"{first.copies} × {fmt_bytes(first.size)}); room per disk{f' after {fmt_bytes(slack)} slack' if slack else ''}: "
             f"{disks}")

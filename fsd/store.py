@@ -30,6 +30,7 @@ from fsd.base.errors import ExitCode, HoardError
 from fsd.base.files import atomic_write, fsync_dir, size_or_zero
 from fsd.base.modes import FILE
 from fsd.base.paths import file_ext
+from fsd.base.units import fmt_bytes
 from fsd.disks import (IDENTITY, IDENTITY_COPY, DiskGone, DiskRecord, DiskState, LocalDisk, keep_identity_copy,
                         probe, read_identity, write_identity)
 from fsd.index import MARKS_NS, Index, ShardMeta, has_index, index_error, open_existing
@@ -687,7 +688,7 @@ class Store:
         sha = sha_bytes(sha256_hex)
         loc = self.index.lookup(sha)
         if loc is not None and loc.length > GET_MAX:
-            raise HoardError(f"object {sha256_hex} is {loc.length / 1e9:.2f} GB, too large to read into memory: "
+            raise HoardError(f"object {sha256_hex} is {fmt_bytes(loc.length)}, too large to read into memory: "
                              f"`hoard get {sha256_hex} -o FILE` streams it (Store.iter_object)", ExitCode.USAGE)
         return self.from_replicas(sha, lambda disk, meta, loc: self._read_record(
             disk, meta.hex, loc.offset, loc.length, sha), avoid)

@@ -49,6 +49,7 @@ from fsd.base.errors import ExitCode, HoardError
 from fsd.base.files import atomic_write, flocked, fsync_dir
 from fsd.base.paths import NAME_PATTERN
 from fsd.base.proc import pid_alive
+from fsd.base.units import fmt_bytes
 
 log = logging.getLogger(__name__)
 
@@ -311,18 +312,13 @@ def _reclaim(cfg: Settings, zone: str, rs: list[Reservation]) -> list[Reservatio
             _drop(cfg, zone, r.id)
             log.warning("zone %s: reclaimed the stale reservation of %s for %s (%s): its process is gone; "
                         "what it wrote stays until `hoard zones clean %s`", zone, r.describe(), r.id,
-                        size(r.bytes), r.id)
+                        fmt_bytes(r.bytes), r.id)
         else:
             live.append(r)
     return live
 
 
 # -- usage --------------------------------------------------------------------------------
-
-def size(n: int) -> str:
-    """Bytes as people read quotas (quota_gb is GiB)."""
-    return f"{n / GiB:.2f} GB" if n >= GiB else f"{n / MiB:.0f} MB" if n >= MiB else f"{n / 1024:.0f} kB"
-
 
 def level(cfg: Settings, ratio: float) -> str:
     th = cfg.ssd.thresholds
@@ -540,10 +536,10 @@ def _check_fs(cfg: Settings, zone: str, output_id: str, job: str, need: int, nex
     reserved, zones_ = pending_on_fs(cfg, zone, output_id)
     if need + reserved <= free:
         return
-    held = (f" besides {size(reserved)} that running jobs reserved there (zone {', '.join(zones_)}) and have "
+    held = (f" besides {fmt_bytes(reserved)} that running jobs reserved there (zone {', '.join(zones_)}) and have "
             "not written yet" if reserved else "")
-    raise ZoneFull(f"zone {zone}: the file system holding {zpath} has {size(free)} free and {job} needs "
-                   f"{size(need)}{held}, though the zone's quota has room; free space on that file system (the "
+    raise ZoneFull(f"zone {zone}: the file system holding {zpath} has {fmt_bytes(free)} free and {job} needs "
+                   f"{fmt_bytes(need)}{held}, though the zone's quota has room; free space on that file system (the "
                    f"other zones and anything outside hoardfs share it) or lower ssd.zones.{zone}.quota_gb to what "
                    f"it can hold" + (f"; then {next_step}" if next_step else ""))
 
@@ -575,18 +571,18 @@ def refusal(cfg: Settings, zone: str, job: str, need: int, used: int, reserved: 
     could go and what then."""
     q, th = quota(cfg, zone), cfg.ssd.thresholds
     pct = (used + reserved) / q
-    held = f" + {size(reserved)} reserved by {len(rs)} running job{'s' if len(rs) != 1 else ''}" if rs else ""
-    full = f"it is {pct:.0%} full ({size(used)} on disk{held}, of its {size(q)} quota)"
+    held = f" + {fmt_bytes(reserved)} reserved by {len(rs)} running job{'s' if len(rs) != 1 else ''}" if rs else ""
+    full = f"it is {pct:.0%} full ({fmt_bytes(used)} on disk{held}, of its {fmt_bytes(q)} quota)"
     if limit == "emergency" or (used + reserved) >= th.emergency * q:
         head = (f"zone {zone} is past its emergency threshold ({th.emergency:.0%}): only jobs already holding "
-                f"a reservation may finish, and {job} needs {size(need)} more; {full}")
+                f"a reservation may finish, and {job} needs {fmt_bytes(need)} more; {full}")
     else:
         room = max(0, int(th.deny * q) - used - reserved)
-        head = (f"zone {zone} has room for {size(room)} below its deny threshold ({th.deny:.0%}) and {job} "
-                f"needs {size(need)}; {full}")
+        head = (f"zone {zone} has room for {fmt_bytes(room)} below its deny threshold ({th.deny:.0%}) and {job} "
+                f"needs {fmt_bytes(need)}; {full}")
     sealed = [o for o in outputs(cfg, zone, rs) if o["state"] == "sealed"][:3]
     if sealed:
-        what = ("Biggest sealed outputs: " + ", ".join(f"{o['id']} ({size(o['bytes'])})" for o in sealed)
+        what = ("Biggest sealed outputs: " + ", ".join(f"{o['id']} ({fmt_bytes(o['bytes'])})" for o in sealed)
                 + " — `hoard zones clean ID` removes one (copy away first what must be kept)")
     else:
         what = (f"Nothing in it is a sealed output `hoard zones clean` could remove; free space in "

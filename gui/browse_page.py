@@ -16,10 +16,11 @@ from nicegui import app, ui
 
 from fsd import thumbs
 from fsd.base.errors import HoardError
+from fsd.base.units import fmt_bytes
 from gui import charts, text
 from gui.auth import require
 from gui.context import AppStopping, ctx, in_thread, page, stopping
-from gui.frame import db_down, frame, gb, page_number
+from gui.frame import db_down, frame, page_number
 from gui.state import STORE_LOCK
 from gui.text import shown
 from jobs import ingest
@@ -194,7 +195,7 @@ def register() -> None:
                     if n["is_virtual"]:
                         text.label(f"virtual {n['virtual_kind']}: {n['description']}")
                     else:
-                        ui.label(f"{n['file_type'] or 'unknown type'} ({n['kind'] or '-'}), {gb(n['size'])} "
+                        ui.label(f"{n['file_type'] or 'unknown type'} ({n['kind'] or '-'}), {fmt_bytes(n['size'])} "
                                  f"({n['size']:,} bytes)" + (", deleted (type A)" if n["is_deleted"] else ""))
                         ui.label("flagged low quality (in_black_list): selectors leave it out"
                                  if n["in_black_list"] else "not flagged").mark("node-flag-state")

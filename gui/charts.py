@@ -14,11 +14,11 @@ TOOLTIP = {"trigger": "axis", "renderMode": "richText"}
 
 
 def disk_usage(disks: list[dict[str, Any]]) -> dict[str, Any]:
-    """Used and free GB per disk, stacked."""
+    """Used and free GiB per disk, stacked."""
     labels = [d["label"] for d in disks]
     used = [round((d.get("used_bytes") or 0) / GIB, 3) for d in disks]
     free = [round((d.get("free_bytes") or 0) / GIB, 3) for d in disks]
-    return {"title": {"text": "disks (GB)", "textStyle": {"fontSize": 14}},
+    return {"title": {"text": "disks (GiB)", "textStyle": {"fontSize": 14}},
             "tooltip": {**TOOLTIP}, "legend": {"data": ["used", "free"], "right": 0, "top": 0},
             "grid": {"left": 60, "right": 20, "top": 40, "bottom": 30},
             "xAxis": {"type": "value"}, "yAxis": {"type": "category", "data": labels},
@@ -63,13 +63,13 @@ def _series_by_name(points: list[Any], kind: str) -> dict[str, list[Any]]:
 
 
 def disk_history(points: list[Any]) -> dict[str, Any]:
-    """Used GB per disk over time (`jobs.usage.history`); a bucket in which the disk could not
+    """Used GiB per disk over time (`jobs.usage.history`); a bucket in which the disk could not
     be read has no value, so its line breaks there instead of falling to zero."""
     series = [{"name": name, "type": "line", "showSymbol": False,
                "data": [[p.at.isoformat(), None if p.used_bytes is None else round(p.used_bytes / GIB, 3)]
                         for p in pts]}
               for name, pts in sorted(_series_by_name(points, "disk").items())]
-    return {"title": {"text": "disk usage over time (GB used)", "textStyle": {"fontSize": 14}},
+    return {"title": {"text": "disk usage over time (GiB used)", "textStyle": {"fontSize": 14}},
             "tooltip": {**TOOLTIP}, "legend": {"data": [s["name"] for s in series], "right": 0, "top": 0},
             "grid": {"left": 60, "right": 20, "top": 40, "bottom": 30},
             "xAxis": {"type": "time"}, "yAxis": {"type": "value"}, "series": series}

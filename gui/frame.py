@@ -10,6 +10,7 @@ from typing import Any
 from nicegui import ui
 
 from fsd.base.errors import first_line
+from fsd.base.units import fmt_bytes
 from gui.auth import SignedIn, current_user
 from gui.context import ctx
 from gui.text import shown
@@ -62,32 +63,22 @@ def frame(title: str) -> Iterator[SignedIn]:
         yield user
 
 
-def gb(n: int | None) -> str:
-    """Bytes in the units of hoard.toml and `hoard health` (binary: a GB is a GiB), scaled to read."""
-    if n is None:
-        return "-"
-    for unit, size in (("TB", 1024**4), ("GB", 1024**3), ("MB", 1024**2), ("KB", 1024)):
-        if n >= size:
-            return f"{n / size:.2f} {unit}"
-    return f"{n} B"
-
-
 def db_down(e: Exception) -> None:
     """The line a page shows where its database read failed."""
     ui.label(f"the database does not answer: {first_line(e)}").classes("text-negative")
 
 
 def progress_text(p: dict[str, Any]) -> str:
-    """A job's published figures (`jobs.progress`) in one line: `1.20 GB of 3.40 GB (35%),
-    80.10 MB/s, about 28 s left`, or how it ended."""
+    """A job's published figures (`jobs.progress`) in one line: `1.20 GiB of 3.40 GiB (35%),
+    80.1 MiB/s, about 28 s left`, or how it ended."""
     counted = p.get("unit", "bytes") != "bytes"
 
     def amount(n: float | None) -> str:
-        return "?" if n is None else f"{n:,.0f} {p['unit']}" if counted else gb(int(n))
+        return "?" if n is None else f"{n:,.0f} {p['unit']}" if counted else fmt_bytes(int(n))
 
     done, total, rate = p.get("done", 0), p.get("total"), p.get("rate") or 0
     text = amount(done) + (f" of {amount(total)} ({min(1.0, done / total):.0%})" if total else "")
-    text += f", {rate:.1f}/s" if counted else f", {gb(int(rate))}/s"
+    text += f", {rate:.1f}/s" if counted else f", {fmt_bytes(int(rate))}/s"
     if p.get("state") == "running" and p.get("eta_s") is not None:
         text += f", about {p['eta_s']:.0f} s left"
     elif p.get("state") in ("done", "failed"):

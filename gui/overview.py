@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from nicegui import ui
 
+from fsd.base.units import fmt_bytes
 from gui import text
 from gui.context import ctx, page, snapshot
-from gui.frame import age, frame, gb, live
+from gui.frame import age, frame, live
 
 
 def _body() -> None:
@@ -16,7 +17,7 @@ def _body() -> None:
     with ui.row().classes("w-full"):
         for label, value in (
                 ("objects", f"{store.get('objects', '-'):,}" if store.get("ok") else "store not readable"),
-                ("stored", gb(sum(d.get("used_bytes") or 0 for d in h["disks"]))),
+                ("stored", fmt_bytes(sum(d.get("used_bytes") or 0 for d in h["disks"]))),
                 ("disks", f"{sum(d.get('state') == 'active' for d in h['disks'])} of {len(h['disks'])} active"),
                 ("jobs running", str(sum(c.get("started", 0) for c in snap.jobs.values()))),
                 ("jobs queued", str(sum(c.get("queued", 0) for c in snap.jobs.values()))),

@@ -7,8 +7,9 @@ from __future__ import annotations
 import psycopg
 from nicegui import ui
 
+from fsd.base.units import fmt_bytes
 from gui.context import ctx, in_thread, page, snapshot
-from gui.frame import db_down, frame, gb
+from gui.frame import db_down, frame
 from sql import browse
 
 
@@ -42,7 +43,7 @@ def register() -> None:
             runs = {(r.kind, r.id): r for r in snap.runs if r.kind in ("stage", "export")}
             for zone, title in (("3C", "Stages (zone 3C, worker scratch)"), ("3D", "Dataset exports (zone 3D)")):
                 z = snap.health["zones"].get(zone, {})
-                ui.label(f"{title}: {z.get('used_ratio', 0):.0%} of {gb(z.get('quota_bytes'))}").classes(
+                ui.label(f"{title}: {z.get('used_ratio', 0):.0%} of {fmt_bytes(z.get('quota_bytes'))}").classes(
                     "text-h6 q-mt-md")
                 outs = z.get("outputs", [])
                 if not outs:
@@ -56,7 +57,7 @@ def register() -> None:
                         r = runs.get((kind, o["id"]))
                         ui.label(o["id"])
                         ui.label(o["state"])
-                        ui.label(gb(o["bytes"]))
+                        ui.label(fmt_bytes(o["bytes"]))
                         ui.label(o.get("sealed") or f"{o.get('age_s', 0) / 3600:.1f} h")
                         if r:
                             ui.link(r.status, f"/runs/{kind}/{o['id']}")

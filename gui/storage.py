@@ -12,9 +12,10 @@ from typing import Any
 from nicegui import ui
 
 from fsd.base.errors import HoardError
+from fsd.base.units import fmt_bytes
 from gui import charts, text
 from gui.context import ctx, in_thread, page, snapshot
-from gui.frame import age, frame, gb, live, progress_text
+from gui.frame import age, frame, live, progress_text
 from jobs import usage
 
 #: how far back the usage history charts look
@@ -46,7 +47,7 @@ def _gone(d: dict[str, Any]) -> None:
     seen = d.get("seen")
     ui.label(f"last seen {age(time.time() - seen)} ({time.strftime('%Y-%m-%d %H:%M', time.localtime(seen))})"
              if seen else "last seen: not recorded").classes("text-caption").mark("disk-seen")
-    ui.label(f"held {d.get('replicas', 0):,} replicas, {gb(d.get('replica_bytes', 0))} (by the index)").classes(
+    ui.label(f"held {d.get('replicas', 0):,} replicas, {fmt_bytes(d.get('replica_bytes', 0))} (by the index)").classes(
         "text-caption").mark("disk-held")
     if d.get("only_here"):
         ui.label(f"{d['only_here']:,} shards have no other readable replica").classes("text-negative text-caption")
@@ -64,7 +65,7 @@ def _disk_card(d: dict[str, Any], errors: list[dict[str, Any]], verified: dict[s
             ui.badge(state, color=STATE_COLOR.get(state, "grey"))
         if total is not None:  # a disk that is not there has no size to show
             _bar(used / total if total else 0)
-            ui.label(f"{gb(used)} used of {gb(total)}, {gb(d.get('free_bytes'))} free").classes("text-caption")
+            ui.label(f"{fmt_bytes(used)} used of {fmt_bytes(total)}, {fmt_bytes(d.get('free_bytes'))} free").classes("text-caption")
         if state in ("missing", "failed"):
             _gone(d)
         elif d.get("next_step"):  # draining
@@ -99,7 +100,7 @@ def _body() -> None:
     if store.get("ok"):
         lag = store["replication"]
         ui.label(f"{store['objects']:,} objects; replication lag: {lag['shards_below_target']} shards "
-                 f"({gb(lag['bytes_below_target'])}) below their replica target; "
+                 f"({fmt_bytes(lag['bytes_below_target'])}) below their replica target; "
                  f"{len(lag['at_risk'])} shards at risk; {store.get('pending_repairs', 0)} replicas waiting for repair")
         ui.label(f"scrub: the least recently verified shard was checked {age(store.get('oldest_unverified_s'))}")
         for e in errors[:10]:
@@ -130,8 +131,8 @@ def _body() -> None:
                     ui.space()
                     ui.badge(s.get("level", "?"), color="positive" if s.get("level") == "ok" else "negative")
                 _bar(s.get("used_ratio", 0), marks)
-                ui.label(f"{s.get('used_ratio', 0):.0%}: {gb(s.get('used_bytes'))} used + "
-                         f"{gb(s.get('reserved_bytes'))} reserved of {gb(s.get('quota_bytes'))}").classes("text-caption")
+                ui.label(f"{s.get('used_ratio', 0):.0%}: {fmt_bytes(s.get('used_bytes'))} used + "
+                         f"{fmt_bytes(s.get('reserved_bytes'))} reserved of {fmt_bytes(s.get('quota_bytes'))}").classes("text-caption")
                 outs = s.get("outputs", [])
                 if outs:
                     ui.label(", ".join(f"{sum(o['state'] == k for o in outs)} {k}" for k in
@@ -145,7 +146,7 @@ def _body() -> None:
             ui.label("database: never backed up — run `hoard db backup`").classes("text-negative")
         for kind, b in sorted(kinds.items()):
             ok = {True: "restore-checked", False: "FAILED its restore check", None: "not checked"}[b.get("verified")]
-            ui.label(f"database ({kind}): {age(b['age_s'])}, {gb(b.get('size_bytes'))}, {ok}")
+            ui.label(f"database ({kind}): {age(b['age_s'])}, {fmt_bytes(b.get('size_bytes'))}, {ok}")
     else:
         ui.label(f"database: {db.get('error')}").classes("text-negative")
     if snap.index_copies:

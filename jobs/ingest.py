@@ -55,6 +55,7 @@ from fsd.base.config import Settings
 from fsd.base.errors import ExitCode, HoardError
 from fsd.base.files import atomic_write, flocked, fsync_dir
 from fsd.base.paths import NAME_PATTERN
+from fsd.base.units import fmt_bytes
 from fsd import zones
 from fsd.manifest import naming_lock
 from fsd.replicate import replicate_once
@@ -619,9 +620,9 @@ def _beyond_3b(cfg: Settings, root: Path, files: dict[str, int]) -> dict[str, st
             on_disk = os.lstat(root / rel).st_blocks * 512
         except OSError:
             on_disk = size
-        sparse = f" (sparse: {zones.size(on_disk)} on disk)" if on_disk < size // 2 else ""
-        out[rel] = (f"{zones.size(size)}{sparse} is more than zone 3B can ever hold for the batch's package "
-                    f"({zones.size(limit)}: ssd.zones.3B.quota_gb at the deny threshold); if the file is real, "
+        sparse = f" (sparse: {fmt_bytes(on_disk)} on disk)" if on_disk < size // 2 else ""
+        out[rel] = (f"{fmt_bytes(size)}{sparse} is more than zone 3B can ever hold for the batch's package "
+                    f"({fmt_bytes(limit)}: ssd.zones.3B.quota_gb at the deny threshold); if the file is real, "
                     "raise the quota and drop it in a new batch")
     return out
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from fsd.base.units import fmt_bytes
+
 #: keys shown on their own (the rejected files, each with its reason) or not at all
 NOT_FIGURES = frozenset({"rejected", "already_done"})
 
@@ -28,16 +30,6 @@ def duration(seconds: float | None) -> str:
     if s < 3600:
         return f"{int(s // 60)} min {int(s % 60):02d} s"
     return f"{int(s // 3600)} h {int(s % 3600 // 60):02d} min"
-
-
-def size(n: float) -> str:
-    """Bytes in binary units (KiB, MiB, GiB, TiB), as capacities are stated everywhere."""
-    value, unit = float(n), "B"
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(value) < 1024 or unit == "TiB":
-            break
-        value /= 1024
-    return f"{int(value)} B" if unit == "B" else f"{value:.1f} {unit}"
 
 
 #: keys whose words would mislead
@@ -60,7 +52,7 @@ def _value(key: str, v: Any) -> str | None:
         if key == "seconds" or key.endswith(("_seconds", "_s")) and not key.endswith("mib_s"):
             return duration(v)
         if key == "bytes" or key.endswith(("_bytes", "bytes_")) or key.startswith("bytes_"):
-            return f"{size(v)} ({int(v):,} bytes)"
+            return f"{fmt_bytes(v)} ({int(v):,} bytes)"
         if key.endswith("mib_s"):
             return f"{v} MiB/s"
         return f"{v:,}" if isinstance(v, int) else f"{v:g}"

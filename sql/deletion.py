@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 
 import psycopg
+from psycopg import sql as pgsql
 
 from fsd.base.errors import ExitCode, HoardError
 from sql.apply import VERSION_COLUMNS
@@ -90,3 +91,15 @@ def referenced(conn: psycopg.Connection, shas: set[bytes], chunk: int = 10_000) 
             "UNION SELECT sha256 FROM backup_log WHERE sha256 = ANY(%(s)s)", {"s": part})
         out.update(bytes(r[0]) for r in rows)
     return out
+
+
+def sample_held(conn: psycopg.Connection, schema: str, n: int) -> list[bytes]:
+    """Up to n random physical nodes whose bytes the store must hold — what a backup's verify
+    looks up: a node deleted that no batch holds is left out, since gc frees its bytes by
+    design (the same rule as `referenced`)."""
+    s = pgsql.Identifier(schema)
+    return [bytes(r[0]) for r in conn.execute(pgsql.SQL(
+        "SELECT n.sha256 FROM {s}.node n LEFT JOIN {s}.physical_content pc USING (node_id) WHERE n.is_physical "
+        "AND (pc.node_id IS NULL OR NOT pc.is_deleted "
+        "OR EXISTS (SELECT 1 FROM {s}.batch_member bm WHERE bm.node_id = n.node_id)) "
+        "ORDER BY random() LIMIT %s").format(s=s), [n]).fetchall()]

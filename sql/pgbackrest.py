@@ -33,7 +33,7 @@ from psycopg import sql
 from fsd.base.errors import ExitCode, HoardError
 from fsd.base.files import atomic_write
 from fsd.base.modes import passage
-from sql.backup import VerifyResult, _counts
+from sql.backup import VerifyResult, _counts, sampled_not_in_store
 from sql.cluster import SERVER_USER, PrivateCluster, _reachable_by, give_to_server, run_as_server
 
 STANZA = "hoard"
@@ -275,12 +275,7 @@ def _check_restored(url: str, schema: str, counts: dict, store, sample: int) -> 
                 sql.Identifier(parent), cond)).fetchone()[0]
             if orphans:
                 problems.append(f"foreign key {con}: {orphans} rows of {child} without their {parent}")
-        shas = [bytes(r[0]) for r in sc.execute(sql.SQL(
-            "SELECT sha256 FROM {}.node WHERE is_physical ORDER BY random() LIMIT %s").format(sql.Identifier(schema)),
-            [sample]).fetchall()]
-    missing = [s.hex() for s in shas if store.index.lookup(s) is None]
-    if missing:
-        problems.append(f"{len(missing)} of {len(shas)} sampled nodes are not in the store, e.g. {missing[0]}")
+        problems += sampled_not_in_store(sc, schema, store, sample)
     return problems
 
 

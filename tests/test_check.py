@@ -313,3 +313,40 @@ def test_orphans_are_set_aside_never_lost(tmp_path: Path) -> None:
         _unlock(store.lock_path(live.stem), lock)
     finally:
         store.close()
+
+
+def test_a_put_that_filled_the_disks_leaves_nothing_check_cannot_clear(tmp_path: Path) -> None:
+    """Issue #33: `hoard put` of large files hits disks full (exit 6), `hoard delete --object`
+    of what it stored, `hoard gc` → `hoard check` exit 5 "chunk map entry for <sha>, which is
+    not in the store … 1 stale mark" with no next step. Now gc clears stale chunk maps, check
+    names the command, and following its advice makes check exit 0."""
+    cfg = dir_disks_config(tmp_path, 2, cap=0.04, shard_size_mb=1)  # 2 × 40 MB, two copies of raw
+    Store.open(config.load(cfg), init=True).close()
+    src = tmp_path / "in"
+    src.mkdir()
+    for i in range(6):  # 6 × 9 MB streamed objects (each with a chunk map): the disks fill on the 4th or 5th
+        (src / f"f{i}.bin").write_bytes(os.urandom(9 << 20))
+    put = _cli(cfg, "put", "--json", *sorted(map(str, src.iterdir())))
+    assert put.returncode == 6, put.stdout + put.stderr
+    stored = [json.loads(line)["sha256"] for line in put.stdout.splitlines()]
+    assert stored and len(stored) < 6
+    rel = _cli(cfg, "delete", *[a for sha in stored for a in ("--object", sha)])
+    assert rel.returncode == 0, rel.stderr
+    assert _cli(cfg, "gc", "--no-database", "--threshold", "1.0").returncode == 0
+    checked = _cli(cfg, "check")
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    # a stale chunk map made otherwise (a put killed between its map and its record): check
+    # names `hoard gc`, and after it check is clean
+    with Store.open(config.load(cfg)) as store:
+        store.index.put_chunks(b"\x42" * 32, b"\x00" * 16)
+    stale = _cli(cfg, "check")
+    assert stale.returncode == 5 and "chunk map entry for 4242" in stale.stdout + stale.stderr
+    advice = stale.stdout + stale.stderr
+    assert "`hoard gc`" in advice, advice
+    assert _cli(cfg, "gc", "--no-database").returncode == 0
+    assert _cli(cfg, "check").returncode == 0
+
+
+def _cli(cfg: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "fsd", "--config", str(cfg), *args], capture_output=True,
+                          text=True, timeout=300, cwd=Path(__file__).resolve().parent.parent)

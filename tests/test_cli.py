@@ -160,6 +160,12 @@ def test_demo_end_to_end(hoard_home: Path, pg) -> None:
     for kind, zone, oid in (("stage", "3C", "demo-ytdlp-s7-b000"), ("export", "3D", "demo-images")):
         assert any(ln.startswith(f"{'8' if kind == 'stage' else '9'}. {kind}") for ln in first.stdout.splitlines())
         seal.check_sealed(hoard_home / "ssd" / zone / oid, verify=True)
+    # issue #33: the demo said 3A was emptied and left `_derived` and truth.json there, and
+    # `hoard health` exited 4 right after it (no backup yet): it takes its first backup
+    assert sorted(p.name for p in (hoard_home / "ssd" / "3A").iterdir()) == []
+    assert any(ln.startswith("10. backup") and "verified" in ln for ln in first.stdout.splitlines()), first.stdout
+    health = hoard("--config", cfg, "health")
+    assert health.returncode == 0, health.stdout + health.stderr
     second = hoard("--config", cfg, "demo")
     assert second.returncode == 0 and "ingested by an earlier run" in second.stdout
     assert "0 shard copies made" in second.stdout

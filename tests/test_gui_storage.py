@@ -25,7 +25,7 @@ async def _refresh() -> None:
 async def test_storage_page_shows_disks_zones_and_backups(user) -> None:
     await sign_in(user, "vera")
     await user.open("/storage")
-    for text in ("hdd1", "hdd4", "active", "used of 4.00 GB", "replication lag: 0 shards",
+    for text in ("hdd1", "hdd4", "active", "used of 4.00 GiB", "replication lag: 0 shards",
                  "zone 3A", "zone 3D", "80% warn, 90% deny, 95% emergency",
                  "database: never backed up", "index: no copy on any disk", "no sealed shard here yet"):
         await user.should_see(text)
@@ -86,7 +86,7 @@ async def test_a_missing_and_a_failed_disk_card(user, gui_home: Path, tmp_path: 
     from fsd.base import config
     from fsd.disks import DiskState
     from fsd.store import Store
-    from gui.frame import gb
+    from fsd.base.units import fmt_bytes
     from gui.state import STORE_LOCK
     from tests.conftest import make_files
 
@@ -106,7 +106,7 @@ async def test_a_missing_and_a_failed_disk_card(user, gui_home: Path, tmp_path: 
     await sign_in(user, "vera")
     await user.open("/storage")
     card = await _card_text(user, missing, "next:")
-    for text in ("missing", "last seen", " s ago (", f"held {held[missing][0]:,} replicas, {gb(held[missing][1])}",
+    for text in ("missing", "last seen", " s ago (", f"held {held[missing][0]:,} replicas, {fmt_bytes(held[missing][1])}",
                  f"mount it again at {gone}", f"hoard disks replace {missing} NEW", f"hoard disks forget {missing}"):
         assert text in card, (text, card)
     assert "used of" not in card and "no other readable replica" not in card, card  # its replicas have copies
@@ -117,7 +117,7 @@ async def test_a_missing_and_a_failed_disk_card(user, gui_home: Path, tmp_path: 
     await _refresh()
     await user.open("/storage")
     card = await _card_text(user, failed, "next:")
-    for text in ("failed", "last seen", "used of", f"held {held[failed][0]:,} replicas, {gb(held[failed][1])}",
+    for text in ("failed", "last seen", "used of", f"held {held[failed][0]:,} replicas, {fmt_bytes(held[failed][1])}",
                  f"hoard disks replace {failed} NEW", f"hoard disks activate {failed}"):
         assert text in card, (text, card)
     assert "next:" not in await _card_text(user, missing, "active")  # back in service

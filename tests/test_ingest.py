@@ -46,6 +46,16 @@ def ingest_home(home: Path, pg: psycopg.Connection, batch_size_gb: float | None 
     return cfg
 
 
+def ingest_sample(home: Path, pg: psycopg.Connection, redis_conn, spec: Spec) -> tuple[config.Settings, list]:
+    """A home (ingest_home) with `spec`'s synthetic batches dropped in 3A and ingested, each done."""
+    cfg = ingest_home(home, pg)
+    zone3a = cfg.ssd.zone_path("3A")
+    batches = generate(zone3a, spec)
+    states = ingest_all(cfg, redis_conn, [zone3a / b.batch_id for b in batches])
+    assert [s.status for s in states] == ["done"] * len(batches), [(s.status, s.error) for s in states]
+    return cfg, batches
+
+
 def work(redis_conn) -> None:
     SimpleWorker([rq_queue(q, redis_conn) for q in QUEUES], connection=redis_conn, serializer=SERIALIZER).work(burst=True)
 
@@ -347,7 +357,7 @@ def test_a_sparse_file_beyond_3b_is_refused_at_scan(hoard_home: Path, pg, redis_
     st = ingest_all(cfg, redis_conn, [zone3a / batch.batch_id], "gallery")[0]
     assert st.status == "done with rejects", (st.step, st.error)
     reason = _reasons(cfg, batch.batch_id)["huge.png"]
-    assert reason.startswith("200 MB (sparse: 0 kB on disk) is more than zone 3B can ever hold"), reason
+    assert reason.startswith("200.0 MiB (sparse: 0 B on disk) is more than zone 3B can ever hold"), reason
     assert "\n" not in reason and st.report["files_accepted"] == len(batch.items) + 1  # + huge.png.json
 
 

@@ -18,7 +18,7 @@ import pytest
 from adapters.synth import Spec, generate
 from fsd import seal
 from tests.terminal import as_foreground
-from tests.test_ingest import ingest_all, ingest_home
+from tests.test_ingest import ingest_all, ingest_home, ingest_sample
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -26,13 +26,8 @@ REPO = Path(__file__).resolve().parent.parent
 @pytest.fixture
 def filled(hoard_home: Path, pg, redis_conn):
     """Two gallery batches ingested (real UA_1): ~60 physical nodes with metadata."""
-    cfg = ingest_home(hoard_home, pg)
-    zone3a = cfg.ssd.zone_path("3A")
-    batches = generate(zone3a, Spec(seed=41, batches=2, items_per_batch=25, large_max_mb=1, ready_signal=True,
-                                    sources=("gallery",)))
-    states = ingest_all(cfg, redis_conn, [zone3a / b.batch_id for b in batches])
-    assert [s.status for s in states] == ["done", "done"], [(s.status, s.error) for s in states]
-    return cfg, batches
+    return ingest_sample(hoard_home, pg, redis_conn, Spec(seed=41, batches=2, items_per_batch=25, large_max_mb=1,
+                                                          ready_signal=True, sources=("gallery",)))
 
 
 def _hoard(cfg, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:

@@ -57,7 +57,7 @@ def test_refusal_names_disks_and_free_space() -> None:
     with pytest.raises(NoSpace) as e:
         choose(cands, 2, 256 << 20)
     msg = e.value.message
-    assert "need 2 disks with 268.4 MB free" in msg
-    assert "hdd1 5.00 GB free" in msg and "hdd2 1.0 MB free (too little)" in msg
+    assert "need 2 disks with 256.0 MiB free" in msg
+    assert "hdd1 4.66 GiB free" in msg and "hdd2 977 KiB free (too little)" in msg
     assert "hdd3 missing (not mounted)" in msg
     assert e.value.exit_code == 6

@@ -230,11 +230,11 @@ def test_cli_shows_a_line_per_ten_percent_or_a_bar(hoard_home: Path) -> None:
     lines = [ln for ln in res.stderr.splitlines() if ln.startswith("replicating: ")]
     steps = [int(ln.split("(")[1].split("%")[0]) // 10 for ln in lines]
     assert len(lines) >= 3 and steps == sorted(set(steps)), res.stderr  # rising, one line per step
-    assert "of 50.3 MB" in lines[0] and "MB/s" in lines[0] and "s left" in lines[0], lines
-    assert lines[-1].startswith("replicating: 50.3 MB of 50.3 MB (100%") and lines[-1].endswith("finished)"), lines
+    assert "of 48.0 MiB" in lines[0] and "MiB/s" in lines[0] and "s left" in lines[0], lines
+    assert lines[-1].startswith("replicating: 48.0 MiB of 48.0 MiB (100%") and lines[-1].endswith("finished)"), lines
     _fill(cfg_path, seed=5)
     drawn = _tty_run(["--config", str(cfg_path), "replicate", "--rate-mb-s", str(RATE)])
-    assert "replicating" in drawn and "MB/s" in drawn and "━" in drawn, drawn[-1500:]
+    assert "replicating" in drawn and "MiB/s" in drawn and "━" in drawn, drawn[-1500:]
 
 
 def _texts(user, marker: str) -> list[str]:
@@ -277,10 +277,10 @@ async def test_run_page_and_storage_show_progress_while_it_runs(user, gui_home: 
         await working
         watcher.stop.set()
     assert still_running, "the job ended before the pages were read: make it slower"
-    assert any("bytes copied:" in t and " of 48.00 MB" in t and "s left" in t for t in on_run_page), on_run_page
-    assert any(" of 48.00 MB" in t and "s left" in t for t in on_storage), on_storage
+    assert any("bytes copied:" in t and " of 48.0 MiB" in t and "s left" in t for t in on_run_page), on_run_page
+    assert any(" of 48.0 MiB" in t and "s left" in t for t in on_storage), on_storage
     await user.open(f"/runs/replicate/{job_id}")
-    await user.should_see("bytes copied: 48.00 MB of 48.00 MB (100%)")
+    await user.should_see("bytes copied: 48.0 MiB of 48.0 MiB (100%)")
     await user.should_see("finished after")
 
 

@@ -157,7 +157,7 @@ def test_refuses_when_too_few_disks_can_take_a_shard(store_factory, tmp_path: Pa
     store = store_factory(n_disks=3, caps=(4, 0.0005, 0.0005))
     with pytest.raises(NoSpace) as e:
         store.put_many(make_files(tmp_path / "in", 3))
-    assert "need 2 disks" in e.value.message and "d1" in e.value.message and "d2 0.5 MB free" in e.value.message
+    assert "need 2 disks" in e.value.message and "d1" in e.value.message and "d2 524 KiB free" in e.value.message
     assert store.index.count_objects() == 0
 
 

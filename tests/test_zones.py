@@ -20,6 +20,7 @@ import pytest
 from fsd import seal, zones
 from fsd.base import config
 from fsd.base.errors import ExitCode
+from fsd.base.units import fmt_bytes
 
 REPO = Path(__file__).resolve().parent.parent
 MiB = 1 << 20
@@ -122,8 +123,8 @@ def test_deny_at_90_percent_names_zone_need_and_what_to_clean(tmp_path: Path) ->
     assert e.value.exit_code == ExitCode.NO_SPACE and "\n" not in msg
     pct = round(100 * (zones.zone_usage(cfg, "3D")["used_ratio"]))
     assert msg.startswith("zone 3D has room for ") and "below its deny threshold (90%)" in msg
-    assert "export:9 needs 3 MB" in msg and f"it is {pct}% full" in msg and "1 MB reserved by 1 running job" in msg
-    assert "Biggest sealed outputs: export-big (5 MB), export-small (1 MB)" in msg
+    assert "export:9 needs 3.0 MiB" in msg and f"it is {pct}% full" in msg and "1.0 MiB reserved by 1 running job" in msg
+    assert "Biggest sealed outputs: export-big (5.0 MiB), export-small (1.0 MiB)" in msg
     assert "`hoard zones clean ID`" in msg and "ssd.zones.3D.quota_gb" in msg
     assert msg.endswith("then `hoard export --resume 9`")
     assert not (cfg.ssd.root / "state" / "reservations" / "3D" / "export-new.json").exists()
@@ -227,7 +228,7 @@ def test_reservation_survives_kill9_and_is_reclaimed_as_stale(tmp_path: Path) ->
     zones.reserve(cfg, "3C", "stage-10", "stage:10", 5 * MiB)  # reclaims the stale one (the warning)
     assert [x.id for x in zones.reservations(cfg, "3C")] == ["stage-10"]
     res = hoard(cfg, "zones", "clean", "stage-9")
-    assert res.returncode == 0 and "removed incomplete output stage-9 (1 MB freed)" in res.stdout, res.stderr
+    assert res.returncode == 0 and "removed incomplete output stage-9 (1.0 MiB freed)" in res.stdout, res.stderr
     assert not (cfg.ssd.zone_path("3C") / ".tmp" / "stage-9").exists()
 
 
@@ -369,7 +370,7 @@ def test_cli_clean_sealed_and_unknown(tmp_path: Path) -> None:
     sealed_output(cfg, "3B", "pkg-1", 2 * MiB)
     before = zones.zone_usage(cfg, "3B")["used_bytes"]
     res = hoard(cfg, "zones", "clean", "pkg-1")
-    assert res.returncode == 0 and "zone 3B: removed sealed output pkg-1 (2 MB freed)" in res.stdout, res.stderr
+    assert res.returncode == 0 and "zone 3B: removed sealed output pkg-1 (2.0 MiB freed)" in res.stdout, res.stderr
     assert zones.zone_usage(cfg, "3B")["used_bytes"] <= before - 2 * MiB
     res = hoard(cfg, "zones", "clean", "pkg-1")
     assert res.returncode == ExitCode.DATA and res.stderr.count("\n") == 1
@@ -545,19 +546,19 @@ def test_a_zone_on_a_full_file_system_refuses_what_its_quota_would_admit(tmp_pat
             zones.reserve(cfg, "3C", "st-1", "stage:st-1", MiB, "run `hoard stage st-1` again")
         msg = e.value.message
         assert e.value.exit_code == ExitCode.NO_SPACE and "\n" not in msg
-        assert msg.startswith(f"zone 3C: the file system holding {z} has {zones.size(u['fs_free_bytes'])} free "
-                              "and stage:st-1 needs 1 MB"), msg
+        assert msg.startswith(f"zone 3C: the file system holding {z} has {fmt_bytes(u['fs_free_bytes'])} free "
+                              "and stage:st-1 needs 1.0 MiB"), msg
         assert msg.endswith("; then run `hoard stage st-1` again") and zones.reservations(cfg, "3C") == []
         zones.reserve(cfg, "3C", "st-2", "stage:st-2", 16 * 1024)
         assert zones.release(cfg, "3C", "st-2")
         problems = store_problems(cfg, {"ok": False, "error": "not opened"}, [], zones.usage(cfg))
         assert [p for p in problems if p.startswith("zone ")] == [
-            f"zone 3C: the file system holding {z} has {zones.size(u['fs_free_bytes'])} free, though the zone's "
-            f"quota promises {zones.size(u['quota_bytes'] - u['used_bytes'])} more: new work there is refused or "
+            f"zone 3C: the file system holding {z} has {fmt_bytes(u['fs_free_bytes'])} free, though the zone's "
+            f"quota promises {fmt_bytes(u['quota_bytes'] - u['used_bytes'])} more: new work there is refused or "
             "fails; free space on that file system (the other zones and anything outside hoardfs share it) or "
             "lower ssd.zones.3C.quota_gb"]
         res = hoard(cfg, "zones")
-        assert res.returncode == 0 and f"ok, file system: {zones.size(u['fs_free_bytes'])} free" in res.stdout, \
+        assert res.returncode == 0 and f"ok, file system: {fmt_bytes(u['fs_free_bytes'])} free" in res.stdout, \
             res.stdout + res.stderr
     finally:
         subprocess.run(["umount", str(z)], check=True)

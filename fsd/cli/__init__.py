@@ -25,6 +25,7 @@ from fsd.base import logs
 from fsd.base.config import ZONES, embedded_config_text
 from fsd.base.errors import ExitCode, HoardError, first_line
 from fsd.base.modes import PASSAGE, ensure_dir
+from fsd.base.units import fmt_bytes
 from fsd.cli import db as _db
 from fsd.cli import disks as _disks
 from fsd.cli import find as _find
@@ -42,7 +43,7 @@ from fsd.cli import verify as _verify
 from fsd.cli import zones as _zones
 from fsd.cli import services as _services
 from fsd.cli import skeleton as _skeleton
-from fsd.cli._common import OutputFailed, err, gb, guard_stdout, out, state
+from fsd.cli._common import OutputFailed, err, guard_stdout, out, state
 
 def _flag_type(self, ctx):  # a flag takes no value: show no `<bool>` type in --help
     return None if self.is_bool_flag else _typer_option_type(self, ctx)
@@ -183,19 +184,19 @@ def _print_health(report: dict) -> None:
         t.add_column(c)
     for d in report["disks"]:
         t.add_row(d["label"], d.get("state", "?"), d["path"], "yes" if d["mount_point"] else "no (directory)",
-                  gb(d.get("total_bytes")), gb(d.get("used_bytes")), gb(d.get("free_bytes")))
+                  fmt_bytes(d.get("total_bytes")), fmt_bytes(d.get("used_bytes")), fmt_bytes(d.get("free_bytes")))
     out.print(t)
     st = report["store"]
     if st["ok"]:
         lag = st["replication"]
         out.print(f"store:    {st['objects']} objects; {lag['shards_below_target']} shards "
-                  f"({gb(lag['bytes_below_target'])}) below their replica target")
+                  f"({fmt_bytes(lag['bytes_below_target'])}) below their replica target")
     z = Table(title="ssd zones", title_justify="left")
     for c in ("zone", "used", "reserved", "free", "quota", "level", "outputs"):
         z.add_column(c)
     for name, s in report["zones"].items():
         outs = s.get("outputs", [])
-        z.add_row(name, gb(s["used_bytes"]), gb(s["reserved_bytes"]), gb(s["free_bytes"]), gb(s["quota_bytes"]),
+        z.add_row(name, fmt_bytes(s["used_bytes"]), fmt_bytes(s["reserved_bytes"]), fmt_bytes(s["free_bytes"]), fmt_bytes(s["quota_bytes"]),
                   s["level"], ", ".join(f"{sum(o['state'] == k for o in outs)} {k}"
                                         for k in ("sealed", "running", "incomplete") if any(o["state"] == k for o in outs))
                   or "-")

@@ -13,22 +13,19 @@ from typing import Any
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, DownloadColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn, TransferSpeedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, ProgressColumn, TextColumn, TimeRemainingColumn
 from rich.progress import Progress as RichProgress
+from rich.text import Text
 
 from fsd.base import config as _config
 from fsd.base.config import Settings
 from fsd.base.errors import ExitCode, HoardError, first_line
 from fsd.base.paths import display
 from fsd.base.progress import PUBLISH_EVERY_S, Progress, Snapshot, published
+from fsd.base.units import fmt_bytes
 
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
-
-
-def gb(n: int | None) -> str:
-    """Bytes as the GB of hoard.toml (capacity_gb, quota_gb are GiB), '-' when unknown."""
-    return "-" if n is None else f"{n / 1024**3:.2f} GB"
 
 
 @dataclass
@@ -201,6 +198,20 @@ PLAIN_EVERY_S = 10.0
 BAR_EVERY_S = 0.2
 
 
+class _BytesColumn(ProgressColumn):
+    """Done (of total) in the units of every other figure (fsd.base.units; rich's own are decimal)."""
+
+    def render(self, task) -> Text:
+        done = fmt_bytes(task.completed)
+        return Text(f"{done}/{fmt_bytes(task.total)}" if task.total else done, style="progress.download")
+
+
+class _RateColumn(ProgressColumn):
+    def render(self, task) -> Text:
+        speed = task.finished_speed or task.speed
+        return Text("?" if speed is None else f"{fmt_bytes(speed)}/s", style="progress.data.speed")
+
+
 @contextlib.contextmanager
 def progress(what: str, total: int | None = None, unit: str = "bytes"):
     """Show how far a long job is: on a terminal a rich bar (done, rate, ETA) on stderr;
@@ -212,7 +223,7 @@ def progress(what: str, total: int | None = None, unit: str = "bytes"):
     counted things."""
     tracker = Progress(what, total, unit)
     if err.is_terminal:
-        cols = ([DownloadColumn(), TransferSpeedColumn()] if unit == "bytes"
+        cols = ([_BytesColumn(), _RateColumn()] if unit == "bytes"
                 else [MofNCompleteColumn(), TextColumn(unit)])
         with RichProgress(TextColumn(what), BarColumn(), *cols, TimeRemainingColumn(), console=err,
                           transient=True) as bar:
@@ -223,7 +234,7 @@ def progress(what: str, total: int | None = None, unit: str = "bytes"):
     shown = {"step": 0, "done": -1, "at": time.monotonic()}
 
     def fmt(n: int) -> str:
-        return f"{n / 1e6:.1f} MB" if unit == "bytes" else f"{n} {unit}"
+        return fmt_bytes(n) if unit == "bytes" else f"{n} {unit}"
 
     def line(s: Snapshot) -> None:
         now = time.monotonic()
@@ -238,7 +249,7 @@ def progress(what: str, total: int | None = None, unit: str = "bytes"):
             return
         shown["at"], shown["done"] = now, s.done
         pct = f"{s.fraction:.0%}, " if s.fraction is not None else ""
-        speed = f"{s.rate / 1e6:.1f} MB/s" if unit == "bytes" else f"{s.rate:.1f}/s"
+        speed = f"{fmt_bytes(s.rate)}/s" if unit == "bytes" else f"{s.rate:.1f}/s"
         eta = f", about {s.eta_s:.0f} s left" if s.state == "running" and s.eta_s else ""
         end = {"running": "", "done": ", finished", "failed": ", stopped"}[s.state]
         err.print(f"{what}: {fmt(s.done)}" + (f" of {fmt(s.total)}" if s.total else "") + f" ({pct}{speed}{eta}{end})",

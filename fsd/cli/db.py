@@ -10,6 +10,7 @@ from typing import Annotated, Optional
 import typer
 
 from fsd.base.errors import ExitCode, HoardError, ServiceUnavailable
+from fsd.base.units import fmt_bytes
 from fsd.cli._common import confirm, out, progress, state
 from fsd.cli.store import open_store
 
@@ -61,7 +62,7 @@ def status(ctx: typer.Context, as_json: Annotated[bool, typer.Option("--json")] 
     elif st["ok"]:
         last = st.get("last_backup")
         out.print(f"database:  {st['database']} (PostgreSQL {st['server_version']}), "
-                  f"{st['size_bytes'] / 1e6:.1f} MB\n"
+                  f"{fmt_bytes(st['size_bytes'])}\n"
                   f"schema:    version {st['schema_version']} of {st['schema_latest']}"
                   + ("" if st["schema_version"] == st["schema_latest"] else " — run `hoard db migrate`") + "\n"
                   "backup:    " + (f"{last['kind']}, {last['age_s'] / 3600:.1f} h ago, verified: {last['verified']}"
@@ -131,14 +132,14 @@ def backup(
         if kind == "auto":
             kind = _auto_kind(cfg.database_url)
         res = br.backup(cfg.database_url, kind)
-        out.print(f"{res['kind']} backup {res['label']}: {res['size'] / 1e6:.1f} MB into {res['repo']} "
+        out.print(f"{res['kind']} backup {res['label']}: {fmt_bytes(res['size'])} into {res['repo']} "
                   f"(backup_log {res['backup_id']})")
         return
     if kind != "dump":
         raise HoardError(f"--type {kind!r}: dump, full, diff or auto", ExitCode.USAGE)
     with open_store(ctx) as store, progress("database dump", 3, unit="steps") as update:
         res = dump_backup(cfg.database_url, store, cfg.ssd.zone_path("3B"), progress=update)
-    out.print(f"dump {res.backup_id}: {res.size / 1e6:.1f} MB, {sum(res.row_counts.values())} rows, stored as "
+    out.print(f"dump {res.backup_id}: {fmt_bytes(res.size)}, {sum(res.row_counts.values())} rows, stored as "
               f"{res.sha256} and copied to {res.location} in {res.seconds:.1f} s")
 
 

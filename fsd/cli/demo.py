@@ -4,24 +4,29 @@ Today: check every part is up, drop sample scraped batches into zone 3A with a `
 signal, ingest them (UA_1 on RQ: store with dedup and write_ack replicas, metadata and
 cross-batch edges in PostgreSQL, a package per batch in 3B, 3A emptied), bring every
 shard to its replica target, read everything back with the batch read planner, verified,
-and query the database; stage the first batch into 3C and export the images into 3D.
+and query the database; stage the first batch into 3C and export the images into 3D; take
+the database's first backup (a dump, restore-verified), so `hoard health` is green after it.
 It ends with the GUI's address and a login (a `demo` admin, made on the first run).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import json
 import os
 import secrets
 import shutil
 import threading
 import time
+from dataclasses import asdict
 
 import psycopg
 
 from adapters.synth import Spec, generate
 from fsd.base.config import Settings
 from fsd.base.errors import ExitCode, HoardError
+from fsd.base.units import fmt_bytes
 from fsd.cli._common import err, out
 from fsd.replicate import replicate_once
 from fsd.store import Store
@@ -29,6 +34,7 @@ from jobs import users as logins
 from jobs import outputs
 from jobs.health import collect
 from jobs.ingest import Status, load_state, submit, work_here
+from sql.backup import dump_backup, verify_dump
 from sql.selectors import query_nodes
 
 DEMO_SPEC = Spec(seed=7, batches=3, items_per_batch=60, large_max_mb=4, ready_signal=True)
@@ -44,12 +50,13 @@ def run_demo(cfg: Settings) -> None:
     out.print(f"[bold]1. services[/]  PostgreSQL {report['database']['server_version']}, "
               f"Redis {report['redis']['redis_version']}")
     out.print("[bold]2. disks[/]     " + ", ".join(
-        f"{d['label']} {d.get('total_bytes', 0) / 1024**3:.1f} GB" for d in report["disks"]))
+        f"{d['label']} {fmt_bytes(d.get('total_bytes'))}" for d in report["disks"]))
     batches = _sample_batches(cfg)
     states = _ingest(cfg, batches)
     _read_back(cfg, batches)
     _describe(cfg, batches)
     staged, exported = _stage_and_export(cfg, batches)
+    _first_backup(cfg)
     out.print("\n[bold]next:[/]")
     out.print("  .venv/bin/hoard health                    status of disks, zones, ingest, PostgreSQL, Redis")
     out.print(f"  .venv/bin/hoard ingest --status {states[0].batch_id}   one batch's report")
@@ -91,16 +98,31 @@ def _sample_batches(cfg: Settings) -> list:
     names = [f"{src}-s{DEMO_SPEC.seed}-b{b:03d}" for b, src in
              zip(range(DEMO_SPEC.batches), DEMO_SPEC.sources * DEMO_SPEC.batches)]
     done = {n for n in names if (st := load_state(cfg, n)) is not None and st.finished}
-    batches = generate(zone3a, DEMO_SPEC) if len(done) < len(names) else generate(
-        cfg.ssd.root / "state" / "demo-sample", DEMO_SPEC)
-
-    for n in done:  # regenerated only because generate() makes all batches at once
-        shutil.rmtree(zone3a / n, ignore_errors=True)
+    sample = cfg.ssd.root / "state" / "demo-sample"
+    batches = generate(sample, DEMO_SPEC)  # with its `_derived/` and truth.json, which stay out of 3A
+    zone3a.mkdir(parents=True, exist_ok=True)
+    for n in names:
+        if n not in done and not (zone3a / n).exists():  # (one there already: an interrupted run's drop)
+            shutil.move(sample / n, zone3a / n)  # a rename: the zones and state/ are on the SSD root
+    _forget_old_leftovers(zone3a, names)
     files = sum(len(b.items) for b in batches)
     size = sum(i.size for b in batches for i in b.items)
-    out.print(f"[bold]3. sample[/]    {len(batches)} scraped batches, {files} files, {size / 1e6:.1f} MB"
+    out.print(f"[bold]3. sample[/]    {len(batches)} scraped batches, {files} files, {fmt_bytes(size)}"
               + (" (ingested by an earlier run)" if len(done) == len(names) else f", dropped in {zone3a}"))
     return batches
+
+
+def _forget_old_leftovers(zone3a, names: list[str]) -> None:
+    """What the demo left in 3A before it generated its sample elsewhere: `_derived/<batch>`
+    of its own batches and its truth.json (only the demo's: another `_derived/` stays)."""
+    for n in names:
+        shutil.rmtree(zone3a / "_derived" / n, ignore_errors=True)
+    with contextlib.suppress(OSError):
+        (zone3a / "_derived").rmdir()  # only if empty
+    truth = zone3a / "truth.json"
+    with contextlib.suppress(OSError, ValueError):
+        if json.loads(truth.read_bytes()).get("spec") == asdict(DEMO_SPEC):
+            truth.unlink()
 
 
 def _ingest(cfg: Settings, batches: list) -> list:
@@ -152,7 +174,7 @@ def _read_back(cfg: Settings, batches: list) -> None:
 
         plan, stats = store.read_batch(shas, check, check_large)
         labels = {u: d.label for u, d in store.disks.items()}
-        per_disk = ", ".join(f"{labels[u]} {b / 1e6:.1f} MB" for u, b in plan.bytes_per_disk.items())
+        per_disk = ", ".join(f"{labels[u]} {fmt_bytes(b)}" for u, b in plan.bytes_per_disk.items())
         out.print(f"[bold]6. read back[/] {good}/{len(shas)} objects of the batch manifests verified by sha256 in "
                   f"{stats.seconds:.2f} s with the batch planner ({per_disk})")
         if good != len(shas):
@@ -173,9 +195,28 @@ def _stage_and_export(cfg: Settings, batches: list):
         path = cfg.ssd.zone_path(spec.zone) / oid / layout
         done.append(path / "input" if kind == "stage" else path)
         out.print(f"[bold]{8 if kind == 'stage' else 9}. {kind}[/]{' ' * (9 - len(kind))}{rep['files']} files, "
-                  f"{rep['bytes'] / 1e6:.1f} MB sealed in {cfg.ssd.zone_path(spec.zone) / oid}"
+                  f"{fmt_bytes(rep['bytes'])} sealed in {cfg.ssd.zone_path(spec.zone) / oid}"
                   + (f" at {rep['mib_s']} MiB/s" if "mib_s" in rep else ""))
     return done
+
+
+def _first_backup(cfg: Settings) -> None:
+    """A database dump, restore-verified, unless one is recorded already: `hoard health`
+    counts a store whose database was never backed up as a problem."""
+    with psycopg.connect(cfg.database_url, autocommit=True) as conn:
+        row = conn.execute("SELECT backup_id, verify_ok FROM backup_log WHERE kind = 'dump' "
+                           "ORDER BY finished_at DESC LIMIT 1").fetchone()
+    if row is not None and row[1]:
+        out.print(f"[bold]10. backup[/]   dump {row[0]} taken by an earlier run, verified")
+        return
+    with Store.open(cfg) as store:
+        made = dump_backup(cfg.database_url, store, cfg.ssd.zone_path("3B"))
+        checked = verify_dump(cfg.database_url, store, made.backup_id)
+    if not checked.ok:
+        raise HoardError(f"the demo's database dump {made.backup_id} failed its restore-verify: {checked.detail}; "
+                         "see `hoard health`", ExitCode.DATA)
+    out.print(f"[bold]10. backup[/]   dump {made.backup_id} of the database ({fmt_bytes(made.size)}) stored and "
+              f"copied to 3B, verified by a restore ({checked.detail}); nightly: hoard-backup.timer (systemd/)")
 
 
 def _describe(cfg: Settings, batches: list) -> None:
@@ -187,7 +228,7 @@ def _describe(cfg: Settings, batches: list) -> None:
             "SELECT r.name, count(*) FROM edge JOIN relationship_type r USING (rel_id) GROUP BY r.name").fetchall())
         shared = conn.execute(
             "SELECT count(*) FROM (SELECT node_id FROM batch_member GROUP BY node_id HAVING count(*) > 1) x").fetchone()[0]
-    out.print(f"[bold]7. database[/]  selector: {len(images)} images ({images.total_bytes / 1e6:.1f} MB), "
-              f"{len(videos)} videos ({videos.total_bytes / 1e6:.1f} MB); {shared} files appear in more than "
+    out.print(f"[bold]7. database[/]  selector: {len(images)} images ({fmt_bytes(images.total_bytes)}), "
+              f"{len(videos)} videos ({fmt_bytes(videos.total_bytes)}); {shared} files appear in more than "
               "one batch (stored once)")
     out.print("               edges: " + ", ".join(f"{n} {k}" for k, n in sorted(counts.items())))

@@ -13,7 +13,8 @@ from rich.markup import escape
 
 from fsd.base import config as config_mod
 from fsd.base.errors import ConfigError, ExitCode, HoardError
-from fsd.cli._common import err, gb, out, state
+from fsd.base.units import fmt_bytes
+from fsd.cli._common import err, out, state
 from fsd.cli.rebuild import run_rebuild
 from fsd.cli.store import open_store
 
@@ -30,8 +31,8 @@ def list_(ctx: typer.Context, as_json: Annotated[bool, typer.Option("--json", he
         out.print(json.dumps({"disks": st["disks"]}), markup=False)
         return
     for d in st["disks"]:
-        out.print(f"{d['label']:<10} {d['state']:<9} {gb(d.get('total_bytes')):>10} total "
-                  f"{gb(d['used_bytes']):>10} used {gb(d.get('free_bytes')):>10} free  {d['path']}"
+        out.print(f"{d['label']:<10} {d['state']:<9} {fmt_bytes(d.get('total_bytes')):>10} total "
+                  f"{fmt_bytes(d['used_bytes']):>10} used {fmt_bytes(d.get('free_bytes')):>10} free  {d['path']}"
                   + (f"  ({d['reason']})" if d["reason"] else ""))
 
 

@@ -22,6 +22,7 @@ import typer
 
 from fsd.base.errors import ExitCode, HoardError, first_line
 from fsd.base.paths import display
+from fsd.base.units import fmt_bytes
 from fsd.cli._common import err, out, read_input, state
 
 
@@ -197,7 +198,7 @@ def ls(
             out.print(json.dumps({"batch": b} | i), markup=False)
         else:
             out.print(f"{b:<40} {i.get('source', ''):<14} {i.get('files', 0):>8} files "
-                      f"{i.get('bytes', 0) / 1e6:>10.1f} MB  {i.get('sealed', '')}", markup=False)
+                      f"{fmt_bytes(i.get('bytes', 0)):>10}  {i.get('sealed', '')}", markup=False)
 
 
 def select(

@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from fsd.base.errors import ExitCode, HoardError
+from fsd.base.units import fmt_bytes
 from fsd.cli._common import out
 
 app = typer.Typer(help="Deterministic test and benchmark data.", no_args_is_help=True)
@@ -41,5 +42,5 @@ def generate(
                          ExitCode.NO_SPACE if e.errno == errno.ENOSPC else ExitCode.USAGE) from None
     for b in result:
         size = sum(i.size for i in b.items)
-        out.print(f"{b.batch_id}: {len(b.items)} files, {size / 1e6:.1f} MB, {len(b.derived)} derived")
+        out.print(f"{b.batch_id}: {len(b.items)} files, {fmt_bytes(size)}, {len(b.derived)} derived")
     out.print(f"truth: {out_dir / 'truth.json'}")

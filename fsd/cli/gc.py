@@ -10,7 +10,8 @@ from typing import Annotated, Optional
 import typer
 
 from fsd.base.errors import ExitCode, HoardError
-from fsd.cli._common import confirm, database, gb, out, progress, read_sha_list, state
+from fsd.base.units import fmt_bytes
+from fsd.cli._common import confirm, database, out, progress, read_sha_list, state
 
 
 def delete(
@@ -129,14 +130,17 @@ def gc(
         return
     if dry_run:
         for p in rep.plan:
-            out.print(f"shard {p['shard']}: {p['ratio']:.0%} live ({gb(p['live'])} of {gb(p['size'])})")
+            out.print(f"shard {p['shard']}: {p['ratio']:.0%} live ({fmt_bytes(p['live'])} of {fmt_bytes(p['size'])})")
         out.print(f"{rep.candidates} shards below {threshold:.0%} live would be compacted")
         return
-    out.print(f"{rep.compacted} of {rep.candidates} shards compacted ({gb(rep.live_bytes_copied)} live data copied), "
-              f"{rep.objects_dropped} deleted objects dropped, {rep.replicas_deleted} replica files removed, "
-              f"{gb(rep.bytes_freed)} freed in {rep.seconds:.1f} s"
-              + (f"; {rep.kept_back} kept back (stored again meanwhile), retried next run" if rep.kept_back else ""))
-
+    out.print(f"{rep.compacted} of {rep.candidates} shards compacted, {rep.objects_dropped} deleted objects dropped; "
+              f"removed {rep.replicas_deleted} replica files ({fmt_bytes(rep.bytes_freed)}), wrote "
+              f"{fmt_bytes(rep.bytes_written)} of new replica files for the {fmt_bytes(rep.live_bytes_copied)} of live "
+              f"data copied: {fmt_bytes(rep.bytes_freed - rep.bytes_written)} net freed on the disks "
+              f"in {rep.seconds:.1f} s"
+              + (f"; {rep.kept_back} kept back (stored again meanwhile), retried next run" if rep.kept_back else "")
+              + (f"; {rep.stale_cleared} chunk maps or extensions of objects not in the store cleared"
+                 if rep.stale_cleared else ""))
 
 def register(app: typer.Typer) -> None:
     app.command()(delete)

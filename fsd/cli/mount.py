@@ -15,6 +15,7 @@ import typer
 
 from fsd.base import logs
 from fsd.base.errors import ExitCode, HoardError
+from fsd.base.units import fmt_bytes
 from fsd.cli._common import out, open_input, state
 from fsd.mount import check_mountpoint, is_mounted, run_mount
 
@@ -98,7 +99,7 @@ def view_add(
 
     with open_input(manifest, "view manifest") as stream, Store.open(state(ctx).settings) as store:
         info = define_view_rows(store, name, manifest_rows(stream))
-    out.print(f"view {name}: {info['files']} files, {info['bytes'] / 1e6:.1f} MB → <mount>/views/{name}/")
+    out.print(f"view {name}: {info['files']} files, {fmt_bytes(info['bytes'])} → <mount>/views/{name}/")
 
 
 @view_app.command("list")
@@ -114,7 +115,7 @@ def view_list(ctx: typer.Context, as_json: Annotated[bool, typer.Option("--json"
         out.print(json.dumps(dict(views)), markup=False)
         return
     for name, info in views:
-        out.print(f"{name}: {info['files']} files, {info['bytes'] / 1e6:.1f} MB, created {info['created']}")
+        out.print(f"{name}: {info['files']} files, {fmt_bytes(info['bytes'])}, created {info['created']}")
 
 
 @view_app.command("rm")

@@ -11,6 +11,7 @@ import typer
 from rich.markup import escape
 
 from fsd.base.errors import ExitCode, HoardError
+from fsd.base.units import fmt_bytes
 from fsd.cli._common import err, out, print_figures, progress, read_input, state
 
 LAYOUT_HELP = "by_sha256 | by_batch | by_label | flat, or a layout .toml file (docs/layouts.md)"
@@ -179,15 +180,15 @@ def _report(report: dict, as_json: bool) -> None:
         out.print(json.dumps(report, sort_keys=True), markup=False)
         return
     if report.get("mode") == "view" and not report.get("already_done"):
-        out.print(f"{report['path']}: sealed — {report['files']} files ({report['bytes'] / 1e6:.1f} MB) from "
+        out.print(f"{report['path']}: sealed — {report['files']} files ({fmt_bytes(report['bytes'])}) from "
                   f"{report['nodes']} nodes published as view {report['view']} in {report['seconds']} s, nothing "
                   "copied; read them through the mount (`hoard mount`)", markup=False)
         return
     if report.get("already_done"):
-        out.print(f"{report['path']}: already done ({report['files']} files, {report['bytes'] / 1e6:.1f} MB); "
+        out.print(f"{report['path']}: already done ({report['files']} files, {fmt_bytes(report['bytes'])}); "
                   "nothing to do", markup=False)
         return
-    out.print(f"{report['path']}: sealed — {report['files']} files, {report['bytes'] / 1e6:.1f} MB from "
+    out.print(f"{report['path']}: sealed — {report['files']} files, {fmt_bytes(report['bytes'])} from "
               f"{report['nodes']} nodes in layout {report['layout']}; copied {report['copied_files']} files at "
               f"{report['mib_s']} MiB/s" + (f", {report['kept_files']} kept from an earlier run"
                                              if report['kept_files'] else "")

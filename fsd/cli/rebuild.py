@@ -9,6 +9,7 @@ from typing import Annotated, Optional
 import typer
 
 from fsd.base.errors import ExitCode
+from fsd.base.units import fmt_bytes
 from fsd.cli._common import confirm, err, out, progress
 from fsd.cli.store import open_store
 
@@ -34,7 +35,7 @@ def run_rebuild(ctx: typer.Context, disk: str, onto: Optional[str], rate_mb_s: f
             raise typer.Exit(ExitCode.DATA)
         return
     out.print(f"rebuilt {rep.shards} shards of disk {disk} in {rep.seconds:.1f} s: {rep.copied} copied "
-              f"({rep.bytes / 1e6:.1f} MB), {rep.adopted} already there, {len(rep.lost)} without a healthy replica")
+              f"({fmt_bytes(rep.bytes)}), {rep.adopted} already there, {len(rep.lost)} without a healthy replica")
     for hex_ in rep.lost:
         err.print(f"[red]lost[/] shard {hex_}: no healthy replica; restore it from cold storage (zone 3B packages)")
     if rep.lost:

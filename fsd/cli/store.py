@@ -19,6 +19,7 @@ import typer
 from fsd.base.errors import ExitCode, HoardError
 from fsd.base.files import size_or_zero
 from fsd.base.paths import display
+from fsd.base.units import fmt_bytes
 from fsd.cli._common import err, out, progress, read_input, state
 
 
@@ -131,7 +132,7 @@ def put(
                     err.print(f"nothing stored: no put named {name} was recorded", markup=False)
     finally:
         err.print(f"{counts['new'] + counts['existing'] + counts['rejected']} files: {counts['new']} new "
-                  f"({counts['bytes'] / 1e6:.1f} MB), {counts['existing']} already present, {counts['rejected']} "
+                  f"({fmt_bytes(counts['bytes'])}), {counts['existing']} already present, {counts['rejected']} "
                   f"rejected in {time.monotonic() - t0:.2f} s", markup=False)
     if counts["rejected"]:
         raise typer.Exit(ExitCode.DATA)
@@ -244,7 +245,7 @@ def replicate(
         if as_json:
             out.print(json.dumps(asdict(rep)), markup=False)
         else:
-            out.print(f"replicated {rep.copied_shards} shards ({rep.copied_bytes / 1e6:.1f} MB) in "
+            out.print(f"replicated {rep.copied_shards} shards ({fmt_bytes(rep.copied_bytes)}) in "
                       f"{rep.seconds:.1f} s; {rep.remaining_shards} still below target"
                       + (f"; {rep.repaired} bad replicas repaired" if rep.repaired else ""), markup=False)
         if rep.no_room and not as_json:

@@ -9,6 +9,7 @@ from typing import Annotated, Optional
 import typer
 
 from fsd.base.errors import ExitCode, HoardError
+from fsd.base.units import fmt_bytes
 from fsd.cli._common import database, err, out, progress, state
 from fsd.cli.store import open_store
 
@@ -49,7 +50,7 @@ def verify(
     if as_json:
         out.print(json.dumps(asdict(rep)), markup=False)
     else:
-        out.print(f"verified {rep.replicas} replicas of {rep.shards} shards ({rep.bytes / 1e6:.1f} MB) in "
+        out.print(f"verified {rep.replicas} replicas of {rep.shards} shards ({fmt_bytes(rep.bytes)}) in "
                   f"{rep.seconds:.1f} s: {len(rep.bad)} bad, {len(rep.repaired)} repaired")
         for b in rep.bad:
             err.print(f"bad {b}", markup=False)
@@ -68,11 +69,11 @@ def _orphans(ctx: typer.Context, repair: bool, grace_s: float, as_json: bool) ->
     if as_json:
         out.print(json.dumps(asdict(rep)), markup=False)
     else:
-        out.print(f"{rep.found} shard files no index entry names ({rep.bytes / 1e6:.1f} MB): {len(rep.set_aside)} set "
+        out.print(f"{rep.found} shard files no index entry names ({fmt_bytes(rep.bytes)}): {len(rep.set_aside)} set "
                   f"aside to <disk>/orphans/, {rep.too_young} younger than the grace period, {rep.writer_alive} still "
                   f"being written, {len(rep.unindexed)} kept (they hold, or may hold, objects the index lacks); {rep.tmp_removed} "
                   f"stale tmp files removed" + (f"; {len(rep.deleted)} old orphans deleted "
-                                                f"({rep.bytes_deleted / 1e6:.1f} MB)" if repair else ""), markup=False)
+                                                f"({fmt_bytes(rep.bytes_deleted)})" if repair else ""), markup=False)
         for line in rep.set_aside:
             err.print(f"set aside: {line}", markup=False)
     for line in rep.unindexed:
@@ -103,7 +104,7 @@ def check(
     else:
         t = rep.totals
         out.print(f"{t['objects']} objects in {t['shards']} shards ({t['sealed']} sealed), {t['replicas']} replicas; "
-                  + ", ".join(f"{k} {v / 1e6:.1f} MB" for k, v in sorted(t["bytes_per_disk"].items()))
+                  + ", ".join(f"{k} {fmt_bytes(v)}" for k, v in sorted(t["bytes_per_disk"].items()))
                   + f" — checked in {rep.seconds:.1f} s", markup=False)
         for line in rep.notes:
             out.print(f"note: {line}", markup=False)

@@ -11,6 +11,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from fsd import zones as zones_mod
+from fsd.base.units import fmt_bytes
 from fsd.base.config import ZONES
 from fsd.base.errors import ExitCode, HoardError
 from fsd.cli._common import err, out, state
@@ -40,27 +41,27 @@ def list_(ctx: typer.Context,
     for c in ("zone", "quota", "used", "reserved", "free", "state"):
         t.add_column(c, justify="right" if c in ("quota", "used", "reserved", "free") else "left")
     for z, s in report.items():
-        t.add_row(z, _size(s["quota_bytes"]), _size(s["used_bytes"]), _size(s["reserved_bytes"]),
-                  _size(s["free_bytes"]), _state(s))
+        t.add_row(z, fmt_bytes(s["quota_bytes"]), fmt_bytes(s["used_bytes"]), fmt_bytes(s["reserved_bytes"]),
+                  fmt_bytes(s["free_bytes"]), _state(s))
     out.print(t)
     for z, s in report.items():
         if s["error"]:
             err.print(f"[bold red]zone {z}:[/] {escape(s['error'])}")
         for r in s["reservations"]:
-            out.print(f"{z} reserved  {escape(r['id'])}: {_size(r['bytes'])} by job {escape(r['job'])} "
+            out.print(f"{z} reserved  {escape(r['id'])}: {fmt_bytes(r['bytes'])} by job {escape(r['job'])} "
                       f"(pid {r['pid']} on {escape(r['host'])}, {_age(r['age_s'])} old)"
                       + (" [red]stale: its process is gone[/]" if r["stale"] else ""))
         for o in s["outputs"]:
             what = (f"sealed {o['sealed']} ({o['kind']})" if o["state"] == "sealed"
                     else f"running (job {escape(o['job'])}, pid {o['pid']})" if o["state"] == "running"
                     else f"[yellow]incomplete[/], {_age(o['age_s'])} old — `hoard zones clean {escape(o['id'])}`")
-            out.print(f"{z} output    {escape(o['id'])}: {_size(o['bytes'])}, {what}")
+            out.print(f"{z} output    {escape(o['id'])}: {fmt_bytes(o['bytes'])}, {what}")
 
 
 def _state(s: dict[str, Any]) -> str:
     if not s["present"]:
         return "missing (`hoard init`)"
-    return s["level"] + (f", file system: {_size(s['fs_free_bytes'])} free" if s["fs_short"] else "")
+    return s["level"] + (f", file system: {fmt_bytes(s['fs_free_bytes'])} free" if s["fs_short"] else "")
 
 
 @app.command()
@@ -82,13 +83,9 @@ def clean(
     if res["request_forgotten"]:
         out.print(f"the request of {escape(output_id)} is forgotten: the id is free again")
     out.print(f"zone {res['zone']}: removed {res['state']} output {escape(output_id)} "
-              f"({_size(res['freed_bytes'])} freed)"
+              f"({fmt_bytes(res['freed_bytes'])} freed)"
               + (f"; reclaimed the stale reservation of job {escape(stale['job'])} (pid {stale['pid']} gone)"
                  if stale else ""))
-
-
-def _size(n: int) -> str:
-    return zones_mod.size(n)
 
 
 def _age(s: float) -> str:

@@ -30,6 +30,8 @@ import time
 import pyfuse3
 import trio
 
+from fsd.base.units import fmt_bytes
+
 __all__ = ["Watcher", "render_health"]
 
 log = logging.getLogger(__name__)
@@ -163,7 +165,7 @@ def render_health(store) -> bytes:
     lines = [f"objects: {st['objects']}"]
     for d in st["disks"]:
         lines.append(f"disk {d['label']}: {d['state']}" + (f" ({d['reason']})" if d["reason"] else "")
-                     + (f", {d['free_bytes'] / 1e9:.1f} GB free" if "free_bytes" in d else ""))
+                     + (f", {fmt_bytes(d['free_bytes'])} free" if "free_bytes" in d else ""))
     lag = st["replication"]
     lines.append(f"shards below replica target: {lag['shards_below_target']}; at risk: {len(lag['at_risk'])}")
     lines.append(f"batches: {len(store.index.iter_batches())}; views: {len(store.index.iter_views())}")
