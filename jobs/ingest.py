@@ -184,7 +184,7 @@ def forget_deleted(cfg: Settings, batch_id: str) -> str:
         return f"no 3B package {package} (moved to cold storage or never made)"
     except HoardError as e:  # a package step still writing it: name it, the deletion stands
         return f"3B package {package} kept: {e.message}; `hoard zones clean {batch_id}` removes it later"
-    return f"3B package {package} removed ({zones.size(freed)})"
+    return f"3B package {package} removed ({fmt_bytes(freed)})"
 
 
 def stalled_batches(cfg: Settings, pending: list[BatchState]) -> list[dict[str, str]]:

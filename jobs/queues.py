@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import logging
-import os
 import socket
 from collections.abc import Iterator
 from typing import Any

@@ -329,7 +329,12 @@ async def test_a_run_whose_report_has_errors_is_not_green_and_a_done_run_offers_
     from gui.context import ctx
 
     cfg = ctx().cfg
-    _two_holders_failed(cfg)
+    # in a child process: the GUI in this process opens the index in its background refresh,
+    # and LMDB refuses a second open of one environment in one process
+    code = ("import sys; from fsd.base import config; from tests.test_gui_runs import _two_holders_failed; "
+            "_two_holders_failed(config.load(sys.argv[1]))")
+    res = subprocess.run([sys.executable, "-c", code, str(gui_home)], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
     job_id = launch.launch_maintenance(cfg, "replicate", {}, "otto")
     await run.io_bound(_work, gui_home)
     await _refreshed()

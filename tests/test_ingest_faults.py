@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import psycopg
+import pytest
 
 from adapters.synth import Spec, generate
 from fsd.base import config
