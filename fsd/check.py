@@ -44,6 +44,9 @@ from fsd.writer import writer_alive
 if TYPE_CHECKING:
     from fsd.store import Store
 
+#: the next step of a disagreement inside the index (it is rebuilt from the shards on the disks)
+REBUILD = "`hoard index rebuild` recreates the index from the disks"
+
 #: a shard file's name without its suffix: the shard id in lowercase hex
 _SHARD_NAME = re.compile(r"(?:[0-9a-f]{2})+")
 
@@ -113,7 +116,7 @@ def _read_moment(store: Store, rep: CheckReport) -> _Moment:
             pointing[loc.shard_id] += 1
             if meta.sealed and loc.offset + loc.length > meta.size:
                 rep.add("out of bounds", f"object {sha.hex()} ends at {loc.offset + loc.length}, beyond its shard "
-                                         f"{meta.hex} ({meta.size} bytes)")
+                                         f"{meta.hex} ({meta.size} bytes): {REBUILD}")
         for name, db in (("hidden", idx.hidden), ("deleted", idx.deleted), ("root", idx.rooted),  # 5
                          ("chunk map", idx.chunks), ("extension", idx.exts)):
             if db is None:  # a table an old index opened read-only does not have yet
@@ -149,11 +152,11 @@ def _check(store: Store, missing_in_db: Callable[[set[bytes]], tuple[list[bytes]
     footer_shas: set[bytes] = set()
     for meta in shards.values():  # 2, 3
         if len(set(meta.replicas)) != len(meta.replicas):
-            rep.add("replicas", f"shard {meta.hex} lists a disk twice: {meta.replicas}")
+            rep.add("replicas", f"shard {meta.hex} lists a disk twice: {meta.replicas}: {REBUILD}")
         for uuid in meta.replicas:
             rec = store.records.get(uuid)
             if rec is None:
-                rep.add("replicas", f"shard {meta.hex} names disk {uuid}, which is not registered")
+                rep.add("replicas", f"shard {meta.hex} names disk {uuid}, which is not registered: {REBUILD}")
                 continue
             if meta.sealed:
                 expect_used[uuid] += meta.size
@@ -184,7 +187,8 @@ def _check(store: Store, missing_in_db: Callable[[set[bytes]], tuple[list[bytes]
         footer_shas.update(r.sha256 for r in recs)
         if len(recs) != meta.records or pointing[meta.shard_id] > len(recs):
             rep.add("record count", f"shard {meta.hex}: footer lists {len(recs)} records, the index says "
-                                    f"{meta.records} and maps {pointing[meta.shard_id]} objects there")
+                                    f"{meta.records} and maps {pointing[meta.shard_id]} objects there: `hoard verify` "
+                                    f"names a damaged replica; if none is, {REBUILD}")
     for m in m0.retired:  # gc's retired shards still hold files until deleted
         for uuid in m.replicas:
             expect_used[uuid] += m.size
@@ -200,7 +204,7 @@ def _check(store: Store, missing_in_db: Callable[[set[bytes]], tuple[list[bytes]
         used = m0.used.get(uuid, rec.used_bytes)
         if used != expect_used[uuid]:
             rep.add("used bytes", f"disk {rec.label}: the index counts {used} bytes used, its replicas add up to "
-                                  f"{expect_used[uuid]}")
+                                  f"{expect_used[uuid]}: {REBUILD} (and recounts each disk's used bytes)")
         if rec.state != DiskState.FAILED:
             unnamed = _unnamed_bytes(store, uuid, named_then)
             if unnamed:

@@ -68,3 +68,21 @@ def test_a_damaged_pointer_is_named_by_all_three_and_verify_repair_rewrites_it(t
     _ok(fixed)
     assert "1 repaired" in fixed.stdout, fixed.stdout
     assert _three(cfg) == ([], 0, 0)
+
+
+def test_used_bytes_off_names_a_next_step_that_clears_it(tmp_path: Path) -> None:
+    """A disk's used bytes in the index off by 4 KiB: check named it ("the index counts … bytes
+    used, its replicas add up to …") with no next step; now it names `hoard index rebuild`,
+    which recounts them, and check passes after it."""
+    from fsd.store import Store
+
+    cfg = _cli_store(tmp_path)
+    _ok(_hoard(cfg, "put", *map(str, make_files(tmp_path / "in", 3, seed=304))))
+    with Store.open(config.load(cfg)) as store:
+        store.index.adjust_used({next(iter(store.records)): 4096})
+    res = _hoard(cfg, "check")
+    assert res.returncode == 5, res.stdout + res.stderr
+    line = next(x for x in res.stderr.splitlines() if "the index counts" in x)
+    assert "`hoard index rebuild`" in line, line  # the old code: no next step
+    _ok(_hoard(cfg, "index", "rebuild"))
+    _ok(_hoard(cfg, "check"))
