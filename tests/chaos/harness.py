@@ -939,6 +939,7 @@ class World:
             if bare:
                 raise InvariantViolation(f"{step}, {when}: `hoard {tool}` reports problems with no next step: {bare}")
         self.log.append(f"  {when}: " + "; ".join(f"{tool} {o.code} ({len(o.problems)})" for tool, o in seen.items()))
+        self.log += [f"    {tool}: {p[:300]}" for tool, o in seen.items() for p in o.problems[:3]]
         return seen
 
     def check_agrees_with_verify(self, step: Step, seen: dict[str, Observed]) -> None:
