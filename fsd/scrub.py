@@ -63,22 +63,24 @@ def batch_shards(store: Store, batch_id: str) -> set[bytes]:
 
 def verify(store: Store, sample_pct: float = 100.0, disk_label: str | None = None, sha256: bool = False,
            repair: bool = False, budget_s: float | None = None, batch: str | None = None,
-           progress: Callable[[int, int], None] | None = None) -> VerifyReport:
+           progress: Callable[[int, int], None] | None = None, logs: bool = True) -> VerifyReport:
     """Check the chosen shards' replicas: the first `sample_pct` % (at least one) of the sealed
     shards in (verified, created) order — never verified first, then the oldest, so repeated
     samples cover the whole store. `disk_label` limits the run to replicas on that disk (an
     unknown label is refused). Checks one reader thread per disk (the disks work in
     parallel, each reading its replicas in order), then repair what is bad. `batch` limits
-    the check to the shards holding that ingested batch. Repairing holds the maintenance lock."""
+    the check to the shards holding that ingested batch. `logs=False` leaves the disks' marks
+    logs and pointers unjudged (`hoard disks activate` brings them up right after). Repairing
+    holds the maintenance lock."""
     if repair:
         with store.maintenance("verify --repair"):
-            return _verify(store, sample_pct, disk_label, sha256, repair, budget_s, batch, progress)
-    return _verify(store, sample_pct, disk_label, sha256, repair, budget_s, batch, progress)
+            return _verify(store, sample_pct, disk_label, sha256, repair, budget_s, batch, progress, logs)
+    return _verify(store, sample_pct, disk_label, sha256, repair, budget_s, batch, progress, logs)
 
 
 def _verify(store: Store, sample_pct: float, disk_label: str | None, sha256: bool, repair: bool,
             budget_s: float | None, batch: str | None,
-            progress: Callable[[int, int], None] | None = None) -> VerifyReport:
+            progress: Callable[[int, int], None] | None = None, logs: bool = True) -> VerifyReport:
     rep = VerifyReport()
     t0 = time.monotonic()
     only_disk = _disk_uuid(store, disk_label) if disk_label is not None else None
@@ -158,7 +160,7 @@ def _verify(store: Store, sample_pct: float, disk_label: str | None, sha256: boo
         if not bad and good and len(per_disk) == len(store.replica_order(meta)):
             now = time.time()
             store.index.update_shard(meta.shard_id, lambda m: setattr(m, "verified", now))
-    if batch is None:
+    if batch is None and logs:
         _judge_logs_and_pointers(store, rep, only_disk, repair)
     rep.seconds = time.monotonic() - t0
     return rep

@@ -86,3 +86,26 @@ def test_used_bytes_off_names_a_next_step_that_clears_it(tmp_path: Path) -> None
     assert "`hoard index rebuild`" in line, line  # the old code: no next step
     _ok(_hoard(cfg, "index", "rebuild"))
     _ok(_hoard(cfg, "check"))
+
+
+def test_activate_does_not_call_a_log_it_brings_up_bad(tmp_path: Path) -> None:
+    """`hoard disks activate` verifies the disk's replicas, then brings its marks log and
+    pointers up to the index. With verify judging pointers too, a disk that missed a view while
+    it was failed had "bad disk d1: lacks the pointer of view v1" printed, and "bad replicas are
+    queued for repair"; a pointer is no replica, and activate brings it up the moment after."""
+    from fsd.disks import DiskState
+    from fsd.store import Store
+
+    cfg = _cli_store(tmp_path)
+    _ok(_hoard(cfg, "put", *map(str, make_files(tmp_path / "in", 3, seed=305))))
+    with Store.open(config.load(cfg)) as store:
+        store.set_disk_state("d1", DiskState.FAILED, "test: I/O errors")
+    put = _hoard(cfg, "put", *map(str, make_files(tmp_path / "in2", 3, seed=306)))
+    _ok(put)
+    rows = tmp_path / "v.list"
+    rows.write_text("".join(f"{line.split()[0]}  f{i}.bin\n" for i, line in enumerate(put.stdout.splitlines())))
+    _ok(_hoard(cfg, "view", "add", "v1", str(rows)))  # its pointer goes to d0 and d2 only
+    res = _hoard(cfg, "disks", "activate", "d1")
+    _ok(res)
+    assert "bad" not in res.stderr, res.stdout + res.stderr
+    assert _three(cfg) == ([], 0, 0)
