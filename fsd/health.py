@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from fsd import zones
+from fsd import integrity, zones
 from fsd.base.config import Settings
 from fsd.base.errors import HoardError
 from fsd.base.units import fmt_bytes
@@ -121,6 +121,9 @@ def store_status(cfg: Settings) -> dict[str, Any]:
     try:
         with Store.open(cfg, writable=False) as store:
             st = store.status()
+            # the marks logs and pointers, judged as `hoard check` and `hoard verify` judge them
+            found = integrity.judge(store)
+            st["integrity"] = {"problems": [line for _, line in found.lines()], "counts": found.counts}
             # a scan of every shard: only when a card needs it (a disk not active), not on
             # every refresh of a healthy store
             holdings = disk_holdings(store) if any(d["state"] != "active" for d in st["disks"]) else {}
@@ -201,6 +204,9 @@ def store_problems(cfg: Settings, store: dict[str, Any], disks: list[dict[str, A
                             "below their replica target (copy_of_raw / copy_of_generated); run `hoard replicate` "
                             "(the replicator timer does it on a schedule)")
         problems += _space_problems(cfg, disks)
+        # (each line names its next step: `hoard index rewrite-marks`, `rewrite-pointers`, or what to remove)
+        problems += [line if line.startswith("disk ") else f"store: {line}"
+                     for line in store.get("integrity", {}).get("problems", [])]
         stuck = store.get("open_without_writer") or []
         if stuck:
             problems.append(f"store: {len(stuck)} open shards have no writer left (e.g. {stuck[0]}): the next "

@@ -86,7 +86,8 @@ def activate(store: Store, label: str) -> ActivateReport:
             if meta.sealed and rec.uuid not in meta.replicas and disk.path(meta.hex, True).is_file():
                 rep.adopted += store.index.update_shard(meta.shard_id, _adopt(rec.uuid)) is not None
         before = {m.shard_id for m in shards_on(store, rec.uuid)}
-        result = verify(store, disk_label=label) if before else None
+        # (its marks log and pointers are behind by nature: brought up below, not judged bad)
+        result = verify(store, disk_label=label, logs=False) if before else None
         if result is not None:
             rep.checked, rep.bad = result.replicas, result.bad
         if store.records[rec.uuid].state != DiskState.DRAINING:  # verify saw an I/O error: it failed again

@@ -19,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from fsd import marks
+from fsd import integrity
 from fsd import shardfmt as fmt
 from fsd.base.errors import ExitCode, HoardError
 from fsd.replica import TargetError, check_replica, repair_replica, reseal_unlisted
@@ -40,6 +40,10 @@ class VerifyReport:
     repaired: list[str] = field(default_factory=list)
     seconds: float = 0.0
     in_scope: int = 0  # sealed shards the run could have chosen (before --sample)
+    #: what is still bad, by kind: "replica file" (missing, unreadable, cut short — what `hoard
+    #: check` sees too), "replica bytes" (bytes inside a whole file: only verify reads them),
+    #: "marks log", "pointer" (fsd.integrity: judged as `hoard check` and `hoard health` do)
+    kinds: dict[str, int] = field(default_factory=dict)
 
     @property
     def unrepaired(self) -> int:
@@ -59,22 +63,24 @@ def batch_shards(store: Store, batch_id: str) -> set[bytes]:
 
 def verify(store: Store, sample_pct: float = 100.0, disk_label: str | None = None, sha256: bool = False,
            repair: bool = False, budget_s: float | None = None, batch: str | None = None,
-           progress: Callable[[int, int], None] | None = None) -> VerifyReport:
+           progress: Callable[[int, int], None] | None = None, logs: bool = True) -> VerifyReport:
     """Check the chosen shards' replicas: the first `sample_pct` % (at least one) of the sealed
     shards in (verified, created) order — never verified first, then the oldest, so repeated
     samples cover the whole store. `disk_label` limits the run to replicas on that disk (an
     unknown label is refused). Checks one reader thread per disk (the disks work in
     parallel, each reading its replicas in order), then repair what is bad. `batch` limits
-    the check to the shards holding that ingested batch. Repairing holds the maintenance lock."""
+    the check to the shards holding that ingested batch. `logs=False` leaves the disks' marks
+    logs and pointers unjudged (`hoard disks activate` brings them up right after). Repairing
+    holds the maintenance lock."""
     if repair:
         with store.maintenance("verify --repair"):
-            return _verify(store, sample_pct, disk_label, sha256, repair, budget_s, batch, progress)
-    return _verify(store, sample_pct, disk_label, sha256, repair, budget_s, batch, progress)
+            return _verify(store, sample_pct, disk_label, sha256, repair, budget_s, batch, progress, logs)
+    return _verify(store, sample_pct, disk_label, sha256, repair, budget_s, batch, progress, logs)
 
 
 def _verify(store: Store, sample_pct: float, disk_label: str | None, sha256: bool, repair: bool,
             budget_s: float | None, batch: str | None,
-            progress: Callable[[int, int], None] | None = None) -> VerifyReport:
+            progress: Callable[[int, int], None] | None = None, logs: bool = True) -> VerifyReport:
     rep = VerifyReport()
     t0 = time.monotonic()
     only_disk = _disk_uuid(store, disk_label) if disk_label is not None else None
@@ -91,6 +97,7 @@ def _verify(store: Store, sample_pct: float, disk_label: str | None, sha256: boo
             if only_disk is None or disk.uuid == only_disk:
                 work.setdefault(disk.uuid, []).append(meta)
     results: dict[bytes, dict[str, str | None]] = {}  # shard → disk uuid → None (good) or why
+    file_or_bytes: dict[tuple[bytes, str], str] = {}  # (shard, disk uuid) → kind of what is bad
     lock = threading.Lock()
     total = sum(m.size for metas_ in work.values() for m in metas_)
 
@@ -105,6 +112,9 @@ def _verify(store: Store, sample_pct: float, disk_label: str | None, sha256: boo
             except (OSError, fmt.ShardFormatError) as e:
                 n, why = 0, getattr(e, "strerror", None) or str(e)
                 store.bad_replica(disk, meta, "verify", e)  # queued: the replicator repairs it
+                # the file (missing, unreadable, cut short: `hoard check` sees it too) or bytes in it
+                file_or_bytes[(meta.shard_id, uuid)] = ("replica file" if isinstance(e, (OSError, fmt.TruncatedShard))
+                                                        else "replica bytes")
             checked += 1
             with lock:
                 results.setdefault(meta.shard_id, {})[uuid] = why
@@ -144,11 +154,14 @@ def _verify(store: Store, sample_pct: float, disk_label: str | None, sha256: boo
                     left.append((disk, why))
             if good:
                 bad = left
+        for disk, _why in bad:
+            kind = file_or_bytes.get((sid, disk.uuid), "replica bytes")
+            rep.kinds[kind] = rep.kinds.get(kind, 0) + 1
         if not bad and good and len(per_disk) == len(store.replica_order(meta)):
             now = time.time()
             store.index.update_shard(meta.shard_id, lambda m: setattr(m, "verified", now))
-    if batch is None:
-        _scrub_marks(store, rep, only_disk, repair)
+    if batch is None and logs:
+        _judge_logs_and_pointers(store, rep, only_disk, repair)
     rep.seconds = time.monotonic() - t0
     return rep
 
@@ -179,24 +192,33 @@ def _reseal(store: Store, meta: ShardMeta, bad: list, rep: VerifyReport) -> list
     return []
 
 
-def _scrub_marks(store: Store, rep: VerifyReport, only_disk: str | None, repair: bool) -> None:
-    """Read every disk's marks log as its replicas are read: a line whose check does not hold
-    (bit rot) is bad — a rebuild would not obey it, so the record it was is on fewer disks than
-    it should be — and `--repair` rewrites that log from the index (a snapshot), as `hoard
-    index rewrite-marks` does. A log that cannot be read is `hoard check`'s and health's."""
-    for uuid, disk in store.disks.items():
-        if (only_disk is not None and uuid != only_disk) or not store.usable(uuid):
-            continue
-        try:
-            got = marks.read_log(marks.log_path(disk.root).parent, label=disk.label)
-        except OSError:
-            continue
-        if not got.damaged:
-            continue
-        rep.bad.append(f"marks log on {disk.label}: {got.damaged} damaged line(s) (line "
-                       f"{', '.join(map(str, got.damaged_lines))}{' …' if got.damaged > len(got.damaged_lines) else ''})")
-        if repair and disk.label in store.snapshot_marks([uuid]):
-            rep.repaired.append(f"marks log on {disk.label}: rewritten from the index")
+def _judge_logs_and_pointers(store: Store, rep: VerifyReport, only_disk: str | None, repair: bool) -> None:
+    """The disks' marks logs and batch and view pointers, judged as `hoard check` and `hoard
+    health` judge them (fsd.integrity.judge): each finding is bad. `--repair` rewrites the logs
+    from the index (a snapshot, as `hoard index rewrite-marks`) and the pointers (as `hoard
+    index rewrite-pointers`), then judges again: what is left stays bad. `only_disk` keeps the
+    findings about that disk."""
+    label = store.records[only_disk].label if only_disk is not None else None
+
+    def mine(found: integrity.Findings) -> list[tuple[str, str]]:
+        return [(kind, line) for kind, line in found.lines() if label is None or line.startswith(f"disk {label}:")]
+
+    before = mine(integrity.judge(store))
+    if repair and before:
+        chosen = [u for u in store.disks if store.usable(u) and (only_disk is None or u == only_disk)]
+        if any(kind == "marks log" for kind, _ in before):
+            store.snapshot_marks(chosen)
+        if any(kind == "pointer" for kind, _ in before) and store.index.pointers is not None:
+            store.index.align_pointers()
+            store.catch_up_pointers(chosen)
+        after = mine(integrity.judge(store))
+        left = {line for _, line in after}
+        rep.repaired += [f"{line} (rewritten from the index)" for _, line in before if line not in left]
+        rep.bad += [line for _, line in before if line not in left]  # found, and repaired
+        before = after
+    for kind, line in before:
+        rep.bad.append(line)
+        rep.kinds[kind] = rep.kinds.get(kind, 0) + 1
 
 
 def _disk_uuid(store: Store, label: str) -> str:

@@ -15,6 +15,14 @@ acknowledged may be lost:
 - no reservation outlives its job, every output `hoard stage` / `hoard export` acknowledged
   (exit 0) stays sealed and its files match their manifest, and nothing unsealed is ever
   reported done.
+- no alarm without a cause (`World.observe`, `World.follow_advice`): every problem `hoard
+  health`, `hoard check` or `hoard verify` reports during a seed names a next step; once a
+  fault's outside cause is healed (a disk back, a server started, a filler removed, a dead
+  disk replaced), the harness follows the `hoard` commands the problems still reported name,
+  and each problem it followed is gone; after each step's heal and re-run all three report
+  nothing (exit 0; health: nothing beyond a new world's problems);
+- after each faulted command, before the heal, `hoard check`'s exit code and `hoard verify`'s
+  agree, except where one of them is blind by design (`check_agrees_with_verify`).
 
 A step's plan (workload, fault, victim, timing) comes from the seed alone, so a failing seed
 replays with the command `World.replay_hint` prints; the kill instants are wall-clock, so a
@@ -177,6 +185,8 @@ class World:
     mount_proc: subprocess.Popen | None = None
     baseline: set[str] = field(default_factory=set)  # what `hoard health` reports right after init
     cut_problems: list[str] = field(default_factory=list)  # what it reported right after the last power cut
+    alarms: int = 0  # problems health, check and verify reported during the seed (each with its next step)
+    followed: dict[str, int] = field(default_factory=dict)  # advice the harness followed → how often
     _files: int = 0
 
     def __post_init__(self) -> None:
@@ -346,7 +356,10 @@ class World:
         if not clean and step.fault == "none":
             raise InvariantViolation(f"{step}: `hoard {' '.join(args)}` exit {proc.returncode} with no fault:\n"
                                      f"{stderr[-3000:]}")
+        if step.fault != "none":
+            self.check_agrees_with_verify(step, self.observe(step, "after the fault"))
         self.heal(step)
+        self.follow_advice(step)
         if step.fault != "none" and step.workload != "get":  # the interrupted command, re-run, completes
             again = self.rerun
             res = self.hoard(*again, ok=None)
@@ -823,7 +836,7 @@ class World:
                 self.hoard("index", "rebuild")
                 if step.workload == "mount_read":  # (the step's re-run reads through it)
                     self.start_mount()
-            self.hoard("verify", "--sha256", "--repair", ok=(0, 5))
+            # the damage itself is repaired by following the advice the tools give (follow_advice)
         elif step.fault == "full":
             (self.lab.disks[step.victim].mountpoint / "someone-elses-file").unlink()
             if self.disk_state(step.victim) != "active":
@@ -887,12 +900,97 @@ class World:
         if check.returncode != 0:
             raise InvariantViolation(f"after {step}: `hoard check` exit {check.returncode}:\n"
                                      f"{check.stdout[-3000:]}{check.stderr[-2000:]}")
-        res = self.hoard("health", "--json", ok=(0, 4))
-        problems = [p for p in json.loads(res.stdout)["problems"]
-                    if p.startswith(("store:", "disk ", "zone ")) or (step.fault == "powercut" and p not in self.baseline)]
-        if problems:
-            raise InvariantViolation(f"after {step} and its heal: `hoard health` still reports {problems}")
+        seen = self.observe(step, "after the heal")
+        left = {tool: o.problems for tool, o in seen.items() if o.problems or o.code != 0}
+        if left:  # no alarm without a cause: the heal and the advice removed every cause
+            raise InvariantViolation(f"after {step} and its heal: still reported: {json.dumps(left, indent=1)}")
         self.check_outputs(step)
+
+    def observe(self, step: Step, when: str) -> dict[str, Observed]:
+        """What `hoard health`, `hoard verify` and `hoard check` report now (in that order: health
+        opens the store read-only and sees it as it is; verify opens it as a writer — the catch-up
+        every writer does (a disk's marks log or pointers behind, an open shard without a writer)
+        runs before it judges — and check, after it, judges the state verify judged). check runs
+        without the database (verify does not judge it; after the heal `check_invariants` runs
+        it with the database). Every problem must name a next step (`next_steps`)."""
+        health = self.hoard("health", "--json", ok=(0, 4))
+        doc = json.loads(health.stdout)
+        seen = {"health": Observed(health.returncode if [p for p in doc["problems"] if p not in self.baseline] else 0,
+                                   [p for p in doc["problems"] if p not in self.baseline], {},
+                                   {d["label"]: d.get("state", "active") for d in doc["disks"]})}
+        verify = self.hoard("verify", "--json", ok=None)
+        try:
+            rep = json.loads(verify.stdout)
+            seen["verify"] = Observed(verify.returncode, rep["bad"], rep.get("kinds", {}), advice=verify.stderr)
+        except (json.JSONDecodeError, KeyError):
+            seen["verify"] = Observed(verify.returncode, [verify.stderr.strip()] if verify.returncode else [], {},
+                                      advice=verify.stderr)
+        check = self.hoard("check", "--json", "--no-database", ok=None)
+        try:
+            rep = json.loads(check.stdout)
+            seen["check"] = Observed(check.returncode, rep["problems"], rep["counts"])
+        except (json.JSONDecodeError, KeyError):
+            seen["check"] = Observed(check.returncode, [check.stderr.strip()] if check.returncode else [], {})
+        for tool, o in seen.items():
+            if o.code not in (0, 4, 5):  # (4: health's "needs attention", 5: check's and verify's)
+                raise InvariantViolation(f"{step}, {when}: `hoard {tool}` exit {o.code}: {o.problems}")
+            self.alarms += len(o.problems)
+            bare = [p for p in o.problems if not next_steps(p if tool != "verify" else o.advice)]
+            if bare:
+                raise InvariantViolation(f"{step}, {when}: `hoard {tool}` reports problems with no next step: {bare}")
+        self.log.append(f"  {when}: " + "; ".join(f"{tool} {o.code} ({len(o.problems)})" for tool, o in seen.items()))
+        self.log += [f"    {tool}: {p[:300]}" for tool, o in seen.items() for p in o.problems[:3]]
+        return seen
+
+    def check_agrees_with_verify(self, step: Step, seen: dict[str, Observed]) -> None:
+        """check's exit code and verify's agree (both 5 or both 0), except where one is blind by
+        design: check judges the index against itself and the database (CHECK_ONLY) without
+        reading a replica's bytes; verify reads the bytes inside each replica (VERIFY_ONLY: a
+        flipped byte in a whole file, found when a footer of another replica reads) and a
+        replica on a disk verify's own read failed (check leaves a failed or missing disk's
+        replicas to health, which names the disk)."""
+        check, verify = seen["check"], seen["verify"]
+        if (check.code == 5) == (verify.code == 5):
+            return
+        if check.code == 5 and set(check.kinds) <= CHECK_ONLY:
+            return
+        down = {label for label, state in seen["health"].disks.items() if state != "active"}
+        on_down = all(any(f" on {label}:" in line for label in down) for line in verify.problems)
+        if verify.code == 5 and (set(verify.kinds) <= VERIFY_ONLY or (verify.problems and on_down)):
+            return
+        raise InvariantViolation(f"{step}, after the fault: `hoard check` exit {check.code} ({check.kinds}: "
+                                 f"{check.problems[:5]}) but `hoard verify` exit {verify.code} ({verify.kinds}: "
+                                 f"{verify.problems[:5]})")
+
+    def follow_advice(self, step: Step) -> None:
+        """Once the fault's outside cause is healed: whatever health, check and verify still
+        report, the harness does what it says — each `hoard` command a problem names (FOLLOW),
+        once, in the order named (`ingest --resume B` with `--here`: no worker runs) — and then
+        every problem whose advice it followed must be gone. Two rounds (one piece of advice
+        may be "see `hoard check`", whose own line names the fix). A problem whose advice the
+        harness does not run (a placeholder to fill in, the interrupted command, an operator's
+        hand) is left to the step's re-run: after it `check_invariants` wants nothing reported."""
+        seen = self.observe(step, "after the outside heal")
+        for round_ in (1, 2):
+            followed: list[tuple[str, str]] = []
+            commands: list[list[str]] = []
+            for tool, o in seen.items():
+                for p in o.problems:
+                    argvs = [a for a in map(followable, next_steps(o.advice if tool == "verify" else p)) if a]
+                    if argvs:
+                        followed.append((tool, p))
+                    commands += [a for a in argvs if a not in commands]
+            if not commands:
+                return
+            for argv in commands:
+                key = " ".join(argv[:2] if argv[0] in ("index", "disks", "zones", "ingest") else argv[:1])
+                self.followed[key] = self.followed.get(key, 0) + 1
+                self.hoard(*argv, ok=None, timeout=600)
+            seen = self.observe(step, f"after following the advice (round {round_})")
+            still = [(tool, p) for tool, p in followed if p in seen[tool].problems]
+            if still and round_ == 2:
+                raise InvariantViolation(f"{step}: after following {[' '.join(c) for c in commands]} these are still "
+                                         f"reported: {still}")
 
     def check_outputs(self, step: Step) -> None:
         """No reservation outlives its job; every acknowledged output is sealed and matches its
@@ -914,6 +1012,56 @@ class World:
             if doc["status"] == "done" and not (self.ssd / zone / state.stem / "_SEALED").is_file():
                 raise InvariantViolation(f"after {step}: {doc['spec']['kind']} {state.stem} is reported done "
                                          "but is not sealed")
+
+
+#: what `hoard check` judges and `hoard verify` does not, by design: the index against itself
+#: (entries that do not decode, point nowhere or past their shard, marks of objects not in it,
+#: the objects it maps to a shard against its footer's count, disks' used bytes, manifests)
+#: and the database (`check_agrees_with_verify`)
+CHECK_ONLY = frozenset({"malformed", "dangling", "out of bounds", "stale mark", "unindexed", "record count",
+                        "used bytes", "manifest", "database", "replicas"})
+#: what `hoard verify` judges and `hoard check` does not: the bytes inside a replica file of the
+#: right size (check reads sizes and the first footer that reads)
+VERIFY_ONLY = frozenset({"replica bytes"})
+#: an operator's next step that names no `hoard` command (a disk to mount again, a file to remove)
+OPERATOR_STEPS = ("mount it again", "remove it", "start it with", "free space", "add a disk", "put its [[disks]] "
+                  "table back", "the next writer", "run the job again", "fix database_url", "fix redis_url")
+#: `hoard` commands the harness follows when a problem names them (others change the world the
+#: harness keeps track of — disks replaced, servers — and are its heal's)
+FOLLOW = (("replicate",), ("verify",), ("index", "rewrite-marks"), ("index", "rewrite-pointers"),
+          ("index", "rebuild"), ("gc",), ("ingest", "--resume"), ("disks", "activate"), ("zones", "clean"),
+          ("check",), ("health",))
+
+
+@dataclass
+class Observed:
+    """What one of health, verify, check reported: its exit code, its problem lines, their kinds
+    (check's `counts`, verify's `kinds`), the disks' states (health), verify's advice (stderr)."""
+    code: int
+    problems: list[str]
+    kinds: dict[str, int]
+    disks: dict[str, str] = field(default_factory=dict)
+    advice: str = ""
+
+
+def next_steps(text: str) -> list[str]:
+    """The `hoard …` commands `text` names, in order; [""] for an operator's step with no
+    command (OPERATOR_STEPS); [] when it names none."""
+    cmds = re.findall(r"`(hoard [^`]+)`", text)
+    return cmds or ([""] if any(p in text for p in OPERATOR_STEPS) else [])
+
+
+def followable(cmd: str) -> list[str] | None:
+    """The argv of a named `hoard` command the harness runs (FOLLOW), or None: not one of those,
+    or one with a placeholder to fill in (LABEL, ID, …) or an ellipsis."""
+    argv = cmd.split()[1:]
+    if not argv or "…" in cmd or "..." in cmd or any(re.fullmatch(r"[A-Z][A-Z_]*", a) for a in argv):
+        return None
+    if not any(tuple(argv[:len(f)]) == f for f in FOLLOW):
+        return None
+    if argv[:2] == ["ingest", "--resume"] and "--here" not in argv:
+        argv.append("--here")  # the queued form needs a worker: run in place
+    return argv
 
 
 def _env() -> dict[str, str]:

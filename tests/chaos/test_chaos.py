@@ -77,7 +77,8 @@ def test_chaos(seed: int, lab_factory, tmp_path: Path) -> None:
                 _failed(world, e, done + [f"{last}  ← failed"])
             world.faults["replace every disk, then index rebuild"] = 1
         assert world.acked, "the run acknowledged nothing: it tested nothing"
-        _report({"seed": seed, "power": world.power, "steps": steps, "acked": len(world.acked), "faults": world.faults})
+        _report({"seed": seed, "power": world.power, "steps": steps, "acked": len(world.acked), "faults": world.faults,
+                 "alarms": world.alarms, "followed": world.followed})
     finally:
         if os.environ.get("CHAOS_LOG"):  # every command and what the faults did, for a reader of a passing run
             with open(os.environ["CHAOS_LOG"], "a") as f:

@@ -1,0 +1,111 @@
+"""`hoard check`, `hoard verify` and `hoard health` judge the same facts the same way
+(fsd/integrity.py): a disk's marks log and its batch and view pointers. Before, health said
+nothing of a damaged marks log or pointer that check named, and verify read the marks logs
+but no pointer. Each test damages one disk, asks all three, then follows the next
+step they name and asks again."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fsd import marks
+from fsd.base import config
+from jobs.health import collect
+from tests.conftest import make_files
+from tests.test_cli_put import _hoard
+from tests.test_cli_put import _store as _cli_store
+
+def _health(cfg: Path) -> list[str]:
+    """The store's and disks' problems `hoard health` reports (the database's backup is no matter here)."""
+    return [p for p in collect(config.load(cfg))["problems"] if p.startswith(("store:", "disk "))]
+
+
+def _three(cfg: Path) -> tuple[list[str], int, int]:
+    """(health's store and disk problems, check's exit code, verify's exit code)."""
+    return _health(cfg), _hoard(cfg, "check").returncode, _hoard(cfg, "verify").returncode
+
+
+def _ok(res) -> None:
+    assert res.returncode == 0, res.stdout + res.stderr
+
+
+def test_a_damaged_marks_log_line_is_named_by_all_three_and_the_advice_clears_it(tmp_path: Path) -> None:
+    cfg = _cli_store(tmp_path)
+    _ok(_hoard(cfg, "put", *map(str, make_files(tmp_path / "in", 3, seed=301))))
+    assert _three(cfg) == ([], 0, 0)
+    log = marks.log_path(tmp_path / "d1")
+    data = bytearray(log.read_bytes())
+    data[data.rfind(b" root ") + 10] ^= 0x01  # a hex digit of the last root's sha256: its check fails
+    log.write_bytes(bytes(data))
+    health, check, verify = _three(cfg)
+    assert check == 5 and verify == 5, (check, verify)
+    # the old code: health reported nothing
+    assert any(p.startswith("disk d1: 1 damaged line(s) in its marks log") and "`hoard index rewrite-marks`" in p
+               for p in health), health
+    _ok(_hoard(cfg, "index", "rewrite-marks"))  # the next step health and check name
+    assert _three(cfg) == ([], 0, 0)
+
+
+def test_a_damaged_pointer_is_named_by_all_three_and_verify_repair_rewrites_it(tmp_path: Path) -> None:
+    """One flipped byte in a view's pointer on one disk: check named it; verify (exit 0) and
+    health said nothing."""
+    cfg = _cli_store(tmp_path)
+    put = _hoard(cfg, "put", *map(str, make_files(tmp_path / "in", 2, seed=303)))
+    _ok(put)
+    rows = tmp_path / "v.list"
+    rows.write_text("".join(f"{line.split()[0]}  dir/f{i}.bin\n" for i, line in enumerate(put.stdout.splitlines())))
+    _ok(_hoard(cfg, "view", "add", "v1", str(rows)))
+    assert _three(cfg) == ([], 0, 0)
+    pointer = tmp_path / "d0" / "views" / "v1.json"
+    data = bytearray(pointer.read_bytes())
+    data[data.index(b'"manifest"') + 15] ^= 0x01  # a hex digit of the manifest: the checksum no longer matches
+    pointer.write_bytes(bytes(data))
+    health, check, verify = _three(cfg)
+    assert (check, verify) == (5, 5), (check, verify)  # the old code: verify exit 0
+    assert any(p.startswith("disk d0: its pointer of view v1 is damaged") and "`hoard index rewrite-pointers`" in p
+               for p in health), health  # the old code: nothing
+    fixed = _hoard(cfg, "verify", "--repair")
+    _ok(fixed)
+    assert "1 repaired" in fixed.stdout, fixed.stdout
+    assert _three(cfg) == ([], 0, 0)
+
+
+def test_used_bytes_off_names_a_next_step_that_clears_it(tmp_path: Path) -> None:
+    """A disk's used bytes in the index off by 4 KiB: check named it ("the index counts … bytes
+    used, its replicas add up to …") with no next step; now it names `hoard index rebuild`,
+    which recounts them, and check passes after it."""
+    from fsd.store import Store
+
+    cfg = _cli_store(tmp_path)
+    _ok(_hoard(cfg, "put", *map(str, make_files(tmp_path / "in", 3, seed=304))))
+    with Store.open(config.load(cfg)) as store:
+        store.index.adjust_used({next(iter(store.records)): 4096})
+    res = _hoard(cfg, "check")
+    assert res.returncode == 5, res.stdout + res.stderr
+    line = next(x for x in res.stderr.splitlines() if "the index counts" in x)
+    assert "`hoard index rebuild`" in line, line  # the old code: no next step
+    _ok(_hoard(cfg, "index", "rebuild"))
+    _ok(_hoard(cfg, "check"))
+
+
+def test_activate_does_not_call_a_log_it_brings_up_bad(tmp_path: Path) -> None:
+    """`hoard disks activate` verifies the disk's replicas, then brings its marks log and
+    pointers up to the index. With verify judging pointers too, a disk that missed a view while
+    it was failed had "bad disk d1: lacks the pointer of view v1" printed, and "bad replicas are
+    queued for repair"; a pointer is no replica, and activate brings it up the moment after."""
+    from fsd.disks import DiskState
+    from fsd.store import Store
+
+    cfg = _cli_store(tmp_path)
+    _ok(_hoard(cfg, "put", *map(str, make_files(tmp_path / "in", 3, seed=305))))
+    with Store.open(config.load(cfg)) as store:
+        store.set_disk_state("d1", DiskState.FAILED, "test: I/O errors")
+    put = _hoard(cfg, "put", *map(str, make_files(tmp_path / "in2", 3, seed=306)))
+    _ok(put)
+    rows = tmp_path / "v.list"
+    rows.write_text("".join(f"{line.split()[0]}  f{i}.bin\n" for i, line in enumerate(put.stdout.splitlines())))
+    _ok(_hoard(cfg, "view", "add", "v1", str(rows)))  # its pointer goes to d0 and d2 only
+    res = _hoard(cfg, "disks", "activate", "d1")
+    _ok(res)
+    assert "bad" not in res.stderr, res.stdout + res.stderr
+    assert _three(cfg) == ([], 0, 0)
