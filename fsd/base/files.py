@@ -131,8 +131,20 @@ def atomic_copy(src: Path, dest: Path) -> None:
 
 
 def _create(tmp: Path, mode: int) -> BinaryIO:
-    """`tmp` empty and open for writing with `mode` whatever the umask or a leftover's mode."""
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    """`tmp` new, empty and open for writing with `mode` whatever the umask. A leftover there
+    (a crash's, or a link planted where hoardfs writes: the `_REASON.txt` of a batch directory
+    in 3A is written as root in a directory the scraper owns) is removed, never followed or
+    truncated — a link at `._REASON.txt.tmp` once had a root-only file overwritten."""
+    for _ in range(3):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
+            break
+        except FileExistsError:  # made again between the unlink and the open: another writer
+            continue
+    else:
+        raise FileExistsError(errno.EEXIST, "made again each time it was removed", str(tmp))
     os.fchmod(fd, mode)
     return open(fd, "wb")
 
