@@ -53,7 +53,7 @@ from adapters.intent import build_intent, small_raw
 from fsd.base import config as config_mod
 from fsd.base.config import Settings
 from fsd.base.errors import ExitCode, HoardError
-from fsd.base.files import atomic_write, flocked, fsync_dir
+from fsd.base.files import atomic_write, flocked, fsync_dir, read_in_zone
 from fsd.base.paths import NAME_PATTERN
 from fsd import zones
 from fsd.manifest import naming_lock
@@ -286,7 +286,7 @@ def read_signal(cfg: Settings, batch_dir: Path) -> str:
         raise IngestError(f"{batch_dir} has no {SIGNAL} file; name the source with --source or write it into "
                           f"{sig}")
     try:
-        words = sig.read_text(errors="replace").split()
+        words = read_in_zone(sig, 4096).decode(errors="replace").split()
     except OSError as e:
         raise SignalRefused(f"{sig} cannot be read ({e.strerror or e}); write it again as a file holding the "
                             f"source name (e.g. `echo ytdlp > {sig}`)") from None
@@ -337,7 +337,7 @@ def refused_batches(cfg: Settings) -> list[dict[str, str]]:
                 out.append({"batch_id": d.name, "reason": e.message})
         elif (d / REJECTED_SIGNAL).exists():
             try:
-                why = (d / REASON_FILE).read_text(errors="replace").strip().split("\t", 1)[-1]
+                why = read_in_zone(d / REASON_FILE, 4096).decode(errors="replace").strip().split("\t", 1)[-1]
             except OSError:
                 why = "its signal was refused"
             out.append({"batch_id": d.name, "reason": f"{why}; {d / REJECTED_SIGNAL} waits: once fixed, "

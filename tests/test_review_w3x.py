@@ -24,6 +24,36 @@ def _secret(home: Path) -> Path:
 
 
 @needs_root
+def test_a_ready_signal_linked_to_a_secret_tells_nothing_of_it(home: Path) -> None:
+    """The scraper makes its batch's `_READY` a link to a root-only file. `hoard ingest
+    --ready` (root) read the link's target, took its first word for the source name and
+    wrote "no source 'ROOT-ONLY-TOKEN…'" into the batch's `_REASON.txt` (which the scraper
+    reads, its directory's group set-gid), into its own output and into `hoard health`.
+    A signal that is not a regular file of the batch is now refused without being read."""
+    cfg_path = home / "hoard.toml"
+    secret = _secret(home)
+    batch = _gallery(home / "gen")
+    zone = home / "ssd" / "3A"
+    res = as_user('cp -r "$1" "$2/" && chmod g+s "$2/$4" && rm "$2/$4/_READY" && ln -s "$3" "$2/$4/_READY"',
+                  str(batch), str(zone), str(secret), batch.name)
+    assert res.returncode == 0, res.stderr
+    res = hoard(cfg_path, "ingest", "--ready", ok=False)
+    assert SECRET not in res.stdout + res.stderr, res.stdout + res.stderr
+    health = hoard(cfg_path, "health", "--json", ok=False)
+    assert SECRET not in health.stdout + health.stderr
+    mine = zone / batch.name
+    seen = as_user('cat "$1"/_* "$1"/.*.tmp 2>/dev/null; true', str(mine))
+    assert SECRET not in seen.stdout
+    assert "_READY" in res.stdout + res.stderr and "link" in res.stdout + res.stderr, res.stdout + res.stderr
+    # the reason set aside, swapped for a link to the secret: `hoard health` (and the GUI's
+    # banner, a viewer's) showed its first line as the reason
+    res = as_user('rm -f "$1/_REASON.txt" && ln -s "$2" "$1/_REASON.txt"', str(mine), str(secret))
+    assert res.returncode == 0, res.stderr
+    health = hoard(cfg_path, "health", "--json", ok=False)
+    assert batch.name in health.stdout and SECRET not in health.stdout + health.stderr
+
+
+@needs_root
 def test_a_link_planted_at_a_temporary_name_is_not_written_through(home: Path) -> None:
     """Every file hoardfs rewrites goes tmp → rename through `.<name>.tmp` beside it, opened
     O_CREAT|O_TRUNC, following links. In the scraper's own batch directory the ingest (root)

@@ -12,6 +12,7 @@ import errno
 import fcntl
 import os
 import shutil
+import stat
 from collections.abc import Callable, Iterator
 from typing import BinaryIO
 from pathlib import Path
@@ -147,6 +148,29 @@ def _create(tmp: Path, mode: int) -> BinaryIO:
         raise FileExistsError(errno.EEXIST, "made again each time it was removed", str(tmp))
     os.fchmod(fd, mode)
     return open(fd, "wb")
+
+
+def read_in_zone(path: Path, limit: int = 64 << 10) -> bytes:
+    """At most `limit` bytes of the regular file at `path`, in a directory others write (a
+    batch of 3A: its `_READY`, `_REASON.txt`). A symbolic link there is never followed — a
+    `_READY` linked to a root-only file had its first word shown as the 'unknown source' — and
+    a fifo or device is not read (OSError naming what it is)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise OSError(errno.ELOOP, "a symbolic link, never followed there", str(path)) from None
+        raise
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", str(path))
+        chunks, left = [], limit
+        while left > 0 and (chunk := os.read(fd, left)):
+            chunks.append(chunk)
+            left -= len(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
 
 
 def fsync_dir(path: Path) -> None:
