@@ -76,3 +76,30 @@ def test_a_link_planted_at_a_temporary_name_is_not_written_through(home: Path) -
     mine = zone / batch.name
     assert "no-such-source" in (mine / "_REASON.txt").read_text()
     assert not (mine / "_REASON.txt").is_symlink()
+
+
+def test_a_sidecar_swapped_for_a_link_after_the_screen_is_not_read(tmp_path: Path) -> None:
+    """The screen saw a batch's sidecar as a file of the batch; before the adapter read it (the
+    settle wait's re-check is behind, the parse comes next) the scraper swapped it for a link
+    to a root-only JSON file (the GUI's users.json, a session). The adapter, as root, parsed
+    the secret as the sidecar's metadata — `raw_metadata` every viewer sees on the node page.
+    A document is now read only if it is the file the screen saw (device and inode of what
+    was opened); the swapped one is rejected with its media, the others taken."""
+    from adapters.screen import screen
+    from adapters.sidecars import GalleryDl
+
+    batch = _gallery(tmp_path / "gen")
+    secret = tmp_path / "users.json"
+    secret.write_text('{"admin": {"password_hash": "%s"}}' % SECRET)
+    secret.chmod(0o600)
+    view, rejects = screen(batch)
+    assert not rejects
+    victim = sorted(r for r in view.files if r.endswith(".json"))[0]
+    (batch / victim).unlink()
+    (batch / victim).symlink_to(secret)
+    parsed = GalleryDl("gallery").parse(view)
+    assert SECRET not in repr([r.raw for r in parsed.records] + [r.specific for r in parsed.records])
+    reasons = {p: r.reason for r in parsed.rejects for p in r.paths}
+    assert "not the file the scan saw" in reasons[victim], reasons
+    assert victim.removesuffix(".json") in reasons
+    assert len(parsed.records) == len([r for r in view.files if r.endswith(".json")]) - 1
