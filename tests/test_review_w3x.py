@@ -103,3 +103,58 @@ def test_a_sidecar_swapped_for_a_link_after_the_screen_is_not_read(tmp_path: Pat
     assert "not the file the scan saw" in reasons[victim], reasons
     assert victim.removesuffix(".json") in reasons
     assert len(parsed.records) == len([r for r in view.files if r.endswith(".json")]) - 1
+
+
+@needs_root
+def test_the_package_holds_the_files_stored_not_what_3a_holds_later(home: Path, pg) -> None:
+    """The store step stores the file the scan saw; the package step then read the batch's
+    files from 3A again, by path, following links. After the store step the scraper swapped
+    its directory `sub` for a link to a root-only directory holding a file of the same name:
+    root wrote that secret into the 3B package (the manifest still naming the stored file's
+    checksum). The package is now made of the files the scan saw, or not at all."""
+    import hashlib
+    import json
+    import tarfile
+
+    from fsd.base import config
+    from jobs import ingest as ua1
+
+    cfg = config.load(home / "hoard.toml")
+    zone = cfg.ssd.zone_path("3A")
+    src = home / "gen" / "b-swap"
+    (src / "sub").mkdir(parents=True)
+    for i in range(3):
+        d = src / "sub" if i == 0 else src
+        (d / f"p{i}.png").write_bytes(os.urandom(2000))
+        (d / f"p{i}.png.json").write_text(json.dumps({"title": f"t{i}", "id": f"i{i}"}))
+    private = home / "ssd" / "state" / "private"  # a root-only directory holding the same names
+    private.mkdir(parents=True)
+    (private / "p0.png.json").write_text("{}")
+    (private / "p0.png").write_text(SECRET * 80)  # as large as the stored file: size alone is no tell
+    os.truncate(private / "p0.png", 2000)
+    (private / "p0.png").chmod(0o600)
+    res = as_user('cp -r "$1" "$2/"', str(src), str(zone))
+    assert res.returncode == 0, res.stderr
+    mine = zone / "b-swap"
+    ua1.submit(cfg, mine, "sidecar", queue=False)
+    ua1._run_step_locked(cfg, "b-swap", "scan", then_enqueue=False)
+    ua1._run_step_locked(cfg, "b-swap", "store", then_enqueue=False)
+    res = as_user('mv "$1/sub" "$1/sub.orig" && ln -s "$2" "$1/sub"', str(mine), str(private))
+    assert res.returncode == 0, res.stderr
+    ua1._run_step_locked(cfg, "b-swap", "apply", then_enqueue=False)
+    with pytest.raises(Exception) as failed:
+        ua1._run_step_locked(cfg, "b-swap", "package", then_enqueue=False)
+    assert "sub/p0.png" in str(failed.value) and "not the file" in str(failed.value), failed.value
+    for part in (cfg.ssd.zone_path("3B") / "b-swap").glob("*.tar"):
+        with tarfile.open(part) as tar:
+            for m in tar.getmembers():
+                assert SECRET.encode() not in tar.extractfile(m).read()
+    # put back as it was, the package is made of the stored files
+    res = as_user('rm "$1/sub" && mv "$1/sub.orig" "$1/sub"', str(mine))
+    assert res.returncode == 0, res.stderr
+    ua1._run_step_locked(cfg, "b-swap", "package", then_enqueue=False)
+    [part] = (cfg.ssd.zone_path("3B") / "b-swap").glob("*.tar")
+    manifest = json.loads((cfg.ssd.zone_path("3B") / "b-swap" / "b-swap.manifest.json").read_text())
+    with tarfile.open(part) as tar:
+        for f in manifest["files"]:
+            assert hashlib.sha256(tar.extractfile(f["path"]).read()).hexdigest() == f["sha256"]
