@@ -158,3 +158,35 @@ def test_the_package_holds_the_files_stored_not_what_3a_holds_later(home: Path, 
     with tarfile.open(part) as tar:
         for f in manifest["files"]:
             assert hashlib.sha256(tar.extractfile(f["path"]).read()).hexdigest() == f["sha256"]
+
+
+@needs_root
+def test_a_link_planted_at_an_outputs_name_takes_no_output_elsewhere(home: Path) -> None:
+    """3C is written by a trainer's group too. Every output job starts with `resume` (an
+    output renamed into place but not sealed goes back to work): a link planted at `3C/s1` →
+    a directory of root's was taken for such an output, renamed to `3C/.tmp/s1`, and
+    `hoard stage s1` (root) wrote the staged files through it, then left the link as the
+    output. Only the service's own directory is taken back now; a link there is refused in
+    one line, nothing written."""
+    import grp
+    import hashlib
+    import shutil
+
+    cfg_path = home / "hoard.toml"
+    batch = _gallery(home / "gen")
+    shutil.copytree(batch, home / "ssd" / "3A" / batch.name)
+    hoard(cfg_path, "ingest", str(home / "ssd" / "3A" / batch.name), "--here")
+    zone = home / "ssd" / "3C"
+    os.chown(zone, -1, grp.getgrnam("nogroup").gr_gid)
+    elsewhere = home / "root-only"
+    elsewhere.mkdir()
+    nodes = home / "nodes.txt"
+    nodes.write_text("".join(hashlib.sha256(p.read_bytes()).hexdigest() + "\n"
+                             for p in sorted(batch.iterdir()) if p.suffix == ".png"))
+    args = ("stage", "s1", "--layout", "by_sha256", "--nodes", str(nodes))
+    hoard(cfg_path, *args)  # requested (queued): the id is known from here on
+    res = as_user('ln -s "$1" "$2/s1"', str(elsewhere), str(zone))
+    assert res.returncode == 0, res.stderr
+    res = hoard(cfg_path, *args, "--here", ok=False)  # the worker's run, or the same command again
+    assert list(elsewhere.iterdir()) == []
+    assert res.returncode != 0 and "s1" in res.stderr and "link" in res.stderr, res
