@@ -266,3 +266,21 @@ def test_a_local_user_cannot_write_the_forwarded_for_of_a_proxy_on_this_host(ser
         for i in range(5):
             assert _basic_from(served, "127.0.0.1", "otto", f"guess-{i}", forwarded=forged) in (401, 429)
     assert _basic_from(served, "127.0.0.1", "otto", PASSWORDS["otto"], forwarded="203.0.113.9") == 200
+
+
+def test_a_file_name_with_a_line_separator_is_refused_at_the_screen(tmp_path: Path) -> None:
+    """W3-X build 1: U+2028/U+2029 "refused in file names and escaped in display". U+0085 was
+    refused (a C1 control) and the bidi overrides were, but a scraped `a<U+2028>b.png` was
+    accepted, stored under that name and printed as two lines by `display`."""
+    from adapters.screen import screen
+    from fsd.base.paths import display
+
+    batch = tmp_path / "b"
+    batch.mkdir()
+    for name in ("ok.png", "a\u2028b.png", "c\u2029d.png"):
+        (batch / name).write_bytes(b"\x89PNG" + os.urandom(64))
+    view, rejects = screen(batch)
+    assert set(view.files) == {"ok.png"}
+    reasons = {p: r.reason for r in rejects for p in r.paths}
+    assert set(reasons) == {"a\u2028b.png", "c\u2029d.png"} and "separator" in reasons["a\u2028b.png"], reasons
+    assert display("a\u2028b\u2029c") == "a\\u2028b\\u2029c"
