@@ -32,6 +32,19 @@ from rq.serializers import JSONSerializer
 #: the serializer of every hoardfs queue, job fetch and worker (never RQ's default, pickle)
 SERIALIZER = JSONSerializer
 
+
+def _no_callback(job: Job) -> None:
+    return None
+
+
+# hoardfs sets no callbacks. RQ imports a job's callback by the name its Redis hash holds and
+# calls it with the job — the worker's registry clean-up does for every abandoned job of
+# `rq:wip:<queue>`, and so does every process that lists a queue's started jobs (the GUI's run
+# pages, `hoard health`): `builtins.print` named there was called, so was any importable
+# callable (an import alone runs a module's code). No job's callback is ever looked up.
+for _name in ("success_callback", "failure_callback", "stopped_callback"):
+    setattr(Job, _name, property(_no_callback))
+
 #: the job functions a hoardfs worker runs → the position of their `config_path` argument
 #: (positional, or the keyword of that name)
 JOB_FUNCTIONS = {

@@ -284,3 +284,32 @@ def test_a_file_name_with_a_line_separator_is_refused_at_the_screen(tmp_path: Pa
     reasons = {p: r.reason for r in rejects for p in r.paths}
     assert set(reasons) == {"a\u2028b.png", "c\u2029d.png"} and "separator" in reasons["a\u2028b.png"], reasons
     assert display("a\u2028b\u2029c") == "a\\u2028b\\u2029c"
+
+
+@pytest.mark.expect_log(r"StartedJobRegistry cleanup: h-cb Moved to FailedJobRegistry", level="WARNING")
+def test_an_abandoned_job_runs_no_callback_it_names(hoard_home: Path, redis_conn) -> None:
+    """jobs.guard refuses a dequeued job naming callbacks; but RQ's registry clean-up (the
+    worker's, at start and every few minutes) fetched every job of `rq:wip:<queue>` whose
+    time had passed and called its failure callback — imported by the name in the job hash,
+    called with the job, nothing checked. A job hash written into Redis with
+    `failure_callback_name` = `builtins.print` and an expired entry in `rq:wip:maintenance`
+    had `hoard worker --burst` call print (any importable callable: a module's import runs its
+    code, `asyncio.__main__` hangs the worker). No job's callback is ever called now."""
+    import json
+    import zlib
+
+    from tests.test_worker_guard import _hoard
+
+    cfg = hoard_home / "hoard.toml"
+    assert _hoard(cfg, "init").returncode == 0
+    data = json.dumps(["jobs.store_jobs.replicate", None, [str(cfg.resolve()), 60, None], {}]).encode()
+    redis_conn.hset("rq:job:h-cb", mapping={
+        "data": zlib.compress(data), "origin": "maintenance", "status": "started",
+        "created_at": "2026-01-01T00:00:00.000000Z", "enqueued_at": "2026-01-01T00:00:00.000000Z",
+        "started_at": "2026-01-01T00:00:00.000000Z", "description": "abandoned",
+        "failure_callback_name": "builtins.print"})
+    redis_conn.sadd("rq:queues", "rq:queue:maintenance")
+    redis_conn.zadd("rq:wip:maintenance", {"h-cb:e1": 1})
+    res = _hoard(cfg, "worker", "--queues", "maintenance", "--burst")
+    assert "AbandonedJobError" not in res.stdout, res.stdout  # print(job, connection, AbandonedJobError, …)
+    assert "callback" not in res.stderr.lower() or "refus" in res.stderr.lower(), res.stderr
