@@ -27,10 +27,20 @@ from typing import Any
 from rq.exceptions import DeserializationError, NoSuchJobError
 from rq.job import Job
 from rq.queue import Queue
+from rq import serializers as rq_serializers
 from rq.serializers import JSONSerializer
 
 #: the serializer of every hoardfs queue, job fetch and worker (never RQ's default, pickle)
 SERIALIZER = JSONSerializer
+
+
+# RQ falls back to pickle wherever a caller names no serializer — rq-dashboard's job page and
+# delete route, an execution's job: `Job.fetch` decodes a job's `meta` as it reads it, so a
+# pickled `meta` written into Redis ran its command in the GUI (root) when a viewer opened
+# /rq/0/view/job/<id>. In a hoardfs process RQ's fallback is JSON: nothing is ever unpickled.
+rq_serializers.PickleSerializer = SERIALIZER  # type: ignore[misc]
+if rq_serializers.resolve_serializer(None) is not SERIALIZER:  # an RQ that no longer falls back this way
+    raise ImportError("jobs.guard: RQ's default serializer could not be made JSON; pin rq or update jobs.guard")
 
 
 def _no_callback(job: Job) -> None:

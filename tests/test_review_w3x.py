@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.gui_fixtures import gui_home, user  # noqa: F401 - fixtures
 from tests.test_privileges import _gallery, as_user, hoard, home, needs_root, reachable  # noqa: F401 (fixtures)
 
 SECRET = "ROOT-ONLY-TOKEN-4f1c2a"
@@ -313,3 +314,31 @@ def test_an_abandoned_job_runs_no_callback_it_names(hoard_home: Path, redis_conn
     res = _hoard(cfg, "worker", "--queues", "maintenance", "--burst")
     assert "AbandonedJobError" not in res.stdout, res.stdout  # print(job, connection, AbandonedJobError, …)
     assert "callback" not in res.stderr.lower() or "refus" in res.stderr.lower(), res.stderr
+
+
+@pytest.mark.timeout(120)
+async def test_rq_dashboard_never_unpickles_a_job(user, redis_conn, tmp_path: Path) -> None:
+    """The GUI reads jobs with the JSON serializer (jobs.guard); rq-dashboard's job page and its
+    delete route did not: `Job.fetch(job_id, connection=…)` with RQ's default serializer, and
+    RQ decodes a job's `meta` as it fetches it. A job hash with a pickled `meta` (written by
+    whoever reaches Redis) ran its command in the GUI's process (root) when a signed-in viewer
+    opened /rq/0/view/job/<id>."""
+    import pickle
+    import zlib
+
+    from jobs.guard import SERIALIZER
+    from tests.gui_fixtures import sign_in
+    from tests.test_worker_guard import _RunsOnUnpickle
+
+    marker = tmp_path / "pwned"
+    redis_conn.hset("rq:job:h-view", mapping={
+        "data": zlib.compress(SERIALIZER.dumps(["jobs.store_jobs.replicate", None, [], {}])), "origin": "maintenance",
+        "status": "failed", "created_at": "2026-01-01T00:00:00.000000Z", "description": "hostile",
+        "meta": pickle.dumps(_RunsOnUnpickle(f"id > {marker}"))})
+    try:
+        await sign_in(user, "vera")
+        r = await user.http_client.get("/rq/0/view/job/h-view")
+        assert not marker.exists()
+        assert r.status_code in (200, 404), r.text
+    finally:
+        redis_conn.delete("rq:job:h-view")
