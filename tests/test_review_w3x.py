@@ -342,3 +342,33 @@ async def test_rq_dashboard_never_unpickles_a_job(user, redis_conn, tmp_path: Pa
         assert r.status_code in (200, 404), r.text
     finally:
         redis_conn.delete("rq:job:h-view")
+
+
+def test_get_never_writes_through_a_link_at_its_temporary_name(hoard_home: Path) -> None:
+    """`hoard get SHA -o DIR/out` writes `DIR/.out.part`, then renames it. Run as root into a
+    directory others write (/tmp), a link planted at `.out.part` had the object written into
+    the file it named. The temporary file is now made new (the link removed, not followed)."""
+    import hashlib
+    import subprocess
+    import sys
+
+    cfg = hoard_home / "hoard.toml"
+    env = {k: v for k, v in os.environ.items() if k != "HOARD_CONFIG"}
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "fsd", "--config", str(cfg), *args], capture_output=True,
+                              text=True, env=env, timeout=120)
+
+    assert run("init").returncode == 0
+    src = hoard_home / "obj.bin"
+    src.write_bytes(b"the object " * 100)
+    assert run("put", str(src)).returncode == 0
+    shared = hoard_home / "shared"
+    shared.mkdir()
+    victim = hoard_home / "victim"
+    victim.write_text(SECRET)
+    (shared / ".out.part").symlink_to(victim)
+    res = run("get", hashlib.sha256(src.read_bytes()).hexdigest(), "-o", str(shared / "out"))
+    assert res.returncode == 0, res.stderr
+    assert victim.read_text() == SECRET
+    assert (shared / "out").read_bytes() == src.read_bytes() and not (shared / "out").is_symlink()

@@ -110,7 +110,7 @@ def atomic_write(path: Path, data: bytes, prepare: Callable[[int, Path], None] |
     The new file is 0640, or as strict as the file it replaces; `prepare(fd, tmp)` runs on it
     before it is synced (another mode or owner, say)."""
     tmp = path.with_name(f".{path.name}.tmp")
-    with _create(tmp, rewrite_mode(path)) as f:
+    with create_new(tmp, rewrite_mode(path)) as f:
         f.write(data)
         f.flush()
         if prepare is not None:
@@ -123,7 +123,7 @@ def atomic_write(path: Path, data: bytes, prepare: Callable[[int, Path], None] |
 def atomic_copy(src: Path, dest: Path) -> None:
     """Copy a file of any size (streamed) as `atomic_write` writes one: tmp → fsync → rename."""
     tmp = dest.with_name(f".{dest.name}.tmp")
-    with open(src, "rb") as fin, _create(tmp, rewrite_mode(dest)) as fout:
+    with open(src, "rb") as fin, create_new(tmp, rewrite_mode(dest)) as fout:
         shutil.copyfileobj(fin, fout, 8 << 20)
         fout.flush()
         os.fsync(fout.fileno())
@@ -131,7 +131,7 @@ def atomic_copy(src: Path, dest: Path) -> None:
     fsync_dir(dest.parent)
 
 
-def _create(tmp: Path, mode: int) -> BinaryIO:
+def create_new(tmp: Path, mode: int) -> BinaryIO:
     """`tmp` new, empty and open for writing with `mode` whatever the umask. A leftover there
     (a crash's, or a link planted where hoardfs writes: the `_REASON.txt` of a batch directory
     in 3A is written as root in a directory the scraper owns) is removed, never followed or
