@@ -372,3 +372,40 @@ def test_get_never_writes_through_a_link_at_its_temporary_name(hoard_home: Path)
     assert res.returncode == 0, res.stderr
     assert victim.read_text() == SECRET
     assert (shared / "out").read_bytes() == src.read_bytes() and not (shared / "out").is_symlink()
+
+
+@needs_root
+def test_a_batch_directory_swapped_for_a_link_is_not_scanned(home: Path, pg) -> None:
+    """After the batch was signalled (submitted) and before its scan, the scraper replaced its
+    batch directory `3A/<batch>` by a link to a root-only directory. The screen walked the
+    link's target as the batch (os.walk follows its top), the adapter parsed its documents and
+    the store step stored its files as root. The batch directory is now opened without
+    following a link, and the scan refuses one in one line, nothing read."""
+    import json
+
+    from fsd.base import config
+    from jobs import ingest as ua1
+
+    cfg = config.load(home / "hoard.toml")
+    zone = cfg.ssd.zone_path("3A")
+    src = home / "gen" / "b-link"
+    src.mkdir(parents=True)
+    (src / "p1.png").write_bytes(os.urandom(2000))
+    (src / "p1.png.json").write_text(json.dumps({"title": "mine"}))
+    private = home / "ssd" / "state" / "private"
+    private.mkdir(parents=True)
+    (private / "p0.png").write_bytes(os.urandom(3000))
+    (private / "p0.png.json").write_text(json.dumps({"title": SECRET}))
+    private.chmod(0o700)
+    res = as_user('cp -r "$1" "$2/"', str(src), str(zone))
+    assert res.returncode == 0, res.stderr
+    ua1.submit(cfg, zone / "b-link", "sidecar", queue=False)
+    res = as_user('mv "$1/b-link" "$1/b-link.orig" && ln -s "$2" "$1/b-link"', str(zone), str(private))
+    assert res.returncode == 0, res.stderr
+    with pytest.raises(Exception) as failed:
+        ua1._run_step_locked(cfg, "b-link", "scan", then_enqueue=False)
+    assert "link" in str(failed.value), failed.value
+    assert SECRET not in str(failed.value)
+    records = home / "ssd" / "state"
+    assert not any(SECRET in p.read_text(errors="replace") for p in records.rglob("*records*") if p.is_file())
+    assert sorted(p.name for p in private.iterdir()) == ["p0.png", "p0.png.json"]
