@@ -21,6 +21,7 @@ import contextlib
 import datetime as dt
 import json
 import os
+import stat
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -155,8 +156,24 @@ class BatchView:
     def by_suffix(self, *suffixes: str) -> list[str]:
         return sorted(r for r in self.files if r.lower().endswith(suffixes))
 
+    def read_bytes(self, rel: str) -> bytes:
+        """The document `rel` as the screen saw it: the file opened must be that one (device and
+        inode; for an in-batch link, its target's) and a regular file. Between the screen and
+        the parse a scraper can swap a document for a link to a root-only file (the GUI's
+        users.json): its text became the record's metadata, shown to every viewer."""
+        fd = os.open(self.path(rel), os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)
+        try:
+            st = os.fstat(fd)
+            seen = self.identity.get(rel)
+            if not stat.S_ISREG(st.st_mode) or (seen is not None and (st.st_dev, st.st_ino) != tuple(seen[:2])):
+                raise BadDocument(f"{rel} is not the file the scan saw (replaced since); drop it in a new batch")
+            with open(fd, "rb", closefd=False) as fh:
+                return fh.read()
+        finally:
+            os.close(fd)
+
     def read_json(self, rel: str) -> Any:
-        raw = self.path(rel).read_bytes()
+        raw = self.read_bytes(rel)
         try:
             return json.loads(raw)
         except UnicodeDecodeError as e:
@@ -167,7 +184,7 @@ class BatchView:
 
     def read_jsonl(self, rel: str) -> list[Any]:
         out = []
-        for n, line in enumerate(self.path(rel).read_bytes().splitlines(), 1):
+        for n, line in enumerate(self.read_bytes(rel).splitlines(), 1):
             if not line.strip():
                 continue
             try:

@@ -51,7 +51,7 @@ class CsvManifest(Adapter):
     @staticmethod
     def _rows(batch: BatchView, man: str) -> list[tuple[int, dict[str, str]]]:
         try:
-            body = batch.path(man).read_bytes().decode("utf-8-sig")
+            body = batch.read_bytes(man).decode("utf-8-sig")
         except UnicodeDecodeError as e:
             raise BadDocument(f"manifest {man} is not UTF-8 (byte {e.start})") from None
         reader = csv.DictReader(io.StringIO(body, newline=""))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import errno
 import os
 import stat
 import time
@@ -27,34 +28,57 @@ def screen(root: Path, settle_s: float = 0.0) -> tuple[BatchView, list[Reject]]:
     """The batch's acceptable files (relative path → size) and the rejects, with reasons.
 
     With `settle_s` > 0 every file is looked at twice that far apart; one that changed
-    is still being written and is rejected rather than stored half-done."""
-    files: dict[str, tuple[int, int]] = {}
+    is still being written and is rejected rather than stored half-done.
+
+    The batch directory is opened without following a link and walked from that descriptor:
+    a batch directory swapped for a link to a root-only directory after the signal was
+    walked as the batch (its documents parsed, its files stored as root). An in-batch link
+    is taken only when it names one of the batch's own files (by device and inode), so no
+    race on paths can make it name another."""
+    files: dict[str, tuple[int, int, int, int]] = {}
     rejects: list[Reject] = []
-    real_root = os.path.realpath(root)
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
-        rel_dir = os.path.relpath(dirpath, root)
-        rel_dir = "" if rel_dir == "." else rel_dir + "/"
-        for d in list(dirnames):
-            rel = rel_dir + d
-            why = _name_problem(rel) or ("a symlinked directory; copy the files in instead"
-                                          if os.path.islink(os.path.join(dirpath, d)) else None)
-            if why:
-                dirnames.remove(d)
-                rejects.append(Reject([rel], why))
-        for f in filenames:
-            rel = rel_dir + f
-            if rel in SIGNAL_FILES:
-                continue
-            why = _name_problem(rel)
-            full = os.path.join(dirpath, f)
-            st = None
-            if why is None:
-                st, why = _file_problem(full, real_root)
-            if why:
-                rejects.append(Reject([rel], why))
-            else:
-                assert st is not None
-                files[rel] = (st.st_size, st.st_mtime_ns, st.st_dev, st.st_ino)
+    try:
+        top = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    except OSError as e:
+        what = "a symbolic link" if e.errno == errno.ELOOP else f"not a directory that can be read ({e.strerror})"
+        raise HoardError(f"batch directory {display(str(root))} is {what}; nothing of it was read — drop the batch "
+                         "again as a directory of its own", ExitCode.DATA) from None
+    links: dict[str, os.stat_result] = {}  # in-batch symbolic links → what they name
+    try:
+        for dirpath, dirnames, filenames, dfd in os.fwalk(".", dir_fd=top, follow_symlinks=False):
+            rel_dir = "" if dirpath == "." else dirpath[2:] + "/"
+            for d in list(dirnames):
+                rel = rel_dir + d
+                why = _name_problem(rel) or ("a symlinked directory; copy the files in instead"
+                                              if stat.S_ISLNK(os.lstat(d, dir_fd=dfd).st_mode) else None)
+                if why:
+                    dirnames.remove(d)
+                    rejects.append(Reject([rel], why))
+            for f in filenames:
+                rel = rel_dir + f
+                if rel in SIGNAL_FILES:
+                    continue
+                why = _name_problem(rel)
+                st = None
+                if why is None:
+                    st, why = _file_problem(f, dfd)
+                if why:
+                    rejects.append(Reject([rel], why))
+                elif st is None:  # a link: what it names, resolved from this directory's descriptor
+                    try:
+                        links[rel] = os.stat(f, dir_fd=dfd)
+                    except OSError as e:
+                        rejects.append(Reject([rel], f"a symlink that cannot be followed ({e.strerror})"))
+                else:
+                    files[rel] = (st.st_size, st.st_mtime_ns, st.st_dev, st.st_ino)
+    finally:
+        os.close(top)
+    own = {(dev, ino) for _size, _mtime, dev, ino in files.values()}
+    for rel, target in links.items():
+        if (target.st_dev, target.st_ino) not in own:
+            rejects.append(Reject([rel], "a symlink to a file outside the batch; copy the file in instead"))
+        else:
+            files[rel] = (target.st_size, target.st_mtime_ns, target.st_dev, target.st_ino)
     if settle_s > 0 and files:
         time.sleep(settle_s)
         for rel, (size, mtime, dev, ino) in list(files.items()):
@@ -82,16 +106,15 @@ def _name_problem(rel: str) -> str | None:
     return f"{why}; rename it" if why else None
 
 
-def _file_problem(full: str, real_root: str) -> tuple[os.stat_result | None, str | None]:
+def _file_problem(name: str, dir_fd: int) -> tuple[os.stat_result | None, str | None]:
+    """(the file's lstat, None) for a regular file to take; (None, None) for a symbolic link
+    (taken if it names a file of the batch: `screen`); (None, why) for one refused."""
     try:
-        st = os.lstat(full)
-        if stat.S_ISLNK(st.st_mode):
-            target = os.path.realpath(full)
-            if not target.startswith(real_root + os.sep):
-                return None, f"a symlink to {display(target)}, outside the batch; copy the file in instead"
-            st = os.stat(full)
+        st = os.lstat(name, dir_fd=dir_fd)
     except OSError as e:
         return None, f"cannot be read ({e.strerror})"
+    if stat.S_ISLNK(st.st_mode):
+        return None, None
     if not stat.S_ISREG(st.st_mode):
         return None, "not a regular file (fifo, socket or device)"
     if st.st_size == 0:

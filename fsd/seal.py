@@ -34,7 +34,7 @@ from fsd import zones
 from fsd.base.config import Settings
 from fsd.base.errors import ExitCode, HoardError
 from fsd.base.files import atomic_write, fsync_dir
-from fsd.base.modes import own_dir
+from fsd.base.modes import own_dir, refuse_unless_own
 from fsd.base.paths import display, hostile_reason
 
 FORMAT = "hoardfs-output-1"
@@ -253,6 +253,10 @@ def begin(cfg: Settings, zone: str, output_id: str, *, job: str, kind: str, expe
         raise HoardError(f"zone {zone} holds no job outputs; outputs go to {', '.join(zones.OUTPUT_ZONES)}",
                          ExitCode.USAGE)
     out = Output(cfg, zone, output_id, job, kind, expected_bytes, expected_files, selector, layout)
+    if os.path.lexists(out.final):
+        # others write 3C: a link (or their own directory) planted at the output's name was taken
+        # back to work below and the output written through it as root
+        refuse_unless_own(out.final)
     if resume and out.final.is_dir() and not (out.final / SEALED).exists() and not out.tmp.exists():
         # a crash between the rename and `_SEALED`: the files are verified ones, back to work
         # in progress (nothing without `_SEALED` is read); the resumed seal writes it again

@@ -24,7 +24,7 @@ import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from ipaddress import IPv4Network, IPv6Network, ip_address
+from ipaddress import IPv4Network, IPv6Address, IPv6Network, ip_address
 from urllib.parse import quote, unquote, urlsplit
 
 from fastapi import Request
@@ -170,7 +170,24 @@ def client_address(request: Request, trusted: Sequence[IPv4Network | IPv6Network
         except ValueError:
             break
         hop = entry
-    return hop
+    return client_key(hop)
+
+
+def client_key(address: str) -> str:
+    """The client the limits count for, of an address: every loopback address is one client
+    (any local user binds any of 127.0.0.0/8: five addresses of its own once locked a name for
+    everyone), an IPv6 address counts by its /64 (one host's share), an IPv4 one as it is."""
+    try:
+        ip = ip_address(address)
+    except ValueError:
+        return address
+    if isinstance(ip, IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    if ip.is_loopback:
+        return "loopback"
+    if isinstance(ip, IPv6Address):
+        return str(IPv6Network(f"{ip}/64", strict=False))
+    return str(ip)
 
 
 def _trusted(address: str, trusted: Sequence[IPv4Network | IPv6Network]) -> bool:

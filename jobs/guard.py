@@ -27,10 +27,33 @@ from typing import Any
 from rq.exceptions import DeserializationError, NoSuchJobError
 from rq.job import Job
 from rq.queue import Queue
+from rq import serializers as rq_serializers
 from rq.serializers import JSONSerializer
 
 #: the serializer of every hoardfs queue, job fetch and worker (never RQ's default, pickle)
 SERIALIZER = JSONSerializer
+
+
+# RQ falls back to pickle wherever a caller names no serializer — rq-dashboard's job page and
+# delete route, an execution's job: `Job.fetch` decodes a job's `meta` as it reads it, so a
+# pickled `meta` written into Redis ran its command in the GUI (root) when a viewer opened
+# /rq/0/view/job/<id>. In a hoardfs process RQ's fallback is JSON: nothing is ever unpickled.
+rq_serializers.PickleSerializer = SERIALIZER  # type: ignore[misc]
+if rq_serializers.resolve_serializer(None) is not SERIALIZER:  # an RQ that no longer falls back this way
+    raise ImportError("jobs.guard: RQ's default serializer could not be made JSON; pin rq or update jobs.guard")
+
+
+def _no_callback(job: Job) -> None:
+    return None
+
+
+# hoardfs sets no callbacks. RQ imports a job's callback by the name its Redis hash holds and
+# calls it with the job — the worker's registry clean-up does for every abandoned job of
+# `rq:wip:<queue>`, and so does every process that lists a queue's started jobs (the GUI's run
+# pages, `hoard health`): `builtins.print` named there was called, so was any importable
+# callable (an import alone runs a module's code). No job's callback is ever looked up.
+for _name in ("success_callback", "failure_callback", "stopped_callback"):
+    setattr(Job, _name, property(_no_callback))
 
 #: the job functions a hoardfs worker runs → the position of their `config_path` argument
 #: (positional, or the keyword of that name)

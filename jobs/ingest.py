@@ -53,7 +53,7 @@ from adapters.intent import build_intent, small_raw
 from fsd.base import config as config_mod
 from fsd.base.config import Settings
 from fsd.base.errors import ExitCode, HoardError
-from fsd.base.files import atomic_write, flocked, fsync_dir
+from fsd.base.files import atomic_write, flocked, fsync_dir, read_in_zone
 from fsd.base.paths import NAME_PATTERN
 from fsd.base.units import fmt_bytes
 from fsd import zones
@@ -310,7 +310,7 @@ def read_signal(cfg: Settings, batch_dir: Path) -> str:
         raise IngestError(f"{batch_dir} has no {SIGNAL} file; name the source with --source or write it into "
                           f"{sig}")
     try:
-        words = sig.read_text(errors="replace").split()
+        words = read_in_zone(sig, 4096).decode(errors="replace").split()
     except OSError as e:
         raise SignalRefused(f"{sig} cannot be read ({e.strerror or e}); write it again as a file holding the "
                             f"source name (e.g. `echo ytdlp > {sig}`)") from None
@@ -361,7 +361,7 @@ def refused_batches(cfg: Settings) -> list[dict[str, str]]:
                 out.append({"batch_id": d.name, "reason": e.message})
         elif (d / REJECTED_SIGNAL).exists():
             try:
-                why = (d / REASON_FILE).read_text(errors="replace").strip().split("\t", 1)[-1]
+                why = read_in_zone(d / REASON_FILE, 4096).decode(errors="replace").strip().split("\t", 1)[-1]
             except OSError:
                 why = "its signal was refused"
             out.append({"batch_id": d.name, "reason": f"{why}; {d / REJECTED_SIGNAL} waits: once fixed, "
@@ -693,7 +693,8 @@ def _step_apply(cfg: Settings, st: BatchState) -> None:
 
 def _step_package(cfg: Settings, st: BatchState) -> None:
     stored = {k: tuple(v) for k, v in json.loads(_work(cfg, st.batch_id, "stored").read_bytes()).items()}
-    records = json.loads(_work(cfg, st.batch_id, "records").read_bytes())["records"]
+    work = json.loads(_work(cfg, st.batch_id, "records").read_bytes())
+    records = work["records"]
     root = cfg.ssd.zone_path("3A") / st.batch_id
     out = cfg.ssd.zone_path("3B") / st.batch_id
     manifest_path = out / f"{st.batch_id}.manifest.json"
@@ -705,7 +706,8 @@ def _step_package(cfg: Settings, st: BatchState) -> None:
         zones.reserve(cfg, "3B", st.batch_id, f"ingest:{st.batch_id}", need,
                       next_step=f"`hoard ingest --resume {st.batch_id}`; the batch stays stored and in 3A until then")
         try:
-            parts = _write_parts(root, out, st.batch_id, stored, int(cfg.store.batch_size_gb * (1 << 30)))
+            parts = _write_parts(root, out, st.batch_id, stored, int(cfg.store.batch_size_gb * (1 << 30)),
+                                 work.get("identity", {}))
             docs = sorted({r["doc"] for r in records if r.get("doc") and r["doc"] in stored})
             manifest = {
                 "format": "hoardfs-batch-manifest-1", "batch_id": st.batch_id, "source": st.source,
@@ -737,9 +739,14 @@ def _step_package(cfg: Settings, st: BatchState) -> None:
                             "bytes": sum(p.stat().st_size for p in out.iterdir())}
 
 
-def _write_parts(root: Path, out: Path, batch_id: str, stored: dict[str, tuple[str, int]], part_bytes: int) -> dict[str, int]:
+def _write_parts(root: Path, out: Path, batch_id: str, stored: dict[str, tuple[str, int]], part_bytes: int,
+                 identity: dict[str, list[int]]) -> dict[str, int]:
     """Tar archives of at most `part_bytes` (a bigger file gets a part of its own), each
-    written to a temporary name, fsynced and renamed; a part already complete is kept."""
+    written to a temporary name, fsynced and renamed; a part already complete is kept.
+    Each file must still be the one the scan saw and the store step stored (`identity`: inode,
+    size, mtime; the device is the batch directory's, as the store step compares): a file or
+    directory of the batch swapped for a link since would put a root-only file in the package."""
+    dev = os.stat(root).st_dev
     out.mkdir(parents=True, exist_ok=True)
     parts: dict[str, int] = {}
     groups: list[list[str]] = [[]]
@@ -760,10 +767,18 @@ def _write_parts(root: Path, out: Path, batch_id: str, stored: dict[str, tuple[s
         with open(tmp, "wb") as fh:
             with tarfile.open(fileobj=fh, mode="w", format=tarfile.PAX_FORMAT) as tar:
                 for rel in group:
-                    info = tar.gettarinfo(str(root / rel), arcname=rel)
-                    info.uid = info.gid = 0
-                    info.uname = info.gname = ""
                     with open(root / rel, "rb") as src:
+                        fst = os.fstat(src.fileno())
+                        seen = identity.get(rel)
+                        if seen is not None and (dev, *seen[1:]) != (fst.st_dev, fst.st_ino, fst.st_size,
+                                                                     fst.st_mtime_ns):
+                            raise IngestError(
+                                f"{display(rel)} in {root} is not the file the scan saw and the store step stored "
+                                "(replaced or changed since, a link perhaps); its package is not made from it: put "
+                                f"the file back as it was and `hoard ingest --resume {batch_id}`, or drop the batch")
+                        info = tar.gettarinfo(arcname=rel, fileobj=src)
+                        info.uid = info.gid = 0
+                        info.uname = info.gname = ""
                         tar.addfile(info, src)
             fh.flush()
             os.fsync(fh.fileno())

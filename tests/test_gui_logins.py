@@ -218,7 +218,7 @@ def test_the_client_is_the_right_most_untrusted_address() -> None:
         req = Request({"type": "http", "method": "GET", "path": "/", "headers": headers, "client": (peer, 5000)})
         return client_address(req, [ip_network(t) for t in trusted])
 
-    assert client("127.0.0.1", "203.0.113.5", []) == "127.0.0.1"
+    assert client("127.0.0.1", "203.0.113.5", []) == "loopback"  # every local address is one client
     assert client("127.0.0.1", "203.0.113.5", ["127.0.0.1"]) == "203.0.113.5"
     assert client("10.1.2.3", "1.1.1.1, 203.0.113.5", ["10.0.0.0/8"]) == "203.0.113.5"
     assert client("10.1.2.3", "203.0.113.5, 10.9.9.9", ["10.0.0.0/8"]) == "203.0.113.5"
@@ -226,5 +226,5 @@ def test_the_client_is_the_right_most_untrusted_address() -> None:
     assert client("10.1.2.3", "203.0.113.5,  garbage", ["10.0.0.0/8"]) == "10.1.2.3"
     assert client("10.1.2.3", None, ["10.0.0.0/8"]) == "10.1.2.3"
     assert client("192.0.2.1", "203.0.113.5", ["10.0.0.0/8"]) == "192.0.2.1"
-    assert client("::1", "2001:db8::7", ["::1"]) == "2001:db8::7"
+    assert client("::1", "2001:db8::7", ["::1"]) == "2001:db8::/64"  # an IPv6 client by its /64
     assert client("127.0.0.1", "203.0.113.5", ["127.0.0.1"]) != client("127.0.0.1", "203.0.113.6", ["127.0.0.1"])

@@ -12,6 +12,7 @@ import errno
 import fcntl
 import os
 import shutil
+import stat
 from collections.abc import Callable, Iterator
 from typing import BinaryIO
 from pathlib import Path
@@ -109,7 +110,7 @@ def atomic_write(path: Path, data: bytes, prepare: Callable[[int, Path], None] |
     The new file is 0640, or as strict as the file it replaces; `prepare(fd, tmp)` runs on it
     before it is synced (another mode or owner, say)."""
     tmp = path.with_name(f".{path.name}.tmp")
-    with _create(tmp, rewrite_mode(path)) as f:
+    with create_new(tmp, rewrite_mode(path)) as f:
         f.write(data)
         f.flush()
         if prepare is not None:
@@ -122,7 +123,7 @@ def atomic_write(path: Path, data: bytes, prepare: Callable[[int, Path], None] |
 def atomic_copy(src: Path, dest: Path) -> None:
     """Copy a file of any size (streamed) as `atomic_write` writes one: tmp → fsync → rename."""
     tmp = dest.with_name(f".{dest.name}.tmp")
-    with open(src, "rb") as fin, _create(tmp, rewrite_mode(dest)) as fout:
+    with open(src, "rb") as fin, create_new(tmp, rewrite_mode(dest)) as fout:
         shutil.copyfileobj(fin, fout, 8 << 20)
         fout.flush()
         os.fsync(fout.fileno())
@@ -130,11 +131,46 @@ def atomic_copy(src: Path, dest: Path) -> None:
     fsync_dir(dest.parent)
 
 
-def _create(tmp: Path, mode: int) -> BinaryIO:
-    """`tmp` empty and open for writing with `mode` whatever the umask or a leftover's mode."""
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+def create_new(tmp: Path, mode: int) -> BinaryIO:
+    """`tmp` new, empty and open for writing with `mode` whatever the umask. A leftover there
+    (a crash's, or a link planted where hoardfs writes: the `_REASON.txt` of a batch directory
+    in 3A is written as root in a directory the scraper owns) is removed, never followed or
+    truncated — a link at `._REASON.txt.tmp` once had a root-only file overwritten."""
+    for _ in range(3):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
+            break
+        except FileExistsError:  # made again between the unlink and the open: another writer
+            continue
+    else:
+        raise FileExistsError(errno.EEXIST, "made again each time it was removed", str(tmp))
     os.fchmod(fd, mode)
     return open(fd, "wb")
+
+
+def read_in_zone(path: Path, limit: int = 64 << 10) -> bytes:
+    """At most `limit` bytes of the regular file at `path`, in a directory others write (a
+    batch of 3A: its `_READY`, `_REASON.txt`). A symbolic link there is never followed — a
+    `_READY` linked to a root-only file had its first word shown as the 'unknown source' — and
+    a fifo or device is not read (OSError naming what it is)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise OSError(errno.ELOOP, "a symbolic link, never followed there", str(path)) from None
+        raise
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", str(path))
+        chunks, left = [], limit
+        while left > 0 and (chunk := os.read(fd, left)):
+            chunks.append(chunk)
+            left -= len(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
 
 
 def fsync_dir(path: Path) -> None:

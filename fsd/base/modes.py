@@ -96,13 +96,19 @@ def own_dir(path: Path, mode: int = PRIVATE) -> Path:
     in one line — a link planted where the service writes would send its files elsewhere."""
     with contextlib.suppress(FileExistsError):
         os.mkdir(path, mode & 0o777)
+    refuse_unless_own(path)
+    return path
+
+
+def refuse_unless_own(path: Path) -> None:
+    """Refuse (one line) what is at `path` unless it is a directory of this service's (or
+    root's): a symbolic link, a file, another user's directory, in a zone others write."""
     st = os.lstat(path)
     why = ("a symbolic link" if stat.S_ISLNK(st.st_mode) else "not a directory" if not stat.S_ISDIR(st.st_mode)
            else f"another user's (uid {st.st_uid})" if st.st_uid not in (os.geteuid(), 0) else None)
     if why:
         raise HoardError(f"{path} is {why}, where this service keeps a directory of its own in a zone others may "
                          "write; nothing was written: remove it and run the command again", ExitCode.DATA)
-    return path
 
 
 def passage(path: Path) -> Path:

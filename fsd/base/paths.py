@@ -32,13 +32,16 @@ CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
 #: ("Trojan Source": `cod\u202egnp.exe` shows as `codexe.png`); letters of right-to-left
 #: scripts are not among them and pass
 BIDI_CONTROL = re.compile("[\u202a-\u202e\u2066-\u2069]")
+#: Unicode's line and paragraph separators: `str.splitlines()` and Markdown break lines there
+#: (W3-X 1: a name holding one closed a code block in the GUI); U+0085 is a C1 control
+SEPARATOR = re.compile("[\u2028\u2029]")
 
 
 #: any character `hostile_reason` may object to, in one search; with a few substring tests
 #: for the shape (`/` first or last, `//`, a part starting with `.`), it decides most paths:
 #: the checks below say what is wrong with the others (a view of millions of paths calls it
 #: for each, most of them fine; one regex with the shape's alternatives in it took 4× as long)
-_SUSPECT = re.compile("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
+_SUSPECT = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
 
 
 def hostile_reason(rel: str) -> str | None:
@@ -52,6 +55,8 @@ def hostile_reason(rel: str) -> str | None:
         return "the path contains a NUL byte"
     if CONTROL.search(rel):
         return "the path contains control characters"
+    if SEPARATOR.search(rel):
+        return "the path contains a line or paragraph separator (U+2028, U+2029), which splits it where it is shown"
     if BIDI_CONTROL.search(rel):
         return ("the path contains a bidirectional override (U+202A–U+202E, U+2066–U+2069), which makes a name "
                 "display as another")
@@ -72,10 +77,10 @@ def display(name: str) -> str:
     """A path or name as one safe line for a terminal, a report or the database: undecodable
     bytes and control characters (C0, DEL and C1 — ESC and CSI start terminal escape
     sequences; a newline would split the line) are shown as `\\xNN`, bidirectional overrides
-    (which would reorder the line around them) as `\\uNNNN`."""
+    (which would reorder the line around them) and U+2028/U+2029 as `\\uNNNN`."""
     shown = name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
     return "".join(f"\\x{ord(c):02x}" if ord(c) < 32 or 0x7f <= ord(c) < 0xa0 else
-                   f"\\u{ord(c):04x}" if BIDI_CONTROL.match(c) else c for c in shown)
+                   f"\\u{ord(c):04x}" if BIDI_CONTROL.match(c) or SEPARATOR.match(c) else c for c in shown)
 
 
 def file_ext(name: str) -> str:

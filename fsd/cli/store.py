@@ -17,7 +17,8 @@ from typing import Annotated, Optional
 import typer
 
 from fsd.base.errors import ExitCode, HoardError
-from fsd.base.files import size_or_zero
+from fsd.base.files import create_new, size_or_zero
+from fsd.base.modes import FILE
 from fsd.base.paths import display
 from fsd.base.units import fmt_bytes
 from fsd.cli._common import err, out, progress, read_input, state
@@ -210,7 +211,9 @@ def write_output(output: Path, how: str, chunks) -> None:
     name = display(str(output))
     tmp = output.with_name(f".{output.name}.part") if how == "file" else output
     try:
-        with open(tmp, "wb") as f:
+        # the temporary name beside the target is made new, never followed: `-o /tmp/x` as root
+        # with a link planted at /tmp/.x.part truncated what it pointed at
+        with (create_new(tmp, FILE) if how == "file" else open(tmp, "wb")) as f:
             for chunk in chunks:
                 f.write(chunk)
             f.flush()
