@@ -168,7 +168,7 @@ def _swapped_not_deleted(store_factory, tmp_path: Path, seed: int, n_disks: int 
     drop_batch(store, "a")
     dead = store.index.marked(store.index.deleted)
     items = gcmod.plan(store, 0.9, dead)
-    gcmod._swap(store, items, gcmod._copy_live(store, items[0][0].klass, items, dead), set())
+    gcmod._swap(store, items, gcmod._copy_live(store, items[0][0].klass, items, dead)[0], set())
     return store, res
 
 

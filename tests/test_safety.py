@@ -169,7 +169,7 @@ def test_put_during_gc_swap_keeps_the_object(store_factory, tmp_path: Path) -> N
     drop_batch(store, "A")
     dead = store.index.marked(store.index.deleted)
     items = gcmod.plan(store, 0.99, dead)
-    moved = gcmod._copy_live(store, items[0][0].klass, items, dead)
+    moved, _ = gcmod._copy_live(store, items[0][0].klass, items, dead)
     again = store.put_many(files[:3])  # a writer acknowledges three of them again
     assert {r.status for r in again} == {"existing"}
     done, kept, dropped = gcmod._swap(store, items, moved, set())
@@ -458,7 +458,7 @@ def test_a_reader_that_looked_up_before_a_gc_swap_still_reads(store_factory, tmp
         if not calls:  # the gc happens between this reader's lookup and its read
             dead = store.index.marked(store.index.deleted)
             items = gcmod.plan(store, 0.99, dead)
-            moved = gcmod._copy_live(store, items[0][0].klass, items, dead)
+            moved, _ = gcmod._copy_live(store, items[0][0].klass, items, dead)
             gcmod._swap(store, items, moved, set())
             gcmod._finish_retired(store)
         calls.append(loc)
