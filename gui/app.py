@@ -7,9 +7,13 @@ middleware, the one refresh timer); `serve` runs it. The tests build it the same
 
 from __future__ import annotations
 
+import contextlib
+import grp
 import logging
 import os
 import secrets
+import socket
+import stat
 from pathlib import Path
 
 from fastapi.responses import JSONResponse, Response
@@ -17,7 +21,7 @@ from nicegui import app, ui
 
 from fsd.base.config import Settings
 from fsd.base.errors import ExitCode, HoardError
-from fsd.base.modes import ensure_dir
+from fsd.base.modes import PASSAGE, ensure_dir
 from gui import auth, browse_page, launch_page, overview, pipelines_page, rqdash, runs_page, storage, users_page
 from gui.context import AppStopping, Context, ctx, in_thread, set_context, snapshot, stopping
 from gui.gate import LoginGate
@@ -115,19 +119,85 @@ def session_options(cfg: Settings) -> dict[str, object]:
     return {"https_only": cfg.gui.secure_cookies, "same_site": "lax"}
 
 
+def proxy_socket(path: Path, group: str | None) -> socket.socket:
+    """The unix socket `hoard gui` listens on for a TLS proxy on this host (`gui.socket`):
+    0660, given `group` (the proxy's), in a directory others may pass through (0751). Only
+    those who may open it connect, so every connection is the proxy's. A socket left by a dead
+    server is replaced; one a live server answers on, or any other file there, is refused."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        pass
+    else:
+        if not stat.S_ISSOCK(st.st_mode):
+            raise HoardError(f"gui.socket {path} exists and is not a socket; remove it or choose another path",
+                             ExitCode.USAGE)
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+            try:
+                probe.connect(str(path))
+            except OSError:
+                path.unlink()  # nobody answers: left by a server that died
+            else:
+                raise HoardError(f"another `hoard gui` already listens on gui.socket {path}; stop it first",
+                                 ExitCode.USAGE)
+    gid = -1
+    if group:
+        try:
+            gid = grp.getgrnam(group).gr_gid
+        except KeyError:
+            raise HoardError(f"gui.socket_group {group!r} is not a group on this host; create it or name the "
+                             "proxy's group (e.g. www-data)", ExitCode.USAGE) from None
+    ensure_dir(path.parent, PASSAGE)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        old = os.umask(0o177)  # born 0600: nobody connects before its group and mode are set
+        try:
+            sock.bind(str(path))
+        finally:
+            os.umask(old)
+        try:
+            os.chown(path, -1, gid)
+        except PermissionError:
+            raise HoardError(f"cannot give gui.socket {path} to group {group}: the service's user is not in it; "
+                             f"add it (`usermod -aG {group} <user>`) and start `hoard gui` again",
+                             ExitCode.USAGE) from None
+        os.chmod(path, 0o660)
+        sock.listen(2048)
+    except BaseException:
+        sock.close()
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+        raise
+    return sock
+
+
 def serve(cfg: Settings, host: str | None = None, port: int | None = None) -> None:
-    """Run the GUI until interrupted (blocking)."""
+    """Run the GUI until interrupted (blocking): on host:port, or on the unix socket
+    `gui.socket` for a proxy on this host."""
     # deferred: NiceGUI's storage module is only needed when serving, to keep sessions on the SSD
     from nicegui.storage import Storage
 
     usable(cfg)
+    if cfg.gui.socket and (host or port):
+        raise HoardError(f"gui.socket is set: `hoard gui` listens on {cfg.gui.socket} only; drop --host/--port "
+                         "or unset gui.socket", ExitCode.USAGE)
     Storage.path = state_dir(cfg) / "sessions"
     ensure_dir(Storage.path)  # 0750: session ids, names and roles are nobody else's to read
+    listen: dict[str, object] = {"host": host or cfg.gui.host, "port": port or cfg.gui.port}
+    sock = proxy_socket(cfg.gui.socket, cfg.gui.socket_group) if cfg.gui.socket else None
+    if sock is not None:
+        listen["fd"] = sock.fileno()  # uvicorn serves the socket made above, its mode and group as set
     build(cfg)
-    ui.run(host=host or cfg.gui.host, port=port or cfg.gui.port, title="hoardfs", reload=False, show=False,
-           storage_secret=storage_secret(cfg), session_middleware_kwargs=session_options(cfg),
-           show_welcome_message=False, favicon="🗄️",
-           # the client address is the socket's: X-Forwarded-For from a local process must not
-           # choose it (the failed-login limiter counts per client); `gui.trusted_proxies` names
-           # the proxies whose header counts (gui.auth.client_address)
-           proxy_headers=False)
+    try:
+        ui.run(title="hoardfs", reload=False, show=False,
+               storage_secret=storage_secret(cfg), session_middleware_kwargs=session_options(cfg),
+               show_welcome_message=False, favicon="🗄️",
+               # the client address is the socket's: X-Forwarded-For from a local process must not
+               # choose it (the failed-login limiter counts per client); `gui.trusted_proxies` and
+               # `gui.socket` say whose header counts (gui.auth.client_address)
+               proxy_headers=False, **listen)
+    finally:
+        if sock is not None:
+            sock.close()
+            with contextlib.suppress(FileNotFoundError):
+                cfg.gui.socket.unlink()

@@ -154,16 +154,21 @@ RETRY = ("that sign-in did not finish: its ticket was used already, expired, or 
          "sign in again")
 
 
-def client_address(request: Request, trusted: Sequence[IPv4Network | IPv6Network]) -> str:
+def client_address(request: Request, trusted: Sequence[IPv4Network | IPv6Network], proxy_socket: bool = False) -> str:
     """The address the failed-login limits count for: the socket's, unless it is a trusted proxy
-    (`gui.trusted_proxies`); then the right-most X-Forwarded-For entry that is not one — each
-    proxy appends the address it was connected from, so entries to the left of the first
-    untrusted one are whatever that client wrote. A malformed entry (never one a trusted proxy
-    appends) stops the walk at the proxy that passed it on."""
-    peer = request.client.host if request.client else "unknown"
-    hop = peer
+    (`gui.trusted_proxies`) or the connection came through `gui.socket` (`proxy_socket`: only
+    the proxy on this host may open it); then the right-most X-Forwarded-For entry that is not
+    a trusted proxy — each proxy appends the address it was connected from, so entries to the
+    left of the first untrusted one are whatever that client wrote. A malformed entry (never
+    one a trusted proxy appends) stops the walk at the proxy that passed it on."""
+    if request.client is None and proxy_socket:  # a unix socket's peer has no address: the proxy
+        hop, first_trusted = "proxy", True
+    else:
+        hop = request.client.host if request.client else "unknown"
+        first_trusted = _trusted(hop, trusted)
     forwarded = [part.strip() for value in request.headers.getlist("x-forwarded-for") for part in value.split(",")]
-    while _trusted(hop, trusted) and forwarded:
+    while forwarded and (first_trusted or _trusted(hop, trusted)):
+        first_trusted = False
         entry = forwarded.pop()
         try:
             ip_address(entry)
@@ -199,7 +204,8 @@ def _trusted(address: str, trusted: Sequence[IPv4Network | IPv6Network]) -> bool
 
 
 def _client(request: Request) -> str:
-    return client_address(request, ctx().cfg.gui.trusted_proxies)
+    gui = ctx().cfg.gui
+    return client_address(request, gui.trusted_proxies, proxy_socket=gui.socket is not None)
 
 
 def _basic(request: Request) -> tuple[str, str] | None:

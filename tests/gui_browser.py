@@ -4,6 +4,7 @@ Selenium offline): shared by the end-to-end test and bench/gui_pages.py."""
 from __future__ import annotations
 
 import contextlib
+import http.client
 import os
 import shutil
 import socket
@@ -37,21 +38,54 @@ def child_env() -> dict[str, str]:
     return env
 
 
+class UnixHTTPConnection(http.client.HTTPConnection):
+    """HTTP over a unix socket: what a proxy on this host does with `gui.socket`."""
+
+    def __init__(self, path: Path | str, timeout: float = 120) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self.unix_path = str(path)
+
+    def connect(self) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(self.timeout)
+        self.sock.connect(self.unix_path)
+
+
+def unix_get(path: Path | str, target: str, headers: dict[str, str] | None = None,
+             timeout: float = 120) -> tuple[int, str, dict[str, str]]:
+    """(status, body, headers) of a GET of `target` sent through the unix socket `path`."""
+    conn = UnixHTTPConnection(path, timeout)
+    try:
+        conn.request("GET", target, headers=headers or {})
+        r = conn.getresponse()
+        return r.status, r.read().decode(), dict(r.headers)
+    finally:
+        conn.close()
+
+
+def _live(url: str) -> bool:
+    """/health/live answers 200 at `url` (http://… or unix:<socket path>)."""
+    if url.startswith("unix:"):
+        return unix_get(url.removeprefix("unix:"), "/health/live", timeout=2)[0] == 200
+    with urllib.request.urlopen(f"{url}/health/live", timeout=2) as r:
+        return r.status == 200
+
+
 @contextlib.contextmanager
-def serving(cfg_path: Path, log_path: Path, port: int) -> Iterator[str]:
-    """`hoard gui` on `port` (the config's [gui] port) until the block ends; yields its URL once
+def serving(cfg_path: Path, log_path: Path, port: int, unix: Path | None = None) -> Iterator[str]:
+    """`hoard gui` on `port` (the config's [gui] port), or on the unix socket `unix` (its
+    gui.socket), until the block ends; yields its URL (`unix:<path>` for a socket) once
     /health/live answers."""
     log = open(log_path, "w")
     proc = subprocess.Popen([sys.executable, "-m", "fsd", "--config", str(cfg_path), "gui"], env=child_env(),
                             stdout=log, stderr=subprocess.STDOUT, cwd=log_path.parent)
-    url = f"http://127.0.0.1:{port}"
+    url = f"unix:{unix}" if unix else f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 60
         while True:
             try:
-                with urllib.request.urlopen(f"{url}/health/live", timeout=2) as r:
-                    if r.status == 200:
-                        break
+                if _live(url):
+                    break
             except OSError:
                 if proc.poll() is not None or time.monotonic() > deadline:
                     raise AssertionError(f"hoard gui did not start: {log_path.read_text()}") from None

@@ -43,14 +43,36 @@ def make_home(home: Path, conn, **gui: object) -> Path:
 def gui_process(home: Path, conn, prepare: Callable[[Path], object] = lambda cfg_path: None,
                 **gui: object) -> Iterator[tuple[str, Path]]:
     """A home made by `make_home` (`gui` its [gui] keys), `prepare(config path)` run on it, and
-    a real `hoard gui` serving it on a free port: yields (its URL, the config path)."""
+    a real `hoard gui` serving it on a free port (or on `socket`, if a key): yields (its URL,
+    `unix:<path>` for a socket, and the config path)."""
     from tests.gui_browser import free_port, serving
 
     port = free_port()
     cfg_path = make_home(home, conn, port=port, **gui)
     prepare(cfg_path)
-    with serving(cfg_path, home / "gui.log", port) as url:
+    unix = Path(str(gui["socket"])) if gui.get("socket") else None
+    with serving(cfg_path, home / "gui.log", port, unix) as url:
         yield url, cfg_path
+
+
+@pytest.fixture
+def proxied(request, hoard_home: Path, pg, redis_conn) -> Iterator[tuple[str, int, Path]]:
+    """`hoard gui` behind a proxy on this host: listening on `gui.socket` only, with the
+    test's other [gui] keys (an indirect parameter). Yields (its `unix:` URL, the TCP port
+    it would have had, the socket's path)."""
+    import shutil
+    import tempfile
+
+    from fsd.base import config
+
+    top = Path(tempfile.mkdtemp(prefix="hg", dir="/tmp"))  # short: a socket's path holds 107 bytes at most
+    top.chmod(0o711)
+    path = top / "run" / "gui.sock"
+    try:
+        with gui_process(hoard_home, pg, socket=str(path), **getattr(request, "param", {})) as (url, cfg_path):
+            yield url, config.load(cfg_path).gui.port, path
+    finally:
+        shutil.rmtree(top, ignore_errors=True)
 
 
 #: the id of the batch `drop_batch` makes

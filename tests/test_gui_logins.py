@@ -20,9 +20,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.gui_browser import chromium, have_browser
+from tests.gui_browser import chromium, have_browser, unix_get
 from tests.gui_browser import sign_in as browser_sign_in
-from tests.gui_fixtures import PASSWORDS, gui_home, gui_process, sign_in, user  # noqa: F401 - fixtures
+from tests.gui_fixtures import PASSWORDS, gui_home, gui_process, proxied, sign_in, user  # noqa: F401 - fixtures
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -143,22 +143,24 @@ def test_spraying_from_one_address_does_not_lock_out_the_others(served) -> None:
     assert _get(f"{url}/metrics", "sprayed-new", "Summer2026!")[0] == 401
 
 
-@pytest.mark.parametrize("served", [{"trusted_proxies": ["127.0.0.1"]}], indirect=True)
-def test_a_trusted_proxy_names_the_client(served) -> None:
-    """`gui.trusted_proxies` holds this address: the client is the right-most X-Forwarded-For
-    address that is not a trusted proxy. A name locked at one client still signs in from
-    another; a client cannot escape its lock by putting more addresses in front; a name is
-    locked everywhere after four clients' worth of failures (`gui.login_attempts` × 4)."""
-    url = served
+@pytest.mark.parametrize("proxied", [{"trusted_proxies": ["192.0.2.1"]}], indirect=True)
+def test_a_trusted_proxy_names_the_client(proxied) -> None:
+    """Through `gui.socket` (the proxy on this host) the client is the right-most
+    X-Forwarded-For address that is not a trusted proxy (`gui.trusted_proxies`: one on another
+    host in front of it). A name locked at one client still signs in from another; a client
+    cannot escape its lock by putting more addresses in front; a name is locked everywhere
+    after four clients' worth of failures (`gui.login_attempts` × 4)."""
+    _, _, path = proxied
 
     def login(name: str, password: str, forwarded: str) -> int:
-        return _get(f"{url}/metrics", name, password, forwarded)[0]
+        auth = "Basic " + base64.b64encode(f"{name}:{password}".encode()).decode()
+        return unix_get(path, "/metrics", {"Authorization": auth, "X-Forwarded-For": forwarded})[0]
 
     for i in range(5):
         assert login("otto", f"guess-{i}", "203.0.113.5") == 401
     assert login("otto", PASSWORDS["otto"], "203.0.113.5") == 429
     assert login("otto", PASSWORDS["otto"], f"198.51.100.{7}, 203.0.113.5") == 429  # spoofed left part
-    assert login("otto", PASSWORDS["otto"], "203.0.113.5, 127.0.0.1") == 429  # a trusted hop is skipped
+    assert login("otto", PASSWORDS["otto"], "203.0.113.5, 192.0.2.1") == 429  # a trusted hop is skipped
     assert login("otto", PASSWORDS["otto"], "203.0.113.9") == 200  # another client of the proxy
     for client in ("203.0.113.10", "203.0.113.11", "203.0.113.12", "203.0.113.13"):
         for i in range(5):

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.gui_fixtures import gui_home, user  # noqa: F401 - fixtures
+from tests.gui_fixtures import gui_home, proxied, user  # noqa: F401 - fixtures
 from tests.test_privileges import _gallery, as_user, hoard, home, needs_root, reachable  # noqa: F401 (fixtures)
 
 SECRET = "ROOT-ONLY-TOKEN-4f1c2a"
@@ -222,7 +222,6 @@ def served(request, hoard_home: Path, pg, redis_conn):
 
 
 @pytest.mark.timeout(300)
-@pytest.mark.parametrize("served", [{"trusted_proxies": ["127.0.0.1"]}], indirect=True)
 def test_a_local_user_cannot_lock_a_name_everywhere_from_loopback_aliases(served) -> None:
     """A name is locked everywhere after 4 × `gui.login_attempts` failures, one client adding at
     most `login_attempts` — "so no single address can lock a name everywhere". Every address of
@@ -231,12 +230,12 @@ def test_a_local_user_cannot_lock_a_name_everywhere_from_loopback_aliases(served
     clients included. The loopback addresses are now one client (and an IPv6 /64 is one)."""
     from tests.gui_fixtures import PASSWORDS
 
-    for source in ("127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5"):
+    for i in range(5):
+        assert _basic_from(served, "127.0.0.2", "otto", f"guess-{i}") == 401
+    for source in ("127.0.0.3", "127.0.0.4", "127.0.0.5"):  # each was a fresh client of five more guesses
         for i in range(5):
-            assert _basic_from(served, source, "otto", f"guess-{i}") in (401, 429)
+            assert _basic_from(served, source, "otto", f"guess-{i}") == 429
     assert _basic_from(served, "127.0.0.6", "otto", PASSWORDS["otto"]) == 429  # this host guessed wrong
-    # otto at a remote client of the proxy (127.0.0.1, trusted) still signs in
-    assert _basic_from(served, "127.0.0.1", "otto", PASSWORDS["otto"], forwarded="203.0.113.9") == 200
 
 
 def test_the_client_key_groups_loopback_and_ipv6_networks() -> None:
@@ -251,22 +250,101 @@ def test_the_client_key_groups_loopback_and_ipv6_networks() -> None:
 
 
 @pytest.mark.timeout(300)
-@pytest.mark.xfail(strict=True, reason="not fixed: a proxy on this host is trusted by its address 127.0.0.1, which is "
-                                       "every local user's too; telling the proxy from a local user needs more than "
-                                       "an address (a unix socket for the proxy, or a secret header it adds)")
-@pytest.mark.parametrize("served", [{"trusted_proxies": ["127.0.0.1"]}], indirect=True)
-def test_a_local_user_cannot_write_the_forwarded_for_of_a_proxy_on_this_host(served) -> None:
-    """hoard.example.toml: "Behind the recommended TLS proxy on this host, name it:
-    trusted_proxies = ["127.0.0.1"]". A local user connecting to the GUI's port directly is
-    then 127.0.0.1 too, and its X-Forwarded-For is believed: five wrong guesses under each of
-    four addresses it wrote lock otto out everywhere (or five under the admin's own address
-    lock the admin there)."""
+def _connects(user_group: str, path: Path) -> bool:
+    """Whether the user nobody, with primary group `user_group` and no other, can connect to `path`."""
+    import subprocess
+
+    res = subprocess.run(["setpriv", "--reuid=nobody", f"--regid={user_group}", "--clear-groups", "--", "/usr/bin/python3",
+                          "-c", "import socket, sys; socket.socket(socket.AF_UNIX).connect(sys.argv[1])", str(path)],
+                         capture_output=True, text=True, env={"PATH": "/usr/bin:/bin"}, cwd="/", timeout=60)
+    assert res.returncode == 0 or "PermissionError" in res.stderr, res.stderr
+    return res.returncode == 0
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("proxied", [{"socket_group": "nogroup", "trusted_proxies": ["192.0.2.1"]}], indirect=True)
+def test_a_local_user_cannot_write_the_forwarded_for_of_a_proxy_on_this_host(proxied) -> None:
+    """The review's finding: hoard.example.toml told a proxy on this host to be named by
+    `trusted_proxies = ["127.0.0.1"]`, and a local user connecting to the GUI's port directly is
+    127.0.0.1 too: its X-Forwarded-For was believed, and five wrong guesses under each of four
+    addresses it wrote locked otto out everywhere. A proxy on this host now reaches the GUI on
+    `gui.socket`: no TCP port is open, only the proxy's group may connect (0660), and what
+    comes through the socket is the proxy's, so its X-Forwarded-For names the client."""
+    import socket
+    import stat
+
+    from tests.gui_browser import unix_get
     from tests.gui_fixtures import PASSWORDS
 
-    for forged in ("198.51.100.1", "198.51.100.2", "198.51.100.3", "198.51.100.4"):
-        for i in range(5):
-            assert _basic_from(served, "127.0.0.1", "otto", f"guess-{i}", forwarded=forged) in (401, 429)
-    assert _basic_from(served, "127.0.0.1", "otto", PASSWORDS["otto"], forwarded="203.0.113.9") == 200
+    url, port, path = proxied
+    with socket.socket() as s, pytest.raises(ConnectionRefusedError):
+        s.connect(("127.0.0.1", port))  # nothing listens where a local user could write the header
+    st = path.stat()
+    assert stat.S_ISSOCK(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o660
+    assert _connects("nogroup", path)  # the proxy's group connects ...
+    assert not _connects("daemon", path)  # ... another local user does not
+
+    def login(password: str, forwarded: str) -> int:
+        import base64
+
+        auth = "Basic " + base64.b64encode(f"otto:{password}".encode()).decode()
+        return unix_get(path, "/metrics", {"Authorization": auth, "X-Forwarded-For": forwarded})[0]
+
+    for i in range(5):
+        assert login(f"guess-{i}", "198.51.100.1") == 401
+    assert login(PASSWORDS["otto"], "198.51.100.1") == 429  # locked at the client the proxy named
+    assert login(PASSWORDS["otto"], "10.9.8.7, 198.51.100.1") == 429  # what the client wrote before it: ignored
+    assert login(PASSWORDS["otto"], "198.51.100.1, 192.0.2.1") == 429  # a trusted proxy's hop is passed over
+    assert login(PASSWORDS["otto"], "203.0.113.9") == 200  # another client of the proxy signs in
+    assert url == f"unix:{path}"
+
+
+def test_a_loopback_trusted_proxy_is_refused_with_the_way_to_do_it(tmp_path: Path) -> None:
+    """`gui.trusted_proxies` naming loopback addresses (127.0.0.1, ::1, a v4-mapped one, a
+    network holding them) is refused when the config loads: one line naming the key and
+    `gui.socket`, exit 2."""
+    import subprocess
+    import sys
+
+    base = (Path(__file__).resolve().parents[1] / "hoard.toml").read_text()  # the embedded default: no [gui]
+    for proxies in ('["127.0.0.1"]', '["::1"]', '["::ffff:127.0.0.1"]', '["10.0.0.1", "0.0.0.0/0"]'):
+        cfg = tmp_path / "c.toml"
+        cfg.write_text(base + f"\n[gui]\ntrusted_proxies = {proxies}\n")
+        res = subprocess.run([sys.executable, "-m", "fsd", "--config", str(cfg), "gui"], capture_output=True,
+                             text=True, env={k: v for k, v in os.environ.items() if k != "HOARD_CONFIG"}, timeout=60)
+        lines = res.stderr.strip().splitlines()
+        assert res.returncode == 2 and len(lines) == 1, (proxies, res.stdout, res.stderr)
+        assert "gui.trusted_proxies" in lines[0] and "gui.socket" in lines[0], lines[0]
+
+
+def test_the_proxy_socket_replaces_a_dead_one_and_refuses_the_rest(tmp_path: Path) -> None:
+    """`gui.socket`: a socket left by a server that died is replaced; one a live server
+    answers on, a file that is not a socket, or an unknown group is refused in one line."""
+    import socket
+
+    from fsd.base.errors import HoardError
+    from gui.app import proxy_socket
+
+    path = tmp_path / "run" / "gui.sock"
+    dead = proxy_socket(path, None)
+    dead.close()  # the server died; its socket file stays
+    assert path.exists()
+    live = proxy_socket(path, None)
+    try:
+        with socket.socket(socket.AF_UNIX) as c:
+            c.connect(str(path))
+        with pytest.raises(HoardError, match="another `hoard gui` already listens"):
+            proxy_socket(path, None)
+        assert path.exists()  # the live server's socket is left alone
+    finally:
+        live.close()
+    other = tmp_path / "run" / "file"
+    other.write_text("mine")
+    with pytest.raises(HoardError, match="is not a socket"):
+        proxy_socket(other, None)
+    assert other.read_text() == "mine"
+    with pytest.raises(HoardError, match="gui.socket_group 'no-such-grp' is not a group"):
+        proxy_socket(tmp_path / "run" / "g.sock", "no-such-grp")
 
 
 def test_a_file_name_with_a_line_separator_is_refused_at_the_screen(tmp_path: Path) -> None:

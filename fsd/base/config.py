@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import os
 import tomllib
+from ipaddress import IPv4Network, IPv6Network, ip_network
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args, get_origin
 from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, IPvAnyNetwork, StringConstraints, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, IPvAnyNetwork, StringConstraints, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from fsd.base.errors import ConfigError
@@ -130,6 +131,10 @@ class GuiUser(BaseModel):
     password_hash: str = Field(pattern=r"^\$argon2")
 
 
+#: the loopback networks: a proxy there cannot be told from a local user
+_LOOPBACK = (ip_network("127.0.0.0/8"), ip_network("::1/128"), ip_network("::ffff:127.0.0.0/104"))
+
+
 class GuiConfig(BaseModel):
     """`hoard gui`: where it listens, its logins and sessions, how often it refreshes."""
 
@@ -148,14 +153,30 @@ class GuiConfig(BaseModel):
     #: password checks (argon2: 64 MiB and about 0.1 s of the cores each) run at once; the rest
     #: wait a few seconds for a turn, then get 429 + Retry-After. Default: half the cores, 1..8
     login_concurrency: int | None = Field(default=None, ge=1, le=64)
-    #: reverse proxies (addresses or CIDRs) whose X-Forwarded-For names the client; from any other
-    #: address the header is ignored (docs/security.md, Logins)
+    #: reverse proxies on other hosts (addresses or CIDRs) whose X-Forwarded-For names the
+    #: client; from any other address the header is ignored (docs/security.md, Logins). Never
+    #: a loopback address: every local user connects from one
     trusted_proxies: list[IPvAnyNetwork] = []
+    #: a TLS proxy on this host: `hoard gui` listens on this unix socket instead of host:port,
+    #: and every connection on it is the proxy's (its X-Forwarded-For names the client)
+    socket: Path | None = None
+    #: the group whose members (the proxy's user) may connect to `socket` (mode 0660); default
+    #: the service user's own group
+    socket_group: str | None = Field(default=None, pattern=r"^[a-z_][a-z0-9_-]{0,31}\$?$")
     #: seconds between the one background refresh of what the pages show (health, counts)
     refresh_s: float = Field(default=10.0, ge=1, le=3600)
     #: the session cookie is `Secure` (sent over HTTPS only): on when a TLS proxy serves the GUI;
     #: off for the plain-HTTP listener it has itself, where a Secure cookie would never come back
     secure_cookies: bool = False
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _no_local_proxy(cls, proxies: list[IPv4Network | IPv6Network]) -> list[IPv4Network | IPv6Network]:
+        for net in proxies:
+            if any(net.overlaps(lo) for lo in _LOOPBACK if lo.version == net.version):
+                raise ValueError(f"{net} holds loopback addresses, and any local user connects from it and writes "
+                                 "X-Forwarded-For; for a proxy on this host set gui.socket instead (docs/security.md)")
+        return proxies
 
 
 class EmbeddedConfig(BaseModel):

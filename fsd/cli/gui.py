@@ -26,7 +26,9 @@ def gui(
 
     cfg = state(ctx).settings
     usable(cfg)
-    out.print(f"hoard gui: http://{host or cfg.gui.host}:{port or cfg.gui.port}/ (Ctrl-C stops it)")
+    where = (f"unix socket {cfg.gui.socket}, for the proxy in front" if cfg.gui.socket and not (host or port)
+             else f"http://{host or cfg.gui.host}:{port or cfg.gui.port}/")
+    out.print(f"hoard gui: {where} (Ctrl-C stops it)")
     serve(cfg, host, port)
 
 
