@@ -106,8 +106,11 @@ def build(cfg: Settings) -> None:
     rqdash.mount(cfg)
 
 
-def usable(cfg: Settings) -> None:
-    """Refuse to serve pages nobody can sign in to."""
+def usable(cfg: Settings, host: str | None = None, port: int | None = None) -> None:
+    """Refuse to serve pages nobody can sign in to, or to listen where `gui.socket` says not to."""
+    if cfg.gui.socket and (host or port):
+        raise HoardError(f"gui.socket is set: `hoard gui` listens on {cfg.gui.socket} only; drop --host/--port "
+                         "or unset gui.socket", ExitCode.USAGE)
     if not users(cfg):
         raise HoardError("no GUI users yet; add one with `hoard users add NAME --role admin` "
                          "(or [[gui.users]] in hoard.toml), then run `hoard gui` again", ExitCode.USAGE)
@@ -177,10 +180,7 @@ def serve(cfg: Settings, host: str | None = None, port: int | None = None) -> No
     # deferred: NiceGUI's storage module is only needed when serving, to keep sessions on the SSD
     from nicegui.storage import Storage
 
-    usable(cfg)
-    if cfg.gui.socket and (host or port):
-        raise HoardError(f"gui.socket is set: `hoard gui` listens on {cfg.gui.socket} only; drop --host/--port "
-                         "or unset gui.socket", ExitCode.USAGE)
+    usable(cfg, host, port)
     Storage.path = state_dir(cfg) / "sessions"
     ensure_dir(Storage.path)  # 0750: session ids, names and roles are nobody else's to read
     listen: dict[str, object] = {"host": host or cfg.gui.host, "port": port or cfg.gui.port}

@@ -25,9 +25,8 @@ def gui(
     from gui.app import serve, usable
 
     cfg = state(ctx).settings
-    usable(cfg)
-    where = (f"unix socket {cfg.gui.socket}, for the proxy in front" if cfg.gui.socket and not (host or port)
-             else f"http://{host or cfg.gui.host}:{port or cfg.gui.port}/")
+    usable(cfg, host, port)
+    where = (f"unix socket {cfg.gui.socket}, for the proxy in front" if cfg.gui.socket else f"http://{host or cfg.gui.host}:{port or cfg.gui.port}/")
     out.print(f"hoard gui: {where} (Ctrl-C stops it)")
     serve(cfg, host, port)
 
