@@ -131,7 +131,7 @@ class BatchView:
     def __init__(self, root: Path, files: dict[str, int]) -> None:
         self.root, self.files = root, files
         #: relative path → (device, inode, size, mtime_ns) as the screen saw the file (or the
-        #: file an in-batch symlink named): the store step stores that file or none (fsd.put)
+        #: file an in-batch symlink named): the store step stores that file or none (fsd.io.put)
         self.identity: dict[str, tuple[int, int, int, int]] = {}
         self._media: dict[str, list[str]] | None = None
 

@@ -27,7 +27,7 @@ from fsd.base import config
 from fsd.mount.namespace import ROOT, Namespace
 from fsd.mount.reader import Reader
 from fsd.store import Store
-from fsd.views import define_view_rows
+from fsd.outputs.views import define_view_rows
 from tests.conftest import dir_disks_config
 
 CHUNK = 50_000

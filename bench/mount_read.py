@@ -41,8 +41,8 @@ from _common import (LAB4, Lab, REPO, drop_caches, hoard_mounted, lab_store, mer
                      names_warm_data_cold, read_file, report, run_timed, timed)
 
 from adapters.synth import flat_files
-from fsd.put import put_payloads
-from fsd.views import define_view
+from fsd.io.put import put_payloads
+from fsd.outputs.views import define_view
 
 MB = 1 << 20
 MiB = 1 << 20

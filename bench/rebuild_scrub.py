@@ -24,8 +24,8 @@ from _common import LAB4, Lab, drop_caches, lab_profile, lab_store, report, run_
 
 MB = 1 << 20  # the lab's unit: profiles' read/write figures are MiB/s
 
-from fsd.rebuild import rebuild
-from fsd.scrub import verify
+from fsd.maintenance.rebuild import rebuild
+from fsd.io.scrub import verify
 from tests.lab import DiskProfile
 
 NEW = DiskProfile("new", 3000, 60, 50, 150)

@@ -8,7 +8,7 @@ unknown field, a value that would escape the tree (`..`, an absolute path, NUL, 
 a one-segment field), a missing label and two nodes mapped to one path are refused naming
 the node and the field. Every path the output will hold (each file's and its sidecar's,
 under the directory stage/export put them in) is held to the output contract's own rule,
-`fsd.base.paths.hostile_reason` — the rule fsd.seal applies when it seals — and to the file
+`fsd.base.paths.hostile_reason` — the rule fsd.outputs.seal applies when it seals — and to the file
 system's name length, so nothing the plan admits is refused after the bytes were copied.
 Format and examples: docs/layouts.md.
 """

@@ -21,9 +21,9 @@ from pathlib import Path
 
 import lmdb
 
-from fsd import marks, pointers
-from fsd import shardfmt as fmt
-from fsd import storelock
+from fsd.core import marks, pointers
+from fsd.core import shardfmt as fmt
+from fsd.core import storelock
 from fsd.base import config as config_mod
 from fsd.base.config import Settings
 from fsd.base.errors import ExitCode, HoardError
@@ -31,19 +31,19 @@ from fsd.base.files import atomic_write, fsync_dir, size_or_zero
 from fsd.base.modes import FILE
 from fsd.base.paths import file_ext
 from fsd.base.units import fmt_bytes
-from fsd.disks import (IDENTITY, IDENTITY_COPY, DiskGone, DiskRecord, DiskState, LocalDisk, keep_identity_copy,
+from fsd.core.disks import (IDENTITY, IDENTITY_COPY, DiskGone, DiskRecord, DiskState, LocalDisk, keep_identity_copy,
                         probe, read_identity, write_identity)
-from fsd.index import MARKS_NS, Index, ShardMeta, has_index, index_error, open_existing
-from fsd.layout import (BATCHES_DIR, FORGOTTEN, VIEWS_DIR, check_ssd, lock_root, pin_path, protect_disk,
+from fsd.core.index import MARKS_NS, Index, ShardMeta, has_index, index_error, open_existing
+from fsd.core.layout import (BATCHES_DIR, FORGOTTEN, VIEWS_DIR, check_ssd, lock_root, pin_path, protect_disk,
                         protect_ssd)
-from fsd.placement import Candidate, choose
-from fsd.planner import execute, make_plan
-from fsd.put import put_files, put_payloads
-from fsd.records import GET_MAX, ITER_READ, MAP_PIECE, DataError, ObjectNotFound, PutResult, learn_map, sha_bytes, verify_record
-from fsd.recovery import recover_orphans
-from fsd.replicate import replication_lag
-from fsd.scrub import oldest_unverified_age
-from fsd.writer import ShardWriter, writer_alive
+from fsd.core.placement import Candidate, choose
+from fsd.io.planner import execute, make_plan
+from fsd.io.put import put_files, put_payloads
+from fsd.core.records import GET_MAX, ITER_READ, MAP_PIECE, DataError, ObjectNotFound, PutResult, learn_map, sha_bytes, verify_record
+from fsd.io.recovery import recover_orphans
+from fsd.io.replicate import replication_lag
+from fsd.io.scrub import oldest_unverified_age
+from fsd.io.writer import ShardWriter, writer_alive
 
 log = logging.getLogger(__name__)
 #: a disk whose marks log refused a snapshot is tried again after this long (not by every open)
@@ -379,7 +379,7 @@ class Store:
         `on_result` sees each file as soon as its outcome is final; `stop` ends the call at the
         next file boundary; `root` makes each stored file a root gc keeps until released
         (`hoard put`); `expect`: path → (device, inode, size, mtime_ns) a scan saw — another
-        file there is rejected (see fsd.put.put_files)."""
+        file there is rejected (see fsd.io.put.put_files)."""
         with self.lock:
             results = put_files(self, self.writer(klass), [Path(p) for p in paths], on_result, stop, root, expect)
         self.index.put_exts({bytes.fromhex(r.sha256): ext for r in results
@@ -407,7 +407,7 @@ class Store:
         self._pointing(lambda write: self.index.name_pointer(VIEWS_DIR, name, info, write))
 
     def keep_pointer(self, key: str, doc: dict) -> None:
-        """A pointer at the disks' root (fsd.pointers.ROOT_FILES: the newest database dump) on
+        """A pointer at the disks' root (fsd.core.pointers.ROOT_FILES: the newest database dump) on
         every disk in service, kept in the index as a batch's is: a disk added or back later
         gets it, and an index rebuild takes the newest."""
         self._pointing(lambda write: self.index.keep_pointer(key, doc, write))
@@ -424,7 +424,7 @@ class Store:
 
     def write_pointer(self, rel: str, body: bytes, failed: list[tuple[LocalDisk, OSError]] | None = None
                       ) -> list[str]:
-        """Write (tmp → fsync → rename) a pointer's bytes (fsd/pointers.py: stamped by
+        """Write (tmp → fsync → rename) a pointer's bytes (fsd/core/pointers.py: stamped by
         Index.name_pointer, so a disk that missed later writes holds an older one and rebuild
         takes the newest; a removal record for a removed name) at `rel` under every disk in
         service (active or draining) — what `hoard index rebuild` or a person
@@ -523,7 +523,7 @@ class Store:
 
     def log_marks(self, op: str, shas: list[bytes], stamp: int) -> list[str]:
         """Append marks-log records (`op` is one of MARK_OPS) to `marks/marks.log` on every
-        writable disk, fsynced — what `hoard index rebuild` replays (fsd/marks.py); returns the
+        writable disk, fsynced — what `hoard index rebuild` replays (fsd/core/marks.py); returns the
         uuids of the disks that took them (Index.log_in notes them). Called by the index
         inside the transaction that applies them: raising here (no disk took the records)
         leaves the index unchanged too. Each append starts with a newline, so the torn rest of
@@ -572,7 +572,7 @@ class Store:
         (a writer that appended and died before its commit), and the disks that are behind
         get a snapshot of the index's marks."""
         tails: dict[str, int] = {}
-        legacy: list[str] = []  # logs written before lines had checks: rewritten (fsd/marks.py)
+        legacy: list[str] = []  # logs written before lines had checks: rewritten (fsd/core/marks.py)
         for u, d in self.disks.items():
             if self.usable(u):
                 try:
@@ -611,7 +611,7 @@ class Store:
 
     def snapshot_marks(self, uuids: Iterable[str] | None = None, recheck: set[str] | None = None) -> list[str]:
         """Replace the marks log of disks `uuids` (default: every disk in service, draining
-        included) by a snapshot of the index's marks (fsd/marks.py), inside an index write
+        included) by a snapshot of the index's marks (fsd/core/marks.py), inside an index write
         transaction — plus the marks the logs hold for objects the index does not know. Returns
         the labels written; a disk that cannot take it is logged and skipped (still behind: a
         writer tries again after MARKS_RETRY_S)."""
@@ -809,7 +809,7 @@ class Store:
 
     def read_batch(self, shas_hex: list[str], sink, large_sink=None) -> tuple:
         """Read many objects with the batch planner; sink(sha_bytes, payload) per object, and
-        large_sink(sha_bytes, pieces) for objects too large to hold whole (fsd.planner.execute)."""
+        large_sink(sha_bytes, pieces) for objects too large to hold whole (fsd.io.planner.execute)."""
         plan = make_plan(self, [sha_bytes(h) for h in shas_hex])
         if plan.missing:
             raise ObjectNotFound(f"{len(plan.missing)} of the objects are not in the store, e.g. "

@@ -1,7 +1,7 @@
 """`/batches`, `/assets`, `/node/{sha256}`: what was ingested, found by source, batch, date and
 metadata; one node with its metadata, labels, parents and children (depth-limited), its paths
 in the FUSE mount, and the low-quality flag (`in_black_list`). Reads go through `sql.browse`
-(bounded queries); thumbnails are `fsd.thumbs`'s, served here."""
+(bounded queries); thumbnails are `fsd.outputs.thumbs`'s, served here."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import psycopg
 from fastapi.responses import FileResponse, Response
 from nicegui import app, ui
 
-from fsd import thumbs
+from fsd.outputs import thumbs
 from fsd.base.errors import HoardError
 from fsd.base.units import fmt_bytes
 from gui import charts, text

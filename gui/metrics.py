@@ -14,7 +14,7 @@ from gui.gate import LoginGate
 from gui.state import Snapshot
 from jobs.queues import JOB_STATES
 
-DISK_STATES = ("active", "draining", "failed", "missing")  # fsd.disks.DiskState
+DISK_STATES = ("active", "draining", "failed", "missing")  # fsd.core.disks.DiskState
 
 
 class _Collector:

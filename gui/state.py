@@ -17,8 +17,8 @@ from typing import Any
 import redis
 
 from fsd.base.config import Settings
-from fsd.health import verified_by_disk
-from fsd.reindex import index_copies
+from fsd.maintenance.health import verified_by_disk
+from fsd.maintenance.reindex import index_copies
 from jobs.health import collect
 from jobs.launch import Run, runs
 from jobs.queues import job_counts

@@ -43,7 +43,7 @@ def _bar(ratio: float, marks: tuple[float, ...] = ()) -> None:
 
 def _gone(d: dict[str, Any]) -> None:
     """What a person needs about a disk that is missing or failed: since when it is not seen,
-    what it holds by the index, and the next step (all from `hoard health`: fsd.health)."""
+    what it holds by the index, and the next step (all from `hoard health`: fsd.maintenance.health)."""
     seen = d.get("seen")
     ui.label(f"last seen {age(time.time() - seen)} ({time.strftime('%Y-%m-%d %H:%M', time.localtime(seen))})"
              if seen else "last seen: not recorded").classes("text-caption").mark("disk-seen")

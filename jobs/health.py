@@ -1,6 +1,6 @@
 """`hoard health`: one JSON document with the state of every part, and the problems to act on.
 
-Each system reports its own part — `fsd.health` (the disks, the store, the SSD zones),
+Each system reports its own part — `fsd.maintenance.health` (the disks, the store, the SSD zones),
 `sql.health` (the database), `jobs.queues` (Redis), `jobs.ingest` (UA_1 batches),
 `jobs.outputs` (stages and exports). `collect`
 puts them together here, above the store and the database, so that the `hoard` command and
@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from fsd.base.config import Settings
-from fsd.health import disk_status, store_problems, store_status, zone_status
+from fsd.maintenance.health import disk_status, store_problems, store_status, zone_status
 from jobs import outputs
 from jobs.ingest import ingest_status
 from jobs.queues import redis_status

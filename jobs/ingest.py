@@ -56,9 +56,9 @@ from fsd.base.errors import ExitCode, HoardError
 from fsd.base.files import atomic_write, flocked, fsync_dir, read_in_zone
 from fsd.base.paths import NAME_PATTERN
 from fsd.base.units import fmt_bytes
-from fsd import zones
-from fsd.manifest import naming_lock
-from fsd.replicate import replicate_once
+from fsd.outputs import zones
+from fsd.outputs.manifest import naming_lock
+from fsd.io.replicate import replicate_once
 from fsd.store import Store
 from jobs import runlog
 from jobs.guard import SERIALIZER, GuardedWorker, HoardJob
@@ -701,7 +701,7 @@ def _step_package(cfg: Settings, st: BatchState) -> None:
     if not manifest_path.exists():
         # reserved before a byte is written, released once the manifest (the package's seal) is
         # there or the step failed; a worker killed meanwhile leaves a stale reservation that
-        # the next reserve in 3B reclaims (fsd.zones)
+        # the next reserve in 3B reclaims (fsd.outputs.zones)
         need = sum(size for _, size in stored.values()) + PACKAGE_OVERHEAD_PER_FILE * (len(stored) + 10)
         zones.reserve(cfg, "3B", st.batch_id, f"ingest:{st.batch_id}", need,
                       next_step=f"`hoard ingest --resume {st.batch_id}`; the batch stays stored and in 3A until then")

@@ -25,7 +25,7 @@ from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.job import Job, JobStatus
 from rq.registry import CanceledJobRegistry, FailedJobRegistry, FinishedJobRegistry, StartedJobRegistry
 
-from fsd import zones
+from fsd.outputs import zones
 from fsd.base.config import Settings
 from fsd.base.errors import ExitCode, HoardError
 from jobs import ingest, maintenance, outputs, reports, runlog

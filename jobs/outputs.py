@@ -6,9 +6,9 @@ output (`hoard stage`, `hoard export`; RQ queue `io`, or in this process with --
 
 One run: plan (the selector or the listed sha256s → nodes → their fields → the layout's
 paths, every path checked: datasets/layouts.py) → reserve the bytes in the zone (refused
-before a byte moves: fsd/zones.py) → copy with the batch planner into `<zone>/.tmp/<id>/`
-(fsd/materialize.py: each file checked against its sha256; a re-run keeps what is already
-there) → seal (fsd/seal.py: `_MANIFEST.json`, rename, `_JOB.json`, `_SEALED` last).
+before a byte moves: fsd/outputs/zones.py) → copy with the batch planner into `<zone>/.tmp/<id>/`
+(fsd/outputs/materialize.py: each file checked against its sha256; a re-run keeps what is already
+there) → seal (fsd/outputs/seal.py: `_MANIFEST.json`, rename, `_JOB.json`, `_SEALED` last).
 
 Ids are immutable: the same id with the same request after success does nothing and says
 so; with another request it is refused. A failed or killed run keeps its partial tree and
@@ -35,13 +35,13 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from datasets import layouts
-from fsd import seal, zones
+from fsd.outputs import seal, zones
 from fsd.base import config as config_mod
 from fsd.base.config import Settings
 from fsd.base.errors import ExitCode, HoardError, first_line
 from fsd.base.files import atomic_write, flocked, fsync_dir
-from fsd.manifest import ViewError
-from fsd.materialize import Item, MaterializeReport, materialize
+from fsd.outputs.manifest import ViewError
+from fsd.outputs.materialize import Item, MaterializeReport, materialize
 from jobs import runlog
 
 OUTPUT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
@@ -414,10 +414,10 @@ def _run(cfg: Settings, spec: OutputSpec, progress: Callable[[int, int], None] |
 
 
 def clean(cfg: Settings, output_id: str, zone: str | None = None) -> dict[str, Any]:
-    """`hoard zones clean ID`: remove the output (fsd.zones.clean: sealed, or incomplete with
+    """`hoard zones clean ID`: remove the output (fsd.outputs.zones.clean: sealed, or incomplete with
     no live job), the view a view-mode output published, and the recorded request — the id is
     free again. Refused while a stage/export of the id runs (ZoneBusy)."""
-    from fsd.views import remove_view  # deferred: only a view-mode output opens the store here
+    from fsd.outputs.views import remove_view  # deferred: only a view-mode output opens the store here
 
     damaged = False
     try:
@@ -474,7 +474,7 @@ def _run_view(cfg: Settings, spec: OutputSpec, store, items: list[Item], n_nodes
     the zone holds a sealed output whose entry is a link into the mount — the same path a
     local consumer would read in copy mode (a worker on another machine needs copy mode).
     The view is defined only after the zone admitted the output, and removed if it fails."""
-    from fsd.views import define_view_rows, release_owned, remove_view  # deferred: only view mode defines views
+    from fsd.outputs.views import define_view_rows, release_owned, remove_view  # deferred: only view mode defines views
 
     assert cfg.mount.path is not None  # _run refused the request without it
     name, lay = view_name(spec), spec.layout["name"]

@@ -6,7 +6,7 @@ from collections.abc import Callable
 from dataclasses import asdict
 
 from fsd.base import config
-from fsd.replicate import replicate_once
+from fsd.io.replicate import replicate_once
 from fsd.store import Store
 
 

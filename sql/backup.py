@@ -91,7 +91,7 @@ def dump_backup(url: str, store, zone3b: Path, label: str = "hoard", progress=No
     return DumpResult(backup_id, put.sha256, size, dest, counts, time.monotonic() - t0)
 
 
-#: (the store keeps it as fsd.pointers.DB_DUMP: sql does not import fsd)
+#: (the store keeps it as fsd.core.pointers.DB_DUMP: sql does not import fsd)
 POINTER = ".hoard-db-dump.json"
 
 

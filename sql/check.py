@@ -1,4 +1,4 @@
-"""The database's side of `hoard check` (the store's side is fsd.check)."""
+"""The database's side of `hoard check` (the store's side is fsd.maintenance.check)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The database's side of deletion (the store's side is fsd.deletion).
+"""The database's side of deletion (the store's side is fsd.maintenance.deletion).
 
 Type A marks nodes `is_deleted` (selectors skip them; metadata, edges and labels stay as
 history). Type B drops one batch's references — its members and its `batch:<id>/…`

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from fsd import seal
+from fsd.outputs import seal
 from fsd.cli.skeleton import PENDING
 from jobs.queues import fetch_job, rq_queue
 from tests.conftest import use_schema

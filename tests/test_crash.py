@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from fsd import shardfmt as fmt
+from fsd.core import shardfmt as fmt
 from fsd.base import config
-from fsd.index import Index
+from fsd.core.index import Index
 from fsd.store import Store
 from tests.conftest import dir_disks_config, make_files
 from tests.test_store import check_store

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from adapters.synth import Spec, generate
 from fsd.base import config
-from fsd.records import STREAM_THRESHOLD
+from fsd.core.records import STREAM_THRESHOLD
 from fsd.store import Store
 from jobs import ingest as ua1
 from jobs import outputs

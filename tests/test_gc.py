@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 
 from fsd.base import config
-from fsd.deletion import drop_batch, hide, release
-from fsd.gc import GcNoSpace, gc
-from fsd.records import ObjectNotFound
+from fsd.maintenance.deletion import drop_batch, hide, release
+from fsd.maintenance.gc import GcNoSpace, gc
+from fsd.core.records import ObjectNotFound
 from fsd.store import Store
 from tests.conftest import make_files, write_config
 
@@ -160,7 +160,7 @@ def test_kill_during_gc_then_rerun(lab_factory, tmp_path: Path) -> None:
 def _swapped_not_deleted(store_factory, tmp_path: Path, seed: int, n_disks: int = 3):
     """A store where gc swapped the index to new shards for a dropped batch and stopped before
     deleting the old replicas (they are listed as retired); returns it and what was stored."""
-    from fsd import gc as gcmod
+    from fsd.maintenance import gc as gcmod
 
     store = store_factory(n_disks=n_disks, caps=None, shard_size_mb=1)
     res = store.put_many(make_files(tmp_path / "a", 80, seed=seed))
@@ -194,8 +194,8 @@ def test_disk_vanishing_between_size_and_delete_keeps_its_retired_replica(store_
     delete; an unlink on the empty mount point left behind finds nothing, and that must not
     count as deleted (the file came back with the disk as an orphan nobody named, its bytes
     still counted). The replica stays retired; the next gc with the disk back deletes it."""
-    from fsd import gc as gcmod
-    from fsd.check import check
+    from fsd.maintenance import gc as gcmod
+    from fsd.maintenance.check import check
 
     store, res = _swapped_not_deleted(store_factory, tmp_path, seed=9)
     d1 = next(d for d in store.disks.values() if any(d.uuid in doc["replicas"] for doc in _retired(store).values()))
@@ -231,10 +231,10 @@ def test_forgetting_a_dead_disk_releases_its_retired_replicas(store_factory, tmp
     """Found by review: a disk that died while gc still had old replicas on it to delete is
     rebuilt and forgotten; its retired replicas must go with it (before, they stayed in the
     retired list for ever and gc tried them on every run)."""
-    from fsd import gc as gcmod
-    from fsd.check import check
-    from fsd.lifecycle import forget
-    from fsd.rebuild import rebuild
+    from fsd.maintenance import gc as gcmod
+    from fsd.maintenance.check import check
+    from fsd.maintenance.lifecycle import forget
+    from fsd.maintenance.rebuild import rebuild
 
     store, res = _swapped_not_deleted(store_factory, tmp_path, seed=9, n_disks=4)
     # a disk still holding a replica gc retired (which one depends on placement)
@@ -278,8 +278,8 @@ def test_disk_vanishing_before_delete_keeps_its_retired_replica(store_factory, t
     the old replica look deleted already — the index kept counting its bytes and the file
     came back as an orphan with the disk. Now the replica stays retired until the disk is
     back; the next gc deletes it and `hoard check` finds the counts in agreement."""
-    from fsd import gc as gcmod
-    from fsd.check import check
+    from fsd.maintenance import gc as gcmod
+    from fsd.maintenance.check import check
 
     store, res = _swapped_not_deleted(store_factory, tmp_path, seed=9)
     d1 = next(d for d in store.disks.values() if any(d.uuid in doc["replicas"] for doc in _retired(store).values()))

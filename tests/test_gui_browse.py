@@ -61,7 +61,7 @@ async def test_batches_assets_node_and_thumbnail(user, gui_home: Path) -> None:
     assert user.find(marker="thumb").elements  # image cards show thumbnails
     r = await user.http_client.get(f"/thumb/{sha}")
     assert r.status_code == 200 and r.headers["content-type"] == "image/jpeg" and r.content[:2] == b"\xff\xd8"
-    from fsd import thumbs
+    from fsd.outputs import thumbs
     from gui.context import ctx
 
     assert thumbs.path(ctx().cfg, sha).exists()  # cached
@@ -142,7 +142,7 @@ def test_an_image_bomb_gets_no_thumbnail(gui_home: Path, tmp_path: Path) -> None
     from PIL import Image
 
     from fsd.base import config
-    from fsd import thumbs
+    from fsd.outputs import thumbs
     from fsd.store import Store
 
     cfg = config.load(gui_home)
@@ -166,7 +166,7 @@ def test_files_pillow_chokes_on_get_no_thumbnail_and_no_error(gui_home: Path, tm
 
     from PIL import Image
 
-    from fsd import thumbs
+    from fsd.outputs import thumbs
     from fsd.base import config
     from fsd.store import Store
 

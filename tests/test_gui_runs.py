@@ -308,7 +308,7 @@ async def test_pages_end_quietly_while_the_app_stops(user) -> None:
 def _two_holders_failed(cfg) -> None:
     """Files put, then both disks holding one shard failed: that shard has no readable replica,
     so a replicate run ends with errors (a real report, not a made-up one)."""
-    from fsd.disks import DiskState
+    from fsd.core.disks import DiskState
     from fsd.store import Store
     from tests.conftest import make_files
 

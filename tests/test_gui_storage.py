@@ -84,7 +84,7 @@ async def test_a_missing_and_a_failed_disk_card(user, gui_home: Path, tmp_path: 
     is back and another disk has failed, that one its state and `hoard disks replace|activate`.
     Both picked from the index (placement decides which disks hold replicas)."""
     from fsd.base import config
-    from fsd.disks import DiskState
+    from fsd.core.disks import DiskState
     from fsd.store import Store
     from fsd.base.units import fmt_bytes
     from gui.state import STORE_LOCK

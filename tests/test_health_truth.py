@@ -43,10 +43,10 @@ def test_below_target_and_full_disks_are_problems(tmp_path: Path) -> None:
 
 
 def test_verified_by_disk(tmp_path: Path) -> None:
-    """fsd.health.verified_by_disk: per disk label, the age of its least recently verified
+    """fsd.maintenance.health.verified_by_disk: per disk label, the age of its least recently verified
     replica — small right after the writes that sealed its shards, None for a disk holding no
     sealed shard, and {} (not an error) when the store cannot be opened."""
-    from fsd.health import verified_by_disk
+    from fsd.maintenance.health import verified_by_disk
 
     cfg_path = dir_disks_config(tmp_path, 4, shard_size_mb=1)
     cfg = config.load(cfg_path)
@@ -95,8 +95,8 @@ def test_a_missing_and_a_failed_disk_say_what_they_held_and_what_to_do(tmp_path:
     """store_status gives each disk its replicas and bytes by the index and when a store last
     found it at its path; a missing disk and a failed one (picked from the index: placement
     decides which hold replicas) carry a next step naming `hoard disks` commands that exist."""
-    from fsd.disks import DiskState
-    from fsd.health import store_status
+    from fsd.core.disks import DiskState
+    from fsd.maintenance.health import store_status
 
     cfg_path = dir_disks_config(tmp_path, 4, shard_size_mb=1)
     cfg = config.load(cfg_path)
@@ -163,7 +163,7 @@ class _PreviousDiskRecord:
 
     @classmethod
     def from_json(cls, raw: bytes) -> _PreviousDiskRecord:
-        from fsd.disks import DiskState
+        from fsd.core.disks import DiskState
 
         d = json.loads(raw)
         d["state"] = DiskState(d["state"])
@@ -181,8 +181,8 @@ def test_disk_records_stay_readable_by_the_previous_release(tmp_path: Path) -> N
     by the version that kept it there) still gives the missing disk's card its time, and the
     next store open moves the time to the index's meta, leaving a record the previous release
     reads."""
-    from fsd.disks import DiskState
-    from fsd.health import store_status
+    from fsd.core.disks import DiskState
+    from fsd.maintenance.health import store_status
 
     cfg = config.load(dir_disks_config(tmp_path, 3, shard_size_mb=1))
     with Store.open(cfg, init=True) as store:

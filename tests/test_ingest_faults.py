@@ -137,7 +137,7 @@ def test_finish_cut_after_its_cleanup_resumes(hoard_home: Path, pg) -> None:
 
 DIE_BEFORE_RELEASE = """
 import os, sys
-from fsd import zones
+from fsd.outputs import zones
 zones.release = lambda cfg, zone, output_id: os._exit(9)  # killed after the manifest, before the release
 from fsd.entry import main
 sys.argv = ["hoard", *sys.argv[1:]]
@@ -178,7 +178,7 @@ def test_finish_copies_again_what_a_failed_disk_held_then_empties_3a(hoard_home:
     805: it was replaced and forgotten, and a shard the writer had sealed without it stayed at
     one copy): `--resume` copies those shards to other disks itself, then finishes — it exited
     5, "fewer than 2 replicas", until someone ran `hoard replicate`."""
-    from fsd.disks import DiskState
+    from fsd.core.disks import DiskState
 
     cfg = ingest_home(hoard_home, pg)
     folder, files = drop_batch(cfg, seed=46)
@@ -216,9 +216,9 @@ def test_finish_counts_copies_on_the_disk_states_after_its_top_up(tmp_path: Path
     import os
     import time
 
-    from fsd import storelock
-    from fsd.disks import DiskState
-    from fsd.layout import lock_root
+    from fsd.core import storelock
+    from fsd.core.disks import DiskState
+    from fsd.core.layout import lock_root
     from tests.conftest import dir_disks_config, make_files
 
     cfg = config.load(dir_disks_config(tmp_path, 3, shard_size_mb=8))

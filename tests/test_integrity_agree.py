@@ -1,5 +1,5 @@
 """`hoard check`, `hoard verify` and `hoard health` judge the same facts the same way
-(fsd/integrity.py): a disk's marks log and its batch and view pointers. Before, health said
+(fsd/io/integrity.py): a disk's marks log and its batch and view pointers. Before, health said
 nothing of a damaged marks log or pointer that check named, and verify read the marks logs
 but no pointer. Each test damages one disk, asks all three, then follows the next
 step they name and asks again."""
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fsd import marks
+from fsd.core import marks
 from fsd.base import config
 from jobs.health import collect
 from tests.conftest import make_files
@@ -93,7 +93,7 @@ def test_activate_does_not_call_a_log_it_brings_up_bad(tmp_path: Path) -> None:
     pointers up to the index. With verify judging pointers too, a disk that missed a view while
     it was failed had "bad disk d1: lacks the pointer of view v1" printed, and "bad replicas are
     queued for repair"; a pointer is no replica, and activate brings it up the moment after."""
-    from fsd.disks import DiskState
+    from fsd.core.disks import DiskState
     from fsd.store import Store
 
     cfg = _cli_store(tmp_path)

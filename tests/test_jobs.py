@@ -7,7 +7,7 @@ from pathlib import Path
 from rq import Queue, SimpleWorker
 
 from fsd.base import config
-from fsd.replicate import replication_lag
+from fsd.io.replicate import replication_lag
 from fsd.store import Store
 from tests.conftest import dir_disks_config, make_files
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from fsd.base import config
-from fsd.index import Index
+from fsd.core.index import Index
 from fsd.store import Store
 from tests.conftest import dir_disks_config
 
@@ -96,9 +96,9 @@ def test_put_and_get_stream_in_bounded_memory(big) -> None:
 def test_verify_replicate_rebuild_and_planner(big) -> None:
     """verify --sha256 passes every replica; replicate makes the third copy; a lost disk's copy
     is rebuilt; the planner hands the object to a large sink in verified pieces."""
-    from fsd.rebuild import rebuild
-    from fsd.replicate import replicate_once
-    from fsd.scrub import verify
+    from fsd.maintenance.rebuild import rebuild
+    from fsd.io.replicate import replicate_once
+    from fsd.io.scrub import verify
 
     cfg = config.load(big["cfg"])
     with Store.open(cfg) as store:
@@ -140,7 +140,7 @@ DIE_BEFORE_SEAL = """
 import os, sys
 from fsd.base import config
 from fsd.store import Store
-from fsd.writer import ShardWriter
+from fsd.io.writer import ShardWriter
 def die(self):  # after the object is committed, before the seal
     if self.shard is None or self.shard.pending or not self.shard.records:  # not the moment meant
         sys.stderr.write(f"sealed with the record not committed (a replica failed? no room?): {self.shard}\\n")

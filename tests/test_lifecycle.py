@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from fsd.base import config
-from fsd.deletion import drop_batch, hide
-from fsd.disks import DiskState
+from fsd.maintenance.deletion import drop_batch, hide
+from fsd.core.disks import DiskState
 from fsd.store import Store
 from tests.conftest import dir_disks_config, make_files, use_schema
 
@@ -163,7 +163,7 @@ def test_index_rebuild_keeps_states_and_deletion_marks(tmp_path: Path) -> None:
 def test_gc_drop_is_replayed(tmp_path: Path) -> None:
     """A tombstoned object gc freed, then stored anew, is not tombstoned again by an index rebuild
     (gc's drop is a record in marks/ too)."""
-    from fsd.gc import gc
+    from fsd.maintenance.gc import gc
 
     cfg_path, results = _store(tmp_path, n=3)
     cfg = config.load(cfg_path)
@@ -185,9 +185,9 @@ def test_index_rebuild_takes_the_newest_view_pointer(tmp_path: Path) -> None:
     frees the old manifests. `hoard index rebuild` (with that disk back, or still failed)
     registers the newest definition and does not bring the removed view back: every view
     reads whole and `hoard check` agrees."""
-    from fsd.gc import gc
-    from fsd.manifest import iter_files
-    from fsd.views import define_view_rows, remove_view
+    from fsd.maintenance.gc import gc
+    from fsd.outputs.manifest import iter_files
+    from fsd.outputs.views import define_view_rows, remove_view
 
     cfg_path, results = _store(tmp_path, n=3)
     cfg = config.load(cfg_path)

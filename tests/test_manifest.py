@@ -17,13 +17,13 @@ from pathlib import Path
 import pytest
 
 from fsd.base import config
-from fsd.check import check
-from fsd.gc import gc
-from fsd.manifest import (DIR_FORMAT, INLINE_ENTRIES, VIEW_FORMAT, Tree, WouldBlock, build_view, iter_files,
+from fsd.maintenance.check import check
+from fsd.maintenance.gc import gc
+from fsd.outputs.manifest import (DIR_FORMAT, INLINE_ENTRIES, VIEW_FORMAT, Tree, WouldBlock, build_view, iter_files,
                           manifest_objects)
-from fsd.records import ObjectNotFound
+from fsd.core.records import ObjectNotFound
 from fsd.store import Store
-from fsd.views import ViewError, define_view, define_view_rows, remove_view
+from fsd.outputs.views import ViewError, define_view, define_view_rows, remove_view
 from tests.conftest import dir_disks_config, make_files
 
 REPO = Path(__file__).resolve().parents[1]

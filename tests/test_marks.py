@@ -1,4 +1,4 @@
-"""The marks log on the HDDs (fsd/marks.py) must be able to give back every mark the index
+"""The marks log on the HDDs (fsd/core/marks.py) must be able to give back every mark the index
 holds — roots above all: an index rebuilt without a root lets a batch drop + gc free an
 object `hoard put` acknowledged.
 
@@ -15,10 +15,10 @@ import hashlib
 import shutil
 from pathlib import Path
 
-from fsd import marks
+from fsd.core import marks
 from fsd.base import config
-from fsd.deletion import drop_batch
-from fsd.gc import gc
+from fsd.maintenance.deletion import drop_batch
+from fsd.maintenance.gc import gc
 from fsd.store import Store
 from tests.conftest import make_files
 from tests.test_cli_put import _hoard
@@ -82,8 +82,8 @@ def test_replaced_disks_keep_the_roots_through_an_index_rebuild(tmp_path: Path) 
 def test_a_reactivated_disk_gets_the_marks_it_missed(store_factory, tmp_path: Path) -> None:
     """A disk failed while objects were put (its log missed the roots); `hoard disks activate`
     brings its log up to the index: alone it replays every root."""
-    from fsd.disks import DiskState
-    from fsd.lifecycle import activate
+    from fsd.core.disks import DiskState
+    from fsd.maintenance.lifecycle import activate
 
     store = store_factory(n_disks=3, caps=None)
     early = store.put_many(make_files(tmp_path / "a", 2, seed=22), root=PUT)
@@ -171,7 +171,7 @@ def test_restore_brings_the_index_copy_up_to_date_from_the_disks(tmp_path: Path)
 def test_a_damaged_log_line_is_skipped_and_named(store_factory, tmp_path: Path) -> None:
     """Lines that are not records (a non-hex sha, an unknown op, a short line) do not stop an
     index rebuild: they are skipped and named; the good records still replay."""
-    from fsd.reindex import rebuild_index
+    from fsd.maintenance.reindex import rebuild_index
 
     store = store_factory(n_disks=2, caps=None)
     acked = store.put_many(make_files(tmp_path / "a", 2, seed=27), root=PUT)
@@ -191,7 +191,7 @@ def test_a_damaged_log_line_is_skipped_and_named(store_factory, tmp_path: Path) 
 
 def test_stamps_never_go_back(store_factory, tmp_path: Path) -> None:
     """A clock set back does not reorder the log: a stamp is always after the last one."""
-    from fsd.index import MARKS_NS
+    from fsd.core.index import MARKS_NS
 
     store = store_factory(n_disks=2, caps=None)
     future = 4_000_000_000_000_000_000  # year 2096

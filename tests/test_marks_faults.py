@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from fsd import marks
-from fsd.deletion import drop_batch
-from fsd.gc import gc
-from fsd.reindex import rebuild_index
+from fsd.core import marks
+from fsd.maintenance.deletion import drop_batch
+from fsd.maintenance.gc import gc
+from fsd.maintenance.reindex import rebuild_index
 from fsd.store import Store
 from tests.conftest import make_files
 from tests.test_gc import _register
@@ -179,7 +179,7 @@ def test_a_short_append_is_not_glued_to_the_next_record(store_factory, tmp_path:
     too large, which replays after everything — including the root of X stored again later.
     d2 ends at the index's stamp, so no writer snapshots it. After an index rebuild X is not a
     root: a batch with the same bytes dropped + gc frees the acknowledged object."""
-    from fsd.deletion import release
+    from fsd.maintenance.deletion import release
 
     store = store_factory(n_disks=3, caps=None)
     d2 = tmp_path / "disks" / "d2"
@@ -219,8 +219,8 @@ def test_check_and_rebuild_read_the_same_logs(store_factory, tmp_path: Path) -> 
     read). One flipped bit in a failed disk's frozen log ('1' → '9' in a reset line's stamp:
     0x31 → 0x39) makes that reset "the newest": check says the logs are fine, the rebuild
     skips every record before that far-future stamp — every root is lost."""
-    from fsd.check import check
-    from fsd.disks import DiskState
+    from fsd.maintenance.check import check
+    from fsd.core.disks import DiskState
 
     store = store_factory(n_disks=3, caps=None)
     d1 = tmp_path / "disks" / "d1"
@@ -345,9 +345,9 @@ def test_check_does_not_recommend_erasing_the_root_of_an_object_on_unplugged_dis
     that snapshot's reset, ignored on d2/d3 when they return. (Adding a disk to keep writing
     with write_ack 2 takes the same snapshot by itself.) After the rebuild with d2/d3 back, x
     is not a root: a batch with the same bytes dropped + gc frees what `hoard put` acknowledged."""
-    from fsd.check import check
-    from fsd.disks import DiskState
-    from fsd.lifecycle import activate
+    from fsd.maintenance.check import check
+    from fsd.core.disks import DiskState
+    from fsd.maintenance.lifecycle import activate
 
     store = store_factory(n_disks=4, caps=None)
     files = make_files(tmp_path / "a", 4, seed=43)
@@ -406,7 +406,7 @@ def test_a_stamp_on_the_disks_is_never_given_again(store_factory, tmp_path: Path
     it is "current" and never rewritten, and replay at stamp s sorts `unroot` after the
     snapshot's `root`: the logs no longer replay x's root (a rebuild loses it)."""
     import fsd.store as store_mod
-    from fsd.index import MARKS_NS
+    from fsd.core.index import MARKS_NS
 
     store = store_factory(n_disks=2, caps=None)
     d2 = tmp_path / "disks" / "d2"
@@ -454,8 +454,8 @@ def test_check_is_not_fooled_by_a_put_while_it_reads_the_logs(store_factory, tmp
     but the disks' marks logs do not replay it (an index rebuild would lose it)" — exit 5 on a
     healthy store under ordinary use. (Reading the index's marks and `marks_ns` in one read
     transaction first and replaying only records up to that stamp makes it exact.)"""
-    import fsd.integrity as check_mod  # (item 8 is judged there)
-    from fsd.check import check
+    import fsd.io.integrity as check_mod  # (item 8 is judged there)
+    from fsd.maintenance.check import check
 
     store = store_factory(n_disks=2, caps=None)
     store.put_many(make_files(tmp_path / "a", 2, seed=45), root=PUT)
@@ -480,8 +480,8 @@ def test_check_advice_fixes_a_draining_disks_log(store_factory, tmp_path: Path) 
     names) and every snapshot only write *writable* disks. A flipped digit in a draining
     disk's reset stamp makes check fail on every run; following its advice changes nothing
     (and an index rebuild would lose every root)."""
-    from fsd.check import check
-    from fsd.disks import DiskState
+    from fsd.maintenance.check import check
+    from fsd.core.disks import DiskState
 
     store = store_factory(n_disks=3, caps=None)
     store.put_many(make_files(tmp_path / "a", 3, seed=47), root=PUT)
@@ -503,7 +503,7 @@ def test_check_notices_a_writable_disk_whose_log_lacks_roots(store_factory, tmp_
     """The hole of test_a_hole_in_a_log_is_not_seen_once_a_later_append_lands: d2's and d3's
     logs alone lose three acknowledged roots (a rebuild without d1 loses them), yet `hoard
     check` is clean — item 8 compares the union of the logs, not each disk's log."""
-    from fsd.check import check
+    from fsd.maintenance.check import check
 
     store = store_factory(n_disks=3, caps=None)
     d2, d3 = (tmp_path / "disks" / f"d{i}" for i in (2, 3))
@@ -543,8 +543,8 @@ def test_a_disk_that_vanishes_gets_the_marks_it_missed(lab_factory, tmp_path: Pa
     marks log alone replays 70 marks differently"). Now an append is checked to land on the
     disk; the first writer that finds the disk back brings its log up to the index."""
     from fsd.base import config
-    from fsd.check import check
-    from fsd.deletion import hide
+    from fsd.maintenance.check import check
+    from fsd.maintenance.deletion import hide
     from tests.conftest import write_config
     from tests.lab import DiskProfile
 
@@ -579,7 +579,7 @@ def test_a_disk_that_vanishes_and_comes_back_during_an_append_is_not_counted(lab
     to the time between the two checks). The append must be on the disk's filesystem."""
     from fsd import store as store_mod
     from fsd.base import config
-    from fsd.deletion import hide
+    from fsd.maintenance.deletion import hide
     from tests.conftest import write_config
     from tests.lab import DiskProfile
 
@@ -622,7 +622,7 @@ def test_marks_no_disk_takes_change_nothing_and_say_so(store_factory, tmp_path: 
     clear line naming each disk once, nothing is written under the empty mount points, and
     the index's marks are as they were."""
     from fsd.base.errors import HoardError
-    from fsd.deletion import hide
+    from fsd.maintenance.deletion import hide
 
     store = store_factory(n_disks=2, caps=None)
     stored = store.put_many(make_files(tmp_path / "a", 2, seed=71), root=PUT)

@@ -4,7 +4,7 @@ The rebuild took the union of every disk's log sorted by stamp, so one flipped b
 stamp of an `unroot` (or `drop`) line on ONE disk — a stamp weeks in the future — outvoted
 the three good copies: the root `hoard put` set again afterwards was undone, `hoard check`
 said nothing (records after the index's stamp were not judged), and after an index rebuild a
-batch drop + gc freed an acknowledged object. Each line now carries a check (fsd/marks.py),
+batch drop + gc freed an acknowledged object. Each line now carries a check (fsd/core/marks.py),
 and a lone freeing record is obeyed only where no other disk contradicts it (`marks.agree`).
 """
 
@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from fsd import marks
+from fsd.core import marks
 from fsd.base import config
-from fsd.deletion import drop_batch
-from fsd.gc import gc
-from fsd.reindex import rebuild_index
+from fsd.maintenance.deletion import drop_batch
+from fsd.maintenance.gc import gc
+from fsd.maintenance.reindex import rebuild_index
 from fsd.store import Store
 from tests.conftest import make_files
 from tests.test_cli_put import _hoard

@@ -1,4 +1,4 @@
-"""Copy mode (fsd/materialize.py): objects out of the store into a tree on the SSD, checked
+"""Copy mode (fsd/outputs/materialize.py): objects out of the store into a tree on the SSD, checked
 file by file, resumable, completed from the other replicas when a disk dies mid-way, and an
 SSD that fills up is the SSD's problem — never taken for a failing HDD."""
 
@@ -17,8 +17,8 @@ import pytest
 
 from fsd.base.errors import ExitCode, HoardError
 from fsd.base.files import SYNC_FILE_RANGE_ALL, SYNC_FILE_RANGE_WRITE, sync_file_range
-from fsd import materialize as materialize_mod
-from fsd.materialize import Item, materialize
+from fsd.outputs import materialize as materialize_mod
+from fsd.outputs.materialize import Item, materialize
 from tests.conftest import make_files
 from tests.lab import DiskProfile, drop_caches
 from tests.test_store_lab import _lab_store

@@ -18,7 +18,7 @@ from fsd.base import config
 from fsd.mount.namespace import DERIVED, ROOT, Namespace, Node, inode_of
 from fsd.mount.reader import Reader
 from fsd.store import Store
-from fsd.views import define_view_rows
+from fsd.outputs.views import define_view_rows
 from tests.conftest import dir_disks_config
 
 
@@ -167,7 +167,7 @@ def test_a_collected_objects_by_hash_bits_stay_taken(namespace) -> None:
     the same leading bits gets a row instead of that number, on this mount and the next; the
     collected object stored again is itself and gets its number back. Two collected objects
     whose first 64 bits agree leave the bits shared for good."""
-    from fsd.gc import gc
+    from fsd.maintenance.gc import gc
 
     new, shas = namespace
     store = new.store
@@ -440,7 +440,7 @@ def test_a_deletions_round_whose_search_fails_hands_its_objects_to_the_next(name
     """The deletions refresh takes objects as dead before it looks for their names; a search
     that fails (an unreadable index page, say) used to lose them — the kernel kept the names
     for its entry timeout, an hour. The next round looks for them again."""
-    from fsd.deletion import hide
+    from fsd.maintenance.deletion import hide
     from fsd.mount.watch import Watcher
 
     new, shas = namespace

@@ -19,7 +19,7 @@ from fsd.base import config
 from fsd.mount.queue import BACKGROUND, DiskQueue
 from fsd.mount.reader import BLOCK, PREFETCH_BLOCKS
 from fsd.store import Store
-from fsd.views import define_view
+from fsd.outputs.views import define_view
 from tests.conftest import dir_disks_config, make_files, write_config
 from tests.test_mount import mounted
 
@@ -81,7 +81,7 @@ def test_redefined_view_serves_new_bytes_and_inodes_are_stable(tmp_path: Path) -
         hashed = by_hash / next(n for n in os.listdir(by_hash) if n.startswith(res[2].sha256))
         assert victim.exists() and hashed.exists()
         with Store.open(cfg) as store:
-            from fsd.deletion import hide
+            from fsd.maintenance.deletion import hide
 
             hide(store, [bytes.fromhex(res[2].sha256)], "test")
         _until(lambda: not victim.exists(), "a hidden object is still shown")
@@ -155,7 +155,7 @@ def test_a_by_hash_number_never_names_an_object_stored_after_its_own_was_collect
     file a process holds open, reopened through /proc — and an open of it must not read the
     newcomer's bytes (it read them: the number was taken to name whichever one object has
     its bits)."""
-    from fsd.gc import gc
+    from fsd.maintenance.gc import gc
 
     cfg_path, cfg, datas, shas, tops = _forty_small_objects(tmp_path)
     named, held = [k for k, t in enumerate(tops) if tops.count(t) == 1][:2]  # each alone in its 8 bits
@@ -200,7 +200,7 @@ def test_a_name_whose_object_was_collected_unseen_is_gone_not_an_io_error(tmp_pa
     gone (ESTALE, then ENOENT when looked up again) — not EIO, and no disk error logged."""
     import errno
 
-    from fsd.gc import gc
+    from fsd.maintenance.gc import gc
 
     cfg_path, cfg, _, shas, tops = _forty_small_objects(tmp_path)
     k = next(i for i, t in enumerate(tops) if tops.count(t) > 1)  # shares its 8 bits: a table row
@@ -354,7 +354,7 @@ def test_frozen_disk_delays_only_its_own_readers(lab_factory, tmp_path: Path) ->
     the other view's on two healthy disks: while readers hang on the frozen one — its manifest
     included — the other view is listed and read at full speed, `.hoard/health` and `df`
     answer."""
-    from fsd.disks import DiskState
+    from fsd.core.disks import DiskState
 
     lab, cfg_path, cfg = _lab_store(lab_factory, tmp_path, 4, shard_size_mb=16, copy_of_raw=2, write_ack=2)
     labels = sorted(lab.disks)
@@ -461,8 +461,8 @@ def test_deletions_invalidated_past_a_collected_view_manifest(tmp_path: Path) ->
     view can no longer be derived. Objects deleted after that are still invalidated
     everywhere else — the deletions refresh must not fail whole (it had already taken the
     objects as dead, so their names stayed in the kernel for an hour: ENTRY_TIMEOUT)."""
-    from fsd.deletion import hide
-    from fsd.gc import gc
+    from fsd.maintenance.deletion import hide
+    from fsd.maintenance.gc import gc
     from fsd.mount.namespace import Namespace
 
     cfg_path = dir_disks_config(tmp_path, 2, shard_size_mb=1)
@@ -498,8 +498,8 @@ def test_object_deleted_during_a_listing_is_not_told_to_the_kernel(tmp_path: Pat
     do not include it — it was listed from a snapshot taken at opendir, and a name the
     kernel learns after the deletions refresh has passed is never invalidated (an hour of
     a deleted object shown and read: ENTRY_TIMEOUT)."""
-    from fsd.deletion import hide
-    from fsd.views import define_view_rows
+    from fsd.maintenance.deletion import hide
+    from fsd.outputs.views import define_view_rows
 
     cfg_path = dir_disks_config(tmp_path, 2, shard_size_mb=4)
     cfg = config.load(cfg_path)

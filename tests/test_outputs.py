@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from adapters.synth import Spec, generate
-from fsd import seal
+from fsd.outputs import seal
 from tests.terminal import as_foreground
 from tests.test_ingest import ingest_all, ingest_home, ingest_sample
 
@@ -102,7 +102,7 @@ def test_stage_gives_the_worker_input_and_an_empty_output(filled, tmp_path: Path
 
 DIE_BEFORE_RELEASE = """
 import os, sys
-from fsd import zones
+from fsd.outputs import zones
 zones.release = lambda cfg, zone, output_id: os._exit(9)  # killed after the seal, before the release
 from fsd.entry import main
 sys.argv = ["hoard", *sys.argv[1:]]
@@ -483,7 +483,7 @@ def test_view_mode_sidecars_are_freed_once_no_view_names_them(filled, tmp_path: 
     """A view-mode export stores each sidecar as a generated object only its view names:
     while any view names it gc keeps it (two exports share identical sidecars), once the last
     is cleaned gc frees it — and the nodes' own objects, which the batches name, stay."""
-    from fsd.manifest import iter_files
+    from fsd.outputs.manifest import iter_files
     from fsd.store import Store
 
     cfg, _ = filled

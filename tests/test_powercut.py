@@ -33,11 +33,11 @@ from pathlib import Path
 
 import pytest
 
-from fsd import shardfmt as fmt
+from fsd.core import shardfmt as fmt
 from fsd.base import config
-from fsd.gc import RESERVE_NAME
-from fsd.index import Index
-from fsd.records import DataError, ObjectNotFound
+from fsd.maintenance.gc import RESERVE_NAME
+from fsd.core.index import Index
+from fsd.core.records import DataError, ObjectNotFound
 from fsd.store import Store
 from tests.conftest import write_config
 from tests.lab import CutImages, DiskProfile, Lab
@@ -71,9 +71,9 @@ def log(sign, shas):
 
 with Store.open(config.load(cfg)) as store:
     if mode == "maint":
-        from fsd.deletion import drop_batch
-        from fsd.gc import gc
-        from fsd.replicate import replicate_once
+        from fsd.maintenance.deletion import drop_batch
+        from fsd.maintenance.gc import gc
+        from fsd.io.replicate import replicate_once
         from tests.test_gc import _register
     n = 0
     for rnd in range(10**9):
@@ -266,8 +266,8 @@ def test_power_cuts_during_replicate_and_gc_lose_no_acknowledged_object(lab_fact
 def test_power_cut_right_after_gc_leaves_no_unreferenced_shard(lab_factory, tmp_path: Path) -> None:
     """A power cut right after gc returns finds no shard file the index has forgotten: gc's
     deletes are durable before the index stops naming them, as docs/design.md's gc order says."""
-    from fsd.deletion import drop_batch
-    from fsd.gc import gc
+    from fsd.maintenance.deletion import drop_batch
+    from fsd.maintenance.gc import gc
     from tests.conftest import make_files
     from tests.test_gc import _check_all, _register
 

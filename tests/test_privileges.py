@@ -206,7 +206,7 @@ def test_an_unprivileged_user_reads_nothing_of_a_demo_run(home: Path, private_re
     thumbnail and the private Redis's append-only file, the user can read none of the shards,
     the dump in 3B, the ingest's package in 3B, the sessions, users.json, the thumbnails, the
     index or the AOF. (The old code left them 0644 under 0755 directories.)"""
-    from fsd import thumbs
+    from fsd.outputs import thumbs
     from jobs import users
     from tests.gui_browser import chromium, free_port, serving, sign_in
 

@@ -23,8 +23,8 @@ from nicegui import run
 
 from fsd.base import config
 from fsd.base.progress import Progress, published
-from fsd.deletion import release
-from fsd.rebuild import rebuild
+from fsd.maintenance.deletion import release
+from fsd.maintenance.rebuild import rebuild
 from fsd.store import Store
 from jobs import launch
 from jobs.ingest import work_here

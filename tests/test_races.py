@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from fsd.base import config
-from fsd.deletion import release
+from fsd.maintenance.deletion import release
 from fsd.store import Store
 from tests.conftest import dir_disks_config, make_files
 
@@ -57,7 +57,7 @@ def test_check_beside_a_writer_reports_no_false_disagreement(tmp_path: Path) -> 
     "used bytes" for a shard sealed between reading the shard table and the disk's record; and
     "dangling" for objects committed after the shard table was read (seen 67, 37 and 1 times in
     400 checks before the fix)."""
-    from fsd.check import check
+    from fsd.maintenance.check import check
 
     cfg_path = dir_disks_config(tmp_path, 2, shard_size_mb=1)
     cfg = config.load(cfg_path)

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from fsd.base import config
-from fsd.index import Index
+from fsd.core.index import Index
 from fsd.store import Store
 from tests.conftest import dir_disks_config, make_files
 from tests.test_cli import hoard
@@ -107,7 +107,7 @@ def test_rebuild_resumes_after_kill_9(tmp_path: Path) -> None:
 def test_two_disks_lost_with_three_copies(tmp_path: Path) -> None:
     """copy_of_raw=3 on five disks: two disks die, every object still reads back, and two
     rebuilds restore three copies of everything."""
-    from fsd.replicate import replicate_once
+    from fsd.io.replicate import replicate_once
 
     cfg_path = str(dir_disks_config(tmp_path, 5, shard_size_mb=1, copy_of_raw=3))
     cfg = config.load(cfg_path)

@@ -13,8 +13,8 @@ import pytest
 
 from fsd.base import config
 from fsd.base.errors import HoardError
-from fsd.reindex import index_copies
-from fsd.replicate import replicate_once
+from fsd.maintenance.reindex import index_copies
+from fsd.io.replicate import replicate_once
 from fsd.store import Store
 from tests.conftest import dir_disks_config, make_files, write_config
 from tests.lab import DiskProfile
@@ -89,7 +89,7 @@ def test_health_without_an_index_answers_at_once_and_names_the_restore(tmp_path:
     once (it does not take the store's wait for an index being swapped in) and names the
     restore, not `hoard init` alone (which refuses a store whose disks hold shards, after
     making an empty index there)."""
-    from fsd.health import store_status, verified_by_disk
+    from fsd.maintenance.health import store_status, verified_by_disk
 
     cfg = config.load(dir_disks_config(tmp_path, 2, shard_size_mb=1))
     with Store.open(cfg, init=True) as store:
@@ -108,7 +108,7 @@ def test_an_empty_index_file_is_no_index(tmp_path: Path) -> None:
     """A zero-byte `data.mdb` (a crash on a filesystem that lost the file's data, a copy cut
     short) is no index: a reader refuses in one line and leaves it as it is — LMDB would have
     written a new, empty index into it — and health says so at once."""
-    from fsd.health import store_status
+    from fsd.maintenance.health import store_status
 
     cfg_path = dir_disks_config(tmp_path, 2, shard_size_mb=1)
     cfg = config.load(cfg_path)
@@ -305,7 +305,7 @@ def test_a_planted_log_beside_the_marks_log_does_not_hide_it(tmp_path: Path) -> 
     skipped the real log on every disk — it swapped in an index without the hides, deletions
     and roots (exit 0), and its writer seeded every log with that. The planted file is named
     and the real log is replayed; `hoard check` names it and still finds the logs agree."""
-    from fsd.deletion import hide
+    from fsd.maintenance.deletion import hide
 
     cfg_path = dir_disks_config(tmp_path, 2, shard_size_mb=1)
     cfg = config.load(cfg_path)
@@ -362,7 +362,7 @@ def test_a_huge_or_dangling_pointer_is_reported(tmp_path: Path) -> None:
 def _open_shard_on_two_disks(tmp_path: Path, n: int = 30):
     """A shard left open on d0 and d1 by a writer that died after committing `n` files (their
     bytes fsynced on both, indexed): the config and the two `.open` files."""
-    from fsd.put import _Batch
+    from fsd.io.put import _Batch
 
     cfg = config.load(dir_disks_config(tmp_path, 2, shard_size_mb=8))
     with Store.open(cfg, init=True) as store:
@@ -381,7 +381,7 @@ def _open_shard_on_two_disks(tmp_path: Path, n: int = 30):
 
 def test_rebuild_indexes_an_open_shard_that_the_next_writer_seals(tmp_path: Path) -> None:
     """A shard left open by a crash (no footer) is found by scanning; recovery then seals it."""
-    from fsd.reindex import rebuild_index
+    from fsd.maintenance.reindex import rebuild_index
 
     cfg, _ = _open_shard_on_two_disks(tmp_path)
     shutil.rmtree(cfg.index_dir)
@@ -400,8 +400,8 @@ def test_an_open_shard_with_a_torn_copy_keeps_the_longer_copy(tmp_path: Path) ->
     its tail): the next writer's recovery keeps the copy that holds every record and sets the
     torn one aside — it cut the whole copy down to the torn one's end (the rebuilt index knew
     no acknowledged end), losing the objects past it."""
-    from fsd.recovery import ORPHANS_DIR
-    from fsd.reindex import rebuild_index
+    from fsd.io.recovery import ORPHANS_DIR
+    from fsd.maintenance.reindex import rebuild_index
 
     cfg, (whole, torn) = _open_shard_on_two_disks(tmp_path)
     data = torn.read_bytes()
@@ -421,7 +421,7 @@ def _sealed_shard_with_a_stale_open_copy(tmp_path: Path):
     `.open` file of it holding its first two records (what a writer leaves on a disk that
     dropped out mid-write): config path, settings, the put results, the shard's metadata, the
     labels of its two disks, its two sealed files and the stale one."""
-    from fsd import shardfmt as fmt
+    from fsd.core import shardfmt as fmt
 
     cfg_path = dir_disks_config(tmp_path, 3, shard_size_mb=1)
     cfg = config.load(cfg_path)
@@ -483,7 +483,7 @@ def test_a_sealed_copy_with_a_damaged_footer_keeps_its_records(tmp_path: Path) -
     index, and the damaged files left as orphans (a copy renames over them). Their records
     are verified one by one: they are indexed, and the writer's recovery seals those copies
     again and sets the stale one aside."""
-    from fsd.recovery import ORPHANS_DIR
+    from fsd.io.recovery import ORPHANS_DIR
 
     cfg_path, cfg, results, meta, holders, copies, stale = _sealed_shard_with_a_stale_open_copy(tmp_path)
     for p in copies:
@@ -578,7 +578,7 @@ def test_a_disk_that_vanishes_during_the_scan_leaves_the_index_as_it_was(lab_fac
     rebuild stops naming the disk and swaps nothing in; with the disk back the rebuild
     completes with every replica (found by the chaos suite, seed 162: the index came out
     without the disk and the store then refused it)."""
-    from fsd.reindex import rebuild_index
+    from fsd.maintenance.reindex import rebuild_index
 
     lab = lab_factory([DiskProfile(f"r{i}", 200, 500, 500, 5000) for i in (1, 2, 3)], throttle=False)
     disks = [(label, lab.disks[label].mountpoint, None) for label in ("r1", "r2", "r3")]
@@ -615,7 +615,7 @@ def test_a_folder_that_does_not_list_stops_the_rebuild(tmp_path: Path, monkeypat
     stops naming it and `--without`, nothing swapped in; once it reads, the rebuild gives the
     whole index again. (The EIO is injected into os.scandir: the lab's
     dying disk still lists folders whose blocks the kernel keeps.)"""
-    from fsd.reindex import rebuild_index
+    from fsd.maintenance.reindex import rebuild_index
 
     # a replica on every disk: d1 always holds shards (with 2 of 3, placement sometimes left
     # d1 without one, its shards/ was never listed and the rebuild rightly went on)
@@ -665,8 +665,8 @@ def test_a_marks_log_pointer_or_shard_that_does_not_read_stops_the_rebuild(lab_f
     advice `hoard verify --repair`, which does nothing for a log); its writer then seeded
     every log with that. A file that does not read is a disk that does not read (as a folder
     that does not list: chaos seed 1101): the rebuild stops naming it, the index as it was."""
-    from fsd.deletion import hide
-    from fsd.reindex import rebuild_index
+    from fsd.maintenance.deletion import hide
+    from fsd.maintenance.reindex import rebuild_index
 
     lab = lab_factory([DiskProfile(f"k{i}", 120, 500, 500, 5000) for i in (1, 2, 3)], throttle=False)
     disks = [(label, lab.disks[label].mountpoint, None) for label in ("k1", "k2", "k3")]
@@ -710,7 +710,7 @@ def test_an_unreadable_forgotten_marker_does_not_leave_a_disk_out(tmp_path: Path
     """A disk whose `hoard disks forget` marker cannot be read (an I/O error there: chaos seed
     412 hit EIO) is not taken as forgotten — the rebuild left the live disk out and exited 0,
     and the disk was then unknown; it refuses, naming it, like any disk that does not read."""
-    from fsd.layout import FORGOTTEN
+    from fsd.core.layout import FORGOTTEN
 
     cfg_path = dir_disks_config(tmp_path, 3, shard_size_mb=1, copy_of_raw=2)
     cfg = config.load(cfg_path)

@@ -1,4 +1,4 @@
-"""One shard copy (fsd.replica.copy_shard, under rebuild, replicate, scrub and drain): the
+"""One shard copy (fsd.io.replica.copy_shard, under rebuild, replicate, scrub and drain): the
 footer goes first, each piece is pushed to the disk and read back while the next is written.
 These tests try to get a bad copy named as a good one: odd geometries (a footer spanning
 pieces, one piece, a record spanning many), a damaged source, a destination that stops
@@ -18,14 +18,14 @@ from pathlib import Path
 
 import pytest
 
-from fsd import replica
-from fsd import shardfmt as fmt
+from fsd.io import replica
+from fsd.core import shardfmt as fmt
 from fsd.base import config
 from fsd.base.errors import HoardError
-from fsd.disks import DiskState
-from fsd.rebuild import rebuild
-from fsd.replica import check_replica, copy_shard
-from fsd.replicate import repair_reported
+from fsd.core.disks import DiskState
+from fsd.maintenance.rebuild import rebuild
+from fsd.io.replica import check_replica, copy_shard
+from fsd.io.replicate import repair_reported
 from fsd.store import Store
 from tests.conftest import dir_disks_config, write_config
 from tests.lab import DiskProfile

@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from fsd import marks
+from fsd.core import marks
 from fsd.base import config as config_mod
-from fsd.check import check
-from fsd.deletion import drop_batch
-from fsd.gc import gc
-from fsd.reindex import rebuild_index
+from fsd.maintenance.check import check
+from fsd.maintenance.deletion import drop_batch
+from fsd.maintenance.gc import gc
+from fsd.maintenance.reindex import rebuild_index
 from fsd.store import Store
 from tests.conftest import make_files
 from tests.test_cli_put import _hoard

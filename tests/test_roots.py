@@ -19,10 +19,10 @@ from pathlib import Path
 import pytest
 
 from fsd.base import config
-from fsd.deletion import drop_batch, release
-from fsd.gc import gc
-from fsd.records import ObjectNotFound
-from fsd.reindex import rebuild_index
+from fsd.maintenance.deletion import drop_batch, release
+from fsd.maintenance.gc import gc
+from fsd.core.records import ObjectNotFound
+from fsd.maintenance.reindex import rebuild_index
 from fsd.store import Store
 from tests.conftest import make_files
 from tests.test_cli_put import _hoard

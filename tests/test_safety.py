@@ -16,12 +16,12 @@ from pathlib import Path
 
 import pytest
 
-from fsd import shardfmt as fmt
+from fsd.core import shardfmt as fmt
 from fsd.base import config
 from fsd.base.errors import HoardError
-from fsd.deletion import drop_batch
-from fsd.gc import gc
-from fsd.index import Index
+from fsd.maintenance.deletion import drop_batch
+from fsd.maintenance.gc import gc
+from fsd.core.index import Index
 from fsd.store import Store
 from tests.conftest import dir_disks_config, make_files
 from tests.test_store import check_store
@@ -32,7 +32,7 @@ DIE_BEFORE_SEAL = """
 import os, sys
 from fsd.base import config
 from fsd.store import Store
-from fsd.writer import ShardWriter
+from fsd.io.writer import ShardWriter
 ShardWriter.seal = lambda self: os._exit(9)  # the process dies after its last commit, before sealing
 paths = open(sys.argv[2]).read().split()
 store = Store.open(config.load(sys.argv[1]))
@@ -98,7 +98,7 @@ def test_recovery_keeps_the_healthy_replica(tmp_path: Path) -> None:
         aside = list((second.root / "orphans").iterdir())
         assert len(aside) == 1 and aside[0].stat().st_size == victim_bytes  # renamed whole, not cut
         assert not victim.exists()
-        from fsd.replicate import replicate_once
+        from fsd.io.replicate import replicate_once
 
         replicate_once(store, rate_mb_s=None)
         assert len(store.index.get_shard(meta.shard_id).replicas) == 2
@@ -160,7 +160,7 @@ def test_delete_during_ingest_keeps_the_pinned_objects(store_factory, tmp_path: 
 def test_put_during_gc_swap_keeps_the_object(store_factory, tmp_path: Path) -> None:
     """An object tombstoned when gc planned, stored again before the swap: the swap sees the
     cleared tombstone in its own transaction and keeps the shard; put's "existing" holds."""
-    from fsd import gc as gcmod
+    from fsd.maintenance import gc as gcmod
 
     store = store_factory(n_disks=3, caps=None, shard_size_mb=1)
     files = make_files(tmp_path / "a", 30, seed=14)
@@ -202,8 +202,8 @@ for k in range(int(8)):
 RACER_DELETE = """
 import sys, time
 from fsd.base import config
-from fsd.deletion import drop_batch
-from fsd.gc import gc
+from fsd.maintenance.deletion import drop_batch
+from fsd.maintenance.gc import gc
 from fsd.store import Store
 cfg = config.load(sys.argv[1])
 deadline = time.monotonic() + 60
@@ -280,7 +280,7 @@ def test_index_rebuild_and_gc_refused_while_a_writer_runs(tmp_path: Path) -> Non
     assert res.returncode == 0, res.stderr
     with Store.open(config.load(cfg_path)) as store:
         with store.maintenance("gc"):
-            from fsd import storelock
+            from fsd.core import storelock
 
             other = subprocess.run([sys.executable, "-m", "fsd", "--config", str(cfg_path), "replicate"], cwd=REPO,
                                    capture_output=True, text=True)
@@ -314,7 +314,7 @@ def test_shard_updates_are_not_lost(store_factory, tmp_path: Path) -> None:
 def test_replicate_does_not_resurrect_a_retired_shard(store_factory, tmp_path: Path) -> None:
     """A shard gc retires while the replicator copies it: the copy is removed, the index does
     not get the shard back, and nothing is counted twice."""
-    from fsd.replicate import ShardGone, _copy_one
+    from fsd.io.replicate import ShardGone, _copy_one
 
     store = store_factory(n_disks=3, caps=None, copy_of_raw=3)
     store.put_many(make_files(tmp_path / "in", 5, seed=18))
@@ -335,8 +335,8 @@ def test_replicate_does_not_resurrect_a_retired_shard(store_factory, tmp_path: P
 def test_the_replicator_repairs_what_readers_reported(store_factory, tmp_path: Path) -> None:
     """A reader finds a flipped byte, reads the other replica and queues a repair; the next
     `replicate` re-copies the bad replica from the good one and empties the queue."""
-    from fsd.replica import check_replica
-    from fsd.replicate import replicate_once
+    from fsd.io.replica import check_replica
+    from fsd.io.replicate import replicate_once
 
     store = store_factory(n_disks=2, caps=None)
     [res] = store.put_many(make_files(tmp_path / "in", 1, seed=19))
@@ -376,7 +376,7 @@ def test_ssd_not_mounted_is_refused_before_any_write(tmp_path: Path) -> None:
     with pytest.raises(HoardError) as e:
         Store.open(cfg, init=True)
     assert "holds shards" in e.value.message and "hoard index rebuild" in e.value.message
-    from fsd.reindex import rebuild_index
+    from fsd.maintenance.reindex import rebuild_index
 
     assert rebuild_index(cfg).objects == 5
     with Store.open(cfg) as store:
@@ -443,7 +443,7 @@ def test_a_reader_that_looked_up_before_a_gc_swap_still_reads(store_factory, tmp
     """A read whose lookup came just before gc re-pointed the object and deleted the old shard
     finds every replica file gone, looks the object up once more and reads the new copy —
     no error, no repair queued, no disk blamed."""
-    from fsd import gc as gcmod
+    from fsd.maintenance import gc as gcmod
 
     store = store_factory(n_disks=3, caps=None, shard_size_mb=1)
     res = store.put_many(make_files(tmp_path / "a", 30, seed=23))

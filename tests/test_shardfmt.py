@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fsd import shardfmt as fmt
+from fsd.core import shardfmt as fmt
 
 SID = bytes(range(12))
 

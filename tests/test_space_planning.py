@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from fsd.deletion import drop_batch
-from fsd.gc import GcNoSpace, gc
-from fsd.placement import Candidate, Need, NoSpace, simulate
-from fsd.rebuild import rebuild
-from fsd.replicate import replicate_once
+from fsd.maintenance.deletion import drop_batch
+from fsd.maintenance.gc import GcNoSpace, gc
+from fsd.core.placement import Candidate, Need, NoSpace, simulate
+from fsd.maintenance.rebuild import rebuild
+from fsd.io.replicate import replicate_once
 from tests.conftest import make_files
 
 

@@ -15,9 +15,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fsd import shardfmt as fmt
-from fsd.placement import NoSpace
-from fsd.records import DataError, ObjectNotFound
+from fsd.core import shardfmt as fmt
+from fsd.core.placement import NoSpace
+from fsd.core.records import DataError, ObjectNotFound
 from tests.conftest import make_files
 
 
@@ -124,7 +124,7 @@ def test_file_changing_while_stored_is_rejected(store_factory, tmp_path: Path) -
 
 def test_replicator_reaches_the_class_target(store_factory, tmp_path: Path) -> None:
     """copy_of_raw=3: after replicate_once every shard has 3 replicas on distinct disks."""
-    from fsd.replicate import replicate_once, replication_lag
+    from fsd.io.replicate import replicate_once, replication_lag
 
     store = store_factory(copy_of_raw=3, copy_of_generated=2)
     files = make_files(tmp_path / "in", 300)
@@ -194,7 +194,7 @@ def test_read_falls_back_from_a_corrupt_replica(store_factory, tmp_path: Path) -
 
 def test_batch_read_plan_covers_everything_coalesced(store_factory, tmp_path: Path) -> None:
     """The planner reads every object once, in (shard, offset) order per disk, in few reads."""
-    from fsd.planner import make_plan
+    from fsd.io.planner import make_plan
 
     store = store_factory(shard_size_mb=4)
     files = make_files(tmp_path / "in", 400)
@@ -259,7 +259,7 @@ def test_the_plan_orders_each_disks_records_as_sorting_them_one_by_one_did(plann
     several disks, records over MAX_RANGE, any bandwidths and gaps): each disk's reads are
     exactly what sorting its records by (shard, offset) and coalescing them gave before the
     pieces were sorted instead, and every object found is read once."""
-    from fsd import planner
+    from fsd.io import planner
 
     store, shas = planner_store
     asked = data.draw(st.lists(st.sampled_from(shas), max_size=300))
@@ -283,7 +283,7 @@ def test_large_records_are_balanced_over_the_disks_and_streamed_by_their_readers
     """Records over MAX_RANGE count in the plan's per-disk load and bound, and each streams
     (verified pieces) from the disk the plan chose, inside that disk's reader, beside the
     other disks' readers — not one after another once everything else is read."""
-    from fsd.planner import MAX_RANGE, make_plan
+    from fsd.io.planner import MAX_RANGE, make_plan
     from tests.test_safety import _flip_byte
 
     store = store_factory(n_disks=4, shard_size_mb=40, copy_of_raw=2, write_ack=2)
@@ -330,7 +330,7 @@ def test_batch_read_survives_a_damaged_replica(store_factory, tmp_path: Path) ->
     store = store_factory(shard_size_mb=4)
     files = make_files(tmp_path / "in", 200)
     res = store.put_many(files)
-    from fsd.planner import execute, make_plan
+    from fsd.io.planner import execute, make_plan
 
     plan = make_plan(store, [bytes.fromhex(r.sha256) for r in res])
     for uuid, ranges in plan.ranges.items():  # damage the very replicas the plan reads from
@@ -350,7 +350,7 @@ def test_batch_read_survives_a_damaged_replica(store_factory, tmp_path: Path) ->
 def _slow_read(store_factory, tmp_path: Path, on_record) -> tuple[list, list]:
     """Read 400 objects from 4 disks through a sink that takes 2 ms a record and calls
     `on_record(n)` after the n-th; (records delivered, what execute raised)."""
-    from fsd.planner import execute, make_plan
+    from fsd.io.planner import execute, make_plan
 
     store = store_factory(shard_size_mb=1)
     res = store.put_many(make_files(tmp_path / "in", 400, lo=8 << 10, hi=24 << 10))
@@ -468,7 +468,7 @@ def test_descriptor_cache_never_closes_a_descriptor_a_reader_is_using(tmp_path: 
     descriptor closed under a reader made its pread fail (EBADF) or, once the number was
     reused by another open, return another shard's bytes — either would mark a healthy
     replica bad. Every read must return its own shard's bytes; nothing may leak."""
-    from fsd.disks import LocalDisk
+    from fsd.core.disks import LocalDisk
 
     disk = LocalDisk("d0", tmp_path, "u0", require_mount=False)
     shards = {}
@@ -510,7 +510,7 @@ def test_descriptor_cache_never_closes_a_descriptor_a_reader_is_using(tmp_path: 
 def test_a_descriptor_just_opened_is_never_trimmed_under_its_read(tmp_path: Path) -> None:
     """With every cached descriptor busy, the one a read just opened is the only idle one: the
     trim must not close it under that read (EBADF, or another file's bytes)."""
-    from fsd.disks import LocalDisk
+    from fsd.core.disks import LocalDisk
 
     disk = LocalDisk("d0", tmp_path, "u0", require_mount=False)
     disk.MAX_FDS = 0  # every open trims

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from fsd.base import config
-from fsd.placement import choose
-from fsd.put import _Batch
+from fsd.core.placement import choose
+from fsd.io.put import _Batch
 from fsd.store import Store
 from tests.conftest import make_files, write_config
 from tests.lab import DiskProfile, drop_caches
@@ -124,7 +124,7 @@ def test_disk_vanishing_mid_batch(lab_factory, tmp_path: Path) -> None:
     """A disk lazily unmounted during a batch write: nothing lands under the empty mount
     point, the batch completes on the other disks, every object reads back, and the
     replicator restores the copies the vanished disk held."""
-    from fsd.replicate import replicate_once, replication_lag
+    from fsd.io.replicate import replicate_once, replication_lag
 
     lab, store, files, results, victim_uuid = _batch_with_fault(lab_factory, tmp_path, "v", "vanish")
     victim = store.disks[victim_uuid].label

@@ -1,4 +1,4 @@
-"""Thumbnails of untrusted images (fsd/thumbs.py) in bounded memory."""
+"""Thumbnails of untrusted images (fsd/outputs/thumbs.py) in bounded memory."""
 
 from __future__ import annotations
 

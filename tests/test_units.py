@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from fsd import zones
+from fsd.outputs import zones
 from fsd.base import config
 from fsd.base.units import fmt_bytes
-from fsd.deletion import release
+from fsd.maintenance.deletion import release
 from fsd.mount.watch import render_health
 from fsd.store import Store
 from tests.conftest import dir_disks_config, make_files

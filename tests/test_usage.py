@@ -231,7 +231,7 @@ def test_a_zone_whose_reservations_cannot_be_read_records_them_unknown(hoard_hom
     says why); the sample must record its reserved bytes as not known (NULL), not 0 — the
     table's rule, so the chart does not show the zone emptier than it may be."""
     cfg = _home(hoard_home, pg)
-    from fsd import zones
+    from fsd.outputs import zones
 
     d = zones.reservations_dir(config.load(cfg), "3D")
     d.mkdir(parents=True, exist_ok=True)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from fsd.views import ViewError, define_view
+from fsd.outputs.views import ViewError, define_view
 from tests.conftest import make_files
 
 
@@ -26,7 +26,7 @@ _RACER = r"""
 import sys, time
 from fsd.base import config
 from fsd.store import Store
-from fsd.views import define_view_rows, remove_view
+from fsd.outputs.views import define_view_rows, remove_view
 
 cfg_path, me, rounds, shas = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4].split(",")
 with Store.open(config.load(cfg_path)) as store:
@@ -50,7 +50,7 @@ def test_a_view_removed_while_another_is_defined_never_tombstones_what_the_other
     import subprocess
     import sys
 
-    from fsd.deletion import release
+    from fsd.maintenance.deletion import release
 
     store = store_factory(n_disks=2)
     shas = [r.sha256 for r in store.put_many(make_files(tmp_path / "in", 5))]
@@ -71,8 +71,8 @@ def test_removing_a_view_tombstones_only_what_it_owned(store_factory, tmp_path: 
     """A view names objects something else may need without naming them in a manifest (a
     database dump only backup_log knows, an object whose batch was dropped): removing the
     view leaves them alone — only objects made for it (`owned`) are tombstoned."""
-    from fsd.deletion import release
-    from fsd.views import define_view_rows, remove_view
+    from fsd.maintenance.deletion import release
+    from fsd.outputs.views import define_view_rows, remove_view
 
     store = store_factory(n_disks=2)
     a, b, c = (r.sha256 for r in store.put_many(make_files(tmp_path / "in", 3)))
@@ -91,9 +91,10 @@ def test_a_view_is_named_only_after_every_object_of_its_manifest_is_durable(
     the disks, its index entry — only after every manifest object is indexed. (A build that
     indexed before its fsyncs, or stored the root first, or registered before its last
     group commit would leave a name pointing at bytes a power cut can take.)"""
-    from fsd import disks, manifest
-    from fsd.manifest import manifest_objects
-    from fsd.views import define_view_rows
+    from fsd.core import disks
+    from fsd.outputs import manifest
+    from fsd.outputs.manifest import manifest_objects
+    from fsd.outputs.views import define_view_rows
 
     store = store_factory(n_disks=3, caps=None)
     res = store.put_many(make_files(tmp_path / "in", 8))

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from fsd import seal, zones
+from fsd.outputs import seal, zones
 from fsd.base import config
 from fsd.base.errors import ExitCode
 from fsd.base.units import fmt_bytes
@@ -528,7 +528,7 @@ def test_a_zone_on_a_full_file_system_refuses_what_its_quota_would_admit(tmp_pat
     the file system's free bytes and counts them in `free_bytes`, `reserve` refuses 1 MiB
     (exit 6, one line naming the zone, its path, the free bytes and the need), `hoard zones`
     and `hoard health` name the shortfall; a reservation that fits is still taken."""
-    from fsd.health import store_problems
+    from fsd.maintenance.health import store_problems
 
     cfg = zone_config(tmp_path)
     z = cfg.ssd.zone_path("3C")
@@ -655,7 +655,7 @@ def test_usage_with_a_damaged_reservation_file(tmp_path: Path, monkeypatch: pyte
 def test_a_sparse_file_counts_by_its_apparent_size(tmp_path: Path) -> None:
     """W3-X 14: `truncate -s 6G` in 3A allocates a few KB and slipped past the quota (ingest
     then read 6 GB); a file counts by its apparent size when that is larger than its blocks."""
-    from fsd.zones import du
+    from fsd.outputs.zones import du
 
     sparse = tmp_path / "3A" / "b" / "x"
     sparse.parent.mkdir(parents=True)

@@ -53,7 +53,7 @@ from _common import Lab, MiB, allocated, hoard_mounted, mergerfs_mounted, read_a
 
 from fsd.base import config
 from fsd.store import Store
-from fsd.views import define_view_rows
+from fsd.outputs.views import define_view_rows
 from tests.conftest import dir_disks_config
 from tests.lab import DiskProfile
 

@@ -126,7 +126,7 @@ def init(
                              ExitCode.UNAVAILABLE)
 
     # deferred: hoard starts without the store's modules
-    from fsd.layout import protect_ssd
+    from fsd.core.layout import protect_ssd
     from fsd.store import Store
 
     protect_ssd(cfg, make=True)  # the zones and the index, each with its mode (docs/security.md)
@@ -286,7 +286,7 @@ def main(argv: list[str] | None = None) -> None:
             app(args=argv, prog_name="hoard")
         except lmdb.Error as e:  # the SSD under the index is full or failing: a condition, not a bug
             # deferred: hoard starts without the store's modules
-            from fsd.index import index_error
+            from fsd.core.index import index_error
 
             raise index_error(_index_path(argv), e) from None
         except Exception as e:  # a server that went away is a condition to report, not a bug

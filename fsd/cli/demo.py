@@ -28,7 +28,7 @@ from fsd.base.config import Settings
 from fsd.base.errors import ExitCode, HoardError
 from fsd.base.units import fmt_bytes
 from fsd.cli._common import err, out
-from fsd.replicate import replicate_once
+from fsd.io.replicate import replicate_once
 from fsd.store import Store
 from jobs import users as logins
 from jobs import outputs

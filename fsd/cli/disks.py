@@ -75,7 +75,7 @@ def retire(
 ) -> None:
     """Stop new writes to a disk; the replicator copies its shards elsewhere."""
     # deferred: hoard starts without the store's modules
-    from fsd.disks import DiskState
+    from fsd.core.disks import DiskState
 
     with open_store(ctx) as store:
         store.set_disk_state(label, DiskState.DRAINING, "retired by the user")
@@ -104,7 +104,7 @@ def activate(
     """Put a failed or draining disk back into service, after checking it is the registered
     disk and verifying its replicas (bad ones are reported and left for repair)."""
     # deferred: hoard starts without the store's modules
-    from fsd.lifecycle import activate as run
+    from fsd.maintenance.lifecycle import activate as run
 
     with open_store(ctx) as store:
         rep = run(store, label)
@@ -123,7 +123,7 @@ def forget(
 ) -> None:
     """Drop a disk from the index once every shard it held has its copies on other disks."""
     # deferred: hoard starts without the store's modules
-    from fsd.lifecycle import forget as run
+    from fsd.maintenance.lifecycle import forget as run
 
     with open_store(ctx) as store:
         released = run(store, label)

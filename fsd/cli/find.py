@@ -47,7 +47,7 @@ def _resolve(store, ref: str) -> bytes:
 def _manifest_paths(store, sha: bytes) -> list[dict[str, str]]:
     """Where this object appears in batch and view manifests (the store's own record)."""
     # deferred: hoard starts without the store's modules
-    from fsd.manifest import iter_files, named
+    from fsd.outputs.manifest import iter_files, named
 
     found = []
     for kind, name, info in named(store.index):
@@ -168,7 +168,7 @@ def ls(
     """The ingested batches (id, source, files, size, when), or one batch's files (sha256, size, path),
     or (`--puts`) the named puts: name, when, count, bytes."""
     # deferred: hoard starts without the store's modules
-    from fsd.puts import listing
+    from fsd.outputs.puts import listing
     from fsd.store import Store
 
     with Store.open(state(ctx).settings, writable=False) as store:

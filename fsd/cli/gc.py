@@ -33,8 +33,8 @@ def delete(
     The database is changed first, then the store; re-running after a failure is safe.
     """
     # deferred: hoard starts without the store's and sql's modules
-    from fsd.deletion import drop_batch, hide, release
-    from fsd.records import sha_bytes
+    from fsd.maintenance.deletion import drop_batch, hide, release
+    from fsd.core.records import sha_bytes
     from fsd.store import Store
     from sql import deletion as db_del
 
@@ -44,7 +44,7 @@ def delete(
                          "`hoard put` stored), --put NAME (type B, a named put) or --node SHA256 (type A)",
                          ExitCode.USAGE)
     if put:
-        from fsd.puts import release as release_put  # deferred: as above
+        from fsd.outputs.puts import release as release_put  # deferred: as above
 
         if not yes:
             confirm(f"release put {put}: its files no other put, batch or view holds will be freed by the next "
@@ -115,7 +115,7 @@ def gc(
     An object is freed only if it is tombstoned (`hoard delete --batch`) and, at gc time, no
     batch or view manifest, running job (pin) or database row references it."""
     # deferred: hoard starts without the store's and sql's modules
-    from fsd.gc import gc as run
+    from fsd.maintenance.gc import gc as run
     from fsd.store import Store
     from sql.deletion import referenced
 

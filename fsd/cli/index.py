@@ -22,7 +22,7 @@ WITHOUT = typer.Option([], "--without", metavar="LABEL",
 def rebuild(ctx: typer.Context, without: list[str] = WITHOUT) -> None:
     """Reconstruct objects, shards and replica locations from the disks (store must be idle)."""
     # deferred: hoard starts without the store's modules
-    from fsd.reindex import rebuild_index
+    from fsd.maintenance.reindex import rebuild_index
 
     with progress("reading the shards") as update:
         rep = rebuild_index(state(ctx).settings, update, without=without)
@@ -46,7 +46,7 @@ def rewrite_marks(ctx: typer.Context) -> None:
     """Replace every writable disk's marks log by the index's marks (what `hoard check` asks
     for when a log would not replay them; writers also do it for a disk that fell behind)."""
     # deferred: hoard starts without the store's modules
-    from fsd.marks import TABLES
+    from fsd.core.marks import TABLES
 
     with open_store(ctx) as store:
         chosen = [store.disks[u].label for u in store.disks if store.usable(u)]
@@ -82,7 +82,7 @@ def rewrite_pointers(ctx: typer.Context) -> None:
 def backup(ctx: typer.Context, copies: int = typer.Option(2, min=1, help="how many HDDs get a copy")) -> None:
     """Copy the index to HDDs (`<disk>/index-copy/`), so a dead SSD costs no rebuild scan."""
     # deferred: hoard starts without the store's modules
-    from fsd.reindex import backup_index
+    from fsd.maintenance.reindex import backup_index
 
     with open_store(ctx, writable=False) as store:
         labels = backup_index(store, copies)
@@ -94,7 +94,7 @@ def restore(ctx: typer.Context, without: list[str] = WITHOUT) -> None:
     """Rebuild the index from the disks, with what only the newest index copy on the HDDs
     knows (disk states, events, queued repairs) taken from that copy (store must be idle)."""
     # deferred: hoard starts without the store's modules
-    from fsd.reindex import restore_index
+    from fsd.maintenance.reindex import restore_index
 
     with progress("reading the shards") as update:
         label, stamp, rep = restore_index(state(ctx).settings, update, without=without)

@@ -95,7 +95,7 @@ def view_add(
     Line manifests are read as a stream: a list of 10 M files needs no memory for itself."""
     # deferred: hoard starts without the store's modules
     from fsd.store import Store
-    from fsd.views import define_view_rows, manifest_rows
+    from fsd.outputs.views import define_view_rows, manifest_rows
 
     with open_input(manifest, "view manifest") as stream, Store.open(state(ctx).settings) as store:
         info = define_view_rows(store, name, manifest_rows(stream))
@@ -106,7 +106,7 @@ def view_add(
 def view_list(ctx: typer.Context, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """The defined views."""
     # deferred: hoard starts without the store's modules
-    from fsd.index import open_existing
+    from fsd.core.index import open_existing
 
     index = open_existing(state(ctx).settings.index_dir)
     views = index.iter_views()
@@ -123,7 +123,7 @@ def view_rm(ctx: typer.Context, name: str) -> None:
     """Remove a view (its files stay in the store)."""
     # deferred: hoard starts without the store's modules
     from fsd.store import Store
-    from fsd.views import remove_view
+    from fsd.outputs.views import remove_view
 
     with Store.open(state(ctx).settings, writable=False) as store:
         remove_view(store, name)

@@ -17,8 +17,8 @@ from fsd.cli.store import open_store
 def run_rebuild(ctx: typer.Context, disk: str, onto: Optional[str], rate_mb_s: float, yes: bool,
                 as_json: bool = False) -> None:
     # deferred: hoard starts without the store's modules
-    from fsd.disks import DiskState
-    from fsd.rebuild import rebuild as run
+    from fsd.core.disks import DiskState
+    from fsd.maintenance.rebuild import rebuild as run
 
     with open_store(ctx) as store:
         rec = next((r for r in store.records.values() if r.label == disk), None)

@@ -114,7 +114,7 @@ def put(
     stop = _stop_on_first_ctrl_c()
     total = sum(size_or_zero(p) for p in items)
     # deferred: hoard starts without the store's modules
-    from fsd import puts
+    from fsd.outputs import puts
 
     try:
         with open_store(ctx) as store, progress("storing", total) as update:
@@ -165,7 +165,7 @@ def get(
     `-o FILE` is written beside the target and renamed when complete; a device or FIFO
     (`-o /dev/null`) is written in place. Memory stays bounded whatever the object's size."""
     # deferred: hoard starts without the store's modules
-    from fsd.records import sha_bytes
+    from fsd.core.records import sha_bytes
 
     target = check_output(output) if output is not None else None
     sha = sha_bytes(sha256.lower())
@@ -240,7 +240,7 @@ def replicate(
     Exit 0: every shard is at its target; 4: some remain below it — each reason on stderr
     (no room, no readable replica, the budget ran out) with its next step."""
     # deferred: hoard starts without the store's modules
-    from fsd.replicate import replicate_once
+    from fsd.io.replicate import replicate_once
 
     while True:
         with open_store(ctx) as store, progress("replicating") as update:

@@ -32,7 +32,7 @@ def verify(
     Exit 5 if a bad replica or a damaged marks-log line remains (not repaired, or no good copy to repair from).
     """
     # deferred: hoard starts without the store's modules
-    from fsd.scrub import verify as run
+    from fsd.io.scrub import verify as run
 
     if orphans:
         _orphans(ctx, repair, grace_h * 3600, as_json)
@@ -62,7 +62,7 @@ def verify(
 
 def _orphans(ctx: typer.Context, repair: bool, grace_s: float, as_json: bool) -> None:
     # deferred: hoard starts without the store's modules
-    from fsd.orphans import sweep
+    from fsd.maintenance.orphans import sweep
 
     with open_store(ctx) as store:
         rep = sweep(store, repair, grace_s)
@@ -93,7 +93,7 @@ def check(
     Changes nothing; `hoard verify` reads every byte, this reads the index, footers and sizes.
     """
     # deferred: hoard starts without the store's and sql's modules
-    from fsd.check import check as run
+    from fsd.maintenance.check import check as run
 
     from sql.check import store_vs_database
 

@@ -1,5 +1,5 @@
 """`hoard zones [list] [--json]` and `hoard zones clean ID`: the SSD zones' quotas, reservations
-and outputs (fsd.zones)."""
+and outputs (fsd.outputs.zones)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from fsd import zones as zones_mod
+from fsd.outputs import zones as zones_mod
 from fsd.base.units import fmt_bytes
 from fsd.base.config import ZONES
 from fsd.base.errors import ExitCode, HoardError

@@ -57,9 +57,9 @@ import trio
 import xxhash
 
 from fsd.base.errors import HoardError
-from fsd.manifest import Tree, WouldBlock
+from fsd.outputs.manifest import Tree, WouldBlock
 from fsd.mount.inodes import Files
-from fsd.views import OUTPUT_VIEW
+from fsd.outputs.views import OUTPUT_VIEW
 
 __all__ = ["DERIVED", "Namespace", "Node", "ROOT", "inode_of"]
 

@@ -28,7 +28,7 @@ from fsd.base.errors import HoardError
 from fsd.mount.namespace import DERIVED, Namespace, Node
 from fsd.mount.reader import SMALL_MAX, ObjectGone, ReadFailed, Reader
 from fsd.mount.watch import Watcher
-from fsd.records import ObjectNotFound
+from fsd.core.records import ObjectNotFound
 
 log = logging.getLogger(__name__)
 

@@ -783,9 +783,9 @@ class World:
                                      f"harness cannot check): {false}")
 
     def _cut_claim_true(self, problem: str) -> bool:
-        from fsd import zones
+        from fsd.outputs import zones
         from fsd.base import config
-        from fsd.replicate import counted_replicas
+        from fsd.io.replicate import counted_replicas
         from fsd.store import Store
         from jobs import ingest, outputs
 
@@ -995,7 +995,7 @@ class World:
     def check_outputs(self, step: Step) -> None:
         """No reservation outlives its job; every acknowledged output is sealed and matches its
         manifest; no output is reported done without its seal."""
-        from fsd.seal import OutputIncomplete, check_sealed
+        from fsd.outputs.seal import OutputIncomplete, check_sealed
 
         zones = json.loads(self.hoard("zones", "--json").stdout)["zones"]
         held = [f"{z}: {r['id']} ({r['job']})" for z, s in zones.items() for r in s["reservations"]]

@@ -1,0 +1,405 @@
+"""HDDs as shard backends: identity files, states, the local shard directory layout.
+
+    <disk root>/.hoard-disk.json          identity: {"uuid", "label", "created", "format"}
+    <disk root>/shards/<xx>/<id>.open     a shard being appended (no footer yet)
+    <disk root>/shards/<xx>/<id>.shard    a sealed shard (immutable)
+    <disk root>/tmp/                      replica copies in progress (renamed when complete)
+
+`<xx>` is the last two hex digits of the shard id (its random part) for an even fan-out.
+A disk is used only if its root is a mount point (unless directory disks are allowed)
+and its identity file names the uuid the index registered for that label: otherwise it is
+`missing`, and nothing is written there — never onto the root filesystem under a
+vanished mount.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import enum
+import errno
+import hashlib
+import json
+import os
+import threading
+import uuid as uuidlib
+from collections import OrderedDict
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from fsd.core import shardfmt as fmt
+from fsd.base.files import atomic_write, fsync_dir
+from fsd.base.modes import FILE
+
+IDENTITY = ".hoard-disk.json"
+#: a second copy of a disk's identity (as ext4 keeps backup superblocks): a damaged identity
+#: file alone does not make a disk a stranger (`hoard disks activate` puts it back)
+IDENTITY_COPY = ".hoard-disk.copy.json"
+#: one pread() asks for at most this much: Linux returns at most 0x7ffff000 bytes per call,
+#: so every whole-record read loops (an object over 2 GiB was unreadable before)
+READ_STEP = 1 << 30
+#: pieces a streaming read hands out (bounded memory whatever the object's size)
+STREAM_PIECE = 8 << 20
+#: after this many bytes appended, a shard sink asks the kernel to start writing them back
+WRITEBACK_STEP = 8 << 20
+IDENTITY_FORMAT = 1
+
+
+class DiskGone(OSError):
+    """The disk's mount point or identity is gone (unmounted, vanished, replaced)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(errno.ENODEV, message)
+
+
+class DiskState(str, enum.Enum):
+    ACTIVE = "active"  # takes new shards and serves reads
+    DRAINING = "draining"  # serves reads, takes no new shards (retire in progress)
+    FAILED = "failed"  # errors seen: no reads, no writes until replaced
+    MISSING = "missing"  # not mounted, or another disk's identity is there
+
+
+@dataclass
+class DiskRecord:
+    """What the index remembers about a disk."""
+
+    uuid: str
+    label: str
+    path: str
+    state: DiskState
+    created: str
+    used_bytes: int = 0
+    reason: str = ""
+    # the JSON holds exactly these fields: the previous release reads a record with `cls(**d)`,
+    # and a field it does not know would make it fail to open an index written by this one (a
+    # downgrade). Whatever else is noted about a disk goes into the index's `meta` — when a
+    # store open last found it at its path: Index.disks_seen.
+
+    def to_json(self) -> bytes:
+        d = asdict(self)
+        d["state"] = self.state.value
+        return json.dumps(d).encode()
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> DiskRecord:
+        d = json.loads(raw)
+        d["state"] = DiskState(d["state"])
+        # a field a later version added is not this version's to read (an index written by it
+        # still opens here); a `seen` that records of the version that kept it here carry is read
+        # by Index.disks_seen and moved out when the record is rewritten
+        return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
+
+
+def read_identity(root: Path, name: str = IDENTITY) -> dict | None:
+    """The identity, None if there is none, or {"uuid": None, "error": why} if unreadable
+    (with "damaged": True when the file reads but is not an identity)."""
+    try:
+        ident = json.loads((root / name).read_text())
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        return {"uuid": None, "error": f"cannot read {root / name}: {e.strerror}", "errno": e.errno}
+    except ValueError:
+        ident = None
+    if not isinstance(ident, dict) or not isinstance(ident.get("uuid"), str):
+        return {"uuid": None, "error": f"{root / name} is damaged (not an identity)", "damaged": True}
+    return ident
+
+
+def write_identity(root: Path, label: str, name: str = IDENTITY) -> dict:
+    """Give a fresh disk (or the SSD) its identity (tmp → fsync → rename → fsync dir); a disk's
+    is written twice (IDENTITY_COPY)."""
+    ident = {"uuid": str(uuidlib.uuid4()), "label": label, "format": IDENTITY_FORMAT,
+             "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
+    _write_identity_file(root / name, ident)
+    if name == IDENTITY:
+        _write_identity_file(root / IDENTITY_COPY, ident)
+    return ident
+
+
+def _write_identity_file(path: Path, ident: dict) -> None:
+    atomic_write(path, json.dumps(ident, indent=1).encode())
+
+
+def keep_identity_copy(root: Path, uuid: str) -> None:
+    """Write the second copy of a disk's identity if it has none (a disk initialised before
+    copies were kept); the identity must name `uuid`."""
+    if (root / IDENTITY_COPY).exists():
+        return
+    ident = read_identity(root)
+    if ident and ident.get("uuid") == uuid:
+        _write_identity_file(root / IDENTITY_COPY, ident)
+
+
+def restore_identity(root: Path, uuid: str) -> bool:
+    """Put a damaged identity back from its copy, if the copy names `uuid` (the disk the index
+    registered at this path); True if it did."""
+    copy = read_identity(root, IDENTITY_COPY)
+    if not copy or copy.get("uuid") != uuid:
+        return False
+    _write_identity_file(root / IDENTITY, copy)
+    return True
+
+
+def drop_cache(fd: int) -> None:
+    """Drop a file's pages from the page cache (scrub, copies, hashing must not evict hot data)."""
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    except OSError as e:  # pragma: no cover - filesystems without fadvise
+        if e.errno not in (errno.ENOSYS, errno.EINVAL, errno.ESPIPE):
+            raise
+
+
+def verify_shard_file(path: Path, sha256: bool = False, shard_hex: str | None = None) -> tuple[int, int]:
+    """(size, records) of a sealed shard file, after checking it (`verify_shard`). Raises
+    OSError or ShardFormatError; leaves nothing of the file in the page cache."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        size = os.fstat(fd).st_size
+        count = verify_shard(lambda off, n: pread_full(fd, n, off), size, path.name, sha256, shard_hex)
+        drop_cache(fd)
+        return size, count
+    finally:
+        os.close(fd)
+
+
+def verify_shard(read, size: int, name: str, sha256: bool = False, shard_hex: str | None = None) -> int:
+    """The record count of a sealed shard of `size` bytes read through `read(offset, n)`,
+    after checking its footer, every record's xxh3-128 (and sha256 when asked) and that the
+    footer lists exactly the records found — and, given `shard_hex`, that the header names
+    that shard (no checksum covers the header's shard id, and `hoard index rebuild` refuses
+    a file whose header and name differ). Reads the footer first, then the records in
+    order. Raises OSError or ShardFormatError."""
+    footer = fmt.decode_footer(read, size)
+    if footer is None:
+        raise fmt.FooterMismatch(f"{name} has no footer")
+    count = 0
+    for rec in fmt.scan_records(read, size, sealed=True):
+        if sha256:
+            h = hashlib.sha256()
+            for off in range(rec.offset, rec.end, STREAM_PIECE):
+                h.update(read(off, min(STREAM_PIECE, rec.end - off)))
+            if h.digest() != rec.sha256:
+                raise fmt.PayloadChecksumMismatch(f"sha256 of the record at {rec.offset} differs from its name")
+        count += 1
+    if count != len(footer):
+        raise fmt.FooterMismatch(f"{name}: {count} records, the footer lists {len(footer)}")
+    if shard_hex is not None:
+        found = fmt.decode_shard_header(read(0, fmt.SHARD_HEADER_SIZE)).shard_id.hex()
+        if found != shard_hex:
+            raise fmt.ShardFormatError(f"{name}: the header names shard {found}, not {shard_hex}")
+    return count
+
+
+def pread_full(fd: int, length: int, offset: int) -> bytes:
+    """`length` bytes at `offset` (fewer only at the end of the file), in as many pread()
+    calls as it takes. The one read helper of the local backend: every read goes through it."""
+    first = os.pread(fd, min(length, READ_STEP), offset)
+    if len(first) == length or not first:
+        return first
+    parts, got = [first], len(first)
+    while got < length:
+        chunk = os.pread(fd, min(length - got, READ_STEP), offset + got)
+        if not chunk:
+            break
+        parts.append(chunk)
+        got += len(chunk)
+    return b"".join(parts)
+
+
+def probe(root: Path, expected_uuid: str | None, allow_directory: bool) -> tuple[DiskState, str]:
+    """The state a disk root is in right now, and why if it is not usable."""
+    if not root.is_dir():
+        return DiskState.MISSING, f"{root} does not exist"
+    if not allow_directory and not os.path.ismount(root):
+        return DiskState.MISSING, f"{root} is not a mount point (disk not mounted?)"
+    ident = read_identity(root)
+    if ident is None:
+        return DiskState.MISSING, f"{root} has no {IDENTITY} (not a hoardfs disk, or not initialised)"
+    if ident.get("error"):
+        return DiskState.FAILED, ident["error"]
+    if expected_uuid is not None and ident.get("uuid") != expected_uuid:
+        return DiskState.MISSING, f"{root} holds disk {ident.get('uuid')}, expected {expected_uuid} (another disk mounted there?)"
+    return DiskState.ACTIVE, ""
+
+
+class _FileSink:
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.flushed = os.lseek(fd, 0, os.SEEK_CUR)  # bytes already handed to writeback
+
+    def write(self, data: bytes | memoryview) -> None:
+        view = memoryview(data)
+        while view:
+            n = os.write(self.fd, view)
+            view = view[n:]
+        end = os.lseek(self.fd, 0, os.SEEK_CUR)
+        if end - self.flushed >= WRITEBACK_STEP:
+            # start writeback now (DONTNEED on dirty pages queues them) so the commit's
+            # fdatasync finds little left to do, and shard pages do not crowd out hot data
+            os.posix_fadvise(self.fd, self.flushed, end - self.flushed, os.POSIX_FADV_DONTNEED)
+            self.flushed = end
+
+    def sync(self) -> None:
+        os.fdatasync(self.fd)
+
+    def truncate(self, size: int) -> None:
+        os.ftruncate(self.fd, size)
+        os.lseek(self.fd, size, os.SEEK_SET)
+        self.flushed = min(self.flushed, size)
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            os.close(self.fd)
+
+
+def _close(fd: int) -> None:
+    with contextlib.suppress(OSError):  # a read-only descriptor: nothing to lose
+        os.close(fd)
+
+
+class LocalDisk:
+    """One HDD (or, for tests and the embedded default, a directory) holding shards."""
+
+    def __init__(self, label: str, root: Path, uuid: str, capacity_bytes: int | None = None,
+                 require_mount: bool = True) -> None:
+        self.label, self.root, self.uuid, self.capacity_bytes = label, root, uuid, capacity_bytes
+        self.require_mount = require_mount
+        # (shard, read-ahead off: see read_exact) → [fd, readers using it now]; least recently
+        # used first. Shared by every thread reading this disk (the planner's readers, the
+        # mount's, a scrub's): an fd is closed only when no read is using it — closing one
+        # under a reader makes its pread fail with EBADF, or, once the number is reused,
+        # read another file's bytes, and either would mark a healthy replica bad.
+        self._fds: OrderedDict[tuple[str, bool], list[int]] = OrderedDict()
+        self._fds_lock = threading.Lock()
+
+    def check(self) -> None:
+        """Raise DiskGone unless this is still our disk: checked before any file is created or
+        renamed, so nothing ever lands on the root filesystem under a vanished mount."""
+        state, why = probe(self.root, self.uuid, allow_directory=not self.require_mount)
+        if state != DiskState.ACTIVE:
+            raise DiskGone(f"disk {self.label}: {why}")
+
+    def __repr__(self) -> str:
+        return f"LocalDisk({self.label})"
+
+    def path(self, shard_hex: str, sealed: bool) -> Path:
+        return self.root / "shards" / shard_hex[-2:] / f"{shard_hex}.{'shard' if sealed else 'open'}"
+
+    def find(self, shard_hex: str) -> Path:
+        sealed = self.path(shard_hex, True)
+        if sealed.exists():
+            return sealed
+        open_ = self.path(shard_hex, False)
+        if open_.exists():
+            return open_
+        raise FileNotFoundError(errno.ENOENT, f"shard {shard_hex} not on disk {self.label}", str(sealed))
+
+    def create(self, shard_hex: str) -> _FileSink:
+        self.check()
+        p = self.path(shard_hex, False)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE)
+        fsync_dir(p.parent)
+        return _FileSink(fd)
+
+    def reopen(self, shard_hex: str) -> _FileSink:
+        fd = os.open(self.path(shard_hex, False), os.O_WRONLY)
+        os.lseek(fd, 0, os.SEEK_END)
+        return _FileSink(fd)
+
+    def seal(self, shard_hex: str) -> None:
+        self.check()
+        os.rename(self.path(shard_hex, False), self.path(shard_hex, True))
+        fsync_dir(self.path(shard_hex, True).parent)
+        self.forget(shard_hex)
+
+    MAX_FDS = 256  # kept open per disk; more are opened while in use, then closed
+
+    def _pread(self, shard_hex: str, offset: int, length: int, exact: bool = False) -> bytes:
+        key = (shard_hex, exact)
+        with self._fds_lock:
+            ent = self._fds.get(key)
+            if ent is None:
+                fd = os.open(self.find(shard_hex), os.O_RDONLY)
+                if exact:
+                    with contextlib.suppress(OSError):  # only a hint: the bytes are the same without it
+                        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)
+                ent = self._fds[key] = [fd, 1]  # in use before the trim: never its victim
+                self._trim()
+            else:
+                self._fds.move_to_end(key)
+                ent[1] += 1
+        try:
+            return pread_full(ent[0], length, offset)
+        finally:
+            with self._fds_lock:
+                ent[1] -= 1
+                if ent[1] == 0 and self._fds.get(key) is not ent:  # dropped while this read used it
+                    _close(ent[0])
+
+    def _trim(self) -> None:
+        """Close the least recently used idle descriptors beyond MAX_FDS (lock held)."""
+        for key in [k for k, e in self._fds.items() if e[1] == 0][:max(0, len(self._fds) - self.MAX_FDS)]:
+            _close(self._fds.pop(key)[0])
+
+    def _drop(self, key: tuple[str, bool]) -> None:
+        """Forget a descriptor (lock held): closed now if idle, else by its last reader."""
+        ent = self._fds.pop(key, None)
+        if ent is not None and ent[1] == 0:
+            _close(ent[0])
+
+    def read_at(self, shard_hex: str, offset: int, length: int) -> bytes:
+        return self._pread(shard_hex, offset, length)
+
+    def read_exact(self, shard_hex: str, offset: int, length: int) -> bytes:
+        """`read_at` with the kernel's read-ahead off: exactly these bytes come off the disk.
+        For a reader that knows what it reads next (the batch planner: large ranges with gaps
+        between them, each followed by another replica's share): read-ahead would read up to
+        its window (2.5 MiB on the lab) past every range's end — bytes nobody asked for, which
+        cost a throttled or busy disk as much as wanted ones (bench/planner_read.py: 10–20 %
+        of a batch read's time)."""
+        return self._pread(shard_hex, offset, length, exact=True)
+
+    def size(self, shard_hex: str) -> int:
+        return self.find(shard_hex).stat().st_size
+
+    def delete(self, shard_hex: str) -> None:
+        """Remove the shard's file durably: the directory is fsynced before this returns, so a
+        caller that then forgets the shard in the index (gc, recovery) never leaves a file
+        that a power cut brings back with nothing naming it. When there was no file, DiskGone
+        says the disk is gone (a vanished mount looks empty) and FileNotFoundError that it
+        was deleted before: a caller never counts a replica deleted that is still out there."""
+        self.forget(shard_hex)
+        removed = False
+        for sealed in (True, False):
+            with contextlib.suppress(FileNotFoundError):
+                self.path(shard_hex, sealed).unlink()
+                removed = True
+        if removed:
+            fsync_dir(self.path(shard_hex, True).parent)
+            return
+        self.check()
+        raise FileNotFoundError(errno.ENOENT, f"no shard {shard_hex} on disk {self.label}")
+
+    def forget(self, shard_hex: str) -> None:
+        with self._fds_lock:
+            for exact in (False, True):
+                self._drop((shard_hex, exact))
+
+    def close_all(self) -> None:
+        with self._fds_lock:
+            for key in list(self._fds):
+                self._drop(key)
+
+    def free_bytes(self, used_by_hoard: int) -> int:
+        st = os.statvfs(self.root)
+        free = st.f_bavail * st.f_frsize
+        if self.capacity_bytes is not None:
+            free = min(free, self.capacity_bytes - used_by_hoard)
+        return max(0, free)
+
+    def total_bytes(self) -> int:
+        st = os.statvfs(self.root)
+        total = st.f_blocks * st.f_frsize
+        return min(total, self.capacity_bytes) if self.capacity_bytes is not None else total

@@ -1,0 +1,127 @@
+"""Where the store keeps things besides shards, on each HDD and on the SSD (docs/design.md,
+"Where things are").
+
+    <disk root>/batches/<batch_id>.json   names an ingested batch's manifest object
+    <disk root>/views/<name>.json         names a view's manifest object
+    <disk root>/marks/marks.log           the deletion marks, in order (replayed by index rebuild)
+    <disk root>/.hoard-forgotten.json     a disk `hoard disks forget` let go of
+    <ssd.root>/.hoard-ssd.json            the SSD's identity (no identity: not mounted)
+    <ssd.root>/state/pins/<name>.json     objects a running job relies on (gc keeps them)
+    <index_dir>/../                       the store's lock files (fsd.core.storelock)
+
+Who may enter which of them (`protect_ssd`, `protect_disk`; docs/security.md): a disk's root
+and the SSD's are passages (0751), what holds data below them 0750, zones 3A and 3C 1770 with
+the sticky bit.
+
+A leaf of the store: the facade, gc, reindex and lifecycle import it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from fsd.base import modes
+from fsd.base.config import ZONES, Settings
+from fsd.base.errors import ExitCode, HoardError
+from fsd.base.paths import NAME_PATTERN
+from fsd.core.disks import read_identity, write_identity
+
+#: per disk: `<root>/batches/<batch_id>.json` names each ingested batch's manifest object
+BATCHES_DIR = "batches"
+#: per disk: `<root>/views/<name>.json` names each view's manifest object
+VIEWS_DIR = "views"
+#: per disk: `<root>/marks/*.log`, the deletion marks (hidden, deleted) and their clearing, in order
+MARKS_DIR = "marks"
+MARKS_LOG = "marks.log"
+#: the record kinds of the marks log: set / clear a type-A hidden mark, set / clear a type-B
+#: tombstone, set / release a root (`hoard put` acknowledged the object: it is kept until
+#: `hoard delete --object`), and "drop" (gc freed the object: every mark goes with it)
+MARK_OPS = ("hide", "show", "delete", "keep", "root", "unroot", "drop")
+#: written on a forgotten disk's root (`hoard disks forget`), so that a hoard.toml still listing
+#: it gets "forgotten: remove it from hoard.toml" instead of the refusal of a disk holding
+#: shards the index does not know (the guard against a lost index)
+FORGOTTEN = ".hoard-forgotten.json"
+#: on the SSD's root: its identity (see check_ssd)
+SSD_IDENTITY = ".hoard-ssd.json"
+
+
+#: the zones others write besides this service: a scraper account 3A, a trainer's job 3C
+DROP_ZONES = ("3A", "3C")
+#: what a disk's root holds that only the service and its group may read
+DISK_PRIVATE = ("shards", "tmp", BATCHES_DIR, VIEWS_DIR, MARKS_DIR)
+
+
+def protect_ssd(cfg: Settings, make: bool = False) -> None:
+    """The SSD's directories with their modes (fsd.base.modes): `make` creates the missing ones
+    (`hoard init`), otherwise the existing ones are tightened (every writable open: a store
+    made by an older hoardfs, 0755 everywhere, is closed to others at its next write)."""
+    root = cfg.ssd.root
+    dirs = [(root, modes.PASSAGE), (cfg.index_dir, modes.PRIVATE), (root / "state", modes.PRIVATE),
+            (root / "locks", modes.PRIVATE)]
+    dirs += [(cfg.ssd.zone_path(z), modes.DROP if z in DROP_ZONES else modes.PRIVATE) for z in ZONES]
+    for path, mode in dirs:
+        if make or path.is_dir():
+            modes.ensure_dir(path, mode)
+
+
+def protect_disk(root: Path) -> None:
+    """A disk's root as a passage (PostgreSQL's user reaches its pgBackRest repository there),
+    what holds shards, pointers and marks below it closed to others."""
+    modes.ensure_dir(root, modes.PASSAGE)
+    for name in DISK_PRIVATE:
+        if (root / name).is_dir():
+            modes.ensure_dir(root / name, modes.PRIVATE)
+
+
+def pins_dir(cfg: Settings) -> Path:
+    """`<ssd.root>/state/pins/<name>.json`: objects jobs rely on (see Store.pin)."""
+    return cfg.ssd.root / "state" / "pins"
+
+
+def pinned(cfg: Settings) -> tuple[set[bytes], list[str]]:
+    """Every pinned object, and the pin files that could not be read (gc refuses then)."""
+    shas: set[bytes] = set()
+    bad = []
+    for p in sorted(pins_dir(cfg).glob("*.json")):
+        try:
+            shas.update(bytes.fromhex(h) for h in json.loads(p.read_bytes())["sha256"])
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            bad.append(f"{p}: {e}")
+    return shas, bad
+
+
+def pin_path(cfg: Settings, name: str) -> Path:
+    """The pin file `name` (e.g. `ingest-<batch_id>`) names; a name that is not a valid name is a bug."""
+    if not re.match(NAME_PATTERN, name):
+        raise HoardError(f"pin name {name!r} is not a valid name", ExitCode.BUG)
+    return pins_dir(cfg) / f"{name}.json"
+
+
+def lock_root(cfg: Settings) -> Path:
+    """Where the store's lock files live (beside the index, on the SSD)."""
+    return cfg.index_dir.parent
+
+
+def check_ssd(cfg: Settings, init: bool) -> str:
+    """The SSD's uuid from `<ssd.root>/.hoard-ssd.json`, or a refusal before anything is written.
+
+    Without it, an SSD that is not mounted would get a new, empty index on the root
+    filesystem and every job would carry on there (dedupe stops, objects land in the wrong
+    index). `init` (`hoard init`) creates the identity on a new SSD, and adopts an SSD that
+    already holds an index from before SSD identities existed."""
+    root = cfg.ssd.root
+    ident = read_identity(root, SSD_IDENTITY) if root.is_dir() else None
+    if ident is None:
+        legacy = (cfg.index_dir / "data.mdb").is_file()
+        if not (init or legacy):
+            raise HoardError(f"the SSD at {root} has no {SSD_IDENTITY}: it is not mounted, or not initialised — "
+                             "nothing was written; mount it, or run `hoard init` for a new SSD",
+                             ExitCode.UNAVAILABLE)
+        root.mkdir(parents=True, exist_ok=True)
+        ident = write_identity(root, "ssd", SSD_IDENTITY)
+    if not ident.get("uuid"):
+        raise HoardError(f"the SSD identity {root / SSD_IDENTITY} is unreadable ({ident.get('error')}); check the "
+                         "SSD, then restore the file or run `hoard index rebuild`", ExitCode.UNAVAILABLE)
+    return str(ident["uuid"])

@@ -1,0 +1,367 @@
+"""The batch read planner: read many objects from their replicas as fast as the disks allow.
+
+1. Look every sha256 up and cut each shard's requested records into pieces of at most
+   PIECE_BYTES of neighbouring records (a piece is read from one disk).
+2. Assign pieces, largest first, to the replica disk that would finish it earliest
+   (load / bandwidth): a longest-processing-time schedule, so the slowest disk finishes
+   as early as possible. Bandwidths come from `disks[].read_mb_s` or measurements.
+3. On each disk, sort by (shard, offset) and coalesce records whose gap is at most
+   GAP_BYTES into one read (reading a small gap is cheaper than a seek).
+4. One reader thread per disk; every record is verified (header + xxh3-128) before it is
+   handed to the sink; a failed range falls back to `Store.get` on the other replicas.
+5. The first failure stops the whole read: an exception in a reader (a sink's included) or
+   in the caller's thread (Ctrl-C) sets a stop event every reader checks before each range,
+   record and large-record piece, so `execute` returns within about one record's time
+   instead of reading (and handing to the sink) everything that was left.
+
+`Plan.bound_s` is the plan's own makespan at the assumed bandwidths — the bound that
+benchmarks compare the achieved time with; `Plan.ideal_s` is total bytes over the summed
+bandwidth of the disks involved (no plan can beat it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import queue
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from fsd.core import shardfmt as fmt
+from fsd.core.records import verify_record
+
+if TYPE_CHECKING:
+    from fsd.store import Store
+
+PIECE_BYTES = 16 << 20
+GAP_BYTES = 256 << 10
+MAX_RANGE = 32 << 20
+DEFAULT_MB_S = 100.0
+
+Sink = Callable[[bytes, memoryview], None]
+
+
+@dataclass
+class Wanted:
+    sha: bytes
+    offset: int  # payload offset in the shard
+    length: int
+
+    @property
+    def start(self) -> int:
+        return self.offset - fmt.RECORD_HEADER_SIZE
+
+    @property
+    def end(self) -> int:
+        return self.offset + self.length
+
+
+@dataclass
+class ReadRange:
+    shard_hex: str
+    start: int
+    end: int
+    records: list[Wanted]
+
+
+@dataclass
+class Plan:
+    ranges: dict[str, list[ReadRange]] = field(default_factory=dict)  # disk uuid → reads in order
+    bytes_per_disk: dict[str, int] = field(default_factory=dict)
+    bandwidth: dict[str, float] = field(default_factory=dict)  # bytes/s assumed per disk
+    missing: list[bytes] = field(default_factory=list)  # not in the store
+    large: list[Wanted] = field(default_factory=list)  # records over MAX_RANGE: streamed, never read whole
+    large_by_disk: dict[str, list[Wanted]] = field(default_factory=dict)  # the disk each large record streams from
+    bound_s: float = 0.0
+    ideal_s: float = 0.0
+    objects: int = 0
+    seconds: float = 0.0  # how long making the plan took (index lookups, the balance, sorting)
+
+    def summary(self, labels: dict[str, str]) -> dict:
+        return {"objects": self.objects, "missing": len(self.missing), "bound_s": round(self.bound_s, 3),
+                "ideal_s": round(self.ideal_s, 3),
+                "disks": {labels.get(u, u): {"bytes": b, "mb_s": round(self.bandwidth[u] / 1e6, 1),
+                                             "reads": len(self.ranges.get(u, []))}
+                          for u, b in self.bytes_per_disk.items()}}
+
+
+def bandwidths(store: Store) -> dict[str, float]:
+    out = {}
+    by_label = {d.label: d for d in store.cfg.disks}
+    for uuid, disk in store.disks.items():
+        conf = by_label.get(disk.label)
+        measured = store.measured_bw.get(uuid)
+        mb_s = (conf.read_mb_s if conf and conf.read_mb_s else None) or measured or DEFAULT_MB_S
+        out[uuid] = mb_s * 1e6
+    return out
+
+
+def make_plan(store: Store, shas: list[bytes], bw: dict[str, float] | None = None) -> Plan:
+    t0 = time.monotonic()
+    bw = bw or bandwidths(store)
+    plan = Plan()
+    locs = store.index.lookup_many(shas)
+    by_shard: dict[bytes, list[Wanted]] = defaultdict(list)
+    seen = set()
+    for sha in shas:
+        if sha in seen:
+            continue
+        seen.add(sha)
+        loc = locs.get(sha)
+        if loc is None:
+            plan.missing.append(sha)
+            continue
+        if loc.length > MAX_RANGE:
+            plan.large.append(Wanted(sha, loc.offset, loc.length))
+            continue
+        by_shard[loc.shard_id].append(Wanted(sha, loc.offset, loc.length))
+    plan.objects = len(seen) - len(plan.missing)
+    pieces: list[tuple[int, str, list[str], list[Wanted]]] = []
+    large_pieces: list[tuple[int, str, list[str], Wanted]] = []
+    for w in plan.large:  # balanced with the rest: a large record is a piece of its own, streamed
+        meta = store.index.get_shard(locs[w.sha].shard_id)
+        cands = [d.uuid for d in store.replica_order(meta)] if meta else []
+        if cands:
+            large_pieces.append((w.length, meta.hex, cands, w))
+        else:
+            plan.missing.append(w.sha)
+    plan.large = [p[3] for p in large_pieces]
+    for sid, wanted in by_shard.items():
+        meta = store.index.get_shard(sid)
+        cands = [d.uuid for d in store.replica_order(meta)] if meta else []
+        if not cands:
+            plan.missing.extend(w.sha for w in wanted)
+            continue
+        wanted.sort(key=lambda w: w.offset)
+        piece: list[Wanted] = []
+        size = 0
+        for w in wanted:
+            if piece and size + w.length > PIECE_BYTES:
+                pieces.append((size, sid.hex(), cands, piece))
+                piece, size = [], 0
+            piece.append(w)
+            size += w.length + fmt.RECORD_HEADER_SIZE
+        pieces.append((size, sid.hex(), cands, piece))
+    load: dict[str, int] = defaultdict(int)
+    assigned: dict[str, list[tuple[str, list[Wanted]]]] = defaultdict(list)
+    everything = [(size, sh, cands, piece) for size, sh, cands, piece in pieces] + \
+                 [(size, sh, cands, w) for size, sh, cands, w in large_pieces]
+    everything.sort(key=lambda p: -p[0])  # biggest first: the greedy balance comes out even
+    for size, shard_hex, cands, what in everything:
+        best = min(cands, key=lambda u: ((load[u] + size) / bw.get(u, DEFAULT_MB_S * 1e6), u))
+        load[best] += size
+        if isinstance(what, Wanted):
+            plan.large_by_disk.setdefault(best, []).append(what)
+        else:
+            assigned[best].append((shard_hex, what))
+    for uuid, chosen in assigned.items():
+        # a piece is a run of one shard's records in offset order, and two pieces of a shard
+        # never interleave: ordering the pieces orders the records (sorting 20,000 records
+        # one by one took half the plan's time)
+        chosen.sort(key=lambda p: (p[0], p[1][0].offset))
+        ranges: list[ReadRange] = []
+        for shard_hex, piece in chosen:
+            for w in piece:
+                last = ranges[-1] if ranges else None
+                if (last and last.shard_hex == shard_hex and w.start - last.end <= GAP_BYTES
+                        and w.end - last.start <= MAX_RANGE):
+                    last.end = max(last.end, w.end)
+                    last.records.append(w)
+                else:
+                    ranges.append(ReadRange(shard_hex, w.start, w.end, [w]))
+        plan.ranges[uuid] = ranges
+    for uuid in set(plan.ranges) | set(plan.large_by_disk):
+        plan.ranges.setdefault(uuid, [])
+        plan.bytes_per_disk[uuid] = (sum(r.end - r.start for r in plan.ranges[uuid])
+                                     + sum(w.length for w in plan.large_by_disk.get(uuid, [])))
+        plan.bandwidth[uuid] = bw.get(uuid, DEFAULT_MB_S * 1e6)
+    if plan.bytes_per_disk:
+        plan.bound_s = max(b / plan.bandwidth[u] for u, b in plan.bytes_per_disk.items())
+        involved = {u for _, _, cands, _ in everything for u in cands}
+        plan.ideal_s = sum(plan.bytes_per_disk.values()) / sum(bw.get(u, DEFAULT_MB_S * 1e6) for u in involved)
+    plan.seconds = time.monotonic() - t0
+    return plan
+
+
+@dataclass
+class ReadStats:
+    objects: int = 0
+    bytes: int = 0
+    fallbacks: int = 0
+    seconds: float = 0.0
+    per_disk_seconds: dict[str, float] = field(default_factory=dict)
+
+
+class Stopped(Exception):
+    """Raised inside a reader (from a large record's piece iterator) when the read was stopped:
+    a large_sink sees it like a read error and must let it through."""
+
+
+#: how many reads a disk's helper thread keeps ready ahead of its consumer (each up to
+#: MAX_RANGE, or one ITER_READ piece of a large record)
+READ_AHEAD = 1
+
+
+def _ahead(source: Iterator, stop: threading.Event, name: str) -> Iterator:
+    """The items of `source`, produced by a helper thread READ_AHEAD ahead of the consumer:
+    the disk reads the next range while this one is verified, hashed and written (a throttled
+    or seeking disk otherwise idles through all the consumer's CPU work). An exception of the
+    source is raised here, in its place; Stopped when the read is stopped."""
+    q: queue.Queue = queue.Queue(maxsize=READ_AHEAD)
+    gone = threading.Event()  # the consumer left (done, or an exception of its own)
+
+    def put(item) -> bool:
+        while not (stop.is_set() or gone.is_set()):
+            try:
+                q.put(item, timeout=0.05)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        it = iter(source)
+        try:
+            while not (stop.is_set() or gone.is_set()):  # checked before each read starts
+                try:
+                    x = next(it)
+                except StopIteration:
+                    put((False, None))
+                    return
+                if not put((True, x)):
+                    return
+        except BaseException as e:  # handed to the consumer, which raises it
+            put((False, e))
+
+    t = threading.Thread(target=produce, name=name, daemon=True)
+    t.start()
+    try:
+        while True:
+            try:
+                more, x = q.get(timeout=0.05)
+            except queue.Empty:
+                if stop.is_set():
+                    raise Stopped("the batch read was stopped") from None
+                continue
+            if not more:
+                if x is not None:
+                    raise x
+                return
+            yield x
+    finally:
+        # not joined: a read under way ends on its own and the thread with it (it calls no
+        # sink), while the consumer's own exception must reach `stop` at once
+        gone.set()
+        with contextlib.suppress(queue.Empty):
+            q.get_nowait()  # a put waiting for room returns now and sees `gone`
+
+
+def _range_reads(disk, ranges: list[ReadRange]) -> Iterator[tuple[ReadRange, bytes | BaseException]]:
+    """Each range with its bytes, or the read error it met (the consumer reports it and reads
+    what it had not delivered from other replicas)."""
+    for rng in ranges:
+        try:
+            yield rng, _read_range(disk, rng)
+        except (OSError, fmt.ShardFormatError) as e:
+            yield rng, e
+
+
+def execute(store: Store, plan: Plan, sink: Sink,
+            large_sink: Callable[[bytes, Iterator[bytes]], None] | None = None) -> ReadStats:
+    """Run the plan: one reader per disk; `sink(sha, payload)` is called from those threads.
+    Records over MAX_RANGE are handed to `large_sink(sha, pieces)` by the reader of the disk
+    the plan chose for them, after its ranges — an iterator of verified pieces
+    (Store.iter_object, that disk first, another replica for a piece it fails), so no object
+    is ever held whole; a plan with such records needs a `large_sink`, and both sinks must be
+    safe to call from several threads at once.
+
+    An exception from a sink (or a reader) stops every reader and is raised here; so is one
+    the calling thread gets while it waits (KeyboardInterrupt), after the readers stopped —
+    no sink is called once `execute` has returned."""
+    if plan.large and large_sink is None:
+        raise ValueError(f"{len(plan.large)} objects are larger than {MAX_RANGE >> 20} MiB: pass a large_sink "
+                         "that consumes them piece by piece")
+
+    stats = ReadStats()
+    lock = threading.Lock()
+    failed: list[tuple[str, list[Wanted]]] = []
+    stop = threading.Event()
+    errors: list[BaseException] = []  # the first reader failure is the one raised (the rest stopped because of it)
+
+    def read_disk(uuid: str) -> None:
+        try:
+            _read_disk(uuid)
+        except Stopped:
+            pass
+        except BaseException as e:
+            with lock:
+                errors.append(e)
+            stop.set()
+
+    def _read_disk(uuid: str) -> None:
+        disk = store.disks[uuid]
+        t0 = time.monotonic()
+        n_obj = n_bytes = 0
+        for rng, got in _ahead(_range_reads(disk, plan.ranges[uuid]), stop, f"read-ahead {disk.label}"):
+            if stop.is_set():
+                return
+            delivered = 0
+            try:
+                if isinstance(got, BaseException):
+                    raise got
+                buf = memoryview(got)
+                for w in rng.records:
+                    if stop.is_set():
+                        return
+                    payload = verify_record(buf, w.start - rng.start, w.sha, w.length,
+                                            f" (shard {rng.shard_hex} on {disk.label})")
+                    sink(w.sha, memoryview(payload))
+                    delivered += 1
+                    n_obj += 1
+                    n_bytes += w.length
+            except (OSError, fmt.ShardFormatError) as e:
+                store.disk_error(disk, "read", e, rng.shard_hex)
+                with lock:
+                    failed.append((uuid, rng.records[delivered:]))
+        for w in plan.large_by_disk.get(uuid, []):  # read errors fail over piece by piece (iter_object)
+            if stop.is_set():
+                return
+            large_sink(w.sha, _ahead(store.iter_object(w.sha, first=uuid, exact=True), stop, f"read-ahead {disk.label}"))
+            n_obj += 1
+            n_bytes += w.length
+        took = time.monotonic() - t0
+        with lock:
+            stats.objects += n_obj
+            stats.bytes += n_bytes
+            stats.per_disk_seconds[disk.label] = took
+            if n_bytes >= 8 << 20 and took > 0:  # learn the disk's real speed (EWMA)
+                old = store.measured_bw.get(uuid)
+                now = n_bytes / took / 1e6
+                store.measured_bw[uuid] = now if old is None else 0.7 * old + 0.3 * now
+
+    t0 = time.monotonic()
+    with ThreadPoolExecutor(max_workers=max(1, len(plan.ranges)), thread_name_prefix="reader") as pool:
+        try:
+            list(pool.map(read_disk, list(plan.ranges)))
+        except BaseException:  # Ctrl-C while waiting: the readers stop at their next check, then `with` ends
+            stop.set()
+            raise
+    if errors:
+        raise errors[0]
+    for uuid, rest in failed:  # what a failed range had not delivered, one by one from other replicas
+        for w in rest:
+            data = store.get(w.sha.hex(), avoid={uuid})
+            sink(w.sha, memoryview(data))
+            stats.objects += 1
+            stats.bytes += w.length
+            stats.fallbacks += 1
+    stats.seconds = time.monotonic() - t0
+    return stats
+
+
+def _read_range(disk, rng: ReadRange) -> bytes:
+    return disk.read_exact(rng.shard_hex, rng.start, rng.end - rng.start)

@@ -1,0 +1,367 @@
+"""One replica of a sealed shard: copy it between disks, check it against the index.
+
+The replicator, the scrubber, rebuild and lifecycle share these two steps; a copy is made
+as every durable file is (tmp → fsync → verify → rename → fsync the directory), the verify
+reading the copy back from the disk while it is written.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import os
+import queue
+import threading
+import time
+from typing import TYPE_CHECKING
+
+from fsd.core import shardfmt as fmt
+from fsd.base.files import SYNC_FILE_RANGE_ALL, SYNC_FILE_RANGE_WRITE, fsync_dir, sync_file_range
+from fsd.base.modes import FILE
+from fsd.core.disks import drop_cache, pread_full, verify_shard, verify_shard_file
+
+if TYPE_CHECKING:
+    from fsd.core.disks import LocalDisk
+    from fsd.core.index import ShardMeta
+    from fsd.store import Store
+
+COPY_CHUNK = 4 << 20
+PAGE = 4096
+log = logging.getLogger(__name__)
+
+
+def check_replica(disk: LocalDisk, meta: ShardMeta, sha256: bool = False) -> int:
+    """Bytes checked; raises OSError or ShardFormatError on anything wrong."""
+    size, count = verify_shard_file(disk.find(meta.hex), sha256, meta.hex)
+    if count != meta.records:
+        raise fmt.FooterMismatch(f"{count} records, the index expects {meta.records}")
+    return size
+
+
+
+def repair_replica(store: Store, meta: ShardMeta, disk: LocalDisk, sources, reason: str,
+                   sha256: bool = False, check_sources: bool = True) -> bool:
+    """Replace `disk`'s bad replica of `meta` by a verified copy of the first of `sources`
+    that gives one (each checked whole first unless the caller just did); True when done (its
+    queued repair cleared, a `repaired` event). A failing `disk` — writes, read-back, gone —
+    is recorded against it and ends the attempt (another source would not help); a failing
+    source is logged and the next one tried."""
+    for src in sources:
+        try:
+            if check_sources:
+                check_replica(src, meta)
+            copy_shard(src, disk, meta.hex)
+            check_replica(disk, meta, sha256)
+        except TargetError as e:
+            store.disk_error(disk, "repair", e.err, meta.hex)
+            return False
+        except (OSError, fmt.ShardFormatError) as e:
+            log.warning("repair of shard %s on %s from %s failed: %s", meta.hex, disk.label, src.label, e)
+            continue
+        store.index.clear_repair(meta.shard_id, disk.uuid)
+        store.index.record_event("repaired", disk=disk.label, shard=meta.hex, detail=reason)
+        return True
+    return False
+
+
+def reseal_unlisted(store: Store, meta: ShardMeta, disk: LocalDisk) -> int | None:
+    """Repair a sealed replica whose body holds records its footer does not list (what a Ctrl-C
+    between writing a record and noting it left behind, before the writer sealed at the record's
+    end: every replica alike, so there is no good copy to repair from). The new file keeps the
+    body up to the last record the footer lists or the index points at, and a footer listing
+    every record kept; a trailing record nothing names (the interrupted file: its re-run stored
+    it elsewhere) is dropped. Written tmp → fsync → verify → rename, the index's size and record
+    count updated first. Returns the number of records dropped; None (nothing changed) when the
+    replica is not of that kind — a listed record missing, a record that does not verify."""
+    path = disk.find(meta.hex)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        size = os.fstat(fd).st_size
+
+        def read(off: int, n: int) -> bytes:
+            return pread_full(fd, n, off)
+
+        try:
+            listed = fmt.decode_footer(read, size) or []
+            body = list(fmt.scan_records(read, size, sealed=True))
+        except fmt.ShardFormatError:
+            return None
+        where = {(r.offset, r.sha256) for r in listed}
+        if len(body) <= len(listed) or not where <= {(r.offset, r.sha256) for r in body}:
+            return None
+        locs = store.index.lookup_many([r.sha256 for r in body])
+        named = [i for i, r in enumerate(body) if (r.offset, r.sha256) in where
+                 or (r.sha256 in locs and locs[r.sha256].shard_id == meta.shard_id and locs[r.sha256].offset == r.offset)]
+        kept = body[:named[-1] + 1] if named else []
+        if not kept:
+            return None
+        end = kept[-1].end
+        footer = fmt.encode_footer(kept, end)
+        tmp = disk.root / "tmp" / f"{meta.hex}.shard.tmp"
+        with _on_target():
+            tmp.parent.mkdir(parents=True, exist_ok=True)
+            out = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, FILE)
+        try:
+            with _on_target():
+                for off in range(0, end, COPY_CHUNK):
+                    data = read(off, min(COPY_CHUNK, end - off))
+                    os.write(out, data)  # (a short write on a regular file is an error: ENOSPC)
+                os.write(out, footer)
+                os.fsync(out)
+            verify_shard(lambda off, n: pread_full(out, n, off), end + len(footer), tmp.name, shard_hex=meta.hex)
+        except BaseException:
+            os.close(out)
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise
+        os.close(out)
+    finally:
+        os.close(fd)
+    new_size = end + len(footer)
+
+    def shrink(m: ShardMeta) -> dict[str, int]:
+        m.size, m.records = new_size, len(kept)
+        return {u: new_size - size for u in m.replicas}
+
+    if store.index.update_shard(meta.shard_id, shrink) is None:  # gc retired it meanwhile
+        tmp.unlink(missing_ok=True)
+        return None
+    with _on_target():
+        os.rename(tmp, path)
+        fsync_dir(path.parent)
+    disk.forget(meta.hex)
+    meta.size, meta.records = new_size, len(kept)
+    return len(body) - len(kept)
+
+
+def discard_copy(disk: LocalDisk, shard_hex: str, why: str) -> None:
+    """Delete a replica just made that must not stay (the shard was retired or swapped while
+    it was copied). A copy that cannot be deleted now (its disk dropped off) is named in the
+    log and left for `hoard verify --orphans`, which finds files the index does not name."""
+    try:
+        disk.delete(shard_hex)
+    except FileNotFoundError:
+        pass
+    except OSError as e:
+        log.warning("shard %s on %s: %s, and the copy could not be deleted (%s): "
+                    "`hoard verify --orphans --repair` removes it later", shard_hex, disk.label, why, e)
+
+
+def copy_shard(src, dst, shard_hex: str, rate_mb_s: float | None = None,
+               stop: threading.Event | None = None) -> int:
+    """Copy a sealed shard between backends: tmp → write and check → fdatasync → rename →
+    fsync the directory. The check reads the copy back from the disk (not the page cache)
+    and checks its footer and every record (`verify_shard`) before it is named.
+
+    Three streams overlap, so a copy runs at its slowest disk's speed rather than at the sum
+    of three passes: a thread reads the source ahead; each piece written is pushed to the
+    disk at once (sync_file_range) while the next is read; a second thread checks each piece
+    the disk has taken — its pages dropped from the cache first — while later ones are
+    written. The footer is copied first, since the check reads it before the records; a
+    check that fails stops the copy there. (On one real disk the read-back shares the head
+    with the writes; the lab throttles reads and writes apart: docs/benchmarks.md.)
+
+    `stop` set ends the copy at its next piece (or rate-limit pause) with CopyStopped, which
+    blames no disk; nothing is left behind."""
+    size = src.size(shard_hex)
+    tmp = dst.root / "tmp" / f"{shard_hex}.shard.tmp"
+    fd_in = os.open(src.find(shard_hex), os.O_RDONLY)
+    try:
+        with _on_target():
+            dst.check()  # a vanished disk leaves an empty mount point: the copy would land on the root filesystem
+            tmp.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, FILE)
+        try:
+            _Copy(fd_in, fd, size, f"shard {shard_hex} on {src.label}", tmp.name, shard_hex).run(rate_mb_s, stop)
+        except fmt.ShardFormatError as e:
+            raise _whose_bytes(src, shard_hex, dst, e) from e
+        finally:
+            os.close(fd)
+        drop_cache(fd_in)
+    except BaseException:
+        with contextlib.suppress(OSError):  # (a failing target may refuse this too: the next copy overwrites it)
+            tmp.unlink(missing_ok=True)
+        raise
+    finally:
+        os.close(fd_in)
+    with _on_target():
+        dst.check()  # it may have dropped off during the copy: the descriptor still wrote to it, the path would not
+        final = dst.path(shard_hex, True)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        os.rename(tmp, final)
+        fsync_dir(final.parent)
+    dst.forget(shard_hex)  # a cached descriptor would still read the file this one replaced
+    return size
+
+
+def _whose_bytes(src, shard_hex: str, dst, err: fmt.ShardFormatError) -> Exception:
+    """The copy's check found wrong bytes: the source's (it holds them too: `err` stands) or
+    the target's — a disk that gave back other bytes than it took, blamed as an I/O error
+    (the source is then checked whole a second time, on this rare path only)."""
+    try:
+        verify_shard_file(src.find(shard_hex), shard_hex=shard_hex)
+    except (OSError, fmt.ShardFormatError):
+        return err
+    return TargetError(OSError(errno.EIO, f"disk {dst.label} gave back other bytes than were written "
+                                          f"to it ({err})"))
+
+
+class TargetError(OSError):
+    """Writing the copy or reading it back failed: the fault of the disk copied to, not of
+    the source (whose disk must not be marked failed for it). `err` is the original error."""
+
+    def __init__(self, err: OSError) -> None:
+        super().__init__(err.errno, err.strerror, err.filename)
+        self.err = err
+
+
+@contextlib.contextmanager
+def _on_target():
+    try:
+        yield
+    except TargetError:
+        raise
+    except OSError as e:
+        raise TargetError(e) from e
+
+
+class CopyStopped(Exception):
+    """The caller asked the copy to stop (copy_shard's `stop`): no disk is at fault."""
+
+
+class _FromSource(Exception):
+    """An error reading the source, carried past the target's error handling."""
+
+    def __init__(self, err: BaseException) -> None:
+        self.err = err
+
+
+class _Stopped(Exception):
+    """The copy failed elsewhere: the check stops waiting for pieces."""
+
+
+class _Copy:
+    """One shard copy's three streams (see copy_shard): the caller's thread writes, one
+    thread reads the source ahead, one checks what the disk took."""
+
+    def __init__(self, fd_in: int, fd: int, size: int, what: str, name: str, shard_hex: str) -> None:
+        self.fd_in, self.fd, self.size, self.what, self.name = fd_in, fd, size, what, name
+        self.shard_hex = shard_hex
+        # the footer's pages first, then everything before them, in COPY_CHUNK pieces
+        tail = fmt.footer_start(pread_full(fd_in, fmt.TRAILER_SIZE, max(0, size - fmt.TRAILER_SIZE)), size)
+        self.tail = min(tail - tail % PAGE, size)
+        footer = _split(self.tail, size)
+        self.pieces, self.n_tail = footer + _split(0, self.tail), len(footer)
+        self.settled = 0  # pieces on the disk and out of the page cache, in `pieces` order …
+        self.prefix = 0  # … of which these bytes from offset 0 on
+        self.cond = threading.Condition()
+        self.aborted = False  # the copy failed: the check stops waiting
+        self.check_error: BaseException | None = None
+        self.chunks: queue.Queue = queue.Queue(maxsize=4)
+
+    def run(self, rate_mb_s: float | None, stop: threading.Event | None = None) -> None:
+        reader = threading.Thread(target=self._read_ahead, name="copy-read", daemon=True)
+        checker = threading.Thread(target=self._check, name="copy-check", daemon=True)
+        reader.start()
+        checker.start()
+        try:
+            stop = stop or threading.Event()
+            try:
+                with _on_target():
+                    self._write(rate_mb_s, stop)
+                    if stop.is_set():  # (a copy stopped is discarded: no need to wait for its fsync)
+                        raise CopyStopped(f"{self.what}: the copy was stopped")
+                    os.fdatasync(self.fd)
+            except _FromSource as e:
+                raise e.err from None
+        except BaseException:
+            with self.cond:
+                self.aborted = True
+                self.cond.notify_all()
+            raise
+        finally:
+            while reader.is_alive():  # unblock and finish the reader before its fd is closed
+                try:
+                    self.chunks.get_nowait()
+                except queue.Empty:
+                    reader.join(0.05)
+            checker.join()
+        if isinstance(self.check_error, OSError):  # reading the copy back
+            raise TargetError(self.check_error) from self.check_error
+        if self.check_error is not None:  # wrong bytes: the source's, or the copy's (a bad write)
+            raise self.check_error
+        with _on_target():
+            drop_cache(self.fd)
+
+    def _read_ahead(self) -> None:
+        try:
+            for off, n in self.pieces:
+                chunk = pread_full(self.fd_in, n, off)
+                if len(chunk) != n:
+                    raise fmt.TruncatedShard(f"{self.what} ended at {off + len(chunk)} of {self.size}")
+                self.chunks.put(chunk)
+            self.chunks.put(None)
+        except BaseException as e:  # handed to the writer, which raises it
+            self.chunks.put(e)
+
+    def _write(self, rate_mb_s: float | None, stop: threading.Event) -> None:
+        t0, done, before = time.monotonic(), 0, None
+        for off, n in self.pieces:
+            if stop.is_set():
+                raise CopyStopped(f"{self.what}: the copy was stopped")
+            chunk = self.chunks.get()
+            if isinstance(chunk, BaseException):
+                raise _FromSource(chunk)
+            view = memoryview(chunk)
+            while view:
+                view = view[os.pwrite(self.fd, view, off + n - len(view)):]
+            sync_file_range(self.fd, off, n, SYNC_FILE_RANGE_WRITE)  # to the disk while the next is read
+            if before is not None:
+                self._settle(*before)
+            before, done = (off, n), done + n
+            if rate_mb_s:
+                ahead = done / (rate_mb_s * 1e6) - (time.monotonic() - t0)
+                if ahead > 0 and stop.wait(ahead):
+                    raise CopyStopped(f"{self.what}: the copy was stopped")
+        if before is not None:
+            self._settle(*before)
+
+    def _settle(self, off: int, n: int) -> None:
+        """Wait until a piece is on the disk, drop its pages, hand it to the check."""
+        if not sync_file_range(self.fd, off, n, SYNC_FILE_RANGE_ALL):
+            os.fdatasync(self.fd)  # (no sync_file_range here: everything so far)
+        os.posix_fadvise(self.fd, off, n, os.POSIX_FADV_DONTNEED)
+        with self.cond:
+            if self.settled >= self.n_tail:
+                self.prefix += n
+            self.settled += 1
+            self.cond.notify_all()
+            if self.check_error is not None:
+                raise self.check_error
+
+    def _check(self) -> None:
+        try:
+            verify_shard(self._read_settled, self.size, self.name, shard_hex=self.shard_hex)
+        except _Stopped:
+            pass
+        except BaseException as e:
+            with self.cond:
+                self.check_error = e
+
+    def _read_settled(self, off: int, n: int) -> bytes:
+        end = min(off + n, self.size)
+        with self.cond:
+            while not self._settled(off, end):
+                if self.aborted:
+                    raise _Stopped
+                self.cond.wait()
+        return pread_full(self.fd, n, off)
+
+    def _settled(self, off: int, end: int) -> bool:
+        """Whether bytes [off, end) are on the disk (the footer's pieces come first)."""
+        return self.settled >= self.n_tail and (end <= self.prefix or off >= self.tail or self.prefix == self.tail)
+
+
+def _split(lo: int, hi: int) -> list[tuple[int, int]]:
+    return [(off, min(COPY_CHUNK, hi - off)) for off in range(lo, hi, COPY_CHUNK)]

@@ -1,0 +1,372 @@
+"""The write path: append records to an open shard on `write_ack` disks, fsync, then index.
+
+Rules (docs/design.md, "Durability"):
+- An index entry MUST only point at bytes that are fsynced on `write_ack` distinct disks:
+  a group of records is written to every replica, fdatasync'ed on every replica, and only
+  then committed to LMDB in one transaction.
+- A failing replica (ENOSPC, EIO, a vanished disk) never leaves a half-indexed record: the
+  uncommitted group is cut off every replica, the shard is sealed as it was at its last
+  commit, and the group is written again into a new shard on other disks.
+- A shard is sealed by writing its footer, fsyncing, renaming `.open` → `.shard` and
+  fsyncing the directory; a crash before that leaves an open shard that `recover_orphans`
+  seals (truncating any torn tail) the next time a writer opens the store.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from fsd.core import shardfmt as fmt
+from fsd.base.modes import FILE
+from fsd.core.index import ObjectLoc, ShardMeta
+
+if TYPE_CHECKING:
+    from fsd.core.disks import LocalDisk
+    from fsd.store import Store
+
+log = logging.getLogger(__name__)
+
+#: bytes buffered in memory before they are handed to the replicas' writer threads
+WRITE_CHUNK = 2 << 20
+#: writes queued per shard before the writer waits for the disks to catch up
+MAX_INFLIGHT = 16
+
+
+def new_shard_id() -> bytes:
+    """12 bytes: 6 of milliseconds since the epoch (so ids sort by age) and 6 random."""
+    return int(time.time() * 1000).to_bytes(6, "big") + os.urandom(6)
+
+
+class ReplicaFailed(Exception):
+    def __init__(self, disk: LocalDisk, err: OSError) -> None:
+        super().__init__(f"disk {disk.label}: {err.strerror or err}")
+        self.disk, self.err = disk, err
+
+
+@dataclass
+class _Pending:
+    sha: bytes
+    loc: ObjectLoc
+    payload: bytes | None  # None for streamed records (re-read from `source` on retry)
+    source: Path | None = None
+    digest: bytes = b""
+
+
+@dataclass
+class OpenShard:
+    """One shard being appended on its replica disks by this process."""
+
+    meta: ShardMeta
+    disks: list[LocalDisk]
+    sinks: list
+    lock_fd: int
+    pos: int = 0  # bytes handed to the sinks or the buffer
+    committed: int = 0  # bytes fsynced and indexed
+    buf: bytearray = field(default_factory=bytearray)
+    pending: list[_Pending] = field(default_factory=list)
+    pending_set: set[bytes] = field(default_factory=set)
+    #: committed records, for the footer, by payload offset: a commit adds its group in one
+    #: `dict.update` — done again after a Ctrl-C between two of its steps, it adds nothing twice
+    records: dict[int, fmt.RecordInfo] = field(default_factory=dict)
+    inflight: list = field(default_factory=list)  # (disk, future) of queued replica writes
+
+    @property
+    def hex(self) -> str:
+        return self.meta.hex
+
+
+class ShardWriter:
+    """Appends records for one class (raw or generated); used under the Store's write lock."""
+
+    def __init__(self, store: Store, klass: str) -> None:
+        self.store, self.klass = store, klass
+        self.shard: OpenShard | None = None
+        # one thread per disk: a replica's writes stay in order, the disks work in parallel
+        # and hashing the next files overlaps with writing the previous ones
+        self.lanes: dict[str, ThreadPoolExecutor] = {}
+        self.excluded: set[str] = set()  # disks that failed for this writer
+        self.committed_log: list[tuple[bytes, bool]] = []  # (sha, newly indexed) since last drain
+        self.log_written = False  # gc turns this on: it re-points the index itself
+        self.written_log: list[tuple[bytes, ObjectLoc]] = []  # (sha, where this writer put it)
+
+    # -- opening and sealing -------------------------------------------------------------
+    def _open(self, need: int) -> OpenShard:
+        st = self.store
+        while True:
+            disks = st.place(st.cfg.store.write_ack, max(need, st.shard_bytes), self.excluded)
+            sid = new_shard_id()
+            meta = ShardMeta(sid, self.klass, replicas=[d.uuid for d in disks])
+            lock_fd = _lock(st.lock_path(sid.hex()))
+            st.index.put_shard(meta)  # before any byte, so recovery can find an orphan
+            sinks = []
+            try:
+                header = fmt.encode_shard_header(fmt.ShardHeader(sid, fmt.CLASSES[self.klass]))
+                for d in disks:
+                    try:
+                        sinks.append(d.create(sid.hex()))
+                        sinks[-1].write(header)
+                    except OSError as e:
+                        raise ReplicaFailed(d, e) from e
+            except ReplicaFailed as f:
+                self._discard(meta, disks, sinks, lock_fd)
+                self.disk_failed(f)
+                continue
+            st.queue_changed(disks, +1)
+            return OpenShard(meta, disks, sinks, lock_fd, pos=len(header), committed=len(header))
+
+    def _discard(self, meta: ShardMeta, disks: list, sinks: list, lock_fd: int) -> None:
+        for s in sinks:
+            s.close()
+        for d in disks:
+            with contextlib.suppress(OSError):
+                d.delete(meta.hex)
+        self.store.index.drop_shard(meta.shard_id)
+        _unlock(self.store.lock_path(meta.hex), lock_fd)
+
+    def disk_failed(self, f: ReplicaFailed) -> None:
+        self.excluded.add(f.disk.uuid)
+        self.store.disk_error(f.disk, "write", f.err)
+
+    def seal(self) -> None:
+        """Write the footer and make the current shard immutable."""
+        sh = self.shard
+        if sh is None:
+            return
+        self.shard = None
+        self.store.queue_changed(sh.disks, -1)
+        if not sh.records:
+            self._discard(sh.meta, sh.disks, sh.sinks, sh.lock_fd)
+            return
+        # the body ends where its last committed record does, whatever `pos` or `committed` say:
+        # bytes of a record a Ctrl-C cut off between writing it and noting it as pending (it is
+        # in no group, so in no index entry) were sealed inside the body, one record more than
+        # the footer listed — `hoard verify` called every replica bad (W3-R)
+        records = [sh.records[off] for off in sorted(sh.records)]
+        end = sh.committed = records[-1].end
+        footer = fmt.encode_footer(records, end)
+        try:
+            self._on_all(sh, lambda s: (s.truncate(end), s.write(footer), s.sync()))
+        except ReplicaFailed as f:
+            # the records are committed and fsynced; recovery seals what remains readable
+            self.disk_failed(f)
+            for s in sh.sinks:
+                s.close()
+            return
+        for s in sh.sinks:
+            s.close()
+        survivors = []
+        for d in sh.disks:
+            try:
+                d.seal(sh.hex)
+                survivors.append(d)
+            except OSError as e:  # gone between the footer and the rename: seal the others
+                self.disk_failed(ReplicaFailed(d, e))
+        if not survivors:
+            return  # left open and locked until this process ends; recovery seals it then
+        sh.meta.sealed = True
+        sh.meta.size = end + len(footer)
+        sh.meta.replicas = [d.uuid for d in survivors]
+        self.store.index.put_shard(sh.meta, {d.uuid: sh.meta.size for d in survivors})
+        _unlock(self.store.lock_path(sh.hex), sh.lock_fd)
+
+    # -- appending -----------------------------------------------------------------------------
+    def append(self, sha: bytes, payload: bytes) -> ObjectLoc | None:
+        """Queue one record (small or medium: held in memory until committed)."""
+        if self.shard is not None and sha in self.shard.pending_set:
+            return  # already queued (a retry after a failed replica replayed it)
+        size = fmt.RECORD_HEADER_SIZE + len(payload)
+        sh = self._room_for(size)
+        loc = ObjectLoc(sh.meta.shard_id, sh.pos + fmt.RECORD_HEADER_SIZE, len(payload))
+        sh.buf += fmt.encode_record_header(sha, len(payload), fmt.xxh3(payload))
+        sh.buf += payload
+        sh.pos += size
+        sh.pending.append(_Pending(sha, loc, payload))
+        sh.pending_set.add(sha)
+        if len(sh.buf) >= WRITE_CHUNK:
+            self._write_buf(sh)
+        return loc
+
+    def _room_for(self, size: int) -> OpenShard:
+        sh = self.shard
+        if sh is not None and sh.pos + size > self.store.shard_bytes and sh.pos > fmt.SHARD_HEADER_SIZE:
+            self.commit()
+            self.seal()
+            sh = None
+        if sh is None:
+            sh = self.shard = self._open(size + fmt.SHARD_HEADER_SIZE)
+        return sh
+
+    def append_stream(self, sha: bytes, digest: bytes, length: int, chunks,
+                      source: Path | None = None) -> ObjectLoc | None:
+        """A big record written straight through from `chunks` (an iterable of bytes)."""
+        if self.shard is not None and sha in self.shard.pending_set:
+            return
+        size = fmt.RECORD_HEADER_SIZE + length
+        sh = self._room_for(size)
+        self._write_buf(sh)
+        loc = ObjectLoc(sh.meta.shard_id, sh.pos + fmt.RECORD_HEADER_SIZE, length)
+        hdr = fmt.encode_record_header(sha, length, digest)
+        self._submit(sh, lambda s: s.write(hdr))
+        for chunk in chunks:
+            self._submit(sh, lambda s, c=chunk: s.write(c))
+        self._drain(sh)
+        sh.pos += size
+        sh.pending.append(_Pending(sha, loc, None, source, digest))
+        sh.pending_set.add(sha)
+        return loc
+
+    def _write_buf(self, sh: OpenShard) -> None:
+        if sh.buf:
+            data, sh.buf = sh.buf, bytearray()
+            self._submit(sh, lambda s: s.write(data))
+
+    def _lane(self, disk: LocalDisk) -> ThreadPoolExecutor:
+        lane = self.lanes.get(disk.uuid)
+        if lane is None:
+            lane = self.lanes[disk.uuid] = ThreadPoolExecutor(1, thread_name_prefix=f"write-{disk.label}")
+        return lane
+
+    def _submit(self, sh: OpenShard, fn) -> None:
+        """Queue fn(sink) on every replica's lane; wait when too much is queued."""
+        sh.inflight += [(d, self._lane(d).submit(fn, s)) for d, s in zip(sh.disks, sh.sinks)]
+        if len(sh.inflight) >= MAX_INFLIGHT * len(sh.disks):
+            self._drain(sh)
+
+    def _drain(self, sh: OpenShard, raise_errors: bool = True) -> None:
+        """Wait for every queued write; the first OSError becomes ReplicaFailed."""
+        failure = None
+        for d, fut in sh.inflight:
+            try:
+                fut.result()
+            except OSError as e:
+                failure = failure or ReplicaFailed(d, e)
+        sh.inflight.clear()
+        if failure and raise_errors:
+            raise failure
+
+    def _on_all(self, sh: OpenShard, fn) -> None:
+        """Run fn(sink) on every replica after what is queued, and wait for all of it."""
+        self._submit(sh, fn)
+        self._drain(sh)
+
+    def drain_committed(self) -> list[tuple[bytes, bool]]:
+        out, self.committed_log = self.committed_log, []
+        return out
+
+    def drain_written(self) -> list[tuple[bytes, ObjectLoc]]:
+        """Every record committed since the last call, with its location — also those whose
+        sha256 the index already knew (gc copies live records and re-points the index itself)."""
+        out, self.written_log = self.written_log, []
+        return out
+
+    def pending_shas(self) -> set[bytes]:
+        return set(self.shard.pending_set) if self.shard else set()
+
+    def commit(self) -> None:
+        """fsync every replica, then index the pending records (see `drain_committed`)."""
+        sh = self.shard
+        if sh is None or not sh.pending:
+            return
+        self._write_buf(sh)
+        self._on_all(sh, lambda s: s.sync())
+        for d in sh.disks:  # bytes fsynced onto a disk that vanished meanwhile do not count
+            try:
+                d.check()
+            except OSError as e:
+                raise ReplicaFailed(d, e) from e
+        # Each step below leaves a state that a second commit (Store.close after a Ctrl-C in the
+        # middle of this one) completes without doubling anything: the group's records are added
+        # by offset, the index ignores objects it already holds, and the end is the group's last
+        # record's (never `pos`: a record cut off before it was noted as pending is not ours)
+        group = list(sh.pending)
+        end = group[-1].loc.offset + group[-1].loc.length
+        sh.meta.size = end
+        sh.meta.records = len(sh.records.keys() | {p.loc.offset for p in group})
+        added = self.store.index.add_objects([(p.sha, p.loc) for p in group], sh.meta)
+        sh.records.update({p.loc.offset: fmt.RecordInfo(p.sha, p.loc.offset, p.loc.length, b"") for p in group})
+        sh.committed = end
+        sh.pending.clear()
+        sh.pending_set.clear()
+        self.committed_log.extend((p.sha, a) for p, a in zip(group, added))
+        if self.log_written:
+            self.written_log.extend((p.sha, p.loc) for p in group)
+
+    def rollback(self) -> None:
+        """Drop the uncommitted group (e.g. a source that changed while being copied)."""
+        sh = self.shard
+        if sh is None:
+            return
+        self._drain(sh, raise_errors=False)
+        sh.pending.clear()
+        sh.pending_set.clear()
+        sh.buf.clear()
+        for s in sh.sinks:
+            s.truncate(sh.committed)
+        sh.pos = sh.committed
+
+    def abandon_group(self) -> list[_Pending]:
+        """After a ReplicaFailed: cut the uncommitted group off, seal the rest, return the group."""
+        sh = self.shard
+        assert sh is not None
+        self._drain(sh, raise_errors=False)
+        group = list(sh.pending)
+        sh.pending.clear()
+        sh.pending_set.clear()
+        sh.buf.clear()
+        for s in sh.sinks:
+            with contextlib.suppress(OSError):
+                s.truncate(sh.committed)
+        sh.pos = sh.committed
+        try:
+            self.seal()
+        except OSError:
+            self.shard = None
+        return group
+
+    def close(self) -> None:
+        for lane in self.lanes.values():
+            lane.shutdown(wait=True)
+
+
+def _lock(path: Path) -> int:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, FILE)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    return fd
+
+
+def try_lock(path: Path) -> int | None:
+    """The lock of an open shard if its writer is gone (None while a live writer holds it)."""
+    try:
+        return _lock(path)
+    except BlockingIOError:
+        return None
+
+
+def writer_alive(path: Path) -> bool:
+    """Whether a live process holds an open shard's lock (without taking or removing it)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+
+
+def _unlock(path: Path, fd: int) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+    os.close(fd)

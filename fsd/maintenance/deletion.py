@@ -1,0 +1,56 @@
+"""The store's side of the two kinds of deletion (the database's side is sql.deletion).
+
+* Type A — `hide`: the objects get a `hidden` mark; the mount stops showing them, selectors
+  (through the database flag) stop returning them; the bytes stay.
+* Type B — `drop_batch`: the batch is unregistered and every object only it referenced
+  (its manifest's files that no other batch or view names, and the manifest itself) gets a
+  tombstone; `hoard gc` then frees their bytes. Storing a tombstoned object again clears
+  its tombstone. An object `hoard put` acknowledged is a root and gets none.
+* Type B for a root — `release`: `hoard delete --object` takes the root away and tombstones
+  the object; gc frees it unless a batch, view, pin or database row still needs it.
+"""
+
+from __future__ import annotations
+
+from fsd.base.errors import ExitCode, HoardError
+from fsd.outputs.manifest import iter_files, naming_lock, references
+
+
+def hide(store, shas: list[bytes], reason: str) -> int:
+    return store.index.mark(store.index.hidden, shas, reason)
+
+
+def referenced_elsewhere(store, skip_batch: str) -> set[bytes]:
+    """sha256s named by every batch and view manifest except `skip_batch`'s (files and the
+    manifests' own objects)."""
+    return references(store, skip=("batch", skip_batch))
+
+
+def drop_batch(store, batch_id: str) -> tuple[int, int]:
+    """Tombstone what only this batch references; returns (tombstoned, kept because shared)."""
+    info = store.index.get_batch(batch_id)
+    if info is None:
+        raise HoardError(f"no ingested batch {batch_id!r} in the store; `ls <mount>/batches` lists them",
+                         ExitCode.USAGE)
+
+    mine = {sha for _path, sha, _size in iter_files(store.get, info["manifest"])}
+    with naming_lock(store):  # a view defined meanwhile is a reference seen here, or clears the mark after
+        # gc checks the roots again when it swaps (a `hoard put` may root one after this line)
+        shared = (mine & referenced_elsewhere(store, batch_id)) | store.index.marked_among(store.index.rooted, mine)
+        doomed = (mine - shared) | {bytes.fromhex(info["manifest"])}
+        n = store.index.mark(store.index.deleted, doomed, f"batch {batch_id} deleted")
+        store.register_batch(batch_id, None)
+    return n, len(shared)
+
+
+def release(store, shas: list[bytes], reason: str) -> tuple[int, int]:
+    """Take `hoard put`'s root off objects and tombstone them (`hoard delete --object`);
+    returns (released, tombstoned). The tombstone is a request: gc frees an object only if
+    no manifest, pin or database row references it when it swaps."""
+    shas = list(dict.fromkeys(shas))
+    unknown = [s.hex() for s in shas if store.index.lookup(s) is None]
+    if unknown:  # checked before anything changes: a typo must not half-apply a deletion
+        raise HoardError(f"no object {', '.join(unknown)} in the store; nothing was released (check the sha256: "
+                         "`hoard info PREFIX`)", ExitCode.DATA)
+    released = store.index.unmark(store.index.rooted, shas)
+    return released, store.index.mark(store.index.deleted, shas, reason)

@@ -1,0 +1,415 @@
+"""`hoard gc`: free the space of deleted objects by compacting shards.
+
+A sealed shard's *live ratio* is the payload of the records the index still points at —
+minus those tombstoned by a type-B delete — over the payload its records hold (`payload`:
+the size without framing, so a whole shard of small objects is 100 % live). Shards below the
+threshold are compacted, in this order (docs/design.md, "gc order"):
+
+1. **plan + reserve**: live bytes × replica target must fit in the disks' free space
+   (with one shard of slack per disk); the space is claimed with `fallocate`d reservation
+   files (`<disk>/tmp/gc-reserve`) so a concurrent ingest cannot take it; else refuse.
+2. **copy**: live records are read (verified) and appended to new shards by an ordinary
+   writer (fsync on `write_ack` disks), sealed, then replicated to the target.
+3. **swap** (one LMDB transaction): every live object that still points at an old shard
+   is pointed at its new copy; objects still tombstoned are dropped with their marks
+   (and 16 bytes of each kept in `dropped`, for the mount's by-hash numbers);
+   the old shard moves from `shards` to `retired`. An object whose tombstone was cleared
+   meanwhile (stored again) but was not copied keeps its old shard alive: that shard is
+   not retired this round.
+4. **delete**: the retired shards' replica files are removed, then the `retired` entry.
+
+A crash before 3 leaves unreferenced new shards (garbage for the next gc); after 3, the
+next run finishes step 4 first. Nothing the index points at is ever deleted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from fsd.core import shardfmt as fmt
+from fsd.base.errors import ExitCode, HoardError
+from fsd.base.units import fmt_bytes
+from fsd.core.disks import DiskGone
+from fsd.core.index import ObjectLoc, ShardMeta
+from fsd.core.layout import pinned
+from fsd.outputs.manifest import references
+from fsd.core.placement import Need, simulate, space_report
+from fsd.core.records import STREAM_THRESHOLD
+from fsd.io.replicate import _replicate
+from fsd.store import Store
+from fsd.io.writer import ReplicaFailed, ShardWriter
+
+log = logging.getLogger(__name__)
+
+RESERVE_NAME = "gc-reserve"
+
+
+class GcNoSpace(HoardError):
+    exit_code = ExitCode.NO_SPACE
+
+
+@dataclass
+class GcReport:
+    candidates: int = 0
+    compacted: int = 0
+    kept_back: int = 0  # an object was stored again meanwhile: retried next run
+    live_bytes_copied: int = 0
+    objects_dropped: int = 0
+    replicas_deleted: int = 0
+    bytes_freed: int = 0
+    bytes_written: int = 0  # the new shards' replica files (live data × its copies)
+    stale_cleared: int = 0  # chunk maps and extensions of objects not in the store
+    seconds: float = 0.0
+    plan: list[dict] = field(default_factory=list)
+
+
+Roots = Callable[[set[bytes]], set[bytes]]
+
+
+def referenced(store: Store, among: set[bytes], extra: Roots | None = None) -> set[bytes]:
+    """Which of `among` something still references *now*: a registered batch or view manifest
+    (and the manifest objects themselves), a root (`hoard put` acknowledged it), a pin (a job
+    between acknowledgement and manifest, see Store.pin), or — through `extra` (the CLI
+    passes the database's nodes) — a row.
+
+    Reachability is computed here, at gc time, not from marks set earlier: a tombstone only
+    says "someone asked to delete this"; an object is dropped only if it is tombstoned *and*
+    unreferenced when gc swaps."""
+    if not among:
+        return set()
+    refs = references(store, among) | store.index.marked_among(store.index.rooted, among)
+    pins, bad = pinned(store.cfg)
+    if bad:
+        raise HoardError(f"gc: pin files cannot be read ({'; '.join(bad)}); nothing was deleted — fix or remove "
+                         "them (each names the job that relies on objects)", ExitCode.DATA)
+    refs |= pins & among
+    if extra is not None:
+        refs |= extra(among - refs) & among
+    return refs
+
+
+def live_bytes(store: Store, dead: set[bytes]) -> tuple[dict[bytes, int], dict[bytes, list[bytes]]]:
+    """Per shard: live payload bytes, and every object pointing there (dead ones too)."""
+    live: dict[bytes, int] = {}
+    members: dict[bytes, list[bytes]] = {}
+    for sha, loc in store.index.iter_objects():
+        members.setdefault(loc.shard_id, []).append(sha)
+        if sha not in dead:
+            live[loc.shard_id] = live.get(loc.shard_id, 0) + loc.length
+    return live, members
+
+
+def payload(meta: ShardMeta) -> int:
+    """The bytes a sealed shard's records hold: its size without the shard header, the
+    trailer and each record's framing (header + footer entry, 128 bytes). Against the whole
+    size a shard of 1 KiB objects was ~89 % live with nothing deleted, and every gc with a
+    high threshold rewrote it again, for nothing."""
+    framing = fmt.SHARD_HEADER_SIZE + fmt.TRAILER_SIZE + meta.records * (fmt.RECORD_HEADER_SIZE + fmt.FOOTER_ENTRY_SIZE)
+    return max(meta.size - framing, 1)
+
+
+def plan(store: Store, threshold: float, dead: set[bytes]) -> list[tuple[ShardMeta, int, list[bytes]]]:
+    live, members = live_bytes(store, dead)
+    out = []
+    for meta in store.index.iter_shards():
+        if not meta.sealed or meta.size <= 0:
+            continue
+        got = live.get(meta.shard_id, 0)
+        if got / payload(meta) < threshold:
+            out.append((meta, got, members.get(meta.shard_id, [])))
+    return out
+
+
+def gc(store: Store, threshold: float = 0.5, dry_run: bool = False, roots: Roots | None = None,
+       wait_s: float = 0.0, progress: Callable[[int, int], None] | None = None) -> GcReport:
+    """Compact shards whose live share is below `threshold`. `roots(candidates)` names which
+    tombstoned objects something outside the store (the database) still references; they
+    are kept and their tombstones cleared. Holds the maintenance lock throughout and the
+    store lock exclusively while it decides what is unreferenced and swaps."""
+    with store.maintenance("gc", wait_s=wait_s):
+        return _gc(store, threshold, dry_run, roots, wait_s, progress)
+
+
+def _gc(store: Store, threshold: float, dry_run: bool, roots: Roots | None, wait_s: float,
+        progress: Callable[[int, int], None] | None = None) -> GcReport:
+    t0 = time.monotonic()
+    rep = GcReport()
+    rep.replicas_deleted, rep.bytes_freed = _finish_retired(store)  # a crashed run's step 4
+    if not dry_run:
+        rep.stale_cleared = _clear_stale(store)
+    tombstoned = store.index.marked(store.index.deleted)
+    wanted = referenced(store, tombstoned, roots)
+    if wanted and not dry_run:
+        store.index.unmark(store.index.deleted, wanted)  # referenced again: not deleted after all
+    dead = tombstoned - wanted
+    todo = plan(store, threshold, dead)
+    rep.candidates = len(todo)
+    rep.plan = [{"shard": m.hex, "size": m.size, "live": live, "ratio": round(live / payload(m), 3)}
+                for m, live, _ in todo]
+    if dry_run or not todo:
+        if not dry_run:
+            store.compact_marks()  # marks churn frees nothing, and the logs still grow
+        rep.seconds = time.monotonic() - t0
+        return rep
+    by_class: dict[str, list] = {}
+    for item in todo:
+        by_class.setdefault(item[0].klass, []).append(item)
+    for klass, items in by_class.items():
+        reservation = _reserve(store, klass, sum(live for _, live, _ in items))
+        try:
+            total = sum(live for _, live, _ in todo)
+            moved, written = _copy_live(store, klass, items, dead,
+                               (lambda n, base=rep.live_bytes_copied: progress(base + n, total)) if progress else None)
+        finally:
+            reservation.release()
+        rep.live_bytes_copied += sum(live for _, live, _ in items)
+        rep.bytes_written += written
+        with store.exclusive("gc swap", wait_s=max(wait_s, 60)):
+            # who references what is decided again now, with every writer stopped: objects
+            # stored again, pinned or named by a new manifest since the plan are kept
+            candidates = {sha for _, _, shas in items for sha in shas if sha not in moved}
+            still = referenced(store, candidates & store.index.marked(store.index.deleted), roots)
+            done, kept, dropped = _swap(store, items, moved, still)
+        rep.compacted += done
+        rep.kept_back += kept
+        rep.objects_dropped += dropped
+    deleted, freed = _finish_retired(store)
+    rep.replicas_deleted += deleted
+    rep.bytes_freed += freed
+    store.compact_marks()  # the drops above end the history of these objects' marks
+    rep.seconds = time.monotonic() - t0
+    return rep
+
+
+def _clear_stale(store: Store) -> int:
+    """Drop chunk maps and extensions of objects the store does not hold (a `hoard put` that
+    failed or was killed between recording an object's chunk map and storing it). They only
+    describe bytes, are in no marks log, and an object stored later learns its map again on
+    its first read (Store.chunk_map); the marks (deleted, hidden, root) are left to check."""
+    idx = store.index
+    cleared = 0
+    with idx.env.begin(write=True) as txn:
+        for db in (idx.chunks, idx.exts):
+            stale = [bytes(k) for k, _ in txn.cursor(db=db) if txn.get(bytes(k), db=idx.objects) is None]
+            for sha in stale:
+                txn.delete(sha, db=db)
+            cleared += len(stale)
+    return cleared
+
+
+# -- 1. reserve ------------------------------------------------------------------------------
+
+def _reserve(store: Store, klass: str, live: int) -> Reservation:
+    """Place the copies on paper first — the live bytes as new shards, each with the class's
+    replica target on distinct disks, a shard of slack left on every disk — and reserve what
+    each disk would take; refuse before anything is written when they do not fit."""
+    size, target, slack = store.shard_bytes, store.target(klass), store.shard_bytes
+    needs = [Need(min(size, live - off), target, what=f"new {klass} shard {i + 1}")
+             for i, off in enumerate(range(0, live, size))]
+    cands = store.candidates()
+    taken, unplaced = simulate(cands, needs, slack)
+    if unplaced:
+        raise GcNoSpace(f"gc needs room for {fmt_bytes(live * target)} of copies before it can free anything: "
+                        f"{space_report(cands, unplaced, slack)}; raise --threshold less (fewer shards), add a "
+                        "disk, or delete more first — nothing was changed")
+    res = Reservation(store)
+    try:
+        for u, nbytes in taken.items():
+            res.add(store.disks[u], nbytes)
+    except OSError as e:
+        res.release()
+        raise GcNoSpace(f"gc could not reserve {fmt_bytes(live * target)} ({e.strerror}); free space first") from None
+    return res
+
+
+class Reservation:
+    """Space set aside on the disks with `fallocate`d files (`<disk>/tmp/gc-reserve`), so a
+    concurrent ingest cannot take what gc's copies need. It is handed over piece by piece:
+    the store counts it as free for this process's own placement (Store.reservations), and
+    each shard or replica gc places on a disk shrinks that disk's file first."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.files: dict[str, tuple[str, int]] = {}  # disk uuid → (path, bytes still reserved)
+        store.reservations = self
+
+    def add(self, disk, nbytes: int) -> None:
+        path = disk.root / "tmp" / RESERVE_NAME
+        path.parent.mkdir(exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.posix_fallocate(fd, 0, nbytes)
+        finally:
+            os.close(fd)
+        self.files[disk.uuid] = (str(path), nbytes)
+
+    def remaining(self, uuid: str) -> int:
+        return self.files.get(uuid, ("", 0))[1]
+
+    def take(self, uuid: str, nbytes: int) -> None:
+        """Give `nbytes` of the disk's reservation back to the filesystem for a write about to happen."""
+        if uuid not in self.files:
+            return
+        path, left = self.files[uuid]
+        left = max(0, left - nbytes)
+        with contextlib.suppress(FileNotFoundError):
+            os.truncate(path, left)
+        self.files[uuid] = (path, left)
+
+    def release(self) -> None:
+        for path, _ in self.files.values():
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+        self.files.clear()
+        if self.store.reservations is self:
+            self.store.reservations = None
+
+
+# -- 2. copy ---------------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def _stopped_by_a_failing_disk(writer: ShardWriter):
+    """A disk the copies go to fails (vanishes, EIO, full): its state is recorded and gc stops
+    with a message naming it — nothing is freed until the copies are whole and indexed, so every
+    object is still where it was (a re-run writes to the other disks)."""
+    try:
+        yield
+    except ReplicaFailed as f:
+        writer.disk_failed(f)
+        raise HoardError(f"gc stopped: {f} (while live objects were copied out of sparse shards). Nothing was "
+                         "freed: every object is where it was. `hoard health` names the disk; run `hoard gc` "
+                         "again (it writes to the other disks)", ExitCode.UNAVAILABLE) from None
+
+
+def _copy_live(store: Store, klass: str, items, dead: set[bytes],
+               progress: Callable[[int], None] | None = None) -> tuple[dict[bytes, ObjectLoc], int]:
+    """Append every live record of the candidates to new shards; return sha → new location,
+    and the bytes of the new shards' replica files (each shard's size × its copies)."""
+    writer = ShardWriter(store, klass)
+    writer.log_written = True
+    moved: dict[bytes, ObjectLoc] = {}
+    copied = 0
+    try:
+        with store.lock, _stopped_by_a_failing_disk(writer):
+            for meta, _live, shas in items:
+                for sha in shas:
+                    if sha in dead:
+                        continue
+                    loc = store.index.lookup(sha)
+                    if loc is not None and loc.length > STREAM_THRESHOLD:  # streamed: never whole in memory
+                        writer.append_stream(sha, store.record_digest(sha), loc.length, store.iter_object(sha))
+                        writer.commit()
+                        n = loc.length
+                    else:
+                        data = store.get(sha.hex())  # verified, from any good replica
+                        writer.append(sha, data)
+                        n = len(data)
+                    copied += n
+                    if progress:
+                        progress(copied)
+                    if writer.shard and len(writer.shard.pending) >= 256:
+                        writer.commit()
+                        moved.update(writer.drain_written())
+                writer.commit()
+                moved.update(writer.drain_written())
+            writer.seal()
+    finally:
+        writer.close()
+    new_shards = {loc.shard_id for loc in moved.values()}
+    for _ in range(3):  # bring the copies to the replica target before the old ones go
+        _replicate(store, budget_s=3600, rate_mb_s=None)
+        short = [s for s in new_shards if len((store.index.get_shard(s) or ShardMeta(s, klass)).replicas)
+                 < store.target(klass)]
+        if not short:
+            break
+    else:
+        raise HoardError(f"gc: {len(short)} new shards stay below {store.target(klass)} replicas; nothing was "
+                         "deleted — see `hoard health`", ExitCode.UNAVAILABLE)
+    metas = [m for s in new_shards if (m := store.index.get_shard(s)) is not None]
+    return moved, sum(m.size * len(m.replicas) for m in metas)
+
+
+# -- 3. swap ---------------------------------------------------------------------------------
+
+def _swap(store: Store, items, moved: dict[bytes, ObjectLoc], referenced_now: set[bytes]) -> tuple[int, int, int]:
+    """One write transaction with point lookups of each candidate shard's members (known from
+    the plan: a sealed shard gains no objects), never a scan of the whole index."""
+    idx = store.index
+    done = kept = dropped = 0
+    gone: list[bytes] = []
+    with idx.env.begin(write=True) as txn:
+        for meta, _live, shas in items:
+            sid = meta.shard_id
+            here = [sha for sha in shas if (v := txn.get(sha, db=idx.objects)) is not None and bytes(v[:12]) == sid]
+            drop = [sha for sha in here if sha not in moved]
+            if any(txn.get(sha, db=idx.deleted) is None or txn.get(sha, db=idx.rooted) is not None
+                   or sha in referenced_now for sha in drop):
+                kept += 1  # wanted again since the plan and not copied: keep the shard this round
+                continue
+            for sha in here:
+                if sha in moved:
+                    txn.put(sha, moved[sha].pack(), db=idx.objects)
+            for sha in drop:
+                txn.delete(sha, db=idx.objects)
+                for db in (idx.deleted, idx.hidden, idx.rooted, idx.exts, idx.chunks):
+                    txn.delete(sha, db=db)
+                dropped += 1
+            current = txn.get(sid, db=idx.shards)
+            if current is not None:
+                txn.put(sid, current, db=idx.retired)
+                txn.delete(sid, db=idx.shards)
+            done += 1
+            gone.extend(drop)
+        idx.note_dropped(txn, gone)  # (the mount's by-hash numbers: Index.sole_owner)
+        idx.log_in(txn, "drop", gone)  # an object stored anew later must not get the old marks back
+    return done, kept, dropped
+
+
+# -- 4. delete --------------------------------------------------------------------------------
+
+def _finish_retired(store: Store) -> tuple[int, int]:
+    idx = store.index
+    with idx.env.begin(db=idx.retired) as txn:
+        retired = [(bytes(k), bytes(v)) for k, v in txn.cursor()]
+    deleted = freed = 0
+    for sid, raw in retired:
+        meta = ShardMeta.from_json(sid, raw)  # IndexDamaged if malformed (exit 5, names the rebuild)
+        remaining, removed = [], {}
+        for uuid in meta.replicas:
+            disk = store.disks.get(uuid)
+            if disk is None or not store.usable(uuid):
+                remaining.append(uuid)  # a missing disk keeps its copy until it is back or replaced
+                continue
+            try:
+                try:
+                    size = disk.size(meta.hex)
+                except FileNotFoundError:
+                    disk.check()  # gone already (an earlier run deleted it) — unless the disk itself is gone
+                else:
+                    disk.delete(meta.hex)  # DiskGone if it dropped off since the size: not counted
+                    deleted += 1
+                    freed += size
+            except DiskGone as e:
+                log.warning("gc: shard %s on %s kept for later: %s", meta.hex, disk.label, e)
+                remaining.append(uuid)
+                continue
+            except OSError as e:
+                log.warning("gc: cannot delete shard %s on %s: %s", meta.hex, disk.label, e)
+                remaining.append(uuid)
+                continue
+            removed[uuid] = -meta.size  # what sealing or copying it counted, whatever run deleted it
+        with idx.env.begin(write=True) as txn:
+            idx._adjust_used(txn, removed)  # with the record of the replicas left: counted once
+            if remaining:
+                meta.replicas = remaining
+                txn.put(sid, meta.to_json(), db=idx.retired)
+            else:
+                txn.delete(sid, db=idx.retired)
+                txn.delete(sid, db=idx.shards)
+    return deleted, freed
+

@@ -1,0 +1,162 @@
+"""`hoard verify --orphans`: shard files no index entry names, found and set aside — never lost.
+
+A shard file is an orphan when neither the index's `shards` nor its `retired` table lists
+that disk as holding a replica of it. Races and crashes leave them: a copy renamed into
+`shards/` whose index update never came, a replica recovery set aside, a shard of a gc run
+that died before its swap. The sweep, holding the maintenance lock (no replicate, rebuild or
+gc is moving files meanwhile):
+
+* leaves alone a file younger than the grace period (its writer may be about to index it)
+  and an `.open` file whose writer holds its lock;
+* never moves a file that holds an object the index does not know anywhere — after an
+  index loss it may be the only copy: it is reported ("run `hoard index rebuild`");
+* moves every other orphan aside to `<disk>/orphans/` (a rename: no byte is lost);
+* removes stale files in `<disk>/tmp/` (copies in progress that never finished, a gc
+  reservation whose gc died) — they are never named by the index;
+* with `repair`, deletes what has been aside in `orphans/` for longer than the grace.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import stat
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from fsd.core import shardfmt as fmt
+from fsd.core.disks import pread_full
+from fsd.core.index import ShardMeta
+from fsd.io.recovery import ORPHANS_DIR, set_aside
+from fsd.maintenance.reindex import PLANTED
+from fsd.io.writer import writer_alive
+
+if TYPE_CHECKING:
+    from fsd.core.disks import LocalDisk
+    from fsd.store import Store
+
+#: a file must be at least this old before the sweep touches it
+DEFAULT_GRACE_S = 24 * 3600
+
+
+@dataclass
+class OrphanReport:
+    found: int = 0
+    bytes: int = 0
+    set_aside: list[str] = field(default_factory=list)
+    too_young: int = 0
+    writer_alive: int = 0
+    unindexed: list[str] = field(default_factory=list)  # orphans holding objects the index lacks: kept
+    tmp_removed: int = 0
+    deleted: list[str] = field(default_factory=list)  # with repair: aside for longer than the grace
+    bytes_deleted: int = 0
+    seconds: float = 0.0
+
+
+def named_replicas(store: Store) -> set[tuple[str, str]]:
+    """(shard hex, disk uuid) for every replica the index names, live or retired."""
+    names = {(m.hex, u) for m in store.index.iter_shards() for u in m.replicas}
+    with store.index.env.begin(db=store.index.retired) as txn:
+        for k, v in txn.cursor():
+            names |= {(bytes(k).hex(), u) for u in ShardMeta.from_json(bytes(k), bytes(v)).replicas}
+    return names
+
+
+def shard_files(disk: LocalDisk) -> list:
+    shards = disk.root / "shards"
+    return sorted(p for p in shards.glob("*/*") if p.suffix in (".shard", ".open")) if shards.is_dir() else []
+
+
+def records_of(path) -> list[fmt.RecordInfo]:
+    """The records a shard file holds: its footer if sealed, else the verified prefix — also for
+    a `.shard` whose footer does not decode (its records are each checked on their own: taken
+    for unreadable, it was set aside and deleted while it held objects the index lacked)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # a FIFO planted there must not hang the sweep
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", str(path))
+        size = os.fstat(fd).st_size
+        read = lambda off, n: pread_full(fd, n, off)  # noqa: E731
+        if path.suffix == ".shard":
+            with contextlib.suppress(fmt.FooterMismatch):
+                found = fmt.decode_footer(read, size)
+                if found is not None:
+                    return found
+        out = []
+        try:
+            out.extend(fmt.scan_records(read, size, sealed=False))
+        except fmt.ShardFormatError:
+            pass
+        return out
+    finally:
+        os.close(fd)
+
+
+def sweep(store: Store, repair: bool = False, grace_s: float = DEFAULT_GRACE_S) -> OrphanReport:
+    with store.maintenance("verify --orphans"):
+        return _sweep(store, repair, grace_s)
+
+
+def _sweep(store: Store, repair: bool, grace_s: float) -> OrphanReport:
+    rep = OrphanReport()
+    t0 = time.monotonic()
+    now = time.time()
+    named = named_replicas(store)
+    for uuid, disk in store.disks.items():
+        if not store.usable(uuid):
+            continue
+        for path in shard_files(disk):
+            shard_hex = path.stem
+            if (shard_hex, uuid) in named:
+                continue
+            try:
+                st = path.stat()
+            except FileNotFoundError:  # a symbolic link to nothing (planted): an orphan to set aside
+                if not os.path.islink(path):
+                    continue  # gone since the listing
+                st = path.lstat()
+            rep.found += 1
+            rep.bytes += st.st_size
+            if now - st.st_mtime < grace_s:
+                rep.too_young += 1
+                continue
+            if path.suffix == ".open" and writer_alive(store.lock_path(shard_hex)):
+                rep.writer_alive += 1
+                continue
+            try:
+                unknown = [r for r in records_of(path) if store.index.lookup(r.sha256) is None]
+            except fmt.ShardFormatError:
+                unknown = []  # not a shard: nothing in it can be read; set it aside
+            except OSError as e:
+                if isinstance(e, FileNotFoundError) and not os.path.islink(path):
+                    continue  # gone since the listing
+                if e.errno not in PLANTED and not os.path.islink(path):
+                    # EIO: it may hold the only copy of objects, and read again after a reset
+                    rep.unindexed.append(f"{path} does not read ({e.strerror or e}): it may hold objects no other "
+                                         f"copy has — it is kept; check disk {disk.label} (`hoard health`, dmesg)")
+                    continue
+                unknown = []  # planted (a FIFO, a directory, a link to nothing): set it aside
+            if unknown:
+                rep.unindexed.append(f"{path} holds {len(unknown)} objects the index does not know (e.g. "
+                                     f"{unknown[0].sha256.hex()}): run `hoard index rebuild` — it is kept")
+                continue
+            rep.set_aside.append(set_aside(disk, shard_hex, "no index entry names it", path))
+        tmp = disk.root / "tmp"
+        for p in sorted(tmp.iterdir()) if tmp.is_dir() else []:
+            if p.is_file() and (now - p.stat().st_mtime >= grace_s or p.name == "gc-reserve"):
+                p.unlink(missing_ok=True)  # nothing names a file in tmp/; under the lock no job uses it
+                rep.tmp_removed += 1
+        aside = disk.root / ORPHANS_DIR
+        if repair and aside.is_dir():
+            for p in sorted(aside.iterdir()):
+                st = p.lstat()  # (a link planted in shards/ and set aside is removed, not its target)
+                if stat.S_ISDIR(st.st_mode):
+                    continue  # a directory planted in shards/: not ours to delete with what it holds
+                if now - st.st_mtime >= grace_s:
+                    p.unlink()
+                    rep.deleted.append(str(p))
+                    rep.bytes_deleted += st.st_size
+    rep.seconds = time.monotonic() - t0
+    return rep

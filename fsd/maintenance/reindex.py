@@ -1,0 +1,614 @@
+"""`hoard index rebuild`: reconstruct the LMDB index from the disks alone (seed table 01B).
+
+The shards are self-describing (docs/design.md): each disk's identity file names the disk,
+each sealed shard's footer lists its records, an open shard's records are found by
+scanning. The new index is built beside the old one and swapped in by rename; the old one
+is kept as `<index>.old-<time>`. Run it with the store idle (no writer, no mount).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import logging
+import os
+import shutil
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import lmdb
+
+from fsd.core import marks, pointers
+from fsd.core import shardfmt as fmt
+from fsd.core import storelock
+from fsd.base.config import Settings
+from fsd.base.errors import ExitCode, HoardError
+from fsd.base.files import fsync_dir, size_or_zero
+from fsd.core.disks import DiskRecord, DiskState, drop_cache, pread_full, read_identity
+from fsd.core.index import Index, ObjectLoc, ShardMeta
+from fsd.core.layout import BATCHES_DIR, FORGOTTEN, MARKS_DIR, VIEWS_DIR, check_ssd, lock_root
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class IndexRebuildReport:
+    disks: int = 0
+    shards: int = 0
+    replicas: int = 0
+    objects: int = 0
+    open_shards: int = 0
+    batches: int = 0
+    hidden: int = 0  # type-A marks replayed from marks/
+    deleted: int = 0  # type-B tombstones replayed from marks/
+    rooted: int = 0  # roots (objects `hoard put` acknowledged) replayed from marks/
+    damaged: list[str] = field(default_factory=list)  # replica files that could not be used
+    skipped_disks: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def _reader(path: Path):
+    """(fd, read(offset, n)) of a shard file; OSError(EINVAL) if it is not a regular file (a
+    FIFO planted in `shards/` would block the rebuild for good)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        marks.regular(fd, path)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, (lambda off, n: pread_full(fd, n, off))
+
+
+@contextlib.contextmanager
+def _store_idle(cfg: Settings, what: str) -> Iterator[str]:
+    """Both store locks held exclusively: no writer, worker or mount uses the index while it is
+    swapped (objects acknowledged after the scan would vanish from the new index). Yields the
+    SSD's uuid (a new SSD gets its identity: rebuilding onto it is how a lost SSD is replaced)."""
+    ssd_uuid = check_ssd(cfg, init=True)
+    with storelock.exclusive(lock_root(cfg), what), storelock.exclusive(lock_root(cfg), what, storelock.READERS):
+        yield ssd_uuid
+
+
+def _set_aside(target: Path) -> None:
+    """Rename the current index to `<name>.old-<time>` (a free name, even within one second)."""
+    if not target.exists():
+        return
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    aside = target.with_name(f"{target.name}.old-{stamp}")
+    n = 1
+    while aside.exists():
+        n += 1
+        aside = target.with_name(f"{target.name}.old-{stamp}-{n}")
+    os.rename(target, aside)
+
+
+def rebuild_index(cfg: Settings, progress: Callable[[int, int], None] | None = None,
+                  without: Iterable[str] = ()) -> IndexRebuildReport:
+    """Build the index from the disks and swap it in; refuses while anything uses the store,
+    and while a configured disk cannot be read unless it is named in `without`.
+    `progress(bytes_read, bytes_to_read)` as shard files are read."""
+    with _store_idle(cfg, "index rebuild") as ssd_uuid:
+        rep = _rebuild_index(cfg, ssd_uuid, progress, without=frozenset(without))
+    _seed_marks(cfg)
+    return rep
+
+
+def _seed_marks(cfg: Settings) -> None:
+    """The rebuilt index knows no disk's log to be complete: the first writer gives every disk
+    a snapshot of the replayed marks — done here, so the disks agree with it at once."""
+    from fsd.store import Store  # deferred: fsd.store imports this module's siblings
+
+    try:
+        Store.open(cfg).close()
+    except HoardError as e:  # the rebuild stands; the next writer seeds the logs
+        log.warning("marks logs not rewritten after the rebuild: %s", e.message)
+
+
+def _disks_to_read(cfg: Settings, without: frozenset[str], rep: IndexRebuildReport) -> list[tuple[Any, dict]]:
+    """(disk, its identity) of every configured disk the rebuild reads. A disk whose identity
+    cannot be read is not left out quietly: its shards would be missing from the new index,
+    and the store refuses a disk its index does not know when it is back — the rebuild
+    refuses unless the user names it in `without`."""
+    unknown = sorted(without - {dc.label for dc in cfg.disks})
+    if unknown:
+        raise HoardError(f"--without {', '.join(unknown)}: no such disk in the configuration "
+                         f"(disks: {', '.join(dc.label for dc in cfg.disks)})", ExitCode.USAGE)
+    found, missing = [], []
+    for dc in cfg.disks:
+        ident = read_identity(dc.path) if dc.path.is_dir() else None
+        # (an unreadable marker is no marker: an EIO there once left a live disk out as "forgotten")
+        forgotten = read_identity(dc.path, FORGOTTEN) if ident and ident.get("uuid") else None
+        if dc.label in without:
+            rep.skipped_disks.append(f"{dc.label}: left out (--without {dc.label})")
+        elif not ident or not ident.get("uuid"):
+            why = ident["error"] if ident else f"no disk identity at {dc.path}"
+            missing.append((dc.label, f"disk {dc.label}: {why}"))
+        elif forgotten and not forgotten.get("uuid"):
+            missing.append((dc.label, f"disk {dc.label}: {forgotten['error']}"))
+        elif forgotten:  # its shards were re-homed; what is left there is stale
+            rep.skipped_disks.append(f"{dc.label}: forgotten by `hoard disks forget`; remove it from the config")
+        else:
+            found.append((dc, ident))
+    if missing:
+        labels = " ".join(f"--without {label}" for label, _ in missing)
+        raise HoardError(f"{'; '.join(why for _, why in missing)} (not mounted, or dead?). Nothing changed: the "
+                         f"index is as it was. Mount the disk and run `hoard index rebuild` again; to rebuild from "
+                         f"the other disks alone, run `hoard index rebuild {labels}` (its shards are then not in "
+                         "the index: a rebuild with the disk back adds them)", ExitCode.UNAVAILABLE)
+    return found
+
+
+def _still_there(disks: list[tuple[Any, dict]]) -> None:
+    """Every disk read still answers with the identity it had: one that vanished during the
+    scan gave errors or an empty directory, not its shards (checked before the swap)."""
+    for dc, had in disks:
+        ident = read_identity(dc.path) if dc.path.is_dir() else None
+        if not ident or ident.get("uuid") != had["uuid"]:
+            raise _went_away(dc, "its identity no longer reads")
+
+
+#: what opening or reading a file planted in a disk's folders answers (a FIFO or a directory:
+#: `marks.regular`'s EINVAL; a loop of links): damage to name. Any other error reading a shard,
+#: a marks log or a pointer (EIO) is a disk that does not read — the rebuild stops: a shard
+#: file taken as damage left its objects out of the new index when no other disk had them,
+#: and `hoard verify --orphans --repair` then deleted the only copy as an orphan.
+PLANTED = frozenset({errno.EINVAL, errno.ELOOP, errno.EISDIR})
+
+
+def _went_away(dc: Any, how: str) -> HoardError:
+    return HoardError(f"disk {dc.label} at {dc.path} went away or stopped reading during the index rebuild ({how}): "
+                      "the scan may have missed what it holds (shards, marks, view and batch pointers). Nothing changed: the index is as it was. When the disk "
+                      f"reads again, run `hoard index rebuild` again (or `hoard index rebuild --without {dc.label}` "
+                      "to leave it out; `hoard health` after, and `hoard disks replace` for a dying disk)",
+                      ExitCode.UNAVAILABLE)
+
+
+def _listing(dc: Any, folder: str, pattern: str) -> list[Path]:
+    """The paths under the disk's `folder` that match `pattern`, sorted. A listing that fails
+    (EIO: chaos seed 1101) is a disk that does not read, not a traceback and not an empty folder."""
+    try:
+        return sorted((dc.path / folder).glob(pattern))
+    except OSError as e:
+        raise _went_away(dc, f"listing {folder}/: {e.strerror or e}") from None
+
+
+def _shard_files(dc: Any) -> list[Path]:
+    return [p for p in _listing(dc, "shards", "*/*") if p.suffix in (".shard", ".open")]
+
+
+def _rebuild_index(cfg: Settings, ssd_uuid: str, progress: Callable[[int, int], None] | None = None,
+                   backup: Path | None = None, without: frozenset[str] = frozenset()) -> IndexRebuildReport:
+    rep = IndexRebuildReport()
+    t0 = time.monotonic()
+    disks = _disks_to_read(cfg, without, rep)
+    target = cfg.index_dir
+    work = target.with_name(target.name + ".rebuild")
+    shutil.rmtree(work, ignore_errors=True)
+    try:
+        _build(cfg, disks, work, ssd_uuid, target, rep, progress, backup)
+        _still_there(disks)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    _set_aside(target)
+    os.rename(work, target)
+    rep.seconds = time.monotonic() - t0
+    return rep
+
+
+def _build(cfg: Settings, disks: list[tuple[Any, dict]], work: Path, ssd_uuid: str, target: Path,
+           rep: IndexRebuildReport, progress: Callable[[int, int], None] | None, backup: Path | None) -> None:
+    """The new index at `work`, from `disks`."""
+    index = Index(work)
+    index.set_meta("ssd_uuid", ssd_uuid)
+    copies: dict[bytes, list[_Copy]] = {}  # shard id → its replica files, in the order they were read
+    shards: dict[bytes, ShardMeta] = {}
+    objects: dict[bytes, ObjectLoc] = {}
+    found_pointers: dict[str, dict] = {}  # rel path → the newest pointer of that name
+    files = {dc.label: _shard_files(dc) for dc, _ in disks}
+    total = sum(size_or_zero(p) for fs in files.values() for p in fs)
+    done = 0
+    logs: list[marks.DiskLog] = []  # each disk's marks log: replayed as the disks agree (marks.agree)
+    kept_states = _old_disk_states(backup or target)
+    found_disks: list[DiskRecord] = []
+    try:
+        for dc, ident in disks:
+            uuid = ident["uuid"]
+            for path in files[dc.label]:
+                if progress:
+                    done += size_or_zero(path)
+                    progress(done, total)
+                try:
+                    meta, records, damage = _read_shard(path)
+                except FileNotFoundError:  # listed a moment ago, the store idle: the disk is not what it was
+                    if os.path.islink(path):  # (unless it is a symbolic link to nothing: planted)
+                        rep.damaged.append(f"replica {path}: a symbolic link to nothing ({os.readlink(path)})")
+                        continue
+                    raise _went_away(dc, f"{path} was listed, then not found") from None
+                except OSError as e:
+                    if e.errno not in PLANTED:  # its objects may be on no other disk: not damage to skip
+                        raise _went_away(dc, f"reading {path}: {e.strerror or e}") from None
+                    rep.damaged.append(f"replica {path}: {e}")
+                    continue
+                except fmt.ShardFormatError as e:
+                    rep.damaged.append(f"replica {path}: {e}")
+                    continue
+                copies.setdefault(meta.shard_id, []).append(_Copy(uuid, path, meta, records, damage))
+            _read_pointers(dc, found_pointers, rep)
+            logs.append(_read_marks(dc, rep))
+            # a failed or draining disk stays so (a user's or rebuild's decision, as Store.open keeps it)
+            state, reason = kept_states.get(uuid, (DiskState.ACTIVE, ""))
+            found_disks.append(DiskRecord(uuid, dc.label, str(dc.path), state, ident.get("created", ""), reason=reason))
+            rep.disks += 1
+        for sid, found in copies.items():
+            meta, records = _resolve(found, rep)
+            shards[sid] = meta
+            for r in records:
+                objects.setdefault(r.sha256, ObjectLoc(sid, r.offset, r.length))
+        for meta in shards.values():
+            index.put_shard(meta)
+        # a disk's used bytes as `hoard check` counts them: the recorded size of each sealed
+        # shard it holds (a replica file's own size may differ: a longer copy, an open shard)
+        for rec in found_disks:
+            rec.used_bytes = sum(m.size for m in shards.values() if m.sealed and rec.uuid in m.replicas)
+            index.put_disk(rec)
+        items = sorted(objects.items())
+        for i in range(0, len(items), 50_000):
+            index.add_objects(items[i:i + 50_000])
+        rep.batches = _name_pointers(index, found_pointers, set(objects), rep, backup)
+        found_marks, disputed = marks.agree(logs)
+        for (stamp, op, sha), label in disputed[:20]:
+            rep.damaged.append(f"marks log on {label}: `{op}` of {sha} (stamp {stamp}) is on that disk alone, and "
+                               "another disk that took records then lacks it: not obeyed (the object is kept)")
+        if len(disputed) > 20:
+            rep.damaged.append(f"marks logs: {len(disputed) - 20} more such records not obeyed")
+        final = marks.replay(found_marks)
+        for table in marks.TABLES:
+            setattr(rep, table, index.mark(getattr(index, table), final[table],
+                                           "restored from marks/ by an index rebuild"))
+        # the disks whose log holds the newest record are current; the others get a snapshot
+        # when a writer next opens the store (Store.catch_up_marks)
+        last = max([lg.end for lg in logs] + [max(lg.resets) for lg in logs if lg.resets] + [0])
+        index.set_marks_stamp(last)
+        if backup is not None:
+            try:
+                _merge_backup(index, backup, objects.keys(), shards.keys())
+            except lmdb.Error as e:  # a copy damaged inside: the disks' part stands on its own
+                rep.damaged.append(f"index copy: {e}; the index is rebuilt without its disk states and events")
+        rep.shards, rep.objects = len(shards), len(objects)
+    finally:
+        index.close()
+
+
+
+@dataclass
+class _Copy:
+    """One replica file of a shard, as read."""
+
+    uuid: str
+    path: Path
+    meta: ShardMeta
+    records: list[fmt.RecordInfo]
+    damage: str = ""  # a `.shard` whose footer does not decode: read as an open copy (its verified records)
+
+
+def _resolve(found: list[_Copy], rep: IndexRebuildReport) -> tuple[ShardMeta, list[fmt.RecordInfo]]:
+    """A shard's metadata and records from its replica files. A sealed copy makes the shard
+    sealed, and its replicas are the sealed copies only: an `.open` file beside them is what a
+    writer left on a disk that dropped out before the seal (it may lack the last groups) —
+    counted as a replica it made the shard "open" with the sealed size as its acknowledged
+    end, which no copy could reach (recovery left it open for good; chaos seed 803). It is
+    reported, and `hoard verify --orphans` sets it aside. A shard with open copies only (its
+    writer died) is open, acknowledged up to its longest verified copy: the next writer's
+    recovery keeps every copy that reaches it and sets a shorter one aside — never cuts the
+    longer one down to a torn copy's end.
+
+    A `.shard` copy whose footer does not decode (bit rot in its last sector) still holds its
+    records, each checked on its own: it counts as an open copy, so when no sealed copy is
+    whole its records are indexed and the next writer's recovery seals it again. Skipped, its
+    objects were gone from the index — with a stale `.open` copy beside it, the shard was
+    made of that copy's first records alone, and a later copy renamed over the damaged file."""
+    sealed = [c for c in found if c.meta.sealed]
+    use = sealed or found
+    for c in found:
+        if c.damage and not sealed:
+            rep.damaged.append(f"replica {c.path}: {c.damage}; its {len(c.records)} verified records are indexed "
+                               "as an open copy's — the next writer's recovery seals it again")
+        elif c.damage:
+            rep.damaged.append(f"replica {c.path}: {c.damage}; not counted (shard {c.meta.hex} is whole on another "
+                               "disk) — `hoard verify --orphans --repair` sets it aside")
+        elif sealed and not c.meta.sealed:
+            rep.damaged.append(f"replica {c.path}: an open copy of shard {c.meta.hex}, sealed on another disk "
+                               "(left when its disk dropped out during the write); not counted — `hoard verify "
+                               "--orphans --repair` sets it aside")
+    best = max(use, key=lambda c: (c.meta.size, len(c.records)))
+    meta = ShardMeta(best.meta.shard_id, best.meta.klass, best.meta.size, bool(sealed), [], len(best.records),
+                     best.meta.created)
+    if not sealed:  # the end recovery must find on a copy to keep it: the longest verified prefix
+        meta.size = max((c.records[-1].end for c in found if c.records), default=0)
+        rep.open_shards += 1
+    for c in use:
+        if c.uuid not in meta.replicas:
+            meta.replicas.append(c.uuid)
+            rep.replicas += 1
+    return meta, best.records
+
+
+def _old_disk_states(target: Path) -> dict[str, tuple[DiskState, str]]:
+    """uuid → (state, reason) of the disks the old index marked failed or draining; empty when
+    there is no old index or it cannot be read (the SSD was lost: that is what rebuild is for)."""
+    if not (target / "data.mdb").is_file():
+        return {}
+    try:
+        old = Index(target, readonly=True)
+    except lmdb.Error:
+        return {}
+    # a malformed record (what `hoard check` sends the user here for) is left behind
+    old.damaged = lambda e: log.warning("a disk state the old index held is not kept: %s", e.what)
+    try:
+        return {r.uuid: (r.state, r.reason) for r in old.get_disks()
+                if r.state in (DiskState.FAILED, DiskState.DRAINING)}
+    except lmdb.Error:
+        return {}
+    finally:
+        old.close()
+
+
+def _read_pointers(dc: Any, found: dict[str, dict], rep: IndexRebuildReport) -> None:
+    """Add the disk's batch and view pointers to `found` where they are newer than what it
+    holds (a disk that was failed or absent may hold an older one). One that does not read as
+    a pointer (planted, or damaged: its checksum) is damage to name; one that does not read
+    (EIO) stops the rebuild: the newest pointer may be this disk's alone (a removal too)."""
+    paths = [(pointers.rel(folder, p.stem), p) for folder in pointers.KINDS for p in _listing(dc, folder, "*.json")]
+    paths += [(key, dc.path / key) for key in pointers.ROOT_FILES if os.path.lexists(dc.path / key)]
+    for key, path in paths:
+        if pointers.foreign_name(path):
+            rep.damaged.append(f"{pointers.shown(path)}: a name the store never writes (not UTF-8, or no batch or "
+                               "view name): not a pointer, not registered")
+            continue
+        try:
+            doc = pointers.decode(pointers.read(path), key)
+        except FileNotFoundError:  # listed a moment ago, the store idle
+            raise _went_away(dc, f"{path} was listed, then not found") from None
+        except OSError as e:
+            if e.errno not in PLANTED:
+                raise _went_away(dc, f"reading {path}: {e.strerror or e}") from None
+            rep.damaged.append(f"{path}: {e.strerror}")  # planted: a directory, a FIFO, a link
+            continue
+        except ValueError as e:
+            rep.damaged.append(f"{path}: {e}")
+            continue
+        _newer(found, key, doc)
+
+
+def _newer(found: dict[str, dict], key: str, doc: dict) -> None:
+    """Keep `doc` as the pointer of `key` if its stamp is at least that of the one held."""
+    if doc.get(pointers.STAMP, 0) >= found.get(key, {}).get(pointers.STAMP, -1):
+        found[key] = doc
+
+
+def _copy_pointers(backup: Path) -> dict[str, dict]:
+    """The pointers an index copy holds (its `pointers` table; a copy from before that table:
+    its batches and views, stamped 0 — any pointer on a disk is newer)."""
+    old = Index(backup, readonly=True)
+    try:
+        if old.pointers is not None:
+            return {key: pointers.decode(body, key) for key, body in old.pointer_bodies()[1].items()}
+        return {pointers.rel(folder, name): {**info, pointers.STAMP: 0}
+                for folder, entries in ((BATCHES_DIR, old.iter_batches()), (VIEWS_DIR, old.iter_views()))
+                for name, info in entries}
+    finally:
+        old.close()
+
+
+def _name_pointers(index: Index, found: dict[str, dict], objects: set[bytes], rep: IndexRebuildReport,
+                   backup: Path | None) -> int:
+    """Register the batches and views whose newest pointer — of the disks' and, restoring, the
+    index copy's — names a manifest the disks hold; the newest pointers (removal records too)
+    become the index's `pointers` table, which the disks are then brought up to. Returns how
+    many batches were registered."""
+    if backup is not None:
+        try:
+            for key, doc in _copy_pointers(backup).items():
+                _newer(found, key, doc)
+        except (lmdb.Error, ValueError) as e:  # a copy damaged inside: the disks' pointers stand alone
+            rep.damaged.append(f"index copy: its batches and views cannot be read ({e}); those on the disks are used")
+    bodies, batches = {}, 0
+    for key, doc in found.items():
+        folder, name = pointers.split(key)
+        info = pointers.entry(doc)
+        if folder not in pointers.KINDS:  # a ROOT_FILES pointer: kept, and brought to every disk
+            pass
+        elif info is not None and bytes.fromhex(info["manifest"]) not in objects:
+            rep.damaged.append(f"{pointers.KINDS[folder]} {name}: its newest pointer names manifest "
+                               f"{info['manifest']}, which no disk holds; not registered")
+        elif info is not None:
+            (index.put_batch if folder == BATCHES_DIR else index.put_view)(name, info)
+            batches += folder == BATCHES_DIR
+        bodies[key] = pointers.encode(info, doc.get(pointers.STAMP, 0), key)
+    index.load_pointers(bodies)
+    return batches
+
+
+def _read_marks(dc: Any, rep: IndexRebuildReport) -> marks.DiskLog:
+    """The disk's marks logs. A log that does not read (EIO) stops the rebuild as a folder
+    that does not list does: taken as damage, the rebuild replayed the other disks' logs
+    alone — which lack what was marked while they were unplugged — and swapped in an index
+    without those marks, and its writer then seeded every log with it. Only a log that is not
+    a regular file (planted content) is damage to report and skip — the folder's other logs
+    are still read; a damaged line (its check does not hold) is named and not obeyed."""
+    folder = dc.path / MARKS_DIR
+    planted: list[str] = []
+    try:
+        got = marks.read_log(folder, planted, dc.label)
+    except OSError as e:
+        raise _went_away(dc, f"reading {e.filename or MARKS_DIR + '/'}: {e.strerror or e}") from None
+    rep.damaged += [f"marks log {p}" for p in planted]
+    rep.damaged += [f"{p}: {n} line(s) that are not records, in a file beside the marks log: skipped"
+                    for p, n in got.foreign.items()]
+    if got.damaged:
+        rep.damaged.append(f"marks log in {folder}: {got.damaged} damaged line(s) (line {', '.join(map(str, got.damaged_lines))}"
+                           f"{' …' if got.damaged > len(got.damaged_lines) else ''}): not obeyed")
+    if got.other or got.broken_resets:  # a torn line is a crash during an append (never committed)
+        rep.damaged.append(f"marks log in {folder}: {got.other + got.broken_resets} line(s) that are not records "
+                           "(torn appends, or a snapshot cut short) were skipped")
+    return got
+
+
+def _read_shard(path: Path) -> tuple[ShardMeta, list[fmt.RecordInfo], str]:
+    """(metadata, records, damage) of one replica file; `damage` names what is wrong with a
+    `.shard` whose footer does not decode — it is then read as an open copy (its verified
+    prefix), never skipped: its records are each checked on their own."""
+    sealed = path.suffix == ".shard"
+    damage = ""
+    fd, read = _reader(path)
+    try:
+        size = os.fstat(fd).st_size
+        header = fmt.decode_shard_header(read(0, fmt.SHARD_HEADER_SIZE))
+        if header.shard_id.hex() != path.stem:
+            raise fmt.ShardFormatError(f"file name says {path.stem}, header says {header.shard_id.hex()}")
+        if sealed:
+            try:
+                records = fmt.decode_footer(read, size)
+                if records is None:
+                    raise fmt.FooterMismatch("sealed shard without a footer")
+            except fmt.FooterMismatch as e:
+                damage, sealed = f"its footer does not decode ({e})", False
+        if not sealed:  # the verified prefix; the next writer's recovery seals it
+            records = []
+            try:
+                records.extend(fmt.scan_records(read, size, sealed=False))
+            except fmt.ShardFormatError:
+                pass
+        drop_cache(fd)
+    finally:
+        os.close(fd)
+    created = int.from_bytes(header.shard_id[:6], "big") / 1000
+    meta = ShardMeta(header.shard_id, fmt.CLASS_NAMES[header.klass], size if sealed else 0, sealed, [],
+                     len(records), created)
+    return meta, records, damage
+
+
+INDEX_COPY = "index-copy"
+
+
+def backup_index(store, copies: int = 2) -> list[str]:
+    """Copy the LMDB index (compacted, consistent) to `copies` HDDs: `<disk>/index-copy/`.
+
+    Written to `index-copy.tmp`, fsynced, then swapped in by rename, so a crash leaves the
+    previous copy intact. Returns the labels of the disks that hold a fresh copy."""
+    disks = sorted((d for u, d in store.disks.items() if store.usable(u, for_write=True)),
+                   key=lambda d: -d.free_bytes(0))[:copies]
+    done = []
+    stamp = {"taken_at": time.time(), "objects": store.index.count_objects()}
+    for d in disks:
+        tmp, final, old = d.root / f"{INDEX_COPY}.tmp", d.root / INDEX_COPY, d.root / f"{INDEX_COPY}.old"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        store.index.env.copy(str(tmp), compact=True)
+        (tmp / "stamp.json").write_text(json.dumps(stamp))
+        for f in tmp.iterdir():
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+        fsync_dir(tmp)
+        shutil.rmtree(old, ignore_errors=True)
+        if final.exists():
+            os.rename(final, old)
+        os.rename(tmp, final)
+        fsync_dir(d.root)
+        shutil.rmtree(old, ignore_errors=True)
+        done.append(d.label)
+    return done
+
+
+def index_copies(cfg: Settings) -> list[dict[str, Any]]:
+    """The index copies `hoard index backup` left on the configured disks: `{disk, age_s}` each,
+    from the stamp's time on disk (one stat per disk: cheap enough for a status refresh; a disk
+    that is gone, or holds no copy, is left out)."""
+    out = []
+    for d in cfg.disks:
+        try:
+            taken = (d.path / INDEX_COPY / "stamp.json").stat().st_mtime
+        except OSError:
+            continue
+        out.append({"disk": d.label, "age_s": time.time() - taken})
+    return out
+
+
+def restore_index(cfg: Settings, progress: Callable[[int, int], None] | None = None,
+                  without: Iterable[str] = ()) -> tuple[str, dict, IndexRebuildReport]:
+    """Put the newest index copy found on the disks, brought up to date from the disks, in
+    place of the (lost) index; refuses while anything uses the store (and as rebuild_index
+    does, while a disk not in `without` cannot be read)."""
+    with _store_idle(cfg, "index restore") as ssd_uuid:
+        done = _restore_index(cfg, ssd_uuid, progress, frozenset(without))
+    _seed_marks(cfg)
+    return done
+
+
+def _restore_index(cfg: Settings, ssd_uuid: str, progress: Callable[[int, int], None] | None = None,
+                   without: frozenset[str] = frozenset()) -> tuple[str, dict, IndexRebuildReport]:
+    """An index copy is as old as its `hoard index backup`: objects stored, shards sealed,
+    replicated or compacted and marks set since then are on the disks only. So the index is
+    rebuilt from the disks, which are the truth for all of that, and the copy supplies what
+    the disks do not hold: disk states and reasons, events, queued repairs, file extensions,
+    large objects' piece digests."""
+    found = []
+    for dc in cfg.disks:
+        stamp = dc.path / INDEX_COPY / "stamp.json"
+        try:
+            doc = json.loads(stamp.read_text())
+        except FileNotFoundError:
+            continue
+        except (OSError, ValueError) as e:
+            log.warning("index copy on %s not usable: %s", dc.label, e)
+            continue
+        taken = doc.get("taken_at") if isinstance(doc, dict) else None
+        if not isinstance(taken, (int, float)) or isinstance(taken, bool):
+            log.warning("index copy on %s not usable: %s has no time stamp", dc.label, stamp)
+            continue
+        found.append((doc, dc))
+    if not found:
+        raise HoardError("no usable index copy on any disk; use `hoard index rebuild` (from the shards)",
+                         ExitCode.DATA)
+    copy = cfg.index_dir.with_name(cfg.index_dir.name + ".restore")
+    tried = []
+    # newest first; a copy that cannot be read (damaged, half-written) gives way to the next
+    for stamp, dc in sorted(found, key=lambda x: -x[0]["taken_at"]):
+        shutil.rmtree(copy, ignore_errors=True)
+        try:
+            shutil.copytree(dc.path / INDEX_COPY, copy)
+            Index(copy, readonly=True).close()
+        except (OSError, lmdb.Error) as e:
+            why = str(e).replace(str(copy), str(dc.path / INDEX_COPY))
+            tried.append(f"{dc.label}: {why}")
+            log.warning("index copy %s not usable: %s", dc.path / INDEX_COPY, why)
+            continue
+        try:
+            rep = _rebuild_index(cfg, ssd_uuid, progress, backup=copy, without=without)
+        finally:
+            shutil.rmtree(copy, ignore_errors=True)
+        rep.damaged += [f"index copy on {t}" for t in tried]
+        return dc.label, stamp, rep
+    raise HoardError(f"no index copy can be read ({'; '.join(tried)}); `hoard index rebuild` rebuilds the index "
+                     "from the shards alone", ExitCode.DATA)
+
+
+def _merge_backup(index: Index, backup: Path, objects: Iterable[bytes], shards: Iterable[bytes]) -> None:
+    """Copy into the rebuilt `index` what only an index copy knows, for objects and shards
+    that still exist."""
+    objects, shards = set(objects), set(shards)
+    old = Index(backup, readonly=True)
+    try:
+        with old.env.begin() as src, index.env.begin(write=True) as dst:
+            for name, keep in (("exts", objects), ("chunks", objects), ("events", None), ("repairs", shards)):
+                for k, v in src.cursor(db=getattr(old, name)):
+                    key = bytes(k)
+                    if keep is None or (key[:12] if name == "repairs" else key) in keep:
+                        dst.put(key, bytes(v), db=getattr(index, name))
+    finally:
+        old.close()
