@@ -28,6 +28,8 @@ PACKAGES = ("fsd", "jobs", "sql", "adapters", "datasets", "gui")
 DEFERRED = "# deferred:"
 #: what the command line may take from the GUI: the app `hoard gui` serves, inside that command
 CLI_MAY_TAKE_FROM_GUI = {"gui.app"}
+#: the one command module that may take it: `hoard gui`'s
+CLI_GUI_COMMAND = "fsd.cli.gui"
 #: the fsd modules gui may import: the leaf base and the store's reports made for it (health,
 #: index copies, thumbnails) — not the store, its index, disks or scrubber (`jobs` and these
 #: modules open the store; the pages show what they return)
@@ -262,17 +264,38 @@ def test_function_level_imports_say_why() -> None:
 
 def test_the_cli_takes_only_the_gui_entry_point() -> None:
     """`hoard users` and `hoard demo` manage logins through `jobs.users`, not the GUI: the
-    command line imports nothing of `gui` but `gui.app`, and that only inside a function (the
-    `hoard gui` command), so no other command loads NiceGUI."""
+    command line imports nothing of `gui` but `gui.app`, and that only in `fsd.cli.gui`, the
+    module of the `hoard gui` command (a command's module loads only when it runs), so no
+    other command loads NiceGUI."""
     mods = modules()
     bad = [f"{mods[i.source].relative_to(REPO)}:{i.line}: {i.source} imports {i.target}"
            + ("" if i.target in CLI_MAY_TAKE_FROM_GUI else f" (only {', '.join(sorted(CLI_MAY_TAKE_FROM_GUI))})")
-           + ("" if i.where == "function" else " at module level")
+           + ("" if i.source == CLI_GUI_COMMAND else f" outside {CLI_GUI_COMMAND}")
            for i in imports(mods)
            if (i.source == "fsd.__main__" or i.source.startswith("fsd.cli"))
            and (i.target == "gui" or i.target.startswith("gui."))
-           and (i.target not in CLI_MAY_TAKE_FROM_GUI or i.where != "function")]
+           and (i.target not in CLI_MAY_TAKE_FROM_GUI or i.source != CLI_GUI_COMMAND)]
     assert not bad, "the command line imports the GUI:\n" + "\n".join(bad)
+
+
+def test_a_command_loads_only_its_own_module() -> None:
+    """`hoard put` (and `get`, `mount`, `--version`) start without NiceGUI, RQ, Redis, the
+    database client, jobs or sql: the root of the command line imports a command's module
+    only when that command runs (fsd.cli.COMMANDS). Checked in a real process."""
+    heavy = ("gui", "nicegui", "rq", "redis", "psycopg", "jobs", "sql", "adapters", "PIL", "pyfuse3", "trio")
+    code = ("import sys\n"
+            "from fsd.cli import app\n"
+            "try:\n"
+            "    app(sys.argv[1:], prog_name='hoard')\n"
+            "except SystemExit as e:\n"
+            "    assert not e.code, e.code\n"
+            f"print(sorted({{m.split('.')[0] for m in sys.modules}} & set({heavy!r})), file=sys.stderr)\n")
+    env = {k: v for k, v in os.environ.items() if k != "HOARD_CONFIG"}
+    for args in (["--version"], ["put", "--help"], ["get", "--help"], ["mount", "--help"]):
+        res = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, cwd=REPO, env=env,
+                             timeout=120)
+        assert res.returncode == 0, res.stderr
+        assert res.stderr.strip().splitlines()[-1] == "[]", (args, res.stderr)
 
 
 def test_hoard_users_loads_no_gui() -> None:

@@ -7,21 +7,29 @@ import os
 import shutil
 from typing import Annotated, Optional
 
+import psycopg
+import psycopg.conninfo
 import typer
 
 from fsd.base.errors import ExitCode, HoardError, ServiceUnavailable
 from fsd.base.units import fmt_bytes
 from fsd.cli._common import confirm, out, progress, state
 from fsd.cli.store import open_store
+from sql.backup import dump_backup, restore_dump, verify_dump
+from sql.cluster import PrivateCluster
+from sql.health import database_status
+from sql.migrate import available, current_version
+from sql.migrate import migrate as run
+from sql.pgbackrest import BackRest
+from sql.schema_decider import accept as do_accept
+from sql.schema_decider import list_proposals
+from sql.schema_decider import reject as do_reject
 
 app = typer.Typer(help="The PostgreSQL database: migrate, status, backup, verify-backup, restore, proposals.",
                   no_args_is_help=True)
 
 
 def connect(ctx: typer.Context) -> psycopg.Connection:
-    # deferred: psycopg loads only in commands that use the database (~15 MiB: the mount daemon does not)
-    import psycopg
-
     url = state(ctx).settings.database_url
     try:
         return psycopg.connect(url, autocommit=True, connect_timeout=10)
@@ -36,8 +44,6 @@ def migrate(
     target: Annotated[Optional[int], typer.Option(help="stop at this schema version")] = None,
 ) -> None:
     """Apply the schema migrations that are missing (idempotent)."""
-    # deferred: hoard starts without sql's modules
-    from sql.migrate import current_version, migrate as run
 
     with connect(ctx) as conn:
         applied = run(conn, target)
@@ -48,9 +54,6 @@ def migrate(
 @app.command()
 def status(ctx: typer.Context, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Schema version, server version and database size."""
-    # deferred: hoard starts without sql's modules
-    from sql.health import database_status
-    from sql.migrate import available, current_version
 
     st = database_status(state(ctx).settings.database_url)
     if st["ok"]:
@@ -77,8 +80,6 @@ def status(ctx: typer.Context, as_json: Annotated[bool, typer.Option("--json")] 
 def backrest_for(cfg):
     """The pgBackRest stanza of the embedded cluster (None when hoardfs does not run the
     server, or pgbackrest is not installed)."""
-    # deferred: hoard starts without sql's modules
-    from sql.pgbackrest import BackRest
 
     e = cfg.embedded
     if e is None or not e.postgres or os.environ.get("HOARD_DATABASE_URL") or not shutil.which("pgbackrest"):
@@ -87,8 +88,6 @@ def backrest_for(cfg):
 
 
 def _cluster(cfg):
-    # deferred: hoard starts without sql's modules
-    from sql.cluster import PrivateCluster
 
     return PrivateCluster(cfg.embedded.pg_dir, cfg.embedded.pg_socket_dir)
 
@@ -109,15 +108,11 @@ def backup(
     setup: Annotated[bool, typer.Option("--setup", help="configure pgBackRest (or print how, for your own server)")] = False,
 ) -> None:
     """Back the database up and record it (see docs/database.md)."""
-    # deferred: hoard starts without sql's modules
-    from sql.backup import dump_backup
 
     cfg = state(ctx).settings
     if setup:
         br = backrest_for(cfg)
         if br is None:
-            # deferred: hoard starts without sql's modules
-            from sql.pgbackrest import BackRest
 
             out.print(BackRest.setup_text())
             return
@@ -144,9 +139,6 @@ def backup(
 
 
 def _auto_kind(url: str) -> str:
-    # deferred: psycopg loads only in commands that use the database
-    import psycopg
-
     with psycopg.connect(url, autocommit=True) as conn:
         recent = conn.execute("SELECT 1 FROM backup_log WHERE kind = 'full' "
                               "AND finished_at > now() - interval '7 days'").fetchone()
@@ -157,8 +149,6 @@ def _auto_kind(url: str) -> str:
 def verify_backup(ctx: typer.Context) -> None:
     """Restore the latest dump (scratch database) and the latest pgBackRest backup (scratch
     cluster) and check both; exit 5 if one fails."""
-    # deferred: hoard starts without sql's modules
-    from sql.backup import verify_dump
 
     cfg = state(ctx).settings
     failed = False
@@ -176,9 +166,6 @@ def verify_backup(ctx: typer.Context) -> None:
 
 
 def _has_physical(url: str) -> bool:
-    # deferred: psycopg loads only in commands that use the database
-    import psycopg
-
     with psycopg.connect(url, autocommit=True) as conn:
         return conn.execute("SELECT 1 FROM backup_log WHERE kind IN ('full', 'diff') LIMIT 1").fetchone() is not None
 
@@ -193,8 +180,6 @@ def restore(
     yes: Annotated[bool, typer.Option("--yes", help="skip the typed confirmation (scripts)")] = False,
 ) -> None:
     """Replace the database with a backup — asks you to type the database name first."""
-    import psycopg.conninfo  # deferred: as above
-
     cfg = state(ctx).settings
     dbname = psycopg.conninfo.conninfo_to_dict(cfg.database_url).get("dbname", "hoard")
     what = (f"the whole PostgreSQL cluster (every database) from pgBackRest {set_label or '(latest + WAL)'}"
@@ -208,8 +193,6 @@ def restore(
         kept = _need_backrest(cfg).restore(_cluster(cfg), set_label)
         out.print(f"restored; the previous data directory is kept at {kept} (delete it when satisfied)")
         return
-    # deferred: hoard starts without sql's modules
-    from sql.backup import restore_dump
 
     with open_store(ctx, writable=False) as store:
         n = restore_dump(cfg.database_url, store, backup_id)
@@ -225,8 +208,6 @@ def proposals(
     as_json: Annotated[bool, typer.Option("--json", help="the listing as JSON")] = False,
 ) -> None:
     """SchemaDecider proposals: typed `src_<source>` tables for sources' specific fields."""
-    # deferred: hoard starts without sql's modules
-    from sql.schema_decider import accept as do_accept, list_proposals, reject as do_reject
 
     with connect(ctx) as conn:
         if accept is not None:
@@ -257,3 +238,10 @@ def proposals(
         out.print(f"    accept: hoard db proposals --accept {p.proposal_id}")
 
 
+@app.command("shell")
+def db_shell(ctx: typer.Context) -> None:
+    """psql on the configured database (the test and working databases are never mixed up)."""
+    psql = shutil.which("psql")
+    if psql is None:
+        raise HoardError("psql is not installed (Debian package postgresql-client)", ExitCode.UNAVAILABLE)
+    os.execv(psql, ["psql", state(ctx).settings.database_url])

@@ -22,16 +22,17 @@ import time
 from dataclasses import asdict
 
 import psycopg
+import typer
 
 from adapters.synth import Spec, generate
 from fsd.base.config import Settings
 from fsd.base.errors import ExitCode, HoardError
 from fsd.base.units import fmt_bytes
-from fsd.cli._common import err, out
+from fsd.cli._common import err, out, state
 from fsd.io.replicate import replicate_once
 from fsd.store import Store
-from jobs import users as logins
 from jobs import outputs
+from jobs import users as logins
 from jobs.health import collect
 from jobs.ingest import Status, load_state, submit, work_here
 from sql.backup import dump_backup, verify_dump
@@ -232,3 +233,8 @@ def _describe(cfg: Settings, batches: list) -> None:
               f"{len(videos)} videos ({fmt_bytes(videos.total_bytes)}); {shared} files appear in more than "
               "one batch (stored once)")
     out.print("               edges: " + ", ".join(f"{n} {k}" for k, n in sorted(counts.items())))
+
+
+def demo(ctx: typer.Context) -> None:
+    """The main job on the embedded default (grows as the issues land)."""
+    run_demo(state(ctx).settings)

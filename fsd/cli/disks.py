@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import os
 import json
+import os
 import re
 from pathlib import Path
 from typing import Annotated
@@ -17,6 +17,9 @@ from fsd.base.units import fmt_bytes
 from fsd.cli._common import err, out, state
 from fsd.cli.rebuild import run_rebuild
 from fsd.cli.store import open_store
+from fsd.core.disks import DiskState
+from fsd.maintenance import lifecycle
+from fsd.store import Store
 
 app = typer.Typer(help="The HDDs: list, add, retire, replace, activate, forget.", no_args_is_help=True)
 
@@ -43,8 +46,6 @@ def add(
     label: Annotated[str, typer.Option("--label", "-l", help="name for the disk, e.g. wd4t")],
 ) -> None:
     """Give a mounted disk its identity, register it and append it to hoard.toml."""
-    # deferred: hoard starts without the store's modules
-    from fsd.store import Store
 
     st = state(ctx)
     cfg = st.settings
@@ -74,8 +75,6 @@ def retire(
     label: Annotated[str, typer.Argument(help="the disk to take out of service")],
 ) -> None:
     """Stop new writes to a disk; the replicator copies its shards elsewhere."""
-    # deferred: hoard starts without the store's modules
-    from fsd.core.disks import DiskState
 
     with open_store(ctx) as store:
         store.set_disk_state(label, DiskState.DRAINING, "retired by the user")
@@ -103,11 +102,8 @@ def activate(
 ) -> None:
     """Put a failed or draining disk back into service, after checking it is the registered
     disk and verifying its replicas (bad ones are reported and left for repair)."""
-    # deferred: hoard starts without the store's modules
-    from fsd.maintenance.lifecycle import activate as run
-
     with open_store(ctx) as store:
-        rep = run(store, label)
+        rep = lifecycle.activate(store, label)
     out.print(f"disk {label} is active: {rep.checked} replicas verified, {rep.adopted} shard files listed again, "
               f"{len(rep.bad)} bad")
     for b in rep.bad:
@@ -122,10 +118,7 @@ def forget(
     label: Annotated[str, typer.Argument(help="a retired or replaced disk")],
 ) -> None:
     """Drop a disk from the index once every shard it held has its copies on other disks."""
-    # deferred: hoard starts without the store's modules
-    from fsd.maintenance.lifecycle import forget as run
-
     with open_store(ctx) as store:
-        released = run(store, label)
+        released = lifecycle.forget(store, label)
     out.print(escape(f"disk {label} forgotten ({released} replicas released); now remove its [[disks]] table from "
                      f"{state(ctx).settings.source} and unmount it"))

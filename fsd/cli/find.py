@@ -11,19 +11,23 @@ from __future__ import annotations
 import datetime as dt
 import difflib
 import json
-import os
 import re
-import shutil
 import time
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
+import psycopg
 import typer
 
+from adapters import known_sources
 from fsd.base.errors import ExitCode, HoardError, first_line
 from fsd.base.paths import display
 from fsd.base.units import fmt_bytes
 from fsd.cli._common import err, out, read_input, state
+from fsd.outputs.manifest import iter_files, named
+from fsd.outputs.puts import listing
+from fsd.store import Store
+from sql.selectors import parse_selector, query_nodes
 
 
 def _resolve(store, ref: str) -> bytes:
@@ -46,8 +50,6 @@ def _resolve(store, ref: str) -> bytes:
 
 def _manifest_paths(store, sha: bytes) -> list[dict[str, str]]:
     """Where this object appears in batch and view manifests (the store's own record)."""
-    # deferred: hoard starts without the store's modules
-    from fsd.outputs.manifest import iter_files, named
 
     found = []
     for kind, name, info in named(store.index):
@@ -60,8 +62,6 @@ def _manifest_paths(store, sha: bytes) -> list[dict[str, str]]:
 
 def _db_facts(cfg, sha: bytes) -> dict[str, Any]:
     """What the database says about the node, or why it could not be asked."""
-    # deferred: psycopg loads only in commands that use the database
-    import psycopg
 
     try:
         with psycopg.connect(cfg.database_url, connect_timeout=5) as conn:
@@ -93,8 +93,6 @@ def info(
 ) -> None:
     """Everything known about one object: size, type, replicas and disks, batches and original
     paths, metadata and labels (from the database when it is reachable), mount paths."""
-    # deferred: hoard starts without the store's modules
-    from fsd.store import Store
 
     cfg = state(ctx).settings
     with Store.open(cfg, writable=False) as store:
@@ -167,9 +165,6 @@ def ls(
 ) -> None:
     """The ingested batches (id, source, files, size, when), or one batch's files (sha256, size, path),
     or (`--puts`) the named puts: name, when, count, bytes."""
-    # deferred: hoard starts without the store's modules
-    from fsd.outputs.puts import listing
-    from fsd.store import Store
 
     with Store.open(state(ctx).settings, writable=False) as store:
         if puts_:
@@ -220,10 +215,7 @@ def select(
 ) -> None:
     """Select nodes from the database: flags, or a selector file (`--file`). Prints sha256 and
     size per node; `--view` prints a view manifest (`hoard select … --view | hoard view add NAME -`)."""
-    # deferred: hoard starts without sql's modules (and psycopg)
-    import psycopg
 
-    from sql.selectors import parse_selector, query_nodes
 
     data = read_selector(from_file) if from_file is not None else {}
     data.setdefault("sources", source or [])
@@ -297,8 +289,6 @@ def _file_type(value: str) -> str:
 def _unknown_sources(conn, settings, sources: list[str]) -> None:
     """Zero nodes: name each --source no batch or configuration knows, with the closest known names
     (a typo otherwise looks like an empty source)."""
-    # deferred: hoard starts without the adapters' modules (only a zero-node select needs them)
-    from adapters import known_sources
 
     if not sources:
         return
@@ -335,18 +325,3 @@ def _view_paths(conn, shas: list[str], batches: list[str]) -> dict[str, list[str
                 taken[path] = h
             out_.setdefault(h, []).append(path)
     return out_
-
-
-def db_shell(ctx: typer.Context) -> None:
-    """psql on the configured database (the test and working databases are never mixed up)."""
-    psql = shutil.which("psql")
-    if psql is None:
-        raise HoardError("psql is not installed (Debian package postgresql-client)", ExitCode.UNAVAILABLE)
-    os.execv(psql, ["psql", state(ctx).settings.database_url])
-
-
-def register(app: typer.Typer, db_app: typer.Typer) -> None:
-    app.command()(info)
-    app.command()(ls)
-    app.command()(select)
-    db_app.command("shell")(db_shell)

@@ -8,6 +8,8 @@ from typing import Annotated
 
 import typer
 
+from adapters.synth import Spec
+from adapters.synth import generate as gen
 from fsd.base.errors import ExitCode, HoardError
 from fsd.base.units import fmt_bytes
 from fsd.cli._common import out
@@ -26,8 +28,6 @@ def generate(
     ready: Annotated[bool, typer.Option(help="drop a _READY signal file into each batch")] = False,
 ) -> None:
     """Write synthetic batches (media + sidecars, repeats, crops/frames) and truth.json."""
-    # deferred: hoard starts without the sample generator (Pillow)
-    from adapters.synth import Spec, generate as gen
 
     try:
         spec = Spec(seed=seed, batches=batches, items_per_batch=items, large_max_mb=large_max_mb,

@@ -1,104 +1,18 @@
-"""`hoard delete` (type A: hide nodes; type B: drop a batch) and `hoard gc` (free the bytes)."""
+"""`hoard gc`: free the bytes no batch, view, job or database row still uses."""
 
 from __future__ import annotations
 
 import json
 from dataclasses import asdict
-from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
-from fsd.base.errors import ExitCode, HoardError
 from fsd.base.units import fmt_bytes
-from fsd.cli._common import confirm, database, out, progress, read_sha_list, state
-
-
-def delete(
-    ctx: typer.Context,
-    batch: Annotated[Optional[str], typer.Option("--batch", help="type B: drop this batch's references")] = None,
-    node: Annotated[Optional[list[str]], typer.Option("--node", help="type A: hide this sha256 (repeatable)")] = None,
-    obj: Annotated[Optional[list[str]], typer.Option("--object", help="type B: release an object `hoard put` "
-                                                     "stored (repeatable)")] = None,
-    objects_from: Annotated[Optional[Path], typer.Option("--objects-from", help="type B: release the objects "
-                                                         "listed in FILE, one sha256 per line ('-' = stdin)")] = None,
-    put: Annotated[Optional[str], typer.Option("--put", help="type B: release what `hoard put --name NAME` "
-                                               "stored (`hoard ls --puts`)")] = None,
-    reason: Annotated[str, typer.Option(help="recorded with the deletion")] = "",
-    yes: Annotated[bool, typer.Option("--yes", help="do not ask (type B)")] = False,
-) -> None:
-    """Delete: type A hides nodes (bytes stay), type B drops a batch or releases what `hoard put`
-    stored (`hoard gc` frees the bytes no batch, view, job or database row still uses).
-
-    The database is changed first, then the store; re-running after a failure is safe.
-    """
-    # deferred: hoard starts without the store's and sql's modules
-    from fsd.maintenance.deletion import drop_batch, hide, release
-    from fsd.core.records import sha_bytes
-    from fsd.store import Store
-    from sql import deletion as db_del
-
-    cfg = state(ctx).settings
-    if sum(map(bool, (batch, node, obj or objects_from, put))) != 1:
-        raise HoardError("name one of --batch ID (type B), --object SHA256 / --objects-from FILE (type B, what "
-                         "`hoard put` stored), --put NAME (type B, a named put) or --node SHA256 (type A)",
-                         ExitCode.USAGE)
-    if put:
-        from fsd.outputs.puts import release as release_put  # deferred: as above
-
-        if not yes:
-            confirm(f"release put {put}: its files no other put, batch or view holds will be freed by the next "
-                    "`hoard gc`. Continue?")
-        with Store.open(cfg) as store:
-            released, kept = release_put(store, put, reason or f"put {put} released (hoard delete --put)")
-        out.print(f"type B: put {put} released: {released} objects tombstoned, {kept} kept (another put, a batch, "
-                  "a view or a job holds them); `hoard gc` frees the space")
-        return
-    if obj or objects_from:
-        listed = read_sha_list(objects_from, "object list") if objects_from is not None else []
-        shas = list(dict.fromkeys([sha_bytes(h) for h in obj or []] + [bytes.fromhex(h) for h in listed]))
-        with Store.open(cfg) as store:  # the database is not asked: gc keeps what a row still needs
-            released, marked = release(store, shas, reason or "released (hoard delete --object)")
-        out.print(f"type B: {released} objects released from `hoard put`, {marked} tombstoned; `hoard gc` frees "
-                  "those no batch, view, job or database row uses")
-        return
-    if batch and not yes:
-        confirm(f"drop batch {batch}: its files no other batch or view uses will be freed by the next `hoard gc`. "
-                "Continue?")
-    with database(cfg, needed_for="a deletion changes the database first") as conn, Store.open(cfg) as store:
-        if node:
-            shas = [sha_bytes(h) for h in node]
-            unknown = [s.hex() for s in shas if store.index.lookup(s) is None]
-            if unknown:  # checked before anything changes: a typo must not half-apply a deletion
-                raise HoardError(f"no object {', '.join(unknown)} in the store; nothing was hidden (check the "
-                                 "sha256: `ls <mount>/by-hash/<first 2 hex digits>`)", ExitCode.DATA)
-            n_db = db_del.hide_nodes(conn, shas)
-            n_store = hide(store, shas, reason or "deleted (type A)")
-            out.print(f"type A: {n_db} nodes marked deleted in the database, {n_store} hidden in the store "
-                      "(bytes stay; selectors and the mount no longer show them)")
-            return
-        assert batch is not None
-        if store.index.get_batch(batch) is None and _was_deleted(conn, batch):  # a re-run finishes the rest
-            out.print(f"type B: batch {batch} was already deleted", markup=False)
-        else:
-            counts = db_del.drop_batch(conn, batch, reason) if _in_db(conn, batch) else {}
-            dropped, shared = drop_batch(store, batch)
-            out.print(f"type B: batch {batch} dropped: {counts.get('members', 0)} memberships and "
-                      f"{counts.get('nodes_marked_deleted', 0)} nodes marked deleted in the database; {dropped} "
-                      f"objects tombstoned, {shared} kept (another batch or view uses them). `hoard gc` frees the space.")
-    # deferred: jobs sits above the store; only a committed batch deletion reaches its ingest record
-    from jobs.ingest import forget_deleted
-
-    out.print(forget_deleted(cfg, batch), markup=False)
-
-
-def _in_db(conn, batch: str) -> bool:
-    return conn.execute("SELECT 1 FROM action_batch WHERE batch_id = %s", [batch]).fetchone() is not None
-
-
-def _was_deleted(conn, batch: str) -> bool:
-    return conn.execute("SELECT 1 FROM action_event WHERE batch_id = %s AND detail->>'deleted' = 'true'",
-                        [batch]).fetchone() is not None
+from fsd.cli._common import database, out, progress, state
+from fsd.maintenance.gc import gc as run
+from fsd.store import Store
+from sql.deletion import referenced
 
 
 def gc(
@@ -114,10 +28,6 @@ def gc(
 
     An object is freed only if it is tombstoned (`hoard delete --batch`) and, at gc time, no
     batch or view manifest, running job (pin) or database row references it."""
-    # deferred: hoard starts without the store's and sql's modules
-    from fsd.maintenance.gc import gc as run
-    from fsd.store import Store
-    from sql.deletion import referenced
 
     cfg = state(ctx).settings
     with database(cfg, skip=no_database, needed_for="gc needs the database to know which objects rows still "
@@ -141,7 +51,3 @@ def gc(
               + (f"; {rep.kept_back} kept back (stored again meanwhile), retried next run" if rep.kept_back else "")
               + (f"; {rep.stale_cleared} chunk maps or extensions of objects not in the store cleared"
                  if rep.stale_cleared else ""))
-
-def register(app: typer.Typer) -> None:
-    app.command()(delete)
-    app.command()(gc)

@@ -1,18 +1,13 @@
-"""`hoard gui` (the NiceGUI pages) and `hoard users` (who may sign in to them)."""
+"""`hoard gui`: the scheduler and dashboards (NiceGUI), until interrupted."""
 
 from __future__ import annotations
 
-import getpass
-import json
-import sys
 from typing import Annotated, Optional
 
 import typer
 
-from fsd.base.errors import ExitCode, HoardError
 from fsd.cli._common import out, state
-
-app = typer.Typer(help="Who may sign in to `hoard gui`: add, passwd, rm, list, hash.", no_args_is_help=True)
+from gui.app import serve, usable
 
 
 def gui(
@@ -21,99 +16,8 @@ def gui(
     port: Annotated[Optional[int], typer.Option("--port", min=1, max=65535, help="TCP port (default gui.port: 8080)")] = None,
 ) -> None:
     """Serve the scheduler and dashboards (NiceGUI) until interrupted."""
-    # deferred: NiceGUI, FastAPI and the pages load only for this command
-    from gui.app import serve, usable
-
     cfg = state(ctx).settings
     usable(cfg, host, port)
     where = (f"unix socket {cfg.gui.socket}, for the proxy in front" if cfg.gui.socket else f"http://{host or cfg.gui.host}:{port or cfg.gui.port}/")
     out.print(f"hoard gui: {where} (Ctrl-C stops it)")
     serve(cfg, host, port)
-
-
-def _password(from_stdin: bool, confirm: bool = True) -> str:
-    """The new password: one line of stdin with --password-stdin, else asked twice on the terminal."""
-    if from_stdin:
-        return sys.stdin.readline().rstrip("\n")
-    if not sys.stdin.isatty():
-        raise HoardError("no terminal to ask for the password; pipe it in with --password-stdin", ExitCode.USAGE)
-    first = getpass.getpass("password: ")
-    if confirm and getpass.getpass("again: ") != first:
-        raise HoardError("the two passwords differ; nothing was changed", ExitCode.USAGE)
-    return first
-
-
-StdinOpt = Annotated[bool, typer.Option("--password-stdin", help="read the password from one line of stdin")]
-
-
-@app.command("add")
-def add(
-    ctx: typer.Context,
-    name: Annotated[str, typer.Argument(help="login name")],
-    role: Annotated[str, typer.Option("--role", help="viewer, operator or admin")] = "viewer",
-    password_stdin: StdinOpt = False,
-) -> None:
-    """Add a user (argon2-hashed password, kept in gui.users_file)."""
-    # deferred: argon2 loads only for the users commands
-    from jobs import users
-
-    cfg = state(ctx).settings
-    if role not in users.ROLES:  # before asking for a password
-        raise HoardError(f"role {role!r} is not one of {', '.join(users.ROLES)}", ExitCode.USAGE)
-    users.add(cfg, name, role, _password(password_stdin))
-    out.print(f"user {name} added ({role}); sign in at `hoard gui`")
-
-
-@app.command("passwd")
-def passwd(
-    ctx: typer.Context,
-    name: Annotated[str, typer.Argument(help="login name")],
-    password_stdin: StdinOpt = False,
-) -> None:
-    """Set a user's password."""
-    # deferred: argon2 loads only for the users commands
-    from jobs import users
-
-    cfg = state(ctx).settings
-    if name not in users.users(cfg):
-        raise HoardError(f"no user {name}; `hoard users list` shows them", ExitCode.USAGE)
-    users.passwd(cfg, name, _password(password_stdin))
-    out.print(f"password of {name} set")
-
-
-@app.command("rm")
-def rm(ctx: typer.Context, name: Annotated[str, typer.Argument(help="login name")]) -> None:
-    """Remove a user (their open sessions end at the next page they open)."""
-    # deferred: argon2 loads only for the users commands
-    from jobs import users
-
-    users.remove(state(ctx).settings, name)
-    out.print(f"user {name} removed")
-
-
-@app.command("list")
-def list_(
-    ctx: typer.Context,
-    as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
-) -> None:
-    """The users and their roles."""
-    # deferred: argon2 loads only for the users commands
-    from jobs import users
-
-    found = sorted(users.users(state(ctx).settings).values(), key=lambda u: u.name)
-    rows = [{"name": u.name, "role": u.role, "from": "hoard.toml" if u.from_config else "users file"} for u in found]
-    if as_json:
-        out.print_json(json.dumps(rows))
-    elif not rows:
-        out.print("no users; `hoard users add NAME --role admin` adds the first")
-    for r in rows if not as_json else []:
-        out.print(f"{r['name']:<20} {r['role']:<9} ({r['from']})", markup=False)
-
-
-@app.command("hash")
-def hash_(password_stdin: StdinOpt = False) -> None:
-    """Print an argon2 hash of a password, for [[gui.users]] password_hash in hoard.toml."""
-    # deferred: argon2 loads only for the users commands
-    from jobs import users
-
-    out.print(users.hash_password(_password(password_stdin)), markup=False)

@@ -9,6 +9,8 @@ import typer
 from fsd.base.errors import ExitCode, HoardError
 from fsd.cli._common import err, out, progress, state
 from fsd.cli.store import open_store
+from fsd.core.marks import TABLES
+from fsd.maintenance.reindex import backup_index, rebuild_index, restore_index
 
 app = typer.Typer(help="The LMDB index: rebuild it from the shards on the disks.", no_args_is_help=True)
 
@@ -21,8 +23,6 @@ WITHOUT = typer.Option([], "--without", metavar="LABEL",
 @app.command()
 def rebuild(ctx: typer.Context, without: list[str] = WITHOUT) -> None:
     """Reconstruct objects, shards and replica locations from the disks (store must be idle)."""
-    # deferred: hoard starts without the store's modules
-    from fsd.maintenance.reindex import rebuild_index
 
     with progress("reading the shards") as update:
         rep = rebuild_index(state(ctx).settings, update, without=without)
@@ -45,8 +45,6 @@ def _report(what: str, rep) -> None:
 def rewrite_marks(ctx: typer.Context) -> None:
     """Replace every writable disk's marks log by the index's marks (what `hoard check` asks
     for when a log would not replay them; writers also do it for a disk that fell behind)."""
-    # deferred: hoard starts without the store's modules
-    from fsd.core.marks import TABLES
 
     with open_store(ctx) as store:
         chosen = [store.disks[u].label for u in store.disks if store.usable(u)]
@@ -81,8 +79,6 @@ def rewrite_pointers(ctx: typer.Context) -> None:
 @app.command()
 def backup(ctx: typer.Context, copies: int = typer.Option(2, min=1, help="how many HDDs get a copy")) -> None:
     """Copy the index to HDDs (`<disk>/index-copy/`), so a dead SSD costs no rebuild scan."""
-    # deferred: hoard starts without the store's modules
-    from fsd.maintenance.reindex import backup_index
 
     with open_store(ctx, writable=False) as store:
         labels = backup_index(store, copies)
@@ -93,8 +89,6 @@ def backup(ctx: typer.Context, copies: int = typer.Option(2, min=1, help="how ma
 def restore(ctx: typer.Context, without: list[str] = WITHOUT) -> None:
     """Rebuild the index from the disks, with what only the newest index copy on the HDDs
     knows (disk states, events, queued repairs) taken from that copy (store must be idle)."""
-    # deferred: hoard starts without the store's modules
-    from fsd.maintenance.reindex import restore_index
 
     with progress("reading the shards") as update:
         label, stamp, rep = restore_index(state(ctx).settings, update, without=without)

@@ -12,8 +12,12 @@ from typing import Annotated, Optional
 import typer
 from rich.markup import escape
 
+from adapters import canonical_source
 from fsd.base.errors import ExitCode, HoardError
 from fsd.cli._common import err, out, print_figures, progress, state
+from jobs import ingest as ua1
+from jobs.queues import connect, redis_required
+from jobs.reports import duration
 
 
 def ingest(
@@ -36,10 +40,6 @@ def ingest(
     "done with rejects" (exit 5 with --wait/--here). A batch that cannot be taken (a bad
     _READY, an id ingested before) is named on stderr and the others go on (exit 5).
     """
-    # deferred: hoard starts without jobs (rq, redis)
-    from adapters import canonical_source
-    from jobs import ingest as ua1
-    from jobs.queues import redis_required
 
     cfg = state(ctx).settings
     if status:
@@ -84,9 +84,6 @@ def ingest(
 def _ingest(cfg, dirs: list[Path], source: str | None, *, wait: bool, here: bool, as_json: bool,
             timeout: float) -> int:
     """Submit each batch on its own, run or wait for them; the exit code (0 when all is done)."""
-    # deferred: hoard starts without jobs (rq, redis)
-    from jobs import ingest as ua1
-    from jobs.queues import connect
 
     submitted, codes = [], []
     for d in dirs:
@@ -128,8 +125,6 @@ def _ingest(cfg, dirs: list[Path], source: str | None, *, wait: bool, here: bool
 
 def _interrupted(cfg, batch_ids: list[str], here: bool) -> HoardError:
     """Ctrl-C: say where each unfinished batch stands and how it goes on (exit 130)."""
-    # deferred: hoard starts without jobs (rq, redis)
-    from jobs import ingest as ua1
 
     left = [st for st in (ua1.load_state(cfg, b) for b in batch_ids) if st is not None and not st.finished]
     if here:
@@ -143,8 +138,6 @@ def _interrupted(cfg, batch_ids: list[str], here: bool) -> HoardError:
 
 
 def _wait(cfg, batch_id: str, timeout: float):
-    # deferred: hoard starts without jobs (rq, redis)
-    from jobs import ingest as ua1
 
     deadline = time.monotonic() + timeout
     with progress(f"ingest {batch_id}", len(ua1.STEPS), unit="steps") as update:
@@ -164,7 +157,6 @@ def _show(st, as_json: bool, here: bool = False) -> None:
     if as_json:
         out.print(json.dumps(asdict(st), default=str), markup=False)  # one line per batch
         return
-    from jobs.reports import duration  # deferred: hoard starts without jobs (rq, redis)
 
     r = st.report
     color = {"done": "green", "done with rejects": "yellow", "failed": "red"}.get(st.status, "cyan")

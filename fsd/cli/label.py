@@ -18,6 +18,8 @@ from fsd.base.errors import ExitCode, HoardError
 from fsd.base.paths import display
 from fsd.cli._common import database, out, read_sha_list, state
 from fsd.cli.find import read_selector
+from sql.labels import change_labels
+from sql.selectors import parse_selector, query_nodes
 
 app = typer.Typer(help="Labels on nodes, by hand: `hoard label add|rm KEY[=VALUE] (--nodes FILE | --selector FILE "
                        "| SHA256 …)`; `hoard select --label KEY=VALUE` and by_label layouts see them.",
@@ -51,9 +53,6 @@ def rm(ctx: typer.Context, label: Label, shas: Shas = None, nodes: Nodes = None,
 
 def _run(ctx: typer.Context, verb: str, label: str, shas: list[str] | None, nodes: Path | None,
          selector: Path | None, as_json: bool) -> None:
-    # deferred: hoard starts without sql's modules (and psycopg)
-    from sql.labels import change_labels
-    from sql.selectors import parse_selector, query_nodes
 
     key, eq, value = label.partition("=")
     key = key.strip()

@@ -16,8 +16,11 @@ import typer
 from fsd.base import logs
 from fsd.base.errors import ExitCode, HoardError
 from fsd.base.units import fmt_bytes
-from fsd.cli._common import out, open_input, state
+from fsd.cli._common import open_input, out, state
+from fsd.core.index import open_existing
 from fsd.mount import check_mountpoint, is_mounted, run_mount
+from fsd.outputs.views import define_view_rows, manifest_rows, remove_view
+from fsd.store import Store
 
 view_app = typer.Typer(help="Named views: a manifest of path → sha256 shown under `<mount>/views/NAME`.",
                        no_args_is_help=True)
@@ -93,9 +96,6 @@ def view_add(
 ) -> None:
     """Define (or replace) a view: the manifest is checked and stored in the store itself.
     Line manifests are read as a stream: a list of 10 M files needs no memory for itself."""
-    # deferred: hoard starts without the store's modules
-    from fsd.store import Store
-    from fsd.outputs.views import define_view_rows, manifest_rows
 
     with open_input(manifest, "view manifest") as stream, Store.open(state(ctx).settings) as store:
         info = define_view_rows(store, name, manifest_rows(stream))
@@ -105,8 +105,6 @@ def view_add(
 @view_app.command("list")
 def view_list(ctx: typer.Context, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """The defined views."""
-    # deferred: hoard starts without the store's modules
-    from fsd.core.index import open_existing
 
     index = open_existing(state(ctx).settings.index_dir)
     views = index.iter_views()
@@ -121,16 +119,7 @@ def view_list(ctx: typer.Context, as_json: Annotated[bool, typer.Option("--json"
 @view_app.command("rm")
 def view_rm(ctx: typer.Context, name: str) -> None:
     """Remove a view (its files stay in the store)."""
-    # deferred: hoard starts without the store's modules
-    from fsd.store import Store
-    from fsd.outputs.views import remove_view
 
     with Store.open(state(ctx).settings, writable=False) as store:
         remove_view(store, name)
     out.print(f"view {name} removed")
-
-
-def register(app: typer.Typer) -> None:
-    app.command()(mount)
-    app.command()(umount)
-    app.add_typer(view_app, name="view")

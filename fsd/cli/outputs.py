@@ -13,6 +13,9 @@ from rich.markup import escape
 from fsd.base.errors import ExitCode, HoardError
 from fsd.base.units import fmt_bytes
 from fsd.cli._common import err, out, print_figures, progress, read_input, state
+from jobs import outputs
+from jobs.launch import enqueue_output
+from jobs.queues import connect, redis_required, unserved_queues
 
 LAYOUT_HELP = "by_sha256 | by_batch | by_label | flat, or a layout .toml file (docs/layouts.md)"
 
@@ -62,8 +65,6 @@ def export(
 def _command(ctx: typer.Context, kind: str, output_id: str | None, layout: str | None, selector: Path | None,
              nodes: Path | None, dedup: str, mode: str, here: bool, wait: bool, status: str | None,
              as_json: bool, timeout: float) -> None:
-    # deferred: hoard starts without jobs (rq, redis, psycopg)
-    from jobs import outputs
 
     cfg = state(ctx).settings
     if status:
@@ -123,10 +124,6 @@ def _command(ctx: typer.Context, kind: str, output_id: str | None, layout: str |
 
 
 def _enqueue(cfg, kind: str, output_id: str) -> None:
-    # deferred: hoard starts without rq
-    from jobs import outputs
-    from jobs.launch import enqueue_output
-    from jobs.queues import connect, redis_required, unserved_queues
 
     with redis_required(cfg.redis_url):
         conn = connect(cfg.redis_url)
@@ -162,7 +159,6 @@ def _sha_list(path: Path) -> list[str]:
 def _show(cfg, st, as_json: bool) -> str:
     """Print the state as `outputs.describe` reads it (done only if sealed, running only while
     a process runs it); the status shown."""
-    from jobs import outputs  # deferred: hoard starts without jobs
 
     shown, why = outputs.describe(cfg, st)
     if as_json:

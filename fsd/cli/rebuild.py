@@ -12,13 +12,12 @@ from fsd.base.errors import ExitCode
 from fsd.base.units import fmt_bytes
 from fsd.cli._common import confirm, err, out, progress
 from fsd.cli.store import open_store
+from fsd.core.disks import DiskState
+from fsd.maintenance.rebuild import rebuild as run
 
 
 def run_rebuild(ctx: typer.Context, disk: str, onto: Optional[str], rate_mb_s: float, yes: bool,
                 as_json: bool = False) -> None:
-    # deferred: hoard starts without the store's modules
-    from fsd.core.disks import DiskState
-    from fsd.maintenance.rebuild import rebuild as run
 
     with open_store(ctx) as store:
         rec = next((r for r in store.records.values() if r.label == disk), None)

@@ -10,6 +10,8 @@ from fsd.base.config import Settings
 from fsd.base.errors import ConfigError, ExitCode, HoardError
 from fsd.cli._common import out, state
 from fsd.cli.db import backrest_for
+from jobs.redis_server import PrivateRedis
+from sql.cluster import PrivateCluster, ensure_database
 
 app = typer.Typer(help="Start, stop and show the private PostgreSQL and Redis (embedded default).",
                   no_args_is_help=True)
@@ -24,9 +26,6 @@ def _embedded(cfg: Settings):
 
 def _private(cfg: Settings):
     """The private servers this config runs, skipping those overridden by the environment."""
-    # deferred: hoard starts without jobs (rq, redis) and sql's modules
-    from jobs.redis_server import PrivateRedis
-    from sql.cluster import PrivateCluster
 
     e = _embedded(cfg)
     pg = (PrivateCluster(e.pg_dir, e.pg_socket_dir)
@@ -39,8 +38,6 @@ def _private(cfg: Settings):
 @app.command()
 def up(ctx: typer.Context) -> None:
     """Start what is not running and create the working and the test database."""
-    # deferred: hoard starts without sql's modules
-    from sql.cluster import ensure_database
 
     cfg = state(ctx).settings
     pg, rd = _private(cfg)

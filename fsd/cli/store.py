@@ -22,11 +22,13 @@ from fsd.base.modes import FILE
 from fsd.base.paths import display
 from fsd.base.units import fmt_bytes
 from fsd.cli._common import err, out, progress, read_input, state
+from fsd.core.records import sha_bytes
+from fsd.io.replicate import replicate_once
+from fsd.outputs import puts
+from fsd.store import Store
 
 
 def open_store(ctx: typer.Context, writable: bool = True):
-    # deferred: hoard starts without the store's modules
-    from fsd.store import Store
 
     return Store.open(state(ctx).settings, writable=writable)
 
@@ -113,8 +115,6 @@ def put(
 
     stop = _stop_on_first_ctrl_c()
     total = sum(size_or_zero(p) for p in items)
-    # deferred: hoard starts without the store's modules
-    from fsd.outputs import puts
 
     try:
         with open_store(ctx) as store, progress("storing", total) as update:
@@ -164,8 +164,6 @@ def get(
 
     `-o FILE` is written beside the target and renamed when complete; a device or FIFO
     (`-o /dev/null`) is written in place. Memory stays bounded whatever the object's size."""
-    # deferred: hoard starts without the store's modules
-    from fsd.core.records import sha_bytes
 
     target = check_output(output) if output is not None else None
     sha = sha_bytes(sha256.lower())
@@ -239,8 +237,6 @@ def replicate(
 
     Exit 0: every shard is at its target; 4: some remain below it — each reason on stderr
     (no room, no readable replica, the budget ran out) with its next step."""
-    # deferred: hoard starts without the store's modules
-    from fsd.io.replicate import replicate_once
 
     while True:
         with open_store(ctx) as store, progress("replicating") as update:
@@ -265,9 +261,3 @@ def replicate(
                 raise typer.Exit(ExitCode.DEGRADED)
             return
         time.sleep(30)
-
-
-def register(app: typer.Typer) -> None:
-    app.command()(put)
-    app.command()(get)
-    app.command()(replicate)

@@ -12,6 +12,10 @@ from fsd.base.errors import ExitCode, HoardError
 from fsd.base.units import fmt_bytes
 from fsd.cli._common import database, err, out, progress, state
 from fsd.cli.store import open_store
+from fsd.io import scrub
+from fsd.maintenance import check as check_mod
+from fsd.maintenance.orphans import sweep
+from sql.check import store_vs_database
 
 
 def verify(
@@ -31,15 +35,12 @@ def verify(
 
     Exit 5 if a bad replica or a damaged marks-log line remains (not repaired, or no good copy to repair from).
     """
-    # deferred: hoard starts without the store's modules
-    from fsd.io.scrub import verify as run
-
     if orphans:
         _orphans(ctx, repair, grace_h * 3600, as_json)
         return
 
     with open_store(ctx) as store, progress("verifying") as update:
-        rep = run(store, sample, disk, sha256, repair, budget_s, batch=batch, progress=update)
+        rep = scrub.verify(store, sample, disk, sha256, repair, budget_s, batch=batch, progress=update)
     scope = (f" on disk {disk}" if disk else "") + (f" holding batch {batch}" if batch else "")
     if rep.in_scope == 0 and not rep.bad and not as_json:
         out.print(f"nothing to verify: no sealed shard{scope}")
@@ -61,8 +62,6 @@ def verify(
 
 
 def _orphans(ctx: typer.Context, repair: bool, grace_s: float, as_json: bool) -> None:
-    # deferred: hoard starts without the store's modules
-    from fsd.maintenance.orphans import sweep
 
     with open_store(ctx) as store:
         rep = sweep(store, repair, grace_s)
@@ -92,13 +91,9 @@ def check(
     Exit 5 when something disagrees (each on one line with what to do), 0 when all agree.
     Changes nothing; `hoard verify` reads every byte, this reads the index, footers and sizes.
     """
-    # deferred: hoard starts without the store's and sql's modules
-    from fsd.maintenance.check import check as run
-
-    from sql.check import store_vs_database
 
     with database(state(ctx).settings, skip=no_database) as conn, open_store(ctx, writable=False) as store:
-        rep = run(store, (lambda objs: store_vs_database(conn, objs)) if conn is not None else None)
+        rep = check_mod.check(store, (lambda objs: store_vs_database(conn, objs)) if conn is not None else None)
     if as_json:
         out.print(json.dumps(asdict(rep) | {"ok": rep.ok}), markup=False)
     else:

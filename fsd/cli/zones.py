@@ -10,11 +10,12 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from fsd.outputs import zones as zones_mod
-from fsd.base.units import fmt_bytes
 from fsd.base.config import ZONES
 from fsd.base.errors import ExitCode, HoardError
+from fsd.base.units import fmt_bytes
 from fsd.cli._common import err, out, state
+from fsd.outputs import zones as zones_mod
+from jobs import outputs
 
 app = typer.Typer(help="The SSD zones: quota, used, reserved, free, state, reservations and outputs; "
                        "`clean ID` removes a sealed output.", invoke_without_command=True)
@@ -74,7 +75,6 @@ def clean(
     refused while its job still runs."""
     if zone is not None and zone not in ZONES:
         raise HoardError(f"--zone {zone}: no such zone; zones are {', '.join(ZONES)}", ExitCode.USAGE)
-    from jobs import outputs  # deferred: hoard starts without jobs (rq, redis, psycopg)
 
     res: dict[str, Any] = outputs.clean(state(ctx).settings, output_id, zone)
     stale = res["stale_reservation"]

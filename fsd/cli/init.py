@@ -1,0 +1,45 @@
+"""`hoard init`: the directories the configuration names, and the embedded default config."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from fsd.base.config import ZONES, embedded_config_text
+from fsd.base.errors import ExitCode, HoardError
+from fsd.base.modes import PASSAGE, ensure_dir
+from fsd.cli._common import out, state
+from fsd.core.layout import protect_ssd
+from fsd.store import Store
+
+
+def init(
+    ctx: typer.Context,
+    embedded: Annotated[bool, typer.Option("--embedded", help="write the embedded default hoard.toml "
+                                           "(directory disks and private servers under ./var) if missing")] = False,
+) -> None:
+    """Create the directories the configuration names (idempotent)."""
+    st = state(ctx)
+    if embedded:
+        path = Path(st.config_path or "hoard.toml")
+        if path.exists():
+            out.print(f"config: {path} exists, kept")
+        else:
+            path.write_text(embedded_config_text())
+            out.print(f"config: wrote the embedded default to {path}")
+        st.config_path = str(path)
+    cfg = st.settings
+    for d in cfg.disks:
+        if cfg.store.allow_directory_disks:
+            ensure_dir(d.path, PASSAGE)
+        elif not d.path.is_dir():
+            raise HoardError(f"disk {d.label}: {d.path} does not exist; mount the disk there first",
+                             ExitCode.UNAVAILABLE)
+
+    protect_ssd(cfg, make=True)  # the zones and the index, each with its mode (docs/security.md)
+
+    Store.open(cfg, init=True).close()  # identity files for new disks, orphan recovery
+    out.print(f"disks:  {', '.join(f'{d.label}={d.path}' for d in cfg.disks)}")
+    out.print(f"ssd:    {cfg.ssd.root} (zones {', '.join(ZONES)}; index {cfg.index_dir})")
