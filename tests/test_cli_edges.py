@@ -103,20 +103,21 @@ PLACEHOLDER = re.compile(r"<[A-Za-z_][\w.]*>")
 
 def _placeholders() -> dict[tuple[str, ...], set[str]]:
     """Every command's `<placeholder>`s in its help text and its parameters' help."""
-    import click
     import typer
 
     from fsd.cli import app
 
     found: dict[tuple[str, ...], set[str]] = {}
 
-    def walk(cmd: click.Command, path: tuple[str, ...]) -> None:
+    def walk(cmd: typer.core.TyperCommand, path: tuple[str, ...]) -> None:
         texts = [cmd.help or ""] + [getattr(p, "help", None) or "" for p in cmd.params]
         marks = {m for t in texts for m in PLACEHOLDER.findall(t)}
         if marks:
             found[path] = marks
-        for name, sub in getattr(cmd, "commands", {}).items():
-            walk(sub, (*path, name))
+        if hasattr(cmd, "list_commands"):  # a group; a lazy one's commands load when asked for
+            ctx = typer.Context(cmd)
+            for name in cmd.list_commands(ctx):
+                walk(cmd.get_command(ctx, name), (*path, name))
 
     walk(typer.main.get_command(app), ())
     return found

@@ -15,11 +15,10 @@ import sys
 import traceback
 from typing import Annotated, Optional
 
-import click
 import lmdb
 import typer
 from rich.markup import escape
-from typer.core import TyperGroup, TyperOption
+from typer.core import TyperCommand, TyperGroup, TyperOption
 
 from fsd.base import config as config_mod
 from fsd.base import logs
@@ -57,16 +56,16 @@ MARKUP = "markdown"
 class LazyGroup(TyperGroup):
     """The root group: a command's module is imported when the command is asked for."""
 
-    def list_commands(self, ctx: click.Context) -> list[str]:
+    def list_commands(self, ctx: typer.Context) -> list[str]:  # type: ignore[override]  # typer's own Context
         return list(COMMANDS)
 
-    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+    def get_command(self, ctx: typer.Context, cmd_name: str) -> TyperCommand | TyperGroup | None:  # type: ignore[override]
         if cmd_name not in self.commands and cmd_name in COMMANDS:
             self.commands[cmd_name] = load(cmd_name)
         return self.commands.get(cmd_name)
 
 
-def load(name: str) -> click.Command:
+def load(name: str) -> TyperCommand | TyperGroup:
     """The click command of `name`, its module imported now."""
     module, attr = COMMANDS[name]
     target = getattr(importlib.import_module(f"fsd.cli.{module}"), attr)
