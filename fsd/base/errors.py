@@ -26,8 +26,6 @@ class ExitCode(enum.IntEnum):
     DATA = 5
     #: refused for lack of space: disks full, zone quota reached
     NO_SPACE = 6
-    #: the command belongs to a part of hoardfs not built yet
-    NOT_BUILT = 9
     #: interrupted by the user (Ctrl-C)
     INTERRUPTED = 130
     #: the reader of our output went away (`hoard ... | head`): stopped early, as SIGPIPE would
@@ -59,12 +57,6 @@ class ServiceUnavailable(HoardError):
     """PostgreSQL, Redis or another service the command needs does not answer."""
 
     exit_code = ExitCode.UNAVAILABLE
-
-
-class NotBuilt(HoardError):
-    """A command of the skeleton whose implementation has not landed yet."""
-
-    exit_code = ExitCode.NOT_BUILT
 
 
 def first_line(e: BaseException) -> str:
