@@ -14,9 +14,10 @@ import psycopg
 from fastapi.responses import FileResponse, Response
 from nicegui import app, ui
 
-from fsd.outputs import thumbs
 from fsd.base.errors import HoardError
+from fsd.base.paths import by_hash_path
 from fsd.base.units import fmt_bytes
+from fsd.outputs import thumbs
 from gui import charts, text
 from gui.auth import require
 from gui.context import AppStopping, ctx, in_thread, page, stopping
@@ -45,7 +46,7 @@ def _date(s: str) -> dt.date | None:
 def mount_paths(sha256: str, ext: str | None, locators: list[str]) -> list[str]:
     """Where the node shows in the FUSE mount (docs/mount.md): by-hash/ and each batch path."""
     root = str(ctx().cfg.mount.path or "<mount>")
-    out = [f"{root}/by-hash/{sha256[:2]}/{sha256[2:4]}/{sha256}{'.' + ext if ext else ''}"]
+    out = [f"{root}/{by_hash_path(sha256, ext)}"]
     out += [f"{root}/batches/{loc.removeprefix('batch:')}" for loc in locators if loc.startswith("batch:")]
     return out
 

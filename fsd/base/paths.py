@@ -83,6 +83,11 @@ def display(name: str) -> str:
                    f"\\u{ord(c):04x}" if BIDI_CONTROL.match(c) or SEPARATOR.match(c) else c for c in shown)
 
 
+def by_hash_path(sha256_hex: str, ext: str | None) -> str:
+    """Where an object shows in the mount, under its root (docs/mount.md): by-hash/aa/bb/<sha256>.<ext>."""
+    return f"by-hash/{sha256_hex[:2]}/{sha256_hex[2:4]}/{sha256_hex}" + (f".{ext}" if ext else "")
+
+
 def file_ext(name: str) -> str:
     """The extension a file is shown with in by-hash/ (lower case, alphanumeric, ≤ 10), or ''."""
     ext = os.path.splitext(name)[1][1:].lower()

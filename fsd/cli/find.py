@@ -21,7 +21,7 @@ import typer
 
 from adapters import known_sources
 from fsd.base.errors import ExitCode, HoardError, first_line
-from fsd.base.paths import display
+from fsd.base.paths import by_hash_path, display
 from fsd.base.units import fmt_bytes
 from fsd.cli._common import err, out, read_input, state
 from fsd.outputs.manifest import iter_files, named
@@ -117,7 +117,7 @@ def info(
             "in_manifests": _manifest_paths(store, sha),
         }
     h = sha.hex()
-    doc["mount_paths"] = [f"by-hash/{h[:2]}/{h[2:4]}/{h}" + (f".{ext}" if ext else "")] + [
+    doc["mount_paths"] = [by_hash_path(h, ext)] + [
         f"batches/{m['batch']}/{m['path']}" if "batch" in m else f"views/{m['view']}/{m['path']}"
         for m in doc["in_manifests"]]
     doc["database"] = _db_facts(cfg, sha)
