@@ -8,7 +8,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import json
 import logging
@@ -16,27 +15,24 @@ import os
 import random
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import lmdb
 
-from fsd.core import marks, pointers
 from fsd.core import shardfmt as fmt
 from fsd.core import storelock
 from fsd.base import config as config_mod
 from fsd.base.config import Settings
 from fsd.base.errors import ExitCode, HoardError
-from fsd.base.files import atomic_write, fsync_dir, size_or_zero
-from fsd.base.modes import FILE
+from fsd.base.files import atomic_write
 from fsd.base.paths import file_ext
 from fsd.base.units import fmt_bytes
-from fsd.core.disks import (IDENTITY, IDENTITY_COPY, DiskGone, DiskRecord, DiskState, LocalDisk, keep_identity_copy,
-                        probe, read_identity, write_identity)
-from fsd.core.index import MARKS_NS, Index, ShardMeta, has_index, index_error, open_existing
-from fsd.core.layout import (BATCHES_DIR, FORGOTTEN, VIEWS_DIR, check_ssd, lock_root, pin_path, protect_disk,
-                        protect_ssd)
+from fsd.core.disks import (DiskGone, DiskRecord, DiskState, LocalDisk)
+from fsd.core.index import Index, ShardMeta, has_index, index_error, open_existing
+from fsd.core.layout import (BATCHES_DIR, VIEWS_DIR, check_ssd, lock_root, pin_path, protect_ssd)
 from fsd.core.placement import Candidate, choose
+from fsd.io import attach, copies
 from fsd.io.planner import execute, make_plan
 from fsd.io.put import put_files, put_payloads
 from fsd.core.records import GET_MAX, ITER_READ, MAP_PIECE, DataError, ObjectNotFound, PutResult, learn_map, sha_bytes, verify_record
@@ -46,14 +42,6 @@ from fsd.io.scrub import oldest_unverified_age
 from fsd.io.writer import ShardWriter, writer_alive
 
 log = logging.getLogger(__name__)
-#: a disk whose marks log refused a snapshot is tried again after this long (not by every open)
-MARKS_RETRY_S = 600.0
-#: the same for a disk that failed to take the batch and view pointers it missed
-POINTERS_RETRY_S = 600.0
-#: a disk found at its path notes it in the index (Index.saw_disk, shown for a disk that went
-#: missing) at most this often: every status refresh opens the store, and one LMDB write per disk
-#: per open would be churn
-SEEN_EVERY_S = 600.0
 
 
 class Store:
@@ -87,12 +75,7 @@ class Store:
         try:
             if init:
                 if not has_index(cfg.index_dir):  # a lost index: refuse before an empty one takes its place
-                    for dc in cfg.disks:
-                        ident = read_identity(dc.path) if dc.path.is_dir() else None
-                        if not _forgotten(dc.path, ident):
-                            _refuse_disk_with_shards(cfg, dc, ident, init)
-                            if ident is None:
-                                _refuse_unmounted(cfg, dc)
+                    attach.refuse_lost_index(cfg)
                 try:
                     index = Index(cfg.index_dir)
                 except lmdb.Error as e:
@@ -103,12 +86,12 @@ class Store:
             store.held = hold
             index.mark_log = store.log_marks
             try:
-                store._check_index_owner(ssd_uuid)
-                store._attach_disks(init)
+                attach.check_index_owner(store, ssd_uuid)
+                attach.attach_disks(store, init)
                 if writable:
                     recover_orphans(store)
                     store.catch_up_marks()
-                    store._catch_up_pointers_or_warn()
+                    copies.catch_up_pointers_or_warn(store)
             except BaseException:
                 store.index.close()
                 raise
@@ -117,89 +100,6 @@ class Store:
                 storelock.release_shared(lock_root(cfg), hold)
             raise
         return store
-
-    def _check_index_owner(self, ssd_uuid: str) -> None:
-        """The index must be this SSD's (an index copied from another store, or a fresh one on
-        an SSD that was not mounted, must not take writes)."""
-        owner = self.index.get_meta("ssd_uuid")
-        if owner is None:
-            self.index.set_meta("ssd_uuid", ssd_uuid)
-        elif owner != ssd_uuid:
-            raise HoardError(f"the index at {self.cfg.index_dir} belongs to SSD {owner}, but {self.cfg.ssd.root} "
-                             f"is SSD {ssd_uuid}: wrong ssd.root/index_dir in the config, or an index copied from "
-                             "another store; fix the config, or `hoard index rebuild` for this SSD",
-                             ExitCode.UNAVAILABLE)
-
-    def _attach_disks(self, init: bool) -> None:
-        known = {r.label: r for r in self.index.get_disks()}
-        noted, inside = self.index.disks_seen()
-        if inside:  # records the version that kept `seen` in them wrote: the previous release cannot read them
-            self._move_seen_out()
-        allow_dir = self.cfg.store.allow_directory_disks
-        for dc in self.cfg.disks:
-            rec = known.pop(dc.label, None)
-            if rec is None:
-                ident = read_identity(dc.path) if dc.path.is_dir() else None
-                if _forgotten(dc.path, ident):  # forgotten, still in hoard.toml
-                    rec = DiskRecord(ident.get("uuid") or "forgotten-" + dc.label, dc.label, str(dc.path),
-                                     DiskState.MISSING, "", reason="forgotten by `hoard disks forget`: remove its "
-                                     f"[[disks]] table from {self.cfg.source}")
-                    self.records[rec.uuid] = rec
-                    continue
-                _refuse_disk_with_shards(self.cfg, dc, ident, init)
-                if ident is None and init:
-                    _refuse_unmounted(self.cfg, dc)
-                    ident = write_identity(dc.path, dc.label)
-                if ident is None or not ident.get("uuid"):
-                    rec = DiskRecord("unregistered-" + dc.label, dc.label, str(dc.path), DiskState.MISSING,
-                                     "", reason=f"no disk identity at {dc.path} (not initialised, or not mounted)")
-                    self.records[rec.uuid] = rec
-                    continue
-                rec = DiskRecord(ident["uuid"], dc.label, str(dc.path), DiskState.ACTIVE, ident.get("created", ""))
-                self.index.put_disk(rec)
-            state, why = probe(dc.path, rec.uuid, allow_dir)
-            if state == DiskState.ACTIVE:
-                self._note_seen(rec, noted.get(rec.uuid, 0.0))
-                if self.writable:
-                    try:
-                        protect_disk(dc.path)
-                        keep_identity_copy(dc.path, rec.uuid)
-                    except OSError as e:  # a read-only or full disk: the copy waits for the next open
-                        log.warning("disk %s: cannot write the copy of its identity: %s", dc.label, e)
-            if rec.path != str(dc.path):
-                rec.path = str(dc.path)
-                self.index.put_disk(rec)
-            # a user's or rebuild's decision sticks: failed stays failed (even if also unmounted),
-            # draining stays draining while the disk is there
-            if rec.state == DiskState.FAILED or (rec.state == DiskState.DRAINING and state == DiskState.ACTIVE):
-                state, why = rec.state, rec.reason
-            rec.state, rec.reason = state, why
-            self.records[rec.uuid] = rec
-            cap = int(dc.capacity_gb * (1 << 30)) if dc.capacity_gb else None
-            self.disks[rec.uuid] = LocalDisk(dc.label, dc.path, rec.uuid, cap, require_mount=not allow_dir)
-            self.queue[rec.uuid] = 0
-        for rec in known.values():  # registered, but no longer in hoard.toml
-            rec.state, rec.reason = DiskState.MISSING, (
-                f"registered in the index but not listed in {self.cfg.source}: `hoard disks forget {rec.label}` "
-                "once no shard needs it (or put its [[disks]] table back)")
-            self.records[rec.uuid] = rec
-
-    def _note_seen(self, rec: DiskRecord, noted: float) -> None:
-        """The disk is at its path with its identity now: note it (at most every SEEN_EVERY_S
-        after the time `noted`)."""
-        now = time.time()
-        if now - noted < SEEN_EVERY_S:
-            return
-        try:
-            self.index.saw_disk(rec.uuid, now)
-        except lmdb.Error as e:  # a full or read-only SSD: the open goes on, the time stays old
-            log.warning("index: cannot note that disk %s was seen: %s", rec.label, e)
-
-    def _move_seen_out(self) -> None:
-        try:
-            self.index.move_seen_out()
-        except lmdb.Error as e:  # as _note_seen: the open goes on; the next one tries again
-            log.warning("index: cannot move the disks' last-seen times out of their records: %s", e)
 
     def refresh_disks(self) -> bool:
         """Look again at hoard.toml's `[[disks]]` and the index's disk records, as a long-lived
@@ -214,7 +114,7 @@ class Store:
                 return False
         fresh = Store(cfg, self.index, self.writable)
         try:
-            fresh._attach_disks(init=False)
+            attach.attach_disks(fresh, init=False)
         except HoardError as e:
             log.warning("disks not refreshed: %s", e.message)
             return False
@@ -229,7 +129,7 @@ class Store:
             for u in disks:
                 self.queue.setdefault(u, 0)
             self.cfg = self.cfg.model_copy(update={"disks": cfg.disks})
-        self._catch_up_pointers_or_warn()  # a disk back (or added) takes them now, not at the next open
+        copies.catch_up_pointers_or_warn(self)  # a disk back (or added) takes them now, not at the next open
         return True
 
     def close(self) -> None:
@@ -400,264 +300,43 @@ class Store:
         """Name an ingested batch's manifest object in the index and, so that `hoard index
         rebuild` finds it again, in `batches/<batch_id>.json` on every disk in service; None
         unregisters it (type-B deletion)."""
-        self._pointing(lambda write: self.index.name_pointer(BATCHES_DIR, batch_id, info, write))
+        copies.pointing(self, lambda write: self.index.name_pointer(BATCHES_DIR, batch_id, info, write))
 
     def register_view(self, name: str, info: dict | None) -> None:
         """The same for a view (`views/<name>.json`); None removes it."""
-        self._pointing(lambda write: self.index.name_pointer(VIEWS_DIR, name, info, write))
+        copies.pointing(self, lambda write: self.index.name_pointer(VIEWS_DIR, name, info, write))
 
     def keep_pointer(self, key: str, doc: dict) -> None:
         """A pointer at the disks' root (fsd.core.pointers.ROOT_FILES: the newest database dump) on
         every disk in service, kept in the index as a batch's is: a disk added or back later
         gets it, and an index rebuild takes the newest."""
-        self._pointing(lambda write: self.index.keep_pointer(key, doc, write))
+        copies.pointing(self, lambda write: self.index.keep_pointer(key, doc, write))
 
-    def _pointing(self, name: Callable[[Callable[[str, bytes], list[str]]], bytes]) -> None:
-        """`name(write)` with write_pointer as `write`; the disks' errors are reported after
-        the index transaction (reporting one writes to the index)."""
-        failed: list[tuple[LocalDisk, OSError]] = []
-        try:
-            name(lambda key, body: self.write_pointer(key, body, failed=failed))
-        finally:
-            for disk, e in failed:
-                self.disk_error(disk, "write", e)
-
+    # -- the marks logs and pointers beside the shards: fsd.io.copies ---------------------------
     def write_pointer(self, rel: str, body: bytes, failed: list[tuple[LocalDisk, OSError]] | None = None
                       ) -> list[str]:
-        """Write (tmp → fsync → rename) a pointer's bytes (fsd/core/pointers.py: stamped by
-        Index.name_pointer, so a disk that missed later writes holds an older one and rebuild
-        takes the newest; a removal record for a removed name) at `rel` under every disk in
-        service (active or draining) — what `hoard index rebuild` or a person
-        needs with only the HDDs left. Returns the uuids of the disks that took it; raises when
-        none did (the index then names nothing new). `failed`: a disk's error goes there, to
-        be reported by the caller after its index transaction, instead of at once."""
-        took, errors = [], []
-        for uuid, disk in list(self.disks.items()):
-            if self.usable(uuid):
-                try:
-                    with _on_disk(self, disk) as wrote:
-                        _put_pointer(disk, rel, body, wrote)
-                    took.append(uuid)
-                except OSError as e:  # a dying disk (EIO: marked failed) must not stop the others
-                    if failed is None:
-                        self.disk_error(disk, "write", e)
-                    else:
-                        failed.append((disk, e))
-                    errors.append(_disk_error_text(disk, e))
-        if not took:
-            raise HoardError(f"no disk took {rel} ({'; '.join(errors) or 'no disk in service'}); nothing was "
-                             "changed — `hoard health` names the disks' problems", ExitCode.UNAVAILABLE)
-        return took
+        return copies.write_pointer(self, rel, body, failed)
 
     def pointers_behind(self, state: tuple[int | None, dict[str, int], dict[str, float]] | None = None) -> list[str]:
-        """Disks in service that miss pointers the index holds (the index knows which disk took
-        each: Index.name_pointer) — added later, replaced onto, back from failed or unplugged,
-        a failed write — and that did not fail to take them in the last POINTERS_RETRY_S."""
-        last, at, failed = state or self.index.pointers_state()
-        now = time.time()
-        return [u for u in self.disks if self.usable(u) and (last is None or at.get(u, -1) < last)
-                and now - failed.get(u, 0.0) > POINTERS_RETRY_S]
+        return copies.pointers_behind(self, state)
 
     def catch_up_pointers(self, uuids: Iterable[str] | None = None) -> list[str]:
-        """Every writable open: the disks that are behind (or `uuids`, whatever they hold) get
-        the index's batch and view pointers. An index from before the `pointers` table gets it
-        filled first (Index.align_pointers). Returns the labels brought up."""
-        if not self.writable or self.index.pointers is None:
-            return []
-        state = self.index.pointers_state()
-        if state[0] is None:
-            self.index.align_pointers()
-            state = self.index.pointers_state()
-        chosen = self.pointers_behind(state) if uuids is None else list(uuids)
-        done = [self.disks[u].label for u in chosen if self.usable(u) and self._bring_pointers(u)]
-        if done:
-            log.info("batch and view pointers of %s brought up to the index", ", ".join(done))
-        return done
-
-    def _catch_up_pointers_or_warn(self) -> None:
-        """catch_up_pointers, where it must not stop the caller (an open, a refresh): a full
-        SSD leaves the disks behind, and the next writer tries again."""
-        try:
-            self.catch_up_pointers()
-        except (HoardError, lmdb.Error) as e:
-            log.warning("batch and view pointers not brought up to the index: %s", getattr(e, "message", e))
-
-    def _bring_pointers(self, uuid: str) -> bool:
-        """Write to the disk each pointer it does not hold as the index does (most of them
-        outside any transaction: a new disk takes thousands); then, inside one, those named
-        meanwhile and removal records for the names on the disk the index has no pointer for
-        (Index.pointers_brought). False when the disk did not take them all."""
-        disk = self.disks[uuid]
-        since, bodies = self.index.pointer_bodies()
-        stale: dict[str, int] = {}
-        errors: list[OSError] = []
-
-        def put(items: Iterable[tuple[str, bytes]]) -> bool:
-            try:
-                with _on_disk(self, disk) as wrote:
-                    for key, body in items:
-                        if _pointer_on(disk, key) != body:
-                            _put_pointer(disk, key, body, wrote)
-                return True
-            except OSError as e:  # reported after the index transaction (it writes to the index)
-                errors.append(e)
-                return False
-
-        ok = put(bodies.items())
-        if ok:
-            try:
-                for folder in pointers.KINDS:
-                    for path in (disk.root / folder).glob("*.json"):
-                        key = pointers.rel(folder, path.stem)
-                        if key not in bodies and not pointers.planted(path):
-                            stale[key] = _pointer_stamp(disk, key)
-            except OSError as e:
-                log.warning("disk %s: cannot list its pointers: %s", disk.label, e)
-                ok = False
-        try:
-            return self.index.pointers_brought(uuid, since, stale if ok else {},
-                                               lambda newer: ok and put(newer.items()))
-        finally:
-            for e in errors:
-                self.disk_error(disk, "write", e)
+        return copies.catch_up_pointers(self, uuids)
 
     def log_marks(self, op: str, shas: list[bytes], stamp: int) -> list[str]:
-        """Append marks-log records (`op` is one of MARK_OPS) to `marks/marks.log` on every
-        writable disk, fsynced — what `hoard index rebuild` replays (fsd/core/marks.py); returns the
-        uuids of the disks that took them (Index.log_in notes them). Called by the index
-        inside the transaction that applies them: raising here (no disk took the records)
-        leaves the index unchanged too. Each append starts with a newline, so the torn rest of
-        an append that failed half-way is a line of its own, never glued to the next record."""
-        body = b"\n" + marks.records(stamp, op, shas)
-        took, errors = [], []
-        for uuid, disk in self.disks.items():
-            if not self.usable(uuid, for_write=True):
-                continue
-            path = marks.log_path(disk.root)
-            try:
-                with _on_disk(self, disk) as wrote:
-                    _marks_log(disk)
-                    # O_APPEND: records of concurrent processes interleave whole (one write each)
-                    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NONBLOCK, FILE)
-                    try:
-                        marks.regular(fd, path)
-                        view = memoryview(body)
-                        while view:
-                            view = view[os.write(fd, view):]
-                        os.fsync(fd)
-                        wrote.append(os.fstat(fd).st_dev)
-                    finally:
-                        os.close(fd)
-                took.append(uuid)
-            except OSError as e:
-                log.warning("disk %s: cannot append to %s: %s", disk.label, path, e)
-                errors.append(_disk_error_text(disk, e))
-        if not took:
-            raise HoardError(f"no disk took the marks (roots, hides, deletions: {'; '.join(errors) or 'no writable disk'}); "
-                             "nothing was changed — `hoard health` names the disks' problems", ExitCode.UNAVAILABLE)
-        return took
+        return copies.log_marks(self, op, shas, stamp)
 
     def marks_behind(self, state: tuple[int, dict[str, int], dict[str, float]] | None = None) -> list[str]:
-        """Writable disks whose marks log misses records the index holds (the index knows which
-        disk took each record: Index.log_in) — added later, back from failed or unplugged, a
-        failed or short append — and that did not refuse a snapshot in the last
-        MARKS_RETRY_S (a disk gone read-only is not rewritten by every open)."""
-        last, at, failed = state or self.index.marks_state()
-        now = time.time()
-        return [u for u in self.disks if self.usable(u, for_write=True)
-                and (u not in at or at[u] < last) and now - failed.get(u, 0.0) > MARKS_RETRY_S]
+        return copies.marks_behind(self, state)
 
     def catch_up_marks(self) -> list[str]:
-        """Every writable open: no stamp is handed out again that a disk's log already holds
-        (a writer that appended and died before its commit), and the disks that are behind
-        get a snapshot of the index's marks."""
-        tails: dict[str, int] = {}
-        legacy: list[str] = []  # logs written before lines had checks: rewritten (fsd/core/marks.py)
-        for u, d in self.disks.items():
-            if self.usable(u):
-                try:
-                    stamp, old_format = marks.log_ends(d.root)
-                    tails[u] = stamp or 0
-                    if old_format and self.usable(u, for_write=True):
-                        legacy.append(u)
-                except OSError as e:  # a dying disk, a hostile file: health's and check's business
-                    log.warning("disk %s: cannot read the end of its marks log: %s", d.label, e)
-        if tails and max(tails.values()) > int(self.index.get_meta(MARKS_NS.decode()) or 0):
-            self.index.raise_stamp(max(tails.values()))
-        state = self.index.marks_state()
-        at = state[1]
-        # a log ending after what the index knows it took: a record whose transaction died
-        # (or one committing right now: checked again inside the snapshot's transaction)
-        ahead = [u for u, t in tails.items() if u in at and t > at[u] and self.usable(u, for_write=True)]
-        behind = self.marks_behind(state)
-        # (a legacy log that refused its rewrite waits MARKS_RETRY_S like a disk behind: each try
-        # reads every disk's whole log and takes a write transaction)
-        behind += [u for u in legacy if u not in behind and time.time() - state[2].get(u, 0.0) > MARKS_RETRY_S]
-        if not (behind or ahead):
-            return []
-        done = self.snapshot_marks(behind + ahead, recheck=set(ahead) - set(behind))
-        if done:
-            log.info("marks log of %s brought up to the index", ", ".join(done))
-        return done
+        return copies.catch_up_marks(self)
 
     def compact_marks(self) -> list[str]:
-        """Snapshot the writable disks whose marks log has grown past twice what a snapshot
-        would take (plus 1 MiB): the history is replaced by the state."""
-        n = sum(self.index.count(getattr(self.index, t)) for t in marks.TABLES)
-        limit = 2 * (n + 1) * marks.RECORD_BYTES + (1 << 20)
-        big = [u for u, d in self.disks.items()
-               if self.usable(u, for_write=True) and size_or_zero(marks.log_path(d.root)) > limit]
-        return self.snapshot_marks(big) if big else []
+        return copies.compact_marks(self)
 
     def snapshot_marks(self, uuids: Iterable[str] | None = None, recheck: set[str] | None = None) -> list[str]:
-        """Replace the marks log of disks `uuids` (default: every disk in service, draining
-        included) by a snapshot of the index's marks (fsd/core/marks.py), inside an index write
-        transaction — plus the marks the logs hold for objects the index does not know. Returns
-        the labels written; a disk that cannot take it is logged and skipped (still behind: a
-        writer tries again after MARKS_RETRY_S)."""
-        # every disk in service: a draining one's log is still read by an index rebuild
-        chosen = [u for u in (self.disks if uuids is None else uuids) if self.usable(u)]
-        done: list[str] = []
-
-        def write(stamp: int, tables: dict[str, list[bytes]], at: dict[str, int]) -> tuple[list[str], list[str]]:
-            body = marks.snapshot(stamp, tables)
-            written, failed = [], []
-            for uuid in chosen:
-                disk = self.disks[uuid]
-                if uuid in (recheck or ()):  # "ahead" — still, now that no transaction is in flight?
-                    try:
-                        if (marks.last_stamp(disk.root) or 0) <= at.get(uuid, -1):
-                            continue
-                    except OSError:
-                        continue
-                path = marks.log_path(disk.root)
-                try:
-                    with _on_disk(self, disk) as wrote:
-                        atomic_write(_marks_log(disk), body, prepare=lambda fd, _: wrote.append(os.fstat(fd).st_dev))
-                    done.append(disk.label)
-                    written.append(uuid)
-                except DiskGone as e:  # not a refusal: tried again by the first writer that finds it back
-                    log.warning("disk %s: cannot rewrite %s from the index: %s", disk.label, path, e)
-                except OSError as e:
-                    log.warning("disk %s: cannot rewrite %s from the index: %s", disk.label, path, e)
-                    failed.append(uuid)
-            return written, failed
-
-        if chosen:
-            self.index.snapshot_marks(write, self._logged_marks())
-        return done
-
-    def _logged_marks(self) -> dict[str, list[bytes]]:
-        """What the readable disks' logs replay to (the index keeps, of these, the marks of
-        objects it does not know: Index.snapshot_marks)."""
-        logs = []
-        for u, d in self.disks.items():
-            if self.usable(u):
-                try:
-                    logs.append(marks.read_log(marks.log_path(d.root).parent, label=d.label))
-                except OSError:
-                    continue
-        return marks.replay(marks.agree(logs)[0])
+        return copies.snapshot_marks(self, uuids, recheck)
 
     # -- pins: acknowledged objects a job holds before a manifest names them -------------------
     def pin(self, name: str, shas_hex: Iterable[str], why: str) -> None:
@@ -842,114 +521,3 @@ class Store:
                 "recent_errors": [e for e in self.index.recent_events(50) if e["kind"].endswith("_error")][:10],
                 "recovery_incomplete": [e for e in self.index.recent_events(200)
                                         if e["kind"] == "recovery_incomplete" and e.get("shard") in stuck][:10]}
-
-
-
-def _disk_error_text(disk: LocalDisk, e: OSError) -> str:
-    """"LABEL: what went wrong", without the label twice (a DiskGone names its disk itself)."""
-    text = e.strerror or str(e)
-    return text if text.startswith(f"disk {disk.label}") else f"{disk.label}: {text}"
-
-
-@contextlib.contextmanager
-def _on_disk(store: Store, disk: LocalDisk) -> Iterator[list[int]]:
-    """Small files (marks logs, pointers) written by path inside: the disk is checked to be
-    there before (a vanished mount leaves an empty directory on the root filesystem that takes
-    any write) and after (one that vanished during the write took it beside the disk, not on
-    it: chaos seed 1025 — the index counted the roots as on the disk's log, and they were not).
-    The body adds the device of each file it wrote (fstat) to the list it is given: a disk
-    that dropped off before the file was opened and was mounted again before the check after
-    passes both checks, and only the device tells that the file is not on it. Any of these
-    raises DiskGone, and this process stops using the disk."""
-    wrote: list[int] = []
-    try:
-        disk.check()
-        yield wrote
-        disk.check()
-        if any(dev != os.stat(disk.root).st_dev for dev in wrote):
-            raise DiskGone(f"disk {disk.label}: a file was written beside it, not on it (the disk dropped off "
-                           "and came back during the write)")
-    except DiskGone as e:
-        store.gone(disk, e)
-        raise
-
-
-def _put_pointer(disk: LocalDisk, key: str, body: bytes, wrote: list[int]) -> None:
-    """A pointer's bytes at `key` under the disk's root (inside `_on_disk`)."""
-    path = disk.root / key
-    path.parent.mkdir(exist_ok=True)
-    atomic_write(path, body, prepare=lambda fd, _: wrote.append(os.fstat(fd).st_dev))
-
-
-def _pointer_on(disk: LocalDisk, key: str) -> bytes | None:
-    """The bytes of the disk's pointer at `key`; None when there is none that reads."""
-    try:
-        return pointers.read(disk.root / key)
-    except (OSError, ValueError):
-        return None
-
-
-def _pointer_stamp(disk: LocalDisk, key: str) -> int:
-    """The stamp of the disk's pointer at `key` (0 when it does not read as one)."""
-    try:
-        return pointers.decode(pointers.read(disk.root / key)).get(pointers.STAMP, 0)
-    except (OSError, ValueError):
-        return 0
-
-
-def _marks_log(disk: LocalDisk) -> Path:
-    """The disk's marks log path, its directory made (and made durable) if it is new."""
-    path = marks.log_path(disk.root)
-    if not path.parent.is_dir():
-        path.parent.mkdir()
-        fsync_dir(disk.root)
-    return path
-
-
-def _forgotten(root: Path, ident: dict | None) -> bool:
-    """Whether the disk at `root` (with identity `ident`) was forgotten by `hoard disks forget`
-    (an unreadable marker is no marker, as in the rebuild: it must not let a live disk pass)."""
-    if not ident:
-        return False
-    marker = read_identity(root, FORGOTTEN)
-    return bool(marker and marker.get("uuid"))
-
-
-def _refuse_disk_with_shards(cfg: Settings, dc: config_mod.DiskConfig, ident: dict | None, init: bool) -> None:
-    """Refuse a disk with shards that the index does not know: the index was lost or replaced
-    (an unmounted SSD), or the disk is another store's. Registering it would hide its objects
-    from dedupe and from every read. With `init`, a disk with shards but no readable identity
-    is refused too: it is no new disk, and a new identity would rename it."""
-    known = bool(ident and ident.get("uuid"))
-    if not (known or init) or not _holds_shards(dc.path):
-        return
-    if known:
-        raise HoardError(f"disk {dc.label} at {dc.path} holds shards, but the index at {cfg.index_dir} does not "
-                         "know this disk: if the SSD's index was lost, run `hoard index restore` (or `hoard index "
-                         "rebuild`); if the disk belongs to another store, remove it from the config",
-                         ExitCode.UNAVAILABLE)
-    why = ident["error"] if ident else f"it has no {IDENTITY}"
-    raise HoardError(f"disk {dc.label} at {dc.path} holds shards, but {why}: it is no new disk, and nothing was "
-                     f"written. Put its identity back (from {dc.path / IDENTITY_COPY} if that is intact), then, if "
-                     "the SSD's index was lost, run `hoard index restore` (or `hoard index rebuild`); if the disk "
-                     "belongs to another store, remove it from the config", ExitCode.UNAVAILABLE)
-
-
-def _refuse_unmounted(cfg: Settings, dc: config_mod.DiskConfig) -> None:
-    """`hoard init` gives a disk its identity only where one is mounted (checked before an
-    index is created: a disk not mounted may hold the shards of a lost index)."""
-    if not cfg.store.allow_directory_disks and not os.path.ismount(dc.path):
-        raise HoardError(f"disk {dc.label}: {dc.path} is not a mount point; mount the disk first (or set "
-                         "store.allow_directory_disks for a test setup)", ExitCode.UNAVAILABLE)
-
-
-def _holds_shards(root: Path) -> bool:
-    shards = root / "shards"
-    try:
-        return shards.is_dir() and any(f.suffix in (".shard", ".open") for d in shards.iterdir() if d.is_dir()
-                                       for f in d.iterdir())
-    except OSError as e:  # a disk that does not list may hold shards: nothing is decided on it
-        raise HoardError(f"cannot list {shards}: {e.strerror or e}; nothing was written — check the disk (dmesg, "
-                         "`hoard health`), then run this again", ExitCode.UNAVAILABLE) from None
-
-

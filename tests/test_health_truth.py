@@ -82,13 +82,14 @@ def _commands_exist(text: str) -> None:
     from fsd.cli import app
 
     group = typer.main.get_command(app)
+    ctx = typer.Context(group)
     named = re.findall(r"`hoard ([a-z-]+)(?: ([a-z-]+))?", text)
     assert named, text
     for cmd, sub in named:
-        assert cmd in group.commands, (cmd, text)
-        sub_group = group.commands[cmd]
-        if hasattr(sub_group, "commands"):
-            assert sub in sub_group.commands, (cmd, sub, text)
+        assert cmd in group.list_commands(ctx), (cmd, text)
+        sub_group = group.get_command(ctx, cmd)  # a lazy group's commands load when asked for
+        if hasattr(sub_group, "list_commands"):
+            assert sub in sub_group.list_commands(typer.Context(sub_group)), (cmd, sub, text)
 
 
 def test_a_missing_and_a_failed_disk_say_what_they_held_and_what_to_do(tmp_path: Path) -> None:
@@ -133,7 +134,7 @@ def test_a_missing_and_a_failed_disk_say_what_they_held_and_what_to_do(tmp_path:
 def test_a_disk_is_noted_as_seen_at_most_every_ten_minutes(tmp_path: Path) -> None:
     """Every store open finds the disks, but writes a disk's `seen` only when the noted one is
     SEEN_EVERY_S old (status refreshes open the store every few seconds: no LMDB write each time)."""
-    from fsd.store import SEEN_EVERY_S
+    from fsd.io.attach import SEEN_EVERY_S
 
     cfg = config.load(dir_disks_config(tmp_path, 2, shard_size_mb=1))
     Store.open(cfg, init=True).close()

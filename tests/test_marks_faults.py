@@ -251,14 +251,14 @@ def test_one_read_only_disk_does_not_make_every_open_rewrite_every_log(store_fac
     write is EROFS, which does not fail the disk). Its log stays behind, so every writable
     open — every `hoard put`, worker job, gc — rewrites the whole log of every *other* disk
     (a million marks: ~90 MB each, fsynced, inside the LMDB write lock)."""
-    import fsd.store as store_mod
+    import fsd.io.copies as copies  # where marks logs and pointers are written
 
     store = store_factory(n_disks=3, caps=None)
     store.put_many(make_files(tmp_path / "a", 3, seed=39), root=PUT)
     ingested = make_files(tmp_path / "b", 2, seed=40)
     store.put_many(ingested)  # a batch's files, not roots
     d1, d3 = tmp_path / "disks" / "d1", tmp_path / "disks" / "d3"
-    real_open, real_atomic = os.open, store_mod.atomic_write
+    real_open, real_atomic = os.open, copies.atomic_write
 
     def ro_open(path, flags, *a, **kw):
         if flags & (os.O_WRONLY | os.O_RDWR) and str(path).startswith(str(d3) + "/"):
@@ -271,7 +271,7 @@ def test_one_read_only_disk_does_not_make_every_open_rewrite_every_log(store_fac
         return real_atomic(path, data, **kw)
 
     monkeypatch.setattr(os, "open", ro_open)
-    monkeypatch.setattr(store_mod, "atomic_write", ro_atomic)
+    monkeypatch.setattr(copies, "atomic_write", ro_atomic)
     # no shard write reaches d3 (only marks: `hoard put` of files already stored, `delete
     # --node`, `delete --batch`), so nothing turns it draining; its log misses this record
     store.put_many(ingested, root=PUT)
@@ -405,6 +405,7 @@ def test_a_stamp_on_the_disks_is_never_given_again(store_factory, tmp_path: Path
     take the snapshot (a transient error). d2 now ends with "s unroot x" = the index's stamp:
     it is "current" and never rewritten, and replay at stamp s sorts `unroot` after the
     snapshot's `root`: the logs no longer replay x's root (a rebuild loses it)."""
+    import fsd.io.copies as copies  # where marks logs and pointers are written
     import fsd.store as store_mod
     from fsd.core.index import MARKS_NS
 
@@ -429,16 +430,16 @@ def test_a_stamp_on_the_disks_is_never_given_again(store_factory, tmp_path: Path
     cfg = store.cfg
     store.index.mark_log = None
     store.close()
-    real_atomic = store_mod.atomic_write
+    real_atomic = copies.atomic_write
 
     def d2_fails(path, data, **kw):
         if str(path).startswith(str(d2) + "/"):
             raise OSError(errno.EIO, "Input/output error (transient)")
         return real_atomic(path, data, **kw)
 
-    monkeypatch.setattr(store_mod, "atomic_write", d2_fails)
+    monkeypatch.setattr(copies, "atomic_write", d2_fails)
     Store.open(cfg).close()  # the next writer: a snapshot, d2 misses it
-    monkeypatch.setattr(store_mod, "atomic_write", real_atomic)
+    monkeypatch.setattr(copies, "atomic_write", real_atomic)
     with Store.open(cfg) as s:
         behind = s.marks_behind()
     found: set[marks.Record] = set()
@@ -577,7 +578,7 @@ def test_a_disk_that_vanishes_and_comes_back_during_an_append_is_not_counted(lab
     both checks saw the disk, the index counted the marks as on its log, and the disk's own
     log lacked them with nothing to catch it up (the hole chaos seed 1025 found, narrowed
     to the time between the two checks). The append must be on the disk's filesystem."""
-    from fsd import store as store_mod
+    from fsd.io import copies
     from fsd.base import config
     from fsd.maintenance.deletion import hide
     from tests.conftest import write_config
@@ -587,7 +588,7 @@ def test_a_disk_that_vanishes_and_comes_back_during_an_append_is_not_counted(lab
     disks = [(label, lab.disks[label].mountpoint, None) for label in ("m1", "m2", "m3")]
     cfg = config.load(write_config(tmp_path, disks, allow_dirs=False, shard_size_mb=1, copy_of_raw=2))
     m3 = lab.disks["m3"].mountpoint
-    real_log, real_regular = store_mod._marks_log, marks.regular
+    real_log, real_regular = copies.marks_log, marks.regular
     armed = []
 
     def marks_log(disk):  # after the check before: the disk drops off
@@ -603,7 +604,7 @@ def test_a_disk_that_vanishes_and_comes_back_during_an_append_is_not_counted(lab
 
     with Store.open(cfg, init=True) as store:
         stored = store.put_many(make_files(tmp_path / "a", 6, seed=62), root=PUT)
-        monkeypatch.setattr(store_mod, "_marks_log", marks_log)
+        monkeypatch.setattr(copies, "marks_log", marks_log)
         monkeypatch.setattr(marks, "regular", regular)
         armed.append(True)
         hidden = [bytes.fromhex(r.sha256) for r in stored[:4]]

@@ -171,7 +171,7 @@ def test_a_legacy_log_that_refuses_its_rewrite_is_not_retried_by_every_open(stor
                                                                             caplog) -> None:
     """A legacy log on a disk that cannot take the rewrite (here: a directory where its tmp
     goes): every writable open tried again — each reading every disk's whole marks log
-    (Store._logged_marks) and taking a write transaction — where a disk that is behind is
+    (fsd.io.copies.logged_marks) and taking a write transaction — where a disk that is behind is
     tried again only after MARKS_RETRY_S."""
     store = store_factory(n_disks=2, caps=None)
     x = make_files(tmp_path / "in", 1, seed=86)[0]

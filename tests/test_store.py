@@ -440,11 +440,11 @@ def test_a_pointer_write_error_on_one_disk_fails_that_disk_not_the_command(store
     other disks take the pointer, the disk is marked failed; with no disk left, one clear error."""
     import errno
 
-    import fsd.store as store_mod
+    import fsd.io.copies as copies  # where pointers are written
     from fsd.base.errors import HoardError
 
     store = store_factory(n_disks=3, caps=None)
-    real = store_mod.atomic_write
+    real = copies.atomic_write
     bad = {str(tmp_path / "disks" / "d2")}
 
     def flaky(path, data, **kw):
@@ -452,7 +452,7 @@ def test_a_pointer_write_error_on_one_disk_fails_that_disk_not_the_command(store
             raise OSError(errno.EIO, "Input/output error")
         return real(path, data, **kw)
 
-    monkeypatch.setattr(store_mod, "atomic_write", flaky)
+    monkeypatch.setattr(copies, "atomic_write", flaky)
     store.register_batch("b1", {"manifest": "ab" * 32})
     d2 = next(u for u, d in store.disks.items() if d.label == "d2")
     assert store.records[d2].state.value == "failed"

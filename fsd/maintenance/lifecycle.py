@@ -2,7 +2,7 @@
 `forget` (a retired or replaced disk dropped from the index).
 
 Marking a disk failed (`hoard rebuild`, an EIO) and retiring it (`hoard disks retire`) are
-decisions the store keeps (see Store._attach_disks); these two are the ways back out of them,
+decisions the store keeps (see fsd.io.attach.attach_disks); these two are the ways back out of them,
 each guarded so it cannot lose data: activate only a disk that proves to be the registered
 one and whose replicas are checked, forget only a disk no shard still needs.
 """

@@ -1,0 +1,178 @@
+"""Which configured disks a store uses, and in what state: each `[[disks]]` table matched to
+the index's disk record by its identity file, probed (mounted, its identity, writable), the
+refusals that keep a store from writing onto the wrong disk or index (a disk with shards the
+index does not know, an index of another SSD, an unmounted disk at `hoard init`), and a
+disk's last-seen time. The store facade calls these at every open and refresh.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import lmdb
+
+from fsd.base import config as config_mod
+from fsd.base.config import Settings
+from fsd.base.errors import ExitCode, HoardError
+from fsd.core.disks import (IDENTITY, IDENTITY_COPY, DiskRecord, DiskState, LocalDisk, keep_identity_copy, probe,
+                            read_identity, write_identity)
+from fsd.core.layout import FORGOTTEN, protect_disk
+
+if TYPE_CHECKING:
+    from fsd.store import Store
+
+log = logging.getLogger(__name__)
+#: a disk found at its path notes it in the index (Index.saw_disk, shown for a disk that went
+#: missing) at most this often: every status refresh opens the store, and one LMDB write per disk
+#: per open would be churn
+SEEN_EVERY_S = 600.0
+
+
+def refuse_lost_index(cfg: Settings) -> None:
+    """Before a new, empty index is made: refuse when a configured disk already holds shards
+    (the index was lost, and an empty one would hide them) or, without an identity, is not
+    mounted (it may hold the shards of a lost index)."""
+    for dc in cfg.disks:
+        ident = read_identity(dc.path) if dc.path.is_dir() else None
+        if not forgotten(dc.path, ident):
+            refuse_disk_with_shards(cfg, dc, ident, True)
+            if ident is None:
+                refuse_unmounted(cfg, dc)
+
+
+def check_index_owner(store: Store, ssd_uuid: str) -> None:
+    """The index must be this SSD's (an index copied from another store, or a fresh one on
+    an SSD that was not mounted, must not take writes)."""
+    owner = store.index.get_meta("ssd_uuid")
+    if owner is None:
+        store.index.set_meta("ssd_uuid", ssd_uuid)
+    elif owner != ssd_uuid:
+        raise HoardError(f"the index at {store.cfg.index_dir} belongs to SSD {owner}, but {store.cfg.ssd.root} "
+                         f"is SSD {ssd_uuid}: wrong ssd.root/index_dir in the config, or an index copied from "
+                         "another store; fix the config, or `hoard index rebuild` for this SSD",
+                         ExitCode.UNAVAILABLE)
+
+
+def attach_disks(store: Store, init: bool) -> None:
+    known = {r.label: r for r in store.index.get_disks()}
+    noted, inside = store.index.disks_seen()
+    if inside:  # records the version that kept `seen` in them wrote: the previous release cannot read them
+        move_seen_out(store)
+    allow_dir = store.cfg.store.allow_directory_disks
+    for dc in store.cfg.disks:
+        rec = known.pop(dc.label, None)
+        if rec is None:
+            ident = read_identity(dc.path) if dc.path.is_dir() else None
+            if forgotten(dc.path, ident):  # forgotten, still in hoard.toml
+                rec = DiskRecord(ident.get("uuid") or "forgotten-" + dc.label, dc.label, str(dc.path),
+                                 DiskState.MISSING, "", reason="forgotten by `hoard disks forget`: remove its "
+                                 f"[[disks]] table from {store.cfg.source}")
+                store.records[rec.uuid] = rec
+                continue
+            refuse_disk_with_shards(store.cfg, dc, ident, init)
+            if ident is None and init:
+                refuse_unmounted(store.cfg, dc)
+                ident = write_identity(dc.path, dc.label)
+            if ident is None or not ident.get("uuid"):
+                rec = DiskRecord("unregistered-" + dc.label, dc.label, str(dc.path), DiskState.MISSING,
+                                 "", reason=f"no disk identity at {dc.path} (not initialised, or not mounted)")
+                store.records[rec.uuid] = rec
+                continue
+            rec = DiskRecord(ident["uuid"], dc.label, str(dc.path), DiskState.ACTIVE, ident.get("created", ""))
+            store.index.put_disk(rec)
+        state, why = probe(dc.path, rec.uuid, allow_dir)
+        if state == DiskState.ACTIVE:
+            note_seen(store, rec, noted.get(rec.uuid, 0.0))
+            if store.writable:
+                try:
+                    protect_disk(dc.path)
+                    keep_identity_copy(dc.path, rec.uuid)
+                except OSError as e:  # a read-only or full disk: the copy waits for the next open
+                    log.warning("disk %s: cannot write the copy of its identity: %s", dc.label, e)
+        if rec.path != str(dc.path):
+            rec.path = str(dc.path)
+            store.index.put_disk(rec)
+        # a user's or rebuild's decision sticks: failed stays failed (even if also unmounted),
+        # draining stays draining while the disk is there
+        if rec.state == DiskState.FAILED or (rec.state == DiskState.DRAINING and state == DiskState.ACTIVE):
+            state, why = rec.state, rec.reason
+        rec.state, rec.reason = state, why
+        store.records[rec.uuid] = rec
+        cap = int(dc.capacity_gb * (1 << 30)) if dc.capacity_gb else None
+        store.disks[rec.uuid] = LocalDisk(dc.label, dc.path, rec.uuid, cap, require_mount=not allow_dir)
+        store.queue[rec.uuid] = 0
+    for rec in known.values():  # registered, but no longer in hoard.toml
+        rec.state, rec.reason = DiskState.MISSING, (
+            f"registered in the index but not listed in {store.cfg.source}: `hoard disks forget {rec.label}` "
+            "once no shard needs it (or put its [[disks]] table back)")
+        store.records[rec.uuid] = rec
+
+
+def note_seen(store: Store, rec: DiskRecord, noted: float) -> None:
+    """The disk is at its path with its identity now: note it (at most every SEEN_EVERY_S
+    after the time `noted`)."""
+    now = time.time()
+    if now - noted < SEEN_EVERY_S:
+        return
+    try:
+        store.index.saw_disk(rec.uuid, now)
+    except lmdb.Error as e:  # a full or read-only SSD: the open goes on, the time stays old
+        log.warning("index: cannot note that disk %s was seen: %s", rec.label, e)
+
+
+def move_seen_out(store: Store) -> None:
+    try:
+        store.index.move_seen_out()
+    except lmdb.Error as e:  # as _note_seen: the open goes on; the next one tries again
+        log.warning("index: cannot move the disks' last-seen times out of their records: %s", e)
+
+
+def forgotten(root: Path, ident: dict | None) -> bool:
+    """Whether the disk at `root` (with identity `ident`) was forgotten by `hoard disks forget`
+    (an unreadable marker is no marker, as in the rebuild: it must not let a live disk pass)."""
+    if not ident:
+        return False
+    marker = read_identity(root, FORGOTTEN)
+    return bool(marker and marker.get("uuid"))
+
+
+def refuse_disk_with_shards(cfg: Settings, dc: config_mod.DiskConfig, ident: dict | None, init: bool) -> None:
+    """Refuse a disk with shards that the index does not know: the index was lost or replaced
+    (an unmounted SSD), or the disk is another store's. Registering it would hide its objects
+    from dedupe and from every read. With `init`, a disk with shards but no readable identity
+    is refused too: it is no new disk, and a new identity would rename it."""
+    known = bool(ident and ident.get("uuid"))
+    if not (known or init) or not holds_shards(dc.path):
+        return
+    if known:
+        raise HoardError(f"disk {dc.label} at {dc.path} holds shards, but the index at {cfg.index_dir} does not "
+                         "know this disk: if the SSD's index was lost, run `hoard index restore` (or `hoard index "
+                         "rebuild`); if the disk belongs to another store, remove it from the config",
+                         ExitCode.UNAVAILABLE)
+    why = ident["error"] if ident else f"it has no {IDENTITY}"
+    raise HoardError(f"disk {dc.label} at {dc.path} holds shards, but {why}: it is no new disk, and nothing was "
+                     f"written. Put its identity back (from {dc.path / IDENTITY_COPY} if that is intact), then, if "
+                     "the SSD's index was lost, run `hoard index restore` (or `hoard index rebuild`); if the disk "
+                     "belongs to another store, remove it from the config", ExitCode.UNAVAILABLE)
+
+
+def refuse_unmounted(cfg: Settings, dc: config_mod.DiskConfig) -> None:
+    """`hoard init` gives a disk its identity only where one is mounted (checked before an
+    index is created: a disk not mounted may hold the shards of a lost index)."""
+    if not cfg.store.allow_directory_disks and not os.path.ismount(dc.path):
+        raise HoardError(f"disk {dc.label}: {dc.path} is not a mount point; mount the disk first (or set "
+                         "store.allow_directory_disks for a test setup)", ExitCode.UNAVAILABLE)
+
+
+def holds_shards(root: Path) -> bool:
+    shards = root / "shards"
+    try:
+        return shards.is_dir() and any(f.suffix in (".shard", ".open") for d in shards.iterdir() if d.is_dir()
+                                       for f in d.iterdir())
+    except OSError as e:  # a disk that does not list may hold shards: nothing is decided on it
+        raise HoardError(f"cannot list {shards}: {e.strerror or e}; nothing was written — check the disk (dmesg, "
+                         "`hoard health`), then run this again", ExitCode.UNAVAILABLE) from None
