@@ -319,7 +319,7 @@ def plan_items(cfg: Settings, spec: OutputSpec) -> tuple[list[Item], int]:
     import psycopg
 
     from sql.layout_rows import layout_rows
-    from sql.selectors import query_nodes
+    from sql.selectors import physical_nodes, query_nodes
 
     lay = spec.the_layout()
     try:
@@ -332,9 +332,7 @@ def plan_items(cfg: Settings, spec: OutputSpec) -> tuple[list[Item], int]:
         if spec.selector is not None:
             node_ids = query_nodes(conn, spec.selector).node_ids
         else:
-            rows = conn.execute("SELECT encode(n.sha256, 'hex'), n.node_id, pc.in_black_list OR pc.is_deleted "
-                                "FROM node n JOIN physical_content pc USING (node_id) WHERE n.sha256 = ANY(%s)",
-                                [[bytes.fromhex(h) for h in spec.nodes or []]]).fetchall()
+            rows = physical_nodes(conn, [bytes.fromhex(h) for h in spec.nodes or []])
             found = {h: node_id for h, node_id, _hidden in rows}
             hidden = sorted(h for h, _, is_hidden in rows if is_hidden)
             missing = [h for h in spec.nodes or [] if h not in found]

@@ -81,8 +81,7 @@ def history(cfg: Settings, days: float = 30) -> list[HistoryPoint]:
     """The disks' and zones' usage over the last `days` days, in chart-sized buckets."""
     with _connect(cfg, "no usage history", HISTORY_TIMEOUT_S) as conn:
         try:
-            conn.execute("SELECT set_config('statement_timeout', %s, false)", [f"{HISTORY_TIMEOUT_S}s"])
-            return _history(conn, days)
+            return _history(conn, days, timeout_s=HISTORY_TIMEOUT_S)
         except HoardError:
             raise
         except psycopg.Error as e:  # cancelled by the timeout, the server going away …: the page says so

@@ -186,3 +186,22 @@ def restore_dump(url: str, store, backup_id: int | None = None) -> int:
         conn.execute("SELECT setval(pg_get_serial_sequence('backup_log', 'backup_id'), "
                      "(SELECT coalesce(max(backup_id), 1) FROM backup_log))")
     return backup_id
+
+
+def full_backup_within(conn: psycopg.Connection, days: int) -> bool:
+    """Whether a full pgBackRest backup finished in the last `days` days (`hoard db backup
+    --type auto` takes a differential one then, a full one otherwise)."""
+    return conn.execute("SELECT 1 FROM backup_log WHERE kind = 'full' AND finished_at > now() - make_interval(days => %s)",
+                        [days]).fetchone() is not None
+
+
+def has_physical_backup(conn: psycopg.Connection) -> bool:
+    """Whether a pgBackRest backup (full or differential) was ever taken."""
+    return conn.execute("SELECT 1 FROM backup_log WHERE kind IN ('full', 'diff') LIMIT 1").fetchone() is not None
+
+
+def latest_dump(conn: psycopg.Connection) -> tuple[int, bool | None] | None:
+    """(backup_id, verify_ok) of the newest logical dump, or None."""
+    row = conn.execute("SELECT backup_id, verify_ok FROM backup_log WHERE kind = 'dump' "
+                       "ORDER BY finished_at DESC LIMIT 1").fetchone()
+    return (row[0], row[1]) if row else None

@@ -289,3 +289,48 @@ def ingested_per_day_at(url: str, days: int = 30) -> list[dict[str, Any]]:
             return ingested_per_day(conn, days)
     except psycopg.Error:
         return []
+
+
+def edge_counts(conn: psycopg.Connection) -> dict[str, int]:
+    """Edges by relationship name."""
+    return dict(conn.execute("SELECT r.name, count(*) FROM edge JOIN relationship_type r USING (rel_id) "
+                             "GROUP BY r.name").fetchall())
+
+
+def nodes_in_several_batches(conn: psycopg.Connection) -> int:
+    """Nodes that more than one batch holds (stored once)."""
+    return conn.execute("SELECT count(*) FROM (SELECT node_id FROM batch_member GROUP BY node_id "
+                        "HAVING count(*) > 1) x").fetchone()[0]
+
+
+def node_facts(conn: psycopg.Connection, sha: bytes) -> dict[str, Any]:
+    """What the database says about the node of `sha` (`hoard info`): its row, its metadata by
+    source, its first 50 labels and its batches; {"known": False} when there is none."""
+    row = conn.execute(
+        "SELECT n.node_id, n.is_virtual, pc.size, pc.is_deleted, pc.in_black_list, pc.file_type "
+        "FROM node n LEFT JOIN physical_content pc USING (node_id) WHERE n.sha256 = %s", [sha]).fetchone()
+    if row is None:
+        return {"known": False}
+    meta = conn.execute(
+        "SELECT s.name, cm.title, cm.author, cm.user_name, cm.view_count, cm.download_time "
+        "FROM common_metadata cm JOIN source s USING (source_id) WHERE cm.node_id = %s", [row[0]]).fetchall()
+    labels = conn.execute("SELECT key, value FROM label WHERE node_id = %s ORDER BY key LIMIT 50", [row[0]]).fetchall()
+    batches = [r[0] for r in conn.execute("SELECT batch_id FROM batch_member WHERE node_id = %s ORDER BY batch_id",
+                                          [row[0]])]
+    return {"known": True, "node_id": row[0], "virtual": row[1], "deleted": row[3], "black_listed": row[4],
+            "file_type": row[5], "batches": batches,
+            "metadata": [{"source": m[0], "title": m[1], "author": m[2], "user": m[3], "view_count": m[4],
+                          "download_time": m[5].isoformat() if m[5] else None} for m in meta],
+            "labels": [{"key": k, "value": v} for k, v in labels]}
+
+
+def source_names(conn: psycopg.Connection) -> list[str]:
+    """Every source the database knows."""
+    return [r[0] for r in conn.execute("SELECT name FROM source ORDER BY name").fetchall()]
+
+
+def locators(conn: psycopg.Connection, shas: list[bytes]) -> list[tuple[bytes, str]]:
+    """(sha256, locator) of every original path of these nodes, by sha256 then locator."""
+    return [(bytes(s), loc) for s, loc in conn.execute(
+        "SELECT n.sha256, pp.locator FROM node n JOIN physical_path pp USING (node_id) "
+        "WHERE n.sha256 = ANY(%s) ORDER BY n.sha256, pp.locator", [shas]).fetchall()]

@@ -103,3 +103,14 @@ def sample_held(conn: psycopg.Connection, schema: str, n: int) -> list[bytes]:
         "AND (pc.node_id IS NULL OR NOT pc.is_deleted "
         "OR EXISTS (SELECT 1 FROM {s}.batch_member bm WHERE bm.node_id = n.node_id)) "
         "ORDER BY random() LIMIT %s").format(s=s), [n]).fetchall()]
+
+
+def batch_known(conn: psycopg.Connection, batch_id: str) -> bool:
+    """Whether the database has the batch (an ingest that never reached its apply step has not)."""
+    return conn.execute("SELECT 1 FROM action_batch WHERE batch_id = %s", [batch_id]).fetchone() is not None
+
+
+def batch_deleted(conn: psycopg.Connection, batch_id: str) -> bool:
+    """Whether `hoard delete --batch` already dropped it (its event says so)."""
+    return conn.execute("SELECT 1 FROM action_event WHERE batch_id = %s AND detail->>'deleted' = 'true'",
+                        [batch_id]).fetchone() is not None

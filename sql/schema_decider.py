@@ -222,3 +222,8 @@ def _cast(f: dict[str, Any]) -> sql.Composable:
         "timestamptz": sql.SQL("hoard_try_timestamptz(CASE WHEN jsonb_typeof({v}) = 'string' THEN {t} END)"),
         "text": sql.SQL("CASE WHEN jsonb_typeof({v}) IN ('string', 'number', 'boolean') THEN {t} END"),
     }[f["sql_type"]].format(v=v, t=t)
+
+
+def source_table_rows(conn: psycopg.Connection, source: str) -> int:
+    """The rows of an accepted proposal's table `src_<source>`."""
+    return conn.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(f"src_{source}"))).fetchone()[0]

@@ -229,3 +229,11 @@ def query_nodes(conn: psycopg.Connection, selector: Selector | dict) -> NodeSet:
     query, params = compile_selector(sel, words)
     rows = conn.execute(query, params).fetchall()
     return NodeSet([r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows], sum(r[2] for r in rows))
+
+
+def physical_nodes(conn: psycopg.Connection, shas: list[bytes]) -> list[tuple[str, int, bool]]:
+    """(sha256 hex, node_id, deleted or black-listed) of the physical nodes among `shas`
+    (a stage or export given --nodes: a listed sha256 that is none of these is refused)."""
+    return [(h, node_id, bool(hidden)) for h, node_id, hidden in conn.execute(
+        "SELECT encode(n.sha256, 'hex'), n.node_id, pc.in_black_list OR pc.is_deleted "
+        "FROM node n JOIN physical_content pc USING (node_id) WHERE n.sha256 = ANY(%s)", [shas]).fetchall()]

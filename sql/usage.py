@@ -96,9 +96,13 @@ def record(conn: psycopg.Connection, rows: list[UsageRow], every: dt.timedelta =
         raise _no_table(e) from None
 
 
-def history(conn: psycopg.Connection, days: float = 30, points: int = CHART_POINTS) -> list[HistoryPoint]:
+def history(conn: psycopg.Connection, days: float = 30, points: int = CHART_POINTS,
+            timeout_s: float | None = None) -> list[HistoryPoint]:
     """The disks' and zones' samples of the last `days` days, merged into at most `points`
-    buckets per series, oldest first."""
+    buckets per series, oldest first; cancelled by the server after `timeout_s` (a page
+    waiting on it says so rather than hang)."""
+    if timeout_s is not None:
+        conn.execute("SELECT set_config('statement_timeout', %s, false)", [f"{timeout_s:g}s"])
     window = dt.timedelta(days=days)
     bucket = max(SAMPLE_EVERY, window / max(1, points))
     try:

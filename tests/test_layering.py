@@ -368,3 +368,18 @@ def test_the_gui_runs_blocking_work_only_through_in_thread() -> None:
                   and node.value.id == "ui"):
                 bad.append(f"{path.relative_to(REPO)}:{node.lineno}: registers a page with ui.page")
     assert not bad, "use gui.context.in_thread and gui.context.page:\n" + "\n".join(bad)
+
+
+def test_only_sql_writes_sql() -> None:
+    """`sql` is the one package that holds SQL text (docs/ARCHITECTURE.md): no module
+    elsewhere passes a query to `execute` — they call a function of `sql` that does."""
+    found = []
+    for mod, path in modules().items():
+        if mod == "sql" or mod.startswith("sql."):
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                    and node.func.attr in ("execute", "executemany") and node.args
+                    and isinstance(node.args[0], (ast.Constant, ast.JoinedStr, ast.BinOp))):
+                found.append(f"{path.relative_to(REPO)}:{node.lineno}: {ast.unparse(node)[:100]}")
+    assert not found, "SQL outside sql/ (move it into a function of sql/):\n" + "\n".join(found)

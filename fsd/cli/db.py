@@ -15,14 +15,14 @@ from fsd.base.errors import ExitCode, HoardError, ServiceUnavailable
 from fsd.base.units import fmt_bytes
 from fsd.cli._common import confirm, out, progress, state
 from fsd.cli.store import open_store
-from sql.backup import dump_backup, restore_dump, verify_dump
+from sql.backup import dump_backup, full_backup_within, has_physical_backup, restore_dump, verify_dump
 from sql.cluster import PrivateCluster
 from sql.health import database_status
 from sql.migrate import available, current_version
 from sql.migrate import migrate as run
 from sql.pgbackrest import BackRest
 from sql.schema_decider import accept as do_accept
-from sql.schema_decider import list_proposals
+from sql.schema_decider import list_proposals, source_table_rows
 from sql.schema_decider import reject as do_reject
 
 app = typer.Typer(help="The PostgreSQL database: migrate, status, backup, verify-backup, restore, proposals.",
@@ -140,9 +140,7 @@ def backup(
 
 def _auto_kind(url: str) -> str:
     with psycopg.connect(url, autocommit=True) as conn:
-        recent = conn.execute("SELECT 1 FROM backup_log WHERE kind = 'full' "
-                              "AND finished_at > now() - interval '7 days'").fetchone()
-    return "diff" if recent else "full"
+        return "diff" if full_backup_within(conn, 7) else "full"
 
 
 @app.command("verify-backup")
@@ -167,7 +165,7 @@ def verify_backup(ctx: typer.Context) -> None:
 
 def _has_physical(url: str) -> bool:
     with psycopg.connect(url, autocommit=True) as conn:
-        return conn.execute("SELECT 1 FROM backup_log WHERE kind IN ('full', 'diff') LIMIT 1").fetchone() is not None
+        return has_physical_backup(conn)
 
 
 @app.command()
@@ -213,7 +211,7 @@ def proposals(
         if accept is not None:
             prop = do_accept(conn, accept)
             cols = sum(1 for f in prop.fields if f["column"])
-            n = conn.execute(f"SELECT count(*) FROM src_{prop.source}").fetchone()[0]
+            n = source_table_rows(conn, prop.source)
             out.print(f"proposal {accept} accepted: table src_{prop.source} with {cols} columns + extra, "
                       f"{n} rows filled from the metadata already ingested")
             return

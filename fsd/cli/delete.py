@@ -76,22 +76,13 @@ def delete(
                       "(bytes stay; selectors and the mount no longer show them)")
             return
         assert batch is not None
-        if store.index.get_batch(batch) is None and _was_deleted(conn, batch):  # a re-run finishes the rest
+        if store.index.get_batch(batch) is None and db_del.batch_deleted(conn, batch):  # a re-run finishes the rest
             out.print(f"type B: batch {batch} was already deleted", markup=False)
         else:
-            counts = db_del.drop_batch(conn, batch, reason) if _in_db(conn, batch) else {}
+            counts = db_del.drop_batch(conn, batch, reason) if db_del.batch_known(conn, batch) else {}
             dropped, shared = drop_batch(store, batch)
             out.print(f"type B: batch {batch} dropped: {counts.get('members', 0)} memberships and "
                       f"{counts.get('nodes_marked_deleted', 0)} nodes marked deleted in the database; {dropped} "
                       f"objects tombstoned, {shared} kept (another batch or view uses them). `hoard gc` frees the space.")
 
     out.print(forget_deleted(cfg, batch), markup=False)
-
-
-def _in_db(conn, batch: str) -> bool:
-    return conn.execute("SELECT 1 FROM action_batch WHERE batch_id = %s", [batch]).fetchone() is not None
-
-
-def _was_deleted(conn, batch: str) -> bool:
-    return conn.execute("SELECT 1 FROM action_event WHERE batch_id = %s AND detail->>'deleted' = 'true'",
-                        [batch]).fetchone() is not None

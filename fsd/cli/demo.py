@@ -35,7 +35,8 @@ from jobs import outputs
 from jobs import users as logins
 from jobs.health import collect
 from jobs.ingest import Status, load_state, submit, work_here
-from sql.backup import dump_backup, verify_dump
+from sql.backup import dump_backup, latest_dump, verify_dump
+from sql.browse import edge_counts, nodes_in_several_batches
 from sql.selectors import query_nodes
 
 DEMO_SPEC = Spec(seed=7, batches=3, items_per_batch=60, large_max_mb=4, ready_signal=True)
@@ -205,8 +206,7 @@ def _first_backup(cfg: Settings) -> None:
     """A database dump, restore-verified, unless one is recorded already: `hoard health`
     counts a store whose database was never backed up as a problem."""
     with psycopg.connect(cfg.database_url, autocommit=True) as conn:
-        row = conn.execute("SELECT backup_id, verify_ok FROM backup_log WHERE kind = 'dump' "
-                           "ORDER BY finished_at DESC LIMIT 1").fetchone()
+        row = latest_dump(conn)
     if row is not None and row[1]:
         out.print(f"[bold]10. backup[/]   dump {row[0]} taken by an earlier run, verified")
         return
@@ -225,10 +225,8 @@ def _describe(cfg: Settings, batches: list) -> None:
     with psycopg.connect(cfg.database_url, autocommit=True) as conn:
         images = query_nodes(conn, {"kinds": ["image"], "batches": [b.batch_id for b in batches]})
         videos = query_nodes(conn, {"kinds": ["video"]})
-        counts = dict(conn.execute(
-            "SELECT r.name, count(*) FROM edge JOIN relationship_type r USING (rel_id) GROUP BY r.name").fetchall())
-        shared = conn.execute(
-            "SELECT count(*) FROM (SELECT node_id FROM batch_member GROUP BY node_id HAVING count(*) > 1) x").fetchone()[0]
+        counts = edge_counts(conn)
+        shared = nodes_in_several_batches(conn)
     out.print(f"[bold]7. database[/]  selector: {len(images)} images ({fmt_bytes(images.total_bytes)}), "
               f"{len(videos)} videos ({fmt_bytes(videos.total_bytes)}); {shared} files appear in more than "
               "one batch (stored once)")

@@ -27,6 +27,7 @@ from fsd.cli._common import err, out, read_input, state
 from fsd.outputs.manifest import iter_files, named
 from fsd.outputs.puts import listing
 from fsd.store import Store
+from sql.browse import locators, node_facts, source_names
 from sql.selectors import parse_selector, query_nodes
 
 
@@ -65,23 +66,7 @@ def _db_facts(cfg, sha: bytes) -> dict[str, Any]:
 
     try:
         with psycopg.connect(cfg.database_url, connect_timeout=5) as conn:
-            row = conn.execute(
-                "SELECT n.node_id, n.is_virtual, pc.size, pc.is_deleted, pc.in_black_list, pc.file_type "
-                "FROM node n LEFT JOIN physical_content pc USING (node_id) WHERE n.sha256 = %s", [sha]).fetchone()
-            if row is None:
-                return {"known": False}
-            meta = conn.execute(
-                "SELECT s.name, cm.title, cm.author, cm.user_name, cm.view_count, cm.download_time "
-                "FROM common_metadata cm JOIN source s USING (source_id) WHERE cm.node_id = %s", [row[0]]).fetchall()
-            labels = conn.execute("SELECT key, value FROM label WHERE node_id = %s ORDER BY key LIMIT 50",
-                                  [row[0]]).fetchall()
-            batches = [r[0] for r in conn.execute(
-                "SELECT batch_id FROM batch_member WHERE node_id = %s ORDER BY batch_id", [row[0]])]
-            return {"known": True, "node_id": row[0], "virtual": row[1], "deleted": row[3], "black_listed": row[4],
-                    "file_type": row[5], "batches": batches,
-                    "metadata": [{"source": m[0], "title": m[1], "author": m[2], "user": m[3], "view_count": m[4],
-                                  "download_time": m[5].isoformat() if m[5] else None} for m in meta],
-                    "labels": [{"key": k, "value": v} for k, v in labels]}
+            return node_facts(conn, sha)
     except psycopg.Error as e:
         return {"unavailable": first_line(e)}
 
@@ -292,7 +277,7 @@ def _unknown_sources(conn, settings, sources: list[str]) -> None:
 
     if not sources:
         return
-    known = {r[0] for r in conn.execute("SELECT name FROM source").fetchall()} | set(known_sources(settings.sources))
+    known = set(source_names(conn)) | set(known_sources(settings.sources))
     for name in sources:
         if name in known:
             continue
@@ -307,11 +292,8 @@ def _view_paths(conn, shas: list[str], batches: list[str]) -> dict[str, list[str
     them: a file a batch holds twice appears twice), or, when no batch was selected, in the
     first batch that has it. Unique within the view: a path already taken by other bytes gets
     the sha256 prefix in front."""
-    rows = conn.execute(
-        "SELECT n.sha256, pp.locator FROM node n JOIN physical_path pp USING (node_id) "
-        "WHERE n.sha256 = ANY(%s) ORDER BY n.sha256, pp.locator", [[bytes.fromhex(s) for s in shas]]).fetchall()
     by_sha: dict[str, list[tuple[str | None, str]]] = {}
-    for sha, locator in rows:
+    for sha, locator in locators(conn, [bytes.fromhex(s) for s in shas]):
         batch, sep, rel = locator.removeprefix("batch:").partition("/")
         if locator.startswith("batch:") and sep:
             by_sha.setdefault(bytes(sha).hex(), []).append((batch, rel))
