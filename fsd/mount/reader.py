@@ -248,30 +248,45 @@ class Reader:
     def _deadline(self, uuid: str) -> float:
         return max(HEDGE_MIN, HEDGE_FACTOR * self._queue(uuid).cost())
 
-    async def _hedged(self, sha: bytes, lane, fn, meta, first: str):
-        """`fn(sha, first, avoid)` on the chosen replica's queue; if it is not done by its
-        deadline and another replica exists, the same read there too (never on the slow one)."""
+    def _second(self, meta, first: str, what: str, slow_for: float) -> str:
+        """The replica to ask too when `first` has not answered `what` in `slow_for` seconds
+        (its deadline): another one the read may use, never the slow one; "" when there is none.
+        The one decision of every hedged read (objects, manifest pages, stream pieces)."""
+        second = self._choose(meta, avoid=frozenset({first})) if meta is not None else ""
+        if second:
+            log.info("mount: %s is slow (%.1f s) for %s; asking %s too", self._queue(first).label, slow_for, what,
+                     self._queue(second).label)
+        return second
+
+    async def _race(self, fut: cf.Future, first: str, meta_of, what: str, again):
+        """The hedged read, in the trio thread: `fut` (on `first`'s queue) if it is done by its
+        deadline; else, when another replica exists, `again(second)` too (a future on that
+        queue), and whichever succeeds first. `meta_of()` gives the shard's replicas, looked up
+        only when `first` is slow."""
         deadline = self._deadline(first)
-        fut = self._queue(first).submit(lane, fn, sha, first, frozenset())
-        if await self._wait_for(fut, deadline) or meta is None:
-            return await self.wait(fut)
-        second = self._choose(meta, avoid=frozenset({first}))
+        if await self._wait_for(fut, deadline):
+            return fut.result()
+        second = self._second(meta_of(), first, what, deadline)
         if not second:
             return await self.wait(fut)
-        log.info("mount: %s is slow (%.1f s) for object %s; asking %s too", self._queue(first).label, deadline,
-                 sha.hex()[:12], self._queue(second).label)
-        return await self._first_of(fut, self._queue(second).submit(lane, fn, sha, second, frozenset({first})))
+        return await self._first_of(fut, again(second))
+
+    async def _hedged(self, sha: bytes, lane, fn, meta, first: str):
+        """`fn(sha, first, avoid)` on the chosen replica's queue, hedged (`_race`)."""
+        fut = self._queue(first).submit(lane, fn, sha, first, frozenset())
+        return await self._race(fut, first, lambda: meta, f"object {sha.hex()[:12]}",
+                                lambda second: self._queue(second).submit(lane, fn, sha, second, frozenset({first})))
 
     def _hedged_sync(self, sha: bytes, fn):
-        """The same, from a worker thread (manifest pages for the namespace)."""
+        """The same from a worker thread (manifest pages for the namespace): `_second` decides,
+        concurrent.futures waits."""
         meta, first = self._plan(sha)
         fut = self._queue(first).submit("manifests", fn, sha, first, frozenset())
-        done, _ = cf.wait([fut], timeout=self._deadline(first))
-        second = self._choose(meta, avoid=frozenset({first})) if not done and meta is not None else ""
+        deadline = self._deadline(first)
+        done, _ = cf.wait([fut], timeout=deadline)
+        second = "" if done else self._second(meta, first, f"manifest object {sha.hex()[:12]}", deadline)
         if not second:
             return fut.result()
-        log.info("mount: %s is slow for manifest object %s; asking %s too", self._queue(first).label,
-                 sha.hex()[:12], self._queue(second).label)
         other = self._queue(second).submit("manifests", fn, sha, second, frozenset({first}))
         pending = {fut, other}
         while pending:
@@ -593,22 +608,18 @@ class Reader:
         return out[0] if len(out) == 1 else b"".join(out)
 
     async def _piece(self, st: _Stream, i: int) -> bytes:
-        """Piece i, hedged: if its disk does not answer in time, the stream moves to another
-        replica (this piece and the ones after it)."""
-        fut = st.pieces[i]
-        if await self._wait_for(fut, self._deadline(st.disk)):
-            return fut.result()
-        meta = self._plan(st.sha)[0]
-        other = self._choose(meta, avoid=frozenset({st.disk})) if meta is not None else ""
-        if not other:
-            return await self.wait(fut)
-        log.info("mount: %s is slow for object %s; streaming it from %s", self._queue(st.disk).label,
-                 st.sha.hex()[:12], self._queue(other).label)
-        slow, st.disk = st.disk, other
-        for k in [k for k in st.pieces if k > i and not st.pieces[k].running()]:
-            st.pieces.pop(k).cancel()
-        again = self._queue(other).submit(st.lane, self._piece_sync, st, i, frozenset({slow}))
-        return await self._first_of(fut, again)
+        """Piece i, hedged (`_race`): if its disk does not answer in time, the stream moves to
+        another replica (this piece and the ones after it)."""
+        slow = st.disk
+
+        def move(other: str) -> cf.Future:
+            st.disk = other
+            for k in [k for k in st.pieces if k > i and not st.pieces[k].running()]:
+                st.pieces.pop(k).cancel()
+            return self._queue(other).submit(st.lane, self._piece_sync, st, i, frozenset({slow}))
+
+        return await self._race(st.pieces[i], slow, lambda: self._plan(st.sha)[0],
+                                f"object {st.sha.hex()[:12]} (streamed)", move)
 
     def _piece_sync(self, st: _Stream, i: int, avoid: frozenset = frozenset()) -> bytes:
         length = min(MAP_PIECE, st.size - i * MAP_PIECE)
