@@ -1,10 +1,11 @@
-"""Manifests: the one place that reads them, and writes view manifests.
+"""Manifests: the one place that reads them, and writes them (batch and view manifests).
 
 A manifest names files: path → (sha256, size). Three formats are stored (all objects in
 the store, JSON, UTF-8):
 
-* `hoardfs-batch-manifest-1` — an ingested batch (jobs/ingest.py), one document with
-  `"files": [{"path", "sha256", "size", …}]`;
+* `hoardfs-batch-manifest-1` — an ingested batch (`batch_manifest`, written by the ingest's
+  package step into 3B and stored), one document with `"files": [{"path", "sha256", "size",
+  "part"}]`, its metadata documents, its rejects and its write-intent;
 * `hoardfs-view-1` — a view as one document (views defined before view-2; still read);
 * `hoardfs-view-2` — a view as a tree of directory objects, so a view of 10 M entries is
   never one document in memory: a lookup loads one object per directory level (one more
@@ -19,6 +20,7 @@ the store, JSON, UTF-8):
     for path, sha, size in iter_files(store.get, manifest_sha_hex): …   # streaming
     manifest_objects(store.get, manifest_sha_hex)   # the manifest's own objects (gc, check)
     build_view(store, name, rows)                   # rows: (path, sha256 hex), any order
+    batch_manifest(batch_id, source, signalled, stored, parts, docs, rejected)   # the bytes
 """
 
 from __future__ import annotations
@@ -259,6 +261,23 @@ def _flat_dirs(files: list[dict]) -> dict[str, list[Entry]]:
         children.setdefault("/".join(parts[:-1]), {})[parts[-1]] = Entry(parts[-1], False,
                                                                          bytes.fromhex(f["sha256"]), int(f["size"]))
     return {d: sorted(kids.values()) for d, kids in children.items()}
+
+
+#: the format of an ingested batch's manifest
+BATCH_FORMAT = "hoardfs-batch-manifest-1"
+
+
+def batch_manifest(batch_id: str, source: str, signalled: str, stored: dict[str, tuple[str, int]],
+                   parts: dict[str, int], docs: Iterable[str], rejected: list) -> bytes:
+    """An ingested batch's manifest (BATCH_FORMAT): `stored` path → (sha256 hex, size), `parts`
+    path → its tar part in 3B, `docs` the paths of its metadata documents (each stored),
+    `rejected` the scan's rejects. Sorted keys and paths: the same batch gives the same bytes."""
+    doc = {"format": BATCH_FORMAT, "batch_id": batch_id, "source": source, "signalled": signalled,
+           "files": [{"path": rel, "sha256": sha, "size": size, "part": parts[rel]}
+                     for rel, (sha, size) in sorted(stored.items())],
+           "metadata_documents": [{"path": d, "sha256": stored[d][0]} for d in sorted(docs)],
+           "rejected": rejected, "intent": f"ingest:{batch_id}"}
+    return json.dumps(doc, indent=1, sort_keys=True).encode()
 
 
 def iter_files(get: Get, manifest_sha_hex: str, own: list[bytes] | None = None) -> Iterator[tuple[str, bytes, int]]:

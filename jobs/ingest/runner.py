@@ -1,0 +1,220 @@
+"""Running the steps: the RQ job `jobs.ingest.run_step` (one step under the batch's lock, then
+the next step queued), and `hoard ingest --here` (every step in this process, Ctrl-C safe)."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import redis
+from rq import SimpleWorker
+from rq.exceptions import StopRequested
+from rq.worker import WorkerStatus
+
+from fsd.base import config as config_mod
+from fsd.base.config import Settings
+from fsd.base.errors import ExitCode, HoardError
+from fsd.base.files import flocked
+from jobs import runlog
+from jobs.guard import SERIALIZER, GuardedWorker, HoardJob
+from jobs.ingest.signals import enqueue
+from jobs.ingest.state import STEPS, IngestError, Status, load_state, save_state, state_dir
+from jobs.ingest.steps import _STEPS
+from jobs.queues import CONDITIONS, QUEUES, condition_line, connect, is_condition, rq_queue
+
+log = logging.getLogger(__name__)
+
+
+# -- the job -----------------------------------------------------------------------------
+
+def run_step(config_path: str | None, batch_id: str, step: str) -> dict[str, Any]:
+    """RQ job: run one step (unless done), save the state, enqueue the next step.
+
+    A step that is not the batch's current one (a stale duplicate job) does nothing."""
+    cfg = config_mod.load(config_path)
+    with _batch_lock(cfg, batch_id):
+        return _run_step_locked(cfg, batch_id, step)
+
+
+@contextlib.contextmanager
+def _batch_lock(cfg: Settings, batch_id: str):
+    """One step of a batch at a time, across processes. RQ runs a job in a forked "work
+    horse": a kill -9 of the worker leaves the horse running its step, and a resumed job
+    must wait for it (then find the state moved on) rather than race it. The kernel drops
+    the lock when its holder dies."""
+    with flocked(state_dir(cfg) / f"{batch_id}.lock"):
+        yield
+
+
+def _run_step_locked(cfg: Settings, batch_id: str, step: str, *, then_enqueue: bool = True) -> dict[str, Any]:
+    with runlog.captured(cfg, "ingest", batch_id):  # the run page's log (jobs.runlog)
+        return _run_step_logged(cfg, batch_id, step, then_enqueue=then_enqueue)
+
+
+def _run_step_logged(cfg: Settings, batch_id: str, step: str, *, then_enqueue: bool = True) -> dict[str, Any]:
+    st = load_state(cfg, batch_id)
+    if st is None:
+        raise IngestError(f"no ingest state for batch {batch_id}; submit it with `hoard ingest`")
+    if st.finished or step != st.step:
+        return st.report
+    t0 = time.monotonic()
+    try:  # "running" is saved inside: a Ctrl-C right after it still marks the step interrupted
+        st.status = Status.RUNNING.value
+        save_state(cfg, st)
+        if step not in st.done:
+            _STEPS[step](cfg, st)
+            st.done.append(step)
+        st.seconds[step] = round(st.seconds.get(step, 0) + time.monotonic() - t0, 3)
+    except BaseException as e:
+        # an interruption too (Ctrl-C under `--here`, RQ's cold shutdown): a batch left
+        # "running" with nobody running it would look busy for ever, while "failed" shows in
+        # `hoard health` with the step and the way on
+        st.status = Status.FAILED.value
+        st.error = (_explain(e, cfg) if isinstance(e, Exception) else
+                    f"interrupted during step {step}; `hoard ingest --resume {batch_id}` runs it again")
+        st.seconds[step] = round(st.seconds.get(step, 0) + time.monotonic() - t0, 3)
+        save_state(cfg, st)
+        raise
+    nxt = STEPS.index(step) + 1
+    if nxt < len(STEPS):
+        st.step, st.status = STEPS[nxt], Status.QUEUED.value
+        save_state(cfg, st)
+        if then_enqueue:
+            enqueue(cfg, st)
+    else:
+        save_state(cfg, st)
+    return st.report
+
+
+def _explain(e: Exception, cfg: Settings | None = None) -> str:
+    """One line for the state file: what failed and what to do."""
+    if isinstance(e, HoardError):
+        return e.message
+    if isinstance(e, (psycopg.OperationalError, redis.ConnectionError, redis.TimeoutError)):
+        return f"{condition_line(e)}; start it, then `hoard ingest --resume`"
+    if isinstance(e, OSError):
+        where = Path(e.filename) if isinstance(e.filename, str) else None
+        disk = next((d for d in (cfg.disks if cfg and where else []) if where.is_relative_to(d.path)), None)
+        if disk is not None:  # the store meets a disk dying under it (EIO) before it has marked it failed
+            return (f"disk {disk.label}: {e.strerror or e} ({e.filename}); `hoard health` shows its state: bring it "
+                    f"back or replace it (`hoard disks replace {disk.label} …`), then `hoard ingest --resume`")
+        return f"{condition_line(e)}; fix it, then `hoard ingest --resume`"
+    return f"{type(e).__name__}: {e} (a bug; traceback in the worker log)"
+
+
+# CONDITIONS (jobs.queues): under `run_here` a step meeting one ends the run with the one line
+# `_explain` recorded in the batch's state.
+
+
+def run_here(cfg: Settings, batch_id: str) -> ExitCode:
+    """Run a submitted batch's remaining steps in this process (`hoard ingest --here`).
+
+    No Redis and no RQ: the steps run one after the other under the batch lock, as a worker
+    would run them (a worker's stale job for a step done here finds the state moved on and
+    does nothing). A step that meets one of CONDITIONS is recorded as failed with its one-line
+    reason and ends the run: the exit code says why (PostgreSQL or Redis down: 3); a re-run
+    (`--resume BATCH --here`) goes on at that step. A bug propagates with its traceback.
+    Ctrl-C or SIGTERM stops the step under way at once, recorded as interrupted, and raises
+    KeyboardInterrupt; a second one while that is recorded is ignored."""
+    with _interruptible():
+        while True:
+            st = load_state(cfg, batch_id)
+            if st is None:
+                raise IngestError(f"no ingest state for batch {batch_id}; submit it with `hoard ingest`")
+            if st.finished:
+                return ExitCode.OK
+            try:
+                with _batch_lock(cfg, batch_id):
+                    _run_step_locked(cfg, batch_id, st.step, then_enqueue=False)
+            except CONDITIONS as e:
+                if not is_condition(e):  # a bug: its traceback
+                    raise
+                if isinstance(e, HoardError):
+                    code = e.exit_code
+                elif isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+                    code = ExitCode.NO_SPACE
+                else:
+                    code = ExitCode.UNAVAILABLE  # PostgreSQL, Redis or a disk
+                after = load_state(cfg, batch_id)
+                if after is None or after.status != Status.FAILED.value:  # not recorded (the SSD itself?)
+                    raise HoardError(f"batch {batch_id} at step {st.step}: {_explain(e, cfg)}", code) from None
+                return code
+
+
+@contextlib.contextmanager
+def _interruptible():
+    """SIGINT and SIGTERM raise KeyboardInterrupt once inside; the process's handlers come back after."""
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    fired = False
+
+    def interrupt(signum, frame) -> None:
+        nonlocal fired
+        if fired:
+            return  # already stopping: a second Ctrl-C must not cut short the recording of the first
+        fired = True
+        raise KeyboardInterrupt
+
+    for sig in saved:
+        signal.signal(sig, interrupt)
+    try:
+        yield
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
+
+
+def work_here(cfg: Settings, redis_conn=None) -> None:
+    """Run queued hoardfs jobs in this process until the queues are empty, through RQ (the demo,
+    the benchmark, tests of the worker path; `hoard ingest --here` uses `run_here`).
+
+    Raises KeyboardInterrupt within moments of a Ctrl-C (or SIGTERM), the step under way cut
+    short and recorded as interrupted; the process's own signal handlers are put back after."""
+    assert cfg.redis_url
+    conn = redis_conn or connect(cfg.redis_url)
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    worker = _HereWorker([rq_queue(q, conn) for q in QUEUES], connection=conn, serializer=SERIALIZER,
+                         job_class=HoardJob)
+    worker.config_path = cfg.source
+    try:
+        worker.work(burst=True, logging_level="WARNING")
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
+    if worker.interrupted:
+        raise KeyboardInterrupt
+
+
+class _HereWorker(GuardedWorker, SimpleWorker):
+    """RQ's SimpleWorker answers Ctrl-C with a warm shutdown: the step under way (hours for a
+    large batch) runs to its end, and RQ's handlers stay installed after `work()` returns, so
+    a second Ctrl-C raised SystemExit — exit 0. Here Ctrl-C stops the step at once (steps are
+    idempotent: `--resume` runs it again) and the caller puts its own handlers back. Like
+    `hoard worker` it runs only hoardfs's own jobs (jobs.guard)."""
+
+    interrupted = False
+
+    def _install_signal_handlers(self) -> None:
+        signal.signal(signal.SIGINT, self._interrupt)
+        signal.signal(signal.SIGTERM, self._interrupt)
+
+    def _interrupt(self, signum, frame) -> None:
+        if self.interrupted:
+            return  # already stopping: a second Ctrl-C must not cut short the recording of the first
+        self.interrupted = self._stop_requested = True
+        if self.get_state() == WorkerStatus.BUSY:
+            raise KeyboardInterrupt  # unwinds the job; run_step records it
+        raise StopRequested  # between jobs: the work loop ends quietly
+
+    def handle_exception(self, job, *exc_info) -> None:
+        # a user error or an interruption is one line in the batch's state, which the CLI
+        # prints; only a bug deserves RQ's traceback on the person's terminal
+        if isinstance(exc_info[1], (HoardError, KeyboardInterrupt)):
+            self.log.debug("job %s: %s", job.id, exc_info[1])
+            return
+        super().handle_exception(job, *exc_info)

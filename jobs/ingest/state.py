@@ -1,0 +1,127 @@
+"""A batch's ingest state: its file in <ssd.root>/state/ingest/<batch>.json (status, steps done,
+report), written atomically after every step; the job id of each step; a deleted batch's
+state and 3B package let go."""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+import hashlib
+import json
+import logging
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fsd.base.config import Settings
+from fsd.base.errors import ExitCode, HoardError
+from fsd.base.files import atomic_write
+from fsd.base.paths import NAME_PATTERN
+from fsd.base.units import fmt_bytes
+from fsd.outputs import zones
+
+log = logging.getLogger(__name__)
+
+
+STEPS = ("scan", "store", "apply", "package", "finish")
+QUEUE_OF = {"scan": "ingest", "store": "io", "apply": "sql", "package": "io", "finish": "maintenance"}
+#: RQ timeout per step (a 20,000-item batch with large videos takes minutes, not hours)
+STEP_TIMEOUT_S = 6 * 3600
+BATCH_ID = re.compile(NAME_PATTERN)
+SIGNAL = "_READY"
+
+
+class Status(str, enum.Enum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    DONE_WITH_REJECTS = "done with rejects"
+    FAILED = "failed"
+
+
+class IngestError(HoardError):
+    exit_code = ExitCode.USAGE
+
+
+@dataclass
+class BatchState:
+    batch_id: str
+    source: str
+    status: str = Status.QUEUED.value
+    step: str = "scan"
+    done: list[str] = field(default_factory=list)
+    signalled: str = field(default_factory=lambda: _now())
+    updated: str = field(default_factory=lambda: _now())
+    error: str | None = None
+    seconds: dict[str, float] = field(default_factory=dict)
+    report: dict[str, Any] = field(default_factory=dict)
+    #: when `hoard delete --batch` dropped it (its status is then history, not a problem)
+    deleted: str | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.status in (Status.DONE.value, Status.DONE_WITH_REJECTS.value)
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+# -- state files -------------------------------------------------------------------------
+
+def state_dir(cfg: Settings) -> Path:
+    d = cfg.ssd.root / "state" / "ingest"
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def load_state(cfg: Settings, batch_id: str) -> BatchState | None:
+    path = state_dir(cfg) / f"{batch_id}.json"
+    if not path.exists():
+        return None
+    return BatchState(**json.loads(path.read_bytes()))
+
+
+def save_state(cfg: Settings, st: BatchState) -> None:
+    st.updated = _now()
+    atomic_write(state_dir(cfg) / f"{st.batch_id}.json", json.dumps(asdict(st), indent=1).encode())
+
+
+def _work(cfg: Settings, batch_id: str, what: str) -> Path:
+    return state_dir(cfg) / f"{batch_id}.{what}.json"
+
+
+def all_states(cfg: Settings) -> list[BatchState]:
+    out = []
+    for p in sorted(state_dir(cfg).glob("*.json")):
+        if p.name.count(".") == 1:  # <batch>.json, not <batch>.<work>.json
+            try:
+                out.append(BatchState(**json.loads(p.read_bytes())))
+            except (ValueError, TypeError):
+                continue
+    return out
+
+
+def forget_deleted(cfg: Settings, batch_id: str) -> str:
+    """After `hoard delete --batch` committed (database and store): its ingest record says
+    deleted, and its 3B package (what UA_1 packaged for cold storage) is removed — a package
+    of a batch the store dropped restores nothing anyone asked to keep. Returns one line
+    saying what happened to the package."""
+    st = load_state(cfg, batch_id)
+    if st is not None and st.deleted is None:
+        st.deleted = _now()
+        save_state(cfg, st)
+    package = cfg.ssd.zone_path("3B") / batch_id
+    try:
+        freed = zones.clean(cfg, batch_id, "3B")["freed_bytes"]
+    except zones.NoSuchOutput:
+        return f"no 3B package {package} (moved to cold storage or never made)"
+    except HoardError as e:  # a package step still writing it: name it, the deletion stands
+        return f"3B package {package} kept: {e.message}; `hoard zones clean {batch_id}` removes it later"
+    return f"3B package {package} removed ({fmt_bytes(freed)})"
+
+
+def _job_id(batch_id: str, step: str) -> str:
+    safe = re.sub(r"[^A-Za-z0-9_-]", "_", batch_id)
+    return f"ingest-{safe}-{hashlib.sha1(batch_id.encode()).hexdigest()[:8]}-{step}"

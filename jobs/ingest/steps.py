@@ -1,0 +1,351 @@
+"""The five steps of UA_1 (scan, store, apply, package, finish), each idempotent by batch id,
+and the records they hand each other in the batch's work directory."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import os
+import shutil
+import tarfile
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+from adapters import Asset, File, Record, Reject, adapter_for, display, parse_batch, quarantine
+from adapters.intent import build_intent, small_raw
+from fsd.base.config import Settings
+from fsd.base.errors import ExitCode, HoardError
+from fsd.base.files import atomic_write, fsync_dir
+from fsd.base.units import fmt_bytes
+from fsd.io.replicate import replicate_once
+from fsd.outputs import zones
+from fsd.outputs.manifest import batch_manifest, naming_lock
+from fsd.store import Store
+from jobs.ingest.state import SIGNAL, BatchState, IngestError, Status, _now, _work, save_state
+from sql.apply import apply_write_intent
+from sql.migrate import migrate
+from sql.schema_decider import propose_if_new
+
+log = logging.getLogger(__name__)
+
+
+#: what a package in 3B reserves per file beyond its bytes (tar header, manifest line)
+PACKAGE_OVERHEAD_PER_FILE = 1024
+
+
+# -- steps --------------------------------------------------------------------------------
+
+def _step_scan(cfg: Settings, st: BatchState) -> None:
+    zone3a = cfg.ssd.zone_path("3A")
+    root = zone3a / st.batch_id
+    if not root.is_dir():
+        raise IngestError(f"batch directory {root} is gone; if it was ingested before, `hoard ingest --status "
+                          f"{st.batch_id}` says so — otherwise drop the batch again")
+    adapter = adapter_for(st.source, cfg.sources)
+    parsed, view = parse_batch(root, adapter, cfg.ingest.settle_s)
+    for rel, why in _beyond_3b(cfg, root, {rel: view.files[rel] for rel in parsed.claimed}).items():
+        parsed.reject(why, rel)  # its records are skipped by the intent: their node is not stored
+        parsed.claimed.discard(rel)
+    files = {rel: view.files[rel] for rel in sorted(parsed.claimed)}
+    st.report.update({"format": adapter.format, "files_seen": len(view.files) + sum(
+        len(r.paths) for r in parsed.rejects if r.paths and r.paths[0] not in view.files),
+        "files_accepted": len(files), "records": len(parsed.records),
+        "rejected": [{"path": display(p) if p else None, "reason": r.reason}
+                     for r in parsed.rejects for p in (r.paths or [""])], "quarantine": None})
+    if not files:
+        _nothing_accepted(st, root, "accepted", st.report["rejected"])  # --status lists every reason
+    quarantine(zone3a, st.batch_id, parsed.rejects)
+    if parsed.rejects:
+        st.report["quarantine"] = str(zone3a / "_quarantine" / st.batch_id)
+    atomic_write(_work(cfg, st.batch_id, "records"),
+                 json.dumps({"files": files, "records": [_rec_json(r) for r in parsed.records],
+                             "identity": {rel: view.identity[rel] for rel in files if rel in view.identity}}).encode())
+
+
+def _beyond_3b(cfg: Settings, root: Path, files: dict[str, int]) -> dict[str, str]:
+    """Files too large for the batch's package ever to fit zone 3B (its quota up to the deny
+    threshold), each → the reason: refused at scan, before the store step reads them. A sparse
+    file (a scraper's preallocated or failed download: holes, no data) takes little of 3A but
+    its apparent size is what the store reads and 3B must hold."""
+    limit = int(zones.quota(cfg, "3B") * cfg.ssd.thresholds.deny)
+    out = {}
+    for rel, size in files.items():
+        if size + PACKAGE_OVERHEAD_PER_FILE * (1 + 10) <= limit:  # one file: the package's `need`
+            continue
+        try:
+            on_disk = os.lstat(root / rel).st_blocks * 512
+        except OSError:
+            on_disk = size
+        sparse = f" (sparse: {fmt_bytes(on_disk)} on disk)" if on_disk < size // 2 else ""
+        out[rel] = (f"{fmt_bytes(size)}{sparse} is more than zone 3B can ever hold for the batch's package "
+                    f"({fmt_bytes(limit)}: ssd.zones.3B.quota_gb at the deny threshold); if the file is real, "
+                    "raise the quota and drop it in a new batch")
+    return out
+
+
+def _nothing_accepted(st: BatchState, root: Path, what: str, rejected: list[dict[str, Any]]) -> None:
+    """Fail a batch none of whose files got through, before they move: a wholly wrong
+    `--source` then costs a re-run, not a batch scattered into quarantine and reported done."""
+    example = f", e.g. {rejected[0]['path'] or '-'}: {rejected[0]['reason']}" if rejected else ""
+    raise HoardError(f"no file of batch {st.batch_id} was {what} ({len(rejected)} rejected{example}); they stay "
+                     f"in {root}. If the source is wrong, `hoard ingest {root} --source NAME`; otherwise fix the "
+                     f"files, then `hoard ingest --resume {st.batch_id}`", ExitCode.DATA)
+
+
+def _step_store(cfg: Settings, st: BatchState) -> None:
+    work = json.loads(_work(cfg, st.batch_id, "records").read_bytes())
+    root = cfg.ssd.zone_path("3A") / st.batch_id
+    rels = list(work["files"])
+    # each file must be the one the scan saw (device, inode, size, mtime): one swapped for a
+    # link to a secret since was stored as root, and the world-readable shards gave it back
+    # (the device is the batch directory's now, not the scan's: a reboot or a power cut may
+    # number the SSD's filesystem anew, and a resume must still find its files; a link to
+    # another filesystem stays refused)
+    dev = os.stat(root).st_dev if work.get("identity") else 0
+    expect = {str(root / r): (dev, *v[1:]) for r, v in work.get("identity", {}).items()}
+    with Store.open(cfg) as store:
+        results = store.put_many([root / r for r in rels], klass="raw", expect=expect)
+        # referenced from now on, before the store lock is let go: a `hoard delete --batch`
+        # of another batch holding the same files cannot let gc free them before this
+        # batch's manifest is registered (the package step); the finish step unpins
+        store.pin(f"ingest-{st.batch_id}", [r.sha256 for r in results if r.status != "rejected"],
+                  f"ingest of {st.batch_id}")
+    stored, late = {}, []
+    new = existing = bytes_new = 0
+    for rel, res in zip(rels, results):
+        if res.status == "rejected":
+            late.append((rel, res.reason))
+            continue
+        stored[rel] = (res.sha256, res.size)
+        new += res.status == "new"
+        existing += res.status == "existing"
+        bytes_new += res.size if res.status == "new" else 0
+    if not stored:
+        _nothing_accepted(st, root, "stored", [{"path": display(rel), "reason": why} for rel, why in late])
+    if late:
+        quarantine(cfg.ssd.zone_path("3A"), st.batch_id, [Reject([rel], why) for rel, why in late])
+        st.report["rejected"] += [{"path": display(rel), "reason": why} for rel, why in late]
+    atomic_write(_work(cfg, st.batch_id, "stored"), json.dumps(stored).encode())
+    st.report.update({"stored_new": new, "stored_existing": existing, "bytes_new": bytes_new,
+                      "bytes_total": sum(size for _, size in stored.values())})
+
+
+def _step_apply(cfg: Settings, st: BatchState) -> None:
+    records = [_rec_load(r) for r in json.loads(_work(cfg, st.batch_id, "records").read_bytes())["records"]]
+    stored = {k: tuple(v) for k, v in json.loads(_work(cfg, st.batch_id, "stored").read_bytes()).items()}
+    intent, stats = build_intent(f"ingest:{st.batch_id}", st.batch_id, st.source, records, stored,
+                                 dt.datetime.fromisoformat(st.signalled))
+    with psycopg.connect(cfg.database_url, autocommit=True) as conn:
+        migrate(conn)
+        res = apply_write_intent(conn, intent)
+        prop = propose_if_new(conn, st.source, [r.specific for r in records[:128]])
+    st.report.update({"metadata_rows": len(intent["metadata"]), "edges": stats.edges,
+                      "virtual_assets": stats.virtual, "nodes": len(intent["nodes"]),
+                      "records_skipped": stats.skipped_records, "database": res.counts,
+                      "intent": res.key, "intent_was_applied_before": res.noop})
+    if prop:
+        st.report["schema_proposal"] = prop.proposal_id
+
+
+def _step_package(cfg: Settings, st: BatchState) -> None:
+    stored = {k: tuple(v) for k, v in json.loads(_work(cfg, st.batch_id, "stored").read_bytes()).items()}
+    work = json.loads(_work(cfg, st.batch_id, "records").read_bytes())
+    records = work["records"]
+    root = cfg.ssd.zone_path("3A") / st.batch_id
+    out = cfg.ssd.zone_path("3B") / st.batch_id
+    manifest_path = out / f"{st.batch_id}.manifest.json"
+    if not manifest_path.exists():
+        # reserved before a byte is written, released once the manifest (the package's seal) is
+        # there or the step failed; a worker killed meanwhile leaves a stale reservation that
+        # the next reserve in 3B reclaims (fsd.outputs.zones)
+        need = sum(size for _, size in stored.values()) + PACKAGE_OVERHEAD_PER_FILE * (len(stored) + 10)
+        zones.reserve(cfg, "3B", st.batch_id, f"ingest:{st.batch_id}", need,
+                      next_step=f"`hoard ingest --resume {st.batch_id}`; the batch stays stored and in 3A until then")
+        try:
+            parts = _write_parts(root, out, st.batch_id, stored, int(cfg.store.batch_size_gb * (1 << 30)),
+                                 work.get("identity", {}))
+            docs = {r["doc"] for r in records if r.get("doc") and r["doc"] in stored}
+            atomic_write(manifest_path, batch_manifest(st.batch_id, st.source, st.signalled, stored, parts, docs,
+                                                       st.report.get("rejected", [])))
+        finally:
+            zones.release(cfg, "3B", st.batch_id)
+    else:  # a worker killed after the manifest, before the release, left its reservation
+        zones.release_stale(cfg, "3B", st.batch_id)
+    body = manifest_path.read_bytes()
+    with Store.open(cfg) as store:
+        put = store.put_bytes(body, klass="raw")
+        with naming_lock(store):
+            store.register_batch(st.batch_id, {"source": st.source, "manifest": put.sha256,
+                                               "files": len(stored), "bytes": sum(s for _, s in stored.values()),
+                                               "sealed": _now()})
+            # a batch deleted since the store step may have tombstoned a file this one shares (the
+            # pin kept it from gc): named by a registered batch now, it is live — not hidden
+            for sha in store.index.marked_among(store.index.deleted, {bytes.fromhex(h) for h, _ in stored.values()}):
+                store.index.lookup_keep(sha)
+    parts_n = len({p.name for p in out.glob(f"{st.batch_id}.part*.tar")})
+    st.report["package"] = {"path": str(out), "parts": parts_n, "manifest_sha256": put.sha256,
+                            "bytes": sum(p.stat().st_size for p in out.iterdir())}
+
+
+def _write_parts(root: Path, out: Path, batch_id: str, stored: dict[str, tuple[str, int]], part_bytes: int,
+                 identity: dict[str, list[int]]) -> dict[str, int]:
+    """Tar archives of at most `part_bytes` (a bigger file gets a part of its own), each
+    written to a temporary name, fsynced and renamed; a part already complete is kept.
+    Each file must still be the one the scan saw and the store step stored (`identity`: inode,
+    size, mtime; the device is the batch directory's, as the store step compares): a file or
+    directory of the batch swapped for a link since would put a root-only file in the package."""
+    dev = os.stat(root).st_dev
+    out.mkdir(parents=True, exist_ok=True)
+    parts: dict[str, int] = {}
+    groups: list[list[str]] = [[]]
+    size = 0
+    for rel, (_, n) in sorted(stored.items()):
+        if groups[-1] and size + n + 512 > part_bytes:
+            groups.append([])
+            size = 0
+        groups[-1].append(rel)
+        size += n + 1024
+    for no, group in enumerate(groups, 1):
+        final = out / f"{batch_id}.part{no:04d}.tar"
+        for rel in group:
+            parts[rel] = no
+        if final.exists():
+            continue
+        tmp = final.with_name(f".{final.name}.tmp")
+        with open(tmp, "wb") as fh:
+            with tarfile.open(fileobj=fh, mode="w", format=tarfile.PAX_FORMAT) as tar:
+                for rel in group:
+                    with open(root / rel, "rb") as src:
+                        fst = os.fstat(src.fileno())
+                        seen = identity.get(rel)
+                        if seen is not None and (dev, *seen[1:]) != (fst.st_dev, fst.st_ino, fst.st_size,
+                                                                     fst.st_mtime_ns):
+                            raise IngestError(
+                                f"{display(rel)} in {root} is not the file the scan saw and the store step stored "
+                                "(replaced or changed since, a link perhaps); its package is not made from it: put "
+                                f"the file back as it was and `hoard ingest --resume {batch_id}`, or drop the batch")
+                        info = tar.gettarinfo(arcname=rel, fileobj=src)
+                        info.uid = info.gid = 0
+                        info.uname = info.gname = ""
+                        tar.addfile(info, src)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.rename(tmp, final)
+    fsync_dir(out)
+    return parts
+
+
+def _step_finish(cfg: Settings, st: BatchState) -> None:
+    # `finished_at` is saved once 3A is emptied: a finish run again after that (a crash or power
+    # cut before the state said done) goes on from the event — the work files it reads before
+    # are removed at its end, so a second run must not need them (chaos seed 306: exit 3 for ever)
+    if "finished_at" not in st.report:
+        stored = {k: tuple(v) for k, v in json.loads(_work(cfg, st.batch_id, "stored").read_bytes()).items()}
+        zone3a = cfg.ssd.zone_path("3A")
+        root = zone3a / st.batch_id
+        with Store.open(cfg, writable=False) as store:
+            short = [rel for rel, (sha, _) in stored.items() if _replicas(store, sha) < cfg.store.write_ack]
+        if short:  # a disk failed or was replaced since the store step: copy them again first
+            short = _top_up(cfg, stored, short)
+        if short:
+            raise HoardError(f"{len(short)} files of {st.batch_id} (e.g. {short[0]}) have fewer than "
+                             f"{cfg.store.write_ack} readable replicas and no other disk could take a copy now; "
+                             f"nothing was removed from 3A — see `hoard health` (a failed disk: `hoard disks replace`; "
+                             f"then `hoard replicate`), then `hoard ingest --resume {st.batch_id}`", ExitCode.DATA)
+        if root.exists():
+            _empty_batch_dir(zone3a, st, stored)
+        st.report["finished_at"] = _now()  # fixed before the event is written: a retry sends the same intent
+        save_state(cfg, st)
+    status = Status.DONE_WITH_REJECTS if st.report.get("rejected") else Status.DONE
+    summary = {k: v for k, v in st.report.items() if k != "rejected"} | {
+        "rejected": len(st.report.get("rejected", [])), "status": status.value}
+    with psycopg.connect(cfg.database_url, autocommit=True) as conn:
+        apply_write_intent(conn, {"key": f"ingest:{st.batch_id}:event", "events": [{
+            "batch_id": st.batch_id, "action": 0, "status": "done", "started_at": st.signalled,
+            "ended_at": st.report["finished_at"], "detail": json.loads(json.dumps(summary, default=str))}]})
+    st.status = status.value
+    for what in ("records", "stored"):
+        _work(cfg, st.batch_id, what).unlink(missing_ok=True)
+    with Store.open(cfg, writable=False) as store:
+        store.unpin(f"ingest-{st.batch_id}")  # the registered manifest references the files now
+
+
+def _top_up(cfg: Settings, stored: dict[str, tuple[str, int]], short: list[str]) -> list[str]:
+    """Copy the shards of `short` files to other disks until they have their replicas again
+    (the maintenance lock is waited for a while: a gc or rebuild may hold it); the files
+    still short afterwards."""
+    with Store.open(cfg) as store:
+        locs = [store.index.lookup(bytes.fromhex(stored[rel][0])) for rel in short]
+        try:
+            replicate_once(store, budget_s=3600, rate_mb_s=None, wait_s=60,
+                           only={loc.shard_id for loc in locs if loc is not None})
+        except HoardError as e:  # the lock stayed busy: said below, with the files still short
+            log.warning("batch files short of replicas not copied now: %s", e.message)
+        # counted on the disks' states as they are now: the wait and the copies take minutes, and a
+        # disk another process failed meanwhile (the mount saw EIO) still counted as readable here
+        store.refresh_disks()
+        return [rel for rel in short if _replicas(store, stored[rel][0]) < cfg.store.write_ack]
+
+
+def _replicas(store, sha_hex: str) -> int:
+    loc = store.index.lookup(bytes.fromhex(sha_hex))
+    meta = store.index.get_shard(loc.shard_id) if loc else None
+    return store.readable_replicas(meta) if meta else 0
+
+
+def _empty_batch_dir(zone3a: Path, st: BatchState, stored: dict[str, tuple[str, int]]) -> None:
+    """Remove what was stored; anything else (a file that appeared after the scan) goes to
+    quarantine, never to the void."""
+    root = zone3a / st.batch_id
+    extra = []
+    for dirpath, _dirs, files in os.walk(root):
+        for f in files:
+            rel = os.path.relpath(os.path.join(dirpath, f), root)
+            if rel == SIGNAL:
+                continue
+            if rel in stored and os.path.getsize(root / rel) == stored[rel][1]:
+                continue
+            extra.append(rel)
+    if extra:
+        rej = [Reject([rel], "appeared or changed after the batch was scanned; drop it in a new batch")
+               for rel in extra]
+        quarantine(zone3a, st.batch_id, rej)
+        st.report.setdefault("rejected", []).extend({"path": display(r), "reason": j.reason}
+                                                    for r, j in zip(extra, rej))
+    shutil.rmtree(root)
+    fsync_dir(zone3a)
+
+
+_STEPS = {"scan": _step_scan, "store": _step_store, "apply": _step_apply, "package": _step_package,
+          "finish": _step_finish}
+
+
+# -- records between steps ----------------------------------------------------------------
+
+def _node_json(n: File | Asset) -> list[str]:
+    return ["f", n.rel] if isinstance(n, File) else ["a", n.kind, n.id]
+
+
+def _node_load(j: list[str]) -> File | Asset:
+    return File(j[1]) if j[0] == "f" else Asset(j[1], j[2])
+
+
+def _rec_json(r: Record) -> dict[str, Any]:
+    d = {k: getattr(r, k) for k in ("doc", "title", "view_count", "author", "user", "specific")}
+    d["raw"] = small_raw(r.raw) or {}  # the whole document is a stored file (raw_object)
+    d.update(node=_node_json(r.node), edges=[[_node_json(p), _node_json(c), rel] for p, c, rel in r.edges],
+             update_time=r.update_time.isoformat() if r.update_time else None,
+             download_time=r.download_time.isoformat() if r.download_time else None)
+    return json.loads(json.dumps(d, default=str))
+
+
+def _rec_load(d: dict[str, Any]) -> Record:
+    t = dt.datetime.fromisoformat
+    return Record(_node_load(d["node"]), doc=d["doc"], raw=d["raw"], title=d["title"], view_count=d["view_count"],
+                  update_time=t(d["update_time"]) if d["update_time"] else None,
+                  download_time=t(d["download_time"]) if d["download_time"] else None, author=d["author"],
+                  user=d["user"], specific=d["specific"],
+                  edges=[(_node_load(p), _node_load(c), rel) for p, c, rel in d["edges"]])
