@@ -17,11 +17,12 @@ VENV := .venv
 HOARD := $(VENV)/bin/hoard
 STAMP := $(VENV)/.installed
 
-.PHONY: help demo test chaos peers bench deps venv up down clean
+.PHONY: help demo test lint chaos peers bench deps venv up down clean
 
 help:
 	@echo "make demo   - install, start the embedded default and run the main job"
 	@echo "make test   - install, start services and run the tests (separate test DB)"
+	@echo "make lint   - ruff and mypy as configured in pyproject.toml (CI runs it before the tests)"
 	@echo "make chaos  - the long chaos suite: SEEDS=200 seeds from SEED0 (tests/chaos)"
 	@echo "make peers  - hoardfs vs cp, git-annex, SnapRAID and mergerfs on one corpus (bench/peers; ARGS=...)"
 	@echo "make bench  - every other benchmark behind docs/benchmarks.md, raw JSON to bench/results"
@@ -57,6 +58,11 @@ demo: up
 
 test: up
 	@$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+
+# the linters need the .venv (the dev extra pins them) but no service; settings in pyproject.toml
+lint: venv
+	@$(VENV)/bin/ruff check .
+	@$(VENV)/bin/mypy
 
 SEEDS ?= 200
 SEED0 ?= 0

@@ -68,7 +68,8 @@ class CsvManifest(Adapter):
              first_row: dict[str, int]) -> None:
         where = f"{man} row {n}"
         if None in row:  # more cells than header columns
-            parsed.reject(f"{where} has {len(row[None])} cells more than the header; fix the quoting")
+            # csv.DictReader files the cells past the header under the key None (its restkey)
+            parsed.reject(f"{where} has {len(row[None])} cells more than the header; fix the quoting")  # type: ignore[index]
             return
         name = next((row[c] for c in _PATH if row.get(c)), "")
         try:

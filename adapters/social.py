@@ -24,6 +24,10 @@ from adapters.base import (Adapter, Asset, BadDocument, BatchView, File, Parsed,
 class _ApiDump(Adapter):
     suffixes: tuple[str, ...] = (".json",)
 
+    def page(self, batch: BatchView, parsed: Parsed, rel: str, page: Any) -> None:
+        """Take one document of a dump (each API dump's own shape)."""
+        raise NotImplementedError
+
     def parse(self, batch: BatchView) -> Parsed:
         parsed = Parsed()
         self.done: set[tuple[str, str]] = set()

@@ -22,11 +22,11 @@ from pathlib import Path
 
 from _common import LAB4, Lab, drop_caches, lab_profile, lab_store, report, run_timed
 
-MB = 1 << 20  # the lab's unit: profiles' read/write figures are MiB/s
-
 from fsd.maintenance.rebuild import rebuild
 from fsd.io.scrub import verify
 from tests.lab import DiskProfile
+
+MB = 1 << 20  # the lab's unit: profiles' read/write figures are MiB/s
 
 NEW = DiskProfile("new", 3000, 60, 50, 150)
 

@@ -459,14 +459,14 @@ def _no_file_is_a_directory(layout: Layout, placed: dict[str, Placement]) -> Non
     if dirs.isdisjoint(placed):
         return
     for path in placed:  # (rare) name a file and a path below it
-        parent = path.rsplit("/", 1)[0] if "/" in path else None
-        while parent:
-            other = placed.get(parent)
+        above = path.rsplit("/", 1)[0] if "/" in path else None
+        while above:
+            other = placed.get(above)
             if other is not None:
-                raise PlacementError(f"{parent!r} is the file of node {other.node_id} and a directory holding "
+                raise PlacementError(f"{above!r} is the file of node {other.node_id} and a directory holding "
                                      f"{path!r} in layout {layout.name}: make the template end every path at the "
                                      "same depth")
-            parent = parent.rsplit("/", 1)[0] if "/" in parent else None
+            above = above.rsplit("/", 1)[0] if "/" in above else None
 
 
 def describe() -> Iterator[str]:

@@ -15,7 +15,8 @@ import os
 import random
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Set
+from typing import Protocol
 from pathlib import Path
 
 import lmdb
@@ -44,6 +45,14 @@ from fsd.io.writer import ShardWriter, writer_alive
 log = logging.getLogger(__name__)
 
 
+class SetAside(Protocol):
+    """Space set aside for this process on each disk (gc's Reservation, a layer above)."""
+
+    def remaining(self, uuid: str) -> int: ...
+
+    def take(self, uuid: str, nbytes: int) -> None: ...
+
+
 class Store:
     def __init__(self, cfg: Settings, index: Index, writable: bool) -> None:
         self.cfg, self.index, self.writable = cfg, index, writable
@@ -56,7 +65,7 @@ class Store:
         self.rng = random.Random()
         self._writers: dict[str, ShardWriter] = {}
         self.held = ""  # the lock this store holds shared until close() (see Store.open)
-        self.reservations = None  # gc's Reservation while it runs: space set aside for this process
+        self.reservations: SetAside | None = None  # gc's Reservation while it runs
 
     # -- opening -----------------------------------------------------------------------
     @classmethod
@@ -357,12 +366,12 @@ class Store:
         info = self.index.get_batch(batch_id)
         return json.loads(self.get(info["manifest"])) if info else None
 
-    def replica_order(self, meta: ShardMeta, avoid: set[str] = frozenset()) -> list[LocalDisk]:
+    def replica_order(self, meta: ShardMeta, avoid: Set[str] = frozenset()) -> list[LocalDisk]:
         usable = [u for u in meta.replicas if self.usable(u) and u not in avoid]
         usable.sort(key=lambda u: (self.records[u].state != DiskState.ACTIVE, self.queue.get(u, 0)))
         return [self.disks[u] for u in usable]
 
-    def get(self, sha256_hex: str, avoid: set[str] = frozenset()) -> bytes:
+    def get(self, sha256_hex: str, avoid: Set[str] = frozenset()) -> bytes:
         """The object's bytes, verified (xxh3-128 and sha256), from the first good replica."""
         sha = sha_bytes(sha256_hex)
         loc = self.index.lookup(sha)
@@ -373,7 +382,7 @@ class Store:
             disk, meta.hex, loc.offset, loc.length, sha), avoid)
 
     # -- large objects: verified pieces, bounded memory ----------------------------------------
-    def iter_object(self, sha: bytes, avoid: set[str] = frozenset(), first: str = "", exact: bool = False):
+    def iter_object(self, sha: bytes, avoid: Set[str] = frozenset(), first: str = "", exact: bool = False):
         """The object's bytes in verified pieces (each MAP_PIECE checked against the object's
         chunk map before it is yielded; a piece that fails on one replica is read from the
         next), whatever its size, in bounded memory. An object without a chunk map (stored
@@ -434,7 +443,7 @@ class Store:
 
         return self.from_replicas(sha, read)
 
-    def from_replicas(self, sha: bytes, read, avoid: set[str] = frozenset(), on_bad=None, first: str = ""):
+    def from_replicas(self, sha: bytes, read, avoid: Set[str] = frozenset(), on_bad=None, first: str = ""):
         """`read(disk, meta, loc)` on the object's usable replicas in order (the disk `first`
         first, when it holds one: the mount's choice by queue depth) until one succeeds.
 
@@ -468,8 +477,9 @@ class Store:
                     report(disk, meta, e)
             if not missing:
                 break
-        for disk, e in missing:
-            report(disk, meta, e)
+        for disk, err in missing:
+            report(disk, meta, err)
+        assert loc is not None  # looked up above
         raise DataError(f"object {sha.hex()}: no good replica of shard {loc.shard_id.hex()}; tried "
                         + (", ".join(tried) or "none usable") + "; see `hoard health`")
 

@@ -38,7 +38,7 @@ SERIALIZER = JSONSerializer
 # delete route, an execution's job: `Job.fetch` decodes a job's `meta` as it reads it, so a
 # pickled `meta` written into Redis ran its command in the GUI (root) when a viewer opened
 # /rq/0/view/job/<id>. In a hoardfs process RQ's fallback is JSON: nothing is ever unpickled.
-rq_serializers.PickleSerializer = SERIALIZER  # type: ignore[misc]
+rq_serializers.PickleSerializer = SERIALIZER  # type: ignore[assignment]  # replaced on purpose: see above
 if rq_serializers.resolve_serializer(None) is not SERIALIZER:  # an RQ that no longer falls back this way
     raise ImportError("jobs.guard: RQ's default serializer could not be made JSON; pin rq or update jobs.guard")
 

@@ -325,13 +325,13 @@ def detail(cfg: Settings, kind: str, run_id: str, conn=None) -> dict[str, Any]:
                                        "seconds": st.seconds.get(s)} for s in ingest.STEPS],
                    took=sum(st.seconds.values()) if st.seconds else None)
     elif kind in outputs.ZONE_OF:
-        st = outputs.load_state(cfg, run_id)
-        if st is None:
+        ost = outputs.load_state(cfg, run_id)
+        if ost is None:
             raise LaunchError(f"no {kind} {run_id!r}")
-        shown, why = outputs.describe(cfg, st)
-        out.update(asdict(st), status=_OUTPUT_STATUS.get(shown, shown), error=why or "",
-                   report=st.report if shown == "done" else {},
-                   took=st.report.get("seconds") if shown == "done" else None)
+        shown, why = outputs.describe(cfg, ost)
+        out.update(asdict(ost), status=_OUTPUT_STATUS.get(shown, shown), error=why or "",
+                   report=ost.report if shown == "done" else {},
+                   took=ost.report.get("seconds") if shown == "done" else None)
     else:
         job = _job_of(cfg, kind, run_id, conn) if run_id.startswith(PREFIX) else None
         if job is None or job.meta.get("kind") != kind:  # a hand-typed URL: another job's id, or none

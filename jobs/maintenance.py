@@ -107,7 +107,7 @@ def verify_backup(config_path: str | None) -> dict[str, Any]:
 
 
 #: kind → job, in the order the launch page lists them
-JOBS = {"replicate": replicate, "verify": verify, "rebuild": rebuild, "gc": gc, "backup": backup,
+JOBS: dict[str, Callable[..., Any]] = {"replicate": replicate, "verify": verify, "rebuild": rebuild, "gc": gc, "backup": backup,
         "verify-backup": verify_backup}
 #: the jobs that stream bytes and take a `progress` hook: what each reports
 PROGRESS = {"replicate": "bytes copied", "verify": "bytes checked", "rebuild": "bytes rebuilt",

@@ -108,13 +108,15 @@ def make_spec(kind: str, output_id: str, layout_spec: str, selector: dict | None
             raise OutputError(f"--nodes: {bad[0]!r} is not a sha256 (64 lower-case hex digits)"
                               + (f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""))
     try:
-        return OutputSpec(kind=kind, id=output_id, selector=selector, nodes=sorted(set(nodes)) if nodes else None,
-                          layout={"name": lay.name, "template": lay.template, "sidecars": lay.sidecars,
-                                  "per_locator": lay.per_locator,
-                                  # only when set: a request's digest (its id's identity) stays
-                                  # what it was before the option existed
-                                  **({"case_sensitive": True} if lay.case_sensitive else {})},
-                          dedup=dedup, mode=mode)
+        # validated as a dict: kind, dedup and mode are the caller's strings until the model checks them
+        return OutputSpec.model_validate({
+            "kind": kind, "id": output_id, "selector": selector, "nodes": sorted(set(nodes)) if nodes else None,
+            "layout": {"name": lay.name, "template": lay.template, "sidecars": lay.sidecars,
+                       "per_locator": lay.per_locator,
+                       # only when set: a request's digest (its id's identity) stays
+                       # what it was before the option existed
+                       **({"case_sensitive": True} if lay.case_sensitive else {})},
+            "dedup": dedup, "mode": mode})
     except ValidationError as e:
         raise OutputError(f"request rejected: {e.errors()[0]['loc']}: {e.errors()[0]['msg']}") from None
 
@@ -332,13 +334,13 @@ def plan_items(cfg: Settings, spec: OutputSpec) -> tuple[list[Item], int]:
         if spec.selector is not None:
             node_ids = query_nodes(conn, spec.selector).node_ids
         else:
-            rows = physical_nodes(conn, [bytes.fromhex(h) for h in spec.nodes or []])
-            found = {h: node_id for h, node_id, _hidden in rows}
-            hidden = sorted(h for h, _, is_hidden in rows if is_hidden)
-            missing = [h for h in spec.nodes or [] if h not in found]
-            if missing:
-                raise OutputError(f"--nodes: {len(missing)} sha256(s) are not physical nodes in the database, e.g. "
-                                  f"{missing[0]}; nothing was staged", ExitCode.DATA)
+            physical = physical_nodes(conn, [bytes.fromhex(h) for h in spec.nodes or []])
+            found = {h: node_id for h, node_id, _hidden in physical}
+            hidden = sorted(h for h, _, is_hidden in physical if is_hidden)
+            unknown = [h for h in spec.nodes or [] if h not in found]
+            if unknown:
+                raise OutputError(f"--nodes: {len(unknown)} sha256(s) are not physical nodes in the database, e.g. "
+                                  f"{unknown[0]}; nothing was staged", ExitCode.DATA)
             if hidden:  # as a selector leaves them out (`hoard delete --node`, black-listed)
                 raise OutputError(f"--nodes: {len(hidden)} of the listed nodes are deleted or black-listed, e.g. "
                                   f"{hidden[0]}; take them off the list — nothing was staged", ExitCode.DATA)

@@ -14,6 +14,7 @@ import redis
 from rq import Queue, Worker
 from rq.exceptions import NoSuchJobError
 from rq.job import Job
+from rq.worker import BaseWorker
 from rq.registry import (DeferredJobRegistry, FailedJobRegistry, FinishedJobRegistry, ScheduledJobRegistry,
                          StartedJobRegistry)
 from rq.utils import current_timestamp
@@ -166,7 +167,7 @@ def job_counts(url: str) -> dict[str, dict[str, int]]:
                     "scheduled": ("zcard", ScheduledJobRegistry(queue=q).key),  # scored by when due: no expiry
                     "finished": ("zcount", FinishedJobRegistry(queue=q).key, *live),
                     "failed": ("zcount", FailedJobRegistry(queue=q).key, *live)}.items():
-                getattr(p, command)(*args)
+                getattr(p, str(command))(*args)
                 asked.append((name, state))
         answers = p.execute()
     out: dict[str, dict[str, int]] = {name: {} for name in QUEUES}
@@ -204,7 +205,7 @@ def unserved_queues(conn: redis.Redis) -> list[str]:
     return [q for q in QUEUES if q not in served]
 
 
-def worker_alive(worker: Worker) -> bool:
+def worker_alive(worker: BaseWorker) -> bool:
     """A worker on this host is alive if its process is; one elsewhere while Redis keeps its
     key (RQ lets a silent worker's key expire after its TTL)."""
     if worker.hostname != socket.gethostname() or not worker.pid:

@@ -254,6 +254,6 @@ class LoginLimiter:
                     if succeeded and k == pair:
                         q.clear()
                     elif token in q:
-                        q.remove(token)
+                        q.remove(token)  # type: ignore[arg-type]  # the (time, id) `begin` appended, opaque to callers
                     if not q:
                         self._failures.pop(k, None)

@@ -23,6 +23,7 @@ from typing import Any
 import psycopg
 
 from sql.intents import IntentConflict, IntentError, WriteIntent, parse_intent, virtual_description
+from sql.rows import one
 from sql.schema_decider import fill_specific_tables
 
 
@@ -42,8 +43,8 @@ def apply_write_intent(conn: psycopg.Connection, intent: WriteIntent | dict[str,
         row = conn.execute("INSERT INTO applied_intent (key, digest, counts) VALUES (%s, %s, '{}') "
                            "ON CONFLICT (key) DO NOTHING RETURNING key", [intent.key, digest]).fetchone()
         if row is None:
-            prev_digest, prev_counts = conn.execute(
-                "SELECT digest, counts FROM applied_intent WHERE key = %s", [intent.key]).fetchone()
+            prev_digest, prev_counts = one(conn.execute(
+                "SELECT digest, counts FROM applied_intent WHERE key = %s", [intent.key]))
             if bytes(prev_digest) != digest:
                 raise IntentConflict(f"write-intent {intent.key!r} was already applied with different content; "
                                      "an intent's key must name exactly one body — use a new key")
@@ -114,7 +115,7 @@ def apply_body(conn: psycopg.Connection, it: WriteIntent) -> dict[str, int]:
     # half the time of a bulk apply). A superuser may skip them for this transaction; the
     # one trigger with a rule of its own (sealed batches) is then checked here instead.
     # Restore-verify counts orphans per foreign key, so a bug here would not go unnoticed.
-    trusted = conn.execute("SELECT current_setting('is_superuser') = 'on'").fetchone()[0]
+    trusted = one(conn.execute("SELECT current_setting('is_superuser') = 'on'"))[0]
     if trusted:
         conn.execute("SET LOCAL session_replication_role = replica")
     # -- names: sources and relationship types ------------------------------------------------
@@ -249,14 +250,14 @@ def apply_body(conn: psycopg.Connection, it: WriteIntent) -> dict[str, int]:
     # -- batches and events ---------------------------------------------------------------------
     for i, b in enumerate(it.batches):
         conn.execute("INSERT INTO action_batch (batch_id, action_id, source_id) VALUES (%s, %s, %s) "
-                     "ON CONFLICT (batch_id) DO NOTHING", [b.batch_id, b.action, sources.get(b.source)])
-        have = conn.execute("SELECT action_id FROM action_batch WHERE batch_id = %s", [b.batch_id]).fetchone()
+                     "ON CONFLICT (batch_id) DO NOTHING", [b.batch_id, b.action, sources.get(b.source) if b.source else None])
+        have = one(conn.execute("SELECT action_id FROM action_batch WHERE batch_id = %s", [b.batch_id]))
         if have[0] != b.action:
             raise IntentError(f"batches[{i}].action: batch {b.batch_id} belongs to action {have[0]}, not {b.action}")
         if b.members:
             if trusted:  # what the batch_member_open trigger says, since it does not fire here
-                sealed = conn.execute("SELECT sealed_at IS NOT NULL FROM action_batch WHERE batch_id = %s",
-                                      [b.batch_id]).fetchone()[0]
+                sealed = one(conn.execute("SELECT sealed_at IS NOT NULL FROM action_batch WHERE batch_id = %s",
+                                      [b.batch_id]))[0]
                 if sealed:
                     raise IntentError(f"write-intent {it.key!r} rejected: batch {b.batch_id} is sealed and takes "
                                       "no new members")

@@ -24,6 +24,7 @@ from fsd.base.errors import ExitCode, HoardError
 from fsd.base.files import atomic_copy
 from fsd.base.proc import which
 from sql.deletion import sample_held
+from sql.rows import one
 
 
 @dataclass
@@ -50,8 +51,8 @@ def _tables(conn: psycopg.Connection, schema: str) -> list[str]:
 
 
 def _counts(conn: psycopg.Connection, schema: str) -> dict[str, int]:
-    return {t: conn.execute(sql.SQL("SELECT count(*) FROM {}.{}").format(sql.Identifier(schema), sql.Identifier(t))
-                            ).fetchone()[0] for t in _tables(conn, schema) if t != "backup_log"}
+    return {t: one(conn.execute(sql.SQL("SELECT count(*) FROM {}.{}").format(sql.Identifier(schema), sql.Identifier(t))
+                            ))[0] for t in _tables(conn, schema) if t != "backup_log"}
 
 
 def dump_backup(url: str, store, zone3b: Path, label: str = "hoard", progress=None) -> DumpResult:
@@ -61,9 +62,9 @@ def dump_backup(url: str, store, zone3b: Path, label: str = "hoard", progress=No
     t0 = time.monotonic()
     started = dt.datetime.now(dt.timezone.utc)
     with psycopg.connect(url, autocommit=True) as conn:
-        schema = conn.execute("SELECT current_schema()").fetchone()[0]
+        schema = one(conn.execute("SELECT current_schema()"))[0]
         conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-        snapshot = conn.execute("SELECT pg_export_snapshot()").fetchone()[0]
+        snapshot = one(conn.execute("SELECT pg_export_snapshot()"))[0]
         counts = _counts(conn, schema)
         with tempfile.TemporaryDirectory(prefix="hoard-dump-") as tmp:
             out = Path(tmp) / "db.dump"
@@ -84,10 +85,10 @@ def dump_backup(url: str, store, zone3b: Path, label: str = "hoard", progress=No
             step(3, 3)
         _point_disks_at(store, {"sha256": put.sha256, "size": size, "taken_at": started.isoformat(),
                                 "schema": schema, "cold_copy": str(dest)})
-        backup_id = conn.execute(
+        backup_id = one(conn.execute(
             "INSERT INTO backup_log (kind, started_at, finished_at, size_bytes, sha256, location, row_counts) "
             "VALUES ('dump', %s, now(), %s, %s, %s, %s) RETURNING backup_id",
-            [started, size, bytes.fromhex(put.sha256), str(dest), json.dumps(counts)]).fetchone()[0]
+            [started, size, bytes.fromhex(put.sha256), str(dest), json.dumps(counts)]))[0]
     return DumpResult(backup_id, put.sha256, size, dest, counts, time.monotonic() - t0)
 
 
@@ -128,7 +129,7 @@ def verify_dump(url: str, store, backup_id: int | None = None, sample: int = 200
     t0 = time.monotonic()
     with psycopg.connect(url, autocommit=True) as conn:
         backup_id, sha, counts = _dump_row(conn, backup_id)
-        schema = conn.execute("SELECT current_schema()").fetchone()[0]
+        schema = one(conn.execute("SELECT current_schema()"))[0]
         scratch = f"hoard_verify_{os.getpid()}_{int(time.time())}"
         problems: list[str] = []
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(scratch)))
@@ -165,7 +166,7 @@ def restore_dump(url: str, store, backup_id: int | None = None) -> int:
     The backup log survives: its rows are carried over from the current database."""
     with psycopg.connect(url, autocommit=True) as conn:
         backup_id, sha, _counts_then = _dump_row(conn, backup_id)
-        schema = conn.execute("SELECT current_schema()").fetchone()[0]
+        schema = one(conn.execute("SELECT current_schema()"))[0]
         saved = bytearray()  # the backup log survives the restore (text COPY round-trips exactly)
         with conn.cursor() as cur, cur.copy("COPY backup_log TO STDOUT") as cp:
             for chunk in cp:

@@ -16,6 +16,7 @@ from typing import Any
 import psycopg
 
 from fsd.base.errors import ExitCode, HoardError
+from sql.rows import one
 
 
 class BatchError(HoardError):
@@ -37,7 +38,7 @@ def define_action(conn: psycopg.Connection, action_id: int, name: str, kind: str
                        "ON CONFLICT (action_id) DO NOTHING RETURNING action_id",
                        [action_id, name, kind, description]).fetchone()
     if row is None:
-        have = conn.execute("SELECT name FROM action WHERE action_id = %s", [action_id]).fetchone()[0]
+        have = one(conn.execute("SELECT name FROM action WHERE action_id = %s", [action_id]))[0]
         if have != name:
             raise BatchError(f"action {action_id} is already {have!r}, not {name!r}")
 
@@ -68,7 +69,7 @@ def add_nodes(conn: psycopg.Connection, batch_id: str, sha256s: list[str]) -> in
         if info.sealed_at is not None:
             raise BatchError(f"batch {batch_id} was sealed at {info.sealed_at:%Y-%m-%d %H:%M:%S}; "
                              "it takes no new members — create a new batch")
-        found = conn.execute("SELECT count(*) FROM node WHERE sha256 = ANY(%s)", [shas]).fetchone()[0]
+        found = one(conn.execute("SELECT count(*) FROM node WHERE sha256 = ANY(%s)", [shas]))[0]
         if found != len(set(shas)):
             raise BatchError(f"{len(set(shas)) - found} of the nodes are not in the database")
         cur = conn.execute("INSERT INTO batch_member (batch_id, node_id) SELECT %s, node_id FROM node "
@@ -79,23 +80,25 @@ def add_nodes(conn: psycopg.Connection, batch_id: str, sha256s: list[str]) -> in
 def seal_batch(conn: psycopg.Connection, batch_id: str) -> dt.datetime:
     """Seal (idempotent): returns the seal time, the first one if it was sealed before."""
     conn.execute("UPDATE action_batch SET sealed_at = now() WHERE batch_id = %s AND sealed_at IS NULL", [batch_id])
-    return get_batch(conn, batch_id).sealed_at
+    sealed = get_batch(conn, batch_id).sealed_at
+    assert sealed is not None  # set by the UPDATE above, or before it
+    return sealed
 
 
 def record_event(conn: psycopg.Connection, batch_id: str, action_id: int, status: str,
                  started_at: dt.datetime, ended_at: dt.datetime | None = None,
                  detail: dict[str, Any] | None = None) -> int:
     get_batch(conn, batch_id)
-    return conn.execute("INSERT INTO action_event (batch_id, action_id, status, started_at, ended_at, detail) "
+    return one(conn.execute("INSERT INTO action_event (batch_id, action_id, status, started_at, ended_at, detail) "
                         "VALUES (%s, %s, %s, %s, %s, %s) RETURNING event_id",
-                        [batch_id, action_id, status, started_at, ended_at, json.dumps(detail or {})]).fetchone()[0]
+                        [batch_id, action_id, status, started_at, ended_at, json.dumps(detail or {})]))[0]
 
 
 def define_pipeline(conn: psycopg.Connection, name: str, action_ids: list[int]) -> int:
     """Create a pipeline of stages (idempotent for the same stages)."""
     with conn.transaction():
-        pid = conn.execute("INSERT INTO pipeline (name) VALUES (%s) ON CONFLICT (name) DO UPDATE SET name = EXCLUDED.name "
-                           "RETURNING pipeline_id", [name]).fetchone()[0]
+        pid = one(conn.execute("INSERT INTO pipeline (name) VALUES (%s) ON CONFLICT (name) DO UPDATE SET name = EXCLUDED.name "
+                           "RETURNING pipeline_id", [name]))[0]
         have = [r[0] for r in conn.execute("SELECT action_id FROM pipeline_stage WHERE pipeline_id = %s "
                                            "ORDER BY position", [pid]).fetchall()]
         if have and have != action_ids:
@@ -119,8 +122,8 @@ def stage_done(conn: psycopg.Connection, batch_id: str, pipeline: str, position:
         get_batch(conn, batch_id)
         conn.execute("INSERT INTO batch_stage (batch_id, pipeline_id) VALUES (%s, %s) ON CONFLICT DO NOTHING",
                      [batch_id, pid])
-        done = conn.execute("SELECT done_position FROM batch_stage WHERE batch_id = %s AND pipeline_id = %s "
-                            "FOR UPDATE", [batch_id, pid]).fetchone()[0]
+        done = one(conn.execute("SELECT done_position FROM batch_stage WHERE batch_id = %s AND pipeline_id = %s "
+                            "FOR UPDATE", [batch_id, pid]))[0]
         if position <= done:
             return  # already recorded: idempotent
         if position != done + 1:

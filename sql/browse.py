@@ -15,6 +15,7 @@ import psycopg
 from psycopg.rows import dict_row
 
 from fsd.base.errors import ExitCode, HoardError
+from sql.rows import one
 
 #: the deepest parents/children a node page walks
 MAX_DEPTH = 3
@@ -49,7 +50,8 @@ def batches(conn: psycopg.Connection, source: str | None = None, limit: int = 50
             ) -> tuple[list[dict[str, Any]], int]:
     """Ingest and action batches, newest first: source, members, sealed, last event, deleted
     (`hoard delete --batch` dropped it); and the total."""
-    where, params = "", {"limit": limit, "offset": offset}
+    where = ""
+    params: dict[str, Any] = {"limit": limit, "offset": offset}
     if source:
         where, params["source"] = "WHERE s.name = %(source)s", source
     with conn.cursor(row_factory=dict_row) as cur:
@@ -62,8 +64,8 @@ def batches(conn: psycopg.Connection, source: str | None = None, limit: int = 50
                             AND e.detail->>'deleted' = 'true') AS deleted
             FROM action_batch b JOIN action a USING (action_id) LEFT JOIN source s USING (source_id)
             {where} ORDER BY b.created_at DESC, b.batch_id LIMIT %(limit)s OFFSET %(offset)s""", params).fetchall()
-        total = cur.execute(f"SELECT count(*) AS n FROM action_batch b LEFT JOIN source s USING (source_id) {where}",
-                            params).fetchone()["n"]
+        total = one(cur.execute(f"SELECT count(*) AS n FROM action_batch b LEFT JOIN source s USING (source_id) {where}",
+                            params))["n"]
     return rows, total
 
 
@@ -83,8 +85,8 @@ def search_query(conn: psycopg.Connection, text: str) -> str:
                         "search for a few words")
     clean = "".join(" " if ord(c) < 0x20 or 0x7f <= ord(c) < 0xa0 else c for c in text)
     clean = clean.encode("utf-8", "replace").decode("utf-8")  # a lone surrogate (from a URL) is no text
-    words = conn.execute("SELECT coalesce(array_agg(w ORDER BY w), '{}') FROM "
-                         "unnest(tsvector_to_array(to_tsvector('simple', %s))) w", [clean]).fetchone()[0]
+    words = one(conn.execute("SELECT coalesce(array_agg(w ORDER BY w), '{}') FROM "
+                         "unnest(tsvector_to_array(to_tsvector('simple', %s))) w", [clean]))[0]
     if not words:
         raise BadSearch(f"nothing to search for in {text.strip()[:40]!r}: words are letters and digits "
                         "(punctuation and operators are ignored)")
@@ -124,7 +126,7 @@ def search(conn: psycopg.Connection, source: str | None = None, batch: str | Non
     started = time.monotonic()
     try:
         with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
-            callers = cur.execute("SELECT current_setting('statement_timeout') AS t").fetchone()["t"]
+            callers = one(cur.execute("SELECT current_setting('statement_timeout') AS t"))["t"]
             cur.execute(f"SET LOCAL statement_timeout = {int(SEARCH_TIMEOUT_MS)}")
             rows = cur.execute(query, params).fetchall()
             cur.execute("SELECT set_config('statement_timeout', %s, true)", [callers])
@@ -205,13 +207,13 @@ def node(conn: psycopg.Connection, sha256_hex: str, depth: int = 1) -> dict[str,
     node_id = _node_id(conn, sha256_hex)
     depth = max(1, min(depth, MAX_DEPTH))
     with conn.cursor(row_factory=dict_row) as cur:
-        out = cur.execute(f"""
+        out = one(cur.execute(f"""
             SELECT n.node_id, encode(n.sha256, 'hex') AS sha256, n.is_virtual, n.created_at,
                    pc.size, pc.file_type, ft.kind, pc.in_black_list, pc.is_deleted,
                    va.kind AS virtual_kind, va.description, {POSTER} AS poster
             FROM node n LEFT JOIN physical_content pc USING (node_id)
             LEFT JOIN file_type ft ON ft.ext = pc.file_type LEFT JOIN virtual_asset va USING (node_id)
-            WHERE n.node_id = %s""", [node_id]).fetchone()
+            WHERE n.node_id = %s""", [node_id]))
         out["paths"] = [r["locator"] for r in cur.execute(
             "SELECT locator FROM physical_path WHERE node_id = %s ORDER BY locator LIMIT 100", [node_id])]
         out["metadata"] = cur.execute("""
@@ -299,8 +301,8 @@ def edge_counts(conn: psycopg.Connection) -> dict[str, int]:
 
 def nodes_in_several_batches(conn: psycopg.Connection) -> int:
     """Nodes that more than one batch holds (stored once)."""
-    return conn.execute("SELECT count(*) FROM (SELECT node_id FROM batch_member GROUP BY node_id "
-                        "HAVING count(*) > 1) x").fetchone()[0]
+    return one(conn.execute("SELECT count(*) FROM (SELECT node_id FROM batch_member GROUP BY node_id "
+                        "HAVING count(*) > 1) x"))[0]
 
 
 def node_facts(conn: psycopg.Connection, sha: bytes) -> dict[str, Any]:

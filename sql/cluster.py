@@ -177,7 +177,7 @@ def give_to_server(*paths: Path) -> None:
 def ensure_database(url: str) -> bool:
     """Create the database named in `url` on its server if missing; True if created."""
     params = psycopg.conninfo.conninfo_to_dict(url)
-    name = params.get("dbname") or "hoard"
+    name = str(params.get("dbname") or "hoard")
     admin = psycopg.conninfo.make_conninfo(url, dbname="postgres")
     try:
         with psycopg.connect(admin, autocommit=True, connect_timeout=10) as conn:

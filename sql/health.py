@@ -9,6 +9,7 @@ import psycopg
 
 from fsd.base.errors import first_line
 from sql.migrate import available
+from sql.rows import one
 
 
 def database_status(url: str, timeout: float = 5) -> dict[str, Any]:
@@ -20,13 +21,13 @@ def database_status(url: str, timeout: float = 5) -> dict[str, Any]:
                 "pg_database_size(current_database()), to_regclass('schema_version') IS NOT NULL"
             ).fetchone()
             assert row is not None
-            version = conn.execute("SELECT coalesce(max(version), 0) FROM schema_version").fetchone()[0] \
+            version = one(conn.execute("SELECT coalesce(max(version), 0) FROM schema_version"))[0] \
                 if row[3] else 0
-            long_tx = conn.execute(
+            long_tx = one(conn.execute(
                 "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-                "AND xact_start < now() - interval '10 minutes'").fetchone()[0]
+                "AND xact_start < now() - interval '10 minutes'"))[0]
             last, per_kind = None, {}
-            if conn.execute("SELECT to_regclass('backup_log') IS NOT NULL").fetchone()[0]:
+            if one(conn.execute("SELECT to_regclass('backup_log') IS NOT NULL"))[0]:
                 for kind, age, size, ok, detail in conn.execute(
                         "SELECT DISTINCT ON (kind) kind, extract(epoch FROM now() - finished_at), size_bytes, "
                         "verify_ok, verify_detail FROM backup_log ORDER BY kind, finished_at DESC"):

@@ -11,7 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator, model_validator
 
@@ -19,7 +19,7 @@ from fsd.base.config import describe_validation_error
 from fsd.base.errors import ExitCode, HoardError
 from fsd.base.paths import NAME_PATTERN
 
-INTENT_VERSION = 1
+INTENT_VERSION: Final = 1
 Sha = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
 Name = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,62}$")]
 _strict = ConfigDict(extra="forbid")

@@ -13,6 +13,7 @@ import psycopg
 from fsd.base.errors import ExitCode, HoardError
 from sql.apply import apply_write_intent
 from sql.intents import parse_intent
+from sql.rows import one
 
 
 class UnknownNodes(HoardError):
@@ -50,10 +51,10 @@ def change_labels(conn: psycopg.Connection, shas: list[str], key: str, value: st
     key_ = f"label:{'rm' if remove else 'add'}:{uuid.uuid4()}"
     if remove:
         with conn.transaction():
-            having = conn.execute(
+            having = one(conn.execute(
                 "SELECT count(DISTINCT l.node_id) FROM label l JOIN node n USING (node_id) "
                 "WHERE n.sha256 = ANY(%s) AND l.key = %s AND (%s::text IS NULL OR l.value = %s)",
-                [[bytes.fromhex(s) for s in shas], key, value, value]).fetchone()[0]
+                [[bytes.fromhex(s) for s in shas], key, value, value]))[0]
             apply_write_intent(conn, parse_intent({"key": key_, "unlabels": [
                 {"node": s, "key": key, "value": value} for s in shas]}))
         return LabelResult(len(shas), having, len(shas) - having)

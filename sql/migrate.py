@@ -14,6 +14,7 @@ from pathlib import Path
 import psycopg
 
 from fsd.base.errors import ExitCode, HoardError
+from sql.rows import one
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 _LOCK_ID = 0x686F617264  # "hoard"
@@ -43,7 +44,7 @@ def current_version(conn: psycopg.Connection) -> int:
     row = conn.execute("SELECT to_regclass('schema_version') IS NOT NULL").fetchone()
     if not row or not row[0]:
         return 0
-    return conn.execute("SELECT coalesce(max(version), 0) FROM schema_version").fetchone()[0]
+    return one(conn.execute("SELECT coalesce(max(version), 0) FROM schema_version"))[0]
 
 
 def migrate(conn: psycopg.Connection, target: int | None = None) -> list[int]:

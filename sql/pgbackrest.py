@@ -35,6 +35,7 @@ from fsd.base.files import atomic_write
 from fsd.base.modes import passage
 from sql.backup import VerifyResult, _counts, sampled_not_in_store
 from sql.cluster import SERVER_USER, PrivateCluster, _reachable_by, give_to_server, run_as_server
+from sql.rows import one
 
 STANZA = "hoard"
 RETENTION_FULL = 4  # weekly fulls kept: four weeks
@@ -110,8 +111,8 @@ class BackRest:
         done = []
         changed = self.write_conf()
         with psycopg.connect(url, autocommit=True) as conn:
-            mode = conn.execute("SHOW archive_mode").fetchone()[0]
-            command = conn.execute("SHOW archive_command").fetchone()[0]
+            mode = one(conn.execute("SHOW archive_mode"))[0]
+            command = one(conn.execute("SHOW archive_command"))[0]
             if command != self.archive_command():
                 conn.execute(sql.SQL("ALTER SYSTEM SET archive_command = {}").format(sql.Literal(self.archive_command())))
                 conn.execute("SELECT pg_reload_conf()")
@@ -152,7 +153,7 @@ class BackRest:
             raise HoardError(f"backup type {kind!r}: full or diff", ExitCode.USAGE)
         started = dt.datetime.now(dt.timezone.utc)
         with psycopg.connect(url, autocommit=True) as conn:
-            schema = conn.execute("SELECT current_schema()").fetchone()[0]
+            schema = one(conn.execute("SELECT current_schema()"))[0]
             counts, writes_before = _counts(conn, schema), _writes(conn, schema)
         if kind == "diff" and not any(b["type"] == "full" for b in self.info()):
             kind = "full"  # a differential needs a full one first
@@ -161,11 +162,11 @@ class BackRest:
         with psycopg.connect(url, autocommit=True) as conn:
             changed = sorted(t for t, n in _writes(conn, schema).items() if n != writes_before.get(t))
             counts["__changed_during_backup__"] = changed  # type: ignore[assignment]
-            backup_id = conn.execute(
+            backup_id = one(conn.execute(
                 "INSERT INTO backup_log (kind, started_at, finished_at, size_bytes, location, row_counts) "
                 "VALUES (%s, %s, now(), %s, %s, %s) RETURNING backup_id",
                 [kind, started, latest["info"]["repository"]["delta"], f"{self.repo}#{latest['label']}",
-                 json.dumps(counts)]).fetchone()[0]
+                 json.dumps(counts)]))[0]
         return {"backup_id": backup_id, "kind": kind, "label": latest["label"],
                 "size": latest["info"]["repository"]["delta"], "repo": str(self.repo)}
 
@@ -182,7 +183,7 @@ class BackRest:
                                  ExitCode.USAGE)
             backup_id, location, counts = row
             params = psycopg.conninfo.conninfo_to_dict(url)
-            schema = conn.execute("SELECT current_schema()").fetchone()[0]
+            schema = one(conn.execute("SELECT current_schema()"))[0]
         label = location.rsplit("#", 1)[1]
         problems = []
         repo_check = self.run("verify", what="checking the repository's checksums", check=False)
@@ -269,10 +270,10 @@ def _check_restored(url: str, schema: str, counts: dict, store, sample: int) -> 
             cond = sql.SQL(" AND ").join(sql.SQL("p.{} = c.{}").format(sql.Identifier(pc), sql.Identifier(cc))
                                          for cc, pc in pairs)
             notnull = sql.SQL(" AND ").join(sql.SQL("c.{} IS NOT NULL").format(sql.Identifier(cc)) for cc, _ in pairs)
-            orphans = sc.execute(sql.SQL("SELECT count(*) FROM {}.{} c WHERE {} AND NOT EXISTS "
+            orphans = one(sc.execute(sql.SQL("SELECT count(*) FROM {}.{} c WHERE {} AND NOT EXISTS "
                                          "(SELECT 1 FROM {}.{} p WHERE {})").format(
                 sql.Identifier(schema), sql.Identifier(child), notnull, sql.Identifier(schema),
-                sql.Identifier(parent), cond)).fetchone()[0]
+                sql.Identifier(parent), cond)))[0]
             if orphans:
                 problems.append(f"foreign key {con}: {orphans} rows of {child} without their {parent}")
         problems += sampled_not_in_store(sc, schema, store, sample)

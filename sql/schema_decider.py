@@ -28,6 +28,7 @@ import psycopg
 from psycopg import sql
 
 from fsd.base.errors import ExitCode, HoardError
+from sql.rows import one
 
 MAX_SAMPLES = 128
 COLUMN_PRESENCE = 0.5
@@ -97,7 +98,8 @@ def decide(source: str, samples: list[dict[str, Any]]) -> tuple[list[dict[str, A
         for path, v in doc.items():
             if v is not None:
                 types.setdefault(path, Counter())[_json_type(v)] += 1
-    fields, taken = [], set()
+    fields: list[dict[str, Any]] = []
+    taken: set[str] = set()
     for path in sorted(types):
         c = types[path]
         present = sum(c.values())
@@ -129,9 +131,9 @@ def propose(conn: psycopg.Connection, source: str, samples: list[dict[str, Any]]
             raise ProposalError(f"source {source!r} already has its table {row[1]}")
         conn.execute("UPDATE schema_proposal SET status = 'superseded', decided_at = now() "
                      "WHERE source_id = %s AND status = 'provisional'", [row[0]])
-        pid = conn.execute("INSERT INTO schema_proposal (source_id, sample_count, fields, ddl) "
+        pid = one(conn.execute("INSERT INTO schema_proposal (source_id, sample_count, fields, ddl) "
                            "VALUES (%s, %s, %s, %s) RETURNING proposal_id",
-                           [row[0], min(len(samples), MAX_SAMPLES), json.dumps(fields), ddl]).fetchone()[0]
+                           [row[0], min(len(samples), MAX_SAMPLES), json.dumps(fields), ddl]))[0]
     return Proposal(pid, source, "provisional", min(len(samples), MAX_SAMPLES), fields, ddl)
 
 
@@ -226,4 +228,4 @@ def _cast(f: dict[str, Any]) -> sql.Composable:
 
 def source_table_rows(conn: psycopg.Connection, source: str) -> int:
     """The rows of an accepted proposal's table `src_<source>`."""
-    return conn.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(f"src_{source}"))).fetchone()[0]
+    return one(conn.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(f"src_{source}"))))[0]

@@ -115,7 +115,7 @@ def _tree(p: _Params, t: TreePredicate, up: bool) -> sql.Composable:
     if t.sha256:
         match.append(sql.SQL("m.sha256 = {}").format(p.add(bytes.fromhex(t.sha256))))
     if t.kind or t.source:
-        cond = [sql.SQL("va.node_id = m.node_id")]
+        cond: list[sql.Composable] = [sql.SQL("va.node_id = m.node_id")]
         if t.kind:
             cond.append(sql.SQL("va.kind = {}").format(p.add(t.kind)))
         if t.source:

@@ -17,6 +17,7 @@ from psycopg.rows import class_row
 from pydantic import BaseModel, ConfigDict
 
 from fsd.base.errors import ExitCode, HoardError
+from sql.rows import one
 
 SAMPLE_EVERY = dt.timedelta(minutes=10)
 """At most one sample per this interval: `hoard health --record` within it of the last sample
@@ -85,7 +86,7 @@ def record(conn: psycopg.Connection, rows: list[UsageRow], every: dt.timedelta =
             conn.execute("SELECT pg_advisory_xact_lock(%s)", [_LOCK_ID])
             pruned = conn.execute("DELETE FROM usage_sample WHERE taken_at < now() - %s", [keep]).rowcount
             ahead = conn.execute("DELETE FROM usage_sample WHERE taken_at > now()").rowcount
-            now, last = conn.execute("SELECT now(), max(taken_at) FROM usage_sample").fetchone()
+            now, last = one(conn.execute("SELECT now(), max(taken_at) FROM usage_sample"))
             if last is not None and now - last < every:
                 return Recorded(None, 0, pruned, last, ahead)
             with conn.cursor() as cur, cur.copy(f"COPY usage_sample (taken_at, {', '.join(_COLUMNS)}) FROM STDIN") as cp:

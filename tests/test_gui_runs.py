@@ -57,7 +57,8 @@ async def test_operator_launches_an_ingest_and_watches_it(user, gui_home: Path) 
     await _refreshed()  # what the background timer does every gui.refresh_s
     await user.open(f"/runs/ingest/{batch_id}")
     await user.should_see("done with rejects")
-    for text in ("maintenance: ingest gallery-s3-b000: finish", "started 20", "ended 20", "files accepted", "took ", "2 rejected files", "broken.png.json", "scan: done", "finish: done", "(queue maintenance)"):
+    for text in ("maintenance: ingest gallery-s3-b000: finish", "started 20", "ended 20", "files accepted", "took ",
+                 "2 rejected files", "broken.png.json", "scan: done", "finish: done", "(queue maintenance)"):
         await user.should_see(text)
     await user.open("/runs?kind=ingest")
     await user.should_see(batch_id)

@@ -217,7 +217,7 @@ def test_killed_owner_is_swept(lab_support) -> None:
     """A lab whose process was killed -9 — and its mounted power-cut copies — are cleaned up
     by sweep_stale() (run at session start)."""
     script = (
-        "import sys, time; sys.path.insert(0, %r)\n"
+        "import sys, time; sys.path.insert(0, %r)\n"  # noqa: UP031  # a script: %-format keeps its braces literal
         "from tests.lab import Lab, DiskProfile\n"
         "lab = Lab([DiskProfile('k', 100, 50, 50, 500)], direct_io=True)\n"
         "lab.power_cut().mount()\n"

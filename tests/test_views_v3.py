@@ -73,10 +73,10 @@ def test_files_only_inline_survive_every_reader(tmp_path: Path, monkeypatch: pyt
         rows["only/" + "L" * 200] = shas[54]
         rows["wide/" + "\u4e2d" * 80 + "/" + "😀" * 40] = shas[55]
         _register(store, "b1", [(f"p{i}", s) for i, s in enumerate(shas[:60])])
-        v3 = define_view_rows(store, "v3", rows.items())
+        define_view_rows(store, "v3", rows.items())
         v2 = _view2(store, "v2", [("old/" + p, s) for p, s in rows.items()] + [("x/y", shas[70])], monkeypatch)
         assert json.loads(store.get(v2["manifest"]))["format"] == "hoardfs-view-2"
-        other = define_view_rows(store, "w", [("x/" + p, s) for p, s in list(rows.items())[:30]], owned=shas[:30])
+        define_view_rows(store, "w", [("x/" + p, s) for p, s in list(rows.items())[:30]], owned=shas[:30])
         remove_view(store, "w")
         drop_batch(store, "b1")
         gc(store, threshold=1.0)

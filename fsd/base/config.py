@@ -86,7 +86,7 @@ class SSDConfig(BaseModel):
             self.index_dir = self.root / "index"
         return self
 
-    def zone_path(self, zone: ZoneName) -> Path:
+    def zone_path(self, zone: str) -> Path:  # (zones are plain strings everywhere else)
         return self.root / zone
 
 
@@ -219,10 +219,12 @@ class Settings(BaseSettings):
     #: source name → format of its batches (a format's own name needs no entry)
     sources: dict[Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,62}$")], str] = {}
     embedded: EmbeddedConfig | None = None
-    database_url: str | None = None
-    test_database_url: str | None = None
-    redis_url: str | None = None
-    test_redis_url: str | None = None
+    # typed as what every caller reads: `_consistent` derives each URL or refuses the file, so
+    # a None default never outlives validation (TOML and the environment cannot give None)
+    database_url: str = None  # type: ignore[assignment]  # None: not given; see above
+    test_database_url: str = None  # type: ignore[assignment]  # None: not given; see above
+    redis_url: str = None  # type: ignore[assignment]  # None: not given; see above
+    test_redis_url: str = None  # type: ignore[assignment]  # None: not given; see above
     #: the file this came from (set by `load`, not a key of the file)
     source: Path | None = Field(default=None, exclude=True)
 
@@ -298,7 +300,7 @@ def _derive_test_db_url(url: str) -> str:
 
     params = psycopg.conninfo.conninfo_to_dict(url)
     params["dbname"] = f"{params.get('dbname') or 'hoard'}_test"
-    return psycopg.conninfo.make_conninfo(**params)
+    return psycopg.conninfo.make_conninfo("", **params)
 
 
 def _uri(parts) -> str:

@@ -105,7 +105,7 @@ def published(progress: Progress, sink: Callable[[Snapshot], None], every_s: flo
     have been succeeding and none is stuck in flight. A sink's exception is logged at DEBUG:
     figures that cannot be shown are not the job's problem."""
     stop = threading.Event()
-    health = {"ok": True, "busy_since": None}  # read by the block's end, written by the thread
+    health: dict[str, Any] = {"ok": True, "busy_since": None}  # read by the block's end, written by the thread
     delivered = threading.Event()
 
     def deliver(snap: Snapshot) -> None:

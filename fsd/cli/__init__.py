@@ -13,7 +13,7 @@ import importlib.metadata
 import logging
 import sys
 import traceback
-from typing import Annotated, Optional
+from typing import Annotated, Final, Optional, cast
 
 import lmdb
 import typer
@@ -32,7 +32,7 @@ def _flag_type(self, ctx):  # a flag takes no value: show no `<bool>` type in --
 
 
 _typer_option_type = TyperOption.display_type_rich
-TyperOption.display_type_rich = _flag_type
+TyperOption.display_type_rich = _flag_type  # type: ignore[method-assign]  # typer has no hook for this
 
 #: every command, in the order --help lists them: name → (its module under fsd.cli, the
 #: command function or the group's typer app there)
@@ -50,7 +50,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 #: how every command's help is written: paragraphs reflowed, `code` shown as code
-MARKUP = "markdown"
+MARKUP: Final = "markdown"
 
 
 class LazyGroup(TyperGroup):
@@ -62,7 +62,8 @@ class LazyGroup(TyperGroup):
     def get_command(self, ctx: typer.Context, cmd_name: str) -> TyperCommand | TyperGroup | None:  # type: ignore[override]
         if cmd_name not in self.commands and cmd_name in COMMANDS:
             self.commands[cmd_name] = load(cmd_name)
-        return self.commands.get(cmd_name)
+        # what `load` put there: typer builds its own command classes
+        return cast("TyperCommand | TyperGroup | None", self.commands.get(cmd_name))
 
 
 def load(name: str) -> TyperCommand | TyperGroup:
@@ -74,7 +75,7 @@ def load(name: str) -> TyperCommand | TyperGroup:
         one.add_typer(target, name=name)
     else:
         one.command(name)(target)
-    return typer.main.get_group(one).commands[name]
+    return cast("TyperCommand | TyperGroup", typer.main.get_group(one).commands[name])  # typer builds its own
 
 
 app = typer.Typer(

@@ -179,7 +179,7 @@ def restore(
 ) -> None:
     """Replace the database with a backup — asks you to type the database name first."""
     cfg = state(ctx).settings
-    dbname = psycopg.conninfo.conninfo_to_dict(cfg.database_url).get("dbname", "hoard")
+    dbname = str(psycopg.conninfo.conninfo_to_dict(cfg.database_url).get("dbname", "hoard"))
     what = (f"the whole PostgreSQL cluster (every database) from pgBackRest {set_label or '(latest + WAL)'}"
             if source == "pgbackrest" else f"database {dbname} from dump {backup_id or '(latest)'}")
     if source not in ("pgbackrest", "dump"):
@@ -227,9 +227,9 @@ def proposals(
     if not props:
         out.print("no proposals" + ("" if show_all else " waiting (--all shows decided ones)"))
     for p in props:
-        cols = [f for f in p.fields if f["column"]]
+        columns = [f for f in p.fields if f["column"]]
         out.print(f"[bold]{p.proposal_id}[/] {p.source}: {p.status}, {p.sample_count} samples, "
-                  f"{len(cols)} columns, {len(p.fields) - len(cols)} fields in extra")
+                  f"{len(columns)} columns, {len(p.fields) - len(columns)} fields in extra")
         for f in p.fields:
             where = f"{f['column']} {f['sql_type']}" if f["column"] else "extra"
             out.print(f"    {f['path']:<40} {where:<32} present {f['presence']:.0%}, {f['type']} {f['type_share']:.0%}")

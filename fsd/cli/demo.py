@@ -137,6 +137,7 @@ def _ingest(cfg: Settings, batches: list) -> list:
     out.print(f"[bold]4. ingest[/]    UA_1 (scan → store → database → 3B package → 3A emptied) "
               f"in {time.monotonic() - t0:.2f} s:")
     for st in states:
+        assert st is not None  # submitted above
         r = st.report
         out.print(f"               {st.batch_id} ({st.source}): {st.status}; {r.get('stored_new', 0)} new, "
                   f"{r.get('stored_existing', 0)} already stored, {r.get('metadata_rows', 0)} metadata rows, "
@@ -156,7 +157,9 @@ def _read_back(cfg: Settings, batches: list) -> None:
         out.print(f"[bold]5. replicate[/] {rep.copied_shards} shard copies made; "
                   f"{store.status()['replication']['shards_below_target']} shards below the target of "
                   f"{cfg.store.copy_of_raw} copies")
-        shas = sorted({f["sha256"] for b in batches for f in store.batch_manifest(b.batch_id)["files"]})
+        manifests = [store.batch_manifest(b.batch_id) for b in batches]
+        assert None not in manifests  # each batch was packaged by its ingest above
+        shas = sorted({f["sha256"] for m in manifests if m for f in m["files"]})
         good = 0
         lock = threading.Lock()
 

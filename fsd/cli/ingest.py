@@ -28,7 +28,8 @@ def ingest(
     wait: Annotated[bool, typer.Option(help="wait until each batch is done and print its report")] = False,
     here: Annotated[bool, typer.Option("--here", help="run the batches' steps in this process (no worker, no Redis)")] = False,
     status: Annotated[Optional[str], typer.Option("--status", metavar="BATCH", help="show a batch's state and report")] = None,
-    resume: Annotated[Optional[str], typer.Option("--resume", metavar="BATCH", help="re-queue a batch at its step (after a failure, Ctrl-C or a lost job)")] = None,
+    resume: Annotated[Optional[str], typer.Option(
+        "--resume", metavar="BATCH", help="re-queue a batch at its step (after a failure, Ctrl-C or a lost job)")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="reports as JSON")] = False,
     timeout: Annotated[float, typer.Option(help="--wait gives up after this many seconds")] = 3600,
 ) -> None:
@@ -85,7 +86,8 @@ def _ingest(cfg, dirs: list[Path], source: str | None, *, wait: bool, here: bool
             timeout: float) -> int:
     """Submit each batch on its own, run or wait for them; the exit code (0 when all is done)."""
 
-    submitted, codes = [], []
+    submitted: list[ua1.BatchState] = []
+    codes: list[int] = []
     for d in dirs:
         try:
             submitted.append(ua1.submit(cfg, d, source, queue=not here))
@@ -116,10 +118,11 @@ def _ingest(cfg, dirs: list[Path], source: str | None, *, wait: bool, here: bool
             _show(st, True)
     if wait or here:
         final = [ua1.load_state(cfg, st.batch_id) if here else _wait(cfg, st.batch_id, timeout) for st in submitted]
-        for st in final:
-            _show(st, as_json, here)
-            if st.status != ua1.Status.DONE.value:
-                codes.append(failed.get(st.batch_id, ExitCode.DATA))
+        for fin in final:
+            assert fin is not None  # submitted above: its state file is there until `hoard delete --batch`
+            _show(fin, as_json, here)
+            if fin.status != ua1.Status.DONE.value:
+                codes.append(failed.get(fin.batch_id, ExitCode.DATA))
     return max(codes, default=ExitCode.OK)
 
 

@@ -122,8 +122,11 @@ def put(
                 puts.check_name(store.index, name)  # before a byte is stored
             root = puts.held_reason(name) if name is not None else "hoard put"
             try:
-                store.put_many(items, klass=klass, stop=stop, root=root,
-                               on_result=lambda r: (report(r), update(done_bytes(r))))
+                def on_result(r) -> None:
+                    report(r)
+                    update(done_bytes(r))
+
+                store.put_many(items, klass=klass, stop=stop, root=root, on_result=on_result)
             finally:
                 if name is not None and stored:
                     info = puts.record(store, name, stored, root)
@@ -174,6 +177,7 @@ def get(
                 sys.stdout.buffer.write(piece)
             sys.stdout.buffer.flush()
             return
+        assert target is not None  # checked with `output`
         write_output(output, target, pieces)
 
 

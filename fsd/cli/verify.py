@@ -20,7 +20,8 @@ from sql.check import store_vs_database
 
 def verify(
     ctx: typer.Context,
-    sample: Annotated[float, typer.Option("--sample", min=0.01, max=100, help="check this percent of the shards, least recently verified first")] = 100,
+    sample: Annotated[float, typer.Option(
+        "--sample", min=0.01, max=100, help="check this percent of the shards, least recently verified first")] = 100,
     disk: Annotated[Optional[str], typer.Option("--disk", help="only replicas on this disk")] = None,
     sha256: Annotated[bool, typer.Option("--sha256", help="also recompute every payload's sha256")] = False,
     repair: Annotated[bool, typer.Option("--repair", help="replace bad replicas with good copies")] = False,

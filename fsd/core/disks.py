@@ -52,7 +52,7 @@ class DiskGone(OSError):
         super().__init__(errno.ENODEV, message)
 
 
-class DiskState(str, enum.Enum):
+class DiskState(str, enum.Enum):  # noqa: UP042  # StrEnum would change str(member), which messages print
     ACTIVE = "active"  # takes new shards and serves reads
     DRAINING = "draining"  # serves reads, takes no new shards (retire in progress)
     FAILED = "failed"  # errors seen: no reads, no writes until replaced

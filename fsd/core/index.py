@@ -847,7 +847,7 @@ class Index:
 
     def objects_with_prefix(self, prefix: bytes, limit: int = 1 << 20) -> list[tuple[bytes, ObjectLoc]]:
         """Objects whose sha256 starts with `prefix`, in order (a by-hash directory)."""
-        out = []
+        out: list[Any] = []
         with self.env.begin(db=self.objects) as txn:
             cur = txn.cursor()
             if cur.set_range(prefix):

@@ -10,6 +10,7 @@ one. Disks that cannot hold a whole shard are not eligible.
 from __future__ import annotations
 
 import random
+from collections.abc import Set
 from dataclasses import dataclass
 
 from fsd.base.errors import ExitCode, HoardError
@@ -31,7 +32,7 @@ class NoSpace(HoardError):
 
 
 def choose(cands: list[Candidate], n: int, need_bytes: int, rng: random.Random | None = None,
-           exclude: set[str] = frozenset(), why_excluded: str = "excluded after an error") -> list[Candidate]:
+           exclude: Set[str] = frozenset(), why_excluded: str = "excluded after an error") -> list[Candidate]:
     """Pick `n` distinct disks that can each take `need_bytes`; NoSpace names them all otherwise.
     `why_excluded` says why the `exclude` disks are out (an error, or holding a copy already)."""
     rng = rng or random.Random()
@@ -51,7 +52,7 @@ def choose(cands: list[Candidate], n: int, need_bytes: int, rng: random.Random |
     return chosen
 
 
-def _describe(c: Candidate, need: int, exclude: set[str], why_excluded: str) -> str:
+def _describe(c: Candidate, need: int, exclude: Set[str], why_excluded: str) -> str:
     if not c.usable:
         return f"{c.label} {c.why_not or 'unusable'}"
     if c.uuid in exclude:

@@ -69,6 +69,18 @@ class _Lock:
         self.exclusive = 0
         self.what = ""
 
+    @property
+    def open_fd(self) -> int:
+        """The lock file's fd, between `_open` and `_close_if_unused`."""
+        assert self.fd is not None
+        return self.fd
+
+    @property
+    def open_gate(self) -> int:
+        """The gate file's fd, between `_open` and `_close_if_unused`."""
+        assert self.gate is not None
+        return self.gate
+
     def holder_path(self, pid: int | None = None) -> Path:
         return self.path.with_name(f"{self.path.stem}.{pid or os.getpid()}.holder")
 
@@ -107,7 +119,7 @@ class _Lock:
         deadline = time.monotonic() + wait_s
         while True:
             try:
-                fcntl.flock(self.fd if fd is None else fd, op | fcntl.LOCK_NB)
+                fcntl.flock(self.open_fd if fd is None else fd, op | fcntl.LOCK_NB)
                 return True
             except BlockingIOError:
                 if time.monotonic() >= deadline:
@@ -150,7 +162,7 @@ def _open(lk: _Lock, what: str) -> None:
 def _close_if_unused(lk: _Lock) -> None:
     if lk.shared == 0 and lk.exclusive == 0 and lk.fd is not None:
         os.close(lk.fd)  # closing the last fd drops the flock
-        os.close(lk.gate)
+        os.close(lk.open_gate)
         lk.fd = lk.gate = None
         with contextlib.suppress(OSError):
             lk.holder_path().unlink()
@@ -168,7 +180,7 @@ def acquire_shared(ssd_root: Path, what: str, name: str = STORE, wait_s: float =
         got = lk._flock(fcntl.LOCK_SH, wait_s, lk.gate)  # not while an exclusive requester waits
         if got:
             got = lk._flock(fcntl.LOCK_SH, max(0.0, deadline - time.monotonic()))
-            fcntl.flock(lk.gate, fcntl.LOCK_UN)
+            fcntl.flock(lk.open_gate, fcntl.LOCK_UN)
         if not got:
             _close_if_unused(lk)
             raise lk.refusal(what)
@@ -208,8 +220,8 @@ def exclusive(ssd_root: Path, what: str, name: str = STORE, wait_s: float = DEFA
             if got:
                 got = lk._flock(fcntl.LOCK_EX, max(0.0, deadline - time.monotonic()))
                 if not got and lk.shared:
-                    fcntl.flock(lk.fd, fcntl.LOCK_SH)  # back to shared: only sharers hold it now
-                fcntl.flock(lk.gate, fcntl.LOCK_UN)
+                    fcntl.flock(lk.open_fd, fcntl.LOCK_SH)  # back to shared: only sharers hold it now
+                fcntl.flock(lk.open_gate, fcntl.LOCK_UN)
             if not got:
                 _close_if_unused(lk)
                 raise lk.refusal(what)
@@ -219,7 +231,7 @@ def exclusive(ssd_root: Path, what: str, name: str = STORE, wait_s: float = DEFA
             except BaseException:
                 lk.exclusive = 0
                 if lk.shared:
-                    fcntl.flock(lk.fd, fcntl.LOCK_SH)
+                    fcntl.flock(lk.open_fd, fcntl.LOCK_SH)
                 _close_if_unused(lk)
                 raise
     try:
@@ -229,7 +241,7 @@ def exclusive(ssd_root: Path, what: str, name: str = STORE, wait_s: float = DEFA
             lk.exclusive -= 1
             if not nested:
                 if lk.shared:
-                    fcntl.flock(lk.fd, fcntl.LOCK_SH)  # back to shared: exclusive → shared never blocks
+                    fcntl.flock(lk.open_fd, fcntl.LOCK_SH)  # back to shared: exclusive → shared never blocks
                     # only a label for refusals: a full SSD leaves the old one ("exclusive")
                     with contextlib.suppress(HoardError):
                         lk._write_holder("shared", lk.what)

@@ -67,7 +67,7 @@ def attach_disks(store: Store, init: bool) -> None:
         rec = known.pop(dc.label, None)
         if rec is None:
             ident = read_identity(dc.path) if dc.path.is_dir() else None
-            if forgotten(dc.path, ident):  # forgotten, still in hoard.toml
+            if ident is not None and forgotten(dc.path, ident):  # forgotten, still in hoard.toml
                 rec = DiskRecord(ident.get("uuid") or "forgotten-" + dc.label, dc.label, str(dc.path),
                                  DiskState.MISSING, "", reason="forgotten by `hoard disks forget`: remove its "
                                  f"[[disks]] table from {store.cfg.source}")

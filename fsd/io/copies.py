@@ -147,8 +147,8 @@ def bring_pointers(store: Store, uuid: str) -> bool:
         return store.index.pointers_brought(uuid, since, stale if ok else {},
                                            lambda newer: ok and put(newer.items()))
     finally:
-        for e in errors:
-            store.disk_error(disk, "write", e)
+        for err in errors:
+            store.disk_error(disk, "write", err)
 
 
 def log_marks(store: Store, op: str, shas: list[bytes], stamp: int) -> list[str]:

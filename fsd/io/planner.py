@@ -125,7 +125,7 @@ def make_plan(store: Store, shas: list[bytes], bw: dict[str, float] | None = Non
     for w in plan.large:  # balanced with the rest: a large record is a piece of its own, streamed
         meta = store.index.get_shard(locs[w.sha].shard_id)
         cands = [d.uuid for d in store.replica_order(meta)] if meta else []
-        if cands:
+        if meta is not None and cands:
             large_pieces.append((w.length, meta.hex, cands, w))
         else:
             plan.missing.append(w.sha)
@@ -330,6 +330,7 @@ def execute(store: Store, plan: Plan, sink: Sink,
         for w in plan.large_by_disk.get(uuid, []):  # read errors fail over piece by piece (iter_object)
             if stop.is_set():
                 return
+            assert large_sink is not None  # checked above: a plan with large records has one
             large_sink(w.sha, _ahead(store.iter_object(w.sha, first=uuid, exact=True), stop, f"read-ahead {disk.label}"))
             n_obj += 1
             n_bytes += w.length

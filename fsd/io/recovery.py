@@ -138,7 +138,7 @@ def _recover(store: Store, meta: ShardMeta) -> bool:
     # the end of what the index acknowledges; 0 when no group was ever committed (the writer
     # sets `size` only in a commit's transaction), so a replica without even a header is fine
     indexed_end = meta.size if meta.size > fmt.SHARD_HEADER_SIZE else 0
-    found: dict[str, tuple[list[fmt.RecordInfo], bool]] = {}  # uuid → (verified records, already sealed)
+    found: dict[str, tuple[list[fmt.RecordInfo] | None, bool]] = {}  # uuid → (verified records, already sealed)
     absent = unreachable = 0
     for uuid in meta.replicas:
         disk = store.disks.get(uuid)
@@ -188,6 +188,7 @@ def _recover(store: Store, meta: ShardMeta) -> bool:
                 return False
         store.index.drop_shard(meta.shard_id)
         return True
+    assert records is not None  # a replica without a header ends at 0: good only when nothing was indexed
     end = _end(records)
     for uuid, (recs, sealed) in found.items():
         if uuid in good and (_end(recs) >= end if not sealed else _end(recs) == end):

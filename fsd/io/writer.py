@@ -181,7 +181,7 @@ class ShardWriter:
     def append(self, sha: bytes, payload: bytes) -> ObjectLoc | None:
         """Queue one record (small or medium: held in memory until committed)."""
         if self.shard is not None and sha in self.shard.pending_set:
-            return  # already queued (a retry after a failed replica replayed it)
+            return None  # already queued (a retry after a failed replica replayed it)
         size = fmt.RECORD_HEADER_SIZE + len(payload)
         sh = self._room_for(size)
         loc = ObjectLoc(sh.meta.shard_id, sh.pos + fmt.RECORD_HEADER_SIZE, len(payload))
@@ -208,7 +208,7 @@ class ShardWriter:
                       source: Path | None = None) -> ObjectLoc | None:
         """A big record written straight through from `chunks` (an iterable of bytes)."""
         if self.shard is not None and sha in self.shard.pending_set:
-            return
+            return None
         size = fmt.RECORD_HEADER_SIZE + length
         sh = self._room_for(size)
         self._write_buf(sh)

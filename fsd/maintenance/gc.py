@@ -25,6 +25,7 @@ next run finishes step 4 first. Nothing the index points at is ever deleted.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import time
@@ -164,7 +165,7 @@ def _gc(store: Store, threshold: float, dry_run: bool, roots: Roots | None, wait
         try:
             total = sum(live for _, live, _ in todo)
             moved, written = _copy_live(store, klass, items, dead,
-                               (lambda n, base=rep.live_bytes_copied: progress(base + n, total)) if progress else None)
+                               functools.partial(_shifted, progress, rep.live_bytes_copied, total) if progress else None)
         finally:
             reservation.release()
         rep.live_bytes_copied += sum(live for _, live, _ in items)
@@ -184,6 +185,11 @@ def _gc(store: Store, threshold: float, dry_run: bool, roots: Roots | None, wait
     store.compact_marks()  # the drops above end the history of these objects' marks
     rep.seconds = time.monotonic() - t0
     return rep
+
+
+def _shifted(progress: Callable[[int, int], None], base: int, total: int, n: int) -> None:
+    """`progress` of one class's copy, counted on from the bytes the classes before it copied."""
+    progress(base + n, total)
 
 
 def _clear_stale(store: Store) -> int:

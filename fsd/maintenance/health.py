@@ -234,9 +234,9 @@ def store_problems(cfg: Settings, store: dict[str, Any], disks: list[dict[str, A
                             f"hoardfs share it) or lower ssd.zones.{z}.quota_gb")
         if s.get("error"):
             problems.append(f"zone {z}: {s['error']}")
-        sealed = {o["id"] for o in s.get("outputs", []) if o["state"] == "sealed"}
+        sealed_ids = {o["id"] for o in s.get("outputs", []) if o["state"] == "sealed"}
         for r in s.get("reservations", []):
-            if r["stale"] and r["id"] in sealed:  # the output is whole: only the release is missing
+            if r["stale"] and r["id"] in sealed_ids:  # the output is whole: only the release is missing
                 problems.append(f"zone {z}: job {r['job']} died (pid {r['pid']} on {r['host']}) after sealing output "
                                 f"{r['id']}, before releasing its reservation; the output is whole — run the job "
                                 "again (it finds the output done and releases it), or any new job in the zone does")

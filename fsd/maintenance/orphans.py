@@ -84,7 +84,7 @@ def records_of(path) -> list[fmt.RecordInfo]:
                 found = fmt.decode_footer(read, size)
                 if found is not None:
                     return found
-        out = []
+        out: list[fmt.RecordInfo] = []
         try:
             out.extend(fmt.scan_records(read, size, sealed=False))
         except fmt.ShardFormatError:

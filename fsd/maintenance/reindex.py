@@ -161,7 +161,8 @@ PLANTED = frozenset({errno.EINVAL, errno.ELOOP, errno.EISDIR})
 
 def _went_away(dc: Any, how: str) -> HoardError:
     return HoardError(f"disk {dc.label} at {dc.path} went away or stopped reading during the index rebuild ({how}): "
-                      "the scan may have missed what it holds (shards, marks, view and batch pointers). Nothing changed: the index is as it was. When the disk "
+                      "the scan may have missed what it holds (shards, marks, view and batch pointers). Nothing "
+                      "changed: the index is as it was. When the disk "
                       f"reads again, run `hoard index rebuild` again (or `hoard index rebuild --without {dc.label}` "
                       "to leave it out; `hoard health` after, and `hoard disks replace` for a dying disk)",
                       ExitCode.UNAVAILABLE)
@@ -487,6 +488,7 @@ def _read_shard(path: Path) -> tuple[ShardMeta, list[fmt.RecordInfo], str]:
         drop_cache(fd)
     finally:
         os.close(fd)
+    assert records is not None  # a footer that does not decode makes it an open copy, read above
     created = int.from_bytes(header.shard_id[:6], "big") / 1000
     meta = ShardMeta(header.shard_id, fmt.CLASS_NAMES[header.klass], size if sealed else 0, sealed, [],
                      len(records), created)

@@ -185,7 +185,8 @@ class Namespace:
         self.started_ns = time.time_ns()
         #: inode → node, every node the kernel holds: files in columns, the rest as Nodes; a
         #: node is at inode_of(its key) …
-        self.files, self.others = Files(), {}
+        self.files = Files()
+        self.others: dict[int, Node] = {}
         self.nodes = _Nodes(self.files, self.others, self._size_of, self.derived_node)
         #: the by-hash directories the kernel was told a file name in (bit a·256+b), whose names
         #: are invalidated when an object is deleted: by-hash files have no rows to say so
@@ -291,25 +292,27 @@ class Namespace:
         `parent`: give it its inode. A file's node comes back with its number and count set;
         any other node is the one the table holds."""
         key = node.key
-        if key[0] == "file" and key[2] == 0 and self._alone(node.sha):
-            # a by-hash file (time 0: no other file has it): numbered by its sha256, kept in no
-            # table; its directory is marked for the invalidation of its name when it is deleted
-            node.inode = self._file_number(node.sha)
-            byte, bit = _told_bit(node.sha)
-            self.hash2_told[byte] |= bit
-            return node
-        if key[0] != "file" and node.inode >= DERIVED:  # a by-hash directory (a file told before, from
-            return node                                  # a listing's snapshot, may not own its bits now)
         if key[0] == "file":
+            sha = node.sha
+            assert sha is not None  # a file's node carries its sha256
+            if key[2] == 0 and self._alone(sha):
+                # a by-hash file (time 0: no other file has it): numbered by its sha256, kept in
+                # no table; its directory is marked for the invalidation of its name when it is deleted
+                node.inode = self._file_number(sha)
+                byte, bit = _told_bit(sha)
+                self.hash2_told[byte] |= bit
+                return node
             files, home = self.files, self.inode_of(key)  # (hashed once, outside the lock)
             with self.lock:
                 r = files.row(self.moved.get(key, home))
-                if r < 0 or not files.is_(r, node.sha, node.mtime_ns):
-                    r = files.add(self._free_number(key, home), node.sha, node.mtime_ns)
+                if r < 0 or not files.is_(r, sha, node.mtime_ns):
+                    r = files.add(self._free_number(key, home), sha, node.mtime_ns)
                 node.inode, node.lookups = files.ino[r], files.looked_up(r, 1)
                 if parent:
                     files.link(r, parent)
                 return node
+        if node.inode >= DERIVED:  # a by-hash directory (a file told before, from a listing's
+            return node            # snapshot, may not own its bits now)
         with self.lock:
             known = self.known(key)
             if known is None:
@@ -363,7 +366,7 @@ class Namespace:
             byte, bit = _told_bit(sha)
             if self.hash2_told[byte] & bit:
                 found.setdefault(_hash2_number(sha[0], sha[1]), set()).add(sha)
-        out = set()
+        out: set[tuple[int, bytes]] = set()
         for p, shas in found.items():  # each directory listed once, whatever it holds of them
             out.update((p, name) for name in self._names_in(p, shas))
         return sorted(out)

@@ -7,9 +7,10 @@ an `await`) and from manifest pages — a page not loaded yet is loaded in a wor
 whose per-disk queues fill buffers; a handler awaits a buffer only when it is not ready
 yet (a trio Event set from the disk's thread), so a sequential reader costs no thread hop
 per request; a small object whose pages the daemon read before is read from the kernel's
-page cache right here (`preadv` with RWF_NOWAIT: it fails rather than wait for a disk). Deletions, name changes, disks, `.hoard/health` and `statfs` figures are kept
-fresh by `Watcher` in worker threads and answered from memory. The mount is read-only
-(EROFS); `inbox` is a symlink into zone 3A, so writes there bypass FUSE altogether.
+page cache right here (`preadv` with RWF_NOWAIT: it fails rather than wait for a disk).
+Deletions, name changes, disks, `.hoard/health` and `statfs` figures are kept fresh by
+`Watcher` in worker threads and answered from memory. The mount is read-only (EROFS);
+`inbox` is a symlink into zone 3A, so writes there bypass FUSE altogether.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import pyfuse3
 from fsd.base import modes
 from fsd.base.errors import HoardError
 from fsd.mount.namespace import DERIVED, Namespace, Node
-from fsd.mount.reader import SMALL_MAX, ObjectGone, ReadFailed, Reader
+from fsd.mount.reader import SMALL_MAX, ObjectGone, ReadFailed, Reader, _Stream
 from fsd.mount.watch import Watcher
 from fsd.core.records import ObjectNotFound
 
@@ -39,11 +40,17 @@ ENTRY_TIMEOUT = 3600
 LISTING_TIMEOUT = 5
 
 
+def _object(n: Node) -> bytes:
+    """The sha256 of a file's node (every file but .hoard/health is an object)."""
+    assert n.sha is not None
+    return n.sha
+
+
 @dataclass
 class _Open:
     node: Node
     data: bytes | None = None  # small objects and .hoard/health: whole, verified
-    stream: object | None = None  # large objects: read-ahead state
+    stream: _Stream | None = None  # large objects: read-ahead state
 
 
 def _guarded(fn):
@@ -69,7 +76,7 @@ class HoardOps(pyfuse3.Operations):
         super().__init__()
         self.ns, self.reader, self.watcher = ns, reader, watcher
         self.handles: dict[int, _Open] = {}
-        self.dir_handles: dict[int, list] = {}
+        self.dir_handles: dict[int, tuple[Node, list]] = {}
         self.next_fh = 1
         #: who a node belongs to: the mounting user and the `hoard` group (its own without one)
         gid = modes.group_id()
@@ -189,9 +196,9 @@ class HoardOps(pyfuse3.Operations):
         if n.key == ("health",):
             h.data = self.watcher.health_text()
         elif n.size <= SMALL_MAX:
-            h.data = await self._verified(self.reader.read_small(n.sha, lane))
+            h.data = await self._verified(self.reader.read_small(_object(n), lane))
         else:
-            h.stream = self.reader.open_stream(n.sha, n.size, lane)
+            h.stream = self.reader.open_stream(_object(n), n.size, lane)
         fh = self.next_fh
         self.next_fh += 1
         self.handles[fh] = h
@@ -205,6 +212,7 @@ class HoardOps(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EBADF)
         if h.data is not None:
             return h.data[off:off + size]
+        assert h.stream is not None  # open() gave the handle its data or its stream
         return await self._verified(self.reader.read_stream(h.stream, off, size))
 
     @_guarded

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import errno
+import functools
 import logging
 import os
 import threading
@@ -447,7 +448,7 @@ class Reader:
             window = self._window(loc.shard_id, start, end)
             try:
                 if window >= BLOCK:
-                    buf = self._blocks(disk, meta, start, end)
+                    buf: bytes | memoryview = self._blocks(disk, meta, start, end)
                     self._prefetch(meta, (end - 1) // BLOCK, window // BLOCK)
                 else:
                     lo = start - start % ALIGN
@@ -459,7 +460,7 @@ class Reader:
                                                    f"before the record's end {end}")
                     with self.lock:
                         self.cache.add(loc.shard_id, lo, got, lone=not window)
-                    buf = memoryview(got)[start - lo:end - lo]
+                    buf = memoryview(got)[start - lo:end - lo]  # (no copy)
                 data = verify_record(memoryview(buf), 0, sha, loc.length, f" (shard {meta.hex} on {disk.label})")
                 self._keep_open(disk, meta, start, end)
                 return data
@@ -521,9 +522,9 @@ class Reader:
                 disk = min(open_, key=lambda d: (self.queues[d.uuid].pending_bg + 1) * self.queues[d.uuid].seconds_per_read)
                 fut = self.queues[disk.uuid].submit(BACKGROUND, self._prefetch_one, disk, meta, b)
                 self.inflight[key] = fut
-            fut.add_done_callback(lambda _f, key=key: self._done_prefetch(key))
+            fut.add_done_callback(functools.partial(self._done_prefetch, key))
 
-    def _done_prefetch(self, key) -> None:
+    def _done_prefetch(self, key, _fut: object = None) -> None:
         with self.lock:
             self.inflight.pop(key, None)
 
@@ -623,6 +624,7 @@ class Reader:
 
     def _piece_sync(self, st: _Stream, i: int, avoid: frozenset = frozenset()) -> bytes:
         length = min(MAP_PIECE, st.size - i * MAP_PIECE)
+        assert st.chunk_digests is not None  # a stream is read in pieces once its digests are known
         want = st.chunk_digests[i * 16:(i + 1) * 16]
 
         def read(disk, meta, loc) -> bytes:

@@ -37,7 +37,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from fsd.base.errors import ExitCode, HoardError
 from fsd.base.files import ssd_full, ssd_space
@@ -155,10 +155,10 @@ class Tree:
                 d = d.inline[name]
             return d
         with self.lock:
-            d = self.objects.get(sha)
-            if d is not None:
+            cached = self.objects.get(sha)
+            if cached is not None:
                 self.objects.move_to_end(sha)
-                return d
+                return cached
         if not block:
             raise WouldBlock(sha)
         raw = self.get(sha)
@@ -210,6 +210,7 @@ class Tree:
     def _list(self, path: str, block: bool) -> list[Entry] | None:
         self._head(block)
         if self.kind == "flat":
+            assert self.flat is not None  # set with the kind
             return self.flat.get(path)
         sha = self._dir_of(path, block)
         if sha is None:
@@ -225,6 +226,7 @@ class Tree:
     def _lookup(self, path: str, name: str, block: bool) -> Entry | None:
         self._head(block)
         if self.kind == "flat":
+            assert self.flat is not None  # set with the kind
             kids = self.flat.get(path)
             if kids is None:
                 return None
@@ -450,7 +452,9 @@ class _Frame:
     __slots__ = ("name", "entries", "pages", "files", "bytes", "last", "weight")
 
     def __init__(self, name: str) -> None:
-        self.name, self.entries, self.pages, self.files, self.bytes = name, [], [], 0, 0
+        self.name, self.files, self.bytes = name, 0, 0
+        self.entries: list[Any] = []
+        self.pages: list[Any] = []
         self.last: tuple[str, str] | None = None  # (name, kind) of the newest entry, across pages
         self.weight = 0  # entries in `entries`, each inline directory's counted with it
 

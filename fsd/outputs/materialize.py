@@ -279,6 +279,7 @@ def materialize(store: Store, items: Iterable[Item], dest: Path,
                 todo.setdefault(it.sha256, []).append(it)
         _make_dirs(dest, dirs, real_dirs)
         for it in cars:
+            assert it.sidecar is not None  # `cars` holds the items with one
             try:
                 _write_file(dest / (it.path + ".json"), it.sidecar)
             except _WriteFailed as w:

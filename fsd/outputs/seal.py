@@ -97,11 +97,11 @@ class Output:
 
     @property
     def tmp(self) -> Path:
-        return self.cfg.ssd.zone_path(self.zone) / zones.TMP / self.id  # type: ignore[arg-type]
+        return self.cfg.ssd.zone_path(self.zone) / zones.TMP / self.id
 
     @property
     def final(self) -> Path:
-        return self.cfg.ssd.zone_path(self.zone) / self.id  # type: ignore[arg-type]
+        return self.cfg.ssd.zone_path(self.zone) / self.id
 
     def declare(self, rel: str, size: int, sha256: str, verified: bool = False) -> None:
         """What the producer says it wrote at `tmp/rel`; `seal` holds it to that. `verified`:

@@ -56,7 +56,8 @@ def thumbnail(cfg: Settings, sha256_hex: str,
         if loc is None:
             return None
         if loc.length > MAX_BYTES:
-            return _none(out)
+            _none(out)
+            return None
         data = store.get(sha256_hex)
     try:
         with _DECODE, Image.open(io.BytesIO(data), formats=FORMATS) as im:
@@ -65,16 +66,19 @@ def thumbnail(cfg: Settings, sha256_hex: str,
             # 13000 one passed at 1/8 and grew the GUI from 156 MB to 1.15 GB)
             limit = MAX_PIXELS // 4 if im.format == "JPEG" and im.info.get("progressive") else MAX_PIXELS
             if im.width * im.height > limit:
-                return _none(out)
+                _none(out)
+                return None
             im.draft("RGB", SIZE)  # JPEG: decode at a reduced scale (a 60 MP photo at 1/8)
             im.thumbnail(SIZE)
             buf = io.BytesIO()
             im.convert("RGB").save(buf, "JPEG", quality=80)
     except (UnidentifiedImageError, Image.DecompressionBombError):
-        return _none(out)
+        _none(out)
+        return None
     except Exception as e:  # noqa: BLE001 - untrusted bytes: Pillow's plugins raise what they like
         log.info("no thumbnail of %s: %s: %s", sha256_hex, type(e).__name__, e)
-        return _none(out)
+        _none(out)
+        return None
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(out, buf.getvalue())
     return out

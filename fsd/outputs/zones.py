@@ -229,7 +229,7 @@ def charge(where: os.PathLike[str] | str | tuple[Settings, str], sizes: Iterable
     blocks); `dirs`, the directories the tree makes, take a block each; the entries they hold
     DIRENT_BYTES a file. Sparse files and inline data (ext4 `inline_data`) take less: this
     errs on the side of the quota. A zone not there yet is measured at its nearest parent."""
-    path = Path(where[0].ssd.zone_path(where[1]) if isinstance(where, tuple) else where)  # type: ignore[arg-type]
+    path = Path(where[0].ssd.zone_path(where[1]) if isinstance(where, tuple) else where)
     while not path.exists() and path.parent != path:
         path = path.parent
     block = block_size(path)
@@ -264,7 +264,7 @@ def reservations(cfg: Settings, zone: str) -> list[Reservation]:
     """The zone's reservations, oldest first, each with `stale` and `written` filled in."""
     found = []
     here = socket.gethostname()
-    zpath = cfg.ssd.zone_path(zone)  # type: ignore[arg-type]
+    zpath = cfg.ssd.zone_path(zone)
     for p in sorted(reservations_dir(cfg, zone).glob("*.json")):
         try:
             doc = json.loads(p.read_bytes())
@@ -339,7 +339,7 @@ def outputs(cfg: Settings, zone: str, rs: list[Reservation] | None = None) -> li
     `sealed`, `running` (a live reservation names it) or `incomplete` (nothing will finish it)."""
     if zone not in OUTPUT_ZONES:
         return []
-    zpath = cfg.ssd.zone_path(zone)  # type: ignore[arg-type]
+    zpath = cfg.ssd.zone_path(zone)
     live = {r.id: r for r in (reservations(cfg, zone) if rs is None else rs) if not r.stale}
     found: dict[str, dict[str, Any]] = {}
     now = time.time()
@@ -415,7 +415,7 @@ def zone_usage(cfg: Settings, zone: str, read: Read | None = None) -> dict[str, 
     """One zone's figures for `hoard zones` and `hoard health` (never changes anything).
     `read`: every zone's reservations, read once by the caller (`usage`): each zone counts
     all zones' pending bytes, which would otherwise read every zone's files again."""
-    zpath = cfg.ssd.zone_path(zone)  # type: ignore[arg-type]
+    zpath = cfg.ssd.zone_path(zone)
     q = quota(cfg, zone)
     present = zpath.is_dir()
     error = None
@@ -454,7 +454,7 @@ def reserve(cfg: Settings, zone: str, output_id: str, job: str, nbytes: int, nex
     then `next_step`. Reserving an id this process already holds replaces the reservation; one
     a dead process held is reclaimed; one another live process holds is ZoneBusy."""
     _check_id(zone, output_id)
-    zpath = cfg.ssd.zone_path(zone)  # type: ignore[arg-type]
+    zpath = cfg.ssd.zone_path(zone)
     if not zpath.is_dir():  # the SSD not mounted: write nothing (no lock, no reservation) on the wrong disk
         raise HoardError(f"zone {zone}: {zpath} does not exist — the SSD is not mounted, or not initialised; "
                          "nothing was written; mount it, or run `hoard init`", ExitCode.UNAVAILABLE)
@@ -487,7 +487,7 @@ def grow(cfg: Settings, r: Reservation, nbytes: int) -> Reservation:
     deny, so work under way can finish), refused beyond it."""
     with zone_lock(cfg, r.zone):
         rs = [x for x in reservations(cfg, r.zone) if not x.stale and x.id != r.id]
-        zpath = cfg.ssd.zone_path(r.zone)  # type: ignore[arg-type]
+        zpath = cfg.ssd.zone_path(r.zone)
         used, reserved = du(zpath), sum(x.outstanding for x in rs)
         written = du(zpath / TMP / r.id) + du(zpath / r.id)
         q = quota(cfg, r.zone)
@@ -505,11 +505,11 @@ def pending_on_fs(cfg: Settings, zone: str, skip_id: str = "", read: Read | None
     """Bytes the live reservations of every zone on `zone`'s file system have still to write
     (but `skip_id`'s in `zone`), and those zones: the SSD's zones share its free space.
     `read`: the reservations as already read (see `zone_usage`), else they are read now."""
-    dev = os.stat(cfg.ssd.zone_path(zone)).st_dev  # type: ignore[arg-type]
+    dev = os.stat(cfg.ssd.zone_path(zone)).st_dev
     total, where = 0, []
     for z in ZONES:
         try:
-            if os.stat(cfg.ssd.zone_path(z)).st_dev != dev:  # type: ignore[arg-type]
+            if os.stat(cfg.ssd.zone_path(z)).st_dev != dev:
                 continue
         except (FileNotFoundError, KeyError):
             continue
@@ -531,7 +531,7 @@ def _check_fs(cfg: Settings, zone: str, output_id: str, job: str, need: int, nex
     says. The caller holds `space_lock`."""
     if need <= 0:
         return
-    zpath = cfg.ssd.zone_path(zone)  # type: ignore[arg-type]
+    zpath = cfg.ssd.zone_path(zone)
     free = fs_free(zpath)
     reserved, zones_ = pending_on_fs(cfg, zone, output_id)
     if need + reserved <= free:
@@ -546,7 +546,7 @@ def _check_fs(cfg: Settings, zone: str, output_id: str, job: str, need: int, nex
 
 def _sealed(cfg: Settings, zone: str, output_id: str) -> bool:
     """The output is whole: `_SEALED`, or a 3B package's manifest (what `outputs` calls sealed)."""
-    p = cfg.ssd.zone_path(zone) / output_id  # type: ignore[operator]
+    p = cfg.ssd.zone_path(zone) / output_id
     return p.is_dir() and _seal_of(zone, p) is not None
 
 
@@ -586,7 +586,7 @@ def refusal(cfg: Settings, zone: str, job: str, need: int, used: int, reserved: 
                 + " — `hoard zones clean ID` removes one (copy away first what must be kept)")
     else:
         what = (f"Nothing in it is a sealed output `hoard zones clean` could remove; free space in "
-                f"{cfg.ssd.zone_path(zone)}")  # type: ignore[arg-type]
+                f"{cfg.ssd.zone_path(zone)}")
     return f"{head}. {what} (or raise ssd.zones.{zone}.quota_gb)" + (f"; then {next_step}" if next_step else "")
 
 
@@ -617,7 +617,7 @@ def clean(cfg: Settings, output_id: str, zone: str | None = None) -> dict[str, A
                            f"finish, or stop pid {mine.pid} first (its reservation is then stale and "
                            f"`hoard zones clean {output_id}` removes it)")
         state = next((o["state"] for o in outputs(cfg, z, rs) if o["id"] == output_id), "reservation only")
-        view = _view_of(cfg.ssd.zone_path(z) / output_id)  # type: ignore[arg-type]
+        view = _view_of(cfg.ssd.zone_path(z) / output_id)
         freed = 0
         for p in _paths(cfg, z, output_id):
             if p.is_dir():
@@ -644,5 +644,5 @@ def _view_of(final: Path) -> str | None:
 
 
 def _paths(cfg: Settings, zone: str, output_id: str) -> list[Path]:
-    zpath = cfg.ssd.zone_path(zone)  # type: ignore[arg-type]
+    zpath = cfg.ssd.zone_path(zone)
     return [zpath / output_id, zpath / TMP / output_id]

@@ -100,7 +100,7 @@ def _explain(e: Exception, cfg: Settings | None = None) -> str:
         return f"{condition_line(e)}; start it, then `hoard ingest --resume`"
     if isinstance(e, OSError):
         where = Path(e.filename) if isinstance(e.filename, str) else None
-        disk = next((d for d in (cfg.disks if cfg and where else []) if where.is_relative_to(d.path)), None)
+        disk = next((d for d in (cfg.disks if cfg and where else []) if where and where.is_relative_to(d.path)), None)
         if disk is not None:  # the store meets a disk dying under it (EIO) before it has marked it failed
             return (f"disk {disk.label}: {e.strerror or e} ({e.filename}); `hoard health` shows its state: bring it "
                     f"back or replace it (`hoard disks replace {disk.label} …`), then `hoard ingest --resume`")

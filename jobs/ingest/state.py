@@ -32,7 +32,7 @@ BATCH_ID = re.compile(NAME_PATTERN)
 SIGNAL = "_READY"
 
 
-class Status(str, enum.Enum):
+class Status(str, enum.Enum):  # noqa: UP042  # StrEnum would change str(member), which messages print
     QUEUED = "queued"
     RUNNING = "running"
     DONE = "done"
