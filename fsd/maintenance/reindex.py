@@ -28,7 +28,7 @@ from fsd.core import storelock
 from fsd.base.config import Settings
 from fsd.base.errors import ExitCode, HoardError
 from fsd.base.files import fsync_dir, size_or_zero
-from fsd.core.disks import DiskRecord, DiskState, drop_cache, pread_full, read_identity
+from fsd.core.disks import SHARDS_DIR, DiskRecord, DiskState, drop_cache, pread_full, read_identity, shard_files, shard_of
 from fsd.core.index import Index, ObjectLoc, ShardMeta
 from fsd.core.layout import BATCHES_DIR, FORGOTTEN, MARKS_DIR, VIEWS_DIR, check_ssd, lock_root
 
@@ -177,7 +177,10 @@ def _listing(dc: Any, folder: str, pattern: str) -> list[Path]:
 
 
 def _shard_files(dc: Any) -> list[Path]:
-    return [p for p in _listing(dc, "shards", "*/*") if p.suffix in (".shard", ".open")]
+    try:
+        return shard_files(dc.path)
+    except OSError as e:
+        raise _went_away(dc, f"listing {SHARDS_DIR}/: {e.strerror or e}") from None
 
 
 def _rebuild_index(cfg: Settings, ssd_uuid: str, progress: Callable[[int, int], None] | None = None,
@@ -463,14 +466,14 @@ def _read_shard(path: Path) -> tuple[ShardMeta, list[fmt.RecordInfo], str]:
     """(metadata, records, damage) of one replica file; `damage` names what is wrong with a
     `.shard` whose footer does not decode — it is then read as an open copy (its verified
     prefix), never skipped: its records are each checked on their own."""
-    sealed = path.suffix == ".shard"
+    name, sealed = shard_of(path)
     damage = ""
     fd, read = _reader(path)
     try:
         size = os.fstat(fd).st_size
         header = fmt.decode_shard_header(read(0, fmt.SHARD_HEADER_SIZE))
-        if header.shard_id.hex() != path.stem:
-            raise fmt.ShardFormatError(f"file name says {path.stem}, header says {header.shard_id.hex()}")
+        if header.shard_id.hex() != name:
+            raise fmt.ShardFormatError(f"file name says {name}, header says {header.shard_id.hex()}")
         if sealed:
             try:
                 records = fmt.decode_footer(read, size)

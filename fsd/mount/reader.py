@@ -123,7 +123,7 @@ def _open_read(disk, shard_hex: str, lo: int, hi: int, pattern: int) -> bytes:
     """Bytes [lo, hi) of a shard file (fewer at its end), telling the kernel how it is read:
     POSIX_FADV_RANDOM turns its own read-ahead off (else a 40 KiB read fetches 128 KiB),
     WILLNEED fetches a whole block in one request."""
-    fd = os.open(disk.find(shard_hex), os.O_RDONLY)
+    fd = disk.open_fd(shard_hex)
     try:
         os.posix_fadvise(fd, lo, hi - lo, pattern)
         return pread_full(fd, hi - lo, lo)
@@ -407,7 +407,7 @@ class Reader:
                 set_bits(kept[1], lo // ALIGN, (hi - 1) // ALIGN)
                 return
         try:
-            fd = os.open(disk.find(meta.hex), os.O_RDONLY)
+            fd = disk.open_fd(meta.hex)
             os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)
         except OSError:
             return
