@@ -38,7 +38,7 @@ IDENTITY = ".hoard-disk.json"
 #: file alone does not make a disk a stranger (`hoard disks activate` puts it back)
 IDENTITY_COPY = ".hoard-disk.copy.json"
 #: one pread() asks for at most this much: Linux returns at most 0x7ffff000 bytes per call,
-#: so every whole-record read loops (an object over 2 GiB was unreadable before)
+#: so every whole-record read loops (else an object over 2 GiB does not read)
 READ_STEP = 1 << 30
 #: pieces a streaming read hands out (bounded memory whatever the object's size)
 STREAM_PIECE = 8 << 20

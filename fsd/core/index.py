@@ -86,8 +86,8 @@ def has_index(path: Path) -> bool:
 
 def open_existing(path: Path, wait_s: float = 2.0) -> Index:
     """The store's index at `path`, never a new one: an index rebuild or restore swaps the
-    index in with two renames, and a command that opened it in between used to create an
-    empty index there (the rebuild's rename then failed, and the store showed no objects).
+    index in with two renames, and a command that opened it in between must not create an
+    empty index there (the rebuild's rename would fail, and the store would show no objects).
     A missing index is waited for `wait_s` (the gap is a moment), then refused."""
     deadline = time.monotonic() + wait_s
     while not has_index(path):

@@ -37,12 +37,12 @@ KINDS = {BATCHES_DIR: "batch", VIEWS_DIR: "view"}
 #: get` once the SSD (index, database, zone 3B) is lost
 DB_DUMP = ".hoard-db-dump.json"
 ROOT_FILES = (DB_DUMP,)
-#: a pointer is a few hundred bytes of JSON; a larger file is not one (read whole, a 200 GiB
-#: sparse file planted there ended the rebuild with a MemoryError)
+#: a pointer is a few hundred bytes of JSON; a larger file is not one (read whole, a huge
+#: sparse file planted there would end the rebuild with a MemoryError)
 POINTER_MAX = 1 << 20
 #: what a pointer carries besides the batch's or view's entry: its stamp, its checksum, and
 #: its own path under the disk's root (under the checksum: a flipped bit in a file *name* —
-#: b1.json → b3.json — once made a rebuild register a batch nobody made)
+#: b1.json → b3.json — must not make a rebuild register a batch nobody made)
 STAMP, CHECK, KEY = "pointer_ns", "check", "key"
 
 
@@ -99,10 +99,10 @@ def read(path: Path) -> bytes:
 
 def foreign_name(path: Path) -> bool:
     """Whether the file's name is none the store writes: not UTF-8 (no key of the index's
-    `pointers` table: it once ended every writable open with a traceback once a disk holding
-    one was behind), or in batches/ or views/ a name no batch or view can have
-    (fsd.base.paths.NAME_PATTERN: `..`, spaces, shell characters — a rebuild registered such a
-    file as a batch or view under a name `hoard view add` and ingest refuse)."""
+    `pointers` table: taken for a pointer, it would end every writable open with a traceback
+    while a disk holding one is behind), or in batches/ or views/ a name no batch or view can
+    have (fsd.base.paths.NAME_PATTERN: `..`, spaces, shell characters — a rebuild must not
+    register such a file as a batch or view under a name `hoard view add` and ingest refuse)."""
     try:
         path.name.encode()
     except UnicodeEncodeError:

@@ -120,7 +120,7 @@ def _disks_to_read(cfg: Settings, without: frozenset[str], rep: IndexRebuildRepo
     found, missing = [], []
     for dc in cfg.disks:
         ident = read_identity(dc.path) if dc.path.is_dir() else None
-        # (an unreadable marker is no marker: an EIO there once left a live disk out as "forgotten")
+        # (an unreadable marker is no marker: an EIO there must not leave a live disk out as "forgotten")
         forgotten = read_identity(dc.path, FORGOTTEN) if ident and ident.get("uuid") else None
         if dc.label in without:
             rep.skipped_disks.append(f"{dc.label}: left out (--without {dc.label})")
@@ -169,7 +169,7 @@ def _went_away(dc: Any, how: str) -> HoardError:
 
 def _listing(dc: Any, folder: str, pattern: str) -> list[Path]:
     """The paths under the disk's `folder` that match `pattern`, sorted. A listing that fails
-    (EIO: chaos seed 1101) is a disk that does not read, not a traceback and not an empty folder."""
+    (EIO) is a disk that does not read, not a traceback and not an empty folder."""
     try:
         return sorted((dc.path / folder).glob(pattern))
     except OSError as e:
@@ -304,7 +304,7 @@ def _resolve(found: list[_Copy], rep: IndexRebuildReport) -> tuple[ShardMeta, li
     sealed, and its replicas are the sealed copies only: an `.open` file beside them is what a
     writer left on a disk that dropped out before the seal (it may lack the last groups) —
     counted as a replica it made the shard "open" with the sealed size as its acknowledged
-    end, which no copy could reach (recovery left it open for good; chaos seed 803). It is
+    end, which no copy could reach (recovery would leave it open for good). It is
     reported, and `hoard verify --orphans` sets it aside. A shard with open copies only (its
     writer died) is open, acknowledged up to its longest verified copy: the next writer's
     recovery keeps every copy that reaches it and sets a shorter one aside — never cuts the

@@ -179,7 +179,7 @@ def _check_id(zone: str, output_id: str) -> None:
 def _charged(st: os.stat_result) -> int:
     """What a file counts against a quota: its allocated bytes, or its apparent size if that is
     larger — a sparse file (`truncate -s 6G` allocates 12 KB) holds what ingest reads, packages
-    and stores, and counted only by its blocks it slipped past the 3A quota (W3-X 14)."""
+    and stores, and counted only by its blocks it would slip past the 3A quota."""
     allocated = st.st_blocks * 512
     return max(allocated, st.st_size) if stat.S_ISREG(st.st_mode) else allocated
 
