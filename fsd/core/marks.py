@@ -29,6 +29,10 @@ disk's log covers its stamp (it was the only disk taking records then); a record
 or hides (`root`, `keep`, `show`, `hide`) and a snapshot's set-records are obeyed from one
 disk. A lone freeing record that another disk should hold and lacks is *disputed*: not
 obeyed — an object is kept rather than lost — and named by `hoard check`.
+
+The marks subsystem is one module (past 500 lines) by design: the log's format, its replay
+and the index's tables it mirrors change together — a stamp or an op means the same in all
+three; writing the logs to every disk is fsd/io/copies.py's.
 """
 
 from __future__ import annotations

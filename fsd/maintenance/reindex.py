@@ -4,6 +4,10 @@ The shards are self-describing (docs/design.md): each disk's identity file names
 each sealed shard's footer lists its records, an open shard's records are found by
 scanning. The new index is built beside the old one and swapped in by rename; the old one
 is kept as `<index>.old-<time>`. Run it with the store idle (no writer, no mount).
+
+Index rebuild and index copies stay in one module (past 500 lines): restoring a copy is a
+rebuild from the disks that takes from the copy what the disks do not hold (`_restore_index`
+runs `_rebuild_index`).
 """
 
 from __future__ import annotations

@@ -28,6 +28,11 @@ recent seconds per request), so concurrent readers spread over every disk holdin
 and a slow or frozen disk loses new requests to the others. A piece that fails (EIO,
 mismatch) is read from the next replica; the disk answering EIO is marked failed (as
 everywhere in the store). Only when no replica is good does the caller get `ReadFailed`.
+
+It stays one module past 500 lines: the read-ahead window, the replica choice and the one
+hedged-read path share each open object's and shard's state and the descriptors kept open,
+under one lock; what stands alone is apart already (the extent cache: extents.py; the
+per-disk queues: queue.py).
 """
 
 from __future__ import annotations

@@ -25,6 +25,10 @@ zone is measured, so two processes never both get the last room.
 `<zone>/<id>/` is one output (docs/design.md, "Zones and reservations"): sealed when it holds
 `_SEALED` (the output contract, `fsd.outputs.seal`) — or, in 3B, `<id>.manifest.json` (a UA_1
 package's own seal) — running while a live reservation names it, incomplete otherwise.
+
+One module for all of zone accounting, though past 500 lines: reservations, usage, the
+free-space check and `clean` read and write the same reservation files under the same zone
+and space locks, and that locking holds only as a whole.
 """
 
 from __future__ import annotations
