@@ -128,7 +128,7 @@ def quarantine(zone3a: Path, batch_id: str, rejects: list[Reject]) -> Path:
 
     3A is writable by the scraper: every directory on the way is opened with O_NOFOLLOW from
     its parent's descriptor, and one under `_quarantine` that is a symbolic link or belongs to
-    another user is refused (a link there once let a rejected `users.json` replace the GUI's
+    another user is refused (a link there would let a rejected `users.json` replace the GUI's
     accounts) — one line, nothing moved. The source side is walked the same way (no ownership
     check: the batch is the scraper's), so a directory swapped for a link after the scan cannot
     make a file outside the batch move."""

@@ -4,6 +4,10 @@
     results = store.put_many(paths, klass="raw")   # per file: sha256, new/existing, replicas
     data = store.get(sha256_hex)                   # verified bytes, from any good replica
     store.close()
+
+Just past 500 lines and kept whole: it is the facade — opening, the put and get paths, batch
+reads and the store's health, each a few calls into fsd.core and fsd.io; attaching disks
+(fsd/io/attach.py) and the copies of marks and pointers (fsd/io/copies.py) are apart.
 """
 
 from __future__ import annotations

@@ -17,6 +17,10 @@ layout for the data, an empty selection, a full zone, PostgreSQL down: nothing w
 nothing reserved) keeps nothing: with --here its id is free at once; a worker's leaves a
 `refused` state saying why, which holds no id and is no health problem. The state of each
 id is a JSON file under `<ssd>/state/outputs/`.
+
+Kept whole past 500 lines: one job from request to seal — its state file, submission, run
+and clean share `OutputState` and the output id's lock; the steps it runs are fsd.outputs'
+(zones, materialize, seal).
 """
 
 from __future__ import annotations

@@ -14,12 +14,16 @@ through the few fsd modules made for it, never its internals or the libraries be
 from __future__ import annotations
 
 import ast
+import inspect
 import os
 import re
 import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+
+from fsd.core import backend
+from fsd.core.disks import LocalDisk
 
 REPO = Path(__file__).resolve().parents[1]
 DOC = REPO / "docs" / "ARCHITECTURE.md"
@@ -383,3 +387,63 @@ def test_only_sql_writes_sql() -> None:
                     and isinstance(node.args[0], (ast.Constant, ast.JoinedStr, ast.BinOp))):
                 found.append(f"{path.relative_to(REPO)}:{node.lineno}: {ast.unparse(node)[:100]}")
     assert not found, "SQL outside sql/ (move it into a function of sql/):\n" + "\n".join(found)
+
+
+#: what a disk is called where its shards are reached (a name, or `store.disks[...]`)
+DISK_NAMES = {"disk", "src", "dst", "dest", "source", "target"}
+#: the modules that reach a disk's `root` for files that are not shards, each kept beside them
+#: on a local disk (fsd/core/backend.py names them as what a backend must also provide)
+DISK_ROOT_FOR = {
+    "fsd.core.disks": "the local backend itself",
+    "fsd.io.copies": "each disk's marks log and pointers, written in step with the index",
+    "fsd.io.integrity": "the same files, read to judge them",
+    "fsd.maintenance.reindex": "the index copies kept on two disks",
+    "fsd.maintenance.lifecycle": "the marker a forgotten disk carries",
+    "fsd.maintenance.orphans": "the sweep of a disk's tmp/ and orphans/ folders",
+    "fsd.store": "which configured disk is the one already open (same root)",
+}
+
+
+def _is_disk(node: ast.expr, names: set[str]) -> bool:
+    return ((isinstance(node, ast.Name) and (node.id in names or node.id.endswith("disk")))
+            or (isinstance(node, ast.Attribute) and node.attr == "disk")
+            or (isinstance(node, ast.Subscript) and isinstance(node.value, ast.Attribute) and node.value.attr == "disks"))
+
+
+def test_only_the_local_backend_reaches_shard_files() -> None:
+    """Shards are read, written, sealed, listed and deleted through the backend's methods
+    (fsd/core/backend.py, which an S3 backend implements too): no module but fsd.core.disks
+    reaches a shard's file through `disk.find` / `disk.path`, names the shard layout (a
+    `shards` folder, the `.shard` / `.open` names), or takes a disk's `root` unless it keeps
+    files of its own beside the shards (DISK_ROOT_FOR)."""
+    found = []
+    for mod, path in modules().items():
+        if mod == "fsd.core.disks":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            where = f"{path.relative_to(REPO)}:{getattr(node, 'lineno', 0)}"
+            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                    and node.func.attr in ("find", "path") and _is_disk(node.func.value, DISK_NAMES)):
+                found.append(f"{where}: {ast.unparse(node)} (use the backend's methods)")
+            elif (isinstance(node, ast.Attribute) and node.attr == "root" and mod not in DISK_ROOT_FOR
+                  and _is_disk(node.value, DISK_NAMES | {"d"})):
+                found.append(f"{where}: {ast.unparse(node)} (a disk's files are the backend's)")
+            elif isinstance(node, ast.Constant) and node.value in (".shard", ".open"):
+                found.append(f"{where}: {node.value!r} (the shard layout is fsd.core.disks')")
+            elif (isinstance(node, ast.BinOp) and isinstance(node.op, ast.Div) and isinstance(node.right, ast.Constant)
+                  and node.right.value == "shards"):
+                found.append(f"{where}: {ast.unparse(node)} (the shard layout is fsd.core.disks')")
+    assert not found, "shard files reached outside the backend:\n" + "\n".join(found)
+
+
+def test_the_local_disk_meets_the_backend_contract() -> None:
+    """Every method of fsd/core/backend.py's protocols is LocalDisk's, with the same parameters."""
+    wrong = []
+    for proto in (backend.ShardBackend, backend.LocalFiles):
+        for name, fn in vars(proto).items():
+            if inspect.isfunction(fn) and not name.startswith("_"):
+                have = getattr(LocalDisk, name, None)
+                if have is None or list(inspect.signature(have).parameters) != list(inspect.signature(fn).parameters):
+                    wrong.append(f"{proto.__name__}.{name}{inspect.signature(fn)}: LocalDisk has "
+                                 f"{name + str(inspect.signature(have)) if have else 'none'}")
+    assert not wrong, "\n".join(wrong)

@@ -400,7 +400,7 @@ def test_an_open_shard_with_a_torn_copy_keeps_the_longer_copy(tmp_path: Path) ->
     its tail): the next writer's recovery keeps the copy that holds every record and sets the
     torn one aside — it cut the whole copy down to the torn one's end (the rebuilt index knew
     no acknowledged end), losing the objects past it."""
-    from fsd.io.recovery import ORPHANS_DIR
+    from fsd.core.disks import ORPHANS_DIR
     from fsd.maintenance.reindex import rebuild_index
 
     cfg, (whole, torn) = _open_shard_on_two_disks(tmp_path)
@@ -483,7 +483,7 @@ def test_a_sealed_copy_with_a_damaged_footer_keeps_its_records(tmp_path: Path) -
     index, and the damaged files left as orphans (a copy renames over them). Their records
     are verified one by one: they are indexed, and the writer's recovery seals those copies
     again and sets the stale one aside."""
-    from fsd.io.recovery import ORPHANS_DIR
+    from fsd.core.disks import ORPHANS_DIR
 
     cfg_path, cfg, results, meta, holders, copies, stale = _sealed_shard_with_a_stale_open_copy(tmp_path)
     for p in copies:

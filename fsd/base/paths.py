@@ -33,7 +33,7 @@ CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
 #: scripts are not among them and pass
 BIDI_CONTROL = re.compile("[\u202a-\u202e\u2066-\u2069]")
 #: Unicode's line and paragraph separators: `str.splitlines()` and Markdown break lines there
-#: (W3-X 1: a name holding one closed a code block in the GUI); U+0085 is a C1 control
+#: (a name holding one would close a code block in the GUI); U+0085 is a C1 control
 SEPARATOR = re.compile("[\u2028\u2029]")
 
 

@@ -4,10 +4,26 @@
 an S3-compatible engine such as Ceph RGW) implements the same few methods: shards are
 written once, sealed, then only read, copied or deleted whole — which maps onto object
 PUT (multipart while open), GET with a Range header, and DELETE.
+
+This is the contract: no module but `fsd.core.disks` reaches a disk's shard files through
+`disk.root`, `disk.find` or `disk.path`, or names the shard layout (`shards/`, `.shard`,
+`.open`) — tests/test_layering.py::test_only_the_local_backend_reaches_shard_files.
+
+What a backend must also provide, which the local disk keeps as plain files beside its shards
+under its `root` (`LocalFiles` below; an S3 backend keeps them as objects of its own):
+each disk's marks log and the batch, view and db-dump pointers (`fsd.io.copies` writes them,
+`fsd.io.integrity` and index rebuild read them), the index copies (`fsd.maintenance.reindex`),
+the identity files and the forgotten-disk marker (`fsd.core.disks`, `fsd.maintenance.lifecycle`),
+the free space it reports (statvfs) and gc's space reservation (`tmp_path`), and the folders
+the orphan sweep empties (`tmp/`, `orphans/`: `fsd.maintenance.orphans`). Index rebuild, the
+orphan sweep and `hoard check` also look at a local disk's shard files one by one
+(`shard_files`: planted, damaged or misnamed ones included), which a backend without files
+does with its own listing.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Protocol
 
 
@@ -38,3 +54,30 @@ class ShardBackend(Protocol):
     # durable; FileNotFoundError when nothing was there, DiskGone when the backend is unreachable
     def delete(self, shard_hex: str) -> None: ...
     def free_bytes(self, used_by_hoard: int) -> int: ...
+    # "sealed", "open" (still appended) or None: which state of the shard this backend holds
+    def state(self, shard_hex: str) -> str | None: ...
+    # (shard hex, sealed) of every shard held
+    def shard_ids(self) -> list[tuple[str, bool]]: ...
+    # (size, records) of a sealed shard after checking it whole (fsd.core.disks.verify_shard);
+    # raises OSError or ShardFormatError
+    def verify(self, shard_hex: str, sha256: bool = False) -> tuple[int, int]: ...
+    # sealed → open again, for recovery to seal it anew; False when an open one is there too
+    def unseal(self, shard_hex: str) -> bool: ...
+    # the shard out of the way (never deleted): where it went
+    def set_aside(self, shard_hex: str, src: Path | None = None) -> Path: ...
+
+
+class LocalFiles(ShardBackend, Protocol):
+    """What the local disk gives beyond the contract, for the callers that work on its files
+    (named in the module docstring): copies with a read-back check, the mount's own
+    descriptors, the files beside the shards."""
+
+    root: Path
+
+    # a read-only descriptor of the shard's file (the mount's reader, a copy's source)
+    def open_fd(self, shard_hex: str) -> int: ...
+    # <root>/tmp/<name>: a copy in progress, gc's reservation
+    def tmp_path(self, name: str) -> Path: ...
+    # a complete, checked copy in `tmp` named as the shard's sealed file
+    def install(self, shard_hex: str, tmp: Path) -> None: ...
+    def shard_files(self) -> list[Path]: ...

@@ -4,6 +4,7 @@
     <disk root>/shards/<xx>/<id>.open     a shard being appended (no footer yet)
     <disk root>/shards/<xx>/<id>.shard    a sealed shard (immutable)
     <disk root>/tmp/                      replica copies in progress (renamed when complete)
+    <disk root>/orphans/                  shard files set aside (nothing lost; swept after a grace period)
 
 `<xx>` is the last two hex digits of the shard id (its random part) for an even fan-out.
 A disk is used only if its root is a mount point (unless directory disks are allowed)
@@ -22,6 +23,7 @@ import hashlib
 import json
 import os
 import threading
+import time
 import uuid as uuidlib
 from collections import OrderedDict
 from dataclasses import asdict, dataclass
@@ -36,13 +38,17 @@ IDENTITY = ".hoard-disk.json"
 #: file alone does not make a disk a stranger (`hoard disks activate` puts it back)
 IDENTITY_COPY = ".hoard-disk.copy.json"
 #: one pread() asks for at most this much: Linux returns at most 0x7ffff000 bytes per call,
-#: so every whole-record read loops (an object over 2 GiB was unreadable before)
+#: so every whole-record read loops (else an object over 2 GiB does not read)
 READ_STEP = 1 << 30
 #: pieces a streaming read hands out (bounded memory whatever the object's size)
 STREAM_PIECE = 8 << 20
 #: after this many bytes appended, a shard sink asks the kernel to start writing them back
 WRITEBACK_STEP = 8 << 20
 IDENTITY_FORMAT = 1
+#: the folders of the shard layout above; no other module names them or the suffixes
+#: (tests/test_layering.py::test_only_the_local_backend_reaches_shard_files)
+SHARDS_DIR, TMP_DIR, ORPHANS_DIR = "shards", "tmp", "orphans"
+SEALED, OPEN = ".shard", ".open"
 
 
 class DiskGone(OSError):
@@ -207,6 +213,25 @@ def pread_full(fd: int, length: int, offset: int) -> bytes:
     return b"".join(parts)
 
 
+def shard_files(root: Path) -> list[Path]:
+    """The shard files (sealed and open) under a disk root, sorted — what index rebuild, the
+    orphan sweep and `hoard check` look at file by file, planted ones included. Raises OSError
+    when the folder does not list."""
+    return sorted(p for p in (root / SHARDS_DIR).glob("*/*") if p.suffix in (SEALED, OPEN))
+
+
+def shard_of(path: Path) -> tuple[str, bool]:
+    """(shard hex as the file name spells it, sealed) of a file `shard_files` listed."""
+    return path.stem, path.suffix == SEALED
+
+
+def shard_files_under(root: Path) -> bool:
+    """Whether a disk root holds any shard file (raises OSError when it does not list)."""
+    shards = root / SHARDS_DIR
+    return shards.is_dir() and any(f.suffix in (SEALED, OPEN) for d in shards.iterdir() if d.is_dir()
+                                   for f in d.iterdir())
+
+
 def probe(root: Path, expected_uuid: str | None, allow_directory: bool) -> tuple[DiskState, str]:
     """The state a disk root is in right now, and why if it is not usable."""
     if not root.is_dir():
@@ -284,7 +309,7 @@ class LocalDisk:
         return f"LocalDisk({self.label})"
 
     def path(self, shard_hex: str, sealed: bool) -> Path:
-        return self.root / "shards" / shard_hex[-2:] / f"{shard_hex}.{'shard' if sealed else 'open'}"
+        return self.root / SHARDS_DIR / shard_hex[-2:] / f"{shard_hex}{SEALED if sealed else OPEN}"
 
     def find(self, shard_hex: str) -> Path:
         sealed = self.path(shard_hex, True)
@@ -294,6 +319,71 @@ class LocalDisk:
         if open_.exists():
             return open_
         raise FileNotFoundError(errno.ENOENT, f"shard {shard_hex} not on disk {self.label}", str(sealed))
+
+    def state(self, shard_hex: str) -> str | None:
+        """"sealed", "open" (still appended), or None: which file of the shard this disk holds
+        (the sealed one when both are there, as `find` looks)."""
+        if self.path(shard_hex, True).exists():
+            return "sealed"
+        return "open" if self.path(shard_hex, False).exists() else None
+
+    def shard_files(self) -> list[Path]:
+        """The shard files on this disk (see `shard_files`); [] when it has no shards folder."""
+        return shard_files(self.root) if (self.root / SHARDS_DIR).is_dir() else []
+
+    def shard_ids(self) -> list[tuple[str, bool]]:
+        """(shard hex, sealed) of every shard file on this disk."""
+        return [shard_of(p) for p in self.shard_files()]
+
+    def verify(self, shard_hex: str, sha256: bool = False) -> tuple[int, int]:
+        """(size, records) of this disk's sealed replica, after `verify_shard` checked it whole."""
+        return verify_shard_file(self.find(shard_hex), sha256, shard_hex)
+
+    def open_fd(self, shard_hex: str) -> int:
+        """A read-only descriptor of the shard's file for a caller that keeps its own (the
+        mount's reader, a copy's source); the caller closes it."""
+        return os.open(self.find(shard_hex), os.O_RDONLY)
+
+    def unseal(self, shard_hex: str) -> bool:
+        """sealed → open again (a sealed replica whose footer does not decode is recovered as an
+        open one: its records checked one by one, its footer written again). False, and nothing
+        renamed, when an open file of the shard is there too: a person sorts out two files."""
+        sealed, open_ = self.path(shard_hex, True), self.path(shard_hex, False)
+        if open_.exists():
+            return False
+        self.forget(shard_hex)
+        os.rename(sealed, open_)
+        fsync_dir(sealed.parent)
+        return True
+
+    def tmp_path(self, name: str) -> Path:
+        """`<root>/tmp/<name>`: a copy in progress or gc's space reservation (the folder is made
+        by the caller, on the disk it has just checked)."""
+        return self.root / TMP_DIR / name
+
+    def install(self, shard_hex: str, tmp: Path) -> None:
+        """Name a complete, checked copy in `tmp` (from `tmp_path`) as the shard's sealed file,
+        replacing one that is there; durable when it returns."""
+        final = self.path(shard_hex, True)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        os.rename(tmp, final)
+        fsync_dir(final.parent)
+        self.forget(shard_hex)  # a cached descriptor would still read the file this one replaced
+
+    def set_aside(self, shard_hex: str, src: Path | None = None) -> Path:
+        """Move a shard file (`src`, by default the one `find` finds) into `<root>/orphans/`
+        (a rename: no byte is lost); its mtime is set to now, so the orphan sweep's grace period
+        starts from this moment (a symbolic link's own, not its target's). Returns where it went."""
+        src = src or self.find(shard_hex)
+        dest_dir = self.root / ORPHANS_DIR
+        dest_dir.mkdir(exist_ok=True)
+        dest = dest_dir / f"{src.name}.{time.strftime('%Y%m%d-%H%M%S')}"
+        self.forget(shard_hex)
+        os.rename(src, dest)
+        os.utime(dest, follow_symlinks=not dest.is_symlink())
+        fsync_dir(dest_dir)
+        fsync_dir(src.parent)
+        return dest
 
     def create(self, shard_hex: str) -> _FileSink:
         self.check()

@@ -26,7 +26,7 @@ from fsd.base import modes
 from fsd.base.config import ZONES, Settings
 from fsd.base.errors import ExitCode, HoardError
 from fsd.base.paths import NAME_PATTERN
-from fsd.core.disks import read_identity, write_identity
+from fsd.core.disks import SHARDS_DIR, TMP_DIR, read_identity, write_identity
 
 #: per disk: `<root>/batches/<batch_id>.json` names each ingested batch's manifest object
 BATCHES_DIR = "batches"
@@ -50,7 +50,7 @@ SSD_IDENTITY = ".hoard-ssd.json"
 #: the zones others write besides this service: a scraper account 3A, a trainer's job 3C
 DROP_ZONES = ("3A", "3C")
 #: what a disk's root holds that only the service and its group may read
-DISK_PRIVATE = ("shards", "tmp", BATCHES_DIR, VIEWS_DIR, MARKS_DIR)
+DISK_PRIVATE = (SHARDS_DIR, TMP_DIR, BATCHES_DIR, VIEWS_DIR, MARKS_DIR)
 
 
 def protect_ssd(cfg: Settings, make: bool = False) -> None:

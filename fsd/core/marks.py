@@ -7,6 +7,9 @@ the xxh3-64 of the line's first three fields, so a flipped bit makes a line *dam
 named by `hoard check`/`verify` and never obeyed). Stamps come from Index._next_stamp:
 strictly increasing across processes, whatever the wall clock does.
 
+The index's side is `MarksTables` at the end of this module (the `hidden`, `deleted` and
+`rooted` tables, the stamps and each disk's progress), a part of `fsd.core.index.Index`.
+
 The index notes, in the transaction of each record, which disks took it (Index.log_in:
 `marks_at:<disk>`). A disk that missed records (failed, unplugged, newly added, a failed or
 short append) is brought up to the index by a **snapshot**: the log is
@@ -26,17 +29,24 @@ disk's log covers its stamp (it was the only disk taking records then); a record
 or hides (`root`, `keep`, `show`, `hide`) and a snapshot's set-records are obeyed from one
 disk. A lone freeing record that another disk should hold and lacks is *disputed*: not
 obeyed — an object is kept rather than lost — and named by `hoard check`.
+
+The marks subsystem is one module (past 500 lines) by design: the log's format, its replay
+and the index's tables it mirrors change together — a stamp or an op means the same in all
+three; writing the logs to every disk is fsd/io/copies.py's.
 """
 
 from __future__ import annotations
 
 import errno
+import json
 import os
 import re
 import stat
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import xxhash
 
@@ -373,3 +383,216 @@ def replay(found: set[Record]) -> dict[str, list[bytes]]:
         table, on = EFFECT[op]
         (final[table].add if on else final[table].discard)(sha)
     return {table: [bytes.fromhex(h) for h in sorted(shas)] for table, shas in final.items()}
+
+
+#: `meta` keys of the marks log (Index.log_in): the last stamp (ns) given out, the stamp of the
+#: last record, and per disk `marks_at:<uuid>` (its log is complete up to) and
+#: `marks_failed:<uuid>` (when a snapshot last failed to reach it)
+MARKS_NS = b"marks_ns"
+MARKS_LAST = b"marks_last"
+
+
+def _marks_at(uuid: str) -> bytes:
+    return b"marks_at:" + uuid.encode()
+
+
+def _marks_failed(uuid: str) -> bytes:
+    return b"marks_failed:" + uuid.encode()
+
+
+#: the reason of a named put's provisional roots (`hoard put --name`): it roots what it stores
+#: as every put does, then, once its manifest holds them, takes off the roots that are still
+#: its own (Index.unmark_held); any other root of the same object replaces it (Index.mark)
+HELD_UNTIL_NAMED = "held until its put is named: "
+
+
+def _reason(doc: bytes | None) -> str:
+    """The reason of a mark's JSON value ("" for none or one that does not read)."""
+    if doc is None:
+        return ""
+    try:
+        return str(json.loads(doc).get("reason", ""))
+    except (ValueError, AttributeError):
+        return ""
+
+
+class MarksTables:
+    """The index's marks: the `hidden`, `deleted` and `rooted` tables, set and cleared in the
+    write transaction that hands their records to the disks' logs (`log_in`), the log's
+    stamps, and each disk's progress in `meta`. A part of `fsd.core.index.Index`, which opens
+    the tables."""
+
+    env: Any
+    meta: Any
+    objects: Any
+    hidden: Any
+    deleted: Any
+    rooted: Any
+    mark_log: Callable[[str, list[bytes], int], list[str]] | None
+    _stamp_floor: int
+
+    def _ops(self, db: Any) -> tuple[str, str]:
+        """The marks-log records that set and clear a mark of table `db`."""
+        if db is self.hidden:
+            return "hide", "show"
+        if db is self.rooted:
+            return "root", "unroot"
+        return "delete", "keep"
+
+    def mark(self, db: Any, shas: Iterable[bytes], reason: str) -> int:
+        """Set a mark (hidden, deleted or rooted) on objects that exist; returns how many. A
+        deletion mark set again is renewed (its reason and time); a root set again is left as
+        it is and not logged (every `hoard put` of known files asks for it: no disk write)."""
+        doc = json.dumps({"time": time.time(), "reason": reason}).encode()
+        done = []
+        renew = db is not self.rooted
+        with self.env.begin(write=True) as txn:
+            for sha in shas:
+                if txn.get(sha, db=self.objects) is None:
+                    continue
+                # a named put's provisional root (HELD_UNTIL_NAMED) is taken over by any other
+                # root, so the named put's `unmark_held` leaves it: it is that root's now
+                held = "" if renew else _reason(txn.get(sha, db=db))
+                over = renew or (held.startswith(HELD_UNTIL_NAMED) and held != reason)
+                if txn.put(sha, doc, db=db, overwrite=over):
+                    done.append(sha)
+            if done:
+                self.log_in(txn, self._ops(db)[0], done)
+        return len(done)
+
+    def unmark_held(self, shas: Iterable[bytes], reason: str) -> int:
+        """Take the provisional roots `reason` (HELD_UNTIL_NAMED …) off `shas` where they are
+        still that root — not where another put rooted the object since (see `mark`)."""
+        with self.env.begin(write=True, db=self.rooted) as txn:
+            done = [sha for sha in shas if _reason(txn.get(sha)) == reason and txn.delete(sha)]
+            if done:
+                self.log_in(txn, "unroot", done)
+            return len(done)
+
+    def unmark(self, db: Any, shas: Iterable[bytes]) -> int:
+        with self.env.begin(write=True, db=db) as txn:
+            done = [sha for sha in shas if txn.delete(sha)]
+            if done:
+                self.log_in(txn, self._ops(db)[1], done)
+            return len(done)
+
+    def _next_stamp(self, txn: Any) -> int:
+        """The marks log's next time stamp (ns), inside a write transaction: the wall clock,
+        but never at or before the last one (`meta` `marks_ns`) — a clock set back must not
+        reorder the log that `hoard index rebuild` replays in stamp order. Write transactions
+        are serialised across processes, so the stamps follow the order of the commits."""
+        last = txn.get(MARKS_NS, db=self.meta)
+        # (the floor: a stamp this process handed out in a transaction that then aborted is on
+        # the disks already and must not be given again — Store.catch_up_marks does the same
+        # across processes from the disks' logs)
+        stamp = max(time.time_ns(), int(last) + 1 if last else 0, self._stamp_floor + 1)
+        txn.put(MARKS_NS, str(stamp).encode(), db=self.meta)
+        self._stamp_floor = stamp
+        return stamp
+
+    def raise_stamp(self, seen: int) -> None:
+        """The disks' logs hold a record stamped `seen` (a transaction that appended it and
+        then died): no later stamp may be at or before it."""
+        with self.env.begin(write=True, db=self.meta) as txn:
+            last = txn.get(MARKS_NS)
+            if not last or int(last) < seen:
+                txn.put(MARKS_NS, str(seen).encode())
+
+    def log_in(self, txn: Any, op: str, shas: list[bytes]) -> None:
+        """Hand marks-log records of this write transaction to `mark_log` (the store's disks)
+        and note, in the same transaction, which disks took them: `marks_last` is the newest
+        record's stamp, `marks_at:<disk uuid>` the stamp up to which that disk's log is
+        complete. A disk that missed a record (not writable then, a failed or short append)
+        keeps an older one: it is *behind* (Store.marks_behind) — known to the index, not
+        guessed from the log's last line, so a later append cannot hide the hole."""
+        if shas and self.mark_log:
+            raw = txn.get(MARKS_LAST, db=self.meta)
+            before = int(raw) if raw else 0
+            stamp = self._next_stamp(txn)
+            took = self.mark_log(op, shas, stamp)
+            txn.put(MARKS_LAST, str(stamp).encode(), db=self.meta)
+            for uuid in took:  # only a disk that was complete stays complete: a hole stays a hole
+                at = txn.get(_marks_at(uuid), db=self.meta)
+                if at is not None and int(at) >= before:
+                    txn.put(_marks_at(uuid), str(stamp).encode(), db=self.meta)
+
+    def marks_state(self) -> tuple[int, dict[str, int], dict[str, float]]:
+        """(stamp of the last record, {disk uuid: complete up to}, {disk uuid: time its log
+        last failed to take a snapshot})."""
+        if self.meta is None:
+            return 0, {}, {}
+        last, at, failed = 0, {}, {}
+        with self.env.begin(db=self.meta) as txn:
+            raw = txn.get(MARKS_LAST)
+            last = int(raw) if raw else 0
+            cur = txn.cursor()
+            if cur.set_range(b"marks_"):
+                for k, v in cur:
+                    k = bytes(k)
+                    if k.startswith(b"marks_at:"):
+                        at[k[9:].decode()] = int(v)
+                    elif k.startswith(b"marks_failed:"):
+                        failed[k[13:].decode()] = float(v)
+                    elif not k.startswith(b"marks_"):
+                        break
+        return last, at, failed
+
+    def set_marks_stamp(self, last: int) -> None:
+        """After an index rebuild: the newest record replayed from the disks' logs (no disk is
+        known complete: the first writer snapshots them all)."""
+        with self.env.begin(write=True, db=self.meta) as txn:
+            txn.put(MARKS_NS, str(last).encode())
+            txn.put(MARKS_LAST, str(last).encode())
+
+    def snapshot_marks(self, write: Callable[[int, dict[str, list[bytes]], dict[str, int]],
+                                             tuple[list[str], list[str]]],
+                       foreign: dict[str, list[bytes]] | None = None) -> int:
+        """Call `write(stamp, {table: shas})` with every mark the index holds (hidden, deleted,
+        rooted) inside a write transaction — no other process sets or clears a mark meanwhile,
+        so what `write` puts on a disk is the whole state at `stamp`, and every later record
+        has a later stamp; `write` also gets each disk's `marks_at` as of now (no commit can
+        move it meanwhile). It returns (uuids written, uuids that failed): the first are
+        complete up to `stamp`, the others are not tried again for a while. `foreign`: marks
+        the disks' logs hold for objects this index does not know (their shards on disks that
+        were absent when it was rebuilt) — carried into the snapshot, not dropped from the
+        HDDs' history. Returns the stamp."""
+        with self.env.begin(write=True) as txn:
+            tables = {name: [bytes(k) for k, _ in txn.cursor(db=getattr(self, name))]
+                      for name in ("hidden", "deleted", "rooted")}
+            for name, shas in (foreign or {}).items():
+                tables[name] += [sha for sha in shas if txn.get(sha, db=self.objects) is None]
+            at = {}
+            cur = txn.cursor(db=self.meta)
+            if cur.set_range(b"marks_at:"):
+                for k, v in cur:
+                    if not bytes(k).startswith(b"marks_at:"):
+                        break
+                    at[bytes(k)[9:].decode()] = int(v)
+            stamp = self._next_stamp(txn)
+            written, failed = write(stamp, tables, at)
+            for uuid in written:
+                txn.put(_marks_at(uuid), str(stamp).encode(), db=self.meta)
+                txn.delete(_marks_failed(uuid), db=self.meta)
+            for uuid in failed:
+                txn.put(_marks_failed(uuid), repr(time.time()).encode(), db=self.meta)
+        return stamp
+
+    def is_marked(self, db: Any, sha: bytes) -> bool:
+        if db is None:  # a table an old index opened read-only does not have
+            return False
+        with self.env.begin(db=db) as txn:
+            return txn.get(sha) is not None
+
+    def marked_among(self, db: Any, shas: Iterable[bytes]) -> set[bytes]:
+        """Which of `shas` carry the mark: point lookups in one read transaction (a batch's
+        files against millions of roots costs what the batch costs, not a table scan)."""
+        if db is None:  # a table an old index opened read-only does not have
+            return set()
+        with self.env.begin(db=db) as txn:
+            return {sha for sha in shas if txn.get(sha) is not None}
+
+    def marked(self, db: Any) -> set[bytes]:
+        if db is None:  # a table an old index opened read-only does not have
+            return set()
+        with self.env.begin(db=db) as txn:
+            return {bytes(k) for k, _ in txn.cursor()}

@@ -4,7 +4,9 @@ A batch's or a view's manifest is an object in the store; its pointer is what le
 index rebuild` name it again with nothing but the HDDs (docs/design.md, "Batch and view
 pointers"). The index keeps the exact bytes of every pointer it wrote (`pointers` table,
 removal records included), stamped by Index.name_pointer with a monotonic `pointer_ns`; a
-disk that missed some is brought up to them by Store.catch_up_pointers.
+disk that missed some is brought up to them by Store.catch_up_pointers. The index's side —
+that table, the stamps, each disk's progress — is `PointerTables` at the end of this module,
+a part of `fsd.core.index.Index`.
 
     body = encode({"manifest": sha, ...}, stamp)   # the file's bytes (JSON, with its checksum)
     doc = decode(read(path))                        # ValueError: not a pointer, or damaged
@@ -12,15 +14,20 @@ disk that missed some is brought up to them by Store.catch_up_pointers.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import re
 import stat
+import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
 
 from fsd.core import marks
 from fsd.base.paths import NAME_PATTERN
+from fsd.core.entries import IndexDamaged, named_entry
 from fsd.core.layout import BATCHES_DIR, VIEWS_DIR
 
 #: the two folders, and what their entries are called in messages
@@ -30,12 +37,12 @@ KINDS = {BATCHES_DIR: "batch", VIEWS_DIR: "view"}
 #: get` once the SSD (index, database, zone 3B) is lost
 DB_DUMP = ".hoard-db-dump.json"
 ROOT_FILES = (DB_DUMP,)
-#: a pointer is a few hundred bytes of JSON; a larger file is not one (read whole, a 200 GiB
-#: sparse file planted there ended the rebuild with a MemoryError)
+#: a pointer is a few hundred bytes of JSON; a larger file is not one (read whole, a huge
+#: sparse file planted there would end the rebuild with a MemoryError)
 POINTER_MAX = 1 << 20
 #: what a pointer carries besides the batch's or view's entry: its stamp, its checksum, and
 #: its own path under the disk's root (under the checksum: a flipped bit in a file *name* —
-#: b1.json → b3.json — once made a rebuild register a batch nobody made)
+#: b1.json → b3.json — must not make a rebuild register a batch nobody made)
 STAMP, CHECK, KEY = "pointer_ns", "check", "key"
 
 
@@ -92,10 +99,10 @@ def read(path: Path) -> bytes:
 
 def foreign_name(path: Path) -> bool:
     """Whether the file's name is none the store writes: not UTF-8 (no key of the index's
-    `pointers` table: it once ended every writable open with a traceback once a disk holding
-    one was behind), or in batches/ or views/ a name no batch or view can have
-    (fsd.base.paths.NAME_PATTERN: `..`, spaces, shell characters — a rebuild registered such a
-    file as a batch or view under a name `hoard view add` and ingest refuse)."""
+    `pointers` table: taken for a pointer, it would end every writable open with a traceback
+    while a disk holding one is behind), or in batches/ or views/ a name no batch or view can
+    have (fsd.base.paths.NAME_PATTERN: `..`, spaces, shell characters — a rebuild must not
+    register such a file as a batch or view under a name `hoard view add` and ingest refuse)."""
     try:
         path.name.encode()
     except UnicodeEncodeError:
@@ -160,3 +167,182 @@ def entry(doc: dict) -> dict | None:
     if doc.get("removed"):
         return None
     return {k: v for k, v in doc.items() if k not in (STAMP, CHECK, KEY)}
+
+
+#: `meta` keys of the batch and view pointers (Index.name_pointer): the last stamp given out,
+#: the stamp of the newest pointer, and per disk `pointers_at:<uuid>` (it holds every pointer up
+#: to) and `pointers_failed:<uuid>` (when bringing its pointers up last failed)
+POINTERS_NS = b"pointers_ns"
+POINTERS_LAST = b"pointers_last"
+
+
+def _pointers_of(what: str, uuid: str) -> bytes:
+    """The `meta` key `pointers_<what>:<uuid>` (`what`: "at" or "failed")."""
+    return f"pointers_{what}:{uuid}".encode()
+
+
+class PointerTables:
+    """The index's side of the pointers: the `pointers` table (the exact bytes of the newest
+    pointer of each name written to the disks), their stamps, and each disk's progress in
+    `meta`. A pointer is written inside the transaction that names it (`name_pointer`). A
+    part of `fsd.core.index.Index`, which opens the tables."""
+
+    env: Any
+    meta: Any
+    objects: Any
+    batches: Any
+    views: Any
+    pointers: Any
+
+    def _next_pointer_stamp(self, txn: Any, floor: int = 0) -> int:
+        """A pointer's stamp (ns), inside a write transaction: the wall clock, but after the last
+        one given (`meta` `pointers_ns`) and after `floor` — a clock set back must not make a
+        redefinition older than the definition it replaces (a rebuild takes the newest)."""
+        last = txn.get(POINTERS_NS, db=self.meta)
+        stamp = max(time.time_ns(), int(last) + 1 if last else 0, floor + 1)
+        txn.put(POINTERS_NS, str(stamp).encode(), db=self.meta)
+        return stamp
+
+    def name_pointer(self, folder: str, name: str, info: dict[str, Any] | None,
+                     write: Callable[[str, bytes], list[str]]) -> bytes:
+        """Register batch (`folder` BATCHES_DIR) or view (VIEWS_DIR) `name` — None unregisters
+        it — in one write transaction: its stamped pointer goes to `write(rel, body)` (the store
+        puts it on the disks in service and returns the uuids that took it; raising leaves the
+        index unchanged), then the entry and the pointer's bytes are put, and each disk that
+        took it and held every earlier pointer is noted complete up to its stamp (one that
+        missed an earlier one stays behind: Store.catch_up_pointers). Returns the bytes."""
+        db = self.batches if folder == BATCHES_DIR else self.views
+
+        def entry(txn: Any) -> None:
+            if info is None:
+                txn.delete(name.encode(), db=db)
+            else:
+                txn.put(name.encode(), json.dumps(info, sort_keys=True).encode(), db=db)
+
+        return self.keep_pointer(rel(folder, name), info, write, entry)
+
+    def keep_pointer(self, key: str, info: dict[str, Any] | None, write: Callable[[str, bytes], list[str]],
+                     also: Callable[[Any], None] | None = None) -> bytes:
+        """name_pointer for any pointer (a ROOT_FILES one: no table names it); `also(txn)` puts
+        what the pointer names, in the same transaction."""
+        with self.env.begin(write=True) as txn:
+            stamp = self._next_pointer_stamp(txn)
+            body = encode(info, stamp, key)
+            took = write(key, body)
+            if also is not None:
+                also(txn)
+            self._put_pointer(txn, key, body, stamp, took)
+        return body
+
+    def _put_pointer(self, txn: Any, key: str, body: bytes, stamp: int, took: Iterable[str]) -> None:
+        raw = txn.get(POINTERS_LAST, db=self.meta)
+        before = int(raw) if raw else 0
+        txn.put(key.encode(), body, db=self.pointers)
+        txn.put(POINTERS_LAST, str(stamp).encode(), db=self.meta)
+        for uuid in took:  # only a disk that was complete stays complete
+            at = txn.get(_pointers_of("at", uuid), db=self.meta)
+            if at is not None and int(at) >= before:
+                txn.put(_pointers_of("at", uuid), str(stamp).encode(), db=self.meta)
+
+    def pointers_state(self) -> tuple[int | None, dict[str, int], dict[str, float]]:
+        """(stamp of the newest pointer — None: the table was never filled, an index from before
+        it (align_pointers) —, {disk uuid: holds every pointer up to}, {disk uuid: when bringing
+        its pointers up last failed})."""
+        if self.meta is None:
+            return None, {}, {}
+        at, failed = {}, {}
+        with self.env.begin(db=self.meta) as txn:
+            raw = txn.get(POINTERS_LAST)
+            cur = txn.cursor()
+            if cur.set_range(b"pointers_"):
+                for k, v in cur:
+                    k = bytes(k)
+                    if not k.startswith(b"pointers_"):
+                        break
+                    if k.startswith(b"pointers_at:"):
+                        at[k[12:].decode()] = int(v)
+                    elif k.startswith(b"pointers_failed:"):
+                        failed[k[16:].decode()] = float(v)
+        return (int(raw) if raw else None), at, failed
+
+    def pointer_bodies(self, txn: Any = None) -> tuple[int, dict[str, bytes]]:
+        """(stamp of the newest pointer, {rel path: the pointer's bytes}), in one read
+        transaction (`txn`, if given)."""
+        if self.pointers is None:
+            return 0, {}
+        with contextlib.nullcontext(txn) if txn is not None else self.env.begin() as txn:
+            raw = txn.get(POINTERS_LAST, db=self.meta)
+            return int(raw) if raw else 0, {bytes(k).decode(): bytes(v) for k, v in txn.cursor(db=self.pointers)}
+
+    def pointers_brought(self, uuid: str, since: int, stale: dict[str, int],
+                         write: Callable[[dict[str, bytes]], bool]) -> bool:
+        """Finish bringing disk `uuid`'s pointers up to the index, inside a write transaction (no
+        pointer is named meanwhile): the pointers stamped after `since` (named while the caller
+        wrote the older ones: its copy may have gone over a newer one) and a removal record for
+        each `stale` name (a file on the disk the index has no pointer for; its stamp, when it
+        reads, is the floor of the new one) go to `write({rel: bytes})`. If it returns True the
+        disk holds every pointer; else the failure's time is noted (Store.pointers_behind)."""
+        with self.env.begin(write=True) as txn:
+            bodies = {bytes(k).decode(): bytes(v) for k, v in txn.cursor(db=self.pointers)
+                      if stamp_of(bytes(v)) > since}
+            for key, seen in stale.items():
+                if txn.get(key.encode(), db=self.pointers) is None:
+                    stamp = self._next_pointer_stamp(txn, seen)
+                    bodies[key] = encode(None, stamp, key)
+                    self._put_pointer(txn, key, bodies[key], stamp, ())
+            ok = write(bodies)
+            if ok:
+                txn.put(_pointers_of("at", uuid), txn.get(POINTERS_LAST, db=self.meta) or b"0", db=self.meta)
+                txn.delete(_pointers_of("failed", uuid), db=self.meta)
+            else:
+                txn.put(_pointers_of("failed", uuid), repr(time.time()).encode(), db=self.meta)
+        return ok
+
+    def align_pointers(self) -> int:
+        """Make the `pointers` table name what `batches` and `views` hold: an entry without its
+        pointer, or with a different one (an index from before the table), gets a new one; a
+        pointer naming what the index does not hold gets a removal record — unless its manifest
+        is no object the index knows (a rebuild left it out: its disk was absent; kept, so a
+        rebuild with that disk back takes it). No disk is noted as holding the new pointers
+        (Store.catch_up_pointers brings them). Returns how many changed."""
+        n = 0
+        with self.env.begin(write=True) as txn:
+            have = {bytes(k).decode(): bytes(v) for k, v in txn.cursor(db=self.pointers)}
+            want: dict[str, dict[str, Any] | None] = {}
+            for folder, db in ((BATCHES_DIR, self.batches), (VIEWS_DIR, self.views)):
+                for k, v in txn.cursor(db=db):
+                    name = bytes(k).decode(errors="replace")
+                    try:
+                        want[rel(folder, name)] = named_entry(KINDS[folder], name, bytes(v))
+                    except IndexDamaged:
+                        continue  # `hoard check` names it ("malformed")
+            for key, body in have.items():
+                if split(key)[0] not in KINDS:
+                    continue  # (a ROOT_FILES pointer: no table says what it should be)
+                try:
+                    now = entry(decode(body))
+                except ValueError:  # damage in the index: the pointer is written again
+                    have[key], now = b"", None
+                if key not in want and now is not None and txn.get(bytes.fromhex(now["manifest"]), db=self.objects):
+                    want[key] = None
+                elif key not in want:
+                    want[key] = now
+            for key, info in want.items():
+                if key in have and have[key] and entry(decode(have[key])) == info:
+                    continue
+                stamp = self._next_pointer_stamp(txn)
+                self._put_pointer(txn, key, encode(info, stamp, key), stamp, ())
+                n += 1
+            if txn.get(POINTERS_LAST, db=self.meta) is None:
+                txn.put(POINTERS_LAST, b"0", db=self.meta)
+        return n
+
+    def load_pointers(self, bodies: dict[str, bytes]) -> None:
+        """After an index rebuild: the newest pointer of each name the disks (and an index copy)
+        hold; later stamps follow the newest (no disk is known to hold them all)."""
+        last = max((stamp_of(b) for b in bodies.values()), default=0)
+        with self.env.begin(write=True) as txn:
+            for key, body in bodies.items():
+                txn.put(key.encode(), body, db=self.pointers)
+            txn.put(POINTERS_NS, str(last).encode(), db=self.meta)
+            txn.put(POINTERS_LAST, str(last).encode(), db=self.meta)

@@ -18,8 +18,8 @@ import lmdb
 from fsd.base import config as config_mod
 from fsd.base.config import Settings
 from fsd.base.errors import ExitCode, HoardError
-from fsd.core.disks import (IDENTITY, IDENTITY_COPY, DiskRecord, DiskState, LocalDisk, keep_identity_copy, probe,
-                            read_identity, write_identity)
+from fsd.core.disks import (IDENTITY, IDENTITY_COPY, SHARDS_DIR, DiskRecord, DiskState, LocalDisk, keep_identity_copy,
+                            probe, read_identity, shard_files_under, write_identity)
 from fsd.core.layout import FORGOTTEN, protect_disk
 
 if TYPE_CHECKING:
@@ -169,10 +169,8 @@ def refuse_unmounted(cfg: Settings, dc: config_mod.DiskConfig) -> None:
 
 
 def holds_shards(root: Path) -> bool:
-    shards = root / "shards"
     try:
-        return shards.is_dir() and any(f.suffix in (".shard", ".open") for d in shards.iterdir() if d.is_dir()
-                                       for f in d.iterdir())
+        return shard_files_under(root)
     except OSError as e:  # a disk that does not list may hold shards: nothing is decided on it
-        raise HoardError(f"cannot list {shards}: {e.strerror or e}; nothing was written — check the disk (dmesg, "
+        raise HoardError(f"cannot list {root / SHARDS_DIR}: {e.strerror or e}; nothing was written — check the disk (dmesg, "
                          "`hoard health`), then run this again", ExitCode.UNAVAILABLE) from None

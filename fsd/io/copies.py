@@ -300,7 +300,7 @@ def on_disk(store: Store, disk: LocalDisk) -> Iterator[list[int]]:
     """Small files (marks logs, pointers) written by path inside: the disk is checked to be
     there before (a vanished mount leaves an empty directory on the root filesystem that takes
     any write) and after (one that vanished during the write took it beside the disk, not on
-    it: chaos seed 1025 — the index counted the roots as on the disk's log, and they were not).
+    it, and the index must not count those records as on the disk's log).
     The body adds the device of each file it wrote (fstat) to the list it is given: a disk
     that dropped off before the file was opened and was mounted again before the check after
     passes both checks, and only the device tells that the file is not on it. Any of these

@@ -28,11 +28,9 @@ from __future__ import annotations
 
 import logging
 import os
-import time
 from typing import TYPE_CHECKING
 
 from fsd.core import shardfmt as fmt
-from fsd.base.files import fsync_dir
 from fsd.core.index import ObjectLoc
 from fsd.io.writer import _unlock, try_lock
 
@@ -45,8 +43,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-#: per disk: replicas recovery (or the orphan sweep) set aside instead of deleting
-ORPHANS_DIR = "orphans"
 
 
 def recover_orphans(store: Store) -> list[str]:
@@ -92,22 +88,19 @@ def _sealed_records(disk: LocalDisk, shard_hex: str) -> list[fmt.RecordInfo] | N
     A `.shard` whose footer does not decode (bit rot; an index rebuild indexed its verified
     records as an open copy's) is renamed back to `.open`: None, and it is recovered as one —
     its records are checked one by one and its footer written again."""
-    path = disk.path(shard_hex, True)
-    if not path.exists():
+    if disk.state(shard_hex) != "sealed":
         return None
     try:
-        records = fmt.decode_footer(lambda off, n: disk.read_at(shard_hex, off, n), path.stat().st_size)
+        records = fmt.decode_footer(lambda off, n: disk.read_at(shard_hex, off, n), disk.size(shard_hex))
         if records is not None:
             return records
         raise fmt.FooterMismatch("no seal at its end")
     except fmt.FooterMismatch as e:
         log.warning("shard %s on %s: its footer does not decode (%s); recovered as an open copy", shard_hex,
                     disk.label, e)
-    if disk.path(shard_hex, False).exists():  # never renamed over: a person sorts out two files of one shard
-        raise fmt.ShardFormatError(f"{path} has a damaged footer and an .open file of the shard lies beside it")
-    disk.forget(shard_hex)
-    os.rename(path, disk.path(shard_hex, False))
-    fsync_dir(path.parent)
+    if not disk.unseal(shard_hex):  # never renamed over: a person sorts out two files of one shard
+        raise fmt.ShardFormatError(f"shard {shard_hex} on {disk.label} has a damaged footer and an open file "
+                                   "of the shard lies beside it")
     return None
 
 
@@ -118,18 +111,9 @@ def _end(records: list[fmt.RecordInfo] | None) -> int:
 
 
 def set_aside(disk: LocalDisk, shard_hex: str, why: str, src: Path | None = None) -> str:
-    """Move a replica file (`src`, by default the one `disk.find` finds) out of `shards/` into
-    `<disk>/orphans/` (rename: no byte is lost); its mtime is set to now so the orphan sweep's
-    grace period starts from this moment (a symbolic link's own, not its target's)."""
-    src = src or disk.find(shard_hex)
-    dest_dir = disk.root / ORPHANS_DIR
-    dest_dir.mkdir(exist_ok=True)
-    dest = dest_dir / f"{src.name}.{time.strftime('%Y%m%d-%H%M%S')}"
-    disk.forget(shard_hex)
-    os.rename(src, dest)
-    os.utime(dest, follow_symlinks=not dest.is_symlink())
-    fsync_dir(dest_dir)
-    fsync_dir(src.parent)
+    """Move a replica file (`src`, by default the shard's file on `disk`) out of the shards
+    into the disk's orphans (`LocalDisk.set_aside`: a rename, no byte lost), with a log line."""
+    dest = disk.set_aside(shard_hex, src)
     log.warning("shard %s on %s set aside to %s: %s", shard_hex, disk.label, dest, why)
     return str(dest)
 
@@ -145,9 +129,7 @@ def _recover(store: Store, meta: ShardMeta) -> bool:
         if disk is None or not store.usable(uuid):
             unreachable += 1
             continue
-        try:
-            disk.find(meta.hex)
-        except FileNotFoundError:
+        if disk.state(meta.hex) is None:
             absent += 1  # the writer died before it created this replica's file
             continue
         try:

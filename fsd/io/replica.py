@@ -17,9 +17,9 @@ import time
 from typing import TYPE_CHECKING
 
 from fsd.core import shardfmt as fmt
-from fsd.base.files import SYNC_FILE_RANGE_ALL, SYNC_FILE_RANGE_WRITE, fsync_dir, sync_file_range
+from fsd.base.files import SYNC_FILE_RANGE_ALL, SYNC_FILE_RANGE_WRITE, sync_file_range
 from fsd.base.modes import FILE
-from fsd.core.disks import drop_cache, pread_full, verify_shard, verify_shard_file
+from fsd.core.disks import drop_cache, pread_full, verify_shard
 
 if TYPE_CHECKING:
     from fsd.core.disks import LocalDisk
@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 
 def check_replica(disk: LocalDisk, meta: ShardMeta, sha256: bool = False) -> int:
     """Bytes checked; raises OSError or ShardFormatError on anything wrong."""
-    size, count = verify_shard_file(disk.find(meta.hex), sha256, meta.hex)
+    size, count = disk.verify(meta.hex, sha256)
     if count != meta.records:
         raise fmt.FooterMismatch(f"{count} records, the index expects {meta.records}")
     return size
@@ -74,8 +74,7 @@ def reseal_unlisted(store: Store, meta: ShardMeta, disk: LocalDisk) -> int | Non
     it elsewhere) is dropped. Written tmp → fsync → verify → rename, the index's size and record
     count updated first. Returns the number of records dropped; None (nothing changed) when the
     replica is not of that kind — a listed record missing, a record that does not verify."""
-    path = disk.find(meta.hex)
-    fd = os.open(path, os.O_RDONLY)
+    fd = disk.open_fd(meta.hex)
     try:
         size = os.fstat(fd).st_size
 
@@ -98,7 +97,7 @@ def reseal_unlisted(store: Store, meta: ShardMeta, disk: LocalDisk) -> int | Non
             return None
         end = kept[-1].end
         footer = fmt.encode_footer(kept, end)
-        tmp = disk.root / "tmp" / f"{meta.hex}.shard.tmp"
+        tmp = disk.tmp_path(f"{meta.hex}.shard.tmp")
         with _on_target():
             tmp.parent.mkdir(parents=True, exist_ok=True)
             out = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, FILE)
@@ -128,9 +127,7 @@ def reseal_unlisted(store: Store, meta: ShardMeta, disk: LocalDisk) -> int | Non
         tmp.unlink(missing_ok=True)
         return None
     with _on_target():
-        os.rename(tmp, path)
-        fsync_dir(path.parent)
-    disk.forget(meta.hex)
+        disk.install(meta.hex, tmp)
     meta.size, meta.records = new_size, len(kept)
     return len(body) - len(kept)
 
@@ -165,8 +162,8 @@ def copy_shard(src, dst, shard_hex: str, rate_mb_s: float | None = None,
     `stop` set ends the copy at its next piece (or rate-limit pause) with CopyStopped, which
     blames no disk; nothing is left behind."""
     size = src.size(shard_hex)
-    tmp = dst.root / "tmp" / f"{shard_hex}.shard.tmp"
-    fd_in = os.open(src.find(shard_hex), os.O_RDONLY)
+    tmp = dst.tmp_path(f"{shard_hex}.shard.tmp")
+    fd_in = src.open_fd(shard_hex)
     try:
         with _on_target():
             dst.check()  # a vanished disk leaves an empty mount point: the copy would land on the root filesystem
@@ -187,11 +184,7 @@ def copy_shard(src, dst, shard_hex: str, rate_mb_s: float | None = None,
         os.close(fd_in)
     with _on_target():
         dst.check()  # it may have dropped off during the copy: the descriptor still wrote to it, the path would not
-        final = dst.path(shard_hex, True)
-        final.parent.mkdir(parents=True, exist_ok=True)
-        os.rename(tmp, final)
-        fsync_dir(final.parent)
-    dst.forget(shard_hex)  # a cached descriptor would still read the file this one replaced
+        dst.install(shard_hex, tmp)
     return size
 
 
@@ -200,7 +193,7 @@ def _whose_bytes(src, shard_hex: str, dst, err: fmt.ShardFormatError) -> Excepti
     the target's — a disk that gave back other bytes than it took, blamed as an I/O error
     (the source is then checked whole a second time, on this rare path only)."""
     try:
-        verify_shard_file(src.find(shard_hex), shard_hex=shard_hex)
+        src.verify(shard_hex)
     except (OSError, fmt.ShardFormatError):
         return err
     return TargetError(OSError(errno.EIO, f"disk {dst.label} gave back other bytes than were written "

@@ -148,7 +148,7 @@ class ShardWriter:
         # the body ends where its last committed record does, whatever `pos` or `committed` say:
         # bytes of a record a Ctrl-C cut off between writing it and noting it as pending (it is
         # in no group, so in no index entry) were sealed inside the body, one record more than
-        # the footer listed — `hoard verify` called every replica bad (W3-R)
+        # the footer listed, and `hoard verify` would call every replica bad
         records = [sh.records[off] for off in sorted(sh.records)]
         end = sh.committed = records[-1].end
         footer = fmt.encode_footer(records, end)

@@ -35,10 +35,9 @@ from typing import TYPE_CHECKING
 from fsd.io import integrity
 from fsd.core import shardfmt as fmt
 from fsd.base.files import size_or_zero
-from fsd.core.disks import DiskState
+from fsd.core.disks import DiskState, shard_of
 from fsd.core.index import IndexDamaged, ObjectLoc, ShardMeta, disk_record
 from fsd.outputs.manifest import iter_files
-from fsd.maintenance.orphans import shard_files
 from fsd.io.writer import writer_alive
 
 if TYPE_CHECKING:
@@ -138,14 +137,14 @@ def _replica_size(store: Store, disk, meta: ShardMeta, uuid: str) -> int | None:
     replica (recovery dropped an empty shard). OSError when it is missing — looked for twice:
     a writer may have sealed it (`.open` renamed to `.shard`) between `find`'s two looks."""
     try:
-        return disk.find(meta.hex).stat().st_size
+        return disk.size(meta.hex)
     except FileNotFoundError:
         if not meta.sealed and writer_alive(store.lock_path(meta.hex)):
             return None
         now = store.index.get_shard(meta.shard_id)
         if now is None or uuid not in now.replicas:
             return None
-        return disk.find(meta.hex).stat().st_size
+        return disk.size(meta.hex)
 
 
 def _check(store: Store, missing_in_db: Callable[[set[bytes]], tuple[list[bytes], int]] | None) -> CheckReport:
@@ -259,11 +258,12 @@ def _unnamed_bytes(store: Store, uuid: str, named_then: set[tuple[str, str]]) ->
     file " .shard" made an empty key the index refused (check failed, blaming the index), while
     a copy named in capitals, which no reader opens, was taken for the shard's replica."""
     total = 0
-    for p in shard_files(store.disks[uuid]):
-        if (p.stem, uuid) in named_then:
+    for p in store.disks[uuid].shard_files():
+        shard_hex = shard_of(p)[0]
+        if (shard_hex, uuid) in named_then:
             continue
         try:
-            now = store.index.get_shard(bytes.fromhex(p.stem)) if _SHARD_NAME.fullmatch(p.stem) else None
+            now = store.index.get_shard(bytes.fromhex(shard_hex)) if _SHARD_NAME.fullmatch(shard_hex) else None
         except IndexDamaged:  # named already ("malformed"): its file is no orphan for that
             continue
         if now is None or uuid not in now.replicas:

@@ -245,7 +245,7 @@ class Reservation:
         store.reservations = self
 
     def add(self, disk, nbytes: int) -> None:
-        path = disk.root / "tmp" / RESERVE_NAME
+        path = disk.tmp_path(RESERVE_NAME)
         path.parent.mkdir(exist_ok=True)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:

@@ -83,7 +83,7 @@ def activate(store: Store, label: str) -> ActivateReport:
         store.records[rec.uuid].state = DiskState.DRAINING
         disk = store.disks[rec.uuid]
         for meta in store.index.iter_shards():
-            if meta.sealed and rec.uuid not in meta.replicas and disk.path(meta.hex, True).is_file():
+            if meta.sealed and rec.uuid not in meta.replicas and disk.state(meta.hex) == "sealed":
                 rep.adopted += store.index.update_shard(meta.shard_id, _adopt(rec.uuid)) is not None
         before = {m.shard_id for m in shards_on(store, rec.uuid)}
         # (its marks log and pointers are behind by nature: brought up below, not judged bad)

@@ -27,14 +27,13 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from fsd.core import shardfmt as fmt
-from fsd.core.disks import pread_full
+from fsd.core.disks import ORPHANS_DIR, TMP_DIR, pread_full, shard_of
 from fsd.core.index import ShardMeta
-from fsd.io.recovery import ORPHANS_DIR, set_aside
+from fsd.io.recovery import set_aside
 from fsd.maintenance.reindex import PLANTED
 from fsd.io.writer import writer_alive
 
 if TYPE_CHECKING:
-    from fsd.core.disks import LocalDisk
     from fsd.store import Store
 
 #: a file must be at least this old before the sweep touches it
@@ -64,11 +63,6 @@ def named_replicas(store: Store) -> set[tuple[str, str]]:
     return names
 
 
-def shard_files(disk: LocalDisk) -> list:
-    shards = disk.root / "shards"
-    return sorted(p for p in shards.glob("*/*") if p.suffix in (".shard", ".open")) if shards.is_dir() else []
-
-
 def records_of(path) -> list[fmt.RecordInfo]:
     """The records a shard file holds: its footer if sealed, else the verified prefix — also for
     a `.shard` whose footer does not decode (its records are each checked on their own: taken
@@ -79,7 +73,7 @@ def records_of(path) -> list[fmt.RecordInfo]:
             raise OSError(errno.EINVAL, "not a regular file", str(path))
         size = os.fstat(fd).st_size
         read = lambda off, n: pread_full(fd, n, off)  # noqa: E731
-        if path.suffix == ".shard":
+        if shard_of(path)[1]:
             with contextlib.suppress(fmt.FooterMismatch):
                 found = fmt.decode_footer(read, size)
                 if found is not None:
@@ -107,8 +101,8 @@ def _sweep(store: Store, repair: bool, grace_s: float) -> OrphanReport:
     for uuid, disk in store.disks.items():
         if not store.usable(uuid):
             continue
-        for path in shard_files(disk):
-            shard_hex = path.stem
+        for path in disk.shard_files():
+            shard_hex, sealed = shard_of(path)
             if (shard_hex, uuid) in named:
                 continue
             try:
@@ -122,7 +116,7 @@ def _sweep(store: Store, repair: bool, grace_s: float) -> OrphanReport:
             if now - st.st_mtime < grace_s:
                 rep.too_young += 1
                 continue
-            if path.suffix == ".open" and writer_alive(store.lock_path(shard_hex)):
+            if not sealed and writer_alive(store.lock_path(shard_hex)):
                 rep.writer_alive += 1
                 continue
             try:
@@ -143,7 +137,7 @@ def _sweep(store: Store, repair: bool, grace_s: float) -> OrphanReport:
                                      f"{unknown[0].sha256.hex()}): run `hoard index rebuild` — it is kept")
                 continue
             rep.set_aside.append(set_aside(disk, shard_hex, "no index entry names it", path))
-        tmp = disk.root / "tmp"
+        tmp = disk.root / TMP_DIR
         for p in sorted(tmp.iterdir()) if tmp.is_dir() else []:
             if p.is_file() and (now - p.stat().st_mtime >= grace_s or p.name == "gc-reserve"):
                 p.unlink(missing_ok=True)  # nothing names a file in tmp/; under the lock no job uses it

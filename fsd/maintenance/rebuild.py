@@ -156,7 +156,7 @@ def _adoptable(store: Store, meta: ShardMeta):
 
 
 def _verified_copy_exists(disk: LocalDisk, meta: ShardMeta) -> bool:
-    if not disk.path(meta.hex, True).exists():
+    if disk.state(meta.hex) != "sealed":
         return False
     try:
         check_replica(disk, meta)

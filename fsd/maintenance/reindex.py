@@ -4,6 +4,10 @@ The shards are self-describing (docs/design.md): each disk's identity file names
 each sealed shard's footer lists its records, an open shard's records are found by
 scanning. The new index is built beside the old one and swapped in by rename; the old one
 is kept as `<index>.old-<time>`. Run it with the store idle (no writer, no mount).
+
+Index rebuild and index copies stay in one module (past 500 lines): restoring a copy is a
+rebuild from the disks that takes from the copy what the disks do not hold (`_restore_index`
+runs `_rebuild_index`).
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from fsd.core import storelock
 from fsd.base.config import Settings
 from fsd.base.errors import ExitCode, HoardError
 from fsd.base.files import fsync_dir, size_or_zero
-from fsd.core.disks import DiskRecord, DiskState, drop_cache, pread_full, read_identity
+from fsd.core.disks import SHARDS_DIR, DiskRecord, DiskState, drop_cache, pread_full, read_identity, shard_files, shard_of
 from fsd.core.index import Index, ObjectLoc, ShardMeta
 from fsd.core.layout import BATCHES_DIR, FORGOTTEN, MARKS_DIR, VIEWS_DIR, check_ssd, lock_root
 
@@ -120,7 +124,7 @@ def _disks_to_read(cfg: Settings, without: frozenset[str], rep: IndexRebuildRepo
     found, missing = [], []
     for dc in cfg.disks:
         ident = read_identity(dc.path) if dc.path.is_dir() else None
-        # (an unreadable marker is no marker: an EIO there once left a live disk out as "forgotten")
+        # (an unreadable marker is no marker: an EIO there must not leave a live disk out as "forgotten")
         forgotten = read_identity(dc.path, FORGOTTEN) if ident and ident.get("uuid") else None
         if dc.label in without:
             rep.skipped_disks.append(f"{dc.label}: left out (--without {dc.label})")
@@ -170,7 +174,7 @@ def _went_away(dc: Any, how: str) -> HoardError:
 
 def _listing(dc: Any, folder: str, pattern: str) -> list[Path]:
     """The paths under the disk's `folder` that match `pattern`, sorted. A listing that fails
-    (EIO: chaos seed 1101) is a disk that does not read, not a traceback and not an empty folder."""
+    (EIO) is a disk that does not read, not a traceback and not an empty folder."""
     try:
         return sorted((dc.path / folder).glob(pattern))
     except OSError as e:
@@ -178,7 +182,10 @@ def _listing(dc: Any, folder: str, pattern: str) -> list[Path]:
 
 
 def _shard_files(dc: Any) -> list[Path]:
-    return [p for p in _listing(dc, "shards", "*/*") if p.suffix in (".shard", ".open")]
+    try:
+        return shard_files(dc.path)
+    except OSError as e:
+        raise _went_away(dc, f"listing {SHARDS_DIR}/: {e.strerror or e}") from None
 
 
 def _rebuild_index(cfg: Settings, ssd_uuid: str, progress: Callable[[int, int], None] | None = None,
@@ -302,7 +309,7 @@ def _resolve(found: list[_Copy], rep: IndexRebuildReport) -> tuple[ShardMeta, li
     sealed, and its replicas are the sealed copies only: an `.open` file beside them is what a
     writer left on a disk that dropped out before the seal (it may lack the last groups) —
     counted as a replica it made the shard "open" with the sealed size as its acknowledged
-    end, which no copy could reach (recovery left it open for good; chaos seed 803). It is
+    end, which no copy could reach (recovery would leave it open for good). It is
     reported, and `hoard verify --orphans` sets it aside. A shard with open copies only (its
     writer died) is open, acknowledged up to its longest verified copy: the next writer's
     recovery keeps every copy that reaches it and sets a shorter one aside — never cuts the
@@ -464,14 +471,14 @@ def _read_shard(path: Path) -> tuple[ShardMeta, list[fmt.RecordInfo], str]:
     """(metadata, records, damage) of one replica file; `damage` names what is wrong with a
     `.shard` whose footer does not decode — it is then read as an open copy (its verified
     prefix), never skipped: its records are each checked on their own."""
-    sealed = path.suffix == ".shard"
+    name, sealed = shard_of(path)
     damage = ""
     fd, read = _reader(path)
     try:
         size = os.fstat(fd).st_size
         header = fmt.decode_shard_header(read(0, fmt.SHARD_HEADER_SIZE))
-        if header.shard_id.hex() != path.stem:
-            raise fmt.ShardFormatError(f"file name says {path.stem}, header says {header.shard_id.hex()}")
+        if header.shard_id.hex() != name:
+            raise fmt.ShardFormatError(f"file name says {name}, header says {header.shard_id.hex()}")
         if sealed:
             try:
                 records = fmt.decode_footer(read, size)

@@ -41,6 +41,10 @@ is also in `moved` (key → inode). `nodes.get(inode)` gives a file as a fresh `
 Listings come from LMDB (short read transactions) and from manifests (`Tree` objects,
 cached); loading a manifest page never happens on the trio thread (`children`/`lookup` are
 async and hop to a worker thread only for a page that is not loaded yet).
+
+Kept whole past 500 lines: the tree's nodes, their inode numbers and lookups are one mapping
+from the index and manifests to the kernel's view — a number is right only with the node it
+names; the number tables themselves are inodes.py.
 """
 
 from __future__ import annotations

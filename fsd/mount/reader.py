@@ -28,6 +28,11 @@ recent seconds per request), so concurrent readers spread over every disk holdin
 and a slow or frozen disk loses new requests to the others. A piece that fails (EIO,
 mismatch) is read from the next replica; the disk answering EIO is marked failed (as
 everywhere in the store). Only when no replica is good does the caller get `ReadFailed`.
+
+It stays one module past 500 lines: the read-ahead window, the replica choice and the one
+hedged-read path share each open object's and shard's state and the descriptors kept open,
+under one lock; what stands alone is apart already (the extent cache: extents.py; the
+per-disk queues: queue.py).
 """
 
 from __future__ import annotations
@@ -124,7 +129,7 @@ def _open_read(disk, shard_hex: str, lo: int, hi: int, pattern: int) -> bytes:
     """Bytes [lo, hi) of a shard file (fewer at its end), telling the kernel how it is read:
     POSIX_FADV_RANDOM turns its own read-ahead off (else a 40 KiB read fetches 128 KiB),
     WILLNEED fetches a whole block in one request."""
-    fd = os.open(disk.find(shard_hex), os.O_RDONLY)
+    fd = disk.open_fd(shard_hex)
     try:
         os.posix_fadvise(fd, lo, hi - lo, pattern)
         return pread_full(fd, hi - lo, lo)
@@ -408,7 +413,7 @@ class Reader:
                 set_bits(kept[1], lo // ALIGN, (hi - 1) // ALIGN)
                 return
         try:
-            fd = os.open(disk.find(meta.hex), os.O_RDONLY)
+            fd = disk.open_fd(meta.hex)
             os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)
         except OSError:
             return

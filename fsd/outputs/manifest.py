@@ -21,6 +21,10 @@ the store, JSON, UTF-8):
     manifest_objects(store.get, manifest_sha_hex)   # the manifest's own objects (gc, check)
     build_view(store, name, rows)                   # rows: (path, sha256 hex), any order
     batch_manifest(batch_id, source, signalled, stored, parts, docs, rejected)   # the bytes
+
+Past 500 lines, whole by design: it is the one module that knows the manifest formats, to
+read and to write them, so a format changes in one place (the view tree's builder writes the
+tree its reader walks).
 """
 
 from __future__ import annotations

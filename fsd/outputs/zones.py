@@ -25,6 +25,10 @@ zone is measured, so two processes never both get the last room.
 `<zone>/<id>/` is one output (docs/design.md, "Zones and reservations"): sealed when it holds
 `_SEALED` (the output contract, `fsd.outputs.seal`) — or, in 3B, `<id>.manifest.json` (a UA_1
 package's own seal) — running while a live reservation names it, incomplete otherwise.
+
+One module for all of zone accounting, though past 500 lines: reservations, usage, the
+free-space check and `clean` read and write the same reservation files under the same zone
+and space locks, and that locking holds only as a whole.
 """
 
 from __future__ import annotations
@@ -179,7 +183,7 @@ def _check_id(zone: str, output_id: str) -> None:
 def _charged(st: os.stat_result) -> int:
     """What a file counts against a quota: its allocated bytes, or its apparent size if that is
     larger — a sparse file (`truncate -s 6G` allocates 12 KB) holds what ingest reads, packages
-    and stores, and counted only by its blocks it slipped past the 3A quota (W3-X 14)."""
+    and stores, and counted only by its blocks it would slip past the 3A quota."""
     allocated = st.st_blocks * 512
     return max(allocated, st.st_size) if stat.S_ISREG(st.st_mode) else allocated
 

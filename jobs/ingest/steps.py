@@ -241,7 +241,7 @@ def _write_parts(root: Path, out: Path, batch_id: str, stored: dict[str, tuple[s
 def _step_finish(cfg: Settings, st: BatchState) -> None:
     # `finished_at` is saved once 3A is emptied: a finish run again after that (a crash or power
     # cut before the state said done) goes on from the event — the work files it reads before
-    # are removed at its end, so a second run must not need them (chaos seed 306: exit 3 for ever)
+    # are removed at its end, so a second run must not need them (else it fails on every run)
     if "finished_at" not in st.report:
         stored = {k: tuple(v) for k, v in json.loads(_work(cfg, st.batch_id, "stored").read_bytes()).items()}
         zone3a = cfg.ssd.zone_path("3A")
