@@ -508,6 +508,30 @@ async def test_rq_dashboard_never_unpickles_a_job(user, redis_conn, tmp_path: Pa
         redis_conn.delete("rq:job:h-view")
 
 
+async def test_rq_dashboard_escapes_the_keys_of_a_result_too(user, redis_conn) -> None:
+    """rq-dashboard's job page writes `JSON.stringify(d.result)` into a `<pre>` unescaped, and
+    `gui.rqdash` escaped the strings of its JSON but not the keys of an object: a result
+    `{"<form action=/rq/requeue/ingest method=post><button>…": 1}` came out as a form on
+    the GUI's own page (same origin: its POST passes the acting check), the issue's "also
+    seen". Keys are escaped as values are now."""
+    from rq.results import Result
+
+    from jobs.queues import rq_queue
+    from tests.gui_fixtures import sign_in
+
+    evil = "<form action=/rq/requeue/ingest method=post><button>session expired: continue</button></form>"
+    job = rq_queue("maintenance", redis_conn).enqueue("builtins.print", "x", description="plain")
+    Result.create(job, Result.Type.SUCCESSFUL, ttl=600, return_value={evil: 1, "nested": {evil: [evil]}})
+    try:
+        await sign_in(user, "vera")
+        r = await user.http_client.get(f"/rq/0/data/job/{job.id}.json")
+        assert r.status_code == 200, r.text
+        assert "<form" not in r.text and "<button" not in r.text, r.text
+        assert any(k.startswith("&lt;form action=/rq/requeue/ingest method=post&gt;") for k in r.json()["result"])
+    finally:
+        job.delete()
+
+
 def test_get_never_writes_through_a_link_at_its_temporary_name(hoard_home: Path) -> None:
     """`hoard get SHA -o DIR/out` writes `DIR/.out.part`, then renames it. Run as root into a
     directory others write (/tmp), a link planted at `.out.part` had the object written into
