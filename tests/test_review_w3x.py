@@ -193,6 +193,43 @@ def test_a_link_planted_at_an_outputs_name_takes_no_output_elsewhere(home: Path)
     assert res.returncode != 0 and "s1" in res.stderr and "link" in res.stderr, res
 
 
+@needs_root
+def test_an_output_signal_in_3c_is_read_never_through_a_link_nor_from_a_fifo(home: Path) -> None:
+    """3C is written by a trainer's group too (1770). `hoard health` — and the GUI's refresh,
+    every few seconds, as root — lists the outputs of each zone and reads a sealed one's
+    `_JOB.json` for its kind, following links and to its end: the trainer (`nobody`) made
+    `3C/x/_SEALED` and `3C/x/_JOB.json` a link to a root-only JSON file, and its "kind" was
+    shown on the pipelines page and in `hoard health --json`; a fifo there hung `hoard health`
+    (and the GUI's refresh) for ever, and a link to /dev/zero would have read until memory ran
+    out. The file is now read as 3A's signals are: never through a link, a regular file only,
+    at most 64 KB."""
+    import grp
+    import json
+    import subprocess
+    import sys
+
+    cfg_path = home / "hoard.toml"
+    zone = home / "ssd" / "3C"
+    os.chown(zone, -1, grp.getgrnam("nogroup").gr_gid)
+    secret = home / "ssd" / "state" / "job-secret.json"
+    secret.parent.mkdir(parents=True, exist_ok=True)
+    secret.write_text(json.dumps({"kind": SECRET}))
+    secret.chmod(0o600)
+    res = as_user('mkdir -m 750 "$1/x" "$1/y" && touch "$1/x/_SEALED" "$1/y/_SEALED" && ln -s "$2" "$1/x/_JOB.json" '
+                  '&& mkfifo "$1/y/_JOB.json"', str(zone), str(secret))
+    assert res.returncode == 0, res.stderr
+    try:  # a bound on the hang only: `hoard health` takes seconds
+        health = subprocess.run([sys.executable, "-m", "fsd", "--config", str(cfg_path), "health", "--json"],
+                                capture_output=True, text=True, timeout=120,
+                                env={k: v for k, v in os.environ.items() if k not in ("HOARD_CONFIG", "PYTEST_CURRENT_TEST")})
+    except subprocess.TimeoutExpired:
+        pytest.fail("`hoard health` read a fifo the trainer made 3C/y/_JOB.json and never returned")
+    assert SECRET not in health.stdout + health.stderr
+    shown = {o["id"]: o for o in json.loads(health.stdout)["zones"]["3C"]["outputs"]}
+    assert shown["x"]["state"] == shown["y"]["state"] == "sealed", shown  # what it says of itself, kind unknown
+    assert shown["x"]["kind"] == shown["y"]["kind"] == "output", shown
+
+
 def _basic_from(url: str, source: str, name: str, password: str, forwarded: str | None = None) -> int:
     """The status of a Basic login to /metrics over a connection made from `source` (any
     address of 127.0.0.0/8 is this host's: an unprivileged user binds whichever it likes)."""
