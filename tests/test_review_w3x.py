@@ -230,6 +230,28 @@ def test_an_output_signal_in_3c_is_read_never_through_a_link_nor_from_a_fifo(hom
     assert shown["x"]["kind"] == shown["y"]["kind"] == "output", shown
 
 
+def test_an_output_checked_for_its_seal_is_read_never_from_a_fifo(tmp_path: Path) -> None:
+    """`seal.check_sealed` (a stage's status, the run pages, `hoard stage` finding its output
+    done) read `<id>/_JOB.json` and `_MANIFEST.json` following links, to their end: in 3C, which
+    a trainer's group writes, a directory of a cleaned or failed output's id with `_SEALED` and
+    a fifo for `_JOB.json` hung the caller for ever. Now refused as incomplete, unread."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "3C" / "stage-7"
+    out.mkdir(parents=True)
+    (out / "_SEALED").touch()
+    os.mkfifo(out / "_JOB.json")
+    (out / "_MANIFEST.json").symlink_to("/dev/zero")
+    code = ("import sys\nfrom fsd.outputs import seal\ntry:\n    seal.check_sealed(__import__('pathlib').Path(sys.argv[1]))\n"
+            "except seal.OutputIncomplete as e:\n    print(e)\n")
+    try:  # a bound on the hang only: the check takes milliseconds
+        res = subprocess.run([sys.executable, "-c", code, str(out)], capture_output=True, text=True, timeout=60)
+    except subprocess.TimeoutExpired:
+        pytest.fail("check_sealed opened the fifo at _JOB.json and never returned")
+    assert "stage-7" in res.stdout and "unreadable" in res.stdout, (res.stdout, res.stderr)
+
+
 def _basic_from(url: str, source: str, name: str, password: str, forwarded: str | None = None) -> int:
     """The status of a Basic login to /metrics over a connection made from `source` (any
     address of 127.0.0.0/8 is this host's: an unprivileged user binds whichever it likes)."""
