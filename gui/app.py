@@ -14,6 +14,7 @@ import os
 import secrets
 import socket
 import stat
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address
 from pathlib import Path
 
 from fastapi.responses import JSONResponse, Response
@@ -111,9 +112,41 @@ def usable(cfg: Settings, host: str | None = None, port: int | None = None) -> N
     if cfg.gui.socket and (host or port):
         raise HoardError(f"gui.socket is set: `hoard gui` listens on {cfg.gui.socket} only; drop --host/--port "
                          "or unset gui.socket", ExitCode.USAGE)
+    mine = local_addresses()
+    for net in cfg.gui.trusted_proxies:
+        held = sorted((a for a in mine if _holds(net, a)), key=str)
+        if held:  # any local user connects from any address of the host, to 127.0.0.1 too
+            raise HoardError(f"gui.trusted_proxies {net} holds {held[0]}, an address of this host: any local user "
+                             "connects from it and writes the X-Forwarded-For the GUI would believe; name the "
+                             "proxy's own address on its host, or for a proxy on this host set gui.socket instead "
+                             "(docs/security.md)", ExitCode.USAGE)
     if not users(cfg):
         raise HoardError("no GUI users yet; add one with `hoard users add NAME --role admin` "
                          "(or [[gui.users]] in hoard.toml), then run `hoard gui` again", ExitCode.USAGE)
+
+
+def local_addresses() -> set[IPv4Address | IPv6Address]:
+    """Every address of this host's interfaces (Linux: /proc/net): any local user may bind one
+    as the source of a connection, to 127.0.0.1 as well."""
+    found: set[IPv4Address | IPv6Address] = set()
+    with contextlib.suppress(OSError):
+        leaf = None
+        for line in Path("/proc/net/fib_trie").read_text().splitlines():
+            if "|--" in line:
+                leaf = line.split("|--", 1)[1].strip()
+            elif line.strip() == "/32 host LOCAL" and leaf:
+                found.add(ip_address(leaf))
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/net/if_inet6").read_text().splitlines():
+            hexa = line.split()[0]
+            found.add(ip_address(":".join(hexa[i:i + 4] for i in range(0, 32, 4))))
+    return found
+
+
+def _holds(net: IPv4Network | IPv6Network, address: IPv4Address | IPv6Address) -> bool:
+    if net.version == address.version:
+        return address in net
+    return net.version == 6 and ip_address(f"::ffff:{address}") in net  # a v4-mapped network
 
 
 def session_options(cfg: Settings) -> dict[str, object]:
@@ -127,6 +160,7 @@ def proxy_socket(path: Path, group: str | None) -> socket.socket:
     0660, given `group` (the proxy's), in a directory others may pass through (0751). Only
     those who may open it connect, so every connection is the proxy's. A socket left by a dead
     server is replaced; one a live server answers on, or any other file there, is refused."""
+    _refuse_a_directory_others_change(path)
     try:
         st = os.lstat(path)
     except FileNotFoundError:
@@ -150,7 +184,9 @@ def proxy_socket(path: Path, group: str | None) -> socket.socket:
         except KeyError:
             raise HoardError(f"gui.socket_group {group!r} is not a group on this host; create it or name the "
                              "proxy's group (e.g. www-data)", ExitCode.USAGE) from None
-    ensure_dir(path.parent, PASSAGE)
+    if not path.parent.is_dir():
+        ensure_dir(path.parent, PASSAGE)  # made here; an existing directory (checked above) keeps its mode
+        _refuse_a_directory_others_change(path)  # not one another user made first, meanwhile
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         old = os.umask(0o177)  # born 0600: nobody connects before its group and mode are set
@@ -172,6 +208,27 @@ def proxy_socket(path: Path, group: str | None) -> socket.socket:
             path.unlink()
         raise
     return sock
+
+
+def _refuse_a_directory_others_change(path: Path) -> None:
+    """Refuse (one line) a `gui.socket` whose directory another user could change: one that is
+    not root's or the service's, or that others may write — its owner, or anyone, could remove
+    the socket and listen there, and the proxy would hand them every request, passwords and all
+    (a directory above may be writable by others only with the sticky bit, as /tmp is)."""
+    here = Path(os.path.realpath(path.parent))
+    while not here.is_dir():  # the missing part is made by this service
+        here = here.parent
+    first = True
+    for d in (here, *here.parents):
+        st = os.stat(d)
+        why = (f"belongs to another user (uid {st.st_uid})" if st.st_uid not in (0, os.geteuid())
+               else "is writable by others" if st.st_mode & 0o022 and (first or not st.st_mode & stat.S_ISVTX)
+               else None)
+        if why:
+            raise HoardError(f"gui.socket {path}: the directory {d} {why}, so a local user could replace the socket "
+                             "and take the proxy's requests, passwords included; use a directory of the service's "
+                             "own, e.g. /run/hoardfs/gui.sock (docs/security.md)", ExitCode.USAGE)
+        first = False
 
 
 def serve(cfg: Settings, host: str | None = None, port: int | None = None) -> None:

@@ -67,7 +67,7 @@ def _escaped(value):
     if isinstance(value, list):
         return [_escaped(v) for v in value]
     if isinstance(value, dict):
-        return {k: _escaped(v) for k, v in value.items()}
+        return {_escaped(k): _escaped(v) for k, v in value.items()}  # keys too: JSON.stringify writes them
     return value
 
 

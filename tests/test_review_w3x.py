@@ -193,6 +193,65 @@ def test_a_link_planted_at_an_outputs_name_takes_no_output_elsewhere(home: Path)
     assert res.returncode != 0 and "s1" in res.stderr and "link" in res.stderr, res
 
 
+@needs_root
+def test_an_output_signal_in_3c_is_read_never_through_a_link_nor_from_a_fifo(home: Path) -> None:
+    """3C is written by a trainer's group too (1770). `hoard health` — and the GUI's refresh,
+    every few seconds, as root — lists the outputs of each zone and reads a sealed one's
+    `_JOB.json` for its kind, following links and to its end: the trainer (`nobody`) made
+    `3C/x/_SEALED` and `3C/x/_JOB.json` a link to a root-only JSON file, and its "kind" was
+    shown on the pipelines page and in `hoard health --json`; a fifo there hung `hoard health`
+    (and the GUI's refresh) for ever, and a link to /dev/zero would have read until memory ran
+    out. The file is now read as 3A's signals are: never through a link, a regular file only,
+    at most 64 KB."""
+    import grp
+    import json
+    import subprocess
+    import sys
+
+    cfg_path = home / "hoard.toml"
+    zone = home / "ssd" / "3C"
+    os.chown(zone, -1, grp.getgrnam("nogroup").gr_gid)
+    secret = home / "ssd" / "state" / "job-secret.json"
+    secret.parent.mkdir(parents=True, exist_ok=True)
+    secret.write_text(json.dumps({"kind": SECRET}))
+    secret.chmod(0o600)
+    res = as_user('mkdir -m 750 "$1/x" "$1/y" && touch "$1/x/_SEALED" "$1/y/_SEALED" && ln -s "$2" "$1/x/_JOB.json" '
+                  '&& mkfifo "$1/y/_JOB.json"', str(zone), str(secret))
+    assert res.returncode == 0, res.stderr
+    try:  # a bound on the hang only: `hoard health` takes seconds
+        health = subprocess.run([sys.executable, "-m", "fsd", "--config", str(cfg_path), "health", "--json"],
+                                capture_output=True, text=True, timeout=120,
+                                env={k: v for k, v in os.environ.items() if k not in ("HOARD_CONFIG", "PYTEST_CURRENT_TEST")})
+    except subprocess.TimeoutExpired:
+        pytest.fail("`hoard health` read a fifo the trainer made 3C/y/_JOB.json and never returned")
+    assert SECRET not in health.stdout + health.stderr
+    shown = {o["id"]: o for o in json.loads(health.stdout)["zones"]["3C"]["outputs"]}
+    assert shown["x"]["state"] == shown["y"]["state"] == "sealed", shown  # what it says of itself, kind unknown
+    assert shown["x"]["kind"] == shown["y"]["kind"] == "output", shown
+
+
+def test_an_output_checked_for_its_seal_is_read_never_from_a_fifo(tmp_path: Path) -> None:
+    """`seal.check_sealed` (a stage's status, the run pages, `hoard stage` finding its output
+    done) read `<id>/_JOB.json` and `_MANIFEST.json` following links, to their end: in 3C, which
+    a trainer's group writes, a directory of a cleaned or failed output's id with `_SEALED` and
+    a fifo for `_JOB.json` hung the caller for ever. Now refused as incomplete, unread."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "3C" / "stage-7"
+    out.mkdir(parents=True)
+    (out / "_SEALED").touch()
+    os.mkfifo(out / "_JOB.json")
+    (out / "_MANIFEST.json").symlink_to("/dev/zero")
+    code = ("import sys\nfrom fsd.outputs import seal\ntry:\n    seal.check_sealed(__import__('pathlib').Path(sys.argv[1]))\n"
+            "except seal.OutputIncomplete as e:\n    print(e)\n")
+    try:  # a bound on the hang only: the check takes milliseconds
+        res = subprocess.run([sys.executable, "-c", code, str(out)], capture_output=True, text=True, timeout=60)
+    except subprocess.TimeoutExpired:
+        pytest.fail("check_sealed opened the fifo at _JOB.json and never returned")
+    assert "stage-7" in res.stdout and "unreadable" in res.stdout, (res.stdout, res.stderr)
+
+
 def _basic_from(url: str, source: str, name: str, password: str, forwarded: str | None = None) -> int:
     """The status of a Basic login to /metrics over a connection made from `source` (any
     address of 127.0.0.0/8 is this host's: an unprivileged user binds whichever it likes)."""
@@ -299,14 +358,14 @@ def test_a_local_user_cannot_write_the_forwarded_for_of_a_proxy_on_this_host(pro
     assert url == f"unix:{path}"
 
 
-def test_a_loopback_trusted_proxy_is_refused_with_the_way_to_do_it(tmp_path: Path) -> None:
+def test_a_loopback_trusted_proxy_is_refused_with_the_way_to_do_it(hoard_home: Path, tmp_path: Path) -> None:
     """`gui.trusted_proxies` naming loopback addresses (127.0.0.1, ::1, a v4-mapped one, a
     network holding them) is refused when the config loads: one line naming the key and
     `gui.socket`, exit 2."""
     import subprocess
     import sys
 
-    base = (Path(__file__).resolve().parents[1] / "hoard.toml").read_text()  # the embedded default: no [gui]
+    base = (hoard_home / "hoard.toml").read_text()  # no [gui] (the checkout's hoard.toml is made by `make up` only)
     for proxies in ('["127.0.0.1"]', '["::1"]', '["::ffff:127.0.0.1"]', '["10.0.0.1", "0.0.0.0/0"]'):
         cfg = tmp_path / "c.toml"
         cfg.write_text(base + f"\n[gui]\ntrusted_proxies = {proxies}\n")
@@ -345,6 +404,92 @@ def test_the_proxy_socket_replaces_a_dead_one_and_refuses_the_rest(tmp_path: Pat
     assert other.read_text() == "mine"
     with pytest.raises(HoardError, match="gui.socket_group 'no-such-grp' is not a group"):
         proxy_socket(tmp_path / "run" / "g.sock", "no-such-grp")
+
+
+def _an_address_of_this_host() -> str:
+    """A non-loopback IPv4 address of this host: the source of a route out (no packet is sent)."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.connect(("198.51.100.1", 9))
+        address = s.getsockname()[0]
+    assert not address.startswith("127."), f"this host has no address but loopback ({address})"
+    return address
+
+
+def test_a_trusted_proxy_network_holding_this_host_is_refused(hoard_home: Path, pg) -> None:
+    """Finding 10 again, without loopback: `gui.trusted_proxies = ["192.0.2.0/24"]` names the
+    LAN a proxy on another host sits in — and this host (192.0.2.2) is in it too. A local user
+    binds its socket to 192.0.2.2 and connects to the GUI on 127.0.0.1 (the kernel allows any
+    of the host's addresses as the source): its X-Forwarded-For was believed, and five wrong
+    guesses of otto under each of four addresses it wrote (as `nobody`) locked otto out from
+    everywhere — 429 to the correct password from 127.0.0.1. `hoard gui` now refuses to start
+    with a trusted proxy network holding an address of this host: one line naming the key,
+    the address, and `gui.socket`, exit 2, nothing listening."""
+    import ipaddress
+    import subprocess
+    import sys
+
+    from tests.gui_browser import free_port
+    from tests.gui_fixtures import make_home
+
+    mine = _an_address_of_this_host()
+    lan = str(ipaddress.ip_network(f"{mine}/24", strict=False))
+    base = make_home(hoard_home, pg).read_text()  # users exist: only the proxies could stop it
+    for i, proxies in enumerate(([lan], [mine], ["198.51.100.7", f"::ffff:{mine}"])):
+        cfg_path = hoard_home / f"c{i}.toml"
+        cfg_path.write_text(base + f"\n[gui]\ntrusted_proxies = {proxies!r}\nport = {free_port()}\n")
+        try:
+            res = subprocess.run([sys.executable, "-m", "fsd", "--config", str(cfg_path), "gui"], capture_output=True,
+                                 text=True, timeout=60, env={k: v for k, v in os.environ.items()
+                                                             if k not in ("HOARD_CONFIG", "PYTEST_CURRENT_TEST")})
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"`hoard gui` served with trusted_proxies = {proxies}, holding {mine} of this host")
+        lines = res.stderr.strip().splitlines()
+        assert res.returncode == 2 and len(lines) == 1, (proxies, res.stdout, res.stderr)
+        assert "gui.trusted_proxies" in lines[0] and mine in lines[0] and "gui.socket" in lines[0], lines[0]
+
+
+@needs_root
+def test_a_proxy_socket_where_another_user_could_replace_it_is_refused(tmp_path: Path) -> None:
+    """`gui.socket` in a directory a local user made first (under /tmp or /var/tmp, before
+    `hoard gui` ever ran): the GUI bound its socket there, and the directory's owner (`nobody`)
+    removed it and listened at the same path — the TLS proxy then handed every request, the
+    passwords of the sign-in form included, to that user, who also wrote the X-Forwarded-For
+    the GUI would have believed. And a socket straight in a world-writable directory (/tmp
+    itself) made `hoard gui` chmod that directory to 0751. Both are now refused in one line,
+    nothing bound and no mode changed; a directory of root's (or the service's) that others
+    cannot write is used as it is."""
+    import stat
+    import tempfile
+
+    from fsd.base.errors import HoardError
+    from gui.app import proxy_socket
+
+    top = Path(tempfile.mkdtemp(prefix="hg", dir="/tmp"))  # a socket's path holds 107 bytes at most
+    try:
+        top.chmod(0o1777)  # as /tmp, /var/tmp are
+        theirs = top / "run"
+        res = as_user('mkdir "$1" && chmod 755 "$1"', str(theirs))
+        assert res.returncode == 0, res.stderr
+        with pytest.raises(HoardError, match="could replace the socket") as refused:
+            sock = proxy_socket(theirs / "gui.sock", None)
+            sock.close()  # the old code: bound, and the owner of `run` swaps it for their own
+            res = as_user('rm "$1"/gui.sock && echo swapped', str(theirs))
+            assert "swapped" not in res.stdout
+        assert len(str(refused.value).splitlines()) == 1 and str(theirs) in str(refused.value)
+        assert not (theirs / "gui.sock").exists()
+        with pytest.raises(HoardError, match="could replace the socket"):
+            proxy_socket(top / "gui.sock", None).close()
+        assert stat.S_IMODE(top.stat().st_mode) == 0o1777 and not (top / "gui.sock").exists()
+        ours = top / "ours"
+        ours.mkdir(mode=0o755)
+        proxy_socket(ours / "gui.sock", None).close()  # root's, others cannot write: used as it is
+        assert stat.S_IMODE(ours.stat().st_mode) == 0o755
+    finally:
+        import shutil
+
+        shutil.rmtree(top, ignore_errors=True)
 
 
 def test_a_file_name_with_a_line_separator_is_refused_at_the_screen(tmp_path: Path) -> None:
@@ -420,6 +565,30 @@ async def test_rq_dashboard_never_unpickles_a_job(user, redis_conn, tmp_path: Pa
         assert r.status_code in (200, 404), r.text
     finally:
         redis_conn.delete("rq:job:h-view")
+
+
+async def test_rq_dashboard_escapes_the_keys_of_a_result_too(user, redis_conn) -> None:
+    """rq-dashboard's job page writes `JSON.stringify(d.result)` into a `<pre>` unescaped, and
+    `gui.rqdash` escaped the strings of its JSON but not the keys of an object: a result
+    `{"<form action=/rq/requeue/ingest method=post><button>…": 1}` came out as a form on
+    the GUI's own page (same origin: its POST passes the acting check), the issue's "also
+    seen". Keys are escaped as values are now."""
+    from rq.results import Result
+
+    from jobs.queues import rq_queue
+    from tests.gui_fixtures import sign_in
+
+    evil = "<form action=/rq/requeue/ingest method=post><button>session expired: continue</button></form>"
+    job = rq_queue("maintenance", redis_conn).enqueue("builtins.print", "x", description="plain")
+    Result.create(job, Result.Type.SUCCESSFUL, ttl=600, return_value={evil: 1, "nested": {evil: [evil]}})
+    try:
+        await sign_in(user, "vera")
+        r = await user.http_client.get(f"/rq/0/data/job/{job.id}.json")
+        assert r.status_code == 200, r.text
+        assert "<form" not in r.text and "<button" not in r.text, r.text
+        assert any(k.startswith("&lt;form action=/rq/requeue/ingest method=post&gt;") for k in r.json()["result"])
+    finally:
+        job.delete()
 
 
 def test_get_never_writes_through_a_link_at_its_temporary_name(hoard_home: Path) -> None:

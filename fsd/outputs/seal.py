@@ -33,7 +33,7 @@ from typing import Any, Iterator
 from fsd.outputs import zones
 from fsd.base.config import Settings
 from fsd.base.errors import ExitCode, HoardError
-from fsd.base.files import atomic_write, fsync_dir
+from fsd.base.files import atomic_write, fsync_dir, read_in_zone
 from fsd.base.modes import own_dir, refuse_unless_own
 from fsd.base.paths import display, hostile_reason
 
@@ -317,8 +317,9 @@ def check_sealed(path: Path, verify: bool = False) -> dict[str, Any]:
         raise OutputIncomplete(f"output {name} is not sealed (no {SEALED}): it is incomplete and must not be "
                                f"read; `hoard zones clean {path.name}` removes it")
     try:
-        doc = json.loads((path / JOB).read_bytes())
-        body = (path / MANIFEST).read_bytes()
+        # never through a link, a fifo or a device: 3C is written by a trainer's group too
+        doc = json.loads(read_in_zone(path / JOB, 1 << 30))
+        body = read_in_zone(path / MANIFEST, 1 << 30)
     except (OSError, ValueError) as e:
         raise OutputIncomplete(f"output {name}: {JOB} or {MANIFEST} unreadable ({e})") from None
     if hashlib.sha256(body).hexdigest() != doc.get("manifest_sha256"):

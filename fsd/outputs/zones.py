@@ -50,7 +50,7 @@ from typing import Any, Iterator
 
 from fsd.base.config import ZONES, Settings
 from fsd.base.errors import ExitCode, HoardError
-from fsd.base.files import atomic_write, flocked, fsync_dir
+from fsd.base.files import atomic_write, flocked, fsync_dir, read_in_zone
 from fsd.base.paths import NAME_PATTERN
 from fsd.base.proc import pid_alive
 from fsd.base.units import fmt_bytes
@@ -379,8 +379,10 @@ def _seal_of(zone: str, p: Path) -> tuple[str, float] | None:
     with contextlib.suppress(FileNotFoundError):
         sealed = (p / SEALED).stat().st_mtime
         kind = "output"
-        with contextlib.suppress(OSError, ValueError):
-            kind = json.loads((p / "_JOB.json").read_bytes()).get("kind") or kind
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            # 3C is written by a trainer's group too: never through a link, a fifo or a device,
+            # at most 64 KB (a link to a root-only file showed its "kind"; a fifo hung health)
+            kind = str(json.loads(read_in_zone(p / "_JOB.json")).get("kind") or kind)
         return kind, sealed
     if zone == "3B":
         # a UA_1 package's seal is its manifest, written last (tmp → fsync → rename)
