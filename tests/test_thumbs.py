@@ -25,7 +25,7 @@ def test_a_progressive_jpeg_is_judged_by_its_declared_size(tmp_path: Path) -> No
     Image.new("RGB", (8000, 8000), (120, 30, 200)).save(buf, "JPEG", progressive=True, quality=50)
     with Store.open(config.load(cfg_path), init=True) as store:
         sha = store.put_bytes(buf.getvalue()).sha256
-    child = ("import resource, sys\nfrom fsd.base import config\nfrom fsd import thumbs\n"
+    child = ("import resource, sys\nfrom fsd.base import config\nfrom fsd.outputs import thumbs\n"
              "cfg = config.load(sys.argv[1])\nbefore = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
              "got = thumbs.thumbnail(cfg, sys.argv[2])\n"
              "print(got is None, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before)\n")

@@ -66,7 +66,7 @@ def sealed_output(cfg: config.Settings, zone: str, output_id: str, nbytes: int) 
 
 def child(cfg: config.Settings, body: str, **env: str) -> subprocess.Popen:
     """A real process running `body` with `cfg` loaded (PYTHONPATH as this test's)."""
-    code = "from fsd.base import config\nfrom fsd import zones, seal\nimport os, sys, time\n" \
+    code = "from fsd.base import config\nfrom fsd.outputs import zones, seal\nimport os, sys, time\n" \
            f"cfg = config.load({str(cfg.source)!r})\n" + textwrap.dedent(body)
     return subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, cwd=REPO, env=os.environ | env)

@@ -223,11 +223,12 @@ class Settings(BaseSettings):
     sources: dict[Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,62}$")], str] = {}
     embedded: EmbeddedConfig | None = None
     # typed as what every caller reads: `_consistent` derives each URL or refuses the file, so
-    # a None default never outlives validation (TOML and the environment cannot give None)
-    database_url: str = None  # type: ignore[assignment]  # None: not given; see above
-    test_database_url: str = None  # type: ignore[assignment]  # None: not given; see above
-    redis_url: str = None  # type: ignore[assignment]  # None: not given; see above
-    test_redis_url: str = None  # type: ignore[assignment]  # None: not given; see above
+    # None ("not given") never outlives validation; validate_default=False because a settings
+    # model validates its defaults, and None is no str
+    database_url: str = Field(default=None, validate_default=False)  # type: ignore[assignment]  # see above
+    test_database_url: str = Field(default=None, validate_default=False)  # type: ignore[assignment]  # see above
+    redis_url: str = Field(default=None, validate_default=False)  # type: ignore[assignment]  # see above
+    test_redis_url: str = Field(default=None, validate_default=False)  # type: ignore[assignment]  # see above
     #: the file this came from (set by `load`, not a key of the file)
     source: Path | None = Field(default=None, exclude=True)
 
