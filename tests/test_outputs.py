@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -598,6 +599,13 @@ def _refusal_setup(cfg, tmp_path: Path, case: str) -> list[str]:
         Path(cfg.source).write_text("\n".join(
             f"database_url = {json.dumps(f'postgresql://nobody@/nodb?host={tmp_path}/nopg')}"
             if ln.startswith("database_url = ") else ln for ln in lines) + "\n")
+    if case == "schema not migrated":  # a database without hoardfs's tables (an old dump restored, say)
+        lines = Path(cfg.source).read_text().splitlines()
+        url = json.loads(next(ln for ln in lines if ln.startswith("database_url = ")).split(" = ", 1)[1])
+        bare = re.sub(r"search_path=[^ ']*", "search_path=information_schema", url)
+        Path(cfg.source).write_text("\n".join(
+            f"database_url = {json.dumps(bare)}"
+            if ln.startswith("database_url = ") else ln for ln in lines) + "\n")
     sel = {"empty selection": {"sources": ["nosuchsource"]}}.get(case, {})
     return ["--layout", "by_label" if case == "missing label" else "by_batch", "--selector", _selector(tmp_path, sel),
             *(["--mode", "view"] if case == "view without mount" else [])]
@@ -609,6 +617,7 @@ REFUSALS = pytest.mark.parametrize("case, code, message", [
     ("empty selection", 5, "the selection is empty"),
     ("zone full", 6, "zone 3D"),
     ("database down", 3, "cannot reach the database"),
+    ("schema not migrated", 3, "`hoard db migrate`"),
 ])
 
 
@@ -641,10 +650,12 @@ def test_a_refused_request_keeps_no_id_reservation_or_problem(filled, tmp_path: 
 
 
 @REFUSALS
-def test_a_workers_refusal_says_why_and_holds_nothing(filled, tmp_path: Path, case, code, message) -> None:
+def test_a_workers_refusal_says_why_and_holds_nothing(filled, redis_conn, tmp_path: Path, case, code,
+                                                     message) -> None:
     """W3-R: refused in the worker (the GUI's launches): `--status` says `refused` and why with
-    the README's code, no health problem, the id takes another request."""
-    from jobs import outputs
+    the README's code, no health problem, nothing to retry (`jobs.launch.retry` queued it
+    again), the id takes another request."""
+    from jobs import launch, outputs
 
     cfg, _ = filled
     saved = Path(cfg.source).read_text()
@@ -665,5 +676,8 @@ def test_a_workers_refusal_says_why_and_holds_nothing(filled, tmp_path: Path, ca
     assert "OperationalError" not in st.stdout and "resumes it" not in st.stdout
     assert outputs.problems(cfg) == []
     assert _zones(cfg)["3D"]["reserved_bytes"] == 0
+    with pytest.raises(launch.LaunchError, match="refused before it started"):
+        launch.retry(cfg, "export", "refusedw", conn=redis_conn)
+    assert redis_conn.llen("rq:queue:io") == 0  # the old code queued it again
     res = _hoard(cfg, "export", "refusedw", "--layout", "flat", "--selector", _selector(tmp_path, {}), "--here")
     assert res.returncode == 0, res.stderr
