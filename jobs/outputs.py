@@ -274,7 +274,7 @@ def run(cfg: Settings, output_id: str, progress: Callable[[int, int], None] | No
     """Plan, reserve, copy, seal; the report. Idempotent: a sealed output of the same request
     is reported as it is. A HoardError before the run started (nothing reserved, nothing
     written) is a refusal: the request is forgotten (`keep_refusal`: kept as `refused`, which
-    holds no id) and the error raised as it is."""
+    holds no id) and the error raised as it is; so is a Ctrl-C before it started (--here)."""
     with _id_lock(cfg, output_id):
         st = load_state(cfg, output_id)
         if st is None:
@@ -303,6 +303,9 @@ def run(cfg: Settings, output_id: str, progress: Callable[[int, int], None] | No
                     save_state(cfg, st)
                 else:
                     forget(cfg, output_id)
+                raise
+            if isinstance(e, KeyboardInterrupt) and not st.started and not keep_refusal:
+                forget(cfg, output_id)  # Ctrl-C while it planned (--here): nothing written or reserved, nothing kept
                 raise
             st.status = "failed"
             st.error = e.message if isinstance(e, HoardError) else f"{type(e).__name__}: {e}"

@@ -681,3 +681,36 @@ def test_a_workers_refusal_says_why_and_holds_nothing(filled, redis_conn, tmp_pa
     assert redis_conn.llen("rq:queue:io") == 0  # the old code queued it again
     res = _hoard(cfg, "export", "refusedw", "--layout", "flat", "--selector", _selector(tmp_path, {}), "--here")
     assert res.returncode == 0, res.stderr
+
+
+def test_ctrl_c_while_an_export_is_planned_keeps_nothing(filled, servers, pg, tmp_path: Path) -> None:
+    """Ctrl-C of `hoard export --here` while it plans (its query waits on a lock here): exit
+    130 saying nothing was written, and no state, id, reservation or health problem — before,
+    it was recorded as failed ("KeyboardInterrupt: "), a health problem until `zones clean`,
+    and the message said "its files so far are kept" of files never written."""
+    import psycopg
+
+    from jobs import outputs
+
+    cfg, _ = filled
+    sel = _selector(tmp_path, {})
+    schema = pg.execute("SELECT current_schema()").fetchone()[0]
+    with psycopg.connect(servers["database_url"], options=f"-c search_path={schema}") as locker:
+        locker.execute("LOCK TABLE node IN ACCESS EXCLUSIVE MODE")  # the plan's first query waits for it
+        proc = subprocess.Popen([sys.executable, "-m", "fsd", "--config", str(cfg.source), "export", "cc1", "--layout",
+                                 "by_sha256", "--selector", sel, "--here"], cwd=REPO, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, preexec_fn=as_foreground)
+        waiting = "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE '%%FROM node%%'"
+        while not pg.execute(waiting).fetchone()[0]:  # (autocommit: each look is a fresh snapshot)
+            assert proc.poll() is None, proc.communicate()
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        _out, errs = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "Traceback" not in errs, errs
+    assert "nothing was written" in errs and "files so far are kept" not in errs, errs
+    assert not (outputs.state_dir(cfg) / "cc1.json").exists()
+    assert outputs.problems(cfg) == []
+    assert _zones(cfg)["3D"]["reserved_bytes"] == 0
+    assert "cc1" not in _hoard(cfg, "health").stdout
+    res = _hoard(cfg, "export", "cc1", "--layout", "flat", "--selector", sel, "--here")  # the id is free
+    assert res.returncode == 0, res.stderr
