@@ -365,7 +365,7 @@ def _planning_db(spec: OutputSpec) -> Iterator[None]:
     """A database error while planning (the server went away, a schema older than this hoardfs)
     is a refusal, as the database down is: nothing was reserved or written yet — not a failed
     output holding its id and a health problem, and no traceback."""
-    import psycopg  # deferred, as in plan_items
+    import psycopg  # deferred: as in plan_items, only planning needs the database
 
     try:
         yield
