@@ -114,6 +114,10 @@ def register() -> None:
                         "run-progress")
                 if d.get("error"):
                     text.label(d["error"]).classes("text-negative")
+                if d.get("deleted"):  # an ingest's batch dropped since (`hoard delete --batch`): this is its history
+                    text.label(f"batch deleted {d['deleted']} (hoard delete --batch): its files are no longer in the "
+                               "store's batches, and `hoard gc` frees those nothing else holds").classes(
+                        "text-warning").mark("run-deleted")
                 if d.get("steps"):
                     ui.label("Steps").classes("text-h6")
                     with ui.timeline(side="right"):

@@ -417,6 +417,9 @@ def retry(cfg: Settings, kind: str, run_id: str, by: str = "", conn=None) -> str
         st = outputs.load_state(cfg, run_id)
         if st is None or st.spec.get("kind") != kind:
             raise LaunchError(f"no {kind} {run_id!r} to retry; launch it first")
+        if st.status == "refused":  # it never started: nothing to resume, and its id is free for any request
+            raise LaunchError(f"{kind} {run_id} was refused before it started ({st.error}); nothing to retry — "
+                              f"fix what it names and launch it again")
         enqueue_output(cfg, kind, run_id, conn)
         return run_id
     job = _job_of(cfg, kind, run_id, conn)

@@ -280,7 +280,7 @@ def run(cfg: Settings, output_id: str, progress: Callable[[int, int], None] | No
     """Plan, reserve, copy, seal; the report. Idempotent: a sealed output of the same request
     is reported as it is. A HoardError before the run started (nothing reserved, nothing
     written) is a refusal: the request is forgotten (`keep_refusal`: kept as `refused`, which
-    holds no id) and the error raised as it is."""
+    holds no id) and the error raised as it is; so is a Ctrl-C before it started (--here)."""
     with _id_lock(cfg, output_id):
         st = load_state(cfg, output_id)
         if st is None:
@@ -310,6 +310,9 @@ def run(cfg: Settings, output_id: str, progress: Callable[[int, int], None] | No
                 else:
                     forget(cfg, output_id)
                 raise
+            if isinstance(e, KeyboardInterrupt) and not st.started and not keep_refusal:
+                forget(cfg, output_id)  # Ctrl-C while it planned (--here): nothing written or reserved, nothing kept
+                raise
             st.status = "failed"
             st.error = e.message if isinstance(e, HoardError) else f"{type(e).__name__}: {e}"
             save_state(cfg, st)
@@ -334,7 +337,7 @@ def plan_items(cfg: Settings, spec: OutputSpec) -> tuple[list[Item], int]:
         raise OutputError(f"cannot reach the database ({first_line(e)}) to plan {spec.kind} {spec.id}; nothing was "
                           "written — start it (`hoard services up`) and run the same command again",
                           ExitCode.UNAVAILABLE) from None
-    with conn:
+    with conn, _planning_db(spec):
         if spec.selector is not None:
             node_ids = query_nodes(conn, spec.selector).node_ids
         else:
@@ -361,6 +364,23 @@ def plan_items(cfg: Settings, spec: OutputSpec) -> tuple[list[Item], int]:
     batches = (spec.selector or {}).get("batches") or ()  # a stage of one batch: that batch's paths
     placed = layouts.plan(lay, rows, prefix, batches)  # paths checked as they will lie in the output
     return [Item(prefix + p.path, p.sha256, p.size, p.sidecar) for p in placed], len(rows)
+
+
+@contextlib.contextmanager
+def _planning_db(spec: OutputSpec) -> Iterator[None]:
+    """A database error while planning (the server went away, a schema older than this hoardfs)
+    is a refusal, as the database down is: nothing was reserved or written yet — not a failed
+    output holding its id and a health problem, and no traceback."""
+    import psycopg  # deferred: as in plan_items, only planning needs the database
+
+    try:
+        yield
+    except psycopg.Error as e:
+        old = isinstance(e, (psycopg.errors.UndefinedTable, psycopg.errors.UndefinedColumn))
+        raise OutputError(f"the database failed while {spec.kind} {spec.id} was planned ({first_line(e)}); nothing "
+                          "was written — " + ("its schema is older than this hoardfs: `hoard db migrate`, then run "
+                                              "the same command again" if old else "run the same command again"),
+                          ExitCode.UNAVAILABLE) from None
 
 
 def _run(cfg: Settings, spec: OutputSpec, progress: Callable[[int, int], None] | None,

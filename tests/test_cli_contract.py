@@ -208,6 +208,50 @@ def test_redis_down(world) -> None:
     assert not failures, "\n\n".join(failures)
 
 
+def test_a_database_without_hoardfs_tables(world, servers) -> None:
+    """A database that lacks hoardfs's tables (never migrated, or a dump of an older schema
+    restored): every command answers in one line or works without them, and those that read
+    them exit 3 naming `hoard db migrate` — before, psycopg's UndefinedTable traceback (exit 1)
+    from select, label, delete, db backup, stage and export."""
+    import psycopg
+
+    from tests.conftest import fresh_schema
+
+    home = world["home"]
+    text = (home / "hoard.toml").read_text()
+    with fresh_schema(servers["database_url"]) as bare:
+        schema = bare.execute("SELECT current_schema()").fetchone()[0]
+        url = psycopg.conninfo.make_conninfo(servers["database_url"], options=f"-c search_path={schema}")
+        (home / "unmigrated.toml").write_text(text.replace("database_url = ", f"database_url = {url!r}\n#", 1))
+        failures = []
+        reads = {"db backup", "db proposals", "db verify-backup", "delete", "label add", "select"}
+
+        def one(command: str) -> None:
+            res = _run(home / "unmigrated.toml", _args(command, world))
+            try:
+                _check(command, res, "an unmigrated database")
+                if command in reads:
+                    assert res.returncode == 3 and "`hoard db migrate`" in res.stderr, \
+                        f"`hoard {command}`: exit {res.returncode}, must be 3 naming `hoard db migrate`\n{res.stderr}"
+            except AssertionError as e:
+                failures.append(str(e))
+
+        with ThreadPoolExecutor(4) as pool:  # (not the commands that would migrate it, or start and stop services)
+            list(pool.map(one, [c for c in sorted(COMMANDS) if c not in ("db migrate", "db restore", "demo",
+                                                                          "services down", "services up")]))
+        for kind in ("export", "stage"):
+            sel = home / "all.json"
+            sel.write_text("{}")
+            res = _run(home / "unmigrated.toml", [kind, f"{kind}-unmigrated", "--layout", "by_sha256", "--selector",
+                                                  str(sel), "--here"])
+            try:
+                _check(kind, res, "an unmigrated database")
+                assert res.returncode == 3 and "`hoard db migrate`" in res.stderr, res.stderr
+            except AssertionError as e:
+                failures.append(str(e))
+    assert not failures, "\n\n".join(failures)
+
+
 def test_closed_stdout(world) -> None:
     """Every command whose reader went away (`| head` closed before it wrote) stops quietly
     with 141 or finishes; never a traceback, never 'internal error'."""

@@ -191,6 +191,8 @@ def test_named_puts_survive_a_rebuild_and_release_only_what_nothing_else_holds(i
     assert dup.returncode == 2 and "a put named 'alpha' exists already" in dup.stderr, dup.stderr
     bad = _hoard(cfg, "put", "--name", "../x", str(tmp_path / "new.bin"))
     assert bad.returncode == 2 and "put name" in bad.stderr and "Traceback" not in bad.stderr, bad.stderr
+    for refused in (dup, bad):  # one line (a "0 files: 0 new …" summary followed it)
+        assert len(refused.stderr.strip().splitlines()) == 1 and not refused.stdout, refused.stderr
     assert "new.bin" not in _hoard(cfg, "ls", "--puts").stdout
     by_hand = _hoard(cfg, "view", "rm", "put.alpha")
     assert by_hand.returncode == 2 and "hoard delete --put alpha" in by_hand.stderr, by_hand.stderr
@@ -267,7 +269,10 @@ def test_a_named_put_needs_no_database(hoard_home: Path, tmp_path: Path) -> None
     cfg = config.load(cfg_path)
     assert _hoard(cfg, "init").returncode == 0
     (tmp_path / "one.bin").write_bytes(b"stored without a database" * 10)
-    shas = _put(cfg, "--name", "offline", str(tmp_path / "one.bin"))
+    res = _hoard(cfg, "put", "--json", "--name", "offline", str(tmp_path / "one.bin"))
+    assert res.returncode == 0, res.stderr
+    shas = {"one.bin": json.loads(res.stdout)["sha256"]}
+    assert "put offline: 1 files, 250 B recorded" in res.stderr, res.stderr  # one unit convention (was "0.0 MB")
     listed = _hoard(cfg, "ls", "--puts")
     assert listed.returncode == 0 and "offline" in listed.stdout and "1 files" in listed.stdout, listed.stderr
     gone = _hoard(cfg, "delete", "--put", "offline", "--yes")

@@ -44,6 +44,25 @@ WITH_BATCH = pytest.mark.parametrize("gui_home", [{"_batch": True}], indirect=Tr
 
 
 @WITH_BATCH
+async def test_the_run_page_of_a_deleted_batch_says_it_was_deleted(user, gui_home: Path) -> None:
+    """W3-R: after `hoard delete --batch B`, `/runs/ingest/B` showed the ingest as done and
+    nothing more (health, `ingest --status` and the batch list said it was deleted)."""
+    from gui.context import ctx
+
+    launch.launch_ingest(ctx().cfg, BATCH, None)
+    await run.io_bound(_work, gui_home)
+    env = {k: v for k, v in os.environ.items() if k != "HOARD_CONFIG"}
+    res = subprocess.run([sys.executable, "-m", "fsd", "--config", str(gui_home), "delete", "--batch", BATCH, "--yes"],
+                         capture_output=True, text=True, env=env, timeout=120)
+    assert res.returncode == 0, res.stderr
+    await _refreshed()
+    await sign_in(user, "otto")
+    await user.open(f"/runs/ingest/{BATCH}")
+    await user.should_see(marker="run-deleted")
+    await user.should_see("batch deleted")
+
+
+@WITH_BATCH
 async def test_operator_launches_an_ingest_and_watches_it(user, gui_home: Path) -> None:
     """Launch → the run page says it waits (no worker on its queue) → a worker runs it →
     done with rejects: counts, the rejected file with its reason, a step timeline."""

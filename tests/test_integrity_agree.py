@@ -109,3 +109,39 @@ def test_activate_does_not_call_a_log_it_brings_up_bad(tmp_path: Path) -> None:
     _ok(res)
     assert "bad" not in res.stderr, res.stdout + res.stderr
     assert _three(cfg) == ([], 0, 0)
+
+
+def test_stale_hidden_deleted_and_root_marks_are_cleared_by_the_rebuild_check_names(tmp_path: Path) -> None:
+    """A hidden, a deleted and a root mark whose objects' index entries were lost (index
+    damage): check names each as a stale mark with `hoard index rebuild` as its next step;
+    following it clears them, brings the objects back (a disk holds them) with their marks,
+    and check, verify and health report nothing."""
+    from fsd.store import Store
+
+    cfg = _cli_store(tmp_path)
+    put = _hoard(cfg, "put", "--json", *map(str, make_files(tmp_path / "in", 4, seed=307)))
+    _ok(put)
+    import json
+    shas = [bytes.fromhex(json.loads(line)["sha256"]) for line in put.stdout.splitlines()]
+    with Store.open(config.load(cfg)) as store:
+        idx = store.index
+        assert idx.mark(idx.hidden, shas[:1], "test: hidden") == 1
+        assert idx.mark(idx.deleted, shas[1:2], "test: released") == 1
+        with idx.env.begin(write=True, db=idx.objects) as txn:  # the index loses three entries
+            for sha in shas[:3]:
+                txn.delete(sha)
+    res = _hoard(cfg, "check")
+    assert res.returncode == 5, res.stdout + res.stderr
+    stale = [x for x in (res.stdout + res.stderr).splitlines() if "which is not in the store" in x
+             and x.split()[1] in ("hidden", "deleted", "root")]
+    assert sorted(x.split()[1] for x in stale) == ["deleted", "hidden", "root", "root", "root"], stale
+    assert all("`hoard index rebuild`" in x for x in stale), stale
+    _ok(_hoard(cfg, "index", "rebuild"))  # the next step check names
+    assert _three(cfg) == ([], 0, 0)
+    with Store.open(config.load(cfg)) as store:
+        idx = store.index
+        assert idx.marked_among(idx.hidden, set(shas)) == {shas[0]}
+        assert idx.marked_among(idx.deleted, set(shas)) == {shas[1]}
+        assert set(shas) <= idx.marked_among(idx.rooted, set(shas)) | {shas[1]}
+    for sha in shas:
+        _ok(_hoard(cfg, "get", sha.hex(), "-o", "/dev/null"))

@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -598,6 +599,13 @@ def _refusal_setup(cfg, tmp_path: Path, case: str) -> list[str]:
         Path(cfg.source).write_text("\n".join(
             f"database_url = {json.dumps(f'postgresql://nobody@/nodb?host={tmp_path}/nopg')}"
             if ln.startswith("database_url = ") else ln for ln in lines) + "\n")
+    if case == "schema not migrated":  # a database without hoardfs's tables (an old dump restored, say)
+        lines = Path(cfg.source).read_text().splitlines()
+        url = json.loads(next(ln for ln in lines if ln.startswith("database_url = ")).split(" = ", 1)[1])
+        bare = re.sub(r"search_path=[^ ']*", "search_path=information_schema", url)
+        Path(cfg.source).write_text("\n".join(
+            f"database_url = {json.dumps(bare)}"
+            if ln.startswith("database_url = ") else ln for ln in lines) + "\n")
     sel = {"empty selection": {"sources": ["nosuchsource"]}}.get(case, {})
     return ["--layout", "by_label" if case == "missing label" else "by_batch", "--selector", _selector(tmp_path, sel),
             *(["--mode", "view"] if case == "view without mount" else [])]
@@ -609,6 +617,7 @@ REFUSALS = pytest.mark.parametrize("case, code, message", [
     ("empty selection", 5, "the selection is empty"),
     ("zone full", 6, "zone 3D"),
     ("database down", 3, "cannot reach the database"),
+    ("schema not migrated", 3, "`hoard db migrate`"),
 ])
 
 
@@ -641,10 +650,12 @@ def test_a_refused_request_keeps_no_id_reservation_or_problem(filled, tmp_path: 
 
 
 @REFUSALS
-def test_a_workers_refusal_says_why_and_holds_nothing(filled, tmp_path: Path, case, code, message) -> None:
+def test_a_workers_refusal_says_why_and_holds_nothing(filled, redis_conn, tmp_path: Path, case, code,
+                                                     message) -> None:
     """W3-R: refused in the worker (the GUI's launches): `--status` says `refused` and why with
-    the README's code, no health problem, the id takes another request."""
-    from jobs import outputs
+    the README's code, no health problem, nothing to retry (`jobs.launch.retry` queued it
+    again), the id takes another request."""
+    from jobs import launch, outputs
 
     cfg, _ = filled
     saved = Path(cfg.source).read_text()
@@ -665,5 +676,41 @@ def test_a_workers_refusal_says_why_and_holds_nothing(filled, tmp_path: Path, ca
     assert "OperationalError" not in st.stdout and "resumes it" not in st.stdout
     assert outputs.problems(cfg) == []
     assert _zones(cfg)["3D"]["reserved_bytes"] == 0
+    with pytest.raises(launch.LaunchError, match="refused before it started"):
+        launch.retry(cfg, "export", "refusedw", conn=redis_conn)
+    assert redis_conn.llen("rq:queue:io") == 0  # the old code queued it again
     res = _hoard(cfg, "export", "refusedw", "--layout", "flat", "--selector", _selector(tmp_path, {}), "--here")
+    assert res.returncode == 0, res.stderr
+
+
+def test_ctrl_c_while_an_export_is_planned_keeps_nothing(filled, servers, pg, tmp_path: Path) -> None:
+    """Ctrl-C of `hoard export --here` while it plans (its query waits on a lock here): exit
+    130 saying nothing was written, and no state, id, reservation or health problem — before,
+    it was recorded as failed ("KeyboardInterrupt: "), a health problem until `zones clean`,
+    and the message said "its files so far are kept" of files never written."""
+    import psycopg
+
+    from jobs import outputs
+
+    cfg, _ = filled
+    sel = _selector(tmp_path, {})
+    schema = pg.execute("SELECT current_schema()").fetchone()[0]
+    with psycopg.connect(servers["database_url"], options=f"-c search_path={schema}") as locker:
+        locker.execute("LOCK TABLE node IN ACCESS EXCLUSIVE MODE")  # the plan's first query waits for it
+        proc = subprocess.Popen([sys.executable, "-m", "fsd", "--config", str(cfg.source), "export", "cc1", "--layout",
+                                 "by_sha256", "--selector", sel, "--here"], cwd=REPO, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, preexec_fn=as_foreground)
+        waiting = "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE '%%FROM node%%'"
+        while not pg.execute(waiting).fetchone()[0]:  # (autocommit: each look is a fresh snapshot)
+            assert proc.poll() is None, proc.communicate()
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        _out, errs = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "Traceback" not in errs, errs
+    assert "nothing was written" in errs and "files so far are kept" not in errs, errs
+    assert not (outputs.state_dir(cfg) / "cc1.json").exists()
+    assert outputs.problems(cfg) == []
+    assert _zones(cfg)["3D"]["reserved_bytes"] == 0
+    assert "cc1" not in _hoard(cfg, "health").stdout
+    res = _hoard(cfg, "export", "cc1", "--layout", "flat", "--selector", sel, "--here")  # the id is free
     assert res.returncode == 0, res.stderr

@@ -113,6 +113,9 @@ def _service_down(e: Exception) -> HoardError | None:
     # neither client is imported here: an error of one comes only from a command that loaded it
     # (the mount daemon loads neither: ~15 MiB of resident memory each)
     psycopg, redis = sys.modules.get("psycopg"), sys.modules.get("redis")
+    if psycopg is not None and isinstance(e, (psycopg.errors.UndefinedTable, psycopg.errors.UndefinedColumn)):
+        return HoardError(f"the database's schema is older than this hoardfs ({first_line(e)}); `hoard db migrate` "
+                          "brings it up to date — nothing was changed after this point", ExitCode.UNAVAILABLE)
     if psycopg is not None and isinstance(e, psycopg.OperationalError):
         first = first_line(e)
         return HoardError(f"cannot reach the database ({first}); start it with `hoard services up` or fix "

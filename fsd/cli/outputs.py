@@ -92,6 +92,9 @@ def _command(ctx: typer.Context, kind: str, output_id: str | None, layout: str |
             with progress(f"{kind} {output_id}") as update:
                 report = outputs.run(cfg, output_id, update)
         except KeyboardInterrupt:
+            if outputs.load_state(cfg, output_id) is None:
+                raise HoardError(f"{kind} {output_id} interrupted before it started; nothing was written or reserved",
+                                 ExitCode.INTERRUPTED) from None
             raise HoardError(f"{kind} {output_id} interrupted; its files so far are kept: the same command "
                              "resumes it", ExitCode.INTERRUPTED) from None
         _report(report, as_json)

@@ -115,11 +115,13 @@ def put(
 
     stop = _stop_on_first_ctrl_c()
     total = sum(size_or_zero(p) for p in items)
+    began = False  # a name refused before a byte is stored is its one line, without a "0 files" summary
 
     try:
         with open_store(ctx) as store, progress("storing", total) as update:
             if name is not None:
                 puts.check_name(store.index, name)  # before a byte is stored
+            began = True
             root = puts.held_reason(name) if name is not None else "hoard put"
             try:
                 def on_result(r) -> None:
@@ -130,14 +132,15 @@ def put(
             finally:
                 if name is not None and stored:
                     info = puts.record(store, name, stored, root)
-                    err.print(f"put {name}: {info['files']} files, {info['bytes'] / 1e6:.1f} MB recorded "
+                    err.print(f"put {name}: {info['files']} files, {fmt_bytes(info['bytes'])} recorded "
                               f"(`hoard delete --put {name}` releases them)", markup=False)
                 elif name is not None:
                     err.print(f"nothing stored: no put named {name} was recorded", markup=False)
     finally:
-        err.print(f"{counts['new'] + counts['existing'] + counts['rejected']} files: {counts['new']} new "
-                  f"({fmt_bytes(counts['bytes'])}), {counts['existing']} already present, {counts['rejected']} "
-                  f"rejected in {time.monotonic() - t0:.2f} s", markup=False)
+        if began:
+            err.print(f"{counts['new'] + counts['existing'] + counts['rejected']} files: {counts['new']} new "
+                      f"({fmt_bytes(counts['bytes'])}), {counts['existing']} already present, {counts['rejected']} "
+                      f"rejected in {time.monotonic() - t0:.2f} s", markup=False)
     if counts["rejected"]:
         raise typer.Exit(ExitCode.DATA)
 
