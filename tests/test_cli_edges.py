@@ -132,3 +132,11 @@ def test_help_shows_its_placeholders() -> None:
         res = _hoard(*path, "--help")
         missing += [f"hoard {' '.join(path)} --help: {m}" for m in sorted(marks) if m not in res.stdout]
     assert not missing, "\n".join(missing)
+
+
+@pytest.mark.parametrize("args", [["replicate", "--budget-s", "-1"], ["replicate", "--rate-mb-s", "-5"],
+                                  ["verify", "--budget-s", "-1"]])
+def test_a_negative_budget_or_rate_is_a_usage_error(tmp_path: Path, args: list[str]) -> None:
+    res = _hoard("--config", str(tmp_path / "none.toml"), *args)
+    assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
+    assert f"Invalid value for '{args[1]}'" in res.stderr

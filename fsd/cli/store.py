@@ -235,8 +235,8 @@ def write_output(output: Path, how: str, chunks) -> None:
 
 def replicate(
     ctx: typer.Context,
-    budget_s: Annotated[float, typer.Option(help="stop after this many seconds")] = 600,
-    rate_mb_s: Annotated[float, typer.Option(help="copy at most this fast (0 = no limit)")] = 100,
+    budget_s: Annotated[float, typer.Option(min=0, help="stop after this many seconds")] = 600,
+    rate_mb_s: Annotated[float, typer.Option(min=0, help="copy at most this fast (0 = no limit)")] = 100,
     watch: Annotated[bool, typer.Option(help="keep running, checking every 30 s")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="each round's report as JSON")] = False,
 ) -> None:

@@ -25,7 +25,7 @@ def verify(
     disk: Annotated[Optional[str], typer.Option("--disk", help="only replicas on this disk")] = None,
     sha256: Annotated[bool, typer.Option("--sha256", help="also recompute every payload's sha256")] = False,
     repair: Annotated[bool, typer.Option("--repair", help="replace bad replicas with good copies")] = False,
-    budget_s: Annotated[Optional[float], typer.Option(help="stop after this many seconds")] = None,
+    budget_s: Annotated[Optional[float], typer.Option(min=0, help="stop after this many seconds")] = None,
     batch: Annotated[Optional[str], typer.Option("--batch", help="only the shards holding this ingested batch")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="the report as JSON")] = False,
     orphans: Annotated[bool, typer.Option("--orphans", help="instead: find shard files no index entry names "
