@@ -12,6 +12,7 @@ from contextlib import contextmanager
 
 import os
 import signal
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,6 +33,23 @@ def _signal_handlers() -> Iterator[None]:
     yield
     for sig, handler in saved.items():
         signal.signal(sig, handler)
+
+@pytest.fixture(autouse=True)
+def _unit_starts_no_process(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A unit-tier test runs in this process alone: starting a process (a `hoard` command, a
+    server, a mount, a racing writer) fails it, naming the tier it belongs in — which keeps
+    `make test-fast` fast and free of servers, FUSE and the lab."""
+    if request.node.get_closest_marker("unit") is None:
+        return
+
+    def refused(*args: object, **kwargs: object):
+        pytest.fail(f"{request.node.nodeid} is a unit test but starts a process: mark it "
+                    "@pytest.mark.services (tests/conftest.py tier_of)", pytrace=False)
+
+    monkeypatch.setattr(subprocess.Popen, "_execute_child", refused)
+    monkeypatch.setattr(os, "fork", refused)
+    monkeypatch.setattr(os, "posix_spawn", refused)
+
 
 REPO = Path(__file__).resolve().parent.parent
 REALDATA = REPO.parent / "shared" / "realdata"
@@ -136,6 +154,13 @@ def _lab_or_skip(profiles, **options) -> lab_mod.Lab:
         return lab_mod.Lab(profiles, **options)
     except lab_mod.LabUnavailable as e:
         _lab_unavailable(e)
+
+
+@pytest.fixture
+def fuse() -> None:
+    """A test that mounts FUSE asks for this: skipped loudly (failed in CI) without /dev/fuse."""
+    if not os.path.exists("/dev/fuse"):
+        _missing("MOUNT TESTS SKIPPED: no /dev/fuse")
 
 
 @pytest.fixture
@@ -270,12 +295,53 @@ def use_schema(home: Path, conn: psycopg.Connection) -> str:
     return str(cfg_path)
 
 
+#: the tiers, lightest first; every test is in exactly one (docs/testing.md, "Tiers")
+TIERS = ("unit", "services", "lab", "gui", "chaos")
+#: fixtures that put a test in a tier: the NiceGUI user and a GUI home → gui; the disk lab →
+#: lab; the test PostgreSQL/Redis (`servers`, which db, pg, redis_conn and hoard_home use) or a
+#: FUSE mount (`fuse`) → services
+TIER_FIXTURES = {"gui": {"user", "gui_home", "proxied"}, "lab": {"lab", "lab_factory", "lab_support"},
+                 "services": {"servers", "fuse"}}
+
+
+#: tiers declared here for two files whose authors were editing them when the tiers came
+#: (their tests start `hoard` processes); the marker belongs in the file — move it there
+DECLARED_HERE = {
+    "tests/test_review_w3s.py": {"test_a_directory_where_a_pointer_goes_is_named_with_a_fix_that_works",
+                                 "test_rewrite_marks_that_leaves_a_disk_behind_says_so",
+                                 "test_a_pointer_file_whose_name_is_not_utf8_is_skipped_not_a_traceback",
+                                 "test_a_stray_log_beside_the_marks_log_gets_advice_that_works"},
+    "tests/test_review_w3x.py": {"test_a_loopback_trusted_proxy_is_refused_with_the_way_to_do_it"},
+}
+
+
+def tier_of(item: pytest.Item) -> str:
+    """The heaviest tier what `item` uses says: its fixtures (TIER_FIXTURES), a `tests/test_gui_*`
+    file (gui), or a tier marker it declares (for what no fixture shows: a private PostgreSQL,
+    a Chromium started by the test, the chaos harness). Nothing of these: unit."""
+    fixtures = set(getattr(item, "fixturenames", ()))
+    found = {m.name for m in item.iter_markers() if m.name in TIERS}
+    found |= {tier for tier, names in TIER_FIXTURES.items() if fixtures & names}
+    if item.path.name.startswith("test_gui_"):
+        found.add("gui")
+    if getattr(item, "originalname", item.name) in DECLARED_HERE.get(f"tests/{item.path.name}", ()):
+        found.add("services")
+    return max(found, key=TIERS.index, default="unit")
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """NiceGUI's test app, stopped at a GUI test's teardown, logs "Could not cancel N tasks
+    """Each test gets its tier's marker (`tier_of`), so `pytest -m unit` selects the unit tier; a
+    test that declares a lighter tier than it uses ends up with two, which
+    tests/test_tiers.py refuses.
+
+    NiceGUI's test app, stopped at a GUI test's teardown, logs "Could not cancel N tasks
     within timeout" when a page's `run.io_bound` thread is still busy (a loaded machine): a
     teardown artefact of the test harness, not something a user of the GUI meets — allowed,
     never required, in the GUI tests only."""
     for item in items:
+        tier = tier_of(item)
+        if not any(m.name == tier for m in item.iter_markers()):
+            item.add_marker(getattr(pytest.mark, tier))
         if item.path.name.startswith("test_gui_"):
             item.add_marker(pytest.mark.expect_log(r"^Could not cancel \d+ tasks within timeout", level="ERROR",
                                                    optional=True))

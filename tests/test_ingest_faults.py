@@ -22,6 +22,9 @@ from fsd.store import Store
 from jobs import ingest as ua1
 from tests.test_ingest import ingest_home
 
+# tier: the module's tests start hoard processes, servers or a FUSE mount
+pytestmark = pytest.mark.services
+
 
 def hoard(cfg_path: str | Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "fsd", "--config", str(cfg_path), *args],

@@ -16,6 +16,9 @@ from fsd.core.disks import DiskState
 from fsd.store import Store
 from tests.conftest import dir_disks_config, make_files, use_schema
 
+# tier: the module's tests start hoard processes, servers or a FUSE mount
+pytestmark = pytest.mark.services
+
 
 def _hoard(cfg_path: Path, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "fsd", "--config", str(cfg_path), *args],

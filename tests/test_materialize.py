@@ -101,6 +101,7 @@ def test_a_disk_dying_mid_copy_is_replaced_by_the_other_replicas(lab_factory, tm
     assert store.records[victim].state.value == "failed"
 
 
+@pytest.mark.services  # starts hoard processes, servers or a FUSE mount
 def test_a_full_ssd_is_named_and_no_hdd_is_blamed(store_factory, tmp_path: Path) -> None:
     """The destination fills up: exit 6 naming it, and every HDD stays active (a write error
     inside the planner's reader threads must not pass for a read error of their disk)."""

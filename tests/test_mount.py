@@ -329,6 +329,7 @@ def test_disk_failing_during_reads(lab_factory, servers, tmp_path: Path) -> None
     assert (f"on {victim} unreadable" in log or f"{victim} (failed)" in log) and "Traceback" not in log, log
 
 
+@pytest.mark.services  # starts hoard processes, servers or a FUSE mount
 def test_browsing_needs_no_database(tmp_path: Path) -> None:
     """With database_url pointing at nothing, the mount still lists batches and reads files:
     names come from the index and the manifests in the store."""
@@ -352,6 +353,7 @@ def test_browsing_needs_no_database(tmp_path: Path) -> None:
             assert hashlib.sha256(data).hexdigest() == r.sha256
 
 
+@pytest.mark.services  # starts hoard processes, servers or a FUSE mount
 @pytest.mark.expect_log(r"left out of a listing: the index entry of (object|batch) \S+ is malformed", level="WARNING")
 def test_a_damaged_index_entry_hides_itself_not_its_folder(tmp_path: Path) -> None:
     """One malformed objects-table value, or batch entry, made its whole by-hash folder (or

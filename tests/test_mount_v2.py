@@ -48,6 +48,7 @@ def _read(path: Path) -> bytes | None:
         return None
 
 
+@pytest.mark.services  # starts hoard processes, servers or a FUSE mount
 def test_redefined_view_serves_new_bytes_and_inodes_are_stable(tmp_path: Path) -> None:
     """A path of a view read (kernel caches its name and pages), then the view redefined to
     point that path at another object: the mount serves the new bytes within seconds. A
@@ -116,6 +117,7 @@ def _forty_small_objects(tmp_path: Path):
     return cfg_path, cfg, datas, shas, [int(s[:2], 16) for s in shas]
 
 
+@pytest.mark.services  # starts hoard processes, servers or a FUSE mount
 def test_a_by_hash_number_another_object_comes_to_share_is_looked_up_again(tmp_path: Path) -> None:
     """A by-hash file is numbered by its sha256's leading bits while no other object shares
     them. An object stored later with the same bits (forced here: 8 bits) makes that number
@@ -147,6 +149,7 @@ def test_a_by_hash_number_another_object_comes_to_share_is_looked_up_again(tmp_p
             assert path(shas[k]).read_bytes() == datas[k]
 
 
+@pytest.mark.services  # starts hoard processes, servers or a FUSE mount
 def test_a_by_hash_number_never_names_an_object_stored_after_its_own_was_collected(tmp_path: Path) -> None:
     """A by-hash file's number whose object is deleted and collected (gc), after which an
     object with the same leading bits is stored (forced here: 8 bits; an attacker's 2^61
@@ -193,6 +196,7 @@ def test_a_by_hash_number_never_names_an_object_stored_after_its_own_was_collect
             assert path(sha).read_bytes() == data
 
 
+@pytest.mark.services  # starts hoard processes, servers or a FUSE mount
 def test_a_name_whose_object_was_collected_unseen_is_gone_not_an_io_error(tmp_path: Path) -> None:
     """A name the kernel looked up (a file with a table row) whose object is deleted and
     collected before the mount's deletions refresh saw the tombstone (gc within its 2 s; here
@@ -219,6 +223,7 @@ def test_a_name_whose_object_was_collected_unseen_is_gone_not_an_io_error(tmp_pa
     assert "ERROR" not in log and "unreadable" not in log, log
 
 
+@pytest.mark.services  # starts hoard processes, servers or a FUSE mount
 def test_disk_added_and_replaced_while_mounted_serves_reads(tmp_path: Path) -> None:
     """Both disks replaced while the mount runs (`hoard disks add` + `hoard disks replace`):
     once the old disks are gone, every file reads from the new ones."""
@@ -454,6 +459,7 @@ def test_hung_replica_is_bypassed(lab_factory, tmp_path: Path) -> None:
     assert "Traceback" not in log
 
 
+@pytest.mark.services  # starts hoard processes, servers or a FUSE mount
 @pytest.mark.expect_log(r"names of deleted objects under train/cats not invalidated", level="WARNING")
 def test_deletions_invalidated_past_a_collected_view_manifest(tmp_path: Path) -> None:
     """A reader holds a file of a view that is then redefined and its old manifest collected
@@ -492,6 +498,7 @@ def test_deletions_invalidated_past_a_collected_view_manifest(tmp_path: Path) ->
             assert held.read() == files[0].read_bytes()
 
 
+@pytest.mark.services  # starts hoard processes, servers or a FUSE mount
 def test_object_deleted_during_a_listing_is_not_told_to_the_kernel(tmp_path: Path) -> None:
     """A directory listed in several readdir calls (a `find` or `ls` of a large directory)
     while one of its objects is deleted: the entries handed out after the deletion was seen

@@ -293,6 +293,7 @@ def test_own_dir_refuses_a_link_or_another_users_directory(tmp_path: Path) -> No
     assert modes.own_dir(tmp_path / "mine").is_dir()
 
 
+@pytest.mark.services  # starts hoard processes, servers or a FUSE mount
 def test_a_store_made_before_the_modes_is_closed_at_its_next_write(reachable: Path) -> None:
     """A store an older hoardfs made (0755 directories, 0644 files) is closed to others by the
     next writable command: the disks' and the SSD's directories are tightened."""
@@ -342,6 +343,7 @@ def test_a_link_planted_at_3c_tmp_takes_no_output_elsewhere(home: Path) -> None:
     assert list(elsewhere.iterdir()) == []
 
 
+@pytest.mark.services  # starts hoard processes, servers or a FUSE mount
 @pytest.mark.needs(os.path.exists("/dev/fuse"), "MOUNT TESTS SKIPPED: no /dev/fuse")
 def test_an_unprivileged_user_reads_nothing_through_the_mount(reachable: Path) -> None:
     """`hoard mount` runs as root with `allow_other` (so the `hoard` group's workers can read):

@@ -208,6 +208,7 @@ def test_a_target_that_dropped_off_gets_no_copy_on_the_root_filesystem(lab_facto
     store.close()
 
 
+@pytest.mark.services  # starts hoard processes, servers or a FUSE mount
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["ctrl-c", "kill-9"])
 def test_an_interrupted_rebuild_stops_at_once_and_the_next_run_finishes(tmp_path: Path, sig) -> None:
     """`hoard rebuild` slowed to 1 MB/s is interrupted (Ctrl-C, or kill -9) a few shards in:

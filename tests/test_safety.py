@@ -76,6 +76,7 @@ def _flip_byte(path: Path, offset: int) -> None:
         f.write(bytes([b[0] ^ 0x01]))
 
 
+@pytest.mark.services  # starts hoard processes, servers or a FUSE mount
 @pytest.mark.expect_log(r"set aside to .*verified records end at", level="WARNING")
 def test_recovery_keeps_the_healthy_replica(tmp_path: Path) -> None:
     """200 committed files, the writer dies before sealing, one bit flips on the second replica:
@@ -107,6 +108,7 @@ def test_recovery_keeps_the_healthy_replica(tmp_path: Path) -> None:
         assert not [e for e in store.index.recent_events(50) if e["kind"] == "recovered_shard"][1:]
 
 
+@pytest.mark.services  # starts hoard processes, servers or a FUSE mount
 @pytest.mark.expect_log(r"no replica holds all .* indexed bytes", level="ERROR")
 @pytest.mark.expect_log(r"disk d\d: read error on shard .*payload checksum mismatch", level="WARNING")
 def test_recovery_cuts_nothing_when_no_replica_is_whole(tmp_path: Path) -> None:
@@ -219,6 +221,7 @@ print(k)
 """
 
 
+@pytest.mark.services  # starts hoard processes, servers or a FUSE mount
 def test_ingest_racing_delete_and_gc_loses_nothing(tmp_path: Path) -> None:
     """One process ingests the same files as batch after batch (store, pin, manifest, unpin);
     another deletes each batch as soon as it appears and runs gc. Every file of the batch
@@ -255,6 +258,7 @@ time.sleep(60)
 """
 
 
+@pytest.mark.services  # starts hoard processes, servers or a FUSE mount
 def test_index_rebuild_and_gc_refused_while_a_writer_runs(tmp_path: Path) -> None:
     """`hoard index rebuild` refuses (exit 3) while another process holds the store, naming its
     pid and command; so does a second maintenance job while gc holds the maintenance lock."""
@@ -395,6 +399,7 @@ def test_events_are_pruned(store_factory) -> None:
     assert store.index.prune_events(max_age_s=0.001) == len(kept)
 
 
+@pytest.mark.services  # starts hoard processes, servers or a FUSE mount
 def test_a_sealed_record_is_never_cut_by_recovery_of_a_sealed_replica(tmp_path: Path) -> None:
     """A crash between the seal rename and the index update: the renamed replica's footer
     decides, the other (still open) replica is sealed to match, nothing is lost."""

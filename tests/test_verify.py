@@ -15,6 +15,7 @@ from tests.test_store import check_store
 
 
 # the victim is the first replica file by path; which disk holds it is placement's choice
+@pytest.mark.services  # starts hoard processes, servers or a FUSE mount
 @pytest.mark.expect_log(r"disk d\d: verify error on shard \w+: payload checksum mismatch", level="WARNING")
 def test_bit_flip_found_and_repaired(tmp_path: Path) -> None:
     cfg_path = str(dir_disks_config(tmp_path, 3, shard_size_mb=1))
@@ -63,6 +64,7 @@ def test_sample_and_budget(tmp_path: Path) -> None:
         assert len({m.shard_id for m in store.index.iter_shards() if m.verified is None}) == len(never) - 1
 
 
+@pytest.mark.services  # starts hoard processes, servers or a FUSE mount
 def test_verify_one_batch(tmp_path: Path) -> None:
     """`--batch ID` checks only the shards that hold that batch's files (and its manifest);
     an unknown batch is a usage error."""
@@ -108,6 +110,7 @@ def test_sample_is_oldest_verified_first_and_deterministic(tmp_path: Path) -> No
                                                             if m.verified != stamp[m.shard_id]}
 
 
+@pytest.mark.services  # starts hoard processes, servers or a FUSE mount
 def test_verify_cli_says_what_it_did(tmp_path: Path) -> None:
     """An unknown --disk is refused listing the labels (exit 2); an empty store says there is
     nothing to verify; a small --sample of a store with shards verifies at least one."""

@@ -41,6 +41,7 @@ with Store.open(config.load(cfg_path)) as store:
 """
 
 
+@pytest.mark.services  # starts hoard processes, servers or a FUSE mount
 def test_a_view_removed_while_another_is_defined_never_tombstones_what_the_other_names(
         store_factory, tmp_path: Path) -> None:
     """Removing a view tombstones the objects it owned (made for it) that no other view names.
@@ -83,6 +84,7 @@ def test_removing_a_view_tombstones_only_what_it_owned(store_factory, tmp_path: 
     assert store.index.marked_among(store.index.deleted, [bytes.fromhex(s) for s in (a, b, c)]) == {bytes.fromhex(c)}
 
 
+@pytest.mark.services  # starts hoard processes, servers or a FUSE mount
 def test_a_view_is_named_only_after_every_object_of_its_manifest_is_durable(
         store_factory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The write order of a definition, followed call by call: an index transaction never
@@ -148,6 +150,7 @@ def test_a_view_is_named_only_after_every_object_of_its_manifest_is_durable(
     assert [k for k, _ in events[first_name:]] == ["pointer"] and store.index.get_view("ordered") == info
 
 
+@pytest.mark.services  # starts hoard processes, servers or a FUSE mount
 def test_view_add_refuses_names_and_paths_a_copy_out_of_the_mount_cannot_make(tmp_path: Path) -> None:
     """A name over 255 bytes (which the mount would serve but `cp -r` out of it cannot
     create) and a path over 4096 bytes are refused in one line naming the path, nothing is

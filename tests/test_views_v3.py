@@ -30,6 +30,9 @@ from fsd.outputs.views import define_view_rows, remove_view
 from tests.conftest import dir_disks_config, make_files
 from tests.test_cli import hoard
 
+# tier: the module's tests start hoard processes, servers or a FUSE mount
+pytestmark = pytest.mark.services
+
 REPO = Path(__file__).resolve().parent.parent
 
 
