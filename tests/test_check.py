@@ -22,7 +22,7 @@ from fsd.maintenance.orphans import sweep
 from fsd.io.replicate import replicate_once
 from fsd.store import Store
 from fsd.io.writer import _lock, _unlock
-from tests.conftest import dir_disks_config, make_files, use_schema
+from tests.helpers import dir_disks_config, make_files, use_schema
 
 REPO = Path(__file__).resolve().parent.parent
 OLD = time.time() - 3 * 86400
@@ -253,7 +253,7 @@ def test_an_orphan_that_does_not_read_is_kept(lab_factory, tmp_path: Path) -> No
     the sweep took "unreadable" for "nothing in it", set it aside and `--repair` deleted it —
     the only copy of its objects when an index rebuild had left them out. It is kept and
     named (exit 5 from the CLI), where it is."""
-    from tests.conftest import write_config
+    from tests.helpers import write_config
     from tests.lab import DiskProfile
     from tests.test_cli import hoard
 

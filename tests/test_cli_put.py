@@ -16,7 +16,7 @@ import pytest
 
 from fsd.base import config
 from fsd.store import Store
-from tests.conftest import dir_disks_config, make_files
+from tests.helpers import dir_disks_config, make_files
 from tests.terminal import as_foreground
 
 # tier: the module's tests start hoard processes, servers or a FUSE mount

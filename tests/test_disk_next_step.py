@@ -14,7 +14,7 @@ from fsd.base import config
 from fsd.core.disks import DiskState
 from fsd.maintenance.health import store_status
 from fsd.store import Store
-from tests.conftest import dir_disks_config, make_files
+from tests.helpers import dir_disks_config, make_files
 from tests.test_cli import hoard
 
 

@@ -12,7 +12,7 @@ import pytest
 
 from fsd.base import config
 from fsd.store import Store
-from tests.conftest import dir_disks_config, make_files
+from tests.helpers import dir_disks_config, make_files
 from tests.test_cli import hoard
 from tests.test_store import check_store
 

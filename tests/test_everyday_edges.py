@@ -21,7 +21,7 @@ from jobs import ingest as ua1
 from jobs import outputs
 from sql import browse
 from sql.selectors import query_nodes
-from tests.conftest import dir_disks_config, make_files
+from tests.helpers import dir_disks_config, make_files
 from tests.test_ingest import ingest_all, ingest_home
 
 # tier: the module's tests start hoard processes, servers or a FUSE mount

@@ -18,7 +18,7 @@ from fsd.maintenance.deletion import drop_batch, hide, release
 from fsd.maintenance.gc import GcNoSpace, gc
 from fsd.core.records import ObjectNotFound
 from fsd.store import Store
-from tests.conftest import make_files, write_config
+from tests.helpers import make_files, write_config
 
 
 def _register(store: Store, batch_id: str, results) -> None:
@@ -255,7 +255,7 @@ def test_delete_unknown_node_is_refused(hoard_home: Path, pg) -> None:
     """`hoard delete --node` of a sha256 the store does not hold exits 5 naming it and changes
     nothing (a known node given with it is not hidden either)."""
     from sql.migrate import migrate
-    from tests.conftest import use_schema
+    from tests.helpers import use_schema
 
     migrate(pg)
     cfg_path = use_schema(hoard_home, pg)

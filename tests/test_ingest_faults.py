@@ -222,7 +222,7 @@ def test_finish_counts_copies_on_the_disk_states_after_its_top_up(tmp_path: Path
     from fsd.core import storelock
     from fsd.core.disks import DiskState
     from fsd.core.layout import lock_root
-    from tests.conftest import dir_disks_config, make_files
+    from tests.helpers import dir_disks_config, make_files
 
     cfg = config.load(dir_disks_config(tmp_path, 3, shard_size_mb=8))
     with Store.open(cfg, init=True) as store:

@@ -13,7 +13,7 @@ import pytest
 from fsd.core import marks
 from fsd.base import config
 from jobs.health import collect
-from tests.conftest import make_files
+from tests.helpers import make_files
 from tests.test_cli_put import _hoard
 from tests.test_cli_put import _store as _cli_store
 

@@ -24,7 +24,7 @@ from fsd.outputs.manifest import (DIR_FORMAT, INLINE_ENTRIES, VIEW_FORMAT, Tree,
 from fsd.core.records import ObjectNotFound
 from fsd.store import Store
 from fsd.outputs.views import ViewError, define_view, define_view_rows, remove_view
-from tests.conftest import dir_disks_config, make_files
+from tests.helpers import dir_disks_config, make_files
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -17,7 +17,7 @@ from fsd.maintenance.deletion import drop_batch
 from fsd.maintenance.gc import gc
 from fsd.maintenance.reindex import rebuild_index
 from fsd.store import Store
-from tests.conftest import make_files
+from tests.helpers import make_files
 from tests.test_gc import _register
 from tests.test_marks import _own_log
 from tests.test_roots import _reads_back
@@ -551,7 +551,7 @@ def test_a_disk_that_vanishes_gets_the_marks_it_missed(lab_factory, tmp_path: Pa
     from fsd.base import config
     from fsd.maintenance.check import check
     from fsd.maintenance.deletion import hide
-    from tests.conftest import write_config
+    from tests.helpers import write_config
     from tests.lab import DiskProfile
 
     lab = lab_factory([DiskProfile(f"m{i}", 200, 500, 500, 5000) for i in (1, 2, 3)], throttle=False)
@@ -586,7 +586,7 @@ def test_a_disk_that_vanishes_and_comes_back_during_an_append_is_not_counted(lab
     from fsd.io import copies
     from fsd.base import config
     from fsd.maintenance.deletion import hide
-    from tests.conftest import write_config
+    from tests.helpers import write_config
     from tests.lab import DiskProfile
 
     lab = lab_factory([DiskProfile(f"m{i}", 120, 500, 500, 5000) for i in (1, 2, 3)], throttle=False)

@@ -19,7 +19,7 @@ from fsd.base.errors import ExitCode, HoardError
 from fsd.base.files import SYNC_FILE_RANGE_ALL, SYNC_FILE_RANGE_WRITE, sync_file_range
 from fsd.outputs import materialize as materialize_mod
 from fsd.outputs.materialize import Item, materialize
-from tests.conftest import make_files
+from tests.helpers import make_files
 from tests.lab import DiskProfile, drop_caches
 from tests.test_store_lab import _lab_store
 

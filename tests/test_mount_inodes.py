@@ -19,7 +19,7 @@ from fsd.mount.namespace import DERIVED, ROOT, Namespace, Node, inode_of
 from fsd.mount.reader import Reader
 from fsd.store import Store
 from fsd.outputs.views import define_view_rows
-from tests.conftest import dir_disks_config
+from tests.helpers import dir_disks_config
 
 
 @pytest.fixture
@@ -320,7 +320,7 @@ def _drop_page_cache(root: Path) -> None:
             os.close(fd)
 
 
-def test_lone_records_kept_apart_from_read_ahead(tmp_path: Path, monkeypatch) -> None:
+def test_lone_records_kept_apart_from_read_ahead(disk_path: Path, monkeypatch) -> None:
     """Shuffled reads of tiny objects keep at most LONE_BYTES of their pages (the kernel's
     page cache has them too, and serves a page read again without a thread hop) and never
     push out what read-ahead fetched; reading in order still grows a window and serves the
@@ -330,7 +330,7 @@ def test_lone_records_kept_apart_from_read_ahead(tmp_path: Path, monkeypatch) ->
     # no hedging: on a busy machine a read slower than 0.5 s is asked of the other replica too,
     # and that second read of the same record looks like a reader going on in order
     monkeypatch.setattr(reader_mod, "HEDGE_MIN", 60.0)
-    cfg = config.load(dir_disks_config(tmp_path, 2, shard_size_mb=256))  # (one shard)
+    cfg = config.load(dir_disks_config(disk_path, 2, shard_size_mb=256))  # (one shard)
     store = Store.open(cfg, init=True)
     payloads = [b"tiny %05d\n" % i + bytes(3000) for i in range(3000)]  # ~3 KB: about one page each
     shas = [bytes.fromhex(r.sha256) for r in store.put_bytes_many(payloads)]
@@ -359,12 +359,12 @@ def test_lone_records_kept_apart_from_read_ahead(tmp_path: Path, monkeypatch) ->
         assert reader._small_nowait(shas[k], loc) == payloads[k]
         assert (cache.used, cache.lone_used) == before
         # … not once the kernel dropped its pages: RWF_NOWAIT refuses to wait for the disk
-        _drop_page_cache(tmp_path)
+        _drop_page_cache(disk_path)
         assert reader._small_nowait(shas[k], loc) is None
         assert await reader.read_small(shas[k]) == payloads[k]  # (the threaded path reads it)
         assert reader._small_nowait(shas[k], loc) == payloads[k]
         # in order (pages not cached): the window grows, read-ahead is kept in the main part
-        _drop_page_cache(tmp_path)
+        _drop_page_cache(disk_path)
         await read(stored[1000:1600])
         assert cache.used > 0 and cache.lone_used <= cache.lone_budget
         kept = dict(cache.lru)

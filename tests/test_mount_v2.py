@@ -20,7 +20,7 @@ from fsd.mount.queue import BACKGROUND, DiskQueue
 from fsd.mount.reader import BLOCK, PREFETCH_BLOCKS
 from fsd.store import Store
 from fsd.outputs.views import define_view
-from tests.conftest import dir_disks_config, make_files, write_config
+from tests.helpers import dir_disks_config, make_files, write_config
 from tests.test_mount import mounted
 
 pytestmark = pytest.mark.needs(os.path.exists("/dev/fuse"), "MOUNT TESTS SKIPPED: no /dev/fuse")

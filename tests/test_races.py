@@ -14,7 +14,7 @@ import pytest
 from fsd.base import config
 from fsd.maintenance.deletion import release
 from fsd.store import Store
-from tests.conftest import dir_disks_config, make_files
+from tests.helpers import dir_disks_config, make_files
 
 # tier: the module's tests start hoard processes, servers or a FUSE mount
 pytestmark = pytest.mark.services

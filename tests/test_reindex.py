@@ -16,7 +16,7 @@ from fsd.base.errors import HoardError
 from fsd.maintenance.reindex import index_copies
 from fsd.io.replicate import replicate_once
 from fsd.store import Store
-from tests.conftest import dir_disks_config, make_files, write_config
+from tests.helpers import dir_disks_config, make_files, write_config
 from tests.lab import DiskProfile
 from tests.test_cli import hoard
 from tests.test_store import check_store

@@ -27,7 +27,7 @@ from fsd.maintenance.rebuild import rebuild
 from fsd.io.replica import check_replica, copy_shard
 from fsd.io.replicate import repair_reported
 from fsd.store import Store
-from tests.conftest import dir_disks_config, write_config
+from tests.helpers import dir_disks_config, write_config
 from tests.lab import DiskProfile
 from tests.test_safety import _flip_byte
 from tests.test_store import check_store

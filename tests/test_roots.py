@@ -24,7 +24,7 @@ from fsd.maintenance.gc import gc
 from fsd.core.records import ObjectNotFound
 from fsd.maintenance.reindex import rebuild_index
 from fsd.store import Store
-from tests.conftest import make_files
+from tests.helpers import make_files
 from tests.test_cli_put import _hoard
 from tests.test_cli_put import _store as _cli_store
 from tests.test_gc import _register
@@ -165,7 +165,7 @@ def test_put_racing_delete_batch_and_gc_loses_nothing(hoard_home: Path, pg, tmp_
     process drops the batch and gcs, three rounds with new batches; every object `put --json`
     printed reads back afterwards, whatever the interleaving."""
     from sql.migrate import migrate
-    from tests.conftest import use_schema
+    from tests.helpers import use_schema
 
     migrate(pg)
     cfg = Path(use_schema(hoard_home, pg))

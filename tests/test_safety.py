@@ -23,7 +23,7 @@ from fsd.maintenance.deletion import drop_batch
 from fsd.maintenance.gc import gc
 from fsd.core.index import Index
 from fsd.store import Store
-from tests.conftest import dir_disks_config, make_files
+from tests.helpers import dir_disks_config, make_files
 from tests.test_store import check_store
 
 REPO = Path(__file__).resolve().parent.parent
@@ -479,7 +479,7 @@ def test_a_reader_that_looked_up_before_a_gc_swap_still_reads(store_factory, tmp
 def _store_on_a_small_ssd(lab_factory, tmp_path: Path, n: int, seed: int) -> tuple[Path, Path, list[str]]:
     """Two directory disks, the index on a 24 MB lab SSD, `n` files put by the CLI: (the
     config, the SSD's mount point, the digests the put reported)."""
-    from tests.conftest import write_config
+    from tests.helpers import write_config
     from tests.lab import DiskProfile
     from tests.test_cli import hoard
 

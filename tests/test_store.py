@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from fsd.core import shardfmt as fmt
 from fsd.core.placement import NoSpace
 from fsd.core.records import DataError, ObjectNotFound
-from tests.conftest import make_files
+from tests.helpers import make_files
 
 
 def _sha(p: Path) -> str:
@@ -240,7 +240,7 @@ def planner_store(tmp_path_factory):
     """Three disks, two replicas a shard, 1 MiB shards of 600 objects of 2-20 KB (read only)."""
     from fsd.base import config
     from fsd.store import Store
-    from tests.conftest import write_config
+    from tests.helpers import write_config
 
     root = tmp_path_factory.mktemp("planner")
     disks = [(f"d{i}", root / "disks" / f"d{i}", None) for i in (1, 2, 3)]

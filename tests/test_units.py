@@ -18,7 +18,7 @@ from fsd.base.units import fmt_bytes
 from fsd.maintenance.deletion import release
 from fsd.mount.watch import render_health
 from fsd.store import Store
-from tests.conftest import dir_disks_config, make_files
+from tests.helpers import dir_disks_config, make_files
 
 REPO = Path(__file__).resolve().parent.parent
 

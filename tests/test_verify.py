@@ -9,7 +9,7 @@ import pytest
 
 from fsd.base import config
 from fsd.store import Store
-from tests.conftest import dir_disks_config, make_files
+from tests.helpers import dir_disks_config, make_files
 from tests.test_cli import hoard
 from tests.test_store import check_store
 
@@ -135,7 +135,7 @@ def test_a_disk_vanishing_before_its_repair_is_named_not_a_traceback(lab_factory
     is reported bad and not stamped verified, every object reads; with the disk back, the
     next `verify --repair` mends it."""
     from fsd.io.scrub import verify
-    from tests.conftest import write_config
+    from tests.helpers import write_config
     from tests.lab import DiskProfile
     from tests.test_safety import _flip_byte
 

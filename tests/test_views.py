@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from fsd.outputs.views import ViewError, define_view
-from tests.conftest import make_files
+from tests.helpers import make_files
 
 
 def test_file_that_is_another_paths_directory_is_refused(store_factory, tmp_path: Path) -> None:
@@ -159,7 +159,7 @@ def test_view_add_refuses_names_and_paths_a_copy_out_of_the_mount_cannot_make(tm
 
     from fsd.base import config
     from fsd.store import Store
-    from tests.conftest import dir_disks_config
+    from tests.helpers import dir_disks_config
     from tests.test_cli import hoard
 
     cfg = str(dir_disks_config(tmp_path, 2, shard_size_mb=1))

@@ -388,7 +388,7 @@ def test_health_shows_the_same_figures(hoard_home: Path, pg) -> None:
     """`hoard health --json` carries `hoard zones`' figures (reserved, free, reservations,
     outputs) and names a stale reservation and an incomplete output as problems; `hoard
     health` shows the short form."""
-    from tests.conftest import use_schema
+    from tests.helpers import use_schema
 
     cfg = config.load(use_schema(hoard_home, pg))
     assert hoard(cfg, "init").returncode == 0
@@ -572,7 +572,7 @@ def test_a_zone_on_a_full_file_system_refuses_what_its_quota_would_admit(tmp_pat
         subprocess.run(["umount", str(z)], check=True)
 
 
-def test_charge_counts_every_level_of_a_deep_tree(tmp_path: Path) -> None:
+def test_charge_counts_every_level_of_a_deep_tree(disk_path: Path) -> None:
     """A layout like {sha256:1}/{sha256:2}/{sha256:3}/{sha256} makes three directory levels:
     counting only each file's parent directory undercounts what `du` finds; `tree_dirs`
     counts every level, and the charge covers the written tree."""
@@ -580,7 +580,7 @@ def test_charge_counts_every_level_of_a_deep_tree(tmp_path: Path) -> None:
     for i in range(60):
         h = hashlib.sha256(str(i).encode()).hexdigest()
         paths.append(f"{h[:1]}/{h[:2]}/{h[:3]}/{h}.jpg")
-    tree = tmp_path / "tree"
+    tree = disk_path / "tree"
     for p in paths:
         fill(tree / p, 100)
     on_disk = zones.du(tree)
