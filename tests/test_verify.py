@@ -9,7 +9,7 @@ import pytest
 
 from fsd.base import config
 from fsd.store import Store
-from tests.helpers import dir_disks_config, make_files
+from tests.helpers import dir_disks_config, flip_byte, make_files
 from tests.test_cli import hoard
 from tests.test_store import check_store
 
@@ -137,8 +137,6 @@ def test_a_disk_vanishing_before_its_repair_is_named_not_a_traceback(lab_factory
     from fsd.io.scrub import verify
     from tests.helpers import write_config
     from tests.lab import DiskProfile
-    from tests.test_safety import _flip_byte
-
     lab = lab_factory([DiskProfile(f"v{i}", 200, 500, 500, 5000) for i in (1, 2, 3)], throttle=False)
     disks = [(k, d.mountpoint, None) for k, d in lab.disks.items()]
     cfg = config.load(write_config(tmp_path, disks, allow_dirs=False, shard_size_mb=1, copy_of_raw=2))
@@ -146,7 +144,7 @@ def test_a_disk_vanishing_before_its_repair_is_named_not_a_traceback(lab_factory
     results = store.put_many(make_files(tmp_path / "in", 60))
     victim = sorted(p for d in lab.disks.values() for p in (d.mountpoint / "shards").rglob("*.shard"))[0]
     label = next(k for k, d in lab.disks.items() if victim.is_relative_to(d.mountpoint))
-    _flip_byte(victim, victim.stat().st_size // 3)
+    flip_byte(victim, victim.stat().st_size // 3)
     gone, calls = [], []
     replicas = sum(len(m.replicas) for m in store.index.iter_shards() if m.sealed)
 
