@@ -22,8 +22,11 @@ import pytest
 import redis
 
 from tests import lab as lab_mod
-from tests.helpers import REPO, fresh_schema, write_config
-from tests.helpers import make_files  # noqa: F401 - tests/test_review_w3s.py imports it from here
+from tests.helpers import REPO, fresh_schema, missing, write_config
+# re-exported for test files written before tests/helpers.py (test_review_w3s/w3x, other
+# branches) that import them from here; new code imports tests.helpers
+from tests.helpers import (REALDATA, dir_disks_config, flip_byte, make_files, needs_realdata,  # noqa: F401
+                           use_schema)
 
 
 @pytest.fixture(autouse=True)
@@ -133,18 +136,11 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
     for mark in item.iter_markers("needs"):
         available, reason = mark.args
         if not available:
-            _missing(reason)
-
-
-def _missing(msg: str) -> None:
-    if os.environ.get("CI"):
-        pytest.fail(msg + " (CI must run these tests)", pytrace=False)
-    print(f"\n*** {msg} ***", file=sys.stderr)
-    pytest.skip(msg)
+            missing(reason)
 
 
 def _lab_unavailable(e: lab_mod.LabUnavailable):
-    _missing(f"DISK LAB UNAVAILABLE: {e}")
+    missing(f"DISK LAB UNAVAILABLE: {e}")
 
 
 def _lab_or_skip(profiles, **options) -> lab_mod.Lab:
@@ -167,7 +163,7 @@ def disk_path() -> Iterator[Path]:
 def fuse() -> None:
     """A test that mounts FUSE asks for this: skipped loudly (failed in CI) without /dev/fuse."""
     if not os.path.exists("/dev/fuse"):
-        _missing("MOUNT TESTS SKIPPED: no /dev/fuse")
+        missing("MOUNT TESTS SKIPPED: no /dev/fuse")
 
 
 @pytest.fixture
@@ -255,7 +251,10 @@ DECLARED_HERE = {
                                  "test_rewrite_marks_that_leaves_a_disk_behind_says_so",
                                  "test_a_pointer_file_whose_name_is_not_utf8_is_skipped_not_a_traceback",
                                  "test_a_stray_log_beside_the_marks_log_gets_advice_that_works"},
-    "tests/test_review_w3x.py": {"test_a_loopback_trusted_proxy_is_refused_with_the_way_to_do_it"},
+    "tests/test_review_w3x.py": {"test_a_loopback_trusted_proxy_is_refused_with_the_way_to_do_it",
+                                 # on main by the time this landed:
+                                 "test_an_output_checked_for_its_seal_is_read_never_from_a_fifo",
+                                 "test_a_proxy_socket_where_another_user_could_replace_it_is_refused"},
 }
 
 

@@ -21,6 +21,7 @@ from fsd.outputs import seal, zones
 from fsd.base import config
 from fsd.base.errors import ExitCode
 from fsd.base.units import fmt_bytes
+from tests.helpers import missing
 
 REPO = Path(__file__).resolve().parent.parent
 MiB = 1 << 20
@@ -541,7 +542,7 @@ def test_a_zone_on_a_full_file_system_refuses_what_its_quota_would_admit(tmp_pat
     cfg = zone_config(tmp_path)
     z = cfg.ssd.zone_path("3C")
     if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(z)], capture_output=True).returncode:
-        pytest.skip("cannot mount a tmpfs here (needs root)")
+        missing("TMPFS MOUNT UNAVAILABLE (needs root)")
     try:
         fill(z / "loose.bin", 4 * MiB - 64 * 1024)
         u = zones.zone_usage(cfg, "3C")
@@ -601,7 +602,7 @@ def test_zones_sharing_a_file_system_count_each_others_reservations(tmp_path: Pa
     cfg = zone_config(tmp_path)
     ssd = cfg.ssd.root
     if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=6m", "tmpfs", str(ssd)], capture_output=True).returncode:
-        pytest.skip("cannot mount a tmpfs here (needs root)")
+        missing("TMPFS MOUNT UNAVAILABLE (needs root)")
     try:
         for z in ("3A", "3B", "3C", "3D"):
             cfg.ssd.zone_path(z).mkdir()
