@@ -1,6 +1,7 @@
 # hoardfs — two commands from a fresh Debian 12 machine:
 #   make demo   install what is missing, start the embedded default, run the main job
 #   make test   same bootstrap, then the test suite against a separate test database
+#   make test-fast  the unit tier alone: the .venv, no services (docs/testing.md, Tiers)
 # Both are idempotent: a second run reuses the .venv, the packages and the services.
 
 SHELL := /bin/bash
@@ -17,11 +18,12 @@ VENV := .venv
 HOARD := $(VENV)/bin/hoard
 STAMP := $(VENV)/.installed
 
-.PHONY: help demo test lint chaos peers bench deps venv up down clean
+.PHONY: help demo test test-fast lint chaos peers bench deps venv up down clean
 
 help:
 	@echo "make demo   - install, start the embedded default and run the main job"
 	@echo "make test   - install, start services and run the tests (separate test DB)"
+	@echo "make test-fast - the unit tier only (no services, FUSE, disk lab or browser; under a minute)"
 	@echo "make lint   - ruff and mypy as configured in pyproject.toml (CI runs it before the tests)"
 	@echo "make chaos  - the long chaos suite: SEEDS=200 seeds from SEED0 (tests/chaos)"
 	@echo "make peers  - hoardfs vs cp, git-annex, SnapRAID and mergerfs on one corpus (bench/peers; ARGS=...)"
@@ -58,6 +60,14 @@ demo: up
 
 test: up
 	@$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+
+# the unit tier needs no PostgreSQL, Redis, FUSE, disk lab or browser: the venv is enough.
+# Its temporary files are in RAM (/dev/shm): it tests logic, not durability (a test of what a
+# disk's file system does otherwise asks for tests/conftest.py's disk_path)
+FAST_TMP := $(if $(wildcard /dev/shm),/dev/shm,/tmp)/hoard-test-fast-$(shell id -u)
+test-fast: venv
+	@rc=0; $(VENV)/bin/python -m pytest -m unit --basetemp=$(FAST_TMP) $(PYTEST_ARGS) || rc=$$?; \
+	  rm -rf $(FAST_TMP); exit $$rc
 
 # the linters need the .venv (the dev extra pins them) but no service; settings in pyproject.toml
 lint: venv

@@ -16,7 +16,7 @@ sys.path.insert(0, str(REPO))
 
 from fsd.base import config  # noqa: E402
 from fsd.store import Store  # noqa: E402
-from tests.conftest import write_config  # noqa: E402
+from tests.helpers import write_config  # noqa: E402
 from tests.lab import LAB4, Lab, drop_caches  # noqa: E402, F401
 
 

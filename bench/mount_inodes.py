@@ -28,7 +28,7 @@ from fsd.mount.namespace import ROOT, Namespace
 from fsd.mount.reader import Reader
 from fsd.store import Store
 from fsd.outputs.views import define_view_rows
-from tests.conftest import dir_disks_config
+from tests.helpers import dir_disks_config
 
 CHUNK = 50_000
 

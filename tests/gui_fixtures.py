@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import use_schema
+from tests.helpers import use_schema
 
 PASSWORDS = {"ada": "admin-pass-1", "otto": "operator-pass-1", "vera": "viewer-pass-1"}
 ROLES = {"ada": "admin", "otto": "operator", "vera": "viewer"}

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from adapters import FORMATS, parse_batch
 from adapters.intent import build_intent
 from sql.intents import parse_intent
-from tests.conftest import REALDATA
+from tests.helpers import REALDATA
 
 PNG = bytes.fromhex("89504e470d0a1a0a0000000d49484452000000010000000108060000001f15c4890000000d49444154789c63f8ff"
                     "ff3f0005fe02fea7d6a4a00000000049454e44ae426082")

@@ -13,7 +13,7 @@ from adapters.intent import build_intent, small_raw
 from adapters.synth import Spec, generate
 from fsd.base.config import SOURCE_FORMATS
 from sql.intents import parse_intent
-from tests.conftest import REALDATA, needs_realdata
+from tests.helpers import REALDATA, needs_realdata
 
 
 def _batch(tmp_path: Path, files: dict[str, Path | bytes]) -> Path:

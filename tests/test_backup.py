@@ -16,7 +16,7 @@ from fsd.store import Store
 from sql.apply import apply_write_intent
 from sql.backup import dump_backup, verify_dump
 from sql.migrate import available, migrate
-from tests.conftest import dir_disks_config, make_files, use_schema
+from tests.helpers import dir_disks_config, make_files, use_schema
 from tests.test_cli import hoard
 from tests.test_ingest import ingest_sample
 

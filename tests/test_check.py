@@ -22,7 +22,7 @@ from fsd.maintenance.orphans import sweep
 from fsd.io.replicate import replicate_once
 from fsd.store import Store
 from fsd.io.writer import _lock, _unlock
-from tests.conftest import dir_disks_config, make_files, use_schema
+from tests.helpers import dir_disks_config, make_files, use_schema
 
 REPO = Path(__file__).resolve().parent.parent
 OLD = time.time() - 3 * 86400
@@ -113,6 +113,7 @@ def test_a_truncated_replica_is_named_and_the_others_footer_is_read(tmp_path: Pa
         store.close()
 
 
+@pytest.mark.services  # starts hoard processes, servers or a FUSE mount
 def test_a_malformed_index_entry_is_named_not_a_traceback(tmp_path: Path) -> None:
     """An objects-table value of the wrong length or a shard entry that is not JSON (an SSD
     that corrupted the index, a tool that wrote it): `hoard check` names each as "malformed"
@@ -147,6 +148,7 @@ def test_a_malformed_index_entry_is_named_not_a_traceback(tmp_path: Path) -> Non
             assert sha256(again.get(r.sha256)).hexdigest() == r.sha256
 
 
+@pytest.mark.services  # starts hoard processes, servers or a FUSE mount
 @pytest.mark.expect_log(r"a disk state the old index held is not kept", level="WARNING", optional=True)
 @pytest.mark.parametrize("entry", ["disk record not JSON", "shard replicas null", "retired not JSON",
                                    "batch not JSON", "view a JSON list", "object key of 31 bytes"])
@@ -251,7 +253,7 @@ def test_an_orphan_that_does_not_read_is_kept(lab_factory, tmp_path: Path) -> No
     the sweep took "unreadable" for "nothing in it", set it aside and `--repair` deleted it —
     the only copy of its objects when an index rebuild had left them out. It is kept and
     named (exit 5 from the CLI), where it is."""
-    from tests.conftest import write_config
+    from tests.helpers import write_config
     from tests.lab import DiskProfile
     from tests.test_cli import hoard
 
@@ -315,6 +317,7 @@ def test_orphans_are_set_aside_never_lost(tmp_path: Path) -> None:
         store.close()
 
 
+@pytest.mark.services  # starts hoard processes, servers or a FUSE mount
 def test_a_put_that_filled_the_disks_leaves_nothing_check_cannot_clear(tmp_path: Path) -> None:
     """Issue #33: `hoard put` of large files hits disks full (exit 6), `hoard delete --object`
     of what it stored, `hoard gc` → `hoard check` exit 5 "chunk map entry for <sha>, which is

@@ -4,6 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
+# tier: the module's tests start hoard processes, servers or a FUSE mount
+pytestmark = pytest.mark.services
+
 pytest_plugins = ["pytester"]
 
 

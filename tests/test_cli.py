@@ -13,7 +13,10 @@ import pytest
 
 from fsd.outputs import seal
 from jobs.queues import fetch_job, rq_queue
-from tests.conftest import use_schema
+from tests.helpers import use_schema
+
+# tier: the module's tests start hoard processes, servers or a FUSE mount
+pytestmark = pytest.mark.services
 
 SKELETON = ["init", "disks", "put", "get", "ingest", "stage", "export", "verify", "rebuild", "gc",
             "index", "health", "mount", "worker", "gui", "db"]

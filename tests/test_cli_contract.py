@@ -23,7 +23,7 @@ import pytest
 import typer.main
 
 from fsd.cli import app
-from tests.conftest import use_schema
+from tests.helpers import use_schema
 
 REPO = Path(__file__).resolve().parent.parent
 ALLOWED = {0, 2, 3, 4, 5, 6, 9, 130, 141}
@@ -122,7 +122,7 @@ def test_every_command_is_in_the_contract() -> None:
 def world(tmp_path_factory, servers):
     """A real store with one object, and configs with PostgreSQL or Redis unreachable; after
     every command has run with every bad input, that object still reads back intact."""
-    from tests.conftest import fresh_schema
+    from tests.helpers import fresh_schema
 
     home = tmp_path_factory.mktemp("contract")
     disks = "\n".join(f'[[disks]]\nlabel = "hdd{i}"\npath = "disks/hdd{i}"\ncapacity_gb = 1\n' for i in range(1, 5))

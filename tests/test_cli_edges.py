@@ -15,7 +15,10 @@ import pytest
 
 from fsd.base import config
 from fsd.store import Store
-from tests.conftest import dir_disks_config, use_schema
+from tests.helpers import dir_disks_config, use_schema
+
+# tier: the module's tests start hoard processes, servers or a FUSE mount
+pytestmark = pytest.mark.services
 
 REPO = Path(__file__).resolve().parent.parent
 

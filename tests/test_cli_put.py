@@ -12,10 +12,15 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from fsd.base import config
 from fsd.store import Store
-from tests.conftest import dir_disks_config, make_files
+from tests.helpers import dir_disks_config, make_files
 from tests.terminal import as_foreground
+
+# tier: the module's tests start hoard processes, servers or a FUSE mount
+pytestmark = pytest.mark.services
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -131,6 +131,7 @@ def test_missing_and_unreadable_files(tmp_path: Path, monkeypatch) -> None:
         config.load(tmp_path / "bin.toml")
 
 
+@pytest.mark.services  # starts hoard processes, servers or a FUSE mount
 def test_cli_prints_one_line_and_exits_2(tmp_path: Path) -> None:
     """`hoard health` with a bad file: exit 2, one line on stderr, no traceback."""
     path = _write(tmp_path, GOOD + "[store]\nwrite_ack = 'two'\n")

@@ -14,7 +14,7 @@ from fsd.base import config
 from fsd.core.disks import DiskState
 from fsd.maintenance.health import store_status
 from fsd.store import Store
-from tests.conftest import dir_disks_config, make_files
+from tests.helpers import dir_disks_config, make_files
 from tests.test_cli import hoard
 
 
@@ -68,6 +68,7 @@ def _all_read_back(cfg_path: Path, results: list) -> None:
             assert hashlib.sha256(st.get(res.sha256)).hexdigest() == res.sha256
 
 
+@pytest.mark.services  # starts hoard processes, servers or a FUSE mount
 def test_draining_then_forgotten(tmp_path: Path) -> None:
     """A retired (draining) disk: `hoard replicate`, then `hoard disks forget` — or `hoard disks
     activate` to keep it; once forgotten, removing its table leaves no card."""
@@ -92,6 +93,7 @@ def test_draining_then_forgotten(tmp_path: Path) -> None:
     _all_read_back(cfg_path, results)
 
 
+@pytest.mark.services  # starts hoard processes, servers or a FUSE mount
 def test_unregistered_new_disk_and_forgotten_unmounted_disk(tmp_path: Path) -> None:
     """A [[disks]] table whose path has no identity: a new disk gets one from `hoard init`; a
     disk forgotten and unmounted before its table was removed shows the same, and the advice
@@ -118,6 +120,7 @@ def test_unregistered_new_disk_and_forgotten_unmounted_disk(tmp_path: Path) -> N
     _all_read_back(cfg_path, results)
 
 
+@pytest.mark.services  # starts hoard processes, servers or a FUSE mount
 def test_registered_but_not_in_the_config(tmp_path: Path) -> None:
     """A disk whose table was removed while it held replicas: `hoard disks forget` alone is
     refused, `hoard replicate` then `hoard disks forget` (as advised) works."""
@@ -134,6 +137,7 @@ def test_registered_but_not_in_the_config(tmp_path: Path) -> None:
     _all_read_back(cfg_path, results)
 
 
+@pytest.mark.services  # starts hoard processes, servers or a FUSE mount
 def test_failed_disk(tmp_path: Path) -> None:
     """A failed disk holding replicas: add a disk, `hoard disks replace`, `hoard disks forget`,
     remove its table; one holding none: `hoard disks forget` at once; one whose shards have no
@@ -178,6 +182,7 @@ def test_failed_disk(tmp_path: Path) -> None:
     _all_read_back(cfg_path, results)
 
 
+@pytest.mark.services  # starts hoard processes, servers or a FUSE mount
 def test_missing_disk(tmp_path: Path) -> None:
     """A missing disk holding replicas: `hoard rebuild --disk`, then `hoard disks forget` (refused
     before the rebuild: its shards still need it); one holding none: `hoard disks forget`."""
@@ -205,6 +210,7 @@ def test_missing_disk(tmp_path: Path) -> None:
     _all_read_back(cfg_path, results)
 
 
+@pytest.mark.services  # starts hoard processes, servers or a FUSE mount
 def test_failed_and_unmounted_disk_is_told_to_mount_it_before_activate(tmp_path: Path) -> None:
     """A failed disk that is no longer at its path (unmounted after it failed): activate there
     refuses (no identity), so the advice says to mount it again first; following it works."""
@@ -227,6 +233,7 @@ def test_failed_and_unmounted_disk_is_told_to_mount_it_before_activate(tmp_path:
     _all_read_back(cfg_path, results)
 
 
+@pytest.mark.services  # starts hoard processes, servers or a FUSE mount
 @pytest.mark.expect_log(r"is damaged \(not an identity\); put back from its copy", level="WARNING")
 def test_a_damaged_identity_is_put_back_from_its_copy_by_activate(tmp_path: Path) -> None:
     """A disk's identity file is damaged: the disk is failed, the advice's `hoard disks

@@ -11,6 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from adapters.synth import Spec, generate
 from fsd.base import config
 from fsd.core.records import STREAM_THRESHOLD
@@ -19,8 +21,11 @@ from jobs import ingest as ua1
 from jobs import outputs
 from sql import browse
 from sql.selectors import query_nodes
-from tests.conftest import dir_disks_config, make_files
+from tests.helpers import dir_disks_config, make_files
 from tests.test_ingest import ingest_all, ingest_home
+
+# tier: the module's tests start hoard processes, servers or a FUSE mount
+pytestmark = pytest.mark.services
 
 REPO = Path(__file__).resolve().parent.parent
 

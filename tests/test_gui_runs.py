@@ -266,7 +266,7 @@ def test_a_run_keeps_its_own_log(gui_home: Path, redis_conn) -> None:
     from fsd.base import config
     from fsd.store import Store
     from jobs import runlog
-    from tests.conftest import make_files
+    from tests.helpers import make_files
 
     cfg = config.load(gui_home)
     with Store.open(cfg) as store:
@@ -330,7 +330,7 @@ def _two_holders_failed(cfg) -> None:
     so a replicate run ends with errors (a real report, not a made-up one)."""
     from fsd.core.disks import DiskState
     from fsd.store import Store
-    from tests.conftest import make_files
+    from tests.helpers import make_files
 
     with Store.open(cfg) as store:
         store.put_many(make_files(Path(cfg.source).parent / "in", 30))

@@ -88,7 +88,7 @@ async def test_a_missing_and_a_failed_disk_card(user, gui_home: Path, tmp_path: 
     from fsd.store import Store
     from fsd.base.units import fmt_bytes
     from gui.state import STORE_LOCK
-    from tests.conftest import make_files
+    from tests.helpers import make_files
 
     cfg = config.load(gui_home)
     with STORE_LOCK, Store.open(cfg) as store:  # the app's refresh may open the store too: one at a time

@@ -13,7 +13,7 @@ from pathlib import Path
 from fsd.base import config
 from fsd.store import Store
 from jobs.health import collect
-from tests.conftest import dir_disks_config, make_files
+from tests.helpers import dir_disks_config, make_files
 
 
 def _store_problems(cfg) -> list[str]:

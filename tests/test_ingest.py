@@ -22,7 +22,7 @@ from jobs import ingest as ua1
 from jobs.guard import SERIALIZER
 from jobs.queues import QUEUES, rq_queue
 from sql.intents import virtual_sha256
-from tests.conftest import REALDATA, fresh_schema, needs_realdata, use_schema
+from tests.helpers import REALDATA, fresh_schema, needs_realdata, use_schema
 
 SPEC = Spec(seed=5, batches=3, items_per_batch=30, large_max_mb=2, ready_signal=True)
 

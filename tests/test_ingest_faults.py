@@ -22,6 +22,9 @@ from fsd.store import Store
 from jobs import ingest as ua1
 from tests.test_ingest import ingest_home
 
+# tier: the module's tests start hoard processes, servers or a FUSE mount
+pytestmark = pytest.mark.services
+
 
 def hoard(cfg_path: str | Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "fsd", "--config", str(cfg_path), *args],
@@ -219,7 +222,7 @@ def test_finish_counts_copies_on_the_disk_states_after_its_top_up(tmp_path: Path
     from fsd.core import storelock
     from fsd.core.disks import DiskState
     from fsd.core.layout import lock_root
-    from tests.conftest import dir_disks_config, make_files
+    from tests.helpers import dir_disks_config, make_files
 
     cfg = config.load(dir_disks_config(tmp_path, 3, shard_size_mb=8))
     with Store.open(cfg, init=True) as store:

@@ -8,12 +8,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from fsd.core import marks
 from fsd.base import config
 from jobs.health import collect
-from tests.conftest import make_files
+from tests.helpers import make_files
 from tests.test_cli_put import _hoard
 from tests.test_cli_put import _store as _cli_store
+
+# tier: the module's tests start hoard processes, servers or a FUSE mount
+pytestmark = pytest.mark.services
 
 def _health(cfg: Path) -> list[str]:
     """The store's and disks' problems `hoard health` reports (the database's backup is no matter here)."""

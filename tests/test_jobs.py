@@ -9,7 +9,7 @@ from rq import Queue, SimpleWorker
 from fsd.base import config
 from fsd.io.replicate import replication_lag
 from fsd.store import Store
-from tests.conftest import dir_disks_config, make_files
+from tests.helpers import dir_disks_config, make_files
 
 
 def test_replicate_job(tmp_path: Path, redis_conn) -> None:

@@ -24,7 +24,10 @@ import pytest
 from fsd.base import config
 from fsd.core.index import Index
 from fsd.store import Store
-from tests.conftest import dir_disks_config
+from tests.helpers import dir_disks_config
+
+# tier: the module's tests start hoard processes, servers or a FUSE mount
+pytestmark = pytest.mark.services
 
 REPO = Path(__file__).resolve().parent.parent
 SIZE = 3 << 30

@@ -22,6 +22,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
+
 from fsd.core import backend
 from fsd.core.disks import LocalDisk
 
@@ -282,6 +284,7 @@ def test_the_cli_takes_only_the_gui_entry_point() -> None:
     assert not bad, "the command line imports the GUI:\n" + "\n".join(bad)
 
 
+@pytest.mark.services  # starts hoard processes, servers or a FUSE mount
 def test_a_command_loads_only_its_own_module() -> None:
     """`hoard put` (and `get`, `mount`, `--version`) start without NiceGUI, RQ, Redis, the
     database client, jobs or sql: the root of the command line imports a command's module
@@ -302,6 +305,7 @@ def test_a_command_loads_only_its_own_module() -> None:
         assert res.stderr.strip().splitlines()[-1] == "[]", (args, res.stderr)
 
 
+@pytest.mark.services  # starts hoard processes, servers or a FUSE mount
 def test_hoard_users_loads_no_gui() -> None:
     """`hoard users hash` runs without importing any `gui` module or NiceGUI (what the command
     line loads, checked in a real process, not only read from its source)."""

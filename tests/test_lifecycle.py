@@ -14,7 +14,10 @@ from fsd.base import config
 from fsd.maintenance.deletion import drop_batch, hide
 from fsd.core.disks import DiskState
 from fsd.store import Store
-from tests.conftest import dir_disks_config, make_files, use_schema
+from tests.helpers import dir_disks_config, make_files, use_schema
+
+# tier: the module's tests start hoard processes, servers or a FUSE mount
+pytestmark = pytest.mark.services
 
 
 def _hoard(cfg_path: Path, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess:

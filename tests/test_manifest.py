@@ -24,7 +24,7 @@ from fsd.outputs.manifest import (DIR_FORMAT, INLINE_ENTRIES, VIEW_FORMAT, Tree,
 from fsd.core.records import ObjectNotFound
 from fsd.store import Store
 from fsd.outputs.views import ViewError, define_view, define_view_rows, remove_view
-from tests.conftest import dir_disks_config, make_files
+from tests.helpers import dir_disks_config, make_files
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -44,6 +44,7 @@ def _expected_dirs(rows: dict[str, str]) -> dict[str, list[str]]:
     return {d: sorted(kids) for d, kids in dirs.items()}
 
 
+@pytest.mark.services  # starts hoard processes, servers or a FUSE mount
 @pytest.mark.parametrize("page_entries", [2, 4096])
 def test_view2_roundtrip_any_order(store_factory, tmp_path: Path, page_entries: int) -> None:
     """Rows in random order → list_dir/lookup/iter_files give back exactly the input, in
@@ -82,6 +83,7 @@ def test_view2_roundtrip_any_order(store_factory, tmp_path: Path, page_entries: 
         assert "pages" in top and top["format"] == DIR_FORMAT
 
 
+@pytest.mark.services  # starts hoard processes, servers or a FUSE mount
 def test_bad_rows_refused_with_the_path(store_factory, tmp_path: Path) -> None:
     store = store_factory(n_disks=2)
     one, two = store.put_many(make_files(tmp_path / "in", 2))
@@ -136,6 +138,7 @@ def test_view1_manifests_still_read(store_factory, tmp_path: Path) -> None:
     assert list(manifest_objects(store.get, sha)) == [bytes.fromhex(sha)]
 
 
+@pytest.mark.services  # starts hoard processes, servers or a FUSE mount
 def test_gc_keeps_live_pages_and_frees_replaced_ones(store_factory, tmp_path: Path) -> None:
     """A redefined view's old manifest objects are tombstoned; gc frees those no manifest
     references and keeps every object of the live views (a directory both share included)."""
@@ -201,6 +204,7 @@ def _pets(store, tmp_path: Path) -> dict[str, str]:
     return {"train/cats/1.jpg": res["cat.jpg"], "train/dogs/1.jpg": res["dog.jpg"], "README.txt": res["readme.txt"]}
 
 
+@pytest.mark.services  # starts hoard processes, servers or a FUSE mount
 def test_design_doc_worked_example_decodes(store_factory, tmp_path: Path) -> None:
     """docs/design.md's view-3 example: the JSON shown there is what build_view writes for
     its rows, object for object (the sha256s in the doc are those of the JSON shown)."""
@@ -212,6 +216,7 @@ def test_design_doc_worked_example_decodes(store_factory, tmp_path: Path) -> Non
     assert built["objects"] == shas
 
 
+@pytest.mark.services  # starts hoard processes, servers or a FUSE mount
 def test_view2_manifests_still_read(store_factory, tmp_path: Path) -> None:
     """docs/design.md's view-2 example (one object per directory, as stored before view-3)
     stored as it is: listed, looked up and walked as the view-3 one, its own objects found."""
@@ -277,6 +282,7 @@ def _weight(e: list) -> int:
     return sum(1 + _weight(c) for c in e[2]) if e[1] == "i" else 0
 
 
+@pytest.mark.services  # starts hoard processes, servers or a FUSE mount
 @pytest.mark.needs(os.path.exists("/dev/fuse"), "MOUNT TESTS SKIPPED: no /dev/fuse")
 def test_ten_million_entry_view(tmp_path: Path) -> None:
     """A view of 10,000,000 entries (10,000 directories of 1,000) is defined through the

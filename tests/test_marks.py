@@ -15,12 +15,14 @@ import hashlib
 import shutil
 from pathlib import Path
 
+import pytest
+
 from fsd.core import marks
 from fsd.base import config
 from fsd.maintenance.deletion import drop_batch
 from fsd.maintenance.gc import gc
 from fsd.store import Store
-from tests.conftest import make_files
+from tests.helpers import make_files
 from tests.test_cli_put import _hoard
 from tests.test_cli_put import _store as _cli_store
 from tests.test_gc import _register
@@ -48,6 +50,7 @@ def _drop_batch_with_same_content_and_gc(cfg: Path, files: list[Path]) -> None:
         gc(store, threshold=1.0)
 
 
+@pytest.mark.services  # starts hoard processes, servers or a FUSE mount
 def test_replaced_disks_keep_the_roots_through_an_index_rebuild(tmp_path: Path) -> None:
     """`hoard put` on d0-d2, then every disk replaced by a new one (add, replace, forget, the
     old one unplugged), then the index rebuilt from the new disks alone: the roots are there,
@@ -95,6 +98,7 @@ def test_a_reactivated_disk_gets_the_marks_it_missed(store_factory, tmp_path: Pa
     assert {m.hex() for m in _own_log(d3)["rooted"]} == {r.sha256 for r in early + late}
 
 
+@pytest.mark.services  # starts hoard processes, servers or a FUSE mount
 def test_a_log_cut_or_ahead_behind_the_index_back(tmp_path: Path) -> None:
     """A log that holds a record whose transaction never committed (a crash between the
     append and the commit) is rewritten by the next writer; one the index counts as complete
@@ -122,6 +126,7 @@ def test_a_log_cut_or_ahead_behind_the_index_back(tmp_path: Path) -> None:
         assert {m.hex() for m in _own_log(tmp_path / d)["rooted"]} >= set(acked)
 
 
+@pytest.mark.services  # starts hoard processes, servers or a FUSE mount
 def test_check_names_a_root_no_log_replays_and_rewrite_marks_fixes_it(tmp_path: Path) -> None:
     """With every marks log gone (a store from before snapshots), `hoard check` names the roots
     an index rebuild would lose and the command that fixes it; after it, check is clean."""
@@ -141,6 +146,7 @@ def test_check_names_a_root_no_log_replays_and_rewrite_marks_fixes_it(tmp_path: 
     _ok(_hoard(cfg, "check"))
 
 
+@pytest.mark.services  # starts hoard processes, servers or a FUSE mount
 def test_restore_brings_the_index_copy_up_to_date_from_the_disks(tmp_path: Path) -> None:
     """`hoard index backup`, then more puts (objects + roots), a release and a gc that frees
     it, then the SSD's index lost: `hoard index restore` has the objects and roots stored

@@ -17,7 +17,7 @@ from fsd.maintenance.deletion import drop_batch
 from fsd.maintenance.gc import gc
 from fsd.maintenance.reindex import rebuild_index
 from fsd.store import Store
-from tests.conftest import make_files
+from tests.helpers import make_files
 from tests.test_gc import _register
 from tests.test_marks import _own_log
 from tests.test_roots import _reads_back
@@ -92,6 +92,7 @@ def test_single_disk_loss_then_index_rebuild_frees_acknowledged_objects(store_fa
     assert not lost, f"acknowledged objects freed: {lost}"
 
 
+@pytest.mark.services  # starts hoard processes, servers or a FUSE mount
 def test_an_open_during_another_writers_append_does_not_snapshot(store_factory, tmp_path: Path,
                                                                  monkeypatch) -> None:
     """Performance: a writer that opens while another process is between its marks append and
@@ -148,6 +149,7 @@ with Store.open(config.load({str(cfg.source)!r})) as s:
         "a full snapshot was written by an open that raced a live append")
 
 
+@pytest.mark.services  # starts hoard processes, servers or a FUSE mount
 @pytest.mark.expect_log(r"index copy .* not usable", level="WARNING")
 def test_restore_with_one_damaged_index_copy(tmp_path: Path) -> None:
     """`hoard index backup` writes two copies; the one restore picks (the newest; here both are
@@ -285,6 +287,7 @@ def test_one_read_only_disk_does_not_make_every_open_rewrite_every_log(store_fac
     assert rewrites <= 1, f"{rewrites} of 5 opens rewrote d1's whole marks log"
 
 
+@pytest.mark.services  # starts hoard processes, servers or a FUSE mount
 @pytest.mark.expect_log(r"cannot append to|cannot rewrite|cannot read the end", level="WARNING")
 def test_a_fifo_for_a_marks_log_hangs_nothing(tmp_path: Path) -> None:
     """Hostile content: <disk>/marks/marks.log is a FIFO. Store.open's tail read
@@ -314,6 +317,7 @@ def test_a_fifo_for_a_marks_log_hangs_nothing(tmp_path: Path) -> None:
     assert not hung, f"hung: {hung}"
 
 
+@pytest.mark.services  # starts hoard processes, servers or a FUSE mount
 @pytest.mark.parametrize("body", ["[]", '{"taken_at": "yesterday"}', '{"taken_at": null}'])
 @pytest.mark.expect_log(r"index copy on d0 not usable", level="WARNING")
 def test_restore_with_a_stamp_that_is_not_a_stamp(tmp_path: Path, body: str) -> None:
@@ -333,6 +337,7 @@ def test_restore_with_a_stamp_that_is_not_a_stamp(tmp_path: Path, body: str) -> 
     assert "Traceback" not in res.stderr and res.returncode == 0, res.stderr[-600:]
 
 
+@pytest.mark.services  # starts hoard processes, servers or a FUSE mount
 @pytest.mark.parametrize("then", ["rewrite-marks (check's advice)", "disks add (to keep writing)"])
 def test_check_does_not_recommend_erasing_the_root_of_an_object_on_unplugged_disks(store_factory,
                                                                                   tmp_path: Path,
@@ -546,7 +551,7 @@ def test_a_disk_that_vanishes_gets_the_marks_it_missed(lab_factory, tmp_path: Pa
     from fsd.base import config
     from fsd.maintenance.check import check
     from fsd.maintenance.deletion import hide
-    from tests.conftest import write_config
+    from tests.helpers import write_config
     from tests.lab import DiskProfile
 
     lab = lab_factory([DiskProfile(f"m{i}", 200, 500, 500, 5000) for i in (1, 2, 3)], throttle=False)
@@ -581,7 +586,7 @@ def test_a_disk_that_vanishes_and_comes_back_during_an_append_is_not_counted(lab
     from fsd.io import copies
     from fsd.base import config
     from fsd.maintenance.deletion import hide
-    from tests.conftest import write_config
+    from tests.helpers import write_config
     from tests.lab import DiskProfile
 
     lab = lab_factory([DiskProfile(f"m{i}", 120, 500, 500, 5000) for i in (1, 2, 3)], throttle=False)

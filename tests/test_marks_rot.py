@@ -21,7 +21,7 @@ from fsd.maintenance.deletion import drop_batch
 from fsd.maintenance.gc import gc
 from fsd.maintenance.reindex import rebuild_index
 from fsd.store import Store
-from tests.conftest import make_files
+from tests.helpers import make_files
 from tests.test_cli_put import _hoard
 from tests.test_cli_put import _store as _cli_store
 from tests.test_gc import _register
@@ -67,6 +67,7 @@ def _drop_batch_and_gc(cfg: Path, batch: str) -> None:
         gc(store, threshold=1.0)
 
 
+@pytest.mark.services  # starts hoard processes, servers or a FUSE mount
 def test_a_flipped_unroot_stamp_on_one_disk_loses_no_acknowledged_object(tmp_path: Path) -> None:
     """The issue's reproduction: put X; delete --object X; put X again (acknowledged: kept
     until delete --object); a batch also holds X; one bit of the unroot's stamp flipped on d0
@@ -194,6 +195,7 @@ def test_logs_written_before_checks_are_replayed_then_rewritten(store_factory, t
         assert {bytes.fromhex(r.sha256) for r in acked} <= set(marks.replay(got.records | {(t, marks.RESET, "0" * 64) for t in got.resets})["rooted"])
 
 
+@pytest.mark.services  # starts hoard processes, servers or a FUSE mount
 def test_verify_reads_the_marks_logs_and_repairs_them(tmp_path: Path) -> None:
     """`hoard verify` reads each disk's marks log as it reads replicas: a damaged line is bad
     (exit 5), `--repair` rewrites that log from the index, and after it verify and check agree
@@ -215,6 +217,7 @@ def test_verify_reads_the_marks_logs_and_repairs_them(tmp_path: Path) -> None:
     _ok(_hoard(cfg, "check"))
 
 
+@pytest.mark.services  # starts hoard processes, servers or a FUSE mount
 def test_check_names_a_record_stamped_after_the_index(tmp_path: Path) -> None:
     """A whole, checked record stamped after anything the index gave out (damage that kept
     its check, a log copied from another store) was not judged at all; now it is named, and

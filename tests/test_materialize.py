@@ -19,7 +19,7 @@ from fsd.base.errors import ExitCode, HoardError
 from fsd.base.files import SYNC_FILE_RANGE_ALL, SYNC_FILE_RANGE_WRITE, sync_file_range
 from fsd.outputs import materialize as materialize_mod
 from fsd.outputs.materialize import Item, materialize
-from tests.conftest import make_files
+from tests.helpers import make_files, missing
 from tests.lab import DiskProfile, drop_caches
 from tests.test_store_lab import _lab_store
 
@@ -101,6 +101,7 @@ def test_a_disk_dying_mid_copy_is_replaced_by_the_other_replicas(lab_factory, tm
     assert store.records[victim].state.value == "failed"
 
 
+@pytest.mark.services  # starts hoard processes, servers or a FUSE mount
 def test_a_full_ssd_is_named_and_no_hdd_is_blamed(store_factory, tmp_path: Path) -> None:
     """The destination fills up: exit 6 naming it, and every HDD stays active (a write error
     inside the planner's reader threads must not pass for a read error of their disk)."""
@@ -111,7 +112,7 @@ def test_a_full_ssd_is_named_and_no_hdd_is_blamed(store_factory, tmp_path: Path)
     small.mkdir()
     mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(small)], capture_output=True)
     if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs here (needs root): {mounted.stderr.decode().strip()}")
+        missing(f"TMPFS MOUNT UNAVAILABLE (needs root): {mounted.stderr.decode().strip()}")
     try:
         with pytest.raises(HoardError) as e:
             materialize(store, items, small / "out")

@@ -290,7 +290,7 @@ def test_large_object_without_chunk_map(hoard_home: Path, tmp_path: Path) -> Non
 def test_disk_failing_during_reads(lab_factory, servers, tmp_path: Path) -> None:
     """A lab disk answering EIO while the mount reads: every file still reads correctly (from
     the other replica) and the disk is marked failed."""
-    from tests.conftest import write_config
+    from tests.helpers import write_config
     from tests.lab import LAB4
 
     lab = lab_factory(LAB4[:3])
@@ -329,12 +329,13 @@ def test_disk_failing_during_reads(lab_factory, servers, tmp_path: Path) -> None
     assert (f"on {victim} unreadable" in log or f"{victim} (failed)" in log) and "Traceback" not in log, log
 
 
+@pytest.mark.services  # starts hoard processes, servers or a FUSE mount
 def test_browsing_needs_no_database(tmp_path: Path) -> None:
     """With database_url pointing at nothing, the mount still lists batches and reads files:
     names come from the index and the manifests in the store."""
     import json as _json
 
-    from tests.conftest import dir_disks_config, make_files
+    from tests.helpers import dir_disks_config, make_files
 
     cfg_path = dir_disks_config(tmp_path, 2, shard_size_mb=1)  # its database_url is unreachable
     cfg = config.load(cfg_path)
@@ -352,6 +353,7 @@ def test_browsing_needs_no_database(tmp_path: Path) -> None:
             assert hashlib.sha256(data).hexdigest() == r.sha256
 
 
+@pytest.mark.services  # starts hoard processes, servers or a FUSE mount
 @pytest.mark.expect_log(r"left out of a listing: the index entry of (object|batch) \S+ is malformed", level="WARNING")
 def test_a_damaged_index_entry_hides_itself_not_its_folder(tmp_path: Path) -> None:
     """One malformed objects-table value, or batch entry, made its whole by-hash folder (or
@@ -359,7 +361,7 @@ def test_a_damaged_index_entry_hides_itself_not_its_folder(tmp_path: Path) -> No
     left out (logged once; `hoard check` names it) and the rest lists and reads."""
     import json as _json
 
-    from tests.conftest import dir_disks_config
+    from tests.helpers import dir_disks_config
 
     by_prefix: dict[bytes, bytes] = {}
     i = 0

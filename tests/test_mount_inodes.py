@@ -19,7 +19,7 @@ from fsd.mount.namespace import DERIVED, ROOT, Namespace, Node, inode_of
 from fsd.mount.reader import Reader
 from fsd.store import Store
 from fsd.outputs.views import define_view_rows
-from tests.conftest import dir_disks_config
+from tests.helpers import dir_disks_config
 
 
 @pytest.fixture
@@ -57,6 +57,7 @@ async def _walk(ns: Namespace, top: bytes) -> list[tuple[int, bytes, Node]]:
     return told
 
 
+@pytest.mark.services  # starts hoard processes, servers or a FUSE mount
 def test_files_are_rows_and_names_are_derived(namespace) -> None:
     """What the table keeps per node (the mount daemon's memory grows with it): by-hash/'s
     directories and files are numbered by what they are (a directory's two hex bytes, a
@@ -126,6 +127,7 @@ def sharing_bytes(sha: bytes, bits: int) -> bytes:
     raise AssertionError
 
 
+@pytest.mark.services  # starts hoard processes, servers or a FUSE mount
 def test_by_hash_files_whose_number_bits_are_shared_get_rows(namespace) -> None:
     """A by-hash file whose leading sha256 bits another stored object shares is not numbered
     by them: it gets a row at its hashed number like a view's file, and its name is still
@@ -161,6 +163,7 @@ def test_by_hash_files_whose_number_bits_are_shared_get_rows(namespace) -> None:
     assert b.inode < DERIVED and b.inode != again.inode and ns.nodes[b.inode].sha == b_sha
 
 
+@pytest.mark.services  # starts hoard processes, servers or a FUSE mount
 def test_a_collected_objects_by_hash_bits_stay_taken(namespace) -> None:
     """A by-hash file's number whose object gc collected names nothing (the kernel may still
     hold it: a name not invalidated yet, a file held open), and an object stored later with
@@ -194,6 +197,7 @@ def test_a_collected_objects_by_hash_bits_stay_taken(namespace) -> None:
     assert ns.nodes.get(back.inode) is None
 
 
+@pytest.mark.services  # starts hoard processes, servers or a FUSE mount
 def test_a_listing_told_again_after_bits_came_to_be_shared_gives_the_lookups_number(namespace) -> None:
     """A by-hash directory's listing (opendir's snapshot) whose entry is told to the kernel
     again (readdir resumed where a full buffer stopped, a rewind) after an object sharing the
@@ -219,6 +223,7 @@ class _Colliding(Namespace):
     inode_of = staticmethod(lambda key: 100 + inode_of(key) % 3)
 
 
+@pytest.mark.services  # starts hoard processes, servers or a FUSE mount
 def test_colliding_numbers_and_forgetting_inside_a_probe_run(namespace) -> None:
     """Nodes whose numbers collide take the next free ones; forgetting one in the middle of
     such a run neither hides the nodes after it (they would be told to the kernel again under
@@ -315,7 +320,7 @@ def _drop_page_cache(root: Path) -> None:
             os.close(fd)
 
 
-def test_lone_records_kept_apart_from_read_ahead(tmp_path: Path, monkeypatch) -> None:
+def test_lone_records_kept_apart_from_read_ahead(disk_path: Path, monkeypatch) -> None:
     """Shuffled reads of tiny objects keep at most LONE_BYTES of their pages (the kernel's
     page cache has them too, and serves a page read again without a thread hop) and never
     push out what read-ahead fetched; reading in order still grows a window and serves the
@@ -325,7 +330,7 @@ def test_lone_records_kept_apart_from_read_ahead(tmp_path: Path, monkeypatch) ->
     # no hedging: on a busy machine a read slower than 0.5 s is asked of the other replica too,
     # and that second read of the same record looks like a reader going on in order
     monkeypatch.setattr(reader_mod, "HEDGE_MIN", 60.0)
-    cfg = config.load(dir_disks_config(tmp_path, 2, shard_size_mb=256))  # (one shard)
+    cfg = config.load(dir_disks_config(disk_path, 2, shard_size_mb=256))  # (one shard)
     store = Store.open(cfg, init=True)
     payloads = [b"tiny %05d\n" % i + bytes(3000) for i in range(3000)]  # ~3 KB: about one page each
     shas = [bytes.fromhex(r.sha256) for r in store.put_bytes_many(payloads)]
@@ -354,12 +359,12 @@ def test_lone_records_kept_apart_from_read_ahead(tmp_path: Path, monkeypatch) ->
         assert reader._small_nowait(shas[k], loc) == payloads[k]
         assert (cache.used, cache.lone_used) == before
         # … not once the kernel dropped its pages: RWF_NOWAIT refuses to wait for the disk
-        _drop_page_cache(tmp_path)
+        _drop_page_cache(disk_path)
         assert reader._small_nowait(shas[k], loc) is None
         assert await reader.read_small(shas[k]) == payloads[k]  # (the threaded path reads it)
         assert reader._small_nowait(shas[k], loc) == payloads[k]
         # in order (pages not cached): the window grows, read-ahead is kept in the main part
-        _drop_page_cache(tmp_path)
+        _drop_page_cache(disk_path)
         await read(stored[1000:1600])
         assert cache.used > 0 and cache.lone_used <= cache.lone_budget
         kept = dict(cache.lru)
@@ -415,6 +420,7 @@ def test_deleting_many_files_of_one_directory_lists_it_once(tmp_path: Path) -> N
         store.close()
 
 
+@pytest.mark.services  # starts hoard processes, servers or a FUSE mount
 def test_manifest_pages_are_kept_within_one_budget(namespace) -> None:
     """Parsed manifest pages count against one budget over every batch and view (a `find`
     over batches/ kept up to 64 manifests' pages): past it the least recently used manifest
@@ -436,6 +442,7 @@ def test_manifest_pages_are_kept_within_one_budget(namespace) -> None:
     assert len(full.trees) == 2
 
 
+@pytest.mark.services  # starts hoard processes, servers or a FUSE mount
 def test_a_deletions_round_whose_search_fails_hands_its_objects_to_the_next(namespace) -> None:
     """The deletions refresh takes objects as dead before it looks for their names; a search
     that fails (an unreadable index page, say) used to lose them — the kernel kept the names
@@ -467,6 +474,7 @@ def test_a_deletions_round_whose_search_fails_hands_its_objects_to_the_next(name
     assert watcher.refresh_marks() == []  # and only once
 
 
+@pytest.mark.services  # starts hoard processes, servers or a FUSE mount
 def test_the_mount_hides_tombstones_except_roots_and_hidden_objects(namespace) -> None:
     """What the mount takes as deleted: hidden objects, and tombstoned ones that are not roots
     (a racing `delete --batch` may tombstone what `hoard put` acknowledged: gc clears that) —

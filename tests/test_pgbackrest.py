@@ -17,9 +17,11 @@ from sql.cluster import PrivateCluster
 from sql.deletion import hide_nodes
 from sql.migrate import migrate
 from sql.pgbackrest import BackRest
-from tests.conftest import dir_disks_config, make_files
+from tests.helpers import dir_disks_config, make_files
 
-pytestmark = pytest.mark.needs(shutil.which("pgbackrest") is not None, "PGBACKREST MISSING: `make deps` installs it")
+# tier: each test starts a private PostgreSQL cluster
+pytestmark = [pytest.mark.needs(shutil.which("pgbackrest") is not None, "PGBACKREST MISSING: `make deps` installs it"),
+              pytest.mark.services]
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ import pytest
 
 from fsd.base import config
 from fsd.store import Store
-from tests.conftest import dir_disks_config, make_files
+from tests.helpers import dir_disks_config, make_files
 from tests.test_cli import hoard
 
 
@@ -81,6 +81,7 @@ def _check(cfg: str):
     return hoard("--config", cfg, "check", "--no-database")
 
 
+@pytest.mark.services  # starts hoard processes, servers or a FUSE mount
 def test_every_disk_replaced_then_the_index_lost_keeps_batches_and_views(tmp_path: Path) -> None:
     """Both disks replaced by the documented procedure, then the index lost and rebuilt: the
     batch (`hoard ls`, its files) and the view with its whole definition are back — the new
@@ -101,6 +102,7 @@ def test_every_disk_replaced_then_the_index_lost_keeps_batches_and_views(tmp_pat
     assert res.returncode == 0, res.stdout + res.stderr
 
 
+@pytest.mark.services  # starts hoard processes, servers or a FUSE mount
 def test_restore_takes_views_from_the_index_copy_newest_wins(tmp_path: Path) -> None:
     """`hoard index restore` takes batches and views from the copy too: with the pointer files
     of view v and batch b1 gone from the disks after the backup, they come back from the copy; a view
@@ -124,6 +126,7 @@ def test_restore_takes_views_from_the_index_copy_newest_wins(tmp_path: Path) -> 
     assert res.returncode == 0, res.stdout + res.stderr
 
 
+@pytest.mark.services  # starts hoard processes, servers or a FUSE mount
 def test_a_redefinition_a_disk_missed_wins_after_replacement_and_rebuild(tmp_path: Path) -> None:
     """View v redefined while d2 was unplugged; d2 back, then d1 and d3 replaced by d4 and d5
     and the index lost: the rebuild serves the NEW definition — d2 held the old pointer and
@@ -144,6 +147,7 @@ def test_a_redefinition_a_disk_missed_wins_after_replacement_and_rebuild(tmp_pat
     assert res.returncode == 0, res.stdout + res.stderr
 
 
+@pytest.mark.services  # starts hoard processes, servers or a FUSE mount
 def test_a_redefinition_after_the_clock_went_back_still_wins(tmp_path: Path, monkeypatch) -> None:
     """The clock set back an hour, view v is redefined while d2 is unplugged; d2 back, the index
     lost before any writer brought d2 up: the rebuild reads d2's old pointer beside the new
@@ -168,6 +172,7 @@ def test_a_redefinition_after_the_clock_went_back_still_wins(tmp_path: Path, mon
     assert _view_paths(cfg, "v") == ["new/a.bin"]
 
 
+@pytest.mark.services  # starts hoard processes, servers or a FUSE mount
 def test_check_names_a_disk_without_a_pointer_and_its_advice_fixes_it(tmp_path: Path) -> None:
     """A pointer file gone from one disk behind the index's back (the index counts the disk as
     complete, so no writer rewrites it): `hoard check` names the disk and the view and advises
@@ -191,6 +196,7 @@ def _flip(path: Path, at: int, bit: int) -> None:
     path.write_bytes(bytes(body))
 
 
+@pytest.mark.services  # starts hoard processes, servers or a FUSE mount
 def test_a_flipped_bit_in_one_disks_pointer_neither_loses_nor_rolls_back(tmp_path: Path) -> None:
     """One bit flipped in the manifest digest of d3's view pointer (still hex, the same stamp)
     and garbage in its batch pointer, the other disks' good: `hoard check` names d3's two
@@ -217,6 +223,7 @@ def test_a_flipped_bit_in_one_disks_pointer_neither_loses_nor_rolls_back(tmp_pat
     assert res.returncode == 0, res.stdout + res.stderr
 
 
+@pytest.mark.services  # starts hoard processes, servers or a FUSE mount
 @pytest.mark.parametrize("how", ["added", "unplugged"])
 def test_a_disk_added_or_back_gets_the_database_dump_pointer(tmp_path: Path, how: str) -> None:
     """`.hoard-db-dump.json` (what names the database dump once the SSD is lost) is kept like
@@ -262,6 +269,7 @@ def test_the_design_docs_pointer_example_decodes() -> None:
         pointers.decode(flipped)
 
 
+@pytest.mark.services  # starts hoard processes, servers or a FUSE mount
 def test_an_index_from_before_the_pointers_table_is_brought_along(tmp_path: Path) -> None:
     """An index without the `pointers` table (nor its notes) and disks with pointers as the
     previous release wrote them (no checksum), plus a disk added: the first writer fills the

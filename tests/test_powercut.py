@@ -39,7 +39,7 @@ from fsd.maintenance.gc import RESERVE_NAME
 from fsd.core.index import Index
 from fsd.core.records import DataError, ObjectNotFound
 from fsd.store import Store
-from tests.conftest import write_config
+from tests.helpers import write_config
 from tests.lab import CutImages, DiskProfile, Lab
 from tests.test_store import check_store
 
@@ -268,7 +268,7 @@ def test_power_cut_right_after_gc_leaves_no_unreferenced_shard(lab_factory, tmp_
     deletes are durable before the index stops naming them, as docs/design.md's gc order says."""
     from fsd.maintenance.deletion import drop_batch
     from fsd.maintenance.gc import gc
-    from tests.conftest import make_files
+    from tests.helpers import make_files
     from tests.test_gc import _check_all, _register
 
     lab = lab_factory(POWER_LAB, throttle=False, direct_io=True)

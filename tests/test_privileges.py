@@ -91,7 +91,7 @@ def home(reachable: Path, hoard_home: Path, pg: psycopg.Connection) -> Path:
     """A store made by `hoard init` with its schema, a gallery source, and 3A given to the
     scraper's group as docs/operations.md tells (`chgrp SCRAPERS 3A`)."""
     from sql.migrate import migrate
-    from tests.conftest import use_schema
+    from tests.helpers import use_schema
 
     cfg_path = Path(use_schema(hoard_home, pg))
     with open(cfg_path, "a") as fh:
@@ -293,10 +293,11 @@ def test_own_dir_refuses_a_link_or_another_users_directory(tmp_path: Path) -> No
     assert modes.own_dir(tmp_path / "mine").is_dir()
 
 
+@pytest.mark.services  # starts hoard processes, servers or a FUSE mount
 def test_a_store_made_before_the_modes_is_closed_at_its_next_write(reachable: Path) -> None:
     """A store an older hoardfs made (0755 directories, 0644 files) is closed to others by the
     next writable command: the disks' and the SSD's directories are tightened."""
-    from tests.conftest import dir_disks_config
+    from tests.helpers import dir_disks_config
 
     cfg_path = dir_disks_config(reachable, 2)
     first = reachable / "first.bin"
@@ -342,13 +343,14 @@ def test_a_link_planted_at_3c_tmp_takes_no_output_elsewhere(home: Path) -> None:
     assert list(elsewhere.iterdir()) == []
 
 
+@pytest.mark.services  # starts hoard processes, servers or a FUSE mount
 @pytest.mark.needs(os.path.exists("/dev/fuse"), "MOUNT TESTS SKIPPED: no /dev/fuse")
 def test_an_unprivileged_user_reads_nothing_through_the_mount(reachable: Path) -> None:
     """`hoard mount` runs as root with `allow_other` (so the `hoard` group's workers can read):
     the mount served every object 0444, and the kernel checked nothing, so any local user read
     any object (a database dump included) by its path. Now nodes are 0440/0550 of the `hoard`
     group with `default_permissions`: the user reads nothing, root reads the same path."""
-    from tests.conftest import dir_disks_config
+    from tests.helpers import dir_disks_config
     from tests.test_mount import mounted
 
     cfg_path = dir_disks_config(reachable, 2)

@@ -10,12 +10,17 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from fsd.base import config
 from fsd.core.index import Index
 from fsd.store import Store
-from tests.conftest import dir_disks_config, make_files
+from tests.helpers import dir_disks_config, make_files
 from tests.test_cli import hoard
 from tests.test_store import check_store
+
+# tier: the module's tests start hoard processes, servers or a FUSE mount
+pytestmark = pytest.mark.services
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -16,7 +16,7 @@ from fsd.base.errors import HoardError
 from fsd.maintenance.reindex import index_copies
 from fsd.io.replicate import replicate_once
 from fsd.store import Store
-from tests.conftest import dir_disks_config, make_files, write_config
+from tests.helpers import dir_disks_config, make_files, write_config
 from tests.lab import DiskProfile
 from tests.test_cli import hoard
 from tests.test_store import check_store
@@ -28,6 +28,7 @@ def _snapshot(store: Store) -> tuple[dict, dict]:
     return objects, shards
 
 
+@pytest.mark.services  # starts hoard processes, servers or a FUSE mount
 def test_index_rebuilt_from_disks_is_the_same(tmp_path: Path) -> None:
     cfg_path = dir_disks_config(tmp_path, 4, shard_size_mb=1, copy_of_raw=3)
     cfg = config.load(cfg_path)
@@ -54,6 +55,7 @@ def test_index_rebuilt_from_disks_is_the_same(tmp_path: Path) -> None:
         assert store.index.get_view("v-1")["manifest"] == manifest.sha256
 
 
+@pytest.mark.services  # starts hoard processes, servers or a FUSE mount
 def test_a_reader_in_the_swap_gap_never_creates_an_index(tmp_path: Path) -> None:
     """An index rebuild or restore swaps the new index in with two renames. A read-only
     command that opened the store between them created an empty index there: the rebuild's
@@ -104,6 +106,7 @@ def test_health_without_an_index_answers_at_once_and_names_the_restore(tmp_path:
     assert seen == {}
 
 
+@pytest.mark.services  # starts hoard processes, servers or a FUSE mount
 def test_an_empty_index_file_is_no_index(tmp_path: Path) -> None:
     """A zero-byte `data.mdb` (a crash on a filesystem that lost the file's data, a copy cut
     short) is no index: a reader refuses in one line and leaves it as it is — LMDB would have
@@ -126,6 +129,7 @@ def test_an_empty_index_file_is_no_index(tmp_path: Path) -> None:
         assert store.get(sha) == b"acknowledged"
 
 
+@pytest.mark.services  # starts hoard processes, servers or a FUSE mount
 def test_init_on_a_lost_index_refuses_before_creating_one(tmp_path: Path) -> None:
     """`hoard init` where the index was lost but the disks hold shards refuses (exit 3, naming
     restore and rebuild) and leaves no index behind: a new empty one would have made every
@@ -146,6 +150,7 @@ def test_init_on_a_lost_index_refuses_before_creating_one(tmp_path: Path) -> Non
         assert store.get(sha) == b"acknowledged"
 
 
+@pytest.mark.services  # starts hoard processes, servers or a FUSE mount
 @pytest.mark.parametrize("damage", ["identity damaged", "identity removed", "forgotten marker unreadable",
                                     "disks not mounted"])
 def test_init_on_a_lost_index_refuses_whatever_the_disks_identity(tmp_path: Path, damage: str) -> None:
@@ -179,6 +184,7 @@ def test_init_on_a_lost_index_refuses_whatever_the_disks_identity(tmp_path: Path
         assert {dc.label: (dc.path / ".hoard-disk.copy.json").read_bytes() for dc in cfg.disks} == before
 
 
+@pytest.mark.services  # starts hoard processes, servers or a FUSE mount
 def test_init_still_welcomes_new_disks_and_disks_without_shards(tmp_path: Path) -> None:
     """What the refusal must not block: a first `hoard init` on new disks, `hoard init` again on
     a healthy store, and a lost index over disks that have an identity but hold no shards."""
@@ -219,6 +225,7 @@ def test_init_on_a_lost_index_beside_a_disk_that_does_not_list_refuses(tmp_path:
     assert not (cfg.index_dir / "data.mdb").exists()
 
 
+@pytest.mark.services  # starts hoard processes, servers or a FUSE mount
 def test_rebuild_skips_damaged_or_foreign_shard_files(tmp_path: Path) -> None:
     """A replica with a broken footer, or whose name and header disagree, is reported and not
     used; the other replica serves."""
@@ -241,6 +248,7 @@ def test_rebuild_skips_damaged_or_foreign_shard_files(tmp_path: Path) -> None:
         assert all(store.get(r.sha256) for r in results)
 
 
+@pytest.mark.services  # starts hoard processes, servers or a FUSE mount
 def test_planted_pointers_are_reported_not_waited_on(tmp_path: Path) -> None:
     """A FIFO, a directory or a file that is not JSON where a view or batch pointer belongs is
     named as damage and the rebuild finishes — a FIFO read would block the rebuild for good
@@ -274,6 +282,7 @@ def _plant_in_shards(disk: Path) -> list[Path]:
     return [fifo, link, directory]
 
 
+@pytest.mark.services  # starts hoard processes, servers or a FUSE mount
 @pytest.mark.expect_log(r"shard \w+ on d0 set aside to .*: no index entry names it", level="WARNING")
 def test_planted_shard_files_are_reported_not_waited_on(tmp_path: Path) -> None:
     """A FIFO, a link to nothing or a directory named as a shard file in `shards/`: the index
@@ -299,6 +308,7 @@ def test_planted_shard_files_are_reported_not_waited_on(tmp_path: Path) -> None:
         assert all(store.get(r.sha256) == Path(r.path).read_bytes() for r in results)
 
 
+@pytest.mark.services  # starts hoard processes, servers or a FUSE mount
 def test_a_planted_log_beside_the_marks_log_does_not_hide_it(tmp_path: Path) -> None:
     """A FIFO or a link to nothing named `*.log` in `marks/` (sorted before `marks.log`): the
     rebuild took the first file that is not a regular file as the whole folder's damage and
@@ -330,6 +340,7 @@ def test_a_planted_log_beside_the_marks_log_does_not_hide_it(tmp_path: Path) -> 
         assert store.index.marked(store.index.rooted) == rooted
 
 
+@pytest.mark.services  # starts hoard processes, servers or a FUSE mount
 def test_a_huge_or_dangling_pointer_is_reported(tmp_path: Path) -> None:
     """A view pointer that is a 200 GiB sparse file was read whole (MemoryError: a traceback),
     and a batch pointer that is a link to nothing stopped the rebuild as a disk that went away;
@@ -439,6 +450,7 @@ def _sealed_shard_with_a_stale_open_copy(tmp_path: Path):
     return cfg_path, cfg, results, meta, holders, copies, stale
 
 
+@pytest.mark.services  # starts hoard processes, servers or a FUSE mount
 @pytest.mark.expect_log(r"shard \w+ on d\d set aside to .*: no index entry names it", level="WARNING")
 def test_an_open_copy_beside_sealed_ones_is_not_a_replica(tmp_path: Path) -> None:
     """A disk that dropped out while a shard was written keeps an `.open` copy of it (its first
@@ -472,6 +484,7 @@ def _damage_footer(path: Path) -> None:
     path.write_bytes(bytes(data))
 
 
+@pytest.mark.services  # starts hoard processes, servers or a FUSE mount
 @pytest.mark.expect_log(r"shard \w+ on d\d set aside to .*: its verified records end at \d+, the index acknowledges",
                         level="WARNING")
 @pytest.mark.expect_log(r"shard \w+ on d\d: its footer does not decode", level="WARNING")
@@ -501,6 +514,7 @@ def test_a_sealed_copy_with_a_damaged_footer_keeps_its_records(tmp_path: Path) -
     assert not stale.exists() and len(list((stale.parents[2] / ORPHANS_DIR).iterdir())) == 1
 
 
+@pytest.mark.services  # starts hoard processes, servers or a FUSE mount
 def test_index_copy_on_two_disks_restores_the_index(tmp_path: Path) -> None:
     cfg_path = dir_disks_config(tmp_path, 3, shard_size_mb=1)
     cfg = config.load(cfg_path)
@@ -529,6 +543,7 @@ def _index_files(cfg) -> set[str]:
     return {p.name for p in cfg.index_dir.parent.iterdir() if p.name.startswith(cfg.index_dir.name)}
 
 
+@pytest.mark.services  # starts hoard processes, servers or a FUSE mount
 def test_a_disk_that_cannot_be_read_stops_the_rebuild_until_it_is_named(tmp_path: Path) -> None:
     """A configured disk that is not mounted (its mount point an empty directory) is not left
     out quietly — the new index would lack its shards and the store would refuse the disk when
@@ -706,6 +721,7 @@ def test_a_marks_log_pointer_or_shard_that_does_not_read_stops_the_rebuild(lab_f
     assert state() == before
 
 
+@pytest.mark.services  # starts hoard processes, servers or a FUSE mount
 def test_an_unreadable_forgotten_marker_does_not_leave_a_disk_out(tmp_path: Path) -> None:
     """A disk whose `hoard disks forget` marker cannot be read (an I/O error there: chaos seed
     412 hit EIO) is not taken as forgotten — the rebuild left the live disk out and exited 0,

@@ -27,9 +27,8 @@ from fsd.maintenance.rebuild import rebuild
 from fsd.io.replica import check_replica, copy_shard
 from fsd.io.replicate import repair_reported
 from fsd.store import Store
-from tests.conftest import dir_disks_config, write_config
+from tests.helpers import dir_disks_config, flip_byte, write_config
 from tests.lab import DiskProfile
-from tests.test_safety import _flip_byte
 from tests.test_store import check_store
 from tests.terminal import as_foreground
 
@@ -83,7 +82,7 @@ def test_a_damaged_source_gives_no_copy(store_factory, monkeypatch, where) -> No
               "last record": size - fmt.TRAILER_SIZE - meta.records * fmt.FOOTER_ENTRY_SIZE - 50,
               "footer": size - fmt.TRAILER_SIZE - 10,
               "shard id": 16 + 5}[where]  # magic 8, version 2, class 1, flags 1, reserved 4, shard_id 12
-    _flip_byte(path, offset)
+    flip_byte(path, offset)
     before = hashlib.sha256(path.read_bytes()).digest()
     with pytest.raises(fmt.ShardFormatError):
         copy_shard(src, dst, meta.hex)
@@ -101,7 +100,7 @@ def test_a_damaged_first_record_stops_the_copy_early(store_factory, monkeypatch)
     meta = max(_sealed(store), key=lambda m: m.size)
     assert meta.size > 3_500_000
     src, dst = store.disks[meta.replicas[0]], _spare(store, meta)
-    _flip_byte(src.find(meta.hex), fmt.SHARD_HEADER_SIZE + fmt.RECORD_HEADER_SIZE + 5)
+    flip_byte(src.find(meta.hex), fmt.SHARD_HEADER_SIZE + fmt.RECORD_HEADER_SIZE + 5)
     t0 = time.monotonic()
     with pytest.raises(fmt.PayloadChecksumMismatch):
         copy_shard(src, dst, meta.hex, rate_mb_s=2)
@@ -123,7 +122,7 @@ def test_rebuild_skips_a_damaged_source_for_a_whole_one(store_factory, monkeypat
     damaged = set()
     for meta in on_lost:
         one = next(u for u in meta.replicas if u != lost.uuid)
-        _flip_byte(store.disks[one].find(meta.hex), fmt.SHARD_HEADER_SIZE + fmt.RECORD_HEADER_SIZE + 1)
+        flip_byte(store.disks[one].find(meta.hex), fmt.SHARD_HEADER_SIZE + fmt.RECORD_HEADER_SIZE + 1)
         damaged.add((meta.shard_id, one))
     for f in lost.root.joinpath("shards").rglob("*.shard"):
         f.unlink()
@@ -208,6 +207,7 @@ def test_a_target_that_dropped_off_gets_no_copy_on_the_root_filesystem(lab_facto
     store.close()
 
 
+@pytest.mark.services  # starts hoard processes, servers or a FUSE mount
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["ctrl-c", "kill-9"])
 def test_an_interrupted_rebuild_stops_at_once_and_the_next_run_finishes(tmp_path: Path, sig) -> None:
     """`hoard rebuild` slowed to 1 MB/s is interrupted (Ctrl-C, or kill -9) a few shards in:

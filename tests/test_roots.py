@@ -24,7 +24,7 @@ from fsd.maintenance.gc import gc
 from fsd.core.records import ObjectNotFound
 from fsd.maintenance.reindex import rebuild_index
 from fsd.store import Store
-from tests.conftest import make_files
+from tests.helpers import make_files
 from tests.test_cli_put import _hoard
 from tests.test_cli_put import _store as _cli_store
 from tests.test_gc import _register
@@ -133,6 +133,7 @@ def test_roots_and_releases_survive_an_index_rebuild(store_factory, tmp_path: Pa
 
 # -- through the command line -------------------------------------------------------------------
 
+@pytest.mark.services  # starts hoard processes, servers or a FUSE mount
 def test_cli_put_info_delete_object_gc(tmp_path: Path) -> None:
     """`hoard put` → `hoard info` says it is kept → `hoard delete --object` → `hoard gc` frees
     it (`hoard info` exit 5); bad and unknown sha256s are refused naming them."""
@@ -164,7 +165,7 @@ def test_put_racing_delete_batch_and_gc_loses_nothing(hoard_home: Path, pg, tmp_
     process drops the batch and gcs, three rounds with new batches; every object `put --json`
     printed reads back afterwards, whatever the interleaving."""
     from sql.migrate import migrate
-    from tests.conftest import use_schema
+    from tests.helpers import use_schema
 
     migrate(pg)
     cfg = Path(use_schema(hoard_home, pg))
@@ -195,6 +196,7 @@ def test_put_racing_delete_batch_and_gc_loses_nothing(hoard_home: Path, pg, tmp_
     assert _hoard(cfg, "check").returncode == 0
 
 
+@pytest.mark.services  # starts hoard processes, servers or a FUSE mount
 def test_killed_put_has_rooted_everything_it_printed(tmp_path: Path) -> None:
     """kill -9 a `hoard put` after it printed some lines: each printed object is a root (a root
     is written before the line), so dropping a batch with the same files and gc keep them."""

@@ -21,7 +21,7 @@ from fsd.core import shardfmt as fmt
 from fsd.maintenance.check import check
 from fsd.io.scrub import verify
 from fsd.store import Store
-from tests.conftest import make_files
+from tests.helpers import make_files
 
 
 def test_ctrl_c_between_writing_a_record_and_noting_it_seals_a_whole_shard(store_factory, tmp_path: Path,

@@ -16,8 +16,8 @@ from hypothesis import strategies as st
 from fsd.base.proc import which
 from sql import browse
 from sql.migrate import migrate
-from tests.conftest import fresh_schema
 from tests.gui_fixtures import gui_home, sign_in, user  # noqa: F401 - fixtures
+from tests.helpers import fresh_schema
 
 pytestmark = pytest.mark.timeout(300)
 

@@ -13,6 +13,7 @@ from sql.cluster import PrivateCluster, ensure_database
 from sql.health import database_status
 
 
+@pytest.mark.services  # starts hoard processes, servers or a FUSE mount
 def test_private_redis_start_is_idempotent_and_stops(tmp_path: Path) -> None:
     """start twice → one server on the unix socket; stop → gone."""
     rd = PrivateRedis(tmp_path / "redis", tmp_path / "run" / "redis.sock")
@@ -35,6 +36,7 @@ def test_private_redis_refuses_overlong_socket_path(tmp_path: Path) -> None:
         PrivateRedis(tmp_path, tmp_path / ("x" * 120) / "redis.sock")
 
 
+@pytest.mark.services  # starts hoard processes, servers or a FUSE mount
 def test_private_cluster_lifecycle(tmp_path: Path) -> None:
     """initdb + start in a private directory, create a database, stop, start again, destroy."""
     cluster = PrivateCluster(tmp_path / "pg", tmp_path / "pg" / "socket")

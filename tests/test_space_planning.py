@@ -14,7 +14,7 @@ from fsd.maintenance.gc import GcNoSpace, gc
 from fsd.core.placement import Candidate, Need, NoSpace, simulate
 from fsd.maintenance.rebuild import rebuild
 from fsd.io.replicate import replicate_once
-from tests.conftest import make_files
+from tests.helpers import make_files
 
 
 def test_simulate_needs_distinct_disks() -> None:

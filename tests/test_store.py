@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from fsd.core import shardfmt as fmt
 from fsd.core.placement import NoSpace
 from fsd.core.records import DataError, ObjectNotFound
-from tests.conftest import make_files
+from tests.helpers import flip_byte, make_files
 
 
 def _sha(p: Path) -> str:
@@ -240,7 +240,7 @@ def planner_store(tmp_path_factory):
     """Three disks, two replicas a shard, 1 MiB shards of 600 objects of 2-20 KB (read only)."""
     from fsd.base import config
     from fsd.store import Store
-    from tests.conftest import write_config
+    from tests.helpers import write_config
 
     root = tmp_path_factory.mktemp("planner")
     disks = [(f"d{i}", root / "disks" / f"d{i}", None) for i in (1, 2, 3)]
@@ -284,8 +284,6 @@ def test_large_records_are_balanced_over_the_disks_and_streamed_by_their_readers
     (verified pieces) from the disk the plan chose, inside that disk's reader, beside the
     other disks' readers — not one after another once everything else is read."""
     from fsd.io.planner import MAX_RANGE, make_plan
-    from tests.test_safety import _flip_byte
-
     store = store_factory(n_disks=4, shard_size_mb=40, copy_of_raw=2, write_ack=2)
     big = []
     for i in range(4):
@@ -306,7 +304,7 @@ def test_large_records_are_balanced_over_the_disks_and_streamed_by_their_readers
         for w in ws:                                 # the plan's choice were ignored (a warning fails the test)
             meta = store.index.get_shard(store.index.lookup(w.sha).shard_id)
             for other in set(meta.replicas) - {chosen}:
-                _flip_byte(store.disks[other].find(meta.hex), w.offset + (1 << 20))
+                flip_byte(store.disks[other].find(meta.hex), w.offset + (1 << 20))
     got: dict[bytes, tuple[str, str]] = {}
     lock = threading.Lock()
 

@@ -13,7 +13,7 @@ from fsd.base import config
 from fsd.core.placement import choose
 from fsd.io.put import _Batch
 from fsd.store import Store
-from tests.conftest import make_files, write_config
+from tests.helpers import make_files, write_config
 from tests.lab import DiskProfile, drop_caches
 from tests.test_store import check_store
 

@@ -14,6 +14,9 @@ import pytest
 from fsd.core import storelock
 from fsd.core.storelock import StoreBusy
 
+# tier: the module's tests start hoard processes, servers or a FUSE mount
+pytestmark = pytest.mark.services
+
 REPO = Path(__file__).resolve().parent.parent
 
 HOLD = """

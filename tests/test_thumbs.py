@@ -4,6 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
+# tier: the module's tests start hoard processes, servers or a FUSE mount
+pytestmark = pytest.mark.services
+
 
 def test_a_progressive_jpeg_is_judged_by_its_declared_size(tmp_path: Path) -> None:
     """W3-X 12: a progressive JPEG is decoded into whole-image buffers whatever draft() scale;
@@ -18,7 +23,7 @@ def test_a_progressive_jpeg_is_judged_by_its_declared_size(tmp_path: Path) -> No
 
     from fsd.base import config
     from fsd.store import Store
-    from tests.conftest import REPO, dir_disks_config
+    from tests.helpers import REPO, dir_disks_config
 
     cfg_path = dir_disks_config(tmp_path, 2, shard_size_mb=4)
     buf = io.BytesIO()

@@ -18,7 +18,7 @@ from fsd.base.units import fmt_bytes
 from fsd.maintenance.deletion import release
 from fsd.mount.watch import render_health
 from fsd.store import Store
-from tests.conftest import dir_disks_config, make_files
+from tests.helpers import dir_disks_config, make_files
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -35,6 +35,7 @@ def test_fmt_bytes(n, shown) -> None:
     assert fmt_bytes(n) == shown
 
 
+@pytest.mark.services  # starts hoard processes, servers or a FUSE mount
 def test_a_capacity_reads_the_same_in_every_command(tmp_path: Path) -> None:
     """A disk of capacity_gb = 1.5 and a zone of quota_gb = 1: "1.50 GiB" and "1.00 GiB" in
     `disks list`, `health`, `.hoard/health` and the zone's refusal (before: GB of 2^30 in some,
@@ -56,6 +57,7 @@ def test_a_capacity_reads_the_same_in_every_command(tmp_path: Path) -> None:
         refused.value.message
 
 
+@pytest.mark.services  # starts hoard processes, servers or a FUSE mount
 def test_gc_reports_what_it_removed_and_what_it_wrote(tmp_path: Path) -> None:
     """`gc` reported "freed" bytes larger than what it rewrote, as if the copies cost nothing:
     its report has the replica files removed and the replica files written, and their

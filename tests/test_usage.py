@@ -17,8 +17,8 @@ import pytest
 from fsd.base import config
 from jobs.usage import rows
 from sql.migrate import migrate
-from tests.conftest import use_schema
 from tests.gui_fixtures import gui_home, sign_in, user  # noqa: F401 - fixtures
+from tests.helpers import use_schema
 from tests.test_cli import hoard
 
 pytestmark = pytest.mark.timeout(180)

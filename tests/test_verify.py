@@ -9,12 +9,13 @@ import pytest
 
 from fsd.base import config
 from fsd.store import Store
-from tests.conftest import dir_disks_config, make_files
+from tests.helpers import dir_disks_config, flip_byte, make_files
 from tests.test_cli import hoard
 from tests.test_store import check_store
 
 
 # the victim is the first replica file by path; which disk holds it is placement's choice
+@pytest.mark.services  # starts hoard processes, servers or a FUSE mount
 @pytest.mark.expect_log(r"disk d\d: verify error on shard \w+: payload checksum mismatch", level="WARNING")
 def test_bit_flip_found_and_repaired(tmp_path: Path) -> None:
     cfg_path = str(dir_disks_config(tmp_path, 3, shard_size_mb=1))
@@ -63,6 +64,7 @@ def test_sample_and_budget(tmp_path: Path) -> None:
         assert len({m.shard_id for m in store.index.iter_shards() if m.verified is None}) == len(never) - 1
 
 
+@pytest.mark.services  # starts hoard processes, servers or a FUSE mount
 def test_verify_one_batch(tmp_path: Path) -> None:
     """`--batch ID` checks only the shards that hold that batch's files (and its manifest);
     an unknown batch is a usage error."""
@@ -108,6 +110,7 @@ def test_sample_is_oldest_verified_first_and_deterministic(tmp_path: Path) -> No
                                                             if m.verified != stamp[m.shard_id]}
 
 
+@pytest.mark.services  # starts hoard processes, servers or a FUSE mount
 def test_verify_cli_says_what_it_did(tmp_path: Path) -> None:
     """An unknown --disk is refused listing the labels (exit 2); an empty store says there is
     nothing to verify; a small --sample of a store with shards verifies at least one."""
@@ -132,10 +135,8 @@ def test_a_disk_vanishing_before_its_repair_is_named_not_a_traceback(lab_factory
     is reported bad and not stamped verified, every object reads; with the disk back, the
     next `verify --repair` mends it."""
     from fsd.io.scrub import verify
-    from tests.conftest import write_config
+    from tests.helpers import write_config
     from tests.lab import DiskProfile
-    from tests.test_safety import _flip_byte
-
     lab = lab_factory([DiskProfile(f"v{i}", 200, 500, 500, 5000) for i in (1, 2, 3)], throttle=False)
     disks = [(k, d.mountpoint, None) for k, d in lab.disks.items()]
     cfg = config.load(write_config(tmp_path, disks, allow_dirs=False, shard_size_mb=1, copy_of_raw=2))
@@ -143,7 +144,7 @@ def test_a_disk_vanishing_before_its_repair_is_named_not_a_traceback(lab_factory
     results = store.put_many(make_files(tmp_path / "in", 60))
     victim = sorted(p for d in lab.disks.values() for p in (d.mountpoint / "shards").rglob("*.shard"))[0]
     label = next(k for k, d in lab.disks.items() if victim.is_relative_to(d.mountpoint))
-    _flip_byte(victim, victim.stat().st_size // 3)
+    flip_byte(victim, victim.stat().st_size // 3)
     gone, calls = [], []
     replicas = sum(len(m.replicas) for m in store.index.iter_shards() if m.sealed)
 

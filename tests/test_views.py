@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from fsd.outputs.views import ViewError, define_view
-from tests.conftest import make_files
+from tests.helpers import make_files
 
 
 def test_file_that_is_another_paths_directory_is_refused(store_factory, tmp_path: Path) -> None:
@@ -41,6 +41,7 @@ with Store.open(config.load(cfg_path)) as store:
 """
 
 
+@pytest.mark.services  # starts hoard processes, servers or a FUSE mount
 def test_a_view_removed_while_another_is_defined_never_tombstones_what_the_other_names(
         store_factory, tmp_path: Path) -> None:
     """Removing a view tombstones the objects it owned (made for it) that no other view names.
@@ -83,6 +84,7 @@ def test_removing_a_view_tombstones_only_what_it_owned(store_factory, tmp_path: 
     assert store.index.marked_among(store.index.deleted, [bytes.fromhex(s) for s in (a, b, c)]) == {bytes.fromhex(c)}
 
 
+@pytest.mark.services  # starts hoard processes, servers or a FUSE mount
 def test_a_view_is_named_only_after_every_object_of_its_manifest_is_durable(
         store_factory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The write order of a definition, followed call by call: an index transaction never
@@ -148,6 +150,7 @@ def test_a_view_is_named_only_after_every_object_of_its_manifest_is_durable(
     assert [k for k, _ in events[first_name:]] == ["pointer"] and store.index.get_view("ordered") == info
 
 
+@pytest.mark.services  # starts hoard processes, servers or a FUSE mount
 def test_view_add_refuses_names_and_paths_a_copy_out_of_the_mount_cannot_make(tmp_path: Path) -> None:
     """A name over 255 bytes (which the mount would serve but `cp -r` out of it cannot
     create) and a path over 4096 bytes are refused in one line naming the path, nothing is
@@ -156,7 +159,7 @@ def test_view_add_refuses_names_and_paths_a_copy_out_of_the_mount_cannot_make(tm
 
     from fsd.base import config
     from fsd.store import Store
-    from tests.conftest import dir_disks_config
+    from tests.helpers import dir_disks_config
     from tests.test_cli import hoard
 
     cfg = str(dir_disks_config(tmp_path, 2, shard_size_mb=1))

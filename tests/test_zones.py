@@ -21,6 +21,7 @@ from fsd.outputs import seal, zones
 from fsd.base import config
 from fsd.base.errors import ExitCode
 from fsd.base.units import fmt_bytes
+from tests.helpers import missing
 
 REPO = Path(__file__).resolve().parent.parent
 MiB = 1 << 20
@@ -170,6 +171,7 @@ while not os.path.exists(go + ".done"):  # a winner keeps its reservation alive 
 """
 
 
+@pytest.mark.services  # starts hoard processes, servers or a FUSE mount
 def test_racing_processes_never_share_the_last_room(tmp_path: Path) -> None:
     """Eight processes reserve 3 MiB each at the same instant in a zone with room for three
     below 90 %: exactly three get it, and together they stay below the deny threshold."""
@@ -204,6 +206,7 @@ time.sleep(600)
 """
 
 
+@pytest.mark.services  # starts hoard processes, servers or a FUSE mount
 @pytest.mark.expect_log(r"zone 3C: reclaimed the stale reservation of job stage:9", level="WARNING")
 def test_reservation_survives_kill9_and_is_reclaimed_as_stale(tmp_path: Path) -> None:
     """A reservation outlives its process's kill -9 on disk; it is then reported stale (and no
@@ -243,6 +246,7 @@ time.sleep(600)
 """
 
 
+@pytest.mark.services  # starts hoard processes, servers or a FUSE mount
 def test_a_stale_reservation_of_a_sealed_package_is_released_not_reclaimed(tmp_path: Path) -> None:
     """An ingest package step killed after its manifest (the 3B package's seal), before its
     release: the next reservation in 3B drops it as an output's that is whole — it warned
@@ -333,6 +337,7 @@ with seal.output(cfg, "3C", "stage-5", job="stage:5", kind="stage", expected_byt
 """
 
 
+@pytest.mark.services  # starts hoard processes, servers or a FUSE mount
 def test_kill9_between_rename_and_sealed_is_not_complete(tmp_path: Path) -> None:
     """A producer killed after the rename but before `_SEALED` leaves `<zone>/<id>/` that no
     reader takes as complete: `check_sealed` refuses it, `hoard zones --json` lists it
@@ -363,6 +368,7 @@ def test_kill9_between_rename_and_sealed_is_not_complete(tmp_path: Path) -> None
     assert not final.exists() and zones.reservations(cfg, "3C") == []
 
 
+@pytest.mark.services  # starts hoard processes, servers or a FUSE mount
 def test_cli_clean_sealed_and_unknown(tmp_path: Path) -> None:
     """`hoard zones clean ID` removes a sealed output and frees its bytes; an unknown id, or a
     zone without outputs, is one line naming it."""
@@ -383,7 +389,7 @@ def test_health_shows_the_same_figures(hoard_home: Path, pg) -> None:
     """`hoard health --json` carries `hoard zones`' figures (reserved, free, reservations,
     outputs) and names a stale reservation and an incomplete output as problems; `hoard
     health` shows the short form."""
-    from tests.conftest import use_schema
+    from tests.helpers import use_schema
 
     cfg = config.load(use_schema(hoard_home, pg))
     assert hoard(cfg, "init").returncode == 0
@@ -465,6 +471,7 @@ def test_design_doc_example_is_what_seal_writes(tmp_path: Path) -> None:
     assert {k: v for k, v in got.items() if k not in times} == {k: v for k, v in doc.items() if k not in times}
 
 
+@pytest.mark.services  # starts hoard processes, servers or a FUSE mount
 def test_unreadable_reservation_is_named_not_counted_silently(tmp_path: Path) -> None:
     """A reservation file a person broke stops new reservations in its zone with one line
     naming the file; `hoard zones` still shows the zone, with the error."""
@@ -500,6 +507,7 @@ def test_a_bug_in_the_producer_is_cleaned_up_and_raised_as_it_is(tmp_path: Path)
     assert zones.reservations(cfg, "3C") == [] and not o.tmp.exists()
 
 
+@pytest.mark.services  # starts hoard processes, servers or a FUSE mount
 def test_charge_is_what_the_files_occupy_as_du_counts_them(tmp_path: Path) -> None:
     """zones.charge of 152 small files (and a few others) in 3 directories covers what `du`
     finds once they are written on this machine's file system, and not much more — the
@@ -523,6 +531,7 @@ def test_charge_is_what_the_files_occupy_as_du_counts_them(tmp_path: Path) -> No
     assert zones.charge(cfg.ssd.zone_path("3C") / "not-yet" / "deeper", [1]) == 2 * block  # a block and an entry
 
 
+@pytest.mark.services  # starts hoard processes, servers or a FUSE mount
 def test_a_zone_on_a_full_file_system_refuses_what_its_quota_would_admit(tmp_path: Path) -> None:
     """3C on a 4 MiB tmpfs holding 3.94 MiB (38 % of its 10 MiB quota): `zone_usage` reports
     the file system's free bytes and counts them in `free_bytes`, `reserve` refuses 1 MiB
@@ -533,7 +542,7 @@ def test_a_zone_on_a_full_file_system_refuses_what_its_quota_would_admit(tmp_pat
     cfg = zone_config(tmp_path)
     z = cfg.ssd.zone_path("3C")
     if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(z)], capture_output=True).returncode:
-        pytest.skip("cannot mount a tmpfs here (needs root)")
+        missing("TMPFS MOUNT UNAVAILABLE (needs root)")
     try:
         fill(z / "loose.bin", 4 * MiB - 64 * 1024)
         u = zones.zone_usage(cfg, "3C")
@@ -564,7 +573,7 @@ def test_a_zone_on_a_full_file_system_refuses_what_its_quota_would_admit(tmp_pat
         subprocess.run(["umount", str(z)], check=True)
 
 
-def test_charge_counts_every_level_of_a_deep_tree(tmp_path: Path) -> None:
+def test_charge_counts_every_level_of_a_deep_tree(disk_path: Path) -> None:
     """A layout like {sha256:1}/{sha256:2}/{sha256:3}/{sha256} makes three directory levels:
     counting only each file's parent directory undercounts what `du` finds; `tree_dirs`
     counts every level, and the charge covers the written tree."""
@@ -572,7 +581,7 @@ def test_charge_counts_every_level_of_a_deep_tree(tmp_path: Path) -> None:
     for i in range(60):
         h = hashlib.sha256(str(i).encode()).hexdigest()
         paths.append(f"{h[:1]}/{h[:2]}/{h[:3]}/{h}.jpg")
-    tree = tmp_path / "tree"
+    tree = disk_path / "tree"
     for p in paths:
         fill(tree / p, 100)
     on_disk = zones.du(tree)
@@ -584,6 +593,7 @@ def test_charge_counts_every_level_of_a_deep_tree(tmp_path: Path) -> None:
     assert zones.tree_dirs(["f", "a/f", "a/g"]) == 1 and zones.tree_dirs([]) == 0
 
 
+@pytest.mark.services  # starts hoard processes, servers or a FUSE mount
 def test_zones_sharing_a_file_system_count_each_others_reservations(tmp_path: Path) -> None:
     """All zones live on one SSD: a 4 MiB reservation in 3C (nothing written yet) leaves a
     6 MiB file system 2 MiB for everyone, so 3D's 4 MiB is refused — though 3D's quota and
@@ -592,7 +602,7 @@ def test_zones_sharing_a_file_system_count_each_others_reservations(tmp_path: Pa
     cfg = zone_config(tmp_path)
     ssd = cfg.ssd.root
     if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=6m", "tmpfs", str(ssd)], capture_output=True).returncode:
-        pytest.skip("cannot mount a tmpfs here (needs root)")
+        missing("TMPFS MOUNT UNAVAILABLE (needs root)")
     try:
         for z in ("3A", "3B", "3C", "3D"):
             cfg.ssd.zone_path(z).mkdir()

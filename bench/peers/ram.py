@@ -54,7 +54,7 @@ from _common import Lab, MiB, allocated, hoard_mounted, mergerfs_mounted, read_a
 from fsd.base import config
 from fsd.store import Store
 from fsd.outputs.views import define_view_rows
-from tests.conftest import dir_disks_config
+from tests.helpers import dir_disks_config
 from tests.lab import DiskProfile
 
 CHUNK = 50_000  # objects per put_bytes_many call (one group commit each)

@@ -15,7 +15,7 @@ import pytest
 
 from tests.chaos.harness import InvariantViolation, Step, World, lab_profiles, power_world
 
-pytestmark = [pytest.mark.lab, pytest.mark.chaos]
+pytestmark = pytest.mark.chaos  # the tier; its worlds are built on the disk lab
 
 
 #: seeds of the long form that once found a violation, run by the short form too (CI):

@@ -1,27 +1,25 @@
-"""Mount v2: views that change, stable inodes, deletions seen, disks that come and go while
-mounted, a frozen disk that delays only its own readers, and shuffled reads that fetch only
-what they serve — against real FUSE mounts, real disks (directory disks and the disk lab)."""
+"""The mount while the store changes under it: a view redefined (new bytes, stable inode
+numbers), by-hash numbers as objects come to share leading bits or are collected, a name
+whose object was collected unseen, disks added and replaced, deletions past a collected view
+manifest, an object deleted during a listing. Real FUSE mounts on directory disks."""
 
 from __future__ import annotations
 
 import hashlib
 import os
-import random
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import pytest
 
 from fsd.base import config
-from fsd.mount.queue import BACKGROUND, DiskQueue
-from fsd.mount.reader import BLOCK, PREFETCH_BLOCKS
 from fsd.store import Store
 from fsd.outputs.views import define_view
-from tests.conftest import dir_disks_config, make_files, write_config
+from tests.helpers import dir_disks_config, make_files
 from tests.test_mount import mounted
+
 
 pytestmark = pytest.mark.needs(os.path.exists("/dev/fuse"), "MOUNT TESTS SKIPPED: no /dev/fuse")
 
@@ -48,6 +46,7 @@ def _read(path: Path) -> bytes | None:
         return None
 
 
+@pytest.mark.services  # starts hoard processes, servers or a FUSE mount
 def test_redefined_view_serves_new_bytes_and_inodes_are_stable(tmp_path: Path) -> None:
     """A path of a view read (kernel caches its name and pages), then the view redefined to
     point that path at another object: the mount serves the new bytes within seconds. A
@@ -116,6 +115,7 @@ def _forty_small_objects(tmp_path: Path):
     return cfg_path, cfg, datas, shas, [int(s[:2], 16) for s in shas]
 
 
+@pytest.mark.services  # starts hoard processes, servers or a FUSE mount
 def test_a_by_hash_number_another_object_comes_to_share_is_looked_up_again(tmp_path: Path) -> None:
     """A by-hash file is numbered by its sha256's leading bits while no other object shares
     them. An object stored later with the same bits (forced here: 8 bits) makes that number
@@ -147,6 +147,7 @@ def test_a_by_hash_number_another_object_comes_to_share_is_looked_up_again(tmp_p
             assert path(shas[k]).read_bytes() == datas[k]
 
 
+@pytest.mark.services  # starts hoard processes, servers or a FUSE mount
 def test_a_by_hash_number_never_names_an_object_stored_after_its_own_was_collected(tmp_path: Path) -> None:
     """A by-hash file's number whose object is deleted and collected (gc), after which an
     object with the same leading bits is stored (forced here: 8 bits; an attacker's 2^61
@@ -193,6 +194,7 @@ def test_a_by_hash_number_never_names_an_object_stored_after_its_own_was_collect
             assert path(sha).read_bytes() == data
 
 
+@pytest.mark.services  # starts hoard processes, servers or a FUSE mount
 def test_a_name_whose_object_was_collected_unseen_is_gone_not_an_io_error(tmp_path: Path) -> None:
     """A name the kernel looked up (a file with a table row) whose object is deleted and
     collected before the mount's deletions refresh saw the tombstone (gc within its 2 s; here
@@ -219,6 +221,7 @@ def test_a_name_whose_object_was_collected_unseen_is_gone_not_an_io_error(tmp_pa
     assert "ERROR" not in log and "unreadable" not in log, log
 
 
+@pytest.mark.services  # starts hoard processes, servers or a FUSE mount
 def test_disk_added_and_replaced_while_mounted_serves_reads(tmp_path: Path) -> None:
     """Both disks replaced while the mount runs (`hoard disks add` + `hoard disks replace`):
     once the old disks are gone, every file reads from the new ones."""
@@ -246,214 +249,7 @@ def test_disk_added_and_replaced_while_mounted_serves_reads(tmp_path: Path) -> N
     assert "disks now" in (tmp_path / "mnt.log").read_text()
 
 
-def test_disk_queue_serves_readers_in_turn() -> None:
-    """A reader with 40 queued requests does not make a reader with one wait behind them all;
-    a queued request can be taken over; read-ahead never runs on a foreground thread."""
-    q = DiskQueue("t", threads=1, seconds_per_read=0.01)
-    order: list[str] = []
-    gate = threading.Event()
-
-    def job(tag: str) -> str:
-        gate.wait(5)
-        order.append(tag)
-        time.sleep(0.005)
-        return tag
-
-    try:
-        futs = [q.submit("bulk", job, f"bulk{i}") for i in range(40)]
-        late = q.submit("one", job, "one")
-        assert q.pending == 41 and q.cost() > 0.4
-        gate.set()
-        assert late.result(5) == "one"
-        assert order.index("one") <= 2, order
-        ahead = q.submit(BACKGROUND, threading.current_thread)
-        assert ahead.result(5).name.startswith("ahead-")
-        for f in futs:
-            f.result(5)
-        assert q.pending == 0 and q.served == 42
-        blocker = q.submit("x", time.sleep, 0.3)
-        queued = q.submit("x", lambda: "late")
-        assert queued.cancel()  # not started: the caller may do it itself
-        blocker.result(5)
-    finally:
-        q.close()
-
-
-# -- the disk lab -------------------------------------------------------------------------------
-
-def _lab_store(lab_factory, tmp_path: Path, labels: int, **store):
-    from tests.lab import LAB4
-
-    lab = lab_factory(LAB4[:labels])
-    disks = [(k, d.mountpoint, None) for k, d in lab.disks.items()]
-    cfg_path = write_config(tmp_path, disks, allow_dirs=False, **store)
-    return lab, cfg_path, config.load(cfg_path)
-
-
-def _disk_reads(lab) -> tuple[int, int]:
-    """(read requests completed, bytes read) over the lab's disks, from /sys/block/*/stat."""
-    reqs = total = 0
-    for d in lab.disks.values():
-        f = (Path("/sys/block") / Path(d.device).name / "stat").read_text().split()
-        reqs += int(f[0])
-        total += int(f[2]) * 512
-    return reqs, total
-
-
-def _drop_caches() -> None:
-    subprocess.run(["sh", "-c", "sync; echo 3 > /proc/sys/vm/drop_caches"], check=True)
-
-
-def test_shuffled_reads_fetch_only_what_they_serve(lab_factory, tmp_path: Path) -> None:
-    """Small files read in random order through the mount (cold caches): the disks read at
-    most 1.5× the bytes served; read in stored order they stream (blocks read ahead)."""
-    lab, cfg_path, cfg = _lab_store(lab_factory, tmp_path, 2, shard_size_mb=64, copy_of_raw=2, write_ack=2)
-    files = make_files(tmp_path / "in", 1500, seed=3, lo=4096, hi=64 * 1024)
-    with Store.open(cfg, init=True) as store:
-        res = store.put_many(files)
-    paths = {r.sha256: Path(r.path) for r in res}
-    mnt = tmp_path / "mnt"
-    rng = random.Random(5)
-    sample = rng.sample(res, 150)
-    with mounted(str(cfg_path), mnt):
-        def by_hash(r) -> Path:
-            return mnt / "by-hash" / r.sha256[:2] / r.sha256[2:4] / f"{r.sha256}.bin"
-
-        for r in sample:  # names first: the lookups' LMDB pages are not what is measured
-            os.stat(by_hash(r))
-        _drop_caches()
-        before = _disk_reads(lab)
-        served = 0
-        for r in sample:
-            data = by_hash(r).read_bytes()
-            assert data == paths[r.sha256].read_bytes()
-            served += len(data)
-        after = _disk_reads(lab)
-        amplification = (after[1] - before[1]) / served
-        assert amplification <= 1.5, f"shuffled reads read {amplification:.2f}x the bytes served"
-        rest = [r for r in res if r not in sample][:600]  # stored order (put_many's order)
-        for r in rest:
-            os.stat(by_hash(r))
-        _drop_caches()
-        before = _disk_reads(lab)
-        served = sum(len(by_hash(r).read_bytes()) for r in rest)
-        after = _disk_reads(lab)
-        extra = after[1] - before[1] - served
-    # the read-ahead window ends up to PREFETCH_BLOCKS × BLOCK (32 MiB) past the last file read:
-    # a bound in bytes, not a ratio (here ~20 MB are served). Measured: 39–45 MiB extra, of
-    # which up to ~13 MiB are read on both replicas while the window ramps up and moves between
-    # the disks (open in W2-M); the bound allows that overlap (4 blocks) and fails on anything
-    # like a second window
-    assert extra <= (PREFETCH_BLOCKS + 4) * BLOCK, f"stored-order reads read {extra >> 20} MiB more than served"
-    # streamed in large reads, not one request per file (4 MiB blocks hold ~120 of these files)
-    assert after[0] - before[0] < len(rest) / 4, f"stored order took {after[0] - before[0]} disk reads"
-
-
-def test_frozen_disk_delays_only_its_own_readers(lab_factory, tmp_path: Path) -> None:
-    """One view's files and manifest on two disks throttled to 8 KB/s (frozen, for a mount),
-    the other view's on two healthy disks: while readers hang on the frozen one — its manifest
-    included — the other view is listed and read at full speed, `.hoard/health` and `df`
-    answer."""
-    from fsd.core.disks import DiskState
-
-    lab, cfg_path, cfg = _lab_store(lab_factory, tmp_path, 4, shard_size_mb=16, copy_of_raw=2, write_ack=2)
-    labels = sorted(lab.disks)
-    slow, fast = labels[:2], labels[2:]
-    slow_files = make_files(tmp_path / "slow", 30, seed=1, lo=64 << 10, hi=256 << 10)
-    fast_files = make_files(tmp_path / "fast", 200, seed=2)
-    Store.open(cfg, init=True).close()
-    for mine, files, view, others in ((slow, slow_files, "slow", fast), (fast, fast_files, "fast", slow)):
-        with Store.open(cfg) as store:  # each view on its own pair of disks: the others drain meanwhile
-            for label in others:
-                store.set_disk_state(label, DiskState.DRAINING, "test placement")
-            for label in mine:
-                store.set_disk_state(label, DiskState.ACTIVE, "")
-            res = store.put_many(files)
-            # the slow view's manifest is large (each file under 40 names): loading it takes long
-            copies = 40 if view == "slow" else 1
-            define_view(store, view, "".join(f"{r.sha256}  d{k % 4}/{c}-{Path(r.path).name}\n" for k, r in
-                                             enumerate(res) for c in range(copies)).encode())
-    with Store.open(cfg) as store:
-        for label in slow:
-            store.set_disk_state(label, DiskState.ACTIVE, "")
-        for view, where in (("slow", slow), ("fast", fast)):
-            msha = bytes.fromhex(store.index.get_view(view)["manifest"])
-            meta = store.index.get_shard(store.index.lookup(msha).shard_id)
-            assert sorted(store.disks[u].label for u in meta.replicas) == where, view
-    mnt = tmp_path / "mnt"
-    hangers = []
-    with mounted(str(cfg_path), mnt, wrap=lab.wrap) as proc:
-        _drop_caches()
-        for label in slow:
-            lab.set_throttle(label, read_mbps=8 / 1024, write_mbps=1, iops=5)
-        try:
-            for k in range(3):  # readers stuck on the frozen disk: a listing (its manifest) and files
-                cmd = ["ls", "-lR", str(mnt / "views" / "slow")] if k == 0 else \
-                      ["sh", "-c", f"cat {mnt}/views/slow/d{k}/* > /dev/null"]
-                hangers.append(subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-            time.sleep(1)
-            t0 = time.monotonic()
-            names = []
-            for d in sorted(os.listdir(mnt / "views" / "fast")):
-                for name in sorted(os.listdir(mnt / "views" / "fast" / d)):
-                    names.append(name)
-                    data = (mnt / "views" / "fast" / d / name).read_bytes()
-                    assert data == (tmp_path / "fast" / name[2:]).read_bytes()
-            assert (mnt / ".hoard" / "health").read_text().startswith("objects:")
-            os.statvfs(mnt)
-            elapsed = time.monotonic() - t0
-            assert len(names) == 200
-            assert elapsed < 10, f"the healthy view took {elapsed:.1f} s while another disk was frozen"
-            assert any(h.poll() is None for h in hangers), "the frozen disk's readers were not held up at all"
-        finally:
-            for label in slow:
-                lab.set_throttle(label, read_mbps=0, write_mbps=0, iops=0)
-            for h in hangers:
-                try:
-                    h.wait(60)
-                except subprocess.TimeoutExpired:
-                    h.kill()
-        assert proc.poll() is None
-
-
-def test_hung_replica_is_bypassed(lab_factory, tmp_path: Path) -> None:
-    """One of two disks holding every object stops answering (1 KB/s) before anything is
-    read: listings (manifest pages), small files in random order and a large file all come
-    from the other copy within seconds — a request stuck on the hung disk is also asked of
-    the other replica, and the hung disk gets no new requests."""
-    lab, cfg_path, cfg = _lab_store(lab_factory, tmp_path, 2, shard_size_mb=16, copy_of_raw=2, write_ack=2)
-    files = make_files(tmp_path / "in", 60, seed=4, lo=8 << 10, hi=128 << 10)
-    big = tmp_path / "big.bin"
-    big.write_bytes(random.Random(5).randbytes(12 << 20))
-    with Store.open(cfg, init=True) as store:
-        res = store.put_many(files + [big])
-        define_view(store, "v", "".join(f"{r.sha256}  d{k % 3}/{Path(r.path).name}\n"
-                                        for k, r in enumerate(res[:-1])).encode())
-    hung = sorted(lab.disks)[0]
-    mnt = tmp_path / "mnt"
-    with mounted(str(cfg_path), mnt, wrap=lab.wrap) as proc:
-        _drop_caches()
-        lab.set_throttle(hung, read_mbps=1 / 1024, write_mbps=1, iops=2)
-        try:
-            t0 = time.monotonic()
-            listed = subprocess.run(["ls", "-R", str(mnt / "views" / "v")], capture_output=True, text=True,
-                                    timeout=60).stdout
-            assert all(Path(f).name in listed for f in files)
-            for k, r in random.Random(6).sample(list(enumerate(res[:-1])), 60):
-                data = (mnt / "views" / "v" / f"d{k % 3}" / Path(r.path).name).read_bytes()
-                assert hashlib.sha256(data).hexdigest() == r.sha256
-            r = res[-1]
-            data = (mnt / "by-hash" / r.sha256[:2] / r.sha256[2:4] / f"{r.sha256}.bin").read_bytes()
-            assert hashlib.sha256(data).hexdigest() == r.sha256
-            elapsed = time.monotonic() - t0
-            assert elapsed < 30, f"reads with one hung replica took {elapsed:.1f} s"
-        finally:
-            lab.set_throttle(hung, read_mbps=0, write_mbps=0, iops=0)
-        assert proc.poll() is None
-    log = (tmp_path / "mnt.log").read_text()
-    assert "Traceback" not in log
-
-
+@pytest.mark.services  # starts hoard processes, servers or a FUSE mount
 @pytest.mark.expect_log(r"names of deleted objects under train/cats not invalidated", level="WARNING")
 def test_deletions_invalidated_past_a_collected_view_manifest(tmp_path: Path) -> None:
     """A reader holds a file of a view that is then redefined and its old manifest collected
@@ -492,6 +288,7 @@ def test_deletions_invalidated_past_a_collected_view_manifest(tmp_path: Path) ->
             assert held.read() == files[0].read_bytes()
 
 
+@pytest.mark.services  # starts hoard processes, servers or a FUSE mount
 def test_object_deleted_during_a_listing_is_not_told_to_the_kernel(tmp_path: Path) -> None:
     """A directory listed in several readdir calls (a `find` or `ls` of a large directory)
     while one of its objects is deleted: the entries handed out after the deletion was seen

@@ -27,8 +27,11 @@ from fsd.maintenance.gc import gc
 from fsd.outputs.manifest import Tree, build_view, iter_files, manifest_objects
 from fsd.store import Store
 from fsd.outputs.views import define_view_rows, remove_view
-from tests.conftest import dir_disks_config, make_files
+from tests.helpers import dir_disks_config, make_files
 from tests.test_cli import hoard
+
+# tier: the module's tests start hoard processes, servers or a FUSE mount
+pytestmark = pytest.mark.services
 
 REPO = Path(__file__).resolve().parent.parent
 

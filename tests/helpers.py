@@ -1,0 +1,96 @@
+"""Helpers the tests share (configs, files, schemas); fixtures and hooks are in conftest.py."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import psycopg
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+REALDATA = REPO.parent / "shared" / "realdata"
+def missing(msg: str) -> None:
+    """What a test needs is missing here (`msg` says what, in capitals): skipped loudly, with
+    the reason on stderr; under CI=true a failure, so CI cannot go green by skipping."""
+    if os.environ.get("CI"):
+        pytest.fail(msg + " (CI must run these tests)", pytrace=False)
+    print(f"\n*** {msg} ***", file=sys.stderr)
+    pytest.skip(msg)
+
+
+#: for tests of real public sample files (../shared/realdata beside the repo; under CI=true a skip fails)
+needs_realdata = pytest.mark.needs(REALDATA.is_dir(), f"REAL SAMPLES MISSING at {REALDATA}")
+
+
+def write_config(root: Path, disks: list[tuple[str, Path, float | None]], allow_dirs: bool = True,
+                 ssd: Path | None = None, **store: object) -> Path:
+    """A hoard.toml under `root` for store tests (no servers needed: they are not contacted);
+    the SSD root is `ssd`, by default `root/ssd`."""
+    lines = ['database_url = "postgresql:///unused_test"', 'redis_url = "redis://localhost:1/0"', "", "[store]",
+             f"allow_directory_disks = {'true' if allow_dirs else 'false'}"]
+    lines += [f"{k} = {v!r}" if not isinstance(v, bool) else f"{k} = {str(v).lower()}" for k, v in store.items()]
+    for label, path, cap in disks:
+        lines += ["", "[[disks]]", f'label = "{label}"', f'path = "{path}"']
+        if cap is not None:
+            lines.append(f"capacity_gb = {cap}")
+    lines += ["", "[ssd]", f'root = "{ssd or root / "ssd"}"']
+    for z in ("3A", "3B", "3C", "3D"):
+        lines += [f"[ssd.zones.{z}]", "quota_gb = 1"]
+    cfg = root / "hoard.toml"
+    cfg.write_text("\n".join(lines) + "\n")
+    return cfg
+
+
+def dir_disks_config(root: Path, n: int, first: int = 0, cap: float | None = None, **store: object) -> Path:
+    """A hoard.toml under `root` with `n` directory disks d<first>..; the directories are created."""
+    disks = [(f"d{i}", root / f"d{i}", cap) for i in range(first, first + n)]
+    for _, p, _ in disks:
+        p.mkdir(parents=True, exist_ok=True)
+    return write_config(root, disks, **store)
+
+
+def make_files(root: Path, n: int, seed: int = 0, lo: int = 1024, hi: int = 64 * 1024) -> list[Path]:
+    """n files of pseudo-random bytes (deterministic by seed) under root."""
+    from adapters.synth import flat_files
+
+    return flat_files(root, n, seed, lo, hi)
+
+
+@contextmanager
+def fresh_schema(url: str) -> Iterator[psycopg.Connection]:
+    """A connection to `url` whose search_path is a new, empty schema, dropped afterwards."""
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(url, autocommit=True) as admin:
+        admin.execute(f"CREATE SCHEMA {schema}")
+        try:
+            with psycopg.connect(url, options=f"-c search_path={schema}", autocommit=True) as conn:
+                yield conn
+        finally:
+            admin.execute(f"DROP SCHEMA {schema} CASCADE")
+
+
+def use_schema(home: Path, conn: psycopg.Connection) -> str:
+    """Point the hoard.toml in `home` at `conn`'s schema (from the `pg` fixture); return the config path."""
+    schema = conn.execute("SELECT current_schema()").fetchone()[0]
+    cfg_path = home / "hoard.toml"
+    lines = cfg_path.read_text().splitlines()
+    url = next(ln for ln in lines if ln.startswith("database_url = ")).split(" = ", 1)[1].strip("'\"")
+    own = psycopg.conninfo.make_conninfo(url, options=f"-c search_path={schema}")
+    cfg_path.write_text("\n".join(f"database_url = {json.dumps(own)}" if ln.startswith("database_url = ") else ln
+                                  for ln in lines) + "\n")
+    return str(cfg_path)
+
+
+def flip_byte(path: Path, offset: int) -> None:
+    """Flip the lowest bit of the byte at `offset` in `path` (a bit of rot)."""
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        b = f.read(1)
+        f.seek(offset)
+        f.write(bytes([b[0] ^ 0x01]))
