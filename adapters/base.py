@@ -231,12 +231,12 @@ def to_time(value: Any) -> dt.datetime | None:
         return None
     try:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return dt.datetime.fromtimestamp(value, dt.timezone.utc)
+            return dt.datetime.fromtimestamp(value, dt.UTC)
         s = str(value).strip()
         if len(s) == 8 and s.isdigit():
-            return dt.datetime.strptime(s, "%Y%m%d").replace(tzinfo=dt.timezone.utc)
+            return dt.datetime.strptime(s, "%Y%m%d").replace(tzinfo=dt.UTC)
         t = dt.datetime.fromisoformat(s.replace("Z", "+00:00"))
-        return t if t.tzinfo else t.replace(tzinfo=dt.timezone.utc)
+        return t if t.tzinfo else t.replace(tzinfo=dt.UTC)
     except (ValueError, OverflowError, OSError):
         return None
 

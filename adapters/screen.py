@@ -153,7 +153,7 @@ def quarantine(zone3a: Path, batch_id: str, rejects: list[Reject]) -> Path:
             os.replace(name, name, src_dir_fd=src, dst_dir_fd=dst)
         fd = os.open("_REASONS.txt", os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o640, dir_fd=home)
         with open(fd, "a", encoding="utf-8") as fh:
-            stamp = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+            stamp = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
             fh.write(f"# {stamp}  batch {batch_id}: path<TAB>reason\n")
             fh.writelines(lines)
             fh.flush()

@@ -12,9 +12,22 @@ import bisect
 from collections import defaultdict
 from typing import Any
 
-from adapters.base import (MEDIA_EXT, Adapter, Asset, BadDocument, BatchView, File, Parsed, Record, one_document,
-                           specific_fields, split_media, text, to_int, to_time)
-
+from adapters.base import (
+    MEDIA_EXT,
+    Adapter,
+    Asset,
+    BadDocument,
+    BatchView,
+    File,
+    Parsed,
+    Record,
+    one_document,
+    specific_fields,
+    split_media,
+    text,
+    to_int,
+    to_time,
+)
 
 #: the way on for a sidecar that cannot be read
 REDO = "fix or re-download the sidecar and drop both files in a new batch"

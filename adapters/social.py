@@ -17,8 +17,21 @@ import re
 from html import unescape
 from typing import Any
 
-from adapters.base import (Adapter, Asset, BadDocument, BatchView, File, Parsed, Record, match_media, one_document,
-                           specific_fields, text, to_int, to_time)
+from adapters.base import (
+    Adapter,
+    Asset,
+    BadDocument,
+    BatchView,
+    File,
+    Parsed,
+    Record,
+    match_media,
+    one_document,
+    specific_fields,
+    text,
+    to_int,
+    to_time,
+)
 
 
 class _ApiDump(Adapter):

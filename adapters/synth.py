@@ -232,7 +232,7 @@ _TAGS = ["cat", "dog", "street", "night", "food", "sky", "car", "tree", "sea", "
 
 
 def _date(ts: int, sep: str = "") -> str:
-    return dt.datetime.fromtimestamp(ts, dt.timezone.utc).strftime(f"%Y{sep}%m{sep}%d")
+    return dt.datetime.fromtimestamp(ts, dt.UTC).strftime(f"%Y{sep}%m{sep}%d")
 
 
 # -- derived children (crops, frames) ------------------------------------------------------

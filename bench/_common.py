@@ -19,7 +19,6 @@ from fsd.store import Store  # noqa: E402
 from tests.helpers import write_config  # noqa: E402
 from tests.lab import LAB4, Lab, drop_caches  # noqa: E402, F401
 
-
 MiB = 1 << 20
 _LOAD_AT_START = os.getloadavg()[0]  # a benchmark imports this module first
 

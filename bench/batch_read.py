@@ -25,8 +25,21 @@ import tempfile
 import threading
 from pathlib import Path
 
-from _common import (LAB4, Lab, MiB, balanced_per_disk, drop_caches, in_threads, lab_profile, lab_store, place_plain,
-                     replica_roots, report, run_timed, timed)
+from _common import (
+    LAB4,
+    Lab,
+    MiB,
+    balanced_per_disk,
+    drop_caches,
+    in_threads,
+    lab_profile,
+    lab_store,
+    place_plain,
+    replica_roots,
+    report,
+    run_timed,
+    timed,
+)
 
 from adapters.synth import flat_files
 

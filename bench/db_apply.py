@@ -37,7 +37,7 @@ from sql.intents import WriteIntent, virtual_sha256
 from sql.migrate import migrate
 from sql.selectors import query_nodes
 
-T0 = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
+T0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 
 
 @contextmanager

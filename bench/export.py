@@ -52,14 +52,31 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import (LAB4, Lab, MiB, balanced_per_disk, drop_caches, drop_page_cache, hoard_mounted, in_threads,
-                     lab_profile, lab_store, parallel, place_plain, read_file, replica_roots, report, run_timed, timed)
+from _common import (
+    LAB4,
+    Lab,
+    MiB,
+    balanced_per_disk,
+    drop_caches,
+    drop_page_cache,
+    hoard_mounted,
+    in_threads,
+    lab_profile,
+    lab_store,
+    parallel,
+    place_plain,
+    read_file,
+    replica_roots,
+    report,
+    run_timed,
+    timed,
+)
 
 from adapters.synth import flat_files
 from datasets import layouts
 from fsd.base.files import syncfs
-from fsd.outputs.materialize import Item, materialize
 from fsd.io.planner import make_plan
+from fsd.outputs.materialize import Item, materialize
 from fsd.outputs.views import define_view_rows
 
 

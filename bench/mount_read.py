@@ -37,8 +37,20 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from _common import (LAB4, Lab, REPO, drop_caches, hoard_mounted, lab_store, mergerfs_mounted,
-                     names_warm_data_cold, read_file, report, run_timed, timed)
+from _common import (
+    LAB4,
+    REPO,
+    Lab,
+    drop_caches,
+    hoard_mounted,
+    lab_store,
+    mergerfs_mounted,
+    names_warm_data_cold,
+    read_file,
+    report,
+    run_timed,
+    timed,
+)
 
 from adapters.synth import flat_files
 from fsd.io.put import put_payloads

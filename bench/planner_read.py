@@ -30,8 +30,8 @@ from _common import LAB4, Lab, MiB, drop_caches, lab_profile, lab_store, report,
 from export import _fresh, _large
 
 from adapters.synth import flat_files
-from fsd.outputs.materialize import Item, materialize
 from fsd.io.planner import execute, make_plan
+from fsd.outputs.materialize import Item, materialize
 
 
 def read_only(store, shas: list[bytes]) -> tuple[object, object]:
@@ -96,7 +96,7 @@ def main() -> None:
         o = out[name]
         rows.append((f"read only: {name}", f"{o['seconds']:7.2f} s  {o['mib'] / o['seconds']:6.1f} MiB/s  "
                                            f"{o['bound_s'] / o['seconds']:5.0%} of its plan's bound ({o['bound_s']:.2f} s)"))
-        rows.append((f"  per disk (plan s / took s / large MiB)",
+        rows.append(("  per disk (plan s / took s / large MiB)",
                      "  ".join(f"{k} {v['plan_s']}/{v['took_s']}/{v['large_mib']}" for k, v in sorted(o["disks"].items()))))
     m = out["materialize"]
     rows.append(("materialize: all", f"{m['seconds']:7.2f} s  {out['all']['mib'] / m['seconds']:6.1f} MiB/s  "

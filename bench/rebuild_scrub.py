@@ -22,8 +22,8 @@ from pathlib import Path
 
 from _common import LAB4, Lab, drop_caches, lab_profile, lab_store, report, run_timed
 
-from fsd.maintenance.rebuild import rebuild
 from fsd.io.scrub import verify
+from fsd.maintenance.rebuild import rebuild
 from tests.lab import DiskProfile
 
 MB = 1 << 20  # the lab's unit: profiles' read/write figures are MiB/s

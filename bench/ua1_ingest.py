@@ -26,7 +26,7 @@ import uuid
 from pathlib import Path
 
 import psycopg
-from _common import LAB4, Lab, MiB, REPO, drop_caches, parallel, report, run_timed, timed
+from _common import LAB4, REPO, Lab, MiB, drop_caches, parallel, report, run_timed, timed
 
 from adapters.synth import Spec, generate
 from fsd.base import config

@@ -20,27 +20,37 @@ import random
 import threading
 import time
 from collections.abc import Callable, Iterable, Set
-from typing import Protocol
 from pathlib import Path
+from typing import Protocol
 
 import lmdb
 
-from fsd.core import shardfmt as fmt
-from fsd.core import storelock
 from fsd.base import config as config_mod
 from fsd.base.config import Settings
 from fsd.base.errors import ExitCode, HoardError
 from fsd.base.files import atomic_write
 from fsd.base.paths import file_ext
 from fsd.base.units import fmt_bytes
-from fsd.core.disks import (DiskGone, DiskRecord, DiskState, LocalDisk)
+from fsd.core import shardfmt as fmt
+from fsd.core import storelock
+from fsd.core.disks import DiskGone, DiskRecord, DiskState, LocalDisk
 from fsd.core.index import Index, ShardMeta, has_index, index_error, open_existing
-from fsd.core.layout import (BATCHES_DIR, VIEWS_DIR, check_ssd, lock_root, pin_path, protect_ssd)
+from fsd.core.layout import BATCHES_DIR, VIEWS_DIR, check_ssd, lock_root, pin_path, protect_ssd
 from fsd.core.placement import Candidate, choose
+from fsd.core.records import (
+    GET_MAX,
+    ITER_READ,
+    MAP_PIECE,
+    DataError,
+    ObjectNotFound,
+    PutResult,
+    learn_map,
+    sha_bytes,
+    verify_record,
+)
 from fsd.io import attach, copies
 from fsd.io.planner import execute, make_plan
 from fsd.io.put import put_files, put_payloads
-from fsd.core.records import GET_MAX, ITER_READ, MAP_PIECE, DataError, ObjectNotFound, PutResult, learn_map, sha_bytes, verify_record
 from fsd.io.recovery import recover_orphans
 from fsd.io.replicate import replication_lag
 from fsd.io.scrub import oldest_unverified_age

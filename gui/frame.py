@@ -34,7 +34,7 @@ def banner() -> None:
     for b in snap.banners:
         color = "bg-red-7" if b.severity == "error" else "bg-orange-8"
         with ui.row().classes(f"w-full {color} text-white q-px-md q-py-xs items-center no-wrap").props(
-                f'data-testid="banner"'):
+                'data-testid="banner"'):
             ui.icon("error" if b.severity == "error" else "warning")
             ui.link(shown(b.text), b.link).classes("text-white")
 

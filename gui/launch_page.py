@@ -23,7 +23,6 @@ from jobs.maintenance import JOBS
 from sql.selectors import query_nodes
 
 
-
 async def _launched(message, fn, *args):
     """`fn(*args)` in a worker thread; its HoardError (a refused form, Redis down) shown in
     `message` in red, and None returned."""

@@ -11,9 +11,9 @@ from urllib.parse import urlencode
 from nicegui import ui
 
 from fsd.base.errors import HoardError
+from gui import text
 from gui.auth import require
 from gui.context import ctx, in_thread, page, snapshot
-from gui import text
 from gui.frame import frame, page_number, progress_text
 from jobs import launch, reports
 

@@ -24,10 +24,10 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from rq import serializers as rq_serializers
 from rq.exceptions import DeserializationError, NoSuchJobError
 from rq.job import Job
 from rq.queue import Queue
-from rq import serializers as rq_serializers
 from rq.serializers import JSONSerializer
 
 #: the serializer of every hoardfs queue, job fetch and worker (never RQ's default, pickle)

@@ -25,9 +25,9 @@ from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.job import Job, JobStatus
 from rq.registry import CanceledJobRegistry, FailedJobRegistry, FinishedJobRegistry, StartedJobRegistry
 
-from fsd.outputs import zones
 from fsd.base.config import Settings
 from fsd.base.errors import ExitCode, HoardError
+from fsd.outputs import zones
 from jobs import ingest, maintenance, outputs, reports, runlog
 from jobs import progress as job_progress
 from jobs.guard import SERIALIZER
@@ -120,7 +120,7 @@ def launch_maintenance(cfg: Settings, kind: str, params: dict[str, Any], by: str
             raise LaunchError(f"{kind}: {key}: no disk {clean[key]!r} in hoard.toml; one of {', '.join(labels)}")
     if kind == "rebuild" and clean.get("onto") == clean["disk"]:
         raise LaunchError(f"rebuild: onto: a disk cannot be rebuilt onto itself ({clean['disk']})")
-    job_id = f"{PREFIX}{kind}-{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
+    job_id = f"{PREFIX}{kind}-{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
     rq_queue(MAINTENANCE_QUEUE, conn or connect(cfg.redis_url)).enqueue(
         maintenance.run, kind, str(cfg.source) if cfg.source else None, **clean, job_id=job_id,
         job_timeout=maintenance.JOB_TIMEOUT_S, result_ttl=30 * 86400, failure_ttl=365 * 86400,
@@ -195,7 +195,7 @@ def _iso(t: dt.datetime | None) -> str:
     if t is None:
         return ""
     if t.tzinfo is None:
-        t = t.replace(tzinfo=dt.timezone.utc)
+        t = t.replace(tzinfo=dt.UTC)
     return t.isoformat(timespec="seconds")
 
 

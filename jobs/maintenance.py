@@ -10,8 +10,8 @@ resume from their own state, a backup is a new one, a verify-backup another chec
 
 from __future__ import annotations
 
-from dataclasses import asdict
 from collections.abc import Callable
+from dataclasses import asdict
 from typing import Annotated, Any, Literal
 
 import psycopg
@@ -19,9 +19,9 @@ from pydantic import Field
 
 from fsd.base import config
 from fsd.base.errors import ExitCode, HoardError
+from fsd.io.scrub import verify as _verify
 from fsd.maintenance.gc import gc as _gc
 from fsd.maintenance.rebuild import rebuild as _rebuild
-from fsd.io.scrub import verify as _verify
 from fsd.store import Store
 from jobs import progress as job_progress
 from jobs import reports, runlog, store_jobs

@@ -39,11 +39,11 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from datasets import layouts
-from fsd.outputs import seal, zones
 from fsd.base import config as config_mod
 from fsd.base.config import Settings
 from fsd.base.errors import ExitCode, HoardError, first_line
 from fsd.base.files import atomic_write, flocked, fsync_dir
+from fsd.outputs import seal, zones
 from fsd.outputs.manifest import ViewError
 from fsd.outputs.materialize import Item, MaterializeReport, materialize
 from jobs import runlog
@@ -210,7 +210,7 @@ def describe(cfg: Settings, st: OutputState) -> tuple[str, str]:
 
 
 def save_state(cfg: Settings, st: OutputState) -> None:
-    st.updated = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    st.updated = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     atomic_write(state_dir(cfg) / f"{st.id}.json", json.dumps(asdict(st), indent=1, sort_keys=True).encode())
 
 

@@ -14,10 +14,15 @@ import redis
 from rq import Queue, Worker
 from rq.exceptions import NoSuchJobError
 from rq.job import Job
-from rq.worker import BaseWorker
-from rq.registry import (DeferredJobRegistry, FailedJobRegistry, FinishedJobRegistry, ScheduledJobRegistry,
-                         StartedJobRegistry)
+from rq.registry import (
+    DeferredJobRegistry,
+    FailedJobRegistry,
+    FinishedJobRegistry,
+    ScheduledJobRegistry,
+    StartedJobRegistry,
+)
 from rq.utils import current_timestamp
+from rq.worker import BaseWorker
 
 from fsd.base.errors import HoardError, ServiceUnavailable, first_line
 from fsd.base.proc import pid_alive

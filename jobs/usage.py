@@ -16,7 +16,9 @@ import psycopg
 
 from fsd.base.config import Settings
 from fsd.base.errors import ExitCode, HoardError, first_line
-from sql.usage import HistoryPoint, Recorded, UsageRow, history as _history, record as _record
+from sql.usage import HistoryPoint, Recorded, UsageRow
+from sql.usage import history as _history
+from sql.usage import record as _record
 
 #: disk states whose byte counts are read from the disk itself
 _READABLE = ("active", "draining")

@@ -60,7 +60,7 @@ def dump_backup(url: str, store, zone3b: Path, label: str = "hoard", progress=No
     `progress(done, 3)` after each of the three steps (dump, store, cold copy)."""
     step = progress or (lambda done, total: None)
     t0 = time.monotonic()
-    started = dt.datetime.now(dt.timezone.utc)
+    started = dt.datetime.now(dt.UTC)
     with psycopg.connect(url, autocommit=True) as conn:
         schema = one(conn.execute("SELECT current_schema()"))[0]
         conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")

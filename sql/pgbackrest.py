@@ -151,7 +151,7 @@ class BackRest:
     def backup(self, url: str, kind: str) -> dict:
         if kind not in ("full", "diff"):
             raise HoardError(f"backup type {kind!r}: full or diff", ExitCode.USAGE)
-        started = dt.datetime.now(dt.timezone.utc)
+        started = dt.datetime.now(dt.UTC)
         with psycopg.connect(url, autocommit=True) as conn:
             schema = one(conn.execute("SELECT current_schema()"))[0]
             counts, writes_before = _counts(conn, schema), _writes(conn, schema)

@@ -22,11 +22,21 @@ import pytest
 import redis
 
 from tests import lab as lab_mod
-from tests.helpers import REPO, fresh_schema, missing, write_config
+
 # re-exported for test files written before tests/helpers.py (test_review_w3s/w3x, other
 # branches) that import them from here; new code imports tests.helpers
-from tests.helpers import (REALDATA, dir_disks_config, flip_byte, make_files, needs_realdata,  # noqa: F401
-                           use_schema)
+from tests.helpers import (  # noqa: F401
+    REALDATA,
+    REPO,
+    dir_disks_config,
+    flip_byte,
+    fresh_schema,
+    make_files,
+    missing,
+    needs_realdata,
+    use_schema,
+    write_config,
+)
 
 
 @pytest.fixture(autouse=True)

@@ -169,7 +169,7 @@ def test_a_mistyped_document_is_rejected_alone(tmp_path: Path, case: int, data) 
         assert _nodes(alone) <= _nodes(parsed), _nodes(alone) - _nodes(parsed)  # both hold are the victim's)
     stored = {rel: (hashlib.sha256((root / rel).read_bytes()).hexdigest(), size)
               for rel, size in view.files.items() if rel in parsed.claimed}
-    intent, _ = build_intent("fuzz", "b1", fmt, parsed.records, stored, dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc))
+    intent, _ = build_intent("fuzz", "b1", fmt, parsed.records, stored, dt.datetime(2026, 1, 1, tzinfo=dt.UTC))
     parse_intent(json.loads(json.dumps(intent, default=str)))
 
 

@@ -146,7 +146,7 @@ def test_intent_from_records_validates(tmp_path: Path) -> None:
     stored = {i.path: (i.sha256, i.size) for i in b.items}
     import datetime as dt
 
-    t = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
+    t = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
     one, _ = build_intent("k", b.batch_id, "ytdlp", parsed.records, stored, t)
     two, _ = build_intent("k", b.batch_id, "ytdlp", parsed.records, stored, t)
     assert parse_intent(one).digest() == parse_intent(two).digest()

@@ -7,9 +7,19 @@ import hashlib
 
 import pytest
 
-from sql.batches import (BatchError, add_nodes, create_batch, current_stage, define_action, define_pipeline,
-                         get_batch, record_event, seal_batch, stage_done)
 from sql.apply import apply_write_intent
+from sql.batches import (
+    BatchError,
+    add_nodes,
+    create_batch,
+    current_stage,
+    define_action,
+    define_pipeline,
+    get_batch,
+    record_event,
+    seal_batch,
+    stage_done,
+)
 from sql.migrate import migrate
 
 
@@ -48,7 +58,7 @@ def test_events_and_pipeline_stages(db) -> None:
     """Events are recorded; stages complete in order, idempotently; the next stage is reported."""
     conn, shas = db
     create_batch(conn, "b", 0)
-    t = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
+    t = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
     eid = record_event(conn, "b", 1, "done", t, t + dt.timedelta(minutes=3), {"gpu": "none"})
     assert conn.execute("SELECT status, detail FROM action_event WHERE event_id = %s", [eid]).fetchone() == (
         "done", {"gpu": "none"})
@@ -88,7 +98,7 @@ def test_dropping_a_batch_recomputes_shared_metadata(pg) -> None:
             "key": batch, "sources": ["src"],
             "nodes": [{"sha256": s, "physical": {"size": 1}} for s in nodes + [doc]],
             "metadata": [{"node": s, "source": "src", "title": title, "author": f"by {batch}",
-                          "download_time": dt.datetime(2026, 1, day, tzinfo=dt.timezone.utc), "raw_object": doc}
+                          "download_time": dt.datetime(2026, 1, day, tzinfo=dt.UTC), "raw_object": doc}
                          for s in nodes],
             "batches": [{"batch_id": batch, "source": "src", "members": nodes + [doc], "seal": True}]})
 

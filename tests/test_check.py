@@ -15,13 +15,13 @@ from pathlib import Path
 import pytest
 
 from fsd.base import config
+from fsd.io.replicate import replicate_once
+from fsd.io.writer import _lock, _unlock
 from fsd.maintenance.check import check
 from fsd.maintenance.deletion import drop_batch
 from fsd.maintenance.gc import gc
 from fsd.maintenance.orphans import sweep
-from fsd.io.replicate import replicate_once
 from fsd.store import Store
-from fsd.io.writer import _lock, _unlock
 from tests.helpers import dir_disks_config, make_files, use_schema
 
 REPO = Path(__file__).resolve().parent.parent

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from fsd.core import shardfmt as fmt
 from fsd.base import config
+from fsd.core import shardfmt as fmt
 from fsd.core.index import Index
 from fsd.store import Store
 from tests.helpers import dir_disks_config, make_files

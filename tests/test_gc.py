@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 
 from fsd.base import config
+from fsd.core.records import ObjectNotFound
 from fsd.maintenance.deletion import drop_batch, hide, release
 from fsd.maintenance.gc import GcNoSpace, gc
-from fsd.core.records import ObjectNotFound
 from fsd.store import Store
 from tests.helpers import make_files, write_config
 

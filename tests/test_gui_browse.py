@@ -166,8 +166,8 @@ def test_files_pillow_chokes_on_get_no_thumbnail_and_no_error(gui_home: Path, tm
 
     from PIL import Image
 
-    from fsd.outputs import thumbs
     from fsd.base import config
+    from fsd.outputs import thumbs
     from fsd.store import Store
 
     cfg = config.load(gui_home)

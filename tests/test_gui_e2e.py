@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.gui_browser import chromium, child_env, click, have_browser, page_text, wait_text
+from tests.gui_browser import child_env, chromium, click, have_browser, page_text, wait_text
 from tests.gui_fixtures import BATCH, PASSWORDS, drop_batch, gui_process
 
 REPO = Path(__file__).resolve().parents[1]

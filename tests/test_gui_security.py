@@ -22,8 +22,8 @@ from pathlib import Path
 import pytest
 
 from tests.gui_browser import child_env, chromium, free_port, have_browser, page_text, serving, sign_in, wait_text
-from tests.gui_fixtures import (FROM_THE_GUI, PASSWORDS, gui_home, gui_process, make_home, sign_in as sign_in_user,  # noqa: F401
-                                user)
+from tests.gui_fixtures import FROM_THE_GUI, PASSWORDS, gui_home, gui_process, make_home, user  # noqa: F401
+from tests.gui_fixtures import sign_in as sign_in_user
 
 pytestmark = pytest.mark.timeout(300)
 BROWSER = pytest.mark.needs(have_browser(), "no chromium + chromium-driver (Debian packages; `make deps` installs them)")

@@ -59,8 +59,8 @@ async def test_banner_names_what_is_on_fire_on_every_page(user, gui_home: Path) 
 def test_no_banner_when_all_is_well(gui_home: Path) -> None:
     """With a fresh backup and nothing wrong, no banner line shows."""
     from fsd.base import config
-    from jobs.health import collect
     from gui.state import banners
+    from jobs.health import collect
 
     cfg = config.load(gui_home)
     h = collect(cfg)
@@ -84,9 +84,9 @@ async def test_a_missing_and_a_failed_disk_card(user, gui_home: Path, tmp_path: 
     is back and another disk has failed, that one its state and `hoard disks replace|activate`.
     Both picked from the index (placement decides which disks hold replicas)."""
     from fsd.base import config
+    from fsd.base.units import fmt_bytes
     from fsd.core.disks import DiskState
     from fsd.store import Store
-    from fsd.base.units import fmt_bytes
     from gui.state import STORE_LOCK
     from tests.helpers import make_files
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from fsd.core import marks
 from fsd.base import config
+from fsd.core import marks
 from jobs.health import collect
 from tests.helpers import make_files
 from tests.test_cli_put import _hoard

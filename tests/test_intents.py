@@ -13,7 +13,7 @@ from sql.apply import apply_write_intent
 from sql.intents import IntentConflict, IntentError, parse_intent, virtual_sha256
 from sql.migrate import migrate
 
-T0 = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
+T0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 HOSTILE = "x'); DROP TABLE node; --"
 
 

@@ -99,9 +99,9 @@ def test_put_and_get_stream_in_bounded_memory(big) -> None:
 def test_verify_replicate_rebuild_and_planner(big) -> None:
     """verify --sha256 passes every replica; replicate makes the third copy; a lost disk's copy
     is rebuilt; the planner hands the object to a large sink in verified pieces."""
-    from fsd.maintenance.rebuild import rebuild
     from fsd.io.replicate import replicate_once
     from fsd.io.scrub import verify
+    from fsd.maintenance.rebuild import rebuild
 
     cfg = config.load(big["cfg"])
     with Store.open(cfg) as store:

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from fsd.base import config
-from fsd.maintenance.deletion import drop_batch, hide
 from fsd.core.disks import DiskState
+from fsd.maintenance.deletion import drop_batch, hide
 from fsd.store import Store
 from tests.helpers import dir_disks_config, make_files, use_schema
 

@@ -8,8 +8,8 @@ import hashlib
 import json
 import os
 import random
-import resource
 import re
+import resource
 import subprocess
 import time
 from pathlib import Path
@@ -17,13 +17,21 @@ from pathlib import Path
 import pytest
 
 from fsd.base import config
+from fsd.core.records import ObjectNotFound
 from fsd.maintenance.check import check
 from fsd.maintenance.gc import gc
-from fsd.outputs.manifest import (DIR_FORMAT, INLINE_ENTRIES, VIEW_FORMAT, Tree, WouldBlock, build_view, iter_files,
-                          manifest_objects)
-from fsd.core.records import ObjectNotFound
-from fsd.store import Store
+from fsd.outputs.manifest import (
+    DIR_FORMAT,
+    INLINE_ENTRIES,
+    VIEW_FORMAT,
+    Tree,
+    WouldBlock,
+    build_view,
+    iter_files,
+    manifest_objects,
+)
 from fsd.outputs.views import ViewError, define_view, define_view_rows, remove_view
+from fsd.store import Store
 from tests.helpers import dir_disks_config, make_files
 
 REPO = Path(__file__).resolve().parents[1]

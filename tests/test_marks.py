@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from fsd.core import marks
 from fsd.base import config
+from fsd.core import marks
 from fsd.maintenance.deletion import drop_batch
 from fsd.maintenance.gc import gc
 from fsd.store import Store

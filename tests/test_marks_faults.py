@@ -221,8 +221,8 @@ def test_check_and_rebuild_read_the_same_logs(store_factory, tmp_path: Path) -> 
     read). One flipped bit in a failed disk's frozen log ('1' → '9' in a reset line's stamp:
     0x31 → 0x39) makes that reset "the newest": check says the logs are fine, the rebuild
     skips every record before that far-future stamp — every root is lost."""
-    from fsd.maintenance.check import check
     from fsd.core.disks import DiskState
+    from fsd.maintenance.check import check
 
     store = store_factory(n_disks=3, caps=None)
     d1 = tmp_path / "disks" / "d1"
@@ -350,8 +350,8 @@ def test_check_does_not_recommend_erasing_the_root_of_an_object_on_unplugged_dis
     that snapshot's reset, ignored on d2/d3 when they return. (Adding a disk to keep writing
     with write_ack 2 takes the same snapshot by itself.) After the rebuild with d2/d3 back, x
     is not a root: a batch with the same bytes dropped + gc frees what `hoard put` acknowledged."""
-    from fsd.maintenance.check import check
     from fsd.core.disks import DiskState
+    from fsd.maintenance.check import check
     from fsd.maintenance.lifecycle import activate
 
     store = store_factory(n_disks=4, caps=None)
@@ -377,9 +377,8 @@ def test_check_does_not_recommend_erasing_the_root_of_an_object_on_unplugged_dis
         with Store.open(cfg) as s:  # what the advice says (the operator follows it)
             s.snapshot_marks()
     else:  # one disk left cannot take write_ack=2 writes: the operator adds one
-        from tests.test_cli_put import _hoard
-
         from fsd.base import config as config_mod
+        from tests.test_cli_put import _hoard
 
         # the enclosure's disks are taken out of hoard.toml meanwhile (`hoard disks add` opens
         # the store with init, and refuses a configured disk that is not mounted)
@@ -486,8 +485,8 @@ def test_check_advice_fixes_a_draining_disks_log(store_factory, tmp_path: Path) 
     names) and every snapshot only write *writable* disks. A flipped digit in a draining
     disk's reset stamp makes check fail on every run; following its advice changes nothing
     (and an index rebuild would lose every root)."""
-    from fsd.maintenance.check import check
     from fsd.core.disks import DiskState
+    from fsd.maintenance.check import check
 
     store = store_factory(n_disks=3, caps=None)
     store.put_many(make_files(tmp_path / "a", 3, seed=47), root=PUT)
@@ -583,8 +582,8 @@ def test_a_disk_that_vanishes_and_comes_back_during_an_append_is_not_counted(lab
     both checks saw the disk, the index counted the marks as on its log, and the disk's own
     log lacked them with nothing to catch it up (the hole chaos seed 1025 found, narrowed
     to the time between the two checks). The append must be on the disk's filesystem."""
-    from fsd.io import copies
     from fsd.base import config
+    from fsd.io import copies
     from fsd.maintenance.deletion import hide
     from tests.helpers import write_config
     from tests.lab import DiskProfile

@@ -15,11 +15,10 @@ from pathlib import Path
 import pytest
 
 from fsd.base import config
-from fsd.store import Store
 from fsd.outputs.views import define_view
+from fsd.store import Store
 from tests.helpers import dir_disks_config, make_files
 from tests.test_mount import mounted
-
 
 pytestmark = pytest.mark.needs(os.path.exists("/dev/fuse"), "MOUNT TESTS SKIPPED: no /dev/fuse")
 

@@ -17,8 +17,8 @@ import trio
 from fsd.base import config
 from fsd.mount.namespace import DERIVED, ROOT, Namespace, Node, inode_of
 from fsd.mount.reader import Reader
-from fsd.store import Store
 from fsd.outputs.views import define_view_rows
+from fsd.store import Store
 from tests.helpers import dir_disks_config
 
 

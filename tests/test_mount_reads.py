@@ -17,11 +17,10 @@ import pytest
 from fsd.base import config
 from fsd.mount.queue import BACKGROUND, DiskQueue
 from fsd.mount.reader import BLOCK, PREFETCH_BLOCKS
-from fsd.store import Store
 from fsd.outputs.views import define_view
+from fsd.store import Store
 from tests.helpers import make_files, write_config
 from tests.test_mount import mounted
-
 
 pytestmark = pytest.mark.needs(os.path.exists("/dev/fuse"), "MOUNT TESTS SKIPPED: no /dev/fuse")
 

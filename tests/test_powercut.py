@@ -33,11 +33,11 @@ from pathlib import Path
 
 import pytest
 
-from fsd.core import shardfmt as fmt
 from fsd.base import config
-from fsd.maintenance.gc import RESERVE_NAME
+from fsd.core import shardfmt as fmt
 from fsd.core.index import Index
 from fsd.core.records import DataError, ObjectNotFound
+from fsd.maintenance.gc import RESERVE_NAME
 from fsd.store import Store
 from tests.helpers import write_config
 from tests.lab import CutImages, DiskProfile, Lab

@@ -34,7 +34,9 @@ from sql.migrate import migrate
 from tests.gui_fixtures import gui_home, sign_in, user  # noqa: F401 - fixtures
 from tests.helpers import dir_disks_config, make_files, use_schema
 from tests.test_cli import hoard
-from tests.test_gui_runs import _work  # a real `hoard worker --burst` (RQ's forking Worker: the job runs in a work horse)
+from tests.test_gui_runs import (
+    _work,  # a real `hoard worker --burst` (RQ's forking Worker: the job runs in a work horse)
+)
 
 pytestmark = pytest.mark.timeout(300)
 

@@ -13,13 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from fsd.core import shardfmt as fmt
 from fsd.base import config
+from fsd.core import shardfmt as fmt
 from fsd.core.index import Index
 from fsd.store import Store
 from tests.helpers import REPO, dir_disks_config, flip_byte, make_files
 from tests.test_store import check_store
-
 
 DIE_BEFORE_SEAL = """
 import os, sys

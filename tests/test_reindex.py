@@ -13,8 +13,8 @@ import pytest
 
 from fsd.base import config
 from fsd.base.errors import HoardError
-from fsd.maintenance.reindex import index_copies
 from fsd.io.replicate import replicate_once
+from fsd.maintenance.reindex import index_copies
 from fsd.store import Store
 from tests.helpers import dir_disks_config, make_files, write_config
 from tests.lab import DiskProfile

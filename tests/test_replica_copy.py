@@ -18,19 +18,19 @@ from pathlib import Path
 
 import pytest
 
-from fsd.io import replica
-from fsd.core import shardfmt as fmt
 from fsd.base import config
 from fsd.base.errors import HoardError
+from fsd.core import shardfmt as fmt
 from fsd.core.disks import DiskState
-from fsd.maintenance.rebuild import rebuild
+from fsd.io import replica
 from fsd.io.replica import check_replica, copy_shard
 from fsd.io.replicate import repair_reported
+from fsd.maintenance.rebuild import rebuild
 from fsd.store import Store
 from tests.helpers import dir_disks_config, flip_byte, write_config
 from tests.lab import DiskProfile
-from tests.test_store import check_store
 from tests.terminal import as_foreground
+from tests.test_store import check_store
 
 PIECE = 16 << 10  # small pieces, so a few KiB of records already make several
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from fsd.core import marks
 from fsd.base import config as config_mod
+from fsd.core import marks
 from fsd.maintenance.check import check
 from fsd.maintenance.deletion import drop_batch
 from fsd.maintenance.gc import gc

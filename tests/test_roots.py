@@ -19,9 +19,9 @@ from pathlib import Path
 import pytest
 
 from fsd.base import config
+from fsd.core.records import ObjectNotFound
 from fsd.maintenance.deletion import drop_batch, release
 from fsd.maintenance.gc import gc
-from fsd.core.records import ObjectNotFound
 from fsd.maintenance.reindex import rebuild_index
 from fsd.store import Store
 from tests.helpers import make_files

@@ -18,8 +18,8 @@ import pytest
 
 import fsd.io.writer as writer_mod
 from fsd.core import shardfmt as fmt
-from fsd.maintenance.check import check
 from fsd.io.scrub import verify
+from fsd.maintenance.check import check
 from fsd.store import Store
 from tests.helpers import make_files
 

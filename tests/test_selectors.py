@@ -14,7 +14,7 @@ from sql.migrate import migrate
 from sql.selectors import SelectorError, compile_selector, parse_selector, query_nodes
 
 HOSTILE = "x'); DROP TABLE node; --"
-T0 = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
+T0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 
 
 def sha(text: str) -> str:

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from fsd.outputs import zones
 from fsd.base import config
 from fsd.base.units import fmt_bytes
 from fsd.maintenance.deletion import release
 from fsd.mount.watch import render_health
+from fsd.outputs import zones
 from fsd.store import Store
 from tests.helpers import dir_disks_config, make_files
 

@@ -218,7 +218,7 @@ def test_zone_chart_shows_a_zone_over_its_quota() -> None:
     from gui import charts
     from sql.usage import HistoryPoint
 
-    at = dt.datetime(2026, 11, 1, tzinfo=dt.timezone.utc)
+    at = dt.datetime(2026, 11, 1, tzinfo=dt.UTC)
     points = [HistoryPoint(at=at + dt.timedelta(hours=h), kind="zone", name="3A", state="emergency",
                            used_bytes=used, total_bytes=1000, reserved_bytes=0) for h, used in ((0, 900), (1, 1300))]
     option = charts.zone_history(points, (0.8, 0.9, 0.95))

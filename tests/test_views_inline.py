@@ -19,14 +19,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fsd.outputs import manifest
 from fsd.base import config
 from fsd.maintenance.check import check
 from fsd.maintenance.deletion import drop_batch, release
 from fsd.maintenance.gc import gc
+from fsd.outputs import manifest
 from fsd.outputs.manifest import Tree, build_view, iter_files, manifest_objects
-from fsd.store import Store
 from fsd.outputs.views import define_view_rows, remove_view
+from fsd.store import Store
 from tests.helpers import dir_disks_config, make_files
 from tests.test_cli import hoard
 

@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from fsd.outputs import seal, zones
 from fsd.base import config
 from fsd.base.errors import ExitCode
 from fsd.base.units import fmt_bytes
+from fsd.outputs import seal, zones
 from tests.helpers import missing
 
 REPO = Path(__file__).resolve().parent.parent

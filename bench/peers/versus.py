@@ -95,17 +95,33 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from _common import (LAB4, Lab, MiB, allocated, drop_caches, fair_copies, hoard_mounted, lab_profile,  # noqa: E402
-                     lab_store, mergerfs_mounted, names_warm_data_cold, parallel, read_file, report, run_timed, timed)
+from _common import (  # noqa: E402
+    LAB4,
+    Lab,
+    MiB,
+    allocated,
+    drop_caches,
+    fair_copies,
+    hoard_mounted,
+    lab_profile,
+    lab_store,
+    mergerfs_mounted,
+    names_warm_data_cold,
+    parallel,
+    read_file,
+    report,
+    run_timed,
+    timed,
+)
 from ram import measure as measure_ram  # noqa: E402
 
 from adapters.synth import Spec, generate  # noqa: E402
 from fsd.base import config  # noqa: E402
 from fsd.core.disks import DiskState  # noqa: E402
-from fsd.outputs.materialize import Item, materialize  # noqa: E402
 from fsd.maintenance.rebuild import rebuild  # noqa: E402
-from fsd.store import Store  # noqa: E402
+from fsd.outputs.materialize import Item, materialize  # noqa: E402
 from fsd.outputs.views import define_view_rows  # noqa: E402
+from fsd.store import Store  # noqa: E402
 
 PEERS = ("hoardfs", "cp_x2_syncfs", "git_annex", "snapraid")
 READERS = (*PEERS, "mergerfs")  # mergerfs keeps one copy: it has read rows only

@@ -14,8 +14,8 @@ import os
 import shutil
 import stat
 from collections.abc import Callable, Iterator
-from typing import BinaryIO
 from pathlib import Path
+from typing import BinaryIO
 
 from fsd.base.errors import ExitCode, HoardError
 from fsd.base.modes import FILE, rewrite_mode

@@ -13,7 +13,7 @@ import importlib.metadata
 import logging
 import sys
 import traceback
-from typing import Annotated, Final, Optional, cast
+from typing import Annotated, Final, cast
 
 import lmdb
 import typer
@@ -92,7 +92,7 @@ app = typer.Typer(
 @app.callback()
 def _root(
     ctx: typer.Context,
-    config: Annotated[Optional[str], typer.Option("--config", "-c", envvar="HOARD_CONFIG",
+    config: Annotated[str | None, typer.Option("--config", "-c", envvar="HOARD_CONFIG",
                                                   help="hoard.toml to use (default ./hoard.toml)")] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="log debug messages")] = False,
     version: Annotated[bool, typer.Option("--version", is_eager=True, callback=lambda v: _print_version(v),

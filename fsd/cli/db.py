@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from typing import Annotated, Optional
+from typing import Annotated
 
 import psycopg
 import psycopg.conninfo
@@ -41,7 +41,7 @@ def connect(ctx: typer.Context) -> psycopg.Connection:
 @app.command()
 def migrate(
     ctx: typer.Context,
-    target: Annotated[Optional[int], typer.Option(help="stop at this schema version")] = None,
+    target: Annotated[int | None, typer.Option(help="stop at this schema version")] = None,
 ) -> None:
     """Apply the schema migrations that are missing (idempotent)."""
 
@@ -172,9 +172,9 @@ def _has_physical(url: str) -> bool:
 def restore(
     ctx: typer.Context,
     source: Annotated[str, typer.Option("--from", help="pgbackrest (the whole cluster) or dump (this database)")],
-    set_label: Annotated[Optional[str], typer.Option("--set", help="pgbackrest: go back to this backup's own "
+    set_label: Annotated[str | None, typer.Option("--set", help="pgbackrest: go back to this backup's own "
                                                                    "state (default: everything archived)")] = None,
-    backup_id: Annotated[Optional[int], typer.Option(help="dump: which one (default: the latest)")] = None,
+    backup_id: Annotated[int | None, typer.Option(help="dump: which one (default: the latest)")] = None,
     yes: Annotated[bool, typer.Option("--yes", help="skip the typed confirmation (scripts)")] = False,
 ) -> None:
     """Replace the database with a backup — asks you to type the database name first."""
@@ -200,8 +200,8 @@ def restore(
 @app.command()
 def proposals(
     ctx: typer.Context,
-    accept: Annotated[Optional[int], typer.Option("--accept", metavar="N", help="create proposal N's table")] = None,
-    reject: Annotated[Optional[int], typer.Option("--reject", metavar="N", help="drop proposal N")] = None,
+    accept: Annotated[int | None, typer.Option("--accept", metavar="N", help="create proposal N's table")] = None,
+    reject: Annotated[int | None, typer.Option("--reject", metavar="N", help="drop proposal N")] = None,
     show_all: Annotated[bool, typer.Option("--all", help="also accepted, rejected and superseded ones")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="the listing as JSON")] = False,
 ) -> None:

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -20,13 +20,13 @@ from sql import deletion as db_del
 
 def delete(
     ctx: typer.Context,
-    batch: Annotated[Optional[str], typer.Option("--batch", help="type B: drop this batch's references")] = None,
-    node: Annotated[Optional[list[str]], typer.Option("--node", help="type A: hide this sha256 (repeatable)")] = None,
-    obj: Annotated[Optional[list[str]], typer.Option("--object", help="type B: release an object `hoard put` "
+    batch: Annotated[str | None, typer.Option("--batch", help="type B: drop this batch's references")] = None,
+    node: Annotated[list[str] | None, typer.Option("--node", help="type A: hide this sha256 (repeatable)")] = None,
+    obj: Annotated[list[str] | None, typer.Option("--object", help="type B: release an object `hoard put` "
                                                      "stored (repeatable)")] = None,
-    objects_from: Annotated[Optional[Path], typer.Option("--objects-from", help="type B: release the objects "
+    objects_from: Annotated[Path | None, typer.Option("--objects-from", help="type B: release the objects "
                                                          "listed in FILE, one sha256 per line ('-' = stdin)")] = None,
-    put: Annotated[Optional[str], typer.Option("--put", help="type B: release what `hoard put --name NAME` "
+    put: Annotated[str | None, typer.Option("--put", help="type B: release what `hoard put --name NAME` "
                                                "stored (`hoard ls --puts`)")] = None,
     reason: Annotated[str, typer.Option(help="recorded with the deletion")] = "",
     yes: Annotated[bool, typer.Option("--yes", help="do not ask (type B)")] = False,

@@ -14,7 +14,7 @@ import json
 import re
 import time
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import psycopg
 import typer
@@ -143,8 +143,8 @@ def info(
 
 def ls(
     ctx: typer.Context,
-    batch: Annotated[Optional[str], typer.Option("--batch", help="list this batch's files")] = None,
-    source: Annotated[Optional[str], typer.Option("--source", help="only batches of this source")] = None,
+    batch: Annotated[str | None, typer.Option("--batch", help="list this batch's files")] = None,
+    source: Annotated[str | None, typer.Option("--source", help="only batches of this source")] = None,
     puts_: Annotated[bool, typer.Option("--puts", help="the named puts (`hoard put --name`) instead")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="one JSON object per line")] = False,
 ) -> None:
@@ -183,18 +183,18 @@ def ls(
 
 def select(
     ctx: typer.Context,
-    source: Annotated[Optional[list[str]], typer.Option("--source", help="from this source (repeatable)")] = None,
-    batch: Annotated[Optional[list[str]], typer.Option("--batch", help="in this batch (repeatable)")] = None,
-    file_type: Annotated[Optional[list[str]], typer.Option("--type", help="file type, e.g. jpg or JPG (repeatable)")] = None,
-    since: Annotated[Optional[str], typer.Option(help="downloaded at or after (YYYY-MM-DD or YYYY-MM-DDTHH:MM)")] = None,
-    until: Annotated[Optional[str], typer.Option(help="downloaded before (YYYY-MM-DD or YYYY-MM-DDTHH:MM)")] = None,
-    label: Annotated[Optional[list[str]], typer.Option("--label", help="KEY or KEY=VALUE (repeatable)")] = None,
-    ancestor: Annotated[Optional[str], typer.Option("--has-ancestor", help="a node (sha256) above it")] = None,
-    text: Annotated[Optional[str], typer.Option("--text", help="words of the title, author, user name or metadata "
+    source: Annotated[list[str] | None, typer.Option("--source", help="from this source (repeatable)")] = None,
+    batch: Annotated[list[str] | None, typer.Option("--batch", help="in this batch (repeatable)")] = None,
+    file_type: Annotated[list[str] | None, typer.Option("--type", help="file type, e.g. jpg or JPG (repeatable)")] = None,
+    since: Annotated[str | None, typer.Option(help="downloaded at or after (YYYY-MM-DD or YYYY-MM-DDTHH:MM)")] = None,
+    until: Annotated[str | None, typer.Option(help="downloaded before (YYYY-MM-DD or YYYY-MM-DDTHH:MM)")] = None,
+    label: Annotated[list[str] | None, typer.Option("--label", help="KEY or KEY=VALUE (repeatable)")] = None,
+    ancestor: Annotated[str | None, typer.Option("--has-ancestor", help="a node (sha256) above it")] = None,
+    text: Annotated[str | None, typer.Option("--text", help="words of the title, author, user name or metadata "
                                                 "values, all of them (the GUI's asset search)")] = None,
     black_listed: Annotated[bool, typer.Option("--include-black-listed", help="also black-listed nodes")] = False,
-    limit: Annotated[Optional[int], typer.Option(min=1, help="at most this many")] = None,
-    from_file: Annotated[Optional[Path], typer.Option("--file", help="a selector as JSON (docs/selectors.md)")] = None,
+    limit: Annotated[int | None, typer.Option(min=1, help="at most this many")] = None,
+    from_file: Annotated[Path | None, typer.Option("--file", help="a selector as JSON (docs/selectors.md)")] = None,
     view: Annotated[bool, typer.Option("--view", help="print `SHA256  PATH` lines for `hoard view add NAME -`")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="one JSON object per node")] = False,
 ) -> None:

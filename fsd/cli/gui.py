@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -12,8 +12,8 @@ from gui.app import serve, usable
 
 def gui(
     ctx: typer.Context,
-    host: Annotated[Optional[str], typer.Option("--host", help="address to listen on (default gui.host: 127.0.0.1)")] = None,
-    port: Annotated[Optional[int], typer.Option("--port", min=1, max=65535, help="TCP port (default gui.port: 8080)")] = None,
+    host: Annotated[str | None, typer.Option("--host", help="address to listen on (default gui.host: 127.0.0.1)")] = None,
+    port: Annotated[int | None, typer.Option("--port", min=1, max=65535, help="TCP port (default gui.port: 8080)")] = None,
 ) -> None:
     """Serve the scheduler and dashboards (NiceGUI) until interrupted."""
     cfg = state(ctx).settings

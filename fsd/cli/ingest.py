@@ -7,7 +7,7 @@ import signal
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.markup import escape
@@ -22,13 +22,13 @@ from jobs.reports import duration
 
 def ingest(
     ctx: typer.Context,
-    batch_dirs: Annotated[Optional[list[Path]], typer.Argument(help="batch directories in zone 3A")] = None,
-    source: Annotated[Optional[str], typer.Option(help="the batch's source (default: the word in its _READY file)")] = None,
+    batch_dirs: Annotated[list[Path] | None, typer.Argument(help="batch directories in zone 3A")] = None,
+    source: Annotated[str | None, typer.Option(help="the batch's source (default: the word in its _READY file)")] = None,
     ready: Annotated[bool, typer.Option("--ready", help="take every 3A batch with a _READY signal")] = False,
     wait: Annotated[bool, typer.Option(help="wait until each batch is done and print its report")] = False,
     here: Annotated[bool, typer.Option("--here", help="run the batches' steps in this process (no worker, no Redis)")] = False,
-    status: Annotated[Optional[str], typer.Option("--status", metavar="BATCH", help="show a batch's state and report")] = None,
-    resume: Annotated[Optional[str], typer.Option(
+    status: Annotated[str | None, typer.Option("--status", metavar="BATCH", help="show a batch's state and report")] = None,
+    resume: Annotated[str | None, typer.Option(
         "--resume", metavar="BATCH", help="re-queue a batch at its step (after a failure, Ctrl-C or a lost job)")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="reports as JSON")] = False,
     timeout: Annotated[float, typer.Option(help="--wait gives up after this many seconds")] = 3600,

@@ -10,7 +10,7 @@ import getpass
 import json
 import re
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -29,10 +29,10 @@ _SHA = re.compile(r"[0-9a-f]{64}")
 
 Label = Annotated[str, typer.Argument(metavar="LABEL", help="KEY=VALUE, or KEY (an empty value; "
                                       "for rm: every value of KEY)")]
-Shas = Annotated[Optional[list[str]], typer.Argument(metavar="SHA256...", help="nodes by sha256")]
-Nodes = Annotated[Optional[Path], typer.Option("--nodes", help="a file of sha256s, one per line ('-' = stdin; "
+Shas = Annotated[list[str] | None, typer.Argument(metavar="SHA256...", help="nodes by sha256")]
+Nodes = Annotated[Path | None, typer.Option("--nodes", help="a file of sha256s, one per line ('-' = stdin; "
                                                "`hoard select` output works as it is)")]
-Sel = Annotated[Optional[Path], typer.Option("--selector", help="a selector file as `hoard select --file` takes "
+Sel = Annotated[Path | None, typer.Option("--selector", help="a selector file as `hoard select --file` takes "
                                              "(docs/selectors.md)")]
 AsJson = Annotated[bool, typer.Option("--json", help="the counts as one JSON object")]
 

@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -31,7 +31,7 @@ def mount(
     mountpoint: Annotated[Path, typer.Argument(help="an empty directory")],
     foreground: Annotated[bool, typer.Option("--foreground", "-f", help="stay attached (systemd, debugging)")] = False,
     debug: Annotated[bool, typer.Option(help="log every FUSE request")] = False,
-    log_file: Annotated[Optional[Path], typer.Option(help="background mode: log here (default <ssd.root>/mount.log)")] = None,
+    log_file: Annotated[Path | None, typer.Option(help="background mode: log here (default <ssd.root>/mount.log)")] = None,
     nonempty: Annotated[bool, typer.Option("--nonempty", help="mount over a directory that holds files (they are "
                                            "hidden until unmounted)")] = False,
 ) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.markup import escape
@@ -22,14 +22,14 @@ LAYOUT_HELP = "by_sha256 | by_batch | by_label | flat, or a layout .toml file (d
 
 def stage(
     ctx: typer.Context,
-    action_batch: Annotated[Optional[str], typer.Argument(help="the action batch id: the output is `3C/<id>/`")] = None,
-    layout: Annotated[Optional[str], typer.Option(help=LAYOUT_HELP)] = None,
-    selector: Annotated[Optional[Path], typer.Option(help="a selector JSON file (docs/selectors.md)")] = None,
-    nodes: Annotated[Optional[Path], typer.Option(help="a file of sha256s, one per line ('-': stdin)")] = None,
+    action_batch: Annotated[str | None, typer.Argument(help="the action batch id: the output is `3C/<id>/`")] = None,
+    layout: Annotated[str | None, typer.Option(help=LAYOUT_HELP)] = None,
+    selector: Annotated[Path | None, typer.Option(help="a selector JSON file (docs/selectors.md)")] = None,
+    nodes: Annotated[Path | None, typer.Option(help="a file of sha256s, one per line ('-': stdin)")] = None,
     mode: Annotated[str, typer.Option(help="copy (files on the SSD) or view (a view in the mount, no copy)")] = "copy",
     here: Annotated[bool, typer.Option("--here", help="run in this process (no worker needed)")] = False,
     wait: Annotated[bool, typer.Option(help="wait for the worker to finish and print the report")] = False,
-    status: Annotated[Optional[str], typer.Option("--status", metavar="ID", help="show a stage's state")] = None,
+    status: Annotated[str | None, typer.Option("--status", metavar="ID", help="show a stage's state")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="the report as JSON")] = False,
     timeout: Annotated[float, typer.Option(help="--wait gives up after this many seconds")] = 24 * 3600,
 ) -> None:
@@ -45,14 +45,14 @@ def stage(
 
 def export(
     ctx: typer.Context,
-    output_id: Annotated[Optional[str], typer.Argument(metavar="ID", help="the export's id: the output is `3D/<id>/`")] = None,
-    layout: Annotated[Optional[str], typer.Option(help=LAYOUT_HELP)] = None,
-    selector: Annotated[Optional[Path], typer.Option(help="a selector JSON file (docs/selectors.md)")] = None,
+    output_id: Annotated[str | None, typer.Argument(metavar="ID", help="the export's id: the output is `3D/<id>/`")] = None,
+    layout: Annotated[str | None, typer.Option(help=LAYOUT_HELP)] = None,
+    selector: Annotated[Path | None, typer.Option(help="a selector JSON file (docs/selectors.md)")] = None,
     dedup: Annotated[str, typer.Option(help="by_node: as the layout says; by_sha256: each content once")] = "by_node",
     mode: Annotated[str, typer.Option(help="copy (files on the SSD) or view (a view in the mount, no copy)")] = "copy",
     here: Annotated[bool, typer.Option("--here", help="run in this process (no worker needed)")] = False,
     wait: Annotated[bool, typer.Option(help="wait for the worker to finish and print the report")] = False,
-    status: Annotated[Optional[str], typer.Option("--status", metavar="ID", help="show an export's state")] = None,
+    status: Annotated[str | None, typer.Option("--status", metavar="ID", help="show an export's state")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="the report as JSON")] = False,
     timeout: Annotated[float, typer.Option(help="--wait gives up after this many seconds")] = 24 * 3600,
 ) -> None:

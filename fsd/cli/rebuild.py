@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -16,7 +16,7 @@ from fsd.core.disks import DiskState
 from fsd.maintenance.rebuild import rebuild as run
 
 
-def run_rebuild(ctx: typer.Context, disk: str, onto: Optional[str], rate_mb_s: float, yes: bool,
+def run_rebuild(ctx: typer.Context, disk: str, onto: str | None, rate_mb_s: float, yes: bool,
                 as_json: bool = False) -> None:
 
     with open_store(ctx) as store:
@@ -44,7 +44,7 @@ def run_rebuild(ctx: typer.Context, disk: str, onto: Optional[str], rate_mb_s: f
 def rebuild(
     ctx: typer.Context,
     disk: Annotated[str, typer.Option("--disk", help="the lost disk's label")],
-    onto: Annotated[Optional[str], typer.Option("--onto", help="the new disk (default: any disks with room)")] = None,
+    onto: Annotated[str | None, typer.Option("--onto", help="the new disk (default: any disks with room)")] = None,
     rate_mb_s: Annotated[float, typer.Option(help="copy at most this fast (0 = no limit)")] = 0,
     yes: Annotated[bool, typer.Option("--yes", help="do not ask when the disk is still healthy")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="the report as JSON")] = False,

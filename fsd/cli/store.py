@@ -12,7 +12,7 @@ import threading
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -33,7 +33,7 @@ def open_store(ctx: typer.Context, writable: bool = True):
     return Store.open(state(ctx).settings, writable=writable)
 
 
-def _expand(paths: list[Path], manifest: Optional[Path]) -> tuple[list[Path], list[str]]:
+def _expand(paths: list[Path], manifest: Path | None) -> tuple[list[Path], list[str]]:
     """The files to store, and the directories that could not be walked (each a reject line).
 
     A directory walk lists every entry that is not a directory — FIFOs, sockets, devices and
@@ -70,11 +70,11 @@ def _expand(paths: list[Path], manifest: Optional[Path]) -> tuple[list[Path], li
 
 def put(
     ctx: typer.Context,
-    paths: Annotated[Optional[list[Path]], typer.Argument(help="files or directories (walked)")] = None,
+    paths: Annotated[list[Path] | None, typer.Argument(help="files or directories (walked)")] = None,
     klass: Annotated[str, typer.Option("--class", help="raw or generated (sets the replica target)")] = "raw",
-    manifest: Annotated[Optional[Path], typer.Option(help="file with one path per line ('-' = stdin)")] = None,
+    manifest: Annotated[Path | None, typer.Option(help="file with one path per line ('-' = stdin)")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="one JSON object per file")] = False,
-    name: Annotated[Optional[str], typer.Option("--name", help="record what this put stored under NAME "
+    name: Annotated[str | None, typer.Option("--name", help="record what this put stored under NAME "
                                                 "(`hoard ls --puts`; `hoard delete --put NAME` releases it)")] = None,
 ) -> None:
     """Store files: prints sha256, new/existing and replicas now/target per file, as each is stored.
@@ -164,7 +164,7 @@ def _stop_on_first_ctrl_c():
 def get(
     ctx: typer.Context,
     sha256: Annotated[str, typer.Argument(help="the object's sha256 (64 hex digits)")],
-    output: Annotated[Optional[Path], typer.Option("-o", "--output", help="write here instead of stdout")] = None,
+    output: Annotated[Path | None, typer.Option("-o", "--output", help="write here instead of stdout")] = None,
 ) -> None:
     """Read an object back, verified piece by piece, from the best healthy replicas.
 

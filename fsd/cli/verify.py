@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -22,11 +22,11 @@ def verify(
     ctx: typer.Context,
     sample: Annotated[float, typer.Option(
         "--sample", min=0.01, max=100, help="check this percent of the shards, least recently verified first")] = 100,
-    disk: Annotated[Optional[str], typer.Option("--disk", help="only replicas on this disk")] = None,
+    disk: Annotated[str | None, typer.Option("--disk", help="only replicas on this disk")] = None,
     sha256: Annotated[bool, typer.Option("--sha256", help="also recompute every payload's sha256")] = False,
     repair: Annotated[bool, typer.Option("--repair", help="replace bad replicas with good copies")] = False,
-    budget_s: Annotated[Optional[float], typer.Option(min=0, help="stop after this many seconds")] = None,
-    batch: Annotated[Optional[str], typer.Option("--batch", help="only the shards holding this ingested batch")] = None,
+    budget_s: Annotated[float | None, typer.Option(min=0, help="stop after this many seconds")] = None,
+    batch: Annotated[str | None, typer.Option("--batch", help="only the shards holding this ingested batch")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="the report as JSON")] = False,
     orphans: Annotated[bool, typer.Option("--orphans", help="instead: find shard files no index entry names "
                                           "and set them aside (--repair deletes old ones)")] = False,

@@ -4,7 +4,7 @@ and outputs (fsd.outputs.zones)."""
 from __future__ import annotations
 
 import json
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 from rich.markup import escape
@@ -69,7 +69,7 @@ def _state(s: dict[str, Any]) -> str:
 def clean(
     ctx: typer.Context,
     output_id: Annotated[str, typer.Argument(metavar="ID", help="the output's directory name in its zone")],
-    zone: Annotated[Optional[str], typer.Option("--zone", help="3B, 3C or 3D (when the id is in several)")] = None,
+    zone: Annotated[str | None, typer.Option("--zone", help="3B, 3C or 3D (when the id is in several)")] = None,
 ) -> None:
     """Remove a sealed output (or an incomplete one no job writes) and release its quota;
     refused while its job still runs."""

@@ -29,9 +29,9 @@ from collections import OrderedDict
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from fsd.core import shardfmt as fmt
 from fsd.base.files import atomic_write, fsync_dir
 from fsd.base.modes import FILE
+from fsd.core import shardfmt as fmt
 
 IDENTITY = ".hoard-disk.json"
 #: a second copy of a disk's identity (as ext4 keeps backup superblocks): a damaged identity
@@ -116,7 +116,7 @@ def write_identity(root: Path, label: str, name: str = IDENTITY) -> dict:
     """Give a fresh disk (or the SSD) its identity (tmp → fsync → rename → fsync dir); a disk's
     is written twice (IDENTITY_COPY)."""
     ident = {"uuid": str(uuidlib.uuid4()), "label": label, "format": IDENTITY_FORMAT,
-             "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
+             "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}
     _write_identity_file(root / name, ident)
     if name == IDENTITY:
         _write_identity_file(root / IDENTITY_COPY, ident)

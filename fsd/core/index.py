@@ -54,8 +54,17 @@ from typing import Any
 import lmdb
 
 from fsd.core.disks import DiskRecord
-from fsd.core.entries import (IndexDamaged, IndexUnavailable, ObjectLoc, ShardMeta, _disk, disk_record, index_error,
-                              json_entry, named_entry)
+from fsd.core.entries import (
+    IndexDamaged,
+    IndexUnavailable,
+    ObjectLoc,
+    ShardMeta,
+    _disk,
+    disk_record,
+    index_error,
+    json_entry,
+    named_entry,
+)
 from fsd.core.events import EventTables
 from fsd.core.marks import HELD_UNTIL_NAMED, MARKS_NS, MarksTables
 from fsd.core.pointers import PointerTables

@@ -25,8 +25,8 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from fsd.core import marks
 from fsd.base.paths import NAME_PATTERN
+from fsd.core import marks
 from fsd.core.entries import IndexDamaged, named_entry
 from fsd.core.layout import BATCHES_DIR, VIEWS_DIR
 

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import xxhash
 
-from fsd.core import shardfmt as fmt
 from fsd.base.errors import ExitCode, HoardError
+from fsd.core import shardfmt as fmt
 from fsd.core.disks import drop_cache
 
 #: files up to this size are read into memory whole; larger ones are streamed twice

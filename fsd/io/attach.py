@@ -18,8 +18,19 @@ import lmdb
 from fsd.base import config as config_mod
 from fsd.base.config import Settings
 from fsd.base.errors import ExitCode, HoardError
-from fsd.core.disks import (IDENTITY, IDENTITY_COPY, SHARDS_DIR, DiskRecord, DiskState, LocalDisk, keep_identity_copy,
-                            probe, read_identity, shard_files_under, write_identity)
+from fsd.core.disks import (
+    IDENTITY,
+    IDENTITY_COPY,
+    SHARDS_DIR,
+    DiskRecord,
+    DiskState,
+    LocalDisk,
+    keep_identity_copy,
+    probe,
+    read_identity,
+    shard_files_under,
+    write_identity,
+)
 from fsd.core.layout import FORGOTTEN, protect_disk
 
 if TYPE_CHECKING:

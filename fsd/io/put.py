@@ -17,9 +17,18 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from fsd.core import shardfmt as fmt
 from fsd.base.errors import ExitCode, HoardError
-from fsd.core.records import CHUNK, GROUP_BYTES, MAP_PIECE, STREAM_THRESHOLD, PutResult, SourceChanged, hash_file, read_upto
+from fsd.core import shardfmt as fmt
+from fsd.core.records import (
+    CHUNK,
+    GROUP_BYTES,
+    MAP_PIECE,
+    STREAM_THRESHOLD,
+    PutResult,
+    SourceChanged,
+    hash_file,
+    read_upto,
+)
 from fsd.io.writer import ReplicaFailed, ShardWriter, _Pending
 
 if TYPE_CHECKING:

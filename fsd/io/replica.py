@@ -16,9 +16,9 @@ import threading
 import time
 from typing import TYPE_CHECKING
 
-from fsd.core import shardfmt as fmt
 from fsd.base.files import SYNC_FILE_RANGE_ALL, SYNC_FILE_RANGE_WRITE, sync_file_range
 from fsd.base.modes import FILE
+from fsd.core import shardfmt as fmt
 from fsd.core.disks import drop_cache, pread_full, verify_shard
 
 if TYPE_CHECKING:

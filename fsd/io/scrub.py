@@ -19,9 +19,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from fsd.io import integrity
-from fsd.core import shardfmt as fmt
 from fsd.base.errors import ExitCode, HoardError
+from fsd.core import shardfmt as fmt
+from fsd.io import integrity
 from fsd.io.replica import TargetError, check_replica, repair_replica, reseal_unlisted
 
 log = logging.getLogger(__name__)

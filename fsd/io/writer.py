@@ -24,8 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from fsd.core import shardfmt as fmt
 from fsd.base.modes import FILE
+from fsd.core import shardfmt as fmt
 from fsd.core.index import ObjectLoc, ShardMeta
 
 if TYPE_CHECKING:

@@ -32,13 +32,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from fsd.io import integrity
-from fsd.core import shardfmt as fmt
 from fsd.base.files import size_or_zero
+from fsd.core import shardfmt as fmt
 from fsd.core.disks import DiskState, shard_of
 from fsd.core.index import IndexDamaged, ObjectLoc, ShardMeta, disk_record
-from fsd.outputs.manifest import iter_files
+from fsd.io import integrity
 from fsd.io.writer import writer_alive
+from fsd.outputs.manifest import iter_files
 
 if TYPE_CHECKING:
     from fsd.store import Store

@@ -32,18 +32,18 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from fsd.core import shardfmt as fmt
 from fsd.base.errors import ExitCode, HoardError
 from fsd.base.units import fmt_bytes
+from fsd.core import shardfmt as fmt
 from fsd.core.disks import DiskGone
 from fsd.core.index import ObjectLoc, ShardMeta
 from fsd.core.layout import pinned
-from fsd.outputs.manifest import references
 from fsd.core.placement import Need, simulate, space_report
 from fsd.core.records import STREAM_THRESHOLD
 from fsd.io.replicate import _replicate
-from fsd.store import Store
 from fsd.io.writer import ReplicaFailed, ShardWriter
+from fsd.outputs.manifest import references
+from fsd.store import Store
 
 log = logging.getLogger(__name__)
 

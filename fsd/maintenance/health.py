@@ -6,15 +6,14 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from fsd.io import integrity
-
-from fsd.outputs import zones
 from fsd.base.config import Settings
 from fsd.base.errors import HoardError
 from fsd.base.units import fmt_bytes
 from fsd.core.disks import IDENTITY
 from fsd.core.index import has_index
+from fsd.io import integrity
 from fsd.io.scrub import oldest_unverified_by_disk
+from fsd.outputs import zones
 from fsd.store import Store
 
 GB = 1024**3

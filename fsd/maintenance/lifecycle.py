@@ -19,9 +19,9 @@ from fsd.base.errors import ExitCode, HoardError
 from fsd.base.files import atomic_write
 from fsd.core.disks import IDENTITY_COPY, DiskState, probe, read_identity, restore_identity
 from fsd.core.layout import FORGOTTEN
-from fsd.maintenance.rebuild import shards_on
 from fsd.io.replicate import counted_replicas
 from fsd.io.scrub import verify
+from fsd.maintenance.rebuild import shards_on
 
 log = logging.getLogger(__name__)
 if TYPE_CHECKING:

@@ -30,8 +30,8 @@ from fsd.core import shardfmt as fmt
 from fsd.core.disks import ORPHANS_DIR, TMP_DIR, pread_full, shard_of
 from fsd.core.index import ShardMeta
 from fsd.io.recovery import set_aside
-from fsd.maintenance.reindex import PLANTED
 from fsd.io.writer import writer_alive
+from fsd.maintenance.reindex import PLANTED
 
 if TYPE_CHECKING:
     from fsd.store import Store

@@ -12,13 +12,13 @@ from __future__ import annotations
 import errno
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from fsd.core import shardfmt as fmt
 from fsd.base.errors import ExitCode, HoardError
+from fsd.core import shardfmt as fmt
 from fsd.core.disks import DiskState
 from fsd.core.placement import Need, NoSpace, simulate, space_report
 from fsd.io.replica import TargetError, check_replica, copy_shard, discard_copy

@@ -26,13 +26,21 @@ from typing import Any
 
 import lmdb
 
-from fsd.core import marks, pointers
-from fsd.core import shardfmt as fmt
-from fsd.core import storelock
 from fsd.base.config import Settings
 from fsd.base.errors import ExitCode, HoardError
 from fsd.base.files import fsync_dir, size_or_zero
-from fsd.core.disks import SHARDS_DIR, DiskRecord, DiskState, drop_cache, pread_full, read_identity, shard_files, shard_of
+from fsd.core import marks, pointers, storelock
+from fsd.core import shardfmt as fmt
+from fsd.core.disks import (
+    SHARDS_DIR,
+    DiskRecord,
+    DiskState,
+    drop_cache,
+    pread_full,
+    read_identity,
+    shard_files,
+    shard_of,
+)
 from fsd.core.index import Index, ObjectLoc, ShardMeta
 from fsd.core.layout import BATCHES_DIR, FORGOTTEN, MARKS_DIR, VIEWS_DIR, check_ssd, lock_root
 

@@ -55,14 +55,15 @@ import stat
 import threading
 import time
 from collections import OrderedDict
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import trio
 import xxhash
 
 from fsd.base.errors import HoardError
-from fsd.outputs.manifest import Tree, WouldBlock
 from fsd.mount.inodes import Files
+from fsd.outputs.manifest import Tree, WouldBlock
 from fsd.outputs.views import OUTPUT_VIEW
 
 __all__ = ["DERIVED", "Namespace", "Node", "ROOT", "inode_of"]

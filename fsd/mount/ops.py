@@ -26,10 +26,10 @@ import pyfuse3
 
 from fsd.base import modes
 from fsd.base.errors import HoardError
-from fsd.mount.namespace import DERIVED, Namespace, Node
-from fsd.mount.reader import SMALL_MAX, ObjectGone, ReadFailed, Reader, _Stream
-from fsd.mount.watch import Watcher
 from fsd.core.records import ObjectNotFound
+from fsd.mount.namespace import DERIVED, Namespace, Node
+from fsd.mount.reader import SMALL_MAX, ObjectGone, Reader, ReadFailed, _Stream
+from fsd.mount.watch import Watcher
 
 log = logging.getLogger(__name__)
 

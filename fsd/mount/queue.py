@@ -28,7 +28,8 @@ import concurrent.futures as cf
 import threading
 import time
 from collections import OrderedDict, deque
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 __all__ = ["DiskQueue", "BACKGROUND"]
 

@@ -49,12 +49,12 @@ from dataclasses import dataclass, field
 import trio
 import xxhash
 
-from fsd.core import shardfmt as fmt
 from fsd.base.errors import HoardError
+from fsd.core import shardfmt as fmt
 from fsd.core.disks import pread_full
+from fsd.core.records import MAP_PIECE, STREAM_THRESHOLD, ObjectNotFound, learn_map, verify_record
 from fsd.mount.extents import Extents, all_set, set_bits
 from fsd.mount.queue import BACKGROUND, DiskQueue, take_over
-from fsd.core.records import MAP_PIECE, STREAM_THRESHOLD, ObjectNotFound, learn_map, verify_record
 from fsd.store import Store
 
 __all__ = ["Reader", "ReadFailed", "SMALL_MAX"]

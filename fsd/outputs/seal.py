@@ -26,16 +26,17 @@ import hashlib
 import json
 import os
 import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
-from fsd.outputs import zones
 from fsd.base.config import Settings
 from fsd.base.errors import ExitCode, HoardError
 from fsd.base.files import atomic_write, fsync_dir, read_in_zone
 from fsd.base.modes import own_dir, refuse_unless_own
 from fsd.base.paths import display, hostile_reason
+from fsd.outputs import zones
 
 FORMAT = "hoardfs-output-1"
 MANIFEST_FORMAT = "hoardfs-output-manifest-1"
@@ -60,7 +61,7 @@ class OutputFailed(HoardError):
 
 
 def _now() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds")
+    return dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds")
 
 
 def sha256_file(path: Path) -> tuple[int, str]:

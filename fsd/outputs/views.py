@@ -145,7 +145,7 @@ def define_view_rows(store, name: str, rows: Iterable[tuple[str, str]], *, for_o
                              ExitCode.UNAVAILABLE)
         built["owned"] = listed = res.sha256
         named.append(bytes.fromhex(listed))
-    info = {**built, "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
+    info = {**built, "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}
     with naming_lock(store):
         old = store.index.get_view(name)
         store.register_view(name, info)

@@ -43,10 +43,10 @@ import shutil
 import socket
 import stat
 import time
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from collections.abc import Iterable
-from typing import Any, Iterator
+from typing import Any
 
 from fsd.base.config import ZONES, Settings
 from fsd.base.errors import ExitCode, HoardError
@@ -335,7 +335,7 @@ def quota(cfg: Settings, zone: str) -> int:
 
 
 def _iso(t: float) -> str:
-    return dt.datetime.fromtimestamp(t, dt.timezone.utc).isoformat(timespec="seconds")
+    return dt.datetime.fromtimestamp(t, dt.UTC).isoformat(timespec="seconds")
 
 
 def outputs(cfg: Settings, zone: str, rs: list[Reservation] | None = None) -> list[dict[str, Any]]:

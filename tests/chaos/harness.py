@@ -522,9 +522,8 @@ class World:
         whole batch when `ingest --here` ended with exit 0 (the batch is done: its manifest is
         registered and names every file)."""
         if workload == "ingest_rq":  # the worker's exit says nothing of the batch: its state does
-            from jobs.ingest import load_state
-
             from fsd.base import config
+            from jobs.ingest import load_state
 
             st = load_state(config.load(self.cfg_path), self.pending_batch_id)
             code = 0 if st is not None and st.status == "done" else 1
@@ -783,9 +782,9 @@ class World:
                                      f"harness cannot check): {false}")
 
     def _cut_claim_true(self, problem: str) -> bool:
-        from fsd.outputs import zones
         from fsd.base import config
         from fsd.io.replicate import counted_replicas
+        from fsd.outputs import zones
         from fsd.store import Store
         from jobs import ingest, outputs
 
