@@ -22,21 +22,7 @@ import pytest
 import redis
 
 from tests import lab as lab_mod
-
-# re-exported for test files written before tests/helpers.py (test_review_w3s/w3x, other
-# branches) that import them from here; new code imports tests.helpers
-from tests.helpers import (  # noqa: F401
-    REALDATA,
-    REPO,
-    dir_disks_config,
-    flip_byte,
-    fresh_schema,
-    make_files,
-    missing,
-    needs_realdata,
-    use_schema,
-    write_config,
-)
+from tests.helpers import REPO, fresh_schema, missing, write_config
 
 
 @pytest.fixture(autouse=True)
@@ -254,20 +240,6 @@ TIER_FIXTURES = {"gui": {"user", "gui_home", "proxied"}, "lab": {"lab", "lab_fac
                  "services": {"servers", "fuse"}}
 
 
-#: tiers declared here for two files whose authors were editing them when the tiers came
-#: (their tests start `hoard` processes); the marker belongs in the file — move it there
-DECLARED_HERE = {
-    "tests/test_review_w3s.py": {"test_a_directory_where_a_pointer_goes_is_named_with_a_fix_that_works",
-                                 "test_rewrite_marks_that_leaves_a_disk_behind_says_so",
-                                 "test_a_pointer_file_whose_name_is_not_utf8_is_skipped_not_a_traceback",
-                                 "test_a_stray_log_beside_the_marks_log_gets_advice_that_works"},
-    "tests/test_review_w3x.py": {"test_a_loopback_trusted_proxy_is_refused_with_the_way_to_do_it",
-                                 # on main by the time this landed:
-                                 "test_an_output_checked_for_its_seal_is_read_never_from_a_fifo",
-                                 "test_a_proxy_socket_where_another_user_could_replace_it_is_refused"},
-}
-
-
 def tier_of(item: pytest.Item) -> str:
     """The heaviest tier what `item` uses says: its fixtures (TIER_FIXTURES), a `tests/test_gui_*`
     file (gui), or a tier marker it declares (for what no fixture shows: a private PostgreSQL,
@@ -277,8 +249,6 @@ def tier_of(item: pytest.Item) -> str:
     found |= {tier for tier, names in TIER_FIXTURES.items() if fixtures & names}
     if item.path.name.startswith("test_gui_"):
         found.add("gui")
-    if getattr(item, "originalname", item.name) in DECLARED_HERE.get(f"tests/{item.path.name}", ()):
-        found.add("services")
     return max(found, key=TIERS.index, default="unit")
 
 

@@ -215,7 +215,7 @@ def test_a_database_without_hoardfs_tables(world, servers) -> None:
     from select, label, delete, db backup, stage and export."""
     import psycopg
 
-    from tests.conftest import fresh_schema
+    from tests.helpers import fresh_schema
 
     home = world["home"]
     text = (home / "hoard.toml").read_text()

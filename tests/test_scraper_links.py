@@ -1,6 +1,7 @@
-"""The adversarial review of W3-X (issue 41): each hole found, reproduced as the attacker
-would — a scraper account that writes 3A (`nobody` in 3A's group, by setpriv), the real
-`hoard` CLI as root — and what must hold now."""
+"""A scraper account (one that may write 3A: `nobody` in 3A's group, by setpriv) and a trainer
+(one that may write 3C) against the real `hoard` CLI run as root: files are opened as they
+were scanned, never through a link planted or swapped in, never from a fifo; a name that
+could split a line is refused (docs/security.md)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,6 @@ from pathlib import Path
 
 import pytest
 
-from tests.gui_fixtures import gui_home, proxied, user  # noqa: F401 - fixtures
 from tests.test_privileges import _gallery, as_user, hoard, home, needs_root, reachable  # noqa: F401 (fixtures)
 
 SECRET = "ROOT-ONLY-TOKEN-4f1c2a"
@@ -230,6 +230,7 @@ def test_an_output_signal_in_3c_is_read_never_through_a_link_nor_from_a_fifo(hom
     assert shown["x"]["kind"] == shown["y"]["kind"] == "output", shown
 
 
+@pytest.mark.services  # starts `hoard` processes
 def test_an_output_checked_for_its_seal_is_read_never_from_a_fifo(tmp_path: Path) -> None:
     """`seal.check_sealed` (a stage's status, the run pages, `hoard stage` finding its output
     done) read `<id>/_JOB.json` and `_MANIFEST.json` following links, to their end: in 3C, which
@@ -252,245 +253,6 @@ def test_an_output_checked_for_its_seal_is_read_never_from_a_fifo(tmp_path: Path
     assert "stage-7" in res.stdout and "unreadable" in res.stdout, (res.stdout, res.stderr)
 
 
-def _basic_from(url: str, source: str, name: str, password: str, forwarded: str | None = None) -> int:
-    """The status of a Basic login to /metrics over a connection made from `source` (any
-    address of 127.0.0.0/8 is this host's: an unprivileged user binds whichever it likes)."""
-    import base64
-    import http.client
-    from urllib.parse import urlsplit
-
-    u = urlsplit(url)
-    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=120, source_address=(source, 0))
-    headers = {"Authorization": "Basic " + base64.b64encode(f"{name}:{password}".encode()).decode()}
-    if forwarded is not None:
-        headers["X-Forwarded-For"] = forwarded
-    try:
-        conn.request("GET", "/metrics", headers=headers)
-        return conn.getresponse().status
-    finally:
-        conn.close()
-
-
-@pytest.fixture
-def served(request, hoard_home: Path, pg, redis_conn):
-    """`hoard gui` on a free port of 127.0.0.1 with the test's [gui] keys (an indirect parameter)."""
-    from tests.gui_fixtures import gui_process
-
-    with gui_process(hoard_home, pg, **getattr(request, "param", {})) as (url, _):
-        yield url
-
-
-@pytest.mark.timeout(300)
-def test_a_local_user_cannot_lock_a_name_everywhere_from_loopback_aliases(served) -> None:
-    """A name is locked everywhere after 4 × `gui.login_attempts` failures, one client adding at
-    most `login_attempts` — "so no single address can lock a name everywhere". Every address of
-    127.0.0.0/8 reaches a GUI on 127.0.0.1 and any local user binds whichever it likes: five
-    wrong guesses from each of 127.0.0.2–5 locked otto out for everyone, the TLS proxy's remote
-    clients included. The loopback addresses are now one client (and an IPv6 /64 is one)."""
-    from tests.gui_fixtures import PASSWORDS
-
-    for i in range(5):
-        assert _basic_from(served, "127.0.0.2", "otto", f"guess-{i}") == 401
-    for source in ("127.0.0.3", "127.0.0.4", "127.0.0.5"):  # each was a fresh client of five more guesses
-        for i in range(5):
-            assert _basic_from(served, source, "otto", f"guess-{i}") == 429
-    assert _basic_from(served, "127.0.0.6", "otto", PASSWORDS["otto"]) == 429  # this host guessed wrong
-
-
-def test_the_client_key_groups_loopback_and_ipv6_networks() -> None:
-    """The address the limits count for: one key for every loopback address (v4, v6, v4-mapped),
-    one per IPv6 /64 (a host is given a whole /64), IPv4 addresses as they are."""
-    from gui.auth import client_key
-
-    assert len({client_key(a) for a in ("127.0.0.1", "127.9.8.7", "::1", "::ffff:127.0.0.2")}) == 1
-    assert client_key("2001:db8:1:2::5") == client_key("2001:db8:1:2:ffff::9") != client_key("2001:db8:1:3::5")
-    assert client_key("203.0.113.5") != client_key("203.0.113.6")
-    assert client_key("unknown") == "unknown"
-
-
-@pytest.mark.timeout(300)
-def _connects(user_group: str, path: Path) -> bool:
-    """Whether the user nobody, with primary group `user_group` and no other, can connect to `path`."""
-    import subprocess
-
-    res = subprocess.run(["setpriv", "--reuid=nobody", f"--regid={user_group}", "--clear-groups", "--", "/usr/bin/python3",
-                          "-c", "import socket, sys; socket.socket(socket.AF_UNIX).connect(sys.argv[1])", str(path)],
-                         capture_output=True, text=True, env={"PATH": "/usr/bin:/bin"}, cwd="/", timeout=60)
-    assert res.returncode == 0 or "PermissionError" in res.stderr, res.stderr
-    return res.returncode == 0
-
-
-@pytest.mark.timeout(300)
-@pytest.mark.parametrize("proxied", [{"socket_group": "nogroup", "trusted_proxies": ["192.0.2.1"]}], indirect=True)
-def test_a_local_user_cannot_write_the_forwarded_for_of_a_proxy_on_this_host(proxied) -> None:
-    """The review's finding: hoard.example.toml told a proxy on this host to be named by
-    `trusted_proxies = ["127.0.0.1"]`, and a local user connecting to the GUI's port directly is
-    127.0.0.1 too: its X-Forwarded-For was believed, and five wrong guesses under each of four
-    addresses it wrote locked otto out everywhere. A proxy on this host now reaches the GUI on
-    `gui.socket`: no TCP port is open, only the proxy's group may connect (0660), and what
-    comes through the socket is the proxy's, so its X-Forwarded-For names the client."""
-    import socket
-    import stat
-
-    from tests.gui_browser import unix_get
-    from tests.gui_fixtures import PASSWORDS
-
-    url, port, path = proxied
-    with socket.socket() as s, pytest.raises(ConnectionRefusedError):
-        s.connect(("127.0.0.1", port))  # nothing listens where a local user could write the header
-    st = path.stat()
-    assert stat.S_ISSOCK(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o660
-    assert _connects("nogroup", path)  # the proxy's group connects ...
-    assert not _connects("daemon", path)  # ... another local user does not
-
-    def login(password: str, forwarded: str) -> int:
-        import base64
-
-        auth = "Basic " + base64.b64encode(f"otto:{password}".encode()).decode()
-        return unix_get(path, "/metrics", {"Authorization": auth, "X-Forwarded-For": forwarded})[0]
-
-    for i in range(5):
-        assert login(f"guess-{i}", "198.51.100.1") == 401
-    assert login(PASSWORDS["otto"], "198.51.100.1") == 429  # locked at the client the proxy named
-    assert login(PASSWORDS["otto"], "10.9.8.7, 198.51.100.1") == 429  # what the client wrote before it: ignored
-    assert login(PASSWORDS["otto"], "198.51.100.1, 192.0.2.1") == 429  # a trusted proxy's hop is passed over
-    assert login(PASSWORDS["otto"], "203.0.113.9") == 200  # another client of the proxy signs in
-    assert url == f"unix:{path}"
-
-
-def test_a_loopback_trusted_proxy_is_refused_with_the_way_to_do_it(hoard_home: Path, tmp_path: Path) -> None:
-    """`gui.trusted_proxies` naming loopback addresses (127.0.0.1, ::1, a v4-mapped one, a
-    network holding them) is refused when the config loads: one line naming the key and
-    `gui.socket`, exit 2."""
-    import subprocess
-    import sys
-
-    base = (hoard_home / "hoard.toml").read_text()  # no [gui] (the checkout's hoard.toml is made by `make up` only)
-    for proxies in ('["127.0.0.1"]', '["::1"]', '["::ffff:127.0.0.1"]', '["10.0.0.1", "0.0.0.0/0"]'):
-        cfg = tmp_path / "c.toml"
-        cfg.write_text(base + f"\n[gui]\ntrusted_proxies = {proxies}\n")
-        res = subprocess.run([sys.executable, "-m", "fsd", "--config", str(cfg), "gui"], capture_output=True,
-                             text=True, env={k: v for k, v in os.environ.items() if k != "HOARD_CONFIG"}, timeout=60)
-        lines = res.stderr.strip().splitlines()
-        assert res.returncode == 2 and len(lines) == 1, (proxies, res.stdout, res.stderr)
-        assert "gui.trusted_proxies" in lines[0] and "gui.socket" in lines[0], lines[0]
-
-
-def test_the_proxy_socket_replaces_a_dead_one_and_refuses_the_rest(tmp_path: Path) -> None:
-    """`gui.socket`: a socket left by a server that died is replaced; one a live server
-    answers on, a file that is not a socket, or an unknown group is refused in one line."""
-    import socket
-
-    from fsd.base.errors import HoardError
-    from gui.app import proxy_socket
-
-    path = tmp_path / "run" / "gui.sock"
-    dead = proxy_socket(path, None)
-    dead.close()  # the server died; its socket file stays
-    assert path.exists()
-    live = proxy_socket(path, None)
-    try:
-        with socket.socket(socket.AF_UNIX) as c:
-            c.connect(str(path))
-        with pytest.raises(HoardError, match="another `hoard gui` already listens"):
-            proxy_socket(path, None)
-        assert path.exists()  # the live server's socket is left alone
-    finally:
-        live.close()
-    other = tmp_path / "run" / "file"
-    other.write_text("mine")
-    with pytest.raises(HoardError, match="is not a socket"):
-        proxy_socket(other, None)
-    assert other.read_text() == "mine"
-    with pytest.raises(HoardError, match="gui.socket_group 'no-such-grp' is not a group"):
-        proxy_socket(tmp_path / "run" / "g.sock", "no-such-grp")
-
-
-def _an_address_of_this_host() -> str:
-    """A non-loopback IPv4 address of this host: the source of a route out (no packet is sent)."""
-    import socket
-
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.connect(("198.51.100.1", 9))
-        address = s.getsockname()[0]
-    assert not address.startswith("127."), f"this host has no address but loopback ({address})"
-    return address
-
-
-def test_a_trusted_proxy_network_holding_this_host_is_refused(hoard_home: Path, pg) -> None:
-    """Finding 10 again, without loopback: `gui.trusted_proxies = ["192.0.2.0/24"]` names the
-    LAN a proxy on another host sits in — and this host (192.0.2.2) is in it too. A local user
-    binds its socket to 192.0.2.2 and connects to the GUI on 127.0.0.1 (the kernel allows any
-    of the host's addresses as the source): its X-Forwarded-For was believed, and five wrong
-    guesses of otto under each of four addresses it wrote (as `nobody`) locked otto out from
-    everywhere — 429 to the correct password from 127.0.0.1. `hoard gui` now refuses to start
-    with a trusted proxy network holding an address of this host: one line naming the key,
-    the address, and `gui.socket`, exit 2, nothing listening."""
-    import ipaddress
-    import subprocess
-    import sys
-
-    from tests.gui_browser import free_port
-    from tests.gui_fixtures import make_home
-
-    mine = _an_address_of_this_host()
-    lan = str(ipaddress.ip_network(f"{mine}/24", strict=False))
-    base = make_home(hoard_home, pg).read_text()  # users exist: only the proxies could stop it
-    for i, proxies in enumerate(([lan], [mine], ["198.51.100.7", f"::ffff:{mine}"])):
-        cfg_path = hoard_home / f"c{i}.toml"
-        cfg_path.write_text(base + f"\n[gui]\ntrusted_proxies = {proxies!r}\nport = {free_port()}\n")
-        try:
-            res = subprocess.run([sys.executable, "-m", "fsd", "--config", str(cfg_path), "gui"], capture_output=True,
-                                 text=True, timeout=60, env={k: v for k, v in os.environ.items()
-                                                             if k not in ("HOARD_CONFIG", "PYTEST_CURRENT_TEST")})
-        except subprocess.TimeoutExpired:
-            pytest.fail(f"`hoard gui` served with trusted_proxies = {proxies}, holding {mine} of this host")
-        lines = res.stderr.strip().splitlines()
-        assert res.returncode == 2 and len(lines) == 1, (proxies, res.stdout, res.stderr)
-        assert "gui.trusted_proxies" in lines[0] and mine in lines[0] and "gui.socket" in lines[0], lines[0]
-
-
-@needs_root
-def test_a_proxy_socket_where_another_user_could_replace_it_is_refused(tmp_path: Path) -> None:
-    """`gui.socket` in a directory a local user made first (under /tmp or /var/tmp, before
-    `hoard gui` ever ran): the GUI bound its socket there, and the directory's owner (`nobody`)
-    removed it and listened at the same path — the TLS proxy then handed every request, the
-    passwords of the sign-in form included, to that user, who also wrote the X-Forwarded-For
-    the GUI would have believed. And a socket straight in a world-writable directory (/tmp
-    itself) made `hoard gui` chmod that directory to 0751. Both are now refused in one line,
-    nothing bound and no mode changed; a directory of root's (or the service's) that others
-    cannot write is used as it is."""
-    import stat
-    import tempfile
-
-    from fsd.base.errors import HoardError
-    from gui.app import proxy_socket
-
-    top = Path(tempfile.mkdtemp(prefix="hg", dir="/tmp"))  # a socket's path holds 107 bytes at most
-    try:
-        top.chmod(0o1777)  # as /tmp, /var/tmp are
-        theirs = top / "run"
-        res = as_user('mkdir "$1" && chmod 755 "$1"', str(theirs))
-        assert res.returncode == 0, res.stderr
-        with pytest.raises(HoardError, match="could replace the socket") as refused:
-            sock = proxy_socket(theirs / "gui.sock", None)
-            sock.close()  # the old code: bound, and the owner of `run` swaps it for their own
-            res = as_user('rm "$1"/gui.sock && echo swapped', str(theirs))
-            assert "swapped" not in res.stdout
-        assert len(str(refused.value).splitlines()) == 1 and str(theirs) in str(refused.value)
-        assert not (theirs / "gui.sock").exists()
-        with pytest.raises(HoardError, match="could replace the socket"):
-            proxy_socket(top / "gui.sock", None).close()
-        assert stat.S_IMODE(top.stat().st_mode) == 0o1777 and not (top / "gui.sock").exists()
-        ours = top / "ours"
-        ours.mkdir(mode=0o755)
-        proxy_socket(ours / "gui.sock", None).close()  # root's, others cannot write: used as it is
-        assert stat.S_IMODE(ours.stat().st_mode) == 0o755
-    finally:
-        import shutil
-
-        shutil.rmtree(top, ignore_errors=True)
-
 
 def test_a_file_name_with_a_line_separator_is_refused_at_the_screen(tmp_path: Path) -> None:
     """W3-X build 1: U+2028/U+2029 "refused in file names and escaped in display". U+0085 was
@@ -508,87 +270,6 @@ def test_a_file_name_with_a_line_separator_is_refused_at_the_screen(tmp_path: Pa
     reasons = {p: r.reason for r in rejects for p in r.paths}
     assert set(reasons) == {"a\u2028b.png", "c\u2029d.png"} and "separator" in reasons["a\u2028b.png"], reasons
     assert display("a\u2028b\u2029c") == "a\\u2028b\\u2029c"
-
-
-@pytest.mark.expect_log(r"StartedJobRegistry cleanup: h-cb Moved to FailedJobRegistry", level="WARNING")
-def test_an_abandoned_job_runs_no_callback_it_names(hoard_home: Path, redis_conn) -> None:
-    """jobs.guard refuses a dequeued job naming callbacks; but RQ's registry clean-up (the
-    worker's, at start and every few minutes) fetched every job of `rq:wip:<queue>` whose
-    time had passed and called its failure callback — imported by the name in the job hash,
-    called with the job, nothing checked. A job hash written into Redis with
-    `failure_callback_name` = `builtins.print` and an expired entry in `rq:wip:maintenance`
-    had `hoard worker --burst` call print (any importable callable: a module's import runs its
-    code, `asyncio.__main__` hangs the worker). No job's callback is ever called now."""
-    import json
-    import zlib
-
-    from tests.test_worker_guard import _hoard
-
-    cfg = hoard_home / "hoard.toml"
-    assert _hoard(cfg, "init").returncode == 0
-    data = json.dumps(["jobs.store_jobs.replicate", None, [str(cfg.resolve()), 60, None], {}]).encode()
-    redis_conn.hset("rq:job:h-cb", mapping={
-        "data": zlib.compress(data), "origin": "maintenance", "status": "started",
-        "created_at": "2026-01-01T00:00:00.000000Z", "enqueued_at": "2026-01-01T00:00:00.000000Z",
-        "started_at": "2026-01-01T00:00:00.000000Z", "description": "abandoned",
-        "failure_callback_name": "builtins.print"})
-    redis_conn.sadd("rq:queues", "rq:queue:maintenance")
-    redis_conn.zadd("rq:wip:maintenance", {"h-cb:e1": 1})
-    res = _hoard(cfg, "worker", "--queues", "maintenance", "--burst")
-    assert "AbandonedJobError" not in res.stdout, res.stdout  # print(job, connection, AbandonedJobError, …)
-    assert "callback" not in res.stderr.lower() or "refus" in res.stderr.lower(), res.stderr
-
-
-@pytest.mark.timeout(120)
-async def test_rq_dashboard_never_unpickles_a_job(user, redis_conn, tmp_path: Path) -> None:
-    """The GUI reads jobs with the JSON serializer (jobs.guard); rq-dashboard's job page and its
-    delete route did not: `Job.fetch(job_id, connection=…)` with RQ's default serializer, and
-    RQ decodes a job's `meta` as it fetches it. A job hash with a pickled `meta` (written by
-    whoever reaches Redis) ran its command in the GUI's process (root) when a signed-in viewer
-    opened /rq/0/view/job/<id>."""
-    import pickle
-    import zlib
-
-    from jobs.guard import SERIALIZER
-    from tests.gui_fixtures import sign_in
-    from tests.test_worker_guard import _RunsOnUnpickle
-
-    marker = tmp_path / "pwned"
-    redis_conn.hset("rq:job:h-view", mapping={
-        "data": zlib.compress(SERIALIZER.dumps(["jobs.store_jobs.replicate", None, [], {}])), "origin": "maintenance",
-        "status": "failed", "created_at": "2026-01-01T00:00:00.000000Z", "description": "hostile",
-        "meta": pickle.dumps(_RunsOnUnpickle(f"id > {marker}"))})
-    try:
-        await sign_in(user, "vera")
-        r = await user.http_client.get("/rq/0/view/job/h-view")
-        assert not marker.exists()
-        assert r.status_code in (200, 404), r.text
-    finally:
-        redis_conn.delete("rq:job:h-view")
-
-
-async def test_rq_dashboard_escapes_the_keys_of_a_result_too(user, redis_conn) -> None:
-    """rq-dashboard's job page writes `JSON.stringify(d.result)` into a `<pre>` unescaped, and
-    `gui.rqdash` escaped the strings of its JSON but not the keys of an object: a result
-    `{"<form action=/rq/requeue/ingest method=post><button>…": 1}` came out as a form on
-    the GUI's own page (same origin: its POST passes the acting check), the issue's "also
-    seen". Keys are escaped as values are now."""
-    from rq.results import Result
-
-    from jobs.queues import rq_queue
-    from tests.gui_fixtures import sign_in
-
-    evil = "<form action=/rq/requeue/ingest method=post><button>session expired: continue</button></form>"
-    job = rq_queue("maintenance", redis_conn).enqueue("builtins.print", "x", description="plain")
-    Result.create(job, Result.Type.SUCCESSFUL, ttl=600, return_value={evil: 1, "nested": {evil: [evil]}})
-    try:
-        await sign_in(user, "vera")
-        r = await user.http_client.get(f"/rq/0/data/job/{job.id}.json")
-        assert r.status_code == 200, r.text
-        assert "<form" not in r.text and "<button" not in r.text, r.text
-        assert any(k.startswith("&lt;form action=/rq/requeue/ingest method=post&gt;") for k in r.json()["result"])
-    finally:
-        job.delete()
 
 
 def test_get_never_writes_through_a_link_at_its_temporary_name(hoard_home: Path) -> None:

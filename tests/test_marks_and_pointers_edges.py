@@ -18,7 +18,7 @@ from fsd.maintenance.deletion import drop_batch
 from fsd.maintenance.gc import gc
 from fsd.maintenance.reindex import rebuild_index
 from fsd.store import Store
-from tests.conftest import make_files
+from tests.helpers import make_files
 from tests.test_cli_put import _hoard
 from tests.test_cli_put import _store as _cli_store
 from tests.test_gc import _register
@@ -111,6 +111,7 @@ def test_legacy_lines_before_the_first_checked_line_are_replayed(tmp_path: Path)
     assert marks.tail_is_legacy(tmp_path)  # its first line: the next writable open rewrites it
 
 
+@pytest.mark.services  # starts `hoard` processes
 def test_a_pointer_file_whose_name_is_not_utf8_is_skipped_not_a_traceback(tmp_path: Path) -> None:
     """A file with a non-UTF-8 name in a disk's batches/ (a copy from another system, a
     planted name): the index's `pointers` table cannot hold that name, and bringing a disk's
@@ -137,6 +138,7 @@ def test_a_pointer_file_whose_name_is_not_utf8_is_skipped_not_a_traceback(tmp_pa
     assert os.path.exists(odd)  # left for a person to remove
 
 
+@pytest.mark.services  # starts `hoard` processes
 @pytest.mark.parametrize("what", ["a directory at the pointer", "a file at batches/"])
 def test_a_directory_where_a_pointer_goes_is_named_with_a_fix_that_works(tmp_path: Path, what: str) -> None:
     """A directory stands at a disk's batches/<id>.json of a registered batch (or a file at
@@ -152,6 +154,7 @@ def test_a_directory_where_a_pointer_goes_is_named_with_a_fix_that_works(tmp_pat
     _check_names_then_fix(cfg, said, spot, "rewrite-pointers")
 
 
+@pytest.mark.services  # starts `hoard` processes
 @pytest.mark.expect_log(r"disk d0: cannot (read the end of|rewrite) .*marks", level="WARNING")
 @pytest.mark.parametrize("what", ["a directory at marks.log", "a file at marks/"])
 def test_rewrite_marks_that_leaves_a_disk_behind_says_so(tmp_path: Path, what: str) -> None:
@@ -233,6 +236,7 @@ def test_a_damaged_pointer_name_on_one_disk_makes_no_phantom_batch(store_factory
     assert json.loads((folder / "b1.json").read_text())["key"] == "batches/b1.json"
 
 
+@pytest.mark.services  # starts `hoard` processes
 def test_a_stray_log_beside_the_marks_log_gets_advice_that_works(tmp_path: Path) -> None:
     """A text file `notes.log` in a disk's marks/ (every `*.log` there is read): its lines were
     "damaged lines in its marks log" — check advised `hoard index rewrite-marks`, and `hoard
