@@ -200,6 +200,7 @@ def test_an_unprivileged_user_cannot_reach_the_embedded_redis(private_redis: Pat
     assert "ermission denied" in res.stdout + res.stderr, (res.stdout, res.stderr)
 
 
+@pytest.mark.gui  # a real Chromium signs in
 @pytest.mark.needs(have_browser(), "CHROMIUM MISSING: the GUI's session file is made by a real sign-in")
 def test_an_unprivileged_user_reads_nothing_of_a_demo_run(home: Path, private_redis: Path, pg) -> None:
     """W3-X 8: after `hoard put`, an ingest, a database dump, the GUI's users and a session, a
