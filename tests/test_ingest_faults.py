@@ -204,7 +204,7 @@ def test_finish_copies_again_what_a_failed_disk_held_then_empties_3a(hoard_home:
 TOP_UP = """
 import json, sys
 from fsd.base import config
-from jobs.ingest import _top_up
+from jobs.ingest.steps import _top_up
 stored = {k: tuple(v) for k, v in json.loads(sys.argv[2]).items()}
 print(json.dumps(_top_up(config.load(sys.argv[1]), stored, sorted(stored))))
 """
