@@ -94,6 +94,7 @@ def test_a_view_is_named_only_after_every_object_of_its_manifest_is_durable(
     indexed before its fsyncs, or stored the root first, or registered before its last
     group commit would leave a name pointing at bytes a power cut can take.)"""
     from fsd.core import disks
+    from fsd.io import copies
     from fsd.outputs import manifest
     from fsd.outputs.manifest import manifest_objects
     from fsd.outputs.views import define_view_rows
@@ -116,24 +117,21 @@ def test_a_view_is_named_only_after_every_object_of_its_manifest_is_durable(
         real_sync(sink)
         dirty.discard(id(sink))
 
-    real_add, real_pointer, real_put_view = store.index.add_objects, store.write_pointer, store.index.put_view
+    real_add, real_pointer = store.index.add_objects, copies.write_pointer
 
     def add_objects(entries, *a, **kw):
         assert not dirty, "an index transaction while a replica holds bytes not fsynced"
         events.append(("index", {sha.hex() for sha, _loc in entries}))
         return real_add(entries, *a, **kw)
 
-    def named(kind):
-        def call(*a, **kw):
-            events.append((kind, None))
-            return (real_pointer if kind == "pointer" else real_put_view)(*a, **kw)
-        return call
+    def pointer(*a, **kw):
+        events.append(("pointer", None))
+        return real_pointer(*a, **kw)
 
     monkeypatch.setattr(disks._FileSink, "write", write)
     monkeypatch.setattr(disks._FileSink, "sync", sync)
     monkeypatch.setattr(store.index, "add_objects", add_objects)
-    monkeypatch.setattr(store, "write_pointer", named("pointer"))
-    monkeypatch.setattr(store.index, "put_view", named("put_view"))
+    monkeypatch.setattr(copies, "write_pointer", pointer)  # what Index.name_pointer's write calls
     info = define_view_rows(store, "ordered", rows)
 
     own = {sha.hex() for sha in manifest_objects(store.get, info["manifest"])}
