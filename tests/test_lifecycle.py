@@ -132,6 +132,25 @@ def test_activate_reports_bad_replicas_for_repair(tmp_path: Path) -> None:
     assert r.returncode == 0 and "1 repaired" in r.stdout, r.stdout + r.stderr
 
 
+def test_activate_lists_again_only_a_regular_shard_file(tmp_path: Path) -> None:
+    """`hoard disks activate` lists a shard again on the returning disk only for a regular file
+    of it: a directory in the sealed file's place is no replica — listed, it made the index
+    name a copy that is not there (and a FIFO there hung activate's verify on its open)."""
+    cfg_path, _ = _store(tmp_path, n=3)
+    with Store.open(config.load(cfg_path), writable=False) as st:
+        meta, d = next((m, d) for m in st.index.iter_shards() if m.sealed
+                       for d in st.disks.values() if d.uuid not in m.replicas)
+        label, uuid = d.label, d.uuid
+    fake = tmp_path / label / "shards" / meta.hex[-2:] / f"{meta.hex}.shard"
+    fake.mkdir(parents=True)
+    assert _hoard(cfg_path, "disks", "retire", label).returncode == 0
+    r = _hoard(cfg_path, "disks", "activate", label)
+    assert r.returncode == 0 and "0 bad" in r.stdout, r.stdout + r.stderr
+    with Store.open(config.load(cfg_path), writable=False) as st:
+        assert uuid not in st.index.get_shard(meta.shard_id).replicas
+        assert st.records[uuid].state == DiskState.ACTIVE
+
+
 def test_index_rebuild_keeps_states_and_deletion_marks(tmp_path: Path) -> None:
     """`hoard index rebuild` keeps a failed and a draining disk as they were, the type-A hidden
     and type-B deleted marks (from marks/ on the HDDs), and a tombstone cleared by storing the

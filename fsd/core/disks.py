@@ -322,10 +322,12 @@ class LocalDisk:
 
     def state(self, shard_hex: str) -> str | None:
         """"sealed", "open" (still appended), or None: which file of the shard this disk holds
-        (the sealed one when both are there, as `find` looks)."""
-        if self.path(shard_hex, True).exists():
+        (the sealed one when both are there, as `find` looks). Only a regular file (or a link to
+        one) is a replica: a directory or a FIFO in its place is none — `hoard disks activate`
+        listed it again, and a FIFO hung whoever opened it."""
+        if self.path(shard_hex, True).is_file():
             return "sealed"
-        return "open" if self.path(shard_hex, False).exists() else None
+        return "open" if self.path(shard_hex, False).is_file() else None
 
     def shard_files(self) -> list[Path]:
         """The shard files on this disk (see `shard_files`); [] when it has no shards folder."""
