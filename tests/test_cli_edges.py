@@ -143,3 +143,16 @@ def test_a_negative_budget_or_rate_is_a_usage_error(tmp_path: Path, args: list[s
     res = _hoard("--config", str(tmp_path / "none.toml"), *args)
     assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
     assert f"Invalid value for '{args[1]}'" in res.stderr
+
+
+def test_a_batch_state_removed_while_ingest_waits_is_one_line(tmp_path: Path) -> None:
+    """`hoard ingest --wait/--here` reads back the state of the batch it submitted: a state file
+    removed meanwhile is one line naming it (exit 5), not an assertion's traceback."""
+    from fsd.base.errors import ExitCode, HoardError
+    from fsd.cli.ingest import _state
+
+    cfg = config.load(dir_disks_config(tmp_path, 2))
+    with pytest.raises(HoardError) as gone:
+        _state(cfg, "b-1")
+    assert gone.value.exit_code == ExitCode.DATA and len(str(gone.value).splitlines()) == 1
+    assert "b-1.json was removed while this command ran" in str(gone.value)

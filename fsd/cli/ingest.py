@@ -117,9 +117,8 @@ def _ingest(cfg, dirs: list[Path], source: str | None, *, wait: bool, here: bool
         for st in submitted:
             _show(st, True)
     if wait or here:
-        final = [ua1.load_state(cfg, st.batch_id) if here else _wait(cfg, st.batch_id, timeout) for st in submitted]
+        final = [_state(cfg, st.batch_id) if here else _wait(cfg, st.batch_id, timeout) for st in submitted]
         for fin in final:
-            assert fin is not None  # submitted above: its state file is there until `hoard delete --batch`
             _show(fin, as_json, here)
             if fin.status != ua1.Status.DONE.value:
                 codes.append(failed.get(fin.batch_id, ExitCode.DATA))
@@ -140,13 +139,22 @@ def _interrupted(cfg, batch_ids: list[str], here: bool) -> HoardError:
     return HoardError("interrupted" + (f": {how}" if how else ""), ExitCode.INTERRUPTED)
 
 
+def _state(cfg, batch_id: str):
+    """The state of a batch this command submitted (written before it returned): a state file
+    removed by hand while the command ran is one line, not a traceback."""
+    st = ua1.load_state(cfg, batch_id)
+    if st is None:
+        raise HoardError(f"batch {batch_id}: its state file {ua1.state_dir(cfg) / (batch_id + '.json')} was removed "
+                         f"while this command ran; `hoard ls` lists the batches the store holds", ExitCode.DATA)
+    return st
+
+
 def _wait(cfg, batch_id: str, timeout: float):
 
     deadline = time.monotonic() + timeout
     with progress(f"ingest {batch_id}", len(ua1.STEPS), unit="steps") as update:
         while True:
-            st = ua1.load_state(cfg, batch_id)
-            assert st is not None
+            st = _state(cfg, batch_id)
             update(len(st.done))
             if st.finished or st.status == ua1.Status.FAILED.value:
                 return st
