@@ -30,6 +30,9 @@ ALLOWED = {0, 2, 3, 4, 5, 6, 9, 130, 141}
 
 #: one invocation per command, shaped as a user would type it; placeholders are filled per run
 COMMANDS: dict[str, list[str]] = {
+    "action list": [],
+    "action show": ["nosuch"],
+    "action validate": ["{FILE}"],  # a text file, no contract: exit 2
     "check": [],
     "db backup": [],
     "db migrate": [],
