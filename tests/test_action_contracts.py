@@ -125,6 +125,9 @@ def test_unknown_key_and_wrong_type_name_the_key(tmp_path: Path) -> None:
              '"docker"')
     one_line(write(tmp_path, text.replace('kind = "local"', 'kind = "shell"')), "run_spec.kind: 'shell' is not a kind")
     one_line(write(tmp_path, text.replace("[params.size]", "[params.Size]")), "params.Size (the name):")
+    hostile = refused(write(tmp_path, text.replace("version = 2", 'version = 2\n"a\\nb\\u202e\\u001b[2J" = 1')))
+    assert hostile == [f"{tmp_path}/thumbnail.toml: a\\x0ab\\u202e\\x1b[2J: unknown key; allowed here: "
+                       + ", ".join(contract.Contract.model_fields)]  # one line, nothing for the terminal to run
     # every problem of a file is its own line, each naming its key
     lines = refused(write(tmp_path, text.replace("version = 2", "version = 0\nzzz = 1")))
     assert len(lines) == 2 and "version:" in lines[0] and "zzz: unknown key" in lines[1], lines

@@ -72,6 +72,9 @@ class ContractError(HoardError):
     exit_code = ExitCode.USAGE
 
     def __init__(self, lines: list[str]) -> None:
+        # a key or a value of the file may hold a newline, an escape sequence or a bidi override:
+        # each line stays one line on the terminal (`display`, which leaves shown text as it is)
+        lines = [display(line) for line in lines]
         super().__init__("\n".join(lines), ExitCode.USAGE)
         self.lines = lines
 
