@@ -63,6 +63,11 @@ def test_every_example_in_docs_actions_md_is_a_valid_contract_one_per_type(tmp_p
     assert sorted(types) == ["AC1", "AC2", "AC3", "AC4", "AC5"]
     table = set(re.findall(r"^\| `([a-z_0-9]+)` \|", DOC.read_text(), re.M))
     assert set(contract.Contract.model_fields) <= table
+    named = set(re.findall(r"`([a-z_0-9]+)", DOC.read_text()))
+    for model in (contract.StageLayout, contract.RunLocal, contract.RunDocker, contract.RunKubectl,
+                  contract.RunExternal, contract.RunLabelStudio, contract.Param, contract.ChildFiles,
+                  contract.ResultFiles, contract.OutputParser, contract.ResultMapping, contract.Rule, contract.Gate):
+        assert set(model.model_fields) <= named, (model.__name__, set(model.model_fields) - named)
 
 
 def test_happy_path_per_type_reads_what_the_file_says(tmp_path: Path) -> None:

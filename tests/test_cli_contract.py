@@ -300,6 +300,7 @@ def test_bad_path_arguments(world, kind: str) -> None:
         "put --manifest": ["put", "--manifest", bad],
         "disks add": ["disks", "add", bad, "--label", "hdd8"],
         "mount": ["mount", bad],
+        "action validate": ["action", "validate", bad],
         "fixtures generate": ["fixtures", "generate", bad, "--items", "2", "--batches", "1", "--large-max-mb", "1"],
     }
     # walking a directory is fine; an output directory that does not exist yet is created

@@ -82,7 +82,7 @@ def show(ctx: typer.Context, name: Annotated[str, typer.Argument(metavar="NAME",
                   markup=False)
         return
     for key, value in _describe(c, path):
-        out.print(f"{key:<13}{value}", markup=False)
+        out.print(f"{key:<13}{display(value)}", markup=False)
 
 
 @app.command("validate")
@@ -100,9 +100,9 @@ def validate(file: Annotated[Path, typer.Argument(metavar="FILE", help="a contra
 
 def _describe(c: Contract, path: Path) -> list[tuple[str, str]]:
     rows = [("action_id", c.action_id), ("action_type", f"{c.action_type} ({TYPES[c.action_type]})"),
-            ("version", str(c.version)), ("file", display(str(path)))]
+            ("version", str(c.version)), ("file", str(path))]
     if c.description:
-        rows.append(("description", display(c.description)))
+        rows.append(("description", c.description))
     rows.append(("selector", json.dumps(c.input_selector.model_dump(mode="json", exclude_defaults=True),
                                         ensure_ascii=False)))
     for r in c.rules:
