@@ -30,6 +30,9 @@ ALLOWED = {0, 2, 3, 4, 5, 6, 9, 130, 141}
 
 #: one invocation per command, shaped as a user would type it; placeholders are filled per run
 COMMANDS: dict[str, list[str]] = {
+    "action list": [],
+    "action show": ["nosuch"],
+    "action validate": ["{FILE}"],  # a text file, no contract: exit 2
     "check": [],
     "db backup": [],
     "db migrate": [],
@@ -297,6 +300,7 @@ def test_bad_path_arguments(world, kind: str) -> None:
         "put --manifest": ["put", "--manifest", bad],
         "disks add": ["disks", "add", bad, "--label", "hdd8"],
         "mount": ["mount", bad],
+        "action validate": ["action", "validate", bad],
         "fixtures generate": ["fixtures", "generate", bad, "--items", "2", "--batches", "1", "--large-max-mb", "1"],
     }
     # walking a directory is fine; an output directory that does not exist yet is created

@@ -125,6 +125,15 @@ class IngestConfig(BaseModel):
     settle_s: float = Field(default=2.0, ge=0, le=600)
 
 
+class ActionsConfig(BaseModel):
+    """UA_2: where the ActionContract files are (docs/actions.md)."""
+
+    model_config = _strict
+    #: the directory of contract files, one `<action_id>.toml` per S04 process (default:
+    #: `actions/` beside hoard.toml)
+    dir: Path | None = None
+
+
 class MountConfig(BaseModel):
     """Where `hoard mount` serves the store (systemd/hoard-mount.service: /srv/hoard): a
     view-mode stage or export points into it."""
@@ -238,6 +247,7 @@ class Settings(BaseSettings):
     test_database_url: str = Field(default=None, validate_default=False)  # type: ignore[assignment]  # see above
     redis_url: str = Field(default=None, validate_default=False)  # type: ignore[assignment]  # see above
     test_redis_url: str = Field(default=None, validate_default=False)  # type: ignore[assignment]  # see above
+    actions: ActionsConfig = ActionsConfig()
     #: the file this came from (set by `load`, not a key of the file)
     source: Path | None = Field(default=None, exclude=True)
 
@@ -293,6 +303,13 @@ class Settings(BaseSettings):
     def index_dir(self) -> Path:
         assert self.ssd.index_dir is not None
         return self.ssd.index_dir
+
+    @property
+    def actions_dir(self) -> Path:
+        """Where the ActionContract files are: `actions.dir`, else `actions/` beside hoard.toml."""
+        if self.actions.dir is not None:
+            return self.actions.dir
+        return (self.source.parent if self.source is not None else Path.cwd()) / "actions"
 
     @property
     def gui_users_file(self) -> Path:
@@ -358,7 +375,7 @@ def find_config(explicit: str | os.PathLike[str] | None = None) -> Path:
     )
 
 
-_PATH_KEYS = (("ssd", "root"), ("ssd", "index_dir"), ("embedded", "root"), ("gui", "users_file"))
+_PATH_KEYS = (("ssd", "root"), ("ssd", "index_dir"), ("embedded", "root"), ("gui", "users_file"), ("actions", "dir"))
 
 
 def _resolve_paths(data: dict[str, Any], base: Path) -> None:
@@ -407,7 +424,16 @@ def describe_validation_error(err: ValidationError, model: Any = None) -> str:
     keys are allowed where an unknown one was found.
     """
     errors = err.errors(include_url=False)
-    first = errors[0]
+    more = f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})" if len(errors) > 1 else ""
+    return _describe(errors[0], model) + more
+
+
+def describe_validation_errors(err: ValidationError, model: Any = None) -> list[str]:
+    """One line per error, each as `describe_validation_error` words the first."""
+    return [_describe(e, model) for e in err.errors(include_url=False)]
+
+
+def _describe(first: Any, model: Any) -> str:
     loc = [p for p in first["loc"]]
     key = _dotted(loc) or "(top level)"
     kind = first["type"]
@@ -420,8 +446,7 @@ def describe_validation_error(err: ValidationError, model: Any = None) -> str:
         msg = first["msg"].removeprefix("Value error, ")
         if "input" in first and not isinstance(first["input"], (dict, list)):
             msg += f" (got {first['input']!r})"
-    more = f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})" if len(errors) > 1 else ""
-    return f"{key}: {msg}{more}"
+    return f"{key}: {msg}"
 
 
 def _dotted(loc: list[Any]) -> str:
