@@ -386,3 +386,27 @@ def test_gate_hook(roots: Roots) -> None:
     assert not gate_ready(hang, roots, {}, log_path=log, timeout_s=0.5, grace_s=0.5)
     assert gone(int((roots.output_root / "hook").read_text()))
     assert stat.S_ISREG(os.stat(log).st_mode)
+
+
+@pytest.mark.services
+def test_a_daemon_in_its_own_session_is_ended_too(roots: Roots) -> None:
+    """A worker that starts a process in a new session (setsid) and exits: the orphan comes back
+    to us as subreaper and is ended and reaped."""
+    out = run(sh("setsid sh -c 'trap \"\" TERM; echo $$ > {output_root}/daemon; exec sleep 1000' & "
+                 "while [ ! -s daemon ]; do sleep 0.05; done; exit 0"), roots)
+    assert (out.reason, out.exit_code) == ("exited", 0)
+    assert gone(int((roots.output_root / "daemon").read_text()))
+
+
+@pytest.mark.services
+def test_a_failing_heartbeat_ends_the_worker(roots: Roots) -> None:
+    """When heartbeat() raises (the state file cannot be written, Ctrl-C), the error goes on and
+    the worker does not outlive its watcher."""
+    def beat() -> None:
+        if (roots.output_root / "pid").exists():
+            raise OSError("state file: no space left")
+
+    with pytest.raises(OSError, match="no space left"):
+        run(sh("echo $$ > {output_root}/pid.tmp; mv {output_root}/pid.tmp {output_root}/pid; exec sleep 1000"),
+            roots, heartbeat=beat, poll_s=0.05)
+    assert gone(int((roots.output_root / "pid").read_text()))

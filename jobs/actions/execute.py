@@ -437,6 +437,33 @@ def _start(cmd: Command, cwd: str, out_fd: int) -> subprocess.Popen:
             os.close(stdin)
 
 
+def _watch(proc: subprocess.Popen, r: int, pidfd: list[int], log: _Log, deadline: float,
+           heartbeat: Callable[[], None], should_stop: Callable[[], bool], poll_s: float) -> str:
+    """Copies the worker's output to the log until it exits ("exited"), runs past the deadline
+    ("timeout") or should_stop() says so ("cancelled"); heartbeat() every poll_s."""
+    open_pipe, last = True, -float("inf")
+    while True:
+        now = time.monotonic()
+        if now - last >= poll_s:
+            last = now
+            heartbeat()
+            if should_stop():
+                return "cancelled"
+        if proc.poll() is not None:
+            return "exited"
+        if now >= deadline:
+            return "timeout"
+        wait = max(0.01, min(last + poll_s, deadline) - now)
+        if open_pipe or pidfd:
+            if r in select.select(([r] if open_pipe else []) + pidfd, [], [], wait)[0]:
+                open_pipe = _drain(r, log)
+        else:
+            try:
+                proc.wait(wait)
+            except subprocess.TimeoutExpired:
+                pass
+
+
 def _run(cmd: Command, *, cwd: str, log: _Log, deadline: float, heartbeat: Callable[[], None],
          should_stop: Callable[[], bool], poll_s: float, grace_s: float) -> tuple[str, int | None]:
     """Runs one command (and its `then`) by the module's process rules: (reason, exit code)."""
@@ -457,31 +484,11 @@ def _run(cmd: Command, *, cwd: str, log: _Log, deadline: float, heartbeat: Calla
         except (OSError, AttributeError):
             pass
         os.set_blocking(r, False)
-        open_pipe, reason, last = True, "exited", -float("inf")
-        while True:
-            now = time.monotonic()
-            if now - last >= poll_s:
-                last = now
-                heartbeat()
-                if should_stop():
-                    reason = "cancelled"
-                    break
-            if proc.poll() is not None:
-                break
-            if now >= deadline:
-                reason = "timeout"
-                break
-            wait = max(0.01, min(last + poll_s, deadline) - now)
-            if open_pipe or pidfd:
-                if r in select.select(([r] if open_pipe else []) + pidfd, [], [], wait)[0]:
-                    open_pipe = _drain(r, log)
-            else:
-                try:
-                    proc.wait(wait)
-                except subprocess.TimeoutExpired:
-                    pass
-        _end(proc, before, since, grace_s, log)
-        _drain(r, log)
+        try:
+            reason = _watch(proc, r, pidfd, log, deadline, heartbeat, should_stop, poll_s)
+        finally:  # also when heartbeat/should_stop raised or on Ctrl-C: a worker never outlives its watcher
+            _end(proc, before, since, grace_s, log)
+            _drain(r, log)
     finally:
         os.close(r)
         for fd in pidfd:
