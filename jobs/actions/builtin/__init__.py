@@ -14,6 +14,8 @@ import importlib
 import sys
 from pathlib import Path
 
+from jobs.actions.builtin import _io
+
 #: the contracts shipped with hoardfs (one `<action_id>.toml` each)
 CONTRACTS = Path(__file__).resolve().parent / "contracts"
 #: program name → its module (each has add_arguments(parser) and run(input_root, output_root, args))
@@ -41,7 +43,6 @@ def main(argv: list[str] | None = None) -> int:
         mod.add_arguments(p)
         modules[name] = mod
     args = parser.parse_args(argv)
-    from jobs.actions.builtin import _io
 
     try:
         _io.check_output_root(args.output_root)
