@@ -141,3 +141,77 @@ def test_nodes_replace_the_selector_and_key_the_run(hoard_home: Path, pg, redis_
     assert other.state.run_id != doc["run"] and other.how == "new"
     assert run_here(cfg, other.state.run_id) == 0
     assert load_state(cfg, other.state.run_id).status == "done"
+
+
+#: a runner that runs the steps of `api.submit(NAME)` here and is killed (SIGKILL, as by power
+#: loss or the OOM killer) right after STEP's work, before its state says so: the worst moment
+KILLED_AT = """
+import os, signal, sys
+from fsd.base import config
+from jobs.actions import api, run_here, steps
+cfg = config.load(sys.argv[1])
+step, name = sys.argv[2], sys.argv[3]
+real = steps.STEPS[step]
+def killed(cfg, st):
+    real(cfg, st)
+    os.kill(os.getpid(), signal.SIGKILL)
+steps.STEPS[step] = killed
+run_here(cfg, api.submit(cfg, name, queue=False).state.run_id)
+"""
+
+
+def kill_at(cfg: config.Settings, step: str, name: str) -> None:
+    res = subprocess.run([sys.executable, "-c", KILLED_AT, str(cfg.source), step, name], capture_output=True,
+                         text=True, timeout=300)
+    assert res.returncode == -9, res.stderr
+
+
+@pytest.mark.parametrize("step", ["plan", "apply", "finish"])
+def test_ac1_killed_at_each_step_resumes_exactly_once(hoard_home: Path, pg, redis_conn, step: str) -> None:
+    """kill -9 of the runner right after a step's work: `status` says failed at once (the
+    process is gone) with the way on; the same command resumes and the database holds what
+    one clean run writes — one event, the labels once."""
+    cfg, batch = action_home(hoard_home, pg, redis_conn, seed=74, items=6)
+    write_contract(cfg, "check-quality", AC1.format(batch=batch))
+    base = counts(cfg)
+    kill_at(cfg, step, "check-quality")
+    (rid,) = [r["run"] for r in api.runs(cfg)]
+    st = hoard(cfg.source, "action", "status", rid)
+    assert st.returncode == 5 and f"failed at step {step}" in st.stdout and "again resumes it" in st.stdout
+    res = hoard(cfg.source, "action", "run", "check-quality", "--here", "--json")
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert json.loads(res.stdout)["status"] == "done"
+    after = counts(cfg)
+    with psycopg.connect(cfg.database_url) as conn:
+        pngs = conn.execute("SELECT count(*) FROM batch_member m JOIN physical_content pc USING (node_id) "
+                            "WHERE m.batch_id = %s AND pc.file_type = 'png'", [batch]).fetchone()[0]
+    assert after["action_event"] - base["action_event"] == 1
+    assert after["label"] - base["label"] == pngs and black_listed(cfg) == 2
+    assert after["applied_intent"] - base["applied_intent"] == 2  # the batch's and the run's
+
+
+def test_stale_heartbeat_is_failed_in_status_and_health(hoard_home: Path, pg, redis_conn) -> None:
+    """A run "running" whose step holds its lock but wrote no heartbeat for over 120 s (a hung
+    process, a host that stopped answering) is reported failed by status, runs and `hoard health`,
+    with the way on."""
+    import os
+    import time
+
+    from fsd.base.files import flocked
+    from jobs.actions.state import lock_path, save_state, state_dir
+
+    cfg, batch = action_home(hoard_home, pg, redis_conn, seed=75, items=4)
+    write_contract(cfg, "check-quality", AC1.format(batch=batch))
+    st = api.submit(cfg, "check-quality", queue=False).state
+    st.status = "running"
+    save_state(cfg, st)
+    beat = state_dir(cfg) / f"{st.run_id}.beat"
+    beat.touch()
+    old = time.time() - 200
+    os.utime(beat, (old, old))
+    with flocked(lock_path(cfg, st.run_id)):  # the hung step still holds its lock
+        res = hoard(cfg.source, "action", "status", st.run_id)
+        assert res.returncode == 5 and "failed at step plan" in res.stdout and "no heartbeat for 2" in res.stdout
+        health = json.loads(hoard(cfg.source, "health", "--json").stdout)
+        line = next(p for p in health["problems"] if f"action run {st.run_id}" in p)
+        assert "failed at plan" in line and "hoard action run check-quality` again resumes it" in line

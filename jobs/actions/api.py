@@ -205,17 +205,19 @@ def is_running(cfg: Settings, rid: str) -> bool:
 
 
 def describe(cfg: Settings, st: RunState) -> tuple[str, str]:
-    """(status, why) as a person should read them: "running" only while its heartbeat is fresh
-    — a run whose runner died (kill -9, a host that stopped) is "failed" within STALE_S."""
+    """(status, why) as a person should read them: "running" only while a process runs the
+    step (it holds the run's lock, which the kernel drops when it dies: kill -9, OOM) and its
+    heartbeat is fresh — a step whose heartbeat is older than STALE_S (a hung process, a host
+    that stopped answering) is reported failed too, never left "running" for ever."""
     if st.status == Status.RUNNING.value:
         age = heartbeat_age(cfg, st.run_id)
-        if (age is None or age > STALE_S) and not is_running(cfg, st.run_id):
+        if not is_running(cfg, st.run_id):
+            return Status.FAILED.value, (f"the process running step {st.step} stopped (killed, or its host went "
+                                         f"down); `hoard action run {st.action}` again resumes it")
+        if age is None or age > STALE_S:
             ago = "no heartbeat" if age is None else f"no heartbeat for {age:.0f} s"
-            return Status.FAILED.value, (f"the process running step {st.step} stopped ({ago}: killed, or its host "
-                                         f"went down); `hoard action run {st.action}` again resumes it")
-        if age is not None and age > STALE_S:
-            return Status.FAILED.value, (f"step {st.step} has written no heartbeat for {age:.0f} s (its process "
-                                         f"hangs); stop it, then `hoard action run {st.action}` again resumes it")
+            return Status.FAILED.value, (f"step {st.step} has written {ago} (its process hangs, or its host stopped "
+                                         f"answering); stop it, then `hoard action run {st.action}` again resumes it")
     return st.status, st.error or ""
 
 
