@@ -8,6 +8,7 @@ and files; the workers are real processes."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -91,7 +92,10 @@ def worker_contract(cfg: config.Settings, batch: str, name: str = "thumbs", *, c
     script = cfg.actions_dir / f"{name}-worker.py"
     script.write_text(WORKER.format(children=children, exit=exit, sleep=sleep))
     spec = run_spec or (f'kind = "local"\ncommand = [{json.dumps(sys.executable)}, {json.dumps(str(script))}, '
-                        f'"{{input_root}}", "{{output_root}}"]\ntimeout_s = {timeout_s}')
+                        f'"{{input_root}}", "{{output_root}}"]\ntimeout_s = {timeout_s}'
+                        # as root, the worker would be actions.worker_user (nobody), who cannot enter
+                        # pytest's root-only tmp_path: the test worker runs as root, allowed
+                        + ('\nrun_as = "root"\nallow_root = true' if os.geteuid() == 0 else ''))
     return write_contract(cfg, name, CONTRACT.format(type=type, batch=batch, run_spec=spec, gate=gate))
 
 

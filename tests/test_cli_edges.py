@@ -138,11 +138,15 @@ def test_help_shows_its_placeholders() -> None:
 
 
 @pytest.mark.parametrize("args", [["replicate", "--budget-s", "-1"], ["replicate", "--rate-mb-s", "-5"],
-                                  ["verify", "--budget-s", "-1"]])
+                                  ["verify", "--budget-s", "-1"], ["replicate", "--budget-s", "nan"],
+                                  ["replicate", "--rate-mb-s", "nan"], ["verify", "--budget-s", "nan"],
+                                  ["rebuild", "d1", "--rate-mb-s", "nan"], ["rebuild", "d1", "--rate-mb-s", "-1"],
+                                  ["disks", "replace", "d1", "d2", "--rate-mb-s", "nan"]])
 def test_a_negative_budget_or_rate_is_a_usage_error(tmp_path: Path, args: list[str]) -> None:
+    """A negative or nan budget or rate ran with no time or no limit (nan passes click's `min=`)."""
     res = _hoard("--config", str(tmp_path / "none.toml"), *args)
     assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
-    assert f"Invalid value for '{args[1]}'" in res.stderr
+    assert f"Invalid value for '{args[-2]}'" in res.stderr
 
 
 def test_a_batch_state_removed_while_ingest_waits_is_one_line(tmp_path: Path) -> None:

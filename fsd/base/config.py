@@ -132,6 +132,9 @@ class ActionsConfig(BaseModel):
     #: the directory of contract files, one `<action_id>.toml` per S04 process (default:
     #: `actions/` beside hoard.toml)
     dir: Path | None = None
+    #: the user a worker runs as when hoard runs as root and the contract names no `run_as`
+    #: (jobs/actions/execute.py); never root unless the contract says `allow_root = true`
+    worker_user: str = Field(default="nobody", pattern=r"^[a-z_][a-z0-9_-]{0,31}$|^[0-9]{1,10}$")
 
 
 class MountConfig(BaseModel):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import math
 import os
 import stat as st_mod
 import sys
@@ -32,6 +33,14 @@ from fsd.base.units import fmt_bytes
 
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def finite(value: float | None) -> float | None:
+    """Typer callback for a number option: click's `min=` lets `nan` through (every comparison
+    with it is false), and a `nan` budget or rate ran with no time or no limit."""
+    if value is not None and math.isnan(value):
+        raise typer.BadParameter("nan is not a number; give a number of 0 or more")
+    return value
 
 
 @dataclass

@@ -141,7 +141,8 @@ def _describe(c: Contract, path: Path) -> list[tuple[str, str]]:
                               "released by hand") + f", timeout {c.gate.timeout_s} s"))
     if c.output_parser is not None:
         for ch in c.output_parser.children:
-            rows.append(("children", f"{ch.glob} → child of the input ({ch.parent_key}), {ch.relationship}"))
+            parent = "another child (output_path)" if ch.parent_key == "output_path" else f"the input ({ch.parent_key})"
+            rows.append(("children", f"{ch.glob} → child of {parent}, {ch.relationship}"))
         for res in c.output_parser.results:
             m = c.result_mapping[res.name]
             rows.append(("results", f"{res.name}: {res.glob} ({res.format}) → {m.into}"))

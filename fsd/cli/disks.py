@@ -14,7 +14,7 @@ from rich.markup import escape
 from fsd.base import config as config_mod
 from fsd.base.errors import ConfigError, ExitCode, HoardError
 from fsd.base.units import fmt_bytes
-from fsd.cli._common import err, out, state
+from fsd.cli._common import err, finite, out, state
 from fsd.cli.rebuild import run_rebuild
 from fsd.cli.store import open_store
 from fsd.core.disks import DiskState
@@ -87,7 +87,7 @@ def replace(
     ctx: typer.Context,
     old: Annotated[str, typer.Argument(help="the lost or dying disk")],
     new: Annotated[str, typer.Argument(help="an added, active disk to hold its replicas")],
-    rate_mb_s: Annotated[float, typer.Option(help="copy at most this fast (0 = no limit)")] = 0,
+    rate_mb_s: Annotated[float, typer.Option(min=0, callback=finite, help="copy at most this fast (0 = no limit)")] = 0,
     yes: Annotated[bool, typer.Option("--yes", help="do not ask when OLD is still healthy")] = False,
 ) -> None:
     """Rebuild every replica of OLD onto NEW (same as `hoard rebuild --disk OLD --onto NEW`);

@@ -10,7 +10,7 @@ import typer
 
 from fsd.base.errors import ExitCode
 from fsd.base.units import fmt_bytes
-from fsd.cli._common import confirm, err, out, progress
+from fsd.cli._common import confirm, err, finite, out, progress
 from fsd.cli.store import open_store
 from fsd.core.disks import DiskState
 from fsd.maintenance.rebuild import rebuild as run
@@ -45,7 +45,7 @@ def rebuild(
     ctx: typer.Context,
     disk: Annotated[str, typer.Option("--disk", help="the lost disk's label")],
     onto: Annotated[str | None, typer.Option("--onto", help="the new disk (default: any disks with room)")] = None,
-    rate_mb_s: Annotated[float, typer.Option(help="copy at most this fast (0 = no limit)")] = 0,
+    rate_mb_s: Annotated[float, typer.Option(min=0, callback=finite, help="copy at most this fast (0 = no limit)")] = 0,
     yes: Annotated[bool, typer.Option("--yes", help="do not ask when the disk is still healthy")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="the report as JSON")] = False,
 ) -> None:

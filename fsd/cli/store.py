@@ -21,7 +21,7 @@ from fsd.base.files import create_new, size_or_zero
 from fsd.base.modes import FILE
 from fsd.base.paths import display
 from fsd.base.units import fmt_bytes
-from fsd.cli._common import err, out, progress, read_input, state
+from fsd.cli._common import err, finite, out, progress, read_input, state
 from fsd.core.records import sha_bytes
 from fsd.io.replicate import replicate_once
 from fsd.outputs import puts
@@ -235,8 +235,8 @@ def write_output(output: Path, how: str, chunks) -> None:
 
 def replicate(
     ctx: typer.Context,
-    budget_s: Annotated[float, typer.Option(min=0, help="stop after this many seconds")] = 600,
-    rate_mb_s: Annotated[float, typer.Option(min=0, help="copy at most this fast (0 = no limit)")] = 100,
+    budget_s: Annotated[float, typer.Option(min=0, callback=finite, help="stop after this many seconds")] = 600,
+    rate_mb_s: Annotated[float, typer.Option(min=0, callback=finite, help="copy at most this fast (0 = no limit)")] = 100,
     watch: Annotated[bool, typer.Option(help="keep running, checking every 30 s")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="each round's report as JSON")] = False,
 ) -> None:

@@ -10,7 +10,7 @@ import typer
 
 from fsd.base.errors import ExitCode, HoardError
 from fsd.base.units import fmt_bytes
-from fsd.cli._common import database, err, out, progress, state
+from fsd.cli._common import database, err, finite, out, progress, state
 from fsd.cli.store import open_store
 from fsd.io import scrub
 from fsd.maintenance import check as check_mod
@@ -25,7 +25,7 @@ def verify(
     disk: Annotated[str | None, typer.Option("--disk", help="only replicas on this disk")] = None,
     sha256: Annotated[bool, typer.Option("--sha256", help="also recompute every payload's sha256")] = False,
     repair: Annotated[bool, typer.Option("--repair", help="replace bad replicas with good copies")] = False,
-    budget_s: Annotated[float | None, typer.Option(min=0, help="stop after this many seconds")] = None,
+    budget_s: Annotated[float | None, typer.Option(min=0, callback=finite, help="stop after this many seconds")] = None,
     batch: Annotated[str | None, typer.Option("--batch", help="only the shards holding this ingested batch")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="the report as JSON")] = False,
     orphans: Annotated[bool, typer.Option("--orphans", help="instead: find shard files no index entry names "

@@ -52,9 +52,10 @@ RESULT_TABLES: dict[str, tuple[frozenset[str], frozenset[str]]] = {
     **RESULT_COLUMNS,  # the result tables, as a write-intent's `results` fill them
 }
 #: how a parsed file names the node it belongs to: the input's sha256, its staged file name
-#: without extension, its staged path (relative to the input root, without extension); a
-#: result may also name a child by its path in the output root
-NodeKey = Literal["sha256", "stem", "staged_path"]
+#: without extension, its staged path (relative to the input root, without extension), or
+#: another child by its path in the output root (a child's parent: that path without its
+#: extension, as in video → scenes/v1_003.mp4 → frames/v1_003/0001.jpg; a result: the path whole)
+NodeKey = Literal["sha256", "stem", "staged_path", "output_path"]
 
 ActionId = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_-]{0,63}$")]
 ParamName = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,31}$")]
@@ -229,8 +230,9 @@ class ChildFiles(BaseModel):
     model_config = _strict
     glob: Text
     #: a regular expression the file's path (relative to the output root) must match whole;
-    #: its group `input` names the parent as `parent_key` says
-    parent_match: Text = r"(?P<input>[^/]+?)(_[^/]*)?\.[^/.]+"
+    #: its group `input` names the parent as `parent_key` says. The default: the file's name
+    #: up to its first `_` or its extension, in any directory (`thumbs/cat_256.jpg` → `cat`)
+    parent_match: Text = r"(?:[^/]+/)*(?P<input>[^/]+?)(_[^/]*)?\.[^/.]+"
     parent_key: NodeKey = "stem"
     relationship: Relationship = "derived_from"
     #: labels every child gets
@@ -261,7 +263,7 @@ class ResultFiles(BaseModel):
     #: the record's field naming its node, and how it names it (`output_path`: a child by its
     #: path in the output root)
     node_field: Annotated[str, StringConstraints(min_length=1, max_length=200)] = "file"
-    node_key: Literal["sha256", "stem", "staged_path", "output_path"] = "stem"
+    node_key: NodeKey = "stem"
 
     @model_validator(mode="after")
     def _pattern(self) -> ResultFiles:

@@ -149,7 +149,7 @@ def _step_gate(cfg: Settings, st: RunState) -> None:
         from jobs.actions import execute
 
         ready = execute.gate_ready(c, roots_of(cfg, c, st), st.params, log_path=log_path(cfg, st.run_id),
-                                   timeout_s=min(60, gate.poll_s * 2))
+                                   timeout_s=min(60, gate.poll_s * 2), worker_user=cfg.actions.worker_user)
         st.gate["hook_checked"] = now()
         if ready:
             st.report["gate"] = f"the gate hook said ready at {st.gate['hook_checked']}"
@@ -202,7 +202,8 @@ def _step_run(cfg: Settings, st: RunState) -> None:
         _empty(roots.output_root)
         outcome = execute.run_worker(c, roots, st.params, log_path=log_path(cfg, st.run_id),
                                      heartbeat=lambda: beat(cfg, st.run_id),
-                                     should_stop=lambda: cancel_flag(cfg, st.run_id).exists())
+                                     should_stop=lambda: cancel_flag(cfg, st.run_id).exists(),
+                                     worker_user=cfg.actions.worker_user)
         if outcome.reason == "cancelled":
             raise Cancelled(f"run {st.run_id} was cancelled while its worker ran (stopped after "
                             f"{outcome.seconds:.0f} s)")

@@ -1,0 +1,604 @@
+"""Starting, watching and stopping an action's worker process (docs/actions.md, "Running a worker").
+
+`render` fills a contract string's placeholders; `command_for` turns a run spec into the argv,
+environment and user of the process to start (local: the command itself; docker: `docker run`
+of the image; kubectl: `kubectl apply` of the Job, then `kubectl wait` for it); `run_worker`
+runs it, `gate_ready` runs a gate hook once, `done_marker_present` looks for an external
+worker's `_DONE`.
+
+Process rules (one place, `_run`): no shell; stdin is /dev/null (or the kubectl manifest); stdout
+and stderr go to the run's log, kept to its last `LOG_CAP` bytes; a clean environment (PATH,
+LANG, HOME of the user, then the contract's `env`); the process starts its own session, and
+everything in that session — and any descendant that left it and was handed to us as their
+subreaper — is ended with it: TERM, then KILL after `TERM_GRACE_S`, on a timeout, a cancel, and
+also after a normal exit (a worker leaves nothing running behind it). While a worker runs,
+this process is a child subreaper (prctl PR_SET_CHILD_SUBREAPER): the orphans of the worker's
+processes are re-parented to it rather than to init, so they are found, killed and reaped — no
+zombie and no orphaned process group is left, even where pid 1 does not reap. A descendant
+that starts its own session (a daemon) while its parent lives on is found once that parent is
+ended; one that escapes both (a process another service starts for it) is not — run such
+workers in a container.
+
+Who the worker is: when hoard runs as root, `run_spec.run_as` or else `actions.worker_user`
+(default "nobody"); root only with `allow_root = true`. When hoard is not root, the worker is
+hoard's own user, and a `run_as` naming another user is refused. The output root is made the
+worker's (chown, when hoard is root): it is the one directory the worker writes; the input root
+and the directories above both roots must let that user through (checked before the start).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import pwd
+import re
+import select
+import shlex
+import signal
+import stat
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Literal
+
+from fsd.base.errors import ExitCode, HoardError
+from fsd.base.paths import display
+from jobs.actions.contract import _PART, PLACEHOLDERS, Contract, RunDocker, RunExternal, RunKubectl, RunLocal
+
+#: a worker's log is kept to its last this many bytes (older output is dropped, with a line saying so)
+LOG_CAP = 8 << 20
+#: after TERM, how long a worker's processes have before KILL
+TERM_GRACE_S = 10.0
+#: how long a stop command (docker rm -f, kubectl delete) may take after a timeout or a cancel
+STOP_TIMEOUT_S = 60.0
+#: where the roots are inside a docker container ({input_root} and {output_root} render to these)
+CONTAINER_INPUT = "/input"
+CONTAINER_OUTPUT = "/output"
+#: environment variables the docker / kubectl client keeps from hoard's environment
+CLIENT_ENV = {"docker": ("DOCKER_HOST", "DOCKER_CONFIG", "DOCKER_CONTEXT", "DOCKER_CERT_PATH", "DOCKER_TLS_VERIFY"),
+              "kubectl": ("KUBECONFIG",)}
+#: what a value substituted into a kubectl manifest may hold (anything else could change its YAML)
+_YAML_SAFE = re.compile(r"[A-Za-z0-9._/:=@+-]*")
+_PR_SET_CHILD_SUBREAPER, _PR_GET_CHILD_SUBREAPER = 36, 37
+
+
+class ExecError(HoardError):
+    """A worker that cannot be started as the contract says: one line naming the contract key
+    (or config key) and the next step (exit 2)."""
+
+    exit_code = ExitCode.USAGE
+
+
+@dataclass(frozen=True)
+class Roots:
+    input_root: Path      # the staged input tree (3C/<run>/<layout>/input)
+    output_root: Path     # where the worker writes (3C/<run>/<layout>/output)
+    batch_id: str         # the run id (= action_batch.batch_id)
+
+
+@dataclass(frozen=True)
+class Identity:
+    """A user a process runs as."""
+
+    name: str
+    uid: int
+    gid: int
+    home: str
+
+
+@dataclass(frozen=True)
+class Command:
+    """One process to start (and what follows it)."""
+
+    argv: tuple[str, ...]
+    #: its whole environment
+    env: Mapping[str, str]
+    #: the contract (or config) key the command comes from, for error lines
+    key: str
+    #: the user the process runs as; None: hoard's own (the docker and kubectl clients)
+    user: Identity | None
+    #: the user the worker's code runs as: the output root is made theirs (for docker, `--user`)
+    worker: Identity
+    #: fed to its stdin (the kubectl manifest); None: /dev/null
+    stdin: bytes | None = None
+    #: run next when this one exits 0 (kubectl: the wait for the Job)
+    then: Command | None = None
+    #: run after a timeout or a cancel, to stop what the client started (docker rm -f, kubectl delete)
+    stop: Command | None = None
+
+
+@dataclass
+class Outcome:
+    #: exited: the process ended by itself (exit_code: its status; negative = killed by that signal);
+    #: timeout: it ran past timeout_s; cancelled: should_stop() said so (both: ended by us)
+    reason: Literal["exited", "timeout", "cancelled"]
+    exit_code: int | None
+    seconds: float
+
+
+# -- placeholders -----------------------------------------------------------------------------
+
+def value_text(v: object) -> str:
+    """A parameter's value as it goes into a command: bool → true/false, float → shortest form."""
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, float):
+        return repr(v)
+    return str(v)
+
+
+def render(text: str, roots: Roots, params: Mapping[str, object], *, key: str = "text",
+           safe: re.Pattern[str] | None = None) -> str:
+    """`text` with {input_root} {output_root} {action_batch_id} {param:NAME} filled and {{ }}
+    turned into braces (contract._PART's tokens). ExecError naming `key` for an unknown
+    placeholder, an undeclared or unset parameter, an unmatched brace, or a value holding a NUL
+    (or, with `safe`, a value that does not match it whole)."""
+    fixed = {"input_root": str(roots.input_root), "output_root": str(roots.output_root),
+             "action_batch_id": roots.batch_id}
+    out: list[str] = []
+    pos = 0
+    for m in _PART.finditer(text):
+        out.append(text[pos:m.start()])
+        pos = m.end()
+        part, name = m.group(0), m.group(1)
+        if part in ("{{", "}}"):
+            out.append(part[0])
+            continue
+        if name is None:
+            raise ExecError(f"{key}: an unmatched {part!r}; write {part * 2} for the character itself")
+        if name.startswith("param:"):
+            pname = name.removeprefix("param:")
+            if pname not in params:
+                raise ExecError(f"{key}: {{param:{display(pname)}}} has no value; declare [params.{display(pname)}] "
+                                "in the contract and give --param")
+            value = value_text(params[pname])
+        elif name in fixed:
+            value = fixed[name]
+        else:
+            raise ExecError(f"{key}: unknown placeholder {{{display(name)}}}; known: "
+                            + ", ".join("{" + p + "}" for p in PLACEHOLDERS) + ", {param:NAME}")
+        if "\0" in value:
+            raise ExecError(f"{key}: the value of {{{display(name)}}} holds a NUL character; it cannot be passed on")
+        if safe is not None and not safe.fullmatch(value):
+            raise ExecError(f"{key}: the value of {{{display(name)}}} ('{display(value)}') may hold only letters, "
+                            "digits and ._/:=@+- here (it could change the manifest's YAML); use an int or a "
+                            "choice parameter")
+        out.append(value)
+    out.append(text[pos:])
+    result = "".join(out)
+    if "\0" in result:
+        raise ExecError(f"{key}: holds a NUL character; it cannot be passed on")
+    return result
+
+
+# -- who runs it ------------------------------------------------------------------------------
+
+def _lookup(user: str, key: str) -> Identity:
+    try:
+        pw = pwd.getpwuid(int(user)) if user.isdigit() else pwd.getpwnam(user)
+    except KeyError:
+        if user.isdigit():  # a uid without a passwd entry (a container's user): its own group
+            return Identity(user, int(user), int(user), "/")
+        raise ExecError(f"{key}: no user '{display(user)}' on this host; create it (useradd --system "
+                        f"{display(user)}) or name another") from None
+    return Identity(pw.pw_name, pw.pw_uid, pw.pw_gid, pw.pw_dir or "/")
+
+
+def worker_identity(run_as: str | None, allow_root: bool, worker_user: str, *, euid: int | None = None) -> Identity:
+    """The user a worker runs as (the module docstring says the rules); ExecError when it
+    cannot be that user."""
+    euid = os.geteuid() if euid is None else euid
+    if euid != 0:
+        me = _lookup(str(euid), "hoard's user")
+        if run_as is not None and _lookup(run_as, "run_spec.run_as").uid != euid:
+            raise ExecError(f"run_spec.run_as: cannot switch to user {display(run_as)}: hoard runs as {me.name} "
+                            "(only root starts a worker as another user); remove run_as or run hoard's worker "
+                            "as root")
+        return me
+    ident = _lookup(run_as, "run_spec.run_as") if run_as is not None else _lookup(worker_user, "actions.worker_user")
+    if ident.uid == 0 and not allow_root:
+        key = "run_spec.run_as" if run_as is not None else "actions.worker_user"
+        raise ExecError(f"{key}: the worker would run as root ({ident.name}); name an unprivileged user "
+                        "(actions.worker_user in hoard.toml, or run_as), or set allow_root = true in the contract")
+    return ident
+
+
+# -- the command ------------------------------------------------------------------------------
+
+def _venv_bin() -> Path:
+    return Path(sys.executable).parent
+
+
+def which(name: str, key: str) -> str:
+    """The program `name` runs: a path as given (absolute), else the first executable `name`
+    in the directory of sys.executable (the venv's bin: the built-in workers) then PATH."""
+    if "/" in name:
+        p = Path(name)
+        if not p.is_absolute():
+            raise ExecError(f"{key}: '{display(name)}' is a relative path; give an absolute path or a bare "
+                            "command name")
+        if not (p.is_file() and os.access(p, os.X_OK)):
+            raise ExecError(f"{key}: command {display(name)} " + ("is not executable (chmod +x)" if p.is_file()
+                            else "does not exist") + "; install it or fix the path")
+        return name
+    dirs = [str(_venv_bin()), *os.environ.get("PATH", os.defpath).split(os.pathsep)]
+    for d in dirs:
+        cand = Path(d or ".") / name
+        if d and cand.is_file() and os.access(cand, os.X_OK):
+            return str(cand)
+    raise ExecError(f"{key}: command '{display(name)}' not found in {_venv_bin()} or PATH; install it or give "
+                    "its absolute path")
+
+
+def _env(ident: Identity, extra: Mapping[str, str], keep: tuple[str, ...] = ()) -> dict[str, str]:
+    env = {"PATH": f"{_venv_bin()}{os.pathsep}{os.environ.get('PATH', os.defpath)}",
+           "LANG": os.environ.get("LANG", "C.UTF-8"), "HOME": ident.home}
+    env.update({k: os.environ[k] for k in keep if k in os.environ})
+    env.update(extra)
+    return env
+
+
+def _mount_path(p: Path, key: str) -> str:
+    s = str(p)
+    if not p.is_absolute() or ":" in s or "," in s:
+        raise ExecError(f"{key}: {display(s)} cannot be mounted into a container (it must be absolute, without "
+                        "':' or ','); stage into a plainer 3C path")
+    return s
+
+
+def command_for(c: Contract, roots: Roots, params: Mapping[str, object], *, worker_user: str = "nobody") -> Command:
+    """The process a run spec starts (see the module docstring; docs/actions.md says how the
+    roots appear to each kind). ExecError (one line) when it cannot be built."""
+    rs = c.run_spec
+    if not isinstance(rs, (RunLocal, RunDocker, RunKubectl)):
+        raise ExecError(f"run_spec.kind: '{rs.kind if rs is not None else 'none'}' starts no process here "
+                        "(local, docker and kubectl do)")
+    ident = worker_identity(rs.run_as, rs.allow_root, worker_user)
+    if isinstance(rs, RunLocal):
+        argv = [render(a, roots, params, key=f"run_spec.command[{i}]") for i, a in enumerate(rs.command)]
+        argv[0] = which(argv[0], "run_spec.command[0]")
+        env = {k: render(v, roots, params, key=f"run_spec.env.{k}") for k, v in rs.env.items()}
+        return Command(tuple(argv), _env(ident, env), "run_spec.command[0]", ident, ident)
+    me = _lookup(str(os.geteuid()), "hoard's user")
+    if isinstance(rs, RunDocker):
+        inside = Roots(Path(CONTAINER_INPUT), Path(CONTAINER_OUTPUT), roots.batch_id)
+        docker = which("docker", "run_spec.kind (docker)")
+        name = "hoard-" + re.sub(r"[^A-Za-z0-9_.-]", "-", roots.batch_id)[:100]
+        argv = [docker, "run", "--rm", "--name", name, "--user", f"{ident.uid}:{ident.gid}",
+                "-v", f"{_mount_path(roots.input_root, 'input_root')}:{CONTAINER_INPUT}:ro",
+                "-v", f"{_mount_path(roots.output_root, 'output_root')}:{CONTAINER_OUTPUT}"]
+        if rs.gpus:
+            argv += ["--gpus", "all"]
+        for k, v in sorted(rs.env.items()):
+            argv += ["-e", f"{k}={render(v, inside, params, key=f'run_spec.env.{k}')}"]
+        argv.append(rs.image)
+        argv += [render(a, inside, params, key=f"run_spec.args[{i}]") for i, a in enumerate(rs.args)]
+        client = _env(me, {}, CLIENT_ENV["docker"])
+        stop = Command((docker, "rm", "--force", name), client, "run_spec.kind (docker)", None, ident)
+        return Command(tuple(argv), client, "run_spec.kind (docker)", None, ident, stop=stop)
+    manifest = render(rs.template, roots, params, key="run_spec.template", safe=_YAML_SAFE).encode()
+    kubectl = which("kubectl", "run_spec.kind (kubectl)")
+    base = [kubectl] + (["--namespace", rs.namespace] if rs.namespace else [])
+    env = _env(me, {k: render(v, roots, params, key=f"run_spec.env.{k}") for k, v in rs.env.items()},
+               CLIENT_ENV["kubectl"])
+    key = "run_spec.kind (kubectl)"
+    wait = Command((*base, "wait", "--for=condition=complete", f"--timeout={rs.timeout_s}s", "-f", "-"),
+                   env, key, None, ident, stdin=manifest)
+    stop = Command((*base, "delete", "--ignore-not-found", "--wait=false", "-f", "-"), env, key, None, ident,
+                   stdin=manifest)
+    return Command((*base, "apply", "-f", "-"), env, key, None, ident, stdin=manifest, then=wait, stop=stop)
+
+
+# -- processes --------------------------------------------------------------------------------
+
+class _Log:
+    """A worker's log file, kept to its last `cap` bytes: when it grows past cap, its last cap/2
+    bytes (from a line start) are kept behind a line saying how much was dropped."""
+
+    def __init__(self, path: Path, cap: int) -> None:
+        self.cap = cap
+        try:
+            self.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC, 0o640)
+        except OSError as e:
+            raise ExecError(f"worker log {display(str(path))}: cannot open: {e.strerror}") from None
+        if not stat.S_ISREG(os.fstat(self.fd).st_mode):
+            os.close(self.fd)
+            raise ExecError(f"worker log {display(str(path))}: not a regular file; remove it")
+        self.size = os.fstat(self.fd).st_size
+        self.dropped = 0
+
+    def write(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            n = os.write(self.fd, view)
+            view = view[n:]
+        self.size += len(data)
+        if self.size > self.cap:
+            keep = self.cap // 2
+            tail = os.pread(self.fd, keep, self.size - keep)
+            nl = tail.find(b"\n", 0, 4096)
+            tail = tail[nl + 1:] if nl >= 0 else tail
+            self.dropped += self.size - len(tail)
+            os.ftruncate(self.fd, 0)
+            self.size = 0
+            self.write(f"[hoard: {self.dropped} earlier bytes of this log were dropped; it keeps the last "
+                       f"{self.cap} bytes]\n".encode() + tail)
+
+    def note(self, text: str) -> None:
+        self.write(f"[hoard {time.strftime('%Y-%m-%dT%H:%M:%S')}] {display(text)}\n".encode())
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+def _subreaper(on: bool) -> bool:
+    """Make this process a child subreaper (or not); returns whether it was one (Linux prctl)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        was = ctypes.c_int(0)
+        libc.prctl(_PR_GET_CHILD_SUBREAPER, ctypes.byref(was), 0, 0, 0)
+        libc.prctl(_PR_SET_CHILD_SUBREAPER, int(on), 0, 0, 0)
+        return bool(was.value)
+    except (OSError, AttributeError):  # not Linux: the session is still ended, orphans go to init
+        return False
+
+
+def _procs() -> dict[int, tuple[bytes, int, int, int, int]]:
+    """pid → (state, ppid, pgrp, session, start time) of every process (/proc/PID/stat)."""
+    out = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat", "rb") as f:
+                data = f.read()
+        except OSError:
+            continue
+        rest = data[data.rindex(b")") + 2:].split()
+        out[int(name)] = (rest[0], int(rest[1]), int(rest[2]), int(rest[3]), int(rest[19]))
+    return out
+
+
+def _ours(proc: subprocess.Popen, before: set[int], since: int) -> dict[int, tuple[bytes, int]]:
+    """The worker's processes: its session, and children of ours it left (orphans re-parented
+    to this subreaper) that started after it: pid → (state, ppid)."""
+    me = os.getpid()
+    return {pid: (st, ppid) for pid, (st, ppid, pgrp, sid, start) in _procs().items()
+            if sid == proc.pid or pgrp == proc.pid
+            or (ppid == me and pid not in before and start >= since and pid != me)}
+
+
+def _end(proc: subprocess.Popen, before: set[int], since: int, grace_s: float, log: _Log) -> None:
+    """Ends every process of the worker (TERM, KILL after grace_s) and reaps those that are ours."""
+    me = os.getpid()
+    kill_at = time.monotonic() + grace_s
+    sent: set[tuple[int, int]] = set()
+    while True:
+        proc.poll()
+        found = _ours(proc, before, since)
+        for pid, (st, ppid) in found.items():
+            if st == b"Z" and ppid == me and pid != proc.pid:
+                try:
+                    os.waitpid(pid, os.WNOHANG)
+                except ChildProcessError:
+                    pass
+        live = [pid for pid, (st, _) in found.items() if st != b"Z"]
+        if not live and proc.returncode is not None:
+            return
+        now = time.monotonic()
+        sig = signal.SIGKILL if now >= kill_at else signal.SIGTERM
+        if sig == signal.SIGKILL and now >= kill_at + 30:
+            log.note(f"processes {live} did not end 30 s after KILL (stuck in the kernel?); left")
+            return
+        for pid in live:
+            if (pid, sig) not in sent:
+                sent.add((pid, sig))
+                try:
+                    os.kill(pid, sig)
+                except ProcessLookupError:
+                    pass
+        time.sleep(0.02)
+
+
+def _drain(fd: int, log: _Log) -> bool:
+    """Copies what the pipe holds into the log; False at end of file."""
+    while True:
+        try:
+            data = os.read(fd, 1 << 16)
+        except BlockingIOError:
+            return True
+        if not data:
+            return False
+        log.write(data)
+
+
+def _start(cmd: Command, cwd: str, out_fd: int) -> subprocess.Popen:
+    stdin: int = subprocess.DEVNULL
+    if cmd.stdin is not None:
+        stdin = os.memfd_create("hoard-stdin", os.MFD_CLOEXEC)
+        os.write(stdin, cmd.stdin)
+        os.lseek(stdin, 0, os.SEEK_SET)
+    kw: dict = {}
+    if cmd.user is not None and cmd.user.uid != os.geteuid():
+        kw = {"user": cmd.user.uid, "group": cmd.user.gid, "extra_groups": []}
+    try:
+        return subprocess.Popen(list(cmd.argv), stdin=stdin, stdout=out_fd, stderr=out_fd, env=dict(cmd.env),
+                                cwd=cwd, start_new_session=True, close_fds=True, **kw)
+    except OSError as e:
+        who = cmd.user.name if cmd.user is not None else "hoard's user"
+        raise ExecError(f"{cmd.key}: cannot start {display(cmd.argv[0])} as {who}: {e.strerror}; check that "
+                        "this user may run it (and reach its interpreter)") from None
+    finally:
+        if cmd.stdin is not None:
+            os.close(stdin)
+
+
+def _watch(proc: subprocess.Popen, r: int, pidfd: list[int], log: _Log, deadline: float,
+           heartbeat: Callable[[], None], should_stop: Callable[[], bool], poll_s: float) -> str:
+    """Copies the worker's output to the log until it exits ("exited"), runs past the deadline
+    ("timeout") or should_stop() says so ("cancelled"); heartbeat() every poll_s."""
+    open_pipe, last = True, -float("inf")
+    while True:
+        now = time.monotonic()
+        if now - last >= poll_s:
+            last = now
+            heartbeat()
+            if should_stop():
+                return "cancelled"
+        if proc.poll() is not None:
+            return "exited"
+        if now >= deadline:
+            return "timeout"
+        wait = max(0.01, min(last + poll_s, deadline) - now)
+        if open_pipe or pidfd:
+            if r in select.select(([r] if open_pipe else []) + pidfd, [], [], wait)[0]:
+                open_pipe = _drain(r, log)
+        else:
+            try:
+                proc.wait(wait)
+            except subprocess.TimeoutExpired:
+                pass
+
+
+def _run(cmd: Command, *, cwd: str, log: _Log, deadline: float, heartbeat: Callable[[], None],
+         should_stop: Callable[[], bool], poll_s: float, grace_s: float) -> tuple[str, int | None]:
+    """Runs one command (and its `then`) by the module's process rules: (reason, exit code)."""
+    me = os.getpid()
+    before = {pid for pid, (_, ppid, *_rest) in _procs().items() if ppid == me}
+    log.note(f"start {shlex.join(cmd.argv)} as {cmd.user.name if cmd.user else 'hoard'} in {cwd}")
+    was_reaper = _subreaper(True)
+    r, w = os.pipe2(os.O_CLOEXEC)
+    pidfd: list[int] = []
+    try:
+        try:
+            proc = _start(cmd, cwd, w)
+        finally:
+            os.close(w)
+        since = _procs().get(proc.pid, (b"", 0, 0, 0, 0))[4]
+        try:  # readable when the process ends: no wait for the next poll (Linux ≥ 5.3)
+            pidfd.append(os.pidfd_open(proc.pid))
+        except (OSError, AttributeError):
+            pass
+        os.set_blocking(r, False)
+        try:
+            reason = _watch(proc, r, pidfd, log, deadline, heartbeat, should_stop, poll_s)
+        finally:  # also when heartbeat/should_stop raised or on Ctrl-C: a worker never outlives its watcher
+            _end(proc, before, since, grace_s, log)
+            _drain(r, log)
+    finally:
+        os.close(r)
+        for fd in pidfd:
+            os.close(fd)
+        if not was_reaper:
+            _subreaper(False)
+    code = proc.returncode
+    log.note(f"{reason}: exit status {code}" if reason == "exited" else f"{reason}: ended (status {code})")
+    if reason != "exited" and cmd.stop is not None:
+        _run(cmd.stop, cwd=cwd, log=log, deadline=time.monotonic() + STOP_TIMEOUT_S, heartbeat=heartbeat,
+             should_stop=lambda: False, poll_s=poll_s, grace_s=grace_s)
+    if reason == "exited" and code == 0 and cmd.then is not None:
+        return _run(replace(cmd.then, stop=cmd.then.stop or cmd.stop), cwd=cwd, log=log, deadline=deadline,
+                    heartbeat=heartbeat, should_stop=should_stop, poll_s=poll_s, grace_s=grace_s)
+    return reason, (code if reason == "exited" else None)
+
+
+def _reachable(path: Path, ident: Identity, need: int, what: str) -> None:
+    """ExecError unless `ident` may search every directory down to `path` and has `need`
+    (R_OK/W_OK/X_OK bits, as 4/2/1) on it."""
+    parts = [*reversed(path.parents), path]
+    for p in parts:
+        try:
+            st = os.stat(p)
+        except OSError as e:
+            raise ExecError(f"{what} {display(str(p))}: {e.strerror}") from None
+        bits = need if p == path else 1
+        shift = 6 if st.st_uid == ident.uid else 3 if st.st_gid == ident.gid else 0
+        if (st.st_mode >> shift) & bits != bits:
+            raise ExecError(f"{what}: the worker user {ident.name} cannot reach {display(str(p))} (mode "
+                            f"{stat.filemode(st.st_mode)}, owner {st.st_uid}); let it through (chmod o+x) or "
+                            "keep zone 3C where it can")
+
+
+def prepare_roots(roots: Roots, worker: Identity) -> None:
+    """The output root exists, is a directory (not a link) and is the worker's; the worker can
+    read the input root. Only root changes an owner: otherwise the worker is hoard's user."""
+    out = roots.output_root
+    out.mkdir(parents=True, exist_ok=True)
+    st = os.lstat(out)
+    if not stat.S_ISDIR(st.st_mode):
+        raise ExecError(f"output_root {display(str(out))}: not a directory (a link or a file); remove it and stage again")
+    if os.geteuid() == 0 and worker.uid != 0:
+        os.chown(out, worker.uid, worker.gid, follow_symlinks=False)
+        _reachable(out, worker, 7, "output_root")
+        _reachable(roots.input_root, worker, 5, "input_root")
+
+
+def run_worker(c: Contract, roots: Roots, params: Mapping[str, object], *, log_path: Path,
+               heartbeat: Callable[[], None], should_stop: Callable[[], bool], poll_s: float = 1.0,
+               worker_user: str = "nobody", grace_s: float = TERM_GRACE_S, log_cap: int = LOG_CAP) -> Outcome:
+    """Runs the contract's worker to its end: exited (its status), timeout (past run_spec.timeout_s)
+    or cancelled (should_stop() said so); heartbeat() is called every poll_s. ExecError (one
+    line) when it cannot be started. `worker_user` is `actions.worker_user` of hoard.toml."""
+    cmd = command_for(c, roots, params, worker_user=worker_user)
+    prepare_roots(roots, cmd.worker)
+    assert isinstance(c.run_spec, (RunLocal, RunDocker, RunKubectl))
+    log = _Log(log_path, log_cap)
+    t0 = time.monotonic()
+    try:
+        reason, code = _run(cmd, cwd=str(roots.output_root), log=log, deadline=t0 + c.run_spec.timeout_s,
+                            heartbeat=heartbeat, should_stop=should_stop, poll_s=poll_s, grace_s=grace_s)
+    finally:
+        log.close()
+    return Outcome(reason, code, time.monotonic() - t0)  # type: ignore[arg-type]  # _run's reasons are Outcome's
+
+
+def gate_ready(c: Contract, roots: Roots, params: Mapping[str, object], *, log_path: Path, timeout_s: float = 60,
+               worker_user: str = "nobody", grace_s: float = TERM_GRACE_S, log_cap: int = LOG_CAP) -> bool:
+    """Runs gate.hook once, by the worker's process rules (as the worker's user, in /): True iff
+    it exits 0 within timeout_s (a hook that hangs is ended: False)."""
+    if c.gate is None or not c.gate.hook:
+        raise ExecError("gate.hook: this contract has no gate hook; release the run with `hoard action release RUN`")
+    rs = c.run_spec
+    run_as, allow_root = (rs.run_as, rs.allow_root) if isinstance(rs, (RunLocal, RunDocker, RunKubectl)) else (None, False)
+    ident = worker_identity(run_as, allow_root, worker_user)
+    argv = [render(a, roots, params, key=f"gate.hook[{i}]") for i, a in enumerate(c.gate.hook)]
+    argv[0] = which(argv[0], "gate.hook[0]")
+    cmd = Command(tuple(argv), _env(ident, {}), "gate.hook[0]", ident, ident)
+    log = _Log(log_path, log_cap)
+    try:
+        reason, code = _run(cmd, cwd="/", log=log, deadline=time.monotonic() + timeout_s, heartbeat=lambda: None,
+                            should_stop=lambda: False, poll_s=1.0, grace_s=grace_s)
+    finally:
+        log.close()
+    return reason == "exited" and code == 0
+
+
+def done_marker_present(c: Contract, roots: Roots) -> bool:
+    """Whether an external worker wrote its done marker (run_spec.done_marker, `_DONE`) in the
+    output root: a regular file, opened without following a link (a link, a directory or a
+    fifo there is not the marker)."""
+    marker = c.run_spec.done_marker if isinstance(c.run_spec, RunExternal) else "_DONE"
+    try:
+        dfd = os.open(roots.output_root, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        fd = os.open(marker, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dfd)
+    except OSError as e:
+        if e.errno in (errno.ENOENT, errno.ELOOP, errno.ENOTDIR, errno.EACCES, errno.ENXIO):
+            return False
+        raise
+    finally:
+        os.close(dfd)
+    try:
+        return stat.S_ISREG(os.fstat(fd).st_mode)
+    finally:
+        os.close(fd)
+
+
+__all__ = ["Command", "ExecError", "Identity", "Outcome", "Roots", "command_for", "done_marker_present", "gate_ready",
+           "prepare_roots", "render", "run_worker", "which", "worker_identity"]
