@@ -59,6 +59,7 @@ for _name in ("success_callback", "failure_callback", "stopped_callback"):
 #: (positional, or the keyword of that name)
 JOB_FUNCTIONS = {
     "jobs.ingest.run_step": 0,
+    "jobs.actions.run_step": 0,
     "jobs.outputs.run_job": 0,
     "jobs.maintenance.run": 1,
     "jobs.store_jobs.replicate": 0,

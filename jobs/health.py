@@ -2,7 +2,7 @@
 
 Each system reports its own part — `fsd.maintenance.health` (the disks, the store, the SSD zones),
 `sql.health` (the database), `jobs.queues` (Redis), `jobs.ingest` (UA_1 batches),
-`jobs.outputs` (stages and exports). `collect`
+`jobs.outputs` (stages and exports), `jobs.actions.api` (action runs). `collect`
 puts them together here, above the store and the database, so that the `hoard` command and
 the GUI (which sit above jobs) read the same document.
 """
@@ -14,6 +14,7 @@ from typing import Any
 from fsd.base.config import Settings
 from fsd.maintenance.health import disk_status, store_problems, store_status, zone_status
 from jobs import outputs
+from jobs.actions import api as actions
 from jobs.ingest import ingest_status
 from jobs.queues import redis_status
 from sql.health import database_problems, database_status
@@ -40,6 +41,7 @@ def collect(cfg: Settings) -> dict[str, Any]:
         problems.append(f"ingest {r['batch_id']}: {r['reason']}")
     problems += store_problems(cfg, store, report["disks"], report["zones"])
     problems += outputs.problems(cfg)
+    problems += actions.problems(cfg)
     problems += database_problems(report["database"])
     if not report["redis"]["ok"]:
         problems.append(f"redis: {report['redis']['error']}; start it with `hoard services up` or fix redis_url")

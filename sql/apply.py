@@ -22,7 +22,7 @@ from typing import Any
 
 import psycopg
 
-from sql.intents import IntentConflict, IntentError, WriteIntent, parse_intent, virtual_description
+from sql.intents import RESULT_COLUMNS, IntentConflict, IntentError, WriteIntent, parse_intent, virtual_description
 from sql.rows import one
 from sql.schema_decider import fill_specific_tables
 
@@ -206,6 +206,10 @@ def apply_body(conn: psycopg.Connection, it: WriteIntent) -> dict[str, int]:
         _check_refs(conn, "tmp_unlabel", "unlabels", ("sha", "node"))
     _missing_nodes(conn, [(i, f"members[{j}]", s) for i, b in enumerate(it.batches) for j, s in enumerate(b.members)],
                    "batches")
+    if it.results:
+        _missing_nodes(conn, [(i, "node", r.node) for i, r in enumerate(it.results)], "results")
+    if it.black_list:
+        _physical_nodes(conn, it.black_list)
     if it.metadata:
         # the newest download wins when two batches describe the same node differently
         cur = conn.execute("""
@@ -275,4 +279,51 @@ def apply_body(conn: psycopg.Connection, it: WriteIntent) -> dict[str, int]:
                      "VALUES (%s, %s, %s, %s, %s, %s)",
                      [ev.batch_id, ev.action, ev.status, ev.started_at, ev.ended_at, json.dumps(ev.detail)])
     counts["events"] = len(it.events)
+    if it.results:  # after the batches: a result row names the batch that produced it
+        counts["results_new"] = _write_results(conn, it)
+    if it.black_list:
+        cur = conn.execute("UPDATE physical_content pc SET in_black_list = true FROM node n "
+                           "WHERE n.node_id = pc.node_id AND n.sha256 = ANY(%s) AND NOT pc.in_black_list",
+                           [[bytes.fromhex(s) for s in it.black_list]])
+        counts["black_listed"] = cur.rowcount
     return counts
+
+
+def _physical_nodes(conn: psycopg.Connection, shas: list[str]) -> None:
+    """Each black-listed node must be a physical node of the database (or of this intent)."""
+    found = {bytes(r[0]) for r in conn.execute(
+        "SELECT n.sha256 FROM node n JOIN physical_content pc USING (node_id) WHERE n.sha256 = ANY(%s)",
+        [[bytes.fromhex(s) for s in shas]]).fetchall()}
+    for i, s in enumerate(shas):
+        if bytes.fromhex(s) not in found:
+            raise IntentError(f"black_list[{i}]: node {s} is not a physical node of this intent or the database")
+
+
+def _write_results(conn: psycopg.Connection, it: WriteIntent) -> int:
+    """Insert the result rows, table by table; a row already there (same node, batch and, for
+    boxes, number) is kept. Each row's batch must exist (in this intent or the database)."""
+    new = 0
+    batches = {r.batch_id for r in it.results}
+    have = {r[0] for r in conn.execute("SELECT batch_id FROM action_batch WHERE batch_id = ANY(%s)",
+                                       [sorted(batches)]).fetchall()}
+    for i, r in enumerate(it.results):
+        if r.batch_id not in have:
+            raise IntentError(f"results[{i}].batch_id: no batch {r.batch_id!r}")
+    for table, (allowed, _required) in RESULT_COLUMNS.items():
+        rows = [r for r in it.results if r.table == table]
+        if not rows:
+            continue
+        cols = sorted(allowed)
+        _temp(conn, f"tmp_{table}", "sha bytea, batch_id text, " + ", ".join(
+            f"{c} {_RESULT_TYPES.get(c, 'real')}" for c in cols))
+        _copy(conn, f"tmp_{table}", "sha, batch_id, " + ", ".join(cols),
+              ((bytes.fromhex(r.node), r.batch_id, *(r.values.get(c) for c in cols)) for r in rows))
+        cur = conn.execute(f"INSERT INTO {table} (node_id, batch_id, {', '.join(cols)}) "  # noqa: S608 - fixed names
+                           f"SELECT n.node_id, t.batch_id, {', '.join('t.' + c for c in cols)} FROM tmp_{table} t "
+                           "JOIN node n ON n.sha256 = t.sha ON CONFLICT DO NOTHING")
+        new += cur.rowcount
+    return new
+
+
+#: the SQL type of each result column that is not `real`
+_RESULT_TYPES = {"status": "text", "text": "text", "box_no": "integer"}

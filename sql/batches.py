@@ -43,6 +43,25 @@ def define_action(conn: psycopg.Connection, action_id: int, name: str, kind: str
             raise BatchError(f"action {action_id} is already {have!r}, not {name!r}")
 
 
+def register_action(conn: psycopg.Connection, name: str, kind: str, description: str = "") -> int:
+    """The integer id of action `name` (an ActionContract's `action_id`), registering it on first
+    use as the number after the largest one; idempotent by name. The kind and the description
+    follow the contract (a contract whose type moved from AC2 to AC3 is now a `gpu` action)."""
+    with conn.transaction():
+        # two first runs of the same (or another) new action at once: one number each, never a clash
+        conn.execute("SELECT pg_advisory_xact_lock(hashtext('hoardfs.register_action'))")
+        row = conn.execute("SELECT action_id, kind, description FROM action WHERE name = %s", [name]).fetchone()
+        if row is not None:
+            if (row[1], row[2]) != (kind, description):
+                conn.execute("UPDATE action SET kind = %s, description = %s WHERE action_id = %s",
+                             [kind, description, row[0]])
+            return int(row[0])
+        return int(one(conn.execute(
+            "INSERT INTO action (action_id, name, kind, description) "
+            "SELECT coalesce(max(action_id), 0) + 1, %s, %s, %s FROM action RETURNING action_id",
+            [name, kind, description]))[0])
+
+
 def create_batch(conn: psycopg.Connection, batch_id: str, action_id: int = 0) -> BatchInfo:
     conn.execute("INSERT INTO action_batch (batch_id, action_id) VALUES (%s, %s) ON CONFLICT (batch_id) DO NOTHING",
                  [batch_id, action_id])

@@ -164,6 +164,44 @@ class UnlabelIn(BaseModel):
     value: Annotated[str, StringConstraints(max_length=2000)] | None = None
 
 
+#: the result tables a write-intent may fill: the columns a row may give, those it must give
+#: (node_id and batch_id come from `node` and `batch_id`)
+RESULT_COLUMNS: Final[dict[str, tuple[frozenset[str], frozenset[str]]]] = {
+    "result_canny": (frozenset({"status", "edge_ratio"}), frozenset({"status"})),
+    "result_ocr_box": (frozenset({"box_no", "x", "y", "w", "h", "text", "confidence"}),
+                       frozenset({"box_no", "x", "y", "w", "h"})),
+}
+
+#: the result columns that hold text (the others hold numbers)
+RESULT_TEXT_COLUMNS: Final = frozenset({"status", "text"})
+
+
+class ResultIn(BaseModel):
+    """One row of a result table (an action's per-node result), for the batch that produced it."""
+
+    model_config = _strict
+    table: Literal["result_canny", "result_ocr_box"]
+    node: Sha
+    batch_id: Annotated[str, StringConstraints(pattern=NAME_PATTERN)]
+    values: dict[str, str | int | float | None]
+
+    @model_validator(mode="after")
+    def _columns(self) -> ResultIn:
+        allowed, required = RESULT_COLUMNS[self.table]
+        unknown = sorted(set(self.values) - allowed)
+        if unknown:
+            raise ValueError(f"{self.table} has no column {unknown[0]!r}; its columns: {', '.join(sorted(allowed))}")
+        missing = sorted(c for c in required if self.values.get(c) is None)
+        if missing:
+            raise ValueError(f"{self.table} needs column {missing[0]!r}")
+        for col, v in sorted(self.values.items()):
+            text = col in RESULT_TEXT_COLUMNS
+            if v is not None and (isinstance(v, str) != text or isinstance(v, bool)
+                                  or col == "box_no" and not isinstance(v, int)):
+                raise ValueError(f"{self.table}.{col} takes {'text' if text else 'a number'}, not {v!r:.40}")
+        return self
+
+
 class WriteIntent(BaseModel):
     """Everything one step wants written, applied all or nothing."""
 
@@ -180,13 +218,18 @@ class WriteIntent(BaseModel):
     labels: list[LabelIn] = []
     #: labels taken off (applied after `labels`)
     unlabels: list[UnlabelIn] = []
+    #: rows of the result tables (an action's per-node results)
+    results: list[ResultIn] = []
+    #: physical nodes to black-list (`physical_content.in_black_list`; an AC1 rule)
+    black_list: list[Sha] = []
 
     def digest(self) -> bytes:
         """sha256 of the body (everything but the key) as pydantic serialises it: field order
         is the model's, list order and the key order of free-form dicts are the caller's —
-        a retried intent built by the same code hashes the same. An empty `unlabels` is left
-        out: an intent applied before the field existed hashes as it did then."""
-        skip = {"key"} | (set() if self.unlabels else {"unlabels"})
+        a retried intent built by the same code hashes the same. An empty `unlabels`,
+        `results` or `black_list` is left out: an intent applied before the field existed
+        hashes as it did then."""
+        skip = {"key"} | {f for f in ("unlabels", "results", "black_list") if not getattr(self, f)}
         return hashlib.sha256(self.model_dump_json(exclude=skip).encode()).digest()
 
 

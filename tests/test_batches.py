@@ -117,3 +117,18 @@ def test_dropping_a_batch_recomputes_shared_metadata(pg) -> None:
     assert row(shared) == ("mid title", "by mid", bytes.fromhex(sha("doc-mid")))
     assert row(only_new) is None
     assert drop_batch(pg, "new")["metadata_recomputed"] == 0  # idempotent
+
+
+def test_register_action_is_idempotent_by_name(pg) -> None:
+    """A contract's action gets the number after the largest; the same name again the same number."""
+    from sql.batches import register_action
+    from sql.migrate import migrate
+
+    migrate(pg)
+    pg.execute("INSERT INTO action VALUES (7, 'older', 'cpu', '')")
+    a = register_action(pg, "thumbnail", "cpu", "thumbs")
+    b = register_action(pg, "canny", "gpu")
+    assert (a, b) == (8, 9)
+    assert register_action(pg, "thumbnail", "gpu", "moved to the GPU") == 8
+    assert pg.execute("SELECT kind, description FROM action WHERE action_id = 8").fetchone() == ("gpu", "moved to the GPU")
+    assert pg.execute("SELECT count(*) FROM action").fetchone() == (4,)

@@ -170,3 +170,48 @@ def test_parse_from_json() -> None:
     assert parse_intent(json.dumps(intent())).key == "batch-1"
     with pytest.raises(IntentError, match="write-intent rejected"):
         parse_intent("{not json")
+
+
+def test_results_and_black_list_apply_exactly_once(db) -> None:
+    """An action's result rows and black-list flags land with its intent; the same key again
+    changes nothing; an intent without them hashes as it did before the fields existed."""
+    base = intent("act-1")
+    before = parse_intent(base).digest()
+    assert parse_intent({**base, "results": [], "black_list": []}).digest() == before
+    files = [n["sha256"] for n in base["nodes"] if "physical" in n]
+    doc = {**base, "results": [
+        {"table": "result_canny", "node": files[0], "batch_id": "act-1", "values": {"status": "ok", "edge_ratio": 0.25}},
+        {"table": "result_ocr_box", "node": files[1], "batch_id": "act-1",
+         "values": {"box_no": 0, "x": 1, "y": 2.5, "w": 3, "h": 4, "text": HOSTILE, "confidence": 0.5}}],
+           "black_list": [files[2]]}
+    res = apply_write_intent(db, doc)
+    assert res.counts["results_new"] == 2 and res.counts["black_listed"] == 1
+    assert db.execute("SELECT status, edge_ratio FROM result_canny").fetchall() == [("ok", 0.25)]
+    assert db.execute("SELECT text, y FROM result_ocr_box").fetchall() == [(HOSTILE, 2.5)]
+    flagged = db.execute("SELECT encode(n.sha256, 'hex') FROM physical_content pc JOIN node n USING (node_id) "
+                         "WHERE in_black_list").fetchall()
+    assert flagged == [(files[2],)]
+    assert apply_write_intent(db, doc).noop
+    assert db.execute("SELECT (SELECT count(*) FROM result_canny) + (SELECT count(*) FROM result_ocr_box)").fetchone() == (2,)
+
+
+@pytest.mark.parametrize("results, black_list, pattern", [
+    ([{"table": "result_canny", "node": sha("x"), "batch_id": "b", "values": {"ratio": 1}}], [],
+     r"results\[0\].*has no column 'ratio'"),
+    ([{"table": "result_canny", "node": sha("x"), "batch_id": "b", "values": {"edge_ratio": 1}}], [],
+     r"results\[0\].*needs column 'status'"),
+    ([{"table": "result_canny", "node": sha("x"), "batch_id": "b", "values": {"status": "ok", "edge_ratio": "a"}}], [],
+     r"edge_ratio takes a number"),
+    ([{"table": "result_canny", "node": sha("file-0"), "batch_id": "nobatch", "values": {"status": "ok"}}], [],
+     r"results\[0\]\.batch_id: no batch 'nobatch'"),
+    ([{"table": "result_canny", "node": sha("nowhere"), "batch_id": "b", "values": {"status": "ok"}}], [],
+     r"results\[0\]\.node: node [0-9a-f]{64} is neither"),
+    ([], [sha("nowhere")], r"black_list\[0\]: node [0-9a-f]{64} is not a physical node"),
+])
+def test_bad_results_and_black_list_name_the_field(db, results, black_list, pattern) -> None:
+    """A result row or a black-list entry that cannot be written names its field; nothing is written."""
+    doc = {**intent("b"), "results": results, "black_list": black_list}
+    with pytest.raises(IntentError, match=pattern):
+        apply_write_intent(db, doc)
+    assert db.execute("SELECT count(*) FROM node").fetchone() == (0,)
+    assert db.execute("SELECT count(*) FROM applied_intent").fetchone() == (0,)

@@ -1,6 +1,7 @@
-"""`hoard action list|show|validate`: the ActionContract files of UA_2 (docs/actions.md).
+"""`hoard action list|show|validate`: the ActionContract files of UA_2 (docs/actions.md);
+`hoard action run|status|runs|release|cancel`: runs of them (jobs.actions.api).
 
-Read-only: these commands read the actions directory (`actions.dir`, default `actions/`
+list, show and validate only read the actions directory (`actions.dir`, default `actions/`
 beside hoard.toml) and the built-in contracts (jobs/actions/builtin; a file of the directory
 shadows the built-in of its id) and check contracts; none opens the database or queues anything.
 """
@@ -31,8 +32,8 @@ from jobs.actions.contract import (
     summary,
 )
 
-app = typer.Typer(help="ActionContracts (UA_2): `hoard action list`, `show NAME`, `validate FILE` "
-                       "(docs/actions.md).", no_args_is_help=True)
+app = typer.Typer(help="ActionContracts (UA_2): `hoard action list`, `show NAME`, `validate FILE`, `run NAME`, "
+                       "`status RUN`, `runs`, `release RUN`, `cancel RUN` (docs/actions.md).", no_args_is_help=True)
 
 AsJson = Annotated[bool, typer.Option("--json", help="one JSON document on stdout, nothing else")]
 
@@ -151,3 +152,172 @@ def _describe(c: Contract, path: Path, builtin: bool = False) -> list[tuple[str,
     if c.a4_scale is not None:
         rows.append(("a4_scale", str(c.a4_scale)))
     return rows
+
+
+# -- runs -------------------------------------------------------------------------------------
+
+RunId = Annotated[str, typer.Argument(metavar="RUN", help="the run's id, as `hoard action run` printed it")]
+
+
+@app.command("run")
+def run(ctx: typer.Context, name: Annotated[str, typer.Argument(metavar="NAME", help="the action's id")],
+        selector: Annotated[Path | None, typer.Option(help="a selector JSON file: narrows the contract's "
+                                                         "input_selector (a node must match both)")] = None,
+        nodes: Annotated[Path | None, typer.Option(help="a file of sha256s, one per line ('-': stdin): these "
+                                                      "nodes instead of the contract's input_selector")] = None,
+        param: Annotated[list[str] | None, typer.Option("--param", help="NAME=VALUE (a declared parameter)")] = None,
+        here: Annotated[bool, typer.Option("--here", help="run every step in this process (no worker)")] = False,
+        wait: Annotated[bool, typer.Option("--wait", help="queue it, then wait until it ends")] = False,
+        as_json: AsJson = False) -> None:
+    """Run an action on its inputs: queued for `hoard worker` (or --here, or --wait). The same
+    command again: done → "done already" (nothing changes); failed or interrupted → resumed."""
+    import time
+
+    from fsd.base.errors import HoardError
+    from fsd.cli._common import read_sha_list
+    from fsd.cli.outputs import _json_file
+    from jobs.actions import api, run_here
+    from jobs.actions.state import WAITING, load_state
+    from jobs.queues import redis_required, unserved_queues
+
+    if selector is not None and nodes is not None:
+        raise HoardError("give --selector FILE (narrows the contract's input_selector) or --nodes FILE (replaces "
+                         "it), not both", ExitCode.USAGE)
+    if here and wait:
+        raise HoardError("--here runs the steps in this process; --wait waits for a worker: give one", ExitCode.USAGE)
+    cfg = state(ctx).settings
+    try:
+        sel = _json_file(selector, "selector") if selector is not None else None
+        listed = read_sha_list(nodes, "node list") if nodes is not None else None
+    except ContractError as e:
+        _refuse(e)
+        return
+    try:
+        if here:
+            sub = api.submit(cfg, name, selector=sel, nodes=listed, given=param or [], queue=False)
+        else:
+            assert cfg.redis_url
+            with redis_required(cfg.redis_url):
+                sub = api.submit(cfg, name, selector=sel, nodes=listed, given=param or [])
+    except ContractError as e:
+        _refuse(e)
+        return
+    rid = sub.state.run_id
+    if sub.how == "done already":
+        _run_report(cfg, rid, as_json, f"run {rid}: done already (nothing changed)")
+        return
+    if sub.how in ("running",) + WAITING and not here:
+        _run_report(cfg, rid, as_json, f"run {rid}: {sub.how} (`hoard action status {rid}`)")
+        return
+    if here:
+        try:
+            code = run_here(cfg, rid)
+        except KeyboardInterrupt:
+            raise HoardError(f"run {rid} interrupted; the same command resumes it", ExitCode.INTERRUPTED) from None
+        st = load_state(cfg, rid)
+        if code != ExitCode.OK and st is not None:
+            shown, why = api.describe(cfg, st)
+            if as_json:
+                out.print(json.dumps(api.status_doc(cfg, st), ensure_ascii=False), markup=False)
+            raise HoardError(f"run {rid} {shown} at step {st.step}: {why}", code)
+        _run_report(cfg, rid, as_json, f"run {rid}: done")
+        return
+    if not wait:
+        assert cfg.redis_url
+        with redis_required(cfg.redis_url):
+            from jobs.queues import connect
+
+            idle = unserved_queues(connect(cfg.redis_url))
+        if idle and not as_json:
+            err.print(f"no worker serves the {', '.join(idle)} queue(s): `hoard worker`, or add --here", markup=False)
+        _run_report(cfg, rid, as_json, f"run {rid}: {sub.how}, queued (`hoard action status {rid}`; `hoard worker` "
+                                       "runs it)")
+        return
+    while True:
+        st = load_state(cfg, rid)
+        assert st is not None
+        shown, why = api.describe(cfg, st)
+        if shown in ("done", "failed", "cancelled"):
+            break
+        time.sleep(0.5)
+    if shown != "done":
+        if as_json:
+            out.print(json.dumps(api.status_doc(cfg, st), ensure_ascii=False), markup=False)
+        raise HoardError(f"run {rid} {shown} at step {st.step}: {why}", ExitCode(st.exit_code or ExitCode.DATA))
+    _run_report(cfg, rid, as_json, f"run {rid}: done")
+
+
+def _run_report(cfg, rid: str, as_json: bool, line: str) -> None:
+    from jobs.actions import api
+    from jobs.actions.state import load_state
+
+    st = load_state(cfg, rid)
+    assert st is not None
+    if as_json:
+        out.print(json.dumps(api.status_doc(cfg, st), ensure_ascii=False), markup=False)
+        return
+    out.print(line, markup=False)
+    _print_figures(st.report)
+
+
+def _print_figures(report: dict) -> None:
+    for k in ("labels_planned", "black_list_planned", "children", "records", "children_stored"):
+        if k in report:
+            out.print(f"  {k.replace('_', ' ')}: {report[k]}", markup=False)
+    if report.get("database"):
+        out.print("  database: " + ", ".join(f"{k} {v}" for k, v in sorted(report["database"].items())), markup=False)
+    if report.get("external"):
+        out.print(f"  waiting for the external worker: {display(report['external'])}", markup=False)
+
+
+@app.command("status")
+def status(ctx: typer.Context, run_id: RunId, as_json: AsJson = False) -> None:
+    """One run: status (a run whose heartbeat stopped is failed), step, steps done, error and figures."""
+    from jobs.actions import api
+
+    st = api._must(state(ctx).settings, run_id)
+    doc = api.status_doc(state(ctx).settings, st)
+    if as_json:
+        out.print(json.dumps(doc, ensure_ascii=False), markup=False)
+    else:
+        out.print(f"run {doc['run']}: {doc['status']} at step {doc['step']} (done: {', '.join(doc['done']) or '-'}; "
+                  f"{doc['inputs']} inputs)", markup=False)
+        if doc["error"]:
+            out.print(f"  {display(doc['error'])}", markup=False)
+        _print_figures(st.report)
+    if doc["status"] == "failed":
+        raise typer.Exit(int(ExitCode.DATA))
+
+
+@app.command("runs")
+def runs_(ctx: typer.Context, as_json: AsJson = False) -> None:
+    """Every run recorded: id, status, step."""
+    from jobs.actions import api
+
+    docs = api.runs(state(ctx).settings)
+    if as_json:
+        out.print(json.dumps({"runs": docs}, ensure_ascii=False), markup=False)
+        return
+    if not docs:
+        err.print("no action runs yet (`hoard action run NAME`)", markup=False)
+    for d in docs:
+        out.print(f"{d['run']:<48} {d['status']:<16} {d['step']:<7} {d['inputs']} inputs", markup=False)
+
+
+@app.command("release")
+def release(ctx: typer.Context, run_id: RunId) -> None:
+    """Open the GPU gate of a run (AC3/AC4): a run waiting in WAIT_GPU_READY moves on."""
+    from jobs.actions import api
+
+    st = api.release(state(ctx).settings, run_id)
+    out.print(f"run {st.run_id}: gate released ({st.status} at step {st.step})", markup=False)
+
+
+@app.command("cancel")
+def cancel(ctx: typer.Context, run_id: RunId) -> None:
+    """Cancel a run: a running worker is stopped, 3C cleaned, nothing applied."""
+    from jobs.actions import api
+
+    st = api.cancel(state(ctx).settings, run_id)
+    out.print(f"run {st.run_id}: " + ("cancelled" if st.status == "cancelled" else
+                                      f"cancel asked; step {st.step} stops at its next check"), markup=False)

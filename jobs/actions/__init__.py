@@ -1,7 +1,15 @@
 """UA_2, actions: work done on a batch of nodes by an S04 worker (docs/actions.md).
 
 `contract` — the ActionContract files (TOML, one per S04 process): their model, loading a
-file safely and listing a directory of them. `parse` — a worker's output root read back
-into child files and typed result records, hostile-input safe. Running an action is not
-built yet (issue 35).
+file safely and listing a directory of them. `params` — `--param K=V`; `execute` — starting,
+watching and ending a worker; `parse` — a worker's output root read back into child files and
+typed result records, hostile-input safe. Runs: `api` — submit, status, release, cancel;
+`runner` — the RQ job `run_step` and `run_here`; `steps` — what each step does; `state` — a
+run's key, id and state file.
 """
+
+from __future__ import annotations
+
+from jobs.actions.runner import run_here, run_step
+
+__all__ = ["run_here", "run_step"]

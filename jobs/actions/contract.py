@@ -32,6 +32,7 @@ from datasets import layouts
 from fsd.base.config import describe_validation_errors
 from fsd.base.errors import ExitCode, HoardError
 from fsd.base.paths import CONTROL, display
+from sql.intents import RESULT_COLUMNS
 from sql.selectors import Selector
 
 _strict = ConfigDict(extra="forbid")
@@ -51,9 +52,7 @@ PLACEHOLDERS = ("input_root", "output_root", "action_batch_id")
 #: fill, those it must fill); node_id and batch_id are the runner's
 RESULT_TABLES: dict[str, tuple[frozenset[str], frozenset[str]]] = {
     "labels": (frozenset({"key", "value"}), frozenset({"key"})),
-    "result_canny": (frozenset({"status", "edge_ratio"}), frozenset({"status"})),
-    "result_ocr_box": (frozenset({"box_no", "x", "y", "w", "h", "text", "confidence"}),
-                       frozenset({"box_no", "x", "y", "w", "h"})),
+    **RESULT_COLUMNS,  # the result tables, as a write-intent's `results` fill them
 }
 #: how a parsed file names the node it belongs to: the input's sha256, its staged file name
 #: without extension, its staged path (relative to the input root, without extension), or

@@ -1,0 +1,290 @@
+"""Runs of ActionContracts, the Python API under `hoard action run|status|runs|release|cancel`.
+
+    st = submit(cfg, "thumbnail", selector=None, nodes=None, given=["size=128"])   # recorded, queued
+    run_here(cfg, st.run_id)          # or a `hoard worker` runs its steps
+    describe(cfg, load_state(cfg, st.run_id))
+
+Inputs: the contract's `input_selector`; `selector` (a dict) narrows it — a node must match
+both; `nodes` (sha256s) replaces it — the listed physical nodes, none deleted or black-listed.
+A selection that matches nothing is refused and nothing is kept. The run is keyed by (action,
+version, parameters, the sorted inputs): the same again is "done already" and changes nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+
+from fsd.base.config import Settings
+from fsd.base.errors import ExitCode, HoardError, first_line
+from fsd.base.files import flocked
+from jobs.actions import contract as contracts
+from jobs.actions.contract import TYPES, Contract
+from jobs.actions.runner import enqueue
+from jobs.actions.state import (
+    STALE_S,
+    STEPS_AC1,
+    STEPS_WORKER,
+    WAITING,
+    ActionError,
+    RunState,
+    Status,
+    cancel_flag,
+    check_id,
+    heartbeat_age,
+    load_state,
+    lock_path,
+    run_id,
+    run_key,
+    save_state,
+    state_dir,
+    write_work,
+)
+from sql.apply import apply_write_intent
+from sql.batches import register_action
+from sql.migrate import migrate
+from sql.selectors import parse_selector, physical_nodes, query_nodes
+
+
+@dataclass
+class Submitted:
+    state: RunState
+    #: "new", "resumed", "done already", "running", "waiting"
+    how: str
+
+
+def _canonical(c: Contract, params: dict[str, Any]) -> str:
+    if not params:
+        return "{}"
+    from jobs.actions.params import canonical
+
+    return canonical(params)
+
+
+def _params(c: Contract, given: list[str]) -> dict[str, Any]:
+    if not c.params and not given:
+        return {}
+    from jobs.actions.params import parse_params
+
+    return parse_params(c, given)
+
+
+def steps_of(c: Contract) -> list[str]:
+    if c.action_type == "AC1":
+        return list(STEPS_AC1)
+    return [s for s in STEPS_WORKER if s != "gate" or c.gate is not None]
+
+
+def select_inputs(cfg: Settings, c: Contract, selector: dict | None, nodes: list[str] | None) -> list[str]:
+    """The run's inputs (sorted sha256 hex); ActionError naming the selection when it is empty."""
+    narrow = parse_selector(selector) if selector is not None else None
+    # an AC1 contract that black-lists: its own output must not change its input set (the same
+    # command again is the same run, "done already"), so black-listed nodes are selected too
+    own = any(r.black_list for r in c.rules)
+    base = c.input_selector.model_copy(update={"include_black_listed": True}) if own else c.input_selector
+    if own and narrow is not None:
+        narrow = narrow.model_copy(update={"include_black_listed": True})
+    if nodes is not None:
+        bad = [n for n in nodes if len(n) != 64 or any(ch not in "0123456789abcdef" for ch in n)]
+        if bad:
+            raise ActionError(f"--nodes: {bad[0]!r:.80} is not a sha256 (64 lower-case hex digits); nothing was run")
+    try:
+        conn = psycopg.connect(cfg.database_url, autocommit=True, connect_timeout=10)
+    except psycopg.OperationalError as e:
+        raise ActionError(f"PostgreSQL unreachable ({first_line(e)}); nothing was run — start it, then the same "
+                          "command again", ExitCode.UNAVAILABLE) from None
+    with conn:
+        migrate(conn)
+        if nodes is not None:
+            found = {h: hidden for h, _id, hidden in physical_nodes(conn, [bytes.fromhex(n) for n in set(nodes)])}
+            unknown = sorted(set(nodes) - set(found))
+            if unknown:
+                raise ActionError(f"--nodes: {len(unknown)} sha256(s) are not physical nodes in the database, e.g. "
+                                  f"{unknown[0]}; nothing was run", ExitCode.DATA)
+            hidden = sorted(h for h, is_hidden in found.items() if is_hidden and not (own and not _deleted(conn, h)))
+            if hidden:
+                raise ActionError(f"--nodes: {len(hidden)} of the listed nodes are deleted or black-listed, e.g. "
+                                  f"{hidden[0]}; take them off the list — nothing was run", ExitCode.DATA)
+            chosen = set(nodes)
+        else:
+            chosen = set(query_nodes(conn, base).sha256)
+            if narrow is not None:
+                chosen &= set(query_nodes(conn, narrow).sha256)
+    if not chosen:
+        what = ("the contract's input_selector and --selector together" if narrow is not None
+                else "--nodes" if nodes is not None else "the contract's input_selector")
+        raise ActionError(f"action {c.action_id}: {what} match no node, so there is nothing to run; nothing was "
+                          "kept — check the selector (`hoard select --file …`)", ExitCode.DATA)
+    return sorted(chosen)
+
+
+def _deleted(conn: psycopg.Connection, sha: str) -> bool:
+    row = conn.execute("SELECT pc.is_deleted FROM node n JOIN physical_content pc USING (node_id) "
+                       "WHERE n.sha256 = %s", [bytes.fromhex(sha)]).fetchone()
+    return bool(row and row[0])
+
+
+def submit(cfg: Settings, name: str, *, selector: dict | None = None, nodes: list[str] | None = None,
+           given: list[str] | None = None, redis_conn=None, queue: bool = True) -> Submitted:
+    """Record the run of action `name` and queue its next step (`queue=False`: the caller runs
+    the steps itself, `run_here`). The same run again: done → "done already", nothing changed;
+    failed, cancelled or interrupted → resumed at its step; running or waiting → said so."""
+    c = contracts.load_file(contracts.find_any(cfg.actions_dir, name)[0])
+    params = _params(c, list(given or []))
+    inputs = select_inputs(cfg, c, selector, nodes)
+    rid = run_id(c.action_id, c.version, run_key(c.action_id, c.version, _canonical(c, params), inputs))
+    with flocked(state_dir(cfg) / f"{rid}.submit.lock"):
+        st = load_state(cfg, rid)
+        if st is not None:
+            return _again(cfg, st, redis_conn, queue)
+        with _database(rid):
+            conn = psycopg.connect(cfg.database_url, autocommit=True, connect_timeout=10)
+            with conn:
+                num = register_action(conn, c.action_id, TYPES[c.action_type], c.description)
+                # the inputs become the run's batch, sealed: exactly once by its key
+                apply_write_intent(conn, {"key": f"action-batch:{rid}", "batches": [
+                    {"batch_id": rid, "action": num, "members": inputs, "seal": True}]})
+        write_work(cfg, rid, "contract", c.model_dump(mode="json"))
+        write_work(cfg, rid, "inputs", inputs)
+        cancel_flag(cfg, rid).unlink(missing_ok=True)
+        st = RunState(rid, c.action_id, c.version, c.action_type, num, params, steps_of(c), len(inputs))
+        save_state(cfg, st)
+        if queue:
+            _queue(cfg, st, redis_conn, forget=True)
+        return Submitted(st, "new")
+
+
+@contextlib.contextmanager
+def _database(rid: str):
+    try:
+        yield
+    except psycopg.OperationalError as e:
+        raise ActionError(f"PostgreSQL unreachable ({first_line(e)}) while run {rid} was recorded; nothing was run "
+                          "— start it, then the same command again", ExitCode.UNAVAILABLE) from None
+
+
+def _queue(cfg: Settings, st: RunState, redis_conn, forget: bool = False) -> None:
+    try:
+        enqueue(cfg, st, redis_conn)
+    except BaseException:
+        if forget:  # nothing waits in Redis: a "queued" state would stall for ever
+            (state_dir(cfg) / f"{st.run_id}.json").unlink(missing_ok=True)
+        raise
+
+
+def _again(cfg: Settings, st: RunState, redis_conn, queue: bool) -> Submitted:
+    shown, _why = describe(cfg, st)
+    if shown == Status.DONE.value:
+        return Submitted(st, "done already")
+    if shown == Status.RUNNING.value or (shown in WAITING and queue) or (shown == Status.QUEUED.value and queue):
+        return Submitted(st, "running" if shown == Status.RUNNING.value else shown)
+    # failed, cancelled, interrupted (a dead runner), or waiting/queued and now run here
+    cancel_flag(cfg, st.run_id).unlink(missing_ok=True)
+    if shown in (Status.FAILED.value, Status.CANCELLED.value, "interrupted"):
+        st.gate.pop("since", None)  # a gate or an external wait given up starts its timeout anew
+        if st.step == "run":
+            st.waiting_since = None
+        st.status, st.error, st.exit_code = Status.QUEUED.value, None, 0
+        save_state(cfg, st)
+    if queue:
+        _queue(cfg, st, redis_conn)
+    return Submitted(st, "resumed")
+
+
+def is_running(cfg: Settings, rid: str) -> bool:
+    """A process holds the run's lock (a step runs now)."""
+    try:
+        with flocked(lock_path(cfg, rid), wait=False):
+            return False
+    except BlockingIOError:
+        return True
+
+
+def describe(cfg: Settings, st: RunState) -> tuple[str, str]:
+    """(status, why) as a person should read them: "running" only while a process runs the
+    step (it holds the run's lock, which the kernel drops when it dies: kill -9, OOM) and its
+    heartbeat is fresh — a step whose heartbeat is older than STALE_S (a hung process, a host
+    that stopped answering) is reported failed too, never left "running" for ever."""
+    if st.status == Status.RUNNING.value:
+        age = heartbeat_age(cfg, st.run_id)
+        if not is_running(cfg, st.run_id):
+            return Status.FAILED.value, (f"the process running step {st.step} stopped (killed, or its host went "
+                                         f"down); `hoard action run {st.action}` again resumes it")
+        if age is None or age > STALE_S:
+            ago = "no heartbeat" if age is None else f"no heartbeat for {age:.0f} s"
+            return Status.FAILED.value, (f"step {st.step} has written {ago} (its process hangs, or its host stopped "
+                                         f"answering); stop it, then `hoard action run {st.action}` again resumes it")
+    return st.status, st.error or ""
+
+
+def status_doc(cfg: Settings, st: RunState) -> dict[str, Any]:
+    shown, why = describe(cfg, st)
+    return {"run": st.run_id, "action": st.action, "version": st.version, "type": st.action_type,
+            "status": shown, "step": st.step, "steps": st.steps, "done": st.done, "inputs": st.inputs,
+            "params": st.params, "error": why or None, "seconds": st.seconds, "created": st.created,
+            "updated": st.updated, "gate": st.gate, "report": st.report}
+
+
+def release(cfg: Settings, rid: str, redis_conn=None) -> RunState:
+    """`hoard action release RUN`: open the gate; a run waiting there moves on now."""
+    with flocked(lock_path(cfg, rid)):
+        st = _must(cfg, rid)
+        if "gate" not in st.steps:
+            raise ActionError(f"run {rid} has no gate ({st.action} is {st.action_type}"
+                              + (" without [gate]" if st.action_type in ("AC3", "AC4") else "") + ")")
+        if "gate" in st.done:
+            raise ActionError(f"run {rid} is past its gate already ({st.status} at step {st.step})")
+        st.gate["released"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+        save_state(cfg, st)
+    if st.status == Status.WAIT_GPU_READY.value and cfg.redis_url:
+        with contextlib.suppress(HoardError):
+            enqueue(cfg, st, redis_conn, suffix="-release")
+    return st
+
+
+def cancel(cfg: Settings, rid: str) -> RunState:
+    """`hoard action cancel RUN`: a running step stops (its worker killed); a queued or waiting
+    run is cancelled now. 3C is cleaned; nothing is applied."""
+    st = _must(cfg, rid)
+    if st.status == Status.DONE.value:
+        raise ActionError(f"run {rid} is done; nothing to cancel")
+    cancel_flag(cfg, rid).touch()
+    try:
+        with flocked(lock_path(cfg, rid), wait=False):
+            st = _must(cfg, rid)
+            if st.status != Status.CANCELLED.value:
+                from jobs.actions.steps import cleanup_cancelled
+
+                cleanup_cancelled(cfg, st)
+                st.status, st.error = Status.CANCELLED.value, f"cancelled at step {st.step}"
+                save_state(cfg, st)
+    except BlockingIOError:
+        pass  # a step runs: it sees the flag (the worker is killed) and records the cancel
+    return st
+
+
+def _must(cfg: Settings, rid: str) -> RunState:
+    st = load_state(cfg, check_id(rid))
+    if st is None:
+        raise ActionError(f"no run {rid}; `hoard action runs` lists the runs")
+    return st
+
+
+def runs(cfg: Settings) -> list[dict[str, Any]]:
+    from jobs.actions.state import all_states
+
+    return [status_doc(cfg, st) for st in all_states(cfg)]
+
+
+def problems(cfg: Settings) -> list[str]:
+    """`hoard health`'s lines about runs: each failed one (a stale heartbeat included), with the way on."""
+    out = []
+    for doc in runs(cfg):
+        if doc["status"] == Status.FAILED.value:
+            out.append(f"action run {doc['run']}: failed at {doc['step']}: {doc['error']}")
+    return out
+

@@ -1,0 +1,193 @@
+"""Running a run's steps: the RQ job `jobs.actions.run_step` (one step under the run's lock, a
+heartbeat while it runs, then the next step queued), the poll of a waiting run (RQ's
+scheduler: `enqueue_in`, no worker held meanwhile), and `hoard action run --here` (every step
+in this process, Ctrl-C safe). Like UA_1's runner (jobs.ingest.runner), whose interruption
+handling and one-line conditions this reuses."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import logging
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from fsd.base import config as config_mod
+from fsd.base.config import Settings
+from fsd.base.errors import ExitCode, HoardError
+from fsd.base.files import flocked
+from jobs import runlog
+from jobs.actions.state import (
+    HEARTBEAT_S,
+    QUEUE_OF,
+    STEP_TIMEOUT_S,
+    WAITING,
+    ActionError,
+    Cancelled,
+    RunState,
+    Status,
+    Waiting,
+    beat,
+    cancel_flag,
+    job_id,
+    load_state,
+    lock_path,
+    save_state,
+)
+from jobs.actions.steps import STEPS, cleanup_cancelled, wait_a_little
+from jobs.ingest.runner import _explain, _interruptible
+from jobs.queues import CONDITIONS, condition_exit_code, connect, enqueue_once, is_condition, rq_queue
+
+log = logging.getLogger(__name__)
+
+
+def run_step(config_path: str | None, rid: str, step: str) -> dict[str, Any]:
+    """RQ job: run one step of run `rid` (unless done or not its current one), save the state,
+    enqueue the next step; a step that waits schedules its own poll instead."""
+    cfg = config_mod.load(config_path)
+    with flocked(lock_path(cfg, rid)):
+        return _run_step_locked(cfg, rid, step)
+
+
+@contextlib.contextmanager
+def _heartbeat(cfg: Settings, rid: str) -> Iterator[None]:
+    """`<run>.beat` touched every HEARTBEAT_S while the step runs (a thread: a step busy in one
+    long call — a copy, a COPY — still beats); a process that dies stops beating."""
+    stop = threading.Event()
+
+    def loop() -> None:
+        while not stop.wait(HEARTBEAT_S):
+            with contextlib.suppress(OSError):
+                beat(cfg, rid)
+
+    beat(cfg, rid)
+    t = threading.Thread(target=loop, name=f"heartbeat-{rid}", daemon=True)
+    t.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        t.join()
+
+
+def _run_step_locked(cfg: Settings, rid: str, step: str, *, then_enqueue: bool = True) -> dict[str, Any]:
+    with runlog.captured(cfg, "action", rid):
+        return _run_step_logged(cfg, rid, step, then_enqueue=then_enqueue)
+
+
+def _run_step_logged(cfg: Settings, rid: str, step: str, *, then_enqueue: bool = True) -> dict[str, Any]:
+    st = load_state(cfg, rid)
+    if st is None:
+        raise ActionError(f"no run {rid}; `hoard action runs` lists the runs")
+    if st.status in (Status.DONE.value, Status.CANCELLED.value, Status.FAILED.value) or step != st.step:
+        return st.report  # a stale duplicate job, a poll after a release, a run given up
+    if cancel_flag(cfg, rid).exists():
+        _cancelled(cfg, st)
+        return st.report
+    t0 = time.monotonic()
+    try:
+        st.status = Status.RUNNING.value
+        save_state(cfg, st)
+        if step not in st.done:
+            with _heartbeat(cfg, rid):
+                STEPS[step](cfg, st)
+            st.done.append(step)
+        st.seconds[step] = round(st.seconds.get(step, 0) + time.monotonic() - t0, 3)
+    except Waiting as w:
+        st.status = w.status
+        st.seconds[step] = round(st.seconds.get(step, 0) + time.monotonic() - t0, 3)
+        save_state(cfg, st)
+        if then_enqueue:
+            _schedule_poll(cfg, st, w.poll_s)
+        st.report["poll_s"] = w.poll_s
+        return st.report
+    except Cancelled:
+        _cancelled(cfg, st)
+        return st.report
+    except BaseException as e:
+        st.status = Status.FAILED.value
+        st.error = (_explain(e, cfg).replace("`hoard ingest --resume`", f"`hoard action run {st.action}` again")
+                    if isinstance(e, Exception) else
+                    f"interrupted during step {step}; `hoard action run {st.action}` again resumes it")
+        st.exit_code = int(e.exit_code) if isinstance(e, HoardError) else int(ExitCode.UNAVAILABLE)
+        st.seconds[step] = round(st.seconds.get(step, 0) + time.monotonic() - t0, 3)
+        save_state(cfg, st)
+        raise
+    nxt = st.steps.index(step) + 1
+    if nxt < len(st.steps):
+        st.step, st.status = st.steps[nxt], Status.QUEUED.value
+        save_state(cfg, st)
+        if then_enqueue:
+            enqueue(cfg, st)
+    else:
+        st.status, st.error, st.exit_code = Status.DONE.value, None, 0
+        save_state(cfg, st)
+    return st.report
+
+
+def _cancelled(cfg: Settings, st: RunState) -> None:
+    cleanup_cancelled(cfg, st)
+    st.status, st.error = Status.CANCELLED.value, f"cancelled at step {st.step}"
+    save_state(cfg, st)
+
+
+def enqueue(cfg: Settings, st: RunState, redis_conn=None, suffix: str = "") -> str:
+    assert cfg.redis_url
+    return enqueue_once(redis_conn or connect(cfg.redis_url), QUEUE_OF[st.step], "jobs.actions.run_step",
+                        str(cfg.source) if cfg.source else None, st.run_id, st.step,
+                        job_id=job_id(st.run_id, st.step, suffix), timeout=STEP_TIMEOUT_S,
+                        description=f"action {st.run_id}: {st.step}")
+
+
+def _schedule_poll(cfg: Settings, st: RunState, poll_s: float) -> None:
+    """The waiting step runs again in `poll_s` through RQ's scheduler (which `hoard worker` runs):
+    nothing holds a worker meanwhile."""
+    assert cfg.redis_url
+    conn = connect(cfg.redis_url)
+    jid = job_id(st.run_id, st.step, "-poll")
+    with contextlib.suppress(Exception):
+        from jobs.queues import fetch_job
+
+        fetch_job(jid, conn).delete()
+    rq_queue(QUEUE_OF[st.step], conn).enqueue_in(
+        dt.timedelta(seconds=poll_s), "jobs.actions.run_step", str(cfg.source) if cfg.source else None, st.run_id,
+        st.step, job_id=jid, job_timeout=STEP_TIMEOUT_S, result_ttl=3600, failure_ttl=30 * 86400,
+        description=f"action {st.run_id}: {st.step} (poll)")
+
+
+def run_here(cfg: Settings, rid: str) -> ExitCode:
+    """Run a submitted run's remaining steps in this process (`hoard action run --here`): no
+    Redis; a waiting step (the gate, an external worker) is polled here in the foreground.
+    A condition ends the run failed with its one line (the exit code says why); a bug
+    propagates; Ctrl-C stops the step at once, recorded as interrupted."""
+    with _interruptible():
+        while True:
+            st = load_state(cfg, rid)
+            if st is None:
+                raise ActionError(f"no run {rid}; `hoard action runs` lists the runs")
+            if st.status == Status.DONE.value:
+                return ExitCode.OK
+            if st.status == Status.CANCELLED.value:
+                return ExitCode.USAGE
+            try:
+                with flocked(lock_path(cfg, rid)):
+                    _run_step_locked(cfg, rid, st.step, then_enqueue=False)
+            except CONDITIONS as e:
+                if not is_condition(e):
+                    raise
+                code = condition_exit_code(e)
+                after = load_state(cfg, rid)
+                if after is None or after.status != Status.FAILED.value:
+                    raise HoardError(f"run {rid} at step {st.step}: {_explain(e, cfg)}", code) from None
+                return code
+            after = load_state(cfg, rid)
+            if after is not None and after.status in WAITING:
+                wait_a_little(after.report.get("poll_s", 5), lambda: cancel_flag(cfg, rid).exists()
+                              or _released(cfg, rid))
+
+
+def _released(cfg: Settings, rid: str) -> bool:
+    st = load_state(cfg, rid)
+    return st is not None and bool(st.gate.get("released")) and st.status == Status.WAIT_GPU_READY.value

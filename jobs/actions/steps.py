@@ -1,0 +1,360 @@
+"""The steps of a run (docs/actions.md, "Runs"), each idempotent by run id, and the work files
+they hand each other in `<ssd.root>/state/actions/`:
+
+    plan     sql          AC1: each rule's nodes among the inputs (→ plan); others: the stage request
+    stage    io           jobs.outputs' stage (kind "stage", id = run id) into 3C/<run>/<layout>/input
+    gate     maintenance  AC3/AC4 with a gate: released by hand or by the hook, else wait (no worker held)
+    run      actions      the worker (jobs.actions.execute), or wait for an external one's done marker
+    parse    io           the output root read back (jobs.actions.parse) → children and records
+    store    io           the children into S01, class `generated`, pinned until the apply
+    apply    sql          ONE write-intent `action:<run>`: children, edges, labels, results, black
+                          list, the action_event
+    finish   maintenance  3C cleaned, the reservation released, the pin dropped
+
+A step that fails keeps what it wrote (3C included) for inspection; the same `hoard action run`
+resumes at that step.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import re
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+from fsd.base.config import Settings
+from fsd.base.errors import ExitCode
+from fsd.base.paths import display
+from jobs import outputs
+from jobs.actions.contract import Contract, RunExternal
+from jobs.actions.state import (
+    EXTERNAL_POLL_S,
+    ActionError,
+    Cancelled,
+    RunState,
+    Status,
+    Waiting,
+    beat,
+    cancel_flag,
+    log_path,
+    now,
+    read_work,
+    since,
+    write_work,
+)
+from sql.apply import apply_write_intent
+from sql.migrate import migrate
+from sql.selectors import query_nodes
+
+log = logging.getLogger(__name__)
+
+
+def contract_of(cfg: Settings, st: RunState) -> Contract:
+    """The contract as it was when the run was submitted (its work file), not the file now."""
+    return Contract.model_validate(read_work(cfg, st.run_id, "contract"))
+
+
+def inputs_of(cfg: Settings, st: RunState) -> list[str]:
+    return list(read_work(cfg, st.run_id, "inputs"))
+
+
+def origin(st: RunState) -> str:
+    return f"action:{st.action}"
+
+
+def _connect(cfg: Settings) -> psycopg.Connection:
+    return psycopg.connect(cfg.database_url, autocommit=True, connect_timeout=10)
+
+
+# -- plan ---------------------------------------------------------------------------------------
+
+def _step_plan(cfg: Settings, st: RunState) -> None:
+    c = contract_of(cfg, st)
+    inputs = set(inputs_of(cfg, st))
+    if c.action_type == "AC1":
+        labels, black = [], set()
+        with _connect(cfg) as conn:
+            for rule in c.rules:
+                hit = sorted(set(query_nodes(conn, rule.where).sha256) & inputs)
+                if rule.black_list:
+                    black.update(hit)
+                elif rule.label is not None:
+                    labels += [[h, rule.label.key, rule.label.value] for h in hit]
+        write_work(cfg, st.run_id, "plan", {"labels": labels, "black_list": sorted(black)})
+        st.report.update(labels_planned=len(labels), black_list_planned=len(black))
+        return
+    outputs.submit(cfg, stage_spec(c, st.run_id, sorted(inputs)))
+
+
+def stage_spec(c: Contract, rid: str, inputs: list[str]) -> outputs.OutputSpec:
+    """The stage request of a run: its inputs by sha256, laid out as the contract says."""
+    s = c.stage_layout
+    assert s is not None  # contract.problems: every type but AC1 has one
+    from datasets import layouts
+
+    lay = layouts.load(s.layout) if s.layout else layouts.parse(s.template or "", c.action_id, s.sidecars)
+    return outputs.OutputSpec.model_validate({
+        "kind": "stage", "id": rid, "nodes": inputs,
+        "layout": {"name": lay.name, "template": lay.template, "sidecars": s.sidecars or lay.sidecars,
+                   "per_locator": lay.per_locator}})
+
+
+# -- stage --------------------------------------------------------------------------------------
+
+def _step_stage(cfg: Settings, st: RunState) -> None:
+    rep = outputs.run(cfg, st.run_id)
+    st.report["stage"] = {k: rep.get(k) for k in ("path", "files", "bytes", "copied_files")}
+
+
+def roots_of(cfg: Settings, c: Contract, st: RunState):
+    from jobs.actions.execute import Roots
+
+    spec = stage_spec(c, st.run_id, [])
+    base = cfg.ssd.zone_path("3C") / st.run_id / spec.layout["name"]
+    return Roots(input_root=base / "input", output_root=base / "output", batch_id=st.run_id)
+
+
+def staged_inputs(cfg: Settings, c: Contract, st: RunState) -> list[Any]:
+    """The staged files (relative to the input root) and their sha256, from the stage's manifest."""
+    import json
+
+    from fsd.outputs.seal import MANIFEST
+    from jobs.actions.parse import InputFile
+
+    spec = stage_spec(c, st.run_id, [])
+    prefix = f"{spec.layout['name']}/input/"
+    doc = json.loads((cfg.ssd.zone_path("3C") / st.run_id / MANIFEST).read_bytes())
+    return [InputFile(sha256=f["sha256"], staged_path=f["path"].removeprefix(prefix))
+            for f in doc["files"] if f.get("sha256") and f["path"].startswith(prefix)
+            and not (spec.layout.get("sidecars") and f["path"].endswith(".json"))]
+
+
+# -- gate ---------------------------------------------------------------------------------------
+
+def _step_gate(cfg: Settings, st: RunState) -> None:
+    c = contract_of(cfg, st)
+    gate = c.gate
+    assert gate is not None  # the step is in the run's steps only with a gate
+    st.gate.setdefault("since", now())
+    if st.gate.get("released"):
+        st.report["gate"] = f"released by hand at {st.gate['released']}"
+        return
+    if gate.hook:
+        from jobs.actions import execute
+
+        ready = execute.gate_ready(c, roots_of(cfg, c, st), st.params, log_path=log_path(cfg, st.run_id),
+                                   timeout_s=min(60, gate.poll_s * 2), worker_user=cfg.actions.worker_user)
+        st.gate["hook_checked"] = now()
+        if ready:
+            st.report["gate"] = f"the gate hook said ready at {st.gate['hook_checked']}"
+            return
+    waited = since(st.gate["since"])
+    if waited >= gate.timeout_s:
+        raise ActionError(f"run {st.run_id}: the GPU gate was not released within {gate.timeout_s} s "
+                          f"(gate.timeout_s); once the GPU host is up, `hoard action run {st.action}` again waits "
+                          f"anew, or `hoard action release {st.run_id}` then run it again", ExitCode.UNAVAILABLE)
+    raise Waiting(Status.WAIT_GPU_READY.value, min(gate.poll_s, max(1.0, gate.timeout_s - waited)))
+
+
+# -- run ----------------------------------------------------------------------------------------
+
+def _empty(d: Path) -> None:
+    """The output root emptied for a fresh attempt (what a killed or failed attempt wrote is not
+    mixed into the next one's)."""
+    d.mkdir(parents=True, exist_ok=True)
+    for p in d.iterdir():
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p)
+        else:
+            p.unlink()
+
+
+def _step_run(cfg: Settings, st: RunState) -> None:
+    from jobs.actions import execute
+
+    c = contract_of(cfg, st)
+    roots = roots_of(cfg, c, st)
+    rs = c.run_spec
+    if isinstance(rs, RunExternal):
+        if st.waiting_since is None:
+            _empty(roots.output_root)
+            st.waiting_since = now()
+            st.report["external"] = execute.render(rs.instructions, roots, st.params) if rs.instructions else ""
+        if execute.done_marker_present(c, roots):
+            st.report["run"] = {"external": True, "waited_s": round(since(st.waiting_since))}
+            return
+        waited = since(st.waiting_since)
+        if waited >= rs.timeout_s:
+            raise ActionError(f"run {st.run_id}: the external worker wrote no {rs.done_marker} in "
+                              f"{roots.output_root} within {rs.timeout_s} s (run_spec.timeout_s); its input stays "
+                              f"staged in {roots.input_root} — once it is done, `hoard action run {st.action}` again "
+                              "waits anew", ExitCode.UNAVAILABLE)
+        raise Waiting(Status.WAITING_EXTERNAL.value, min(EXTERNAL_POLL_S, max(1.0, rs.timeout_s - waited)))
+    attempts = 1 + c.retries
+    outcome = None
+    for attempt in range(1, attempts + 1):
+        _empty(roots.output_root)
+        outcome = execute.run_worker(c, roots, st.params, log_path=log_path(cfg, st.run_id),
+                                     heartbeat=lambda: beat(cfg, st.run_id),
+                                     should_stop=lambda: cancel_flag(cfg, st.run_id).exists(),
+                                     worker_user=cfg.actions.worker_user)
+        if outcome.reason == "cancelled":
+            raise Cancelled(f"run {st.run_id} was cancelled while its worker ran (stopped after "
+                            f"{outcome.seconds:.0f} s)")
+        if outcome.reason == "exited" and outcome.exit_code == 0:
+            break
+        if attempt < attempts:  # the last one's failure is the run's error line
+            log.info("run %s: attempt %d of %d: %s; trying again", st.run_id, attempt, attempts, _why(outcome, c))
+    assert outcome is not None
+    st.report["run"] = {"reason": outcome.reason, "exit_code": outcome.exit_code, "seconds": round(outcome.seconds, 3)}
+    if not (outcome.reason == "exited" and outcome.exit_code == 0):
+        raise ActionError(f"run {st.run_id}: {_why(outcome, c)} ({attempts} attempt{'s' * (attempts > 1)}); its log: "
+                          f"{log_path(cfg, st.run_id)}; the output is kept in {roots.output_root} — fix the worker, "
+                          f"then `hoard action run {st.action}` again", ExitCode.DATA)
+
+
+def _why(outcome: Any, c: Contract) -> str:
+    if outcome.reason == "timeout":
+        return f"the worker did not finish within {getattr(c.run_spec, 'timeout_s', '?')} s (run_spec.timeout_s) and was killed"
+    return f"the worker exited with status {outcome.exit_code}"
+
+
+# -- parse --------------------------------------------------------------------------------------
+
+def _step_parse(cfg: Settings, st: RunState) -> None:
+    from jobs.actions import parse
+
+    c = contract_of(cfg, st)
+    roots = roots_of(cfg, c, st)
+    inputs = staged_inputs(cfg, c, st)
+    marker = c.run_spec.done_marker if isinstance(c.run_spec, RunExternal) else None
+    parsed = parse.parse_outputs(c, roots.output_root, inputs, a4_scale=c.a4_scale or cfg.store.a4_scale,
+                                 done_marker=marker)
+    write_work(cfg, st.run_id, "parsed", {"children": [dataclasses.asdict(ch) for ch in parsed.children],
+                                          "records": [dataclasses.asdict(r) for r in parsed.records]})
+    st.report.update(children=len(parsed.children), records=len(parsed.records), output_files=parsed.files,
+                     output_bytes=parsed.bytes)
+
+
+# -- store --------------------------------------------------------------------------------------
+
+def _step_store(cfg: Settings, st: RunState) -> None:
+    from fsd.store import Store
+
+    c = contract_of(cfg, st)
+    root = roots_of(cfg, c, st).output_root
+    children = read_work(cfg, st.run_id, "parsed")["children"]
+    stored: dict[str, list] = {}
+    if children:
+        with Store.open(cfg) as store:
+            results = store.put_many([root / ch["path"] for ch in children], klass="generated")
+            bad = next((r for r in results if r.status == "rejected"), None)
+            if bad is not None:
+                raise ActionError(f"run {st.run_id}: output {display(str(bad.path))} could not be stored: {bad.reason}; "
+                                  f"`hoard action run {st.action}` again once fixed", ExitCode.DATA)
+            # referenced from now on (gc), until the apply's rows reference them; finish unpins
+            store.pin(f"action-{st.run_id}", [r.sha256 for r in results], f"children of action run {st.run_id}")
+        stored = {ch["path"]: [r.sha256, r.size] for ch, r in zip(children, results)}
+    write_work(cfg, st.run_id, "stored", stored)
+    st.report["children_stored"] = len(stored)
+
+
+# -- apply --------------------------------------------------------------------------------------
+
+_EXT = re.compile(r"[a-z0-9]{1,10}")
+
+
+def build_intent(cfg: Settings, st: RunState) -> dict[str, Any]:
+    """The run's one write-intent. Its body depends only on the work files and the state's
+    fixed times: an apply run again after a crash sends the same body (exactly once by key)."""
+    c = contract_of(cfg, st)
+    event = {"batch_id": st.run_id, "action": st.action_num, "status": "done", "started_at": st.created,
+             "ended_at": st.report["ended_at"], "detail": {"run": st.run_id, "version": st.version,
+                                                            "params": st.params}}
+    doc: dict[str, Any] = {"key": f"action:{st.run_id}", "events": [event]}
+    if c.action_type == "AC1":
+        plan = read_work(cfg, st.run_id, "plan")
+        doc["labels"] = [{"node": h, "key": k, "value": v, "origin": origin(st)} for h, k, v in plan["labels"]]
+        doc["black_list"] = plan["black_list"]
+        return doc
+    parsed = read_work(cfg, st.run_id, "parsed")
+    stored = {p: tuple(v) for p, v in read_work(cfg, st.run_id, "stored").items()}
+    nodes, edges, labels, results = [], [], [], []
+    for ch in parsed["children"]:
+        sha, size = stored[ch["path"]]
+        ext = Path(ch["path"]).suffix.lstrip(".").lower()
+        nodes.append({"sha256": sha, "physical": {"size": size, "file_type": ext if _EXT.fullmatch(ext) else None,
+                                                  "locators": [f"action:{st.run_id}/{ch['path']}"]}})
+        parent = ch["parent_sha256"] or stored[ch["parent_path"]][0]
+        if parent != sha:  # a worker that copied its input: the same node, no edge to itself
+            edges.append({"parent": parent, "child": sha, "relationship": ch["relationship"]})
+        labels += [{"node": sha, "key": k, "value": v, "origin": origin(st)} for k, v in ch["labels"].items()]
+    for r in parsed["records"]:
+        node = r["node_sha256"] or stored[r["child_path"]][0]
+        if r["into"] == "labels":
+            labels.append({"node": node, "key": str(r["values"]["key"]), "value": str(r["values"].get("value") or ""),
+                           "origin": origin(st)})
+        else:
+            results.append({"table": r["into"], "node": node, "batch_id": st.run_id, "values": r["values"]})
+    doc.update(relationships=[{"name": n, "action": st.action_num}
+                              for n in sorted({e["relationship"] for e in edges})],
+               nodes=nodes, edges=edges, labels=labels, results=results)
+    return doc
+
+
+def _step_apply(cfg: Settings, st: RunState) -> None:
+    if "ended_at" not in st.report:  # fixed before the intent is built: a retry sends the same body
+        st.report["ended_at"] = now()
+        from jobs.actions.state import save_state
+
+        save_state(cfg, st)
+    intent = build_intent(cfg, st)
+    with _connect(cfg) as conn:
+        migrate(conn)
+        res = apply_write_intent(conn, intent)
+    st.report.update(database=res.counts, intent=res.key, intent_was_applied_before=res.noop)
+
+
+# -- finish -------------------------------------------------------------------------------------
+
+def _step_finish(cfg: Settings, st: RunState) -> None:
+    from fsd.store import Store
+
+    c = contract_of(cfg, st)
+    if c.action_type != "AC1":
+        try:
+            res = outputs.clean(cfg, st.run_id, "3C")
+            st.report["3c_freed_bytes"] = res.get("freed_bytes", 0)
+        except outputs.zones.NoSuchOutput:
+            pass  # cleaned by an earlier finish cut short after it
+        with Store.open(cfg) as store:
+            store.unpin(f"action-{st.run_id}")
+    st.report["finished_at"] = now()
+
+
+STEPS: dict[str, Callable[[Settings, RunState], None]] = {
+    "plan": _step_plan, "stage": _step_stage, "gate": _step_gate, "run": _step_run, "parse": _step_parse,
+    "store": _step_store, "apply": _step_apply, "finish": _step_finish}
+
+
+def cleanup_cancelled(cfg: Settings, st: RunState) -> None:
+    """A cancelled run gives its 3C output and reservation back (nothing was applied)."""
+    try:
+        outputs.clean(cfg, st.run_id, "3C")
+    except (outputs.zones.NoSuchOutput, outputs.OutputError):
+        pass
+    except Exception as e:  # noqa: BLE001 - the cancel stands; say what was left
+        st.report["3c_kept"] = f"{cfg.ssd.zone_path('3C') / st.run_id}: {e}"
+
+
+def wait_a_little(seconds: float, stop: Callable[[], bool]) -> None:
+    """Sleep in the foreground (`--here` at a gate or for an external worker), a second at a time."""
+    end = time.monotonic() + seconds
+    while time.monotonic() < end and not stop():
+        time.sleep(min(1.0, max(0.0, end - time.monotonic())))
