@@ -22,12 +22,13 @@ VENV := .venv
 HOARD := $(VENV)/bin/hoard
 STAMP := $(VENV)/.installed
 
-.PHONY: help demo test test-fast lint chaos peers bench deps venv up down clean
+.PHONY: help demo test test-fast lint chaos peers bench deps venv up down clean labelstudio
 
 help:
 	@echo "make demo   - install, start the embedded default and run the main job"
 	@echo "make test   - install, start services and run the tests (separate test DB)"
 	@echo "make test-fast - the unit tier only (no services, FUSE, disk lab or browser; under a minute)"
+	@echo "make labelstudio - Label Studio in its own venv (var/labelstudio/venv) for the AC5 tests"
 	@echo "make lint   - ruff and mypy as configured in pyproject.toml (CI runs it before the tests)"
 	@echo "make chaos  - the long chaos suite: SEEDS=200 seeds from SEED0 (tests/chaos)"
 	@echo "make peers  - hoardfs vs cp, git-annex, SnapRAID and mergerfs on one corpus (bench/peers; ARGS=...)"
@@ -62,8 +63,22 @@ up: venv
 demo: up
 	@$(HOARD) demo
 
-test: up
+test: up labelstudio
 	@$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+
+# Label Studio for AC5's round trip (tests/labelstudio.py) and label-studio-sdk's COCO converter
+# (jobs/actions/labelstudio.py runs it as its own process): a venv of their own, since they pin
+# Django and pull pandas, nltk and OpenCV (about 1 GB), none of which may reach .venv
+LS_VENV := var/labelstudio/venv
+LS_STAMP := $(LS_VENV)/.installed
+LS_PIP := label-studio>=1.23,<1.24
+$(LS_STAMP): | deps
+	@echo "==> creating $(LS_VENV) with $(LS_PIP)"
+	@[ -x $(LS_VENV)/bin/python ] || $(PYTHON) -m venv $(LS_VENV)
+	@$(LS_VENV)/bin/pip install -q --disable-pip-version-check '$(LS_PIP)'
+	@touch $(LS_STAMP)
+
+labelstudio: $(LS_STAMP)
 
 # the unit tier needs no PostgreSQL, Redis, FUSE, disk lab or browser: the venv is enough.
 # Its temporary files are in RAM (/dev/shm): it tests logic, not durability (a test of what a

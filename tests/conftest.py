@@ -22,6 +22,7 @@ import pytest
 import redis
 
 from tests import lab as lab_mod
+from tests import labelstudio as ls_mod
 from tests.helpers import REPO, fresh_schema, missing, write_config
 
 
@@ -95,6 +96,12 @@ def servers() -> dict[str, str]:
     except Exception as e:  # noqa: BLE001
         pytest.fail(f"test servers unreachable ({e}); `make test` starts the embedded ones", pytrace=False)
     return {"database_url": db, "redis_url": rd}
+
+
+@pytest.fixture(scope="session")
+def label_studio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ls_mod.Server]:
+    """A real Label Studio 1.23 for the session (tests/labelstudio.py: ~25 s to start, once)."""
+    yield from ls_mod.serve(tmp_path_factory.mktemp("label-studio"))
 
 
 @pytest.fixture
@@ -234,10 +241,10 @@ def pg(servers) -> Iterator[psycopg.Connection]:
 #: the tiers, lightest first; every test is in exactly one (docs/testing.md, "Tiers")
 TIERS = ("unit", "services", "lab", "gui", "chaos")
 #: fixtures that put a test in a tier: the NiceGUI user and a GUI home → gui; the disk lab →
-#: lab; the test PostgreSQL/Redis (`servers`, which db, pg, redis_conn and hoard_home use) or a
-#: FUSE mount (`fuse`) → services
+#: lab; the test PostgreSQL/Redis (`servers`, which db, pg, redis_conn and hoard_home use), a
+#: FUSE mount (`fuse`) or a Label Studio server (`label_studio`) → services
 TIER_FIXTURES = {"gui": {"user", "gui_home", "proxied"}, "lab": {"lab", "lab_factory", "lab_support"},
-                 "services": {"servers", "fuse"}}
+                 "services": {"servers", "fuse", "label_studio"}}
 
 
 def tier_of(item: pytest.Item) -> str:

@@ -151,7 +151,7 @@ def test_every_key_is_documented() -> None:
               "ssd.zones.<zone>.": config.ZoneConfig, "ssd.thresholds.": config.Thresholds,
               "store.": config.StoreConfig, "embedded.": config.EmbeddedConfig,
                   "ingest.": config.IngestConfig, "mount.": config.MountConfig,
-              "actions.": config.ActionsConfig,
+              "actions.": config.ActionsConfig, "label_studio.": config.LabelStudioConfig,
               "gui.": config.GuiConfig, "gui.users[].": config.GuiUser}
     missing = [f"{prefix}{name}" for prefix, model in models.items() for name in model.model_fields
                if name != "source" and f"`{prefix}{name}`" not in doc]

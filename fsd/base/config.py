@@ -137,6 +137,35 @@ class ActionsConfig(BaseModel):
     worker_user: str = Field(default="nobody", pattern=r"^[a-z_][a-z0-9_-]{0,31}$|^[0-9]{1,10}$")
 
 
+class LabelStudioConfig(BaseModel):
+    """AC5: the team's Label Studio (docs/actions.md, "AC5 — your Label Studio")."""
+
+    model_config = _strict
+    #: where it answers, e.g. "http://labels.lan:8080" (no default: AC5 needs it said)
+    url: str | None = Field(default=None, pattern=r"^https?://[^\s/?#]+(/[^\s?#]*)?$")
+    #: a file holding the access token (legacy token or personal access token), never the
+    #: token itself in hoard.toml; readable by the service user alone (mode 0600)
+    token_file: Path | None = None
+    #: zone 3C's directory as Label Studio's host sees it (default: 3C's path here, the same host)
+    files_root: Path | None = None
+    #: Label Studio's LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT (default: files_root); files_root
+    #: must be it or inside it
+    document_root: Path | None = None
+    #: a Python with label-studio-sdk for the JSON → COCO conversion (`make labelstudio`'s
+    #: var/labelstudio/venv by default)
+    converter_python: Path | None = None
+    #: seconds one request may take
+    timeout_s: float = Field(default=120.0, gt=0, le=3600)
+
+    @field_validator("files_root", "document_root")
+    @classmethod
+    def _absolute(cls, path: Path | None) -> Path | None:
+        # paths on Label Studio's host: never taken from hoard.toml's directory
+        if path is not None and not path.is_absolute():
+            raise ValueError(f"{path} must be an absolute path (as Label Studio's host sees it)")
+        return path
+
+
 class MountConfig(BaseModel):
     """Where `hoard mount` serves the store (systemd/hoard-mount.service: /srv/hoard): a
     view-mode stage or export points into it."""
@@ -251,6 +280,7 @@ class Settings(BaseSettings):
     redis_url: str = Field(default=None, validate_default=False)  # type: ignore[assignment]  # see above
     test_redis_url: str = Field(default=None, validate_default=False)  # type: ignore[assignment]  # see above
     actions: ActionsConfig = ActionsConfig()
+    label_studio: LabelStudioConfig = LabelStudioConfig()
     #: the file this came from (set by `load`, not a key of the file)
     source: Path | None = Field(default=None, exclude=True)
 
@@ -378,7 +408,8 @@ def find_config(explicit: str | os.PathLike[str] | None = None) -> Path:
     )
 
 
-_PATH_KEYS = (("ssd", "root"), ("ssd", "index_dir"), ("embedded", "root"), ("gui", "users_file"), ("actions", "dir"))
+_PATH_KEYS = (("ssd", "root"), ("ssd", "index_dir"), ("embedded", "root"), ("gui", "users_file"), ("actions", "dir"),
+              ("label_studio", "token_file"), ("label_studio", "converter_python"))
 
 
 def _resolve_paths(data: dict[str, Any], base: Path) -> None:
