@@ -73,6 +73,9 @@ class Child:
     relationship: str
     labels: dict[str, str]
     size: int
+    #: (device, inode, size, mtime_ns) of the file the walk saw: the store step takes only that
+    #: file (Store.put_many's `expect`), never one swapped in (or a link) since
+    seen: tuple[int, int, int, int] = field(default=(0, 0, 0, 0), compare=False)
 
 
 @dataclass(frozen=True)
@@ -148,6 +151,7 @@ class _File:
     dev: int
     ino: int
     rules: tuple[int, ...]   # indexes into _Rules.globs
+    mtime_ns: int = 0
 
 
 @dataclass
@@ -276,7 +280,7 @@ class _Walk:
                     f"a4_scale × inputs allows ({self.a4_scale} × {self.n_inputs}); nothing was stored — raise "
                     "`a4_scale` in the contract (or store.a4_scale in hoard.toml) if it really makes that many, "
                     "or fix the worker")
-        self.files.append(_File(rel, st.st_size, st.st_dev, st.st_ino, hits))
+        self.files.append(_File(rel, st.st_size, st.st_dev, st.st_ino, hits, st.st_mtime_ns))
 
 
 # -- nodes -------------------------------------------------------------------------------------
@@ -579,11 +583,15 @@ def _child(rule: ChildFiles, f: _File, nodes: _Nodes, walk: _Walk) -> Child:
             raise OutputProblem(f"{walk.shown(f.rel)}: its parent {why}; {_AGAIN}")
         if found[0] == f.rel:
             raise OutputProblem(f"{walk.shown(f.rel)}: its parent_match names the file itself as its parent; {_AGAIN}")
-        return Child(f.rel, None, found[0], rule.relationship, dict(rule.labels), f.size)
+        return Child(f.rel, None, found[0], rule.relationship, dict(rule.labels), f.size, _seen(f))
     sha, why = nodes.input(rule.parent_key, group)
     if sha is None:
         raise OutputProblem(f"{walk.shown(f.rel)}: its parent {why}; {_AGAIN}")
-    return Child(f.rel, sha, None, rule.relationship, dict(rule.labels), f.size)
+    return Child(f.rel, sha, None, rule.relationship, dict(rule.labels), f.size, _seen(f))
+
+
+def _seen(f: _File) -> tuple[int, int, int, int]:
+    return (f.dev, f.ino, f.size, f.mtime_ns)
 
 
 _RX: dict[str, re.Pattern[str]] = {}

@@ -253,7 +253,12 @@ def _step_store(cfg: Settings, st: RunState) -> None:
     stored: dict[str, list] = {}
     if children:
         with Store.open(cfg) as store:
-            results = store.put_many([root / ch["path"] for ch in children], klass="generated")
+            paths = [root / ch["path"] for ch in children]
+            # only the files parse read: one swapped since (a link to a file outside the output
+            # root, another file renamed over it) is rejected, not stored
+            expect = {str(p): tuple(ch["seen"]) for p, ch in zip(paths, children, strict=True)
+                      if any(ch.get("seen") or ())}
+            results = store.put_many(paths, klass="generated", expect=expect)
             bad = next((r for r in results if r.status == "rejected"), None)
             if bad is not None:
                 raise ActionError(f"run {st.run_id}: output {display(str(bad.path))} could not be stored: {bad.reason}; "

@@ -1,0 +1,57 @@
+"""Hostile review of action runs (issue 35): what a worker's output root holds between the parse
+and the store steps must be what was parsed — a child swapped for a symbolic link to a file
+outside the output root (another run's worker as the same user, or an external worker that goes
+on writing after its `_DONE`) is never stored. Real PostgreSQL, Redis, store and workers."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from fsd.store import Store
+from jobs.actions import api
+from jobs.actions.state import load_state, read_work
+from tests.test_action_runs import action_home
+from tests.test_action_workers import worker_contract
+
+# tier: the module's tests run workers and need PostgreSQL and Redis
+pytestmark = pytest.mark.services
+
+
+def test_child_swapped_for_a_symlink_after_parse_is_not_stored(hoard_home: Path, pg, redis_conn) -> None:
+    """After parse, one child file becomes a symbolic link to a secret outside the output root:
+    the store step refuses it (failed at store, one line); the secret's bytes are not in the
+    store and nothing of the run is in SQL."""
+    cfg, batch = action_home(hoard_home, pg, redis_conn, seed=91, items=3)
+    worker_contract(cfg, batch)
+    secret = hoard_home / "secret.txt"
+    secret.write_bytes(b"root:$6$not-for-the-worker\n")
+    rid = api.submit(cfg, "thumbs", queue=False).state.run_id
+    from jobs.actions import run_here, steps
+
+    real = steps.STEPS["parse"]
+
+    def then_swapped(c, st) -> None:  # another process as the worker's user, between parse and store
+        real(c, st)
+        out = cfg.ssd.zone_path("3C") / rid / "by_sha256" / "output"
+        first = read_work(cfg, rid, "parsed")["children"][0]["path"]
+        os.unlink(out / first)
+        os.symlink(secret, out / first)
+
+    steps.STEPS["parse"] = then_swapped
+    try:
+        code = run_here(cfg, rid)
+    finally:
+        steps.STEPS["parse"] = real
+    st = load_state(cfg, rid)
+    assert st is not None and st.error is not None
+    assert code != 0 and (st.status, st.step) == ("failed", "store"), (code, st.status, st.step, st.error)
+    assert "\n" not in st.error and "Traceback" not in st.error
+    with Store.open(cfg, writable=False) as store:
+        assert store.index.lookup(hashlib.sha256(secret.read_bytes()).digest()) is None
+    with psycopg.connect(cfg.database_url) as conn:
+        assert conn.execute("SELECT count(*) FROM action_event WHERE batch_id = %s", [rid]).fetchone() == (0,)
