@@ -55,3 +55,22 @@ def test_child_swapped_for_a_symlink_after_parse_is_not_stored(hoard_home: Path,
         assert store.index.lookup(hashlib.sha256(secret.read_bytes()).digest()) is None
     with psycopg.connect(cfg.database_url) as conn:
         assert conn.execute("SELECT count(*) FROM action_event WHERE batch_id = %s", [rid]).fetchone() == (0,)
+
+
+def test_cancel_after_apply_is_refused(hoard_home: Path, pg, redis_conn) -> None:
+    """A run whose one write-intent is applied (queued at finish) cannot be cancelled: its
+    results are in SQL, so "cancelled" would be a lie that `status` and the database disagree
+    on. The cancel is refused with one line; the same command finishes the run."""
+    from jobs.actions.runner import _run_step_locked
+    from jobs.actions.state import ActionError
+    from tests.test_action_runs import AC1, write_contract
+
+    cfg, batch = action_home(hoard_home, pg, redis_conn, seed=92, items=3)
+    write_contract(cfg, "check-quality", AC1.format(batch=batch))
+    rid = api.submit(cfg, "check-quality", queue=False).state.run_id
+    for step in ("plan", "apply"):
+        _run_step_locked(cfg, rid, step, then_enqueue=False)
+    with pytest.raises(ActionError, match="applied"):
+        api.cancel(cfg, rid)
+    st = load_state(cfg, rid)
+    assert st is not None and (st.status, st.step) == ("queued", "finish")

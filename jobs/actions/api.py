@@ -252,10 +252,17 @@ def cancel(cfg: Settings, rid: str) -> RunState:
     st = _must(cfg, rid)
     if st.status == Status.DONE.value:
         raise ActionError(f"run {rid} is done; nothing to cancel")
+    if "apply" in st.done:
+        raise ActionError(f"run {rid}: its results are applied already (step apply done), so it cannot be "
+                          f"cancelled; `hoard action run {st.action}` again finishes it")
     cancel_flag(cfg, rid).touch()
     try:
         with flocked(lock_path(cfg, rid), wait=False):
             st = _must(cfg, rid)
+            if "apply" in st.done:  # applied while the flag was set: too late
+                cancel_flag(cfg, rid).unlink(missing_ok=True)
+                raise ActionError(f"run {rid}: its results are applied already (step apply done), so it cannot "
+                                  f"be cancelled; `hoard action run {st.action}` again finishes it")
             if st.status != Status.CANCELLED.value:
                 from jobs.actions.steps import cleanup_cancelled
 

@@ -84,8 +84,10 @@ def _run_step_logged(cfg: Settings, rid: str, step: str, *, then_enqueue: bool =
     if st.status in (Status.DONE.value, Status.CANCELLED.value, Status.FAILED.value) or step != st.step:
         return st.report  # a stale duplicate job, a poll after a release, a run given up
     if cancel_flag(cfg, rid).exists():
-        _cancelled(cfg, st)
-        return st.report
+        if "apply" not in st.done:
+            _cancelled(cfg, st)
+            return st.report
+        cancel_flag(cfg, rid).unlink(missing_ok=True)  # too late: its results are applied; it finishes
     t0 = time.monotonic()
     try:
         st.status = Status.RUNNING.value
