@@ -329,3 +329,75 @@ def test_gate_waits_without_a_worker_until_released(hoard_home: Path, pg, redis_
     assert w.returncode == 0, w.stderr
     assert load_state(cfg, rid).status == "done"
     assert_produced_once(cfg, base, rid, len(inputs_of(cfg, batch)))
+
+
+def _alive(pid: int) -> bool:
+    """The process exists and is not a zombie (an orphan whose reaper has not reaped it yet)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except OSError:
+        return False
+    return data[data.rindex(b")") + 2:].split()[0] != b"Z"
+
+
+def _runner_at_worker(cfg: config.Settings) -> tuple[subprocess.Popen, str, int]:
+    """`hoard action run thumbs --here` started and seen with its worker recorded in the state."""
+    runner = subprocess.Popen([sys.executable, "-m", "fsd", "--config", str(cfg.source), "action", "run", "thumbs",
+                               "--here"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        runs = api.runs(cfg)
+        if runs:
+            st = load_state(cfg, runs[0]["run"])
+            if st is not None and st.worker and _alive(st.worker["sid"]):
+                return runner, st.run_id, st.worker["sid"]
+        assert runner.poll() is None, runner.communicate()
+        time.sleep(0.1)
+    runner.kill()
+    raise AssertionError("the worker never started")
+
+
+@pytest.mark.expect_log(r"a stopped runner left", level="WARNING")
+def test_runner_killed_while_its_worker_runs_ends_that_worker_on_resume(hoard_home: Path, pg, redis_conn) -> None:
+    """kill -9 of the `--here` runner while its worker runs leaves the worker running in its own
+    session; the same command again ends it first (TERM, then KILL) before it empties the output
+    root and starts another, and the result is there exactly once."""
+    cfg, batch = action_home(hoard_home, pg, redis_conn, seed=91, items=3)
+    worker_contract(cfg, batch, sleep=600)
+    base = counts(cfg)
+    runner, rid, worker = _runner_at_worker(cfg)
+    try:
+        runner.kill()
+        runner.wait(timeout=60)
+        assert _alive(worker)  # the kill -9 left it running
+        worker_contract(cfg, batch, sleep=0)  # the next attempt finishes at once
+        res = hoard(cfg.source, "action", "run", "thumbs", "--here")
+        assert res.returncode == 0, res.stdout + res.stderr
+        assert not _alive(worker)
+        assert load_state(cfg, rid).worker is None
+        assert_produced_once(cfg, base, rid, len(inputs_of(cfg, batch)))
+    finally:
+        if _alive(worker):
+            os.kill(worker, 9)
+
+
+@pytest.mark.expect_log(r"a stopped runner left", level="WARNING")
+def test_cancel_of_a_run_whose_runner_died_ends_its_worker(hoard_home: Path, pg, redis_conn) -> None:
+    """kill -9 of the runner while its worker runs, then `hoard action cancel RUN`: the worker
+    left behind is ended, the run cancelled, 3C cleaned."""
+    cfg, batch = action_home(hoard_home, pg, redis_conn, seed=92, items=3)
+    worker_contract(cfg, batch, sleep=600)
+    runner, rid, worker = _runner_at_worker(cfg)
+    try:
+        runner.kill()
+        runner.wait(timeout=60)
+        assert _alive(worker)
+        res = hoard(cfg.source, "action", "cancel", rid)
+        assert res.returncode == 0, res.stdout + res.stderr
+        assert not _alive(worker)
+        assert load_state(cfg, rid).status == "cancelled"
+        assert not (cfg.ssd.zone_path("3C") / rid).exists()
+    finally:
+        if _alive(worker):
+            os.kill(worker, 9)

@@ -45,6 +45,7 @@ from jobs.actions.state import (
     log_path,
     now,
     read_work,
+    save_state,
     since,
     write_work,
 )
@@ -198,12 +199,16 @@ def _step_run(cfg: Settings, st: RunState) -> None:
         raise Waiting(Status.WAITING_EXTERNAL.value, min(EXTERNAL_POLL_S, max(1.0, rs.timeout_s - waited)))
     attempts = 1 + c.retries
     outcome = None
+    end_left_worker(cfg, st)  # a runner killed (kill -9) while its worker ran left that worker running
     for attempt in range(1, attempts + 1):
         _empty(roots.output_root)
         outcome = execute.run_worker(c, roots, st.params, log_path=log_path(cfg, st.run_id),
                                      heartbeat=lambda: beat(cfg, st.run_id),
                                      should_stop=lambda: cancel_flag(cfg, st.run_id).exists(),
-                                     worker_user=cfg.actions.worker_user)
+                                     worker_user=cfg.actions.worker_user,
+                                     on_start=lambda pid, start: _worker_started(cfg, st, pid, start))
+        st.worker = None
+        save_state(cfg, st)
         if outcome.reason == "cancelled":
             raise Cancelled(f"run {st.run_id} was cancelled while its worker ran (stopped after "
                             f"{outcome.seconds:.0f} s)")
@@ -217,6 +222,39 @@ def _step_run(cfg: Settings, st: RunState) -> None:
         raise ActionError(f"run {st.run_id}: {_why(outcome, c)} ({attempts} attempt{'s' * (attempts > 1)}); its log: "
                           f"{log_path(cfg, st.run_id)}; the output is kept in {roots.output_root} — fix the worker, "
                           f"then `hoard action run {st.action}` again", ExitCode.DATA)
+
+
+def _worker_started(cfg: Settings, st: RunState, pid: int, start: int) -> None:
+    """The worker's session (its pid = sid = pgid) and start time go into the state before it
+    is watched: a later process ends that session if this one dies first."""
+    st.worker = {"sid": pid, "start": start, "boot": _boot_id(), "since": now()}
+    save_state(cfg, st)
+
+
+def _boot_id() -> str:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return ""
+
+
+def end_left_worker(cfg: Settings, st: RunState) -> None:
+    """Ends the worker session a dead runner left (the state names it; same boot, same start
+    time — a reused pid is left alone), TERM then KILL as execute does, before anything else
+    touches the output root. No-op when none is recorded or it is gone."""
+    w = st.worker
+    if not w:
+        return
+    if w.get("boot") == _boot_id():
+        from jobs.actions import execute
+
+        n = execute.end_session(int(w["sid"]), int(w["start"]))
+        if n:
+            log.warning("run %s: ended %d process(es) of the worker session %s a stopped runner left (started %s)",
+                        st.run_id, n, w["sid"], w.get("since"))
+            st.report["left_worker_ended"] = n
+    st.worker = None
+    save_state(cfg, st)
 
 
 def _why(outcome: Any, c: Contract) -> str:
@@ -311,8 +349,6 @@ def build_intent(cfg: Settings, st: RunState) -> dict[str, Any]:
 def _step_apply(cfg: Settings, st: RunState) -> None:
     if "ended_at" not in st.report:  # fixed before the intent is built: a retry sends the same body
         st.report["ended_at"] = now()
-        from jobs.actions.state import save_state
-
         save_state(cfg, st)
     intent = build_intent(cfg, st)
     with _connect(cfg) as conn:
@@ -344,7 +380,9 @@ STEPS: dict[str, Callable[[Settings, RunState], None]] = {
 
 
 def cleanup_cancelled(cfg: Settings, st: RunState) -> None:
-    """A cancelled run gives its 3C output and reservation back (nothing was applied)."""
+    """A cancelled run ends a worker its dead runner left, then gives its 3C output and
+    reservation back (nothing was applied)."""
+    end_left_worker(cfg, st)
     try:
         outputs.clean(cfg, st.run_id, "3C")
     except (outputs.zones.NoSuchOutput, outputs.OutputError):
