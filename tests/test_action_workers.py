@@ -119,10 +119,13 @@ def assert_produced_once(cfg: config.Settings, base: dict[str, int], rid: str, n
         edges = conn.execute("SELECT count(*) FROM edge JOIN relationship_type r USING (rel_id) "
                              "WHERE r.name = 'thumb_of'").fetchone()[0]
         results = conn.execute("SELECT status, edge_ratio FROM result_canny WHERE batch_id = %s", [rid]).fetchall()
-        events = conn.execute("SELECT status FROM action_event WHERE batch_id = %s", [rid]).fetchall()
+        events = conn.execute("SELECT status FROM action_event WHERE batch_id = %s AND status = 'done'",
+                              [rid]).fetchall()
+        endings = conn.execute("SELECT count(*) FROM action_event WHERE batch_id = %s AND status <> 'done'",
+                               [rid]).fetchone()[0]
     assert len(children) == n and {loc.split("/", 1)[1].split("/")[0] for _, loc in children} == {"thumbs"}
     assert rel is not None and edges == n and results == [("ok", 0.5)] * n and events == [("done",)]
-    assert after["node"] - base["node"] == n and after["action_event"] - base["action_event"] == 1
+    assert after["node"] - base["node"] == n and after["action_event"] - base["action_event"] == 1 + endings
     with Store.open(cfg, writable=False) as store:
         for sha, _ in children:
             assert store.get(sha).startswith(b"thumb 0 of ")
@@ -173,11 +176,21 @@ def test_worker_exiting_non_zero_fails_keeps_output_then_resumes(hoard_home: Pat
     assert len(lines) == 1 and "failed at step run" in lines[0] and "exited with status 3" in lines[0], lines
     (rid,) = [r["run"] for r in api.runs(cfg)]
     assert f"3C/{rid}/by_sha256/output" in lines[0] and (cfg.ssd.zone_path("3C") / rid / "by_sha256" / "output").is_dir()
-    assert counts(cfg)["action_event"] == base["action_event"] and counts(cfg)["node"] == base["node"]
+    assert counts(cfg)["node"] == base["node"]
+    assert ending_events(cfg, rid) == [("failed", load_state(cfg, rid).error)]  # the error line, once
+    assert "exited with status 3" in load_state(cfg, rid).error
     worker_contract(cfg, batch, exit=0)  # the worker fixed (the contract's version unchanged: the same run)
     res = hoard(cfg.source, "action", "run", "thumbs", "--here")
     assert res.returncode == 0, res.stdout + res.stderr
     assert_produced_once(cfg, base, rid, len(inputs_of(cfg, batch)))
+    assert [e for e, _ in ending_events(cfg, rid)] == ["failed"]  # the success added none
+
+
+def ending_events(cfg: config.Settings, rid: str) -> list[tuple[str, str]]:
+    """The failed/cancelled action_event rows of a run: (status, detail's error), oldest first."""
+    with psycopg.connect(cfg.database_url) as conn:
+        return conn.execute("SELECT status, detail->>'error' FROM action_event WHERE batch_id = %s AND status "
+                            "<> 'done' ORDER BY event_id", [rid]).fetchall()
 
 
 def test_worker_that_never_finishes_is_killed_at_its_timeout(hoard_home: Path, pg, redis_conn) -> None:
@@ -189,7 +202,10 @@ def test_worker_that_never_finishes_is_killed_at_its_timeout(hoard_home: Path, p
     assert res.returncode == 5, res.stdout + res.stderr
     assert "did not finish within 1 s" in res.stdout + res.stderr
     assert counts(cfg) == {**base, **{k: counts(cfg)[k] for k in ("action", "action_batch", "batch_member",
-                                                                 "applied_intent")}}
+                                                                 "applied_intent", "action_event")}}
+    (rid,) = [r["run"] for r in api.runs(cfg)]
+    ((status, error),) = ending_events(cfg, rid)
+    assert status == "failed" and "did not finish within 1 s" in error
 
 
 def test_more_children_than_a4_scale_refused_before_anything_is_written(hoard_home: Path, pg, redis_conn) -> None:
@@ -202,7 +218,8 @@ def test_more_children_than_a4_scale_refused_before_anything_is_written(hoard_ho
     assert res.returncode != 0 and "failed at step parse" in res.stdout + res.stderr, res.stdout + res.stderr
     with psycopg.connect(cfg.database_url) as conn:
         assert conn.execute("SELECT count(*) FROM physical_path WHERE locator LIKE 'action:%'").fetchone() == (0,)
-        assert conn.execute("SELECT count(*) FROM action_event WHERE batch_id LIKE 'thumbs-%'").fetchone() == (0,)
+        assert conn.execute("SELECT status FROM action_event WHERE batch_id LIKE 'thumbs-%'").fetchall() == [
+            ("failed",)]
     with Store.open(cfg, writable=False) as store:
         assert store.index.count_objects() == objects
 
@@ -267,7 +284,8 @@ def test_cancel_while_running_stops_the_worker(hoard_home: Path, pg, redis_conn)
     st = load_state(cfg, rid)
     assert st.status == "cancelled"
     assert not (cfg.ssd.zone_path("3C") / rid).exists()
-    assert counts(cfg)["action_event"] == base["action_event"]
+    assert counts(cfg)["action_event"] == base["action_event"] + 1
+    assert ending_events(cfg, rid) == [("cancelled", "cancelled at step run")]
 
 
 def test_external_done_marker_with_outputs_missing_fails_at_parse(hoard_home: Path, pg, redis_conn) -> None:
@@ -292,8 +310,10 @@ def test_external_done_marker_with_outputs_missing_fails_at_parse(hoard_home: Pa
         steps.STEPS["run"] = real
     st = load_state(cfg, rid)
     assert code != 0 and (st.status, st.step) == ("failed", "parse"), (st.status, st.step, st.error)
+    assert [e for e, _ in ending_events(cfg, rid)] == ["failed"]
     with psycopg.connect(cfg.database_url) as conn:
-        assert conn.execute("SELECT count(*) FROM action_event WHERE batch_id LIKE 'thumbs-%'").fetchone() == (0,)
+        assert conn.execute("SELECT count(*) FROM action_event WHERE batch_id = %s AND status = 'done'",
+                            [rid]).fetchone() == (0,)
 
 
 GATE = "[gate]\ntimeout_s = {timeout}\npoll_s = 5\n"
@@ -398,6 +418,7 @@ def test_cancel_of_a_run_whose_runner_died_ends_its_worker(hoard_home: Path, pg,
         assert not _alive(worker)
         assert load_state(cfg, rid).status == "cancelled"
         assert not (cfg.ssd.zone_path("3C") / rid).exists()
+        assert ending_events(cfg, rid) == [("cancelled", "cancelled at step run")]
     finally:
         if _alive(worker):
             os.kill(worker, 9)

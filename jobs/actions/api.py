@@ -257,11 +257,12 @@ def cancel(cfg: Settings, rid: str) -> RunState:
         with flocked(lock_path(cfg, rid), wait=False):
             st = _must(cfg, rid)
             if st.status != Status.CANCELLED.value:
-                from jobs.actions.steps import cleanup_cancelled
+                from jobs.actions.steps import cleanup_cancelled, record_ending
 
                 cleanup_cancelled(cfg, st)
                 st.status, st.error = Status.CANCELLED.value, f"cancelled at step {st.step}"
                 save_state(cfg, st)
+                record_ending(cfg, st, Status.CANCELLED.value)
     except BlockingIOError:
         pass  # a step runs: it sees the flag (the worker is killed) and records the cancel
     return st

@@ -92,6 +92,8 @@ class RunState:
     #: the worker process running now: its session id (= pid), start time (ticks after boot) and
     #: boot id, so that a later process can end it if this runner dies (steps.end_left_worker)
     worker: dict[str, Any] | None = None
+    #: how many times the run ended failed or cancelled (each wrote one action_event)
+    endings: int = 0
 
     @property
     def finished(self) -> bool:

@@ -391,6 +391,26 @@ def cleanup_cancelled(cfg: Settings, st: RunState) -> None:
         st.report["3c_kept"] = f"{cfg.ssd.zone_path('3C') / st.run_id}: {e}"
 
 
+def record_ending(cfg: Settings, st: RunState, status: str) -> None:
+    """A run that ended failed or cancelled gets its `action_event` (status failed/cancelled, the
+    error line in detail) — its own write-intent `action-end:<run>:<n>`, outside the product's
+    `action:<run>`, exactly once per ending (n counts the run's endings). PostgreSQL down (often
+    why the run failed): the event is not written, and the state says so."""
+    st.endings += 1
+    n = st.endings
+    event = {"batch_id": st.run_id, "action": st.action_num, "status": status, "started_at": st.created,
+             "ended_at": now(), "detail": {"run": st.run_id, "version": st.version, "params": st.params,
+                                            "step": st.step, "error": st.error or ""}}
+    try:
+        with _connect(cfg) as conn:
+            apply_write_intent(conn, {"key": f"action-end:{st.run_id}:{n}", "events": [event]})
+        st.report.pop("ending_event", None)
+    except psycopg.OperationalError as e:
+        st.report["ending_event"] = f"not recorded in PostgreSQL ({str(e).strip().splitlines()[0][:200]})"
+        log.info("run %s: its %s event was not recorded: %s", st.run_id, status, st.report["ending_event"])
+    save_state(cfg, st)
+
+
 def wait_a_little(seconds: float, stop: Callable[[], bool]) -> None:
     """Sleep in the foreground (`--here` at a gate or for an external worker), a second at a time."""
     end = time.monotonic() + seconds
