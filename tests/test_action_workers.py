@@ -422,3 +422,18 @@ def test_cancel_of_a_run_whose_runner_died_ends_its_worker(hoard_home: Path, pg,
     finally:
         if _alive(worker):
             os.kill(worker, 9)
+
+
+@pytest.mark.parametrize("key", ["include_parents", "include_children"])
+def test_stage_layout_include_parents_children_refused_not_ignored(hoard_home: Path, pg, redis_conn,
+                                                                    key: str) -> None:
+    """stage_layout.include_parents / include_children are not built: `hoard action run` refuses
+    the contract with one line naming the key, and nothing is run or kept."""
+    cfg, batch = action_home(hoard_home, pg, redis_conn, seed=93, items=3)
+    path = worker_contract(cfg, batch)
+    path.write_text(path.read_text().replace('layout = "by_sha256"', f'layout = "by_sha256"\n{key} = true'))
+    base = counts(cfg)
+    res = hoard(cfg.source, "action", "run", "thumbs", "--here")
+    lines = [ln for ln in (res.stdout + res.stderr).splitlines() if ln.strip()]
+    assert res.returncode == 2 and len(lines) == 1 and f"stage_layout.{key}" in lines[0], lines
+    assert api.runs(cfg) == [] and counts(cfg) == base
