@@ -119,10 +119,13 @@ def assert_produced_once(cfg: config.Settings, base: dict[str, int], rid: str, n
         edges = conn.execute("SELECT count(*) FROM edge JOIN relationship_type r USING (rel_id) "
                              "WHERE r.name = 'thumb_of'").fetchone()[0]
         results = conn.execute("SELECT status, edge_ratio FROM result_canny WHERE batch_id = %s", [rid]).fetchall()
-        events = conn.execute("SELECT status FROM action_event WHERE batch_id = %s", [rid]).fetchall()
+        events = conn.execute("SELECT status FROM action_event WHERE batch_id = %s AND status = 'done'",
+                              [rid]).fetchall()
+        endings = conn.execute("SELECT count(*) FROM action_event WHERE batch_id = %s AND status <> 'done'",
+                               [rid]).fetchone()[0]
     assert len(children) == n and {loc.split("/", 1)[1].split("/")[0] for _, loc in children} == {"thumbs"}
     assert rel is not None and edges == n and results == [("ok", 0.5)] * n and events == [("done",)]
-    assert after["node"] - base["node"] == n and after["action_event"] - base["action_event"] == 1
+    assert after["node"] - base["node"] == n and after["action_event"] - base["action_event"] == 1 + endings
     with Store.open(cfg, writable=False) as store:
         for sha, _ in children:
             assert store.get(sha).startswith(b"thumb 0 of ")
@@ -173,11 +176,21 @@ def test_worker_exiting_non_zero_fails_keeps_output_then_resumes(hoard_home: Pat
     assert len(lines) == 1 and "failed at step run" in lines[0] and "exited with status 3" in lines[0], lines
     (rid,) = [r["run"] for r in api.runs(cfg)]
     assert f"3C/{rid}/by_sha256/output" in lines[0] and (cfg.ssd.zone_path("3C") / rid / "by_sha256" / "output").is_dir()
-    assert counts(cfg)["action_event"] == base["action_event"] and counts(cfg)["node"] == base["node"]
+    assert counts(cfg)["node"] == base["node"]
+    assert ending_events(cfg, rid) == [("failed", load_state(cfg, rid).error)]  # the error line, once
+    assert "exited with status 3" in load_state(cfg, rid).error
     worker_contract(cfg, batch, exit=0)  # the worker fixed (the contract's version unchanged: the same run)
     res = hoard(cfg.source, "action", "run", "thumbs", "--here")
     assert res.returncode == 0, res.stdout + res.stderr
     assert_produced_once(cfg, base, rid, len(inputs_of(cfg, batch)))
+    assert [e for e, _ in ending_events(cfg, rid)] == ["failed"]  # the success added none
+
+
+def ending_events(cfg: config.Settings, rid: str) -> list[tuple[str, str]]:
+    """The failed/cancelled action_event rows of a run: (status, detail's error), oldest first."""
+    with psycopg.connect(cfg.database_url) as conn:
+        return conn.execute("SELECT status, detail->>'error' FROM action_event WHERE batch_id = %s AND status "
+                            "<> 'done' ORDER BY event_id", [rid]).fetchall()
 
 
 def test_worker_that_never_finishes_is_killed_at_its_timeout(hoard_home: Path, pg, redis_conn) -> None:
@@ -189,7 +202,10 @@ def test_worker_that_never_finishes_is_killed_at_its_timeout(hoard_home: Path, p
     assert res.returncode == 5, res.stdout + res.stderr
     assert "did not finish within 1 s" in res.stdout + res.stderr
     assert counts(cfg) == {**base, **{k: counts(cfg)[k] for k in ("action", "action_batch", "batch_member",
-                                                                 "applied_intent")}}
+                                                                 "applied_intent", "action_event")}}
+    (rid,) = [r["run"] for r in api.runs(cfg)]
+    ((status, error),) = ending_events(cfg, rid)
+    assert status == "failed" and "did not finish within 1 s" in error
 
 
 def test_more_children_than_a4_scale_refused_before_anything_is_written(hoard_home: Path, pg, redis_conn) -> None:
@@ -202,7 +218,8 @@ def test_more_children_than_a4_scale_refused_before_anything_is_written(hoard_ho
     assert res.returncode != 0 and "failed at step parse" in res.stdout + res.stderr, res.stdout + res.stderr
     with psycopg.connect(cfg.database_url) as conn:
         assert conn.execute("SELECT count(*) FROM physical_path WHERE locator LIKE 'action:%'").fetchone() == (0,)
-        assert conn.execute("SELECT count(*) FROM action_event WHERE batch_id LIKE 'thumbs-%'").fetchone() == (0,)
+        assert conn.execute("SELECT status FROM action_event WHERE batch_id LIKE 'thumbs-%'").fetchall() == [
+            ("failed",)]
     with Store.open(cfg, writable=False) as store:
         assert store.index.count_objects() == objects
 
@@ -267,7 +284,8 @@ def test_cancel_while_running_stops_the_worker(hoard_home: Path, pg, redis_conn)
     st = load_state(cfg, rid)
     assert st.status == "cancelled"
     assert not (cfg.ssd.zone_path("3C") / rid).exists()
-    assert counts(cfg)["action_event"] == base["action_event"]
+    assert counts(cfg)["action_event"] == base["action_event"] + 1
+    assert ending_events(cfg, rid) == [("cancelled", "cancelled at step run")]
 
 
 def test_external_done_marker_with_outputs_missing_fails_at_parse(hoard_home: Path, pg, redis_conn) -> None:
@@ -292,8 +310,10 @@ def test_external_done_marker_with_outputs_missing_fails_at_parse(hoard_home: Pa
         steps.STEPS["run"] = real
     st = load_state(cfg, rid)
     assert code != 0 and (st.status, st.step) == ("failed", "parse"), (st.status, st.step, st.error)
+    assert [e for e, _ in ending_events(cfg, rid)] == ["failed"]
     with psycopg.connect(cfg.database_url) as conn:
-        assert conn.execute("SELECT count(*) FROM action_event WHERE batch_id LIKE 'thumbs-%'").fetchone() == (0,)
+        assert conn.execute("SELECT count(*) FROM action_event WHERE batch_id = %s AND status = 'done'",
+                            [rid]).fetchone() == (0,)
 
 
 GATE = "[gate]\ntimeout_s = {timeout}\npoll_s = 5\n"
@@ -329,3 +349,91 @@ def test_gate_waits_without_a_worker_until_released(hoard_home: Path, pg, redis_
     assert w.returncode == 0, w.stderr
     assert load_state(cfg, rid).status == "done"
     assert_produced_once(cfg, base, rid, len(inputs_of(cfg, batch)))
+
+
+def _alive(pid: int) -> bool:
+    """The process exists and is not a zombie (an orphan whose reaper has not reaped it yet)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except OSError:
+        return False
+    return data[data.rindex(b")") + 2:].split()[0] != b"Z"
+
+
+def _runner_at_worker(cfg: config.Settings) -> tuple[subprocess.Popen, str, int]:
+    """`hoard action run thumbs --here` started and seen with its worker recorded in the state."""
+    runner = subprocess.Popen([sys.executable, "-m", "fsd", "--config", str(cfg.source), "action", "run", "thumbs",
+                               "--here"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        runs = api.runs(cfg)
+        if runs:
+            st = load_state(cfg, runs[0]["run"])
+            if st is not None and st.worker and _alive(st.worker["sid"]):
+                return runner, st.run_id, st.worker["sid"]
+        assert runner.poll() is None, runner.communicate()
+        time.sleep(0.1)
+    runner.kill()
+    raise AssertionError("the worker never started")
+
+
+@pytest.mark.expect_log(r"a stopped runner left", level="WARNING")
+def test_runner_killed_while_its_worker_runs_ends_that_worker_on_resume(hoard_home: Path, pg, redis_conn) -> None:
+    """kill -9 of the `--here` runner while its worker runs leaves the worker running in its own
+    session; the same command again ends it first (TERM, then KILL) before it empties the output
+    root and starts another, and the result is there exactly once."""
+    cfg, batch = action_home(hoard_home, pg, redis_conn, seed=91, items=3)
+    worker_contract(cfg, batch, sleep=600)
+    base = counts(cfg)
+    runner, rid, worker = _runner_at_worker(cfg)
+    try:
+        runner.kill()
+        runner.wait(timeout=60)
+        assert _alive(worker)  # the kill -9 left it running
+        worker_contract(cfg, batch, sleep=0)  # the next attempt finishes at once
+        res = hoard(cfg.source, "action", "run", "thumbs", "--here")
+        assert res.returncode == 0, res.stdout + res.stderr
+        assert not _alive(worker)
+        assert load_state(cfg, rid).worker is None
+        assert_produced_once(cfg, base, rid, len(inputs_of(cfg, batch)))
+    finally:
+        if _alive(worker):
+            os.kill(worker, 9)
+
+
+@pytest.mark.expect_log(r"a stopped runner left", level="WARNING")
+def test_cancel_of_a_run_whose_runner_died_ends_its_worker(hoard_home: Path, pg, redis_conn) -> None:
+    """kill -9 of the runner while its worker runs, then `hoard action cancel RUN`: the worker
+    left behind is ended, the run cancelled, 3C cleaned."""
+    cfg, batch = action_home(hoard_home, pg, redis_conn, seed=92, items=3)
+    worker_contract(cfg, batch, sleep=600)
+    runner, rid, worker = _runner_at_worker(cfg)
+    try:
+        runner.kill()
+        runner.wait(timeout=60)
+        assert _alive(worker)
+        res = hoard(cfg.source, "action", "cancel", rid)
+        assert res.returncode == 0, res.stdout + res.stderr
+        assert not _alive(worker)
+        assert load_state(cfg, rid).status == "cancelled"
+        assert not (cfg.ssd.zone_path("3C") / rid).exists()
+        assert ending_events(cfg, rid) == [("cancelled", "cancelled at step run")]
+    finally:
+        if _alive(worker):
+            os.kill(worker, 9)
+
+
+@pytest.mark.parametrize("key", ["include_parents", "include_children"])
+def test_stage_layout_include_parents_children_refused_not_ignored(hoard_home: Path, pg, redis_conn,
+                                                                    key: str) -> None:
+    """stage_layout.include_parents / include_children are not built: `hoard action run` refuses
+    the contract with one line naming the key, and nothing is run or kept."""
+    cfg, batch = action_home(hoard_home, pg, redis_conn, seed=93, items=3)
+    path = worker_contract(cfg, batch)
+    path.write_text(path.read_text().replace('layout = "by_sha256"', f'layout = "by_sha256"\n{key} = true'))
+    base = counts(cfg)
+    res = hoard(cfg.source, "action", "run", "thumbs", "--here")
+    lines = [ln for ln in (res.stdout + res.stderr).splitlines() if ln.strip()]
+    assert res.returncode == 2 and len(lines) == 1 and f"stage_layout.{key}" in lines[0], lines
+    assert api.runs(cfg) == [] and counts(cfg) == base

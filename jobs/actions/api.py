@@ -264,11 +264,12 @@ def cancel(cfg: Settings, rid: str) -> RunState:
                 raise ActionError(f"run {rid}: its results are applied already (step apply done), so it cannot "
                                   f"be cancelled; `hoard action run {st.action}` again finishes it")
             if st.status != Status.CANCELLED.value:
-                from jobs.actions.steps import cleanup_cancelled
+                from jobs.actions.steps import cleanup_cancelled, record_ending
 
                 cleanup_cancelled(cfg, st)
                 st.status, st.error = Status.CANCELLED.value, f"cancelled at step {st.step}"
                 save_state(cfg, st)
+                record_ending(cfg, st, Status.CANCELLED.value)
     except BlockingIOError:
         pass  # a step runs: it sees the flag (the worker is killed) and records the cancel
     return st

@@ -421,6 +421,12 @@ def problems(c: Contract) -> list[str]:
             out.append(f"run_spec.kind: \"label_studio\" is for AC5 actions; this one is {t}")
         if t != "AC5" and c.output_parser is None:
             out.append(f"output_parser: an {t} action must say which output files it reads; add [output_parser]")
+    if c.stage_layout is not None:  # never silently ignored: not built yet
+        for key in ("include_parents", "include_children"):
+            if getattr(c.stage_layout, key):
+                out.append(f"stage_layout.{key}: staging the selected nodes' "
+                           f"{key.removeprefix('include_')} is not supported yet; remove it (or set it false) and "
+                           "select those nodes with the input_selector")
     if c.gate is not None and t not in ("AC3", "AC4"):
         out.append(f"gate: only GPU actions (AC3, AC4) wait at a gate; this one is {t}")
     children = bool(c.output_parser and c.output_parser.children)

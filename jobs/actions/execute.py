@@ -28,6 +28,7 @@ and the directories above both roots must let that user through (checked before 
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import os
@@ -465,7 +466,8 @@ def _watch(proc: subprocess.Popen, r: int, pidfd: list[int], log: _Log, deadline
 
 
 def _run(cmd: Command, *, cwd: str, log: _Log, deadline: float, heartbeat: Callable[[], None],
-         should_stop: Callable[[], bool], poll_s: float, grace_s: float) -> tuple[str, int | None]:
+         should_stop: Callable[[], bool], poll_s: float, grace_s: float,
+         on_start: Callable[[int, int], None] | None = None) -> tuple[str, int | None]:
     """Runs one command (and its `then`) by the module's process rules: (reason, exit code)."""
     me = os.getpid()
     before = {pid for pid, (_, ppid, *_rest) in _procs().items() if ppid == me}
@@ -485,6 +487,8 @@ def _run(cmd: Command, *, cwd: str, log: _Log, deadline: float, heartbeat: Calla
             pass
         os.set_blocking(r, False)
         try:
+            if on_start is not None:  # the caller records the session (pid = sid = pgid) and its start time
+                on_start(proc.pid, since)
             reason = _watch(proc, r, pidfd, log, deadline, heartbeat, should_stop, poll_s)
         finally:  # also when heartbeat/should_stop raised or on Ctrl-C: a worker never outlives its watcher
             _end(proc, before, since, grace_s, log)
@@ -502,7 +506,7 @@ def _run(cmd: Command, *, cwd: str, log: _Log, deadline: float, heartbeat: Calla
              should_stop=lambda: False, poll_s=poll_s, grace_s=grace_s)
     if reason == "exited" and code == 0 and cmd.then is not None:
         return _run(replace(cmd.then, stop=cmd.then.stop or cmd.stop), cwd=cwd, log=log, deadline=deadline,
-                    heartbeat=heartbeat, should_stop=should_stop, poll_s=poll_s, grace_s=grace_s)
+                    heartbeat=heartbeat, should_stop=should_stop, poll_s=poll_s, grace_s=grace_s, on_start=on_start)
     return reason, (code if reason == "exited" else None)
 
 
@@ -539,10 +543,14 @@ def prepare_roots(roots: Roots, worker: Identity) -> None:
 
 def run_worker(c: Contract, roots: Roots, params: Mapping[str, object], *, log_path: Path,
                heartbeat: Callable[[], None], should_stop: Callable[[], bool], poll_s: float = 1.0,
-               worker_user: str = "nobody", grace_s: float = TERM_GRACE_S, log_cap: int = LOG_CAP) -> Outcome:
+               worker_user: str = "nobody", grace_s: float = TERM_GRACE_S, log_cap: int = LOG_CAP,
+               on_start: Callable[[int, int], None] | None = None) -> Outcome:
     """Runs the contract's worker to its end: exited (its status), timeout (past run_spec.timeout_s)
     or cancelled (should_stop() said so); heartbeat() is called every poll_s. ExecError (one
-    line) when it cannot be started. `worker_user` is `actions.worker_user` of hoard.toml."""
+    line) when it cannot be started. `worker_user` is `actions.worker_user` of hoard.toml.
+    `on_start(pid, start)` is called once the worker's process exists: its session id (= its pid)
+    and its start time (clock ticks after boot, /proc/PID/stat), for `end_session` by a later
+    process if this one dies (kill -9) and leaves the session running."""
     cmd = command_for(c, roots, params, worker_user=worker_user)
     prepare_roots(roots, cmd.worker)
     assert isinstance(c.run_spec, (RunLocal, RunDocker, RunKubectl))
@@ -550,7 +558,8 @@ def run_worker(c: Contract, roots: Roots, params: Mapping[str, object], *, log_p
     t0 = time.monotonic()
     try:
         reason, code = _run(cmd, cwd=str(roots.output_root), log=log, deadline=t0 + c.run_spec.timeout_s,
-                            heartbeat=heartbeat, should_stop=should_stop, poll_s=poll_s, grace_s=grace_s)
+                            heartbeat=heartbeat, should_stop=should_stop, poll_s=poll_s, grace_s=grace_s,
+                            on_start=on_start)
     finally:
         log.close()
     return Outcome(reason, code, time.monotonic() - t0)  # type: ignore[arg-type]  # _run's reasons are Outcome's
@@ -577,6 +586,36 @@ def gate_ready(c: Contract, roots: Roots, params: Mapping[str, object], *, log_p
     return reason == "exited" and code == 0
 
 
+def end_session(sid: int, start: int, *, grace_s: float = TERM_GRACE_S) -> int:
+    """Ends what is left of a worker session another (now dead) process started: every process
+    whose session is `sid` gets TERM, then KILL after grace_s. `start` is the leader's start time
+    as `on_start` recorded it: a live process `sid` that started at another time is not that
+    worker (the pid was reused, and the kernel reuses no pid while a session of that id lives), so
+    nothing is killed. Returns how many processes were signalled."""
+    procs = _procs()
+    leader = procs.get(sid)
+    if leader is not None and leader[4] != start:
+        return 0
+    kill_at = time.monotonic() + grace_s
+    signalled: set[int] = set()
+    sent: set[tuple[int, int]] = set()
+    while True:
+        live = [pid for pid, (st, _pp, _pg, s, _t) in _procs().items() if s == sid and st != b"Z"]
+        if not live:
+            return len(signalled)
+        now = time.monotonic()
+        if now >= kill_at + 30:
+            return len(signalled)  # stuck in the kernel: left
+        sig = signal.SIGKILL if now >= kill_at else signal.SIGTERM
+        for pid in live:
+            if (pid, sig) not in sent:
+                sent.add((pid, sig))
+                signalled.add(pid)
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, sig)
+        time.sleep(0.02)
+
+
 def done_marker_present(c: Contract, roots: Roots) -> bool:
     """Whether an external worker wrote its done marker (run_spec.done_marker, `_DONE`) in the
     output root: a regular file, opened without following a link (a link, a directory or a
@@ -600,5 +639,5 @@ def done_marker_present(c: Contract, roots: Roots) -> bool:
         os.close(fd)
 
 
-__all__ = ["Command", "ExecError", "Identity", "Outcome", "Roots", "command_for", "done_marker_present", "gate_ready",
+__all__ = ["Command", "ExecError", "Identity", "Outcome", "Roots", "command_for", "done_marker_present", "end_session", "gate_ready",
            "prepare_roots", "render", "run_worker", "which", "worker_identity"]

@@ -36,7 +36,7 @@ from jobs.actions.state import (
     lock_path,
     save_state,
 )
-from jobs.actions.steps import STEPS, cleanup_cancelled, wait_a_little
+from jobs.actions.steps import STEPS, cleanup_cancelled, record_ending, wait_a_little
 from jobs.ingest.runner import _explain, _interruptible
 from jobs.queues import CONDITIONS, condition_exit_code, connect, enqueue_once, is_condition, rq_queue
 
@@ -116,6 +116,7 @@ def _run_step_logged(cfg: Settings, rid: str, step: str, *, then_enqueue: bool =
         st.exit_code = int(e.exit_code) if isinstance(e, HoardError) else int(ExitCode.UNAVAILABLE)
         st.seconds[step] = round(st.seconds.get(step, 0) + time.monotonic() - t0, 3)
         save_state(cfg, st)
+        record_ending(cfg, st, Status.FAILED.value)
         raise
     nxt = st.steps.index(step) + 1
     if nxt < len(st.steps):
@@ -133,6 +134,7 @@ def _cancelled(cfg: Settings, st: RunState) -> None:
     cleanup_cancelled(cfg, st)
     st.status, st.error = Status.CANCELLED.value, f"cancelled at step {st.step}"
     save_state(cfg, st)
+    record_ending(cfg, st, Status.CANCELLED.value)
 
 
 def enqueue(cfg: Settings, st: RunState, redis_conn=None, suffix: str = "") -> str:

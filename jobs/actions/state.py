@@ -89,6 +89,11 @@ class RunState:
     #: an external run: when it began waiting for the done marker
     waiting_since: str | None = None
     exit_code: int = 0
+    #: the worker process running now: its session id (= pid), start time (ticks after boot) and
+    #: boot id, so that a later process can end it if this runner dies (steps.end_left_worker)
+    worker: dict[str, Any] | None = None
+    #: how many times the run ended failed or cancelled (each wrote one action_event)
+    endings: int = 0
 
     @property
     def finished(self) -> bool:

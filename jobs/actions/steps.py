@@ -45,6 +45,7 @@ from jobs.actions.state import (
     log_path,
     now,
     read_work,
+    save_state,
     since,
     write_work,
 )
@@ -198,12 +199,16 @@ def _step_run(cfg: Settings, st: RunState) -> None:
         raise Waiting(Status.WAITING_EXTERNAL.value, min(EXTERNAL_POLL_S, max(1.0, rs.timeout_s - waited)))
     attempts = 1 + c.retries
     outcome = None
+    end_left_worker(cfg, st)  # a runner killed (kill -9) while its worker ran left that worker running
     for attempt in range(1, attempts + 1):
         _empty(roots.output_root)
         outcome = execute.run_worker(c, roots, st.params, log_path=log_path(cfg, st.run_id),
                                      heartbeat=lambda: beat(cfg, st.run_id),
                                      should_stop=lambda: cancel_flag(cfg, st.run_id).exists(),
-                                     worker_user=cfg.actions.worker_user)
+                                     worker_user=cfg.actions.worker_user,
+                                     on_start=lambda pid, start: _worker_started(cfg, st, pid, start))
+        st.worker = None
+        save_state(cfg, st)
         if outcome.reason == "cancelled":
             raise Cancelled(f"run {st.run_id} was cancelled while its worker ran (stopped after "
                             f"{outcome.seconds:.0f} s)")
@@ -217,6 +222,39 @@ def _step_run(cfg: Settings, st: RunState) -> None:
         raise ActionError(f"run {st.run_id}: {_why(outcome, c)} ({attempts} attempt{'s' * (attempts > 1)}); its log: "
                           f"{log_path(cfg, st.run_id)}; the output is kept in {roots.output_root} — fix the worker, "
                           f"then `hoard action run {st.action}` again", ExitCode.DATA)
+
+
+def _worker_started(cfg: Settings, st: RunState, pid: int, start: int) -> None:
+    """The worker's session (its pid = sid = pgid) and start time go into the state before it
+    is watched: a later process ends that session if this one dies first."""
+    st.worker = {"sid": pid, "start": start, "boot": _boot_id(), "since": now()}
+    save_state(cfg, st)
+
+
+def _boot_id() -> str:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return ""
+
+
+def end_left_worker(cfg: Settings, st: RunState) -> None:
+    """Ends the worker session a dead runner left (the state names it; same boot, same start
+    time — a reused pid is left alone), TERM then KILL as execute does, before anything else
+    touches the output root. No-op when none is recorded or it is gone."""
+    w = st.worker
+    if not w:
+        return
+    if w.get("boot") == _boot_id():
+        from jobs.actions import execute
+
+        n = execute.end_session(int(w["sid"]), int(w["start"]))
+        if n:
+            log.warning("run %s: ended %d process(es) of the worker session %s a stopped runner left (started %s)",
+                        st.run_id, n, w["sid"], w.get("since"))
+            st.report["left_worker_ended"] = n
+    st.worker = None
+    save_state(cfg, st)
 
 
 def _why(outcome: Any, c: Contract) -> str:
@@ -316,8 +354,6 @@ def build_intent(cfg: Settings, st: RunState) -> dict[str, Any]:
 def _step_apply(cfg: Settings, st: RunState) -> None:
     if "ended_at" not in st.report:  # fixed before the intent is built: a retry sends the same body
         st.report["ended_at"] = now()
-        from jobs.actions.state import save_state
-
         save_state(cfg, st)
     intent = build_intent(cfg, st)
     with _connect(cfg) as conn:
@@ -349,13 +385,35 @@ STEPS: dict[str, Callable[[Settings, RunState], None]] = {
 
 
 def cleanup_cancelled(cfg: Settings, st: RunState) -> None:
-    """A cancelled run gives its 3C output and reservation back (nothing was applied)."""
+    """A cancelled run ends a worker its dead runner left, then gives its 3C output and
+    reservation back (nothing was applied)."""
+    end_left_worker(cfg, st)
     try:
         outputs.clean(cfg, st.run_id, "3C")
     except (outputs.zones.NoSuchOutput, outputs.OutputError):
         pass
     except Exception as e:  # noqa: BLE001 - the cancel stands; say what was left
         st.report["3c_kept"] = f"{cfg.ssd.zone_path('3C') / st.run_id}: {e}"
+
+
+def record_ending(cfg: Settings, st: RunState, status: str) -> None:
+    """A run that ended failed or cancelled gets its `action_event` (status failed/cancelled, the
+    error line in detail) — its own write-intent `action-end:<run>:<n>`, outside the product's
+    `action:<run>`, exactly once per ending (n counts the run's endings). PostgreSQL down (often
+    why the run failed): the event is not written, and the state says so."""
+    st.endings += 1
+    n = st.endings
+    event = {"batch_id": st.run_id, "action": st.action_num, "status": status, "started_at": st.created,
+             "ended_at": now(), "detail": {"run": st.run_id, "version": st.version, "params": st.params,
+                                            "step": st.step, "error": st.error or ""}}
+    try:
+        with _connect(cfg) as conn:
+            apply_write_intent(conn, {"key": f"action-end:{st.run_id}:{n}", "events": [event]})
+        st.report.pop("ending_event", None)
+    except psycopg.OperationalError as e:
+        st.report["ending_event"] = f"not recorded in PostgreSQL ({str(e).strip().splitlines()[0][:200]})"
+        log.info("run %s: its %s event was not recorded: %s", st.run_id, status, st.report["ending_event"])
+    save_state(cfg, st)
 
 
 def wait_a_little(seconds: float, stop: Callable[[], bool]) -> None:
