@@ -276,6 +276,20 @@ def test_links_are_never_followed(tmp_path: Path) -> None:
     problem(c, root, f"{root}/_DONE: a symbolic link", done_marker="_DONE")
 
 
+def test_a_hard_link_is_never_read(tmp_path: Path) -> None:
+    """A hard link names a file that may live outside the output root (a worker allowed root, or a
+    host without fs.protected_hardlinks, links /etc/shadow into it): it was read and stored as a
+    child; now refused, whichever of its names is in the output root."""
+    secret = tmp_path / "secret"
+    secret.write_text("root only")
+    root = put(tmp_path / "out", {"thumbs/cat_1.jpg": "c"})
+    os.link(secret, root / "thumbs" / "dog_1.jpg")
+    problem(make(THUMBS), root, f"{root}/thumbs/dog_1.jpg: a hard link (2 names for one file), never read")
+    secret.unlink()  # the other name gone: one name, the worker's own file
+    assert [ch.path for ch in parse_outputs(make(THUMBS), root, INPUTS, a4_scale=10).children] == \
+        ["thumbs/cat_1.jpg", "thumbs/dog_1.jpg"]
+
+
 def test_fifo_and_socket_are_not_read(tmp_path: Path) -> None:
     root = put(tmp_path / "out", {"thumbs/cat_1.jpg": "c"})
     os.mkfifo(root / "thumbs" / "dog_1.jpg")

@@ -251,6 +251,13 @@ class _Walk:
             elif not stat.S_ISREG(st.st_mode):
                 self.refuse(f"{self.shown(rel)}: {_kind(st.st_mode)}, not a regular file; only files are read from "
                             f"a worker's output — {_AGAIN}")
+            elif st.st_nlink > 1:
+                # a hard link names the same file as another path, which may be outside the output
+                # root (a worker allowed root, or a host without fs.protected_hardlinks, can link
+                # /etc/shadow): only files with one name, the worker's own, are read
+                self.refuse(f"{self.shown(rel)}: a hard link ({st.st_nlink} names for one file), never read from "
+                            "a worker's output — it may name a file outside the output root; the worker must "
+                            "write (copy) the file itself — fix it and run the action again")
             else:
                 self.file(rel, st)
 
