@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import uuid
 from pathlib import Path
 
@@ -205,3 +206,39 @@ def test_ac5_label_studio_down_at_tasks_is_one_line_then_release_imports_what_is
     assert labels_in_sql(cfg) == expected
     _sha, export = export_of(cfg, rid.run_id)
     assert len(export) == len(tasks)
+
+
+def test_a_label_longer_than_a_btree_entry_is_stored_found_and_taken_off(pg) -> None:
+    """A polygon of 300 points as a label value (~11 KB): before migration 010 the label's primary
+    key and index held the value itself and PostgreSQL refused it ("index row size exceeds btree
+    maximum"; the intent's 2,000-character cap before that). Now it is stored once (the same
+    intent again adds nothing), found by a selector naming the value, and taken off by value."""
+    from sql.apply import apply_write_intent
+    from sql.labels import change_labels
+    from sql.migrate import migrate
+    from sql.selectors import parse_selector, query_nodes
+
+    migrate(pg)
+    sha = os.urandom(32).hex()
+    pg.execute("INSERT INTO node (sha256, is_virtual, is_physical) VALUES (%s, false, true)", [bytes.fromhex(sha)])
+    pg.execute("INSERT INTO physical_content (node_id, size, file_type) SELECT node_id, 10, 'png' FROM node "
+               "WHERE sha256 = %s", [bytes.fromhex(sha)])
+    rnd = random.Random(10)   # drawn by hand: digits that do not compress (PostgreSQL compresses index entries)
+    points = [[rnd.random() * 100, rnd.random() * 100] for _ in range(300)]
+    value = lsc.canonical({"type": "polygonlabels", "value": {"points": points, "polygonlabels": ["animal"]}})
+    assert len(value) > 10_000
+    intent = {"key": f"test:big:{sha}", "labels": [{"node": sha, "key": "ls:outline", "value": value, "origin": "t"},
+                                                   {"node": sha, "key": "ls:outline", "value": value.replace("animal", "person")}]}
+    assert apply_write_intent(pg, intent).counts["labels_new"] == 2
+    again = change_labels(pg, [sha], "ls:outline", value, remove=False, origin="t")
+    assert (again.changed, again.already) == (0, 1)
+    stored = pg.execute("SELECT value FROM label l JOIN node n USING (node_id) WHERE n.sha256 = %s ORDER BY 1",
+                        [bytes.fromhex(sha)]).fetchall()
+    assert sorted(v for (v,) in stored) == sorted([value, value.replace("animal", "person")])
+    found = query_nodes(pg, parse_selector({"labels": [{"key": "ls:outline", "value": value}]})).sha256
+    assert sha in found
+    gone = change_labels(pg, [sha], "ls:outline", value, remove=True, origin="t")
+    assert gone.changed == 1
+    [(left,)] = pg.execute("SELECT value FROM label l JOIN node n USING (node_id) WHERE n.sha256 = %s",
+                           [bytes.fromhex(sha)]).fetchall()
+    assert left == value.replace("animal", "person")
