@@ -248,7 +248,8 @@ def apply_body(conn: psycopg.Connection, it: WriteIntent) -> dict[str, int]:
         counts["labels_new"] = cur.rowcount
     if it.unlabels:  # a NULL value takes every value of the key off
         cur = conn.execute("DELETE FROM label l USING tmp_unlabel t, node n WHERE n.sha256 = t.sha "
-                           "AND l.node_id = n.node_id AND l.key = t.key AND (t.value IS NULL OR l.value = t.value)")
+                           "AND l.node_id = n.node_id AND l.key = t.key AND (t.value IS NULL OR (md5(l.value) = md5(t.value) "
+                           "AND l.value = t.value))")
         counts["labels_removed"] = cur.rowcount
 
     # -- batches and events ---------------------------------------------------------------------

@@ -171,7 +171,7 @@ def search_statement(conn: psycopg.Connection, source: str | None = None, batch:
         if not key.strip():
             raise BadSearch(f"label {label[:40]!r} names no key: write key or key=value (e.g. class=cat)")
         where.append("EXISTS (SELECT 1 FROM label l WHERE l.node_id = n.node_id AND l.key = %(label_key)s"
-                     + (" AND l.value = %(label_value)s)" if eq else ")"))
+                     + (" AND md5(l.value) = md5(%(label_value)s) AND l.value = %(label_value)s)" if eq else ")"))
         params |= {"label_key": key.strip(), "label_value": value.strip()}
     if text:
         where.append("n.node_id IN (SELECT cm.node_id FROM common_metadata cm WHERE "

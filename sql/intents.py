@@ -147,11 +147,16 @@ class EventIn(BaseModel):
     detail: dict[str, Any] = {}
 
 
+#: the longest label value (characters): the label indexes hold md5(value) (migration 010), so a
+#: polygon of thousands of points or a long caption fits; a megabyte keeps a row sane
+MAX_LABEL_VALUE = 1 << 20
+
+
 class LabelIn(BaseModel):
     model_config = _strict
     node: Sha
     key: Annotated[str, StringConstraints(min_length=1, max_length=200)]
-    value: Annotated[str, StringConstraints(max_length=2000)] = ""
+    value: Annotated[str, StringConstraints(max_length=MAX_LABEL_VALUE)] = ""
     origin: Annotated[str, StringConstraints(min_length=1, max_length=100)] = "human"
 
 
@@ -161,7 +166,7 @@ class UnlabelIn(BaseModel):
     model_config = _strict
     node: Sha
     key: Annotated[str, StringConstraints(min_length=1, max_length=200)]
-    value: Annotated[str, StringConstraints(max_length=2000)] | None = None
+    value: Annotated[str, StringConstraints(max_length=MAX_LABEL_VALUE)] | None = None
 
 
 #: the result tables a write-intent may fill: the columns a row may give, those it must give

@@ -53,8 +53,8 @@ def change_labels(conn: psycopg.Connection, shas: list[str], key: str, value: st
         with conn.transaction():
             having = one(conn.execute(
                 "SELECT count(DISTINCT l.node_id) FROM label l JOIN node n USING (node_id) "
-                "WHERE n.sha256 = ANY(%s) AND l.key = %s AND (%s::text IS NULL OR l.value = %s)",
-                [[bytes.fromhex(s) for s in shas], key, value, value]))[0]
+                "WHERE n.sha256 = ANY(%s) AND l.key = %s AND (%s::text IS NULL OR (md5(l.value) = md5(%s) "
+                "AND l.value = %s))", [[bytes.fromhex(s) for s in shas], key, value, value, value]))[0]
             apply_write_intent(conn, parse_intent({"key": key_, "unlabels": [
                 {"node": s, "key": key, "value": value} for s in shas]}))
         return LabelResult(len(shas), having, len(shas) - having)

@@ -149,7 +149,9 @@ def _tree(p: _Params, t: TreePredicate, up: bool) -> sql.Composable:
 def _label(p: _Params, lp: LabelPredicate, alias: str) -> sql.Composable:
     cond = sql.SQL("l.node_id = {}.node_id AND l.key = {}").format(sql.Identifier(alias), p.add(lp.key))
     if lp.value is not None:
-        cond = sql.SQL("{} AND l.value = {}").format(cond, p.add(lp.value))
+        # md5: the label indexes hold md5(value), not the value (migration 010)
+        value = p.add(lp.value)
+        cond = sql.SQL("{} AND md5(l.value) = md5({}) AND l.value = {}").format(cond, value, value)
     return sql.SQL("{} (SELECT 1 FROM label l WHERE {})").format(sql.SQL("EXISTS" if lp.present else "NOT EXISTS"), cond)
 
 

@@ -249,10 +249,21 @@ def test_token_file_is_read_and_refused_when_open_to_others(tmp_path: Path) -> N
         lsc.read_token(tmp_path / "none")
 
 
+def test_a_polygon_of_many_points_is_one_label_row() -> None:
+    """A polygon of 400 points at full precision (~16 KB as a label; over PostgreSQL's 2,704-byte
+    b-tree entries, refused before migration 010 indexed md5(value)) is one row, whole."""
+    points = [[i / 3, 100 - i / 7] for i in range(400)]
+    export = [{"id": 7, "data": {lsc.SHA_KEY: "a" * 64}, "annotations": [{"id": 1, "result": [
+        {"id": "big", "from_name": "outline", "type": "polygonlabels", "value": {"points": points}}]}]}]
+    [(sha, key, value)] = lsc.annotations_to_labels(export)
+    assert (sha, key) == ("a" * 64, "ls:outline") and len(value) > 10_000
+    assert json.loads(value)["value"]["points"] == points
+
+
 def test_a_polygon_too_big_for_a_label_row_is_refused_naming_it() -> None:
-    """PostgreSQL indexes a label's (key, value) in at most 2,704 bytes: a polygon of 100 points at
-    full precision is refused with its task and region named, never truncated."""
-    points = [[i / 3, 100 - i / 7] for i in range(100)]
+    """A label holds at most a megabyte: a polygon of 40,000 points at full precision is refused
+    with its task and region named, never truncated."""
+    points = [[i / 3, 100 - i / 7] for i in range(40_000)]
     export = [{"id": 7, "data": {lsc.SHA_KEY: "a" * 64}, "annotations": [{"id": 1, "result": [
         {"id": "big", "from_name": "outline", "type": "polygonlabels", "value": {"points": points}}]}]}]
     with pytest.raises(LabelStudioError) as e:

@@ -306,11 +306,14 @@ def runs_(ctx: typer.Context, as_json: AsJson = False) -> None:
 
 @app.command("release")
 def release(ctx: typer.Context, run_id: RunId) -> None:
-    """Open the GPU gate of a run (AC3/AC4): a run waiting in WAIT_GPU_READY moves on."""
+    """Open the GPU gate of a run (AC3/AC4): a run waiting in WAIT_GPU_READY moves on. An AC5 run
+    waiting for its labellers imports the annotations finished now."""
     from jobs.actions import api
 
     st = api.release(state(ctx).settings, run_id)
-    out.print(f"run {st.run_id}: gate released ({st.status} at step {st.step})", markup=False)
+    what = ("labels released: the annotations finished now are imported" if "labels" in st.steps
+            else "gate released")
+    out.print(f"run {st.run_id}: {what} ({st.status} at step {st.step})", markup=False)
 
 
 @app.command("cancel")

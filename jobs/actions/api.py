@@ -28,6 +28,7 @@ from jobs.actions.runner import enqueue
 from jobs.actions.state import (
     STALE_S,
     STEPS_AC1,
+    STEPS_AC5,
     STEPS_WORKER,
     WAITING,
     ActionError,
@@ -76,6 +77,8 @@ def _params(c: Contract, given: list[str]) -> dict[str, Any]:
 def steps_of(c: Contract) -> list[str]:
     if c.action_type == "AC1":
         return list(STEPS_AC1)
+    if c.action_type == "AC5":
+        return list(STEPS_AC5)
     return [s for s in STEPS_WORKER if s != "gate" or c.gate is not None]
 
 
@@ -186,7 +189,7 @@ def _again(cfg: Settings, st: RunState, redis_conn, queue: bool) -> Submitted:
     cancel_flag(cfg, st.run_id).unlink(missing_ok=True)
     if shown in (Status.FAILED.value, Status.CANCELLED.value, "interrupted"):
         st.gate.pop("since", None)  # a gate or an external wait given up starts its timeout anew
-        if st.step == "run":
+        if st.step in ("run", "labels"):
             st.waiting_since = None
         st.status, st.error, st.exit_code = Status.QUEUED.value, None, 0
         save_state(cfg, st)
@@ -230,17 +233,26 @@ def status_doc(cfg: Settings, st: RunState) -> dict[str, Any]:
 
 
 def release(cfg: Settings, rid: str, redis_conn=None) -> RunState:
-    """`hoard action release RUN`: open the gate; a run waiting there moves on now."""
+    """`hoard action release RUN`: open the gate; a run waiting there moves on now. An AC5 run
+    waiting for its labellers imports what is finished now (tasks not labelled yet get no labels)."""
     with flocked(lock_path(cfg, rid)):
         st = _must(cfg, rid)
-        if "gate" not in st.steps:
+        if "labels" in st.steps:
+            if "labels" in st.done:
+                raise ActionError(f"run {rid} has imported its labels already ({st.status} at step {st.step})")
+            st.gate["released"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+            save_state(cfg, st)
+            waiting = st.status == Status.WAITING_LABELS.value
+        elif "gate" not in st.steps:
             raise ActionError(f"run {rid} has no gate ({st.action} is {st.action_type}"
                               + (" without [gate]" if st.action_type in ("AC3", "AC4") else "") + ")")
-        if "gate" in st.done:
-            raise ActionError(f"run {rid} is past its gate already ({st.status} at step {st.step})")
-        st.gate["released"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
-        save_state(cfg, st)
-    if st.status == Status.WAIT_GPU_READY.value and cfg.redis_url:
+        else:
+            if "gate" in st.done:
+                raise ActionError(f"run {rid} is past its gate already ({st.status} at step {st.step})")
+            st.gate["released"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+            save_state(cfg, st)
+            waiting = st.status == Status.WAIT_GPU_READY.value
+    if waiting and cfg.redis_url:
         with contextlib.suppress(HoardError):
             enqueue(cfg, st, redis_conn, suffix="-release")
     return st

@@ -46,10 +46,10 @@ from fsd.base.paths import display
 #: tasks per import request: Label Studio's big imports time out and hit its upload caps
 #: (label-studio#2678, #4556)
 MAX_TASKS_PER_IMPORT = 1000
-#: the largest `key` + `value` of one label row: PostgreSQL's b-tree entries end at 2,704 bytes
-#: and the label table indexes (key, value) — a polygon of ~80 points in Label Studio's
-#: full-precision percent coordinates is over it
-MAX_LABEL_BYTES = 2600
+#: the largest `key` + `value` of one label row (sql.intents.MAX_LABEL_VALUE): the label
+#: table indexes md5(value), not the value (migration 010; before it, PostgreSQL's 2,704-byte
+#: b-tree entries refused a polygon of ~70 points in full-precision percent coordinates)
+MAX_LABEL_BYTES = 1 << 20
 #: a label's key: `ls:` and the control's name (`from_name` in Label Studio's JSON)
 KEY_PREFIX = "ls:"
 #: the data keys hoard adds to every task

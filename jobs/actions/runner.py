@@ -194,4 +194,5 @@ def run_here(cfg: Settings, rid: str) -> ExitCode:
 
 def _released(cfg: Settings, rid: str) -> bool:
     st = load_state(cfg, rid)
-    return st is not None and bool(st.gate.get("released")) and st.status == Status.WAIT_GPU_READY.value
+    return st is not None and bool(st.gate.get("released")) and st.status in (Status.WAIT_GPU_READY.value,
+                                                                              Status.WAITING_LABELS.value)

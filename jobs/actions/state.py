@@ -22,8 +22,9 @@ from fsd.base.files import atomic_write
 #: the steps of each type (docs/actions.md, "Runs"); `gate` only when the contract has one
 STEPS_AC1 = ("plan", "apply", "finish")
 STEPS_WORKER = ("plan", "stage", "gate", "run", "parse", "store", "apply", "finish")
+STEPS_AC5 = ("plan", "stage", "tasks", "labels", "apply", "finish")
 QUEUE_OF = {"plan": "sql", "stage": "io", "gate": "maintenance", "run": "actions", "parse": "io", "store": "io",
-            "apply": "sql", "finish": "maintenance"}
+            "tasks": "maintenance", "labels": "maintenance", "apply": "sql", "finish": "maintenance"}
 #: RQ timeout of a step (the worker's own timeout is the contract's; the run step adds a margin)
 STEP_TIMEOUT_S = 6 * 3600
 #: a running step writes its heartbeat this often …
@@ -32,6 +33,8 @@ HEARTBEAT_S = 5
 STALE_S = 120
 #: how often a waiting `external` run looks for its done marker
 EXTERNAL_POLL_S = 30
+#: how often an AC5 run waiting for its labellers asks Label Studio how far they are
+LABELS_POLL_S = 60
 RUN_ID = re.compile(r"[a-z][a-z0-9_-]{0,63}-v[0-9]+-[0-9a-f]{12}")
 
 
@@ -40,12 +43,13 @@ class Status(str, enum.Enum):  # noqa: UP042  # StrEnum would change str(member)
     RUNNING = "running"
     WAIT_GPU_READY = "WAIT_GPU_READY"
     WAITING_EXTERNAL = "waiting_external"
+    WAITING_LABELS = "waiting_labels"
     DONE = "done"
     FAILED = "failed"
     CANCELLED = "cancelled"
 
 
-WAITING = (Status.WAIT_GPU_READY.value, Status.WAITING_EXTERNAL.value)
+WAITING = (Status.WAIT_GPU_READY.value, Status.WAITING_EXTERNAL.value, Status.WAITING_LABELS.value)
 
 
 class ActionError(HoardError):
@@ -84,7 +88,8 @@ class RunState:
     error: str | None = None
     seconds: dict[str, float] = field(default_factory=dict)
     report: dict[str, Any] = field(default_factory=dict)
-    #: the gate: when the run began waiting, released by hand, the hook's last answer
+    #: the gate: when the run began waiting, released by hand, the hook's last answer (AC5: the
+    #: labels step, "released" = import what is finished now)
     gate: dict[str, Any] = field(default_factory=dict)
     #: an external run: when it began waiting for the done marker
     waiting_since: str | None = None

@@ -11,6 +11,15 @@ they hand each other in `<ssd.root>/state/actions/`:
                           list, the action_event
     finish   maintenance  3C cleaned, the reservation released, the pin dropped
 
+AC5 (human labels, jobs.actions.labelstudio) replaces gate … store by
+
+    tasks    maintenance  the Label Studio project (run_spec.project_title, else the action id)
+                          ensured; every staged input imported as a task by URL
+    labels   maintenance  wait (no worker held: state waiting_labels + a poll job) until each of
+                          the run's tasks has a finished annotation, or `hoard action release`;
+                          then export (a snapshot), the run's tasks → label rows, the export JSON
+                          stored as an asset (class generated, pinned until finish)
+
 A step that fails keeps what it wrote (3C included) for inspection; the same `hoard action run`
 resumes at that step.
 """
@@ -35,6 +44,7 @@ from jobs import outputs
 from jobs.actions.contract import Contract, RunExternal
 from jobs.actions.state import (
     EXTERNAL_POLL_S,
+    LABELS_POLL_S,
     ActionError,
     Cancelled,
     RunState,
@@ -308,6 +318,101 @@ def _step_store(cfg: Settings, st: RunState) -> None:
     st.report["children_stored"] = len(stored)
 
 
+# -- tasks, labels (AC5) -------------------------------------------------------------------------
+
+#: where the run's Label Studio export is written (in the output root) and located in the store
+EXPORT_NAME = "label-studio/export.json"
+#: the edge from each labelled input to the run's export
+EXPORT_RELATIONSHIP = "labelled_in"
+
+
+def _ls_spec(c: Contract) -> Any:
+    from jobs.actions.contract import RunLabelStudio
+
+    assert isinstance(c.run_spec, RunLabelStudio)  # contract.problems: AC5 is kind "label_studio"
+    return c.run_spec
+
+
+def _ls_tasks(cfg: Settings, c: Contract, st: RunState) -> list[Any]:
+    """The run's tasks: each staged input, its path relative to zone 3C."""
+    from jobs.actions.labelstudio import Task
+
+    base = roots_of(cfg, c, st).input_root.relative_to(cfg.ssd.zone_path("3C"))
+    return [Task(sha256=f.sha256, path=(base / f.staged_path).as_posix()) for f in staged_inputs(cfg, c, st)]
+
+
+def _step_tasks(cfg: Settings, st: RunState) -> None:
+    from jobs.actions import labelstudio
+
+    c = contract_of(cfg, st)
+    rs = _ls_spec(c)
+    ls = labelstudio.client_from_settings(cfg)
+    title = rs.project_title or c.action_id
+    project = labelstudio.ensure_project(ls, title, rs.label_config)
+    rep = labelstudio.import_tasks(ls, project, _ls_tasks(cfg, c, st), rs.label_config, batch=rs.tasks_per_import)
+    st.report["label_studio"] = {"url": ls.url, "project": project, "title": title, "tasks": rep.imported + rep.present,
+                                 "imported": rep.imported, "present": rep.present, "requests": rep.requests}
+
+
+def _finished(task: dict[str, Any]) -> bool:
+    return any(not a.get("was_cancelled") for a in task.get("annotations") or [])
+
+
+def _step_labels(cfg: Settings, st: RunState) -> None:
+    import json
+
+    from fsd.store import Store
+    from jobs.actions import labelstudio
+
+    c = contract_of(cfg, st)
+    rs = _ls_spec(c)
+    ls = labelstudio.client_from_settings(cfg)
+    project = int(st.report["label_studio"]["project"])
+    if st.waiting_since is None:
+        st.waiting_since = now()
+    mine = {t.path for t in _ls_tasks(cfg, c, st)}
+    # the project may hold other runs' tasks (one project per title): this run's by staged path
+    tasks = [t for t in labelstudio.export(ls, project) if (t.get("data") or {}).get(labelstudio.PATH_KEY) in mine]
+    done = sum(_finished(t) for t in tasks)
+    released = st.gate.get("released")
+    st.report["label_studio"].update(finished=done, checked=now())
+    if done < len(mine) and not released:
+        waited = since(st.waiting_since)
+        if waited >= rs.timeout_s:
+            raise ActionError(f"run {st.run_id}: {done} of {len(mine)} tasks of Label Studio project {project} were "
+                              f"labelled within {rs.timeout_s} s (run_spec.timeout_s); `hoard action release "
+                              f"{st.run_id}` imports what is finished, or `hoard action run {st.action}` again "
+                              "waits anew", ExitCode.UNAVAILABLE)
+        raise Waiting(Status.WAITING_LABELS.value, min(LABELS_POLL_S, max(1.0, rs.timeout_s - waited)))
+    rows = labelstudio.annotations_to_labels(tasks)
+    out = roots_of(cfg, c, st).output_root / EXPORT_NAME
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_bytes(json.dumps(tasks, indent=1, ensure_ascii=False, sort_keys=True).encode())
+    with Store.open(cfg) as store:
+        [res] = store.put_many([out], klass="generated")
+        if res.status == "rejected":
+            raise ActionError(f"run {st.run_id}: its Label Studio export {display(str(out))} could not be stored: "
+                              f"{res.reason}; `hoard action run {st.action}` again once fixed", ExitCode.DATA)
+        store.pin(f"action-{st.run_id}", [res.sha256], f"Label Studio export of action run {st.run_id}")
+    labelled = sorted({t["data"][labelstudio.SHA_KEY] for t in tasks if _finished(t)})
+    write_work(cfg, st.run_id, "labels", {"rows": rows, "export": [res.sha256, res.size], "labelled": labelled})
+    st.report["label_studio"].update(labels=len(rows), export=res.sha256,
+                                     released=bool(released) and done < len(mine))
+
+
+def _ac5_intent(cfg: Settings, st: RunState, doc: dict[str, Any]) -> dict[str, Any]:
+    """The labels, the export node (located `action:<run>/label-studio/export.json`, the run id
+    being the batch id) and an edge `labelled_in` from each labelled input to it."""
+    work = read_work(cfg, st.run_id, "labels")
+    sha, size = work["export"]
+    doc["labels"] = [{"node": h, "key": k, "value": v, "origin": origin(st)} for h, k, v in work["rows"]]
+    doc["nodes"] = [{"sha256": sha, "physical": {"size": size, "file_type": "json",
+                                                 "locators": [f"action:{st.run_id}/{EXPORT_NAME}"]}}]
+    doc["edges"] = [{"parent": h, "child": sha, "relationship": EXPORT_RELATIONSHIP} for h in work["labelled"]]
+    doc["relationships"] = [{"name": EXPORT_RELATIONSHIP, "action": st.action_num}] if doc["edges"] else []
+    return doc
+
+
 # -- apply --------------------------------------------------------------------------------------
 
 _EXT = re.compile(r"[a-z0-9]{1,10}")
@@ -326,6 +431,8 @@ def build_intent(cfg: Settings, st: RunState) -> dict[str, Any]:
         doc["labels"] = [{"node": h, "key": k, "value": v, "origin": origin(st)} for h, k, v in plan["labels"]]
         doc["black_list"] = plan["black_list"]
         return doc
+    if c.action_type == "AC5":
+        return _ac5_intent(cfg, st, doc)
     parsed = read_work(cfg, st.run_id, "parsed")
     stored = {p: tuple(v) for p, v in read_work(cfg, st.run_id, "stored").items()}
     nodes, edges, labels, results = [], [], [], []
@@ -381,7 +488,8 @@ def _step_finish(cfg: Settings, st: RunState) -> None:
 
 STEPS: dict[str, Callable[[Settings, RunState], None]] = {
     "plan": _step_plan, "stage": _step_stage, "gate": _step_gate, "run": _step_run, "parse": _step_parse,
-    "store": _step_store, "apply": _step_apply, "finish": _step_finish}
+    "store": _step_store, "tasks": _step_tasks, "labels": _step_labels, "apply": _step_apply,
+    "finish": _step_finish}
 
 
 def cleanup_cancelled(cfg: Settings, st: RunState) -> None:

@@ -1,0 +1,244 @@
+"""AC5 runs end to end with a real Label Studio (tests/labelstudio.py): the built-in `label-studio`
+contract over stored images — plan → stage → tasks (the project, tasks by URL) → labels (waiting
+without a worker until every task is labelled, or `hoard action release`) → apply (the labels, the
+export stored as an asset, the event: one write-intent) → finish. Annotations are posted through
+Label Studio's API as a labeller's page posts them; the labels in SQL equal what was drawn."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import uuid
+from pathlib import Path
+
+import httpx
+import psycopg
+import pytest
+
+from fsd.base import config
+from fsd.store import Store
+from jobs.actions import labelstudio as lsc
+from jobs.actions.runner import run_step
+from jobs.actions.state import all_states, load_state
+from tests.labelstudio import Server, _free_port
+from tests.test_action_runs import action_home, counts, hoard
+
+# tier: the module's tests start hoard processes and Label Studio, and need PostgreSQL and Redis
+pytestmark = pytest.mark.services
+
+ACTION = "label-studio"
+
+
+def ls_home(home: Path, pg, redis_conn, server: Server, seed: int, url: str | None = None) -> config.Settings:
+    """A home with ingested images whose zone 3C Label Studio serves: a link in its document root
+    points at 3C (files_root), as a team's mount of the hoard host's 3C would."""
+    cfg, _batch = action_home(home, pg, redis_conn, seed=seed, items=4)
+    zone = cfg.ssd.zone_path("3C")
+    zone.mkdir(parents=True, exist_ok=True)
+    seen = server.document_root / f"home-{uuid.uuid4().hex[:8]}"
+    seen.symlink_to(zone)
+    token = home / "ls.token"
+    token.write_text(server.token + "\n")
+    os.chmod(token, 0o600)
+    with open(cfg.source, "a") as fh:
+        fh.write(f"\n[label_studio]\nurl = {json.dumps(url or server.url)}\ntoken_file = {json.dumps(str(token))}\n"
+                 f"files_root = {json.dumps(str(seen))}\ndocument_root = {json.dumps(str(server.document_root))}\n")
+    return config.load(cfg.source)
+
+
+def set_ls_url(cfg: config.Settings, url: str) -> config.Settings:
+    text = Path(cfg.source).read_text()
+    line = next(ln for ln in text.splitlines() if ln.startswith("url = "))
+    Path(cfg.source).write_text(text.replace(line, f"url = {json.dumps(url)}"))
+    return config.load(cfg.source)
+
+
+def drawn(n: int) -> list[dict]:
+    """One labeller's work on an image: a box, a polygon, a choice, a caption (the built-in's names)."""
+    common = {"to_name": "image", "original_width": 640, "original_height": 480, "image_rotation": 0}
+    return [
+        {"id": f"box{n}", "from_name": "box", "type": "rectanglelabels", **common,
+         "value": {"x": 10.123456789012345, "y": 20.25 + n, "width": 33.333333333333336, "height": 40.0,
+                   "rotation": 0, "rectanglelabels": ["animal" if n else "person"]}},
+        {"id": f"out{n}", "from_name": "outline", "type": "polygonlabels", **common,
+         "value": {"points": [[1.5, 2.5], [50.0, 60.000000000000014], [10.0, 90.125 - n]], "closed": True,
+                   "polygonlabels": ["vehicle"]}},
+        {"id": f"q{n}", "from_name": "class", "type": "choices", "to_name": "image",
+         "value": {"choices": ["keep"] if n % 2 else ["unsure"]}},
+        {"id": f"c{n}", "from_name": "caption", "type": "textarea", "to_name": "image",
+         "value": {"text": [f"a \"cat\" no {n}\nsur la chaise, été"]}},
+    ]
+
+
+def post(server: Server, task_id: int, result: list[dict], cancelled: bool = False) -> int:
+    r = httpx.post(f"{server.url}/api/tasks/{task_id}/annotations/", timeout=60,
+                   headers={"Authorization": f"Token {server.token}"},
+                   json={"result": result, "was_cancelled": cancelled, "lead_time": 3.5})
+    assert r.status_code == 201, r.text
+    return int(r.json()["id"])
+
+
+def expected_rows(sha: str, ann: int, result: list[dict]) -> set[tuple[str, str, str]]:
+    out = set()
+    for region in result:
+        shape = {"type": region["type"], "value": region["value"], "annotation": ann, "region": region["id"]}
+        shape.update({k: region[k] for k in ("original_width", "original_height", "image_rotation") if k in region})
+        out.add((sha, "ls:" + region["from_name"], json.dumps(shape, sort_keys=True)))
+    return out
+
+
+def labels_in_sql(cfg: config.Settings) -> set[tuple[str, str, str]]:
+    with psycopg.connect(cfg.database_url) as conn:
+        rows = conn.execute("SELECT encode(n.sha256, 'hex'), l.key, l.value FROM label l JOIN node n USING (node_id) "
+                            "WHERE l.key LIKE 'ls:%%' AND l.origin = %s", [f"action:{ACTION}"]).fetchall()
+    return {(s, k, json.dumps(json.loads(v), sort_keys=True)) for s, k, v in rows}
+
+
+def queued_run(cfg: config.Settings) -> str:
+    res = hoard(cfg.source, "action", "run", ACTION, "--json")
+    assert res.returncode == 0, res.stdout + res.stderr
+    return json.loads(res.stdout)["run"]
+
+
+def burst(cfg: config.Settings) -> None:
+    w = hoard(cfg.source, "worker", "--burst")
+    assert w.returncode == 0, w.stderr
+
+
+def run_tasks(server: Server, cfg: config.Settings, rid: str) -> list[dict]:
+    st = load_state(cfg, rid)
+    ls = lsc.Client(url=server.url, token=server.token, zone_root=cfg.ssd.zone_path("3C"),
+                    files_root=cfg.label_studio.files_root, document_root=server.document_root)
+    # one project per title: other runs' tasks may be there too
+    return sorted((t for t in lsc.project_tasks(ls, st.report["label_studio"]["project"])
+                   if t["data"][lsc.PATH_KEY].startswith(f"{rid}/")), key=lambda t: t["id"])
+
+
+def export_of(cfg: config.Settings, rid: str) -> tuple[str, list[dict]]:
+    with psycopg.connect(cfg.database_url) as conn:
+        [(sha, loc)] = conn.execute("SELECT encode(n.sha256, 'hex'), p.locator FROM physical_path p JOIN node n "
+                                    "USING (node_id) WHERE p.locator LIKE %s", [f"action:{rid}/%"]).fetchall()
+    assert loc == f"action:{rid}/label-studio/export.json"
+    with Store.open(cfg, writable=False) as store:
+        return sha, json.loads(store.get(sha))
+
+
+def test_ac5_round_trip_labels_equal_what_was_drawn_then_done_already(hoard_home: Path, pg, redis_conn,
+                                                                     label_studio: Server) -> None:
+    """The run waits in waiting_labels holding no worker while tasks are unlabelled (a poll finds
+    3 of 4); once the last is labelled the poll moves it on: every region and answer is a label
+    row equal to what was drawn, skipped work is none, the export is in the store linked to the
+    run's batch (locator + an edge per labelled input); the same run again is done already."""
+    cfg = ls_home(hoard_home, pg, redis_conn, label_studio, seed=141)
+    rid = queued_run(cfg)
+    burst(cfg)
+    st = load_state(cfg, rid)
+    assert (st.status, st.step, st.done) == ("waiting_labels", "labels", ["plan", "stage", "tasks"])
+    tasks = run_tasks(label_studio, cfg, rid)
+    assert len(tasks) == st.inputs == st.report["label_studio"]["tasks"] > 1
+    # Label Studio serves each staged file at its task's URL, and each task names its input
+    for t in tasks:
+        got = httpx.get(label_studio.url + t["data"]["image"], timeout=60,
+                        headers={"Authorization": f"Token {label_studio.token}"})
+        assert got.status_code == 200 and got.content
+        assert t["data"][lsc.PATH_KEY].startswith(f"{rid}/")
+    expected: set[tuple[str, str, str]] = set()
+    for n, t in enumerate(tasks[:-1]):
+        result = drawn(n)
+        expected |= expected_rows(t["data"][lsc.SHA_KEY], post(label_studio, t["id"], result), result)
+    post(label_studio, tasks[-1]["id"], drawn(9)[:1], cancelled=True)   # skipped: not finished
+    run_step(str(cfg.source), rid, "labels")     # what the scheduled poll job runs
+    st = load_state(cfg, rid)
+    assert (st.status, st.step) == ("waiting_labels", "labels") and st.report["label_studio"]["finished"] == len(tasks) - 1
+    last = drawn(len(tasks))
+    expected |= expected_rows(tasks[-1]["data"][lsc.SHA_KEY], post(label_studio, tasks[-1]["id"], last), last)
+    base = counts(cfg)
+    run_step(str(cfg.source), rid, "labels")
+    burst(cfg)
+    st = load_state(cfg, rid)
+    assert st.status == "done" and st.done == ["plan", "stage", "tasks", "labels", "apply", "finish"], st.error
+    assert labels_in_sql(cfg) == expected and len(expected) == 4 * len(tasks)
+    sha, export = export_of(cfg, rid)
+    assert sorted(t["id"] for t in export) == [t["id"] for t in tasks]
+    assert lsc.annotations_to_labels(export) == sorted(lsc.annotations_to_labels(export))
+    with psycopg.connect(cfg.database_url) as conn:
+        edges = conn.execute("SELECT count(*) FROM edge e JOIN node c ON c.node_id = e.child_id JOIN "
+                             "relationship_type r USING (rel_id) WHERE r.name = 'labelled_in' AND c.sha256 = %s",
+                             [bytes.fromhex(sha)]).fetchone()[0]
+        events = conn.execute("SELECT status FROM action_event WHERE batch_id = %s", [rid]).fetchall()
+    assert edges == len(tasks) and events == [("done",)]
+    after = counts(cfg)
+    assert after["action_event"] - base["action_event"] == 1 and after["node"] - base["node"] == 1
+    assert not (cfg.ssd.zone_path("3C") / rid).exists()
+    again = hoard(cfg.source, "action", "run", ACTION, "--here")
+    assert again.returncode == 0 and "done already" in again.stdout, again.stdout + again.stderr
+    assert counts(cfg) == after
+
+
+def test_ac5_label_studio_down_at_tasks_is_one_line_then_release_imports_what_is_finished(
+        hoard_home: Path, pg, redis_conn, label_studio: Server) -> None:
+    """Label Studio not answering at `tasks`: the run fails there with one line naming the URL and
+    resumes once it answers; `hoard action release RUN` then imports the one labelled task's work
+    and the run is done with nothing for the others."""
+    down = f"http://127.0.0.1:{_free_port()}"
+    cfg = ls_home(hoard_home, pg, redis_conn, label_studio, seed=142, url=down)
+    res = hoard(cfg.source, "action", "run", ACTION, "--here")
+    text = (res.stdout + res.stderr).strip()
+    assert res.returncode == 3, text
+    assert down in text and "start it" in text and "Traceback" not in text
+    [rid] = all_states(cfg)
+    st = load_state(cfg, rid.run_id)
+    assert (st.status, st.step) == ("failed", "tasks") and down in st.error and "\n" not in st.error
+    cfg = set_ls_url(cfg, label_studio.url)
+    assert queued_run(cfg) == rid.run_id
+    burst(cfg)
+    assert load_state(cfg, rid.run_id).status == "waiting_labels"
+    tasks = run_tasks(label_studio, cfg, rid.run_id)
+    result = drawn(3)
+    expected = expected_rows(tasks[0]["data"][lsc.SHA_KEY], post(label_studio, tasks[0]["id"], result), result)
+    rel = hoard(cfg.source, "action", "release", rid.run_id)
+    assert rel.returncode == 0 and "finished now are imported" in rel.stdout, rel.stdout + rel.stderr
+    burst(cfg)
+    st = load_state(cfg, rid.run_id)
+    assert st.status == "done", st.error
+    assert st.report["label_studio"]["released"] is True and st.report["label_studio"]["finished"] == 1
+    assert labels_in_sql(cfg) == expected
+    _sha, export = export_of(cfg, rid.run_id)
+    assert len(export) == len(tasks)
+
+
+def test_a_label_longer_than_a_btree_entry_is_stored_found_and_taken_off(pg) -> None:
+    """A polygon of 300 points as a label value (~11 KB): before migration 010 the label's primary
+    key and index held the value itself and PostgreSQL refused it ("index row size exceeds btree
+    maximum"; the intent's 2,000-character cap before that). Now it is stored once (the same
+    intent again adds nothing), found by a selector naming the value, and taken off by value."""
+    from sql.apply import apply_write_intent
+    from sql.labels import change_labels
+    from sql.migrate import migrate
+    from sql.selectors import parse_selector, query_nodes
+
+    migrate(pg)
+    sha = os.urandom(32).hex()
+    pg.execute("INSERT INTO node (sha256, is_virtual, is_physical) VALUES (%s, false, true)", [bytes.fromhex(sha)])
+    pg.execute("INSERT INTO physical_content (node_id, size, file_type) SELECT node_id, 10, 'png' FROM node "
+               "WHERE sha256 = %s", [bytes.fromhex(sha)])
+    rnd = random.Random(10)   # drawn by hand: digits that do not compress (PostgreSQL compresses index entries)
+    points = [[rnd.random() * 100, rnd.random() * 100] for _ in range(300)]
+    value = lsc.canonical({"type": "polygonlabels", "value": {"points": points, "polygonlabels": ["animal"]}})
+    assert len(value) > 10_000
+    intent = {"key": f"test:big:{sha}", "labels": [{"node": sha, "key": "ls:outline", "value": value, "origin": "t"},
+                                                   {"node": sha, "key": "ls:outline", "value": value.replace("animal", "person")}]}
+    assert apply_write_intent(pg, intent).counts["labels_new"] == 2
+    again = change_labels(pg, [sha], "ls:outline", value, remove=False, origin="t")
+    assert (again.changed, again.already) == (0, 1)
+    stored = pg.execute("SELECT value FROM label l JOIN node n USING (node_id) WHERE n.sha256 = %s ORDER BY 1",
+                        [bytes.fromhex(sha)]).fetchall()
+    assert sorted(v for (v,) in stored) == sorted([value, value.replace("animal", "person")])
+    found = query_nodes(pg, parse_selector({"labels": [{"key": "ls:outline", "value": value}]})).sha256
+    assert sha in found
+    gone = change_labels(pg, [sha], "ls:outline", value, remove=True, origin="t")
+    assert gone.changed == 1
+    [(left,)] = pg.execute("SELECT value FROM label l JOIN node n USING (node_id) WHERE n.sha256 = %s",
+                           [bytes.fromhex(sha)]).fetchall()
+    assert left == value.replace("animal", "person")
