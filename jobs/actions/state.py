@@ -89,6 +89,8 @@ class RunState:
     #: an external run: when it began waiting for the done marker
     waiting_since: str | None = None
     exit_code: int = 0
+    #: who launched it (a GUI login; empty from the command line), as other runs record it
+    by: str = ""
 
     @property
     def finished(self) -> bool:
