@@ -230,6 +230,14 @@ async def test_hostile_contract_text_is_shown_as_text(user, gui_home: Path) -> N
         await user.should_not_see(kind=ui.markdown)
         assert not any(e.tag in ("img", "b", "script") for e in user.client.elements.values())
     await user.should_see("<script>alert(3)</script> the longer side")
+    await user.open("/runs/action/<b>x<b>")  # a hand-typed run id: its one line, as text
+    await user.should_see("'<b>x<b>' is not a run id", retries=50)
+    await user.open("/runs/action/nothing-v1-0123456789ab")
+    await user.should_see("no action run 'nothing-v1-0123456789ab'", retries=50)
+    await user.open("/actions/<i>nope<i>")
+    await user.should_see(marker="contract-problem", retries=50)
+    await user.should_see("is not an action id")
+    assert not any(e.tag in ("b", "i") for e in user.client.elements.values())
 
 
 @WITH_BATCH
