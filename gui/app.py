@@ -23,7 +23,18 @@ from nicegui import app, ui
 from fsd.base.config import Settings
 from fsd.base.errors import ExitCode, HoardError
 from fsd.base.modes import PASSAGE, ensure_dir
-from gui import auth, browse_page, launch_page, overview, pipelines_page, rqdash, runs_page, storage, users_page
+from gui import (
+    actions_page,
+    auth,
+    browse_page,
+    launch_page,
+    overview,
+    pipelines_page,
+    rqdash,
+    runs_page,
+    storage,
+    users_page,
+)
 from gui.context import AppStopping, Context, ctx, in_thread, set_context, snapshot, stopping
 from gui.gate import LoginGate
 from gui.metrics import render
@@ -101,6 +112,7 @@ def build(cfg: Settings) -> None:
     storage.register()
     users_page.register()
     launch_page.register()
+    actions_page.register()
     runs_page.register()
     browse_page.register()
     pipelines_page.register()

@@ -15,8 +15,9 @@ from gui.auth import SignedIn, current_user
 from gui.context import ctx
 from gui.text import shown
 
-NAV = (("Overview", "/"), ("Storage", "/storage"), ("Runs", "/runs"), ("Launch", "/launch"),
-       ("Batches", "/batches"), ("Assets", "/assets"), ("Pipelines", "/pipelines"), ("Users", "/users"), ("RQ", "/rq/"), ("Metrics", "/metrics"))
+NAV = (("Overview", "/"), ("Storage", "/storage"), ("Runs", "/runs"), ("Launch", "/launch"), ("Actions", "/actions"),
+       ("Batches", "/batches"), ("Assets", "/assets"), ("Pipelines", "/pipelines"), ("Users", "/users"), ("RQ", "/rq/"),
+       ("Metrics", "/metrics"))
 
 
 def live(render: Callable[[], None]) -> None:

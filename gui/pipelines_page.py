@@ -1,8 +1,11 @@
 """`/pipelines`: the pipelines defined in the database (their stages and how far their batches
 are), and the stage (3C) and export (3D) outputs — sealed, running, incomplete — with their
-runs. Actions (UA_2) and datasets (UA_3) are not built yet: this shows what exists."""
+runs. A pipeline's stages are actions: each shows the action's name and links its page
+(/actions/NAME). Datasets (UA_3) are not built yet."""
 
 from __future__ import annotations
+
+from urllib.parse import quote
 
 import psycopg
 from nicegui import ui
@@ -10,6 +13,7 @@ from nicegui import ui
 from fsd.base.units import fmt_bytes
 from gui.context import ctx, in_thread, page, snapshot
 from gui.frame import db_down, frame
+from gui.text import shown
 from sql import browse
 
 
@@ -30,15 +34,17 @@ def register() -> None:
                 db_down(e)
                 rows = []
             if not rows:
-                ui.label("no pipeline is defined yet (actions AC1–AC5 arrive with UA_2)").classes("text-caption")
+                ui.label("no pipeline is defined yet: stages of actions (the Actions page lists them)").classes(
+                    "text-caption")
             for p in rows:
                 with ui.card().classes("w-full"):
                     ui.label(p["name"]).classes("text-bold")
                     stages = p["stages"] or []
                     with ui.row().classes("items-center"):
-                        for i, name in enumerate(stages):
+                        for i, name in enumerate(stages):  # each stage is an action: its name, linking its page
                             done = sum(n for pos, n in p["done"].items() if int(pos) >= i)
-                            ui.badge(f"{i}. {name}: {done} batches done", color="primary")
+                            with ui.link(target=f"/actions/{quote(name, safe='')}").mark(f"stage-{i}"):
+                                ui.badge(shown(f"{i}. {name}: {done} batches done"), color="primary")
                     ui.label(f"{p['done'].get('-1', 0)} batches not started").classes("text-caption")
             runs = {(r.kind, r.id): r for r in snap.runs if r.kind in ("stage", "export")}
             for zone, title in (("3C", "Stages (zone 3C, worker scratch)"), ("3D", "Dataset exports (zone 3D)")):

@@ -6,12 +6,12 @@ each rejected file with its reason), the traceback, why it waits; retry/resume a
 from __future__ import annotations
 
 import time
-from urllib.parse import urlencode
+from urllib.parse import quote, urlencode
 
 from nicegui import ui
 
 from fsd.base.errors import HoardError
-from gui import text
+from gui import actions_page, text
 from gui.auth import require
 from gui.context import ctx, in_thread, page, snapshot
 from gui.frame import frame, page_number, progress_text
@@ -20,7 +20,7 @@ from jobs import launch, reports
 PER_PAGE = 25
 STATUS_COLOR = {"done": "positive", "done with rejects": "warning", "done with errors": "warning",
                 "failed": "negative", "running": "primary", "queued": "grey", "canceled": "grey",
-                "refused": "orange"}
+                "refused": "orange", "WAIT_GPU_READY": "orange", "waiting_external": "orange"}
 
 
 def _filters(current: dict[str, str]) -> None:
@@ -61,7 +61,7 @@ def register() -> None:
                     ui.label(head).classes("text-bold")
                 for r in rows:
                     ui.label(r.kind)
-                    ui.link(r.id, f"/runs/{r.kind}/{r.id}")
+                    ui.link(r.id, f"/runs/{r.kind}/{quote(r.id, safe='')}")
                     ui.badge(r.status, color=STATUS_COLOR.get(r.status, "grey"))
                     text.label(r.source or "-")
                     ui.label(r.created.replace("T", " ")[:19])
@@ -79,7 +79,10 @@ def register() -> None:
         cfg = ctx().cfg
         with frame(f"{kind} {run_id}") as user:
             if kind not in launch.KINDS:
-                ui.label(f"no kind of run {kind!r}; one of {', '.join(launch.KINDS)}").classes("text-negative")
+                text.label(f"no kind of run {kind!r}; one of {', '.join(launch.KINDS)}").classes("text-negative")
+                return
+            if kind == "action":  # a run of an ActionContract: its own page (gui.actions_page)
+                await actions_page.run_body(run_id, user)
                 return
 
             async def body_data():

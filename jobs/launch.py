@@ -1,10 +1,11 @@
 """Launching and watching runs: what the GUI's scheduler pages call (S02).
 
 A *run* is one piece of work a person started: a UA_1 ingest of a batch (`jobs.ingest`, a
-chain of step jobs), a stage or export (`jobs.outputs`), or a maintenance job
-(`jobs.maintenance`). `runs(cfg)` lists them all in one shape from the state files and
-RQ's registries; `launch_*` validate a request completely before anything is queued;
-`cancel`, `retry` and `why_waiting` act on or explain one run.
+chain of step jobs), a stage or export (`jobs.outputs`), a maintenance job
+(`jobs.maintenance`), or a run of an action (UA_2, `jobs.actions.api`; kind "action").
+`runs(cfg)` lists them all in one shape from the state files and RQ's registries; `launch_*`
+validate a request completely before anything is queued; `cancel`, `retry` and `why_waiting`
+act on or explain one run.
 """
 
 from __future__ import annotations
@@ -30,16 +31,21 @@ from fsd.base.errors import ExitCode, HoardError
 from fsd.outputs import zones
 from jobs import ingest, maintenance, outputs, reports, runlog
 from jobs import progress as job_progress
+from jobs.actions import api as actions_api
+from jobs.actions import contract as contracts
+from jobs.actions.state import QUEUE_OF as ACTION_QUEUE_OF
+from jobs.actions.state import WAITING, check_id, load_state, log_path, read_work
 from jobs.guard import SERIALIZER
 from jobs.queues import connect, enqueue_once, fetch_job, redis_required, rq_queue, unserved_queues
 
 MAINTENANCE_QUEUE = "maintenance"
 PREFIX = "maint-"
-KINDS = ("ingest", "stage", "export", *maintenance.JOBS)
+KINDS = ("ingest", "stage", "export", "action", *maintenance.JOBS)
 #: "done with errors": finished, but its report counts errors (a replicate that could not
 #: copy a shard) — not a success; "refused": a stage/export refused before it started
 #: (nothing written or reserved, its id free again)
-STATUSES = ("queued", "running", "done", "done with rejects", "done with errors", "failed", "canceled", "refused")
+STATUSES = ("queued", "running", "WAIT_GPU_READY", "waiting_external", "done", "done with rejects", "done with errors",
+            "failed", "canceled", "refused")
 #: what a person may do with a run in each status: cancel what waits or works, retry what failed
 CANCELABLE = ("queued", "running")
 RETRYABLE = ("failed", "canceled")
@@ -261,6 +267,7 @@ def runs(cfg: Settings, conn=None) -> list[Run]:
                            st.updated, error=why or "", queue=outputs.QUEUE,
                            params={"layout": st.spec.get("layout", {}).get("name")},
                            seconds=st.report.get("seconds") if shown == "done" else None))
+    out += [action_run(d) for d in actions_api.runs(cfg)]
     try:
         out += maintenance_runs(conn or connect(cfg.redis_url))
     except redis.RedisError:
@@ -273,7 +280,8 @@ def failed_not_since_succeeded(all_runs: list[Run]) -> list[Run]:
     """Failed runs with no later successful run of the same thing (the same batch or output,
     or the same maintenance kind with the same parameters)."""
     def key(r: Run) -> tuple:
-        return (r.kind, r.id) if r.kind in ("ingest", "stage", "export") else (r.kind, tuple(sorted(r.params.items())))
+        return (r.kind, r.id) if r.kind in ("ingest", "stage", "export", "action") else (
+            r.kind, tuple(sorted(r.params.items())))
 
     ok_after: dict[tuple, str] = {}
     for r in all_runs:
@@ -430,3 +438,134 @@ def retry(cfg: Settings, kind: str, run_id: str, by: str = "", conn=None) -> str
 
 def batch_dir(cfg: Settings, batch_id: str) -> Path:
     return cfg.ssd.zone_path("3A") / batch_id
+
+
+# -- actions (UA_2): what the Actions pages call -------------------------------------------------
+
+#: an action run's status as the runs list says it (one word for a cancel, whatever the kind)
+_ACTION_STATUS = {"cancelled": "canceled"}
+#: what a person may do with an action run in each status (docs/actions.md, "Runs")
+ACTION_CANCELABLE = ("queued", "running", *WAITING)
+#: the newest bytes of a worker's log the run page shows
+WORKER_LOG_TAIL = 64 << 10
+#: the children a run page lists (each a link to its node page)
+CHILDREN_SHOWN = 200
+
+
+def action_children(doc: dict[str, Any]) -> int | None:
+    """How many children a run stored (None: it creates none, or has not stored them yet)."""
+    report = doc.get("report") or {}
+    return report.get("children_stored", report.get("children"))
+
+
+def action_run(doc: dict[str, Any]) -> Run:
+    """An action run (`jobs.actions.api.status_doc`) as a row of the runs list."""
+    status = _ACTION_STATUS.get(doc["status"], doc["status"])
+    seconds = sum(doc["seconds"].values()) if doc.get("seconds") else None
+    return Run("action", doc["run"], status, doc["created"], doc["updated"], source=doc["action"],
+               error=doc.get("error") or "", queue=ACTION_QUEUE_OF.get(doc["step"], ""), params=doc["params"],
+               by=doc.get("by", ""), seconds=seconds)
+
+
+def action_contracts(cfg: Settings) -> list[dict[str, Any]]:
+    """Every contract, as `hoard action list` lists them: the actions directory's, then the
+    built-ins no file there shadows; a bad file with its first problem (`error`)."""
+    out = []
+    for e in contracts.list_all(cfg.actions_dir):
+        d: dict[str, Any] = {"file": str(e.path), "builtin": e.builtin, "name": e.path.stem}
+        if e.contract is not None:
+            d |= contracts.summary(e.contract) | {"description": e.contract.description,
+                                                  "gate": e.contract.gate is not None}
+        else:
+            d |= {"error": e.error, "problems": e.problems}
+        out.append(d)
+    return out
+
+
+def action_contract(cfg: Settings, name: str) -> tuple[contracts.Contract, list[tuple[str, str]]]:
+    """One contract and what `hoard action show NAME` says of it; ContractError (its lines)
+    for an unknown name or a bad file."""
+    path, builtin = contracts.find_any(cfg.actions_dir, name)
+    c = contracts.load_file(path)
+    return c, contracts.show_rows(c, path, builtin)
+
+
+def _runs_newest_first(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return sorted(docs, key=lambda d: d["created"], reverse=True)
+
+
+def action_runs(cfg: Settings, action: str | None = None) -> list[dict[str, Any]]:
+    """Every action run (of `action`, if given), newest first: `status_doc` with `children`."""
+    docs = [d for d in actions_api.runs(cfg) if action is None or d["action"] == action]
+    return [d | {"children": action_children(d), "took": sum(d["seconds"].values()) if d["seconds"] else None}
+            for d in _runs_newest_first(docs)]
+
+
+@_needs_redis
+def launch_action(cfg: Settings, name: str, selector: dict | None = None, nodes: list[str] | None = None,
+                  given: list[str] | None = None, by: str = "", conn=None) -> actions_api.Submitted:
+    """`hoard action run NAME [--selector|--nodes] [--param K=V]…`, queued for `hoard worker`;
+    `by`: who launched it. The same run again: "done already", "resumed", or what it does now."""
+    if selector is not None and nodes is not None:
+        raise LaunchError("give a selector (narrows the contract's input_selector) or a list of sha256 (replaces "
+                          "it), not both")
+    return actions_api.submit(cfg, name, selector=selector, nodes=nodes, given=given or [],
+                              redis_conn=conn or connect(cfg.redis_url), by=by)
+
+
+@_needs_redis
+def release_action(cfg: Settings, rid: str, conn=None) -> str:
+    """`hoard action release RUN`; what happened, in a few words."""
+    st = actions_api.release(cfg, rid, conn or connect(cfg.redis_url))
+    return f"gate released ({st.status} at step {st.step})"
+
+
+def cancel_action(cfg: Settings, rid: str) -> str:
+    """`hoard action cancel RUN`; what happened, in a few words."""
+    st = actions_api.cancel(cfg, rid)
+    return "cancelled" if st.status == "cancelled" else f"cancel asked; step {st.step} stops at its next check"
+
+
+def _tail(path: Path, limit: int) -> str:
+    try:
+        with open(path, "rb") as f:
+            size = f.seek(0, 2)
+            f.seek(max(0, size - limit))
+            data = f.read(limit)
+    except FileNotFoundError:
+        return ""
+    text = data.decode("utf-8", "replace")
+    return text.split("\n", 1)[1] if size > limit and "\n" in text else text
+
+
+def action_detail(cfg: Settings, rid: str) -> dict[str, Any]:
+    """Everything an action run's page shows: `hoard action status RUN --json`, each step's
+    state and seconds, the children it stored (up to CHILDREN_SHOWN), the gate, its run log and
+    the newest WORKER_LOG_TAIL bytes of its worker's log."""
+    st = load_state(cfg, check_id(rid))
+    if st is None:
+        raise LaunchError(f"no action run {rid!r}; the Actions page lists them")
+    doc = actions_api.status_doc(cfg, st)
+    shown = doc["status"]
+    steps = []
+    for s in st.steps:
+        if s in st.done:
+            state = "done"
+        elif s == st.step:
+            state = {"WAIT_GPU_READY": "waiting", "waiting_external": "waiting"}.get(shown, shown)
+        else:
+            state = "to do"
+        steps.append({"step": s, "queue": ACTION_QUEUE_OF.get(s, ""), "state": state, "seconds": st.seconds.get(s)})
+    try:
+        stored = read_work(cfg, rid, "stored")
+    except (OSError, ValueError):
+        stored = {}
+    children = [{"path": p, "sha256": v[0], "size": v[1]} for p, v in sorted(stored.items())[:CHILDREN_SHOWN]]
+    try:
+        gate = read_work(cfg, rid, "contract").get("gate")
+    except (OSError, ValueError):
+        gate = None
+    return doc | {"steps_timeline": steps, "children": action_children(doc), "children_listed": children,
+                  "took": sum(st.seconds.values()) if st.seconds else None, "gate_contract": gate,
+                  "log": runlog.read(cfg, "action", rid, failed=shown == "failed"),
+                  "worker_log": _tail(log_path(cfg, rid), WORKER_LOG_TAIL)}

@@ -32,7 +32,7 @@ ROLES = ("viewer", "operator", "admin")
 NAME = re.compile(r"^[a-z][a-z0-9_.-]{0,31}$")
 #: what needs which role at least (a page hides a control the role may not use, and the
 #: action checks again: a hidden button is not a permission)
-NEEDS = {"view": "viewer", "launch": "operator", "cancel": "operator", "retry": "operator",
+NEEDS = {"view": "viewer", "launch": "operator", "cancel": "operator", "retry": "operator", "release": "operator",
          "delete": "operator", "flag": "operator", "users": "admin"}
 MIN_PASSWORD = 10
 #: passwords every guessing list starts with (compared lower-cased, also without trailing

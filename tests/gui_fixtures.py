@@ -179,4 +179,5 @@ def scale_pages(sha: str) -> list[tuple[str, str]]:
             ("/assets", "assets on page 1"), ("/assets?source=forum&q=author%2042", "assets on page 1"),
             ("/assets?batch=scale-7&kind=image", "assets on page 1"),
             ("/assets?since=2000-01-01&until=2000-01-02", "nothing matches"),
-            (f"/node/{sha}?depth=3", "title "), ("/launch", "Maintenance"), ("/pipelines", "Dataset exports")]
+            (f"/node/{sha}?depth=3", "title "), ("/launch", "Maintenance"), ("/pipelines", "Dataset exports"),
+            ("/actions", "Contracts")]

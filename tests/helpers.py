@@ -9,6 +9,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -94,3 +95,88 @@ def flip_byte(path: Path, offset: int) -> None:
         b = f.read(1)
         f.seek(offset)
         f.write(bytes([b[0] ^ 0x01]))
+
+
+# -- action contracts and test workers (tests/test_action_*.py, tests/test_gui_actions.py) --------
+
+def write_contract(cfg: Any, name: str, body: str) -> Path:
+    """`<actions dir>/<name>.toml`: `action_id = name`, then `body`."""
+    path = cfg.actions_dir / f"{name}.toml"
+    path.write_text(f'action_id = "{name}"\n' + body)
+    return path
+
+
+#: a worker: each staged input → thumbs/<sha>.txt (a child) and a line of edges.jsonl (a result);
+#: CHILDREN children per input, then EXIT
+ACTION_WORKER = """
+import json, os, sys, time
+inp, out = sys.argv[1], sys.argv[2]
+CHILDREN, EXIT, SLEEP = {children}, {exit}, {sleep}
+os.makedirs(os.path.join(out, "thumbs"), exist_ok=True)
+with open(os.path.join(out, "edges.jsonl"), "w") as res:
+    for d, _, files in os.walk(inp):
+        for f in sorted(files):
+            sha = f.split(".")[0]
+            data = open(os.path.join(d, f), "rb").read()
+            for k in range(CHILDREN):
+                name = sha if k == 0 else f"{{sha}}_{{k}}"
+                with open(os.path.join(out, "thumbs", name + ".txt"), "wb") as c:
+                    c.write(b"thumb %d of " % k + data[:64][::-1])
+            res.write(json.dumps({{"sha": sha, "status": "ok", "ratio": 0.5}}) + "\\n")
+if SLEEP:
+    stop = os.path.join(out, "..", "stop")
+    end = time.time() + SLEEP
+    while time.time() < end and not os.path.exists(stop):
+        time.sleep(0.05)
+sys.exit(EXIT)
+"""
+
+ACTION_CONTRACT = """action_type = "{type}"
+version = 1
+a4_scale = 2
+
+[input_selector]
+batches = ["{batch}"]
+file_types = ["png"]
+
+[stage_layout]
+layout = "by_sha256"
+
+[run_spec]
+{run_spec}
+
+{gate}
+[[output_parser.children]]
+glob = "thumbs/*.txt"
+parent_match = "thumbs/(?P<input>[0-9a-f]{{64}})(_[0-9]+)?\\\\.txt"
+parent_key = "sha256"
+relationship = "thumb_of"
+
+[[output_parser.results]]
+name = "edges"
+glob = "edges.jsonl"
+format = "jsonl"
+node_field = "sha"
+node_key = "sha256"
+
+[result_mapping.edges]
+into = "result_canny"
+columns = {{ status = "status", edge_ratio = "ratio" }}
+"""
+
+
+def worker_contract(cfg: Any, batch: str, name: str = "thumbs", *, children: int = 1, exit: int = 0,
+                    sleep: float = 0, timeout_s: int = 600, type: str = "AC2", gate: str = "",
+                    run_spec: str | None = None) -> Path:
+    script = cfg.actions_dir / f"{name}-worker.py"
+    script.write_text(ACTION_WORKER.format(children=children, exit=exit, sleep=sleep))
+    spec = run_spec or (f'kind = "local"\ncommand = [{json.dumps(sys.executable)}, {json.dumps(str(script))}, '
+                        f'"{{input_root}}", "{{output_root}}"]\ntimeout_s = {timeout_s}'
+                        # as root, the worker would be actions.worker_user (nobody), who cannot enter
+                        # pytest's root-only tmp_path: the test worker runs as root, allowed
+                        + ('\nrun_as = "root"\nallow_root = true' if os.geteuid() == 0 else ''))
+    return write_contract(cfg, name, ACTION_CONTRACT.format(type=type, batch=batch, run_spec=spec, gate=gate))
+
+
+#: a GPU gate released by hand (or failing after `timeout` s), polled every 5 s
+GATE = "[gate]\ntimeout_s = {timeout}\npoll_s = 5\n"

@@ -16,6 +16,7 @@ from adapters.synth import Spec
 from fsd.base import config
 from jobs.actions import api, run_here
 from jobs.actions.state import load_state
+from tests.helpers import write_contract
 from tests.test_ingest import ingest_sample
 
 # tier: the module's tests start hoard processes and need PostgreSQL and Redis
@@ -48,12 +49,6 @@ def action_home(home: Path, pg, redis_conn, seed: int = 71, items: int = 12) -> 
                                                              ready_signal=True))
     cfg.actions_dir.mkdir(exist_ok=True)
     return cfg, batches[0].batch_id
-
-
-def write_contract(cfg: config.Settings, name: str, body: str) -> Path:
-    path = cfg.actions_dir / f"{name}.toml"
-    path.write_text(f'action_id = "{name}"\n' + body)
-    return path
 
 
 AC1 = """action_type = "AC1"

@@ -26,7 +26,7 @@ def _basic(name: str, password: str) -> dict[str, str]:
 async def test_every_page_asks_for_a_login(user) -> None:
     """Signed out, each page sends the browser to the login form, which returns there after."""
     for path in ("/", "/storage", "/users", "/runs", "/launch", "/batches", "/assets", "/pipelines",
-                 f"/node/{'a' * 64}", "/runs/ingest/x"):
+                 f"/node/{'a' * 64}", "/runs/ingest/x", "/actions", "/actions/thumbnail", "/runs/action/x-v1-0123456789ab"):
         await user.open(path)
         await user.should_see("Sign in")
     for path in (f"/thumb/{'a' * 64}", "/rq/", "/rq/0/data/queues.json"):

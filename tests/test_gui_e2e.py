@@ -1,8 +1,9 @@
 """`hoard gui` end to end in a real headless Chromium (Debian's chromium + chromium-driver,
 Selenium offline): the real `hoard gui` and `hoard worker` processes against the test
 PostgreSQL and Redis. Signs in, launches an ingest of the fixture batch, waits until it is
-done, opens the batch and one asset, checks `/rq` and `/metrics`, and saves a screenshot of
-each main page under docs/screenshots/ (shown in the README)."""
+done, opens the batch and one asset, launches an action from the Actions page and sees it
+done, checks `/rq` and `/metrics`, and saves a screenshot of each main page under
+docs/screenshots/ (shown in the README)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ import pytest
 
 from tests.gui_browser import child_env, chromium, click, have_browser, page_text, wait_text
 from tests.gui_fixtures import BATCH, PASSWORDS, drop_batch, gui_process
+from tests.helpers import write_contract
 
 REPO = Path(__file__).resolve().parents[1]
 #: the README's screenshots are refreshed only when asked (HOARD_SCREENSHOTS=1 make test), so a
@@ -29,10 +31,34 @@ pytestmark = [pytest.mark.timeout(600),
                                 "the end-to-end GUI test needs a real browser")]
 
 
+#: an AC1 action on the fixture batch (the Actions pages' path)
+AC1 = f"""action_type = "AC1"
+version = 1
+description = "Mark the batch's PNGs as checked."
+
+[input_selector]
+batches = ["{BATCH}"]
+
+[[rules]]
+where = {{ file_types = ["png"] }}
+label = {{ key = "quality", value = "checked" }}
+"""
+
+
+def _prepare(cfg_path: Path) -> None:
+    """The fixture batch in 3A and an action contract in the actions directory."""
+    from fsd.base import config
+
+    drop_batch(cfg_path)
+    cfg = config.load(cfg_path)
+    cfg.actions_dir.mkdir(exist_ok=True)
+    write_contract(cfg, "check-quality", AC1)
+
+
 @pytest.fixture
 def served(hoard_home: Path, pg, redis_conn):
-    """A home with the fixture batch in 3A and `hoard gui` serving it on a free port."""
-    with gui_process(hoard_home, pg, drop_batch, refresh_s=2.0) as served:
+    """A home with the fixture batch in 3A, an action contract, and `hoard gui` serving it on a free port."""
+    with gui_process(hoard_home, pg, _prepare, refresh_s=2.0) as served:
         yield served
 
 
@@ -140,6 +166,24 @@ def test_end_to_end_in_chromium(served, browser) -> None:
     wait_text(d, "In the FUSE mount")
     wait_text(d, f"batches: {BATCH}")
     _shot(d, "node")
+
+    d.get(f"{url}/actions")  # an action (AC1) launched from its form, run by a worker, seen done
+    wait_text(d, "check-quality")
+    wait_text(d, "resize-variants")  # a built-in
+    d.find_element("link text", "check-quality").click()
+    wait_text(d, "Mark the batch's PNGs as checked.")
+    click(d, "Launch check-quality")
+    wait_text(d, "plan: queued")
+    assert "/runs/action/check-quality-v1-" in d.current_url
+    res = subprocess.run([sys.executable, "-m", "fsd", "--config", str(cfg_path), "worker", "--burst"], env=child_env(),
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    wait_text(d, "finish: done", timeout=60)  # the run page refreshes itself
+    wait_text(d, "launched by otto")
+    _shot(d, "action-run")
+    d.get(f"{url}/actions")
+    wait_text(d, "check-quality-v1-")
+    _shot(d, "actions")
 
     d.get(f"{url}/")
     wait_text(d, "objects")

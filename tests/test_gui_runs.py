@@ -312,7 +312,8 @@ async def test_pages_end_quietly_while_the_app_stops(user) -> None:
     await user.should_see("no worker serves the maintenance queue")
     run.thread_pool.shutdown(wait=True)  # as the app's stop leaves it: "cannot schedule new futures"
     try:
-        for path in (f"/node/{'a' * 64}", "/batches", "/assets", "/storage", "/pipelines", f"/runs/verify/{job_id}"):
+        for path in (f"/node/{'a' * 64}", "/batches", "/assets", "/storage", "/pipelines", f"/runs/verify/{job_id}",
+                     "/actions", "/actions/thumbnail"):
             await user.open(path)  # a 200 page, no error logged: a TypeError on the None was a 500 and an error
         await asyncio.sleep(2.5)  # the run page's refresh timer (every 2 s) meets the stopped pool
 

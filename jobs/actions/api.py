@@ -132,10 +132,12 @@ def _deleted(conn: psycopg.Connection, sha: str) -> bool:
 
 
 def submit(cfg: Settings, name: str, *, selector: dict | None = None, nodes: list[str] | None = None,
-           given: list[str] | None = None, redis_conn=None, queue: bool = True) -> Submitted:
-    """Record the run of action `name` and queue its next step (`queue=False`: the caller runs
-    the steps itself, `run_here`). The same run again: done → "done already", nothing changed;
-    failed, cancelled or interrupted → resumed at its step; running or waiting → said so."""
+           given: list[str] | None = None, redis_conn=None, queue: bool = True, by: str = "") -> Submitted:
+    """Record the run of action `name` (the actions directory's contract, else the built-in of
+    that id) and queue its next step (`queue=False`: the caller runs the steps itself,
+    `run_here`); `by`: who launched it (a GUI login). The same run again: done → "done already",
+    nothing changed; failed, cancelled or interrupted → resumed at its step; running or waiting
+    → said so."""
     c = contracts.load_file(contracts.find_any(cfg.actions_dir, name)[0])
     params = _params(c, list(given or []))
     inputs = select_inputs(cfg, c, selector, nodes)
@@ -154,7 +156,7 @@ def submit(cfg: Settings, name: str, *, selector: dict | None = None, nodes: lis
         write_work(cfg, rid, "contract", c.model_dump(mode="json"))
         write_work(cfg, rid, "inputs", inputs)
         cancel_flag(cfg, rid).unlink(missing_ok=True)
-        st = RunState(rid, c.action_id, c.version, c.action_type, num, params, steps_of(c), len(inputs))
+        st = RunState(rid, c.action_id, c.version, c.action_type, num, params, steps_of(c), len(inputs), by=by)
         save_state(cfg, st)
         if queue:
             _queue(cfg, st, redis_conn, forget=True)
@@ -229,7 +231,7 @@ def status_doc(cfg: Settings, st: RunState) -> dict[str, Any]:
     return {"run": st.run_id, "action": st.action, "version": st.version, "type": st.action_type,
             "status": shown, "step": st.step, "steps": st.steps, "done": st.done, "inputs": st.inputs,
             "params": st.params, "error": why or None, "seconds": st.seconds, "created": st.created,
-            "updated": st.updated, "gate": st.gate, "report": st.report}
+            "updated": st.updated, "gate": st.gate, "report": st.report, "by": st.by}
 
 
 def release(cfg: Settings, rid: str, redis_conn=None) -> RunState:

@@ -17,6 +17,7 @@ Nothing here runs a worker or opens a connection: the selector is checked with t
 from __future__ import annotations
 
 import errno
+import json
 import os
 import re
 import stat
@@ -620,3 +621,56 @@ def summary(c: Contract) -> dict:
     return {"action_id": c.action_id, "action_type": c.action_type, "kind": TYPES[c.action_type],
             "version": c.version, "run": c.run_spec.kind if c.run_spec is not None else "sql"}
 
+
+def show_rows(c: Contract, path: Path, builtin: bool = False) -> list[tuple[str, str]]:
+    """What `hoard action show NAME` prints of a contract (and the GUI's Actions page shows):
+    (key, value) rows; the values are the contract's own text — show them as text."""
+    rows = [("action_id", c.action_id), ("action_type", f"{c.action_type} ({TYPES[c.action_type]})"),
+            ("version", str(c.version)), ("file", f"builtin ({path})" if builtin else str(path))]
+    if c.description:
+        rows.append(("description", c.description))
+    rows.append(("selector", json.dumps(c.input_selector.model_dump(mode="json", exclude_defaults=True),
+                                        ensure_ascii=False)))
+    for r in c.rules:
+        effect = "black-list" if r.black_list else f"label {r.label.key}={r.label.value}" if r.label else "?"
+        rows.append(("rule", f"{effect} where {json.dumps(r.where.model_dump(mode='json', exclude_defaults=True))}"))
+    if c.stage_layout is not None:
+        s = c.stage_layout
+        extra = [k for k in ("sidecars", "include_parents", "include_children") if getattr(s, k)]
+        rows.append(("stage", (f"layout {s.layout}" if s.layout else f"template {s.template}")
+                     + (f" (+ {', '.join(extra)})" if extra else "")))
+    rs = c.run_spec
+    if isinstance(rs, RunLocal):
+        rows.append(("run", f"local: {' '.join(rs.command)}"))
+    elif isinstance(rs, RunDocker):
+        rows.append(("run", f"docker: {rs.image} {' '.join(rs.args)}" + (" (gpus)" if rs.gpus else "")))
+    elif isinstance(rs, RunKubectl):
+        rows.append(("run", f"kubectl: a Job template of {len(rs.template.splitlines())} lines"
+                     + (f" in namespace {rs.namespace}" if rs.namespace else "")))
+    elif isinstance(rs, RunExternal):
+        rows.append(("run", f"external: waits for {rs.done_marker} up to {rs.timeout_s} s"))
+    elif isinstance(rs, RunLabelStudio):
+        rows.append(("run", f"label_studio: {rs.project_title or c.action_id}, {rs.tasks_per_import} tasks per import"))
+    if isinstance(rs, (RunLocal, RunDocker, RunKubectl)):
+        rows.append(("run_as", rs.run_as or "(the job's user)"))
+    if rs is not None:
+        rows.append(("timeout", f"{rs.timeout_s} s, {c.retries} retr{'y' if c.retries == 1 else 'ies'}"))
+    for name, p in c.params.items():
+        lo, hi = ("" if v is None else f"{v:g}" for v in (p.min, p.max))
+        bounds = f" ({lo}..{hi})" if lo or hi else ""
+        choices = f" one of {', '.join(p.choices)}" if p.choices else ""
+        default = "required" if p.default is None else f"= {p.default!r}"
+        rows.append(("param", f"{name}: {p.type}{choices} {default}{bounds}"))
+    if c.gate is not None:
+        rows.append(("gate", (f"hook {' '.join(c.gate.hook)} every {c.gate.poll_s} s" if c.gate.hook else
+                              "released by hand") + f", timeout {c.gate.timeout_s} s"))
+    if c.output_parser is not None:
+        for ch in c.output_parser.children:
+            parent = "another child (output_path)" if ch.parent_key == "output_path" else f"the input ({ch.parent_key})"
+            rows.append(("children", f"{ch.glob} → child of {parent}, {ch.relationship}"))
+        for res in c.output_parser.results:
+            m = c.result_mapping[res.name]
+            rows.append(("results", f"{res.name}: {res.glob} ({res.format}) → {m.into}"))
+    if c.a4_scale is not None:
+        rows.append(("a4_scale", str(c.a4_scale)))
+    return rows

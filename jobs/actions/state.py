@@ -99,6 +99,8 @@ class RunState:
     worker: dict[str, Any] | None = None
     #: how many times the run ended failed or cancelled (each wrote one action_event)
     endings: int = 0
+    #: who launched it (a GUI login; empty from the command line), as other runs record it
+    by: str = ""
 
     @property
     def finished(self) -> bool:
