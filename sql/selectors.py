@@ -240,6 +240,13 @@ def query_nodes(conn: psycopg.Connection, selector: Selector | dict) -> NodeSet:
     return NodeSet([r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows], sum(r[2] for r in rows))
 
 
+def is_deleted(conn: psycopg.Connection, sha256_hex: str) -> bool:
+    """Whether the physical node `sha256_hex` is deleted (type A: hidden, bytes kept)."""
+    row = conn.execute("SELECT pc.is_deleted FROM node n JOIN physical_content pc USING (node_id) "
+                       "WHERE n.sha256 = %s", [bytes.fromhex(sha256_hex)]).fetchone()
+    return bool(row and row[0])
+
+
 def physical_nodes(conn: psycopg.Connection, shas: list[bytes]) -> list[tuple[str, int, bool]]:
     """(sha256 hex, node_id, deleted or black-listed) of the physical nodes among `shas`
     (a stage or export given --nodes: a listed sha256 that is none of these is refused)."""

@@ -111,7 +111,7 @@ def test_selector_matching_nothing_is_refused_and_nothing_kept(hoard_home: Path,
     res = hoard(cfg.source, "action", "run", "check-quality", "--selector", str(sel), "--here")
     assert res.returncode == 5, res.stdout + res.stderr
     lines = [ln for ln in (res.stdout + res.stderr).splitlines() if ln.strip()]
-    assert len(lines) == 1 and "match no node" in lines[0] and "nothing was kept" in lines[0], lines
+    assert len(lines) == 1 and "no node matches" in lines[0] and "nothing was kept" in lines[0], lines
     assert counts(cfg) == before
     assert api.runs(cfg) == [] and not list((cfg.ssd.root / "state" / "actions").glob("*.json"))
 

@@ -8,6 +8,7 @@ and files; the workers are real processes."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time

@@ -211,7 +211,7 @@ async def test_launch_form_errors_are_one_line_each_and_nothing_runs(user, gui_h
     user.find(marker="action-nodes").clear()
     user.find(marker="action-selector").type('{"batches": ["no-such-batch"]}')
     user.find(marker="action-launch").click()
-    await user.should_see("match no node", retries=50)
+    await user.should_see("no node matches", retries=50)
     assert await run.io_bound(launch.action_runs, cfg) == []  # nothing recorded
 
 

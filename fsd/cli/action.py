@@ -106,6 +106,7 @@ def run(ctx: typer.Context, name: Annotated[str, typer.Argument(metavar="NAME", 
         as_json: AsJson = False) -> None:
     """Run an action on its inputs: queued for `hoard worker` (or --here, or --wait). The same
     command again: done → "done already" (nothing changes); failed or interrupted → resumed."""
+    # deferred: jobs.actions and what it loads (rq, redis, psycopg) only in the commands that run; list, show and validate stay light
     import time
 
     from fsd.base.errors import HoardError
@@ -160,6 +161,7 @@ def run(ctx: typer.Context, name: Annotated[str, typer.Argument(metavar="NAME", 
     if not wait:
         assert cfg.redis_url
         with redis_required(cfg.redis_url):
+            # deferred: jobs.actions and what it loads (rq, redis, psycopg) only in the commands that run; list, show and validate stay light
             from jobs.queues import connect
 
             idle = unserved_queues(connect(cfg.redis_url))
@@ -183,6 +185,7 @@ def run(ctx: typer.Context, name: Annotated[str, typer.Argument(metavar="NAME", 
 
 
 def _run_report(cfg, rid: str, as_json: bool, line: str) -> None:
+    # deferred: jobs.actions and what it loads (rq, redis, psycopg) only in the commands that run; list, show and validate stay light
     from jobs.actions import api
     from jobs.actions.state import load_state
 
@@ -208,6 +211,7 @@ def _print_figures(report: dict) -> None:
 @app.command("status")
 def status(ctx: typer.Context, run_id: RunId, as_json: AsJson = False) -> None:
     """One run: status (a run whose heartbeat stopped is failed), step, steps done, error and figures."""
+    # deferred: jobs.actions and what it loads (rq, redis, psycopg) only in the commands that run; list, show and validate stay light
     from jobs.actions import api
 
     st = api._must(state(ctx).settings, run_id)
@@ -227,6 +231,7 @@ def status(ctx: typer.Context, run_id: RunId, as_json: AsJson = False) -> None:
 @app.command("runs")
 def runs_(ctx: typer.Context, as_json: AsJson = False) -> None:
     """Every run recorded: id, status, step."""
+    # deferred: jobs.actions and what it loads (rq, redis, psycopg) only in the commands that run; list, show and validate stay light
     from jobs.actions import api
 
     docs = api.runs(state(ctx).settings)
@@ -243,6 +248,7 @@ def runs_(ctx: typer.Context, as_json: AsJson = False) -> None:
 def release(ctx: typer.Context, run_id: RunId) -> None:
     """Open the GPU gate of a run (AC3/AC4): a run waiting in WAIT_GPU_READY moves on. An AC5 run
     waiting for its labellers imports the annotations finished now."""
+    # deferred: jobs.actions and what it loads (rq, redis, psycopg) only in the commands that run; list, show and validate stay light
     from jobs.actions import api
 
     st = api.release(state(ctx).settings, run_id)
@@ -254,6 +260,7 @@ def release(ctx: typer.Context, run_id: RunId) -> None:
 @app.command("cancel")
 def cancel(ctx: typer.Context, run_id: RunId) -> None:
     """Cancel a run: a running worker is stopped, 3C cleaned, nothing applied."""
+    # deferred: jobs.actions and what it loads (rq, redis, psycopg) only in the commands that run; list, show and validate stay light
     from jobs.actions import api
 
     st = api.cancel(state(ctx).settings, run_id)

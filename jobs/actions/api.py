@@ -24,6 +24,7 @@ from fsd.base.errors import ExitCode, HoardError, first_line
 from fsd.base.files import flocked
 from jobs.actions import contract as contracts
 from jobs.actions.contract import TYPES, Contract
+from jobs.actions.params import canonical, parse_params
 from jobs.actions.runner import enqueue
 from jobs.actions.state import (
     STALE_S,
@@ -34,6 +35,7 @@ from jobs.actions.state import (
     ActionError,
     RunState,
     Status,
+    all_states,
     cancel_flag,
     check_id,
     heartbeat_age,
@@ -45,10 +47,11 @@ from jobs.actions.state import (
     state_dir,
     write_work,
 )
+from jobs.actions.steps import cleanup_cancelled, record_ending
 from sql.apply import apply_write_intent
 from sql.batches import register_action
 from sql.migrate import migrate
-from sql.selectors import parse_selector, physical_nodes, query_nodes
+from sql.selectors import is_deleted, parse_selector, physical_nodes, query_nodes
 
 
 @dataclass
@@ -61,7 +64,6 @@ class Submitted:
 def _canonical(c: Contract, params: dict[str, Any]) -> str:
     if not params:
         return "{}"
-    from jobs.actions.params import canonical
 
     return canonical(params)
 
@@ -69,7 +71,6 @@ def _canonical(c: Contract, params: dict[str, Any]) -> str:
 def _params(c: Contract, given: list[str]) -> dict[str, Any]:
     if not c.params and not given:
         return {}
-    from jobs.actions.params import parse_params
 
     return parse_params(c, given)
 
@@ -108,7 +109,7 @@ def select_inputs(cfg: Settings, c: Contract, selector: dict | None, nodes: list
             if unknown:
                 raise ActionError(f"--nodes: {len(unknown)} sha256(s) are not physical nodes in the database, e.g. "
                                   f"{unknown[0]}; nothing was run", ExitCode.DATA)
-            hidden = sorted(h for h, is_hidden in found.items() if is_hidden and not (own and not _deleted(conn, h)))
+            hidden = sorted(h for h, is_hidden in found.items() if is_hidden and not (own and not is_deleted(conn, h)))
             if hidden:
                 raise ActionError(f"--nodes: {len(hidden)} of the listed nodes are deleted or black-listed, e.g. "
                                   f"{hidden[0]}; take them off the list — nothing was run", ExitCode.DATA)
@@ -120,15 +121,9 @@ def select_inputs(cfg: Settings, c: Contract, selector: dict | None, nodes: list
     if not chosen:
         what = ("the contract's input_selector and --selector together" if narrow is not None
                 else "--nodes" if nodes is not None else "the contract's input_selector")
-        raise ActionError(f"action {c.action_id}: {what} match no node, so there is nothing to run; nothing was "
+        raise ActionError(f"action {c.action_id}: no node matches {what}, so there is nothing to run; nothing was "
                           "kept — check the selector (`hoard select --file …`)", ExitCode.DATA)
     return sorted(chosen)
-
-
-def _deleted(conn: psycopg.Connection, sha: str) -> bool:
-    row = conn.execute("SELECT pc.is_deleted FROM node n JOIN physical_content pc USING (node_id) "
-                       "WHERE n.sha256 = %s", [bytes.fromhex(sha)]).fetchone()
-    return bool(row and row[0])
 
 
 def submit(cfg: Settings, name: str, *, selector: dict | None = None, nodes: list[str] | None = None,
@@ -278,7 +273,6 @@ def cancel(cfg: Settings, rid: str) -> RunState:
                 raise ActionError(f"run {rid}: its results are applied already (step apply done), so it cannot "
                                   f"be cancelled; `hoard action run {st.action}` again finishes it")
             if st.status != Status.CANCELLED.value:
-                from jobs.actions.steps import cleanup_cancelled, record_ending
 
                 cleanup_cancelled(cfg, st)
                 st.status, st.error = Status.CANCELLED.value, f"cancelled at step {st.step}"
@@ -297,7 +291,6 @@ def _must(cfg: Settings, rid: str) -> RunState:
 
 
 def runs(cfg: Settings) -> list[dict[str, Any]]:
-    from jobs.actions.state import all_states
 
     return [status_doc(cfg, st) for st in all_states(cfg)]
 

@@ -38,7 +38,7 @@ from jobs.actions.state import (
 )
 from jobs.actions.steps import STEPS, cleanup_cancelled, record_ending, wait_a_little
 from jobs.ingest.runner import _explain, _interruptible
-from jobs.queues import CONDITIONS, condition_exit_code, connect, enqueue_once, is_condition, rq_queue
+from jobs.queues import CONDITIONS, condition_exit_code, connect, enqueue_once, fetch_job, is_condition, rq_queue
 
 log = logging.getLogger(__name__)
 
@@ -152,7 +152,6 @@ def _schedule_poll(cfg: Settings, st: RunState, poll_s: float) -> None:
     conn = connect(cfg.redis_url)
     jid = job_id(st.run_id, st.step, "-poll")
     with contextlib.suppress(Exception):
-        from jobs.queues import fetch_job
 
         fetch_job(jid, conn).delete()
     rq_queue(QUEUE_OF[st.step], conn).enqueue_in(

@@ -27,6 +27,7 @@ resumes at that step.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import re
 import shutil
@@ -37,11 +38,18 @@ from typing import Any
 
 import psycopg
 
+from datasets import layouts
 from fsd.base.config import Settings
 from fsd.base.errors import ExitCode
 from fsd.base.paths import display
+from fsd.outputs.seal import MANIFEST
+from fsd.store import Store
 from jobs import outputs
-from jobs.actions.contract import Contract, RunExternal
+from jobs.actions import execute, labelstudio, parse
+from jobs.actions.contract import Contract, RunExternal, RunLabelStudio
+from jobs.actions.execute import Roots
+from jobs.actions.labelstudio import Task
+from jobs.actions.parse import InputFile
 from jobs.actions.state import (
     EXTERNAL_POLL_S,
     LABELS_POLL_S,
@@ -107,7 +115,6 @@ def stage_spec(c: Contract, rid: str, inputs: list[str]) -> outputs.OutputSpec:
     """The stage request of a run: its inputs by sha256, laid out as the contract says."""
     s = c.stage_layout
     assert s is not None  # contract.problems: every type but AC1 has one
-    from datasets import layouts
 
     lay = layouts.load(s.layout) if s.layout else layouts.parse(s.template or "", c.action_id, s.sidecars)
     return outputs.OutputSpec.model_validate({
@@ -124,7 +131,6 @@ def _step_stage(cfg: Settings, st: RunState) -> None:
 
 
 def roots_of(cfg: Settings, c: Contract, st: RunState):
-    from jobs.actions.execute import Roots
 
     spec = stage_spec(c, st.run_id, [])
     base = cfg.ssd.zone_path("3C") / st.run_id / spec.layout["name"]
@@ -133,10 +139,7 @@ def roots_of(cfg: Settings, c: Contract, st: RunState):
 
 def staged_inputs(cfg: Settings, c: Contract, st: RunState) -> list[Any]:
     """The staged files (relative to the input root) and their sha256, from the stage's manifest."""
-    import json
 
-    from fsd.outputs.seal import MANIFEST
-    from jobs.actions.parse import InputFile
 
     spec = stage_spec(c, st.run_id, [])
     prefix = f"{spec.layout['name']}/input/"
@@ -157,7 +160,6 @@ def _step_gate(cfg: Settings, st: RunState) -> None:
         st.report["gate"] = f"released by hand at {st.gate['released']}"
         return
     if gate.hook:
-        from jobs.actions import execute
 
         ready = execute.gate_ready(c, roots_of(cfg, c, st), st.params, log_path=log_path(cfg, st.run_id),
                                    timeout_s=min(60, gate.poll_s * 2), worker_user=cfg.actions.worker_user)
@@ -187,7 +189,6 @@ def _empty(d: Path) -> None:
 
 
 def _step_run(cfg: Settings, st: RunState) -> None:
-    from jobs.actions import execute
 
     c = contract_of(cfg, st)
     roots = roots_of(cfg, c, st)
@@ -256,7 +257,6 @@ def end_left_worker(cfg: Settings, st: RunState) -> None:
     if not w:
         return
     if w.get("boot") == _boot_id():
-        from jobs.actions import execute
 
         n = execute.end_session(int(w["sid"]), int(w["start"]))
         if n:
@@ -276,7 +276,6 @@ def _why(outcome: Any, c: Contract) -> str:
 # -- parse --------------------------------------------------------------------------------------
 
 def _step_parse(cfg: Settings, st: RunState) -> None:
-    from jobs.actions import parse
 
     c = contract_of(cfg, st)
     roots = roots_of(cfg, c, st)
@@ -293,7 +292,6 @@ def _step_parse(cfg: Settings, st: RunState) -> None:
 # -- store --------------------------------------------------------------------------------------
 
 def _step_store(cfg: Settings, st: RunState) -> None:
-    from fsd.store import Store
 
     c = contract_of(cfg, st)
     root = roots_of(cfg, c, st).output_root
@@ -327,7 +325,6 @@ EXPORT_RELATIONSHIP = "labelled_in"
 
 
 def _ls_spec(c: Contract) -> Any:
-    from jobs.actions.contract import RunLabelStudio
 
     assert isinstance(c.run_spec, RunLabelStudio)  # contract.problems: AC5 is kind "label_studio"
     return c.run_spec
@@ -335,14 +332,12 @@ def _ls_spec(c: Contract) -> Any:
 
 def _ls_tasks(cfg: Settings, c: Contract, st: RunState) -> list[Any]:
     """The run's tasks: each staged input, its path relative to zone 3C."""
-    from jobs.actions.labelstudio import Task
 
     base = roots_of(cfg, c, st).input_root.relative_to(cfg.ssd.zone_path("3C"))
     return [Task(sha256=f.sha256, path=(base / f.staged_path).as_posix()) for f in staged_inputs(cfg, c, st)]
 
 
 def _step_tasks(cfg: Settings, st: RunState) -> None:
-    from jobs.actions import labelstudio
 
     c = contract_of(cfg, st)
     rs = _ls_spec(c)
@@ -359,10 +354,7 @@ def _finished(task: dict[str, Any]) -> bool:
 
 
 def _step_labels(cfg: Settings, st: RunState) -> None:
-    import json
 
-    from fsd.store import Store
-    from jobs.actions import labelstudio
 
     c = contract_of(cfg, st)
     rs = _ls_spec(c)
@@ -472,7 +464,6 @@ def _step_apply(cfg: Settings, st: RunState) -> None:
 # -- finish -------------------------------------------------------------------------------------
 
 def _step_finish(cfg: Settings, st: RunState) -> None:
-    from fsd.store import Store
 
     c = contract_of(cfg, st)
     if c.action_type != "AC1":
