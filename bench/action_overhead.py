@@ -19,7 +19,8 @@ children rule takes each child's parent from its stem (`parent_key = "stem"`: th
 layout names each input by its sha256).
 
 Measured as pairs close in time (the stage alone, then the action), `--repeat` pairs cold
-(page cache dropped before each) and as many warm (right after, the inputs cached); the pair
+(page cache dropped before each) and as many warm (right after, the inputs cached; each after
+a sync, so that none pays for writing back what the one before left dirty); the pair
 with the median ratio is shown, every ratio is in the JSON:
 
 - **action**: `jobs.actions.api.submit` (select: the contract's selector in SQL, the run
@@ -270,14 +271,15 @@ def main() -> None:
                         return
                     for i in range(args.repeat):  # each pair close in time: the machine's load moves
                         for temp in ("cold", "warm"):
-                            if temp == "cold":
-                                drop_caches()
+                            # every measurement starts with nothing left to write back (a warm one
+                            # would otherwise pay for the previous run's 3C files): sync, and cold
+                            # drops the page cache too
+                            drop_caches() if temp == "cold" else os.sync()
                             t0 = time.monotonic()
                             stage_alone(cfg, f"stage-{temp}-{i}", shas)
                             stages[temp].append(round(time.monotonic() - t0, 3))
                             outputs.clean(cfg, f"stage-{temp}-{i}", "3C")
-                            if temp == "cold":
-                                drop_caches()
+                            drop_caches() if temp == "cold" else os.sync()
                             runs[temp].append(action(cfg, f"copy-{temp}-{i}"))
                             r = runs[temp][-1]
                             print(f"{temp} {i}: stage alone {stages[temp][-1]:.2f} s; action outside the worker "
