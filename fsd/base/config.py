@@ -135,6 +135,9 @@ class ActionsConfig(BaseModel):
     #: the user a worker runs as when hoard runs as root and the contract names no `run_as`
     #: (jobs/actions/execute.py); never root unless the contract says `allow_root = true`
     worker_user: str = Field(default="nobody", pattern=r"^[a-z_][a-z0-9_-]{0,31}$|^[0-9]{1,10}$")
+    #: the most bytes a run's children may hold together, checked at parse before anything is
+    #: hashed or stored (a contract's `max_output_bytes` overrides it)
+    max_output_bytes: int = Field(default=256 << 30, ge=1, le=1 << 60)
 
 
 class LabelStudioConfig(BaseModel):

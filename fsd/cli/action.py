@@ -14,7 +14,7 @@ from typing import Annotated
 
 import typer
 
-from fsd.base.errors import ExitCode
+from fsd.base.errors import ExitCode, first_line
 from fsd.base.paths import display
 from fsd.cli._common import err, out, state
 from jobs.actions.contract import TYPES, ContractError, find_any, list_all, load_file, show_rows, summary
@@ -114,7 +114,7 @@ def run(ctx: typer.Context, name: Annotated[str, typer.Argument(metavar="NAME", 
     from fsd.cli.outputs import _json_file
     from jobs.actions import api, run_here
     from jobs.actions.state import WAITING, load_state
-    from jobs.queues import redis_required, unserved_queues
+    from jobs.queues import connect, redis_required, unserved_queues
 
     if selector is not None and nodes is not None:
         raise HoardError("give --selector FILE (narrows the contract's input_selector) or --nodes FILE (replaces "
@@ -145,6 +145,10 @@ def run(ctx: typer.Context, name: Annotated[str, typer.Argument(metavar="NAME", 
     if sub.how in ("running",) + WAITING and not here:
         _run_report(cfg, rid, as_json, f"run {rid}: {sub.how} (`hoard action status {rid}`)")
         return
+    if sub.how == "requeued" and not wait:
+        _run_report(cfg, rid, as_json, f"run {rid}: its job at step {sub.state.step} was lost from Redis; queued "
+                                       f"again ({sub.state.status}; `hoard action status {rid}`)")
+        return
     if here:
         try:
             code = run_here(cfg, rid)
@@ -161,21 +165,30 @@ def run(ctx: typer.Context, name: Annotated[str, typer.Argument(metavar="NAME", 
     if not wait:
         assert cfg.redis_url
         with redis_required(cfg.redis_url):
-            # deferred: jobs.actions and what it loads (rq, redis, psycopg) only in the commands that run; list, show and validate stay light
-            from jobs.queues import connect
-
             idle = unserved_queues(connect(cfg.redis_url))
         if idle and not as_json:
             err.print(f"no worker serves the {', '.join(idle)} queue(s): `hoard worker`, or add --here", markup=False)
         _run_report(cfg, rid, as_json, f"run {rid}: {sub.how}, queued (`hoard action status {rid}`; `hoard worker` "
                                        "runs it)")
         return
+    import redis
+
     while True:
         st = load_state(cfg, rid)
         assert st is not None
-        shown, why = api.describe(cfg, st)
+        shown, why = api.describe(cfg, st, check_jobs=False)
         if shown in ("done", "failed", "cancelled"):
             break
+        if st.status in ("queued",) + WAITING:
+            try:
+                lost = api.job_lost(cfg, st, connect(cfg.redis_url), strict=True)
+            except redis.RedisError as e:
+                raise HoardError(f"run {rid} {st.status} at step {st.step}: Redis at {cfg.redis_url} does not "
+                                 f"answer ({first_line(e)}); the run is kept — once Redis is back, `hoard action run "
+                                 f"{st.action}` again goes on", ExitCode.UNAVAILABLE) from None
+            if lost:
+                shown, why = api.describe(cfg, st)
+                raise HoardError(f"run {rid} {shown} at step {st.step}: {why}", ExitCode.UNAVAILABLE)
         time.sleep(0.5)
     if shown != "done":
         if as_json:
@@ -214,7 +227,7 @@ def status(ctx: typer.Context, run_id: RunId, as_json: AsJson = False) -> None:
     # deferred: jobs.actions and what it loads (rq, redis, psycopg) only in the commands that run; list, show and validate stay light
     from jobs.actions import api
 
-    st = api._must(state(ctx).settings, run_id)
+    st = api.retry_events(state(ctx).settings, api._must(state(ctx).settings, run_id))
     doc = api.status_doc(state(ctx).settings, st)
     if as_json:
         out.print(json.dumps(doc, ensure_ascii=False), markup=False)
@@ -263,6 +276,11 @@ def cancel(ctx: typer.Context, run_id: RunId) -> None:
     # deferred: jobs.actions and what it loads (rq, redis, psycopg) only in the commands that run; list, show and validate stay light
     from jobs.actions import api
 
+    before = api._must(state(ctx).settings, run_id)
     st = api.cancel(state(ctx).settings, run_id)
+    if before.status == "failed" and st.status == "cancelled":
+        out.print(f"run {st.run_id}: cancelled; it had failed at step {st.step} and that ending stands (no second "
+                  "event); its 3C output and pin were dropped", markup=False)
+        return
     out.print(f"run {st.run_id}: " + ("cancelled" if st.status == "cancelled" else
                                       f"cancel asked; step {st.step} stops at its next check"), markup=False)

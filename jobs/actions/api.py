@@ -39,11 +39,14 @@ from jobs.actions.state import (
     cancel_flag,
     check_id,
     heartbeat_age,
+    here_lock_path,
+    job_id,
     load_state,
     lock_path,
     run_id,
     run_key,
     save_state,
+    stamp,
     state_dir,
     write_work,
 )
@@ -152,9 +155,10 @@ def submit(cfg: Settings, name: str, *, selector: dict | None = None, nodes: lis
         write_work(cfg, rid, "inputs", inputs)
         cancel_flag(cfg, rid).unlink(missing_ok=True)
         st = RunState(rid, c.action_id, c.version, c.action_type, num, params, steps_of(c), len(inputs), by=by)
-        save_state(cfg, st)
-        if queue:
-            _queue(cfg, st, redis_conn, forget=True)
+        with flocked(lock_path(cfg, rid)):  # saved and queued as one: never seen "queued" without its job
+            save_state(cfg, st)
+            if queue:
+                _queue(cfg, st, redis_conn, forget=True)
         return Submitted(st, "new")
 
 
@@ -177,22 +181,91 @@ def _queue(cfg: Settings, st: RunState, redis_conn, forget: bool = False) -> Non
 
 
 def _again(cfg: Settings, st: RunState, redis_conn, queue: bool) -> Submitted:
+    st = retry_events(cfg, st)  # an ending PostgreSQL could not take: written first, before another attempt
     shown, _why = describe(cfg, st)
     if shown == Status.DONE.value:
         return Submitted(st, "done already")
-    if shown == Status.RUNNING.value or (shown in WAITING and queue) or (shown == Status.QUEUED.value and queue):
-        return Submitted(st, "running" if shown == Status.RUNNING.value else shown)
+    if shown == Status.RUNNING.value:
+        return Submitted(st, "running")
+    if queue and (shown in WAITING or shown == Status.QUEUED.value):
+        if job_lost(cfg, st, redis_conn):
+            # Redis lost the job that moves it on (restarted without persistence, or the enqueue
+            # after the state was saved failed): queued again — enqueue is idempotent by job id;
+            # a waiting step runs once now and schedules its own poll again
+            with flocked(lock_path(cfg, st.run_id)):
+                _queue(cfg, st, redis_conn)
+            return Submitted(st, "requeued")
+        return Submitted(st, shown)
     # failed, cancelled, interrupted (a dead runner), or waiting/queued and now run here
     cancel_flag(cfg, st.run_id).unlink(missing_ok=True)
-    if shown in (Status.FAILED.value, Status.CANCELLED.value, "interrupted"):
-        st.gate.pop("since", None)  # a gate or an external wait given up starts its timeout anew
-        if st.step in ("run", "labels"):
-            st.waiting_since = None
-        st.status, st.error, st.exit_code = Status.QUEUED.value, None, 0
-        save_state(cfg, st)
-    if queue:
-        _queue(cfg, st, redis_conn)
+    with flocked(lock_path(cfg, st.run_id)):
+        if shown in (Status.FAILED.value, Status.CANCELLED.value, "interrupted"):
+            st.gate.pop("since", None)  # a gate or an external wait given up starts its timeout anew
+            if st.step == "parse" and shown == Status.FAILED.value and st.error:
+                # what the worker wrote was refused: reading it again would refuse it again — the
+                # (fixed) worker runs again, on an emptied output root
+                st.step = "run"
+                st.done = [d for d in st.done if d != "run"]
+            if st.step in ("run", "labels"):
+                st.waiting_since = None
+            st.status, st.error, st.exit_code = Status.QUEUED.value, None, 0
+            st.attempt = stamp()  # a new attempt: its ending (if any) is another event
+            st.report.pop("enqueue_failed", None)
+            save_state(cfg, st)
+        if queue:
+            _queue(cfg, st, redis_conn)
     return Submitted(st, "resumed")
+
+
+def job_lost(cfg: Settings, st: RunState, redis_conn=None, strict: bool = False) -> bool | None:
+    """A queued or waiting run that nothing in Redis will move on: no job of its step (the step,
+    its poll, its release) queued, scheduled or running on a live worker, and no process at it
+    (its lock, or a `--here` runner). None when that cannot be told (no Redis configured, Redis
+    down; `strict`: Redis's error is raised) or the run is not queued or waiting."""
+    if st.status not in (Status.QUEUED.value, *WAITING) or not cfg.redis_url:
+        return None
+    if is_running(cfg, st.run_id) or _held(here_lock_path(cfg, st.run_id)):
+        return False
+    import redis
+    from rq.exceptions import NoSuchJobError
+
+    from jobs.queues import connect, fetch_job, running
+
+    try:
+        conn = redis_conn or connect(cfg.redis_url)
+        for suffix in ("", "-poll", "-release"):
+            jid = job_id(st.run_id, st.step, suffix)
+            try:
+                status = fetch_job(jid, conn).get_status(refresh=True)
+            except NoSuchJobError:
+                continue
+            if status in ("queued", "scheduled", "deferred") or (status == "started" and running(conn, jid)):
+                return False
+        return True
+    except redis.RedisError:
+        if strict:
+            raise
+        return None
+
+
+def _held(path) -> bool:
+    try:
+        with flocked(path, wait=False):
+            return False
+    except BlockingIOError:
+        return True
+
+
+def retry_events(cfg: Settings, st: RunState) -> RunState:
+    """Write the ending events PostgreSQL could not take (`hoard action status`, `run`): unless a
+    step runs now (it saves the state itself)."""
+    if st.pending_events:
+        with contextlib.suppress(BlockingIOError), flocked(lock_path(cfg, st.run_id), wait=False):
+            from jobs.actions.steps import write_pending_events
+
+            st = _must(cfg, st.run_id)
+            write_pending_events(cfg, st)
+    return st
 
 
 def is_running(cfg: Settings, rid: str) -> bool:
@@ -204,11 +277,13 @@ def is_running(cfg: Settings, rid: str) -> bool:
         return True
 
 
-def describe(cfg: Settings, st: RunState) -> tuple[str, str]:
+def describe(cfg: Settings, st: RunState, check_jobs: bool = True) -> tuple[str, str]:
     """(status, why) as a person should read them: "running" only while a process runs the
     step (it holds the run's lock, which the kernel drops when it dies: kill -9, OOM) and its
     heartbeat is fresh — a step whose heartbeat is older than STALE_S (a hung process, a host
-    that stopped answering) is reported failed too, never left "running" for ever."""
+    that stopped answering) is reported failed too, never left "running" for ever. A queued or
+    waiting run whose job Redis lost (`job_lost`) keeps its status, with a why naming the step
+    and the way on (`check_jobs=False`: Redis is not asked)."""
     if st.status == Status.RUNNING.value:
         age = heartbeat_age(cfg, st.run_id)
         if not is_running(cfg, st.run_id):
@@ -218,6 +293,17 @@ def describe(cfg: Settings, st: RunState) -> tuple[str, str]:
             ago = "no heartbeat" if age is None else f"no heartbeat for {age:.0f} s"
             return Status.FAILED.value, (f"step {st.step} has written {ago} (its process hangs, or its host stopped "
                                          f"answering); stop it, then `hoard action run {st.action}` again resumes it")
+    if st.status in (Status.QUEUED.value, *WAITING) and check_jobs:
+        lost = job_lost(cfg, st)
+        failed = st.report.get("enqueue_failed")
+        if lost:
+            what = "its poll" if st.status in WAITING else "the job of its next step"
+            return st.status, (f"{what} ({st.step}) is not in Redis (Redis restarted without its data, or queueing "
+                               f"it failed{': ' + failed if failed else ''}), so nothing will run it; "
+                               f"`hoard action run {st.action}` again queues it")
+        if lost is None and failed and st.status == Status.QUEUED.value:
+            return st.status, (f"step {st.step} could not be queued ({failed}); once Redis is back, "
+                               f"`hoard action run {st.action}` again queues it")
     return st.status, st.error or ""
 
 
@@ -226,7 +312,8 @@ def status_doc(cfg: Settings, st: RunState) -> dict[str, Any]:
     return {"run": st.run_id, "action": st.action, "version": st.version, "type": st.action_type,
             "status": shown, "step": st.step, "steps": st.steps, "done": st.done, "inputs": st.inputs,
             "params": st.params, "error": why or None, "seconds": st.seconds, "created": st.created,
-            "updated": st.updated, "gate": st.gate, "report": st.report, "by": st.by}
+            "updated": st.updated, "gate": st.gate, "report": st.report, "by": st.by,
+            "stalled": bool(why) and shown in (Status.QUEUED.value, *WAITING)}
 
 
 def release(cfg: Settings, rid: str, redis_conn=None) -> RunState:
@@ -301,5 +388,9 @@ def problems(cfg: Settings) -> list[str]:
     for doc in runs(cfg):
         if doc["status"] == Status.FAILED.value:
             out.append(f"action run {doc['run']}: failed at {doc['step']}: {doc['error']}")
+        elif doc["stalled"]:
+            out.append(f"action run {doc['run']}: {doc['status']} at {doc['step']}: {doc['error']}")
+        if doc["report"].get("ending_event"):
+            out.append(f"action run {doc['run']}: its ending event is {doc['report']['ending_event']}")
     return out
 

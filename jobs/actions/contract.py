@@ -347,6 +347,8 @@ class Contract(BaseModel):
     gate: Gate | None = None
     retries: int = Field(default=0, ge=0, le=10)
     a4_scale: int | None = Field(default=None, ge=1, le=100_000)
+    #: the most bytes the run's children may hold together (default: actions.max_output_bytes)
+    max_output_bytes: int | None = Field(default=None, ge=1, le=1 << 60)
 
 
 # -- what one key cannot say ------------------------------------------------------------------
@@ -401,7 +403,7 @@ def problems(c: Contract) -> list[str]:
     t = c.action_type
     kind = c.run_spec.kind if c.run_spec is not None else None
     if t == "AC1":
-        for key in ("stage_layout", "run_spec", "output_parser", "gate", "a4_scale"):
+        for key in ("stage_layout", "run_spec", "output_parser", "gate", "a4_scale", "max_output_bytes"):
             if getattr(c, key) is not None:
                 out.append(f"{key}: an AC1 action is SQL only (nothing is staged or run); remove {key}")
         if c.result_mapping:
@@ -433,6 +435,9 @@ def problems(c: Contract) -> list[str]:
     children = bool(c.output_parser and c.output_parser.children)
     if c.a4_scale is not None and not children:
         out.append("a4_scale: this action declares no children (output_parser.children); remove a4_scale")
+    if c.max_output_bytes is not None and not children and t != "AC1":
+        out.append("max_output_bytes: this action declares no children (output_parser.children); remove "
+                   "max_output_bytes")
     results = {r.name for r in c.output_parser.results} if c.output_parser else set()
     names = [r.name for r in c.output_parser.results] if c.output_parser else []
     for dup in sorted({n for n in names if names.count(n) > 1}):

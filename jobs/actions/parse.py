@@ -34,6 +34,7 @@ from typing import Any, BinaryIO
 
 from fsd.base.errors import ExitCode, HoardError
 from fsd.base.paths import MAX_NAME_BYTES, display, hostile_reason, long_name
+from fsd.base.units import fmt_bytes
 from jobs.actions.contract import RESULT_TABLES, ChildFiles, Contract, OutputParser, ResultFiles, RunExternal
 
 #: the largest result file read (a JSON array is parsed whole; records are held until stored)
@@ -198,9 +199,10 @@ class _Walk:
     first thing refused (and how many more), the children counted against the limit."""
 
     def __init__(self, root: str, rules: _Rules, done_marker: str | None, limit: int, a4_scale: int,
-                 n_inputs: int) -> None:
+                 n_inputs: int, max_bytes: int | None = None) -> None:
         self.root, self.rules, self.done_marker = root, rules, done_marker
         self.limit, self.a4_scale, self.n_inputs = limit, a4_scale, n_inputs
+        self.max_bytes, self.child_bytes = max_bytes, 0
         self.files: list[_File] = []
         self.refused: str | None = None   # the first thing refused …
         self.more = 0                     # … and how many after it
@@ -287,6 +289,15 @@ class _Walk:
                     f"a4_scale × inputs allows ({self.a4_scale} × {self.n_inputs}); nothing was stored — raise "
                     "`a4_scale` in the contract (or store.a4_scale in hoard.toml) if it really makes that many, "
                     "or fix the worker")
+            self.child_bytes += st.st_size
+            if self.max_bytes is not None and self.child_bytes > self.max_bytes:
+                # by the size the file claims (a sparse file is its size to hash and copy): before
+                # a byte of it is read or stored
+                raise OutputProblem(
+                    f"{self.shown(rel)}: with this file ({fmt_bytes(st.st_size)}) the children reach "
+                    f"{fmt_bytes(self.child_bytes)} ({self.child_bytes} bytes), more than max_output_bytes allows "
+                    f"({fmt_bytes(self.max_bytes)}); nothing was stored — raise `max_output_bytes` in the contract "
+                    "(or actions.max_output_bytes in hoard.toml) if it really writes that much, or fix the worker")
         self.files.append(_File(rel, st.st_size, st.st_dev, st.st_ino, hits, st.st_mtime_ns))
 
 
@@ -509,10 +520,13 @@ _DEFAULTS = {"value": "", "text": "", "edge_ratio": None, "confidence": None}
 # -- the whole ---------------------------------------------------------------------------------
 
 def parse_outputs(c: Contract, output_root: Path, inputs: list[InputFile], *, a4_scale: int,
-                  done_marker: str | None = None) -> Parsed:
+                  done_marker: str | None = None, max_bytes: int | None = None) -> Parsed:
     """The children and result records the worker wrote in `output_root`, sorted by path, or
     OutputProblem (one line) for the first thing that cannot be taken. `done_marker` (an
-    external run's `_DONE`, the contract's when not given) in the root is not an output."""
+    external run's `_DONE`, the contract's when not given) in the root is not an output.
+    `max_bytes`: the most bytes the children may hold together (their sizes as stat says, a
+    sparse file's included), refused as soon as the walk passes it (None: the contract's
+    `max_output_bytes`, else no bound)."""
     parser = c.output_parser or OutputParser()
     if done_marker is None and isinstance(c.run_spec, RunExternal):
         done_marker = c.run_spec.done_marker
@@ -525,15 +539,16 @@ def parse_outputs(c: Contract, output_root: Path, inputs: list[InputFile], *, a4
         raise OutputProblem(f"output root {display(root)}: {what}; the run's output directory must be a "
                             "directory the worker wrote into — run the action again") from None
     try:
-        return _parse(parser, c, root, root_fd, inputs, a4_scale, done_marker)
+        return _parse(parser, c, root, root_fd, inputs, a4_scale, done_marker,
+                      max_bytes if max_bytes is not None else c.max_output_bytes)
     finally:
         os.close(root_fd)
 
 
 def _parse(parser: OutputParser, c: Contract, root: str, root_fd: int, inputs: list[InputFile], a4_scale: int,
-           done_marker: str | None) -> Parsed:
+           done_marker: str | None, max_bytes: int | None = None) -> Parsed:
     rules = _Rules.of(parser)
-    walk = _Walk(root, rules, done_marker, a4_scale * len(inputs), a4_scale, len(inputs))
+    walk = _Walk(root, rules, done_marker, a4_scale * len(inputs), a4_scale, len(inputs), max_bytes)
     walk.dir(root_fd, "", 0)
     if walk.refused is not None:
         raise OutputProblem(walk.refused + (f" (and {walk.more} more refused in the output)" if walk.more else ""))

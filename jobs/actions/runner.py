@@ -16,7 +16,7 @@ from typing import Any
 
 from fsd.base import config as config_mod
 from fsd.base.config import Settings
-from fsd.base.errors import ExitCode, HoardError
+from fsd.base.errors import ExitCode, HoardError, first_line
 from fsd.base.files import flocked
 from jobs import runlog
 from jobs.actions.state import (
@@ -31,6 +31,7 @@ from jobs.actions.state import (
     Waiting,
     beat,
     cancel_flag,
+    here_lock_path,
     job_id,
     load_state,
     lock_path,
@@ -121,13 +122,30 @@ def _run_step_logged(cfg: Settings, rid: str, step: str, *, then_enqueue: bool =
     nxt = st.steps.index(step) + 1
     if nxt < len(st.steps):
         st.step, st.status = st.steps[nxt], Status.QUEUED.value
+        st.report.pop("enqueue_failed", None)
         save_state(cfg, st)
         if then_enqueue:
-            enqueue(cfg, st)
+            _enqueue_next(cfg, st)
     else:
         st.status, st.error, st.exit_code = Status.DONE.value, None, 0
         save_state(cfg, st)
     return st.report
+
+
+def _enqueue_next(cfg: Settings, st: RunState) -> None:
+    """Queue the step the state now names. Redis down here (between two steps): one line in the
+    log and in the state; the run stays queued at that step and `hoard action run` again
+    queues it once Redis is back (status and health name it meanwhile)."""
+    import redis
+
+    try:
+        enqueue(cfg, st)
+    except redis.RedisError as e:
+        st.report["enqueue_failed"] = f"Redis did not answer ({first_line(e)})"
+        save_state(cfg, st)
+        log.warning("run %s: step %s could not be queued: Redis at %s does not answer (%s); once it is back, "
+                    "`hoard action run %s` again queues it", st.run_id, st.step, cfg.redis_url, first_line(e),
+                    st.action)
 
 
 def _cancelled(cfg: Settings, st: RunState) -> None:
@@ -165,7 +183,7 @@ def run_here(cfg: Settings, rid: str) -> ExitCode:
     Redis; a waiting step (the gate, an external worker) is polled here in the foreground.
     A condition ends the run failed with its one line (the exit code says why); a bug
     propagates; Ctrl-C stops the step at once, recorded as interrupted."""
-    with _interruptible():
+    with _interruptible(), flocked(here_lock_path(cfg, rid)):
         while True:
             st = load_state(cfg, rid)
             if st is None:

@@ -101,6 +101,15 @@ class RunState:
     endings: int = 0
     #: who launched it (a GUI login; empty from the command line), as other runs record it
     by: str = ""
+    #: when this attempt began (submitted, or resumed by `hoard action run` again): the key of
+    #: the attempt's ending event (`action-end:<run>:<attempt>`), so that an ending whose event
+    #: was written but whose state was not saved (a crash between the two) is not mistaken for
+    #: the next one, and a cancel after a failure is the same ending, not a second
+    attempt: str = field(default_factory=lambda: stamp())
+    #: ending events PostgreSQL could not take (it was down): retried by `status` and `run`
+    pending_events: list[dict[str, Any]] = field(default_factory=list)
+    #: the attempt whose ending event is recorded (one per attempt)
+    ended_attempt: str | None = None
 
     @property
     def finished(self) -> bool:
@@ -109,6 +118,11 @@ class RunState:
 
 def now() -> str:
     return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+
+
+def stamp() -> str:
+    """A start stamp unique to the microsecond (an attempt's)."""
+    return dt.datetime.now(dt.UTC).isoformat(timespec="microseconds")
 
 
 def since(stamp: str) -> float:
@@ -202,6 +216,12 @@ def cancel_flag(cfg: Settings, rid: str) -> Path:
 
 def lock_path(cfg: Settings, rid: str) -> Path:
     return state_dir(cfg) / f"{rid}.lock"
+
+
+def here_lock_path(cfg: Settings, rid: str) -> Path:
+    """Held by `hoard action run --here` for as long as it runs the run's steps (between steps
+    and while it waits at a gate too): no Redis job is needed for that run to move on."""
+    return state_dir(cfg) / f"{rid}.here.lock"
 
 
 def log_path(cfg: Settings, rid: str) -> Path:

@@ -68,6 +68,7 @@ from jobs.actions.state import (
     write_work,
 )
 from sql.apply import apply_write_intent
+from sql.intents import IntentConflict
 from sql.migrate import migrate
 from sql.selectors import query_nodes
 
@@ -282,7 +283,7 @@ def _step_parse(cfg: Settings, st: RunState) -> None:
     inputs = staged_inputs(cfg, c, st)
     marker = c.run_spec.done_marker if isinstance(c.run_spec, RunExternal) else None
     parsed = parse.parse_outputs(c, roots.output_root, inputs, a4_scale=c.a4_scale or cfg.store.a4_scale,
-                                 done_marker=marker)
+                                 done_marker=marker, max_bytes=c.max_output_bytes or cfg.actions.max_output_bytes)
     write_work(cfg, st.run_id, "parsed", {"children": _rows(parsed.children), "records": _rows(parsed.records)})
     st.report.update(children=len(parsed.children), records=len(parsed.records), output_files=parsed.files,
                      output_bytes=parsed.bytes)
@@ -493,8 +494,10 @@ STEPS: dict[str, Callable[[Settings, RunState], None]] = {
 
 def cleanup_cancelled(cfg: Settings, st: RunState) -> None:
     """A cancelled run ends a worker its dead runner left, then gives its 3C output and
-    reservation back (nothing was applied)."""
+    reservation back and drops the store pin of its children (nothing was applied, nothing will
+    be: gc may take them)."""
     end_left_worker(cfg, st)
+    unpin_children(cfg, st)
     try:
         outputs.clean(cfg, st.run_id, "3C")
     except (outputs.zones.NoSuchOutput, outputs.OutputError):
@@ -503,24 +506,57 @@ def cleanup_cancelled(cfg: Settings, st: RunState) -> None:
         st.report["3c_kept"] = f"{cfg.ssd.zone_path('3C') / st.run_id}: {e}"
 
 
+def unpin_children(cfg: Settings, st: RunState) -> None:
+    """Drop the pin `action-<run>` the store step put on the run's children (a cancelled run
+    will never apply them; the file alone, no store opened)."""
+    from fsd.core.layout import pin_path
+
+    if pin_path(cfg, f"action-{st.run_id}").exists():
+        pin_path(cfg, f"action-{st.run_id}").unlink(missing_ok=True)
+        st.report["children_unpinned"] = True
+        log.info("run %s: the pin of its stored children dropped (cancelled; gc may take them)", st.run_id)
+
+
 def record_ending(cfg: Settings, st: RunState, status: str) -> None:
     """A run that ended failed or cancelled gets its `action_event` (status failed/cancelled, the
-    error line in detail) — its own write-intent `action-end:<run>:<n>`, outside the product's
-    `action:<run>`, exactly once per ending (n counts the run's endings). PostgreSQL down (often
-    why the run failed): the event is not written, and the state says so."""
+    error line in detail) — its own write-intent `action-end:<run>:<attempt>`, outside the
+    product's `action:<run>`, exactly once per ending: the key is the attempt's start stamp, so
+    an event written by a process that died before saving the state is not reused by the next
+    ending, and a cancel of a run that failed in this attempt is that same ending (no second
+    event). PostgreSQL down (often why the run failed): the event waits in the state
+    (`pending_events`) and is written by the next `hoard action status` or `run` of the run."""
+    key = f"action-end:{st.run_id}:{st.attempt}"
+    if st.ended_attempt == st.attempt:  # this attempt's ending is recorded (or waits) already
+        save_state(cfg, st)
+        return
+    st.ended_attempt = st.attempt
     st.endings += 1
-    n = st.endings
     event = {"batch_id": st.run_id, "action": st.action_num, "status": status, "started_at": st.created,
              "ended_at": now(), "detail": {"run": st.run_id, "version": st.version, "params": st.params,
                                             "step": st.step, "error": st.error or ""}}
+    st.pending_events.append({"key": key, "events": [event]})
+    write_pending_events(cfg, st)
+
+
+def write_pending_events(cfg: Settings, st: RunState) -> bool:
+    """Write the ending events PostgreSQL could not take before (each exactly once by its key);
+    True when none is left. The state is saved either way."""
     try:
-        with _connect(cfg) as conn:
-            apply_write_intent(conn, {"key": f"action-end:{st.run_id}:{n}", "events": [event]})
+        if st.pending_events:
+            with _connect(cfg) as conn:
+                while st.pending_events:
+                    try:
+                        apply_write_intent(conn, st.pending_events[0])
+                    except IntentConflict:
+                        pass  # this attempt's ending was written by a process that died before saving
+                    st.pending_events.pop(0)
         st.report.pop("ending_event", None)
     except psycopg.OperationalError as e:
-        st.report["ending_event"] = f"not recorded in PostgreSQL ({str(e).strip().splitlines()[0][:200]})"
-        log.info("run %s: its %s event was not recorded: %s", st.run_id, status, st.report["ending_event"])
+        st.report["ending_event"] = (f"not recorded in PostgreSQL yet ({str(e).strip().splitlines()[0][:200]}); "
+                                     "`hoard action status` or `run` writes it once PostgreSQL answers")
+        log.info("run %s: its ending event was not recorded: %s", st.run_id, st.report["ending_event"])
     save_state(cfg, st)
+    return not st.pending_events
 
 
 def wait_a_little(seconds: float, stop: Callable[[], bool]) -> None:
