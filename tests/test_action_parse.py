@@ -147,8 +147,8 @@ columns = { key = "k" }
     ]
     assert got.records == [Record("scores", "labels", None, "frames/scenes/v1_002/0002.jpg",
                                   {"key": "sharp", "value": ""})]
-    from fsd.cli.action import _describe  # `hoard action show` says so
-    assert ("children", "frames/**/*.jpg → child of another child (output_path), frame_of") in _describe(c, root)
+    # `hoard action show` (and the GUI's Actions page) says so
+    assert ("children", "frames/**/*.jpg → child of another child (output_path), frame_of") in contract.show_rows(c, root)
 
 
 RESULTS = """

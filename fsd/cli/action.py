@@ -171,6 +171,7 @@ def run(ctx: typer.Context, name: Annotated[str, typer.Argument(metavar="NAME", 
         _run_report(cfg, rid, as_json, f"run {rid}: {sub.how}, queued (`hoard action status {rid}`; `hoard worker` "
                                        "runs it)")
         return
+    # deferred: jobs.actions and what it loads (rq, redis, psycopg) only in the commands that run; list, show and validate stay light
     import redis
 
     while True:

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import psycopg
+import redis
+from rq.exceptions import NoSuchJobError
 
 from fsd.base.config import Settings
 from fsd.base.errors import ExitCode, HoardError, first_line
@@ -50,7 +52,8 @@ from jobs.actions.state import (
     state_dir,
     write_work,
 )
-from jobs.actions.steps import cleanup_cancelled, record_ending
+from jobs.actions.steps import cleanup_cancelled, record_ending, write_pending_events
+from jobs.queues import connect, fetch_job, running
 from sql.apply import apply_write_intent
 from sql.batches import register_action
 from sql.migrate import migrate
@@ -226,10 +229,7 @@ def job_lost(cfg: Settings, st: RunState, redis_conn=None, strict: bool = False)
         return None
     if is_running(cfg, st.run_id) or _held(here_lock_path(cfg, st.run_id)):
         return False
-    import redis
-    from rq.exceptions import NoSuchJobError
 
-    from jobs.queues import connect, fetch_job, running
 
     try:
         conn = redis_conn or connect(cfg.redis_url)
@@ -261,7 +261,6 @@ def retry_events(cfg: Settings, st: RunState) -> RunState:
     step runs now (it saves the state itself)."""
     if st.pending_events:
         with contextlib.suppress(BlockingIOError), flocked(lock_path(cfg, st.run_id), wait=False):
-            from jobs.actions.steps import write_pending_events
 
             st = _must(cfg, st.run_id)
             write_pending_events(cfg, st)

@@ -14,6 +14,8 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+import redis
+
 from fsd.base import config as config_mod
 from fsd.base.config import Settings
 from fsd.base.errors import ExitCode, HoardError, first_line
@@ -136,7 +138,6 @@ def _enqueue_next(cfg: Settings, st: RunState) -> None:
     """Queue the step the state now names. Redis down here (between two steps): one line in the
     log and in the state; the run stays queued at that step and `hoard action run` again
     queues it once Redis is back (status and health name it meanwhile)."""
-    import redis
 
     try:
         enqueue(cfg, st)

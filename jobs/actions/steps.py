@@ -42,6 +42,7 @@ from datasets import layouts
 from fsd.base.config import Settings
 from fsd.base.errors import ExitCode
 from fsd.base.paths import display
+from fsd.core.layout import pin_path
 from fsd.outputs.seal import MANIFEST
 from fsd.store import Store
 from jobs import outputs
@@ -509,7 +510,6 @@ def cleanup_cancelled(cfg: Settings, st: RunState) -> None:
 def unpin_children(cfg: Settings, st: RunState) -> None:
     """Drop the pin `action-<run>` the store step put on the run's children (a cancelled run
     will never apply them; the file alone, no store opened)."""
-    from fsd.core.layout import pin_path
 
     if pin_path(cfg, f"action-{st.run_id}").exists():
         pin_path(cfg, f"action-{st.run_id}").unlink(missing_ok=True)
