@@ -9,11 +9,15 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
 # Debian packages the project needs at run time and to build pyfuse3; chromium and its
-# driver for the GUI's end-to-end test (tests/test_gui_e2e.py: Selenium never downloads one).
+# driver for the GUI's end-to-end test (tests/test_gui_e2e.py: Selenium never downloads one);
+# ffmpeg for the built-in `keyframes` action (jobs/actions/builtin/keyframes.py).
 APT_PKGS := postgresql redis-server pgbackrest fuse3 libfuse3-dev pkg-config \
             python3-dev python3-venv gcc libc6-dev e2fsprogs util-linux rsync procps \
-            chromium chromium-driver
-PYTHON ?= python3
+            chromium chromium-driver ffmpeg
+# Debian's interpreter, not whatever `python3` is first on PATH: a worker runs as an
+# unprivileged user (actions.worker_user) with hoard's venv, and an interpreter under a private
+# home (pyenv's /root/.pyenv) cannot be run by it (docs/actions.md, Running a worker).
+PYTHON ?= /usr/bin/python3
 VENV := .venv
 HOARD := $(VENV)/bin/hoard
 STAMP := $(VENV)/.installed

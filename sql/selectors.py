@@ -72,6 +72,9 @@ class Selector(BaseModel):
     has_ancestor: list[TreePredicate] = []
     has_descendant: list[TreePredicate] = []
     is_root: bool | None = None
+    #: the file's size in bytes, both bounds included (`max_size = 4095`: under 4 KiB)
+    min_size: int | None = Field(default=None, ge=0)
+    max_size: int | None = Field(default=None, ge=0)
     #: words of the title, author, user name or metadata values, every one (each as a word or,
     #: from 3 characters on, the start of one): the GUI's asset search, on its full-text index
     text: Annotated[str, StringConstraints(min_length=1, max_length=500)] | None = None
@@ -198,6 +201,10 @@ def compile_selector(sel: Selector, words: str | None = None) -> tuple[sql.Compo
         where.append(_tree(p, t, up=True))
     for t in sel.has_descendant:
         where.append(_tree(p, t, up=False))
+    if sel.min_size is not None:
+        where.append(sql.SQL("pc.size >= {}").format(p.add(sel.min_size)))
+    if sel.max_size is not None:
+        where.append(sql.SQL("pc.size <= {}").format(p.add(sel.max_size)))
     if sel.is_root is not None:
         where.append(sql.SQL("EXISTS (SELECT 1 FROM common_metadata cm WHERE cm.node_id = n.node_id "
                              "AND cm.is_root = {})").format(p.add(sel.is_root)))

@@ -274,15 +274,20 @@ def test_action_list_shows_each_contract_and_each_bad_file_in_one_line(home: Pat
     res = hoard(home, "action", "list")
     assert res.returncode == 0, res.stderr
     lines = res.stdout.splitlines()
-    assert len(lines) == 6 and "Traceback" not in res.stderr
+    # the directory's 6 files, then the built-ins none of them shadows (exif, keyframes)
+    own = [ln for ln in lines if not ln.endswith(" builtin")]
+    assert len(own) == 6 and "Traceback" not in res.stderr, lines
+    assert sorted(ln.split()[0] for ln in lines if ln.endswith(" builtin")) == ["exif", "keyframes"], lines
     assert any(ln.startswith("thumbnail ") and " AC2 " in ln and " v2 " in ln for ln in lines), lines
     bad = [ln for ln in lines if "broken.toml" in ln]
     assert len(bad) == 1 and "(invalid)" in bad[0] and "+" in bad[0] and "hoard action validate" in bad[0], bad
     doc = json.loads(hoard(home, "action", "list", "--json").stdout)
     assert doc["dir"] == str(home / "actions")
     by_file = {Path(a["file"]).name: a for a in doc["actions"]}
-    assert by_file["canny.toml"] | {"file": ""} == {"file": "", "action_id": "canny", "action_type": "AC3",
-                                                    "kind": "gpu", "version": 1, "run": "docker"}
+    assert by_file["canny.toml"] | {"file": "", "source": ""} == {"file": "", "source": "", "action_id": "canny",
+                                                                  "action_type": "AC3", "kind": "gpu", "version": 1,
+                                                                  "run": "docker"}
+    assert by_file["canny.toml"]["source"] == str(home / "actions" / "canny.toml")
     assert by_file["broken.toml"]["problems"] >= 2 and "error" in by_file["broken.toml"]
 
 
@@ -291,9 +296,12 @@ def test_action_dir_is_configurable_and_a_missing_one_holds_none(home: Path) -> 
     toml = home / "hoard.toml"
     toml.write_text(toml.read_text() + '\n[actions]\ndir = "elsewhere"\n')
     res = hoard(home, "action", "list", "--json")
-    assert res.returncode == 0 and json.loads(res.stdout) == {"dir": str(home / "elsewhere"), "actions": []}
+    doc = json.loads(res.stdout)
+    assert res.returncode == 0 and doc["dir"] == str(home / "elsewhere")
+    assert {a["source"] for a in doc["actions"]} == {"builtin"}  # the built-ins only
     res = hoard(home, "action", "list")
-    assert res.returncode == 0 and res.stdout == "" and "no action contracts in" in res.stderr
+    assert res.returncode == 0 and "no action contracts in" in res.stderr
+    assert res.stdout and all(ln.endswith(" builtin") for ln in res.stdout.splitlines()), res.stdout
 
 
 @pytest.mark.services

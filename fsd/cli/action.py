@@ -2,7 +2,8 @@
 `hoard action run|status|runs|release|cancel`: runs of them (jobs.actions.api).
 
 list, show and validate only read the actions directory (`actions.dir`, default `actions/`
-beside hoard.toml) and check contracts; none opens the database or queues anything.
+beside hoard.toml) and the built-in contracts (jobs/actions/builtin; a file of the directory
+shadows the built-in of its id) and check contracts; none opens the database or queues anything.
 """
 
 from __future__ import annotations
@@ -25,8 +26,8 @@ from jobs.actions.contract import (
     RunKubectl,
     RunLabelStudio,
     RunLocal,
-    find,
-    list_dir,
+    find_any,
+    list_all,
     load_file,
     summary,
 )
@@ -46,23 +47,25 @@ def _refuse(e: ContractError) -> None:
 
 @app.command("list")
 def list_(ctx: typer.Context, as_json: AsJson = False) -> None:
-    """The contracts of the actions directory: id, type, version, file. A file that is not a
-    valid contract is listed with its first problem (`hoard action validate FILE` gives all)."""
+    """The contracts of the actions directory, then the built-ins no file there shadows: id,
+    type, version, file (`builtin` for a built-in). A file that is not a valid contract is
+    listed with its first problem (`hoard action validate FILE` gives all)."""
     directory = state(ctx).settings.actions_dir
-    entries = list_dir(directory)
+    entries = list_all(directory)
     if as_json:
-        docs = [({"file": str(e.path)} | summary(e.contract)) if e.contract is not None else
-                {"file": str(e.path), "error": e.error, "problems": e.problems} for e in entries]
+        docs = [{"file": str(e.path), "source": "builtin" if e.builtin else str(e.path)}
+                | (summary(e.contract) if e.contract is not None else {"error": e.error, "problems": e.problems})
+                for e in entries]
         out.print(json.dumps({"dir": str(directory), "actions": docs}, ensure_ascii=False), markup=False)
         return
-    if not entries:
-        err.print(f"no action contracts in {display(str(directory))} (actions.dir; docs/actions.md)", markup=False)
-        return
+    if not any(not e.builtin for e in entries):
+        err.print(f"no action contracts in {display(str(directory))} (actions.dir; docs/actions.md)"
+                  + ("; the built-ins:" if entries else ""), markup=False)
     for e in entries:
         if e.contract is not None:
             c = e.contract
             out.print(f"{c.action_id:<28} {c.action_type} {TYPES[c.action_type]:<5} v{c.version:<4} "
-                      f"{display(str(e.path))}", markup=False)
+                      f"{'builtin' if e.builtin else display(str(e.path))}", markup=False)
         else:
             more = f" (+{e.problems - 1} more: hoard action validate)" if e.problems > 1 else ""
             out.print(f"{'(invalid)':<28} {display(str(e.path))}: {e.error}{more}", markup=False)
@@ -73,16 +76,16 @@ def show(ctx: typer.Context, name: Annotated[str, typer.Argument(metavar="NAME",
          as_json: AsJson = False) -> None:
     """One contract, checked: its keys, or every problem (exit 2)."""
     try:
-        path = find(state(ctx).settings.actions_dir, name)
+        path, builtin = find_any(state(ctx).settings.actions_dir, name)
         c = load_file(path)
     except ContractError as e:
         _refuse(e)
         return
     if as_json:
-        out.print(json.dumps({"file": str(path), "contract": c.model_dump(mode="json")}, ensure_ascii=False),
-                  markup=False)
+        out.print(json.dumps({"file": str(path), "source": "builtin" if builtin else str(path),
+                              "contract": c.model_dump(mode="json")}, ensure_ascii=False), markup=False)
         return
-    for key, value in _describe(c, path):
+    for key, value in _describe(c, path, builtin):
         out.print(f"{key:<13}{display(value)}", markup=False)
 
 
@@ -99,9 +102,9 @@ def validate(file: Annotated[Path, typer.Argument(metavar="FILE", help="a contra
               markup=False)
 
 
-def _describe(c: Contract, path: Path) -> list[tuple[str, str]]:
+def _describe(c: Contract, path: Path, builtin: bool = False) -> list[tuple[str, str]]:
     rows = [("action_id", c.action_id), ("action_type", f"{c.action_type} ({TYPES[c.action_type]})"),
-            ("version", str(c.version)), ("file", str(path))]
+            ("version", str(c.version)), ("file", f"builtin ({path})" if builtin else str(path))]
     if c.description:
         rows.append(("description", c.description))
     rows.append(("selector", json.dumps(c.input_selector.model_dump(mode="json", exclude_defaults=True),

@@ -65,6 +65,11 @@ def _canonical(c: Contract, params: dict[str, Any]) -> str:
     return canonical(params)
 
 
+def load_contract(cfg: Settings, name: str) -> Contract:
+    """Action `name`'s contract: the actions directory's file, else the built-in of that id."""
+    return contracts.load_file(contracts.find_any(cfg.actions_dir, name)[0])
+
+
 def _params(c: Contract, given: list[str]) -> dict[str, Any]:
     if not c.params and not given:
         return {}
@@ -133,7 +138,7 @@ def submit(cfg: Settings, name: str, *, selector: dict | None = None, nodes: lis
     """Record the run of action `name` and queue its next step (`queue=False`: the caller runs
     the steps itself, `run_here`). The same run again: done → "done already", nothing changed;
     failed, cancelled or interrupted → resumed at its step; running or waiting → said so."""
-    c = contracts.load_file(contracts.find(cfg.actions_dir, name))
+    c = load_contract(cfg, name)
     params = _params(c, list(given or []))
     inputs = select_inputs(cfg, c, selector, nodes)
     rid = run_id(c.action_id, c.version, run_key(c.action_id, c.version, _canonical(c, params), inputs))

@@ -22,7 +22,7 @@ import re
 import stat
 import tomllib
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Annotated, Final, Literal
 
@@ -41,6 +41,9 @@ _strict = ConfigDict(extra="forbid")
 MAX_BYTES = 256 << 10
 #: the file format this module reads (`format` in the file; the only one so far)
 FORMAT: Final = "hoardfs-action-1"
+#: the built-in actions' contracts (jobs/actions/builtin): listed after the actions directory's
+#: files, each shadowed by a file there of the same id
+BUILTIN_DIR = Path(__file__).resolve().parent / "builtin" / "contracts"
 #: the five types of the design card and what each is, in the database's `action.kind` words
 TYPES = {"AC1": "cpu", "AC2": "cpu", "AC3": "gpu", "AC4": "gpu", "AC5": "human"}
 #: the placeholders a run spec may use (besides {param:NAME})
@@ -548,6 +551,8 @@ class Entry:
     contract: Contract | None
     error: str | None
     problems: int = 0
+    #: one of the built-in contracts (BUILTIN_DIR), not a file of the actions directory
+    builtin: bool = False
 
 
 def list_dir(directory: Path) -> list[Entry]:
@@ -583,6 +588,25 @@ def find(directory: Path, name: str) -> Path:
         raise ContractError([f"no action {name!r} in {display(str(directory))} (no {name}.toml); "
                              "`hoard action list` shows the actions"])
     return path
+
+
+def list_all(directory: Path, builtin_dir: Path = BUILTIN_DIR) -> list[Entry]:
+    """The actions directory's contracts (`list_dir`), then each built-in whose id no file
+    there has (a file of the directory, valid or not, shadows the built-in of its name)."""
+    own = list_dir(directory)
+    names = {e.path.name for e in own}
+    return own + [replace(e, builtin=True) for e in list_dir(builtin_dir) if e.path.name not in names]
+
+
+def find_any(directory: Path, name: str, builtin_dir: Path = BUILTIN_DIR) -> tuple[Path, bool]:
+    """(the file of action `name`, whether it is a built-in): the actions directory's file
+    first, else the built-in of that id; ContractError if neither has it."""
+    try:
+        return find(directory, name), False
+    except ContractError:
+        if not (builtin_dir / f"{name}.toml").is_file() or not re.fullmatch(r"[a-z][a-z0-9_-]{0,63}", name):
+            raise
+    return builtin_dir / f"{name}.toml", True
 
 
 def summary(c: Contract) -> dict:
