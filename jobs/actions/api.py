@@ -133,15 +133,23 @@ def _deleted(conn: psycopg.Connection, sha: str) -> bool:
     return bool(row and row[0])
 
 
+def prepare(cfg: Settings, name: str, *, selector: dict | None = None, nodes: list[str] | None = None,
+            given: list[str] | None = None) -> tuple[Contract, dict[str, Any], list[str], str]:
+    """(contract, typed parameters, inputs, run id) of the run `submit` would record — nothing
+    is written (a pipeline looks its stages' runs up by this)."""
+    c = load_contract(cfg, name)
+    params = _params(c, list(given or []))
+    inputs = select_inputs(cfg, c, selector, nodes)
+    return c, params, inputs, run_id(c.action_id, c.version, run_key(c.action_id, c.version, _canonical(c, params),
+                                                                      inputs))
+
+
 def submit(cfg: Settings, name: str, *, selector: dict | None = None, nodes: list[str] | None = None,
            given: list[str] | None = None, redis_conn=None, queue: bool = True) -> Submitted:
     """Record the run of action `name` and queue its next step (`queue=False`: the caller runs
     the steps itself, `run_here`). The same run again: done → "done already", nothing changed;
     failed, cancelled or interrupted → resumed at its step; running or waiting → said so."""
-    c = load_contract(cfg, name)
-    params = _params(c, list(given or []))
-    inputs = select_inputs(cfg, c, selector, nodes)
-    rid = run_id(c.action_id, c.version, run_key(c.action_id, c.version, _canonical(c, params), inputs))
+    c, params, inputs, rid = prepare(cfg, name, selector=selector, nodes=nodes, given=given)
     with flocked(state_dir(cfg) / f"{rid}.submit.lock"):
         st = load_state(cfg, rid)
         if st is not None:
