@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
+import tempfile
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -94,3 +96,18 @@ def flip_byte(path: Path, offset: int) -> None:
         b = f.read(1)
         f.seek(offset)
         f.write(bytes([b[0] ^ 0x01]))
+
+
+
+@contextmanager
+def worker_reachable_home(home: Path) -> Iterator[Path]:
+    """`home`'s hoard.toml in a directory of its own that an action's worker can pass: as
+    root, a worker runs as `actions.worker_user` (nobody), who cannot enter pytest's root-only
+    tmp_path. The directory (0711 under /var/tmp: passage, no listing) is removed afterwards."""
+    d = Path(tempfile.mkdtemp(prefix="hoard-home-", dir="/var/tmp"))
+    try:
+        d.chmod(0o711)
+        shutil.copy(home / "hoard.toml", d / "hoard.toml")
+        yield d
+    finally:
+        shutil.rmtree(d, ignore_errors=True)

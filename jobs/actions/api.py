@@ -242,8 +242,9 @@ def status_doc(cfg: Settings, st: RunState) -> dict[str, Any]:
             "updated": st.updated, "gate": st.gate, "report": st.report}
 
 
-def release(cfg: Settings, rid: str, redis_conn=None) -> RunState:
-    """`hoard action release RUN`: open the gate; a run waiting there moves on now."""
+def release(cfg: Settings, rid: str, redis_conn=None, *, queue: bool = True) -> RunState:
+    """`hoard action release RUN`: open the gate; a run waiting there moves on now (its gate
+    step queued again; `queue=False`: the caller runs the steps itself, `run_here`)."""
     with flocked(lock_path(cfg, rid)):
         st = _must(cfg, rid)
         if "gate" not in st.steps:
@@ -253,7 +254,7 @@ def release(cfg: Settings, rid: str, redis_conn=None) -> RunState:
             raise ActionError(f"run {rid} is past its gate already ({st.status} at step {st.step})")
         st.gate["released"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
         save_state(cfg, st)
-    if st.status == Status.WAIT_GPU_READY.value and cfg.redis_url:
+    if queue and st.status == Status.WAIT_GPU_READY.value and cfg.redis_url:
         with contextlib.suppress(HoardError):
             enqueue(cfg, st, redis_conn, suffix="-release")
     return st

@@ -203,7 +203,8 @@ def _step_run(cfg: Settings, st: RunState) -> None:
         outcome = execute.run_worker(c, roots, st.params, log_path=log_path(cfg, st.run_id),
                                      heartbeat=lambda: beat(cfg, st.run_id),
                                      should_stop=lambda: cancel_flag(cfg, st.run_id).exists(),
-                                     worker_user=cfg.actions.worker_user)
+                                     worker_user=cfg.actions.worker_user,
+                                     run_dir=cfg.ssd.zone_path("3C") / st.run_id)
         if outcome.reason == "cancelled":
             raise Cancelled(f"run {st.run_id} was cancelled while its worker ran (stopped after "
                             f"{outcome.seconds:.0f} s)")
