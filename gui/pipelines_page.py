@@ -1,6 +1,7 @@
 """`/pipelines`: the pipelines defined in the database (their stages and how far their batches
 are), and the stage (3C) and export (3D) outputs — sealed, running, incomplete — with their
-runs. Actions (UA_2) and datasets (UA_3) are not built yet: this shows what exists."""
+runs. Pipelines are defined and advanced with `hoard pipeline define|advance` (docs/actions.md);
+datasets (UA_3) are not built yet: this shows what exists."""
 
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ def register() -> None:
                 db_down(e)
                 rows = []
             if not rows:
-                ui.label("no pipeline is defined yet (actions AC1–AC5 arrive with UA_2)").classes("text-caption")
+                ui.label("no pipeline is defined yet (`hoard pipeline define NAME ACTION…`)").classes("text-caption")
             for p in rows:
                 with ui.card().classes("w-full"):
                     ui.label(p["name"]).classes("text-bold")

@@ -305,6 +305,17 @@ def nodes_in_several_batches(conn: psycopg.Connection) -> int:
                         "HAVING count(*) > 1) x"))[0]
 
 
+def run_children(conn: psycopg.Connection, run_id: str, relationship: str) -> tuple[int, str | None, int]:
+    """What action run `run_id` made: (its children linked to their parent by `relationship`,
+    the smallest such child's sha256 hex, its result_canny rows)."""
+    made = one(conn.execute(
+        "SELECT count(*), min(encode(n.sha256, 'hex')) FROM edge e JOIN relationship_type r USING (rel_id) "
+        "JOIN node n ON n.node_id = e.child_id JOIN physical_path p ON p.node_id = e.child_id "
+        "WHERE r.name = %s AND p.locator LIKE %s", [relationship, f"action:{run_id}/%"]))
+    results = one(conn.execute("SELECT count(*) FROM result_canny WHERE batch_id = %s", [run_id]))[0]
+    return int(made[0]), made[1], int(results)
+
+
 def node_facts(conn: psycopg.Connection, sha: bytes) -> dict[str, Any]:
     """What the database says about the node of `sha` (`hoard info`): its row, its metadata by
     source, its first 50 labels, its batches and its first 50 edges to parents and to children;

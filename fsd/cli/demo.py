@@ -42,8 +42,7 @@ from jobs.actions.state import load_state as load_action
 from jobs.health import collect
 from jobs.ingest import Status, load_state, submit, work_here
 from sql.backup import dump_backup, latest_dump, verify_dump
-from sql.browse import edge_counts, nodes_in_several_batches
-from sql.rows import one
+from sql.browse import edge_counts, nodes_in_several_batches, run_children
 from sql.selectors import query_nodes
 
 DEMO_SPEC = Spec(seed=7, batches=3, items_per_batch=60, large_max_mb=4, ready_signal=True)
@@ -248,19 +247,14 @@ def _actions(cfg: Settings, batches: list) -> str | None:
                 raise HoardError(f"the demo's {name} run {rid} is {shown} at step {st.step}: {why} "
                                  f"(`hoard action status {rid}`)", ExitCode(st.exit_code or ExitCode.DATA))
         with psycopg.connect(cfg.database_url, autocommit=True) as conn:
-            made = conn.execute(
-                "SELECT count(*), min(encode(n.sha256, 'hex')) FROM edge e JOIN relationship_type r USING (rel_id) "
-                "JOIN node n ON n.node_id = e.child_id JOIN physical_path p ON p.node_id = e.child_id "
-                "WHERE r.name = %s AND p.locator LIKE %s", [relationship, f"action:{rid}/%"]).fetchone()
-            results = one(conn.execute("SELECT count(*) FROM result_canny WHERE batch_id = %s", [rid]))[0]
-        assert made is not None  # an aggregate: one row
+            made, first, results = run_children(conn, rid, relationship)
         inputs = sub.state.inputs
-        out.print(f"{head}run {rid}: {inputs} images → {made[0]} children ({relationship}, stored as class "
+        out.print(f"{head}run {rid}: {inputs} images → {made} children ({relationship}, stored as class "
                   "generated)" + (f", {results} result_canny rows" if results else "")
                   + (" — done by an earlier run" if sub.how == "done already"
                      else f" in {time.monotonic() - t0:.2f} s"), soft_wrap=True)
         if name == "thumbnail":
-            child = made[1]
+            child = first
     return child
 
 
