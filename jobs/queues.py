@@ -24,7 +24,7 @@ from rq.registry import (
 from rq.utils import current_timestamp
 from rq.worker import BaseWorker
 
-from fsd.base.errors import HoardError, ServiceUnavailable, first_line
+from fsd.base.errors import ExitCode, HoardError, ServiceUnavailable, first_line
 from fsd.base.proc import pid_alive
 from jobs.guard import SERIALIZER, GuardedWorker, HoardJob
 
@@ -55,6 +55,16 @@ def is_condition(e: BaseException) -> bool:
         state = getattr(e, "sqlstate", None)
         return state is None or state[:2] in ("08", "53") or state.startswith("57P")
     return isinstance(e, OSError) and e.errno in CONDITION_ERRNOS
+
+
+def condition_exit_code(e: BaseException) -> ExitCode:
+    """The exit code a run ended by a condition exits with: a HoardError's own, no space (6),
+    else a service or a disk unreachable (3)."""
+    if isinstance(e, HoardError):
+        return e.exit_code
+    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return ExitCode.NO_SPACE
+    return ExitCode.UNAVAILABLE  # PostgreSQL, Redis or a disk
 
 
 def condition_line(e: BaseException) -> str:

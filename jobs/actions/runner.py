@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import errno
 import logging
 import threading
 import time
@@ -39,7 +38,7 @@ from jobs.actions.state import (
 )
 from jobs.actions.steps import STEPS, cleanup_cancelled, wait_a_little
 from jobs.ingest.runner import _explain, _interruptible
-from jobs.queues import CONDITIONS, connect, enqueue_once, is_condition, rq_queue
+from jobs.queues import CONDITIONS, condition_exit_code, connect, enqueue_once, is_condition, rq_queue
 
 log = logging.getLogger(__name__)
 
@@ -180,12 +179,7 @@ def run_here(cfg: Settings, rid: str, *, until_waiting: bool = False) -> ExitCod
             except CONDITIONS as e:
                 if not is_condition(e):
                     raise
-                if isinstance(e, HoardError):
-                    code = e.exit_code
-                elif isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
-                    code = ExitCode.NO_SPACE
-                else:
-                    code = ExitCode.UNAVAILABLE
+                code = condition_exit_code(e)
                 after = load_state(cfg, rid)
                 if after is None or after.status != Status.FAILED.value:
                     raise HoardError(f"run {rid} at step {st.step}: {_explain(e, cfg)}", code) from None

@@ -210,7 +210,8 @@ def _step_run(cfg: Settings, st: RunState) -> None:
                             f"{outcome.seconds:.0f} s)")
         if outcome.reason == "exited" and outcome.exit_code == 0:
             break
-        log.warning("run %s: attempt %d of %d: %s", st.run_id, attempt, attempts, _why(outcome, c))
+        if attempt < attempts:  # the last one's failure is the run's error line
+            log.info("run %s: attempt %d of %d: %s; trying again", st.run_id, attempt, attempts, _why(outcome, c))
     assert outcome is not None
     st.report["run"] = {"reason": outcome.reason, "exit_code": outcome.exit_code, "seconds": round(outcome.seconds, 3)}
     if not (outcome.reason == "exited" and outcome.exit_code == 0):

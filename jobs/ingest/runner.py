@@ -4,7 +4,6 @@ the next step queued), and `hoard ingest --here` (every step in this process, Ct
 from __future__ import annotations
 
 import contextlib
-import errno
 import logging
 import signal
 import time
@@ -26,7 +25,7 @@ from jobs.guard import SERIALIZER, GuardedWorker, HoardJob
 from jobs.ingest.signals import enqueue
 from jobs.ingest.state import STEPS, IngestError, Status, load_state, save_state, state_dir
 from jobs.ingest.steps import _STEPS
-from jobs.queues import CONDITIONS, QUEUES, condition_line, connect, is_condition, rq_queue
+from jobs.queues import CONDITIONS, QUEUES, condition_exit_code, condition_line, connect, is_condition, rq_queue
 
 log = logging.getLogger(__name__)
 
@@ -135,12 +134,7 @@ def run_here(cfg: Settings, batch_id: str) -> ExitCode:
             except CONDITIONS as e:
                 if not is_condition(e):  # a bug: its traceback
                     raise
-                if isinstance(e, HoardError):
-                    code = e.exit_code
-                elif isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
-                    code = ExitCode.NO_SPACE
-                else:
-                    code = ExitCode.UNAVAILABLE  # PostgreSQL, Redis or a disk
+                code = condition_exit_code(e)
                 after = load_state(cfg, batch_id)
                 if after is None or after.status != Status.FAILED.value:  # not recorded (the SSD itself?)
                     raise HoardError(f"batch {batch_id} at step {st.step}: {_explain(e, cfg)}", code) from None
