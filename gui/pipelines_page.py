@@ -1,7 +1,8 @@
 """`/pipelines`: the pipelines defined in the database (their stages and how far their batches
 are), and the stage (3C) and export (3D) outputs — sealed, running, incomplete — with their
 runs. A pipeline's stages are actions: each shows the action's name and links its page
-(/actions/NAME). Datasets (UA_3) are not built yet."""
+(/actions/NAME); they are defined and advanced with `hoard pipeline define|advance`
+(docs/actions.md). Datasets (UA_3) are not built yet."""
 
 from __future__ import annotations
 
@@ -34,8 +35,7 @@ def register() -> None:
                 db_down(e)
                 rows = []
             if not rows:
-                ui.label("no pipeline is defined yet: stages of actions (the Actions page lists them)").classes(
-                    "text-caption")
+                ui.label("no pipeline is defined yet (`hoard pipeline define NAME ACTION…`)").classes("text-caption")
             for p in rows:
                 with ui.card().classes("w-full"):
                     ui.label(p["name"]).classes("text-bold")

@@ -161,3 +161,30 @@ def current_stage(conn: psycopg.Connection, batch_id: str, pipeline: str) -> int
         raise BatchError(f"no pipeline {pipeline!r}")
     nxt = row[0] + 1
     return nxt if nxt < row[1] else None
+
+
+def pipeline_stages(conn: psycopg.Connection, pipeline: str) -> list[str] | None:
+    """The action names of a pipeline's stages, in order (None: no such pipeline)."""
+    if conn.execute("SELECT 1 FROM pipeline WHERE name = %s", [pipeline]).fetchone() is None:
+        return None
+    return [r[0] for r in conn.execute(
+        "SELECT a.name FROM pipeline p JOIN pipeline_stage s USING (pipeline_id) JOIN action a USING (action_id) "
+        "WHERE p.name = %s ORDER BY s.position", [pipeline]).fetchall()]
+
+
+def pipeline_names(conn: psycopg.Connection) -> list[str]:
+    return [r[0] for r in conn.execute("SELECT name FROM pipeline ORDER BY name").fetchall()]
+
+
+def enter_pipeline(conn: psycopg.Connection, batch_id: str, pipeline: str) -> None:
+    """Put a batch in a pipeline, no stage done yet (idempotent; a batch may be in several)."""
+    get_batch(conn, batch_id)
+    conn.execute("INSERT INTO batch_stage (batch_id, pipeline_id) SELECT %s, pipeline_id FROM pipeline "
+                 "WHERE name = %s ON CONFLICT DO NOTHING", [batch_id, pipeline])
+
+
+def pipeline_batches(conn: psycopg.Connection, pipeline: str) -> list[tuple[str, int]]:
+    """(batch id, the last stage done for all its members; -1 = none) of each batch in the pipeline."""
+    return [(r[0], int(r[1])) for r in conn.execute(
+        "SELECT bs.batch_id, bs.done_position FROM batch_stage bs JOIN pipeline p USING (pipeline_id) "
+        "WHERE p.name = %s ORDER BY bs.batch_id", [pipeline]).fetchall()]

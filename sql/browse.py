@@ -305,9 +305,21 @@ def nodes_in_several_batches(conn: psycopg.Connection) -> int:
                         "HAVING count(*) > 1) x"))[0]
 
 
+def run_children(conn: psycopg.Connection, run_id: str, relationship: str) -> tuple[int, str | None, int]:
+    """What action run `run_id` made: (its children linked to their parent by `relationship`,
+    the smallest such child's sha256 hex, its result_canny rows)."""
+    made = one(conn.execute(
+        "SELECT count(*), min(encode(n.sha256, 'hex')) FROM edge e JOIN relationship_type r USING (rel_id) "
+        "JOIN node n ON n.node_id = e.child_id JOIN physical_path p ON p.node_id = e.child_id "
+        "WHERE r.name = %s AND p.locator LIKE %s", [relationship, f"action:{run_id}/%"]))
+    results = one(conn.execute("SELECT count(*) FROM result_canny WHERE batch_id = %s", [run_id]))[0]
+    return int(made[0]), made[1], int(results)
+
+
 def node_facts(conn: psycopg.Connection, sha: bytes) -> dict[str, Any]:
     """What the database says about the node of `sha` (`hoard info`): its row, its metadata by
-    source, its first 50 labels and its batches; {"known": False} when there is none."""
+    source, its first 50 labels, its batches and its first 50 edges to parents and to children;
+    {"known": False} when there is none."""
     row = conn.execute(
         "SELECT n.node_id, n.is_virtual, pc.size, pc.is_deleted, pc.in_black_list, pc.file_type "
         "FROM node n LEFT JOIN physical_content pc USING (node_id) WHERE n.sha256 = %s", [sha]).fetchone()
@@ -319,8 +331,14 @@ def node_facts(conn: psycopg.Connection, sha: bytes) -> dict[str, Any]:
     labels = conn.execute("SELECT key, value FROM label WHERE node_id = %s ORDER BY key LIMIT 50", [row[0]]).fetchall()
     batches = [r[0] for r in conn.execute("SELECT batch_id FROM batch_member WHERE node_id = %s ORDER BY batch_id",
                                           [row[0]])]
+    # its first 50 edges each way: an action's child names its parent (thumbnail_of, edges_of …)
+    edges = [{"direction": d, "relationship": rel, "sha256": bytes(other).hex()} for d, rel, other in conn.execute(
+        "(SELECT 'parent', r.name, n.sha256 FROM edge e JOIN relationship_type r USING (rel_id) JOIN node n "
+        " ON n.node_id = e.parent_id WHERE e.child_id = %(id)s ORDER BY 2, 3 LIMIT 50) UNION ALL "
+        "(SELECT 'child', r.name, n.sha256 FROM edge e JOIN relationship_type r USING (rel_id) JOIN node n "
+        " ON n.node_id = e.child_id WHERE e.parent_id = %(id)s ORDER BY 2, 3 LIMIT 50)", {"id": row[0]}).fetchall()]
     return {"known": True, "node_id": row[0], "virtual": row[1], "deleted": row[3], "black_listed": row[4],
-            "file_type": row[5], "batches": batches,
+            "file_type": row[5], "batches": batches, "edges": edges,
             "metadata": [{"source": m[0], "title": m[1], "author": m[2], "user": m[3], "view_count": m[4],
                           "download_time": m[5].isoformat() if m[5] else None} for m in meta],
             "labels": [{"key": k, "value": v} for k, v in labels]}

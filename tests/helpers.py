@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
+import tempfile
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -180,3 +182,16 @@ def worker_contract(cfg: Any, batch: str, name: str = "thumbs", *, children: int
 
 #: a GPU gate released by hand (or failing after `timeout` s), polled every 5 s
 GATE = "[gate]\ntimeout_s = {timeout}\npoll_s = 5\n"
+
+@contextmanager
+def worker_reachable_home(home: Path) -> Iterator[Path]:
+    """`home`'s hoard.toml in a directory of its own that an action's worker can pass: as
+    root, a worker runs as `actions.worker_user` (nobody), who cannot enter pytest's root-only
+    tmp_path. The directory (0711 under /var/tmp: passage, no listing) is removed afterwards."""
+    d = Path(tempfile.mkdtemp(prefix="hoard-home-", dir="/var/tmp"))
+    try:
+        d.chmod(0o711)
+        shutil.copy(home / "hoard.toml", d / "hoard.toml")
+        yield d
+    finally:
+        shutil.rmtree(d, ignore_errors=True)

@@ -304,6 +304,43 @@ def test_worker_user_must_reach_the_roots(roots: Roots) -> None:
 
 
 @pytest.mark.services
+@needs_root
+def test_the_worker_user_is_let_into_its_own_run_only(tmp_path: Path) -> None:
+    """As root, zone 3C (1770) and a staged run (0750 directories, 0640 files, as hoard makes
+    them) are closed to the worker user: given the run's directory, run_worker lets that user
+    pass 3C and read its own run's input — by ACL entries for it alone, the modes unchanged —
+    while it still cannot list 3C nor enter another run (before: refused at 3C, one line)."""
+    top = Path(tempfile.mkdtemp(prefix="hoard-exec-", dir="/tmp"))
+    try:
+        top.chmod(0o755)
+        zone = top / "3C"
+        zone.mkdir(mode=0o1770)
+        zone.chmod(0o1770)
+        run_dir = zone / "t-v1-0123456789ab"
+        for d in (run_dir / "flat" / "input" / "sub", zone / "other-run" / "flat" / "input"):
+            d.mkdir(parents=True, mode=0o750)
+        for f in (run_dir / "flat" / "input" / "sub" / "a.jpg", zone / "other-run" / "flat" / "input" / "b.jpg"):
+            f.write_bytes(b"jpeg")
+            f.chmod(0o640)
+        modes = {p: os.stat(p).st_mode for p in (zone, run_dir, run_dir / "flat" / "input" / "sub" / "a.jpg")}
+        rts = Roots(run_dir / "flat" / "input", run_dir / "flat" / "output", run_dir.name)
+        with pytest.raises(ExecError, match=r"^output_root: the worker user nobody cannot reach .*/3C \(mode"):
+            run(sh("true"), rts)  # not told it is a run's directory: nothing granted
+        other = zone / "other-run" / "flat" / "input" / "b.jpg"
+        script = ("cat {input_root}/sub/a.jpg > {output_root}/copy; ls {input_root}/.. > /dev/null && echo ok > "
+                  "{output_root}/listed; ls " + str(zone) + " > {output_root}/zone 2>&1; cat " + str(other)
+                  + " > {output_root}/other 2>&1; true")
+        out = run(sh(script), rts, run_dir=run_dir)
+        assert out.reason == "exited" and out.exit_code == 0
+        assert (rts.output_root / "copy").read_bytes() == b"jpeg" and (rts.output_root / "listed").exists()
+        assert "Permission denied" in (rts.output_root / "zone").read_text()
+        assert "Permission denied" in (rts.output_root / "other").read_text()
+        assert {p: os.stat(p).st_mode for p in modes} == modes
+    finally:
+        shutil.rmtree(top)
+
+
+@pytest.mark.services
 def test_missing_command_starts_nothing(roots: Roots) -> None:
     """run_worker with a command that is not there: one line, exit 2."""
     with pytest.raises(ExecError) as e:

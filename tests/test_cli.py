@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -13,7 +14,7 @@ import pytest
 
 from fsd.outputs import seal
 from jobs.queues import fetch_job, rq_queue
-from tests.helpers import use_schema
+from tests.helpers import use_schema, worker_reachable_home
 
 # tier: the module's tests start hoard processes, servers or a FUSE mount
 pytestmark = pytest.mark.services
@@ -137,8 +138,14 @@ def test_worker_rejects_unknown_queue(hoard_home: Path) -> None:
 
 
 def test_demo_end_to_end(hoard_home: Path, pg) -> None:
+    with worker_reachable_home(hoard_home) as home:  # the built-in actions' workers run as nobody under root
+        _demo_end_to_end(home, pg)
+
+
+def _demo_end_to_end(hoard_home: Path, pg) -> None:
     """`hoard demo` on a fresh home: sample batches stored, replicated, read back verified, in the
-    database (a fresh schema); a second run changes nothing."""
+    database (a fresh schema), the built-in actions' children in SQL, `hoard info`, the asset
+    browser's data and the mount; health, check and verify exit 0; a second run changes nothing."""
     cfg = use_schema(hoard_home, pg)
     with open(cfg, "a") as fh:  # as the embedded default has it: the sample's sources → formats
         fh.write('[sources]\ngallery = "gallery_dl"\nforum = "csv_manifest"\n')
@@ -155,10 +162,66 @@ def test_demo_end_to_end(hoard_home: Path, pg) -> None:
     # issue #33: the demo said 3A was emptied and left `_derived` and truth.json there, and
     # `hoard health` exited 4 right after it (no backup yet): it takes its first backup
     assert sorted(p.name for p in (hoard_home / "ssd" / "3A").iterdir()) == []
-    assert any(ln.startswith("10. backup") and "verified" in ln for ln in first.stdout.splitlines()), first.stdout
-    health = hoard("--config", cfg, "health")
-    assert health.returncode == 0, health.stdout + health.stderr
+    assert any(ln.startswith("12. backup") and "verified" in ln for ln in first.stdout.splitlines()), first.stdout
+    thumb = _demo_actions_made(hoard_home, cfg, pg, first.stdout)
+    for command in ("health", "check", "verify"):
+        res = hoard("--config", cfg, command)
+        assert res.returncode == 0, command + res.stdout + res.stderr
+    before = _row_counts(pg)
     second = hoard("--config", cfg, "demo")
     assert second.returncode == 0 and "ingested by an earlier run" in second.stdout
     assert "0 shard copies made" in second.stdout
     assert "sealed in" in second.stdout  # the outputs are reported again, not made twice
+    assert second.stdout.count("done by an earlier run") == 2 and "GPU gate" not in second.stdout, second.stdout
+    assert _row_counts(pg) == before
+    if os.path.exists("/dev/fuse"):  # the children in the mount: by-hash/, their bytes by their sha256
+        from tests.test_mount import mounted
+
+        mnt = hoard_home / "mnt"
+        with mounted(cfg, mnt):
+            path = mnt / thumb["mount_paths"][0]
+            assert hashlib.sha256(path.read_bytes()).hexdigest() == thumb["sha256"]
+
+
+def _row_counts(pg) -> dict[str, int]:
+    return {t: pg.execute(f"SELECT count(*) FROM {t}").fetchone()[0]  # noqa: S608
+            for t in ("node", "edge", "label", "result_canny", "action_event", "physical_path")}
+
+
+def _demo_actions_made(home: Path, cfg: str, pg, said: str) -> dict:
+    """The demo's built-in actions (issue 35): `thumbnail` and `canny` (released at its GPU gate
+    as a user would) each made one child per image of the demo batches, linked to its image in
+    PostgreSQL (edges, labels, result_canny), stored as class generated, shown by `hoard info`
+    and by the asset browser's node page. Returns a thumbnail's `hoard info --json`."""
+    from sql.browse import node
+
+    lines = said.splitlines()
+    assert any(ln.startswith("11. canny") and "waits at the GPU gate" in ln and "hoard action release canny-v1-" in ln
+               for ln in lines), said
+    images = pg.execute("SELECT count(DISTINCT n.node_id) FROM batch_member m JOIN node n USING (node_id) "
+                        "JOIN physical_content pc USING (node_id) JOIN file_type ft ON ft.ext = pc.file_type "
+                        "WHERE m.batch_id LIKE '%%-s7-b%%' AND ft.kind = 'image' AND NOT pc.in_black_list").fetchone()[0]
+    assert images > 100
+    for step, name, rel in (("10", "thumbnail", "thumbnail_of"), ("11", "canny", "edges_of")):
+        assert any(ln.startswith(f"{step}. {name}") and f"{images} images → {images} children ({rel}" in ln
+                   for ln in lines), said
+        made = pg.execute("SELECT count(*), count(DISTINCT e.parent_id), bool_and(l.value IS NOT NULL) FROM edge e "
+                          "JOIN relationship_type r USING (rel_id) LEFT JOIN label l ON l.node_id = e.child_id AND "
+                          "l.key = 'variant' WHERE r.name = %s", [rel]).fetchone()
+        assert made == (images, images, True), (name, made)
+    ok = pg.execute("SELECT count(*) FROM result_canny WHERE status = 'ok' AND batch_id LIKE 'canny-v1-%%'").fetchone()
+    assert ok == (images,)
+    image, child = pg.execute(
+        "SELECT encode(p.sha256, 'hex'), encode(c.sha256, 'hex') FROM edge e JOIN relationship_type r USING (rel_id) "
+        "JOIN node p ON p.node_id = e.parent_id JOIN node c ON c.node_id = e.child_id WHERE r.name = 'thumbnail_of' "
+        "ORDER BY 2 LIMIT 1").fetchone()
+    info = hoard("--config", cfg, "info", child)
+    assert info.returncode == 0 and f"parent:    {image} (thumbnail_of)" in info.stdout, info.stdout + info.stderr
+    assert "labels:    variant=thumbnail" in info.stdout and "(generated)" in info.stdout, info.stdout
+    doc = json.loads(hoard("--config", cfg, "info", child, "--json").stdout)
+    assert doc["class"] == "generated" and len(doc["replicas"]) >= 1
+    page = node(pg, image)  # what the asset browser's /node page shows of the image
+    assert {(c["rel"], c["sha256"]) for c in page["children"] if c["rel"] == "thumbnail_of"} == {("thumbnail_of",
+                                                                                                   child)}
+    assert [c["rel"] for c in page["children"]].count("edges_of") == 1
+    return doc

@@ -30,8 +30,13 @@ ALLOWED = {0, 2, 3, 4, 5, 6, 9, 130, 141}
 
 #: one invocation per command, shaped as a user would type it; placeholders are filled per run
 COMMANDS: dict[str, list[str]] = {
+    "action cancel": ["nosuch"],
     "action list": [],
+    "action release": ["nosuch"],
+    "action run": ["nosuch"],
+    "action runs": [],
     "action show": ["nosuch"],
+    "action status": ["nosuch"],
     "action validate": ["{FILE}"],  # a text file, no contract: exit 2
     "check": [],
     "db backup": [],
@@ -67,6 +72,9 @@ COMMANDS: dict[str, list[str]] = {
     "init": [],
     "ls": [],
     "mount": ["{MISSING}"],
+    "pipeline advance": ["nosuch", "no-such-batch"],
+    "pipeline define": ["p", "nosuch"],  # no such action: exit 2
+    "pipeline show": [],
     "put": ["{FILE}"],
     "rebuild": ["--disk", "nosuch"],
     "replicate": ["--budget-s", "5"],
@@ -92,7 +100,7 @@ COMMANDS: dict[str, list[str]] = {
 
 #: commands whose work needs the service: with it down they must say so (exit 3, naming it)
 NEEDS_DATABASE = {"db backup", "db migrate", "db proposals", "db status", "db verify-backup", "delete", "demo", "gc",
-                  "label add", "select"}
+                  "label add", "pipeline advance", "pipeline show", "select"}
 NEEDS_REDIS = {"demo", "worker"}
 
 

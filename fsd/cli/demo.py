@@ -4,8 +4,10 @@ Today: check every part is up, drop sample scraped batches into zone 3A with a `
 signal, ingest them (UA_1 on RQ: store with dedup and write_ack replicas, metadata and
 cross-batch edges in PostgreSQL, a package per batch in 3B, 3A emptied), bring every
 shard to its replica target, read everything back with the batch read planner, verified,
-and query the database; stage the first batch into 3C and export the images into 3D; take
-the database's first backup (a dump, restore-verified), so `hoard health` is green after it.
+and query the database; stage the first batch into 3C and export the images into 3D; run
+the built-in actions `thumbnail` and `canny` (behind the GPU gate, released as a user would)
+on the batches' images, their children stored and linked in PostgreSQL; take the database's
+first backup (a dump, restore-verified), so `hoard health` is green after it.
 It ends with the GUI's address and a login (a `demo` admin, made on the first run).
 """
 
@@ -33,10 +35,14 @@ from fsd.io.replicate import replicate_once
 from fsd.store import Store
 from jobs import outputs
 from jobs import users as logins
+from jobs.actions import api as actions
+from jobs.actions import run_here
+from jobs.actions.state import Status as ActionStatus
+from jobs.actions.state import load_state as load_action
 from jobs.health import collect
 from jobs.ingest import Status, load_state, submit, work_here
 from sql.backup import dump_backup, latest_dump, verify_dump
-from sql.browse import edge_counts, nodes_in_several_batches
+from sql.browse import edge_counts, nodes_in_several_batches, run_children
 from sql.selectors import query_nodes
 
 DEMO_SPEC = Spec(seed=7, batches=3, items_per_batch=60, large_max_mb=4, ready_signal=True)
@@ -58,6 +64,7 @@ def run_demo(cfg: Settings) -> None:
     _read_back(cfg, batches)
     _describe(cfg, batches)
     staged, exported = _stage_and_export(cfg, batches)
+    child = _actions(cfg, batches)
     _first_backup(cfg)
     out.print("\n[bold]next:[/]")
     out.print("  .venv/bin/hoard health                    status of disks, zones, ingest, PostgreSQL, Redis")
@@ -65,10 +72,14 @@ def run_demo(cfg: Settings) -> None:
     out.print(f"  ls {cfg.ssd.zone_path('3B')}          the packages for cold storage")
     out.print(f"  ls {staged}   a worker's input (and its empty output/)")
     out.print(f"  ls {exported}   an exported dataset, one directory per source")
+    if child:
+        out.print(f"  .venv/bin/hoard info {child[:16]}       a thumbnail: its parent image, labels, replicas")
+    out.print("  .venv/bin/hoard action runs               the action runs (thumbnail, canny) and their steps")
     out.print("  .venv/bin/hoard zones                     the SSD zones: used, reserved, sealed outputs")
     out.print("  .venv/bin/hoard db proposals              typed tables proposed for the sources' own fields")
     out.print("  .venv/bin/hoard disks list                where the replicas went, per disk")
-    out.print("  mkdir -p /tmp/hoard && .venv/bin/hoard mount /tmp/hoard   browse batches/, sources/, by-hash/")
+    out.print("  mkdir -p /tmp/hoard && .venv/bin/hoard mount /tmp/hoard   browse batches/, sources/, by-hash/ "
+              "(the thumbnails and edge maps too)")
     out.print("  .venv/bin/hoard --help                    every command")
     name, password = _demo_login(cfg)
     out.print(f"\n[bold]GUI:[/] .venv/bin/hoard gui, then open http://{cfg.gui.host}:{cfg.gui.port}/ and sign in as "
@@ -205,13 +216,55 @@ def _stage_and_export(cfg: Settings, batches: list):
     return done
 
 
+#: the built-in actions the demo runs on its batches' images, in order, with what each makes
+DEMO_ACTIONS = (("thumbnail", "thumbnail_of"), ("canny", "edges_of"))
+
+
+def _actions(cfg: Settings, batches: list) -> str | None:
+    """The built-in `thumbnail` (AC2) and `canny` (AC4: OpenCV on the CPU standing in for a GPU
+    program, behind the GPU gate) on the demo batches' images, run in this process; the gate
+    is released as a user would (`hoard action release RUN`). A second demo run finds both
+    done. Returns a thumbnail's sha256 (for `hoard info`)."""
+    selector = {"batches": [b.batch_id for b in batches]}
+    child = None
+    for step, (name, relationship) in enumerate(DEMO_ACTIONS, start=10):
+        head = f"[bold]{step}. {name}[/]{' ' * max(1, 10 - len(name) - len(str(step)))}"
+        t0 = time.monotonic()
+        sub = actions.submit(cfg, name, selector=selector, queue=False)
+        rid = sub.state.run_id
+        if sub.how != "done already":
+            run_here(cfg, rid, until_waiting=True)
+            st = load_action(cfg, rid)
+            if st is not None and st.status == ActionStatus.WAIT_GPU_READY.value:
+                out.print(f"{head}run {rid} waits at the GPU gate ({st.status}, holding no worker); the demo "
+                          f"releases it as you would: hoard action release {rid}", soft_wrap=True)
+                actions.release(cfg, rid, queue=False)  # (the steps run here, in this process)
+                run_here(cfg, rid, until_waiting=True)
+            st = load_action(cfg, rid)
+            assert st is not None  # submitted above
+            shown, why = actions.describe(cfg, st)
+            if shown != ActionStatus.DONE.value:
+                raise HoardError(f"the demo's {name} run {rid} is {shown} at step {st.step}: {why} "
+                                 f"(`hoard action status {rid}`)", ExitCode(st.exit_code or ExitCode.DATA))
+        with psycopg.connect(cfg.database_url, autocommit=True) as conn:
+            made, first, results = run_children(conn, rid, relationship)
+        inputs = sub.state.inputs
+        out.print(f"{head}run {rid}: {inputs} images → {made} children ({relationship}, stored as class "
+                  "generated)" + (f", {results} result_canny rows" if results else "")
+                  + (" — done by an earlier run" if sub.how == "done already"
+                     else f" in {time.monotonic() - t0:.2f} s"), soft_wrap=True)
+        if name == "thumbnail":
+            child = first
+    return child
+
+
 def _first_backup(cfg: Settings) -> None:
     """A database dump, restore-verified, unless one is recorded already: `hoard health`
     counts a store whose database was never backed up as a problem."""
     with psycopg.connect(cfg.database_url, autocommit=True) as conn:
         row = latest_dump(conn)
     if row is not None and row[1]:
-        out.print(f"[bold]10. backup[/]   dump {row[0]} taken by an earlier run, verified")
+        out.print(f"[bold]12. backup[/]   dump {row[0]} taken by an earlier run, verified")
         return
     with Store.open(cfg) as store:
         made = dump_backup(cfg.database_url, store, cfg.ssd.zone_path("3B"))
@@ -219,7 +272,7 @@ def _first_backup(cfg: Settings) -> None:
     if not checked.ok:
         raise HoardError(f"the demo's database dump {made.backup_id} failed its restore-verify: {checked.detail}; "
                          "see `hoard health`", ExitCode.DATA)
-    out.print(f"[bold]10. backup[/]   dump {made.backup_id} of the database ({fmt_bytes(made.size)}) stored and "
+    out.print(f"[bold]12. backup[/]   dump {made.backup_id} of the database ({fmt_bytes(made.size)}) stored and "
               f"copied to 3B, verified by a restore ({checked.detail}); nightly: hoard-backup.timer (systemd/)")
 
 

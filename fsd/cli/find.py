@@ -137,6 +137,10 @@ def info(
                 f"{k} {display(str(v))}" for k, v in m.items() if k != "source" and v not in (None, "")))
         if db["labels"]:
             lines.append("labels:    " + ", ".join(f"{lb['key']}={lb['value']}" for lb in db["labels"]))
+        for e in db["edges"][:10]:
+            lines.append(f"{e['direction'] + ':':<11}{e['sha256']} ({e['relationship']})")
+        if len(db["edges"]) > 10:
+            lines.append(f"           … and {len(db['edges']) - 10} more edges (--json lists them)")
     lines += [f"mount:     <mount>/{p}" for p in doc["mount_paths"][:5]]
     out.print("\n".join(lines), markup=False)
 

@@ -74,6 +74,11 @@ def _canonical(c: Contract, params: dict[str, Any]) -> str:
     return canonical(params)
 
 
+def load_contract(cfg: Settings, name: str) -> Contract:
+    """Action `name`'s contract: the actions directory's file, else the built-in of that id."""
+    return contracts.load_file(contracts.find_any(cfg.actions_dir, name)[0])
+
+
 def _params(c: Contract, given: list[str]) -> dict[str, Any]:
     if not c.params and not given:
         return {}
@@ -132,6 +137,17 @@ def select_inputs(cfg: Settings, c: Contract, selector: dict | None, nodes: list
     return sorted(chosen)
 
 
+def prepare(cfg: Settings, name: str, *, selector: dict | None = None, nodes: list[str] | None = None,
+            given: list[str] | None = None) -> tuple[Contract, dict[str, Any], list[str], str]:
+    """(contract, typed parameters, inputs, run id) of the run `submit` would record — nothing
+    is written (a pipeline looks its stages' runs up by this)."""
+    c = load_contract(cfg, name)
+    params = _params(c, list(given or []))
+    inputs = select_inputs(cfg, c, selector, nodes)
+    return c, params, inputs, run_id(c.action_id, c.version, run_key(c.action_id, c.version, _canonical(c, params),
+                                                                      inputs))
+
+
 def submit(cfg: Settings, name: str, *, selector: dict | None = None, nodes: list[str] | None = None,
            given: list[str] | None = None, redis_conn=None, queue: bool = True, by: str = "") -> Submitted:
     """Record the run of action `name` (the actions directory's contract, else the built-in of
@@ -139,10 +155,7 @@ def submit(cfg: Settings, name: str, *, selector: dict | None = None, nodes: lis
     `run_here`); `by`: who launched it (a GUI login). The same run again: done → "done already",
     nothing changed; failed, cancelled or interrupted → resumed at its step; running or waiting
     → said so."""
-    c = contracts.load_file(contracts.find_any(cfg.actions_dir, name)[0])
-    params = _params(c, list(given or []))
-    inputs = select_inputs(cfg, c, selector, nodes)
-    rid = run_id(c.action_id, c.version, run_key(c.action_id, c.version, _canonical(c, params), inputs))
+    c, params, inputs, rid = prepare(cfg, name, selector=selector, nodes=nodes, given=given)
     with flocked(state_dir(cfg) / f"{rid}.submit.lock"):
         st = load_state(cfg, rid)
         if st is not None:
@@ -315,8 +328,9 @@ def status_doc(cfg: Settings, st: RunState) -> dict[str, Any]:
             "stalled": bool(why) and shown in (Status.QUEUED.value, *WAITING)}
 
 
-def release(cfg: Settings, rid: str, redis_conn=None) -> RunState:
-    """`hoard action release RUN`: open the gate; a run waiting there moves on now. An AC5 run
+def release(cfg: Settings, rid: str, redis_conn=None, *, queue: bool = True) -> RunState:
+    """`hoard action release RUN`: open the gate; a run waiting there moves on now (its step
+    queued again; `queue=False`: the caller runs the steps itself, `run_here`). An AC5 run
     waiting for its labellers imports what is finished now (tasks not labelled yet get no labels)."""
     with flocked(lock_path(cfg, rid)):
         st = _must(cfg, rid)
@@ -335,7 +349,7 @@ def release(cfg: Settings, rid: str, redis_conn=None) -> RunState:
             st.gate["released"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
             save_state(cfg, st)
             waiting = st.status == Status.WAIT_GPU_READY.value
-    if waiting and cfg.redis_url:
+    if queue and waiting and cfg.redis_url:
         with contextlib.suppress(HoardError):
             enqueue(cfg, st, redis_conn, suffix="-release")
     return st

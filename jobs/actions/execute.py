@@ -38,6 +38,7 @@ import select
 import shlex
 import signal
 import stat
+import struct
 import subprocess
 import sys
 import time
@@ -510,9 +511,88 @@ def _run(cmd: Command, *, cwd: str, log: _Log, deadline: float, heartbeat: Calla
     return reason, (code if reason == "exited" else None)
 
 
+#: POSIX ACLs as Linux keeps them in the `system.posix_acl_access` attribute: a version, then
+#: (tag, permissions, id) entries sorted by tag and id (acl(5), linux/posix_acl_xattr.h)
+_ACL_XATTR = "system.posix_acl_access"
+_ACL_USER_OBJ, _ACL_USER, _ACL_GROUP_OBJ, _ACL_GROUP, _ACL_MASK, _ACL_OTHER = 0x01, 0x02, 0x04, 0x08, 0x10, 0x20
+_ACL_NO_ID = 0xFFFFFFFF
+
+
+def _acl(path: Path) -> list[tuple[int, int, int]] | None:
+    """The entries of `path`'s access ACL, None when it has none beyond its mode."""
+    try:
+        raw = os.getxattr(path, _ACL_XATTR, follow_symlinks=False)
+    except OSError:
+        return None
+    if len(raw) < 4 or (len(raw) - 4) % 8 or struct.unpack_from("<I", raw)[0] != 2:
+        return None
+    return [struct.unpack_from("<HHI", raw, 4 + 8 * i) for i in range((len(raw) - 4) // 8)]
+
+
+def _grant(path: Path, uid: int, perm: int) -> None:
+    """Give user `uid` `perm` (4/2/1 bits) on `path` by an ACL entry, keeping what its mode
+    and other entries allow (the mask becomes the union of the group entries, as setfacl
+    makes it). A file system without ACLs is left as it is (`_reachable` then names it)."""
+    st = os.lstat(path)
+    entries = _acl(path) or [(_ACL_USER_OBJ, (st.st_mode >> 6) & 7, _ACL_NO_ID),
+                             (_ACL_GROUP_OBJ, (st.st_mode >> 3) & 7, _ACL_NO_ID),
+                             (_ACL_OTHER, st.st_mode & 7, _ACL_NO_ID)]
+    if any(t == _ACL_USER and i == uid and p & perm == perm for t, p, i in entries):
+        return
+    have = next((p for t, p, i in entries if t == _ACL_USER and i == uid), 0)
+    entries = [e for e in entries if not (e[0] == _ACL_USER and e[2] == uid) and e[0] != _ACL_MASK]
+    entries.append((_ACL_USER, have | perm, uid))
+    mask = 0
+    for t, p, _i in entries:
+        if t in (_ACL_USER, _ACL_GROUP, _ACL_GROUP_OBJ):
+            mask |= p
+    entries.append((_ACL_MASK, mask, _ACL_NO_ID))
+    entries.sort(key=lambda e: (e[0], e[2]))
+    blob = struct.pack("<I", 2) + b"".join(struct.pack("<HHI", *e) for e in entries)
+    with contextlib.suppress(OSError):
+        os.setxattr(path, _ACL_XATTR, blob, follow_symlinks=False)
+
+
+def _allowed(p: Path, st: os.stat_result, ident: Identity) -> int:
+    """The 4/2/1 bits `ident` (with its own group only) has on `p`, its ACL counted."""
+    entries = _acl(p)
+    if st.st_uid == ident.uid:
+        return (st.st_mode >> 6) & 7
+    if entries is None:
+        return (st.st_mode >> 3) & 7 if st.st_gid == ident.gid else st.st_mode & 7
+    mask = next((q for t, q, _i in entries if t == _ACL_MASK), 7)
+    named = next((q for t, q, i in entries if t == _ACL_USER and i == ident.uid), None)
+    if named is not None:
+        return named & mask
+    groups = [q for t, q, i in entries if (t == _ACL_GROUP_OBJ and st.st_gid == ident.gid)
+              or (t == _ACL_GROUP and i == ident.gid)]
+    if groups:
+        return (groups[0] | groups[-1]) & mask  # (its own group: the owning group's entry, a named one, or both)
+    return st.st_mode & 7
+
+
+def grant_run_tree(run_dir: Path, output_root: Path, worker: Identity) -> None:
+    """Let the worker user (not root, not hoard's group: untrusted like any local user) pass
+    zone 3C and read its own run's staged tree, `run_dir` (3C/<run>), and nothing else: ACL
+    entries for that user alone — `--x` on 3C, `r-x` on the run's directories, `r--` on its
+    files — the modes (1770, 0750, 0640) stay as they are for everyone else. The output root
+    is the worker's own (`prepare_roots`)."""
+    _grant(run_dir.parent, worker.uid, 1)
+    for d, dirs, files in os.walk(run_dir):
+        here = Path(d)
+        if here == output_root:
+            dirs[:] = []
+            continue
+        _grant(here, worker.uid, 5)
+        for f in files:
+            if not os.path.islink(here / f):
+                _grant(here / f, worker.uid, 4)
+        dirs[:] = [n for n in dirs if not os.path.islink(here / n)]
+
+
 def _reachable(path: Path, ident: Identity, need: int, what: str) -> None:
     """ExecError unless `ident` may search every directory down to `path` and has `need`
-    (R_OK/W_OK/X_OK bits, as 4/2/1) on it."""
+    (R_OK/W_OK/X_OK bits, as 4/2/1) on it (its mode or its ACL)."""
     parts = [*reversed(path.parents), path]
     for p in parts:
         try:
@@ -520,16 +600,17 @@ def _reachable(path: Path, ident: Identity, need: int, what: str) -> None:
         except OSError as e:
             raise ExecError(f"{what} {display(str(p))}: {e.strerror}") from None
         bits = need if p == path else 1
-        shift = 6 if st.st_uid == ident.uid else 3 if st.st_gid == ident.gid else 0
-        if (st.st_mode >> shift) & bits != bits:
+        if _allowed(p, st, ident) & bits != bits:
             raise ExecError(f"{what}: the worker user {ident.name} cannot reach {display(str(p))} (mode "
                             f"{stat.filemode(st.st_mode)}, owner {st.st_uid}); let it through (chmod o+x) or "
                             "keep zone 3C where it can")
 
 
-def prepare_roots(roots: Roots, worker: Identity) -> None:
+def prepare_roots(roots: Roots, worker: Identity, run_dir: Path | None = None) -> None:
     """The output root exists, is a directory (not a link) and is the worker's; the worker can
-    read the input root. Only root changes an owner: otherwise the worker is hoard's user."""
+    read the input root. Only root changes an owner: otherwise the worker is hoard's user.
+    `run_dir`: the run's own directory in zone 3C (3C/<run>, holding both roots), which the
+    worker user is let into (`grant_run_tree`)."""
     out = roots.output_root
     out.mkdir(parents=True, exist_ok=True)
     st = os.lstat(out)
@@ -537,6 +618,8 @@ def prepare_roots(roots: Roots, worker: Identity) -> None:
         raise ExecError(f"output_root {display(str(out))}: not a directory (a link or a file); remove it and stage again")
     if os.geteuid() == 0 and worker.uid != 0:
         os.chown(out, worker.uid, worker.gid, follow_symlinks=False)
+        if run_dir is not None and run_dir in roots.input_root.parents and run_dir in out.parents:
+            grant_run_tree(run_dir, out, worker)
         _reachable(out, worker, 7, "output_root")
         _reachable(roots.input_root, worker, 5, "input_root")
 
@@ -544,15 +627,16 @@ def prepare_roots(roots: Roots, worker: Identity) -> None:
 def run_worker(c: Contract, roots: Roots, params: Mapping[str, object], *, log_path: Path,
                heartbeat: Callable[[], None], should_stop: Callable[[], bool], poll_s: float = 1.0,
                worker_user: str = "nobody", grace_s: float = TERM_GRACE_S, log_cap: int = LOG_CAP,
-               on_start: Callable[[int, int], None] | None = None) -> Outcome:
+               on_start: Callable[[int, int], None] | None = None, run_dir: Path | None = None) -> Outcome:
     """Runs the contract's worker to its end: exited (its status), timeout (past run_spec.timeout_s)
     or cancelled (should_stop() said so); heartbeat() is called every poll_s. ExecError (one
-    line) when it cannot be started. `worker_user` is `actions.worker_user` of hoard.toml.
+    line) when it cannot be started. `worker_user` is `actions.worker_user` of hoard.toml;
+    `run_dir` the run's directory in zone 3C, which the worker user is let into.
     `on_start(pid, start)` is called once the worker's process exists: its session id (= its pid)
     and its start time (clock ticks after boot, /proc/PID/stat), for `end_session` by a later
     process if this one dies (kill -9) and leaves the session running."""
     cmd = command_for(c, roots, params, worker_user=worker_user)
-    prepare_roots(roots, cmd.worker)
+    prepare_roots(roots, cmd.worker, run_dir)
     assert isinstance(c.run_spec, (RunLocal, RunDocker, RunKubectl))
     log = _Log(log_path, log_cap)
     t0 = time.monotonic()

@@ -179,11 +179,13 @@ def _schedule_poll(cfg: Settings, st: RunState, poll_s: float) -> None:
         description=f"action {st.run_id}: {st.step} (poll)")
 
 
-def run_here(cfg: Settings, rid: str) -> ExitCode:
+def run_here(cfg: Settings, rid: str, *, until_waiting: bool = False) -> ExitCode:
     """Run a submitted run's remaining steps in this process (`hoard action run --here`): no
-    Redis; a waiting step (the gate, an external worker) is polled here in the foreground.
-    A condition ends the run failed with its one line (the exit code says why); a bug
-    propagates; Ctrl-C stops the step at once, recorded as interrupted."""
+    Redis; a waiting step (the gate, an external worker) is polled here in the foreground —
+    or, `until_waiting`, ends the call (OK; the state says it waits: `hoard pipeline advance`
+    and the demo release the gate, then call again). A condition ends the run failed with
+    its one line (the exit code says why); a bug propagates; Ctrl-C stops the step at once,
+    recorded as interrupted."""
     with _interruptible(), flocked(here_lock_path(cfg, rid)):
         while True:
             st = load_state(cfg, rid)
@@ -206,6 +208,8 @@ def run_here(cfg: Settings, rid: str) -> ExitCode:
                 return code
             after = load_state(cfg, rid)
             if after is not None and after.status in WAITING:
+                if until_waiting:
+                    return ExitCode.OK
                 wait_a_little(after.report.get("poll_s", 5), lambda: cancel_flag(cfg, rid).exists()
                               or _released(cfg, rid))
 

@@ -219,7 +219,8 @@ def _step_run(cfg: Settings, st: RunState) -> None:
                                      heartbeat=lambda: beat(cfg, st.run_id),
                                      should_stop=lambda: cancel_flag(cfg, st.run_id).exists(),
                                      worker_user=cfg.actions.worker_user,
-                                     on_start=lambda pid, start: _worker_started(cfg, st, pid, start))
+                                     on_start=lambda pid, start: _worker_started(cfg, st, pid, start),
+                                     run_dir=cfg.ssd.zone_path("3C") / st.run_id)
         st.worker = None
         save_state(cfg, st)
         if outcome.reason == "cancelled":
