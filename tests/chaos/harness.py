@@ -1265,6 +1265,9 @@ VERIFY_ONLY = frozenset({"replica bytes"})
 #: an operator's next step that names no `hoard` command (a disk to mount again, a file to remove)
 OPERATOR_STEPS = ("mount it again", "remove it", "start it with", "free space", "add a disk", "put its [[disks]] "
                   "table back", "the next writer", "run the job again", "fix database_url", "fix redis_url")
+#: a command a problem names as what would not help: a full zone's refusal (an action run failed
+#: at its stage says it) names `hoard zones clean` only to say nothing in the zone is for it
+NOT_ADVICE = r"Nothing in it is a sealed output `hoard zones clean` could remove"
 #: `hoard` commands the harness follows when a problem names them (others change the world the
 #: harness keeps track of — disks replaced, servers — and are its heal's)
 FOLLOW = (("replicate",), ("verify",), ("index", "rewrite-marks"), ("index", "rewrite-pointers"),
@@ -1284,9 +1287,9 @@ class Observed:
 
 
 def next_steps(text: str) -> list[str]:
-    """The `hoard …` commands `text` names, in order; [""] for an operator's step with no
-    command (OPERATOR_STEPS); [] when it names none."""
-    cmds = re.findall(r"`(hoard [^`]+)`", text)
+    """The `hoard …` commands `text` names, in order (not one it names as no help: NOT_ADVICE);
+    [""] for an operator's step with no command (OPERATOR_STEPS); [] when it names none."""
+    cmds = re.findall(r"`(hoard [^`]+)`", re.sub(NOT_ADVICE, "", text))
     return cmds or ([""] if any(p in text for p in OPERATOR_STEPS) else [])
 
 
