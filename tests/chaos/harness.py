@@ -23,6 +23,11 @@ acknowledged may be lost:
   nothing (exit 0; health: nothing beyond a new world's problems);
 - after each faulted command, before the heal, `hoard check`'s exit code and `hoard verify`'s
   agree, except where one of them is blind by design (`check_agrees_with_verify`).
+- action runs (`action`, `action_rq`: `hoard action run` of an AC2 contract with a python test
+  worker, ACTION_WORKER) happen exactly once: after the re-run every run acknowledged done has
+  one child, edge, label and result row per input and one `done` action_event, the same command
+  again is "done already" and changes no row count, its children read back, no run is left
+  running or failed, 3C holds nothing of it, and no worker outlives its runner (`check_actions`).
 
 A step's plan (workload, fault, victim, timing) comes from the seed alone, so a failing seed
 replays with the command `World.replay_hint` prints; the kill instants are wall-clock, so a
