@@ -66,6 +66,7 @@ CLIENT_ENV = {"docker": ("DOCKER_HOST", "DOCKER_CONFIG", "DOCKER_CONTEXT", "DOCK
 #: what a value substituted into a kubectl manifest may hold (anything else could change its YAML)
 _YAML_SAFE = re.compile(r"[A-Za-z0-9._/:=@+-]*")
 _PR_SET_CHILD_SUBREAPER, _PR_GET_CHILD_SUBREAPER = 36, 37
+_PR_SET_PDEATHSIG = 1
 
 
 class ExecError(HoardError):
@@ -337,6 +338,24 @@ class _Log:
         os.close(self.fd)
 
 
+def _dies_with(parent: int) -> Callable[[], None] | None:
+    """The worker's preexec_fn: it is killed when its runner dies (kill -9, OOM) — in a session
+    of its own, a kill of the runner's process group misses it, and it would go on writing the
+    output root a resumed run empties and reads. Set after the switch to the worker's user (which
+    would clear it), before exec (which keeps it); prctl is looked up here, before the fork."""
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):  # not Linux
+        return None
+
+    def child() -> None:
+        prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+        if os.getppid() != parent:  # the runner died before the line above
+            os._exit(1)
+
+    return child
+
+
 def _subreaper(on: bool) -> bool:
     """Make this process a child subreaper (or not); returns whether it was one (Linux prctl)."""
     try:
@@ -429,7 +448,8 @@ def _start(cmd: Command, cwd: str, out_fd: int) -> subprocess.Popen:
         kw = {"user": cmd.user.uid, "group": cmd.user.gid, "extra_groups": []}
     try:
         return subprocess.Popen(list(cmd.argv), stdin=stdin, stdout=out_fd, stderr=out_fd, env=dict(cmd.env),
-                                cwd=cwd, start_new_session=True, close_fds=True, **kw)
+                                cwd=cwd, start_new_session=True, close_fds=True, preexec_fn=_dies_with(os.getpid()),
+                                **kw)
     except OSError as e:
         who = cmd.user.name if cmd.user is not None else "hoard's user"
         raise ExecError(f"{cmd.key}: cannot start {display(cmd.argv[0])} as {who}: {e.strerror}; check that "

@@ -128,6 +128,9 @@ def stage_spec(c: Contract, rid: str, inputs: list[str]) -> outputs.OutputSpec:
 # -- stage --------------------------------------------------------------------------------------
 
 def _step_stage(cfg: Settings, st: RunState) -> None:
+    # the request again (the same request is fine): `hoard zones clean RUN`, which health offers
+    # for the stage of a run killed while it staged, forgets it — and the run must still resume
+    outputs.submit(cfg, stage_spec(contract_of(cfg, st), st.run_id, sorted(inputs_of(cfg, st))))
     rep = outputs.run(cfg, st.run_id)
     st.report["stage"] = {k: rep.get(k) for k in ("path", "files", "bytes", "copied_files")}
 

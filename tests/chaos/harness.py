@@ -23,6 +23,11 @@ acknowledged may be lost:
   nothing (exit 0; health: nothing beyond a new world's problems);
 - after each faulted command, before the heal, `hoard check`'s exit code and `hoard verify`'s
   agree, except where one of them is blind by design (`check_agrees_with_verify`).
+- action runs (`action`, `action_rq`: `hoard action run` of an AC2 contract with a python test
+  worker, ACTION_WORKER) happen exactly once: after the re-run every run acknowledged done has
+  one child, edge, label and result row per input and one `done` action_event, the same command
+  again is "done already" and changes no row count, its children read back, no run is left
+  running or failed, 3C holds nothing of it, and no worker outlives its runner (`check_actions`).
 
 A step's plan (workload, fault, victim, timing) comes from the seed alone, so a failing seed
 replays with the command `World.replay_hint` prints; the kill instants are wall-clock, so a
@@ -86,6 +91,72 @@ MARKS_FLIP = 0x6D61726B
 #: what a seed is mixed with to choose the seeds that end by replacing every disk
 REPLACE_ALL = 0x7265706C
 
+#: what a seed is mixed with for the choice of the steps that run an action (an rng of their own:
+#: the other steps' plans stay what they were before action workloads existed)
+ACTIONS = 0x61637473
+#: the share of steps (after the first) that run an action instead of the workload drawn
+ACTION_SHARE = 1 / 5
+#: the ActionContract the action workloads run (an AC2 with a python test worker, ACTION_WORKER)
+ACTION = "chaos-copy"
+#: relationship of its children to their inputs, and the label each child gets
+ACTION_REL = "chaos_child_of"
+#: the tables whose row counts a run that is done already must not change
+ACTION_TABLES = ("node", "physical_content", "physical_path", "edge", "label", "action", "action_batch",
+                 "batch_member", "action_event", "result_canny", "result_ocr_box", "applied_intent",
+                 "relationship_type")
+#: the worker: argv input root, output root, run id; for each staged input (sorted) a child
+#: children/<sha256>.bin — bytes of its own, the same on a re-run — and a line of results.jsonl;
+#: a little sleep per input, so that a fault finds it running
+ACTION_WORKER = r"""
+import json, os, sys, time
+inp, out, run = sys.argv[1], sys.argv[2], sys.argv[3]
+os.makedirs(os.path.join(out, "children"), exist_ok=True)
+with open(os.path.join(out, "results.jsonl"), "w") as res:
+    for d, _, files in sorted(os.walk(inp)):
+        for f in sorted(files):
+            sha = f.split(".")[0]
+            data = open(os.path.join(d, f), "rb").read()
+            with open(os.path.join(out, "children", sha + ".bin"), "wb") as c:
+                c.write(b"chaos child of %s in %s\n" % (sha.encode(), run.encode()) + data[:256][::-1])
+            res.write(json.dumps({"sha": sha, "status": "ok", "ratio": len(data) % 97 / 97}) + "\n")
+            res.flush()
+            time.sleep(0.03)
+"""
+ACTION_CONTRACT = """action_id = "{name}"
+action_type = "AC2"
+version = 1
+description = "the chaos suite's action workload: a child and a result per input"
+
+[input_selector]
+file_types = ["png"]
+
+[stage_layout]
+layout = "by_sha256"
+
+[run_spec]
+kind = "local"
+command = [{python}, {script}, "{{input_root}}", "{{output_root}}", "{{action_batch_id}}"]
+timeout_s = 300
+{run_as}
+[[output_parser.children]]
+glob = "children/*.bin"
+parent_match = 'children/(?P<input>[0-9a-f]{{64}})\\.bin'
+parent_key = "sha256"
+relationship = "{rel}"
+labels = {{ made_by = "chaos" }}
+
+[[output_parser.results]]
+name = "ratios"
+glob = "results.jsonl"
+format = "jsonl"
+node_field = "sha"
+node_key = "sha256"
+
+[result_mapping.ratios]
+into = "result_canny"
+columns = {{ status = "status", edge_ratio = "ratio" }}
+"""
+
 #: a command running this long (the lab is fast and a step's data small) is hung
 HUNG_S = 120
 
@@ -111,7 +182,7 @@ POWER_FAULTS = FAULTS + ("powercut",) * 3
 #: (zone_full), as on the machine's own disk (its image is sparse)
 SSD = DiskProfile("ssd", 6000, 400, 400, 5000)
 #: the faults that only some workloads have a target for (a worker's horse, a mount)
-TARGETED = {"kill_horse": "ingest_rq", "kill_mount": "mount_read"}
+TARGETED = {"kill_horse": ("ingest_rq", "action_rq"), "kill_mount": ("mount_read",)}
 #: the reader a `mount_read` step runs (not a hoard command): argv mount point, a file of
 #: sha256s (up to 400); reads each object through by-hash/ and checks its sha256 — wrong bytes print
 #: WRONG BYTES (an invariant violation whatever the fault), an unreadable file exits 3
@@ -187,6 +258,9 @@ class World:
     cut_problems: list[str] = field(default_factory=list)  # what it reported right after the last power cut
     alarms: int = 0  # problems health, check and verify reported during the seed (each with its next step)
     followed: dict[str, int] = field(default_factory=dict)  # advice the harness followed → how often
+    database_url: str = ""
+    pending_action: tuple[str, int] = ("", 0)  # (run id, inputs) of the action run under way
+    action_runs: dict[str, int] = field(default_factory=dict)  # run id → inputs, every run acknowledged done
     _files: int = 0
 
     def __post_init__(self) -> None:
@@ -250,6 +324,7 @@ class World:
                                                       dbname="hoard_chaos")
         redis_url = f"unix://{self.redis.socket}?db=0"
         ensure_database(database_url)
+        self.database_url = database_url
         lines = [f"database_url = {json.dumps(database_url)}", f"redis_url = {json.dumps(redis_url)}", "",
                  "[store]", "shard_size_mb = 1", "copy_of_raw = 3", "copy_of_generated = 2", "write_ack = 2",
                  "allow_directory_disks = false"]
@@ -261,6 +336,7 @@ class World:
         lines += ["", "[ingest]", "settle_s = 0.05", "", "[sources]", 'gallery = "gallery_dl"']
         lines += ["", "[mount]", f'path = "{self.home / "mnt"}"']  # where view-mode outputs point
         self.cfg_path.write_text("\n".join(lines) + "\n")
+        self.write_action()
         self.hoard("init")
         self.hoard("db", "migrate")
         t0 = time.monotonic()
@@ -277,11 +353,14 @@ class World:
     # -- the plan -----------------------------------------------------------------
     def plan(self, steps: int) -> list[Step]:
         rng = random.Random(self.seed)
+        own = random.Random(self.seed ^ ACTIONS)
         out = []
         for n in range(1, steps + 1):
             workload = rng.choice(WORKLOADS) if n > 1 else "put"  # something to lose first
             fault = rng.choice(POWER_FAULTS if self.power else FAULTS)
-            if TARGETED.get(fault, workload) != workload:  # nothing of that kind runs in this step
+            if n > 1 and own.random() < ACTION_SHARE:  # an action instead (own rng: other plans unchanged)
+                workload = own.choice(("action", "action_rq"))
+            if workload not in TARGETED.get(fault, (workload,)):  # nothing of that kind runs in this step
                 fault = "kill9"
             out.append(Step(n, workload, fault, None, rng.random(), rng.randrange(1 << 30)))
         if self.power and out and not any(s.fault == "powercut" for s in out):  # a power world cuts at least once
@@ -339,6 +418,11 @@ class World:
         if step.workload == "ingest_rq" and step.fault == "none" and self.pending_batch_id not in self.batches:
             raise InvariantViolation(f"{step}: the worker ended (exit {proc.returncode}) without the batch done:\n"
                                      f"{stderr[-3000:]}")
+        if step.workload == "action_rq" and step.fault == "none" and self.pending_action[0] not in self.action_runs:
+            raise InvariantViolation(f"{step}: the worker ended (exit {proc.returncode}) without action run "
+                                     f"{self.pending_action[0]} done:\n{stderr[-3000:]}")
+        if step.workload in ("action", "action_rq"):
+            self.worker_outlives_runner(step, proc)
         if step.fault in TIMED_FAULTS and step.fault != "kill9" and not injected:  # faster than the fault
             self.inject(step, proc)
         when = "during" if injected or step.fault in ("flip", "zone_full") else "after"
@@ -367,8 +451,27 @@ class World:
             if res.returncode != 0:
                 raise InvariantViolation(f"{step}: re-run `hoard {' '.join(again)}` exit {res.returncode}:\n"
                                          f"{res.stderr[-3000:]}\nstdout:\n{res.stdout[-2000:]}")
+        if step.workload in ("action", "action_rq"):
+            if self.pending_action[0] not in self.action_runs:
+                raise InvariantViolation(f"{step}: action run {self.pending_action[0]} is not done after the re-run")
+            self.action_done_already(step)
         self.rerun = []
         self.stop_mount()
+
+    def worker_outlives_runner(self, step: Step, proc: subprocess.Popen) -> None:
+        """A worker never outlives its runner: once the command (`hoard action run --here`, or the
+        RQ worker whose work horse ran the step) is gone — killed -9 included — no process of the
+        action's worker program runs (it would go on writing the output root a resumed run reads)."""
+        script = str(self.home / "actions" / f"{ACTION}-worker.py")
+        alive = []
+        for d in Path("/proc").iterdir():
+            if d.name.isdigit():
+                with contextlib.suppress(OSError):
+                    if script.encode() in (d / "cmdline").read_bytes().split(b"\0"):
+                        alive.append(int(d.name))
+        if alive:
+            raise InvariantViolation(f"{step}: `hoard {' '.join(self.rerun)}` ended (exit {proc.returncode}) but its "
+                                     f"worker still runs: pids {alive}")
 
     def workload_args(self, workload: str, rng: random.Random) -> tuple[list[str] | None, float]:
         """The command line of a workload and its expected duration in seconds."""
@@ -409,6 +512,8 @@ class World:
             self.hoard("ingest", folder)
             self.rerun = ["ingest", folder, "--here"]  # a killed job is not re-run by RQ: resume it here
             return ["worker", "--burst"], 6.0
+        if workload in ("action", "action_rq"):
+            return self.action_args(rng, queued=workload == "action_rq"), 1.8 if workload == "action" else 3.5
         if workload == "mount_read":
             if not self.acked:
                 return None, 0
@@ -417,6 +522,75 @@ class World:
             listing.write_text("\n".join(rng.sample(sorted(self.acked), min(len(self.acked), 400))) + "\n")
             return [READ_MOUNT, str(listing)], 1.0
         raise ValueError(workload)
+
+    def write_action(self) -> None:
+        """The action workloads' contract and worker, in `actions/` beside hoard.toml. As root the
+        worker would be actions.worker_user (nobody), who cannot enter the test's root-only
+        directory: it runs as root, allowed (as in tests/test_action_workers.py)."""
+        actions = self.home / "actions"
+        actions.mkdir(exist_ok=True)
+        script = actions / f"{ACTION}-worker.py"
+        script.write_text(ACTION_WORKER)
+        run_as = 'run_as = "root"\nallow_root = true\n' if os.geteuid() == 0 else ""
+        (actions / f"{ACTION}.toml").write_text(ACTION_CONTRACT.format(
+            name=ACTION, python=json.dumps(sys.executable), script=json.dumps(str(script)), run_as=run_as,
+            rel=ACTION_REL))
+
+    def action_args(self, rng: random.Random, queued: bool) -> list[str]:
+        """`hoard action run` of the chaos contract over 10–30 of the ingested batches' media
+        (acknowledged nodes in the database, none deleted), by --nodes; an ingest first when there
+        are none. The run's id is known before it starts (its key: action, version, parameters,
+        the sorted inputs). `queued`: the run is submitted now, and a worker (the step's command)
+        runs its steps."""
+        from jobs.actions.state import run_id, run_key
+
+        media = self.media_nodes()
+        if not media:
+            batch = self.scraped_batch(rng)
+            self.hoard("ingest", str(self.ssd / "3A" / batch.batch_id), "--here", timeout=300)
+            self.acked.update({i.sha256: i.size for i in batch.items})
+            self.batches.append(batch.batch_id)
+            media = self.media_nodes()
+        chosen = sorted(rng.sample(media, min(len(media), rng.randint(10, 30))))
+        listing = self.home / f"a{len(self.log)}.nodes"  # unique within the run (the log only grows)
+        listing.write_text("\n".join(chosen) + "\n")
+        rid = run_id(ACTION, 1, run_key(ACTION, 1, "{}", chosen))
+        self.pending_action = (rid, len(chosen))
+        here = ["action", "run", ACTION, "--nodes", str(listing), "--here", "--json"]
+        self.rerun = list(here)  # an interrupted run is resumed in place (RQ does not re-run a killed job)
+        if not queued:
+            return here
+        self.hoard("action", "run", ACTION, "--nodes", str(listing), "--json")
+        return ["worker", "--burst"]
+
+    def media_nodes(self) -> list[str]:
+        """The sha256s of the ingested batches' media: physical nodes neither deleted nor black-listed."""
+        if not self.batches:
+            return []
+        with psycopg.connect(self.database_url) as conn:
+            return [r[0] for r in conn.execute(
+                "SELECT DISTINCT encode(n.sha256, 'hex') FROM batch_member m JOIN node n USING (node_id) "
+                "JOIN physical_content pc USING (node_id) WHERE m.batch_id = ANY(%s) AND NOT pc.is_deleted "
+                "AND NOT pc.in_black_list AND pc.file_type IN ('png', 'mp4') ORDER BY 1", [self.batches])]
+
+    def action_counts(self) -> dict[str, int]:
+        with psycopg.connect(self.database_url) as conn:
+            return {t: conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in ACTION_TABLES}  # noqa: S608
+
+    def action_done_already(self, step: Step) -> None:
+        """The same `hoard action run` once more, after its run is done: "done already", exit 0, and
+        no row count of the tables a run writes changes."""
+        rid, _ = self.pending_action
+        listing = self.rerun[self.rerun.index("--nodes") + 1]
+        before = self.action_counts()
+        res = self.hoard("action", "run", ACTION, "--nodes", listing, "--here", ok=None)
+        after = self.action_counts()
+        if res.returncode != 0 or f"run {rid}: done already" not in res.stdout:
+            raise InvariantViolation(f"{step}: the same action run again: exit {res.returncode}, not "
+                                     f"\"run {rid}: done already\":\n{res.stdout[-2000:]}{res.stderr[-2000:]}")
+        if after != before:
+            raise InvariantViolation(f"{step}: the action run done already changed row counts: "
+                                     f"{ {t: (before[t], after[t]) for t in before if before[t] != after[t]} }")
 
     def start_mount(self) -> None:
         """`hoard mount --foreground` in the background, until the step ends (it holds the store
@@ -521,6 +695,9 @@ class World:
         """What a command acknowledged: each line `put --json` printed (a killed put's too); a
         whole batch when `ingest --here` ended with exit 0 (the batch is done: its manifest is
         registered and names every file)."""
+        if workload in ("action", "action_rq"):
+            self.collect_action(workload, stdout, code)
+            return
         if workload == "ingest_rq":  # the worker's exit says nothing of the batch: its state does
             from fsd.base import config
             from jobs.ingest import load_state
@@ -548,6 +725,32 @@ class World:
                 continue  # the last line of a killed put may be cut short: not acknowledged
             if r.get("status") in ("new", "existing"):
                 self.acked[r["sha256"]] = r["size"]
+
+    def collect_action(self, workload: str, stdout: str, code: int | None) -> None:
+        """An action run is acknowledged once `hoard action run --json` printed it done (a line
+        with "status": "done", whatever its exit), or — run by a worker — once its state says
+        done; then each of its children (the run's `stored` work file: path → sha256, size) is
+        an acknowledged object."""
+        from fsd.base import config
+        from jobs.actions.state import load_state, read_work
+
+        rid, n = self.pending_action
+        done = False
+        if workload == "action":
+            for line in stdout.splitlines():
+                with contextlib.suppress(json.JSONDecodeError, AttributeError):
+                    doc = json.loads(line)
+                    done = done or (doc.get("run") == rid and doc.get("status") == "done")
+        else:
+            st = load_state(config.load(self.cfg_path), rid)
+            done = st is not None and st.status == "done"
+        if not done:
+            return
+        stored = read_work(config.load(self.cfg_path), rid, "stored")
+        if len(stored) != n:
+            raise InvariantViolation(f"action run {rid} is done with {len(stored)} children stored for {n} inputs")
+        self.acked.update({sha: size for sha, size in stored.values()})
+        self.action_runs[rid] = n
 
     def define_view(self, rng: random.Random) -> None:
         """A new view over some acknowledged objects; the previous one is removed, so its
@@ -707,7 +910,8 @@ class World:
         sessions = {p.pid for p in (proc, self.mount_proc) if p is not None and p.poll() is None}
         servers = [pid for pid in (_pidfile(self.pg.data_dir / "postmaster.pid"),
                                    _pidfile(self.redis.data_dir / "redis.pid")) if pid]
-        frozen = _freeze(lambda: _world_pids(sessions, servers))
+        # the command's descendants too: an action's worker runs in a session of its own
+        frozen = _freeze(lambda: _world_pids(sessions, servers + [proc.pid]))
         try:
             if during:  # its output file holds every line it wrote before the instant
                 self.collect_acks(step.workload, (self.home / "out.txt").read_text(errors="replace"), None)
@@ -808,6 +1012,11 @@ class World:
         if m := re.match(r"ingest (\S+): (queued|running) at step \S+ but ", problem):
             st = ingest.load_state(cfg, m[1])  # and no worker runs: the cut killed every one
             return st is not None and st.status == m[2]
+        if m := re.match(r"action run (\S+): failed at (\S+): the process running step \S+ stopped", problem):
+            from jobs.actions.state import load_state as action_state
+
+            st = action_state(cfg, m[1])  # "running" in its state, and no process runs it: the cut killed every one
+            return st is not None and st.status == "running" and st.step == m[2]
         if m := re.match(r"(stage|export) (\S+): interrupted", problem):
             st = outputs.load_state(cfg, m[2])  # and no process runs it: the cut killed every one
             return st is not None and st.status == "running"
@@ -904,6 +1113,42 @@ class World:
         if left:  # no alarm without a cause: the heal and the advice removed every cause
             raise InvariantViolation(f"after {step} and its heal: still reported: {json.dumps(left, indent=1)}")
         self.check_outputs(step)
+        self.check_actions(step)
+
+    def check_actions(self, step: Step) -> None:
+        """Every action run: none reported running (no process runs one between steps) and none
+        failed (each was re-run to completion); every run acknowledged done wrote exactly once
+        what one run writes — a child per input (located `action:<run>/…`, labelled, an edge
+        from its input), a result row per input, one `done` action_event — and left nothing in
+        3C (the reservation's release is check_outputs')."""
+        if not self.action_runs and not (self.ssd / "state" / "actions").is_dir():
+            return
+        runs = json.loads(self.hoard("action", "runs", "--json").stdout)["runs"]
+        bad = [f"{r['run']}: {r['status']} at {r['step']} ({r['error']})" for r in runs if r["status"] != "done"]
+        if bad:
+            raise InvariantViolation(f"after {step}: action runs not done: {bad}")
+        with psycopg.connect(self.database_url) as conn:
+            for rid, n in sorted(self.action_runs.items()):
+                row = conn.execute(
+                    "SELECT count(*), count(DISTINCT p.node_id), "
+                    " (SELECT count(*) FROM edge e JOIN relationship_type r USING (rel_id) WHERE r.name = %s "
+                    "   AND e.child_id IN (SELECT node_id FROM physical_path WHERE locator LIKE %s)), "
+                    " (SELECT count(*) FROM label l WHERE l.key = 'made_by' AND l.value = 'chaos' "
+                    "   AND l.node_id IN (SELECT node_id FROM physical_path WHERE locator LIKE %s)), "
+                    " (SELECT count(*) FROM result_canny WHERE batch_id = %s), "
+                    " (SELECT count(*) FROM action_event WHERE batch_id = %s AND status = 'done'), "
+                    " (SELECT count(*) FROM action_event WHERE batch_id = %s) "
+                    "FROM physical_path p WHERE p.locator LIKE %s",
+                    [ACTION_REL, f"action:{rid}/%", f"action:{rid}/%", rid, rid, rid, f"action:{rid}/%"]).fetchone()
+                want = (n, n, n, n, n, 1, 1)
+                if tuple(row) != want:
+                    names = ("locators", "child nodes", "edges", "labels", "result rows", "done events", "events")
+                    raise InvariantViolation(f"after {step}: action run {rid} ({n} inputs) is not there exactly once: "
+                                             + ", ".join(f"{k} {g}" + (f" (want {w})" if g != w else "")
+                                                         for k, g, w in zip(names, row, want)))
+                left = [p for p in (self.ssd / "3C" / rid, self.ssd / "3C" / ".tmp" / rid) if p.exists()]
+                if left:
+                    raise InvariantViolation(f"after {step}: action run {rid} is done but 3C still holds {left}")
 
     def observe(self, step: Step, when: str) -> dict[str, Observed]:
         """What `hoard health`, `hoard verify` and `hoard check` report now (in that order: health
@@ -1025,6 +1270,9 @@ VERIFY_ONLY = frozenset({"replica bytes"})
 #: an operator's next step that names no `hoard` command (a disk to mount again, a file to remove)
 OPERATOR_STEPS = ("mount it again", "remove it", "start it with", "free space", "add a disk", "put its [[disks]] "
                   "table back", "the next writer", "run the job again", "fix database_url", "fix redis_url")
+#: a command a problem names as what would not help: a full zone's refusal (an action run failed
+#: at its stage says it) names `hoard zones clean` only to say nothing in the zone is for it
+NOT_ADVICE = r"Nothing in it is a sealed output `hoard zones clean` could remove"
 #: `hoard` commands the harness follows when a problem names them (others change the world the
 #: harness keeps track of — disks replaced, servers — and are its heal's)
 FOLLOW = (("replicate",), ("verify",), ("index", "rewrite-marks"), ("index", "rewrite-pointers"),
@@ -1044,9 +1292,9 @@ class Observed:
 
 
 def next_steps(text: str) -> list[str]:
-    """The `hoard …` commands `text` names, in order; [""] for an operator's step with no
-    command (OPERATOR_STEPS); [] when it names none."""
-    cmds = re.findall(r"`(hoard [^`]+)`", text)
+    """The `hoard …` commands `text` names, in order (not one it names as no help: NOT_ADVICE);
+    [""] for an operator's step with no command (OPERATOR_STEPS); [] when it names none."""
+    cmds = re.findall(r"`(hoard [^`]+)`", re.sub(NOT_ADVICE, "", text))
     return cmds or ([""] if any(p in text for p in OPERATOR_STEPS) else [])
 
 
