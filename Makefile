@@ -10,10 +10,12 @@ SHELL := /bin/bash
 
 # Debian packages the project needs at run time and to build pyfuse3; chromium and its
 # driver for the GUI's end-to-end test (tests/test_gui_e2e.py: Selenium never downloads one);
-# ffmpeg for the built-in `keyframes` action (jobs/actions/builtin/keyframes.py).
+# ffmpeg for the built-in `keyframes` action (jobs/actions/builtin/keyframes.py); docker.io
+# (dockerd, containerd, runc) and busybox-static for the docker run_spec's tests, which start
+# their own daemon and import their image from a busybox root filesystem (tests/dockerd.py).
 APT_PKGS := postgresql redis-server pgbackrest fuse3 libfuse3-dev pkg-config \
             python3-dev python3-venv gcc libc6-dev e2fsprogs util-linux rsync procps \
-            chromium chromium-driver ffmpeg
+            chromium chromium-driver ffmpeg docker.io busybox-static
 # Debian's interpreter, not whatever `python3` is first on PATH: a worker runs as an
 # unprivileged user (actions.worker_user) with hoard's venv, and an interpreter under a private
 # home (pyenv's /root/.pyenv) cannot be run by it (docs/actions.md, Running a worker).

@@ -21,6 +21,7 @@ import psycopg
 import pytest
 import redis
 
+from tests import dockerd as dockerd_mod
 from tests import lab as lab_mod
 from tests import labelstudio as ls_mod
 from tests.helpers import REPO, fresh_schema, missing, write_config
@@ -102,6 +103,21 @@ def servers() -> dict[str, str]:
 def label_studio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ls_mod.Server]:
     """A real Label Studio 1.23 for the session (tests/labelstudio.py: ~25 s to start, once)."""
     yield from ls_mod.serve(tmp_path_factory.mktemp("label-studio"))
+
+
+@pytest.fixture(scope="session")
+def docker_daemon() -> Iterator[dockerd_mod.Daemon]:
+    """A real Docker daemon for the session with the test image imported (tests/dockerd.py:
+    started by hand, a second or two, once; skipped loudly — failed in CI — where it cannot run)."""
+    yield from dockerd_mod.serve()
+
+
+@pytest.fixture
+def docker(docker_daemon: dockerd_mod.Daemon, monkeypatch: pytest.MonkeyPatch) -> dockerd_mod.Daemon:
+    """The session's Docker daemon, with DOCKER_HOST naming it for this test and the processes
+    it starts (hoard's docker client keeps DOCKER_HOST)."""
+    monkeypatch.setenv("DOCKER_HOST", docker_daemon.host)
+    return docker_daemon
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from fsd.base.errors import ExitCode
-from jobs.actions.contract import Contract, parse
+from jobs.actions.contract import Contract, ContractError, parse
 from jobs.actions.execute import (
     CONTAINER_INPUT,
     CONTAINER_OUTPUT,
@@ -170,7 +170,7 @@ def test_docker_command_is_exact(clients: Path) -> None:
     r = Roots(Path("/ssd/3C/b/flat/input"), Path("/ssd/3C/b/flat/output"), "canny-v1-0123456789ab")
     cmd = command_for(c, r, {"low": 0.5})
     assert cmd.argv == (str(clients / "docker"), "run", "--rm", "--name", "hoard-canny-v1-0123456789ab",
-                        "--user", "1000:1000", "-v", f"/ssd/3C/b/flat/input:{CONTAINER_INPUT}:ro",
+                        "--user", "1000:1000", "--network", "none", "-v", f"/ssd/3C/b/flat/input:{CONTAINER_INPUT}:ro",
                         "-v", f"/ssd/3C/b/flat/output:{CONTAINER_OUTPUT}", "--gpus", "all",
                         "-e", "OUT=/output/x", "registry.example/canny:1.4",
                         "--in", "/input", "--out", "/output", "--low", "0.5")
@@ -185,6 +185,19 @@ def test_docker_refuses_a_root_it_cannot_mount(clients: Path) -> None:
     c = contract({"kind": "docker", "image": "x"})
     with pytest.raises(ExecError, match=r"^output_root: /o:x cannot be mounted into a container"):
         command_for(c, Roots(Path("/i"), Path("/o:x"), "b"), {})
+
+
+def test_docker_network_is_none_unless_the_contract_names_one(clients: Path) -> None:
+    """`--network none` by default; a named network is passed on; "host" is refused without allow_root."""
+    r = Roots(Path("/ssd/in"), Path("/ssd/out"), "b")
+    argv = command_for(contract({"kind": "docker", "image": "x"}), r, {}).argv
+    assert argv[argv.index("--network") + 1] == "none"
+    argv = command_for(contract({"kind": "docker", "image": "x", "network": "lab-net"}), r, {}).argv
+    assert argv[argv.index("--network") + 1] == "lab-net"
+    with pytest.raises(ContractError, match=r"^t.toml: run_spec.network: 'host' shares this host's network"):
+        contract({"kind": "docker", "image": "x", "network": "host"})
+    assert contract({"kind": "docker", "image": "x", "network": "host", "run_as": "root",
+                     "allow_root": True}).run_spec.network == "host"  # type: ignore[union-attr]
 
 
 def test_kubectl_applies_then_waits(clients: Path) -> None:

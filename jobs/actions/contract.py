@@ -179,6 +179,10 @@ class RunDocker(_Worker):
     image: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._/:@-]{0,254}$")]
     args: list[Text] = []
     gpus: bool = False
+    #: the container's network (`docker run --network`): "none" (the default) — no interface but
+    #: loopback, the worker reads its input and writes its output and reaches nothing else; or the
+    #: name of a docker network ("bridge", a team's own) for a worker that must reach a service
+    network: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")] = "none"
 
 
 class RunKubectl(_Worker):
@@ -395,6 +399,10 @@ def _docker_problems(c: Contract) -> Iterator[str]:
             if a in ("--privileged", "--user", "-u") or a.startswith(("--privileged=", "--user=", "--cap-add")):
                 yield (f"run_spec.args[{i}]: {a!r} is not allowed: the user is `run_as`, and a privileged "
                        "container is root on the host (set `allow_root = true` if it really must)")
+        if rs.network == "host":
+            yield ("run_spec.network: 'host' shares this host's network (its localhost services: PostgreSQL, "
+                   "Redis) with the container; name a docker network (\"bridge\" or your own), or set "
+                   "`allow_root = true` if it really must")
 
 
 def problems(c: Contract) -> list[str]:

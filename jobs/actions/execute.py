@@ -271,7 +271,7 @@ def command_for(c: Contract, roots: Roots, params: Mapping[str, object], *, work
         inside = Roots(Path(CONTAINER_INPUT), Path(CONTAINER_OUTPUT), roots.batch_id)
         docker = which("docker", "run_spec.kind (docker)")
         name = "hoard-" + re.sub(r"[^A-Za-z0-9_.-]", "-", roots.batch_id)[:100]
-        argv = [docker, "run", "--rm", "--name", name, "--user", f"{ident.uid}:{ident.gid}",
+        argv = [docker, "run", "--rm", "--name", name, "--user", f"{ident.uid}:{ident.gid}", "--network", rs.network,
                 "-v", f"{_mount_path(roots.input_root, 'input_root')}:{CONTAINER_INPUT}:ro",
                 "-v", f"{_mount_path(roots.output_root, 'output_root')}:{CONTAINER_OUTPUT}"]
         if rs.gpus:
@@ -511,9 +511,15 @@ def _run(cmd: Command, *, cwd: str, log: _Log, deadline: float, heartbeat: Calla
             if on_start is not None:  # the caller records the session (pid = sid = pgid) and its start time
                 on_start(proc.pid, since)
             reason = _watch(proc, r, pidfd, log, deadline, heartbeat, should_stop, poll_s)
-        finally:  # also when heartbeat/should_stop raised or on Ctrl-C: a worker never outlives its watcher
+        except BaseException:  # heartbeat/should_stop raised, or Ctrl-C / SIGTERM of this process
             _end(proc, before, since, grace_s, log)
             _drain(r, log)
+            if cmd.stop is not None:  # the container (the Job) the client started outlives the client
+                log.note("interrupted: stopping what the worker's client started")
+                _stop(cmd.stop, cwd=cwd, log=log, poll_s=poll_s, grace_s=grace_s)
+            raise
+        _end(proc, before, since, grace_s, log)  # after any end: a worker never outlives its watcher
+        _drain(r, log)
     finally:
         os.close(r)
         for fd in pidfd:
@@ -523,8 +529,7 @@ def _run(cmd: Command, *, cwd: str, log: _Log, deadline: float, heartbeat: Calla
     code = proc.returncode
     log.note(f"{reason}: exit status {code}" if reason == "exited" else f"{reason}: ended (status {code})")
     if reason != "exited" and cmd.stop is not None:
-        _run(cmd.stop, cwd=cwd, log=log, deadline=time.monotonic() + STOP_TIMEOUT_S, heartbeat=heartbeat,
-             should_stop=lambda: False, poll_s=poll_s, grace_s=grace_s)
+        _stop(cmd.stop, cwd=cwd, log=log, poll_s=poll_s, grace_s=grace_s)
     if reason == "exited" and code == 0 and cmd.then is not None:
         return _run(replace(cmd.then, stop=cmd.then.stop or cmd.stop), cwd=cwd, log=log, deadline=deadline,
                     heartbeat=heartbeat, should_stop=should_stop, poll_s=poll_s, grace_s=grace_s, on_start=on_start)
@@ -610,10 +615,20 @@ def grant_run_tree(run_dir: Path, output_root: Path, worker: Identity) -> None:
         dirs[:] = [n for n in dirs if not os.path.islink(here / n)]
 
 
-def _reachable(path: Path, ident: Identity, need: int, what: str) -> None:
-    """ExecError unless `ident` may search every directory down to `path` and has `need`
-    (R_OK/W_OK/X_OK bits, as 4/2/1) on it (its mode or its ACL)."""
-    parts = [*reversed(path.parents), path]
+def _stop(stop: Command, *, cwd: str, log: _Log, poll_s: float, grace_s: float) -> None:
+    """Runs a stop command (docker rm --force, kubectl delete) to its end or STOP_TIMEOUT_S; a
+    failure to run it is noted in the log, not raised (the stop is the last thing tried)."""
+    try:
+        _run(stop, cwd=cwd, log=log, deadline=time.monotonic() + STOP_TIMEOUT_S, heartbeat=lambda: None,
+             should_stop=lambda: False, poll_s=poll_s, grace_s=grace_s)
+    except ExecError as e:
+        log.note(f"could not stop it: {e.message}")
+
+
+def _reachable(path: Path, ident: Identity, need: int, what: str, *, parents: bool = True) -> None:
+    """ExecError unless `ident` may search every directory down to `path` (with parents=False:
+    only `path` itself — a container's mount) and has `need` (R_OK/W_OK/X_OK bits, as 4/2/1) on it (its mode or its ACL)."""
+    parts = [*reversed(path.parents), path] if parents else [path]
     for p in parts:
         try:
             st = os.stat(p)
@@ -626,11 +641,13 @@ def _reachable(path: Path, ident: Identity, need: int, what: str) -> None:
                             "keep zone 3C where it can")
 
 
-def prepare_roots(roots: Roots, worker: Identity, run_dir: Path | None = None) -> None:
+def prepare_roots(roots: Roots, worker: Identity, run_dir: Path | None = None, *, mounted: bool = False) -> None:
     """The output root exists, is a directory (not a link) and is the worker's; the worker can
     read the input root. Only root changes an owner: otherwise the worker is hoard's user.
     `run_dir`: the run's own directory in zone 3C (3C/<run>, holding both roots), which the
-    worker user is let into (`grant_run_tree`)."""
+    worker user is let into (`grant_run_tree`). `mounted`: the roots are mounted into a
+    container (docker) — the daemon reaches them, so the directories above them need not let
+    the worker through, only the roots themselves."""
     out = roots.output_root
     out.mkdir(parents=True, exist_ok=True)
     st = os.lstat(out)
@@ -640,8 +657,8 @@ def prepare_roots(roots: Roots, worker: Identity, run_dir: Path | None = None) -
         os.chown(out, worker.uid, worker.gid, follow_symlinks=False)
         if run_dir is not None and run_dir in roots.input_root.parents and run_dir in out.parents:
             grant_run_tree(run_dir, out, worker)
-        _reachable(out, worker, 7, "output_root")
-        _reachable(roots.input_root, worker, 5, "input_root")
+        _reachable(out, worker, 7, "output_root", parents=not mounted)
+        _reachable(roots.input_root, worker, 5, "input_root", parents=not mounted)
 
 
 def run_worker(c: Contract, roots: Roots, params: Mapping[str, object], *, log_path: Path,
@@ -656,7 +673,7 @@ def run_worker(c: Contract, roots: Roots, params: Mapping[str, object], *, log_p
     and its start time (clock ticks after boot, /proc/PID/stat), for `end_session` by a later
     process if this one dies (kill -9) and leaves the session running."""
     cmd = command_for(c, roots, params, worker_user=worker_user)
-    prepare_roots(roots, cmd.worker, run_dir)
+    prepare_roots(roots, cmd.worker, run_dir, mounted=isinstance(c.run_spec, RunDocker))
     assert isinstance(c.run_spec, (RunLocal, RunDocker, RunKubectl))
     log = _Log(log_path, log_cap)
     t0 = time.monotonic()
@@ -720,6 +737,26 @@ def end_session(sid: int, start: int, *, grace_s: float = TERM_GRACE_S) -> int:
         time.sleep(0.02)
 
 
+def stop_left(c: Contract, roots: Roots, params: Mapping[str, object], *, log_path: Path,
+              worker_user: str = "nobody", grace_s: float = TERM_GRACE_S, log_cap: int = LOG_CAP) -> Command | None:
+    """Stops what the client of a docker or kubectl worker started, for a runner that died (kill -9,
+    a host that stopped) while it ran: the container `hoard-<run>` (`docker rm --force`) or the
+    Job (`kubectl delete`) outlives both that runner and its client's session, which `end_session`
+    ends. Returns the stop command run (its output goes to the run's log), None for a kind with
+    nothing beyond the session (local). ExecError when it cannot be built (no docker client)."""
+    if not isinstance(c.run_spec, (RunDocker, RunKubectl)):
+        return None
+    stop = command_for(c, roots, params, worker_user=worker_user).stop
+    assert stop is not None  # docker and kubectl commands always have one
+    log = _Log(log_path, log_cap)
+    try:
+        log.note("a stopped runner left its worker: stopping what its client started")
+        _stop(stop, cwd="/", log=log, poll_s=1.0, grace_s=grace_s)
+    finally:
+        log.close()
+    return stop
+
+
 def done_marker_present(c: Contract, roots: Roots) -> bool:
     """Whether an external worker wrote its done marker (run_spec.done_marker, `_DONE`) in the
     output root: a regular file, opened without following a link (a link, a directory or a
@@ -744,4 +781,4 @@ def done_marker_present(c: Contract, roots: Roots) -> bool:
 
 
 __all__ = ["Command", "ExecError", "Identity", "Outcome", "Roots", "command_for", "done_marker_present", "end_session", "gate_ready",
-           "prepare_roots", "render", "run_worker", "which", "worker_identity"]
+           "prepare_roots", "render", "run_worker", "stop_left", "which", "worker_identity"]

@@ -257,18 +257,31 @@ def _boot_id() -> str:
 
 def end_left_worker(cfg: Settings, st: RunState) -> None:
     """Ends the worker session a dead runner left (the state names it; same boot, same start
-    time — a reused pid is left alone), TERM then KILL as execute does, before anything else
-    touches the output root. No-op when none is recorded or it is gone."""
+    time — a reused pid is left alone), TERM then KILL as execute does, then — a docker or
+    kubectl worker — what its client started: `docker rm --force hoard-<run>` (also after a
+    reboot: a container with a restart policy, or a daemon that kept it) or `kubectl delete`;
+    all before anything else touches the output root. No-op when none is recorded."""
     w = st.worker
     if not w:
         return
-    if w.get("boot") == _boot_id():
 
+    if w.get("boot") == _boot_id():
         n = execute.end_session(int(w["sid"]), int(w["start"]))
         if n:
             log.warning("run %s: ended %d process(es) of the worker session %s a stopped runner left (started %s)",
                         st.run_id, n, w["sid"], w.get("since"))
             st.report["left_worker_ended"] = n
+    c = contract_of(cfg, st)
+    try:
+        stop = execute.stop_left(c, roots_of(cfg, c, st), st.params, log_path=log_path(cfg, st.run_id),
+                                 worker_user=cfg.actions.worker_user)
+    except execute.ExecError as e:  # the run goes on (or is cancelled); say what may be left
+        log.warning("run %s: what the worker's client started may be left running: %s", st.run_id, e.message)
+        st.report["left_worker_stop"] = f"not run: {e.message}"
+    else:
+        if stop is not None:
+            log.info("run %s: ran %s for the worker a stopped runner left", st.run_id, " ".join(stop.argv[1:]))
+            st.report["left_worker_stop"] = " ".join(stop.argv[1:])
     st.worker = None
     save_state(cfg, st)
 
