@@ -171,7 +171,8 @@ def test_docker_command_is_exact(clients: Path) -> None:
     cmd = command_for(c, r, {"low": 0.5})
     assert cmd.argv == (str(clients / "docker"), "run", "--rm", "--name", "hoard-canny-v1-0123456789ab",
                         "--user", "1000:1000", "--network", "none", "-v", f"/ssd/3C/b/flat/input:{CONTAINER_INPUT}:ro",
-                        "-v", f"/ssd/3C/b/flat/output:{CONTAINER_OUTPUT}", "--gpus", "all",
+                        "-v", f"/ssd/3C/b/flat/output:{CONTAINER_OUTPUT}",
+                        "--security-opt", "no-new-privileges", "--cap-drop", "ALL", "--gpus", "all",
                         "-e", "OUT=/output/x", "registry.example/canny:1.4",
                         "--in", "/input", "--out", "/output", "--low", "0.5")
     assert cmd.user is None and cmd.worker.uid == 1000  # the client runs as hoard; the container as 1000
@@ -198,6 +199,20 @@ def test_docker_network_is_none_unless_the_contract_names_one(clients: Path) -> 
         contract({"kind": "docker", "image": "x", "network": "host"})
     assert contract({"kind": "docker", "image": "x", "network": "host", "run_as": "root",
                      "allow_root": True}).run_spec.network == "host"  # type: ignore[union-attr]
+
+
+def test_docker_worker_cannot_gain_root_in_its_container(clients: Path) -> None:
+    """Without allow_root the container gets no capabilities and no new privileges: a setuid
+    program in the image cannot make the worker root (before: docker's default capabilities,
+    CAP_MKNOD and CAP_CHOWN among them, were there for a setuid binary to take)."""
+    r = Roots(Path("/ssd/in"), Path("/ssd/out"), "b")
+    argv = list(command_for(contract({"kind": "docker", "image": "x", "run_as": "1000"}), r, {}).argv)
+    before_image = argv[:argv.index("x")]
+    assert before_image[before_image.index("--security-opt") + 1] == "no-new-privileges"
+    assert before_image[before_image.index("--cap-drop") + 1] == "ALL"
+    argv = list(command_for(contract({"kind": "docker", "image": "x", "run_as": "root", "allow_root": True}),
+                            r, {}).argv)
+    assert "--cap-drop" not in argv and "no-new-privileges" not in argv  # allow_root: the contract said so
 
 
 def test_kubectl_applies_then_waits(clients: Path) -> None:

@@ -274,6 +274,8 @@ def command_for(c: Contract, roots: Roots, params: Mapping[str, object], *, work
         argv = [docker, "run", "--rm", "--name", name, "--user", f"{ident.uid}:{ident.gid}", "--network", rs.network,
                 "-v", f"{_mount_path(roots.input_root, 'input_root')}:{CONTAINER_INPUT}:ro",
                 "-v", f"{_mount_path(roots.output_root, 'output_root')}:{CONTAINER_OUTPUT}"]
+        if not rs.allow_root:  # a setuid program in the image would otherwise make the worker root in it
+            argv += ["--security-opt", "no-new-privileges", "--cap-drop", "ALL"]
         if rs.gpus:
             argv += ["--gpus", "all"]
         for k, v in sorted(rs.env.items()):
