@@ -347,6 +347,8 @@ def test_the_worker_user_is_let_into_its_own_run_only(tmp_path: Path) -> None:
         run_dir = zone / "t-v1-0123456789ab"
         for d in (run_dir / "flat" / "input" / "sub", zone / "other-run" / "flat" / "input"):
             d.mkdir(parents=True, mode=0o750)
+        for d in (run_dir, run_dir / "flat", zone / "other-run", zone / "other-run" / "flat"):
+            d.chmod(0o750)  # as staging makes them (hoard's umask 027), not mkdir's parents
         for f in (run_dir / "flat" / "input" / "sub" / "a.jpg", zone / "other-run" / "flat" / "input" / "b.jpg"):
             f.write_bytes(b"jpeg")
             f.chmod(0o640)
@@ -363,6 +365,19 @@ def test_the_worker_user_is_let_into_its_own_run_only(tmp_path: Path) -> None:
         assert (rts.output_root / "copy").read_bytes() == b"jpeg" and (rts.output_root / "listed").exists()
         assert "Permission denied" in (rts.output_root / "zone").read_text()
         assert "Permission denied" in (rts.output_root / "other").read_text()
+        assert {p: os.stat(p).st_mode for p in modes} == modes
+        # the next run's worker is the same user: once this run's worker has ended, this run's
+        # tree is closed to it (it read run A's input and wrote into A's output before)
+        run_b = zone / "u-v1-ba9876543210"
+        (run_b / "flat" / "input").mkdir(parents=True, mode=0o750)
+        for d in (run_b, run_b / "flat"):
+            d.chmod(0o750)
+        rts_b = Roots(run_b / "flat" / "input", run_b / "flat" / "output", run_b.name)
+        steal = (f"cat {rts.input_root}/sub/a.jpg > {{output_root}}/stolen 2>&1; "
+                 f"echo planted > {rts.output_root}/planted; true")
+        assert run(sh(steal), rts_b, run_dir=run_b).exit_code == 0
+        assert "Permission denied" in (rts_b.output_root / "stolen").read_text()
+        assert not (rts.output_root / "planted").exists()
         assert {p: os.stat(p).st_mode for p in modes} == modes
     finally:
         shutil.rmtree(top)

@@ -569,11 +569,7 @@ def _grant(path: Path, uid: int, perm: int) -> None:
     have = next((p for t, p, i in entries if t == _ACL_USER and i == uid), 0)
     entries = [e for e in entries if not (e[0] == _ACL_USER and e[2] == uid) and e[0] != _ACL_MASK]
     entries.append((_ACL_USER, have | perm, uid))
-    mask = 0
-    for t, p, _i in entries:
-        if t in (_ACL_USER, _ACL_GROUP, _ACL_GROUP_OBJ):
-            mask |= p
-    entries.append((_ACL_MASK, mask, _ACL_NO_ID))
+    entries.append((_ACL_MASK, _acl_mask(entries), _ACL_NO_ID))
     entries.sort(key=lambda e: (e[0], e[2]))
     blob = struct.pack("<I", 2) + b"".join(struct.pack("<HHI", *e) for e in entries)
     with contextlib.suppress(OSError):
@@ -625,6 +621,32 @@ def _stop(stop: Command, *, cwd: str, log: _Log, poll_s: float, grace_s: float) 
              should_stop=lambda: False, poll_s=poll_s, grace_s=grace_s)
     except ExecError as e:
         log.note(f"could not stop it: {e.message}")
+
+
+def close_run_tree(run_dir: Path, worker: Identity) -> None:
+    """Once its worker has ended, the run's directory is closed to the worker user again: its
+    ACL entry on `3C/<run>` is taken off, so that the next run's worker — the same user —
+    cannot enter this run's tree (its input, the output its parse is about to read, a failed
+    run kept for inspection). The entries below stay, unreachable; 3C's `--x` stays for the
+    runs still going. A later attempt of this run grants them again (`grant_run_tree`)."""
+    entries = _acl(run_dir)
+    if not entries or not any(t == _ACL_USER and i == worker.uid for t, _p, i in entries):
+        return
+    kept = [e for e in entries if not (e[0] == _ACL_USER and e[2] == worker.uid) and e[0] != _ACL_MASK]
+    if any(t in (_ACL_USER, _ACL_GROUP) for t, _p, _i in kept):
+        kept.append((_ACL_MASK, _acl_mask(kept), _ACL_NO_ID))
+    kept.sort(key=lambda e: (e[0], e[2]))
+    blob = struct.pack("<I", 2) + b"".join(struct.pack("<HHI", *e) for e in kept)
+    os.setxattr(run_dir, _ACL_XATTR, blob, follow_symlinks=False)
+
+
+def _acl_mask(entries: list[tuple[int, int, int]]) -> int:
+    """An ACL's mask as setfacl makes it: the union of its group-class entries."""
+    mask = 0
+    for t, p, _i in entries:
+        if t in (_ACL_USER, _ACL_GROUP, _ACL_GROUP_OBJ):
+            mask |= p
+    return mask
 
 
 def _reachable(path: Path, ident: Identity, need: int, what: str, *, parents: bool = True) -> None:
@@ -685,6 +707,8 @@ def run_worker(c: Contract, roots: Roots, params: Mapping[str, object], *, log_p
                             on_start=on_start)
     finally:
         log.close()
+        if run_dir is not None and cmd.worker.uid != os.geteuid():
+            close_run_tree(run_dir, cmd.worker)
     return Outcome(reason, code, time.monotonic() - t0)  # type: ignore[arg-type]  # _run's reasons are Outcome's
 
 
