@@ -242,3 +242,36 @@ def test_a_label_longer_than_a_btree_entry_is_stored_found_and_taken_off(pg) -> 
     [(left,)] = pg.execute("SELECT value FROM label l JOIN node n USING (node_id) WHERE n.sha256 = %s",
                            [bytes.fromhex(sha)]).fetchall()
     assert left == value.replace("animal", "person")
+
+
+def test_a_forged_task_naming_a_staged_path_with_another_node_labels_nothing(hoard_home: Path, pg, redis_conn,
+                                                                            label_studio: Server) -> None:
+    """Any member of the project may add or edit tasks. A task naming one of the run's staged
+    paths but another node's sha256 was taken as the run's (tasks were picked by path alone) and
+    that other node — outside the run — got the labels drawn on it; now a task is the run's only
+    when both its path and its node are one of the run's staged inputs."""
+    cfg = ls_home(hoard_home, pg, redis_conn, label_studio, seed=143)
+    rid = queued_run(cfg)
+    burst(cfg)
+    tasks = run_tasks(label_studio, cfg, rid)
+    mine = {t["data"][lsc.SHA_KEY] for t in tasks}
+    with psycopg.connect(cfg.database_url) as conn:
+        [(victim,)] = conn.execute("SELECT encode(sha256, 'hex') FROM node WHERE NOT (encode(sha256, 'hex') = ANY(%s)) "
+                                   "ORDER BY node_id LIMIT 1", [sorted(mine)]).fetchall()
+    project = load_state(cfg, rid).report["label_studio"]["project"]
+    forged = dict(tasks[0]["data"], **{lsc.SHA_KEY: victim})
+    r = httpx.post(f"{label_studio.url}/api/projects/{project}/import", timeout=60, json=[forged],
+                   headers={"Authorization": f"Token {label_studio.token}"})
+    assert r.status_code == 201, r.text
+    [fake] = [t for t in run_tasks(label_studio, cfg, rid) if t["data"][lsc.SHA_KEY] == victim]
+    post(label_studio, fake["id"], drawn(7))
+    expected: set[tuple[str, str, str]] = set()
+    for n, t in enumerate(tasks):
+        result = drawn(n)
+        expected |= expected_rows(t["data"][lsc.SHA_KEY], post(label_studio, t["id"], result), result)
+    run_step(str(cfg.source), rid, "labels")
+    burst(cfg)
+    st = load_state(cfg, rid)
+    assert st.status == "done", st.error
+    assert labels_in_sql(cfg) == expected
+    assert not any(sha == victim for sha, _k, _v in labels_in_sql(cfg))

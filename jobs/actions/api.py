@@ -391,7 +391,6 @@ def _must(cfg: Settings, rid: str) -> RunState:
 
 
 def runs(cfg: Settings) -> list[dict[str, Any]]:
-
     return [status_doc(cfg, st) for st in all_states(cfg)]
 
 

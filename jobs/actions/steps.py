@@ -136,7 +136,6 @@ def _step_stage(cfg: Settings, st: RunState) -> None:
 
 
 def roots_of(cfg: Settings, c: Contract, st: RunState):
-
     spec = stage_spec(c, st.run_id, [])
     base = cfg.ssd.zone_path("3C") / st.run_id / spec.layout["name"]
     return Roots(input_root=base / "input", output_root=base / "output", batch_id=st.run_id)
@@ -194,7 +193,6 @@ def _empty(d: Path) -> None:
 
 
 def _step_run(cfg: Settings, st: RunState) -> None:
-
     c = contract_of(cfg, st)
     roots = roots_of(cfg, c, st)
     rs = c.run_spec
@@ -295,7 +293,6 @@ def _why(outcome: Any, c: Contract) -> str:
 # -- parse --------------------------------------------------------------------------------------
 
 def _step_parse(cfg: Settings, st: RunState) -> None:
-
     c = contract_of(cfg, st)
     roots = roots_of(cfg, c, st)
     inputs = staged_inputs(cfg, c, st)
@@ -319,7 +316,6 @@ def _rows(items: list[Any]) -> list[dict[str, Any]]:
 # -- store --------------------------------------------------------------------------------------
 
 def _step_store(cfg: Settings, st: RunState) -> None:
-
     c = contract_of(cfg, st)
     root = roots_of(cfg, c, st).output_root
     children = read_work(cfg, st.run_id, "parsed")["children"]
@@ -352,7 +348,6 @@ EXPORT_RELATIONSHIP = "labelled_in"
 
 
 def _ls_spec(c: Contract) -> Any:
-
     assert isinstance(c.run_spec, RunLabelStudio)  # contract.problems: AC5 is kind "label_studio"
     return c.run_spec
 
@@ -365,7 +360,6 @@ def _ls_tasks(cfg: Settings, c: Contract, st: RunState) -> list[Any]:
 
 
 def _step_tasks(cfg: Settings, st: RunState) -> None:
-
     c = contract_of(cfg, st)
     rs = _ls_spec(c)
     ls = labelstudio.client_from_settings(cfg)
@@ -381,17 +375,18 @@ def _finished(task: dict[str, Any]) -> bool:
 
 
 def _step_labels(cfg: Settings, st: RunState) -> None:
-
-
     c = contract_of(cfg, st)
     rs = _ls_spec(c)
     ls = labelstudio.client_from_settings(cfg)
     project = int(st.report["label_studio"]["project"])
     if st.waiting_since is None:
         st.waiting_since = now()
-    mine = {t.path for t in _ls_tasks(cfg, c, st)}
-    # the project may hold other runs' tasks (one project per title): this run's by staged path
-    tasks = [t for t in labelstudio.export(ls, project) if (t.get("data") or {}).get(labelstudio.PATH_KEY) in mine]
+    mine = {(t.sha256, t.path) for t in _ls_tasks(cfg, c, st)}
+    # the project may hold other runs' tasks (one project per title), and any project member may
+    # add or edit tasks: this run's are those naming one of its staged files AND that file's
+    # node — a task naming a staged path with another node's sha256 would label that node
+    tasks = [t for t in labelstudio.export(ls, project)
+             if ((t.get("data") or {}).get(labelstudio.SHA_KEY), (t.get("data") or {}).get(labelstudio.PATH_KEY)) in mine]
     done = sum(_finished(t) for t in tasks)
     released = st.gate.get("released")
     st.report["label_studio"].update(finished=done, checked=now())
@@ -491,7 +486,6 @@ def _step_apply(cfg: Settings, st: RunState) -> None:
 # -- finish -------------------------------------------------------------------------------------
 
 def _step_finish(cfg: Settings, st: RunState) -> None:
-
     c = contract_of(cfg, st)
     if c.action_type != "AC1":
         try:
