@@ -37,7 +37,9 @@ from jobs.actions.state import (
     job_id,
     load_state,
     lock_path,
+    resume_line,
     save_state,
+    with_way_on,
 )
 from jobs.actions.steps import STEPS, cleanup_cancelled, record_ending, wait_a_little
 from jobs.ingest.runner import _explain, _interruptible
@@ -103,19 +105,18 @@ def _run_step_logged(cfg: Settings, rid: str, step: str, *, then_enqueue: bool =
     except Waiting as w:
         st.status = w.status
         st.seconds[step] = round(st.seconds.get(step, 0) + time.monotonic() - t0, 3)
+        st.report["poll_s"] = w.poll_s  # saved: `--here` waits this long between two checks
         save_state(cfg, st)
         if then_enqueue:
             _schedule_poll(cfg, st, w.poll_s)
-        st.report["poll_s"] = w.poll_s
         return st.report
     except Cancelled:
         _cancelled(cfg, st)
         return st.report
     except BaseException as e:
         st.status = Status.FAILED.value
-        st.error = (_explain(e, cfg).replace("`hoard ingest --resume`", f"`hoard action run {st.action}` again")
-                    if isinstance(e, Exception) else
-                    f"interrupted during step {step}; `hoard action run {st.action}` again resumes it")
+        st.error = (with_way_on(_explain(e, cfg), rid) if isinstance(e, Exception) else
+                    f"interrupted during step {step}; {resume_line(rid)} resumes it")
         st.exit_code = int(e.exit_code) if isinstance(e, HoardError) else int(ExitCode.UNAVAILABLE)
         st.seconds[step] = round(st.seconds.get(step, 0) + time.monotonic() - t0, 3)
         save_state(cfg, st)
@@ -136,7 +137,7 @@ def _run_step_logged(cfg: Settings, rid: str, step: str, *, then_enqueue: bool =
 
 def _enqueue_next(cfg: Settings, st: RunState) -> None:
     """Queue the step the state now names. Redis down here (between two steps): one line in the
-    log and in the state; the run stays queued at that step and `hoard action run` again
+    log and in the state; the run stays queued at that step and `hoard action resume RUN`
     queues it once Redis is back (status and health name it meanwhile)."""
 
     try:
@@ -145,8 +146,7 @@ def _enqueue_next(cfg: Settings, st: RunState) -> None:
         st.report["enqueue_failed"] = f"Redis did not answer ({first_line(e)})"
         save_state(cfg, st)
         log.warning("run %s: step %s could not be queued: Redis at %s does not answer (%s); once it is back, "
-                    "`hoard action run %s` again queues it", st.run_id, st.step, cfg.redis_url, first_line(e),
-                    st.action)
+                    "%s queues it", st.run_id, st.step, cfg.redis_url, first_line(e), resume_line(st.run_id))
 
 
 def _cancelled(cfg: Settings, st: RunState) -> None:

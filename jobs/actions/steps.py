@@ -20,7 +20,7 @@ AC5 (human labels, jobs.actions.labelstudio) replaces gate … store by
                           then export (a snapshot), the run's tasks → label rows, the export JSON
                           stored as an asset (class generated, pinned until finish)
 
-A step that fails keeps what it wrote (3C included) for inspection; the same `hoard action run`
+A step that fails keeps what it wrote (3C included) for inspection; `hoard action resume RUN`
 resumes at that step.
 """
 
@@ -64,6 +64,7 @@ from jobs.actions.state import (
     log_path,
     now,
     read_work,
+    resume_line,
     save_state,
     since,
     write_work,
@@ -164,19 +165,23 @@ def _step_gate(cfg: Settings, st: RunState) -> None:
     if st.gate.get("released"):
         st.report["gate"] = f"released by hand at {st.gate['released']}"
         return
+    said = ""
     if gate.hook:
-
-        ready = execute.gate_ready(c, roots_of(cfg, c, st), st.params, log_path=log_path(cfg, st.run_id),
-                                   timeout_s=min(60, gate.poll_s * 2), worker_user=cfg.actions.worker_user)
+        limit = min(60, gate.poll_s * 2)
+        ready, said = execute.gate_answer(c, roots_of(cfg, c, st), st.params, log_path=log_path(cfg, st.run_id),
+                                          timeout_s=limit, worker_user=cfg.actions.worker_user)
         st.gate["hook_checked"] = now()
+        st.gate["hook_said"] = said
         if ready:
             st.report["gate"] = f"the gate hook said ready at {st.gate['hook_checked']}"
             return
     waited = since(st.gate["since"])
     if waited >= gate.timeout_s:
+        hook = (f" and its hook {display(' '.join(gate.hook))} did not say ready (last: {said})" if gate.hook else "")
         raise ActionError(f"run {st.run_id}: the GPU gate was not released within {gate.timeout_s} s "
-                          f"(gate.timeout_s); once the GPU host is up, `hoard action run {st.action}` again waits "
-                          f"anew, or `hoard action release {st.run_id}` then run it again", ExitCode.UNAVAILABLE)
+                          f"(gate.timeout_s){hook}; once the GPU host is up, {resume_line(st.run_id)} waits "
+                          f"anew, or `hoard action release {st.run_id}` then {resume_line(st.run_id)}",
+                          ExitCode.UNAVAILABLE)
     raise Waiting(Status.WAIT_GPU_READY.value, min(gate.poll_s, max(1.0, gate.timeout_s - waited)))
 
 
@@ -210,7 +215,7 @@ def _step_run(cfg: Settings, st: RunState) -> None:
         if waited >= rs.timeout_s:
             raise ActionError(f"run {st.run_id}: the external worker wrote no {rs.done_marker} in "
                               f"{roots.output_root} within {rs.timeout_s} s (run_spec.timeout_s); its input stays "
-                              f"staged in {roots.input_root} — once it is done, `hoard action run {st.action}` again "
+                              f"staged in {roots.input_root} — once it is done, {resume_line(st.run_id)} "
                               "waits anew", ExitCode.UNAVAILABLE)
         raise Waiting(Status.WAITING_EXTERNAL.value, min(EXTERNAL_POLL_S, max(1.0, rs.timeout_s - waited)))
     attempts = 1 + c.retries
@@ -238,7 +243,7 @@ def _step_run(cfg: Settings, st: RunState) -> None:
     if not (outcome.reason == "exited" and outcome.exit_code == 0):
         raise ActionError(f"run {st.run_id}: {_why(outcome, c)} ({attempts} attempt{'s' * (attempts > 1)}); its log: "
                           f"{log_path(cfg, st.run_id)}; the output is kept in {roots.output_root} — fix the worker, "
-                          f"then `hoard action run {st.action}` again", ExitCode.DATA)
+                          f"then {resume_line(st.run_id)}", ExitCode.DATA)
 
 
 def _worker_started(cfg: Settings, st: RunState, pid: int, start: int) -> None:
@@ -334,8 +339,12 @@ def _step_store(cfg: Settings, st: RunState) -> None:
             results = store.put_many(paths, klass="generated", expect=expect)
             bad = next((r for r in results if r.status == "rejected"), None)
             if bad is not None:
+                # not what parse read (swapped since): storing it again would refuse it again, so
+                # the resumed run starts the worker again on an emptied output root (api._again)
+                st.report["output_refused"] = "store"
                 raise ActionError(f"run {st.run_id}: output {display(str(bad.path))} could not be stored: {bad.reason}; "
-                                  f"`hoard action run {st.action}` again once fixed", ExitCode.DATA)
+                                  f"{resume_line(st.run_id)} runs the worker again on an emptied output root",
+                                  ExitCode.DATA)
             # referenced from now on (gc), until the apply's rows reference them; finish unpins
             store.pin(f"action-{st.run_id}", [r.sha256 for r in results], f"children of action run {st.run_id}")
         stored = {ch["path"]: [r.sha256, r.size] for ch, r in zip(children, results)}
@@ -400,7 +409,7 @@ def _step_labels(cfg: Settings, st: RunState) -> None:
         if waited >= rs.timeout_s:
             raise ActionError(f"run {st.run_id}: {done} of {len(mine)} tasks of Label Studio project {project} were "
                               f"labelled within {rs.timeout_s} s (run_spec.timeout_s); `hoard action release "
-                              f"{st.run_id}` imports what is finished, or `hoard action run {st.action}` again "
+                              f"{st.run_id}` then {resume_line(st.run_id)} imports what is finished, or {resume_line(st.run_id)} "
                               "waits anew", ExitCode.UNAVAILABLE)
         raise Waiting(Status.WAITING_LABELS.value, min(LABELS_POLL_S, max(1.0, rs.timeout_s - waited)))
     rows = labelstudio.annotations_to_labels(tasks)
@@ -411,7 +420,7 @@ def _step_labels(cfg: Settings, st: RunState) -> None:
         [res] = store.put_many([out], klass="generated")
         if res.status == "rejected":
             raise ActionError(f"run {st.run_id}: its Label Studio export {display(str(out))} could not be stored: "
-                              f"{res.reason}; `hoard action run {st.action}` again once fixed", ExitCode.DATA)
+                              f"{res.reason}; {resume_line(st.run_id)} once fixed", ExitCode.DATA)
         store.pin(f"action-{st.run_id}", [res.sha256], f"Label Studio export of action run {st.run_id}")
     labelled = sorted({t["data"][labelstudio.SHA_KEY] for t in tasks if _finished(t)})
     write_work(cfg, st.run_id, "labels", {"rows": rows, "export": [res.sha256, res.size], "labelled": labelled})
