@@ -18,7 +18,8 @@ AC5 (human labels, jobs.actions.labelstudio) replaces gate … store by
     labels   maintenance  wait (no worker held: state waiting_labels + a poll job) until each of
                           the run's tasks has a finished annotation, or `hoard action release`;
                           then export (a snapshot), the run's tasks → label rows, the export JSON
-                          stored as an asset (class generated, pinned until finish)
+                          and its COCO conversion stored as assets (class generated, pinned until
+                          finish)
 
 A step that fails keeps what it wrote (3C included) for inspection; `hoard action resume RUN`
 resumes at that step.
@@ -356,6 +357,8 @@ def _step_store(cfg: Settings, st: RunState) -> None:
 
 #: where the run's Label Studio export is written (in the output root) and located in the store
 EXPORT_NAME = "label-studio/export.json"
+#: … and its COCO conversion (jobs.actions.labelstudio.to_coco), stored and linked the same way
+COCO_NAME = "label-studio/coco.json"
 #: the edge from each labelled input to the run's export
 EXPORT_RELATIONSHIP = "labelled_in"
 
@@ -413,30 +416,40 @@ def _step_labels(cfg: Settings, st: RunState) -> None:
                               "waits anew", ExitCode.UNAVAILABLE)
         raise Waiting(Status.WAITING_LABELS.value, min(LABELS_POLL_S, max(1.0, rs.timeout_s - waited)))
     rows = labelstudio.annotations_to_labels(tasks)
-    out = roots_of(cfg, c, st).output_root / EXPORT_NAME
+    root = roots_of(cfg, c, st).output_root
+    out = root / EXPORT_NAME
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_bytes(json.dumps(tasks, indent=1, ensure_ascii=False, sort_keys=True).encode())
+    # the same export as COCO, by label-studio-sdk's converter (its own Python)
+    made = labelstudio.to_coco(ls, tasks, rs.label_config, root / "label-studio" / "coco")
+    coco = root / COCO_NAME
+    made.replace(coco)
     with Store.open(cfg) as store:
-        [res] = store.put_many([out], klass="generated")
-        if res.status == "rejected":
-            raise ActionError(f"run {st.run_id}: its Label Studio export {display(str(out))} could not be stored: "
-                              f"{res.reason}; {resume_line(st.run_id)} once fixed", ExitCode.DATA)
-        store.pin(f"action-{st.run_id}", [res.sha256], f"Label Studio export of action run {st.run_id}")
+        res, cres = store.put_many([out, coco], klass="generated")
+        for r, what in ((res, "export"), (cres, "COCO export")):
+            if r.status == "rejected":
+                raise ActionError(f"run {st.run_id}: its Label Studio {what} {display(str(r.path))} could not be "
+                                  f"stored: {r.reason}; {resume_line(st.run_id)} once fixed", ExitCode.DATA)
+        store.pin(f"action-{st.run_id}", [res.sha256, cres.sha256], f"Label Studio exports of action run {st.run_id}")
     labelled = sorted({t["data"][labelstudio.SHA_KEY] for t in tasks if _finished(t)})
-    write_work(cfg, st.run_id, "labels", {"rows": rows, "export": [res.sha256, res.size], "labelled": labelled})
-    st.report["label_studio"].update(labels=len(rows), export=res.sha256,
+    write_work(cfg, st.run_id, "labels", {"rows": rows, "export": [res.sha256, res.size],
+                                          "coco": [cres.sha256, cres.size], "labelled": labelled})
+    st.report["label_studio"].update(labels=len(rows), export=res.sha256, coco=cres.sha256,
                                      released=bool(released) and done < len(mine))
 
 
 def _ac5_intent(cfg: Settings, st: RunState, doc: dict[str, Any]) -> dict[str, Any]:
-    """The labels, the export node (located `action:<run>/label-studio/export.json`, the run id
-    being the batch id) and an edge `labelled_in` from each labelled input to it."""
+    """The labels, the export nodes (the JSON export located `action:<run>/label-studio/export.json`
+    and its COCO conversion `action:<run>/label-studio/coco.json`, the run id being the batch id)
+    and an edge `labelled_in` from each labelled input to each of them."""
     work = read_work(cfg, st.run_id, "labels")
-    sha, size = work["export"]
+    files = [(EXPORT_NAME, work["export"])] + ([(COCO_NAME, work["coco"])] if work.get("coco") else [])
     doc["labels"] = [{"node": h, "key": k, "value": v, "origin": origin(st)} for h, k, v in work["rows"]]
     doc["nodes"] = [{"sha256": sha, "physical": {"size": size, "file_type": "json",
-                                                 "locators": [f"action:{st.run_id}/{EXPORT_NAME}"]}}]
-    doc["edges"] = [{"parent": h, "child": sha, "relationship": EXPORT_RELATIONSHIP} for h in work["labelled"]]
+                                                 "locators": [f"action:{st.run_id}/{name}"]}}
+                    for name, (sha, size) in files]
+    doc["edges"] = [{"parent": h, "child": sha, "relationship": EXPORT_RELATIONSHIP}
+                    for _name, (sha, _size) in files for h in work["labelled"]]
     doc["relationships"] = [{"name": EXPORT_RELATIONSHIP, "action": st.action_num}] if doc["edges"] else []
     return doc
 
