@@ -20,6 +20,7 @@ from fsd.base import config as config_mod
 from fsd.base.config import Settings
 from fsd.base.errors import ExitCode, HoardError, first_line
 from fsd.base.files import flocked
+from fsd.outputs import zones
 from jobs import runlog
 from jobs.actions.state import (
     HEARTBEAT_S,
@@ -132,7 +133,46 @@ def _run_step_logged(cfg: Settings, rid: str, step: str, *, then_enqueue: bool =
     else:
         st.status, st.error, st.exit_code = Status.DONE.value, None, 0
         save_state(cfg, st)
+        after_done(cfg, st, here=not then_enqueue)
     return st.report
+
+
+#: the job that deletes what finished runs set aside in 3C's trash (one at a time, by its id)
+TRASH_JOB = "actions-empty-trash"
+
+
+def after_done(cfg: Settings, st: RunState, *, here: bool) -> None:
+    """The run is recorded done: what its finish set aside in `3C/.trash` (and whatever a delete
+    cut short left there) is deleted now — by the worker that ran the finish, after the state
+    says done (`--wait` returns at once), or, under `--here`, by a queued maintenance job so the
+    command returns without waiting for it (no Redis: here, now). A delete killed half-way is
+    finished by the next one (the next run, `hoard zones clean`); the bytes count as 3C's
+    meanwhile and no reservation is held."""
+    if "3c_set_aside" not in st.report:
+        return
+    if here and cfg.redis_url:
+        try:
+            enqueue_once(connect(cfg.redis_url), "maintenance", "jobs.actions.empty_trash",
+                         str(cfg.source) if cfg.source else None, job_id=TRASH_JOB, timeout=STEP_TIMEOUT_S,
+                         description="actions: delete what finished runs set aside in 3C/.trash")
+            return
+        except redis.RedisError as e:
+            log.info("run %s: the trash is deleted here (Redis: %s)", st.run_id, first_line(e))
+    try:
+        empty_trash(str(cfg.source) if cfg.source else None, cfg)
+    except OSError as e:  # the run is done; what is left is deleted by the next one
+        log.warning("run %s: 3C/.trash could not be emptied (%s); the next run or `hoard zones clean` deletes "
+                    "it", st.run_id, e)
+
+
+def empty_trash(config_path: str | None, cfg: Settings | None = None) -> dict[str, Any]:
+    """RQ job (maintenance): delete what finished action runs set aside in 3C's trash."""
+    cfg = cfg or config_mod.load(config_path)
+    res = zones.empty_trash(cfg, ["3C"])
+    if res["entries"]:
+        log.info("3C/.trash: deleted %d output(s) of finished action runs (%d bytes)", res["entries"],
+                 res["freed_bytes"])
+    return res
 
 
 def _enqueue_next(cfg: Settings, st: RunState) -> None:

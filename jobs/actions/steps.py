@@ -9,7 +9,8 @@ they hand each other in `<ssd.root>/state/actions/`:
     store    io           the children into S01, class `generated`, pinned until the apply
     apply    sql          ONE write-intent `action:<run>`: children, edges, labels, results, black
                           list, the action_event
-    finish   maintenance  3C cleaned, the reservation released, the pin dropped
+    finish   maintenance  3C/<run> renamed into 3C/.trash (deleted once the run is recorded done),
+                          the reservation released, the pin dropped
 
 AC5 (human labels, jobs.actions.labelstudio) replaces gate … store by
 
@@ -517,8 +518,11 @@ def _step_finish(cfg: Settings, st: RunState) -> None:
     c = contract_of(cfg, st)
     if c.action_type != "AC1":
         try:
-            res = outputs.clean(cfg, st.run_id, "3C")
-            st.report["3c_freed_bytes"] = res.get("freed_bytes", 0)
+            # renamed aside at once (20,000 unlinks took 8–48 s, bench/action_overhead.py); the
+            # trash is deleted once the run is recorded done (runner.after_done), its bytes
+            # counted as 3C's until then, the reservation released now
+            res = outputs.clean(cfg, st.run_id, "3C", aside=True)
+            st.report["3c_set_aside"] = res.get("trashed", [])
         except outputs.zones.NoSuchOutput:
             pass  # cleaned by an earlier finish cut short after it
         with Store.open(cfg) as store:
