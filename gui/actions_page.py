@@ -3,7 +3,7 @@ its first problem) and every run of them, newest first. `/actions/{name}`: one c
 `hoard action show` describes it, and its launch form — typed from the contract's `params`,
 inputs from its selector (narrowed by an optional selector, or replaced by a list of sha256).
 One action run's page is `/runs/action/{run}` (`run_body`, called by gui.runs_page): its step
-timeline, the error line with the way on, Release while the GPU gate or the labellers wait, Cancel, the
+timeline, the error line with the way on (and Resume), Release while the GPU gate or the labellers wait, Cancel, the
 children it stored (each a link to its node page), its logs.
 
 Only `jobs.launch`'s action functions (over `jobs.actions.api`) are called: no business logic
@@ -267,6 +267,9 @@ def run_body(rid: str, user: SignedIn) -> Any:
                     elif status == "waiting_labels":
                         ui.button("Release: import what is labelled now", on_click=lambda: act("release")).mark(
                             "run-release")
+                    if status in ("failed", "cancelled", "canceled") or d.get("stalled"):
+                        # `hoard action resume RUN`: this run, with its recorded inputs and params
+                        ui.button("Resume", on_click=lambda: act("resume")).mark("run-resume")
                     if status in launch.ACTION_CANCELABLE:
                         ui.button("Cancel", on_click=lambda: act("cancel")).props("color=negative").mark(
                             "run-cancel")
@@ -291,10 +294,12 @@ def run_body(rid: str, user: SignedIn) -> Any:
             body.refresh(fresh)
 
         async def act(what: str) -> None:
-            require("cancel" if what == "cancel" else "release")
+            require({"cancel": "cancel", "resume": "retry"}.get(what, "release"))
             try:
                 if what == "release":
                     said = await in_thread(launch.release_action, cfg, rid)
+                elif what == "resume":
+                    said = await in_thread(launch.resume_action, cfg, rid)
                 else:
                     said = await in_thread(launch.cancel_action, cfg, rid)
             except HoardError as e:

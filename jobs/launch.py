@@ -522,6 +522,13 @@ def release_action(cfg: Settings, rid: str, conn=None) -> str:
     return f"gate released ({st.status} at step {st.step})"
 
 
+@_needs_redis
+def resume_action(cfg: Settings, rid: str, conn=None) -> str:
+    """`hoard action resume RUN` (queued for `hoard worker`); what happened, in a few words."""
+    sub = actions_api.resume(cfg, rid, redis_conn=conn or connect(cfg.redis_url))
+    return f"{sub.how} ({sub.state.status} at step {sub.state.step})"
+
+
 def cancel_action(cfg: Settings, rid: str) -> str:
     """`hoard action cancel RUN`; what happened, in a few words."""
     st = actions_api.cancel(cfg, rid)

@@ -358,3 +358,35 @@ async def test_release_of_a_run_waiting_for_its_labellers_imports_what_is_labell
     await user.open(f"/runs/action/{rid}")
     await user.should_see(marker="run-status", retries=50)
     await user.should_not_see(marker="run-release")
+
+
+@WITH_BATCH
+@pytest.mark.expect_log(r"\(action [^)]*: run\) failed: run [^:]*: the worker exited with status 3", level="ERROR")
+async def test_a_failed_run_names_and_offers_resume(user, gui_home: Path) -> None:
+    """A run whose worker exits 3: its page shows the error line naming `hoard action resume RUN`
+    and offers an operator Resume (none to a viewer); the worker fixed, Resume → a worker takes
+    that same run to done."""
+    cfg = await _ingested(gui_home)
+    worker_contract(cfg, BATCH, exit=3)
+    sub = await run.io_bound(launch.launch_action, cfg, "thumbs", None, None, [], "otto")
+    rid = sub.state.run_id
+    await run.io_bound(_work, gui_home)
+    assert load_state(cfg, rid).status == "failed"
+
+    await sign_in(user, "vera")
+    await user.open(f"/runs/action/{rid}")
+    await user.should_see(marker="run-error", retries=50)
+    await user.should_see(f"`hoard action resume {rid}`")
+    await user.should_not_see(marker="run-resume")
+    await sign_out(user)
+    await sign_in(user, "otto")
+    await user.open(f"/runs/action/{rid}")
+    await user.should_see(marker="run-resume", retries=50)
+    worker_contract(cfg, BATCH, exit=0)  # the worker fixed (same version: the same run)
+    user.find(marker="run-resume").click()
+    await user.should_see(f"run {rid}: resumed", retries=50)
+    await run.io_bound(_work, gui_home)
+    assert load_state(cfg, rid).status == "done"
+    await user.open(f"/runs/action/{rid}")
+    await user.should_see(marker="run-children", retries=50)
+    await user.should_not_see(marker="run-resume")
