@@ -3,7 +3,7 @@ its first problem) and every run of them, newest first. `/actions/{name}`: one c
 `hoard action show` describes it, and its launch form — typed from the contract's `params`,
 inputs from its selector (narrowed by an optional selector, or replaced by a list of sha256).
 One action run's page is `/runs/action/{run}` (`run_body`, called by gui.runs_page): its step
-timeline, the error line with the way on, Release while the GPU gate waits, Cancel, the
+timeline, the error line with the way on (and Resume), Release while the GPU gate or the labellers wait, Cancel, the
 children it stored (each a link to its node page), its logs.
 
 Only `jobs.launch`'s action functions (over `jobs.actions.api`) are called: no business logic
@@ -30,7 +30,8 @@ from jobs import launch, reports
 from jobs.actions.contract import Contract, Param
 
 STATUS_COLOR = {"done": "positive", "failed": "negative", "running": "primary", "queued": "grey",
-                "canceled": "grey", "cancelled": "grey", "WAIT_GPU_READY": "orange", "waiting_external": "orange"}
+                "canceled": "grey", "cancelled": "grey", "WAIT_GPU_READY": "orange", "waiting_external": "orange",
+                "waiting_labels": "orange"}
 STEP_COLOR = {"done": "positive", "failed": "negative", "running": "primary", "waiting": "orange",
               "queued": "grey-7", "cancelled": "grey-7"}
 
@@ -215,6 +216,12 @@ def run_body(rid: str, user: SignedIn) -> Any:
                 text.label(f"waiting at the GPU gate: {how}Release moves it on now (`hoard action release "
                            f"{d['run']}`); it fails after {gate.get('timeout_s', '?')} s").classes(
                     "text-warning").mark("run-waiting")
+            elif status == "waiting_labels":
+                ls = d["report"].get("label_studio") or {}
+                done = (f"{ls['finished']} of {ls.get('tasks', '?')} tasks labelled so far; "
+                        if ls.get("finished") is not None else "")
+                text.label(f"waiting for the labellers in Label Studio: {done}Release imports what is labelled now "
+                           f"(`hoard action release {d['run']}`)").classes("text-warning").mark("run-waiting")
             elif status == "waiting_external":
                 text.label("waiting for the external worker's done marker"
                            + (f" in {d['report']['external']}" if d["report"].get("external") else "")).classes(
@@ -257,6 +264,12 @@ def run_body(rid: str, user: SignedIn) -> Any:
                 with ui.row().classes("q-mt-md"):
                     if status == "WAIT_GPU_READY":
                         ui.button("Release", on_click=lambda: act("release")).mark("run-release")
+                    elif status == "waiting_labels":
+                        ui.button("Release: import what is labelled now", on_click=lambda: act("release")).mark(
+                            "run-release")
+                    if status in ("failed", "cancelled", "canceled") or d.get("stalled"):
+                        # `hoard action resume RUN`: this run, with its recorded inputs and params
+                        ui.button("Resume", on_click=lambda: act("resume")).mark("run-resume")
                     if status in launch.ACTION_CANCELABLE:
                         ui.button("Cancel", on_click=lambda: act("cancel")).props("color=negative").mark(
                             "run-cancel")
@@ -281,10 +294,12 @@ def run_body(rid: str, user: SignedIn) -> Any:
             body.refresh(fresh)
 
         async def act(what: str) -> None:
-            require("cancel" if what == "cancel" else "release")
+            require({"cancel": "cancel", "resume": "retry"}.get(what, "release"))
             try:
                 if what == "release":
                     said = await in_thread(launch.release_action, cfg, rid)
+                elif what == "resume":
+                    said = await in_thread(launch.resume_action, cfg, rid)
                 else:
                     said = await in_thread(launch.cancel_action, cfg, rid)
             except HoardError as e:

@@ -60,6 +60,7 @@ for _name in ("success_callback", "failure_callback", "stopped_callback"):
 JOB_FUNCTIONS = {
     "jobs.ingest.run_step": 0,
     "jobs.actions.run_step": 0,
+    "jobs.actions.empty_trash": 0,
     "jobs.outputs.run_job": 0,
     "jobs.maintenance.run": 1,
     "jobs.store_jobs.replicate": 0,

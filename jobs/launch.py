@@ -517,7 +517,16 @@ def launch_action(cfg: Settings, name: str, selector: dict | None = None, nodes:
 def release_action(cfg: Settings, rid: str, conn=None) -> str:
     """`hoard action release RUN`; what happened, in a few words."""
     st = actions_api.release(cfg, rid, conn or connect(cfg.redis_url))
+    if "labels" in st.steps:
+        return f"labels released: what is labelled now is imported ({st.status} at step {st.step})"
     return f"gate released ({st.status} at step {st.step})"
+
+
+@_needs_redis
+def resume_action(cfg: Settings, rid: str, conn=None) -> str:
+    """`hoard action resume RUN` (queued for `hoard worker`); what happened, in a few words."""
+    sub = actions_api.resume(cfg, rid, redis_conn=conn or connect(cfg.redis_url))
+    return f"{sub.how} ({sub.state.status} at step {sub.state.step})"
 
 
 def cancel_action(cfg: Settings, rid: str) -> str:
@@ -552,7 +561,8 @@ def action_detail(cfg: Settings, rid: str) -> dict[str, Any]:
         if s in st.done:
             state = "done"
         elif s == st.step:
-            state = {"WAIT_GPU_READY": "waiting", "waiting_external": "waiting"}.get(shown, shown)
+            state = {"WAIT_GPU_READY": "waiting", "waiting_external": "waiting", "waiting_labels": "waiting"}.get(shown,
+                                                                                                       shown)
         else:
             state = "to do"
         steps.append({"step": s, "queue": ACTION_QUEUE_OF.get(s, ""), "state": state, "seconds": st.seconds.get(s)})

@@ -437,10 +437,11 @@ def _run(cfg: Settings, spec: OutputSpec, progress: Callable[[int, int], None] |
             "mib_s": round(rep.bytes_written / (1 << 20) / max(rep.seconds, 1e-9), 1)}
 
 
-def clean(cfg: Settings, output_id: str, zone: str | None = None) -> dict[str, Any]:
+def clean(cfg: Settings, output_id: str, zone: str | None = None, aside: bool = False) -> dict[str, Any]:
     """`hoard zones clean ID`: remove the output (fsd.outputs.zones.clean: sealed, or incomplete with
     no live job), the view a view-mode output published, and the recorded request — the id is
-    free again. Refused while a stage/export of the id runs (ZoneBusy)."""
+    free again. Refused while a stage/export of the id runs (ZoneBusy). `aside`: its directories
+    renamed into the zone's trash (fsd.outputs.zones.clean), deleted later by `empty_trash`."""
     from fsd.outputs.views import remove_view  # deferred: only a view-mode output opens the store here
 
     damaged = False
@@ -455,7 +456,7 @@ def clean(cfg: Settings, output_id: str, zone: str | None = None) -> dict[str, A
         raise zones.ZoneBusy(f"{spec.kind} {output_id} is running (`hoard {spec.kind} --status {output_id}`); let it "
                              "finish or stop it first")
     try:
-        res = zones.clean(cfg, output_id, zone)
+        res = zones.clean(cfg, output_id, zone, aside=aside)
     except zones.NoSuchOutput:
         if st is None and not damaged:
             raise

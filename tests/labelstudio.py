@@ -115,3 +115,22 @@ def _stop(proc: subprocess.Popen) -> None:
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+
+
+def point_at(cfg_path: Path, home: Path, server: Server, zone: Path, url: str | None = None) -> None:
+    """Append hoard.toml's `[label_studio]` for `server`: a link in its document root points at
+    the home's zone 3C (files_root), as a team's mount of the hoard host's 3C would; the token in
+    `home/ls.token` (0600); label-studio-sdk's converter is the server venv's Python."""
+    import json
+    import uuid
+
+    zone.mkdir(parents=True, exist_ok=True)
+    seen = server.document_root / f"home-{uuid.uuid4().hex[:8]}"
+    seen.symlink_to(zone)
+    token = home / "ls.token"
+    token.write_text(server.token + "\n")
+    os.chmod(token, 0o600)
+    with open(cfg_path, "a") as fh:
+        fh.write(f"\n[label_studio]\nurl = {json.dumps(url or server.url)}\ntoken_file = {json.dumps(str(token))}\n"
+                 f"files_root = {json.dumps(str(seen))}\ndocument_root = {json.dumps(str(server.document_root))}\n"
+                 f"converter_python = {json.dumps(str(server.python))}\n")

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import uuid
 from pathlib import Path
 
 import httpx
@@ -21,7 +20,7 @@ from fsd.store import Store
 from jobs.actions import labelstudio as lsc
 from jobs.actions.runner import run_step
 from jobs.actions.state import all_states, load_state
-from tests.labelstudio import Server, _free_port
+from tests.labelstudio import Server, _free_port, point_at
 from tests.test_action_runs import action_home, counts, hoard
 
 # tier: the module's tests start hoard processes and Label Studio, and need PostgreSQL and Redis
@@ -31,19 +30,9 @@ ACTION = "label-studio"
 
 
 def ls_home(home: Path, pg, redis_conn, server: Server, seed: int, url: str | None = None) -> config.Settings:
-    """A home with ingested images whose zone 3C Label Studio serves: a link in its document root
-    points at 3C (files_root), as a team's mount of the hoard host's 3C would."""
+    """A home with ingested images whose zone 3C Label Studio serves (tests/labelstudio.point_at)."""
     cfg, _batch = action_home(home, pg, redis_conn, seed=seed, items=4)
-    zone = cfg.ssd.zone_path("3C")
-    zone.mkdir(parents=True, exist_ok=True)
-    seen = server.document_root / f"home-{uuid.uuid4().hex[:8]}"
-    seen.symlink_to(zone)
-    token = home / "ls.token"
-    token.write_text(server.token + "\n")
-    os.chmod(token, 0o600)
-    with open(cfg.source, "a") as fh:
-        fh.write(f"\n[label_studio]\nurl = {json.dumps(url or server.url)}\ntoken_file = {json.dumps(str(token))}\n"
-                 f"files_root = {json.dumps(str(seen))}\ndocument_root = {json.dumps(str(server.document_root))}\n")
+    point_at(Path(cfg.source), home, server, cfg.ssd.zone_path("3C"), url)
     return config.load(cfg.source)
 
 
@@ -115,11 +104,14 @@ def run_tasks(server: Server, cfg: config.Settings, rid: str) -> list[dict]:
                    if t["data"][lsc.PATH_KEY].startswith(f"{rid}/")), key=lambda t: t["id"])
 
 
-def export_of(cfg: config.Settings, rid: str) -> tuple[str, list[dict]]:
+def export_of(cfg: config.Settings, rid: str, name: str = "export.json") -> tuple[str, list[dict] | dict]:
+    """The run's stored export `label-studio/NAME` (export.json, or coco.json): its sha256 and
+    content; the run's located nodes are exactly those two."""
     with psycopg.connect(cfg.database_url) as conn:
-        [(sha, loc)] = conn.execute("SELECT encode(n.sha256, 'hex'), p.locator FROM physical_path p JOIN node n "
-                                    "USING (node_id) WHERE p.locator LIKE %s", [f"action:{rid}/%"]).fetchall()
-    assert loc == f"action:{rid}/label-studio/export.json"
+        found = dict(conn.execute("SELECT p.locator, encode(n.sha256, 'hex') FROM physical_path p JOIN node n "
+                                  "USING (node_id) WHERE p.locator LIKE %s", [f"action:{rid}/%"]).fetchall())
+    assert sorted(found) == [f"action:{rid}/label-studio/coco.json", f"action:{rid}/label-studio/export.json"], found
+    sha = found[f"action:{rid}/label-studio/{name}"]
     with Store.open(cfg, writable=False) as store:
         return sha, json.loads(store.get(sha))
 
@@ -168,8 +160,22 @@ def test_ac5_round_trip_labels_equal_what_was_drawn_then_done_already(hoard_home
                              [bytes.fromhex(sha)]).fetchone()[0]
         events = conn.execute("SELECT status FROM action_event WHERE batch_id = %s", [rid]).fetchall()
     assert edges == len(tasks) and events == [("done",)]
+    # the COCO file made by label-studio-sdk's converter: stored, located and linked like the export
+    coco_sha, coco = export_of(cfg, rid, "coco.json")
+    assert isinstance(coco, dict) and coco_sha != sha
+    assert {im["file_name"] for im in coco["images"]} <= {t["data"][lsc.PATH_KEY] for t in tasks}
+    assert coco["images"] and {c["name"] for c in coco["categories"]} >= {"animal", "person"}
+    # each task's rectangle (a bbox) and polygon (a segmentation), on the image of its task
+    shapes = sorted(bool(a["segmentation"]) for a in coco["annotations"])
+    assert shapes == [False] * len(tasks) + [True] * len(tasks), coco["annotations"]
+    assert {a["image_id"] for a in coco["annotations"]} == {im["id"] for im in coco["images"]}
+    with psycopg.connect(cfg.database_url) as conn:
+        coco_edges = conn.execute("SELECT count(*) FROM edge e JOIN node c ON c.node_id = e.child_id JOIN "
+                                  "relationship_type r USING (rel_id) WHERE r.name = 'labelled_in' AND c.sha256 = %s",
+                                  [bytes.fromhex(coco_sha)]).fetchone()[0]
+    assert coco_edges == len(tasks)
     after = counts(cfg)
-    assert after["action_event"] - base["action_event"] == 1 and after["node"] - base["node"] == 1
+    assert after["action_event"] - base["action_event"] == 1 and after["node"] - base["node"] == 2
     assert not (cfg.ssd.zone_path("3C") / rid).exists()
     again = hoard(cfg.source, "action", "run", ACTION, "--here")
     assert again.returncode == 0 and "done already" in again.stdout, again.stdout + again.stderr

@@ -75,3 +75,46 @@ def test_cancel_after_apply_is_refused(hoard_home: Path, pg, redis_conn) -> None
         api.cancel(cfg, rid)
     st = load_state(cfg, rid)
     assert st is not None and (st.status, st.step) == ("queued", "finish")
+
+
+def test_run_failed_at_store_by_a_swapped_child_resumes_at_run(hoard_home: Path, pg, redis_conn) -> None:
+    """A run failed at `store` because a child was swapped after parse: storing that output
+    again would refuse it again, so `hoard action resume RUN` runs the worker again on an
+    emptied output root (as after a refused parse) and finishes exactly once — the secret never
+    stored, one failed event and one done."""
+    from jobs.actions import run_here, steps
+    from tests.test_action_runs import counts
+    from tests.test_action_workers import assert_produced_once, inputs_of
+
+    cfg, batch = action_home(hoard_home, pg, redis_conn, seed=93, items=3)
+    worker_contract(cfg, batch)
+    secret = hoard_home / "secret.txt"
+    secret.write_bytes(b"root:$6$not-for-the-worker-either\n")
+    base = counts(cfg)
+    rid = api.submit(cfg, "thumbs", queue=False).state.run_id
+    real = steps.STEPS["parse"]
+
+    def then_swapped(c, st) -> None:
+        real(c, st)
+        out = cfg.ssd.zone_path("3C") / rid / "by_sha256" / "output"
+        first = read_work(cfg, rid, "parsed")["children"][0]["path"]
+        os.unlink(out / first)
+        os.symlink(secret, out / first)
+
+    steps.STEPS["parse"] = then_swapped
+    try:
+        assert run_here(cfg, rid) != 0
+    finally:
+        steps.STEPS["parse"] = real
+    st = load_state(cfg, rid)
+    assert st is not None and (st.status, st.step) == ("failed", "store"), (st.status, st.step, st.error)
+    assert f"`hoard action resume {rid}`" in (st.error or "")
+    sub = api.resume(cfg, rid, queue=False)
+    assert sub.how == "resumed" and (sub.state.step, sub.state.done) == ("run", ["plan", "stage"]), sub.state
+    assert run_here(cfg, rid) == 0, load_state(cfg, rid).error
+    assert_produced_once(cfg, base, rid, len(inputs_of(cfg, batch)))
+    with Store.open(cfg, writable=False) as store:
+        assert store.index.lookup(hashlib.sha256(secret.read_bytes()).digest()) is None
+    with psycopg.connect(cfg.database_url) as conn:
+        assert sorted(r[0] for r in conn.execute("SELECT status FROM action_event WHERE batch_id = %s",
+                                                 [rid])) == ["done", "failed"]

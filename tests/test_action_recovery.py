@@ -29,8 +29,8 @@ pytestmark = pytest.mark.services
 
 def test_queued_run_whose_job_redis_lost_is_named_and_queued_again(hoard_home: Path, pg, redis_conn) -> None:
     """A queued run whose step job Redis lost (flushed: a restart without persistence): `status`
-    and `hoard health` name it with its step and the way on; `hoard action run` again queues it
-    again (not just "queued"), and a worker takes it to done."""
+    and `hoard health` name it with its step and the way on (`hoard action resume RUN`); `hoard action run` again
+    queues it again (not just "queued"), and a worker takes it to done."""
     cfg, batch = action_home(hoard_home, pg, redis_conn, seed=101, items=3)
     worker_contract(cfg, batch)
     res = hoard(cfg.source, "action", "run", "thumbs", "--json")
@@ -41,7 +41,7 @@ def test_queued_run_whose_job_redis_lost_is_named_and_queued_again(hoard_home: P
     redis_conn.flushdb()
     st = hoard(cfg.source, "action", "status", rid)
     assert st.returncode == 0 and f"run {rid}: queued at step plan" in st.stdout, st.stdout
-    assert "the job of its next step (plan) is not in Redis" in st.stdout and "hoard action run thumbs` again" \
+    assert "the job of its next step (plan) is not in Redis" in st.stdout and f"`hoard action resume {rid}` queues it" \
         in st.stdout, st.stdout
     health = json.loads(hoard(cfg.source, "health", "--json").stdout)
     line = next(p for p in health["problems"] if f"action run {rid}" in p)
@@ -107,7 +107,7 @@ def test_redis_down_between_steps_one_line_then_resumes(hoard_home: Path, pg, re
         res = hoard(cfg.source, "action", "run", "thumbs", "--wait")
         lines = [ln for ln in (res.stdout + res.stderr).splitlines() if ln.strip()]
         assert res.returncode == 3 and len(lines) == 1, lines
-        assert "does not answer" in lines[0] and "hoard action run thumbs" in lines[0], lines
+        assert "does not answer" in lines[0] and f"`hoard action resume {rid}` goes on" in lines[0], lines
         out = hoard(cfg.source, "action", "status", rid).stdout
         assert "step stage could not be queued" in out or "not in Redis" in out, out
         private.start()

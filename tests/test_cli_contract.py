@@ -33,6 +33,7 @@ COMMANDS: dict[str, list[str]] = {
     "action cancel": ["nosuch"],
     "action list": [],
     "action release": ["nosuch"],
+    "action resume": ["nosuch"],
     "action run": ["nosuch"],
     "action runs": [],
     "action show": ["nosuch"],

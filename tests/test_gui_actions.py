@@ -318,3 +318,75 @@ async def test_pipelines_show_their_stages_as_actions(user, gui_home: Path) -> N
     await user.should_see("0. check-quality: 0 batches done", retries=50)
     user.find(marker="stage-0").click()
     await user.should_see("Label the batch's PNGs as checked.", retries=50)
+
+
+@WITH_BATCH
+async def test_release_of_a_run_waiting_for_its_labellers_imports_what_is_labelled(user, gui_home: Path,
+                                                                                   label_studio) -> None:
+    """An AC5 run (the built-in `label-studio`, a real Label Studio) waits in waiting_labels: its
+    page says so and offers an operator "Release: import what is labelled now"; one task labelled,
+    Release → a worker imports that task's labels and the run is done, the others unlabelled."""
+    from tests.labelstudio import point_at
+    from tests.test_action_labelstudio import ACTION, drawn, post, run_tasks
+
+    cfg = await _ingested(gui_home)
+    point_at(gui_home, gui_home.parent, label_studio, cfg.ssd.zone_path("3C"))
+    cfg = _cfg(gui_home)
+    sub = await run.io_bound(launch.launch_action, cfg, ACTION, None, None, [], "otto")
+    rid = sub.state.run_id
+    await run.io_bound(_work, gui_home)
+    assert load_state(cfg, rid).status == "waiting_labels"
+    tasks = await run.io_bound(run_tasks, label_studio, cfg, rid)
+    assert len(tasks) > 1
+    await run.io_bound(post, label_studio, tasks[0]["id"], drawn(1)[2:3])  # one labeller's choice
+
+    await sign_in(user, "otto")
+    await user.open(f"/runs/action/{rid}")
+    await user.should_see(marker="run-waiting", retries=50)
+    await user.should_see("waiting for the labellers")
+    await user.should_see("labels: waiting")
+    user.find(marker="run-release").click()
+    await user.should_see(f"run {rid}: labels released", retries=50)
+    await run.io_bound(_work, gui_home)
+    st = load_state(cfg, rid)
+    assert st.status == "done", st.error
+    assert st.report["label_studio"]["finished"] == 1 and st.report["label_studio"]["released"] is True
+    with psycopg.connect(cfg.database_url) as conn:
+        labelled = conn.execute("SELECT count(DISTINCT node_id) FROM label WHERE key = 'ls:class' AND origin = %s",
+                                [f"action:{ACTION}"]).fetchone()[0]
+    assert labelled == 1
+    await user.open(f"/runs/action/{rid}")
+    await user.should_see(marker="run-status", retries=50)
+    await user.should_not_see(marker="run-release")
+
+
+@WITH_BATCH
+@pytest.mark.expect_log(r"\(action [^)]*: run\) failed: run [^:]*: the worker exited with status 3", level="ERROR")
+async def test_a_failed_run_names_and_offers_resume(user, gui_home: Path) -> None:
+    """A run whose worker exits 3: its page shows the error line naming `hoard action resume RUN`
+    and offers an operator Resume (none to a viewer); the worker fixed, Resume → a worker takes
+    that same run to done."""
+    cfg = await _ingested(gui_home)
+    worker_contract(cfg, BATCH, exit=3)
+    sub = await run.io_bound(launch.launch_action, cfg, "thumbs", None, None, [], "otto")
+    rid = sub.state.run_id
+    await run.io_bound(_work, gui_home)
+    assert load_state(cfg, rid).status == "failed"
+
+    await sign_in(user, "vera")
+    await user.open(f"/runs/action/{rid}")
+    await user.should_see(marker="run-error", retries=50)
+    await user.should_see(f"`hoard action resume {rid}`")
+    await user.should_not_see(marker="run-resume")
+    await sign_out(user)
+    await sign_in(user, "otto")
+    await user.open(f"/runs/action/{rid}")
+    await user.should_see(marker="run-resume", retries=50)
+    worker_contract(cfg, BATCH, exit=0)  # the worker fixed (same version: the same run)
+    user.find(marker="run-resume").click()
+    await user.should_see(f"run {rid}: resumed", retries=50)
+    await run.io_bound(_work, gui_home)
+    assert load_state(cfg, rid).status == "done"
+    await user.open(f"/runs/action/{rid}")
+    await user.should_see(marker="run-children", retries=50)
+    await user.should_not_see(marker="run-resume")

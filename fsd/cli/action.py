@@ -1,5 +1,5 @@
 """`hoard action list|show|validate`: the ActionContract files of UA_2 (docs/actions.md);
-`hoard action run|status|runs|release|cancel`: runs of them (jobs.actions.api).
+`hoard action run|resume|status|runs|release|cancel`: runs of them (jobs.actions.api).
 
 list, show and validate only read the actions directory (`actions.dir`, default `actions/`
 beside hoard.toml) and the built-in contracts (jobs/actions/builtin; a file of the directory
@@ -20,7 +20,8 @@ from fsd.cli._common import err, out, state
 from jobs.actions.contract import TYPES, ContractError, find_any, list_all, load_file, show_rows, summary
 
 app = typer.Typer(help="ActionContracts (UA_2): `hoard action list`, `show NAME`, `validate FILE`, `run NAME`, "
-                       "`status RUN`, `runs`, `release RUN`, `cancel RUN` (docs/actions.md).", no_args_is_help=True)
+                       "`resume RUN`, `status RUN`, `runs`, `release RUN`, `cancel RUN` (docs/actions.md).",
+                  no_args_is_help=True)
 
 AsJson = Annotated[bool, typer.Option("--json", help="one JSON document on stdout, nothing else")]
 
@@ -107,14 +108,11 @@ def run(ctx: typer.Context, name: Annotated[str, typer.Argument(metavar="NAME", 
     """Run an action on its inputs: queued for `hoard worker` (or --here, or --wait). The same
     command again: done → "done already" (nothing changes); failed or interrupted → resumed."""
     # deferred: jobs.actions and what it loads (rq, redis, psycopg) only in the commands that run; list, show and validate stay light
-    import time
-
     from fsd.base.errors import HoardError
     from fsd.cli._common import read_sha_list
     from fsd.cli.outputs import _json_file
-    from jobs.actions import api, run_here
-    from jobs.actions.state import WAITING, load_state
-    from jobs.queues import connect, redis_required, unserved_queues
+    from jobs.actions import api
+    from jobs.queues import redis_required
 
     if selector is not None and nodes is not None:
         raise HoardError("give --selector FILE (narrows the contract's input_selector) or --nodes FILE (replaces "
@@ -138,6 +136,49 @@ def run(ctx: typer.Context, name: Annotated[str, typer.Argument(metavar="NAME", 
     except ContractError as e:
         _refuse(e)
         return
+    _go(cfg, sub, here=here, wait=wait, as_json=as_json)
+
+
+@app.command("resume")
+def resume(ctx: typer.Context, run_id: RunId,
+           here: Annotated[bool, typer.Option("--here", help="run every step in this process (no worker)")] = False,
+           wait: Annotated[bool, typer.Option("--wait", help="queue it, then wait until it ends")] = False,
+           as_json: AsJson = False) -> None:
+    """Resume run RUN with the inputs and parameters it was recorded with (as `run` of the same
+    --nodes/--selector/--param would): done → "done already"; running → said so; failed,
+    cancelled or interrupted → resumed at its step; queued or waiting whose job Redis lost →
+    queued again."""
+    # deferred: jobs.actions and what it loads (rq, redis, psycopg) only in the commands that run; list, show and validate stay light
+    from fsd.base.errors import HoardError
+    from jobs.actions import api
+    from jobs.queues import redis_required
+
+    if here and wait:
+        raise HoardError("--here runs the steps in this process; --wait waits for a worker: give one", ExitCode.USAGE)
+    cfg = state(ctx).settings
+    if here:
+        sub = api.resume(cfg, run_id, queue=False)
+    else:
+        if not cfg.redis_url:
+            raise HoardError("no Redis configured (redis.url in hoard.toml) to queue the run on; add --here to run "
+                             "it in this process", ExitCode.USAGE)
+        with redis_required(cfg.redis_url):
+            sub = api.resume(cfg, run_id)
+    _go(cfg, sub, here=here, wait=wait, as_json=as_json)
+
+
+def _go(cfg, sub, *, here: bool, wait: bool, as_json: bool) -> None:
+    """What `run` and `resume` do once the run is submitted: say it, run it here, or wait for it."""
+    # deferred: jobs.actions and what it loads (rq, redis, psycopg) only in the commands that run; list, show and validate stay light
+    import time
+
+    import redis
+
+    from fsd.base.errors import HoardError
+    from jobs.actions import api, run_here
+    from jobs.actions.state import WAITING, load_state, resume_line
+    from jobs.queues import connect, redis_required, unserved_queues
+
     rid = sub.state.run_id
     if sub.how == "done already":
         _run_report(cfg, rid, as_json, f"run {rid}: done already (nothing changed)")
@@ -153,7 +194,7 @@ def run(ctx: typer.Context, name: Annotated[str, typer.Argument(metavar="NAME", 
         try:
             code = run_here(cfg, rid)
         except KeyboardInterrupt:
-            raise HoardError(f"run {rid} interrupted; the same command resumes it", ExitCode.INTERRUPTED) from None
+            raise HoardError(f"run {rid} interrupted; {resume_line(rid)} resumes it", ExitCode.INTERRUPTED) from None
         st = load_state(cfg, rid)
         if code != ExitCode.OK and st is not None:
             shown, why = api.describe(cfg, st)
@@ -171,9 +212,6 @@ def run(ctx: typer.Context, name: Annotated[str, typer.Argument(metavar="NAME", 
         _run_report(cfg, rid, as_json, f"run {rid}: {sub.how}, queued (`hoard action status {rid}`; `hoard worker` "
                                        "runs it)")
         return
-    # deferred: jobs.actions and what it loads (rq, redis, psycopg) only in the commands that run; list, show and validate stay light
-    import redis
-
     while True:
         st = load_state(cfg, rid)
         assert st is not None
@@ -185,8 +223,8 @@ def run(ctx: typer.Context, name: Annotated[str, typer.Argument(metavar="NAME", 
                 lost = api.job_lost(cfg, st, connect(cfg.redis_url), strict=True)
             except redis.RedisError as e:
                 raise HoardError(f"run {rid} {st.status} at step {st.step}: Redis at {cfg.redis_url} does not "
-                                 f"answer ({first_line(e)}); the run is kept — once Redis is back, `hoard action run "
-                                 f"{st.action}` again goes on", ExitCode.UNAVAILABLE) from None
+                                 f"answer ({first_line(e)}); the run is kept — once Redis is back, {resume_line(rid)} goes on",
+                                 ExitCode.UNAVAILABLE) from None
             if lost:
                 shown, why = api.describe(cfg, st)
                 raise HoardError(f"run {rid} {shown} at step {st.step}: {why}", ExitCode.UNAVAILABLE)
@@ -255,7 +293,9 @@ def runs_(ctx: typer.Context, as_json: AsJson = False) -> None:
     if not docs:
         err.print("no action runs yet (`hoard action run NAME`)", markup=False)
     for d in docs:
-        out.print(f"{d['run']:<48} {d['status']:<16} {d['step']:<7} {d['inputs']} inputs", markup=False)
+        way = (f"  `hoard action resume {d['run']}`"
+               if d["status"] in ("failed", "cancelled") or d["stalled"] else "")
+        out.print(f"{d['run']:<48} {d['status']:<16} {d['step']:<7} {d['inputs']} inputs{way}", markup=False)
 
 
 @app.command("release")

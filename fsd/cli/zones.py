@@ -77,6 +77,8 @@ def clean(
         raise HoardError(f"--zone {zone}: no such zone; zones are {', '.join(ZONES)}", ExitCode.USAGE)
 
     res: dict[str, Any] = outputs.clean(state(ctx).settings, output_id, zone)
+    # what finished action runs set aside (a delete cut short included) goes now too
+    trash = zones_mod.empty_trash(state(ctx).settings)
     stale = res["stale_reservation"]
     if res["view_removed"]:  # a view-mode output: its view goes too (gc then frees what only it named)
         out.print(f"view {escape(res['view'])} removed")
@@ -86,6 +88,9 @@ def clean(
               f"({fmt_bytes(res['freed_bytes'])} freed)"
               + (f"; reclaimed the stale reservation of job {escape(stale['job'])} (pid {stale['pid']} gone)"
                  if stale else ""))
+    if trash["entries"]:
+        out.print(f"deleted {trash['entries']} output(s) set aside in the zones' .trash by finished action runs "
+                  f"({fmt_bytes(trash['freed_bytes'])} freed)")
 
 
 def _age(s: float) -> str:

@@ -63,6 +63,11 @@ OUTPUT_ZONES = ("3B", "3C", "3D")
 SEALED = "_SEALED"
 #: where an output is written before it is sealed: `<zone>/.tmp/<id>/`
 TMP = ".tmp"
+#: where an output removed "aside" waits for its deletion: `<zone>/.trash/<id>.<ns>/` (`clean(...,
+#: aside=True)`, then `empty_trash`). A rename inside the zone's file system, so its bytes stay
+#: counted as the zone's used bytes (`du` of the zone) until they are gone; never an output
+#: (`outputs` skips dot names), so never a problem of `hoard health`.
+TRASH = ".trash"
 MiB, GiB = 1 << 20, 1 << 30
 #: `hoard health` names a zone whose file system has less free space than this share of the
 #: room its quota still promises. Zones share the SSD's file system and their quotas usually
@@ -442,6 +447,7 @@ def zone_usage(cfg: Settings, zone: str, read: Read | None = None) -> dict[str, 
     return {"path": str(zpath), "present": present, "quota_bytes": q, "used_bytes": used,
             "reserved_bytes": reserved, "fs_free_bytes": fs, "free_bytes": min(room, fs_room),
             "fs_short": present and fs_room < FS_SHORT_SHARE * room, "used_ratio": round(ratio, 4),
+            "trash_bytes": trash_bytes(cfg, zone) if present and zone in OUTPUT_ZONES else 0,
             "level": level(cfg, ratio), "reservations": [r.to_json() for r in rs],
             "outputs": outputs(cfg, zone, rs) if present else [], "error": error}
 
@@ -598,9 +604,12 @@ def refusal(cfg: Settings, zone: str, job: str, need: int, used: int, reserved: 
 
 # -- cleaning -----------------------------------------------------------------------------
 
-def clean(cfg: Settings, output_id: str, zone: str | None = None) -> dict[str, Any]:
+def clean(cfg: Settings, output_id: str, zone: str | None = None, aside: bool = False) -> dict[str, Any]:
     """Remove the output `output_id` (sealed, or incomplete with no live job) from its zone and
-    release its reservation; refuse one a live process still writes, naming the pid."""
+    release its reservation; refuse one a live process still writes, naming the pid. `aside`:
+    rename its directories into `<zone>/.trash/` at once (atomic, whatever their size; their
+    bytes still count as the zone's until `empty_trash` deletes them) instead of deleting them
+    file by file here."""
     if zone is not None and zone not in OUTPUT_ZONES:
         raise HoardError(f"zone {zone} holds no job outputs (`hoard zones clean` works on "
                          f"{', '.join(OUTPUT_ZONES)})", ExitCode.USAGE)
@@ -625,8 +634,12 @@ def clean(cfg: Settings, output_id: str, zone: str | None = None) -> dict[str, A
         state = next((o["state"] for o in outputs(cfg, z, rs) if o["id"] == output_id), "reservation only")
         view = _view_of(cfg.ssd.zone_path(z) / output_id)
         freed = 0
+        trashed = []
         for p in _paths(cfg, z, output_id):
             if p.is_dir():
+                if aside:
+                    trashed.append(_to_trash(cfg, z, p))
+                    continue
                 freed += du(p)
                 # unseal first: a crash half-way through the removal must not leave a "sealed" rest
                 with contextlib.suppress(FileNotFoundError):
@@ -634,9 +647,64 @@ def clean(cfg: Settings, output_id: str, zone: str | None = None) -> dict[str, A
                 shutil.rmtree(p)
                 fsync_dir(p.parent)
         if mine is not None:
+            # its bytes are gone, or (aside) counted as the zone's used bytes in .trash
             _drop(cfg, z, output_id)
-    return {"zone": z, "id": output_id, "state": state, "freed_bytes": freed, "view": view,
-            "stale_reservation": mine.to_json() if mine is not None else None}
+    res = {"zone": z, "id": output_id, "state": state, "freed_bytes": freed, "view": view,
+           "stale_reservation": mine.to_json() if mine is not None else None}
+    return res | ({"trashed": trashed} if aside else {})
+
+
+def _to_trash(cfg: Settings, zone: str, p: Path) -> str:
+    """Rename `p` (an output's directory in `zone`) into the zone's trash; its trash name."""
+    trash = cfg.ssd.zone_path(zone) / TRASH
+    if not trash.is_dir():
+        trash.mkdir(mode=0o700, exist_ok=True)
+        fsync_dir(trash.parent)
+    name = f"{p.name}.{time.time_ns()}"
+    os.rename(p, trash / name)  # the same file system: atomic, one entry whatever it holds
+    fsync_dir(p.parent)
+    fsync_dir(trash)
+    return name
+
+
+def trash_bytes(cfg: Settings, zone: str) -> int:
+    """What the zone's trash still holds (counted in its used bytes until deleted): its
+    entries, not the directory itself."""
+    trash = cfg.ssd.zone_path(zone) / TRASH
+    try:
+        return sum(du(trash / name) for name in os.listdir(trash))
+    except (FileNotFoundError, NotADirectoryError):
+        return 0
+
+
+def empty_trash(cfg: Settings, zones: Iterable[str] = OUTPUT_ZONES) -> dict[str, Any]:
+    """Delete what `clean(..., aside=True)` put into each zone's trash. Idempotent and safe to run
+    twice at once or after a delete that was killed half-way: what is gone already is skipped,
+    what is left is deleted now. Returns {"entries": N, "freed_bytes": B}."""
+    entries = freed = 0
+
+    def gone_already(func: Any, path: str, exc: Any) -> None:
+        if not isinstance(exc[1], FileNotFoundError):
+            raise exc[1]
+
+    for z in zones:
+        trash = cfg.ssd.zone_path(z) / TRASH
+        try:
+            names = sorted(os.listdir(trash))
+        except FileNotFoundError:
+            continue
+        for name in names:
+            p = trash / name
+            freed += du(p)
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p, onerror=gone_already)
+            else:
+                with contextlib.suppress(FileNotFoundError):
+                    p.unlink()
+            entries += 1
+        if names:
+            fsync_dir(trash)
+    return {"entries": entries, "freed_bytes": freed}
 
 
 def _view_of(final: Path) -> str | None:

@@ -11,6 +11,6 @@ run's key, id and state file. `labelstudio` — AC5's client of a real Label Stu
 
 from __future__ import annotations
 
-from jobs.actions.runner import run_here, run_step
+from jobs.actions.runner import empty_trash, run_here, run_step
 
-__all__ = ["run_here", "run_step"]
+__all__ = ["empty_trash", "run_here", "run_step"]

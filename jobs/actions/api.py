@@ -45,11 +45,13 @@ from jobs.actions.state import (
     job_id,
     load_state,
     lock_path,
+    resume_line,
     run_id,
     run_key,
     save_state,
     stamp,
     state_dir,
+    with_way_on,
     write_work,
 )
 from jobs.actions.steps import cleanup_cancelled, record_ending, write_pending_events
@@ -196,6 +198,16 @@ def _queue(cfg: Settings, st: RunState, redis_conn, forget: bool = False) -> Non
         raise
 
 
+def resume(cfg: Settings, rid: str, *, redis_conn=None, queue: bool = True) -> Submitted:
+    """`hoard action resume RUN`: run `rid` again with the inputs and parameters it was recorded
+    with (its work files and state — never the contract's selector now): done → "done already",
+    nothing changed; running → said so; failed, cancelled or interrupted → resumed at its step;
+    queued or waiting whose job Redis lost → queued again (`queue=False`: the caller runs the
+    steps itself, `run_here`)."""
+    with flocked(state_dir(cfg) / f"{check_id(rid)}.submit.lock"):
+        return _again(cfg, _must(cfg, rid), redis_conn, queue)
+
+
 def _again(cfg: Settings, st: RunState, redis_conn, queue: bool) -> Submitted:
     st = retry_events(cfg, st)  # an ending PostgreSQL could not take: written first, before another attempt
     shown, _why = describe(cfg, st)
@@ -214,14 +226,26 @@ def _again(cfg: Settings, st: RunState, redis_conn, queue: bool) -> Submitted:
         return Submitted(st, shown)
     # failed, cancelled, interrupted (a dead runner), or waiting/queued and now run here
     cancel_flag(cfg, st.run_id).unlink(missing_ok=True)
-    with flocked(lock_path(cfg, st.run_id)):
+    try:
+        held = flocked(lock_path(cfg, st.run_id), wait=False)
+        held.__enter__()
+    except BlockingIOError:  # a hung step (no heartbeat) still holds it: never wait for it for ever
+        raise ActionError(f"run {st.run_id} ({shown} at step {st.step}): a process still holds its lock "
+                          f"({lock_path(cfg, st.run_id)}) — it hangs: stop it, then {resume_line(st.run_id)}",
+                          ExitCode.UNAVAILABLE) from None
+    with contextlib.ExitStack() as stack:
+        stack.push(held)
         if shown in (Status.FAILED.value, Status.CANCELLED.value, "interrupted"):
             st.gate.pop("since", None)  # a gate or an external wait given up starts its timeout anew
-            if st.step == "parse" and shown == Status.FAILED.value and st.error:
-                # what the worker wrote was refused: reading it again would refuse it again — the
-                # (fixed) worker runs again, on an emptied output root
+            if (shown == Status.FAILED.value and st.error
+                    and (st.step == "parse" or st.report.get("output_refused") == st.step)):
+                # what the worker wrote was refused (at parse; or at store: a file swapped after it
+                # was parsed): reading or storing it again would refuse it again — the (fixed)
+                # worker runs again, on an emptied output root
+                first = st.steps.index("run")
                 st.step = "run"
-                st.done = [d for d in st.done if d != "run"]
+                st.done = [d for d in st.done if st.steps.index(d) < first]
+                st.report.pop("output_refused", None)
             if st.step in ("run", "labels"):
                 st.waiting_since = None
             st.status, st.error, st.exit_code = Status.QUEUED.value, None, 0
@@ -300,11 +324,11 @@ def describe(cfg: Settings, st: RunState, check_jobs: bool = True) -> tuple[str,
         age = heartbeat_age(cfg, st.run_id)
         if not is_running(cfg, st.run_id):
             return Status.FAILED.value, (f"the process running step {st.step} stopped (killed, or its host went "
-                                         f"down); `hoard action run {st.action}` again resumes it")
+                                         f"down); {resume_line(st.run_id)} resumes it")
         if age is None or age > STALE_S:
             ago = "no heartbeat" if age is None else f"no heartbeat for {age:.0f} s"
             return Status.FAILED.value, (f"step {st.step} has written {ago} (its process hangs, or its host stopped "
-                                         f"answering); stop it, then `hoard action run {st.action}` again resumes it")
+                                         f"answering); stop it, then {resume_line(st.run_id)} resumes it")
     if st.status in (Status.QUEUED.value, *WAITING) and check_jobs:
         lost = job_lost(cfg, st)
         failed = st.report.get("enqueue_failed")
@@ -312,10 +336,14 @@ def describe(cfg: Settings, st: RunState, check_jobs: bool = True) -> tuple[str,
             what = "its poll" if st.status in WAITING else "the job of its next step"
             return st.status, (f"{what} ({st.step}) is not in Redis (Redis restarted without its data, or queueing "
                                f"it failed{': ' + failed if failed else ''}), so nothing will run it; "
-                               f"`hoard action run {st.action}` again queues it")
+                               f"{resume_line(st.run_id)} queues it")
         if lost is None and failed and st.status == Status.QUEUED.value:
             return st.status, (f"step {st.step} could not be queued ({failed}); once Redis is back, "
-                               f"`hoard action run {st.action}` again queues it")
+                               f"{resume_line(st.run_id)} queues it")
+    if st.status == Status.CANCELLED.value:
+        return st.status, f"{st.error or 'cancelled'}; {resume_line(st.run_id)} resumes it"
+    if st.status == Status.FAILED.value and st.error:
+        return st.status, with_way_on(st.error, st.run_id)
     return st.status, st.error or ""
 
 
@@ -363,7 +391,7 @@ def cancel(cfg: Settings, rid: str) -> RunState:
         raise ActionError(f"run {rid} is done; nothing to cancel")
     if "apply" in st.done:
         raise ActionError(f"run {rid}: its results are applied already (step apply done), so it cannot be "
-                          f"cancelled; `hoard action run {st.action}` again finishes it")
+                          f"cancelled; {resume_line(st.run_id)} finishes it")
     cancel_flag(cfg, rid).touch()
     try:
         with flocked(lock_path(cfg, rid), wait=False):
@@ -371,7 +399,7 @@ def cancel(cfg: Settings, rid: str) -> RunState:
             if "apply" in st.done:  # applied while the flag was set: too late
                 cancel_flag(cfg, rid).unlink(missing_ok=True)
                 raise ActionError(f"run {rid}: its results are applied already (step apply done), so it cannot "
-                                  f"be cancelled; `hoard action run {st.action}` again finishes it")
+                                  f"be cancelled; {resume_line(st.run_id)} finishes it")
             if st.status != Status.CANCELLED.value:
 
                 cleanup_cancelled(cfg, st)

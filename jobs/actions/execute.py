@@ -716,6 +716,15 @@ def gate_ready(c: Contract, roots: Roots, params: Mapping[str, object], *, log_p
                worker_user: str = "nobody", grace_s: float = TERM_GRACE_S, log_cap: int = LOG_CAP) -> bool:
     """Runs gate.hook once, by the worker's process rules (as the worker's user, in /): True iff
     it exits 0 within timeout_s (a hook that hangs is ended: False)."""
+    return gate_answer(c, roots, params, log_path=log_path, timeout_s=timeout_s, worker_user=worker_user,
+                       grace_s=grace_s, log_cap=log_cap)[0]
+
+
+def gate_answer(c: Contract, roots: Roots, params: Mapping[str, object], *, log_path: Path, timeout_s: float = 60,
+                worker_user: str = "nobody", grace_s: float = TERM_GRACE_S,
+                log_cap: int = LOG_CAP) -> tuple[bool, str]:
+    """`gate_ready`, with what the hook said in a few words: "ready", "exit 1", or "killed
+    after N s" (it hung: its whole session ended, not ready)."""
     if c.gate is None or not c.gate.hook:
         raise ExecError("gate.hook: this contract has no gate hook; release the run with `hoard action release RUN`")
     rs = c.run_spec
@@ -730,7 +739,9 @@ def gate_ready(c: Contract, roots: Roots, params: Mapping[str, object], *, log_p
                             should_stop=lambda: False, poll_s=1.0, grace_s=grace_s)
     finally:
         log.close()
-    return reason == "exited" and code == 0
+    if reason == "exited":
+        return code == 0, "ready" if code == 0 else f"exit {code}"
+    return False, f"killed after {timeout_s:.0f} s (it hung)"
 
 
 def end_session(sid: int, start: int, *, grace_s: float = TERM_GRACE_S) -> int:

@@ -20,6 +20,7 @@ from fsd.base import config as config_mod
 from fsd.base.config import Settings
 from fsd.base.errors import ExitCode, HoardError, first_line
 from fsd.base.files import flocked
+from fsd.outputs import zones
 from jobs import runlog
 from jobs.actions.state import (
     HEARTBEAT_S,
@@ -37,7 +38,9 @@ from jobs.actions.state import (
     job_id,
     load_state,
     lock_path,
+    resume_line,
     save_state,
+    with_way_on,
 )
 from jobs.actions.steps import STEPS, cleanup_cancelled, record_ending, wait_a_little
 from jobs.ingest.runner import _explain, _interruptible
@@ -103,19 +106,18 @@ def _run_step_logged(cfg: Settings, rid: str, step: str, *, then_enqueue: bool =
     except Waiting as w:
         st.status = w.status
         st.seconds[step] = round(st.seconds.get(step, 0) + time.monotonic() - t0, 3)
+        st.report["poll_s"] = w.poll_s  # saved: `--here` waits this long between two checks
         save_state(cfg, st)
         if then_enqueue:
             _schedule_poll(cfg, st, w.poll_s)
-        st.report["poll_s"] = w.poll_s
         return st.report
     except Cancelled:
         _cancelled(cfg, st)
         return st.report
     except BaseException as e:
         st.status = Status.FAILED.value
-        st.error = (_explain(e, cfg).replace("`hoard ingest --resume`", f"`hoard action run {st.action}` again")
-                    if isinstance(e, Exception) else
-                    f"interrupted during step {step}; `hoard action run {st.action}` again resumes it")
+        st.error = (with_way_on(_explain(e, cfg), rid) if isinstance(e, Exception) else
+                    f"interrupted during step {step}; {resume_line(rid)} resumes it")
         st.exit_code = int(e.exit_code) if isinstance(e, HoardError) else int(ExitCode.UNAVAILABLE)
         st.seconds[step] = round(st.seconds.get(step, 0) + time.monotonic() - t0, 3)
         save_state(cfg, st)
@@ -131,12 +133,51 @@ def _run_step_logged(cfg: Settings, rid: str, step: str, *, then_enqueue: bool =
     else:
         st.status, st.error, st.exit_code = Status.DONE.value, None, 0
         save_state(cfg, st)
+        after_done(cfg, st, here=not then_enqueue)
     return st.report
+
+
+#: the job that deletes what finished runs set aside in 3C's trash (one at a time, by its id)
+TRASH_JOB = "actions-empty-trash"
+
+
+def after_done(cfg: Settings, st: RunState, *, here: bool) -> None:
+    """The run is recorded done: what its finish set aside in `3C/.trash` (and whatever a delete
+    cut short left there) is deleted now — by the worker that ran the finish, after the state
+    says done (`--wait` returns at once), or, under `--here`, by a queued maintenance job so the
+    command returns without waiting for it (no Redis: here, now). A delete killed half-way is
+    finished by the next one (the next run, `hoard zones clean`); the bytes count as 3C's
+    meanwhile and no reservation is held."""
+    if "3c_set_aside" not in st.report:
+        return
+    if here and cfg.redis_url:
+        try:
+            enqueue_once(connect(cfg.redis_url), "maintenance", "jobs.actions.empty_trash",
+                         str(cfg.source) if cfg.source else None, job_id=TRASH_JOB, timeout=STEP_TIMEOUT_S,
+                         description="actions: delete what finished runs set aside in 3C/.trash")
+            return
+        except redis.RedisError as e:
+            log.info("run %s: the trash is deleted here (Redis: %s)", st.run_id, first_line(e))
+    try:
+        empty_trash(str(cfg.source) if cfg.source else None, cfg)
+    except OSError as e:  # the run is done; what is left is deleted by the next one
+        log.warning("run %s: 3C/.trash could not be emptied (%s); the next run or `hoard zones clean` deletes "
+                    "it", st.run_id, e)
+
+
+def empty_trash(config_path: str | None, cfg: Settings | None = None) -> dict[str, Any]:
+    """RQ job (maintenance): delete what finished action runs set aside in 3C's trash."""
+    cfg = cfg or config_mod.load(config_path)
+    res = zones.empty_trash(cfg, ["3C"])
+    if res["entries"]:
+        log.info("3C/.trash: deleted %d output(s) of finished action runs (%d bytes)", res["entries"],
+                 res["freed_bytes"])
+    return res
 
 
 def _enqueue_next(cfg: Settings, st: RunState) -> None:
     """Queue the step the state now names. Redis down here (between two steps): one line in the
-    log and in the state; the run stays queued at that step and `hoard action run` again
+    log and in the state; the run stays queued at that step and `hoard action resume RUN`
     queues it once Redis is back (status and health name it meanwhile)."""
 
     try:
@@ -145,8 +186,7 @@ def _enqueue_next(cfg: Settings, st: RunState) -> None:
         st.report["enqueue_failed"] = f"Redis did not answer ({first_line(e)})"
         save_state(cfg, st)
         log.warning("run %s: step %s could not be queued: Redis at %s does not answer (%s); once it is back, "
-                    "`hoard action run %s` again queues it", st.run_id, st.step, cfg.redis_url, first_line(e),
-                    st.action)
+                    "%s queues it", st.run_id, st.step, cfg.redis_url, first_line(e), resume_line(st.run_id))
 
 
 def _cancelled(cfg: Settings, st: RunState) -> None:

@@ -229,5 +229,29 @@ def log_path(cfg: Settings, rid: str) -> Path:
     return state_dir(cfg) / f"{rid}.worker.log"
 
 
+def resume_line(rid: str) -> str:
+    """The way on of a run that stopped: the one command that resumes exactly this run, with
+    the inputs and parameters it was recorded with (`hoard action run NAME` again is that run
+    only with the same --nodes/--selector/--param)."""
+    return f"`hoard action resume {rid}`"
+
+
+#: phrases of the one-line errors the steps meet (jobs.outputs, jobs.ingest, the Label Studio
+#: client, the parser) that mean "do it again", each replaced by the run's resume command
+_AGAIN_PHRASES = ("run the action again", "`hoard ingest --resume`", "the same command again",
+                  "`hoard action run` resumes it", "run it again")
+
+
+def with_way_on(line: str, rid: str) -> str:
+    """A step's error line naming `hoard action resume RUN` as its way on: a generic "again" is
+    replaced by it, and a line that names none gets it appended."""
+    way = resume_line(rid)
+    for phrase in _AGAIN_PHRASES:
+        line = line.replace(phrase, f"{way} resumes it" if phrase.endswith("resumes it") else way)
+    if way not in line:
+        line = f"{line.rstrip('. ')}; then {way}"
+    return line
+
+
 def job_id(rid: str, step: str, suffix: str = "") -> str:
     return f"action-{rid}-{step}{suffix}"

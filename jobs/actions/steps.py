@@ -9,7 +9,8 @@ they hand each other in `<ssd.root>/state/actions/`:
     store    io           the children into S01, class `generated`, pinned until the apply
     apply    sql          ONE write-intent `action:<run>`: children, edges, labels, results, black
                           list, the action_event
-    finish   maintenance  3C cleaned, the reservation released, the pin dropped
+    finish   maintenance  3C/<run> renamed into 3C/.trash (deleted once the run is recorded done),
+                          the reservation released, the pin dropped
 
 AC5 (human labels, jobs.actions.labelstudio) replaces gate … store by
 
@@ -18,9 +19,10 @@ AC5 (human labels, jobs.actions.labelstudio) replaces gate … store by
     labels   maintenance  wait (no worker held: state waiting_labels + a poll job) until each of
                           the run's tasks has a finished annotation, or `hoard action release`;
                           then export (a snapshot), the run's tasks → label rows, the export JSON
-                          stored as an asset (class generated, pinned until finish)
+                          and its COCO conversion stored as assets (class generated, pinned until
+                          finish)
 
-A step that fails keeps what it wrote (3C included) for inspection; the same `hoard action run`
+A step that fails keeps what it wrote (3C included) for inspection; `hoard action resume RUN`
 resumes at that step.
 """
 
@@ -64,6 +66,7 @@ from jobs.actions.state import (
     log_path,
     now,
     read_work,
+    resume_line,
     save_state,
     since,
     write_work,
@@ -163,19 +166,23 @@ def _step_gate(cfg: Settings, st: RunState) -> None:
     if st.gate.get("released"):
         st.report["gate"] = f"released by hand at {st.gate['released']}"
         return
+    said = ""
     if gate.hook:
-
-        ready = execute.gate_ready(c, roots_of(cfg, c, st), st.params, log_path=log_path(cfg, st.run_id),
-                                   timeout_s=min(60, gate.poll_s * 2), worker_user=cfg.actions.worker_user)
+        limit = min(60, gate.poll_s * 2)
+        ready, said = execute.gate_answer(c, roots_of(cfg, c, st), st.params, log_path=log_path(cfg, st.run_id),
+                                          timeout_s=limit, worker_user=cfg.actions.worker_user)
         st.gate["hook_checked"] = now()
+        st.gate["hook_said"] = said
         if ready:
             st.report["gate"] = f"the gate hook said ready at {st.gate['hook_checked']}"
             return
     waited = since(st.gate["since"])
     if waited >= gate.timeout_s:
+        hook = (f" and its hook {display(' '.join(gate.hook))} did not say ready (last: {said})" if gate.hook else "")
         raise ActionError(f"run {st.run_id}: the GPU gate was not released within {gate.timeout_s} s "
-                          f"(gate.timeout_s); once the GPU host is up, `hoard action run {st.action}` again waits "
-                          f"anew, or `hoard action release {st.run_id}` then run it again", ExitCode.UNAVAILABLE)
+                          f"(gate.timeout_s){hook}; once the GPU host is up, {resume_line(st.run_id)} waits "
+                          f"anew, or `hoard action release {st.run_id}` then {resume_line(st.run_id)}",
+                          ExitCode.UNAVAILABLE)
     raise Waiting(Status.WAIT_GPU_READY.value, min(gate.poll_s, max(1.0, gate.timeout_s - waited)))
 
 
@@ -208,7 +215,7 @@ def _step_run(cfg: Settings, st: RunState) -> None:
         if waited >= rs.timeout_s:
             raise ActionError(f"run {st.run_id}: the external worker wrote no {rs.done_marker} in "
                               f"{roots.output_root} within {rs.timeout_s} s (run_spec.timeout_s); its input stays "
-                              f"staged in {roots.input_root} — once it is done, `hoard action run {st.action}` again "
+                              f"staged in {roots.input_root} — once it is done, {resume_line(st.run_id)} "
                               "waits anew", ExitCode.UNAVAILABLE)
         raise Waiting(Status.WAITING_EXTERNAL.value, min(EXTERNAL_POLL_S, max(1.0, rs.timeout_s - waited)))
     attempts = 1 + c.retries
@@ -236,7 +243,7 @@ def _step_run(cfg: Settings, st: RunState) -> None:
     if not (outcome.reason == "exited" and outcome.exit_code == 0):
         raise ActionError(f"run {st.run_id}: {_why(outcome, c)} ({attempts} attempt{'s' * (attempts > 1)}); its log: "
                           f"{log_path(cfg, st.run_id)}; the output is kept in {roots.output_root} — fix the worker, "
-                          f"then `hoard action run {st.action}` again", ExitCode.DATA)
+                          f"then {resume_line(st.run_id)}", ExitCode.DATA)
 
 
 def _worker_started(cfg: Settings, st: RunState, pid: int, start: int) -> None:
@@ -330,8 +337,12 @@ def _step_store(cfg: Settings, st: RunState) -> None:
             results = store.put_many(paths, klass="generated", expect=expect)
             bad = next((r for r in results if r.status == "rejected"), None)
             if bad is not None:
+                # not what parse read (swapped since): storing it again would refuse it again, so
+                # the resumed run starts the worker again on an emptied output root (api._again)
+                st.report["output_refused"] = "store"
                 raise ActionError(f"run {st.run_id}: output {display(str(bad.path))} could not be stored: {bad.reason}; "
-                                  f"`hoard action run {st.action}` again once fixed", ExitCode.DATA)
+                                  f"{resume_line(st.run_id)} runs the worker again on an emptied output root",
+                                  ExitCode.DATA)
             # referenced from now on (gc), until the apply's rows reference them; finish unpins
             store.pin(f"action-{st.run_id}", [r.sha256 for r in results], f"children of action run {st.run_id}")
         stored = {ch["path"]: [r.sha256, r.size] for ch, r in zip(children, results)}
@@ -343,6 +354,8 @@ def _step_store(cfg: Settings, st: RunState) -> None:
 
 #: where the run's Label Studio export is written (in the output root) and located in the store
 EXPORT_NAME = "label-studio/export.json"
+#: … and its COCO conversion (jobs.actions.labelstudio.to_coco), stored and linked the same way
+COCO_NAME = "label-studio/coco.json"
 #: the edge from each labelled input to the run's export
 EXPORT_RELATIONSHIP = "labelled_in"
 
@@ -395,34 +408,44 @@ def _step_labels(cfg: Settings, st: RunState) -> None:
         if waited >= rs.timeout_s:
             raise ActionError(f"run {st.run_id}: {done} of {len(mine)} tasks of Label Studio project {project} were "
                               f"labelled within {rs.timeout_s} s (run_spec.timeout_s); `hoard action release "
-                              f"{st.run_id}` imports what is finished, or `hoard action run {st.action}` again "
+                              f"{st.run_id}` then {resume_line(st.run_id)} imports what is finished, or {resume_line(st.run_id)} "
                               "waits anew", ExitCode.UNAVAILABLE)
         raise Waiting(Status.WAITING_LABELS.value, min(LABELS_POLL_S, max(1.0, rs.timeout_s - waited)))
     rows = labelstudio.annotations_to_labels(tasks)
-    out = roots_of(cfg, c, st).output_root / EXPORT_NAME
+    root = roots_of(cfg, c, st).output_root
+    out = root / EXPORT_NAME
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_bytes(json.dumps(tasks, indent=1, ensure_ascii=False, sort_keys=True).encode())
+    # the same export as COCO, by label-studio-sdk's converter (its own Python)
+    made = labelstudio.to_coco(ls, tasks, rs.label_config, root / "label-studio" / "coco")
+    coco = root / COCO_NAME
+    made.replace(coco)
     with Store.open(cfg) as store:
-        [res] = store.put_many([out], klass="generated")
-        if res.status == "rejected":
-            raise ActionError(f"run {st.run_id}: its Label Studio export {display(str(out))} could not be stored: "
-                              f"{res.reason}; `hoard action run {st.action}` again once fixed", ExitCode.DATA)
-        store.pin(f"action-{st.run_id}", [res.sha256], f"Label Studio export of action run {st.run_id}")
+        res, cres = store.put_many([out, coco], klass="generated")
+        for r, what in ((res, "export"), (cres, "COCO export")):
+            if r.status == "rejected":
+                raise ActionError(f"run {st.run_id}: its Label Studio {what} {display(str(r.path))} could not be "
+                                  f"stored: {r.reason}; {resume_line(st.run_id)} once fixed", ExitCode.DATA)
+        store.pin(f"action-{st.run_id}", [res.sha256, cres.sha256], f"Label Studio exports of action run {st.run_id}")
     labelled = sorted({t["data"][labelstudio.SHA_KEY] for t in tasks if _finished(t)})
-    write_work(cfg, st.run_id, "labels", {"rows": rows, "export": [res.sha256, res.size], "labelled": labelled})
-    st.report["label_studio"].update(labels=len(rows), export=res.sha256,
+    write_work(cfg, st.run_id, "labels", {"rows": rows, "export": [res.sha256, res.size],
+                                          "coco": [cres.sha256, cres.size], "labelled": labelled})
+    st.report["label_studio"].update(labels=len(rows), export=res.sha256, coco=cres.sha256,
                                      released=bool(released) and done < len(mine))
 
 
 def _ac5_intent(cfg: Settings, st: RunState, doc: dict[str, Any]) -> dict[str, Any]:
-    """The labels, the export node (located `action:<run>/label-studio/export.json`, the run id
-    being the batch id) and an edge `labelled_in` from each labelled input to it."""
+    """The labels, the export nodes (the JSON export located `action:<run>/label-studio/export.json`
+    and its COCO conversion `action:<run>/label-studio/coco.json`, the run id being the batch id)
+    and an edge `labelled_in` from each labelled input to each of them."""
     work = read_work(cfg, st.run_id, "labels")
-    sha, size = work["export"]
+    files = [(EXPORT_NAME, work["export"])] + ([(COCO_NAME, work["coco"])] if work.get("coco") else [])
     doc["labels"] = [{"node": h, "key": k, "value": v, "origin": origin(st)} for h, k, v in work["rows"]]
     doc["nodes"] = [{"sha256": sha, "physical": {"size": size, "file_type": "json",
-                                                 "locators": [f"action:{st.run_id}/{EXPORT_NAME}"]}}]
-    doc["edges"] = [{"parent": h, "child": sha, "relationship": EXPORT_RELATIONSHIP} for h in work["labelled"]]
+                                                 "locators": [f"action:{st.run_id}/{name}"]}}
+                    for name, (sha, size) in files]
+    doc["edges"] = [{"parent": h, "child": sha, "relationship": EXPORT_RELATIONSHIP}
+                    for _name, (sha, _size) in files for h in work["labelled"]]
     doc["relationships"] = [{"name": EXPORT_RELATIONSHIP, "action": st.action_num}] if doc["edges"] else []
     return doc
 
@@ -489,8 +512,11 @@ def _step_finish(cfg: Settings, st: RunState) -> None:
     c = contract_of(cfg, st)
     if c.action_type != "AC1":
         try:
-            res = outputs.clean(cfg, st.run_id, "3C")
-            st.report["3c_freed_bytes"] = res.get("freed_bytes", 0)
+            # renamed aside at once (20,000 unlinks took 8–48 s, bench/action_overhead.py); the
+            # trash is deleted once the run is recorded done (runner.after_done), its bytes
+            # counted as 3C's until then, the reservation released now
+            res = outputs.clean(cfg, st.run_id, "3C", aside=True)
+            st.report["3c_set_aside"] = res.get("trashed", [])
         except outputs.zones.NoSuchOutput:
             pass  # cleaned by an earlier finish cut short after it
         with Store.open(cfg) as store:
