@@ -13,7 +13,6 @@ child paths) come from outside: shown as text, never markup (gui.text)."""
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -274,14 +273,7 @@ def run_body(rid: str, user: SignedIn) -> Any:
                         ui.button("Cancel", on_click=lambda: act("cancel")).props("color=negative").mark(
                             "run-cancel")
             if d["log"]:
-                ui.label("Log" + (" (warnings and errors first)" if status == "failed" else "")).classes(
-                    "text-h6 q-mt-md")
-                with ui.column().classes("gap-0").mark("run-log"):
-                    for rec in d["log"]:
-                        when = time.strftime("%H:%M:%S", time.localtime(rec.get("time", 0)))
-                        text.label(f"{when} {rec.get('level', '?'):7} {rec.get('message', '')}").classes(
-                            "text-caption text-mono" + (" text-negative" if rec.get("level") in
-                                                        ("WARNING", "ERROR", "CRITICAL") else ""))
+                text.run_log(d["log"], failed=status == "failed")
             if d["worker_log"]:
                 ui.label("The worker's output (stdout and stderr, newest last)").classes("text-h6 q-mt-md")
                 text.pre(d["worker_log"]).mark("run-worker-log")

@@ -5,7 +5,6 @@ each rejected file with its reason), the traceback, why it waits; retry/resume a
 
 from __future__ import annotations
 
-import time
 from urllib.parse import quote, urlencode
 
 from nicegui import ui
@@ -148,14 +147,7 @@ def register() -> None:
                 if d.get("params"):
                     text.label("parameters: " + ", ".join(f"{k}={v}" for k, v in d["params"].items()))
                 if d.get("log"):
-                    ui.label("Log" + (" (warnings and errors first)" if status == "failed" else "")).classes(
-                        "text-h6 q-mt-md")
-                    with ui.column().classes("gap-0").mark("run-log"):
-                        for rec in d["log"]:
-                            when = time.strftime("%H:%M:%S", time.localtime(rec.get("time", 0)))
-                            text.label(f"{when} {rec.get('level', '?'):7} {rec.get('message', '')}").classes(
-                                "text-caption text-mono" + (" text-negative" if rec.get("level") in
-                                                            ("WARNING", "ERROR", "CRITICAL") else ""))
+                    text.run_log(d["log"], failed=status == "failed")
                 if d.get("traceback"):
                     ui.label("Traceback (of its last job)").classes("text-h6")
                     text.pre(d["traceback"]).mark("run-traceback")

@@ -13,6 +13,9 @@ view stays valid JSON.
 from __future__ import annotations
 
 import re
+import time
+from collections.abc import Iterable
+from typing import Any
 
 from nicegui import ui
 from nicegui.elements.mixins.text_element import TextElement
@@ -37,3 +40,15 @@ def pre(text: object) -> TextElement:
 def label(text: object) -> ui.label:
     """`ui.label` of a value from outside (scraped, a worker's): HIDDEN characters escaped."""
     return ui.label(shown(text))
+
+
+def run_log(records: Iterable[dict[str, Any]], failed: bool) -> None:
+    """A run's log (jobs.runlog records) under its heading, one safe line a record; WARNING and
+    worse in red. Shared by the run pages of every kind."""
+    ui.label("Log" + (" (warnings and errors first)" if failed else "")).classes("text-h6 q-mt-md")
+    with ui.column().classes("gap-0").mark("run-log"):
+        for rec in records:
+            when = time.strftime("%H:%M:%S", time.localtime(rec.get("time", 0)))
+            label(f"{when} {rec.get('level', '?'):7} {rec.get('message', '')}").classes(
+                "text-caption text-mono" + (" text-negative" if rec.get("level") in
+                                            ("WARNING", "ERROR", "CRITICAL") else ""))
