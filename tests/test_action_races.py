@@ -5,21 +5,43 @@ on writing after its `_DONE`) is never stored. Real PostgreSQL, Redis, store and
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
 import pytest
 
 from fsd.store import Store
-from jobs.actions import api
+from jobs.actions import api, run_here, steps
 from jobs.actions.state import load_state, read_work
 from tests.test_action_runs import action_home
 from tests.test_action_workers import worker_contract
 
 # tier: the module's tests run workers and need PostgreSQL and Redis
 pytestmark = pytest.mark.services
+
+
+@contextlib.contextmanager
+def child_swapped_after_parse(cfg, rid: str, secret: Path) -> Iterator[None]:
+    """While inside, the parse step, once done, swaps the run's first child for a symbolic link
+    to `secret` — another process as the worker's user, between parse and store."""
+    real = steps.STEPS["parse"]
+
+    def then_swapped(c, st) -> None:
+        real(c, st)
+        out = cfg.ssd.zone_path("3C") / rid / "by_sha256" / "output"
+        first = read_work(cfg, rid, "parsed")["children"][0]["path"]
+        os.unlink(out / first)
+        os.symlink(secret, out / first)
+
+    steps.STEPS["parse"] = then_swapped
+    try:
+        yield
+    finally:
+        steps.STEPS["parse"] = real
 
 
 def test_child_swapped_for_a_symlink_after_parse_is_not_stored(hoard_home: Path, pg, redis_conn) -> None:
@@ -31,22 +53,9 @@ def test_child_swapped_for_a_symlink_after_parse_is_not_stored(hoard_home: Path,
     secret = hoard_home / "secret.txt"
     secret.write_bytes(b"root:$6$not-for-the-worker\n")
     rid = api.submit(cfg, "thumbs", queue=False).state.run_id
-    from jobs.actions import run_here, steps
 
-    real = steps.STEPS["parse"]
-
-    def then_swapped(c, st) -> None:  # another process as the worker's user, between parse and store
-        real(c, st)
-        out = cfg.ssd.zone_path("3C") / rid / "by_sha256" / "output"
-        first = read_work(cfg, rid, "parsed")["children"][0]["path"]
-        os.unlink(out / first)
-        os.symlink(secret, out / first)
-
-    steps.STEPS["parse"] = then_swapped
-    try:
+    with child_swapped_after_parse(cfg, rid, secret):
         code = run_here(cfg, rid)
-    finally:
-        steps.STEPS["parse"] = real
     st = load_state(cfg, rid)
     assert st is not None and st.error is not None
     assert code != 0 and (st.status, st.step) == ("failed", "store"), (code, st.status, st.step, st.error)
@@ -82,7 +91,6 @@ def test_run_failed_at_store_by_a_swapped_child_resumes_at_run(hoard_home: Path,
     again would refuse it again, so `hoard action resume RUN` runs the worker again on an
     emptied output root (as after a refused parse) and finishes exactly once — the secret never
     stored, one failed event and one done."""
-    from jobs.actions import run_here, steps
     from tests.test_action_runs import counts
     from tests.test_action_workers import assert_produced_once, inputs_of
 
@@ -92,20 +100,8 @@ def test_run_failed_at_store_by_a_swapped_child_resumes_at_run(hoard_home: Path,
     secret.write_bytes(b"root:$6$not-for-the-worker-either\n")
     base = counts(cfg)
     rid = api.submit(cfg, "thumbs", queue=False).state.run_id
-    real = steps.STEPS["parse"]
-
-    def then_swapped(c, st) -> None:
-        real(c, st)
-        out = cfg.ssd.zone_path("3C") / rid / "by_sha256" / "output"
-        first = read_work(cfg, rid, "parsed")["children"][0]["path"]
-        os.unlink(out / first)
-        os.symlink(secret, out / first)
-
-    steps.STEPS["parse"] = then_swapped
-    try:
+    with child_swapped_after_parse(cfg, rid, secret):
         assert run_here(cfg, rid) != 0
-    finally:
-        steps.STEPS["parse"] = real
     st = load_state(cfg, rid)
     assert st is not None and (st.status, st.step) == ("failed", "store"), (st.status, st.step, st.error)
     assert f"`hoard action resume {rid}`" in (st.error or "")
