@@ -146,8 +146,6 @@ def roots_of(cfg: Settings, c: Contract, st: RunState):
 
 def staged_inputs(cfg: Settings, c: Contract, st: RunState) -> list[Any]:
     """The staged files (relative to the input root) and their sha256, from the stage's manifest."""
-
-
     spec = stage_spec(c, st.run_id, [])
     prefix = f"{spec.layout['name']}/input/"
     doc = json.loads((cfg.ssd.zone_path("3C") / st.run_id / MANIFEST).read_bytes())
