@@ -463,12 +463,17 @@ class World:
         RQ worker whose work horse ran the step) is gone — killed -9 included — no process of the
         action's worker program runs (it would go on writing the output root a resumed run reads)."""
         script = str(self.home / "actions" / f"{ACTION}-worker.py")
-        alive = []
-        for d in Path("/proc").iterdir():
-            if d.name.isdigit():
-                with contextlib.suppress(OSError):
-                    if script.encode() in (d / "cmdline").read_bytes().split(b"\0"):
-                        alive.append(int(d.name))
+        deadline = time.monotonic() + 10  # the kernel's SIGKILL of a dead runner's worker is not instant
+        while True:
+            alive = []
+            for d in Path("/proc").iterdir():
+                if d.name.isdigit():
+                    with contextlib.suppress(OSError):
+                        if script.encode() in (d / "cmdline").read_bytes().split(b"\0"):
+                            alive.append(int(d.name))
+            if not alive or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
         if alive:
             raise InvariantViolation(f"{step}: `hoard {' '.join(self.rerun)}` ended (exit {proc.returncode}) but its "
                                      f"worker still runs: pids {alive}")
@@ -1119,7 +1124,8 @@ class World:
         """Every action run: none reported running (no process runs one between steps) and none
         failed (each was re-run to completion); every run acknowledged done wrote exactly once
         what one run writes — a child per input (located `action:<run>/…`, labelled, an edge
-        from its input), a result row per input, one `done` action_event — and left nothing in
+        from its input), a result row per input, one `done` action_event (the failed endings of
+        faulted attempts aside) — and left nothing in
         3C (the reservation's release is check_outputs')."""
         if not self.action_runs and not (self.ssd / "state" / "actions").is_dir():
             return
@@ -1137,12 +1143,15 @@ class World:
                     "   AND l.node_id IN (SELECT node_id FROM physical_path WHERE locator LIKE %s)), "
                     " (SELECT count(*) FROM result_canny WHERE batch_id = %s), "
                     " (SELECT count(*) FROM action_event WHERE batch_id = %s AND status = 'done'), "
-                    " (SELECT count(*) FROM action_event WHERE batch_id = %s) "
+                    " (SELECT count(*) FROM action_event WHERE batch_id = %s "
+                    "   AND status NOT IN ('done', 'failed', 'cancelled')) "
                     "FROM physical_path p WHERE p.locator LIKE %s",
                     [ACTION_REL, f"action:{rid}/%", f"action:{rid}/%", rid, rid, rid, f"action:{rid}/%"]).fetchone()
-                want = (n, n, n, n, n, 1, 1)
+                # one `done`; a faulted attempt before it may have ended `failed` (its own event)
+                want = (n, n, n, n, n, 1, 0)
                 if tuple(row) != want:
-                    names = ("locators", "child nodes", "edges", "labels", "result rows", "done events", "events")
+                    names = ("locators", "child nodes", "edges", "labels", "result rows", "done events",
+                             "other events")
                     raise InvariantViolation(f"after {step}: action run {rid} ({n} inputs) is not there exactly once: "
                                              + ", ".join(f"{k} {g}" + (f" (want {w})" if g != w else "")
                                                          for k, g, w in zip(names, row, want)))
