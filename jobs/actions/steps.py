@@ -120,7 +120,6 @@ def stage_spec(c: Contract, rid: str, inputs: list[str]) -> outputs.OutputSpec:
     """The stage request of a run: its inputs by sha256, laid out as the contract says."""
     s = c.stage_layout
     assert s is not None  # contract.problems: every type but AC1 has one
-
     lay = layouts.load(s.layout) if s.layout else layouts.parse(s.template or "", c.action_id, s.sidecars)
     return outputs.OutputSpec.model_validate({
         "kind": "stage", "id": rid, "nodes": inputs,
