@@ -569,11 +569,8 @@ def _grant(path: Path, uid: int, perm: int) -> None:
     have = next((p for t, p, i in entries if t == _ACL_USER and i == uid), 0)
     entries = [e for e in entries if not (e[0] == _ACL_USER and e[2] == uid) and e[0] != _ACL_MASK]
     entries.append((_ACL_USER, have | perm, uid))
-    entries.append((_ACL_MASK, _acl_mask(entries), _ACL_NO_ID))
-    entries.sort(key=lambda e: (e[0], e[2]))
-    blob = struct.pack("<I", 2) + b"".join(struct.pack("<HHI", *e) for e in entries)
     with contextlib.suppress(OSError):
-        os.setxattr(path, _ACL_XATTR, blob, follow_symlinks=False)
+        _write_acl(path, entries)
 
 
 def _allowed(p: Path, st: os.stat_result, ident: Identity) -> int:
@@ -632,21 +629,23 @@ def close_run_tree(run_dir: Path, worker: Identity) -> None:
     entries = _acl(run_dir)
     if not entries or not any(t == _ACL_USER and i == worker.uid for t, _p, i in entries):
         return
-    kept = [e for e in entries if not (e[0] == _ACL_USER and e[2] == worker.uid) and e[0] != _ACL_MASK]
-    if any(t in (_ACL_USER, _ACL_GROUP) for t, _p, _i in kept):
-        kept.append((_ACL_MASK, _acl_mask(kept), _ACL_NO_ID))
-    kept.sort(key=lambda e: (e[0], e[2]))
-    blob = struct.pack("<I", 2) + b"".join(struct.pack("<HHI", *e) for e in kept)
-    os.setxattr(run_dir, _ACL_XATTR, blob, follow_symlinks=False)
+    _write_acl(run_dir, [e for e in entries if not (e[0] == _ACL_USER and e[2] == worker.uid)])
 
 
-def _acl_mask(entries: list[tuple[int, int, int]]) -> int:
-    """An ACL's mask as setfacl makes it: the union of its group-class entries."""
-    mask = 0
-    for t, p, _i in entries:
-        if t in (_ACL_USER, _ACL_GROUP, _ACL_GROUP_OBJ):
-            mask |= p
-    return mask
+def _write_acl(path: Path, entries: list[tuple[int, int, int]]) -> None:
+    """Set `path`'s access ACL to `entries` (a mask among them is recomputed): with named user
+    or group entries the mask is the union of the group-class entries, as setfacl makes it;
+    without any, no mask — a minimal ACL, the mode alone. Links are not followed."""
+    entries = [e for e in entries if e[0] != _ACL_MASK]
+    if any(t in (_ACL_USER, _ACL_GROUP) for t, _p, _i in entries):
+        mask = 0
+        for t, p, _i in entries:
+            if t in (_ACL_USER, _ACL_GROUP, _ACL_GROUP_OBJ):
+                mask |= p
+        entries.append((_ACL_MASK, mask, _ACL_NO_ID))
+    entries.sort(key=lambda e: (e[0], e[2]))
+    blob = struct.pack("<I", 2) + b"".join(struct.pack("<HHI", *e) for e in entries)
+    os.setxattr(path, _ACL_XATTR, blob, follow_symlinks=False)
 
 
 def _reachable(path: Path, ident: Identity, need: int, what: str, *, parents: bool = True) -> None:
