@@ -94,8 +94,9 @@ REPLACE_ALL = 0x7265706C
 #: what a seed is mixed with for the choice of the steps that run an action (an rng of their own:
 #: the other steps' plans stay what they were before action workloads existed)
 ACTIONS = 0x61637473
-#: the share of steps (after the first) that run an action instead of the workload drawn
-ACTION_SHARE = 1 / 5
+#: the share of steps (after the first) that run an action instead of the workload drawn;
+#: CHAOS_ACTION_SHARE=1 makes every step after the first an action (a long run aimed at the engine)
+ACTION_SHARE = float(os.environ.get("CHAOS_ACTION_SHARE", 1 / 5))
 #: the ActionContract the action workloads run (an AC2 with a python test worker, ACTION_WORKER)
 ACTION = "chaos-copy"
 #: relationship of its children to their inputs, and the label each child gets
