@@ -36,7 +36,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from datasets import layouts
 from fsd.base import config as config_mod
@@ -73,14 +73,25 @@ class OutputSpec(BaseModel):
     nodes: list[str] | None = None  # sha256 hex, for --nodes
     dedup: Literal["by_node", "by_sha256"] = "by_node"
     mode: Literal["copy", "view"] = "copy"
+    #: a stage's files beside its inputs, by role (`parents`, `children`: sha256 hex): laid out
+    #: like the inputs, under `<layout>/<role>/` (an action's stage_layout.include_parents/_children)
+    context: dict[Literal["parents", "children"], list[str]] | None = None
+
+    @model_validator(mode="after")
+    def _context_is_a_stage_copy(self) -> OutputSpec:
+        if self.context is not None and (self.kind != "stage" or self.mode != "copy"):
+            raise ValueError("parents/children beside the inputs are staged in copy mode only")
+        return self
 
     @property
     def zone(self) -> str:
         return ZONE_OF[self.kind]
 
     def digest(self) -> str:
-        """The request's identity: key order of its dicts does not count (state files sort them)."""
-        return hashlib.sha256(json.dumps(self.model_dump(), sort_keys=True).encode()).hexdigest()
+        """The request's identity: key order of its dicts does not count (state files sort them).
+        `context` counts only when set: a request's digest stays what it was before it existed."""
+        doc = self.model_dump(exclude={"context"} if self.context is None else set())
+        return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
 
     def the_layout(self) -> layouts.Layout:
         lay = self.layout
@@ -363,7 +374,29 @@ def plan_items(cfg: Settings, spec: OutputSpec) -> tuple[list[Item], int]:
     prefix = f"{lay.name}/input/" if spec.kind == "stage" else f"{lay.name}/"
     batches = (spec.selector or {}).get("batches") or ()  # a stage of one batch: that batch's paths
     placed = layouts.plan(lay, rows, prefix, batches)  # paths checked as they will lie in the output
-    return [Item(prefix + p.path, p.sha256, p.size, p.sidecar) for p in placed], len(rows)
+    items = [Item(prefix + p.path, p.sha256, p.size, p.sidecar) for p in placed]
+    for role, shas in sorted((spec.context or {}).items()):
+        items += _context_items(cfg, spec, lay, role, shas)
+    return items, len(rows)
+
+
+def _context_items(cfg: Settings, spec: OutputSpec, lay: layouts.Layout, role: str, shas: list[str]) -> list[Item]:
+    """The files of one role beside a stage's inputs (`<layout>/<role>/…`, the inputs' layout):
+    what of them is still a visible physical node (one deleted or black-listed since the run
+    was planned is left out, as a selector leaves it out)."""
+    import psycopg  # deferred: as in plan_items, only planning needs the database
+
+    from sql.layout_rows import layout_rows
+    from sql.selectors import physical_nodes
+
+    if not shas:
+        return []
+    with psycopg.connect(cfg.database_url, connect_timeout=10) as conn, _planning_db(spec):
+        ids = [node_id for _h, node_id, hidden in physical_nodes(conn, [bytes.fromhex(h) for h in shas])
+               if not hidden]
+        rows = layout_rows(conn, sorted(ids))
+    prefix = f"{lay.name}/{role}/"
+    return [Item(prefix + p.path, p.sha256, p.size, p.sidecar) for p in layouts.plan(lay, rows, prefix)]
 
 
 @contextlib.contextmanager
@@ -409,7 +442,8 @@ def _run(cfg: Settings, spec: OutputSpec, progress: Callable[[int, int], None] |
         sizes = [it.size for it in items] + [len(it.sidecar) for it in items if it.sidecar is not None]
         out = seal.begin(cfg, zone, spec.id, job=f"{spec.kind}:{spec.id}", kind=spec.kind, expected_bytes=sum(sizes),
                          # what `du` will count (a stage's empty output/ is a directory too)
-                         reserve_bytes=zones.charge((cfg, zone), sizes, dirs=zones.tree_dirs(it.path for it in items) + (spec.kind == "stage")),
+                         reserve_bytes=zones.charge((cfg, zone), sizes, dirs=zones.tree_dirs(it.path for it in items) + (spec.kind == "stage")
+                                                       + len(spec.context or {})),
                          expected_files=len(items) + sum(it.sidecar is not None for it in items),
                          selector=_request(spec), layout=spec.layout, resume=True)
         started()
@@ -418,7 +452,8 @@ def _run(cfg: Settings, spec: OutputSpec, progress: Callable[[int, int], None] |
             out.prune({it.path for it in items} | {it.path + ".json" for it in items if it.sidecar is not None})
             rep: MaterializeReport = materialize(store, items, out.tmp, progress)
             if spec.kind == "stage":  # the worker's empty output directory (not part of the sealed files)
-                (out.tmp / spec.layout["name"] / "output").mkdir(exist_ok=True)
+                for role in ("output", *(spec.context or {})):  # and a root per role, even with no file
+                    (out.tmp / spec.layout["name"] / role).mkdir(exist_ok=True)
             for it in items:
                 out.declare(it.path, it.size, it.sha256, verified=True)
                 if it.sidecar is not None:

@@ -253,3 +253,16 @@ def physical_nodes(conn: psycopg.Connection, shas: list[bytes]) -> list[tuple[st
     return [(h, node_id, bool(hidden)) for h, node_id, hidden in conn.execute(
         "SELECT encode(n.sha256, 'hex'), n.node_id, pc.in_black_list OR pc.is_deleted "
         "FROM node n JOIN physical_content pc USING (node_id) WHERE n.sha256 = ANY(%s)", [shas]).fetchall()]
+
+
+def neighbours(conn: psycopg.Connection, shas: list[bytes], up: bool) -> list[str]:
+    """sha256 hex of the physical nodes one edge above (`up`: parents) or below (children) the
+    nodes `shas`, leaving out deleted and black-listed ones, as a selector does — what an action
+    stages beside its inputs (stage_layout.include_parents / include_children). Virtual nodes
+    (a post) have no file and are not among them."""
+    near, far = ("child_id", "parent_id") if up else ("parent_id", "child_id")
+    return [r[0] for r in conn.execute(
+        sql.SQL("SELECT DISTINCT encode(n.sha256, 'hex') FROM node s JOIN edge e ON e.{near} = s.node_id "
+                "JOIN node n ON n.node_id = e.{far} JOIN physical_content pc ON pc.node_id = n.node_id "
+                "WHERE s.sha256 = ANY(%s) AND NOT pc.in_black_list AND NOT pc.is_deleted ORDER BY 1")
+        .format(near=sql.Identifier(near), far=sql.Identifier(far)), [shas]).fetchall()]

@@ -133,7 +133,7 @@ def test_render_fills_every_placeholder() -> None:
 
 
 @pytest.mark.parametrize("text, params, line", [
-    ("{nope}", {}, "cmd: unknown placeholder {nope}; known: {input_root}, {output_root}, {action_batch_id}, "
+    ("{nope}", {}, "cmd: unknown placeholder {nope}; known: {input_root}, {output_root}, {action_batch_id}, {parents_root}, {children_root}, "
                    "{param:NAME}"),
     ("{param:size}", {}, "cmd: {param:size} has no value; declare [params.size] in the contract and give --param"),
     ("a { b", {}, "cmd: an unmatched '{'; write {{ for the character itself"),

@@ -21,7 +21,7 @@ from fsd.base import config
 from fsd.store import Store
 from jobs.actions import api
 from jobs.actions.state import load_state
-from tests.helpers import GATE, worker_contract
+from tests.helpers import ACTION_CONTRACT, GATE, worker_contract, write_contract
 from tests.test_action_runs import action_home, counts, hoard, kill_at
 from tests.test_ingest_faults import set_url
 
@@ -369,16 +369,70 @@ def test_cancel_of_a_run_whose_runner_died_ends_its_worker(hoard_home: Path, pg,
             os.kill(pid, 9)
 
 
-@pytest.mark.parametrize("key", ["include_parents", "include_children"])
-def test_stage_layout_include_parents_children_refused_not_ignored(hoard_home: Path, pg, redis_conn,
-                                                                    key: str) -> None:
-    """stage_layout.include_parents / include_children are not built: `hoard action run` refuses
-    the contract with one line naming the key, and nothing is run or kept."""
-    cfg, batch = action_home(hoard_home, pg, redis_conn, seed=93, items=3)
+#: a worker that writes, for each staged input, a child listing what it was given beside its
+#: inputs: the files under {parents_root} and {children_root}
+CONTEXT_WORKER = """
+import json, os, sys
+inp, out, parents, children = sys.argv[1:5]
+def names(root):
+    return sorted(f for _, _, files in os.walk(root) for f in files)
+seen = {"parents": names(parents), "children": names(children)}
+os.makedirs(os.path.join(out, "thumbs"))
+for _, _, files in os.walk(inp):
+    for f in files:
+        sha = f.split(".")[0]
+        with open(os.path.join(out, "thumbs", sha + ".txt"), "w") as c:
+            json.dump({"input": sha, **seen}, c)
+"""
+
+
+def children_of(cfg: config.Settings, rid: str) -> list[str]:
+    """sha256 of the children a run stored (located `action:<run>/…`)."""
+    with psycopg.connect(cfg.database_url) as conn:
+        return sorted(r[0] for r in conn.execute(
+            "SELECT encode(n.sha256, 'hex') FROM physical_path p JOIN node n USING (node_id) WHERE p.locator LIKE %s",
+            [f"action:{rid}/%"]))
+
+
+def test_stage_layout_include_parents_and_children(hoard_home: Path, pg, redis_conn) -> None:
+    """stage_layout.include_parents / include_children stage each input's parents and children
+    (one edge away) into `<layout>/parents/` and `<layout>/children/`, which the worker finds at
+    {parents_root} and {children_root}: a first run makes a child of each PNG; a second, over the
+    PNGs and those children together, is given the PNGs as parents and the children as children."""
+    cfg, batch = action_home(hoard_home, pg, redis_conn, seed=93, items=4)
+    worker_contract(cfg, batch)
+    first = hoard(cfg.source, "action", "run", "thumbs", "--here", "--json")
+    assert first.returncode == 0, first.stdout + first.stderr
+    pngs, thumbs = inputs_of(cfg, batch), children_of(cfg, json.loads(first.stdout)["run"])
+    assert pngs and len(thumbs) == len(pngs)
+    script = cfg.actions_dir / "context-worker.py"
+    script.write_text(CONTEXT_WORKER)
+    body = ACTION_CONTRACT.format(type="AC2", batch=batch, gate="", run_spec=(
+        f'kind = "local"\ncommand = [{json.dumps(sys.executable)}, {json.dumps(str(script))}, "{{input_root}}", '
+        '"{output_root}", "{parents_root}", "{children_root}"]'
+        + ('\nrun_as = "root"\nallow_root = true' if os.geteuid() == 0 else '')))
+    body = body.replace(f'batches = ["{batch}"]\nfile_types = ["png"]', 'file_types = ["png", "txt"]')
+    body = body.replace('layout = "by_sha256"', 'layout = "by_sha256"\ninclude_parents = true\ninclude_children = true')
+    write_contract(cfg, "context", body.split("[[output_parser.results]]")[0])
+    res = hoard(cfg.source, "action", "run", "context", "--here", "--json")
+    assert res.returncode == 0, res.stdout + res.stderr
+    with Store.open(cfg, writable=False) as store:
+        given = [json.loads(store.get(sha)) for sha in children_of(cfg, json.loads(res.stdout)["run"])]
+    assert sorted(g["input"] for g in given) == sorted(pngs + thumbs)
+    for g in given:  # every PNG is a parent (of its thumb), every thumb a child (of its PNG), and no thumb a parent
+        parents, children = ({n.split(".")[0] for n in g[k]} for k in ("parents", "children"))
+        assert parents >= set(pngs) and children >= set(thumbs) and not parents & set(thumbs)
+
+
+def test_a_context_root_without_its_stage_key_is_refused(hoard_home: Path, pg, redis_conn) -> None:
+    """{parents_root} in a run spec without stage_layout.include_parents = true: `hoard action
+    validate` and `run` refuse the contract with one line naming both, and nothing is run."""
+    cfg, batch = action_home(hoard_home, pg, redis_conn, seed=94, items=3)
     path = worker_contract(cfg, batch)
-    path.write_text(path.read_text().replace('layout = "by_sha256"', f'layout = "by_sha256"\n{key} = true'))
+    path.write_text(path.read_text().replace('"{output_root}"', '"{output_root}", "{parents_root}"'))
     base = counts(cfg)
-    res = hoard(cfg.source, "action", "run", "thumbs", "--here")
-    lines = [ln for ln in (res.stdout + res.stderr).splitlines() if ln.strip()]
-    assert res.returncode == 2 and len(lines) == 1 and f"stage_layout.{key}" in lines[0], lines
+    for cmd in (("action", "validate", str(path)), ("action", "run", "thumbs", "--here")):
+        res = hoard(cfg.source, *cmd)
+        lines = [ln for ln in (res.stdout + res.stderr).splitlines() if ln.strip()]
+        assert res.returncode == 2 and any("{parents_root}" in ln and "include_parents" in ln for ln in lines), lines
     assert api.runs(cfg) == [] and counts(cfg) == base

@@ -48,7 +48,9 @@ BUILTIN_DIR = Path(__file__).resolve().parent / "builtin" / "contracts"
 #: the five types of the design card and what each is, in the database's `action.kind` words
 TYPES = {"AC1": "cpu", "AC2": "cpu", "AC3": "gpu", "AC4": "gpu", "AC5": "human"}
 #: the placeholders a run spec may use (besides {param:NAME})
-PLACEHOLDERS = ("input_root", "output_root", "action_batch_id")
+PLACEHOLDERS = ("input_root", "output_root", "action_batch_id", "parents_root", "children_root")
+#: the placeholders that need a stage_layout key set (their root exists only then)
+ROOT_NEEDS = {"parents_root": "include_parents", "children_root": "include_children"}
 #: where results may go: "labels" (label rows) or a result table → (its columns a file may
 #: fill, those it must fill); node_id and batch_id are the runner's
 RESULT_TABLES: dict[str, tuple[frozenset[str], frozenset[str]]] = {
@@ -126,7 +128,8 @@ class StageLayout(BaseModel):
     #: … or a template of docs/layouts.md's fields (e.g. "{source}/{sha256}{ext}")
     template: str | None = None
     sidecars: bool = False
-    #: also stage each selected node's parents / children (edges in the database)
+    #: also stage each selected node's parents / children (one edge away, physical, not hidden)
+    #: into `<layout>/parents/`, `<layout>/children/`: {parents_root}, {children_root}
     include_parents: bool = False
     include_children: bool = False
 
@@ -390,6 +393,9 @@ def _placeholder_problems(c: Contract) -> Iterator[str]:
                            f"[params.{name}] or remove it" + (f" (declared: {', '.join(c.params)})" if c.params else ""))
             elif m.group(1) not in PLACEHOLDERS:
                 yield f"{key}: unknown placeholder {{{display(m.group(1))}}}; known: {known}, {{param:NAME}}"
+            elif m.group(1) in ROOT_NEEDS and not getattr(c.stage_layout, ROOT_NEEDS[m.group(1)], False):
+                yield (f"{key}: {{{m.group(1)}}} is staged only with stage_layout.{ROOT_NEEDS[m.group(1)]} = true; "
+                       "set it, or remove the placeholder")
 
 
 def _docker_problems(c: Contract) -> Iterator[str]:
@@ -432,12 +438,6 @@ def problems(c: Contract) -> list[str]:
             out.append(f"run_spec.kind: \"label_studio\" is for AC5 actions; this one is {t}")
         if t != "AC5" and c.output_parser is None:
             out.append(f"output_parser: an {t} action must say which output files it reads; add [output_parser]")
-    if c.stage_layout is not None:  # never silently ignored: not built yet
-        for key in ("include_parents", "include_children"):
-            if getattr(c.stage_layout, key):
-                out.append(f"stage_layout.{key}: staging the selected nodes' "
-                           f"{key.removeprefix('include_')} is not supported yet; remove it (or set it false) and "
-                           "select those nodes with the input_selector")
     if c.gate is not None and t not in ("AC3", "AC4"):
         out.append(f"gate: only GPU actions (AC3, AC4) wait at a gate; this one is {t}")
     children = bool(c.output_parser and c.output_parser.children)

@@ -60,6 +60,7 @@ STOP_TIMEOUT_S = 60.0
 #: where the roots are inside a docker container ({input_root} and {output_root} render to these)
 CONTAINER_INPUT = "/input"
 CONTAINER_OUTPUT = "/output"
+CONTAINER_CONTEXT = {"parents_root": "/parents", "children_root": "/children"}
 #: environment variables the docker / kubectl client keeps from hoard's environment
 CLIENT_ENV = {"docker": ("DOCKER_HOST", "DOCKER_CONFIG", "DOCKER_CONTEXT", "DOCKER_CERT_PATH", "DOCKER_TLS_VERIFY"),
               "kubectl": ("KUBECONFIG",)}
@@ -81,6 +82,13 @@ class Roots:
     input_root: Path      # the staged input tree (3C/<run>/<layout>/input)
     output_root: Path     # where the worker writes (3C/<run>/<layout>/output)
     batch_id: str         # the run id (= action_batch.batch_id)
+    parents_root: Path | None = None   # the inputs' parents (3C/<run>/<layout>/parents), if staged
+    children_root: Path | None = None  # their children (…/children), if staged
+
+    def context(self) -> dict[str, Path]:
+        """The staged roots beside the input root, by placeholder name."""
+        return {k: p for k, p in (("parents_root", self.parents_root), ("children_root", self.children_root))
+                if p is not None}
 
 
 @dataclass(frozen=True)
@@ -141,7 +149,7 @@ def render(text: str, roots: Roots, params: Mapping[str, object], *, key: str = 
     placeholder, an undeclared or unset parameter, an unmatched brace, or a value holding a NUL
     (or, with `safe`, a value that does not match it whole)."""
     fixed = {"input_root": str(roots.input_root), "output_root": str(roots.output_root),
-             "action_batch_id": roots.batch_id}
+             "action_batch_id": roots.batch_id, **{k: str(p) for k, p in roots.context().items()}}
     out: list[str] = []
     pos = 0
     for m in _PART.finditer(text):
@@ -268,12 +276,15 @@ def command_for(c: Contract, roots: Roots, params: Mapping[str, object], *, work
         return Command(tuple(argv), _env(ident, env), "run_spec.command[0]", ident, ident)
     me = _lookup(str(os.geteuid()), "hoard's user")
     if isinstance(rs, RunDocker):
-        inside = Roots(Path(CONTAINER_INPUT), Path(CONTAINER_OUTPUT), roots.batch_id)
+        inside = Roots(Path(CONTAINER_INPUT), Path(CONTAINER_OUTPUT), roots.batch_id,
+                       **{k: Path(CONTAINER_CONTEXT[k]) for k in roots.context()})
         docker = which("docker", "run_spec.kind (docker)")
         name = "hoard-" + re.sub(r"[^A-Za-z0-9_.-]", "-", roots.batch_id)[:100]
         argv = [docker, "run", "--rm", "--name", name, "--user", f"{ident.uid}:{ident.gid}", "--network", rs.network,
                 "-v", f"{_mount_path(roots.input_root, 'input_root')}:{CONTAINER_INPUT}:ro",
                 "-v", f"{_mount_path(roots.output_root, 'output_root')}:{CONTAINER_OUTPUT}"]
+        for k, p in roots.context().items():
+            argv += ["-v", f"{_mount_path(p, k)}:{CONTAINER_CONTEXT[k]}:ro"]
         if not rs.allow_root:  # a setuid program in the image would otherwise make the worker root in it
             argv += ["--security-opt", "no-new-privileges", "--cap-drop", "ALL"]
         if rs.gpus:
@@ -682,6 +693,8 @@ def prepare_roots(roots: Roots, worker: Identity, run_dir: Path | None = None, *
             grant_run_tree(run_dir, out, worker)
         _reachable(out, worker, 7, "output_root", parents=not mounted)
         _reachable(roots.input_root, worker, 5, "input_root", parents=not mounted)
+        for k, p in roots.context().items():
+            _reachable(p, worker, 5, k, parents=not mounted)
 
 
 def run_worker(c: Contract, roots: Roots, params: Mapping[str, object], *, log_path: Path,

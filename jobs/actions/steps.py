@@ -69,12 +69,13 @@ from jobs.actions.state import (
     resume_line,
     save_state,
     since,
+    work,
     write_work,
 )
 from sql.apply import apply_write_intent
 from sql.intents import IntentConflict
 from sql.migrate import migrate
-from sql.selectors import query_nodes
+from sql.selectors import neighbours, query_nodes
 
 log = logging.getLogger(__name__)
 
@@ -113,16 +114,30 @@ def _step_plan(cfg: Settings, st: RunState) -> None:
         write_work(cfg, st.run_id, "plan", {"labels": labels, "black_list": sorted(black)})
         st.report.update(labels_planned=len(labels), black_list_planned=len(black))
         return
-    outputs.submit(cfg, stage_spec(c, st.run_id, sorted(inputs)))
+    s = c.stage_layout
+    if s is not None and (s.include_parents or s.include_children):  # fixed now: a resumed run stages the same
+        shas = [bytes.fromhex(h) for h in sorted(inputs)]
+        with _connect(cfg) as conn:
+            context = {role: neighbours(conn, shas, up=role == "parents")
+                       for role, wanted in (("parents", s.include_parents), ("children", s.include_children)) if wanted}
+        write_work(cfg, st.run_id, "context", context)
+        st.report.update({f"{role}_staged": len(v) for role, v in context.items()})
+    outputs.submit(cfg, stage_spec(c, st.run_id, sorted(inputs), context_of(cfg, st)))
 
 
-def stage_spec(c: Contract, rid: str, inputs: list[str]) -> outputs.OutputSpec:
-    """The stage request of a run: its inputs by sha256, laid out as the contract says."""
+def context_of(cfg: Settings, st: RunState) -> dict[str, list[str]] | None:
+    """What the plan step chose to stage beside the inputs (include_parents/_children), if anything."""
+    return read_work(cfg, st.run_id, "context") if work(cfg, st.run_id, "context").is_file() else None
+
+
+def stage_spec(c: Contract, rid: str, inputs: list[str], context: dict[str, list[str]] | None = None) -> outputs.OutputSpec:
+    """The stage request of a run: its inputs by sha256, laid out as the contract says, and the
+    parents/children planned beside them."""
     s = c.stage_layout
     assert s is not None  # contract.problems: every type but AC1 has one
     lay = layouts.load(s.layout) if s.layout else layouts.parse(s.template or "", c.action_id, s.sidecars)
     return outputs.OutputSpec.model_validate({
-        "kind": "stage", "id": rid, "nodes": inputs,
+        "kind": "stage", "id": rid, "nodes": inputs, "context": context,
         "layout": {"name": lay.name, "template": lay.template, "sidecars": s.sidecars or lay.sidecars,
                    "per_locator": lay.per_locator}})
 
@@ -132,7 +147,7 @@ def stage_spec(c: Contract, rid: str, inputs: list[str]) -> outputs.OutputSpec:
 def _step_stage(cfg: Settings, st: RunState) -> None:
     # the request again (the same request is fine): `hoard zones clean RUN`, which health offers
     # for the stage of a run killed while it staged, forgets it — and the run must still resume
-    outputs.submit(cfg, stage_spec(contract_of(cfg, st), st.run_id, sorted(inputs_of(cfg, st))))
+    outputs.submit(cfg, stage_spec(contract_of(cfg, st), st.run_id, sorted(inputs_of(cfg, st)), context_of(cfg, st)))
     rep = outputs.run(cfg, st.run_id)
     st.report["stage"] = {k: rep.get(k) for k in ("path", "files", "bytes", "copied_files")}
 
@@ -140,7 +155,10 @@ def _step_stage(cfg: Settings, st: RunState) -> None:
 def roots_of(cfg: Settings, c: Contract, st: RunState):
     spec = stage_spec(c, st.run_id, [])
     base = cfg.ssd.zone_path("3C") / st.run_id / spec.layout["name"]
-    return Roots(input_root=base / "input", output_root=base / "output", batch_id=st.run_id)
+    s = c.stage_layout
+    return Roots(input_root=base / "input", output_root=base / "output", batch_id=st.run_id,
+                 parents_root=base / "parents" if s is not None and s.include_parents else None,
+                 children_root=base / "children" if s is not None and s.include_children else None)
 
 
 def staged_inputs(cfg: Settings, c: Contract, st: RunState) -> list[Any]:
