@@ -351,6 +351,8 @@ def test_template_format_places_under_the_split():
         template_format(parse("{batch}/{sha256}"))
     with pytest.raises(LayoutError, match="not one of imagefolder"):
         get("nope")
+    with pytest.raises(LayoutError, match=r"layout by_batch: \{batch\}, \{orig_path\}, \{source\} is not a field"):
+        get("by_batch")
 
 
 # -- byte for byte ---------------------------------------------------------------------------

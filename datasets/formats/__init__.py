@@ -33,12 +33,13 @@ def get(layout: str) -> Format:
     if layout in FORMATS:
         return FORMATS[layout]
     try:
-        return template_format(layouts.load(layout))
-    except LayoutError as e:
+        template = layouts.load(layout)
+    except LayoutError:
         if layout.endswith(".toml"):
             raise
         raise LayoutError(f"layout {layout!r}: not one of {', '.join(FORMATS)}, a template "
-                          f"({', '.join(layouts.BUILTIN)}) nor a .toml layout file ({e})") from None
+                          f"({', '.join(layouts.BUILTIN)}) nor a .toml layout file (docs/datasets.md)") from None
+    return template_format(template)
 
 
 def plan_paths(fmt: Format, samples: list[Sample], options: dict | None = None) -> list[Sample]:
