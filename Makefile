@@ -24,7 +24,7 @@ VENV := .venv
 HOARD := $(VENV)/bin/hoard
 STAMP := $(VENV)/.installed
 
-.PHONY: help demo test test-fast lint chaos peers bench deps venv up down clean labelstudio
+.PHONY: help demo test test-fast lint chaos peers bench deps venv up down clean labelstudio readers
 
 help:
 	@echo "make demo   - install, start the embedded default and run the main job"
@@ -65,7 +65,7 @@ up: venv
 demo: up
 	@$(HOARD) demo
 
-test: up labelstudio
+test: up labelstudio readers
 	@$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
 
 # Label Studio for AC5's round trip (tests/labelstudio.py) and label-studio-sdk's COCO converter
@@ -81,6 +81,20 @@ $(LS_STAMP): | deps
 	@touch $(LS_STAMP)
 
 labelstudio: $(LS_STAMP)
+
+# Hugging Face `datasets`, the reader tests/test_dataset_formats.py loads the imagefolder layouts
+# with: a venv of its own, since its top-level package is named `datasets` like hoardfs's and one
+# would shadow the other in .venv (and it pulls pyarrow and pandas)
+READERS_VENV := var/readers/venv
+READERS_STAMP := $(READERS_VENV)/.installed
+READERS_PIP := datasets[vision]>=3,<6
+$(READERS_STAMP): | deps
+	@echo "==> creating $(READERS_VENV) with $(READERS_PIP)"
+	@[ -x $(READERS_VENV)/bin/python ] || $(PYTHON) -m venv $(READERS_VENV)
+	@$(READERS_VENV)/bin/pip install -q --disable-pip-version-check '$(READERS_PIP)'
+	@touch $(READERS_STAMP)
+
+readers: $(READERS_STAMP)
 
 # the unit tier needs no PostgreSQL, Redis, FUSE, disk lab or browser: the venv is enough.
 # Its temporary files are in RAM (/dev/shm): it tests logic, not durability (a test of what a
