@@ -58,6 +58,17 @@ def test_since_until_and_type_in_any_case_select(select_cfg: str) -> None:
     assert _hoard("--config", select_cfg, "select", "--since", "2026-01-03").stdout == ""
 
 
+def test_min_size_max_size_flags_select_by_bytes(select_cfg: str) -> None:
+    """--min-size / --max-size are the selector's min_size / max_size (the one node is 3 bytes)."""
+    h = hashlib.sha256(b"one").hexdigest()
+    for args, found in ((["--min-size", "3"], True), (["--min-size", "4"], False), (["--max-size", "3"], True),
+                        (["--max-size", "2"], False), (["--min-size", "1", "--max-size", "10"], True)):
+        res = _hoard("--config", select_cfg, "select", *args)
+        assert res.returncode == 0 and (res.stdout.split()[:1] == [h]) == found, (args, res.stdout, res.stderr)
+    res = _hoard("--config", select_cfg, "select", "--min-size", "-1")
+    assert res.returncode == 2 and "Traceback" not in res.stderr and "--min-size" in res.stderr, res.stderr
+
+
 def test_bad_type_is_one_human_line(select_cfg: str) -> None:
     res = _hoard("--config", select_cfg, "select", "--type", "j p*g")
     assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1, res.stderr

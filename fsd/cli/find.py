@@ -197,6 +197,8 @@ def select(
     text: Annotated[str | None, typer.Option("--text", help="words of the title, author, user name or metadata "
                                                 "values, all of them (the GUI's asset search)")] = None,
     black_listed: Annotated[bool, typer.Option("--include-black-listed", help="also black-listed nodes")] = False,
+    min_size: Annotated[int | None, typer.Option("--min-size", min=0, help="whose file is at least this many bytes")] = None,
+    max_size: Annotated[int | None, typer.Option("--max-size", min=0, help="whose file is at most this many bytes")] = None,
     limit: Annotated[int | None, typer.Option(min=1, help="at most this many")] = None,
     from_file: Annotated[Path | None, typer.Option("--file", help="a selector as JSON (docs/selectors.md)")] = None,
     view: Annotated[bool, typer.Option("--view", help="print `SHA256  PATH` lines for `hoard view add NAME -`")] = False,
@@ -221,6 +223,9 @@ def select(
         data["text"] = text
     if ancestor:
         data.setdefault("has_ancestor", []).append({"sha256": ancestor.lower(), "max_depth": 32})
+    for key, size in (("min_size", min_size), ("max_size", max_size)):
+        if size is not None:
+            data[key] = size
     if limit:
         data["limit"] = limit
     selector = parse_selector(data)
