@@ -228,7 +228,7 @@ def build(cfg: Settings, spec: DatasetSpec, mode: str | None = None, force: bool
         fp = made.doc["state"]["fingerprint"]
         with _db_errors(f"dataset {spec.name} was recorded"):
             done = [v for v in sqld.versions(conn, spec.name) if v["status"] != "building"]
-        if done and done[-1]["fingerprint"] == fp and not force:
+        if done and done[-1]["fingerprint"] == fp and done[-1]["mode"] == spec.mode and not force:
             last = done[-1]
             return {"name": spec.name, "version": last["version"], "path": last["path"], "mode": last["mode"],
                     "unchanged": True, "status": last["status"], "files": last["files"], "bytes": last["bytes"],

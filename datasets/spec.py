@@ -103,8 +103,9 @@ class DatasetSpec(BaseModel):
 
     def doc(self) -> dict[str, Any]:
         """The spec as data (dataset.json, SQL): plus the order of the splits, which a JSON
-        object with sorted keys (or PostgreSQL's jsonb) would lose."""
-        d = self.model_dump(mode="json")
+        object with sorted keys (or PostgreSQL's jsonb) would lose; without `mode`, which says
+        how the files are delivered, not what they are (a view and a copy are the same tree)."""
+        d = self.model_dump(mode="json", exclude={"mode"})
         d["split"]["order"] = list(self.split.ratios)
         return d
 
