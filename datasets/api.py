@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import io
+import json
 import re
 import time
 from collections.abc import Callable, Iterator
@@ -22,20 +23,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from datasets import card
+from datasets import card, formats, layouts
 from datasets.formats import FORMATS, Format, Tree, write_tar
 from datasets.model import Sample
-from datasets.plan import Plan, counts_of, order_key
+from datasets.plan import Plan, counts_of, order_key, plan
 from datasets.spec import NAME, DatasetError, DatasetSpec
 from fsd.base.config import Settings
 from fsd.base.errors import ExitCode, HoardError, first_line
 from fsd.base.files import flocked
-from fsd.outputs import zones
+from fsd.outputs import seal, zones
+from fsd.outputs.manifest import ViewError
 from fsd.outputs.materialize import Item
+from fsd.outputs.views import remove_view
+from fsd.outputs.write import write_copy, write_view
+from fsd.store import Store
+from sql import datasets as sqld
+from sql.apply import apply_write_intent
 
 ZONE = "3D"
-QUEUE = "io"
-JOB_TIMEOUT_S = 24 * 3600
 #: where a version's manifest and dataset.json are located as nodes
 LOCATOR = "dataset:{name}@{version}/{file}"
 REF = re.compile(rf"({NAME.pattern})(?:@([1-9][0-9]{{0,8}}))?")
@@ -67,7 +72,6 @@ class DryRun:
 @dataclass
 class _Made:
     """A version's files: the layout's tree and the common ones."""
-
     tree: Tree
     manifest: bytes
     doc: dict[str, Any]
@@ -83,7 +87,6 @@ def resolve_format(spec: DatasetSpec) -> Format:
     if spec.layout in FORMATS:
         return FORMATS[spec.layout]
     if spec.layout.endswith(".toml"):
-        from datasets import formats, layouts
 
         make = getattr(formats, "template_format", None)
         if make is not None:
@@ -96,7 +99,7 @@ def resolve_format(spec: DatasetSpec) -> Format:
 
 
 def _connect(cfg: Settings, what: str):
-    import psycopg  # deferred: only what reads the database needs it
+    import psycopg  # deferred: only what reads the database needs it (not `hoard dataset --help`)
 
     try:
         return psycopg.connect(cfg.database_url, connect_timeout=10)
@@ -107,7 +110,7 @@ def _connect(cfg: Settings, what: str):
 
 @contextlib.contextmanager
 def _db_errors(what: str) -> Iterator[None]:
-    import psycopg
+    import psycopg  # deferred: as in _connect
 
     try:
         yield
@@ -127,11 +130,9 @@ def _with_mode(spec: DatasetSpec, mode: str | None) -> DatasetSpec:
 
 
 def _plan(cfg: Settings, conn, spec: DatasetSpec, fmt: Format) -> Plan:
-    from datasets.plan import plan
-    from sql.datasets import class_map
 
     with _db_errors(f"dataset {spec.name} was planned"):
-        return plan(conn, spec, fmt, class_map(conn, spec.name))
+        return plan(conn, spec, fmt, sqld.class_map(conn, spec.name))
 
 
 def _make(spec_doc: dict[str, Any], spec_sha: str, fmt: Format, samples: list[Sample], class_map: list[str],
@@ -144,8 +145,6 @@ def _make(spec_doc: dict[str, Any], spec_sha: str, fmt: Format, samples: list[Sa
         doc = card.dataset_doc(spec_doc, spec_sha, class_map, counts_of(samples, splits), samples, manifest, licences)
         doc_bytes = card.canonical_bytes(doc)
     else:
-        import json
-
         doc = json.loads(doc_bytes)
     tree = fmt.render(samples, doc, {"webdataset": spec_doc.get("webdataset", {})})
     made = _Made(tree, manifest, doc, doc_bytes, card.readme(doc, samples))
@@ -213,8 +212,6 @@ def build(cfg: Settings, spec: DatasetSpec, mode: str | None = None, force: bool
     build of version N). Refused, with nothing written, for every bad input (datasets.plan) and
     a zone too full; "unchanged since version N" when the spec and the data are those of the
     newest version (unless `force`). The report: name, version, path, mode, files, bytes, …"""
-    from sql import datasets as sqld
-
     t0 = time.monotonic()
     spec = _with_mode(spec, mode)
     fmt = resolve_format(spec)
@@ -245,9 +242,8 @@ def build(cfg: Settings, spec: DatasetSpec, mode: str | None = None, force: bool
         try:
             report = _write(cfg, conn, spec.name, n, spec.mode, made, progress)
         except zones.ZoneFull:
-            with contextlib.suppress(Exception):
-                conn.execute("DELETE FROM dataset_version WHERE name = %s AND version = %s AND status = 'building'",
-                             [spec.name, n])
+            with contextlib.suppress(Exception):  # refused before a byte moved: no version was made
+                sqld.drop_building(conn, spec.name, n)
             raise
         sqld.save_class_map(conn, spec.name, p.class_map)
     return report | {"samples": len(p.samples), "selected": p.selected, "unlabelled": p.unlabelled,
@@ -264,7 +260,6 @@ def _check_view(cfg: Settings, spec: DatasetSpec, fmt: Format) -> None:
 
 
 def _check_stored(cfg: Settings, name: str, made: _Made) -> None:
-    from fsd.store import Store
 
     shas = sorted({bytes.fromhex(f.sha256) for f in made.tree.files}
                   | {bytes.fromhex(m.sha256) for t in made.tree.tars for m in t.members if m.sha256})
@@ -281,11 +276,6 @@ def _write(cfg: Settings, conn, name: str, n: int, mode: str, made: _Made,
            progress: Callable[[int, int], None] | None) -> dict[str, Any]:
     """Record the manifest and dataset.json (objects + nodes), then write and seal
     `3D/<name>-v<n>/`; the version is `done` once sealed."""
-    from fsd.outputs import seal
-    from fsd.store import Store
-    from jobs.outputs import write_copy, write_view
-    from sql import datasets as sqld
-
     out_id = f"{name}-v{n}"
     final = cfg.ssd.zone_path(ZONE) / out_id
     view = f"{ZONE}-{out_id}" if mode == "view" else None
@@ -329,8 +319,6 @@ def _write(cfg: Settings, conn, name: str, n: int, mode: str, made: _Made,
 def _record(store, conn, name: str, n: int, made: _Made) -> tuple[str, str]:
     """Store the manifest and dataset.json (class generated, pinned until the database names
     them) and record them as nodes by one write-intent: gc keeps them while the rows live."""
-    from sql.apply import apply_write_intent
-
     res = store.put_bytes_many([made.manifest, made.doc_bytes], klass="generated")
     bad = next((r for r in res if r.status not in ("new", "existing")), None)
     if bad is not None:
@@ -352,20 +340,6 @@ def _record(store, conn, name: str, n: int, made: _Made) -> tuple[str, str]:
     return shas[0], shas[1]
 
 
-def submit(cfg: Settings, spec: DatasetSpec, mode: str | None = None, force: bool = False) -> str:
-    """Queue a build on `io` (jobs/datasets.py); the RQ job id. The spec is checked first and
-    travels in the job (a worker elsewhere has not the file)."""
-    from jobs.queues import connect, enqueue_once, redis_required
-
-    spec = _with_mode(spec, mode)
-    resolve_format(spec)
-    with redis_required(cfg.redis_url):
-        return enqueue_once(connect(cfg.redis_url), QUEUE, "jobs.datasets.run_job",
-                            str(cfg.source) if cfg.source else None, spec.doc(), force,
-                            job_id=f"dataset-{spec.name}", timeout=JOB_TIMEOUT_S,
-                            description=f"dataset build {spec.name}")
-
-
 def parse_ref(ref: str, need_version: bool = True) -> tuple[str, int | None]:
     m = REF.fullmatch(ref or "")
     if not m or (need_version and m.group(2) is None):
@@ -374,7 +348,6 @@ def parse_ref(ref: str, need_version: bool = True) -> tuple[str, int | None]:
 
 
 def _version(conn, ref: str, need_version: bool = False) -> dict[str, Any]:
-    from sql import datasets as sqld
 
     name, n = parse_ref(ref, need_version)
     with _db_errors(f"dataset {name} was read"):
@@ -389,11 +362,9 @@ def _version(conn, ref: str, need_version: bool = False) -> dict[str, Any]:
 
 def list_datasets(cfg: Settings) -> list[dict[str, Any]]:
     """Every dataset with its versions (newest last) and class map."""
-    from sql import datasets as sqld
-
     with _connect(cfg, "list datasets") as conn, _db_errors("datasets were listed"):
         rows = sqld.versions(conn)
-        maps = {name: cm for name, cm in conn.execute("SELECT name, class_map FROM dataset ORDER BY name")}
+        maps = sqld.class_maps(conn)
     out: dict[str, dict[str, Any]] = {}
     for r in rows:
         d = out.setdefault(r["name"], {"name": r["name"], "class_map": maps.get(r["name"], []), "versions": []})
@@ -405,15 +376,10 @@ def list_datasets(cfg: Settings) -> list[dict[str, Any]]:
 def show(cfg: Settings, name: str, version: int | None = None) -> dict[str, Any]:
     """A version (the newest when `version` is None): its row, its dataset.json and whether its
     output is sealed in 3D."""
-    from fsd.outputs import seal
-    from fsd.store import Store
-
     ref = f"{name}@{version}" if version is not None else name
     with _connect(cfg, f"show dataset {ref}") as conn:
         row = _version(conn, ref)
     if row["doc_sha256"]:
-        import json
-
         with Store.open(cfg) as store:
             row["dataset"] = json.loads(store.get(row["doc_sha256"]))
     try:
@@ -425,7 +391,6 @@ def show(cfg: Settings, name: str, version: int | None = None) -> dict[str, Any]
 
 
 def _samples(cfg: Settings, row: dict[str, Any]) -> list[Sample]:
-    from fsd.store import Store
 
     if not row["manifest_sha256"]:
         raise DatasetError(f"dataset {row['name']}@{row['version']} was never finished; build it again")
@@ -454,12 +419,6 @@ def diff(cfg: Settings, a: str, b: str) -> dict[str, Any]:
 def materialize(cfg: Settings, ref: str, progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
     """Make `3D/<name>-v<N>/` again from the version's stored manifest and dataset.json: the
     same bytes as its build, whatever the labels say today. A sealed one is reported as it is."""
-    import json
-
-    from fsd.outputs import seal
-    from fsd.store import Store
-    from sql import datasets as sqld
-
     name, n = parse_ref(ref)
     with _build_lock(cfg, name), _connect(cfg, f"materialize dataset {ref}") as conn:
         conn.autocommit = True
@@ -495,9 +454,6 @@ def materialize(cfg: Settings, ref: str, progress: Callable[[int, int], None] | 
 def remove(cfg: Settings, ref: str) -> dict[str, Any]:
     """Remove the output of `NAME@N` (every version's, for `NAME`) from 3D, and its view; the
     version stays recorded (its manifest in the store): `materialize` makes it again."""
-    from jobs.outputs import clean
-    from sql import datasets as sqld
-
     name, n = parse_ref(ref, need_version=False)
     removed = []
     with _build_lock(cfg, name), _connect(cfg, f"remove dataset {ref}") as conn:
@@ -508,9 +464,13 @@ def remove(cfg: Settings, ref: str) -> dict[str, Any]:
         for row in rows:
             out_id = f"{name}-v{row['version']}"
             try:
-                res = clean(cfg, out_id, zone=ZONE)
+                res = zones.clean(cfg, out_id, ZONE)
             except zones.NoSuchOutput:
                 res = {"freed_bytes": 0, "view": None}
+            view = res["view"] or (f"{ZONE}-{out_id}" if row["mode"] == "view" else None)
+            if view:  # gc then frees what only it named
+                with Store.open(cfg) as store, contextlib.suppress(ViewError):
+                    remove_view(store, view, for_output=True)
             sqld.set_status(conn, name, row["version"], "removed")
             removed.append({"version": row["version"], "path": row["path"], "freed_bytes": res.get("freed_bytes", 0),
                             "view": res.get("view")})

@@ -21,6 +21,8 @@ from datasets.model import Annotation, Sample
 from datasets.spec import DatasetError, DatasetSpec
 from fsd.base.errors import ExitCode
 from fsd.base.paths import display, hostile_reason
+from sql.datasets import sample_rows
+from sql.selectors import query_nodes
 
 #: the labels an image's size is read from (the `exif` action writes them)
 WIDTH, HEIGHT = "image.width", "image.height"
@@ -91,9 +93,6 @@ def order_key(s: Sample, splits: list[str]) -> tuple[int, int, str, str]:
 def plan(conn, spec: DatasetSpec, fmt: Format, frozen_map: list[str] | None) -> Plan:
     """Read the selection and its rows (sql.datasets) and make the samples; DatasetError — one
     line naming the problem and what to do — for anything that would make a wrong dataset."""
-    from sql.datasets import sample_rows  # deferred: only planning needs the database
-    from sql.selectors import query_nodes
-
     node_ids = query_nodes(conn, spec.selector).node_ids
     if not node_ids:
         raise DatasetError(f"dataset {spec.name}: the selection is empty — no node matches its [selector]; check it "

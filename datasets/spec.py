@@ -24,6 +24,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator, model_validator
 
+from datasets.card import canonical
 from fsd.base.config import describe_validation_error
 from fsd.base.errors import ExitCode, HoardError
 
@@ -110,8 +111,6 @@ class DatasetSpec(BaseModel):
         return d
 
     def sha256(self) -> str:
-        from datasets.card import canonical  # the one canonical JSON of the package
-
         return hashlib.sha256(canonical(self.doc()).encode()).hexdigest()
 
     @classmethod

@@ -92,6 +92,16 @@ def class_map(conn: psycopg.Connection, name: str) -> list[str] | None:
     return list(row[0]) if row else None
 
 
+def class_maps(conn: psycopg.Connection) -> dict[str, list[str]]:
+    return {name: list(cm) for name, cm in conn.execute("SELECT name, class_map FROM dataset ORDER BY name")}
+
+
+def drop_building(conn: psycopg.Connection, name: str, number: int) -> None:
+    """Forget a version whose build was refused before a byte moved (the zone too full)."""
+    conn.execute("DELETE FROM dataset_version WHERE name = %s AND version = %s AND status = 'building'",
+                 [name, number])
+
+
 def save_class_map(conn: psycopg.Connection, name: str, classes: list[str]) -> None:
     conn.execute("INSERT INTO dataset (name, class_map) VALUES (%s, %s) ON CONFLICT (name) DO UPDATE "
                  "SET class_map = EXCLUDED.class_map", [name, json.dumps(classes)])

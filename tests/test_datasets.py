@@ -298,3 +298,22 @@ def test_kill_9_mid_build_then_the_same_command_completes(lab_factory, hoard_hom
     seal.check_sealed(Path(report["path"]), verify=True)
     assert pg.execute("SELECT status FROM dataset_version WHERE name = 'slow'").fetchall() == [("done",)]
     assert not tmp.exists()
+
+
+def test_a_queued_build_runs_on_the_io_queue(labelled, redis_conn, tmp_path: Path) -> None:
+    """Without --here the build is an RQ job on `io` (the spec travels in it); a worker builds
+    it and its report names the sealed directory under `path`."""
+    from jobs.queues import fetch_job
+    from tests.test_ingest import work
+
+    cfg, shas = labelled
+    res = _hoard(cfg, "dataset", "build", str(_spec(tmp_path, "queued")), "--json")
+    assert res.returncode == 0, res.stderr
+    queued = json.loads(res.stdout)
+    assert queued["queued"] and queued["job"] == "dataset-queued"
+    assert not (cfg.ssd.zone_path("3D") / "queued-v1").exists()
+    work(redis_conn)
+    report = fetch_job("dataset-queued", redis_conn).return_value()
+    assert report["version"] == 1 and report["path"] == str(cfg.ssd.zone_path("3D") / "queued-v1")
+    seal.check_sealed(Path(report["path"]), verify=True)
+    assert sum(sum(by.values()) for by in report["counts"].values()) == len(shas)

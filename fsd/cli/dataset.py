@@ -10,9 +10,13 @@ from typing import Annotated, Any
 
 import typer
 
+from datasets import api
+from datasets.spec import load_spec
 from fsd.base.errors import ExitCode, HoardError
 from fsd.base.units import fmt_bytes
 from fsd.cli._common import err, out, progress, state
+from jobs import datasets as dataset_jobs
+from jobs.queues import connect, fetch_job, redis_required
 
 app = typer.Typer(help="Training datasets from a spec (docs/datasets.md): `hoard dataset build SPEC` makes version "
                        "N+1 in `3D/<name>-v<N>/`; list, show, diff, materialize and rm the versions.",
@@ -48,9 +52,6 @@ def build(
 ) -> None:
     """Build the next version of a dataset: plan and check everything before a byte moves, copy (or
     publish a view), seal `3D/<name>-v<N>/` with manifest.jsonl, dataset.json and README.md."""
-    from datasets import api
-    from datasets.spec import load_spec
-
     cfg = state(ctx).settings
     spec = load_spec(spec_file)
     if dry_run:
@@ -70,17 +71,16 @@ def build(
             report = api.build(cfg, spec, mode, force, update)
         _report(report, as_json)
         return
-    job_id = api.submit(cfg, spec, mode, force)
+    job_id = dataset_jobs.submit(cfg, spec, mode, force)
     if not wait:
         _emit({"job": job_id, "queued": True, "path": None}, as_json,
-              f"dataset {spec.name}: queued on `{api.QUEUE}` as job {job_id} (`hoard worker` runs it; add --here to "
+              f"dataset {spec.name}: queued on `{dataset_jobs.QUEUE}` as job {job_id} (`hoard worker` runs it; add --here to "
               "run it in this process, --wait to wait)")
         return
     _report(_wait(cfg, job_id, timeout), as_json)
 
 
 def _wait(cfg, job_id: str, timeout: float) -> dict[str, Any]:
-    from jobs.queues import connect, fetch_job, redis_required
 
     deadline = time.monotonic() + timeout
     with redis_required(cfg.redis_url):
@@ -116,8 +116,6 @@ def _report(r: dict[str, Any], as_json: bool) -> None:
 @app.command("list")
 def list_(ctx: typer.Context, as_json: AsJson = False) -> None:
     """Every dataset and its versions."""
-    from datasets import api
-
     rows = api.list_datasets(state(ctx).settings)
     if as_json:
         out.print(json.dumps(rows, sort_keys=True, ensure_ascii=False), markup=False)
@@ -134,8 +132,6 @@ def list_(ctx: typer.Context, as_json: AsJson = False) -> None:
 @app.command("show")
 def show(ctx: typer.Context, ref: Annotated[str, typer.Argument(metavar="NAME[@N]")], as_json: AsJson = False) -> None:
     """One version (the newest without @N): its counts, class map, spec and where it is."""
-    from datasets import api
-
     name, n = api.parse_ref(ref, need_version=False)
     r = api.show(state(ctx).settings, name, n)
     _emit(r, as_json, f"{r['name']}@{r['version']}: {r['status']}, {r['mode']}, {r['files']} files "
@@ -147,8 +143,6 @@ def show(ctx: typer.Context, ref: Annotated[str, typer.Argument(metavar="NAME[@N
 def diff(ctx: typer.Context, a: Annotated[str, typer.Argument(metavar="NAME@N")],
          b: Annotated[str, typer.Argument(metavar="NAME@M")], as_json: AsJson = False) -> None:
     """Samples added, removed, moved between splits and relabelled from one version to another."""
-    from datasets import api
-
     d = api.diff(state(ctx).settings, a, b)
     lines = [f"{d['a']} → {d['b']}: {len(d['added'])} added, {len(d['removed'])} removed, {len(d['moved'])} moved, "
              f"{len(d['relabelled'])} relabelled, {d['unchanged']} unchanged"]
@@ -164,8 +158,6 @@ def materialize(ctx: typer.Context, ref: Annotated[str, typer.Argument(metavar="
                 as_json: AsJson = False) -> None:
     """Make a version's directory again, byte for byte, from its stored manifest (labels changed
     since do not count)."""
-    from datasets import api
-
     with progress(f"dataset {ref}") as update:
         r = api.materialize(state(ctx).settings, ref, update)
     _report(r, as_json)
@@ -175,8 +167,6 @@ def materialize(ctx: typer.Context, ref: Annotated[str, typer.Argument(metavar="
 def rm(ctx: typer.Context, ref: Annotated[str, typer.Argument(metavar="NAME[@N]")], as_json: AsJson = False) -> None:
     """Remove a version's directory from 3D (every version's, for NAME) and its view; the version
     stays recorded: `hoard dataset materialize NAME@N` makes it again."""
-    from datasets import api
-
     r = api.remove(state(ctx).settings, ref)
     _emit(r, as_json, "\n".join(f"{x['path']}: removed ({fmt_bytes(x['freed_bytes'])} freed"
                                 + (f", view {x['view']} removed" if x["view"] else "") + ")" for x in r["removed"]))
