@@ -45,7 +45,8 @@ from fsd.base.errors import ExitCode, HoardError, first_line
 from fsd.base.files import atomic_write, flocked, fsync_dir
 from fsd.outputs import seal, zones
 from fsd.outputs.manifest import ViewError
-from fsd.outputs.materialize import Item, MaterializeReport, materialize
+from fsd.outputs.materialize import Item
+from fsd.outputs.write import write_copy, write_view
 from jobs import runlog
 
 OUTPUT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
@@ -439,32 +440,11 @@ def _run(cfg: Settings, spec: OutputSpec, progress: Callable[[int, int], None] |
         _check_stored(store, spec, items)
         if spec.mode == "view":
             return _run_view(cfg, spec, store, items, n_nodes, t0, started)
-        sizes = [it.size for it in items] + [len(it.sidecar) for it in items if it.sidecar is not None]
-        out = seal.begin(cfg, zone, spec.id, job=f"{spec.kind}:{spec.id}", kind=spec.kind, expected_bytes=sum(sizes),
-                         # what `du` will count (a stage's empty output/ is a directory too)
-                         reserve_bytes=zones.charge((cfg, zone), sizes, dirs=zones.tree_dirs(it.path for it in items) + (spec.kind == "stage")
-                                                       + len(spec.context or {})),
-                         expected_files=len(items) + sum(it.sidecar is not None for it in items),
-                         selector=_request(spec), layout=spec.layout, resume=True)
-        started()
-        try:
-            # what an earlier attempt wrote that this plan no longer names (the selection shrank)
-            out.prune({it.path for it in items} | {it.path + ".json" for it in items if it.sidecar is not None})
-            rep: MaterializeReport = materialize(store, items, out.tmp, progress)
-            if spec.kind == "stage":  # the worker's empty output directory (not part of the sealed files)
-                for role in ("output", *(spec.context or {})):  # and a root per role, even with no file
-                    (out.tmp / spec.layout["name"] / role).mkdir(exist_ok=True)
-            for it in items:
-                out.declare(it.path, it.size, it.sha256, verified=True)
-                if it.sidecar is not None:
-                    out.declare(it.path + ".json", len(it.sidecar), hashlib.sha256(it.sidecar).hexdigest(),
-                                verified=True)
-            doc = out.seal()
-        except BaseException as e:
-            out.fail(e, keep=True)  # the partial tree stays: the same command resumes it
-            if isinstance(e, OSError):  # sealing met the SSD (full, failing): one line, the re-run resumes
-                raise seal.as_error(e, f"output {zone}/{spec.id}") from None
-            raise
+        # the worker's output directory, and a root per staged role (parents, children) even with no file
+        empty = [f"{spec.layout['name']}/{role}" for role in ("output", *(spec.context or {}))] if spec.kind == "stage" else []
+        doc, rep = write_copy(cfg, store, zone, spec.id, job=f"{spec.kind}:{spec.id}", kind=spec.kind, items=items,
+                              selector=_request(spec), layout=spec.layout, progress=progress, started=started,
+                              empty_dirs=empty)
     return {"id": spec.id, "zone": zone, "path": str(final), "layout": spec.layout["name"], "nodes": n_nodes,
             "files": doc["actual_files"], "bytes": doc["actual_bytes"], "copied_files": rep.written,
             "copied_bytes": rep.bytes_written, "kept_files": rep.kept, "fallbacks": rep.fallbacks,
@@ -530,49 +510,15 @@ def _check_stored(store, spec: OutputSpec, items: list[Item]) -> None:
 
 def _run_view(cfg: Settings, spec: OutputSpec, store, items: list[Item], n_nodes: int, t0: float,
               started: Callable[[], None]) -> dict[str, Any]:
-    """Zero bytes copied: the files become a named view (`<mount>/views/<zone>-<id>/…`), and
-    the zone holds a sealed output whose entry is a link into the mount — the same path a
-    local consumer would read in copy mode (a worker on another machine needs copy mode).
-    The view is defined only after the zone admitted the output, and removed if it fails."""
-    from fsd.outputs.views import define_view_rows, release_owned, remove_view  # deferred: only view mode defines views
-
-    assert cfg.mount.path is not None  # _run refused the request without it
+    """Zero bytes copied (write_view): the files become the view `<zone>-<id>`; a worker on
+    another machine needs copy mode."""
     name, lay = view_name(spec), spec.layout["name"]
-    entry = f"{lay}/input" if spec.kind == "stage" else lay
-    out = seal.begin(cfg, spec.zone, spec.id, job=f"{spec.kind}:{spec.id}", kind=spec.kind, expected_bytes=0,
-                     expected_files=0, selector=_request(spec), layout=spec.layout, resume=True)
-    started()
-    defined, stored = False, []
-    try:
-        rows = [(it.path, it.sha256) for it in items]
-        cars = [it for it in items if it.sidecar is not None]
-        if cars:  # sidecars are not in the store yet: they become generated objects the view names
-            stored = store.put_bytes_many([it.sidecar for it in cars if it.sidecar is not None], klass="generated")
-            if any(r.status not in ("new", "existing") for r in stored):
-                bad = next(r for r in stored if r.status not in ("new", "existing"))
-                raise OutputError(f"a sidecar could not be stored: {bad.reason}", ExitCode.UNAVAILABLE)
-            rows += [(it.path + ".json", r.sha256) for it, r in zip(cars, stored)]
-        info = define_view_rows(store, name, rows, for_output=True, owned=[r.sha256 for r in stored])
-        defined = True
-        out.prune({entry})
-        out.link(entry, str(cfg.mount.path / "views" / name / entry))
-        if spec.kind == "stage":
-            (out.tmp / lay / "output").mkdir(exist_ok=True)
-        doc = out.seal()
-    except BaseException as e:
-        out.fail(e)
-        if defined:  # nothing sealed names it: a failed output publishes nothing
-            with contextlib.suppress(HoardError):
-                remove_view(store, name, for_output=True)
-        elif stored:  # the sidecars made for a view that never was
-            with contextlib.suppress(HoardError):
-                release_owned(store, {bytes.fromhex(r.sha256) for r in stored if r.sha256},
-                              f"sidecars of view {name}, not published")
-        if isinstance(e, OSError):
-            raise seal.as_error(e, f"output {spec.zone}/{spec.id}") from None
-        raise
+    doc, info, n_rows = write_view(cfg, store, spec.zone, spec.id, job=f"{spec.kind}:{spec.id}", kind=spec.kind,
+                                   view=name, items=items, entries=[f"{lay}/input" if spec.kind == "stage" else lay],
+                                   selector=_request(spec), layout=spec.layout, started=started,
+                                   empty_dirs=[f"{lay}/output"] if spec.kind == "stage" else [])
     return {"id": spec.id, "zone": spec.zone, "path": str(cfg.ssd.zone_path(spec.zone) / spec.id), "layout": lay,
-            "nodes": n_nodes, "files": len(rows), "bytes": info.get("bytes", sum(it.size for it in items)),
+            "nodes": n_nodes, "files": n_rows, "bytes": info.get("bytes", sum(it.size for it in items)),
             "view": name, "mode": "view", "copied_files": 0, "copied_bytes": 0, "kept_files": 0, "fallbacks": 0,
             "seconds": round(time.monotonic() - t0, 3), "sealed_files": doc["actual_files"]}
 

@@ -47,6 +47,12 @@ COMMANDS: dict[str, list[str]] = {
     "db shell": [],  # stdin is closed: the typed confirmation is declined
     "db status": [],
     "db verify-backup": [],
+    "dataset build": ["{MISSING}"],  # no such spec file: exit 2
+    "dataset diff": ["nosuch@1", "nosuch@2"],
+    "dataset list": [],
+    "dataset materialize": ["nosuch@1"],
+    "dataset rm": ["nosuch@1"],
+    "dataset show": ["nosuch"],
     "delete": ["--batch", "no-such-batch", "--yes"],
     "demo": [],
     "disks activate": ["nosuch"],
@@ -100,7 +106,8 @@ COMMANDS: dict[str, list[str]] = {
 }
 
 #: commands whose work needs the service: with it down they must say so (exit 3, naming it)
-NEEDS_DATABASE = {"db backup", "db migrate", "db proposals", "db status", "db verify-backup", "delete", "demo", "gc",
+NEEDS_DATABASE = {"dataset diff", "dataset list", "dataset materialize", "dataset rm", "dataset show",
+                  "db backup", "db migrate", "db proposals", "db status", "db verify-backup", "delete", "demo", "gc",
                   "label add", "pipeline advance", "pipeline show", "select"}
 NEEDS_REDIS = {"demo", "worker"}
 
@@ -236,7 +243,8 @@ def test_a_database_without_hoardfs_tables(world, servers) -> None:
         url = psycopg.conninfo.make_conninfo(servers["database_url"], options=f"-c search_path={schema}")
         (home / "unmigrated.toml").write_text(text.replace("database_url = ", f"database_url = {url!r}\n#", 1))
         failures = []
-        reads = {"db backup", "db proposals", "db verify-backup", "delete", "label add", "select"}
+        reads = {"dataset list", "dataset show", "db backup", "db proposals", "db verify-backup", "delete", "label add",
+                 "select"}
 
         def one(command: str) -> None:
             res = _run(home / "unmigrated.toml", _args(command, world))

@@ -47,7 +47,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "services": ("services", "app"), "fixtures": ("fixtures", "app"), "disks": ("disks", "app"),
     "db": ("db", "app"), "index": ("index", "app"), "zones": ("zones", "app"), "users": ("users", "app"),
     "label": ("label", "app"), "view": ("mount", "view_app"), "action": ("action", "app"),
-    "pipeline": ("pipeline", "app"),
+    "pipeline": ("pipeline", "app"), "dataset": ("dataset", "app"),
 }
 
 #: how every command's help is written: paragraphs reflowed, `code` shown as code

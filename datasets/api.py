@@ -1,0 +1,477 @@
+"""Datasets: what the CLI (`hoard dataset …`), the RQ job (jobs/datasets.py) and the GUI call
+— no business logic elsewhere (docs/datasets.md).
+
+    build = plan (datasets.plan) → manifest (datasets.card) → files (datasets.formats: a pure
+            function of the manifest and dataset.json) → write into zone 3D (jobs.outputs'
+            write_copy / write_view: reserve, copy or publish a view, seal)
+
+Every version's manifest.jsonl and dataset.json are objects of the store, recorded as nodes
+(located `dataset:<name>@<N>/…`) by one write-intent: `materialize NAME@N` renders the same
+files from them, byte for byte, whatever the labels say today.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import io
+import json
+import re
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from datasets import card, formats, layouts
+from datasets.formats import FORMATS, Format, Tree, write_tar
+from datasets.model import Sample
+from datasets.plan import Plan, counts_of, order_key, plan
+from datasets.spec import NAME, DatasetError, DatasetSpec
+from fsd.base.config import Settings
+from fsd.base.errors import ExitCode, HoardError, first_line
+from fsd.base.files import flocked
+from fsd.outputs import seal, zones
+from fsd.outputs.manifest import ViewError
+from fsd.outputs.materialize import Item
+from fsd.outputs.views import remove_view
+from fsd.outputs.write import write_copy, write_view
+from fsd.store import Store
+from sql import datasets as sqld
+from sql.apply import apply_write_intent
+
+ZONE = "3D"
+#: where a version's manifest and dataset.json are located as nodes
+LOCATOR = "dataset:{name}@{version}/{file}"
+REF = re.compile(rf"({NAME.pattern})(?:@([1-9][0-9]{{0,8}}))?")
+
+
+@dataclass
+class DryRun:
+    name: str
+    layout: str
+    mode: str
+    counts: dict[str, dict[str, int]]
+    samples: int
+    bytes: int
+    reserve_bytes: int
+    zone_free: int
+    quota_ok: bool
+    class_map: list[str]
+    new_classes: list[str]
+    thumbnails: dict[str, list[str]]
+    selected: int
+    unlabelled: int
+    capped: int
+    dropped_dup: int
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class _Made:
+    """A version's files: the layout's tree and the common ones."""
+    tree: Tree
+    manifest: bytes
+    doc: dict[str, Any]
+    doc_bytes: bytes
+    readme: bytes
+    generated: list[tuple[str, bytes]] = field(default_factory=list)
+
+
+# -- the pieces ---------------------------------------------------------------------------------
+
+def resolve_format(spec: DatasetSpec) -> Format:
+    """The spec's layout: a built-in name, or a layout .toml file (docs/layouts.md templates)."""
+    if spec.layout in FORMATS:
+        return FORMATS[spec.layout]
+    if spec.layout.endswith(".toml"):
+
+        make = getattr(formats, "template_format", None)
+        if make is not None:
+            try:
+                return make(layouts.load(spec.layout))
+            except layouts.LayoutError as e:
+                raise DatasetError(f"dataset {spec.name}: {e.message}") from None
+    raise DatasetError(f"dataset {spec.name}: layout {spec.layout!r} is not one of {', '.join(sorted(FORMATS))} nor a "
+                       "layout .toml file; fix `layout` in the spec")
+
+
+def _connect(cfg: Settings, what: str):
+    import psycopg  # deferred: only what reads the database needs it (not `hoard dataset --help`)
+
+    try:
+        return psycopg.connect(cfg.database_url, connect_timeout=10)
+    except psycopg.OperationalError as e:
+        raise HoardError(f"cannot reach the database ({first_line(e)}) to {what}; nothing was written — start it "
+                         "(`hoard services up`) and run the same command again", ExitCode.UNAVAILABLE) from None
+
+
+@contextlib.contextmanager
+def _db_errors(what: str) -> Iterator[None]:
+    import psycopg  # deferred: as in _connect
+
+    try:
+        yield
+    except psycopg.Error as e:
+        old = isinstance(e, (psycopg.errors.UndefinedTable, psycopg.errors.UndefinedColumn))
+        raise HoardError(f"the database failed while {what} ({first_line(e)}) — " + (
+            "its schema is older than this hoardfs: `hoard db migrate`, then run the same command again" if old
+            else "run the same command again"), ExitCode.UNAVAILABLE) from None
+
+
+def _with_mode(spec: DatasetSpec, mode: str | None) -> DatasetSpec:
+    if mode is None or mode == spec.mode:
+        return spec
+    if mode not in ("copy", "view"):
+        raise DatasetError(f"--mode {mode!r}: copy or view")
+    return spec.model_copy(update={"mode": mode})
+
+
+def _plan(cfg: Settings, conn, spec: DatasetSpec, fmt: Format) -> Plan:
+
+    with _db_errors(f"dataset {spec.name} was planned"):
+        return plan(conn, spec, fmt, sqld.class_map(conn, spec.name))
+
+
+def _make(spec_doc: dict[str, Any], spec_sha: str, fmt: Format, samples: list[Sample], class_map: list[str],
+          licences: list[str], manifest: bytes | None = None, doc_bytes: bytes | None = None) -> _Made:
+    """The files of a version (pure): from a plan, or from a stored manifest + dataset.json."""
+    splits = list(spec_doc["split"].get("order") or spec_doc["split"]["ratios"])
+    samples = sorted(samples, key=lambda s: order_key(s, splits))
+    manifest = manifest if manifest is not None else card.manifest_bytes(samples)
+    if doc_bytes is None:
+        doc = card.dataset_doc(spec_doc, spec_sha, class_map, counts_of(samples, splits), samples, manifest, licences)
+        doc_bytes = card.canonical_bytes(doc)
+    else:
+        doc = json.loads(doc_bytes)
+    tree = fmt.render(samples, doc, {"webdataset": spec_doc.get("webdataset", {})})
+    made = _Made(tree, manifest, doc, doc_bytes, card.readme(doc, samples))
+    taken = {f.path for f in tree.files} | {g.path for g in tree.generated} | {t.path for t in tree.tars}
+    clash = sorted(taken & set(card.COMMON))
+    if clash:
+        raise DatasetError(f"dataset {spec_doc['name']}: layout {fmt.name} writes {clash[0]}, a name every build "
+                           "keeps for itself; choose another layout", ExitCode.BUG)
+    made.generated = [(g.path, g.data) for g in tree.generated] + [
+        (card.MANIFEST, manifest), (card.DOC, doc_bytes), (card.README, made.readme)]
+    return made
+
+
+def _quota(cfg: Settings, sizes: list[int], paths: list[str], mode: str) -> tuple[int, int, bool]:
+    """(bytes to reserve, room in 3D, whether it fits under the deny threshold)."""
+    if mode == "view":
+        need = 0
+    else:
+        need = zones.charge((cfg, ZONE), sizes, dirs=zones.tree_dirs(paths))
+    u = zones.zone_usage(cfg, ZONE)
+    room = max(0, int(cfg.ssd.thresholds.deny * u["quota_bytes"]) - u["used_bytes"] - u["reserved_bytes"])
+    room = min(room, max(0, u["fs_free_bytes"]))
+    return need, room, u["present"] and need <= room
+
+
+def _sizes(made: _Made) -> tuple[list[int], list[str]]:
+    t = made.tree
+    sizes = [f.size for f in t.files] + [len(d) for _, d in made.generated] + [
+        sum(512 + -(-m.size // 512) * 512 for m in s.members) + 1024 for s in t.tars]
+    paths = [f.path for f in t.files] + [p for p, _ in made.generated] + [s.path for s in t.tars]
+    return sizes, paths
+
+
+# -- the API ------------------------------------------------------------------------------------
+
+def dry_run(cfg: Settings, spec: DatasetSpec, mode: str | None = None) -> DryRun:
+    """What a build would make — counts per split × class, bytes, whether 3D's quota admits it,
+    thumbnails per class — with nothing written anywhere."""
+    spec = _with_mode(spec, mode)
+    fmt = resolve_format(spec)
+    with _connect(cfg, f"plan dataset {spec.name}") as conn:
+        p = _plan(cfg, conn, spec, fmt)
+    made = _make(spec.doc(), spec.sha256(), fmt, p.samples, p.class_map, p.licences)
+    sizes, paths = _sizes(made)
+    need, room, ok = _quota(cfg, sizes, paths, spec.mode)
+    return DryRun(spec.name, spec.layout, spec.mode, p.counts(), len(p.samples), sum(sizes), need, room, ok,
+                  p.class_map, p.new_classes, p.thumbnails(), p.selected, p.unlabelled, p.capped, p.dropped_dup)
+
+
+@contextlib.contextmanager
+def _build_lock(cfg: Settings, name: str) -> Iterator[None]:
+    d = cfg.ssd.root / "state" / "datasets"
+    d.mkdir(parents=True, exist_ok=True)
+    try:
+        with flocked(d / f"{name}.lock", wait=False):
+            yield
+    except BlockingIOError:
+        raise HoardError(f"dataset {name}: another build, materialize or rm of it is running; wait for it",
+                         ExitCode.UNAVAILABLE) from None
+
+
+def build(cfg: Settings, spec: DatasetSpec, mode: str | None = None, force: bool = False,
+          progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+    """Build version N+1 of the spec's dataset into `3D/<name>-v<N+1>/` (or resume the killed
+    build of version N). Refused, with nothing written, for every bad input (datasets.plan) and
+    a zone too full; "unchanged since version N" when the spec and the data are those of the
+    newest version (unless `force`). The report: name, version, path, mode, files, bytes, …"""
+    t0 = time.monotonic()
+    spec = _with_mode(spec, mode)
+    fmt = resolve_format(spec)
+    if spec.mode == "view":
+        _check_view(cfg, spec, fmt)
+    with _build_lock(cfg, spec.name), _connect(cfg, f"build dataset {spec.name}") as conn:
+        conn.autocommit = True
+        p = _plan(cfg, conn, spec, fmt)
+        spec_doc, spec_sha = spec.doc(), spec.sha256()
+        made = _make(spec_doc, spec_sha, fmt, p.samples, p.class_map, p.licences)
+        fp = made.doc["state"]["fingerprint"]
+        with _db_errors(f"dataset {spec.name} was recorded"):
+            done = [v for v in sqld.versions(conn, spec.name) if v["status"] != "building"]
+        if done and done[-1]["fingerprint"] == fp and done[-1]["mode"] == spec.mode and not force:
+            last = done[-1]
+            return {"name": spec.name, "version": last["version"], "path": last["path"], "mode": last["mode"],
+                    "unchanged": True, "status": last["status"], "files": last["files"], "bytes": last["bytes"],
+                    "counts": last["counts"], "samples": len(p.samples)}
+        sizes, paths = _sizes(made)
+        need, room, ok = _quota(cfg, sizes, paths, spec.mode)
+        if not ok:
+            raise zones.ZoneFull(f"dataset {spec.name}: zone {ZONE} has room for {room} bytes under its deny threshold, "
+                                 f"the build needs {need}; nothing was written — free space (`hoard zones`, `hoard "
+                                 "dataset rm NAME@N`) or raise its quota, then run the same command again")
+        _check_stored(cfg, spec.name, made)
+        with _db_errors(f"dataset {spec.name} was recorded"):
+            n = sqld.begin_version(conn, spec.name, spec_doc, spec_sha, fp, spec.mode, str(cfg.ssd.zone_path(ZONE)))
+        try:
+            report = _write(cfg, conn, spec.name, n, spec.mode, made, progress)
+        except zones.ZoneFull:
+            with contextlib.suppress(Exception):  # refused before a byte moved: no version was made
+                sqld.drop_building(conn, spec.name, n)
+            raise
+        sqld.save_class_map(conn, spec.name, p.class_map)
+    return report | {"samples": len(p.samples), "selected": p.selected, "unlabelled": p.unlabelled,
+                     "new_classes": p.new_classes, "seconds": round(time.monotonic() - t0, 3)}
+
+
+def _check_view(cfg: Settings, spec: DatasetSpec, fmt: Format) -> None:
+    if cfg.mount.path is None:
+        raise DatasetError("--mode view needs the mount: set `[mount] path = \"/srv/hoard\"` in hoard.toml (where "
+                           "`hoard mount` / hoard-mount.service serves), or use --mode copy")
+    if not fmt.view_ok:
+        raise DatasetError(f"dataset {spec.name}: layout {fmt.name} cannot be a view (its files are made, not "
+                           "stored); use --mode copy")
+
+
+def _check_stored(cfg: Settings, name: str, made: _Made) -> None:
+
+    shas = sorted({bytes.fromhex(f.sha256) for f in made.tree.files}
+                  | {bytes.fromhex(m.sha256) for t in made.tree.tars for m in t.members if m.sha256})
+    with Store.open(cfg) as store:
+        found = store.index.lookup_many(shas)
+    gone = [s.hex() for s in shas if s not in found]
+    if gone:
+        raise DatasetError(f"dataset {name}: {len(gone)} of the {len(shas)} selected objects are not in the store "
+                           f"(deleted and collected?), e.g. {gone[0]}; nothing was written — narrow the selection "
+                           f"(`hoard info {gone[0]}`)", ExitCode.DATA)
+
+
+def _write(cfg: Settings, conn, name: str, n: int, mode: str, made: _Made,
+           progress: Callable[[int, int], None] | None) -> dict[str, Any]:
+    """Record the manifest and dataset.json (objects + nodes), then write and seal
+    `3D/<name>-v<n>/`; the version is `done` once sealed."""
+    out_id = f"{name}-v{n}"
+    final = cfg.ssd.zone_path(ZONE) / out_id
+    view = f"{ZONE}-{out_id}" if mode == "view" else None
+    fp = made.doc["state"]["fingerprint"]
+    request = {"dataset": name, "version": n, "fingerprint": fp, "mode": mode, "view": view}
+    with Store.open(cfg) as store:
+        manifest_sha, doc_sha = _record(store, conn, name, n, made)
+        doc = None
+        if (final / seal.SEALED).is_file():  # killed after its seal, before the version was marked done
+            job = seal.check_sealed(final)
+            if job.get("selector") != request:
+                raise DatasetError(f"dataset {name}: {final} is sealed for another build; `hoard dataset rm "
+                                   f"{name}@{n}` removes it", ExitCode.DATA)
+            zones.release_stale(cfg, ZONE, out_id)
+            doc = job
+        items = [Item(f.path, f.sha256, f.size) for f in made.tree.files]
+        generated = list(made.generated)
+        for shard in made.tree.tars:  # made here from the stored members
+            buf = io.BytesIO()
+            write_tar(shard, lambda sha: store.get(sha), buf)
+            generated.append((shard.path, buf.getvalue()))
+        common: dict[str, Any] = dict(job=f"dataset:{name}@{n}", kind="dataset", selector=request,
+                      layout={"name": made.doc["layout"]})
+        if doc is None and mode == "copy":
+            doc, _rep = write_copy(cfg, store, ZONE, out_id, items=items, generated=generated, progress=progress,
+                                   **common)
+        elif doc is None:
+            assert view is not None
+            tops = sorted({p.split("/", 1)[0] for p in [it.path for it in items] + [g for g, _ in generated]})
+            doc, _info, _rows = write_view(cfg, store, ZONE, out_id, view=view, items=items, generated=generated,
+                                           entries=tops, **common)
+    files = len(items) + len(generated)
+    nbytes = sum(it.size for it in items) + sum(len(d) for _, d in generated)
+    with _db_errors(f"dataset {name} was recorded"):
+        sqld.finish_version(conn, name, n, manifest_sha, doc_sha, files, nbytes, made.doc["counts"], str(final))
+    return {"name": name, "version": n, "ref": f"{name}@{n}", "path": str(final), "output_id": out_id, "mode": mode,
+            "view": view, "files": files, "bytes": nbytes, "counts": made.doc["counts"],
+            "fingerprint": fp, "sealed_files": doc["actual_files"]}
+
+
+def _record(store, conn, name: str, n: int, made: _Made) -> tuple[str, str]:
+    """Store the manifest and dataset.json (class generated, pinned until the database names
+    them) and record them as nodes by one write-intent: gc keeps them while the rows live."""
+    res = store.put_bytes_many([made.manifest, made.doc_bytes], klass="generated")
+    bad = next((r for r in res if r.status not in ("new", "existing")), None)
+    if bad is not None:
+        raise HoardError(f"dataset {name}: its manifest could not be stored ({bad.reason}); nothing was written — "
+                         "run the same command again", ExitCode.UNAVAILABLE)
+    shas = [r.sha256 for r in res]
+    pin = f"dataset-{name}-v{n}"
+    store.pin(pin, shas, f"manifest and dataset.json of dataset {name}@{n}, until recorded")
+    try:
+        files = [(card.MANIFEST, made.manifest, None), (card.DOC, made.doc_bytes, "json")]
+        intent = {"key": f"dataset:{name}@{n}:{shas[0][:16]}", "nodes": [
+            {"sha256": sha, "physical": {"size": len(data), "file_type": ftype,
+                                         "locators": [LOCATOR.format(name=name, version=n, file=fname)]}}
+            for sha, (fname, data, ftype) in zip(shas, files)]}
+        with _db_errors(f"dataset {name} was recorded"):
+            apply_write_intent(conn, intent)
+    finally:
+        store.unpin(pin)
+    return shas[0], shas[1]
+
+
+def parse_ref(ref: str, need_version: bool = True) -> tuple[str, int | None]:
+    m = REF.fullmatch(ref or "")
+    if not m or (need_version and m.group(2) is None):
+        raise DatasetError(f"{ref!r}: name a version as NAME@N (e.g. pets@2); `hoard dataset list` shows them")
+    return m.group(1), int(m.group(2)) if m.group(2) else None
+
+
+def _version(conn, ref: str, need_version: bool = False) -> dict[str, Any]:
+
+    name, n = parse_ref(ref, need_version)
+    with _db_errors(f"dataset {name} was read"):
+        rows = sqld.versions(conn, name)
+    rows = [r for r in rows if r["status"] != "building" or n is not None]
+    row = next((r for r in rows if r["version"] == n), None) if n is not None else (rows[-1] if rows else None)
+    if row is None:
+        raise DatasetError(f"no dataset {ref}" + ("" if n is None else f" (its versions: "
+                           f"{', '.join(str(r['version']) for r in rows) or 'none'})") + "; `hoard dataset list`")
+    return row
+
+
+def list_datasets(cfg: Settings) -> list[dict[str, Any]]:
+    """Every dataset with its versions (newest last) and class map."""
+    with _connect(cfg, "list datasets") as conn, _db_errors("datasets were listed"):
+        rows = sqld.versions(conn)
+        maps = sqld.class_maps(conn)
+    out: dict[str, dict[str, Any]] = {}
+    for r in rows:
+        d = out.setdefault(r["name"], {"name": r["name"], "class_map": maps.get(r["name"], []), "versions": []})
+        d["versions"].append({k: r[k] for k in ("version", "status", "mode", "path", "files", "bytes", "built_at",
+                                                "counts")})
+    return list(out.values())
+
+
+def show(cfg: Settings, name: str, version: int | None = None) -> dict[str, Any]:
+    """A version (the newest when `version` is None): its row, its dataset.json and whether its
+    output is sealed in 3D."""
+    ref = f"{name}@{version}" if version is not None else name
+    with _connect(cfg, f"show dataset {ref}") as conn:
+        row = _version(conn, ref)
+    if row["doc_sha256"]:
+        with Store.open(cfg) as store:
+            row["dataset"] = json.loads(store.get(row["doc_sha256"]))
+    try:
+        seal.check_sealed(Path(row["path"]))
+        row["sealed"] = True
+    except (seal.OutputIncomplete, OSError):
+        row["sealed"] = False
+    return row
+
+
+def _samples(cfg: Settings, row: dict[str, Any]) -> list[Sample]:
+
+    if not row["manifest_sha256"]:
+        raise DatasetError(f"dataset {row['name']}@{row['version']} was never finished; build it again")
+    with Store.open(cfg) as store:
+        return card.read_manifest(store.get(row["manifest_sha256"]))
+
+
+def diff(cfg: Settings, a: str, b: str) -> dict[str, Any]:
+    """Samples (by content) added and removed from `a` to `b`, moved between splits, relabelled
+    (another class)."""
+    with _connect(cfg, f"diff {a} {b}") as conn:
+        ra, rb = _version(conn, a, True), _version(conn, b, True)
+    sa = {s.sha256: s for s in _samples(cfg, ra)}
+    sb = {s.sha256: s for s in _samples(cfg, rb)}
+    both = sorted(set(sa) & set(sb))
+    return {"a": f"{ra['name']}@{ra['version']}", "b": f"{rb['name']}@{rb['version']}",
+            "added": [{"sha256": h, "path": sb[h].path, "split": sb[h].split, "class": sb[h].cls}
+                      for h in sorted(set(sb) - set(sa))],
+            "removed": [{"sha256": h, "path": sa[h].path, "split": sa[h].split, "class": sa[h].cls}
+                        for h in sorted(set(sa) - set(sb))],
+            "moved": [{"sha256": h, "from": sa[h].split, "to": sb[h].split} for h in both if sa[h].split != sb[h].split],
+            "relabelled": [{"sha256": h, "from": sa[h].cls, "to": sb[h].cls} for h in both if sa[h].cls != sb[h].cls],
+            "unchanged": sum(1 for h in both if sa[h].split == sb[h].split and sa[h].cls == sb[h].cls)}
+
+
+def materialize(cfg: Settings, ref: str, progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+    """Make `3D/<name>-v<N>/` again from the version's stored manifest and dataset.json: the
+    same bytes as its build, whatever the labels say today. A sealed one is reported as it is."""
+    name, n = parse_ref(ref)
+    with _build_lock(cfg, name), _connect(cfg, f"materialize dataset {ref}") as conn:
+        conn.autocommit = True
+        row = _version(conn, ref, True)
+        final = Path(row["path"])
+        if row["status"] == "done" and (final / seal.SEALED).is_file():
+            return {"name": name, "version": n, "path": str(final), "mode": row["mode"], "files": row["files"],
+                    "bytes": row["bytes"], "already_done": True}
+        if not row["manifest_sha256"] or not row["doc_sha256"]:
+            raise DatasetError(f"dataset {ref} was never finished; `hoard dataset build` its spec again")
+        with Store.open(cfg) as store:
+            manifest = store.get(row["manifest_sha256"])
+            doc_bytes = store.get(row["doc_sha256"])
+        doc = json.loads(doc_bytes)
+        spec = DatasetSpec.from_doc(doc["spec"])
+        fmt = resolve_format(spec)
+        if row["mode"] == "view":
+            _check_view(cfg, spec, fmt)
+        made = _make(doc["spec"], doc["spec_sha256"], fmt, card.read_manifest(manifest), doc["class_map"],
+                     doc.get("licences", []), manifest=manifest, doc_bytes=doc_bytes)
+        sizes, paths = _sizes(made)
+        need, room, ok = _quota(cfg, sizes, paths, row["mode"])
+        if not ok:
+            raise zones.ZoneFull(f"dataset {ref}: zone {ZONE} has room for {room} bytes under its deny threshold, it "
+                                 f"needs {need}; nothing was written — free space (`hoard zones`) and run the same "
+                                 "command again")
+        _check_stored(cfg, name, made)
+        sqld.set_status(conn, name, int(n or 0), "building")
+        report = _write(cfg, conn, name, int(n or 0), row["mode"], made, progress)
+    return report | {"materialized": True}
+
+
+def remove(cfg: Settings, ref: str) -> dict[str, Any]:
+    """Remove the output of `NAME@N` (every version's, for `NAME`) from 3D, and its view; the
+    version stays recorded (its manifest in the store): `materialize` makes it again."""
+    name, n = parse_ref(ref, need_version=False)
+    removed = []
+    with _build_lock(cfg, name), _connect(cfg, f"remove dataset {ref}") as conn:
+        conn.autocommit = True
+        rows = [_version(conn, ref, True)] if n is not None else sqld.versions(conn, name)
+        if not rows:
+            raise DatasetError(f"no dataset {name}; `hoard dataset list`")
+        for row in rows:
+            out_id = f"{name}-v{row['version']}"
+            try:
+                res = zones.clean(cfg, out_id, ZONE)
+            except zones.NoSuchOutput:
+                res = {"freed_bytes": 0, "view": None}
+            view = res["view"] or (f"{ZONE}-{out_id}" if row["mode"] == "view" else None)
+            if view:  # gc then frees what only it named
+                with Store.open(cfg) as store, contextlib.suppress(ViewError):
+                    remove_view(store, view, for_output=True)
+            sqld.set_status(conn, name, row["version"], "removed")
+            removed.append({"version": row["version"], "path": row["path"], "freed_bytes": res.get("freed_bytes", 0),
+                            "view": res.get("view")})
+    return {"name": name, "removed": removed, "path": removed[-1]["path"] if removed else None}

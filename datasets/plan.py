@@ -1,0 +1,295 @@
+"""A dataset spec → its samples (docs/datasets.md): the selection (sql.selectors, tree
+predicates included), each node's labels, lineage to the root, the root's source URL and
+date, the class and its index in the class map, the split by hash of (salt, group key),
+dedup, per-class caps, each sample's path in the layout — checked whole, before a byte moves.
+
+Everything after the database reads is a pure function of the rows (`samples_from_rows`):
+the same rows and spec give the same samples, in the same order.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+from datasets.formats import Format
+from datasets.model import Annotation, Sample
+from datasets.spec import DatasetError, DatasetSpec
+from fsd.base.errors import ExitCode
+from fsd.base.paths import display, hostile_reason
+from sql.datasets import sample_rows
+from sql.selectors import query_nodes
+
+#: the labels an image's size is read from (the `exif` action writes them)
+WIDTH, HEIGHT = "image.width", "image.height"
+#: the counts' name of "no class" (a layout that needs none, a spec without class_label)
+NO_CLASS = "-"
+THUMBNAILS = 8
+
+
+@dataclass
+class Plan:
+    spec: DatasetSpec
+    samples: list[Sample]  # in build order: split (ratios' order), class index, sha256
+    class_map: list[str]
+    new_classes: list[str] = field(default_factory=list)  # appended to the frozen map (allow_new_classes)
+    selected: int = 0  # nodes the selector picked
+    unlabelled: int = 0  # selected nodes without the class label (left out)
+    dropped_dup: int = 0
+    capped: int = 0
+    licences: list[str] = field(default_factory=list)  # found in the samples' metadata (`license`/`licence`)
+
+    @property
+    def bytes(self) -> int:
+        return sum(s.size for s in self.samples)
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        return counts_of(self.samples, list(self.spec.split.ratios))
+
+    def thumbnails(self) -> dict[str, list[str]]:
+        out: dict[str, list[str]] = defaultdict(list)
+        for s in self.samples:
+            got = out[s.cls or NO_CLASS]
+            if len(got) < THUMBNAILS:
+                got.append(s.sha256)
+        return dict(out)
+
+
+def counts_of(samples: list[Sample], splits: list[str]) -> dict[str, dict[str, int]]:
+    """samples per split × class (every split of the ratios, even an empty one)."""
+    out: dict[str, dict[str, int]] = {s: {} for s in splits}
+    for s in samples:
+        by = out.setdefault(s.split, {})
+        by[s.cls or NO_CLASS] = by.get(s.cls or NO_CLASS, 0) + 1
+    return {k: dict(sorted(v.items())) for k, v in out.items()}
+
+
+def unit(salt: str, key: str) -> float:
+    """The sample's place in [0, 1): it depends on the salt and its group key only, so adding
+    data never moves an existing sample."""
+    return int.from_bytes(hashlib.sha256(f"{salt}\0{key}".encode()).digest()[:8], "big") / 2 ** 64
+
+
+def split_of(ratios: dict[str, float], salt: str, key: str) -> str:
+    u, acc = unit(salt, key), 0.0
+    names = list(ratios)
+    for name in names:
+        acc += ratios[name]
+        if u < acc:
+            return name
+    return names[-1]  # the float sum fell a hair short of 1
+
+
+def order_key(s: Sample, splits: list[str]) -> tuple[int, int, str, str]:
+    """Build order: split (the ratios' order), class index, sha256, path."""
+    return (splits.index(s.split) if s.split in splits else len(splits),
+            s.class_index if s.class_index is not None else -1, s.sha256, s.path)
+
+
+def plan(conn, spec: DatasetSpec, fmt: Format, frozen_map: list[str] | None) -> Plan:
+    """Read the selection and its rows (sql.datasets) and make the samples; DatasetError — one
+    line naming the problem and what to do — for anything that would make a wrong dataset."""
+    node_ids = query_nodes(conn, spec.selector).node_ids
+    if not node_ids:
+        raise DatasetError(f"dataset {spec.name}: the selection is empty — no node matches its [selector]; check it "
+                           "with `hoard select` (nothing was written)", ExitCode.DATA)
+    rows = sample_rows(conn, node_ids, ocr_boxes=spec.annotations == "result_ocr_box")
+    if not rows:
+        raise DatasetError(f"dataset {spec.name}: the selection is empty — its [selector] matches only manifests of "
+                           "datasets; check it with `hoard select` (nothing was written)", ExitCode.DATA)
+    return samples_from_rows(spec, fmt, [rows[n] for n in node_ids if n in rows], frozen_map)
+
+
+def samples_from_rows(spec: DatasetSpec, fmt: Format, rows: list[dict[str, Any]],
+                      frozen_map: list[str] | None) -> Plan:
+    name = spec.name
+    _check_keys(spec, rows)
+    if fmt.needs_class and spec.class_label is None:
+        raise DatasetError(f"dataset {name}: layout {fmt.name} needs a class: set class_label to the label key that "
+                           "holds it")
+    # the class of each node
+    classed: list[tuple[dict[str, Any], str | None]] = []
+    unlabelled = 0
+    for r in rows:
+        cls = None
+        if spec.class_label is not None:
+            values = r["labels"].get(spec.class_label, [])
+            if len(values) > 1:
+                raise DatasetError(f"dataset {name}: node {r['sha256']} has {len(values)} values of "
+                                   f"{spec.class_label!r} ({', '.join(map(repr, values[:3]))}); a sample has one class — "
+                                   "take the others off (`hoard label rm`)", ExitCode.DATA)
+            if not values:
+                unlabelled += 1
+                continue
+            cls = values[0]
+        classed.append((r, cls))
+    if not classed:
+        raise DatasetError(f"dataset {name}: none of the {len(rows)} selected nodes has a {spec.class_label!r} label; "
+                           "label them or widen the selector", ExitCode.DATA)
+    found = sorted({c for _, c in classed if c is not None})
+    cmap, new = _class_map(spec, frozen_map, found, classed)
+    index = {c: i for i, c in enumerate(cmap)}
+    # one sample per node; dedup by content or node
+    seen: set[str | int] = set()
+    dropped = 0
+    out: list[Sample] = []
+    keys = Counter(r["sha256"][:16] for r, _ in classed)
+    splits = list(spec.split.ratios)
+    for r, cls in sorted(classed, key=lambda rc: rc[0]["node_id"]):
+        ident = r["sha256"] if spec.dedup == "by_sha256" else r["node_id"]
+        if ident in seen:
+            dropped += 1
+            continue
+        seen.add(ident)
+        key = r["sha256"][:16] if keys[r["sha256"][:16]] == 1 else f"{r['sha256'][:16]}-{r['node_id']}"
+        split = _split(spec, r, splits)
+        labels = {k: tuple(v) for k, v in sorted(r["labels"].items())}
+        width, height = _int(labels.get(WIDTH)), _int(labels.get(HEIGHT))
+        anns, w2, h2 = _annotations(spec, r, cls)
+        out.append(Sample(path="", sha256=r["sha256"], size=int(r["size"]),
+                          ext=f".{r['file_type']}" if r.get("file_type") else "", key=key, node_id=r["node_id"],
+                          root_id=r["root_id"], lineage=tuple(r["lineage"]), source_url=r["source_url"],
+                          date=r["date"], labels=labels, cls=cls, class_index=index[cls] if cls is not None else None,
+                          split=split, annotations=anns, width=width or w2, height=height or h2))
+    out, capped = _caps(spec, out)
+    kept = {s.node_id for s in out}
+    licences = sorted({lic for r, _ in classed if r["node_id"] in kept for lic in r.get("licences", ())})
+    placed = place(fmt, out, name)
+    placed.sort(key=lambda s: order_key(s, splits))
+    return Plan(spec, placed, cmap, new, selected=len(rows), unlabelled=unlabelled, dropped_dup=dropped, capped=capped,
+                licences=licences)
+
+
+def place(fmt: Format, samples: list[Sample], name: str) -> list[Sample]:
+    """Each sample with its path in the layout; a path that is no safe relative path, or two
+    samples at one path, is refused naming them."""
+    out: list[Sample] = []
+    at: dict[str, str] = {}
+    for s in samples:
+        path = fmt.place(s)
+        why = hostile_reason(path)
+        if why:
+            raise DatasetError(f"dataset {name}: node {s.sha256} would lie at {display(path)} in layout {fmt.name}: "
+                               f"{why}; change its label or the layout", ExitCode.DATA)
+        if path in at:
+            raise DatasetError(f"dataset {name}: nodes {at[path]} and {s.sha256} both map to {display(path)} in layout "
+                               f"{fmt.name}; dedup or narrow the selection", ExitCode.DATA)
+        at[path] = s.sha256
+        out.append(dataclasses.replace(s, path=path))
+    return out
+
+
+def _check_keys(spec: DatasetSpec, rows: list[dict[str, Any]]) -> None:
+    """A label key the spec names that no selected node has is a typo until proven otherwise."""
+    have: set[str] = set()
+    for r in rows:
+        have.update(r["labels"])
+    named = [("class_label", spec.class_label), ("split.field", spec.split.field),
+             ("split.group", spec.split.group[6:] if spec.split.group.startswith("label:") else None),
+             ("annotations", spec.annotations if spec.annotations != "result_ocr_box" else None)]
+    for what, key in named:
+        if key is not None and key not in have:
+            near = sorted(have)[:8]
+            raise DatasetError(f"dataset {spec.name}: {what} = {key!r}: no selected node has that label key"
+                               + (f" (their keys: {', '.join(near)}{', …' if len(have) > 8 else ''})" if near else
+                                  " (they have no labels at all)") + "; fix the key or the selector", ExitCode.DATA)
+
+
+def _class_map(spec: DatasetSpec, frozen: list[str] | None, found: list[str],
+               classed: list[tuple[dict[str, Any], str | None]]) -> tuple[list[str], list[str]]:
+    if spec.class_label is None:
+        return [], []
+    base = list(spec.classes) if spec.classes is not None else (list(frozen) if frozen else [])
+    if not base:  # the first build without pinned classes: the sorted names found, frozen from now on
+        return found, []
+    new = [c for c in found if c not in base]
+    if new and not spec.allow_new_classes:
+        node = next(r["sha256"] for r, c in classed if c == new[0])
+        pinned = "the spec's classes" if spec.classes is not None else "the class map frozen at its first build"
+        raise DatasetError(f"dataset {spec.name}: class {new[0]!r} (of node {node}"
+                           + (f", and {len(new) - 1} more class(es)" if len(new) > 1 else "")
+                           + f") is not in {pinned}; add it to classes, set allow_new_classes = true (it is appended: "
+                           "no index moves), or leave those nodes out of the selector", ExitCode.DATA)
+    if spec.classes is not None:
+        empty = [c for c in spec.classes if c not in found]
+        if empty:
+            raise DatasetError(f"dataset {spec.name}: class {empty[0]!r} has no samples; drop it from classes or widen "
+                               "the selector", ExitCode.DATA)
+    return base + new, new
+
+
+def _split(spec: DatasetSpec, r: dict[str, Any], splits: list[str]) -> str:
+    sp = spec.split
+    if sp.field is not None and r["labels"].get(sp.field):
+        values = r["labels"][sp.field]
+        if len(values) > 1 or values[0] not in sp.ratios:
+            raise DatasetError(f"dataset {spec.name}: node {r['sha256']} says {sp.field} = "
+                               f"{', '.join(map(repr, values))}, which is not one split of {', '.join(splits)}; fix "
+                               "its label or the ratios", ExitCode.DATA)
+        return values[0]
+    if sp.group == "node":
+        key = f"node:{r['node_id']}"
+    elif sp.group.startswith("label:") and r["labels"].get(sp.group[6:]):
+        key = "label:" + r["labels"][sp.group[6:]][0]
+    else:
+        key = f"root:{r['root_id']}"
+    return split_of(sp.ratios, sp.salt, key)
+
+
+def _caps(spec: DatasetSpec, samples: list[Sample]) -> tuple[list[Sample], int]:
+    """At most the cap of each class per split, keeping the lowest sha256(salt, key) first (a
+    stable choice: adding data replaces a kept sample only by one that sorts before it)."""
+    if not spec.caps and spec.max_per_class is None:
+        return samples, 0
+    groups: dict[tuple[str, str | None], list[Sample]] = defaultdict(list)
+    for s in samples:
+        groups[(s.split, s.cls)].append(s)
+    kept: list[Sample] = []
+    for (_split_name, cls), members in groups.items():
+        cap = (spec.caps or {}).get(cls or "", spec.max_per_class)
+        members.sort(key=lambda s: hashlib.sha256(f"{spec.split.salt}\0{s.key}".encode()).digest())
+        kept.extend(members if cap is None else members[:cap])
+    return kept, len(samples) - len(kept)
+
+
+def _int(values: tuple[str, ...] | None) -> int | None:
+    try:
+        return int(values[0]) if values else None
+    except ValueError:
+        return None
+
+
+def _annotations(spec: DatasetSpec, r: dict[str, Any], cls: str | None
+                 ) -> tuple[tuple[Annotation, ...], int | None, int | None]:
+    """Boxes and polygons in pixels: of result_ocr_box, or of Label Studio regions (percent of
+    original_width/height, docs/labelstudio.md) under the `annotations` label key."""
+    if spec.annotations is None:
+        return (), None, None
+    if spec.annotations == "result_ocr_box":
+        return tuple(Annotation(cls or (text or "text"), (x, y, w, h), None) for x, y, w, h, text in r["boxes"]), None, None
+    anns, width, height = [], None, None
+    for raw in r["labels"].get(spec.annotations, []):
+        try:
+            region = json.loads(raw)
+            v = region["value"]
+            ow, oh = float(region["original_width"]), float(region["original_height"])
+        except (ValueError, KeyError, TypeError):
+            raise DatasetError(f"dataset {spec.name}: node {r['sha256']}: label {spec.annotations!r} is not a Label "
+                               "Studio region with original_width/original_height; name another key in "
+                               "`annotations`", ExitCode.DATA) from None
+        width, height = int(ow), int(oh)
+        names = next((v[k] for k in ("rectanglelabels", "polygonlabels", "labels") if v.get(k)), None)
+        label = names[0] if names else (cls or "object")
+        if "points" in v:
+            pts = tuple((float(x) * ow / 100, float(y) * oh / 100) for x, y in v["points"])
+            xs, ys = [p[0] for p in pts], [p[1] for p in pts]
+            anns.append(Annotation(label, (min(xs), min(ys), max(xs) - min(xs), max(ys) - min(ys)), pts))
+        elif "width" in v:
+            anns.append(Annotation(label, (float(v["x"]) * ow / 100, float(v["y"]) * oh / 100,
+                                           float(v["width"]) * ow / 100, float(v["height"]) * oh / 100), None))
+    anns.sort(key=lambda a: (a.label, a.bbox or (), a.polygon or ()))
+    return tuple(anns), width, height

@@ -1,0 +1,157 @@
+"""A dataset spec (TOML): what `hoard dataset build SPEC` makes, checked whole before anything
+is read from the database — unknown keys refused, one line per problem (docs/datasets.md).
+
+    name = "pets"
+    layout = "imagefolder"
+    class_label = "class"
+    classes = ["cat", "dog"]
+    [selector]                     # as `hoard select --file` takes it (docs/selectors.md)
+    kinds = ["image"]
+    [split]
+    ratios = { train = 0.8, val = 0.2 }
+    salt = "v1"
+    group = "root"
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator, model_validator
+
+from datasets.card import canonical
+from fsd.base.config import describe_validation_error
+from fsd.base.errors import ExitCode, HoardError
+
+#: a dataset's name: an output id of zone 3D once `-v<N>` is added (jobs/outputs.OUTPUT_ID)
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,119}")
+_strict = ConfigDict(extra="forbid")
+
+
+class DatasetError(HoardError):
+    exit_code = ExitCode.USAGE
+
+
+class SplitSpec(BaseModel):
+    model_config = _strict
+    #: split name → its share; in the order written (the hash thresholds follow it)
+    ratios: dict[Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")], float]
+    salt: str = ""
+    #: the group that never straddles splits: root | node | label:KEY
+    group: Annotated[str, StringConstraints(pattern=r"^(root|node|label:.{1,200})$")] = "root"
+    #: a label key whose value names the split (explicit splits), instead of the hash
+    field: Annotated[str, StringConstraints(min_length=1, max_length=200)] | None = None
+
+    @field_validator("ratios")
+    @classmethod
+    def _sum_to_one(cls, v: dict[str, float]) -> dict[str, float]:
+        if not v:
+            raise ValueError("give at least one split, e.g. { train = 0.8, val = 0.2 }")
+        bad = [k for k, r in v.items() if not (0 < r <= 1) or not math.isfinite(r)]
+        if bad:
+            raise ValueError(f"split {bad[0]!r} has ratio {v[bad[0]]}; each ratio is > 0 and ≤ 1")
+        total = sum(v.values())
+        if abs(total - 1) > 1e-9:
+            raise ValueError(f"the ratios sum to {total:g}, not 1 ({', '.join(f'{k} = {r:g}' for k, r in v.items())})"
+                             "; make them add up to 1")
+        return v
+
+
+class WebDatasetSpec(BaseModel):
+    model_config = _strict
+    shard_bytes: int = Field(default=256 << 20, ge=1 << 10)
+    shard_samples: int | None = Field(default=None, ge=1)
+
+
+class DatasetSpec(BaseModel):
+    model_config = _strict
+    name: Annotated[str, StringConstraints(pattern=NAME.pattern.join("^$"))]
+    layout: Annotated[str, StringConstraints(min_length=1, max_length=4096)]
+    mode: Literal["copy", "view"] = "copy"
+    class_label: Annotated[str, StringConstraints(min_length=1, max_length=200)] | None = None
+    classes: list[Annotated[str, StringConstraints(min_length=1, max_length=200)]] | None = None
+    allow_new_classes: bool = False
+    selector: dict[str, Any] = {}
+    split: SplitSpec = SplitSpec(ratios={"train": 1.0})
+    dedup: Literal["by_sha256", "by_node"] = "by_sha256"
+    #: class → at most this many samples per split
+    caps: dict[str, Annotated[int, Field(ge=1)]] | None = None
+    #: every class: at most this many samples per split
+    max_per_class: int | None = Field(default=None, ge=1)
+    #: a label key holding boxes/polygons (Label Studio regions, e.g. "ls:box") or "result_ocr_box"
+    annotations: Annotated[str, StringConstraints(min_length=1, max_length=200)] | None = None
+    webdataset: WebDatasetSpec = WebDatasetSpec()
+
+    @model_validator(mode="after")
+    def _consistent(self) -> DatasetSpec:
+        if self.classes is not None:
+            if not self.classes:
+                raise ValueError("classes: an empty list; leave it out to freeze the classes found at the first build")
+            dup = sorted({c for c in self.classes if self.classes.count(c) > 1})
+            if dup:
+                raise ValueError(f"classes: {dup[0]!r} is listed twice")
+            if self.class_label is None:
+                raise ValueError("classes are given but no class_label names the label that holds them")
+        unknown = sorted(set(self.caps or {}) - set(self.classes or self.caps or {}))
+        if self.classes is not None and unknown:
+            raise ValueError(f"caps: {unknown[0]!r} is not one of the classes")
+        return self
+
+    def doc(self) -> dict[str, Any]:
+        """The spec as data (dataset.json, SQL): plus the order of the splits, which a JSON
+        object with sorted keys (or PostgreSQL's jsonb) would lose; without `mode`, which says
+        how the files are delivered, not what they are (a view and a copy are the same tree)."""
+        d = self.model_dump(mode="json", exclude={"mode"})
+        d["split"]["order"] = list(self.split.ratios)
+        return d
+
+    def sha256(self) -> str:
+        return hashlib.sha256(canonical(self.doc()).encode()).hexdigest()
+
+    @classmethod
+    def from_doc(cls, d: dict[str, Any]) -> DatasetSpec:
+        d = {**d, "split": dict(d["split"])}
+        order = d["split"].pop("order", None)
+        if order is not None:
+            d["split"]["ratios"] = {k: d["split"]["ratios"][k] for k in order}
+        return cls.model_validate(d)
+
+
+def load_spec(path_or_text: str | Path) -> DatasetSpec:
+    """A spec from a TOML file (a Path, or a string naming an existing .toml file) or TOML text;
+    DatasetError naming the first problem (the file, the key, what to do)."""
+    where = "the dataset spec"
+    text = str(path_or_text)
+    if isinstance(path_or_text, Path) or (text.endswith(".toml") and "\n" not in text):
+        path = Path(path_or_text)
+        where = f"dataset spec {path}"
+        try:
+            text = path.read_text()
+        except FileNotFoundError:
+            raise DatasetError(f"{where} does not exist") from None
+        except (OSError, UnicodeDecodeError) as e:
+            raise DatasetError(f"{where} cannot be read ({e})") from None
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise DatasetError(f"{where} is not valid TOML: {e}") from None
+    return parse_spec(raw, where)
+
+
+def parse_spec(raw: dict[str, Any], where: str = "the dataset spec") -> DatasetSpec:
+    from sql.selectors import SelectorError, parse_selector  # deferred: validation only
+
+    try:
+        spec = DatasetSpec.model_validate(raw)
+    except ValidationError as e:
+        raise DatasetError(f"{where}: {describe_validation_error(e, DatasetSpec)}") from None
+    try:
+        parse_selector(spec.selector)
+    except SelectorError as e:
+        raise DatasetError(f"{where}: [selector] {e.message}") from None
+    return spec

@@ -1,0 +1,36 @@
+"""RQ job (queue `io`): build a dataset — `hoard dataset build SPEC` without --here (and the
+GUI) queue it with `submit`; the spec travels in the job (a worker elsewhere has not the
+file) and is checked again here. The work is datasets.api.build's."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from datasets import api
+from datasets.spec import DatasetSpec, parse_spec
+from fsd.base import config as config_mod
+from fsd.base.config import Settings
+from jobs.queues import connect, enqueue_once, redis_required
+
+QUEUE = "io"
+JOB_TIMEOUT_S = 24 * 3600
+
+
+def submit(cfg: Settings, spec: DatasetSpec, mode: str | None = None, force: bool = False) -> str:
+    """Queue a build of `spec` on `io`; the RQ job id (`dataset-<name>`: one build of a name
+    waits or runs at a time). The layout is checked before anything is queued."""
+    api.resolve_format(spec)
+    mode = mode or spec.mode
+    with redis_required(cfg.redis_url):
+        return enqueue_once(connect(cfg.redis_url), QUEUE, "jobs.datasets.run_job",
+                            str(cfg.source) if cfg.source else None, spec.doc(), mode, force,
+                            job_id=f"dataset-{spec.name}", timeout=JOB_TIMEOUT_S,
+                            description=f"dataset build {spec.name}")
+
+
+def run_job(config_path: str | None, spec_doc: dict[str, Any], mode: str = "copy", force: bool = False
+            ) -> dict[str, Any]:
+    cfg = config_mod.load(config_path)
+    spec = parse_spec(DatasetSpec.from_doc(spec_doc).model_dump(mode="json"),
+                      f"the spec of dataset job {spec_doc.get('name')}")
+    return api.build(cfg, spec, mode=mode, force=force)
