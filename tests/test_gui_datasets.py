@@ -120,6 +120,9 @@ async def test_dry_run_launch_build_list_diff_remove_materialize(user, gui_home:
     await user.open("/runs/dataset/pets")
     await user.should_see("done", retries=50)
     await user.should_see(str(root1))  # the report names the directory it sealed
+    await user.should_see("otto")  # who launched it
+    runs = await run.io_bound(launch.runs, cfg)
+    assert [(r.kind, r.id, r.status, r.by) for r in runs if r.kind == "dataset"] == [("dataset", "pets", "done", "otto")]
 
     await user.open("/datasets")
     await user.should_see(marker="dataset-versions", retries=50)
@@ -156,3 +159,33 @@ async def test_dry_run_launch_build_list_diff_remove_materialize(user, gui_home:
     await user.should_see(marker="run-status", retries=50)
     await run.io_bound(_work, gui_home)
     await run.io_bound(seal.check_sealed, root1, True)
+
+
+def _error_line(user) -> str:
+    found = user.find(marker="dataset-error").elements
+    assert len(found) == 1, found
+    line = next(iter(found)).text
+    assert "\n" not in line and line
+    return line
+
+
+@pytest.mark.parametrize(("spec", "says"), [
+    ('name = "pets\n', "the dataset spec is not valid TOML: "),
+    (SPEC.replace("train = 0.5", "train = 0.4"), "split.ratios: the ratios sum to 0.9, not 1"),
+    ('colour = "red"\n' + SPEC, "colour: unknown key"),
+    (SPEC.replace('layout = "imagefolder"', 'layout = "/etc/hoard/secret.toml"'),
+     "a viewer may dry-run the built-in layouts only"),
+])
+async def test_a_bad_spec_is_its_one_line_and_a_viewer_cannot_launch(user, gui_home: Path, spec: str,
+                                                                     says: str) -> None:
+    """What the editor holds is checked as it changes (the live dry run, no button): a bad spec
+    is one line naming the problem; a viewer dry-runs the built-in layouts only (a layout file is
+    read from the server's disk) and has no Launch button."""
+    await sign_in(user, "vera")
+    await user.open("/datasets/new")
+    await user.should_see(marker="dataset-spec")
+    await user.should_see("you can dry-run but not launch")
+    await user.should_not_see(marker="dataset-launch")
+    _editor(user).value = spec
+    await user.should_see(says, retries=100)
+    assert says in _error_line(user)
