@@ -143,6 +143,16 @@ def load_spec(path_or_text: str | Path) -> DatasetSpec:
     return parse_spec(raw, where)
 
 
+def parse_text(text: str, where: str = "the dataset spec") -> DatasetSpec:
+    """A spec from TOML text, never from a file: what a person typed in the GUI names no file
+    on the server (load_spec takes a one-line `….toml` for a path)."""
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise DatasetError(f"{where} is not valid TOML: {e}") from None
+    return parse_spec(raw, where)
+
+
 def parse_spec(raw: dict[str, Any], where: str = "the dataset spec") -> DatasetSpec:
     from sql.selectors import SelectorError, parse_selector  # deferred: validation only
 

@@ -27,6 +27,7 @@ from gui import (
     actions_page,
     auth,
     browse_page,
+    datasets_page,
     launch_page,
     overview,
     pipelines_page,
@@ -116,6 +117,7 @@ def build(cfg: Settings) -> None:
     runs_page.register()
     browse_page.register()
     pipelines_page.register()
+    datasets_page.register()
     rqdash.mount(cfg)
 
 

@@ -16,7 +16,8 @@ from gui.context import ctx
 from gui.text import shown
 
 NAV = (("Overview", "/"), ("Storage", "/storage"), ("Runs", "/runs"), ("Launch", "/launch"), ("Actions", "/actions"),
-       ("Batches", "/batches"), ("Assets", "/assets"), ("Pipelines", "/pipelines"), ("Users", "/users"), ("RQ", "/rq/"),
+       ("Batches", "/batches"), ("Assets", "/assets"), ("Pipelines", "/pipelines"),
+       ("Datasets", "/datasets"), ("Users", "/users"), ("RQ", "/rq/"),
        ("Metrics", "/metrics"))
 
 

@@ -105,6 +105,10 @@ def register() -> None:
                         ui.label(f"signalled {d['signalled']}, updated {d.get('updated', '')}")
                     if d.get("took") is not None:
                         ui.label(f"took {reports.duration(d['took'])}").mark("run-took")
+                    if d.get("by"):
+                        text.label(f"launched by {d['by']}")
+                if kind == "dataset":  # a build or materialize of a dataset: its versions are on /datasets
+                    ui.link("the dataset's versions", "/datasets").mark("run-dataset")
                 for why in d["waiting"]:
                     text.label(f"waiting: {why}").classes("text-warning")
                 if d.get("progress"):  # a maintenance job's figures (jobs.progress), live while it runs

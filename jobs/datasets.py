@@ -34,3 +34,18 @@ def run_job(config_path: str | None, spec_doc: dict[str, Any], mode: str = "copy
     spec = parse_spec(DatasetSpec.from_doc(spec_doc).model_dump(mode="json"),
                       f"the spec of dataset job {spec_doc.get('name')}")
     return api.build(cfg, spec, mode=mode, force=force)
+
+
+def submit_materialize(cfg: Settings, ref: str) -> str:
+    """Queue `hoard dataset materialize NAME@N` on `io` (the GUI's Materialize); the RQ job id is
+    the dataset's one job, `dataset-<name>`, as a build's: a build or materialize of that name
+    already waiting or running is that job, and nothing more is queued."""
+    name, _n = api.parse_ref(ref)
+    with redis_required(cfg.redis_url):
+        return enqueue_once(connect(cfg.redis_url), QUEUE, "jobs.datasets.materialize_job",
+                            str(cfg.source) if cfg.source else None, ref, job_id=f"dataset-{name}",
+                            timeout=JOB_TIMEOUT_S, description=f"dataset materialize {ref}")
+
+
+def materialize_job(config_path: str | None, ref: str) -> dict[str, Any]:
+    return api.materialize(config_mod.load(config_path), ref)

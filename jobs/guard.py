@@ -62,6 +62,8 @@ JOB_FUNCTIONS = {
     "jobs.actions.run_step": 0,
     "jobs.actions.empty_trash": 0,
     "jobs.outputs.run_job": 0,
+    "jobs.datasets.run_job": 0,
+    "jobs.datasets.materialize_job": 0,
     "jobs.maintenance.run": 1,
     "jobs.store_jobs.replicate": 0,
 }

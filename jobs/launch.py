@@ -2,7 +2,8 @@
 
 A *run* is one piece of work a person started: a UA_1 ingest of a batch (`jobs.ingest`, a
 chain of step jobs), a stage or export (`jobs.outputs`), a maintenance job
-(`jobs.maintenance`), or a run of an action (UA_2, `jobs.actions.api`; kind "action").
+(`jobs.maintenance`), a run of an action (UA_2, `jobs.actions.api`; kind "action"), or a
+dataset build queued on `io` (UA_3, `jobs.datasets`; kind "dataset", its id the dataset's name).
 `runs(cfg)` lists them all in one shape from the state files and RQ's registries; `launch_*`
 validate a request completely before anything is queued; `cancel`, `retry` and `why_waiting`
 act on or explain one run.
@@ -26,9 +27,12 @@ from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.job import Job, JobStatus
 from rq.registry import CanceledJobRegistry, FailedJobRegistry, FinishedJobRegistry, StartedJobRegistry
 
+from datasets.api import ZONE as DATASET_ZONE
+from datasets.spec import DatasetSpec
 from fsd.base.config import Settings
 from fsd.base.errors import ExitCode, HoardError
 from fsd.outputs import zones
+from jobs import datasets as datasets_job
 from jobs import ingest, maintenance, outputs, reports, runlog
 from jobs import progress as job_progress
 from jobs.actions import api as actions_api
@@ -40,7 +44,9 @@ from jobs.queues import connect, enqueue_once, fetch_job, redis_required, rq_que
 
 MAINTENANCE_QUEUE = "maintenance"
 PREFIX = "maint-"
-KINDS = ("ingest", "stage", "export", "action", *maintenance.JOBS)
+KINDS = ("ingest", "stage", "export", "action", "dataset", *maintenance.JOBS)
+#: a dataset build's RQ job is `dataset-<name>` (jobs.datasets.submit): one per name waits or runs
+DATASET_PREFIX = "dataset-"
 #: "done with errors": finished, but its report counts errors (a replicate that could not
 #: copy a shard) — not a success; "refused": a stage/export refused before it started
 #: (nothing written or reserved, its id free again)
@@ -210,9 +216,11 @@ def _iso(t: dt.datetime | None) -> str:
 _OUTPUT_STATUS = {"interrupted": "failed", "gone": "failed"}
 
 
-def _maintenance_run(job: Job) -> Run:
-    """A maintenance job as a run: a finished one whose report counts errors is `done with
-    errors` (the count is in its meta since the job ended, or read from its return value)."""
+def _maintenance_run(job: Job, kind: str | None = None, run_id: str | None = None, queue: str = MAINTENANCE_QUEUE
+                     ) -> Run:
+    """A maintenance job (or a dataset build's: `kind`, `run_id`, `queue` given) as a run: a
+    finished one whose report counts errors is `done with errors` (the count is in its meta
+    since the job ended, or read from its return value)."""
     status = _RQ_STATUS.get(str((job.get_status(refresh=True) or JobStatus.QUEUED).value), "queued")
     error = ""
     if status == "failed":
@@ -223,8 +231,8 @@ def _maintenance_run(job: Job) -> Run:
         if n:
             status, error = "done with errors", f"its report counts {n} error(s); see the run's log"
     seconds = (job.ended_at - job.started_at).total_seconds() if job.ended_at and job.started_at else None
-    return Run(job.meta.get("kind", "?"), job.id, status, _iso(job.created_at),
-               _iso(job.ended_at or job.started_at or job.enqueued_at), error=error, queue=MAINTENANCE_QUEUE,
+    return Run(kind or job.meta.get("kind", "?"), run_id or job.id, status, _iso(job.created_at),
+               _iso(job.ended_at or job.started_at or job.enqueued_at), error=error, queue=queue,
                params=job.meta.get("params", {}), by=job.meta.get("by", ""), seconds=seconds)
 
 
@@ -246,6 +254,68 @@ def maintenance_runs(conn) -> list[Run]:
         ids.update(reg.get_job_ids(cleanup=False))  # a listing changes nothing: no failure callbacks, no moves
     jobs = Job.fetch_many(sorted(i for i in ids if i.startswith(PREFIX)), connection=conn, serializer=SERIALIZER)
     return _with_progress(conn, [_maintenance_run(job) for job in jobs if job is not None])
+
+
+def dataset_runs(conn) -> list[Run]:
+    """The dataset builds RQ keeps (queued, running, finished, failed, cancelled) on `io`."""
+    q = rq_queue(datasets_job.QUEUE, conn)
+    ids = set(q.job_ids)
+    for reg in (StartedJobRegistry(queue=q), FinishedJobRegistry(queue=q), FailedJobRegistry(queue=q),
+                CanceledJobRegistry(queue=q)):
+        ids.update(reg.get_job_ids(cleanup=False))
+    jobs = Job.fetch_many(sorted(i for i in ids if i.startswith(DATASET_PREFIX)), connection=conn,
+                          serializer=SERIALIZER)
+    return [_dataset_run(job) for job in jobs if job is not None]
+
+
+#: the job function of a queued materialize (jobs.datasets.submit_materialize)
+DATASET_MATERIALIZE = "jobs.datasets.materialize_job"
+
+
+def _dataset_run(job: Job) -> Run:
+    """A dataset's job as a run: its build (spec, mode, force) or a materialize of a version."""
+    run = _maintenance_run(job, "dataset", job.id.removeprefix(DATASET_PREFIX), datasets_job.QUEUE)
+    args = job.args or ()
+    if job.func_name == DATASET_MATERIALIZE:
+        run.params = {"materialize": args[1] if len(args) > 1 else ""}
+    else:
+        run.params = {"mode": args[2] if len(args) > 2 else "", "force": bool(args[3]) if len(args) > 3 else False}
+    run.by = job.meta.get("by", "")
+    return run
+
+
+def _by(cfg: Settings, job_id: str, by: str) -> Job:
+    job = fetch_job(job_id, connect(cfg.redis_url))
+    if "by" not in job.meta:
+        job.meta["by"] = by
+        job.save_meta()
+    return job
+
+
+def launch_dataset(cfg: Settings, spec: DatasetSpec, by: str = "") -> str:
+    """Queue a build of `spec` on `io` — `hoard dataset build
+    SPEC` without --here — with who launched it in the job's meta; returns the run id (the
+    dataset's name: its page is /runs/dataset/<name>). A build of that name already waiting
+    or running is that one."""
+    with redis_required(cfg.redis_url):
+        job = _by(cfg, datasets_job.submit(cfg, spec), by)
+    if job.func_name == DATASET_MATERIALIZE:
+        raise LaunchError(f"dataset {spec.name}: a materialize of it waits or runs ({job.description}); launch the "
+                          f"build once it ended (/runs/dataset/{spec.name})")
+    return spec.name
+
+
+def launch_dataset_materialize(cfg: Settings, ref: str, by: str = "") -> str:
+    """Queue `hoard dataset materialize NAME@N` on `io`; the run id (the dataset's name).
+    Refused in one line while another job of that dataset (a build, another version's
+    materialize) waits or runs: one job per dataset at a time."""
+    with redis_required(cfg.redis_url):
+        job = _by(cfg, datasets_job.submit_materialize(cfg, ref), by)
+    name = job.id.removeprefix(DATASET_PREFIX)
+    if job.func_name != DATASET_MATERIALIZE or list(job.args[1:2]) != [ref]:
+        raise LaunchError(f"dataset {name}: another job of it waits or runs ({job.description}); materialize "
+                          f"{ref} once it ended (/runs/dataset/{name})")
+    return name
 
 
 @_needs_redis
@@ -270,6 +340,7 @@ def runs(cfg: Settings, conn=None) -> list[Run]:
     out += [action_run(d) for d in actions_api.runs(cfg)]
     try:
         out += maintenance_runs(conn or connect(cfg.redis_url))
+        out += dataset_runs(conn or connect(cfg.redis_url))
     except redis.RedisError:
         pass  # the health document reports Redis; the state files still list ingests and outputs
     out.sort(key=lambda r: r.created, reverse=True)
@@ -280,7 +351,7 @@ def failed_not_since_succeeded(all_runs: list[Run]) -> list[Run]:
     """Failed runs with no later successful run of the same thing (the same batch or output,
     or the same maintenance kind with the same parameters)."""
     def key(r: Run) -> tuple:
-        return (r.kind, r.id) if r.kind in ("ingest", "stage", "export", "action") else (
+        return (r.kind, r.id) if r.kind in ("ingest", "stage", "export", "action", "dataset") else (
             r.kind, tuple(sorted(r.params.items())))
 
     ok_after: dict[tuple, str] = {}
@@ -340,6 +411,13 @@ def detail(cfg: Settings, kind: str, run_id: str, conn=None) -> dict[str, Any]:
         out.update(asdict(ost), status=_OUTPUT_STATUS.get(shown, shown), error=why or "",
                    report=ost.report if shown == "done" else {},
                    took=ost.report.get("seconds") if shown == "done" else None)
+    elif kind == "dataset":
+        job = _job_of(cfg, kind, run_id, conn)
+        if job is None:
+            raise LaunchError(f"no dataset build {run_id!r} queued or kept (RQ keeps finished ones a day, failed "
+                              "ones 30 days); `hoard dataset list` lists the versions built")
+        run = _dataset_run(job)
+        out.update(run.as_dict(), report=job.return_value() or {}, took=run.seconds)
     else:
         job = _job_of(cfg, kind, run_id, conn) if run_id.startswith(PREFIX) else None
         if job is None or job.meta.get("kind") != kind:  # a hand-typed URL: another job's id, or none
@@ -376,6 +454,8 @@ def why_waiting(cfg: Settings, kind: str, run_id: str, status: str, conn=None) -
         if status == "queued" and _job_of(cfg, kind, run_id, conn) is None:  # recorded, never queued (Redis was down)
             reasons.append(f"recorded but not on the {queue} queue (Redis did not answer when it was launched): "
                            f"launch the same request again, or `hoard {kind} {run_id} … --here`")
+    elif kind == "dataset":
+        queue, zone = datasets_job.QUEUE, DATASET_ZONE
     else:
         queue, zone = MAINTENANCE_QUEUE, ""
     if queue in unserved_queues(conn) and not any("no worker serves" in r for r in reasons):
@@ -431,6 +511,13 @@ def retry(cfg: Settings, kind: str, run_id: str, by: str = "", conn=None) -> str
         enqueue_output(cfg, kind, run_id, conn)
         return run_id
     job = _job_of(cfg, kind, run_id, conn)
+    if kind == "dataset":  # the same spec, mode and force again (they travel in the job)
+        if job is None:
+            raise LaunchError(f"no dataset build {run_id!r} to retry; launch it again from /datasets/new")
+        if job.func_name == DATASET_MATERIALIZE:
+            return datasets_job.submit_materialize(cfg, job.args[1]).removeprefix(DATASET_PREFIX)
+        spec = DatasetSpec.from_doc(job.args[1])
+        return datasets_job.submit(cfg, spec, job.args[2], bool(job.args[3])).removeprefix(DATASET_PREFIX)
     if job is None:
         raise LaunchError(f"no maintenance run {run_id!r} to retry")
     return launch_maintenance(cfg, kind, job.meta.get("params", {}), by, conn)

@@ -2,8 +2,8 @@
 Selenium offline): the real `hoard gui` and `hoard worker` processes against the test
 PostgreSQL and Redis. Signs in, launches an ingest of the fixture batch, waits until it is
 done, opens the batch and one asset, launches an action from the Actions page and sees it
-done, checks `/rq` and `/metrics`, and saves a screenshot of each main page under
-docs/screenshots/ (shown in the README)."""
+done, types a dataset spec, sees its dry run and builds it, checks `/rq` and `/metrics`, and
+saves a screenshot of each main page under docs/screenshots/ (shown in the README)."""
 
 from __future__ import annotations
 
@@ -42,6 +42,18 @@ batches = ["{BATCH}"]
 [[rules]]
 where = {{ file_types = ["png"] }}
 label = {{ key = "quality", value = "checked" }}
+"""
+
+
+#: a dataset spec typed into /datasets/new: the PNGs AC1 marked, one class
+DATASET_SPEC = f"""name = "checked"
+layout = "imagefolder"
+class_label = "quality"
+[selector]
+batches = ["{BATCH}"]
+file_types = ["png"]
+[split]
+ratios = {{ train = 0.5, val = 0.5 }}
 """
 
 
@@ -184,6 +196,27 @@ def test_end_to_end_in_chromium(served, browser) -> None:
     d.get(f"{url}/actions")
     wait_text(d, "check-quality-v1-")
     _shot(d, "actions")
+
+    d.get(f"{url}/datasets/new")  # a dataset of the PNGs the action marked: the spec typed, the dry run, launched
+    wait_text(d, "Dry run")
+    editor = d.find_element("css selector", ".cm-content")
+    editor.click()
+    editor.send_keys(Keys.CONTROL, "a")
+    editor.send_keys(Keys.DELETE)
+    editor.send_keys(DATASET_SPEC)
+    wait_text(d, "zone 3D admits it", timeout=60)
+    wait_text(d, "checked")
+    _shot(d, "dataset-new")
+    click(d, "Launch the build")
+    wait_text(d, "dataset checked")
+    assert d.current_url.endswith("/runs/dataset/checked")
+    res = subprocess.run([sys.executable, "-m", "fsd", "--config", str(cfg_path), "worker", "--burst"], env=child_env(),
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    wait_text(d, "checked-v1", timeout=60)  # the report names the directory it sealed
+    d.get(f"{url}/datasets")
+    wait_text(d, "checked-v1")
+    _shot(d, "datasets")
 
     d.get(f"{url}/")
     wait_text(d, "objects")
