@@ -28,8 +28,9 @@ from datasets.card import canonical
 from fsd.base.config import describe_validation_error
 from fsd.base.errors import ExitCode, HoardError
 
-#: a dataset's name: an output id of zone 3D once `-v<N>` is added (jobs/outputs.OUTPUT_ID)
-NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,119}")
+#: a dataset's name: an output id of zone 3D once `-v<N>` is added (jobs/outputs.OUTPUT_ID) and
+#: an RQ job id once `dataset-` is (jobs.datasets.submit: RQ takes letters, digits, `_` and `-` only)
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,119}")
 _strict = ConfigDict(extra="forbid")
 
 
@@ -70,7 +71,7 @@ class WebDatasetSpec(BaseModel):
 
 class DatasetSpec(BaseModel):
     model_config = _strict
-    name: Annotated[str, StringConstraints(pattern=NAME.pattern.join("^$"))]
+    name: str
     layout: Annotated[str, StringConstraints(min_length=1, max_length=4096)]
     mode: Literal["copy", "view"] = "copy"
     class_label: Annotated[str, StringConstraints(min_length=1, max_length=200)] | None = None
@@ -86,6 +87,13 @@ class DatasetSpec(BaseModel):
     #: a label key holding boxes/polygons (Label Studio regions, e.g. "ls:box") or "result_ocr_box"
     annotations: Annotated[str, StringConstraints(min_length=1, max_length=200)] | None = None
     webdataset: WebDatasetSpec = WebDatasetSpec()
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not NAME.fullmatch(v):
+            raise ValueError("1-120 of A-Z a-z 0-9 _ - starting with a letter or digit (the output is 3D/<name>-v<N>)")
+        return v
 
     @model_validator(mode="after")
     def _consistent(self) -> DatasetSpec:

@@ -84,6 +84,9 @@ def test_ratios_not_summing_to_one_and_unknown_keys_are_one_line() -> None:
         parse_spec({"name": "x", "layout": "imagefolder", "selector": {"colour": "red"}})
     with pytest.raises(DatasetError, match=r"does not exist"):
         load_spec(Path("/nonexistent/spec.toml"))
+    # a `.` would make the RQ job id `dataset-<name>` one RQ refuses (a traceback at submit)
+    with pytest.raises(DatasetError, match=r"name: 1-120 of A-Z a-z 0-9 _ - .*\(got 'pets.v2'\)"):
+        load_spec(SPEC.replace('name = "', 'name = "pets.v2" #', 1))
 
 
 def test_splits_never_move_when_data_is_added_and_groups_stay_together() -> None:
