@@ -112,6 +112,8 @@ def _row(r: Sequence[Any]) -> dict[str, Any]:
     for k in ("manifest_sha256", "doc_sha256"):
         d[k] = bytes(d[k]).hex() if d[k] is not None else None
     d["built_at"] = d["built_at"].isoformat(timespec="seconds")
+    order = (d["spec"].get("split") or {}).get("order") or []  # jsonb sorts keys: the splits in the spec's order
+    d["counts"] = {k: d["counts"][k] for k in [*order, *sorted(set(d["counts"]) - set(order))] if k in d["counts"]}
     return d
 
 
