@@ -133,6 +133,7 @@ BAD = [
     (_bad(**{"edges.0.child": intent()["edges"][0]["parent"]}), r"edges\[0\]: an edge needs two different nodes"),
     (_bad(**{"metadata.0.raw_metadata": {"x": "a\x00b"}}), r"metadata\[0\]\.raw_metadata\.x holds NUL \(U\+0000\)"),
     (_bad(**{"metadata.0.title": "a\x00"}), r"metadata\[0\]\.title holds NUL"),
+    (_bad(**{"metadata.0.raw_metadata": {"k\x00": "v"}}), r"metadata\[0\]\.raw_metadata\.'k\\x00' holds NUL"),
 ]
 
 
@@ -162,6 +163,15 @@ def test_physical_virtual_clash(db) -> None:
     doc["metadata"], doc["edges"], doc["labels"], doc["batches"], doc["events"] = [], [], [], [], []
     with pytest.raises(IntentError, match=r"nodes\[0\]: the database has this node as the other kind"):
         apply_write_intent(db, doc)
+
+
+def test_the_text_backslash_u0000_is_no_nul() -> None:
+    """The NUL check looks for `\\u0000` in the intent's JSON first: a string holding those six
+    characters (no NUL) matches that search, and is still accepted as it is."""
+    doc = _bad(**{"metadata.0.title": "C:\\u0000 is not a NUL", "metadata.0.raw_metadata": {"\\u0000": "x"}})
+    got = parse_intent(doc)
+    assert got.metadata[0].title == "C:\\u0000 is not a NUL"
+    assert got.metadata[0].raw_metadata == {"\\u0000": "x"}
 
 
 def test_parse_from_json() -> None:
