@@ -143,6 +143,11 @@ def test_ac5_round_trip_labels_equal_what_was_drawn_then_done_already(hoard_home
     run_step(str(cfg.source), rid, "labels")     # what the scheduled poll job runs
     st = load_state(cfg, rid)
     assert (st.status, st.step) == ("waiting_labels", "labels") and st.report["label_studio"]["finished"] == len(tasks) - 1
+    exports = st.report["label_studio"]["exports"]
+    run_step(str(cfg.source), rid, "labels")     # nothing moved in the project: no export snapshot is built
+    st = load_state(cfg, rid)
+    assert st.status == "waiting_labels" and st.report["label_studio"]["exports"] == exports
+    assert st.report["label_studio"]["quiet_polls"] == 1 and st.report["label_studio"]["finished"] == len(tasks) - 1
     last = drawn(len(tasks))
     expected |= expected_rows(tasks[-1]["data"][lsc.SHA_KEY], post(label_studio, tasks[-1]["id"], last), last)
     base = counts(cfg)
@@ -150,6 +155,7 @@ def test_ac5_round_trip_labels_equal_what_was_drawn_then_done_already(hoard_home
     burst(cfg)
     st = load_state(cfg, rid)
     assert st.status == "done" and st.done == ["plan", "stage", "tasks", "labels", "apply", "finish"], st.error
+    assert st.report["label_studio"]["exports"] == exports + 1  # the last annotation moved the counters
     assert labels_in_sql(cfg) == expected and len(expected) == 4 * len(tasks)
     sha, export = export_of(cfg, rid)
     assert sorted(t["id"] for t in export) == [t["id"] for t in tasks]

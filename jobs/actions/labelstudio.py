@@ -337,6 +337,21 @@ def import_tasks(ls: Client, project: int, tasks: Sequence[Task], label_config: 
 
 # --- export ----------------------------------------------------------------------------------
 
+#: the project's counters (GET /api/projects/<id>/) that move whenever a task is added or
+#: deleted, or an annotation submitted, skipped or deleted: while they stand still, no task
+#: became finished or unfinished, and a poll need not build an export snapshot
+PROGRESS_KEYS = ("task_number", "finished_task_number", "num_tasks_with_annotations", "total_annotations_number",
+                 "skipped_annotations_number")
+
+
+def progress(ls: Client, project: int) -> dict[str, Any]:
+    """The project's PROGRESS_KEYS counters: one short request, whatever the project's size."""
+    path = f"/api/projects/{project}/"
+    with _client() as http:
+        doc = _json(ls, _call(ls, http, "GET", path), path)
+    return {k: doc.get(k) for k in PROGRESS_KEYS}
+
+
 def export(ls: Client, project: int, *, poll_s: float = 0.5) -> list[dict[str, Any]]:
     """Every task of the project with its annotations (Label Studio's JSON).
 

@@ -97,6 +97,11 @@ def _connect(cfg: Settings) -> psycopg.Connection:
     return psycopg.connect(cfg.database_url, autocommit=True, connect_timeout=10)
 
 
+#: an AC5 poll that finds Label Studio's project counters unchanged skips the export snapshot,
+#: except every this many polls (a full look now and then, whatever the counters say)
+LABELS_FULL_EVERY = 10
+
+
 # -- plan ---------------------------------------------------------------------------------------
 
 def _step_plan(cfg: Settings, st: RunState) -> None:
@@ -410,14 +415,24 @@ def _step_labels(cfg: Settings, st: RunState) -> None:
     if st.waiting_since is None:
         st.waiting_since = now()
     mine = {(t.sha256, t.path) for t in _ls_tasks(cfg, c, st)}
-    # the project may hold other runs' tasks (one project per title), and any project member may
-    # add or edit tasks: this run's are those naming one of its staged files AND that file's
-    # node — a task naming a staged path with another node's sha256 would label that node
-    tasks = [t for t in labelstudio.export(ls, project)
-             if ((t.get("data") or {}).get(labelstudio.SHA_KEY), (t.get("data") or {}).get(labelstudio.PATH_KEY)) in mine]
-    done = sum(_finished(t) for t in tasks)
     released = st.gate.get("released")
-    st.report["label_studio"].update(finished=done, checked=now())
+    lsr = st.report["label_studio"]
+    counters = labelstudio.progress(ls, project)  # before the export: a change after it is seen next time
+    if (not released and int(lsr.get("finished", len(mine))) < len(mine) and lsr.get("counters") == counters
+            and lsr.get("quiet_polls", 0) + 1 < LABELS_FULL_EVERY):  # (only ever to say: still waiting)
+        # nothing moved in the project since the last export: as many of this run's tasks are
+        # finished as then — no snapshot (big projects: label-studio#1134), a full one now and then
+        lsr.update(quiet_polls=lsr.get("quiet_polls", 0) + 1, checked=now())
+        tasks, done = [], int(lsr["finished"])
+    else:
+        # the project may hold other runs' tasks (one project per title), and any project member may
+        # add or edit tasks: this run's are those naming one of its staged files AND that file's
+        # node — a task naming a staged path with another node's sha256 would label that node
+        tasks = [t for t in labelstudio.export(ls, project)
+                 if ((t.get("data") or {}).get(labelstudio.SHA_KEY), (t.get("data") or {}).get(labelstudio.PATH_KEY))
+                 in mine]
+        done = sum(_finished(t) for t in tasks)
+        lsr.update(finished=done, checked=now(), counters=counters, quiet_polls=0, exports=lsr.get("exports", 0) + 1)
     if done < len(mine) and not released:
         waited = since(st.waiting_since)
         if waited >= rs.timeout_s:
