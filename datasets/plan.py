@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from datasets.formats import Format
-from datasets.model import Annotation, Sample
+from datasets.layouts import PlacementError
+from datasets.model import LS_SHAPES, Annotation, Sample, annotations_from_ls
 from datasets.spec import DatasetError, DatasetSpec
 from fsd.base.errors import ExitCode
 from fsd.base.paths import display, hostile_reason
@@ -265,31 +266,22 @@ def _int(values: tuple[str, ...] | None) -> int | None:
 
 def _annotations(spec: DatasetSpec, r: dict[str, Any], cls: str | None
                  ) -> tuple[tuple[Annotation, ...], int | None, int | None]:
-    """Boxes and polygons in pixels: of result_ocr_box, or of Label Studio regions (percent of
-    original_width/height, docs/labelstudio.md) under the `annotations` label key."""
+    """Boxes and polygons in pixels: of result_ocr_box, or of Label Studio regions under the
+    `annotations` label key (datasets.model.annotations_from_ls: percent of original_width /
+    original_height → pixels; docs/actions.md "What comes back"), with the image's size."""
     if spec.annotations is None:
         return (), None, None
     if spec.annotations == "result_ocr_box":
         return tuple(Annotation(cls or (text or "text"), (x, y, w, h), None) for x, y, w, h, text in r["boxes"]), None, None
-    anns, width, height = [], None, None
-    for raw in r["labels"].get(spec.annotations, []):
-        try:
-            region = json.loads(raw)
-            v = region["value"]
-            ow, oh = float(region["original_width"]), float(region["original_height"])
-        except (ValueError, KeyError, TypeError):
-            raise DatasetError(f"dataset {spec.name}: node {r['sha256']}: label {spec.annotations!r} is not a Label "
-                               "Studio region with original_width/original_height; name another key in "
-                               "`annotations`", ExitCode.DATA) from None
-        width, height = int(ow), int(oh)
-        names = next((v[k] for k in ("rectanglelabels", "polygonlabels", "labels") if v.get(k)), None)
-        label = names[0] if names else (cls or "object")
-        if "points" in v:
-            pts = tuple((float(x) * ow / 100, float(y) * oh / 100) for x, y in v["points"])
-            xs, ys = [p[0] for p in pts], [p[1] for p in pts]
-            anns.append(Annotation(label, (min(xs), min(ys), max(xs) - min(xs), max(ys) - min(ys)), pts))
-        elif "width" in v:
-            anns.append(Annotation(label, (float(v["x"]) * ow / 100, float(v["y"]) * oh / 100,
-                                           float(v["width"]) * ow / 100, float(v["height"]) * oh / 100), None))
-    anns.sort(key=lambda a: (a.label, a.bbox or (), a.polygon or ()))
-    return tuple(anns), width, height
+    values = r["labels"].get(spec.annotations, [])
+    try:
+        anns = annotations_from_ls(values, who=f"dataset {spec.name}: node {r['sha256']}")
+    except PlacementError as e:
+        raise DatasetError(e.message, ExitCode.DATA) from None
+    width = height = None
+    for raw in values:  # the image's size, as Label Studio saw it
+        region = json.loads(raw)
+        if isinstance(region, dict) and region.get("type") in LS_SHAPES:
+            width, height = int(region["original_width"]), int(region["original_height"])
+            break
+    return anns, width, height
