@@ -164,7 +164,7 @@ def _make(spec_doc: dict[str, Any], spec_sha: str, fmt: Format, samples: list[Sa
         doc_bytes = card.canonical_bytes(doc)
     else:
         doc = json.loads(doc_bytes)
-    tree = fmt.render(samples, doc, {"webdataset": spec_doc.get("webdataset", {})})
+    tree = fmt.render(samples, doc, dict(spec_doc.get("webdataset", {})))  # shard_bytes, shard_samples
     made = _Made(tree, manifest, doc, doc_bytes, card.readme(doc, samples))
     taken = {f.path for f in tree.files} | {g.path for g in tree.generated} | {t.path for t in tree.tars}
     clash = sorted(taken & set(card.COMMON))

@@ -9,14 +9,13 @@ the same rows and spec give the same samples, in the same order.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
-from datasets.formats import Format
+from datasets.formats import Format, plan_paths
 from datasets.layouts import PlacementError
 from datasets.model import LS_SHAPES, Annotation, Sample, annotations_from_ls
 from datasets.spec import DatasetError, DatasetSpec
@@ -159,29 +158,28 @@ def samples_from_rows(spec: DatasetSpec, fmt: Format, rows: list[dict[str, Any]]
     out, capped = _caps(spec, out)
     kept = {s.node_id for s in out}
     licences = sorted({lic for r, _ in classed if r["node_id"] in kept for lic in r.get("licences", ())})
-    placed = place(fmt, out, name)
+    placed = place(fmt, out, name, spec.webdataset.model_dump())
     placed.sort(key=lambda s: order_key(s, splits))
     return Plan(spec, placed, cmap, new, selected=len(rows), unlabelled=unlabelled, dropped_dup=dropped, capped=capped,
                 licences=licences)
 
 
-def place(fmt: Format, samples: list[Sample], name: str) -> list[Sample]:
-    """Each sample with its path in the layout; a path that is no safe relative path, or two
-    samples at one path, is refused naming them."""
-    out: list[Sample] = []
+def place(fmt: Format, samples: list[Sample], name: str, options: dict[str, Any] | None = None) -> list[Sample]:
+    """Each sample with its path in the layout (datasets.formats.plan_paths: a webdataset
+    sample's is `<shard>/<member>`, with the spec's shard options); a path that is no safe
+    relative path, or two samples at one path, is refused naming them."""
     at: dict[str, str] = {}
-    for s in samples:
-        path = fmt.place(s)
-        why = hostile_reason(path)
+    placed = plan_paths(fmt, samples, options)
+    for s in placed:
+        why = hostile_reason(s.path)
         if why:
-            raise DatasetError(f"dataset {name}: node {s.sha256} would lie at {display(path)} in layout {fmt.name}: "
+            raise DatasetError(f"dataset {name}: node {s.sha256} would lie at {display(s.path)} in layout {fmt.name}: "
                                f"{why}; change its label or the layout", ExitCode.DATA)
-        if path in at:
-            raise DatasetError(f"dataset {name}: nodes {at[path]} and {s.sha256} both map to {display(path)} in layout "
-                               f"{fmt.name}; dedup or narrow the selection", ExitCode.DATA)
-        at[path] = s.sha256
-        out.append(dataclasses.replace(s, path=path))
-    return out
+        if s.path in at:
+            raise DatasetError(f"dataset {name}: nodes {at[s.path]} and {s.sha256} both map to {display(s.path)} in "
+                               f"layout {fmt.name}; dedup or narrow the selection", ExitCode.DATA)
+        at[s.path] = s.sha256
+    return placed
 
 
 def _check_keys(spec: DatasetSpec, rows: list[dict[str, Any]]) -> None:
