@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import io
+import functools
 import json
 import re
 import time
@@ -24,10 +24,10 @@ from pathlib import Path
 from typing import Any
 
 from datasets import card, formats, layouts
-from datasets.formats import FORMATS, Format, Tree, write_tar
+from datasets.formats import FORMATS, Format, Tree, tar_size, write_tar
 from datasets.model import Sample
 from datasets.plan import Plan, counts_of, order_key, plan
-from datasets.spec import NAME, DatasetError, DatasetSpec
+from datasets.spec import NAME, DatasetError, DatasetSpec, TemplateSpec
 from fsd.base.config import Settings
 from fsd.base.errors import ExitCode, HoardError, first_line
 from fsd.base.files import flocked
@@ -43,6 +43,9 @@ from sql.apply import apply_write_intent
 ZONE = "3D"
 #: where a version's manifest and dataset.json are located as nodes
 LOCATOR = "dataset:{name}@{version}/{file}"
+#: a tar member up to this size is read whole (one verified read); a bigger one streams in
+#: verified pieces (Store.iter_object): a shard is written holding one member at a time
+MEMBER_WHOLE = 8 << 20
 REF = re.compile(rf"({NAME.pattern})(?:@([1-9][0-9]{{0,8}}))?")
 
 
@@ -82,20 +85,35 @@ class _Made:
 
 # -- the pieces ---------------------------------------------------------------------------------
 
-def resolve_format(spec: DatasetSpec) -> Format:
-    """The spec's layout: a built-in name, or a layout .toml file (docs/layouts.md templates)."""
-    if spec.layout in FORMATS:
-        return FORMATS[spec.layout]
-    if spec.layout.endswith(".toml"):
+def with_template(spec: DatasetSpec) -> DatasetSpec:
+    """The spec with its layout template recorded (`template`) when `layout` is a layout file
+    or a built-in template: read once, here, so the versions built from it — and a worker
+    given the spec — never need the file again. DatasetError naming the layout otherwise."""
+    if spec.layout in FORMATS or spec.template is not None:
+        return spec
+    try:
+        t = layouts.load(spec.layout)
+    except layouts.LayoutError as e:
+        if spec.layout.endswith(".toml"):
+            raise DatasetError(f"dataset {spec.name}: {e.message}; fix `layout` in the spec") from None
+        raise DatasetError(f"dataset {spec.name}: layout {spec.layout!r} is not one of {', '.join(sorted(FORMATS))}, "
+                           f"a template ({', '.join(layouts.BUILTIN)}) nor a layout .toml file; fix `layout` in the "
+                           "spec") from None
+    return spec.model_copy(update={"template": TemplateSpec(name=t.name, template=t.template, sidecars=t.sidecars,
+                                                            case_sensitive=t.case_sensitive)})
 
-        make = getattr(formats, "template_format", None)
-        if make is not None:
-            try:
-                return make(layouts.load(spec.layout))
-            except layouts.LayoutError as e:
-                raise DatasetError(f"dataset {spec.name}: {e.message}") from None
-    raise DatasetError(f"dataset {spec.name}: layout {spec.layout!r} is not one of {', '.join(sorted(FORMATS))} nor a "
-                       "layout .toml file; fix `layout` in the spec")
+
+def resolve_format(spec: DatasetSpec) -> Format:
+    """The spec's layout: a built-in name, or its recorded template (`with_template`)."""
+    spec = with_template(spec)
+    if spec.template is None:
+        return FORMATS[spec.layout]
+    t = spec.template
+    try:
+        return formats.template_format(layouts.parse(t.template, t.name, sidecars=t.sidecars,
+                                                     case_sensitive=t.case_sensitive))
+    except layouts.LayoutError as e:
+        raise DatasetError(f"dataset {spec.name}: {e.message}; fix the layout") from None
 
 
 def _connect(cfg: Settings, what: str):
@@ -146,7 +164,7 @@ def _make(spec_doc: dict[str, Any], spec_sha: str, fmt: Format, samples: list[Sa
         doc_bytes = card.canonical_bytes(doc)
     else:
         doc = json.loads(doc_bytes)
-    tree = fmt.render(samples, doc, {"webdataset": spec_doc.get("webdataset", {})})
+    tree = fmt.render(samples, doc, dict(spec_doc.get("webdataset", {})))  # shard_bytes, shard_samples
     made = _Made(tree, manifest, doc, doc_bytes, card.readme(doc, samples))
     taken = {f.path for f in tree.files} | {g.path for g in tree.generated} | {t.path for t in tree.tars}
     clash = sorted(taken & set(card.COMMON))
@@ -165,15 +183,17 @@ def _quota(cfg: Settings, sizes: list[int], paths: list[str], mode: str) -> tupl
     else:
         need = zones.charge((cfg, ZONE), sizes, dirs=zones.tree_dirs(paths))
     u = zones.zone_usage(cfg, ZONE)
+    if not u["present"]:
+        raise HoardError(f"zone {ZONE}: {u['path']} does not exist — the SSD is not mounted, or not initialised; "
+                         "nothing was written; mount it, or run `hoard init`", ExitCode.UNAVAILABLE)
     room = max(0, int(cfg.ssd.thresholds.deny * u["quota_bytes"]) - u["used_bytes"] - u["reserved_bytes"])
     room = min(room, max(0, u["fs_free_bytes"]))
-    return need, room, u["present"] and need <= room
+    return need, room, need <= room
 
 
 def _sizes(made: _Made) -> tuple[list[int], list[str]]:
     t = made.tree
-    sizes = [f.size for f in t.files] + [len(d) for _, d in made.generated] + [
-        sum(512 + -(-m.size // 512) * 512 for m in s.members) + 1024 for s in t.tars]
+    sizes = [f.size for f in t.files] + [len(d) for _, d in made.generated] + [tar_size(s) for s in t.tars]
     paths = [f.path for f in t.files] + [p for p, _ in made.generated] + [s.path for s in t.tars]
     return sizes, paths
 
@@ -183,7 +203,7 @@ def _sizes(made: _Made) -> tuple[list[int], list[str]]:
 def dry_run(cfg: Settings, spec: DatasetSpec, mode: str | None = None) -> DryRun:
     """What a build would make — counts per split × class, bytes, whether 3D's quota admits it,
     thumbnails per class — with nothing written anywhere."""
-    spec = _with_mode(spec, mode)
+    spec = with_template(_with_mode(spec, mode))
     fmt = resolve_format(spec)
     with _connect(cfg, f"plan dataset {spec.name}") as conn:
         p = _plan(cfg, conn, spec, fmt)
@@ -213,7 +233,7 @@ def build(cfg: Settings, spec: DatasetSpec, mode: str | None = None, force: bool
     a zone too full; "unchanged since version N" when the spec and the data are those of the
     newest version (unless `force`). The report: name, version, path, mode, files, bytes, …"""
     t0 = time.monotonic()
-    spec = _with_mode(spec, mode)
+    spec = with_template(_with_mode(spec, mode))
     fmt = resolve_format(spec)
     if spec.mode == "view":
         _check_view(cfg, spec, fmt)
@@ -224,7 +244,9 @@ def build(cfg: Settings, spec: DatasetSpec, mode: str | None = None, force: bool
         made = _make(spec_doc, spec_sha, fmt, p.samples, p.class_map, p.licences)
         fp = made.doc["state"]["fingerprint"]
         with _db_errors(f"dataset {spec.name} was recorded"):
-            done = [v for v in sqld.versions(conn, spec.name) if v["status"] != "building"]
+            every = sqld.versions(conn, spec.name)
+        done = [v for v in every if v["status"] != "building"]
+        resumed = bool(every) and every[-1]["status"] == "building"  # a killed build of the newest version
         if done and done[-1]["fingerprint"] == fp and done[-1]["mode"] == spec.mode and not force:
             last = done[-1]
             return {"name": spec.name, "version": last["version"], "path": last["path"], "mode": last["mode"],
@@ -240,7 +262,7 @@ def build(cfg: Settings, spec: DatasetSpec, mode: str | None = None, force: bool
         with _db_errors(f"dataset {spec.name} was recorded"):
             n = sqld.begin_version(conn, spec.name, spec_doc, spec_sha, fp, spec.mode, str(cfg.ssd.zone_path(ZONE)))
         try:
-            report = _write(cfg, conn, spec.name, n, spec.mode, made, progress)
+            report = _write(cfg, conn, spec.name, n, spec.mode, made, progress, resumed)
         except zones.ZoneFull:
             with contextlib.suppress(Exception):  # refused before a byte moved: no version was made
                 sqld.drop_building(conn, spec.name, n)
@@ -273,7 +295,7 @@ def _check_stored(cfg: Settings, name: str, made: _Made) -> None:
 
 
 def _write(cfg: Settings, conn, name: str, n: int, mode: str, made: _Made,
-           progress: Callable[[int, int], None] | None) -> dict[str, Any]:
+           progress: Callable[[int, int], None] | None, resumed: bool = False) -> dict[str, Any]:
     """Record the manifest and dataset.json (objects + nodes), then write and seal
     `3D/<name>-v<n>/`; the version is `done` once sealed."""
     out_id = f"{name}-v{n}"
@@ -282,7 +304,7 @@ def _write(cfg: Settings, conn, name: str, n: int, mode: str, made: _Made,
     fp = made.doc["state"]["fingerprint"]
     request = {"dataset": name, "version": n, "fingerprint": fp, "mode": mode, "view": view}
     with Store.open(cfg) as store:
-        manifest_sha, doc_sha = _record(store, conn, name, n, made)
+        manifest_sha, doc_sha = _record(store, conn, name, n, made, resumed)
         doc = None
         if (final / seal.SEALED).is_file():  # killed after its seal, before the version was marked done
             job = seal.check_sealed(final)
@@ -293,22 +315,27 @@ def _write(cfg: Settings, conn, name: str, n: int, mode: str, made: _Made,
             doc = job
         items = [Item(f.path, f.sha256, f.size) for f in made.tree.files]
         generated = list(made.generated)
-        for shard in made.tree.tars:  # made here from the stored members
-            buf = io.BytesIO()
-            write_tar(shard, lambda sha: store.get(sha), buf)
-            generated.append((shard.path, buf.getvalue()))
+
+        sizes = {m.sha256: m.size for t in made.tree.tars for m in t.members if m.sha256}
+
+        def members(sha: str) -> bytes | Iterator[bytes]:
+            """A member's verified bytes: whole up to MEMBER_WHOLE (one read), else in pieces."""
+            return store.get(sha) if sizes[sha] <= MEMBER_WHOLE else store.iter_object(bytes.fromhex(sha))
+
+        # the tar shards, each written into its file as it is made, one member at a time
+        streamed = [(t.path, tar_size(t), functools.partial(write_tar, t, members)) for t in made.tree.tars]
         common: dict[str, Any] = dict(job=f"dataset:{name}@{n}", kind="dataset", selector=request,
                       layout={"name": made.doc["layout"]})
         if doc is None and mode == "copy":
             doc, _rep = write_copy(cfg, store, ZONE, out_id, items=items, generated=generated, progress=progress,
-                                   **common)
+                                   streamed=streamed, **common)
         elif doc is None:
             assert view is not None
             tops = sorted({p.split("/", 1)[0] for p in [it.path for it in items] + [g for g, _ in generated]})
             doc, _info, _rows = write_view(cfg, store, ZONE, out_id, view=view, items=items, generated=generated,
                                            entries=tops, **common)
-    files = len(items) + len(generated)
-    nbytes = sum(it.size for it in items) + sum(len(d) for _, d in generated)
+    files = len(items) + len(generated) + len(streamed)
+    nbytes = sum(it.size for it in items) + sum(len(d) for _, d in generated) + sum(z for _, z, _ in streamed)
     with _db_errors(f"dataset {name} was recorded"):
         sqld.finish_version(conn, name, n, manifest_sha, doc_sha, files, nbytes, made.doc["counts"], str(final))
     return {"name": name, "version": n, "ref": f"{name}@{n}", "path": str(final), "output_id": out_id, "mode": mode,
@@ -316,9 +343,16 @@ def _write(cfg: Settings, conn, name: str, n: int, mode: str, made: _Made,
             "fingerprint": fp, "sealed_files": doc["actual_files"]}
 
 
-def _record(store, conn, name: str, n: int, made: _Made) -> tuple[str, str]:
+def _record(store, conn, name: str, n: int, made: _Made, resumed: bool = False) -> tuple[str, str]:
     """Store the manifest and dataset.json (class generated, pinned until the database names
-    them) and record them as nodes by one write-intent: gc keeps them while the rows live."""
+    them) and record them as nodes by one write-intent: gc keeps them while the rows live.
+
+    A build of version n killed after this, then resumed over other data (labels changed in
+    between), records another manifest for n: in the same transaction the nodes an earlier
+    attempt located at n's names lose those locators — and, named by nothing else, are marked
+    deleted (selectors skip them, gc frees them) — so each name locates exactly one node, the
+    one `dataset_version` records. (Only a `resumed` build can meet such nodes: the look-up
+    scans the locators.)"""
     res = store.put_bytes_many([made.manifest, made.doc_bytes], klass="generated")
     bad = next((r for r in res if r.status not in ("new", "existing")), None)
     if bad is not None:
@@ -329,12 +363,15 @@ def _record(store, conn, name: str, n: int, made: _Made) -> tuple[str, str]:
     store.pin(pin, shas, f"manifest and dataset.json of dataset {name}@{n}, until recorded")
     try:
         files = [(card.MANIFEST, made.manifest, None), (card.DOC, made.doc_bytes, "json")]
-        intent = {"key": f"dataset:{name}@{n}:{shas[0][:16]}", "nodes": [
-            {"sha256": sha, "physical": {"size": len(data), "file_type": ftype,
-                                         "locators": [LOCATOR.format(name=name, version=n, file=fname)]}}
-            for sha, (fname, data, ftype) in zip(shas, files)]}
-        with _db_errors(f"dataset {name} was recorded"):
+        located = [(LOCATOR.format(name=name, version=n, file=fname), sha) for (fname, _, _), sha in zip(files, shas)]
+        with _db_errors(f"dataset {name} was recorded"), conn.transaction():
+            stale = sqld.drop_stale_locators(conn, located) if resumed else []
+            intent = {"key": f"dataset:{name}@{n}:{shas[0][:16]}" + (f":replaces:{stale[0][:16]}" if stale else ""),
+                      "nodes": [{"sha256": sha, "physical": {"size": len(data), "file_type": ftype,
+                                                              "locators": [loc]}}
+                                for (loc, sha), (_, data, ftype) in zip(located, files)]}
             apply_write_intent(conn, intent)
+            sqld.undelete(conn, shas)  # one an earlier attempt dropped as stale is live again
     finally:
         store.unpin(pin)
     return shas[0], shas[1]

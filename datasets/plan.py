@@ -9,15 +9,15 @@ the same rows and spec give the same samples, in the same order.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
-from datasets.formats import Format
-from datasets.model import Annotation, Sample
+from datasets.formats import Format, plan_paths
+from datasets.layouts import PlacementError
+from datasets.model import LS_SHAPES, Annotation, Sample, annotations_from_ls
 from datasets.spec import DatasetError, DatasetSpec
 from fsd.base.errors import ExitCode
 from fsd.base.paths import display, hostile_reason
@@ -158,29 +158,28 @@ def samples_from_rows(spec: DatasetSpec, fmt: Format, rows: list[dict[str, Any]]
     out, capped = _caps(spec, out)
     kept = {s.node_id for s in out}
     licences = sorted({lic for r, _ in classed if r["node_id"] in kept for lic in r.get("licences", ())})
-    placed = place(fmt, out, name)
+    placed = place(fmt, out, name, spec.webdataset.model_dump())
     placed.sort(key=lambda s: order_key(s, splits))
     return Plan(spec, placed, cmap, new, selected=len(rows), unlabelled=unlabelled, dropped_dup=dropped, capped=capped,
                 licences=licences)
 
 
-def place(fmt: Format, samples: list[Sample], name: str) -> list[Sample]:
-    """Each sample with its path in the layout; a path that is no safe relative path, or two
-    samples at one path, is refused naming them."""
-    out: list[Sample] = []
+def place(fmt: Format, samples: list[Sample], name: str, options: dict[str, Any] | None = None) -> list[Sample]:
+    """Each sample with its path in the layout (datasets.formats.plan_paths: a webdataset
+    sample's is `<shard>/<member>`, with the spec's shard options); a path that is no safe
+    relative path, or two samples at one path, is refused naming them."""
     at: dict[str, str] = {}
-    for s in samples:
-        path = fmt.place(s)
-        why = hostile_reason(path)
+    placed = plan_paths(fmt, samples, options)
+    for s in placed:
+        why = hostile_reason(s.path)
         if why:
-            raise DatasetError(f"dataset {name}: node {s.sha256} would lie at {display(path)} in layout {fmt.name}: "
+            raise DatasetError(f"dataset {name}: node {s.sha256} would lie at {display(s.path)} in layout {fmt.name}: "
                                f"{why}; change its label or the layout", ExitCode.DATA)
-        if path in at:
-            raise DatasetError(f"dataset {name}: nodes {at[path]} and {s.sha256} both map to {display(path)} in layout "
-                               f"{fmt.name}; dedup or narrow the selection", ExitCode.DATA)
-        at[path] = s.sha256
-        out.append(dataclasses.replace(s, path=path))
-    return out
+        if s.path in at:
+            raise DatasetError(f"dataset {name}: nodes {at[s.path]} and {s.sha256} both map to {display(s.path)} in "
+                               f"layout {fmt.name}; dedup or narrow the selection", ExitCode.DATA)
+        at[s.path] = s.sha256
+    return placed
 
 
 def _check_keys(spec: DatasetSpec, rows: list[dict[str, Any]]) -> None:
@@ -265,31 +264,22 @@ def _int(values: tuple[str, ...] | None) -> int | None:
 
 def _annotations(spec: DatasetSpec, r: dict[str, Any], cls: str | None
                  ) -> tuple[tuple[Annotation, ...], int | None, int | None]:
-    """Boxes and polygons in pixels: of result_ocr_box, or of Label Studio regions (percent of
-    original_width/height, docs/labelstudio.md) under the `annotations` label key."""
+    """Boxes and polygons in pixels: of result_ocr_box, or of Label Studio regions under the
+    `annotations` label key (datasets.model.annotations_from_ls: percent of original_width /
+    original_height → pixels; docs/actions.md "What comes back"), with the image's size."""
     if spec.annotations is None:
         return (), None, None
     if spec.annotations == "result_ocr_box":
         return tuple(Annotation(cls or (text or "text"), (x, y, w, h), None) for x, y, w, h, text in r["boxes"]), None, None
-    anns, width, height = [], None, None
-    for raw in r["labels"].get(spec.annotations, []):
-        try:
-            region = json.loads(raw)
-            v = region["value"]
-            ow, oh = float(region["original_width"]), float(region["original_height"])
-        except (ValueError, KeyError, TypeError):
-            raise DatasetError(f"dataset {spec.name}: node {r['sha256']}: label {spec.annotations!r} is not a Label "
-                               "Studio region with original_width/original_height; name another key in "
-                               "`annotations`", ExitCode.DATA) from None
-        width, height = int(ow), int(oh)
-        names = next((v[k] for k in ("rectanglelabels", "polygonlabels", "labels") if v.get(k)), None)
-        label = names[0] if names else (cls or "object")
-        if "points" in v:
-            pts = tuple((float(x) * ow / 100, float(y) * oh / 100) for x, y in v["points"])
-            xs, ys = [p[0] for p in pts], [p[1] for p in pts]
-            anns.append(Annotation(label, (min(xs), min(ys), max(xs) - min(xs), max(ys) - min(ys)), pts))
-        elif "width" in v:
-            anns.append(Annotation(label, (float(v["x"]) * ow / 100, float(v["y"]) * oh / 100,
-                                           float(v["width"]) * ow / 100, float(v["height"]) * oh / 100), None))
-    anns.sort(key=lambda a: (a.label, a.bbox or (), a.polygon or ()))
-    return tuple(anns), width, height
+    values = r["labels"].get(spec.annotations, [])
+    try:
+        anns = annotations_from_ls(values, who=f"dataset {spec.name}: node {r['sha256']}")
+    except PlacementError as e:
+        raise DatasetError(e.message, ExitCode.DATA) from None
+    width = height = None
+    for raw in values:  # the image's size, as Label Studio saw it
+        region = json.loads(raw)
+        if isinstance(region, dict) and region.get("type") in LS_SHAPES:
+            width, height = int(region["original_width"]), int(region["original_height"])
+            break
+    return anns, width, height

@@ -69,6 +69,17 @@ class WebDatasetSpec(BaseModel):
     shard_samples: int | None = Field(default=None, ge=1)
 
 
+class TemplateSpec(BaseModel):
+    """A layout template (docs/layouts.md) as the spec records it: what a layout file (or a
+    built-in template) said when the dataset was built, so a version is materialized without
+    the file."""
+    model_config = _strict
+    name: Annotated[str, StringConstraints(min_length=1, max_length=64)]
+    template: Annotated[str, StringConstraints(min_length=1, max_length=4096)]
+    sidecars: bool = False
+    case_sensitive: bool = False
+
+
 class DatasetSpec(BaseModel):
     model_config = _strict
     name: str
@@ -87,6 +98,9 @@ class DatasetSpec(BaseModel):
     #: a label key holding boxes/polygons (Label Studio regions, e.g. "ls:box") or "result_ocr_box"
     annotations: Annotated[str, StringConstraints(min_length=1, max_length=200)] | None = None
     webdataset: WebDatasetSpec = WebDatasetSpec()
+    #: the template of a layout file or built-in template, recorded at build time (datasets.api
+    #: fills it in; written in the spec, it is used instead of reading `layout`)
+    template: TemplateSpec | None = None
 
     @field_validator("name")
     @classmethod
@@ -114,7 +128,7 @@ class DatasetSpec(BaseModel):
         """The spec as data (dataset.json, SQL): plus the order of the splits, which a JSON
         object with sorted keys (or PostgreSQL's jsonb) would lose; without `mode`, which says
         how the files are delivered, not what they are (a view and a copy are the same tree)."""
-        d = self.model_dump(mode="json", exclude={"mode"})
+        d = self.model_dump(mode="json", exclude={"mode"} | ({"template"} if self.template is None else set()))
         d["split"]["order"] = list(self.split.ratios)
         return d
 

@@ -19,6 +19,7 @@ JOB_TIMEOUT_S = 24 * 3600
 def submit(cfg: Settings, spec: DatasetSpec, mode: str | None = None, force: bool = False) -> str:
     """Queue a build of `spec` on `io`; the RQ job id (`dataset-<name>`: one build of a name
     waits or runs at a time). The layout is checked before anything is queued."""
+    spec = api.with_template(spec)  # the worker may not have the layout file: its template travels in the spec
     api.resolve_format(spec)
     mode = mode or spec.mode
     with redis_required(cfg.redis_url):

@@ -385,7 +385,8 @@ def _context_items(cfg: Settings, spec: OutputSpec, lay: layouts.Layout, role: s
     """The files of one role beside a stage's inputs (`<layout>/<role>/…`, the inputs' layout):
     what of them is still a visible physical node (one deleted or black-listed since the run
     was planned is left out, as a selector leaves it out)."""
-    import psycopg  # deferred: as in plan_items, only planning needs the database
+    # deferred: as in plan_items, only planning needs the database
+    import psycopg
 
     from sql.layout_rows import layout_rows
     from sql.selectors import physical_nodes

@@ -161,5 +161,29 @@ def finish_version(conn: psycopg.Connection, name: str, number: int, manifest_sh
                   number])
 
 
+def drop_stale_locators(conn: psycopg.Connection, located: Sequence[tuple[str, str]]) -> list[str]:
+    """Take each locator off the nodes it names other than its given sha256 (hex); mark those
+    nodes deleted when nothing else holds them (no other locator, no batch). The sha256s of
+    the nodes that lost a locator, sorted. Run in the caller's transaction."""
+    stale: set[int] = set()
+    shas: set[str] = set()
+    for locator, sha in located:
+        for nid, h in conn.execute(
+                "DELETE FROM physical_path pp USING node n WHERE pp.node_id = n.node_id AND pp.locator = %s "
+                "AND n.sha256 <> %s RETURNING n.node_id, encode(n.sha256, 'hex')", [locator, bytes.fromhex(sha)]):
+            stale.add(nid)
+            shas.add(h)
+    if stale:
+        conn.execute("UPDATE physical_content pc SET is_deleted = true WHERE pc.node_id = ANY(%s) "
+                     "AND NOT EXISTS (SELECT 1 FROM physical_path pp WHERE pp.node_id = pc.node_id) "
+                     "AND NOT EXISTS (SELECT 1 FROM batch_member bm WHERE bm.node_id = pc.node_id)", [sorted(stale)])
+    return sorted(shas)
+
+
+def undelete(conn: psycopg.Connection, shas: Sequence[str]) -> None:
+    conn.execute("UPDATE physical_content pc SET is_deleted = false FROM node n WHERE n.node_id = pc.node_id "
+                 "AND n.sha256 = ANY(%s) AND pc.is_deleted", [[bytes.fromhex(h) for h in shas]])
+
+
 def set_status(conn: psycopg.Connection, name: str, number: int, status: str) -> None:
     conn.execute("UPDATE dataset_version SET status = %s WHERE name = %s AND version = %s", [status, name, number])

@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -162,7 +163,8 @@ def _demo_end_to_end(hoard_home: Path, pg) -> None:
     # issue #33: the demo said 3A was emptied and left `_derived` and truth.json there, and
     # `hoard health` exited 4 right after it (no backup yet): it takes its first backup
     assert sorted(p.name for p in (hoard_home / "ssd" / "3A").iterdir()) == []
-    assert any(ln.startswith("12. backup") and "verified" in ln for ln in first.stdout.splitlines()), first.stdout
+    assert any(ln.startswith("13. backup") and "verified" in ln for ln in first.stdout.splitlines()), first.stdout
+    _demo_dataset_built(hoard_home, first.stdout)
     thumb = _demo_actions_made(hoard_home, cfg, pg, first.stdout)
     for command in ("health", "check", "verify"):
         res = hoard("--config", cfg, command)
@@ -173,6 +175,7 @@ def _demo_end_to_end(hoard_home: Path, pg) -> None:
     assert "0 shard copies made" in second.stdout
     assert "sealed in" in second.stdout  # the outputs are reported again, not made twice
     assert second.stdout.count("done by an earlier run") == 2 and "GPU gate" not in second.stdout, second.stdout
+    assert "12. dataset  demo-variants@1" in second.stdout and "unchanged since version 1" in second.stdout
     assert _row_counts(pg) == before
     if os.path.exists("/dev/fuse"):  # the children in the mount: by-hash/, their bytes by their sha256
         from tests.test_mount import mounted
@@ -181,6 +184,20 @@ def _demo_end_to_end(hoard_home: Path, pg) -> None:
         with mounted(cfg, mnt):
             path = mnt / thumb["mount_paths"][0]
             assert hashlib.sha256(path.read_bytes()).hexdigest() == thumb["sha256"]
+
+
+def _demo_dataset_built(home: Path, said: str) -> None:
+    """The demo's dataset (issue 36): version 1 of demo-variants, an ImageFolder of the actions'
+    children by their `variant` label, sealed in 3D where the demo says it is."""
+    line = next(ln for ln in said.splitlines() if ln.startswith("12. dataset"))
+    root = home / "ssd" / "3D" / "demo-variants-v1"
+    assert line.endswith(f"sealed in {root}") and "demo-variants@1" in line, line
+    seal.check_sealed(root, verify=True)
+    manifest = [json.loads(x) for x in (root / "manifest.jsonl").read_text().splitlines()]
+    assert {m["class"] for m in manifest} == {"thumbnail", "canny"}
+    assert all((root / m["path"]).is_file() and m["path"].startswith(f"{m['split']}/{m['class']}/") for m in manifest)
+    assert max(Counter((m["split"], m["class"]) for m in manifest).values()) <= 20
+    assert f"ls {root}" in said
 
 
 def _row_counts(pg) -> dict[str, int]:

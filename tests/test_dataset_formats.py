@@ -20,7 +20,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from datasets.formats import FORMATS, Tree, get, plan_paths, tar_bytes, template_format, write_tar
+from datasets.formats import FORMATS, Tree, get, plan_paths, tar_bytes, tar_size, template_format, write_tar
 from datasets.layouts import LayoutError, PlacementError, parse
 from datasets.model import Annotation, Sample, annotations_from_ls, canonical
 from tests.helpers import REALDATA, needs_realdata
@@ -439,3 +439,29 @@ def test_splits_a_reader_would_drop_are_refused():
     wrong = [replace(samples[0], class_index=2)] + samples[1:]
     with pytest.raises(PlacementError, match="has index 2, but the class map has 'bird'"):
         get("coco").render(wrong, DOC, {})
+
+
+def test_write_tar_streams_one_member_at_a_time_in_pieces():
+    """A shard of many members written from pieces (as the builder streams them from the store):
+    the same bytes as from whole blobs, `tar_size` exact, and each member's pieces are drawn
+    to the end before the next member is asked for — one member in memory at a time."""
+    samples, blobs = dataset(9)
+    shard = get("webdataset").render(samples, DOC, {}).tars[0]
+    assert sum(1 for m in shard.members if m.sha256) > 3
+    open_now: list[str] = []
+    asked: list[str] = []
+
+    def pieces(sha: str):
+        assert not open_now, f"{sha[:12]} asked for while {open_now[0][:12]} is not finished"
+        asked.append(sha)
+        open_now.append(sha)
+        data = blobs[sha]
+        for i in range(0, len(data), 50):
+            yield data[i:i + 50]
+        open_now.pop()
+
+    out = io.BytesIO()
+    write_tar(shard, pieces, out)
+    assert out.getvalue() == tar_bytes(shard, blobs.__getitem__)
+    assert len(out.getvalue()) == tar_size(shard)
+    assert asked == [m.sha256 for m in shard.members if m.sha256]

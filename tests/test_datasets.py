@@ -320,3 +320,66 @@ def test_a_queued_build_runs_on_the_io_queue(labelled, redis_conn, tmp_path: Pat
     assert report["version"] == 1 and report["path"] == str(cfg.ssd.zone_path("3D") / "queued-v1")
     seal.check_sealed(Path(report["path"]), verify=True)
     assert sum(sum(by.values()) for by in report["counts"].values()) == len(shas)
+
+
+def test_a_build_resumed_over_changed_labels_locates_one_manifest_per_name(labelled, pg, tmp_path: Path) -> None:
+    """A build killed right after it recorded version 1's manifest, then run again after a
+    label changed: version 1 gets the new manifest, and `dataset:rs@1/manifest.jsonl` locates
+    that one node only — the earlier attempt's is no longer located there and is marked deleted
+    (on the old code both stayed located at the one name)."""
+    import psycopg
+
+    from datasets import api
+    from fsd.store import Store
+    from sql import datasets as sqld
+
+    cfg, shas = labelled
+    path = _spec(tmp_path, "rs")
+    spec = load_spec(path)
+    fmt = api.resolve_format(spec)
+    # what the killed build left: version 1 `building`, its manifest and dataset.json recorded
+    with psycopg.connect(cfg.database_url, autocommit=True) as conn:
+        p = api._plan(cfg, conn, spec, fmt)
+        made = api._make(spec.doc(), spec.sha256(), fmt, p.samples, p.class_map, p.licences)
+        n = sqld.begin_version(conn, "rs", spec.doc(), spec.sha256(), made.doc["state"]["fingerprint"], "copy",
+                               str(cfg.ssd.zone_path("3D")))
+        with Store.open(cfg) as store:
+            first, _ = api._record(store, conn, "rs", n, made)
+    assert n == 1
+    cls = pg.execute("SELECT value FROM label l JOIN node n USING (node_id) WHERE n.sha256 = %s AND l.key = 'class'",
+                     [bytes.fromhex(shas[0])]).fetchone()[0]
+    _label(pg, "rs-unlabel", [], unlabel=[(shas[0], "class")])
+    _label(pg, "rs-relabel", [(shas[0], "class", "cat" if cls == "dog" else "dog")])
+    report = _build(cfg, path)
+    assert report["version"] == 1 and not report.get("unchanged")
+    row = pg.execute("SELECT encode(manifest_sha256, 'hex'), status FROM dataset_version WHERE name = 'rs'").fetchall()
+    assert len(row) == 1 and row[0][1] == "done" and row[0][0] != first
+    for name in ("manifest.jsonl", "dataset.json"):
+        located = pg.execute("SELECT encode(n.sha256, 'hex') FROM physical_path pp JOIN node n USING (node_id) "
+                             "WHERE pp.locator = %s", [f"dataset:rs@1/{name}"]).fetchall()
+        assert len(located) == 1, (name, located)
+    assert pg.execute("SELECT encode(n.sha256, 'hex') FROM physical_path pp JOIN node n USING (node_id) WHERE "
+                      "pp.locator = 'dataset:rs@1/manifest.jsonl'").fetchone()[0] == row[0][0]
+    assert pg.execute("SELECT pc.is_deleted FROM node n JOIN physical_content pc USING (node_id) WHERE n.sha256 = %s",
+                      [bytes.fromhex(first)]).fetchone()[0] is True
+    manifest = (Path(report["path"]) / "manifest.jsonl").read_bytes()
+    assert hashlib.sha256(manifest).hexdigest() == row[0][0]
+
+
+def test_zone_3d_missing_is_one_line_naming_it(labelled, pg, tmp_path: Path) -> None:
+    """Zone 3D's directory gone (the SSD not mounted): the dry run and the build each say so in
+    one line with the fix — not "room for 0 bytes" — and record nothing."""
+    cfg, _ = labelled
+    zone = cfg.ssd.zone_path("3D")
+    for p in sorted(zone.rglob("*"), reverse=True):
+        p.rmdir() if p.is_dir() else p.unlink()
+    zone.rmdir()
+    spec = _spec(tmp_path, "nozone")
+    for args in (["--dry-run"], ["--here"]):
+        res = _hoard(cfg, "dataset", "build", str(spec), *args)
+        lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+        assert res.returncode == 3 and len(lines) == 1, res.stdout + res.stderr
+        assert f"zone 3D: {zone} does not exist" in lines[0] and "hoard init" in lines[0], lines[0]
+        assert "room for" not in res.stderr
+    assert not zone.exists()
+    assert pg.execute("SELECT count(*) FROM dataset_version").fetchone()[0] == 0

@@ -6,7 +6,7 @@ from __future__ import annotations
 import hashlib
 import io
 import tarfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import BinaryIO
 
 from datasets.formats.base import TarMember, TarShard, Tree, check_samples, class_names, finish, json_bytes, who
@@ -88,29 +88,79 @@ class WebDataset:
         return finish(tree, self.name, options.get("prefix", ""))
 
 
-def write_tar(shard: TarShard, read: Callable[[str], bytes], out: BinaryIO) -> None:
+class _Member(io.RawIOBase):
+    """A stored member's bytes as the file tarfile copies from: its pieces one at a time
+    (bounded memory), counted and hashed on the way through."""
+
+    def __init__(self, pieces: Iterable[bytes]) -> None:
+        self._pieces = iter(pieces)
+        self._left = memoryview(b"")
+        self.size = 0
+        self.sha = hashlib.sha256()
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buf) -> int:
+        """Fill `buf` whole unless the pieces end (tarfile takes a short read for the end)."""
+        done = 0
+        while done < len(buf):
+            if not self._left:
+                piece = next(self._pieces, None)
+                if piece is None:
+                    break
+                self._left = memoryview(piece)
+                self.size += len(piece)
+                self.sha.update(piece)
+            n = min(len(buf) - done, len(self._left))
+            buf[done:done + n] = self._left[:n]
+            self._left = self._left[n:]
+            done += n
+        return done
+
+
+def _info(name: str, size: int) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.size, info.mtime, info.mode, info.type = size, 0, 0o644, tarfile.REGTYPE
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    return info
+
+
+def tar_size(shard: TarShard) -> int:
+    """The exact size `write_tar` gives the shard: each member's header (as tarfile encodes
+    it: a pax record only for a name that does not fit) and its data padded to 512, the two
+    zero blocks of the end, the whole padded to tarfile's record size."""
+    n = sum(len(_info(m.name, m.size).tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")) + member_cost(m.size)
+            - BLOCK for m in shard.members) + 2 * BLOCK
+    return -(-n // tarfile.RECORDSIZE) * tarfile.RECORDSIZE
+
+
+def write_tar(shard: TarShard, read: Callable[[str], bytes | Iterable[bytes]], out: BinaryIO) -> None:
     """The shard's bytes: members in the given order, each a regular file with mtime 0, uid
     and gid 0, empty uname and gname, mode 0644 — nothing of the machine or the hour, so the
     same members give the same tar (webdataset's own TarWriter stamps the current time:
     webdataset PR#126). POSIX ustar headers; a name that does not fit gets a pax record
-    (tarfile.PAX_FORMAT writes one only then). A stored member's bytes (`read(sha256)`) must
-    have its size and hash, else PlacementError: a tar is never sealed around other bytes."""
+    (tarfile.PAX_FORMAT writes one only then). `read(sha256)` gives a stored member's bytes,
+    whole or as an iterable of pieces (the builder streams them from the store: one member at
+    a time, in pieces, whatever its size); they must have its size and hash, else
+    PlacementError: a tar is never sealed around other bytes."""
     with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT, encoding="utf-8") as tar:
         for m in shard.members:
             if m.data is not None:
-                data = m.data
-            elif m.sha256 is not None:
-                data = read(m.sha256)
-                if len(data) != m.size or hashlib.sha256(data).hexdigest() != m.sha256:
-                    raise PlacementError(f"{shard.path}: the store gave other bytes for {m.name} ({len(data)} bytes, "
-                                         f"expected {m.size} with sha256 {m.sha256[:12]}…); run `hoard verify`")
-            else:
+                tar.addfile(_info(m.name, len(m.data)), io.BytesIO(m.data))
+                continue
+            if m.sha256 is None:
                 raise PlacementError(f"{shard.path}: member {m.name} has neither bytes nor a sha256")
-            info = tarfile.TarInfo(m.name)
-            info.size, info.mtime, info.mode, info.type = len(data), 0, 0o644, tarfile.REGTYPE
-            info.uid = info.gid = 0
-            info.uname = info.gname = ""
-            tar.addfile(info, io.BytesIO(data))
+            got = read(m.sha256)
+            src = _Member([bytes(got)] if isinstance(got, (bytes, bytearray, memoryview)) else got)
+            try:
+                tar.addfile(_info(m.name, m.size), src)
+            except OSError:  # tarfile: the source ended before the member's size
+                pass
+            if src.read(1) or src.size != m.size or src.sha.hexdigest() != m.sha256:
+                raise PlacementError(f"{shard.path}: the store gave other bytes for {m.name} ({src.size} bytes, "
+                                     f"expected {m.size} with sha256 {m.sha256[:12]}…); run `hoard verify`")
 
 
 def tar_bytes(shard: TarShard, read: Callable[[str], bytes]) -> bytes:

@@ -6,7 +6,9 @@ cross-batch edges in PostgreSQL, a package per batch in 3B, 3A emptied), bring e
 shard to its replica target, read everything back with the batch read planner, verified,
 and query the database; stage the first batch into 3C and export the images into 3D; run
 the built-in actions `thumbnail` and `canny` (behind the GPU gate, released as a user would)
-on the batches' images, their children stored and linked in PostgreSQL; take the database's
+on the batches' images, their children stored and linked in PostgreSQL; build a small
+training dataset of those children (ImageFolder, class = the variant each action labelled:
+`hoard dataset`), sealed in 3D; take the database's
 first backup (a dump, restore-verified), so `hoard health` is green after it.
 It ends with the GUI's address and a login (a `demo` admin, made on the first run).
 """
@@ -27,6 +29,8 @@ import psycopg
 import typer
 
 from adapters.synth import Spec, generate
+from datasets import api as datasets_api
+from datasets.spec import parse_spec
 from fsd.base.config import Settings
 from fsd.base.errors import ExitCode, HoardError
 from fsd.base.units import fmt_bytes
@@ -65,6 +69,7 @@ def run_demo(cfg: Settings) -> None:
     _describe(cfg, batches)
     staged, exported = _stage_and_export(cfg, batches)
     child = _actions(cfg, batches)
+    dataset = _dataset(cfg)
     _first_backup(cfg)
     out.print("\n[bold]next:[/]")
     out.print("  .venv/bin/hoard health                    status of disks, zones, ingest, PostgreSQL, Redis")
@@ -75,6 +80,9 @@ def run_demo(cfg: Settings) -> None:
     if child:
         out.print(f"  .venv/bin/hoard info {child[:16]}       a thumbnail: its parent image, labels, replicas")
     out.print("  .venv/bin/hoard action runs               the action runs (thumbnail, canny) and their steps")
+    out.print(f"  ls {dataset}   a training dataset (ImageFolder: split/class/file, manifest.jsonl, README.md)")
+    out.print(f"  .venv/bin/hoard dataset show {DEMO_DATASET['name']}          its versions, counts and class map "
+              "(docs/datasets.md)")
     out.print("  .venv/bin/hoard zones                     the SSD zones: used, reserved, sealed outputs")
     out.print("  .venv/bin/hoard db proposals              typed tables proposed for the sources' own fields")
     out.print("  .venv/bin/hoard disks list                where the replicas went, per disk")
@@ -258,13 +266,35 @@ def _actions(cfg: Settings, batches: list) -> str | None:
     return child
 
 
+#: the demo's dataset (docs/datasets.md): the children the actions made, class = the `variant`
+#: label each wrote (thumbnail | canny), split by their root so an image's thumbnail and edge
+#: map never straddle train and val; at most 20 of a class per split: a small one
+DEMO_DATASET = {"name": "demo-variants", "layout": "imagefolder", "class_label": "variant",
+                "classes": [name for name, _ in DEMO_ACTIONS], "max_per_class": 20,
+                "selector": {"kinds": ["image"], "labels": [{"key": "variant"}]},
+                "split": {"ratios": {"train": 0.8, "val": 0.2}, "salt": "demo", "group": "root"}}
+
+
+def _dataset(cfg: Settings) -> str:
+    """Build the demo's dataset (version 1; a second demo run finds it unchanged) into 3D;
+    the directory it sealed."""
+    t0 = time.monotonic()
+    r = datasets_api.build(cfg, parse_spec(DEMO_DATASET, "the demo's dataset spec"))
+    counts = "; ".join(f"{split}: " + ", ".join(f"{c} {n}" for c, n in by.items()) for split, by in r["counts"].items())
+    out.print(f"[bold]12. dataset[/]  {r['name']}@{r['version']} ({DEMO_DATASET['layout']}, class = variant): "
+              f"{counts} — " + (f"unchanged since version {r['version']}, " if r.get("unchanged") else
+                                f"built in {time.monotonic() - t0:.2f} s, ")
+              + f"sealed in {r['path']}", soft_wrap=True)
+    return str(r["path"])
+
+
 def _first_backup(cfg: Settings) -> None:
     """A database dump, restore-verified, unless one is recorded already: `hoard health`
     counts a store whose database was never backed up as a problem."""
     with psycopg.connect(cfg.database_url, autocommit=True) as conn:
         row = latest_dump(conn)
     if row is not None and row[1]:
-        out.print(f"[bold]12. backup[/]   dump {row[0]} taken by an earlier run, verified")
+        out.print(f"[bold]13. backup[/]   dump {row[0]} taken by an earlier run, verified")
         return
     with Store.open(cfg) as store:
         made = dump_backup(cfg.database_url, store, cfg.ssd.zone_path("3B"))
@@ -272,7 +302,7 @@ def _first_backup(cfg: Settings) -> None:
     if not checked.ok:
         raise HoardError(f"the demo's database dump {made.backup_id} failed its restore-verify: {checked.detail}; "
                          "see `hoard health`", ExitCode.DATA)
-    out.print(f"[bold]12. backup[/]   dump {made.backup_id} of the database ({fmt_bytes(made.size)}) stored and "
+    out.print(f"[bold]13. backup[/]   dump {made.backup_id} of the database ({fmt_bytes(made.size)}) stored and "
               f"copied to 3B, verified by a restore ({checked.detail}); nightly: hoard-backup.timer (systemd/)")
 
 

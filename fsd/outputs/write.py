@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import os
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, BinaryIO
 
 from fsd.base.config import Settings
 from fsd.base.errors import ExitCode, HoardError
@@ -19,7 +20,9 @@ from fsd.outputs.materialize import Item, MaterializeReport, materialize
 def write_copy(cfg: Settings, store, zone: str, output_id: str, *, job: str, kind: str, items: list[Item],
                generated: Sequence[tuple[str, bytes]] = (), selector: Any = None, layout: Any = None,
                progress: Callable[[int, int], None] | None = None, started: Callable[[], None] = lambda: None,
-               empty_dirs: Sequence[str] = ()) -> tuple[dict[str, Any], MaterializeReport]:
+               empty_dirs: Sequence[str] = (),
+               streamed: Sequence[tuple[str, int, Callable[[BinaryIO], None]]] = ()
+               ) -> tuple[dict[str, Any], MaterializeReport]:
     """Copy mode of any output into a zone (an export, a stage, a dataset): reserve what the
     files occupy (zones.ZoneFull before a byte moves), copy `items` out of the store with the
     batch planner into `<zone>/.tmp/<id>/` (what an earlier attempt left and still checks is
@@ -27,8 +30,8 @@ def write_copy(cfg: Settings, store, zone: str, output_id: str, *, job: str, kin
     failure keeps the partial tree for the same command to resume. `started()` is called once
     the zone admitted it. The `_JOB` document and the copy's report."""
     sizes = ([it.size for it in items] + [len(it.sidecar) for it in items if it.sidecar is not None]
-             + [len(data) for _, data in generated])
-    paths = [it.path for it in items] + [p for p, _ in generated]
+             + [len(data) for _, data in generated] + [size for _, size, _ in streamed])
+    paths = [it.path for it in items] + [p for p, _ in generated] + [p for p, _, _ in streamed]
     out = seal.begin(cfg, zone, output_id, job=job, kind=kind, expected_bytes=sum(sizes),
                      # what `du` will count (an empty directory is a directory too)
                      reserve_bytes=zones.charge((cfg, zone), sizes, dirs=zones.tree_dirs(paths) + len(empty_dirs)),
@@ -42,6 +45,8 @@ def write_copy(cfg: Settings, store, zone: str, output_id: str, *, job: str, kin
             (out.tmp / rel).mkdir(parents=True, exist_ok=True)
         for rel, data in generated:
             out.write(rel, data)  # seal hashes (and syncs) what it did not see written
+        for rel, _size, write in streamed:
+            _stream(out, rel, write)
         for it in items:
             out.declare(it.path, it.size, it.sha256, verified=True)
             if it.sidecar is not None:
@@ -54,6 +59,30 @@ def write_copy(cfg: Settings, store, zone: str, output_id: str, *, job: str, kin
         raise
     return doc, rep
 
+
+class _Hashing:
+    """A file being written, hashed and counted on the way."""
+
+    def __init__(self, f: BinaryIO) -> None:
+        self.f, self.sha, self.size = f, hashlib.sha256(), 0
+
+    def write(self, data: bytes) -> int:
+        self.sha.update(data)
+        self.size += len(data)
+        return self.f.write(data)
+
+
+def _stream(out: seal.Output, rel: str, write: Callable[[BinaryIO], None]) -> None:
+    """`write` makes the file `rel` of the output (written anew: a resumed attempt's may be
+    cut short); declared with the sha256 of exactly the bytes written, once synced."""
+    path = out.tmp / rel
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as f:
+        h = _Hashing(f)
+        write(h)  # type: ignore[arg-type]  # (a writer is all a producer needs)
+        f.flush()
+        os.fsync(f.fileno())
+    out.declare(rel, h.size, h.sha.hexdigest(), verified=True)
 
 
 def write_view(cfg: Settings, store, zone: str, output_id: str, *, job: str, kind: str, view: str, items: list[Item],
