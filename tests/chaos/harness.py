@@ -997,6 +997,7 @@ class World:
         from fsd.outputs import zones
         from fsd.store import Store
         from jobs import ingest, outputs
+        from jobs.actions.state import load_state as action_state
 
         cfg = config.load(self.cfg_path)
         if m := re.match(r"store: (\d+) open shards have no writer left \(e\.g\. ([0-9a-f]+)\)", problem):
@@ -1012,6 +1013,22 @@ class World:
         if m := re.match(r"zone (3[A-D]): the reservation of job .* for (\S+) is stale \(pid (\d+)", problem):
             held = (zones.reservations_dir(cfg, m[1]) / f"{m[2]}.json").is_file()
             return held and not Path(f"/proc/{m[3]}").exists()
+        if m := re.match(r"zone (3[A-D]): job \S+ died \(pid (\d+) on .*\) after sealing output (\S+), before "
+                         r"releasing its reservation", problem):
+            held = (zones.reservations_dir(cfg, m[1]) / f"{m[3]}.json").is_file()
+            return held and not Path(f"/proc/{m[2]}").exists() and (self.ssd / m[1] / m[3] / "_SEALED").is_file()
+        if m := re.match(r"action run (\S+): (\S+) at (\S+): (?:its poll|the job of its next step) \(\S+\) is not in "
+                         r"Redis", problem):
+            import redis  # deferred: only this claim asks Redis
+
+            from jobs.actions.state import job_id
+
+            st = action_state(cfg, m[1])  # and no job of its step waits in Redis (the cut lost it)
+            conn = redis.Redis.from_url(cfg.redis_url)
+            waiting = [jid for jid in (job_id(m[1], m[3], sfx) for sfx in ("", "-poll", "-release"))
+                       if conn.exists(f"rq:job:{jid}") and conn.hget(f"rq:job:{jid}", "status") in
+                       (b"queued", b"scheduled", b"deferred")]
+            return st is not None and (st.status, st.step) == (m[2], m[3]) and not waiting
         if m := re.match(r"zone (3[A-D]): output (\S+) is incomplete", problem):
             final, tmp = self.ssd / m[1] / m[2], self.ssd / m[1] / ".tmp" / m[2]
             return (final.is_dir() and not (final / "_SEALED").exists()) or tmp.is_dir()
@@ -1019,8 +1036,6 @@ class World:
             st = ingest.load_state(cfg, m[1])  # and no worker runs: the cut killed every one
             return st is not None and st.status == m[2]
         if m := re.match(r"action run (\S+): failed at (\S+): the process running step \S+ stopped", problem):
-            from jobs.actions.state import load_state as action_state
-
             st = action_state(cfg, m[1])  # "running" in its state, and no process runs it: the cut killed every one
             return st is not None and st.status == "running" and st.step == m[2]
         if m := re.match(r"(stage|export) (\S+): interrupted", problem):
