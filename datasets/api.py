@@ -246,7 +246,9 @@ def build(cfg: Settings, spec: DatasetSpec, mode: str | None = None, force: bool
         with _db_errors(f"dataset {spec.name} was recorded"):
             every = sqld.versions(conn, spec.name)
         done = [v for v in every if v["status"] != "building"]
-        resumed = bool(every) and every[-1]["status"] == "building"  # a killed build of the newest version
+        # a killed build of the newest version (never one that finished once: a materialize
+        # interrupted leaves a finished version to itself, never to be built over)
+        resumed = bool(every) and sqld.unfinished(every[-1]["status"], every[-1]["manifest_sha256"])
         if done and done[-1]["fingerprint"] == fp and done[-1]["mode"] == spec.mode and not force:
             last = done[-1]
             return {"name": spec.name, "version": last["version"], "path": last["path"], "mode": last["mode"],
@@ -483,7 +485,8 @@ def materialize(cfg: Settings, ref: str, progress: Callable[[int, int], None] | 
                                  f"needs {need}; nothing was written — free space (`hoard zones`) and run the same "
                                  "command again")
         _check_stored(cfg, name, made)
-        sqld.set_status(conn, name, int(n or 0), "building")
+        # its status stays what it is (`removed`, or `done` with its tree gone) until sealed:
+        # never `building`, which would let the next build of the name take the version over
         report = _write(cfg, conn, name, int(n or 0), row["mode"], made, progress)
     return report | {"materialized": True}
 

@@ -383,3 +383,37 @@ def test_zone_3d_missing_is_one_line_naming_it(labelled, pg, tmp_path: Path) -> 
         assert "room for" not in res.stderr
     assert not zone.exists()
     assert pg.execute("SELECT count(*) FROM dataset_version").fetchone()[0] == 0
+
+
+def test_an_interrupted_materialize_never_lets_a_build_take_the_version_over(labelled, pg, tmp_path: Path) -> None:
+    """Ctrl-C while `materialize pets@1` copies, then a label changes and the spec is built:
+    the build is version 2, and version 1 — acknowledged, its manifest recorded — is still
+    itself: `hoard gc` keeps its manifest and materialize makes its bytes again. On the old
+    code materialize marked version 1 `building`, so the build "resumed" version 1 over the
+    new data, dropped its manifest as stale, and pets@1 was another dataset."""
+    from datasets import api
+
+    cfg, shas = labelled
+    spec = _spec(tmp_path)
+    v1 = _build(cfg, spec)
+    root1 = Path(v1["path"])
+    h1 = tree_sha256(root1)
+    m1 = pg.execute("SELECT manifest_sha256 FROM dataset_version WHERE name = 'pets'").fetchone()[0]
+    assert _hoard(cfg, "dataset", "rm", "pets@1").returncode == 0
+
+    def ctrl_c(_done: int, _total: int) -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        api.materialize(cfg, "pets@1", ctrl_c)
+    assert not root1.exists()
+    _label(pg, "unlabel", [], unlabel=[(shas[0], "class")])
+    v2 = _build(cfg, spec)
+    assert v2["version"] == 2 and not v2.get("unchanged")
+    rows = pg.execute("SELECT version, manifest_sha256 FROM dataset_version WHERE name = 'pets' ORDER BY version")
+    assert [(v, bytes(m)) for v, m in rows.fetchall()][0] == (1, bytes(m1))
+    assert _hoard(cfg, "gc", "--threshold", "1.0").returncode == 0
+    again = _hoard(cfg, "dataset", "materialize", "pets@1", "--json")
+    assert again.returncode == 0, again.stderr
+    assert tree_sha256(root1) == h1
+    assert pg.execute("SELECT status FROM dataset_version WHERE name = 'pets' AND version = 1").fetchone()[0] == "done"
