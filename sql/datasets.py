@@ -39,7 +39,7 @@ def sample_rows(conn: psycopg.Connection, node_ids: Sequence[int], ocr_boxes: bo
             rows[nid] = {"node_id": nid, "sha256": sha, "size": size, "file_type": ftype, "labels": {},
                          "lineage": [nid], "boxes": [], "licences": []}
         for nid, key, values in conn.execute(
-                "SELECT node_id, key, array_agg(value ORDER BY value) FROM label WHERE node_id = ANY(%s) "
+                "SELECT node_id, key, array_agg(value ORDER BY value COLLATE \"C\") FROM label WHERE node_id = ANY(%s) "
                 "GROUP BY node_id, key", [ids]):
             if nid in rows:
                 rows[nid]["labels"][key] = values

@@ -103,6 +103,37 @@ def test_splits_never_move_when_data_is_added_and_groups_stay_together() -> None
     assert split_of({"a": 0.5, "b": 0.5}, "s", "root:1") == split_of({"a": 0.5, "b": 0.5}, "s", "root:1")
 
 
+def test_a_label_group_takes_every_sample_of_its_posts_into_one_split() -> None:
+    """group = "label:dup" (a near-duplicate group an action wrote): each post has a labelled
+    image and an unlabelled sibling, and some groups span two posts. Every post and every group
+    lies in one split, and adding unrelated posts moves nothing. On the old code the labelled
+    image took its group's split and its sibling its root's: one post in train and val."""
+    spec = load_spec(SPEC.replace('salt = "v1"', 'salt = "v1"\ngroup = "label:dup"'))
+    fmt = FORMATS["imagefolder"]
+
+    def rows(posts: int) -> list[dict]:
+        out = _rows(2 * posts, roots=None)
+        for i, r in enumerate(out):
+            r["root_id"] = 10_000 + i // 2
+            r["lineage"] = [r["node_id"], r["root_id"]]
+            if i % 2 == 0:  # the first image of each post is in a group shared by two posts
+                r["labels"]["dup"] = [f"g{i // 4}"]
+        return out
+
+    small = samples_from_rows(spec, fmt, rows(40), None).samples
+    by_root: dict[int, set[str]] = {}
+    by_group: dict[str, set[str]] = {}
+    for s in small:
+        by_root.setdefault(s.root_id, set()).add(s.split)
+        for g in s.labels.get("dup", ()):
+            by_group.setdefault(g, set()).add(s.split)
+    assert all(len(v) == 1 for v in by_root.values()), by_root
+    assert all(len(v) == 1 for v in by_group.values()), by_group
+    assert {s.split for s in small} == {"train", "val"}
+    big = {s.sha256: s.split for s in samples_from_rows(spec, fmt, list(reversed(rows(80))), None).samples}
+    assert all(big[s.sha256] == s.split for s in small)
+
+
 def test_class_map_is_frozen_pinned_and_appended_never_reordered() -> None:
     spec = load_spec(SPEC)
     fmt = FORMATS["imagefolder"]
