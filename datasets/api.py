@@ -391,8 +391,13 @@ def _version(conn, ref: str, need_version: bool = False) -> dict[str, Any]:
     name, n = parse_ref(ref, need_version)
     with _db_errors(f"dataset {name} was read"):
         rows = sqld.versions(conn, name)
+    every = rows
     rows = [r for r in rows if r["status"] != "building" or n is not None]
     row = next((r for r in rows if r["version"] == n), None) if n is not None else (rows[-1] if rows else None)
+    if row is None and every:  # only a build that never finished: `list` shows it, so say what it is
+        raise DatasetError(f"dataset {name} has no finished version: {name}@{every[-1]['version']} is building (its "
+                           f"build was killed, or runs now) — run the same `hoard dataset build SPEC` again to resume "
+                           f"it, or `hoard dataset rm {name}@{every[-1]['version']}` to give it up")
     if row is None:
         raise DatasetError(f"no dataset {ref}" + ("" if n is None else f" (its versions: "
                            f"{', '.join(str(r['version']) for r in rows) or 'none'})") + "; `hoard dataset list`")

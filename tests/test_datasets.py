@@ -448,3 +448,48 @@ def test_an_interrupted_materialize_never_lets_a_build_take_the_version_over(lab
     assert again.returncode == 0, again.stderr
     assert tree_sha256(root1) == h1
     assert pg.execute("SELECT status FROM dataset_version WHERE name = 'pets' AND version = 1").fetchone()[0] == "done"
+
+
+_KILLED_BUILD = """
+import os, signal, sys
+from fsd.base import config
+from datasets import api
+from datasets.spec import load_spec
+
+def kill_9(done, total):  # a real SIGKILL, while the files are copied
+    if done:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+api.build(config.load(sys.argv[1]), load_spec(sys.argv[2]), progress=kill_9)
+"""
+
+
+@pytest.mark.expect_log(r"zone 3D: reclaimed the stale reservation of job dataset:kd@1", level="WARNING",
+                        optional=True)
+def test_after_a_killed_build_health_and_show_name_the_next_step_and_it_works(labelled, pg, tmp_path: Path) -> None:
+    """kill -9 mid-copy: `hoard health` names the dataset build that died and says to run it
+    again (not only `hoard zones clean`, which leaves the version `building`); `hoard dataset
+    show kd` says version 1 is building and how to resume it (the old code said "no dataset
+    kd" while `list` showed it); `check` and `verify` find the store whole. Doing what they say
+    seals version 1, and health has nothing more to say about it."""
+    cfg, _ = labelled
+    spec = _spec(tmp_path, "kd")
+    res = subprocess.run([sys.executable, "-c", _KILLED_BUILD, str(cfg.source), str(spec)], cwd=REPO,
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == -signal.SIGKILL, res.stderr
+    assert pg.execute("SELECT status FROM dataset_version WHERE name = 'kd'").fetchall() == [("building",)]
+    health = _hoard(cfg, "health")
+    lines = [ln for ln in health.stderr.splitlines() if "kd" in ln]
+    assert len(lines) == 1 and "the build (or materialize) of dataset kd@1 died" in lines[0], health.stderr
+    assert "run the same `hoard dataset build SPEC`" in lines[0] and "hoard dataset rm kd@1" in lines[0]
+    shown = _hoard(cfg, "dataset", "show", "kd")
+    assert shown.returncode == 2 and "kd@1 is building" in shown.stderr and "resume" in shown.stderr, shown.stderr
+    assert "Traceback" not in shown.stderr
+    for cmd in ("check", "verify"):
+        r = _hoard(cfg, cmd)
+        assert r.returncode == 0 and "kd" not in r.stdout + r.stderr, (cmd, r.stdout, r.stderr)
+    report = _build(cfg, spec)
+    assert report["version"] == 1
+    seal.check_sealed(Path(report["path"]), verify=True)
+    assert "kd" not in _hoard(cfg, "health").stderr
+    assert _hoard(cfg, "dataset", "show", "kd").returncode == 0
