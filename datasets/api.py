@@ -246,7 +246,9 @@ def build(cfg: Settings, spec: DatasetSpec, mode: str | None = None, force: bool
         with _db_errors(f"dataset {spec.name} was recorded"):
             every = sqld.versions(conn, spec.name)
         done = [v for v in every if v["status"] != "building"]
-        resumed = bool(every) and every[-1]["status"] == "building"  # a killed build of the newest version
+        # a killed build of the newest version (never one that finished once: a materialize
+        # interrupted leaves a finished version to itself, never to be built over)
+        resumed = bool(every) and sqld.unfinished(every[-1]["status"], every[-1]["manifest_sha256"])
         if done and done[-1]["fingerprint"] == fp and done[-1]["mode"] == spec.mode and not force:
             last = done[-1]
             return {"name": spec.name, "version": last["version"], "path": last["path"], "mode": last["mode"],
@@ -389,8 +391,13 @@ def _version(conn, ref: str, need_version: bool = False) -> dict[str, Any]:
     name, n = parse_ref(ref, need_version)
     with _db_errors(f"dataset {name} was read"):
         rows = sqld.versions(conn, name)
+    every = rows
     rows = [r for r in rows if r["status"] != "building" or n is not None]
     row = next((r for r in rows if r["version"] == n), None) if n is not None else (rows[-1] if rows else None)
+    if row is None and every:  # only a build that never finished: `list` shows it, so say what it is
+        raise DatasetError(f"dataset {name} has no finished version: {name}@{every[-1]['version']} is building (its "
+                           f"build was killed, or runs now) — run the same `hoard dataset build SPEC` again to resume "
+                           f"it, or `hoard dataset rm {name}@{every[-1]['version']}` to give it up")
     if row is None:
         raise DatasetError(f"no dataset {ref}" + ("" if n is None else f" (its versions: "
                            f"{', '.join(str(r['version']) for r in rows) or 'none'})") + "; `hoard dataset list`")
@@ -483,7 +490,8 @@ def materialize(cfg: Settings, ref: str, progress: Callable[[int, int], None] | 
                                  f"needs {need}; nothing was written — free space (`hoard zones`) and run the same "
                                  "command again")
         _check_stored(cfg, name, made)
-        sqld.set_status(conn, name, int(n or 0), "building")
+        # its status stays what it is (`removed`, or `done` with its tree gone) until sealed:
+        # never `building`, which would let the next build of the name take the version over
         report = _write(cfg, conn, name, int(n or 0), row["mode"], made, progress)
     return report | {"materialized": True}
 

@@ -139,6 +139,7 @@ def samples_from_rows(spec: DatasetSpec, fmt: Format, rows: list[dict[str, Any]]
     out: list[Sample] = []
     keys = Counter(r["sha256"][:16] for r, _ in classed)
     splits = list(spec.split.ratios)
+    groups = group_keys(spec, [r for r, _ in classed])
     for r, cls in sorted(classed, key=lambda rc: rc[0]["node_id"]):
         ident = r["sha256"] if spec.dedup == "by_sha256" else r["node_id"]
         if ident in seen:
@@ -146,7 +147,7 @@ def samples_from_rows(spec: DatasetSpec, fmt: Format, rows: list[dict[str, Any]]
             continue
         seen.add(ident)
         key = r["sha256"][:16] if keys[r["sha256"][:16]] == 1 else f"{r['sha256'][:16]}-{r['node_id']}"
-        split = _split(spec, r, splits)
+        split = _split(spec, r, splits, groups[r["node_id"]])
         labels = {k: tuple(v) for k, v in sorted(r["labels"].items())}
         width, height = _int(labels.get(WIDTH)), _int(labels.get(HEIGHT))
         anns, w2, h2 = _annotations(spec, r, cls)
@@ -221,7 +222,38 @@ def _class_map(spec: DatasetSpec, frozen: list[str] | None, found: list[str],
     return base + new, new
 
 
-def _split(spec: DatasetSpec, r: dict[str, Any], splits: list[str]) -> str:
+def group_keys(spec: DatasetSpec, rows: list[dict[str, Any]]) -> dict[int, str]:
+    """node id → the key its split is drawn from: `node:<id>`, `root:<root id>`, or with
+    `group = "label:KEY"` one key for every sample linked by a root or a value of KEY — a
+    near-duplicate group and every sample of each post it touches lie in one split (keyed by
+    the group's least value, `label:<value>`; `root:<id>` for a post none of whose samples has
+    the label). Taking a node's label alone would put a labelled image in its group's split and
+    its unlabelled siblings of the same post in their root's: one post in two splits."""
+    g = spec.split.group
+    if g == "node":
+        return {r["node_id"]: f"node:{r['node_id']}" for r in rows}
+    if not g.startswith("label:"):
+        return {r["node_id"]: f"root:{r['root_id']}" for r in rows}
+    key = g[6:]
+    parent: dict[str, str] = {}
+
+    def find(x: str) -> str:
+        parent.setdefault(x, x)
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    for r in rows:
+        root = find(f"root:{r['root_id']}")
+        for v in r["labels"].get(key, ()):
+            a, b = sorted((root, find(f"label:{v}")))  # a label key sorts before a root key: it names the group
+            parent[b] = a
+            root = a
+    return {r["node_id"]: find(f"root:{r['root_id']}") for r in rows}
+
+
+def _split(spec: DatasetSpec, r: dict[str, Any], splits: list[str], group: str) -> str:
     sp = spec.split
     if sp.field is not None and r["labels"].get(sp.field):
         values = r["labels"][sp.field]
@@ -230,13 +262,7 @@ def _split(spec: DatasetSpec, r: dict[str, Any], splits: list[str]) -> str:
                                f"{', '.join(map(repr, values))}, which is not one split of {', '.join(splits)}; fix "
                                "its label or the ratios", ExitCode.DATA)
         return values[0]
-    if sp.group == "node":
-        key = f"node:{r['node_id']}"
-    elif sp.group.startswith("label:") and r["labels"].get(sp.group[6:]):
-        key = "label:" + r["labels"][sp.group[6:]][0]
-    else:
-        key = f"root:{r['root_id']}"
-    return split_of(sp.ratios, sp.salt, key)
+    return split_of(sp.ratios, sp.salt, group)
 
 
 def _caps(spec: DatasetSpec, samples: list[Sample]) -> tuple[list[Sample], int]:

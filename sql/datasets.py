@@ -39,7 +39,7 @@ def sample_rows(conn: psycopg.Connection, node_ids: Sequence[int], ocr_boxes: bo
             rows[nid] = {"node_id": nid, "sha256": sha, "size": size, "file_type": ftype, "labels": {},
                          "lineage": [nid], "boxes": [], "licences": []}
         for nid, key, values in conn.execute(
-                "SELECT node_id, key, array_agg(value ORDER BY value) FROM label WHERE node_id = ANY(%s) "
+                "SELECT node_id, key, array_agg(value ORDER BY value COLLATE \"C\") FROM label WHERE node_id = ANY(%s) "
                 "GROUP BY node_id, key", [ids]):
             if nid in rows:
                 rows[nid]["labels"][key] = values
@@ -133,16 +133,23 @@ def version(conn: psycopg.Connection, name: str, number: int) -> dict[str, Any] 
     return _row(r) if r else None
 
 
+def unfinished(status: str, manifest_sha256: Any) -> bool:
+    """A version whose build never finished (killed): `building` and no manifest recorded yet.
+    Only such a version is resumed by the next build; one that finished once (it has its
+    manifest) is never built over, whatever its status says."""
+    return status == "building" and manifest_sha256 is None
+
+
 def begin_version(conn: psycopg.Connection, name: str, spec: dict, spec_sha: str, fingerprint: str, mode: str,
                   output_path: str) -> int:
-    """The version a build writes: the newest one if it is still `building` (a killed build: the
-    re-run resumes its output), else a new one. Its row says `building` until `finish_version`."""
+    """The version a build writes: the newest one if it never finished (`unfinished`: a killed
+    build; the re-run resumes its output), else a new one. Its row says `building` until `finish_version`."""
     with conn.transaction():
         conn.execute("INSERT INTO dataset (name) VALUES (%s) ON CONFLICT DO NOTHING", [name])
         conn.execute("SELECT 1 FROM dataset WHERE name = %s FOR UPDATE", [name])
-        last = conn.execute("SELECT version, status FROM dataset_version WHERE name = %s ORDER BY version DESC "
-                            "LIMIT 1", [name]).fetchone()
-        n = last[0] if last and last[1] == "building" else (last[0] + 1 if last else 1)
+        last = conn.execute("SELECT version, status, manifest_sha256 FROM dataset_version WHERE name = %s "
+                            "ORDER BY version DESC LIMIT 1", [name]).fetchone()
+        n = last[0] if last and unfinished(last[1], last[2]) else (last[0] + 1 if last else 1)
         out = f"{name}-v{n}"
         conn.execute(
             "INSERT INTO dataset_version (name, version, spec, spec_sha256, fingerprint, output_id, path, mode, status) "

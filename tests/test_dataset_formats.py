@@ -422,6 +422,25 @@ def test_a_hostile_class_name_is_refused(cls, needle):
         _one_line(e)
 
 
+def test_classes_one_but_for_case_are_refused():
+    """Classes `Cat` and `cat` (two annotators' spellings): their files never share a path, but
+    their directories are one on a case-insensitive consumer (macOS, exFAT, a Windows share),
+    which merges the two classes silently; refused, naming both (the old code built the tree).
+    A template that says `case_sensitive = true` keeps them."""
+    samples, _ = dataset(6)
+    cased = [replace(s, cls="Cat", class_index=0) if s.cls == "cat" else replace(s, cls="cat", class_index=1)
+             for s in samples]
+    doc = {"name": "pets", "classes": ["Cat", "cat"]}
+    for layout in ("imagefolder", "by_label"):
+        with pytest.raises(PlacementError, match=r"directories '(train|val)/Cat' and '(train|val)/cat', one directory "
+                                                 "but for case") as e:
+            get(layout).render([replace(s, labels={"class": (s.cls,)}) for s in cased], doc, {})
+        _one_line(e)
+    linux = template_format(parse("{label:class}/{sha256}{ext}", "linux", case_sensitive=True))
+    tree = linux.render([replace(s, labels={"class": (s.cls,)}) for s in cased], doc, {})
+    assert {p.split("/")[1] for p in tree.paths()} == {"Cat", "cat"}
+
+
 def test_splits_a_reader_would_drop_are_refused():
     samples, _ = dataset(6)
     holdout = [replace(s, split="holdout") if s.split == "val" else s for s in samples]

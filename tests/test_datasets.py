@@ -103,6 +103,37 @@ def test_splits_never_move_when_data_is_added_and_groups_stay_together() -> None
     assert split_of({"a": 0.5, "b": 0.5}, "s", "root:1") == split_of({"a": 0.5, "b": 0.5}, "s", "root:1")
 
 
+def test_a_label_group_takes_every_sample_of_its_posts_into_one_split() -> None:
+    """group = "label:dup" (a near-duplicate group an action wrote): each post has a labelled
+    image and an unlabelled sibling, and some groups span two posts. Every post and every group
+    lies in one split, and adding unrelated posts moves nothing. On the old code the labelled
+    image took its group's split and its sibling its root's: one post in train and val."""
+    spec = load_spec(SPEC.replace('salt = "v1"', 'salt = "v1"\ngroup = "label:dup"'))
+    fmt = FORMATS["imagefolder"]
+
+    def rows(posts: int) -> list[dict]:
+        out = _rows(2 * posts, roots=None)
+        for i, r in enumerate(out):
+            r["root_id"] = 10_000 + i // 2
+            r["lineage"] = [r["node_id"], r["root_id"]]
+            if i % 2 == 0:  # the first image of each post is in a group shared by two posts
+                r["labels"]["dup"] = [f"g{i // 4}"]
+        return out
+
+    small = samples_from_rows(spec, fmt, rows(40), None).samples
+    by_root: dict[int, set[str]] = {}
+    by_group: dict[str, set[str]] = {}
+    for s in small:
+        by_root.setdefault(s.root_id, set()).add(s.split)
+        for g in s.labels.get("dup", ()):
+            by_group.setdefault(g, set()).add(s.split)
+    assert all(len(v) == 1 for v in by_root.values()), by_root
+    assert all(len(v) == 1 for v in by_group.values()), by_group
+    assert {s.split for s in small} == {"train", "val"}
+    big = {s.sha256: s.split for s in samples_from_rows(spec, fmt, list(reversed(rows(80))), None).samples}
+    assert all(big[s.sha256] == s.split for s in small)
+
+
 def test_class_map_is_frozen_pinned_and_appended_never_reordered() -> None:
     spec = load_spec(SPEC)
     fmt = FORMATS["imagefolder"]
@@ -383,3 +414,82 @@ def test_zone_3d_missing_is_one_line_naming_it(labelled, pg, tmp_path: Path) -> 
         assert "room for" not in res.stderr
     assert not zone.exists()
     assert pg.execute("SELECT count(*) FROM dataset_version").fetchone()[0] == 0
+
+
+def test_an_interrupted_materialize_never_lets_a_build_take_the_version_over(labelled, pg, tmp_path: Path) -> None:
+    """Ctrl-C while `materialize pets@1` copies, then a label changes and the spec is built:
+    the build is version 2, and version 1 — acknowledged, its manifest recorded — is still
+    itself: `hoard gc` keeps its manifest and materialize makes its bytes again. On the old
+    code materialize marked version 1 `building`, so the build "resumed" version 1 over the
+    new data, dropped its manifest as stale, and pets@1 was another dataset."""
+    from datasets import api
+
+    cfg, shas = labelled
+    spec = _spec(tmp_path)
+    v1 = _build(cfg, spec)
+    root1 = Path(v1["path"])
+    h1 = tree_sha256(root1)
+    m1 = pg.execute("SELECT manifest_sha256 FROM dataset_version WHERE name = 'pets'").fetchone()[0]
+    assert _hoard(cfg, "dataset", "rm", "pets@1").returncode == 0
+
+    def ctrl_c(_done: int, _total: int) -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        api.materialize(cfg, "pets@1", ctrl_c)
+    assert not root1.exists()
+    _label(pg, "unlabel", [], unlabel=[(shas[0], "class")])
+    v2 = _build(cfg, spec)
+    assert v2["version"] == 2 and not v2.get("unchanged")
+    rows = pg.execute("SELECT version, manifest_sha256 FROM dataset_version WHERE name = 'pets' ORDER BY version")
+    assert [(v, bytes(m)) for v, m in rows.fetchall()][0] == (1, bytes(m1))
+    assert _hoard(cfg, "gc", "--threshold", "1.0").returncode == 0
+    again = _hoard(cfg, "dataset", "materialize", "pets@1", "--json")
+    assert again.returncode == 0, again.stderr
+    assert tree_sha256(root1) == h1
+    assert pg.execute("SELECT status FROM dataset_version WHERE name = 'pets' AND version = 1").fetchone()[0] == "done"
+
+
+_KILLED_BUILD = """
+import os, signal, sys
+from fsd.base import config
+from datasets import api
+from datasets.spec import load_spec
+
+def kill_9(done, total):  # a real SIGKILL, while the files are copied
+    if done:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+api.build(config.load(sys.argv[1]), load_spec(sys.argv[2]), progress=kill_9)
+"""
+
+
+@pytest.mark.expect_log(r"zone 3D: reclaimed the stale reservation of job dataset:kd@1", level="WARNING",
+                        optional=True)
+def test_after_a_killed_build_health_and_show_name_the_next_step_and_it_works(labelled, pg, tmp_path: Path) -> None:
+    """kill -9 mid-copy: `hoard health` names the dataset build that died and says to run it
+    again (not only `hoard zones clean`, which leaves the version `building`); `hoard dataset
+    show kd` says version 1 is building and how to resume it (the old code said "no dataset
+    kd" while `list` showed it); `check` and `verify` find the store whole. Doing what they say
+    seals version 1, and health has nothing more to say about it."""
+    cfg, _ = labelled
+    spec = _spec(tmp_path, "kd")
+    res = subprocess.run([sys.executable, "-c", _KILLED_BUILD, str(cfg.source), str(spec)], cwd=REPO,
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == -signal.SIGKILL, res.stderr
+    assert pg.execute("SELECT status FROM dataset_version WHERE name = 'kd'").fetchall() == [("building",)]
+    health = _hoard(cfg, "health")
+    lines = [ln for ln in health.stderr.splitlines() if "kd" in ln]
+    assert len(lines) == 1 and "the build (or materialize) of dataset kd@1 died" in lines[0], health.stderr
+    assert "run the same `hoard dataset build SPEC`" in lines[0] and "hoard dataset rm kd@1" in lines[0]
+    shown = _hoard(cfg, "dataset", "show", "kd")
+    assert shown.returncode == 2 and "kd@1 is building" in shown.stderr and "resume" in shown.stderr, shown.stderr
+    assert "Traceback" not in shown.stderr
+    for cmd in ("check", "verify"):
+        r = _hoard(cfg, cmd)
+        assert r.returncode == 0 and "kd" not in r.stdout + r.stderr, (cmd, r.stdout, r.stderr)
+    report = _build(cfg, spec)
+    assert report["version"] == 1
+    seal.check_sealed(Path(report["path"]), verify=True)
+    assert "kd" not in _hoard(cfg, "health").stderr
+    assert _hoard(cfg, "dataset", "show", "kd").returncode == 0

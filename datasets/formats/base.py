@@ -158,10 +158,17 @@ def class_names(samples: Iterable[Sample], doc: dict) -> list[str]:
     return [n for n in out if n is not None]
 
 
-def finish(tree: Tree, fmt: str, prefix: str = "") -> Tree:
+def _fold(p: str) -> str:
+    """A path as a case- and accent-insensitive file system compares it."""
+    return p.lower() if p.isascii() else unicodedata.normalize("NFC", p).lower()
+
+
+def finish(tree: Tree, fmt: str, prefix: str = "", case_sensitive: bool = False) -> Tree:
     """The tree sorted by path, after the checks every path gets: the output contract's rule
     (with `prefix`, the directory the tree goes in, in front), no two paths equal or equal but
-    for case or accents (a case-insensitive consumer keeps one), no file under another file."""
+    for case or accents (a case-insensitive consumer keeps one), no two directories so either
+    (classes `Cat` and `cat`: it merges them) — unless `case_sensitive` (a template that says
+    so) — and no file under another file."""
     tree.files.sort(key=lambda f: f.path)
     tree.generated.sort(key=lambda g: g.path)
     tree.tars.sort(key=lambda t: t.path)
@@ -173,7 +180,7 @@ def finish(tree: Tree, fmt: str, prefix: str = "") -> Tree:
             why = f"a name is over {MAX_NAME_BYTES} bytes"
         if why is not None:
             raise PlacementError(f"layout {fmt} gives {display(p[:80])!r}, which the output contract refuses: {why}")
-        f = p.lower() if p.isascii() else unicodedata.normalize("NFC", p).lower()
+        f = p if case_sensitive else _fold(p)
         if f in folded:
             raise PlacementError(f"layout {fmt} gives {display(folded[f])!r} and {display(p)!r}, one path but for "
                                  "case or accents; rename one of the classes or splits")
@@ -184,6 +191,16 @@ def finish(tree: Tree, fmt: str, prefix: str = "") -> Tree:
         while parent and parent not in dirs:
             dirs.add(parent)
             parent = parent.rpartition("/")[0]
+    # two directories one but for case or accents (classes `Cat` and `cat`): a case-insensitive
+    # consumer (macOS, exFAT, NTFS, a Windows share) merges them, and every reader then labels
+    # both classes' files as one
+    folded_dirs: dict[str, str] = {}
+    for d in sorted(dirs):
+        other = folded_dirs.setdefault(d if case_sensitive else _fold(d), d)
+        if other != d:
+            raise PlacementError(f"layout {fmt} gives directories {display(other)!r} and {display(d)!r}, one "
+                                 "directory but for case or accents (a case-insensitive file system merges them); "
+                                 "rename one of the classes or splits")
     clash = dirs.intersection(paths)
     if clash:
         raise PlacementError(f"layout {fmt}: {sorted(clash)[0]!r} is both a file and a directory; rename the class "

@@ -58,7 +58,7 @@ class TemplateFormat:
                 if self.layout.sidecars:
                     tree.generated.append(Generated(f"{split}/{p.path}{layouts.SIDECAR_SUFFIX}",
                                                     json_bytes(s.to_json())))
-        return finish(tree, self.name, prefix)
+        return finish(tree, self.name, prefix, self.layout.case_sensitive)
 
 
 def template_format(layout: Layout) -> TemplateFormat:

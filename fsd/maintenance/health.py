@@ -239,6 +239,12 @@ def store_problems(cfg: Settings, store: dict[str, Any], disks: list[dict[str, A
                 problems.append(f"zone {z}: job {r['job']} died (pid {r['pid']} on {r['host']}) after sealing output "
                                 f"{r['id']}, before releasing its reservation; the output is whole — run the job "
                                 "again (it finds the output done and releases it), or any new job in the zone does")
+            elif r["stale"] and str(r["job"]).startswith("dataset:"):  # a dataset's build or materialize
+                ref = str(r["job"])[len("dataset:"):]
+                problems.append(f"zone {z}: the build (or materialize) of dataset {ref} died (pid {r['pid']} on "
+                                f"{r['host']} is gone) before sealing {r['id']}; run the same `hoard dataset build "
+                                f"SPEC` (or `hoard dataset materialize {ref}`) again — it resumes, keeping what "
+                                f"checks — or give it up: `hoard dataset rm {ref}`")
             elif r["stale"]:
                 problems.append(f"zone {z}: the reservation of job {r['job']} for {r['id']} is stale (pid {r['pid']} "
                                 f"on {r['host']} is gone); `hoard zones clean {r['id']}` reclaims it and removes "
