@@ -317,6 +317,11 @@ def _write(cfg: Settings, conn, name: str, n: int, mode: str, made: _Made,
             doc = job
         items = [Item(f.path, f.sha256, f.size) for f in made.tree.files]
         generated = list(made.generated)
+        if mode == "view":  # the manifest and dataset.json are recorded nodes: the view names them, never owns
+            # them (a view releases what it owns when it goes: a gc without the database would collect them)
+            recorded = {card.MANIFEST: (manifest_sha, len(made.manifest)), card.DOC: (doc_sha, len(made.doc_bytes))}
+            items += [Item(p, *recorded[p]) for p, _ in generated if p in recorded]
+            generated = [(p, d) for p, d in generated if p not in recorded]
 
         sizes = {m.sha256: m.size for t in made.tree.tars for m in t.members if m.sha256}
 

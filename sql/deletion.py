@@ -73,6 +73,11 @@ def _forget_descriptions(conn: psycopg.Connection, members: list[int]) -> int:
     return replaced + removed
 
 
+def has_schema(conn: psycopg.Connection) -> bool:
+    """Whether the database holds hoardfs's tables (a store's database may be empty: never migrated)."""
+    return conn.execute("SELECT to_regclass('node') IS NOT NULL").fetchone()[0]
+
+
 def referenced(conn: psycopg.Connection, shas: set[bytes], chunk: int = 10_000) -> set[bytes]:
     """Which of these digests a row still needs — what `hoard gc` must keep although the store
     holds a tombstone for it: a physical node that is not deleted or that a batch still holds

@@ -267,6 +267,15 @@ def test_view_mode_builds_twice_byte_identical_through_the_mount(labelled, tmp_p
         res = _hoard(cfg, "dataset", "materialize", "pv@2", "--json")
         assert res.returncode == 0, res.stderr
         assert tree_sha256(root) == h
+        # a dataset only ever built as a view, removed: the view owned what it made (the README),
+        # never the recorded manifest and dataset.json — a gc that does not ask the database
+        # keeps them, and materialize makes the version again
+        only = _build(cfg, _spec(tmp_path, "pw"), "--mode", "view")
+        assert _hoard(cfg, "dataset", "rm", "pw@1").returncode == 0
+        assert _hoard(cfg, "gc", "--no-database", "--threshold", "1.0").returncode == 0
+        res = _hoard(cfg, "dataset", "materialize", "pw@1", "--json")
+        assert res.returncode == 0, res.stdout + res.stderr
+        assert Path(only["path"]).is_dir() and (Path(only["path"]) / "_SEALED").is_file()
 
 
 BAD = {

@@ -275,14 +275,14 @@ def progress(what: str, total: int | None = None, unit: str = "bytes"):
 
 
 @contextlib.contextmanager
-def database(cfg: Settings, skip: bool = False, needed_for: str | None = None):
+def database(cfg: Settings, skip: bool = False, needed_for: str | None = None, quiet: bool = False):
     """A connection to the configured database (autocommit, closed afterwards), or None when
     `skip`. Unreachable: with `needed_for` a one-line refusal naming why it is needed (exit 3);
-    without, a line saying the command goes on without it, and None."""
+    without, a line saying the command goes on without it (none when `quiet`), and None."""
     # deferred: psycopg loads only in commands that use the database (~15 MiB: the mount daemon does not)
     import psycopg
 
-    if skip:
+    if skip or (quiet and not cfg.database_url):
         yield None
         return
     try:
@@ -292,7 +292,8 @@ def database(cfg: Settings, skip: bool = False, needed_for: str | None = None):
         if needed_for:
             raise HoardError(f"{needed_for}, and the database is unreachable ({why}); nothing was changed — "
                              "`hoard services up` or check database_url", ExitCode.UNAVAILABLE) from None
-        err.print(f"database unreachable ({why}): going on without it", markup=False)
+        if not quiet:
+            err.print(f"database unreachable ({why}): going on without it", markup=False)
         yield None
         return
     with conn:

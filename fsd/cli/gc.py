@@ -12,7 +12,7 @@ from fsd.base.units import fmt_bytes
 from fsd.cli._common import database, out, progress, state
 from fsd.maintenance.gc import gc as run
 from fsd.store import Store
-from sql.deletion import referenced
+from sql.deletion import has_schema, referenced
 
 
 def gc(
@@ -22,7 +22,8 @@ def gc(
     as_json: Annotated[bool, typer.Option("--json")] = False,
     wait: Annotated[float, typer.Option(help="seconds to wait for other maintenance jobs or writers")] = 60.0,
     no_database: Annotated[bool, typer.Option("--no-database", help="a store used without the database: only "
-                                              "manifests and running jobs count as references")] = False,
+                                              "manifests and running jobs count as references (a database that "
+                                              "answers all the same is still asked)")] = False,
 ) -> None:
     """Compact shards holding deleted objects and free their space (resumable; reserves space first).
 
@@ -30,10 +31,13 @@ def gc(
     batch or view manifest, running job (pin) or database row references it."""
 
     cfg = state(ctx).settings
-    with database(cfg, skip=no_database, needed_for="gc needs the database to know which objects rows still "
-                  "reference (`--no-database` for a store without one)") as conn, \
+    # --no-database goes on without a database that does not answer; one that answers is asked
+    # all the same (its rows may need what a view or batch left tombstoned: a dataset's manifest)
+    with (database(cfg, quiet=True) if no_database else
+          database(cfg, needed_for="gc needs the database to know which objects rows still reference "
+                                   "(`--no-database` for a store without one)")) as conn, \
             Store.open(cfg, what="hoard gc") as store, progress("copying live records") as update:
-        roots = (lambda shas: referenced(conn, shas)) if conn is not None else None
+        roots = (lambda shas: referenced(conn, shas)) if conn is not None and has_schema(conn) else None
         rep = run(store, threshold, dry_run, roots=roots, wait_s=wait, progress=update)
     if as_json:
         out.print(json.dumps(asdict(rep)))
