@@ -293,9 +293,9 @@ def _write(cfg: Settings, conn, name: str, n: int, mode: str, made: _Made,
             doc = job
         items = [Item(f.path, f.sha256, f.size) for f in made.tree.files]
         generated = list(made.generated)
-        for shard in made.tree.tars:  # made here from the stored members
+        for shard, read in _shard_readers(store, made.tree.tars):  # made here from the stored members
             buf = io.BytesIO()
-            write_tar(shard, lambda sha: store.get(sha), buf)
+            write_tar(shard, read, buf)
             generated.append((shard.path, buf.getvalue()))
         common: dict[str, Any] = dict(job=f"dataset:{name}@{n}", kind="dataset", selector=request,
                       layout={"name": made.doc["layout"]})
@@ -314,6 +314,38 @@ def _write(cfg: Settings, conn, name: str, n: int, mode: str, made: _Made,
     return {"name": name, "version": n, "ref": f"{name}@{n}", "path": str(final), "output_id": out_id, "mode": mode,
             "view": view, "files": files, "bytes": nbytes, "counts": made.doc["counts"],
             "fingerprint": fp, "sealed_files": doc["actual_files"]}
+
+
+def _shard_reader(store, shard) -> Callable[[str], bytes]:
+    """The stored members of a tar shard read with the batch planner (every disk at once, each
+    in shard order), not one `store.get` after another; write_tar still checks each against its
+    sha256 and size."""
+    got: dict[str, bytes] = {}
+
+    def sink(sha: bytes, payload) -> None:
+        got[sha.hex()] = bytes(payload)
+
+    def large(sha: bytes, pieces) -> None:
+        got[sha.hex()] = b"".join(pieces)
+
+    wanted = sorted({m.sha256 for m in shard.members if m.sha256 is not None})
+    if wanted:
+        store.read_batch(wanted, sink, large)
+    return lambda sha: got[sha] if sha in got else store.get(sha)
+
+
+def _shard_readers(store, shards: list) -> Iterator[tuple[Any, Callable[[str], bytes]]]:
+    """Each shard with its reader, the next shard's members read while this one is written (the
+    disks are not idle while a tar is hashed and assembled)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(1, thread_name_prefix="dataset-shard-read") as pool:
+        ahead = pool.submit(_shard_reader, store, shards[0]) if shards else None
+        for i, shard in enumerate(shards):
+            assert ahead is not None
+            read = ahead.result()
+            ahead = pool.submit(_shard_reader, store, shards[i + 1]) if i + 1 < len(shards) else None
+            yield shard, read
 
 
 def _record(store, conn, name: str, n: int, made: _Made) -> tuple[str, str]:
