@@ -9,7 +9,6 @@ the same rows and spec give the same samples, in the same order.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 from collections import Counter, defaultdict
@@ -139,6 +138,7 @@ def samples_from_rows(spec: DatasetSpec, fmt: Format, rows: list[dict[str, Any]]
     out: list[Sample] = []
     keys = Counter(r["sha256"][:16] for r, _ in classed)
     splits = list(spec.split.ratios)
+    drawn: dict[str, str] = {}  # group key → split (the samples of a group share their draw)
     for r, cls in sorted(classed, key=lambda rc: rc[0]["node_id"]):
         ident = r["sha256"] if spec.dedup == "by_sha256" else r["node_id"]
         if ident in seen:
@@ -146,7 +146,7 @@ def samples_from_rows(spec: DatasetSpec, fmt: Format, rows: list[dict[str, Any]]
             continue
         seen.add(ident)
         key = r["sha256"][:16] if keys[r["sha256"][:16]] == 1 else f"{r['sha256'][:16]}-{r['node_id']}"
-        split = _split(spec, r, splits)
+        split = _split(spec, r, splits, drawn)
         labels = {k: tuple(v) for k, v in sorted(r["labels"].items())}
         width, height = _int(labels.get(WIDTH)), _int(labels.get(HEIGHT))
         anns, w2, h2 = _annotations(spec, r, cls)
@@ -179,8 +179,17 @@ def place(fmt: Format, samples: list[Sample], name: str) -> list[Sample]:
             raise DatasetError(f"dataset {name}: nodes {at[path]} and {s.sha256} both map to {display(path)} in layout "
                                f"{fmt.name}; dedup or narrow the selection", ExitCode.DATA)
         at[path] = s.sha256
-        out.append(dataclasses.replace(s, path=path))
+        out.append(_with_path(s, path))
     return out
+
+
+def _with_path(s: Sample, path: str) -> Sample:
+    """`dataclasses.replace(s, path=path)` without its per-field walk (a million samples):
+    a new Sample, `s` untouched."""
+    new = object.__new__(Sample)
+    new.__dict__.update(s.__dict__)
+    new.__dict__["path"] = path
+    return new
 
 
 def _check_keys(spec: DatasetSpec, rows: list[dict[str, Any]]) -> None:
@@ -222,7 +231,7 @@ def _class_map(spec: DatasetSpec, frozen: list[str] | None, found: list[str],
     return base + new, new
 
 
-def _split(spec: DatasetSpec, r: dict[str, Any], splits: list[str]) -> str:
+def _split(spec: DatasetSpec, r: dict[str, Any], splits: list[str], drawn: dict[str, str]) -> str:
     sp = spec.split
     if sp.field is not None and r["labels"].get(sp.field):
         values = r["labels"][sp.field]
@@ -237,7 +246,10 @@ def _split(spec: DatasetSpec, r: dict[str, Any], splits: list[str]) -> str:
         key = "label:" + r["labels"][sp.group[6:]][0]
     else:
         key = f"root:{r['root_id']}"
-    return split_of(sp.ratios, sp.salt, key)
+    split = drawn.get(key)
+    if split is None:
+        split = drawn[key] = split_of(sp.ratios, sp.salt, key)
+    return split
 
 
 def _caps(spec: DatasetSpec, samples: list[Sample]) -> tuple[list[Sample], int]:
