@@ -323,14 +323,8 @@ def _write(cfg: Settings, conn, name: str, n: int, mode: str, made: _Made,
             items += [Item(p, *recorded[p]) for p, _ in generated if p in recorded]
             generated = [(p, d) for p, d in generated if p not in recorded]
 
-        sizes = {m.sha256: m.size for t in made.tree.tars for m in t.members if m.sha256}
-
-        def members(sha: str) -> bytes | Iterator[bytes]:
-            """A member's verified bytes: whole up to MEMBER_WHOLE (one read), else in pieces."""
-            return store.get(sha) if sizes[sha] <= MEMBER_WHOLE else store.iter_object(bytes.fromhex(sha))
-
-        # the tar shards, each written into its file as it is made, one member at a time
-        streamed = [(t.path, tar_size(t), functools.partial(write_tar, t, members)) for t in made.tree.tars]
+        # the tar shards, each written into its file as it is made
+        streamed = [(t.path, tar_size(t), functools.partial(_write_shard, store, t)) for t in made.tree.tars]
         common: dict[str, Any] = dict(job=f"dataset:{name}@{n}", kind="dataset", selector=request,
                       layout={"name": made.doc["layout"]})
         if doc is None and mode == "copy":
@@ -348,6 +342,32 @@ def _write(cfg: Settings, conn, name: str, n: int, mode: str, made: _Made,
     return {"name": name, "version": n, "ref": f"{name}@{n}", "path": str(final), "output_id": out_id, "mode": mode,
             "view": view, "files": files, "bytes": nbytes, "counts": made.doc["counts"],
             "fingerprint": fp, "sealed_files": doc["actual_files"]}
+
+
+def _write_shard(store, shard, out) -> None:
+    """One tar shard into `out`: its small members (up to MEMBER_WHOLE) read first with the batch
+    planner (every disk at once, in the disks' order, not one `store.get` after another; at most
+    a shard's bytes held), a bigger one streamed in verified pieces as its turn comes; write_tar
+    checks each member against its sha256 and size and writes them in the shard's order."""
+    sizes = {m.sha256: m.size for m in shard.members if m.sha256}
+    got: dict[str, bytes] = {}
+
+    def sink(sha: bytes, payload) -> None:
+        got[sha.hex()] = bytes(payload)
+
+    def large(sha: bytes, pieces) -> None:  # (none asked: the big ones are streamed below)
+        got[sha.hex()] = b"".join(pieces)
+
+    small = sorted(sha for sha, size in sizes.items() if size <= MEMBER_WHOLE)
+    if small:
+        store.read_batch(small, sink, large)
+
+    def members(sha: str) -> bytes | Iterator[bytes]:
+        if sha in got:
+            return got[sha]
+        return store.get(sha) if sizes[sha] <= MEMBER_WHOLE else store.iter_object(bytes.fromhex(sha))
+
+    write_tar(shard, members, out)
 
 
 def _record(store, conn, name: str, n: int, made: _Made, resumed: bool = False) -> tuple[str, str]:

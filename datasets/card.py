@@ -20,9 +20,13 @@ MANIFEST, DOC, README = "manifest.jsonl", "dataset.json", "README.md"
 COMMON = (MANIFEST, DOC, README)
 
 
+#: json.dumps with these options builds an encoder per call; a manifest makes a million calls
+_ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
 def canonical(doc: Any) -> str:
     """Canonical JSON: sorted keys, `,`/`:` separators, UTF-8 as it is (no trailing newline)."""
-    return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return _ENCODER.encode(doc)
 
 
 def canonical_bytes(doc: Any) -> bytes:
@@ -57,7 +61,10 @@ def readme(doc: dict[str, Any], samples: list[Sample]) -> bytes:
     splits = list(doc["counts"])
     classes = sorted({c for by in doc["counts"].values() for c in by},
                      key=lambda c: (doc["class_map"].index(c) if c in doc["class_map"] else len(doc["class_map"]), c))
-    hosts = Counter(urlsplit(s.source_url).netloc or s.source_url for s in samples if s.source_url)
+    urls = Counter(s.source_url for s in samples if s.source_url)  # the samples of a post share its URL
+    hosts: Counter[str] = Counter()
+    for url, n in urls.items():
+        hosts[urlsplit(url).netloc or url] += n
     dates = sorted(s.date for s in samples if s.date)
     by_class = Counter(s.cls or "-" for s in samples)
     lines = [f"# {doc['name']}", "",

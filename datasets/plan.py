@@ -140,6 +140,7 @@ def samples_from_rows(spec: DatasetSpec, fmt: Format, rows: list[dict[str, Any]]
     keys = Counter(r["sha256"][:16] for r, _ in classed)
     splits = list(spec.split.ratios)
     groups = group_keys(spec, [r for r, _ in classed])
+    drawn: dict[str, str] = {}  # group key → split (the samples of a group share their draw)
     for r, cls in sorted(classed, key=lambda rc: rc[0]["node_id"]):
         ident = r["sha256"] if spec.dedup == "by_sha256" else r["node_id"]
         if ident in seen:
@@ -147,7 +148,7 @@ def samples_from_rows(spec: DatasetSpec, fmt: Format, rows: list[dict[str, Any]]
             continue
         seen.add(ident)
         key = r["sha256"][:16] if keys[r["sha256"][:16]] == 1 else f"{r['sha256'][:16]}-{r['node_id']}"
-        split = _split(spec, r, splits, groups[r["node_id"]])
+        split = _split(spec, r, splits, groups[r["node_id"]], drawn)
         labels = {k: tuple(v) for k, v in sorted(r["labels"].items())}
         width, height = _int(labels.get(WIDTH)), _int(labels.get(HEIGHT))
         anns, w2, h2 = _annotations(spec, r, cls)
@@ -253,7 +254,7 @@ def group_keys(spec: DatasetSpec, rows: list[dict[str, Any]]) -> dict[int, str]:
     return {r["node_id"]: find(f"root:{r['root_id']}") for r in rows}
 
 
-def _split(spec: DatasetSpec, r: dict[str, Any], splits: list[str], group: str) -> str:
+def _split(spec: DatasetSpec, r: dict[str, Any], splits: list[str], group: str, drawn: dict[str, str]) -> str:
     sp = spec.split
     if sp.field is not None and r["labels"].get(sp.field):
         values = r["labels"][sp.field]
@@ -262,7 +263,10 @@ def _split(spec: DatasetSpec, r: dict[str, Any], splits: list[str], group: str) 
                                f"{', '.join(map(repr, values))}, which is not one split of {', '.join(splits)}; fix "
                                "its label or the ratios", ExitCode.DATA)
         return values[0]
-    return split_of(sp.ratios, sp.salt, group)
+    split = drawn.get(group)
+    if split is None:
+        split = drawn[group] = split_of(sp.ratios, sp.salt, group)
+    return split
 
 
 def _caps(spec: DatasetSpec, samples: list[Sample]) -> tuple[list[Sample], int]:

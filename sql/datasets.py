@@ -18,46 +18,73 @@ CHUNK = 50_000
 MAX_DEPTH = 64
 #: raw_metadata keys naming where a root came from, first found wins
 URL_KEYS = ("source_url", "webpage_url", "url", "permalink", "original_url")
+#: raw_metadata keys naming a licence
+LICENCE_KEYS = ("license", "licence")
+
+
+def _array(ids: Sequence[int]) -> str:
+    """A bigint[] literal: psycopg dumps a list of 50,000 ints element by element, far slower."""
+    return "{" + ",".join(map(str, ids)) + "}"
 
 
 def sample_rows(conn: psycopg.Connection, node_ids: Sequence[int], ocr_boxes: bool = False) -> dict[int, dict[str, Any]]:
     """node_id → {sha256 (hex), size, file_type, labels {key: [values, sorted]}, lineage [node, parent,
     …, root] (at each step the parent with the lowest node id), root_id, source_url, date
     (YYYY-MM-DD of the root's download time), raw_metadata of the node (licences), ocr boxes
-    [(x, y, w, h, text)] when `ocr_boxes`}."""
+    [(x, y, w, h, text)] when `ocr_boxes`}. Each query joins the chunk's ids (`unnest`) to one
+    table's index — no subquery per node."""
     rows: dict[int, dict[str, Any]] = {}
+    # a dataset's own manifest and dataset.json (located only `dataset:…`) are never its samples
+    manifests = {nid for (nid,) in conn.execute(
+        "SELECT node_id FROM physical_path pp WHERE locator LIKE 'dataset:%%' AND NOT EXISTS ("
+        "SELECT 1 FROM physical_path o WHERE o.node_id = pp.node_id AND o.locator NOT LIKE 'dataset:%%')")}
+    parent: dict[int, int] = {}  # child → its parent with the lowest node id
+    asked: set[int] = set()
     for i in range(0, len(node_ids), CHUNK):
         ids = list(node_ids[i:i + CHUNK])
         for nid, sha, size, ftype in conn.execute(
-                "SELECT n.node_id, encode(n.sha256, 'hex'), pc.size, pc.file_type FROM node n "
-                "JOIN physical_content pc USING (node_id) WHERE n.node_id = ANY(%s) "
-                # a dataset's own manifest and dataset.json (located only `dataset:…`) are never its samples
-                "AND NOT (EXISTS (SELECT 1 FROM physical_path pp WHERE pp.node_id = n.node_id "
-                "             AND pp.locator LIKE 'dataset:%%') "
-                "         AND NOT EXISTS (SELECT 1 FROM physical_path pp WHERE pp.node_id = n.node_id "
-                "             AND pp.locator NOT LIKE 'dataset:%%'))", [ids]):
-            rows[nid] = {"node_id": nid, "sha256": sha, "size": size, "file_type": ftype, "labels": {},
-                         "lineage": [nid], "boxes": [], "licences": []}
+                "SELECT n.node_id, n.sha256, pc.size, pc.file_type FROM unnest(%s::bigint[]) s(id) "
+                "JOIN node n ON n.node_id = s.id JOIN physical_content pc ON pc.node_id = s.id",
+                [_array(ids)]).fetchall():
+            if nid not in manifests:
+                rows[nid] = {"node_id": nid, "sha256": bytes(sha).hex(), "size": size, "file_type": ftype,
+                             "labels": {}, "lineage": [nid], "boxes": [], "licences": []}
         for nid, key, values in conn.execute(
-                "SELECT node_id, key, array_agg(value ORDER BY value COLLATE \"C\") FROM label WHERE node_id = ANY(%s) "
-                "GROUP BY node_id, key", [ids]):
+                "SELECT l.node_id, l.key, array_agg(l.value ORDER BY l.value COLLATE \"C\") FROM unnest(%s::bigint[]) s(id) "
+                "JOIN label l ON l.node_id = s.id GROUP BY l.node_id, l.key", [_array(ids)]).fetchall():
             if nid in rows:
                 rows[nid]["labels"][key] = values
-        for start, path in conn.execute(
-                "WITH RECURSIVE up(start, node_id, depth) AS ("
-                " SELECT s, s, 0 FROM unnest(%s::bigint[]) s"
-                " UNION ALL SELECT up.start, (SELECT min(e.parent_id) FROM edge e WHERE e.child_id = up.node_id),"
-                " up.depth + 1 FROM up WHERE up.depth < %s"
-                " AND EXISTS (SELECT 1 FROM edge e WHERE e.child_id = up.node_id))"
-                "SELECT start, array_agg(node_id ORDER BY depth) FROM up GROUP BY start", [ids, MAX_DEPTH]):
-            if start in rows:
-                rows[start]["lineage"] = list(path)
-        wanted = sorted({r["lineage"][-1] for r in rows.values()} | set(ids))
+        # lineage: the parents of a whole level in one query (shared parents asked once)
+        level: list[int] = ids
+        for _ in range(MAX_DEPTH):
+            new = sorted({n for n in level if n not in asked})
+            if new:
+                asked.update(new)
+                parent.update(conn.execute(
+                    "SELECT e.child_id, min(e.parent_id) FROM unnest(%s::bigint[]) s(id) "
+                    "JOIN edge e ON e.child_id = s.id GROUP BY e.child_id", [_array(new)]).fetchall())
+            level = list({parent[n] for n in level if n in parent})
+            if not level:
+                break
+        for nid in ids:
+            r = rows.get(nid)
+            if r is None:
+                continue
+            line, at = r["lineage"], nid
+            while at in parent and len(line) <= MAX_DEPTH:  # a cycle the edge table allows is cut
+                at = parent[at]
+                line.append(at)
+        # this chunk's nodes and roots (not every chunk's so far: that grew with each chunk)
+        wanted = sorted({rows[n]["lineage"][-1] for n in ids if n in rows} | set(ids))
         meta: dict[int, tuple[Any, Any]] = {}
         for nid, dl, raw in conn.execute(
-                "SELECT DISTINCT ON (cm.node_id) cm.node_id, cm.download_time, cm.raw_metadata "
-                "FROM common_metadata cm JOIN source s USING (source_id) WHERE cm.node_id = ANY(%s) "
-                "ORDER BY cm.node_id, s.name", [wanted]):
+                # of raw_metadata only the keys read here (the rest can be 1 KiB a row)
+                "SELECT DISTINCT ON (cm.node_id) cm.node_id, cm.download_time, CASE WHEN "
+                "jsonb_typeof(cm.raw_metadata) = 'object' THEN (SELECT jsonb_object_agg(k, v) FROM "
+                "jsonb_each(cm.raw_metadata) AS j(k, v) WHERE k = ANY(%s)) END "
+                "FROM unnest(%s::bigint[]) s(id) JOIN common_metadata cm ON cm.node_id = s.id "
+                "JOIN source src ON src.source_id = cm.source_id ORDER BY cm.node_id, src.name",
+                [list(URL_KEYS + LICENCE_KEYS), _array(wanted)]).fetchall():
             meta[nid] = (dl, raw)
         for nid in ids:
             if nid not in rows:
@@ -70,7 +97,7 @@ def sample_rows(conn: psycopg.Connection, node_ids: Sequence[int], ocr_boxes: bo
             licences = set()
             for holder in (meta.get(nid, (None, None))[1], raw):
                 if isinstance(holder, dict):
-                    licences |= {str(holder[k]) for k in ("license", "licence") if holder.get(k)}
+                    licences |= {str(holder[k]) for k in LICENCE_KEYS if holder.get(k)}
             r["licences"] = sorted(licences)
         if ocr_boxes:
             for nid, x, y, w, h, text in conn.execute(

@@ -75,7 +75,8 @@ def _forget_descriptions(conn: psycopg.Connection, members: list[int]) -> int:
 
 def has_schema(conn: psycopg.Connection) -> bool:
     """Whether the database holds hoardfs's tables (a store's database may be empty: never migrated)."""
-    return conn.execute("SELECT to_regclass('node') IS NOT NULL").fetchone()[0]
+    row = conn.execute("SELECT to_regclass('node') IS NOT NULL").fetchone()
+    return bool(row and row[0])
 
 
 def referenced(conn: psycopg.Connection, shas: set[bytes], chunk: int = 10_000) -> set[bytes]:

@@ -502,3 +502,32 @@ def test_after_a_killed_build_health_and_show_name_the_next_step_and_it_works(la
     seal.check_sealed(Path(report["path"]), verify=True)
     assert "kd" not in _hoard(cfg, "health").stderr
     assert _hoard(cfg, "dataset", "show", "kd").returncode == 0
+
+
+def test_sample_rows_lineage_roots_and_metadata_across_chunks(pg, monkeypatch) -> None:
+    """Each node's lineage climbs by the parent with the lowest node id to a node with no parent
+    (a cycle is cut at MAX_DEPTH), and its source URL and date are its root's — the same when
+    the nodes are read in chunks that share ancestors (sql.datasets reads a level of parents at
+    a time, each ancestor once)."""
+    from sql import datasets as sqld
+    from sql.migrate import migrate
+
+    migrate(pg)
+    apply_write_intent(pg, {"key": "test:lineage", "sources": ["web"], "nodes": [
+        {"sha256": f"{i:064x}", "physical": {"size": i, "file_type": "png"}} for i in range(1, 9)],
+        "metadata": [{"node": f"{1:064x}", "source": "web", "download_time": "2026-03-04T05:06:07+00:00",
+                      "raw_metadata": {"source_url": "https://example.org/p/1", "license": "CC-BY", "x": "y" * 50}}],
+        "edges": [{"parent": f"{a:064x}", "child": f"{b:064x}", "relationship": "media_of"}
+                  for a, b in ((1, 2), (2, 3), (1, 4), (5, 4), (6, 7), (7, 6))]})
+    ids = {i: pg.execute("SELECT node_id FROM node WHERE sha256 = %s", [bytes.fromhex(f"{i:064x}")]).fetchone()[0]
+           for i in range(1, 9)}
+    monkeypatch.setattr(sqld, "CHUNK", 2)
+    rows = sqld.sample_rows(pg, [ids[i] for i in (3, 4, 2, 7, 8, 1)])
+    assert rows[ids[3]]["lineage"] == [ids[3], ids[2], ids[1]]
+    assert rows[ids[4]]["lineage"] == [ids[4], ids[1]]  # two parents: the lower node id
+    assert rows[ids[8]]["lineage"] == [ids[8]] and rows[ids[8]]["source_url"] is None
+    assert rows[ids[7]]["lineage"] == [ids[7]] + [ids[6], ids[7]] * 32  # the cycle cut: 64 steps up
+    for i in (1, 2, 3, 4):
+        r = rows[ids[i]]
+        assert (r["root_id"], r["source_url"], r["date"]) == (ids[1], "https://example.org/p/1", "2026-03-04")
+    assert rows[ids[1]]["licences"] == ["CC-BY"] and rows[ids[3]]["licences"] == ["CC-BY"]

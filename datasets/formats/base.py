@@ -106,6 +106,7 @@ def check_samples(fmt: Format, samples: list[Sample], image: bool = True) -> lis
     one, a size when it needs one. PlacementError naming the node otherwise."""
     by_key: dict[str, Sample] = {}
     by_node: dict[int, Sample] = {}
+    splits: set[str] = set()
     for s in samples:
         if not _KEY.fullmatch(s.key):
             raise PlacementError(f"{who(s)}: sample key {display(s.key[:40])!r} is not 1-64 of 0-9 a-z _ -; "
@@ -124,7 +125,9 @@ def check_samples(fmt: Format, samples: list[Sample], image: bool = True) -> lis
                                    and s.height > 0):
             raise PlacementError(f"{who(s)} has no width/height; layout {fmt.name} needs the image size — narrow "
                                  "the selector to images hoard has measured (`min_width`), or use imagefolder")
-        check_name(s.split, f"{who(s)}: split")
+        if s.split not in splits:  # a name is checked once: the first sample holding a bad one is named
+            check_name(s.split, f"{who(s)}: split")
+            splits.add(s.split)
         other = by_key.setdefault(s.key, s)
         if other is s:
             other = by_node.setdefault(s.node_id, s)

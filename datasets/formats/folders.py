@@ -28,8 +28,11 @@ class ImageFolder:
     def render(self, samples: list[Sample], doc: dict, options: dict) -> Tree:
         ordered = check_samples(self, samples)
         class_names(ordered, doc)
+        checked: set[str | None] = set()  # a name is checked once: the first sample holding a bad one is named
         for s in ordered:
-            check_name(s.cls or "", f"{who(s)}: class")
+            if s.cls not in checked:
+                check_name(s.cls or "", f"{who(s)}: class")
+                checked.add(s.cls)
         tree = Tree(files=[StoredFile(self.place(s), s.sha256, s.size) for s in ordered])
         return finish(tree, self.name, options.get("prefix", ""))
 
