@@ -129,8 +129,17 @@ def test_a_warm_pass_fetches_nothing_and_a_changed_view_serves_new_bytes(tmp_pat
         return _until(lambda: (_requests(log) - before)[b"RELEASE"] >= len(paths) and _requests(log) - before,
                       "the pass's RELEASEs did not arrive")
 
+    def a_warm_pass() -> Counter:
+        # up to three: the caches are the machine's, and another process writing 3 to
+        # drop_caches (the disk-lab tests and benchmarks do) empties them for every mount
+        for _ in range(3):
+            got = a_pass()
+            if not any(got[k] for k in ("fetch", b"READ", b"LOOKUP", b"GETATTR")):
+                break
+        return got
+
     with mounted(str(cfg_path), mnt, wrap=lambda cmd: [*cmd, "--debug"]):
-        first, second = a_pass(), a_pass()
+        first, second = a_pass(), a_warm_pass()
         assert first["fetch"] == len(paths) and first[b"READ"] >= len(paths), first
         assert second[b"OPEN"] == len(paths), second
         assert {k: second[k] for k in ("fetch", b"READ", b"LOOKUP", b"GETATTR")} == \
@@ -142,7 +151,7 @@ def test_a_warm_pass_fetches_nothing_and_a_changed_view_serves_new_bytes(tmp_pat
         want[0] = files[30].read_bytes()
         _until(lambda: _read(paths[0]) == want[0], "the redefined path still serves the old bytes")
         a_pass()
-        again = a_pass()
+        again = a_warm_pass()
         assert {k: again[k] for k in ("fetch", b"READ")} == {"fetch": 0, b"READ": 0}, again
 
 
