@@ -31,7 +31,7 @@ warm    a training loader's later epochs: 100,000 small files (0.5–4 KiB, a vi
         Reported: files/s of both passes and the CPU seconds each daemon spent on the warm
         epoch.
 
-`--before DIR`: the shuffled and warm parts also mount with the daemon of another checkout
+`--before DIR`: the small, shuffled and warm parts also mount with the daemon of another checkout
 (`git worktree add DIR <commit>`), in the same run: before/after figures on a shared machine.
 
 Runs on lab disks (root, loop devices, blkio; direct IO); every daemon and reader is
@@ -85,7 +85,7 @@ def main() -> None:
     ap.add_argument("--entries", type=int, default=100_000)
     ap.add_argument("--warm-files", type=int, default=100_000)
     ap.add_argument("--warm-readers", type=int, default=4)
-    ap.add_argument("--before", type=Path, help="also mount with the daemon of this checkout (shuffled, warm)")
+    ap.add_argument("--before", type=Path, help="also mount with the daemon of this checkout (small, shuffled, warm)")
     args = ap.parse_args()
     parts = set(args.parts.split(","))
     work = Path(tempfile.mkdtemp(prefix="hoard-bench-mount-", dir="/var/tmp"))
@@ -218,6 +218,13 @@ def main() -> None:
                 t["small_bound"], t["small_disks"] = bound, "+".join(sorted(small_disks))
                 rows.append(("  disk bound (replicas on " + "+".join(sorted(small_disks)) + ")",
                              f"{bound:6.2f} s — the mount reaches {bound / t['small_mount']:.0%} of it"))
+                if args.before:
+                    drop_caches()
+                    with hoard_mounted(cfg_path, mnt, repo=args.before), timed(t, "small_before"):
+                        for p in small:
+                            read_file(mnt / "views" / "bench-small" / "s" / p.name)
+                    rows.append(("  through the mount before", f"{t['small_before']:6.2f} s  "
+                                                              f"{len(small) / t['small_before']:7.0f} files/s"))
             if "shuffled" in parts:
                 rows += shuffled_part(lab, args, cfg_path, mnt, shuf_res, shuf_where, plain_shuf, t)
         if "entries" in parts:

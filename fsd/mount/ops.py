@@ -198,7 +198,7 @@ class HoardOps(pyfuse3.Operations):
         h = _Open(n, lane=ctx.pid)
         if n.key == ("health",):
             h.data = self.watcher.health_text()
-        elif self.reader.store.index.lookup(_object(n)) is None:
+        elif self.ns.index.lookup(_object(n)) is None:
             # collected after the kernel was told its name: the kernel looks it up again
             log.info("mount: object %s is no longer in the store", _object(n).hex())
             raise pyfuse3.FUSEError(errno.ESTALE)
