@@ -133,7 +133,7 @@ clean: down
 # every benchmark docs/benchmarks.md quotes besides the versus table, as it quotes them; each
 # writes its raw JSON (commit, machine, load) to bench/results/. Run it on a quiet machine.
 BENCHES := "ingest_small.py --profile lab4" batch_read.py rebuild_scrub.py db_apply.py \
-           "ua1_ingest.py --items 20000" mount_read.py export.py planner_read.py gui_pages.py \
+           "ua1_ingest.py --items 20000" mount_read.py pyfuse3_floor.py export.py planner_read.py gui_pages.py \
            "loader_example.py --lab" action_overhead.py dataset_build.py
 bench: APT_PKGS += mergerfs
 bench: up

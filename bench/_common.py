@@ -176,13 +176,15 @@ def allocated(*paths: Path) -> int:
 # -- reading through mounts (hoard mount, mergerfs) and plain files ---------------------------------
 
 @contextmanager
-def hoard_mounted(cfg_path: Path, mnt: Path):
+def hoard_mounted(cfg_path: Path, mnt: Path, repo: Path = REPO):
     """`hoard mount --foreground` at `mnt` while the block runs; yields its process (the
     daemon itself: its /proc/<pid>/status has the daemon's memory). Started from a throttled
-    block, the daemon is in the lab's cgroup (children inherit it)."""
+    block, the daemon is in the lab's cgroup (children inherit it). `repo`: the checkout whose
+    daemon runs (another commit's worktree, for before/after figures in one run)."""
     mnt.mkdir(parents=True, exist_ok=True)
     proc = subprocess.Popen([sys.executable, "-m", "fsd", "--config", str(cfg_path), "mount", "--foreground",
-                             str(mnt)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=REPO)
+                             str(mnt)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=repo,
+                            env={**os.environ, "PYTHONPATH": str(repo)})
     _wait_mount(mnt, proc)
     try:
         yield proc

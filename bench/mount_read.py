@@ -22,6 +22,17 @@ shuffled  what a training data loader does: 20,000 small files (4–64 KB, 2 rep
         limit, files / the summed IOPS limit) of the disks holding the files' replicas
 entries `find` over a view of 100,000 entries (1,000 per directory) vs `find` over the same
         tree as plain files on one lab disk
+warm    a training loader's later epochs: 100,000 small files (0.5–4 KiB, a view of 1,000 per
+        directory) read by 4 readers (as `shuffled`) once in name order — the first pass,
+        which puts every file's pages in the page cache — and then in a seeded random order:
+        the warm epoch, timed. Through the mount, over the same files as plain files in the
+        page cache (file k on lab1 or lab2 by k mod 2), and through mergerfs pooling those two
+        directories. Nothing here waits for a disk, so it runs outside the lab's throttle.
+        Reported: files/s of both passes and the CPU seconds each daemon spent on the warm
+        epoch.
+
+`--before DIR`: the small, shuffled and warm parts also mount with the daemon of another checkout
+(`git worktree add DIR <commit>`), in the same run: before/after figures on a shared machine.
 
 Runs on lab disks (root, loop devices, blkio; direct IO); every daemon and reader is
 started inside the lab's throttled cgroup. Needs mergerfs (`apt-get install mergerfs`),
@@ -46,6 +57,7 @@ from _common import (
     lab_store,
     mergerfs_mounted,
     names_warm_data_cold,
+    read_all,
     read_file,
     report,
     run_timed,
@@ -63,7 +75,7 @@ MiB = 1 << 20
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--profile", choices=["lab4", "unthrottled"], default="lab4")
-    ap.add_argument("--parts", default="large,hot,small,shuffled,entries")
+    ap.add_argument("--parts", default="large,hot,small,shuffled,entries,warm")
     ap.add_argument("--shuffled-files", type=int, default=20_000)
     ap.add_argument("--shuffled-n", type=int, default=2_000, help="files read per run (of the shuffled order)")
     ap.add_argument("--readers", default="1,4,16")
@@ -71,6 +83,9 @@ def main() -> None:
     ap.add_argument("--large-mb", type=int, default=48)
     ap.add_argument("--small", type=int, default=5000)
     ap.add_argument("--entries", type=int, default=100_000)
+    ap.add_argument("--warm-files", type=int, default=100_000)
+    ap.add_argument("--warm-readers", type=int, default=4)
+    ap.add_argument("--before", type=Path, help="also mount with the daemon of this checkout (small, shuffled, warm)")
     args = ap.parse_args()
     parts = set(args.parts.split(","))
     work = Path(tempfile.mkdtemp(prefix="hoard-bench-mount-", dir="/var/tmp"))
@@ -103,6 +118,13 @@ def main() -> None:
             entries = put_payloads(store, store.writer("generated"), payloads)
             define_view(store, "bench-entries", "".join(
                 f"{r.sha256}  d{i // 1000:03d}/f{i:06d}.txt\n" for i, r in enumerate(entries)).encode())
+        warm_rels: list[str] = []
+        if "warm" in parts:
+            warm = flat_files(work / "warm", args.warm_files, seed=10, lo=512, hi=4096)
+            warm_res = store.put_many(warm)
+            warm_rels = [f"d{k // 1000:03d}/{Path(r.path).name}" for k, r in enumerate(warm_res)]
+            define_view(store, "bench-warm", "".join(
+                f"{r.sha256}  {rel}\n" for r, rel in zip(warm_res, warm_rels, strict=True)).encode())
         # each large object straight from its fastest replica (the strongest direct read; the
         # mount picks a replica by its queues and speeds), and every replica's shard file for
         # the page-cache part
@@ -137,6 +159,12 @@ def main() -> None:
             dst.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(r.path, dst)
             plain_shuf[r.sha256] = dst
+        warm_branches = [lab.disks[label].mountpoint / "plain-warm" for label in ("lab1", "lab2")]
+        for k, rel in enumerate(warm_rels):  # file k on lab1 or lab2 (the disks with the most inodes)
+            dst = warm_branches[k % 2] / rel
+            if k % 1000 < 2:
+                dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(warm[k], dst)
         os.sync()
         mnt, mfs = work / "mnt", work / "mergerfs"
         with lab.throttled():
@@ -190,6 +218,13 @@ def main() -> None:
                 t["small_bound"], t["small_disks"] = bound, "+".join(sorted(small_disks))
                 rows.append(("  disk bound (replicas on " + "+".join(sorted(small_disks)) + ")",
                              f"{bound:6.2f} s — the mount reaches {bound / t['small_mount']:.0%} of it"))
+                if args.before:
+                    drop_caches()
+                    with hoard_mounted(cfg_path, mnt, repo=args.before), timed(t, "small_before"):
+                        for p in small:
+                            read_file(mnt / "views" / "bench-small" / "s" / p.name)
+                    rows.append(("  through the mount before", f"{t['small_before']:6.2f} s  "
+                                                              f"{len(small) / t['small_before']:7.0f} files/s"))
             if "shuffled" in parts:
                 rows += shuffled_part(lab, args, cfg_path, mnt, shuf_res, shuf_where, plain_shuf, t)
         if "entries" in parts:
@@ -211,6 +246,8 @@ def main() -> None:
                      ("  find, plain ext4 (cold)", f"{t['entries_plain']:6.2f} s  {n_plain / t['entries_plain']:9.0f} entries/s"),
                      ("  find, mount", f"{t['entries_mount']:6.2f} s  {n_mount / t['entries_mount']:9.0f} entries/s"),
                      ("  ls -R, mount", f"{t['entries_mount_ls']:6.2f} s  {n_mount / t['entries_mount_ls']:9.0f} entries/s")]
+        if "warm" in parts:  # the page cache only: no disk is read in the timed epoch, nothing throttled
+            rows += warm_part(args, cfg_path, mnt, mfs, warm_rels, warm_branches, t)
     report("hoard mount reads", rows, {"profile": args.profile, "commit": _commit(), "machine": _machine(),
                                        "units": "MiB = 2^20 bytes",
                                        **{k: round(v, 4) if isinstance(v, float) else v for k, v in t.items()}})
@@ -234,13 +271,13 @@ def shuffled_part(lab, args, cfg_path: Path, mnt: Path, res, where, plain, t: di
                                      f"random order, cold, profile {args.profile}; replicas on {'+'.join(used)}; "
                                      f"bound {bound:.2f} s (max of {mib_s:.0f} MiB/s, {iops} IOPS)")]
     for n in [int(x) for x in args.readers.split(",")]:
-        for kind in ("plain", "mount"):
+        for kind in ("plain", "mount") + (("before",) if args.before else ()):
             # names warm on both sides (a loader lists its dataset first), file data cold: stat
             # every path, then drop only the page cache — plain ext4 keeps its inodes and
             # directory entries, as the mount keeps its manifests and the kernel its dentries
             drop_caches()
-            if kind == "mount":
-                with hoard_mounted(cfg_path, mnt):
+            if kind != "plain":
+                with hoard_mounted(cfg_path, mnt, repo=args.before if kind == "before" else REPO):
                     got, secs, disk = names_warm_data_cold(
                         lab, [mnt / "views" / "bench-shuffled" / where[r.sha256][0] for r in sample], n)
             else:
@@ -252,7 +289,69 @@ def shuffled_part(lab, args, cfg_path: Path, mnt: Path, res, where, plain, t: di
                          f"{secs:6.2f} s {len(sample) / secs:7.0f} files/s {served / MiB / secs:6.1f} MiB/s  "
                          f"read {disk / served:5.2f}x served  {bound / secs:4.0%} of bound"))
         rows.append((f"  mount / plain, {n} readers", f"{t[f'shuffled_plain_{n}'] / t[f'shuffled_mount_{n}']:.2f}x"))
+        if args.before:
+            rows.append((f"  mount before / plain, {n} readers",
+                         f"{t[f'shuffled_plain_{n}'] / t[f'shuffled_before_{n}']:.2f}x"))
     return rows
+
+
+def warm_part(args, cfg_path: Path, mnt: Path, mfs: Path, rels: list[str], branches: list[Path],
+              t: dict) -> list[tuple[str, str]]:
+    """The `warm` part (module docstring): each way of reading, a first pass in name order and
+    then the timed shuffled epoch, the daemon's CPU seconds during that epoch."""
+    import random
+    import time
+
+    order = list(range(len(rels)))
+    random.Random(12).shuffle(order)
+    n = args.warm_readers
+
+    def epochs(root_of, kind: str, proc=None) -> None:
+        paths = [root_of(k) for k in range(len(rels))]
+        t0 = time.monotonic()
+        first = read_all(paths, n)
+        t[f"warm_{kind}_first"] = time.monotonic() - t0
+        cpu0 = _cpu_s(proc.pid) if proc else 0.0
+        t0 = time.monotonic()
+        got = read_all([paths[k] for k in order], n)
+        t[f"warm_{kind}"] = time.monotonic() - t0
+        if proc:
+            t[f"warm_{kind}_daemon_cpu_s"] = _cpu_s(proc.pid) - cpu0
+        assert got == first, (kind, got, first)
+        t["warm_bytes"] = got
+
+    epochs(lambda k: branches[k % 2] / rels[k], "plain")
+    with mergerfs_mounted(branches, mfs) as proc:
+        epochs(lambda k: mfs / rels[k], "mergerfs", proc)
+    kinds = ["plain", "mergerfs", "mount"]
+    with hoard_mounted(cfg_path, mnt) as proc:
+        epochs(lambda k: mnt / "views" / "bench-warm" / rels[k], "mount", proc)
+    if args.before:
+        t["warm_before_commit"] = subprocess.run(["git", "-C", str(args.before), "rev-parse", "--short", "HEAD"],
+                                                 capture_output=True, text=True).stdout.strip()
+        with hoard_mounted(cfg_path, mnt, repo=args.before) as proc:
+            epochs(lambda k: mnt / "views" / "bench-warm" / rels[k], "before", proc)
+        kinds.append("before")
+    files = len(rels)
+    rows = [("warm epochs", f"{files:,} files (0.5–4 KiB, {t['warm_bytes'] / MiB:.0f} MiB), {n} readers, page "
+                            "cache warm, not throttled: a first pass in name order, then a shuffled epoch")]
+    for kind in kinds:
+        label = {"plain": "plain files", "mergerfs": "mergerfs", "mount": "hoard mount",
+                 "before": f"hoard mount at {t.get('warm_before_commit', '?')}"}[kind]
+        cpu = t.get(f"warm_{kind}_daemon_cpu_s")
+        rows.append((f"  {label}", f"{t[f'warm_{kind}']:6.2f} s {files / t[f'warm_{kind}']:8.0f} files/s warm epoch"
+                                   f"{'' if cpu is None else f' ({cpu:.1f} s daemon CPU)'}; first pass "
+                                   f"{files / t[f'warm_{kind}_first']:7.0f} files/s"))
+    for kind in kinds[2:]:
+        rows.append((f"  {kind} / plain, / mergerfs", f"{t['warm_plain'] / t[f'warm_{kind}']:.0%}, "
+                                                     f"{t['warm_mergerfs'] / t[f'warm_{kind}']:.2f}x"))
+    return rows
+
+
+def _cpu_s(pid: int) -> float:
+    """CPU seconds (user + system, all threads) a process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _commit() -> str:

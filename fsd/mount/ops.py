@@ -23,6 +23,7 @@ import stat
 from dataclasses import dataclass
 
 import pyfuse3
+import trio
 
 from fsd.base import modes
 from fsd.base.errors import HoardError
@@ -49,8 +50,10 @@ def _object(n: Node) -> bytes:
 @dataclass
 class _Open:
     node: Node
-    data: bytes | None = None  # small objects and .hoard/health: whole, verified
-    stream: _Stream | None = None  # large objects: read-ahead state
+    lane: object = 0  # the reader's lane in each disk's queue (its pid)
+    data: bytes | None = None  # small objects and .hoard/health: whole, verified (at the first read)
+    stream: _Stream | None = None  # large objects: read-ahead state (from the first read)
+    loading: trio.Event | None = None  # a small object's bytes being read for a first read
 
 
 def _guarded(fn):
@@ -191,14 +194,17 @@ class HoardOps(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EROFS)
         if stat.S_ISDIR(n.mode):
             raise pyfuse3.FUSEError(errno.EISDIR)
-        h = _Open(n)
-        lane = ctx.pid  # the reader's own lane in each disk's queue: readers are served in turn
+        # the reader's own lane in each disk's queue: readers are served in turn
+        h = _Open(n, lane=ctx.pid)
         if n.key == ("health",):
             h.data = self.watcher.health_text()
-        elif n.size <= SMALL_MAX:
-            h.data = await self._verified(self.reader.read_small(_object(n), lane))
-        else:
-            h.stream = self.reader.open_stream(_object(n), n.size, lane)
+        elif self.ns.index.lookup(_object(n)) is None:
+            # collected after the kernel was told its name: the kernel looks it up again
+            log.info("mount: object %s is no longer in the store", _object(n).hex())
+            raise pyfuse3.FUSEError(errno.ESTALE)
+        # no byte is read here: with keep_cache a file read before is served from the kernel's
+        # page cache, and an open then costs the daemon only this (an epoch over a dataset
+        # whose pages are cached sends no READ); the first READ fetches the object
         fh = self.next_fh
         self.next_fh += 1
         self.handles[fh] = h
@@ -210,10 +216,29 @@ class HoardOps(pyfuse3.Operations):
         h = self.handles.get(fh)
         if h is None:
             raise pyfuse3.FUSEError(errno.EBADF)
+        if h.data is None and h.node.size <= SMALL_MAX:
+            await self._load(h)
         if h.data is not None:
             return h.data[off:off + size]
-        assert h.stream is not None  # open() gave the handle its data or its stream
+        if h.stream is None:
+            log.debug("fetch %d", h.node.inode)
+            h.stream = self.reader.open_stream(_object(h.node), h.node.size, h.lane)
         return await self._verified(self.reader.read_stream(h.stream, off, size))
+
+    async def _load(self, h: _Open) -> None:
+        """A small object's bytes, whole and verified, into its handle — once, however many
+        READs the kernel sends for it at once (a failed load is tried again by the next)."""
+        while h.data is None:
+            if h.loading is not None:
+                await h.loading.wait()
+                continue
+            h.loading = loading = trio.Event()
+            log.debug("fetch %d", h.node.inode)
+            try:
+                h.data = await self._verified(self.reader.read_small(_object(h.node), h.lane))
+            finally:
+                h.loading = None
+                loading.set()
 
     @_guarded
     async def release(self, fh):
