@@ -35,7 +35,7 @@ from fsd.outputs import seal, zones
 from fsd.outputs.manifest import ViewError
 from fsd.outputs.materialize import Item
 from fsd.outputs.views import remove_view
-from fsd.outputs.write import write_copy, write_view
+from fsd.outputs.write import require_stored, write_copy, write_view
 from fsd.store import Store
 from sql import datasets as sqld
 from sql.apply import apply_write_intent
@@ -284,16 +284,9 @@ def _check_view(cfg: Settings, spec: DatasetSpec, fmt: Format) -> None:
 
 
 def _check_stored(cfg: Settings, name: str, made: _Made) -> None:
-
-    shas = sorted({bytes.fromhex(f.sha256) for f in made.tree.files}
-                  | {bytes.fromhex(m.sha256) for t in made.tree.tars for m in t.members if m.sha256})
+    shas = [f.sha256 for f in made.tree.files] + [m.sha256 for t in made.tree.tars for m in t.members if m.sha256]
     with Store.open(cfg) as store:
-        found = store.index.lookup_many(shas)
-    gone = [s.hex() for s in shas if s not in found]
-    if gone:
-        raise DatasetError(f"dataset {name}: {len(gone)} of the {len(shas)} selected objects are not in the store "
-                           f"(deleted and collected?), e.g. {gone[0]}; nothing was written — narrow the selection "
-                           f"(`hoard info {gone[0]}`)", ExitCode.DATA)
+        require_stored(store, shas, DatasetError, f"dataset {name}: ")
 
 
 def _write(cfg: Settings, conn, name: str, n: int, mode: str, made: _Made,

@@ -46,7 +46,7 @@ from fsd.base.files import atomic_write, flocked, fsync_dir
 from fsd.outputs import seal, zones
 from fsd.outputs.manifest import ViewError
 from fsd.outputs.materialize import Item
-from fsd.outputs.write import write_copy, write_view
+from fsd.outputs.write import require_stored, write_copy, write_view
 from jobs import runlog
 
 OUTPUT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
@@ -438,7 +438,7 @@ def _run(cfg: Settings, spec: OutputSpec, progress: Callable[[int, int], None] |
                           "`hoard mount` / hoard-mount.service serves), or use --mode copy")
     items, n_nodes = plan_items(cfg, spec)
     with Store.open(cfg) as store:
-        _check_stored(store, spec, items)
+        require_stored(store, [it.sha256 for it in items], OutputError)
         if spec.mode == "view":
             return _run_view(cfg, spec, store, items, n_nodes, t0, started)
         # the worker's output directory, and a root per staged role (parents, children) even with no file
@@ -495,18 +495,6 @@ def clean(cfg: Settings, output_id: str, zone: str | None = None, aside: bool = 
 
 def view_name(spec: OutputSpec) -> str:
     return f"{spec.zone}-{spec.id}"
-
-
-def _check_stored(store, spec: OutputSpec, items: list[Item]) -> None:
-    """Every selected object is in the store, before a byte is reserved or moved (a node whose
-    batch was dropped and collected is still a row until its delete reaches the database)."""
-    shas = sorted({bytes.fromhex(it.sha256) for it in items})
-    found = store.index.lookup_many(shas)
-    gone = [s.hex() for s in shas if s not in found]
-    if gone:
-        raise OutputError(f"{len(gone)} of the {len(shas)} selected objects are not in the store (deleted and "
-                          f"collected?), e.g. {gone[0]}; nothing was written — narrow the selection "
-                          f"(`hoard info {gone[0]}`)", ExitCode.DATA)
 
 
 def _run_view(cfg: Settings, spec: OutputSpec, store, items: list[Item], n_nodes: int, t0: float,

@@ -17,6 +17,19 @@ from fsd.outputs import seal, zones
 from fsd.outputs.materialize import Item, MaterializeReport, materialize
 
 
+def require_stored(store, shas_hex: Sequence[str], error: type[HoardError], what: str = "") -> None:
+    """Every selected object is in the store, before a byte is reserved or moved (a node whose
+    batch was dropped and collected is still a row until its delete reaches the database):
+    else `error` (exit 5) in one line, `what` in front, naming one and how many."""
+    shas = sorted({bytes.fromhex(h) for h in shas_hex})
+    found = store.index.lookup_many(shas)
+    gone = [s.hex() for s in shas if s not in found]
+    if gone:
+        raise error(f"{what}{len(gone)} of the {len(shas)} selected objects are not in the store (deleted and "
+                    f"collected?), e.g. {gone[0]}; nothing was written — narrow the selection "
+                    f"(`hoard info {gone[0]}`)", ExitCode.DATA)
+
+
 def write_copy(cfg: Settings, store, zone: str, output_id: str, *, job: str, kind: str, items: list[Item],
                generated: Sequence[tuple[str, bytes]] = (), selector: Any = None, layout: Any = None,
                progress: Callable[[int, int], None] | None = None, started: Callable[[], None] = lambda: None,
