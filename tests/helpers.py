@@ -202,8 +202,8 @@ def worker_reachable_home(home: Path) -> Iterator[Path]:
 def peak_memory(argv: list[str], env: dict[str, str] | None = None, cwd: Path = REPO,
                 poll_s: float = 0.01) -> dict[str, Any]:
     """Run `argv` and return its `exit`, `seconds`, `vmhwm_kb` (the kernel's peak RSS of the
-    process: wait4's ru_maxrss) and `peak_anon_kb` (the highest RssAnon seen, read from
-    /proc every `poll_s`). VmHWM counts the pages of the LMDB index the process mapped (a scan
+    program, VmHWM) and `peak_anon_kb` (the highest RssAnon seen), read from /proc every
+    `poll_s`. VmHWM counts the pages of the LMDB index the process mapped (a scan
     of the index maps all of it: page cache, dropped under pressure); RssAnon is what the
     process itself allocated — what a store's size must not make grow."""
     import subprocess
@@ -213,17 +213,19 @@ def peak_memory(argv: list[str], env: dict[str, str] | None = None, cwd: Path = 
     errf = tempfile.TemporaryFile()  # (a pipe nobody reads while polling could fill and stop the process)
     proc = subprocess.Popen(argv, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=errf)
     status_path = f"/proc/{proc.pid}/status"
-    anon = 0
+    anon = hwm = 0
     while True:
         try:
             with open(status_path) as f:
                 for row in f:
-                    if row.startswith("RssAnon:"):
+                    if row.startswith("VmHWM:"):  # (wait4's ru_maxrss would count the parent's pages from before exec)
+                        hwm = max(hwm, int(row.split()[1]))
+                    elif row.startswith("RssAnon:"):
                         anon = max(anon, int(row.split()[1]))
                         break
-        except OSError:
+        except (OSError, ValueError, IndexError):
             pass
-        got, status, usage = os.wait4(proc.pid, os.WNOHANG)
+        got, status = os.waitpid(proc.pid, os.WNOHANG)
         if got:
             break
         time.sleep(poll_s)
@@ -231,5 +233,5 @@ def peak_memory(argv: list[str], env: dict[str, str] | None = None, cwd: Path = 
     errf.seek(0)
     err = errf.read().decode(errors="replace")
     errf.close()
-    return {"exit": proc.returncode, "seconds": time.monotonic() - t0, "vmhwm_kb": usage.ru_maxrss,
+    return {"exit": proc.returncode, "seconds": time.monotonic() - t0, "vmhwm_kb": hwm,
             "peak_anon_kb": anon, "stderr": err}
