@@ -16,12 +16,15 @@ are even). Callers put what they sort by first (a sha256, then a big-endian stam
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
+
+from fsd.base.errors import ExitCode, HoardError
 
 #: partitions: by a record's first byte
 PARTS = 256
@@ -40,18 +43,33 @@ class Spill:
 
     def add(self, rec: bytes) -> None:
         f = self._files[rec[0]]
-        if f is None:
-            f = self._files[rec[0]] = open(self.folder / f"{rec[0]:02x}", "wb")  # noqa: SIM115 - closed in sorted()
-        f.write(rec)
+        try:
+            if f is None:
+                f = self._files[rec[0]] = open(self.folder / f"{rec[0]:02x}", "wb")  # noqa: SIM115 - closed in sorted()
+            f.write(rec)
+        except OSError as e:
+            raise self._failed(e) from None
         self.count += 1
+
+    def _failed(self, e: OSError) -> HoardError:
+        """One line for a spill that cannot be written (the SSD full: it takes `width` bytes per record)."""
+        full = e.errno in (errno.ENOSPC, errno.EDQUOT)
+        return HoardError(f"cannot write sorted runs to {self.folder} ({e.strerror or e}): "
+                          + ("free space there (it needs about "
+                             f"{self.width} bytes per object and mark) and run this again" if full
+                             else "check that folder's disk (`dmesg`, `df`) and run this again"),
+                          ExitCode.NO_SPACE if full else ExitCode.UNAVAILABLE)
 
     def sorted(self) -> Iterator[bytes]:
         """Every record added, in byte order; each partition's file is removed once read."""
         for part, f in enumerate(self._files):
             if f is None:
                 continue
-            f.close()
             self._files[part] = None
+            try:
+                f.close()
+            except OSError as e:
+                raise self._failed(e) from None
             path = self.folder / f"{part:02x}"
             raw = path.read_bytes()
             os.unlink(path)
