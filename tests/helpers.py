@@ -197,3 +197,41 @@ def worker_reachable_home(home: Path) -> Iterator[Path]:
         yield d
     finally:
         shutil.rmtree(d, ignore_errors=True)
+
+
+def peak_memory(argv: list[str], env: dict[str, str] | None = None, cwd: Path = REPO,
+                poll_s: float = 0.01) -> dict[str, Any]:
+    """Run `argv` and return its `exit`, `seconds`, `vmhwm_kb` (the kernel's peak RSS of the
+    program, VmHWM) and `peak_anon_kb` (the highest RssAnon seen), read from /proc every
+    `poll_s`. VmHWM counts the pages of the LMDB index the process mapped (a scan
+    of the index maps all of it: page cache, dropped under pressure); RssAnon is what the
+    process itself allocated — what a store's size must not make grow."""
+    import subprocess
+    import time
+
+    t0 = time.monotonic()
+    errf = tempfile.TemporaryFile()  # (a pipe nobody reads while polling could fill and stop the process)
+    proc = subprocess.Popen(argv, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=errf)
+    status_path = f"/proc/{proc.pid}/status"
+    anon = hwm = 0
+    while True:
+        try:
+            with open(status_path) as f:
+                for row in f:
+                    if row.startswith("VmHWM:"):  # (wait4's ru_maxrss would count the parent's pages from before exec)
+                        hwm = max(hwm, int(row.split()[1]))
+                    elif row.startswith("RssAnon:"):
+                        anon = max(anon, int(row.split()[1]))
+                        break
+        except (OSError, ValueError, IndexError):
+            pass
+        got, status = os.waitpid(proc.pid, os.WNOHANG)
+        if got:
+            break
+        time.sleep(poll_s)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    errf.seek(0)
+    err = errf.read().decode(errors="replace")
+    errf.close()
+    return {"exit": proc.returncode, "seconds": time.monotonic() - t0, "vmhwm_kb": hwm,
+            "peak_anon_kb": anon, "stderr": err}

@@ -13,7 +13,7 @@ import fcntl
 import os
 import shutil
 import stat
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
@@ -105,13 +105,14 @@ def sync_file_range(fd: int, offset: int, length: int, flags: int) -> bool:
     return True
 
 
-def atomic_write(path: Path, data: bytes, prepare: Callable[[int, Path], None] | None = None) -> None:
+def atomic_write(path: Path, data: bytes | Iterable[bytes], prepare: Callable[[int, Path], None] | None = None) -> None:
     """tmp → fsync → rename → fsync the directory: a crash leaves the old file or the new one.
     The new file is 0640, or as strict as the file it replaces; `prepare(fd, tmp)` runs on it
-    before it is synced (another mode or owner, say)."""
+    before it is synced (another mode or owner, say). `data`: the bytes, or pieces of them."""
     tmp = path.with_name(f".{path.name}.tmp")
     with create_new(tmp, rewrite_mode(path)) as f:
-        f.write(data)
+        for piece in (data,) if isinstance(data, (bytes, bytearray, memoryview)) else data:
+            f.write(piece)
         f.flush()
         if prepare is not None:
             prepare(f.fileno(), tmp)

@@ -43,7 +43,7 @@ import os
 import re
 import stat
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -51,6 +51,7 @@ from typing import Any
 import xxhash
 
 from fsd.core.layout import MARK_OPS, MARKS_DIR, MARKS_LOG
+from fsd.core.spill import Spill
 
 #: the op of a snapshot's first line (its sha field is all zeros)
 RESET = "reset"
@@ -96,12 +97,29 @@ def records(stamp: int, op: str, shas: Iterable[bytes]) -> bytes:
     return "".join(line(stamp, op, sha.hex()) for sha in shas).encode()
 
 
-def snapshot(stamp: int, tables: dict[str, list[bytes]]) -> bytes:
+def snapshot(stamp: int, tables: Mapping[str, Iterable[bytes]]) -> bytes:
     """A whole log: the reset line, then every mark as its set-record, one stamp."""
-    n = sum(len(tables.get(t, ())) for t in TABLES)
-    return (line(stamp, RESET, _NO_SHA).encode()
-            + b"".join(records(stamp, SET_OP[t], tables.get(t, ())) for t in TABLES)
-            + line(stamp, END, f"{n:064x}").encode())
+    return b"".join(snapshot_chunks(stamp, tables))
+
+
+def snapshot_chunks(stamp: int, tables: Mapping[str, Iterable[bytes]], per: int = 10_000) -> Iterator[bytes]:
+    """`snapshot` in pieces of `per` records, for a writer that streams it to a file: a store
+    whose every object is a root has millions of marks (the whole log in memory took ~500
+    bytes per mark)."""
+    yield line(stamp, RESET, _NO_SHA).encode()
+    n = 0
+    for t in TABLES:
+        batch: list[bytes] = []
+        for sha in tables.get(t, ()):
+            batch.append(sha)
+            if len(batch) >= per:
+                yield records(stamp, SET_OP[t], batch)
+                n += len(batch)
+                batch = []
+        if batch:
+            yield records(stamp, SET_OP[t], batch)
+            n += len(batch)
+    yield line(stamp, END, f"{n:064x}").encode()
 
 
 #: what `classify` says of a line
@@ -175,7 +193,12 @@ def regular(fd: int, path: Path) -> None:
 class DiskLog:
     """What one disk's marks logs hold: the records to replay (a snapshot's `reset` only
     when its `end` line agrees), and how many lines were damaged (a check that does not
-    hold), not records (torn, planted), legacy (no check), or a snapshot not honoured."""
+    hold), not records (torn, planted), legacy (no check), or a snapshot not honoured.
+
+    Read with a `Spill` (`read_log`), its records are not kept here but spilled to disk —
+    memory that does not grow with the log (`settle` replays them, object by object); then
+    `first`/`last` are the stamps of its first and last record up to the read's `cutoff`, and
+    `late` the stamps of those after it."""
 
     label: str = ""
     records: set[Record] = field(default_factory=set)
@@ -189,37 +212,55 @@ class DiskLog:
     #: touches such a file (`hoard index rewrite-marks`, `verify --repair` said they fixed
     #: them, and the next check or verify named them again), so they are a note: remove it
     foreign: dict[str, int] = field(default_factory=dict)
+    spilled: bool = False  # its records went to a Spill (first, last, late stand for them)
+    first: int = 1 << 64
+    last: int = -1
+    late: list[int] = field(default_factory=list)
 
     @property
     def begin(self) -> int:
         """The first stamp this log speaks for: its newest honoured snapshot, else its first record."""
         if self.resets:
             return max(self.resets)
+        if self.spilled:
+            return self.first
         return min((r[0] for r in self.records), default=1 << 64)
 
     @property
     def end(self) -> int:
+        if self.spilled:
+            return max([self.last, *self.late])
         return max((r[0] for r in self.records), default=-1)
 
     def covers(self, stamp: int) -> bool:
         return self.begin <= stamp <= self.end
 
     def upto(self, stamp: int) -> DiskLog:
-        """The same log without its records stamped after `stamp`."""
+        """The same log without its records stamped after `stamp` (of a spilled log: `stamp` is
+        its read's cutoff, whose later records were never spilled)."""
+        if self.spilled:
+            return DiskLog(self.label, set(), {t for t in self.resets if t <= stamp}, self.damaged, self.other,
+                           self.legacy, self.broken_resets, self.damaged_lines, self.foreign, True, self.first,
+                           self.last, [])
         return DiskLog(self.label, {r for r in self.records if r[0] <= stamp}, {t for t in self.resets if t <= stamp},
                        self.damaged, self.other, self.legacy, self.broken_resets, self.damaged_lines, self.foreign)
 
     def after(self, stamp: int) -> int:
-        """How many of its records are stamped after `stamp`."""
-        return sum(1 for r in self.records if r[0] > stamp) + sum(1 for t in self.resets if t > stamp)
+        """How many of its records are stamped after `stamp` (of a spilled log: `stamp` at or
+        after its read's cutoff)."""
+        recs = self.late if self.spilled else [r[0] for r in self.records]
+        return sum(1 for t in recs if t > stamp) + sum(1 for t in self.resets if t > stamp)
 
 
-def read_log(folder: Path, planted: list[str] | None = None, label: str = "") -> DiskLog:
+def read_log(folder: Path, planted: list[str] | None = None, label: str = "", spill: Spill | None = None,
+             src: int = 0, cutoff: int | None = None) -> DiskLog:
     """The records of `folder/*.log`. A `*.log` that is not a regular file, or a symbolic
     link to nothing, is skipped — named in `planted` — and the others are still read (it
     stopped the folder's read, and the real log went unread with it). Raises OSError if a
-    log cannot be read."""
-    out = DiskLog(label)
+    log cannot be read. With `spill`, the records go there as log number `src` (`settle`
+    reads them back), those stamped after `cutoff` only counted (DiskLog.late)."""
+    out = DiskLog(label, spilled=spill is not None)
+    keep = _keeper(out, spill, src, cutoff)
     for path in sorted(folder.glob("*.log")):
         try:
             fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
@@ -265,10 +306,10 @@ def read_log(folder: Path, planted: list[str] | None = None, label: str = "") ->
                     # the release before checks wrote it: replayed, even when checked appends
                     # follow (its log was not rewritten: its last line was torn or damaged)
                     out.legacy += 1
-                    _take(rec, resets, ends, out.records)
+                    _take(rec, resets, ends, keep)
                 else:
                     checked = True
-                    _take(rec, resets, ends, out.records)
+                    _take(rec, resets, ends, keep)
         for stamp, n in resets.items():
             if ends.get(stamp) == n:
                 out.resets.add(stamp)
@@ -277,7 +318,7 @@ def read_log(folder: Path, planted: list[str] | None = None, label: str = "") ->
     return out
 
 
-def _take(rec: Record, resets: dict[int, int], ends: dict[int, int], into: set[Record]) -> None:
+def _take(rec: Record, resets: dict[int, int], ends: dict[int, int], keep: Callable[[Record], None]) -> None:
     if rec[1] == RESET:
         resets[rec[0]] = 0
     elif rec[1] == END:
@@ -285,7 +326,24 @@ def _take(rec: Record, resets: dict[int, int], ends: dict[int, int], into: set[R
     else:
         if rec[0] in resets:
             resets[rec[0]] += 1
-        into.add(rec)
+        keep(rec)
+
+
+def _keeper(out: DiskLog, spill: Spill | None, src: int, cutoff: int | None) -> Callable[[Record], None]:
+    """Where `read_log` puts a record: the log's set, or the spill (see DiskLog)."""
+    if spill is None:
+        return out.records.add
+    top = (1 << 64) if cutoff is None else cutoff
+
+    def keep(rec: Record) -> None:
+        stamp = rec[0]
+        if stamp > top:
+            out.late.append(stamp)
+            return
+        out.first = min(out.first, stamp)
+        out.last = max(out.last, stamp)
+        spill.add(bytes.fromhex(rec[2]) + stamp.to_bytes(8, "big") + bytes((CODES[rec[1]], src)))
+    return keep
 
 
 def read(folder: Path, into: set[Record], planted: list[str] | None = None) -> int:
@@ -383,6 +441,108 @@ def replay(found: set[Record]) -> dict[str, list[bytes]]:
         table, on = EFFECT[op]
         (final[table].add if on else final[table].discard)(sha)
     return {table: [bytes.fromhex(h) for h in sorted(shas)] for table, shas in final.items()}
+
+
+
+#: a record's op as one byte in a spill: the codes follow the ops' names, the order `replay`
+#: applies the records of one stamp in (it sorts (stamp, op, sha) tuples)
+OPS = tuple(sorted(MARK_OPS))
+CODES = {op: i for i, op in enumerate(OPS)}
+#: a spilled record: sha256 (32) ‖ stamp (8, big-endian) ‖ op code ‖ source (a log's number
+#: in `settle`'s list, or HELD: a mark the index holds, its table's number as the op code)
+SPILLED = 42
+HELD = 255
+
+
+def hold(spill: Spill, table: str, sha: bytes) -> None:
+    """Spill a mark the index holds (of `table`, one of TABLES), for `settle` to set beside the logs'."""
+    spill.add(sha + bytes(8) + bytes((TABLES.index(table), HELD)))
+
+
+@dataclass
+class Disputes:
+    """The records `settle` did not obey (see `agree`): how many, and the first `keep` of them in
+    (stamp, op, sha) order with the label of the disk that alone holds each."""
+    count: int = 0
+    first: list[tuple[Record, str]] = field(default_factory=list)
+    keep: int = 20
+
+    def add(self, rec: Record, label: str) -> None:
+        self.count += 1
+        if not self.keep:
+            return
+        if len(self.first) < self.keep or (rec, label) < self.first[-1]:
+            self.first.append((rec, label))
+            self.first.sort()
+            del self.first[self.keep:]
+
+
+Marks = tuple[bool, bool, bool]  # in TABLES order
+
+
+def settle(logs: Sequence[DiskLog | None], spill: Spill, alone: Iterable[int] = (),
+           disputes: Disputes | None = None) -> Iterable[tuple[bytes, Marks, Marks, dict[int, Marks]]]:
+    """`replay(agree(logs)[0])` object by object, from the logs' records spilled as `read_log`
+    spills them (`logs[i]`'s as source i) — memory for one spill partition, not for every
+    record. Yields (sha256, its marks as the disks agree, the marks the index holds as
+    spilled by `hold`, {i: its marks as log i alone replays them} for each i in `alone`), in
+    sha256 order, for every object a record or a held mark names; the records not obeyed go
+    to `disputes`. A log given as None is left out (its records in the spill are not read)."""
+    since = max((max(lg.resets) for lg in logs if lg is not None and lg.resets), default=-1)
+    own_since = {i: max(lg.resets, default=-1) for i in alone if (lg := logs[i]) is not None}
+    alone = list(own_since)
+    spans = [(lg.begin, lg.end) if lg is not None else (1, 0) for lg in logs]
+    sha = b""
+    group: list[tuple[int, int, list[int]]] = []  # (stamp, op code, sources holding it) of one object
+    held = [False, False, False]
+    for e in spill.sorted():
+        if e[:32] != sha:
+            if sha:
+                yield _settled(sha, group, held, logs, spans, since, own_since, alone, disputes)
+            sha, group, held = e[:32], [], [False, False, False]
+        src = e[41]
+        if src == HELD:
+            held[e[40]] = True
+            continue
+        if src >= len(logs) or logs[src] is None:
+            continue
+        stamp, code = int.from_bytes(e[32:40], "big"), e[40]
+        if group and group[-1][0] == stamp and group[-1][1] == code:
+            if src not in group[-1][2]:  # (a record twice in one log is one record)
+                group[-1][2].append(src)
+        else:
+            group.append((stamp, code, [src]))
+    if sha:
+        yield _settled(sha, group, held, logs, spans, since, own_since, alone, disputes)
+
+
+def _apply(state: list[bool], op: str) -> None:
+    if op == "drop":
+        state[0] = state[1] = state[2] = False
+    else:
+        table, on = EFFECT[op]
+        state[TABLES.index(table)] = on
+
+
+def _settled(sha: bytes, group: list[tuple[int, int, list[int]]], held: list[bool], logs: Sequence[Any],
+             spans: list[tuple[int, int]], since: int, own_since: dict[int, int], alone: list[int],
+             disputes: Disputes | None) -> tuple[bytes, Marks, Marks, dict[int, Marks]]:
+    final = [False, False, False]
+    own = {i: [False, False, False] for i in alone}
+    for stamp, code, srcs in group:
+        op = OPS[code]
+        for i in alone:
+            if i in srcs and stamp >= own_since[i]:
+                _apply(own[i], op)
+        if stamp < since:
+            continue
+        if (len(srcs) >= 2 or op not in FREEING or any(stamp in logs[i].resets for i in srcs)
+                or not any(b <= stamp <= e for j, (b, e) in enumerate(spans) if j != srcs[0])):
+            _apply(final, op)
+        elif disputes is not None:
+            disputes.add((stamp, op, sha.hex()), logs[srcs[0]].label)
+    return (sha, (final[0], final[1], final[2]), (held[0], held[1], held[2]),
+            {i: (m[0], m[1], m[2]) for i, m in own.items()})
 
 
 #: `meta` keys of the marks log (Index.log_in): the last stamp (ns) given out, the stamp of the
@@ -544,23 +704,29 @@ class MarksTables:
             txn.put(MARKS_NS, str(last).encode())
             txn.put(MARKS_LAST, str(last).encode())
 
-    def snapshot_marks(self, write: Callable[[int, dict[str, list[bytes]], dict[str, int]],
+    def snapshot_marks(self, write: Callable[[int, Callable[[], dict[str, Iterable[bytes]]], dict[str, int]],
                                              tuple[list[str], list[str]]],
                        foreign: dict[str, list[bytes]] | None = None) -> int:
-        """Call `write(stamp, {table: shas})` with every mark the index holds (hidden, deleted,
-        rooted) inside a write transaction — no other process sets or clears a mark meanwhile,
-        so what `write` puts on a disk is the whole state at `stamp`, and every later record
-        has a later stamp; `write` also gets each disk's `marks_at` as of now (no commit can
-        move it meanwhile). It returns (uuids written, uuids that failed): the first are
-        complete up to `stamp`, the others are not tried again for a while. `foreign`: marks
-        the disks' logs hold for objects this index does not know (their shards on disks that
-        were absent when it was rebuilt) — carried into the snapshot, not dropped from the
-        HDDs' history. Returns the stamp."""
+        """Call `write(stamp, tables, at)` inside a write transaction, `tables()` giving every
+        mark the index holds as {table: shas} (hidden, deleted, rooted; read from the
+        transaction as they are used, never all in memory) — no other process sets or clears
+        a mark meanwhile, so what `write` puts on a disk is the whole state at `stamp`, and
+        every later record has a later stamp; `write` also gets each disk's `marks_at` as of
+        now (no commit can move it meanwhile). It returns (uuids written, uuids that failed):
+        the first are complete up to `stamp`, the others are not tried again for a while.
+        `foreign`: marks the disks' logs hold for objects this index does not know (their
+        shards on disks that were absent when it was rebuilt) — carried into the snapshot, not
+        dropped from the HDDs' history. Returns the stamp."""
         with self.env.begin(write=True) as txn:
-            tables = {name: [bytes(k) for k, _ in txn.cursor(db=getattr(self, name))]
-                      for name in ("hidden", "deleted", "rooted")}
-            for name, shas in (foreign or {}).items():
-                tables[name] += [sha for sha in shas if txn.get(sha, db=self.objects) is None]
+            def marks_of(name: str) -> Iterator[bytes]:
+                for k in txn.cursor(db=getattr(self, name)).iternext(values=False):
+                    yield bytes(k)
+                for sha in (foreign or {}).get(name, ()):
+                    if txn.get(sha, db=self.objects) is None:
+                        yield sha
+
+            def tables() -> dict[str, Iterable[bytes]]:
+                return {name: marks_of(name) for name in ("hidden", "deleted", "rooted")}
             at = {}
             cur = txn.cursor(db=self.meta)
             if cur.set_range(b"marks_at:"):

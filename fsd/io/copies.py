@@ -25,6 +25,8 @@ from fsd.base.modes import FILE
 from fsd.core import marks, pointers
 from fsd.core.disks import DiskGone, LocalDisk
 from fsd.core.index import MARKS_NS
+from fsd.core.spill import Spill, spill_parent
+from fsd.io.integrity import in_index
 
 if TYPE_CHECKING:
     from fsd.store import Store
@@ -253,8 +255,8 @@ def snapshot_marks(store: Store, uuids: Iterable[str] | None = None, recheck: se
     chosen = [u for u in (store.disks if uuids is None else uuids) if store.usable(u)]
     done: list[str] = []
 
-    def write(stamp: int, tables: dict[str, list[bytes]], at: dict[str, int]) -> tuple[list[str], list[str]]:
-        body = marks.snapshot(stamp, tables)
+    def write(stamp: int, tables: Callable[[], dict[str, Iterable[bytes]]],
+              at: dict[str, int]) -> tuple[list[str], list[str]]:
         written, failed = [], []
         for uuid in chosen:
             disk = store.disks[uuid]
@@ -267,7 +269,8 @@ def snapshot_marks(store: Store, uuids: Iterable[str] | None = None, recheck: se
             path = marks.log_path(disk.root)
             try:
                 with on_disk(store, disk) as wrote:
-                    atomic_write(marks_log(disk), body, prepare=lambda fd, _: wrote.append(os.fstat(fd).st_dev))
+                    atomic_write(marks_log(disk), marks.snapshot_chunks(stamp, tables()),
+                                 prepare=lambda fd, _: wrote.append(os.fstat(fd).st_dev))
                 done.append(disk.label)
                 written.append(uuid)
             except DiskGone as e:  # not a refusal: tried again by the first writer that finds it back
@@ -283,16 +286,27 @@ def snapshot_marks(store: Store, uuids: Iterable[str] | None = None, recheck: se
 
 
 def logged_marks(store: Store) -> dict[str, list[bytes]]:
-    """What the readable disks' logs replay to (the index keeps, of these, the marks of
-    objects it does not know: Index.snapshot_marks)."""
-    logs = []
-    for u, d in store.disks.items():
-        if store.usable(u):
-            try:
-                logs.append(marks.read_log(marks.log_path(d.root).parent, label=d.label))
-            except OSError:
-                continue
-    return marks.replay(marks.agree(logs)[0])
+    """The marks the readable disks' logs replay to for objects the index does not know (the
+    index keeps them: Index.snapshot_marks). The logs are spilled to disk and replayed object
+    by object (marks.settle): every object a root, sets of every record took ~1 KB each."""
+    out: dict[str, list[bytes]] = {t: [] for t in marks.TABLES}
+    with Spill(spill_parent(store.cfg.ssd.root), marks.SPILLED) as spill:
+        logs: list[marks.DiskLog | None] = []
+        for u, d in store.disks.items():
+            if store.usable(u):
+                logs.append(None)  # (a log that fails to read leaves records in the spill: not read)
+                try:
+                    logs[-1] = marks.read_log(marks.log_path(d.root).parent, label=d.label, spill=spill,
+                                              src=len(logs) - 1)
+                except OSError:
+                    continue
+        known = in_index(store)
+        for sha, final, _held, _alone in marks.settle(logs, spill):
+            if any(final) and not known(sha):
+                for t, on in zip(marks.TABLES, final):
+                    if on:
+                        out[t].append(sha)
+    return out
 
 
 @contextlib.contextmanager

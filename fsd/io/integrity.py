@@ -16,12 +16,13 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from fsd.core import marks, pointers
 from fsd.core.disks import DiskState
 from fsd.core.index import MARKS_NS, IndexDamaged, named_entry
 from fsd.core.layout import BATCHES_DIR, VIEWS_DIR
+from fsd.core.spill import Spill, spill_parent
 
 if TYPE_CHECKING:
     from fsd.store import Store
@@ -52,6 +53,11 @@ class Findings:
             self.problems.append(line)
             self.problem_kinds.append(kind)
 
+    def add_many(self, kind: str, n: int) -> None:
+        """`n` more findings of `kind` past the lines already added (counted, not shown)."""
+        if n > 0:
+            self.counts[kind] = self.counts.get(kind, 0) + n
+
     def lines(self) -> list[tuple[str, str]]:
         """(kind, line) of each problem, then one line per kind with more than SHOW."""
         more = [(kind, f"{n - SHOW} more {kind} finding(s) like these") for kind, n in self.counts.items() if n > SHOW]
@@ -67,7 +73,7 @@ def judge(store: Store, known: Callable[[bytes], bool] | None = None, into: Find
     the store holds the object; default: the index has it now). A marks log a snapshot replaced
     while it was read (a writer's catch-up, gc's compaction: its newest reset is stamped after
     the index was read) is judged again, up to RETRIES times: that is a moment, not damage."""
-    known = known or _in_index(store)
+    known = known or in_index(store)
     for attempt in range(RETRIES):
         found = Findings()
         moved = _marks_logs(store, found, known)
@@ -83,12 +89,20 @@ def judge(store: Store, known: Callable[[bytes], bool] | None = None, into: Find
     return found
 
 
-def _in_index(store: Store) -> Callable[[bytes], bool]:
+def in_index(store: Store, renew: int = 10_000) -> Callable[[bytes], bool]:
+    """`known(sha)`: whether the index holds the object now — looked up in a read transaction
+    begun again every `renew` lookups (a reader held for a whole check would keep the pages
+    writers free from being reused)."""
     idx = store.index
+    state: list = [None, 0]
 
     def known(sha: bytes) -> bool:
-        with idx.env.begin(db=idx.objects) as txn:
-            return txn.get(sha) is not None
+        if state[0] is None or state[1] >= renew:
+            if state[0] is not None:
+                state[0].abort()
+            state[0], state[1] = idx.env.begin(db=idx.objects), 0
+        state[1] += 1
+        return state[0].get(sha) is not None
     return known
 
 
@@ -115,75 +129,108 @@ def _marks_logs(store: Store, rep: Findings, known: Callable[[bytes], bool]) -> 
     the index counts as complete must do so alone (a log damaged or cut behind the index's
     back, or holding a record whose transaction never committed); a damaged line (its check
     does not hold) and a record stamped after anything the index gave out are named. Returns
-    whether a log's newest snapshot is stamped after the index was read (judge again)."""
+    whether a log's newest snapshot is stamped after the index was read (judge again).
+
+    The index's marks and the logs' records are spilled to disk and compared object by object
+    (marks.settle): a store whose every object is a root has a log record per object on every
+    disk, and sets of them all took ~1 KB per object."""
+    with Spill(spill_parent(store.cfg.ssd.root), marks.SPILLED) as spill:
+        return _judge_marks(store, rep, known, spill)
+
+
+def _judge_marks(store: Store, rep: Findings, known: Callable[[bytes], bool], spill: Spill) -> bool:
     fix = "`hoard index rewrite-marks` writes the index's marks to every disk"
     # the index first, in one read transaction; then only log records up to its last stamp
     # count (a put committing while the logs are read is not a disagreement)
-    held, cutoff = _index_marks(store)
-    held = {t: {sha for sha in shas if known(sha)} for t, shas in held.items()}  # (objects stored since step 1 are not judged)
+    cutoff = _index_marks(store, spill)
     last, at, _failed = store.index.marks_state()
-    logs: list[marks.DiskLog] = []
+    logs: list[marks.DiskLog | None] = []  # by source number in the spill (None: a log not judged together)
+    steps: list[tuple[str, Any]] = []  # the findings of each disk, in order; "alone" ones once replayed
     moved = False  # a log's newest snapshot came after the index's moment
     for uuid, rec in store.records.items():
         disk = store.disks.get(uuid)
         if disk is None or rec.state == DiskState.MISSING:
             continue
         planted: list[str] = []
+        blocker = _in_the_way(marks.log_path(disk.root)) if rec.state != DiskState.FAILED else ""
+        src = len(logs)
+        logs.append(None)  # (until it is read whole: a read that fails leaves records in the spill)
         try:
-            got = marks.read_log(marks.log_path(disk.root).parent, planted, rec.label)
+            got = marks.read_log(marks.log_path(disk.root).parent, planted, rec.label,
+                                 None if blocker else spill, src, cutoff)
         except OSError as e:
             if rec.state == DiskState.FAILED:
-                rep.notes.append(f"disk {rec.label} (failed): its marks log cannot be read ({e})")
+                steps.append(("note", f"disk {rec.label} (failed): its marks log cannot be read ({e})"))
             else:
-                rep.add("marks log", f"disk {rec.label}: its marks log cannot be read ({e}): {fix}")
+                steps.append(("add", f"disk {rec.label}: its marks log cannot be read ({e}): {fix}"))
             continue
-        rep.notes += [f"disk {rec.label}: {p} (not a marks log: skipped by a rebuild; remove it)" for p in planted]
-        rep.notes += [f"disk {rec.label}: {p}: {n} line(s) that are not records (not the store's log, which is "
-                      f"{marks.log_path(disk.root).name}: a rebuild reads its records and skips the rest; remove it)"
-                      for p, n in got.foreign.items()]
-        if rec.state != DiskState.FAILED and (blocker := _in_the_way(marks.log_path(disk.root))):
-            rep.add("marks log", f"disk {rec.label}: {blocker} where its marks log goes: remove it, then {fix}")
+        steps += [("note", f"disk {rec.label}: {p} (not a marks log: skipped by a rebuild; remove it)") for p in planted]
+        steps += [("note", f"disk {rec.label}: {p}: {n} line(s) that are not records (not the store's log, which is "
+                           f"{marks.log_path(disk.root).name}: a rebuild reads its records and skips the rest; "
+                           "remove it)") for p, n in got.foreign.items()]
+        if blocker:
+            steps.append(("add", f"disk {rec.label}: {blocker} where its marks log goes: remove it, then {fix}"))
             continue  # (the comparisons below would only repeat it)
         # (a failed disk's log is read by a rebuild but rewritten by nothing: a note, its disk is the problem)
-        name = rep.notes.append if rec.state == DiskState.FAILED else (lambda text: rep.add("marks log", text))
+        name = "note" if rec.state == DiskState.FAILED else "add"
         if got.damaged:
             where = ", ".join(map(str, got.damaged_lines)) + (" …" if got.damaged > len(got.damaged_lines) else "")
-            name(f"disk {rec.label}: {got.damaged} damaged line(s) in its marks log (line {where}: a check that "
-                 f"does not hold — bit rot; a rebuild does not obey them): {fix}")
+            steps.append((name, f"disk {rec.label}: {got.damaged} damaged line(s) in its marks log (line {where}: a "
+                                f"check that does not hold — bit rot; a rebuild does not obey them): {fix}"))
         ahead = _ahead(store, got)  # the index's stamp now: a put that committed meanwhile is no record ahead
         if ahead:
-            name(f"disk {rec.label}: its marks log holds {ahead} record(s) stamped after anything the index gave out "
-                 f"(a record whose transaction never committed, or damage): {fix}")
+            steps.append((name, f"disk {rec.label}: its marks log holds {ahead} record(s) stamped after anything "
+                                "the index gave out (a record whose transaction never committed, or damage): "
+                                f"{fix}"))
         if got.other or got.broken_resets:
-            rep.notes.append(f"disk {rec.label}: {got.other + got.broken_resets} line(s) of its marks log are not "
-                             "records (skipped by a rebuild; a torn line is a crash or a failed append)")
-        own = got.upto(cutoff)
+            steps.append(("note", f"disk {rec.label}: {got.other + got.broken_resets} line(s) of its marks log are "
+                                  "not records (skipped by a rebuild; a torn line is a crash or a failed append)"))
         moved |= bool(got.resets) and max(got.resets) > cutoff
-        logs.append(own)
+        logs[src] = got.upto(cutoff)
         if rec.state == DiskState.ACTIVE and at.get(uuid, -1) < last:
-            rep.add("marks log", f"disk {rec.label}: its marks log misses records the index holds (a failed append, "
-                                 f"or it was out of service): the next writer rewrites it, or {fix}")
+            steps.append(("add", f"disk {rec.label}: its marks log misses records the index holds (a failed append, "
+                                 f"or it was out of service): the next writer rewrites it, or {fix}"))
         elif rec.state == DiskState.ACTIVE:
-            alone = marks.replay(own.records | {(t, marks.RESET, "0" * 64) for t in own.resets})
-            off = sum(len(held[t] ^ {sha for sha in alone[t] if known(sha)}) for t in marks.TABLES)
-            if off:
-                rep.add("marks log", f"disk {rec.label}: its marks log alone replays {off} mark(s) differently from "
-                                     f"the index (damaged, cut, or a record that never committed): {fix}")
-    agreed, disputed = marks.agree(logs)
-    replayed = marks.replay(agreed)
+            steps.append(("alone", (src, rec.label)))
+    disputes = marks.Disputes(keep=0)
+    alone = [src for kind, arg in steps if kind == "alone" for src in (arg[0],)]
+    off = dict.fromkeys(alone, 0)
+    # per table: (the index's marks the logs do not replay, the logs' the index lacks): first SHOW, how many
+    lost: dict[str, tuple[list[bytes], list[bytes]]] = {t: ([], []) for t in marks.TABLES}
+    counts: dict[str, list[int]] = {t: [0, 0] for t in marks.TABLES}
     unknown = 0
+    for sha, final, held, own in marks.settle(logs, spill, alone, disputes):
+        if not (any(final) or any(held) or any(any(m) for m in own.values())):
+            continue
+        if not known(sha):
+            unknown += sum(final)  # (an object the index does not know: its marks are not judged)
+            continue
+        for i, m in own.items():
+            off[i] += sum(h != a for h, a in zip(held, m))
+        for t, h, logged in zip(marks.TABLES, held, final):
+            if h != logged:
+                which = 0 if h else 1
+                counts[t][which] += 1
+                if len(lost[t][which]) < SHOW:
+                    lost[t][which].append(sha)
+    for kind, arg in steps:
+        if kind == "note":
+            rep.notes.append(arg)
+        elif kind == "add":
+            rep.add("marks log", arg)
+        elif off[arg[0]]:
+            rep.add("marks log", f"disk {arg[1]}: its marks log alone replays {off[arg[0]]} mark(s) differently from "
+                                 f"the index (damaged, cut, or a record that never committed): {fix}")
     for table in marks.TABLES:
-        logged = set(replayed[table])
-        unknown += len({sha for sha in logged if not known(sha)})
-        logged = {sha for sha in logged if known(sha)}
-        for sha in sorted(held[table] - logged):
-            rep.add("marks log", f"{table} mark of {sha.hex()} is in the index, but the disks' marks logs do not "
-                                 f"replay it (an index rebuild would lose it): {fix}")
-        for sha in sorted(logged - held[table]):
-            rep.add("marks log", f"the disks' marks logs replay a {table} mark of {sha.hex()} that the index does "
-                                 f"not hold (an index rebuild would set it): {fix}")
-    if disputed:
-        rep.notes.append(f"the marks logs hold {len(disputed)} record(s) that free an object on one disk alone, "
+        for which, text in ((0, "{table} mark of {sha} is in the index, but the disks' marks logs do not replay it "
+                                "(an index rebuild would lose it): {fix}"),
+                            (1, "the disks' marks logs replay a {table} mark of {sha} that the index does not hold "
+                                "(an index rebuild would set it): {fix}")):
+            for sha in lost[table][which]:
+                rep.add("marks log", text.format(table=table, sha=sha.hex(), fix=fix))
+            rep.add_many("marks log", counts[table][which] - len(lost[table][which]))
+    if disputes.count:
+        rep.notes.append(f"the marks logs hold {disputes.count} record(s) that free an object on one disk alone, "
                          "which another disk lacks (a rebuild does not obey them)")
     if unknown:  # kept in the logs (snapshots carry them): disks absent at the last rebuild hold them
         rep.notes.append(f"the marks logs hold {unknown} mark(s) of objects the index does not know (on disks that "
@@ -285,14 +332,16 @@ def _in_the_way(path) -> str:
     return ""
 
 
-def _index_marks(store: Store) -> tuple[dict[str, set[bytes]], int]:
-    """The index's marks and its last stamp, in one read transaction."""
+def _index_marks(store: Store, spill: Spill) -> int:
+    """Spill the index's marks (marks.hold) and return its last stamp, in one read transaction."""
     idx = store.index
     with idx.env.begin() as txn:
-        held = {t: {bytes(k) for k, _ in txn.cursor(db=getattr(idx, t))} if getattr(idx, t) is not None else set()
-                for t in marks.TABLES}
+        for t in marks.TABLES:
+            if getattr(idx, t) is not None:
+                for k in txn.cursor(db=getattr(idx, t)).iternext(values=False):
+                    marks.hold(spill, t, bytes(k))
         raw = txn.get(MARKS_NS, db=idx.meta) if idx.meta is not None else None
-    return held, int(raw) if raw else (1 << 63)
+    return int(raw) if raw else (1 << 63)
 
 
 def _ahead(store: Store, got: marks.DiskLog) -> int:

@@ -28,7 +28,7 @@ from __future__ import annotations
 import re
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -62,10 +62,20 @@ class CheckReport(integrity.Findings):
     seconds: float = 0.0
 
 
-def check(store: Store, missing_in_db: Callable[[set[bytes]], tuple[list[bytes], int]] | None = None,
-          wait_s: float = 60.0) -> CheckReport:
+#: what `check` asks the database: given a function that lists the store's objects (sha256s in
+#: byte order), the physical nodes the store lacks and how many store objects are no node
+MissingInDb = Callable[[Callable[[], Iterator[bytes]]], tuple[list[bytes], int]]
+
+
+def check(store: Store, missing_in_db: MissingInDb | None = None, wait_s: float = 60.0) -> CheckReport:
     """Reconcile index ↔ disks (↔ database: `missing_in_db(store_objects)` returns the physical
     nodes the store lacks and how many store objects the database does not know).
+
+    Memory does not grow with the store (issue 37: sets of every object took 1.5 KB per
+    object): whether an object is stored is asked of the index (objects are only ever added
+    while the maintenance lock is held — gc, the one that drops them, takes it too), the
+    footers are compared shard by shard, the database's nodes are merged with the index in
+    order.
 
     Holds the maintenance lock (waiting up to `wait_s` for a gc, replicate, rebuild or verify
     --repair to finish, else refusing with its holder named): gc moves shards to `retired`,
@@ -84,7 +94,7 @@ class _Moment:
     shards: dict[bytes, ShardMeta]
     retired: list[ShardMeta]
     used: dict[str, int]  # disk uuid → used_bytes
-    objects: set[bytes]
+    objects: int  # how many
     pointing: Counter[bytes]
     named: list[tuple[str, str, dict]]
 
@@ -98,10 +108,10 @@ def _read_moment(store: Store, rep: CheckReport) -> _Moment:
         named = [(kind, name, info) for kind, db in (("batch", idx.batches), ("view", idx.views))
                  for name, info in integrity.decoded(rep, txn.cursor(db=db), integrity.named_decoder(kind))]
         pointing: Counter[bytes] = Counter()
-        objects: set[bytes] = set()
+        objects = 0
         for k, v in txn.cursor(db=idx.objects):  # 1
             sha = bytes(k)
-            objects.add(sha)  # a malformed entry still names an object: its marks are not stale
+            objects += 1  # (a malformed entry still names an object: its marks are not stale)
             if len(sha) != 32:  # no sha256: no read finds it, and it counts against its shard's records
                 rep.add("malformed", IndexDamaged(f"the index has an object key of {len(sha)} bytes ({sha.hex()}), "
                                                   "a sha256 has 32").finding)
@@ -125,8 +135,8 @@ def _read_moment(store: Store, rep: CheckReport) -> _Moment:
                               ("extension", idx.exts, _GC)):
             if db is None:  # a table an old index opened read-only does not have yet
                 continue
-            for k, _ in txn.cursor(db=db):
-                if bytes(k) not in objects:
+            for k in txn.cursor(db=db).iternext(values=False):
+                if txn.get(k, db=idx.objects) is None:
                     rep.add("stale mark", f"{name} entry for {bytes(k).hex()}, which is not in the store: {fix}")
     return _Moment(shards, retired, used, objects, pointing, named)
 
@@ -147,13 +157,14 @@ def _replica_size(store: Store, disk, meta: ShardMeta, uuid: str) -> int | None:
         return disk.size(meta.hex)
 
 
-def _check(store: Store, missing_in_db: Callable[[set[bytes]], tuple[list[bytes], int]] | None) -> CheckReport:
+def _check(store: Store, missing_in_db: MissingInDb | None) -> CheckReport:
     rep = CheckReport()
     t0 = time.monotonic()
     m0 = _read_moment(store, rep)
-    shards, objects, pointing = m0.shards, m0.objects, m0.pointing
+    shards, pointing = m0.shards, m0.pointing
+    stored = integrity.in_index(store)
     expect_used: Counter[str] = Counter()
-    footer_shas: set[bytes] = set()
+    unindexed: set[bytes] = set()  # (named once, when two footers list it)
     for meta in shards.values():  # 2, 3
         if len(set(meta.replicas)) != len(meta.replicas):
             rep.add("replicas", f"shard {meta.hex} lists a disk twice: {meta.replicas}: {REBUILD}")
@@ -188,7 +199,11 @@ def _check(store: Store, missing_in_db: Callable[[set[bytes]], tuple[list[bytes]
             rep.add("footer", f"shard {meta.hex}: its body runs {footer_at - body_end} bytes past the last record its "
                               "footer lists (a record no footer names: a sealing cut short by Ctrl-C); "
                               "`hoard verify --repair` reseals it")
-        footer_shas.update(r.sha256 for r in recs)
+        for r in recs:
+            if r.sha256 not in unindexed and not stored(r.sha256):
+                unindexed.add(r.sha256)
+                rep.add("unindexed", f"object {r.sha256.hex()} is in a shard footer but not in the index: "
+                                     "`hoard index rebuild` indexes it")
         if len(recs) != meta.records or pointing[meta.shard_id] > len(recs):
             rep.add("record count", f"shard {meta.hex}: footer lists {len(recs)} records, the index says "
                                     f"{meta.records} and maps {pointing[meta.shard_id]} objects there: `hoard verify` "
@@ -198,9 +213,6 @@ def _check(store: Store, missing_in_db: Callable[[set[bytes]], tuple[list[bytes]
             expect_used[uuid] += m.size
         rep.notes.append(f"shard {m.hex} is retired by gc, {len(m.replicas)} replica files left to delete "
                          "(the next `hoard gc` does it)")
-    for sha in footer_shas - objects:
-        rep.add("unindexed", f"object {sha.hex()} is in a shard footer but not in the index: "
-                             "`hoard index rebuild` indexes it")
     named_then = {(m.hex, u) for m in (*shards.values(), *m0.retired) for u in m.replicas}
     for uuid, rec in store.records.items():  # 4
         if uuid not in store.disks or rec.state == DiskState.MISSING:
@@ -214,9 +226,9 @@ def _check(store: Store, missing_in_db: Callable[[set[bytes]], tuple[list[bytes]
             if unnamed:
                 rep.notes.append(f"disk {rec.label}: {unnamed} bytes of shard files no index entry names "
                                  "(orphans); `hoard verify --orphans` sets them aside")
-    integrity.judge(store, objects.__contains__, into=rep)  # 8, 9: as verify and health judge them
+    integrity.judge(store, stored, into=rep)  # 8, 9: as verify and health judge them
     for kind, name, info in m0.named:  # 6
-        if bytes.fromhex(info["manifest"]) not in objects:
+        if not stored(bytes.fromhex(info["manifest"])):
             rep.add("manifest", f"{kind} {name}: its manifest {info['manifest']} is not in the store")
             continue
         try:
@@ -225,7 +237,7 @@ def _check(store: Store, missing_in_db: Callable[[set[bytes]], tuple[list[bytes]
             # (a directory object or page of a view-2 manifest that is lost fails this read)
             for path, sha, _size in iter_files(store.get, info["manifest"]):
                 files += 1
-                if sha not in objects:
+                if not stored(sha):
                     lost += 1
                     example = example or f"{path} {sha.hex()}"
         except Exception as e:  # noqa: BLE001 - a damaged manifest is a finding, not a crash
@@ -237,7 +249,7 @@ def _check(store: Store, missing_in_db: Callable[[set[bytes]], tuple[list[bytes]
     if below:
         rep.notes.append(f"{below} shards are below their replica target; `hoard replicate`")
     if missing_in_db is not None:  # 7
-        lacking, unknown = missing_in_db(objects)
+        lacking, unknown = missing_in_db(lambda: _object_keys(store))
         for sha in lacking:
             rep.add("database", f"the database has physical node {sha.hex()}, the store does not: its bytes are "
                                 "lost unless a 3B package holds them")
@@ -245,10 +257,18 @@ def _check(store: Store, missing_in_db: Callable[[set[bytes]], tuple[list[bytes]
             rep.notes.append(f"{unknown} stored objects are not nodes in the database (manifests, dumps, files "
                              "stored with `hoard put`)")
     per_disk = {store.records[u].label: n for u, n in expect_used.items() if u in store.records}
-    rep.totals = {"objects": len(objects), "shards": len(shards), "sealed": sum(m.sealed for m in shards.values()),
+    rep.totals = {"objects": m0.objects, "shards": len(shards), "sealed": sum(m.sealed for m in shards.values()),
                   "replicas": sum(len(m.replicas) for m in shards.values()), "bytes_per_disk": per_disk}
     rep.seconds = time.monotonic() - t0
     return rep
+
+
+def _object_keys(store: Store) -> Iterator[bytes]:
+    """Every object's sha256 in the index, in byte order."""
+    idx = store.index
+    with idx.env.begin(db=idx.objects) as txn:
+        for k in txn.cursor().iternext(values=False):
+            yield bytes(k)
 
 
 def _unnamed_bytes(store: Store, uuid: str, named_then: set[tuple[str, str]]) -> int:

@@ -19,7 +19,7 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Container, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,6 +43,7 @@ from fsd.core.disks import (
 )
 from fsd.core.index import Index, ObjectLoc, ShardMeta
 from fsd.core.layout import BATCHES_DIR, FORGOTTEN, MARKS_DIR, VIEWS_DIR, check_ssd, lock_root
+from fsd.core.spill import Spill
 
 log = logging.getLogger(__name__)
 
@@ -203,102 +204,185 @@ def _rebuild_index(cfg: Settings, ssd_uuid: str, progress: Callable[[int, int], 
     disks = _disks_to_read(cfg, without, rep)
     target = cfg.index_dir
     work = target.with_name(target.name + ".rebuild")
+    spills = target.with_name(target.name + ".spill")  # sorted runs of objects and marks (a crash leaves them)
     shutil.rmtree(work, ignore_errors=True)
+    shutil.rmtree(spills, ignore_errors=True)
     try:
-        _build(cfg, disks, work, ssd_uuid, target, rep, progress, backup)
+        _build(cfg, disks, work, ssd_uuid, target, rep, progress, backup, spills)
         _still_there(disks)
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise
+    finally:
+        shutil.rmtree(spills, ignore_errors=True)
     _set_aside(target)
     os.rename(work, target)
     rep.seconds = time.monotonic() - t0
     return rep
 
 
+#: objects written to the new index per transaction (the objects come sorted from a spill)
+CHUNK = 50_000
+#: a spilled object: sha256 (32) ‖ shard's number in reading order (4) ‖ record's number in
+#: the shard (4) ‖ the `objects` value (29): sorted, an object's first copy read comes first
+_ENTRY = 32 + 4 + 4 + 29
+
+
 def _build(cfg: Settings, disks: list[tuple[Any, dict]], work: Path, ssd_uuid: str, target: Path,
-           rep: IndexRebuildReport, progress: Callable[[int, int], None] | None, backup: Path | None) -> None:
-    """The new index at `work`, from `disks`."""
+           rep: IndexRebuildReport, progress: Callable[[int, int], None] | None, backup: Path | None,
+           spills: Path) -> None:
+    """The new index at `work`, from `disks`. Memory does not grow with the store (issue 37: a
+    dict of every object and every replica's record list took 1.5 KB per object): a shard's
+    copies are read together and its objects spilled to disk (fsd.core.spill), sorted there,
+    then written in order; the marks logs are spilled and replayed object by object
+    (marks.settle)."""
     index = Index(work)
     index.set_meta("ssd_uuid", ssd_uuid)
-    copies: dict[bytes, list[_Copy]] = {}  # shard id → its replica files, in the order they were read
     shards: dict[bytes, ShardMeta] = {}
-    objects: dict[bytes, ObjectLoc] = {}
     found_pointers: dict[str, dict] = {}  # rel path → the newest pointer of that name
     files = {dc.label: _shard_files(dc) for dc, _ in disks}
     total = sum(size_or_zero(p) for fs in files.values() for p in fs)
     done = 0
-    logs: list[marks.DiskLog] = []  # each disk's marks log: replayed as the disks agree (marks.agree)
+    logs: list[marks.DiskLog] = []  # each disk's marks log: replayed as the disks agree (marks.settle)
     kept_states = _old_disk_states(backup or target)
     found_disks: list[DiskRecord] = []
-    try:
-        for dc, ident in disks:
-            uuid = ident["uuid"]
-            for path in files[dc.label]:
-                if progress:
-                    done += size_or_zero(path)
-                    progress(done, total)
+    # every replica file of a shard, the shards in the order their first file is listed
+    by_name: dict[str, list[tuple[Any, str, Path]]] = {}
+    for dc, ident in disks:
+        for path in files[dc.label]:
+            by_name.setdefault(shard_of(path)[0], []).append((dc, ident["uuid"], path))
+    with Spill(spills, _ENTRY, prefix="objects-") as objs, Spill(spills, marks.SPILLED, prefix="marks-") as marked:
+        try:
+            for number, listed in enumerate(by_name.values()):
+                found: list[_Copy] = []
+                for dc, uuid, path in listed:
+                    if progress:
+                        done += size_or_zero(path)
+                        progress(done, total)
+                    copy = _read_copy(dc, uuid, path, rep)
+                    if copy is not None:
+                        found.append(copy)
+                if not found:
+                    continue
+                meta, records = _resolve(found, rep)
+                shards[meta.shard_id] = meta
+                head = number.to_bytes(4, "big")
+                for i, r in enumerate(records):
+                    objs.add(r.sha256 + head + i.to_bytes(4, "big") + ObjectLoc(meta.shard_id, r.offset, r.length).pack())
+                del found, records
+            for i, (dc, ident) in enumerate(disks):
+                uuid = ident["uuid"]
+                _read_pointers(dc, found_pointers, rep)
+                logs.append(_read_marks(dc, rep, marked, i))
+                # a failed or draining disk stays so (a user's or rebuild's decision, as Store.open keeps it)
+                state, reason = kept_states.get(uuid, (DiskState.ACTIVE, ""))
+                found_disks.append(DiskRecord(uuid, dc.label, str(dc.path), state, ident.get("created", ""),
+                                              reason=reason))
+                rep.disks += 1
+            for meta in shards.values():
+                index.put_shard(meta)
+            # a disk's used bytes as `hoard check` counts them: the recorded size of each sealed
+            # shard it holds (a replica file's own size may differ: a longer copy, an open shard)
+            for rec in found_disks:
+                rec.used_bytes = sum(m.size for m in shards.values() if m.sealed and rec.uuid in m.replicas)
+                index.put_disk(rec)
+            rep.objects = _put_objects(index, objs)
+            in_index = _InIndex(index)
+            rep.batches = _name_pointers(index, found_pointers, in_index, rep, backup)
+            disputes = marks.Disputes()
+            _put_marks(index, marks.settle(logs, marked, disputes=disputes), rep)
+            for (stamp, op, sha), label in disputes.first:
+                rep.damaged.append(f"marks log on {label}: `{op}` of {sha} (stamp {stamp}) is on that disk alone, "
+                                   "and another disk that took records then lacks it: not obeyed (the object is kept)")
+            if disputes.count > len(disputes.first):
+                rep.damaged.append(f"marks logs: {disputes.count - len(disputes.first)} more such records not obeyed")
+            # the disks whose log holds the newest record are current; the others get a snapshot
+            # when a writer next opens the store (Store.catch_up_marks)
+            last = max([lg.end for lg in logs] + [max(lg.resets) for lg in logs if lg.resets] + [0])
+            index.set_marks_stamp(last)
+            if backup is not None:
                 try:
-                    meta, records, damage = _read_shard(path)
-                except FileNotFoundError:  # listed a moment ago, the store idle: the disk is not what it was
-                    if os.path.islink(path):  # (unless it is a symbolic link to nothing: planted)
-                        rep.damaged.append(f"replica {path}: a symbolic link to nothing ({os.readlink(path)})")
-                        continue
-                    raise _went_away(dc, f"{path} was listed, then not found") from None
-                except OSError as e:
-                    if e.errno not in PLANTED:  # its objects may be on no other disk: not damage to skip
-                        raise _went_away(dc, f"reading {path}: {e.strerror or e}") from None
-                    rep.damaged.append(f"replica {path}: {e}")
-                    continue
-                except fmt.ShardFormatError as e:
-                    rep.damaged.append(f"replica {path}: {e}")
-                    continue
-                copies.setdefault(meta.shard_id, []).append(_Copy(uuid, path, meta, records, damage))
-            _read_pointers(dc, found_pointers, rep)
-            logs.append(_read_marks(dc, rep))
-            # a failed or draining disk stays so (a user's or rebuild's decision, as Store.open keeps it)
-            state, reason = kept_states.get(uuid, (DiskState.ACTIVE, ""))
-            found_disks.append(DiskRecord(uuid, dc.label, str(dc.path), state, ident.get("created", ""), reason=reason))
-            rep.disks += 1
-        for sid, found in copies.items():
-            meta, records = _resolve(found, rep)
-            shards[sid] = meta
-            for r in records:
-                objects.setdefault(r.sha256, ObjectLoc(sid, r.offset, r.length))
-        for meta in shards.values():
-            index.put_shard(meta)
-        # a disk's used bytes as `hoard check` counts them: the recorded size of each sealed
-        # shard it holds (a replica file's own size may differ: a longer copy, an open shard)
-        for rec in found_disks:
-            rec.used_bytes = sum(m.size for m in shards.values() if m.sealed and rec.uuid in m.replicas)
-            index.put_disk(rec)
-        items = sorted(objects.items())
-        for i in range(0, len(items), 50_000):
-            index.add_objects(items[i:i + 50_000])
-        rep.batches = _name_pointers(index, found_pointers, set(objects), rep, backup)
-        found_marks, disputed = marks.agree(logs)
-        for (stamp, op, sha), label in disputed[:20]:
-            rep.damaged.append(f"marks log on {label}: `{op}` of {sha} (stamp {stamp}) is on that disk alone, and "
-                               "another disk that took records then lacks it: not obeyed (the object is kept)")
-        if len(disputed) > 20:
-            rep.damaged.append(f"marks logs: {len(disputed) - 20} more such records not obeyed")
-        final = marks.replay(found_marks)
-        for table in marks.TABLES:
-            setattr(rep, table, index.mark(getattr(index, table), final[table],
-                                           "restored from marks/ by an index rebuild"))
-        # the disks whose log holds the newest record are current; the others get a snapshot
-        # when a writer next opens the store (Store.catch_up_marks)
-        last = max([lg.end for lg in logs] + [max(lg.resets) for lg in logs if lg.resets] + [0])
-        index.set_marks_stamp(last)
-        if backup is not None:
-            try:
-                _merge_backup(index, backup, objects.keys(), shards.keys())
-            except lmdb.Error as e:  # a copy damaged inside: the disks' part stands on its own
-                rep.damaged.append(f"index copy: {e}; the index is rebuilt without its disk states and events")
-        rep.shards, rep.objects = len(shards), len(objects)
-    finally:
-        index.close()
+                    _merge_backup(index, backup, shards.keys())
+                except lmdb.Error as e:  # a copy damaged inside: the disks' part stands on its own
+                    rep.damaged.append(f"index copy: {e}; the index is rebuilt without its disk states and events")
+            rep.shards = len(shards)
+        finally:
+            index.close()
 
+
+def _read_copy(dc: Any, uuid: str, path: Path, rep: IndexRebuildReport) -> _Copy | None:
+    """One replica file as read, or None when it is damage to report (planted, or not a shard)."""
+    try:
+        meta, records, damage = _read_shard(path)
+    except FileNotFoundError:  # listed a moment ago, the store idle: the disk is not what it was
+        if os.path.islink(path):  # (unless it is a symbolic link to nothing: planted)
+            rep.damaged.append(f"replica {path}: a symbolic link to nothing ({os.readlink(path)})")
+            return None
+        raise _went_away(dc, f"{path} was listed, then not found") from None
+    except OSError as e:
+        if e.errno not in PLANTED:  # its objects may be on no other disk: not damage to skip
+            raise _went_away(dc, f"reading {path}: {e.strerror or e}") from None
+        rep.damaged.append(f"replica {path}: {e}")
+        return None
+    except fmt.ShardFormatError as e:
+        rep.damaged.append(f"replica {path}: {e}")
+        return None
+    return _Copy(uuid, path, meta, records, damage)
+
+
+def _put_objects(index: Index, objs: Spill) -> int:
+    """Write the spilled objects to the index in sha256 order, each object's first copy read
+    (of the first shard listed, its first record there); returns how many."""
+    n = 0
+    last = b""
+    batch: list[tuple[bytes, ObjectLoc]] = []
+    for e in objs.sorted():
+        sha = e[:32]
+        if sha == last:
+            continue
+        last = sha
+        batch.append((sha, ObjectLoc.unpack(e[40:], sha)))
+        if len(batch) >= CHUNK:
+            index.add_objects(batch)
+            n += len(batch)
+            batch = []
+    if batch:
+        index.add_objects(batch)
+        n += len(batch)
+    return n
+
+
+def _put_marks(index: Index, settled: Iterable[tuple[bytes, marks.Marks, marks.Marks, dict]],
+               rep: IndexRebuildReport) -> None:
+    """Set the replayed marks on the objects the new index holds, table by table in chunks."""
+    pending: dict[str, list[bytes]] = {t: [] for t in marks.TABLES}
+    for t in marks.TABLES:
+        setattr(rep, t, 0)
+
+    def flush(table: str) -> None:
+        setattr(rep, table, getattr(rep, table) + index.mark(getattr(index, table), pending[table],
+                                                             "restored from marks/ by an index rebuild"))
+        pending[table] = []
+    for sha, final, _held, _alone in settled:
+        for t, on in zip(marks.TABLES, final):
+            if on:
+                pending[t].append(sha)
+                if len(pending[t]) >= CHUNK:
+                    flush(t)
+    for t in marks.TABLES:
+        if pending[t]:
+            flush(t)
+
+
+class _InIndex:
+    """`sha in _InIndex(index)`: whether the index holds the object (a lookup, not a set of them all)."""
+
+    def __init__(self, index: Index) -> None:
+        self.index = index
+
+    def __contains__(self, sha: object) -> bool:
+        with self.index.env.begin(db=self.index.objects) as txn:
+            return isinstance(sha, bytes) and txn.get(sha) is not None
 
 
 @dataclass
@@ -421,7 +505,7 @@ def _copy_pointers(backup: Path) -> dict[str, dict]:
         old.close()
 
 
-def _name_pointers(index: Index, found: dict[str, dict], objects: set[bytes], rep: IndexRebuildReport,
+def _name_pointers(index: Index, found: dict[str, dict], objects: Container[bytes], rep: IndexRebuildReport,
                    backup: Path | None) -> int:
     """Register the batches and views whose newest pointer — of the disks' and, restoring, the
     index copy's — names a manifest the disks hold; the newest pointers (removal records too)
@@ -450,7 +534,7 @@ def _name_pointers(index: Index, found: dict[str, dict], objects: set[bytes], re
     return batches
 
 
-def _read_marks(dc: Any, rep: IndexRebuildReport) -> marks.DiskLog:
+def _read_marks(dc: Any, rep: IndexRebuildReport, spill: Spill | None = None, src: int = 0) -> marks.DiskLog:
     """The disk's marks logs. A log that does not read (EIO) stops the rebuild as a folder
     that does not list does: taken as damage, the rebuild replayed the other disks' logs
     alone — which lack what was marked while they were unplugged — and swapped in an index
@@ -460,7 +544,7 @@ def _read_marks(dc: Any, rep: IndexRebuildReport) -> marks.DiskLog:
     folder = dc.path / MARKS_DIR
     planted: list[str] = []
     try:
-        got = marks.read_log(folder, planted, dc.label)
+        got = marks.read_log(folder, planted, dc.label, spill, src)
     except OSError as e:
         raise _went_away(dc, f"reading {e.filename or MARKS_DIR + '/'}: {e.strerror or e}") from None
     rep.damaged += [f"marks log {p}" for p in planted]
@@ -615,17 +699,25 @@ def _restore_index(cfg: Settings, ssd_uuid: str, progress: Callable[[int, int], 
                      "from the shards alone", ExitCode.DATA)
 
 
-def _merge_backup(index: Index, backup: Path, objects: Iterable[bytes], shards: Iterable[bytes]) -> None:
-    """Copy into the rebuilt `index` what only an index copy knows, for objects and shards
-    that still exist."""
-    objects, shards = set(objects), set(shards)
+def _merge_backup(index: Index, backup: Path, shards: Container[bytes]) -> None:
+    """Copy into the rebuilt `index` what only an index copy knows, for objects (the rebuilt
+    index holds them) and shards that still exist — in transactions of CHUNK entries (every
+    object has an extension: one transaction held them all in memory)."""
     old = Index(backup, readonly=True)
     try:
-        with old.env.begin() as src, index.env.begin(write=True) as dst:
-            for name, keep in (("exts", objects), ("chunks", objects), ("events", None), ("repairs", shards)):
-                for k, v in src.cursor(db=getattr(old, name)):
-                    key = bytes(k)
-                    if keep is None or (key[:12] if name == "repairs" else key) in keep:
-                        dst.put(key, bytes(v), db=getattr(index, name))
+        with old.env.begin() as src:
+            for name in ("exts", "chunks", "events", "repairs"):
+                cur = src.cursor(db=getattr(old, name))
+                more = cur.first()
+                while more:
+                    with index.env.begin(write=True) as dst:
+                        n = 0
+                        while more and n < CHUNK:
+                            key = bytes(cur.key())
+                            if (name == "events" or (key[:12] in shards if name == "repairs"
+                                                     else dst.get(key, db=index.objects) is not None)):
+                                dst.put(key, bytes(cur.value()), db=getattr(index, name))
+                            n += 1
+                            more = cur.next()
     finally:
         old.close()
