@@ -394,12 +394,11 @@ def children_of(cfg: config.Settings, rid: str) -> list[str]:
             [f"action:{rid}/%"]))
 
 
-def test_stage_layout_include_parents_and_children(hoard_home: Path, pg, redis_conn) -> None:
-    """stage_layout.include_parents / include_children stage each input's parents and children
-    (one edge away) into `<layout>/parents/` and `<layout>/children/`, which the worker finds at
-    {parents_root} and {children_root}: a first run makes a child of each PNG; a second, over the
-    PNGs and those children together, is given the PNGs as parents and the children as children."""
-    cfg, batch = action_home(hoard_home, pg, redis_conn, seed=93, items=4)
+def thumbs_then_context(cfg: config.Settings, batch: str, file_types: list[str], *,
+                        children: bool = True) -> tuple[list[str], list[str]]:
+    """A first run (`thumbs`) makes a child of each PNG of `batch`; then the contract `context`
+    (CONTEXT_WORKER) over the nodes of `file_types`, staging their parents (and `children`: their
+    children). The PNGs and the thumbs, by sha256."""
     worker_contract(cfg, batch)
     first = hoard(cfg.source, "action", "run", "thumbs", "--here", "--json")
     assert first.returncode == 0, first.stdout + first.stderr
@@ -407,21 +406,58 @@ def test_stage_layout_include_parents_and_children(hoard_home: Path, pg, redis_c
     assert pngs and len(thumbs) == len(pngs)
     script = cfg.actions_dir / "context-worker.py"
     script.write_text(CONTEXT_WORKER)
+    below = "{children_root}" if children else "{parents_root}"
     body = ACTION_CONTRACT.format(type="AC2", batch=batch, gate="", run_spec=(
         f'kind = "local"\ncommand = [{json.dumps(sys.executable)}, {json.dumps(str(script))}, "{{input_root}}", '
-        '"{output_root}", "{parents_root}", "{children_root}"]'
+        f'"{{output_root}}", "{{parents_root}}", "{below}"]'
         + ('\nrun_as = "root"\nallow_root = true' if os.geteuid() == 0 else '')))
-    body = body.replace(f'batches = ["{batch}"]\nfile_types = ["png"]', 'file_types = ["png", "txt"]')
-    body = body.replace('layout = "by_sha256"', 'layout = "by_sha256"\ninclude_parents = true\ninclude_children = true')
+    body = body.replace(f'batches = ["{batch}"]\nfile_types = ["png"]', f"file_types = {json.dumps(file_types)}")
+    body = body.replace('layout = "by_sha256"', 'layout = "by_sha256"\ninclude_parents = true'
+                        + ("\ninclude_children = true" if children else ""))
     write_contract(cfg, "context", body.split("[[output_parser.results]]")[0])
+    return pngs, thumbs
+
+
+def given_context(cfg: config.Settings, rid: str) -> list[dict]:
+    """What CONTEXT_WORKER saw of each input of run `rid` (its children's content)."""
+    with Store.open(cfg, writable=False) as store:
+        return [json.loads(store.get(sha)) for sha in children_of(cfg, rid)]
+
+
+def test_stage_layout_include_parents_and_children(hoard_home: Path, pg, redis_conn) -> None:
+    """stage_layout.include_parents / include_children stage each input's parents and children
+    (one edge away) into `<layout>/parents/` and `<layout>/children/`, which the worker finds at
+    {parents_root} and {children_root}: a first run makes a child of each PNG; a second, over the
+    PNGs and those children together, is given the PNGs as parents and the children as children."""
+    cfg, batch = action_home(hoard_home, pg, redis_conn, seed=93, items=4)
+    pngs, thumbs = thumbs_then_context(cfg, batch, ["png", "txt"])
     res = hoard(cfg.source, "action", "run", "context", "--here", "--json")
     assert res.returncode == 0, res.stdout + res.stderr
-    with Store.open(cfg, writable=False) as store:
-        given = [json.loads(store.get(sha)) for sha in children_of(cfg, json.loads(res.stdout)["run"])]
+    given = given_context(cfg, json.loads(res.stdout)["run"])
     assert sorted(g["input"] for g in given) == sorted(pngs + thumbs)
     for g in given:  # every PNG is a parent (of its thumb), every thumb a child (of its PNG), and no thumb a parent
         parents, children = ({n.split(".")[0] for n in g[k]} for k in ("parents", "children"))
         assert parents >= set(pngs) and children >= set(thumbs) and not parents & set(thumbs)
+
+
+def test_context_is_fixed_by_the_plan_a_kill_after_it_does_not_change(hoard_home: Path, pg, redis_conn) -> None:
+    """kill -9 of the runner right after plan recorded the stage request (its state not yet
+    saved), then a parent is deleted: the resumed run stages the parents the plan chose (less
+    the deleted one) and is done — before, plan ran again, chose other parents, and the stage
+    request it submitted under the run's id was refused as another request ('ids are
+    immutable'): the run could not go on."""
+    cfg, batch = action_home(hoard_home, pg, redis_conn, seed=95, items=4)
+    pngs, thumbs = thumbs_then_context(cfg, batch, ["txt"], children=False)
+    kill_at(cfg, "plan", "context")
+    (rid,) = [r["run"] for r in api.runs(cfg) if r["action"] == "context"]
+    gone = hoard(cfg.source, "delete", "--node", pngs[0])
+    assert gone.returncode == 0, gone.stderr
+    res = hoard(cfg.source, "action", "resume", rid, "--here", "--json")
+    assert res.returncode == 0, res.stdout + res.stderr
+    given = given_context(cfg, rid)
+    assert sorted(g["input"] for g in given) == sorted(thumbs)
+    for g in given:
+        assert {n.split(".")[0] for n in g["parents"]} == set(pngs[1:])
 
 
 def test_a_context_root_without_its_stage_key_is_refused(hoard_home: Path, pg, redis_conn) -> None:

@@ -120,14 +120,18 @@ def _step_plan(cfg: Settings, st: RunState) -> None:
         st.report.update(labels_planned=len(labels), black_list_planned=len(black))
         return
     s = c.stage_layout
-    if s is not None and (s.include_parents or s.include_children):  # fixed now: a resumed run stages the same
+    # fixed now, once: a resumed run stages the same — and a plan run again (its runner killed
+    # after the submit below, before its state said so) submits the same request, not one of
+    # the parents/children of now, which the id's recorded request would refuse
+    if s is not None and (s.include_parents or s.include_children) and context_of(cfg, st) is None:
         shas = [bytes.fromhex(h) for h in sorted(inputs)]
         with _connect(cfg) as conn:
-            context = {role: neighbours(conn, shas, up=role == "parents")
-                       for role, wanted in (("parents", s.include_parents), ("children", s.include_children)) if wanted}
-        write_work(cfg, st.run_id, "context", context)
-        st.report.update({f"{role}_staged": len(v) for role, v in context.items()})
-    outputs.submit(cfg, stage_spec(c, st.run_id, sorted(inputs), context_of(cfg, st)))
+            chosen = {role: neighbours(conn, shas, up=role == "parents")
+                      for role, wanted in (("parents", s.include_parents), ("children", s.include_children)) if wanted}
+        write_work(cfg, st.run_id, "context", chosen)
+    context = context_of(cfg, st)
+    st.report.update({f"{role}_staged": len(v) for role, v in (context or {}).items()})
+    outputs.submit(cfg, stage_spec(c, st.run_id, sorted(inputs), context))
 
 
 def context_of(cfg: Settings, st: RunState) -> dict[str, list[str]] | None:
