@@ -423,9 +423,12 @@ def _step_labels(cfg: Settings, st: RunState) -> None:
     lsr = st.report["label_studio"]
     counters = labelstudio.progress(ls, project)  # before the export: a change after it is seen next time
     if (not released and int(lsr.get("finished", len(mine))) < len(mine) and lsr.get("counters") == counters
-            and lsr.get("quiet_polls", 0) + 1 < LABELS_FULL_EVERY):  # (only ever to say: still waiting)
+            and lsr.get("quiet_polls", 0) + 1 < LABELS_FULL_EVERY
+            and since(st.waiting_since) < rs.timeout_s):  # (only ever to say: still waiting — never to fail)
         # nothing moved in the project since the last export: as many of this run's tasks are
-        # finished as then — no snapshot (big projects: label-studio#1134), a full one now and then
+        # finished as then, most likely — no snapshot (big projects: label-studio#1134), a full
+        # one now and then (the counters stand still when one task loses its annotation as
+        # another gets one), and always before the run fails at its timeout
         lsr.update(quiet_polls=lsr.get("quiet_polls", 0) + 1, checked=now())
         tasks, done = [], int(lsr["finished"])
     else:
