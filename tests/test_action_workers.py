@@ -370,17 +370,20 @@ def test_cancel_of_a_run_whose_runner_died_ends_its_worker(hoard_home: Path, pg,
 
 
 #: a worker that writes, for each staged input, a child listing what it was given beside its
-#: inputs: the files under {parents_root} and {children_root}
+#: inputs: the files under {parents_root} and {children_root} (each by its content's sha256)
 CONTEXT_WORKER = """
-import json, os, sys
+import hashlib, json, os, sys
 inp, out, parents, children = sys.argv[1:5]
+def digest(path):
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
 def names(root):
-    return sorted(f for _, _, files in os.walk(root) for f in files)
+    return sorted(digest(os.path.join(d, f)) for d, _, files in os.walk(root) for f in files)
 seen = {"parents": names(parents), "children": names(children)}
 os.makedirs(os.path.join(out, "thumbs"))
-for _, _, files in os.walk(inp):
+for d, _, files in os.walk(inp):
     for f in files:
-        sha = f.split(".")[0]
+        sha = digest(os.path.join(d, f))
         with open(os.path.join(out, "thumbs", sha + ".txt"), "w") as c:
             json.dump({"input": sha, **seen}, c)
 """
@@ -458,6 +461,23 @@ def test_context_is_fixed_by_the_plan_a_kill_after_it_does_not_change(hoard_home
     assert sorted(g["input"] for g in given) == sorted(thumbs)
     for g in given:
         assert {n.split(".")[0] for n in g["parents"]} == set(pngs[1:])
+
+
+def test_context_the_inputs_layout_cannot_place_is_laid_out_by_sha256(hoard_home: Path, pg, redis_conn) -> None:
+    """Stage layout by_batch ({source}/{batch}/{orig_path}) with include_children: the children
+    an action made have no batch, source or original path — they are staged under children/ by
+    sha256 and the run is done (before: the stage failed, 'node N has no source; layout by_batch
+    needs it … or narrow the selector', and every resume failed the same way: the children are
+    fixed at plan)."""
+    cfg, batch = action_home(hoard_home, pg, redis_conn, seed=96, items=4)
+    pngs, thumbs = thumbs_then_context(cfg, batch, ["png"])
+    path = cfg.actions_dir / "context.toml"
+    path.write_text(path.read_text().replace('layout = "by_sha256"', 'layout = "by_batch"'))
+    res = hoard(cfg.source, "action", "run", "context", "--here", "--json")
+    assert res.returncode == 0, res.stdout + res.stderr
+    given = given_context(cfg, json.loads(res.stdout)["run"])
+    assert sorted(g["input"] for g in given) == pngs
+    assert all(g["children"] == sorted(thumbs) and g["parents"] == [] for g in given)
 
 
 def test_a_context_root_without_its_stage_key_is_refused(hoard_home: Path, pg, redis_conn) -> None:
