@@ -393,7 +393,8 @@ def _context_items(cfg: Settings, spec: OutputSpec, lay: layouts.Layout, role: s
 
     if not shas:
         return []
-    with psycopg.connect(cfg.database_url, connect_timeout=10) as conn, _planning_db(spec):
+    # (the database gone since plan_items asked it: one line, as there, not psycopg's error)
+    with _planning_db(spec), psycopg.connect(cfg.database_url, connect_timeout=10) as conn:
         ids = [node_id for _h, node_id, hidden in physical_nodes(conn, [bytes.fromhex(h) for h in shas])
                if not hidden]
         rows = layout_rows(conn, sorted(ids))
