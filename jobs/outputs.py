@@ -393,12 +393,21 @@ def _context_items(cfg: Settings, spec: OutputSpec, lay: layouts.Layout, role: s
 
     if not shas:
         return []
-    with psycopg.connect(cfg.database_url, connect_timeout=10) as conn, _planning_db(spec):
+    # (the database gone since plan_items asked it: one line, as there, not psycopg's error)
+    with _planning_db(spec), psycopg.connect(cfg.database_url, connect_timeout=10) as conn:
         ids = [node_id for _h, node_id, hidden in physical_nodes(conn, [bytes.fromhex(h) for h in shas])
                if not hidden]
         rows = layout_rows(conn, sorted(ids))
     prefix = f"{lay.name}/{role}/"
-    return [Item(prefix + p.path, p.sha256, p.size, p.sidecar) for p in layouts.plan(lay, rows, prefix)]
+    try:
+        placed = layouts.plan(lay, rows, prefix)
+    except layouts.PlacementError:
+        # the inputs' layout cannot place one of them — a field it lacks (a child an action made
+        # has no batch, source or original path; a parent has not the label the layout files by)
+        # or a path two of them share: this role is laid out by sha256, which places any node
+        # (the context is fixed at plan: failing here, a resumed run would fail the same way)
+        placed = layouts.plan(layouts.parse(layouts.BUILTIN["by_sha256"], lay.name, lay.sidecars), rows, prefix)
+    return [Item(prefix + p.path, p.sha256, p.size, p.sidecar) for p in placed]
 
 
 @contextlib.contextmanager

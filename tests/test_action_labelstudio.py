@@ -19,7 +19,7 @@ from fsd.base import config
 from fsd.store import Store
 from jobs.actions import labelstudio as lsc
 from jobs.actions.runner import run_step
-from jobs.actions.state import all_states, load_state
+from jobs.actions.state import all_states, load_state, save_state
 from tests.labelstudio import Server, _free_port, point_at
 from tests.test_action_runs import action_home, counts, hoard
 
@@ -186,6 +186,48 @@ def test_ac5_round_trip_labels_equal_what_was_drawn_then_done_already(hoard_home
     again = hoard(cfg.source, "action", "run", ACTION, "--here")
     assert again.returncode == 0 and "done already" in again.stdout, again.stdout + again.stderr
     assert counts(cfg) == after
+
+
+def test_ac5_counters_standing_still_never_fail_a_run_whose_tasks_are_labelled(hoard_home: Path, pg, redis_conn,
+                                                                               label_studio: Server) -> None:
+    """The project's counters can stand still while this run's tasks change: another run's task
+    loses its annotation as the run's last task gets one (one project per title: tasks, finished
+    tasks, annotations, skipped ones all as they were). A poll past run_spec.timeout_s must not
+    decide from the counters: it looks at an export and the run goes on, every task being
+    labelled — before, the quiet poll kept the stale count and the run failed ('3 of 4 tasks
+    were labelled')."""
+    cfg = ls_home(hoard_home, pg, redis_conn, label_studio, seed=144)
+    rid = queued_run(cfg)
+    burst(cfg)
+    tasks = run_tasks(label_studio, cfg, rid)
+    project = load_state(cfg, rid).report["label_studio"]["project"]
+    auth = {"Authorization": f"Token {label_studio.token}"}
+    r = httpx.post(f"{label_studio.url}/api/projects/{project}/import", timeout=60, headers=auth,
+                   json=[{"image": tasks[0]["data"]["image"], "note": "another run's task"}])
+    assert r.status_code == 201, r.text
+    ls = lsc.Client(url=label_studio.url, token=label_studio.token, zone_root=cfg.ssd.zone_path("3C"),
+                    files_root=cfg.label_studio.files_root, document_root=label_studio.document_root)
+    [foreign] = [t for t in lsc.project_tasks(ls, project) if lsc.SHA_KEY not in t["data"]]
+    theirs = post(label_studio, foreign["id"], drawn(5))
+    expected: set[tuple[str, str, str]] = set()
+    for n, t in enumerate(tasks[:-1]):
+        expected |= expected_rows(t["data"][lsc.SHA_KEY], post(label_studio, t["id"], drawn(n)), drawn(n))
+    run_step(str(cfg.source), rid, "labels")
+    st = load_state(cfg, rid)
+    assert st.status == "waiting_labels" and st.report["label_studio"]["finished"] == len(tasks) - 1
+    before = lsc.progress(ls, project)
+    gone = httpx.delete(f"{label_studio.url}/api/annotations/{theirs}/", timeout=60, headers=auth)
+    assert gone.status_code == 204, gone.text
+    last = drawn(len(tasks))
+    expected |= expected_rows(tasks[-1]["data"][lsc.SHA_KEY], post(label_studio, tasks[-1]["id"], last), last)
+    assert lsc.progress(ls, project) == before  # nothing moved, as the counters tell it
+    st.waiting_since = "2000-01-01T00:00:00+00:00"  # run_spec.timeout_s (7 days) has passed
+    save_state(cfg, st)
+    run_step(str(cfg.source), rid, "labels")
+    burst(cfg)
+    st = load_state(cfg, rid)
+    assert st.status == "done", st.error
+    assert labels_in_sql(cfg) == expected
 
 
 def test_ac5_label_studio_down_at_tasks_is_one_line_then_release_imports_what_is_finished(

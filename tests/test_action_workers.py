@@ -370,17 +370,20 @@ def test_cancel_of_a_run_whose_runner_died_ends_its_worker(hoard_home: Path, pg,
 
 
 #: a worker that writes, for each staged input, a child listing what it was given beside its
-#: inputs: the files under {parents_root} and {children_root}
+#: inputs: the files under {parents_root} and {children_root} (each by its content's sha256)
 CONTEXT_WORKER = """
-import json, os, sys
+import hashlib, json, os, sys
 inp, out, parents, children = sys.argv[1:5]
+def digest(path):
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
 def names(root):
-    return sorted(f for _, _, files in os.walk(root) for f in files)
+    return sorted(digest(os.path.join(d, f)) for d, _, files in os.walk(root) for f in files)
 seen = {"parents": names(parents), "children": names(children)}
 os.makedirs(os.path.join(out, "thumbs"))
-for _, _, files in os.walk(inp):
+for d, _, files in os.walk(inp):
     for f in files:
-        sha = f.split(".")[0]
+        sha = digest(os.path.join(d, f))
         with open(os.path.join(out, "thumbs", sha + ".txt"), "w") as c:
             json.dump({"input": sha, **seen}, c)
 """
@@ -394,12 +397,11 @@ def children_of(cfg: config.Settings, rid: str) -> list[str]:
             [f"action:{rid}/%"]))
 
 
-def test_stage_layout_include_parents_and_children(hoard_home: Path, pg, redis_conn) -> None:
-    """stage_layout.include_parents / include_children stage each input's parents and children
-    (one edge away) into `<layout>/parents/` and `<layout>/children/`, which the worker finds at
-    {parents_root} and {children_root}: a first run makes a child of each PNG; a second, over the
-    PNGs and those children together, is given the PNGs as parents and the children as children."""
-    cfg, batch = action_home(hoard_home, pg, redis_conn, seed=93, items=4)
+def thumbs_then_context(cfg: config.Settings, batch: str, file_types: list[str], *,
+                        children: bool = True) -> tuple[list[str], list[str]]:
+    """A first run (`thumbs`) makes a child of each PNG of `batch`; then the contract `context`
+    (CONTEXT_WORKER) over the nodes of `file_types`, staging their parents (and `children`: their
+    children). The PNGs and the thumbs, by sha256."""
     worker_contract(cfg, batch)
     first = hoard(cfg.source, "action", "run", "thumbs", "--here", "--json")
     assert first.returncode == 0, first.stdout + first.stderr
@@ -407,21 +409,75 @@ def test_stage_layout_include_parents_and_children(hoard_home: Path, pg, redis_c
     assert pngs and len(thumbs) == len(pngs)
     script = cfg.actions_dir / "context-worker.py"
     script.write_text(CONTEXT_WORKER)
+    below = "{children_root}" if children else "{parents_root}"
     body = ACTION_CONTRACT.format(type="AC2", batch=batch, gate="", run_spec=(
         f'kind = "local"\ncommand = [{json.dumps(sys.executable)}, {json.dumps(str(script))}, "{{input_root}}", '
-        '"{output_root}", "{parents_root}", "{children_root}"]'
+        f'"{{output_root}}", "{{parents_root}}", "{below}"]'
         + ('\nrun_as = "root"\nallow_root = true' if os.geteuid() == 0 else '')))
-    body = body.replace(f'batches = ["{batch}"]\nfile_types = ["png"]', 'file_types = ["png", "txt"]')
-    body = body.replace('layout = "by_sha256"', 'layout = "by_sha256"\ninclude_parents = true\ninclude_children = true')
+    body = body.replace(f'batches = ["{batch}"]\nfile_types = ["png"]', f"file_types = {json.dumps(file_types)}")
+    body = body.replace('layout = "by_sha256"', 'layout = "by_sha256"\ninclude_parents = true'
+                        + ("\ninclude_children = true" if children else ""))
     write_contract(cfg, "context", body.split("[[output_parser.results]]")[0])
+    return pngs, thumbs
+
+
+def given_context(cfg: config.Settings, rid: str) -> list[dict]:
+    """What CONTEXT_WORKER saw of each input of run `rid` (its children's content)."""
+    with Store.open(cfg, writable=False) as store:
+        return [json.loads(store.get(sha)) for sha in children_of(cfg, rid)]
+
+
+def test_stage_layout_include_parents_and_children(hoard_home: Path, pg, redis_conn) -> None:
+    """stage_layout.include_parents / include_children stage each input's parents and children
+    (one edge away) into `<layout>/parents/` and `<layout>/children/`, which the worker finds at
+    {parents_root} and {children_root}: a first run makes a child of each PNG; a second, over the
+    PNGs and those children together, is given the PNGs as parents and the children as children."""
+    cfg, batch = action_home(hoard_home, pg, redis_conn, seed=93, items=4)
+    pngs, thumbs = thumbs_then_context(cfg, batch, ["png", "txt"])
     res = hoard(cfg.source, "action", "run", "context", "--here", "--json")
     assert res.returncode == 0, res.stdout + res.stderr
-    with Store.open(cfg, writable=False) as store:
-        given = [json.loads(store.get(sha)) for sha in children_of(cfg, json.loads(res.stdout)["run"])]
+    given = given_context(cfg, json.loads(res.stdout)["run"])
     assert sorted(g["input"] for g in given) == sorted(pngs + thumbs)
     for g in given:  # every PNG is a parent (of its thumb), every thumb a child (of its PNG), and no thumb a parent
         parents, children = ({n.split(".")[0] for n in g[k]} for k in ("parents", "children"))
         assert parents >= set(pngs) and children >= set(thumbs) and not parents & set(thumbs)
+
+
+def test_context_is_fixed_by_the_plan_a_kill_after_it_does_not_change(hoard_home: Path, pg, redis_conn) -> None:
+    """kill -9 of the runner right after plan recorded the stage request (its state not yet
+    saved), then a parent is deleted: the resumed run stages the parents the plan chose (less
+    the deleted one) and is done — before, plan ran again, chose other parents, and the stage
+    request it submitted under the run's id was refused as another request ('ids are
+    immutable'): the run could not go on."""
+    cfg, batch = action_home(hoard_home, pg, redis_conn, seed=95, items=4)
+    pngs, thumbs = thumbs_then_context(cfg, batch, ["txt"], children=False)
+    kill_at(cfg, "plan", "context")
+    (rid,) = [r["run"] for r in api.runs(cfg) if r["action"] == "context"]
+    gone = hoard(cfg.source, "delete", "--node", pngs[0])
+    assert gone.returncode == 0, gone.stderr
+    res = hoard(cfg.source, "action", "resume", rid, "--here", "--json")
+    assert res.returncode == 0, res.stdout + res.stderr
+    given = given_context(cfg, rid)
+    assert sorted(g["input"] for g in given) == sorted(thumbs)
+    for g in given:
+        assert {n.split(".")[0] for n in g["parents"]} == set(pngs[1:])
+
+
+def test_context_the_inputs_layout_cannot_place_is_laid_out_by_sha256(hoard_home: Path, pg, redis_conn) -> None:
+    """Stage layout by_batch ({source}/{batch}/{orig_path}) with include_children: the children
+    an action made have no batch, source or original path — they are staged under children/ by
+    sha256 and the run is done (before: the stage failed, 'node N has no source; layout by_batch
+    needs it … or narrow the selector', and every resume failed the same way: the children are
+    fixed at plan)."""
+    cfg, batch = action_home(hoard_home, pg, redis_conn, seed=96, items=4)
+    pngs, thumbs = thumbs_then_context(cfg, batch, ["png"])
+    path = cfg.actions_dir / "context.toml"
+    path.write_text(path.read_text().replace('layout = "by_sha256"', 'layout = "by_batch"'))
+    res = hoard(cfg.source, "action", "run", "context", "--here", "--json")
+    assert res.returncode == 0, res.stdout + res.stderr
+    given = given_context(cfg, json.loads(res.stdout)["run"])
+    assert sorted(g["input"] for g in given) == pngs
+    assert all(g["children"] == sorted(thumbs) and g["parents"] == [] for g in given)
 
 
 def test_a_context_root_without_its_stage_key_is_refused(hoard_home: Path, pg, redis_conn) -> None:

@@ -69,6 +69,21 @@ def test_min_size_max_size_flags_select_by_bytes(select_cfg: str) -> None:
     assert res.returncode == 2 and "Traceback" not in res.stderr and "--min-size" in res.stderr, res.stderr
 
 
+def test_size_flags_never_silently_override_the_file_nor_contradict(select_cfg: str, tmp_path: Path) -> None:
+    """A flag fills in a key the selector file leaves out (docs/selectors.md): --min-size 1 with
+    a file saying min_size = 5000 is one line naming both (it replaced the file's and found the
+    3-byte node); --min-size above --max-size is one line, not a silent '0 nodes'."""
+    f = tmp_path / "s.json"
+    f.write_text('{"min_size": 5000}')
+    for args, says in ((["--file", str(f), "--min-size", "1"], "says min_size = 5000"),
+                       (["--min-size", "10", "--max-size", "5"], "--min-size 10 is more than --max-size 5")):
+        res = _hoard("--config", select_cfg, "select", *args)
+        lines = res.stderr.strip().splitlines()
+        assert res.returncode == 2 and len(lines) == 1 and says in lines[0] and res.stdout == "", (args, res.stderr)
+    same = _hoard("--config", select_cfg, "select", "--file", str(f), "--min-size", "5000")
+    assert same.returncode == 0 and same.stdout == "", same.stderr
+
+
 def test_bad_type_is_one_human_line(select_cfg: str) -> None:
     res = _hoard("--config", select_cfg, "select", "--type", "j p*g")
     assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1, res.stderr

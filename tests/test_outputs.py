@@ -714,3 +714,20 @@ def test_ctrl_c_while_an_export_is_planned_keeps_nothing(filled, servers, pg, tm
     assert "cc1" not in _hoard(cfg, "health").stdout
     res = _hoard(cfg, "export", "cc1", "--layout", "flat", "--selector", sel, "--here")  # the id is free
     assert res.returncode == 0, res.stderr
+
+
+def test_a_stage_whose_database_goes_before_its_context_is_planned_says_so(hoard_home: Path, tmp_path: Path) -> None:
+    """A stage's parents/children (an action's include_parents/_children) are read from the
+    database after its inputs: the database gone in between is the planning refusal's one line
+    (exit 3, "run the same command again"), not psycopg's OperationalError out of the run."""
+    from fsd.base import config
+    from jobs import outputs
+
+    cfg = config.load(hoard_home / "hoard.toml")
+    cfg = cfg.model_copy(update={"database_url": f"postgresql://nobody@/nodb?host={tmp_path}/nopg"})
+    spec = outputs.OutputSpec.model_validate({
+        "kind": "stage", "id": "ctx1", "nodes": ["ab" * 32], "context": {"parents": ["cd" * 32]},
+        "layout": {"name": "flat", "template": "{sha256}{ext}", "sidecars": False, "per_locator": False}})
+    with pytest.raises(outputs.OutputError) as e:
+        outputs._context_items(cfg, spec, spec.the_layout(), "parents", ["cd" * 32])
+    assert e.value.exit_code == 3 and "run the same command again" in e.value.message

@@ -225,7 +225,14 @@ def select(
         data.setdefault("has_ancestor", []).append({"sha256": ancestor.lower(), "max_depth": 32})
     for key, size in (("min_size", min_size), ("max_size", max_size)):
         if size is not None:
+            flag = "--" + key.replace("_", "-")
+            if data.get(key, size) != size:  # a flag fills in what the file leaves out, never overrides it
+                raise HoardError(f"{flag} {size}: the selector file {display(str(from_file))} says {key} = "
+                                 f"{data[key]!r}; give one of them", ExitCode.USAGE)
             data[key] = size
+    if min_size is not None and max_size is not None and min_size > max_size:
+        raise HoardError(f"--min-size {min_size} is more than --max-size {max_size}: no file is both; swap them",
+                         ExitCode.USAGE)
     if limit:
         data["limit"] = limit
     selector = parse_selector(data)

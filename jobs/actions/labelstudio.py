@@ -337,9 +337,11 @@ def import_tasks(ls: Client, project: int, tasks: Sequence[Task], label_config: 
 
 # --- export ----------------------------------------------------------------------------------
 
-#: the project's counters (GET /api/projects/<id>/) that move whenever a task is added or
-#: deleted, or an annotation submitted, skipped or deleted: while they stand still, no task
-#: became finished or unfinished, and a poll need not build an export snapshot
+#: the project's counters (GET /api/projects/<id>/) that move when a task is added or deleted,
+#: or an annotation submitted, skipped or deleted — one change at a time: two at once can
+#: cancel out (a task loses its annotation as another gets one), so while they stand still a
+#: poll most likely, not surely, need not build an export snapshot (steps._step_labels: a full
+#: one every tenth poll, on release, and before a run fails at its timeout)
 PROGRESS_KEYS = ("task_number", "finished_task_number", "num_tasks_with_annotations", "total_annotations_number",
                  "skipped_annotations_number")
 

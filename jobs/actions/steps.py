@@ -120,14 +120,18 @@ def _step_plan(cfg: Settings, st: RunState) -> None:
         st.report.update(labels_planned=len(labels), black_list_planned=len(black))
         return
     s = c.stage_layout
-    if s is not None and (s.include_parents or s.include_children):  # fixed now: a resumed run stages the same
+    # fixed now, once: a resumed run stages the same — and a plan run again (its runner killed
+    # after the submit below, before its state said so) submits the same request, not one of
+    # the parents/children of now, which the id's recorded request would refuse
+    if s is not None and (s.include_parents or s.include_children) and context_of(cfg, st) is None:
         shas = [bytes.fromhex(h) for h in sorted(inputs)]
         with _connect(cfg) as conn:
-            context = {role: neighbours(conn, shas, up=role == "parents")
-                       for role, wanted in (("parents", s.include_parents), ("children", s.include_children)) if wanted}
-        write_work(cfg, st.run_id, "context", context)
-        st.report.update({f"{role}_staged": len(v) for role, v in context.items()})
-    outputs.submit(cfg, stage_spec(c, st.run_id, sorted(inputs), context_of(cfg, st)))
+            chosen = {role: neighbours(conn, shas, up=role == "parents")
+                      for role, wanted in (("parents", s.include_parents), ("children", s.include_children)) if wanted}
+        write_work(cfg, st.run_id, "context", chosen)
+    context = context_of(cfg, st)
+    st.report.update({f"{role}_staged": len(v) for role, v in (context or {}).items()})
+    outputs.submit(cfg, stage_spec(c, st.run_id, sorted(inputs), context))
 
 
 def context_of(cfg: Settings, st: RunState) -> dict[str, list[str]] | None:
@@ -419,9 +423,12 @@ def _step_labels(cfg: Settings, st: RunState) -> None:
     lsr = st.report["label_studio"]
     counters = labelstudio.progress(ls, project)  # before the export: a change after it is seen next time
     if (not released and int(lsr.get("finished", len(mine))) < len(mine) and lsr.get("counters") == counters
-            and lsr.get("quiet_polls", 0) + 1 < LABELS_FULL_EVERY):  # (only ever to say: still waiting)
+            and lsr.get("quiet_polls", 0) + 1 < LABELS_FULL_EVERY
+            and since(st.waiting_since) < rs.timeout_s):  # (only ever to say: still waiting — never to fail)
         # nothing moved in the project since the last export: as many of this run's tasks are
-        # finished as then — no snapshot (big projects: label-studio#1134), a full one now and then
+        # finished as then, most likely — no snapshot (big projects: label-studio#1134), a full
+        # one now and then (the counters stand still when one task loses its annotation as
+        # another gets one), and always before the run fails at its timeout
         lsr.update(quiet_polls=lsr.get("quiet_polls", 0) + 1, checked=now())
         tasks, done = [], int(lsr["finished"])
     else:
