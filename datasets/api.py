@@ -25,8 +25,9 @@ from typing import Any
 
 from datasets import card, formats, layouts
 from datasets.formats import FORMATS, Format, Tree, tar_size, write_tar
+from datasets.formats.webdataset import WebDataset, member_cost
 from datasets.model import Sample
-from datasets.plan import Plan, counts_of, order_key, plan
+from datasets.plan import DryPlan, Plan, counts_of, dry_plan, order_key, place, plan, sample_of
 from datasets.spec import NAME, DatasetError, DatasetSpec, TemplateSpec
 from fsd.base.config import Settings
 from fsd.base.errors import ExitCode, HoardError, first_line
@@ -201,17 +202,58 @@ def _sizes(made: _Made) -> tuple[list[int], list[str]]:
 # -- the API ------------------------------------------------------------------------------------
 
 def dry_run(cfg: Settings, spec: DatasetSpec, mode: str | None = None) -> DryRun:
-    """What a build would make — counts per split × class, bytes, whether 3D's quota admits it,
-    thumbnails per class — with nothing written anywhere."""
+    """What a build would make — counts per split × class, the samples' bytes, whether 3D's
+    quota admits it, thumbnails per class — with nothing written anywhere. The counts and bytes
+    are the build's (datasets.plan.dry_plan: computed in the database, one row per split ×
+    class); the files a layout makes beside the samples' (manifest, card, metadata, tar
+    headers) are estimated from a couple of thousand samples rendered whole, and the build
+    checks the quota again, exactly, before a byte moves."""
     spec = with_template(_with_mode(spec, mode))
     fmt = resolve_format(spec)
-    with _connect(cfg, f"plan dataset {spec.name}") as conn:
-        p = _plan(cfg, conn, spec, fmt)
-    made = _make(spec.doc(), spec.sha256(), fmt, p.samples, p.class_map, p.licences)
+    with _connect(cfg, f"plan dataset {spec.name}") as conn, \
+            _db_errors(f"dataset {spec.name} was planned"), conn.transaction():
+        d = dry_plan(conn, spec, fmt, sqld.class_map(conn, spec.name), zones.zone_block_size((cfg, ZONE)))
+        need = 0
+        if spec.mode == "copy":
+            need = _estimate(cfg, conn, spec, fmt, d)
+    _need, room, _ok = _quota(cfg, [], [], "view")
+    return DryRun(spec.name, spec.layout, spec.mode, d.counts, d.samples, d.bytes, need, room, need <= room,
+                  d.class_map, d.new_classes, d.thumbnails, d.selected, d.unlabelled, d.capped, d.dropped_dup)
+
+
+#: samples rendered whole to estimate the layout's own files in a dry run
+ESTIMATE_SAMPLES = 2000
+
+
+def _estimate(cfg: Settings, conn, spec: DatasetSpec, fmt: Format, d: DryPlan) -> int:
+    """What a copy build would reserve in 3D (zones.charge): the samples' files exactly (in
+    whole blocks, or as tar members), plus the files the layout and the card make, scaled from
+    ESTIMATE_SAMPLES samples (the lowest sha256s) made into a whole tree by the build's own code
+    (plan, render); a layout that refuses those few is estimated at 1 KiB a sample (the build names
+    the problem)."""
+    block = zones.zone_block_size((cfg, ZONE))
+    groups = sum(len(by) for by in d.counts.values())
+    picked = sqld.dry_subset(conn, d.table, d.samples, ESTIMATE_SAMPLES)
+    tars = isinstance(fmt, WebDataset)
+    exact = d.member_bytes if tars else d.block_bytes
+    try:
+        rows = sqld.sample_rows(conn, [nid for nid, _, _ in picked], ocr_boxes=spec.annotations == "result_ocr_box")
+        splits = list(spec.split.ratios)
+        samples = [sample_of(spec, rows[nid], splits[idx], d.class_map, shared) for nid, idx, shared in picked]
+        made = _make(spec.doc(), spec.sha256(), fmt, place(fmt, samples, spec.name, spec.webdataset.model_dump()),
+                     d.class_map, [])
+    except HoardError:
+        return exact + 1024 * d.samples + zones.charge((cfg, ZONE), [], dirs=groups + len(d.counts))
     sizes, paths = _sizes(made)
-    need, room, ok = _quota(cfg, sizes, paths, spec.mode)
-    return DryRun(spec.name, spec.layout, spec.mode, p.counts(), len(p.samples), sum(sizes), need, room, ok,
-                  p.class_map, p.new_classes, p.thumbnails(), p.selected, p.unlabelled, p.capped, p.dropped_dup)
+    own = sum(member_cost(s.size) if tars else -(-s.size // block) * block for s in samples)
+    made_blocks = sum(-(-n // block) * block for n in sizes)
+    scale = d.samples / max(1, len(samples))
+    extra = max(0, made_blocks - own) * scale
+    dirs = zones.tree_dirs(paths)
+    if dirs > 2 * (groups + len(d.counts)):  # directories that grow with the samples (a template's)
+        dirs = int(dirs * scale)
+    dirs = max(dirs, groups + len(d.counts))  # a split × class the few missed (an imagefolder's directories)
+    return exact + int(extra) + zones.charge((cfg, ZONE), [0] * int(len(sizes) * scale), dirs=dirs)
 
 
 @contextlib.contextmanager

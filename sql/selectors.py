@@ -231,11 +231,17 @@ def parse_selector(data: dict) -> Selector:
         raise SelectorError(f"selector rejected: {describe_validation_error(e, Selector)}") from None
 
 
-def query_nodes(conn: psycopg.Connection, selector: Selector | dict) -> NodeSet:
-    """The physical nodes the selector picks, with sizes and their total (for quota reservation)."""
+def selector_query(conn: psycopg.Connection, selector: Selector | dict) -> tuple[sql.Composed, dict[str, object]]:
+    """The selector's query (node_id, sha256 hex, size; in its order) and parameters, to run or
+    to use as a subquery."""
     sel = selector if isinstance(selector, Selector) else parse_selector(selector)
     words = search_query(conn, sel.text) if sel.text is not None else None
-    query, params = compile_selector(sel, words)
+    return compile_selector(sel, words)
+
+
+def query_nodes(conn: psycopg.Connection, selector: Selector | dict) -> NodeSet:
+    """The physical nodes the selector picks, with sizes and their total (for quota reservation)."""
+    query, params = selector_query(conn, selector)
     rows = conn.execute(query, params).fetchall()
     return NodeSet([r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows], sum(r[2] for r in rows))
 
