@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import gc
 import json
 import re
 import time
@@ -27,7 +28,7 @@ from datasets import card, formats, layouts
 from datasets.formats import FORMATS, Format, Tree, tar_size, write_tar
 from datasets.formats.webdataset import WebDataset, member_cost
 from datasets.model import Sample
-from datasets.plan import DryPlan, Plan, counts_of, dry_plan, order_key, place, plan, sample_of
+from datasets.plan import DryPlan, Plan, build_order, counts_of, dry_plan, place, plan, sample_of
 from datasets.spec import NAME, DatasetError, DatasetSpec, TemplateSpec
 from fsd.base.config import Settings
 from fsd.base.errors import ExitCode, HoardError, first_line
@@ -158,7 +159,7 @@ def _make(spec_doc: dict[str, Any], spec_sha: str, fmt: Format, samples: list[Sa
           licences: list[str], manifest: bytes | None = None, doc_bytes: bytes | None = None) -> _Made:
     """The files of a version (pure): from a plan, or from a stored manifest + dataset.json."""
     splits = list(spec_doc["split"].get("order") or spec_doc["split"]["ratios"])
-    samples = sorted(samples, key=lambda s: order_key(s, splits))
+    samples = sorted(samples, key=build_order(splits))
     manifest = manifest if manifest is not None else card.manifest_bytes(samples)
     if doc_bytes is None:
         doc = card.dataset_doc(spec_doc, spec_sha, class_map, counts_of(samples, splits), samples, manifest, licences)
@@ -257,6 +258,21 @@ def _estimate(cfg: Settings, conn, spec: DatasetSpec, fmt: Format, d: DryPlan) -
 
 
 @contextlib.contextmanager
+def no_gc() -> Iterator[None]:
+    """Python's cyclic garbage collector off for a build: a million samples are some ten million
+    containers (rows, samples, paths, JSON), none of them in a cycle, and each full collection
+    walks them all — half the time of planning a million. It is switched back on (if it was)
+    on the way out, and collects then whatever cycles were made meanwhile."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
+
+
+@contextlib.contextmanager
 def _build_lock(cfg: Settings, name: str) -> Iterator[None]:
     d = cfg.ssd.root / "state" / "datasets"
     d.mkdir(parents=True, exist_ok=True)
@@ -279,7 +295,7 @@ def build(cfg: Settings, spec: DatasetSpec, mode: str | None = None, force: bool
     fmt = resolve_format(spec)
     if spec.mode == "view":
         _check_view(cfg, spec, fmt)
-    with _build_lock(cfg, spec.name), _connect(cfg, f"build dataset {spec.name}") as conn:
+    with _build_lock(cfg, spec.name), _connect(cfg, f"build dataset {spec.name}") as conn, no_gc():
         conn.autocommit = True
         p = _plan(cfg, conn, spec, fmt)
         spec_doc, spec_sha = spec.doc(), spec.sha256()
@@ -357,13 +373,18 @@ def _write(cfg: Settings, conn, name: str, n: int, mode: str, made: _Made,
                                    f"{name}@{n}` removes it", ExitCode.DATA)
             zones.release_stale(cfg, ZONE, out_id)
             doc = job
-        items = [Item(f.path, f.sha256, f.size) for f in made.tree.files]
         generated = list(made.generated)
-        if mode == "view":  # the manifest and dataset.json are recorded nodes: the view names them, never owns
+        rows: list[tuple[str, str]] = []
+        if mode == "view":  # the files as (path, sha256) rows of the view: no Item each
+            items: list[Item] = []
+            rows = [(f.path, f.sha256) for f in made.tree.files]
+            # the manifest and dataset.json are recorded nodes: the view names them, never owns
             # them (a view releases what it owns when it goes: a gc without the database would collect them)
             recorded = {card.MANIFEST: (manifest_sha, len(made.manifest)), card.DOC: (doc_sha, len(made.doc_bytes))}
             items += [Item(p, *recorded[p]) for p, _ in generated if p in recorded]
             generated = [(p, d) for p, d in generated if p not in recorded]
+        else:
+            items = [Item(f.path, f.sha256, f.size) for f in made.tree.files]
 
         # the tar shards, each written into its file as it is made
         streamed = [(t.path, tar_size(t), functools.partial(_write_shard, store, t)) for t in made.tree.tars]
@@ -374,11 +395,13 @@ def _write(cfg: Settings, conn, name: str, n: int, mode: str, made: _Made,
                                    streamed=streamed, **common)
         elif doc is None:
             assert view is not None
-            tops = sorted({p.split("/", 1)[0] for p in [it.path for it in items] + [g for g, _ in generated]})
+            tops = sorted({p.split("/", 1)[0] for p in [*(p for p, _ in rows), *(it.path for it in items),
+                                                          *(g for g, _ in generated)]})
             doc, _info, _rows = write_view(cfg, store, ZONE, out_id, view=view, items=items, generated=generated,
-                                           entries=tops, **common)
-    files = len(items) + len(generated) + len(streamed)
-    nbytes = sum(it.size for it in items) + sum(len(d) for _, d in generated) + sum(z for _, z, _ in streamed)
+                                           entries=tops, rows=rows, **common)
+    files = len(rows) + len(items) + len(generated) + len(streamed)
+    nbytes = (sum(f.size for f in made.tree.files) if rows else 0) + sum(it.size for it in items) + \
+        sum(len(d) for _, d in generated) + sum(z for _, z, _ in streamed)
     with _db_errors(f"dataset {name} was recorded"):
         sqld.finish_version(conn, name, n, manifest_sha, doc_sha, files, nbytes, made.doc["counts"], str(final))
     return {"name": name, "version": n, "ref": f"{name}@{n}", "path": str(final), "output_id": out_id, "mode": mode,
@@ -531,7 +554,7 @@ def materialize(cfg: Settings, ref: str, progress: Callable[[int, int], None] | 
     """Make `3D/<name>-v<N>/` again from the version's stored manifest and dataset.json: the
     same bytes as its build, whatever the labels say today. A sealed one is reported as it is."""
     name, n = parse_ref(ref)
-    with _build_lock(cfg, name), _connect(cfg, f"materialize dataset {ref}") as conn:
+    with _build_lock(cfg, name), _connect(cfg, f"materialize dataset {ref}") as conn, no_gc():
         conn.autocommit = True
         row = _version(conn, ref, True)
         final = Path(row["path"])

@@ -91,6 +91,16 @@ def order_key(s: Sample, splits: list[str]) -> tuple[int, int, str, str]:
             s.class_index if s.class_index is not None else -1, s.sha256, s.path)
 
 
+def build_order(splits: list[str]) -> Callable[[Sample], tuple[int, int, str, str]]:
+    """order_key over these splits, the split's rank looked up once per name, not searched per sample."""
+    rank = {sp: i for i, sp in reversed(list(enumerate(splits)))}
+    last = len(splits)
+
+    def key(s: Sample) -> tuple[int, int, str, str]:
+        return (rank.get(s.split, last), s.class_index if s.class_index is not None else -1, s.sha256, s.path)
+    return key
+
+
 def plan(conn, spec: DatasetSpec, fmt: Format, frozen_map: list[str] | None) -> Plan:
     """Read the selection and its rows (sql.datasets) and make the samples; DatasetError — one
     line naming the problem and what to do — for anything that would make a wrong dataset."""
@@ -151,7 +161,7 @@ def samples_from_rows(spec: DatasetSpec, fmt: Format, rows: list[dict[str, Any]]
     kept = {s.node_id for s in out}
     licences = sorted({lic for r, _ in classed if r["node_id"] in kept for lic in r.get("licences", ())})
     placed = place(fmt, out, name, spec.webdataset.model_dump())
-    placed.sort(key=lambda s: order_key(s, splits))
+    placed.sort(key=build_order(splits))
     return Plan(spec, placed, cmap, new, selected=len(rows), unlabelled=unlabelled, dropped_dup=dropped, capped=capped,
                 licences=licences)
 
@@ -383,12 +393,14 @@ def dry_plan(conn, spec: DatasetSpec, fmt: Format, frozen_map: list[str] | None,
     sample's path (hostile names, collisions, case), its file type and size for the layout, its
     annotations, that its object is still in the store (docs/datasets.md)."""
     from sql import datasets as sqld
-    from sql.selectors import selector_query
+    from sql.selectors import parse_selector, selector_query
 
     name = spec.name
-    query, params = selector_query(conn, spec.selector)
+    sel = parse_selector(spec.selector)
+    by_id = sel.order == "node_id" and sel.limit is None  # the selection's order is the node ids': not sorted
+    query, params = selector_query(conn, sel, ordered=not by_id)
     g = spec.split.group
-    selected, classed = sqld.dry_select(conn, query, params, spec.class_label, parents=g != "node")
+    selected, classed = sqld.dry_select(conn, query, params, spec.class_label, parents=g != "node", by_id=by_id)
     if not selected:
         empty = sqld.dry_count(conn, query, params)
         raise DatasetError(f"dataset {name}: the selection is empty — " + (

@@ -88,19 +88,21 @@ def sample_rows(conn: psycopg.Connection, node_ids: Sequence[int], ocr_boxes: bo
                 "JOIN source src ON src.source_id = cm.source_id ORDER BY cm.node_id, src.name",
                 [list(URL_KEYS + LICENCE_KEYS), _array(wanted)]).fetchall():
             meta[nid] = (dl, raw)
+        of_root: dict[int, tuple[str | None, str | None, list[str]]] = {}  # the samples of a post share it
         for nid in ids:
             if nid not in rows:
                 continue
             r = rows[nid]
-            dl, raw = meta.get(r["lineage"][-1], (None, None))
-            r["root_id"] = r["lineage"][-1]
-            r["source_url"] = next((str(raw[k]) for k in URL_KEYS if isinstance(raw, dict) and raw.get(k)), None)
-            r["date"] = dl.astimezone(dt.UTC).date().isoformat() if dl is not None else None
-            licences = set()
-            for holder in (meta.get(nid, (None, None))[1], raw):
-                if isinstance(holder, dict):
-                    licences |= {str(holder[k]) for k in LICENCE_KEYS if holder.get(k)}
-            r["licences"] = sorted(licences)
+            root = r["root_id"] = r["lineage"][-1]
+            got = of_root.get(root)
+            if got is None:
+                dl, raw = meta.get(root, (None, None))
+                got = of_root[root] = (
+                    next((str(raw[k]) for k in URL_KEYS if isinstance(raw, dict) and raw.get(k)), None),
+                    dl.astimezone(dt.UTC).date().isoformat() if dl is not None else None, _licences(raw))
+            r["source_url"], r["date"], licences = got
+            own = meta.get(nid) if nid != root else None
+            r["licences"] = sorted(set(licences) | set(_licences(own[1]))) if own is not None else list(licences)
         if ocr_boxes:
             for nid, x, y, w, h, text in conn.execute(
                     "SELECT node_id, x, y, w, h, text FROM result_ocr_box WHERE node_id = ANY(%s) "
@@ -130,12 +132,13 @@ def _one(conn: psycopg.Connection, query: str, params: Sequence[Any] | None = No
 
 
 def dry_select(conn: psycopg.Connection, query: Any, params: dict[str, object], class_label: str | None,
-               parents: bool) -> tuple[int, int]:
+               parents: bool, by_id: bool = False) -> tuple[int, int]:
     """ds_cls(ord, node_id, sha256, size, cls, n, parent): the selector's nodes in its order,
     less the nodes located only `dataset:…` (a dataset's manifest is never a sample), each with
     its class (the least value of `class_label`, `n` its number of values; n NULL: it has none;
     without `class_label`, cls NULL and n 1) and, with `parents`, the parent with the lowest node
-    id. One statement: each table joined once, the selection held in memory. (selected, classed)."""
+    id. `by_id`: the selection's order is its node ids' (`ord` is the node id: nothing sorted).
+    One statement: each table joined once. (selected, classed)."""
     conn.execute("CREATE TEMP TABLE ds_man ON COMMIT DROP AS SELECT DISTINCT node_id FROM physical_path pp "
                  "WHERE locator LIKE 'dataset:%' AND NOT EXISTS (SELECT 1 FROM physical_path o "
                  "WHERE o.node_id = pp.node_id AND o.locator NOT LIKE 'dataset:%')")
@@ -145,8 +148,9 @@ def dry_select(conn: psycopg.Connection, query: Any, params: dict[str, object], 
         with conn.transaction():
             conn.execute("SET LOCAL temp_buffers = '256MB'")  # the temp tables in memory, not written out
     conn.execute("SET LOCAL jit = off")
-    sel = psql.SQL("(SELECT row_number() OVER () AS ord, s.node_id, s.sha, s.size FROM ({}) s(node_id, sha, size) "
-                   "WHERE s.node_id NOT IN (SELECT node_id FROM ds_man))").format(query)
+    sel = psql.SQL("(SELECT {} AS ord, row_number() OVER () AS rn, s.node_id, s.sha, s.size FROM ({}) "
+                   "s(node_id, sha, size) WHERE s.node_id NOT IN (SELECT node_id FROM ds_man))").format(
+        psql.SQL("s.node_id" if by_id else "row_number() OVER ()"), query)
     # first each table joined as it is: a node with one class value and at most one parent (the
     # usual case) is one row; if any node made two, the rows are grouped instead
     cls = "c.value AS cls, CASE WHEN c.node_id IS NULL THEN NULL ELSE 1 END AS n" if class_label is not None \
@@ -154,10 +158,10 @@ def dry_select(conn: psycopg.Connection, query: Any, params: dict[str, object], 
     join_c = "LEFT JOIN label c ON c.node_id = s.node_id AND c.key = %(key)s" if class_label is not None else ""
     parent = "p.parent_id AS parent" if parents else "NULL::bigint AS parent"
     join_p = "LEFT JOIN edge p ON p.child_id = s.node_id" if parents else ""
-    conn.execute(psql.SQL(f"CREATE TEMP TABLE ds_cls ON COMMIT DROP AS SELECT s.ord, s.node_id, "
+    conn.execute(psql.SQL(f"CREATE TEMP TABLE ds_cls ON COMMIT DROP AS SELECT s.ord, s.rn, s.node_id, "
                           f"decode(s.sha, 'hex') AS sha256, s.size, {cls}, {parent} FROM {{}} s {join_c} {join_p}"
                           ).format(sel), {**params, "key": class_label})
-    if _one(conn, "SELECT count(*) <> coalesce(max(ord), 0) FROM ds_cls"):
+    if _one(conn, "SELECT count(*) <> coalesce(max(rn), 0) FROM ds_cls"):
         conn.execute("DROP TABLE ds_cls")
         cls = "c.cls, c.n" if class_label is not None else "NULL::text AS cls, 1 AS n"
         join_c = ("LEFT JOIN (SELECT l.node_id, min(l.value COLLATE \"C\") AS cls, count(*) AS n FROM label l "
@@ -381,6 +385,11 @@ def dry_subset(conn: psycopg.Connection, table: str, total: int, want: int) -> l
         "SELECT substring(sha256 from 1 for 8) FROM ds_cls WHERE n IS NOT NULL AND substring(sha256 from 1 for 8) "
         "= ANY(%s) GROUP BY 1 HAVING count(*) > 1", [[bytes(r[2]) for r in rows]])}
     return [(nid, idx, bytes(pre) in shared) for nid, idx, pre in rows]
+
+
+def _licences(raw: Any) -> list[str]:
+    """The licences a raw_metadata names (`license` / `licence`), sorted."""
+    return sorted({str(raw[k]) for k in LICENCE_KEYS if raw.get(k)}) if isinstance(raw, dict) else []
 
 
 # -- dataset and dataset_version ------------------------------------------------------------------
