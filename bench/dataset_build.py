@@ -31,8 +31,9 @@ metadata holds a source URL and a download date — so each sample has a lineage
   bulk): `datasets.api.build` of an imagefolder spec in view mode (nothing copied: the tree
   is a view; the manifest, dataset.json and README stored as objects) — goal ≤ 2 min; and
   `datasets.api.dry_run` of the same spec in copy mode (counts per split × class, bytes, the
-  quota) over the same nodes — goal ≤ 10 s. The seconds of the plan's steps are timed apart
-  (SQL selection, sample rows, samples, render, quota) for the dry run.
+  quota) over the same nodes — goal ≤ 10 s. The dry run's steps are timed apart in a second
+  run: counts (datasets.plan.dry_plan, in PostgreSQL), estimate (the layout's own files from
+  ~2,000 samples rendered), quota.
 
 `--only copy|view` runs one half. `--results DIR`: where the JSON goes (default
 bench/results/). `--render` rewrites the section between the markers in docs/benchmarks.md
@@ -287,26 +288,23 @@ def view_half(args, cfg: config.Settings, work: Path, url: str, prof) -> dict:
 
 
 def dry_steps(cfg: config.Settings, spec) -> dict[str, float]:
-    """The dry run's steps, each timed (a second run: the tables are warm as in the first's end)."""
-    from datasets.plan import samples_from_rows
-    from sql.datasets import class_map, sample_rows
-    from sql.selectors import query_nodes
+    """The dry run's steps, each timed (a second run: the tables are warm as in the first's end):
+    `counts` (datasets.plan.dry_plan: the selection, classes, roots, splits, caps and the
+    aggregates in PostgreSQL), `estimate` (the layout's own files, from ~2,000 samples
+    rendered), `quota` (3D's usage)."""
+    from datasets.plan import dry_plan
+    from sql.datasets import class_map
 
     t: dict[str, float] = {}
     fmt = api.resolve_format(spec)
-    with psycopg.connect(cfg.database_url) as conn:
-        with timed(t, "select"):
-            ids = query_nodes(conn, spec.selector).node_ids
-        with timed(t, "sample_rows"):
-            rows = sample_rows(conn, ids)
+    with psycopg.connect(cfg.database_url) as conn, conn.transaction():
         frozen = class_map(conn, spec.name)
-    with timed(t, "samples"):
-        p = samples_from_rows(spec, fmt, [rows[n] for n in ids if n in rows], frozen)
-    with timed(t, "render"):
-        made = api._make(spec.doc(), spec.sha256(), fmt, p.samples, p.class_map, p.licences)
+        with timed(t, "counts"):
+            d = dry_plan(conn, spec, fmt, frozen)
+        with timed(t, "estimate"):
+            api._estimate(cfg, conn, spec, fmt, d)
     with timed(t, "quota"):
-        sizes, paths = api._sizes(made)
-        api._quota(cfg, sizes, paths, spec.mode)
+        api._quota(cfg, [], [], "view")
     return {k: round(v, 3) for k, v in t.items()}
 
 
@@ -458,8 +456,7 @@ def render() -> None:
         f"| `hoard dataset build --dry-run` (imagefolder, copy: counts per split × class, bytes, 3D's quota) | "
         f"**{v['dry_run_s']:.2f} s** | ≤ {GOAL_DRY_S:.0f} s |",
         "| — of which (a second run, step by step) | " + ", ".join(
-            f"{k} {v['dry_run_steps'][k]:.2f} s" for k in ("select", "sample_rows", "samples", "render", "quota"))
-        + " | |",
+            f"{k} {x:.2f} s" for k, x in v["dry_run_steps"].items()) + " | |",
         f"| view-mode build (imagefolder; the tree a view, manifest + dataset.json + README stored) | "
         f"**{v['view']['wall_s']:.2f} s** | ≤ {GOAL_VIEW_S:.0f} s |",
         "",
@@ -474,11 +471,11 @@ def render() -> None:
         "build reads each shard's members with the batch planner (the next shard's while one is assembled), but",
         "makes each tar whole in memory, writes them all only after the last is made, and the seal hashes them",
         "again: the disks idle while tars are written and hashed — streaming each shard into its file as its",
-        "members arrive, hashing as it writes, is what is left. At a million samples the dry run and the view",
-        "build are passes in Python over every sample (rows → samples → paths → manifest JSON → the layout's",
-        "checks → the card), each tens of microseconds per sample (the steps above); the dry run renders the whole",
-        "tree and manifest to know the bytes and check every path — within the goal only with counts and",
-        "sizes that do not build a million objects.",
+        "members arrive, hashing as it writes, is what is left. At a million samples the dry run computes",
+        "its counts in PostgreSQL (temp tables aggregated per split × class: the selection with each node's class",
+        "and parent, the roots of the distinct parents, the splits) — the selector and its two joins are most of",
+        "it. The view build is still passes in Python over every sample (rows → samples → paths → manifest JSON →",
+        "the layout's checks → the card → the view's rows), each a few microseconds per sample.",
         "", END]
     text = DOC.read_text()
     block = "\n".join(lines)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import gc
 import json
 import re
 import time
@@ -25,8 +26,9 @@ from typing import Any
 
 from datasets import card, formats, layouts
 from datasets.formats import FORMATS, Format, Tree, tar_size, write_tar
+from datasets.formats.webdataset import WebDataset, member_cost
 from datasets.model import Sample
-from datasets.plan import Plan, counts_of, order_key, plan
+from datasets.plan import DryPlan, Plan, build_order, counts_of, dry_plan, place, plan, sample_of
 from datasets.spec import NAME, DatasetError, DatasetSpec, TemplateSpec
 from fsd.base.config import Settings
 from fsd.base.errors import ExitCode, HoardError, first_line
@@ -157,7 +159,7 @@ def _make(spec_doc: dict[str, Any], spec_sha: str, fmt: Format, samples: list[Sa
           licences: list[str], manifest: bytes | None = None, doc_bytes: bytes | None = None) -> _Made:
     """The files of a version (pure): from a plan, or from a stored manifest + dataset.json."""
     splits = list(spec_doc["split"].get("order") or spec_doc["split"]["ratios"])
-    samples = sorted(samples, key=lambda s: order_key(s, splits))
+    samples = sorted(samples, key=build_order(splits))
     manifest = manifest if manifest is not None else card.manifest_bytes(samples)
     if doc_bytes is None:
         doc = card.dataset_doc(spec_doc, spec_sha, class_map, counts_of(samples, splits), samples, manifest, licences)
@@ -201,17 +203,73 @@ def _sizes(made: _Made) -> tuple[list[int], list[str]]:
 # -- the API ------------------------------------------------------------------------------------
 
 def dry_run(cfg: Settings, spec: DatasetSpec, mode: str | None = None) -> DryRun:
-    """What a build would make — counts per split × class, bytes, whether 3D's quota admits it,
-    thumbnails per class — with nothing written anywhere."""
+    """What a build would make — counts per split × class, the samples' bytes, whether 3D's
+    quota admits it, thumbnails per class — with nothing written anywhere. The counts and bytes
+    are the build's (datasets.plan.dry_plan: computed in the database, one row per split ×
+    class); the files a layout makes beside the samples' (manifest, card, metadata, tar
+    headers) are estimated from a couple of thousand samples rendered whole, and the build
+    checks the quota again, exactly, before a byte moves."""
     spec = with_template(_with_mode(spec, mode))
     fmt = resolve_format(spec)
-    with _connect(cfg, f"plan dataset {spec.name}") as conn:
-        p = _plan(cfg, conn, spec, fmt)
-    made = _make(spec.doc(), spec.sha256(), fmt, p.samples, p.class_map, p.licences)
+    with _connect(cfg, f"plan dataset {spec.name}") as conn, \
+            _db_errors(f"dataset {spec.name} was planned"), conn.transaction():
+        d = dry_plan(conn, spec, fmt, sqld.class_map(conn, spec.name), zones.zone_block_size((cfg, ZONE)))
+        need = 0
+        if spec.mode == "copy":
+            need = _estimate(cfg, conn, spec, fmt, d)
+    _need, room, _ok = _quota(cfg, [], [], "view")
+    return DryRun(spec.name, spec.layout, spec.mode, d.counts, d.samples, d.bytes, need, room, need <= room,
+                  d.class_map, d.new_classes, d.thumbnails, d.selected, d.unlabelled, d.capped, d.dropped_dup)
+
+
+#: samples rendered whole to estimate the layout's own files in a dry run
+ESTIMATE_SAMPLES = 2000
+
+
+def _estimate(cfg: Settings, conn, spec: DatasetSpec, fmt: Format, d: DryPlan) -> int:
+    """What a copy build would reserve in 3D (zones.charge): the samples' files exactly (in
+    whole blocks, or as tar members), plus the files the layout and the card make, scaled from
+    ESTIMATE_SAMPLES samples (the lowest sha256s) made into a whole tree by the build's own code
+    (plan, render); a layout that refuses those few is estimated at 1 KiB a sample (the build names
+    the problem)."""
+    block = zones.zone_block_size((cfg, ZONE))
+    groups = sum(len(by) for by in d.counts.values())
+    picked = sqld.dry_subset(conn, d.table, d.samples, ESTIMATE_SAMPLES)
+    tars = isinstance(fmt, WebDataset)
+    exact = d.member_bytes if tars else d.block_bytes
+    try:
+        rows = sqld.sample_rows(conn, [nid for nid, _, _ in picked], ocr_boxes=spec.annotations == "result_ocr_box")
+        splits = list(spec.split.ratios)
+        samples = [sample_of(spec, rows[nid], splits[idx], d.class_map, shared) for nid, idx, shared in picked]
+        made = _make(spec.doc(), spec.sha256(), fmt, place(fmt, samples, spec.name, spec.webdataset.model_dump()),
+                     d.class_map, [])
+    except HoardError:
+        return exact + 1024 * d.samples + zones.charge((cfg, ZONE), [], dirs=groups + len(d.counts))
     sizes, paths = _sizes(made)
-    need, room, ok = _quota(cfg, sizes, paths, spec.mode)
-    return DryRun(spec.name, spec.layout, spec.mode, p.counts(), len(p.samples), sum(sizes), need, room, ok,
-                  p.class_map, p.new_classes, p.thumbnails(), p.selected, p.unlabelled, p.capped, p.dropped_dup)
+    own = sum(member_cost(s.size) if tars else -(-s.size // block) * block for s in samples)
+    made_blocks = sum(-(-n // block) * block for n in sizes)
+    scale = d.samples / max(1, len(samples))
+    extra = max(0, made_blocks - own) * scale
+    dirs = zones.tree_dirs(paths)
+    if dirs > 2 * (groups + len(d.counts)):  # directories that grow with the samples (a template's)
+        dirs = int(dirs * scale)
+    dirs = max(dirs, groups + len(d.counts))  # a split × class the few missed (an imagefolder's directories)
+    return exact + int(extra) + zones.charge((cfg, ZONE), [0] * int(len(sizes) * scale), dirs=dirs)
+
+
+@contextlib.contextmanager
+def no_gc() -> Iterator[None]:
+    """Python's cyclic garbage collector off for a build: a million samples are some ten million
+    containers (rows, samples, paths, JSON), none of them in a cycle, and each full collection
+    walks them all — half the time of planning a million. It is switched back on (if it was)
+    on the way out, and collects then whatever cycles were made meanwhile."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
 
 
 @contextlib.contextmanager
@@ -237,7 +295,7 @@ def build(cfg: Settings, spec: DatasetSpec, mode: str | None = None, force: bool
     fmt = resolve_format(spec)
     if spec.mode == "view":
         _check_view(cfg, spec, fmt)
-    with _build_lock(cfg, spec.name), _connect(cfg, f"build dataset {spec.name}") as conn:
+    with _build_lock(cfg, spec.name), _connect(cfg, f"build dataset {spec.name}") as conn, no_gc():
         conn.autocommit = True
         p = _plan(cfg, conn, spec, fmt)
         spec_doc, spec_sha = spec.doc(), spec.sha256()
@@ -308,13 +366,18 @@ def _write(cfg: Settings, conn, name: str, n: int, mode: str, made: _Made,
                                    f"{name}@{n}` removes it", ExitCode.DATA)
             zones.release_stale(cfg, ZONE, out_id)
             doc = job
-        items = [Item(f.path, f.sha256, f.size) for f in made.tree.files]
         generated = list(made.generated)
-        if mode == "view":  # the manifest and dataset.json are recorded nodes: the view names them, never owns
+        rows: list[tuple[str, str]] = []
+        if mode == "view":  # the files as (path, sha256) rows of the view: no Item each
+            items: list[Item] = []
+            rows = [(f.path, f.sha256) for f in made.tree.files]
+            # the manifest and dataset.json are recorded nodes: the view names them, never owns
             # them (a view releases what it owns when it goes: a gc without the database would collect them)
             recorded = {card.MANIFEST: (manifest_sha, len(made.manifest)), card.DOC: (doc_sha, len(made.doc_bytes))}
             items += [Item(p, *recorded[p]) for p, _ in generated if p in recorded]
             generated = [(p, d) for p, d in generated if p not in recorded]
+        else:
+            items = [Item(f.path, f.sha256, f.size) for f in made.tree.files]
 
         # the tar shards, each written into its file as it is made
         streamed = [(t.path, tar_size(t), functools.partial(_write_shard, store, t)) for t in made.tree.tars]
@@ -325,11 +388,13 @@ def _write(cfg: Settings, conn, name: str, n: int, mode: str, made: _Made,
                                    streamed=streamed, **common)
         elif doc is None:
             assert view is not None
-            tops = sorted({p.split("/", 1)[0] for p in [it.path for it in items] + [g for g, _ in generated]})
+            tops = sorted({p.split("/", 1)[0] for p in [*(p for p, _ in rows), *(it.path for it in items),
+                                                          *(g for g, _ in generated)]})
             doc, _info, _rows = write_view(cfg, store, ZONE, out_id, view=view, items=items, generated=generated,
-                                           entries=tops, **common)
-    files = len(items) + len(generated) + len(streamed)
-    nbytes = sum(it.size for it in items) + sum(len(d) for _, d in generated) + sum(z for _, z, _ in streamed)
+                                           entries=tops, rows=rows, **common)
+    files = len(rows) + len(items) + len(generated) + len(streamed)
+    nbytes = (sum(f.size for f in made.tree.files) if rows else 0) + sum(it.size for it in items) + \
+        sum(len(d) for _, d in generated) + sum(z for _, z, _ in streamed)
     with _db_errors(f"dataset {name} was recorded"):
         sqld.finish_version(conn, name, n, manifest_sha, doc_sha, files, nbytes, made.doc["counts"], str(final))
     return {"name": name, "version": n, "ref": f"{name}@{n}", "path": str(final), "output_id": out_id, "mode": mode,
@@ -482,7 +547,7 @@ def materialize(cfg: Settings, ref: str, progress: Callable[[int, int], None] | 
     """Make `3D/<name>-v<N>/` again from the version's stored manifest and dataset.json: the
     same bytes as its build, whatever the labels say today. A sealed one is reported as it is."""
     name, n = parse_ref(ref)
-    with _build_lock(cfg, name), _connect(cfg, f"materialize dataset {ref}") as conn:
+    with _build_lock(cfg, name), _connect(cfg, f"materialize dataset {ref}") as conn, no_gc():
         conn.autocommit = True
         row = _version(conn, ref, True)
         final = Path(row["path"])

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import Counter, defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -90,6 +91,16 @@ def order_key(s: Sample, splits: list[str]) -> tuple[int, int, str, str]:
             s.class_index if s.class_index is not None else -1, s.sha256, s.path)
 
 
+def build_order(splits: list[str]) -> Callable[[Sample], tuple[int, int, str, str]]:
+    """order_key over these splits, the split's rank looked up once per name, not searched per sample."""
+    rank = {sp: i for i, sp in reversed(list(enumerate(splits)))}
+    last = len(splits)
+
+    def key(s: Sample) -> tuple[int, int, str, str]:
+        return (rank.get(s.split, last), s.class_index if s.class_index is not None else -1, s.sha256, s.path)
+    return key
+
+
 def plan(conn, spec: DatasetSpec, fmt: Format, frozen_map: list[str] | None) -> Plan:
     """Read the selection and its rows (sql.datasets) and make the samples; DatasetError — one
     line naming the problem and what to do — for anything that would make a wrong dataset."""
@@ -119,19 +130,16 @@ def samples_from_rows(spec: DatasetSpec, fmt: Format, rows: list[dict[str, Any]]
         if spec.class_label is not None:
             values = r["labels"].get(spec.class_label, [])
             if len(values) > 1:
-                raise DatasetError(f"dataset {name}: node {r['sha256']} has {len(values)} values of "
-                                   f"{spec.class_label!r} ({', '.join(map(repr, values[:3]))}); a sample has one class — "
-                                   "take the others off (`hoard label rm`)", ExitCode.DATA)
+                raise _two_classes(spec, r["sha256"], values)
             if not values:
                 unlabelled += 1
                 continue
             cls = values[0]
         classed.append((r, cls))
     if not classed:
-        raise DatasetError(f"dataset {name}: none of the {len(rows)} selected nodes has a {spec.class_label!r} label; "
-                           "label them or widen the selector", ExitCode.DATA)
+        raise _no_class(spec, len(rows))
     found = sorted({c for _, c in classed if c is not None})
-    cmap, new = _class_map(spec, frozen_map, found, classed)
+    cmap, new = _class_map(spec, frozen_map, found, lambda c: next(r["sha256"] for r, k in classed if k == c))
     index = {c: i for i, c in enumerate(cmap)}
     # one sample per node; dedup by content or node
     seen: set[str | int] = set()
@@ -147,23 +155,35 @@ def samples_from_rows(spec: DatasetSpec, fmt: Format, rows: list[dict[str, Any]]
             dropped += 1
             continue
         seen.add(ident)
-        key = r["sha256"][:16] if keys[r["sha256"][:16]] == 1 else f"{r['sha256'][:16]}-{r['node_id']}"
         split = _split(spec, r, splits, groups[r["node_id"]], drawn)
-        labels = {k: tuple(v) for k, v in sorted(r["labels"].items())}
-        width, height = _int(labels.get(WIDTH)), _int(labels.get(HEIGHT))
-        anns, w2, h2 = _annotations(spec, r, cls)
-        out.append(Sample(path="", sha256=r["sha256"], size=int(r["size"]),
-                          ext=f".{r['file_type']}" if r.get("file_type") else "", key=key, node_id=r["node_id"],
-                          root_id=r["root_id"], lineage=tuple(r["lineage"]), source_url=r["source_url"],
-                          date=r["date"], labels=labels, cls=cls, class_index=index[cls] if cls is not None else None,
-                          split=split, annotations=anns, width=width or w2, height=height or h2))
+        out.append(_sample(spec, r, cls, index[cls] if cls is not None else None, keys[r["sha256"][:16]] > 1, split))
     out, capped = _caps(spec, out)
     kept = {s.node_id for s in out}
     licences = sorted({lic for r, _ in classed if r["node_id"] in kept for lic in r.get("licences", ())})
     placed = place(fmt, out, name, spec.webdataset.model_dump())
-    placed.sort(key=lambda s: order_key(s, splits))
+    placed.sort(key=build_order(splits))
     return Plan(spec, placed, cmap, new, selected=len(rows), unlabelled=unlabelled, dropped_dup=dropped, capped=capped,
                 licences=licences)
+
+
+def _sample(spec: DatasetSpec, r: dict[str, Any], cls: str | None, class_index: int | None, shared: bool,
+            split: str) -> Sample:
+    """A node's row (sql.datasets.sample_rows) as a sample without its path; `shared`: another
+    classed node has the same sha256[:16] (the key then names the node too)."""
+    key = f"{r['sha256'][:16]}-{r['node_id']}" if shared else r["sha256"][:16]
+    labels = {k: tuple(v) for k, v in sorted(r["labels"].items())}
+    width, height = _int(labels.get(WIDTH)), _int(labels.get(HEIGHT))
+    anns, w2, h2 = _annotations(spec, r, cls)
+    return Sample(path="", sha256=r["sha256"], size=int(r["size"]), ext=f".{r['file_type']}" if r.get("file_type") else "",
+                  key=key, node_id=r["node_id"], root_id=r["root_id"], lineage=tuple(r["lineage"]),
+                  source_url=r["source_url"], date=r["date"], labels=labels, cls=cls, class_index=class_index,
+                  split=split, annotations=anns, width=width or w2, height=height or h2)
+
+
+def sample_of(spec: DatasetSpec, r: dict[str, Any], split: str, class_map: list[str], shared: bool) -> Sample:
+    """The sample a build makes of a node's row whose split is known (a dry run's few)."""
+    cls = r["labels"][spec.class_label][0] if spec.class_label is not None else None
+    return _sample(spec, r, cls, class_map.index(cls) if cls is not None else None, shared, split)
 
 
 def place(fmt: Format, samples: list[Sample], name: str, options: dict[str, Any] | None = None) -> list[Sample]:
@@ -184,24 +204,50 @@ def place(fmt: Format, samples: list[Sample], name: str, options: dict[str, Any]
     return placed
 
 
+def _named_keys(spec: DatasetSpec) -> list[tuple[str, str]]:
+    named = [("class_label", spec.class_label), ("split.field", spec.split.field),
+             ("split.group", spec.split.group[6:] if spec.split.group.startswith("label:") else None),
+             ("annotations", spec.annotations if spec.annotations != "result_ocr_box" else None)]
+    return [(what, key) for what, key in named if key is not None]
+
+
+def _no_key(spec: DatasetSpec, what: str, key: str, have: set[str]) -> DatasetError:
+    near = sorted(have)[:8]
+    return DatasetError(f"dataset {spec.name}: {what} = {key!r}: no selected node has that label key"
+                        + (f" (their keys: {', '.join(near)}{', …' if len(have) > 8 else ''})" if near else
+                           " (they have no labels at all)") + "; fix the key or the selector", ExitCode.DATA)
+
+
 def _check_keys(spec: DatasetSpec, rows: list[dict[str, Any]]) -> None:
     """A label key the spec names that no selected node has is a typo until proven otherwise."""
     have: set[str] = set()
     for r in rows:
         have.update(r["labels"])
-    named = [("class_label", spec.class_label), ("split.field", spec.split.field),
-             ("split.group", spec.split.group[6:] if spec.split.group.startswith("label:") else None),
-             ("annotations", spec.annotations if spec.annotations != "result_ocr_box" else None)]
-    for what, key in named:
-        if key is not None and key not in have:
-            near = sorted(have)[:8]
-            raise DatasetError(f"dataset {spec.name}: {what} = {key!r}: no selected node has that label key"
-                               + (f" (their keys: {', '.join(near)}{', …' if len(have) > 8 else ''})" if near else
-                                  " (they have no labels at all)") + "; fix the key or the selector", ExitCode.DATA)
+    for what, key in _named_keys(spec):
+        if key not in have:
+            raise _no_key(spec, what, key, have)
+
+
+def _two_classes(spec: DatasetSpec, sha: str, values: list[str]) -> DatasetError:
+    return DatasetError(f"dataset {spec.name}: node {sha} has {len(values)} values of "
+                        f"{spec.class_label!r} ({', '.join(map(repr, values[:3]))}); a sample has one class — "
+                        "take the others off (`hoard label rm`)", ExitCode.DATA)
+
+
+def _no_class(spec: DatasetSpec, selected: int) -> DatasetError:
+    return DatasetError(f"dataset {spec.name}: none of the {selected} selected nodes has a {spec.class_label!r} label; "
+                        "label them or widen the selector", ExitCode.DATA)
+
+
+def _bad_field(spec: DatasetSpec, sha: str, values: list[str]) -> DatasetError:
+    return DatasetError(f"dataset {spec.name}: node {sha} says {spec.split.field} = "
+                        f"{', '.join(map(repr, values))}, which is not one split of {', '.join(spec.split.ratios)}; fix "
+                        "its label or the ratios", ExitCode.DATA)
 
 
 def _class_map(spec: DatasetSpec, frozen: list[str] | None, found: list[str],
-               classed: list[tuple[dict[str, Any], str | None]]) -> tuple[list[str], list[str]]:
+               node_of: Callable[[str], str]) -> tuple[list[str], list[str]]:
+    """(the class map, the classes appended to it); `node_of(class)`: a node of it (sha256), to name."""
     if spec.class_label is None:
         return [], []
     base = list(spec.classes) if spec.classes is not None else (list(frozen) if frozen else [])
@@ -209,7 +255,7 @@ def _class_map(spec: DatasetSpec, frozen: list[str] | None, found: list[str],
         return found, []
     new = [c for c in found if c not in base]
     if new and not spec.allow_new_classes:
-        node = next(r["sha256"] for r, c in classed if c == new[0])
+        node = node_of(new[0])
         pinned = "the spec's classes" if spec.classes is not None else "the class map frozen at its first build"
         raise DatasetError(f"dataset {spec.name}: class {new[0]!r} (of node {node}"
                            + (f", and {len(new) - 1} more class(es)" if len(new) > 1 else "")
@@ -259,9 +305,7 @@ def _split(spec: DatasetSpec, r: dict[str, Any], splits: list[str], group: str, 
     if sp.field is not None and r["labels"].get(sp.field):
         values = r["labels"][sp.field]
         if len(values) > 1 or values[0] not in sp.ratios:
-            raise DatasetError(f"dataset {spec.name}: node {r['sha256']} says {sp.field} = "
-                               f"{', '.join(map(repr, values))}, which is not one split of {', '.join(splits)}; fix "
-                               "its label or the ratios", ExitCode.DATA)
+            raise _bad_field(spec, r["sha256"], values)
         return values[0]
     split = drawn.get(group)
     if split is None:
@@ -313,3 +357,100 @@ def _annotations(spec: DatasetSpec, r: dict[str, Any], cls: str | None
             width, height = int(region["original_width"]), int(region["original_height"])
             break
     return anns, width, height
+
+
+# -- the dry run ---------------------------------------------------------------------------------
+
+@dataclass
+class DryPlan:
+    """What a build of the spec would hold, computed in the database (sql.datasets' dry_*): the
+    same rules as `plan` — class, class map, dedup, split, caps — aggregated per split × class,
+    never a Sample per node."""
+    spec: DatasetSpec
+    class_map: list[str]
+    new_classes: list[str]
+    counts: dict[str, dict[str, int]]
+    samples: int
+    bytes: int            # the samples' bytes (dataset.json's `bytes`)
+    block_bytes: int      # the samples' files in whole blocks (zones.charge of them but the directories)
+    member_bytes: int     # the samples as tar members (header + data padded to 512)
+    thumbnails: dict[str, list[str]]
+    selected: int
+    unlabelled: int
+    dropped_dup: int
+    capped: int
+    table: str            # the temp table of the final samples (node_id, sha256, size, cls, split_idx)
+
+
+def dry_plan(conn, spec: DatasetSpec, fmt: Format, frozen_map: list[str] | None, block: int = 4096) -> DryPlan:
+    """The counts and bytes of `plan(conn, spec, fmt, frozen_map)` without its samples: the
+    selection, classes, groups, splits, dedup and caps are computed in PostgreSQL (temp tables
+    in the caller's transaction) and Python sees one row per split × class (and per label group
+    with `group = "label:KEY"`). It refuses what `plan` refuses before the samples are laid out
+    (the same lines): an empty selection, a label key no selected node has, a node with two
+    classes, no node with the class label, a class not in the map, a pinned class without
+    samples, an explicit split that is not one of the ratios. What only the build checks: each
+    sample's path (hostile names, collisions, case), its file type and size for the layout, its
+    annotations, that its object is still in the store (docs/datasets.md)."""
+    from sql import datasets as sqld
+    from sql.selectors import parse_selector, selector_query
+
+    name = spec.name
+    sel = parse_selector(spec.selector)
+    by_id = sel.order == "node_id" and sel.limit is None  # the selection's order is the node ids': not sorted
+    query, params = selector_query(conn, sel, ordered=not by_id)
+    g = spec.split.group
+    selected, classed = sqld.dry_select(conn, query, params, spec.class_label, parents=g != "node", by_id=by_id)
+    if not selected:
+        empty = sqld.dry_count(conn, query, params)
+        raise DatasetError(f"dataset {name}: the selection is empty — " + (
+            "its [selector] matches only manifests of datasets" if empty else "no node matches its [selector]")
+            + "; check it with `hoard select` (nothing was written)", ExitCode.DATA)
+    named = _named_keys(spec)
+    have = sqld.dry_keys(conn, [k for _, k in named])
+    for what, key in named:
+        if key not in have:
+            raise _no_key(spec, what, key, sqld.dry_all_keys(conn))
+    if fmt.needs_class and spec.class_label is None:
+        raise DatasetError(f"dataset {name}: layout {fmt.name} needs a class: set class_label to the label key that "
+                           "holds it")
+    if spec.class_label is not None:
+        two = sqld.dry_two_classes(conn, spec.class_label)
+        if two is not None:
+            raise _two_classes(spec, *two)
+    if not classed:
+        raise _no_class(spec, selected)
+    cmap, new = _class_map(spec, frozen_map, sqld.dry_found(conn), lambda c: sqld.dry_node_of(conn, c))
+    splits = list(spec.split.ratios)
+    label_groups = None
+    if g != "node":
+        sqld.dry_roots(conn, spec.split.ratios, spec.split.salt)
+        if g.startswith("label:"):
+            pairs = sqld.dry_label_pairs(conn, g[6:])
+            rows = [{"node_id": i, "root_id": root, "labels": {g[6:]: [v]}} for i, (root, v) in enumerate(pairs)]
+            keys = group_keys(spec, rows)  # the same union of roots and values as the build's
+            label_groups = {root: splits.index(split_of(spec.split.ratios, spec.split.salt, keys[i]))
+                            for i, (root, _v) in enumerate(pairs)}
+    sqld.dry_kept(conn, group=g, ratios=spec.split.ratios, salt=spec.split.salt, label_groups=label_groups)
+    if spec.split.field is not None:
+        bad = sqld.dry_field(conn, spec.split.field, splits)
+        if bad is not None:
+            raise _bad_field(spec, *bad)
+    table = sqld.dry_caps(conn, spec.caps, spec.max_per_class, spec.split.salt)
+    counts: dict[str, dict[str, int]] = {s: {} for s in splits}
+    first: dict[str | None, tuple[int, int]] = {}
+    total = nbytes = blocks = members = 0
+    for idx, cls, n, size, in_blocks, as_members in sorted(sqld.dry_counts(conn, table, block), key=lambda r: r[0]):
+        counts[splits[idx]][cls or NO_CLASS] = n
+        first.setdefault(cls, (idx, n))
+        total, nbytes, blocks, members = total + n, nbytes + size, blocks + in_blocks, members + as_members
+    got: dict[str | None, list[str]] = {}
+    for cls, sha in sqld.dry_thumbnails(conn, table, THUMBNAILS, total, first):
+        got.setdefault(cls, []).append(sha)
+    # in build order, as Plan.thumbnails: the first split holding the class, then its index
+    thumbs = {c or NO_CLASS: got[c] for c in sorted(got, key=lambda c: (first[c][0],
+                                                                         cmap.index(c) if c in cmap else -1))}
+    return DryPlan(spec, cmap, new, {k: dict(sorted(v.items())) for k, v in counts.items()}, total, nbytes, blocks,
+                   members, thumbs, selected=selected, unlabelled=selected - classed if spec.class_label else 0,
+                   dropped_dup=0, capped=classed - total, table=table)
+

@@ -5,12 +5,14 @@ rows of migration 011."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 from collections.abc import Sequence
 from typing import Any
 
 import psycopg
+from psycopg import sql as psql
 
 #: nodes per round trip
 CHUNK = 50_000
@@ -86,19 +88,21 @@ def sample_rows(conn: psycopg.Connection, node_ids: Sequence[int], ocr_boxes: bo
                 "JOIN source src ON src.source_id = cm.source_id ORDER BY cm.node_id, src.name",
                 [list(URL_KEYS + LICENCE_KEYS), _array(wanted)]).fetchall():
             meta[nid] = (dl, raw)
+        of_root: dict[int, tuple[str | None, str | None, list[str]]] = {}  # the samples of a post share it
         for nid in ids:
             if nid not in rows:
                 continue
             r = rows[nid]
-            dl, raw = meta.get(r["lineage"][-1], (None, None))
-            r["root_id"] = r["lineage"][-1]
-            r["source_url"] = next((str(raw[k]) for k in URL_KEYS if isinstance(raw, dict) and raw.get(k)), None)
-            r["date"] = dl.astimezone(dt.UTC).date().isoformat() if dl is not None else None
-            licences = set()
-            for holder in (meta.get(nid, (None, None))[1], raw):
-                if isinstance(holder, dict):
-                    licences |= {str(holder[k]) for k in LICENCE_KEYS if holder.get(k)}
-            r["licences"] = sorted(licences)
+            root = r["root_id"] = r["lineage"][-1]
+            got = of_root.get(root)
+            if got is None:
+                dl, raw = meta.get(root, (None, None))
+                got = of_root[root] = (
+                    next((str(raw[k]) for k in URL_KEYS if isinstance(raw, dict) and raw.get(k)), None),
+                    dl.astimezone(dt.UTC).date().isoformat() if dl is not None else None, _licences(raw))
+            r["source_url"], r["date"], licences = got
+            own = meta.get(nid) if nid != root else None
+            r["licences"] = sorted(set(licences) | set(_licences(own[1]))) if own is not None else list(licences)
         if ocr_boxes:
             for nid, x, y, w, h, text in conn.execute(
                     "SELECT node_id, x, y, w, h, text FROM result_ocr_box WHERE node_id = ANY(%s) "
@@ -106,6 +110,286 @@ def sample_rows(conn: psycopg.Connection, node_ids: Sequence[int], ocr_boxes: bo
                 if nid in rows:
                     rows[nid]["boxes"].append((float(x), float(y), float(w), float(h), text))
     return rows
+
+
+# -- the dry run: counts and bytes aggregated here, never a row per sample in Python ----------------
+#
+# Temp tables (ON COMMIT DROP: run in one transaction): ds_cls (the selection, each node with
+# its class and parent), ds_up (the roots of those parents), ds_kept (the classed nodes with their
+# split), ds_final (after the caps). Each computes what datasets.plan computes per sample — the
+# same rules — so the dry run's counts are the build's (tests/test_datasets.py compares them).
+
+#: the signed bigint whose XOR maps an unsigned 64-bit value onto a signed one, order kept
+_SIGN = "(-9223372036854775807 - 1)"
+#: a classed node's root (ds_cls c, ds_up u)
+ROOT = "coalesce(u.root_id, c.node_id)"
+
+
+def _one(conn: psycopg.Connection, query: str, params: Sequence[Any] | None = None) -> Any:
+    row = conn.execute(query, params).fetchone()
+    assert row is not None
+    return row[0]
+
+
+def dry_select(conn: psycopg.Connection, query: Any, params: dict[str, object], class_label: str | None,
+               parents: bool, by_id: bool = False) -> tuple[int, int]:
+    """ds_cls(ord, node_id, sha256, size, cls, n, parent): the selector's nodes in its order,
+    less the nodes located only `dataset:…` (a dataset's manifest is never a sample), each with
+    its class (the least value of `class_label`, `n` its number of values; n NULL: it has none;
+    without `class_label`, cls NULL and n 1) and, with `parents`, the parent with the lowest node
+    id. `by_id`: the selection's order is its node ids' (`ord` is the node id: nothing sorted).
+    One statement: each table joined once. (selected, classed)."""
+    conn.execute("CREATE TEMP TABLE ds_man ON COMMIT DROP AS SELECT DISTINCT node_id FROM physical_path pp "
+                 "WHERE locator LIKE 'dataset:%' AND NOT EXISTS (SELECT 1 FROM physical_path o "
+                 "WHERE o.node_id = pp.node_id AND o.locator NOT LIKE 'dataset:%')")
+    # a million rows hashed and sorted: in memory, and no JIT compile (~1 s) for one run
+    conn.execute("SET LOCAL work_mem = '256MB'")
+    with contextlib.suppress(psycopg.errors.InvalidParameterValue):  # (only before a session's first temp table)
+        with conn.transaction():
+            conn.execute("SET LOCAL temp_buffers = '256MB'")  # the temp tables in memory, not written out
+    conn.execute("SET LOCAL jit = off")
+    sel = psql.SQL("(SELECT {} AS ord, row_number() OVER () AS rn, s.node_id, s.sha, s.size FROM ({}) "
+                   "s(node_id, sha, size) WHERE s.node_id NOT IN (SELECT node_id FROM ds_man))").format(
+        psql.SQL("s.node_id" if by_id else "row_number() OVER ()"), query)
+    # first each table joined as it is: a node with one class value and at most one parent (the
+    # usual case) is one row; if any node made two, the rows are grouped instead
+    cls = "c.value AS cls, CASE WHEN c.node_id IS NULL THEN NULL ELSE 1 END AS n" if class_label is not None \
+        else "NULL::text AS cls, 1 AS n"
+    join_c = "LEFT JOIN label c ON c.node_id = s.node_id AND c.key = %(key)s" if class_label is not None else ""
+    parent = "p.parent_id AS parent" if parents else "NULL::bigint AS parent"
+    join_p = "LEFT JOIN edge p ON p.child_id = s.node_id" if parents else ""
+    conn.execute(psql.SQL(f"CREATE TEMP TABLE ds_cls ON COMMIT DROP AS SELECT s.ord, s.rn, s.node_id, "
+                          f"decode(s.sha, 'hex') AS sha256, s.size, {cls}, {parent} FROM {{}} s {join_c} {join_p}"
+                          ).format(sel), {**params, "key": class_label})
+    if _one(conn, "SELECT count(*) <> coalesce(max(rn), 0) FROM ds_cls"):
+        conn.execute("DROP TABLE ds_cls")
+        cls = "c.cls, c.n" if class_label is not None else "NULL::text AS cls, 1 AS n"
+        join_c = ("LEFT JOIN (SELECT l.node_id, min(l.value COLLATE \"C\") AS cls, count(*) AS n FROM label l "
+                  "JOIN ds_sel x ON x.node_id = l.node_id WHERE l.key = %(key)s GROUP BY l.node_id) c "
+                  "ON c.node_id = s.node_id") if class_label is not None else ""
+        parent = "p.parent" if parents else "NULL::bigint AS parent"
+        join_p = ("LEFT JOIN (SELECT e.child_id, min(e.parent_id) AS parent FROM edge e JOIN ds_sel x "
+                  "ON x.node_id = e.child_id GROUP BY e.child_id) p ON p.child_id = s.node_id") if parents else ""
+        conn.execute(psql.SQL("CREATE TEMP TABLE ds_sel ON COMMIT DROP AS SELECT * FROM {} q").format(sel), params)
+        conn.execute("ANALYZE ds_sel")
+        conn.execute(f"CREATE TEMP TABLE ds_cls ON COMMIT DROP AS SELECT s.ord, s.node_id, decode(s.sha, 'hex') AS "
+                     f"sha256, s.size, {cls}, {parent} FROM ds_sel s {join_c} {join_p}", {"key": class_label})
+    conn.execute("ANALYZE ds_cls")
+    row = conn.execute("SELECT count(*), count(n) FROM ds_cls").fetchone()
+    assert row is not None
+    return int(row[0]), int(row[1])
+
+
+def dry_count(conn: psycopg.Connection, table: Any, params: dict[str, object] | None = None) -> int:
+    """Rows of a temp table (a name), or of a query (Composed: the selector's)."""
+    q = psql.SQL("SELECT count(*) FROM ({}) q").format(table) if not isinstance(table, str) else \
+        f"SELECT count(*) FROM {table}"
+    row = conn.execute(q, params).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def dry_keys(conn: psycopg.Connection, keys: Sequence[str]) -> set[str]:
+    """Which of `keys` some selected node has as a label key."""
+    return {k for k in keys if _one(
+        conn, "SELECT EXISTS (SELECT 1 FROM label l JOIN ds_cls s ON s.node_id = l.node_id WHERE l.key = %s)", [k])}
+
+
+def dry_all_keys(conn: psycopg.Connection) -> set[str]:
+    return {k for (k,) in conn.execute(
+        "SELECT DISTINCT l.key FROM label l WHERE l.node_id IN (SELECT node_id FROM ds_cls)")}
+
+
+def dry_two_classes(conn: psycopg.Connection, class_label: str) -> tuple[str, list[str]] | None:
+    """The first node (selection order) with two values of `class_label`: (sha256 hex, its
+    values in code-point order), or None."""
+    two = conn.execute(
+        "SELECT encode(c.sha256, 'hex'), array_agg(l.value ORDER BY l.value COLLATE \"C\") FROM "
+        "(SELECT * FROM ds_cls WHERE n > 1 ORDER BY ord LIMIT 1) c JOIN label l ON l.node_id = c.node_id AND l.key = %s "
+        "GROUP BY c.sha256", [class_label]).fetchone()
+    return (two[0], list(two[1])) if two else None
+
+
+def dry_found(conn: psycopg.Connection) -> list[str]:
+    """The classes found, sorted by code point."""
+    return sorted(c for (c,) in conn.execute("SELECT DISTINCT cls FROM ds_cls WHERE cls IS NOT NULL"))
+
+
+def dry_node_of(conn: psycopg.Connection, cls: str) -> str:
+    """The first node (selection order) of class `cls`: sha256 hex."""
+    return _one(conn, "SELECT encode(sha256, 'hex') FROM ds_cls WHERE cls = %s ORDER BY ord LIMIT 1", [cls])
+
+
+def dry_roots(conn: psycopg.Connection, ratios: dict[str, float], salt: str) -> None:
+    """ds_up(start, root_id, split_idx): the root of each distinct parent of a classed node, and
+    the split `root:<root id>` draws (split_case) — the climb of
+    sample_rows (at each step the parent with the lowest node id, at most MAX_DEPTH steps from
+    the sample), made once per parent, not once per sample. A node's root is its parent's, or
+    itself when it has none."""
+    draw = split_case(ratios, "'root:' || at")
+    conn.execute(
+        f"CREATE TEMP TABLE ds_up ON COMMIT DROP AS WITH RECURSIVE up(start, at, nxt, depth) AS ("
+        "SELECT p.parent, p.parent, (SELECT min(e.parent_id) FROM edge e WHERE e.child_id = p.parent), 1 "
+        "FROM (SELECT DISTINCT parent FROM ds_cls WHERE parent IS NOT NULL AND n IS NOT NULL) p "
+        "UNION ALL SELECT u.start, u.nxt, (SELECT min(e.parent_id) FROM edge e WHERE e.child_id = u.nxt), u.depth + 1 "
+        "FROM up u WHERE u.nxt IS NOT NULL AND u.depth < %(depth)s) "
+        f"SELECT start, at AS root_id, {draw} AS split_idx FROM up "
+        "WHERE nxt IS NULL OR depth = %(depth)s", {"depth": MAX_DEPTH, "salt": salt.encode() + b"\0"})
+    conn.execute("ANALYZE ds_up")
+
+
+def dry_label_pairs(conn: psycopg.Connection, key: str) -> list[tuple[int, str]]:
+    """(root id, value of `key`) of the classed nodes: what the label groups are made of
+    (one row per distinct pair, not per sample)."""
+    return conn.execute(f"SELECT DISTINCT {ROOT}, l.value FROM ds_cls c LEFT JOIN ds_up u ON u.start = c.parent "
+                        "JOIN label l ON l.node_id = c.node_id AND l.key = %s WHERE c.n IS NOT NULL", [key]).fetchall()
+
+
+def split_thresholds(ratios: dict[str, float]) -> list[int]:
+    """For each split in order, N: a draw n (the first 8 bytes of the hash, unsigned) falls in
+    it or before iff n < N — exactly where `datasets.plan.split_of`'s `n / 2**64 < acc` (acc
+    summed as it sums it, in floats) changes, found by bisection over the integers."""
+    out, acc = [], 0.0
+    for r in ratios.values():
+        acc += r
+        lo, hi = 0, 2 ** 64
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if mid / 2 ** 64 >= acc:
+                hi = mid
+            else:
+                lo = mid + 1
+        out.append(lo)
+    return out
+
+
+def split_case(ratios: dict[str, float], expr: str) -> str:
+    """SQL: the split index of the group key `expr` (text) drawn as datasets.plan.split_of does:
+    sha256(%(salt)s || key), its first 8 bytes an unsigned integer against the thresholds (the
+    last split when the float sum of the ratios falls a hair short of 1)."""
+    n = (f"(('x' || encode(substring(sha256(%(salt)s::bytea || convert_to({expr}, 'UTF8')) from 1 for 8), 'hex'))"
+         f"::bit(64)::bigint # {_SIGN})")
+    if len(ratios) == 1:
+        return "0"
+    arms = [f"WHEN {n} < {t - 2 ** 63} THEN {i}" if t < 2 ** 64 else f"WHEN true THEN {i}"
+            for i, t in enumerate(split_thresholds(ratios)[:-1])]
+    # past the last threshold but one the draw falls in the last split (split_of's fallback too)
+    return f"(CASE {' '.join(arms)} ELSE {len(ratios) - 1} END)"
+
+
+def dry_kept(conn: psycopg.Connection, *, group: str, ratios: dict[str, float], salt: str,
+             label_groups: dict[int, int] | None) -> None:
+    """ds_kept(node_id, sha256, size, cls, split_idx): the classed nodes with the split their
+    group drew; `label_groups` (label:KEY) maps a root id to the split index its group drew
+    (datasets.plan.group_keys), other roots drawing `root:<id>`. No dedup here: node.sha256 is
+    UNIQUE and a selection names a node once, so `by_sha256` never finds two nodes of one
+    content (nor, of course, `by_node` one node twice)."""
+    salted = {"salt": salt.encode() + b"\0"}
+    if group == "node":
+        draw = split_case(ratios, "'node:' || c.node_id")
+        conn.execute(f"CREATE TEMP TABLE ds_kept ON COMMIT DROP AS SELECT c.node_id, c.sha256, c.size, c.cls, "
+                     f"{draw} AS split_idx FROM ds_cls c WHERE c.n IS NOT NULL", salted)
+    else:
+        join_lg = ""
+        if label_groups is not None:
+            conn.execute("CREATE TEMP TABLE ds_lg (root_id bigint PRIMARY KEY, split_idx int) ON COMMIT DROP")
+            with conn.cursor().copy("COPY ds_lg (root_id, split_idx) FROM STDIN") as cp:
+                for root, idx in label_groups.items():
+                    cp.write_row((root, idx))
+            join_lg = f"LEFT JOIN ds_lg g ON g.root_id = {ROOT}"
+        # a node without a parent is its own root: its draw is made here, the others' in ds_up
+        draw = split_case(ratios, "'root:' || c.node_id")
+        pick = f"coalesce(u.split_idx, {draw})"
+        if label_groups is not None:
+            pick = f"coalesce(g.split_idx, {pick})"
+        conn.execute(f"CREATE TEMP TABLE ds_kept ON COMMIT DROP AS SELECT c.node_id, c.sha256, c.size, c.cls, "
+                     f"{pick} AS split_idx FROM ds_cls c LEFT JOIN ds_up u ON u.start = c.parent {join_lg} "
+                     "WHERE c.n IS NOT NULL", salted)
+    conn.execute("ANALYZE ds_kept")
+
+
+def dry_field(conn: psycopg.Connection, key: str, splits: list[str]) -> tuple[str, list[str]] | None:
+    """The explicit split (`split.field`): a kept node's one value of `key` naming a split wins
+    over the draw. The first kept node (by node id) whose values are not one split: (sha256 hex,
+    its values) — or None, and ds_kept's split_idx set from the values."""
+    conn.execute("CREATE TEMP TABLE ds_fld ON COMMIT DROP AS SELECT k.node_id, k.sha256, "
+                 "array_agg(l.value ORDER BY l.value COLLATE \"C\") AS vals FROM ds_kept k "
+                 "JOIN label l ON l.node_id = k.node_id AND l.key = %s GROUP BY k.node_id, k.sha256", [key])
+    bad = conn.execute("SELECT encode(sha256, 'hex'), vals FROM ds_fld WHERE cardinality(vals) > 1 "
+                       "OR NOT vals[1] = ANY(%s) ORDER BY node_id LIMIT 1", [splits]).fetchone()
+    if bad:
+        return bad[0], list(bad[1])
+    conn.execute("UPDATE ds_kept k SET split_idx = array_position(%s::text[], f.vals[1]) - 1 FROM ds_fld f "
+                 "WHERE f.node_id = k.node_id", [splits])
+    return None
+
+
+def dry_caps(conn: psycopg.Connection, caps: dict[str, int] | None, max_per_class: int | None, salt: str) -> str:
+    """The caps (datasets.plan._caps): of each (split, class) the `cap` samples with the lowest
+    sha256(salt, sample key) — the key sha256[:16], or with the node id when two classed nodes
+    share those digits. The table the counts come from: ds_final, or ds_kept without caps."""
+    if not caps and max_per_class is None:
+        return "ds_kept"
+    conn.execute("CREATE TEMP TABLE ds_twice ON COMMIT DROP AS SELECT substring(sha256 from 1 for 8) AS pre "
+                 "FROM ds_cls WHERE n IS NOT NULL GROUP BY 1 HAVING count(*) > 1")
+    conn.execute(
+        "CREATE TEMP TABLE ds_final ON COMMIT DROP AS SELECT node_id, sha256, size, cls, split_idx FROM ("
+        "SELECT k.*, row_number() OVER (PARTITION BY k.split_idx, k.cls ORDER BY sha256(%(salt)s::bytea || "
+        "convert_to(left(encode(k.sha256, 'hex'), 16) || CASE WHEN t.pre IS NULL THEN '' ELSE '-' || k.node_id END, "
+        "'UTF8'))) AS rn, coalesce((%(caps)s::jsonb ->> coalesce(k.cls, ''))::bigint, %(max)s::bigint) AS cap "
+        "FROM ds_kept k LEFT JOIN ds_twice t ON t.pre = substring(k.sha256 from 1 for 8)) x "
+        "WHERE cap IS NULL OR rn <= cap",
+        {"salt": salt.encode() + b"\0", "caps": json.dumps(caps or {}), "max": max_per_class})
+    return "ds_final"
+
+
+def dry_counts(conn: psycopg.Connection, table: str, block: int) -> list[tuple[int, str | None, int, int, int, int]]:
+    """(split index, class, samples, bytes, bytes in whole blocks of `block`, bytes as tar members)."""
+    return conn.execute(
+        f"SELECT split_idx, cls, count(*), sum(size)::bigint, sum((size + {block - 1}) / {block} * {block})::bigint, "
+        f"sum(512 + (size + 511) / 512 * 512)::bigint FROM {table} GROUP BY 1, 2").fetchall()
+
+
+def dry_thumbnails(conn: psycopg.Connection, table: str, n: int, total: int,
+                   first: dict[str | None, tuple[int, int]]) -> list[tuple[str | None, str]]:
+    """Up to `n` samples of each class in build order (split, sha256): (class, sha256 hex).
+    `first`: class → (its first split's index, its samples there). The samples whose sha256
+    starts below a bound that leaves ~16·n a class are sorted, not all: exact when each class
+    has n of them in its first split (every other sample of that split sorts after them); else
+    every sample is."""
+    q = (f"SELECT cls, encode(sha256, 'hex'), split_idx FROM (SELECT cls, sha256, split_idx, row_number() OVER "
+         f"(PARTITION BY cls ORDER BY split_idx, sha256, node_id) AS rn FROM {table} {{}}) t WHERE rn <= %s "
+         "ORDER BY cls, rn")
+    frac = 16 * n * max(1, len(first)) / max(1, total)
+    if frac < 1:
+        bound = max(1, int(frac * 65536)).to_bytes(2, "big")
+        rows = conn.execute(q.format("WHERE sha256 < %s"), [bound, n]).fetchall()
+        got: dict[str | None, int] = {}
+        for cls, _sha, idx in rows:
+            if idx == first[cls][0]:
+                got[cls] = got.get(cls, 0) + 1
+        if all(got.get(c, 0) >= min(n, k) and k >= n for c, (_i, k) in first.items()):
+            return [(c, h) for c, h, _ in rows]
+    return [(c, h) for c, h, _ in conn.execute(q.format(""), [n]).fetchall()]
+
+
+def dry_subset(conn: psycopg.Connection, table: str, total: int, want: int) -> list[tuple[int, int, bool]]:
+    """About `want` of the samples, those whose sha256 starts lowest (a sample of the contents
+    that does not sort them all): (node id, split index, whether its sha256[:16] is shared by
+    another classed node) — rendered whole to estimate the files a layout makes beside the
+    samples'."""
+    bound = min(65535, max(1, int(65536 * 2 * want / max(1, total)))).to_bytes(2, "big")
+    rows = conn.execute(f"SELECT node_id, split_idx, substring(sha256 from 1 for 8) FROM {table} WHERE sha256 < %s "
+                        "ORDER BY sha256 LIMIT %s", [bound, want]).fetchall()
+    shared = {bytes(pre) for (pre,) in conn.execute(
+        "SELECT substring(sha256 from 1 for 8) FROM ds_cls WHERE n IS NOT NULL AND substring(sha256 from 1 for 8) "
+        "= ANY(%s) GROUP BY 1 HAVING count(*) > 1", [[bytes(r[2]) for r in rows]])}
+    return [(nid, idx, bytes(pre) in shared) for nid, idx, pre in rows]
+
+
+def _licences(raw: Any) -> list[str]:
+    """The licences a raw_metadata names (`license` / `licence`), sorted."""
+    return sorted({str(raw[k]) for k in LICENCE_KEYS if raw.get(k)}) if isinstance(raw, dict) else []
 
 
 # -- dataset and dataset_version ------------------------------------------------------------------

@@ -168,9 +168,11 @@ def _from_sources(p: _Params, sources: list[str]) -> sql.Composable:
         " AND va.source_id IN (SELECT source_id FROM source WHERE name = ANY({ids}))))").format(ids=ids)
 
 
-def compile_selector(sel: Selector, words: str | None = None) -> tuple[sql.Composed, dict[str, object]]:
+def compile_selector(sel: Selector, words: str | None = None, ordered: bool = True
+                     ) -> tuple[sql.Composed, dict[str, object]]:
     """The query and its parameters. `words`: `sel.text` as a tsquery (sql.browse.search_query,
-    which needs the database to cut the words as the index did); required when `sel.text` is set."""
+    which needs the database to cut the words as the index did); required when `sel.text` is set.
+    `ordered=False`: without ORDER BY when nothing depends on it (no LIMIT) — the same rows."""
     p = _Params()
     where: list[sql.Composable] = [sql.SQL("n.is_physical")]
     if not sel.include_black_listed:
@@ -217,8 +219,9 @@ def compile_selector(sel: Selector, words: str | None = None) -> tuple[sql.Compo
         where.append(sql.SQL("n.node_id IN (SELECT cm.node_id FROM common_metadata cm WHERE metadata_search_doc("
                              "cm.title, cm.author, cm.user_name, cm.raw_metadata) @@ {}::tsquery)").format(p.add(words)))
     query = sql.SQL("SELECT n.node_id, encode(n.sha256, 'hex'), pc.size FROM node n "
-                    "JOIN physical_content pc USING (node_id) WHERE {} ORDER BY {}").format(
-        sql.SQL(" AND ").join(where), sql.SQL(ORDERS[sel.order]))
+                    "JOIN physical_content pc USING (node_id) WHERE {}").format(sql.SQL(" AND ").join(where))
+    if ordered or sel.limit is not None:
+        query = sql.SQL("{} ORDER BY {}").format(query, sql.SQL(ORDERS[sel.order]))
     if sel.limit is not None:
         query = sql.SQL("{} LIMIT {}").format(query, p.add(sel.limit))
     return query, p.values
@@ -231,11 +234,18 @@ def parse_selector(data: dict) -> Selector:
         raise SelectorError(f"selector rejected: {describe_validation_error(e, Selector)}") from None
 
 
-def query_nodes(conn: psycopg.Connection, selector: Selector | dict) -> NodeSet:
-    """The physical nodes the selector picks, with sizes and their total (for quota reservation)."""
+def selector_query(conn: psycopg.Connection, selector: Selector | dict, ordered: bool = True
+                   ) -> tuple[sql.Composed, dict[str, object]]:
+    """The selector's query (node_id, sha256 hex, size; in its order unless `ordered=False` and
+    it has no LIMIT) and parameters, to run or to use as a subquery."""
     sel = selector if isinstance(selector, Selector) else parse_selector(selector)
     words = search_query(conn, sel.text) if sel.text is not None else None
-    query, params = compile_selector(sel, words)
+    return compile_selector(sel, words, ordered)
+
+
+def query_nodes(conn: psycopg.Connection, selector: Selector | dict) -> NodeSet:
+    """The physical nodes the selector picks, with sizes and their total (for quota reservation)."""
+    query, params = selector_query(conn, selector)
     rows = conn.execute(query, params).fetchall()
     return NodeSet([r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows], sum(r[2] for r in rows))
 

@@ -531,3 +531,151 @@ def test_sample_rows_lineage_roots_and_metadata_across_chunks(pg, monkeypatch) -
         r = rows[ids[i]]
         assert (r["root_id"], r["source_url"], r["date"]) == (ids[1], "https://example.org/p/1", "2026-03-04")
     assert rows[ids[1]]["licences"] == ["CC-BY"] and rows[ids[3]]["licences"] == ["CC-BY"]
+
+
+# -- the dry run: the build's counts, computed in the database -------------------------------------
+
+def test_split_thresholds_fall_where_split_of_changes_its_answer() -> None:
+    """The dry run draws splits in SQL against integer thresholds: each is the first 64-bit draw
+    n for which `split_of`'s float rule (n / 2**64 < the running sum of the ratios) no longer
+    holds — so the SQL and Python draws agree on every n, the float sum that falls a hair short
+    of 1 (0.6 + 0.3 + 0.1) included."""
+    from sql.datasets import split_thresholds
+
+    def python_index(ratios: dict[str, float], n: int) -> int:  # split_of, with the draw given
+        u, acc = n / 2 ** 64, 0.0
+        for i, r in enumerate(ratios.values()):
+            acc += r
+            if u < acc:
+                return i
+        return len(ratios) - 1
+
+    def sql_index(ratios: dict[str, float], n: int) -> int:
+        return next((i for i, t in enumerate(split_thresholds(ratios)[:-1]) if n < t), len(ratios) - 1)
+
+    for ratios in ({"train": 0.8, "val": 0.2}, {"a": 0.6, "b": 0.3, "c": 0.1}, {"a": 1 / 3, "b": 1 / 3, "c": 1 / 3},
+                   {"x": 1e-9, "y": 1 - 1e-9}, {"only": 1.0}):
+        for t in split_thresholds(ratios):
+            for n in (t - 2, t - 1, t, t + 1, 0, 2 ** 64 - 1):
+                if 0 <= n < 2 ** 64:
+                    assert python_index(ratios, n) == sql_index(ratios, n), (ratios, n)
+    assert split_thresholds({"a": 0.6, "b": 0.3, "c": 0.1})[-1] < 2 ** 64  # the sum is 0.9999999999999999
+
+
+def _dry_data(pg, second_parents: bool = True) -> dict[str, int]:
+    """Roots (txt, not selected) with 1-4 png images each; some images with a second parent
+    (another root), a png child of an image (lineage of 3), images without any parent, a cycle
+    of two pngs; classes cat/dog/bird, some unlabelled; `dup` groups spanning posts; an explicit
+    split `fold` on some. sha256 → node id."""
+    import random
+
+    from sql.migrate import migrate
+
+    migrate(pg)
+    rng = random.Random(36)
+    nodes, edges, labels = [], [], []
+    roots = [f"{0xA000 + r:064x}" for r in range(40)]
+    nodes += [{"sha256": h, "physical": {"size": 10, "file_type": "txt"}} for h in roots]
+    imgs = []
+    for r, root in enumerate(roots):
+        for k in range(1 + r % 4):
+            h = hashlib.sha256(f"img {r} {k}".encode()).hexdigest()
+            imgs.append(h)
+            edges.append((root, h))
+            if rng.random() < 0.15 and second_parents:  # a second parent: the lower node id wins
+                edges.append((roots[rng.randrange(len(roots))], h))
+    orphans = [hashlib.sha256(f"orphan {i}".encode()).hexdigest() for i in range(12)]
+    kids = [hashlib.sha256(f"kid {i}".encode()).hexdigest() for i in range(10)]
+    edges += [(imgs[3 * i], kid) for i, kid in enumerate(kids)]
+    cycle = [hashlib.sha256(f"cycle {i}".encode()).hexdigest() for i in range(2)]
+    edges += [(cycle[0], cycle[1]), (cycle[1], cycle[0])]
+    pngs = imgs + orphans + kids + cycle
+    nodes += [{"sha256": h, "physical": {"size": 100 + i * 7, "file_type": "png"}} for i, h in enumerate(pngs)]
+    for i, h in enumerate(pngs):
+        if i % 9 != 4:  # some unlabelled
+            labels.append((h, "class", ("cat", "dog", "bird")[rng.randrange(3)]))
+        if i % 5 == 0:
+            labels.append((h, "dup", f"g{rng.randrange(8)}"))
+        if i % 7 == 0:
+            labels.append((h, "fold", ("train", "val", "test")[rng.randrange(3)]))
+    apply_write_intent(pg, {"key": "test:dry-nodes", "nodes": nodes,
+                            "edges": [{"parent": a, "child": b, "relationship": "media_of"} for a, b in edges]})
+    _label(pg, "dry", labels)
+    return {h: pg.execute("SELECT node_id FROM node WHERE sha256 = %s", [bytes.fromhex(h)]).fetchone()[0]
+            for h in pngs}
+
+
+DRY_VARIANTS = {
+    "root": "",
+    "root, one parent each": "",
+    "node": 'group = "node"',
+    "label group": 'group = "label:dup"',
+    "explicit field": 'field = "fold"',
+    "caps": "",
+    "max per class, by node": "",
+    "no class (webdataset)": "",
+}
+
+
+@pytest.mark.parametrize("variant", list(DRY_VARIANTS))
+def test_dry_run_counts_are_the_builds(pg, variant: str) -> None:
+    """`dry_plan` (SQL, one row per split × class) against `plan` (every sample, as the build
+    makes them) on the same data: the same counts per split × class, samples, bytes, class map,
+    thumbnails, selected / unlabelled / capped — for groups by root (lineages of 1-3 nodes, two
+    parents or one — a row per node joined, or grouped —, a cycle cut at MAX_DEPTH), node and label:KEY, an explicit split field, caps and
+    max_per_class, dedup by node, no class. Fails on the old code: there was no dry_plan (the dry
+    run built every sample)."""
+    from datasets.plan import dry_plan, plan
+
+    _dry_data(pg, second_parents=variant != "root, one parent each")
+    head = 'name = "dry"\nlayout = "imagefolder"\nclass_label = "class"\n'
+    extra = ""
+    if variant == "caps":
+        extra = 'caps = { cat = 5, dog = 3 }\n'
+    elif variant == "max per class, by node":
+        extra = 'max_per_class = 4\ndedup = "by_node"\n'
+    elif variant == "no class (webdataset)":
+        head = 'name = "dry"\nlayout = "webdataset"\n'
+    spec = load_spec(f'{head}{extra}[selector]\nfile_types = ["png"]\n[split]\n'
+                     f'ratios = {{ train = 0.6, val = 0.3, test = 0.1 }}\nsalt = "s"\n{DRY_VARIANTS[variant]}\n')
+    fmt = FORMATS[spec.layout]
+    p = plan(pg, spec, fmt, None)
+    with pg.transaction():
+        d = dry_plan(pg, spec, fmt, None)
+    assert d.counts == p.counts() and sum(map(sum, (c.values() for c in d.counts.values()))) == len(p.samples)
+    assert (d.samples, d.bytes, d.class_map, d.new_classes) == (len(p.samples), p.bytes, p.class_map, p.new_classes)
+    assert (d.selected, d.unlabelled, d.capped, d.dropped_dup) == (p.selected, p.unlabelled, p.capped, p.dropped_dup)
+    assert d.thumbnails == p.thumbnails()
+    assert len(d.counts) == 3 and all(d.counts[s] for s in ("train", "val"))
+    if variant in ("caps", "max per class, by node"):
+        assert d.capped > 0
+
+
+def test_dry_run_refuses_what_the_build_refuses_in_the_same_line(pg) -> None:
+    """Two values of the class label, an explicit split naming no split, a class outside the
+    pinned map: the dry run's line is the build's, naming the same node."""
+    from datasets.plan import dry_plan, plan
+
+    shas = _dry_data(pg)
+    first = sorted(shas, key=shas.get)
+    spec = load_spec('name = "dry"\nlayout = "imagefolder"\nclass_label = "class"\n[selector]\nfile_types = ["png"]\n'
+                     '[split]\nratios = { train = 0.5, val = 0.3, test = 0.2 }\nfield = "fold"\n')
+    fmt = FORMATS["imagefolder"]
+    classed = pg.execute("SELECT encode(n.sha256, 'hex') FROM label l JOIN node n USING (node_id) WHERE l.key = 'class' "
+                         "ORDER BY n.node_id DESC LIMIT 1").fetchone()[0]
+    for setup in ([(first[40], "fold", "holdout")], [(classed, "class", "zebra")]):
+        _label(pg, f"bad {setup[0][2]}", setup)
+        lines = []
+        for fn in (lambda: plan(pg, spec, fmt, None), lambda: dry_plan(pg, spec, fmt, None)):
+            with pytest.raises(DatasetError) as e, pg.transaction():
+                fn()
+            lines.append(e.value.message)
+        assert lines[0] == lines[1] and setup[0][0] in lines[0], lines
+        _label(pg, f"unbad {setup[0][2]}", [], unlabel=[(setup[0][0], setup[0][1])])
+    pinned = spec.model_copy(update={"classes": ["cat", "dog"]})
+    lines = []
+    for fn in (lambda: plan(pg, pinned, fmt, None), lambda: dry_plan(pg, pinned, fmt, None)):
+        with pytest.raises(DatasetError) as e, pg.transaction():
+            fn()
+        lines.append(e.value.message)
+    assert lines[0] == lines[1] and "is not in the spec's classes" in lines[0], lines

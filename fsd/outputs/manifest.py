@@ -35,6 +35,7 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import subprocess
 import tempfile
 import threading
@@ -354,6 +355,8 @@ def references(store, among: set[bytes] | None = None, skip: tuple[str, str] | N
 #: path separator in sort keys: sorting "a\x01b" puts a directory's contents right after it
 #: and before any sibling that merely starts with its name ("a.txt"), i.e. component order
 _SEP = "\x01"
+#: a sha256 in lowercase hex (what a view row names)
+_HEX64 = re.compile("[0-9a-f]{64}")
 
 
 #: how long `naming_lock` waits for another holder before it says so
@@ -414,7 +417,7 @@ def build_view(store, name: str, rows: Iterable[tuple[str, str]], page_entries: 
                 size = sizes.get(sha)
                 if size is None:
                     loc = None
-                    if len(sha) == 64 and all(c in "0123456789abcdef" for c in sha):
+                    if _HEX64.fullmatch(sha):
                         # a view wants its objects: a type-B tombstone on one is cleared
                         loc = store.index.lookup_keep(bytes.fromhex(sha))
                     if loc is None:

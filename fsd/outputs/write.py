@@ -101,12 +101,14 @@ def _stream(out: seal.Output, rel: str, write: Callable[[BinaryIO], None]) -> No
 def write_view(cfg: Settings, store, zone: str, output_id: str, *, job: str, kind: str, view: str, items: list[Item],
                entries: list[str], generated: Sequence[tuple[str, bytes]] = (),
                selector: Any = None, layout: Any = None, started: Callable[[], None] = lambda: None,
-               empty_dirs: Sequence[str] = ()) -> tuple[dict[str, Any], dict[str, Any], int]:
+               empty_dirs: Sequence[str] = (), rows: Sequence[tuple[str, str]] = ()
+               ) -> tuple[dict[str, Any], dict[str, Any], int]:
     """View mode of any output: zero bytes copied. The files (`items`, their sidecars and the
     `generated` ones, which are stored as objects the view owns) become the named view `view`
     (`<mount>/views/<view>/…`), and the zone holds a sealed output whose `entries` (top-level
     names of the tree) are links into it — the paths a local consumer reads in copy mode. The
-    view is defined only after the zone admitted the output, and removed if it fails. The
+    view is defined only after the zone admitted the output, and removed if it fails. `rows`:
+    more stored files as (path, sha256), without an Item each (a dataset's million). The
     `_JOB` document, the view's record and the number of files it names."""
     from fsd.outputs.views import define_view_rows, release_owned, remove_view  # deferred: only view mode defines views
 
@@ -116,7 +118,7 @@ def write_view(cfg: Settings, store, zone: str, output_id: str, *, job: str, kin
     started()
     defined, stored = False, []
     try:
-        rows = [(it.path, it.sha256) for it in items]
+        rows = [*rows, *((it.path, it.sha256) for it in items)]
         made = [(it.path + ".json", it.sidecar) for it in items if it.sidecar is not None] + list(generated)
         if made:  # not in the store yet: they become generated objects the view names
             stored = store.put_bytes_many([data for _, data in made], klass="generated")

@@ -230,6 +230,15 @@ def block_size(path: os.PathLike[str] | str) -> int:
     return st.f_frsize or st.f_bsize
 
 
+def zone_block_size(where: os.PathLike[str] | str | tuple[Settings, str]) -> int:
+    """`block_size` of a path, or of a (cfg, zone) pair's directory — measured at its nearest
+    existing parent when it is not there yet."""
+    path = Path(where[0].ssd.zone_path(where[1]) if isinstance(where, tuple) else where)
+    while not path.exists() and path.parent != path:
+        path = path.parent
+    return block_size(path)
+
+
 def charge(where: os.PathLike[str] | str | tuple[Settings, str], sizes: Iterable[int], dirs: int = 0) -> int:
     """The bytes a tree of files of these `sizes` will take on the file system of `where` (a
     path, or a (cfg, zone) pair: the zone's directory) as `du` counts them — what a job
@@ -238,10 +247,7 @@ def charge(where: os.PathLike[str] | str | tuple[Settings, str], sizes: Iterable
     blocks); `dirs`, the directories the tree makes, take a block each; the entries they hold
     DIRENT_BYTES a file. Sparse files and inline data (ext4 `inline_data`) take less: this
     errs on the side of the quota. A zone not there yet is measured at its nearest parent."""
-    path = Path(where[0].ssd.zone_path(where[1]) if isinstance(where, tuple) else where)
-    while not path.exists() and path.parent != path:
-        path = path.parent
-    block = block_size(path)
+    block = zone_block_size(where)
     files = total = 0
     for n in sizes:
         files += 1
