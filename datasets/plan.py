@@ -22,8 +22,9 @@ from datasets.model import LS_SHAPES, Annotation, Sample, annotations_from_ls
 from datasets.spec import DatasetError, DatasetSpec
 from fsd.base.errors import ExitCode
 from fsd.base.paths import display, hostile_reason
+from sql import datasets as sqld
 from sql.datasets import sample_rows
-from sql.selectors import query_nodes
+from sql.selectors import parse_selector, query_nodes, selector_query
 
 #: the labels an image's size is read from (the `exif` action writes them)
 WIDTH, HEIGHT = "image.width", "image.height"
@@ -392,9 +393,6 @@ def dry_plan(conn, spec: DatasetSpec, fmt: Format, frozen_map: list[str] | None,
     samples, an explicit split that is not one of the ratios. What only the build checks: each
     sample's path (hostile names, collisions, case), its file type and size for the layout, its
     annotations, that its object is still in the store (docs/datasets.md)."""
-    from sql import datasets as sqld
-    from sql.selectors import parse_selector, selector_query
-
     name = spec.name
     sel = parse_selector(spec.selector)
     by_id = sel.order == "node_id" and sel.limit is None  # the selection's order is the node ids': not sorted
