@@ -21,7 +21,6 @@ from fsd.base.errors import ExitCode, HoardError
 from fsd.core import shardfmt as fmt
 from fsd.core.records import (
     CHUNK,
-    GROUP_BYTES,
     MAP_PIECE,
     STREAM_THRESHOLD,
     PutResult,
@@ -103,6 +102,7 @@ class _Batch:
         self._add_file(res, path)
         if res.reason:  # final now; a stored file is reported by _known or at its group's commit
             self.on_result(res)
+        self._ready()
 
     def _add_file(self, res: PutResult, path: Path) -> None:
         why = _not_storable(path)
@@ -152,8 +152,8 @@ class _Batch:
         self._retrying(lambda: self.writer.append(sha, data))
         self.waiting[sha] = [res]
         self.uncommitted += len(data)
-        if self.uncommitted >= GROUP_BYTES:
-            self._commit()
+        if self.uncommitted >= self.store.group_bytes:
+            self._commit(wait=False)
 
     def _add_large(self, res: PutResult, path: Path) -> None:
         try:
@@ -223,9 +223,23 @@ class _Batch:
             self._ack([])
 
     # -- commits and retries -----------------------------------------------------------------
-    def _commit(self) -> None:
-        self._retrying(self.writer.commit)
+    def _commit(self, wait: bool = True) -> None:
+        """Commit what is appended: wait for its fdatasync on every replica, or (`wait=False`,
+        a full group in the middle of a batch) queue it and go on reading the next files while
+        the disks take it — its files are reported once it is done (`_ready`, or the next
+        commit, which finishes it first). Either way a file is reported only after its group
+        was fsynced on every replica and indexed (ShardWriter.finish_commit)."""
+        self._retrying(self.writer.commit if wait else self.writer.start_commit)
         self.uncommitted = 0
+        self._report_committed()
+
+    def _ready(self) -> None:
+        """Report the group being fsynced if every replica's fdatasync is done (never waits)."""
+        self._retrying(self.writer.commit_ready)
+        if self.writer.committed_log:
+            self._report_committed()
+
+    def _report_committed(self) -> None:
         replicas = self.store.cfg.store.write_ack
         done: list[PutResult] = []
         for sha, added in self.writer.drain_committed():
