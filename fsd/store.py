@@ -309,8 +309,11 @@ class Store:
         with self.lock:
             results = put_files(self, self.writer(klass), [p if isinstance(p, Path) else Path(p) for p in paths],
                                 on_result, stop, root, expect)
-        self.index.put_exts({bytes.fromhex(r.sha256): ext for r in results
-                             if r.status != "rejected" and (ext := file_ext(r.path))})
+        # a file appended here had its extension indexed with it (ShardWriter.finish_commit);
+        # one the index held already may not have one yet
+        if exts := {bytes.fromhex(r.sha256): ext for r in results
+                    if r.status == "existing" and (ext := file_ext(r.path))}:
+            self.index.put_exts(exts)
         return results
 
     def put_bytes(self, data: bytes, klass: str = "raw") -> PutResult:

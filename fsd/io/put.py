@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from fsd.base.errors import ExitCode, HoardError
+from fsd.base.paths import file_ext
 from fsd.core import shardfmt as fmt
 from fsd.core.records import (
     CHUNK,
@@ -138,9 +139,10 @@ class _Batch:
         finally:
             if fd >= 0:
                 os.close(fd)
-        self.add_bytes(res, data)
+        self.add_bytes(res, data, file_ext(str(path)))
 
-    def add_bytes(self, res: PutResult, data: bytes) -> None:
+    def add_bytes(self, res: PutResult, data: bytes, ext: str = "") -> None:
+        """`ext`: the extension the object is shown with, indexed with it (first one seen wins)."""
         sha = hashlib.sha256(data).digest()
         res.sha256, res.size = sha.hex(), len(data)
         if len(data) > STREAM_THRESHOLD:  # a large object read back in pieces needs its chunk map
@@ -149,7 +151,7 @@ class _Batch:
                                                       for i in range(0, len(data), MAP_PIECE)))
         if self._known(res, sha):
             return
-        self._retrying(lambda: self.writer.append(sha, data))
+        self._retrying(lambda: self.writer.append(sha, data, ext))
         self.waiting[sha] = [res]
         self.uncommitted += len(data)
         if self.uncommitted >= self.store.group_bytes:
@@ -185,7 +187,8 @@ class _Batch:
             self._retrying(self.writer.seal)  # a file bigger than a shard has its shard to itself
 
     def _stream(self, path: Path, sha: bytes, digest: bytes, n: int, st: os.stat_result) -> None:
-        self.writer.append_stream(sha, digest, n, _verified_chunks(path, sha, n, st), source=path)
+        self.writer.append_stream(sha, digest, n, _verified_chunks(path, sha, n, st), source=path,
+                                  ext=file_ext(str(path)))
 
     def _unlike_scan(self, path: Path, st: os.stat_result) -> str | None:
         want = self.expect.get(str(path))
@@ -277,12 +280,13 @@ class _Batch:
             if p.sha in have:
                 continue
             if p.payload is not None:
-                self.writer.append(p.sha, p.payload)
+                self.writer.append(p.sha, p.payload, p.ext)
             else:
                 assert p.source is not None
                 st = os.stat(p.source)
                 self.writer.append_stream(p.sha, p.digest, p.loc.length,
-                                          _verified_chunks(p.source, p.sha, p.loc.length, st), source=p.source)
+                                          _verified_chunks(p.source, p.sha, p.loc.length, st), source=p.source,
+                                          ext=p.ext)
 
     def finish(self) -> list[PutResult]:
         self._commit()

@@ -62,6 +62,7 @@ class _Pending:
     payload: bytes | None  # None for streamed records (re-read from `source` on retry)
     source: Path | None = None
     digest: bytes = b""
+    ext: str = ""  # the extension the object is shown with (Index.put_exts), indexed with it
 
 
 @dataclass
@@ -120,18 +121,18 @@ class ShardWriter:
             meta = ShardMeta(sid, self.klass, replicas=[d.uuid for d in disks])
             lock_fd = _lock(st.lock_path(sid.hex()))
             st.index.put_shard(meta)  # before any byte, so recovery can find an orphan
-            sinks = []
-            try:
-                header = fmt.encode_shard_header(fmt.ShardHeader(sid, fmt.CLASSES[self.klass]))
-                for d in disks:
-                    try:
-                        sinks.append(d.create(sid.hex()))
-                        sinks[-1].write(header)
-                    except OSError as e:
-                        raise ReplicaFailed(d, e) from e
-            except ReplicaFailed as f:
+            header = fmt.encode_shard_header(fmt.ShardHeader(sid, fmt.CLASSES[self.klass]))
+            # every replica created at once (each create fsyncs its directory), one lane per disk
+            created = [(d, self._lane(d).submit(_create, d, sid.hex(), header)) for d in disks]
+            sinks, failure = [], None
+            for d, fut in created:
+                try:
+                    sinks.append(fut.result())
+                except OSError as e:
+                    failure = failure or ReplicaFailed(d, e)
+            if failure:
                 self._discard(meta, disks, sinks, lock_fd)
-                self.disk_failed(f)
+                self.disk_failed(failure)
                 continue
             st.queue_changed(disks, +1)
             return OpenShard(meta, disks, sinks, lock_fd, pos=len(header), committed=len(header))
@@ -177,9 +178,10 @@ class ShardWriter:
         for s in sh.sinks:
             s.close()
         survivors = []
-        for d in sh.disks:
+        renames = [(d, self._lane(d).submit(d.seal, sh.hex)) for d in sh.disks]  # in parallel
+        for d, fut in renames:
             try:
-                d.seal(sh.hex)
+                fut.result()
                 survivors.append(d)
             except OSError as e:  # gone between the footer and the rename: seal the others
                 self.disk_failed(ReplicaFailed(d, e))
@@ -192,7 +194,7 @@ class ShardWriter:
         _unlock(self.store.lock_path(sh.hex), sh.lock_fd)
 
     # -- appending -----------------------------------------------------------------------------
-    def append(self, sha: bytes, payload: bytes) -> ObjectLoc | None:
+    def append(self, sha: bytes, payload: bytes, ext: str = "") -> ObjectLoc | None:
         """Queue one record (small or medium: held in memory until committed)."""
         if self.shard is not None and sha in self.shard.pending_set:
             return None  # already queued (a retry after a failed replica replayed it)
@@ -202,7 +204,7 @@ class ShardWriter:
         sh.buf += fmt.encode_record_header(sha, len(payload), fmt.xxh3(payload))
         sh.buf += payload
         sh.pos += size
-        sh.pending.append(_Pending(sha, loc, payload))
+        sh.pending.append(_Pending(sha, loc, payload, ext=ext))
         sh.pending_set.add(sha)
         if len(sh.buf) >= WRITE_CHUNK:
             self._write_buf(sh)
@@ -219,7 +221,7 @@ class ShardWriter:
         return sh
 
     def append_stream(self, sha: bytes, digest: bytes, length: int, chunks,
-                      source: Path | None = None) -> ObjectLoc | None:
+                      source: Path | None = None, ext: str = "") -> ObjectLoc | None:
         """A big record written straight through from `chunks` (an iterable of bytes)."""
         if self.shard is not None and sha in self.shard.pending_set:
             return None
@@ -233,7 +235,7 @@ class ShardWriter:
             self._submit(sh, lambda s, c=chunk: s.write(c))
         self._drain(sh)
         sh.pos += size
-        sh.pending.append(_Pending(sha, loc, None, source, digest))
+        sh.pending.append(_Pending(sha, loc, None, source, digest, ext))
         sh.pending_set.add(sha)
         return loc
 
@@ -370,7 +372,8 @@ class ShardWriter:
         if group:
             sh.meta.size = end
             sh.meta.records = len(sh.records.keys() | {p.loc.offset for p in group})
-            added = self.store.index.add_objects([(p.sha, p.loc) for p in group], sh.meta)
+            added = self.store.index.add_objects([(p.sha, p.loc) for p in group], sh.meta,
+                                                 exts={p.sha: p.ext for p in group if p.ext})
             sh.records.update({p.loc.offset: fmt.RecordInfo(p.sha, p.loc.offset, p.loc.length, b"") for p in group})
             sh.committed = end
             sh.pending = [p for p in sh.pending if p.loc.offset + p.loc.length > end]
@@ -421,6 +424,17 @@ class ShardWriter:
 
 def _sync(sink) -> None:
     sink.sync()
+
+
+def _create(disk: LocalDisk, shard_hex: str, header: bytes):
+    """A new replica file with the shard header written (run on the disk's lane)."""
+    sink = disk.create(shard_hex)
+    try:
+        sink.write(header)
+    except BaseException:
+        sink.close()
+        raise
+    return sink
 
 
 def _lock(path: Path) -> int:
