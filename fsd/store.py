@@ -39,6 +39,7 @@ from fsd.core.layout import BATCHES_DIR, VIEWS_DIR, check_ssd, lock_root, pin_pa
 from fsd.core.placement import Candidate, choose
 from fsd.core.records import (
     GET_MAX,
+    GROUP_BYTES,
     ITER_READ,
     MAP_PIECE,
     DataError,
@@ -71,6 +72,8 @@ class Store:
     def __init__(self, cfg: Settings, index: Index, writable: bool) -> None:
         self.cfg, self.index, self.writable = cfg, index, writable
         self.shard_bytes = cfg.store.shard_size_mb << 20
+        #: bytes of new files appended before their group's fdatasync is queued (fsd.io.put)
+        self.group_bytes = GROUP_BYTES
         self.disks: dict[str, LocalDisk] = {}
         self.records: dict[str, DiskRecord] = {}
         self.queue: dict[str, int] = {}
@@ -304,9 +307,13 @@ class Store:
         (`hoard put`); `expect`: path → (device, inode, size, mtime_ns) a scan saw — another
         file there is rejected (see fsd.io.put.put_files)."""
         with self.lock:
-            results = put_files(self, self.writer(klass), [Path(p) for p in paths], on_result, stop, root, expect)
-        self.index.put_exts({bytes.fromhex(r.sha256): ext for r in results
-                             if r.status != "rejected" and (ext := file_ext(r.path))})
+            results = put_files(self, self.writer(klass), [p if isinstance(p, Path) else Path(p) for p in paths],
+                                on_result, stop, root, expect)
+        # a file appended here had its extension indexed with it (ShardWriter.finish_commit);
+        # one the index held already may not have one yet
+        if exts := {bytes.fromhex(r.sha256): ext for r in results
+                    if r.status == "existing" and (ext := file_ext(r.path))}:
+            self.index.put_exts(exts)
         return results
 
     def put_bytes(self, data: bytes, klass: str = "raw") -> PutResult:

@@ -43,7 +43,7 @@ READ_STEP = 1 << 30
 #: pieces a streaming read hands out (bounded memory whatever the object's size)
 STREAM_PIECE = 8 << 20
 #: after this many bytes appended, a shard sink asks the kernel to start writing them back
-WRITEBACK_STEP = 8 << 20
+WRITEBACK_STEP = 2 << 20
 IDENTITY_FORMAT = 1
 #: the folders of the shard layout above; no other module names them or the suffixes
 #: (tests/test_layering.py::test_only_the_local_backend_reaches_shard_files)

@@ -168,15 +168,18 @@ class Index(MarksTables, PointerTables, EventTables):
         return out
 
     def add_objects(self, entries: list[tuple[bytes, ObjectLoc]], shard: ShardMeta | None = None,
-                    update: tuple[bytes, Callable[[ShardMeta], dict[str, int] | None]] | None = None) -> list[bool]:
+                    update: tuple[bytes, Callable[[ShardMeta], dict[str, int] | None]] | None = None,
+                    exts: dict[bytes, str] | None = None) -> list[bool]:
         """Insert if absent, in one transaction with the shard's new metadata (`shard`, written
         as is by the writer that owns the open shard, or `update` = (shard id, fn) as in
-        `update_shard`); True = new."""
+        `update_shard`) and the objects' extensions (`exts`, as `put_exts`); True = new."""
         added = []
         with self.env.begin(write=True) as txn:
             for sha, loc in entries:
                 added.append(txn.put(sha, loc.pack(),
                                      overwrite=False, db=self.objects))
+            for sha, ext in (exts or {}).items():
+                txn.put(sha, ext.encode(), overwrite=False, db=self.exts)
             if shard is not None:
                 txn.put(shard.shard_id, shard.to_json(), db=self.shards)
             if update is not None:

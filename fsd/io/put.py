@@ -18,10 +18,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from fsd.base.errors import ExitCode, HoardError
+from fsd.base.paths import file_ext
 from fsd.core import shardfmt as fmt
 from fsd.core.records import (
     CHUNK,
-    GROUP_BYTES,
     MAP_PIECE,
     STREAM_THRESHOLD,
     PutResult,
@@ -103,6 +103,7 @@ class _Batch:
         self._add_file(res, path)
         if res.reason:  # final now; a stored file is reported by _known or at its group's commit
             self.on_result(res)
+        self._ready()
 
     def _add_file(self, res: PutResult, path: Path) -> None:
         why = _not_storable(path)
@@ -138,9 +139,10 @@ class _Batch:
         finally:
             if fd >= 0:
                 os.close(fd)
-        self.add_bytes(res, data)
+        self.add_bytes(res, data, file_ext(str(path)))
 
-    def add_bytes(self, res: PutResult, data: bytes) -> None:
+    def add_bytes(self, res: PutResult, data: bytes, ext: str = "") -> None:
+        """`ext`: the extension the object is shown with, indexed with it (first one seen wins)."""
         sha = hashlib.sha256(data).digest()
         res.sha256, res.size = sha.hex(), len(data)
         if len(data) > STREAM_THRESHOLD:  # a large object read back in pieces needs its chunk map
@@ -149,11 +151,11 @@ class _Batch:
                                                       for i in range(0, len(data), MAP_PIECE)))
         if self._known(res, sha):
             return
-        self._retrying(lambda: self.writer.append(sha, data))
+        self._retrying(lambda: self.writer.append(sha, data, ext))
         self.waiting[sha] = [res]
         self.uncommitted += len(data)
-        if self.uncommitted >= GROUP_BYTES:
-            self._commit()
+        if self.uncommitted >= self.store.group_bytes:
+            self._commit(wait=False)
 
     def _add_large(self, res: PutResult, path: Path) -> None:
         try:
@@ -185,7 +187,8 @@ class _Batch:
             self._retrying(self.writer.seal)  # a file bigger than a shard has its shard to itself
 
     def _stream(self, path: Path, sha: bytes, digest: bytes, n: int, st: os.stat_result) -> None:
-        self.writer.append_stream(sha, digest, n, _verified_chunks(path, sha, n, st), source=path)
+        self.writer.append_stream(sha, digest, n, _verified_chunks(path, sha, n, st), source=path,
+                                  ext=file_ext(str(path)))
 
     def _unlike_scan(self, path: Path, st: os.stat_result) -> str | None:
         want = self.expect.get(str(path))
@@ -223,9 +226,23 @@ class _Batch:
             self._ack([])
 
     # -- commits and retries -----------------------------------------------------------------
-    def _commit(self) -> None:
-        self._retrying(self.writer.commit)
+    def _commit(self, wait: bool = True) -> None:
+        """Commit what is appended: wait for its fdatasync on every replica, or (`wait=False`,
+        a full group in the middle of a batch) queue it and go on reading the next files while
+        the disks take it — its files are reported once it is done (`_ready`, or the next
+        commit, which finishes it first). Either way a file is reported only after its group
+        was fsynced on every replica and indexed (ShardWriter.finish_commit)."""
+        self._retrying(self.writer.commit if wait else self.writer.start_commit)
         self.uncommitted = 0
+        self._report_committed()
+
+    def _ready(self) -> None:
+        """Report the group being fsynced if every replica's fdatasync is done (never waits)."""
+        self._retrying(self.writer.commit_ready)
+        if self.writer.committed_log:
+            self._report_committed()
+
+    def _report_committed(self) -> None:
         replicas = self.store.cfg.store.write_ack
         done: list[PutResult] = []
         for sha, added in self.writer.drain_committed():
@@ -263,12 +280,13 @@ class _Batch:
             if p.sha in have:
                 continue
             if p.payload is not None:
-                self.writer.append(p.sha, p.payload)
+                self.writer.append(p.sha, p.payload, p.ext)
             else:
                 assert p.source is not None
                 st = os.stat(p.source)
                 self.writer.append_stream(p.sha, p.digest, p.loc.length,
-                                          _verified_chunks(p.source, p.sha, p.loc.length, st), source=p.source)
+                                          _verified_chunks(p.source, p.sha, p.loc.length, st), source=p.source,
+                                          ext=p.ext)
 
     def finish(self) -> list[PutResult]:
         self._commit()

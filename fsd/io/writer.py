@@ -3,7 +3,11 @@
 Rules (docs/design.md, "Durability"):
 - An index entry MUST only point at bytes that are fsynced on `write_ack` distinct disks:
   a group of records is written to every replica, fdatasync'ed on every replica, and only
-  then committed to LMDB in one transaction.
+  then committed to LMDB in one transaction. The fdatasync may run while the caller reads
+  and appends the next group (`start_commit`, then `finish_commit` or `commit_ready`): a
+  group is exactly the records queued before its fdatasync on each replica's lane (writes
+  queued after it are not counted durable), and it is indexed only once every replica's
+  fdatasync returned and every disk passed its probe.
 - A failing replica (ENOSPC, EIO, a vanished disk) never leaves a half-indexed record: the
   uncommitted group is cut off every replica, the shard is sealed as it was at its last
   commit, and the group is written again into a new shard on other disks.
@@ -58,6 +62,16 @@ class _Pending:
     payload: bytes | None  # None for streamed records (re-read from `source` on retry)
     source: Path | None = None
     digest: bytes = b""
+    ext: str = ""  # the extension the object is shown with (Index.put_exts), indexed with it
+
+
+@dataclass
+class _Syncing:
+    """A group whose fdatasync is queued on every replica's lane: the pending records that end
+    at or before `end` (a prefix of `pending`), and each replica's future of that fdatasync."""
+
+    end: int
+    futures: list  # (disk, future)
 
 
 @dataclass
@@ -77,6 +91,7 @@ class OpenShard:
     #: `dict.update` — done again after a Ctrl-C between two of its steps, it adds nothing twice
     records: dict[int, fmt.RecordInfo] = field(default_factory=dict)
     inflight: list = field(default_factory=list)  # (disk, future) of queued replica writes
+    syncing: _Syncing | None = None  # the group being fsynced while the next one is appended
 
     @property
     def hex(self) -> str:
@@ -106,18 +121,18 @@ class ShardWriter:
             meta = ShardMeta(sid, self.klass, replicas=[d.uuid for d in disks])
             lock_fd = _lock(st.lock_path(sid.hex()))
             st.index.put_shard(meta)  # before any byte, so recovery can find an orphan
-            sinks = []
-            try:
-                header = fmt.encode_shard_header(fmt.ShardHeader(sid, fmt.CLASSES[self.klass]))
-                for d in disks:
-                    try:
-                        sinks.append(d.create(sid.hex()))
-                        sinks[-1].write(header)
-                    except OSError as e:
-                        raise ReplicaFailed(d, e) from e
-            except ReplicaFailed as f:
+            header = fmt.encode_shard_header(fmt.ShardHeader(sid, fmt.CLASSES[self.klass]))
+            # every replica created at once (each create fsyncs its directory), one lane per disk
+            created = [(d, self._lane(d).submit(_create, d, sid.hex(), header)) for d in disks]
+            sinks, failure = [], None
+            for d, fut in created:
+                try:
+                    sinks.append(fut.result())
+                except OSError as e:
+                    failure = failure or ReplicaFailed(d, e)
+            if failure:
                 self._discard(meta, disks, sinks, lock_fd)
-                self.disk_failed(f)
+                self.disk_failed(failure)
                 continue
             st.queue_changed(disks, +1)
             return OpenShard(meta, disks, sinks, lock_fd, pos=len(header), committed=len(header))
@@ -163,9 +178,10 @@ class ShardWriter:
         for s in sh.sinks:
             s.close()
         survivors = []
-        for d in sh.disks:
+        renames = [(d, self._lane(d).submit(d.seal, sh.hex)) for d in sh.disks]  # in parallel
+        for d, fut in renames:
             try:
-                d.seal(sh.hex)
+                fut.result()
                 survivors.append(d)
             except OSError as e:  # gone between the footer and the rename: seal the others
                 self.disk_failed(ReplicaFailed(d, e))
@@ -178,7 +194,7 @@ class ShardWriter:
         _unlock(self.store.lock_path(sh.hex), sh.lock_fd)
 
     # -- appending -----------------------------------------------------------------------------
-    def append(self, sha: bytes, payload: bytes) -> ObjectLoc | None:
+    def append(self, sha: bytes, payload: bytes, ext: str = "") -> ObjectLoc | None:
         """Queue one record (small or medium: held in memory until committed)."""
         if self.shard is not None and sha in self.shard.pending_set:
             return None  # already queued (a retry after a failed replica replayed it)
@@ -188,7 +204,7 @@ class ShardWriter:
         sh.buf += fmt.encode_record_header(sha, len(payload), fmt.xxh3(payload))
         sh.buf += payload
         sh.pos += size
-        sh.pending.append(_Pending(sha, loc, payload))
+        sh.pending.append(_Pending(sha, loc, payload, ext=ext))
         sh.pending_set.add(sha)
         if len(sh.buf) >= WRITE_CHUNK:
             self._write_buf(sh)
@@ -205,7 +221,7 @@ class ShardWriter:
         return sh
 
     def append_stream(self, sha: bytes, digest: bytes, length: int, chunks,
-                      source: Path | None = None) -> ObjectLoc | None:
+                      source: Path | None = None, ext: str = "") -> ObjectLoc | None:
         """A big record written straight through from `chunks` (an iterable of bytes)."""
         if self.shard is not None and sha in self.shard.pending_set:
             return None
@@ -219,7 +235,7 @@ class ShardWriter:
             self._submit(sh, lambda s, c=chunk: s.write(c))
         self._drain(sh)
         sh.pos += size
-        sh.pending.append(_Pending(sha, loc, None, source, digest))
+        sh.pending.append(_Pending(sha, loc, None, source, digest, ext))
         sh.pending_set.add(sha)
         return loc
 
@@ -238,7 +254,35 @@ class ShardWriter:
         """Queue fn(sink) on every replica's lane; wait when too much is queued."""
         sh.inflight += [(d, self._lane(d).submit(fn, s)) for d, s in zip(sh.disks, sh.sinks)]
         if len(sh.inflight) >= MAX_INFLIGHT * len(sh.disks):
-            self._drain(sh)
+            # forget what is done (raising its error), then wait for the oldest writes only: a
+            # group's fdatasync queued by start_commit is not waited for before MAX_INFLIGHT
+            # more writes are queued behind it (waiting for everything here would end the overlap)
+            self._reap(sh)
+            while len(sh.inflight) >= MAX_INFLIGHT * len(sh.disks):
+                d, fut = sh.inflight.pop(0)
+                try:
+                    fut.result()
+                except OSError as e:
+                    raise ReplicaFailed(d, e) from e
+
+    def _reap(self, sh: OpenShard) -> None:
+        """Forget the queued writes that are done; the first that failed becomes ReplicaFailed
+        (a failed write is never forgotten silently: it is raised here or by `_drain`)."""
+        failure = None
+        keep = []
+        for d, fut in sh.inflight:
+            if not fut.done():
+                keep.append((d, fut))
+                continue
+            e = fut.exception()
+            if e is None:
+                continue
+            if not isinstance(e, OSError):
+                raise e
+            failure = failure or ReplicaFailed(d, e)
+        if failure:
+            raise failure
+        sh.inflight = keep
 
     def _drain(self, sh: OpenShard, raise_errors: bool = True) -> None:
         """Wait for every queued write; the first OSError becomes ReplicaFailed."""
@@ -272,32 +316,72 @@ class ShardWriter:
 
     def commit(self) -> None:
         """fsync every replica, then index the pending records (see `drain_committed`)."""
+        self.start_commit()
+        self.finish_commit()
+
+    def start_commit(self) -> None:
+        """Queue an fdatasync of every replica behind the pending records' writes and return at
+        once: the caller reads and appends the next files while the disks take this group.
+        A group fsyncing already is finished (waited for and indexed) first: one at a time."""
         sh = self.shard
         if sh is None or not sh.pending:
             return
+        end = sh.pending[-1].loc.offset + sh.pending[-1].loc.length
+        if sh.syncing is not None:
+            if sh.syncing.end == end:
+                return  # nothing appended since its fdatasync was queued
+            self.finish_commit()
         self._write_buf(sh)
-        self._on_all(sh, lambda s: s.sync())
+        futures = [(d, self._lane(d).submit(_sync, s)) for d, s in zip(sh.disks, sh.sinks)]
+        sh.inflight += futures
+        sh.syncing = _Syncing(end, futures)
+
+    def commit_ready(self) -> bool:
+        """Finish the group whose fdatasync `start_commit` queued if every replica's is done
+        (without waiting); whether one was finished."""
+        sh = self.shard
+        if sh is None or sh.syncing is None or not all(f.done() for _, f in sh.syncing.futures):
+            return False
+        self.finish_commit()
+        return True
+
+    def finish_commit(self) -> None:
+        """Wait for the queued fdatasync of every replica, probe the disks, then index the group
+        it covers — only the records queued before it: later ones wait for the next commit."""
+        sh = self.shard
+        if sh is None or sh.syncing is None:
+            return
+        for _, fut in sh.syncing.futures:
+            fut.exception()  # waits; its error, if any, is raised by _reap with the others
+        # every write queued before a replica's fdatasync (its lane runs them in order) is done
+        # now: one that failed (ENOSPC, EIO) left the group's bytes incomplete on that replica
+        # whatever the fdatasync returned — an fdatasync after a failed write succeeds
+        self._reap(sh)
         for d in sh.disks:  # bytes fsynced onto a disk that vanished meanwhile do not count
             try:
                 d.check()
             except OSError as e:
                 raise ReplicaFailed(d, e) from e
         # Each step below leaves a state that a second commit (Store.close after a Ctrl-C in the
-        # middle of this one) completes without doubling anything: the group's records are added
-        # by offset, the index ignores objects it already holds, and the end is the group's last
+        # middle of this one) completes without doubling anything: the group is the pending
+        # records up to the fsynced end (none, once they are dropped), they are added by
+        # offset, the index ignores objects it already holds, and the end is the group's last
         # record's (never `pos`: a record cut off before it was noted as pending is not ours)
-        group = list(sh.pending)
-        end = group[-1].loc.offset + group[-1].loc.length
-        sh.meta.size = end
-        sh.meta.records = len(sh.records.keys() | {p.loc.offset for p in group})
-        added = self.store.index.add_objects([(p.sha, p.loc) for p in group], sh.meta)
-        sh.records.update({p.loc.offset: fmt.RecordInfo(p.sha, p.loc.offset, p.loc.length, b"") for p in group})
-        sh.committed = end
-        sh.pending.clear()
-        sh.pending_set.clear()
-        self.committed_log.extend((p.sha, a) for p, a in zip(group, added))
-        if self.log_written:
-            self.written_log.extend((p.sha, p.loc) for p in group)
+        end = sh.syncing.end
+        group = [p for p in sh.pending if p.loc.offset + p.loc.length <= end]
+        if group:
+            sh.meta.size = end
+            sh.meta.records = len(sh.records.keys() | {p.loc.offset for p in group})
+            added = self.store.index.add_objects([(p.sha, p.loc) for p in group], sh.meta,
+                                                 exts={p.sha: p.ext for p in group if p.ext})
+            sh.records.update({p.loc.offset: fmt.RecordInfo(p.sha, p.loc.offset, p.loc.length, b"") for p in group})
+            sh.committed = end
+            sh.pending = [p for p in sh.pending if p.loc.offset + p.loc.length > end]
+            sh.pending_set.difference_update(p.sha for p in group)
+            self.committed_log.extend((p.sha, a) for p, a in zip(group, added))
+            if self.log_written:
+                self.written_log.extend((p.sha, p.loc) for p in group)
+        sh.syncing = None
 
     def rollback(self) -> None:
         """Drop the uncommitted group (e.g. a source that changed while being copied)."""
@@ -305,6 +389,7 @@ class ShardWriter:
         if sh is None:
             return
         self._drain(sh, raise_errors=False)
+        sh.syncing = None
         sh.pending.clear()
         sh.pending_set.clear()
         sh.buf.clear()
@@ -317,6 +402,7 @@ class ShardWriter:
         sh = self.shard
         assert sh is not None
         self._drain(sh, raise_errors=False)
+        sh.syncing = None  # not indexed: the whole uncommitted tail, its group included, goes again
         group = list(sh.pending)
         sh.pending.clear()
         sh.pending_set.clear()
@@ -334,6 +420,21 @@ class ShardWriter:
     def close(self) -> None:
         for lane in self.lanes.values():
             lane.shutdown(wait=True)
+
+
+def _sync(sink) -> None:
+    sink.sync()
+
+
+def _create(disk: LocalDisk, shard_hex: str, header: bytes):
+    """A new replica file with the shard header written (run on the disk's lane)."""
+    sink = disk.create(shard_hex)
+    try:
+        sink.write(header)
+    except BaseException:
+        sink.close()
+        raise
+    return sink
 
 
 def _lock(path: Path) -> int:
