@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -95,6 +96,21 @@ def report(title: str, rows: list[tuple[str, str]], data: dict, results: Path | 
     doc = {"benchmark": title, "argv": sys.argv[1:], "when": time.strftime("%Y-%m-%dT%H:%M:%S"),
            "commit": _commit(), "machine": _machine(), **data}
     (results / f"{slug}.json").write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n")
+
+
+def write_doc_section(begin: str, end: str, lines: list[str]) -> None:
+    """docs/benchmarks.md's section between the markers `begin` and `end` replaced by `lines`
+    (which hold both markers); the first time, it goes before W2-G's section. A script's
+    `--render`: the figures there are the script's, from its JSON, never typed."""
+    doc = REPO / "docs" / "benchmarks.md"
+    text = doc.read_text()
+    block = "\n".join(lines)
+    if begin in text:
+        text = re.sub(re.escape(begin) + r".*?" + re.escape(end), lambda _m: block, text, flags=re.S)
+    else:
+        text = text.replace("\n## W2-G:", "\n" + block + "\n\n## W2-G:", 1)
+    doc.write_text(text)
+    print(f"{doc.relative_to(REPO)}: section rewritten from the JSON")
 
 
 def run_timed(main) -> None:

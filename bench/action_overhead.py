@@ -64,7 +64,6 @@ import argparse
 import json
 import os
 import random
-import re
 import shutil
 import subprocess
 import sys
@@ -74,7 +73,20 @@ import uuid
 from pathlib import Path
 
 import psycopg
-from _common import LAB4, REPO, RESULTS, Lab, MiB, drop_caches, lab_profile, parallel, report, run_timed, timed
+from _common import (
+    LAB4,
+    REPO,
+    RESULTS,
+    Lab,
+    MiB,
+    drop_caches,
+    lab_profile,
+    parallel,
+    report,
+    run_timed,
+    timed,
+    write_doc_section,
+)
 
 from fsd.base import config
 from fsd.base.files import syncfs
@@ -84,7 +96,6 @@ from jobs import outputs
 from jobs.actions import api, runner
 from jobs.actions.state import load_state
 
-DOC = REPO / "docs" / "benchmarks.md"
 BEGIN = "<!-- bench/action_overhead.py: begin (written by `bench/action_overhead.py --render`; do not edit) -->"
 END = "<!-- bench/action_overhead.py: end -->"
 BATCH = "bench-inputs"
@@ -471,14 +482,7 @@ def render() -> None:
         "", *_behind(q_cold, q_warm, (s_cold + bnd) / s_cold, (s_warm + bnd) / s_warm,
                      bnd / cold["steps"]["store"], bnd / warm["steps"]["store"]),
         "", END]
-    text = DOC.read_text()
-    block = "\n".join(lines)
-    if BEGIN in text:
-        text = re.sub(re.escape(BEGIN) + r".*?" + re.escape(END), lambda _m: block, text, flags=re.S)
-    else:  # first time: before W2-G's section
-        text = text.replace("\n## W2-G:", "\n" + block + "\n\n## W2-G:", 1)
-    DOC.write_text(text)
-    print(f"{DOC.relative_to(REPO)}: section rewritten from the JSON")
+    write_doc_section(BEGIN, END, lines)
 
 
 if __name__ == "__main__":
