@@ -65,8 +65,11 @@ def readme(doc: dict[str, Any], samples: list[Sample]) -> bytes:
     hosts: Counter[str] = Counter()
     for url, n in urls.items():
         hosts[urlsplit(url).netloc or url] += n
-    dates = sorted(s.date for s in samples if s.date)
-    by_class = Counter(s.cls or "-" for s in samples)
+    dated = [s.date for s in samples if s.date]
+    first, last = (min(dated), max(dated)) if dated else (None, None)
+    by_class: Counter[str] = Counter()  # the counts per split, summed (the samples counted once: in dataset.json)
+    for by in doc["counts"].values():
+        by_class.update(by)
     lines = [f"# {doc['name']}", "",
              f"A dataset of {doc['samples']} samples ({doc['bytes']} bytes) in layout `{doc['layout']}`, built by "
              "hoardfs (`hoard dataset build`). `manifest.jsonl` lists every sample (path, sha256, node, lineage to "
@@ -82,7 +85,7 @@ def readme(doc: dict[str, Any], samples: list[Sample]) -> bytes:
     lines += ["", "## Sources", ""]
     lines += [f"- {h}: {n} samples" for h, n in sorted(hosts.items(), key=lambda hn: (-hn[1], hn[0]))] or \
         ["- no source URL recorded"]
-    lines += ["", "## Dates", "", f"Downloaded from {dates[0]} to {dates[-1]}." if dates else "No download date recorded.",
+    lines += ["", "## Dates", "", f"Downloaded from {first} to {last}." if dated else "No download date recorded.",
               "", "## Licences", ""]
     lines += [f"- {lic}" for lic in doc.get("licences", [])] or ["None found in the metadata: check each source's terms."]
     lines += ["", "## Splits", "",

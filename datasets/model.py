@@ -81,7 +81,7 @@ class Sample:
         return {"path": self.path, "sha256": self.sha256, "size": self.size, "ext": self.ext, "key": self.key,
                 "node_id": self.node_id, "root_id": self.root_id, "lineage": list(self.lineage),
                 "source_url": self.source_url, "date": self.date,
-                "labels": {k: list(v) for k, v in sorted(self.labels.items())},
+                "labels": {k: list(v) for k, v in self.labels.items()},  # (written with sorted keys)
                 "class": self.cls, "class_index": self.class_index, "split": self.split,
                 "annotations": [a.to_json() for a in self.annotations],
                 "width": self.width, "height": self.height}
