@@ -47,7 +47,6 @@ import argparse
 import json
 import os
 import random
-import re
 import shutil
 import subprocess
 import tempfile
@@ -56,7 +55,19 @@ import uuid
 from pathlib import Path
 
 import psycopg
-from _common import LAB4, REPO, RESULTS, Lab, MiB, drop_caches, lab_profile, report, run_timed, timed
+from _common import (
+    LAB4,
+    REPO,
+    RESULTS,
+    Lab,
+    MiB,
+    drop_caches,
+    lab_profile,
+    report,
+    run_timed,
+    timed,
+    write_doc_section,
+)
 
 from datasets import api
 from datasets.spec import load_spec
@@ -65,7 +76,6 @@ from fsd.io.planner import make_plan
 from fsd.store import Store
 from jobs import outputs
 
-DOC = REPO / "docs" / "benchmarks.md"
 BEGIN = "<!-- bench/dataset_build.py: begin (written by `bench/dataset_build.py --render`; do not edit) -->"
 END = "<!-- bench/dataset_build.py: end -->"
 CLASSES = 10
@@ -477,14 +487,7 @@ def render() -> None:
         "it. The view build is still passes in Python over every sample (rows → samples → paths → manifest JSON →",
         "the layout's checks → the card → the view's rows), each a few microseconds per sample.",
         "", END]
-    text = DOC.read_text()
-    block = "\n".join(lines)
-    if BEGIN in text:
-        text = re.sub(re.escape(BEGIN) + r".*?" + re.escape(END), lambda _m: block, text, flags=re.S)
-    else:  # first time: before W2-G's section
-        text = text.replace("\n## W2-G:", "\n" + block + "\n\n## W2-G:", 1)
-    DOC.write_text(text)
-    print(f"{DOC.relative_to(REPO)}: section rewritten from the JSON")
+    write_doc_section(BEGIN, END, lines)
 
 
 if __name__ == "__main__":
