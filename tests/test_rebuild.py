@@ -42,25 +42,26 @@ def _shards_on(cfg_path: str, label: str) -> int:
 
 
 def test_replace_a_lost_disk(tmp_path: Path) -> None:
-    """d0 dies; a new disk is added; `disks replace d0 d4` puts every lost replica on d4."""
+    """A disk dies (the one holding most shards: placement decides which hold any); a new disk
+    is added; `disks replace DEAD d4` puts every lost replica on d4."""
     cfg_path, results = _setup(tmp_path)
-    lost = _shards_on(cfg_path, "d0")
+    lost, dead = max((_shards_on(cfg_path, f"d{i}"), f"d{i}") for i in range(4))
     assert lost > 0
-    shutil.rmtree(tmp_path / "d0")  # the disk is gone
+    shutil.rmtree(tmp_path / dead)  # the disk is gone
     (tmp_path / "d4").mkdir()
     assert hoard("--config", cfg_path, "disks", "add", str(tmp_path / "d4"), "--label", "d4").returncode == 0
     health = hoard("--config", cfg_path, "health", "--json")
     assert health.returncode == 4
     problems = json.loads(health.stdout)["problems"]
-    assert any(p.startswith("disk d0: missing") for p in problems)
+    assert any(p.startswith(f"disk {dead}: missing") for p in problems)
     assert f"store: {lost} shards have fewer than write_ack readable replicas; run `hoard replicate`" in " ".join(problems)
-    res = hoard("--config", cfg_path, "disks", "replace", "d0", "d4")
+    res = hoard("--config", cfg_path, "disks", "replace", dead, "d4")
     assert res.returncode == 0, res.stderr
-    assert f"rebuilt {lost} shards of disk d0" in res.stdout and f"{lost} copied" in res.stdout
-    assert _shards_on(cfg_path, "d4") == lost and _shards_on(cfg_path, "d0") == 0
+    assert f"rebuilt {lost} shards of disk {dead}" in res.stdout and f"{lost} copied" in res.stdout
+    assert _shards_on(cfg_path, "d4") == lost and _shards_on(cfg_path, dead) == 0
     report = json.loads(hoard("--config", cfg_path, "health", "--json").stdout)
     assert report["store"]["ok"], report["store"]
-    assert {d["label"]: d["state"] for d in report["disks"]}["d0"] == "failed"
+    assert {d["label"]: d["state"] for d in report["disks"]}[dead] == "failed"
     assert report["store"]["replication"]["shards_below_target"] == 0
     assert report["store"]["replication"]["at_risk"] == []
     with Store.open(config.load(cfg_path)) as store:
