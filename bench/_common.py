@@ -98,6 +98,23 @@ def report(title: str, rows: list[tuple[str, str]], data: dict, results: Path | 
     (results / f"{slug}.json").write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n")
 
 
+def lab_config(work: Path, url: str, redis_url: str, body: str, quota_gb: int) -> config.Settings:
+    """A benchmark's hoard.toml in `work`: the test PostgreSQL and Redis, `body` (the script's own
+    tables: [store], [[disks]], …), zone 3A–3D on `work/ssd` with `quota_gb` each, made; the store
+    initialised."""
+    zones = "".join(f"[ssd.zones.{z}]\nquota_gb = {quota_gb}\n" for z in ("3A", "3B", "3C", "3D"))
+    path = work / "hoard.toml"
+    path.write_text(f"database_url = {json.dumps(url)}\nredis_url = {json.dumps(redis_url)}\n"
+                    f"{body}[ssd]\nroot = \"{work / 'ssd'}\"\n{zones}")
+    cfg = config.load(path)
+    for z in cfg.ssd.zones:
+        cfg.ssd.zone_path(z).mkdir(parents=True, exist_ok=True)
+    if "[actions]" in body:
+        cfg.actions_dir.mkdir(parents=True, exist_ok=True)
+    Store.open(cfg, init=True).close()
+    return cfg
+
+
 def write_doc_section(begin: str, end: str, lines: list[str]) -> None:
     """docs/benchmarks.md's section between the markers `begin` and `end` replaced by `lines`
     (which hold both markers); the first time, it goes before W2-G's section. A script's

@@ -62,6 +62,7 @@ from _common import (
     Lab,
     MiB,
     drop_caches,
+    lab_config,
     lab_profile,
     report,
     run_timed,
@@ -99,17 +100,8 @@ group = "root"
 def _config(work: Path, lab: Lab, url: str, redis_url: str) -> config.Settings:
     disks = "".join(f'[[disks]]\nlabel = "{k}"\npath = "{lab.disks[k].mountpoint}"\n'
                     f"read_mb_s = {lab.disks[k].profile.read_mbps * MiB / 1e6:.3f}\n" for k in lab.disks)
-    zones = "".join(f"[ssd.zones.{z}]\nquota_gb = 40\n" for z in ("3A", "3B", "3C", "3D"))
-    path = work / "hoard.toml"
-    path.write_text(f"database_url = {json.dumps(url)}\nredis_url = {json.dumps(redis_url)}\n"
-                    "[store]\nshard_size_mb = 256\ncopy_of_raw = 2\ncopy_of_generated = 2\nwrite_ack = 2\n"
-                    f'[mount]\npath = "{work / "mnt"}"\n'
-                    f"{disks}[ssd]\nroot = \"{work / 'ssd'}\"\n{zones}")
-    cfg = config.load(path)
-    for z in cfg.ssd.zones:
-        cfg.ssd.zone_path(z).mkdir(parents=True, exist_ok=True)
-    Store.open(cfg, init=True).close()
-    return cfg
+    return lab_config(work, url, redis_url, "[store]\nshard_size_mb = 256\ncopy_of_raw = 2\ncopy_of_generated = 2\n"
+                      f'write_ack = 2\n[mount]\npath = "{work / "mnt"}"\n{disks}', quota_gb=40)
 
 
 def read_bound(lab: Lab, mib: int = 64) -> dict[str, float]:

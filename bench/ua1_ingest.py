@@ -19,18 +19,16 @@ steps without RQ).
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import tempfile
 import uuid
 from pathlib import Path
 
 import psycopg
-from _common import LAB4, REPO, Lab, MiB, drop_caches, parallel, report, run_timed, timed
+from _common import LAB4, REPO, Lab, MiB, drop_caches, lab_config, parallel, report, run_timed, timed
 
 from adapters.synth import Spec, generate
 from fsd.base import config
-from fsd.store import Store
 from jobs import ingest as ua1
 
 
@@ -103,17 +101,8 @@ def main() -> None:
 def _config(work: Path, lab: Lab, url: str, redis_url: str) -> config.Settings:
     disks = "".join(f'[[disks]]\nlabel = "{k}"\npath = "{d.mountpoint}"\nread_mb_s = {d.profile.read_mbps}\n'
                     for k, d in lab.disks.items())
-    zones = "".join(f"[ssd.zones.{z}]\nquota_gb = 50\n" for z in ("3A", "3B", "3C", "3D"))
-    path = work / "hoard.toml"
-    path.write_text(f"database_url = {json.dumps(url)}\nredis_url = {json.dumps(redis_url)}\n"
-                    "[store]\nshard_size_mb = 256\ncopy_of_raw = 2\nwrite_ack = 2\n"
-                    "[ingest]\nsettle_s = 1.0\n[sources]\ngallery = \"gallery_dl\"\n"
-                    f"{disks}[ssd]\nroot = \"{work / 'ssd'}\"\n{zones}")
-    cfg = config.load(path)
-    for z in cfg.ssd.zones:
-        cfg.ssd.zone_path(z).mkdir(parents=True, exist_ok=True)
-    Store.open(cfg, init=True).close()
-    return cfg
+    return lab_config(work, url, redis_url, "[store]\nshard_size_mb = 256\ncopy_of_raw = 2\nwrite_ack = 2\n"
+                      f"[ingest]\nsettle_s = 1.0\n[sources]\ngallery = \"gallery_dl\"\n{disks}", quota_gb=50)
 
 
 if __name__ == "__main__":
