@@ -304,7 +304,8 @@ def _session(sid: int) -> list[int]:
 
 
 def _runner_at_worker(cfg: config.Settings) -> tuple[subprocess.Popen, str, int]:
-    """`hoard action run thumbs --here` started and seen with its worker recorded in the state."""
+    """`hoard action run thumbs --here` started and seen with its worker recorded in the state and
+    the worker's forked process (its session's second) running."""
     runner = subprocess.Popen([sys.executable, "-m", "fsd", "--config", str(cfg.source), "action", "run", "thumbs",
                                "--here"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
@@ -312,7 +313,9 @@ def _runner_at_worker(cfg: config.Settings) -> tuple[subprocess.Popen, str, int]
         runs = api.runs(cfg)
         if runs:
             st = load_state(cfg, runs[0]["run"])
-            if st is not None and st.worker and _alive(st.worker["sid"]):
+            # the worker (ACTION_WORKER with a sleep) forks a process that outlives it: the runner is
+            # killed only once that process is there, or the kill can come first and leave nothing
+            if st is not None and st.worker and len(_session(st.worker["sid"])) >= 2:
                 return runner, st.run_id, st.worker["sid"]
         assert runner.poll() is None, runner.communicate()
         time.sleep(0.1)
