@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import functools
 import gc
 import json
 import re
@@ -25,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from datasets import card, formats, layouts
-from datasets.formats import FORMATS, Format, Tree, tar_size, write_tar
+from datasets.formats import FORMATS, Format, Tree, tar_layout, tar_size
 from datasets.formats.webdataset import WebDataset, member_cost
 from datasets.model import Sample
 from datasets.plan import DryPlan, Plan, build_order, counts_of, dry_plan, place, plan, sample_of
@@ -45,9 +44,6 @@ from sql.apply import apply_write_intent
 ZONE = "3D"
 #: where a version's manifest and dataset.json are located as nodes
 LOCATOR = "dataset:{name}@{version}/{file}"
-#: a tar member up to this size is read whole (one verified read); a bigger one streams in
-#: verified pieces (Store.iter_object): a shard is written holding one member at a time
-MEMBER_WHOLE = 8 << 20
 REF = re.compile(rf"({NAME.pattern})(?:@([1-9][0-9]{{0,8}}))?")
 
 
@@ -379,53 +375,27 @@ def _write(cfg: Settings, conn, name: str, n: int, mode: str, made: _Made,
         else:
             items = [Item(f.path, f.sha256, f.size) for f in made.tree.files]
 
-        # the tar shards, each written into its file as it is made
-        streamed = [(t.path, tar_size(t), functools.partial(_write_shard, store, t)) for t in made.tree.tars]
+        # the tar shards: their headers known here, their members read with everything else
+        assembled = [tar_layout(t) for t in made.tree.tars]
         common: dict[str, Any] = dict(job=f"dataset:{name}@{n}", kind="dataset", selector=request,
                       layout={"name": made.doc["layout"]})
         if doc is None and mode == "copy":
             doc, _rep = write_copy(cfg, store, ZONE, out_id, items=items, generated=generated, progress=progress,
-                                   streamed=streamed, **common)
+                                   assembled=assembled, **common)
         elif doc is None:
             assert view is not None
             tops = sorted({p.split("/", 1)[0] for p in [*(p for p, _ in rows), *(it.path for it in items),
                                                           *(g for g, _ in generated)]})
             doc, _info, _rows = write_view(cfg, store, ZONE, out_id, view=view, items=items, generated=generated,
                                            entries=tops, rows=rows, **common)
-    files = len(rows) + len(items) + len(generated) + len(streamed)
+    files = len(rows) + len(items) + len(generated) + len(assembled)
     nbytes = (sum(f.size for f in made.tree.files) if rows else 0) + sum(it.size for it in items) + \
-        sum(len(d) for _, d in generated) + sum(z for _, z, _ in streamed)
+        sum(len(d) for _, d in generated) + sum(a.size for a in assembled)
     with _db_errors(f"dataset {name} was recorded"):
         sqld.finish_version(conn, name, n, manifest_sha, doc_sha, files, nbytes, made.doc["counts"], str(final))
     return {"name": name, "version": n, "ref": f"{name}@{n}", "path": str(final), "output_id": out_id, "mode": mode,
             "view": view, "files": files, "bytes": nbytes, "counts": made.doc["counts"],
             "fingerprint": fp, "sealed_files": doc["actual_files"]}
-
-
-def _write_shard(store, shard, out) -> None:
-    """One tar shard into `out`: its small members (up to MEMBER_WHOLE) read first with the batch
-    planner (every disk at once, in the disks' order, not one `store.get` after another; at most
-    a shard's bytes held), a bigger one streamed in verified pieces as its turn comes; write_tar
-    checks each member against its sha256 and size and writes them in the shard's order."""
-    sizes = {m.sha256: m.size for m in shard.members if m.sha256}
-    got: dict[str, bytes] = {}
-
-    def sink(sha: bytes, payload) -> None:
-        got[sha.hex()] = bytes(payload)
-
-    def large(sha: bytes, pieces) -> None:  # (none asked: the big ones are streamed below)
-        got[sha.hex()] = b"".join(pieces)
-
-    small = sorted(sha for sha, size in sizes.items() if size <= MEMBER_WHOLE)
-    if small:
-        store.read_batch(small, sink, large)
-
-    def members(sha: str) -> bytes | Iterator[bytes]:
-        if sha in got:
-            return got[sha]
-        return store.get(sha) if sizes[sha] <= MEMBER_WHOLE else store.iter_object(bytes.fromhex(sha))
-
-    write_tar(shard, members, out)
 
 
 def _record(store, conn, name: str, n: int, made: _Made, resumed: bool = False) -> tuple[str, str]:

@@ -20,7 +20,19 @@ import pytest
 import yaml
 from PIL import Image
 
-from datasets.formats import FORMATS, Tree, get, plan_paths, tar_bytes, tar_size, template_format, write_tar
+from datasets.formats import (
+    FORMATS,
+    TarMember,
+    TarShard,
+    Tree,
+    get,
+    plan_paths,
+    tar_bytes,
+    tar_layout,
+    tar_size,
+    template_format,
+    write_tar,
+)
 from datasets.layouts import LayoutError, PlacementError, parse
 from datasets.model import Annotation, Sample, annotations_from_ls, canonical
 from tests.helpers import REALDATA, needs_realdata
@@ -484,3 +496,26 @@ def test_write_tar_streams_one_member_at_a_time_in_pieces():
     assert out.getvalue() == tar_bytes(shard, blobs.__getitem__)
     assert len(out.getvalue()) == tar_size(shard)
     assert asked == [m.sha256 for m in shard.members if m.sha256]
+
+
+def test_tar_layout_places_every_byte_write_tar_writes():
+    """The builder writes a shard from its layout (headers fixed, members at their offsets, in
+    the order the disks deliver them): those bytes are write_tar's, for every shard of a render,
+    a name long enough for a pax record, a non-ASCII name, an empty member and one made here."""
+    samples, blobs = dataset(9)
+    shards = get("webdataset").render(samples, DOC, {"shard_samples": 4}).tars
+    sha, data = next(iter(blobs.items()))
+    odd = TarShard("train-000009.tar", (TarMember("k" * 150 + ".jpg", sha, None, len(data)),
+                                        TarMember("e.txt", None, b"", 0), TarMember("f.json", None, b'{"a": 1}', 8),
+                                        TarMember("\u00fcber.jpg", sha, None, len(data))))
+    for shard in [*shards, odd]:
+        lay = tar_layout(shard)
+        assert lay.path == shard.path and lay.size == tar_size(shard)
+        buf = bytearray(lay.size)
+        for off, piece in lay.fixed:
+            buf[off:off + len(piece)] = piece
+        for off, member, size in lay.objects:
+            assert len(blobs[member]) == size
+            buf[off:off + size] = blobs[member]
+        assert bytes(buf) == tar_bytes(shard, blobs.__getitem__), shard.path
+    assert len(tar_layout(odd).objects) == 2

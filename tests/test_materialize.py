@@ -18,7 +18,7 @@ import pytest
 from fsd.base.errors import ExitCode, HoardError
 from fsd.base.files import SYNC_FILE_RANGE_ALL, SYNC_FILE_RANGE_WRITE, sync_file_range
 from fsd.outputs import materialize as materialize_mod
-from fsd.outputs.materialize import Item, materialize
+from fsd.outputs.materialize import Assembled, Item, materialize
 from tests.helpers import make_files, missing
 from tests.lab import DiskProfile, drop_caches
 from tests.test_store_lab import _lab_store
@@ -60,6 +60,61 @@ def test_copy_checks_every_file_and_resumes(store_factory, tmp_path: Path) -> No
     assert (again.kept, again.written) == (60, 3)
     _check_tree(dest, items)
     assert materialize(store, items, dest).written == 0
+
+
+def test_assembled_files_get_their_objects_in_one_pass_and_are_made_anew(store_factory, tmp_path: Path) -> None:
+    """Files made of fixed bytes and stored objects at offsets (a dataset's tar shards), beside
+    plain items: every object read once in the planner's pass (one of 40 MiB streamed into its
+    place, one placed twice and also an item), the gaps zeros, the report's sha256 that of the
+    bytes on disk; a re-run makes them anew (a damaged one is put right, a kept item stays)."""
+    store = store_factory(n_disks=3, caps=None, shard_size_mb=8)
+    files = make_files(tmp_path / "src", 12, seed=33)
+    big = tmp_path / "src" / "big.bin"
+    big.write_bytes(hashlib.sha256(b"y").digest() * (40 << 15))  # 40 MiB
+    res = store.put_many([*files, big])
+    blob = {r.sha256: p.read_bytes() for p, r in zip([*files, big], res)}
+    pieces = [(100, b"head"), (5000, b"middle")]
+    objs, pos = [], 6000
+    for r in [*res[:6], res[0]]:  # res[0] twice in one file
+        objs.append((pos, r.sha256, r.size))
+        pos += r.size + 7
+    first = Assembled("tars/a.tar", pos + 512, tuple(pieces), tuple(objs))
+    second = Assembled("tars/b.tar", res[12].size + 1024, ((0, b"B" * 512),), ((512, res[12].sha256, res[12].size),))
+    items = [Item("plain/x.bin", res[0].sha256, res[0].size), Item("plain/y.bin", res[7].sha256, res[7].size)]
+    dest = tmp_path / "out"
+
+    def expected(a: Assembled) -> bytes:
+        buf = bytearray(a.size)
+        for off, data in a.fixed:
+            buf[off:off + len(data)] = data
+        for off, sha, size in a.objects:
+            buf[off:off + size] = blob[sha]
+        return bytes(buf)
+
+    asked: list[list[str]] = []
+    real = store.read_batch
+
+    def read_batch(shas, *a, **k):
+        asked.append(list(shas))
+        return real(shas, *a, **k)
+
+    store.read_batch = read_batch
+    rep = materialize(store, items, dest, assembled=[first, second])
+    assert len(asked) == 1 and sorted(asked[0]) == sorted({*(r.sha256 for r in res[:6]), res[7].sha256, res[12].sha256})
+    for a in (first, second):
+        data = (dest / a.path).read_bytes()
+        assert data == expected(a), a.path
+        assert rep.assembled[a.path] == hashlib.sha256(data).hexdigest()
+    _check_tree(dest, items)
+    assert rep.files == 4 and rep.bytes == sum(it.size for it in items) + sum(z for a in (first, second)
+                                                                             for _, _, z in a.objects)
+    with open(dest / first.path, "r+b") as f:
+        f.seek(6001)
+        f.write(b"rot")
+    again = materialize(store, items, dest, assembled=[first, second])
+    assert (dest / first.path).read_bytes() == expected(first) and again.kept == 2
+    with pytest.raises(ValueError, match="outside"):
+        materialize(store, [], tmp_path / "bad", assembled=[Assembled("x.tar", 10, ((8, b"abc"),), ())])
 
 
 def test_a_symlink_planted_in_the_tree_is_replaced_not_followed(store_factory, tmp_path: Path) -> None:

@@ -19,7 +19,7 @@ from datasets.formats.base import IMAGE_EXTS, Format, Generated, StoredFile, Tar
 from datasets.formats.detection import Coco, Voc, Yolo
 from datasets.formats.folders import HFImageFolder, ImageFolder
 from datasets.formats.template import template_format
-from datasets.formats.webdataset import WebDataset, tar_bytes, tar_size, write_tar
+from datasets.formats.webdataset import WebDataset, tar_bytes, tar_layout, tar_size, write_tar
 from datasets.layouts import LayoutError
 from datasets.model import Sample
 
@@ -58,4 +58,4 @@ def render(fmt: Format, samples: list[Sample], doc: dict, options: dict | None =
 
 
 __all__ = ["FORMATS", "IMAGE_EXTS", "Format", "Generated", "StoredFile", "TarMember", "TarShard", "Tree", "get",
-           "plan_paths", "render", "tar_bytes", "tar_size", "template_format", "write_tar"]
+           "plan_paths", "render", "tar_bytes", "tar_layout", "tar_size", "template_format", "write_tar"]

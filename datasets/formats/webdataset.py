@@ -12,6 +12,7 @@ from typing import BinaryIO
 from datasets.formats.base import TarMember, TarShard, Tree, check_samples, class_names, finish, json_bytes, who
 from datasets.layouts import LayoutError, PlacementError
 from datasets.model import Sample
+from fsd.outputs.materialize import Assembled
 
 #: a shard's size before the next starts (the spec's `[webdataset] shard_bytes`)
 SHARD_BYTES = 256 * 1024 * 1024
@@ -134,6 +135,31 @@ def tar_size(shard: TarShard) -> int:
     n = sum(len(_info(m.name, m.size).tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")) + member_cost(m.size)
             - BLOCK for m in shard.members) + 2 * BLOCK
     return -(-n // tarfile.RECORDSIZE) * tarfile.RECORDSIZE
+
+
+def tar_layout(shard: TarShard) -> Assembled:
+    """The shard as `write_tar` writes it, with its stored members' places instead of their
+    bytes: each header (and pax record) and each member made here at its offset, each stored
+    member's data at its own, the rest zeros up to `tar_size`. Its bytes are known before any
+    member is read, so the builder reads every shard's members in one pass of the batch
+    planner and writes each where it goes (tests compare it with `write_tar`)."""
+    fixed: list[tuple[int, bytes]] = []
+    objects: list[tuple[int, str, int]] = []
+    pos = 0
+    for m in shard.members:
+        size = len(m.data) if m.data is not None else m.size
+        header = _info(m.name, size).tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
+        fixed.append((pos, header))
+        pos += len(header)
+        if m.data is not None:
+            if m.data:
+                fixed.append((pos, m.data))
+        elif m.sha256 is None:
+            raise PlacementError(f"{shard.path}: member {m.name} has neither bytes nor a sha256")
+        else:
+            objects.append((pos, m.sha256, m.size))
+        pos += -(-size // BLOCK) * BLOCK
+    return Assembled(shard.path, tar_size(shard), tuple(fixed), tuple(objects))
 
 
 def write_tar(shard: TarShard, read: Callable[[str], bytes | Iterable[bytes]], out: BinaryIO) -> None:

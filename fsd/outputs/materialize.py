@@ -23,7 +23,8 @@ import os
 import stat
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -56,6 +57,18 @@ class Item:
     sidecar: bytes | None = None  # written at path + ".json"
 
 
+@dataclass(frozen=True)
+class Assembled:
+    """A file made of bytes known here and stored objects, each at its offset — a tar shard:
+    its headers and padding are `fixed`, its members `objects` (offset, sha256, size); what
+    neither covers up to `size` is zeros. Its bytes are known before any is read, so its
+    objects are read with everything else, in the disks' order, and written where they go."""
+    path: str
+    size: int
+    fixed: tuple[tuple[int, bytes], ...]
+    objects: tuple[tuple[int, str, int], ...]
+
+
 @dataclass
 class MaterializeReport:
     files: int = 0
@@ -66,7 +79,8 @@ class MaterializeReport:
     fallbacks: int = 0  # records read again from another replica after a disk error
     seconds: float = 0.0
     per_disk_seconds: dict[str, float] = field(default_factory=dict)
-    phases: dict[str, float] = field(default_factory=dict)  # prepare / plan / read / sync, seconds
+    phases: dict[str, float] = field(default_factory=dict)  # prepare / plan / read / sync / hash, seconds
+    assembled: dict[str, str] = field(default_factory=dict)  # an Assembled file's path → its sha256
 
 
 def _intact(path: Path, size: int, sha: str) -> bool:
@@ -129,13 +143,13 @@ def _write_all(fd: int, data: memoryview | bytes) -> None:
         view = view[os.write(fd, view):]
 
 
-def _start_writeback(fd: int) -> None:
+def _start_writeback(fd: int, offset: int = 0, length: int = 0) -> None:
     """Ask the kernel to start writing the file's dirty pages now, without waiting: the SSD
     writes while the HDDs are still read, and the one syncfs at the end finds little left
     (left alone, the kernel holds gigabytes dirty until its background threshold, and the
     final sync writes them all while every disk reader is idle)."""
     try:
-        sync_file_range(fd, 0, 0, SYNC_FILE_RANGE_WRITE)
+        sync_file_range(fd, offset, length, SYNC_FILE_RANGE_WRITE)
     except OSError:
         pass  # only a missed hint: the final syncfs reports a failed write
 
@@ -150,6 +164,53 @@ def _write_file(path: Path, data: memoryview | bytes) -> None:
             os.close(fd)
     except OSError as e:
         raise _WriteFailed(e) from None
+
+
+def _write_at(path: Path, offset: int, data: memoryview | bytes) -> None:
+    """`data` into the existing file `path` at `offset` (an Assembled file's object)."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_NOFOLLOW)
+        try:
+            _pwrite_all(fd, data, offset)
+            _start_writeback(fd, offset, len(data))
+        finally:
+            os.close(fd)
+    except OSError as e:
+        raise _WriteFailed(e) from None
+
+
+def _pwrite_all(fd: int, data: memoryview | bytes, offset: int) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.pwrite(fd, view, offset)
+        view, offset = view[n:], offset + n
+
+
+def _prepare_assembled(path: Path, a: Assembled) -> None:
+    """`a`'s file anew at `path`: its size, its fixed bytes; its objects' places left as
+    zeros for the reads to fill (each within the file: checked, a wrong layout is a bug)."""
+    for off, size in [(o, len(b)) for o, b in a.fixed] + [(o, z) for o, _, z in a.objects]:
+        if off < 0 or off + size > a.size:
+            raise ValueError(f"{a.path}: a piece at {off} of {size} bytes is outside its {a.size} bytes")
+    fd = _open_new(path)
+    try:
+        os.ftruncate(fd, a.size)
+        for off, data in a.fixed:
+            _pwrite_all(fd, data, off)
+    finally:
+        os.close(fd)
+
+
+def _sha256_of(path: Path) -> str:
+    """The sha256 of the file at `path` (just written: read from the page cache)."""
+    h = hashlib.sha256()
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    try:
+        while chunk := os.read(fd, 4 * CHUNK):
+            h.update(chunk)  # (hashlib lets go of the GIL: files hash on every core)
+    finally:
+        os.close(fd)
+    return h.hexdigest()
 
 
 def _present(dest: Path) -> tuple[set[str], set[str]]:
@@ -249,13 +310,20 @@ FLUSH_EVERY_S = 1.0
 
 
 def materialize(store: Store, items: Iterable[Item], dest: Path,
-                progress: Callable[[int, int], None] | None = None) -> MaterializeReport:
-    """Write every item under `dest`; `progress(bytes_done, bytes_total)` from reader threads."""
+                progress: Callable[[int, int], None] | None = None,
+                assembled: Sequence[Assembled] = ()) -> MaterializeReport:
+    """Write every item and every `assembled` file under `dest`; `progress(bytes_done,
+    bytes_total)` from reader threads. The objects of both are read in one pass of the batch
+    planner (every disk at once, in its order), each written where it goes as it comes; an
+    assembled file is written anew every time (a resumed attempt's may be half filled) and
+    its sha256 is in the report (`assembled`), taken once it is durable."""
     t0 = time.monotonic()
     rep = MaterializeReport()
     items = list(items)
-    rep.files, rep.bytes = len(items), sum(it.size for it in items)
+    rep.files = len(items) + len(assembled)
+    rep.bytes = sum(it.size for it in items) + sum(z for a in assembled for _, _, z in a.objects)
     todo: dict[str, list[Item]] = {}
+    places: dict[str, list[tuple[Path, int, int]]] = {}  # an assembled file's objects: (file, offset, size)
     done_bytes = 0
     flusher: _Flusher | None = None
     try:
@@ -277,14 +345,19 @@ def materialize(store: Store, items: Iterable[Item], dest: Path,
                 done_bytes += it.size
             else:
                 todo.setdefault(it.sha256, []).append(it)
+        dirs.update(a.path.rpartition("/")[0] for a in assembled)
         _make_dirs(dest, dirs, real_dirs)
+        for a in assembled:
+            _prepare_assembled(dest / a.path, a)
+            for off, sha, size in a.objects:
+                places.setdefault(sha, []).append((dest / a.path, off, size))
         for it in cars:
             assert it.sidecar is not None  # `cars` holds the items with one
             try:
                 _write_file(dest / (it.path + ".json"), it.sidecar)
             except _WriteFailed as w:
                 raise w.error from None
-        if todo:
+        if todo or places:
             lock = threading.Lock()
             done = [done_bytes]
 
@@ -300,49 +373,61 @@ def materialize(store: Store, items: Iterable[Item], dest: Path,
                 hexsha = sha.hex()
                 if hashlib.sha256(payload).hexdigest() != hexsha:
                     raise DataError(f"object {hexsha} read back with another sha256; nothing of it was written")
-                for it in todo[hexsha]:
+                for it in todo.get(hexsha, ()):
                     _write_file(dest / it.path, payload)
                     advance(it.size)
+                for path, off, size in places.get(hexsha, ()):
+                    _write_at(path, off, payload)
+                    advance(size)
 
             def large_sink(sha: bytes, pieces: Iterator[bytes]) -> None:
                 hexsha = sha.hex()
-                first, *others = todo[hexsha]
+                # where it goes: (file, offset, size, a new file of its own?)
+                dests = [(dest / it.path, 0, it.size, True) for it in todo.get(hexsha, ())] + \
+                    [(path, off, size, False) for path, off, size in places.get(hexsha, ())]
+                (first, at, size, new), others = dests[0], dests[1:]
                 h = hashlib.sha256()
                 try:
-                    fd = _open_new(dest / first.path)
+                    fd = _open_new(first) if new else os.open(first, os.O_WRONLY | os.O_NOFOLLOW)
                 except OSError as e:
                     raise _WriteFailed(e) from None
                 try:
+                    pos = at
                     for piece in pieces:  # read errors here are the store's (iter_object fails over)
                         h.update(piece)
                         try:
-                            _write_all(fd, piece)
-                            _start_writeback(fd)
+                            _pwrite_all(fd, piece, pos)
+                            _start_writeback(fd, pos, len(piece))
                         except OSError as e:
                             raise _WriteFailed(e) from None
+                        pos += len(piece)
                 finally:
                     os.close(fd)
                 if h.hexdigest() != hexsha:
-                    (dest / first.path).unlink(missing_ok=True)
+                    if new:
+                        first.unlink(missing_ok=True)
                     raise DataError(f"object {hexsha} read back with another sha256; nothing of it was kept")
-                advance(first.size)
-                for it in others:  # the same content at another path: copied on the SSD
+                advance(size)
+                for path, off, size, new in others:  # the same content at another place: copied on the SSD
                     try:
-                        with open(dest / first.path, "rb") as src:
-                            fd = _open_new(dest / it.path)
+                        src = os.open(first, os.O_RDONLY | os.O_NOFOLLOW)
+                        try:
+                            fd = _open_new(path) if new else os.open(path, os.O_WRONLY | os.O_NOFOLLOW)
                             try:
-                                while chunk := src.read(CHUNK):
-                                    _write_all(fd, chunk)
+                                for k in range(0, size, CHUNK):
+                                    _pwrite_all(fd, os.pread(src, min(CHUNK, size - k), at + k), off + k)
                             finally:
                                 os.close(fd)
+                        finally:
+                            os.close(src)
                     except OSError as e:
                         raise _WriteFailed(e) from None
-                    advance(it.size)
+                    advance(size)
 
             try:
                 rep.phases["prepare"] = time.monotonic() - t0
                 with flusher:
-                    plan, stats = store.read_batch(sorted(todo), sink, large_sink)
+                    plan, stats = store.read_batch(sorted(todo.keys() | places.keys()), sink, large_sink)
             except _WriteFailed as w:
                 raise w.error from None
             rep.fallbacks, rep.per_disk_seconds = stats.fallbacks, stats.per_disk_seconds
@@ -350,6 +435,12 @@ def materialize(store: Store, items: Iterable[Item], dest: Path,
         t_sync = time.monotonic()
         flusher.final()
         rep.phases["sync"] = time.monotonic() - t_sync
+        if assembled:
+            t_hash = time.monotonic()
+            with ThreadPoolExecutor(max_workers=min(len(assembled), os.cpu_count() or 1)) as pool:
+                digests = list(pool.map(_sha256_of, [dest / a.path for a in assembled]))
+            rep.assembled = {a.path: d for a, d in zip(assembled, digests)}
+            rep.phases["hash"] = time.monotonic() - t_hash
     except OSError as e:
         if e.errno in (errno.ENOSPC, errno.EDQUOT):
             raise HoardError(f"{dest}: the SSD is full ({e.strerror}); what was written stays for a re-run — free "

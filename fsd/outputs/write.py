@@ -7,14 +7,13 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import os
 from collections.abc import Callable, Sequence
-from typing import Any, BinaryIO
+from typing import Any
 
 from fsd.base.config import Settings
 from fsd.base.errors import ExitCode, HoardError
 from fsd.outputs import seal, zones
-from fsd.outputs.materialize import Item, MaterializeReport, materialize
+from fsd.outputs.materialize import Assembled, Item, MaterializeReport, materialize
 
 
 def require_stored(store, shas_hex: Sequence[str], error: type[HoardError], what: str = "") -> None:
@@ -34,17 +33,18 @@ def write_copy(cfg: Settings, store, zone: str, output_id: str, *, job: str, kin
                generated: Sequence[tuple[str, bytes]] = (), selector: Any = None, layout: Any = None,
                progress: Callable[[int, int], None] | None = None, started: Callable[[], None] = lambda: None,
                empty_dirs: Sequence[str] = (),
-               streamed: Sequence[tuple[str, int, Callable[[BinaryIO], None]]] = ()
-               ) -> tuple[dict[str, Any], MaterializeReport]:
+               assembled: Sequence[Assembled] = ()) -> tuple[dict[str, Any], MaterializeReport]:
     """Copy mode of any output into a zone (an export, a stage, a dataset): reserve what the
     files occupy (zones.ZoneFull before a byte moves), copy `items` out of the store with the
     batch planner into `<zone>/.tmp/<id>/` (what an earlier attempt left and still checks is
     kept), write the `generated` (path, bytes) files made here, make `empty_dirs`, seal. A
-    failure keeps the partial tree for the same command to resume. `started()` is called once
-    the zone admitted it. The `_JOB` document and the copy's report."""
+    failure keeps the partial tree for the same command to resume. `assembled`: files made of
+    bytes known here and stored objects at their offsets (a dataset's tar shards), whose objects
+    are read in the same pass as the items'. `started()` is called once the zone admitted it.
+    The `_JOB` document and the copy's report."""
     sizes = ([it.size for it in items] + [len(it.sidecar) for it in items if it.sidecar is not None]
-             + [len(data) for _, data in generated] + [size for _, size, _ in streamed])
-    paths = [it.path for it in items] + [p for p, _ in generated] + [p for p, _, _ in streamed]
+             + [len(data) for _, data in generated] + [a.size for a in assembled])
+    paths = [it.path for it in items] + [p for p, _ in generated] + [a.path for a in assembled]
     out = seal.begin(cfg, zone, output_id, job=job, kind=kind, expected_bytes=sum(sizes),
                      # what `du` will count (an empty directory is a directory too)
                      reserve_bytes=zones.charge((cfg, zone), sizes, dirs=zones.tree_dirs(paths) + len(empty_dirs)),
@@ -53,13 +53,13 @@ def write_copy(cfg: Settings, store, zone: str, output_id: str, *, job: str, kin
     try:
         # what an earlier attempt wrote that this plan no longer names (the selection shrank)
         out.prune(set(paths) | {it.path + ".json" for it in items if it.sidecar is not None})
-        rep: MaterializeReport = materialize(store, items, out.tmp, progress)
+        rep: MaterializeReport = materialize(store, items, out.tmp, progress, assembled)
         for rel in empty_dirs:  # not part of the sealed files
             (out.tmp / rel).mkdir(parents=True, exist_ok=True)
         for rel, data in generated:
             out.write(rel, data)  # seal hashes (and syncs) what it did not see written
-        for rel, _size, write in streamed:
-            _stream(out, rel, write)
+        for a in assembled:
+            out.declare(a.path, a.size, rep.assembled[a.path], verified=True)
         for it in items:
             out.declare(it.path, it.size, it.sha256, verified=True)
             if it.sidecar is not None:
@@ -71,31 +71,6 @@ def write_copy(cfg: Settings, store, zone: str, output_id: str, *, job: str, kin
             raise seal.as_error(e, f"output {zone}/{output_id}") from None
         raise
     return doc, rep
-
-
-class _Hashing:
-    """A file being written, hashed and counted on the way."""
-
-    def __init__(self, f: BinaryIO) -> None:
-        self.f, self.sha, self.size = f, hashlib.sha256(), 0
-
-    def write(self, data: bytes) -> int:
-        self.sha.update(data)
-        self.size += len(data)
-        return self.f.write(data)
-
-
-def _stream(out: seal.Output, rel: str, write: Callable[[BinaryIO], None]) -> None:
-    """`write` makes the file `rel` of the output (written anew: a resumed attempt's may be
-    cut short); declared with the sha256 of exactly the bytes written, once synced."""
-    path = out.tmp / rel
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "wb") as f:
-        h = _Hashing(f)
-        write(h)  # type: ignore[arg-type]  # (a writer is all a producer needs)
-        f.flush()
-        os.fsync(f.fileno())
-    out.declare(rel, h.size, h.sha.hexdigest(), verified=True)
 
 
 def write_view(cfg: Settings, store, zone: str, output_id: str, *, job: str, kind: str, view: str, items: list[Item],
