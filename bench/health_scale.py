@@ -120,6 +120,8 @@ def main() -> None:
             built = grow(cfg, have, n, True, seed=37)
             print(f"{n} objects (+{n - have} in {built:.0f} s)", flush=True)
             have = n
+            # (no judgement remembered: every log read, as after a snapshot or with no memory yet)
+            (work / "ssd" / "state" / "marks-judged.json").unlink(missing_ok=True)
             runs = [("whole", health(cfg, REPO)), ("tail", health(cfg, REPO))]
             grow(cfg, have, have + 5000, True, seed=38)
             have += 5000
