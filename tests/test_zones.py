@@ -676,3 +676,77 @@ def test_a_sparse_file_counts_by_its_apparent_size(tmp_path: Path) -> None:
     small = tmp_path / "small"
     small.write_bytes(b"x")
     assert du(small) == small.stat().st_blocks * 512  # a dense file: its blocks, as before
+
+
+def _walked(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The paths `zones.du` walks from now on (it still walks them: a count, not a stand-in)."""
+    seen: list[str] = []
+    real = zones.du
+
+    def counting(path, dirs=None):
+        seen.append(str(path))
+        return real(path, dirs)
+    monkeypatch.setattr(zones, "du", counting)
+    return seen
+
+
+def test_a_sealed_outputs_bytes_are_recorded_and_the_zone_never_counts_less_than_du(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A zone's usage is `du` of the zone whatever happens — seal, files added to a sealed
+    output by hand, a crash mid-copy, clean, clean aside and the trash emptied — while a sealed
+    output, once recorded, is not walked again by a reservation (a stat per directory)."""
+    cfg = zone_config(tmp_path)
+    z = cfg.ssd.zone_path("3C")
+
+    def agree() -> int:
+        used = zones.zone_usage(cfg, "3C")["used_bytes"]
+        assert used == zones.du(z), (used, zones.du(z))
+        return used
+
+    with seal.output(cfg, "3C", "big", job="test:big", kind="test", expected_bytes=MiB) as o:
+        for i in range(40):
+            o.write(f"d{i % 4}/f{i}.bin", os.urandom(1000))
+    agree()
+    walked = _walked(monkeypatch)
+    r = zones.reserve(cfg, "3C", "next", "test:next", 4096)
+    assert str(z / "big") not in walked, walked  # the record, not a walk
+    zones.release(cfg, r.zone, r.id)
+    # a file added by hand to a sealed output: its directory changed, so it is walked, counted whole
+    fill(z / "big" / "d1" / "by-hand.bin", 64 * 1024)
+    before = len(walked)
+    used = agree()
+    assert str(z / "big") in walked[before:]
+    assert used >= 40 * 4096 + 64 * 1024
+    # a copy killed mid-way: its unsealed .tmp output is walked every time, counted as it grows
+    fill(z / ".tmp" / "half" / "a.bin", 8192)
+    agree()
+    fill(z / ".tmp" / "half" / "b.bin", 8192)
+    agree()
+    # the same name, another directory: the record of the old inode is not taken for it
+    zones.clean(cfg, "big", zone="3C")
+    agree()
+    sealed_output(cfg, "3C", "big", 3000)
+    agree()
+    # aside into the trash: still counted (by its record: the inode moved with it), then gone
+    zones.clean(cfg, "big", zone="3C", aside=True)
+    assert zones.trash_bytes(cfg, "3C") > 0
+    agree()
+    zones.empty_trash(cfg, ["3C"])
+    agree()
+    assert not any((cfg.ssd.root / "state" / "zone-bytes" / "3C").iterdir())  # no record outlives its output
+
+
+def test_a_file_rewritten_in_place_in_a_sealed_output_is_counted_at_the_recount(tmp_path: Path) -> None:
+    """No directory changes when a sealed file grows in place: its record is trusted until
+    RECOUNT_S old, then the output is walked again and counted whole (the file system's free
+    space, checked by every reservation, guards the SSD meanwhile)."""
+    cfg = zone_config(tmp_path)
+    final = sealed_output(cfg, "3C", "out", 4096)
+    z = cfg.ssd.zone_path("3C")
+    with open(final / "data.bin", "ab") as f:
+        f.write(os.urandom(256 * 1024))
+    assert zones.zone_usage(cfg, "3C")["used_bytes"] < zones.du(z)  # trusted, inside RECOUNT_S
+    [record] = (cfg.ssd.root / "state" / "zone-bytes" / "3C").iterdir()
+    doc = json.loads(record.read_bytes())
+    record.write_text(json.dumps(doc | {"at": doc["at"] - zones.RECOUNT_S - 1}))
+    assert zones.zone_usage(cfg, "3C")["used_bytes"] == zones.du(z)

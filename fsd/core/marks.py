@@ -216,6 +216,11 @@ class DiskLog:
     first: int = 1 << 64
     last: int = -1
     late: list[int] = field(default_factory=list)
+    #: of the store's own log (MARKS_LOG): bytes and lines of its judged prefix (`_read_lines`),
+    #: and whether a checked record came in it — where a later reading of its tail starts
+    judged: int = 0
+    judged_lines: int = 0
+    checked: bool = False
 
     @property
     def begin(self) -> int:
@@ -281,41 +286,80 @@ def read_log(folder: Path, planted: list[str] | None = None, label: str = "", sp
         except BaseException:
             os.close(fd)
             raise
-        resets: dict[int, int] = {}  # reset stamp → set-records seen with it
-        ends: dict[int, int] = {}
-        checked = False
         with f:
-            for n, raw in enumerate(f, 1):
-                if not raw.strip():
-                    continue
-                kind, rec = classify(raw)
-                if rec is None:
-                    if kind == DAMAGED and path.name != MARKS_LOG:
-                        out.foreign[str(path)] = out.foreign.get(str(path), 0) + 1
-                    elif kind == DAMAGED:
-                        out.damaged += 1
-                        if len(out.damaged_lines) < 5:
-                            out.damaged_lines.append(n)
-                    else:
-                        out.other += 1
-                elif kind == LEGACY and checked:
-                    # after a checked line, a three-field line is an append cut right after its
-                    # sha256 and completed by the next append's newline (never committed)
-                    out.other += 1
-                elif kind == LEGACY:
-                    # the release before checks wrote it: replayed, even when checked appends
-                    # follow (its log was not rewritten: its last line was torn or damaged)
-                    out.legacy += 1
-                    _take(rec, resets, ends, keep)
-                else:
-                    checked = True
-                    _take(rec, resets, ends, keep)
-        for stamp, n in resets.items():
-            if ends.get(stamp) == n:
-                out.resets.add(stamp)
-            else:
-                out.broken_resets += 1
+            _read_lines(f, path, out, keep, cutoff)
     return out
+
+
+def read_tail(path: Path, label: str, spill: Spill, src: int, cutoff: int, start: int, lines: int,
+              checked: bool) -> DiskLog:
+    """The records of the log at `path` from byte `start` on (the end of a judged prefix,
+    `DiskLog.judged`, which held `lines` lines; `checked`: a checked record came before it),
+    read and spilled as `read_log` reads a whole log — what an append-only log gained since
+    it was last judged. Raises OSError if it cannot be read (or is no regular file)."""
+    out = DiskLog(label, spilled=True)
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        regular(fd, path)
+        f = os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+    with f:
+        f.seek(start)
+        _read_lines(f, path, out, _keeper(out, spill, src, cutoff), cutoff, start, lines, checked)
+    return out
+
+
+def _read_lines(f: Any, path: Path, out: DiskLog, keep: Callable[[Record], None], cutoff: int | None,
+                pos: int = 0, n: int = 0, checked: bool = False) -> None:
+    """Classify every line of `f` (its first is line `n + 1`, at byte `pos`) into `out`. Of
+    the store's own log (MARKS_LOG) it also notes the judged prefix (DiskLog.judged): up to the
+    end of the last whole line before the first record stamped after `cutoff` or the first
+    line not ended yet — an append still being written, or a record whose transaction has not
+    committed, is judged by the next reading, from there on."""
+    resets: dict[int, int] = {}  # reset stamp → set-records seen with it
+    ends: dict[int, int] = {}
+    own = path.name == MARKS_LOG
+    top = (1 << 64) if cutoff is None else cutoff
+    judging = own
+    if own:
+        out.judged, out.judged_lines = pos, n
+    for n, raw in enumerate(f, n + 1):
+        pos += len(raw)
+        kind, rec = classify(raw) if raw.strip() else (OTHER, None)
+        if judging and (not raw.endswith(b"\n") or (rec is not None and rec[0] > top)):
+            judging = False
+        if not raw.strip():
+            pass
+        elif rec is None:
+            if kind == DAMAGED and not own:
+                out.foreign[str(path)] = out.foreign.get(str(path), 0) + 1
+            elif kind == DAMAGED:
+                out.damaged += 1
+                if len(out.damaged_lines) < 5:
+                    out.damaged_lines.append(n)
+            else:
+                out.other += 1
+        elif kind == LEGACY and checked:
+            # after a checked line, a three-field line is an append cut right after its
+            # sha256 and completed by the next append's newline (never committed)
+            out.other += 1
+        elif kind == LEGACY:
+            # the release before checks wrote it: replayed, even when checked appends
+            # follow (its log was not rewritten: its last line was torn or damaged)
+            out.legacy += 1
+            _take(rec, resets, ends, keep)
+        else:
+            checked = True
+            _take(rec, resets, ends, keep)
+        if judging:
+            out.judged, out.judged_lines, out.checked = pos, n, checked
+    for stamp, k in resets.items():
+        if ends.get(stamp) == k:
+            out.resets.add(stamp)
+        else:
+            out.broken_resets += 1
 
 
 def _take(rec: Record, resets: dict[int, int], ends: dict[int, int], keep: Callable[[Record], None]) -> None:
@@ -481,13 +525,19 @@ Marks = tuple[bool, bool, bool]  # in TABLES order
 
 
 def settle(logs: Sequence[DiskLog | None], spill: Spill, alone: Iterable[int] = (),
-           disputes: Disputes | None = None) -> Iterable[tuple[bytes, Marks, Marks, dict[int, Marks]]]:
+           disputes: Disputes | None = None, held_of: Callable[[bytes], Marks] | None = None,
+           ) -> Iterable[tuple[bytes, Marks, Marks, dict[int, Marks]]]:
     """`replay(agree(logs)[0])` object by object, from the logs' records spilled as `read_log`
     spills them (`logs[i]`'s as source i) — memory for one spill partition, not for every
     record. Yields (sha256, its marks as the disks agree, the marks the index holds as
     spilled by `hold`, {i: its marks as log i alone replays them} for each i in `alone`), in
     sha256 order, for every object a record or a held mark names; the records not obeyed go
-    to `disputes`. A log given as None is left out (its records in the spill are not read)."""
+    to `disputes`. A log given as None is left out (its records in the spill are not read).
+
+    `held_of(sha)`: the marks the index holds, looked up for each object the records name
+    (instead of spilled by `hold`), and the replay starts from them rather than from no mark —
+    the records are a log's tail whose earlier part was judged to agree with the index, so a
+    table no record of the tail touches is as the index holds it."""
     since = max((max(lg.resets) for lg in logs if lg is not None and lg.resets), default=-1)
     own_since = {i: max(lg.resets, default=-1) for i in alone if (lg := logs[i]) is not None}
     alone = list(own_since)
@@ -498,7 +548,7 @@ def settle(logs: Sequence[DiskLog | None], spill: Spill, alone: Iterable[int] = 
     for e in spill.sorted():
         if e[:32] != sha:
             if sha:
-                yield _settled(sha, group, held, logs, spans, since, own_since, alone, disputes)
+                yield _settled(sha, group, held, logs, spans, since, own_since, alone, disputes, held_of)
             sha, group, held = e[:32], [], [False, False, False]
         src = e[41]
         if src == HELD:
@@ -513,7 +563,7 @@ def settle(logs: Sequence[DiskLog | None], spill: Spill, alone: Iterable[int] = 
         else:
             group.append((stamp, code, [src]))
     if sha:
-        yield _settled(sha, group, held, logs, spans, since, own_since, alone, disputes)
+        yield _settled(sha, group, held, logs, spans, since, own_since, alone, disputes, held_of)
 
 
 def _apply(state: list[bool], op: str) -> None:
@@ -526,9 +576,13 @@ def _apply(state: list[bool], op: str) -> None:
 
 def _settled(sha: bytes, group: list[tuple[int, int, list[int]]], held: list[bool], logs: Sequence[Any],
              spans: list[tuple[int, int]], since: int, own_since: dict[int, int], alone: list[int],
-             disputes: Disputes | None) -> tuple[bytes, Marks, Marks, dict[int, Marks]]:
-    final = [False, False, False]
-    own = {i: [False, False, False] for i in alone}
+             disputes: Disputes | None, held_of: Callable[[bytes], Marks] | None = None,
+             ) -> tuple[bytes, Marks, Marks, dict[int, Marks]]:
+    if held_of is not None:
+        held = list(held_of(sha))
+    start = held if held_of is not None else [False, False, False]
+    final = list(start)
+    own = {i: list(start) for i in alone}
     for stamp, code, srcs in group:
         op = OPS[code]
         for i in alone:

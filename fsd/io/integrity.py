@@ -12,6 +12,7 @@ check and verify named, and verify read the marks logs but no pointer.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -23,6 +24,7 @@ from fsd.core.disks import DiskState
 from fsd.core.index import MARKS_NS, IndexDamaged, named_entry
 from fsd.core.layout import BATCHES_DIR, VIEWS_DIR
 from fsd.core.spill import Spill, spill_parent
+from fsd.io import judged
 
 if TYPE_CHECKING:
     from fsd.store import Store
@@ -46,6 +48,8 @@ class Findings:
     counts: dict[str, int] = field(default_factory=dict)  # kind of finding → how many
     notes: list[str] = field(default_factory=list)
     problem_kinds: list[str] = field(default_factory=list)  # the kind of each line of `problems`
+    #: the reading behind the marks findings (fsd.io.judged.age, and whether only tails were read)
+    read: dict[str, Any] = field(default_factory=dict)
 
     def add(self, kind: str, line: str) -> None:
         self.counts[kind] = self.counts.get(kind, 0) + 1
@@ -68,15 +72,22 @@ class Findings:
         return not self.counts
 
 
-def judge(store: Store, known: Callable[[bytes], bool] | None = None, into: Findings | None = None) -> Findings:
+def judge(store: Store, known: Callable[[bytes], bool] | None = None, into: Findings | None = None,
+          by: str = "check", tail: bool = False) -> Findings:
     """The marks logs and pointers of `store` judged against its index (`known(sha)`: whether
     the store holds the object; default: the index has it now). A marks log a snapshot replaced
     while it was read (a writer's catch-up, gc's compaction: its newest reset is stamped after
-    the index was read) is judged again, up to RETRIES times: that is a moment, not damage."""
+    the index was read) is judged again, up to RETRIES times: that is a moment, not damage.
+
+    Every judgement that reads each log cleanly is remembered (fsd.io.judged, `by` names the
+    tool). `tail` (`hoard health`): a log that is the file judged last time, grown by appends
+    only, is read from where that judgement stopped, and its judged part is reported as that
+    judgement found it — `Findings.read` says how old the last whole reading is; a log
+    replaced or cut, another index, a disk in another state: every log is read whole."""
     known = known or in_index(store)
     for attempt in range(RETRIES):
         found = Findings()
-        moved = _marks_logs(store, found, known)
+        moved = _marks_logs(store, found, known, by, tail)
         if not moved or attempt == RETRIES - 1:
             break
     _pointers(store, found, known)
@@ -123,7 +134,7 @@ def named_decoder(kind: str) -> Callable[[bytes, bytes], tuple[str, dict]]:
     return decode
 
 
-def _marks_logs(store: Store, rep: Findings, known: Callable[[bytes], bool]) -> bool:
+def _marks_logs(store: Store, rep: Findings, known: Callable[[bytes], bool], by: str, tail: bool) -> bool:
     """The logs an index rebuild would read (every attached disk's, a failed one's too) must
     replay to the index's marks together, as a rebuild decides them (marks.agree); each log
     the index counts as complete must do so alone (a log damaged or cut behind the index's
@@ -133,20 +144,87 @@ def _marks_logs(store: Store, rep: Findings, known: Callable[[bytes], bool]) -> 
 
     The index's marks and the logs' records are spilled to disk and compared object by object
     (marks.settle): a store whose every object is a root has a log record per object on every
-    disk, and sets of them all took ~1 KB per object."""
-    with Spill(spill_parent(store.cfg.ssd.root), marks.SPILLED) as spill:
-        return _judge_marks(store, rep, known, spill)
+    disk, and sets of them all took ~1 KB per object. Reading tails (`tail`), only the records
+    appended since the remembered judgement are spilled, and each object they name is looked
+    up in the index (`settle`'s `held_of`), in the read transaction the cutoff came from."""
+    before = judged.load(store) if tail else None
+    if before is not None:
+        try:
+            return _read_and_judge(store, rep, known, by, before)
+        except Irregular:
+            pass
+    return _read_and_judge(store, rep, known, by, None)
 
 
-def _judge_marks(store: Store, rep: Findings, known: Callable[[bytes], bool], spill: Spill) -> bool:
+class Irregular(Exception):
+    """A log's tail holds a line that is not a checked record (damaged, torn, a snapshot's):
+    the tail alone cannot tell how its log replays — every log is read whole instead (rare:
+    bit rot or a crash; the memory then holds what that reading found)."""
+
+
+def _read_and_judge(store: Store, rep: Findings, known: Callable[[bytes], bool], by: str,
+                    before: judged.Memory | None) -> bool:
+    with Spill(spill_parent(store.cfg.ssd.root), marks.SPILLED) as spill, contextlib.ExitStack() as held:
+        idx = store.index
+        txn = held.enter_context(idx.env.begin())
+        raw = txn.get(MARKS_NS, db=idx.meta) if idx.meta is not None else None
+        cutoff = int(raw) if raw else (1 << 63)
+        files = _files(store)
+        if before is not None and not _still(store, before, cutoff, files):
+            before = None
+        held_of = None
+        if before is None:
+            # (then the transaction ends: a reader held while every log is read would keep the
+            # pages writers free from being reused)
+            _index_marks(txn, idx, spill)
+            held.close()
+        else:  # a tail's objects are looked up at the cutoff's moment, as the whole index is spilled
+            tables = [getattr(idx, t) for t in marks.TABLES]
+
+            def held_of(sha: bytes) -> marks.Marks:
+                got = [db is not None and txn.get(sha, db=db) is not None for db in tables]
+                return got[0], got[1], got[2]
+        return _judge_marks(store, rep, known, spill, cutoff, files, before, held_of, by)
+
+
+def _files(store: Store) -> dict[str, tuple[list[int] | None, dict[str, list[int]], int]]:
+    """Per disk whose log is judged: its log's identity, the other logs beside it, its size."""
+    out = {}
+    for uuid, rec in store.records.items():
+        disk = store.disks.get(uuid)
+        if disk is None or rec.state == DiskState.MISSING:
+            continue
+        path = marks.log_path(disk.root)
+        own, others = judged.files_of(path.parent)
+        try:
+            size = os.lstat(path).st_size
+        except OSError:
+            size = -1
+        out[uuid] = (own, others, size)
+    return out
+
+
+def _still(store: Store, mem: judged.Memory, cutoff: int, files: dict) -> bool:
+    """Whether the remembered judgement still speaks for every log's judged part (fsd.io.judged)."""
+    return (mem.index == judged.index_identity(store) and cutoff >= mem.cutoff and set(mem.disks) == set(files)
+            and all(mem.disks[u].fits(store.records[u].state.value, *files[u]) for u in files))
+
+
+def _judge_marks(store: Store, rep: Findings, known: Callable[[bytes], bool], spill: Spill, cutoff: int,
+                 files: dict, before: judged.Memory | None, held_of: Callable[[bytes], marks.Marks] | None,
+                 by: str) -> bool:
     fix = "`hoard index rewrite-marks` writes the index's marks to every disk"
-    # the index first, in one read transaction; then only log records up to its last stamp
-    # count (a put committing while the logs are read is not a disagreement)
-    cutoff = _index_marks(store, spill)
+    # the index first (its cutoff, and its marks spilled or looked up); then only log records
+    # up to its last stamp count (a put committing while the logs are read is not a disagreement)
     last, at, _failed = store.index.marks_state()
     logs: list[marks.DiskLog | None] = []  # by source number in the spill (None: a log not judged together)
     steps: list[tuple[str, Any]] = []  # the findings of each disk, in order; "alone" ones once replayed
     moved = False  # a log's newest snapshot came after the index's moment
+    clean = True  # every log read, nothing planted or in the way: the judgement is remembered
+    now = judged.Memory(judged.index_identity(store), cutoff, before.whole_at if before else time.time(),
+                        before.whole_by if before else by, {}, tail_at=time.time() if before else 0.0)
+    uuids: dict[int, str] = {}
+    lines_read = 0  # lines of the disks' logs read this time (a tail's only)
     for uuid, rec in store.records.items():
         disk = store.disks.get(uuid)
         if disk is None or rec.state == DiskState.MISSING:
@@ -155,15 +233,29 @@ def _judge_marks(store: Store, rep: Findings, known: Callable[[bytes], bool], sp
         blocker = _in_the_way(marks.log_path(disk.root)) if rec.state != DiskState.FAILED else ""
         src = len(logs)
         logs.append(None)  # (until it is read whole: a read that fails leaves records in the spill)
+        old = before.disks[uuid] if before is not None else None
         try:
-            got = marks.read_log(marks.log_path(disk.root).parent, planted, rec.label,
-                                 None if blocker else spill, src, cutoff)
+            if old is not None:
+                gained = marks.read_tail(marks.log_path(disk.root), rec.label, spill, src, cutoff, old.judged,
+                                         old.lines, old.checked)
+                if gained.damaged or gained.other or gained.legacy or gained.broken_resets or gained.resets:
+                    raise Irregular(rec.label)
+                got = judged.merged(old.log, gained)
+            else:
+                got = marks.read_log(marks.log_path(disk.root).parent, planted, rec.label,
+                                     None if blocker else spill, src, cutoff)
         except OSError as e:
+            clean = False
             if rec.state == DiskState.FAILED:
                 steps.append(("note", f"disk {rec.label} (failed): its marks log cannot be read ({e})"))
             else:
                 steps.append(("add", f"disk {rec.label}: its marks log cannot be read ({e}): {fix}"))
             continue
+        clean &= not planted and not blocker
+        now.disks[uuid] = judged.Remembered(rec.state.value, files[uuid][0], files[uuid][1], got.judged,
+                                            got.judged_lines, got.checked, judged.facts(got))
+        uuids[src] = uuid
+        lines_read += got.judged_lines - (old.lines if old is not None else 0)
         steps += [("note", f"disk {rec.label}: {p} (not a marks log: skipped by a rebuild; remove it)") for p in planted]
         steps += [("note", f"disk {rec.label}: {p}: {n} line(s) that are not records (not the store's log, which is "
                            f"{marks.log_path(disk.root).name}: a rebuild reads its records and skips the rest; "
@@ -194,12 +286,18 @@ def _judge_marks(store: Store, rep: Findings, known: Callable[[bytes], bool], sp
             steps.append(("alone", (src, rec.label)))
     disputes = marks.Disputes(keep=0)
     alone = [src for kind, arg in steps if kind == "alone" for src in (arg[0],)]
-    off = dict.fromkeys(alone, 0)
+    off = {i: before.disks[uuids[i]].off if before is not None else 0 for i in alone}
     # per table: (the index's marks the logs do not replay, the logs' the index lacks): first SHOW, how many
     lost: dict[str, tuple[list[bytes], list[bytes]]] = {t: ([], []) for t in marks.TABLES}
     counts: dict[str, list[int]] = {t: [0, 0] for t in marks.TABLES}
     unknown = 0
-    for sha, final, held, own in marks.settle(logs, spill, alone, disputes):
+    if before is not None:  # what the judged parts held, as the last judgement found it
+        for t in marks.TABLES:
+            counts[t] = list(before.counts.get(t, [0, 0]))
+            for which in (0, 1):
+                lost[t][which].extend(bytes.fromhex(h) for h in before.lost.get(t, [[], []])[which])
+        disputes.count, unknown = before.disputes, before.unknown
+    for sha, final, held, own in marks.settle(logs, spill, alone, disputes, held_of):
         if not (any(final) or any(held) or any(any(m) for m in own.values())):
             continue
         if not known(sha):
@@ -236,6 +334,15 @@ def _judge_marks(store: Store, rep: Findings, known: Callable[[bytes], bool], sp
         rep.notes.append(f"the marks logs hold {unknown} mark(s) of objects the index does not know (on disks that "
                          "were absent when it was rebuilt?); they are kept: `hoard index rebuild` with every disk "
                          "present takes them in")
+    for i, n in off.items():
+        now.disks[uuids[i]].off = n
+    now.counts, now.lost = counts, {t: [[sha.hex() for sha in lst] for lst in lost[t]] for t in marks.TABLES}
+    now.disputes, now.unknown = disputes.count, unknown
+    rep.read = judged.age(now) | {"tail": before is not None, "lines_read": lines_read}
+    if clean and not moved:
+        judged.save(store, now, before)
+    elif not clean:
+        judged.forget(store)
     return moved
 
 
@@ -332,16 +439,12 @@ def _in_the_way(path) -> str:
     return ""
 
 
-def _index_marks(store: Store, spill: Spill) -> int:
-    """Spill the index's marks (marks.hold) and return its last stamp, in one read transaction."""
-    idx = store.index
-    with idx.env.begin() as txn:
-        for t in marks.TABLES:
-            if getattr(idx, t) is not None:
-                for k in txn.cursor(db=getattr(idx, t)).iternext(values=False):
-                    marks.hold(spill, t, bytes(k))
-        raw = txn.get(MARKS_NS, db=idx.meta) if idx.meta is not None else None
-    return int(raw) if raw else (1 << 63)
+def _index_marks(txn: Any, idx: Any, spill: Spill) -> None:
+    """Spill the index's marks (marks.hold), read in `txn` (the one its cutoff came from)."""
+    for t in marks.TABLES:
+        if getattr(idx, t) is not None:
+            for k in txn.cursor(db=getattr(idx, t)).iternext(values=False):
+                marks.hold(spill, t, bytes(k))
 
 
 def _ahead(store: Store, got: marks.DiskLog) -> int:

@@ -203,7 +203,7 @@ def _judge_logs_and_pointers(store: Store, rep: VerifyReport, only_disk: str | N
     def mine(found: integrity.Findings) -> list[tuple[str, str]]:
         return [(kind, line) for kind, line in found.lines() if label is None or line.startswith(f"disk {label}:")]
 
-    before = mine(integrity.judge(store))
+    before = mine(integrity.judge(store, by="verify"))
     if repair and before:
         chosen = [u for u in store.disks if store.usable(u) and (only_disk is None or u == only_disk)]
         if any(kind == "marks log" for kind, _ in before):
@@ -211,7 +211,7 @@ def _judge_logs_and_pointers(store: Store, rep: VerifyReport, only_disk: str | N
         if any(kind == "pointer" for kind, _ in before) and store.index.pointers is not None:
             store.index.align_pointers()
             store.catch_up_pointers(chosen)
-        after = mine(integrity.judge(store))
+        after = mine(integrity.judge(store, by="verify"))
         left = {line for _, line in after}
         rep.repaired += [f"{line} (rewritten from the index)" for _, line in before if line not in left]
         rep.bad += [line for _, line in before if line not in left]  # found, and repaired

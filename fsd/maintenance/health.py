@@ -123,8 +123,11 @@ def store_status(cfg: Settings) -> dict[str, Any]:
         with Store.open(cfg, writable=False) as store:
             st = store.status()
             # the marks logs and pointers, judged as `hoard check` and `hoard verify` judge them
-            found = integrity.judge(store)
-            st["integrity"] = {"problems": [line for _, line in found.lines()], "counts": found.counts}
+            # (from where the last judgement stopped: only what the logs gained since is read —
+            # `read` says how old the last reading of every byte is; `hoard verify` reads them all)
+            found = integrity.judge(store, by="health", tail=True)
+            st["integrity"] = {"problems": [line for _, line in found.lines()], "counts": found.counts,
+                               "read": found.read}
             # a scan of every shard: only when a card needs it (a disk not active), not on
             # every refresh of a healthy store
             holdings = disk_holdings(store) if any(d["state"] != "active" for d in st["disks"]) else {}

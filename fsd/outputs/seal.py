@@ -162,6 +162,8 @@ class Output:
                "manifest": MANIFEST, "manifest_sha256": hashlib.sha256(body).hexdigest()}
         _write_job(self.final, doc)
         atomic_write(self.final / SEALED, b"")
+        # its bytes recorded now (one walk of this output): a reservation does not walk it again
+        zones.output_bytes(self.cfg, self.zone, self.final)
         zones.release(self.cfg, self.zone, self.id)
         self.sealed = doc
         return doc

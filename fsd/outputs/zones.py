@@ -193,15 +193,20 @@ def _charged(st: os.stat_result) -> int:
     return max(allocated, st.st_size) if stat.S_ISREG(st.st_mode) else allocated
 
 
-def du(path: os.PathLike[str] | str) -> int:
+def du(path: os.PathLike[str] | str, dirs: dict[str, list[int]] | None = None) -> int:
     """Bytes below `path` as a quota counts them (`_charged`), without following symlinks; 0
-    for nothing there. A single file counts too."""
+    for nothing there. A single file counts too. `dirs`: filled with every directory's
+    (mtime_ns, size) by its path below `path` ("" for itself), each taken before the directory
+    is read — a file added, removed or renamed in it after that changes them (`output_bytes`)."""
     try:
         st = os.lstat(path)
     except FileNotFoundError:
         return 0
     total = _charged(st)
-    stack = [os.fspath(path)] if os.path.isdir(path) and not os.path.islink(path) else []
+    root = os.fspath(path)
+    stack = [root] if stat.S_ISDIR(st.st_mode) else []
+    if dirs is not None and stack:
+        dirs[""] = [st.st_mtime_ns, st.st_size]
     while stack:
         top = stack.pop()
         try:
@@ -214,6 +219,87 @@ def du(path: os.PathLike[str] | str) -> int:
                     total += _charged(st)
                     if e.is_dir(follow_symlinks=False):
                         stack.append(e.path)
+                        if dirs is not None:
+                            dirs[os.path.relpath(e.path, root)] = [st.st_mtime_ns, st.st_size]
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+    return total
+
+
+#: a sealed output's recorded bytes are trusted this long, then it is walked again (a file
+#: rewritten in place changes no directory: this bounds how long such an edit goes uncounted)
+RECOUNT_S = 24 * 3600
+
+
+def sizes_dir(cfg: Settings, zone: str) -> Path:
+    """Where a zone's sealed outputs' bytes are recorded: one `<device>-<inode>.json` per output
+    directory (an inode survives the rename into the trash)."""
+    return cfg.ssd.root / "state" / "zone-bytes" / zone
+
+
+def output_bytes(cfg: Settings, zone: str, p: os.PathLike[str] | str) -> int:
+    """`du(p)` of an output directory (in the zone or its trash) — from its record while the
+    output is sealed and not one of its directories changed since it was walked (a stat per
+    directory, not per file), else walked (and recorded, if it is sealed). So a reservation
+    costs what the zone's unsealed outputs and directories cost, not what its millions of
+    sealed files do; a file added to a sealed output by hand changes its directory: the output
+    is walked again and counted whole."""
+    try:
+        st = os.lstat(p)
+    except FileNotFoundError:
+        return 0
+    if not stat.S_ISDIR(st.st_mode):
+        return du(p)
+    record = sizes_dir(cfg, zone) / f"{st.st_dev}-{st.st_ino}.json"
+    path = Path(p)
+    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+        doc = json.loads(record.read_bytes())
+        if time.time() - doc["at"] < RECOUNT_S and (path / SEALED).exists() and all(
+                _same_dir(path / rel, was) for rel, was in doc["dirs"].items()):
+            return int(doc["bytes"])
+    sealed = (path / SEALED).exists() or _seal_of(zone, path) is not None
+    dirs: dict[str, list[int]] = {}
+    total = du(p, dirs)
+    if sealed and (path / SEALED).exists():  # (a 3B package sealed by its manifest is walked each time)
+        with contextlib.suppress(OSError):
+            record.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write(record, json.dumps({"bytes": total, "dirs": dirs, "at": time.time()}).encode())
+    return total
+
+
+def _same_dir(path: Path, was: list[int]) -> bool:
+    st = os.lstat(path)
+    return stat.S_ISDIR(st.st_mode) and [st.st_mtime_ns, st.st_size] == was
+
+
+def _forget_bytes(cfg: Settings, zone: str, p: Path) -> None:
+    """Drop the record of an output directory about to be removed (its inode may be reused)."""
+    with contextlib.suppress(OSError):
+        st = os.lstat(p)
+        (sizes_dir(cfg, zone) / f"{st.st_dev}-{st.st_ino}.json").unlink()
+
+
+def zone_bytes(cfg: Settings, zone: str) -> int:
+    """`du` of the zone's directory, trash included, each sealed output counted by
+    `output_bytes`: what the zone's quota counts."""
+    zpath = cfg.ssd.zone_path(zone)
+    if zone not in OUTPUT_ZONES:
+        return du(zpath)
+    try:
+        total = _charged(os.lstat(zpath))
+        entries = list(os.scandir(zpath))
+    except (FileNotFoundError, NotADirectoryError):
+        return 0
+    for e in entries:
+        try:
+            whole = e.is_dir(follow_symlinks=False) and not e.name.startswith(".")
+            if e.name == TRASH and e.is_dir(follow_symlinks=False):
+                total += _charged(e.stat(follow_symlinks=False))
+                total += sum(output_bytes(cfg, zone, os.path.join(e.path, n)) for n in os.listdir(e.path))
+            elif whole:
+                total += output_bytes(cfg, zone, e.path)
+            else:
+                total += du(e.path)
         except (FileNotFoundError, NotADirectoryError):
             continue
     return total
@@ -291,7 +377,7 @@ def reservations(cfg: Settings, zone: str) -> list[Reservation]:
             raise HoardError(f"reservation file {p} is unreadable ({e}); remove it if no job is writing "
                              f"{zpath / p.stem}", ExitCode.DATA) from None
         r.stale = r.host == here and not _alive(r.pid, r.pid_start)
-        r.written = du(zpath / TMP / r.id) + du(zpath / r.id)
+        r.written = du(zpath / TMP / r.id) + output_bytes(cfg, zone, zpath / r.id)
         found.append(r)
     return sorted(found, key=lambda r: r.created_ns)
 
@@ -372,7 +458,7 @@ def outputs(cfg: Settings, zone: str, rs: list[Reservation] | None = None) -> li
             except FileNotFoundError:  # removed meanwhile (listing takes no lock)
                 continue
             entry = found.setdefault(e.name, {"id": e.name, "zone": zone, "bytes": 0, "paths": []})
-            entry["bytes"] += du(p)
+            entry["bytes"] += output_bytes(cfg, zone, p) if where == zpath else du(p)
             entry["paths"].append(str(p))
             seal = _seal_of(zone, p) if where == zpath else None
             if seal is not None:
@@ -440,7 +526,7 @@ def zone_usage(cfg: Settings, zone: str, read: Read | None = None) -> dict[str, 
         rs = _reservations(cfg, zone, read) if present else []
     except HoardError as e:  # health reports, it does not crash: the zone is shown without them
         rs, error = [], e.message
-    used = du(zpath) if present else 0
+    used = zone_bytes(cfg, zone) if present else 0
     reserved = sum(r.outstanding for r in rs)
     ratio = (used + reserved) / q
     room = max(0, q - used - reserved)
@@ -483,9 +569,9 @@ def reserve(cfg: Settings, zone: str, output_id: str, job: str, nbytes: int, nex
             raise ZoneBusy(f"zone {zone}: output {output_id} is reserved by {mine.describe()}; wait for it to "
                            "finish (or stop it: its reservation is then reclaimed)")
         others = [r for r in rs if r.id != output_id]
-        used = du(zpath)
+        used = zone_bytes(cfg, zone)
         reserved = sum(r.outstanding for r in others)
-        written = du(zpath / TMP / output_id) + du(zpath / output_id)
+        written = du(zpath / TMP / output_id) + output_bytes(cfg, zone, zpath / output_id)
         need = max(0, nbytes - written)
         q, th = quota(cfg, zone), cfg.ssd.thresholds
         if (used + reserved) >= th.emergency * q or used + reserved + need > th.deny * q:
@@ -506,8 +592,8 @@ def grow(cfg: Settings, r: Reservation, nbytes: int) -> Reservation:
     with zone_lock(cfg, r.zone):
         rs = [x for x in reservations(cfg, r.zone) if not x.stale and x.id != r.id]
         zpath = cfg.ssd.zone_path(r.zone)
-        used, reserved = du(zpath), sum(x.outstanding for x in rs)
-        written = du(zpath / TMP / r.id) + du(zpath / r.id)
+        used, reserved = zone_bytes(cfg, r.zone), sum(x.outstanding for x in rs)
+        written = du(zpath / TMP / r.id) + output_bytes(cfg, r.zone, zpath / r.id)
         q = quota(cfg, r.zone)
         if used + reserved + max(0, nbytes - written) > cfg.ssd.thresholds.emergency * q:
             raise ZoneFull(refusal(cfg, r.zone, r.job, max(0, nbytes - written), used, reserved, rs, "",
@@ -646,7 +732,8 @@ def clean(cfg: Settings, output_id: str, zone: str | None = None, aside: bool = 
                 if aside:
                     trashed.append(_to_trash(cfg, z, p))
                     continue
-                freed += du(p)
+                freed += output_bytes(cfg, z, p)
+                _forget_bytes(cfg, z, p)
                 # unseal first: a crash half-way through the removal must not leave a "sealed" rest
                 with contextlib.suppress(FileNotFoundError):
                     (p / SEALED).unlink()
@@ -678,7 +765,7 @@ def trash_bytes(cfg: Settings, zone: str) -> int:
     entries, not the directory itself."""
     trash = cfg.ssd.zone_path(zone) / TRASH
     try:
-        return sum(du(trash / name) for name in os.listdir(trash))
+        return sum(output_bytes(cfg, zone, trash / name) for name in os.listdir(trash))
     except (FileNotFoundError, NotADirectoryError):
         return 0
 
@@ -701,7 +788,8 @@ def empty_trash(cfg: Settings, zones: Iterable[str] = OUTPUT_ZONES) -> dict[str,
             continue
         for name in names:
             p = trash / name
-            freed += du(p)
+            freed += output_bytes(cfg, z, p)
+            _forget_bytes(cfg, z, p)
             if p.is_dir() and not p.is_symlink():
                 shutil.rmtree(p, onerror=gone_already)
             else:

@@ -1,0 +1,182 @@
+"""What the last reading of every disk's marks log found, kept so that `hoard health` reads only
+what the logs gained since (docs/design.md, "One judgement, three tools").
+
+A marks log only grows between snapshots (each append adds whole lines at its end; a snapshot
+replaces the file: tmp → rename, a new inode). So a log whose identity (device, inode) is the
+one read last time and which is not shorter than the prefix judged then holds that prefix
+unchanged — unless its bytes rotted, which only a reading of every byte finds: `hoard verify`
+and `hoard check` read every log whole, `hoard health` reads the appended tail and reports for
+the prefix what the last whole reading found (and when it was: `whole_at`).
+
+The memory is one JSON file, `<ssd.root>/state/marks-judged.json` (MEMORY), rewritten
+(tmp → fsync → rename) by every judgement — whole or tail — that read every disk's log
+cleanly. It is trusted only for the same index (the inode of its data file: a rebuild or a
+restore swaps it) whose marks stamp has not gone back, the same disks in the same states, the
+same other `*.log` files beside each log, and each log its same file no shorter than judged;
+anything else, and the logs are read whole again.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from fsd.base.files import atomic_write
+from fsd.core import marks
+
+if TYPE_CHECKING:
+    from fsd.store import Store
+
+log = logging.getLogger(__name__)
+
+#: the memory's file, under `ssd.root`
+MEMORY = Path("state") / "marks-judged.json"
+FORMAT = 1
+
+
+def memory_path(store: Store) -> Path:
+    return store.cfg.ssd.root / MEMORY
+
+
+def index_identity(store: Store) -> list[int] | None:
+    """(device, inode) of the index's data file: a rebuild or a restore swaps in another one."""
+    try:
+        st = (store.cfg.index_dir / "data.mdb").stat()
+    except OSError:
+        return None
+    return [st.st_dev, st.st_ino]
+
+
+def files_of(folder: Path) -> tuple[list[int] | None, dict[str, list[int]]]:
+    """Of a disk's marks folder, before it is read: the log's (device, inode) (None: no log)
+    and every other `*.log` beside it as name → (device, inode, size, mtime_ns) — a reading of
+    the tail trusts those to be what the last reading read."""
+    own = None
+    others: dict[str, list[int]] = {}
+    try:
+        names = sorted(p.name for p in folder.glob("*.log"))
+    except OSError:
+        return None, {}
+    for name in names:
+        try:
+            st = os.lstat(folder / name)
+        except OSError:
+            continue
+        if name == marks.log_path(folder.parent).name:
+            own = [st.st_dev, st.st_ino]
+        else:
+            others[name] = [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns]
+    return own, others
+
+
+@dataclass
+class Remembered:
+    """One disk's log as last judged: which file, how much of it, and what that part held."""
+
+    state: str
+    file: list[int] | None
+    others: dict[str, list[int]]
+    judged: int
+    lines: int
+    checked: bool
+    log: dict[str, Any]  # the DiskLog facts of the judged part (`facts`)
+    off: int = 0  # marks its log alone replayed differently from the index (a disk judged alone)
+
+    def fits(self, state: str, file: list[int] | None, others: dict[str, list[int]], size: int) -> bool:
+        """Whether the log is still the file judged, grown only by appends."""
+        return (self.state == state and self.file is not None and self.file == file and self.others == others
+                and size >= self.judged)
+
+
+@dataclass
+class Memory:
+    index: list[int] | None
+    cutoff: int  # the index's marks stamp the judgement compared against
+    whole_at: float  # when every log was last read whole (check, verify, or health)
+    whole_by: str
+    disks: dict[str, Remembered]
+    #: per-object findings: table → [index-only count, logs-only count] and their first shas (hex)
+    counts: dict[str, list[int]] = field(default_factory=dict)
+    lost: dict[str, list[list[str]]] = field(default_factory=dict)
+    disputes: int = 0
+    unknown: int = 0
+    tail_at: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return {"format": FORMAT, "index": self.index, "cutoff": self.cutoff, "whole_at": self.whole_at,
+                "whole_by": self.whole_by, "tail_at": self.tail_at, "counts": self.counts, "lost": self.lost,
+                "disputes": self.disputes, "unknown": self.unknown,
+                "disks": {u: vars(r) for u, r in self.disks.items()}}
+
+
+def load(store: Store) -> Memory | None:
+    """The memory, or None (none yet, another format, or unreadable: the logs are read whole)."""
+    try:
+        doc = json.loads(memory_path(store).read_bytes())
+        if doc.get("format") != FORMAT:
+            return None
+        return Memory(doc["index"], int(doc["cutoff"]), float(doc["whole_at"]), str(doc["whole_by"]),
+                      {u: Remembered(**r) for u, r in doc["disks"].items()}, doc["counts"], doc["lost"],
+                      int(doc["disputes"]), int(doc["unknown"]), float(doc.get("tail_at", 0.0)))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def save(store: Store, mem: Memory, after: Memory | None) -> None:
+    """Keep `mem`; a tail judgement (`after`: the memory it extended) does not replace a whole
+    reading another process saved meanwhile. A reader that may not write the SSD's state keeps
+    nothing (the next judgement reads the logs whole again)."""
+    path = memory_path(store)
+    try:
+        if after is not None and (now := load(store)) is not None and now.whole_at != after.whole_at:
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, json.dumps(mem.to_json()).encode())
+    except OSError as e:
+        log.debug("cannot keep the marks judgement at %s: %s", path, e)
+
+
+def forget(store: Store) -> None:
+    """Drop the memory (a log that could not be read cleanly: the next judgement reads all whole)."""
+    try:
+        memory_path(store).unlink()
+    except FileNotFoundError:
+        pass
+    except OSError as e:
+        log.debug("cannot drop %s: %s", memory_path(store), e)
+
+
+#: the DiskLog facts a memory keeps of a judged prefix (its records are not kept: they agreed)
+FACTS = ("damaged", "other", "legacy", "broken_resets", "damaged_lines", "foreign", "first", "last")
+
+
+def facts(got: marks.DiskLog) -> dict[str, Any]:
+    """What a judged prefix held, beside its records (which `settle` compared): the counts the
+    findings name, and the span and snapshots of stamps that another log's records are
+    compared with."""
+    return {k: getattr(got, k) for k in FACTS} | {"resets": sorted(got.resets)}
+
+
+def merged(old: dict[str, Any], tail: marks.DiskLog) -> marks.DiskLog:
+    """The DiskLog of a whole log from what its judged prefix held (`facts`) and its tail, as
+    a whole reading would have counted them (`late`: the tail's, the prefix stops before any)."""
+    return marks.DiskLog(
+        tail.label, set(), set(old["resets"]) | tail.resets, old["damaged"] + tail.damaged,
+        old["other"] + tail.other, old["legacy"] + tail.legacy, old["broken_resets"] + tail.broken_resets,
+        (old["damaged_lines"] + tail.damaged_lines)[:5], dict(old["foreign"]), True,
+        min(old["first"], tail.first), max(old["last"], tail.last), list(tail.late),
+        tail.judged, tail.judged_lines, tail.checked)
+
+
+def age(mem: Memory | None, now: float | None = None) -> dict[str, Any]:
+    """What `hoard health --json` says of the reading behind its marks findings."""
+    if mem is None:
+        return {}
+    now = time.time() if now is None else now
+    return {"whole_by": mem.whole_by, "whole_age_s": round(now - mem.whole_at, 1),
+            "tail_age_s": round(now - mem.tail_at, 1) if mem.tail_at else None}
