@@ -548,6 +548,64 @@ def render(path: Path) -> None:
     lines += ["", f"Goals (issue 37 item 2, judged here at {b} — they are set for 10 M):", ""] + goals(hi, misses)
     lines += ["", END]
     write_doc_section(BEGIN, END, lines)
+    write_doc_section(SIZING_BEGIN, SIZING_END, sizing(doc, path), doc=SIZING)
+
+
+SIZING = RESULTS.parent.parent / "docs" / "sizing.md"
+SIZING_BEGIN = "<!-- bench/scale.py: sizing begin (written by `bench/scale.py --render`; do not edit) -->"
+SIZING_END = "<!-- bench/scale.py: sizing end -->"
+PLAN = (1_000_000, 10_000_000, 100_000_000)
+
+
+def _line(lo: dict, hi: dict, get) -> tuple[float, float]:
+    """(intercept, slope per object) of `get(size)` through the two sizes."""
+    slope = (get(hi) - get(lo)) / (hi["objects"] - lo["objects"])
+    return get(hi) - slope * hi["objects"], slope
+
+
+def sizing(doc: dict, path: Path) -> list[str]:
+    """docs/sizing.md's tables: each figure at 1 M / 10 M / 100 M objects on the line through
+    the run's two sizes (a size the run had is measured, the others extrapolated)."""
+    lo, hi = doc["sizes"][0], doc["sizes"][-1]
+    had = {s["objects"] for s in doc["sizes"]}
+    head = " | ".join(f"{_short(n).upper()} ({'measured' if n in had else 'extrapolated'})" for n in PLAN)
+    gb = 1e9
+
+    def row(name: str, get, unit: float, fmt: str = "{:,.1f}", floor: float = 0.0) -> str:
+        b0, b1 = _line(lo, hi, get)
+        cells = [fmt.format(get(next(s for s in doc["sizes"] if s["objects"] == n)) / unit) if n in had
+                 else fmt.format(max(floor, b0 + b1 * n) / unit) for n in PLAN]
+        return f"| {name} | {' | '.join(cells)} |"
+
+    out = [SIZING_BEGIN, "", f"From {path.relative_to(RESULTS.parent.parent)} ({doc['commit']}, "
+           f"{lo['objects']:,} and {hi['objects']:,} objects of 0.5–4 KB, load {doc['load_before'][0]:.1f}–"
+           f"{doc['load_after'][0]:.1f} on {doc['machine']['cpus']} cores): each figure on the straight line "
+           "through the two sizes.", "", "**SSD** (GB):", "", f"| | {head} |", "|---|---:|---:|---:|",
+           row("LMDB index, as grown by puts", lambda s: s["index_bytes_as_grown"], gb),
+           row("LMDB index, after `hoard index rebuild`", lambda s: s["index_bytes_rebuilt"], gb),
+           row("PostgreSQL (a node, two edges, a label per object)", lambda s: s["database_bytes"], gb),
+           row("its WAL directory (bounded by max_wal_size, not by the rows)", lambda s: s["wal_bytes"], gb,
+               floor=lo["wal_bytes"]),
+           "", "**HDD** (GB, two copies, objects of 0.5–4 KB — scale by your mean object size):", "",
+           f"| | {head} |", "|---|---:|---:|---:|",
+           row("shards on the disks", lambda s: s["store_bytes"], gb),
+           "", "**RAM**: peak RssAnon (what the process allocated) and VmHWM (the index pages it mapped "
+           "included: page cache, given back under pressure) of the largest commands, MB:", "",
+           f"| command | {head} |", "|---|---:|---:|---:|"]
+    top = sorted(hi["commands"], key=lambda k: -hi["commands"][k]["peak_anon_kb"])[:6]
+    for name in top:
+        if name in lo["commands"]:
+            out.append(row(f"{name}: RssAnon", lambda s, k=name: s["commands"][k]["peak_anon_kb"] * 1024, 1e6,
+                           "{:,.0f}"))
+            out.append(row(f"{name}: VmHWM", lambda s, k=name: s["commands"][k]["vmhwm_kb"] * 1024, 1e6, "{:,.0f}"))
+    out += ["", "**Time** (minutes; the store grown through `put_bytes_many` and write-intents, the commands "
+            "whose work grows with the store):", "", f"| | {head} |", "|---|---:|---:|---:|",
+            row("build: store", lambda s: s["store_s"] / s["grown"] * s["objects"], 60),
+            row("build: database rows", lambda s: s["database_s"] / max(1, s["grown"]) * s["objects"], 60)]
+    for name, c in hi["commands"].items():
+        if c["work"] == "object" and name in lo["commands"]:
+            out.append(row(name, lambda s, k=name: s["commands"][k]["seconds"], 60, "{:,.1f}"))
+    return out + ["", SIZING_END]
 
 
 #: the table's order: the order of the measurements
