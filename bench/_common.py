@@ -115,17 +115,20 @@ def lab_config(work: Path, url: str, redis_url: str, body: str, quota_gb: int) -
     return cfg
 
 
-def write_doc_section(begin: str, end: str, lines: list[str]) -> None:
-    """docs/benchmarks.md's section between the markers `begin` and `end` replaced by `lines`
-    (which hold both markers); the first time, it goes before W2-G's section. A script's
-    `--render`: the figures there are the script's, from its JSON, never typed."""
-    doc = REPO / "docs" / "benchmarks.md"
+def write_doc_section(begin: str, end: str, lines: list[str], doc: Path | None = None) -> None:
+    """docs/benchmarks.md's (or `doc`'s) section between the markers `begin` and `end` replaced
+    by `lines` (which hold both markers); the first time, it goes before W2-G's section (or at
+    the end of `doc`). A script's `--render`: the figures there are the script's, from its
+    JSON, never typed."""
+    doc = doc or REPO / "docs" / "benchmarks.md"
     text = doc.read_text()
     block = "\n".join(lines)
     if begin in text:
         text = re.sub(re.escape(begin) + r".*?" + re.escape(end), lambda _m: block, text, flags=re.S)
-    else:
+    elif "\n## W2-G:" in text:
         text = text.replace("\n## W2-G:", "\n" + block + "\n\n## W2-G:", 1)
+    else:
+        text = text.rstrip("\n") + "\n\n" + block + "\n"
     doc.write_text(text)
     print(f"{doc.relative_to(REPO)}: section rewritten from the JSON")
 
@@ -290,3 +293,147 @@ def names_warm_data_cold(lab: Lab, paths: list[Path], readers: int) -> tuple[int
     before, t0 = disk_reads(lab), time.monotonic()
     got = read_all(paths, readers)
     return got, time.monotonic() - t0, disk_reads(lab) - before
+
+
+# -- a hoard command as its own process: time, peak memory, its longest LMDB write transaction --------
+
+#: the keys every `hoard` process appends to $HOARD_LMDB_TXN_LOG at exit (one JSON line), once the
+#: write-transaction instrumentation is in the checkout; null here when no line appeared
+TXN_KEYS = ("longest_write_txn_s", "longest_write_txn_site", "longest_write_txn_writes", "write_txns")
+
+
+def txn_lines(log: Path, offset: int) -> tuple[dict, int]:
+    """The transaction keys of the lines appended to `log` since byte `offset` (the line whose
+    longest write transaction is the longest, `write_txns` summed over them), and the new offset.
+    No line: every key None and `txn_note` saying why."""
+    if not log.exists():
+        return {**dict.fromkeys(TXN_KEYS), "txn_note": "not instrumented in this checkout"}, offset
+    with open(log, "rb") as f:
+        f.seek(offset)
+        body = f.read()
+    lines = [json.loads(ln) for ln in body.decode(errors="replace").splitlines() if ln.strip().startswith("{")]
+    if not lines:
+        return {**dict.fromkeys(TXN_KEYS), "txn_note": "not instrumented in this checkout"}, offset + len(body)
+    top = max(lines, key=lambda d: d.get("longest_write_txn_s") or 0)
+    got = {k: top.get(k) for k in TXN_KEYS}
+    got["write_txns"] = sum(d.get("write_txns") or 0 for d in lines)
+    got["txn_processes"] = len(lines)
+    return got, offset + len(body)
+
+
+def hoard_process(cfg_path: Path, argv: list[str], repo: Path = REPO, txn_log: Path | None = None,
+                  ok: tuple[int, ...] = (0, 5), prog: list[str] | None = None) -> dict:
+    """Run `python -m fsd --config CFG ARGV` (or `prog` + ARGV) from checkout `repo` as its own
+    process: seconds, peak RSS (VmHWM, which counts the index pages the process mapped) and
+    peak RssAnon (what it allocated), in KiB; with `txn_log` the process gets
+    HOARD_LMDB_TXN_LOG and the keys it appended there (`txn_lines`). An exit outside `ok`
+    fails the benchmark (5: check found something — still a measurement)."""
+    from tests.helpers import peak_memory
+
+    env = dict(os.environ, PYTHONPATH=str(repo))
+    offset = 0
+    if txn_log is not None:
+        env["HOARD_LMDB_TXN_LOG"] = str(txn_log)
+        offset = txn_log.stat().st_size if txn_log.exists() else 0
+    cmd = (prog or [sys.executable, "-m", "fsd", "--config", str(cfg_path)]) + argv
+    got = peak_memory(cmd, env=env, cwd=repo, poll_s=0.05)
+    if got["exit"] not in ok:
+        raise SystemExit(f"{' '.join(argv)} failed ({got['exit']}): {got['stderr'][-2000:]}")
+    out = {"seconds": round(got["seconds"], 3), "vmhwm_kb": got["vmhwm_kb"], "peak_anon_kb": got["peak_anon_kb"],
+           "exit": got["exit"]}
+    if txn_log is not None:
+        out.update(txn_lines(txn_log, offset)[0])
+    return out
+
+
+class PeakWatch:
+    """The peak VmHWM and RssAnon of a running process (a daemon: the mount, the GUI), polled
+    in a thread until `stop()`; KiB."""
+
+    def __init__(self, pid: int, poll_s: float = 0.05) -> None:
+        import threading
+
+        self.pid, self.poll_s = pid, poll_s
+        self.vmhwm_kb = self.peak_anon_kb = 0
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._done.is_set():
+            try:
+                for row in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+                    if row.startswith("VmHWM:"):
+                        self.vmhwm_kb = max(self.vmhwm_kb, int(row.split()[1]))
+                    elif row.startswith("RssAnon:"):
+                        self.peak_anon_kb = max(self.peak_anon_kb, int(row.split()[1]))
+            except (OSError, ValueError, IndexError):
+                pass
+            self._done.wait(self.poll_s)
+
+    def stop(self) -> dict:
+        self._done.set()
+        self._thread.join()
+        return {"vmhwm_kb": self.vmhwm_kb, "peak_anon_kb": self.peak_anon_kb}
+
+
+# -- PostgreSQL of a benchmark's own ---------------------------------------------------------------
+
+@contextmanager
+def private_cluster(where: Path | None = None):
+    """A PostgreSQL cluster of the bench's own, initdb'ed with the embedded default's settings
+    under `where` (default a new folder in /var/tmp), removed afterwards; yields its URL and the
+    cluster (to restart it: a cold query needs a fresh server and the page cache dropped)."""
+    import shutil
+    import tempfile
+
+    import psycopg
+
+    from sql.cluster import PrivateCluster, ensure_database
+
+    work = Path(tempfile.mkdtemp(prefix="hoard-bench-pg-", dir=where or "/var/tmp"))
+    cluster = PrivateCluster(work / "pg", work / "pg" / "socket")
+    cluster.start()
+    try:
+        url = psycopg.conninfo.make_conninfo(host=str(cluster.socket_dir.resolve()), user="hoard", dbname="bench")
+        ensure_database(url)
+        yield url, cluster
+    finally:
+        cluster.destroy()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+# -- GUI pages in a browser ------------------------------------------------------------------------
+
+#: every thumbnail inside the window has loaded (lazy ones below it are not asked for yet)
+THUMBS_LOADED = """
+const shown = [...document.querySelectorAll("img[src^='/thumb/']")].filter(i => {
+    const r = i.getBoundingClientRect(); return r.bottom > 0 && r.top < window.innerHeight; });
+return shown.length > 0 && shown.every(i => i.complete && i.naturalWidth > 0);"""
+
+
+def visit_page(driver, base: str, path: str, expect: str, repeat: int, thumbs: bool = False) -> dict[str, float]:
+    """Seconds from `driver.get` to `expect` on screen (polled every 20 ms): the first visit,
+    then the median of `repeat` more; with `thumbs`, also until every thumbnail in the
+    window has loaded."""
+    import statistics
+
+    from tests.gui_browser import wait_text
+
+    content, loaded = [], []
+    for _ in range(1 + repeat):
+        t0 = time.monotonic()
+        driver.get(f"{base}{path}")
+        wait_text(driver, expect, timeout=60, poll=0.02)
+        content.append(time.monotonic() - t0)
+        if thumbs:
+            deadline = time.monotonic() + 60
+            while not driver.execute_script(THUMBS_LOADED):
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"the thumbnails of {path} did not load in 60 s")
+                time.sleep(0.02)
+            loaded.append(time.monotonic() - t0)
+    out = {"first_s": round(content[0], 3), "again_s": round(statistics.median(content[1:]), 3)}
+    if thumbs:
+        out |= {"thumbs_first_s": round(loaded[0], 3), "thumbs_again_s": round(statistics.median(loaded[1:]), 3)}
+    return out

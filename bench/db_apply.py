@@ -29,34 +29,15 @@ import uuid
 from contextlib import contextmanager
 
 import psycopg
-from _common import drop_caches, report
+from _common import drop_caches, private_cluster, report
 
 from sql.apply import apply_write_intent
-from sql.cluster import PrivateCluster, ensure_database
+from sql.cluster import PrivateCluster
 from sql.intents import WriteIntent, virtual_sha256
 from sql.migrate import migrate
 from sql.selectors import query_nodes
 
 T0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
-
-
-@contextmanager
-def private_cluster():
-    """A PostgreSQL cluster of the bench's own (its URL and the cluster, to restart it)."""
-    import shutil
-    import tempfile
-    from pathlib import Path
-
-    work = Path(tempfile.mkdtemp(prefix="hoard-bench-pg-", dir="/var/tmp"))
-    cluster = PrivateCluster(work / "pg", work / "pg" / "socket")
-    cluster.start()
-    try:
-        url = psycopg.conninfo.make_conninfo(host=str(cluster.socket_dir.resolve()), user="hoard", dbname="bench")
-        ensure_database(url)
-        yield url, cluster
-    finally:
-        cluster.destroy()
-        shutil.rmtree(work, ignore_errors=True)
 
 
 @contextmanager

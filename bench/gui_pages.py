@@ -28,27 +28,21 @@ import argparse
 import io
 import json
 import shutil
-import statistics
 import tempfile
 import time
 import uuid
 from pathlib import Path
 
 import psycopg
-from _common import REPO, report, run_timed
+from _common import REPO, report, run_timed, visit_page
 
 from fsd.base import config
 from fsd.store import Store
 from sql import browse
-from tests.gui_browser import chromium, free_port, have_browser, serving, sign_in, wait_text
+from tests.gui_browser import chromium, free_port, have_browser, serving, sign_in
 from tests.gui_fixtures import PASSWORDS, ROLES, fill_nodes, scale_pages
 
 GOAL_S = 1.0
-#: every thumbnail inside the window has loaded (lazy ones below it are not asked for yet)
-THUMBS_LOADED = """
-const shown = [...document.querySelectorAll("img[src^='/thumb/']")].filter(i => {
-    const r = i.getBoundingClientRect(); return r.bottom > 0 && r.top < window.innerHeight; });
-return shown.length > 0 && shown.every(i => i.complete && i.naturalWidth > 0);"""
 
 
 def main() -> None:
@@ -78,7 +72,8 @@ def main() -> None:
                                         (f"/node/{child}?depth=3", "parents (2)")]
             with serving(cfg_path, work / "gui.log", port) as base, chromium() as driver:
                 sign_in(driver, base, "vera", PASSWORDS["vera"], path="/", then="Overview")
-                times = {_name(path, sha, post, child): _visit(driver, base, path, expect, args.repeat)
+                times = {_name(path, sha, post, child): visit_page(driver, base, path, expect, args.repeat,
+                                                                     thumbs=_thumbs(path))
                          for path, expect in pages}
         finally:
             admin.execute(f"DROP SCHEMA {schema} CASCADE")
@@ -163,27 +158,9 @@ def _lineage(url: str, relatives: int) -> tuple[str, str]:
         return post_sha, child
 
 
-def _visit(driver, base: str, path: str, expect: str, repeat: int) -> dict[str, float]:
-    """Seconds to the content (and, on an asset page, to its thumbnails): first, then the median
-    of `repeat` more."""
-    thumbs = path.startswith("/assets") and "until=2000" not in path  # that one matches nothing
-    content, loaded = [], []
-    for _ in range(1 + repeat):
-        t0 = time.monotonic()
-        driver.get(f"{base}{path}")
-        wait_text(driver, expect, timeout=30, poll=0.02)
-        content.append(time.monotonic() - t0)
-        if thumbs:
-            deadline = time.monotonic() + 60
-            while not driver.execute_script(THUMBS_LOADED):
-                if time.monotonic() > deadline:
-                    raise AssertionError(f"the thumbnails of {path} did not load in 60 s")
-                time.sleep(0.02)
-            loaded.append(time.monotonic() - t0)
-    out = {"first_s": round(content[0], 3), "again_s": round(statistics.median(content[1:]), 3)}
-    if thumbs:
-        out |= {"thumbs_first_s": round(loaded[0], 3), "thumbs_again_s": round(statistics.median(loaded[1:]), 3)}
-    return out
+def _thumbs(path: str) -> bool:
+    """An asset page whose window shows thumbnails (the `until=2000` one matches nothing)."""
+    return path.startswith("/assets") and "until=2000" not in path
 
 
 def _name(path: str, sha: str, post: str, child: str) -> str:

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import shutil
 import sys
@@ -35,9 +34,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from _common import hoard_process  # noqa: E402
+
 from fsd.base import config  # noqa: E402
 from fsd.store import Store  # noqa: E402
-from tests.helpers import peak_memory  # noqa: E402
 
 COMMANDS = {"check": ["check", "--no-database"], "gc-dry-run": ["gc", "--dry-run", "--no-database"],
             "index-rebuild": ["index", "rebuild"]}
@@ -76,13 +76,8 @@ def grow(cfg_path: Path, have: int, want: int, roots: bool, seed: int, batch: in
 
 
 def measure(cfg_path: Path, argv: list[str], repo: Path) -> dict:
-    """Run `python -m fsd --config CFG ARGV` from checkout `repo`: seconds, peak RSS (VmHWM,
-    which counts the index pages the process mapped) and peak RssAnon (what it allocated)."""
-    env = dict(os.environ, PYTHONPATH=str(repo))
-    got = peak_memory([sys.executable, "-m", "fsd", "--config", str(cfg_path), *argv], env=env, cwd=repo,
-                      poll_s=0.05)
-    if got["exit"] not in (0, 5):  # (5: check found something — still a measurement)
-        raise SystemExit(f"{' '.join(argv)} failed ({got['exit']}): {got['stderr'][-2000:]}")
+    """`hoard ARGV` from checkout `repo` as its own process (`_common.hoard_process`), in MB."""
+    got = hoard_process(cfg_path, argv, repo)
     return {"seconds": round(got["seconds"], 2), "vmhwm_mb": round(got["vmhwm_kb"] / 1024, 1),
             "anon_mb": round(got["peak_anon_kb"] / 1024, 1), "exit": got["exit"]}
 

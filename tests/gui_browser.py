@@ -72,13 +72,16 @@ def _live(url: str) -> bool:
 
 
 @contextlib.contextmanager
-def serving(cfg_path: Path, log_path: Path, port: int, unix: Path | None = None) -> Iterator[str]:
+def serving(cfg_path: Path, log_path: Path, port: int, unix: Path | None = None,
+            started: list | None = None) -> Iterator[str]:
     """`hoard gui` on `port` (the config's [gui] port), or on the unix socket `unix` (its
     gui.socket), until the block ends; yields its URL (`unix:<path>` for a socket) once
-    /health/live answers."""
+    /health/live answers. `started` gets the process (a benchmark reads its memory)."""
     log = open(log_path, "w")
     proc = subprocess.Popen([sys.executable, "-m", "fsd", "--config", str(cfg_path), "gui"], env=child_env(),
                             stdout=log, stderr=subprocess.STDOUT, cwd=log_path.parent)
+    if started is not None:
+        started.append(proc)
     url = f"unix:{unix}" if unix else f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 60
