@@ -670,6 +670,7 @@ class MarksTables:
             before = int(raw) if raw else 0
             stamp = self._next_stamp(txn)
             took = self.mark_log(op, shas, stamp)
+            self.env.count_writes(len(shas))  # (records written inside this transaction, on the HDDs)
             txn.put(MARKS_LAST, str(stamp).encode(), db=self.meta)
             for uuid in took:  # only a disk that was complete stays complete: a hole stays a hole
                 at = txn.get(_marks_at(uuid), db=self.meta)
