@@ -507,6 +507,7 @@ class Index(MarksTables, PointerTables, EventTables):
         with self.env.begin(write=True) as txn:
             txn.delete(uuid.encode(), db=self.disks)
             txn.delete(_disk_seen(uuid), db=self.meta)
+            txn.delete(b"marks_snap:" + uuid.encode(), db=self.meta)  # (a snapshot's marker, Index.snapshot_marks)
 
     def get_meta(self, key: str) -> str | None:
         if self.meta is None:

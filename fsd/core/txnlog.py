@@ -29,8 +29,11 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Iterable, Iterator
 from types import CodeType
-from typing import Any
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +47,25 @@ SLOW_S = 1.0
 #: entries, one fsync), so a writer waits at most that long behind maintenance, while the
 #: per-transaction cost (the fsync of the meta page) stays under 1 % of the chunk's work.
 TXN_ENTRIES = int(os.environ.get("HOARD_LMDB_TXN_ENTRIES") or 10_000)  # (tests lower it: many chunks, a small store)
+#: entries a chunked transaction leaves for its bookkeeping beside its items (the marks
+#: log's stamps and each disk's progress in `meta`, a shard's record)
+SLACK = 64
+
+
+def chunked(items: Iterable[T], per_item: int = 1) -> Iterator[list[T]]:
+    """`items` in lists small enough for one write transaction each, when each item writes up
+    to `per_item` entries: at most (TXN_ENTRIES - SLACK) // per_item items per list."""
+    n = max(1, (TXN_ENTRIES - SLACK) // per_item)
+    part: list[T] = []
+    for item in items:
+        part.append(item)
+        if len(part) >= n:
+            yield part
+            part = []
+    if part:
+        yield part
+
+
 #: a fault point for the tests that kill a command between two of its chunks:
 #: `module:function:N` — the process kills itself (SIGKILL) right after the Nth write
 #: transaction opened at that site commits
@@ -145,8 +167,9 @@ class _Counted:
         return self._txn.replace(*a, **kw)
 
     def delete(self, *a: Any, **kw: Any) -> Any:
-        self.writes += 1
-        return self._txn.delete(*a, **kw)
+        done = self._txn.delete(*a, **kw)
+        self.writes += bool(done)  # (a delete of an absent key writes nothing)
+        return done
 
     def pop(self, *a: Any, **kw: Any) -> Any:
         self.writes += 1
@@ -176,8 +199,9 @@ class _CountedCursor:
         return self._cur.replace(*a, **kw)
 
     def delete(self, *a: Any, **kw: Any) -> Any:
-        self._owner.writes += 1
-        return self._cur.delete(*a, **kw)
+        done = self._cur.delete(*a, **kw)
+        self._owner.writes += bool(done)
+        return done
 
     def pop(self, *a: Any, **kw: Any) -> Any:
         self._owner.writes += 1
