@@ -101,7 +101,7 @@ def sweep(parent: Path, prefix: str = "hoard-spill-") -> list[Path]:
     `index rebuild` killed mid-way left them: up to ~70 bytes per object each); returns them.
     The owner is the pid in the name; a folder whose process runs is never touched (nor one
     named without a pid, by the version before: whose it is cannot be told)."""
-    gone = []
+    gone: list[Path] = []
     try:
         names = [e.name for e in os.scandir(parent) if e.name.startswith(prefix) and e.is_dir(follow_symlinks=False)]
     except OSError:
