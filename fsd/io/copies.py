@@ -14,6 +14,7 @@ import errno
 import fcntl
 import logging
 import os
+import stat
 import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -341,11 +342,13 @@ def _snapshot(store: Store, chosen: list[str], recheck: set[str]) -> list[str]:
                     tail = b""
                 else:
                     try:
-                        marks.regular(fd, path)
                         st = os.fstat(fd)
-                        if ino and (st.st_ino != ino or st.st_size < size):
+                        if not stat.S_ISREG(st.st_mode):
+                            tail = b""  # (something planted there: replaced, as ever, by the snapshot)
+                        elif ino and (st.st_ino != ino or st.st_size < size):
                             raise OSError(errno.ESTALE, "the log was replaced while its snapshot was written", str(path))
-                        tail = _read_from(fd, size if ino else 0, st.st_size)
+                        else:
+                            tail = _read_from(fd, size if ino else 0, st.st_size)
                     finally:
                         os.close(fd)
                 with open(tmp, "ab") as f:
