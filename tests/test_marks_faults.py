@@ -434,16 +434,16 @@ def test_a_stamp_on_the_disks_is_never_given_again(store_factory, tmp_path: Path
     cfg = store.cfg
     store.index.mark_log = None
     store.close()
-    real_atomic = copies.atomic_write
+    real_create = copies.create_new  # (what a snapshot's file is written with)
 
-    def d2_fails(path, data, **kw):
+    def d2_fails(path, mode):
         if str(path).startswith(str(d2) + "/"):
             raise OSError(errno.EIO, "Input/output error (transient)")
-        return real_atomic(path, data, **kw)
+        return real_create(path, mode)
 
-    monkeypatch.setattr(copies, "atomic_write", d2_fails)
+    monkeypatch.setattr(copies, "create_new", d2_fails)
     Store.open(cfg).close()  # the next writer: a snapshot, d2 misses it
-    monkeypatch.setattr(copies, "atomic_write", real_atomic)
+    monkeypatch.setattr(copies, "create_new", real_create)
     with Store.open(cfg) as s:
         behind = s.marks_behind()
     found: set[marks.Record] = set()

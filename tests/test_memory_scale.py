@@ -18,7 +18,8 @@ from fsd.base import config
 from fsd.store import Store
 from tests.helpers import REPO, dir_disks_config, peak_memory
 
-#: the store sizes compared: both past the rebuild's chunk of index writes (50,000)
+#: the store sizes compared: both past the rebuild's old chunk of index writes (50,000; now
+#: txnlog.TXN_ENTRIES)
 SIZES = (50_000, 110_000)
 #: the most a command's peak may grow per object between them (measured: 0–11; the old code: gc
 #: --dry-run 88–94, check ~1,400, index rebuild ~1,570)

@@ -68,6 +68,7 @@ from fsd.core.entries import (
 from fsd.core.events import EventTables
 from fsd.core.marks import HELD_UNTIL_NAMED, MARKS_NS, MarksTables
 from fsd.core.pointers import PointerTables
+from fsd.core.txnlog import Env
 
 #: what callers take from here, kept where they live: the entries (fsd.core.entries), the
 #: marks' and pointers' parts of the index (fsd.core.marks, fsd.core.pointers)
@@ -119,8 +120,9 @@ class Index(MarksTables, PointerTables, EventTables):
         if create:
             path.mkdir(parents=True, exist_ok=True)
         self.path = path
-        self.env = lmdb.open(str(path), map_size=MAP_SIZE, max_dbs=24, readonly=readonly,
-                             max_readers=512, lock=True, create=create)
+        # every write transaction is timed and named (fsd.core.txnlog): none may stall the others
+        self.env = Env(lmdb.open(str(path), map_size=MAP_SIZE, max_dbs=24, readonly=readonly,
+                                 max_readers=512, lock=True, create=create))
         # RQ kills work horses with SIGKILL: their reader slots stay taken and pin old pages
         # (the file grows) until someone clears them
         self.env.reader_check()
@@ -505,6 +507,7 @@ class Index(MarksTables, PointerTables, EventTables):
         with self.env.begin(write=True) as txn:
             txn.delete(uuid.encode(), db=self.disks)
             txn.delete(_disk_seen(uuid), db=self.meta)
+            txn.delete(b"marks_snap:" + uuid.encode(), db=self.meta)  # (a snapshot's marker, Index.snapshot_marks)
 
     def get_meta(self, key: str) -> str | None:
         if self.meta is None:

@@ -52,6 +52,7 @@ import xxhash
 
 from fsd.core.layout import MARK_OPS, MARKS_DIR, MARKS_LOG
 from fsd.core.spill import Spill
+from fsd.core.txnlog import chunked
 
 #: the op of a snapshot's first line (its sha field is all zeros)
 RESET = "reset"
@@ -614,6 +615,12 @@ def _marks_failed(uuid: str) -> bytes:
     return b"marks_failed:" + uuid.encode()
 
 
+def _marks_snap(uuid: str) -> bytes:
+    """The marker of a snapshot being written to disk `uuid` (Index.snapshot_marks): "<its
+    stamp> <the stamp up to which the disk took every record since>" (decimal, ascii)."""
+    return b"marks_snap:" + uuid.encode()
+
+
 #: the reason of a named put's provisional roots (`hoard put --name`): it roots what it stores
 #: as every put does, then, once its manifest holds them, takes off the roots that are still
 #: its own (Index.unmark_held); any other root of the same object replaces it (Index.mark)
@@ -656,8 +663,17 @@ class MarksTables:
     def mark(self, db: Any, shas: Iterable[bytes], reason: str) -> int:
         """Set a mark (hidden, deleted or rooted) on objects that exist; returns how many. A
         deletion mark set again is renewed (its reason and time); a root set again is left as
-        it is and not logged (every `hoard put` of known files asks for it: no disk write)."""
+        it is and not logged (every `hoard put` of known files asks for it: no disk write).
+        Many objects are marked in write transactions of a bounded size (txnlog.chunked: an
+        entry and a marks-log record each), so that no writer waits behind a whole batch's
+        deletion: each transaction is whole, and every caller is safe when it stops between
+        two — a batch stays registered (its manifest keeps its files) until all its tombstones
+        are set, a root taken off and not yet tombstoned is only kept, and a re-run redoes the
+        rest."""
         doc = json.dumps({"time": time.time(), "reason": reason}).encode()
+        return sum(self._mark(db, part, doc, reason) for part in chunked(shas, 2))
+
+    def _mark(self, db: Any, shas: list[bytes], doc: bytes, reason: str) -> int:
         done = []
         renew = db is not self.rooted
         with self.env.begin(write=True) as txn:
@@ -676,19 +692,27 @@ class MarksTables:
 
     def unmark_held(self, shas: Iterable[bytes], reason: str) -> int:
         """Take the provisional roots `reason` (HELD_UNTIL_NAMED …) off `shas` where they are
-        still that root — not where another put rooted the object since (see `mark`)."""
-        with self.env.begin(write=True, db=self.rooted) as txn:
-            done = [sha for sha in shas if _reason(txn.get(sha)) == reason and txn.delete(sha)]
-            if done:
-                self.log_in(txn, "unroot", done)
-            return len(done)
+        still that root — not where another put rooted the object since (see `mark`); in
+        transactions of a bounded size, as `mark`."""
+        n = 0
+        for part in chunked(shas, 2):
+            with self.env.begin(write=True, db=self.rooted) as txn:
+                done = [sha for sha in part if _reason(txn.get(sha)) == reason and txn.delete(sha)]
+                if done:
+                    self.log_in(txn, "unroot", done)
+                n += len(done)
+        return n
 
     def unmark(self, db: Any, shas: Iterable[bytes]) -> int:
-        with self.env.begin(write=True, db=db) as txn:
-            done = [sha for sha in shas if txn.delete(sha)]
-            if done:
-                self.log_in(txn, self._ops(db)[1], done)
-            return len(done)
+        """Clear a mark, in transactions of a bounded size (see `mark`)."""
+        n = 0
+        for part in chunked(shas, 2):
+            with self.env.begin(write=True, db=db) as txn:
+                done = [sha for sha in part if txn.delete(sha)]
+                if done:
+                    self.log_in(txn, self._ops(db)[1], done)
+                n += len(done)
+        return n
 
     def _next_stamp(self, txn: Any) -> int:
         """The marks log's next time stamp (ns), inside a write transaction: the wall clock,
@@ -724,11 +748,17 @@ class MarksTables:
             before = int(raw) if raw else 0
             stamp = self._next_stamp(txn)
             took = self.mark_log(op, shas, stamp)
+            self.env.count_writes(len(shas))  # (records written inside this transaction, on the HDDs)
             txn.put(MARKS_LAST, str(stamp).encode(), db=self.meta)
             for uuid in took:  # only a disk that was complete stays complete: a hole stays a hole
                 at = txn.get(_marks_at(uuid), db=self.meta)
                 if at is not None and int(at) >= before:
                     txn.put(_marks_at(uuid), str(stamp).encode(), db=self.meta)
+                # the same for a snapshot being written (snapshot_marks): how far its disk
+                # will be complete once the snapshot is renamed in
+                snap = txn.get(_marks_snap(uuid), db=self.meta)
+                if snap is not None and int(snap.split()[1]) >= before:
+                    txn.put(_marks_snap(uuid), snap.split()[0] + b" " + str(stamp).encode(), db=self.meta)
 
     def marks_state(self) -> tuple[int, dict[str, int], dict[str, float]]:
         """(stamp of the last record, {disk uuid: complete up to}, {disk uuid: time its log
@@ -758,29 +788,38 @@ class MarksTables:
             txn.put(MARKS_NS, str(last).encode())
             txn.put(MARKS_LAST, str(last).encode())
 
-    def snapshot_marks(self, write: Callable[[int, Callable[[], dict[str, Iterable[bytes]]], dict[str, int]],
-                                             tuple[list[str], list[str]]],
-                       foreign: dict[str, list[bytes]] | None = None) -> int:
-        """Call `write(stamp, tables, at)` inside a write transaction, `tables()` giving every
-        mark the index holds as {table: shas} (hidden, deleted, rooted; read from the
-        transaction as they are used, never all in memory) — no other process sets or clears
-        a mark meanwhile, so what `write` puts on a disk is the whole state at `stamp`, and
-        every later record has a later stamp; `write` also gets each disk's `marks_at` as of
-        now (no commit can move it meanwhile). It returns (uuids written, uuids that failed):
-        the first are complete up to `stamp`, the others are not tried again for a while.
-        `foreign`: marks the disks' logs hold for objects this index does not know (their
-        shards on disks that were absent when it was rebuilt) — carried into the snapshot, not
-        dropped from the HDDs' history. Returns the stamp."""
-        with self.env.begin(write=True) as txn:
-            def marks_of(name: str) -> Iterator[bytes]:
-                for k in txn.cursor(db=getattr(self, name)).iternext(values=False):
-                    yield bytes(k)
-                for sha in (foreign or {}).get(name, ()):
-                    if txn.get(sha, db=self.objects) is None:
-                        yield sha
+    def snapshot_marks(self, start: Callable[[int, dict[str, int]], dict[str, Any]],
+                       write: Callable[[int, Callable[[], dict[str, Iterable[bytes]]], dict[str, Any]],
+                                       tuple[list[str], list[str]]],
+                       finish: Callable[[str], bool], foreign: dict[str, list[bytes]] | None = None) -> int:
+        """A snapshot of the marks to the disks' logs, in three steps, no write transaction
+        held while the marks are read and written (issue 37: at millions of marks that took
+        seconds, every writer waiting):
 
-            def tables() -> dict[str, Iterable[bytes]]:
-                return {name: marks_of(name) for name in ("hidden", "deleted", "rooted")}
+        1. one short write transaction takes the stamp, calls `start(stamp, at)` (`at`: each
+           disk's `marks_at`) which returns {uuid: cut} for the disks to write — the cut is
+           what the caller needs to find later what was appended to the log after this
+           transaction (its size now) —, sets each one's marker `marks_snap:<uuid>` = "stamp
+           stamp" and opens a read transaction before it commits: that one sees the marks
+           exactly as at `stamp` (no other writer can commit in between);
+        2. `write(stamp, tables, cuts)`, no write transaction held, writes the snapshot beside
+           each log (not over it) from that read transaction — `tables()` {table: shas} read
+           as they are used, plus `foreign`: marks the disks' logs hold for objects this index
+           does not know (their shards on disks absent when it was rebuilt), carried into the
+           snapshot, not dropped from the HDDs' history. It returns (uuids written, uuids
+           that failed); writers meanwhile append their records to the logs as ever, and
+           `log_in` moves a disk's marker on while the disk takes every record;
+        3. per disk written, one short write transaction calls `finish(uuid)`, which appends
+           what the log took since the cut to the new file and renames it over the log (True;
+           False: not done). The disk is then complete up to its marker's second stamp
+           (`marks_at`); the marker goes.
+
+        A process killed at any step leaves each log whole (the old one, or the new one with
+        every later record) and the disk's `marks_at` where it was: the disk is still behind,
+        and the next writer snapshots it again. A marker left behind is overwritten by the
+        next snapshot of its disk (docs/design.md "Snapshots in three steps"). Callers run one
+        snapshot at a time (Store.snapshot_marks holds a lock). Returns the stamp."""
+        with self.env.begin(write=True) as txn:
             at = {}
             cur = txn.cursor(db=self.meta)
             if cur.set_range(b"marks_at:"):
@@ -789,12 +828,35 @@ class MarksTables:
                         break
                     at[bytes(k)[9:].decode()] = int(v)
             stamp = self._next_stamp(txn)
-            written, failed = write(stamp, tables, at)
-            for uuid in written:
-                txn.put(_marks_at(uuid), str(stamp).encode(), db=self.meta)
-                txn.delete(_marks_failed(uuid), db=self.meta)
-            for uuid in failed:
-                txn.put(_marks_failed(uuid), repr(time.time()).encode(), db=self.meta)
+            cuts = start(stamp, at)
+            for uuid in cuts:
+                txn.put(_marks_snap(uuid), f"{stamp} {stamp}".encode(), db=self.meta)
+            view = self.env.begin()  # (before the commit: the marks exactly as at `stamp`)
+        try:
+            def marks_of(name: str) -> Iterator[bytes]:
+                for k in view.cursor(db=getattr(self, name)).iternext(values=False):
+                    yield bytes(k)
+                for sha in (foreign or {}).get(name, ()):
+                    if view.get(sha, db=self.objects) is None:
+                        yield sha
+
+            def tables() -> dict[str, Iterable[bytes]]:
+                return {name: marks_of(name) for name in ("hidden", "deleted", "rooted")}
+            written, failed = write(stamp, tables, cuts) if cuts else ([], [])
+        finally:
+            view.abort()
+        for uuid in cuts:
+            with self.env.begin(write=True, db=self.meta) as txn:
+                snap = txn.get(_marks_snap(uuid))
+                upto = int(snap.split()[1]) if snap is not None and int(snap.split()[0]) == stamp else None
+                if uuid in written and finish(uuid):
+                    if upto is not None:
+                        txn.put(_marks_at(uuid), str(upto).encode())
+                    txn.delete(_marks_failed(uuid))
+                elif uuid in failed:
+                    txn.put(_marks_failed(uuid), repr(time.time()).encode())
+                if upto is not None:
+                    txn.delete(_marks_snap(uuid))
         return stamp
 
     def is_marked(self, db: Any, sha: bytes) -> bool:

@@ -10,8 +10,11 @@ before and after the write (`on_disk`).
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import logging
 import os
+import stat
 import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -20,11 +23,12 @@ from typing import TYPE_CHECKING
 import lmdb
 
 from fsd.base.errors import ExitCode, HoardError
-from fsd.base.files import atomic_write, fsync_dir, size_or_zero
-from fsd.base.modes import FILE
+from fsd.base.files import atomic_write, create_new, fsync_dir, size_or_zero
+from fsd.base.modes import FILE, rewrite_mode
 from fsd.core import marks, pointers
 from fsd.core.disks import DiskGone, LocalDisk
 from fsd.core.index import MARKS_NS
+from fsd.core.layout import lock_root
 from fsd.core.spill import Spill, spill_parent
 from fsd.io.integrity import in_index
 
@@ -227,9 +231,10 @@ def catch_up_marks(store: Store) -> list[str]:
     # (a legacy log that refused its rewrite waits MARKS_RETRY_S like a disk behind: each try
     # reads every disk's whole log and takes a write transaction)
     behind += [u for u in legacy if u not in behind and time.time() - state[2].get(u, 0.0) > MARKS_RETRY_S]
+    _drop_snapshot_leftovers(store)
     if not (behind or ahead):
         return []
-    done = snapshot_marks(store, behind + ahead, recheck=set(ahead) - set(behind))
+    done = snapshot_marks(store, behind + ahead, recheck=set(ahead) - set(behind), wait=False)
     if done:
         log.info("marks log of %s brought up to the index", ", ".join(done))
     return done
@@ -245,33 +250,75 @@ def compact_marks(store: Store) -> list[str]:
     return snapshot_marks(store, big) if big else []
 
 
-def snapshot_marks(store: Store, uuids: Iterable[str] | None = None, recheck: set[str] | None = None) -> list[str]:
+def snapshot_marks(store: Store, uuids: Iterable[str] | None = None, recheck: set[str] | None = None,
+                   wait: bool = True) -> list[str]:
     """Replace the marks log of disks `uuids` (default: every disk in service, draining
-    included) by a snapshot of the index's marks (fsd/core/marks.py), inside an index write
-    transaction — plus the marks the logs hold for objects the index does not know. Returns
-    the labels written; a disk that cannot take it is logged and skipped (still behind: a
-    writer tries again after MARKS_RETRY_S)."""
+    included) by a snapshot of the index's marks (fsd/core/marks.py) — plus the marks the
+    logs hold for objects the index does not know — with the records appended meanwhile
+    kept after it (Index.snapshot_marks: no write transaction is held while it is written).
+    One snapshot at a time (a lock beside the store's): `wait=False` returns [] at once when
+    another process is writing one (a writer's open does not wait: its disks stay behind and
+    the next open tries again). Returns the labels written; a disk that cannot take it is
+    logged and skipped (still behind: a writer tries again after MARKS_RETRY_S)."""
     # every disk in service: a draining one's log is still read by an index rebuild
     chosen = [u for u in (store.disks if uuids is None else uuids) if store.usable(u)]
-    done: list[str] = []
+    if not chosen:
+        return []
+    with _snapshot_lock(store, wait) as got:
+        if not got:
+            return []
+        return _snapshot(store, chosen, recheck or set())
 
-    def write(stamp: int, tables: Callable[[], dict[str, Iterable[bytes]]],
-              at: dict[str, int]) -> tuple[list[str], list[str]]:
-        written, failed = [], []
+
+@contextlib.contextmanager
+def _snapshot_lock(store: Store, wait: bool) -> Iterator[bool]:
+    """flock on `<ssd>/locks/marks-snapshot` (a killed holder's goes with its process)."""
+    folder = lock_root(store.cfg) / "locks"
+    folder.mkdir(parents=True, exist_ok=True)
+    fd = os.open(folder / "marks-snapshot", os.O_RDWR | os.O_CREAT, FILE)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        yield True
+    finally:
+        os.close(fd)
+
+
+def _snapshot(store: Store, chosen: list[str], recheck: set[str]) -> list[str]:
+    done: list[str] = []
+    cuts: dict[str, tuple[int, int]] = {}  # uuid → (inode, size) of its log when the stamp was taken
+
+    def start(stamp: int, at: dict[str, int]) -> dict[str, tuple[int, int]]:
         for uuid in chosen:
             disk = store.disks[uuid]
-            if uuid in (recheck or ()):  # "ahead" — still, now that no transaction is in flight?
-                try:
-                    if (marks.last_stamp(disk.root) or 0) <= at.get(uuid, -1):
-                        continue
-                except OSError:
-                    continue
+            try:
+                if uuid in recheck and (marks.last_stamp(disk.root) or 0) <= at.get(uuid, -1):
+                    continue  # "ahead" — no longer, now that no transaction is in flight
+                st = os.stat(marks.log_path(disk.root))
+                cuts[uuid] = (st.st_ino, st.st_size)
+            except OSError:  # none yet (or none to be had: writing the snapshot says why)
+                cuts[uuid] = (0, 0)
+        return cuts
+
+    def write(stamp: int, tables: Callable[[], dict[str, Iterable[bytes]]],
+              todo: dict[str, tuple[int, int]]) -> tuple[list[str], list[str]]:
+        written, failed = [], []
+        for uuid in todo:
+            disk = store.disks[uuid]
             path = marks.log_path(disk.root)
             try:
                 with on_disk(store, disk) as wrote:
-                    atomic_write(marks_log(disk), marks.snapshot_chunks(stamp, tables()),
-                                 prepare=lambda fd, _: wrote.append(os.fstat(fd).st_dev))
-                done.append(disk.label)
+                    # (create_new removes a killed snapshot's file: one snapshot at a time)
+                    with create_new(_snap_tmp(marks_log(disk)), rewrite_mode(path)) as f:
+                        for piece in marks.snapshot_chunks(stamp, tables()):
+                            f.write(piece)
+                            store.index.env.count_writes(piece.count(b"\n"))  # (none open: nothing counted)
+                        f.flush()
+                        os.fsync(f.fileno())
+                        wrote.append(os.fstat(f.fileno()).st_dev)
                 written.append(uuid)
             except DiskGone as e:  # not a refusal: tried again by the first writer that finds it back
                 log.warning("disk %s: cannot rewrite %s from the index: %s", disk.label, path, e)
@@ -280,9 +327,80 @@ def snapshot_marks(store: Store, uuids: Iterable[str] | None = None, recheck: se
                 failed.append(uuid)
         return written, failed
 
-    if chosen:
-        store.index.snapshot_marks(write, logged_marks(store))
+    def finish(uuid: str) -> bool:
+        """Inside a write transaction (no append meanwhile): what the log took since the cut
+        goes after the snapshot, which then replaces the log."""
+        disk = store.disks[uuid]
+        path = marks.log_path(disk.root)
+        tmp = _snap_tmp(path)
+        ino, size = cuts[uuid]
+        try:
+            with on_disk(store, disk) as wrote:
+                try:
+                    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+                except FileNotFoundError:
+                    tail = b""
+                else:
+                    try:
+                        st = os.fstat(fd)
+                        if not stat.S_ISREG(st.st_mode):
+                            tail = b""  # (something planted there: replaced, as ever, by the snapshot)
+                        elif ino and (st.st_ino != ino or st.st_size < size):
+                            raise OSError(errno.ESTALE, "the log was replaced while its snapshot was written", str(path))
+                        else:
+                            tail = _read_from(fd, size if ino else 0, st.st_size)
+                    finally:
+                        os.close(fd)
+                with open(tmp, "ab") as f:
+                    f.write(tail)  # (each append began with a newline: whole lines, the torn rest of one too)
+                    f.flush()
+                    os.fsync(f.fileno())
+                    wrote.append(os.fstat(f.fileno()).st_dev)
+                os.rename(tmp, path)
+                fsync_dir(path.parent)
+        except (DiskGone, OSError) as e:
+            log.warning("disk %s: cannot rewrite %s from the index: %s", disk.label, path, e)
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            return False
+        done.append(disk.label)
+        return True
+
+    store.index.snapshot_marks(start, write, finish, logged_marks(store))
     return done
+
+
+def _drop_snapshot_leftovers(store: Store) -> None:
+    """Remove the snapshot files a killed snapshot left beside the writable disks' logs (a
+    whole log each) — only when no snapshot is being written (its lock is free)."""
+    found = []
+    for u, d in store.disks.items():
+        if store.usable(u, for_write=True):
+            tmp = _snap_tmp(marks.log_path(d.root))
+            if tmp.is_file():
+                found.append(tmp)
+    if not found:
+        return
+    with _snapshot_lock(store, wait=False) as got:
+        for tmp in found if got else ():
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+
+
+def _snap_tmp(path: Path) -> Path:
+    """Where a snapshot is written beside the log `path` (not a `*.log`: no reader takes it
+    for one)."""
+    return path.with_name(f".{path.name}.tmp")
+
+
+def _read_from(fd: int, start: int, end: int) -> bytes:
+    out = bytearray()
+    while start + len(out) < end:
+        got = os.pread(fd, end - start - len(out), start + len(out))
+        if not got:
+            break
+        out += got
+    return bytes(out)
 
 
 def logged_marks(store: Store) -> dict[str, list[bytes]]:

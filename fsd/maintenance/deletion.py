@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 from fsd.base.errors import ExitCode, HoardError
+from fsd.core.txnlog import chunked
 from fsd.outputs.manifest import iter_files, naming_lock, references
 
 
@@ -52,5 +53,10 @@ def release(store, shas: list[bytes], reason: str) -> tuple[int, int]:
     if unknown:  # checked before anything changes: a typo must not half-apply a deletion
         raise HoardError(f"no object {', '.join(unknown)} in the store; nothing was released (check the sha256: "
                          "`hoard info PREFIX`)", ExitCode.DATA)
-    released = store.index.unmark(store.index.rooted, shas)
-    return released, store.index.mark(store.index.deleted, shas, reason)
+    released = marked = 0
+    # chunk by chunk (each its own transactions, txnlog.chunked): a release stopped between two
+    # leaves objects unrooted and not yet tombstoned — kept by gc — and a re-run finishes it
+    for part in chunked(shas, 2):
+        released += store.index.unmark(store.index.rooted, part)
+        marked += store.index.mark(store.index.deleted, part, reason)
+    return released, marked

@@ -29,7 +29,7 @@ import functools
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 from fsd.base.errors import ExitCode, HoardError
@@ -40,6 +40,7 @@ from fsd.core.index import ObjectLoc, ShardMeta
 from fsd.core.layout import pinned
 from fsd.core.placement import Need, simulate, space_report
 from fsd.core.records import STREAM_THRESHOLD
+from fsd.core.txnlog import SLACK, TXN_ENTRIES, chunked
 from fsd.io.replicate import _replicate
 from fsd.io.writer import ReplicaFailed, ShardWriter
 from fsd.outputs.manifest import references
@@ -209,12 +210,14 @@ def _clear_stale(store: Store) -> int:
     its first read (Store.chunk_map); the marks (deleted, hidden, root) are left to check."""
     idx = store.index
     cleared = 0
-    with idx.env.begin(write=True) as txn:
-        for db in (idx.chunks, idx.exts):
-            stale = [bytes(k) for k, _ in txn.cursor(db=db) if txn.get(bytes(k), db=idx.objects) is None]
-            for sha in stale:
-                txn.delete(sha, db=db)
-            cleared += len(stale)
+    for db in (idx.chunks, idx.exts):
+        with idx.env.begin() as txn:  # read first, written in bounded transactions (txnlog.chunked)
+            stale = [bytes(k) for k in txn.cursor(db=db).iternext(values=False)
+                     if txn.get(bytes(k), db=idx.objects) is None]
+        for part in chunked(stale, 1):
+            with idx.env.begin(write=True) as txn:
+                # (stored meanwhile: the put that stores an object writes its extension with it)
+                cleared += sum(1 for sha in part if txn.get(sha, db=idx.objects) is None and txn.delete(sha, db=db))
     return cleared
 
 
@@ -353,37 +356,74 @@ def _copy_live(store: Store, klass: str, items, dead: set[bytes],
 # -- 3. swap ---------------------------------------------------------------------------------
 
 def _swap(store: Store, items, moved: dict[bytes, ObjectLoc], referenced_now: set[bytes]) -> tuple[int, int, int]:
-    """One write transaction with point lookups of each candidate shard's members (known from
-    the plan: a sealed shard gains no objects), never a scan of the whole index."""
+    """Point lookups of each candidate shard's members (known from the plan: a sealed shard
+    gains no objects), never a scan of the whole index — in write transactions of a bounded
+    size (txnlog.TXN_ENTRIES), several shards to one, a large shard over several: first its
+    live members are pointed at their copies (already at the replica target), in slices;
+    then, in one transaction, its dead members are dropped and the shard retired. A gc
+    stopped between two transactions leaves every object pointing at a listed shard that
+    holds it (its old one or its copy's), and no record of a listed shard outside the index
+    (a dropped object's shard is retired with it) — what check, verify and health expect.
+    One shard's drops are never split, so a transaction may hold one shard's dead members
+    (SWAP_ENTRIES entries each): bounded by the shard size, not by the store. A member
+    wanted again since the plan keeps its shard this round (`kept`); the next gc compacts it."""
     idx = store.index
     done = kept = dropped = 0
-    gone: list[bytes] = []
-    with idx.env.begin(write=True) as txn:
-        for meta, _live, shas in items:
-            sid = meta.shard_id
-            here = [sha for sha in shas if (v := txn.get(sha, db=idx.objects)) is not None and bytes(v[:12]) == sid]
-            drop = [sha for sha in here if sha not in moved]
-            if any(txn.get(sha, db=idx.deleted) is None or txn.get(sha, db=idx.rooted) is not None
-                   or sha in referenced_now for sha in drop):
-                kept += 1  # wanted again since the plan and not copied: keep the shard this round
-                continue
-            for sha in here:
-                if sha in moved:
-                    txn.put(sha, moved[sha].pack(), db=idx.objects)
-            for sha in drop:
-                txn.delete(sha, db=idx.objects)
-                for db in (idx.deleted, idx.hidden, idx.rooted, idx.exts, idx.chunks):
-                    txn.delete(sha, db=db)
-                dropped += 1
-            current = txn.get(sid, db=idx.shards)
-            if current is not None:
-                txn.put(sid, current, db=idx.retired)
-                txn.delete(sid, db=idx.shards)
-            done += 1
-            gone.extend(drop)
-        idx.note_dropped(txn, gone)  # (the mount's by-hash numbers: Index.sole_owner)
-        idx.log_in(txn, "drop", gone)  # an object stored anew later must not get the old marks back
+    per = TXN_ENTRIES - SLACK
+    parts = []  # (meta, members, repoint only?, weight in entries)
+    for meta, _live, shas in items:
+        live = [sha for sha in shas if sha in moved]
+        parts += [(meta, live[i:i + per], True, len(live[i:i + per])) for i in range(0, len(live), per)]
+        parts.append((meta, [sha for sha in shas if sha not in moved], False, SWAP_ENTRIES * (len(shas) - len(live))))
+    for chunk in _fill(parts, per):
+        gone: list[bytes] = []
+        with idx.env.begin(write=True) as txn:
+            for meta, shas, repoint, _ in chunk:
+                sid = meta.shard_id
+                here = [sha for sha in shas if (v := txn.get(sha, db=idx.objects)) is not None and bytes(v[:12]) == sid]
+                if repoint:
+                    for sha in here:
+                        txn.put(sha, moved[sha].pack(), db=idx.objects)
+                    continue
+                if any(txn.get(sha, db=idx.deleted) is None or txn.get(sha, db=idx.rooted) is not None
+                       or sha in referenced_now for sha in here):
+                    kept += 1  # wanted again since the plan and not copied: keep the shard this round
+                    continue
+                for sha in here:
+                    txn.delete(sha, db=idx.objects)
+                    for db in (idx.deleted, idx.hidden, idx.rooted, idx.exts, idx.chunks):
+                        txn.delete(sha, db=db)
+                    dropped += 1
+                current = txn.get(sid, db=idx.shards)
+                if current is not None:
+                    txn.put(sid, current, db=idx.retired)
+                    txn.delete(sid, db=idx.shards)
+                done += 1
+                gone.extend(here)
+            idx.note_dropped(txn, gone)  # (the mount's by-hash numbers: Index.sole_owner)
+            idx.log_in(txn, "drop", gone)  # an object stored anew later must not get the old marks back
     return done, kept, dropped
+
+
+#: the most entries one dropped object writes in the swap: its object entry, a tombstone, a
+#: hide, a root, an extension, a chunk map, its `dropped` entry and its marks-log record
+SWAP_ENTRIES = 8
+
+
+def _fill(parts: Iterable[tuple[ShardMeta, list[bytes], bool, int]],
+          per: int) -> Iterator[list[tuple[ShardMeta, list[bytes], bool, int]]]:
+    """The parts grouped into transactions of at most `per` entries (a part is never split; one
+    heavier than `per` is a transaction of its own)."""
+    chunk: list[tuple[ShardMeta, list[bytes], bool, int]] = []
+    n = 0
+    for part in parts:
+        if chunk and n + part[3] > per:
+            yield chunk
+            chunk, n = [], 0
+        chunk.append(part)
+        n += part[3]
+    if chunk:
+        yield chunk
 
 
 # -- 4. delete --------------------------------------------------------------------------------

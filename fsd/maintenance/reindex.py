@@ -44,6 +44,7 @@ from fsd.core.disks import (
 from fsd.core.index import Index, ObjectLoc, ShardMeta
 from fsd.core.layout import BATCHES_DIR, FORGOTTEN, MARKS_DIR, VIEWS_DIR, check_ssd, lock_root
 from fsd.core.spill import Spill
+from fsd.core.txnlog import SLACK, TXN_ENTRIES
 
 log = logging.getLogger(__name__)
 
@@ -222,7 +223,7 @@ def _rebuild_index(cfg: Settings, ssd_uuid: str, progress: Callable[[int, int], 
 
 
 #: objects written to the new index per transaction (the objects come sorted from a spill)
-CHUNK = 50_000
+CHUNK = TXN_ENTRIES - SLACK
 #: a spilled object: sha256 (32) ‖ shard's number in reading order (4) ‖ record's number in
 #: the shard (4) ‖ the `objects` value (29): sorted, an object's first copy read comes first
 _ENTRY = 32 + 4 + 4 + 29
