@@ -1,0 +1,84 @@
+"""Adversarial review of W8 (issue 37): bounded LMDB write transactions, the marks snapshot in
+three steps, health's remembered judgement of the marks logs, zone accounting by records.
+Each test tries to make the integrity tools disagree or lose an acknowledged object."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from fsd.core import marks
+from tests.test_cli_put import _hoard
+from tests.test_health_marks_tail import _check, _health, _put, _store
+
+pytestmark = pytest.mark.services
+
+
+def test_a_log_cut_and_grown_again_past_the_judged_length_is_read_whole(tmp_path: Path) -> None:
+    """The same file (same inode) cut shorter behind the store's back, then grown by appends
+    past what health judged: health must not trust the judged part (its last records are gone)
+    — it names what check names."""
+    cfg = _store(tmp_path)
+    assert _health(cfg)[0] == []
+    log = marks.log_path(tmp_path / "d1")
+    ino = log.stat().st_ino
+    data = log.read_bytes()
+    cut = data.rstrip(b"\n")
+    cut = cut[:cut.rfind(b"\n") + 1]
+    cut = cut[:cut.rstrip(b"\n").rfind(b"\n") + 1]  # the last two records gone
+    os.truncate(log, len(cut))
+    _put(cfg, tmp_path, 6, seed=501)
+    assert log.stat().st_ino == ino and log.stat().st_size > len(data)
+    health, how = _health(cfg)
+    code, check = _check(cfg)
+    print(health, how, code, check)
+    assert code == 5 and health == check, (health, how, check)
+
+
+@pytest.mark.parametrize("edit", [
+    {"judged": "x"}, {"judged": -5}, {"lines": None}, {"log": {}},
+    {"off": "x"}, {"checked": "yes"},
+])
+def test_a_hostile_remembered_judgement_is_one_clear_reading_not_a_traceback(tmp_path: Path, edit: dict) -> None:
+    """The memory file edited (bit rot, a hand edit, another version): health reads every log
+    whole — no traceback, no false problem — and says what check says."""
+    import json
+
+    from fsd.base import config
+    from fsd.io import judged as judged_mod
+
+    cfg = _store(tmp_path)
+    assert _health(cfg)[0] == []
+    path = config.load(cfg).ssd.root / judged_mod.MEMORY
+    doc = json.loads(path.read_bytes())
+    for r in doc["disks"].values():
+        r.update(edit)
+    path.write_text(json.dumps(doc))
+    health, how = _health(cfg)
+    assert health == [] and not how["tail"], (health, how)  # read whole, nothing false named
+    path.write_text(json.dumps(doc))
+    res = _hoard(cfg, "health")
+    assert "Traceback" not in res.stderr and "cannot open the store" not in res.stdout + res.stderr, res.stdout
+
+
+@pytest.mark.parametrize("edit", [{"lost": {"rooted": [["zz"], []]}}, {"counts": {"rooted": "x"}},
+                                  {"counts": []}, {"whole_by": 5}])
+def test_a_hostile_remembered_judgement_top_level(tmp_path: Path, edit: dict) -> None:
+    import json
+
+    from fsd.base import config
+    from fsd.io import judged as judged_mod
+
+    cfg = _store(tmp_path)
+    assert _health(cfg)[0] == []
+    path = config.load(cfg).ssd.root / judged_mod.MEMORY
+    doc = json.loads(path.read_bytes())
+    doc.update(edit)
+    path.write_text(json.dumps(doc))
+    health, how = _health(cfg)
+    assert health == [] and not how["tail"], (health, how)  # read whole, nothing false named
+    path.write_text(json.dumps(doc))
+    res = _hoard(cfg, "health")
+    assert "Traceback" not in res.stderr and "cannot open the store" not in res.stdout + res.stderr, res.stdout
