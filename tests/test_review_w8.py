@@ -82,3 +82,42 @@ def test_a_hostile_remembered_judgement_top_level(tmp_path: Path, edit: dict) ->
     path.write_text(json.dumps(doc))
     res = _hoard(cfg, "health")
     assert "Traceback" not in res.stderr and "cannot open the store" not in res.stdout + res.stderr, res.stdout
+
+
+def test_a_zone_record_stamped_in_the_future_is_not_trusted_beyond_the_recount(tmp_path: Path) -> None:
+    """A sealed output recorded while the clock was ahead (an RTC wrong at boot, set back by
+    NTP later): its record must not be trusted for longer than RECOUNT_S — a file grown in
+    place since is counted once the record is walked again (the old code trusted it for as
+    long as the clock had been ahead)."""
+    import json
+
+    from fsd.outputs import zones
+    from tests.test_zones import sealed_output, zone_config
+
+    cfg = zone_config(tmp_path)
+    final = sealed_output(cfg, "3C", "out", 4096)
+    z = cfg.ssd.zone_path("3C")
+    [record] = (cfg.ssd.root / "state" / "zone-bytes" / "3C").iterdir()
+    doc = json.loads(record.read_bytes())
+    record.write_text(json.dumps(doc | {"at": doc["at"] + 30 * zones.RECOUNT_S}))
+    with open(final / "data.bin", "ab") as f:
+        f.write(os.urandom(256 * 1024))
+    assert zones.zone_usage(cfg, "3C")["used_bytes"] == zones.du(z)
+
+
+@pytest.mark.parametrize("doc", [{"dirs": []}, {"dirs": "x"}, {"bytes": -(10 ** 12)}, {"at": "x"}])
+def test_a_damaged_zone_record_is_walked_not_a_traceback(tmp_path: Path, doc: dict) -> None:
+    """A record file damaged or edited: the output is walked (the zone counts what `du` counts),
+    never a traceback out of a reservation or health's zone card."""
+    import json
+
+    from fsd.outputs import zones
+    from tests.test_zones import sealed_output, zone_config
+
+    cfg = zone_config(tmp_path)
+    sealed_output(cfg, "3C", "out", 4096)
+    z = cfg.ssd.zone_path("3C")
+    [record] = (cfg.ssd.root / "state" / "zone-bytes" / "3C").iterdir()
+    record.write_text(json.dumps(json.loads(record.read_bytes()) | doc))
+    assert zones.zone_usage(cfg, "3C")["used_bytes"] == zones.du(z)
+    zones.release(cfg, "3C", zones.reserve(cfg, "3C", "next", "test:next", 4096).id)
