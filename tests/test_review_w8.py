@@ -121,3 +121,27 @@ def test_a_damaged_zone_record_is_walked_not_a_traceback(tmp_path: Path, doc: di
     record.write_text(json.dumps(json.loads(record.read_bytes()) | doc))
     assert zones.zone_usage(cfg, "3C")["used_bytes"] == zones.du(z)
     zones.release(cfg, "3C", zones.reserve(cfg, "3C", "next", "test:next", 4096).id)
+
+
+def test_a_finding_that_appends_resolve_is_not_carried_by_health(tmp_path: Path) -> None:
+    """A log cut behind the store's back (two roots gone from d1): health reads it whole and
+    remembers "replays 2 mark(s) differently". Then one of the two objects is deleted (an
+    unroot and a tombstone appended to every log): d1 alone now differs by 1 — check says 1;
+    health, reading only the tail, must say what check says (it carried the old 2)."""
+    cfg = _store(tmp_path)
+    assert _health(cfg)[0] == []
+    log = marks.log_path(tmp_path / "d1")
+    data = log.read_bytes()
+    cut = data.rstrip(b"\n")
+    cut = cut[:cut.rfind(b"\n") + 1]
+    cut = cut[:cut.rstrip(b"\n").rfind(b"\n") + 1]  # the last two records gone
+    lost = [line.split()[2].decode() for line in data[len(cut):].split(b"\n") if line.strip()]
+    assert len(lost) == 2, lost
+    os.truncate(log, len(cut))
+    health, how = _health(cfg)
+    assert not how["tail"] and any("alone replays 2 mark(s)" in p for p in health), health
+    res = _hoard(cfg, "delete", "--yes", "--object", lost[0])
+    assert res.returncode == 0, res.stderr[-2000:]
+    health, how = _health(cfg)
+    code, check = _check(cfg)
+    assert code == 5 and health == check, (health, how, check)
