@@ -205,9 +205,17 @@ def _files(store: Store) -> dict[str, tuple[list[int] | None, dict[str, list[int
 
 
 def _still(store: Store, mem: judged.Memory, cutoff: int, files: dict) -> bool:
-    """Whether the remembered judgement still speaks for every log's judged part (fsd.io.judged)."""
-    return (mem.index == judged.index_identity(store) and cutoff >= mem.cutoff and set(mem.disks) == set(files)
-            and all(mem.disks[u].fits(store.records[u].state.value, *files[u]) for u in files))
+    """Whether the remembered judgement still speaks for every log's judged part (fsd.io.judged).
+    Not when it found objects whose marks disagree (per table, a disk alone, disputes): the
+    memory keeps how many, not which, and records appended since may settle some of them (a
+    root the cut log lost, released since) — counted again, or no longer, as a whole reading
+    counts them; such a store reads every log whole until the next step clears the finding."""
+    found = (mem.disputes or any(n for c in mem.counts.values() for n in c)
+             or any(r.off for r in mem.disks.values()))
+    return (not found and mem.index == judged.index_identity(store) and cutoff >= mem.cutoff
+            and set(mem.disks) == set(files)
+            and all(mem.disks[u].fits(store.records[u].state.value, files[u][0], files[u][1], files[u][2],
+                                      marks.log_path(store.disks[u].root)) for u in files))
 
 
 def _judge_marks(store: Store, rep: Findings, known: Callable[[bytes], bool], spill: Spill, cutoff: int,
@@ -253,7 +261,8 @@ def _judge_marks(store: Store, rep: Findings, known: Callable[[bytes], bool], sp
             continue
         clean &= not planted and not blocker
         now.disks[uuid] = judged.Remembered(rec.state.value, files[uuid][0], files[uuid][1], got.judged,
-                                            got.judged_lines, got.checked, judged.facts(got))
+                                            got.judged_lines, got.checked, judged.facts(got),
+                                            tip=judged.tip(marks.log_path(disk.root), got.judged, files[uuid][0]))
         uuids[src] = uuid
         lines_read += got.judged_lines - (old.lines if old is not None else 0)
         steps += [("note", f"disk {rec.label}: {p} (not a marks log: skipped by a rebuild; remove it)") for p in planted]

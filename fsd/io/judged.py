@@ -12,8 +12,11 @@ The memory is one JSON file, `<ssd.root>/state/marks-judged.json` (MEMORY), rewr
 (tmp → fsync → rename) by every judgement — whole or tail — that read every disk's log
 cleanly. It is trusted only for the same index (the inode of its data file: a rebuild or a
 restore swaps it) whose marks stamp has not gone back, the same disks in the same states, the
-same other `*.log` files beside each log, and each log its same file no shorter than judged;
-anything else, and the logs are read whole again.
+same other `*.log` files beside each log, and each log its same file no shorter than judged
+whose last bytes before that length are still the ones judged (`tip`: a log cut shorter behind
+the store's back and grown again by appends past that length is the same inode, longer — its
+judged part is not what was judged); anything else — a memory that does not hold what this
+version writes, field by field, included — and the logs are read whole again.
 """
 
 from __future__ import annotations
@@ -21,10 +24,13 @@ from __future__ import annotations
 import json
 import logging
 import os
+import stat
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+import xxhash
 
 from fsd.base.files import atomic_write
 from fsd.core import marks
@@ -86,11 +92,42 @@ class Remembered:
     checked: bool
     log: dict[str, Any]  # the DiskLog facts of the judged part (`facts`)
     off: int = 0  # marks its log alone replayed differently from the index (a disk judged alone)
+    tip: str = ""  # `tip` of the judged part ("": none taken — never fits)
 
-    def fits(self, state: str, file: list[int] | None, others: dict[str, list[int]], size: int) -> bool:
-        """Whether the log is still the file judged, grown only by appends."""
+    def fits(self, state: str, file: list[int] | None, others: dict[str, list[int]], size: int,
+             path: Path | None = None) -> bool:
+        """Whether the log is still the file judged, grown only by appends (`path`: the log,
+        whose bytes before the judged length must still be the ones judged)."""
         return (self.state == state and self.file is not None and self.file == file and self.others == others
-                and size >= self.judged)
+                and size >= self.judged and bool(self.tip)
+                and (path is None or tip(path, self.judged, self.file) == self.tip))
+
+
+#: the bytes before a judged length whose hash is kept (`tip`): the last record or two judged (more would
+#: also catch rot in them — `hoard verify` reads every byte for that)
+TIP = 256
+
+
+def tip(path: Path, judged: int, file: list[int] | None) -> str:
+    """A hash of the `TIP` bytes of the log `path` before byte `judged` (and of that length),
+    when the log is still the file `file` (device, inode) — "" when it is not, or cannot be
+    read. One small read: a log cut behind the store's back and grown again past `judged`
+    holds other records there (the stamps and objects of the appends that regrew it)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError:
+        return ""
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or [st.st_dev, st.st_ino] != file or st.st_size < judged:
+            return ""
+        start = max(0, judged - TIP)
+        data = os.pread(fd, judged - start, start)
+        return xxhash.xxh3_64_hexdigest(str(judged).encode() + b" " + data) if len(data) == judged - start else ""
+    except OSError:
+        return ""
+    finally:
+        os.close(fd)
 
 
 @dataclass
@@ -115,16 +152,67 @@ class Memory:
 
 
 def load(store: Store) -> Memory | None:
-    """The memory, or None (none yet, another format, or unreadable: the logs are read whole)."""
+    """The memory, or None (none yet, another format, unreadable, or any field not what this
+    version writes — a bit flipped in it, a hand edit: the logs are read whole, and that
+    reading writes it anew)."""
     try:
         doc = json.loads(memory_path(store).read_bytes())
-        if doc.get("format") != FORMAT:
+        if not isinstance(doc, dict) or doc.get("format") != FORMAT or not _sound(doc):
             return None
-        return Memory(doc["index"], int(doc["cutoff"]), float(doc["whole_at"]), str(doc["whole_by"]),
+        return Memory(doc["index"], doc["cutoff"], float(doc["whole_at"]), doc["whole_by"],
                       {u: Remembered(**r) for u, r in doc["disks"].items()}, doc["counts"], doc["lost"],
-                      int(doc["disputes"]), int(doc["unknown"]), float(doc.get("tail_at", 0.0)))
-    except (OSError, ValueError, KeyError, TypeError):
+                      doc["disputes"], doc["unknown"], float(doc.get("tail_at", 0.0)))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
+
+
+def _int(v: Any, low: int | None = 0) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and (low is None or v >= low)
+
+
+def _num(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _ints(v: Any, n: int | None = None, low: int | None = None) -> bool:
+    return isinstance(v, list) and (n is None or len(v) == n) and all(_int(x, low) for x in v)
+
+
+def _hexes(v: Any) -> bool:
+    return isinstance(v, list) and all(isinstance(h, str) and len(h) == 64 and _is_hex(h) for h in v)
+
+
+def _is_hex(h: str) -> bool:
+    try:
+        bytes.fromhex(h)
+    except ValueError:
+        return False
+    return True
+
+
+def _sound(doc: dict[str, Any]) -> bool:
+    """Whether every field of the memory `doc` is of the kind `to_json` writes."""
+    disks, counts, lost = doc.get("disks"), doc.get("counts"), doc.get("lost")
+    return ((doc.get("index") is None or _ints(doc.get("index"), 2)) and _int(doc.get("cutoff"), None)
+            and _num(doc.get("whole_at")) and isinstance(doc.get("whole_by"), str) and _num(doc.get("tail_at", 0.0))
+            and _int(doc.get("disputes")) and _int(doc.get("unknown"))
+            and isinstance(counts, dict) and all(t in marks.TABLES and _ints(c, 2, 0) for t, c in counts.items())
+            and isinstance(lost, dict) and all(t in marks.TABLES and isinstance(pair, list) and len(pair) == 2
+                                               and all(_hexes(x) for x in pair) for t, pair in lost.items())
+            and isinstance(disks, dict) and all(isinstance(r, dict) and _sound_disk(r) for r in disks.values()))
+
+
+def _sound_disk(r: dict[str, Any]) -> bool:
+    log_ = r.get("log")
+    others = r.get("others")
+    return (set(r) <= {f.name for f in fields(Remembered)} and isinstance(r.get("state"), str)
+            and (r.get("file") is None or _ints(r.get("file"), 2)) and isinstance(others, dict)
+            and all(_ints(v, 4, None) for v in others.values()) and _int(r.get("judged")) and _int(r.get("lines"))
+            and isinstance(r.get("checked"), bool) and _int(r.get("off", 0)) and isinstance(r.get("tip", ""), str)
+            and isinstance(log_, dict) and all(_int(log_.get(k)) for k in ("damaged", "other", "legacy", "broken_resets"))
+            and _ints(log_.get("damaged_lines"), None, 0) and _int(log_.get("first"), None)
+            and _int(log_.get("last"), None) and _ints(log_.get("resets"), None, None)
+            and isinstance(log_.get("foreign"), dict) and all(_int(n) for n in log_["foreign"].values()))
 
 
 def save(store: Store, mem: Memory, after: Memory | None) -> None:

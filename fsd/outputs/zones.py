@@ -252,11 +252,15 @@ def output_bytes(cfg: Settings, zone: str, p: os.PathLike[str] | str) -> int:
         return du(p)
     record = sizes_dir(cfg, zone) / f"{st.st_dev}-{st.st_ino}.json"
     path = Path(p)
-    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+    with contextlib.suppress(OSError, ValueError, KeyError, TypeError, AttributeError):
         doc = json.loads(record.read_bytes())
-        if time.time() - doc["at"] < RECOUNT_S and (path / SEALED).exists() and all(
-                _same_dir(path / rel, was) for rel, was in doc["dirs"].items()):
-            return int(doc["bytes"])
+        got, dirs_was = doc["bytes"], doc["dirs"]
+        # (a record from the future — the clock set back since — is as old as it can be: walked;
+        # one that is not what `output_bytes` writes — damaged, edited — is walked too)
+        if (isinstance(got, int) and got >= 0 and isinstance(dirs_was, dict) and "" in dirs_was
+                and 0 <= time.time() - doc["at"] < RECOUNT_S and (path / SEALED).exists()
+                and all(_same_dir(path / rel, was) for rel, was in dirs_was.items())):
+            return got
     sealed = (path / SEALED).exists() or _seal_of(zone, path) is not None
     dirs: dict[str, list[int]] = {}
     total = du(p, dirs)
