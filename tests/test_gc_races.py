@@ -240,3 +240,59 @@ def test_a_reader_that_looked_up_before_a_gc_swap_still_reads(store_factory, tmp
     assert calls[0] == old and calls[-1] != old and store.index.lookup(kept) == calls[-1]
     assert store.index.pending_repairs() == []
     assert not [e for e in store.index.recent_events(50) if e["kind"].endswith("_error")]
+
+
+def test_a_manifest_registered_or_repointed_between_plan_and_swap_keeps_its_files(store_factory, tmp_path: Path,
+                                                                                  monkeypatch) -> None:
+    """gc reads each manifest once for its plan and its swap (manifest.References). A batch
+    registered after the plan, and a batch name pointed at another manifest after it, both
+    naming objects still tombstoned: the swap reads the manifests it has not read and keeps
+    the files; the next gc frees only what nothing names."""
+    from fsd.maintenance import gc as gcmod
+
+    store = store_factory(n_disks=3, caps=None, shard_size_mb=1)
+    res = store.put_many(make_files(tmp_path / "a", 30, seed=31))
+    other = store.put_many(make_files(tmp_path / "x", 1, seed=32))
+    _register(store, "A", [r.sha256 for r in res])
+    _register(store, "L", [other[0].sha256])
+    drop_batch(store, "A")
+    copy_live = gcmod._copy_live
+
+    def then_register(*args, **kwargs):
+        got = copy_live(*args, **kwargs)
+        _register(store, "N", [res[0].sha256])  # (its manifest is a new object: no tombstone is cleared)
+        _register(store, "L", [res[1].sha256])
+        return got
+
+    monkeypatch.setattr(gcmod, "_copy_live", then_register)
+    rep = gc(store, threshold=0.99)
+    assert rep.kept_back >= 1
+    monkeypatch.setattr(gcmod, "_copy_live", copy_live)
+    gc(store, threshold=0.99)
+    for r in res[:2] + other:
+        assert hashlib.sha256(store.get(r.sha256)).hexdigest() == r.sha256
+    assert not any(store.index.lookup(bytes.fromhex(r.sha256)) for r in res[2:])
+    assert store.index.marked(store.index.deleted) == set()
+    check_store(store)
+
+
+def test_gc_reads_each_manifest_once(store_factory, tmp_path: Path, monkeypatch) -> None:
+    """The work of gc's reference computation: each registered manifest is read once for the
+    plan and the swap together (the old gc read every manifest again under the exclusive lock)."""
+    store = store_factory(n_disks=3, caps=None, shard_size_mb=1)
+    for k in range(4):
+        _register(store, f"b{k}", [r.sha256 for r in store.put_many(make_files(tmp_path / f"b{k}", 20, seed=40 + k))])
+    drop_batch(store, "b3")
+    manifests = {info["manifest"] for _name, info in store.index.iter_batches()}
+    reads: dict[str, int] = {}
+    get = store.get
+
+    def counted(sha: str):
+        if sha in manifests:
+            reads[sha] = reads.get(sha, 0) + 1
+        return get(sha)
+
+    monkeypatch.setattr(store, "get", counted)
+    rep = gc(store, threshold=0.99)
+    assert rep.compacted >= 1 and rep.objects_dropped == 21  # the swap ran: b3's files and its manifest
+    assert reads == dict.fromkeys(manifests, 1)

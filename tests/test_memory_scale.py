@@ -54,3 +54,56 @@ def test_peak_memory_of_check_rebuild_and_gc_does_not_grow_per_object(tmp_path: 
             peaks[name].append(got["peak_anon_kb"] * 1024)
     per_object = {name: (b - a) / (SIZES[1] - SIZES[0]) for name, (a, b) in peaks.items()}
     assert all(v < GROWTH for v in per_object.values()), per_object
+
+
+#: objects per batch in the batch-deletion test, and in the batch it deletes: the work of the
+#: deletion and of its gc, the same at both sizes — small, so that its LMDB write transactions
+#: dirty a page per object at both (a transaction's dirty pages are RssAnon: ~4 KiB for each
+#: leaf it touches, until the tables have more leaves than it has entries)
+BATCH, VICTIM = 5000, 200
+#: the store's side of `hoard delete --batch` (the CLI's needs the database), in its own process
+DROP = ("import sys; from fsd.base import config; from fsd.store import Store; "
+        "from fsd.maintenance.deletion import drop_batch; "
+        "s = Store.open(config.load(sys.argv[1])); print(drop_batch(s, sys.argv[2])); s.close()")
+
+
+def _grow_batches(cfg: config.Settings, have: int, want: int, init: bool) -> str:
+    """Batches of BATCH small objects up to `want`, then one of VICTIM, each with its manifest
+    stored and registered as an ingest's package step does; returns the last one's id."""
+    from fsd.outputs.manifest import batch_manifest, naming_lock
+
+    rng = random.Random(have)
+    with Store.open(cfg, init=init) as store:
+        for n in [*range(have, want, BATCH), want]:
+            got = store.put_bytes_many([rng.randbytes(rng.randint(64, 1024)) for _ in range(BATCH if n < want
+                                                                                            else VICTIM)])
+            stored = {f"f{i:05d}": (r.sha256, r.size) for i, r in enumerate(got)}
+            body = batch_manifest(f"b{n}", "t", "now", stored, dict.fromkeys(stored, 0), [], [])
+            with naming_lock(store):
+                store.register_batch(f"b{n}", {"source": "t", "manifest": store.put_bytes(body).sha256})
+    return f"b{want}"
+
+
+@pytest.mark.services  # starts hoard processes
+def test_peak_memory_of_a_batch_deletion_and_its_gc_does_not_grow_per_object(tmp_path: Path) -> None:
+    """Deleting one batch and the gc that frees it: the same work at both sizes, so their peak
+    RssAnon may not grow per object of the store. The old deletion held every sha256 every
+    other manifest named (~110 B per object of the store)."""
+    cfg_path = dir_disks_config(tmp_path, 2, shard_size_mb=4, copy_of_raw=2, write_ack=2)
+    cfg = config.load(cfg_path)
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    peaks: dict[str, list[int]] = {"delete --batch": [], "gc (one deleted batch)": []}
+    have = 0
+    for size in SIZES:
+        victim = _grow_batches(cfg, have, size, init=have == 0)
+        have = size
+        for name, argv in (("delete --batch", [sys.executable, "-c", DROP, str(cfg_path), victim]),
+                           ("gc (one deleted batch)", [sys.executable, "-m", "fsd", "--config", str(cfg_path), "gc",
+                                                       "--no-database", "--threshold", "0.99"])):
+            got = peak_memory(argv, env=env)
+            assert got["exit"] == 0 and got["peak_anon_kb"] > 0, (name, got["stderr"][-2000:])
+            peaks[name].append(got["peak_anon_kb"] * 1024)
+        with Store.open(cfg) as store:  # the gc did its work: the batch's objects are gone
+            assert store.index.get_batch(victim) is None and not store.index.marked(store.index.deleted)
+    per_object = {name: (b - a) / (SIZES[1] - SIZES[0]) for name, (a, b) in peaks.items()}
+    assert all(v < GROWTH for v in per_object.values()), per_object

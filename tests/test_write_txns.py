@@ -224,3 +224,49 @@ def test_a_batch_deletion_killed_between_chunks_keeps_the_batch_whole(tmp_path: 
     with Store.open(config.load(cfg_path)) as store:
         assert not any(store.index.lookup(s) for s in mine)
     _log_marks_agree(cfg_path)
+
+
+@pytest.mark.parametrize("site", ["fsd.maintenance.gc:_swap:1", "fsd.maintenance.gc:_swap:3",
+                                  "fsd.core.marks:unmark:1"])
+def test_a_gc_killed_mid_way_keeps_what_a_batch_view_put_or_pin_names(tmp_path: Path, site: str) -> None:
+    """Batch A is deleted; every object it named that something else names — batch B, view V,
+    a named put (a root), a running job (a pin) — is tombstoned too (a `delete --object` or a
+    race may do that). `hoard gc` killed after a transaction of its swap or of its clearing of
+    tombstones, then run again: each of those objects reads back, A's own are freed, check is
+    clean. gc decides once per run which manifests name what (manifest.References): a run
+    killed mid-way leaves nothing a re-run could take for unreferenced."""
+    from fsd.maintenance.deletion import drop_batch
+    from fsd.outputs.views import define_view_rows
+
+    cfg_path, shas = _store(tmp_path, 3000, shard_mb=1)
+    a, rest = shas[:1200], shas[1200:]
+    named = {"batch": a[:40], "view": a[40:80], "put": a[80:120], "pin": a[120:160]}
+    cfg = config.load(cfg_path)
+    with Store.open(cfg) as store:
+        store.index.unmark(store.index.rooted, a)  # (a batch's files are not roots)
+
+        def register(bid: str, files: list[bytes]) -> None:
+            body = batch_manifest(bid, "t", "now", {f"f{i}": (s.hex(), 1) for i, s in enumerate(files)},
+                                  {f"f{i}": 0 for i in range(len(files))}, [], [])
+            store.register_batch(bid, {"source": "t", "manifest": store.put_bytes(body).sha256})
+
+        register("A", a)
+        register("B", named["batch"])
+        define_view_rows(store, "V", ((f"v/{i}", s.hex()) for i, s in enumerate(named["view"])))
+        store.index.mark(store.index.rooted, named["put"], "hoard put --name p")
+        store.pin("job", [s.hex() for s in named["pin"]], "a job between its store and package steps")
+        drop_batch(store, "A")
+        store.index.mark(store.index.deleted, [s for group in named.values() for s in group], "delete --object")
+    res = _hoard(cfg_path, "gc", "--no-database", "--threshold", "0.9", env={**SMALL, KILL_VAR: site})
+    assert res.returncode == -9, res.stderr[-2000:]
+    kept = [s for group in named.values() for s in group] + rest
+    _all_read_back(cfg_path, kept)
+    res = _hoard(cfg_path, "gc", "--no-database", "--threshold", "0.9", env=SMALL)
+    assert res.returncode == 0, res.stderr[-2000:]
+    _all_read_back(cfg_path, kept)
+    with Store.open(cfg) as store:
+        assert not any(store.index.lookup(s) for s in a[160:])
+        assert store.index.marked(store.index.deleted) == set()
+    res = _hoard(cfg_path, "check", "--no-database")
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    _log_marks_agree(cfg_path)

@@ -43,7 +43,7 @@ from fsd.core.records import STREAM_THRESHOLD
 from fsd.core.txnlog import SLACK, TXN_ENTRIES, chunked
 from fsd.io.replicate import _replicate
 from fsd.io.writer import ReplicaFailed, ShardWriter
-from fsd.outputs.manifest import references
+from fsd.outputs.manifest import References
 from fsd.store import Store
 
 log = logging.getLogger(__name__)
@@ -73,7 +73,8 @@ class GcReport:
 Roots = Callable[[set[bytes]], set[bytes]]
 
 
-def referenced(store: Store, among: set[bytes], extra: Roots | None = None) -> set[bytes]:
+def referenced(store: Store, among: set[bytes], extra: Roots | None = None,
+               manifests: References | None = None) -> set[bytes]:
     """Which of `among` something still references *now*: a registered batch or view manifest
     (and the manifest objects themselves), a root (`hoard put` acknowledged it), a pin (a job
     between acknowledgement and manifest, see Store.pin), or — through `extra` (the CLI
@@ -81,10 +82,11 @@ def referenced(store: Store, among: set[bytes], extra: Roots | None = None) -> s
 
     Reachability is computed here, at gc time, not from marks set earlier: a tombstone only
     says "someone asked to delete this"; an object is dropped only if it is tombstoned *and*
-    unreferenced when gc swaps."""
+    unreferenced when gc swaps. `manifests` (one per gc run) reads each registered manifest
+    once for the plan and the swaps together."""
     if not among:
         return set()
-    refs = references(store, among) | store.index.marked_among(store.index.rooted, among)
+    refs = (manifests or References(store))(among) | store.index.marked_among(store.index.rooted, among)
     pins, bad = pinned(store.cfg)
     if bad:
         raise HoardError(f"gc: pin files cannot be read ({'; '.join(bad)}); nothing was deleted — fix or remove "
@@ -123,17 +125,29 @@ def payload(meta: ShardMeta) -> int:
     return max(meta.size - framing, 1)
 
 
+#: the most members of the shards holding dead objects that `plan` collects in its one pass over
+#: the objects table (~75 bytes each); a deletion spread over more shards takes a second pass
+PLAN_MEMBERS = 1_000_000
+
+
 def plan(store: Store, threshold: float, dead: set[bytes]) -> list[tuple[ShardMeta, int, list[bytes]]]:
     """The sealed shards below `threshold` live, with their live bytes and members. Memory for
     the candidates' members only, not for every object (issue 37: a list of every object's
     sha256 by shard made `gc --dry-run` grow ~100 B per object): the objects table is read
-    once for the live bytes and, when some shard is below, once more for its members."""
-    live, _ = live_bytes(store, dead, members_of=set())
-    below = [(meta, live.get(meta.shard_id, 0)) for meta in store.index.iter_shards()
-             if meta.sealed and meta.size > 0 and live.get(meta.shard_id, 0) / payload(meta) < threshold]
-    if not below:
-        return []
-    _, members = live_bytes(store, dead, members_of={meta.shard_id for meta, _ in below})
+    once, for the live bytes and the members of the shards the dead objects are in (found by
+    their lookups: the shards a deletion made sparse, up to PLAN_MEMBERS members), and once
+    more only when a shard below the threshold is not one of them."""
+    metas = [meta for meta in store.index.iter_shards() if meta.sealed and meta.size > 0]
+    records = {meta.shard_id: meta.records for meta in metas}
+    hit = {loc.shard_id for sha in dead if (loc := store.index.lookup(sha)) is not None}
+    if sum(records.get(sid, 0) for sid in hit) > PLAN_MEMBERS:
+        hit = set()
+    live, members = live_bytes(store, dead, members_of=hit)
+    below = [(meta, live.get(meta.shard_id, 0)) for meta in metas
+             if live.get(meta.shard_id, 0) / payload(meta) < threshold]
+    rest = {meta.shard_id for meta, _ in below} - hit
+    if rest:
+        members |= live_bytes(store, dead, members_of=rest)[1]
     return [(meta, got, members.get(meta.shard_id, [])) for meta, got in below]
 
 
@@ -155,7 +169,8 @@ def _gc(store: Store, threshold: float, dry_run: bool, roots: Roots | None, wait
     if not dry_run:
         rep.stale_cleared = _clear_stale(store)
     tombstoned = store.index.marked(store.index.deleted)
-    wanted = referenced(store, tombstoned, roots)
+    manifests = References(store)  # each manifest read once, for the plan and every swap
+    wanted = referenced(store, tombstoned, roots, manifests)
     if wanted and not dry_run:
         store.index.unmark(store.index.deleted, wanted)  # referenced again: not deleted after all
     dead = tombstoned - wanted
@@ -185,7 +200,7 @@ def _gc(store: Store, threshold: float, dry_run: bool, roots: Roots | None, wait
             # who references what is decided again now, with every writer stopped: objects
             # stored again, pinned or named by a new manifest since the plan are kept
             candidates = {sha for _, _, shas in items for sha in shas if sha not in moved}
-            still = referenced(store, candidates & store.index.marked(store.index.deleted), roots)
+            still = referenced(store, candidates & store.index.marked(store.index.deleted), roots, manifests)
             done, kept, dropped = _swap(store, items, moved, still)
         rep.compacted += done
         rep.kept_back += kept

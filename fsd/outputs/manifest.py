@@ -50,7 +50,7 @@ from fsd.base.modes import FILE
 from fsd.base.paths import MAX_NAME_BYTES, hostile_reason, long_name
 
 __all__ = ["Entry", "Tree", "WouldBlock", "ViewError", "build_view", "iter_files", "manifest_objects", "named",
-           "references", "PAGE_ENTRIES", "VIEW_FORMAT", "DIR_FORMAT"]
+           "references", "References", "PAGE_ENTRIES", "VIEW_FORMAT", "DIR_FORMAT"]
 
 VIEW_FORMAT = "hoardfs-view-3"
 DIR_FORMAT = "hoardfs-dir-2"
@@ -336,18 +336,52 @@ def named(index) -> Iterator[tuple[str, str, dict]]:
             yield kind, name, info
 
 
-def references(store, among: set[bytes] | None = None, skip: tuple[str, str] | None = None) -> set[bytes]:
-    """Every object the registered manifests name — their files and their own objects —
-    limited to `among` if given, leaving out manifest `skip` = (kind, name)."""
-    refs: set[bytes] = set()
-    for kind, name, info in named(store.index):
-        if (kind, name) == skip:
-            continue
-        own: list[bytes] = []  # one pass over each manifest: its files and its own objects
-        refs.update(sha for _path, sha, _size in iter_files(store.get, info["manifest"], own)
-                    if among is None or sha in among)
-        refs.update(sha for sha in own if among is None or sha in among)
-    return refs
+def references(store, among: set[bytes], skip: tuple[str, str] | None = None) -> set[bytes]:
+    """Which of `among` the registered manifests name — their files and their own objects —
+    leaving out manifest `skip` = (kind, name). Memory for `among`, not for all they name."""
+    return References(store, skip)(among)
+
+
+class References:
+    """Which of some digests the registered manifests name (files and the manifests' own
+    objects), each manifest read at most once per instance however often it is asked (gc asks
+    for its plan, then again under the exclusive lock for its swap). A manifest is an object:
+    what it names is fixed by its sha256, so what it named stays true while it is registered;
+    one registered since is read when asked next, and every manifest again for digests not
+    asked before. Memory: what each manifest named among the digests asked, never all it names.
+
+        refs = References(store)
+        refs(tombstoned)            # reads every registered manifest
+        refs(candidates)            # reads only manifests registered since (or all, for new digests)
+
+    Every registered manifest is still read once: which manifests name an object is known
+    only from them (docs/benchmarks.md, "Where hoardfs is behind")."""
+
+    def __init__(self, store, skip: tuple[str, str] | None = None) -> None:
+        self.store, self.skip = store, skip
+        self.asked: set[bytes] = set()
+        self.named: dict[str, set[bytes]] = {}  # manifest sha256 hex → what it names among `asked`
+        self.reads = 0  # manifests read (a regression test counts them)
+
+    def __call__(self, among: set[bytes]) -> set[bytes]:
+        new = among - self.asked
+        current = {info["manifest"] for kind, name, info in named(self.store.index) if (kind, name) != self.skip}
+        for sha in set(self.named) - current:
+            del self.named[sha]  # unregistered: it references nothing now
+        everything = self.asked | new
+        for sha in current:
+            if sha not in self.named:
+                self.named[sha] = self._read(sha, everything)
+            elif new:
+                self.named[sha] |= self._read(sha, new)
+        self.asked = everything
+        return set().union(*self.named.values()) & among
+
+    def _read(self, manifest: str, among: set[bytes]) -> set[bytes]:
+        self.reads += 1
+        own: list[bytes] = []
+        got = {sha for _path, sha, _size in iter_files(self.store.get, manifest, own) if sha in among}
+        return got | (set(own) & among)
 
 
 # -- writing a view-2 manifest ---------------------------------------------------------------------
