@@ -1,6 +1,8 @@
-"""Adversarial review of W8 (issue 37): bounded LMDB write transactions, the marks snapshot in
-three steps, health's remembered judgement of the marks logs, zone accounting by records.
-Each test tries to make the integrity tools disagree or lose an acknowledged object."""
+"""What health and the zones remember instead of reading again (issue 37) — the marks logs'
+judgement (fsd/io/judged.py) and a sealed output's bytes (fsd/outputs/zones.py) — attacked: a
+log cut and grown again, a hostile or damaged memory, a finding that later appends settle, a
+record stamped in the future. Each test tries to make the integrity tools disagree or a zone
+under-report; each failed on the code before the review that wrote it."""
 
 from __future__ import annotations
 
