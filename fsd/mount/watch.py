@@ -2,8 +2,7 @@
 
     w = Watcher(store, reader, ns)
     nursery.start_soon(w.run)        # in the mount's trio nursery
-    w.health_text() / w.space()      # answered from memory, never blocking
-    w.visible(sha)                   # one short LMDB read (Index.shown)
+    w.visible(sha) / w.health_text() / w.space()   # answered from memory, never blocking
 
 Each refresh runs in a worker thread of its own (`trio.to_thread`, abandoned on unmount),
 so a disk that hangs delays only its own refresh. The two that read the index skip a round
@@ -11,10 +10,9 @@ in which nothing was written to it (its last transaction id is the one they last
 an idle store costs them nothing, whatever its size:
 
 * **deletions** (`MARKS_S`): files that became deleted (hidden, or tombstoned and not a
-  root) are invalidated in the kernel (every (parent, name) the kernel was told of). Whether
-  an object is shown is asked of the index at each lookup and listing, not kept: what is
-  kept to tell the new deletions from the old is 16 bytes of each deleted object
-  (`DEAD_PREFIX`; a sorted byte string: ~16 B each, not a set of ~120 B each);
+  root) are invalidated in the kernel (every (parent, name) the kernel was told of). What is
+  kept — to tell the new deletions from the old, and to answer `visible` — is 16 bytes of
+  each deleted object (`DEAD_PREFIX`) in one sorted byte string, not a set (~120 B each);
 * **names** (`NAMES_S`): batches and views; a view redefined or removed, or a batch
   removed, is invalidated in the kernel (`pyfuse3.invalidate_entry_async` on its entry
   under `views/`, `batches/`, `sources/<source>/`) — the kernel drops the directory and
@@ -68,9 +66,21 @@ class Watcher:
 
     # -- answers (the trio thread) -----------------------------------------------------------------
     def visible(self, sha: bytes) -> bool:
-        """Not deleted: type A (hidden) and type B (tombstoned) objects are not shown (asked of the
-        index: the deletions round only invalidates the names the kernel holds)."""
-        return self.store.index.shown(sha)
+        """Not deleted: type A (hidden) and type B (tombstoned) objects are not shown. From the
+        last deletions round (a binary search of `dead`: no index read for the objects shown,
+        nothing at all while none is deleted); one it named is asked of the index (shown again
+        since, or an object sharing 128 bits with a deleted one: no accident)."""
+        dead, k = self.dead, DEAD_PREFIX
+        if not dead:
+            return True
+        p, lo, hi = sha[:k], 0, len(dead) // k
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if dead[mid * k:mid * k + k] < p:
+                lo = mid + 1
+            else:
+                hi = mid
+        return dead[lo * k:lo * k + k] != p or self.store.index.shown(sha)
 
     def health_text(self) -> bytes:
         return self.health
