@@ -573,8 +573,9 @@ def test_the_mount_hides_tombstones_except_roots_and_hidden_objects(namespace) -
 @pytest.mark.services  # starts hoard processes, servers or a FUSE mount
 def test_the_watchers_rounds_read_nothing_while_the_index_is_unchanged(namespace) -> None:
     """The daemon's background rounds over the index cost nothing per object while nothing is
-    written to it (they ran every 1–2 s over every deleted object and every batch, whatever
-    changed), and what the deletions round keeps is 16 bytes per deleted object — no set of
+    written to it (they ran every 1–2 s over every deleted object and every batch, and every
+    10 s over every shard's record for `.hoard/health`, whatever changed), and what the
+    deletions round keeps is 16 bytes per deleted object — no set of
     them (~120 B each) — from which objects are shown or not, a deleted one confirmed by the
     index."""
     from fsd.maintenance.deletion import hide
@@ -584,16 +585,22 @@ def test_the_watchers_rounds_read_nothing_while_the_index_is_unchanged(namespace
     store = new.store
     ns = new()
     told = trio.run(_walk, ns, b"views")
-    watcher = Watcher(store, None, ns)
+    reader = Reader(store)
+    watcher = Watcher(store, reader, ns)
     assert watcher.refresh_marks() == [] and watcher.refresh_names() == []  # (the first rounds)
+    watcher.refresh_health()
+    health = watcher.health_text()
+    assert health.startswith(f"objects: {store.index.count_objects()}\n".encode()) and b"views: 1\n" in health
     env = store.index.env
     store.index.env = count = _Reads(env)
     try:
         for _ in range(3):
             assert watcher.refresh_marks() == [] and watcher.refresh_names() == []
-        assert count.reads == 0
+            watcher.refresh_health()  # (the read queues' lines only: the store's part is kept)
+        assert count.reads == 0 and watcher.health_text() == health
     finally:
         store.index.env = env
+        reader.close()
     victims = sorted(bytes.fromhex(s) for s in shas[:50])
     hide(store, victims, "test")
     assert watcher.refresh_marks() == sorted((p, name) for p, name, n in told if n.sha in set(victims))

@@ -20,7 +20,9 @@ an idle store costs them nothing, whatever its size:
 * **disks** (`DISKS_S`): hoard.toml's `[[disks]]` and the index's disk records — a disk
   added, replaced or reactivated while mounted gets a read queue and serves reads; the
   reader's open shard files that gc removed or moved are closed;
-* **health** (`HEALTH_S`): the `.hoard/health` document, rendered from `store.status()`;
+* **health** (`HEALTH_S`): the `.hoard/health` document: the read queues' figures, and the
+  store's (`store.status()`, which reads every shard's record) when the index changed or
+  `STATUS_MAX_S` after the last time (its `generated:` line says when);
 * **space** (`SPACE_S`): statvfs per disk, each in its own thread (a dying disk's statvfs
   can hang), summed for `statfs`.
 """
@@ -44,6 +46,9 @@ MARKS_S = 2.0
 NAMES_S = 1.0
 DISKS_S = 2.0
 HEALTH_S = 10.0
+#: the store's part of `.hoard/health` is read again at least this often (disks' free space,
+#: which changes without the index) — else only when something was written to the index
+STATUS_MAX_S = 60.0
 SPACE_S = 5.0
 #: bytes of each deleted object's sha256 kept between rounds (as `dropped` keeps them): two
 #: objects sharing 128 bits are no accident
@@ -57,7 +62,8 @@ class Watcher:
         self.dead = b""
         self.unnamed: frozenset[bytes] = frozenset()  # dead objects whose names are still to invalidate
         #: the index's last transaction id each index refresh saw (-1: none yet)
-        self.seen: dict[str, int] = {"marks": -1, "names": -1}
+        self.seen: dict[str, int] = {"marks": -1, "names": -1, "health": -1}
+        self._status, self._status_at = b"", 0.0  # the store's part of .hoard/health, and when (monotonic)
         self.health = b"starting\n"
         self.names: tuple[dict, dict] | None = None
         self.free: dict[str, tuple[int, int]] = {}
@@ -144,10 +150,14 @@ class Watcher:
         return changed
 
     def refresh_health(self) -> None:
+        txn = self._last_txn()
+        if txn != self.seen["health"] or time.monotonic() - self._status_at >= STATUS_MAX_S:
+            self._status, self._status_at = render_health(self.store), time.monotonic()
+            self.seen["health"] = txn
         lines = [f"read queue {label}: {q['pending']} waiting, {q['pending_ahead']} ahead, "
                  f"{q['seconds_per_read'] * 1000:.1f} ms/read, {q['served']} served"
                  for label, q in sorted(self.reader.statistics().items())]
-        self.health = render_health(self.store) + "".join(f"{line}\n" for line in lines).encode()
+        self.health = self._status + "".join(f"{line}\n" for line in lines).encode()
 
     def refresh_space(self) -> None:
         for uuid, disk in list(self.store.disks.items()):
