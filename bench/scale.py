@@ -3,6 +3,14 @@
 
     python bench/scale.py [--sizes 1000000,10000000] [--work DIR] [--keep]
     python bench/scale.py --render [bench/results/scale-<label>.json]
+    python bench/scale.py --only mount[,check,…] --work DIR [--sizes 100000] [--label L]
+
+`--only` re-times some measurements (`mount`: the three mount figures; or any command of
+COMMANDS by name) on the store kept in DIR by an earlier `--keep` or `--only` run (its
+`built.json`), growing it first if it holds fewer objects than a size asked for (without
+PostgreSQL rows or the timed `put`: the kept cluster is not kept, so selects, the write-intent
+and the GUI pages are not re-timed this way). The store stays; the JSON is
+bench/results/scale-<label>.json (default label: the sizes and "only"), not rendered.
 
 The store: objects of 0.5–4 KB of random bytes on two *directory* disks under `--work`
 (this machine's disk, not the lab's loop devices: the figures are about how cost grows with
@@ -104,6 +112,8 @@ def main() -> None:
     ap.add_argument("--batch", type=int, help=f"objects per batch (default {BATCH:,} or a quarter of the smallest size)")
     ap.add_argument("--keep", action="store_true", help="keep the store and the cluster's folder")
     ap.add_argument("--render", nargs="?", const="newest", help="write docs/benchmarks.md's section from a JSON")
+    ap.add_argument("--only", help="comma-separated measurements to re-time on the store kept in --work: "
+                                   f"mount, or commands of {', '.join(COMMANDS)}")
     ap.add_argument("--apply-intent", type=Path, help=argparse.SUPPRESS)  # (the measured write-intent's process)
     ap.add_argument("--database-url", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -115,10 +125,18 @@ def main() -> None:
         render(Path(args.render).resolve() if args.render != "newest" else newest_results())
         return
     sizes = [int(s) for s in args.sizes.split(",")]
-    label = args.label or "-".join(_short(n) for n in sizes)
+    label = args.label or "-".join(_short(n) for n in sizes) + ("-only" if args.only else "")
     batch = args.batch or min(BATCH, sizes[0] // 4)
     if batch < 5000 or INTENT_NODES % batch or any(n % batch for n in sizes):
         raise SystemExit(f"--batch {batch}: at least 5,000, dividing {INTENT_NODES:,} and every size")
+    if args.only:
+        only = [o.strip() for o in args.only.split(",") if o.strip()]
+        unknown = sorted(set(only) - {"mount", *COMMANDS})
+        if unknown or not args.work:
+            raise SystemExit(f"--only {args.only}: " + (f"{', '.join(unknown)} unknown; mount or one of "
+                                                        f"{', '.join(COMMANDS)}" if unknown else "needs --work DIR"))
+        run_only(sizes, label, args.work, batch, only)
+        return
     run(sizes, label, args.work, args.keep, batch)
 
 
@@ -183,6 +201,27 @@ class Built:
             f.seek(first * 32)
             body = f.read(n * 32)
         return [body[i:i + 32] for i in range(0, len(body), 32)]
+
+    def save(self) -> None:
+        """What a later `--only` run needs to find its way in the kept store (built.json)."""
+        (self.path.parent / "built.json").write_text(json.dumps(
+            {"batch": self.batch, "count": self.count, "batches": self.batches, "deleted": sorted(self.deleted),
+             "db_upto": self.db_upto}))
+
+    @classmethod
+    def load(cls, work: Path, batch: int) -> Built:
+        """The kept store's (a new, empty one without built.json)."""
+        built = cls(work, batch)
+        kept = work / "built.json"
+        if kept.exists():
+            d = json.loads(kept.read_text())
+            if d["batch"] != batch:
+                raise SystemExit(f"the store kept in {work} was built in batches of {d['batch']:,}: --batch {d['batch']}")
+            built.count, built.db_upto, built.deleted = d["count"], d["db_upto"], set(d["deleted"])
+            built.batches = [tuple(b) for b in d["batches"]]
+        elif built.path.stat().st_size:
+            raise SystemExit(f"{work} holds a store without built.json (not kept by --keep): use another --work")
+        return built
 
     def live(self, limit: int) -> list[bytes]:
         """The first `limit` objects of batches not deleted."""
@@ -379,38 +418,71 @@ def selects(r: Run, n: int) -> dict:
 
 
 def mount(r: Run, view: list[bytes], n: int) -> dict:
-    """`hoard mount`: seconds until mounted, `find` over the view, 10,000 by-hash lookups; the
-    daemon's peak memory over all three."""
+    """`hoard mount`: seconds until mounted (the median of three starts), `find` over the view,
+    10,000 by-hash lookups; the daemon's peak memory over the last start and both, and its
+    RssAnon after each."""
     mnt = r.work / "mnt"
     offset = r.txn_log.stat().st_size if r.txn_log.exists() else 0
     lookups = random.Random(n).sample(view, min(LOOKUPS, len(view)))
+    # the start: the median of three (a start on a loaded machine swings), the view just defined
+    # written back first (the setup's writes, not the daemon's start); and the daemon's CPU
+    # seconds (until it serves, in the find, in the lookups): what each costs it, whatever the load
+    os.sync()
+    starts, cpus = [], []
+    for _ in range(2):
+        t0 = time.monotonic()
+        with hoard_mounted(r.cfg_path, mnt) as proc:
+            starts.append(time.monotonic() - t0)
+            cpus.append(_cpu_s(proc.pid))
     t0 = time.monotonic()
     with hoard_mounted(r.cfg_path, mnt) as proc:
-        start = time.monotonic() - t0
+        starts.append(time.monotonic() - t0)
+        cpus.append(_cpu_s(proc.pid))
+        start, start_cpu = sorted(starts)[1], sorted(cpus)[1]
         watch = PeakWatch(proc.pid)
-        t0 = time.monotonic()
+        anon = {"anon_after_start_kb": _rss_anon_kb(proc.pid)}
+        c0, t0 = _cpu_s(proc.pid), time.monotonic()
         found = subprocess.run(["find", str(mnt / "views" / "scale"), "-type", "f"], capture_output=True,
                                check=True).stdout.count(b"\n")
-        find_s = time.monotonic() - t0
-        t0 = time.monotonic()
+        find_s, find_cpu = time.monotonic() - t0, _cpu_s(proc.pid) - c0
+        anon["anon_after_find_kb"] = _rss_anon_kb(proc.pid)
+        c0, t0 = _cpu_s(proc.pid), time.monotonic()
         for s in lookups:
             h = s.hex()
             os.stat(mnt / "by-hash" / h[:2] / h[2:4] / h)
-        lookup_s = time.monotonic() - t0
-        mem = watch.stop()
+        lookup_s, lookup_cpu = time.monotonic() - t0, _cpu_s(proc.pid) - c0
+        anon["anon_after_lookups_kb"] = _rss_anon_kb(proc.pid)
+        mem = watch.stop() | anon
     subprocess.run(["fusermount3", "-u", "-z", str(mnt)], capture_output=True)
     if found != len(view):
         raise SystemExit(f"find over the view saw {found} files, the view holds {len(view)}")
     txn = txn_lines(r.txn_log, offset)[0]
     common = {**mem, **txn, "work": "fixed", "exit": 0}
-    print(f"    mount: start {start:.2f} s, find {found:,} in {find_s:.2f} s, {len(lookups):,} lookups in "
-          f"{lookup_s:.2f} s; VmHWM {mem['vmhwm_kb'] / 1024:.0f} MB RssAnon {mem['peak_anon_kb'] / 1024:.0f} MB",
-          flush=True)
-    return {"mount start": {**common, "seconds": round(start, 3), "per_object_s": start / n},
+    print(f"    mount: start {start:.2f} s ({start_cpu:.2f} s CPU), find {found:,} in {find_s:.2f} s "
+          f"({find_cpu:.2f} s CPU), {len(lookups):,} lookups in {lookup_s:.2f} s ({lookup_cpu:.2f} s CPU); "
+          f"VmHWM {mem['vmhwm_kb'] / 1024:.0f} MB RssAnon {mem['peak_anon_kb'] / 1024:.0f} MB (after start "
+          f"{anon['anon_after_start_kb'] / 1024:.0f}, after find {anon['anon_after_find_kb'] / 1024:.0f}, after "
+          f"lookups {anon['anon_after_lookups_kb'] / 1024:.0f})", flush=True)
+    return {"mount start": {**common, "seconds": round(start, 3), "per_object_s": start / n,
+                            "starts_s": [round(t, 3) for t in starts], "start_cpu_s": start_cpu},
             "mount find (view)": {**common, "seconds": round(find_s, 3), "per_object_s": find_s / n,
-                                  "entries": found},
+                                  "entries": found, "daemon_cpu_s": round(find_cpu, 2)},
             "mount by-hash lookups": {**common, "seconds": round(lookup_s, 3), "per_object_s": lookup_s / n,
-                                      "lookups": len(lookups)}}
+                                      "lookups": len(lookups), "daemon_cpu_s": round(lookup_cpu, 2)}}
+
+
+def _cpu_s(pid: int) -> float:
+    """A process's CPU seconds so far (user + system)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _rss_anon_kb(pid: int) -> int:
+    """A process's RssAnon now (KiB)."""
+    for row in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if row.startswith("RssAnon:"):
+            return int(row.split()[1])
+    return 0
 
 
 def gui(r: Run, n: int) -> dict:
@@ -471,7 +543,9 @@ def run(sizes: list[int], label: str, work: Path | None, keep: bool, batch: int)
                 print(f"  index {got['index_b_per_object_as_grown']:.0f} B/object as grown, "
                       f"{got['index_b_per_object_rebuilt']:.0f} after a rebuild", flush=True)
         finally:
-            if not keep:
+            if keep:
+                built.save()
+            else:
                 for d in r.cfg.disks:
                     shutil.rmtree(d.path, ignore_errors=True)
     if not keep:
@@ -486,6 +560,62 @@ def run(sizes: list[int], label: str, work: Path | None, keep: bool, batch: int)
     out.write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n")
     print(f"{out.relative_to(RESULTS.parent.parent)} written; the run took {doc['seconds'] / 60:.0f} min "
           f"(estimated {est / 60:.0f})", flush=True)
+
+
+def run_only(sizes: list[int], label: str, work: Path, batch: int, only: list[str]) -> None:
+    """`--only`: the measurements `only` at each size on the store kept in `work` (grown to the
+    size first when it holds fewer objects, without rows in PostgreSQL); the store is kept."""
+    work.mkdir(parents=True, exist_ok=True)
+    built = Built.load(work, batch)
+    repo_cfg = config.load(Path(__file__).resolve().parent.parent / "hoard.toml")
+    load_before = os.getloadavg()
+    t_run = time.monotonic()
+    results = []
+    with private_cluster(work) as (url, cluster):
+        cfg_path = work / "hoard.toml"
+        if cfg_path.exists():  # the kept store's, pointed at this run's cluster (the kept one is gone)
+            lines = cfg_path.read_text().split("\n")
+            cfg_path.write_text("\n".join([f"database_url = {json.dumps(url)}"] + lines[1:]))
+        else:
+            cfg_path = _home(work, url, repo_cfg.test_redis_url)
+        with psycopg.connect(url, autocommit=True) as conn:
+            migrate(conn)
+        r = Run(work, cfg_path, url, cluster)
+        try:
+            for n in sizes:
+                if built.count > n:
+                    raise SystemExit(f"the store kept in {work} holds {built.count:,} objects, more than {n:,}")
+                t0 = time.monotonic()
+                grown = grow(cfg_path, url, built, n, 0)
+                print(f"{n:,} objects: grew {grown['store_s']:.0f} s", flush=True)
+                got: dict = {"objects": n, "build_s": round(time.monotonic() - t0, 1), "commands": {}}
+                for name in only:
+                    if name in COMMANDS:
+                        argv, ok, work_kind = COMMANDS[name]
+                        argv = [a.format(sha=built.read(0, 1)[0].hex(), batch=built.batches[-1][0]) for a in argv]
+                        got["commands"][name] = r.command(argv, ok=ok, objects=n) | {"work": work_kind}
+                        if name == "delete --batch":
+                            built.deleted.add(built.batches[-1][0])
+                if "mount" in only:
+                    t0 = time.monotonic()
+                    view = built.live(VIEW_MAX)
+                    with Store.open(r.cfg) as store:
+                        define_view_rows(store, "scale", ((f"d{i // 1000:04d}/f{i:07d}.bin", s.hex())
+                                                          for i, s in enumerate(view)))
+                    got["setup_s"] = round(time.monotonic() - t0, 1)
+                    got["view_entries"] = len(view)
+                    got["commands"] |= mount(r, view, n)
+                results.append(got)
+        finally:
+            built.save()
+    doc = {"benchmark": "scale", "argv": sys.argv[1:], "when": time.strftime("%Y-%m-%dT%H:%M:%S"),
+           "commit": _commit(), "machine": _machine(), "load_before": load_before, "load_after": os.getloadavg(),
+           "disks": "two directory disks on this machine's disk (virtio, ext4), two copies", "batch": batch,
+           "only": only, "sizes": results, "seconds": round(time.monotonic() - t_run)}
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    out = RESULTS / f"scale-{label}.json"
+    out.write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n")
+    print(f"{out.relative_to(RESULTS.parent.parent)} written; the store stays in {work}", flush=True)
 
 
 def _home(work: Path, url: str, redis_url: str) -> Path:

@@ -218,6 +218,84 @@ def test_a_listing_told_again_after_bits_came_to_be_shared_gives_the_lookups_num
     assert again == looked_up < DERIVED and ns.nodes[again].sha == a.sha
 
 
+class _Reads:
+    """The index's real LMDB environment, counting what a request costs it: each `get` and
+    each cursor positioning or step (a B-tree descent or a leaf entry)."""
+
+    def __init__(self, env) -> None:
+        self.env, self.reads = env, 0
+
+    def __getattr__(self, name: str):
+        return getattr(self.env, name)
+
+    def begin(self, *args, **kwargs) -> _Reads._Txn:
+        return self._Txn(self, self.env.begin(*args, **kwargs))
+
+    class _Txn:
+        def __init__(self, count: _Reads, txn) -> None:
+            self.count, self.txn = count, txn
+
+        def __getattr__(self, name: str):
+            return getattr(self.txn, name)
+
+        def __enter__(self) -> _Reads._Txn:
+            self.txn.__enter__()
+            return self
+
+        def __exit__(self, *exc) -> None:
+            self.txn.__exit__(*exc)
+
+        def get(self, *args, **kwargs):
+            self.count.reads += 1
+            return self.txn.get(*args, **kwargs)
+
+        def cursor(self, *args, **kwargs) -> _Reads._Cursor:
+            return _Reads._Cursor(self.count, self.txn.cursor(*args, **kwargs))
+
+    class _Cursor:
+        def __init__(self, count: _Reads, cur) -> None:
+            self.count, self.cur = count, cur
+
+        def __getattr__(self, name: str):
+            return getattr(self.cur, name)
+
+        def set_range(self, key: bytes) -> bool:
+            self.count.reads += 1
+            return self.cur.set_range(key)
+
+        def __iter__(self):
+            for item in self.cur.iternext():
+                self.count.reads += 1
+                yield item
+
+
+@pytest.mark.services  # starts hoard processes, servers or a FUSE mount
+def test_a_by_hash_lookup_reads_the_index_a_few_times_whatever_its_size(namespace) -> None:
+    """`stat by-hash/<aa>/<bb>/<sha256>` costs the daemon a few index reads, as many at 300
+    objects as at 5,300: a by-hash directory is looked up by one prefix read, not by listing
+    its parent (up to 256 prefix reads each, a lookup's cost growing with the index's depth:
+    10,000 lookups 1.08 → 1.64 ms each from 10^5 to 10^6 objects, docs/benchmarks.md)."""
+    new, shas = namespace
+    store = new.store
+    costs = {}
+    for more in (0, 5000):
+        store.put_bytes_many([b"more %05d\n" % i for i in range(more)])
+        ns = new()
+        env = store.index.env
+        store.index.env = count = _Reads(env)
+        try:
+            for sha in [bytes.fromhex(h) for h in shas[:20]]:
+                before = count.reads
+                node = ns.nodes[ROOT]
+                for name in (b"by-hash", b"%02x" % sha[0], b"%02x" % sha[1], ns._hash_name(sha)):
+                    node = ns.remember(trio.run(ns.lookup, node, name), node.inode, name)
+                assert node.sha == sha and node.inode >= DERIVED
+                costs[more] = max(costs.get(more, 0), count.reads - before)
+        finally:
+            store.index.env = env
+    assert costs[5000] == costs[0] <= 12, costs  # (a listing of the 256 first bytes alone: 256)
+
+
 class _Colliding(Namespace):
     """Every identity hashes to one of 3 numbers: collisions are the rule, not 1 in 10^11."""
     inode_of = staticmethod(lambda key: 100 + inode_of(key) % 3)
@@ -490,6 +568,47 @@ def test_the_mount_hides_tombstones_except_roots_and_hidden_objects(namespace) -
     watcher = Watcher(new.store, None, new())
     watcher.refresh_marks()
     assert [watcher.visible(s) for s in sha] == [True, True, False, True, False, False]
+
+
+@pytest.mark.services  # starts hoard processes, servers or a FUSE mount
+def test_the_watchers_rounds_read_nothing_while_the_index_is_unchanged(namespace) -> None:
+    """The daemon's background rounds over the index cost nothing per object while nothing is
+    written to it (they ran every 1–2 s over every deleted object and every batch, and every
+    10 s over every shard's record for `.hoard/health`, whatever changed), and what the
+    deletions round keeps is 16 bytes per deleted object — no set of
+    them (~120 B each) — from which objects are shown or not, a deleted one confirmed by the
+    index."""
+    from fsd.maintenance.deletion import hide
+    from fsd.mount.watch import DEAD_PREFIX, Watcher
+
+    new, shas = namespace
+    store = new.store
+    ns = new()
+    told = trio.run(_walk, ns, b"views")
+    reader = Reader(store)
+    watcher = Watcher(store, reader, ns)
+    assert watcher.refresh_marks() == [] and watcher.refresh_names() == []  # (the first rounds)
+    watcher.refresh_health()
+    health = watcher.health_text()
+    assert health.startswith(f"objects: {store.index.count_objects()}\n".encode()) and b"views: 1\n" in health
+    env = store.index.env
+    store.index.env = count = _Reads(env)
+    try:
+        for _ in range(3):
+            assert watcher.refresh_marks() == [] and watcher.refresh_names() == []
+            watcher.refresh_health()  # (the read queues' lines only: the store's part is kept)
+        assert count.reads == 0 and watcher.health_text() == health
+    finally:
+        store.index.env = env
+        reader.close()
+    victims = sorted(bytes.fromhex(s) for s in shas[:50])
+    hide(store, victims, "test")
+    assert watcher.refresh_marks() == sorted((p, name) for p, name, n in told if n.sha in set(victims))
+    assert watcher.dead == b"".join(v[:DEAD_PREFIX] for v in victims)  # (the whole of what it keeps)
+    assert not any(watcher.visible(v) for v in victims) and all(watcher.visible(bytes.fromhex(s)) for s in shas[50:])
+    assert watcher.refresh_marks() == []  # told once
+    store.index.unmark(store.index.hidden, victims[:1])  # shown again: so before the next round
+    assert watcher.visible(victims[0]) and not watcher.visible(victims[1])
 
 
 def test_shuffled_reads_of_tiny_records_start_no_read_ahead(tmp_path: Path, monkeypatch) -> None:

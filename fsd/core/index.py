@@ -44,6 +44,7 @@ format in `fsd.core.pointers`, the events and repairs tables (`EventTables`) in
 
 from __future__ import annotations
 
+import heapq
 import json
 import stat
 import time
@@ -311,6 +312,13 @@ class Index(MarksTables, PointerTables, EventTables):
                 nxt = k[len(prefix)] + 1
         return out
 
+    def has_prefix(self, prefix: bytes) -> bool:
+        """Whether some object's sha256 starts with `prefix` (one by-hash directory, looked up:
+        one cursor positioning, not the listing of `used_prefixes`)."""
+        with self.env.begin(db=self.objects) as txn:
+            cur = txn.cursor()
+            return cur.set_range(prefix) and bytes(cur.key()).startswith(prefix)
+
     def sole_owner(self, top: int, bits: int) -> tuple[bytes, ObjectLoc] | None:
         """The one object whose sha256 begins with the `bits` (≤ 64) bits `top`, and where it is;
         None if no stored object has them or another object shares them — a stored one, or one
@@ -339,6 +347,30 @@ class Index(MarksTables, PointerTables, EventTables):
                     if bytes(k) + bytes(v) != found[0][:16]:
                         return None
         return found
+
+    # -- what the mount shows (read-only) -------------------------------------------------------
+    def shown(self, sha: bytes) -> bool:
+        """Whether the mount shows object `sha`: not hidden, and not tombstoned unless it is a
+        root (a racing `delete --batch` may tombstone what `hoard put` acknowledged: gc clears
+        that). One read transaction: no set of marked objects is kept anywhere."""
+        with self.env.begin() as txn:
+            if txn.get(sha, db=self.hidden) is not None:
+                return False
+            return txn.get(sha, db=self.deleted) is None or (self.rooted is not None and
+                                                             txn.get(sha, db=self.rooted) is not None)
+
+    def iter_unshown(self) -> Iterator[bytes]:
+        """Every object the mount does not show (`shown`), in sha256 order, from one read
+        transaction held while iterated: the roots are asked about the tombstoned only."""
+        with self.env.begin() as txn:
+            hidden = (bytes(k) for k in txn.cursor(db=self.hidden).iternext(values=False))
+            deleted = (k for k in (bytes(k) for k in txn.cursor(db=self.deleted).iternext(values=False))
+                       if self.rooted is None or txn.get(k, db=self.rooted) is None)
+            last = None
+            for sha in heapq.merge(hidden, deleted):
+                if sha != last:
+                    yield sha
+                    last = sha
 
     def note_dropped(self, txn: Any, shas: Iterable[bytes]) -> None:
         """Inside gc's swap transaction: `shas` leave the index (`dropped`, see sole_owner). 16

@@ -45,8 +45,12 @@ def run_mount(cfg: Settings, mountpoint: Path, debug: bool = False, ready=None, 
     ns = Namespace(store.index, str(cfg.ssd.zone_path("3A")), reader.get_object)
     watcher = Watcher(store, reader, ns)
     ns.visible = watcher.visible
-    for refresh in (watcher.refresh_marks, watcher.refresh_names, watcher.refresh_health, watcher.refresh_space):
-        refresh()  # the first figures before the first request
+    # before the first request: the deletions known (a name the kernel learns from now on is
+    # invalidated when its object is deleted), the names, the disks' figures (in threads of their
+    # own). Not `.hoard/health` ("starting" for a moment): `store.status()` reads every shard's
+    # record, a start that grew with the store
+    for refresh in (watcher.refresh_marks, watcher.refresh_names, watcher.refresh_space):
+        refresh()
     ops = HoardOps(ns, reader, watcher)
     options = set(pyfuse3.default_options) | {"fsname=hoardfs", "subtype=hoard", "ro"}
     if os.geteuid() == 0:

@@ -451,6 +451,15 @@ class Namespace:
 
     async def lookup(self, parent: Node, name: bytes) -> Node | None:
         kind = parent.key[1] if parent.key[0] == "dir" else None
+        if kind in ("by-hash", "hash1"):  # one prefix, not the listing of the 256 (as `children`)
+            prefix = bytes([parent.key[2]]) if kind == "hash1" else b""
+            try:
+                byte = int(name, 16) if len(name) == 2 else -1
+            except ValueError:
+                return None
+            if not 0 <= byte < 256 or name != b"%02x" % byte or not self.index.has_prefix(prefix + bytes([byte])):
+                return None
+            return self._dir(("dir", "hash1", byte) if kind == "by-hash" else ("dir", "hash2", parent.key[2], byte))
         if kind == "hash2":  # one object, not the whole directory
             stem = name.split(b".", 1)[0]
             try:

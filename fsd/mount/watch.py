@@ -5,10 +5,14 @@
     w.visible(sha) / w.health_text() / w.space()   # answered from memory, never blocking
 
 Each refresh runs in a worker thread of its own (`trio.to_thread`, abandoned on unmount),
-so a disk that hangs delays only its own refresh:
+so a disk that hangs delays only its own refresh. The two that read the index skip a round
+in which nothing was written to it (its last transaction id is the one they last saw), so
+an idle store costs them nothing, whatever its size:
 
-* **deletions** (`MARKS_S`): the index's hidden and tombstoned objects; files that became
-  deleted are invalidated in the kernel (every (parent, name) the kernel was told of);
+* **deletions** (`MARKS_S`): files that became deleted (hidden, or tombstoned and not a
+  root) are invalidated in the kernel (every (parent, name) the kernel was told of). What is
+  kept — to tell the new deletions from the old, and to answer `visible` — is 16 bytes of
+  each deleted object (`DEAD_PREFIX`) in one sorted byte string, not a set (~120 B each);
 * **names** (`NAMES_S`): batches and views; a view redefined or removed, or a batch
   removed, is invalidated in the kernel (`pyfuse3.invalidate_entry_async` on its entry
   under `views/`, `batches/`, `sources/<source>/`) — the kernel drops the directory and
@@ -16,7 +20,9 @@ so a disk that hangs delays only its own refresh:
 * **disks** (`DISKS_S`): hoard.toml's `[[disks]]` and the index's disk records — a disk
   added, replaced or reactivated while mounted gets a read queue and serves reads; the
   reader's open shard files that gc removed or moved are closed;
-* **health** (`HEALTH_S`): the `.hoard/health` document, rendered from `store.status()`;
+* **health** (`HEALTH_S`): the `.hoard/health` document: the read queues' figures, and the
+  store's (`store.status()`, which reads every shard's record) when the index changed or
+  `STATUS_MAX_S` after the last time (its `generated:` line says when);
 * **space** (`SPACE_S`): statvfs per disk, each in its own thread (a dying disk's statvfs
   can hang), summed for `statfs`.
 """
@@ -40,24 +46,47 @@ MARKS_S = 2.0
 NAMES_S = 1.0
 DISKS_S = 2.0
 HEALTH_S = 10.0
+#: the store's part of `.hoard/health` is read again at least this often (disks' free space,
+#: which changes without the index) — else only when something was written to the index
+STATUS_MAX_S = 60.0
 SPACE_S = 5.0
+#: bytes of each deleted object's sha256 kept between rounds (as `dropped` keeps them): two
+#: objects sharing 128 bits are no accident
+DEAD_PREFIX = 16
 
 
 class Watcher:
     def __init__(self, store, reader, ns) -> None:
         self.store, self.reader, self.ns = store, reader, ns
-        self.dead: frozenset[bytes] = frozenset()
+        #: the deleted objects at the last deletions round: their first DEAD_PREFIX bytes, sorted
+        self.dead = b""
         self.unnamed: frozenset[bytes] = frozenset()  # dead objects whose names are still to invalidate
+        #: the index's last transaction id each index refresh saw (-1: none yet)
+        self.seen: dict[str, int] = {"marks": -1, "names": -1, "health": -1}
+        self._status, self._status_at = b"", 0.0  # the store's part of .hoard/health, and when (monotonic)
         self.health = b"starting\n"
         self.names: tuple[dict, dict] | None = None
         self.free: dict[str, tuple[int, int]] = {}
         self._statting: dict[str, threading.Thread] = {}
         self.refreshed: dict[str, float] = {}
 
-    # -- answers from memory (the trio thread) --------------------------------------------------
+    # -- answers (the trio thread) -----------------------------------------------------------------
     def visible(self, sha: bytes) -> bool:
-        """Not deleted: type A (hidden) and type B (tombstoned) objects are not shown."""
-        return sha not in self.dead
+        """Not deleted: type A (hidden) and type B (tombstoned) objects are not shown. From the
+        last deletions round (a binary search of `dead`: no index read for the objects shown,
+        nothing at all while none is deleted); one it named is asked of the index (shown again
+        since, or an object sharing 128 bits with a deleted one: no accident)."""
+        dead, k = self.dead, DEAD_PREFIX
+        if not dead:
+            return True
+        p, lo, hi = sha[:k], 0, len(dead) // k
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if dead[mid * k:mid * k + k] < p:
+                lo = mid + 1
+            else:
+                hi = mid
+        return dead[lo * k:lo * k + k] != p or self.store.index.shown(sha)
 
     def health_text(self) -> bytes:
         return self.health
@@ -68,26 +97,35 @@ class Watcher:
         return sum(v[0] for v in vals), sum(v[1] for v in vals)
 
     # -- one refresh each (worker threads) -------------------------------------------------------
+    def _last_txn(self) -> int:
+        """The index's last transaction id (a round reads it first and notes it in `seen` when
+        done: a write during the round, or a round that failed, brings another round)."""
+        return self.store.index.env.info()["last_txnid"]
+
     def refresh_marks(self) -> list[tuple[int, bytes]]:
-        idx = self.store.index
-        # a root is not dead even if a racing `delete --batch` tombstoned it (gc clears that)
-        # (the roots asked only about the tombstoned: every object `hoard put` acknowledged is a
-        # root, and a set of millions built every MARKS_S seconds was the daemon's biggest peak)
-        deleted = idx.marked(idx.deleted)
-        dead = frozenset(idx.marked(idx.hidden) | (deleted - idx.marked_among(idx.rooted, deleted)))
-        # taken as dead before their names are looked for (readdir/lookup check after they tell
-        # the kernel of a name); a round whose search fails hands its objects to the next one
-        newly = (dead - self.dead) | self.unnamed
-        self.dead, self.unnamed = dead, newly
+        txn = self._last_txn()
+        if txn == self.seen["marks"] and not self.unnamed:
+            return []
+        first = self.seen["marks"] < 0
+        self.dead, found = _new_among(self.dead, self.store.index.iter_unshown())
+        self.seen["marks"] = txn
+        if first:  # (before the mount serves: the kernel knows no name yet)
+            return []
+        # a round whose search fails hands its objects to the next one
+        self.unnamed = newly = frozenset(found) | self.unnamed
         out = self.ns.with_object(newly) if newly else []
         self.unnamed = frozenset()
         return out
 
     def refresh_names(self) -> list[tuple[int, bytes]]:
+        txn = self._last_txn()
+        if txn == self.seen["names"]:
+            return []
         idx = self.store.index
         views = {n: info["manifest"] for n, info in idx.iter_views()}
         batches = {b: (info["manifest"], info.get("source", "unknown")) for b, info in idx.iter_batches()}
         old, self.names = self.names, (views, batches)
+        self.seen["names"] = txn
         if old is None:
             return []
         out = []
@@ -112,10 +150,14 @@ class Watcher:
         return changed
 
     def refresh_health(self) -> None:
+        txn = self._last_txn()
+        if txn != self.seen["health"] or time.monotonic() - self._status_at >= STATUS_MAX_S:
+            self._status, self._status_at = render_health(self.store), time.monotonic()
+            self.seen["health"] = txn
         lines = [f"read queue {label}: {q['pending']} waiting, {q['pending_ahead']} ahead, "
                  f"{q['seconds_per_read'] * 1000:.1f} ms/read, {q['served']} served"
                  for label, q in sorted(self.reader.statistics().items())]
-        self.health = render_health(self.store) + "".join(f"{line}\n" for line in lines).encode()
+        self.health = self._status + "".join(f"{line}\n" for line in lines).encode()
 
     def refresh_space(self) -> None:
         for uuid, disk in list(self.store.disks.items()):
@@ -154,6 +196,20 @@ class Watcher:
                 if out:
                     log.info("mount: %s changed: %d kernel entries invalidated", name, len(out))
             await trio.sleep(every)
+
+
+def _new_among(old: bytes, dead) -> tuple[bytes, list[bytes]]:
+    """(the DEAD_PREFIX-byte prefixes of `dead` — sha256s in order — as one sorted byte string,
+    the objects of `dead` whose prefix `old`, such a string from the last round, lacks)."""
+    kept, newly, i, n, k = bytearray(), [], 0, len(old), DEAD_PREFIX
+    for sha in dead:
+        p = sha[:k]
+        while i < n and old[i:i + k] < p:
+            i += k
+        if i >= n or old[i:i + k] != p:
+            newly.append(sha)
+        kept += p
+    return bytes(kept), newly
 
 
 def render_health(store) -> bytes:
