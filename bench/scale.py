@@ -2,6 +2,7 @@
 10 M small objects, grown in one run, with a PostgreSQL of as many nodes beside it.
 
     python bench/scale.py [--sizes 1000000,10000000] [--work DIR] [--keep]
+    python bench/scale.py --only info,select,GUI --work DIR [--label L]
     python bench/scale.py --render [bench/results/scale-<label>.json]
 
 The store: objects of 0.5–4 KB of random bytes on two *directory* disks under `--work`
@@ -28,6 +29,14 @@ it reports at exit is kept with its figures (null while the checkout has no inst
 
 Raw JSON: bench/results/scale-<label>.json; `--render` writes docs/benchmarks.md's section
 from it, with the largest / smallest size's per-object ratio and each goal's verdict.
+
+`--keep` keeps the store, its cluster (`DIR/kept-pg`, stopped) and what was built
+(`DIR/built.json`); `--only NAMES --work DIR` then re-times the measurements whose names start
+with one of NAMES (comma-separated, e.g. `info,select narrow,GUI assets`) on that kept store at
+its size, without growing anything — before / after a fix, on the same rows. Its JSON is
+bench/results/scale-only-<label>.json (label default: the size); --render does not read it.
+Only the read-only measurements can be re-timed (info, ls, health, replicate, verify, the
+selectors, the mount, the GUI pages): the others change the store.
 """
 
 from __future__ import annotations
@@ -104,6 +113,8 @@ def main() -> None:
     ap.add_argument("--batch", type=int, help=f"objects per batch (default {BATCH:,} or a quarter of the smallest size)")
     ap.add_argument("--keep", action="store_true", help="keep the store and the cluster's folder")
     ap.add_argument("--render", nargs="?", const="newest", help="write docs/benchmarks.md's section from a JSON")
+    ap.add_argument("--only", help="re-time these measurements (name prefixes, comma-separated) on the store "
+                                   "that --keep left in --work")
     ap.add_argument("--apply-intent", type=Path, help=argparse.SUPPRESS)  # (the measured write-intent's process)
     ap.add_argument("--database-url", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -113,6 +124,11 @@ def main() -> None:
         return
     if args.render:
         render(Path(args.render).resolve() if args.render != "newest" else newest_results())
+        return
+    if args.only:
+        if not args.work or not (args.work / "built.json").exists():
+            raise SystemExit("--only re-measures a kept store: give --work DIR of a run made with --keep")
+        remeasure(args.work, [o.strip() for o in args.only.split(",") if o.strip()], args.label)
         return
     sizes = [int(s) for s in args.sizes.split(",")]
     label = args.label or "-".join(_short(n) for n in sizes)
@@ -131,7 +147,8 @@ def _short(n: int) -> str:
 
 
 def newest_results() -> Path:
-    got = sorted(RESULTS.glob("scale-*.json"), key=lambda p: p.stat().st_mtime)
+    got = sorted((p for p in RESULTS.glob("scale-*.json") if not p.name.startswith("scale-only-")),
+                 key=lambda p: p.stat().st_mtime)
     if not got:
         raise SystemExit("no bench/results/scale-*.json yet: run `python bench/scale.py` first")
     return got[-1]
@@ -183,6 +200,22 @@ class Built:
             f.seek(first * 32)
             body = f.read(n * 32)
         return [body[i:i + 32] for i in range(0, len(body), 32)]
+
+    STATE = ("batch", "count", "batches", "deleted", "db_upto")
+
+    def save(self) -> None:
+        """What was built, beside the store (`--keep`), for `--only` to re-measure it."""
+        state = {k: getattr(self, k) for k in self.STATE} | {"deleted": sorted(self.deleted)}
+        (self.path.parent / "built.json").write_text(json.dumps(state))
+
+    @classmethod
+    def load(cls, work: Path) -> Built:
+        state = json.loads((work / "built.json").read_text())
+        built = cls(work, state["batch"])
+        built.count, built.db_upto = state["count"], state["db_upto"]
+        built.batches = [tuple(b) for b in state["batches"]]  # type: ignore[misc]
+        built.deleted = set(state["deleted"])
+        return built
 
     def live(self, limit: int) -> list[bytes]:
         """The first `limit` objects of batches not deleted."""
@@ -299,6 +332,15 @@ class Run:
         return {"database_bytes": db, "wal_bytes": int(wal), "rows": counts}
 
 
+#: the measurements that leave the store as they found it (`--only` re-times these)
+READ_ONLY = ("health --json", "info", "ls", "replicate (nothing to do)", "verify --sample 1", "select", "mount",
+             "GUI")
+
+
+def wanted(name: str, only: list[str] | None) -> bool:
+    return only is None or any(name.startswith(o) for o in only)
+
+
 def measure_size(r: Run, built: Built, n: int) -> dict:
     """Every measurement at `n` objects (the store already holds all but the last batch)."""
     cmds: dict[str, dict] = {}
@@ -357,15 +399,17 @@ def measure_size(r: Run, built: Built, n: int) -> dict:
             "store_bytes": allocated(*(d.path for d in r.cfg.disks)), **r.database_bytes()}
 
 
-def selects(r: Run, n: int) -> dict:
+def selects(r: Run, n: int, only: list[str] | None = None) -> dict:
     """`hoard select` with 3-level ancestry, each cold (server restarted, page cache dropped)
     then warm."""
     sels = {"narrow": {"has_ancestor": [{"sha256": _channel(7), "max_depth": 3}]},
             "broad": {"has_ancestor": [{"kind": "channel", "source": SOURCE, "max_depth": 3}],
                       "labels": [{"key": "split", "value": "val"}]}}
-    out = {}
-    with psycopg.connect(r.url, autocommit=True) as conn:
-        conn.execute("ANALYZE")
+    sels = {k: v for k, v in sels.items() if wanted(f"select {k}", only)}
+    out: dict[str, dict] = {}
+    if sels:
+        with psycopg.connect(r.url, autocommit=True) as conn:
+            conn.execute("ANALYZE")
     for name, sel in sels.items():
         path = r.work / f"select-{name}.json"
         path.write_text(json.dumps(sel))
@@ -440,6 +484,33 @@ def gui(r: Run, n: int) -> dict:
     return out
 
 
+def remeasure(work: Path, only: list[str], label: str | None) -> None:
+    """The read-only measurements named by `only` again, on the store `--keep` left in `work`."""
+    built = Built.load(work)
+    n = built.count
+    load_before = os.getloadavg()
+    cmds: dict[str, dict] = {}
+    with private_cluster(work, keep=True) as (url, cluster):
+        r = Run(work, work / "hoard.toml", url, cluster)
+        sample = built.read(built.batches[0][1], 1)[0].hex()
+        for name, (argv, ok, kind) in COMMANDS.items():
+            if name.startswith(READ_ONLY) and wanted(name, only):
+                cmds[name] = r.command([a.format(sha=sample) for a in argv], ok=ok, objects=n) | {"work": kind}
+        cmds |= selects(r, n, only)
+        if wanted("mount", only):
+            cmds |= mount(r, built.live(VIEW_MAX), n)
+        if wanted("GUI", only):
+            cmds |= {k: v for k, v in gui(r, n).items() if wanted(k, only)}
+    if not cmds:
+        raise SystemExit(f"--only {','.join(only)}: no read-only measurement by that name ({', '.join(READ_ONLY)})")
+    doc = {"benchmark": "scale --only", "argv": sys.argv[1:], "when": time.strftime("%Y-%m-%dT%H:%M:%S"),
+           "commit": _commit(), "machine": _machine(), "load_before": load_before, "load_after": os.getloadavg(),
+           "objects": n, "commands": cmds}
+    out = RESULTS / f"scale-only-{label or _short(n)}.json"
+    out.write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n")
+    print(f"{out.relative_to(RESULTS.parent.parent)} written", flush=True)
+
+
 def run(sizes: list[int], label: str, work: Path | None, keep: bool, batch: int) -> None:
     est, basis = estimate_s(sizes)
     print(f"estimated duration: {est / 3600:.1f} h ({est / 60:.0f} min; {basis})", flush=True)
@@ -450,7 +521,7 @@ def run(sizes: list[int], label: str, work: Path | None, keep: bool, batch: int)
     load_before = os.getloadavg()
     t_run = time.monotonic()
     results = []
-    with private_cluster(work) as (url, cluster):
+    with private_cluster(work, keep=keep) as (url, cluster):
         cfg_path = _home(work, url, repo_cfg.test_redis_url)
         with psycopg.connect(url, autocommit=True) as conn:
             migrate(conn)
@@ -468,6 +539,7 @@ def run(sizes: list[int], label: str, work: Path | None, keep: bool, batch: int)
                 got |= {"grown": n - have, "build_s": round(build_s, 1),
                         **{k: round(v, 1) for k, v in grown.items()}}
                 results.append(got)
+                built.save()
                 print(f"  index {got['index_b_per_object_as_grown']:.0f} B/object as grown, "
                       f"{got['index_b_per_object_rebuilt']:.0f} after a rebuild", flush=True)
         finally:
