@@ -70,6 +70,7 @@ from _common import (
 )
 
 from fsd.base import config
+from fsd.outputs import members
 from fsd.outputs.manifest import batch_manifest, naming_lock
 from fsd.outputs.views import define_view_rows
 from fsd.store import Store
@@ -246,6 +247,7 @@ def store_batch(store: Store, built: Built, batch_id: str) -> None:
     with naming_lock(store):
         store.register_batch(batch_id, {"source": SOURCE, "manifest": put.sha256, "files": len(stored),
                                         "bytes": sum(s for _, s in stored.values()), "sealed": T0})
+    members.remember(store, put.sha256, shas)
     built.batches.append((batch_id, built.count, len(shas)))
     built.append(shas)
 

@@ -24,7 +24,8 @@ from fsd.base.errors import ExitCode, HoardError, first_line
 from fsd.base.paths import by_hash_path, display
 from fsd.base.units import fmt_bytes
 from fsd.cli._common import err, out, read_input, state
-from fsd.outputs.manifest import iter_files, named
+from fsd.outputs import members
+from fsd.outputs.manifest import iter_files
 from fsd.outputs.puts import listing
 from fsd.store import Store
 from sql.browse import locators, node_facts, source_names
@@ -50,10 +51,11 @@ def _resolve(store, ref: str) -> bytes:
 
 
 def _manifest_paths(store, sha: bytes) -> list[dict[str, str]]:
-    """Where this object appears in batch and view manifests (the store's own record)."""
+    """Where this object appears in batch and view manifests (the store's own record): only
+    the manifests whose members file may hold it are read (fsd.outputs.members)."""
 
     found = []
-    for kind, name, info in named(store.index):
+    for kind, name, info in members.holding(store, sha):
         try:
             found += [{kind: name, "path": path} for path, s, _ in iter_files(store.get, info["manifest"]) if s == sha]
         except HoardError:
