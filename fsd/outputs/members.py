@@ -25,11 +25,13 @@ next lookup. `remember` removes the files of manifests no longer registered.
 
 from __future__ import annotations
 
+import array
 import bisect
 import logging
 import mmap
 import os
 import struct
+import sys
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -53,8 +55,12 @@ def _path(store, manifest_hex: str) -> Path:
 
 
 def _body(shas: Iterable[bytes]) -> bytes:
-    prefixes = sorted({sha[:PREFIX] for sha in shas})
-    return _HEAD.pack(MAGIC, len(prefixes)) + b"".join(prefixes)
+    """The members file of the files `shas`. The prefixes are sorted as big-endian integers
+    (their bytewise order) in an array: ~40 B per entry while it is made, not a set of bytes."""
+    prefixes = array.array("Q", sorted(set(int.from_bytes(sha[:PREFIX], "big") for sha in shas)))
+    if sys.byteorder == "little":
+        prefixes.byteswap()
+    return _HEAD.pack(MAGIC, len(prefixes)) + prefixes.tobytes()
 
 
 def _write(store, manifest_hex: str, body: bytes) -> None:
