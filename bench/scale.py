@@ -54,6 +54,7 @@ from pathlib import Path
 
 import psycopg
 from _common import (
+    REPO,
     RESULTS,
     PeakWatch,
     _commit,
@@ -116,6 +117,8 @@ def main() -> None:
     ap.add_argument("--render", nargs="?", const="newest", help="write docs/benchmarks.md's section from a JSON")
     ap.add_argument("--only", help="re-time these measurements (name prefixes, comma-separated) on the store "
                                    "that --keep left in --work")
+    ap.add_argument("--repo", type=Path, help="with --only: time the commands of this checkout (e.g. the old code: "
+                                              "`git archive main | tar -x -C DIR`; the mount and GUI are this one's)")
     ap.add_argument("--apply-intent", type=Path, help=argparse.SUPPRESS)  # (the measured write-intent's process)
     ap.add_argument("--database-url", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -129,7 +132,8 @@ def main() -> None:
     if args.only:
         if not args.work or not (args.work / "built.json").exists():
             raise SystemExit("--only re-measures a kept store: give --work DIR of a run made with --keep")
-        remeasure(args.work, [o.strip() for o in args.only.split(",") if o.strip()], args.label)
+        remeasure(args.work, [o.strip() for o in args.only.split(",") if o.strip()], args.label,
+                  (args.repo or REPO).resolve())
         return
     sizes = [int(s) for s in args.sizes.split(",")]
     label = args.label or "-".join(_short(n) for n in sizes)
@@ -308,15 +312,15 @@ def grow(cfg_path: Path, url: str, built: Built, upto: int, db_upto: int) -> dic
 class Run:
     """One run's store, cluster and figures."""
 
-    def __init__(self, work: Path, cfg_path: Path, url: str, cluster) -> None:
-        self.work, self.cfg_path, self.url, self.cluster = work, cfg_path, url, cluster
+    def __init__(self, work: Path, cfg_path: Path, url: str, cluster, repo: Path = REPO) -> None:
+        self.work, self.cfg_path, self.url, self.cluster, self.repo = work, cfg_path, url, cluster, repo
         self.txn_log = work / "lmdb-txn.jsonl"
         os.environ["HOARD_LMDB_TXN_LOG"] = str(self.txn_log)  # every child (mount, GUI too) inherits it
         self.cfg = config.load(cfg_path)
 
     def command(self, argv: list[str], ok: tuple[int, ...] = (0,), objects: int = 1, prog: list[str] | None = None
                 ) -> dict:
-        got = hoard_process(self.cfg_path, argv, txn_log=self.txn_log, ok=ok, prog=prog)
+        got = hoard_process(self.cfg_path, argv, repo=self.repo, txn_log=self.txn_log, ok=ok, prog=prog)
         got["per_object_s"] = got["seconds"] / objects
         print(f"    {' '.join(argv or ['write-intent'])[:60]:<60} {got['seconds']:8.2f} s  VmHWM {got['vmhwm_kb'] / 1024:7.0f} MB  "
               f"RssAnon {got['peak_anon_kb'] / 1024:7.0f} MB  txn {got['longest_write_txn_s']}", flush=True)
@@ -486,14 +490,15 @@ def gui(r: Run, n: int) -> dict:
     return out
 
 
-def remeasure(work: Path, only: list[str], label: str | None) -> None:
-    """The read-only measurements named by `only` again, on the store `--keep` left in `work`."""
+def remeasure(work: Path, only: list[str], label: str | None, repo: Path = REPO) -> None:
+    """The read-only measurements named by `only` again, on the store `--keep` left in `work`,
+    the commands from checkout `repo`."""
     built = Built.load(work)
     n = built.count
     load_before = os.getloadavg()
     cmds: dict[str, dict] = {}
     with private_cluster(work, keep=True) as (url, cluster):
-        r = Run(work, work / "hoard.toml", url, cluster)
+        r = Run(work, work / "hoard.toml", url, cluster, repo)
         sample = built.read(built.batches[0][1], 1)[0].hex()
         for name, (argv, ok, kind) in COMMANDS.items():
             if name.startswith(READ_ONLY) and wanted(name, only):
@@ -507,7 +512,7 @@ def remeasure(work: Path, only: list[str], label: str | None) -> None:
         raise SystemExit(f"--only {','.join(only)}: no read-only measurement by that name ({', '.join(READ_ONLY)})")
     doc = {"benchmark": "scale --only", "argv": sys.argv[1:], "when": time.strftime("%Y-%m-%dT%H:%M:%S"),
            "commit": _commit(), "machine": _machine(), "load_before": load_before, "load_after": os.getloadavg(),
-           "objects": n, "commands": cmds}
+           "objects": n, "repo": str(repo), "commands": cmds}
     out = RESULTS / f"scale-only-{label or _short(n)}.json"
     out.write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n")
     print(f"{out.relative_to(RESULTS.parent.parent)} written", flush=True)

@@ -50,25 +50,30 @@ class Reads:
 
 
 def test_info_reads_only_the_manifests_holding_the_object(store_factory, tmp_path: Path) -> None:
-    """With 8 batches and a view registered, the paths of an object come from reading the one
-    batch and the view that hold it — no other manifest is read — and equal what reading
-    every manifest finds; an object no manifest names reads none."""
+    """With 8 batches and a view of directories of their own registered, the paths of an object
+    come from reading the one batch manifest and the view's directory objects that hold it —
+    no other manifest, not the view's root — in the order reading every manifest gives them;
+    an object no manifest names reads nothing."""
     store = store_factory(n_disks=2, caps=None, copy_of_raw=2)
     res = store.put_many(make_files(tmp_path / "in", 41, lo=64, hi=256))
     manifests = _batches(store, res[:40], 5)
-    view = define_view_rows(store, "v", [(f"train/{i}.bin", r.sha256) for i, r in enumerate(res[3:7])])
-    for r in (res[4], res[39]):
+    # directories of 20 files (more than INLINE_ENTRIES: objects of their own); res[4] in two of them
+    rows = [(f"d{k}/{i:02d}.bin", res[(k * 20 + i) % 40].sha256) for k in range(3) for i in range(20)]
+    rows += [("d1/zz.bin", res[4].sha256), ("top.bin", res[4].sha256)]
+    rows.sort(key=lambda row: row[0].split("/"))  # (in order: no `sort` process)
+    view = define_view_rows(store, "v", rows)
+    for r in (res[4], res[39], res[21]):
         sha = bytes.fromhex(r.sha256)
         expect = _every_manifest(store, sha)
         reads = Reads(store)
         got = _manifest_paths(store, sha)
         store.get = reads._get
-        assert sorted(got, key=str) == sorted(expect, key=str) and expect
-        read = set(reads.shas) & ({*manifests, view["manifest"]})
+        assert got == expect and expect
         holders = {m for m in manifests if any(s == sha for _, s, _ in iter_files(store.get, m))}
-        if r is res[4]:
-            holders.add(view["manifest"])
-        assert read == holders, f"read {len(read)} manifests, {len(holders)} hold the object"
+        in_view = {path.rpartition("/")[0] for path, s in rows if s == r.sha256}  # its directories' objects
+        assert set(reads.shas) & set(manifests) == holders
+        assert view["manifest"] not in reads.shas
+        assert len(reads.shas) == len(holders) + len(in_view), (reads.shas, in_view)
     alone = bytes.fromhex(res[40].sha256)
     reads = Reads(store)
     assert _manifest_paths(store, alone) == []
@@ -90,7 +95,8 @@ def test_members_file_missing_or_damaged_is_made_again(store_factory, tmp_path: 
         sha = bytes.fromhex(r.sha256)
         assert _manifest_paths(store, sha) == _every_manifest(store, sha)
     assert (folder / f"{second}.bin").read_bytes() == whole
-    assert (folder / f"{first}.bin").stat().st_size == 16 + 8 * len({r.sha256[:16] for r in res[:6] + [res[-1]]})
+    # header, a pair per distinct prefix, one place (the batch's manifest) and no path
+    assert (folder / f"{first}.bin").stat().st_size == 32 + 12 * len({r.sha256[:16] for r in res[:6] + [res[-1]]}) + 44
 
 
 def test_a_shared_prefix_reads_the_manifest_and_finds_nothing(store_factory, tmp_path: Path) -> None:
@@ -118,3 +124,19 @@ def test_a_replaced_view_leaves_no_members_file(store_factory, tmp_path: Path) -
     assert sorted(p.stem for p in folder.iterdir()) == [new["manifest"]]
     assert _manifest_paths(store, bytes.fromhex(res[1].sha256)) == [{"view": "v", "path": "b.bin"}]
     assert _manifest_paths(store, bytes.fromhex(res[0].sha256)) == []
+
+
+def test_a_paged_directory_reads_one_page(store_factory, tmp_path: Path) -> None:
+    """A view whose one directory is split into pages (9,000 entries): an object named once is
+    found by reading the one page that holds it; one named on every page, on all of them —
+    each as reading the whole view finds it."""
+    store = store_factory(n_disks=2, caps=None, copy_of_raw=2)
+    res = store.put_many(make_files(tmp_path / "in", 4, lo=64, hi=256))
+    rows = [(f"all/{i:05d}.bin", res[i % 3].sha256 if i != 6001 else res[3].sha256) for i in range(9000)]
+    define_view_rows(store, "big", rows)
+    once, everywhere = bytes.fromhex(res[3].sha256), bytes.fromhex(res[0].sha256)
+    reads = Reads(store)
+    assert _manifest_paths(store, once) == [{"view": "big", "path": "all/06001.bin"}]
+    store.get = reads._get
+    assert len(reads.shas) == 1
+    assert _manifest_paths(store, everywhere) == _every_manifest(store, everywhere)

@@ -156,7 +156,7 @@ def define_view_rows(store, name: str, rows: Iterable[tuple[str, str]], *, for_o
             store.index.lookup_keep(sha)
         if old is not None and old["manifest"] != info["manifest"]:
             _retire(store, name, old)
-    members.remember(store, info["manifest"], named[:len(named) - bool(owned)])
+    members.remember(store, info["manifest"])  # (its tree read back: where each file is)
     return info
 
 
