@@ -8,9 +8,8 @@ from __future__ import annotations
 import psycopg
 import pytest
 
-from sql.migrate import migrate
 from sql.selectors import query_nodes, selector_query
-from tests.helpers import fresh_schema
+from tests.helpers import filled_schema
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -52,9 +51,7 @@ def _fill(conn: psycopg.Connection) -> None:
 
 @pytest.fixture(scope="module")
 def graph(servers):
-    with fresh_schema(servers["database_url"]) as conn:
-        migrate(conn)
-        _fill(conn)
+    with filled_schema(servers["database_url"], _fill) as conn:
         yield conn
 
 
