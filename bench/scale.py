@@ -152,8 +152,8 @@ def _short(n: int) -> str:
 
 
 def newest_results() -> Path:
-    got = sorted((p for p in RESULTS.glob("scale-*.json") if not p.name.startswith("scale-only-")),
-                 key=lambda p: p.stat().st_mtime)
+    got = sorted((p for p in RESULTS.glob("scale-*.json") if not p.name.startswith("scale-only-")
+                  and len(json.loads(p.read_text())["sizes"]) > 1), key=lambda p: p.stat().st_mtime)
     if not got:
         raise SystemExit("no bench/results/scale-*.json yet: run `python bench/scale.py` first")
     return got[-1]
@@ -194,6 +194,7 @@ class Built:
         self.batches: list[tuple[str, int, int]] = []  # (batch id, first object, objects)
         self.deleted: set[str] = set()
         self.db_upto = 0  # objects whose rows are in PostgreSQL
+        self.size = 0  # objects in the store at the last measurement (`load`)
 
     def append(self, shas: list[bytes]) -> None:
         with open(self.path, "ab") as f:
@@ -208,9 +209,10 @@ class Built:
 
     STATE = ("batch", "count", "batches", "deleted", "db_upto")
 
-    def save(self) -> None:
-        """What was built, beside the store (`--keep`), for `--only` to re-measure it."""
-        state = {k: getattr(self, k) for k in self.STATE} | {"deleted": sorted(self.deleted)}
+    def save(self, size: int) -> None:
+        """What was built, beside the store (`--keep`), for `--only` to re-measure it; `size`:
+        the objects measured (those built here, the `hoard put` batch and the rows' own)."""
+        state = {k: getattr(self, k) for k in self.STATE} | {"deleted": sorted(self.deleted), "size": size}
         (self.path.parent / "built.json").write_text(json.dumps(state))
 
     @classmethod
@@ -220,6 +222,7 @@ class Built:
         built.count, built.db_upto = state["count"], state["db_upto"]
         built.batches = [tuple(b) for b in state["batches"]]  # type: ignore[misc]
         built.deleted = set(state["deleted"])
+        built.size = state.get("size", built.count + built.batch)  # (the last batch was a `hoard put`)
         return built
 
     def live(self, limit: int) -> list[bytes]:
@@ -494,7 +497,7 @@ def remeasure(work: Path, only: list[str], label: str | None, repo: Path = REPO)
     """The read-only measurements named by `only` again, on the store `--keep` left in `work`,
     the commands from checkout `repo`."""
     built = Built.load(work)
-    n = built.count
+    n = built.size
     load_before = os.getloadavg()
     cmds: dict[str, dict] = {}
     with private_cluster(work, keep=True) as (url, cluster):
@@ -546,7 +549,7 @@ def run(sizes: list[int], label: str, work: Path | None, keep: bool, batch: int)
                 got |= {"grown": n - have, "build_s": round(build_s, 1),
                         **{k: round(v, 1) for k, v in grown.items()}}
                 results.append(got)
-                built.save()
+                built.save(n)
                 print(f"  index {got['index_b_per_object_as_grown']:.0f} B/object as grown, "
                       f"{got['index_b_per_object_rebuilt']:.0f} after a rebuild", flush=True)
         finally:
