@@ -63,13 +63,21 @@ def _path(store, manifest_hex: str) -> Path:
 
 def _body(placed: Iterable[tuple[bytes, str, str]]) -> list[bytes]:
     """The members file of (sha256, object, directory path) triples, in pieces. Memory: the
-    pairs sit in one array per first byte (12 B each), sorted a bucket at a time."""
+    pairs sit in one array per first byte (12 B each; an object named twice in one place
+    once), sorted a bucket at a time — ~120 MB for a view of 10 M distinct objects."""
     places: dict[tuple[str, str], int] = {}
-    buckets = [(array.array("Q"), array.array("L")) for _ in range(256)]
+    buckets = [(array.array("Q"), array.array("I")) for _ in range(256)]
+    at, seen = -1, set()
     for sha, obj, prefix in placed:
-        at = places.setdefault((obj, prefix), len(places))
+        here = places.setdefault((obj, prefix), len(places))
+        if here != at:
+            at, seen = here, set()
+        key = int.from_bytes(sha[:PREFIX], "big")
+        if key in seen:
+            continue
+        seen.add(key)
         keys, where = buckets[sha[0]]
-        keys.append(int.from_bytes(sha[:PREFIX], "big"))
+        keys.append(key)
         where.append(at)
     pairs: list[bytes] = []
     count = 0
