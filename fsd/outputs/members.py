@@ -20,7 +20,7 @@ there. A lookup is one binary search per registered manifest (an open, an mmap, 
 reads) and a read of the objects holding the object: a batch's manifest, or one page (at most
 4,096 entries) of a view of any size.
 
-Written tmp → fsync → rename (fsd.base.files.atomic_write): a file there is whole; one whose
+Written tmp → fsync → rename (a temporary name per writer): a file there is whole; one whose
 size does not match its header is not trusted and written again. Made when a batch or view is
 registered (`remember`: the ingest's package step, view define — a view's tree read back once)
 and, for a manifest without one (registered before this existed, or its write failed), by the
@@ -33,15 +33,18 @@ from __future__ import annotations
 
 import array
 import bisect
+import contextlib
 import logging
 import mmap
 import os
 import struct
+import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from fsd.base.errors import HoardError
-from fsd.base.files import atomic_write
+from fsd.base.files import fsync_dir
+from fsd.base.modes import FILE
 from fsd.outputs.manifest import files_in, iter_placed, named
 
 __all__ = ["FOLDER", "MAGIC", "holding", "paths_in", "remember"]
@@ -97,11 +100,26 @@ def _write(store, manifest_hex: str, body: list[bytes]) -> None:
     """Keep a members file; a store whose SSD this process may not write (a read-only user)
     or that is full only loses the shortcut."""
     path = _path(store, manifest_hex)
+    tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(path, body)
+        # a temporary name of this writer's own (not atomic_write's one per file): two processes
+        # making the same file never rename each other's half-written one into place
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.fchmod(fd, FILE)
+        with os.fdopen(fd, "wb") as f:
+            f.writelines(body)
+            f.flush()
+            os.fsync(f.fileno())
+        os.rename(tmp, path)
+        tmp = None
+        fsync_dir(path.parent)
     except OSError as e:
         log.debug("members file %s not written: %s", path, e)
+    finally:
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
 
 
 class _Prefixes:
@@ -151,7 +169,7 @@ def _lookup(store, manifest_hex: str, prefix: bytes) -> list[tuple[str, str]]:
                     got = _places(buf, prefix)
                 if got is not None:
                     return got
-    except FileNotFoundError:
+    except OSError:  # none yet, or not this user's to read: made (and kept, if it may) here
         pass
     body = _body(iter_placed(store.get, manifest_hex))
     _write(store, manifest_hex, body)
