@@ -70,7 +70,7 @@ def _body(placed: Iterable[tuple[bytes, str, str]]) -> list[bytes]:
     once), sorted a bucket at a time — ~120 MB for a view of 10 M distinct objects."""
     places: dict[tuple[str, str], int] = {}
     buckets = [(array.array("Q"), array.array("I")) for _ in range(256)]
-    at, seen = -1, set()
+    at, seen = -1, set[int]()
     for sha, obj, prefix in placed:
         here = places.setdefault((obj, prefix), len(places))
         if here != at:
