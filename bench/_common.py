@@ -380,10 +380,12 @@ class PeakWatch:
 # -- PostgreSQL of a benchmark's own ---------------------------------------------------------------
 
 @contextmanager
-def private_cluster(where: Path | None = None):
+def private_cluster(where: Path | None = None, keep: bool = False):
     """A PostgreSQL cluster of the bench's own, initdb'ed with the embedded default's settings
     under `where` (default a new folder in /var/tmp), removed afterwards; yields its URL and the
-    cluster (to restart it: a cold query needs a fresh server and the page cache dropped)."""
+    cluster (to restart it: a cold query needs a fresh server and the page cache dropped).
+    With `keep` it lives in `where`/kept-pg, is stopped, not removed, afterwards, and the next
+    call with `keep` starts it again (a kept bench store is re-measured against its rows)."""
     import shutil
     import tempfile
 
@@ -391,7 +393,11 @@ def private_cluster(where: Path | None = None):
 
     from sql.cluster import PrivateCluster, ensure_database
 
-    work = Path(tempfile.mkdtemp(prefix="hoard-bench-pg-", dir=where or "/var/tmp"))
+    if keep:
+        work = (where or Path("/var/tmp")) / "kept-pg"
+        work.mkdir(parents=True, exist_ok=True)
+    else:
+        work = Path(tempfile.mkdtemp(prefix="hoard-bench-pg-", dir=where or "/var/tmp"))
     cluster = PrivateCluster(work / "pg", work / "pg" / "socket")
     cluster.start()
     try:
@@ -399,8 +405,11 @@ def private_cluster(where: Path | None = None):
         ensure_database(url)
         yield url, cluster
     finally:
-        cluster.destroy()
-        shutil.rmtree(work, ignore_errors=True)
+        if keep:
+            cluster.stop()
+        else:
+            cluster.destroy()
+            shutil.rmtree(work, ignore_errors=True)
 
 
 # -- GUI pages in a browser ------------------------------------------------------------------------

@@ -113,6 +113,11 @@ def _tree(p: _Params, t: TreePredicate, up: bool) -> sql.Composable:
     thousands of seeds whose subtrees cover most of the graph, so each candidate row walks
     towards its own relatives instead (a correlated EXISTS over the edge indexes, at most
     max_depth steps), which PostgreSQL evaluates after the cheaper filters of the selector.
+    Each relative it reaches is tested on its own, by its keys (`OFFSET 0` keeps that test a
+    subplan): joined instead, the planner — which guesses a recursive walk at ~140 rows where
+    it holds a few — scanned every matching seed (every channel's virtual_asset row) once per
+    candidate, so each candidate cost what the graph held (bench/scale.py's broad selector:
+    53 s at 1 M nodes, 10 s now; tests/test_selectors_plan.py).
     """
     match: list[sql.Composable] = []
     if t.sha256:
@@ -142,7 +147,8 @@ def _tree(p: _Params, t: TreePredicate, up: bool) -> sql.Composable:
         "EXISTS (WITH RECURSIVE walk(node_id, depth) AS ("
         " SELECT e.{far}, 1 FROM edge e WHERE e.{near} = n.node_id{rel}"
         " UNION SELECT e.{far}, w.depth + 1 FROM edge e JOIN walk w ON e.{near} = w.node_id"
-        " WHERE w.depth < {depth}{rel}) SELECT 1 FROM walk JOIN node m ON m.node_id = walk.node_id WHERE {matches})"
+        " WHERE w.depth < {depth}{rel}) SELECT 1 FROM walk"
+        " WHERE EXISTS (SELECT 1 FROM node m WHERE m.node_id = walk.node_id AND {matches} OFFSET 0))"
     ).format(near=sql.Identifier(near), far=sql.Identifier(far), matches=matches, rel=rel, depth=depth)
 
 

@@ -78,6 +78,17 @@ def fresh_schema(url: str) -> Iterator[psycopg.Connection]:
             admin.execute(f"DROP SCHEMA {schema} CASCADE")
 
 
+@contextmanager
+def filled_schema(url: str, fill) -> Iterator[psycopg.Connection]:
+    """`fresh_schema`, migrated and filled by `fill(conn)` (a module's rows for its plans)."""
+    from sql.migrate import migrate
+
+    with fresh_schema(url) as conn:
+        migrate(conn)
+        fill(conn)
+        yield conn
+
+
 def use_schema(home: Path, conn: psycopg.Connection) -> str:
     """Point the hoard.toml in `home` at `conn`'s schema (from the `pg` fixture); return the config path."""
     schema = conn.execute("SELECT current_schema()").fetchone()[0]

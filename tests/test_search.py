@@ -17,7 +17,7 @@ from fsd.base.proc import which
 from sql import browse
 from sql.migrate import migrate
 from tests.gui_fixtures import gui_home, sign_in, user  # noqa: F401 - fixtures
-from tests.helpers import fresh_schema
+from tests.helpers import filled_schema, fresh_schema
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -49,9 +49,7 @@ def _fill(conn: psycopg.Connection) -> None:
 @pytest.fixture(scope="module")
 def filled(servers):
     """One schema with N rows for the whole module (filling it takes seconds)."""
-    with fresh_schema(servers["database_url"]) as conn:
-        migrate(conn)
-        _fill(conn)
+    with filled_schema(servers["database_url"], _fill) as conn:
         yield conn
 
 

@@ -9,6 +9,7 @@ import os
 import stat as st_mod
 import sys
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -117,6 +118,15 @@ class _Guarded:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._stream, name)
+
+
+def print_lines(lines: Iterable[str]) -> None:
+    """Plain lines to stdout as they are — a listing a program reads (`hoard select`'s rows,
+    its view manifest). Not through `out.print`: rich rendered each line (~200 µs, a third of
+    the broad selector's time at 100,000 rows) and read `:name:` in a path as an emoji code."""
+    write = sys.stdout.write
+    for line in lines:
+        write(line + "\n")
 
 
 def guard_stdout() -> None:

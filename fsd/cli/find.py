@@ -23,8 +23,8 @@ from adapters import known_sources
 from fsd.base.errors import ExitCode, HoardError, first_line
 from fsd.base.paths import by_hash_path, display
 from fsd.base.units import fmt_bytes
-from fsd.cli._common import err, out, read_input, state
-from fsd.outputs.manifest import iter_files, named
+from fsd.cli._common import err, out, print_lines, read_input, state
+from fsd.outputs import members
 from fsd.outputs.puts import listing
 from fsd.store import Store
 from sql.browse import locators, node_facts, source_names
@@ -50,12 +50,13 @@ def _resolve(store, ref: str) -> bytes:
 
 
 def _manifest_paths(store, sha: bytes) -> list[dict[str, str]]:
-    """Where this object appears in batch and view manifests (the store's own record)."""
+    """Where this object appears in batch and view manifests (the store's own record): only the
+    objects the members files point at are read (fsd.outputs.members), not every manifest."""
 
     found = []
-    for kind, name, info in named(store.index):
+    for kind, name, places in members.holding(store, sha):
         try:
-            found += [{kind: name, "path": path} for path, s, _ in iter_files(store.get, info["manifest"]) if s == sha]
+            found += [{kind: name, "path": path} for path in members.paths_in(store, sha, places)]
         except HoardError:
             continue  # an unreadable manifest is `hoard check`'s to report
     return found
@@ -244,15 +245,12 @@ def select(
         paths = _view_paths(conn, nodes.sha256, selector.batches) if view else {}
         if not nodes.sha256:
             _unknown_sources(conn, state(ctx).settings, selector.sources)
-    for i, sha in enumerate(nodes.sha256):
-        size = nodes.sizes[i]
-        if view:
-            for path in paths.get(sha) or [sha]:
-                out.print(f"{sha}  {path}", markup=False)
-        elif as_json:
-            out.print(json.dumps({"sha256": sha, "size": size}), markup=False)
-        else:
-            out.print(f"{sha}  {size:>12,}", markup=False)
+    if view:
+        print_lines(f"{sha}  {path}" for sha in nodes.sha256 for path in paths.get(sha) or [sha])
+    elif as_json:
+        print_lines(json.dumps({"sha256": sha, "size": size}) for sha, size in zip(nodes.sha256, nodes.sizes))
+    else:
+        print_lines(f"{sha}  {size:>12,}" for sha, size in zip(nodes.sha256, nodes.sizes))
     err.print(f"{len(nodes.sha256)} nodes", markup=False)
 
 

@@ -18,6 +18,7 @@ the store, JSON, UTF-8):
     tree = Tree(store.get, info["manifest"])      # the mount; any format
     tree.list_dir("train/cats") / tree.lookup("train", "cats")
     for path, sha, size in iter_files(store.get, manifest_sha_hex): …   # streaming
+    iter_placed / files_in(store.get, object, prefix)   # where each entry is; one object's files
     manifest_objects(store.get, manifest_sha_hex)   # the manifest's own objects (gc, check)
     build_view(store, name, rows)                   # rows: (path, sha256 hex), any order
     batch_manifest(batch_id, source, signalled, stored, parts, docs, rejected)   # the bytes
@@ -49,8 +50,8 @@ from fsd.base.files import ssd_full, ssd_space
 from fsd.base.modes import FILE
 from fsd.base.paths import MAX_NAME_BYTES, hostile_reason, long_name
 
-__all__ = ["Entry", "Tree", "WouldBlock", "ViewError", "build_view", "iter_files", "manifest_objects", "named",
-           "references", "References", "PAGE_ENTRIES", "VIEW_FORMAT", "DIR_FORMAT"]
+__all__ = ["Entry", "Tree", "WouldBlock", "ViewError", "build_view", "files_in", "iter_files", "iter_placed",
+           "manifest_objects", "named", "references", "References", "PAGE_ENTRIES", "VIEW_FORMAT", "DIR_FORMAT"]
 
 VIEW_FORMAT = "hoardfs-view-3"
 DIR_FORMAT = "hoardfs-dir-2"
@@ -318,6 +319,57 @@ def _walk_entries(get: Get, entries: list, prefix: str, own: list[bytes] | None)
             yield from _walk(get, e[2], f"{prefix}{e[0]}/", own)
         else:  # "i": a directory inline
             yield from _walk_entries(get, e[2], f"{prefix}{e[0]}/", own)
+
+
+def iter_placed(get: Get, manifest_sha_hex: str) -> Iterator[tuple[bytes, str, str]]:
+    """(sha256, object, prefix) of every file a manifest names: the object whose entries hold
+    it — the manifest itself for a one-document format, else a directory object or a page —
+    and the path of that object's directory ("" or "a/b/"). `files_in(get, object, prefix)`
+    reads that object alone (fsd.outputs.members keeps these places)."""
+    doc = json.loads(get(manifest_sha_hex))
+    if doc.get("format") not in TREE_FORMATS:
+        for f in doc["files"]:
+            yield bytes.fromhex(f["sha256"]), manifest_sha_hex, ""
+        return
+    yield from _walk_placed(get, doc["root"], "")
+
+
+def _walk_placed(get: Get, dir_sha: str, prefix: str) -> Iterator[tuple[bytes, str, str]]:
+    doc = json.loads(get(dir_sha))
+    for obj in [p[1] for p in doc["pages"]] if "pages" in doc else [dir_sha]:
+        entries = json.loads(get(obj))["entries"] if obj != dir_sha else doc["entries"]
+        yield from _placed_entries(get, entries, prefix, obj, prefix)
+
+
+def _placed_entries(get: Get, entries: list, prefix: str, obj: str, obj_prefix: str
+                    ) -> Iterator[tuple[bytes, str, str]]:
+    for e in entries:
+        if e[1] == "f":
+            yield bytes.fromhex(e[2]), obj, obj_prefix
+        elif e[1] == "d":
+            yield from _walk_placed(get, e[2], f"{prefix}{e[0]}/")
+        else:  # inline: its files are in this object
+            yield from _placed_entries(get, e[2], f"{prefix}{e[0]}/", obj, obj_prefix)
+
+
+def files_in(get: Get, obj_sha_hex: str, prefix: str) -> Iterator[tuple[str, bytes, int]]:
+    """(path, sha256, size) of the files whose entries one object holds (a place of
+    `iter_placed`): a one-document manifest's files; a directory object's or page's entries
+    and those of the directories inline in it — not the directories that are objects."""
+    doc = json.loads(get(obj_sha_hex))
+    if "files" in doc:
+        for f in doc["files"]:
+            yield f["path"], bytes.fromhex(f["sha256"]), int(f.get("size", 0))
+    elif "entries" in doc:
+        yield from _entries_here(doc["entries"], prefix)
+
+
+def _entries_here(entries: list, prefix: str) -> Iterator[tuple[str, bytes, int]]:
+    for e in entries:
+        if e[1] == "f":
+            yield prefix + e[0], bytes.fromhex(e[2]), e[3]
+        elif e[1] == "i":
+            yield from _entries_here(e[2], f"{prefix}{e[0]}/")
 
 
 def manifest_objects(get: Get, manifest_sha_hex: str) -> list[bytes]:

@@ -21,6 +21,7 @@ from typing import IO
 
 from fsd.base.errors import ExitCode, HoardError
 from fsd.base.paths import MAX_PATH_BYTES, NAME_PATTERN, display
+from fsd.outputs import members
 from fsd.outputs.manifest import ViewError, build_view, iter_files, manifest_objects, naming_lock, references
 
 __all__ = ["ViewError", "define_view", "define_view_rows", "manifest_rows", "remove_view"]
@@ -155,6 +156,7 @@ def define_view_rows(store, name: str, rows: Iterable[tuple[str, str]], *, for_o
             store.index.lookup_keep(sha)
         if old is not None and old["manifest"] != info["manifest"]:
             _retire(store, name, old)
+    members.remember(store, info["manifest"])  # (its tree read back: where each file is)
     return info
 
 

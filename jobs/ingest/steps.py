@@ -21,7 +21,7 @@ from fsd.base.errors import ExitCode, HoardError
 from fsd.base.files import atomic_write, fsync_dir
 from fsd.base.units import fmt_bytes
 from fsd.io.replicate import replicate_once
-from fsd.outputs import zones
+from fsd.outputs import members, zones
 from fsd.outputs.manifest import batch_manifest, naming_lock
 from fsd.store import Store
 from jobs.ingest.state import SIGNAL, BatchState, IngestError, Status, _now, _work, save_state
@@ -185,6 +185,7 @@ def _step_package(cfg: Settings, st: BatchState) -> None:
             # pin kept it from gc): named by a registered batch now, it is live — not hidden
             for sha in store.index.marked_among(store.index.deleted, {bytes.fromhex(h) for h, _ in stored.values()}):
                 store.index.lookup_keep(sha)
+        members.remember(store, put.sha256, [bytes.fromhex(h) for h, _ in stored.values()])
     parts_n = len({p.name for p in out.glob(f"{st.batch_id}.part*.tar")})
     st.report["package"] = {"path": str(out), "parts": parts_n, "manifest_sha256": put.sha256,
                             "bytes": sum(p.stat().st_size for p in out.iterdir())}
