@@ -2,15 +2,8 @@
 10 M small objects, grown in one run, with a PostgreSQL of as many nodes beside it.
 
     python bench/scale.py [--sizes 1000000,10000000] [--work DIR] [--keep]
+    python bench/scale.py --only NAMES --work DIR [--sizes N] [--repo CHECKOUT] [--label L]
     python bench/scale.py --render [bench/results/scale-<label>.json]
-    python bench/scale.py --only mount[,check,…] --work DIR [--sizes 100000] [--label L]
-
-`--only` re-times some measurements (`mount`: the three mount figures; or any command of
-COMMANDS by name) on the store kept in DIR by an earlier `--keep` or `--only` run (its
-`built.json`), growing it first if it holds fewer objects than a size asked for (without
-PostgreSQL rows or the timed `put`: the kept cluster is not kept, so selects, the write-intent
-and the GUI pages are not re-timed this way). The store stays; the JSON is
-bench/results/scale-<label>.json (default label: the sizes and "only"), not rendered.
 
 The store: objects of 0.5–4 KB of random bytes on two *directory* disks under `--work`
 (this machine's disk, not the lab's loop devices: the figures are about how cost grows with
@@ -36,6 +29,22 @@ it reports at exit is kept with its figures (null while the checkout has no inst
 
 Raw JSON: bench/results/scale-<label>.json; `--render` writes docs/benchmarks.md's section
 from it, with the largest / smallest size's per-object ratio and each goal's verdict.
+
+`--keep` keeps the store, its cluster (`DIR/kept-pg`, stopped) and what was built
+(`DIR/built.json`). `--only NAMES --work DIR` then re-times some measurements on that store,
+before / after a fix, on the same rows. NAMES, comma-separated: a measurement that leaves the
+store as it found it by any start of its name (`info`, `ls`, `health`, `replicate`, `verify`,
+`select`, `select narrow`, `mount`, `GUI`, `GUI assets`), one that changes it (check,
+gc --dry-run, delete --batch, gc (one deleted batch), index backup / rebuild / restore) by its
+whole name. They are timed at the kept store's size, or at each of `--sizes` (ascending, none
+below it), the store grown to each first in the kept store's batches — without the timed
+`put` and write-intent, the PostgreSQL rows grown with it when the cluster was kept (a DIR
+without a store gets a new one). With the kept cluster the selects and the GUI pages can be
+re-timed; without one (a store kept before the cluster was, or made by `--only`) a new empty
+cluster serves the commands, and they are not. `--repo CHECKOUT`: the commands and the mount
+are that checkout's (e.g. the old code: `git archive COMMIT | tar -x -C CHECKOUT`), the GUI
+this one's. The store stays; the JSON is bench/results/scale-only-<label>.json (label default:
+the sizes), which --render does not read.
 """
 
 from __future__ import annotations
@@ -53,6 +62,7 @@ from pathlib import Path
 
 import psycopg
 from _common import (
+    REPO,
     RESULTS,
     PeakWatch,
     _commit,
@@ -69,6 +79,7 @@ from _common import (
 )
 
 from fsd.base import config
+from fsd.outputs import members
 from fsd.outputs.manifest import batch_manifest, naming_lock
 from fsd.outputs.views import define_view_rows
 from fsd.store import Store
@@ -106,14 +117,19 @@ GOAL_RATIO, GOAL_RSS_KB, GOAL_TXN_S, GOAL_INDEX_B, GOAL_HEALTH_S = 1.25, 2 << 20
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--sizes", default="1000000,10000000", help="comma-separated object counts, ascending")
+    ap.add_argument("--sizes", help="comma-separated object counts, ascending (default 1000000,10000000; "
+                                    "with --only the kept store's size)")
     ap.add_argument("--work", type=Path, help="where the store and the cluster go (default: a new folder in /var/tmp)")
     ap.add_argument("--label", help="the results file's label (default: the sizes, e.g. 1m-10m)")
-    ap.add_argument("--batch", type=int, help=f"objects per batch (default {BATCH:,} or a quarter of the smallest size)")
-    ap.add_argument("--keep", action="store_true", help="keep the store and the cluster's folder")
+    ap.add_argument("--batch", type=int, help=f"objects per batch (default {BATCH:,} or a quarter of the smallest size; "
+                                              "with --only the kept store's)")
+    ap.add_argument("--keep", action="store_true", help="keep the store, its cluster (DIR/kept-pg) and built.json")
     ap.add_argument("--render", nargs="?", const="newest", help="write docs/benchmarks.md's section from a JSON")
-    ap.add_argument("--only", help="comma-separated measurements to re-time on the store kept in --work: "
-                                   f"mount, or commands of {', '.join(COMMANDS)}")
+    ap.add_argument("--only", help="re-time these measurements (comma-separated) on the store kept in --work: "
+                                   f"by any start of the name {', '.join(READ_ONLY)}; by the whole name "
+                                   f"{', '.join(k for k in COMMANDS if not k.startswith(READ_ONLY))}")
+    ap.add_argument("--repo", type=Path, help="with --only: time the commands and the mount of this checkout (e.g. "
+                                              "the old code: `git archive main | tar -x -C DIR`; the GUI is this one's)")
     ap.add_argument("--apply-intent", type=Path, help=argparse.SUPPRESS)  # (the measured write-intent's process)
     ap.add_argument("--database-url", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -124,19 +140,24 @@ def main() -> None:
     if args.render:
         render(Path(args.render).resolve() if args.render != "newest" else newest_results())
         return
-    sizes = [int(s) for s in args.sizes.split(",")]
-    label = args.label or "-".join(_short(n) for n in sizes) + ("-only" if args.only else "")
+    sizes = [int(s) for s in (args.sizes or "1000000,10000000").split(",")]
+    if args.only:
+        only = [o.strip() for o in args.only.split(",") if o.strip()]
+        unknown = [o for o in only if not any(wanted(k, [o]) for k in RETIMED)]
+        if unknown or not only or not args.work:
+            raise SystemExit(f"--only {args.only}: " + (
+                "needs --work DIR (the store a run with --keep left there)" if not unknown and only else
+                f"{', '.join(unknown) or 'nothing'} not a measurement; any start of {', '.join(READ_ONLY)}, or "
+                f"the whole name of {', '.join(k for k in COMMANDS if not k.startswith(READ_ONLY))}"))
+        run_only(sizes if args.sizes else None, args.label, args.work, args.batch, only,
+                 (args.repo or REPO).resolve())
+        return
+    if args.repo:
+        raise SystemExit("--repo: only with --only (a full run times this checkout)")
+    label = args.label or "-".join(_short(n) for n in sizes)
     batch = args.batch or min(BATCH, sizes[0] // 4)
     if batch < 5000 or INTENT_NODES % batch or any(n % batch for n in sizes):
         raise SystemExit(f"--batch {batch}: at least 5,000, dividing {INTENT_NODES:,} and every size")
-    if args.only:
-        only = [o.strip() for o in args.only.split(",") if o.strip()]
-        unknown = sorted(set(only) - {"mount", *COMMANDS})
-        if unknown or not args.work:
-            raise SystemExit(f"--only {args.only}: " + (f"{', '.join(unknown)} unknown; mount or one of "
-                                                        f"{', '.join(COMMANDS)}" if unknown else "needs --work DIR"))
-        run_only(sizes, label, args.work, batch, only)
-        return
     run(sizes, label, args.work, args.keep, batch)
 
 
@@ -148,8 +169,15 @@ def _short(n: int) -> str:
     return f"{n // 1_000_000}m" if n % 1_000_000 == 0 else f"{n // 1000}k" if n % 1000 == 0 else str(n)
 
 
+def full_run(doc: dict) -> bool:
+    """Whether a results JSON is a full run's of two sizes or more (what --render compares), not
+    an `--only` run's or a one-size run's."""
+    return doc.get("benchmark") == "scale" and "only" not in doc and len(doc.get("sizes", [])) > 1
+
+
 def newest_results() -> Path:
-    got = sorted(RESULTS.glob("scale-*.json"), key=lambda p: p.stat().st_mtime)
+    got = sorted((p for p in RESULTS.glob("scale-*.json") if full_run(json.loads(p.read_text()))),
+                 key=lambda p: p.stat().st_mtime)
     if not got:
         raise SystemExit("no bench/results/scale-*.json yet: run `python bench/scale.py` first")
     return got[-1]
@@ -190,11 +218,13 @@ class Built:
         self.batches: list[tuple[str, int, int]] = []  # (batch id, first object, objects)
         self.deleted: set[str] = set()
         self.db_upto = 0  # objects whose rows are in PostgreSQL
+        self.size = 0  # the store's size as measured: the last size, and the objects grown since
 
     def append(self, shas: list[bytes]) -> None:
         with open(self.path, "ab") as f:
             f.write(b"".join(shas))
         self.count += len(shas)
+        self.size += len(shas)
 
     def read(self, first: int, n: int) -> list[bytes]:
         with open(self.path, "rb") as f:
@@ -202,25 +232,32 @@ class Built:
             body = f.read(n * 32)
         return [body[i:i + 32] for i in range(0, len(body), 32)]
 
+    STATE = ("batch", "count", "batches", "deleted", "db_upto", "size")
+
     def save(self) -> None:
-        """What a later `--only` run needs to find its way in the kept store (built.json)."""
-        (self.path.parent / "built.json").write_text(json.dumps(
-            {"batch": self.batch, "count": self.count, "batches": self.batches, "deleted": sorted(self.deleted),
-             "db_upto": self.db_upto}))
+        """What was built, beside the store (built.json), for `--only` to find its way in it."""
+        state = {k: getattr(self, k) for k in self.STATE} | {"deleted": sorted(self.deleted)}
+        (self.path.parent / "built.json").write_text(json.dumps(state))
 
     @classmethod
-    def load(cls, work: Path, batch: int) -> Built:
-        """The kept store's (a new, empty one without built.json)."""
-        built = cls(work, batch)
+    def load(cls, work: Path, batch: int | None) -> Built:
+        """The store kept in `work` (a new, empty one when it has none, in batches of `batch`)."""
         kept = work / "built.json"
-        if kept.exists():
-            d = json.loads(kept.read_text())
-            if d["batch"] != batch:
-                raise SystemExit(f"the store kept in {work} was built in batches of {d['batch']:,}: --batch {d['batch']}")
-            built.count, built.db_upto, built.deleted = d["count"], d["db_upto"], set(d["deleted"])
-            built.batches = [tuple(b) for b in d["batches"]]
-        elif built.path.stat().st_size:
-            raise SystemExit(f"{work} holds a store without built.json (not kept by --keep): use another --work")
+        if not kept.exists():
+            if (work / "shas.bin").exists() and (work / "shas.bin").stat().st_size:
+                raise SystemExit(f"{work} holds a store without built.json (not kept by --keep): use another --work")
+            return cls(work, batch or BATCH)
+        state = json.loads(kept.read_text())
+        if batch and batch != state["batch"]:
+            raise SystemExit(f"--batch {batch}: the store kept in {work} was built in batches of {state['batch']:,}")
+        built = cls(work, state["batch"])
+        built.count, built.db_upto = state["count"], state["db_upto"]
+        built.batches = [tuple(b) for b in state["batches"]]  # type: ignore[misc]
+        built.deleted = set(state["deleted"])
+        built.size = state.get("size", built.count + built.batch)  # (a full run's last batch is a `hoard put`)
+        if built.path.stat().st_size != 32 * built.count:
+            raise SystemExit(f"{work}: shas.bin holds {built.path.stat().st_size // 32:,} objects, built.json "
+                             f"{built.count:,} (a run stopped between the two): use another --work")
         return built
 
     def live(self, limit: int) -> list[bytes]:
@@ -252,6 +289,7 @@ def store_batch(store: Store, built: Built, batch_id: str) -> None:
     with naming_lock(store):
         store.register_batch(batch_id, {"source": SOURCE, "manifest": put.sha256, "files": len(stored),
                                         "bytes": sum(s for _, s in stored.values()), "sealed": T0})
+    members.remember(store, put.sha256, shas)  # (as the ingest's package step does)
     built.batches.append((batch_id, built.count, len(shas)))
     built.append(shas)
 
@@ -312,15 +350,15 @@ def grow(cfg_path: Path, url: str, built: Built, upto: int, db_upto: int) -> dic
 class Run:
     """One run's store, cluster and figures."""
 
-    def __init__(self, work: Path, cfg_path: Path, url: str, cluster) -> None:
-        self.work, self.cfg_path, self.url, self.cluster = work, cfg_path, url, cluster
+    def __init__(self, work: Path, cfg_path: Path, url: str, cluster, repo: Path = REPO) -> None:
+        self.work, self.cfg_path, self.url, self.cluster, self.repo = work, cfg_path, url, cluster, repo
         self.txn_log = work / "lmdb-txn.jsonl"
         os.environ["HOARD_LMDB_TXN_LOG"] = str(self.txn_log)  # every child (mount, GUI too) inherits it
         self.cfg = config.load(cfg_path)
 
     def command(self, argv: list[str], ok: tuple[int, ...] = (0,), objects: int = 1, prog: list[str] | None = None
                 ) -> dict:
-        got = hoard_process(self.cfg_path, argv, txn_log=self.txn_log, ok=ok, prog=prog)
+        got = hoard_process(self.cfg_path, argv, repo=self.repo, txn_log=self.txn_log, ok=ok, prog=prog)
         got["per_object_s"] = got["seconds"] / objects
         print(f"    {' '.join(argv or ['write-intent'])[:60]:<60} {got['seconds']:8.2f} s  VmHWM {got['vmhwm_kb'] / 1024:7.0f} MB  "
               f"RssAnon {got['peak_anon_kb'] / 1024:7.0f} MB  txn {got['longest_write_txn_s']}", flush=True)
@@ -363,30 +401,14 @@ def measure_size(r: Run, built: Built, n: int) -> dict:
     built.db_upto = built.count
     intent_path.unlink()
 
-    victim = built.batches[-1][0]
-    sample = built.read(built.batches[0][1], 1)[0].hex()
     index_as_grown = r.index_bytes()
-    disks = [d.path for d in r.cfg.disks]
-    for name, (argv, ok, work) in COMMANDS.items():
-        argv = [a.format(sha=sample, batch=victim) for a in argv]
-        if name == "delete --batch":
-            before_delete = allocated(*disks)
-        cmds[name] = r.command(argv, ok=ok, objects=n) | {"work": work}
-        if name == "delete --batch":
-            built.deleted.add(victim)
-        if name == "gc (one deleted batch)":  # what it freed: the batch's bytes, twice, if it did its work
-            cmds[name]["freed_bytes"] = before_delete - allocated(*disks)
-        if name == "index rebuild":
-            index_rebuilt = r.index_bytes()
-        for old in r.cfg.ssd.root.glob("index.old-*"):  # (each rebuild keeps the old index)
-            shutil.rmtree(old)
+    got, index_rebuilt = time_commands(r, built, n)
+    cmds |= got
     t_setup = time.monotonic()
     cmds |= selects(r, n)
     setup += time.monotonic() - t_setup
     t_setup = time.monotonic()
-    view = built.live(VIEW_MAX)
-    with Store.open(r.cfg) as store:
-        define_view_rows(store, "scale", ((f"d{i // 1000:04d}/f{i:07d}.bin", s.hex()) for i, s in enumerate(view)))
+    view = define_view(r, built)
     setup += time.monotonic() - t_setup
     cmds |= mount(r, view, n)
     cmds |= gui(r, n)
@@ -396,15 +418,64 @@ def measure_size(r: Run, built: Built, n: int) -> dict:
             "store_bytes": allocated(*(d.path for d in r.cfg.disks)), **r.database_bytes()}
 
 
-def selects(r: Run, n: int) -> dict:
-    """`hoard select` with 3-level ancestry, each cold (server restarted, page cache dropped)
-    then warm."""
+#: the measurements that leave the store as they found it (`--only` takes any start of their names)
+READ_ONLY = ("health --json", "info", "ls", "replicate (nothing to do)", "verify --sample 1", "select", "mount",
+             "GUI")
+
+
+def wanted(name: str, only: list[str] | None) -> bool:
+    """Whether `--only` (None: a full run) names measurement `name`: a read-only one by any start
+    of its name, one that changes the store by its whole name."""
+    return only is None or name in only or (name.startswith(READ_ONLY) and any(name.startswith(o) for o in only))
+
+
+def time_commands(r: Run, built: Built, n: int, only: list[str] | None = None) -> tuple[dict[str, dict], int | None]:
+    """COMMANDS (those `only` names) in their order, each its own process: `info` of the first
+    object built, `delete --batch` of the last batch not deleted, what the gc after it freed;
+    and the index's bytes after `index rebuild` (None if it did not run)."""
+    cmds: dict[str, dict] = {}
+    victim = [bid for bid, _, _ in built.batches if bid not in built.deleted][-1]
+    sample = built.read(built.batches[0][1], 1)[0].hex()
+    disks = [d.path for d in r.cfg.disks]
+    before_delete = index_rebuilt = None
+    for name, (argv, ok, work) in COMMANDS.items():
+        if not wanted(name, only):
+            continue
+        argv = [a.format(sha=sample, batch=victim) for a in argv]
+        if name == "delete --batch":
+            before_delete = allocated(*disks)
+        cmds[name] = r.command(argv, ok=ok, objects=n) | {"work": work}
+        if name == "delete --batch":
+            built.deleted.add(victim)
+        if name == "gc (one deleted batch)" and before_delete is not None:  # what it freed: the batch's bytes, twice
+            cmds[name]["freed_bytes"] = before_delete - allocated(*disks)
+        if name == "index rebuild":
+            index_rebuilt = r.index_bytes()
+        for old in r.cfg.ssd.root.glob("index.old-*"):  # (each rebuild keeps the old index)
+            shutil.rmtree(old)
+    return cmds, index_rebuilt
+
+
+def define_view(r: Run, built: Built) -> list[bytes]:
+    """View `scale`: the first VIEW_MAX objects of the batches not deleted (what the mount's
+    `find` walks); those objects."""
+    view = built.live(VIEW_MAX)
+    with Store.open(r.cfg) as store:
+        define_view_rows(store, "scale", ((f"d{i // 1000:04d}/f{i:07d}.bin", s.hex()) for i, s in enumerate(view)))
+    return view
+
+
+def selects(r: Run, n: int, only: list[str] | None = None) -> dict:
+    """`hoard select` with 3-level ancestry (those `only` names), each cold (server restarted,
+    page cache dropped) then warm."""
     sels = {"narrow": {"has_ancestor": [{"sha256": _channel(7), "max_depth": 3}]},
             "broad": {"has_ancestor": [{"kind": "channel", "source": SOURCE, "max_depth": 3}],
                       "labels": [{"key": "split", "value": "val"}]}}
-    out = {}
-    with psycopg.connect(r.url, autocommit=True) as conn:
-        conn.execute("ANALYZE")
+    sels = {k: v for k, v in sels.items() if any(wanted(f"select {k} ({t})", only) for t in ("cold", "warm"))}
+    out: dict[str, dict] = {}
+    if sels:
+        with psycopg.connect(r.url, autocommit=True) as conn:
+            conn.execute("ANALYZE")
     for name, sel in sels.items():
         path = r.work / f"select-{name}.json"
         path.write_text(json.dumps(sel))
@@ -431,11 +502,11 @@ def mount(r: Run, view: list[bytes], n: int) -> dict:
     starts, cpus = [], []
     for _ in range(2):
         t0 = time.monotonic()
-        with hoard_mounted(r.cfg_path, mnt) as proc:
+        with hoard_mounted(r.cfg_path, mnt, r.repo) as proc:
             starts.append(time.monotonic() - t0)
             cpus.append(_cpu_s(proc.pid))
     t0 = time.monotonic()
-    with hoard_mounted(r.cfg_path, mnt) as proc:
+    with hoard_mounted(r.cfg_path, mnt, r.repo) as proc:
         starts.append(time.monotonic() - t0)
         cpus.append(_cpu_s(proc.pid))
         start, start_cpu = sorted(starts)[1], sorted(cpus)[1]
@@ -517,12 +588,14 @@ def run(sizes: list[int], label: str, work: Path | None, keep: bool, batch: int)
     print(f"estimated duration: {est / 3600:.1f} h ({est / 60:.0f} min; {basis})", flush=True)
     work = work or Path(tempfile.mkdtemp(prefix="hoard-scale-", dir="/var/tmp"))
     work.mkdir(parents=True, exist_ok=True)
+    if (work / "built.json").exists() or (work / "shas.bin").exists():
+        raise SystemExit(f"{work} holds a store already: `--only NAMES --work {work}` re-times it, or give another --work")
     print(f"store: two directory disks under {work} (this machine's disk, not lab disks)", flush=True)
-    repo_cfg = config.load(Path(__file__).resolve().parent.parent / "hoard.toml")
+    repo_cfg = config.load(REPO / "hoard.toml")
     load_before = os.getloadavg()
     t_run = time.monotonic()
     results = []
-    with private_cluster(work) as (url, cluster):
+    with private_cluster(work, keep=keep) as (url, cluster):
         cfg_path = _home(work, url, repo_cfg.test_redis_url)
         with psycopg.connect(url, autocommit=True) as conn:
             migrate(conn)
@@ -540,11 +613,12 @@ def run(sizes: list[int], label: str, work: Path | None, keep: bool, batch: int)
                 got |= {"grown": n - have, "build_s": round(build_s, 1),
                         **{k: round(v, 1) for k, v in grown.items()}}
                 results.append(got)
+                built.size = n
                 print(f"  index {got['index_b_per_object_as_grown']:.0f} B/object as grown, "
                       f"{got['index_b_per_object_rebuilt']:.0f} after a rebuild", flush=True)
         finally:
             if keep:
-                built.save()
+                built.save()  # (with the cluster in DIR/kept-pg: what `--only` re-times)
             else:
                 for d in r.cfg.disks:
                     shutil.rmtree(d.path, ignore_errors=True)
@@ -562,60 +636,80 @@ def run(sizes: list[int], label: str, work: Path | None, keep: bool, batch: int)
           f"(estimated {est / 60:.0f})", flush=True)
 
 
-def run_only(sizes: list[int], label: str, work: Path, batch: int, only: list[str]) -> None:
-    """`--only`: the measurements `only` at each size on the store kept in `work` (grown to the
-    size first when it holds fewer objects, without rows in PostgreSQL); the store is kept."""
+def run_only(sizes: list[int] | None, label: str | None, work: Path, batch: int | None, only: list[str],
+             repo: Path) -> None:
+    """`--only`: the measurements `only` names on the store kept in `work` (a new one if it has
+    none), at each of `sizes` (default: the kept store's size), grown to each first; the commands
+    and the mount from checkout `repo`. The store, and its cluster if it was kept, stay."""
     work.mkdir(parents=True, exist_ok=True)
-    built = Built.load(work, batch)
-    repo_cfg = config.load(Path(__file__).resolve().parent.parent / "hoard.toml")
+    new = not (work / "built.json").exists()
+    if new and not sizes:
+        raise SystemExit(f"--only: {work} holds no kept store (built.json): give --sizes N to build one there")
+    built = Built.load(work, batch or (min(BATCH, sizes[0] // 4) if new and sizes else None))
+    sizes = sizes or [built.size]
+    for was, n in zip([built.size, *sizes], sizes, strict=False):
+        if n < was or (n - was) % built.batch:
+            raise SystemExit(f"--sizes {','.join(map(str, sizes))}: the store kept in {work} holds {built.size:,} "
+                             f"objects in batches of {built.batch:,}; each size at least that, ascending, "
+                             "a whole number of batches apart")
+    kept = (work / "kept-pg").is_dir()  # the cluster a run with --keep left, with the store's rows
+    needs_rows = [k for k in RETIMED if k.startswith(("select", "GUI")) and wanted(k, only)]
+    if needs_rows and not kept:
+        print(f"  no kept cluster in {work} (kept-pg: a run with --keep makes one): the selects and GUI pages "
+              "are not re-timed", flush=True)
+    repo_cfg = config.load(REPO / "hoard.toml")
     load_before = os.getloadavg()
     t_run = time.monotonic()
     results = []
-    with private_cluster(work) as (url, cluster):
+    with private_cluster(work, keep=kept) as (url, cluster):
         cfg_path = work / "hoard.toml"
-        if cfg_path.exists():  # the kept store's, pointed at this run's cluster (the kept one is gone)
-            lines = cfg_path.read_text().split("\n")
-            cfg_path.write_text("\n".join([f"database_url = {json.dumps(url)}"] + lines[1:]))
+        if cfg_path.exists():  # the kept store's, pointed at this cluster (a new one when the kept one was not)
+            cfg_path.write_text("".join(f"database_url = {json.dumps(url)}\n" if row.startswith("database_url")
+                                        else row for row in cfg_path.read_text().splitlines(keepends=True)))
         else:
             cfg_path = _home(work, url, repo_cfg.test_redis_url)
         with psycopg.connect(url, autocommit=True) as conn:
             migrate(conn)
-        r = Run(work, cfg_path, url, cluster)
+        r = Run(work, cfg_path, url, cluster, repo)
         try:
             for n in sizes:
-                if built.count > n:
-                    raise SystemExit(f"the store kept in {work} holds {built.count:,} objects, more than {n:,}")
-                t0 = time.monotonic()
-                grown = grow(cfg_path, url, built, n, 0)
-                print(f"{n:,} objects: grew {grown['store_s']:.0f} s", flush=True)
-                got: dict = {"objects": n, "build_s": round(time.monotonic() - t0, 1), "commands": {}}
-                for name in only:
-                    if name in COMMANDS:
-                        argv, ok, work_kind = COMMANDS[name]
-                        argv = [a.format(sha=built.read(0, 1)[0].hex(), batch=built.batches[-1][0]) for a in argv]
-                        got["commands"][name] = r.command(argv, ok=ok, objects=n) | {"work": work_kind}
-                        if name == "delete --batch":
-                            built.deleted.add(built.batches[-1][0])
-                if "mount" in only:
+                t0, had, deleted = time.monotonic(), built.count, len(built.deleted)
+                grown = grow(cfg_path, url, built, built.count + n - built.size,
+                             built.count + n - built.size if kept else 0)
+                if built.count > had:
+                    print(f"{n:,} objects: grew {built.count - had:,} in {time.monotonic() - t0:.0f} s "
+                          f"({grown['store_s']:.0f} s store, {grown['database_s']:.0f} s database)", flush=True)
+                got: dict = {"objects": n, "grown": built.count - had, "build_s": round(time.monotonic() - t0, 1),
+                             **{k: round(v, 1) for k, v in grown.items()}}
+                cmds, _ = time_commands(r, built, n, only)
+                if kept:
+                    cmds |= selects(r, n, only)
+                if any(wanted(k, only) for k in MOUNT):
                     t0 = time.monotonic()
-                    view = built.live(VIEW_MAX)
                     with Store.open(r.cfg) as store:
-                        define_view_rows(store, "scale", ((f"d{i // 1000:04d}/f{i:07d}.bin", s.hex())
-                                                          for i, s in enumerate(view)))
-                    got["setup_s"] = round(time.monotonic() - t0, 1)
-                    got["view_entries"] = len(view)
-                    got["commands"] |= mount(r, view, n)
-                results.append(got)
+                        defined = store.index.get_view("scale") is not None
+                    if defined and built.count == had and len(built.deleted) == deleted:
+                        view = built.live(VIEW_MAX)  # (the view the kept run defined: the same objects)
+                    else:
+                        view = define_view(r, built)
+                    got |= {"setup_s": round(time.monotonic() - t0, 1), "view_entries": len(view)}
+                    cmds |= {k: v for k, v in mount(r, view, n).items() if wanted(k, only)}
+                if kept and any(wanted(k, only) for k in GUI):
+                    cmds |= {k: v for k, v in gui(r, n).items() if wanted(k, only)}
+                results.append(got | {"commands": cmds})
         finally:
             built.save()
-    doc = {"benchmark": "scale", "argv": sys.argv[1:], "when": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    if not any(got["commands"] for got in results):
+        raise SystemExit(f"--only {','.join(only)}: nothing re-timed (no results file written)")
+    doc = {"benchmark": "scale --only", "argv": sys.argv[1:], "when": time.strftime("%Y-%m-%dT%H:%M:%S"),
            "commit": _commit(), "machine": _machine(), "load_before": load_before, "load_after": os.getloadavg(),
-           "disks": "two directory disks on this machine's disk (virtio, ext4), two copies", "batch": batch,
-           "only": only, "sizes": results, "seconds": round(time.monotonic() - t_run)}
+           "disks": "two directory disks on this machine's disk (virtio, ext4), two copies", "batch": built.batch,
+           "only": only, "repo": str(repo), "cluster": "kept (the store's rows)" if kept else "new (no rows)",
+           "sizes": results, "seconds": round(time.monotonic() - t_run)}
     RESULTS.mkdir(parents=True, exist_ok=True)
-    out = RESULTS / f"scale-{label}.json"
+    out = RESULTS / f"scale-only-{label or '-'.join(_short(n) for n in sizes)}.json"
     out.write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n")
-    print(f"{out.relative_to(RESULTS.parent.parent)} written; the store stays in {work}", flush=True)
+    print(f"{out.relative_to(REPO)} written; the store stays in {work}", flush=True)
 
 
 def _home(work: Path, url: str, redis_url: str) -> Path:
@@ -642,6 +736,9 @@ END = "<!-- bench/scale.py: end -->"
 
 def render(path: Path) -> None:
     doc = json.loads(path.read_text())
+    if not full_run(doc):
+        raise SystemExit(f"{path.name}: not a full run of two sizes or more (an --only or one-size run's): "
+                         "--render compares a full run's sizes")
     lo, hi = doc["sizes"][0], doc["sizes"][-1]
     a, b = _pretty(lo["objects"]), _pretty(hi["objects"])
     est, _ = estimate_s([1_000_000, 10_000_000], doc)
@@ -763,9 +860,12 @@ def sizing(doc: dict, path: Path) -> list[str]:
 
 
 #: the table's order: the order of the measurements
+MOUNT = ["mount start", "mount find (view)", "mount by-hash lookups"]
+GUI = ["GUI storage page", "GUI assets page"]
 ORDER = ["put (one batch)", "write-intent", *COMMANDS, "select narrow (cold)", "select narrow (warm)",
-         "select broad (cold)", "select broad (warm)", "mount start", "mount find (view)", "mount by-hash lookups",
-         "GUI storage page", "GUI assets page"]
+         "select broad (cold)", "select broad (warm)", *MOUNT, *GUI]
+#: what `--only` can re-time (the timed put and write-intent grow the store and its rows)
+RETIMED = ORDER[2:]
 
 
 def _units(c: dict, size: dict) -> tuple[str, int]:
