@@ -36,23 +36,16 @@ sys.path.insert(0, str(REPO))
 from bench._common import report, run_timed  # noqa: E402
 from bench.mem_scale import grow  # noqa: E402
 from fsd.base import config  # noqa: E402
+from tests.helpers import dir_disks_config  # noqa: E402
 
 
 def write_config(root: Path) -> Path:
     """Two directory disks, the SSD under `root`, this worktree's PostgreSQL and Redis."""
     home = config.load(REPO / "hoard.toml")
-    for d in ("d0", "d1"):
-        (root / d).mkdir(parents=True, exist_ok=True)
-    lines = [f"database_url = {json.dumps(home.database_url)}", f"redis_url = {json.dumps(home.redis_url)}", "",
-             "[store]", "allow_directory_disks = true", "write_ack = 2", "copy_of_raw = 2"]
-    for i in (0, 1):
-        lines += ["", "[[disks]]", f'label = "d{i}"', f'path = "{root / f"d{i}"}"']
-    lines += ["", "[ssd]", f'root = "{root / "ssd"}"']
+    path = dir_disks_config(root, 2, database_url=home.database_url, redis_url=home.redis_url, quota_gb=20,
+                            write_ack=2, copy_of_raw=2)
     for z in ("3A", "3B", "3C", "3D"):
-        lines += [f"[ssd.zones.{z}]", "quota_gb = 20"]
         (root / "ssd" / z).mkdir(parents=True, exist_ok=True)
-    path = root / "hoard.toml"
-    path.write_text("\n".join(lines) + "\n")
     return path
 
 

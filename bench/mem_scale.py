@@ -38,25 +38,15 @@ from _common import hoard_process  # noqa: E402
 
 from fsd.base import config  # noqa: E402
 from fsd.store import Store  # noqa: E402
+from tests.helpers import dir_disks_config  # noqa: E402
 
 COMMANDS = {"check": ["check", "--no-database"], "gc-dry-run": ["gc", "--dry-run", "--no-database"],
             "index-rebuild": ["index", "rebuild"]}
 
 
 def write_config(root: Path) -> Path:
-    disks = [root / "d0", root / "d1"]
-    for d in disks:
-        d.mkdir(parents=True, exist_ok=True)
-    lines = ['database_url = "postgresql:///unused_test"', 'redis_url = "redis://localhost:1/0"', "", "[store]",
-             "allow_directory_disks = true", "write_ack = 2", "copy_of_raw = 2"]
-    for i, d in enumerate(disks):
-        lines += ["", "[[disks]]", f'label = "d{i}"', f'path = "{d}"']
-    lines += ["", "[ssd]", f'root = "{root / "ssd"}"']
-    for z in ("3A", "3B", "3C", "3D"):
-        lines += [f"[ssd.zones.{z}]", "quota_gb = 1"]
-    path = root / "hoard.toml"
-    path.write_text("\n".join(lines) + "\n")
-    return path
+    """Two directory disks under `root`, two copies; no server is contacted."""
+    return dir_disks_config(root, 2, write_ack=2, copy_of_raw=2)
 
 
 def grow(cfg_path: Path, have: int, want: int, roots: bool, seed: int, batch: int = 5000) -> float:

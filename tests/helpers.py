@@ -32,10 +32,11 @@ needs_realdata = pytest.mark.needs(REALDATA.is_dir(), f"REAL SAMPLES MISSING at 
 
 
 def write_config(root: Path, disks: list[tuple[str, Path, float | None]], allow_dirs: bool = True,
-                 ssd: Path | None = None, **store: object) -> Path:
-    """A hoard.toml under `root` for store tests (no servers needed: they are not contacted);
-    the SSD root is `ssd`, by default `root/ssd`."""
-    lines = ['database_url = "postgresql:///unused_test"', 'redis_url = "redis://localhost:1/0"', "", "[store]",
+                 ssd: Path | None = None, *, database_url: str = "postgresql:///unused_test",
+                 redis_url: str = "redis://localhost:1/0", quota_gb: float = 1, **store: object) -> Path:
+    """A hoard.toml under `root` for store tests (no servers needed by default: they are not
+    contacted); the SSD root is `ssd`, by default `root/ssd`, each zone of `quota_gb`."""
+    lines = [f"database_url = {json.dumps(database_url)}", f"redis_url = {json.dumps(redis_url)}", "", "[store]",
              f"allow_directory_disks = {'true' if allow_dirs else 'false'}"]
     lines += [f"{k} = {v!r}" if not isinstance(v, bool) else f"{k} = {str(v).lower()}" for k, v in store.items()]
     for label, path, cap in disks:
@@ -44,7 +45,7 @@ def write_config(root: Path, disks: list[tuple[str, Path, float | None]], allow_
             lines.append(f"capacity_gb = {cap}")
     lines += ["", "[ssd]", f'root = "{ssd or root / "ssd"}"']
     for z in ("3A", "3B", "3C", "3D"):
-        lines += [f"[ssd.zones.{z}]", "quota_gb = 1"]
+        lines += [f"[ssd.zones.{z}]", f"quota_gb = {quota_gb}"]
     cfg = root / "hoard.toml"
     cfg.write_text("\n".join(lines) + "\n")
     return cfg
