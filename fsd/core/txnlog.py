@@ -148,64 +148,54 @@ class Env:
             self._open.counted.writes += n
 
 
-class _Counted:
-    """A write transaction whose puts and deletes are counted (only with HOARD_LMDB_TXN_LOG)."""
+class _Counting:
+    """Puts and deletes through `_inner` (a transaction or one of its cursors) counted on
+    `_counter` (the transaction's `_Counted`); everything else is the inner object's own."""
+
+    _inner: Any
+    _counter: _Counted
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    def put(self, *a: Any, **kw: Any) -> Any:
+        self._counter.writes += 1
+        return self._inner.put(*a, **kw)
+
+    def replace(self, *a: Any, **kw: Any) -> Any:
+        self._counter.writes += 1
+        return self._inner.replace(*a, **kw)
+
+    def delete(self, *a: Any, **kw: Any) -> Any:
+        done = self._inner.delete(*a, **kw)
+        self._counter.writes += bool(done)  # (a delete of an absent key writes nothing)
+        return done
+
+    def pop(self, *a: Any, **kw: Any) -> Any:
+        self._counter.writes += 1
+        return self._inner.pop(*a, **kw)
+
+
+class _Counted(_Counting):
+    """A write transaction whose puts and deletes are counted (only with HOARD_LMDB_TXN_LOG),
+    its cursors' too."""
 
     def __init__(self, txn: Any) -> None:
-        self._txn = txn
+        self._inner = txn
+        self._counter = self
         self.writes = 0
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._txn, name)
-
-    def put(self, *a: Any, **kw: Any) -> Any:
-        self.writes += 1
-        return self._txn.put(*a, **kw)
-
-    def replace(self, *a: Any, **kw: Any) -> Any:
-        self.writes += 1
-        return self._txn.replace(*a, **kw)
-
-    def delete(self, *a: Any, **kw: Any) -> Any:
-        done = self._txn.delete(*a, **kw)
-        self.writes += bool(done)  # (a delete of an absent key writes nothing)
-        return done
-
-    def pop(self, *a: Any, **kw: Any) -> Any:
-        self.writes += 1
-        return self._txn.pop(*a, **kw)
-
     def cursor(self, *a: Any, **kw: Any) -> Any:
-        return _CountedCursor(self, self._txn.cursor(*a, **kw))
+        return _CountedCursor(self, self._inner.cursor(*a, **kw))
 
 
-class _CountedCursor:
+class _CountedCursor(_Counting):
     def __init__(self, owner: _Counted, cur: Any) -> None:
-        self._owner = owner
-        self._cur = cur
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._cur, name)
+        self._inner = cur
+        self._counter = owner
 
     def __iter__(self) -> Any:
-        return iter(self._cur)
-
-    def put(self, *a: Any, **kw: Any) -> Any:
-        self._owner.writes += 1
-        return self._cur.put(*a, **kw)
-
-    def replace(self, *a: Any, **kw: Any) -> Any:
-        self._owner.writes += 1
-        return self._cur.replace(*a, **kw)
-
-    def delete(self, *a: Any, **kw: Any) -> Any:
-        done = self._cur.delete(*a, **kw)
-        self._owner.writes += bool(done)
-        return done
-
-    def pop(self, *a: Any, **kw: Any) -> Any:
-        self._owner.writes += 1
-        return self._cur.pop(*a, **kw)
+        return iter(self._inner)
 
 
 class _WriteTxn:
