@@ -65,8 +65,9 @@ up: venv
 demo: up
 	@$(HOARD) demo
 
+# --durations: the slowest tests named at the end of every run (CI has 90 minutes: watch them)
 test: up labelstudio readers
-	@$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+	@$(VENV)/bin/python -m pytest --durations=30 $(PYTEST_ARGS)
 
 # Label Studio for AC5's round trip (tests/labelstudio.py) and label-studio-sdk's COCO converter
 # (jobs/actions/labelstudio.py runs it as its own process): a venv of their own, since they pin

@@ -389,13 +389,24 @@ def test_file_columns_against_a_dict(seed: int) -> None:
     assert files.looked_up(r, 1 << 33) == 1 << 33 and files.looked_up(r, -(1 << 33) + 1) == 1
 
 
-def _drop_page_cache(root: Path) -> None:
-    """The kernel's cached pages of every file under `root` dropped (clean pages: they go)."""
-    for d, _, names in os.walk(root):
-        for name in names:
-            fd = os.open(os.path.join(d, name), os.O_RDONLY)
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-            os.close(fd)
+def _drop_page_cache(root: Path, until=lambda: True) -> None:
+    """The kernel's cached pages of every file under `root` dropped, written back first (a
+    dirty page or one under writeback is not dropped), again until `until()` holds — on a
+    busy machine a page can still be under writeback when the first drop asks; fails after
+    ~10 s."""
+    for _ in range(100):
+        for d, _, names in os.walk(root):
+            for name in names:
+                fd = os.open(os.path.join(d, name), os.O_RDONLY)
+                try:
+                    os.fdatasync(fd)
+                    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+                finally:
+                    os.close(fd)
+        if until():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"the kernel kept the pages of {root} cached through 100 drops")
 
 
 def test_lone_records_kept_apart_from_read_ahead(disk_path: Path, monkeypatch) -> None:
@@ -437,8 +448,7 @@ def test_lone_records_kept_apart_from_read_ahead(disk_path: Path, monkeypatch) -
         assert reader._small_nowait(shas[k], loc) == payloads[k]
         assert (cache.used, cache.lone_used) == before
         # … not once the kernel dropped its pages: RWF_NOWAIT refuses to wait for the disk
-        _drop_page_cache(disk_path)
-        assert reader._small_nowait(shas[k], loc) is None
+        _drop_page_cache(disk_path, until=lambda: reader._small_nowait(shas[k], loc) is None)
         assert await reader.read_small(shas[k]) == payloads[k]  # (the threaded path reads it)
         assert reader._small_nowait(shas[k], loc) == payloads[k]
         # in order (pages not cached): the window grows, read-ahead is kept in the main part
