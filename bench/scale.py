@@ -177,7 +177,8 @@ def _short(n: int) -> str:
 def full_run(doc: dict) -> bool:
     """Whether a results JSON is a full run's of two sizes or more (what --render compares), not
     an `--only` run's or a one-size run's."""
-    return doc.get("benchmark") == "scale" and "only" not in doc and len(doc.get("sizes", [])) > 1
+    return (doc.get("benchmark") == "scale" and "only" not in doc and "partial" not in doc
+            and len(doc.get("sizes", [])) > 1)
 
 
 def newest_results() -> Path:
@@ -360,6 +361,7 @@ class Run:
         self.txn_log = work / "lmdb-txn.jsonl"
         os.environ["HOARD_LMDB_TXN_LOG"] = str(self.txn_log)  # every child (mount, GUI too) inherits it
         self.cfg = config.load(cfg_path)
+        self.failed: dict[str, str] = {}  # a measurement that failed at this size: its error
 
     def command(self, argv: list[str], ok: tuple[int, ...] = (0,), objects: int = 1, prog: list[str] | None = None
                 ) -> dict:
@@ -384,6 +386,7 @@ class Run:
 def measure_size(r: Run, built: Built, n: int) -> dict:
     """Every measurement at `n` objects (the store already holds all but the last batch)."""
     cmds: dict[str, dict] = {}
+    r.failed = {}
     t_setup = time.monotonic()
     put_dir = r.work / f"put-{n}"
     put_dir.mkdir()
@@ -417,7 +420,7 @@ def measure_size(r: Run, built: Built, n: int) -> dict:
     setup += time.monotonic() - t_setup
     cmds |= mount(r, view, n)
     cmds |= gui(r, n)
-    return {"objects": n, "commands": cmds, "setup_s": round(setup, 1), "view_entries": len(view),
+    return {"objects": n, "commands": cmds, "failed": r.failed, "setup_s": round(setup, 1), "view_entries": len(view),
             "index_bytes_as_grown": index_as_grown, "index_bytes_rebuilt": index_rebuilt,
             "index_b_per_object_as_grown": index_as_grown / n, "index_b_per_object_rebuilt": index_rebuilt / n,
             "store_bytes": allocated(*(d.path for d in r.cfg.disks)), **r.database_bytes()}
@@ -574,9 +577,15 @@ def gui(r: Run, n: int) -> dict:
     started: list = []
     with serving(r.cfg_path, r.work / "gui.log", r.cfg.gui.port, started=started) as base, chromium() as driver:
         watch = PeakWatch(started[0].pid)
-        sign_in(driver, base, "vera", PASSWORDS["vera"], path="/storage", then="SSD zones")
-        pages = {"GUI storage page": visit_page(driver, base, "/storage", "SSD zones", 3),
-                 "GUI assets page": visit_page(driver, base, "/assets", "assets on page 1", 3)}
+        pages = {}
+        try:
+            sign_in(driver, base, "vera", PASSWORDS["vera"], path="/storage", then="SSD zones")
+            pages["GUI storage page"] = visit_page(driver, base, "/storage", "SSD zones", 3)
+            pages["GUI assets page"] = visit_page(driver, base, "/assets", "assets on page 1", 3)
+        except AssertionError as e:  # (a page that never showed its content: a finding, not the run's end)
+            failed = next(k for k in ("GUI storage page", "GUI assets page") if k not in pages)
+            r.failed[failed] = " ".join(str(e).split())[:400]
+            print(f"    {failed}: FAILED: {r.failed[failed]}", flush=True)
         mem = watch.stop()
     txn = txn_lines(r.txn_log, offset)[0]
     out = {}
@@ -619,6 +628,7 @@ def run(sizes: list[int], label: str, work: Path | None, keep: bool, batch: int)
                         **{k: round(v, 1) for k, v in grown.items()}}
                 results.append(got)
                 built.size = n
+                write_results(label, load_before, t_run, est, batch, results, partial=n != sizes[-1])
                 print(f"  index {got['index_b_per_object_as_grown']:.0f} B/object as grown, "
                       f"{got['index_b_per_object_rebuilt']:.0f} after a rebuild", flush=True)
         finally:
@@ -629,16 +639,23 @@ def run(sizes: list[int], label: str, work: Path | None, keep: bool, batch: int)
                     shutil.rmtree(d.path, ignore_errors=True)
     if not keep:
         shutil.rmtree(work, ignore_errors=True)
+    doc = write_results(label, load_before, t_run, est, batch, results)
+    print(f"bench/results/scale-{label}.json written; the run took {doc['seconds'] / 60:.0f} min "
+          f"(estimated {est / 60:.0f})", flush=True)
+
+
+def write_results(label: str, load_before, t_run: float, est: float, batch: int, results: list[dict],
+                  partial: bool = False) -> dict:
+    """The run's JSON: after each size (`partial`: a run that dies at a larger size keeps what the
+    smaller ones measured; --render reads no partial file) and at the end."""
     doc = {"benchmark": "scale", "argv": sys.argv[1:], "when": time.strftime("%Y-%m-%dT%H:%M:%S"),
            "commit": _commit(), "machine": _machine(), "load_before": load_before, "load_after": os.getloadavg(),
            "disks": "two directory disks on this machine's disk (virtio, ext4), two copies",
            "batch": batch, "intent_nodes": INTENT_NODES, "sizes": results, "seconds": round(time.monotonic() - t_run),
-           "estimated_s": round(est)}
+           "estimated_s": round(est)} | ({"partial": True} if partial else {})
     RESULTS.mkdir(parents=True, exist_ok=True)
-    out = RESULTS / f"scale-{label}.json"
-    out.write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n")
-    print(f"{out.relative_to(RESULTS.parent.parent)} written; the run took {doc['seconds'] / 60:.0f} min "
-          f"(estimated {est / 60:.0f})", flush=True)
+    (RESULTS / f"scale-{label}.json").write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n")
+    return doc
 
 
 def run_only(sizes: list[int] | None, label: str | None, work: Path, batch: int | None, only: list[str],
@@ -812,6 +829,10 @@ def render(path: Path, against: Path | None = None, note: str | None = None) -> 
                      f"{s['index_b_per_object_rebuilt']:.0f} | {s['database_bytes'] / 2**30:.2f} GiB | "
                      f"{s['wal_bytes'] / 2**30:.2f} GiB | {s['store_bytes'] / 2**30:.2f} GiB | "
                      f"{s['build_s']:.0f} ({s['store_s']:.0f} + {s['database_s']:.0f}) for {s['grown']:,} |")
+    failed = [f"- **{name} failed at {s['objects']:,} objects**: {err}" for s in doc["sizes"]
+              for name, err in s.get("failed", {}).items()]
+    if failed:
+        lines += ["", "Measurements that failed (no figure; each counts as a missed goal):", ""] + failed
     lines += ["", f"Goals (issue 37 item 2, judged here at {b} — they are set for 10 M):", ""] + goals(hi, misses)
     lines += ["", END]
     write_doc_section(BEGIN, END, lines)
@@ -923,6 +944,7 @@ def goals(hi: dict, misses: list[str]) -> list[str]:
     hwm_over = [f"{k} {c['vmhwm_kb'] / 2**20:.2f} GB" for k, c in cmds.items() if c["vmhwm_kb"] > GOAL_RSS_KB]
     txns = [c.get("longest_write_txn_s") for c in cmds.values()]
     slow = {k: cmds[k]["seconds"] for k in ("health --json", "GUI storage page") if k in cmds}
+    slow |= {k: float("inf") for k in ("health --json", "GUI storage page") if k in hi.get("failed", {})}
     top = max(rss.values()) / 2**20
     return [
         f"- per-object cost within {GOAL_RATIO}× (fixed work: absolute time): "
@@ -937,7 +959,7 @@ def goals(hi: dict, misses: list[str]) -> list[str]:
         f"{hi['index_b_per_object_rebuilt']:.0f} — "
         + ("**met**" if hi["index_b_per_object_as_grown"] <= GOAL_INDEX_B else "**missed**"),
         f"- health and the GUI storage page ≤ {GOAL_HEALTH_S:.0f} s: "
-        + ", ".join(f"{k} {v:.2f} s" for k, v in slow.items()) + " — "
+        + ", ".join(f"{k} {v:.2f} s" if v != float("inf") else f"{k} failed" for k, v in slow.items()) + " — "
         + ("**met**" if all(v <= GOAL_HEALTH_S for v in slow.values()) else "**missed**")]
 
 
