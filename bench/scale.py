@@ -716,12 +716,13 @@ def run_only(sizes: list[int] | None, label: str | None, work: Path, batch: int 
                         view = define_view(r, built)
                     got |= {"setup_s": round(time.monotonic() - t0, 1), "view_entries": len(view)}
                     cmds |= {k: v for k, v in mount(r, view, n).items() if wanted(k, only)}
+                r.failed = {}
                 if kept and any(wanted(k, only) for k in GUI):
                     cmds |= {k: v for k, v in gui(r, n).items() if wanted(k, only)}
-                results.append(got | {"commands": cmds})
+                results.append(got | {"commands": cmds, "failed": {k: v for k, v in r.failed.items() if wanted(k, only)}})
         finally:
             built.save()
-    if not any(got["commands"] for got in results):
+    if not any(got["commands"] or got["failed"] for got in results):
         raise SystemExit(f"--only {','.join(only)}: nothing re-timed (no results file written)")
     doc = {"benchmark": "scale --only", "argv": sys.argv[1:], "when": time.strftime("%Y-%m-%dT%H:%M:%S"),
            "commit": _commit(), "machine": _machine(), "load_before": load_before, "load_after": os.getloadavg(),
