@@ -10,16 +10,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from _common import private_cluster
 
-from fsd.base import config  # noqa: E402
-from gui.state import ingested_per_day_at, verified_by_disk  # noqa: E402
-from jobs.health import collect  # noqa: E402
-from sql.cluster import PrivateCluster  # noqa: E402
+from fsd.base import config
+from gui.state import ingested_per_day_at, verified_by_disk
+from jobs.health import collect
 
 
 def main() -> None:
@@ -27,15 +25,10 @@ def main() -> None:
     ap.add_argument("--work", type=Path, required=True, help="a store kept by `bench/scale.py --keep`")
     ap.add_argument("--json", type=Path, help="write the figures here too")
     args = ap.parse_args()
-    pg = args.work / "kept-pg" / "pg"
-    if not pg.is_dir():
+    if not (args.work / "kept-pg" / "pg").is_dir():
         raise SystemExit(f"{args.work}: no cluster kept in kept-pg (run bench/scale.py --keep --work {args.work})")
-    cluster = PrivateCluster(pg, pg / "socket")
-    cluster.start()
-    try:
+    with private_cluster(args.work, keep=True) as (url, _):  # (the kept cluster, stopped again after)
         cfg = config.load(args.work / "hoard.toml")
-        assert cfg.database_url
-        url = cfg.database_url
         parts = {"jobs.health.collect": lambda: collect(cfg), "gui.state.verified_by_disk": lambda: verified_by_disk(cfg),
                  "sql.browse.ingested_per_day_at": lambda: ingested_per_day_at(url)}
         got = {}
@@ -47,8 +40,6 @@ def main() -> None:
                 times.append(round(time.monotonic() - t0, 3))
             got[name] = {"first_s": times[0], "again_s": times[1]}
             print(f"{name}: first {times[0]:.2f} s, again {times[1]:.2f} s", flush=True)
-    finally:
-        cluster.stop()
     if args.json:
         args.json.write_text(json.dumps({"benchmark": "gui_refresh_parts", "work": str(args.work), "parts": got},
                                         indent=1) + "\n")

@@ -361,7 +361,6 @@ class Run:
         self.txn_log = work / "lmdb-txn.jsonl"
         os.environ["HOARD_LMDB_TXN_LOG"] = str(self.txn_log)  # every child (mount, GUI too) inherits it
         self.cfg = config.load(cfg_path)
-        self.failed: dict[str, str] = {}  # a measurement that failed at this size: its error
 
     def command(self, argv: list[str], ok: tuple[int, ...] = (0,), objects: int = 1, prog: list[str] | None = None
                 ) -> dict:
@@ -386,7 +385,6 @@ class Run:
 def measure_size(r: Run, built: Built, n: int) -> dict:
     """Every measurement at `n` objects (the store already holds all but the last batch)."""
     cmds: dict[str, dict] = {}
-    r.failed = {}
     t_setup = time.monotonic()
     put_dir = r.work / f"put-{n}"
     put_dir.mkdir()
@@ -419,8 +417,9 @@ def measure_size(r: Run, built: Built, n: int) -> dict:
     view = define_view(r, built)
     setup += time.monotonic() - t_setup
     cmds |= mount(r, view, n)
-    cmds |= gui(r, n)
-    return {"objects": n, "commands": cmds, "failed": r.failed, "setup_s": round(setup, 1), "view_entries": len(view),
+    pages, failed = gui(r, n)
+    cmds |= pages
+    return {"objects": n, "commands": cmds, "failed": failed, "setup_s": round(setup, 1), "view_entries": len(view),
             "index_bytes_as_grown": index_as_grown, "index_bytes_rebuilt": index_rebuilt,
             "index_b_per_object_as_grown": index_as_grown / n, "index_b_per_object_rebuilt": index_rebuilt / n,
             "store_bytes": allocated(*(d.path for d in r.cfg.disks)), **r.database_bytes()}
@@ -564,28 +563,29 @@ def _rss_anon_kb(pid: int) -> int:
     return 0
 
 
-def gui(r: Run, n: int) -> dict:
+def gui(r: Run, n: int) -> tuple[dict, dict[str, str]]:
     """The GUI's storage and assets pages (content on screen, first visit then the median of
-    three more) in a headless Chromium; the `hoard gui` process's peak memory over both."""
+    three more) in a headless Chromium; the `hoard gui` process's peak memory over both. Also
+    the page that never showed its content, with its error (the pages after it not visited)."""
     from tests.gui_browser import chromium, have_browser, serving, sign_in
     from tests.gui_fixtures import PASSWORDS
 
     if not have_browser():
         print("    GUI: no chromium + chromium-driver here (`make deps`): pages not measured", flush=True)
-        return {}
+        return {}, {}
     offset = r.txn_log.stat().st_size if r.txn_log.exists() else 0
     started: list = []
     with serving(r.cfg_path, r.work / "gui.log", r.cfg.gui.port, started=started) as base, chromium() as driver:
         watch = PeakWatch(started[0].pid)
-        pages = {}
+        pages, failed = {}, {}
         try:
             sign_in(driver, base, "vera", PASSWORDS["vera"], path="/storage", then="SSD zones")
             pages["GUI storage page"] = visit_page(driver, base, "/storage", "SSD zones", 3)
             pages["GUI assets page"] = visit_page(driver, base, "/assets", "assets on page 1", 3)
         except AssertionError as e:  # (a page that never showed its content: a finding, not the run's end)
-            failed = next(k for k in ("GUI storage page", "GUI assets page") if k not in pages)
-            r.failed[failed] = " ".join(str(e).split())[:400]
-            print(f"    {failed}: FAILED: {r.failed[failed]}", flush=True)
+            page = next(k for k in ("GUI storage page", "GUI assets page") if k not in pages)
+            failed[page] = " ".join(str(e).split())[:400]
+            print(f"    {page}: FAILED: {failed[page]}", flush=True)
         mem = watch.stop()
     txn = txn_lines(r.txn_log, offset)[0]
     out = {}
@@ -594,7 +594,7 @@ def gui(r: Run, n: int) -> dict:
                      "exit": 0}
         print(f"    {name}: first {t['first_s']:.2f} s, again {t['again_s']:.2f} s; VmHWM "
               f"{mem['vmhwm_kb'] / 1024:.0f} MB", flush=True)
-    return out
+    return out, failed
 
 
 def run(sizes: list[int], label: str, work: Path | None, keep: bool, batch: int) -> None:
@@ -716,10 +716,9 @@ def run_only(sizes: list[int] | None, label: str | None, work: Path, batch: int 
                         view = define_view(r, built)
                     got |= {"setup_s": round(time.monotonic() - t0, 1), "view_entries": len(view)}
                     cmds |= {k: v for k, v in mount(r, view, n).items() if wanted(k, only)}
-                r.failed = {}
-                if kept and any(wanted(k, only) for k in GUI):
-                    cmds |= {k: v for k, v in gui(r, n).items() if wanted(k, only)}
-                results.append(got | {"commands": cmds, "failed": {k: v for k, v in r.failed.items() if wanted(k, only)}})
+                pages, failed = gui(r, n) if kept and any(wanted(k, only) for k in GUI) else ({}, {})
+                cmds |= {k: v for k, v in pages.items() if wanted(k, only)}
+                results.append(got | {"commands": cmds, "failed": {k: v for k, v in failed.items() if wanted(k, only)}})
         finally:
             built.save()
     if not any(got["commands"] or got["failed"] for got in results):
