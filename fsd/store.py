@@ -112,6 +112,8 @@ class Store:
             store.held = hold
             index.mark_log = store.log_marks
             try:
+                if writable:  # an older index is migrated, a newer one refused, before anything is written
+                    index.migrate()
                 attach.check_index_owner(store, ssd_uuid)
                 attach.attach_disks(store, init)
                 if writable:

@@ -22,10 +22,12 @@ from dataclasses import dataclass
 
 import xxhash
 
+from fsd.core import formats
+
 SHARD_MAGIC = b"HOARDSH1"
 RECORD_MAGIC = b"HREC"
 SEAL_MAGIC = b"HSEALED1"
-VERSION = 1
+VERSION = formats.SHARD  # (every on-disk format and its version: fsd.core.formats)
 
 CLASS_RAW = 1
 CLASS_GENERATED = 2

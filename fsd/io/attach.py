@@ -70,9 +70,7 @@ def check_index_owner(store: Store, ssd_uuid: str) -> None:
 
 def attach_disks(store: Store, init: bool) -> None:
     known = {r.label: r for r in store.index.get_disks()}
-    noted, inside = store.index.disks_seen()
-    if inside:  # records the version that kept `seen` in them wrote: the previous release cannot read them
-        move_seen_out(store)
+    noted, _ = store.index.disks_seen()
     allow_dir = store.cfg.store.allow_directory_disks
     for dc in store.cfg.disks:
         rec = known.pop(dc.label, None)
@@ -127,19 +125,12 @@ def note_seen(store: Store, rec: DiskRecord, noted: float) -> None:
     """The disk is at its path with its identity now: note it (at most every SEEN_EVERY_S
     after the time `noted`)."""
     now = time.time()
-    if now - noted < SEEN_EVERY_S:
+    if now - noted < SEEN_EVERY_S or store.index.env.refused is not None:  # (an index a later hoardfs wrote)
         return
     try:
         store.index.saw_disk(rec.uuid, now)
     except lmdb.Error as e:  # a full or read-only SSD: the open goes on, the time stays old
         log.warning("index: cannot note that disk %s was seen: %s", rec.label, e)
-
-
-def move_seen_out(store: Store) -> None:
-    try:
-        store.index.move_seen_out()
-    except lmdb.Error as e:  # as _note_seen: the open goes on; the next one tries again
-        log.warning("index: cannot move the disks' last-seen times out of their records: %s", e)
 
 
 def forgotten(root: Path, ident: dict | None) -> bool:

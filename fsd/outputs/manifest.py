@@ -49,14 +49,15 @@ from fsd.base.errors import ExitCode, HoardError
 from fsd.base.files import ssd_full, ssd_space
 from fsd.base.modes import FILE
 from fsd.base.paths import MAX_NAME_BYTES, hostile_reason, long_name
+from fsd.core import formats
 
 __all__ = ["Entry", "Tree", "WouldBlock", "ViewError", "build_view", "files_in", "iter_files", "iter_placed",
            "manifest_objects", "named", "references", "References", "PAGE_ENTRIES", "VIEW_FORMAT", "DIR_FORMAT"]
 
-VIEW_FORMAT = "hoardfs-view-3"
-DIR_FORMAT = "hoardfs-dir-2"
+VIEW_FORMAT = formats.VIEW_MANIFEST
+DIR_FORMAT = formats.VIEW_DIR
 #: the tree formats read (view-2's directory objects are dir-1: dir-2 without inline entries)
-TREE_FORMATS = ("hoardfs-view-2", VIEW_FORMAT)
+TREE_FORMATS = formats.VIEW_TREES
 #: entries per directory object; a larger directory is split into pages of this many (an
 #: inline directory counts with every entry it holds)
 PAGE_ENTRIES = 4096
@@ -272,7 +273,7 @@ def _flat_dirs(files: list[dict]) -> dict[str, list[Entry]]:
 
 
 #: the format of an ingested batch's manifest
-BATCH_FORMAT = "hoardfs-batch-manifest-1"
+BATCH_FORMAT = formats.BATCH_MANIFEST
 
 
 def batch_manifest(batch_id: str, source: str, signalled: str, stored: dict[str, tuple[str, int]],
