@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from fsd.base.config import Settings
+from fsd.io.attach import formats_found
 from fsd.maintenance.health import disk_status, store_problems, store_status, zone_status
 from jobs import outputs
 from jobs.actions import api as actions
@@ -28,6 +29,7 @@ def collect(cfg: Settings) -> dict[str, Any]:
         "config": str(cfg.source) if cfg.source else None,
         "disks": store.pop("disks", None) or disk_status(cfg),
         "store": store,
+        "formats": store.pop("formats", None) or formats_found(cfg, None),
         "zones": zone_status(cfg),
         "database": database_status(cfg.database_url),
         "redis": redis_status(cfg.redis_url),
@@ -40,6 +42,7 @@ def collect(cfg: Settings) -> dict[str, Any]:
     for r in report["ingest"]["refused"] + report["ingest"]["stalled"]:  # never a silent skip or stall
         problems.append(f"ingest {r['batch_id']}: {r['reason']}")
     problems += store_problems(cfg, store, report["disks"], report["zones"])
+    problems += report["formats"]["problems"]
     problems += outputs.problems(cfg)
     problems += actions.problems(cfg)
     problems += database_problems(report["database"])

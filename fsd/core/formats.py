@@ -190,6 +190,21 @@ def index_state(found: int) -> dict[str, Any]:
     return out
 
 
+def survey(index_found: int | None, identities: dict[str, Any]) -> dict[str, Any]:
+    """What `hoard health --json` and `hoard check --json` show as `formats` — the one judgement
+    of both: the formats known, the index's (None: not opened), each identity's `format`
+    (`identities`: name → the value found, None when unreadable) and `problems`, one line per
+    thing a later hoardfs wrote (an older one is no problem: the next writer migrates it)."""
+    problems = []
+    if index_found is not None and index_found > INDEX:
+        problems.append(NewerFormat("the index", index_found, INDEX).message)
+    for name, found in identities.items():
+        if isinstance(found, int) and found > IDENTITY:
+            problems.append(NewerFormat(f"the identity of {name}", found, IDENTITY).message)
+    return {"known": known(), "index": None if index_found is None else index_state(index_found),
+            "identities": identities, "problems": problems}
+
+
 def known() -> dict[str, Any]:
     """Every format this hoardfs knows, as `hoard health --json` `formats.known` shows it."""
     return {"index": INDEX, "shard": SHARD, "identity": IDENTITY, "marks_log": MARKS_LOG, "judged": JUDGED,

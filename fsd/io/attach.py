@@ -11,13 +11,14 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import lmdb
 
 from fsd.base import config as config_mod
 from fsd.base.config import Settings
 from fsd.base.errors import ExitCode, HoardError
+from fsd.core import formats
 from fsd.core.disks import (
     IDENTITY,
     IDENTITY_COPY,
@@ -31,7 +32,7 @@ from fsd.core.disks import (
     shard_files_under,
     write_identity,
 )
-from fsd.core.layout import FORGOTTEN, protect_disk
+from fsd.core.layout import FORGOTTEN, SSD_IDENTITY, protect_disk
 
 if TYPE_CHECKING:
     from fsd.store import Store
@@ -53,6 +54,27 @@ def refuse_lost_index(cfg: Settings) -> None:
             refuse_disk_with_shards(cfg, dc, ident, True)
             if ident is None:
                 refuse_unmounted(cfg, dc)
+
+
+def identity_formats(cfg: Settings) -> dict[str, Any]:
+    """The `format` of the SSD's and each configured disk's identity file (None: none or
+    unreadable) — one small read each."""
+    found = {"ssd": (read_identity(cfg.ssd.root, SSD_IDENTITY) or {}).get("format")}
+    for dc in cfg.disks:
+        found[f"disk {dc.label}"] = (read_identity(dc.path) or {}).get("format")
+    return found
+
+
+def formats_found(cfg: Settings, index_format: int | None) -> dict[str, Any]:
+    """`formats` of `hoard health --json` and `hoard check --json` (fsd.core.formats.survey)."""
+    return formats.survey(index_format, identity_formats(cfg))
+
+
+def refuse_newer_identities(cfg: Settings) -> None:
+    """Before a writable open writes anything: an identity a later hoardfs wrote is refused."""
+    for name, found in identity_formats(cfg).items():
+        if isinstance(found, int):
+            formats.refuse_newer(f"the identity of {name}", found, formats.IDENTITY)
 
 
 def check_index_owner(store: Store, ssd_uuid: str) -> None:

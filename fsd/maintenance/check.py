@@ -36,7 +36,7 @@ from fsd.base.files import size_or_zero
 from fsd.core import shardfmt as fmt
 from fsd.core.disks import DiskState, shard_of
 from fsd.core.index import IndexDamaged, ObjectLoc, ShardMeta, disk_record
-from fsd.io import integrity
+from fsd.io import attach, integrity
 from fsd.io.writer import writer_alive
 from fsd.outputs.manifest import iter_files
 
@@ -60,6 +60,8 @@ class CheckReport(integrity.Findings):
     how many), notes, totals."""
     totals: dict = field(default_factory=dict)
     seconds: float = 0.0
+    #: every on-disk format found and known (fsd.core.formats.survey, as `hoard health` shows it)
+    formats: dict = field(default_factory=dict)
 
 
 #: what `check` asks the database: given a function that lists the store's objects (sha256s in
@@ -160,6 +162,9 @@ def _replica_size(store: Store, disk, meta: ShardMeta, uuid: str) -> int | None:
 def _check(store: Store, missing_in_db: MissingInDb | None) -> CheckReport:
     rep = CheckReport()
     t0 = time.monotonic()
+    rep.formats = attach.formats_found(store.cfg, store.index.format)
+    for line in rep.formats["problems"]:
+        rep.add("newer format", line)
     m0 = _read_moment(store, rep)
     shards, pointing = m0.shards, m0.pointing
     stored = integrity.in_index(store)

@@ -11,7 +11,7 @@ from fsd.base.errors import HoardError
 from fsd.base.units import fmt_bytes
 from fsd.core.disks import IDENTITY
 from fsd.core.index import has_index
-from fsd.io import integrity
+from fsd.io import attach, integrity
 from fsd.io.scrub import oldest_unverified_by_disk
 from fsd.outputs import zones
 from fsd.store import Store
@@ -122,6 +122,7 @@ def store_status(cfg: Settings) -> dict[str, Any]:
     try:
         with Store.open(cfg, writable=False) as store:
             st = store.status()
+            st["formats"] = attach.formats_found(cfg, store.index.format)
             # the marks logs and pointers, judged as `hoard check` and `hoard verify` judge them
             # (from where the last judgement stopped: only what the logs gained since is read —
             # `read` says how old the last reading of every byte is; `hoard verify` reads them all)

@@ -144,6 +144,7 @@ class Tree:
         if not block:
             raise WouldBlock(self.sha)
         doc = json.loads(self.get(self.sha))
+        formats.check_document(doc, f"the manifest {self.sha}")
         with self.lock:
             if self.kind is not None:
                 return
@@ -296,6 +297,7 @@ def iter_files(get: Get, manifest_sha_hex: str, own: list[bytes] | None = None) 
     if own is not None:
         own.append(bytes.fromhex(manifest_sha_hex))
     doc = json.loads(get(manifest_sha_hex))
+    formats.check_document(doc, f"the manifest {manifest_sha_hex}")
     if doc.get("format") not in TREE_FORMATS:
         for f in doc["files"]:  # (hand-made batch manifests may lack sizes: 0 then)
             yield f["path"], bytes.fromhex(f["sha256"]), int(f.get("size", 0))
@@ -305,6 +307,7 @@ def iter_files(get: Get, manifest_sha_hex: str, own: list[bytes] | None = None) 
 
 def _walk(get: Get, dir_sha: str, prefix: str, own: list[bytes] | None) -> Iterator[tuple[str, bytes, int]]:
     doc = json.loads(get(dir_sha))
+    formats.check_document(doc, f"the directory object {dir_sha}")
     pages = [p[1] for p in doc["pages"]] if "pages" in doc else []
     if own is not None:
         own += [bytes.fromhex(sha) for sha in (dir_sha, *pages)]
@@ -328,6 +331,7 @@ def iter_placed(get: Get, manifest_sha_hex: str) -> Iterator[tuple[bytes, str, s
     and the path of that object's directory ("" or "a/b/"). `files_in(get, object, prefix)`
     reads that object alone (fsd.outputs.members keeps these places)."""
     doc = json.loads(get(manifest_sha_hex))
+    formats.check_document(doc, f"the manifest {manifest_sha_hex}")
     if doc.get("format") not in TREE_FORMATS:
         for f in doc["files"]:
             yield bytes.fromhex(f["sha256"]), manifest_sha_hex, ""
@@ -337,6 +341,7 @@ def iter_placed(get: Get, manifest_sha_hex: str) -> Iterator[tuple[bytes, str, s
 
 def _walk_placed(get: Get, dir_sha: str, prefix: str) -> Iterator[tuple[bytes, str, str]]:
     doc = json.loads(get(dir_sha))
+    formats.check_document(doc, f"the directory object {dir_sha}")
     for obj in [p[1] for p in doc["pages"]] if "pages" in doc else [dir_sha]:
         entries = json.loads(get(obj))["entries"] if obj != dir_sha else doc["entries"]
         yield from _placed_entries(get, entries, prefix, obj, prefix)
