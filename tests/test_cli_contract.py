@@ -73,6 +73,7 @@ COMMANDS: dict[str, list[str]] = {
     "index restore": [],
     "index rewrite-marks": [],
     "index rewrite-pointers": [],
+    "index migrate": [],
     "ingest": ["--ready"],
     "label add": ["class=cat", "{SHA}"],
     "label rm": ["class", "--nodes", "{FILE}"],

@@ -15,7 +15,15 @@ from fsd.base.errors import ExitCode, HoardError, ServiceUnavailable
 from fsd.base.units import fmt_bytes
 from fsd.cli._common import confirm, out, progress, state
 from fsd.cli.store import open_store
-from sql.backup import dump_backup, full_backup_within, has_physical_backup, restore_dump, verify_dump
+from fsd.core import pointers
+from sql.backup import (
+    dump_backup,
+    full_backup_within,
+    has_physical_backup,
+    latest_dump,
+    restore_dump,
+    verify_dump,
+)
 from sql.cluster import PrivateCluster
 from sql.health import database_status
 from sql.migrate import available, current_version
@@ -193,8 +201,28 @@ def restore(
         return
 
     with open_store(ctx, writable=False) as store:
-        n = restore_dump(cfg.database_url, store, backup_id)
-    out.print(f"database {dbname} restored from dump {n}; `hoard db migrate` if it is from an older schema")
+        sha = None if backup_id is not None or _recorded_dump(cfg.database_url) else _dump_on_disks(store)
+        n = restore_dump(cfg.database_url, store, backup_id, sha)
+    which = f"dump {n}" if sha is None else f"the dump the disks name ({sha})"
+    out.print(f"database {dbname} restored from {which}; `hoard db migrate` if it is from an older schema")
+
+
+def _recorded_dump(url: str) -> bool:
+    """Whether the database records a dump (a new server's empty one does not: the dump the
+    disks name is restored then, docs/operations.md "Move to a new server")."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        return latest_dump(conn) is not None
+
+
+def _dump_on_disks(store) -> str:
+    """The sha256 of the latest dump the HDDs name (`.hoard-db-dump.json`, kept by the index and
+    found again by `hoard index rebuild`)."""
+    body = store.index.pointer_bodies()[1].get(pointers.DB_DUMP)
+    if body is None:
+        raise HoardError("the database records no dump and no disk names one (`.hoard-db-dump.json`): run "
+                         "`hoard db backup` on the old server, or `hoard index rebuild` if its disks hold one",
+                         ExitCode.USAGE)
+    return str(pointers.decode(body, pointers.DB_DUMP)["sha256"])
 
 
 @app.command()
