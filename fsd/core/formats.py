@@ -45,7 +45,7 @@ import logging
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from fsd.base.errors import ExitCode, HoardError
 
@@ -82,7 +82,7 @@ VIEW_OWNED = "hoardfs-view-owned-1"
 OUTPUT = "hoardfs-output-1"
 OUTPUT_MANIFEST = "hoardfs-output-manifest-1"
 DATASET = "hoardfs-dataset-1"
-ACTION = "hoardfs-action-1"
+ACTION: Final = "hoardfs-action-1"  # (Final: the ActionContract model types its `format` as this literal)
 #: kind → the newest version of it this hoardfs reads
 MANIFESTS = {kind: int(n) for kind, n in (
     f.rsplit("-", 1) for f in (BATCH_MANIFEST, VIEW_MANIFEST, VIEW_DIR, VIEW_OWNED, OUTPUT, OUTPUT_MANIFEST,
