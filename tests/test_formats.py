@@ -178,6 +178,8 @@ def test_a_newer_index_is_refused_for_writing_and_no_byte_changes(tmp_path: Path
     assert "\n" not in line and "Traceback" not in line
     assert f"the index at {cfg.index_dir} is format 3, newer than this hoardfs knows (2)" in line
     assert "upgrade hoardfs" in line and "Upgrade" in line
+    migrate = _hoard("--config", str(cfg_path), "index", "migrate")
+    assert migrate.returncode == 3 and migrate.stderr.strip().endswith(line.split("hoard: error: ")[-1])
     out = tmp_path.parent / f"{tmp_path.name}-got.bin"  # (outside the tree compared)
     got = _hoard("--config", str(cfg_path), "get", kinds["live"][0], "-o", str(out))
     assert got.returncode == 0, got.stderr  # reads go on
@@ -187,6 +189,24 @@ def test_a_newer_index_is_refused_for_writing_and_no_byte_changes(tmp_path: Path
     check = _hoard("--config", str(cfg_path), "check", "--json", "--no-database")
     assert check.returncode == 5 and json.loads(check.stdout)["formats"]["index"]["state"] == "newer"
     assert any("is format 3, newer than" in p for p in json.loads(check.stdout)["problems"])
+
+
+@pytest.mark.services  # (runs `hoard` in a process)
+def test_a_newer_disk_identity_refuses_writes(tmp_path: Path) -> None:
+    """A disk whose identity a later hoardfs wrote (`format` 2): `hoard put` refuses naming the
+    disk, nothing changes; `hoard check` names it as a problem."""
+    cfg_path, kinds = _store(tmp_path)
+    ident = tmp_path / "d1" / ".hoard-disk.json"
+    ident.write_text(json.dumps({**json.loads(ident.read_text()), "format": formats.IDENTITY + 1}))
+    before = _files(tmp_path)
+    put = _hoard("--config", str(cfg_path), "put", str(tmp_path / "in" / sorted(os.listdir(tmp_path / "in"))[0]))
+    assert put.returncode == 3 and "the identity of disk d1 is format 2, newer than this hoardfs knows (1)" \
+        in put.stderr, put.stderr
+    assert _files(tmp_path) == before
+    check = _hoard("--config", str(cfg_path), "check", "--json", "--no-database")
+    found = json.loads(check.stdout)
+    assert check.returncode == 5 and found["formats"]["identities"]["disk d1"] == 2
+    assert found["counts"] == {"newer format": 1}
 
 
 def test_newer_shard_and_manifest_are_named(tmp_path: Path) -> None:

@@ -93,7 +93,7 @@ class DiskRecord:
         d["state"] = DiskState(d["state"])
         # a field a later version added is not this version's to read (an index written by it
         # still opens here); a `seen` that records of the version that kept it here carry is read
-        # by Index.disks_seen and moved out when the record is rewritten
+        # by Index.disks_seen and moved out by the index's migration to format 2 (fsd.core.formats)
         return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
 
 
