@@ -9,6 +9,7 @@ from typing import Any
 from fsd.base.config import Settings
 from fsd.base.errors import HoardError
 from fsd.base.units import fmt_bytes
+from fsd.core import smart
 from fsd.core.disks import IDENTITY
 from fsd.core.index import has_index
 from fsd.io import integrity
@@ -159,6 +160,26 @@ def verified_by_disk(cfg: Settings) -> dict[str, float | None]:
             return oldest_unverified_by_disk(store)
     except (HoardError, OSError):
         return {}
+
+
+#: one line of a disk's SMART reading, for the health table and the GUI's disk card
+smart_line = smart.summary
+
+
+def smart_status(cfg: Settings, disks: list[dict[str, Any]], max_age_s: float = smart.FRESH_S) -> dict[str, dict[str, Any]]:
+    """Per disk label, its drive's SMART reading (`fsd.core.smart.read_all`: the cached one
+    while younger than `max_age_s`). A disk not at its path is not read: its mount point is an
+    empty directory on another drive, whose SMART is not this disk's."""
+    labels = [d["label"] for d in disks if d.get("present", True) and d.get("state", "active") != "missing"
+              and (d.get("mount_point") or d.get("state", "active") == "active")]
+    return smart.read_all(cfg, max_age_s, labels)
+
+
+def smart_findings(disks: list[dict[str, Any]]) -> tuple[list[str], list[str]]:
+    """(problems, warnings) of the disks' SMART readings (each entry's `smart`): the one
+    judgement `hoard check` and `hoard verify` make too (`fsd.core.smart.judge`)."""
+    found = [f for d in disks if d.get("smart") for f in smart.judge(d["label"], d["smart"], d.get("state", "active"))]
+    return [line for level, line in found if level == smart.PROBLEM], [line for level, line in found if level == smart.WARNING]
 
 
 def _space_problems(cfg: Settings, disks: list[dict[str, Any]]) -> list[str]:
