@@ -175,6 +175,21 @@ def smart_status(cfg: Settings, disks: list[dict[str, Any]], max_age_s: float = 
     return smart.read_all(cfg, max_age_s, labels)
 
 
+def smart_of_store(store: Store, max_age_s: float = smart.FRESH_S,
+                   labels: list[str] | None = None) -> tuple[dict[str, dict[str, Any]], list[str], list[str]]:
+    """The SMART readings of an open store's disks (or those of `labels`), judged by their
+    states in its index: (readings by label, problems, warnings) — what `hoard check` and
+    `hoard verify` report, in `hoard health`'s words."""
+    states = {r.label: r.state.value for r in store.records.values()}
+    disks = [{"label": d.label, "state": states.get(d.label, "active"), "present": d.path.is_dir(),
+              "mount_point": os.path.ismount(d.path)} for d in store.cfg.disks if labels is None or d.label in labels]
+    readings = smart_status(store.cfg, disks, max_age_s)
+    for d in disks:
+        if d["label"] in readings:
+            d["smart"] = readings[d["label"]]
+    return readings, *smart_findings(disks)
+
+
 def smart_findings(disks: list[dict[str, Any]]) -> tuple[list[str], list[str]]:
     """(problems, warnings) of the disks' SMART readings (each entry's `smart`): the one
     judgement `hoard check` and `hoard verify` make too (`fsd.core.smart.judge`)."""
