@@ -19,7 +19,7 @@ from fsd.cli.rebuild import run_rebuild
 from fsd.cli.store import open_store
 from fsd.core.disks import DiskState
 from fsd.maintenance import lifecycle
-from fsd.maintenance.health import disk_status, smart_findings, smart_line, smart_status, store_status
+from fsd.maintenance.health import disk_status, smart_findings, smart_line, smart_status
 from fsd.store import Store
 
 app = typer.Typer(help="The HDDs: list, add, retire, replace, activate, forget; their drives' SMART.",
@@ -144,7 +144,8 @@ def smart(
     for label in labels or []:
         if label not in known:
             raise HoardError(f"no disk {label!r} in {cfg.source}; `hoard disks list` names them", ExitCode.USAGE)
-    disks = [d for d in (store_status(cfg).get("disks") or disk_status(cfg)) if not labels or d["label"] in labels]
+    # (the disks' paths only: the store is not opened — the timer runs this as root, sandboxed)
+    disks = [d for d in disk_status(cfg) if not labels or d["label"] in labels]
     readings = smart_status(cfg, disks, max_age_s)
     for d in disks:
         if d["label"] in readings:

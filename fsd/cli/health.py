@@ -53,7 +53,8 @@ def _record_usage(cfg: config_mod.Settings, report: dict) -> None:
         err.print(f"usage: not recorded — the last sample ({rec.last_at:%Y-%m-%d %H:%M:%S %Z}) is younger than "
                   f"{SAMPLE_EVERY.seconds // 60} minutes{pruned}", markup=False)
     else:
-        err.print(f"usage: sample of {rec.rows} disks, zones and the store recorded{pruned}", markup=False)
+        smart = f" with {rec.smart_rows} disks' SMART readings" if rec.smart_rows else ""
+        err.print(f"usage: sample of {rec.rows} disks, zones and the store recorded{smart}{pruned}", markup=False)
 
 
 def _print_health(report: dict) -> None:

@@ -36,6 +36,7 @@ from typing import Any
 
 from fsd.base.config import Settings
 from fsd.base.files import atomic_write
+from fsd.base.modes import ensure_dir
 
 log = logging.getLogger(__name__)
 
@@ -148,7 +149,7 @@ def device_of(path: Path) -> Device:
 def _count(attr: dict[str, Any]) -> int | None:
     """An ATA attribute's raw count: the raw string's leading number (some drives pack more
     fields into the raw 48 bits: "33 (0 3 0 0 0)"), else the raw value."""
-    raw = attr.get("raw") if isinstance(attr.get("raw"), dict) else {}
+    raw = _obj(attr, "raw")
     m = re.match(r"\s*(\d+)", str(raw.get("string", "")))
     if m:
         return int(m.group(1))
@@ -158,6 +159,12 @@ def _count(attr: dict[str, Any]) -> int | None:
 
 def _int(v: Any) -> int | None:
     return v if isinstance(v, int) and not isinstance(v, bool) else None
+
+
+def _obj(doc: dict[str, Any], key: str) -> dict[str, Any]:
+    """`doc[key]` when it is a JSON object, else {} (hostile input: any field may be anything)."""
+    v = doc.get(key)
+    return v if isinstance(v, dict) else {}
 
 
 def _text(v: Any, n: int = 80) -> str | None:
@@ -171,14 +178,16 @@ def parse(doc: Any) -> dict[str, Any]:
     attributes failing now; `available` False with `why` when the device has no SMART."""
     if not isinstance(doc, dict):
         return {"available": False, "why": "smartctl printed no JSON object"}
-    ctl = doc.get("smartctl") if isinstance(doc.get("smartctl"), dict) else {}
-    msgs = [m.get("string") for m in ctl.get("messages") or [] if isinstance(m, dict) and isinstance(m.get("string"), str)]
+    ctl = _obj(doc, "smartctl")
+    said = ctl.get("messages")
+    msgs = [str(m["string"]) for m in (said if isinstance(said, list) else [])
+            if isinstance(m, dict) and isinstance(m.get("string"), str)]
     status = _int(ctl.get("exit_status")) or 0
-    dev = doc.get("device") if isinstance(doc.get("device"), dict) else {}
+    dev = _obj(doc, "device")
     out: dict[str, Any] = {"available": True, "protocol": _text(dev.get("protocol"), 16),
                            "model": _text(doc.get("model_name") or doc.get("scsi_model_name")),
                            "serial": _text(doc.get("serial_number"), 40), "exit_status": status}
-    health = doc.get("smart_status") if isinstance(doc.get("smart_status"), dict) else {}
+    health = _obj(doc, "smart_status")
     passed = health.get("passed")
     out["passed"] = passed if isinstance(passed, bool) else None
     if out["passed"] is None and status & 0x02:  # open failed, or asleep (-n standby)
@@ -188,20 +197,17 @@ def parse(doc: Any) -> dict[str, Any]:
     support = doc.get("smart_support")
     if out["passed"] is None and (support is None or (isinstance(support, dict) and support.get("available") is False)):
         return {"available": False, "why": "; ".join(msgs)[:200] or "the device has no SMART"}
-    table = (doc.get("ata_smart_attributes") or {}).get("table") if isinstance(doc.get("ata_smart_attributes"), dict) else None
+    table = _obj(doc, "ata_smart_attributes").get("table")
     attrs = {a.get("id"): a for a in table if isinstance(a, dict)} if isinstance(table, list) else {}
     out["reallocated"] = _count(attrs[5]) if 5 in attrs else _int(doc.get("scsi_grown_defect_list"))
     out["pending"] = _count(attrs[197]) if 197 in attrs else None
     out["uncorrectable"] = _count(attrs[198]) if 198 in attrs else None
     out["failing_now"] = [_text(a.get("name"), 40) or f"#{i}" for i, a in attrs.items() if a.get("when_failed") == "now"]
-    nvme = doc.get("nvme_smart_health_information_log")
-    nvme = nvme if isinstance(nvme, dict) else {}
+    nvme = _obj(doc, "nvme_smart_health_information_log")
     out["media_errors"] = _int(nvme.get("media_errors"))
     out["critical_warning"] = _int(nvme.get("critical_warning"))
-    temp = doc.get("temperature") if isinstance(doc.get("temperature"), dict) else {}
-    out["temperature_c"] = _int(temp.get("current"))
-    hours = doc.get("power_on_time") if isinstance(doc.get("power_on_time"), dict) else {}
-    out["power_on_hours"] = _int(hours.get("hours"))
+    out["temperature_c"] = _int(_obj(doc, "temperature").get("current"))
+    out["power_on_hours"] = _int(_obj(doc, "power_on_time").get("hours"))
     return out
 
 
@@ -340,7 +346,7 @@ def read_all(cfg: Settings, max_age_s: float = FRESH_S, labels: list[str] | None
         _remember(entry, fresh.get(dev) or {"available": False, "why": "smartctl did not answer", "error": True}, now)
     if todo:
         try:
-            cache_path(cfg).parent.mkdir(parents=True, exist_ok=True)
+            ensure_dir(cache_path(cfg).parent)  # (the `hoard` group's, set-group-id: root's readings are readable)
             atomic_write(cache_path(cfg), json.dumps({"format": FORMAT, "devices": cache}).encode())
         except OSError as e:  # a reader that may not write the SSD's state keeps nothing
             log.debug("cannot keep the SMART readings at %s: %s", cache_path(cfg), e)

@@ -167,11 +167,15 @@ smart_line = smart.summary
 
 
 def smart_status(cfg: Settings, disks: list[dict[str, Any]], max_age_s: float = smart.FRESH_S) -> dict[str, dict[str, Any]]:
-    """Per disk label, its drive's SMART reading (`fsd.core.smart.read_all`: the cached one
-    while younger than `max_age_s`). A disk not at its path is not read: its mount point is an
-    empty directory on another drive, whose SMART is not this disk's."""
-    labels = [d["label"] for d in disks if d.get("present", True) and d.get("state", "active") != "missing"
-              and (d.get("mount_point") or d.get("state", "active") == "active")]
+    """Per disk label (of `disks`: entries of `disk_status` or `store_status`), its drive's SMART
+    reading (`fsd.core.smart.read_all`: the cached one while younger than `max_age_s`). Only a
+    disk at its path is read — a mount point, or a directory holding the disk's identity file:
+    an unmounted disk's mount point is an empty directory on another drive, whose SMART is not
+    this disk's."""
+    paths = {d.label: d.path for d in cfg.disks}
+    labels = [d["label"] for d in disks if d["label"] in paths and d.get("present", True)
+              and d.get("state", "active") != "missing"
+              and (d.get("mount_point") or (paths[d["label"]] / IDENTITY).exists())]
     return smart.read_all(cfg, max_age_s, labels)
 
 
@@ -191,9 +195,15 @@ def smart_of_store(store: Store, max_age_s: float = smart.FRESH_S,
 
 
 def smart_findings(disks: list[dict[str, Any]]) -> tuple[list[str], list[str]]:
-    """(problems, warnings) of the disks' SMART readings (each entry's `smart`): the one
-    judgement `hoard check` and `hoard verify` make too (`fsd.core.smart.judge`)."""
-    found = [f for d in disks if d.get("smart") for f in smart.judge(d["label"], d["smart"], d.get("state", "active"))]
+    """(problems, warnings) of the disks' SMART readings (each entry's `smart`, which gets its
+    own as `findings`: [{level, line}]): the one judgement `hoard check` and `hoard verify`
+    make too (`fsd.core.smart.judge`)."""
+    found = []
+    for d in disks:
+        if d.get("smart"):
+            mine = smart.judge(d["label"], d["smart"], d.get("state", "active"))
+            d["smart"]["findings"] = [{"level": level, "line": line} for level, line in mine]
+            found += mine
     return [line for level, line in found if level == smart.PROBLEM], [line for level, line in found if level == smart.WARNING]
 
 
