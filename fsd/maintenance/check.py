@@ -18,8 +18,8 @@ verifies"):
 9. (design.md's item 10) every batch and view has its pointer in the index, and every disk
    in service holds the index's pointers, byte for byte (a rebuild from any of them names the same batches and
    views, with the same definitions);
-10. no disk's drive says by its SMART that it is failing (`fsd.core.smart.judge`, as `hoard
-   health` judges it: a drive losing sectors is a note).
+10. (design.md's item 11) no disk's drive says by its SMART that it is failing
+   (`fsd.core.smart.judge`, as `hoard health` judges it: a drive losing sectors is a note).
 
 Replicas below their class target and orphan files are reported as notes, not failures
 (`hoard replicate`, `hoard verify --orphans` deal with them).
