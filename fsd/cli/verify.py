@@ -108,6 +108,7 @@ def check(
 
     with database(state(ctx).settings, skip=no_database) as conn, open_store(ctx, writable=False) as store:
         rep = check_mod.check(store, (lambda objs: store_vs_database(conn, objs)) if conn is not None else None)
+        check_mod.check_drives(store, rep)
     if as_json:
         out.print(json.dumps(asdict(rep) | {"ok": rep.ok}), markup=False)
     else:

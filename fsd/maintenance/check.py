@@ -85,14 +85,18 @@ def check(store: Store, missing_in_db: MissingInDb | None = None, wait_s: float 
     deletes their files and adjusts the disks' used bytes in steps, and a check reading between
     them reported "used bytes" and "missing replica" disagreements about a whole store."""
     with store.maintenance("check", wait_s=wait_s):
-        rep = _check(store, missing_in_db)
-    # 10. each drive's own SMART, judged as `hoard health` judges it: a drive that says it is
-    # failing is a disagreement with the store's promise of its copies; a warning is a note
+        return _check(store, missing_in_db)
+
+
+def check_drives(store: Store, rep: CheckReport) -> None:
+    """Item 10: each drive's own SMART (the cached reading while younger than an hour), judged
+    as `hoard health` judges it: a drive that says it is failing is a disagreement with the
+    store's promise of its copies; a warning is a note. Apart from `check` (it runs smartctl:
+    `hoard check` calls both)."""
     _, problems, warnings = smart_of_store(store)
     for line in problems:
         rep.add("disk SMART", line)
     rep.notes += [f"warning: {line}" for line in warnings]
-    return rep
 
 
 @dataclass
