@@ -15,7 +15,7 @@ SHELL := /bin/bash
 # their own daemon and import their image from a busybox root filesystem (tests/dockerd.py).
 APT_PKGS := postgresql redis-server pgbackrest fuse3 libfuse3-dev pkg-config \
             python3-dev python3-venv gcc libc6-dev e2fsprogs util-linux rsync procps \
-            chromium chromium-driver ffmpeg docker.io busybox-static
+            chromium chromium-driver ffmpeg docker.io busybox-static smartmontools
 # Debian's interpreter, not whatever `python3` is first on PATH: a worker runs as an
 # unprivileged user (actions.worker_user) with hoard's venv, and an interpreter under a private
 # home (pyenv's /root/.pyenv) cannot be run by it (docs/actions.md, Running a worker).

@@ -12,8 +12,9 @@ from __future__ import annotations
 from typing import Any
 
 from fsd.base.config import Settings
+from fsd.core.smart import FRESH_S
 from fsd.io.attach import formats_found
-from fsd.maintenance.health import disk_status, store_problems, store_status, zone_status
+from fsd.maintenance.health import disk_status, smart_findings, smart_status, store_problems, store_status, zone_status
 from jobs import outputs
 from jobs.actions import api as actions
 from jobs.ingest import ingest_status
@@ -21,8 +22,10 @@ from jobs.queues import redis_status
 from sql.health import database_problems, database_status
 
 
-def collect(cfg: Settings) -> dict[str, Any]:
-    """Gather the status of disks, zones, PostgreSQL and Redis, and list the problems."""
+def collect(cfg: Settings, smart_max_age_s: float = FRESH_S) -> dict[str, Any]:
+    """Gather the status of disks, zones, PostgreSQL and Redis, and list the problems (exit 4)
+    and the warnings (signs to act on before they become problems: a drive losing sectors).
+    Each disk's SMART reading is the cached one while younger than `smart_max_age_s`."""
     assert cfg.database_url and cfg.redis_url
     store = store_status(cfg)
     report: dict[str, Any] = {
@@ -35,7 +38,11 @@ def collect(cfg: Settings) -> dict[str, Any]:
         "redis": redis_status(cfg.redis_url),
         "ingest": ingest_status(cfg),
     }
-    problems: list[str] = []
+    readings = smart_status(cfg, report["disks"], smart_max_age_s)
+    for d in report["disks"]:
+        if d["label"] in readings:
+            d["smart"] = readings[d["label"]]
+    problems, warnings = smart_findings(report["disks"])
     for f in report["ingest"]["failed"]:
         problems.append(f"ingest {f['batch_id']}: failed at {f['step']}: {f['error']}; after fixing it, "
                         f"`hoard ingest --resume {f['batch_id']}`")
@@ -49,5 +56,6 @@ def collect(cfg: Settings) -> dict[str, Any]:
     if not report["redis"]["ok"]:
         problems.append(f"redis: {report['redis']['error']}; start it with `hoard services up` or fix redis_url")
     report["problems"] = problems
+    report["warnings"] = warnings
     report["ok"] = not problems
     return report

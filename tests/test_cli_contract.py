@@ -61,6 +61,7 @@ COMMANDS: dict[str, list[str]] = {
     "disks list": [],
     "disks replace": ["hdd4", "nosuch"],
     "disks retire": ["nosuch"],
+    "disks smart": [],
     "export": [],
     "fixtures generate": ["{OUTDIR}", "--items", "3", "--batches", "1", "--large-max-mb", "1"],
     "gc": [],

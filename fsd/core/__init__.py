@@ -4,4 +4,5 @@ that hold shards (`disks`, `backend`: the contract every caller of a disk uses),
 things live on them (`layout`), what each disk's marks log and pointer files say and the
 index's tables that mirror them (`marks`, `pointers`), the LMDB index of every object
 (`index`, with its entries' encoding in `entries` and its events and repairs in `events`),
-where a new shard goes (`placement`) and the store's lock (`storelock`). Imports only `fsd.base`."""
+where a new shard goes (`placement`), the store's lock (`storelock`) and what each disk's
+drive says of itself (`smart`). Imports only `fsd.base`."""
