@@ -53,7 +53,7 @@ def run_mount(cfg: Settings, mountpoint: Path, debug: bool = False, ready=None, 
         refresh()
     ops = HoardOps(ns, reader, watcher)
     options = set(pyfuse3.default_options) | {"fsname=hoardfs", "subtype=hoard", "ro"}
-    if os.geteuid() == 0:
+    if os.geteuid() == 0 or cfg.mount.allow_other:
         # others may look up the mount, the kernel lets only the owner and the `hoard` group read
         options |= {"allow_other", "default_permissions"}
     if debug:

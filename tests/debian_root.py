@@ -1,0 +1,109 @@
+"""A pristine Debian 12 root for the install test (tests/test_install_root.py): debootstrap's
+minbase plus what a README may assume (git, make, python3 with venv, ca-certificates), cached
+as a tarball and unpacked fresh for each run. It shares this machine's kernel: /dev, /proc and
+/sys are bound in, so FUSE works inside as on a real server.
+
+    python -m tests.debian_root [CACHE]      # build the cached tarball only (slow: minutes)
+
+Everything system-level of the test (apt-get, PostgreSQL, Redis, the `hoard` user) happens
+inside the root, never on this machine.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+#: the cached base (about 250 MB); HOARD_DEBIAN_ROOT_CACHE moves it
+CACHE = Path(os.environ.get("HOARD_DEBIAN_ROOT_CACHE", "/tmp/hoard-debian12-base.tar"))
+SUITE = "bookworm"
+BASE_PKGS = "git make python3 python3-venv ca-certificates"
+ENV = ["env", "-i", "HOME=/root", "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+       "LANG=C.UTF-8"]
+BINDS = ("dev", "dev/pts", "proc", "sys")
+
+
+def _mirror() -> str:
+    """The mirror this machine's apt uses (its deb822 sources, else its sources.list)."""
+    for f in (Path("/etc/apt/sources.list.d/debian.sources"), Path("/etc/apt/sources.list")):
+        if f.exists():
+            for line in f.read_text().splitlines():
+                words = line.split()
+                if words[:1] == ["URIs:"] or (words[:1] == ["deb"] and len(words) > 1):
+                    return words[1]
+    return "http://deb.debian.org/debian"
+
+
+def build_base(cache: Path = CACHE) -> Path:
+    """The cached tarball, debootstrapped first if missing (needs root and `debootstrap`)."""
+    if cache.exists():
+        return cache
+    if shutil.which("debootstrap") is None:
+        raise RuntimeError("debootstrap is not installed (Debian package debootstrap; the Makefile's deps install it)")
+    build = cache.with_name(cache.name + ".build")
+    shutil.rmtree(build, ignore_errors=True)
+    subprocess.run(["nice", "-n", "19", "debootstrap", "--variant=minbase", SUITE, str(build), _mirror()],
+                   check=True, stdout=subprocess.DEVNULL)
+    # this machine's apt sources, settings and extra CA certificates (a TLS-inspecting proxy, if
+    # any) hold inside too, so apt-get and pip reach what they reach here
+    src = Path("/etc/apt/sources.list.d/debian.sources")
+    if src.exists():
+        shutil.copy(src, build / "etc/apt/sources.list.d/")
+        (build / "etc/apt/sources.list").unlink(missing_ok=True)
+    for conf in Path("/etc/apt/apt.conf.d").glob("99*"):
+        shutil.copy(conf, build / "etc/apt/apt.conf.d/")
+    shutil.copy("/etc/resolv.conf", build / "etc/resolv.conf", follow_symlinks=True)
+    certs = build / "usr/local/share/ca-certificates"
+    certs.mkdir(parents=True, exist_ok=True)
+    for crt in Path("/usr/local/share/ca-certificates").glob("*.crt"):
+        shutil.copy(crt, certs)
+    subprocess.run(["chroot", str(build), *ENV, "bash", "-c",
+                    f"apt-get update -qq && apt-get install -y -qq {BASE_PKGS} >/dev/null && "
+                    "update-ca-certificates >/dev/null"], check=True)
+    (build / "etc/pip.conf").write_text("[global]\ncert = /etc/ssl/certs/ca-certificates.crt\n")
+    tmp = cache.with_name(cache.name + ".part")
+    subprocess.run(["tar", "-C", str(build), "-cf", str(tmp), "."], check=True)
+    os.replace(tmp, cache)
+    shutil.rmtree(build, ignore_errors=True)
+    return cache
+
+
+class DebianRoot:
+    """A fresh copy of the base at `path` with /dev, /proc and /sys bound in (`with` unbinds)."""
+
+    def __init__(self, path: Path, cache: Path = CACHE) -> None:
+        self.path = path
+        self.cache = cache
+
+    def __enter__(self) -> DebianRoot:
+        base = build_base(self.cache)
+        self._unbind()
+        shutil.rmtree(self.path, ignore_errors=True)
+        self.path.mkdir(parents=True)
+        subprocess.run(["tar", "-C", str(self.path), "-xf", str(base)], check=True)
+        for m in BINDS:
+            subprocess.run(["mount", "--bind", f"/{m}", str(self.path / m)], check=True)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._unbind()
+
+    def _unbind(self) -> None:
+        for m in reversed(BINDS):
+            subprocess.run(["umount", "-l", str(self.path / m)], capture_output=True)
+
+    def run(self, cmd: str, check: bool = True, timeout: float = 3600) -> subprocess.CompletedProcess:
+        """`cmd` in the root as root (bash -lc, a clean environment); output captured."""
+        res = subprocess.run(["chroot", str(self.path), *ENV, "bash", "-lc", cmd], capture_output=True,
+                             text=True, timeout=timeout)
+        if check and res.returncode != 0:
+            raise AssertionError(f"in the Debian root: {cmd!r} exited {res.returncode}\n"
+                                 f"stdout: {res.stdout[-4000:]}\nstderr: {res.stderr[-4000:]}")
+        return res
+
+
+if __name__ == "__main__":
+    print(build_base(Path(sys.argv[1]) if len(sys.argv) > 1 else CACHE))
