@@ -218,6 +218,7 @@ class BackRest:
         try:
             self.run(f"--set={label}", f"--pg1-path={data}", "--type=immediate", "--target-action=promote",
                      "--archive-mode=off", "restore", what=f"restoring {label} into {data}")
+            _own_configuration(data)
             opts = f"-c port=5499 -c listen_addresses='' -c unix_socket_directories='{sock}' -c archive_mode=off"
             res = subprocess.run(run_as_server() + [str(self.pg_bin / "pg_ctl"), "-D", str(data), "-l",
                                                         str(scratch / "pg.log"), "-o", opts, "-w", "-t", "120", "start"],
@@ -239,7 +240,7 @@ class BackRest:
         ok = not problems
         detail = "; ".join(problems) if problems else (
             f"backup {label} restored and checked: {sum(v for v in counts.values() if isinstance(v, int))} rows, "
-            "foreign keys intact, sampled objects in the store")
+            "foreign keys intact" + (", sampled objects in the store" if store is not None else ""))
         with psycopg.connect(url, autocommit=True) as conn:
             conn.execute("UPDATE backup_log SET verified_at = now(), verify_ok = %s, verify_detail = %s "
                          "WHERE backup_id = %s", [ok, detail, backup_id])
@@ -266,6 +267,18 @@ class BackRest:
             raise
         cluster.start()
         return keep
+
+
+def _own_configuration(data: Path) -> None:
+    """A restored Debian cluster has no configuration in its data directory (it lives in
+    /etc/postgresql/<version>/<name>, naming the live cluster's directory and port): the scratch
+    copy gets its own — settings from the command line, local connections by peer — or
+    PostgreSQL refuses to start ("could not access the server configuration file")."""
+    for name, text in (("postgresql.conf", "# hoardfs restore-verify: settings on the command line\n"),
+                       ("pg_hba.conf", "local all all peer\n"), ("pg_ident.conf", "")):
+        if not (data / name).exists():
+            (data / name).write_text(text)
+            give_to_server(data / name)
 
 
 def _writes(conn: psycopg.Connection, schema: str) -> dict[str, int]:

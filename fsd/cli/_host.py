@@ -72,10 +72,16 @@ class Host:
             action()
 
     def run(self, what: str, cmd: Sequence[str], user: str | None = None, group: str | None = None,
-            timeout: float = 1800, check: bool = True) -> int:
-        """A change made by a program; its failure is one line naming `what` and its last words."""
-        self.changes += 1
-        self.say(f"{what}: {shlex.join(cmd)}" + (f" (as {user})" if user else ""))
+            timeout: float = 1800, check: bool = True, change: bool = True) -> int:
+        """A change made by a program; its failure is one line naming `what` and its last words.
+        `change=False`: a program that changes only what differs itself (`hoard db migrate`): run
+        every time, not counted as a change."""
+        self.changes += change
+        line = f"{what}: {shlex.join(cmd)}" + (f" (as {user})" if user else "")
+        if change:
+            self.say(line)
+        else:
+            out.print(f"{'would run' if self.dry_run else 'ran'}: {line}", markup=False)
         if self.dry_run:
             return 0
         res = subprocess.run(self.argv(cmd, user, group), capture_output=True, text=True, cwd="/", timeout=timeout)

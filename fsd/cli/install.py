@@ -170,6 +170,13 @@ class Installer:
 
     def _own(self, what: str, path: Path, mode: str) -> None:
         real = self.h.p(path)
+        try:
+            real.stat()
+        except PermissionError:  # a FUSE mount without allow_other: even root may not look (hoard's mount)
+            out.print(f"{what}: {path} is mounted by another user (the running hoard-mount.service), kept", markup=False)
+            return
+        except FileNotFoundError:
+            pass
         if not real.is_dir():
             self.h.run(f"{what}: make {path}", ["install", "-d", "-o", USER, "-g", USER, "-m", mode, str(path)])
             return
@@ -177,7 +184,7 @@ class Installer:
         if not self.h.user_exists(USER) or _name(self.h, st.st_uid, "passwd") != USER:
             # a store a root-run hoardfs made: its files become the services' (once)
             self.h.run(f"{what}: {path} and what it holds to {USER}", ["chown", "-R", f"{USER}:{USER}", str(path)])
-        if oct(st.st_mode & 0o7777)[2:].zfill(4) != mode:
+        if st.st_mode & 0o777 != int(mode, 8):  # (the setgid bit hoard gives its directories stays: chmod keeps it)
             self.h.run(f"{what}: mode {mode}", ["chmod", mode, str(path)])
 
     def venv(self) -> None:
@@ -203,6 +210,13 @@ class Installer:
         elif not shared:
             out.print("fuse: the mount is the hoard group's only (mount.allow_other unset): /etc/fuse.conf "
                       "left as it is", markup=False)
+        dev = self.h.p("/dev/fuse")
+        if dev.exists() and not dev.stat().st_mode & 0o006:
+            # libfuse opens /dev/fuse as the mount's user before it calls fusermount3: "fuse: failed to open
+            # /dev/fuse: Permission denied", and no fallback
+            out.print(f"fuse: problem: /dev/fuse is mode {dev.stat().st_mode & 0o777:04o}: hoard-mount.service (user "
+                      f"{USER}) cannot open it; Debian's udev makes it 0666 — `chmod 0666 /dev/fuse` (and find what "
+                      "changed it)", markup=False)
 
     def units(self, cfg, repo: Path | None) -> list[str]:
         """Write the units; the names written."""
@@ -252,7 +266,8 @@ class Installer:
 
     def _start_postgresql(self, cluster: pgsys.SystemCluster) -> None:
         if self.systemd:
-            self.h.run("PostgreSQL started and enabled", ["systemctl", "enable", "--now", "postgresql.service"])
+            if self._down(["postgresql.service"]):
+                self.h.run("PostgreSQL started and enabled", ["systemctl", "enable", "--now", "postgresql.service"])
             return
         st = self.h.probe(["pg_lsclusters", "-h", cluster.version, cluster.name])
         if st is None or "online" not in st.stdout:
@@ -278,8 +293,9 @@ class Installer:
                    ["sh", "-c", "umask 0007 && exec " + shlex.join(argv)], user="redis", group=USER)
 
     def store(self) -> None:
-        self.h.run("the store's directories and identity files", self.hoard("init"), user=USER)
-        self.h.run("the database schema", self.hoard("db", "migrate"), user=USER)
+        """`hoard init` and `hoard db migrate` as hoard: each changes only what is missing."""
+        self.h.run("the store's directories and identity files", self.hoard("init"), user=USER, change=False)
+        self.h.run("the database schema", self.hoard("db", "migrate"), user=USER, change=False)
 
     def backrest(self, cfg, cluster: pgsys.SystemCluster) -> Path:
         label = self.backup_disk or cfg.disks[0].label
@@ -304,8 +320,7 @@ class Installer:
                 self.h.run("PostgreSQL restarted (archive_mode)", ["pg_ctlcluster", cluster.version, cluster.name,
                                                                   "restart"])
         br = ["pgbackrest", f"--config={pgsys.BACKREST_CONF}", f"--stanza={pgsys.STANZA}"]
-        info = self.h.probe([*br, "info"], user="postgres")
-        if changed or info is None or info.returncode != 0 or "status: ok" not in info.stdout:
+        if changed or not self.h.p(repo / "backup" / pgsys.STANZA / "backup.info").exists():
             self.h.run("the pgBackRest stanza", [*br, "stanza-create"], user="postgres")
         if not self.h.dry_run:  # a WAL switch and its archiving: changes nothing worth a line
             check = self.h.probe([*br, "check"], user="postgres")
@@ -321,7 +336,31 @@ class Installer:
             out.print("units: written, not started — systemd is not PID 1 here (a chroot or a container); they "
                       "start at the next boot under systemd", markup=False)
             return
-        self.h.run("the services and timers started and enabled", ["systemctl", "enable", "--now", *ENABLE])
+        wanted = list(ENABLE)
+        if not self._gui_users():
+            wanted.remove("hoard-gui.service")
+            out.print("gui: not started — no GUI users yet: `hoard users add NAME --role admin`, then `systemctl "
+                      "enable --now hoard-gui` (it listens on 127.0.0.1:8080; docs/operations.md for the TLS proxy)",
+                      markup=False)
+        down = self._down(wanted)
+        if down:
+            self.h.run("the services and timers started and enabled", ["systemctl", "enable", "--now", *down])
+        else:
+            out.print(f"units: the {len(wanted)} services and timers are enabled and running", markup=False)
+
+    def _gui_users(self) -> bool:
+        res = self.h.probe(self.hoard("users", "list", "--json"), user=USER)
+        return res is not None and res.returncode == 0 and res.stdout.strip() not in ("", "[]")
+
+    def _down(self, units: list[str]) -> list[str]:
+        """Those of `units` that are not both enabled and active."""
+        down = []
+        for unit in units:
+            active = self.h.probe(["systemctl", "is-active", "--quiet", unit])
+            enabled = self.h.probe(["systemctl", "is-enabled", "--quiet", unit])
+            if not (active and enabled and active.returncode == 0 and enabled.returncode == 0):
+                down.append(unit)
+        return down
 
     def health(self) -> None:
         if self.h.dry_run:
@@ -405,6 +444,10 @@ def install(
     if os.geteuid() != 0 and not dry_run:
         raise HoardError("hoard install changes the system: run it as root (or see what it would do with --dry-run)",
                          ExitCode.USAGE)
+    # what it installs is everyone's to read (the venv, the units: the hoard and postgres users
+    # run them), not hoard's own umask (0027: fsd.base.modes) — the venv's modules unreadable
+    # to hoard failed its first `hoard init`; the files that must be closed get their mode
+    os.umask(0o022)
     src = (source or _checkout())
     if src is None or not (src / "systemd").is_dir():
         raise HoardError("no checkout to install from: give --source (the directory with pyproject.toml and "
