@@ -193,3 +193,44 @@ def test_units_pass_systemd_analyze_verify(tmp_path: Path) -> None:
     res = subprocess.run(["systemd-analyze", "verify", "--man=no", *names], capture_output=True, text=True,
                          cwd=tmp_path, timeout=120)
     assert res.returncode == 0 and not res.stdout.strip() and not res.stderr.strip(), res.stdout + res.stderr
+
+
+@pytest.mark.services  # runs `hoard uninstall`
+def test_uninstall_removes_only_its_units_and_the_venv(tmp_path: Path) -> None:
+    """uninstall removes the units `hoard install` wrote (they carry its mark) and the venv —
+    a unit of someone else's, the config, the disks and the SSD stay, and it says what it kept."""
+    root = tmp_path / "root"
+    units = root / "etc/systemd/system"
+    units.mkdir(parents=True)
+    (units / "hoard-worker@.service").write_text(render_unit((REPO / "systemd/hoard-worker@.service").read_text(),
+                                                             [Path("/srv/hd1")], Path("/srv/hoard"), None, REPO))
+    (units / "hoard-custom.service").write_text("[Service]\nExecStart=/bin/true\n")
+    (root / "opt/hoardfs/venv/bin").mkdir(parents=True)
+    (root / "etc/hoard").mkdir(parents=True)
+    (root / "etc/hoard/hoard.toml").write_text(config_text(DISKS, Path("/srv/ssd"), QUOTAS, Path("/srv/hoard"),
+                                                           False, True))
+    for disk in ("srv/hd1/shards", "srv/ssd/index"):
+        (root / disk).mkdir(parents=True)
+    dry = subprocess.run([*HOARD, "uninstall", "--root", str(root), "--dry-run"], capture_output=True, text=True,
+                         timeout=120, cwd=REPO)
+    assert dry.returncode == 0, dry.stderr
+    assert "would: remove /etc/systemd/system/hoard-worker@.service" in dry.stdout
+    assert "would: remove /opt/hoardfs/venv/" in dry.stdout and "hoard-custom" not in dry.stdout
+    assert (units / "hoard-worker@.service").exists() and (root / "opt/hoardfs/venv").exists()
+    if os.geteuid() != 0:
+        return
+    done = subprocess.run([*HOARD, "uninstall", "--root", str(root)], capture_output=True, text=True, timeout=120,
+                          cwd=REPO)
+    assert done.returncode == 0, done.stderr
+    assert not (units / "hoard-worker@.service").exists() and not (root / "opt/hoardfs/venv").exists()
+    assert (units / "hoard-custom.service").exists() and (root / "etc/hoard/hoard.toml").exists()
+    assert (root / "srv/hd1/shards").is_dir() and (root / "srv/ssd/index").is_dir()
+    assert "kept (data is never removed): disk hd1 (/srv/hd1); disk hd2 (/srv/hd2); the SSD (/srv/ssd)" in done.stdout
+
+
+@pytest.mark.services  # runs `hoard db system-backup`
+def test_system_backup_runs_as_postgres_only(tmp_path: Path) -> None:
+    """pgBackRest reads the cluster's files, which only postgres may: anyone else gets one line."""
+    res = subprocess.run([*HOARD, "db", "system-backup", "--conf", str(tmp_path / "hoard.conf")], capture_output=True,
+                         text=True, timeout=120, cwd=REPO)
+    assert res.returncode == 2 and "run it as postgres" in res.stderr and "Traceback" not in res.stderr
