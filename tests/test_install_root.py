@@ -79,10 +79,17 @@ def test_make_install_on_a_pristine_debian_12_boots_its_units(tmp_path: Path) ->
         pid = box.run("systemctl show -p MainPID --value hoard-worker@all.service").stdout.strip()
         inside = f"nsenter -t {pid} -m -- runuser -u hoard --"
         box.run(f"{inside} touch /srv/ssd/3C/sandbox-probe && rm /srv/ssd/3C/sandbox-probe")
-        for outside in ("/var/lib/hoard-redis/probe", "/etc/hoard/probe", "/opt/hoardfs/venv/probe", "/var/tmp/probe"):
+        # a directory hoard owns outside its zones: only the sandbox stops the write
+        box.run("install -d -o hoard -g hoard /srv/outside")
+        for outside in ("/srv/outside/probe", "/var/lib/hoard-redis/probe", "/etc/hoard/probe",
+                        "/opt/hoardfs/venv/probe"):
             denied = box.run(f"{inside} touch {outside}", check=False)
             assert denied.returncode != 0 and ("Read-only file system" in denied.stderr
                                                or "Permission denied" in denied.stderr), outside
+        assert "Read-only file system" in box.run(f"{inside} touch /srv/outside/probe", check=False).stderr
+        # /tmp and /var/tmp are its own (PrivateTmp): what it leaves there is not the system's
+        box.run(f"{inside} touch /var/tmp/sandbox-probe")
+        assert box.run("test -e /var/tmp/sandbox-probe", check=False).returncode != 0
         # a worker for a queue list: ':' joins the queues in a unit name (a comma is not allowed)
         box.run("systemctl start hoard-worker@ingest:io.service")
         assert main_user(box, "hoard-worker@ingest:io.service") == "hoard"
