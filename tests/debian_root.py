@@ -11,6 +11,7 @@ inside the root, never on this machine.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -113,6 +114,7 @@ if __name__ == "__main__":
 # -- booting the root with systemd (systemd-nspawn -b) -------------------------------------------
 
 NSPAWN_DIR = Path(os.environ.get("HOARD_NSPAWN_DIR", "/tmp/hoard-nspawn"))
+NSPAWN_RUN = Path("/run/systemd/nspawn")
 
 
 def nspawn() -> str:
@@ -146,9 +148,12 @@ class Booted:
         self.log = log
         self.proc: subprocess.Popen | None = None
         self.leader = 0
+        self.made_run_dir = False
 
     def __enter__(self) -> Booted:
-        Path("/run/systemd/nspawn").mkdir(parents=True, exist_ok=True)
+        # the mount point of the private tmpfs (an empty directory of this machine's, removed after)
+        self.made_run_dir = not NSPAWN_RUN.exists()
+        NSPAWN_RUN.mkdir(parents=True, exist_ok=True)
         boot = (f"mount -t tmpfs tmpfs /run/systemd/nspawn && exec {nspawn()} --register=no --keep-unit "
                 f"--console=read-only --bind=/dev/fuse -D {self.root} -b")
         with open(self.log, "wb") as log:
@@ -221,3 +226,6 @@ class Booted:
         except subprocess.TimeoutExpired:
             self.proc.terminate()  # nspawn's own way out: it halts the container
             self.proc.wait(timeout=60)
+        if self.made_run_dir:
+            with contextlib.suppress(OSError):
+                NSPAWN_RUN.rmdir()

@@ -2,7 +2,7 @@
 the services run as hoard, the mount appears, a worker takes a job inside its sandbox, the
 backups run once and `pgbackrest info` shows the backup, every installed unit passes
 `systemd-analyze verify`, a second install changes nothing, and `make uninstall` removes the
-units and the venv but no data. Tier `system` (root, network for apt and pip; ~10 minutes:
+units and the venv but no data. Tier `system` (root, network for apt and pip; about 3 minutes,
 docs/testing.md). What is installed is this checkout's last commit (it is cloned)."""
 
 from __future__ import annotations
