@@ -114,6 +114,9 @@ def test_install_refuses_without_root_or_disks(tmp_path: Path) -> None:
     assert res.returncode == 2 and "--disk 'hd1': write it as --disk NAME=VALUE" in res.stderr
     res = install(tmp_path, "--dry-run", "--disk", "a=/a", "--disk", "b=/b", "--ssd", "/s", "--quota", "3Z=1")
     assert res.returncode == 2 and "the zones are 3A, 3B, 3C, 3D" in res.stderr
+    res = install(tmp_path, "--dry-run", "--disk", "a=/a", "--disk", "b=/b", "--ssd", "/s", "--backup-disk", "c")
+    assert res.returncode == 2 and "--backup-disk c: not one of the --disk labels (a, b)" in res.stderr
+    assert "would:" not in res.stdout  # refused before the first step
     if os.geteuid() != 0:
         res = install(tmp_path, "--disk", "a=/a", "--ssd", "/s")
         assert res.returncode == 2 and "run it as root" in res.stderr

@@ -297,12 +297,17 @@ class Installer:
         self.h.run("the store's directories and identity files", self.hoard("init"), user=USER, change=False)
         self.h.run("the database schema", self.hoard("db", "migrate"), user=USER, change=False)
 
-    def backrest(self, cfg, cluster: pgsys.SystemCluster) -> Path:
+    def repo(self, cfg) -> tuple[str, Path]:
+        """(disk label, path) of pgBackRest's repository: on --backup-disk, else the first disk."""
         label = self.backup_disk or cfg.disks[0].label
         disk = next((d for d in cfg.disks if d.label == label), None)
         if disk is None:
-            raise HoardError(f"--backup-disk {label}: no such disk in {CONFIG}", ExitCode.USAGE)
-        repo = disk.path / "pgbackrest"
+            raise HoardError(f"--backup-disk {label}: no such disk in {CONFIG} (its disks: "
+                             f"{', '.join(d.label for d in cfg.disks)})", ExitCode.USAGE)
+        return label, disk.path / "pgbackrest"
+
+    def backrest(self, cfg, cluster: pgsys.SystemCluster) -> Path:
+        label, repo = self.repo(cfg)
         if not self.h.p(repo).is_dir():
             self.h.run(f"pgBackRest's repository on disk {label}",
                        ["install", "-d", "-o", "postgres", "-g", "postgres", "-m", "0750", str(repo)])
@@ -453,6 +458,9 @@ def install(
         raise HoardError("no checkout to install from: give --source (the directory with pyproject.toml and "
                          "systemd/)", ExitCode.USAGE)
     disks = _pairs(disk, "--disk")
+    if backup_disk and disks and backup_disk not in dict(disks):
+        raise HoardError(f"--backup-disk {backup_disk}: not one of the --disk labels ({', '.join(dict(disks))})",
+                         ExitCode.USAGE)
     host = Host(root, dry_run)
     inst = Installer(host, src.resolve(), disks, ssd, _quotas(quota, ssd, host.root), shared_mount, directory_disks,
                      backup_disk)
@@ -462,12 +470,11 @@ def install(
     inst.user()
     inst.config()
     cfg = inst.load_config()
+    _, repo = inst.repo(cfg)  # a wrong --backup-disk stops here, before anything else changes
     inst.directories(cfg)
     inst.venv()
     inst.fuse(cfg)
     cluster = inst.postgresql()
-    repo_label = backup_disk or cfg.disks[0].label
-    repo = next((d.path for d in cfg.disks if d.label == repo_label), cfg.disks[0].path) / "pgbackrest"
     inst.units(cfg, repo)
     inst.redis()
     inst.store()
