@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
 import shutil
+from pathlib import Path
 from typing import Annotated
 
 import psycopg
@@ -32,6 +34,7 @@ from sql.pgbackrest import BackRest
 from sql.schema_decider import accept as do_accept
 from sql.schema_decider import list_proposals, source_table_rows
 from sql.schema_decider import reject as do_reject
+from sql.system import BACKREST_CONF, DATABASE
 
 app = typer.Typer(help="The PostgreSQL database: migrate, status, backup, verify-backup, restore, proposals.",
                   no_args_is_help=True)
@@ -149,6 +152,33 @@ def backup(
 def _auto_kind(url: str) -> str:
     with psycopg.connect(url, autocommit=True) as conn:
         return "diff" if full_backup_within(conn, 7) else "full"
+
+
+@app.command("system-backup")
+def system_backup(
+    kind: Annotated[str, typer.Option("--type", help="full, diff, or auto (full when the last full one is a week "
+                                                     "old)")] = "auto",
+    conf: Annotated[Path, typer.Option("--conf", help="the stanza's configuration")] = BACKREST_CONF,
+    database: Annotated[str, typer.Option("--database", help="hoardfs's database on that cluster")] = DATABASE,
+) -> None:
+    """pgBackRest backup of the system cluster, then its restore-verify; as the postgres user
+    (hoard-pgbackrest@.service). Recorded in backup_log, which `hoard health` reads."""
+    if kind not in ("full", "diff", "auto"):
+        raise HoardError(f"--type {kind!r}: full, diff or auto", ExitCode.USAGE)
+    if pwd.getpwuid(os.geteuid()).pw_name != "postgres":
+        raise HoardError("pgBackRest reads the cluster's files, which only postgres may: run it as postgres "
+                         "(`runuser -u postgres -- hoard db system-backup`; hoard-pgbackrest@.service does)",
+                         ExitCode.USAGE)
+    br = BackRest.system(conf)
+    url = psycopg.conninfo.make_conninfo(host=str(br.socket_dir), dbname=database)
+    res = br.backup(url, _auto_kind(url) if kind == "auto" else kind)
+    out.print(f"{res['kind']} backup {res['label']}: {fmt_bytes(res['size'])} into {res['repo']} "
+              f"(backup_log {res['backup_id']})")
+    checked = br.verify_latest(url, None, scratch_in=Path.home())
+    out.print(f"pgbackrest {checked.backup_id}: {'OK' if checked.ok else 'FAILED'} — {checked.detail} "
+              f"({checked.seconds:.1f} s)", markup=False)
+    if not checked.ok:
+        raise typer.Exit(ExitCode.DATA)
 
 
 @app.command("verify-backup")
