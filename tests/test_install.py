@@ -40,12 +40,12 @@ def tree(root: Path) -> dict[str, tuple[int, int, float]]:
     return found
 
 
-def rendered() -> dict[str, configparser.ConfigParser]:
-    """The units as `hoard install` writes them for DISKS and an SSD at /srv/ssd."""
+def rendered(ssd: Path = Path("/srv/ssd")) -> dict[str, configparser.ConfigParser]:
+    """The units as `hoard install` writes them for DISKS and an SSD at `ssd`."""
     units = {}
     for unit in UNITS:
-        text = render_unit(unit.read_text(), [Path(p) for _, p in DISKS] + [Path("/srv/ssd")], Path("/srv/hoard"),
-                           Path("/srv/hd1/pgbackrest") if unit.name.startswith("hoard-pgbackrest@") else None, REPO)
+        text = render_unit(unit.read_text(), [Path(p) for _, p in DISKS] + [ssd], Path("/srv/hoard"),
+                           Path("/srv/hd1/pgbackrest") if unit.name.startswith("hoard-pgbackrest@") else None, REPO, ssd)
         parsed = configparser.ConfigParser(interpolation=None, strict=False)
         parsed.optionxform = str  # type: ignore[assignment,method-assign]  # systemd's keys are case-sensitive
         parsed.read_string(text)
@@ -141,6 +141,7 @@ def test_units_run_as_hoard_with_least_privilege() -> None:
     /dev/fuse, and takes no mount namespace (its mount would be seen by itself alone)."""
     units = rendered()
     services = {name: u["Service"] for name, u in units.items() if name.endswith(".service")}
+    smart = services.pop("hoard-smart.service")
     owners = {name: s.get("User") for name, s in services.items()}
     assert owners.pop("hoard-redis.service") == "redis" and owners.pop("hoard-pgbackrest@.service") == "postgres"
     assert set(owners.values()) == {"hoard"}, owners
@@ -168,6 +169,21 @@ def test_units_run_as_hoard_with_least_privilege() -> None:
     for timer in ("hoard-pgbackrest-full.timer", "hoard-pgbackrest-diff.timer"):
         assert units[timer]["Timer"]["Unit"] in ("hoard-pgbackrest@full.service", "hoard-pgbackrest@diff.service")
     assert set(ENABLE) - {"hoard-worker@all.service"} <= set(units)
+    # the one root unit (smartctl needs raw I/O): it writes the SSD's state directory only, reaches no
+    # network, and runs the venv `hoard install` makes
+    assert "User" not in smart and (smart["ProtectSystem"], smart["ProtectHome"], smart["PrivateTmp"],
+                                    smart["NoNewPrivileges"], smart["PrivateNetwork"]) == ("strict", "yes", "yes",
+                                                                                           "yes", "yes")
+    assert smart["ReadWritePaths"] == "/srv/ssd/state"
+    assert unit_exec_start((REPO / "systemd/hoard-smart.service").read_text()) == \
+        [["/opt/hoardfs/venv/bin/hoard", "disks", "smart"]]
+    assert "hoard-smart.timer" in ENABLE
+    assert rendered(Path("/data/ssd"))["hoard-smart.service"]["Service"]["ReadWritePaths"] == "/data/ssd/state"
+    # every hoard a unit runs is the venv's
+    for unit in UNITS:
+        for argv in unit_exec_start(unit.read_text()):
+            hoards = [a for a in " ".join(argv).split() if a.endswith("/bin/hoard")]
+            assert set(hoards) <= {"/opt/hoardfs/venv/bin/hoard"}, (unit.name, hoards)
 
 
 def test_redis_fallback_runs_the_units_own_command() -> None:

@@ -113,6 +113,15 @@ def _install_and_check(root: Path, console: Path) -> None:
         assert health.returncode in (0, 4), health.stderr
         assert '"full"' in health.stdout and '"dump"' in health.stdout
 
+        # SMART: the root unit's timer is enabled with the others; a container has no drive of its own to read
+        assert box.run("systemctl is-enabled hoard-smart.timer").stdout.strip() == "enabled"
+        box.run("systemctl start hoard-smart.service")
+        assert box.run("systemctl show -p Result --value hoard-smart.service").stdout.strip() == "success"
+        smart = box.run("env HOARD_CONFIG=/etc/hoard/hoard.toml /opt/hoardfs/venv/bin/hoard disks smart", check=False)
+        assert smart.returncode == 0 and "Traceback" not in smart.stderr, smart.stdout + smart.stderr
+        assert [line.split()[0] for line in smart.stdout.splitlines() if line[:1].strip()] == ["hd1", "hd2"], smart.stdout
+        assert smart.stdout.count("no SMART: ") == 2 and "container" in smart.stdout, smart.stdout
+
         # every installed unit passes systemd-analyze verify, on the system it was installed on
         verify = box.run("cd /etc/systemd/system && systemd-analyze verify --man=no hoard-*.service hoard-*.timer "
                          "hoard-worker@all.service hoard-pgbackrest@full.service hoard-pgbackrest@diff.service",

@@ -43,9 +43,11 @@ REDIS_UNIT = "hoard-redis.service"
 #: started and enabled (the timers start the oneshot services)
 ENABLE = (REDIS_UNIT, "hoard-mount.service", "hoard-worker@all.service", "hoard-gui.service",
           "hoard-backup.timer", "hoard-ingest.timer", "hoard-replicate.timer", "hoard-scrub.timer",
-          "hoard-usage.timer", "hoard-pgbackrest-full.timer", "hoard-pgbackrest-diff.timer")
+          "hoard-usage.timer", "hoard-smart.timer", "hoard-pgbackrest-full.timer", "hoard-pgbackrest-diff.timer")
 #: what the shipped units name, replaced by this install's paths
 SHIPPED_RW = "-/srv/hdd -/srv/ssd"
+#: the one path hoard-smart.service (root) may write: the SSD's state directory (its readings)
+SHIPPED_SMART_RW = "-/srv/ssd/state"
 SHIPPED_MOUNT = "/srv/hoard"
 
 
@@ -85,10 +87,12 @@ def config_text(disks: list[tuple[str, str]], ssd: Path, quotas: dict[str, float
     return "\n".join(lines)
 
 
-def render_unit(text: str, rw_paths: list[Path], mount: Path, repo: Path | None, source: Path) -> str:
+def render_unit(text: str, rw_paths: list[Path], mount: Path, repo: Path | None, source: Path,
+                ssd: Path = Path("/srv/ssd")) -> str:
     """A shipped unit with this install's paths: what the services may write, the mount point,
-    the pgBackRest repository."""
+    the pgBackRest repository, the SSD's state directory (SMART's readings)."""
     text = text.replace(f"ReadWritePaths={SHIPPED_RW}", "ReadWritePaths=" + " ".join(map(str, rw_paths)))
+    text = text.replace(f"ReadWritePaths={SHIPPED_SMART_RW}", f"ReadWritePaths={ssd / 'state'}")
     if repo is not None:
         text = text.replace(" -/srv/hdd\n", f" {repo}\n")
     text = text.replace(SHIPPED_MOUNT, str(mount))
@@ -225,7 +229,7 @@ class Installer:
         written = []
         for unit in sorted((self.source / "systemd").iterdir()):
             text = render_unit(unit.read_text(), rw, mount, repo if unit.name.startswith("hoard-pgbackrest@") else None,
-                               self.source)
+                               self.source, cfg.ssd.root)
             if self.h.write(UNIT_DIR / unit.name, text, 0o644):
                 written.append(unit.name)
         if written and self.systemd:

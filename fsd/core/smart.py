@@ -143,7 +143,11 @@ def device_of(path: Path) -> Device:
             pass
     if not sysdir.exists():
         return Device(None, f"a {fstype} file system ({source}), not a block device")
-    return _whole(sysdir)
+    dv = _whole(sysdir)
+    if dv.dev is not None and not os.path.exists(dv.dev):  # sysfs shows the host's disks, /dev does not
+        return Device(None, f"{dv.dev}, which is not in this system's /dev (a container or a chroot: read it "
+                            "on the host)")
+    return dv
 
 
 def _count(attr: dict[str, Any]) -> int | None:
