@@ -116,6 +116,52 @@ def test_hostile_documents_parse_without_error() -> None:
         smart.summary(r)
 
 
+def test_hostile_attribute_tables_parse_without_error() -> None:
+    """An attribute id that is no number (a list: unhashable) and a raw count of thousands of
+    digits (past Python's int conversion limit) are left out, not raised."""
+    table = [{"id": [5], "raw": {"value": 1}}, {"id": {"x": 1}}, {"id": 197, "raw": {"string": "9" * 5000}},
+             {"id": 198, "raw": {"string": "12 (0 0)"}}]
+    r = smart.parse({"smart_status": {"passed": True}, "ata_smart_attributes": {"table": table}})
+    assert r["available"] and r["reallocated"] is None and r["pending"] is None and r["uncorrectable"] == 12
+
+
+def test_a_planted_cache_is_not_trusted(tmp_path: Path) -> None:
+    """The readings' cache lies where the hoard user may write and root's `hoard disks smart`
+    reads it: entries of any other shape are dropped (read again), never raised on."""
+    cfg = config.load(write_config(tmp_path, [(f"d{i}", tmp_path / f"d{i}", None) for i in range(2)]))
+    good = {"reading": smart.parse(_doc(HEALTHY)), "read_at": 5.0, "tried_at": 5.0, "days": {"2026-11-01": 0}}
+    planted = {"/dev/sda": [1], "/dev/sdb": {"reading": {"temperature_c": "hot"}, "tried_at": 1.0},
+               "/dev/sdc": {"reading": {}, "tried_at": "soon"}, "/dev/sdd": {"reading": {}, "days": {"x": "y"}},
+               "/dev/sde": {"reading": {"failing_now": [["x"]]}}, "/dev/sdf": good}
+    cache = smart.cache_path(cfg)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    cache.write_text(json.dumps({"format": smart.FORMAT, "devices": planted}))
+    assert smart._load(cfg) == {"/dev/sdf": good}
+    cache.write_text('{"format": 1, "devices": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    assert smart._load(cfg) == {}
+
+
+@pytest.mark.services  # (runs a program)
+def test_a_hostile_smartctl_gives_one_line(tmp_path: Path) -> None:
+    """What a smartctl that is not one prints — no JSON, JSON nested past Python's recursion
+    limit, a table that does not parse — or one that hangs: one line saying so, never raised."""
+    cases = {"garbage": "echo 'not json at all'; exit 1", "deep": "python3 -c \"print('['*200000 + ']'*200000)\"",
+             "badtable": "echo '{\"smart_status\": {\"passed\": true}, \"ata_smart_attributes\": "
+                         "{\"table\": [{\"id\": [5]}]}}'", "hangs": "exec sleep 60"}
+    said = {}
+    for name, body in cases.items():
+        prog = tmp_path / name
+        prog.write_text(f"#!/bin/sh\n{body}\n")
+        prog.chmod(0o755)
+        said[name] = smart.run_smartctl(str(prog), "/dev/sdz", timeout_s=2)
+    assert said["garbage"] == {"available": False, "why": "smartctl printed no JSON (exit 1): not json at all"}
+    assert said["deep"]["available"] is False and "no JSON" in said["deep"]["why"]
+    assert said["badtable"]["available"] is True and said["badtable"]["passed"] is True
+    assert said["hangs"]["available"] is False and "did not answer within 2 s" in said["hangs"]["why"]
+    for r in said.values():
+        assert "\n" not in r.get("why", "")
+
+
 @pytest.mark.services
 def test_a_directory_disk_is_found_on_the_drive_findmnt_names(tmp_path: Path) -> None:
     """The drive behind a directory disk is the whole disk of the file system holding it, as

@@ -154,7 +154,7 @@ def _count(attr: dict[str, Any]) -> int | None:
     """An ATA attribute's raw count: the raw string's leading number (some drives pack more
     fields into the raw 48 bits: "33 (0 3 0 0 0)"), else the raw value."""
     raw = _obj(attr, "raw")
-    m = re.match(r"\s*(\d+)", str(raw.get("string", "")))
+    m = re.match(r"\s*(\d{1,20})(?!\d)", str(raw.get("string", "")))  # (more digits: no count a drive keeps)
     if m:
         return int(m.group(1))
     v = raw.get("value")
@@ -202,7 +202,8 @@ def parse(doc: Any) -> dict[str, Any]:
     if out["passed"] is None and (support is None or (isinstance(support, dict) and support.get("available") is False)):
         return {"available": False, "why": "; ".join(msgs)[:200] or "the device has no SMART"}
     table = _obj(doc, "ata_smart_attributes").get("table")
-    attrs = {a.get("id"): a for a in table if isinstance(a, dict)} if isinstance(table, list) else {}
+    attrs = {a["id"]: a for a in table if isinstance(a, dict) and _int(a.get("id")) is not None} \
+        if isinstance(table, list) else {}
     out["reallocated"] = _count(attrs[5]) if 5 in attrs else _int(doc.get("scsi_grown_defect_list"))
     out["pending"] = _count(attrs[197]) if 197 in attrs else None
     out["uncorrectable"] = _count(attrs[198]) if 198 in attrs else None
@@ -280,7 +281,7 @@ def run_smartctl(program: str, dev: str, timeout_s: float = TIMEOUT_S) -> dict[s
                                            "hangs: see `dmesg`)", "error": True}
     try:
         return parse(json.loads(stdout))
-    except ValueError:
+    except (ValueError, RecursionError):  # (JSON nested deeper than Python's recursion limit)
         last = (stderr or stdout).decode(errors="replace").strip().splitlines()[-1:] or [""]
         return {"available": False, "why": f"smartctl printed no JSON (exit {proc.returncode}): {last[0][:200]}"}
 
@@ -289,12 +290,33 @@ def cache_path(cfg: Settings) -> Path:
     return cfg.ssd.root / CACHE
 
 
+_COUNTS = ("exit_status", "reallocated", "pending", "uncorrectable", "media_errors", "critical_warning",
+           "temperature_c", "power_on_hours")
+
+
+def _sound(entry: Any) -> bool:
+    """Whether a cached entry has the shape `_remember` writes. The cache lies in a directory the
+    `hoard` user may write, and root's `hoard disks smart` reads it: anything else is dropped
+    (that drive is read again), never trusted."""
+    def number(v: Any) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+    if not isinstance(entry, dict) or not isinstance(r := entry.get("reading"), dict):
+        return False
+    days = entry.get("days", {})
+    return (all(number(entry.get(k, 0)) for k in ("read_at", "tried_at"))
+            and all(r.get(k) is None or _int(r[k]) is not None for k in _COUNTS)
+            and r.get("passed") in (True, False, None)
+            and isinstance(r.get("failing_now", []), list) and all(isinstance(n, str) for n in r.get("failing_now", []))
+            and isinstance(days, dict) and all(isinstance(d, str) and _int(n) is not None for d, n in days.items()))
+
+
 def _load(cfg: Settings) -> dict[str, Any]:
     try:
         doc = json.loads(cache_path(cfg).read_bytes())
         if isinstance(doc, dict) and doc.get("format") == FORMAT and isinstance(doc.get("devices"), dict):
-            return doc["devices"]
-    except (OSError, ValueError):
+            return {dev: e for dev, e in doc["devices"].items() if _sound(e)}
+    except (OSError, ValueError, RecursionError):
         pass
     return {}
 
