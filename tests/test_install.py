@@ -117,6 +117,20 @@ def test_install_refuses_without_root_or_disks(tmp_path: Path) -> None:
     res = install(tmp_path, "--dry-run", "--disk", "a=/a", "--disk", "b=/b", "--ssd", "/s", "--backup-disk", "c")
     assert res.returncode == 2 and "--backup-disk c: not one of the --disk labels (a, b)" in res.stderr
     assert "would:" not in res.stdout  # refused before the first step
+    # a relative path, a flag TOML would misread, a disk not there: one line naming the flag or
+    # the config it would write (not a scratch file), before the first step — a real run too
+    res = install(tmp_path, "--dry-run", "--disk", "a=rel/a", "--disk", "b=/b", "--ssd", "/s")
+    assert res.returncode == 2 and res.stderr.strip() == ("hoard: error: --disk a=rel/a: give an absolute path (the "
+                                                          "services do not run in this directory)"), res.stderr
+    res = install(tmp_path, "--dry-run", "--disk", 'a"b=/a', "--disk", "b=/b", "--ssd", "/s")
+    assert res.returncode == 2 and "/etc/hoard/hoard.toml (as the flags make it): disks[0].label: " in res.stderr
+    assert "/tmp" not in res.stderr and "would:" not in res.stdout
+    if os.geteuid() == 0:
+        before = tree(tmp_path)
+        res = install(tmp_path, "--disk", "a=/nowhere/a", "--disk", "b=/nowhere/b", "--ssd", "/s")
+        assert res.returncode == 3 and res.stderr.strip() == ("hoard: error: disk a: /nowhere/a does not exist; mount "
+                                                              "the disk there first"), res.stderr
+        assert tree(tmp_path) == before and res.stdout == ""  # no user, no config left for the next run to keep
     if os.geteuid() != 0:
         res = install(tmp_path, "--disk", "a=/a", "--ssd", "/s")
         assert res.returncode == 2 and "run it as root" in res.stderr

@@ -17,6 +17,7 @@ redis-server --daemonize): one line says so.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shlex
 import shutil
@@ -76,12 +77,12 @@ def config_text(disks: list[tuple[str, str]], ssd: Path, quotas: dict[str, float
              'redis_url = "unix:///run/hoard-redis/redis.sock?db=0"', ""]
     if directory_disks:
         lines += ["[store]", "allow_directory_disks = true", ""]
-    for label, path in disks:
-        lines += ["[[disks]]", f'label = "{label}"', f'path = "{path}"', ""]
-    lines += ["[ssd]", f'root = "{ssd}"', f'index_dir = "{ssd / "index"}"', ""]
+    for label, path in disks:  # (TOML's basic strings take JSON's escapes: a quote in a flag stays a quote)
+        lines += ["[[disks]]", f"label = {json.dumps(label)}", f"path = {json.dumps(str(path))}", ""]
+    lines += ["[ssd]", f"root = {json.dumps(str(ssd))}", f"index_dir = {json.dumps(str(ssd / 'index'))}", ""]
     for zone in ZONES:
         lines += [f"[ssd.zones.{zone}]", f"quota_gb = {quotas[zone]:g}", ""]
-    lines += ["[mount]", f'path = "{mount}"'] + (["allow_other = true"] if shared_mount else []) + [""]
+    lines += ["[mount]", f"path = {json.dumps(str(mount))}"] + (["allow_other = true"] if shared_mount else []) + [""]
     lines += ["[gui]", '# localhost only: reach it through a TLS proxy (docs/operations.md, "The GUI behind a proxy")',
               'host = "127.0.0.1"', "port = 8080", ""]
     return "\n".join(lines)
@@ -141,20 +142,42 @@ class Installer:
         if not self.h.p(HOME).is_dir():
             self.h.run("its home", ["install", "-d", "-o", USER, "-g", USER, "-m", "0750", str(HOME)])
 
-    def config(self) -> None:
+    def planned(self) -> str | None:
+        """The configuration the flags make, when there is none yet — checked before the first
+        step changes anything: the flags given, paths absolute, every key valid, every disk
+        there (a refused install leaves no config behind that the next run would keep)."""
         disks, ssd, quotas, shared, dir_disks = self.flags
         if self.h.p(CONFIG).exists():
-            out.print(f"config: {CONFIG} exists, kept" + (" (--disk/--ssd/--quota not applied: edit it)"
-                                                          if disks or ssd else ""), markup=False)
-            return
+            return None
         if not disks or ssd is None:
             raise HoardError(f"{CONFIG} does not exist: give the disks and the SSD (--disk LABEL=PATH, one per HDD, "
                              "and --ssd PATH)", ExitCode.USAGE)
+        for flag, path in [*((f"--disk {label}={path}", path) for label, path in disks), (f"--ssd {ssd}", str(ssd))]:
+            if not Path(path).is_absolute():
+                raise HoardError(f"{flag}: give an absolute path (the services do not run in this directory)",
+                                 ExitCode.USAGE)
+        text = config_text(disks, ssd, quotas, Path("/srv/hoard"), shared, dir_disks)
+        cfg = _load(text, f"{CONFIG} (as the flags make it)")  # one line naming the key
+        self.missing_disks(cfg)
+        return text
+
+    def missing_disks(self, cfg) -> None:
+        if cfg.store.allow_directory_disks:
+            return
+        for d in cfg.disks:
+            if not self.h.p(d.path).is_dir():
+                raise HoardError(f"disk {d.label}: {d.path} does not exist; mount the disk there first",
+                                 ExitCode.UNAVAILABLE)
+
+    def config(self, text: str | None) -> None:
+        disks, ssd = self.flags[0], self.flags[1]
+        if text is None:
+            out.print(f"config: {CONFIG} exists, kept" + (" (--disk/--ssd/--quota not applied: edit it)"
+                                                          if disks or ssd else ""), markup=False)
+            return
         if not self.h.p("/etc/hoard").is_dir():
             self.h.run("the configuration's directory", ["install", "-d", "-o", "root", "-g", USER, "-m", "0750",
                                                          "/etc/hoard"])
-        text = config_text(disks, ssd, quotas, Path("/srv/hoard"), shared, dir_disks)
-        _load(text)  # one line naming the key, before anything is written
         self.h.write(CONFIG, text, 0o640, f"root:{USER}")
         self.pending = text
 
@@ -163,11 +186,7 @@ class Installer:
         disks = [(d.label, d.path) for d in cfg.disks]
         ssd = cfg.ssd.root
         mount = cfg.mount.path or Path(SHIPPED_MOUNT)
-        directory_disks = cfg.store.allow_directory_disks
-        for label, path in disks:
-            if not self.h.p(path).is_dir() and not directory_disks:
-                raise HoardError(f"disk {label}: {path} does not exist; mount the disk there first",
-                                 ExitCode.UNAVAILABLE)
+        self.missing_disks(cfg)
         for what, path, mode in [*((f"disk {lbl}", p, "0751") for lbl, p in disks), ("ssd", ssd, "0751"),
                                  ("the mount point", mount, "0755")]:
             self._own(what, Path(path), mode)
@@ -383,14 +402,18 @@ class Installer:
                              "`hoard install` again", ExitCode.UNAVAILABLE)
 
 
-def _load(text: str | None):
-    """The settings of a configuration's text (its errors are one line naming the key)."""
+def _load(text: str | None, named: str = str(CONFIG)):
+    """The settings of a configuration's text (its errors are one line naming the key, and
+    `named`, not the scratch file it was read from)."""
     if text is None:
         return None
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "hoard.toml"
         path.write_text(text)
-        return load(path)
+        try:
+            return load(path)
+        except HoardError as e:
+            raise HoardError(e.message.replace(str(path), named), ExitCode.USAGE) from None
 
 
 def _name(host: Host, ident: int, table: str) -> str | None:
@@ -468,11 +491,12 @@ def install(
     host = Host(root, dry_run)
     inst = Installer(host, src.resolve(), disks, ssd, _quotas(quota, ssd, host.root), shared_mount, directory_disks,
                      backup_disk)
+    text = inst.planned()  # a bad flag or a missing disk stops here, before the first change
     if not inst.systemd:
         out.print("systemd is not PID 1 here (a chroot or a container): PostgreSQL and Redis are started with their "
                   "own tools, the units are written but not started", markup=False)
     inst.user()
-    inst.config()
+    inst.config(text)
     cfg = inst.load_config()
     _, repo = inst.repo(cfg)  # a wrong --backup-disk stops here, before anything else changes
     inst.directories(cfg)
