@@ -265,3 +265,36 @@ def test_previous_release_store_opens_migrated(tmp_path: Path) -> None:
     with Store.open(cfg) as store:
         assert store.index.format == formats.INDEX
         _reads_back(store, [hashlib.sha256(f.read_bytes()).hexdigest() for f in files])
+
+
+@pytest.mark.services  # (runs `hoard` in processes)
+@pytest.mark.parametrize("kill", ["fsd.core.index:move_seen_out:1", "fsd.core.pointers:align_pointers:1",
+                                  "fsd.core.pointers:align_pointers:3", "fsd.core.index:set_meta:1"])
+def test_a_migration_killed_at_any_step_loses_nothing(tmp_path: Path, kill: str) -> None:
+    """`hoard put` killed (SIGKILL) right after one of the migration's write transactions — the
+    disks' last-seen times moved, some pointers filled, the version written — on an index with
+    batches, a view, roots, a hidden object, a pin and released objects: the next writable open
+    migrates it whole and gc frees only what was released; every live object reads back, and so
+    it does after an index rebuild from the disks."""
+    cfg_path, kinds = _store(tmp_path, batches=4)
+    cfg = config.load(cfg_path)
+    _as_previous_format(cfg.index_dir)
+    extra = tmp_path / "extra.bin"
+    extra.write_bytes(b"written after the upgrade")
+    killed = _hoard("--config", str(cfg_path), "put", str(extra),
+                    env={"HOARD_LMDB_TXN_ENTRIES": "68", "HOARD_LMDB_KILL_AFTER": kill})
+    assert killed.returncode == -9, (kill, killed.stdout, killed.stderr)
+    with Store.open(cfg) as store:
+        assert store.index.format == formats.INDEX
+        gc(store, threshold=1.0)
+        _reads_back(store, kinds["live"])
+        assert sorted(store.index.pointer_bodies()[1]) == [*(f"batches/b{b:03d}.json" for b in range(4)), "views/v1.json"]
+        for sha in kinds["released"]:
+            with pytest.raises(ObjectNotFound):
+                store.get(sha)
+    assert _raw(cfg.index_dir, b"meta")[formats.INDEX_KEY.encode()] == str(formats.INDEX).encode()
+    rebuild_index(cfg)
+    with Store.open(cfg) as store:
+        gc(store, threshold=1.0)
+        _reads_back(store, kinds["live"])
+        assert [n for n, _ in store.index.iter_batches()] == [f"b{b:03d}" for b in range(4)]
