@@ -142,15 +142,22 @@ def record(conn: psycopg.Connection, rows: list[UsageRow], every: dt.timedelta =
         raise _no_table(e) from None
 
 
+def _buckets(conn: psycopg.Connection, days: float, points: int,
+             timeout_s: float | None) -> tuple[dt.timedelta, dt.timedelta]:
+    """(bucket, window) of a history query over the last `days` days in at most `points`
+    buckets; the server cancels the session's statements after `timeout_s`."""
+    if timeout_s is not None:
+        conn.execute("SELECT set_config('statement_timeout', %s, false)", [f"{timeout_s:g}s"])
+    window = dt.timedelta(days=days)
+    return max(SAMPLE_EVERY, window / max(1, points)), window
+
+
 def history(conn: psycopg.Connection, days: float = 30, points: int = CHART_POINTS,
             timeout_s: float | None = None) -> list[HistoryPoint]:
     """The disks' and zones' samples of the last `days` days, merged into at most `points`
     buckets per series, oldest first; cancelled by the server after `timeout_s` (a page
     waiting on it says so rather than hang)."""
-    if timeout_s is not None:
-        conn.execute("SELECT set_config('statement_timeout', %s, false)", [f"{timeout_s:g}s"])
-    window = dt.timedelta(days=days)
-    bucket = max(SAMPLE_EVERY, window / max(1, points))
+    bucket, window = _buckets(conn, days, points, timeout_s)
     try:
         with conn.cursor(row_factory=class_row(HistoryPoint)) as cur:
             return cur.execute("""
@@ -169,10 +176,7 @@ def smart_history(conn: psycopg.Connection, days: float = 30, points: int = CHAR
                   timeout_s: float | None = None) -> list[SmartPoint]:
     """Each disk's SMART readings of the last `days` days in at most `points` buckets, oldest
     first (the buckets of `history`); cancelled by the server after `timeout_s`."""
-    if timeout_s is not None:
-        conn.execute("SELECT set_config('statement_timeout', %s, false)", [f"{timeout_s:g}s"])
-    window = dt.timedelta(days=days)
-    bucket = max(SAMPLE_EVERY, window / max(1, points))
+    bucket, window = _buckets(conn, days, points, timeout_s)
     try:
         with conn.cursor(row_factory=class_row(SmartPoint)) as cur:
             return cur.execute("""

@@ -111,6 +111,19 @@ def _hoard(*args: str, env: dict[str, str] | None = None, pythonpath: Path | Non
                           cwd=pythonpath or REPO, timeout=300)
 
 
+def _put_killed_in_migration(cfg_path: Path, kill: str) -> Path:
+    """Make the store's index the previous format and `hoard put` a new file into it, killed
+    (SIGKILL) after the write transaction `kill` names (HOARD_LMDB_KILL_AFTER, one pointer a
+    transaction); the file it was putting."""
+    _as_previous_format(config.load(cfg_path).index_dir)
+    extra = cfg_path.parent / "extra.bin"
+    extra.write_bytes(b"written after the upgrade")
+    killed = _hoard("--config", str(cfg_path), "put", str(extra),
+                    env={"HOARD_LMDB_TXN_ENTRIES": "68", "HOARD_LMDB_KILL_AFTER": kill})
+    assert killed.returncode == -9, (kill, killed.stdout, killed.stderr)
+    return extra
+
+
 @pytest.mark.services  # (runs `hoard` in a process)
 def test_previous_format_is_migrated_and_every_object_reads_back(tmp_path: Path) -> None:
     """An index without a format (disk records holding `seen`, no pointers table) opened for
@@ -140,12 +153,7 @@ def test_a_migration_killed_half_way_is_done_by_the_next_open(tmp_path: Path) ->
     each) leaves an index without its format; the next writable open migrates it whole."""
     cfg_path, kinds = _store(tmp_path, batches=6)
     cfg = config.load(cfg_path)
-    _as_previous_format(cfg.index_dir)
-    extra = tmp_path / "extra.bin"
-    extra.write_bytes(b"written after the upgrade")
-    killed = _hoard("--config", str(cfg_path), "put", str(extra),
-                    env={"HOARD_LMDB_TXN_ENTRIES": "68", "HOARD_LMDB_KILL_AFTER": "fsd.core.pointers:align_pointers:2"})
-    assert killed.returncode == -9, killed.stderr
+    extra = _put_killed_in_migration(cfg_path, "fsd.core.pointers:align_pointers:2")
     half = _raw(cfg.index_dir, b"pointers")
     assert 0 < len(half) < 7 and formats.INDEX_KEY.encode() not in _raw(cfg.index_dir, b"meta")
     done = _hoard("--config", str(cfg_path), "put", str(extra), env={"HOARD_LMDB_TXN_ENTRIES": "68"})
@@ -278,12 +286,7 @@ def test_a_migration_killed_at_any_step_loses_nothing(tmp_path: Path, kill: str)
     it does after an index rebuild from the disks."""
     cfg_path, kinds = _store(tmp_path, batches=4)
     cfg = config.load(cfg_path)
-    _as_previous_format(cfg.index_dir)
-    extra = tmp_path / "extra.bin"
-    extra.write_bytes(b"written after the upgrade")
-    killed = _hoard("--config", str(cfg_path), "put", str(extra),
-                    env={"HOARD_LMDB_TXN_ENTRIES": "68", "HOARD_LMDB_KILL_AFTER": kill})
-    assert killed.returncode == -9, (kill, killed.stdout, killed.stderr)
+    _put_killed_in_migration(cfg_path, kill)
     with Store.open(cfg) as store:
         assert store.index.format == formats.INDEX
         gc(store, threshold=1.0)
