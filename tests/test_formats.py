@@ -301,3 +301,28 @@ def test_a_migration_killed_at_any_step_loses_nothing(tmp_path: Path, kill: str)
         gc(store, threshold=1.0)
         _reads_back(store, kinds["live"])
         assert [n for n, _ in store.index.iter_batches()] == [f"b{b:03d}" for b in range(4)]
+
+
+@pytest.mark.services  # (runs `hoard` in processes)
+def test_an_older_index_next_step_works(tmp_path: Path) -> None:
+    """`hoard check` and `hoard health` on an index of the previous format say it is older (no
+    problem) and name `hoard index migrate`; run, it migrates, and check then finds the index at
+    this format."""
+    cfg_path, kinds = _store(tmp_path)
+    _as_previous_format(config.load(cfg_path).index_dir)
+    check = _hoard("--config", str(cfg_path), "check", "--json", "--no-database")
+    index = json.loads(check.stdout)["formats"]["index"]
+    # an older index is no disagreement: not its empty pointers table either (the migration fills it), in
+    # check and in health alike — both said "the index holds none as its pointer" for every batch and view
+    assert check.returncode == 0 and index["state"] == "older" and index["found"] == formats.INDEX_UNVERSIONED, check
+    health = json.loads(_hoard("--config", str(cfg_path), "health", "--json").stdout)
+    assert health["formats"]["index"] == index and not [p for p in health["problems"] if "pointer" in p]
+    [step] = [c for c in index["next"].split("`") if c.startswith("hoard ")]
+    done = _hoard("--config", str(cfg_path), *step.split()[1:])
+    assert done.returncode == 0 and done.stdout.strip() == f"index at format {formats.INDEX} (migrated from format 1)"
+    again = _hoard("--config", str(cfg_path), *step.split()[1:])
+    assert again.stdout.strip() == f"index at format {formats.INDEX} already"
+    check = _hoard("--config", str(cfg_path), "check", "--json", "--no-database")
+    assert check.returncode == 0 and json.loads(check.stdout)["formats"]["index"]["state"] == "ok"
+    with Store.open(config.load(cfg_path), writable=False) as store:
+        _reads_back(store, kinds["live"])

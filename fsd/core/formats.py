@@ -29,7 +29,8 @@ steps of MIGRATIONS, each idempotent and each committing in bounded write transa
 (fsd.core.txnlog.TXN_ENTRIES); the new version is written only after the last one. A process
 killed in the middle leaves the old version in `meta`: the next writable open runs every step
 again, and the ones done find nothing to do. Read-only opens of an older index read it as it
-is (the tables it lacks read as empty).
+is (the tables it lacks read as empty); `hoard check` and `hoard health` judge its pointers only
+once it is migrated (INDEX_POINTERS: a table the migration fills is not a disagreement).
 
 What other code upgrades in place, not in the index, stays with its owner and is named here
 so one page lists them: an SSD that holds an index from before SSD identities is given one
@@ -58,6 +59,9 @@ log = logging.getLogger(__name__)
 #: records may carry `seen`; the `pointers` table may be empty). 2: `seen` in `meta`
 #: (`disk_seen:<uuid>`), every batch and view named in `pointers`, the version in `meta`.
 INDEX = 2
+#: the first index format whose `pointers` table names every batch and view (an older one's is
+#: filled by its migration: until then its pointers are not judged)
+INDEX_POINTERS = 2
 #: the `meta` key that holds it (ascii digits)
 INDEX_KEY = "format"
 #: an index without INDEX_KEY
