@@ -9,10 +9,10 @@ the GUI (which sit above jobs) read the same document.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from fsd.base.config import Settings
-from fsd.core.smart import FRESH_S
 from fsd.io.attach import formats_found
 from fsd.maintenance.health import disk_status, smart_findings, smart_status, store_problems, store_status, zone_status
 from jobs import outputs
@@ -22,10 +22,13 @@ from jobs.queues import redis_status
 from sql.health import database_problems, database_status
 
 
-def collect(cfg: Settings, smart_max_age_s: float = FRESH_S) -> dict[str, Any]:
+def collect(cfg: Settings, smart_max_age_s: float = math.inf) -> dict[str, Any]:
     """Gather the status of disks, zones, PostgreSQL and Redis, and list the problems (exit 4)
     and the warnings (signs to act on before they become problems: a drive losing sectors).
-    Each disk's SMART reading is the cached one while younger than `smart_max_age_s`."""
+    Each disk's SMART reading is the cached one while younger than `smart_max_age_s` — by
+    default the cached one (hoard-smart.timer's): a library call (the GUI, the demo, a test)
+    runs no smartctl; `hoard health` passes FRESH_S (as root it reads a drive read over an
+    hour ago)."""
     assert cfg.database_url and cfg.redis_url
     store = store_status(cfg)
     report: dict[str, Any] = {

@@ -217,3 +217,19 @@ def test_disk_records_stay_readable_by_the_previous_release(tmp_path: Path) -> N
         assert not inside and seen[gone] == then, seen
         assert all(t0 <= seen[u] <= time.time() for u in raw if u != gone), seen  # found there now
     path.with_name(path.name + ".away").rename(path)
+
+
+def test_a_library_call_of_health_reads_no_drive(tmp_path: Path) -> None:
+    """`collect` as the GUI, the demo and these tests call it shows the drives' last readings
+    (hoard-smart.timer's) and starts no smartctl, even as root — which `hoard health` does when
+    a reading is old (a unit test that did got a thread's traceback and "smartctl did not
+    answer" for the disk)."""
+    from fsd.core import smart
+
+    cfg = config.load(dir_disks_config(tmp_path, 3, shard_size_mb=1))
+    with Store.open(cfg, init=True):
+        pass
+    report = collect(cfg)
+    assert [d["label"] for d in report["disks"] if d.get("smart")] == ["d0", "d1", "d2"]
+    assert not any("did not answer" in str(d["smart"].get("why")) for d in report["disks"])
+    assert not smart.cache_path(cfg).exists()  # (root's reading keeps one, even of a drive with no SMART)

@@ -359,7 +359,11 @@ def read_all(cfg: Settings, max_age_s: float = FRESH_S, labels: list[str] | None
     fresh: dict[str, dict[str, Any]] = {}
 
     def one(dev: str) -> None:
-        fresh[dev] = run_smartctl(program or "smartctl", dev)
+        try:
+            fresh[dev] = run_smartctl(program or "smartctl", dev)
+        except Exception as e:  # a bug here is one line in the reading, not a thread's traceback
+            log.exception("reading %s's SMART", dev)
+            fresh[dev] = {"available": False, "why": f"smartctl could not be read: {e}"[:200], "error": True}
 
     threads = [threading.Thread(target=one, args=(dev,), daemon=True, name=f"smartctl {dev}") for dev in todo]
     for t in threads:
