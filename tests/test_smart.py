@@ -7,6 +7,7 @@ readings recorded into the usage history in a real PostgreSQL."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -139,6 +140,29 @@ def test_a_planted_cache_is_not_trusted(tmp_path: Path) -> None:
     assert smart._load(cfg) == {"/dev/sdf": good}
     cache.write_text('{"format": 1, "devices": ' + "[" * 100_000 + "]" * 100_000 + "}")
     assert smart._load(cfg) == {}
+
+
+@pytest.mark.services  # (runs smartctl)
+@pytest.mark.needs(os.geteuid() == 0 and shutil.which("smartctl", path="/usr/sbin:/sbin:/usr/bin") is not None,
+                   "ROOT AND SMARTCTL NEEDED (only root reads the drives and keeps their readings)")
+@pytest.mark.expect_log("the SMART readings are not kept at", "WARNING")
+def test_root_follows_no_link_in_place_of_the_state_directory(tmp_path: Path) -> None:
+    """The SSD's root is hoard's: a link it puts in place of `state/` is not followed by root's
+    reading (hoard-smart.service) — before, root wrote smart.json into the link's target and
+    re-moded it (and gave it the hoard group: /etc, say)."""
+    cfg = config.load(write_config(tmp_path, [(f"d{i}", tmp_path / f"d{i}", None) for i in range(2)]))
+    for d in cfg.disks:
+        d.path.mkdir()
+        (d.path / ".hoard-disk.json").write_text("{}")  # (a disk at its path: read)
+    system = tmp_path / "system-dir"
+    system.mkdir(mode=0o755)
+    system.chmod(0o755)
+    cfg.ssd.root.mkdir(parents=True, exist_ok=True)
+    (cfg.ssd.root / "state").symlink_to(system)
+    before = system.stat()
+    smart.read_all(cfg, max_age_s=0)
+    assert list(system.iterdir()) == [] and system.stat().st_mode == before.st_mode
+    assert (system.stat().st_uid, system.stat().st_gid) == (before.st_uid, before.st_gid)
 
 
 @pytest.mark.services  # (runs a program)

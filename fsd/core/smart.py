@@ -22,11 +22,13 @@ a disk asleep is not woken (`-n standby`): its last reading stands.
 from __future__ import annotations
 
 import datetime as dt
+import errno
 import json
 import logging
 import os
 import re
 import shutil
+import stat
 import subprocess
 import threading
 import time
@@ -336,6 +338,22 @@ def _remember(entry: dict[str, Any], reading: dict[str, Any], at: float) -> None
     entry.update(serial=entry["reading"].get("serial"), days=days, tried_at=at, last_try=reading.get("why"))
 
 
+def _keep(cfg: Settings, cache: dict[str, Any]) -> None:
+    """Write the readings (as root) into the SSD's state directory — only a real directory
+    there: `hoard` owns the SSD's root and could put a link in its place, which root would
+    follow to write (and re-mode) a directory of the system's; nor does root make the
+    directory (one it made, hoard could not write: `hoard init` makes it)."""
+    state = cache_path(cfg).parent
+    try:
+        st = os.lstat(state)
+        if not stat.S_ISDIR(st.st_mode):
+            raise OSError(errno.ENOTDIR, "not a directory (a link is not followed as root): `hoard init` makes it")
+        ensure_dir(state)  # (the `hoard` group's, set-group-id: root's readings are readable)
+        atomic_write(cache_path(cfg), json.dumps({"format": FORMAT, "devices": cache}).encode())
+    except OSError as e:
+        log.warning("the SMART readings are not kept at %s: %s", cache_path(cfg), e.strerror or e)
+
+
 def read_all(cfg: Settings, max_age_s: float = FRESH_S, labels: list[str] | None = None,
              now: float | None = None) -> dict[str, dict[str, Any]]:
     """Per configured disk label (or those of `labels`): its SMART reading (`parse`'s figures,
@@ -374,12 +392,8 @@ def read_all(cfg: Settings, max_age_s: float = FRESH_S, labels: list[str] | None
     for dev in todo:
         entry = cache.setdefault(dev, {})
         _remember(entry, fresh.get(dev) or {"available": False, "why": "smartctl did not answer", "error": True}, now)
-    if todo:
-        try:
-            ensure_dir(cache_path(cfg).parent)  # (the `hoard` group's, set-group-id: root's readings are readable)
-            atomic_write(cache_path(cfg), json.dumps({"format": FORMAT, "devices": cache}).encode())
-        except OSError as e:  # a reader that may not write the SSD's state keeps nothing
-            log.debug("cannot keep the SMART readings at %s: %s", cache_path(cfg), e)
+    if todo:  # (root: only root reads the drives)
+        _keep(cfg, cache)
     out: dict[str, dict[str, Any]] = {}
     for label, dv in devices.items():
         out[label] = _shown(dv, cache.get(dv.dev or ""), program, root, now)
