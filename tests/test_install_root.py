@@ -104,7 +104,9 @@ def _install_and_check(root: Path, console: Path) -> None:
                                                  "hoard-worker@ingest:io.service)").stdout
 
         # the backups, once: the index and a dump (as hoard), pgBackRest's full backup (as postgres)
-        box.run("systemctl start hoard-backup.service hoard-pgbackrest@full.service")
+        started = box.run("systemctl start hoard-backup.service hoard-pgbackrest@full.service", check=False)
+        assert started.returncode == 0, box.run("journalctl -u hoard-backup.service -u hoard-pgbackrest@full.service "
+                                                "-u hoard-smart.service -n 60 --no-pager; ls -laR /srv/ssd/state").stdout
         info = box.run(f"{PGBACKREST} info").stdout
         assert "status: ok" in info and "full backup: " in info, info
         backup_log = box.run("journalctl -u hoard-pgbackrest@full.service --no-pager").stdout
