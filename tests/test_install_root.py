@@ -34,7 +34,10 @@ pytestmark = [
 def main_user(box: Booted, unit: str) -> str:
     pid = box.run(f"systemctl show -p MainPID --value {unit}").stdout.strip()
     assert pid != "0", f"{unit} runs no process: {box.run(f'journalctl -u {unit} -n 20 --no-pager').stdout}"
-    return box.run(f"ps -o user= -p {pid}").stdout.strip()
+    # right after `systemctl start` the main process may still be systemd's fork, root and named
+    # "(unit…)", before it drops to User= and execs: the user is read once it has exec'd
+    return box.run(f"for i in $(seq 600); do case \"$(ps -o comm= -p {pid})\" in '('*) sleep 0.1;; *) break;; esac; "
+                   f"done; ps -o user= -p {pid}").stdout.strip()
 
 
 def test_make_install_on_a_pristine_debian_12_boots_its_units(tmp_path: Path) -> None:
