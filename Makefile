@@ -2,6 +2,7 @@
 #   make demo   install what is missing, start the embedded default, run the main job
 #   make test   same bootstrap, then the test suite against a separate test database
 #   make test-fast  the unit tier alone: the .venv, no services (docs/testing.md, Tiers)
+#   make install ARGS="--disk hd1=/srv/hd1 --ssd /srv/ssd"  a production install (root; README)
 # Both are idempotent: a second run reuses the .venv, the packages and the services.
 
 SHELL := /bin/bash
@@ -15,7 +16,11 @@ SHELL := /bin/bash
 # their own daemon and import their image from a busybox root filesystem (tests/dockerd.py).
 APT_PKGS := postgresql redis-server pgbackrest fuse3 libfuse3-dev pkg-config \
             python3-dev python3-venv gcc libc6-dev e2fsprogs util-linux rsync procps \
-            chromium chromium-driver ffmpeg docker.io busybox-static
+            chromium chromium-driver ffmpeg docker.io busybox-static smartmontools debootstrap
+# what a production install needs (`make install`): the run-time part of the above, no browser,
+# no docker, no test tools
+INSTALL_PKGS := postgresql redis-server pgbackrest fuse3 libfuse3-dev pkg-config python3-dev \
+                python3-venv gcc libc6-dev util-linux procps ffmpeg git smartmontools
 # Debian's interpreter, not whatever `python3` is first on PATH: a worker runs as an
 # unprivileged user (actions.worker_user) with hoard's venv, and an interpreter under a private
 # home (pyenv's /root/.pyenv) cannot be run by it (docs/actions.md, Running a worker).
@@ -24,7 +29,7 @@ VENV := .venv
 HOARD := $(VENV)/bin/hoard
 STAMP := $(VENV)/.installed
 
-.PHONY: help demo test test-fast lint chaos peers bench deps venv up down clean labelstudio readers
+.PHONY: install uninstall help demo test test-fast lint chaos peers bench deps venv up down clean labelstudio readers
 
 help:
 	@echo "make demo   - install, start the embedded default and run the main job"
@@ -36,10 +41,11 @@ help:
 	@echo "make peers  - hoardfs vs cp, git-annex, SnapRAID and mergerfs on one corpus (bench/peers; ARGS=...)"
 	@echo "make bench  - every other benchmark behind docs/benchmarks.md, raw JSON to bench/results"
 	@echo "make down   - stop the private PostgreSQL and Redis under ./var"
+	@echo "make install ARGS=\"--disk hd1=/srv/hd1 --disk hd2=/srv/hd2 --ssd /srv/ssd\" - production install (root; --dry-run)"
 	@echo "make clean  - stop services and remove ./var and .venv"
 
 deps:
-	@missing=""; for p in $(APT_PKGS); do \
+	@missing=""; for p in $(PKGS); do \
 	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'ok installed' || missing="$$missing $$p"; \
 	done; \
 	if [ -n "$$missing" ]; then \
@@ -47,6 +53,8 @@ deps:
 	  if [ "$$(id -u)" != 0 ]; then SUDO=sudo; else SUDO=; fi; \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	fi
+
+PKGS = $(APT_PKGS)
 
 $(STAMP): pyproject.toml | deps
 	@echo "==> creating $(VENV) with the project"
@@ -144,3 +152,25 @@ bench: up
 peers: APT_PKGS += git-annex snapraid mergerfs time
 peers: venv
 	@$(VENV)/bin/python bench/peers/versus.py $(ARGS)
+
+# A production install (docs/operations.md, "Production install"): the Debian packages a server
+# needs, /opt/hoardfs/venv with this checkout, then `hoard install ARGS` (the hoard user, the
+# config, the system PostgreSQL with pgBackRest, Redis, the units). With --dry-run in ARGS
+# nothing is installed: the checkout's .venv prints what `hoard install` would change.
+OPT_VENV := /opt/hoardfs/venv
+install: PKGS = $(INSTALL_PKGS)
+install:
+	@if [[ " $(ARGS) " == *" --dry-run "* ]]; then \
+	  h=$$(for h in $(OPT_VENV)/bin/hoard $(HOARD); do [ -x $$h ] && echo $$h && break; done); \
+	  [ -n "$$h" ] || { echo "make install: a dry run installs nothing, so it needs a hoard already: make venv first"; exit 2; }; \
+	  $$h install --source $(CURDIR) $(ARGS); \
+	else \
+	  $(MAKE) --no-print-directory deps PKGS="$(INSTALL_PKGS)" && \
+	  { [ -x $(OPT_VENV)/bin/python ] || $(PYTHON) -m venv $(OPT_VENV); } && \
+	  $(OPT_VENV)/bin/pip install -q --disable-pip-version-check $(CURDIR) && \
+	  $(OPT_VENV)/bin/hoard install --source $(CURDIR) $(ARGS); \
+	fi
+
+# removes the units and /opt/hoardfs/venv; keeps every byte of data (disks, SSD, database, /etc/hoard)
+uninstall:
+	@h=$(OPT_VENV)/bin/hoard; [ -x $$h ] || h=$(HOARD); $$h uninstall $(ARGS)

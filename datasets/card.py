@@ -14,8 +14,9 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from datasets.model import Sample
+from fsd.core import formats
 
-FORMAT = "hoardfs-dataset-1"
+FORMAT = formats.DATASET
 MANIFEST, DOC, README = "manifest.jsonl", "dataset.json", "README.md"
 COMMON = (MANIFEST, DOC, README)
 

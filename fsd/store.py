@@ -31,8 +31,8 @@ from fsd.base.errors import ExitCode, HoardError
 from fsd.base.files import atomic_write
 from fsd.base.paths import file_ext
 from fsd.base.units import fmt_bytes
+from fsd.core import formats, storelock
 from fsd.core import shardfmt as fmt
-from fsd.core import storelock
 from fsd.core.disks import DiskGone, DiskRecord, DiskState, LocalDisk
 from fsd.core.index import Index, ShardMeta, has_index, index_error, open_existing
 from fsd.core.layout import BATCHES_DIR, VIEWS_DIR, check_ssd, lock_root, pin_path, protect_ssd
@@ -94,6 +94,7 @@ class Store:
         mount passes `lock="readers"` (only an index rebuild or restore waits for that)."""
         ssd_uuid = check_ssd(cfg, init)
         if writable:
+            attach.refuse_newer_identities(cfg)
             protect_ssd(cfg)
         hold = lock if lock is not None else (storelock.STORE if writable else "")
         if hold:
@@ -112,6 +113,8 @@ class Store:
             store.held = hold
             index.mark_log = store.log_marks
             try:
+                if writable:  # an older index is migrated, a newer one refused, before anything is written
+                    index.migrate()
                 attach.check_index_owner(store, ssd_uuid)
                 attach.attach_disks(store, init)
                 if writable:
@@ -450,7 +453,8 @@ class Store:
             return digests
         digests = self.from_replicas(sha, lambda disk, meta, loc: learn_map(
             lambda off, n: disk.read_at(meta.hex, off, n), f"shard {meta.hex} on {disk.label}", loc, sha))
-        self.index.put_chunks(sha, digests)
+        if self.index.env.refused is None:  # (a cache: an index a later hoardfs wrote takes no write)
+            self.index.put_chunks(sha, digests)
         return digests
 
     def record_digest(self, sha: bytes) -> bytes:
@@ -510,7 +514,7 @@ class Store:
         self.disk_error(disk, op, err, meta.hex)
         try:
             self.index.queue_repair(meta.shard_id, disk.uuid, getattr(err, "strerror", None) or str(err))
-        except lmdb.Error as e:
+        except (lmdb.Error, formats.NewerFormat) as e:
             log.error("index: cannot queue the repair of shard %s on %s: %s", meta.hex, disk.label, e)
 
     def _read_record(self, disk: LocalDisk, shard_hex: str, offset: int, length: int, sha: bytes) -> bytes:

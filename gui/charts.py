@@ -75,6 +75,29 @@ def disk_history(points: list[Any]) -> dict[str, Any]:
             "xAxis": {"type": "time"}, "yAxis": {"type": "value"}, "series": series}
 
 
+def smart_history(points: list[Any]) -> dict[str, Any]:
+    """Each drive's temperature (°C, left axis) and its reallocated, pending and uncorrectable
+    sectors (right axis) over time (`jobs.usage.histories`: `smart_sample`); a bucket with no
+    reading has no value, so the line breaks."""
+    by: dict[str, list[Any]] = {}
+    for p in points:
+        by.setdefault(p.disk, []).append(p)
+    series: list[dict[str, Any]] = []
+    for disk, pts in sorted(by.items()):
+        series.append({"name": f"{disk} °C", "type": "line", "showSymbol": False, "yAxisIndex": 0,
+                       "data": [[p.at.isoformat(), p.temperature_c] for p in pts]})
+        for field, what in (("reallocated", "reallocated"), ("pending", "pending"), ("uncorrectable", "uncorrectable"),
+                            ("media_errors", "media errors")):
+            if any(getattr(p, field) is not None for p in pts):
+                series.append({"name": f"{disk} {what}", "type": "line", "step": "end", "showSymbol": False,
+                               "yAxisIndex": 1, "data": [[p.at.isoformat(), getattr(p, field)] for p in pts]})
+    return {"title": {"text": "drives' SMART over time (°C; sectors)", "textStyle": {"fontSize": 14}},
+            "tooltip": {**TOOLTIP}, "legend": {"data": [s["name"] for s in series], "right": 0, "top": 0, "type": "scroll"},
+            "grid": {"left": 50, "right": 60, "top": 40, "bottom": 30}, "xAxis": {"type": "time"},
+            "yAxis": [{"type": "value", "name": "°C"}, {"type": "value", "name": "sectors", "minInterval": 1}],
+            "series": series}
+
+
 def zone_history(points: list[Any], marks: tuple[float, float, float]) -> dict[str, Any]:
     """Used + reserved share of each zone's quota over time, with the warn/deny/emergency lines."""
     def pct(p: Any) -> float | None:

@@ -32,8 +32,9 @@ class Context:
     limiter: LoginLimiter
     gate: LoginGate = field(default_factory=LoginGate)
     tickets: Tickets = field(default_factory=Tickets)
-    #: the usage history as last read (time.monotonic(), points), shared by /storage's views
-    history: tuple[float, list[Any]] | None = None
+    #: the usage history as last read (time.monotonic(), (usage points, SMART points)), shared
+    #: by /storage's views
+    history: tuple[float, tuple[list[Any], list[Any]]] | None = None
 
 
 _current: Context | None = None

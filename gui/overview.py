@@ -28,6 +28,8 @@ def _body() -> None:
     ui.label("Needs attention" if h["problems"] else "All good").classes("text-h6 q-mt-md")
     for p in h["problems"]:
         text.label(p).classes("text-body2")  # a problem line can name a batch directory (scraped)
+    for w in h.get("warnings", []):  # (a drive losing sectors: smartctl's words, as text)
+        text.label(f"warning: {w}").classes("text-body2 text-warning")
     ui.label(f"figures from {age(snap.age_s)} (gathered in {snap.took_s:.2f} s)").classes("text-caption q-mt-md")
 
 

@@ -66,6 +66,8 @@ def banners(health: dict[str, Any]) -> list[Banner]:
         if state in ("failed", "missing") or not d.get("present", True):
             out.append(Banner(f"disk {d['label']} is {state if state != 'active' else 'missing'}"
                               + (f": {d['reason']}" if d.get("reason") else ""), "error", "/storage"))
+        for f in (d.get("smart") or {}).get("findings", []):  # its drive failing, or losing sectors
+            out.append(Banner(f["line"], "error" if f["level"] == "problem" else "warning", "/storage"))
     for z, s in health["zones"].items():
         if s.get("level", "ok") != "ok":
             out.append(Banner(f"zone {z} is {s['used_ratio']:.0%} full ({s['level']})",

@@ -13,6 +13,7 @@ from nicegui import ui
 
 from fsd.base.errors import HoardError
 from fsd.base.units import fmt_bytes
+from fsd.maintenance.health import smart_line
 from gui import charts, text
 from gui.context import ctx, in_thread, page, snapshot
 from gui.frame import age, frame, live, progress_text
@@ -74,6 +75,7 @@ def _disk_card(d: dict[str, Any], errors: list[dict[str, Any]], verified: dict[s
             v = verified[d["label"]]
             ui.label(f"its replicas verified (or written) {age(v)}" if v is not None else "no sealed shard here yet"
                      ).classes("text-caption")
+        _smart(d.get("smart"))
         ui.label(d["path"]).classes("text-caption text-grey-7")
         if d.get("reason"):
             text.label(d["reason"]).classes("text-negative text-caption")
@@ -81,6 +83,20 @@ def _disk_card(d: dict[str, Any], errors: list[dict[str, Any]], verified: dict[s
         for e in mine[:3]:
             text.label(f"{e.get('kind')}: {e.get('error') or e.get('detail') or ''}").classes(
                 "text-negative text-caption")
+
+
+def _smart(s: dict[str, Any] | None) -> None:
+    """The drive's SMART on its card: the figures (or why there are none) and its findings with
+    their next steps. smartctl's words (model, messages) are the drive's: text, never markup."""
+    if not s:
+        return
+    read = f", read {age(s['age_s'])}" if s.get("age_s") is not None else ""
+    text.label(f"SMART: {smart_line(s)}{read}").classes("text-caption").mark("disk-smart")
+    if not s.get("available") and s.get("why"):
+        text.label(s["why"]).classes("text-caption text-grey-7")
+    for f in s.get("findings", []):
+        text.label(f"{f['level']}: {f['line']}").classes(
+            "text-caption " + ("text-negative" if f["level"] == "problem" else "text-warning")).mark("disk-smart-finding")
 
 
 def _body() -> None:
@@ -157,7 +173,7 @@ def _body() -> None:
     ui.label(f"figures from {age(snap.age_s)}").classes("text-caption q-mt-md")
 
 
-def _history(points: list[Any] | None, error: str) -> None:
+def _history(points: list[Any] | None, error: str, smart: list[Any] | None = None) -> None:
     """The usage history charts (`hoard health --record`, systemd/hoard-usage.timer) from
     `_read_history`: one bucketed query of at most sql.usage.CHART_POINTS points per series,
     shared by the views of HISTORY_KEEP_S."""
@@ -171,9 +187,11 @@ def _history(points: list[Any] | None, error: str) -> None:
         ui.echart(charts.disk_history(points)).classes("w-1/2 h-64").mark("disk-history")
         ui.echart(charts.zone_history(points, (t.warn, t.deny, t.emergency))).classes("w-1/2 h-64").mark(
             "zone-history")
+    if smart:  # (only drives with SMART have readings: loop devices and virtual disks have none)
+        ui.echart(charts.smart_history(smart)).classes("w-full h-64").mark("smart-history")
 
 
-async def _read_history() -> tuple[list[Any] | None, str]:
+async def _read_history() -> tuple[tuple[list[Any], list[Any]] | None, str]:
     """The usage history, or why it is not shown; never waits more than HISTORY_WAIT_S. The
     read is not cancelled (a thread cannot be): a late one ends on its own
     (jobs.usage.HISTORY_TIMEOUT_S) and its answer is dropped. A read younger than
@@ -181,7 +199,7 @@ async def _read_history() -> tuple[list[Any] | None, str]:
     c = ctx()
     if c.history is not None and time.monotonic() - c.history[0] < HISTORY_KEEP_S:
         return c.history[1], ""
-    task = asyncio.ensure_future(in_thread(usage.history, c.cfg, HISTORY_DAYS))
+    task = asyncio.ensure_future(in_thread(usage.histories, c.cfg, HISTORY_DAYS))
     task.add_done_callback(lambda t: t.cancelled() or t.exception())  # a late failure is no one's news
     done, _ = await asyncio.wait({task}, timeout=HISTORY_WAIT_S)
     if not done:
@@ -199,7 +217,7 @@ def register() -> None:
     @page("/storage")
     async def storage_page() -> None:
         await snapshot()
-        points, error = await _read_history()
+        read, error = await _read_history()
         with frame("Storage"):
             live(_body)
-            _history(points, error)
+            _history(read[0] if read else None, error, read[1] if read else None)

@@ -9,10 +9,12 @@ the GUI (which sit above jobs) read the same document.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from fsd.base.config import Settings
-from fsd.maintenance.health import disk_status, store_problems, store_status, zone_status
+from fsd.io.attach import formats_found
+from fsd.maintenance.health import disk_status, smart_findings, smart_status, store_problems, store_status, zone_status
 from jobs import outputs
 from jobs.actions import api as actions
 from jobs.ingest import ingest_status
@@ -20,31 +22,43 @@ from jobs.queues import redis_status
 from sql.health import database_problems, database_status
 
 
-def collect(cfg: Settings) -> dict[str, Any]:
-    """Gather the status of disks, zones, PostgreSQL and Redis, and list the problems."""
+def collect(cfg: Settings, smart_max_age_s: float = math.inf) -> dict[str, Any]:
+    """Gather the status of disks, zones, PostgreSQL and Redis, and list the problems (exit 4)
+    and the warnings (signs to act on before they become problems: a drive losing sectors).
+    Each disk's SMART reading is the cached one while younger than `smart_max_age_s` — by
+    default the cached one (hoard-smart.timer's): a library call (the GUI, the demo, a test)
+    runs no smartctl; `hoard health` passes FRESH_S (as root it reads a drive read over an
+    hour ago)."""
     assert cfg.database_url and cfg.redis_url
     store = store_status(cfg)
     report: dict[str, Any] = {
         "config": str(cfg.source) if cfg.source else None,
         "disks": store.pop("disks", None) or disk_status(cfg),
         "store": store,
+        "formats": store.pop("formats", None) or formats_found(cfg, None),
         "zones": zone_status(cfg),
         "database": database_status(cfg.database_url),
         "redis": redis_status(cfg.redis_url),
         "ingest": ingest_status(cfg),
     }
-    problems: list[str] = []
+    readings = smart_status(cfg, report["disks"], smart_max_age_s)
+    for d in report["disks"]:
+        if d["label"] in readings:
+            d["smart"] = readings[d["label"]]
+    problems, warnings = smart_findings(report["disks"])
     for f in report["ingest"]["failed"]:
         problems.append(f"ingest {f['batch_id']}: failed at {f['step']}: {f['error']}; after fixing it, "
                         f"`hoard ingest --resume {f['batch_id']}`")
     for r in report["ingest"]["refused"] + report["ingest"]["stalled"]:  # never a silent skip or stall
         problems.append(f"ingest {r['batch_id']}: {r['reason']}")
     problems += store_problems(cfg, store, report["disks"], report["zones"])
+    problems += report["formats"]["problems"]
     problems += outputs.problems(cfg)
     problems += actions.problems(cfg)
     problems += database_problems(report["database"])
     if not report["redis"]["ok"]:
         problems.append(f"redis: {report['redis']['error']}; start it with `hoard services up` or fix redis_url")
     report["problems"] = problems
+    report["warnings"] = warnings
     report["ok"] = not problems
     return report

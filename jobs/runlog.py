@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from fsd.base.config import Settings
-from fsd.base.logs import JsonLinesHandler
+from fsd.base.logs import JsonLinesHandler, run_context
 
 #: what a run's log keeps (INFO: what it did; WARNING/ERROR: what went wrong)
 LEVEL = logging.INFO
@@ -31,12 +31,14 @@ def path(cfg: Settings, kind: str, run_id: str) -> Path:
 
 @contextlib.contextmanager
 def captured(cfg: Settings, kind: str, run_id: str) -> Iterator[None]:
-    """Append this process's records to the run's log for the with-block."""
+    """Append this process's records to the run's log for the with-block (and, under systemd,
+    give them the run's journal fields: fsd.base.logs.run_context)."""
     p = path(cfg, kind, run_id)
     try:
         p.parent.mkdir(parents=True, exist_ok=True)
     except OSError:  # the SSD itself is the trouble: the run reports that on its own
-        yield
+        with run_context(kind, run_id):
+            yield
         return
     handler = JsonLinesHandler(str(p), LEVEL)
     root = logging.getLogger()
@@ -50,7 +52,8 @@ def captured(cfg: Settings, kind: str, run_id: str) -> Iterator[None]:
     if root.getEffectiveLevel() > LEVEL:
         root.setLevel(LEVEL)
     try:
-        yield
+        with run_context(kind, run_id):
+            yield
     finally:
         root.removeHandler(handler)
         root.setLevel(old_level)

@@ -1,6 +1,6 @@
 """Usage history: the `hoard health` document (`jobs.health.collect`) turned into one
-`usage_sample` (sql.usage) — `hoard health --record` and systemd/hoard-usage.timer — and read
-back for the storage page's charts.
+`usage_sample` (sql.usage) — `hoard health --record` and systemd/hoard-usage.timer — with each
+disk's SMART reading (`smart_sample`), and read back for the storage page's charts.
 
 The figures are the document's own, never measured again here. What the document does not
 know is recorded as not known: a disk the store could not read (missing, failed, or the store
@@ -16,9 +16,10 @@ import psycopg
 
 from fsd.base.config import Settings
 from fsd.base.errors import ExitCode, HoardError, first_line
-from sql.usage import HistoryPoint, Recorded, UsageRow
+from sql.usage import HistoryPoint, Recorded, SmartPoint, SmartRow, UsageRow
 from sql.usage import history as _history
 from sql.usage import record as _record
+from sql.usage import smart_history as _smart_history
 
 #: disk states whose byte counts are read from the disk itself
 _READABLE = ("active", "draining")
@@ -58,6 +59,21 @@ def rows(report: dict[str, Any]) -> list[UsageRow]:
     return out
 
 
+def smart_rows(report: dict[str, Any]) -> list[SmartRow]:
+    """The SMART readings of a `hoard health` document's disks (`fsd.core.smart.read_all`), one
+    row per disk whose drive has SMART; the figures as the document has them."""
+    out = []
+    for d in report["disks"]:
+        s = d.get("smart") or {}
+        if s.get("available") and s.get("device"):
+            out.append(SmartRow(disk=d["label"], device=s["device"], serial=s.get("serial"), passed=s.get("passed"),
+                                reallocated=s.get("reallocated"), pending=s.get("pending"),
+                                uncorrectable=s.get("uncorrectable"), media_errors=s.get("media_errors"),
+                                temperature_c=s.get("temperature_c"), power_on_hours=s.get("power_on_hours"),
+                                read_age_s=max(0.0, float(s.get("age_s") or 0.0))))
+    return out
+
+
 #: a page view waits for the history only briefly (gui.storage): its connection and query give
 #: up soon after, so a hung database does not hold a GUI thread for long per view
 HISTORY_TIMEOUT_S = 3
@@ -76,16 +92,23 @@ def record(cfg: Settings, report: dict[str, Any]) -> Recorded:
     """Record the document as a usage sample (unless the last one is younger than
     sql.usage.SAMPLE_EVERY) and prune samples older than sql.usage.KEEP."""
     with _connect(cfg, "no usage sample recorded") as conn:
-        return _record(conn, rows(report))
+        return _record(conn, rows(report), smart=smart_rows(report))
+
+
+def histories(cfg: Settings, days: float = 30) -> tuple[list[HistoryPoint], list[SmartPoint]]:
+    """The disks' and zones' usage and the disks' SMART readings over the last `days` days, in
+    chart-sized buckets, through one connection (the storage page's charts)."""
+    with _connect(cfg, "no usage history", HISTORY_TIMEOUT_S) as conn:
+        try:
+            return (_history(conn, days, timeout_s=HISTORY_TIMEOUT_S),
+                    _smart_history(conn, days, timeout_s=HISTORY_TIMEOUT_S))
+        except HoardError:
+            raise
+        except psycopg.Error as e:
+            raise HoardError(f"no usage history: the database failed ({first_line(e)})",
+                             ExitCode.UNAVAILABLE) from None
 
 
 def history(cfg: Settings, days: float = 30) -> list[HistoryPoint]:
     """The disks' and zones' usage over the last `days` days, in chart-sized buckets."""
-    with _connect(cfg, "no usage history", HISTORY_TIMEOUT_S) as conn:
-        try:
-            return _history(conn, days, timeout_s=HISTORY_TIMEOUT_S)
-        except HoardError:
-            raise
-        except psycopg.Error as e:  # cancelled by the timeout, the server going away …: the page says so
-            raise HoardError(f"no usage history: the database failed ({first_line(e)})",
-                             ExitCode.UNAVAILABLE) from None
+    return histories(cfg, days)[0]

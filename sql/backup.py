@@ -161,11 +161,16 @@ def verify_dump(url: str, store, backup_id: int | None = None, sample: int = 200
     return VerifyResult(backup_id, ok, detail, time.monotonic() - t0)
 
 
-def restore_dump(url: str, store, backup_id: int | None = None) -> int:
-    """Replace the database's schema with a dump (default: the latest); returns the backup id.
-    The backup log survives: its rows are carried over from the current database."""
+def restore_dump(url: str, store, backup_id: int | None = None, sha: str | None = None) -> int:
+    """Replace the database's schema with a dump (default: the latest recorded; `sha`: that
+    object — the dump the disks name, for a database that recorded none: a new server);
+    returns the backup id (0 for `sha`). The backup log survives: its rows are carried over
+    from the current database."""
     with psycopg.connect(url, autocommit=True) as conn:
-        backup_id, sha, _counts_then = _dump_row(conn, backup_id)
+        if sha is None:
+            backup_id, sha, _counts_then = _dump_row(conn, backup_id)
+        else:
+            backup_id = 0
         schema = one(conn.execute("SELECT current_schema()"))[0]
         saved = bytearray()  # the backup log survives the restore (text COPY round-trips exactly)
         with conn.cursor() as cur, cur.copy("COPY backup_log TO STDOUT") as cp:

@@ -20,6 +20,7 @@ import datetime as dt
 import hashlib
 import json
 import os
+import pwd
 import shutil
 import subprocess
 import tempfile
@@ -36,6 +37,7 @@ from fsd.base.modes import passage
 from sql.backup import VerifyResult, _counts, sampled_not_in_store
 from sql.cluster import SERVER_USER, PrivateCluster, _reachable_by, give_to_server, run_as_server
 from sql.rows import one
+from sql.system import BACKREST_CONF, read_backrest_conf
 
 STANZA = "hoard"
 RETENTION_FULL = 4  # weekly fulls kept: four weeks
@@ -54,6 +56,8 @@ class BackRest:
     socket_dir: Path
     pg_bin: Path
     note: str = ""
+    #: the role a restore-verify signs in to the scratch cluster as
+    pg_user: str = "hoard"
 
     # -- where things are ------------------------------------------------------------
     @classmethod
@@ -71,6 +75,17 @@ class BackRest:
                     f"{', '.join(map(str, repo_candidates)) or 'any disk'}; mount the HDDs where it can")
         return cls(home / "pgbackrest.conf", repo, cluster.data_dir, cluster.socket_dir.resolve(),
                    Path(cluster._bin("pg_ctl")).parent, note)
+
+    @classmethod
+    def system(cls, conf: Path = BACKREST_CONF) -> BackRest:
+        """The stanza `hoard install` set up for the system cluster (sql.system), for its
+        backup unit, which runs as postgres."""
+        if not conf.exists():
+            raise BackRestError(f"{conf} is missing: `hoard install` sets pgBackRest up for the system cluster")
+        repo, data_dir, socket_dir = read_backrest_conf(conf)
+        version = (data_dir / "PG_VERSION").read_text().strip()
+        return cls(conf, repo, data_dir, socket_dir, Path(f"/usr/lib/postgresql/{version}/bin"),
+                   pg_user=pwd.getpwuid(os.geteuid()).pw_name)
 
     def run(self, *args: str, what: str, check: bool = True) -> subprocess.CompletedProcess:
         cmd = run_as_server() + ["pgbackrest", f"--config={self.conf}", f"--stanza={STANZA}", *args]
@@ -171,9 +186,11 @@ class BackRest:
                 "size": latest["info"]["repository"]["delta"], "repo": str(self.repo)}
 
     # -- restore-verify -------------------------------------------------------------------------
-    def verify_latest(self, url: str, store, sample: int = 200) -> VerifyResult:
+    def verify_latest(self, url: str, store, sample: int = 200, scratch_in: Path | None = None) -> VerifyResult:
         """Restore the newest full/diff backup into a scratch cluster on its own socket, check
-        it (row counts, foreign keys, sampled sha256s in the store), remove it."""
+        it (row counts, foreign keys, sampled sha256s in the store — without a store, as the
+        postgres user's backup unit runs it, not those), remove it. The scratch cluster goes
+        under `scratch_in` (default /var/lib/hoardfs as root, else the temporary directory)."""
         t0 = time.monotonic()
         with psycopg.connect(url, autocommit=True) as conn:
             row = conn.execute("SELECT backup_id, location, row_counts FROM backup_log WHERE kind IN ('full', 'diff') "
@@ -189,8 +206,9 @@ class BackRest:
         repo_check = self.run("verify", what="checking the repository's checksums", check=False)
         if repo_check.returncode != 0:
             problems.append(f"pgbackrest verify: {(repo_check.stderr or repo_check.stdout).strip().splitlines()[-1:]}")
-        base = Path("/var/lib/hoardfs") if os.geteuid() == 0 else Path(tempfile.gettempdir())
-        passage(base)
+        base = scratch_in or (Path("/var/lib/hoardfs") if os.geteuid() == 0 else Path(tempfile.gettempdir()))
+        if scratch_in is None:
+            passage(base)
         scratch = Path(tempfile.mkdtemp(prefix="pgverify-", dir=base))
         data, sock = scratch / "data", scratch / "sock"
         data.mkdir(mode=0o700)
@@ -200,6 +218,7 @@ class BackRest:
         try:
             self.run(f"--set={label}", f"--pg1-path={data}", "--type=immediate", "--target-action=promote",
                      "--archive-mode=off", "restore", what=f"restoring {label} into {data}")
+            _own_configuration(data)
             opts = f"-c port=5499 -c listen_addresses='' -c unix_socket_directories='{sock}' -c archive_mode=off"
             res = subprocess.run(run_as_server() + [str(self.pg_bin / "pg_ctl"), "-D", str(data), "-l",
                                                         str(scratch / "pg.log"), "-o", opts, "-w", "-t", "120", "start"],
@@ -207,7 +226,7 @@ class BackRest:
             if res.returncode != 0:
                 raise BackRestError(f"the restored cluster did not start: {(scratch / 'pg.log').read_text()[-300:]}")
             started = True
-            s_url = psycopg.conninfo.make_conninfo(host=str(sock), port=5499, user=params.get("user", "hoard"),
+            s_url = psycopg.conninfo.make_conninfo(host=str(sock), port=5499, user=params.get("user", self.pg_user),
                                                    dbname=params.get("dbname", "hoard"),
                                                    options=f"-c search_path={schema}")
             problems += _check_restored(s_url, schema, counts, store, sample)
@@ -221,7 +240,7 @@ class BackRest:
         ok = not problems
         detail = "; ".join(problems) if problems else (
             f"backup {label} restored and checked: {sum(v for v in counts.values() if isinstance(v, int))} rows, "
-            "foreign keys intact, sampled objects in the store")
+            "foreign keys intact" + (", sampled objects in the store" if store is not None else ""))
         with psycopg.connect(url, autocommit=True) as conn:
             conn.execute("UPDATE backup_log SET verified_at = now(), verify_ok = %s, verify_detail = %s "
                          "WHERE backup_id = %s", [ok, detail, backup_id])
@@ -250,6 +269,18 @@ class BackRest:
         return keep
 
 
+def _own_configuration(data: Path) -> None:
+    """A restored Debian cluster has no configuration in its data directory (it lives in
+    /etc/postgresql/<version>/<name>, naming the live cluster's directory and port): the scratch
+    copy gets its own — settings from the command line, local connections by peer — or
+    PostgreSQL refuses to start ("could not access the server configuration file")."""
+    for name, text in (("postgresql.conf", "# hoardfs restore-verify: settings on the command line\n"),
+                       ("pg_hba.conf", "local all all peer\n"), ("pg_ident.conf", "")):
+        if not (data / name).exists():
+            (data / name).write_text(text)
+            give_to_server(data / name)
+
+
 def _writes(conn: psycopg.Connection, schema: str) -> dict[str, int]:
     return {r[0]: r[1] for r in conn.execute(
         "SELECT relname, n_tup_ins + n_tup_upd + n_tup_del FROM pg_stat_user_tables WHERE schemaname = %s",
@@ -276,7 +307,8 @@ def _check_restored(url: str, schema: str, counts: dict, store, sample: int) -> 
                 sql.Identifier(parent), cond)))[0]
             if orphans:
                 problems.append(f"foreign key {con}: {orphans} rows of {child} without their {parent}")
-        problems += sampled_not_in_store(sc, schema, store, sample)
+        if store is not None:
+            problems += sampled_not_in_store(sc, schema, store, sample)
     return problems
 
 

@@ -255,7 +255,7 @@ def pg(servers) -> Iterator[psycopg.Connection]:
 
 
 #: the tiers, lightest first; every test is in exactly one (docs/testing.md, "Tiers")
-TIERS = ("unit", "services", "lab", "gui", "chaos")
+TIERS = ("unit", "services", "lab", "gui", "chaos", "system")
 #: fixtures that put a test in a tier: the NiceGUI user and a GUI home → gui; the disk lab →
 #: lab; the test PostgreSQL/Redis (`servers`, which db, pg, redis_conn and hoard_home use), a
 #: FUSE mount (`fuse`) or a Label Studio server (`label_studio`) → services

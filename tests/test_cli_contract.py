@@ -46,6 +46,7 @@ COMMANDS: dict[str, list[str]] = {
     "db restore": ["--from", "dump"],
     "db shell": [],  # stdin is closed: the typed confirmation is declined
     "db status": [],
+    "db system-backup": ["--conf", "{MISSING}"],  # not run as postgres: refused in one line
     "db verify-backup": [],
     "dataset build": ["{MISSING}"],  # no such spec file: exit 2
     "dataset diff": ["nosuch@1", "nosuch@2"],
@@ -61,6 +62,7 @@ COMMANDS: dict[str, list[str]] = {
     "disks list": [],
     "disks replace": ["hdd4", "nosuch"],
     "disks retire": ["nosuch"],
+    "disks smart": [],
     "export": [],
     "fixtures generate": ["{OUTDIR}", "--items", "3", "--batches", "1", "--large-max-mb", "1"],
     "gc": [],
@@ -73,7 +75,10 @@ COMMANDS: dict[str, list[str]] = {
     "index restore": [],
     "index rewrite-marks": [],
     "index rewrite-pointers": [],
+    "index migrate": [],
     "ingest": ["--ready"],
+    # (never without --dry-run here: a root it cannot find has no config, and the flags name no disk)
+    "install": ["--dry-run", "--root", "{MISSING}"],
     "label add": ["class=cat", "{SHA}"],
     "label rm": ["class", "--nodes", "{FILE}"],
     "init": [],
@@ -91,6 +96,7 @@ COMMANDS: dict[str, list[str]] = {
     "services up": [],
     "stage": [],
     "umount": ["{MISSING}"],
+    "uninstall": ["--dry-run", "--root", "{MISSING}"],
     "users add": ["alice", "--role", "viewer"],  # stdin is closed: no password, exit 2
     "users hash": [],
     "users list": [],

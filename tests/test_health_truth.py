@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 from fsd.base import config
+from fsd.core import formats
 from fsd.store import Store
 from jobs.health import collect
 from tests.helpers import dir_disks_config, make_files
@@ -179,9 +180,9 @@ def _raw_disk_records(store: Store) -> dict[str, bytes]:
 def test_disk_records_stay_readable_by_the_previous_release(tmp_path: Path) -> None:
     """Every disk record the store writes (at init, on puts, when it notes a disk was seen) is
     read by the previous release's `cls(**json)`; a record that carries `seen` inside (written
-    by the version that kept it there) still gives the missing disk's card its time, and the
-    next store open moves the time to the index's meta, leaving a record the previous release
-    reads."""
+    by the version that kept it there, an index of format 1) still gives the missing disk's card
+    its time, and the next writable open migrates it: the time moves to the index's meta,
+    leaving a record the previous release reads."""
     from fsd.core.disks import DiskState
     from fsd.maintenance.health import store_status
 
@@ -193,9 +194,11 @@ def test_disk_records_stay_readable_by_the_previous_release(tmp_path: Path) -> N
         assert len(raw) == 3 and {_PreviousDiskRecord.from_json(r).used_bytes for r in raw.values()} != {0}, raw
         assert set(store.index.disks_seen()[0]) == set(raw)
 
-        # records as the version that kept `seen` inside wrote them, an hour ago
+        # records as the version that kept `seen` inside wrote them, an hour ago (an index without
+        # a format: fsd/core/formats.py)
         then = time.time() - 3600
         with store.index.env.begin(write=True) as txn:
+            txn.delete(formats.INDEX_KEY.encode(), db=store.index.meta)
             for u, r in raw.items():
                 txn.put(u.encode(), json.dumps({**json.loads(r), "seen": then}).encode(), db=store.index.disks)
                 txn.delete(b"disk_seen:" + u.encode(), db=store.index.meta)
@@ -207,10 +210,26 @@ def test_disk_records_stay_readable_by_the_previous_release(tmp_path: Path) -> N
     t0 = time.time()
     d = {d["label"]: d for d in store_status(cfg)["disks"]}[label]
     assert d["state"] == DiskState.MISSING.value and d["seen"] == then, d
-    with Store.open(cfg, writable=False) as store:
+    with Store.open(cfg) as store:
         raw = _raw_disk_records(store)
         assert all(_PreviousDiskRecord.from_json(r) for r in raw.values())
         seen, inside = store.index.disks_seen()
         assert not inside and seen[gone] == then, seen
         assert all(t0 <= seen[u] <= time.time() for u in raw if u != gone), seen  # found there now
     path.with_name(path.name + ".away").rename(path)
+
+
+def test_a_library_call_of_health_reads_no_drive(tmp_path: Path) -> None:
+    """`collect` as the GUI, the demo and these tests call it shows the drives' last readings
+    (hoard-smart.timer's) and starts no smartctl, even as root — which `hoard health` does when
+    a reading is old (a unit test that did got a thread's traceback and "smartctl did not
+    answer" for the disk)."""
+    from fsd.core import smart
+
+    cfg = config.load(dir_disks_config(tmp_path, 3, shard_size_mb=1))
+    with Store.open(cfg, init=True):
+        pass
+    report = collect(cfg)
+    assert [d["label"] for d in report["disks"] if d.get("smart")] == ["d0", "d1", "d2"]
+    assert not any("did not answer" in str(d["smart"].get("why")) for d in report["disks"])
+    assert not smart.cache_path(cfg).exists()  # (root's reading keeps one, even of a drive with no SMART)

@@ -225,3 +225,34 @@ def test_bad_results_and_black_list_name_the_field(db, results, black_list, patt
         apply_write_intent(db, doc)
     assert db.execute("SELECT count(*) FROM node").fetchone() == (0,)
     assert db.execute("SELECT count(*) FROM applied_intent").fetchone() == (0,)
+
+
+def test_a_role_without_superuser_applies_the_same_rows(pg) -> None:
+    """The service role `hoard install` makes is no superuser: the bulk apply then keeps the
+    foreign-key triggers (no session_replication_role) and writes the same rows a superuser's
+    apply writes; the sealed-batch rule still holds."""
+    role = f"svc_{hashlib.sha256(str(id(pg)).encode()).hexdigest()[:8]}"
+    schema = pg.execute("SELECT current_schema()").fetchone()[0]
+    graphs = []
+    pg.execute(f"CREATE ROLE {role} NOSUPERUSER NOCREATEDB NOCREATEROLE")
+    try:
+        for as_role in (False, True):
+            # a connection of its own each: a role's session never sees the other's temporary tables
+            with psycopg.connect(pg.info.dsn, autocommit=True, options=f"-c search_path={schema}") as conn:
+                conn.execute(f"DROP SCHEMA {schema} CASCADE; CREATE SCHEMA {schema}")
+                migrate(conn)
+                if as_role:
+                    conn.execute(f"GRANT USAGE ON SCHEMA {schema} TO {role}; "
+                                 f"GRANT ALL ON ALL TABLES IN SCHEMA {schema} TO {role}; "
+                                 f"GRANT ALL ON ALL SEQUENCES IN SCHEMA {schema} TO {role}; SET ROLE {role}")
+                assert conn.execute("SELECT current_setting('is_superuser')").fetchone() == ("off" if as_role else "on",)
+                apply_write_intent(conn, intent())
+                graphs.append(_graph(conn))
+                later = intent(key="later", media=4)
+                later["batches"][0]["batch_id"] = "batch-1"
+                later["events"] = []
+                with pytest.raises(IntentError, match="batch batch-1 is sealed"):
+                    apply_write_intent(conn, later)
+    finally:
+        pg.execute(f"DROP OWNED BY {role}; DROP ROLE {role}")
+    assert graphs[0] == graphs[1] and len(graphs[0]["nodes"]) == 4

@@ -1,4 +1,4 @@
-"""Every test is in exactly one tier (unit, services, lab, gui, chaos: docs/testing.md), so
+"""Every test is in exactly one tier (unit, services, lab, gui, chaos, system: docs/testing.md), so
 `make test-fast` (the unit tier) and `pytest -m TIER` leave no test out and none runs twice."""
 
 from __future__ import annotations

@@ -186,8 +186,8 @@ async def test_storage_page_views_share_one_history_read(user, gui_home: Path, p
     from gui import storage
 
     calls = []
-    real = storage.usage.history
-    monkeypatch.setattr(storage.usage, "history", lambda *a, **kw: calls.append(a) or real(*a, **kw))
+    real = storage.usage.histories
+    monkeypatch.setattr(storage.usage, "histories", lambda *a, **kw: calls.append(a) or real(*a, **kw))
     pg.execute("INSERT INTO usage_sample (taken_at, kind, name, state, used_bytes, total_bytes) "
                "VALUES (now() - interval '1 hour', 'disk', 'hdd1', 'active', 1073741824, 4294967296)")
     await sign_in(user, "vera")

@@ -175,6 +175,10 @@ class MountConfig(BaseModel):
 
     model_config = _strict
     path: Path | None = None
+    #: others may look the mount up (FUSE allow_other, default_permissions: the kernel then lets
+    #: only the owner and the hoard group read); a mount run as root always does, one run as the
+    #: hoard user needs user_allow_other in /etc/fuse.conf (`hoard install --shared-mount`)
+    allow_other: bool = False
 
 
 class GuiUser(BaseModel):

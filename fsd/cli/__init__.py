@@ -48,6 +48,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "db": ("db", "app"), "index": ("index", "app"), "zones": ("zones", "app"), "users": ("users", "app"),
     "label": ("label", "app"), "view": ("mount", "view_app"), "action": ("action", "app"),
     "pipeline": ("pipeline", "app"), "dataset": ("dataset", "app"),
+    "install": ("install", "install"), "uninstall": ("install", "uninstall"),
 }
 
 #: how every command's help is written: paragraphs reflowed, `code` shown as code

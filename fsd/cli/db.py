@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
 import shutil
+from pathlib import Path
 from typing import Annotated
 
 import psycopg
@@ -15,7 +17,15 @@ from fsd.base.errors import ExitCode, HoardError, ServiceUnavailable
 from fsd.base.units import fmt_bytes
 from fsd.cli._common import confirm, out, progress, state
 from fsd.cli.store import open_store
-from sql.backup import dump_backup, full_backup_within, has_physical_backup, restore_dump, verify_dump
+from fsd.core import pointers
+from sql.backup import (
+    dump_backup,
+    full_backup_within,
+    has_physical_backup,
+    latest_dump,
+    restore_dump,
+    verify_dump,
+)
 from sql.cluster import PrivateCluster
 from sql.health import database_status
 from sql.migrate import available, current_version
@@ -24,6 +34,7 @@ from sql.pgbackrest import BackRest
 from sql.schema_decider import accept as do_accept
 from sql.schema_decider import list_proposals, source_table_rows
 from sql.schema_decider import reject as do_reject
+from sql.system import BACKREST_CONF, DATABASE
 
 app = typer.Typer(help="The PostgreSQL database: migrate, status, backup, verify-backup, restore, proposals.",
                   no_args_is_help=True)
@@ -143,6 +154,33 @@ def _auto_kind(url: str) -> str:
         return "diff" if full_backup_within(conn, 7) else "full"
 
 
+@app.command("system-backup")
+def system_backup(
+    kind: Annotated[str, typer.Option("--type", help="full, diff, or auto (full when the last full one is a week "
+                                                     "old)")] = "auto",
+    conf: Annotated[Path, typer.Option("--conf", help="the stanza's configuration")] = BACKREST_CONF,
+    database: Annotated[str, typer.Option("--database", help="hoardfs's database on that cluster")] = DATABASE,
+) -> None:
+    """pgBackRest backup of the system cluster, then its restore-verify; as the postgres user
+    (hoard-pgbackrest@.service). Recorded in backup_log, which `hoard health` reads."""
+    if kind not in ("full", "diff", "auto"):
+        raise HoardError(f"--type {kind!r}: full, diff or auto", ExitCode.USAGE)
+    if pwd.getpwuid(os.geteuid()).pw_name != "postgres":
+        raise HoardError("pgBackRest reads the cluster's files, which only postgres may: run it as postgres "
+                         "(`runuser -u postgres -- hoard db system-backup`; hoard-pgbackrest@.service does)",
+                         ExitCode.USAGE)
+    br = BackRest.system(conf)
+    url = psycopg.conninfo.make_conninfo(host=str(br.socket_dir), dbname=database)
+    res = br.backup(url, _auto_kind(url) if kind == "auto" else kind)
+    out.print(f"{res['kind']} backup {res['label']}: {fmt_bytes(res['size'])} into {res['repo']} "
+              f"(backup_log {res['backup_id']})")
+    checked = br.verify_latest(url, None, scratch_in=Path.home())
+    out.print(f"pgbackrest {checked.backup_id}: {'OK' if checked.ok else 'FAILED'} — {checked.detail} "
+              f"({checked.seconds:.1f} s)", markup=False)
+    if not checked.ok:
+        raise typer.Exit(ExitCode.DATA)
+
+
 @app.command("verify-backup")
 def verify_backup(ctx: typer.Context) -> None:
     """Restore the latest dump (scratch database) and the latest pgBackRest backup (scratch
@@ -193,8 +231,28 @@ def restore(
         return
 
     with open_store(ctx, writable=False) as store:
-        n = restore_dump(cfg.database_url, store, backup_id)
-    out.print(f"database {dbname} restored from dump {n}; `hoard db migrate` if it is from an older schema")
+        sha = None if backup_id is not None or _recorded_dump(cfg.database_url) else _dump_on_disks(store)
+        n = restore_dump(cfg.database_url, store, backup_id, sha)
+    which = f"dump {n}" if sha is None else f"the dump the disks name ({sha})"
+    out.print(f"database {dbname} restored from {which}; `hoard db migrate` if it is from an older schema")
+
+
+def _recorded_dump(url: str) -> bool:
+    """Whether the database records a dump (a new server's empty one does not: the dump the
+    disks name is restored then, docs/operations.md "Move to a new server")."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        return latest_dump(conn) is not None
+
+
+def _dump_on_disks(store) -> str:
+    """The sha256 of the latest dump the HDDs name (`.hoard-db-dump.json`, kept by the index and
+    found again by `hoard index rebuild`)."""
+    body = store.index.pointer_bodies()[1].get(pointers.DB_DUMP)
+    if body is None:
+        raise HoardError("the database records no dump and no disk names one (`.hoard-db-dump.json`): run "
+                         "`hoard db backup` on the old server, or `hoard index rebuild` if its disks hold one",
+                         ExitCode.USAGE)
+    return str(pointers.decode(body, pointers.DB_DUMP)["sha256"])
 
 
 @app.command()

@@ -1,4 +1,4 @@
-"""`hoard disks list|add|retire|replace|activate|forget`."""
+"""`hoard disks list|add|retire|replace|activate|forget|smart`."""
 
 from __future__ import annotations
 
@@ -19,9 +19,11 @@ from fsd.cli.rebuild import run_rebuild
 from fsd.cli.store import open_store
 from fsd.core.disks import DiskState
 from fsd.maintenance import lifecycle
+from fsd.maintenance.health import disk_status, smart_findings, smart_line, smart_status
 from fsd.store import Store
 
-app = typer.Typer(help="The HDDs: list, add, retire, replace, activate, forget.", no_args_is_help=True)
+app = typer.Typer(help="The HDDs: list, add, retire, replace, activate, forget; their drives' SMART.",
+                  no_args_is_help=True)
 
 
 @app.command("list")
@@ -122,3 +124,46 @@ def forget(
         released = lifecycle.forget(store, label)
     out.print(escape(f"disk {label} forgotten ({released} replicas released); now remove its [[disks]] table from "
                      f"{state(ctx).settings.source} and unmount it"))
+
+
+@app.command()
+def smart(
+    ctx: typer.Context,
+    labels: Annotated[list[str] | None, typer.Argument(help="these disks only (default: every disk at its path)")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="one JSON document")] = False,
+    max_age_s: Annotated[float, typer.Option("--max-age-s", min=0, callback=finite,
+                                             help="read again only drives read longer ago than this")] = 0,
+) -> None:
+    """Read each disk's drive with `smartctl` (root only; others see the last reading) and judge it as `hoard health` does.
+
+    Keeps the readings for `hoard health` and the GUI (systemd/hoard-smart.timer runs it as root).
+    Exit 4 if a drive says it is failing; a warning (lost sectors, heat) is printed and does not change it.
+    """
+    cfg = state(ctx).settings
+    known = {d.label for d in cfg.disks}
+    for label in labels or []:
+        if label not in known:
+            raise HoardError(f"no disk {label!r} in {cfg.source}; `hoard disks list` names them", ExitCode.USAGE)
+    # (the disks' paths only: the store is not opened — the timer runs this as root, sandboxed)
+    disks = [d for d in disk_status(cfg) if not labels or d["label"] in labels]
+    readings = smart_status(cfg, disks, max_age_s)
+    for d in disks:
+        if d["label"] in readings:
+            d["smart"] = readings[d["label"]]
+    problems, warnings = smart_findings(disks)
+    if as_json:
+        out.print(json.dumps({"disks": {d["label"]: d.get("smart") for d in disks}, "problems": problems,
+                              "warnings": warnings}), markup=False)
+    else:
+        for d in disks:
+            s = d.get("smart")
+            out.print(f"{d['label']:<10} {(s or {}).get('device') or '-':<14} "
+                      + (smart_line(s) if s else "not read: the disk is not at its path"), markup=False)
+            if s and not s.get("available") and s.get("why"):
+                out.print(f"{'':<10} {s['why']}", markup=False)
+        for w in warnings:
+            err.print(f"warning: {w}", markup=False)
+        for p in problems:
+            err.print(f"problem: {p}", markup=False)
+    if problems:
+        raise typer.Exit(ExitCode.DEGRADED)

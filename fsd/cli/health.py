@@ -13,6 +13,8 @@ from fsd.base import config as config_mod
 from fsd.base.errors import ExitCode
 from fsd.base.units import fmt_bytes
 from fsd.cli._common import err, out, state
+from fsd.core.smart import FRESH_S, REFRESH_S
+from fsd.maintenance.health import smart_line
 from jobs.health import collect
 from jobs.usage import record
 from sql.usage import KEEP, SAMPLE_EVERY
@@ -24,11 +26,13 @@ def health(
     record: Annotated[bool, typer.Option("--record", help="also keep the disks', zones' and store's usage as a "
                                          "sample for the storage page's history (at most one per 10 minutes)")] = False,
 ) -> None:
-    """Status of disks, SSD zones, PostgreSQL and Redis; exit 4 if anything needs attention.
+    """Status of disks (with their drives' SMART), SSD zones, PostgreSQL and Redis; exit 4 if anything needs attention.
 
-    With --record the same figures become a usage sample (exit 3 if it cannot be recorded)."""
+    Warnings (a drive losing sectors) are printed and in --json, and do not change the exit status.
+    With --record the same figures become a usage sample (exit 3 if it cannot be recorded); a
+    SMART reading older than 20 minutes is read again first."""
     cfg = state(ctx).settings
-    report = collect(cfg)
+    report = collect(cfg, REFRESH_S if record else FRESH_S)
     if as_json:
         out.print_json(json.dumps(report))
     else:
@@ -49,16 +53,19 @@ def _record_usage(cfg: config_mod.Settings, report: dict) -> None:
         err.print(f"usage: not recorded — the last sample ({rec.last_at:%Y-%m-%d %H:%M:%S %Z}) is younger than "
                   f"{SAMPLE_EVERY.seconds // 60} minutes{pruned}", markup=False)
     else:
-        err.print(f"usage: sample of {rec.rows} disks, zones and the store recorded{pruned}", markup=False)
+        smart = f" with {rec.smart_rows} disks' SMART readings" if rec.smart_rows else ""
+        err.print(f"usage: sample of {rec.rows} disks, zones and the store recorded{smart}{pruned}", markup=False)
 
 
 def _print_health(report: dict) -> None:
     t = Table(title="disks", title_justify="left")
-    for c in ("label", "state", "path", "mounted", "size", "used", "free"):
+    for c in ("label", "state", "path", "mounted", "size", "used", "free", "SMART"):
         t.add_column(c)
     for d in report["disks"]:
-        t.add_row(d["label"], d.get("state", "?"), d["path"], "yes" if d["mount_point"] else "no (directory)",
-                  fmt_bytes(d.get("total_bytes")), fmt_bytes(d.get("used_bytes")), fmt_bytes(d.get("free_bytes")))
+        # (smartctl's words are the drive's: shown as text, never as markup)
+        t.add_row(escape(d["label"]), d.get("state", "?"), escape(d["path"]), "yes" if d["mount_point"] else "no (directory)",
+                  fmt_bytes(d.get("total_bytes")), fmt_bytes(d.get("used_bytes")), fmt_bytes(d.get("free_bytes")),
+                  escape(smart_line(d["smart"])) if d.get("smart") else "-")
     out.print(t)
     st = report["store"]
     if st["ok"]:
@@ -85,6 +92,8 @@ def _print_health(report: dict) -> None:
     db, rd = report["database"], report["redis"]
     out.print(f"database: {'ok, PostgreSQL ' + db['server_version'] if db['ok'] else 'DOWN'}")
     out.print(f"redis:    {'ok, Redis ' + str(rd['redis_version']) if rd['ok'] else 'DOWN'}")
+    for w in report.get("warnings", []):
+        err.print(f"[bold yellow]warning:[/] {escape(w)}")
     for p in report["problems"]:
         err.print(f"[bold red]problem:[/] {escape(p)}")
     if report["ok"]:

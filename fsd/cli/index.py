@@ -1,4 +1,4 @@
-"""`hoard index rebuild`: the LMDB index from the disks alone."""
+"""`hoard index`: rebuild the LMDB index from the disks alone, restore it, copy it, migrate it."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import typer
 from fsd.base.errors import ExitCode, HoardError
 from fsd.cli._common import err, out, progress, state
 from fsd.cli.store import open_store
+from fsd.core import formats
 from fsd.core.marks import TABLES
 from fsd.maintenance.reindex import backup_index, rebuild_index, restore_index
 
@@ -74,6 +75,21 @@ def rewrite_pointers(ctx: typer.Context) -> None:
                          "the warnings above); `hoard health` names the disks' problems, then run this again",
                          ExitCode.UNAVAILABLE)
     out.print(f"batch and view pointers rewritten on {', '.join(labels)}: {n} pointers")
+
+
+@app.command()
+def migrate(ctx: typer.Context) -> None:
+    """Bring an index of an older format up to this hoardfs's (any writable command does it at
+    its first open; this one does only that). An index a later hoardfs wrote is refused."""
+
+    with open_store(ctx, writable=False) as store:
+        found = store.index.format
+    if found > formats.INDEX:
+        raise formats.NewerFormat(f"the index at {state(ctx).settings.index_dir}", found, formats.INDEX)
+    with open_store(ctx) as store:  # (the writable open migrates it)
+        pass
+    out.print(f"index at format {formats.INDEX}" + (f" (migrated from format {found})" if found < formats.INDEX
+                                                    else " already"))
 
 
 @app.command()

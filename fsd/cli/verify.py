@@ -14,6 +14,7 @@ from fsd.cli._common import database, err, finite, out, progress, state
 from fsd.cli.store import open_store
 from fsd.io import scrub
 from fsd.maintenance import check as check_mod
+from fsd.maintenance.health import smart_of_store
 from fsd.maintenance.orphans import sweep
 from sql.check import store_vs_database
 
@@ -34,7 +35,11 @@ def verify(
 ) -> None:
     """Check replicas (xxh3-128, footers; --sha256 too), oldest-verified first, and every disk's marks log.
 
-    Exit 5 if a bad replica or a damaged marks-log line remains (not repaired, or no good copy to repair from).
+    Then reads the disks' drives' SMART afresh (a drive finds its unreadable sectors when they are read) and judges
+    it as `hoard health` does.
+
+    Exit 5 if a bad replica or a damaged marks-log line remains (not repaired, or no good copy to repair from), or a
+    drive says it is failing.
     """
     if orphans:
         _orphans(ctx, repair, grace_h * 3600, as_json)
@@ -42,20 +47,28 @@ def verify(
 
     with open_store(ctx) as store, progress("verifying") as update:
         rep = scrub.verify(store, sample, disk, sha256, repair, budget_s, batch=batch, progress=update)
+        _, smart_problems, smart_warnings = smart_of_store(store, 0, [disk] if disk else None)
     scope = (f" on disk {disk}" if disk else "") + (f" holding batch {batch}" if batch else "")
-    if rep.in_scope == 0 and not rep.bad and not as_json:
+    if rep.in_scope == 0 and not rep.bad and not as_json and not smart_problems + smart_warnings:
         out.print(f"nothing to verify: no sealed shard{scope}")
         return
     if rep.in_scope and rep.replicas == 0:  # shards exist, yet not one replica could be read: no pass
         raise HoardError(f"{rep.in_scope} sealed shards{scope}, but none has a replica on a readable disk; "
                          "`hoard health` names the failed or missing disks", ExitCode.DATA)
     if as_json:
-        out.print(json.dumps(asdict(rep)), markup=False)
+        out.print(json.dumps(asdict(rep) | {"smart": {"problems": smart_problems, "warnings": smart_warnings}}),
+                  markup=False)
     else:
         out.print(f"verified {rep.replicas} replicas of {rep.shards} shards ({fmt_bytes(rep.bytes)}) in "
                   f"{rep.seconds:.1f} s: {len(rep.bad)} bad, {len(rep.repaired)} repaired")
         for b in rep.bad:
             err.print(f"bad {b}", markup=False)
+        for w in smart_warnings:
+            err.print(f"warning: {w}", markup=False)
+        for p in smart_problems:
+            err.print(f"failing {p}", markup=False)
+    if smart_problems and not rep.unrepaired:
+        raise typer.Exit(ExitCode.DATA)
     if rep.unrepaired:
         if not repair:
             err.print("run `hoard verify --repair` to replace bad replicas from good ones (and rewrite damaged marks logs from the index)")
@@ -95,6 +108,7 @@ def check(
 
     with database(state(ctx).settings, skip=no_database) as conn, open_store(ctx, writable=False) as store:
         rep = check_mod.check(store, (lambda objs: store_vs_database(conn, objs)) if conn is not None else None)
+        check_mod.check_drives(store, rep)
     if as_json:
         out.print(json.dumps(asdict(rep) | {"ok": rep.ok}), markup=False)
     else:

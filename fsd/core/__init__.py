@@ -1,6 +1,8 @@
-"""The store's facts and their formats: what a shard is (`shardfmt`, `records`), the disks
+"""The store's facts and their formats (`formats`: every on-disk format, its version, the
+index's migrations): what a shard is (`shardfmt`, `records`), the disks
 that hold shards (`disks`, `backend`: the contract every caller of a disk uses), where
 things live on them (`layout`), what each disk's marks log and pointer files say and the
 index's tables that mirror them (`marks`, `pointers`), the LMDB index of every object
 (`index`, with its entries' encoding in `entries` and its events and repairs in `events`),
-where a new shard goes (`placement`) and the store's lock (`storelock`). Imports only `fsd.base`."""
+where a new shard goes (`placement`), the store's lock (`storelock`) and what each disk's
+drive says of itself (`smart`). Imports only `fsd.base`."""

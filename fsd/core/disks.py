@@ -31,6 +31,7 @@ from pathlib import Path
 
 from fsd.base.files import atomic_write, fsync_dir
 from fsd.base.modes import FILE
+from fsd.core import formats
 from fsd.core import shardfmt as fmt
 
 IDENTITY = ".hoard-disk.json"
@@ -44,7 +45,7 @@ READ_STEP = 1 << 30
 STREAM_PIECE = 8 << 20
 #: after this many bytes appended, a shard sink asks the kernel to start writing them back
 WRITEBACK_STEP = 2 << 20
-IDENTITY_FORMAT = 1
+IDENTITY_FORMAT = formats.IDENTITY
 #: the folders of the shard layout above; no other module names them or the suffixes
 #: (tests/test_layering.py::test_only_the_local_backend_reaches_shard_files)
 SHARDS_DIR, TMP_DIR, ORPHANS_DIR = "shards", "tmp", "orphans"
@@ -92,7 +93,7 @@ class DiskRecord:
         d["state"] = DiskState(d["state"])
         # a field a later version added is not this version's to read (an index written by it
         # still opens here); a `seen` that records of the version that kept it here carry is read
-        # by Index.disks_seen and moved out when the record is rewritten
+        # by Index.disks_seen and moved out by the index's migration to format 2 (fsd.core.formats)
         return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
 
 

@@ -26,7 +26,8 @@ Named databases (keys → values):
                                     log's stamps and each disk's progress, see Index.log_in), `pointers_*`
                                     (the pointers' stamps and each disk's progress, see Index.name_pointer),
                                     `disk_seen:<uuid>` (when a store open last found the disk at its
-                                    path, see Index.disks_seen)
+                                    path, see Index.disks_seen), `format` (the index's format:
+                                    fsd.core.formats, where every on-disk format is named)
 
 LMDB allows one writer at a time across processes (RQ workers, the mount daemon) and any
 number of readers. Transactions are short and never span an `await` or disk IO on the
@@ -54,6 +55,7 @@ from typing import Any
 
 import lmdb
 
+from fsd.core import formats
 from fsd.core.disks import DiskRecord
 from fsd.core.entries import (
     IndexDamaged,
@@ -121,12 +123,19 @@ class Index(MarksTables, PointerTables, EventTables):
         if create:
             path.mkdir(parents=True, exist_ok=True)
         self.path = path
+        new = create and not has_index(path)
         # every write transaction is timed and named (fsd.core.txnlog): none may stall the others
         self.env = Env(lmdb.open(str(path), map_size=MAP_SIZE, max_dbs=24, readonly=readonly,
                                  max_readers=512, lock=True, create=create))
         # RQ kills work horses with SIGKILL: their reader slots stay taken and pin old pages
         # (the file grows) until someone clears them
         self.env.reader_check()
+        #: the index's format (fsd.core.formats), read before any table is created: an index a
+        #: later hoardfs wrote takes no write at all — not even a table this version would add
+        self.format = formats.INDEX if new else self._stored_format()
+        if self.format > formats.INDEX:
+            self.env.refused = formats.NewerFormat(f"the index at {path}", self.format, formats.INDEX)
+            readonly = True  # (its tables are opened, never created)
         self.objects = self.env.open_db(b"objects", create=not readonly)
         self.shards = self.env.open_db(b"shards", create=not readonly)
         self.disks = self.env.open_db(b"disks", create=not readonly)
@@ -151,6 +160,26 @@ class Index(MarksTables, PointerTables, EventTables):
         #: listings hand an entry that does not decode here and leave it out (see _listed)
         self.damaged: Callable[[IndexDamaged], None] | None = None
         self._stamp_floor = 0
+        if new:
+            self.set_meta(formats.INDEX_KEY, str(formats.INDEX))
+
+    def _stored_format(self) -> int:
+        try:
+            meta = self.env.open_db(b"meta", create=False)
+        except lmdb.NotFoundError:
+            return formats.INDEX_UNVERSIONED
+        with self.env.begin(db=meta) as txn:
+            raw = txn.get(formats.INDEX_KEY.encode())
+        return formats.parse_version(bytes(raw).decode(errors="replace")) if raw else formats.INDEX_UNVERSIONED
+
+    def migrate(self) -> list[str]:
+        """Bring an older index up to this hoardfs's format (fsd.core.formats.migrate_index);
+        refuse a newer one. What a writable store open calls first."""
+        if self.format > formats.INDEX:
+            raise self.env.refused
+        done = formats.migrate_index(self, self.format) if self.format < formats.INDEX else []
+        self.format = formats.INDEX
+        return done
 
     def close(self) -> None:
         self.env.close()

@@ -29,6 +29,7 @@ from fsd.base.paths import NAME_PATTERN
 from fsd.core import marks
 from fsd.core.entries import IndexDamaged, named_entry
 from fsd.core.layout import BATCHES_DIR, VIEWS_DIR
+from fsd.core.txnlog import SLACK, TXN_ENTRIES
 
 #: the two folders, and what their entries are called in messages
 KINDS = {BATCHES_DIR: "batch", VIEWS_DIR: "view"}
@@ -304,38 +305,63 @@ class PointerTables:
         pointer naming what the index does not hold gets a removal record — unless its manifest
         is no object the index knows (a rebuild left it out: its disk was absent; kept, so a
         rebuild with that disk back takes it). No disk is noted as holding the new pointers
-        (Store.catch_up_pointers brings them). Returns how many changed."""
+        (Store.catch_up_pointers brings them). In write transactions of a bounded size, by name
+        (a migration of millions of batches, fsd.core.formats): a process killed between two
+        leaves the rest to the next call, which finds the done ones aligned. Returns how many
+        changed."""
         n = 0
-        with self.env.begin(write=True) as txn:
-            have = {bytes(k).decode(): bytes(v) for k, v in txn.cursor(db=self.pointers)}
-            want: dict[str, dict[str, Any] | None] = {}
-            for folder, db in ((BATCHES_DIR, self.batches), (VIEWS_DIR, self.views)):
-                for k, v in txn.cursor(db=db):
-                    name = bytes(k).decode(errors="replace")
-                    try:
-                        want[rel(folder, name)] = named_entry(KINDS[folder], name, bytes(v))
-                    except IndexDamaged:
-                        continue  # `hoard check` names it ("malformed")
-            for key, body in have.items():
-                if split(key)[0] not in KINDS:
-                    continue  # (a ROOT_FILES pointer: no table says what it should be)
-                try:
-                    now = entry(decode(body))
-                except ValueError:  # damage in the index: the pointer is written again
-                    have[key], now = b"", None
-                if key not in want and now is not None and txn.get(bytes.fromhex(now["manifest"]), db=self.objects):
-                    want[key] = None
-                elif key not in want:
-                    want[key] = now
-            for key, info in want.items():
-                if key in have and have[key] and entry(decode(have[key])) == info:
-                    continue
-                stamp = self._next_pointer_stamp(txn)
-                self._put_pointer(txn, key, encode(info, stamp, key), stamp, ())
-                n += 1
-            if txn.get(POINTERS_LAST, db=self.meta) is None:
-                txn.put(POINTERS_LAST, b"0", db=self.meta)
+        per = max(1, (TXN_ENTRIES - SLACK) // 4)
+        # the batches', then the views' names, then every pointer (those left: names no table holds)
+        for folder, db in ((BATCHES_DIR, self.batches), (VIEWS_DIR, self.views), (None, self.pointers)):
+            after = None
+            while True:
+                with self.env.begin(write=True) as txn:
+                    cur = txn.cursor(db=db)
+                    keys: list[bytes] = []
+                    if cur.set_range(after or b""):
+                        for k in cur.iternext(values=False):
+                            if bytes(k) != after:
+                                keys.append(bytes(k))
+                                if len(keys) >= per:
+                                    break
+                    for k in keys:
+                        name = k.decode(errors="replace")
+                        n += self._align_pointer(txn, rel(folder, name) if folder else name)
+                    if folder is None and not keys and txn.get(POINTERS_LAST, db=self.meta) is None:
+                        txn.put(POINTERS_LAST, b"0", db=self.meta)
+                if not keys:
+                    break
+                after = keys[-1]
         return n
+
+    def _align_pointer(self, txn: Any, key: str) -> int:
+        folder, name = split(key)
+        if folder not in KINDS:
+            return 0  # (a ROOT_FILES pointer: no table says what it should be)
+        raw = txn.get(name.encode(), db=self.batches if folder == BATCHES_DIR else self.views)
+        listed, info = False, None
+        if raw is not None:
+            try:
+                info, listed = named_entry(KINDS[folder], name, bytes(raw)), True
+            except IndexDamaged:
+                pass  # `hoard check` names it ("malformed")
+        body = txn.get(key.encode(), db=self.pointers)
+        now, sound = None, False
+        if body is not None:
+            try:
+                now, sound = entry(decode(bytes(body))), True
+            except ValueError:  # damage in the index: the pointer is written again
+                pass
+        if not listed:
+            if body is None:
+                return 0
+            keep = now is None or not txn.get(bytes.fromhex(now["manifest"]), db=self.objects)
+            info = now if keep else None
+        if sound and now == info:
+            return 0
+        stamp = self._next_pointer_stamp(txn)
+        self._put_pointer(txn, key, encode(info, stamp, key), stamp, ())
+        return 1
 
     def load_pointers(self, bodies: dict[str, bytes]) -> None:
         """After an index rebuild: the newest pointer of each name the disks (and an index copy)

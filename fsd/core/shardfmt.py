@@ -22,10 +22,12 @@ from dataclasses import dataclass
 
 import xxhash
 
+from fsd.core import formats
+
 SHARD_MAGIC = b"HOARDSH1"
 RECORD_MAGIC = b"HREC"
 SEAL_MAGIC = b"HSEALED1"
-VERSION = 1
+VERSION = formats.SHARD  # (every on-disk format and its version: fsd.core.formats)
 
 CLASS_RAW = 1
 CLASS_GENERATED = 2
@@ -56,7 +58,21 @@ class BadMagic(ShardFormatError):
 
 
 class UnsupportedVersion(ShardFormatError):
-    pass
+    """A header of another version: `newer` when a later hoardfs wrote it (never damage to
+    cut, set aside or repair: `refuse_newer`)."""
+
+    def __init__(self, what: str, found: int) -> None:
+        self.found, self.newer = found, found > VERSION
+        super().__init__(f"{what} is format {found}; this hoardfs reads {VERSION}"
+                         + (f" — {formats.UPGRADE}" if self.newer else ""))
+
+
+def refuse_newer(e: ShardFormatError, where: str) -> None:
+    """Raise formats.NewerFormat for a shard a later hoardfs wrote (`e` from a decoder), so a
+    caller that would take the file for damage — set it aside, leave it out of an index
+    rebuild — stops instead, naming it."""
+    if isinstance(e, UnsupportedVersion) and e.newer:
+        raise formats.NewerFormat(f"the shard {where}", e.found, VERSION) from None
 
 
 class HeaderCheckMismatch(ShardFormatError):
@@ -112,7 +128,7 @@ def decode_shard_header(buf: bytes) -> ShardHeader:
     if magic != SHARD_MAGIC:
         raise BadMagic(f"not a hoardfs shard (magic {magic!r})")
     if version != VERSION:
-        raise UnsupportedVersion(f"shard format version {version}; this hoardfs reads {VERSION}")
+        raise UnsupportedVersion("the shard header", version)
     if klass not in CLASS_NAMES:
         raise ShardFormatError(f"unknown shard class {klass}")
     return ShardHeader(sid, klass, flags)
@@ -138,7 +154,7 @@ def decode_record_header(buf: bytes | memoryview, at: int = 0) -> tuple[bytes, i
     if xxhash.xxh32_intdigest(bytes(buf[at:at + _REC_CHECKED.size])) != check:
         raise HeaderCheckMismatch(f"record header at {at} fails its check")
     if version != VERSION:
-        raise UnsupportedVersion(f"record format version {version} at {at}")
+        raise UnsupportedVersion(f"the record header at {at}", version)
     if flags & ~KNOWN_RECORD_FLAGS:
         raise ShardFormatError(f"unknown record flags {flags:#x} at {at}")
     return sha, length, digest, flags

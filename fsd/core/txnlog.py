@@ -130,6 +130,9 @@ class Env:
     def __init__(self, env: Any) -> None:
         self._env = env
         self._open: _WriteTxn | None = None  # LMDB serialises write transactions: one at a time
+        #: set (an error to raise) when no write may be taken: an index a later hoardfs wrote
+        #: (fsd.core.formats), opened to read
+        self.refused: Exception | None = None
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._env, name)
@@ -137,6 +140,8 @@ class Env:
     def begin(self, db: Any = None, parent: Any = None, write: bool = False, buffers: bool = False) -> Any:
         if not write:
             return self._env.begin(db=db, parent=parent, buffers=buffers)
+        if self.refused is not None:
+            raise self.refused
         frame = sys._getframe(1)
         return _WriteTxn(self, self._env.begin(db=db, parent=parent, write=True, buffers=buffers),
                          frame.f_code, frame.f_globals.get("__name__", "?"))

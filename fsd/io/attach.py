@@ -11,13 +11,14 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import lmdb
 
 from fsd.base import config as config_mod
 from fsd.base.config import Settings
 from fsd.base.errors import ExitCode, HoardError
+from fsd.core import formats
 from fsd.core.disks import (
     IDENTITY,
     IDENTITY_COPY,
@@ -31,7 +32,7 @@ from fsd.core.disks import (
     shard_files_under,
     write_identity,
 )
-from fsd.core.layout import FORGOTTEN, protect_disk
+from fsd.core.layout import FORGOTTEN, SSD_IDENTITY, protect_disk
 
 if TYPE_CHECKING:
     from fsd.store import Store
@@ -55,6 +56,27 @@ def refuse_lost_index(cfg: Settings) -> None:
                 refuse_unmounted(cfg, dc)
 
 
+def identity_formats(cfg: Settings) -> dict[str, Any]:
+    """The `format` of the SSD's and each configured disk's identity file (None: none or
+    unreadable) — one small read each."""
+    found = {"ssd": (read_identity(cfg.ssd.root, SSD_IDENTITY) or {}).get("format")}
+    for dc in cfg.disks:
+        found[f"disk {dc.label}"] = (read_identity(dc.path) or {}).get("format")
+    return found
+
+
+def formats_found(cfg: Settings, index_format: int | None) -> dict[str, Any]:
+    """`formats` of `hoard health --json` and `hoard check --json` (fsd.core.formats.survey)."""
+    return formats.survey(index_format, identity_formats(cfg))
+
+
+def refuse_newer_identities(cfg: Settings) -> None:
+    """Before a writable open writes anything: an identity a later hoardfs wrote is refused."""
+    for name, found in identity_formats(cfg).items():
+        if isinstance(found, int):
+            formats.refuse_newer(f"the identity of {name}", found, formats.IDENTITY)
+
+
 def check_index_owner(store: Store, ssd_uuid: str) -> None:
     """The index must be this SSD's (an index copied from another store, or a fresh one on
     an SSD that was not mounted, must not take writes)."""
@@ -70,9 +92,7 @@ def check_index_owner(store: Store, ssd_uuid: str) -> None:
 
 def attach_disks(store: Store, init: bool) -> None:
     known = {r.label: r for r in store.index.get_disks()}
-    noted, inside = store.index.disks_seen()
-    if inside:  # records the version that kept `seen` in them wrote: the previous release cannot read them
-        move_seen_out(store)
+    noted, _ = store.index.disks_seen()
     allow_dir = store.cfg.store.allow_directory_disks
     for dc in store.cfg.disks:
         rec = known.pop(dc.label, None)
@@ -127,19 +147,12 @@ def note_seen(store: Store, rec: DiskRecord, noted: float) -> None:
     """The disk is at its path with its identity now: note it (at most every SEEN_EVERY_S
     after the time `noted`)."""
     now = time.time()
-    if now - noted < SEEN_EVERY_S:
+    if now - noted < SEEN_EVERY_S or store.index.env.refused is not None:  # (an index a later hoardfs wrote)
         return
     try:
         store.index.saw_disk(rec.uuid, now)
     except lmdb.Error as e:  # a full or read-only SSD: the open goes on, the time stays old
         log.warning("index: cannot note that disk %s was seen: %s", rec.label, e)
-
-
-def move_seen_out(store: Store) -> None:
-    try:
-        store.index.move_seen_out()
-    except lmdb.Error as e:  # as _note_seen: the open goes on; the next one tries again
-        log.warning("index: cannot move the disks' last-seen times out of their records: %s", e)
 
 
 def forgotten(root: Path, ident: dict | None) -> bool:

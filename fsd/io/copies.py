@@ -93,8 +93,9 @@ def pointers_behind(store: Store, state: tuple[int | None, dict[str, int], dict[
 
 def catch_up_pointers(store: Store, uuids: Iterable[str] | None = None) -> list[str]:
     """Every writable open: the disks that are behind (or `uuids`, whatever they hold) get
-    the index's batch and view pointers. An index from before the `pointers` table gets it
-    filled first (Index.align_pointers). Returns the labels brought up."""
+    the index's batch and view pointers. A new index, which named none yet, gets its table's
+    stamp first (Index.align_pointers; an older index had its table filled when it was
+    migrated, fsd.core.formats). Returns the labels brought up."""
     if not store.writable or store.index.pointers is None:
         return []
     state = store.index.pointers_state()

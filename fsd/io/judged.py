@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 import xxhash
 
 from fsd.base.files import atomic_write
-from fsd.core import marks
+from fsd.core import formats, marks
 
 if TYPE_CHECKING:
     from fsd.store import Store
@@ -42,7 +42,7 @@ log = logging.getLogger(__name__)
 
 #: the memory's file, under `ssd.root`
 MEMORY = Path("state") / "marks-judged.json"
-FORMAT = 1
+FORMAT = formats.JUDGED
 
 
 def memory_path(store: Store) -> Path:

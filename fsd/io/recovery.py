@@ -70,7 +70,8 @@ def _valid_prefix(disk: LocalDisk, shard_hex: str) -> list[fmt.RecordInfo] | Non
     size = disk.size(shard_hex)
     try:
         header = fmt.decode_shard_header(disk.read_at(shard_hex, 0, fmt.SHARD_HEADER_SIZE))
-    except fmt.ShardFormatError:
+    except fmt.ShardFormatError as e:
+        fmt.refuse_newer(e, f"{shard_hex} on {disk.label}")  # (never cut or sealed by this version)
         return None
     if header.shard_id.hex() != shard_hex:
         return None
@@ -79,6 +80,7 @@ def _valid_prefix(disk: LocalDisk, shard_hex: str) -> list[fmt.RecordInfo] | Non
         for rec in fmt.scan_records(lambda off, n: disk.read_at(shard_hex, off, n), size, sealed=False):
             out.append(rec)
     except fmt.ShardFormatError as e:
+        fmt.refuse_newer(e, f"{shard_hex} on {disk.label}")
         log.info("shard %s on %s: verified records end after %d records (%s)", shard_hex, disk.label, len(out), e)
     return out
 

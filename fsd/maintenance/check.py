@@ -17,7 +17,9 @@ verifies"):
    exactly the index's marks;
 9. (design.md's item 10) every batch and view has its pointer in the index, and every disk
    in service holds the index's pointers, byte for byte (a rebuild from any of them names the same batches and
-   views, with the same definitions).
+   views, with the same definitions);
+10. (design.md's item 11) no disk's drive says by its SMART that it is failing
+   (`fsd.core.smart.judge`, as `hoard health` judges it: a drive losing sectors is a note).
 
 Replicas below their class target and orphan files are reported as notes, not failures
 (`hoard replicate`, `hoard verify --orphans` deal with them).
@@ -36,8 +38,9 @@ from fsd.base.files import size_or_zero
 from fsd.core import shardfmt as fmt
 from fsd.core.disks import DiskState, shard_of
 from fsd.core.index import IndexDamaged, ObjectLoc, ShardMeta, disk_record
-from fsd.io import integrity
+from fsd.io import attach, integrity
 from fsd.io.writer import writer_alive
+from fsd.maintenance.health import smart_of_store
 from fsd.outputs.manifest import iter_files
 
 if TYPE_CHECKING:
@@ -60,6 +63,8 @@ class CheckReport(integrity.Findings):
     how many), notes, totals."""
     totals: dict = field(default_factory=dict)
     seconds: float = 0.0
+    #: every on-disk format found and known (fsd.core.formats.survey, as `hoard health` shows it)
+    formats: dict = field(default_factory=dict)
 
 
 #: what `check` asks the database: given a function that lists the store's objects (sha256s in
@@ -83,6 +88,17 @@ def check(store: Store, missing_in_db: MissingInDb | None = None, wait_s: float 
     them reported "used bytes" and "missing replica" disagreements about a whole store."""
     with store.maintenance("check", wait_s=wait_s):
         return _check(store, missing_in_db)
+
+
+def check_drives(store: Store, rep: CheckReport) -> None:
+    """Item 10: each drive's own SMART (the cached reading while younger than an hour), judged
+    as `hoard health` judges it: a drive that says it is failing is a disagreement with the
+    store's promise of its copies; a warning is a note. Apart from `check` (it runs smartctl:
+    `hoard check` calls both)."""
+    _, problems, warnings = smart_of_store(store)
+    for line in problems:
+        rep.add("disk SMART", line)
+    rep.notes += [f"warning: {line}" for line in warnings]
 
 
 @dataclass
@@ -160,6 +176,9 @@ def _replica_size(store: Store, disk, meta: ShardMeta, uuid: str) -> int | None:
 def _check(store: Store, missing_in_db: MissingInDb | None) -> CheckReport:
     rep = CheckReport()
     t0 = time.monotonic()
+    rep.formats = attach.formats_found(store.cfg, store.index.format)
+    for line in rep.formats["problems"]:
+        rep.add("newer format", line)
     m0 = _read_moment(store, rep)
     shards, pointing = m0.shards, m0.pointing
     stored = integrity.in_index(store)

@@ -9,9 +9,10 @@ from typing import Any
 from fsd.base.config import Settings
 from fsd.base.errors import HoardError
 from fsd.base.units import fmt_bytes
+from fsd.core import smart
 from fsd.core.disks import IDENTITY
 from fsd.core.index import has_index
-from fsd.io import integrity
+from fsd.io import attach, integrity
 from fsd.io.scrub import oldest_unverified_by_disk
 from fsd.outputs import zones
 from fsd.store import Store
@@ -122,6 +123,7 @@ def store_status(cfg: Settings) -> dict[str, Any]:
     try:
         with Store.open(cfg, writable=False) as store:
             st = store.status()
+            st["formats"] = attach.formats_found(cfg, store.index.format)
             # the marks logs and pointers, judged as `hoard check` and `hoard verify` judge them
             # (from where the last judgement stopped: only what the logs gained since is read —
             # `read` says how old the last reading of every byte is; `hoard verify` reads them all)
@@ -159,6 +161,51 @@ def verified_by_disk(cfg: Settings) -> dict[str, float | None]:
             return oldest_unverified_by_disk(store)
     except (HoardError, OSError):
         return {}
+
+
+#: one line of a disk's SMART reading, for the health table and the GUI's disk card
+smart_line = smart.summary
+
+
+def smart_status(cfg: Settings, disks: list[dict[str, Any]], max_age_s: float = smart.FRESH_S) -> dict[str, dict[str, Any]]:
+    """Per disk label (of `disks`: entries of `disk_status` or `store_status`), its drive's SMART
+    reading (`fsd.core.smart.read_all`: the cached one while younger than `max_age_s`). Only a
+    disk at its path is read — a mount point, or a directory holding the disk's identity file:
+    an unmounted disk's mount point is an empty directory on another drive, whose SMART is not
+    this disk's."""
+    paths = {d.label: d.path for d in cfg.disks}
+    labels = [d["label"] for d in disks if d["label"] in paths and d.get("present", True)
+              and d.get("state", "active") != "missing"
+              and (d.get("mount_point") or (paths[d["label"]] / IDENTITY).exists())]
+    return smart.read_all(cfg, max_age_s, labels)
+
+
+def smart_of_store(store: Store, max_age_s: float = smart.FRESH_S,
+                   labels: list[str] | None = None) -> tuple[dict[str, dict[str, Any]], list[str], list[str]]:
+    """The SMART readings of an open store's disks (or those of `labels`), judged by their
+    states in its index: (readings by label, problems, warnings) — what `hoard check` and
+    `hoard verify` report, in `hoard health`'s words."""
+    states = {r.label: r.state.value for r in store.records.values()}
+    disks = [{"label": d.label, "state": states.get(d.label, "active"), "present": d.path.is_dir(),
+              "mount_point": os.path.ismount(d.path)} for d in store.cfg.disks if labels is None or d.label in labels]
+    readings = smart_status(store.cfg, disks, max_age_s)
+    for d in disks:
+        if d["label"] in readings:
+            d["smart"] = readings[d["label"]]
+    return readings, *smart_findings(disks)
+
+
+def smart_findings(disks: list[dict[str, Any]]) -> tuple[list[str], list[str]]:
+    """(problems, warnings) of the disks' SMART readings (each entry's `smart`, which gets its
+    own as `findings`: [{level, line}]): the one judgement `hoard check` and `hoard verify`
+    make too (`fsd.core.smart.judge`)."""
+    found = []
+    for d in disks:
+        if d.get("smart"):
+            mine = smart.judge(d["label"], d["smart"], d.get("state", "active"))
+            d["smart"]["findings"] = [{"level": level, "line": line} for level, line in mine]
+            found += mine
+    return [line for level, line in found if level == smart.PROBLEM], [line for level, line in found if level == smart.WARNING]
 
 
 def _space_problems(cfg: Settings, disks: list[dict[str, Any]]) -> list[str]:

@@ -81,8 +81,8 @@ def records_of(path) -> list[fmt.RecordInfo]:
         out: list[fmt.RecordInfo] = []
         try:
             out.extend(fmt.scan_records(read, size, sealed=False))
-        except fmt.ShardFormatError:
-            pass
+        except fmt.ShardFormatError as e:
+            fmt.refuse_newer(e, str(path))  # (a later hoardfs's shard is not one to set aside)
         return out
     finally:
         os.close(fd)

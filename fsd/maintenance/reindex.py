@@ -326,6 +326,7 @@ def _read_copy(dc: Any, uuid: str, path: Path, rep: IndexRebuildReport) -> _Copy
         rep.damaged.append(f"replica {path}: {e}")
         return None
     except fmt.ShardFormatError as e:
+        fmt.refuse_newer(e, str(path))  # (left out, its objects would be lost to the new index)
         rep.damaged.append(f"replica {path}: {e}")
         return None
     return _Copy(uuid, path, meta, records, damage)

@@ -53,12 +53,19 @@ def run_mount(cfg: Settings, mountpoint: Path, debug: bool = False, ready=None, 
         refresh()
     ops = HoardOps(ns, reader, watcher)
     options = set(pyfuse3.default_options) | {"fsname=hoardfs", "subtype=hoard", "ro"}
-    if os.geteuid() == 0:
+    if os.geteuid() == 0 or cfg.mount.allow_other:
         # others may look up the mount, the kernel lets only the owner and the `hoard` group read
         options |= {"allow_other", "default_permissions"}
     if debug:
         options.add("debug")
-    pyfuse3.init(ops, str(mountpoint), options)
+    try:
+        pyfuse3.init(ops, str(mountpoint), options)
+    except RuntimeError as e:  # libfuse printed why on stderr just before ("fuse: failed to open /dev/fuse: …")
+        reader.close()
+        store.close()
+        raise HoardError(f"cannot mount at {mountpoint}: {e} (libfuse's reason is on the line above; as a user "
+                         "other than root, /dev/fuse must be readable and writable by it, and fusermount3 setuid "
+                         "root)", ExitCode.UNAVAILABLE) from None
     log.info("mounted %s at %s", cfg.source or "hoardfs", mountpoint)
     if ready is not None:
         ready()

@@ -49,14 +49,15 @@ from fsd.base.errors import ExitCode, HoardError
 from fsd.base.files import ssd_full, ssd_space
 from fsd.base.modes import FILE
 from fsd.base.paths import MAX_NAME_BYTES, hostile_reason, long_name
+from fsd.core import formats
 
 __all__ = ["Entry", "Tree", "WouldBlock", "ViewError", "build_view", "files_in", "iter_files", "iter_placed",
            "manifest_objects", "named", "references", "References", "PAGE_ENTRIES", "VIEW_FORMAT", "DIR_FORMAT"]
 
-VIEW_FORMAT = "hoardfs-view-3"
-DIR_FORMAT = "hoardfs-dir-2"
+VIEW_FORMAT = formats.VIEW_MANIFEST
+DIR_FORMAT = formats.VIEW_DIR
 #: the tree formats read (view-2's directory objects are dir-1: dir-2 without inline entries)
-TREE_FORMATS = ("hoardfs-view-2", VIEW_FORMAT)
+TREE_FORMATS = formats.VIEW_TREES
 #: entries per directory object; a larger directory is split into pages of this many (an
 #: inline directory counts with every entry it holds)
 PAGE_ENTRIES = 4096
@@ -143,6 +144,7 @@ class Tree:
         if not block:
             raise WouldBlock(self.sha)
         doc = json.loads(self.get(self.sha))
+        formats.check_document(doc, f"the manifest {self.sha}")
         with self.lock:
             if self.kind is not None:
                 return
@@ -272,7 +274,7 @@ def _flat_dirs(files: list[dict]) -> dict[str, list[Entry]]:
 
 
 #: the format of an ingested batch's manifest
-BATCH_FORMAT = "hoardfs-batch-manifest-1"
+BATCH_FORMAT = formats.BATCH_MANIFEST
 
 
 def batch_manifest(batch_id: str, source: str, signalled: str, stored: dict[str, tuple[str, int]],
@@ -295,6 +297,7 @@ def iter_files(get: Get, manifest_sha_hex: str, own: list[bytes] | None = None) 
     if own is not None:
         own.append(bytes.fromhex(manifest_sha_hex))
     doc = json.loads(get(manifest_sha_hex))
+    formats.check_document(doc, f"the manifest {manifest_sha_hex}")
     if doc.get("format") not in TREE_FORMATS:
         for f in doc["files"]:  # (hand-made batch manifests may lack sizes: 0 then)
             yield f["path"], bytes.fromhex(f["sha256"]), int(f.get("size", 0))
@@ -304,6 +307,7 @@ def iter_files(get: Get, manifest_sha_hex: str, own: list[bytes] | None = None) 
 
 def _walk(get: Get, dir_sha: str, prefix: str, own: list[bytes] | None) -> Iterator[tuple[str, bytes, int]]:
     doc = json.loads(get(dir_sha))
+    formats.check_document(doc, f"the directory object {dir_sha}")
     pages = [p[1] for p in doc["pages"]] if "pages" in doc else []
     if own is not None:
         own += [bytes.fromhex(sha) for sha in (dir_sha, *pages)]
@@ -327,6 +331,7 @@ def iter_placed(get: Get, manifest_sha_hex: str) -> Iterator[tuple[bytes, str, s
     and the path of that object's directory ("" or "a/b/"). `files_in(get, object, prefix)`
     reads that object alone (fsd.outputs.members keeps these places)."""
     doc = json.loads(get(manifest_sha_hex))
+    formats.check_document(doc, f"the manifest {manifest_sha_hex}")
     if doc.get("format") not in TREE_FORMATS:
         for f in doc["files"]:
             yield bytes.fromhex(f["sha256"]), manifest_sha_hex, ""
@@ -336,6 +341,7 @@ def iter_placed(get: Get, manifest_sha_hex: str) -> Iterator[tuple[bytes, str, s
 
 def _walk_placed(get: Get, dir_sha: str, prefix: str) -> Iterator[tuple[bytes, str, str]]:
     doc = json.loads(get(dir_sha))
+    formats.check_document(doc, f"the directory object {dir_sha}")
     for obj in [p[1] for p in doc["pages"]] if "pages" in doc else [dir_sha]:
         entries = json.loads(get(obj))["entries"] if obj != dir_sha else doc["entries"]
         yield from _placed_entries(get, entries, prefix, obj, prefix)

@@ -36,10 +36,11 @@ from fsd.base.errors import ExitCode, HoardError
 from fsd.base.files import atomic_write, fsync_dir, read_in_zone
 from fsd.base.modes import own_dir, refuse_unless_own
 from fsd.base.paths import display, hostile_reason
+from fsd.core import formats
 from fsd.outputs import zones
 
-FORMAT = "hoardfs-output-1"
-MANIFEST_FORMAT = "hoardfs-output-manifest-1"
+FORMAT = formats.OUTPUT
+MANIFEST_FORMAT = formats.OUTPUT_MANIFEST
 MANIFEST, JOB, SEALED = "_MANIFEST.json", "_JOB.json", zones.SEALED
 RESERVED_NAMES = (MANIFEST, JOB, SEALED)
 

@@ -21,6 +21,7 @@ from typing import IO
 
 from fsd.base.errors import ExitCode, HoardError
 from fsd.base.paths import MAX_PATH_BYTES, NAME_PATTERN, display
+from fsd.core import formats
 from fsd.outputs import members
 from fsd.outputs.manifest import ViewError, build_view, iter_files, manifest_objects, naming_lock, references
 
@@ -171,7 +172,7 @@ def remove_view(store, name: str, *, for_output: bool = False, for_put: bool = F
 
 
 #: first line of the object listing what a view owns (`define_view_rows(owned=)`)
-OWNED_FORMAT = "hoardfs-view-owned-1"
+OWNED_FORMAT = formats.VIEW_OWNED
 
 
 #: a removed view's files are released this many at a time (bounded memory: each round holds

@@ -33,6 +33,7 @@ from datasets import layouts
 from fsd.base.config import describe_validation_errors
 from fsd.base.errors import ExitCode, HoardError
 from fsd.base.paths import CONTROL, display
+from fsd.core import formats
 from sql.intents import RESULT_COLUMNS
 from sql.selectors import Selector
 
@@ -41,7 +42,7 @@ _strict = ConfigDict(extra="forbid")
 #: the largest contract file read (a contract is a page of TOML; a kubectl template a few pages)
 MAX_BYTES = 256 << 10
 #: the file format this module reads (`format` in the file; the only one so far)
-FORMAT: Final = "hoardfs-action-1"
+FORMAT: Final = formats.ACTION
 #: the built-in actions' contracts (jobs/actions/builtin): listed after the actions directory's
 #: files, each shadowed by a file there of the same id
 BUILTIN_DIR = Path(__file__).resolve().parent / "builtin" / "contracts"

@@ -1,0 +1,117 @@
+"""The system `hoard install` changes: a root directory (`/`, or another system's root: a
+chroot), whether this is a dry run, and the one way every change is made and reported.
+
+Every step first looks (reads files, asks programs that only read) and then changes only what
+differs, printing one line per change — in a dry run the same line with "would", and nothing
+is changed. Programs run inside the root (`chroot ROOT …` when it is not `/`), files are
+written under it.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import subprocess
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from fsd.base.errors import ExitCode, HoardError
+from fsd.cli._common import out
+
+PATH = ("/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin")
+
+
+class Host:
+    def __init__(self, root: Path, dry_run: bool) -> None:
+        self.root = root.resolve()
+        self.dry_run = dry_run
+        self.changes = 0
+
+    # -- looking ------------------------------------------------------------------------------
+    def p(self, path: str | Path) -> Path:
+        """`path` of the target system as seen from here."""
+        return self.root / str(path).lstrip("/")
+
+    def has(self, program: str) -> bool:
+        return any(os.access(self.p(d) / program, os.X_OK) for d in PATH)
+
+    def systemd_runs(self) -> bool:
+        """Whether systemd is PID 1 of the target system (sd_booted(3): /run/systemd/system)."""
+        return self.root == Path("/") and Path("/run/systemd/system").is_dir()
+
+    def argv(self, cmd: Sequence[str], user: str | None = None, group: str | None = None) -> list[str]:
+        cmd = list(cmd)
+        if user is not None:
+            cmd = ["runuser", "-u", user, *(["-g", group] if group else []), "--", *cmd]
+        return (["chroot", str(self.root)] if self.root != Path("/") else []) + cmd
+
+    def probe(self, cmd: Sequence[str], user: str | None = None) -> subprocess.CompletedProcess[str] | None:
+        """Run a command that only reads (also in a dry run); None when its program is missing."""
+        if not self.has(cmd[0]) or (user is not None and not self.has("runuser")):
+            return None
+        return subprocess.run(self.argv(cmd, user), capture_output=True, text=True, cwd="/", timeout=120)
+
+    def user_exists(self, name: str) -> bool:
+        passwd = self.p("/etc/passwd")
+        return passwd.exists() and any(line.split(":", 1)[0] == name for line in passwd.read_text().splitlines())
+
+    def group_exists(self, name: str) -> bool:
+        group = self.p("/etc/group")
+        return group.exists() and any(line.split(":", 1)[0] == name for line in group.read_text().splitlines())
+
+    # -- changing -----------------------------------------------------------------------------
+    def say(self, what: str) -> None:
+        out.print(f"{'would: ' if self.dry_run else ''}{what}", markup=False)
+
+    def change(self, what: str, action: Callable[[], object] | None = None) -> None:
+        """Report a change and make it (a dry run only reports)."""
+        self.changes += 1
+        self.say(what)
+        if not self.dry_run and action is not None:
+            action()
+
+    def run(self, what: str, cmd: Sequence[str], user: str | None = None, group: str | None = None,
+            timeout: float = 1800, check: bool = True, change: bool = True) -> int:
+        """A change made by a program; its failure is one line naming `what` and its last words.
+        `change=False`: a program that changes only what differs itself (`hoard db migrate`): run
+        every time, not counted as a change."""
+        self.changes += change
+        line = f"{what}: {shlex.join(cmd)}" + (f" (as {user})" if user else "")
+        if change:
+            self.say(line)
+        else:
+            out.print(f"{'would run' if self.dry_run else 'ran'}: {line}", markup=False)
+        if self.dry_run:
+            return 0
+        res = subprocess.run(self.argv(cmd, user, group), capture_output=True, text=True, cwd="/", timeout=timeout)
+        if check and res.returncode != 0:
+            tail = (res.stderr.strip() or res.stdout.strip()).splitlines()[-3:]
+            raise HoardError(f"{what} failed (exit {res.returncode}): {' | '.join(tail)}", ExitCode.UNAVAILABLE)
+        return res.returncode
+
+    def write(self, path: str | Path, text: str, mode: int, owner: str = "root:root", keep: bool = False) -> bool:
+        """Write a file of the target system if its text differs (`keep`: only if it is missing);
+        True if it was (or would be) written."""
+        real = self.p(path)
+        if real.exists() and (keep or real.read_text() == text):
+            return False
+
+        def act() -> None:
+            real.parent.mkdir(parents=True, exist_ok=True)
+            tmp = real.with_name(f".{real.name}.tmp")
+            tmp.write_text(text)
+            os.chmod(tmp, mode)
+            subprocess.run(self.argv(["chown", owner, str(Path(path).with_name(tmp.name))]), check=True,
+                           capture_output=True)
+            os.replace(tmp, real)
+
+        self.change(f"{'replace' if real.exists() else 'write'} {path} ({owner}, {mode:04o})", act)
+        return True
+
+    def remove(self, path: str | Path) -> None:
+        real = self.p(path)
+        if real.is_dir() and not real.is_symlink():
+            self.change(f"remove {path}/", lambda: shutil.rmtree(real))
+        elif real.exists() or real.is_symlink():
+            self.change(f"remove {path}", real.unlink)

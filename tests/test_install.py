@@ -1,0 +1,269 @@
+"""`hoard install` / `hoard uninstall` without installing (the real install into a pristine
+Debian 12 root, booted: tests/test_install_root.py): the dry run changes nothing and names
+every change, an installed root is kept, the units it writes run as `hoard` with least
+privilege and pass `systemd-analyze verify`."""
+
+from __future__ import annotations
+
+import configparser
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from fsd.base.config import load
+from fsd.cli.install import ENABLE, SHIPPED_RW, config_text, render_unit, unit_exec_start
+from tests.helpers import REPO
+
+HOARD = [sys.executable, "-m", "fsd"]
+UNITS = sorted((REPO / "systemd").iterdir())
+DISKS = [("hd1", "/srv/hd1"), ("hd2", "/srv/hd2")]
+QUOTAS = {"3A": 30, "3B": 20, "3C": 20, "3D": 20}
+
+
+def install(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*HOARD, "install", "--root", str(root), "--source", str(REPO), *args],
+                          capture_output=True, text=True, timeout=300, cwd=REPO)
+
+
+def tree(root: Path) -> dict[str, tuple[int, int, float]]:
+    """Every path under `root` with its mode, size and mtime."""
+    found = {}
+    for dirpath, dirs, files in os.walk(root):
+        for name in dirs + files:
+            p = Path(dirpath) / name
+            st = p.lstat()
+            found[str(p.relative_to(root))] = (st.st_mode, st.st_size, st.st_mtime)
+    return found
+
+
+def rendered(ssd: Path = Path("/srv/ssd")) -> dict[str, configparser.ConfigParser]:
+    """The units as `hoard install` writes them for DISKS and an SSD at `ssd`."""
+    units = {}
+    for unit in UNITS:
+        text = render_unit(unit.read_text(), [Path(p) for _, p in DISKS] + [ssd], Path("/srv/hoard"),
+                           Path("/srv/hd1/pgbackrest") if unit.name.startswith("hoard-pgbackrest@") else None, REPO, ssd)
+        parsed = configparser.ConfigParser(interpolation=None, strict=False)
+        parsed.optionxform = str  # type: ignore[assignment,method-assign]  # systemd's keys are case-sensitive
+        parsed.read_string(text)
+        units[unit.name] = parsed
+    return units
+
+
+@pytest.mark.services  # runs `hoard install` (and git, which it asks about the checkout)
+def test_dry_run_names_every_change_and_makes_none(tmp_path: Path) -> None:
+    """A dry run of a first install into an empty root prints each change it would make — the
+    user, the config, the disks, the venv, every unit, PostgreSQL, Redis, pgBackRest, the
+    schema, health — and leaves the root exactly as it was."""
+    root = tmp_path / "root"
+    (root / "etc").mkdir(parents=True)
+    before = tree(root)
+    res = install(root, "--dry-run", "--allow-directory-disks", "--ssd", "/srv/ssd",
+                  *(f"--disk={label}={path}" for label, path in DISKS), "--quota", "3A=30")
+    assert res.returncode == 0, res.stderr
+    assert tree(root) == before, "a dry run changed the root"
+    lines = res.stdout.splitlines()
+    would = [line for line in lines if line.startswith("would: ")]
+    for needle in ["groupadd --system hoard", "useradd --system --gid hoard", "write /etc/hoard/hoard.toml",
+                   "install -d -o hoard -g hoard -m 0751 /srv/hd1", "install -d -o hoard -g hoard -m 0751 /srv/ssd",
+                   "-m venv /opt/hoardfs/venv", f"pip install -q --disable-pip-version-check {REPO}",
+                   "write /etc/pgbackrest/hoard.conf",
+                   "install -d -o postgres -g postgres -m 0750 /srv/hd1/pgbackrest", "stanza-create (as postgres)",
+                   "redis-server --daemonize yes"]:
+        assert any(needle in line for line in would), f"no change mentions {needle!r}:\n{res.stdout}"
+    for unit in UNITS:
+        assert f"would: write /etc/systemd/system/{unit.name} (root:root, 0644)" in would
+    assert lines[0].startswith("systemd is not PID 1 here"), "the fallback is not said"
+    assert "health: `hoard health` runs as hoard at the end" in lines
+    # run every time, changing only what is missing: said, not counted
+    for step in ("hoard init (as hoard)", "hoard db migrate (as hoard)"):
+        assert any(line.startswith("would run: ") and line.endswith(step) for line in lines), step
+    assert lines[-1] == f"dry run: {len(would)} changes would be made"
+
+
+@pytest.mark.services
+def test_dry_run_of_an_installed_root_keeps_its_config(tmp_path: Path) -> None:
+    """Where /etc/hoard/hoard.toml exists it is never rewritten: the flags are ignored and said
+    so, and the disks and units come from the file kept."""
+    root = tmp_path / "root"
+    (root / "etc/hoard").mkdir(parents=True)
+    (root / "etc/passwd").write_text("root:x:0:0::/root:/bin/bash\nhoard:x:998:998::/var/lib/hoard:/usr/sbin/nologin\n")
+    (root / "etc/group").write_text("root:x:0:\nhoard:x:998:\n")
+    kept = config_text([("old1", "/srv/old1"), ("old2", "/srv/old2")], Path("/srv/ssd"), QUOTAS, Path("/srv/hoard"),
+                       False, True)
+    (root / "etc/hoard/hoard.toml").write_text(kept)
+    res = install(root, "--dry-run", "--ssd", "/elsewhere", "--disk", "new=/srv/new")
+    assert res.returncode == 0, res.stderr
+    assert "config: /etc/hoard/hoard.toml exists, kept (--disk/--ssd/--quota not applied: edit it)" in res.stdout
+    assert (root / "etc/hoard/hoard.toml").read_text() == kept
+    assert "hoard.toml (root:hoard" not in res.stdout and "groupadd" not in res.stdout and "useradd" not in res.stdout
+    assert "install -d -o hoard -g hoard -m 0751 /srv/old1" in res.stdout and "/srv/new" not in res.stdout
+
+
+@pytest.mark.services
+def test_install_refuses_without_root_or_disks(tmp_path: Path) -> None:
+    """One line each: not root (outside a dry run), no config and no --disk/--ssd, a bad flag."""
+    (tmp_path / "etc").mkdir()
+    res = install(tmp_path, "--dry-run")
+    assert res.returncode == 2 and "give the disks and the SSD (--disk LABEL=PATH" in res.stderr
+    assert "Traceback" not in res.stderr
+    res = install(tmp_path, "--dry-run", "--disk", "hd1", "--ssd", "/s")
+    assert res.returncode == 2 and "--disk 'hd1': write it as --disk NAME=VALUE" in res.stderr
+    res = install(tmp_path, "--dry-run", "--disk", "a=/a", "--disk", "b=/b", "--ssd", "/s", "--quota", "3Z=1")
+    assert res.returncode == 2 and "the zones are 3A, 3B, 3C, 3D" in res.stderr
+    res = install(tmp_path, "--dry-run", "--disk", "a=/a", "--disk", "b=/b", "--ssd", "/s", "--backup-disk", "c")
+    assert res.returncode == 2 and "--backup-disk c: not one of the --disk labels (a, b)" in res.stderr
+    assert "would:" not in res.stdout  # refused before the first step
+    # a relative path, a flag TOML would misread, a disk not there: one line naming the flag or
+    # the config it would write (not a scratch file), before the first step — a real run too
+    res = install(tmp_path, "--dry-run", "--disk", "a=rel/a", "--disk", "b=/b", "--ssd", "/s")
+    assert res.returncode == 2 and res.stderr.strip() == ("hoard: error: --disk a=rel/a: give an absolute path (the "
+                                                          "services do not run in this directory)"), res.stderr
+    res = install(tmp_path, "--dry-run", "--disk", 'a"b=/a', "--disk", "b=/b", "--ssd", "/s")
+    assert res.returncode == 2 and "/etc/hoard/hoard.toml (as the flags make it): disks[0].label: " in res.stderr
+    assert "/tmp" not in res.stderr and "would:" not in res.stdout
+    if os.geteuid() == 0:
+        before = tree(tmp_path)
+        res = install(tmp_path, "--disk", "a=/nowhere/a", "--disk", "b=/nowhere/b", "--ssd", "/s")
+        assert res.returncode == 3 and res.stderr.strip() == ("hoard: error: disk a: /nowhere/a does not exist; mount "
+                                                              "the disk there first"), res.stderr
+        assert tree(tmp_path) == before and res.stdout == ""  # no user, no config left for the next run to keep
+    if os.geteuid() != 0:
+        res = install(tmp_path, "--disk", "a=/a", "--ssd", "/s")
+        assert res.returncode == 2 and "run it as root" in res.stderr
+
+
+def test_written_config_is_valid_and_listens_on_localhost(tmp_path: Path) -> None:
+    """The config the flags make loads; the GUI listens on 127.0.0.1; the database is the
+    system cluster's over its socket (peer authentication); a shared mount says allow_other."""
+    path = tmp_path / "hoard.toml"
+    path.write_text(config_text(DISKS, Path("/srv/ssd"), QUOTAS, Path("/srv/hoard"), True, False))
+    cfg = load(path)
+    assert cfg.gui.host == "127.0.0.1" and cfg.mount.allow_other and cfg.mount.path == Path("/srv/hoard")
+    assert cfg.database_url == "postgresql://hoard@/hoard?host=/var/run/postgresql"
+    assert [(d.label, str(d.path)) for d in cfg.disks] == DISKS and cfg.ssd.zones["3A"].quota_gb == 30
+    assert not cfg.store.allow_directory_disks
+
+
+def test_units_run_as_hoard_with_least_privilege() -> None:
+    """Every hoardfs service runs as hoard (Redis as redis in the hoard group, the pgBackRest
+    backup as postgres); those that run hoard's code on scraped input write only the disks and
+    the SSD, see no devices and keep no capability; only the mount keeps CAP_SYS_ADMIN and
+    /dev/fuse, and takes no mount namespace (its mount would be seen by itself alone)."""
+    units = rendered()
+    services = {name: u["Service"] for name, u in units.items() if name.endswith(".service")}
+    smart = services.pop("hoard-smart.service")
+    owners = {name: s.get("User") for name, s in services.items()}
+    assert owners.pop("hoard-redis.service") == "redis" and owners.pop("hoard-pgbackrest@.service") == "postgres"
+    assert set(owners.values()) == {"hoard"}, owners
+    for name, s in services.items():
+        assert s.get("CapabilityBoundingSet") == ("CAP_SYS_ADMIN" if name == "hoard-mount.service" else ""), name
+    sandboxed = [n for n in services if n not in ("hoard-mount.service", "hoard-redis.service",
+                                                  "hoard-pgbackrest@.service")]
+    assert "hoard-worker@.service" in sandboxed and "hoard-ingest.service" in sandboxed
+    for name in sandboxed:
+        s = services[name]
+        assert (s["ProtectSystem"], s["ProtectHome"], s["PrivateTmp"], s["NoNewPrivileges"], s["PrivateDevices"]) == \
+            ("strict", "yes", "yes", "yes", "yes"), name
+        assert s["ReadWritePaths"].split() == ["/srv/hd1", "/srv/hd2", "/srv/ssd"], name
+        assert SHIPPED_RW not in s["ReadWritePaths"]
+    mount = services["hoard-mount.service"]
+    assert mount["DeviceAllow"] == "/dev/fuse rw" and mount["DevicePolicy"] == "closed"
+    # no mount namespace (its mount would be its own), nothing that implies NoNewPrivileges= (fusermount3
+    # would stay hoard): the options systemd.exec(5) names for either
+    assert not {"ProtectSystem", "PrivateTmp", "ProtectHome", "PrivateDevices", "ReadWritePaths", "ProtectKernelTunables",
+                "ProtectControlGroups", "ProtectKernelModules", "ProtectKernelLogs", "ProtectClock", "RestrictRealtime",
+                "RestrictSUIDSGID", "LockPersonality", "RestrictAddressFamilies", "RestrictNamespaces",
+                "SystemCallFilter", "MemoryDenyWriteExecute"} & set(mount)
+    assert mount["NoNewPrivileges"] == "no"
+    assert services["hoard-pgbackrest@.service"]["ReadWritePaths"].split()[-1] == "/srv/hd1/pgbackrest"
+    for timer in ("hoard-pgbackrest-full.timer", "hoard-pgbackrest-diff.timer"):
+        assert units[timer]["Timer"]["Unit"] in ("hoard-pgbackrest@full.service", "hoard-pgbackrest@diff.service")
+    assert set(ENABLE) - {"hoard-worker@all.service"} <= set(units)
+    # the one root unit (smartctl needs raw I/O): it writes the SSD's state directory only, reaches no
+    # network, and runs the venv `hoard install` makes
+    assert "User" not in smart and (smart["ProtectSystem"], smart["ProtectHome"], smart["PrivateTmp"],
+                                    smart["NoNewPrivileges"], smart["PrivateNetwork"]) == ("strict", "yes", "yes",
+                                                                                           "yes", "yes")
+    assert smart["ReadWritePaths"] == "/srv/ssd/state"
+    assert unit_exec_start((REPO / "systemd/hoard-smart.service").read_text()) == \
+        [["/opt/hoardfs/venv/bin/hoard", "disks", "smart"]]
+    assert "hoard-smart.timer" in ENABLE
+    assert rendered(Path("/data/ssd"))["hoard-smart.service"]["Service"]["ReadWritePaths"] == "/data/ssd/state"
+    # every hoard a unit runs is the venv's
+    for unit in UNITS:
+        for argv in unit_exec_start(unit.read_text()):
+            hoards = [a for a in " ".join(argv).split() if a.endswith("/bin/hoard")]
+            assert set(hoards) <= {"/opt/hoardfs/venv/bin/hoard"}, (unit.name, hoards)
+
+
+def test_redis_fallback_runs_the_units_own_command() -> None:
+    """Without systemd, Redis is started with the unit's own ExecStart (daemonized): one
+    source for its socket, mode and persistence."""
+    [argv] = unit_exec_start((REPO / "systemd/hoard-redis.service").read_text())
+    assert argv[0] == "/usr/bin/redis-server" and argv[argv.index("--unixsocketperm") + 1] == "770"
+    assert argv[argv.index("--save") + 1] == ""
+
+
+@pytest.mark.services  # runs systemd-analyze
+@pytest.mark.needs(shutil.which("systemd-analyze") is not None, "SYSTEMD-ANALYZE MISSING (Debian package systemd)")
+def test_units_pass_systemd_analyze_verify(tmp_path: Path) -> None:
+    """Every unit as installed (and the instances the timers and `hoard install` start) passes
+    `systemd-analyze verify` without a word; the venv's path is this checkout's .venv, the one
+    thing that differs from an installed system."""
+    venv = Path(sys.executable).parent.parent
+    for unit in UNITS:
+        text = render_unit(unit.read_text(), [Path(p) for _, p in DISKS] + [Path("/srv/ssd")], Path("/srv/hoard"),
+                           Path("/srv/hd1/pgbackrest") if unit.name.startswith("hoard-pgbackrest@") else None, REPO)
+        (tmp_path / unit.name).write_text(text.replace("/opt/hoardfs/venv", str(venv)))
+    # (`systemd-analyze verify` refuses a ':' in its argument, which a unit name may hold: the
+    # escaped comma stands for the queue list here, the booted install starts hoard-worker@ingest:io)
+    names = [u.name for u in UNITS] + ["hoard-worker@all.service", "hoard-worker@ingest\\x2cio.service",
+                                       "hoard-pgbackrest@full.service", "hoard-pgbackrest@diff.service"]
+    res = subprocess.run(["systemd-analyze", "verify", "--man=no", *names], capture_output=True, text=True,
+                         cwd=tmp_path, timeout=120)
+    assert res.returncode == 0 and not res.stdout.strip() and not res.stderr.strip(), res.stdout + res.stderr
+
+
+@pytest.mark.services  # runs `hoard uninstall`
+def test_uninstall_removes_only_its_units_and_the_venv(tmp_path: Path) -> None:
+    """uninstall removes the units `hoard install` wrote (they carry its mark) and the venv —
+    a unit of someone else's, the config, the disks and the SSD stay, and it says what it kept."""
+    root = tmp_path / "root"
+    units = root / "etc/systemd/system"
+    units.mkdir(parents=True)
+    (units / "hoard-worker@.service").write_text(render_unit((REPO / "systemd/hoard-worker@.service").read_text(),
+                                                             [Path("/srv/hd1")], Path("/srv/hoard"), None, REPO))
+    (units / "hoard-custom.service").write_text("[Service]\nExecStart=/bin/true\n")
+    (root / "opt/hoardfs/venv/bin").mkdir(parents=True)
+    (root / "etc/hoard").mkdir(parents=True)
+    (root / "etc/hoard/hoard.toml").write_text(config_text(DISKS, Path("/srv/ssd"), QUOTAS, Path("/srv/hoard"),
+                                                           False, True))
+    for disk in ("srv/hd1/shards", "srv/ssd/index"):
+        (root / disk).mkdir(parents=True)
+    dry = subprocess.run([*HOARD, "uninstall", "--root", str(root), "--dry-run"], capture_output=True, text=True,
+                         timeout=120, cwd=REPO)
+    assert dry.returncode == 0, dry.stderr
+    assert "would: remove /etc/systemd/system/hoard-worker@.service" in dry.stdout
+    assert "would: remove /opt/hoardfs/venv/" in dry.stdout and "hoard-custom" not in dry.stdout
+    assert (units / "hoard-worker@.service").exists() and (root / "opt/hoardfs/venv").exists()
+    if os.geteuid() != 0:
+        return
+    done = subprocess.run([*HOARD, "uninstall", "--root", str(root)], capture_output=True, text=True, timeout=120,
+                          cwd=REPO)
+    assert done.returncode == 0, done.stderr
+    assert not (units / "hoard-worker@.service").exists() and not (root / "opt/hoardfs/venv").exists()
+    assert (units / "hoard-custom.service").exists() and (root / "etc/hoard/hoard.toml").exists()
+    assert (root / "srv/hd1/shards").is_dir() and (root / "srv/ssd/index").is_dir()
+    assert "kept (data is never removed): disk hd1 (/srv/hd1); disk hd2 (/srv/hd2); the SSD (/srv/ssd)" in done.stdout
+
+
+@pytest.mark.services  # runs `hoard db system-backup`
+def test_system_backup_runs_as_postgres_only(tmp_path: Path) -> None:
+    """pgBackRest reads the cluster's files, which only postgres may: anyone else gets one line."""
+    res = subprocess.run([*HOARD, "db", "system-backup", "--conf", str(tmp_path / "hoard.conf")], capture_output=True,
+                         text=True, timeout=120, cwd=REPO)
+    assert res.returncode == 2 and "run it as postgres" in res.stderr and "Traceback" not in res.stderr
