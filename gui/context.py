@@ -98,9 +98,25 @@ def page(path: str, **kwargs: Any) -> Callable[[Callable[P, Any]], Callable[P, A
 
 async def snapshot() -> Snapshot:
     """The last snapshot, or one gathered now (off the event loop) when the background timer
-    has not made one yet: a page or route opened right after the GUI started."""
+    has not made one yet: a route opened right after the GUI started. (A page: `page_snapshot`.)"""
     c = ctx()
-    return c.cache.snapshot or await in_thread(c.cache.refresh)
+    return c.cache.snapshot or await in_thread(c.cache.first)
+
+
+async def page_snapshot() -> Snapshot:
+    """`snapshot()` for a page. When there is none yet — the GUI just started, and the first
+    refresh takes seconds on a big store (`hoard health` over every disk, the database's
+    counts) — the page is answered at once with a line saying so and filled in over its
+    websocket when the snapshot is ready, instead of failing NiceGUI's response_timeout (3 s)."""
+    c = ctx()
+    if c.cache.snapshot is not None:
+        return c.cache.snapshot
+    note = ui.label("Gathering the store's status (the first time since the GUI started)…").classes("text-body2")
+    await ui.context.client.connected()
+    try:
+        return await in_thread(c.cache.first)
+    finally:
+        note.delete()
 
 
 def stopping() -> PlainTextResponse:

@@ -6,7 +6,7 @@ from nicegui import ui
 
 from fsd.base.units import fmt_bytes
 from gui import text
-from gui.context import ctx, page, snapshot
+from gui.context import ctx, page, page_snapshot
 from gui.frame import age, frame, live
 
 
@@ -36,6 +36,6 @@ def _body() -> None:
 def register() -> None:
     @page("/")
     async def overview() -> None:
-        await snapshot()
+        await page_snapshot()
         with frame("Overview"):
             live(_body)

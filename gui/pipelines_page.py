@@ -12,7 +12,7 @@ import psycopg
 from nicegui import ui
 
 from fsd.base.units import fmt_bytes
-from gui.context import ctx, in_thread, page, snapshot
+from gui.context import ctx, in_thread, page, page_snapshot
 from gui.frame import db_down, frame
 from gui.text import shown
 from sql import browse
@@ -26,7 +26,7 @@ def _pipelines() -> list[dict]:
 def register() -> None:
     @page("/pipelines")
     async def pipelines_page() -> None:
-        snap = await snapshot()
+        snap = await page_snapshot()
         with frame("Pipelines and outputs"):
             ui.label("Pipelines").classes("text-h6")
             try:

@@ -12,7 +12,7 @@ from nicegui import ui
 from fsd.base.errors import HoardError
 from gui import actions_page, text
 from gui.auth import require
-from gui.context import ctx, in_thread, page, snapshot
+from gui.context import ctx, in_thread, page, page_snapshot
 from gui.frame import frame, page_number, progress_text
 from jobs import launch, reports
 
@@ -47,7 +47,7 @@ def register() -> None:
     async def runs_page(kind: str = "", status: str = "", source: str = "", since: str = "", until: str = "",
                         view: str = "", page: int = 1) -> None:
         page = page_number(page)
-        snap = await snapshot()
+        snap = await page_snapshot()
         all_runs = launch.failed_not_since_succeeded(snap.runs) if view == "failed" else snap.runs
         rows, total = launch.select(all_runs, kind, status, source, since, until, page, PER_PAGE)
         current = {"kind": kind, "status": status, "source": source, "since": since, "until": until, "view": view}

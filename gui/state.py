@@ -104,23 +104,33 @@ class Cache:
         """Gather a new snapshot (blocking: run it off the event loop). Never raises for a
         service that is down: the health document reports it."""
         with self._lock:
-            t0 = time.monotonic()
-            with STORE_LOCK:
-                health = collect(self.cfg)
-                verified = verified_by_disk(self.cfg) if health["store"].get("ok") else {}
-            try:
-                jobs = job_counts(self.cfg.redis_url) if health["redis"].get("ok") else {}
-            except redis.RedisError:
-                jobs = {}
-            try:
-                all_runs = runs(self.cfg)
-            except redis.RedisError:
-                all_runs = []
-            ingested = ingested_per_day_at(self.cfg.database_url) if health["database"].get("ok") else []
-            self.snapshot = Snapshot(health, jobs, banners(health), index_copies(self.cfg), all_runs, ingested, verified,
-                                     took_s=time.monotonic() - t0)
-            return self.snapshot
+            return self._gather()
+
+    def first(self) -> Snapshot:
+        """The latest snapshot, or one gathered now — after waiting for a refresh already under
+        way (the timer's first, right after the GUI started) instead of gathering a second."""
+        with self._lock:
+            return self.snapshot or self._gather()
+
+    def _gather(self) -> Snapshot:
+        """A new snapshot; the caller holds self._lock."""
+        t0 = time.monotonic()
+        with STORE_LOCK:
+            health = collect(self.cfg)
+            verified = verified_by_disk(self.cfg) if health["store"].get("ok") else {}
+        try:
+            jobs = job_counts(self.cfg.redis_url) if health["redis"].get("ok") else {}
+        except redis.RedisError:
+            jobs = {}
+        try:
+            all_runs = runs(self.cfg)
+        except redis.RedisError:
+            all_runs = []
+        ingested = ingested_per_day_at(self.cfg.database_url) if health["database"].get("ok") else []
+        self.snapshot = Snapshot(health, jobs, banners(health), index_copies(self.cfg), all_runs, ingested, verified,
+                                 took_s=time.monotonic() - t0)
+        return self.snapshot
 
     def get(self) -> Snapshot:
         """The latest snapshot; the first call gathers one."""
-        return self.snapshot or self.refresh()
+        return self.snapshot or self.first()

@@ -15,7 +15,7 @@ from fsd.base.errors import HoardError
 from fsd.base.units import fmt_bytes
 from fsd.maintenance.health import smart_line
 from gui import charts, text
-from gui.context import ctx, in_thread, page, snapshot
+from gui.context import ctx, in_thread, page, page_snapshot
 from gui.frame import age, frame, live, progress_text
 from jobs import usage
 
@@ -216,7 +216,7 @@ async def _read_history() -> tuple[tuple[list[Any], list[Any]] | None, str]:
 def register() -> None:
     @page("/storage")
     async def storage_page() -> None:
-        await snapshot()
+        await page_snapshot()
         read, error = await _read_history()
         with frame("Storage"):
             live(_body)

@@ -16,6 +16,7 @@ import psycopg
 
 from fsd.base.config import Settings
 from fsd.base.errors import ExitCode, HoardError, first_line
+from sql.browse import fold_member_tally
 from sql.usage import HistoryPoint, Recorded, SmartPoint, SmartRow, UsageRow
 from sql.usage import history as _history
 from sql.usage import record as _record
@@ -90,9 +91,12 @@ def _connect(cfg: Settings, why: str, timeout_s: int = 10) -> psycopg.Connection
 
 def record(cfg: Settings, report: dict[str, Any]) -> Recorded:
     """Record the document as a usage sample (unless the last one is younger than
-    sql.usage.SAMPLE_EVERY) and prune samples older than sql.usage.KEEP."""
+    sql.usage.SAMPLE_EVERY), prune samples older than sql.usage.KEEP, and fold the past days
+    of batch_member_tally (sql.browse.fold_member_tally)."""
     with _connect(cfg, "no usage sample recorded") as conn:
-        return _record(conn, rows(report), smart=smart_rows(report))
+        done = _record(conn, rows(report), smart=smart_rows(report))
+        fold_member_tally(conn)  # the ingest chart's per-statement rows of past days, one per batch and day
+        return done
 
 
 def histories(cfg: Settings, days: float = 30) -> tuple[list[HistoryPoint], list[SmartPoint]]:

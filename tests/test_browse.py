@@ -24,9 +24,69 @@ def test_ingested_per_day_at(servers, pg) -> None:
     pg.commit()
     schema = pg.execute("SELECT current_schema()").fetchone()[0]
     url = psycopg.conninfo.make_conninfo(servers["database_url"], options=f"-c search_path={schema}")
-    today = pg.execute("SELECT current_date").fetchone()[0]
+    today = pg.execute("SELECT (now() AT TIME ZONE 'UTC')::date").fetchone()[0]
     assert ingested_per_day_at(url) == [{"day": today, "source": "gallery", "items": 3}]
     assert ingested_per_day_at("postgresql:///nosuchdb?host=/nonexistent&connect_timeout=2") == []
+
+
+def _members_per_day(conn: psycopg.Connection) -> list[dict]:
+    """What ingested_per_day must say, counted the slow way: over every batch_member row."""
+    from psycopg.rows import dict_row
+
+    with conn.cursor(row_factory=dict_row) as cur:
+        return cur.execute("""
+            SELECT (m.added_at AT TIME ZONE 'UTC')::date AS day, coalesce(s.name, '?') AS source, count(*) AS items
+            FROM batch_member m JOIN action_batch b USING (batch_id) LEFT JOIN source s USING (source_id)
+            WHERE b.action_id = 0 AND (m.added_at AT TIME ZONE 'UTC')::date >= (now() AT TIME ZONE 'UTC')::date - 30
+            GROUP BY 1, 2 ORDER BY 1, 2""").fetchall()
+
+
+def test_ingested_per_day_follows_every_way_members_come_and_go(pg) -> None:
+    """The per-day tally (migration 013) equals a count over batch_member after members are
+    added by plain inserts, by a trusted bulk apply (session_replication_role = replica, which
+    skips ordinary triggers), at an earlier day, then removed by a batch drop, a node deleted
+    (ON DELETE CASCADE) and a batch row deleted — and folding past days changes no figure."""
+    from sql.deletion import drop_batch
+
+    migrate(pg)
+    pg.execute("INSERT INTO source (name) VALUES ('gallery'), ('forum')")
+    pg.execute("""INSERT INTO node (sha256, is_virtual, is_physical)
+                  SELECT sha256(int8send(i)), false, true FROM generate_series(1, 300) i""")
+    for b, src in (("g1", "gallery"), ("g2", "gallery"), ("f1", "forum")):
+        pg.execute("INSERT INTO action_batch (batch_id, action_id, source_id) "
+                   "SELECT %s, 0, source_id FROM source WHERE name = %s", [b, src])
+    pg.execute("INSERT INTO action VALUES (7, 'thumbs', 'cpu') ON CONFLICT DO NOTHING")
+    pg.execute("INSERT INTO action_batch (batch_id, action_id) VALUES ('not-ingest', 7)")
+    ids = [r[0] for r in pg.execute("SELECT node_id FROM node ORDER BY node_id")]
+    for chunk in range(0, 100, 10):  # many small statements: many tally rows
+        pg.execute("INSERT INTO batch_member (batch_id, node_id, added_at) SELECT 'g1', unnest(%s::bigint[]), "
+                   "now() - interval '3 days'", [ids[chunk:chunk + 10]])
+    pg.commit()
+    with pg.transaction():  # its own transaction: SET LOCAL lasts to its end
+        pg.execute("SET LOCAL session_replication_role = replica")  # what sql.apply does for a superuser
+        pg.execute("INSERT INTO batch_member (batch_id, node_id) SELECT 'g2', unnest(%s::bigint[])", [ids[100:200]])
+    pg.execute("INSERT INTO batch_member (batch_id, node_id) SELECT 'f1', unnest(%s::bigint[])", [ids[150:300]])
+    pg.execute("INSERT INTO batch_member (batch_id, node_id) SELECT 'not-ingest', unnest(%s::bigint[])", [ids[:50]])
+    pg.commit()
+    assert browse.ingested_per_day(pg) == _members_per_day(pg)
+    assert sum(r["items"] for r in _members_per_day(pg)) == 100 + 100 + 150
+
+    drop_batch(pg, "g2", "test")
+    pg.execute("DELETE FROM node WHERE node_id = ANY(%s)", [ids[0:5] + ids[290:300]])
+    pg.execute("DELETE FROM action_batch WHERE batch_id = 'not-ingest'")
+    pg.commit()
+    want = _members_per_day(pg)
+    assert sum(r["items"] for r in want) == 95 + 140
+    assert browse.ingested_per_day(pg) == want
+    assert pg.execute("SELECT count(*) FROM batch_member_tally WHERE batch_id = 'not-ingest'").fetchone()[0] == 0
+
+    removed = browse.fold_member_tally(pg)
+    pg.commit()
+    assert removed >= 9  # g1's ten statements three days ago (and the deletes' rows) became one
+    assert pg.execute("SELECT count(*) FROM batch_member_tally WHERE day < (now() AT TIME ZONE 'UTC')::date "
+                      "GROUP BY batch_id, day HAVING count(*) > 1").fetchall() == []
+    assert browse.ingested_per_day(pg) == want
+    assert browse.fold_member_tally(pg) == 0
 
 
 def _node(conn: psycopg.Connection, tag: str, file_type: str | None = "png") -> int:
