@@ -165,6 +165,24 @@ def test_root_follows_no_link_in_place_of_the_state_directory(tmp_path: Path) ->
     assert (system.stat().st_uid, system.stat().st_gid) == (before.st_uid, before.st_gid)
 
 
+@pytest.mark.services  # (runs smartctl)
+@pytest.mark.needs(os.geteuid() == 0 and shutil.which("smartctl", path="/usr/sbin:/sbin:/usr/bin") is not None,
+                   "ROOT AND SMARTCTL NEEDED (only root reads the drives and keeps their readings)")
+def test_an_ssd_without_its_state_directory_is_no_warning(tmp_path: Path) -> None:
+    """An SSD `hoard init` has not prepared (no `state/`): root's reading keeps nothing, makes
+    no directory (one root made, hoard could not write), and warns of nothing — a test home or
+    a store opened before init logged "not kept … No such file or directory" on every health
+    (no expect_log here: tests/checklogs.py fails the test on any warning)."""
+    cfg = config.load(write_config(tmp_path, [(f"d{i}", tmp_path / f"d{i}", None) for i in range(2)]))
+    for d in cfg.disks:
+        d.path.mkdir()
+        (d.path / ".hoard-disk.json").write_text("{}")
+    cfg.ssd.root.mkdir(parents=True, exist_ok=True)
+    got = smart.read_all(cfg, max_age_s=0)
+    assert set(got) == {"d0", "d1"}
+    assert not (cfg.ssd.root / "state").exists()
+
+
 @pytest.mark.services  # (runs a program)
 def test_a_hostile_smartctl_gives_one_line(tmp_path: Path) -> None:
     """What a smartctl that is not one prints — no JSON, JSON nested past Python's recursion

@@ -344,6 +344,9 @@ def _keep(cfg: Settings, cache: dict[str, Any]) -> None:
     follow to write (and re-mode) a directory of the system's; nor does root make the
     directory (one it made, hoard could not write: `hoard init` makes it)."""
     state = cache_path(cfg).parent
+    if not os.path.lexists(state):  # an SSD `hoard init` has not prepared: nothing wrong, nothing kept
+        log.info("the SMART readings are not kept: %s does not exist (`hoard init` makes it)", state)
+        return
     try:
         st = os.lstat(state)
         if not stat.S_ISDIR(st.st_mode):
