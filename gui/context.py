@@ -108,13 +108,12 @@ async def page_snapshot() -> Snapshot:
     refresh takes seconds on a big store (`hoard health` over every disk, the database's
     counts) — the page is answered at once with a line saying so and filled in over its
     websocket when the snapshot is ready, instead of failing NiceGUI's response_timeout (3 s)."""
-    c = ctx()
-    if c.cache.snapshot is not None:
-        return c.cache.snapshot
+    if (snap := ctx().cache.snapshot) is not None:
+        return snap
     note = ui.label("Gathering the store's status (the first time since the GUI started)…").classes("text-body2")
     await ui.context.client.connected()
     try:
-        return await in_thread(c.cache.first)
+        return await snapshot()
     finally:
         note.delete()
 
