@@ -1,0 +1,38 @@
+"""Records as JSON: how they leave the sandboxed parser (adapters.isolated) and wait between
+the ingest steps in the batch's work directory."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from typing import Any
+
+from adapters.base import Asset, File, Record
+from adapters.intent import small_raw
+
+
+def node_json(n: File | Asset) -> list[str]:
+    return ["f", n.rel] if isinstance(n, File) else ["a", n.kind, n.id]
+
+
+def node_load(j: list[str]) -> File | Asset:
+    return File(j[1]) if j[0] == "f" else Asset(j[1], j[2])
+
+
+def record_json(r: Record) -> dict[str, Any]:
+    """The record as JSON values; `record_json(record_load(d)) == d`."""
+    d = {k: getattr(r, k) for k in ("doc", "title", "view_count", "author", "user", "specific")}
+    d["raw"] = small_raw(r.raw) or {}  # the whole document is a stored file (raw_object)
+    d.update(node=node_json(r.node), edges=[[node_json(p), node_json(c), rel] for p, c, rel in r.edges],
+             update_time=r.update_time.isoformat() if r.update_time else None,
+             download_time=r.download_time.isoformat() if r.download_time else None)
+    return json.loads(json.dumps(d, default=str))
+
+
+def record_load(d: dict[str, Any]) -> Record:
+    t = dt.datetime.fromisoformat
+    return Record(node_load(d["node"]), doc=d["doc"], raw=d["raw"], title=d["title"], view_count=d["view_count"],
+                  update_time=t(d["update_time"]) if d["update_time"] else None,
+                  download_time=t(d["download_time"]) if d["download_time"] else None, author=d["author"],
+                  user=d["user"], specific=d["specific"],
+                  edges=[(node_load(p), node_load(c), rel) for p, c, rel in d["edges"]])

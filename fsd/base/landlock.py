@@ -1,0 +1,146 @@
+"""Landlock: a process takes away, irrevocably, its own right to write (and to read) outside
+the paths it names — the code that reads hostile scraped input runs so (docs/security.md).
+
+    from fsd.base import landlock
+    landlock.confine(write=[output_root])            # writes only below output_root
+    landlock.confine(read=[batch_dir], write=[])     # reads only there (+ Python), writes nowhere
+
+The kernel's three system calls through ctypes (no dependency: the ABI is three calls and two
+structs; the PyPI bindings were a pre-release covering ABI 1–2 or a months-old 0.x project).
+What Landlock does not cover, said where it matters: descriptors opened before `confine`
+keep their rights (a child process should be started with only the pipes it needs), and
+`truncate(2)` of a path is restricted from ABI 3 (kernel 6.2) on.
+
+Where the kernel has no Landlock (built without it, or left out of its `lsm=` list), or only
+ABI 1 (5.13–5.18: a rename between two directories is refused under any ruleset, which
+the writers here need), `confine` does nothing and returns False; `hoard health` warns once
+(`status`), and the systemd units' own sandboxing still applies.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import functools
+import os
+import stat
+from collections.abc import Iterable
+from pathlib import Path
+
+__all__ = ["MIN_ABI", "abi", "confine", "status"]
+
+_CREATE_RULESET, _ADD_RULE, _RESTRICT_SELF = 444, 445, 446  # the same number on every architecture
+_CREATE_RULESET_VERSION = 1
+_RULE_PATH_BENEATH = 1
+_PR_SET_NO_NEW_PRIVS = 38
+
+# access rights (include/uapi/linux/landlock.h)
+EXECUTE, WRITE_FILE, READ_FILE, READ_DIR = 1 << 0, 1 << 1, 1 << 2, 1 << 3
+REMOVE_DIR, REMOVE_FILE, MAKE_CHAR, MAKE_DIR = 1 << 4, 1 << 5, 1 << 6, 1 << 7
+MAKE_REG, MAKE_SOCK, MAKE_FIFO, MAKE_BLOCK, MAKE_SYM = 1 << 8, 1 << 9, 1 << 10, 1 << 11, 1 << 12
+REFER = 1 << 13     # ABI 2: link or rename into another directory
+TRUNCATE = 1 << 14  # ABI 3
+
+#: the rights that change the filesystem, by the ABI that knows them
+_WRITE = (WRITE_FILE | REMOVE_DIR | REMOVE_FILE | MAKE_CHAR | MAKE_DIR | MAKE_REG | MAKE_SOCK | MAKE_FIFO
+          | MAKE_BLOCK | MAKE_SYM | REFER)
+_READ = READ_FILE | READ_DIR
+#: the rights a rule on a file (not a directory) may carry
+_FILE_RIGHTS = EXECUTE | WRITE_FILE | READ_FILE | TRUNCATE
+#: REFER is what ABI 1 lacks: without it a process under any ruleset cannot rename across
+#: directories (EXDEV), and the built-in workers move their outputs so
+MIN_ABI = 2
+
+
+class _RulesetAttr(ctypes.Structure):
+    _fields_ = [("handled_access_fs", ctypes.c_uint64)]  # the ABI 1–3 struct; later ones extend it
+
+
+class _PathBeneathAttr(ctypes.Structure):
+    _pack_ = 1  # __attribute__((packed)) in the kernel's header
+    _fields_ = [("allowed_access", ctypes.c_uint64), ("parent_fd", ctypes.c_int32)]
+
+
+@functools.cache
+def _libc() -> ctypes.CDLL:
+    return ctypes.CDLL(None, use_errno=True)
+
+
+def _call(nr: int, *args: object) -> int:
+    ctypes.set_errno(0)
+    res = int(_libc().syscall(ctypes.c_long(nr), *args))
+    if res < 0:
+        e = ctypes.get_errno()
+        raise OSError(e, os.strerror(e))
+    return res
+
+
+@functools.cache
+def _probe() -> tuple[int, str | None]:
+    try:
+        version = _call(_CREATE_RULESET, ctypes.c_void_p(None), ctypes.c_size_t(0),
+                        ctypes.c_uint32(_CREATE_RULESET_VERSION))
+    except OSError as e:
+        why = {errno.ENOSYS: "this kernel was built without Landlock (CONFIG_SECURITY_LANDLOCK)",
+               errno.EOPNOTSUPP: "Landlock is built into this kernel but not enabled at boot (not in its lsm= list)"}
+        return 0, why.get(e.errno or 0, f"the kernel refused the Landlock version query ({e.strerror})")
+    except AttributeError:  # no syscall() in this C library
+        return 0, "this C library offers no syscall()"
+    if version < MIN_ABI:
+        return version, (f"this kernel has Landlock ABI {version} (Linux 5.13–5.18), which cannot allow a rename "
+                         f"between directories; ABI {MIN_ABI} is Linux 5.19 or later")
+    return version, None
+
+
+def abi() -> int:
+    """The kernel's Landlock ABI version; 0 where it has none."""
+    return _probe()[0]
+
+
+def status() -> dict[str, object]:
+    """`{"abi": N, "enforced": bool, "reason": why not | None}` for `hoard health`."""
+    version, why = _probe()
+    return {"abi": version, "enforced": why is None, "reason": why}
+
+
+def _handled(version: int, reads: bool) -> int:
+    rights = _WRITE | (TRUNCATE if version >= 3 else 0)
+    return rights | (_READ | EXECUTE if reads else 0)
+
+
+def confine(*, write: Iterable[Path | str] = (), read: Iterable[Path | str] | None = None,
+            write_files: Iterable[Path | str] = ("/dev/null",)) -> bool:
+    """Restrict this thread and every process it starts from now on, for good: files and
+    directories are created, written, renamed or removed only below `write` (and the single
+    files of `write_files`); with `read` given, files are read (and listed, and executed) only
+    below `read` and `write` too — otherwise reading is not restricted. A path that does not
+    exist raises FileNotFoundError (a rule cannot name it). False, with nothing done, where the
+    kernel cannot (`status()` says why); True once restricted. Call it before starting threads:
+    a thread started earlier keeps its rights."""
+    version, why = _probe()
+    if why is not None:
+        return False
+    handled = _handled(version, read is not None)
+    attr = _RulesetAttr(handled)
+    ruleset = _call(_CREATE_RULESET, ctypes.byref(attr), ctypes.c_size_t(ctypes.sizeof(attr)), ctypes.c_uint32(0))
+    try:
+        rules: list[tuple[Path | str, int]] = [(p, handled) for p in write]
+        rules += [(p, handled & (WRITE_FILE | TRUNCATE | READ_FILE)) for p in write_files if os.path.exists(p)]
+        rules += [(p, handled & (_READ | EXECUTE)) for p in read or ()]
+        for path, rights in rules:
+            fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
+            try:
+                if not stat.S_ISDIR(os.fstat(fd).st_mode):
+                    rights &= _FILE_RIGHTS
+                if rights:
+                    rule = _PathBeneathAttr(rights, fd)
+                    _call(_ADD_RULE, ctypes.c_int(ruleset), ctypes.c_int(_RULE_PATH_BENEATH), ctypes.byref(rule),
+                          ctypes.c_uint32(0))
+            finally:
+                os.close(fd)
+        if _libc().prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:  # required by restrict_self without CAP_SYS_ADMIN
+            raise OSError(ctypes.get_errno(), "prctl(PR_SET_NO_NEW_PRIVS)")
+        _call(_RESTRICT_SELF, ctypes.c_int(ruleset), ctypes.c_uint32(0))
+    finally:
+        os.close(ruleset)
+    return True
