@@ -8,7 +8,29 @@ import json
 from typing import Any
 
 from adapters.base import Asset, File, Record
-from adapters.intent import small_raw
+
+#: the bytes of a document's fields kept in its metadata row (the whole document is a stored file)
+RAW_LIMIT = 1024
+
+
+def small_raw(doc: dict[str, Any], limit: int = RAW_LIMIT) -> dict[str, Any] | None:
+    """The first top-level scalar fields of a document that fit in `limit` bytes of JSON
+    (long strings cut to 200 characters); the whole document is the raw object."""
+    out: dict[str, Any] = {}
+    for k, v in doc.items():
+        if isinstance(v, str):
+            v = v[:200]
+        elif not isinstance(v, (int, float, bool)) or v is None:
+            continue
+        out[k] = v
+        if _jsonb_size(out) > limit:  # measured as PostgreSQL prints jsonb (its CHECK counts that)
+            del out[k]
+            break
+    return out or None
+
+
+def _jsonb_size(d: dict[str, Any]) -> int:
+    return len(json.dumps(d, ensure_ascii=False).encode())
 
 
 def node_json(n: File | Asset) -> list[str]:
