@@ -31,6 +31,7 @@ import sysconfig
 from pathlib import Path
 from typing import Any
 
+from adapters import FORMATS, parse_batch
 from adapters.base import Adapter, BatchView, Parsed, Reject
 from adapters.records import record_json, record_load
 from fsd.base import landlock
@@ -90,8 +91,6 @@ def _runtime() -> set[str]:
 
 def _child(argv: list[str]) -> int:
     importlib.import_module("_strptime")  # datetime.strptime imports it lazily: loaded before the walls go up
-    from adapters import FORMATS, parse_batch
-
     fmt, source, settle_s, root = argv
     ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)  # a worker killed (-9) takes its parser along
     out = os.fdopen(os.dup(1), "w", encoding="utf-8")
