@@ -1,7 +1,8 @@
 """The built-in actions: S04 worker programs that really run here, and their contracts.
 
 `hoard-builtin NAME INPUT_ROOT OUTPUT_ROOT [--options]` runs one program (`PROGRAMS`) over a
-staged input tree and writes only inside the output root (`_io`); each program's contract is
+staged input tree and writes only inside the output root (`_io`; where the kernel has Landlock
+it cannot write anywhere else, fsd.base.landlock); each program's contract is
 `contracts/<action_id>.toml` (`CONTRACTS`), found by `hoard action list|show` after the
 actions directory's own files (a file there of the same id shadows the built-in). What each
 takes, writes and its parameters: docs/actions.md, "Built-in actions".
@@ -14,6 +15,7 @@ import importlib
 import sys
 from pathlib import Path
 
+from fsd.base import landlock
 from jobs.actions.builtin import _io
 
 #: the contracts shipped with hoardfs (one `<action_id>.toml` each)
@@ -46,6 +48,9 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         _io.check_output_root(args.output_root)
+        # the inputs are scraped media decoded by Pillow, OpenCV and ffmpeg: from here on this
+        # process and its ffmpeg write below the output root only (docs/security.md)
+        landlock.confine(write=[args.output_root])
         return int(modules[args.name].run(args.input_root, args.output_root, args))
     except _io.WorkerError as e:
         print(f"hoard-builtin {args.name}: error: {e}", file=sys.stderr)
