@@ -89,6 +89,14 @@ def _runtime() -> set[str]:
     return {p for p in paths if p and os.path.exists(p)}
 
 
+def confine_parser(root: str) -> bool:
+    """The parser's walls: no write anywhere, no program started, reads only below `root` (the
+    batch directory, unless it is a link: the screen then refuses it) and `_runtime()`. False
+    where the kernel has no Landlock."""
+    batch = [root] if os.path.isdir(root) and not os.path.islink(root) else []
+    return landlock.confine(read=[*_runtime(), *_LOADER_FILES, *batch], write=[], write_files=())
+
+
 def _child(argv: list[str]) -> int:
     importlib.import_module("_strptime")  # datetime.strptime imports it lazily: loaded before the walls go up
     fmt, source, settle_s, root = argv
@@ -96,8 +104,7 @@ def _child(argv: list[str]) -> int:
     out = os.fdopen(os.dup(1), "w", encoding="utf-8")
     os.dup2(2, 1)  # whatever a parser prints goes to stderr, never into the result
     try:
-        landlock.confine(read=[*_runtime(), *_LOADER_FILES, *([root] if os.path.isdir(root) and not os.path.islink(root) else [])], write=[],
-                         write_files=())
+        confine_parser(root)
         parsed, view = parse_batch(Path(root), FORMATS[fmt](source), float(settle_s))
     except HoardError as e:
         json.dump({"error": e.message, "exit_code": int(e.exit_code)}, out)

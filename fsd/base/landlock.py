@@ -75,21 +75,33 @@ def _call(nr: int, *args: object) -> int:
     return res
 
 
+#: what to do about each reason Landlock cannot be used (`hoard health` prints it)
+_NEXT = {
+    "built": "boot a kernel built with CONFIG_SECURITY_LANDLOCK=y (Debian 12's linux-image-amd64 is)",
+    "boot": ("add landlock to the kernel's boot parameter lsm= (e.g. lsm=landlock, then the list in "
+             "/sys/kernel/security/lsm) and reboot"),
+    "old": "boot Linux 5.19 or later (Debian 12's 6.1 has ABI 2)",
+}
+
+
 @functools.cache
-def _probe() -> tuple[int, str | None]:
+def _probe() -> tuple[int, str | None, str | None]:
+    """(ABI version, why it cannot be used or None, the next step)."""
     try:
         version = _call(_CREATE_RULESET, ctypes.c_void_p(None), ctypes.c_size_t(0),
                         ctypes.c_uint32(_CREATE_RULESET_VERSION))
     except OSError as e:
-        why = {errno.ENOSYS: "this kernel was built without Landlock (CONFIG_SECURITY_LANDLOCK)",
-               errno.EOPNOTSUPP: "Landlock is built into this kernel but not enabled at boot (not in its lsm= list)"}
-        return 0, why.get(e.errno or 0, f"the kernel refused the Landlock version query ({e.strerror})")
+        if e.errno == errno.EOPNOTSUPP:
+            return 0, "Landlock is built into this kernel but not enabled at boot (not in its lsm= list)", _NEXT["boot"]
+        if e.errno == errno.ENOSYS:
+            return 0, "this kernel was built without Landlock", _NEXT["built"]
+        return 0, f"the kernel refused the Landlock version query ({e.strerror})", _NEXT["built"]
     except AttributeError:  # no syscall() in this C library
-        return 0, "this C library offers no syscall()"
+        return 0, "this C library offers no syscall()", _NEXT["built"]
     if version < MIN_ABI:
         return version, (f"this kernel has Landlock ABI {version} (Linux 5.13–5.18), which cannot allow a rename "
-                         f"between directories; ABI {MIN_ABI} is Linux 5.19 or later")
-    return version, None
+                         f"between directories (ABI {MIN_ABI})"), _NEXT["old"]
+    return version, None, None
 
 
 def abi() -> int:
@@ -98,9 +110,9 @@ def abi() -> int:
 
 
 def status() -> dict[str, object]:
-    """`{"abi": N, "enforced": bool, "reason": why not | None}` for `hoard health`."""
-    version, why = _probe()
-    return {"abi": version, "enforced": why is None, "reason": why}
+    """`{"abi": N, "enforced": bool, "reason": why not, "next_step": …}` for `hoard health`."""
+    version, why, next_step = _probe()
+    return {"abi": version, "enforced": why is None, "reason": why, "next_step": next_step}
 
 
 def _handled(version: int, reads: bool) -> int:
@@ -117,7 +129,7 @@ def confine(*, write: Iterable[Path | str] = (), read: Iterable[Path | str] | No
     exist raises FileNotFoundError (a rule cannot name it). False, with nothing done, where the
     kernel cannot (`status()` says why); True once restricted. Call it before starting threads:
     a thread started earlier keeps its rights."""
-    version, why = _probe()
+    version, why, _ = _probe()
     if why is not None:
         return False
     handled = _handled(version, read is not None)

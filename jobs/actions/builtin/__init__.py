@@ -15,7 +15,6 @@ import importlib
 import sys
 from pathlib import Path
 
-from fsd.base import landlock
 from jobs.actions.builtin import _io
 
 #: the contracts shipped with hoardfs (one `<action_id>.toml` each)
@@ -48,9 +47,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         _io.check_output_root(args.output_root)
-        # the inputs are scraped media decoded by Pillow, OpenCV and ffmpeg: from here on this
-        # process and its ffmpeg write below the output root only (docs/security.md)
-        landlock.confine(write=[args.output_root])
+        _io.confine(args.output_root)
         return int(modules[args.name].run(args.input_root, args.output_root, args))
     except _io.WorkerError as e:
         print(f"hoard-builtin {args.name}: error: {e}", file=sys.stderr)

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fsd.base import landlock
 from fsd.base.paths import display
 
 #: bytes read per call while hashing an input
@@ -121,6 +122,14 @@ def check_output_root(root: Path) -> None:
     if not stat.S_ISDIR(os.lstat(root).st_mode):
         raise WorkerError(f"output root {display(str(root))} is not a directory (a link or a file); "
                           "give an empty directory")
+
+
+def confine(output_root: Path) -> bool:
+    """From here on this process and every program it starts (ffmpeg) write below the output
+    root only: the inputs are scraped media that Pillow, OpenCV and ffmpeg decode. Reading stays
+    open (the libraries and ffmpeg read from all over the system). False where the kernel has no
+    Landlock (`hoard health` says so). docs/security.md, "Sandboxed parsers"."""
+    return landlock.confine(write=[output_root])
 
 
 def write_bytes(root: Path, rel: str, data: bytes) -> Path:

@@ -1,0 +1,244 @@
+"""The code that reads hostile scraped input runs confined by Landlock (docs/security.md,
+"Sandboxed parsers"): the ingest parser writes nowhere and reads only its batch (and Python's
+files), a built-in action writes only below its output root; where the kernel has no Landlock
+both still run and `hoard health` warns once. Every sandbox here is a real process confined by
+the real kernel; a kernel without Landlock is this kernel behind a seccomp filter that answers
+Landlock's calls as such a kernel does (tests/nolandlock.py)."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from adapters import FORMATS, parse_batch
+from adapters.isolated import parse_isolated
+from adapters.records import record_json
+from fsd.base import landlock
+from fsd.base.errors import HoardError
+from tests.helpers import REPO, missing
+from tests.nolandlock import UNSUPPORTED
+from tests.test_adapter_fuzz import CASES
+from tests.test_ingest import ingest_home
+
+pytestmark = pytest.mark.services  # every test starts Python processes (the sandboxed ones)
+
+NOLANDLOCK = [sys.executable, str(REPO / "tests" / "nolandlock.py")]
+
+
+@pytest.fixture
+def landlock_support() -> None:
+    """Skip loudly (fail in CI) where this kernel has no usable Landlock."""
+    st = landlock.status()
+    if not st["enforced"]:
+        missing(f"LANDLOCK UNAVAILABLE: {st['reason']}")
+
+
+def _inside(script: str, *, prefix: list[str] | None = None) -> dict:
+    """Run `script` (which prints one JSON document last) in a new Python process."""
+    res = subprocess.run([*(prefix or []), sys.executable, "-c", textwrap.dedent(script)], capture_output=True,
+                         text=True, cwd=REPO, timeout=120)
+    if res.returncode == UNSUPPORTED and prefix:
+        missing(f"SECCOMP UNAVAILABLE: {res.stderr.strip()}")
+    assert res.returncode == 0, res.stderr
+    return json.loads(res.stdout.splitlines()[-1])
+
+
+TRY = '''
+import errno, json, os, subprocess
+def attempt(fn):
+    try:
+        fn()
+        return 0
+    except OSError as e:
+        return e.errno
+'''
+
+
+def test_the_parser_writes_nowhere_reads_only_its_batch_and_starts_nothing(tmp_path: Path,
+                                                                          landlock_support) -> None:
+    """`confine_parser(batch)` — what the ingest's parser process does before it reads a byte:
+    creating, writing, truncating or removing a file anywhere (the batch itself, 3A's quarantine,
+    the SSD) is EACCES, as is reading a file beside the batch (a config with the database's
+    password) or starting a program; the batch's documents read and parse as before."""
+    zone3a = tmp_path / "3A"
+    batch = zone3a / "b1"
+    batch.mkdir(parents=True)
+    (batch / "v.info.json").write_text(json.dumps({"id": "v", "title": "t"}))
+    (batch / "v.mp4").write_bytes(b"\0\0\0\x18ftypmp42")
+    (zone3a / "_quarantine").mkdir()
+    (tmp_path / "hoard.toml").write_text('database_url = "postgresql://hoard:secret@db/hoard"\n')
+    got = _inside(TRY + f'''
+from pathlib import Path
+from adapters import FORMATS, parse_batch
+from adapters.isolated import confine_parser
+batch, zone3a, home = {str(batch)!r}, {str(zone3a)!r}, {str(tmp_path)!r}
+assert confine_parser(batch)
+out = {{
+    "new file in the batch": attempt(lambda: open(batch + "/x", "w")),
+    "write a document": attempt(lambda: open(batch + "/v.info.json", "r+")),
+    "truncate a document": attempt(lambda: os.truncate(batch + "/v.info.json", 0)),
+    "remove a document": attempt(lambda: os.unlink(batch + "/v.mp4")),
+    "rename a document": attempt(lambda: os.rename(batch + "/v.mp4", batch + "/w.mp4")),
+    "into quarantine": attempt(lambda: os.rename(batch + "/v.mp4", zone3a + "/_quarantine/v.mp4")),
+    "mkdir in 3A": attempt(lambda: os.mkdir(zone3a + "/other")),
+    "write /tmp": attempt(lambda: open("/tmp/hoard-sandbox-test", "w")),
+    "read the config": attempt(lambda: open(home + "/hoard.toml").read()),
+    "list the SSD": attempt(lambda: os.listdir(home)),
+    "start a program": attempt(lambda: subprocess.run(["/bin/true"])),
+    "read the batch": attempt(lambda: open(batch + "/v.info.json").read()),
+}}
+parsed, view = parse_batch(Path(batch), FORMATS["ytdlp"]("ytdlp"))
+out["records"] = [r.title for r in parsed.records]
+print(json.dumps(out))
+''')
+    assert got.pop("records") == ["t"]
+    assert got.pop("read the batch") == 0
+    # a rename inside the batch: EACCES (no right to make or remove there); a truncate: EACCES from
+    # ABI 3 on (Linux 6.2), below it the kernel cannot refuse it (docs/security.md)
+    truncate = got.pop("truncate a document")
+    assert truncate == (errno.EACCES if landlock.abi() >= 3 else 0)
+    assert got == dict.fromkeys(got, errno.EACCES), got
+    assert sorted(p.name for p in batch.iterdir()) == ["v.info.json", "v.mp4"]
+    assert not Path("/tmp/hoard-sandbox-test").exists()
+
+
+def test_a_builtin_worker_writes_only_below_its_output_root(tmp_path: Path, landlock_support) -> None:
+    """`hoard-builtin`'s `_io.confine(output_root)`: below the output root the worker creates,
+    renames across directories (keyframes moves its scratch into place) and removes; a file of
+    the input root, 3C beside the run, the run's other directories and /tmp are EACCES, for the
+    worker and for a program it starts (ffmpeg)."""
+    run = tmp_path / "3C" / "run1"
+    inp, out = run / "flat" / "input", run / "flat" / "output"
+    inp.mkdir(parents=True)
+    out.mkdir(parents=True)
+    (inp / "a.jpg").write_bytes(b"\xff\xd8\xff")
+    got = _inside(TRY + f'''
+from pathlib import Path
+from jobs.actions.builtin import _io
+inp, out, run = {str(inp)!r}, {str(out)!r}, {str(run)!r}
+assert _io.confine(Path(out))
+os.mkdir(out + "/.work")
+open(out + "/.work/t.png", "w").write("x")
+res = {{
+    "write below the output root": attempt(lambda: _io.write_bytes(Path(out), "thumbs/x.jpg", b"jpeg")),
+    "move the scratch into place": attempt(lambda: _io.move_into(Path(out), "scenes/a/f.png", Path(out + "/.work/t.png"))),
+    "remove the scratch": attempt(lambda: os.rmdir(out + "/.work")),
+    "read the input": attempt(lambda: open(inp + "/a.jpg", "rb").read()),
+    "write the input": attempt(lambda: open(inp + "/a.jpg", "r+b")),
+    "remove the input": attempt(lambda: os.unlink(inp + "/a.jpg")),
+    "write beside the run": attempt(lambda: open(run + "/../other", "w")),
+    "write the run directory": attempt(lambda: open(run + "/log", "w")),
+    "write /tmp": attempt(lambda: open("/tmp/hoard-sandbox-test", "w")),
+    "a program it starts writes /tmp": subprocess.run(["sh", "-c", "echo x > /tmp/hoard-sandbox-test"],
+                                                       stderr=subprocess.DEVNULL).returncode,
+}}
+print(json.dumps(res))
+''')
+    ok = ("write below the output root", "move the scratch into place", "remove the scratch", "read the input")
+    assert {k: got.pop(k) for k in ok} == dict.fromkeys(ok, 0)
+    assert got.pop("a program it starts writes /tmp") != 0
+    assert got == dict.fromkeys(got, errno.EACCES), got
+    assert (out / "thumbs" / "x.jpg").read_bytes() == b"jpeg" and (out / "scenes" / "a" / "f.png").exists()
+    assert (inp / "a.jpg").exists() and not (run / "log").exists() and not (run.parent / "other").exists()
+    assert not Path("/tmp/hoard-sandbox-test").exists()
+
+
+def _result(parsed, view) -> dict:
+    return {"records": [record_json(r) for r in parsed.records],
+            "rejects": sorted((tuple(r.paths), r.reason) for r in parsed.rejects),
+            "claimed": sorted(parsed.claimed), "files": view.files,
+            "identity": {k: tuple(v) for k, v in view.identity.items()}}
+
+
+@pytest.mark.parametrize("case", range(len(CASES)), ids=[f"{c[0]}-{i}" for i, c in enumerate(CASES)])
+def test_the_sandboxed_parse_gives_what_the_in_process_parse_gives(tmp_path: Path, case: int) -> None:
+    """Every format's batch — one good document, and one broken (truncated JSON) beside it — parsed
+    in the sandboxed child gives the records, rejects (the broken document, with its reason),
+    claimed files and screen identities the in-process parse gives: the write-intent, a function
+    of these and the store's digests, and so the database rows, are the same."""
+    fmt, victim, doc, rest = CASES[case]
+    root = tmp_path / "b1"
+    root.mkdir()
+    for rel, body in rest.items():
+        (root / rel).write_bytes(body)
+    (root / victim).write_bytes(json.dumps(doc).encode()[:-3])  # truncated: a BadDocument
+    adapter = FORMATS[fmt](fmt)
+    before = _result(*parse_batch(root, adapter))
+    assert before["records"] and any(victim in paths for paths, _ in before["rejects"]), before["rejects"]
+    assert _result(*parse_isolated(root, adapter)) == before
+
+
+def test_a_batch_directory_swapped_for_a_link_is_refused_by_the_sandboxed_parse(tmp_path: Path) -> None:
+    """The screen's refusal comes back from the child as the line the in-process screen gives,
+    with its exit code (not a parser crash)."""
+    real = tmp_path / "elsewhere"
+    real.mkdir()
+    (real / "v.info.json").write_text("{}")
+    (tmp_path / "b1").symlink_to(real)
+    with pytest.raises(HoardError) as before:
+        parse_batch(tmp_path / "b1", FORMATS["ytdlp"]("ytdlp"))
+    with pytest.raises(HoardError, match="nothing of it was read") as e:
+        parse_isolated(tmp_path / "b1", FORMATS["ytdlp"]("ytdlp"))
+    assert (e.value.message, e.value.exit_code) == (before.value.message, before.value.exit_code)
+
+
+@pytest.mark.parametrize("answer,reason", [("ENOSYS", "built without Landlock"), ("EOPNOTSUPP", "not enabled at boot")])
+def test_a_kernel_without_landlock_parses_unconfined_and_says_why(tmp_path: Path, answer: str, reason: str) -> None:
+    """On a kernel without Landlock (or with it not enabled) nothing fails: the parser child
+    runs unconfined and gives its records, `confine` says False, and `status` names the reason
+    and the next step."""
+    batch = tmp_path / "b1"
+    batch.mkdir()
+    (batch / "v.info.json").write_text(json.dumps({"id": "v", "title": "t"}))
+    (batch / "v.mp4").write_bytes(b"\0\0\0\x18ftypmp42")
+    got = _inside(f'''
+import json, os
+from pathlib import Path
+from adapters import FORMATS
+from adapters.isolated import parse_isolated
+from fsd.base import landlock
+parsed, _ = parse_isolated(Path({str(batch)!r}), FORMATS["ytdlp"]("ytdlp"))
+print(json.dumps({{"status": landlock.status(), "confined": landlock.confine(write=[{str(tmp_path)!r}]),
+                  "records": [r.title for r in parsed.records], "tmp": os.access("/tmp", os.W_OK)}}))
+''', prefix=[*NOLANDLOCK, answer, "--"])
+    assert got["records"] == ["t"] and got["confined"] is False and got["tmp"] is True
+    assert got["status"]["enforced"] is False and got["status"]["abi"] == 0
+    assert reason in got["status"]["reason"] and got["status"]["next_step"]
+
+
+def test_health_warns_once_where_the_kernel_has_no_landlock(hoard_home: Path, pg) -> None:
+    """`hoard health` on a kernel without Landlock: one warning line naming what runs without
+    it and the next step — a warning, not a problem: the exit code is the one health gives with
+    Landlock (this test home has other problems: no backup, no schema); with Landlock: no such
+    warning and the ABI in --json and in its text."""
+    cfg = ingest_home(hoard_home, pg)
+    hoard = [sys.executable, "-m", "fsd", "--config", str(cfg.source), "health"]
+    res = subprocess.run([*NOLANDLOCK, "ENOSYS", "--", *hoard, "--json"], capture_output=True, text=True, cwd=REPO)
+    if res.returncode == UNSUPPORTED:
+        missing(f"SECCOMP UNAVAILABLE: {res.stderr.strip()}")
+    report = json.loads(res.stdout)
+    assert not [p for p in report["problems"] if "andlock" in p], report["problems"]
+    lines = [w for w in report["warnings"] if w.startswith("sandbox:")]
+    assert len(lines) == 1 and "without Landlock" in lines[0] and "CONFIG_SECURITY_LANDLOCK" in lines[0], lines
+    sandbox = report["sandbox"]
+    assert (sandbox["abi"], sandbox["enforced"], sandbox["reason"]) == (0, False, "this kernel was built without Landlock")
+    assert "CONFIG_SECURITY_LANDLOCK=y" in sandbox["next_step"]
+    text = subprocess.run([*NOLANDLOCK, "ENOSYS", "--", *hoard], capture_output=True, text=True, cwd=REPO)
+    assert text.returncode == res.returncode and "warning: sandbox: this kernel was built without Landlock" in \
+        " ".join(text.stderr.split()), text.stderr
+    if landlock.status()["enforced"]:
+        confined = subprocess.run([*hoard, "--json"], capture_output=True, text=True, cwd=REPO)
+        assert confined.returncode == res.returncode, confined.stderr
+        plain = json.loads(confined.stdout)
+        assert plain["problems"] == report["problems"]
+        assert plain["sandbox"]["enforced"] is True and plain["sandbox"]["abi"] == landlock.abi()
+        assert not [w for w in plain["warnings"] if w.startswith("sandbox:")]
+        text = subprocess.run(hoard, capture_output=True, text=True, cwd=REPO)
+        assert f"sandbox:  Landlock ABI {landlock.abi()}" in text.stdout, text.stdout
