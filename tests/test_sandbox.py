@@ -8,19 +8,23 @@ Landlock's calls as such a kernel does (tests/nolandlock.py)."""
 from __future__ import annotations
 
 import errno
+import io
 import json
+import os
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from adapters import FORMATS, parse_batch
 from adapters.isolated import parse_isolated
 from adapters.records import record_json
 from fsd.base import landlock
 from fsd.base.errors import HoardError
+from fsd.outputs.thumb_decoder import Decoder
 from tests.helpers import REPO, missing
 from tests.nolandlock import UNSUPPORTED
 from tests.test_adapter_fuzz import CASES
@@ -149,8 +153,8 @@ print(json.dumps(res))
     assert not Path("/tmp/hoard-sandbox-test").exists()
 
 
-def _result(parsed, view) -> dict:
-    return {"records": [record_json(r) for r in parsed.records],
+def _result(parsed, view, records=None) -> dict:
+    return {"records": records if records is not None else [record_json(r) for r in parsed.records],
             "rejects": sorted((tuple(r.paths), r.reason) for r in parsed.rejects),
             "claimed": sorted(parsed.claimed), "files": view.files,
             "identity": {k: tuple(v) for k, v in view.identity.items()}}
@@ -203,9 +207,9 @@ from pathlib import Path
 from adapters import FORMATS
 from adapters.isolated import parse_isolated
 from fsd.base import landlock
-parsed, _ = parse_isolated(Path({str(batch)!r}), FORMATS["ytdlp"]("ytdlp"))
+_, _, records = parse_isolated(Path({str(batch)!r}), FORMATS["ytdlp"]("ytdlp"))
 print(json.dumps({{"status": landlock.status(), "confined": landlock.confine(write=[{str(tmp_path)!r}]),
-                  "records": [r.title for r in parsed.records], "tmp": os.access("/tmp", os.W_OK)}}))
+                  "records": [r["title"] for r in records], "tmp": os.access("/tmp", os.W_OK)}}))
 ''', prefix=[*NOLANDLOCK, answer, "--"])
     assert got["records"] == ["t"] and got["confined"] is False and got["tmp"] is True
     assert got["status"]["enforced"] is False and got["status"]["abi"] == 0
@@ -241,3 +245,51 @@ def test_health_warns_once_where_the_kernel_has_no_landlock(hoard_home: Path, pg
         assert not [w for w in plain["warnings"] if w.startswith("sandbox:")]
         text = subprocess.run(hoard, capture_output=True, text=True, cwd=REPO)
         assert f"sandbox:  Landlock ABI {landlock.abi()}" in text.stdout, text.stdout
+
+
+def test_the_thumbnail_decoder_writes_nothing_and_reads_only_python(tmp_path: Path, landlock_support) -> None:
+    """The GUI's decoder process (fsd.outputs.thumb_decoder) behind `confine_reader()`: Pillow
+    still decodes what comes over the pipe, while writing anywhere, reading the SSD's files
+    (the GUI's users file) and starting a program are EACCES."""
+    (tmp_path / "users.json").write_text('{"admin": "$argon2id$…"}')
+    got = _inside(TRY + f'''
+import io
+from PIL import Image
+from fsd.outputs import thumb_decoder
+Image.init()
+thumb_decoder.make(b"")
+from fsd.base import landlock
+assert landlock.confine_reader()
+buf = io.BytesIO()
+Image.new("RGB", (640, 480), (10, 200, 30)).save(buf, "PNG")
+jpeg, why = thumb_decoder.make(buf.getvalue())
+print(json.dumps({{
+    "thumbnail": Image.open(io.BytesIO(jpeg)).size,
+    "write /tmp": attempt(lambda: open("/tmp/hoard-sandbox-test", "w")),
+    "write beside": attempt(lambda: open({str(tmp_path)!r} + "/x", "w")),
+    "read the users": attempt(lambda: open({str(tmp_path)!r} + "/users.json").read()),
+    "start a program": attempt(lambda: subprocess.run(["/bin/true"])),
+}}))
+''')
+    assert got.pop("thumbnail") == [256, 192]
+    assert got == dict.fromkeys(got, errno.EACCES), got
+
+
+def test_the_gui_decodes_in_a_process_of_its_own(tmp_path: Path) -> None:
+    """`Decoder.thumbnail` answers from another process: a real image's JPEG, nothing (and no
+    reason) for bytes that are no image, and a new process after the old one was killed."""
+    buf = io.BytesIO()
+    Image.new("RGB", (1000, 500), (200, 10, 10)).save(buf, "JPEG")
+    dec = Decoder()
+    try:
+        jpeg, why = dec.thumbnail(buf.getvalue())
+        assert why == "" and jpeg is not None and Image.open(io.BytesIO(jpeg)).size == (256, 128)
+        first = dec._proc
+        assert first is not None and first.pid != os.getpid()
+        assert dec.thumbnail(b"<html>not an image</html>") == (None, "")
+        first.kill()
+        first.wait()
+        jpeg, _ = dec.thumbnail(buf.getvalue())
+        assert jpeg is not None and dec._proc is not None and dec._proc.pid != first.pid
+    finally:
+        dec.close()

@@ -24,10 +24,12 @@ import errno
 import functools
 import os
 import stat
+import sys
+import sysconfig
 from collections.abc import Iterable
 from pathlib import Path
 
-__all__ = ["MIN_ABI", "abi", "confine", "status"]
+__all__ = ["MIN_ABI", "abi", "confine", "confine_reader", "python_runtime", "status"]
 
 _CREATE_RULESET, _ADD_RULE, _RESTRICT_SELF = 444, 445, 446  # the same number on every architecture
 _CREATE_RULESET_VERSION = 1
@@ -124,11 +126,12 @@ def confine(*, write: Iterable[Path | str] = (), read: Iterable[Path | str] | No
             write_files: Iterable[Path | str] = ("/dev/null",)) -> bool:
     """Restrict this thread and every process it starts from now on, for good: files and
     directories are created, written, renamed or removed only below `write` (and the single
-    files of `write_files`); with `read` given, files are read (and listed, and executed) only
-    below `read` and `write` too — otherwise reading is not restricted. A path that does not
-    exist raises FileNotFoundError (a rule cannot name it). False, with nothing done, where the
-    kernel cannot (`status()` says why); True once restricted. Call it before starting threads:
-    a thread started earlier keeps its rights."""
+    files of `write_files`). With `read` given, files are also read (and listed) only below
+    `read` and `write`, and programs started (execve) only below `write`; without it, reading
+    and starting programs are not restricted. A path that does not exist raises
+    FileNotFoundError (a rule cannot name it). False, with nothing done, where the kernel
+    cannot (`status()` says why); True once restricted. Call it before starting threads: a
+    thread started earlier keeps its rights."""
     version, why, _ = _probe()
     if why is not None:
         return False
@@ -138,7 +141,7 @@ def confine(*, write: Iterable[Path | str] = (), read: Iterable[Path | str] | No
     try:
         rules: list[tuple[Path | str, int]] = [(p, handled) for p in write]
         rules += [(p, handled & (WRITE_FILE | TRUNCATE | READ_FILE)) for p in write_files if os.path.exists(p)]
-        rules += [(p, handled & (_READ | EXECUTE)) for p in read or ()]
+        rules += [(p, handled & _READ) for p in read or ()]  # reading a library is not executing it (mmap)
         for path, rights in rules:
             fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
             try:
@@ -156,3 +159,29 @@ def confine(*, write: Iterable[Path | str] = (), read: Iterable[Path | str] | No
     finally:
         os.close(ruleset)
     return True
+
+
+#: what the dynamic loader reads besides the libraries (a file rule: /etc itself stays closed)
+_LOADER_FILES = ("/etc/ld.so.cache",)
+_SYSTEM_LIBS = ("/usr/lib", "/lib", "/usr/lib64", "/lib64")
+
+
+def python_runtime() -> list[str]:
+    """What Python needs to read once confined: the standard library (and its extension
+    modules), site-packages, every top-level package already imported (a source checkout's
+    `adapters/`, `fsd/` — not the checkout itself, which may hold hoard.toml), the system's
+    shared libraries and the loader's cache."""
+    paths = {sysconfig.get_path(n) for n in ("stdlib", "platstdlib", "purelib", "platlib")}
+    for name, mod in list(sys.modules.items()):
+        f = getattr(mod, "__file__", None)
+        if "." not in name and f:
+            p = Path(f)
+            paths.add(str(p.parent if p.name == "__init__.py" else p))
+    paths.update(_SYSTEM_LIBS + _LOADER_FILES)
+    return sorted(p for p in paths if p and os.path.exists(p))
+
+
+def confine_reader(read: Iterable[Path | str] = ()) -> bool:
+    """A decoder of hostile bytes: it writes nothing, starts no program and reads only below
+    `read` and `python_runtime()` — import what it needs first."""
+    return confine(read=[*python_runtime(), *read], write=[], write_files=())

@@ -17,7 +17,7 @@ import psycopg
 from adapters import Reject, adapter_for, display, quarantine
 from adapters.intent import build_intent
 from adapters.isolated import parse_isolated
-from adapters.records import record_json, record_load
+from adapters.records import record_load
 from fsd.base.config import Settings
 from fsd.base.errors import ExitCode, HoardError
 from fsd.base.files import atomic_write, fsync_dir
@@ -47,14 +47,14 @@ def _step_scan(cfg: Settings, st: BatchState) -> None:
         raise IngestError(f"batch directory {root} is gone; if it was ingested before, `hoard ingest --status "
                           f"{st.batch_id}` says so — otherwise drop the batch again")
     adapter = adapter_for(st.source, cfg.sources)
-    parsed, view = parse_isolated(root, adapter, cfg.ingest.settle_s)
+    parsed, view, records = parse_isolated(root, adapter, cfg.ingest.settle_s)  # records: their JSON form
     for rel, why in _beyond_3b(cfg, root, {rel: view.files[rel] for rel in parsed.claimed}).items():
         parsed.reject(why, rel)  # its records are skipped by the intent: their node is not stored
         parsed.claimed.discard(rel)
     files = {rel: view.files[rel] for rel in sorted(parsed.claimed)}
     st.report.update({"format": adapter.format, "files_seen": len(view.files) + sum(
         len(r.paths) for r in parsed.rejects if r.paths and r.paths[0] not in view.files),
-        "files_accepted": len(files), "records": len(parsed.records),
+        "files_accepted": len(files), "records": len(records),
         "rejected": [{"path": display(p) if p else None, "reason": r.reason}
                      for r in parsed.rejects for p in (r.paths or [""])], "quarantine": None})
     if not files:
@@ -63,7 +63,7 @@ def _step_scan(cfg: Settings, st: BatchState) -> None:
     if parsed.rejects:
         st.report["quarantine"] = str(zone3a / "_quarantine" / st.batch_id)
     atomic_write(_work(cfg, st.batch_id, "records"),
-                 json.dumps({"files": files, "records": [record_json(r) for r in parsed.records],
+                 json.dumps({"files": files, "records": records,
                              "identity": {rel: view.identity[rel] for rel in files if rel in view.identity}}).encode())
 
 

@@ -1,0 +1,143 @@
+"""The GUI's thumbnails are decoded by Pillow in a process of their own that Landlock confines:
+it writes nothing, starts nothing and reads only Python's own files — the images are scraped
+(hostile) and the GUI process holds the users' password hashes, the session key and the store.
+
+`Decoder.thumbnail(data)` sends the bytes over a pipe and gets the JPEG back; the process is
+started on first use (`python -m fsd.outputs.thumb_decoder`), serves one image after another,
+and is started anew after it dies (an image that crashes Pillow gets no thumbnail; the next
+image gets a new process). Where the kernel has no Landlock it runs unconfined (`hoard health`
+warns), still a process apart.
+
+Wire format, both ways: a kind byte (request: `I`; answer: `J` a JPEG, `N` none and why),
+an 8-byte big-endian length, the payload.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import io
+import os
+import select
+import signal
+import struct
+import subprocess
+import sys
+import threading
+
+from fsd.base import landlock
+
+SIZE = (256, 256)
+#: nor decoded when their pixels (width × height, from the header) exceed this: a few KB of
+#: PNG can declare 20,000 × 20,000 pixels (an "image bomb") and take gigabytes to decode
+MAX_PIXELS = 40_000_000
+#: the formats a thumbnail is made of (Pillow would otherwise try every plugin it has on
+#: untrusted bytes — EPS runs Ghostscript where it is installed)
+FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF")
+#: an image whose decode takes longer gets no thumbnail (the process is killed and restarted)
+DECODE_TIMEOUT_S = 60.0
+_HEAD = struct.Struct(">cQ")
+_PR_SET_PDEATHSIG = 1
+
+
+def make(data: bytes) -> tuple[bytes | None, str]:
+    """(the JPEG thumbnail, "") or (None, why not). Runs in the confined process."""
+    from PIL import Image, UnidentifiedImageError  # deferred: only the decoder process loads Pillow
+
+    try:
+        with Image.open(io.BytesIO(data), formats=FORMATS) as im:
+            # the size the header declares, before draft() shrinks it: a progressive JPEG is
+            # decoded into whole-image coefficient buffers whatever the scale (a 2 MB 13000 ×
+            # 13000 one passed at 1/8 and grew the GUI from 156 MB to 1.15 GB)
+            limit = MAX_PIXELS // 4 if im.format == "JPEG" and im.info.get("progressive") else MAX_PIXELS
+            if im.width * im.height > limit:
+                return None, ""
+            im.draft("RGB", SIZE)  # JPEG: decode at a reduced scale (a 60 MP photo at 1/8)
+            im.thumbnail(SIZE)
+            buf = io.BytesIO()
+            im.convert("RGB").save(buf, "JPEG", quality=80)
+            return buf.getvalue(), ""
+    except (UnidentifiedImageError, Image.DecompressionBombError):
+        return None, ""
+    except Exception as e:  # noqa: BLE001 - untrusted bytes: Pillow's plugins raise what they like
+        return None, f"{type(e).__name__}: {e}"
+
+
+class Decoder:
+    """The parent's end: one decode at a time (callers hold their own lock or share this one)."""
+
+    def __init__(self) -> None:
+        self._proc: subprocess.Popen[bytes] | None = None
+        self.lock = threading.Lock()
+
+    def thumbnail(self, data: bytes) -> tuple[bytes | None, str]:
+        """(JPEG, "") or (None, why not: "" for "not an image we decode")."""
+        with self.lock:
+            proc = self._running()
+            assert proc.stdin is not None and proc.stdout is not None
+            try:
+                proc.stdin.write(_HEAD.pack(b"I", len(data)) + data)
+                proc.stdin.flush()
+                kind, payload = _read(proc.stdout.fileno(), DECODE_TIMEOUT_S)
+            except (OSError, EOFError, TimeoutError) as e:
+                self.close()
+                return None, f"the decoder process ended on it ({type(e).__name__}: {e})"
+            return (payload, "") if kind == b"J" else (None, payload.decode("utf-8", "replace"))
+
+    def _running(self) -> subprocess.Popen[bytes]:
+        if self._proc is None or self._proc.poll() is not None:
+            self._proc = subprocess.Popen([sys.executable, "-P", "-s", "-m", "fsd.outputs.thumb_decoder"],
+                                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=None)
+        return self._proc
+
+    def close(self) -> None:
+        if self._proc is not None:
+            if self._proc.poll() is None:
+                self._proc.kill()
+            self._proc.wait()
+            for f in (self._proc.stdin, self._proc.stdout):
+                if f is not None:
+                    f.close()
+            self._proc = None
+
+
+def _read(fd: int, timeout_s: float | None) -> tuple[bytes, bytes]:
+    head = _exactly(fd, _HEAD.size, timeout_s)
+    kind, n = _HEAD.unpack(head)
+    return kind, _exactly(fd, n, timeout_s)
+
+
+def _exactly(fd: int, n: int, timeout_s: float | None) -> bytes:
+    out = bytearray()
+    while len(out) < n:
+        if timeout_s is not None and not select.select([fd], [], [], timeout_s)[0]:
+            raise TimeoutError(f"no answer within {timeout_s:.0f} s")
+        chunk = os.read(fd, min(n - len(out), 1 << 20))
+        if not chunk:
+            raise EOFError("end of the pipe")
+        out += chunk
+    return bytes(out)
+
+
+def _serve() -> int:
+    from PIL import Image  # deferred: only the decoder process loads Pillow
+
+    ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)  # dies with the GUI
+    Image.init()  # every plugin imported before the walls go up
+    make(b"")  # and what a first decode imports lazily
+    landlock.confine_reader()
+    fd_in, fd_out = sys.stdin.fileno(), sys.stdout.fileno()
+    while True:
+        try:
+            _kind, data = _read(fd_in, None)
+        except EOFError:
+            return 0
+        jpeg, why = make(data)
+        payload = jpeg if jpeg is not None else why.encode()
+        os.write(fd_out, _HEAD.pack(b"J" if jpeg is not None else b"N", len(payload)))
+        view = memoryview(payload)
+        while view:
+            view = view[os.write(fd_out, view):]
+
+
+if __name__ == "__main__":
+    sys.exit(_serve())
