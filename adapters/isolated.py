@@ -25,6 +25,7 @@ import json
 import logging
 import os
 import signal
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -35,7 +36,7 @@ from adapters.base import Adapter, BatchView, Parsed, Reject
 from adapters.records import record_json
 from fsd.base import landlock
 from fsd.base.errors import ExitCode, HoardError
-from fsd.base.paths import display
+from fsd.base.paths import display, hostile_reason
 
 log = logging.getLogger(__name__)
 
@@ -60,13 +61,62 @@ def parse_isolated(root: Path, adapter: Adapter,
                          ExitCode.BUG)
     if err:
         log.info("the parser of %s said: %s", root, err)
-    doc = json.loads(proc.stdout)
+    return answer(root, adapter, json.loads(proc.stdout))
+
+
+def answer(root: Path, adapter: Adapter, doc: dict[str, Any]) -> tuple[Parsed, BatchView, list[dict[str, Any]]]:
+    """The child's JSON as `parse_isolated` returns it, once checked (`_lies`): the child is the
+    process that read the hostile bytes, so what it says is believed only where it cannot send
+    the ingest outside the batch — a parser made to name `../../etc/hoard/hoard.toml`, a link out
+    of the batch or another file's identity would have the store step store that file as the
+    service, and the quarantine move it."""
     if "error" in doc:
-        raise HoardError(doc["error"], ExitCode(doc["exit_code"]))
-    parsed = Parsed(rejects=[Reject(paths, reason) for paths, reason in doc["rejects"]], claimed=set(doc["claimed"]))
-    view = BatchView(root, doc["files"])
-    view.identity = {rel: tuple(v) for rel, v in doc["identity"].items()}
-    return parsed, view, doc["records"]
+        raise HoardError(str(doc["error"]), ExitCode(int(doc["exit_code"])))
+    lie = _lies(root, doc)
+    if lie:
+        raise HoardError(f"the {adapter.format} parser of batch {display(root.name)} named {lie}, which the screen "
+                         "never gives: nothing of the batch was taken. A parser that lies has been made to by a "
+                         "document of the batch (or is a bug): keep the batch for inspection and tell the developers",
+                         ExitCode.DATA)
+    parsed = Parsed(rejects=[Reject(list(paths), str(reason)) for paths, reason in doc["rejects"]],
+                    claimed=set(doc["claimed"]))
+    view = BatchView(root, {rel: int(size) for rel, size in doc["files"].items()})
+    view.identity = {rel: (int(v[0]), int(v[1]), int(v[2]), int(v[3])) for rel, v in doc["identity"].items()}
+    return parsed, view, list(doc["records"])
+
+
+def _lies(root: Path, doc: dict[str, Any]) -> str | None:
+    """What in the child's answer the screen could not have said, or None. Files and claimed
+    files: clean relative names (`hostile_reason`) below directories of the batch that are no
+    links, each a regular file or a link to a file inside the batch, and the very file (device,
+    inode) the child says the screen saw; rejects: paths that cannot climb out (quarantine moves
+    them within 3A)."""
+    top = os.path.realpath(root)
+    files, identity = doc["files"], doc["identity"]
+    plain: dict[str, bool] = {"": True}  # batch directory → no link on its way
+    for rel in files:
+        if not isinstance(rel, str) or hostile_reason(rel) or rel not in identity:
+            return f"the file {display(str(rel))}"
+        d = rel.rpartition("/")[0]
+        if d not in plain:
+            plain[d] = os.path.realpath(os.path.join(top, d)) == os.path.join(top, d)
+        path = os.path.join(top, rel)
+        try:
+            st = os.stat(path)
+            inside = plain[d] and (not os.path.islink(path) or os.path.realpath(path).startswith(top + "/"))
+        except OSError:
+            return f"the file {display(rel)} (gone)"
+        if not inside or not stat.S_ISREG(st.st_mode) or (st.st_dev, st.st_ino) != tuple(identity[rel][:2]):
+            return f"the file {display(rel)} (outside the batch, or not the file it says)"
+    for rel in [*doc["claimed"], *identity]:
+        if rel not in files:
+            return f"the file {display(str(rel))} (never screened)"
+    for paths, _reason in doc["rejects"]:
+        for rel in paths:
+            if not isinstance(rel, str) or (rel and (rel.startswith("/") or "\x00" in rel
+                                                     or any(p in ("", ".", "..") for p in rel.split("/")))):
+                return f"the rejected path {display(str(rel))}"
+    return None
 
 
 def confine_parser(root: str) -> bool:

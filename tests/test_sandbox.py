@@ -20,6 +20,7 @@ import pytest
 from PIL import Image
 
 from adapters import FORMATS, parse_batch
+from adapters.isolated import answer as parse_isolated_answer
 from adapters.isolated import parse_isolated
 from adapters.records import record_json
 from fsd.base import landlock
@@ -293,3 +294,53 @@ def test_the_gui_decodes_in_a_process_of_its_own(tmp_path: Path) -> None:
         assert jpeg is not None and dec._proc is not None and dec._proc.pid != first.pid
     finally:
         dec.close()
+
+
+def test_a_parser_that_lies_sends_the_ingest_nowhere_outside_its_batch(tmp_path: Path) -> None:
+    """The child read the hostile bytes, so its answer is checked before the ingest acts on it
+    (`adapters.isolated.answer`): naming a file outside the batch (a `..` path, a link out of
+    it, a file under a linked directory), another file's identity, a claimed file it never
+    screened or a rejected path that climbs out refuses the batch in one line (exit 5) — the
+    store step would have stored the named file as the service, the quarantine moved it. The
+    real child's answer for the same batch passes."""
+    secret = tmp_path / "users.json"
+    secret.write_text('{"admin": "$argon2id$…"}')
+    batch = tmp_path / "3A" / "b1"
+    (batch / "sub").mkdir(parents=True)
+    (batch / "v.info.json").write_text(json.dumps({"id": "v", "title": "t"}))
+    (batch / "v.mp4").write_bytes(b"\0\0\0\x18ftypmp42")
+    (batch / "out").symlink_to(secret)
+    (batch / "ldir").symlink_to(tmp_path, target_is_directory=True)
+    adapter = FORMATS["ytdlp"]("ytdlp")
+    cmd = [sys.executable, "-P", "-s", "-m", "adapters.isolated", "ytdlp", "ytdlp", "0.0", str(batch)]
+    honest = json.loads(subprocess.run(cmd, capture_output=True, check=True, cwd=REPO).stdout)
+    parsed, view, records = parse_isolated_answer(batch, adapter, honest)
+    assert sorted(view.files) == ["v.info.json", "v.mp4"] and records
+    assert sorted(r.paths for r in parsed.rejects) == [["ldir"], ["out"]]  # the screen refuses both links
+
+    def st(p: Path) -> list[int]:
+        s = p.stat()
+        return [s.st_dev, s.st_ino, s.st_size, s.st_mtime_ns]
+
+    def lying(**change) -> dict:
+        doc = json.loads(json.dumps(honest))
+        for key, value in change.items():
+            doc[key] = value if not callable(value) else value(doc[key])
+        return doc
+
+    lies = {
+        "a path that climbs out": lying(files=lambda f: {**f, "../../users.json": 9},
+                                        identity=lambda i: {**i, "../../users.json": st(secret)}),
+        "a link out of the batch": lying(files=lambda f: {**f, "out": 9}, identity=lambda i: {**i, "out": st(secret)},
+                                         claimed=lambda c: [*c, "out"], rejects=[]),
+        "a file under a linked directory": lying(files=lambda f: {**f, "ldir/users.json": 9},
+                                                 identity=lambda i: {**i, "ldir/users.json": st(secret)}),
+        "another file's identity": lying(identity=lambda i: {**i, "v.mp4": st(secret)}),
+        "a claimed file never screened": lying(claimed=lambda c: [*c, "users.json"]),
+        "a rejected path that climbs out": lying(rejects=[[["../../users.json"], "bad"]]),
+    }
+    for what, doc in lies.items():
+        with pytest.raises(HoardError, match=r"parser of batch b1 named .* nothing of the batch was taken") as e:
+            parse_isolated_answer(batch, adapter, doc)
+        assert e.value.exit_code == 5, what
+    assert secret.read_text().startswith('{"admin"')
