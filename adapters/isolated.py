@@ -137,11 +137,12 @@ def _child(argv: list[str]) -> int:
         confine_parser(root)
         parsed, view = parse_batch(Path(root), FORMATS[fmt](source), float(settle_s))
     except HoardError as e:
-        json.dump({"error": e.message, "exit_code": int(e.exit_code)}, out)
+        out.write(json.dumps({"error": e.message, "exit_code": int(e.exit_code)}))
         return 0
-    json.dump({"records": [record_json(r) for r in parsed.records],
-               "rejects": [[r.paths, r.reason] for r in parsed.rejects], "claimed": sorted(parsed.claimed),
-               "files": view.files, "identity": view.identity}, out)
+    # one json.dumps, written once: json.dump writes every small piece through Python
+    out.write(json.dumps({"records": [record_json(r) for r in parsed.records],
+                          "rejects": [[r.paths, r.reason] for r in parsed.rejects], "claimed": sorted(parsed.claimed),
+                          "files": view.files, "identity": view.identity}))
     return 0
 
 
