@@ -10,8 +10,9 @@ screens and parses the batch exactly as in-process, and prints one JSON document
 stdout: the records (adapters.records), the rejects with their reasons, the claimed files,
 the screen's files and identities. It has only its three standard descriptors (subprocess
 closes the rest: Landlock leaves a descriptor opened before the restriction its rights).
-Nothing else changes: the parent quarantines the rejects, a bad document is still one
-reject, and the screen's errors (a batch directory swapped for a link) are the same lines.
+The parent believes that answer only where it cannot send the ingest outside the batch
+(`answer`). Nothing else changes: the parent quarantines the rejects, a bad document is still
+one reject, and the screen's errors (a batch directory swapped for a link) are the same lines.
 
 Where the kernel has no Landlock the child runs unconfined (`hoard health` warns); the unit's
 systemd sandboxing is then the only wall.
@@ -133,16 +134,17 @@ def _child(argv: list[str]) -> int:
     ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)  # a worker killed (-9) takes its parser along
     out = os.fdopen(os.dup(1), "w", encoding="utf-8")
     os.dup2(2, 1)  # whatever a parser prints goes to stderr, never into the result
-    try:
-        confine_parser(root)
-        parsed, view = parse_batch(Path(root), FORMATS[fmt](source), float(settle_s))
-    except HoardError as e:
-        out.write(json.dumps({"error": e.message, "exit_code": int(e.exit_code)}))
-        return 0
-    # one json.dumps, written once: json.dump writes every small piece through Python
-    out.write(json.dumps({"records": [record_json(r) for r in parsed.records],
-                          "rejects": [[r.paths, r.reason] for r in parsed.rejects], "claimed": sorted(parsed.claimed),
-                          "files": view.files, "identity": view.identity}))
+    with out:
+        try:
+            confine_parser(root)
+            parsed, view = parse_batch(Path(root), FORMATS[fmt](source), float(settle_s))
+        except HoardError as e:
+            out.write(json.dumps({"error": e.message, "exit_code": int(e.exit_code)}))
+            return 0
+        # one json.dumps, written once: json.dump writes every small piece through Python
+        out.write(json.dumps({"records": [record_json(r) for r in parsed.records],
+                              "rejects": [[r.paths, r.reason] for r in parsed.rejects],
+                              "claimed": sorted(parsed.claimed), "files": view.files, "identity": view.identity}))
     return 0
 
 
