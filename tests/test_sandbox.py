@@ -344,3 +344,33 @@ def test_a_parser_that_lies_sends_the_ingest_nowhere_outside_its_batch(tmp_path:
             parse_isolated_answer(batch, adapter, doc)
         assert e.value.exit_code == 5, what
     assert secret.read_text().startswith('{"admin"')
+
+
+LIAR = '''
+import struct, sys
+head = sys.stdin.buffer.read(9)
+sys.stdin.buffer.read(struct.unpack(">cQ", head)[1])
+answer = {answer!r}
+sys.stdout.buffer.write(answer)
+sys.stdout.buffer.flush()
+if {wait}:  # stays (as a decoder does) — or dies mid-answer
+    sys.stdin.buffer.read()
+'''
+
+
+@pytest.mark.parametrize("answer,wait,why", [
+    (b"J" + (8).to_bytes(8, "big") + b"<svg/on>", True, "not a JPEG"),
+    (b"J" + (1 << 40).to_bytes(8, "big"), True, "an answer of 1099511627776 bytes"),
+    (b"J" + (100).to_bytes(8, "big") + b"\xff\xd8\xff", False, "EOFError"),
+])
+def test_a_decoder_made_to_lie_gives_the_gui_no_thumbnail(answer: bytes, wait: bool, why: str) -> None:
+    """The GUI takes from its decoder process only a JPEG of bounded size: a decoder that Pillow's
+    hostile input took over and that answers markup, announces a terabyte or dies mid-answer
+    gives no thumbnail (and is replaced), never bytes the GUI would serve or hold."""
+    dec = Decoder([sys.executable, "-c", LIAR.format(answer=answer, wait=wait)])
+    try:
+        jpeg, reason = dec.thumbnail(b"\xff\xd8\xff\xe0 any image")
+        assert jpeg is None and why in reason, reason
+        assert dec._proc is None  # killed and forgotten: the next image gets a new process
+    finally:
+        dec.close()

@@ -23,6 +23,7 @@ import struct
 import subprocess
 import sys
 import threading
+import time
 
 from fsd.base import landlock
 
@@ -35,6 +36,8 @@ MAX_PIXELS = 40_000_000
 FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF")
 #: an image whose decode takes longer gets no thumbnail (the process is killed and restarted)
 DECODE_TIMEOUT_S = 60.0
+#: the largest answer taken from it (a 256 × 256 JPEG is tens of KB)
+MAX_ANSWER = 4 << 20
 _HEAD = struct.Struct(">cQ")
 _PR_SET_PDEATHSIG = 1
 
@@ -65,28 +68,38 @@ def make(data: bytes) -> tuple[bytes | None, str]:
 class Decoder:
     """The parent's end: one decode at a time (callers hold their own lock or share this one)."""
 
-    def __init__(self) -> None:
+    def __init__(self, argv: list[str] | None = None) -> None:
+        #: the decoder's command (another only in the test of what a decoder made to lie can do)
+        self.argv = argv or [sys.executable, "-P", "-s", "-m", "fsd.outputs.thumb_decoder"]
         self._proc: subprocess.Popen[bytes] | None = None
         self.lock = threading.Lock()
 
     def thumbnail(self, data: bytes) -> tuple[bytes | None, str]:
-        """(JPEG, "") or (None, why not: "" for "not an image we decode")."""
+        """(JPEG, "") or (None, why not: "" for "not an image we decode"). The answer is the
+        decoder's, the process that read the hostile bytes: taken only as a JPEG of at most
+        MAX_ANSWER bytes within DECODE_TIMEOUT_S, else the process is killed."""
         with self.lock:
             proc = self._running()
             assert proc.stdin is not None and proc.stdout is not None
             try:
                 proc.stdin.write(_HEAD.pack(b"I", len(data)) + data)
                 proc.stdin.flush()
-                kind, payload = _read(proc.stdout.fileno(), DECODE_TIMEOUT_S)
-            except (OSError, EOFError, TimeoutError) as e:
+                kind, payload = _read(proc.stdout.fileno(), time.monotonic() + DECODE_TIMEOUT_S, MAX_ANSWER)
+            except (OSError, EOFError, TimeoutError, ValueError) as e:
                 self.close()
                 return None, f"the decoder process ended on it ({type(e).__name__}: {e})"
-            return (payload, "") if kind == b"J" else (None, payload.decode("utf-8", "replace"))
+            if kind == b"J" and payload.startswith(b"\xff\xd8\xff"):
+                return payload, ""
+            if kind == b"N":
+                return None, payload.decode("utf-8", "replace")[:300]
+            self.close()
+            return None, "the decoder process answered with something that is not a JPEG"
 
     def _running(self) -> subprocess.Popen[bytes]:
-        if self._proc is None or self._proc.poll() is not None:
-            self._proc = subprocess.Popen([sys.executable, "-P", "-s", "-m", "fsd.outputs.thumb_decoder"],
-                                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=None)
+        if self._proc is not None and self._proc.poll() is not None:
+            self.close()  # it died (killed, or crashed on the last image): its pipes closed, a new one started
+        if self._proc is None:
+            self._proc = subprocess.Popen(self.argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=None)
         return self._proc
 
     def close(self) -> None:
@@ -100,17 +113,18 @@ class Decoder:
             self._proc = None
 
 
-def _read(fd: int, timeout_s: float | None) -> tuple[bytes, bytes]:
-    head = _exactly(fd, _HEAD.size, timeout_s)
-    kind, n = _HEAD.unpack(head)
-    return kind, _exactly(fd, n, timeout_s)
+def _read(fd: int, deadline: float | None, limit: int | None = None) -> tuple[bytes, bytes]:
+    kind, n = _HEAD.unpack(_exactly(fd, _HEAD.size, deadline))
+    if limit is not None and n > limit:
+        raise ValueError(f"an answer of {n} bytes (at most {limit})")
+    return kind, _exactly(fd, n, deadline)
 
 
-def _exactly(fd: int, n: int, timeout_s: float | None) -> bytes:
+def _exactly(fd: int, n: int, deadline: float | None) -> bytes:
     out = bytearray()
     while len(out) < n:
-        if timeout_s is not None and not select.select([fd], [], [], timeout_s)[0]:
-            raise TimeoutError(f"no answer within {timeout_s:.0f} s")
+        if deadline is not None and not select.select([fd], [], [], max(0.0, deadline - time.monotonic()))[0]:
+            raise TimeoutError(f"no answer within {DECODE_TIMEOUT_S:.0f} s")
         chunk = os.read(fd, min(n - len(out), 1 << 20))
         if not chunk:
             raise EOFError("end of the pipe")
