@@ -374,3 +374,23 @@ def test_a_decoder_made_to_lie_gives_the_gui_no_thumbnail(answer: bytes, wait: b
         assert dec._proc is None  # killed and forgotten: the next image gets a new process
     finally:
         dec.close()
+
+
+def test_below_abi_3_truncate_is_refused_by_seccomp(tmp_path: Path) -> None:
+    """Landlock refuses `truncate(2)` of a path only from ABI 3 (Linux 6.2); on Debian 12's 6.1
+    (ABI 2) `confine` adds the seccomp filter `refuse_syscalls` installs here: a truncate of a
+    file the uid may write (a shard) is EACCES, its bytes stay; reading and writing below the
+    allowed paths go on. (Run here on its own: this kernel's ABI may be newer.)"""
+    shard = tmp_path / "shard"
+    shard.write_bytes(b"x" * 4096)
+    got = _inside(TRY + f'''
+import ctypes, errno
+from fsd.base.landlock import _TRUNCATE, refuse_syscalls
+assert ctypes.CDLL(None).prctl(38, 1, 0, 0, 0) == 0
+assert refuse_syscalls(_TRUNCATE, errno.EACCES)
+print(json.dumps({{"truncate": attempt(lambda: os.truncate({str(shard)!r}, 0)),
+                  "read": attempt(lambda: open({str(shard)!r}, "rb").read()),
+                  "write": attempt(lambda: open({str(tmp_path)!r} + "/new", "w").write("ok"))}}))
+''')
+    assert got == {"truncate": errno.EACCES, "read": 0, "write": 0}, got
+    assert shard.stat().st_size == 4096 and (tmp_path / "new").read_text() == "ok"

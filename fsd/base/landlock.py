@@ -9,7 +9,8 @@ The kernel's three system calls through ctypes (no dependency: the ABI is three 
 structs; the PyPI bindings were a pre-release covering ABI 1–2 or a months-old 0.x project).
 What Landlock does not cover, said where it matters: descriptors opened before `confine`
 keep their rights (a child process should be started with only the pipes it needs), and
-`truncate(2)` of a path is restricted from ABI 3 (kernel 6.2) on.
+`truncate(2)` of a path is restricted from ABI 3 (kernel 6.2) on — below it (Debian 12's 6.1)
+`confine` adds a seccomp filter that refuses truncate(2) outright (`refuse_syscalls`).
 
 Where the kernel has no Landlock (built without it, or left out of its `lsm=` list), or only
 ABI 1 (5.13–5.18: a rename between two directories is refused under any ruleset, which
@@ -29,7 +30,7 @@ import sysconfig
 from collections.abc import Iterable
 from pathlib import Path
 
-__all__ = ["MIN_ABI", "abi", "confine", "confine_reader", "python_runtime", "status"]
+__all__ = ["MIN_ABI", "abi", "confine", "confine_reader", "python_runtime", "refuse_syscalls", "status"]
 
 _CREATE_RULESET, _ADD_RULE, _RESTRICT_SELF = 444, 445, 446  # the same number on every architecture
 _CREATE_RULESET_VERSION = 1
@@ -155,9 +156,46 @@ def confine(*, write: Iterable[Path | str] = (), read: Iterable[Path | str] | No
                 os.close(fd)
         if _libc().prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:  # required by restrict_self without CAP_SYS_ADMIN
             raise OSError(ctypes.get_errno(), "prctl(PR_SET_NO_NEW_PRIVS)")
+        if version < 3:  # Landlock cannot refuse truncate(2) of a path yet: a shard the uid may write
+            refuse_syscalls(_TRUNCATE, errno.EACCES)
         _call(_RESTRICT_SELF, ctypes.c_int(ruleset), ctypes.c_uint32(0))
     finally:
         os.close(ruleset)
+    return True
+
+
+#: seccomp_data.arch and the number of truncate(2) on the architectures hoardfs runs on
+_AUDIT_ARCH = {"x86_64": 0xC000003E, "aarch64": 0xC00000B7}
+_TRUNCATE: dict[str, tuple[int, ...]] = {"x86_64": (76,), "aarch64": (45,)}
+_PR_SET_SECCOMP, _SECCOMP_MODE_FILTER = 22, 2
+_RET_ALLOW, _RET_ERRNO, _LD_W_ABS, _JEQ_K, _RET_K = 0x7FFF0000, 0x00050000, 0x20, 0x15, 0x06
+
+
+class _SockFilter(ctypes.Structure):
+    _fields_ = [("code", ctypes.c_uint16), ("jt", ctypes.c_uint8), ("jf", ctypes.c_uint8), ("k", ctypes.c_uint32)]
+
+
+class _SockFprog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.POINTER(_SockFilter))]
+
+
+def refuse_syscalls(numbers: dict[str, tuple[int, ...]], err: int) -> bool:
+    """A seccomp filter, for this thread and what it starts, for good: the system calls
+    `numbers[machine]` fail with `err`, every other call runs (another architecture's calls —
+    i386 compatibility — run too). False on an architecture `numbers` does not name. The
+    caller must have set no_new_privs (`confine` has)."""
+    machine = os.uname().machine
+    arch, nrs = _AUDIT_ARCH.get(machine), numbers.get(machine)
+    if arch is None or not nrs:
+        return False
+    n = len(nrs)
+    code = [(_LD_W_ABS, 0, 0, 4), (_JEQ_K, 0, n + 1, arch), (_LD_W_ABS, 0, 0, 0)]
+    code += [(_JEQ_K, n - i, 0, nr) for i, nr in enumerate(nrs)]  # equal: to the ERRNO return, past ALLOW
+    code += [(_RET_K, 0, 0, _RET_ALLOW), (_RET_K, 0, 0, _RET_ERRNO | err)]
+    insns = (_SockFilter * len(code))(*[_SockFilter(*c) for c in code])
+    prog = _SockFprog(len(code), insns)
+    if _libc().prctl(_PR_SET_SECCOMP, _SECCOMP_MODE_FILTER, ctypes.byref(prog), 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_SECCOMP)")
     return True
 
 
