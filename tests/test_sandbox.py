@@ -391,3 +391,63 @@ print(json.dumps({{"truncate": attempt(lambda: os.truncate({str(shard)!r}, 0)),
 ''')
     assert got == {"truncate": errno.EACCES, "read": 0, "write": 0}, got
     assert shard.stat().st_size == 4096 and (tmp_path / "new").read_text() == "ok"
+
+
+REACH = TRY + '''
+import psycopg, redis
+def services(redis_url, database_url):
+    def ping():
+        try:
+            redis.Redis.from_url(redis_url, socket_connect_timeout=5).ping()
+            return 0
+        except redis.ConnectionError as e:
+            return e.args[0] if e.args else str(e)
+    def sql():
+        try:
+            psycopg.connect(database_url, connect_timeout=5).close()
+            return 0
+        except psycopg.OperationalError as e:
+            return str(e)
+    return {"redis": ping(), "postgresql": sql()}
+'''
+
+
+def test_a_confined_process_reaches_no_service_and_changes_no_file_outside(tmp_path: Path, servers,
+                                                                         landlock_support) -> None:
+    """Landlock restricts paths, not sockets: without the seccomp filter `confine` adds, a parser
+    (or decoder, or built-in) taken over by a document connected to the service's own Redis — an
+    RQ job it enqueues runs in an unconfined worker — and PostgreSQL. The parser and decoder
+    (`confine_reader`) can neither change a file's mode, times or attributes outside (chmod 000
+    of a shard: Landlock does not cover it) nor signal the worker that started them."""
+    batch = tmp_path / "b1"
+    batch.mkdir()
+    (batch / "v.info.json").write_text(json.dumps({"id": "v", "title": "t"}))
+    shard = tmp_path / "shard"
+    shard.write_bytes(b"x" * 4096)
+    shard.chmod(0o640)
+    before = shard.stat()
+    out = tmp_path / "output"
+    out.mkdir()
+    urls = f"{servers['redis_url']!r}, {servers['database_url']!r}"
+    parser = _inside(REACH + f'''
+from adapters.isolated import confine_parser
+assert confine_parser({str(batch)!r})
+shard = {str(shard)!r}
+res = services({urls})
+res.update({{"chmod": attempt(lambda: os.chmod(shard, 0)), "utime": attempt(lambda: os.utime(shard, (0, 0))),
+            "xattr": attempt(lambda: os.setxattr(shard, "user.x", b"1")),
+            "signal the parent": attempt(lambda: os.kill(os.getppid(), 0))}})
+print(json.dumps(res))
+''')
+    builtin = _inside(REACH + f'''
+from pathlib import Path
+from jobs.actions.builtin import _io
+assert _io.confine(Path({str(out)!r}))
+print(json.dumps(services({urls})))
+''')
+    for who, got in (("parser", parser), ("builtin", builtin)):
+        assert got.pop("redis") != 0 and got.pop("postgresql") != 0, (who, got)
+    assert parser == {"chmod": errno.EPERM, "utime": errno.EPERM, "xattr": errno.EPERM,
+                      "signal the parent": errno.EPERM}, parser
+    after = shard.stat()
+    assert (after.st_mode, after.st_mtime_ns) == (before.st_mode, before.st_mtime_ns)

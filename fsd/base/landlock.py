@@ -43,6 +43,9 @@ REMOVE_DIR, REMOVE_FILE, MAKE_CHAR, MAKE_DIR = 1 << 4, 1 << 5, 1 << 6, 1 << 7
 MAKE_REG, MAKE_SOCK, MAKE_FIFO, MAKE_BLOCK, MAKE_SYM = 1 << 8, 1 << 9, 1 << 10, 1 << 11, 1 << 12
 REFER = 1 << 13     # ABI 2: link or rename into another directory
 TRUNCATE = 1 << 14  # ABI 3
+IOCTL_DEV = 1 << 15  # ABI 5: ioctl(2) on a device file (a terminal's TIOCSTI)
+#: ABI 6: what a confined process may no longer reach outside its own domain
+SCOPE_ABSTRACT_UNIX_SOCKET, SCOPE_SIGNAL = 1 << 0, 1 << 1
 
 #: the rights that change the filesystem, by the ABI that knows them
 _WRITE = (WRITE_FILE | REMOVE_DIR | REMOVE_FILE | MAKE_CHAR | MAKE_DIR | MAKE_REG | MAKE_SOCK | MAKE_FIFO
@@ -57,6 +60,11 @@ MIN_ABI = 2
 
 class _RulesetAttr(ctypes.Structure):
     _fields_ = [("handled_access_fs", ctypes.c_uint64)]  # the ABI 1–3 struct; later ones extend it
+
+
+class _RulesetAttrScoped(ctypes.Structure):
+    _fields_ = [("handled_access_fs", ctypes.c_uint64), ("handled_access_net", ctypes.c_uint64),
+                ("scoped", ctypes.c_uint64)]  # ABI 6
 
 
 class _PathBeneathAttr(ctypes.Structure):
@@ -119,7 +127,7 @@ def status() -> dict[str, object]:
 
 
 def _handled(version: int, reads: bool) -> int:
-    rights = _WRITE | (TRUNCATE if version >= 3 else 0)
+    rights = _WRITE | (TRUNCATE if version >= 3 else 0) | (IOCTL_DEV if version >= 5 else 0)
     return rights | (_READ | EXECUTE if reads else 0)
 
 
@@ -132,12 +140,19 @@ def confine(*, write: Iterable[Path | str] = (), read: Iterable[Path | str] | No
     and starting programs are not restricted. A path that does not exist raises
     FileNotFoundError (a rule cannot name it). False, with nothing done, where the kernel
     cannot (`status()` says why); True once restricted. Call it before starting threads: a
-    thread started earlier keeps its rights."""
+    thread started earlier keeps its rights.
+
+    What Landlock leaves open and a confined process must not reach either is refused too: a
+    socket (a seccomp filter on socket(2) and io_uring: the Redis socket would take an RQ job
+    that runs unconfined, PostgreSQL's would take SQL), and from ABI 6 a signal or an abstract
+    socket outside its own domain; an ioctl on a device from ABI 5 (a terminal's TIOCSTI)."""
     version, why, _ = _probe()
     if why is not None:
         return False
     handled = _handled(version, read is not None)
-    attr = _RulesetAttr(handled)
+    attr: ctypes.Structure = _RulesetAttr(handled)
+    if version >= 6:
+        attr = _RulesetAttrScoped(handled, 0, SCOPE_ABSTRACT_UNIX_SOCKET | SCOPE_SIGNAL)
     ruleset = _call(_CREATE_RULESET, ctypes.byref(attr), ctypes.c_size_t(ctypes.sizeof(attr)), ctypes.c_uint32(0))
     try:
         rules: list[tuple[Path | str, int]] = [(p, handled) for p in write]
@@ -158,6 +173,7 @@ def confine(*, write: Iterable[Path | str] = (), read: Iterable[Path | str] | No
             raise OSError(ctypes.get_errno(), "prctl(PR_SET_NO_NEW_PRIVS)")
         if version < 3:  # Landlock cannot refuse truncate(2) of a path yet: a shard the uid may write
             refuse_syscalls(_TRUNCATE, errno.EACCES)
+        refuse_syscalls(_SOCKETS, errno.EACCES)
         _call(_RESTRICT_SELF, ctypes.c_int(ruleset), ctypes.c_uint32(0))
     finally:
         os.close(ruleset)
@@ -167,6 +183,16 @@ def confine(*, write: Iterable[Path | str] = (), read: Iterable[Path | str] | No
 #: seccomp_data.arch and the number of truncate(2) on the architectures hoardfs runs on
 _AUDIT_ARCH = {"x86_64": 0xC000003E, "aarch64": 0xC00000B7}
 _TRUNCATE: dict[str, tuple[int, ...]] = {"x86_64": (76,), "aarch64": (45,)}
+#: socket(2), and io_uring_setup(2) (its SOCKET/CONNECT operations do not pass through seccomp)
+_SOCKETS: dict[str, tuple[int, ...]] = {"x86_64": (41, 425), "aarch64": (198, 425)}
+#: what a process that changes nothing has no use for and Landlock does not cover: a file's
+#: mode, owner, times and extended attributes (chmod 000 of a shard, of the index), and
+#: signals (SIGKILL to the mount or a worker of the same user; Landlock scopes them from ABI 6)
+_METADATA: dict[str, tuple[int, ...]] = {
+    "x86_64": (90, 91, 268, 452, 92, 93, 94, 260, 132, 235, 261, 280, 188, 189, 190, 197, 198, 199, 463, 466),
+    "aarch64": (52, 53, 452, 54, 55, 88, 5, 6, 7, 14, 15, 16, 463, 466)}
+_SIGNALS: dict[str, tuple[int, ...]] = {"x86_64": (62, 200, 234, 129, 297, 424),
+                                        "aarch64": (129, 130, 131, 138, 240, 424)}
 _PR_SET_SECCOMP, _SECCOMP_MODE_FILTER = 22, 2
 _RET_ALLOW, _RET_ERRNO, _LD_W_ABS, _JEQ_K, _RET_K = 0x7FFF0000, 0x00050000, 0x20, 0x15, 0x06
 
@@ -221,5 +247,10 @@ def python_runtime() -> list[str]:
 
 def confine_reader(read: Iterable[Path | str] = ()) -> bool:
     """A decoder of hostile bytes: it writes nothing, starts no program and reads only below
-    `read` and `python_runtime()` — import what it needs first."""
-    return confine(read=[*python_runtime(), *read], write=[], write_files=())
+    `read` and `python_runtime()` — import what it needs first. Nor does it change a file's
+    mode, owner, times or attributes, or send a signal (`_METADATA`, `_SIGNALS`)."""
+    if not confine(read=[*python_runtime(), *read], write=[], write_files=()):
+        return False
+    refuse_syscalls(_METADATA, errno.EPERM)
+    refuse_syscalls(_SIGNALS, errno.EPERM)
+    return True
