@@ -451,3 +451,27 @@ print(json.dumps(services({urls})))
                       "signal the parent": errno.EPERM}, parser
     after = shard.stat()
     assert (after.st_mode, after.st_mtime_ns) == (before.st_mode, before.st_mtime_ns)
+
+
+def test_below_abi_3_an_open_that_truncates_what_it_reads_is_refused(tmp_path: Path, landlock_support) -> None:
+    """Linux truncates on open(O_RDONLY | O_TRUNC) a file the uid may write, and Landlock below
+    ABI 3 checks only the read right there: a built-in (which reads anywhere) emptied any shard
+    on Debian 12's 6.1 despite the truncate(2) filter. The child here builds the ruleset a 6.1
+    kernel gets (its `_probe` answers ABI 2: the kernel then enforces exactly ABI 2's rights)."""
+    shard, out = tmp_path / "shard", tmp_path / "output"
+    shard.write_bytes(b"x" * 4096)
+    out.mkdir()
+    got = _inside(TRY + f'''
+from fsd.base import landlock
+landlock._probe = lambda: (2, None, None)
+assert landlock.confine(write=[{str(out)!r}])
+shard, out = {str(shard)!r}, {str(out)!r}
+print(json.dumps({{"truncate": attempt(lambda: os.truncate(shard, 0)),
+                  "open to read, truncating": attempt(lambda: os.close(os.open(shard, os.O_RDONLY | os.O_TRUNC))),
+                  "read": attempt(lambda: open(shard, "rb").read()),
+                  "write below the output root, twice": attempt(lambda: [open(out + "/f", "w").write(t)
+                                                                         for t in ("long", "x")])}}))
+''')
+    assert got == {"truncate": errno.EACCES, "open to read, truncating": errno.EACCES, "read": 0,
+                   "write below the output root, twice": 0}, got
+    assert shard.stat().st_size == 4096 and (out / "f").read_text() == "x"

@@ -30,7 +30,8 @@ import sysconfig
 from collections.abc import Iterable
 from pathlib import Path
 
-__all__ = ["MIN_ABI", "abi", "confine", "confine_reader", "python_runtime", "refuse_syscalls", "status"]
+__all__ = ["MIN_ABI", "abi", "confine", "confine_reader", "python_runtime", "refuse_read_truncate",
+           "refuse_syscalls", "status"]
 
 _CREATE_RULESET, _ADD_RULE, _RESTRICT_SELF = 444, 445, 446  # the same number on every architecture
 _CREATE_RULESET_VERSION = 1
@@ -173,6 +174,7 @@ def confine(*, write: Iterable[Path | str] = (), read: Iterable[Path | str] | No
             raise OSError(ctypes.get_errno(), "prctl(PR_SET_NO_NEW_PRIVS)")
         if version < 3:  # Landlock cannot refuse truncate(2) of a path yet: a shard the uid may write
             refuse_syscalls(_TRUNCATE, errno.EACCES)
+            refuse_read_truncate()  # nor an open(O_RDONLY | O_TRUNC), which truncates what it may read
         refuse_syscalls(_SOCKETS, errno.EACCES)
         _call(_RESTRICT_SELF, ctypes.c_int(ruleset), ctypes.c_uint32(0))
     finally:
@@ -218,11 +220,56 @@ def refuse_syscalls(numbers: dict[str, tuple[int, ...]], err: int) -> bool:
     code = [(_LD_W_ABS, 0, 0, 4), (_JEQ_K, 0, n + 1, arch), (_LD_W_ABS, 0, 0, 0)]
     code += [(_JEQ_K, n - i, 0, nr) for i, nr in enumerate(nrs)]  # equal: to the ERRNO return, past ALLOW
     code += [(_RET_K, 0, 0, _RET_ALLOW), (_RET_K, 0, 0, _RET_ERRNO | err)]
+    _install(code)
+    return True
+
+
+#: open(2) (x86_64 only) and openat(2) with the argument index of their flags; openat2(2)
+_OPENS: dict[str, tuple[tuple[int, int], ...]] = {"x86_64": ((2, 1), (257, 2)), "aarch64": ((56, 2),)}
+_OPENAT2 = 437
+_O_TRUNC, _O_ACCMODE = 0o1000, 3  # the same on x86_64 and aarch64
+_ALU_AND_K, _JA = 0x54, 0x05
+
+
+def refuse_read_truncate() -> bool:
+    """A seccomp filter, for this thread and what it starts, for good: an open that truncates
+    but asks only to read (O_RDONLY | O_TRUNC: Linux truncates a file the uid may write, and
+    Landlock below ABI 3 checks only the read right) fails with EACCES; openat2(2), whose
+    flags a filter cannot see, with ENOSYS (the C library and Python do not use it). False on
+    an architecture `_OPENS` does not name. The caller must have set no_new_privs."""
+    machine = os.uname().machine
+    arch, opens = _AUDIT_ARCH.get(machine), _OPENS.get(machine)
+    if arch is None or not opens:
+        return False
+    # layout: [0] arch [1] jeq arch [2] nr, one jeq per open, [k] jeq openat2, ALLOW, one load+jump per
+    # open, the check (and, jeq), ALLOW, EACCES, ENOSYS
+    n = len(opens)
+    allow = 4 + n  # index of the first ALLOW
+    loads = allow + 1  # each open's load is 2 instructions (load, jump to the check)
+    check = loads + 2 * n
+    allow2, eacces, enosys = check + 2, check + 3, check + 4
+    code: list[tuple[int, int, int, int]] = [(_LD_W_ABS, 0, 0, 4), (_JEQ_K, 0, allow - 2, arch), (_LD_W_ABS, 0, 0, 0)]
+    for i, (nr, _arg) in enumerate(opens):
+        code.append((_JEQ_K, loads + 2 * i - (3 + i) - 1, 0, nr))
+    code.append((_JEQ_K, enosys - (3 + n) - 1, 0, _OPENAT2))
+    code.append((_RET_K, 0, 0, _RET_ALLOW))
+    for i, (_nr, arg) in enumerate(opens):
+        at = loads + 2 * i
+        code += [(_LD_W_ABS, 0, 0, 16 + 8 * arg),  # the low 32 bits of the flags (little-endian)
+                 (_JA, 0, 0, check - (at + 1) - 1)]
+    code += [(_ALU_AND_K, 0, 0, _O_TRUNC | _O_ACCMODE), (_JEQ_K, eacces - (check + 1) - 1, 0, _O_TRUNC),
+             (_RET_K, 0, 0, _RET_ALLOW), (_RET_K, 0, 0, _RET_ERRNO | errno.EACCES),
+             (_RET_K, 0, 0, _RET_ERRNO | errno.ENOSYS)]
+    assert len(code) == enosys + 1
+    _install(code)
+    return True
+
+
+def _install(code: list[tuple[int, int, int, int]]) -> None:
     insns = (_SockFilter * len(code))(*[_SockFilter(*c) for c in code])
     prog = _SockFprog(len(code), insns)
     if _libc().prctl(_PR_SET_SECCOMP, _SECCOMP_MODE_FILTER, ctypes.byref(prog), 0, 0) != 0:
         raise OSError(ctypes.get_errno(), "prctl(PR_SET_SECCOMP)")
-    return True
 
 
 #: what the dynamic loader reads besides the libraries (a file rule: /etc itself stays closed)
