@@ -58,3 +58,38 @@ def record_load(d: dict[str, Any]) -> Record:
                   download_time=t(d["download_time"]) if d["download_time"] else None, author=d["author"],
                   user=d["user"], specific=d["specific"],
                   edges=[(node_load(p), node_load(c), rel) for p, c, rel in d["edges"]])
+
+
+def record_fault(d: object) -> str | None:
+    """What makes `d` no `record_json` answer (a key missing, a value of another type), or None:
+    records come from the sandboxed parser, the process that read the hostile bytes."""
+    if not isinstance(d, dict) or set(d) != _KEYS:
+        return "not a record"
+    for k in ("doc", "title", "author", "user"):
+        if d[k] is not None and not isinstance(d[k], str):
+            return f"its {k} is no text"
+    if d["view_count"] is not None and (not isinstance(d["view_count"], int) or isinstance(d["view_count"], bool)):
+        return "its view_count is no integer"
+    if not isinstance(d["raw"], dict) or not isinstance(d["specific"], dict):
+        return "its raw or specific is no object"
+    for k in ("update_time", "download_time"):
+        if d[k] is not None:
+            try:
+                dt.datetime.fromisoformat(d[k])
+            except (TypeError, ValueError):
+                return f"its {k} is no time"
+    edges = d["edges"]
+    if not _node(d["node"]) or not isinstance(edges, list) or not all(
+            isinstance(e, list) and len(e) == 3 and _node(e[0]) and _node(e[1]) and isinstance(e[2], str)
+            for e in edges):
+        return "its node or edges are malformed"
+    return None
+
+
+_KEYS = {"doc", "title", "view_count", "author", "user", "specific", "raw", "node", "edges", "update_time",
+         "download_time"}
+
+
+def _node(j: object) -> bool:
+    return isinstance(j, list) and (len(j) == 2 and j[0] == "f" or len(j) == 3 and j[0] == "a") and all(
+        isinstance(x, str) for x in j)

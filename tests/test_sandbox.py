@@ -299,7 +299,7 @@ def test_a_parser_that_lies_sends_the_ingest_nowhere_outside_its_batch(tmp_path:
     it, a file under a linked directory), another file's identity, a claimed file it never
     screened or a rejected path that climbs out refuses the batch in one line (exit 5) — the
     store step would have stored the named file as the service, the quarantine moved it. The
-    real child's answer for the same batch passes."""
+    real child's answer for the same batch passes; a reason it gives is shown as one line."""
     secret = tmp_path / "users.json"
     secret.write_text('{"admin": "$argon2id$…"}')
     batch = tmp_path / "3A" / "b1"
@@ -335,12 +335,17 @@ def test_a_parser_that_lies_sends_the_ingest_nowhere_outside_its_batch(tmp_path:
         "another file's identity": lying(identity=lambda i: {**i, "v.mp4": st(secret)}),
         "a claimed file never screened": lying(claimed=lambda c: [*c, "users.json"]),
         "a rejected path that climbs out": lying(rejects=[[["../../users.json"], "bad"]]),
+        # the quota check of 3B reads the size, the store the identity: a media file of 0 bytes
+        "a size the identity does not say": lying(files=lambda f: {**f, "v.mp4": 0}),
+        "a file claimed and rejected": lying(rejects=lambda r: [*r, [["v.mp4"], "bad"]]),
     }
     for what, doc in lies.items():
         with pytest.raises(HoardError, match=r"parser of batch b1 named .* nothing of the batch was taken") as e:
             parse_isolated_answer(batch, adapter, doc)
         assert e.value.exit_code == 5, what
     assert secret.read_text().startswith('{"admin"')
+    parsed, _, _ = parse_isolated_answer(batch, adapter, lying(rejects=[[["out"], "bad\n\x1b[2Jfake line"]]))
+    assert [r.reason for r in parsed.rejects] == ["bad\\x0a\\x1b[2Jfake line"]  # one line, no escape sequence
 
 
 LIAR = '''
@@ -475,3 +480,41 @@ print(json.dumps({{"truncate": attempt(lambda: os.truncate(shard, 0)),
     assert got == {"truncate": errno.EACCES, "open to read, truncating": errno.EACCES, "read": 0,
                    "write below the output root, twice": 0}, got
     assert shard.stat().st_size == 4096 and (out / "f").read_text() == "x"
+
+
+CHILD = '''
+import os, sys, time
+open({pidfile!r}, "w").write(str(os.getpid()))
+{body}
+'''
+
+
+@pytest.mark.parametrize("body,timeout_s,why", [
+    ("time.sleep(3600)", 2.0, "gave no answer within 2 s"),  # a document that makes it loop
+    ("os.fork() or time.sleep(3600)\nprint('{}')", 2.0, "gave no answer within 2 s"),  # a grandchild keeps stdout
+    ("while True: sys.stdout.write('[' * 65536)", 600.0, "answered more than 1 MB"),  # never ending
+    ("print('[' * 100000 + ']' * 100000)", 600.0, "an answer that is not a parse"),  # nested past the recursion
+    ("print('{\"records\": [], \"rejects\"')", 600.0, "an answer that is not a parse"),  # dies mid-answer, exit 0
+    ("print('[1]')", 600.0, "an answer that is not a parse"),
+    ("print('{\"error\": \"x\", \"exit_code\": 99}')", 600.0, "an answer that is not a parse"),
+    ("import json; print(json.dumps({'records': [{'node': 1}], 'rejects': [], 'claimed': [], 'files': {}, "
+     "'identity': {}}))", 600.0, "record 0, which is malformed"),
+    ("import json; print(json.dumps({'records': [], 'rejects': [[['a'], 1]], 'claimed': [], 'files': {}, "
+     "'identity': {}}))", 600.0, "rejects that are not names with a reason"),
+])
+def test_a_parser_made_to_lie_or_hang_is_stopped_and_refused_in_one_line(tmp_path: Path, body: str,
+                                                                         timeout_s: float, why: str) -> None:
+    """The ingest takes from the sandboxed parser only a parse: a child that hangs (or leaves a
+    grandchild holding its stdout), writes without end, nests its JSON past Python's recursion,
+    stops mid-answer, answers another shape or an exit code `hoard` has not refuses the batch in
+    one line (exit 5) — never a traceback, never a worker waiting for ever or holding gigabytes —
+    and the child is killed and reaped (no zombie)."""
+    batch = tmp_path / "b1"
+    batch.mkdir()
+    pidfile = tmp_path / "pid"
+    cmd = [sys.executable, "-c", CHILD.format(pidfile=str(pidfile), body=body)]
+    with pytest.raises(HoardError) as e:
+        parse_isolated(batch, FORMATS["ytdlp"]("ytdlp"), cmd=cmd, timeout_s=timeout_s, limit=1 << 20)
+    assert why in e.value.message and "\n" not in e.value.message and e.value.exit_code == 5, e.value.message
+    pid = int(pidfile.read_text())
+    assert not Path(f"/proc/{pid}").exists()  # neither running nor a zombie
