@@ -518,3 +518,55 @@ def test_a_parser_made_to_lie_or_hang_is_stopped_and_refused_in_one_line(tmp_pat
     assert why in e.value.message and "\n" not in e.value.message and e.value.exit_code == 5, e.value.message
     pid = int(pidfile.read_text())
     assert not Path(f"/proc/{pid}").exists()  # neither running nor a zombie
+
+
+TAKEN_OVER = r'''
+import fcntl, sys, termios
+from fsd.base import landlock
+landlock.confine_reader()  # as the decoder does before its first image
+sys.stdin.buffer.read(9)
+try:
+    for c in b"echo pwned\n":
+        fcntl.ioctl(2, termios.TIOCSTI, bytes([c]))
+    said = b"pushed"
+except OSError as e:
+    said = str(e).encode()
+sys.stdout.buffer.write(b"N" + len(said).to_bytes(8, "big") + said)
+sys.stdout.flush()
+sys.stdin.read()
+'''
+
+IN_A_TERMINAL = '''
+import os, pty, select, sys
+pid, fd = pty.fork()
+if pid == 0:  # the GUI, started from a shell: its stderr is the terminal
+    import tty
+    from fsd.outputs.thumb_decoder import Decoder
+    tty.setraw(0)
+    dec = Decoder([sys.executable, "-c", {liar!r}])
+    print(dec.thumbnail(b"any image")[1], flush=True)
+    dec.close()
+    print("the shell reads:", os.read(0, 100) if select.select([0], [], [], 1)[0] else None, flush=True)
+    os._exit(0)
+out = b""
+while True:
+    try:
+        chunk = os.read(fd, 1000)
+    except OSError:
+        break
+    if not chunk:
+        break
+    out += chunk
+os.waitpid(pid, 0)
+print(out.decode(errors="replace"))
+'''
+
+
+def test_a_decoder_taken_over_pushes_no_keystrokes_into_the_terminal_of_the_gui(landlock_support) -> None:
+    """The decoder inherits the GUI's stderr — the terminal of the shell that started `hoard gui`
+    or `make demo` — and Landlock does not restrict a descriptor opened before it: one taken over
+    by an image pushed `echo pwned` into that shell with TIOCSTI (as root, whatever its session).
+    `confine` refuses TIOCSTI and TIOCLINUX; the decoder runs in a session of its own too."""
+    res = subprocess.run([sys.executable, "-c", IN_A_TERMINAL.format(liar=TAKEN_OVER)], capture_output=True,
+                         text=True, cwd=REPO, timeout=120)
+    assert "the shell reads: None" in res.stdout and "pushed" not in res.stdout, res.stdout + res.stderr

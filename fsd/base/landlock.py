@@ -31,7 +31,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 __all__ = ["MIN_ABI", "abi", "confine", "confine_reader", "python_runtime", "refuse_read_truncate",
-           "refuse_syscalls", "status"]
+           "refuse_syscalls", "refuse_terminal_input", "status"]
 
 _CREATE_RULESET, _ADD_RULE, _RESTRICT_SELF = 444, 445, 446  # the same number on every architecture
 _CREATE_RULESET_VERSION = 1
@@ -146,7 +146,8 @@ def confine(*, write: Iterable[Path | str] = (), read: Iterable[Path | str] | No
     What Landlock leaves open and a confined process must not reach either is refused too: a
     socket (a seccomp filter on socket(2) and io_uring: the Redis socket would take an RQ job
     that runs unconfined, PostgreSQL's would take SQL), and from ABI 6 a signal or an abstract
-    socket outside its own domain; an ioctl on a device from ABI 5 (a terminal's TIOCSTI)."""
+    socket outside its own domain; an ioctl on a device it opens from ABI 5, and pushing input into
+    a terminal it inherited always (`refuse_terminal_input`)."""
     version, why, _ = _probe()
     if why is not None:
         return False
@@ -176,6 +177,7 @@ def confine(*, write: Iterable[Path | str] = (), read: Iterable[Path | str] | No
             refuse_syscalls(_TRUNCATE, errno.EACCES)
             refuse_read_truncate()  # nor an open(O_RDONLY | O_TRUNC), which truncates what it may read
         refuse_syscalls(_SOCKETS, errno.EACCES)
+        refuse_terminal_input()
         _call(_RESTRICT_SELF, ctypes.c_int(ruleset), ctypes.c_uint32(0))
     finally:
         os.close(ruleset)
@@ -262,6 +264,29 @@ def refuse_read_truncate() -> bool:
              (_RET_K, 0, 0, _RET_ERRNO | errno.ENOSYS)]
     assert len(code) == enosys + 1
     _install(code)
+    return True
+
+
+#: ioctl(2)'s number, and the requests that push input into a terminal (TIOCSTI, TIOCLINUX's
+#: paste): a descriptor a confined process inherited is not Landlock's, and a GUI started from
+#: a shell hands its decoder that terminal as stderr
+_IOCTL = {"x86_64": 16, "aarch64": 29}
+_TIOCSTI, _TIOCLINUX = 0x5412, 0x541C
+
+
+def refuse_terminal_input() -> bool:
+    """A seccomp filter, for this thread and what it starts, for good: ioctl(TIOCSTI) and
+    ioctl(TIOCLINUX) fail with EPERM (a process with CAP_SYS_ADMIN — root — may otherwise push
+    keystrokes into any terminal it holds, another only into its controlling one). False on
+    an architecture `_IOCTL` does not name. The caller must have set no_new_privs."""
+    machine = os.uname().machine
+    arch, nr = _AUDIT_ARCH.get(machine), _IOCTL.get(machine)
+    if arch is None or nr is None:
+        return False
+    _install([(_LD_W_ABS, 0, 0, 4), (_JEQ_K, 0, 5, arch), (_LD_W_ABS, 0, 0, 0), (_JEQ_K, 0, 3, nr),
+              (_LD_W_ABS, 0, 0, 16 + 8 * 1),  # the request's low 32 bits (the kernel takes it as an int)
+              (_JEQ_K, 2, 0, _TIOCSTI), (_JEQ_K, 1, 0, _TIOCLINUX),
+              (_RET_K, 0, 0, _RET_ALLOW), (_RET_K, 0, 0, _RET_ERRNO | errno.EPERM)])
     return True
 
 

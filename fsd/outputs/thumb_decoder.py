@@ -99,7 +99,11 @@ class Decoder:
         if self._proc is not None and self._proc.poll() is not None:
             self.close()  # it died (killed, or crashed on the last image): its pipes closed, a new one started
         if self._proc is None:
-            self._proc = subprocess.Popen(self.argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=None)
+            # a session of its own: the GUI's stderr may be the terminal that started it, and a
+            # decoder taken over pushed keystrokes into that shell (TIOCSTI on its controlling
+            # terminal; Landlock does not restrict a descriptor it inherits)
+            self._proc = subprocess.Popen(self.argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=None,
+                                          start_new_session=True)
         return self._proc
 
     def close(self) -> None:
