@@ -421,9 +421,9 @@ def test_a_confined_process_reaches_no_service_and_changes_no_file_outside(tmp_p
                                                                          landlock_support) -> None:
     """Landlock restricts paths, not sockets: without the seccomp filter `confine` adds, a parser
     (or decoder, or built-in) taken over by a document connected to the service's own Redis — an
-    RQ job it enqueues runs in an unconfined worker — and PostgreSQL. The parser and decoder
-    (`confine_reader`) can neither change a file's mode, times or attributes outside (chmod 000
-    of a shard: Landlock does not cover it) nor signal the worker that started them."""
+    RQ job it enqueues runs in an unconfined worker — and PostgreSQL. None can change a file's
+    mode, times or attributes outside (chmod 000 of a shard: Landlock does not cover it), and the
+    parser and decoder (`confine_reader`) cannot signal the worker that started them either."""
     batch = tmp_path / "b1"
     batch.mkdir()
     (batch / "v.info.json").write_text(json.dumps({"id": "v", "title": "t"}))
@@ -448,12 +448,18 @@ print(json.dumps(res))
 from pathlib import Path
 from jobs.actions.builtin import _io
 assert _io.confine(Path({str(out)!r}))
-print(json.dumps(services({urls})))
+res = services({urls})
+res.update({{"chmod": attempt(lambda: os.chmod({str(shard)!r}, 0)),
+            "utime": attempt(lambda: os.utime({str(shard)!r}, (0, 0))),
+            "output's mode": oct(_io.write_bytes(Path({str(out)!r}), "t/x.jpg", b"j").stat().st_mode & 0o777)}})
+print(json.dumps(res))
 ''')
     for who, got in (("parser", parser), ("builtin", builtin)):
         assert got.pop("redis") != 0 and got.pop("postgresql") != 0, (who, got)
     assert parser == {"chmod": errno.EPERM, "utime": errno.EPERM, "xattr": errno.EPERM,
                       "signal the parent": errno.EPERM}, parser
+    # a built-in's outputs are 0644 from its umask (the worker may run as another user), not chmod
+    assert builtin == {"chmod": errno.EPERM, "utime": errno.EPERM, "output's mode": "0o644"}, builtin
     after = shard.stat()
     assert (after.st_mode, after.st_mtime_ns) == (before.st_mode, before.st_mtime_ns)
 

@@ -30,8 +30,8 @@ import sysconfig
 from collections.abc import Iterable
 from pathlib import Path
 
-__all__ = ["MIN_ABI", "abi", "confine", "confine_reader", "python_runtime", "refuse_read_truncate",
-           "refuse_syscalls", "refuse_terminal_input", "status"]
+__all__ = ["MIN_ABI", "abi", "confine", "confine_reader", "python_runtime", "refuse_metadata",
+           "refuse_read_truncate", "refuse_syscalls", "refuse_terminal_input", "status"]
 
 _CREATE_RULESET, _ADD_RULE, _RESTRICT_SELF = 444, 445, 446  # the same number on every architecture
 _CREATE_RULESET_VERSION = 1
@@ -323,6 +323,12 @@ def confine_reader(read: Iterable[Path | str] = ()) -> bool:
     mode, owner, times or attributes, or send a signal (`_METADATA`, `_SIGNALS`)."""
     if not confine(read=[*python_runtime(), *read], write=[], write_files=()):
         return False
-    refuse_syscalls(_METADATA, errno.EPERM)
+    refuse_metadata()
     refuse_syscalls(_SIGNALS, errno.EPERM)
     return True
+
+
+def refuse_metadata() -> bool:
+    """After `confine`: no file's mode, owner, times or extended attributes change any more,
+    its own or another's (Landlock does not cover them; `_METADATA`) — EPERM."""
+    return refuse_syscalls(_METADATA, errno.EPERM)
