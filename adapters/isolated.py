@@ -86,11 +86,12 @@ def parse_isolated(root: Path, adapter: Adapter, settle_s: float = 0.0, *, cmd: 
 
 
 def _run(cmd: list[str], timeout_s: float, limit: int, fmt: str, name: str) -> tuple[int, bytes, bytes]:
-    """(exit status, stdout, the end of stderr) of `cmd`, in a session of its own (no terminal);
-    killed and reaped past `timeout_s` or `limit` bytes of stdout (HoardError)."""
+    """(exit status, stdout, the end of stderr) of `cmd`, in a session of its own (no terminal),
+    with none of the service's environment (`landlock.child_env`); killed and reaped past
+    `timeout_s` or `limit` bytes of stdout (HoardError)."""
     deadline = time.monotonic() + timeout_s
     proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            start_new_session=True)
+                            start_new_session=True, env=landlock.child_env())
     assert proc.stdout is not None and proc.stderr is not None
     out, err = bytearray(), bytearray()
     streams = {proc.stdout.fileno(): out, proc.stderr.fileno(): err}

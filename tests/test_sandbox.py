@@ -576,3 +576,27 @@ def test_a_decoder_taken_over_pushes_no_keystrokes_into_the_terminal_of_the_gui(
     res = subprocess.run([sys.executable, "-c", IN_A_TERMINAL.format(liar=TAKEN_OVER)], capture_output=True,
                          text=True, cwd=REPO, timeout=120)
     assert "the shell reads: None" in res.stdout and "pushed" not in res.stdout, res.stdout + res.stderr
+
+
+def test_a_confined_child_gets_none_of_the_services_environment(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """HOARD_DATABASE_URL may carry the database's password: a parser or decoder taken over had it
+    in its environment and could put it in a title every GUI user reads. They get PATH, the
+    locale and TZ, none of the service's variables."""
+    monkeypatch.setenv("HOARD_DATABASE_URL", "postgresql://hoard:s3cret@db/hoard")
+    monkeypatch.setenv("LC_ALL", "C.UTF-8")
+    dump = "import json, os; json.dump(dict(os.environ), open({path!r}, 'w'))"
+    env_parser, env_decoder = tmp_path / "parser.json", tmp_path / "decoder.json"
+    batch = tmp_path / "b1"
+    batch.mkdir()
+    with pytest.raises(HoardError):  # it answers nothing: only its environment is looked at
+        parse_isolated(batch, FORMATS["ytdlp"]("ytdlp"),
+                       cmd=[sys.executable, "-c", dump.format(path=str(env_parser)) + "; print('[]')"])
+    dec = Decoder([sys.executable, "-c", dump.format(path=str(env_decoder))])
+    try:
+        dec.thumbnail(b"any image")
+    finally:
+        dec.close()
+    for f in (env_parser, env_decoder):
+        env = json.loads(f.read_text())
+        assert "HOARD_DATABASE_URL" not in env and env.get("LC_ALL") == "C.UTF-8" and "PATH" in env, (f.name, sorted(env))

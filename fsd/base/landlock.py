@@ -30,7 +30,7 @@ import sysconfig
 from collections.abc import Iterable
 from pathlib import Path
 
-__all__ = ["MIN_ABI", "abi", "confine", "confine_reader", "python_runtime", "refuse_metadata",
+__all__ = ["MIN_ABI", "abi", "child_env", "confine", "confine_reader", "python_runtime", "refuse_metadata",
            "refuse_read_truncate", "refuse_syscalls", "refuse_terminal_input", "status"]
 
 _CREATE_RULESET, _ADD_RULE, _RESTRICT_SELF = 444, 445, 446  # the same number on every architecture
@@ -315,6 +315,17 @@ def python_runtime() -> list[str]:
             paths.add(str(p.parent if p.name == "__init__.py" else p))
     paths.update(_SYSTEM_LIBS + _LOADER_FILES)
     return sorted(p for p in paths if p and os.path.exists(p))
+
+
+#: the variables a confined child keeps (`child_env`)
+_CHILD_ENV = ("PATH", "PYTHONPATH", "PYTHONIOENCODING", "PYTHONUTF8", "LANG", "LANGUAGE", "TZ")
+
+
+def child_env() -> dict[str, str]:
+    """The environment for a child that confines itself: what Python and the C library use
+    (PATH, PYTHONPATH, the locale, TZ), none of the service's own (HOARD_DATABASE_URL may
+    carry the database's password, which a parser taken over would put in a title)."""
+    return {k: v for k, v in os.environ.items() if k in _CHILD_ENV or k.startswith("LC_")}
 
 
 def confine_reader(read: Iterable[Path | str] = ()) -> bool:

@@ -103,7 +103,7 @@ class Decoder:
             # decoder taken over pushed keystrokes into that shell (TIOCSTI on its controlling
             # terminal; Landlock does not restrict a descriptor it inherits)
             self._proc = subprocess.Popen(self.argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=None,
-                                          start_new_session=True)
+                                          start_new_session=True, env=landlock.child_env())
         return self._proc
 
     def close(self) -> None:
