@@ -600,3 +600,22 @@ def test_a_confined_child_gets_none_of_the_services_environment(tmp_path: Path,
     for f in (env_parser, env_decoder):
         env = json.loads(f.read_text())
         assert "HOARD_DATABASE_URL" not in env and env.get("LC_ALL") == "C.UTF-8" and "PATH" in env, (f.name, sorted(env))
+
+
+def test_a_decoder_that_stops_reading_holds_no_thumbnail_for_ever(tmp_path: Path) -> None:
+    """The deadline runs from the first byte sent: a decoder taken over by one image that stops
+    reading its stdin blocked the GUI's write of the next (a megabyte does not fit a pipe) for
+    ever, holding the lock every thumbnail waits on. It is killed and reaped; the next image gets
+    a decoder that answers."""
+    pidfile = tmp_path / "pid"
+    stuck = Decoder([sys.executable, "-c", CHILD.format(pidfile=str(pidfile), body="time.sleep(3600)")], timeout_s=2)
+    try:
+        jpeg, why = stuck.thumbnail(b"\xff\xd8\xff" + b"x" * (1 << 20))
+        assert jpeg is None and "TimeoutError" in why and stuck._proc is None, why
+        assert not Path(f"/proc/{pidfile.read_text()}").exists()  # neither running nor a zombie
+        stuck.argv = Decoder().argv  # the next one started is the real decoder
+        buf = io.BytesIO()
+        Image.new("RGB", (64, 48), "red").save(buf, "PNG")
+        assert stuck.thumbnail(buf.getvalue())[0] is not None
+    finally:
+        stuck.close()

@@ -26,6 +26,7 @@ import threading
 import time
 
 from fsd.base import landlock
+from fsd.base.paths import display
 
 SIZE = (256, 256)
 #: nor decoded when their pixels (width × height, from the header) exceed this: a few KB of
@@ -68,30 +69,34 @@ def make(data: bytes) -> tuple[bytes | None, str]:
 class Decoder:
     """The parent's end: one decode at a time (callers hold their own lock or share this one)."""
 
-    def __init__(self, argv: list[str] | None = None) -> None:
+    def __init__(self, argv: list[str] | None = None, timeout_s: float = DECODE_TIMEOUT_S) -> None:
         #: the decoder's command (another only in the test of what a decoder made to lie can do)
         self.argv = argv or [sys.executable, "-P", "-s", "-m", "fsd.outputs.thumb_decoder"]
+        self.timeout_s = timeout_s
         self._proc: subprocess.Popen[bytes] | None = None
         self.lock = threading.Lock()
 
     def thumbnail(self, data: bytes) -> tuple[bytes | None, str]:
         """(JPEG, "") or (None, why not: "" for "not an image we decode"). The answer is the
         decoder's, the process that read the hostile bytes: taken only as a JPEG of at most
-        MAX_ANSWER bytes within DECODE_TIMEOUT_S, else the process is killed."""
+        MAX_ANSWER bytes within `timeout_s` (DECODE_TIMEOUT_S) from the first byte sent, else
+        the process is killed."""
         with self.lock:
             proc = self._running()
             assert proc.stdin is not None and proc.stdout is not None
+            # the deadline covers the sending too: a decoder that stopped reading its stdin held the
+            # lock, and every thumbnail of the GUI, for ever
+            deadline = time.monotonic() + self.timeout_s
             try:
-                proc.stdin.write(_HEAD.pack(b"I", len(data)) + data)
-                proc.stdin.flush()
-                kind, payload = _read(proc.stdout.fileno(), time.monotonic() + DECODE_TIMEOUT_S, MAX_ANSWER)
+                _send(proc.stdin.fileno(), _HEAD.pack(b"I", len(data)) + data, deadline)
+                kind, payload = _read(proc.stdout.fileno(), deadline, MAX_ANSWER)
             except (OSError, EOFError, TimeoutError, ValueError) as e:
                 self.close()
                 return None, f"the decoder process ended on it ({type(e).__name__}: {e})"
             if kind == b"J" and payload.startswith(b"\xff\xd8\xff"):
                 return payload, ""
             if kind == b"N":
-                return None, payload.decode("utf-8", "replace")[:300]
+                return None, display(payload.decode("utf-8", "replace")[:300])
             self.close()
             return None, "the decoder process answered with something that is not a JPEG"
 
@@ -117,6 +122,18 @@ class Decoder:
             self._proc = None
 
 
+def _send(fd: int, data: bytes, deadline: float) -> None:
+    os.set_blocking(fd, False)
+    view = memoryview(data)
+    while view:
+        if not select.select([], [fd], [], max(0.0, deadline - time.monotonic()))[1]:
+            raise TimeoutError("the image not taken in time")
+        try:
+            view = view[os.write(fd, view):]
+        except BlockingIOError:
+            continue
+
+
 def _read(fd: int, deadline: float | None, limit: int | None = None) -> tuple[bytes, bytes]:
     kind, n = _HEAD.unpack(_exactly(fd, _HEAD.size, deadline))
     if limit is not None and n > limit:
@@ -128,7 +145,7 @@ def _exactly(fd: int, n: int, deadline: float | None) -> bytes:
     out = bytearray()
     while len(out) < n:
         if deadline is not None and not select.select([fd], [], [], max(0.0, deadline - time.monotonic()))[0]:
-            raise TimeoutError(f"no answer within {DECODE_TIMEOUT_S:.0f} s")
+            raise TimeoutError("no answer in time")
         chunk = os.read(fd, min(n - len(out), 1 << 20))
         if not chunk:
             raise EOFError("end of the pipe")
