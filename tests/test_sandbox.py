@@ -619,3 +619,29 @@ def test_a_decoder_that_stops_reading_holds_no_thumbnail_for_ever(tmp_path: Path
         assert stuck.thumbnail(buf.getvalue())[0] is not None
     finally:
         stuck.close()
+
+
+def test_confine_refuses_a_process_whose_other_threads_would_stay_outside(tmp_path: Path, landlock_support) -> None:
+    """Landlock and seccomp confine the calling thread and what it starts afterwards: `canny`
+    imported numpy and OpenCV, whose pools (two threads) started before `_io.confine` and stayed
+    unconfined in the same memory — one image that takes the decoder over writes through them.
+    `confine` refuses a process with another thread; hoard-builtin keeps those pools to its one
+    thread (the real `canny` below runs confined, its output written)."""
+    got = _inside(f'''
+import json, threading, time
+from fsd.base import landlock
+threading.Thread(target=time.sleep, args=(60,), daemon=True).start()
+try:
+    landlock.confine(write=[{str(tmp_path)!r}])
+    print(json.dumps("confined"))
+except RuntimeError as e:
+    print(json.dumps(str(e)))
+''')
+    assert "1 other thread(s) of this process run already" in got, got
+    inp, out = tmp_path / "in", tmp_path / "out"
+    inp.mkdir()
+    out.mkdir()
+    Image.new("RGB", (64, 48), "red").save(inp / "a.png")
+    res = subprocess.run([str(Path(sys.executable).parent / "hoard-builtin"), "canny", str(inp), str(out)],
+                         capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert res.returncode == 0 and list(out.rglob("*.png")), res.stderr

@@ -27,6 +27,7 @@ import os
 import stat
 import sys
 import sysconfig
+import threading
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -140,8 +141,8 @@ def confine(*, write: Iterable[Path | str] = (), read: Iterable[Path | str] | No
     `read` and `write`, and programs started (execve) only below `write`; without it, reading
     and starting programs are not restricted. A path that does not exist raises
     FileNotFoundError (a rule cannot name it). False, with nothing done, where the kernel
-    cannot (`status()` says why); True once restricted. Call it before starting threads: a
-    thread started earlier keeps its rights.
+    cannot (`status()` says why); True once restricted. Call it before any other thread starts:
+    one started earlier would keep its rights and share the memory (RuntimeError).
 
     What Landlock leaves open and a confined process must not reach either is refused too: a
     socket (a seccomp filter on socket(2) and io_uring: the Redis socket would take an RQ job
@@ -151,6 +152,10 @@ def confine(*, write: Iterable[Path | str] = (), read: Iterable[Path | str] | No
     version, why, _ = _probe()
     if why is not None:
         return False
+    threads = _threads()
+    if threads > 1:  # Landlock and seccomp confine the calling thread and what it starts from then on
+        raise RuntimeError(f"confine: {threads - 1} other thread(s) of this process run already (a library that "
+                           "starts a pool at import?) and would stay outside the sandbox, sharing its memory")
     handled = _handled(version, read is not None)
     attr: ctypes.Structure = _RulesetAttr(handled)
     if version >= 6:
@@ -182,6 +187,13 @@ def confine(*, write: Iterable[Path | str] = (), read: Iterable[Path | str] | No
     finally:
         os.close(ruleset)
     return True
+
+
+def _threads() -> int:
+    try:
+        return len(os.listdir("/proc/self/task"))
+    except OSError:  # no /proc (a bare chroot): Python's own count, which misses a C library's pool
+        return threading.active_count()
 
 
 #: seccomp_data.arch and the number of truncate(2) on the architectures hoardfs runs on

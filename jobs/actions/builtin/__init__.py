@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from pathlib import Path
 
@@ -30,6 +31,11 @@ def main(argv: list[str] | None = None) -> int:
     """The `hoard-builtin` console script. Exit 0: every input done or skipped (a skipped input is
     one line on stderr); 2: the run could not start (bad arguments, input root missing)."""
     argv = sys.argv[1:] if argv is None else argv
+    # numpy's OpenBLAS and OpenCV start thread pools at import, before `_io.confine`: threads
+    # outside the sandbox in its memory (`landlock.confine` refuses them). One thread each; a pool
+    # a library starts later is started from the confined thread and is confined with it
+    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[var] = "1"
     parser = argparse.ArgumentParser(prog="hoard-builtin", description="run one built-in action's worker program "
                                      "(docs/actions.md, Built-in actions)")
     sub = parser.add_subparsers(dest="name", required=True, metavar="NAME")
