@@ -261,7 +261,7 @@ def refuse_read_truncate() -> bool:
     allow = 4 + n  # index of the first ALLOW
     loads = allow + 1  # each open's load is 2 instructions (load, jump to the check)
     check = loads + 2 * n
-    allow2, eacces, enosys = check + 2, check + 3, check + 4
+    eacces, enosys = check + 3, check + 4  # check + 2: ALLOW
     code: list[tuple[int, int, int, int]] = [(_LD_W_ABS, 0, 0, 4), (_JEQ_K, 0, allow - 2, arch), (_LD_W_ABS, 0, 0, 0)]
     for i, (nr, _arg) in enumerate(opens):
         code.append((_JEQ_K, loads + 2 * i - (3 + i) - 1, 0, nr))
