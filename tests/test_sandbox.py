@@ -572,7 +572,8 @@ def test_a_decoder_taken_over_pushes_no_keystrokes_into_the_terminal_of_the_gui(
     """The decoder inherits the GUI's stderr — the terminal of the shell that started `hoard gui`
     or `make demo` — and Landlock does not restrict a descriptor opened before it: one taken over
     by an image pushed `echo pwned` into that shell with TIOCSTI (as root, whatever its session).
-    `confine` refuses TIOCSTI and TIOCLINUX; the decoder runs in a session of its own too."""
+    `confine` refuses TIOCSTI and TIOCLINUX (`refuse_ioctls`); the decoder runs in a session of
+    its own too."""
     res = subprocess.run([sys.executable, "-c", IN_A_TERMINAL.format(liar=TAKEN_OVER)], capture_output=True,
                          text=True, cwd=REPO, timeout=120)
     assert "the shell reads: None" in res.stdout and "pushed" not in res.stdout, res.stdout + res.stderr
@@ -645,3 +646,30 @@ except RuntimeError as e:
     res = subprocess.run([str(Path(sys.executable).parent / "hoard-builtin"), "canny", str(inp), str(out)],
                          capture_output=True, text=True, cwd=REPO, timeout=300)
     assert res.returncode == 0 and list(out.rglob("*.png")), res.stderr
+
+
+def test_a_confined_process_sets_no_attribute_flag_on_a_file_it_may_read(tmp_path: Path, landlock_support) -> None:
+    """FS_IOC_SETFLAGS works on a descriptor opened only to read, which Landlock allows: a
+    built-in (it reads anywhere) run by root made a shard immutable (chattr +i: the store could
+    no longer write or remove it), and any user may set sync or noatime on its own files.
+    `confine` refuses the request; reading the flags goes on."""
+    shard = tmp_path / "shard"
+    shard.write_bytes(b"x" * 4096)
+    out = tmp_path / "output"
+    out.mkdir()
+    res = subprocess.run(["lsattr", str(shard)], capture_output=True, text=True)
+    if res.returncode != 0:
+        missing(f"NO ATTRIBUTE FLAGS on {tmp_path}'s filesystem: {res.stderr.strip()}")
+    got = _inside(TRY + f'''
+import fcntl, struct
+from fsd.base import landlock
+assert landlock.confine(write=[{str(out)!r}])
+fd = os.open({str(shard)!r}, os.O_RDONLY)
+flags = struct.unpack("l", fcntl.ioctl(fd, 0x80086601, bytes(8)))[0]  # FS_IOC_GETFLAGS
+print(json.dumps({{"noatime": attempt(lambda: fcntl.ioctl(fd, 0x40086602, struct.pack("l", flags | 0x80))),
+                  "immutable": attempt(lambda: fcntl.ioctl(fd, 0x40086602, struct.pack("l", flags | 0x10)))}}))
+''')
+    res = subprocess.run(["lsattr", str(shard)], capture_output=True, text=True)
+    subprocess.run(["chattr", "-i", "-A", str(shard)], capture_output=True)  # pytest removes tmp_path
+    assert got == {"noatime": errno.EPERM, "immutable": errno.EPERM}, got
+    assert "i" not in res.stdout.split()[0] and "A" not in res.stdout.split()[0], res.stdout

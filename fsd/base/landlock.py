@@ -32,7 +32,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 __all__ = ["MIN_ABI", "abi", "child_env", "confine", "confine_reader", "python_runtime", "refuse_metadata",
-           "refuse_read_truncate", "refuse_syscalls", "refuse_terminal_input", "status"]
+           "refuse_read_truncate", "refuse_ioctls", "refuse_syscalls", "status"]
 
 _CREATE_RULESET, _ADD_RULE, _RESTRICT_SELF = 444, 445, 446  # the same number on every architecture
 _CREATE_RULESET_VERSION = 1
@@ -147,8 +147,8 @@ def confine(*, write: Iterable[Path | str] = (), read: Iterable[Path | str] | No
     What Landlock leaves open and a confined process must not reach either is refused too: a
     socket (a seccomp filter on socket(2) and io_uring: the Redis socket would take an RQ job
     that runs unconfined, PostgreSQL's would take SQL), and from ABI 6 a signal or an abstract
-    socket outside its own domain; an ioctl on a device it opens from ABI 5, and pushing input into
-    a terminal it inherited always (`refuse_terminal_input`)."""
+    socket outside its own domain; an ioctl on a device it opens from ABI 5, and always pushing
+    input into a terminal it inherited or setting a file's attribute flags (`refuse_ioctls`)."""
     version, why, _ = _probe()
     if why is not None:
         return False
@@ -182,7 +182,7 @@ def confine(*, write: Iterable[Path | str] = (), read: Iterable[Path | str] | No
             refuse_syscalls(_TRUNCATE, errno.EACCES)
             refuse_read_truncate()  # nor an open(O_RDONLY | O_TRUNC), which truncates what it may read
         refuse_syscalls(_SOCKETS, errno.EACCES)
-        refuse_terminal_input()
+        refuse_ioctls()
         _call(_RESTRICT_SELF, ctypes.c_int(ruleset), ctypes.c_uint32(0))
     finally:
         os.close(ruleset)
@@ -279,26 +279,33 @@ def refuse_read_truncate() -> bool:
     return True
 
 
-#: ioctl(2)'s number, and the requests that push input into a terminal (TIOCSTI, TIOCLINUX's
-#: paste): a descriptor a confined process inherited is not Landlock's, and a GUI started from
-#: a shell hands its decoder that terminal as stderr
+#: ioctl(2)'s number, and the requests refused (`refuse_ioctls`)
 _IOCTL = {"x86_64": 16, "aarch64": 29}
-_TIOCSTI, _TIOCLINUX = 0x5412, 0x541C
+#: pushing input into a terminal (TIOCSTI, TIOCLINUX's paste): a descriptor a confined process
+#: inherited is not Landlock's, and a GUI started from a shell hands its decoder that terminal
+_TERMINAL_INPUT = (0x5412, 0x541C)
+#: a file's attribute flags (FS_IOC_SETFLAGS, its 32-bit twin, FS_IOC_FSSETXATTR): on a file
+#: opened only to read, which Landlock allows — root made a shard or the index immutable
+#: (chattr +i), another user may set sync or noatime on its own files
+_FILE_FLAGS = (0x40086602, 0x40046602, 0x401C5820)
 
 
-def refuse_terminal_input() -> bool:
-    """A seccomp filter, for this thread and what it starts, for good: ioctl(TIOCSTI) and
-    ioctl(TIOCLINUX) fail with EPERM (a process with CAP_SYS_ADMIN — root — may otherwise push
-    keystrokes into any terminal it holds, another only into its controlling one). False on
-    an architecture `_IOCTL` does not name. The caller must have set no_new_privs."""
+def refuse_ioctls() -> bool:
+    """A seccomp filter, for this thread and what it starts, for good: the ioctl(2) requests
+    `_TERMINAL_INPUT` and `_FILE_FLAGS` fail with EPERM (a process with CAP_SYS_ADMIN — root —
+    may otherwise push keystrokes into any terminal it holds, another only into its controlling
+    one). False on an architecture `_IOCTL` does not name. The caller must have set no_new_privs."""
     machine = os.uname().machine
     arch, nr = _AUDIT_ARCH.get(machine), _IOCTL.get(machine)
     if arch is None or nr is None:
         return False
-    _install([(_LD_W_ABS, 0, 0, 4), (_JEQ_K, 0, 5, arch), (_LD_W_ABS, 0, 0, 0), (_JEQ_K, 0, 3, nr),
-              (_LD_W_ABS, 0, 0, 16 + 8 * 1),  # the request's low 32 bits (the kernel takes it as an int)
-              (_JEQ_K, 2, 0, _TIOCSTI), (_JEQ_K, 1, 0, _TIOCLINUX),
-              (_RET_K, 0, 0, _RET_ALLOW), (_RET_K, 0, 0, _RET_ERRNO | errno.EPERM)])
+    requests = _TERMINAL_INPUT + _FILE_FLAGS
+    allow = 5 + len(requests)
+    code = [(_LD_W_ABS, 0, 0, 4), (_JEQ_K, 0, allow - 2, arch), (_LD_W_ABS, 0, 0, 0), (_JEQ_K, 0, allow - 4, nr),
+            (_LD_W_ABS, 0, 0, 16 + 8 * 1)]  # the request's low 32 bits (the kernel takes it as an int)
+    code += [(_JEQ_K, allow - (5 + i), 0, req) for i, req in enumerate(requests)]  # equal: past ALLOW
+    code += [(_RET_K, 0, 0, _RET_ALLOW), (_RET_K, 0, 0, _RET_ERRNO | errno.EPERM)]
+    _install(code)
     return True
 
 
