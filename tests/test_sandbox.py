@@ -8,6 +8,7 @@ Landlock's calls as such a kernel does (tests/nolandlock.py)."""
 from __future__ import annotations
 
 import errno
+import fcntl
 import io
 import json
 import os
@@ -673,3 +674,31 @@ print(json.dumps({{"noatime": attempt(lambda: fcntl.ioctl(fd, 0x40086602, struct
     subprocess.run(["chattr", "-i", "-A", str(shard)], capture_output=True)  # pytest removes tmp_path
     assert got == {"noatime": errno.EPERM, "immutable": errno.EPERM}, got
     assert "i" not in res.stdout.split()[0] and "A" not in res.stdout.split()[0], res.stdout
+
+
+def test_a_confined_process_holds_none_of_the_services_locks(tmp_path: Path, landlock_support) -> None:
+    """flock(2) needs only a descriptor open to read: a built-in (it reads anywhere) took the
+    exclusive flock of `<ssd>/locks/store.lock` or a zone's reservations and held every store
+    write and ingest for as long as it ran. `confine` refuses flock (ENOLCK); the service, a
+    process apart, takes the lock at once."""
+    lock = tmp_path / "store.lock"
+    lock.touch()
+    out = tmp_path / "output"
+    out.mkdir()
+    proc = subprocess.Popen([sys.executable, "-c", TRY + f'''
+import fcntl, sys, json
+from fsd.base import landlock
+assert landlock.confine(write=[{str(out)!r}])
+fd = os.open({str(lock)!r}, os.O_RDONLY)
+print(json.dumps(attempt(lambda: fcntl.flock(fd, fcntl.LOCK_EX))), flush=True)
+sys.stdin.read()  # holds what it took until told to end
+'''], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=REPO)
+    try:
+        assert proc.stdout is not None and json.loads(proc.stdout.readline()) == errno.ENOLCK
+        fd = os.open(lock, os.O_RDWR)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # BlockingIOError while the confined one held it
+        finally:
+            os.close(fd)
+    finally:
+        proc.communicate("", timeout=60)

@@ -148,7 +148,8 @@ def confine(*, write: Iterable[Path | str] = (), read: Iterable[Path | str] | No
     socket (a seccomp filter on socket(2) and io_uring: the Redis socket would take an RQ job
     that runs unconfined, PostgreSQL's would take SQL), and from ABI 6 a signal or an abstract
     socket outside its own domain; an ioctl on a device it opens from ABI 5, and always pushing
-    input into a terminal it inherited or setting a file's attribute flags (`refuse_ioctls`)."""
+    input into a terminal it inherited or setting a file's attribute flags (`refuse_ioctls`);
+    an flock (ENOLCK), which would hold the service's own locks."""
     version, why, _ = _probe()
     if why is not None:
         return False
@@ -182,6 +183,7 @@ def confine(*, write: Iterable[Path | str] = (), read: Iterable[Path | str] | No
             refuse_syscalls(_TRUNCATE, errno.EACCES)
             refuse_read_truncate()  # nor an open(O_RDONLY | O_TRUNC), which truncates what it may read
         refuse_syscalls(_SOCKETS, errno.EACCES)
+        refuse_syscalls(_FLOCK, errno.ENOLCK)
         refuse_ioctls()
         _call(_RESTRICT_SELF, ctypes.c_int(ruleset), ctypes.c_uint32(0))
     finally:
@@ -201,6 +203,9 @@ _AUDIT_ARCH = {"x86_64": 0xC000003E, "aarch64": 0xC00000B7}
 _TRUNCATE: dict[str, tuple[int, ...]] = {"x86_64": (76,), "aarch64": (45,)}
 #: socket(2), and io_uring_setup(2) (its SOCKET/CONNECT operations do not pass through seccomp)
 _SOCKETS: dict[str, tuple[int, ...]] = {"x86_64": (41, 425), "aarch64": (198, 425)}
+#: flock(2): it needs only a descriptor open to read, and a built-in (which reads anywhere) held
+#: the service's own locks (`<ssd>/locks/`: the store, the zones' reservations) while it ran
+_FLOCK: dict[str, tuple[int, ...]] = {"x86_64": (73,), "aarch64": (32,)}
 #: what a process that changes nothing has no use for and Landlock does not cover: a file's
 #: mode, owner, times and extended attributes (chmod 000 of a shard, of the index), and
 #: signals (SIGKILL to the mount or a worker of the same user; Landlock scopes them from ABI 6)
