@@ -69,10 +69,12 @@ def parse_isolated(root: Path, adapter: Adapter, settle_s: float = 0.0, *, cmd: 
                   repr(settle_s), str(root)]
     name = display(root.name)
     code, out, err_b = _run(cmd, timeout_s + settle_s, limit, adapter.format, name)
-    err = err_b.decode("utf-8", "replace").strip()
+    # what it printed, each line shown safe (it is the process that read the hostile bytes: an
+    # escape sequence would reach the terminal of `hoard ingest --here` through the log)
+    err = "\n".join(display(line) for line in err_b.decode("utf-8", "replace").strip().splitlines())
     if code != 0 or not out:
         log.error("the parser of %s ended with exit %s:\n%s", root, code, err)
-        last = display(err.splitlines()[-1]) if err else "no message"
+        last = err.splitlines()[-1] if err else "no message"
         raise HoardError(f"the {adapter.format} parser of batch {name} failed ({last[:200]}); a bug: "
                          f"its traceback is in the worker log. After a fix, `hoard ingest --resume {root.name}`",
                          ExitCode.BUG)
