@@ -12,9 +12,11 @@ import fcntl
 import io
 import json
 import os
+import select
 import subprocess
 import sys
 import textwrap
+import threading
 from pathlib import Path
 
 import pytest
@@ -705,3 +707,39 @@ sys.stdin.read()  # holds what it took until told to end
             os.close(fd)
     finally:
         proc.communicate("", timeout=60)
+
+
+def test_the_decoder_outlives_the_thread_that_started_it_and_ends_with_the_gui(tmp_path: Path) -> None:
+    """The GUI asks for thumbnails from pool threads: a decoder that died with the thread that
+    started it (PR_SET_PDEATHSIG follows the thread) failed the next image, whose "no thumbnail"
+    was then kept for good. It is now one process across threads, and it ends when the GUI does
+    — killed (-9), the GUI's end of its stdin closes."""
+    buf = io.BytesIO()
+    Image.new("RGB", (64, 48), "red").save(buf, "PNG")
+    dec = Decoder()
+    try:
+        got = []
+        for _ in range(2):
+            t = threading.Thread(target=lambda: got.append(dec.thumbnail(buf.getvalue())))
+            t.start()
+            t.join()
+        assert [j is not None for j, _ in got] == [True, True], [why for _, why in got]
+    finally:
+        dec.close()
+    gui = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f'''
+        import sys
+        from fsd.outputs.thumb_decoder import Decoder
+        dec = Decoder()
+        assert dec.thumbnail({buf.getvalue()!r})[0] is not None
+        print(dec._proc.pid, flush=True)
+        sys.stdin.read()
+    ''')], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=REPO)
+    assert gui.stdout is not None
+    decoder = int(gui.stdout.readline())
+    gui.kill()
+    gui.wait()
+    pidfd = os.pidfd_open(decoder)
+    try:
+        assert select.select([pidfd], [], [], 120)[0], "the decoder outlived the GUI"  # readable once it ended
+    finally:
+        os.close(pidfd)

@@ -14,11 +14,9 @@ an 8-byte big-endian length, the payload.
 
 from __future__ import annotations
 
-import ctypes
 import io
 import os
 import select
-import signal
 import struct
 import subprocess
 import sys
@@ -40,7 +38,6 @@ DECODE_TIMEOUT_S = 60.0
 #: the largest answer taken from it (a 256 × 256 JPEG is tens of KB)
 MAX_ANSWER = 4 << 20
 _HEAD = struct.Struct(">cQ")
-_PR_SET_PDEATHSIG = 1
 
 
 def make(data: bytes) -> tuple[bytes | None, str]:
@@ -156,7 +153,10 @@ def _exactly(fd: int, n: int, deadline: float | None) -> bytes:
 def _serve() -> int:
     from PIL import Image  # deferred: only the decoder process loads Pillow
 
-    ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)  # dies with the GUI
+    # it ends at the end of its stdin: when the GUI exits, or is killed, the kernel closes the GUI's
+    # end. No PR_SET_PDEATHSIG: it follows the *thread* that started the process, and the GUI asks
+    # for thumbnails from pool threads — a thread that ended killed the decoder under the next
+    # image, which then kept "no thumbnail" for good (and one taken over can unset it anyway)
     Image.init()  # every plugin imported before the walls go up
     make(b"")  # and what a first decode imports lazily
     landlock.confine_reader()
