@@ -97,16 +97,20 @@ def _run(cmd: list[str], timeout_s: float, limit: int, fmt: str, name: str) -> t
     assert proc.stdout is not None and proc.stderr is not None
     out, err = bytearray(), bytearray()
     streams = {proc.stdout.fileno(): out, proc.stderr.fileno(): err}
+    poller = select.poll()  # not select(): a descriptor above 1023 (a worker with many open) is refused there
+    for fd in streams:
+        poller.register(fd, select.POLLIN)
     why = None
     try:
         while streams and why is None:
-            ready = select.select(list(streams), [], [], max(0.0, deadline - time.monotonic()))[0]
+            ready = [fd for fd, _ in poller.poll(max(0.0, deadline - time.monotonic()) * 1000)]
             if not ready:
                 why = f"gave no answer within {timeout_s:.0f} s (a document that makes it loop?)"
             for fd in ready:
                 chunk = os.read(fd, 1 << 20)
                 if not chunk:
                     del streams[fd]
+                    poller.unregister(fd)
                     continue
                 buf = streams[fd]
                 buf += chunk

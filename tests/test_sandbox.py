@@ -12,6 +12,7 @@ import fcntl
 import io
 import json
 import os
+import resource
 import select
 import subprocess
 import sys
@@ -743,3 +744,30 @@ def test_the_decoder_outlives_the_thread_that_started_it_and_ends_with_the_gui(t
         assert select.select([pidfd], [], [], 120)[0], "the decoder outlived the GUI"  # readable once it ended
     finally:
         os.close(pidfd)
+
+
+def test_a_process_with_descriptors_above_1023_still_parses_and_decodes(tmp_path: Path) -> None:
+    """select() refuses a descriptor above 1023 (ValueError): a worker or GUI holding that many
+    (a container's high limit, many clients) failed every batch and every thumbnail with a
+    traceback. The pipes to the children are watched with poll."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 2048:
+        missing(f"RLIMIT_NOFILE's hard limit is {hard}: no descriptor above 1023 to try")
+    batch = tmp_path / "b1"
+    batch.mkdir()
+    (batch / "v.info.json").write_text(json.dumps({"id": "v", "title": "t"}))
+    (batch / "v.mp4").write_bytes(b"\0\0\0\x18ftypmp42")
+    buf = io.BytesIO()
+    Image.new("RGB", (64, 48), "red").save(buf, "PNG")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (2048, hard))
+    held = [os.open(os.devnull, os.O_RDONLY) for _ in range(1100)]
+    dec = Decoder()
+    try:
+        _, view, records = parse_isolated(batch, FORMATS["ytdlp"]("ytdlp"))
+        assert sorted(view.files) == ["v.info.json", "v.mp4"] and [r["title"] for r in records] == ["t"]
+        assert dec.thumbnail(buf.getvalue())[0] is not None
+    finally:
+        dec.close()
+        for fd in held:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))

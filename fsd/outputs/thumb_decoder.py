@@ -119,11 +119,19 @@ class Decoder:
             self._proc = None
 
 
+def _ready(fd: int, event: int, deadline: float) -> bool:
+    """`fd` readable or writable (or closed at the other end) before `deadline` — poll, not
+    select: the GUI's descriptors may number above 1023, which select refuses."""
+    poller = select.poll()
+    poller.register(fd, event)
+    return bool(poller.poll(max(0.0, deadline - time.monotonic()) * 1000))
+
+
 def _send(fd: int, data: bytes, deadline: float) -> None:
     os.set_blocking(fd, False)
     view = memoryview(data)
     while view:
-        if not select.select([], [fd], [], max(0.0, deadline - time.monotonic()))[1]:
+        if not _ready(fd, select.POLLOUT, deadline):
             raise TimeoutError("the image not taken in time")
         try:
             view = view[os.write(fd, view):]
@@ -141,7 +149,7 @@ def _read(fd: int, deadline: float | None, limit: int | None = None) -> tuple[by
 def _exactly(fd: int, n: int, deadline: float | None) -> bytes:
     out = bytearray()
     while len(out) < n:
-        if deadline is not None and not select.select([fd], [], [], max(0.0, deadline - time.monotonic()))[0]:
+        if deadline is not None and not _ready(fd, select.POLLIN, deadline):
             raise TimeoutError("no answer in time")
         chunk = os.read(fd, min(n - len(out), 1 << 20))
         if not chunk:
