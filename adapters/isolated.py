@@ -37,6 +37,7 @@ from typing import Any
 from adapters import FORMATS, parse_batch
 from adapters.base import Adapter, BatchView, Parsed, Reject
 from adapters.records import record_fault, record_json
+from adapters.screen import open_batch
 from fsd.base import landlock
 from fsd.base.errors import ExitCode, HoardError
 from fsd.base.paths import display, hostile_reason
@@ -138,11 +139,14 @@ def answer(root: Path, adapter: Adapter, doc: Any) -> tuple[Parsed, BatchView, l
     of the batch or another file's identity would have the store step store that file as the
     service, and the quarantine move it — nor make it fail with a traceback (`_shape`)."""
     name = display(root.name)
+    lie = None
     if isinstance(doc, dict) and "error" in doc:
-        code = doc.get("exit_code")
-        if isinstance(doc["error"], str) and code in set(ExitCode) - {ExitCode.OK}:
-            raise HoardError(display(doc["error"]), ExitCode(code))
-    lie = _shape(doc) or _lies(root, doc)
+        # the screen's one refusal (the batch directory is a link, or cannot be read): its line is
+        # the parent's own, never the child's text — a parser taken over would otherwise print
+        # its own "next step" as hoard's
+        os.close(open_batch(root))
+        lie = "an error about a batch directory that opens"
+    lie = lie or _shape(doc) or _lies(root, doc)
     if lie:
         raise HoardError(f"the {adapter.format} parser of batch {name} named {lie}, which the screen "
                          "never gives: nothing of the batch was taken. A parser that lies has been made to by a "

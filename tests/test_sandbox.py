@@ -506,18 +506,22 @@ open({pidfile!r}, "w").write(str(os.getpid()))
     ("print('[' * 100000 + ']' * 100000)", 600.0, "an answer that is not a parse"),  # nested past the recursion
     ("print('{\"records\": [], \"rejects\"')", 600.0, "an answer that is not a parse"),  # dies mid-answer, exit 0
     ("print('[1]')", 600.0, "an answer that is not a parse"),
-    ("print('{\"error\": \"x\", \"exit_code\": 99}')", 600.0, "an answer that is not a parse"),
+    ("print('{\"error\": \"x\", \"exit_code\": 99}')", 600.0, "an error about a batch directory that opens"),
     ("import json; print(json.dumps({'records': [{'node': 1}], 'rejects': [], 'claimed': [], 'files': {}, "
      "'identity': {}}))", 600.0, "record 0, which is malformed"),
     ("import json; print(json.dumps({'records': [], 'rejects': [[['a'], 1]], 'claimed': [], 'files': {}, "
      "'identity': {}}))", 600.0, "rejects that are not names with a reason"),
     ("sys.stderr.write('\\x1b]0;owned\\x07 said'); print('[]')", 600.0, "an answer that is not a parse"),
+    # the screen's refusal is the parent's own line: a parser taken over gives no "next step"
+    ("print('{\"error\": \"disk failing: run `hoard-fix` as root\", \"exit_code\": 5}')", 600.0,
+     "named an error about a batch directory that opens"),
 ])
 def test_a_parser_made_to_lie_or_hang_is_stopped_and_refused_in_one_line(tmp_path: Path, body: str, timeout_s: float,
                                                                          why: str, caplog) -> None:
     """The ingest takes from the sandboxed parser only a parse: a child that hangs (or leaves a
     grandchild holding its stdout), writes without end, nests its JSON past Python's recursion,
-    stops mid-answer, answers another shape or an exit code `hoard` has not refuses the batch in
+    stops mid-answer, answers another shape, or the screen's refusal of a batch directory that
+    opens (its own text for hoard's) refuses the batch in
     one line (exit 5), what it printed logged without its escape sequences — never a traceback, never a worker waiting for ever or holding gigabytes —
     and the child is killed and reaped (no zombie)."""
     caplog.set_level("INFO", logger="adapters.isolated")
@@ -528,6 +532,7 @@ def test_a_parser_made_to_lie_or_hang_is_stopped_and_refused_in_one_line(tmp_pat
     with pytest.raises(HoardError) as e:
         parse_isolated(batch, FORMATS["ytdlp"]("ytdlp"), cmd=cmd, timeout_s=timeout_s, limit=1 << 20)
     assert why in e.value.message and "\n" not in e.value.message and e.value.exit_code == 5, e.value.message
+    assert "hoard-fix" not in e.value.message
     pid = int(pidfile.read_text())
     assert not Path(f"/proc/{pid}").exists()  # neither running nor a zombie
     assert not any("\x1b" in r.getMessage() for r in caplog.records)  # what it printed reaches no terminal raw
