@@ -8,12 +8,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from adapters.base import File, Node, Record
+from adapters.records import RAW_LIMIT, small_raw
 from fsd.base.paths import file_ext
 from sql.intents import virtual_sha256
 
 #: relationships the built-in adapters use beyond the ones migration 001 registers
 RELATIONSHIPS = ("thumbnail_of", "subtitle_of", "attachment_of", "quote_of", "retweet_of")
-RAW_LIMIT = 1024
+
+__all__ = ["RAW_LIMIT", "RELATIONSHIPS", "IntentStats", "build_intent", "small_raw"]
 
 
 @dataclass
@@ -23,26 +25,6 @@ class IntentStats:
     edges: int = 0
     virtual: int = 0
     notes: list[str] = field(default_factory=list)
-
-
-def small_raw(doc: dict[str, Any], limit: int = RAW_LIMIT) -> dict[str, Any] | None:
-    """The first top-level scalar fields of a document that fit in `limit` bytes of JSON
-    (long strings cut to 200 characters); the whole document is the raw object."""
-    out: dict[str, Any] = {}
-    for k, v in doc.items():
-        if isinstance(v, str):
-            v = v[:200]
-        elif not isinstance(v, (int, float, bool)) or v is None:
-            continue
-        out[k] = v
-        if _jsonb_size(out) > limit:  # measured as PostgreSQL prints jsonb (its CHECK counts that)
-            del out[k]
-            break
-    return out or None
-
-
-def _jsonb_size(d: dict[str, Any]) -> int:
-    return len(json.dumps(d, ensure_ascii=False).encode())
 
 
 def build_intent(key: str, batch_id: str, source: str, records: list[Record], stored: dict[str, tuple[str, int]],

@@ -24,6 +24,17 @@ from fsd.base.paths import display
 QUARANTINE = "_quarantine"
 
 
+def open_batch(root: Path) -> int:
+    """A descriptor of the batch directory, opened without following a link; HoardError (one
+    line, exit 5) when it is a link or no directory that can be read."""
+    try:
+        return os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    except OSError as e:
+        what = "a symbolic link" if e.errno == errno.ELOOP else f"not a directory that can be read ({e.strerror})"
+        raise HoardError(f"batch directory {display(str(root))} is {what}; nothing of it was read — drop the batch "
+                         "again as a directory of its own", ExitCode.DATA) from None
+
+
 def screen(root: Path, settle_s: float = 0.0) -> tuple[BatchView, list[Reject]]:
     """The batch's acceptable files (relative path → size) and the rejects, with reasons.
 
@@ -37,12 +48,7 @@ def screen(root: Path, settle_s: float = 0.0) -> tuple[BatchView, list[Reject]]:
     race on paths can make it name another."""
     files: dict[str, tuple[int, int, int, int]] = {}
     rejects: list[Reject] = []
-    try:
-        top = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
-    except OSError as e:
-        what = "a symbolic link" if e.errno == errno.ELOOP else f"not a directory that can be read ({e.strerror})"
-        raise HoardError(f"batch directory {display(str(root))} is {what}; nothing of it was read — drop the batch "
-                         "again as a directory of its own", ExitCode.DATA) from None
+    top = open_batch(root)
     links: dict[str, os.stat_result] = {}  # in-batch symbolic links → what they name
     try:
         for dirpath, dirnames, filenames, dfd in os.fwalk(".", dir_fd=top, follow_symlinks=False):

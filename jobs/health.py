@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from fsd.base import landlock
 from fsd.base.config import Settings
 from fsd.io.attach import formats_found
 from fsd.maintenance.health import disk_status, smart_findings, smart_status, store_problems, store_status, zone_status
@@ -46,6 +47,11 @@ def collect(cfg: Settings, smart_max_age_s: float = math.inf) -> dict[str, Any]:
         if d["label"] in readings:
             d["smart"] = readings[d["label"]]
     problems, warnings = smart_findings(report["disks"])
+    report["sandbox"] = landlock.status()
+    if not report["sandbox"]["enforced"]:
+        warnings.append(f"sandbox: {report['sandbox']['reason']}, so ingest parsers and built-in actions read scraped "
+                        "input without Landlock's write restriction (the systemd units' sandboxing still applies); "
+                        f"{report['sandbox']['next_step']} — docs/security.md, \"Sandboxed parsers\"")
     for f in report["ingest"]["failed"]:
         problems.append(f"ingest {f['batch_id']}: failed at {f['step']}: {f['error']}; after fixing it, "
                         f"`hoard ingest --resume {f['batch_id']}`")

@@ -151,7 +151,7 @@ def test_written_config_is_valid_and_listens_on_localhost(tmp_path: Path) -> Non
 def test_units_run_as_hoard_with_least_privilege() -> None:
     """Every hoardfs service runs as hoard (Redis as redis in the hoard group, the pgBackRest
     backup as postgres); those that run hoard's code on scraped input write only the disks and
-    the SSD, see no devices and keep no capability; only the mount keeps CAP_SYS_ADMIN and
+    the SSD (the ingest timer, which only queues, the SSD alone), see no devices and keep no capability; only the mount keeps CAP_SYS_ADMIN and
     /dev/fuse, and takes no mount namespace (its mount would be seen by itself alone)."""
     units = rendered()
     services = {name: u["Service"] for name, u in units.items() if name.endswith(".service")}
@@ -168,7 +168,8 @@ def test_units_run_as_hoard_with_least_privilege() -> None:
         s = services[name]
         assert (s["ProtectSystem"], s["ProtectHome"], s["PrivateTmp"], s["NoNewPrivileges"], s["PrivateDevices"]) == \
             ("strict", "yes", "yes", "yes", "yes"), name
-        assert s["ReadWritePaths"].split() == ["/srv/hd1", "/srv/hd2", "/srv/ssd"], name
+        assert s["ReadWritePaths"].split() == (["/srv/ssd"] if name == "hoard-ingest.service" else
+                                               ["/srv/hd1", "/srv/hd2", "/srv/ssd"]), name
         assert SHIPPED_RW not in s["ReadWritePaths"]
     mount = services["hoard-mount.service"]
     assert mount["DeviceAllow"] == "/dev/fuse rw" and mount["DevicePolicy"] == "closed"
@@ -193,6 +194,7 @@ def test_units_run_as_hoard_with_least_privilege() -> None:
         [["/opt/hoardfs/venv/bin/hoard", "disks", "smart"]]
     assert "hoard-smart.timer" in ENABLE
     assert rendered(Path("/data/ssd"))["hoard-smart.service"]["Service"]["ReadWritePaths"] == "/data/ssd/state"
+    assert rendered(Path("/data/ssd"))["hoard-ingest.service"]["Service"]["ReadWritePaths"] == "/data/ssd"
     # every hoard a unit runs is the venv's
     for unit in UNITS:
         for argv in unit_exec_start(unit.read_text()):

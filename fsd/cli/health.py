@@ -92,6 +92,8 @@ def _print_health(report: dict) -> None:
     db, rd = report["database"], report["redis"]
     out.print(f"database: {'ok, PostgreSQL ' + db['server_version'] if db['ok'] else 'DOWN'}")
     out.print(f"redis:    {'ok, Redis ' + str(rd['redis_version']) if rd['ok'] else 'DOWN'}")
+    if report.get("sandbox", {}).get("enforced"):
+        out.print(f"sandbox:  Landlock ABI {report['sandbox']['abi']} (parsers and built-in actions confined)")
     for w in report.get("warnings", []):
         err.print(f"[bold yellow]warning:[/] {escape(w)}")
     for p in report["problems"]:

@@ -47,6 +47,9 @@ ENABLE = (REDIS_UNIT, "hoard-mount.service", "hoard-worker@all.service", "hoard-
           "hoard-usage.timer", "hoard-smart.timer", "hoard-pgbackrest-full.timer", "hoard-pgbackrest-diff.timer")
 #: what the shipped units name, replaced by this install's paths
 SHIPPED_RW = "-/srv/hdd -/srv/ssd"
+#: what hoard-ingest.service (the timer's `hoard ingest --ready`: 3A's signals, the batch states) may
+#: write: the SSD alone
+SHIPPED_SSD_RW = "-/srv/ssd"
 #: the one path hoard-smart.service (root) may write: the SSD's state directory (its readings)
 SHIPPED_SMART_RW = "-/srv/ssd/state"
 SHIPPED_MOUNT = "/srv/hoard"
@@ -93,6 +96,7 @@ def render_unit(text: str, rw_paths: list[Path], mount: Path, repo: Path | None,
     """A shipped unit with this install's paths: what the services may write, the mount point,
     the pgBackRest repository, the SSD's state directory (SMART's readings)."""
     text = text.replace(f"ReadWritePaths={SHIPPED_RW}", "ReadWritePaths=" + " ".join(map(str, rw_paths)))
+    text = text.replace(f"ReadWritePaths={SHIPPED_SSD_RW}\n", f"ReadWritePaths={ssd}\n")
     text = text.replace(f"ReadWritePaths={SHIPPED_SMART_RW}", f"ReadWritePaths={ssd / 'state'}")
     if repo is not None:
         text = text.replace(" -/srv/hdd\n", f" {repo}\n")

@@ -1,35 +1,30 @@
-"""Thumbnails of stored images, made on first request from the store (Pillow) and kept under
+"""Thumbnails of stored images, made on first request from the store and kept under
 `<ssd.root>/state/gui/thumbs/` — content-addressed, so a cached one is never stale. The GUI
-serves the file `thumbnail` returns (`/thumb/{sha256}`); Pillow loads only with this module."""
+serves the file `thumbnail` returns (`/thumb/{sha256}`). Pillow decodes them in a confined
+process of its own (fsd.outputs.thumb_decoder), never in the caller's."""
 
 from __future__ import annotations
 
+import atexit
 import contextlib
-import io
 import logging
 import re
-import threading
 from pathlib import Path
-
-from PIL import Image, UnidentifiedImageError
 
 from fsd.base.config import Settings
 from fsd.base.files import atomic_write
+from fsd.outputs.thumb_decoder import FORMATS, MAX_PIXELS, SIZE, Decoder
 from fsd.store import Store
 
+__all__ = ["FORMATS", "MAX_BYTES", "MAX_PIXELS", "NONE", "SIZE", "path", "thumbnail"]
+
 log = logging.getLogger(__name__)
-SIZE = (256, 256)
 #: images larger than this are not read into memory for a thumbnail
 MAX_BYTES = 64 << 20
-#: nor decoded when their pixels (width × height, from the header) exceed this: a few KB of
-#: PNG can declare 20,000 × 20,000 pixels (an "image bomb") and take gigabytes to decode
-MAX_PIXELS = 40_000_000
-#: one decode at a time: a page asks for dozens of thumbnails at once
-_DECODE = threading.Lock()
+#: one decoder process, one decode at a time: a page asks for dozens of thumbnails at once
+_DECODER = Decoder()
+atexit.register(_DECODER.close)
 SHA = re.compile(r"[0-9a-f]{64}")  # fullmatch: `$` would let a trailing newline through
-#: the formats a thumbnail is made of (Pillow would otherwise try every plugin it has on
-#: untrusted bytes — EPS runs Ghostscript where it is installed)
-FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF")
 #: what the cache holds for an object that has no thumbnail (not an image, too large, a
 #: file Pillow cannot decode): it is not read again on every page view
 NONE = b""
@@ -59,28 +54,14 @@ def thumbnail(cfg: Settings, sha256_hex: str,
             _none(out)
             return None
         data = store.get(sha256_hex)
-    try:
-        with _DECODE, Image.open(io.BytesIO(data), formats=FORMATS) as im:
-            # the size the header declares, before draft() shrinks it: a progressive JPEG is
-            # decoded into whole-image coefficient buffers whatever the scale (a 2 MB 13000 ×
-            # 13000 one passed at 1/8 and grew the GUI from 156 MB to 1.15 GB)
-            limit = MAX_PIXELS // 4 if im.format == "JPEG" and im.info.get("progressive") else MAX_PIXELS
-            if im.width * im.height > limit:
-                _none(out)
-                return None
-            im.draft("RGB", SIZE)  # JPEG: decode at a reduced scale (a 60 MP photo at 1/8)
-            im.thumbnail(SIZE)
-            buf = io.BytesIO()
-            im.convert("RGB").save(buf, "JPEG", quality=80)
-    except (UnidentifiedImageError, Image.DecompressionBombError):
-        _none(out)
-        return None
-    except Exception as e:  # noqa: BLE001 - untrusted bytes: Pillow's plugins raise what they like
-        log.info("no thumbnail of %s: %s: %s", sha256_hex, type(e).__name__, e)
+    jpeg, why = _DECODER.thumbnail(data)
+    if jpeg is None:
+        if why:
+            log.info("no thumbnail of %s: %s", sha256_hex, why)
         _none(out)
         return None
     out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(out, buf.getvalue())
+    atomic_write(out, jpeg)
     return out
 
 

@@ -14,8 +14,10 @@ from typing import Any
 
 import psycopg
 
-from adapters import Asset, File, Record, Reject, adapter_for, display, parse_batch, quarantine
-from adapters.intent import build_intent, small_raw
+from adapters import Reject, adapter_for, display, quarantine
+from adapters.intent import build_intent
+from adapters.isolated import parse_isolated
+from adapters.records import record_load
 from fsd.base.config import Settings
 from fsd.base.errors import ExitCode, HoardError
 from fsd.base.files import atomic_write, fsync_dir
@@ -45,14 +47,14 @@ def _step_scan(cfg: Settings, st: BatchState) -> None:
         raise IngestError(f"batch directory {root} is gone; if it was ingested before, `hoard ingest --status "
                           f"{st.batch_id}` says so — otherwise drop the batch again")
     adapter = adapter_for(st.source, cfg.sources)
-    parsed, view = parse_batch(root, adapter, cfg.ingest.settle_s)
+    parsed, view, records = parse_isolated(root, adapter, cfg.ingest.settle_s)  # records: their JSON form
     for rel, why in _beyond_3b(cfg, root, {rel: view.files[rel] for rel in parsed.claimed}).items():
         parsed.reject(why, rel)  # its records are skipped by the intent: their node is not stored
         parsed.claimed.discard(rel)
     files = {rel: view.files[rel] for rel in sorted(parsed.claimed)}
     st.report.update({"format": adapter.format, "files_seen": len(view.files) + sum(
         len(r.paths) for r in parsed.rejects if r.paths and r.paths[0] not in view.files),
-        "files_accepted": len(files), "records": len(parsed.records),
+        "files_accepted": len(files), "records": len(records),
         "rejected": [{"path": display(p) if p else None, "reason": r.reason}
                      for r in parsed.rejects for p in (r.paths or [""])], "quarantine": None})
     if not files:
@@ -61,7 +63,7 @@ def _step_scan(cfg: Settings, st: BatchState) -> None:
     if parsed.rejects:
         st.report["quarantine"] = str(zone3a / "_quarantine" / st.batch_id)
     atomic_write(_work(cfg, st.batch_id, "records"),
-                 json.dumps({"files": files, "records": [_rec_json(r) for r in parsed.records],
+                 json.dumps({"files": files, "records": records,
                              "identity": {rel: view.identity[rel] for rel in files if rel in view.identity}}).encode())
 
 
@@ -134,7 +136,7 @@ def _step_store(cfg: Settings, st: BatchState) -> None:
 
 
 def _step_apply(cfg: Settings, st: BatchState) -> None:
-    records = [_rec_load(r) for r in json.loads(_work(cfg, st.batch_id, "records").read_bytes())["records"]]
+    records = [record_load(r) for r in json.loads(_work(cfg, st.batch_id, "records").read_bytes())["records"]]
     stored = {k: tuple(v) for k, v in json.loads(_work(cfg, st.batch_id, "stored").read_bytes()).items()}
     intent, stats = build_intent(f"ingest:{st.batch_id}", st.batch_id, st.source, records, stored,
                                  dt.datetime.fromisoformat(st.signalled))
@@ -323,30 +325,3 @@ def _empty_batch_dir(zone3a: Path, st: BatchState, stored: dict[str, tuple[str, 
 _STEPS = {"scan": _step_scan, "store": _step_store, "apply": _step_apply, "package": _step_package,
           "finish": _step_finish}
 
-
-# -- records between steps ----------------------------------------------------------------
-
-def _node_json(n: File | Asset) -> list[str]:
-    return ["f", n.rel] if isinstance(n, File) else ["a", n.kind, n.id]
-
-
-def _node_load(j: list[str]) -> File | Asset:
-    return File(j[1]) if j[0] == "f" else Asset(j[1], j[2])
-
-
-def _rec_json(r: Record) -> dict[str, Any]:
-    d = {k: getattr(r, k) for k in ("doc", "title", "view_count", "author", "user", "specific")}
-    d["raw"] = small_raw(r.raw) or {}  # the whole document is a stored file (raw_object)
-    d.update(node=_node_json(r.node), edges=[[_node_json(p), _node_json(c), rel] for p, c, rel in r.edges],
-             update_time=r.update_time.isoformat() if r.update_time else None,
-             download_time=r.download_time.isoformat() if r.download_time else None)
-    return json.loads(json.dumps(d, default=str))
-
-
-def _rec_load(d: dict[str, Any]) -> Record:
-    t = dt.datetime.fromisoformat
-    return Record(_node_load(d["node"]), doc=d["doc"], raw=d["raw"], title=d["title"], view_count=d["view_count"],
-                  update_time=t(d["update_time"]) if d["update_time"] else None,
-                  download_time=t(d["download_time"]) if d["download_time"] else None, author=d["author"],
-                  user=d["user"], specific=d["specific"],
-                  edges=[(_node_load(p), _node_load(c), rel) for p, c, rel in d["edges"]])

@@ -1,7 +1,8 @@
 """The built-in actions: S04 worker programs that really run here, and their contracts.
 
 `hoard-builtin NAME INPUT_ROOT OUTPUT_ROOT [--options]` runs one program (`PROGRAMS`) over a
-staged input tree and writes only inside the output root (`_io`); each program's contract is
+staged input tree and writes only inside the output root (`_io`; where the kernel has Landlock
+it cannot write anywhere else, fsd.base.landlock); each program's contract is
 `contracts/<action_id>.toml` (`CONTRACTS`), found by `hoard action list|show` after the
 actions directory's own files (a file there of the same id shadows the built-in). What each
 takes, writes and its parameters: docs/actions.md, "Built-in actions".
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from pathlib import Path
 
@@ -29,6 +31,11 @@ def main(argv: list[str] | None = None) -> int:
     """The `hoard-builtin` console script. Exit 0: every input done or skipped (a skipped input is
     one line on stderr); 2: the run could not start (bad arguments, input root missing)."""
     argv = sys.argv[1:] if argv is None else argv
+    # numpy's OpenBLAS and OpenCV start thread pools at import, before `_io.confine`: threads
+    # outside the sandbox in its memory (`landlock.confine` refuses them). One thread each; a pool
+    # a library starts later is started from the confined thread and is confined with it
+    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[var] = "1"
     parser = argparse.ArgumentParser(prog="hoard-builtin", description="run one built-in action's worker program "
                                      "(docs/actions.md, Built-in actions)")
     sub = parser.add_subparsers(dest="name", required=True, metavar="NAME")
@@ -46,6 +53,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         _io.check_output_root(args.output_root)
+        _io.confine(args.output_root)
         return int(modules[args.name].run(args.input_root, args.output_root, args))
     except _io.WorkerError as e:
         print(f"hoard-builtin {args.name}: error: {e}", file=sys.stderr)

@@ -16,14 +16,15 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import secrets
 import stat
 import sys
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fsd.base import landlock
 from fsd.base.paths import display
 
 #: bytes read per call while hashing an input
@@ -123,15 +124,29 @@ def check_output_root(root: Path) -> None:
                           "give an empty directory")
 
 
+def confine(output_root: Path) -> bool:
+    """From here on this process and every program it starts (ffmpeg) write below the output
+    root only: the inputs are scraped media that Pillow, OpenCV and ffmpeg decode. Reading stays
+    open (the libraries and ffmpeg read from all over the system). False where the kernel has no
+    Landlock (`hoard health` says so). Nor does it change any file's mode, owner or times: a
+    worker taken over made a shard mode 000, or hoard.toml world-readable (Landlock does not
+    cover chmod) — its outputs get their 0644 from the umask set here instead (readable by the
+    service when the worker runs as another user). docs/security.md, "Sandboxed parsers"."""
+    os.umask(0o022)
+    if not landlock.confine(write=[output_root]):
+        return False
+    return landlock.refuse_metadata()
+
+
 def write_bytes(root: Path, rel: str, data: bytes) -> Path:
     """Write `data` to `root/rel` atomically (a temporary file renamed over the name, which
     replaces a link there rather than writing through it)."""
     path = _under(root, rel)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+    tmp = path.parent / f".tmp-{secrets.token_hex(8)}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
-        os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     except BaseException:
         os.unlink(tmp)
@@ -140,9 +155,9 @@ def write_bytes(root: Path, rel: str, data: bytes) -> Path:
 
 
 def move_into(root: Path, rel: str, src: Path) -> Path:
-    """Rename `src` (a file this program wrote in the output root's scratch) to `root/rel`."""
+    """Rename `src` (a file this program wrote in the output root's scratch: its mode 0644 from
+    the umask `confine` set) to `root/rel`."""
     path = _under(root, rel)
-    os.chmod(src, 0o644)
     os.replace(src, path)
     return path
 

@@ -1,0 +1,369 @@
+"""Landlock: a process takes away, irrevocably, its own right to write (and to read) outside
+the paths it names — the code that reads hostile scraped input runs so (docs/security.md).
+
+    from fsd.base import landlock
+    landlock.confine(write=[output_root])            # writes only below output_root
+    landlock.confine(read=[batch_dir], write=[])     # reads only there (+ Python), writes nowhere
+
+The kernel's three system calls through ctypes (no dependency: the ABI is three calls and two
+structs; the PyPI bindings were a pre-release covering ABI 1–2 or a months-old 0.x project).
+What Landlock does not cover, said where it matters: descriptors opened before `confine`
+keep their rights (a child process should be started with only the pipes it needs), and
+`truncate(2)` of a path is restricted from ABI 3 (kernel 6.2) on — below it (Debian 12's 6.1)
+`confine` adds a seccomp filter that refuses truncate(2) outright (`refuse_syscalls`).
+
+Where the kernel has no Landlock (built without it, or left out of its `lsm=` list), or only
+ABI 1 (5.13–5.18: a rename between two directories is refused under any ruleset, which
+the writers here need), `confine` does nothing and returns False; `hoard health` warns once
+(`status`), and the systemd units' own sandboxing still applies.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import functools
+import os
+import stat
+import sys
+import sysconfig
+import threading
+from collections.abc import Iterable
+from pathlib import Path
+
+__all__ = ["MIN_ABI", "abi", "child_env", "confine", "confine_reader", "python_runtime", "refuse_metadata",
+           "refuse_read_truncate", "refuse_ioctls", "refuse_syscalls", "status"]
+
+_CREATE_RULESET, _ADD_RULE, _RESTRICT_SELF = 444, 445, 446  # the same number on every architecture
+_CREATE_RULESET_VERSION = 1
+_RULE_PATH_BENEATH = 1
+_PR_SET_NO_NEW_PRIVS = 38
+
+# access rights (include/uapi/linux/landlock.h)
+EXECUTE, WRITE_FILE, READ_FILE, READ_DIR = 1 << 0, 1 << 1, 1 << 2, 1 << 3
+REMOVE_DIR, REMOVE_FILE, MAKE_CHAR, MAKE_DIR = 1 << 4, 1 << 5, 1 << 6, 1 << 7
+MAKE_REG, MAKE_SOCK, MAKE_FIFO, MAKE_BLOCK, MAKE_SYM = 1 << 8, 1 << 9, 1 << 10, 1 << 11, 1 << 12
+REFER = 1 << 13     # ABI 2: link or rename into another directory
+TRUNCATE = 1 << 14  # ABI 3
+IOCTL_DEV = 1 << 15  # ABI 5: ioctl(2) on a device file (a terminal's TIOCSTI)
+#: ABI 6: what a confined process may no longer reach outside its own domain
+SCOPE_ABSTRACT_UNIX_SOCKET, SCOPE_SIGNAL = 1 << 0, 1 << 1
+
+#: the rights that change the filesystem, by the ABI that knows them
+_WRITE = (WRITE_FILE | REMOVE_DIR | REMOVE_FILE | MAKE_CHAR | MAKE_DIR | MAKE_REG | MAKE_SOCK | MAKE_FIFO
+          | MAKE_BLOCK | MAKE_SYM | REFER)
+_READ = READ_FILE | READ_DIR
+#: the rights a rule on a file (not a directory) may carry
+_FILE_RIGHTS = EXECUTE | WRITE_FILE | READ_FILE | TRUNCATE
+#: REFER is what ABI 1 lacks: without it a process under any ruleset cannot rename across
+#: directories (EXDEV), and the built-in workers move their outputs so
+MIN_ABI = 2
+
+
+class _RulesetAttr(ctypes.Structure):
+    _fields_ = [("handled_access_fs", ctypes.c_uint64)]  # the ABI 1–3 struct; later ones extend it
+
+
+class _RulesetAttrScoped(ctypes.Structure):
+    _fields_ = [("handled_access_fs", ctypes.c_uint64), ("handled_access_net", ctypes.c_uint64),
+                ("scoped", ctypes.c_uint64)]  # ABI 6
+
+
+class _PathBeneathAttr(ctypes.Structure):
+    _pack_ = 1  # __attribute__((packed)) in the kernel's header
+    _fields_ = [("allowed_access", ctypes.c_uint64), ("parent_fd", ctypes.c_int32)]
+
+
+@functools.cache
+def _libc() -> ctypes.CDLL:
+    return ctypes.CDLL(None, use_errno=True)
+
+
+def _call(nr: int, *args: object) -> int:
+    ctypes.set_errno(0)
+    res = int(_libc().syscall(ctypes.c_long(nr), *args))
+    if res < 0:
+        e = ctypes.get_errno()
+        raise OSError(e, os.strerror(e))
+    return res
+
+
+#: what to do about each reason Landlock cannot be used (`hoard health` prints it)
+_NEXT = {
+    "built": "boot a kernel built with CONFIG_SECURITY_LANDLOCK=y (Debian 12's linux-image-amd64 is)",
+    "boot": ("add landlock to the kernel's boot parameter lsm= (e.g. lsm=landlock, then the list in "
+             "/sys/kernel/security/lsm) and reboot"),
+    "old": "boot Linux 5.19 or later (Debian 12's 6.1 has ABI 2)",
+}
+
+
+@functools.cache
+def _probe() -> tuple[int, str | None, str | None]:
+    """(ABI version, why it cannot be used or None, the next step)."""
+    try:
+        version = _call(_CREATE_RULESET, ctypes.c_void_p(None), ctypes.c_size_t(0),
+                        ctypes.c_uint32(_CREATE_RULESET_VERSION))
+    except OSError as e:
+        if e.errno == errno.EOPNOTSUPP:
+            return 0, "Landlock is built into this kernel but not enabled at boot (not in its lsm= list)", _NEXT["boot"]
+        if e.errno == errno.ENOSYS:
+            return 0, "this kernel was built without Landlock", _NEXT["built"]
+        return 0, f"the kernel refused the Landlock version query ({e.strerror})", _NEXT["built"]
+    except AttributeError:  # no syscall() in this C library
+        return 0, "this C library offers no syscall()", _NEXT["built"]
+    if version < MIN_ABI:
+        return version, (f"this kernel has Landlock ABI {version} (Linux 5.13–5.18), which cannot allow a rename "
+                         f"between directories (ABI {MIN_ABI})"), _NEXT["old"]
+    return version, None, None
+
+
+def abi() -> int:
+    """The kernel's Landlock ABI version; 0 where it has none."""
+    return _probe()[0]
+
+
+def status() -> dict[str, object]:
+    """`{"abi": N, "enforced": bool, "reason": why not, "next_step": …}` for `hoard health`."""
+    version, why, next_step = _probe()
+    return {"abi": version, "enforced": why is None, "reason": why, "next_step": next_step}
+
+
+def _handled(version: int, reads: bool) -> int:
+    rights = _WRITE | (TRUNCATE if version >= 3 else 0) | (IOCTL_DEV if version >= 5 else 0)
+    return rights | (_READ | EXECUTE if reads else 0)
+
+
+def confine(*, write: Iterable[Path | str] = (), read: Iterable[Path | str] | None = None,
+            write_files: Iterable[Path | str] = ("/dev/null",)) -> bool:
+    """Restrict this thread and every process it starts from now on, for good: files and
+    directories are created, written, renamed or removed only below `write` (and the single
+    files of `write_files`). With `read` given, files are also read (and listed) only below
+    `read` and `write`, and programs started (execve) only below `write`; without it, reading
+    and starting programs are not restricted. A path that does not exist raises
+    FileNotFoundError (a rule cannot name it). False, with nothing done, where the kernel
+    cannot (`status()` says why); True once restricted. Call it before any other thread starts:
+    one started earlier would keep its rights and share the memory (RuntimeError).
+
+    What Landlock leaves open and a confined process must not reach either is refused too: a
+    socket (a seccomp filter on socket(2) and io_uring: the Redis socket would take an RQ job
+    that runs unconfined, PostgreSQL's would take SQL), and from ABI 6 a signal or an abstract
+    socket outside its own domain; an ioctl on a device it opens from ABI 5, and always pushing
+    input into a terminal it inherited or setting a file's attribute flags (`refuse_ioctls`);
+    an flock (ENOLCK), which would hold the service's own locks."""
+    version, why, _ = _probe()
+    if why is not None:
+        return False
+    threads = _threads()
+    if threads > 1:  # Landlock and seccomp confine the calling thread and what it starts from then on
+        raise RuntimeError(f"confine: {threads - 1} other thread(s) of this process run already (a library that "
+                           "starts a pool at import?) and would stay outside the sandbox, sharing its memory")
+    handled = _handled(version, read is not None)
+    attr: ctypes.Structure = _RulesetAttr(handled)
+    if version >= 6:
+        attr = _RulesetAttrScoped(handled, 0, SCOPE_ABSTRACT_UNIX_SOCKET | SCOPE_SIGNAL)
+    ruleset = _call(_CREATE_RULESET, ctypes.byref(attr), ctypes.c_size_t(ctypes.sizeof(attr)), ctypes.c_uint32(0))
+    try:
+        rules: list[tuple[Path | str, int]] = [(p, handled) for p in write]
+        rules += [(p, handled & (WRITE_FILE | TRUNCATE | READ_FILE)) for p in write_files if os.path.exists(p)]
+        rules += [(p, handled & _READ) for p in read or ()]  # reading a library is not executing it (mmap)
+        for path, rights in rules:
+            fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
+            try:
+                if not stat.S_ISDIR(os.fstat(fd).st_mode):
+                    rights &= _FILE_RIGHTS
+                if rights:
+                    rule = _PathBeneathAttr(rights, fd)
+                    _call(_ADD_RULE, ctypes.c_int(ruleset), ctypes.c_int(_RULE_PATH_BENEATH), ctypes.byref(rule),
+                          ctypes.c_uint32(0))
+            finally:
+                os.close(fd)
+        if _libc().prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:  # required by restrict_self without CAP_SYS_ADMIN
+            raise OSError(ctypes.get_errno(), "prctl(PR_SET_NO_NEW_PRIVS)")
+        if version < 3:  # Landlock cannot refuse truncate(2) of a path yet: a shard the uid may write
+            refuse_syscalls(_TRUNCATE, errno.EACCES)
+            refuse_read_truncate()  # nor an open(O_RDONLY | O_TRUNC), which truncates what it may read
+        refuse_syscalls(_SOCKETS, errno.EACCES)
+        refuse_syscalls(_FLOCK, errno.ENOLCK)
+        refuse_ioctls()
+        _call(_RESTRICT_SELF, ctypes.c_int(ruleset), ctypes.c_uint32(0))
+    finally:
+        os.close(ruleset)
+    return True
+
+
+def _threads() -> int:
+    try:
+        return len(os.listdir("/proc/self/task"))
+    except OSError:  # no /proc (a bare chroot): Python's own count, which misses a C library's pool
+        return threading.active_count()
+
+
+#: seccomp_data.arch and the number of truncate(2) on the architectures hoardfs runs on
+_AUDIT_ARCH = {"x86_64": 0xC000003E, "aarch64": 0xC00000B7}
+_TRUNCATE: dict[str, tuple[int, ...]] = {"x86_64": (76,), "aarch64": (45,)}
+#: socket(2), and io_uring_setup(2) (its SOCKET/CONNECT operations do not pass through seccomp)
+_SOCKETS: dict[str, tuple[int, ...]] = {"x86_64": (41, 425), "aarch64": (198, 425)}
+#: flock(2): it needs only a descriptor open to read, and a built-in (which reads anywhere) held
+#: the service's own locks (`<ssd>/locks/`: the store, the zones' reservations) while it ran
+_FLOCK: dict[str, tuple[int, ...]] = {"x86_64": (73,), "aarch64": (32,)}
+#: what a process that changes nothing has no use for and Landlock does not cover: a file's
+#: mode, owner, times and extended attributes (chmod 000 of a shard, of the index), and
+#: signals (SIGKILL to the mount or a worker of the same user; Landlock scopes them from ABI 6)
+_METADATA: dict[str, tuple[int, ...]] = {
+    "x86_64": (90, 91, 268, 452, 92, 93, 94, 260, 132, 235, 261, 280, 188, 189, 190, 197, 198, 199, 463, 466),
+    "aarch64": (52, 53, 452, 54, 55, 88, 5, 6, 7, 14, 15, 16, 463, 466)}
+_SIGNALS: dict[str, tuple[int, ...]] = {"x86_64": (62, 200, 234, 129, 297, 424),
+                                        "aarch64": (129, 130, 131, 138, 240, 424)}
+_PR_SET_SECCOMP, _SECCOMP_MODE_FILTER = 22, 2
+_RET_ALLOW, _RET_ERRNO, _LD_W_ABS, _JEQ_K, _RET_K = 0x7FFF0000, 0x00050000, 0x20, 0x15, 0x06
+
+
+class _SockFilter(ctypes.Structure):
+    _fields_ = [("code", ctypes.c_uint16), ("jt", ctypes.c_uint8), ("jf", ctypes.c_uint8), ("k", ctypes.c_uint32)]
+
+
+class _SockFprog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.POINTER(_SockFilter))]
+
+
+def refuse_syscalls(numbers: dict[str, tuple[int, ...]], err: int) -> bool:
+    """A seccomp filter, for this thread and what it starts, for good: the system calls
+    `numbers[machine]` fail with `err`, every other call runs (another architecture's calls —
+    i386 compatibility — run too). False on an architecture `numbers` does not name. The
+    caller must have set no_new_privs (`confine` has)."""
+    machine = os.uname().machine
+    arch, nrs = _AUDIT_ARCH.get(machine), numbers.get(machine)
+    if arch is None or not nrs:
+        return False
+    n = len(nrs)
+    code = [(_LD_W_ABS, 0, 0, 4), (_JEQ_K, 0, n + 1, arch), (_LD_W_ABS, 0, 0, 0)]
+    code += [(_JEQ_K, n - i, 0, nr) for i, nr in enumerate(nrs)]  # equal: to the ERRNO return, past ALLOW
+    code += [(_RET_K, 0, 0, _RET_ALLOW), (_RET_K, 0, 0, _RET_ERRNO | err)]
+    _install(code)
+    return True
+
+
+#: open(2) (x86_64 only) and openat(2) with the argument index of their flags; openat2(2)
+_OPENS: dict[str, tuple[tuple[int, int], ...]] = {"x86_64": ((2, 1), (257, 2)), "aarch64": ((56, 2),)}
+_OPENAT2 = 437
+_O_TRUNC, _O_ACCMODE = 0o1000, 3  # the same on x86_64 and aarch64
+_ALU_AND_K, _JA = 0x54, 0x05
+
+
+def refuse_read_truncate() -> bool:
+    """A seccomp filter, for this thread and what it starts, for good: an open that truncates
+    but asks only to read (O_RDONLY | O_TRUNC: Linux truncates a file the uid may write, and
+    Landlock below ABI 3 checks only the read right) fails with EACCES; openat2(2), whose
+    flags a filter cannot see, with ENOSYS (the C library and Python do not use it). False on
+    an architecture `_OPENS` does not name. The caller must have set no_new_privs."""
+    machine = os.uname().machine
+    arch, opens = _AUDIT_ARCH.get(machine), _OPENS.get(machine)
+    if arch is None or not opens:
+        return False
+    # layout: [0] arch [1] jeq arch [2] nr, one jeq per open, [k] jeq openat2, ALLOW, one load+jump per
+    # open, the check (and, jeq), ALLOW, EACCES, ENOSYS
+    n = len(opens)
+    allow = 4 + n  # index of the first ALLOW
+    loads = allow + 1  # each open's load is 2 instructions (load, jump to the check)
+    check = loads + 2 * n
+    eacces, enosys = check + 3, check + 4  # check + 2: ALLOW
+    code: list[tuple[int, int, int, int]] = [(_LD_W_ABS, 0, 0, 4), (_JEQ_K, 0, allow - 2, arch), (_LD_W_ABS, 0, 0, 0)]
+    for i, (nr, _arg) in enumerate(opens):
+        code.append((_JEQ_K, loads + 2 * i - (3 + i) - 1, 0, nr))
+    code.append((_JEQ_K, enosys - (3 + n) - 1, 0, _OPENAT2))
+    code.append((_RET_K, 0, 0, _RET_ALLOW))
+    for i, (_nr, arg) in enumerate(opens):
+        at = loads + 2 * i
+        code += [(_LD_W_ABS, 0, 0, 16 + 8 * arg),  # the low 32 bits of the flags (little-endian)
+                 (_JA, 0, 0, check - (at + 1) - 1)]
+    code += [(_ALU_AND_K, 0, 0, _O_TRUNC | _O_ACCMODE), (_JEQ_K, eacces - (check + 1) - 1, 0, _O_TRUNC),
+             (_RET_K, 0, 0, _RET_ALLOW), (_RET_K, 0, 0, _RET_ERRNO | errno.EACCES),
+             (_RET_K, 0, 0, _RET_ERRNO | errno.ENOSYS)]
+    assert len(code) == enosys + 1
+    _install(code)
+    return True
+
+
+#: ioctl(2)'s number, and the requests refused (`refuse_ioctls`)
+_IOCTL = {"x86_64": 16, "aarch64": 29}
+#: pushing input into a terminal (TIOCSTI, TIOCLINUX's paste): a descriptor a confined process
+#: inherited is not Landlock's, and a GUI started from a shell hands its decoder that terminal
+_TERMINAL_INPUT = (0x5412, 0x541C)
+#: a file's attribute flags (FS_IOC_SETFLAGS, its 32-bit twin, FS_IOC_FSSETXATTR): on a file
+#: opened only to read, which Landlock allows — root made a shard or the index immutable
+#: (chattr +i), another user may set sync or noatime on its own files
+_FILE_FLAGS = (0x40086602, 0x40046602, 0x401C5820)
+
+
+def refuse_ioctls() -> bool:
+    """A seccomp filter, for this thread and what it starts, for good: the ioctl(2) requests
+    `_TERMINAL_INPUT` and `_FILE_FLAGS` fail with EPERM (a process with CAP_SYS_ADMIN — root —
+    may otherwise push keystrokes into any terminal it holds, another only into its controlling
+    one). False on an architecture `_IOCTL` does not name. The caller must have set no_new_privs."""
+    machine = os.uname().machine
+    arch, nr = _AUDIT_ARCH.get(machine), _IOCTL.get(machine)
+    if arch is None or nr is None:
+        return False
+    requests = _TERMINAL_INPUT + _FILE_FLAGS
+    allow = 5 + len(requests)
+    code = [(_LD_W_ABS, 0, 0, 4), (_JEQ_K, 0, allow - 2, arch), (_LD_W_ABS, 0, 0, 0), (_JEQ_K, 0, allow - 4, nr),
+            (_LD_W_ABS, 0, 0, 16 + 8 * 1)]  # the request's low 32 bits (the kernel takes it as an int)
+    code += [(_JEQ_K, allow - (5 + i), 0, req) for i, req in enumerate(requests)]  # equal: past ALLOW
+    code += [(_RET_K, 0, 0, _RET_ALLOW), (_RET_K, 0, 0, _RET_ERRNO | errno.EPERM)]
+    _install(code)
+    return True
+
+
+def _install(code: list[tuple[int, int, int, int]]) -> None:
+    insns = (_SockFilter * len(code))(*[_SockFilter(*c) for c in code])
+    prog = _SockFprog(len(code), insns)
+    if _libc().prctl(_PR_SET_SECCOMP, _SECCOMP_MODE_FILTER, ctypes.byref(prog), 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_SECCOMP)")
+
+
+#: what the dynamic loader reads besides the libraries (a file rule: /etc itself stays closed)
+_LOADER_FILES = ("/etc/ld.so.cache",)
+_SYSTEM_LIBS = ("/usr/lib", "/lib", "/usr/lib64", "/lib64")
+
+
+def python_runtime() -> list[str]:
+    """What Python needs to read once confined: the standard library (and its extension
+    modules), site-packages, every top-level package already imported (a source checkout's
+    `adapters/`, `fsd/` — not the checkout itself, which may hold hoard.toml), the system's
+    shared libraries and the loader's cache."""
+    paths = {sysconfig.get_path(n) for n in ("stdlib", "platstdlib", "purelib", "platlib")}
+    for name, mod in list(sys.modules.items()):
+        f = getattr(mod, "__file__", None)
+        if "." not in name and f:
+            p = Path(f)
+            paths.add(str(p.parent if p.name == "__init__.py" else p))
+    paths.update(_SYSTEM_LIBS + _LOADER_FILES)
+    return sorted(p for p in paths if p and os.path.exists(p))
+
+
+#: the variables a confined child keeps (`child_env`)
+_CHILD_ENV = ("PATH", "PYTHONPATH", "PYTHONIOENCODING", "PYTHONUTF8", "LANG", "LANGUAGE", "TZ")
+
+
+def child_env() -> dict[str, str]:
+    """The environment for a child that confines itself: what Python and the C library use
+    (PATH, PYTHONPATH, the locale, TZ), none of the service's own (HOARD_DATABASE_URL may
+    carry the database's password, which a parser taken over would put in a title)."""
+    return {k: v for k, v in os.environ.items() if k in _CHILD_ENV or k.startswith("LC_")}
+
+
+def confine_reader(read: Iterable[Path | str] = ()) -> bool:
+    """A decoder of hostile bytes: it writes nothing, starts no program and reads only below
+    `read` and `python_runtime()` — import what it needs first. Nor does it change a file's
+    mode, owner, times or attributes, or send a signal (`_METADATA`, `_SIGNALS`)."""
+    if not confine(read=[*python_runtime(), *read], write=[], write_files=()):
+        return False
+    refuse_metadata()
+    refuse_syscalls(_SIGNALS, errno.EPERM)
+    return True
+
+
+def refuse_metadata() -> bool:
+    """After `confine`: no file's mode, owner, times or extended attributes change any more,
+    its own or another's (Landlock does not cover them; `_METADATA`) — EPERM."""
+    return refuse_syscalls(_METADATA, errno.EPERM)

@@ -1,0 +1,186 @@
+"""The GUI's thumbnails are decoded by Pillow in a process of their own that Landlock confines:
+it writes nothing, starts nothing and reads only Python's own files — the images are scraped
+(hostile) and the GUI process holds the users' password hashes, the session key and the store.
+
+`Decoder.thumbnail(data)` sends the bytes over a pipe and gets the JPEG back; the process is
+started on first use (`python -m fsd.outputs.thumb_decoder`), serves one image after another,
+and is started anew after it dies (an image that crashes Pillow gets no thumbnail; the next
+image gets a new process). Where the kernel has no Landlock it runs unconfined (`hoard health`
+warns), still a process apart.
+
+Wire format, both ways: a kind byte (request: `I`; answer: `J` a JPEG, `N` none and why),
+an 8-byte big-endian length, the payload.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import select
+import struct
+import subprocess
+import sys
+import threading
+import time
+
+from fsd.base import landlock
+from fsd.base.paths import display
+
+SIZE = (256, 256)
+#: nor decoded when their pixels (width × height, from the header) exceed this: a few KB of
+#: PNG can declare 20,000 × 20,000 pixels (an "image bomb") and take gigabytes to decode
+MAX_PIXELS = 40_000_000
+#: the formats a thumbnail is made of (Pillow would otherwise try every plugin it has on
+#: untrusted bytes — EPS runs Ghostscript where it is installed)
+FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF")
+#: an image whose decode takes longer gets no thumbnail (the process is killed and restarted)
+DECODE_TIMEOUT_S = 60.0
+#: the largest answer taken from it (a 256 × 256 JPEG is tens of KB)
+MAX_ANSWER = 4 << 20
+_HEAD = struct.Struct(">cQ")
+
+
+def make(data: bytes) -> tuple[bytes | None, str]:
+    """(the JPEG thumbnail, "") or (None, why not). Runs in the confined process."""
+    from PIL import Image, UnidentifiedImageError  # deferred: only the decoder process loads Pillow
+
+    try:
+        with Image.open(io.BytesIO(data), formats=FORMATS) as im:
+            # the size the header declares, before draft() shrinks it: a progressive JPEG is
+            # decoded into whole-image coefficient buffers whatever the scale (a 2 MB 13000 ×
+            # 13000 one passed at 1/8 and grew the GUI from 156 MB to 1.15 GB)
+            limit = MAX_PIXELS // 4 if im.format == "JPEG" and im.info.get("progressive") else MAX_PIXELS
+            if im.width * im.height > limit:
+                return None, ""
+            im.draft("RGB", SIZE)  # JPEG: decode at a reduced scale (a 60 MP photo at 1/8)
+            im.thumbnail(SIZE)
+            buf = io.BytesIO()
+            im.convert("RGB").save(buf, "JPEG", quality=80)
+            return buf.getvalue(), ""
+    except (UnidentifiedImageError, Image.DecompressionBombError):
+        return None, ""
+    except Exception as e:  # noqa: BLE001 - untrusted bytes: Pillow's plugins raise what they like
+        return None, f"{type(e).__name__}: {e}"
+
+
+class Decoder:
+    """The parent's end: one decode at a time (callers hold their own lock or share this one)."""
+
+    def __init__(self, argv: list[str] | None = None, timeout_s: float = DECODE_TIMEOUT_S) -> None:
+        #: the decoder's command (another only in the test of what a decoder made to lie can do)
+        self.argv = argv or [sys.executable, "-P", "-s", "-m", "fsd.outputs.thumb_decoder"]
+        self.timeout_s = timeout_s
+        self._proc: subprocess.Popen[bytes] | None = None
+        self.lock = threading.Lock()
+
+    def thumbnail(self, data: bytes) -> tuple[bytes | None, str]:
+        """(JPEG, "") or (None, why not: "" for "not an image we decode"). The answer is the
+        decoder's, the process that read the hostile bytes: taken only as a JPEG of at most
+        MAX_ANSWER bytes within `timeout_s` (DECODE_TIMEOUT_S) from the first byte sent, else
+        the process is killed."""
+        with self.lock:
+            proc = self._running()
+            assert proc.stdin is not None and proc.stdout is not None
+            # the deadline covers the sending too: a decoder that stopped reading its stdin held the
+            # lock, and every thumbnail of the GUI, for ever
+            deadline = time.monotonic() + self.timeout_s
+            try:
+                _send(proc.stdin.fileno(), _HEAD.pack(b"I", len(data)) + data, deadline)
+                kind, payload = _read(proc.stdout.fileno(), deadline, MAX_ANSWER)
+            except (OSError, EOFError, TimeoutError, ValueError) as e:
+                self.close()
+                return None, f"the decoder process ended on it ({type(e).__name__}: {e})"
+            if kind == b"J" and payload.startswith(b"\xff\xd8\xff"):
+                return payload, ""
+            if kind == b"N":
+                return None, display(payload.decode("utf-8", "replace")[:300])
+            self.close()
+            return None, "the decoder process answered with something that is not a JPEG"
+
+    def _running(self) -> subprocess.Popen[bytes]:
+        if self._proc is not None and self._proc.poll() is not None:
+            self.close()  # it died (killed, or crashed on the last image): its pipes closed, a new one started
+        if self._proc is None:
+            # a session of its own: the GUI's stderr may be the terminal that started it, and a
+            # decoder taken over pushed keystrokes into that shell (TIOCSTI on its controlling
+            # terminal; Landlock does not restrict a descriptor it inherits)
+            self._proc = subprocess.Popen(self.argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=None,
+                                          start_new_session=True, env=landlock.child_env())
+        return self._proc
+
+    def close(self) -> None:
+        if self._proc is not None:
+            if self._proc.poll() is None:
+                self._proc.kill()
+            self._proc.wait()
+            for f in (self._proc.stdin, self._proc.stdout):
+                if f is not None:
+                    f.close()
+            self._proc = None
+
+
+def _ready(fd: int, event: int, deadline: float) -> bool:
+    """`fd` readable or writable (or closed at the other end) before `deadline` — poll, not
+    select: the GUI's descriptors may number above 1023, which select refuses."""
+    poller = select.poll()
+    poller.register(fd, event)
+    return bool(poller.poll(max(0.0, deadline - time.monotonic()) * 1000))
+
+
+def _send(fd: int, data: bytes, deadline: float) -> None:
+    os.set_blocking(fd, False)
+    view = memoryview(data)
+    while view:
+        if not _ready(fd, select.POLLOUT, deadline):
+            raise TimeoutError("the image not taken in time")
+        try:
+            view = view[os.write(fd, view):]
+        except BlockingIOError:
+            continue
+
+
+def _read(fd: int, deadline: float | None, limit: int | None = None) -> tuple[bytes, bytes]:
+    kind, n = _HEAD.unpack(_exactly(fd, _HEAD.size, deadline))
+    if limit is not None and n > limit:
+        raise ValueError(f"an answer of {n} bytes (at most {limit})")
+    return kind, _exactly(fd, n, deadline)
+
+
+def _exactly(fd: int, n: int, deadline: float | None) -> bytes:
+    out = bytearray()
+    while len(out) < n:
+        if deadline is not None and not _ready(fd, select.POLLIN, deadline):
+            raise TimeoutError("no answer in time")
+        chunk = os.read(fd, min(n - len(out), 1 << 20))
+        if not chunk:
+            raise EOFError("end of the pipe")
+        out += chunk
+    return bytes(out)
+
+
+def _serve() -> int:
+    from PIL import Image  # deferred: only the decoder process loads Pillow
+
+    # it ends at the end of its stdin: when the GUI exits, or is killed, the kernel closes the GUI's
+    # end. No PR_SET_PDEATHSIG: it follows the *thread* that started the process, and the GUI asks
+    # for thumbnails from pool threads — a thread that ended killed the decoder under the next
+    # image, which then kept "no thumbnail" for good (and one taken over can unset it anyway)
+    Image.init()  # every plugin imported before the walls go up
+    make(b"")  # and what a first decode imports lazily
+    landlock.confine_reader()
+    fd_in, fd_out = sys.stdin.fileno(), sys.stdout.fileno()
+    while True:
+        try:
+            _kind, data = _read(fd_in, None)
+        except EOFError:
+            return 0
+        jpeg, why = make(data)
+        payload = jpeg if jpeg is not None else why.encode()
+        os.write(fd_out, _HEAD.pack(b"J" if jpeg is not None else b"N", len(payload)))
+        view = memoryview(payload)
+        while view:
+            view = view[os.write(fd_out, view):]
+
+
+if __name__ == "__main__":
+    sys.exit(_serve())

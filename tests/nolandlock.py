@@ -1,0 +1,43 @@
+"""`python tests/nolandlock.py ENOSYS|EOPNOTSUPP -- COMMAND …`: run COMMAND on a kernel that,
+for it and every process it starts, answers Landlock's calls as a kernel without Landlock does
+— ENOSYS (built without it) or EOPNOTSUPP (built with it, not enabled at boot). A seccomp
+filter does it (inherited across fork and exec, like the real absence; the product's own
+`fsd.base.landlock.refuse_syscalls`): only the three Landlock system calls are refused,
+everything else runs as usual.
+
+Exit 97 with one line when this kernel cannot install a seccomp filter here (the tests then
+skip through `tests.helpers.missing`, which fails under CI)."""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import sys
+
+from fsd.base.landlock import refuse_syscalls
+
+UNSUPPORTED = 97
+_PR_SET_NO_NEW_PRIVS = 38
+_LANDLOCK = (444, 445, 446)  # landlock_create_ruleset, landlock_add_rule, landlock_restrict_self: every architecture
+
+
+def main(argv: list[str]) -> int:
+    name, sep, *cmd = argv
+    if sep != "--" or not cmd or name not in ("ENOSYS", "EOPNOTSUPP"):
+        print("usage: nolandlock.py ENOSYS|EOPNOTSUPP -- COMMAND …", file=sys.stderr)
+        return 2
+    try:
+        if ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), "prctl(PR_SET_NO_NEW_PRIVS)")
+        if not refuse_syscalls({m: _LANDLOCK for m in ("x86_64", "aarch64")}, getattr(errno, name)):
+            raise OSError(errno.ENOTSUP, f"no seccomp architecture number known for {os.uname().machine}")
+    except OSError as e:
+        print(f"nolandlock: cannot install a seccomp filter: {e}", file=sys.stderr)
+        return UNSUPPORTED
+    os.execvp(cmd[0], cmd)
+    return 127  # not reached
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
