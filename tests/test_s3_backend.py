@@ -108,7 +108,7 @@ def damage(disk, shard_hex: str, at: int) -> None:
 
 
 def test_write_seal_read_ranges(disk) -> None:
-    big = os.urandom(11 << 20)  # past two parts of an upload
+    big = os.urandom(20 << 20)  # four parts of an upload; longer than a verify's window (s3.WINDOW)
     payloads = [b"hello hoard\n", big, os.urandom(1000)]
     shard, body = write_shard(disk, payloads, seal=False)
     assert disk.state(shard) == "open"
