@@ -218,6 +218,7 @@ def test_engine_killed_mid_upload_leaves_the_shard_open(seaweedfs_own, engine_en
     engine = seaweedfs_own
     engine_env(engine)
     disk = s3_disk(engine, tmp_path / "staging")
+    kept, kept_data = write_shard(disk, [b"sealed before" * 100])
     parts = []
 
     def kill_at_second_part(**_kw) -> None:
@@ -231,11 +232,14 @@ def test_engine_killed_mid_upload_leaves_the_shard_open(seaweedfs_own, engine_en
     msg = err.value.message
     assert "disk s3a" in msg and "does not answer" in msg and "start it" in msg and "\n" not in msg
     assert isinstance(err.value, DiskGone) and isinstance(err.value, HoardError)
+    with pytest.raises(s3.EngineError, match="does not answer while reading shard"):
+        disk.read_at(kept, 0, 10)  # the read path says the same while the engine is down
     disk.client.meta.events.unregister("before-call.s3.UploadPart", kill_at_second_part)
     engine.start()
+    assert disk.read_at(kept, 0, len(kept_data)) == kept_data
     shard = disk.staging.shard_ids()[0][0]
     assert disk.state(shard) == "open"
-    assert disk.shard_ids() == [(shard, False)]
+    assert disk.shard_ids() == sorted([(kept, True), (shard, False)])
     disk.seal(shard)
     assert disk.state(shard) == "sealed"
     assert disk.verify(shard, sha256=True)[1] == 1

@@ -295,6 +295,8 @@ class S3Disk:
         try:
             count = verify_shard(stream.read, size, key, sha256, shard_hex)
             whole = stream.finish()
+        except BotoCoreError as e:
+            raise self._broke(f"verifying shard {shard_hex}", e) from None
         finally:
             stream.close()
         stored = head.get("Metadata", {}).get(SHA_KEY)
@@ -314,10 +316,12 @@ class S3Disk:
             for piece in iter(lambda: body.read(STREAM_PIECE), b""):
                 sink.write(piece)
             sink.sync()
-        except BaseException:
+        except BaseException as e:
             sink.close()
             with contextlib.suppress(OSError):
                 self.staging.delete(shard_hex)
+            if isinstance(e, BotoCoreError):
+                raise self._broke(f"unsealing shard {shard_hex}", e) from None
             raise
         finally:
             body.close()
@@ -380,6 +384,11 @@ class S3Disk:
         return EngineError(f"disk {self.label}: the engine at {self.endpoint} answered {status} {code} while {what}: "
                            f"{first_line(e)}")
 
+    def _broke(self, what: str, e: BotoCoreError) -> EngineError:
+        """A response body that broke off while it was read (the engine stopped, a timeout)."""
+        return EngineError(f"disk {self.label}: the engine at {self.endpoint} broke off while {what} "
+                           f"({first_line(e)}): try again once it answers")
+
     def _bucket_there(self, what: str) -> None:
         try:
             self.client.head_bucket(Bucket=self.bucket)
@@ -408,8 +417,7 @@ class S3Disk:
             data: bytes = body.read()
             return data
         except BotoCoreError as e:
-            raise EngineError(f"disk {self.label}: the engine at {self.endpoint} broke off while {what} "
-                              f"({first_line(e)}): try again") from None
+            raise self._broke(what, e) from None
         finally:
             body.close()
 
