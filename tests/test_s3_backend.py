@@ -10,6 +10,7 @@ import hashlib
 import inspect
 import os
 import secrets
+import tracemalloc
 from pathlib import Path
 
 import pytest
@@ -331,3 +332,19 @@ def test_the_store_does_not_take_s3_disks_yet(tmp_path: Path) -> None:
                    + "".join(f"[ssd.zones.{z}]\nquota_gb = 1\n" for z in ("3A", "3B", "3C", "3D")))
     with pytest.raises(ConfigError, match='disk s3a: kind = "s3" disks are not used by the store yet'):
         config.load(cfg)
+
+
+def test_verify_streams_with_bounded_memory(seaweedfs, engine_env, tmp_path: Path) -> None:
+    """A shard larger than anything verify may hold is checked whole (records, sha256 of each and
+    of the object) with its Python allocations well under the shard's size."""
+    engine_env(seaweedfs)
+    disk = s3_disk(seaweedfs, tmp_path / "staging")
+    shard, data = write_shard(disk, [os.urandom(24 << 20) for _ in range(3)])
+    tracemalloc.start()
+    try:
+        assert disk.verify(shard, sha256=True) == (len(data), 3)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    print(f"verify of {len(data) >> 20} MiB: peak {peak / 2**20:.1f} MiB")
+    assert peak < 40 << 20, f"verify held {peak / 2**20:.1f} MiB of a {len(data) >> 20} MiB shard"

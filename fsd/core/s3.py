@@ -31,6 +31,7 @@ AWS_SECRET_ACCESS_KEY, a credentials file): never from hoard.toml.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import errno
 import hashlib
@@ -64,8 +65,9 @@ SHA_KEY = "hoard-sha256"
 #: the piece of a multipart upload: fixed, so a retried upload cuts the same parts (S3 wants
 #: ≥ 5 MiB for every part but the last; 64 MiB measured best on SeaweedFS and Ceph RGW)
 PART_SIZE = 64 << 20
-#: a verify's stream keeps this much behind its position (a record's sha256 pass re-reads it)
-WINDOW = 2 * STREAM_PIECE
+#: a verify's stream keeps this much behind its position: a record's sha256 pass re-reads a
+#: payload of up to this size from memory (a longer one with ranged GETs)
+WINDOW = STREAM_PIECE
 #: client settings: a few retries with backoff (a 5xx, a dropped connection), then an error
 _CONFIG = Config(retries={"mode": "standard", "max_attempts": 3}, connect_timeout=5, read_timeout=120,
                  s3={"addressing_style": "path"})
@@ -436,47 +438,62 @@ class S3Disk:
 class _Stream:
     """A `read(offset, n)` over one object for `verify_shard`, which reads the footer, then the
     records in order: in-order reads come off one streamed GET (hashed whole as it passes),
-    re-reads of the last WINDOW bytes from memory, anything else as a ranged GET of its own."""
+    re-reads of the last WINDOW bytes from memory, anything else as a ranged GET of its own.
+    It holds at most WINDOW bytes plus the read in hand."""
+
+    CHUNK = 1 << 20
 
     def __init__(self, get: Callable[[int, int], bytes], open_body: Callable[[], Any], size: int) -> None:
         self.get, self.open_body, self.size = get, open_body, size
         self.body: Any = None
         self.pos = 0  # bytes consumed off the stream
-        self.buf, self.buf_start = bytearray(), 0  # the last bytes consumed: [buf_start, pos)
+        self.chunks: collections.deque[bytes] = collections.deque()  # the last ones consumed, up to pos
+        self.start = 0  # where the first of them begins
         self.sha = hashlib.sha256()
 
     def _consume(self, n: int, keep: bool = True) -> None:
         if self.body is None:
             self.body = self.open_body()
         while n > 0:
-            chunk = self.body.read(min(n, 1 << 20))
+            chunk = self.body.read(min(n, self.CHUNK))
             if not chunk:
                 raise fmt.TruncatedShard(f"the object ended at {self.pos} of {self.size} bytes")
             self.sha.update(chunk)
             self.pos += len(chunk)
             n -= len(chunk)
             if keep:
-                self.buf += chunk
+                self.chunks.append(chunk)
             else:
-                self.buf, self.buf_start = bytearray(), self.pos
+                self.chunks.clear()
+                self.start = self.pos
+
+    def _trim(self, keep_from: int) -> None:
+        """Drop the chunks that end at or before `keep_from`."""
+        while self.chunks and self.start + len(self.chunks[0]) <= keep_from:
+            self.start += len(self.chunks.popleft())
 
     def read(self, offset: int, n: int) -> bytes:
         end = min(offset + n, self.size)
         if offset >= end:
             return b""
-        if offset < self.buf_start or offset > self.pos + STREAM_PIECE:
+        if offset < self.start or offset > self.pos + STREAM_PIECE:
             return self.get(offset, end - offset)  # behind the window, or far ahead (the footer)
+        self._trim(min(offset, end - WINDOW))  # what this read and the window after it do not need
         if end > self.pos:
             self._consume(end - self.pos)
-        data = bytes(self.buf[offset - self.buf_start:end - self.buf_start])
-        drop = len(self.buf) - WINDOW
-        if drop > 0:
-            del self.buf[:drop]
-            self.buf_start += drop
-        return data
+        parts, at = [], self.start
+        for chunk in self.chunks:
+            lo, hi = max(offset, at), min(end, at + len(chunk))
+            if lo < hi:
+                parts.append(chunk[lo - at:hi - at] if (lo, hi) != (at, at + len(chunk)) else chunk)
+            at += len(chunk)
+        self._trim(self.pos - WINDOW)
+        return b"".join(parts)
 
     def finish(self) -> str:
         """The sha256 (hex) of the whole object, once the rest of it has streamed past."""
+        self.chunks.clear()
+        self.start = self.pos
         self._consume(self.size - self.pos, keep=False)
         return self.sha.hexdigest()
 
