@@ -201,6 +201,37 @@ def test_a_different_object_under_the_key_is_refused_not_replaced(seaweedfs, eng
     assert disk.staging.state(shard) == "open"  # the second stays where it was
 
 
+@pytest.mark.parametrize("same", [True, False], ids=["same-bytes", "other-bytes"])
+def test_an_upload_racing_another_never_replaces_it(seaweedfs, engine_env, tmp_path: Path, same: bool) -> None:
+    """Another object lands under the key between the seal's look and its upload's completion:
+    the engine refuses the completion (`If-None-Match: *`, 412) and the seal judges what is
+    there — the same shard is taken as sealed, another is refused and kept as it was."""
+    engine_env(seaweedfs)
+    disk = s3_disk(seaweedfs, tmp_path / "staging")
+    payload = os.urandom(7 << 20)
+    sid = os.urandom(12)
+    body, footer = shard_bytes([payload if same else payload[::-1]], sid)
+    theirs = body + footer
+    meta = {s3.SHA_KEY: hashlib.sha256(theirs).hexdigest()}
+    completes = []
+
+    def the_other_sealer(**_kw) -> None:
+        completes.append(1)
+        seaweedfs.client().put_object(Bucket=disk.bucket, Key=disk.key(sid.hex()), Body=theirs, Metadata=meta)
+
+    disk.client.meta.events.register("before-call.s3.CompleteMultipartUpload", the_other_sealer)
+    if same:
+        write_shard(disk, [payload], sid=sid)
+        assert disk.staging.state(sid.hex()) is None
+    else:
+        with pytest.raises(s3.ObjectMismatch, match="already holds a different object"):
+            write_shard(disk, [payload], sid=sid)
+        assert disk.staging.state(sid.hex()) == "open"
+    assert completes == [1]
+    assert disk.read_at(sid.hex(), 0, len(theirs)) == theirs
+    assert disk.client.list_multipart_uploads(Bucket=disk.bucket).get("Uploads", []) == []  # ours aborted
+
+
 def test_a_stored_sha256_that_differs_is_caught(seaweedfs, engine_env, tmp_path: Path) -> None:
     """Bytes whose records all check but which are not what was uploaded (the object's sha256
     is not the one stored at upload) fail verify."""

@@ -64,7 +64,7 @@ SHARD_PREFIX, ORPHAN_PREFIX = "shards/", "orphans/"
 SHA_KEY = "hoard-sha256"
 #: the piece of a multipart upload: fixed, so a retried upload cuts the same parts (S3 wants
 #: ≥ 5 MiB for every part but the last; 64 MiB measured best on SeaweedFS and Ceph RGW)
-PART_SIZE = 64 << 20
+PART_SIZE, MIN_PART = 64 << 20, 5 << 20
 #: a verify's stream keeps this much behind its position: a record's sha256 pass re-reads a
 #: payload of up to this size from memory (a longer one with ranged GETs)
 WINDOW = STREAM_PIECE
@@ -108,6 +108,8 @@ class S3Disk:
 
     def __init__(self, label: str, uuid: str, endpoint: str, bucket: str, staging: Path, capacity_bytes: int,
                  part_size: int = PART_SIZE, client: Any = None) -> None:
+        if part_size < MIN_PART:
+            raise ValueError(f"part_size {part_size}: S3 wants parts of at least {MIN_PART} bytes")
         self.label, self.uuid, self.endpoint, self.bucket = label, uuid, endpoint, bucket
         self.capacity_bytes, self.part_size = capacity_bytes, part_size
         self.client = client if client is not None else client_for(endpoint)
@@ -188,7 +190,8 @@ class S3Disk:
             digest.update(self.staging.read_exact(shard_hex, off, min(STREAM_PIECE, size - off)))
         sha = digest.hexdigest()
         key = self.key(shard_hex)
-        self._upload(shard_hex, key, size, sha)
+        if self._head(key) is None:  # else a seal retried after its upload: judged below, not sent again
+            self._upload(shard_hex, key, size, sha)
         head = self._head(key)
         if head is None:
             raise EngineError(f"disk {self.label}: the engine acknowledged shard {shard_hex} but does not show it: "
