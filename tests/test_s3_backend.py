@@ -109,6 +109,7 @@ def damage(disk, shard_hex: str, at: int) -> None:
 
 
 def test_write_seal_read_ranges(disk) -> None:
+    """An open shard reads; sealed, it keeps its size and bytes: any range, a short read at the end, verify."""
     big = os.urandom(20 << 20)  # four parts of an upload; longer than a verify's window (s3.WINDOW)
     payloads = [b"hello hoard\n", big, os.urandom(1000)]
     shard, body = write_shard(disk, payloads, seal=False)
@@ -133,6 +134,7 @@ def test_write_seal_read_ranges(disk) -> None:
 
 
 def test_list_and_delete(disk) -> None:
+    """The listing names sealed and open shards; delete removes one durably, a second time is FileNotFoundError."""
     sealed, _ = write_shard(disk, [b"a" * 100])
     open_, _ = write_shard(disk, [b"b" * 100], seal=False)
     assert sorted(disk.shard_ids()) == sorted([(sealed, True), (open_, False)])
@@ -148,6 +150,7 @@ def test_list_and_delete(disk) -> None:
 
 
 def test_damage_is_caught_by_verify(disk) -> None:
+    """One flipped byte in a payload of the stored replica fails verify."""
     shard, data = write_shard(disk, [os.urandom(3000), os.urandom(5000)])
     damage(disk, shard, len(data) // 2)  # inside the second payload
     with pytest.raises(fmt.ShardFormatError, match="checksum"):
@@ -166,6 +169,7 @@ def test_a_seal_retried_after_a_crash_keeps_the_shard(disk) -> None:
 
 
 def test_unseal_and_set_aside(disk) -> None:
+    """Unseal makes a sealed shard open again with its bytes; set aside moves it out of the listing."""
     shard, data = write_shard(disk, [os.urandom(2000)])
     assert disk.unseal(shard)
     assert disk.state(shard) == "open"
@@ -191,6 +195,7 @@ def test_both_backends_meet_the_contract() -> None:
 
 
 def test_a_different_object_under_the_key_is_refused_not_replaced(seaweedfs, engine_env, tmp_path: Path) -> None:
+    """A shard sealed again with other bytes is refused in one line; the object there stays."""
     engine_env(seaweedfs)
     disk = s3_disk(seaweedfs, tmp_path / "staging")
     shard, data = write_shard(disk, [b"first" * 100])
@@ -278,6 +283,7 @@ def test_engine_killed_mid_upload_leaves_the_shard_open(seaweedfs_own, engine_en
 
 
 def test_credentials_refused(seaweedfs, engine_env, tmp_path: Path) -> None:
+    """A secret the engine refuses: reads, lookups, verify and writes each say so in one line."""
     engine_env(seaweedfs)
     disk = s3_disk(seaweedfs, tmp_path / "staging")
     shard, _ = write_shard(disk, [b"x" * 100])
@@ -291,6 +297,7 @@ def test_credentials_refused(seaweedfs, engine_env, tmp_path: Path) -> None:
 
 
 def test_no_credentials_at_all(seaweedfs, engine_env, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No credentials anywhere in boto3's chain: one line naming where to put them."""
     engine_env(seaweedfs)
     disk = s3_disk(seaweedfs, tmp_path / "staging")
     monkeypatch.delenv("AWS_ACCESS_KEY_ID")
@@ -301,6 +308,7 @@ def test_no_credentials_at_all(seaweedfs, engine_env, monkeypatch: pytest.Monkey
 
 
 def test_bucket_deleted(seaweedfs, engine_env, tmp_path: Path) -> None:
+    """The bucket deleted under the disk: every call says so in one line with the next step."""
     engine_env(seaweedfs)
     disk = s3_disk(seaweedfs, tmp_path / "staging")
     shard, _ = write_shard(disk, [b"x" * 100])
@@ -313,6 +321,7 @@ def test_bucket_deleted(seaweedfs, engine_env, tmp_path: Path) -> None:
 
 
 def test_a_bucket_of_another_disk_is_not_written(seaweedfs, engine_env, tmp_path: Path) -> None:
+    """A bucket holding a disk identity is not taken by another disk, nor written by a disk it does not name."""
     engine_env(seaweedfs)
     disk = s3_disk(seaweedfs, tmp_path / "staging")
     with pytest.raises(s3.EngineError, match="already holds a disk identity"):
@@ -331,6 +340,7 @@ def s3_entry(**over: object) -> dict:
 
 
 def test_an_s3_disk_entry_parses() -> None:
+    """A [[disks]] table with kind = "s3" parses with its keys; one without kind is a local disk."""
     d = config.DiskConfig(**s3_entry())
     assert (d.kind, d.endpoint, d.bucket, d.capacity_gb) == ("s3", "http://127.0.0.1:8333", "hoard-a", 100)
     assert config.DiskConfig(label="hdd1", path="/srv/hdd1").kind == "local"
@@ -347,6 +357,7 @@ def test_an_s3_disk_entry_parses() -> None:
     ({"label": "hdd1"}, "path is required"),
 ])
 def test_a_bad_disk_entry_is_one_line(tmp_path: Path, entry: dict, said: str) -> None:
+    """Each mistake in a [[disks]] table is one line naming the entry and what to write."""
     toml = "".join(f"{k} = {v!r}\n".replace("'", '"') for k, v in entry.items() if v is not None)
     cfg = tmp_path / "hoard.toml"
     cfg.write_text(f"[[disks]]\n{toml}\n[ssd]\nroot = \"ssd\"\n")
@@ -356,6 +367,7 @@ def test_a_bad_disk_entry_is_one_line(tmp_path: Path, entry: dict, said: str) ->
 
 
 def test_the_store_does_not_take_s3_disks_yet(tmp_path: Path) -> None:
+    """A valid S3 disk entry is refused in one line until the store takes S3 disks."""
     cfg = tmp_path / "hoard.toml"
     cfg.write_text('[[disks]]\nlabel = "hdd1"\npath = "d1"\n[[disks]]\nlabel = "hdd2"\npath = "d2"\n'
                    '[[disks]]\nlabel = "s3a"\nkind = "s3"\nendpoint = "http://127.0.0.1:8333"\n'
