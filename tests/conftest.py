@@ -24,6 +24,7 @@ import redis
 from tests import dockerd as dockerd_mod
 from tests import lab as lab_mod
 from tests import labelstudio as ls_mod
+from tests import seaweedfs as weed_mod
 from tests.helpers import REPO, fresh_schema, missing, write_config
 
 
@@ -103,6 +104,19 @@ def servers() -> dict[str, str]:
 def label_studio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ls_mod.Server]:
     """A real Label Studio 1.23 for the session (tests/labelstudio.py: ~25 s to start, once)."""
     yield from ls_mod.serve(tmp_path_factory.mktemp("label-studio"))
+
+
+@pytest.fixture(scope="session")
+def seaweedfs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[weed_mod.Engine]:
+    """A real SeaweedFS S3 server for the session (tests/seaweedfs.py: ~4 s to start, once); a
+    test that stops it asks for `seaweedfs_own` instead."""
+    yield from weed_mod.serve(tmp_path_factory.mktemp("seaweedfs"))
+
+
+@pytest.fixture
+def seaweedfs_own(tmp_path: Path) -> Iterator[weed_mod.Engine]:
+    """A SeaweedFS S3 server of this test's own, which it may stop and start again."""
+    yield from weed_mod.serve(tmp_path / "seaweedfs")
 
 
 @pytest.fixture(scope="session")
@@ -258,9 +272,10 @@ def pg(servers) -> Iterator[psycopg.Connection]:
 TIERS = ("unit", "services", "lab", "gui", "chaos", "system")
 #: fixtures that put a test in a tier: the NiceGUI user and a GUI home → gui; the disk lab →
 #: lab; the test PostgreSQL/Redis (`servers`, which db, pg, redis_conn and hoard_home use), a
-#: FUSE mount (`fuse`) or a Label Studio server (`label_studio`) → services
+#: FUSE mount (`fuse`), a Label Studio server (`label_studio`) or a SeaweedFS one (`seaweedfs`,
+#: `seaweedfs_own`) → services
 TIER_FIXTURES = {"gui": {"user", "gui_home", "proxied"}, "lab": {"lab", "lab_factory", "lab_support"},
-                 "services": {"servers", "fuse", "label_studio"}}
+                 "services": {"servers", "fuse", "label_studio", "seaweedfs", "seaweedfs_own"}}
 
 
 def tier_of(item: pytest.Item) -> str:

@@ -15,6 +15,7 @@ loading and its one-line errors, and the embedded setup's template (`embedded_co
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from ipaddress import IPv4Network, IPv6Network, ip_network
 from pathlib import Path
@@ -45,16 +46,53 @@ SEARCH_PATHS = (Path("hoard.toml"), Path("/etc/hoard/hoard.toml"))
 _strict = ConfigDict(extra="forbid")
 
 
+#: an S3 bucket name: 3–63 lower-case letters, digits, dots and hyphens, a letter or digit at each end
+_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+
+
 class DiskConfig(BaseModel):
-    """One HDD: where it is mounted and the label people call it by."""
+    """One disk and the label people call it by: an HDD (kind "local": where it is mounted) or
+    a bucket on an S3-compatible engine (kind "s3": its endpoint and bucket; docs/scale-out.md)."""
 
     model_config = _strict
     label: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,31}$")
-    path: Path
-    #: cap on the bytes hoard may use on this disk (default: the whole filesystem)
+    kind: Literal["local", "s3"] = "local"
+    #: a local disk's mount point (required); an S3 disk's staging folder, where its open shards
+    #: are appended before the upload at seal (optional). Typed as what every caller reads:
+    #: `_kind` refuses a local disk without one, and Settings refuses S3 disks until the store
+    #: takes them (docs/scale-out.md), so None never reaches a caller
+    path: Path = Field(default=None, validate_default=False)  # type: ignore[assignment]  # see above
+    #: cap on the bytes hoard may use on this disk (default: the whole filesystem); an S3 disk's
+    #: is required: the engine's free space is not visible through S3
     capacity_gb: float | None = Field(default=None, gt=0)
     #: sequential read bandwidth for the batch read planner; measured if unset
     read_mb_s: float | None = Field(default=None, gt=0)
+    #: kind "s3": the engine's S3 URL (http:// or https://) and the bucket the disk is
+    endpoint: str | None = None
+    bucket: str | None = None
+
+    @model_validator(mode="after")
+    def _kind(self) -> DiskConfig:
+        if self.kind == "local":
+            if self.path is None:
+                raise ValueError(f"disk {self.label}: path is required (the disk's mount point)")
+            for key in ("endpoint", "bucket"):
+                if getattr(self, key) is not None:
+                    raise ValueError(f'disk {self.label}: {key} is a key of kind = "s3" disks; add kind = "s3" '
+                                     f"or remove {key}")
+            return self
+        for key, what in (("endpoint", "the engine's S3 URL, as http://host:port"), ("bucket", "the bucket's name"),
+                          ("capacity_gb", "the space hoard may use on the engine (S3 does not report free space)")):
+            if getattr(self, key) is None:
+                raise ValueError(f'disk {self.label} (kind = "s3") needs {key}: {what}')
+        url = urlsplit(str(self.endpoint))
+        if url.scheme not in ("http", "https") or not url.hostname or url.path not in ("", "/") or url.query:
+            raise ValueError(f"disk {self.label}: endpoint {self.endpoint!r} is not an engine's S3 URL: write it as "
+                             "http://host:port or https://host")
+        if not _BUCKET.match(str(self.bucket)) or ".." in str(self.bucket):
+            raise ValueError(f"disk {self.label}: bucket {self.bucket!r} is not an S3 bucket name: 3–63 lower-case "
+                             "letters, digits, dots and hyphens, starting and ending with a letter or digit")
+        return self
 
 
 class ZoneConfig(BaseModel):
@@ -307,6 +345,10 @@ class Settings(BaseSettings):
         dup = sorted({x for x in labels if labels.count(x) > 1})
         if dup:
             raise ValueError(f"disk labels must be unique; repeated: {', '.join(dup)}")
+        s3 = [d.label for d in self.disks if d.kind == "s3"]
+        if s3:  # fsd.core.s3 is the backend; attaching, placement and rebuild do not take it yet
+            raise ValueError(f'disk {s3[0]}: kind = "s3" disks are not used by the store yet (docs/scale-out.md, '
+                             '"Not built yet"): remove the entry for now')
         paths = [d.path for d in self.disks]
         if len(set(paths)) != len(paths):
             raise ValueError("disk paths must be unique")

@@ -1,9 +1,10 @@
 """The shard backend interface: everything the store needs from a place that holds shards.
 
-`fsd.core.disks.LocalDisk` implements it for an HDD mount point. The scale-out path (shards on
-an S3-compatible engine such as Ceph RGW) implements the same few methods: shards are
-written once, sealed, then only read, copied or deleted whole — which maps onto object
-PUT (multipart while open), GET with a Range header, and DELETE.
+`fsd.core.disks.LocalDisk` implements it for an HDD mount point, `fsd.core.s3.S3Disk` for a
+bucket on an S3-compatible engine (SeaweedFS, Ceph RGW; docs/scale-out.md): shards are
+written once, sealed, then only read, copied or deleted whole — which maps onto an open
+shard on a local staging folder, one multipart PUT at seal, GET with a Range header, and
+DELETE. tests/test_s3_backend.py runs the same contract tests against both.
 
 This is the contract: no module but `fsd.core.disks` reaches a disk's shard files through
 `disk.root`, `disk.find` or `disk.path`, or names the shard layout (`shards/`, `.shard`,

@@ -113,11 +113,18 @@ def read_identity(root: Path, name: str = IDENTITY) -> dict | None:
     return ident
 
 
-def write_identity(root: Path, label: str, name: str = IDENTITY) -> dict:
+def new_identity(label: str, uuid: str | None = None) -> dict:
+    """A disk's identity: a fresh uuid (or `uuid`), its label, the format, when it was made (an
+    S3 disk keeps the same document as an object: fsd.core.s3)."""
+    return {"uuid": uuid or str(uuidlib.uuid4()), "label": label, "format": IDENTITY_FORMAT,
+            "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}
+
+
+def write_identity(root: Path, label: str, name: str = IDENTITY, uuid: str | None = None) -> dict:
     """Give a fresh disk (or the SSD) its identity (tmp → fsync → rename → fsync dir); a disk's
-    is written twice (IDENTITY_COPY)."""
-    ident = {"uuid": str(uuidlib.uuid4()), "label": label, "format": IDENTITY_FORMAT,
-             "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}
+    is written twice (IDENTITY_COPY). `uuid`: one the identity is to name (an S3 disk's staging
+    folder names its disk's), else a fresh one."""
+    ident = new_identity(label, uuid)
     _write_identity_file(root / name, ident)
     if name == IDENTITY:
         _write_identity_file(root / IDENTITY_COPY, ident)

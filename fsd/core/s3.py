@@ -1,0 +1,505 @@
+"""Sealed shards on an S3-compatible engine (SeaweedFS, Ceph RGW): the shard backend contract
+(fsd/core/backend.py) over one bucket.
+
+    <bucket>/.hoard-disk.json           identity, the same document as a local disk's; written once
+    <bucket>/shards/<xx>/<shard hex>    a sealed shard, one object; metadata `hoard-sha256`: the
+                                        sha256 of the whole object (hex)
+    <bucket>/orphans/<hex>.<time>       a shard set aside (never deleted by hoard)
+
+`<xx>` is the last two hex digits of the shard id, as on a local disk. An open shard is never
+in the bucket: it is appended on a local staging folder (a `LocalDisk` of its own, whose
+identity names this disk's uuid) and uploaded at seal as one object — a multipart upload of
+`part_size` pieces completed with `If-None-Match: *`, so a second upload of the same shard
+(a seal retried after a crash) never replaces the first: the one there is kept if its
+`hoard-sha256` and size are this shard's, and refused loudly if not. The sha256 is ours: a
+multipart ETag is not the content's MD5. Only once the engine acknowledged the object and a
+HEAD shows it whole is the open file removed; until then the shard is `open` and its reads
+come from the staging folder (a GET finds no object first), so nothing is reported sealed that
+the engine does not hold.
+
+Reads are ranged GETs, never a listing: the index says where a shard lives. `shard_ids` lists
+the bucket (for check and rebuild only). `verify` streams the object once (bounded memory:
+`_Stream`), checking every record and the whole object's sha256 against `hoard-sha256`.
+`free_bytes` is the space granted to hoard on the engine (`capacity_gb`) less what hoard
+holds there: S3 does not report an engine's free space.
+
+An engine that does not answer, refuses the credentials or has lost the bucket raises
+`EngineError` (a `DiskGone`: the store stops using the disk; and a HoardError: one line with
+the next step). Credentials come from boto3's usual chain (AWS_ACCESS_KEY_ID /
+AWS_SECRET_ACCESS_KEY, a credentials file): never from hoard.toml.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import errno
+import hashlib
+import json
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
+
+from fsd.base.errors import ExitCode, HoardError, first_line
+from fsd.core import shardfmt as fmt
+from fsd.core.disks import (
+    IDENTITY,
+    STREAM_PIECE,
+    DiskGone,
+    LocalDisk,
+    new_identity,
+    verify_shard,
+    write_identity,
+)
+
+#: key prefixes in the bucket (module docstring)
+SHARD_PREFIX, ORPHAN_PREFIX = "shards/", "orphans/"
+#: the object metadata key holding the sha256 (hex) of the whole object; S3 sends it as the
+#: `x-amz-meta-hoard-sha256` header
+SHA_KEY = "hoard-sha256"
+#: the piece of a multipart upload: fixed, so a retried upload cuts the same parts (S3 wants
+#: ≥ 5 MiB for every part but the last; 64 MiB measured best on SeaweedFS and Ceph RGW)
+PART_SIZE, MIN_PART = 64 << 20, 5 << 20
+#: a verify's stream keeps this much behind its position: a record's sha256 pass re-reads a
+#: payload of up to this size from memory (a longer one with ranged GETs)
+WINDOW = STREAM_PIECE
+#: client settings: a few retries with backoff (a 5xx, a dropped connection), then an error
+_CONFIG = Config(retries={"mode": "standard", "max_attempts": 3}, connect_timeout=5, read_timeout=120,
+                 s3={"addressing_style": "path"})
+_NOT_FOUND = ("404", "NoSuchKey", "NotFound")
+_REFUSED = ("403", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken",
+            "ExpiredToken", "InvalidSecurity")
+
+
+class EngineError(DiskGone, HoardError):
+    """The engine does not answer, refuses us, or has no such bucket: the disk is gone for now
+    (a DiskGone), said in one line with the next step (a HoardError)."""
+
+    exit_code = ExitCode.UNAVAILABLE
+
+    @property
+    def message(self) -> str:
+        return str(self.strerror)
+
+
+class ObjectMismatch(fmt.ShardFormatError, HoardError):
+    """An object's bytes are not what hoard uploaded (its sha256 or size differ)."""
+
+    exit_code = ExitCode.DATA
+
+
+def client_for(endpoint: str) -> Any:
+    """An S3 client for `endpoint`; credentials and region from boto3's usual chain."""
+    return boto3.session.Session().client("s3", endpoint_url=endpoint, config=_CONFIG)
+
+
+def _code(e: ClientError) -> tuple[str, int]:
+    return str(e.response.get("Error", {}).get("Code", "")), int(e.response.get("ResponseMetadata", {})
+                                                                   .get("HTTPStatusCode", 0))
+
+
+class S3Disk:
+    """One bucket holding sealed shards, with a local staging folder for the open ones."""
+
+    def __init__(self, label: str, uuid: str, endpoint: str, bucket: str, staging: Path, capacity_bytes: int,
+                 part_size: int = PART_SIZE, client: Any = None) -> None:
+        if part_size < MIN_PART:
+            raise ValueError(f"part_size {part_size}: S3 wants parts of at least {MIN_PART} bytes")
+        self.label, self.uuid, self.endpoint, self.bucket = label, uuid, endpoint, bucket
+        self.capacity_bytes, self.part_size = capacity_bytes, part_size
+        self.client = client if client is not None else client_for(endpoint)
+        self.staging = LocalDisk(label, staging, uuid, require_mount=False)
+
+    def __repr__(self) -> str:
+        return f"S3Disk({self.label})"
+
+    # -- identity ------------------------------------------------------------------------
+
+    @classmethod
+    def initialise(cls, label: str, endpoint: str, bucket: str, staging: Path, capacity_bytes: int,
+                   part_size: int = PART_SIZE, client: Any = None) -> S3Disk:
+        """Give an empty bucket its identity (If-None-Match: *: never over another disk's) and the
+        staging folder one naming the same uuid; the disk, ready."""
+        ident = new_identity(label)
+        disk = cls(label, ident["uuid"], endpoint, bucket, staging, capacity_bytes, part_size, client)
+        body = json.dumps(ident, indent=1).encode()
+        try:
+            disk._call("writing its identity", disk.client.put_object, Bucket=bucket, Key=IDENTITY, Body=body,
+                       IfNoneMatch="*")
+        except ClientError as e:
+            if _code(e)[0] != "PreconditionFailed":
+                raise
+            raise EngineError(f"disk {label}: bucket {bucket} at {endpoint} already holds a disk identity "
+                              f"({IDENTITY}): not overwritten; give the disk an empty bucket") from None
+        staging.mkdir(parents=True, exist_ok=True)
+        write_identity(staging, label, uuid=ident["uuid"])
+        return disk
+
+    def read_identity(self) -> dict | None:
+        """The identity object's document; None when the bucket has none."""
+        try:
+            body = self._call("reading its identity", self.client.get_object, Bucket=self.bucket, Key=IDENTITY)
+        except FileNotFoundError:
+            return None
+        try:
+            ident = json.loads(body["Body"].read())
+        except ValueError:
+            ident = None
+        if not isinstance(ident, dict) or not isinstance(ident.get("uuid"), str):
+            raise EngineError(f"disk {self.label}: {IDENTITY} in bucket {self.bucket} is damaged (not an identity): "
+                              "put it back from the index's disk record (`hoard disks activate`)")
+        return ident
+
+    def check(self) -> None:
+        """Raise DiskGone unless the bucket is still this disk and the staging folder its own:
+        checked before a shard is created or sealed."""
+        ident = self.read_identity()
+        if ident is None:
+            raise EngineError(f"disk {self.label}: bucket {self.bucket} at {self.endpoint} has no {IDENTITY} "
+                              "(not a hoardfs disk, or not initialised)")
+        if ident["uuid"] != self.uuid:
+            raise EngineError(f"disk {self.label}: bucket {self.bucket} holds disk {ident['uuid']}, expected "
+                              f"{self.uuid} (another disk's bucket?): correct disks.bucket")
+        self.staging.check()
+
+    # -- the contract ----------------------------------------------------------------------
+
+    def key(self, shard_hex: str) -> str:
+        return f"{SHARD_PREFIX}{shard_hex[-2:]}/{shard_hex}"
+
+    def create(self, shard_hex: str) -> Any:
+        self.check()
+        return self.staging.create(shard_hex)
+
+    def reopen(self, shard_hex: str) -> Any:
+        return self.staging.reopen(shard_hex)
+
+    def seal(self, shard_hex: str) -> None:
+        """Upload the open shard as one object, check the engine holds it whole, then drop the
+        open file (module docstring). Raises EngineError (the shard stays open: seal again),
+        ObjectMismatch (another object under its key: neither is touched)."""
+        self.check()
+        size = self.staging.size(shard_hex)
+        digest = hashlib.sha256()
+        for off in range(0, size, STREAM_PIECE):
+            digest.update(self.staging.read_exact(shard_hex, off, min(STREAM_PIECE, size - off)))
+        sha = digest.hexdigest()
+        key = self.key(shard_hex)
+        if self._head(key) is None:  # else a seal retried after its upload: judged below, not sent again
+            self._upload(shard_hex, key, size, sha)
+        head = self._head(key)
+        if head is None:
+            raise EngineError(f"disk {self.label}: the engine acknowledged shard {shard_hex} but does not show it: "
+                              "it stays open; look at the engine's health, then seal again")
+        there = (head["ContentLength"], head.get("Metadata", {}).get(SHA_KEY))
+        if there != (size, sha):
+            raise ObjectMismatch(f"disk {self.label}: bucket {self.bucket} already holds a different object for "
+                                 f"shard {shard_hex} ({there[0]} bytes, sha256 {there[1]}; this one {size}, {sha}): "
+                                 "neither touched; run `hoard check`")
+        self.staging.delete(shard_hex)
+
+    def _upload(self, shard_hex: str, key: str, size: int, sha: str) -> None:
+        """One multipart upload of the open shard, completed only if no object has the key."""
+        what = f"uploading shard {shard_hex}"
+        up = self._call(what, self.client.create_multipart_upload, Bucket=self.bucket, Key=key,
+                        Metadata={SHA_KEY: sha})
+        upload_id = up["UploadId"]
+        try:
+            parts = []
+            for n, off in enumerate(range(0, size, self.part_size), start=1):
+                body = self.staging.read_exact(shard_hex, off, min(self.part_size, size - off))
+                r = self._call(what, self.client.upload_part, Bucket=self.bucket, Key=key, UploadId=upload_id,
+                               PartNumber=n, Body=body)
+                parts.append({"PartNumber": n, "ETag": r["ETag"]})
+            try:
+                self._call(what, self.client.complete_multipart_upload, Bucket=self.bucket, Key=key,
+                           UploadId=upload_id, MultipartUpload={"Parts": parts}, IfNoneMatch="*")
+                return
+            except ClientError as e:  # 412: an object has the key already; the caller judges it
+                if _code(e)[0] != "PreconditionFailed":
+                    raise
+        except BaseException:
+            self._abort(key, upload_id)
+            raise
+        self._abort(key, upload_id)
+
+    def _abort(self, key: str, upload_id: str) -> None:
+        # best effort: an engine that is down keeps the parts until its own cleanup
+        # (docs/scale-out.md: a lifecycle rule that aborts incomplete uploads)
+        with contextlib.suppress(BotoCoreError, ClientError):
+            self.client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
+
+    def read_at(self, shard_hex: str, offset: int, length: int) -> bytes:
+        """A ranged GET of the sealed object; the open file's bytes when there is no object yet
+        (the sealed one first, as a local disk's `find`: an open file left beside it by a crash
+        is not what the index points at)."""
+        if length <= 0:
+            return b""
+        try:
+            return self._get(self.key(shard_hex), offset, length, f"reading shard {shard_hex}")
+        except FileNotFoundError:
+            return self.staging.read_at(shard_hex, offset, length)
+
+    def read_exact(self, shard_hex: str, offset: int, length: int) -> bytes:
+        """The same ranged GET: the engine sends exactly these bytes."""
+        return self.read_at(shard_hex, offset, length)
+
+    def size(self, shard_hex: str) -> int:
+        head = self._head(self.key(shard_hex))
+        if head is None:
+            return self.staging.size(shard_hex)  # FileNotFoundError when it is not open either
+        return int(head["ContentLength"])
+
+    def delete(self, shard_hex: str) -> None:
+        """Remove the shard's object and any open file of it; FileNotFoundError when neither was
+        there, EngineError when the engine cannot say."""
+        removed = False
+        with contextlib.suppress(FileNotFoundError):
+            self.staging.delete(shard_hex)
+            removed = True
+        key = self.key(shard_hex)
+        if self._head(key) is not None:
+            self._call(f"deleting shard {shard_hex}", self.client.delete_object, Bucket=self.bucket, Key=key)
+            removed = True
+        if not removed:
+            raise FileNotFoundError(errno.ENOENT, f"no shard {shard_hex} on disk {self.label}")
+
+    def free_bytes(self, used_by_hoard: int) -> int:
+        """The space granted to hoard on the engine (`capacity_gb`) less what hoard holds there:
+        S3 has no call that reports an engine's free space."""
+        return max(0, self.capacity_bytes - used_by_hoard)
+
+    def state(self, shard_hex: str) -> str | None:
+        if self._head(self.key(shard_hex)) is not None:
+            return "sealed"
+        return "open" if self.staging.state(shard_hex) == "open" else None
+
+    def shard_ids(self) -> list[tuple[str, bool]]:
+        """(shard hex, sealed) of every object under shards/ and every open file on the staging
+        folder: a listing, for check and rebuild — never on the read path."""
+        found = [(k.rsplit("/", 1)[-1], True) for k in self._keys(SHARD_PREFIX)]
+        found += [(h, False) for h, sealed in self.staging.shard_ids() if not sealed]
+        return sorted(found)
+
+    def verify(self, shard_hex: str, sha256: bool = False) -> tuple[int, int]:
+        """(size, records) of the sealed object after checking every record (`verify_shard`) and
+        the whole object's sha256 against the one stored at upload, in one streamed GET."""
+        key = self.key(shard_hex)
+        head = self._head(key)
+        if head is None:
+            raise FileNotFoundError(errno.ENOENT, f"shard {shard_hex} not on disk {self.label}")
+        size = int(head["ContentLength"])
+        stream = _Stream(lambda off, n: self._get(key, off, n, f"verifying shard {shard_hex}"),
+                         lambda: self._call(f"verifying shard {shard_hex}", self.client.get_object,
+                                            Bucket=self.bucket, Key=key)["Body"], size)
+        try:
+            count = verify_shard(stream.read, size, key, sha256, shard_hex)
+            whole = stream.finish()
+        except BotoCoreError as e:
+            raise self._broke(f"verifying shard {shard_hex}", e) from None
+        finally:
+            stream.close()
+        stored = head.get("Metadata", {}).get(SHA_KEY)
+        if whole != stored:
+            raise ObjectMismatch(f"{key}: sha256 of the object {whole} differs from the {stored} stored at upload")
+        return size, count
+
+    def unseal(self, shard_hex: str) -> bool:
+        """sealed → open again: the object is copied back to the staging folder as an open file,
+        then deleted. False, and nothing changed, when an open file of the shard is there."""
+        if self.staging.state(shard_hex) is not None:
+            return False
+        key = self.key(shard_hex)
+        body = self._call(f"unsealing shard {shard_hex}", self.client.get_object, Bucket=self.bucket, Key=key)["Body"]
+        sink = self.staging.create(shard_hex)
+        try:
+            for piece in iter(lambda: body.read(STREAM_PIECE), b""):
+                sink.write(piece)
+            sink.sync()
+        except BaseException as e:
+            sink.close()
+            with contextlib.suppress(OSError):
+                self.staging.delete(shard_hex)
+            if isinstance(e, BotoCoreError):
+                raise self._broke(f"unsealing shard {shard_hex}", e) from None
+            raise
+        finally:
+            body.close()
+        sink.close()
+        self._call(f"unsealing shard {shard_hex}", self.client.delete_object, Bucket=self.bucket, Key=key)
+        return True
+
+    def set_aside(self, shard_hex: str, src: Path | None = None) -> Path:
+        """Move the sealed object to orphans/ (a server-side copy, then the delete), or the open
+        file (`src`, or the one there when no object is) to the staging folder's orphans;
+        where it went (for an object: `<bucket>/<key>`)."""
+        key = self.key(shard_hex)
+        if src is not None or self._head(key) is None:
+            return self.staging.set_aside(shard_hex, src)
+        dest = f"{ORPHAN_PREFIX}{shard_hex}.{time.strftime('%Y%m%d-%H%M%S')}"
+        what = f"setting shard {shard_hex} aside"
+        self._call(what, self.client.copy, {"Bucket": self.bucket, "Key": key}, self.bucket, dest)
+        self._call(what, self.client.delete_object, Bucket=self.bucket, Key=key)
+        return Path(self.bucket) / dest
+
+    # -- requests --------------------------------------------------------------------------
+
+    def _call(self, what: str, fn: Callable[..., Any], *args: Any, passing: tuple[str, ...] = ("PreconditionFailed",),
+              **kw: Any) -> Any:
+        """One request; its failure as FileNotFoundError (no such key), the ClientError of a code
+        in `passing` (the caller's to judge: a 412), or an EngineError in one line with the next
+        step."""
+        try:
+            return fn(*args, **kw)
+        except ClientError as e:
+            code, status = _code(e)
+            if code in _NOT_FOUND and code != "NoSuchBucket":
+                if code != "NoSuchKey":  # a HEAD's bare 404 is the key's or the bucket's
+                    self._bucket_there(what)
+                raise FileNotFoundError(errno.ENOENT, f"disk {self.label}: no {kw.get('Key', '?')} in bucket "
+                                                      f"{self.bucket}") from None
+            if code in passing:
+                raise
+            raise self._error(what, e, code, status) from None
+        except NoCredentialsError:
+            raise EngineError(f"disk {self.label}: no S3 credentials found while {what}: set AWS_ACCESS_KEY_ID and "
+                              "AWS_SECRET_ACCESS_KEY, or a credentials file (boto3's usual chain)") from None
+        except BotoCoreError as e:
+            raise EngineError(f"disk {self.label}: the engine at {self.endpoint} does not answer while {what} "
+                              f"({first_line(e)}): start it, or correct disks.endpoint") from None
+
+    def _error(self, what: str, e: ClientError, code: str, status: int) -> EngineError:
+        if code == "NoSuchBucket":
+            return EngineError(f"disk {self.label}: bucket {self.bucket} does not exist at {self.endpoint} "
+                               f"(deleted, or a wrong disks.bucket) while {what}: if it was deleted its shards "
+                               f"are lost there — `hoard disks forget {self.label}` and rebuild from the other "
+                               "replicas; else correct disks.bucket")
+        if code in _REFUSED or status == 403:
+            return EngineError(f"disk {self.label}: the engine at {self.endpoint} refused the credentials ({code}) "
+                               f"while {what}: set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or the credentials file "
+                               f"to a key allowed on bucket {self.bucket}")
+        if status >= 500:
+            return EngineError(f"disk {self.label}: the engine at {self.endpoint} failed ({status} {code}) while "
+                               f"{what}: see its log, then try again")
+        return EngineError(f"disk {self.label}: the engine at {self.endpoint} answered {status} {code} while {what}: "
+                           f"{first_line(e)}")
+
+    def _broke(self, what: str, e: BotoCoreError) -> EngineError:
+        """A response body that broke off while it was read (the engine stopped, a timeout)."""
+        return EngineError(f"disk {self.label}: the engine at {self.endpoint} broke off while {what} "
+                           f"({first_line(e)}): try again once it answers")
+
+    def _bucket_there(self, what: str) -> None:
+        try:
+            self.client.head_bucket(Bucket=self.bucket)
+        except ClientError as e:
+            code, status = _code(e)
+            raise self._error(what, e, "NoSuchBucket" if code in _NOT_FOUND else code, status) from None
+        except BotoCoreError:
+            pass  # the request before it said more: the caller reports what it has
+
+    def _head(self, key: str) -> dict | None:
+        try:
+            head: dict = self._call(f"looking up {key}", self.client.head_object, Bucket=self.bucket, Key=key)
+            return head
+        except FileNotFoundError:
+            return None
+
+    def _get(self, key: str, offset: int, length: int, what: str) -> bytes:
+        """`length` bytes at `offset` (fewer only at the end of the object), one ranged GET."""
+        try:
+            r = self._call(what, self.client.get_object, Bucket=self.bucket, Key=key,
+                           Range=f"bytes={offset}-{offset + length - 1}", passing=("InvalidRange",))
+        except ClientError:  # at or past the end: nothing there, as a short read
+            return b""
+        body = r["Body"]
+        try:
+            data: bytes = body.read()
+            return data
+        except BotoCoreError as e:
+            raise self._broke(what, e) from None
+        finally:
+            body.close()
+
+    def _keys(self, prefix: str) -> Iterator[str]:
+        token: dict = {}
+        while True:
+            page = self._call(f"listing {prefix}", self.client.list_objects_v2, Bucket=self.bucket, Prefix=prefix,
+                              **token)
+            for obj in page.get("Contents", []):
+                yield obj["Key"]
+            if not page.get("IsTruncated"):
+                return
+            token = {"ContinuationToken": page["NextContinuationToken"]}
+
+
+class _Stream:
+    """A `read(offset, n)` over one object for `verify_shard`, which reads the footer, then the
+    records in order: in-order reads come off one streamed GET (hashed whole as it passes),
+    re-reads of the last WINDOW bytes from memory, anything else as a ranged GET of its own.
+    It holds at most WINDOW bytes plus the read in hand."""
+
+    CHUNK = 1 << 20
+
+    def __init__(self, get: Callable[[int, int], bytes], open_body: Callable[[], Any], size: int) -> None:
+        self.get, self.open_body, self.size = get, open_body, size
+        self.body: Any = None
+        self.pos = 0  # bytes consumed off the stream
+        self.chunks: collections.deque[bytes] = collections.deque()  # the last ones consumed, up to pos
+        self.start = 0  # where the first of them begins
+        self.sha = hashlib.sha256()
+
+    def _consume(self, n: int, keep: bool = True) -> None:
+        if self.body is None:
+            self.body = self.open_body()
+        while n > 0:
+            chunk = self.body.read(min(n, self.CHUNK))
+            if not chunk:
+                raise fmt.TruncatedShard(f"the object ended at {self.pos} of {self.size} bytes")
+            self.sha.update(chunk)
+            self.pos += len(chunk)
+            n -= len(chunk)
+            if keep:
+                self.chunks.append(chunk)
+            else:
+                self.chunks.clear()
+                self.start = self.pos
+
+    def _trim(self, keep_from: int) -> None:
+        """Drop the chunks that end at or before `keep_from`."""
+        while self.chunks and self.start + len(self.chunks[0]) <= keep_from:
+            self.start += len(self.chunks.popleft())
+
+    def read(self, offset: int, n: int) -> bytes:
+        end = min(offset + n, self.size)
+        if offset >= end:
+            return b""
+        if offset < self.start or offset > self.pos + STREAM_PIECE:
+            return self.get(offset, end - offset)  # behind the window, or far ahead (the footer)
+        self._trim(min(offset, end - WINDOW))  # what this read and the window after it do not need
+        if end > self.pos:
+            self._consume(end - self.pos)
+        parts, at = [], self.start
+        for chunk in self.chunks:
+            lo, hi = max(offset, at), min(end, at + len(chunk))
+            if lo < hi:
+                parts.append(chunk[lo - at:hi - at] if (lo, hi) != (at, at + len(chunk)) else chunk)
+            at += len(chunk)
+        self._trim(self.pos - WINDOW)
+        return b"".join(parts)
+
+    def finish(self) -> str:
+        """The sha256 (hex) of the whole object, once the rest of it has streamed past."""
+        self.chunks.clear()
+        self.start = self.pos
+        self._consume(self.size - self.pos, keep=False)
+        return self.sha.hexdigest()
+
+    def close(self) -> None:
+        if self.body is not None:
+            self.body.close()

@@ -1,0 +1,393 @@
+"""The shard backend contract (fsd/core/backend.py), one test body for the local disk and for
+a bucket on a real SeaweedFS S3 server (fsd/core/s3.py; tests/seaweedfs.py), then what only an
+engine can do wrong: a seal retried with other bytes, the engine killed mid-upload, credentials
+refused, the bucket deleted — each one line with the next step, nothing sealed that the engine
+does not hold. docs/scale-out.md."""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import os
+import secrets
+import tracemalloc
+from pathlib import Path
+
+import pytest
+
+from fsd.base import config
+from fsd.base.errors import ConfigError, HoardError
+from fsd.core import backend, s3
+from fsd.core import shardfmt as fmt
+from fsd.core.disks import DiskGone, LocalDisk, write_identity
+from tests import seaweedfs as weed_mod
+
+#: small parts, so a 12 MiB shard goes up in three (S3 wants ≥ 5 MiB for all but the last)
+PART = 5 << 20
+
+
+@pytest.fixture
+def engine_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
+    """Point boto3's usual chain (the environment) at a server's identity, and at nothing else."""
+    def use(engine: weed_mod.Engine, secret: str | None = None) -> None:
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", engine.access_key)
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", secret or engine.secret_key)
+        monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
+        monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
+        monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+        for var in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION", "AWS_REGION"):
+            monkeypatch.delenv(var, raising=False)
+    return use
+
+
+def s3_disk(engine: weed_mod.Engine, staging: Path) -> s3.S3Disk:
+    bucket = "hoard-" + secrets.token_hex(6)
+    engine.client().create_bucket(Bucket=bucket)
+    return s3.S3Disk.initialise("s3a", engine.endpoint, bucket, staging, capacity_bytes=10 << 30, part_size=PART)
+
+
+@pytest.fixture(params=["local", pytest.param("s3", marks=pytest.mark.services)])
+def disk(request, tmp_path: Path, engine_env):
+    """The backend under test: a local directory disk, or a fresh bucket on the session's engine."""
+    if request.param == "local":
+        root = tmp_path / "hdd1"
+        root.mkdir()
+        return LocalDisk("hdd1", root, write_identity(root, "hdd1")["uuid"], require_mount=False)
+    engine = request.getfixturevalue("seaweedfs")
+    engine_env(engine)
+    return s3_disk(engine, tmp_path / "staging")
+
+
+def shard_bytes(payloads: list[bytes], sid: bytes) -> tuple[bytes, bytes]:
+    """(records part, footer) of a raw shard holding `payloads`, as the writer lays them out."""
+    body = bytearray(fmt.encode_shard_header(fmt.ShardHeader(sid, fmt.CLASSES["raw"])))
+    infos = []
+    for p in payloads:
+        sha = hashlib.sha256(p).digest()
+        infos.append(fmt.RecordInfo(sha, len(body) + fmt.RECORD_HEADER_SIZE, len(p), fmt.xxh3(p)))
+        body += fmt.encode_record(sha, p)
+    return bytes(body), fmt.encode_footer(infos, len(body))
+
+
+def write_shard(disk, payloads: list[bytes], seal: bool = True, sid: bytes | None = None) -> tuple[str, bytes]:
+    """A shard written through the contract: create, append, sync, footer, seal."""
+    sid = sid or os.urandom(12)
+    body, footer = shard_bytes(payloads, sid)
+    sink = disk.create(sid.hex())
+    try:
+        sink.write(body)
+        sink.sync()
+        if seal:
+            sink.write(footer)
+            sink.sync()
+    finally:
+        sink.close()
+    if seal:
+        disk.seal(sid.hex())
+        return sid.hex(), body + footer
+    return sid.hex(), body
+
+
+def damage(disk, shard_hex: str, at: int) -> None:
+    """Flip one byte of the sealed replica where the backend keeps it (the test's own hands)."""
+    if isinstance(disk, LocalDisk):
+        with open(disk.path(shard_hex, True), "r+b") as f:
+            f.seek(at)
+            byte = f.read(1)
+            f.seek(at)
+            f.write(bytes([byte[0] ^ 0xFF]))
+        disk.forget(shard_hex)
+        return
+    c, key = disk.client, disk.key(shard_hex)
+    obj = c.get_object(Bucket=disk.bucket, Key=key)
+    data = bytearray(obj["Body"].read())
+    data[at] ^= 0xFF
+    c.put_object(Bucket=disk.bucket, Key=key, Body=bytes(data), Metadata=obj["Metadata"])
+
+
+# -- the contract, one body for both backends -------------------------------------------------
+
+
+def test_write_seal_read_ranges(disk) -> None:
+    """An open shard reads; sealed, it keeps its size and bytes: any range, a short read at the end, verify."""
+    big = os.urandom(20 << 20)  # four parts of an upload; longer than a verify's window (s3.WINDOW)
+    payloads = [b"hello hoard\n", big, os.urandom(1000)]
+    shard, body = write_shard(disk, payloads, seal=False)
+    assert disk.state(shard) == "open"
+    assert disk.read_at(shard, 0, 32) == body[:32]  # an open shard reads too
+    assert disk.size(shard) == len(body)
+    sink = disk.reopen(shard)
+    _, footer = shard_bytes(payloads, bytes.fromhex(shard))
+    sink.write(footer)
+    sink.sync()
+    sink.close()
+    disk.seal(shard)
+    data = body + footer
+    assert disk.state(shard) == "sealed"
+    assert disk.size(shard) == len(data)
+    for off, n in ((0, 32), (100, 12), (5 << 20, 1 << 20), (len(data) - 10, 10), (len(data) - 10, 1000)):
+        assert disk.read_at(shard, off, n) == data[off:off + n]
+        assert disk.read_exact(shard, off, n) == data[off:off + n]
+    assert disk.read_at(shard, len(data), 10) == b""  # past the end: nothing, as a short read
+    assert disk.verify(shard) == (len(data), 3)
+    assert disk.verify(shard, sha256=True) == (len(data), 3)
+
+
+def test_list_and_delete(disk) -> None:
+    """The listing names sealed and open shards; delete removes one durably, a second time is FileNotFoundError."""
+    sealed, _ = write_shard(disk, [b"a" * 100])
+    open_, _ = write_shard(disk, [b"b" * 100], seal=False)
+    assert sorted(disk.shard_ids()) == sorted([(sealed, True), (open_, False)])
+    disk.delete(sealed)
+    assert disk.state(sealed) is None
+    with pytest.raises(FileNotFoundError):
+        disk.delete(sealed)
+    with pytest.raises(FileNotFoundError):
+        disk.size(sealed)
+    disk.delete(open_)
+    assert disk.shard_ids() == []
+    assert disk.free_bytes(0) > 0
+
+
+def test_damage_is_caught_by_verify(disk) -> None:
+    """One flipped byte in a payload of the stored replica fails verify."""
+    shard, data = write_shard(disk, [os.urandom(3000), os.urandom(5000)])
+    damage(disk, shard, len(data) // 2)  # inside the second payload
+    with pytest.raises(fmt.ShardFormatError, match="checksum"):
+        disk.verify(shard)
+
+
+def test_a_seal_retried_after_a_crash_keeps_the_shard(disk) -> None:
+    """The open file is still there after the sealed copy was made (a crash between the two):
+    appended again and sealed again, the shard is sealed once, with its bytes."""
+    shard, data = write_shard(disk, [os.urandom(6 << 20)])
+    write_shard(disk, [bytes(data[fmt.SHARD_HEADER_SIZE + fmt.RECORD_HEADER_SIZE:-96])], sid=bytes.fromhex(shard))
+    assert disk.state(shard) == "sealed"
+    assert disk.shard_ids() == [(shard, True)]
+    assert disk.read_at(shard, 0, len(data)) == data
+    assert disk.verify(shard, sha256=True) == (len(data), 1)
+
+
+def test_unseal_and_set_aside(disk) -> None:
+    """Unseal makes a sealed shard open again with its bytes; set aside moves it out of the listing."""
+    shard, data = write_shard(disk, [os.urandom(2000)])
+    assert disk.unseal(shard)
+    assert disk.state(shard) == "open"
+    assert disk.read_at(shard, 0, len(data)) == data
+    disk.seal(shard)
+    assert disk.state(shard) == "sealed"
+    where = disk.set_aside(shard)
+    assert shard in where.name
+    assert disk.state(shard) is None
+    assert disk.shard_ids() == []
+
+
+def test_both_backends_meet_the_contract() -> None:
+    """Every method of ShardBackend is S3Disk's too, with the same parameters (the local disk's
+    is tests/test_layering.py's)."""
+    for name, fn in vars(backend.ShardBackend).items():
+        if inspect.isfunction(fn) and not name.startswith("_"):
+            have = getattr(s3.S3Disk, name)
+            assert list(inspect.signature(have).parameters) == list(inspect.signature(fn).parameters), name
+
+
+# -- what only an engine does --------------------------------------------------------------------
+
+
+def test_a_different_object_under_the_key_is_refused_not_replaced(seaweedfs, engine_env, tmp_path: Path) -> None:
+    """A shard sealed again with other bytes is refused in one line; the object there stays."""
+    engine_env(seaweedfs)
+    disk = s3_disk(seaweedfs, tmp_path / "staging")
+    shard, data = write_shard(disk, [b"first" * 100])
+    with pytest.raises(s3.ObjectMismatch, match="already holds a different object") as err:
+        write_shard(disk, [b"other" * 100], sid=bytes.fromhex(shard))
+    assert isinstance(err.value, HoardError) and "hoard check" in err.value.message
+    assert disk.read_at(shard, 0, len(data)) == data  # the first is untouched
+    assert disk.staging.state(shard) == "open"  # the second stays where it was
+
+
+@pytest.mark.parametrize("same", [True, False], ids=["same-bytes", "other-bytes"])
+def test_an_upload_racing_another_never_replaces_it(seaweedfs, engine_env, tmp_path: Path, same: bool) -> None:
+    """Another object lands under the key between the seal's look and its upload's completion:
+    the engine refuses the completion (`If-None-Match: *`, 412) and the seal judges what is
+    there — the same shard is taken as sealed, another is refused and kept as it was."""
+    engine_env(seaweedfs)
+    disk = s3_disk(seaweedfs, tmp_path / "staging")
+    payload = os.urandom(7 << 20)
+    sid = os.urandom(12)
+    body, footer = shard_bytes([payload if same else payload[::-1]], sid)
+    theirs = body + footer
+    meta = {s3.SHA_KEY: hashlib.sha256(theirs).hexdigest()}
+    completes = []
+
+    def the_other_sealer(**_kw) -> None:
+        completes.append(1)
+        seaweedfs.client().put_object(Bucket=disk.bucket, Key=disk.key(sid.hex()), Body=theirs, Metadata=meta)
+
+    disk.client.meta.events.register("before-call.s3.CompleteMultipartUpload", the_other_sealer)
+    if same:
+        write_shard(disk, [payload], sid=sid)
+        assert disk.staging.state(sid.hex()) is None
+    else:
+        with pytest.raises(s3.ObjectMismatch, match="already holds a different object"):
+            write_shard(disk, [payload], sid=sid)
+        assert disk.staging.state(sid.hex()) == "open"
+    assert completes == [1]
+    assert disk.read_at(sid.hex(), 0, len(theirs)) == theirs
+    assert disk.client.list_multipart_uploads(Bucket=disk.bucket).get("Uploads", []) == []  # ours aborted
+
+
+def test_a_stored_sha256_that_differs_is_caught(seaweedfs, engine_env, tmp_path: Path) -> None:
+    """Bytes whose records all check but which are not what was uploaded (the object's sha256
+    is not the one stored at upload) fail verify."""
+    engine_env(seaweedfs)
+    disk = s3_disk(seaweedfs, tmp_path / "staging")
+    shard, data = write_shard(disk, [b"x" * 100])
+    disk.client.put_object(Bucket=disk.bucket, Key=disk.key(shard), Body=data, Metadata={s3.SHA_KEY: "0" * 64})
+    with pytest.raises(s3.ObjectMismatch, match="stored at upload"):
+        disk.verify(shard)
+
+
+def test_engine_killed_mid_upload_leaves_the_shard_open(seaweedfs_own, engine_env, tmp_path: Path) -> None:
+    """The engine dies between two parts of the upload: seal fails in one line, the shard is
+    still open (nothing reported sealed that the engine does not hold), and once the engine is
+    back the same seal completes."""
+    engine = seaweedfs_own
+    engine_env(engine)
+    disk = s3_disk(engine, tmp_path / "staging")
+    kept, kept_data = write_shard(disk, [b"sealed before" * 100])
+    parts = []
+
+    def kill_at_second_part(**_kw) -> None:
+        parts.append(1)
+        if len(parts) == 2:
+            engine.stop()  # SIGKILL, as a crash
+
+    disk.client.meta.events.register("before-call.s3.UploadPart", kill_at_second_part)
+    with pytest.raises(s3.EngineError) as err:
+        write_shard(disk, [os.urandom(12 << 20)])
+    msg = err.value.message
+    assert "disk s3a" in msg and "does not answer" in msg and "start it" in msg and "\n" not in msg
+    assert isinstance(err.value, DiskGone) and isinstance(err.value, HoardError)
+    with pytest.raises(s3.EngineError, match="does not answer while reading shard"):
+        disk.read_at(kept, 0, 10)  # the read path says the same while the engine is down
+    disk.client.meta.events.unregister("before-call.s3.UploadPart", kill_at_second_part)
+    engine.start()
+    assert disk.read_at(kept, 0, len(kept_data)) == kept_data
+    shard = disk.staging.shard_ids()[0][0]
+    assert disk.state(shard) == "open"
+    assert disk.shard_ids() == sorted([(kept, True), (shard, False)])
+    disk.seal(shard)
+    assert disk.state(shard) == "sealed"
+    assert disk.verify(shard, sha256=True)[1] == 1
+
+
+def test_credentials_refused(seaweedfs, engine_env, tmp_path: Path) -> None:
+    """A secret the engine refuses: reads, lookups, verify and writes each say so in one line."""
+    engine_env(seaweedfs)
+    disk = s3_disk(seaweedfs, tmp_path / "staging")
+    shard, _ = write_shard(disk, [b"x" * 100])
+    engine_env(seaweedfs, secret="not-the-secret")
+    wrong = s3.S3Disk("s3a", disk.uuid, disk.endpoint, disk.bucket, tmp_path / "staging", 10 << 30)
+    for call in (lambda: wrong.read_at(shard, 0, 10), lambda: wrong.state(shard), lambda: wrong.verify(shard),
+                 lambda: write_shard(wrong, [b"y"])):
+        with pytest.raises(s3.EngineError, match="refused the credentials") as err:
+            call()
+        assert "AWS_ACCESS_KEY_ID" in err.value.message and "\n" not in err.value.message
+
+
+def test_no_credentials_at_all(seaweedfs, engine_env, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No credentials anywhere in boto3's chain: one line naming where to put them."""
+    engine_env(seaweedfs)
+    disk = s3_disk(seaweedfs, tmp_path / "staging")
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+    bare = s3.S3Disk("s3a", disk.uuid, disk.endpoint, disk.bucket, tmp_path / "staging", 10 << 30)
+    with pytest.raises(s3.EngineError, match="no S3 credentials found .*AWS_ACCESS_KEY_ID"):
+        bare.state("00" * 12)
+
+
+def test_bucket_deleted(seaweedfs, engine_env, tmp_path: Path) -> None:
+    """The bucket deleted under the disk: every call says so in one line with the next step."""
+    engine_env(seaweedfs)
+    disk = s3_disk(seaweedfs, tmp_path / "staging")
+    shard, _ = write_shard(disk, [b"x" * 100])
+    seaweedfs.client().delete_bucket(Bucket=disk.bucket)  # the engine empties it first (its default)
+    for call in (lambda: disk.read_at(shard, 0, 10), lambda: disk.state(shard), lambda: disk.size(shard),
+                 lambda: disk.delete(shard), lambda: disk.verify(shard), lambda: write_shard(disk, [b"y"])):
+        with pytest.raises(s3.EngineError, match=f"bucket {disk.bucket} does not exist") as err:
+            call()
+        assert "hoard disks forget s3a" in err.value.message and "\n" not in err.value.message
+
+
+def test_a_bucket_of_another_disk_is_not_written(seaweedfs, engine_env, tmp_path: Path) -> None:
+    """A bucket holding a disk identity is not taken by another disk, nor written by a disk it does not name."""
+    engine_env(seaweedfs)
+    disk = s3_disk(seaweedfs, tmp_path / "staging")
+    with pytest.raises(s3.EngineError, match="already holds a disk identity"):
+        s3.S3Disk.initialise("s3b", disk.endpoint, disk.bucket, tmp_path / "staging2", 1 << 30)
+    other = s3.S3Disk("s3a", "not-its-uuid", disk.endpoint, disk.bucket, tmp_path / "staging", 1 << 30)
+    with pytest.raises(s3.EngineError, match="another disk's bucket"):
+        other.create("00" * 12)
+
+
+# -- hoard.toml ----------------------------------------------------------------------------------
+
+
+def s3_entry(**over: object) -> dict:
+    return {"label": "s3a", "kind": "s3", "endpoint": "http://127.0.0.1:8333", "bucket": "hoard-a",
+            "capacity_gb": 100} | over
+
+
+def test_an_s3_disk_entry_parses() -> None:
+    """A [[disks]] table with kind = "s3" parses with its keys; one without kind is a local disk."""
+    d = config.DiskConfig(**s3_entry())
+    assert (d.kind, d.endpoint, d.bucket, d.capacity_gb) == ("s3", "http://127.0.0.1:8333", "hoard-a", 100)
+    assert config.DiskConfig(label="hdd1", path="/srv/hdd1").kind == "local"
+
+
+@pytest.mark.parametrize(("entry", "said"), [
+    (s3_entry(endpoint="ftp://x"), "endpoint 'ftp://x' is not an engine's S3 URL"),
+    (s3_entry(endpoint="http://x:8333/some/path"), "is not an engine's S3 URL"),
+    (s3_entry(bucket="Hoard_A"), "bucket 'Hoard_A' is not an S3 bucket name"),
+    (s3_entry(bucket=None), 'needs bucket'),
+    (s3_entry(capacity_gb=None), "needs capacity_gb"),
+    (s3_entry(kind="nfs"), "kind"),
+    ({"label": "hdd1", "path": "/x", "bucket": "b-b-b"}, 'bucket is a key of kind = "s3" disks'),
+    ({"label": "hdd1"}, "path is required"),
+])
+def test_a_bad_disk_entry_is_one_line(tmp_path: Path, entry: dict, said: str) -> None:
+    """Each mistake in a [[disks]] table is one line naming the entry and what to write."""
+    toml = "".join(f"{k} = {v!r}\n".replace("'", '"') for k, v in entry.items() if v is not None)
+    cfg = tmp_path / "hoard.toml"
+    cfg.write_text(f"[[disks]]\n{toml}\n[ssd]\nroot = \"ssd\"\n")
+    with pytest.raises(ConfigError) as err:
+        config.load(cfg)
+    assert said in err.value.message and "disks[0]" in err.value.message and "\n" not in err.value.message
+
+
+def test_the_store_does_not_take_s3_disks_yet(tmp_path: Path) -> None:
+    """A valid S3 disk entry is refused in one line until the store takes S3 disks."""
+    cfg = tmp_path / "hoard.toml"
+    cfg.write_text('[[disks]]\nlabel = "hdd1"\npath = "d1"\n[[disks]]\nlabel = "hdd2"\npath = "d2"\n'
+                   '[[disks]]\nlabel = "s3a"\nkind = "s3"\nendpoint = "http://127.0.0.1:8333"\n'
+                   'bucket = "hoard-a"\ncapacity_gb = 100\n[ssd]\nroot = "ssd"\n'
+                   + "".join(f"[ssd.zones.{z}]\nquota_gb = 1\n" for z in ("3A", "3B", "3C", "3D")))
+    with pytest.raises(ConfigError, match='disk s3a: kind = "s3" disks are not used by the store yet'):
+        config.load(cfg)
+
+
+def test_verify_streams_with_bounded_memory(seaweedfs, engine_env, tmp_path: Path) -> None:
+    """A shard larger than anything verify may hold is checked whole (records, sha256 of each and
+    of the object) with its Python allocations well under the shard's size."""
+    engine_env(seaweedfs)
+    disk = s3_disk(seaweedfs, tmp_path / "staging")
+    shard, data = write_shard(disk, [os.urandom(24 << 20) for _ in range(3)])
+    tracemalloc.start()
+    try:
+        assert disk.verify(shard, sha256=True) == (len(data), 3)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    print(f"verify of {len(data) >> 20} MiB: peak {peak / 2**20:.1f} MiB")
+    assert peak < 40 << 20, f"verify held {peak / 2**20:.1f} MiB of a {len(data) >> 20} MiB shard"
