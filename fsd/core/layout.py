@@ -18,7 +18,9 @@ A leaf of the store: the facade, gc, reindex and lifecycle import it.
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 import re
 from pathlib import Path
 
@@ -97,6 +99,28 @@ def pin_path(cfg: Settings, name: str) -> Path:
     if not re.match(NAME_PATTERN, name):
         raise HoardError(f"pin name {name!r} is not a valid name", ExitCode.BUG)
     return pins_dir(cfg) / f"{name}.json"
+
+
+def names_lock(cfg: Settings) -> Path:
+    """The lock file held while a batch or view is registered or unregistered with what follows
+    from it (fsd.outputs.manifest.naming_lock)."""
+    return cfg.ssd.root / "locks" / "names.lock"
+
+
+def naming_busy(cfg: Settings) -> bool:
+    """Whether a process holds the naming lock now (its pending `held` records are work under way,
+    not work a killed process left: fsd.io.integrity)."""
+    try:
+        fd = os.open(names_lock(cfg), os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # (with the shared lock, if it was taken)
 
 
 def lock_root(cfg: Settings) -> Path:
