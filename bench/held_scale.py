@@ -70,6 +70,23 @@ def as_format_2(index_dir: Path) -> None:
     env.close()
 
 
+def held_size(index_dir: Path) -> dict | None:
+    """The `held` table's entries and the bytes of its B-tree pages (None: the index has none)."""
+    env = lmdb.open(str(index_dir), max_dbs=24, readonly=True, lock=False)
+    try:
+        with env.begin() as txn:
+            try:
+                st = txn.stat(env.open_db(b"held", txn=txn, create=False))
+            except lmdb.NotFoundError:
+                return None
+            objects = txn.stat(env.open_db(b"objects", txn=txn, create=False))["entries"]
+    finally:
+        env.close()
+    pages = st["branch_pages"] + st["leaf_pages"] + st["overflow_pages"]
+    return {"entries": st["entries"], "bytes": pages * st["psize"], "objects": objects,
+            "bytes_per_object": round(pages * st["psize"] / max(objects, 1), 1)}
+
+
 def copy_store(src: Path, dst: Path) -> Path:
     """A copy of the store's folder (config, SSD, disks) with the config's paths moved to it."""
     shutil.copytree(src, dst, symlinks=True)
@@ -81,7 +98,8 @@ def copy_store(src: Path, dst: Path) -> Path:
 def rounds(cfg_path: Path, repo: Path, n: int) -> dict:
     with Store.open(config.load(cfg_path), writable=False) as store:
         batches = sorted(name for name, _ in store.index.iter_batches())
-    out: dict = {"index migrate": hoard_process(cfg_path, ["index", "migrate"], repo=repo, ok=(0,)), "rounds": []}
+    out: dict = {"index migrate": hoard_process(cfg_path, ["index", "migrate"], repo=repo, ok=(0,)), "rounds": [],
+                 "held table": held_size(config.load(cfg_path).index_dir)}
     for _ in range(n):
         victim = batches.pop()
         out["rounds"].append({

@@ -44,13 +44,9 @@ def drop_batch(store, batch_id: str) -> tuple[int, int]:
     with naming_lock(store):  # a view defined meanwhile is a reference seen here, or clears the mark after
         info = idx.get_batch(batch_id)
         if info is None:
-            left = [m for m, doc in idx.pending_held()
-                    if doc.get("op") == "remove" and doc.get("kind") == "batch" and doc.get("name") == batch_id]
-            if not left:
+            if not _finish(store, batch_id):
                 raise HoardError(f"no ingested batch {batch_id!r} in the store; `ls <mount>/batches` lists them",
                                  ExitCode.USAGE)
-            for manifest in left:  # a killed run's last step
-                holders.unhold(store, manifest)
             return 0, 0
         if idx.held_ready():
             names = named_by(store.get, info["manifest"])
@@ -67,6 +63,21 @@ def drop_batch(store, batch_id: str) -> tuple[int, int]:
         store.register_batch(batch_id, None)
         holders.unhold(store, info["manifest"], names)
     return n, len(shared)
+
+
+def finish_batch(store, batch_id: str) -> bool:
+    """The last step of a deletion of `batch_id` a killed process left (its `held` entries, see
+    drop_batch); whether there was one."""
+    with naming_lock(store):
+        return _finish(store, batch_id)
+
+
+def _finish(store, batch_id: str) -> bool:
+    left = [m for m, doc in store.index.pending_held()
+            if doc.get("op") == "remove" and doc.get("kind") == "batch" and doc.get("name") == batch_id]
+    for manifest in left:
+        holders.unhold(store, manifest)
+    return bool(left)
 
 
 def release(store, shas: list[bytes], reason: str) -> tuple[int, int]:

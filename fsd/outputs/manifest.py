@@ -25,7 +25,9 @@ the store, JSON, UTF-8):
 
 Past 500 lines, whole by design: it is the one module that knows the manifest formats, to
 read and to write them, so a format changes in one place (the view tree's builder writes the
-tree its reader walks).
+tree its reader walks) — but for `iter_files`, the walk of what a manifest names, which lives in
+fsd.core.held (re-exported here): the index's migration and rebuild fill its `held` table with
+it, below this layer.
 """
 
 from __future__ import annotations
