@@ -368,7 +368,7 @@ class Store:
         try:
             copies.pointing(self, lambda write: self.index.name_pointer(folder, name, info, write, also))
         except BaseException:
-            if names:  # not registered (no disk took its pointer): its entries go again
+            if manifest is not None and names:  # not registered (no disk took its pointer): its entries go again
                 self.index.unhold(manifest, names, "add")
             raise
 

@@ -185,7 +185,7 @@ def migrate_index(index: Index, found: int | None = None, get: Callable[[str], b
     store's disks not attached yet) the steps that read objects are left, and the version with
     them, for the next call."""
     found = index_version(index) if found is None else found
-    done = []
+    done: list[str] = []
     for step in MIGRATIONS:
         if step.to > found:
             if step.reads and get is None:

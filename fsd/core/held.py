@@ -165,7 +165,7 @@ class HeldTables:
     def pending_held(self) -> list[tuple[str, dict[str, Any]]]:
         """(manifest sha256 hex, {op, kind, name}) of every manifest whose entries a process is
         adding or removing — or was, when it was killed."""
-        out = []
+        out: list[tuple[str, dict[str, Any]]] = []
         if self.meta is None:
             return out
         with self.env.begin(db=self.meta) as txn:
