@@ -18,9 +18,7 @@ A leaf of the store: the facade, gc, reindex and lifecycle import it.
 
 from __future__ import annotations
 
-import fcntl
 import json
-import os
 import re
 from pathlib import Path
 
@@ -28,6 +26,7 @@ from fsd.base import modes
 from fsd.base.config import ZONES, Settings
 from fsd.base.errors import ExitCode, HoardError
 from fsd.base.paths import NAME_PATTERN
+from fsd.core import storelock
 from fsd.core.disks import SHARDS_DIR, TMP_DIR, read_identity, write_identity
 
 #: per disk: `<root>/batches/<batch_id>.json` names each ingested batch's manifest object
@@ -109,18 +108,12 @@ def names_lock(cfg: Settings) -> Path:
 
 def naming_busy(cfg: Settings) -> bool:
     """Whether a process holds the naming lock now (its pending `held` records are work under way,
-    not work a killed process left: fsd.io.integrity)."""
+    not work a killed process left: fsd.io.integrity). A lock file this user cannot read: taken
+    as busy (nothing is reported that may be under way)."""
     try:
-        fd = os.open(names_lock(cfg), os.O_RDONLY)
+        return storelock.taken(names_lock(cfg))
     except OSError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        return False
-    except BlockingIOError:
         return True
-    finally:
-        os.close(fd)  # (with the shared lock, if it was taken)
 
 
 def lock_root(cfg: Settings) -> Path:
