@@ -4,9 +4,10 @@ not with the one batch; the `held` table, docs/design.md "Which manifests hold a
 answers from the index).
 
     python bench/held_scale.py --old CHECKOUT [--sizes 50000,200000] [--batch 10000] [--work DIR]
+                               [--object-bytes 512-4096]
 
-For each size a store of that many small objects (0.5–4 KB, two directory disks under --work,
-on this machine's disk) is grown in batches of --batch through `put_bytes_many`, each batch's
+For each size a store of that many small objects (0.5–4 KB by default, two directory disks
+under --work, on this machine's disk) is grown in batches of --batch through `put_bytes_many`, each batch's
 manifest stored and registered as the ingest does; its index is then made the format the old
 checkout writes (2: no `held` table) and the store copied, one copy per checkout. On each copy,
 in turn: `hoard index migrate` (this checkout's fills `held`: every manifest read once), then
@@ -40,8 +41,9 @@ DROP = ("import sys; from fsd.base import config; from fsd.store import Store; "
         "s = Store.open(config.load(sys.argv[1])); print(drop_batch(s, sys.argv[2])); s.close()")
 
 
-def grow(root: Path, size: int, batch: int) -> Path:
-    """A store of `size` objects in batches of `batch`; its config."""
+def grow(root: Path, size: int, batch: int, low: int, high: int) -> Path:
+    """A store of `size` objects of `low`–`high` bytes in batches of `batch` (two replicas of
+    each shard); its config."""
     cfg_path = dir_disks_config(root, 2, shard_size_mb=64)
     with Store.open(config.load(cfg_path), init=True) as store:
         for first in range(0, size, batch):
@@ -49,7 +51,7 @@ def grow(root: Path, size: int, batch: int) -> Path:
             stored: dict[str, tuple[str, int]] = {}
             for part in range(0, min(batch, size - first), 5000):
                 n = min(5000, size - first - part, batch - part)
-                for r in store.put_bytes_many([rng.randbytes(rng.randint(512, 4096)) for _ in range(n)]):
+                for r in store.put_bytes_many([rng.randbytes(rng.randint(low, high)) for _ in range(n)]):
                     stored[f"{len(stored):05d}.bin"] = (r.sha256, r.size)
             bid = f"b{first // batch:05d}"
             put = store.put_bytes(batch_manifest(bid, "bench", "2026-01-01T00:00:00Z", stored,
@@ -116,20 +118,22 @@ def main() -> None:
     ap.add_argument("--sizes", default="50000,200000")
     ap.add_argument("--batch", type=int, default=10_000)
     ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--object-bytes", default="512-4096", help="the objects' sizes, LOW-HIGH")
     ap.add_argument("--work", type=Path, default=None)
     ap.add_argument("--label", default=None)
     args = ap.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     work = args.work or Path(f"/var/tmp/held-scale-{os.getpid()}")
     label = args.label or "-".join(f"{s // 1000}k" for s in sizes)
-    doc: dict = {"commit": _commit(), "machine": _machine(), "batch": args.batch, "load_before": os.getloadavg(),
-                 "sizes": {}}
+    low, high = (int(x) for x in args.object_bytes.split("-"))
+    doc: dict = {"commit": _commit(), "machine": _machine(), "batch": args.batch, "object_bytes": [low, high],
+                 "load_before": os.getloadavg(), "sizes": {}}
     path = RESULTS / f"held-scale-{label}.json"
     try:
         for size in sizes:
             base = work / f"{size}"
             t0 = time.monotonic()
-            cfg_path = grow(base / "grown", size, args.batch)
+            cfg_path = grow(base / "grown", size, args.batch, low, high)
             as_format_2(config.load(cfg_path).index_dir)
             built_s = time.monotonic() - t0
             got: dict = {"objects": size, "batches": -(-size // args.batch), "build_s": round(built_s, 1)}
