@@ -281,10 +281,11 @@ def test_rebuild_and_migration_make_the_table_the_store_grew(tmp_path: Path) -> 
     _clean(cfg_path)
 
 
-@pytest.mark.parametrize("kill", ["fsd.core.held:clear_held:1", "fsd.core.held:fill_held:2"])
+@pytest.mark.parametrize("kill", ["fsd.core.held:fill_held:2", "fsd.core.held:_sweep:1"])
 def test_a_migration_killed_in_the_fill_is_redone_whole(tmp_path: Path, kill: str) -> None:
-    """The migration to the table killed in its emptying or its filling leaves the index at
-    format 2 (the manifests are read meanwhile); the next writable open fills it whole."""
+    """The migration to the table killed in its filling or its sweep of entries no manifest
+    needs leaves the index at format 2 (the manifests are read meanwhile); the next writable
+    open fills it whole, and the entry of a manifest nothing registers is gone."""
     cfg_path, kinds = _shop(tmp_path)
     cfg = config.load(cfg_path)
     grown = _table(cfg.index_dir)

@@ -57,7 +57,7 @@ PENDING = b"held_pending:"
 Get = Callable[[str], bytes]
 
 
-#: keys deleted per transaction by `HeldTables.clear_held`
+#: entries visited per write transaction by `HeldTables._sweep`
 _PER = TXN_ENTRIES - SLACK
 
 
@@ -165,16 +165,19 @@ class HeldTables:
     def pending_held(self) -> list[tuple[str, dict[str, Any]]]:
         """(manifest sha256 hex, {op, kind, name}) of every manifest whose entries a process is
         adding or removing — or was, when it was killed."""
-        out: list[tuple[str, dict[str, Any]]] = []
         if self.meta is None:
-            return out
-        with self.env.begin(db=self.meta) as txn:
-            cur = txn.cursor()
-            if cur.set_range(PENDING):
-                for k, v in cur:
-                    if not bytes(k).startswith(PENDING):
-                        break
-                    out.append((bytes(k[len(PENDING):]).decode(), json.loads(bytes(v))))
+            return []
+        with self.env.begin() as txn:
+            return self._pending(txn)
+
+    def _pending(self, txn: Any) -> list[tuple[str, dict[str, Any]]]:
+        out: list[tuple[str, dict[str, Any]]] = []
+        cur = txn.cursor(db=self.meta)
+        if cur.set_range(PENDING):
+            for k, v in cur:
+                if not bytes(k).startswith(PENDING):
+                    break
+                out.append((bytes(k[len(PENDING):]).decode(), json.loads(bytes(v))))
         return out
 
     def set_pending_held(self, txn: Any, manifest_hex: str, op: str | None, kind: str = "", name: str = "") -> None:
@@ -243,29 +246,13 @@ class HeldTables:
                 txn.delete(key, db=self.meta)
         return n
 
-    def clear_held(self) -> int:
-        """Empty `held` and the pending records, in bounded write transactions."""
-        n = 0
-        while True:
-            with self.env.begin(write=True) as txn:
-                keys = [bytes(k) for k in islice(txn.cursor(db=self.held).iternext(values=False), _PER)]
-                for k in keys:
-                    txn.delete(k, db=self.held)
-                cur = txn.cursor(db=self.meta)
-                stale = []
-                if not keys and cur.set_range(PENDING):
-                    stale = [bytes(k) for k in cur.iternext(values=False) if bytes(k).startswith(PENDING)]
-                for k in stale:
-                    txn.delete(k, db=self.meta)
-            n += len(keys)
-            if not keys:
-                return n
-
     def fill_held(self, get: Get) -> int:
-        """Fill `held` from every registered manifest (read with `get`), emptied first: the
-        migration to format 3 and an index rebuild. Idempotent, bounded write transactions; a
-        manifest that cannot be read raises (the index then stays below format 3)."""
-        self.clear_held()
+        """Fill `held` from every registered manifest (read with `get`), then remove the entries
+        of manifests neither registered nor pending: the migration to format 3 and an index
+        rebuild's. Only adds what a registered manifest names and removes what no manifest could
+        need, so two processes migrating at once cannot undo each other (each one's version is
+        written after its own complete fill), and a killed one is redone whole. Bounded write
+        transactions; a manifest that cannot be read raises (the index then stays below 3)."""
         with self.env.begin() as txn:
             manifests = sorted({bytes.fromhex(named_entry(kind, bytes(k).decode(errors="replace"), bytes(v))["manifest"])
                                 for kind, db in (("batch", self.batches), ("view", self.views))
@@ -276,5 +263,21 @@ class HeldTables:
                 with self.env.begin(write=True, db=self.held) as txn:
                     for sha in part:
                         n += txn.put(pair(sha, man), b"")
-        return n
+        return n + self._sweep()
 
+    def _sweep(self) -> int:
+        """Remove the entries of manifests neither registered nor pending, in bounded write
+        transactions (each visits at most _PER entries, its own moment's registrations judged)."""
+        removed = 0
+        at: bytes | None = b""
+        while at is not None:
+            with self.env.begin(write=True) as txn:
+                keep = self.registered_prefixes(txn) | {bytes.fromhex(m)[:MAN] for m, _ in self._pending(txn)}
+                cur = txn.cursor(db=self.held)
+                keys = [bytes(k) for k in islice(cur.iternext(values=False), _PER)] if cur.set_range(at) else []
+                at = keys[-1] + b"\0" if len(keys) == _PER else None
+                gone = [k for k in keys if k[OBJ:] not in keep]
+                for k in gone:
+                    txn.delete(k, db=self.held)
+            removed += len(gone)
+        return removed
