@@ -12,6 +12,7 @@ reads and the store's health, each a few calls into fsd.core and fsd.io; attachi
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import logging
@@ -34,7 +35,7 @@ from fsd.base.units import fmt_bytes
 from fsd.core import formats, storelock
 from fsd.core import shardfmt as fmt
 from fsd.core.disks import DiskGone, DiskRecord, DiskState, LocalDisk
-from fsd.core.held import named_by
+from fsd.core.held import iter_named
 from fsd.core.index import Index, ShardMeta, has_index, index_error, open_existing
 from fsd.core.layout import BATCHES_DIR, VIEWS_DIR, check_ssd, lock_root, pin_path, protect_ssd
 from fsd.core.placement import Candidate, choose
@@ -344,7 +345,7 @@ class Store:
             return put_payloads(self, self.writer(klass), [("<bytes>", d) for d in datas])
 
     # -- the read path ------------------------------------------------------------------------
-    def register_batch(self, batch_id: str, info: dict | None, holds: Iterable[bytes] | None = None) -> None:
+    def register_batch(self, batch_id: str, info: dict | None, holds: list[bytes] | None = None) -> None:
         """Name an ingested batch's manifest object in the index and, so that `hoard index
         rebuild` finds it again, in `batches/<batch_id>.json` on every disk in service; None
         unregisters it (type-B deletion: the caller then tombstones and removes its `held`
@@ -353,23 +354,26 @@ class Store:
         else the manifest is read. Called under `naming_lock` (fsd.outputs.manifest)."""
         self._register(BATCHES_DIR, "batch", batch_id, info, holds)
 
-    def register_view(self, name: str, info: dict | None, holds: Iterable[bytes] | None = None) -> None:
+    def register_view(self, name: str, info: dict | None, holds: list[bytes] | None = None) -> None:
         """The same for a view (`views/<name>.json`); None removes it."""
         self._register(VIEWS_DIR, "view", name, info, holds)
 
-    def _register(self, folder: str, kind: str, name: str, info: dict | None, holds: Iterable[bytes] | None) -> None:
-        manifest = info["manifest"] if info is not None else None
-        names: list[bytes] = []
-        if manifest is not None and self.index.held is not None:
+    def _register(self, folder: str, kind: str, name: str, info: dict | None, holds: list[bytes] | None) -> None:
+        manifest: str = info["manifest"] if info is not None else ""
+        held = bool(manifest) and self.index.held is not None
+        if held:
             # every entry committed before the registration: a registered manifest's objects are all held
-            names = named_by(self.get, manifest) if holds is None else list(holds)
-            self.index.hold(manifest, names, kind, name)
-        also = self.index.registration(kind, name, manifest)
+            # (streamed when read: a view of 10 M files is one directory object at a time)
+            self.index.hold(manifest, iter_named(self.get, manifest) if holds is None else holds, kind, name)
+        also = self.index.registration(kind, name, manifest or None)
         try:
             copies.pointing(self, lambda write: self.index.name_pointer(folder, name, info, write, also))
         except BaseException:
-            if manifest is not None and names:  # not registered (no disk took its pointer): its entries go again
-                self.index.unhold(manifest, names, "add")
+            if held:  # not registered (no disk took its pointer): its entries go again — or, when
+                # they cannot (the manifest no longer reads), they stay with their pending record
+                # for the next gc; the registration's own error is the one to tell
+                with contextlib.suppress(HoardError, OSError, lmdb.Error):
+                    self.index.unhold(manifest, iter_named(self.get, manifest) if holds is None else holds, "add")
             raise
 
     def keep_pointer(self, key: str, doc: dict) -> None:

@@ -47,7 +47,7 @@ from fsd.core import formats
 from fsd.core.entries import named_entry
 from fsd.core.txnlog import SLACK, TXN_ENTRIES, chunked
 
-__all__ = ["OBJ", "MAN", "PENDING", "HeldTables", "iter_files", "named_by", "pair"]
+__all__ = ["OBJ", "MAN", "PENDING", "HeldTables", "iter_files", "iter_named", "named_by", "pair"]
 
 #: bytes of the object's sha256 and of the manifest's sha256 in a `held` key
 OBJ, MAN = 16, 8
@@ -104,17 +104,25 @@ def _walk_entries(get: Get, entries: list, prefix: str, own: list[bytes] | None)
             yield from _walk_entries(get, e[2], f"{prefix}{e[0]}/", own)
 
 
-def named_by(get: Get, manifest_sha_hex: str) -> list[bytes]:
-    """Every object manifest names — its files, then its own objects — once each, in that order:
-    what its `held` entries are made of. An object that is no manifest (not JSON, no `files`:
-    none hoardfs wrote, whose bytes are its sha256's) names only itself; one that cannot be read,
-    or of a newer format, raises (what it names is not known: nothing may be taken as unheld)."""
+def iter_named(get: Get, manifest_sha_hex: str) -> Iterator[bytes]:
+    """Every object manifest names — its files, then its own objects —, streamed (an object named
+    twice comes twice): what its `held` entries are made of, one directory object of a view in
+    memory at a time. An object that is no manifest (not JSON, no `files`: none hoardfs wrote,
+    whose bytes are its sha256's) names only itself; one that cannot be read, or of a newer
+    format, raises (what it names is not known: nothing may be taken as unheld)."""
     own: list[bytes] = []
     try:
-        files = [sha for _path, sha, _size in iter_files(get, manifest_sha_hex, own)]
+        for _path, sha, _size in iter_files(get, manifest_sha_hex, own):
+            yield sha
     except (ValueError, KeyError, TypeError, IndexError, AttributeError):
-        return [bytes.fromhex(manifest_sha_hex)]
-    return list(dict.fromkeys(files + own))
+        yield bytes.fromhex(manifest_sha_hex)
+        return
+    yield from own
+
+
+def named_by(get: Get, manifest_sha_hex: str) -> list[bytes]:
+    """`iter_named`, each object once, in memory (a batch's: what its deletion looks up)."""
+    return list(dict.fromkeys(iter_named(get, manifest_sha_hex)))
 
 
 class HeldTables:
@@ -259,7 +267,7 @@ class HeldTables:
                                 for k, v in txn.cursor(db=db)})
         n = 0
         for man in manifests:
-            for part in chunked(named_by(get, man.hex())):
+            for part in chunked(iter_named(get, man.hex())):
                 with self.env.begin(write=True, db=self.held) as txn:
                     for sha in part:
                         n += txn.put(pair(sha, man), b"")

@@ -116,7 +116,7 @@ def _held_pending(store: Store, found: Findings) -> None:
                    "killed before it removed"
             redo = f" (or `hoard delete --batch {name}` again)" if kind == "batch" else ""
         else:
-            what, redo = f"{kind} {name}: a process was killed while registering it (it is not registered) and left", ""
+            what, redo = f"{kind} {name}: a registration that did not complete (it is not registered) left", ""
         found.add("held", f"{what} the held entries of manifest {manifest} (they keep objects, never free "
                           f"them); `hoard gc` removes them{redo}")
 

@@ -14,7 +14,7 @@ import logging
 from collections.abc import Callable, Iterable
 
 from fsd.base.errors import HoardError
-from fsd.core.held import named_by
+from fsd.core.held import iter_named
 from fsd.outputs.manifest import References
 
 __all__ = ["finish", "referencer", "unhold"]
@@ -33,7 +33,7 @@ def unhold(store, manifest_hex: str, shas: Iterable[bytes] | None = None) -> int
     if store.index.held is None:
         return 0
     try:
-        return store.index.unhold(manifest_hex, named_by(store.get, manifest_hex) if shas is None else shas)
+        return store.index.unhold(manifest_hex, iter_named(store.get, manifest_hex) if shas is None else shas)
     except _UNREADABLE as e:
         log.warning("the held entries of manifest %s stay (it cannot be read: %s); they keep nothing alive",
                     manifest_hex, e)
@@ -47,7 +47,7 @@ def finish(store) -> int:
     done = 0
     for manifest, doc in store.index.pending_held():
         try:
-            store.index.unhold(manifest, named_by(store.get, manifest), str(doc.get("op")))
+            store.index.unhold(manifest, iter_named(store.get, manifest), str(doc.get("op")))
         except _UNREADABLE as e:
             log.warning("the %s of %s %s's held entries is left unfinished (manifest %s: %s)",
                         "removal" if doc.get("op") == "remove" else "addition", doc.get("kind"), doc.get("name"),
