@@ -294,7 +294,8 @@ def store_batch(store: Store, built: Built, batch_id: str) -> None:
     put = store.put_bytes(body)
     with naming_lock(store):
         store.register_batch(batch_id, {"source": SOURCE, "manifest": put.sha256, "files": len(stored),
-                                        "bytes": sum(s for _, s in stored.values()), "sealed": T0})
+                                        "bytes": sum(s for _, s in stored.values()), "sealed": T0},
+                             holds=shas + [bytes.fromhex(put.sha256)])  # (as the ingest's package step does)
     members.remember(store, put.sha256, shas)  # (as the ingest's package step does)
     built.batches.append((batch_id, built.count, len(shas)))
     built.append(shas)

@@ -12,6 +12,7 @@ reads and the store's health, each a few calls into fsd.core and fsd.io; attachi
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import logging
@@ -34,6 +35,7 @@ from fsd.base.units import fmt_bytes
 from fsd.core import formats, storelock
 from fsd.core import shardfmt as fmt
 from fsd.core.disks import DiskGone, DiskRecord, DiskState, LocalDisk
+from fsd.core.held import iter_named
 from fsd.core.index import Index, ShardMeta, has_index, index_error, open_existing
 from fsd.core.layout import BATCHES_DIR, VIEWS_DIR, check_ssd, lock_root, pin_path, protect_ssd
 from fsd.core.placement import Candidate, choose
@@ -66,6 +68,18 @@ class SetAside(Protocol):
     def remaining(self, uuid: str) -> int: ...
 
     def take(self, uuid: str, nbytes: int) -> None: ...
+
+
+def _migrate_reading(store: Store) -> None:
+    """The migration steps that read objects (the `held` table reads every registered manifest),
+    once the disks are attached. A manifest that cannot be read leaves the index at its older
+    format — deletion and gc then read the manifests, as that format did — and says so."""
+    try:
+        store.index.migrate(get=store.get)
+    except (HoardError, ValueError, KeyError, TypeError) as e:  # (a manifest that does not decode)
+        why = e.message if isinstance(e, HoardError) else f"a manifest does not decode: {e!r}"
+        log.warning("the index stays at format %d (%s); deletion and gc read every manifest until `hoard index "
+                    "migrate` succeeds — `hoard check` names a damaged manifest", store.index.format, why)
 
 
 class Store:
@@ -117,6 +131,8 @@ class Store:
                     index.migrate()
                 attach.check_index_owner(store, ssd_uuid)
                 attach.attach_disks(store, init)
+                if writable and index.format < formats.INDEX:
+                    _migrate_reading(store)
                 if writable:
                     recover_orphans(store)
                     store.catch_up_marks()
@@ -329,15 +345,36 @@ class Store:
             return put_payloads(self, self.writer(klass), [("<bytes>", d) for d in datas])
 
     # -- the read path ------------------------------------------------------------------------
-    def register_batch(self, batch_id: str, info: dict | None) -> None:
+    def register_batch(self, batch_id: str, info: dict | None, holds: list[bytes] | None = None) -> None:
         """Name an ingested batch's manifest object in the index and, so that `hoard index
         rebuild` finds it again, in `batches/<batch_id>.json` on every disk in service; None
-        unregisters it (type-B deletion)."""
-        copies.pointing(self, lambda write: self.index.name_pointer(BATCHES_DIR, batch_id, info, write))
+        unregisters it (type-B deletion: the caller then tombstones and removes its `held`
+        entries, fsd.outputs.holders.forget — or the next gc does). What the manifest names is
+        held first (fsd.core.held): `holds`, its files and itself, when the caller has them;
+        else the manifest is read. Called under `naming_lock` (fsd.outputs.manifest)."""
+        self._register(BATCHES_DIR, "batch", batch_id, info, holds)
 
-    def register_view(self, name: str, info: dict | None) -> None:
+    def register_view(self, name: str, info: dict | None, holds: list[bytes] | None = None) -> None:
         """The same for a view (`views/<name>.json`); None removes it."""
-        copies.pointing(self, lambda write: self.index.name_pointer(VIEWS_DIR, name, info, write))
+        self._register(VIEWS_DIR, "view", name, info, holds)
+
+    def _register(self, folder: str, kind: str, name: str, info: dict | None, holds: list[bytes] | None) -> None:
+        manifest: str = info["manifest"] if info is not None else ""
+        held = bool(manifest) and self.index.held is not None
+        if held:
+            # every entry committed before the registration: a registered manifest's objects are all held
+            # (streamed when read: a view of 10 M files is one directory object at a time)
+            self.index.hold(manifest, iter_named(self.get, manifest) if holds is None else holds, kind, name)
+        also = self.index.registration(kind, name, manifest or None)
+        try:
+            copies.pointing(self, lambda write: self.index.name_pointer(folder, name, info, write, also))
+        except BaseException:
+            if held:  # not registered (no disk took its pointer): its entries go again — or, when
+                # they cannot (the manifest no longer reads), they stay with their pending record
+                # for the next gc; the registration's own error is the one to tell
+                with contextlib.suppress(HoardError, OSError, lmdb.Error):
+                    self.index.unhold(manifest, iter_named(self.get, manifest) if holds is None else holds, "add")
+            raise
 
     def keep_pointer(self, key: str, doc: dict) -> None:
         """A pointer at the disks' root (fsd.core.pointers.ROOT_FILES: the newest database dump) on

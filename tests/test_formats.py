@@ -144,7 +144,7 @@ def test_previous_format_is_migrated_and_every_object_reads_back(tmp_path: Path)
     assert not any("seen" in json.loads(v) for v in _raw(cfg.index_dir, b"disks").values())
     assert len([k for k in _raw(cfg.index_dir, b"meta") if k.startswith(b"disk_seen:")]) == 3
     check = _hoard("--config", str(cfg_path), "check", "--json", "--no-database")
-    assert json.loads(check.stdout)["formats"]["index"] == {"found": 2, "known": 2, "state": "ok"}, check.stderr
+    assert json.loads(check.stdout)["formats"]["index"] == {"found": formats.INDEX, "known": formats.INDEX, "state": "ok"}, check.stderr
 
 
 @pytest.mark.services  # (runs `hoard` in a process)
@@ -158,7 +158,7 @@ def test_a_migration_killed_half_way_is_done_by_the_next_open(tmp_path: Path) ->
     assert 0 < len(half) < 7 and formats.INDEX_KEY.encode() not in _raw(cfg.index_dir, b"meta")
     done = _hoard("--config", str(cfg_path), "put", str(extra), env={"HOARD_LMDB_TXN_ENTRIES": "68"})
     assert done.returncode == 0, done.stderr
-    assert _raw(cfg.index_dir, b"meta")[formats.INDEX_KEY.encode()] == b"2"
+    assert _raw(cfg.index_dir, b"meta")[formats.INDEX_KEY.encode()] == str(formats.INDEX).encode()
     assert len(_raw(cfg.index_dir, b"pointers")) == 7
     with Store.open(cfg) as store:
         _reads_back(store, kinds["live"] + [hashlib.sha256(extra.read_bytes()).hexdigest()])
@@ -168,14 +168,15 @@ def test_a_migration_killed_half_way_is_done_by_the_next_open(tmp_path: Path) ->
 
 @pytest.mark.services  # (runs `hoard` in a process)
 def test_a_newer_index_is_refused_for_writing_and_no_byte_changes(tmp_path: Path) -> None:
-    """An index a later hoardfs wrote (format 3): `hoard put` says so in one line naming the
+    """An index a later hoardfs wrote (this format + 1): `hoard put` says so in one line naming the
     index, both versions and the upgrade, and exits 3; `hoard get` still reads; not one byte
     of the SSD or the disks changes."""
     cfg_path, kinds = _store(tmp_path)
     cfg = config.load(cfg_path)
+    newer = formats.INDEX + 1
     env = lmdb.open(str(cfg.index_dir), max_dbs=24, map_size=1 << 40)
     with env.begin(write=True) as txn:
-        txn.put(formats.INDEX_KEY.encode(), b"3", db=env.open_db(b"meta", txn=txn))
+        txn.put(formats.INDEX_KEY.encode(), str(newer).encode(), db=env.open_db(b"meta", txn=txn))
     env.close()
     before = _files(tmp_path)
     new = tmp_path / "new.bin"
@@ -184,7 +185,7 @@ def test_a_newer_index_is_refused_for_writing_and_no_byte_changes(tmp_path: Path
     assert put.returncode == 3, put.stderr
     line = put.stderr.strip()
     assert "\n" not in line and "Traceback" not in line
-    assert f"the index at {cfg.index_dir} is format 3, newer than this hoardfs knows (2)" in line
+    assert f"the index at {cfg.index_dir} is format {newer}, newer than this hoardfs knows ({formats.INDEX})" in line
     assert "upgrade hoardfs" in line and "Upgrade" in line
     migrate = _hoard("--config", str(cfg_path), "index", "migrate")
     assert migrate.returncode == 3 and migrate.stderr.strip().endswith(line.split("hoard: error: ")[-1])
@@ -196,7 +197,7 @@ def test_a_newer_index_is_refused_for_writing_and_no_byte_changes(tmp_path: Path
     assert _files(tmp_path) == before
     check = _hoard("--config", str(cfg_path), "check", "--json", "--no-database")
     assert check.returncode == 5 and json.loads(check.stdout)["formats"]["index"]["state"] == "newer"
-    assert any("is format 3, newer than" in p for p in json.loads(check.stdout)["problems"])
+    assert any(f"is format {newer}, newer than" in p for p in json.loads(check.stdout)["problems"])
 
 
 @pytest.mark.services  # (runs `hoard` in a process)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import random
 import signal
@@ -455,14 +456,16 @@ def test_a_pointer_write_error_on_one_disk_fails_that_disk_not_the_command(store
             raise OSError(errno.EIO, "Input/output error")
         return real(path, data, **kw)
 
+    manifests = [store.put_bytes(json.dumps({"format": "hoardfs-batch-manifest-1", "batch_id": b, "files": []})
+                                 .encode()).sha256 for b in ("b1", "b2")]
     monkeypatch.setattr(copies, "atomic_write", flaky)
-    store.register_batch("b1", {"manifest": "ab" * 32})
+    store.register_batch("b1", {"manifest": manifests[0]})
     d2 = next(u for u, d in store.disks.items() if d.label == "d2")
     assert store.records[d2].state.value == "failed"
     assert all((tmp_path / "disks" / d / "batches" / "b1.json").is_file() for d in ("d1", "d3"))
     bad |= {str(tmp_path / "disks" / d) for d in ("d1", "d3")}
     with pytest.raises(HoardError, match="no disk took batches/b2.json"):
-        store.register_batch("b2", {"manifest": "cd" * 32})
+        store.register_batch("b2", {"manifest": manifests[1]})
     assert store.index.get_batch("b2") is None and store.index.get_batch("b1") is not None
 
 

@@ -11,7 +11,7 @@ import typer
 from fsd.base.errors import ExitCode, HoardError
 from fsd.cli._common import confirm, database, out, read_sha_list, state
 from fsd.core.records import sha_bytes
-from fsd.maintenance.deletion import drop_batch, hide, release
+from fsd.maintenance.deletion import drop_batch, finish_batch, hide, release
 from fsd.outputs.puts import release as release_put
 from fsd.store import Store
 from jobs.ingest import forget_deleted
@@ -77,6 +77,7 @@ def delete(
             return
         assert batch is not None
         if store.index.get_batch(batch) is None and db_del.batch_deleted(conn, batch):  # a re-run finishes the rest
+            finish_batch(store, batch)  # (the store's last step, if a killed run left it)
             out.print(f"type B: batch {batch} was already deleted", markup=False)
         else:
             counts = db_del.drop_batch(conn, batch, reason) if db_del.batch_known(conn, batch) else {}

@@ -87,7 +87,12 @@ def migrate(ctx: typer.Context) -> None:
     if found > formats.INDEX:
         raise formats.NewerFormat(f"the index at {state(ctx).settings.index_dir}", found, formats.INDEX)
     with open_store(ctx) as store:  # (the writable open migrates it)
-        pass
+        now = store.index.format
+    if now < formats.INDEX:  # a step that reads the manifests could not (the open warned why)
+        raise HoardError(f"the index at {state(ctx).settings.index_dir} stays at format {now}: a registered manifest "
+                         "cannot be read (the warning above names it); `hoard check` names the damage — repair it "
+                         "(`hoard verify --repair`, or `hoard view rm` / `hoard delete --batch` for what it names), "
+                         "then run this again", ExitCode.DATA)
     out.print(f"index at format {formats.INDEX}" + (f" (migrated from format {found})" if found < formats.INDEX
                                                     else " already"))
 

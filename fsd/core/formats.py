@@ -57,8 +57,12 @@ log = logging.getLogger(__name__)
 
 #: the index's format. 1: every index before this key existed (no `format` in `meta`; disk
 #: records may carry `seen`; the `pointers` table may be empty). 2: `seen` in `meta`
-#: (`disk_seen:<uuid>`), every batch and view named in `pointers`, the version in `meta`.
-INDEX = 2
+#: (`disk_seen:<uuid>`), every batch and view named in `pointers`, the version in `meta`. 3: the
+#: `held` table (fsd.core.held) names, for every object a registered manifest names, that manifest.
+INDEX = 3
+#: the first index format whose `held` table is complete (an older one's is filled by its
+#: migration, which reads every registered manifest: until then the manifests are read)
+INDEX_HELD = 3
 #: the first index format whose `pointers` table names every batch and view (an older one's is
 #: filled by its migration: until then its pointers are not judged)
 INDEX_POINTERS = 2
@@ -141,11 +145,14 @@ def parse_version(raw: str) -> int:
 
 @dataclass(frozen=True)
 class Migration:
-    """One step from version `to - 1` to `to`: `run(index)` returns how many entries it changed."""
+    """One step from version `to - 1` to `to`: `run(index)` returns how many entries it changed.
+    A step that `reads` objects (the manifests) is `run(index, get)`: it runs once the store's
+    disks are attached (Store.open migrates in two calls)."""
 
     to: int
     name: str
-    run: Callable[[Index], int]
+    run: Callable[..., int]
+    reads: bool = False
 
 
 def _seen_out(index: Index) -> int:
@@ -159,21 +166,31 @@ def _pointers_filled(index: Index) -> int:
     return index.align_pointers()
 
 
+def _held_filled(index: Index, get: Callable[[str], bytes]) -> int:
+    # the object → manifests table (fsd.core.held): every registered manifest read once
+    return index.fill_held(get)
+
+
 #: every step, oldest first; a step must be idempotent and commit in bounded transactions
 MIGRATIONS = (
     Migration(2, "disk last-seen times out of the disk records", _seen_out),
     Migration(2, "batch and view pointers into the pointers table", _pointers_filled),
+    Migration(3, "which manifests name each object into the held table", _held_filled, reads=True),
 )
 
 
-def migrate_index(index: Index, found: int | None = None) -> list[str]:
+def migrate_index(index: Index, found: int | None = None, get: Callable[[str], bytes] | None = None) -> list[str]:
     """Bring an older index up to INDEX (see the module's docstring); returns what was done,
-    one line per step that changed something. The version is written last."""
+    one line per step that changed something. The version is written last. Without `get` (the
+    store's disks not attached yet) the steps that read objects are left, and the version with
+    them, for the next call."""
     found = index_version(index) if found is None else found
-    done = []
+    done: list[str] = []
     for step in MIGRATIONS:
         if step.to > found:
-            n = step.run(index)
+            if step.reads and get is None:
+                return done
+            n = step.run(index, get) if step.reads else step.run(index)
             if n:
                 done.append(f"{step.name}: {n}")
     index.set_meta(INDEX_KEY, str(INDEX))

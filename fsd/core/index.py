@@ -20,11 +20,15 @@ Named databases (keys → values):
     dropped  sha256[:8]           → sha256[8:16] (b"" when several): an object gc collected, so that
                                     the mount never lets a by-hash number name a later object
                                     with the same leading bits (Index.sole_owner)
+    held     sha256[:16] || manifest sha256[:8] → b"": a registered batch or view manifest names the
+                                    object (its files and its own objects), see fsd.core.held
     pointers `<folder>/<name>.json` → the exact bytes of the newest batch or view pointer written to the
                                     disks (fsd/core/pointers.py; removal records too), see Index.name_pointer
     meta     key (ascii)          → value: `ssd_uuid` (the SSD this index belongs to), `marks_*` (the marks
                                     log's stamps and each disk's progress, see Index.log_in), `pointers_*`
                                     (the pointers' stamps and each disk's progress, see Index.name_pointer),
+                                    `held_pending:<manifest>` (its `held` entries being added or
+                                    removed, see fsd.core.held),
                                     `disk_seen:<uuid>` (when a store open last found the disk at its
                                     path, see Index.disks_seen), `format` (the index's format:
                                     fsd.core.formats, where every on-disk format is named)
@@ -69,6 +73,7 @@ from fsd.core.entries import (
     named_entry,
 )
 from fsd.core.events import EventTables
+from fsd.core.held import HeldTables
 from fsd.core.marks import HELD_UNTIL_NAMED, MARKS_NS, MarksTables
 from fsd.core.pointers import PointerTables
 from fsd.core.txnlog import Env
@@ -115,7 +120,7 @@ def open_existing(path: Path, wait_s: float = 2.0) -> Index:
         raise index_error(path, e) from None
 
 
-class Index(MarksTables, PointerTables, EventTables):
+class Index(MarksTables, PointerTables, EventTables, HeldTables):
     def __init__(self, path: Path, readonly: bool = False, create: bool = True) -> None:
         """`create` makes the folder and the LMDB files when missing (`hoard init`, a rebuild's
         new index); without it, or `readonly`, a missing index is an `lmdb.Error`."""
@@ -153,6 +158,7 @@ class Index(MarksTables, PointerTables, EventTables):
         self.rooted = self._optional_db(b"rooted", readonly)
         self.dropped = self._optional_db(b"dropped", readonly)
         self.pointers = self._optional_db(b"pointers", readonly)
+        self.held = self._optional_db(b"held", readonly)
         #: `(op, shas, stamp)` called inside the write transaction that sets or clears marks,
         #: before it commits (the store appends them to `marks/` on the HDDs, see
         #: Store.log_marks): the log's order is then the order the index applied them in
@@ -172,13 +178,14 @@ class Index(MarksTables, PointerTables, EventTables):
             raw = txn.get(formats.INDEX_KEY.encode())
         return formats.parse_version(bytes(raw).decode(errors="replace")) if raw else formats.INDEX_UNVERSIONED
 
-    def migrate(self) -> list[str]:
+    def migrate(self, get: Callable[[str], bytes] | None = None) -> list[str]:
         """Bring an older index up to this hoardfs's format (fsd.core.formats.migrate_index);
-        refuse a newer one. What a writable store open calls first."""
+        refuse a newer one. What a writable store open calls first, without `get` (the steps that
+        read objects wait), and again with the store's `get` once its disks are attached."""
         if self.format > formats.INDEX:
             raise self.env.refused
-        done = formats.migrate_index(self, self.format) if self.format < formats.INDEX else []
-        self.format = formats.INDEX
+        done = formats.migrate_index(self, self.format, get) if self.format < formats.INDEX else []
+        self.format = formats.index_version(self)
         return done
 
     def close(self) -> None:

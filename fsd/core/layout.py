@@ -26,6 +26,7 @@ from fsd.base import modes
 from fsd.base.config import ZONES, Settings
 from fsd.base.errors import ExitCode, HoardError
 from fsd.base.paths import NAME_PATTERN
+from fsd.core import storelock
 from fsd.core.disks import SHARDS_DIR, TMP_DIR, read_identity, write_identity
 
 #: per disk: `<root>/batches/<batch_id>.json` names each ingested batch's manifest object
@@ -97,6 +98,22 @@ def pin_path(cfg: Settings, name: str) -> Path:
     if not re.match(NAME_PATTERN, name):
         raise HoardError(f"pin name {name!r} is not a valid name", ExitCode.BUG)
     return pins_dir(cfg) / f"{name}.json"
+
+
+def names_lock(cfg: Settings) -> Path:
+    """The lock file held while a batch or view is registered or unregistered with what follows
+    from it (fsd.outputs.manifest.naming_lock)."""
+    return cfg.ssd.root / "locks" / "names.lock"
+
+
+def naming_busy(cfg: Settings) -> bool:
+    """Whether a process holds the naming lock now (its pending `held` records are work under way,
+    not work a killed process left: fsd.io.integrity). A lock file this user cannot read: taken
+    as busy (nothing is reported that may be under way)."""
+    try:
+        return storelock.taken(names_lock(cfg))
+    except OSError:
+        return True
 
 
 def lock_root(cfg: Settings) -> Path:

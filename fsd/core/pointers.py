@@ -205,16 +205,19 @@ class PointerTables:
         return stamp
 
     def name_pointer(self, folder: str, name: str, info: dict[str, Any] | None,
-                     write: Callable[[str, bytes], list[str]]) -> bytes:
+                     write: Callable[[str, bytes], list[str]], also: Callable[[Any], None] | None = None) -> bytes:
         """Register batch (`folder` BATCHES_DIR) or view (VIEWS_DIR) `name` — None unregisters
         it — in one write transaction: its stamped pointer goes to `write(rel, body)` (the store
         puts it on the disks in service and returns the uuids that took it; raising leaves the
         index unchanged), then the entry and the pointer's bytes are put, and each disk that
         took it and held every earlier pointer is noted complete up to its stamp (one that
-        missed an earlier one stays behind: Store.catch_up_pointers). Returns the bytes."""
+        missed an earlier one stays behind: Store.catch_up_pointers); `also(txn)` writes what
+        goes with the registration in its transaction. Returns the bytes."""
         db = self.batches if folder == BATCHES_DIR else self.views
 
         def entry(txn: Any) -> None:
+            if also is not None:  # (first: it may read the entry this one replaces)
+                also(txn)
             if info is None:
                 txn.delete(name.encode(), db=db)
             else:

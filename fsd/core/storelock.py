@@ -138,6 +138,22 @@ _locks: dict[Path, _Lock] = {}
 _guard = threading.RLock()
 
 
+def taken(path: Path) -> bool:
+    """Whether a live process holds an exclusive `flock` on the file (without taking or removing
+    it; no file: nobody)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # (with the shared lock, if it was taken)
+
+
 def _get(ssd_root: Path, name: str) -> _Lock:
     path = (ssd_root / "locks" / f"{name}.lock").resolve()
     lk = _locks.get(path)

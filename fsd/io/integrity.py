@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from fsd.core import formats, marks, pointers
 from fsd.core.disks import DiskState
 from fsd.core.index import MARKS_NS, IndexDamaged, named_entry
-from fsd.core.layout import BATCHES_DIR, VIEWS_DIR
+from fsd.core.layout import BATCHES_DIR, VIEWS_DIR, naming_busy
 from fsd.core.spill import Spill, spill_parent
 from fsd.io import judged
 
@@ -32,8 +32,9 @@ if TYPE_CHECKING:
 #: at most this many lines per kind of finding (the counts are always complete)
 SHOW = 20
 T = TypeVar("T")
-#: the kinds `judge` reports: a disk's marks log (or the logs against the index), a pointer
-KINDS = ("marks log", "pointer")
+#: the kinds `judge` reports: a disk's marks log (or the logs against the index), a pointer, a
+#: batch or view (un)registration a killed process left half done (its `held` entries)
+KINDS = ("marks log", "pointer", "held")
 #: judged again when a marks-log snapshot lands between reading the index and the logs
 RETRIES = 3
 #: how long records stamped after the index's last stamp are given to commit (their writer
@@ -91,6 +92,7 @@ def judge(store: Store, known: Callable[[bytes], bool] | None = None, into: Find
         if not moved or attempt == RETRIES - 1:
             break
     _pointers(store, found, known)
+    _held_pending(store, found)
     if into is not None:
         for kind, n in found.counts.items():
             into.counts[kind] = into.counts.get(kind, 0) + n
@@ -98,6 +100,25 @@ def judge(store: Store, known: Callable[[bytes], bool] | None = None, into: Find
         into.problem_kinds += found.problem_kinds
         into.notes += found.notes
     return found
+
+
+def _held_pending(store: Store, found: Findings) -> None:
+    """A batch deletion, a view's removal or a registration that a killed process left half done
+    (fsd.core.held: its pending record) — unless a process holds the naming lock now (that is
+    the work under way). Nothing is lost meanwhile: what is not tombstoned yet is kept longer."""
+    pending = store.index.pending_held()
+    if not pending or naming_busy(store.cfg):
+        return
+    for manifest, doc in pending:
+        kind, name = doc.get("kind", "?"), doc.get("name", "?")
+        if doc.get("op") == "remove":
+            what = f"{kind} {name}: {'deleted' if kind == 'batch' else 'removed or replaced'}, but a process was " \
+                   "killed before it removed"
+            redo = f" (or `hoard delete --batch {name}` again)" if kind == "batch" else ""
+        else:
+            what, redo = f"{kind} {name}: a registration that did not complete (it is not registered) left", ""
+        found.add("held", f"{what} the held entries of manifest {manifest} (they keep objects, never free "
+                          f"them); `hoard gc` removes them{redo}")
 
 
 def in_index(store: Store, renew: int = 10_000) -> Callable[[bytes], bool]:

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING
 
 from fsd.base.modes import FILE
 from fsd.core import shardfmt as fmt
+from fsd.core import storelock
 from fsd.core.index import ObjectLoc, ShardMeta
 
 if TYPE_CHECKING:
@@ -454,17 +455,7 @@ def try_lock(path: Path) -> int | None:
 
 def writer_alive(path: Path) -> bool:
     """Whether a live process holds an open shard's lock (without taking or removing it)."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except FileNotFoundError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        return False
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)
+    return storelock.taken(path)
 
 
 def _unlock(path: Path, fd: int) -> None:

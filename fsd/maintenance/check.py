@@ -19,7 +19,11 @@ verifies"):
    in service holds the index's pointers, byte for byte (a rebuild from any of them names the same batches and
    views, with the same definitions);
 10. (design.md's item 11) no disk's drive says by its SMART that it is failing
-   (`fsd.core.smart.judge`, as `hoard health` judges it: a drive losing sectors is a note).
+   (`fsd.core.smart.judge`, as `hoard health` judges it: a drive losing sectors is a note);
+11. (design.md's item 12) the `held` table names, for every object a registered manifest names,
+   that manifest, and nothing else (fsd.core.held; read with item 6's manifests). A batch
+   deletion or registration a killed process left half done is judged with the marks logs and
+   pointers (fsd.io.integrity: `held`), as health and verify judge it.
 
 Replicas below their class target and orphan files are reported as notes, not failures
 (`hoard replicate`, `hoard verify --orphans` deal with them).
@@ -32,9 +36,10 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from fsd.base.files import size_or_zero
+from fsd.core import held as held_mod
 from fsd.core import shardfmt as fmt
 from fsd.core.disks import DiskState, shard_of
 from fsd.core.index import IndexDamaged, ObjectLoc, ShardMeta, disk_record
@@ -246,6 +251,7 @@ def _check(store: Store, missing_in_db: MissingInDb | None) -> CheckReport:
                 rep.notes.append(f"disk {rec.label}: {unnamed} bytes of shard files no index entry names "
                                  "(orphans); `hoard verify --orphans` sets them aside")
     integrity.judge(store, stored, into=rep)  # 8, 9: as verify and health judge them
+    held = _Held(store) if store.index.held_ready() else None
     for kind, name, info in m0.named:  # 6
         if not stored(bytes.fromhex(info["manifest"])):
             rep.add("manifest", f"{kind} {name}: its manifest {info['manifest']} is not in the store")
@@ -253,17 +259,30 @@ def _check(store: Store, missing_in_db: MissingInDb | None) -> CheckReport:
         try:
             files = lost = 0
             example = ""
+            own: list[bytes] = []
+            man = bytes.fromhex(info["manifest"])
             # (a directory object or page of a view-2 manifest that is lost fails this read)
-            for path, sha, _size in iter_files(store.get, info["manifest"]):
+            for path, sha, _size in iter_files(store.get, info["manifest"], own):
                 files += 1
                 if not stored(sha):
                     lost += 1
                     example = example or f"{path} {sha.hex()}"
+                if held is not None:
+                    held.look(sha, man)
+            if held is not None:
+                for sha in own:
+                    held.look(sha, man)
         except Exception as e:  # noqa: BLE001 - a damaged manifest is a finding, not a crash
             rep.add("manifest", f"{kind} {name}: its manifest cannot be read ({e})")
+            if held is not None:
+                held.unjudged.add(man[:held_mod.MAN])  # (this finding is its; no count to hold it to)
             continue
         if lost:
             rep.add("manifest", f"{kind} {name}: {lost} of its {files} files are not in the store (e.g. {example})")
+        if held is not None:
+            held.judge(rep, f"{kind} {name}", man)
+    if held is not None:  # 11
+        held.stale(rep)
     below = sum(1 for m in shards.values() if m.sealed and store.readable_replicas(m) < store.target(m.klass))
     if below:
         rep.notes.append(f"{below} shards are below their replica target; `hoard replicate`")
@@ -280,6 +299,61 @@ def _check(store: Store, missing_in_db: MissingInDb | None) -> CheckReport:
                   "replicas": sum(len(m.replicas) for m in shards.values()), "bytes_per_disk": per_disk}
     rep.seconds = time.monotonic() - t0
     return rep
+
+
+class _Held:
+    """Item 11: the `held` table against the manifests (fsd.core.held). Every object a registered
+    manifest names has its entry — one missing is an object a deletion or gc could free while
+    the manifest names it; an entry of a manifest neither registered nor pending, or more
+    entries of a manifest than it names objects, is one the table should not have (it only
+    keeps objects: a leak). A lookup asks, in one read transaction (begun again every `renew`),
+    whether the manifest is registered then: one unregistered meanwhile is not judged."""
+
+    def __init__(self, store: Store, renew: int = 10_000) -> None:
+        self.idx, self.renew = store.index, renew
+        self.txn: Any = None
+        self.live: set[bytes] = set()
+        self.used = 0
+        self.missing = 0
+        self.example = ""
+        self.named: Counter[bytes] = Counter()  # manifest prefix → objects it names (with repeats)
+        self.unjudged: set[bytes] = set()  # manifests that cannot be read (named as such)
+
+    def look(self, sha: bytes, man: bytes) -> None:
+        if self.txn is None or self.used >= self.renew:
+            if self.txn is not None:
+                self.txn.abort()
+            self.txn, self.used = self.idx.env.begin(), 0
+            self.live = self.idx.registered_prefixes(self.txn)
+        self.used += 1
+        self.named[man[:held_mod.MAN]] += 1
+        if man[:held_mod.MAN] in self.live and self.txn.get(held_mod.pair(sha, man), db=self.idx.held) is None:
+            self.missing += 1
+            self.example = self.example or sha.hex()
+
+    def judge(self, rep: CheckReport, what: str, man: bytes) -> None:
+        if self.missing:
+            rep.add("held", f"{what}: {self.missing} objects its manifest names have no `held` entry (e.g. "
+                            f"{self.example}): a deletion or gc could free them while it names them — {REBUILD} "
+                            "(and the table with it)")
+        self.missing, self.example = 0, ""
+
+    def stale(self, rep: CheckReport) -> None:
+        if self.txn is not None:
+            self.txn.abort()
+        counts: Counter[bytes] = Counter()
+        with self.idx.env.begin() as txn:  # (one moment: the registrations, pending records and entries)
+            live = self.idx.registered_prefixes(txn)
+            pending = {bytes.fromhex(m)[:held_mod.MAN] for m, _ in self.idx.pending_held()}
+            for k in txn.cursor(db=self.idx.held).iternext(values=False):
+                counts[bytes(k[held_mod.OBJ:])] += 1
+        for man, n in sorted(counts.items()):
+            if man not in live and man not in pending:
+                rep.add("held", f"{n} `held` entries name manifest {man.hex()}…, which is neither registered nor "
+                                f"being removed (they keep objects, never free them): {REBUILD}")
+            elif man in live and n > self.named[man] and man not in self.unjudged:
+                rep.add("held", f"manifest {man.hex()}… has {n} `held` entries and names {self.named[man]} objects "
+                                f"(the rest keep objects it does not name): {REBUILD}")
 
 
 def _object_keys(store: Store) -> Iterator[bytes]:

@@ -13,7 +13,9 @@
 from __future__ import annotations
 
 from fsd.base.errors import ExitCode, HoardError
+from fsd.core.held import named_by
 from fsd.core.txnlog import chunked
+from fsd.outputs import holders
 from fsd.outputs.manifest import iter_files, naming_lock, references
 
 
@@ -30,20 +32,52 @@ def referenced_elsewhere(store, skip_batch: str, among: set[bytes]) -> set[bytes
 
 
 def drop_batch(store, batch_id: str) -> tuple[int, int]:
-    """Tombstone what only this batch references; returns (tombstoned, kept because shared)."""
-    info = store.index.get_batch(batch_id)
-    if info is None:
-        raise HoardError(f"no ingested batch {batch_id!r} in the store; `ls <mount>/batches` lists them",
-                         ExitCode.USAGE)
+    """Tombstone what only this batch references; returns (tombstoned, kept because shared).
 
-    mine = {sha for _path, sha, _size in iter_files(store.get, info["manifest"])}
+    Which of its objects another registered manifest names is asked of the `held` table (a
+    lookup per object: the batch's work, not the store's; fsd.core.held) — of every other
+    manifest, read, on an index not migrated to it yet. The tombstones are set while the batch
+    is still registered (a process killed meanwhile: gc clears them, the batch naming them;
+    a re-run sets them again), then it is unregistered with a pending record of its manifest,
+    whose `held` entries go last (killed before: a re-run or the next gc removes them)."""
+    idx = store.index
     with naming_lock(store):  # a view defined meanwhile is a reference seen here, or clears the mark after
+        info = idx.get_batch(batch_id)
+        if info is None:
+            if not _finish(store, batch_id):
+                raise HoardError(f"no ingested batch {batch_id!r} in the store; `ls <mount>/batches` lists them",
+                                 ExitCode.USAGE)
+            return 0, 0
+        if idx.held_ready():
+            names = named_by(store.get, info["manifest"])
+            mine = set(names)
+            shared = idx.held_among(mine, skip=bytes.fromhex(info["manifest"]))
+        else:
+            names = None
+            mine = {sha for _path, sha, _size in iter_files(store.get, info["manifest"])}
+            shared = referenced_elsewhere(store, batch_id, mine)
         # gc checks the roots again when it swaps (a `hoard put` may root one after this line)
-        shared = referenced_elsewhere(store, batch_id, mine) | store.index.marked_among(store.index.rooted, mine)
+        shared |= idx.marked_among(idx.rooted, mine)
         doomed = (mine - shared) | {bytes.fromhex(info["manifest"])}
-        n = store.index.mark(store.index.deleted, doomed, f"batch {batch_id} deleted")
+        n = idx.mark(idx.deleted, doomed, f"batch {batch_id} deleted")
         store.register_batch(batch_id, None)
+        holders.unhold(store, info["manifest"], names)
     return n, len(shared)
+
+
+def finish_batch(store, batch_id: str) -> bool:
+    """The last step of a deletion of `batch_id` a killed process left (its `held` entries, see
+    drop_batch); whether there was one."""
+    with naming_lock(store):
+        return _finish(store, batch_id)
+
+
+def _finish(store, batch_id: str) -> bool:
+    left = [m for m, doc in store.index.pending_held()
+            if doc.get("op") == "remove" and doc.get("kind") == "batch" and doc.get("name") == batch_id]
+    for manifest in left:
+        holders.unhold(store, manifest)
+    return bool(left)
 
 
 def release(store, shas: list[bytes], reason: str) -> tuple[int, int]:

@@ -43,7 +43,8 @@ from fsd.core.records import STREAM_THRESHOLD
 from fsd.core.txnlog import SLACK, TXN_ENTRIES, chunked
 from fsd.io.replicate import _replicate
 from fsd.io.writer import ReplicaFailed, ShardWriter
-from fsd.outputs.manifest import References
+from fsd.outputs import holders
+from fsd.outputs.manifest import naming_lock
 from fsd.store import Store
 
 log = logging.getLogger(__name__)
@@ -74,7 +75,7 @@ Roots = Callable[[set[bytes]], set[bytes]]
 
 
 def referenced(store: Store, among: set[bytes], extra: Roots | None = None,
-               manifests: References | None = None) -> set[bytes]:
+               manifests: Roots | None = None) -> set[bytes]:
     """Which of `among` something still references *now*: a registered batch or view manifest
     (and the manifest objects themselves), a root (`hoard put` acknowledged it), a pin (a job
     between acknowledgement and manifest, see Store.pin), or — through `extra` (the CLI
@@ -82,11 +83,12 @@ def referenced(store: Store, among: set[bytes], extra: Roots | None = None,
 
     Reachability is computed here, at gc time, not from marks set earlier: a tombstone only
     says "someone asked to delete this"; an object is dropped only if it is tombstoned *and*
-    unreferenced when gc swaps. `manifests` (one per gc run) reads each registered manifest
+    unreferenced when gc swaps. `manifests` (holders.referencer, one per gc run): the `held`
+    table, a lookup per digest — or, on an index not migrated yet, each registered manifest read
     once for the plan and the swaps together."""
     if not among:
         return set()
-    refs = (manifests or References(store))(among) | store.index.marked_among(store.index.rooted, among)
+    refs = (manifests or holders.referencer(store))(among) | store.index.marked_among(store.index.rooted, among)
     pins, bad = pinned(store.cfg)
     if bad:
         raise HoardError(f"gc: pin files cannot be read ({'; '.join(bad)}); nothing was deleted — fix or remove "
@@ -168,8 +170,10 @@ def _gc(store: Store, threshold: float, dry_run: bool, roots: Roots | None, wait
     rep.replicas_deleted, rep.bytes_freed = _finish_retired(store)  # a crashed run's step 4
     if not dry_run:
         rep.stale_cleared = _clear_stale(store)
+        with naming_lock(store):  # a deletion a killed process left half done: its tombstones first
+            holders.finish(store)
     tombstoned = store.index.marked(store.index.deleted)
-    manifests = References(store)  # each manifest read once, for the plan and every swap
+    manifests = holders.referencer(store)  # (an index not migrated: each manifest read once, plan and swaps)
     wanted = referenced(store, tombstoned, roots, manifests)
     if wanted and not dry_run:
         store.index.unmark(store.index.deleted, wanted)  # referenced again: not deleted after all

@@ -29,7 +29,7 @@ import lmdb
 from fsd.base.config import Settings
 from fsd.base.errors import ExitCode, HoardError
 from fsd.base.files import fsync_dir, size_or_zero
-from fsd.core import marks, pointers, storelock
+from fsd.core import formats, marks, pointers, storelock
 from fsd.core import shardfmt as fmt
 from fsd.core.disks import (
     SHARDS_DIR,
@@ -239,6 +239,9 @@ def _build(cfg: Settings, disks: list[tuple[Any, dict]], work: Path, ssd_uuid: s
     (marks.settle)."""
     index = Index(work)
     index.set_meta("ssd_uuid", ssd_uuid)
+    # its `held` table is filled from the manifests by the migration to that format, which reads
+    # them through a store (the first writable open: _seed_marks's, right after the swap)
+    index.set_meta(formats.INDEX_KEY, str(formats.INDEX_HELD - 1))
     shards: dict[bytes, ShardMeta] = {}
     found_pointers: dict[str, dict] = {}  # rel path → the newest pointer of that name
     files = {dc.label: _shard_files(dc) for dc, _ in disks}

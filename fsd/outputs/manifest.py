@@ -25,7 +25,9 @@ the store, JSON, UTF-8):
 
 Past 500 lines, whole by design: it is the one module that knows the manifest formats, to
 read and to write them, so a format changes in one place (the view tree's builder writes the
-tree its reader walks).
+tree its reader walks) — but for `iter_files`, the walk of what a manifest names, which lives in
+fsd.core.held (re-exported here): the index's migration and rebuild fill its `held` table with
+it, below this layer.
 """
 
 from __future__ import annotations
@@ -50,6 +52,8 @@ from fsd.base.files import ssd_full, ssd_space
 from fsd.base.modes import FILE
 from fsd.base.paths import MAX_NAME_BYTES, hostile_reason, long_name
 from fsd.core import formats
+from fsd.core.held import iter_files
+from fsd.core.layout import names_lock
 
 __all__ = ["Entry", "Tree", "WouldBlock", "ViewError", "build_view", "files_in", "iter_files", "iter_placed",
            "manifest_objects", "named", "references", "References", "PAGE_ENTRIES", "VIEW_FORMAT", "DIR_FORMAT"]
@@ -290,41 +294,6 @@ def batch_manifest(batch_id: str, source: str, signalled: str, stored: dict[str,
     return json.dumps(doc, indent=1, sort_keys=True).encode()
 
 
-def iter_files(get: Get, manifest_sha_hex: str, own: list[bytes] | None = None) -> Iterator[tuple[str, bytes, int]]:
-    """(path, sha256, size) of every file a manifest names, any format; a view-2 manifest is
-    walked one directory object at a time (in path order). `own` collects, in the same
-    pass, the sha256 of every object the manifest itself is made of."""
-    if own is not None:
-        own.append(bytes.fromhex(manifest_sha_hex))
-    doc = json.loads(get(manifest_sha_hex))
-    formats.check_document(doc, f"the manifest {manifest_sha_hex}")
-    if doc.get("format") not in TREE_FORMATS:
-        for f in doc["files"]:  # (hand-made batch manifests may lack sizes: 0 then)
-            yield f["path"], bytes.fromhex(f["sha256"]), int(f.get("size", 0))
-        return
-    yield from _walk(get, doc["root"], "", own)
-
-
-def _walk(get: Get, dir_sha: str, prefix: str, own: list[bytes] | None) -> Iterator[tuple[str, bytes, int]]:
-    doc = json.loads(get(dir_sha))
-    formats.check_document(doc, f"the directory object {dir_sha}")
-    pages = [p[1] for p in doc["pages"]] if "pages" in doc else []
-    if own is not None:
-        own += [bytes.fromhex(sha) for sha in (dir_sha, *pages)]
-    for entries in (json.loads(get(p))["entries"] for p in pages) if pages else [doc["entries"]]:
-        yield from _walk_entries(get, entries, prefix, own)
-
-
-def _walk_entries(get: Get, entries: list, prefix: str, own: list[bytes] | None) -> Iterator[tuple[str, bytes, int]]:
-    for e in entries:
-        if e[1] == "f":
-            yield prefix + e[0], bytes.fromhex(e[2]), e[3]
-        elif e[1] == "d":
-            yield from _walk(get, e[2], f"{prefix}{e[0]}/", own)
-        else:  # "i": a directory inline
-            yield from _walk_entries(get, e[2], f"{prefix}{e[0]}/", own)
-
-
 def iter_placed(get: Get, manifest_sha_hex: str) -> Iterator[tuple[bytes, str, str]]:
     """(sha256, object, prefix) of every file a manifest names: the object whose entries hold
     it — the manifest itself for a one-document format, else a directory object or a page —
@@ -460,9 +429,9 @@ def naming_lock(store) -> Iterator[None]:
     """Held while a batch or view manifest is registered or unregistered together with the
     tombstones that follow from it (view define/remove, batch delete): a view defined while
     another is removed either is seen as a reference, or clears the tombstone after it."""
-    locks = store.cfg.ssd.root / "locks"
-    locks.mkdir(parents=True, exist_ok=True)
-    fd = os.open(locks / "names.lock", os.O_RDWR | os.O_CREAT, FILE)
+    path = names_lock(store.cfg)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, FILE)
     try:
         deadline = time.monotonic() + NAMING_WAIT_S
         while True:
@@ -472,7 +441,7 @@ def naming_lock(store) -> Iterator[None]:
             except BlockingIOError:
                 if time.monotonic() > deadline:
                     raise HoardError(f"another process has been registering or removing a batch or view for "
-                                     f"{NAMING_WAIT_S:.0f} s ({locks / 'names.lock'} is held; a disk that hangs while "
+                                     f"{NAMING_WAIT_S:.0f} s ({path} is held; a disk that hangs while "
                                      "its pointers are written?); `hoard health` names a hung disk; then try again",
                                      ExitCode.UNAVAILABLE) from None
                 time.sleep(0.05)

@@ -22,8 +22,8 @@ from typing import IO
 from fsd.base.errors import ExitCode, HoardError
 from fsd.base.paths import MAX_PATH_BYTES, NAME_PATTERN, display
 from fsd.core import formats
-from fsd.outputs import members
-from fsd.outputs.manifest import ViewError, build_view, iter_files, manifest_objects, naming_lock, references
+from fsd.outputs import holders, members
+from fsd.outputs.manifest import ViewError, build_view, iter_files, manifest_objects, naming_lock
 
 __all__ = ["ViewError", "define_view", "define_view_rows", "manifest_rows", "remove_view"]
 
@@ -131,11 +131,13 @@ def define_view_rows(store, name: str, rows: Iterable[tuple[str, str]], *, for_o
     # Its objects were acknowledged one by one while it was built; one that a concurrent
     # redefinition tombstoned meanwhile is kept (the tombstone cleared, as storing it again
     # would), one a gc already freed means the view cannot be registered.
-    for sha in built.pop("objects"):
+    own = built.pop("objects")
+    for sha in own:
         if store.index.lookup_keep(bytes.fromhex(sha)) is None:
             raise HoardError(f"view {name}: part of its manifest ({sha}) was freed by a gc running meanwhile; "
                              "run `hoard view add` again", ExitCode.DATA)
     named = [bytes.fromhex(s) for s in built.pop("file_objects")]
+    named_files = list(named)  # (the files alone: `named` gains the owned list below)
     owned = sorted(set(owned))
     if owned:
         # one list per definition (its name and time in it): two views owning the same sidecars
@@ -150,13 +152,15 @@ def define_view_rows(store, name: str, rows: Iterable[tuple[str, str]], *, for_o
     info = {**built, "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}
     with naming_lock(store):
         old = store.index.get_view(name)
-        store.register_view(name, info)
+        # (what it names — files and its own objects — is held before it is registered: fsd.core.held)
+        store.register_view(name, info, holds=named_files + [bytes.fromhex(s) for s in own])
         # a view removed or a batch deleted between the build's lookups and this line may
         # have tombstoned a file this view names: a named file is live, as the build said
         for sha in store.index.marked_among(store.index.deleted, named):
             store.index.lookup_keep(sha)
         if old is not None and old["manifest"] != info["manifest"]:
             _retire(store, name, old)
+            holders.unhold(store, old["manifest"])
     members.remember(store, info["manifest"])  # (its tree read back: where each file is)
     return info
 
@@ -169,6 +173,7 @@ def remove_view(store, name: str, *, for_output: bool = False, for_put: bool = F
             raise ViewError(f"no view {name!r}; `hoard view list` shows them")
         store.register_view(name, None)
         _retire(store, name, old)
+        holders.unhold(store, old["manifest"])
 
 
 #: first line of the object listing what a view owns (`define_view_rows(owned=)`)
@@ -235,5 +240,5 @@ def release_owned(store, shas: set[bytes], reason: str) -> int:
         logging.getLogger(__name__).warning("pin files unreadable (%s): %d objects made for a view are left in place",
                                             "; ".join(bad), len(shas))
         return 0
-    kept = (shas & references(store, shas)) | store.index.marked_among(store.index.rooted, shas) | (shas & pins)
+    kept = (shas & holders.referencer(store)(shas)) | store.index.marked_among(store.index.rooted, shas) | (shas & pins)
     return store.index.mark(store.index.deleted, shas - kept, reason)

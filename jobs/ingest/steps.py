@@ -182,7 +182,8 @@ def _step_package(cfg: Settings, st: BatchState) -> None:
         with naming_lock(store):
             store.register_batch(st.batch_id, {"source": st.source, "manifest": put.sha256,
                                                "files": len(stored), "bytes": sum(s for _, s in stored.values()),
-                                               "sealed": _now()})
+                                               "sealed": _now()},
+                                 holds=[bytes.fromhex(h) for h, _ in stored.values()] + [bytes.fromhex(put.sha256)])
             # a batch deleted since the store step may have tombstoned a file this one shares (the
             # pin kept it from gc): named by a registered batch now, it is live — not hidden
             for sha in store.index.marked_among(store.index.deleted, {bytes.fromhex(h) for h, _ in stored.values()}):

@@ -1,0 +1,291 @@
+"""The `held` table: which registered manifests name each object (issue 37).
+
+`hoard delete --batch B` must know which of B's objects another batch or view still names, and
+gc which tombstoned objects a manifest still names. That is written only in the manifests:
+asked of them, both commands read every registered manifest — their time grew with the store,
+not with the batch (docs/benchmarks.md). The index keeps the answer beside the registrations:
+
+    held   object sha256[:16] || manifest sha256[:8]  →  b""   (one entry per object a manifest
+                                                               names: its files and its own
+                                                               objects, as `iter_files` yields them)
+    meta   `held_pending:<manifest sha256 hex>`       →  JSON {"op": "add" | "remove",
+                                                               "kind": "batch" | "view", "name"}
+
+An object is *held* when some entry of its 16 bytes names the 8 bytes of a manifest registered
+now (`batches` or `views`). *Reasons for the prefixes*: 24 B a key, not 64. Two objects sharing
+16 bytes (1 in 2^128 per pair) only make one look held: it is kept, never freed. Two registered
+manifests sharing 8 bytes share their entries: removing one's entries is skipped while the
+other is registered (`unhold`), so sharing too can only keep an object, never free it.
+
+Invariant (what gc and deletion rely on): every object a registered manifest names has its
+entry. Hence the order, always under `naming_lock` (fsd.outputs.manifest):
+
+- registering M: `hold` writes a pending `add` record and M's entries, in bounded write
+  transactions (txnlog.chunked); then the transaction that registers M (Index.name_pointer's
+  `also`) deletes the record — M is registered only once all its entries are committed;
+- unregistering M (a batch deleted — after its tombstones are set, asked of `held` leaving M
+  out —, a view removed or replaced): the transaction that unregisters it writes a pending
+  `remove` record; then `unhold` deletes M's entries in bounded transactions (each first checks
+  the record is still `remove` and M is not registered again) and the record last.
+
+A process killed in between leaves entries of a manifest not registered — they hold nothing
+(only registered manifests count) — and its pending record, which the next `hoard gc` or a
+re-run `hoard delete --batch` finishes (fsd.outputs.holders.finish). `hoard check` compares the
+table with the manifests; `hoard index rebuild` and the migration to index format 3 fill it
+from the registered manifests (`fill`). Never read by an index before format 3
+(formats.INDEX_HELD): its manifests are read, as before.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable, Iterator
+from itertools import islice
+from typing import Any
+
+from fsd.core import formats
+from fsd.core.entries import named_entry
+from fsd.core.txnlog import SLACK, TXN_ENTRIES, chunked
+
+__all__ = ["OBJ", "MAN", "PENDING", "HeldTables", "iter_files", "iter_named", "named_by", "pair"]
+
+#: bytes of the object's sha256 and of the manifest's sha256 in a `held` key
+OBJ, MAN = 16, 8
+#: `meta` key prefix of a manifest whose entries are being added or removed
+PENDING = b"held_pending:"
+
+Get = Callable[[str], bytes]
+
+
+#: entries visited per write transaction by `HeldTables._sweep`
+_PER = TXN_ENTRIES - SLACK
+
+
+def pair(sha: bytes, manifest: bytes) -> bytes:
+    """The `held` key of object `sha` named by manifest `manifest` (both sha256, 32 B)."""
+    return sha[:OBJ] + manifest[:MAN]
+
+
+# -- what a manifest names (the reading part of fsd.outputs.manifest, here so the index's
+# migration and rebuild can fill `held` without the layers above) ---------------------------
+
+def iter_files(get: Get, manifest_sha_hex: str, own: list[bytes] | None = None) -> Iterator[tuple[str, bytes, int]]:
+    """(path, sha256, size) of every file a manifest names, any format; a view-2 manifest is
+    walked one directory object at a time (in path order). `own` collects, in the same
+    pass, the sha256 of every object the manifest itself is made of."""
+    if own is not None:
+        own.append(bytes.fromhex(manifest_sha_hex))
+    doc = json.loads(get(manifest_sha_hex))
+    formats.check_document(doc, f"the manifest {manifest_sha_hex}")
+    if doc.get("format") not in formats.VIEW_TREES:
+        for f in doc["files"]:  # (hand-made batch manifests may lack sizes: 0 then)
+            yield f["path"], bytes.fromhex(f["sha256"]), int(f.get("size", 0))
+        return
+    yield from _walk(get, doc["root"], "", own)
+
+
+def _walk(get: Get, dir_sha: str, prefix: str, own: list[bytes] | None) -> Iterator[tuple[str, bytes, int]]:
+    doc = json.loads(get(dir_sha))
+    formats.check_document(doc, f"the directory object {dir_sha}")
+    pages = [p[1] for p in doc["pages"]] if "pages" in doc else []
+    if own is not None:
+        own += [bytes.fromhex(sha) for sha in (dir_sha, *pages)]
+    for entries in (json.loads(get(p))["entries"] for p in pages) if pages else [doc["entries"]]:
+        yield from _walk_entries(get, entries, prefix, own)
+
+
+def _walk_entries(get: Get, entries: list, prefix: str, own: list[bytes] | None) -> Iterator[tuple[str, bytes, int]]:
+    for e in entries:
+        if e[1] == "f":
+            yield prefix + e[0], bytes.fromhex(e[2]), e[3]
+        elif e[1] == "d":
+            yield from _walk(get, e[2], f"{prefix}{e[0]}/", own)
+        else:  # "i": a directory inline
+            yield from _walk_entries(get, e[2], f"{prefix}{e[0]}/", own)
+
+
+def iter_named(get: Get, manifest_sha_hex: str) -> Iterator[bytes]:
+    """Every object manifest names — its files, then its own objects —, streamed (an object named
+    twice comes twice): what its `held` entries are made of, one directory object of a view in
+    memory at a time. An object that is no manifest (not JSON, no `files`: none hoardfs wrote,
+    whose bytes are its sha256's) names only itself; one that cannot be read, or of a newer
+    format, raises (what it names is not known: nothing may be taken as unheld)."""
+    own: list[bytes] = []
+    try:
+        for _path, sha, _size in iter_files(get, manifest_sha_hex, own):
+            yield sha
+    except (ValueError, KeyError, TypeError, IndexError, AttributeError):
+        yield bytes.fromhex(manifest_sha_hex)
+        return
+    yield from own
+
+
+def named_by(get: Get, manifest_sha_hex: str) -> list[bytes]:
+    """`iter_named`, each object once, in memory (a batch's: what its deletion looks up)."""
+    return list(dict.fromkeys(iter_named(get, manifest_sha_hex)))
+
+
+class HeldTables:
+    """The index's side: the `held` table and the pending records in `meta`. A part of
+    `fsd.core.index.Index`, which opens the tables."""
+
+    env: Any
+    meta: Any
+    held: Any
+    batches: Any
+    views: Any
+    #: `held` entries read by `held_among` since the index was opened (a test counts the work)
+    held_reads = 0
+
+    def held_ready(self) -> bool:
+        """Whether `held` is complete and may be asked (format 3 or later; else the manifests are read)."""
+        return self.held is not None and getattr(self, "format", 0) >= formats.INDEX_HELD
+
+    def registered_prefixes(self, txn: Any) -> set[bytes]:
+        """The 8-byte prefixes of every registered batch and view manifest (a few hundred entries)."""
+        out = set()
+        for kind, db in (("batch", self.batches), ("view", self.views)):
+            for k, v in txn.cursor(db=db):
+                out.add(bytes.fromhex(named_entry(kind, bytes(k).decode(errors="replace"), bytes(v))["manifest"])[:MAN])
+        return out
+
+    def held_among(self, among: Iterable[bytes], skip: bytes | None = None) -> set[bytes]:
+        """Which of `among` a registered manifest names now — other than manifest `skip` (a
+        batch being deleted; one sharing its 8 bytes is left out with it: gc asks again when it
+        swaps). A cursor positioning per object, whatever the store holds."""
+        out = set()
+        with self.env.begin() as txn:
+            live = self.registered_prefixes(txn) - ({skip[:MAN]} if skip is not None else set())
+            cur = txn.cursor(db=self.held)
+            for sha in among:
+                head = sha[:OBJ]
+                if not cur.set_range(head):
+                    continue
+                for k in cur.iternext(values=False):
+                    self.held_reads += 1
+                    if k[:OBJ] != head:
+                        break
+                    if bytes(k[OBJ:]) in live:
+                        out.add(sha)
+                        break
+        return out
+
+    def pending_held(self) -> list[tuple[str, dict[str, Any]]]:
+        """(manifest sha256 hex, {op, kind, name}) of every manifest whose entries a process is
+        adding or removing — or was, when it was killed."""
+        if self.meta is None:
+            return []
+        with self.env.begin() as txn:
+            return self._pending(txn)
+
+    def _pending(self, txn: Any) -> list[tuple[str, dict[str, Any]]]:
+        out: list[tuple[str, dict[str, Any]]] = []
+        cur = txn.cursor(db=self.meta)
+        if cur.set_range(PENDING):
+            for k, v in cur:
+                if not bytes(k).startswith(PENDING):
+                    break
+                out.append((bytes(k[len(PENDING):]).decode(), json.loads(bytes(v))))
+        return out
+
+    def set_pending_held(self, txn: Any, manifest_hex: str, op: str | None, kind: str = "", name: str = "") -> None:
+        """Inside a write transaction: note (or, `op` None, clear) that manifest's entries are
+        being added or removed."""
+        key = PENDING + manifest_hex.encode()
+        if op is None:
+            txn.delete(key, db=self.meta)
+        else:
+            txn.put(key, json.dumps({"op": op, "kind": kind, "name": name}, sort_keys=True).encode(), db=self.meta)
+
+    def registration(self, kind: str, name: str, manifest_hex: str | None) -> Callable[[Any], None]:
+        """The `also` of the transaction that registers `name` as `manifest_hex` (None: unregisters
+        it; Index.name_pointer): the new manifest's pending `add` record goes, and the manifest it
+        replaces gets a pending `remove` record — in the registration's own transaction."""
+        db = self.batches if kind == "batch" else self.views
+
+        def also(txn: Any) -> None:
+            if self.held is None:
+                return
+            raw = txn.get(name.encode(), db=db)
+            old = named_entry(kind, name, bytes(raw))["manifest"] if raw else None
+            if manifest_hex is not None:
+                self.set_pending_held(txn, manifest_hex, None)
+            if old is not None and old != manifest_hex:
+                self.set_pending_held(txn, old, "remove", kind, name)
+
+        return also
+
+    def hold(self, manifest_hex: str, shas: Iterable[bytes], kind: str, name: str) -> int:
+        """Add the entries of manifest (before the transaction that registers it, which clears
+        the pending record: Index.name_pointer's `also`), in bounded write transactions; the first
+        notes it pending. Returns how many entries were written."""
+        man = bytes.fromhex(manifest_hex)
+        n = 0
+        with self.env.begin(write=True) as txn:
+            self.set_pending_held(txn, manifest_hex, "add", kind, name)
+        for part in chunked(shas):
+            with self.env.begin(write=True, db=self.held) as txn:
+                for sha in part:
+                    n += txn.put(pair(sha, man), b"")
+        return n
+
+    def unhold(self, manifest_hex: str, shas: Iterable[bytes], op: str = "remove") -> int:
+        """Remove manifest's entries (`shas`: what it names), in bounded write transactions, each
+        only while its pending record still says `op` and no registered manifest has its prefix
+        (registered again meanwhile, or sharing the 8 bytes: its entries stay); the record goes
+        with the last. Returns how many entries were removed."""
+        man = bytes.fromhex(manifest_hex)
+        key = PENDING + manifest_hex.encode()
+        n = 0
+
+        def going(txn: Any) -> bool:
+            raw = txn.get(key, db=self.meta)
+            return raw is not None and json.loads(bytes(raw)).get("op") == op and \
+                man[:MAN] not in self.registered_prefixes(txn)
+
+        for part in chunked(shas):
+            with self.env.begin(write=True) as txn:
+                if not going(txn):
+                    break
+                n += sum(1 for sha in part if txn.delete(pair(sha, man), db=self.held))
+        with self.env.begin(write=True) as txn:
+            raw = txn.get(key, db=self.meta)
+            if raw is not None and json.loads(bytes(raw)).get("op") == op:
+                txn.delete(key, db=self.meta)
+        return n
+
+    def fill_held(self, get: Get) -> int:
+        """Fill `held` from every registered manifest (read with `get`), then remove the entries
+        of manifests neither registered nor pending: the migration to format 3 and an index
+        rebuild's. Only adds what a registered manifest names and removes what no manifest could
+        need, so two processes migrating at once cannot undo each other (each one's version is
+        written after its own complete fill), and a killed one is redone whole. Bounded write
+        transactions; a manifest that cannot be read raises (the index then stays below 3)."""
+        with self.env.begin() as txn:
+            manifests = sorted({bytes.fromhex(named_entry(kind, bytes(k).decode(errors="replace"), bytes(v))["manifest"])
+                                for kind, db in (("batch", self.batches), ("view", self.views))
+                                for k, v in txn.cursor(db=db)})
+        n = 0
+        for man in manifests:
+            for part in chunked(iter_named(get, man.hex())):
+                with self.env.begin(write=True, db=self.held) as txn:
+                    for sha in part:
+                        n += txn.put(pair(sha, man), b"")
+        return n + self._sweep()
+
+    def _sweep(self) -> int:
+        """Remove the entries of manifests neither registered nor pending, in bounded write
+        transactions (each visits at most _PER entries, its own moment's registrations judged)."""
+        removed = 0
+        at: bytes | None = b""
+        while at is not None:
+            with self.env.begin(write=True) as txn:
+                keep = self.registered_prefixes(txn) | {bytes.fromhex(m)[:MAN] for m, _ in self._pending(txn)}
+                cur = txn.cursor(db=self.held)
+                keys = [bytes(k) for k in islice(cur.iternext(values=False), _PER)] if cur.set_range(at) else []
+                at = keys[-1] + b"\0" if len(keys) == _PER else None
+                gone = [k for k in keys if k[OBJ:] not in keep]
+                for k in gone:
+                    txn.delete(k, db=self.held)
+            removed += len(gone)
+        return removed

@@ -1,0 +1,65 @@
+"""A manifest unregistered with its `held` entries (fsd.core.held; Store.register_batch and
+register_view hold what a manifest names before registering it), and what a killed process left
+of either finished. Every function here is called under `naming_lock`.
+
+    store.register_batch(b, None)                    # its pending `remove` record with it
+    unhold(store, manifest)                          # then its entries
+    finish(store)                                    # pending records of killed processes (gc, delete)
+    referencer(store)(among)                         # which of `among` a registered manifest names
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+
+from fsd.base.errors import HoardError
+from fsd.core.held import iter_named
+from fsd.outputs.manifest import References
+
+__all__ = ["finish", "referencer", "unhold"]
+
+log = logging.getLogger(__name__)
+
+#: what reading a manifest may raise besides HoardError (a manifest that does not decode)
+_UNREADABLE = (HoardError, ValueError, KeyError, TypeError)
+
+
+def unhold(store, manifest_hex: str, shas: Iterable[bytes] | None = None) -> int:
+    """Remove the entries of a manifest no longer registered (its pending `remove` record):
+    `shas`, what it names, when the caller has them; else it is read. One that cannot be read
+    keeps its entries and its record (they hold nothing: only a registered manifest's count;
+    `hoard check` names the manifest)."""
+    if store.index.held is None:
+        return 0
+    try:
+        return store.index.unhold(manifest_hex, iter_named(store.get, manifest_hex) if shas is None else shas)
+    except _UNREADABLE as e:
+        log.warning("the held entries of manifest %s stay (it cannot be read: %s); they keep nothing alive",
+                    manifest_hex, e)
+        return 0
+
+
+def finish(store) -> int:
+    """Remove the `held` entries a killed process left (its pending records): of a batch deleted
+    or a view removed or replaced after they were unregistered, of a manifest never registered.
+    Returns how many were finished."""
+    done = 0
+    for manifest, doc in store.index.pending_held():
+        try:
+            store.index.unhold(manifest, iter_named(store.get, manifest), str(doc.get("op")))
+        except _UNREADABLE as e:
+            log.warning("the %s of %s %s's held entries is left unfinished (manifest %s: %s)",
+                        "removal" if doc.get("op") == "remove" else "addition", doc.get("kind"), doc.get("name"),
+                        manifest, e)
+            continue
+        done += 1
+    return done
+
+
+def referencer(store) -> Callable[[set[bytes]], set[bytes]]:
+    """`refs(among)`: which of `among` a registered manifest names — from `held` (a positioning
+    per digest), or, for an index not migrated yet, by reading every manifest (References)."""
+    if store.index.held_ready():
+        return store.index.held_among
+    return References(store)

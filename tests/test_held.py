@@ -1,0 +1,304 @@
+"""The `held` table (fsd/core/held.py, issue 37): `hoard delete --batch` and gc learn which
+manifests name an object from the index, not by reading every manifest — the work is the
+batch's, not the store's. What it must never do is free an object a registered manifest still
+names: deleting one of two batches that share objects, killing the deletion or gc at any of
+their write transactions, rebuilding the index from the disks and migrating an index from
+before the table all leave every shared object readable, `hoard check` clean, and the table
+exactly what a fresh fill from the manifests makes."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import lmdb
+import pytest
+
+from fsd.base import config
+from fsd.core import formats, held
+from fsd.core.records import ObjectNotFound
+from fsd.core.txnlog import KILL_VAR
+from fsd.maintenance.deletion import drop_batch
+from fsd.maintenance.gc import gc
+from fsd.maintenance.reindex import rebuild_index
+from fsd.outputs.manifest import batch_manifest
+from fsd.outputs.views import define_view_rows, remove_view
+from fsd.store import Store
+from tests.helpers import REPO, dir_disks_config
+
+# tier: the module's tests start hoard processes
+pytestmark = pytest.mark.services
+
+#: many write transactions for a few hundred objects (each a place to be killed)
+SMALL = {"HOARD_LMDB_TXN_ENTRIES": "120"}
+
+
+def _register(store: Store, batch_id: str, shas: list[bytes]) -> str:
+    body = batch_manifest(batch_id, "t", "now", {f"f{i}": (s.hex(), 1) for i, s in enumerate(shas)},
+                          {f"f{i}": 0 for i in range(len(shas))}, [], [])
+    manifest = store.put_bytes(body).sha256
+    store.register_batch(batch_id, {"source": "t", "manifest": manifest, "files": len(shas), "bytes": 0})
+    return manifest
+
+
+def _objects(store: Store, n: int, seed: int) -> list[bytes]:
+    """`n` distinct small objects (not roots: what a batch's ingest stores)."""
+    datas = [hashlib.sha256(f"{seed}:{i}".encode()).digest() * (1 + i % 7) for i in range(n)]
+    return [bytes.fromhex(r.sha256) for r in store.put_bytes_many(datas)]
+
+
+def _table(index_dir: Path) -> tuple[dict[bytes, bytes], dict[bytes, bytes]]:
+    """The `held` table and the pending records, as stored."""
+    env = lmdb.open(str(index_dir), max_dbs=24, readonly=True, lock=False)
+    try:
+        with env.begin() as txn:
+            rows = {bytes(k): bytes(v) for k, v in txn.cursor(db=env.open_db(b"held", txn=txn, create=False))}
+            meta = {bytes(k): bytes(v) for k, v in txn.cursor(db=env.open_db(b"meta", txn=txn, create=False))
+                    if bytes(k).startswith(held.PENDING)}
+        return rows, meta
+    finally:
+        env.close()
+
+
+def _fresh(store: Store) -> set[bytes]:
+    """The `held` keys a fill from the registered manifests makes (computed, not written)."""
+    out = set()
+    for _kind, db in (("batch", store.index.iter_batches()), ("view", store.index.iter_views())):
+        for _name, info in db:
+            man = bytes.fromhex(info["manifest"])
+            out |= {held.pair(sha, man) for sha in held.named_by(store.get, info["manifest"])}
+    return out
+
+
+def _shop(tmp_path: Path) -> tuple[Path, dict[str, list[bytes]]]:
+    """Batches A and B sharing objects, a view V naming some of A's, roots among A's, a batch C
+    apart; returns the config and the objects by kind."""
+    cfg_path = dir_disks_config(tmp_path, 3, shard_size_mb=1)
+    with Store.open(config.load(cfg_path), init=True) as store:
+        every = _objects(store, 470, 1)  # (in the same shards: gc copies the live ones out of them)
+        a_only, shared, viewed, rooted, c = (every[:300], every[300:360], every[360:400], every[400:420],
+                                             every[420:])
+        _register(store, "A", a_only + shared + viewed + rooted)
+        _register(store, "B", shared)
+        _register(store, "C", c)
+        define_view_rows(store, "V", [(f"v/{i}.bin", s.hex()) for i, s in enumerate(viewed)])
+        store.index.mark(store.index.rooted, rooted, "hoard put")
+    return cfg_path, {"a_only": a_only, "kept": shared + viewed + rooted + c, "shared": shared}
+
+
+def _read_back(cfg_path: Path, shas: list[bytes]) -> None:
+    with Store.open(config.load(cfg_path)) as store:
+        for sha in shas:
+            assert hashlib.sha256(store.get(sha.hex())).digest() == sha
+
+
+def _freed(cfg_path: Path, shas: list[bytes]) -> None:
+    with Store.open(config.load(cfg_path)) as store:
+        for sha in shas:
+            with pytest.raises(ObjectNotFound):
+                store.get(sha.hex())
+
+
+def _hoard(cfg_path: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess[str]:
+    full = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
+    full.pop("HOARD_CONFIG", None)
+    return subprocess.run([sys.executable, "-m", "fsd", "--config", str(cfg_path), *args], capture_output=True,
+                          text=True, env=full, cwd=REPO, timeout=600)
+
+
+def _drop(cfg_path: Path, batch_id: str, env: dict) -> subprocess.CompletedProcess[str]:
+    """The store's side of `hoard delete --batch` in a process of its own."""
+    code = ("import sys; from fsd.base import config; from fsd.store import Store; "
+            "from fsd.maintenance.deletion import drop_batch; "
+            "s = Store.open(config.load(sys.argv[1])); print(drop_batch(s, sys.argv[2])); s.close()")
+    return subprocess.run([sys.executable, "-c", code, str(cfg_path), batch_id], capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(REPO), **env}, cwd=REPO, timeout=600)
+
+
+def _clean(cfg_path: Path) -> None:
+    res = _hoard(cfg_path, "check", "--no-database", "--json")
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-2000:]
+    cfg = config.load(cfg_path)
+    with Store.open(cfg, writable=False) as store:
+        fresh = _fresh(store)
+    assert _table(cfg.index_dir) == (dict.fromkeys(fresh, b""), {})
+
+
+def test_a_deletion_reads_its_batch_alone(store_factory) -> None:
+    """`delete --batch` of one batch among twelve reads that batch's manifest and no other (the
+    deletion before the table read all eleven others), and steps through `held` entries in
+    proportion to its batch: a store ten times larger by batches adds no work."""
+    store = store_factory(n_disks=2, caps=None)
+    manifests = {f"b{k}": _register(store, f"b{k}", _objects(store, 30, 100 + k)) for k in range(1, 12)}
+    shared = held.named_by(store.get, manifests["b1"])[:5]
+    manifests["b0"] = _register(store, "b0", _objects(store, 30, 100) + shared)  # (5 of b1's files too)
+    reads: dict[str, int] = {}
+    get = store.get
+
+    def counted(sha: str) -> bytes:
+        if sha in manifests.values():
+            reads[sha] = reads.get(sha, 0) + 1
+        return get(sha)
+
+    store.get = counted  # type: ignore[method-assign]  (counts what the deletion reads; reads go on)
+    before = store.index.held_reads
+    tombstoned, kept = drop_batch(store, "b0")
+    assert reads == {manifests["b0"]: 1}
+    assert store.index.held_reads - before <= 3 * 36  # (its 35 files and itself: a few steps each)
+    assert (tombstoned, kept) == (31, 5)  # its 30 own files and its manifest; the 5 b1 names
+    assert store.index.marked_among(store.index.deleted, set(shared)) == set()
+
+
+def test_two_batches_holding_an_object_keep_it_through_deletion_and_gc(tmp_path: Path) -> None:
+    """An object A and B both name, or a view or a root holds, survives A's deletion and the gc
+    that frees A's own objects; B's deletion and gc free what B alone still held."""
+    cfg_path, kinds = _shop(tmp_path)
+    with Store.open(config.load(cfg_path)) as store:
+        drop_batch(store, "A")
+        gc(store, threshold=1.0)
+    _read_back(cfg_path, kinds["kept"])
+    _freed(cfg_path, kinds["a_only"])
+    _clean(cfg_path)
+    with Store.open(config.load(cfg_path)) as store:
+        drop_batch(store, "B")
+        gc(store, threshold=1.0)
+    _freed(cfg_path, kinds["shared"])
+    _read_back(cfg_path, [s for s in kinds["kept"] if s not in set(kinds["shared"])])
+    _clean(cfg_path)
+
+
+@pytest.mark.parametrize("site", ["fsd.core.marks:_mark:2", "fsd.core.pointers:keep_pointer:1",
+                                  "fsd.core.held:unhold:1", "fsd.core.held:unhold:2"])
+def test_a_deletion_killed_anywhere_then_run_again_loses_nothing(tmp_path: Path, site: str) -> None:
+    """`delete --batch A` killed (SIGKILL) after a transaction of its tombstones, of its
+    unregistration or of the removal of its `held` entries: a gc right after frees nothing
+    another batch, a view or a root holds; the deletion run again and gc free A's own objects,
+    check is clean and the table is what a fill from the manifests makes."""
+    cfg_path, kinds = _shop(tmp_path)
+    res = _drop(cfg_path, "A", {**SMALL, KILL_VAR: site})
+    assert res.returncode == -9, res.stderr[-2000:]
+    res = _hoard(cfg_path, "gc", "--no-database", "--threshold", "1.0", env=SMALL)
+    assert res.returncode == 0, res.stderr[-2000:]
+    _read_back(cfg_path, kinds["kept"])
+    again = _drop(cfg_path, "A", SMALL)
+    if again.returncode != 0:  # (gc finished what the killed run left: nothing left to do)
+        assert "no ingested batch 'A'" in again.stderr, again.stderr[-2000:]
+    res = _hoard(cfg_path, "gc", "--no-database", "--threshold", "1.0", env=SMALL)
+    assert res.returncode == 0, res.stderr[-2000:]
+    _read_back(cfg_path, kinds["kept"])
+    _freed(cfg_path, kinds["a_only"])
+    _clean(cfg_path)
+
+
+@pytest.mark.parametrize("site", ["fsd.core.held:unhold:1", "fsd.maintenance.gc:_swap:1",
+                                  "fsd.maintenance.gc:_swap:3"])
+def test_a_gc_killed_mid_way_then_run_again_loses_nothing(tmp_path: Path, site: str) -> None:
+    """gc killed while it finishes the `held` entries a killed deletion left, or in its swap,
+    then run again: every object another batch, a view or a root holds reads back, A's own are
+    freed, check is clean."""
+    cfg_path, kinds = _shop(tmp_path)
+    res = _drop(cfg_path, "A", {**SMALL, KILL_VAR: "fsd.core.pointers:keep_pointer:1"})  # (entries left)
+    assert res.returncode == -9, res.stderr[-2000:]
+    res = _hoard(cfg_path, "gc", "--no-database", "--threshold", "1.0", env={**SMALL, KILL_VAR: site})
+    assert res.returncode == -9, res.stderr[-2000:]
+    _read_back(cfg_path, kinds["kept"])
+    res = _hoard(cfg_path, "gc", "--no-database", "--threshold", "1.0", env=SMALL)
+    assert res.returncode == 0, res.stderr[-2000:]
+    _read_back(cfg_path, kinds["kept"])
+    _freed(cfg_path, kinds["a_only"])
+    _clean(cfg_path)
+
+
+def test_a_killed_deletion_is_judged_alike_and_named_with_its_next_step(tmp_path: Path) -> None:
+    """The `held` entries a killed deletion left are one finding in `hoard check`, `hoard health`
+    and `hoard verify` alike, naming the batch and `hoard gc`; run, it is gone from all three."""
+    cfg_path, _kinds = _shop(tmp_path)
+    res = _drop(cfg_path, "A", {**SMALL, KILL_VAR: "fsd.core.pointers:keep_pointer:1"})
+    assert res.returncode == -9, res.stderr[-2000:]
+    check = json.loads(_hoard(cfg_path, "check", "--no-database", "--json").stdout)["problems"]
+    health = json.loads(_hoard(cfg_path, "health", "--json").stdout)["problems"]
+    verify = _hoard(cfg_path, "verify", "--sample", "1")
+    [line] = [p for p in check if "held entries" in p]
+    assert [p for p in health if p.endswith(line)] and line in verify.stdout + verify.stderr, verify
+    assert verify.returncode == 5
+    assert "batch A" in line and "`hoard gc`" in line
+    assert _hoard(cfg_path, "gc", "--no-database").returncode == 0
+    _clean(cfg_path)
+    assert not [p for p in json.loads(_hoard(cfg_path, "health", "--json").stdout)["problems"] if "held" in p]
+
+
+def test_a_missing_or_stray_entry_is_a_check_finding(tmp_path: Path) -> None:
+    """`hoard check` names an object a registered manifest names without its `held` entry (a
+    deletion could free it) and an entry of a manifest nothing registers."""
+    from fsd.maintenance.check import check
+
+    cfg_path, kinds = _shop(tmp_path)
+    with Store.open(config.load(cfg_path)) as store:
+        b = bytes.fromhex(store.index.get_batch("B")["manifest"])
+        with store.index.env.begin(write=True, db=store.index.held) as txn:
+            assert txn.delete(held.pair(kinds["shared"][0], b))
+            txn.put(held.pair(kinds["a_only"][0], b"\x01" * 32), b"")
+        rep = check(store)
+    lines = [line for kind, line in rep.lines() if kind == "held"]
+    assert len(lines) == 2, rep.lines()
+    assert "batch B: 1 objects its manifest names have no `held` entry" in lines[0]
+    assert "neither registered nor being removed" in lines[1]
+
+
+def test_rebuild_and_migration_make_the_table_the_store_grew(tmp_path: Path) -> None:
+    """The table as registrations, a deletion, a view's replacement and removal left it is what
+    `hoard index rebuild` makes from the disks, and what the migration of an index from before
+    the table (format 2, no `held`) makes — byte for byte."""
+    cfg_path, kinds = _shop(tmp_path)
+    cfg = config.load(cfg_path)
+    with Store.open(cfg) as store:
+        drop_batch(store, "C")
+        define_view_rows(store, "V", [(f"w/{i}.bin", s.hex()) for i, s in enumerate(kinds["shared"])])
+        define_view_rows(store, "W", [("x.bin", kinds["a_only"][0].hex())])
+        remove_view(store, "W")
+    grown = _table(cfg.index_dir)
+    assert grown[0] and not grown[1]
+    with Store.open(cfg, writable=False) as store:
+        assert set(grown[0]) == _fresh(store)
+    rebuild_index(cfg)
+    assert _table(cfg.index_dir) == grown
+    with Store.open(cfg, writable=False) as store:
+        assert store.index.format == formats.INDEX
+    env = lmdb.open(str(cfg.index_dir), max_dbs=24, map_size=1 << 40)  # the index format 2 wrote
+    with env.begin(write=True) as txn:
+        txn.drop(env.open_db(b"held", txn=txn), delete=True)
+        txn.put(formats.INDEX_KEY.encode(), b"2", db=env.open_db(b"meta", txn=txn))
+    env.close()
+    with Store.open(cfg, writable=False) as store:  # read as it is: the manifests answer
+        assert store.index.format == 2 and not store.index.held_ready()
+    with Store.open(cfg) as store:
+        assert store.index.format == formats.INDEX
+    assert _table(cfg.index_dir) == grown
+    _clean(cfg_path)
+
+
+@pytest.mark.parametrize("kill", ["fsd.core.held:fill_held:2", "fsd.core.held:_sweep:1"])
+def test_a_migration_killed_in_the_fill_is_redone_whole(tmp_path: Path, kill: str) -> None:
+    """The migration to the table killed in its filling or its sweep of entries no manifest
+    needs leaves the index at format 2 (the manifests are read meanwhile); the next writable
+    open fills it whole, and the entry of a manifest nothing registers is gone."""
+    cfg_path, kinds = _shop(tmp_path)
+    cfg = config.load(cfg_path)
+    grown = _table(cfg.index_dir)
+    env = lmdb.open(str(cfg.index_dir), max_dbs=24, map_size=1 << 40)
+    with env.begin(write=True) as txn:  # format 2, with a stale entry the fill must not keep
+        txn.put(formats.INDEX_KEY.encode(), b"2", db=env.open_db(b"meta", txn=txn))
+        txn.put(held.pair(b"\x02" * 32, b"\x03" * 32), b"", db=env.open_db(b"held", txn=txn))
+    env.close()
+    res = _hoard(cfg_path, "index", "migrate", env={**SMALL, KILL_VAR: kill})
+    assert res.returncode == -9, res.stderr[-2000:]
+    with Store.open(cfg, writable=False) as store:
+        assert store.index.format == 2
+    res = _hoard(cfg_path, "index", "migrate", env=SMALL)
+    assert res.returncode == 0 and "(migrated from format 2)" in res.stdout, res.stderr[-2000:]
+    assert _table(cfg.index_dir) == grown
+    _clean(cfg_path)
