@@ -302,3 +302,42 @@ def test_a_migration_killed_in_the_fill_is_redone_whole(tmp_path: Path, kill: st
     assert res.returncode == 0 and "(migrated from format 2)" in res.stdout, res.stderr[-2000:]
     assert _table(cfg.index_dir) == grown
     _clean(cfg_path)
+
+
+def _define(cfg_path: Path, name: str, shas: list[bytes]) -> None:
+    """`name` defined as a view of `shas` by a process of its own (a `hoard view add` beside)."""
+    code = ("import sys; from fsd.base import config; from fsd.store import Store; "
+            "from fsd.outputs.views import define_view_rows; "
+            "s = Store.open(config.load(sys.argv[1])); "
+            "define_view_rows(s, sys.argv[2], [(f'{i}.bin', h) for i, h in enumerate(sys.argv[3:])]); s.close()")
+    res = subprocess.run([sys.executable, "-c", code, str(cfg_path), name, *(s.hex() for s in shas)],
+                         capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)}, cwd=REPO,
+                         timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+
+
+def test_a_view_defined_while_check_reads_the_manifests_is_no_finding(tmp_path: Path) -> None:
+    """A view defined by another process while `hoard check` reads the registered manifests (after
+    it listed them) is not a disagreement of the `held` table: check judges one moment, and a
+    registration beside it — entries first, then the registration — is consistent at every one
+    (it reported "manifest … has N `held` entries and names 0 objects" with `hoard index
+    rebuild` as the next step)."""
+    from fsd.maintenance.check import check
+
+    cfg_path, kinds = _shop(tmp_path)
+    with Store.open(config.load(cfg_path), writable=False) as store:
+        last = store.index.get_batch("C")["manifest"]
+        get = store.get
+
+        def beside(sha: str) -> bytes:  # the view is defined when check reads batch C's manifest
+            if sha == last and not beside.done:  # type: ignore[attr-defined]
+                beside.done = True  # type: ignore[attr-defined]
+                _define(cfg_path, "late", kinds["a_only"][:3])
+            return get(sha)
+
+        beside.done = False  # type: ignore[attr-defined]
+        store.get = beside  # type: ignore[method-assign]  (the reads go on; a process runs beside one)
+        rep = check(store)
+        assert beside.done  # type: ignore[attr-defined]
+    assert [line for kind, line in rep.lines() if kind == "held"] == []
+    _clean(cfg_path)

@@ -170,11 +170,14 @@ class HeldTables:
                         break
         return out
 
-    def pending_held(self) -> list[tuple[str, dict[str, Any]]]:
+    def pending_held(self, txn: Any = None) -> list[tuple[str, dict[str, Any]]]:
         """(manifest sha256 hex, {op, kind, name}) of every manifest whose entries a process is
-        adding or removing — or was, when it was killed."""
+        adding or removing — or was, when it was killed —, read in `txn` when given (one moment
+        with what the caller reads there)."""
         if self.meta is None:
             return []
+        if txn is not None:
+            return self._pending(txn)
         with self.env.begin() as txn:
             return self._pending(txn)
 
