@@ -30,7 +30,8 @@ entry. Hence the order, always under `naming_lock` (fsd.outputs.manifest):
 
 A process killed in between leaves entries of a manifest not registered — they hold nothing
 (only registered manifests count) — and its pending record, which the next `hoard gc` or a
-re-run `hoard delete --batch` finishes (fsd.outputs.holders.finish). `hoard check` compares the
+re-run `hoard delete --batch` finishes (fsd.outputs.holders.finish; a manifest that no longer
+reads by a pass over the table: `unhold_unread`). `hoard check` compares the
 table with the manifests; `hoard index rebuild` and the migration to index format 3 fill it
 from the registered manifests (`fill`). Never read by an index before format 3
 (formats.INDEX_HELD): its manifests are read, as before.
@@ -238,24 +239,39 @@ class HeldTables:
         (registered again meanwhile, or sharing the 8 bytes: its entries stay); the record goes
         with the last. Returns how many entries were removed."""
         man = bytes.fromhex(manifest_hex)
-        key = PENDING + manifest_hex.encode()
         n = 0
-
-        def going(txn: Any) -> bool:
-            raw = txn.get(key, db=self.meta)
-            return raw is not None and json.loads(bytes(raw)).get("op") == op and \
-                man[:MAN] not in self.registered_prefixes(txn)
-
         for part in chunked(shas):
             with self.env.begin(write=True) as txn:
-                if not going(txn):
+                if not self._going(txn, manifest_hex, op):
                     break
                 n += sum(1 for sha in part if txn.delete(pair(sha, man), db=self.held))
+        self._unpend(manifest_hex, op)
+        return n
+
+    def unhold_unread(self, manifest_hex: str, op: str = "remove") -> int:
+        """`unhold` for a manifest that cannot be read (a gc freed it beside a deletion killed
+        after the unregistration; a disk gone): every entry with its 8 bytes, found by a pass over
+        the table, under the same conditions — entries of a manifest not registered hold nothing,
+        so none is needed. Returns how many entries were removed."""
+        man = bytes.fromhex(manifest_hex)[:MAN]
+        n = self._sweep(lambda txn: (lambda m: m == man) if self._going(txn, manifest_hex, op) else None)
+        self._unpend(manifest_hex, op)
+        return n
+
+    def _going(self, txn: Any, manifest_hex: str, op: str) -> bool:
+        """Whether the manifest's pending record still says `op` and no registered manifest has
+        its 8 bytes (registered again meanwhile, or sharing them: its entries stay)."""
+        raw = txn.get(PENDING + manifest_hex.encode(), db=self.meta)
+        return raw is not None and json.loads(bytes(raw)).get("op") == op and \
+            bytes.fromhex(manifest_hex)[:MAN] not in self.registered_prefixes(txn)
+
+    def _unpend(self, manifest_hex: str, op: str) -> None:
+        """The pending record goes, if it still says `op`."""
+        key = PENDING + manifest_hex.encode()
         with self.env.begin(write=True) as txn:
             raw = txn.get(key, db=self.meta)
             if raw is not None and json.loads(bytes(raw)).get("op") == op:
                 txn.delete(key, db=self.meta)
-        return n
 
     def fill_held(self, get: Get) -> int:
         """Fill `held` from every registered manifest (read with `get`), then remove the entries
@@ -274,20 +290,28 @@ class HeldTables:
                 with self.env.begin(write=True, db=self.held) as txn:
                     for sha in part:
                         n += txn.put(pair(sha, man), b"")
-        return n + self._sweep()
+        return n + self._sweep(self._unneeded)
 
-    def _sweep(self) -> int:
-        """Remove the entries of manifests neither registered nor pending, in bounded write
-        transactions (each visits at most _PER entries, its own moment's registrations judged)."""
+    def _unneeded(self, txn: Any) -> Callable[[bytes], bool]:
+        """`gone(manifest prefix)` of the migration's sweep: neither registered nor pending."""
+        keep = self.registered_prefixes(txn) | {bytes.fromhex(m)[:MAN] for m, _ in self._pending(txn)}
+        return lambda m: m not in keep
+
+    def _sweep(self, which: Callable[[Any], Callable[[bytes], bool] | None]) -> int:
+        """Remove the entries whose manifest prefix `which(txn)` says is gone, in bounded write
+        transactions (each visits at most _PER entries and asks `which` at its own moment; None:
+        stop)."""
         removed = 0
         at: bytes | None = b""
         while at is not None:
             with self.env.begin(write=True) as txn:
-                keep = self.registered_prefixes(txn) | {bytes.fromhex(m)[:MAN] for m, _ in self._pending(txn)}
+                gone_if = which(txn)
+                if gone_if is None:
+                    break
                 cur = txn.cursor(db=self.held)
                 keys = [bytes(k) for k in islice(cur.iternext(values=False), _PER)] if cur.set_range(at) else []
                 at = keys[-1] + b"\0" if len(keys) == _PER else None
-                gone = [k for k in keys if k[OBJ:] not in keep]
+                gone = [k for k in keys if gone_if(k[OBJ:])]
                 for k in gone:
                     txn.delete(k, db=self.held)
             removed += len(gone)

@@ -27,17 +27,22 @@ _UNREADABLE = (HoardError, ValueError, KeyError, TypeError)
 
 def unhold(store, manifest_hex: str, shas: Iterable[bytes] | None = None) -> int:
     """Remove the entries of a manifest no longer registered (its pending `remove` record):
-    `shas`, what it names, when the caller has them; else it is read. One that cannot be read
-    keeps its entries and its record (they hold nothing: only a registered manifest's count;
-    `hoard check` names the manifest)."""
+    `shas`, what it names, when the caller has them; else it is read — one that cannot be read
+    (freed by a gc, its disk gone) by a pass over the whole table (`_unread`)."""
     if store.index.held is None:
         return 0
     try:
         return store.index.unhold(manifest_hex, iter_named(store.get, manifest_hex) if shas is None else shas)
     except _UNREADABLE as e:
-        log.warning("the held entries of manifest %s stay (it cannot be read: %s); they keep nothing alive",
-                    manifest_hex, e)
-        return 0
+        return _unread(store, manifest_hex, "remove", e)
+
+
+def _unread(store, manifest_hex: str, op: str, e: Exception) -> int:
+    """What reading the manifest was for, done without it: its entries are found by a pass over
+    the table (a gc that freed the manifest beside a deletion killed after the unregistration
+    left them, and a pending record whose next step, `hoard gc`, never worked)."""
+    log.info("manifest %s cannot be read (%s): its held entries are found by a pass over the table", manifest_hex, e)
+    return store.index.unhold_unread(manifest_hex, op)
 
 
 def finish(store) -> int:
@@ -46,13 +51,11 @@ def finish(store) -> int:
     Returns how many were finished."""
     done = 0
     for manifest, doc in store.index.pending_held():
+        op = str(doc.get("op"))
         try:
-            store.index.unhold(manifest, iter_named(store.get, manifest), str(doc.get("op")))
+            store.index.unhold(manifest, iter_named(store.get, manifest), op)
         except _UNREADABLE as e:
-            log.warning("the %s of %s %s's held entries is left unfinished (manifest %s: %s)",
-                        "removal" if doc.get("op") == "remove" else "addition", doc.get("kind"), doc.get("name"),
-                        manifest, e)
-            continue
+            _unread(store, manifest, op, e)
         done += 1
     return done
 
