@@ -327,3 +327,26 @@ def test_an_older_index_next_step_works(tmp_path: Path) -> None:
     assert check.returncode == 0 and json.loads(check.stdout)["formats"]["index"]["state"] == "ok"
     with Store.open(config.load(cfg_path), writable=False) as store:
         _reads_back(store, kinds["live"])
+
+
+@pytest.mark.services  # (runs `hoard` in processes)
+@pytest.mark.expect_log(r"the index stays at format 2", level="WARNING", optional=True)
+def test_an_index_whose_held_step_cannot_read_a_manifest_keeps_the_steps_before(tmp_path: Path) -> None:
+    """An index of format 1 with a registered manifest that cannot be read: the migration's steps
+    to format 2 are done and the index says 2 — the step to 3 (the `held` table, which reads every
+    manifest) waits for the repair. It stayed at 1 with the steps to 2 done, so check and health
+    left its batch and view pointers unjudged, and every writable open did those steps again."""
+    cfg_path, _kinds = _store(tmp_path)
+    cfg = config.load(cfg_path)
+    _as_previous_format(cfg.index_dir)
+    env = lmdb.open(str(cfg.index_dir), max_dbs=24, map_size=1 << 40)
+    with env.begin(write=True) as txn:  # (its manifest is in no shard: a lost object)
+        txn.put(b"lost", json.dumps({"source": "t", "manifest": "ab" * 32, "files": 1, "bytes": 1}).encode(),
+                db=env.open_db(b"batches", txn=txn))
+    env.close()
+    res = _hoard("--config", str(cfg_path), "index", "migrate")
+    assert res.returncode == 5 and "stays at format 2" in res.stderr, res.stdout + res.stderr
+    assert _raw(cfg.index_dir, b"meta")[formats.INDEX_KEY.encode()] == b"2"
+    check = json.loads(_hoard("--config", str(cfg_path), "check", "--json", "--no-database").stdout)
+    assert check["formats"]["index"]["found"] == 2
+    assert [p for p in check["problems"] if p.startswith("batch lost: its manifest")], check["problems"]

@@ -182,13 +182,15 @@ MIGRATIONS = (
 def migrate_index(index: Index, found: int | None = None, get: Callable[[str], bytes] | None = None) -> list[str]:
     """Bring an older index up to INDEX (see the module's docstring); returns what was done,
     one line per step that changed something. The version is written last. Without `get` (the
-    store's disks not attached yet) the steps that read objects are left, and the version with
-    them, for the next call."""
+    store's disks not attached yet) the steps that read objects are left for the next call, and
+    the version written is the one the steps before them make."""
     found = index_version(index) if found is None else found
     done: list[str] = []
     for step in MIGRATIONS:
         if step.to > found:
             if step.reads and get is None:
+                if step.to - 1 > found:  # the steps before are done: the index is of that format now
+                    index.set_meta(INDEX_KEY, str(step.to - 1))
                 return done
             n = step.run(index, get) if step.reads else step.run(index)
             if n:
