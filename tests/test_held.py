@@ -422,3 +422,28 @@ def test_a_deletion_killed_beside_a_gc_that_frees_its_manifest_is_finished_by_th
     assert res.returncode == 0, res.stderr[-2000:]
     assert not [p for p in json.loads(_hoard(cfg_path, "health", "--json").stdout)["problems"] if "held" in p]
     _clean(cfg_path)
+
+
+@pytest.mark.expect_log(r"the index stays at format 2", level="WARNING", optional=True)
+def test_a_batch_whose_manifest_is_lost_can_be_deleted_as_migrate_says(tmp_path: Path) -> None:
+    """A registered batch whose manifest is in no shard keeps the index at format 2 (the `held`
+    fill cannot read it); `hoard index migrate` names `hoard delete --batch` for it. That
+    deletion refused (the manifest "not in the store"), so the index stayed at 2 for good: it
+    now unregisters the batch and tombstones nothing (what it named is not known — kept, never
+    lost), the migration then succeeds, and every object reads back."""
+    cfg_path, kinds = _shop(tmp_path)
+    cfg = config.load(cfg_path)
+    env = lmdb.open(str(cfg.index_dir), max_dbs=24, map_size=1 << 40)
+    with env.begin(write=True) as txn:
+        txn.put(formats.INDEX_KEY.encode(), b"2", db=env.open_db(b"meta", txn=txn))
+        txn.put(b"L", json.dumps({"source": "t", "manifest": "ab" * 32, "files": 1, "bytes": 1}).encode(),
+                db=env.open_db(b"batches", txn=txn))
+    env.close()
+    res = _hoard(cfg_path, "index", "migrate")
+    assert res.returncode == 5 and "`hoard delete --batch`" in res.stderr, res.stderr[-2000:]
+    res = _drop(cfg_path, "L", {})
+    assert res.returncode == 0 and res.stdout.strip() == "(0, 0)", res.stderr[-2000:]
+    res = _hoard(cfg_path, "index", "migrate")
+    assert res.returncode == 0 and "(migrated from format 2)" in res.stdout, res.stderr[-2000:]
+    _read_back(cfg_path, kinds["kept"] + kinds["a_only"])
+    _clean(cfg_path)

@@ -12,11 +12,15 @@
 
 from __future__ import annotations
 
+import logging
+
 from fsd.base.errors import ExitCode, HoardError
 from fsd.core.held import named_by
 from fsd.core.txnlog import chunked
 from fsd.outputs import holders
 from fsd.outputs.manifest import iter_files, naming_lock, references
+
+log = logging.getLogger(__name__)
 
 
 def hide(store, shas: list[bytes], reason: str) -> int:
@@ -48,6 +52,8 @@ def drop_batch(store, batch_id: str) -> tuple[int, int]:
                 raise HoardError(f"no ingested batch {batch_id!r} in the store; `ls <mount>/batches` lists them",
                                  ExitCode.USAGE)
             return 0, 0
+        if idx.lookup(bytes.fromhex(info["manifest"])) is None:
+            return _lost(store, batch_id, info["manifest"])
         if idx.held_ready():
             names = named_by(store.get, info["manifest"])
             mine = set(names)
@@ -63,6 +69,18 @@ def drop_batch(store, batch_id: str) -> tuple[int, int]:
         store.register_batch(batch_id, None)
         holders.unhold(store, info["manifest"], names)
     return n, len(shared)
+
+
+def _lost(store, batch_id: str, manifest: str) -> tuple[int, int]:
+    """A batch whose manifest is in no shard (lost with a disk, or never stored): what it named
+    is not known, so nothing is tombstoned — its files stay (a leak, never a loss) — and it is
+    unregistered, its `held` entries found by a pass over the table. Without this it could not
+    be deleted at all, and kept the index below format 3 (the migration reads every manifest)."""
+    log.warning("batch %s: its manifest %s is not in the store: the batch is unregistered and nothing is "
+                "tombstoned (what it named is not known; its files stay)", batch_id, manifest)
+    store.register_batch(batch_id, None)
+    holders.unhold(store, manifest)
+    return 0, 0
 
 
 def finish_batch(store, batch_id: str) -> bool:
