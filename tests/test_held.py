@@ -425,12 +425,14 @@ def test_a_deletion_killed_beside_a_gc_that_frees_its_manifest_is_finished_by_th
 
 
 @pytest.mark.expect_log(r"the index stays at format 2", level="WARNING", optional=True)
-def test_a_batch_whose_manifest_is_lost_can_be_deleted_as_migrate_says(tmp_path: Path) -> None:
-    """A registered batch whose manifest is in no shard keeps the index at format 2 (the `held`
-    fill cannot read it); `hoard index migrate` names `hoard delete --batch` for it. That
-    deletion refused (the manifest "not in the store"), so the index stayed at 2 for good: it
-    now unregisters the batch and tombstones nothing (what it named is not known — kept, never
-    lost), the migration then succeeds, and every object reads back."""
+@pytest.mark.expect_log(r"the replaced view manifest c+d+.* cannot be read", level="WARNING", optional=True)
+def test_a_batch_or_view_whose_manifest_is_lost_is_removed_as_check_and_migrate_say(tmp_path: Path) -> None:
+    """A registered batch or view whose manifest is in no shard keeps the index at format 2 (the
+    `held` fill cannot read it); `hoard index migrate` names `hoard delete --batch` / `hoard view
+    rm` for it, and so does check now (it named no next step). That deletion refused (the
+    manifest "not in the store"), so the index stayed at 2 for good: it now unregisters the batch
+    and tombstones nothing (what it named is not known — kept, never lost), the migration then
+    succeeds, and every object reads back."""
     cfg_path, kinds = _shop(tmp_path)
     cfg = config.load(cfg_path)
     env = lmdb.open(str(cfg.index_dir), max_dbs=24, map_size=1 << 40)
@@ -438,11 +440,18 @@ def test_a_batch_whose_manifest_is_lost_can_be_deleted_as_migrate_says(tmp_path:
         txn.put(formats.INDEX_KEY.encode(), b"2", db=env.open_db(b"meta", txn=txn))
         txn.put(b"L", json.dumps({"source": "t", "manifest": "ab" * 32, "files": 1, "bytes": 1}).encode(),
                 db=env.open_db(b"batches", txn=txn))
+        txn.put(b"LV", json.dumps({"manifest": "cd" * 32, "files": 1, "bytes": 1, "created": "then"}).encode(),
+                db=env.open_db(b"views", txn=txn))
     env.close()
     res = _hoard(cfg_path, "index", "migrate")
     assert res.returncode == 5 and "`hoard delete --batch`" in res.stderr, res.stderr[-2000:]
-    res = _drop(cfg_path, "L", {})
+    lines = [p for p in json.loads(_hoard(cfg_path, "check", "--no-database", "--json").stdout)["problems"]
+             if "is not in the store" in p]
+    assert len(lines) == 2 and "`hoard delete --batch L`" in lines[0] and "`hoard view rm LV`" in lines[1], lines
+    res = _drop(cfg_path, "L", {})  # (the store's side of `hoard delete --batch L`)
     assert res.returncode == 0 and res.stdout.strip() == "(0, 0)", res.stderr[-2000:]
+    res = _hoard(cfg_path, "view", "rm", "LV")
+    assert res.returncode == 0, res.stderr[-2000:]
     res = _hoard(cfg_path, "index", "migrate")
     assert res.returncode == 0 and "(migrated from format 2)" in res.stdout, res.stderr[-2000:]
     _read_back(cfg_path, kinds["kept"] + kinds["a_only"])

@@ -254,7 +254,10 @@ def _check(store: Store, missing_in_db: MissingInDb | None) -> CheckReport:
     held = _Held(store) if store.index.held_ready() else None
     for kind, name, info in m0.named:  # 6
         if not stored(bytes.fromhex(info["manifest"])):
-            rep.add("manifest", f"{kind} {name}: its manifest {info['manifest']} is not in the store")
+            way_out = f"hoard delete --batch {name}" if kind == "batch" else f"hoard view rm {name}"
+            rep.add("manifest", f"{kind} {name}: its manifest {info['manifest']} is not in the store: `hoard index "
+                                f"rebuild` finds it again if a disk holds it; else `{way_out}` unregisters it (its "
+                                "files stay)")
             continue
         try:
             files = lost = 0
