@@ -122,6 +122,7 @@ def _install_and_check(root: Path, console: Path) -> None:
         assert box.run("systemctl is-enabled hoard-smart.timer").stdout.strip() == "enabled"
         box.run("systemctl start hoard-smart.service")
         assert box.run("systemctl show -p Result --value hoard-smart.service").stdout.strip() == "success"
+        assert box.run("systemctl show -p DevicePolicy --value hoard-smart.service").stdout.strip() == "closed"
         smart = box.run("env HOARD_CONFIG=/etc/hoard/hoard.toml /opt/hoardfs/venv/bin/hoard disks smart", check=False)
         assert smart.returncode == 0 and "Traceback" not in smart.stderr, smart.stdout + smart.stderr
         assert [line.split()[0] for line in smart.stdout.splitlines() if line[:1].strip()] == ["hd1", "hd2"], smart.stdout
