@@ -25,6 +25,7 @@ import shutil
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,7 +38,7 @@ from fsd.base.modes import passage
 from sql.backup import VerifyResult, _counts, sampled_not_in_store
 from sql.cluster import SERVER_USER, PrivateCluster, _reachable_by, give_to_server, run_as_server
 from sql.rows import one
-from sql.system import BACKREST_CONF, read_backrest_conf
+from sql.system import BACKREST_CONF, SystemCluster, read_backrest_conf
 
 STANZA = "hoard"
 RETENTION_FULL = 4  # weekly fulls kept: four weeks
@@ -86,6 +87,15 @@ class BackRest:
         version = (data_dir / "PG_VERSION").read_text().strip()
         return cls(conf, repo, data_dir, socket_dir, Path(f"/usr/lib/postgresql/{version}/bin"),
                    pg_user=pwd.getpwuid(os.geteuid()).pw_name)
+
+    @classmethod
+    def system_restorer(cls, conf: Path = BACKREST_CONF) -> BackRest:
+        """`system` for `restore_system`, which only root may run (the stanza's files and the
+        data directory are not readable by hoard, and a system service is stopped)."""
+        if os.geteuid() != 0:
+            raise BackRestError("restoring the system cluster stops and starts its service and replaces its data "
+                                "directory: run `hoard db restore --from pgbackrest` as root", ExitCode.USAGE)
+        return cls.system(conf)
 
     def run(self, *args: str, what: str, check: bool = True) -> subprocess.CompletedProcess:
         cmd = run_as_server() + ["pgbackrest", f"--config={self.conf}", f"--stanza={STANZA}", *args]
@@ -248,12 +258,29 @@ class BackRest:
 
     # -- restore -------------------------------------------------------------------------------
     def restore(self, cluster: PrivateCluster, label: str | None = None) -> Path:
+        """Replace the embedded cluster's data with a backup (`replace_data`)."""
+        return self.replace_data(cluster.stop, cluster.start, label)
+
+    def restore_system(self, label: str | None = None) -> Path:
+        """Replace the system cluster's data with a backup (`replace_data`), stopping and
+        starting Debian's unit of it (as root: `hoard db restore --from pgbackrest`)."""
+        unit = SystemCluster((self.data_dir / "PG_VERSION").read_text().strip(), self.data_dir.name).unit
+
+        def systemctl(verb: str) -> None:
+            res = subprocess.run(["systemctl", verb, unit], capture_output=True, text=True)
+            if res.returncode != 0:
+                raise BackRestError(f"systemctl {verb} {unit} failed: {(res.stderr or res.stdout).strip()[-300:]}; "
+                                    f"`journalctl -u {unit}` says why")
+        return self.replace_data(lambda: systemctl("stop"), lambda: systemctl("start"), label)
+
+    def replace_data(self, stop: Callable[[], object], start: Callable[[], object], label: str | None) -> Path:
         """Replace the cluster's data with a backup. Without `label`: the newest backup plus
         every archived WAL (a lost disk: get back everything). With `label`: that backup's
         own consistent state (an accident: go back to before it). The old data directory is
-        kept beside the new one; returns where."""
-        cluster.stop()
-        keep = self.data_dir.with_name(f"data.before-restore-{time.strftime('%Y%m%d-%H%M%S')}")
+        kept beside the new one (put back, and the cluster started on it, if the restore
+        fails); returns where."""
+        stop()
+        keep = self.data_dir.with_name(f"{self.data_dir.name}.before-restore-{time.strftime('%Y%m%d-%H%M%S')}")
         os.rename(self.data_dir, keep)
         self.data_dir.mkdir(mode=0o700)
         give_to_server(self.data_dir)
@@ -263,9 +290,9 @@ class BackRest:
         except HoardError:
             shutil.rmtree(self.data_dir, ignore_errors=True)
             os.rename(keep, self.data_dir)
-            cluster.start()
+            start()
             raise
-        cluster.start()
+        start()
         return keep
 
 

@@ -100,16 +100,37 @@ def test_members_file_missing_or_damaged_is_made_again(store_factory, tmp_path: 
 
 
 def test_a_shared_prefix_reads_the_manifest_and_finds_nothing(store_factory, tmp_path: Path) -> None:
-    """An object that shares its first 8 bytes with a named one (the members file cannot tell
-    them apart) gets no path of the other: the manifest is read and whole sha256s compared."""
+    """An object that shares its first 16 bytes with a named one (neither the index's `held`
+    table nor the members file can tell them apart) gets no path of the other: the manifest is
+    read and whole sha256s compared. One sharing only 8 bytes is told apart by `held`: no
+    manifest is read."""
     store = store_factory(n_disks=2, caps=None, copy_of_raw=2)
     res = store.put_many(make_files(tmp_path / "in", 4, lo=64, hi=256))
     [manifest] = _batches(store, res, 4)
-    twin = bytes.fromhex(res[1].sha256)[:8] + bytes(24)
-    reads = Reads(store)
-    assert _manifest_paths(store, twin) == []
-    store.get = reads._get
-    assert manifest in reads.shas
+    named_sha = bytes.fromhex(res[1].sha256)
+    for twin, read in ((named_sha[:16] + bytes(16), True), (named_sha[:8] + bytes(24), False)):
+        reads = Reads(store)
+        assert _manifest_paths(store, twin) == []
+        store.get = reads._get
+        assert (manifest in reads.shas) is read
+
+
+def test_info_looks_up_only_the_manifests_held_names(store_factory, tmp_path: Path) -> None:
+    """On an index of format 3, `hoard info` opens the members files of only the manifests whose
+    `held` entries name the object — not one per registered batch (its time grew with the
+    number of batches, issue 37): with the members folder emptied, a lookup makes again only the
+    holders' files, and answers as reading every manifest does."""
+    store = store_factory(n_disks=2, caps=None, copy_of_raw=2)
+    res = store.put_many(make_files(tmp_path / "in", 30, lo=64, hi=256))
+    manifests = _batches(store, res, 5)
+    folder = store.cfg.ssd.root / members.FOLDER
+    for r in (res[0], res[29], res[12]):
+        for p in folder.iterdir():
+            p.unlink()
+        sha = bytes.fromhex(r.sha256)
+        assert _manifest_paths(store, sha) == _every_manifest(store, sha)
+        holders = {m for m in manifests if any(s == sha for _, s, _ in iter_files(store.get, m))}
+        assert {p.stem for p in folder.iterdir()} == holders and 0 < len(holders) < len(manifests)
 
 
 def test_a_replaced_view_leaves_no_members_file(store_factory, tmp_path: Path) -> None:

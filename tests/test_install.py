@@ -190,6 +190,11 @@ def test_units_run_as_hoard_with_least_privilege() -> None:
                                     smart["NoNewPrivileges"], smart["PrivateNetwork"]) == ("strict", "yes", "yes",
                                                                                            "yes", "yes")
     assert smart["ReadWritePaths"] == "/srv/ssd/state"
+    # its devices: the drives' classes, read-only opens; no other device node, no socket but AF_UNIX
+    raw = (REPO / "systemd/hoard-smart.service").read_text().splitlines()
+    assert smart["DevicePolicy"] == "closed" and smart["RestrictAddressFamilies"] == "AF_UNIX"
+    assert [line.split("=", 1)[1] for line in raw if line.startswith("DeviceAllow=")] == \
+        ["block-sd r", "block-blkext r", "char-nvme r"]
     assert unit_exec_start((REPO / "systemd/hoard-smart.service").read_text()) == \
         [["/opt/hoardfs/venv/bin/hoard", "disks", "smart"]]
     assert "hoard-smart.timer" in ENABLE

@@ -7,6 +7,7 @@ docs/testing.md). What is installed is this checkout's last commit (it is cloned
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -122,6 +123,7 @@ def _install_and_check(root: Path, console: Path) -> None:
         assert box.run("systemctl is-enabled hoard-smart.timer").stdout.strip() == "enabled"
         box.run("systemctl start hoard-smart.service")
         assert box.run("systemctl show -p Result --value hoard-smart.service").stdout.strip() == "success"
+        assert box.run("systemctl show -p DevicePolicy --value hoard-smart.service").stdout.strip() == "closed"
         smart = box.run("env HOARD_CONFIG=/etc/hoard/hoard.toml /opt/hoardfs/venv/bin/hoard disks smart", check=False)
         assert smart.returncode == 0 and "Traceback" not in smart.stderr, smart.stdout + smart.stderr
         assert [line.split()[0] for line in smart.stdout.splitlines() if line[:1].strip()] == ["hd1", "hd2"], smart.stdout
@@ -132,6 +134,24 @@ def _install_and_check(root: Path, console: Path) -> None:
                          "hoard-worker@all.service hoard-pgbackrest@full.service hoard-pgbackrest@diff.service",
                          check=False)
         assert verify.returncode == 0 and not (verify.stdout + verify.stderr).strip(), verify.stdout + verify.stderr
+
+        # the system cluster restored from pgBackRest, as root (#38): a table made after the full backup
+        # (its WAL archived: `pgbackrest check` switches and waits) is back after a restore of everything
+        # archived, and gone after one to that backup's own state
+        label = json.loads(box.run(f"{PGBACKREST} --output=json info").stdout)[0]["backup"][-1]["label"]
+        box.run("runuser -u hoard -- psql -XAtq -d hoard -c 'CREATE TABLE restore_probe (x int)'")
+        box.run(f"{PGBACKREST} check")
+        root_hoard = "env HOARD_CONFIG=/etc/hoard/hoard.toml /opt/hoardfs/venv/bin/hoard"
+        probe = "runuser -u hoard -- psql -XAtq -d hoard -c \"SELECT to_regclass('restore_probe') IS NOT NULL\""
+        for target, present in (("", "t"), (f" --set {label}", "f")):
+            restored = box.run(f"cd / && {root_hoard} db restore --from pgbackrest{target} --yes", check=False)
+            assert restored.returncode == 0 and "restored; the previous data directory is kept at " \
+                "/var/lib/postgresql/15/main.before-restore-" in restored.stdout, restored.stdout + restored.stderr
+            assert box.run(probe).stdout.strip() == present, target
+        denied = box.run(f"cd / && {HOARD} db restore --from pgbackrest --yes", check=False)
+        assert denied.returncode != 0 and "run `hoard db restore --from pgbackrest` as root" in denied.stderr, \
+            denied.stdout + denied.stderr
+        assert box.run(f"{HOARD} health --json", check=False).returncode in (0, 4)
 
         # idempotent: the same install again changes nothing
         again = box.run(f"cd /root/project && make install ARGS='{ARGS}'")

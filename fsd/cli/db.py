@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import pwd
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
@@ -222,11 +224,20 @@ def restore(
             if source == "pgbackrest" else f"database {dbname} from dump {backup_id or '(latest)'}")
     if source not in ("pgbackrest", "dump"):
         raise HoardError("--from pgbackrest or --from dump", ExitCode.USAGE)
+    if source == "pgbackrest":  # which cluster, and whether this user may restore it, before asking
+        br = backrest_for(cfg)
+        replace: Callable[[str | None], Path]
+        if br is not None:
+            replace = functools.partial(br.restore, _cluster(cfg))
+        elif BACKREST_CONF.exists():  # the system cluster `hoard install` set pgBackRest up for
+            replace = BackRest.system_restorer(BACKREST_CONF).restore_system
+        else:
+            _need_backrest(cfg)  # says why it cannot
     if not yes:
         confirm(f"This replaces {what}. Changes since that backup are lost (pgbackrest keeps the old data "
                 "directory beside the new one).", typed=dbname)
     if source == "pgbackrest":
-        kept = _need_backrest(cfg).restore(_cluster(cfg), set_label)
+        kept = replace(set_label)
         out.print(f"restored; the previous data directory is kept at {kept} (delete it when satisfied)")
         return
 

@@ -171,6 +171,25 @@ class HeldTables:
                         break
         return out
 
+    def holders(self, sha: bytes) -> set[bytes] | None:
+        """The 8-byte prefixes of the manifests `held` says name `sha` (registered or not: the
+        caller matches them against its registrations) — None on an index before format 3, whose
+        manifests must be asked. Complete for every registered manifest (the invariant above);
+        a prefix shared with another object only adds a manifest to read."""
+        if not self.held_ready():
+            return None
+        out = set()
+        with self.env.begin() as txn:
+            cur = txn.cursor(db=self.held)
+            head = sha[:OBJ]
+            if cur.set_range(head):
+                for k in cur.iternext(values=False):
+                    self.held_reads += 1
+                    if k[:OBJ] != head:
+                        break
+                    out.add(bytes(k[OBJ:]))
+        return out
+
     def pending_held(self, txn: Any = None) -> list[tuple[str, dict[str, Any]]]:
         """(manifest sha256 hex, {op, kind, name}) of every manifest whose entries a process is
         adding or removing — or was, when it was killed —, read in `txn` when given (one moment

@@ -16,8 +16,9 @@ whose entries hold it — the manifest itself for a batch (one document), a dire
 page of a view's tree — with that directory's path ("a/b/"). *Reason for 8 bytes*: 12 B per
 entry on the SSD, and a prefix two objects share (1 in 2^64 per pair) only costs a read of a
 place whose entries are then compared whole: a members file says where to look, never what is
-there. A lookup is one binary search per registered manifest (an open, an mmap, ~20 page
-reads) and a read of the objects holding the object: a batch's manifest, or one page (at most
+there. A lookup is one binary search per registered manifest that the index's `held` table says
+names the object (every registered manifest on an index before format 3: an open, an mmap,
+~20 page reads each) and a read of the objects holding the object: a batch's manifest, or one page (at most
 4,096 entries) of a view of any size.
 
 Written tmp → fsync → rename (a temporary name per writer): a file there is whole; one whose
@@ -45,6 +46,7 @@ from pathlib import Path
 from fsd.base.errors import HoardError
 from fsd.base.files import fsync_dir
 from fsd.base.modes import FILE
+from fsd.core.held import MAN
 from fsd.outputs.manifest import files_in, iter_placed, named
 
 __all__ = ["FOLDER", "MAGIC", "holding", "paths_in", "remember"]
@@ -186,10 +188,15 @@ def paths_in(store, sha: bytes, places: list[tuple[str, str]]) -> list[str]:
 def holding(store, sha: bytes) -> Iterator[tuple[str, str, list[tuple[str, str]]]]:
     """("batch" | "view", name, places) of each registered manifest that may name `sha`, with
     the (object, directory path) places to read — all that do, and (1 in 2^64 per entry) one
-    that only names an object of the same prefix. A manifest that cannot be read is left out,
-    as it was when every manifest was read (`hoard check` reports it)."""
+    that only names an object of the same prefix. Only the manifests the index's `held` table
+    names for `sha` are looked up (format 3: one cursor positioning, whatever the number of
+    batches); every registered one on an older index. A manifest that cannot be read is left
+    out, as it was when every manifest was read (`hoard check` reports it)."""
     prefix = sha[:PREFIX]
+    held = store.index.holders(sha)
     for kind, name, info in named(store.index):
+        if held is not None and bytes.fromhex(info["manifest"])[:MAN] not in held:
+            continue
         try:
             places = _lookup(store, info["manifest"], prefix)
         except HoardError:
