@@ -249,6 +249,46 @@ def test_health_warns_once_where_the_kernel_has_no_landlock(hoard_home: Path, pg
         assert f"sandbox:  Landlock ABI {landlock.abi()}" in text.stdout, text.stdout
 
 
+def test_landlock_without_seccomp_parses_behind_landlock_alone_and_health_says_so(tmp_path: Path, hoard_home: Path,
+                                                                                  pg, landlock_support) -> None:
+    """A kernel with Landlock that installs no seccomp filter (built without
+    CONFIG_SECCOMP_FILTER; tests/nolandlock.py NOSECCOMP): `confine` failed on its first filter,
+    so every batch failed as "a bug" while `hoard health` said the sandbox was enforced. The
+    parser now runs behind Landlock alone — it parses, its writes are still EACCES, a socket
+    opens — and health judges the same fact by the same confined child: not enforced, landlock
+    true, seccomp false, one warning naming what is open and a next step."""
+    batch = tmp_path / "b1"
+    batch.mkdir()
+    (batch / "v.info.json").write_text(json.dumps({"id": "v", "title": "t"}))
+    (batch / "v.mp4").write_bytes(b"\0\0\0\x18ftypmp42")
+    got = _inside(TRY + f'''
+import socket
+from pathlib import Path
+from adapters import FORMATS
+from adapters.isolated import confine_parser, parse_isolated
+from fsd.base import landlock
+_, _, records = parse_isolated(Path({str(batch)!r}), FORMATS["ytdlp"]("ytdlp"))
+status = landlock.status()
+confined = confine_parser({str(batch)!r})
+print(json.dumps({{"records": [r["title"] for r in records], "status": status, "confined": confined,
+                  "write the batch": attempt(lambda: open({str(batch)!r} + "/x", "w")),
+                  "a socket": attempt(lambda: socket.socket(socket.AF_UNIX).close())}}))
+''', prefix=[*NOLANDLOCK, "NOSECCOMP", "--"])
+    assert got["records"] == ["t"] and got["confined"] is True
+    assert (got["write the batch"], got["a socket"]) == (errno.EACCES, 0), got
+    st = got["status"]
+    assert (st["enforced"], st["landlock"], st["seccomp"]) == (False, True, False), st
+    assert "seccomp" in st["reason"] and "CONFIG_SECCOMP_FILTER=y" in st["next_step"] and "sockets" in st["effect"]
+    cfg = ingest_home(hoard_home, pg)
+    hoard = [sys.executable, "-m", "fsd", "--config", str(cfg.source), "health", "--json"]
+    res = subprocess.run([*NOLANDLOCK, "NOSECCOMP", "--", *hoard], capture_output=True, text=True, cwd=REPO)
+    report = json.loads(res.stdout)
+    assert report["sandbox"] == st
+    lines = [w for w in report["warnings"] if w.startswith("sandbox:")]
+    assert len(lines) == 1 and "Landlock's file walls alone" in lines[0] and "CONFIG_SECCOMP_FILTER" in lines[0], lines
+    assert not [p for p in report["problems"] if p.startswith("sandbox:")], report["problems"]
+
+
 def test_the_thumbnail_decoder_writes_nothing_and_reads_only_python(tmp_path: Path, landlock_support) -> None:
     """The GUI's decoder process (fsd.outputs.thumb_decoder) behind `confine_reader()`: Pillow
     still decodes what comes over the pipe, while writing anywhere, reading the SSD's files
