@@ -816,3 +816,41 @@ def test_a_process_with_descriptors_above_1023_still_parses_and_decodes(tmp_path
         for fd in held:
             os.close(fd)
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def _bomb(batch: Path, dicts: int) -> None:
+    """A ytdlp batch whose sidecar is `dicts` empty JSON objects (3 bytes each in the file,
+    some 64 in a parser's memory) beside its video."""
+    batch.mkdir(parents=True)
+    with open(batch / "v.info.json", "w") as fh:
+        fh.write('{"id": "v", "title": "t", "x": [' + ",".join(["{}"] * dicts) + "]}")
+    (batch / "v.mp4").write_bytes(b"\0\0\0\x18ftypmp42")
+
+
+@pytest.mark.expect_log(r"exception raised while executing", level="ERROR")  # rq's record of the failed step
+def test_a_document_that_expands_past_the_parsers_memory_fails_its_batch_alone(hoard_home: Path, pg,
+                                                                              redis_conn) -> None:
+    """A sidecar of 24 MB that is 8 million empty objects takes some 600 MB to parse: the parser
+    child had no memory bound, and a few such documents took the server's memory. It now has
+    `ingest.parser_memory_mb` (RLIMIT_AS): over it, the batch fails in one line naming it, the
+    key and the next step — its files stay where they were, nothing of it stored — and the next
+    batch is ingested as usual."""
+    from jobs import ingest as ua1
+    from tests.test_ingest import ingest_all
+
+    cfg = ingest_home(hoard_home, pg, parser_memory_mb=128)
+    zone3a = cfg.ssd.zone_path("3A")
+    _bomb(zone3a / "bomb-1", 8_000_000)
+    good = zone3a / "good-1"
+    good.mkdir()
+    (good / "v.info.json").write_text(json.dumps({"id": "v", "title": "fine"}))
+    (good / "v.mp4").write_bytes(b"\0\0\0\x18ftypmp42 good")
+    before = {p.name: p.stat().st_size for p in (zone3a / "bomb-1").iterdir()}
+    bomb, ok = ingest_all(cfg, redis_conn, [zone3a / "bomb-1", good], "ytdlp")
+    assert bomb.status == "failed" and bomb.error is not None, (bomb.status, bomb.error)
+    assert "\n" not in bomb.error and "batch bomb-1 needed more than 128 MB (ingest.parser_memory_mb)" in bomb.error
+    assert "`hoard ingest --resume bomb-1`" in bomb.error, bomb.error
+    assert {p.name: p.stat().st_size for p in (zone3a / "bomb-1").iterdir()} == before  # kept, whole
+    assert not (zone3a / "_quarantine" / "bomb-1").exists()
+    assert ok.status == "done", (ok.status, ok.error)
+    assert ua1.load_state(cfg, "good-1").report["records"] == 1

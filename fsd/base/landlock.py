@@ -26,6 +26,7 @@ import ctypes
 import errno
 import functools
 import os
+import resource
 import stat
 import sys
 import sysconfig
@@ -33,7 +34,7 @@ import threading
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-__all__ = ["MIN_ABI", "abi", "child_env", "confine", "confine_reader", "python_runtime", "refuse_metadata",
+__all__ = ["MIN_ABI", "abi", "child_env", "confine", "confine_reader", "limit_memory", "python_runtime", "refuse_metadata",
            "refuse_read_truncate", "refuse_ioctls", "refuse_requests", "refuse_syscalls", "status"]
 
 _CREATE_RULESET, _ADD_RULE, _RESTRICT_SELF = 444, 445, 446  # the same number on every architecture
@@ -429,6 +430,14 @@ def child_env() -> dict[str, str]:
     (PATH, PYTHONPATH, the locale, TZ), none of the service's own (HOARD_DATABASE_URL may
     carry the database's password, which a parser taken over would put in a title)."""
     return {k: v for k, v in os.environ.items() if k in _CHILD_ENV or k.startswith("LC_")}
+
+
+def limit_memory(mb: int) -> None:
+    """This process (and what it starts) gets at most `mb` MB of address space (RLIMIT_AS), for
+    good: an allocation beyond fails (Python: MemoryError) instead of taking the server's
+    memory — the hostile input a confined child reads may expand (a JSON bomb, an image bomb)."""
+    limit = mb << 20
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 
 
 def confine_reader(read: Iterable[Path | str] = ()) -> bool:

@@ -8,8 +8,13 @@ and is started anew after it dies (an image that crashes Pillow gets no thumbnai
 image gets a new process). Where the kernel has no Landlock it runs unconfined (`hoard health`
 warns), still a process apart.
 
-Wire format, both ways: a kind byte (request: `I`; answer: `J` a JPEG, `N` none and why),
-an 8-byte big-endian length, the payload.
+Its memory is bounded (`memory_mb`, gui.thumbnail_memory_mb: RLIMIT_AS, set before the walls
+go up): an image that decodes past it — a decompression bomb within MAX_PIXELS, a plugin made to
+allocate — gets no thumbnail, its memory freed, instead of taking the server's.
+
+Wire format, both ways: a kind byte (request: `I`; answer: `J` a JPEG, `N` none and why, `M`
+none: decoding it needs more memory than the decoder may take), an 8-byte big-endian length,
+the payload.
 """
 
 from __future__ import annotations
@@ -37,7 +42,12 @@ FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF")
 DECODE_TIMEOUT_S = 60.0
 #: the largest answer taken from it (a 256 × 256 JPEG is tens of KB)
 MAX_ANSWER = 4 << 20
+#: the memory (MB of address space) the decoder may take unless told (gui.thumbnail_memory_mb)
+MEMORY_MB = 1024
 _HEAD = struct.Struct(">cQ")
+#: what `make` answers for an image that needs more memory than the process may take (no
+#: reason of Pillow's starts so: those start with the exception's name)
+_OUT_OF_MEMORY = "\0out of memory"
 
 
 def make(data: bytes) -> tuple[bytes | None, str]:
@@ -59,6 +69,8 @@ def make(data: bytes) -> tuple[bytes | None, str]:
             return buf.getvalue(), ""
     except (UnidentifiedImageError, Image.DecompressionBombError):
         return None, ""
+    except MemoryError:  # the decode's buffers are freed by now
+        return None, _OUT_OF_MEMORY
     except Exception as e:  # noqa: BLE001 - untrusted bytes: Pillow's plugins raise what they like
         return None, f"{type(e).__name__}: {e}"
 
@@ -66,12 +78,22 @@ def make(data: bytes) -> tuple[bytes | None, str]:
 class Decoder:
     """The parent's end: one decode at a time (callers hold their own lock or share this one)."""
 
-    def __init__(self, argv: list[str] | None = None, timeout_s: float = DECODE_TIMEOUT_S) -> None:
-        #: the decoder's command (another only in the test of what a decoder made to lie can do)
+    def __init__(self, argv: list[str] | None = None, timeout_s: float = DECODE_TIMEOUT_S,
+                 memory_mb: int = MEMORY_MB) -> None:
+        #: the decoder's command (another only in the test of what a decoder made to lie can do);
+        #: it is given `memory_mb` as its last argument (a change applies to the next one started)
         self.argv = argv or [sys.executable, "-P", "-s", "-m", "fsd.outputs.thumb_decoder"]
         self.timeout_s = timeout_s
+        self.memory_mb = memory_mb
         self._proc: subprocess.Popen[bytes] | None = None
         self.lock = threading.Lock()
+
+    def set_memory(self, memory_mb: int) -> None:
+        """The decoder started next may take `memory_mb` MB; a running one with another bound ends."""
+        with self.lock:
+            if memory_mb != self.memory_mb:
+                self.memory_mb = memory_mb
+                self.close()
 
     def thumbnail(self, data: bytes) -> tuple[bytes | None, str]:
         """(JPEG, "") or (None, why not: "" for "not an image we decode"). The answer is the
@@ -94,6 +116,8 @@ class Decoder:
                 return payload, ""
             if kind == b"N":
                 return None, display(payload.decode("utf-8", "replace")[:300])
+            if kind == b"M":
+                return None, f"decoding it needs more than {self.memory_mb} MB (gui.thumbnail_memory_mb)"
             self.close()
             return None, "the decoder process answered with something that is not a JPEG"
 
@@ -104,7 +128,7 @@ class Decoder:
             # a session of its own: the GUI's stderr may be the terminal that started it, and a
             # decoder taken over pushed keystrokes into that shell (TIOCSTI on its controlling
             # terminal; Landlock does not restrict a descriptor it inherits)
-            self._proc = subprocess.Popen(self.argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=None,
+            self._proc = subprocess.Popen([*self.argv, str(self.memory_mb)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=None,
                                           start_new_session=True, env=landlock.child_env())
         return self._proc
 
@@ -167,6 +191,7 @@ def _serve() -> int:
     # image, which then kept "no thumbnail" for good (and one taken over can unset it anyway)
     Image.init()  # every plugin imported before the walls go up
     make(b"")  # and what a first decode imports lazily
+    landlock.limit_memory(int(sys.argv[1]) if len(sys.argv) > 1 else MEMORY_MB)
     landlock.confine_reader()
     fd_in, fd_out = sys.stdin.fileno(), sys.stdout.fileno()
     while True:
@@ -175,8 +200,9 @@ def _serve() -> int:
         except EOFError:
             return 0
         jpeg, why = make(data)
-        payload = jpeg if jpeg is not None else why.encode()
-        os.write(fd_out, _HEAD.pack(b"J" if jpeg is not None else b"N", len(payload)))
+        kind = b"J" if jpeg is not None else b"M" if why == _OUT_OF_MEMORY else b"N"
+        payload = jpeg if jpeg is not None else b"" if why == _OUT_OF_MEMORY else why.encode()
+        os.write(fd_out, _HEAD.pack(kind, len(payload)))
         view = memoryview(payload)
         while view:
             view = view[os.write(fd_out, view):]

@@ -54,9 +54,13 @@ def thumbnail(cfg: Settings, sha256_hex: str,
             _none(out)
             return None
         data = store.get(sha256_hex)
+    _DECODER.set_memory(cfg.gui.thumbnail_memory_mb)
     jpeg, why = _DECODER.thumbnail(data)
     if jpeg is None:
-        if why:
+        if why.startswith("decoding it needs more than"):
+            log.warning("no thumbnail of %s: %s; if the image is genuine, raise gui.thumbnail_memory_mb in "
+                        "hoard.toml and remove %s", sha256_hex, why, out)
+        elif why:
             log.info("no thumbnail of %s: %s", sha256_hex, why)
         _none(out)
         return None
