@@ -854,3 +854,36 @@ def test_a_document_that_expands_past_the_parsers_memory_fails_its_batch_alone(h
     assert not (zone3a / "_quarantine" / "bomb-1").exists()
     assert ok.status == "done", (ok.status, ok.error)
     assert ua1.load_state(cfg, "good-1").report["records"] == 1
+
+
+SAYS = r'''
+import struct, sys
+head = sys.stdin.buffer.read(9)
+sys.stdin.buffer.read(struct.unpack(">cQ", head)[1])
+sys.stderr.buffer.write(b"\x1b]0;owned\x07[bold red]fake[/] line\nsecond\n" + b"x" * (1 << 20))
+sys.stderr.buffer.flush()
+sys.stdout.buffer.write(b"N" + (0).to_bytes(8, "big"))
+sys.stdout.buffer.flush()
+sys.stdin.buffer.read()
+'''
+
+
+def test_what_the_decoder_prints_is_one_bounded_safe_line_in_the_log(capfd, caplog) -> None:
+    """The decoder's stderr was the GUI's own: what an image made it print (an escape sequence
+    retitling the terminal, markup, a fake log line, a megabyte) reached the GUI's terminal and
+    journal unfiltered. It is a pipe of the GUI's, read while it waits (a full pipe does not stop
+    the decoder), and logged as one line shown safe, its first 2,000 bytes and a count of the
+    rest; the image's answer is still taken."""
+    caplog.set_level("INFO", logger="fsd.outputs.thumb_decoder")
+    dec = Decoder([sys.executable, "-c", SAYS])
+    try:
+        assert dec.thumbnail(b"any image") == (None, "")
+    finally:
+        dec.close()
+    err = capfd.readouterr().err
+    assert "owned" not in err and "\x1b" not in err, err[:200]
+    lines = [r.getMessage() for r in caplog.records if r.name == "fsd.outputs.thumb_decoder"]
+    assert len(lines) == 1 and "\n" not in lines[0] and "\x1b" not in lines[0] and len(lines[0]) < 9000, lines
+    assert "said: \\x1b]0;owned\\x07[bold red]fake[/] line\\x0asecond\\x0axx" in lines[0], lines[0][:200]
+    said = len(b"\x1b]0;owned\x07[bold red]fake[/] line\nsecond\n") + (1 << 20)
+    assert lines[0].endswith(f" (and {said - 2000} bytes more)"), lines[0][-80:]
