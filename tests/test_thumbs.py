@@ -85,3 +85,50 @@ def test_an_image_that_decodes_past_the_decoders_memory_gets_no_thumbnail(tmp_pa
         assert thumbs._DECODER._proc is not None and thumbs._DECODER._proc.pid == pid
     finally:
         thumbs._DECODER.close()
+
+
+#: a decoder process killed while it decodes (by the kernel's OOM killer, an operator, a crash)
+KILLED = r'''
+import os, signal, struct, sys
+head = sys.stdin.buffer.read(9)
+sys.stdin.buffer.read(struct.unpack(">cQ", head)[1])
+os.kill(os.getpid(), signal.SIGKILL)
+'''
+
+
+@pytest.mark.expect_log(r"^no thumbnail of [0-9a-f]{64}: the decoder process ended on it .*, 3 times in a row",
+                        level="WARNING")
+def test_a_thumbnail_lost_to_a_decoder_that_died_is_made_on_the_next_view(tmp_path: Path, caplog) -> None:
+    """An image whose decoder process was killed under it (its failure, not the image's) was
+    remembered as having no thumbnail for good. It is tried again on its next view and made by
+    the next decoder; only an image whose decoder dies PROCESS_TRIES times in a row is
+    remembered as none, with one warning naming it and the cache file to remove."""
+    import sys
+
+    from fsd.base import config
+    from fsd.outputs import thumbs
+    from fsd.store import Store
+    from tests.helpers import dir_disks_config
+
+    cfg = config.load(dir_disks_config(tmp_path, 2, shard_size_mb=4))
+    with Store.open(cfg, init=True) as store:
+        lost, killer = (store.put_bytes(_png(size)).sha256 for size in ((64, 48), (48, 64)))
+    real = thumbs._DECODER.argv
+    thumbs._DECODER.close()
+    try:
+        thumbs._DECODER.argv = [sys.executable, "-c", KILLED]
+        assert thumbs.thumbnail(cfg, lost) is None
+        assert not thumbs.path(cfg, lost).exists()  # not remembered
+        thumbs._DECODER.argv = real
+        made = thumbs.thumbnail(cfg, lost)
+        assert made is not None and made.read_bytes()[:3] == b"\xff\xd8\xff"
+        thumbs._DECODER.close()  # the next one started is the one killed
+        thumbs._DECODER.argv = [sys.executable, "-c", KILLED]
+        for _ in range(thumbs.PROCESS_TRIES):
+            assert thumbs.thumbnail(cfg, killer) is None
+        assert thumbs.path(cfg, killer).read_bytes() == thumbs.NONE
+        warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+        assert len(warned) == 1 and str(thumbs.path(cfg, killer)) in warned[0], warned
+    finally:
+        thumbs._DECODER.argv = real
+        thumbs._DECODER.close()

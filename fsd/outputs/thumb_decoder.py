@@ -106,6 +106,14 @@ class Decoder:
         decoder's, the process that read the hostile bytes: taken only as a JPEG of at most
         MAX_ANSWER bytes within `timeout_s` (DECODE_TIMEOUT_S) from the first byte sent, else
         the process is killed."""
+        jpeg, why, _lasting = self.decode(data)
+        return jpeg, why
+
+    def decode(self, data: bytes) -> tuple[bytes | None, str, bool]:
+        """`thumbnail`'s answer and whether it is the image's own (lasting: a JPEG, or the
+        decoder's "none" — not an image, Pillow's error, past the memory bound) rather than the
+        process's failure on it (killed, ended, out of time, a lie), which may be another cause
+        of the moment (the GUI's caller decides whether to try again)."""
         with self.lock:
             try:
                 return self._exchange(data)
@@ -113,7 +121,7 @@ class Decoder:
                 if self._stderr is not None:
                     self._stderr.report()
 
-    def _exchange(self, data: bytes) -> tuple[bytes | None, str]:
+    def _exchange(self, data: bytes) -> tuple[bytes | None, str, bool]:
         proc = self._running()
         assert proc.stdin is not None and proc.stdout is not None
         # the deadline covers the sending too: a decoder that stopped reading its stdin held the
@@ -124,15 +132,15 @@ class Decoder:
             kind, payload = _read(proc.stdout.fileno(), deadline, MAX_ANSWER, self._stderr)
         except (OSError, EOFError, TimeoutError, ValueError) as e:
             self.close()
-            return None, f"the decoder process ended on it ({type(e).__name__}: {e})"
+            return None, f"the decoder process ended on it ({type(e).__name__}: {e})", False
         if kind == b"J" and payload.startswith(b"\xff\xd8\xff"):
-            return payload, ""
+            return payload, "", True
         if kind == b"N":
-            return None, display(payload.decode("utf-8", "replace")[:300])
+            return None, display(payload.decode("utf-8", "replace")[:300]), True
         if kind == b"M":
-            return None, f"decoding it needs more than {self.memory_mb} MB (gui.thumbnail_memory_mb)"
+            return None, f"decoding it needs more than {self.memory_mb} MB (gui.thumbnail_memory_mb)", True
         self.close()
-        return None, "the decoder process answered with something that is not a JPEG"
+        return None, "the decoder process answered with something that is not a JPEG", False
 
     def _running(self) -> subprocess.Popen[bytes]:
         if self._proc is not None and self._proc.poll() is not None:
