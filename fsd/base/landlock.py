@@ -25,9 +25,11 @@ from __future__ import annotations
 import ctypes
 import errno
 import functools
+import json
 import os
 import resource
 import stat
+import subprocess
 import sys
 import sysconfig
 import threading
@@ -152,9 +154,6 @@ def status() -> dict[str, object]:
 def _child_status() -> tuple[bool, tuple[str, str] | None]:
     """`_probe_child`'s answer from a child process (`python -m fsd.base.landlock`): (Landlock
     applied, why seccomp or Landlock is missing or None)."""
-    import json
-    import subprocess
-
     try:
         res = subprocess.run([sys.executable, "-P", "-s", "-m", __name__], capture_output=True, text=True,
                              env=child_env(), timeout=120)
@@ -468,6 +467,4 @@ def _probe_child() -> dict[str, object]:
 
 
 if __name__ == "__main__":  # `status`'s probe
-    import json
-
     print(json.dumps(_probe_child()))
