@@ -49,9 +49,8 @@ def collect(cfg: Settings, smart_max_age_s: float = math.inf) -> dict[str, Any]:
     problems, warnings = smart_findings(report["disks"])
     report["sandbox"] = sandbox = landlock.status()
     if not sandbox["enforced"]:
-        # a kernel with Landlock whose confined child fails: every batch and thumbnail fails with it
-        failing = int(str(sandbox["abi"])) >= landlock.MIN_ABI and not sandbox["landlock"]
-        (problems if failing else warnings).append(
+        # a confined child that cannot even start: every batch and thumbnail fails with it
+        (problems if sandbox["fails"] else warnings).append(
             f"sandbox: {sandbox['reason']}, so {sandbox['effect']}; {sandbox['next_step']} — docs/security.md, "
             "\"Sandboxed parsers\"")
     for f in report["ingest"]["failed"]:

@@ -129,42 +129,45 @@ def abi() -> int:
 
 def status() -> dict[str, object]:
     """`{"abi": N, "enforced": bool, "reason": why not, "next_step": …, "landlock": bool,
-    "seccomp": bool, "effect": what runs without it}` for `hoard health`: what a confined child
-    of this process gets (`_probe_child`, run once) — enforced is both walls."""
+    "seccomp": bool, "effect": what runs without it, "fails": bool}` for `hoard health`: what a
+    confined child of this process gets (`_probe_child`, run once) — enforced is both walls;
+    fails, that such a child cannot even start (every batch and thumbnail would fail)."""
     version, why, next_step = _probe()
+    unconfined = ("ingest parsers and built-in actions read scraped input without Landlock's write restriction "
+                  "(the systemd units' sandboxing still applies)")
     if why is not None:
         return {"abi": version, "enforced": False, "reason": why, "next_step": next_step, "landlock": False,
-                "seccomp": False, "effect": "ingest parsers and built-in actions read scraped input without "
-                "Landlock's write restriction (the systemd units' sandboxing still applies)"}
-    confined, why_not = _child_status()
+                "seccomp": False, "effect": unconfined, "fails": False}
+    confined, why_not, fails = _child_status()
     if not confined:
-        assert why_not is not None
-        return {"abi": version, "enforced": False, "reason": why_not[0], "next_step": why_not[1],
-                "landlock": False, "seccomp": False, "effect": "every ingest batch and thumbnail fails"}
+        return {"abi": version, "enforced": False, "reason": why_not and why_not[0],
+                "next_step": why_not and why_not[1], "landlock": False, "seccomp": False,
+                "effect": "every ingest batch and thumbnail fails" if fails else unconfined, "fails": fails}
     return {"abi": version, "enforced": why_not is None, "reason": why_not and why_not[0],
             "next_step": why_not and why_not[1], "landlock": True, "seccomp": why_not is None,
             "effect": why_not and ("ingest parsers, the thumbnail decoder and built-in actions run behind "
                                    "Landlock's file walls alone: they may open sockets (the service's Redis and "
                                    "PostgreSQL), take flocks, change files' modes, times and flags and signal "
                                    "the service's processes" + (", and truncate any file their user may write"
-                                                                 if version < 3 else ""))}
+                                                                 if version < 3 else "")), "fails": False}
 
 
 @functools.cache
-def _child_status() -> tuple[bool, tuple[str, str] | None]:
+def _child_status() -> tuple[bool, tuple[str, str] | None, bool]:
     """`_probe_child`'s answer from a child process (`python -m fsd.base.landlock`): (Landlock
-    applied, why seccomp or Landlock is missing or None)."""
+    applied, why seccomp or Landlock is missing or None, the child failed)."""
     try:
         res = subprocess.run([sys.executable, "-P", "-s", "-m", __name__], capture_output=True, text=True,
                              env=child_env(), timeout=120)
         got = json.loads(res.stdout)
         if res.returncode == 0 and isinstance(got, dict):
-            return bool(got["landlock"]), (str(got["why"][0]), str(got["why"][1])) if got["why"] else None
+            why = (str(got["why"][0]), str(got["why"][1])) if got["why"] else None
+            return bool(got["landlock"]), why, False
         failed = (res.stderr.strip().splitlines() or [f"exit {res.returncode}"])[-1]
     except (OSError, ValueError, KeyError, TypeError, subprocess.TimeoutExpired) as e:
         failed = f"{type(e).__name__}: {e}"
     return False, (f"a confined child process fails here ({failed[:200]})",
-                   f"run `{sys.executable} -m {__name__}` as the service's user to see why, and tell the developers")
+                   f"run `{sys.executable} -m {__name__}` as the service's user to see why, and tell the developers"), True
 
 
 def _handled(version: int, reads: bool) -> int:
@@ -463,7 +466,9 @@ def _probe_child() -> dict[str, object]:
     """What a confined child of this process gets: `confine_reader` run in one (the same
     kernel, the same system-call filters around it, the same code as the parser's)."""
     confined = confine_reader()
-    return {"landlock": confined, "seccomp": seccomp_missing is None and confined, "why": seccomp_missing}
+    _, why, next_step = _probe()
+    return {"landlock": confined, "seccomp": seccomp_missing is None and confined,
+            "why": seccomp_missing if confined else (why or "Landlock refused", next_step or _NEXT["built"])}
 
 
 if __name__ == "__main__":  # `status`'s probe
