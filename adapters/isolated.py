@@ -78,7 +78,7 @@ def parse_isolated(root: Path, adapter: Adapter, settle_s: float = 0.0, *, cmd: 
     if code == OUT_OF_MEMORY:  # a lie here only fails the batch it was to parse
         raise HoardError(f"the {adapter.format} parser of batch {name} needed more than {memory_mb} MB "
                          "(ingest.parser_memory_mb) — a document of the batch expands past it (a JSON bomb?): it "
-                         "was stopped and nothing of the batch was taken. Keep the batch for inspection; if its "
+                         "stopped there and nothing of the batch was taken. Keep the batch for inspection; if its "
                          "documents are genuine, raise ingest.parser_memory_mb in hoard.toml, then "
                          f"`hoard ingest --resume {root.name}`", ExitCode.DATA)
     # what it printed, each line shown safe (it is the process that read the hostile bytes: an
