@@ -12,6 +12,7 @@ inside the root, never on this machine.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import shutil
 import subprocess
@@ -115,6 +116,10 @@ if __name__ == "__main__":
 
 NSPAWN_DIR = Path(os.environ.get("HOARD_NSPAWN_DIR", "/tmp/hoard-nspawn"))
 NSPAWN_RUN = Path("/run/systemd/nspawn")
+#: held while a root is booted: a booted root shares this machine's network (apt and pip need it),
+#: so two at once (a test run beside another) have two PostgreSQL servers on localhost:5432, and the
+#: second one's restart by `hoard install` fails ("No such file or directory" at its socket)
+BOOT_LOCK = Path("/run/lock/hoard-booted-root.lock")
 
 
 def nspawn() -> str:
@@ -151,6 +156,9 @@ class Booted:
         self.made_run_dir = False
 
     def __enter__(self) -> Booted:
+        BOOT_LOCK.parent.mkdir(parents=True, exist_ok=True)
+        self.lock = open(BOOT_LOCK, "a")  # noqa: SIM115 (held until __exit__)
+        fcntl.flock(self.lock, fcntl.LOCK_EX)  # another booted root's run finishes first
         # the mount point of the private tmpfs (an empty directory of this machine's, removed after)
         self.made_run_dir = not NSPAWN_RUN.exists()
         NSPAWN_RUN.mkdir(parents=True, exist_ok=True)
@@ -217,6 +225,12 @@ class Booted:
         return res
 
     def __exit__(self, *exc: object) -> None:
+        try:
+            self._halt()
+        finally:
+            self.lock.close()  # (the flock goes with it)
+
+    def _halt(self) -> None:
         if self.proc is None:
             return
         if self.leader and self.proc.poll() is None:
