@@ -231,6 +231,14 @@ def test_a_killed_deletion_is_judged_alike_and_named_with_its_next_step(tmp_path
     assert not [p for p in json.loads(_hoard(cfg_path, "health", "--json").stdout)["problems"] if "held" in p]
 
 
+def _a_missing_and_a_stray_entry(store: Store, kinds: dict[str, list[bytes]]) -> None:
+    """B's entry of a shared object deleted, and an entry of a manifest nothing registers added."""
+    b = bytes.fromhex(store.index.get_batch("B")["manifest"])
+    with store.index.env.begin(write=True, db=store.index.held) as txn:
+        assert txn.delete(held.pair(kinds["shared"][0], b))
+        txn.put(held.pair(kinds["a_only"][0], b"\x01" * 32), b"")
+
+
 def test_a_missing_or_stray_entry_is_a_check_finding(tmp_path: Path) -> None:
     """`hoard check` names an object a registered manifest names without its `held` entry (a
     deletion could free it) and an entry of a manifest nothing registers."""
@@ -238,10 +246,7 @@ def test_a_missing_or_stray_entry_is_a_check_finding(tmp_path: Path) -> None:
 
     cfg_path, kinds = _shop(tmp_path)
     with Store.open(config.load(cfg_path)) as store:
-        b = bytes.fromhex(store.index.get_batch("B")["manifest"])
-        with store.index.env.begin(write=True, db=store.index.held) as txn:
-            assert txn.delete(held.pair(kinds["shared"][0], b))
-            txn.put(held.pair(kinds["a_only"][0], b"\x01" * 32), b"")
+        _a_missing_and_a_stray_entry(store, kinds)
         rep = check(store)
     lines = [line for kind, line in rep.lines() if kind == "held"]
     assert len(lines) == 2, rep.lines()
@@ -351,10 +356,7 @@ def test_the_next_step_of_a_missing_or_stray_entry_mends_the_table(tmp_path: Pat
     check is clean, and a deletion of A with its gc then keeps what B still names."""
     cfg_path, kinds = _shop(tmp_path)
     with Store.open(config.load(cfg_path)) as store:
-        b = bytes.fromhex(store.index.get_batch("B")["manifest"])
-        with store.index.env.begin(write=True, db=store.index.held) as txn:
-            assert txn.delete(held.pair(kinds["shared"][0], b))
-            txn.put(held.pair(kinds["a_only"][0], b"\x01" * 32), b"")
+        _a_missing_and_a_stray_entry(store, kinds)
     res = _hoard(cfg_path, "check", "--no-database", "--json")
     lines = [p for p in json.loads(res.stdout)["problems"] if "`held` entr" in p]
     assert len(lines) == 2 and all("`hoard index rebuild`" in p for p in lines), lines
