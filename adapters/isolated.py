@@ -20,6 +20,7 @@ systemd sandboxing is then the only wall.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import importlib
 import json
@@ -130,17 +131,28 @@ def _run(cmd: list[str], timeout_s: float, limit: int, fmt: str, name: str) -> t
                     del err[:-_STDERR_TAIL]
                 elif buf is out and len(out) > limit:
                     why = f"answered more than {limit >> 20} MB"
-        if why is None:
-            return proc.wait(), bytes(out), bytes(err)
+        while why is None and not _ended(proc.pid):  # (its output closed; its end, not reaped yet)
+            if time.monotonic() > deadline:
+                why = f"gave no answer within {timeout_s:.0f} s (a document that makes it loop?)"
+            time.sleep(0.01)
     finally:
-        if proc.poll() is None:  # its group: what it forked too (the pid is not reaped yet, so not reused)
+        # its whole group — what it forked too, which may outlive it: killed before the child is
+        # reaped, while its id cannot name another process
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
         proc.stdout.close()
         proc.stderr.close()
+    if why is None:
+        return proc.returncode, bytes(out), bytes(err)
     raise HoardError(f"the {fmt} parser of batch {name} {why}: it was stopped and nothing of the batch was taken. "
                      "Keep the batch for inspection and tell the developers; a batch of that many files is split "
                      f"in smaller ones, then `hoard ingest --resume {name}`", ExitCode.DATA)
+
+
+def _ended(pid: int) -> bool:
+    """Whether child `pid` has ended — without reaping it (its process group stays its own)."""
+    return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
 
 
 def answer(root: Path, adapter: Adapter, doc: Any) -> tuple[Parsed, BatchView, list[dict[str, Any]]]:

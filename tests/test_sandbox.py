@@ -18,6 +18,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -537,6 +538,37 @@ import os, sys, time
 open({pidfile!r}, "w").write(str(os.getpid()))
 {body}
 '''
+
+
+def _alive(pid: int) -> bool:
+    """Whether `pid` runs (a zombie, killed and not yet reaped by whoever adopted it, does not)."""
+    try:
+        stat_line = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat_line[stat_line.rindex(")") + 2] != "Z"
+
+
+def test_a_process_the_parser_forked_dies_with_it(tmp_path: Path) -> None:
+    """A parser made to fork a process that closes its output and lives on (a document that took
+    it over) gets that process killed with it when it answers — it was left running, an hour
+    here, for ever with a loop (the CI run found one still sleeping)."""
+    batch = tmp_path / "b1"
+    batch.mkdir()
+    grand = tmp_path / "grand"
+    body = (f"if os.fork() == 0:\n    os.close(1); os.close(2); open({str(grand)!r}, 'w').write(str(os.getpid()))\n"
+            "    time.sleep(3600)\n"
+            f"while not os.path.exists({str(grand)!r}): time.sleep(0.01)\n"
+            "time.sleep(0.1); print('[]')")
+    cmd = [sys.executable, "-c", CHILD.format(pidfile=str(tmp_path / "pid"), body=body)]
+    with pytest.raises(HoardError):
+        parse_isolated(batch, FORMATS["ytdlp"]("ytdlp"), cmd=cmd, timeout_s=30.0, limit=1 << 20)
+    pid = int(grand.read_text())
+    for _ in range(500):  # SIGKILL is delivered at once; its adopter reaps it when it does
+        if not _alive(pid):
+            break
+        time.sleep(0.01)
+    assert not _alive(pid), f"the parser's forked process {pid} still runs"
 
 
 @pytest.mark.parametrize("body,timeout_s,why", [
