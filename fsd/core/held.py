@@ -48,7 +48,7 @@ from fsd.core import formats
 from fsd.core.entries import named_entry
 from fsd.core.txnlog import SLACK, TXN_ENTRIES, chunked
 
-__all__ = ["OBJ", "MAN", "PENDING", "HeldTables", "iter_files", "iter_named", "named_by", "pair"]
+__all__ = ["OBJ", "MAN", "PENDING", "HeldTables", "iter_files", "iter_named", "named", "named_by", "pair"]
 
 #: bytes of the object's sha256 and of the manifest's sha256 in a `held` key
 OBJ, MAN = 16, 8
@@ -121,6 +121,13 @@ def iter_named(get: Get, manifest_sha_hex: str) -> Iterator[bytes]:
     yield from own
 
 
+def named(index) -> Iterator[tuple[str, str, dict]]:
+    """("batch" | "view", name, info) of every registered manifest."""
+    for kind, entries in (("batch", index.iter_batches()), ("view", index.iter_views())):
+        for name, info in entries:
+            yield kind, name, info
+
+
 def named_by(get: Get, manifest_sha_hex: str) -> list[bytes]:
     """`iter_named`, each object once, in memory (a batch's: what its deletion looks up)."""
     return list(dict.fromkeys(iter_named(get, manifest_sha_hex)))
@@ -159,17 +166,21 @@ class HeldTables:
             live = self.registered_prefixes(txn) - ({skip[:MAN]} if skip is not None else set())
             cur = txn.cursor(db=self.held)
             for sha in among:
-                head = sha[:OBJ]
-                if not cur.set_range(head):
-                    continue
-                for k in cur.iternext(values=False):
-                    self.held_reads += 1
-                    if k[:OBJ] != head:
-                        break
-                    if bytes(k[OBJ:]) in live:
-                        out.add(sha)
-                        break
+                if any(man in live for man in self._manifests_of(cur, sha)):
+                    out.add(sha)
         return out
+
+    def _manifests_of(self, cur: Any, sha: bytes) -> Iterator[bytes]:
+        """The manifest prefixes of `sha`'s entries, read with `cur` (a `held` cursor) as far as
+        the caller asks."""
+        head = sha[:OBJ]
+        if not cur.set_range(head):
+            return
+        for k in cur.iternext(values=False):
+            self.held_reads += 1
+            if k[:OBJ] != head:
+                return
+            yield bytes(k[OBJ:])
 
     def holders(self, sha: bytes) -> set[bytes] | None:
         """The 8-byte prefixes of the manifests `held` says name `sha` (registered or not: the
@@ -178,17 +189,8 @@ class HeldTables:
         a prefix shared with another object only adds a manifest to read."""
         if not self.held_ready():
             return None
-        out = set()
         with self.env.begin() as txn:
-            cur = txn.cursor(db=self.held)
-            head = sha[:OBJ]
-            if cur.set_range(head):
-                for k in cur.iternext(values=False):
-                    self.held_reads += 1
-                    if k[:OBJ] != head:
-                        break
-                    out.add(bytes(k[OBJ:]))
-        return out
+            return set(self._manifests_of(txn.cursor(db=self.held), sha))
 
     def pending_held(self, txn: Any = None) -> list[tuple[str, dict[str, Any]]]:
         """(manifest sha256 hex, {op, kind, name}) of every manifest whose entries a process is

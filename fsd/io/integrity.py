@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from fsd.core import formats, marks, pointers
 from fsd.core.disks import DiskState
+from fsd.core.held import named
 from fsd.core.index import MARKS_NS, IndexDamaged, named_entry
 from fsd.core.layout import BATCHES_DIR, VIEWS_DIR, naming_busy
 from fsd.core.spill import Spill, spill_parent
@@ -109,10 +110,7 @@ def _held_pending(store: Store, found: Findings) -> None:
     pending = store.index.pending_held()
     if not pending or naming_busy(store.cfg):
         return
-    idx = store.index
-    registered = {(kind, name): info["manifest"] for kind, entries in (("batch", idx.iter_batches()),
-                                                                       ("view", idx.iter_views()))
-                  for name, info in entries}
+    registered = {(kind, name): info["manifest"] for kind, name, info in named(store.index)}
     for manifest, doc in pending:
         kind, name = doc.get("kind", "?"), doc.get("name", "?")
         if doc.get("op") == "remove":

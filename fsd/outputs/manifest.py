@@ -52,7 +52,7 @@ from fsd.base.files import ssd_full, ssd_space
 from fsd.base.modes import FILE
 from fsd.base.paths import MAX_NAME_BYTES, hostile_reason, long_name
 from fsd.core import formats
-from fsd.core.held import iter_files
+from fsd.core.held import iter_files, named
 from fsd.core.layout import names_lock
 
 __all__ = ["Entry", "Tree", "WouldBlock", "ViewError", "build_view", "files_in", "iter_files", "iter_placed",
@@ -354,13 +354,6 @@ def manifest_objects(get: Get, manifest_sha_hex: str) -> list[bytes]:
     for _ in iter_files(get, manifest_sha_hex, own):
         pass
     return own
-
-
-def named(index) -> Iterator[tuple[str, str, dict]]:
-    """("batch" | "view", name, info) of every registered manifest."""
-    for kind, entries in (("batch", index.iter_batches()), ("view", index.iter_views())):
-        for name, info in entries:
-            yield kind, name, info
 
 
 def references(store, among: set[bytes], skip: tuple[str, str] | None = None) -> set[bytes]:
