@@ -23,7 +23,6 @@ from fsd.base import config
 from fsd.core import formats, live
 from fsd.core import shardfmt as fmt
 from fsd.core.index import ObjectLoc
-from fsd.core.records import ObjectNotFound
 from fsd.core.txnlog import KILL_VAR
 from fsd.maintenance.check import check
 from fsd.maintenance.deletion import drop_batch
@@ -31,7 +30,7 @@ from fsd.maintenance.gc import gc
 from fsd.maintenance.reindex import rebuild_index
 from fsd.outputs.manifest import batch_manifest
 from fsd.store import Store
-from tests.helpers import REPO, dir_disks_config
+from tests.helpers import REPO, dir_disks_config, freed, older_index, reads_back
 
 # tier: the module's tests start hoard processes
 pytestmark = pytest.mark.services
@@ -108,19 +107,6 @@ def _clean(cfg_path: Path) -> None:
     _exact(cfg_path)
 
 
-def _read_back(cfg_path: Path, shas: list[bytes]) -> None:
-    with Store.open(config.load(cfg_path)) as store:
-        for sha in shas:
-            assert hashlib.sha256(store.get(sha.hex())).digest() == sha
-
-
-def _freed(cfg_path: Path, shas: list[bytes]) -> None:
-    with Store.open(config.load(cfg_path)) as store:
-        for sha in shas:
-            with pytest.raises(ObjectNotFound):
-                store.get(sha.hex())
-
-
 def test_the_counts_follow_puts_deletion_gc_rebuild_and_recount(tmp_path: Path) -> None:
     """After puts, a batch deleted and gc'd, an index rebuilt from the disks and a recount, the
     table is exactly what the objects table makes, and check is clean each time."""
@@ -132,8 +118,8 @@ def test_the_counts_follow_puts_deletion_gc_rebuild_and_recount(tmp_path: Path) 
         rep = gc(store, threshold=1.0)
         assert rep.compacted and rep.objects_dropped >= 250
     _clean(cfg_path)
-    _read_back(cfg_path, b)
-    _freed(cfg_path, a)
+    reads_back(cfg_path, b)
+    freed(cfg_path, a)
     after = _exact(cfg_path)
     rebuild_index(config.load(cfg_path))
     assert _tables(config.load(cfg_path).index_dir)[0] == after
@@ -221,18 +207,24 @@ def test_a_dry_run_reads_the_dead_objects_not_the_store(tmp_path: Path) -> None:
         _register(store, "A", doomed)
         _objects(store, 2000, 8)
         drop_batch(store, "A")
-        reads = [0]
-        real = store.index.env._env
-        store.index.env._env = _Env(real, store.index.objects, reads)
-        try:
-            rep = gc(store, threshold=0.999, dry_run=True)
-        finally:
-            store.index.env._env = real
+        rep, reads = _dry_run_counted(store)
         assert rep.candidates >= 1
-        assert 0 < reads[0] <= 31 + 1, reads[0]  # the 30 objects and the manifest (its tombstone)
-        store.index.format = formats.INDEX_LIVE - 1  # (as an index not migrated: the pass)
-        by_pass = gc(store, threshold=0.999, dry_run=True)
+        assert 0 < reads <= 31, reads  # the 30 objects and the manifest (its tombstone)
+        store.index.format = formats.INDEX_LIVE - 1  # (as an index not migrated yet, or the old code: the pass)
+        by_pass, reads = _dry_run_counted(store)
         assert by_pass.plan == rep.plan
+        assert reads >= 2030, reads  # (what the proxy sees of a pass)
+
+
+def _dry_run_counted(store: Store) -> tuple[Any, int]:
+    """`gc --dry-run`'s report, and how many entries of the objects table it read."""
+    reads = [0]
+    real = store.index.env._env
+    store.index.env._env = _Env(real, store.index.objects, reads)
+    try:
+        return gc(store, threshold=0.999, dry_run=True), reads[0]
+    finally:
+        store.index.env._env = real
 
 
 @pytest.mark.parametrize("site", ["fsd.core.index:add_objects:1", "fsd.core.index:add_objects:3"])
@@ -250,8 +242,8 @@ def test_a_put_killed_at_its_commits_leaves_exact_counts(tmp_path: Path, site: s
                 if store.index.lookup(sha := hashlib.sha256(hashlib.sha256(b"%d" % i).digest() * 40).digest())]
         drop_batch(store, "A")
         gc(store, threshold=1.0)
-    _read_back(cfg_path, b + kept)
-    _freed(cfg_path, a)
+    reads_back(cfg_path, b + kept)
+    freed(cfg_path, a)
     _clean(cfg_path)
 
 
@@ -268,13 +260,13 @@ def test_a_deletion_or_gc_killed_anywhere_loses_nothing(tmp_path: Path, site: st
     res = _run(cfg_path, steps, {**SMALL, KILL_VAR: site})
     assert res.returncode == -9, res.stderr[-2000:]
     _exact(cfg_path)
-    _read_back(cfg_path, b)
+    reads_back(cfg_path, b)
     again = _run(cfg_path, "from fsd.maintenance.deletion import drop_batch; drop_batch(s, 'A')", SMALL)
     assert again.returncode == 0 or "no ingested batch 'A'" in again.stderr, again.stderr[-2000:]
     res = _hoard(cfg_path, "gc", "--no-database", "--threshold", "1.0", env=SMALL)
     assert res.returncode == 0, res.stderr[-2000:]
-    _read_back(cfg_path, b)
-    _freed(cfg_path, a)
+    reads_back(cfg_path, b)
+    freed(cfg_path, a)
     _clean(cfg_path)
 
 
@@ -308,7 +300,7 @@ def test_a_footer_that_lacks_a_live_record_keeps_its_shard(tmp_path: Path) -> No
         assert hashlib.sha256(store.get(victim.hex())).digest() == victim
         assert rep.kept_back >= 1
         assert store.index.lookup(victim).shard_id == sid and store.index.get_shard(sid) is not None
-    _read_back(cfg_path, b)
+    reads_back(cfg_path, b)
 
 
 @pytest.mark.expect_log(r"gc: shard [0-9a-f]+ kept: the index counts \d+ objects in it", level="WARNING")
@@ -329,24 +321,15 @@ def test_a_wrong_count_only_keeps_or_compacts_and_check_names_it(tmp_path: Path)
         drop_batch(store, "A")
         gc(store, threshold=1.0)
         assert store.index.get_shard(sids[0]) is not None  # counted one too many: kept
-    _read_back(cfg_path, b)
+    reads_back(cfg_path, b)
     res = _hoard(cfg_path, "index", "recount")
     assert res.returncode == 0, res.stderr[-2000:]
     _exact(cfg_path)
     res = _hoard(cfg_path, "gc", "--no-database", "--threshold", "1.0")
     assert res.returncode == 0, res.stderr[-2000:]
-    _read_back(cfg_path, b)
-    _freed(cfg_path, a)
+    reads_back(cfg_path, b)
+    freed(cfg_path, a)
     _clean(cfg_path)
-
-
-def _as_format_3(index_dir: Path) -> None:
-    """The index as format 3 wrote it: no `live` table."""
-    env = lmdb.open(str(index_dir), max_dbs=24, map_size=1 << 40)
-    with env.begin(write=True) as txn:
-        txn.drop(env.open_db(b"live", txn=txn), delete=True)
-        txn.put(formats.INDEX_KEY.encode(), b"3", db=env.open_db(b"meta", txn=txn))
-    env.close()
 
 
 @pytest.mark.parametrize("kill", [None, "fsd.core.live:fill_live:1", "fsd.core.live:fill_live:3"])
@@ -358,7 +341,7 @@ def test_the_migration_fills_the_table_even_when_killed(tmp_path: Path, kill: st
     with Store.open(cfg) as store:
         drop_batch(store, "A")
     grown = _exact(cfg_path)
-    _as_format_3(cfg.index_dir)
+    older_index(cfg.index_dir, 3, "live")  # (as format 3 wrote it)
     with Store.open(cfg, writable=False) as store:
         assert store.index.format == 3 and not store.index.live_ready()
     if kill is not None:
@@ -375,6 +358,6 @@ def test_the_migration_fills_the_table_even_when_killed(tmp_path: Path, kill: st
     assert json.loads(_hoard(cfg_path, "check", "--no-database", "--json").stdout)["problems"] == []
     res = _hoard(cfg_path, "gc", "--no-database", "--threshold", "1.0")
     assert res.returncode == 0, res.stderr[-2000:]
-    _read_back(cfg_path, b)
-    _freed(cfg_path, a)
+    reads_back(cfg_path, b)
+    freed(cfg_path, a)
     _clean(cfg_path)

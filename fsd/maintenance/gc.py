@@ -5,7 +5,10 @@ minus those tombstoned by a type-B delete — over the payload its records hold 
 the size without framing, so a whole shard of small objects is 100 % live). Shards below the
 threshold are compacted, in this order (docs/design.md, "gc order"):
 
-1. **plan + reserve**: live bytes × replica target must fit in the disks' free space
+1. **plan + reserve**: the live bytes are each shard's `live` count (index format 4,
+   fsd.core.live) less its dead objects' lengths — a lookup per dead object, no pass over
+   the objects table —, a candidate's members its footer's records the index points there.
+   Live bytes × replica target must fit in the disks' free space
    (with one shard of slack per disk); the space is claimed with `fallocate`d reservation
    files (`<disk>/tmp/gc-reserve`) so a concurrent ingest cannot take it; else refuse.
 2. **copy**: live records are read (verified) and appended to new shards by an ordinary
@@ -15,7 +18,8 @@ threshold are compacted, in this order (docs/design.md, "gc order"):
    (and 16 bytes of each kept in `dropped`, for the mount's by-hash numbers);
    the old shard moves from `shards` to `retired`. An object whose tombstone was cleared
    meanwhile (stored again) but was not copied keeps its old shard alive: that shard is
-   not retired this round.
+   not retired this round — nor is one whose `live` count the moves and drops would not
+   bring to 0 (an object the index points there that the footer lacks).
 4. **delete**: the retired shards' replica files are removed, then the `retired` entry.
 
 A crash before 3 leaves unreferenced new shards (garbage for the next gc); after 3, the
