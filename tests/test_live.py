@@ -361,3 +361,23 @@ def test_the_migration_fills_the_table_even_when_killed(tmp_path: Path, kill: st
     reads_back(cfg_path, b)
     freed(cfg_path, a)
     _clean(cfg_path)
+
+
+def test_a_recount_killed_leaves_gc_planning_by_the_pass_until_run_again(tmp_path: Path) -> None:
+    """`hoard index recount` killed in its pass: check notes the fill (no problem: nothing is
+    wrong, the counts are only not complete), gc plans by a pass meanwhile and frees A's objects
+    alone; the recount run again makes the counts exact."""
+    cfg_path, a, b = _shop(tmp_path)
+    res = _hoard(cfg_path, "index", "recount", env={**SMALL, KILL_VAR: "fsd.core.live:fill_live:2"})
+    assert res.returncode == -9, res.stderr[-2000:]
+    assert _tables(config.load(cfg_path).index_dir)[2] is not None
+    got = json.loads(_hoard(cfg_path, "check", "--no-database", "--json").stdout)
+    assert got["problems"] == [] and any("`hoard index recount`" in n for n in got["notes"]), got
+    with Store.open(config.load(cfg_path)) as store:
+        assert not store.index.live_ready()
+        drop_batch(store, "A")
+        assert gc(store, threshold=1.0).compacted
+    reads_back(cfg_path, b)
+    freed(cfg_path, a)
+    assert _hoard(cfg_path, "index", "recount", env=SMALL).returncode == 0
+    _clean(cfg_path)

@@ -179,7 +179,11 @@ def _live_counts(idx: Any, txn: Any, counted: Counter[bytes], weight: Counter[by
     """Item 12: the `live` table counts, for each shard, the objects pointing at it and their
     bytes as the pass over `objects` (in the same read transaction) found them. Not judged on an
     index before format 4, nor while a fill counts (`hoard index recount`, a migration)."""
-    if idx.live is None or idx.format < formats.INDEX_LIVE or txn.get(live_mod.FILL, db=idx.meta) is not None:
+    if idx.live is None or idx.format < formats.INDEX_LIVE:
+        return
+    if txn.get(live_mod.FILL, db=idx.meta) is not None:
+        rep.notes.append("the `live` counts are being filled, or a fill was stopped: gc plans by a pass over every "
+                         "object until `hoard index recount` ends")
         return
     table = {bytes(k): bytes(v) for k, v in txn.cursor(db=idx.live)}
     for sid in sorted(set(table) | set(counted)):
