@@ -247,12 +247,14 @@ def test_a_put_killed_at_its_commits_leaves_exact_counts(tmp_path: Path, site: s
     _clean(cfg_path)
 
 
-@pytest.mark.parametrize("site", ["fsd.core.marks:_mark:1", "fsd.maintenance.gc:_swap:1",
-                                  "fsd.maintenance.gc:_swap:2", "fsd.maintenance.gc:_swap:4",
+@pytest.mark.parametrize("site", ["fsd.core.marks:_mark:1", "fsd.core.index:add_objects:1",
+                                  "fsd.maintenance.gc:_swap:1", "fsd.maintenance.gc:_swap:2",
+                                  "fsd.maintenance.gc:_swap:3", "fsd.maintenance.gc:_swap:4",
                                   "fsd.maintenance.gc:_finish_retired:1"])
 def test_a_deletion_or_gc_killed_anywhere_loses_nothing(tmp_path: Path, site: str) -> None:
     """`delete --batch A` and the gc after it, killed after one of their write transactions (the
-    tombstones, a swap's repoints or drops, a retired shard's deletion): the counts stay exact,
+    tombstones, a commit of gc's copies, a swap's repoints — three of 56 objects — or its drops,
+    a retired shard's deletion): the counts stay exact,
     B's objects read back; run again, A's are freed and check is clean."""
     cfg_path, a, b = _shop(tmp_path)
     steps = "from fsd.maintenance.deletion import drop_batch; from fsd.maintenance.gc import gc\n" \
