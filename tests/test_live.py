@@ -69,13 +69,25 @@ def _tables(index_dir: Path) -> tuple[dict[bytes, tuple[int, int]], dict[bytes, 
         with env.begin() as txn:
             table = {bytes(k): live.unpack(bytes(v)) for k, v in txn.cursor(db=env.open_db(b"live", txn=txn,
                                                                                              create=False))}
+            fill = txn.get(live.FILL, db=env.open_db(b"meta", txn=txn, create=False))
+            fill = None if fill is None else bytes(fill)
+    finally:
+        env.close()
+    return table, _counted(index_dir, below=b"\xff" * 33), fill
+
+
+def _counted(index_dir: Path, below: bytes) -> dict[bytes, tuple[int, int]]:
+    """The counts of the objects whose sha256 is below `below`, as the objects table makes them."""
+    env = lmdb.open(str(index_dir), max_dbs=24, readonly=True, lock=False)
+    try:
+        with env.begin() as txn:
             made: dict[bytes, tuple[int, int]] = {}
             for k, v in txn.cursor(db=env.open_db(b"objects", txn=txn, create=False)):
-                loc = ObjectLoc.unpack(bytes(v), bytes(k))
-                n, nbytes = made.get(loc.shard_id, (0, 0))
-                made[loc.shard_id] = (n + 1, nbytes + loc.length)
-            fill = txn.get(live.FILL, db=env.open_db(b"meta", txn=txn, create=False))
-        return table, made, None if fill is None else bytes(fill)
+                if bytes(k) < below:
+                    loc = ObjectLoc.unpack(bytes(v), bytes(k))
+                    n, nbytes = made.get(loc.shard_id, (0, 0))
+                    made[loc.shard_id] = (n + 1, nbytes + loc.length)
+        return made
     finally:
         env.close()
 
@@ -373,6 +385,10 @@ def test_a_recount_killed_leaves_gc_planning_by_the_pass_until_run_again(tmp_pat
     res = _hoard(cfg_path, "index", "recount", env={**SMALL, KILL_VAR: "fsd.core.live:fill_live:2"})
     assert res.returncode == -9, res.stderr[-2000:]
     assert _tables(config.load(cfg_path).index_dir)[2] is not None
+    with Store.open(config.load(cfg_path)) as store:  # puts beside the stopped fill count below its mark only
+        _objects(store, 200, 9)
+    table, _made, fill = _tables(config.load(cfg_path).index_dir)
+    assert fill and table == _counted(config.load(cfg_path).index_dir, below=fill)
     got = json.loads(_hoard(cfg_path, "check", "--no-database", "--json").stdout)
     assert got["problems"] == [] and any("`hoard index recount`" in n for n in got["notes"]), got
     with Store.open(config.load(cfg_path)) as store:
