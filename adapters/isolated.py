@@ -54,22 +54,33 @@ PARSE_TIMEOUT_S = 1800.0
 MAX_ANSWER = 256 << 20
 #: the end of the child's stderr kept for the log
 _STDERR_TAIL = 64 << 10
+#: the memory (MB of address space) the child may take unless told (ingest.parser_memory_mb)
+MEMORY_MB = 2048
+#: the child's exit status once its documents needed more memory than it may take
+OUT_OF_MEMORY = 86
 
 
 def parse_isolated(root: Path, adapter: Adapter, settle_s: float = 0.0, *, cmd: list[str] | None = None,
-                   timeout_s: float = PARSE_TIMEOUT_S,
-                   limit: int = MAX_ANSWER) -> tuple[Parsed, BatchView, list[dict[str, Any]]]:
+                   timeout_s: float = PARSE_TIMEOUT_S, limit: int = MAX_ANSWER,
+                   memory_mb: int = MEMORY_MB) -> tuple[Parsed, BatchView, list[dict[str, Any]]]:
     """`parse_batch(root, adapter, settle_s)` in a confined child: the rejects and claimed files
     (a Parsed whose `records` is left empty), a BatchView with the screen's files and
     identities, and the records in their JSON form (`adapters.records.record_json`: what the
     ingest keeps; rebuilding 20,000 Records only to turn them back took ~2 s of CPU). A child
     that answers more than `limit` bytes, nothing within `timeout_s` (+ settle_s), or something
-    that is not a parse refuses the batch in one line, killed and reaped (`cmd`: another child,
-    only in the tests of what a parser made to lie can do)."""
+    that is not a parse refuses the batch in one line, killed and reaped; so does one whose
+    documents need more than `memory_mb` MB (`cmd`: another child, only in the tests of what a
+    parser made to lie can do)."""
     cmd = cmd or [sys.executable, "-P", "-s", "-m", "adapters.isolated", adapter.format, adapter.source,
-                  repr(settle_s), str(root)]
+                  repr(settle_s), str(root), str(memory_mb)]
     name = display(root.name)
     code, out, err_b = _run(cmd, timeout_s + settle_s, limit, adapter.format, name)
+    if code == OUT_OF_MEMORY:  # a lie here only fails the batch it was to parse
+        raise HoardError(f"the {adapter.format} parser of batch {name} needed more than {memory_mb} MB "
+                         "(ingest.parser_memory_mb) — a document of the batch expands past it (a JSON bomb?): it "
+                         "stopped there and nothing of the batch was taken. Keep the batch for inspection; if its "
+                         "documents are genuine, raise ingest.parser_memory_mb in hoard.toml, then "
+                         f"`hoard ingest --resume {root.name}`", ExitCode.DATA)
     # what it printed, each line shown safe (it is the process that read the hostile bytes: an
     # escape sequence would reach the terminal of `hoard ingest --here` through the log)
     err = "\n".join(display(line) for line in err_b.decode("utf-8", "replace").strip().splitlines())
@@ -236,21 +247,27 @@ def confine_parser(root: str) -> bool:
 
 def _child(argv: list[str]) -> int:
     importlib.import_module("_strptime")  # datetime.strptime imports it lazily: loaded before the walls go up
-    fmt, source, settle_s, root = argv
+    fmt, source, settle_s, root, *memory_mb = argv
     ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)  # a worker killed (-9) takes its parser along
     out = os.fdopen(os.dup(1), "w", encoding="utf-8")
     os.dup2(2, 1)  # whatever a parser prints goes to stderr, never into the result
     with out:
         try:
+            landlock.limit_memory(int(memory_mb[0]) if memory_mb else MEMORY_MB)
             confine_parser(root)
             parsed, view = parse_batch(Path(root), FORMATS[fmt](source), float(settle_s))
         except HoardError as e:
             out.write(json.dumps({"error": e.message, "exit_code": int(e.exit_code)}))
             return 0
-        # one json.dumps, written once: json.dump writes every small piece through Python
-        out.write(json.dumps({"records": [record_json(r) for r in parsed.records],
-                              "rejects": [[r.paths, r.reason] for r in parsed.rejects],
-                              "claimed": sorted(parsed.claimed), "files": view.files, "identity": view.identity}))
+        except MemoryError:  # what the documents built is freed by now: the exit needs little
+            return OUT_OF_MEMORY
+        try:  # one json.dumps, written once: json.dump writes every small piece through Python
+            answer = json.dumps({"records": [record_json(r) for r in parsed.records],
+                                 "rejects": [[r.paths, r.reason] for r in parsed.rejects],
+                                 "claimed": sorted(parsed.claimed), "files": view.files, "identity": view.identity})
+        except MemoryError:
+            return OUT_OF_MEMORY
+        out.write(answer)
     return 0
 
 

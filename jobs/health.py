@@ -47,11 +47,12 @@ def collect(cfg: Settings, smart_max_age_s: float = math.inf) -> dict[str, Any]:
         if d["label"] in readings:
             d["smart"] = readings[d["label"]]
     problems, warnings = smart_findings(report["disks"])
-    report["sandbox"] = landlock.status()
-    if not report["sandbox"]["enforced"]:
-        warnings.append(f"sandbox: {report['sandbox']['reason']}, so ingest parsers and built-in actions read scraped "
-                        "input without Landlock's write restriction (the systemd units' sandboxing still applies); "
-                        f"{report['sandbox']['next_step']} — docs/security.md, \"Sandboxed parsers\"")
+    report["sandbox"] = sandbox = landlock.status()
+    if not sandbox["enforced"]:
+        # a confined child that cannot even start: every batch and thumbnail fails with it
+        (problems if sandbox["fails"] else warnings).append(
+            f"sandbox: {sandbox['reason']}, so {sandbox['effect']}; {sandbox['next_step']} — docs/security.md, "
+            "\"Sandboxed parsers\"")
     for f in report["ingest"]["failed"]:
         problems.append(f"ingest {f['batch_id']}: failed at {f['step']}: {f['error']}; after fixing it, "
                         f"`hoard ingest --resume {f['batch_id']}`")

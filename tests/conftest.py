@@ -58,6 +58,11 @@ def _unit_starts_no_process(request: pytest.FixtureRequest, monkeypatch: pytest.
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
+    from fsd.base import landlock
+
+    # what a confined child gets here: `hoard health` asks a child once per process (the real
+    # one, run now), and a unit-tier test that reads health then starts none
+    landlock.status()
     try:
         lab_mod.check_support()
     except lab_mod.LabUnavailable:

@@ -438,3 +438,29 @@ def test_a_batch_or_view_whose_manifest_is_lost_is_removed_as_check_and_migrate_
     assert res.returncode == 0 and "(migrated from format 2)" in res.stdout, res.stderr[-2000:]
     reads_back(cfg_path, kinds["kept"] + kinds["a_only"])
     _clean(cfg_path)
+
+
+def test_a_view_defined_again_as_it_was_killed_is_named_as_registered(tmp_path: Path) -> None:
+    """View V defined again with the same files (the same manifest), killed after its first
+    `held` transaction: check, health and verify say alike that V stays registered with its
+    entries whole and that `hoard gc` clears the record — not "it is not registered"; gc does,
+    and after A's deletion and gc every file V names reads back."""
+    cfg_path, kinds = _shop(tmp_path)
+    rows = kinds["a_only"][:4] + kinds["shared"][:4]
+    assert _define(cfg_path, "V", rows).returncode == 0
+    res = _define(cfg_path, "V", rows, {**SMALL, KILL_VAR: "fsd.core.held:hold:1"})
+    assert res.returncode == -9, res.stderr[-2000:]
+    check = [p for p in json.loads(_hoard(cfg_path, "check", "--no-database", "--json").stdout)["problems"]
+             if "held" in p]
+    health = [p for p in json.loads(_hoard(cfg_path, "health", "--json").stdout)["problems"] if "held" in p]
+    verify = _hoard(cfg_path, "verify", "--sample", "1")
+    [line] = check
+    assert [h for h in health if h.endswith(line)] and line in verify.stdout + verify.stderr
+    assert "view V" in line and "stays registered" in line and "not registered" not in line and "`hoard gc`" in line
+    assert _hoard(cfg_path, "gc", "--no-database").returncode == 0
+    assert not [p for p in json.loads(_hoard(cfg_path, "health", "--json").stdout)["problems"] if "held" in p]
+    with Store.open(config.load(cfg_path)) as store:
+        drop_batch(store, "A")
+        gc(store, threshold=1.0)
+    _read_back(cfg_path, rows)
+    _clean(cfg_path)

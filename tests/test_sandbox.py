@@ -249,6 +249,46 @@ def test_health_warns_once_where_the_kernel_has_no_landlock(hoard_home: Path, pg
         assert f"sandbox:  Landlock ABI {landlock.abi()}" in text.stdout, text.stdout
 
 
+def test_landlock_without_seccomp_parses_behind_landlock_alone_and_health_says_so(tmp_path: Path, hoard_home: Path,
+                                                                                  pg, landlock_support) -> None:
+    """A kernel with Landlock that installs no seccomp filter (built without
+    CONFIG_SECCOMP_FILTER; tests/nolandlock.py NOSECCOMP): `confine` failed on its first filter,
+    so every batch failed as "a bug" while `hoard health` said the sandbox was enforced. The
+    parser now runs behind Landlock alone — it parses, its writes are still EACCES, a socket
+    opens — and health judges the same fact by the same confined child: not enforced, landlock
+    true, seccomp false, one warning naming what is open and a next step."""
+    batch = tmp_path / "b1"
+    batch.mkdir()
+    (batch / "v.info.json").write_text(json.dumps({"id": "v", "title": "t"}))
+    (batch / "v.mp4").write_bytes(b"\0\0\0\x18ftypmp42")
+    got = _inside(TRY + f'''
+import socket
+from pathlib import Path
+from adapters import FORMATS
+from adapters.isolated import confine_parser, parse_isolated
+from fsd.base import landlock
+_, _, records = parse_isolated(Path({str(batch)!r}), FORMATS["ytdlp"]("ytdlp"))
+status = landlock.status()
+confined = confine_parser({str(batch)!r})
+print(json.dumps({{"records": [r["title"] for r in records], "status": status, "confined": confined,
+                  "write the batch": attempt(lambda: open({str(batch)!r} + "/x", "w")),
+                  "a socket": attempt(lambda: socket.socket(socket.AF_UNIX).close())}}))
+''', prefix=[*NOLANDLOCK, "NOSECCOMP", "--"])
+    assert got["records"] == ["t"] and got["confined"] is True
+    assert (got["write the batch"], got["a socket"]) == (errno.EACCES, 0), got
+    st = got["status"]
+    assert (st["enforced"], st["landlock"], st["seccomp"]) == (False, True, False), st
+    assert "seccomp" in st["reason"] and "CONFIG_SECCOMP_FILTER=y" in st["next_step"] and "sockets" in st["effect"]
+    cfg = ingest_home(hoard_home, pg)
+    hoard = [sys.executable, "-m", "fsd", "--config", str(cfg.source), "health", "--json"]
+    res = subprocess.run([*NOLANDLOCK, "NOSECCOMP", "--", *hoard], capture_output=True, text=True, cwd=REPO)
+    report = json.loads(res.stdout)
+    assert report["sandbox"] == st
+    lines = [w for w in report["warnings"] if w.startswith("sandbox:")]
+    assert len(lines) == 1 and "Landlock's file walls alone" in lines[0] and "CONFIG_SECCOMP_FILTER" in lines[0], lines
+    assert not [p for p in report["problems"] if p.startswith("sandbox:")], report["problems"]
+
+
 def test_the_thumbnail_decoder_writes_nothing_and_reads_only_python(tmp_path: Path, landlock_support) -> None:
     """The GUI's decoder process (fsd.outputs.thumb_decoder) behind `confine_reader()`: Pillow
     still decodes what comes over the pipe, while writing anywhere, reading the SSD's files
@@ -776,3 +816,74 @@ def test_a_process_with_descriptors_above_1023_still_parses_and_decodes(tmp_path
         for fd in held:
             os.close(fd)
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def _bomb(batch: Path, dicts: int) -> None:
+    """A ytdlp batch whose sidecar is `dicts` empty JSON objects (3 bytes each in the file,
+    some 64 in a parser's memory) beside its video."""
+    batch.mkdir(parents=True)
+    with open(batch / "v.info.json", "w") as fh:
+        fh.write('{"id": "v", "title": "t", "x": [' + ",".join(["{}"] * dicts) + "]}")
+    (batch / "v.mp4").write_bytes(b"\0\0\0\x18ftypmp42")
+
+
+@pytest.mark.expect_log(r"exception raised while executing", level="ERROR")  # rq's record of the failed step
+def test_a_document_that_expands_past_the_parsers_memory_fails_its_batch_alone(hoard_home: Path, pg,
+                                                                              redis_conn) -> None:
+    """A sidecar of 24 MB that is 8 million empty objects takes some 600 MB to parse: the parser
+    child had no memory bound, and a few such documents took the server's memory. It now has
+    `ingest.parser_memory_mb` (RLIMIT_AS): over it, the batch fails in one line naming it, the
+    key and the next step — its files stay where they were, nothing of it stored — and the next
+    batch is ingested as usual."""
+    from jobs import ingest as ua1
+    from tests.test_ingest import ingest_all
+
+    cfg = ingest_home(hoard_home, pg, parser_memory_mb=128)
+    zone3a = cfg.ssd.zone_path("3A")
+    _bomb(zone3a / "bomb-1", 8_000_000)
+    good = zone3a / "good-1"
+    good.mkdir()
+    (good / "v.info.json").write_text(json.dumps({"id": "v", "title": "fine"}))
+    (good / "v.mp4").write_bytes(b"\0\0\0\x18ftypmp42 good")
+    before = {p.name: p.stat().st_size for p in (zone3a / "bomb-1").iterdir()}
+    bomb, ok = ingest_all(cfg, redis_conn, [zone3a / "bomb-1", good], "ytdlp")
+    assert bomb.status == "failed" and bomb.error is not None, (bomb.status, bomb.error)
+    assert "\n" not in bomb.error and "batch bomb-1 needed more than 128 MB (ingest.parser_memory_mb)" in bomb.error
+    assert "`hoard ingest --resume bomb-1`" in bomb.error, bomb.error
+    assert {p.name: p.stat().st_size for p in (zone3a / "bomb-1").iterdir()} == before  # kept, whole
+    assert not (zone3a / "_quarantine" / "bomb-1").exists()
+    assert ok.status == "done", (ok.status, ok.error)
+    assert ua1.load_state(cfg, "good-1").report["records"] == 1
+
+
+SAYS = r'''
+import struct, sys
+head = sys.stdin.buffer.read(9)
+sys.stdin.buffer.read(struct.unpack(">cQ", head)[1])
+sys.stderr.buffer.write(b"\x1b]0;owned\x07[bold red]fake[/] line\nsecond\n" + b"x" * (1 << 20))
+sys.stderr.buffer.flush()
+sys.stdout.buffer.write(b"N" + (0).to_bytes(8, "big"))
+sys.stdout.buffer.flush()
+sys.stdin.buffer.read()
+'''
+
+
+def test_what_the_decoder_prints_is_one_bounded_safe_line_in_the_log(capfd, caplog) -> None:
+    """The decoder's stderr was the GUI's own: what an image made it print (an escape sequence
+    retitling the terminal, markup, a fake log line, a megabyte) reached the GUI's terminal and
+    journal unfiltered. It is a pipe of the GUI's, read while it waits (a full pipe does not stop
+    the decoder), and logged as one line shown safe, its first 2,000 bytes and a count of the
+    rest; the image's answer is still taken."""
+    caplog.set_level("INFO", logger="fsd.outputs.thumb_decoder")
+    dec = Decoder([sys.executable, "-c", SAYS])
+    try:
+        assert dec.thumbnail(b"any image") == (None, "")
+    finally:
+        dec.close()
+    err = capfd.readouterr().err
+    assert "owned" not in err and "\x1b" not in err, err[:200]
+    lines = [r.getMessage() for r in caplog.records if r.name == "fsd.outputs.thumb_decoder"]
+    assert len(lines) == 1 and "\n" not in lines[0] and "\x1b" not in lines[0] and len(lines[0]) < 9000, lines
+    assert "said: \\x1b]0;owned\\x07[bold red]fake[/] line\\x0asecond\\x0axx" in lines[0], lines[0][:200]
+    said = len(b"\x1b]0;owned\x07[bold red]fake[/] line\nsecond\n") + (1 << 20)
+    assert lines[0].endswith(f" (and {said - 2000} bytes more)"), lines[0][-80:]

@@ -161,6 +161,10 @@ class IngestConfig(BaseModel):
     #: seconds between the two looks at a batch's files; a file that changed meanwhile is
     #: still being written and goes to quarantine instead of being stored half-done
     settle_s: float = Field(default=2.0, ge=0, le=600)
+    #: the most memory (MB of address space) the sandboxed parser of one batch may take: a
+    #: document that expands past it (a JSON bomb) fails the batch in one line instead of
+    #: taking the server's memory (docs/security.md, "Sandboxed parsers")
+    parser_memory_mb: int = Field(default=2048, ge=64, le=1 << 20)
 
 
 class ActionsConfig(BaseModel):
@@ -266,6 +270,9 @@ class GuiConfig(BaseModel):
     #: the session cookie is `Secure` (sent over HTTPS only): on when a TLS proxy serves the GUI;
     #: off for the plain-HTTP listener it has itself, where a Secure cookie would never come back
     secure_cookies: bool = False
+    #: the most memory (MB of address space) the thumbnail decoder process may take: an image
+    #: that decodes past it gets no thumbnail (docs/security.md, "Sandboxed parsers")
+    thumbnail_memory_mb: int = Field(default=1024, ge=64, le=1 << 20)
 
     @field_validator("trusted_proxies")
     @classmethod

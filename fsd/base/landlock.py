@@ -15,7 +15,9 @@ keep their rights (a child process should be started with only the pipes it need
 Where the kernel has no Landlock (built without it, or left out of its `lsm=` list), or only
 ABI 1 (5.13–5.18: a rename between two directories is refused under any ruleset, which
 the writers here need), `confine` does nothing and returns False; `hoard health` warns once
-(`status`), and the systemd units' own sandboxing still applies.
+(`status`), and the systemd units' own sandboxing still applies. Where it has Landlock but
+installs no seccomp filter (`seccomp_missing`), `confine` restricts with Landlock alone and
+`status` — which asks a confined child of its own, the same fact the parser meets — says so.
 """
 
 from __future__ import annotations
@@ -23,16 +25,19 @@ from __future__ import annotations
 import ctypes
 import errno
 import functools
+import json
 import os
+import resource
 import stat
+import subprocess
 import sys
 import sysconfig
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
-__all__ = ["MIN_ABI", "abi", "child_env", "confine", "confine_reader", "python_runtime", "refuse_metadata",
-           "refuse_read_truncate", "refuse_ioctls", "refuse_syscalls", "status"]
+__all__ = ["MIN_ABI", "abi", "child_env", "confine", "confine_reader", "limit_memory", "python_runtime", "refuse_metadata",
+           "refuse_read_truncate", "refuse_ioctls", "refuse_requests", "refuse_syscalls", "status"]
 
 _CREATE_RULESET, _ADD_RULE, _RESTRICT_SELF = 444, 445, 446  # the same number on every architecture
 _CREATE_RULESET_VERSION = 1
@@ -123,9 +128,46 @@ def abi() -> int:
 
 
 def status() -> dict[str, object]:
-    """`{"abi": N, "enforced": bool, "reason": why not, "next_step": …}` for `hoard health`."""
+    """`{"abi": N, "enforced": bool, "reason": why not, "next_step": …, "landlock": bool,
+    "seccomp": bool, "effect": what runs without it, "fails": bool}` for `hoard health`: what a
+    confined child of this process gets (`_probe_child`, run once) — enforced is both walls;
+    fails, that such a child cannot even start (every batch and thumbnail would fail)."""
     version, why, next_step = _probe()
-    return {"abi": version, "enforced": why is None, "reason": why, "next_step": next_step}
+    unconfined = ("ingest parsers and built-in actions read scraped input without Landlock's write restriction "
+                  "(the systemd units' sandboxing still applies)")
+    if why is not None:
+        return {"abi": version, "enforced": False, "reason": why, "next_step": next_step, "landlock": False,
+                "seccomp": False, "effect": unconfined, "fails": False}
+    confined, why_not, fails = _child_status()
+    if not confined:
+        return {"abi": version, "enforced": False, "reason": why_not and why_not[0],
+                "next_step": why_not and why_not[1], "landlock": False, "seccomp": False,
+                "effect": "every ingest batch and thumbnail fails" if fails else unconfined, "fails": fails}
+    return {"abi": version, "enforced": why_not is None, "reason": why_not and why_not[0],
+            "next_step": why_not and why_not[1], "landlock": True, "seccomp": why_not is None,
+            "effect": why_not and ("ingest parsers, the thumbnail decoder and built-in actions run behind "
+                                   "Landlock's file walls alone: they may open sockets (the service's Redis and "
+                                   "PostgreSQL), take flocks, change files' modes, times and flags and signal "
+                                   "the service's processes" + (", and truncate any file their user may write"
+                                                                 if version < 3 else "")), "fails": False}
+
+
+@functools.cache
+def _child_status() -> tuple[bool, tuple[str, str] | None, bool]:
+    """`_probe_child`'s answer from a child process (`python -m fsd.base.landlock`): (Landlock
+    applied, why seccomp or Landlock is missing or None, the child failed)."""
+    try:
+        res = subprocess.run([sys.executable, "-P", "-s", "-m", __name__], capture_output=True, text=True,
+                             env=child_env(), timeout=120)
+        got = json.loads(res.stdout)
+        if res.returncode == 0 and isinstance(got, dict):
+            why = (str(got["why"][0]), str(got["why"][1])) if got["why"] else None
+            return bool(got["landlock"]), why, False
+        failed = (res.stderr.strip().splitlines() or [f"exit {res.returncode}"])[-1]
+    except (OSError, ValueError, KeyError, TypeError, subprocess.TimeoutExpired) as e:
+        failed = f"{type(e).__name__}: {e}"
+    return False, (f"a confined child process fails here ({failed[:200]})",
+                   f"run `{sys.executable} -m {__name__}` as the service's user to see why, and tell the developers"), True
 
 
 def _handled(version: int, reads: bool) -> int:
@@ -179,16 +221,49 @@ def confine(*, write: Iterable[Path | str] = (), read: Iterable[Path | str] | No
                 os.close(fd)
         if _libc().prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:  # required by restrict_self without CAP_SYS_ADMIN
             raise OSError(ctypes.get_errno(), "prctl(PR_SET_NO_NEW_PRIVS)")
+        filters = [lambda: refuse_syscalls(_SOCKETS, errno.EACCES), lambda: refuse_syscalls(_FLOCK, errno.ENOLCK),
+                   refuse_ioctls]
         if version < 3:  # Landlock cannot refuse truncate(2) of a path yet: a shard the uid may write
-            refuse_syscalls(_TRUNCATE, errno.EACCES)
-            refuse_read_truncate()  # nor an open(O_RDONLY | O_TRUNC), which truncates what it may read
-        refuse_syscalls(_SOCKETS, errno.EACCES)
-        refuse_syscalls(_FLOCK, errno.ENOLCK)
-        refuse_ioctls()
+            # nor an open(O_RDONLY | O_TRUNC), which truncates what it may read
+            filters = [lambda: refuse_syscalls(_TRUNCATE, errno.EACCES), refuse_read_truncate, *filters]
+        _seccomp(filters)
         _call(_RESTRICT_SELF, ctypes.c_int(ruleset), ctypes.c_uint32(0))
     finally:
         os.close(ruleset)
     return True
+
+
+#: why this process's seccomp filters could not be installed (None: they were, or none was
+#: tried): `confine` then confines with Landlock alone, and `status` says so
+seccomp_missing: tuple[str, str] | None = None
+
+#: what to do about each reason seccomp cannot be used
+_NEXT_SECCOMP = {
+    "kernel": "boot a kernel built with CONFIG_SECCOMP_FILTER=y (Debian 12's linux-image-amd64 is)",
+    "refused": ("let hoard's processes call prctl(2) and seccomp(2): a container's seccomp profile or a "
+                "SystemCallFilter= set on hoard's units refuses them"),
+    "arch": "run hoardfs on x86_64 or aarch64 (the machines whose system call numbers it knows)",
+}
+
+
+def _seccomp(filters: list[Callable[[], bool]]) -> None:
+    """Install `filters` (each a seccomp filter, False where this machine has no numbers for it);
+    where one cannot be, the rest are not tried and `seccomp_missing` says why — the caller
+    goes on with Landlock alone, as `status` reports (every batch failing would leave the
+    ingest down for a hole `hoard health` can name)."""
+    global seccomp_missing
+    for install in filters:
+        try:
+            if not install():
+                seccomp_missing = (f"no seccomp filter is known for this machine ({os.uname().machine})",
+                                   _NEXT_SECCOMP["arch"])
+                return
+        except OSError as e:
+            why = "kernel" if e.errno == errno.EINVAL else "refused"
+            seccomp_missing = (f"this kernel does not install seccomp filters ({os.strerror(e.errno or 0)})"
+                               if why == "kernel" else f"seccomp filters are refused here ({os.strerror(e.errno or 0)})",
+                               _NEXT_SECCOMP[why])
+            return
 
 
 def _threads() -> int:
@@ -300,16 +375,23 @@ def refuse_ioctls() -> bool:
     `_TERMINAL_INPUT` and `_FILE_FLAGS` fail with EPERM (a process with CAP_SYS_ADMIN — root —
     may otherwise push keystrokes into any terminal it holds, another only into its controlling
     one). False on an architecture `_IOCTL` does not name. The caller must have set no_new_privs."""
+    return refuse_requests(_IOCTL, 1, _TERMINAL_INPUT + _FILE_FLAGS, errno.EPERM)
+
+
+def refuse_requests(numbers: dict[str, int], arg: int, values: tuple[int, ...], err: int) -> bool:
+    """A seccomp filter, for this thread and what it starts, for good: the system call
+    `numbers[machine]` fails with `err` when the low 32 bits of its argument `arg` (0-based) are
+    one of `values`; every other call runs. False on an architecture `numbers` does not name.
+    The caller must have set no_new_privs."""
     machine = os.uname().machine
-    arch, nr = _AUDIT_ARCH.get(machine), _IOCTL.get(machine)
+    arch, nr = _AUDIT_ARCH.get(machine), numbers.get(machine)
     if arch is None or nr is None:
         return False
-    requests = _TERMINAL_INPUT + _FILE_FLAGS
-    allow = 5 + len(requests)
+    allow = 5 + len(values)
     code = [(_LD_W_ABS, 0, 0, 4), (_JEQ_K, 0, allow - 2, arch), (_LD_W_ABS, 0, 0, 0), (_JEQ_K, 0, allow - 4, nr),
-            (_LD_W_ABS, 0, 0, 16 + 8 * 1)]  # the request's low 32 bits (the kernel takes it as an int)
-    code += [(_JEQ_K, allow - (5 + i), 0, req) for i, req in enumerate(requests)]  # equal: past ALLOW
-    code += [(_RET_K, 0, 0, _RET_ALLOW), (_RET_K, 0, 0, _RET_ERRNO | errno.EPERM)]
+            (_LD_W_ABS, 0, 0, 16 + 8 * arg)]  # the argument's low 32 bits (little-endian)
+    code += [(_JEQ_K, allow - (5 + i), 0, v) for i, v in enumerate(values)]  # equal: past ALLOW
+    code += [(_RET_K, 0, 0, _RET_ALLOW), (_RET_K, 0, 0, _RET_ERRNO | err)]
     _install(code)
     return True
 
@@ -352,18 +434,42 @@ def child_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k in _CHILD_ENV or k.startswith("LC_")}
 
 
+def limit_memory(mb: int) -> None:
+    """This process (and what it starts) gets at most `mb` MB of address space (RLIMIT_AS), for
+    good: an allocation beyond fails (Python: MemoryError) instead of taking the server's
+    memory — the hostile input a confined child reads may expand (a JSON bomb, an image bomb)."""
+    limit = mb << 20
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+
 def confine_reader(read: Iterable[Path | str] = ()) -> bool:
     """A decoder of hostile bytes: it writes nothing, starts no program and reads only below
     `read` and `python_runtime()` — import what it needs first. Nor does it change a file's
     mode, owner, times or attributes, or send a signal (`_METADATA`, `_SIGNALS`)."""
     if not confine(read=[*python_runtime(), *read], write=[], write_files=()):
         return False
-    refuse_metadata()
-    refuse_syscalls(_SIGNALS, errno.EPERM)
+    if refuse_metadata():
+        _seccomp([lambda: refuse_syscalls(_SIGNALS, errno.EPERM)])
     return True
 
 
 def refuse_metadata() -> bool:
     """After `confine`: no file's mode, owner, times or extended attributes change any more,
-    its own or another's (Landlock does not cover them; `_METADATA`) — EPERM."""
-    return refuse_syscalls(_METADATA, errno.EPERM)
+    its own or another's (Landlock does not cover them; `_METADATA`) — EPERM. False, with
+    nothing done, where seccomp cannot be used here (`seccomp_missing`)."""
+    if seccomp_missing is None:
+        _seccomp([lambda: refuse_syscalls(_METADATA, errno.EPERM)])
+    return seccomp_missing is None
+
+
+def _probe_child() -> dict[str, object]:
+    """What a confined child of this process gets: `confine_reader` run in one (the same
+    kernel, the same system-call filters around it, the same code as the parser's)."""
+    confined = confine_reader()
+    _, why, next_step = _probe()
+    return {"landlock": confined, "seccomp": seccomp_missing is None and confined,
+            "why": seccomp_missing if confined else (why or "Landlock refused", next_step or _NEXT["built"])}
+
+
+if __name__ == "__main__":  # `status`'s probe
+    print(json.dumps(_probe_child()))

@@ -110,12 +110,21 @@ def _held_pending(store: Store, found: Findings) -> None:
     pending = store.index.pending_held()
     if not pending or naming_busy(store.cfg):
         return
+    idx = store.index
+    registered = {(kind, name): info["manifest"] for kind, entries in (("batch", idx.iter_batches()),
+                                                                       ("view", idx.iter_views()))
+                  for name, info in entries}
     for manifest, doc in pending:
         kind, name = doc.get("kind", "?"), doc.get("name", "?")
         if doc.get("op") == "remove":
             what = f"{kind} {name}: {'deleted' if kind == 'batch' else 'removed or replaced'}, but a process was " \
                    "killed before it removed"
             redo = f" (or `hoard delete --batch {name}` again)" if kind == "batch" else ""
+        elif registered.get((kind, name)) == manifest:  # defined again as it was: its entries were whole before
+            found.add("held", f"{kind} {name}: defining it again as it was did not complete (it stays registered, "
+                              f"its held entries whole) and left a pending record for manifest {manifest}; "
+                              "`hoard gc` clears the record")
+            continue
         else:
             what, redo = f"{kind} {name}: a registration that did not complete (it is not registered) left", ""
         found.add("held", f"{what} the held entries of manifest {manifest} (they keep objects, never free "

@@ -8,13 +8,19 @@ and is started anew after it dies (an image that crashes Pillow gets no thumbnai
 image gets a new process). Where the kernel has no Landlock it runs unconfined (`hoard health`
 warns), still a process apart.
 
-Wire format, both ways: a kind byte (request: `I`; answer: `J` a JPEG, `N` none and why),
-an 8-byte big-endian length, the payload.
+Its memory is bounded (`memory_mb`, gui.thumbnail_memory_mb: RLIMIT_AS, set before the walls
+go up): an image that decodes past it — a decompression bomb within MAX_PIXELS, a plugin made to
+allocate — gets no thumbnail, its memory freed, instead of taking the server's.
+
+Wire format, both ways: a kind byte (request: `I`; answer: `J` a JPEG, `N` none and why, `M`
+none: decoding it needs more memory than the decoder may take), an 8-byte big-endian length,
+the payload.
 """
 
 from __future__ import annotations
 
 import io
+import logging
 import os
 import select
 import struct
@@ -26,6 +32,7 @@ import time
 from fsd.base import landlock
 from fsd.base.paths import display
 
+log = logging.getLogger(__name__)
 SIZE = (256, 256)
 #: nor decoded when their pixels (width × height, from the header) exceed this: a few KB of
 #: PNG can declare 20,000 × 20,000 pixels (an "image bomb") and take gigabytes to decode
@@ -37,7 +44,15 @@ FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF")
 DECODE_TIMEOUT_S = 60.0
 #: the largest answer taken from it (a 256 × 256 JPEG is tens of KB)
 MAX_ANSWER = 4 << 20
+#: the memory (MB of address space) the decoder may take unless told (gui.thumbnail_memory_mb)
+MEMORY_MB = 1024
 _HEAD = struct.Struct(">cQ")
+#: what the decoder prints on its stderr is kept up to this for the log's one line, the rest read
+#: and dropped (a full pipe would stop it; its text is the hostile image's)
+_SAID_MAX = 2000
+#: what `make` answers for an image that needs more memory than the process may take (no
+#: reason of Pillow's starts so: those start with the exception's name)
+_OUT_OF_MEMORY = "\0out of memory"
 
 
 def make(data: bytes) -> tuple[bytes | None, str]:
@@ -59,6 +74,8 @@ def make(data: bytes) -> tuple[bytes | None, str]:
             return buf.getvalue(), ""
     except (UnidentifiedImageError, Image.DecompressionBombError):
         return None, ""
+    except MemoryError:  # the decode's buffers are freed by now
+        return None, _OUT_OF_MEMORY
     except Exception as e:  # noqa: BLE001 - untrusted bytes: Pillow's plugins raise what they like
         return None, f"{type(e).__name__}: {e}"
 
@@ -66,36 +83,64 @@ def make(data: bytes) -> tuple[bytes | None, str]:
 class Decoder:
     """The parent's end: one decode at a time (callers hold their own lock or share this one)."""
 
-    def __init__(self, argv: list[str] | None = None, timeout_s: float = DECODE_TIMEOUT_S) -> None:
-        #: the decoder's command (another only in the test of what a decoder made to lie can do)
+    def __init__(self, argv: list[str] | None = None, timeout_s: float = DECODE_TIMEOUT_S,
+                 memory_mb: int = MEMORY_MB) -> None:
+        #: the decoder's command (another only in the test of what a decoder made to lie can do);
+        #: it is given `memory_mb` as its last argument (a change applies to the next one started)
         self.argv = argv or [sys.executable, "-P", "-s", "-m", "fsd.outputs.thumb_decoder"]
         self.timeout_s = timeout_s
+        self.memory_mb = memory_mb
         self._proc: subprocess.Popen[bytes] | None = None
+        self._stderr: _Stderr | None = None
         self.lock = threading.Lock()
+
+    def set_memory(self, memory_mb: int) -> None:
+        """The decoder started next may take `memory_mb` MB; a running one with another bound ends."""
+        with self.lock:
+            if memory_mb != self.memory_mb:
+                self.memory_mb = memory_mb
+                self.close()
 
     def thumbnail(self, data: bytes) -> tuple[bytes | None, str]:
         """(JPEG, "") or (None, why not: "" for "not an image we decode"). The answer is the
         decoder's, the process that read the hostile bytes: taken only as a JPEG of at most
         MAX_ANSWER bytes within `timeout_s` (DECODE_TIMEOUT_S) from the first byte sent, else
         the process is killed."""
+        jpeg, why, _lasting = self.decode(data)
+        return jpeg, why
+
+    def decode(self, data: bytes) -> tuple[bytes | None, str, bool]:
+        """`thumbnail`'s answer and whether it is the image's own (lasting: a JPEG, or the
+        decoder's "none" — not an image, Pillow's error, past the memory bound) rather than the
+        process's failure on it (killed, ended, out of time, a lie), which may be another cause
+        of the moment (the GUI's caller decides whether to try again)."""
         with self.lock:
-            proc = self._running()
-            assert proc.stdin is not None and proc.stdout is not None
-            # the deadline covers the sending too: a decoder that stopped reading its stdin held the
-            # lock, and every thumbnail of the GUI, for ever
-            deadline = time.monotonic() + self.timeout_s
             try:
-                _send(proc.stdin.fileno(), _HEAD.pack(b"I", len(data)) + data, deadline)
-                kind, payload = _read(proc.stdout.fileno(), deadline, MAX_ANSWER)
-            except (OSError, EOFError, TimeoutError, ValueError) as e:
-                self.close()
-                return None, f"the decoder process ended on it ({type(e).__name__}: {e})"
-            if kind == b"J" and payload.startswith(b"\xff\xd8\xff"):
-                return payload, ""
-            if kind == b"N":
-                return None, display(payload.decode("utf-8", "replace")[:300])
+                return self._exchange(data)
+            finally:
+                if self._stderr is not None:
+                    self._stderr.report()
+
+    def _exchange(self, data: bytes) -> tuple[bytes | None, str, bool]:
+        proc = self._running()
+        assert proc.stdin is not None and proc.stdout is not None
+        # the deadline covers the sending too: a decoder that stopped reading its stdin held the
+        # lock, and every thumbnail of the GUI, for ever
+        deadline = time.monotonic() + self.timeout_s
+        try:
+            _send(proc.stdin.fileno(), _HEAD.pack(b"I", len(data)) + data, deadline, self._stderr)
+            kind, payload = _read(proc.stdout.fileno(), deadline, MAX_ANSWER, self._stderr)
+        except (OSError, EOFError, TimeoutError, ValueError) as e:
             self.close()
-            return None, "the decoder process answered with something that is not a JPEG"
+            return None, f"the decoder process ended on it ({type(e).__name__}: {e})", False
+        if kind == b"J" and payload.startswith(b"\xff\xd8\xff"):
+            return payload, "", True
+        if kind == b"N":
+            return None, display(payload.decode("utf-8", "replace")[:300]), True
+        if kind == b"M":
+            return None, f"decoding it needs more than {self.memory_mb} MB (gui.thumbnail_memory_mb)", True
+        self.close()
+        return None, "the decoder process answered with something that is not a JPEG", False
 
     def _running(self) -> subprocess.Popen[bytes]:
         if self._proc is not None and self._proc.poll() is not None:
@@ -104,8 +149,12 @@ class Decoder:
             # a session of its own: the GUI's stderr may be the terminal that started it, and a
             # decoder taken over pushed keystrokes into that shell (TIOCSTI on its controlling
             # terminal; Landlock does not restrict a descriptor it inherits)
-            self._proc = subprocess.Popen(self.argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=None,
-                                          start_new_session=True, env=landlock.child_env())
+            # its stderr is a pipe of ours, never the GUI's: what it prints is the image's text
+            self._proc = subprocess.Popen([*self.argv, str(self.memory_mb)], stdin=subprocess.PIPE,
+                                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
+                                          env=landlock.child_env())
+            assert self._proc.stderr is not None
+            self._stderr = _Stderr(self._proc.stderr.fileno())
         return self._proc
 
     def close(self) -> None:
@@ -113,25 +162,73 @@ class Decoder:
             if self._proc.poll() is None:
                 self._proc.kill()
             self._proc.wait()
-            for f in (self._proc.stdin, self._proc.stdout):
+            if self._stderr is not None:
+                self._stderr.report()  # its last words (a crash), before the pipe goes
+            for f in (self._proc.stdin, self._proc.stdout, self._proc.stderr):
                 if f is not None:
                     f.close()
-            self._proc = None
+            self._proc, self._stderr = None, None
 
 
-def _ready(fd: int, event: int, deadline: float) -> bool:
-    """`fd` readable or writable (or closed at the other end) before `deadline` — poll, not
-    select: the GUI's descriptors may number above 1023, which select refuses."""
+class _Stderr:
+    """The decoder's stderr, read whenever the parent waits on it (a full pipe would stop it):
+    the first `_SAID_MAX` bytes kept, the rest counted and dropped; `report` logs them as one
+    line shown safe (`display`: no escape sequence, no newline; a log record's arguments are
+    never markup)."""
+
+    def __init__(self, fd: int) -> None:
+        os.set_blocking(fd, False)
+        self.fd, self.open = fd, True
+        self.said, self.dropped = bytearray(), 0
+
+    def drain(self) -> None:
+        for _ in range(16):  # a bounded turn: the caller's deadline holds against one that never stops
+            try:
+                chunk = os.read(self.fd, 1 << 16)
+            except BlockingIOError:
+                return
+            except OSError:
+                chunk = b""
+            if not chunk:
+                self.open = False
+                return
+            room = max(0, _SAID_MAX - len(self.said))
+            self.said += chunk[:room]
+            self.dropped += len(chunk) - len(chunk[:room])
+
+    def report(self) -> None:
+        if self.open:
+            self.drain()
+        if self.said or self.dropped:
+            more = f" (and {self.dropped} bytes more)" if self.dropped else ""
+            log.info("the thumbnail decoder said: %s%s", display(self.said.decode("utf-8", "replace")), more)
+            self.said, self.dropped = bytearray(), 0
+
+
+def _ready(fd: int, event: int, deadline: float, stderr: _Stderr | None = None) -> bool:
+    """`fd` readable or writable (or closed at the other end) before `deadline`, `stderr` read
+    meanwhile — poll, not select: the GUI's descriptors may number above 1023, which select
+    refuses."""
     poller = select.poll()
     poller.register(fd, event)
-    return bool(poller.poll(max(0.0, deadline - time.monotonic()) * 1000))
+    if stderr is not None and stderr.open:
+        poller.register(stderr.fd, select.POLLIN)
+    while True:
+        events = poller.poll(max(0.0, deadline - time.monotonic()) * 1000)
+        if not events:
+            return False
+        if stderr is None or any(f == fd for f, _ in events):
+            return True
+        stderr.drain()
+        if not stderr.open:
+            poller.unregister(stderr.fd)
 
 
-def _send(fd: int, data: bytes, deadline: float) -> None:
+def _send(fd: int, data: bytes, deadline: float, stderr: _Stderr | None = None) -> None:
     os.set_blocking(fd, False)
     view = memoryview(data)
     while view:
-        if not _ready(fd, select.POLLOUT, deadline):
+        if not _ready(fd, select.POLLOUT, deadline, stderr):
             raise TimeoutError("the image not taken in time")
         try:
             view = view[os.write(fd, view):]
@@ -139,17 +236,18 @@ def _send(fd: int, data: bytes, deadline: float) -> None:
             continue
 
 
-def _read(fd: int, deadline: float | None, limit: int | None = None) -> tuple[bytes, bytes]:
-    kind, n = _HEAD.unpack(_exactly(fd, _HEAD.size, deadline))
+def _read(fd: int, deadline: float | None, limit: int | None = None,
+          stderr: _Stderr | None = None) -> tuple[bytes, bytes]:
+    kind, n = _HEAD.unpack(_exactly(fd, _HEAD.size, deadline, stderr))
     if limit is not None and n > limit:
         raise ValueError(f"an answer of {n} bytes (at most {limit})")
-    return kind, _exactly(fd, n, deadline)
+    return kind, _exactly(fd, n, deadline, stderr)
 
 
-def _exactly(fd: int, n: int, deadline: float | None) -> bytes:
+def _exactly(fd: int, n: int, deadline: float | None, stderr: _Stderr | None = None) -> bytes:
     out = bytearray()
     while len(out) < n:
-        if deadline is not None and not _ready(fd, select.POLLIN, deadline):
+        if deadline is not None and not _ready(fd, select.POLLIN, deadline, stderr):
             raise TimeoutError("no answer in time")
         chunk = os.read(fd, min(n - len(out), 1 << 20))
         if not chunk:
@@ -167,6 +265,7 @@ def _serve() -> int:
     # image, which then kept "no thumbnail" for good (and one taken over can unset it anyway)
     Image.init()  # every plugin imported before the walls go up
     make(b"")  # and what a first decode imports lazily
+    landlock.limit_memory(int(sys.argv[1]) if len(sys.argv) > 1 else MEMORY_MB)
     landlock.confine_reader()
     fd_in, fd_out = sys.stdin.fileno(), sys.stdout.fileno()
     while True:
@@ -175,8 +274,9 @@ def _serve() -> int:
         except EOFError:
             return 0
         jpeg, why = make(data)
-        payload = jpeg if jpeg is not None else why.encode()
-        os.write(fd_out, _HEAD.pack(b"J" if jpeg is not None else b"N", len(payload)))
+        kind = b"J" if jpeg is not None else b"M" if why == _OUT_OF_MEMORY else b"N"
+        payload = jpeg if jpeg is not None else b"" if why == _OUT_OF_MEMORY else why.encode()
+        os.write(fd_out, _HEAD.pack(kind, len(payload)))
         view = memoryview(payload)
         while view:
             view = view[os.write(fd_out, view):]

@@ -28,6 +28,11 @@ SHA = re.compile(r"[0-9a-f]{64}")  # fullmatch: `$` would let a trailing newline
 #: what the cache holds for an object that has no thumbnail (not an image, too large, a
 #: file Pillow cannot decode): it is not read again on every page view
 NONE = b""
+#: a decoder process that fails on an image (killed, ended, out of time) may have failed for a
+#: cause of the moment: the image is tried again on its next view, and only after this many
+#: failures in a row is it remembered as having none (an image that kills every decoder)
+PROCESS_TRIES = 3
+_failures: dict[str, int] = {}
 
 
 def path(cfg: Settings, sha256_hex: str) -> Path:
@@ -37,7 +42,8 @@ def path(cfg: Settings, sha256_hex: str) -> Path:
 def thumbnail(cfg: Settings, sha256_hex: str,
               store_lock: contextlib.AbstractContextManager = contextlib.nullcontext()) -> Path | None:
     """The cached JPEG thumbnail of an object, made now if missing; None if it is not an image
-    Pillow reads (or is too large). Blocking: run it in a thread. The store is opened under
+    Pillow reads (or is too large), or if the decoder process failed on it (tried again on the
+    next call, up to PROCESS_TRIES). Blocking: run it in a thread. The store is opened under
     `store_lock`: a process that opens it from several threads (the GUI) passes the lock that
     serialises its opens (LMDB opens an environment once per process)."""
     if not SHA.fullmatch(sha256_hex):
@@ -54,9 +60,21 @@ def thumbnail(cfg: Settings, sha256_hex: str,
             _none(out)
             return None
         data = store.get(sha256_hex)
-    jpeg, why = _DECODER.thumbnail(data)
+    _DECODER.set_memory(cfg.gui.thumbnail_memory_mb)
+    jpeg, why, lasting = _DECODER.decode(data)
+    if not lasting:
+        tries = _failures[sha256_hex] = _failures.get(sha256_hex, 0) + 1
+        if tries < PROCESS_TRIES:
+            log.info("no thumbnail of %s for now: %s; tried again on its next view", sha256_hex, why)
+            return None
+        log.warning("no thumbnail of %s: %s, %d times in a row; remembered as none — remove %s to try again",
+                    sha256_hex, why, tries, out)
+    _failures.pop(sha256_hex, None)
     if jpeg is None:
-        if why:
+        if lasting and why.startswith("decoding it needs more than"):
+            log.warning("no thumbnail of %s: %s; if the image is genuine, raise gui.thumbnail_memory_mb in "
+                        "hoard.toml and remove %s", sha256_hex, why, out)
+        elif lasting and why:
             log.info("no thumbnail of %s: %s", sha256_hex, why)
         _none(out)
         return None

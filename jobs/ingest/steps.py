@@ -47,7 +47,8 @@ def _step_scan(cfg: Settings, st: BatchState) -> None:
         raise IngestError(f"batch directory {root} is gone; if it was ingested before, `hoard ingest --status "
                           f"{st.batch_id}` says so — otherwise drop the batch again")
     adapter = adapter_for(st.source, cfg.sources)
-    parsed, view, records = parse_isolated(root, adapter, cfg.ingest.settle_s)  # records: their JSON form
+    parsed, view, records = parse_isolated(root, adapter, cfg.ingest.settle_s,  # records: their JSON form
+                                           memory_mb=cfg.ingest.parser_memory_mb)
     for rel, why in _beyond_3b(cfg, root, {rel: view.files[rel] for rel in parsed.claimed}).items():
         parsed.reject(why, rel)  # its records are skipped by the intent: their node is not stored
         parsed.claimed.discard(rel)
