@@ -462,5 +462,5 @@ def test_a_view_defined_again_as_it_was_killed_is_named_as_registered(tmp_path: 
     with Store.open(config.load(cfg_path)) as store:
         drop_batch(store, "A")
         gc(store, threshold=1.0)
-    _read_back(cfg_path, rows)
+    reads_back(cfg_path, rows)
     _clean(cfg_path)
