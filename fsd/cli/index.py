@@ -101,7 +101,8 @@ def migrate(ctx: typer.Context) -> None:
 def recount(ctx: typer.Context) -> None:
     """Count again, for every shard, the objects the index points at there and their bytes (the
     `live` table gc plans from; `hoard check` names a count that differs). One pass over the
-    objects in short write transactions: the store stays in use, gc waits for it."""
+    objects in short write transactions: the store stays in use (it holds the maintenance lock,
+    as gc does)."""
 
     with open_store(ctx) as store, store.maintenance("index recount"):
         n = store.index.fill_live()
