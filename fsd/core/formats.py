@@ -177,7 +177,10 @@ def _held_filled(index: Index, get: Callable[[str], bytes]) -> int:
 
 
 def _live_filled(index: Index) -> int:
-    # the shard → live count table (fsd.core.live): one pass over the objects
+    # the shard → live count table (fsd.core.live): one pass over the objects — unless another
+    # process migrated the index since this one read its format (its gc may plan from the counts)
+    if index_version(index) >= INDEX_LIVE:
+        return 0
     return index.fill_live()
 
 
