@@ -12,8 +12,8 @@ manifest stored and registered as the ingest does; its index is then made the fo
 checkout writes (2: no `held` table) and the store copied, one copy per checkout. On each copy,
 in turn: `hoard index migrate` (this checkout's fills `held`: every manifest read once), then
 two rounds of the store's side of `hoard delete --batch` of the newest batch
-(`fsd.maintenance.deletion.drop_batch`, as the CLI calls it) and `hoard gc --no-database`, each
-its own process: seconds, VmHWM and peak RssAnon. Raw JSON in bench/results/held-scale-<label>.json.
+(`fsd.maintenance.deletion.drop_batch`, as the CLI calls it), `hoard gc --no-database --dry-run`
+and `hoard gc --no-database`, each its own process: seconds, VmHWM and peak RssAnon. Raw JSON in bench/results/held-scale-<label>.json.
 """
 
 from __future__ import annotations
@@ -108,6 +108,7 @@ def rounds(cfg_path: Path, repo: Path, n: int) -> dict:
             "batch": victim,
             "delete --batch": hoard_process(cfg_path, [str(cfg_path), victim], repo=repo,
                                             prog=[sys.executable, "-c", DROP]),
+            "gc --dry-run": hoard_process(cfg_path, ["gc", "--no-database", "--dry-run"], repo=repo, ok=(0,)),
             "gc (one deleted batch)": hoard_process(cfg_path, ["gc", "--no-database"], repo=repo, ok=(0,))})
     return out
 
@@ -143,7 +144,7 @@ def main() -> None:
                 shutil.rmtree(base / who)
                 print(f"{size}: {who}: " + "; ".join(
                     f"{k} {r[k]['seconds']:.2f} s" for r in got[who]["rounds"]
-                    for k in ("delete --batch", "gc (one deleted batch)")), flush=True)
+                    for k in ("delete --batch", "gc --dry-run", "gc (one deleted batch)")), flush=True)
             shutil.rmtree(base)
             doc["sizes"][str(size)] = got
             doc["load_after"] = os.getloadavg()

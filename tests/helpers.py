@@ -247,3 +247,41 @@ def peak_memory(argv: list[str], env: dict[str, str] | None = None, cwd: Path = 
     errf.close()
     return {"exit": proc.returncode, "seconds": time.monotonic() - t0, "vmhwm_kb": hwm,
             "peak_anon_kb": anon, "stderr": err}
+
+
+def reads_back(cfg_path: Path, shas: list[bytes]) -> None:
+    """Each of `shas` reads back from the store at `cfg_path`, its bytes hashing to its sha256."""
+    import hashlib
+
+    from fsd.base import config
+    from fsd.store import Store
+
+    with Store.open(config.load(cfg_path)) as store:
+        for sha in shas:
+            assert hashlib.sha256(store.get(sha.hex())).digest() == sha
+
+
+def freed(cfg_path: Path, shas: list[bytes]) -> None:
+    """None of `shas` is in the store at `cfg_path` any more."""
+    from fsd.base import config
+    from fsd.core.records import ObjectNotFound
+    from fsd.store import Store
+
+    with Store.open(config.load(cfg_path)) as store:
+        for sha in shas:
+            with pytest.raises(ObjectNotFound):
+                store.get(sha.hex())
+
+
+def older_index(index_dir: Path, version: int, without: str) -> None:
+    """Make the index at `index_dir` what format `version` wrote: table `without` gone, its
+    `format` that version."""
+    import lmdb
+
+    from fsd.core import formats
+
+    env = lmdb.open(str(index_dir), max_dbs=24, map_size=1 << 40)
+    with env.begin(write=True) as txn:
+        txn.drop(env.open_db(without.encode(), txn=txn), delete=True)
+        txn.put(formats.INDEX_KEY.encode(), str(version).encode(), db=env.open_db(b"meta", txn=txn))
+    env.close()

@@ -76,6 +76,7 @@ COMMANDS: dict[str, list[str]] = {
     "index rewrite-marks": [],
     "index rewrite-pointers": [],
     "index migrate": [],
+    "index recount": [],
     "ingest": ["--ready"],
     # (never without --dry-run here: a root it cannot find has no config, and the flags name no disk)
     "install": ["--dry-run", "--root", "{MISSING}"],

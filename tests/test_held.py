@@ -20,7 +20,6 @@ import pytest
 
 from fsd.base import config
 from fsd.core import formats, held
-from fsd.core.records import ObjectNotFound
 from fsd.core.txnlog import KILL_VAR
 from fsd.maintenance.deletion import drop_batch
 from fsd.maintenance.gc import gc
@@ -28,7 +27,7 @@ from fsd.maintenance.reindex import rebuild_index
 from fsd.outputs.manifest import batch_manifest, iter_files
 from fsd.outputs.views import define_view_rows, remove_view
 from fsd.store import Store
-from tests.helpers import REPO, dir_disks_config
+from tests.helpers import REPO, dir_disks_config, freed, older_index, reads_back
 
 # tier: the module's tests start hoard processes
 pytestmark = pytest.mark.services
@@ -90,19 +89,6 @@ def _shop(tmp_path: Path) -> tuple[Path, dict[str, list[bytes]]]:
     return cfg_path, {"a_only": a_only, "kept": shared + viewed + rooted + c, "shared": shared}
 
 
-def _read_back(cfg_path: Path, shas: list[bytes]) -> None:
-    with Store.open(config.load(cfg_path)) as store:
-        for sha in shas:
-            assert hashlib.sha256(store.get(sha.hex())).digest() == sha
-
-
-def _freed(cfg_path: Path, shas: list[bytes]) -> None:
-    with Store.open(config.load(cfg_path)) as store:
-        for sha in shas:
-            with pytest.raises(ObjectNotFound):
-                store.get(sha.hex())
-
-
 def _hoard(cfg_path: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess[str]:
     full = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
     full.pop("HOARD_CONFIG", None)
@@ -160,14 +146,14 @@ def test_two_batches_holding_an_object_keep_it_through_deletion_and_gc(tmp_path:
     with Store.open(config.load(cfg_path)) as store:
         drop_batch(store, "A")
         gc(store, threshold=1.0)
-    _read_back(cfg_path, kinds["kept"])
-    _freed(cfg_path, kinds["a_only"])
+    reads_back(cfg_path, kinds["kept"])
+    freed(cfg_path, kinds["a_only"])
     _clean(cfg_path)
     with Store.open(config.load(cfg_path)) as store:
         drop_batch(store, "B")
         gc(store, threshold=1.0)
-    _freed(cfg_path, kinds["shared"])
-    _read_back(cfg_path, [s for s in kinds["kept"] if s not in set(kinds["shared"])])
+    freed(cfg_path, kinds["shared"])
+    reads_back(cfg_path, [s for s in kinds["kept"] if s not in set(kinds["shared"])])
     _clean(cfg_path)
 
 
@@ -183,14 +169,14 @@ def test_a_deletion_killed_anywhere_then_run_again_loses_nothing(tmp_path: Path,
     assert res.returncode == -9, res.stderr[-2000:]
     res = _hoard(cfg_path, "gc", "--no-database", "--threshold", "1.0", env=SMALL)
     assert res.returncode == 0, res.stderr[-2000:]
-    _read_back(cfg_path, kinds["kept"])
+    reads_back(cfg_path, kinds["kept"])
     again = _drop(cfg_path, "A", SMALL)
     if again.returncode != 0:  # (gc finished what the killed run left: nothing left to do)
         assert "no ingested batch 'A'" in again.stderr, again.stderr[-2000:]
     res = _hoard(cfg_path, "gc", "--no-database", "--threshold", "1.0", env=SMALL)
     assert res.returncode == 0, res.stderr[-2000:]
-    _read_back(cfg_path, kinds["kept"])
-    _freed(cfg_path, kinds["a_only"])
+    reads_back(cfg_path, kinds["kept"])
+    freed(cfg_path, kinds["a_only"])
     _clean(cfg_path)
 
 
@@ -205,11 +191,11 @@ def test_a_gc_killed_mid_way_then_run_again_loses_nothing(tmp_path: Path, site: 
     assert res.returncode == -9, res.stderr[-2000:]
     res = _hoard(cfg_path, "gc", "--no-database", "--threshold", "1.0", env={**SMALL, KILL_VAR: site})
     assert res.returncode == -9, res.stderr[-2000:]
-    _read_back(cfg_path, kinds["kept"])
+    reads_back(cfg_path, kinds["kept"])
     res = _hoard(cfg_path, "gc", "--no-database", "--threshold", "1.0", env=SMALL)
     assert res.returncode == 0, res.stderr[-2000:]
-    _read_back(cfg_path, kinds["kept"])
-    _freed(cfg_path, kinds["a_only"])
+    reads_back(cfg_path, kinds["kept"])
+    freed(cfg_path, kinds["a_only"])
     _clean(cfg_path)
 
 
@@ -273,11 +259,7 @@ def test_rebuild_and_migration_make_the_table_the_store_grew(tmp_path: Path) -> 
     assert _table(cfg.index_dir) == grown
     with Store.open(cfg, writable=False) as store:
         assert store.index.format == formats.INDEX
-    env = lmdb.open(str(cfg.index_dir), max_dbs=24, map_size=1 << 40)  # the index format 2 wrote
-    with env.begin(write=True) as txn:
-        txn.drop(env.open_db(b"held", txn=txn), delete=True)
-        txn.put(formats.INDEX_KEY.encode(), b"2", db=env.open_db(b"meta", txn=txn))
-    env.close()
+    older_index(cfg.index_dir, 2, "held")  # the index format 2 wrote
     with Store.open(cfg, writable=False) as store:  # read as it is: the manifests answer
         assert store.index.format == 2 and not store.index.held_ready()
     with Store.open(cfg) as store:
@@ -366,7 +348,7 @@ def test_the_next_step_of_a_missing_or_stray_entry_mends_the_table(tmp_path: Pat
     with Store.open(config.load(cfg_path)) as store:
         drop_batch(store, "A")
         gc(store, threshold=1.0)
-    _read_back(cfg_path, kinds["kept"])
+    reads_back(cfg_path, kinds["kept"])
 
 
 @pytest.mark.parametrize("site", ["fsd.core.held:hold:1", "fsd.core.held:hold:2", "fsd.core.pointers:keep_pointer:1",
@@ -390,7 +372,7 @@ def test_a_view_replaced_killed_anywhere_keeps_what_the_registered_one_names(tmp
         drop_batch(store, "A")
         gc(store, threshold=1.0)
         named = [sha for _p, sha, _s in iter_files(store.get, store.index.get_view("V")["manifest"])]
-    _read_back(cfg_path, named + kinds["shared"])
+    reads_back(cfg_path, named + kinds["shared"])
     _clean(cfg_path)
 
 
@@ -416,8 +398,8 @@ def test_a_deletion_killed_beside_a_gc_that_frees_its_manifest_is_finished_by_th
         store.index.marked = beside  # type: ignore[method-assign]  (a process runs beside, the calls go on)
         gc(store, threshold=1.0)
         assert beside.done  # type: ignore[attr-defined]
-    _freed(cfg_path, [bytes.fromhex(manifest)] + kinds["a_only"])
-    _read_back(cfg_path, kinds["kept"])
+    freed(cfg_path, [bytes.fromhex(manifest)] + kinds["a_only"])
+    reads_back(cfg_path, kinds["kept"])
     [line] = [p for p in json.loads(_hoard(cfg_path, "health", "--json").stdout)["problems"] if "held" in p]
     assert "`hoard gc`" in line
     res = _hoard(cfg_path, "gc", "--no-database")
@@ -456,7 +438,7 @@ def test_a_batch_or_view_whose_manifest_is_lost_is_removed_as_check_and_migrate_
     assert res.returncode == 0, res.stderr[-2000:]
     res = _hoard(cfg_path, "index", "migrate")
     assert res.returncode == 0 and "(migrated from format 2)" in res.stdout, res.stderr[-2000:]
-    _read_back(cfg_path, kinds["kept"] + kinds["a_only"])
+    reads_back(cfg_path, kinds["kept"] + kinds["a_only"])
     _clean(cfg_path)
 
 
@@ -482,5 +464,5 @@ def test_a_view_defined_again_as_it_was_killed_is_named_as_registered(tmp_path: 
     with Store.open(config.load(cfg_path)) as store:
         drop_batch(store, "A")
         gc(store, threshold=1.0)
-    _read_back(cfg_path, rows)
+    reads_back(cfg_path, rows)
     _clean(cfg_path)

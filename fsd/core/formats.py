@@ -59,10 +59,15 @@ log = logging.getLogger(__name__)
 #: records may carry `seen`; the `pointers` table may be empty). 2: `seen` in `meta`
 #: (`disk_seen:<uuid>`), every batch and view named in `pointers`, the version in `meta`. 3: the
 #: `held` table (fsd.core.held) names, for every object a registered manifest names, that manifest.
-INDEX = 3
+#: 4: the `live` table (fsd.core.live) counts, for every shard, the objects the index points at
+#: there and their payload bytes.
+INDEX = 4
 #: the first index format whose `held` table is complete (an older one's is filled by its
 #: migration, which reads every registered manifest: until then the manifests are read)
 INDEX_HELD = 3
+#: the first index format whose `live` table is complete (an older one's is filled by its
+#: migration, one pass over the objects: until then gc's plan makes that pass)
+INDEX_LIVE = 4
 #: the first index format whose `pointers` table names every batch and view (an older one's is
 #: filled by its migration: until then its pointers are not judged)
 INDEX_POINTERS = 2
@@ -171,11 +176,20 @@ def _held_filled(index: Index, get: Callable[[str], bytes]) -> int:
     return index.fill_held(get)
 
 
+def _live_filled(index: Index) -> int:
+    # the shard → live count table (fsd.core.live): one pass over the objects — unless another
+    # process migrated the index since this one read its format (its gc may plan from the counts)
+    if index_version(index) >= INDEX_LIVE:
+        return 0
+    return index.fill_live()
+
+
 #: every step, oldest first; a step must be idempotent and commit in bounded transactions
 MIGRATIONS = (
     Migration(2, "disk last-seen times out of the disk records", _seen_out),
     Migration(2, "batch and view pointers into the pointers table", _pointers_filled),
     Migration(3, "which manifests name each object into the held table", _held_filled, reads=True),
+    Migration(4, "each shard's live objects and bytes counted into the live table", _live_filled),
 )
 
 

@@ -22,13 +22,17 @@ Named databases (keys → values):
                                     with the same leading bits (Index.sole_owner)
     held     sha256[:16] || manifest sha256[:8] → b"": a registered batch or view manifest names the
                                     object (its files and its own objects), see fsd.core.held
+    live     shard_id (12 B)      → u64 objects | u64 payload bytes: the objects entries pointing at the
+                                    shard, kept with every change to `objects` (gc plans from it),
+                                    see fsd.core.live
     pointers `<folder>/<name>.json` → the exact bytes of the newest batch or view pointer written to the
                                     disks (fsd/core/pointers.py; removal records too), see Index.name_pointer
     meta     key (ascii)          → value: `ssd_uuid` (the SSD this index belongs to), `marks_*` (the marks
                                     log's stamps and each disk's progress, see Index.log_in), `pointers_*`
                                     (the pointers' stamps and each disk's progress, see Index.name_pointer),
                                     `held_pending:<manifest>` (its `held` entries being added or
-                                    removed, see fsd.core.held),
+                                    removed, see fsd.core.held), `live_fill` (a fill of `live` under
+                                    way, see fsd.core.live),
                                     `disk_seen:<uuid>` (when a store open last found the disk at its
                                     path, see Index.disks_seen), `format` (the index's format:
                                     fsd.core.formats, where every on-disk format is named)
@@ -74,6 +78,7 @@ from fsd.core.entries import (
 )
 from fsd.core.events import EventTables
 from fsd.core.held import HeldTables
+from fsd.core.live import LiveTables, Tally
 from fsd.core.marks import HELD_UNTIL_NAMED, MARKS_NS, MarksTables
 from fsd.core.pointers import PointerTables
 from fsd.core.txnlog import Env
@@ -120,7 +125,7 @@ def open_existing(path: Path, wait_s: float = 2.0) -> Index:
         raise index_error(path, e) from None
 
 
-class Index(MarksTables, PointerTables, EventTables, HeldTables):
+class Index(MarksTables, PointerTables, EventTables, HeldTables, LiveTables):
     def __init__(self, path: Path, readonly: bool = False, create: bool = True) -> None:
         """`create` makes the folder and the LMDB files when missing (`hoard init`, a rebuild's
         new index); without it, or `readonly`, a missing index is an `lmdb.Error`."""
@@ -159,6 +164,7 @@ class Index(MarksTables, PointerTables, EventTables, HeldTables):
         self.dropped = self._optional_db(b"dropped", readonly)
         self.pointers = self._optional_db(b"pointers", readonly)
         self.held = self._optional_db(b"held", readonly)
+        self.live = self._optional_db(b"live", readonly)
         #: `(op, shas, stamp)` called inside the write transaction that sets or clears marks,
         #: before it commits (the store appends them to `marks/` on the HDDs, see
         #: Store.log_marks): the log's order is then the order the index applied them in
@@ -214,9 +220,13 @@ class Index(MarksTables, PointerTables, EventTables, HeldTables):
         `update_shard`) and the objects' extensions (`exts`, as `put_exts`); True = new."""
         added = []
         with self.env.begin(write=True) as txn:
+            tally = Tally(self, txn)
             for sha, loc in entries:
-                added.append(txn.put(sha, loc.pack(),
-                                     overwrite=False, db=self.objects))
+                new = txn.put(sha, loc.pack(), overwrite=False, db=self.objects)
+                if new:
+                    tally.add(sha, loc.shard_id, loc.length)
+                added.append(new)
+            tally.apply(txn)
             for sha, ext in (exts or {}).items():
                 txn.put(sha, ext.encode(), overwrite=False, db=self.exts)
             if shard is not None:

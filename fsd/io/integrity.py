@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from fsd.core import formats, marks, pointers
+from fsd.core import shardfmt as fmt
 from fsd.core.disks import DiskState
 from fsd.core.held import named
 from fsd.core.index import MARKS_NS, IndexDamaged, named_entry
@@ -508,3 +509,19 @@ def _index_stamp(store: Store) -> int:
     with idx.env.begin(db=idx.meta) as txn:
         raw = txn.get(MARKS_NS)
     return int(raw) if raw else (1 << 63)
+
+
+def first_footer(store: Store, meta: Any) -> tuple[list[fmt.RecordInfo] | None, int]:
+    """The footer (and file size) of the first replica whose footer reads and checks. A replica cut short has
+    no seal at its end (`decode_footer` gives None, it does not raise): the next is read — the
+    first one truncated made the whole shard "no readable replica footer", and its record
+    count and unindexed objects went unchecked."""
+    for disk in store.replica_order(meta):
+        try:
+            size = disk.size(meta.hex)
+            recs = fmt.decode_footer(lambda off, n, d=disk: d.read_at(meta.hex, off, n), size)
+        except (OSError, fmt.ShardFormatError):
+            continue
+        if recs is not None:
+            return recs, size
+    return None, 0

@@ -24,6 +24,8 @@ verifies"):
    that manifest, and nothing else (fsd.core.held; read with item 6's manifests). A batch
    deletion or registration a killed process left half done is judged with the marks logs and
    pointers (fsd.io.integrity: `held`), as health and verify judge it.
+12. (design.md's item 13) the `live` table counts, for each shard, the objects the index points
+   at there and their payload bytes (fsd.core.live; from item 1's pass, in its read transaction).
 
 Replicas below their class target and orphan files are reported as notes, not failures
 (`hoard replicate`, `hoard verify --orphans` deal with them).
@@ -39,7 +41,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from fsd.base.files import size_or_zero
+from fsd.core import formats
 from fsd.core import held as held_mod
+from fsd.core import live as live_mod
 from fsd.core import shardfmt as fmt
 from fsd.core.disks import DiskState, shard_of
 from fsd.core.index import IndexDamaged, ObjectLoc, ShardMeta, disk_record
@@ -129,6 +133,8 @@ def _read_moment(store: Store, rep: CheckReport) -> _Moment:
         named = [(kind, name, info) for kind, db in (("batch", idx.batches), ("view", idx.views))
                  for name, info in integrity.decoded(rep, txn.cursor(db=db), integrity.named_decoder(kind))]
         pointing: Counter[bytes] = Counter()
+        counted: Counter[bytes] = Counter()  # the objects pointing at each shard, known or not (12)
+        weight: Counter[bytes] = Counter()  # payload bytes of the objects pointing at each shard (12)
         objects = 0
         for k, v in txn.cursor(db=idx.objects):  # 1
             sha = bytes(k)
@@ -142,6 +148,8 @@ def _read_moment(store: Store, rep: CheckReport) -> _Moment:
             except IndexDamaged as e:
                 rep.add("malformed", e.finding)
                 continue
+            weight[loc.shard_id] += loc.length
+            counted[loc.shard_id] += 1
             meta = shards.get(loc.shard_id)
             if meta is None:
                 rep.add("dangling", f"object {sha.hex()} points at shard {loc.shard_id.hex()}, which the index does "
@@ -159,7 +167,30 @@ def _read_moment(store: Store, rep: CheckReport) -> _Moment:
             for k in txn.cursor(db=db).iternext(values=False):
                 if txn.get(k, db=idx.objects) is None:
                     rep.add("stale mark", f"{name} entry for {bytes(k).hex()}, which is not in the store: {fix}")
+        _live_counts(idx, txn, counted, weight, rep)  # 12
     return _Moment(shards, retired, used, objects, pointing, named)
+
+
+#: the next step of a `live` count that differs from the objects pointing at its shard
+RECOUNT = "`hoard index recount` counts them again (gc compacts more or less by it, it frees no live object)"
+
+
+def _live_counts(idx: Any, txn: Any, counted: Counter[bytes], weight: Counter[bytes], rep: CheckReport) -> None:
+    """Item 12: the `live` table counts, for each shard, the objects pointing at it and their
+    bytes as the pass over `objects` (in the same read transaction) found them. Not judged on an
+    index before format 4, nor while a fill counts (`hoard index recount`, a migration)."""
+    if idx.live is None or idx.format < formats.INDEX_LIVE:
+        return
+    if txn.get(live_mod.FILL, db=idx.meta) is not None:
+        rep.notes.append("the `live` counts are being filled, or a fill was stopped: gc plans by a pass over every "
+                         "object until `hoard index recount` ends")
+        return
+    table = {bytes(k): bytes(v) for k, v in txn.cursor(db=idx.live)}
+    for sid in sorted(set(table) | set(counted)):
+        n, nbytes = live_mod.unpack(table.get(sid))
+        if (n, nbytes) != (counted[sid], weight[sid]) or (sid in table and len(table[sid]) != 16):
+            rep.add("live count", f"shard {sid.hex()}: the index counts {n} objects of {nbytes} bytes in it, "
+                                  f"{counted[sid]} of {weight[sid]} bytes point at it: {RECOUNT}")
 
 
 def _replica_size(store: Store, disk, meta: ShardMeta, uuid: str) -> int | None:
@@ -213,7 +244,7 @@ def _check(store: Store, missing_in_db: MissingInDb | None) -> CheckReport:
                                         f"{meta.size}: `hoard verify --repair` replaces a damaged replica")
         if not meta.sealed:
             continue
-        recs, size = _footer(store, meta)
+        recs, size = integrity.first_footer(store, meta)
         if recs is None:
             rep.add("footer", f"shard {meta.hex}: no readable replica footer; `hoard verify` names the damage")
             continue
@@ -386,19 +417,3 @@ def _unnamed_bytes(store: Store, uuid: str, named_then: set[tuple[str, str]]) ->
         if now is None or uuid not in now.replicas:
             total += size_or_zero(p)
     return total
-
-
-def _footer(store: Store, meta) -> tuple[list[fmt.RecordInfo] | None, int]:
-    """The footer (and file size) of the first replica whose footer reads and checks. A replica cut short has
-    no seal at its end (`decode_footer` gives None, it does not raise): the next is read — the
-    first one truncated made the whole shard "no readable replica footer", and its record
-    count and unindexed objects went unchecked."""
-    for disk in store.replica_order(meta):
-        try:
-            size = disk.size(meta.hex)
-            recs = fmt.decode_footer(lambda off, n, d=disk: d.read_at(meta.hex, off, n), size)
-        except (OSError, fmt.ShardFormatError):
-            continue
-        if recs is not None:
-            return recs, size
-    return None, 0

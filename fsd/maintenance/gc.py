@@ -5,7 +5,10 @@ minus those tombstoned by a type-B delete — over the payload its records hold 
 the size without framing, so a whole shard of small objects is 100 % live). Shards below the
 threshold are compacted, in this order (docs/design.md, "gc order"):
 
-1. **plan + reserve**: live bytes × replica target must fit in the disks' free space
+1. **plan + reserve**: the live bytes are each shard's `live` count (index format 4,
+   fsd.core.live) less its dead objects' lengths — a lookup per dead object, no pass over
+   the objects table —, a candidate's members its footer's records the index points there.
+   Live bytes × replica target must fit in the disks' free space
    (with one shard of slack per disk); the space is claimed with `fallocate`d reservation
    files (`<disk>/tmp/gc-reserve`) so a concurrent ingest cannot take it; else refuse.
 2. **copy**: live records are read (verified) and appended to new shards by an ordinary
@@ -15,7 +18,8 @@ threshold are compacted, in this order (docs/design.md, "gc order"):
    (and 16 bytes of each kept in `dropped`, for the mount's by-hash numbers);
    the old shard moves from `shards` to `retired`. An object whose tombstone was cleared
    meanwhile (stored again) but was not copied keeps its old shard alive: that shard is
-   not retired this round.
+   not retired this round — nor is one whose `live` count the moves and drops would not
+   bring to 0 (an object the index points there that the footer lacks).
 4. **delete**: the retired shards' replica files are removed, then the `retired` entry.
 
 A crash before 3 leaves unreferenced new shards (garbage for the next gc); after 3, the
@@ -38,9 +42,11 @@ from fsd.core import shardfmt as fmt
 from fsd.core.disks import DiskGone
 from fsd.core.index import ObjectLoc, ShardMeta
 from fsd.core.layout import pinned
+from fsd.core.live import Tally
 from fsd.core.placement import Need, simulate, space_report
 from fsd.core.records import STREAM_THRESHOLD
 from fsd.core.txnlog import SLACK, TXN_ENTRIES, chunked
+from fsd.io import integrity
 from fsd.io.replicate import _replicate
 from fsd.io.writer import ReplicaFailed, ShardWriter
 from fsd.outputs import holders
@@ -131,15 +137,67 @@ def payload(meta: ShardMeta) -> int:
 #: the objects table (~75 bytes each); a deletion spread over more shards takes a second pass
 PLAN_MEMBERS = 1_000_000
 
+Candidate = tuple[ShardMeta, int, list[bytes]]
 
-def plan(store: Store, threshold: float, dead: set[bytes]) -> list[tuple[ShardMeta, int, list[bytes]]]:
-    """The sealed shards below `threshold` live, with their live bytes and members. Memory for
-    the candidates' members only, not for every object (issue 37: a list of every object's
-    sha256 by shard made `gc --dry-run` grow ~100 B per object): the objects table is read
-    once, for the live bytes and the members of the shards the dead objects are in (found by
-    their lookups: the shards a deletion made sparse, up to PLAN_MEMBERS members), and once
-    more only when a shard below the threshold is not one of them."""
+
+def plan(store: Store, threshold: float, dead: set[bytes], members: bool = True) -> list[Candidate]:
+    """The sealed shards below `threshold` live, with their live bytes and members (`members`
+    False: an empty list each, for `--dry-run`). From the `live` table (fsd.core.live) once the
+    index has it complete: a shard's count less the lengths of its dead objects (one lookup
+    each), the members from each candidate's footer — the work grows with the dead objects and
+    the shards, not with the store. Else (an index not migrated yet) by passes over the objects
+    table (`_plan_by_pass`)."""
     metas = [meta for meta in store.index.iter_shards() if meta.sealed and meta.size > 0]
+    if not store.index.live_ready():
+        return _plan_by_pass(store, threshold, dead, metas)
+    idx = store.index
+    with idx.env.begin() as txn:  # (one moment: the counts and the dead objects' entries)
+        counts = idx.live_counts(txn)
+        less: dict[bytes, int] = {}
+        for sha in dead:
+            raw = txn.get(sha, db=idx.objects)
+            if raw is not None:
+                loc = ObjectLoc.unpack(raw, sha)
+                less[loc.shard_id] = less.get(loc.shard_id, 0) + loc.length
+    below = []
+    for meta in metas:
+        live = max(0, counts.get(meta.shard_id, (0, 0))[1] - less.get(meta.shard_id, 0))
+        if live / payload(meta) < threshold:
+            below.append((meta, live))
+    if not members:
+        return [(meta, live, []) for meta, live in below]
+    out = []
+    for meta, live in below:
+        shas = footer_members(store, meta)
+        if shas is None:
+            log.warning("gc: shard %s left as it is this round: no replica's footer reads (`hoard verify` names "
+                        "the damage)", meta.hex)
+            continue
+        out.append((meta, live, shas))
+    return out
+
+
+def footer_members(store: Store, meta: ShardMeta) -> list[bytes] | None:
+    """The objects the index points at in `meta` (sealed), from the shard's own record list (its
+    footer, from the first replica whose footer reads) checked against the index: a record whose
+    entry points elsewhere (a copy stored twice) is no member. None when no footer reads. The swap
+    retires the shard only when these leave its `live` count at 0 (`_swap`)."""
+    recs, _size = integrity.first_footer(store, meta)
+    if recs is None:
+        return None
+    idx = store.index
+    with idx.env.begin(db=idx.objects) as txn:
+        return [sha for sha in dict.fromkeys(r.sha256 for r in recs)
+                if (v := txn.get(sha)) is not None and bytes(v[:12]) == meta.shard_id]
+
+
+def _plan_by_pass(store: Store, threshold: float, dead: set[bytes], metas: list[ShardMeta]) -> list[Candidate]:
+    """`plan` on an index without its `live` counts. Memory for the candidates' members only, not
+    for every object (issue 37: a list of every object's sha256 by shard made `gc --dry-run` grow
+    ~100 B per object): the objects table is read once, for the live bytes and the members of the
+    shards the dead objects are in (found by their lookups: the shards a deletion made sparse, up
+    to PLAN_MEMBERS members), and once more only when a shard below the threshold is not one of
+    them."""
     records = {meta.shard_id: meta.records for meta in metas}
     hit = {loc.shard_id for sha in dead if (loc := store.index.lookup(sha)) is not None}
     if sum(records.get(sid, 0) for sid in hit) > PLAN_MEMBERS:
@@ -178,7 +236,7 @@ def _gc(store: Store, threshold: float, dry_run: bool, roots: Roots | None, wait
     if wanted and not dry_run:
         store.index.unmark(store.index.deleted, wanted)  # referenced again: not deleted after all
     dead = tombstoned - wanted
-    todo = plan(store, threshold, dead)
+    todo = plan(store, threshold, dead, members=not dry_run)
     rep.candidates = len(todo)
     rep.plan = [{"shard": m.hex, "size": m.size, "live": live, "ratio": round(live / payload(m), 3)}
                 for m, live, _ in todo]
@@ -397,19 +455,32 @@ def _swap(store: Store, items, moved: dict[bytes, ObjectLoc], referenced_now: se
     for chunk in _fill(parts, per):
         gone: list[bytes] = []
         with idx.env.begin(write=True) as txn:
+            tally = Tally(idx, txn)  # (the `live` counts change with the entries, in this transaction)
             for meta, shas, repoint, _ in chunk:
                 sid = meta.shard_id
-                here = [sha for sha in shas if (v := txn.get(sha, db=idx.objects)) is not None and bytes(v[:12]) == sid]
+                here = {sha: ObjectLoc.unpack(v, sha).length for sha in shas
+                        if (v := txn.get(sha, db=idx.objects)) is not None and bytes(v[:12]) == sid}
                 if repoint:
-                    for sha in here:
+                    for sha, length in here.items():
                         txn.put(sha, moved[sha].pack(), db=idx.objects)
+                        tally.remove(sha, sid, length)
+                        tally.add(sha, moved[sha].shard_id, moved[sha].length)
                     continue
                 if any(txn.get(sha, db=idx.deleted) is None or txn.get(sha, db=idx.rooted) is not None
                        or sha in referenced_now for sha in here):
                     kept += 1  # wanted again since the plan and not copied: keep the shard this round
                     continue
-                for sha in here:
+                left = tally.entries(txn, sid)
+                if left is not None and left != len(here):
+                    # the index points more objects at the shard than its members (a footer that
+                    # lacks one): never retire a shard an entry may still need — kept, check names it
+                    log.warning("gc: shard %s kept: the index counts %d objects in it, %d were moved or dead",
+                                meta.hex, left, len(here))
+                    kept += 1
+                    continue
+                for sha, length in here.items():
                     txn.delete(sha, db=idx.objects)
+                    tally.remove(sha, sid, length)
                     for db in (idx.deleted, idx.hidden, idx.rooted, idx.exts, idx.chunks):
                         txn.delete(sha, db=db)
                     dropped += 1
@@ -419,6 +490,7 @@ def _swap(store: Store, items, moved: dict[bytes, ObjectLoc], referenced_now: se
                     txn.delete(sid, db=idx.shards)
                 done += 1
                 gone.extend(here)
+            tally.apply(txn)
             idx.note_dropped(txn, gone)  # (the mount's by-hash numbers: Index.sole_owner)
             idx.log_in(txn, "drop", gone)  # an object stored anew later must not get the old marks back
     return done, kept, dropped
