@@ -34,6 +34,7 @@ from fsd.base.paths import file_ext
 from fsd.base.units import fmt_bytes
 from fsd.core import formats, storelock
 from fsd.core import shardfmt as fmt
+from fsd.core.backend import Disk
 from fsd.core.disks import DiskGone, DiskRecord, DiskState, LocalDisk
 from fsd.core.held import iter_named
 from fsd.core.index import Index, ShardMeta, has_index, index_error, open_existing
@@ -167,7 +168,7 @@ class Store:
         after = {u: (r.state, r.path, r.reason) for u, r in fresh.records.items()}
         if before == after:
             return False
-        disks = {u: self.disks[u] if u in self.disks and self.disks[u].root == d.root else d
+        disks = {u: self.disks[u] if u in self.disks and self.disks[u].where == d.where else d
                  for u, d in fresh.disks.items()}
         with self.lock:
             self.records, self.disks = fresh.records, disks
@@ -216,7 +217,7 @@ class Store:
         """Replicas on disks that can be read now (active or draining; not failed or missing)."""
         return sum(1 for u in meta.replicas if self.usable(u))
 
-    def gone(self, disk: LocalDisk, err: DiskGone) -> None:
+    def gone(self, disk: Disk, err: DiskGone) -> None:
         """The disk's mount or identity is gone: this process stops using it at once (its
         state in the index is not changed: it may come back)."""
         rec = self.records.get(disk.uuid)
@@ -279,7 +280,7 @@ class Store:
         for d in disks:
             self.queue[d.uuid] = self.queue.get(d.uuid, 0) + delta
 
-    def disk_error(self, disk: LocalDisk, op: str, err: OSError | Exception, shard: str = "") -> None:
+    def disk_error(self, disk: Disk, op: str, err: OSError | Exception, shard: str = "") -> None:
         """Record an error; a disk that is gone (unmounted, foreign) stops being used at once."""
         detail = getattr(err, "strerror", None) or str(err)
         log.warning("disk %s: %s error%s: %s", disk.label, op, f" on shard {shard}" if shard else "", detail)
@@ -383,7 +384,7 @@ class Store:
         copies.pointing(self, lambda write: self.index.keep_pointer(key, doc, write))
 
     # -- the marks logs and pointers beside the shards: fsd.io.copies ---------------------------
-    def write_pointer(self, rel: str, body: bytes, failed: list[tuple[LocalDisk, OSError]] | None = None
+    def write_pointer(self, rel: str, body: bytes, failed: list[tuple[Disk, OSError]] | None = None
                       ) -> list[str]:
         return copies.write_pointer(self, rel, body, failed)
 

@@ -10,22 +10,23 @@ This is the contract: no module but `fsd.core.disks` reaches a disk's shard file
 `disk.root`, `disk.find` or `disk.path`, or names the shard layout (`shards/`, `.shard`,
 `.open`) — tests/test_layering.py::test_only_the_local_backend_reaches_shard_files.
 
-What a backend must also provide, which the local disk keeps as plain files beside its shards
-under its `root` (`LocalFiles` below; an S3 backend keeps them as objects of its own):
-each disk's marks log and the batch, view and db-dump pointers (`fsd.io.copies` writes them,
-`fsd.io.integrity` and index rebuild read them), the index copies (`fsd.maintenance.reindex`),
-the identity files and the forgotten-disk marker (`fsd.core.disks`, `fsd.maintenance.lifecycle`),
-the free space it reports (statvfs) and gc's space reservation (`tmp_path`), and the folders
-the orphan sweep empties (`tmp/`, `orphans/`: `fsd.maintenance.orphans`). Index rebuild, the
-orphan sweep and `hoard check` also look at a local disk's shard files one by one
-(`shard_files`: planted, damaged or misnamed ones included), which a backend without files
-does with its own listing.
+What a backend must also provide is what it keeps *beside* its shards — each disk's marks log,
+the batch, view and db-dump pointers, the index copies, the forgotten-disk marker, a `tmp/` and an
+`orphans/` folder for the sweep: a disk's `beside` (fsd.core.beside: `LocalBeside`, files under a
+local disk's root; `fsd.core.s3files.S3Beside`, objects in the bucket), which every caller uses
+(`Disk`). The identity is the backend's own (`check`). What stays the local disk's alone is
+`LocalFiles`: descriptors for the mount and copies, a copy's tmp file and its install, gc's space
+reservation (`tmp_path`), and the shard files one by one (`shard_files`: planted, damaged or
+misnamed ones included) for index rebuild, the orphan sweep and `hoard check`, which a backend
+without files does with its own listing (`shard_ids`).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Protocol
+
+from fsd.core.beside import Beside
 
 
 class ShardSink(Protocol):
@@ -67,6 +68,18 @@ class ShardBackend(Protocol):
     def unseal(self, shard_hex: str) -> bool: ...
     # the shard out of the way (never deleted): where it went
     def set_aside(self, shard_hex: str, src: Path | None = None) -> Path: ...
+
+
+class Disk(ShardBackend, Protocol):
+    """A disk as the store uses it: its shards, what it keeps beside them, its identity."""
+
+    @property
+    def beside(self) -> Beside: ...
+    # where it is, for messages and to tell two configured disks apart: a path, endpoint/bucket
+    @property
+    def where(self) -> str: ...
+
+    def check(self) -> None: ...  # DiskGone unless it is still this disk (mounted, its identity)
 
 
 class LocalFiles(ShardBackend, Protocol):

@@ -56,6 +56,7 @@ from fsd.core.disks import (
     verify_shard,
     write_identity,
 )
+from fsd.core.s3files import S3Beside
 
 #: key prefixes in the bucket (module docstring)
 SHARD_PREFIX, ORPHAN_PREFIX = "shards/", "orphans/"
@@ -114,6 +115,8 @@ class S3Disk:
         self.capacity_bytes, self.part_size = capacity_bytes, part_size
         self.client = client if client is not None else client_for(endpoint)
         self.staging = LocalDisk(label, staging, uuid, require_mount=False)
+        self.where = f"{endpoint}/{bucket}"
+        self.beside = S3Beside(self)  # the marks log, pointers, index copy as objects (fsd.core.s3files)
 
     def __repr__(self) -> str:
         return f"S3Disk({self.label})"

@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from fsd.base.errors import ExitCode, HoardError
-from fsd.base.files import atomic_write
 from fsd.core.disks import IDENTITY_COPY, DiskState, probe, read_identity, restore_identity
 from fsd.core.layout import FORGOTTEN
 from fsd.io.replicate import counted_replicas
@@ -143,10 +142,10 @@ def forget(store: Store, label: str) -> int:
     store.index.record_event("disk_forgotten", disk=label, detail=f"{len(listing)} replicas released")
     store.records.pop(rec.uuid, None)
     disk = store.disks.pop(rec.uuid, None)
-    if disk is not None and disk.root.is_dir():
+    if disk is not None:
         try:
-            atomic_write(disk.root / FORGOTTEN, json.dumps({"uuid": rec.uuid, "label": label,
-                                                            "time": time.time()}).encode())
+            disk.beside.write(FORGOTTEN, json.dumps({"uuid": rec.uuid, "label": label, "time": time.time()}).encode(),
+                              [])
         except OSError:
             pass  # a dead disk cannot be told; its identity no longer matches any index record anyway
     return len(listing)

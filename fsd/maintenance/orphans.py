@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from fsd.core import shardfmt as fmt
-from fsd.core.disks import ORPHANS_DIR, TMP_DIR, pread_full, shard_of
+from fsd.core.disks import pread_full, shard_of
 from fsd.core.index import ShardMeta
 from fsd.io.recovery import set_aside
 from fsd.io.writer import writer_alive
@@ -137,20 +137,9 @@ def _sweep(store: Store, repair: bool, grace_s: float) -> OrphanReport:
                                      f"{unknown[0].sha256.hex()}): run `hoard index rebuild` — it is kept")
                 continue
             rep.set_aside.append(set_aside(disk, shard_hex, "no index entry names it", path))
-        tmp = disk.root / TMP_DIR
-        for p in sorted(tmp.iterdir()) if tmp.is_dir() else []:
-            if p.is_file() and (now - p.stat().st_mtime >= grace_s or p.name == "gc-reserve"):
-                p.unlink(missing_ok=True)  # nothing names a file in tmp/; under the lock no job uses it
-                rep.tmp_removed += 1
-        aside = disk.root / ORPHANS_DIR
-        if repair and aside.is_dir():
-            for p in sorted(aside.iterdir()):
-                st = p.lstat()  # (a link planted in shards/ and set aside is removed, not its target)
-                if stat.S_ISDIR(st.st_mode):
-                    continue  # a directory planted in shards/: not ours to delete with what it holds
-                if now - st.st_mtime >= grace_s:
-                    p.unlink()
-                    rep.deleted.append(str(p))
-                    rep.bytes_deleted += st.st_size
+        removed, deleted = disk.beside.sweep(now, grace_s, repair)
+        rep.tmp_removed += removed
+        rep.deleted += [where for where, _ in deleted]
+        rep.bytes_deleted += sum(n for _, n in deleted)
     rep.seconds = time.monotonic() - t0
     return rep

@@ -28,9 +28,10 @@ import lmdb
 
 from fsd.base.config import Settings
 from fsd.base.errors import ExitCode, HoardError
-from fsd.base.files import fsync_dir, size_or_zero
+from fsd.base.files import size_or_zero
 from fsd.core import formats, marks, pointers, storelock
 from fsd.core import shardfmt as fmt
+from fsd.core.beside import INDEX_COPY
 from fsd.core.disks import (
     SHARDS_DIR,
     DiskRecord,
@@ -599,34 +600,22 @@ def _read_shard(path: Path) -> tuple[ShardMeta, list[fmt.RecordInfo], str]:
     return meta, records, damage
 
 
-INDEX_COPY = "index-copy"
 
 
 def backup_index(store, copies: int = 2) -> list[str]:
     """Copy the LMDB index (compacted, consistent) to `copies` HDDs: `<disk>/index-copy/`.
 
-    Written to `index-copy.tmp`, fsynced, then swapped in by rename, so a crash leaves the
-    previous copy intact. Returns the labels of the disks that hold a fresh copy."""
+    A disk keeps it beside its shards (Beside.put_index_copy: written to `index-copy.tmp`,
+    fsynced, then swapped in by rename, so a crash leaves the previous copy intact). Returns the labels of the disks that hold a fresh copy."""
     disks = sorted((d for u, d in store.disks.items() if store.usable(u, for_write=True)),
                    key=lambda d: -d.free_bytes(0))[:copies]
     done = []
     stamp = {"taken_at": time.time(), "objects": store.index.count_objects()}
     for d in disks:
-        tmp, final, old = d.root / f"{INDEX_COPY}.tmp", d.root / INDEX_COPY, d.root / f"{INDEX_COPY}.old"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
-        store.index.env.copy(str(tmp), compact=True)
-        (tmp / "stamp.json").write_text(json.dumps(stamp))
-        for f in tmp.iterdir():
-            with open(f, "rb") as fh:
-                os.fsync(fh.fileno())
-        fsync_dir(tmp)
-        shutil.rmtree(old, ignore_errors=True)
-        if final.exists():
-            os.rename(final, old)
-        os.rename(tmp, final)
-        fsync_dir(d.root)
-        shutil.rmtree(old, ignore_errors=True)
+        def fill(folder: Path) -> None:
+            store.index.env.copy(str(folder), compact=True)
+            (folder / "stamp.json").write_text(json.dumps(stamp))
+        d.beside.put_index_copy(fill)
         done.append(d.label)
     return done
 
