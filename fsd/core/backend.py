@@ -24,7 +24,7 @@ without files does with its own listing (`shard_ids`).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, TypeGuard
 
 from fsd.core.beside import Beside
 
@@ -80,9 +80,12 @@ class Disk(ShardBackend, Protocol):
     def where(self) -> str: ...
 
     def check(self) -> None: ...  # DiskGone unless it is still this disk (mounted, its identity)
+    def total_bytes(self) -> int: ...  # the space it has for hoard (an S3 disk: what was granted)
+    def forget(self, shard_hex: str) -> None: ...  # drop what is cached of the shard (descriptors)
+    def close_all(self) -> None: ...
 
 
-class LocalFiles(ShardBackend, Protocol):
+class LocalFiles(Disk, Protocol):
     """What the local disk gives beyond the contract, for the callers that work on its files
     (named in the module docstring): copies with a read-back check, the mount's own
     descriptors, the files beside the shards."""
@@ -96,3 +99,10 @@ class LocalFiles(ShardBackend, Protocol):
     # a complete, checked copy in `tmp` named as the shard's sealed file
     def install(self, shard_hex: str, tmp: Path) -> None: ...
     def shard_files(self) -> list[Path]: ...
+
+
+def has_files(disk: object) -> TypeGuard[LocalFiles]:
+    """Whether the disk keeps its shards as local files (`LocalFiles`: a copy's descriptors and
+    tmp file, the mount's own descriptors, gc's reservation use them); a backend without them
+    (an S3 disk) is used through the contract alone."""
+    return hasattr(disk, "open_fd")

@@ -277,6 +277,16 @@ class S3Disk:
         S3 has no call that reports an engine's free space."""
         return max(0, self.capacity_bytes - used_by_hoard)
 
+    def total_bytes(self) -> int:
+        """The space granted to hoard on the engine (`capacity_gb`)."""
+        return self.capacity_bytes
+
+    def close_all(self) -> None:
+        self.staging.close_all()
+
+    def forget(self, shard_hex: str) -> None:
+        self.staging.forget(shard_hex)
+
     def state(self, shard_hex: str) -> str | None:
         if self._head(self.key(shard_hex)) is not None:
             return "sealed"

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from fsd.core import shardfmt as fmt
+from fsd.core.backend import has_files
 from fsd.core.disks import pread_full, shard_of
 from fsd.core.index import ShardMeta
 from fsd.io.recovery import set_aside
@@ -101,7 +102,9 @@ def _sweep(store: Store, repair: bool, grace_s: float) -> OrphanReport:
     for uuid, disk in store.disks.items():
         if not store.usable(uuid):
             continue
-        for path in disk.shard_files():
+        # (an S3 disk's objects are not swept yet — docs/scale-out.md, "Not built yet": only the
+        # files beside them, its staging folder's tmp/ and orphans/ and the bucket's orphans/)
+        for path in disk.shard_files() if has_files(disk) else []:
             shard_hex, sealed = shard_of(path)
             if (shard_hex, uuid) in named:
                 continue

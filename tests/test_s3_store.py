@@ -1,0 +1,184 @@
+"""A store with two local disks and one S3 disk on a real SeaweedFS (docs/scale-out.md): put,
+replicate onto the bucket, read back, `hoard verify`, both local disks lost and rebuilt from the
+S3 replicas, gc compacting shards on the bucket, `hoard health --json` naming each disk's
+backend — then the faults that must not lose an acknowledged object: the engine killed in the
+middle of a replication, the bucket deleted."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from fsd.base import config
+from fsd.core import s3
+from fsd.io.replicate import replicate_once
+from fsd.maintenance.deletion import drop_batch
+from fsd.maintenance.gc import gc
+from fsd.store import Store
+from tests.helpers import make_files, write_config
+from tests.test_cli import hoard
+from tests.test_s3_backend import engine_env  # noqa: F401  # (a fixture)
+from tests.test_store import check_store
+
+# tier: a SeaweedFS server and hoard processes
+pytestmark = pytest.mark.services
+
+
+def _config(tmp_path: Path, engine, bucket: str, copies: int, locals_: tuple[str, ...] = ("d0", "d1")) -> Path:
+    """hoard.toml: local directory disks `locals_` and the S3 disk s3a (staging folder on the SSD)."""
+    disks = [(label, tmp_path / label, None) for label in locals_]
+    for _, p, _ in disks:
+        p.mkdir(exist_ok=True)
+    path = write_config(tmp_path, disks, shard_size_mb=1, copy_of_raw=copies, write_ack=min(copies, 2))
+    text = path.read_text().replace("\n[ssd]", f'\n[[disks]]\nlabel = "s3a"\nkind = "s3"\nendpoint = "{engine.endpoint}"\n'
+                                               f'bucket = "{bucket}"\ncapacity_gb = 2\n\n[ssd]', 1)
+    path.write_text(text)
+    return path
+
+
+def _bucket(engine, name: str) -> str:
+    engine.client().create_bucket(Bucket=name)
+    return name
+
+
+def _uuid(store: Store, label: str) -> str:
+    return next(u for u, r in store.records.items() if r.label == label)
+
+
+def _on(store: Store, label: str) -> int:
+    uuid = _uuid(store, label)
+    return sum(uuid in m.replicas for m in store.index.iter_shards())
+
+
+def _batch(store: Store, res, name: str) -> None:
+    body = json.dumps({"files": [{"path": str(i), "sha256": r.sha256, "size": r.size} for i, r in enumerate(res)]})
+    store.register_batch(name, {"source": "t", "manifest": store.put_bytes(body.encode()).sha256, "files": len(res),
+                                "bytes": 0})
+
+
+def test_a_store_with_an_s3_disk(tmp_path: Path, seaweedfs, engine_env) -> None:  # noqa: F811
+    """Put, replicate onto the bucket, read back from every replica, verify; lose both local disks
+    and rebuild them from the S3 replicas; gc compacts shards on the bucket; health names the
+    backend of each disk."""
+    engine_env(seaweedfs)
+    bucket = _bucket(seaweedfs, "hoard-store-a")
+    cfg_path = _config(tmp_path, seaweedfs, bucket, copies=2)
+    with Store.open(config.load(cfg_path), init=True) as store:
+        assert {r.label: r.state.value for r in store.records.values()} == {"d0": "active", "d1": "active",
+                                                                            "s3a": "active"}
+        kept = store.put_many(make_files(tmp_path / "keep", 40, seed=1, hi=96 * 1024))
+        dropped = store.put_many(make_files(tmp_path / "drop", 40, seed=2, hi=96 * 1024))
+        _batch(store, kept, "kept")
+        _batch(store, dropped, "dropped")
+    cfg_path = _config(tmp_path, seaweedfs, bucket, copies=3)  # every shard onto the bucket too
+    with Store.open(config.load(cfg_path)) as store:
+        replicate_once(store, rate_mb_s=None)
+        shards = sum(1 for _ in store.index.iter_shards())
+        assert _on(store, "s3a") == shards > 2
+        assert check_store(store) == 82  # every object reads back from every replica, the bucket's too
+    keys = [o["Key"] for o in seaweedfs.client().list_objects_v2(Bucket=bucket)["Contents"]]
+    assert sum(k.startswith("shards/") for k in keys) == shards
+    assert "batches/kept.json" in keys and any(k.startswith("marks/log/") for k in keys)
+    res = hoard("--config", str(cfg_path), "verify")
+    assert res.returncode == 0, res.stdout + res.stderr
+
+    for lost in ("d0", "d1"):
+        shutil.rmtree(tmp_path / lost)  # both local disks gone: the bucket holds the only replicas
+    for new in ("d2", "d3"):
+        (tmp_path / new).mkdir()
+        res = hoard("--config", str(cfg_path), "disks", "add", str(tmp_path / new), "--label", new)
+        assert res.returncode == 0, res.stdout + res.stderr
+    for dead, new in (("d0", "d2"), ("d1", "d3")):
+        res = hoard("--config", str(cfg_path), "disks", "replace", dead, new)
+        assert res.returncode == 0, res.stdout + res.stderr
+    with Store.open(config.load(cfg_path)) as store:
+        assert _on(store, "d2") == _on(store, "d3") == _on(store, "s3a") == shards
+        assert check_store(store) == 82
+        before = _on(store, "s3a")
+        drop_batch(store, "dropped")
+        rep = gc(store, threshold=0.9)
+        assert rep.compacted > 0
+        assert _on(store, "s3a") < before + rep.compacted  # old shards gone from the bucket, new ones there
+        s3a = store.disks[_uuid(store, "s3a")]
+        on_bucket = {h for h, _ in s3a.shard_ids()}
+        assert on_bucket == {m.hex for m in store.index.iter_shards() if _uuid(store, "s3a") in m.replicas}
+        assert check_store(store) == 41
+    res = hoard("--config", str(cfg_path), "verify")
+    assert res.returncode == 0, res.stdout + res.stderr
+    health = hoard("--config", str(cfg_path), "health", "--json")
+    report = json.loads(health.stdout)
+    backends = {d["label"]: d.get("backend") for d in report["disks"]}
+    assert backends["s3a"] == "s3" and backends["d2"] == backends["d3"] == "local", report["disks"]
+
+
+@pytest.mark.expect_log(r"disk s3a: replicate error on shard .*does not answer", level="WARNING")
+def test_engine_killed_mid_replication_loses_nothing(tmp_path: Path, seaweedfs_own, engine_env,  # noqa: F811
+                                                     monkeypatch) -> None:
+    """The engine killed in the middle of a replication (one shard's replica up, the next
+    upload starting — tests/test_s3_backend.py kills it between two parts of one): the copy fails
+    in one line, no replica on the bucket is named but the one acknowledged, every object still reads from the local replicas; once
+    the engine is back, replicate puts every shard on the bucket and verify is clean."""
+    engine_env(seaweedfs_own)
+    bucket = _bucket(seaweedfs_own, "hoard-store-b")
+    cfg_path = _config(tmp_path, seaweedfs_own, bucket, copies=2)
+    with Store.open(config.load(cfg_path), init=True) as store:
+        s3a = _uuid(store, "s3a")
+        store.set_disk_state("s3a", store.records[s3a].state.__class__("draining"), "test: nothing placed here")
+        res = store.put_many(make_files(tmp_path / "in", 30, seed=3, hi=96 * 1024))
+        assert _on(store, "s3a") == 0
+        store.set_disk_state("s3a", store.records[s3a].state.__class__("active"), "")
+    real_upload = s3.S3Disk._upload
+    uploads = []
+
+    def killed_midway(self, *a, **kw):
+        uploads.append(1)
+        if len(uploads) == 2:
+            seaweedfs_own.stop()
+        return real_upload(self, *a, **kw)
+
+    monkeypatch.setattr(s3.S3Disk, "_upload", killed_midway)
+    cfg_path = _config(tmp_path, seaweedfs_own, bucket, copies=3)
+    with Store.open(config.load(cfg_path)) as store:
+        replicate_once(store, rate_mb_s=None)
+        s3a = _uuid(store, "s3a")
+        named = _on(store, "s3a")
+        assert named == 1  # the first copy went up before the engine died; nothing after it is named
+        assert check_store(store) == len({r.sha256 for r in res})
+    monkeypatch.undo()
+    seaweedfs_own.start()
+    engine_env(seaweedfs_own)
+    with Store.open(config.load(cfg_path)) as store:
+        replicate_once(store, rate_mb_s=None)
+        assert _on(store, "s3a") == sum(1 for _ in store.index.iter_shards())
+        assert check_store(store) == len({r.sha256 for r in res})
+    res_v = hoard("--config", str(cfg_path), "verify")
+    assert res_v.returncode == 0, res_v.stdout + res_v.stderr
+
+
+def test_bucket_deleted_loses_nothing(tmp_path: Path, seaweedfs, engine_env) -> None:  # noqa: F811
+    """Every shard on the bucket and on both local disks; the bucket deleted behind the store's
+    back: the S3 disk is missing with the line that names the next step, and every object still
+    reads from the local replicas."""
+    engine_env(seaweedfs)
+    bucket = _bucket(seaweedfs, "hoard-store-c")
+    cfg_path = _config(tmp_path, seaweedfs, bucket, copies=3)
+    with Store.open(config.load(cfg_path), init=True) as store:
+        res = store.put_many(make_files(tmp_path / "in", 30, seed=4, hi=96 * 1024))
+        replicate_once(store, rate_mb_s=None)
+        assert _on(store, "s3a") == sum(1 for _ in store.index.iter_shards())
+    client = seaweedfs.client()
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket):
+        for obj in page.get("Contents", []):
+            client.delete_object(Bucket=bucket, Key=obj["Key"])
+    client.delete_bucket(Bucket=bucket)
+    with Store.open(config.load(cfg_path)) as store:
+        rec = store.records[_uuid(store, "s3a")]
+        assert rec.state.value == "missing"
+        assert f"bucket {bucket} does not exist" in rec.reason and "hoard disks forget s3a" in rec.reason
+        assert check_store(store) == len({r.sha256 for r in res})
+    health = hoard("--config", str(cfg_path), "health", "--json")
+    problems = " ".join(json.loads(health.stdout)["problems"])
+    assert "disk s3a: missing" in problems and "does not exist" in problems, problems
