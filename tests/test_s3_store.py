@@ -182,3 +182,21 @@ def test_bucket_deleted_loses_nothing(tmp_path: Path, seaweedfs, engine_env) -> 
     health = hoard("--config", str(cfg_path), "health", "--json")
     problems = " ".join(json.loads(health.stdout)["problems"])
     assert "disk s3a: missing" in problems and "does not exist" in problems, problems
+
+
+def test_an_index_rebuild_does_not_read_a_bucket_as_its_staging_folder(tmp_path: Path, seaweedfs,  # noqa: F811
+                                                                      engine_env) -> None:
+    """`hoard index rebuild` does not read buckets yet: with an S3 disk configured it refuses in one
+    line naming the disk and the two ways on, and the index stays as it was — read as a disk, the
+    staging folder (open shards only) would leave every replica on the bucket unnamed."""
+    engine_env(seaweedfs)
+    cfg_path = _config(tmp_path, seaweedfs, _bucket(seaweedfs, "hoard-store-d"), copies=3)
+    with Store.open(config.load(cfg_path), init=True) as store:
+        res = store.put_many(make_files(tmp_path / "in", 10, seed=5))
+        replicate_once(store, rate_mb_s=None)
+    out = hoard("--config", str(cfg_path), "index", "rebuild")
+    assert out.returncode != 0 and out.stderr.count("\n") == 1, out.stderr
+    assert "disk s3a is an S3 disk" in out.stderr and "--without s3a" in out.stderr and "index restore" in out.stderr
+    with Store.open(config.load(cfg_path)) as store:
+        assert _on(store, "s3a") == sum(1 for _ in store.index.iter_shards()) > 0
+        assert check_store(store) == len({r.sha256 for r in res})

@@ -176,20 +176,7 @@ class LocalBeside:
             os.close(fd)
 
     def marks_ends(self) -> tuple[bytes | None, bytes | None]:
-        try:
-            fd = os.open(self._log(), os.O_RDONLY | os.O_NONBLOCK)
-        except FileNotFoundError:
-            return None, None
-        try:
-            marks.regular(fd, self._log())
-            size = os.fstat(fd).st_size
-            if size == 0:
-                return None, None
-            head = os.pread(fd, min(size, 4096), 0)
-            tail = os.pread(fd, min(size, 4096), max(0, size - 4096))
-        finally:
-            os.close(fd)
-        return marks.ends_of(head, tail)
+        return marks.ends(self.root)
 
     def marks_size(self) -> int:
         try:

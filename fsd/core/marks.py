@@ -427,7 +427,7 @@ def tail_is_legacy(disk_root: Path) -> bool:
 def log_ends(disk_root: Path) -> tuple[int | None, bool]:
     """(`last_stamp`, `tail_is_legacy`) from one open and read of the log's two ends (every
     writable open asks both of every disk: Store.catch_up_marks)."""
-    return judge_ends(*_ends(disk_root))
+    return judge_ends(*ends(disk_root))
 
 
 def judge_ends(first: bytes | None, tail: bytes | None) -> tuple[int | None, bool]:
@@ -438,8 +438,9 @@ def judge_ends(first: bytes | None, tail: bytes | None) -> tuple[int | None, boo
     return stamp, any(end is not None and classify(end)[0] == LEGACY for end in (first, tail))
 
 
-def _ends(disk_root: Path) -> tuple[bytes | None, bytes | None]:
-    """The log's first non-blank line and its last line (None: no log, or an empty one)."""
+def ends(disk_root: Path) -> tuple[bytes | None, bytes | None]:
+    """The first non-blank line and the last line of the log under a local disk's root (None:
+    no log, or an empty one)."""
     try:
         fd = os.open(log_path(disk_root), os.O_RDONLY | os.O_NONBLOCK)
     except FileNotFoundError:

@@ -132,8 +132,17 @@ def _disks_to_read(cfg: Settings, without: frozenset[str], rep: IndexRebuildRepo
     if unknown:
         raise HoardError(f"--without {', '.join(unknown)}: no such disk in the configuration "
                          f"(disks: {', '.join(dc.label for dc in cfg.disks)})", ExitCode.USAGE)
+    buckets = [dc.label for dc in cfg.disks if dc.kind == "s3" and dc.label not in without]
+    if buckets:  # (its staging folder holds open shards only: read as the disk, the bucket's would be lost to the index)
+        raise HoardError(f"disk {buckets[0]} is an S3 disk, which an index rebuild does not read yet (docs/scale-out.md, "
+                         f"\"Not built yet\"): `hoard index restore` takes the newest index copy; or rebuild with "
+                         f"--without {buckets[0]} — its shards are then not named by the new index (they stay in the "
+                         "bucket)", ExitCode.UNAVAILABLE)
     found, missing = [], []
     for dc in cfg.disks:
+        if dc.kind == "s3":  # (named in --without: the refusal above)
+            rep.skipped_disks.append(f"{dc.label}: left out (--without {dc.label})")
+            continue
         ident = read_identity(dc.path) if dc.path.is_dir() else None
         # (an unreadable marker is no marker: an EIO there must not leave a live disk out as "forgotten")
         forgotten = read_identity(dc.path, FORGOTTEN) if ident and ident.get("uuid") else None
