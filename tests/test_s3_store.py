@@ -14,6 +14,7 @@ import pytest
 
 from fsd.base import config
 from fsd.core import s3
+from fsd.core.disks import DiskState
 from fsd.io.replicate import replicate_once
 from fsd.maintenance.deletion import drop_batch
 from fsd.maintenance.gc import gc
@@ -125,11 +126,10 @@ def test_engine_killed_mid_replication_loses_nothing(tmp_path: Path, seaweedfs_o
     bucket = _bucket(seaweedfs_own, "hoard-store-b")
     cfg_path = _config(tmp_path, seaweedfs_own, bucket, copies=2)
     with Store.open(config.load(cfg_path), init=True) as store:
-        s3a = _uuid(store, "s3a")
-        store.set_disk_state("s3a", store.records[s3a].state.__class__("draining"), "test: nothing placed here")
+        store.set_disk_state("s3a", DiskState.DRAINING, "test: nothing placed here")
         res = store.put_many(make_files(tmp_path / "in", 30, seed=3, hi=96 * 1024))
         assert _on(store, "s3a") == 0
-        store.set_disk_state("s3a", store.records[s3a].state.__class__("active"), "")
+        store.set_disk_state("s3a", DiskState.ACTIVE, "")
     real_upload = s3.S3Disk._upload
     uploads = []
 
@@ -143,7 +143,6 @@ def test_engine_killed_mid_replication_loses_nothing(tmp_path: Path, seaweedfs_o
     cfg_path = _config(tmp_path, seaweedfs_own, bucket, copies=3)
     with Store.open(config.load(cfg_path)) as store:
         replicate_once(store, rate_mb_s=None)
-        s3a = _uuid(store, "s3a")
         named = _on(store, "s3a")
         assert named == 1  # the first copy went up before the engine died; nothing after it is named
         assert check_store(store) == len({r.sha256 for r in res})
@@ -200,3 +199,19 @@ def test_an_index_rebuild_does_not_read_a_bucket_as_its_staging_folder(tmp_path:
     with Store.open(config.load(cfg_path)) as store:
         assert _on(store, "s3a") == sum(1 for _ in store.index.iter_shards()) > 0
         assert check_store(store) == len({r.sha256 for r in res})
+
+
+def test_a_failed_s3_disk_is_activated_again(tmp_path: Path, seaweedfs, engine_env) -> None:  # noqa: F811
+    """`hoard disks activate` takes an S3 disk back by its bucket's identity (not by its staging
+    folder being a mount point) and verifies every replica on the bucket first."""
+    engine_env(seaweedfs)
+    cfg_path = _config(tmp_path, seaweedfs, _bucket(seaweedfs, "hoard-store-e"), copies=3)
+    with Store.open(config.load(cfg_path), init=True) as store:
+        store.put_many(make_files(tmp_path / "in", 10, seed=6))
+        replicate_once(store, rate_mb_s=None)
+        shards = _on(store, "s3a")
+        store.set_disk_state("s3a", DiskState.FAILED, "test: failed by hand")
+    out = hoard("--config", str(cfg_path), "disks", "activate", "s3a")
+    assert out.returncode == 0, out.stdout + out.stderr
+    with Store.open(config.load(cfg_path)) as store:
+        assert store.records[_uuid(store, "s3a")].state == DiskState.ACTIVE and _on(store, "s3a") == shards
