@@ -27,8 +27,9 @@ transaction, and appends happen inside theirs) and stay after it in key order, a
 snapshot keeps them after itself. A swap cut short leaves older segments before the snapshot's
 `reset` line, which replay ignores (it starts from the newest honoured reset) and the next swap
 deletes. Reading a log costs a listing and a GET per segment: `marks_size` counts each segment
-as SEGMENT_WEIGHT bytes besides its own, so a log of many small appends is compacted into one
-snapshot (fsd.io.copies.compact_marks) long before its reading grows slow.
+as SEGMENT_WEIGHT bytes besides its own, so the compaction gc runs (fsd.io.copies.compact_marks;
+also `hoard index rewrite-marks`) replaces a log of many small appends by one snapshot; between
+two gc runs every append is one more GET for a reading (docs/scale-out.md, "Not built yet").
 
 A log kept as objects has no file identity, so no judgement of its prefix is remembered
 (fsd.io.judged): `hoard health` reads it whole, as check and verify do.
