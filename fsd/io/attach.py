@@ -161,9 +161,9 @@ def attach_s3(store: Store, dc: config_mod.DiskConfig, rec: DiskRecord | None, i
     cap = int((dc.capacity_gb or 0) * (1 << 30))
     disk = S3Disk(dc.label, rec.uuid if rec else "", str(dc.endpoint), str(dc.bucket), dc.path, cap)
     try:
-        ident = disk.read_identity()
+        ident, answered = disk.read_identity(), True
     except EngineError as e:
-        ident, why = None, e.message
+        ident, answered, why = None, False, e.message
     else:
         why = f"bucket {dc.bucket} at {dc.endpoint} has no {IDENTITY} (not initialised: `hoard init`)"
     if rec is None:
@@ -178,7 +178,7 @@ def attach_s3(store: Store, dc: config_mod.DiskConfig, rec: DiskRecord | None, i
                                  f"at {store.cfg.index_dir} does not know this disk: if the SSD's index was lost, run "
                                  "`hoard index restore` (or `hoard index rebuild`); if the bucket belongs to another "
                                  "store, remove it from the config", ExitCode.UNAVAILABLE)
-        if ident is None and init and why.endswith("(not initialised: `hoard init`)"):
+        if ident is None and init and answered:  # an empty bucket: this disk's from now on
             dc.path.mkdir(parents=True, exist_ok=True)
             ident = S3Disk.initialise(dc.label, str(dc.endpoint), str(dc.bucket), dc.path, cap).read_identity()
         if ident is None:
