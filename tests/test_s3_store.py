@@ -215,3 +215,42 @@ def test_a_failed_s3_disk_is_activated_again(tmp_path: Path, seaweedfs, engine_e
     assert out.returncode == 0, out.stdout + out.stderr
     with Store.open(config.load(cfg_path)) as store:
         assert store.records[_uuid(store, "s3a")].state == DiskState.ACTIVE and _on(store, "s3a") == shards
+
+
+@pytest.mark.expect_log(r"shard \w+ on s3a set aside to hoard-store-f/orphans/", level="WARNING")
+def test_orphan_objects_on_the_bucket_are_set_aside_never_lost(tmp_path: Path, seaweedfs,  # noqa: F811
+                                                               engine_env) -> None:
+    """`hoard verify --orphans` on a bucket: an object under shards/ that no index entry names is
+    set aside to orphans/ when every object in it is known, kept and reported when it holds one
+    the index does not know (after an index loss it may be the only copy); with --repair what
+    was aside longer than the grace is deleted — and every named replica is untouched."""
+    import os
+
+    from fsd.maintenance.orphans import sweep
+    from tests.test_s3_backend import shard_bytes
+
+    engine_env(seaweedfs)
+    bucket = _bucket(seaweedfs, "hoard-store-f")
+    cfg_path = _config(tmp_path, seaweedfs, bucket, copies=3)
+    client = seaweedfs.client()
+    with Store.open(config.load(cfg_path), init=True) as store:
+        res = store.put_many(make_files(tmp_path / "in", 10, seed=7))
+        replicate_once(store, rate_mb_s=None)
+        named = next(m.hex for m in store.index.iter_shards())
+        copy = os.urandom(12).hex()  # a copy of a named shard under a name nothing names
+        client.copy_object(Bucket=bucket, Key=f"shards/{copy[-2:]}/{copy}",
+                           CopySource={"Bucket": bucket, "Key": f"shards/{named[-2:]}/{named}"})
+        sid = os.urandom(12)  # a shard holding an object the index has never seen
+        body, footer = shard_bytes([b"only here " + os.urandom(64)], sid)
+        client.put_object(Bucket=bucket, Key=f"shards/{sid.hex()[-2:]}/{sid.hex()}", Body=body + footer)
+        rep = sweep(store, grace_s=0)
+        assert rep.found == 2 and len(rep.set_aside) == 1 and f"orphans/{copy}." in rep.set_aside[0], rep
+        assert len(rep.unindexed) == 1 and sid.hex() in rep.unindexed[0] and "it is kept" in rep.unindexed[0]
+        keys = {o["Key"] for o in client.list_objects_v2(Bucket=bucket)["Contents"]}
+        assert f"shards/{sid.hex()[-2:]}/{sid.hex()}" in keys and f"shards/{copy[-2:]}/{copy}" not in keys
+        assert check_store(store) == len({r.sha256 for r in res})
+        rep = sweep(store, repair=True, grace_s=0)
+        assert len(rep.deleted) == 1 and f"orphans/{copy}." in rep.deleted[0] and len(rep.unindexed) == 1
+        keys = {o["Key"] for o in client.list_objects_v2(Bucket=bucket)["Contents"]}
+        assert not any(k.startswith("orphans/") for k in keys) and f"shards/{sid.hex()[-2:]}/{sid.hex()}" in keys
+        assert check_store(store) == len({r.sha256 for r in res})

@@ -83,6 +83,12 @@ class Disk(ShardBackend, Protocol):
     def total_bytes(self) -> int: ...  # the space it has for hoard (an S3 disk: what was granted)
     def forget(self, shard_hex: str) -> None: ...  # drop what is cached of the shard (descriptors)
     def close_all(self) -> None: ...
+    # the shard files it keeps on local storage (planted, damaged or misnamed ones included): a
+    # local disk's all, an S3 disk's open ones on its staging folder — the orphan sweep's look
+    def shard_files(self) -> list[Path]: ...
+    # (shard hex, size, modified time) of each shard it keeps as an object (an S3 disk's sealed
+    # ones, from its bucket's listing); [] on a local disk, whose shards are all files
+    def shard_objects(self) -> list[tuple[str, int, float]]: ...
 
 
 class LocalFiles(Disk, Protocol):
@@ -98,7 +104,6 @@ class LocalFiles(Disk, Protocol):
     def tmp_path(self, name: str) -> Path: ...
     # a complete, checked copy in `tmp` named as the shard's sealed file
     def install(self, shard_hex: str, tmp: Path) -> None: ...
-    def shard_files(self) -> list[Path]: ...
 
 
 def has_files(disk: object) -> TypeGuard[LocalFiles]:

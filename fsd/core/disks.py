@@ -273,6 +273,9 @@ class LocalDisk:
         """The shard files on this disk (see `shard_files`); [] when it has no shards folder."""
         return shard_files(self.root) if (self.root / SHARDS_DIR).is_dir() else []
 
+    def shard_objects(self) -> list[tuple[str, int, float]]:
+        return []  # (every shard here is a file: shard_files)
+
     def shard_ids(self) -> list[tuple[str, bool]]:
         """(shard hex, sealed) of every shard file on this disk."""
         return [shard_of(p) for p in self.shard_files()]

@@ -4,7 +4,8 @@
     <bucket>/.hoard-disk.json           identity, the same document as a local disk's; written once
     <bucket>/shards/<xx>/<shard hex>    a sealed shard, one object; metadata `hoard-sha256`: the
                                         sha256 of the whole object (hex)
-    <bucket>/orphans/<hex>.<time>       a shard set aside (never deleted by hoard)
+    <bucket>/orphans/<hex>.<time>       a shard set aside (deleted by `hoard verify --orphans --repair`
+                                        after the grace period, as a local disk's)
 
 `<xx>` is the last two hex digits of the shard id, as on a local disk. An open shard is never
 in the bucket: it is appended on a local staging folder (a `LocalDisk` of its own, whose
@@ -298,6 +299,18 @@ class S3Disk:
         found = [(k.rsplit("/", 1)[-1], True) for k in self._keys(SHARD_PREFIX)]
         found += [(h, False) for h, sealed in self.staging.shard_ids() if not sealed]
         return sorted(found)
+
+    def shard_files(self) -> list[Path]:
+        """The open shards' files on the staging folder (the sealed ones are objects: `shard_objects`)."""
+        return self.staging.shard_files()
+
+    def shard_objects(self) -> list[tuple[str, int, float]]:
+        """(shard hex, size, modified time) of every object under shards/: a listing, for the
+        orphan sweep — never on the read path."""
+        out = []
+        for obj in self.beside.objects(SHARD_PREFIX):
+            out.append((obj["Key"].rsplit("/", 1)[-1], int(obj["Size"]), obj["LastModified"].timestamp()))
+        return sorted(out)
 
     def verify(self, shard_hex: str, sha256: bool = False) -> tuple[int, int]:
         """(size, records) of the sealed object after checking every record (`verify_shard`) and

@@ -115,12 +115,12 @@ class S3Beside:
     def _segments(self) -> list[tuple[str, int]]:
         """(key, size) of each segment, in the log's order (stamp, then nonce)."""
         out = []
-        for obj in self._objects(SEGMENTS):
+        for obj in self.objects(SEGMENTS):
             if SEGMENT_NAME.fullmatch(obj["Key"][len(SEGMENTS):]):
                 out.append((obj["Key"], int(obj["Size"])))
         return sorted(out)
 
-    def _objects(self, prefix: str) -> Iterator[dict]:
+    def objects(self, prefix: str) -> Iterator[dict]:
         token: dict = {}
         while True:
             page = self.disk._call(f"listing {prefix}", self.disk.client.list_objects_v2, Bucket=self.disk.bucket,
@@ -170,7 +170,7 @@ class S3Beside:
         segments or pending snapshots are named in `planted` (skipped, as a local disk skips a
         FIFO in its marks folder)."""
         if planted is not None:
-            planted += [f"{self.where}/{o['Key']}: not a marks log segment" for o in self._objects(f"{MARKS_DIR}/")
+            planted += [f"{self.where}/{o['Key']}: not a marks log segment" for o in self.objects(f"{MARKS_DIR}/")
                         if not (o["Key"].startswith((SEGMENTS, PENDING))
                                 and SEGMENT_NAME.fullmatch(o["Key"].rsplit("/", 1)[-1]))]
         tmp = self.disk.staging.root / TMP_DIR
@@ -236,12 +236,12 @@ class S3Beside:
 
     def marks_discard(self) -> None:
         self._pending = None
-        for obj in self._objects(PENDING):
+        for obj in self.objects(PENDING):
             self.disk._call("dropping a marks snapshot not put in force", self.disk.client.delete_object,
                             Bucket=self.disk.bucket, Key=obj["Key"])
 
     def marks_leftover(self) -> bool:
-        return any(True for _ in self._objects(PENDING))
+        return any(True for _ in self.objects(PENDING))
 
     # -- the index copy, the sweep ---------------------------------------------------------
 
@@ -261,7 +261,7 @@ class S3Beside:
                                 prefix + p.name)
         finally:
             shutil.rmtree(folder, ignore_errors=True)
-        for obj in list(self._objects(f"{INDEX_COPY}/")):
+        for obj in list(self.objects(f"{INDEX_COPY}/")):
             if not obj["Key"].startswith(prefix):
                 self.disk._call("deleting an older index copy", self.disk.client.delete_object,
                                 Bucket=self.disk.bucket, Key=obj["Key"])
@@ -271,7 +271,7 @@ class S3Beside:
         set aside in the bucket (`orphans/`) longer than `grace_s` ago deleted."""
         removed, deleted = self.disk.staging.beside.sweep(now, grace_s, repair)
         if repair:
-            for obj in list(self._objects("orphans/")):
+            for obj in list(self.objects("orphans/")):
                 if now - obj["LastModified"].timestamp() >= grace_s:
                     self.disk._call(f"deleting {obj['Key']}", self.disk.client.delete_object,
                                     Bucket=self.disk.bucket, Key=obj["Key"])
