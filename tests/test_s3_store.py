@@ -202,11 +202,18 @@ def test_an_index_rebuild_does_not_read_a_bucket_as_its_staging_folder(tmp_path:
 
 
 def test_a_failed_s3_disk_is_activated_again(tmp_path: Path, seaweedfs, engine_env) -> None:  # noqa: F811
-    """`hoard disks activate` takes an S3 disk back by its bucket's identity (not by its staging
-    folder being a mount point) and verifies every replica on the bucket first."""
+    """`hoard init` gives an empty bucket its identity (its staging folder made on the SSD);
+    `hoard disks activate` takes a failed S3 disk back by its bucket's identity (not by its
+    staging folder being a mount point) and verifies every replica on the bucket first."""
     engine_env(seaweedfs)
-    cfg_path = _config(tmp_path, seaweedfs, _bucket(seaweedfs, "hoard-store-e"), copies=3)
-    with Store.open(config.load(cfg_path), init=True) as store:
+    bucket = _bucket(seaweedfs, "hoard-store-e")
+    cfg_path = _config(tmp_path, seaweedfs, bucket, copies=3)
+    out = hoard("--config", str(cfg_path), "init")
+    assert out.returncode == 0 and f"s3a={seaweedfs.endpoint}/{bucket}" in out.stdout, out.stdout + out.stderr
+    ident = json.loads(seaweedfs.client().get_object(Bucket=bucket, Key=".hoard-disk.json")["Body"].read())
+    assert ident["label"] == "s3a"
+    assert json.loads((tmp_path / "ssd" / "s3-staging" / "s3a" / ".hoard-disk.json").read_text())["uuid"] == ident["uuid"]
+    with Store.open(config.load(cfg_path)) as store:
         store.put_many(make_files(tmp_path / "in", 10, seed=6))
         replicate_once(store, rate_mb_s=None)
         shards = _on(store, "s3a")

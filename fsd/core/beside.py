@@ -39,7 +39,7 @@ from typing import Any, Protocol
 import xxhash
 
 from fsd.base.files import atomic_write, create_new, fsync_dir
-from fsd.base.modes import rewrite_mode
+from fsd.base.modes import FILE, rewrite_mode
 from fsd.core import marks, pointers
 from fsd.core.diskid import ORPHANS_DIR as ORPHANS
 from fsd.core.diskid import TMP_DIR as TMP
@@ -164,7 +164,7 @@ class LocalBeside:
     def marks_append(self, body: bytes, wrote: list[int]) -> None:
         path = self._log_made()
         # O_APPEND: records of concurrent processes interleave whole (one write each)
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NONBLOCK, 0o640)
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NONBLOCK, FILE)
         try:
             marks.regular(fd, path)
             view = memoryview(body)
