@@ -183,22 +183,35 @@ def test_bucket_deleted_loses_nothing(tmp_path: Path, seaweedfs, engine_env) -> 
     assert "disk s3a: missing" in problems and "does not exist" in problems, problems
 
 
-def test_an_index_rebuild_does_not_read_a_bucket_as_its_staging_folder(tmp_path: Path, seaweedfs,  # noqa: F811
-                                                                      engine_env) -> None:
-    """`hoard index rebuild` does not read buckets yet: with an S3 disk configured it refuses in one
-    line naming the disk and the two ways on, and the index stays as it was — read as a disk, the
-    staging folder (open shards only) would leave every replica on the bucket unnamed."""
+def test_the_index_is_rebuilt_from_the_bucket_alone(tmp_path: Path, seaweedfs, engine_env) -> None:  # noqa: F811
+    """The SSD's index and both local disks lost: `hoard index rebuild` from the S3 disk alone
+    (the new disks left out) brings back every object (its shard objects read with ranged GETs), the batch the bucket's
+    pointer names and the roots its marks log's segments hold; every object reads back."""
     engine_env(seaweedfs)
-    cfg_path = _config(tmp_path, seaweedfs, _bucket(seaweedfs, "hoard-store-d"), copies=3)
+    bucket = _bucket(seaweedfs, "hoard-store-d")
+    cfg_path = _config(tmp_path, seaweedfs, bucket, copies=3)
     with Store.open(config.load(cfg_path), init=True) as store:
-        res = store.put_many(make_files(tmp_path / "in", 10, seed=5))
+        res = store.put_many(make_files(tmp_path / "in", 20, seed=5, hi=96 * 1024), root="hoard put")
+        _batch(store, res[:5], "b1")
         replicate_once(store, rate_mb_s=None)
-    out = hoard("--config", str(cfg_path), "index", "rebuild")
-    assert out.returncode != 0 and out.stderr.count("\n") == 1, out.stderr
-    assert "disk s3a is an S3 disk" in out.stderr and "--without s3a" in out.stderr and "index restore" in out.stderr
+        shards = {m.hex for m in store.index.iter_shards()}
+        assert _on(store, "s3a") == len(shards)
+        rooted = store.index.count(store.index.rooted)
+        assert rooted == len({r.sha256 for r in res})
+        index_dir = store.cfg.index_dir
+    for lost in ("d0", "d1"):
+        shutil.rmtree(tmp_path / lost)
+    shutil.rmtree(index_dir)
+    cfg_path = _config(tmp_path, seaweedfs, bucket, copies=2, locals_=("d2", "d3"))  # new, empty disks
+    out = hoard("--config", str(cfg_path), "index", "rebuild", "--without", "d2", "--without", "d3")
+    assert out.returncode == 0, out.stdout + out.stderr
     with Store.open(config.load(cfg_path)) as store:
-        assert _on(store, "s3a") == sum(1 for _ in store.index.iter_shards()) > 0
-        assert check_store(store) == len({r.sha256 for r in res})
+        assert {m.hex for m in store.index.iter_shards()} == shards and _on(store, "s3a") == len(shards)
+        assert store.index.count(store.index.rooted) == rooted
+        assert [name for name, _ in store.index.iter_batches()] == ["b1"]
+        assert check_store(store) == len({r.sha256 for r in res}) + 1  # (+ the batch's manifest)
+    res_v = hoard("--config", str(cfg_path), "verify")
+    assert res_v.returncode == 0, res_v.stdout + res_v.stderr
 
 
 def test_a_failed_s3_disk_is_activated_again(tmp_path: Path, seaweedfs, engine_env) -> None:  # noqa: F811

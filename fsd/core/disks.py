@@ -22,7 +22,7 @@ import os
 import threading
 import time
 from collections import OrderedDict
-from pathlib import Path
+from pathlib import Path, PurePath
 
 from fsd.base.files import fsync_dir
 from fsd.base.modes import FILE
@@ -158,7 +158,13 @@ def shard_files(root: Path) -> list[Path]:
     return sorted(p for p in (root / SHARDS_DIR).glob("*/*") if p.suffix in (SEALED, OPEN))
 
 
-def shard_of(path: Path) -> tuple[str, bool]:
+def object_name(bucket: str, shard_hex: str) -> PurePath:
+    """The name an S3 disk's sealed shard object is read under by what takes shard files one by
+    one (`shard_of` reads it: sealed) — index rebuild's listing of a bucket."""
+    return PurePath(bucket, SHARDS_DIR, shard_hex[-2:], shard_hex + SEALED)
+
+
+def shard_of(path: PurePath) -> tuple[str, bool]:
     """(shard hex as the file name spells it, sealed) of a file `shard_files` listed."""
     return path.stem, path.suffix == SEALED
 
