@@ -540,53 +540,40 @@ def _read_pointers(dc: Any, found: dict[str, dict], rep: IndexRebuildReport) -> 
     holds (a disk that was failed or absent may hold an older one). One that does not read as
     a pointer (planted, or damaged: its checksum) is damage to name; one that does not read
     (EIO) stops the rebuild: the newest pointer may be this disk's alone (a removal too)."""
-    if dc.kind == "s3":
-        _read_bucket_pointers(dc, found, rep)
-        return
-    paths = [(pointers.rel(folder, p.stem), p) for folder in pointers.KINDS for p in _listing(dc, folder, "*.json")]
-    paths += [(key, dc.path / key) for key in pointers.ROOT_FILES if os.path.lexists(dc.path / key)]
-    for key, path in paths:
-        if pointers.foreign_name(path):
-            rep.damaged.append(f"{pointers.shown(path)}: a name the store never writes (not UTF-8, or no batch or "
-                               "view name): not a pointer, not registered")
+    if dc.kind == "s3":  # objects in its bucket (fsd.core.s3files); a root file there is read if it is there
+        side = dc.disk.beside
+        try:
+            keys = [pointers.rel(folder, stem) for folder in pointers.KINDS for stem in side.names(folder, ".json")]
+        except OSError as e:
+            raise _went_away(dc, f"listing its pointers: {e.strerror or e}") from None
+        items = [(key, side.shown(key), side.planted(key), lambda k=key: side.read(k))
+                 for key in [*keys, *pointers.ROOT_FILES]]
+    else:
+        paths = [(pointers.rel(folder, p.stem), p) for folder in pointers.KINDS for p in _listing(dc, folder, "*.json")]
+        paths += [(key, dc.path / key) for key in pointers.ROOT_FILES if os.path.lexists(dc.path / key)]
+        keys = [key for key, _ in paths]
+        items = [(key, str(path), pointers.foreign_name(path), lambda p=path: pointers.read(p)) for key, path in paths]
+    for key, where, foreign, read in items:
+        if foreign:
+            shown = where.encode("utf-8", "backslashreplace").decode()  # (as pointers.shown: never raw)
+            rep.damaged.append(f"{shown}: a name the store never writes (not UTF-8, or no batch or view name): not a "
+                               "pointer, not registered")
             continue
         try:
-            doc = pointers.decode(pointers.read(path), key)
+            doc = pointers.decode(read(), key)
         except FileNotFoundError:  # listed a moment ago, the store idle
-            raise _went_away(dc, f"{path} was listed, then not found") from None
+            if key not in keys:
+                continue  # (a root file a bucket does not hold)
+            raise _went_away(dc, f"{where} was listed, then not found") from None
         except OSError as e:
             if e.errno not in PLANTED:
-                raise _went_away(dc, f"reading {path}: {e.strerror or e}") from None
-            rep.damaged.append(f"{path}: {e.strerror}")  # planted: a directory, a FIFO, a link
+                raise _went_away(dc, f"reading {where}: {e.strerror or e}") from None
+            rep.damaged.append(f"{where}: {e.strerror}")  # planted: a directory, a FIFO, a link
             continue
         except ValueError as e:
-            rep.damaged.append(f"{path}: {e}")
+            rep.damaged.append(f"{where}: {e}")
             continue
         _newer(found, key, doc)
-
-
-def _read_bucket_pointers(dc: Any, found: dict[str, dict], rep: IndexRebuildReport) -> None:
-    """`_read_pointers` of an S3 disk: the pointers are objects in its bucket (fsd.core.s3files)."""
-    side = dc.disk.beside
-    try:
-        keys = [pointers.rel(folder, stem) for folder in pointers.KINDS for stem in side.names(folder, ".json")]
-        for key in [*keys, *pointers.ROOT_FILES]:
-            if side.planted(key):
-                rep.damaged.append(f"{side.shown(key)}: a name the store never writes (no batch or view name): not "
-                                   "a pointer, not registered")
-                continue
-            try:
-                doc = pointers.decode(side.read(key), key)
-            except FileNotFoundError:
-                if key in keys:  # (listed a moment ago, the store idle)
-                    raise _went_away(dc, f"{side.shown(key)} was listed, then not found") from None
-                continue
-            except ValueError as e:
-                rep.damaged.append(f"{side.shown(key)}: {e}")
-                continue
-            _newer(found, key, doc)
-    except OSError as e:  # (the engine gone, a listing refused: the newest pointer may be this disk's alone)
-        raise _went_away(dc, f"reading its pointers: {e.strerror or e}") from None
 
 
 def _newer(found: dict[str, dict], key: str, doc: dict) -> None:
