@@ -274,3 +274,25 @@ def test_orphan_objects_on_the_bucket_are_set_aside_never_lost(tmp_path: Path, s
         keys = {o["Key"] for o in client.list_objects_v2(Bucket=bucket)["Contents"]}
         assert not any(k.startswith("orphans/") for k in keys) and f"shards/{sid.hex()[-2:]}/{sid.hex()}" in keys
         assert check_store(store) == len({r.sha256 for r in res})
+
+
+def test_a_crowded_s3_marks_log_is_compacted_by_the_next_writer(tmp_path: Path, seaweedfs, engine_env,  # noqa: F811
+                                                               monkeypatch) -> None:
+    """A bucket's marks log of more segments than CROWDED (one per append) is replaced by a
+    snapshot at the next writable open, not only by gc: one segment, holding every root."""
+    from fsd.core import marks, s3files
+
+    monkeypatch.setattr(s3files, "CROWDED", 3)
+    engine_env(seaweedfs)
+    cfg_path = _config(tmp_path, seaweedfs, _bucket(seaweedfs, "hoard-store-g"), copies=3)
+    with Store.open(config.load(cfg_path), init=True) as store:
+        for i in range(5):  # a put per append
+            store.put_many(make_files(tmp_path / f"in{i}", 2, seed=10 + i), root="hoard put")
+        side = store.disks[_uuid(store, "s3a")].beside
+        assert len(side._segments()) > 3
+        rooted = sorted(bytes(k) for k in store.index.env.begin().cursor(db=store.index.rooted).iternext(values=False))
+    with Store.open(config.load(cfg_path)) as store:
+        side = store.disks[_uuid(store, "s3a")].beside
+        assert len(side._segments()) == 1
+        got = side.marks_read()
+        assert got.resets and marks.replay(got.records | {(max(got.resets), marks.RESET, "0" * 64)})["rooted"] == rooted

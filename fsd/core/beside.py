@@ -80,6 +80,9 @@ class Beside(Protocol):
     # the log's first non-blank line and its last line (None, None: no log, or an empty one)
     def marks_ends(self) -> tuple[bytes | None, bytes | None]: ...
     def marks_size(self) -> int: ...  # what it takes (0: none): a snapshot replaces it when large
+    # whether reading the log costs so many requests that the next writable open should replace
+    # it by a snapshot without waiting for gc (a local file: never — one read is one file)
+    def marks_crowded(self) -> bool: ...
     def marks_read(self, planted: list[str] | None = None, label: str = "", spill: Spill | None = None,
                    src: int = 0, cutoff: int | None = None) -> marks.DiskLog: ...
     def marks_read_tail(self, label: str, spill: Spill, src: int, cutoff: int, start: int, lines: int,
@@ -183,6 +186,9 @@ class LocalBeside:
             return os.stat(self._log()).st_size
         except OSError:
             return 0
+
+    def marks_crowded(self) -> bool:
+        return False
 
     def marks_read(self, planted: list[str] | None = None, label: str = "", spill: Spill | None = None,
                    src: int = 0, cutoff: int | None = None) -> marks.DiskLog:

@@ -28,8 +28,8 @@ snapshot keeps them after itself. A swap cut short leaves older segments before 
 `reset` line, which replay ignores (it starts from the newest honoured reset) and the next swap
 deletes. Reading a log costs a listing and a GET per segment: `marks_size` counts each segment
 as SEGMENT_WEIGHT bytes besides its own, so the compaction gc runs (fsd.io.copies.compact_marks;
-also `hoard index rewrite-marks`) replaces a log of many small appends by one snapshot; between
-two gc runs every append is one more GET for a reading (docs/scale-out.md, "Not built yet").
+also `hoard index rewrite-marks`) replaces a log of many small appends by one snapshot, and a
+log of more than CROWDED segments is replaced by the next writable open (`marks_crowded`).
 
 A log kept as objects has no file identity, so no judgement of its prefix is remembered
 (fsd.io.judged): `hoard health` reads it whole, as check and verify do.
@@ -58,6 +58,9 @@ SEGMENTS, PENDING = f"{MARKS_DIR}/log/", f"{MARKS_DIR}/pending/"
 SEGMENT_NAME = re.compile(r"(\d{20})\.([0-9a-f]{8})")
 #: what a segment counts for beside its bytes in `marks_size` (the cost of one more GET)
 SEGMENT_WEIGHT = 4096
+#: a log of more segments than this is replaced by a snapshot at the next writable open
+#: (fsd.io.copies.catch_up_marks), not only by gc: each is a GET for every reading
+CROWDED = 256
 #: a log this large is read into memory; a larger one spills to a file in the staging folder
 IN_MEMORY = 8 << 20
 
@@ -163,6 +166,9 @@ class S3Beside:
 
     def marks_size(self) -> int:
         return sum(size + SEGMENT_WEIGHT for _, size in self._segments())
+
+    def marks_crowded(self) -> bool:
+        return len(self._segments()) > CROWDED
 
     def _log(self, planted: list[str] | None) -> Any:
         """The log, its segments concatenated in order, as a file at its start (in memory, or

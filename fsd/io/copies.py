@@ -214,6 +214,9 @@ def catch_up_marks(store: Store) -> list[str]:
     # (or one committing right now: checked again inside the snapshot's transaction)
     ahead = [u for u, t in tails.items() if u in at and t > at[u] and store.usable(u, for_write=True)]
     behind = marks_behind(store, state)
+    # a log kept as many objects (fsd.core.s3files) is compacted now, not only by the next gc
+    behind += [u for u, d in store.disks.items() if u not in behind and store.usable(u, for_write=True)
+               and time.time() - state[2].get(u, 0.0) > MARKS_RETRY_S and _crowded(d)]
     # (a legacy log that refused its rewrite waits MARKS_RETRY_S like a disk behind: each try
     # reads every disk's whole log and takes a write transaction)
     behind += [u for u in legacy if u not in behind and time.time() - state[2].get(u, 0.0) > MARKS_RETRY_S]
@@ -224,6 +227,14 @@ def catch_up_marks(store: Store) -> list[str]:
     if done:
         log.info("marks log of %s brought up to the index", ", ".join(done))
     return done
+
+
+def _crowded(disk: Disk) -> bool:
+    try:
+        return disk.beside.marks_crowded()
+    except OSError as e:  # an engine that does not answer: health's business
+        log.warning("disk %s: cannot list its marks log: %s", disk.label, e)
+        return False
 
 
 def compact_marks(store: Store) -> list[str]:
