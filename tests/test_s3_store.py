@@ -296,3 +296,31 @@ def test_a_crowded_s3_marks_log_is_compacted_by_the_next_writer(tmp_path: Path, 
         assert len(side._segments()) == 1
         got = side.marks_read()
         assert got.resets and marks.replay(got.records | {(max(got.resets), marks.RESET, "0" * 64)})["rooted"] == rooted
+
+
+def test_the_index_is_restored_from_a_copy_in_the_bucket(tmp_path: Path, seaweedfs, engine_env) -> None:  # noqa: F811
+    """`hoard index backup` puts its copy on the local disks first, in the bucket when asked for
+    more; with the SSD's index and both local disks lost, `hoard index restore` takes the
+    bucket's copy and brings it up to date from the bucket: every object and root is back."""
+    from fsd.maintenance.reindex import backup_index
+
+    engine_env(seaweedfs)
+    bucket = _bucket(seaweedfs, "hoard-store-h")
+    cfg_path = _config(tmp_path, seaweedfs, bucket, copies=3)
+    with Store.open(config.load(cfg_path), init=True) as store:
+        res = store.put_many(make_files(tmp_path / "in", 12, seed=8), root="hoard put")
+        replicate_once(store, rate_mb_s=None)
+        assert sorted(backup_index(store, copies=2)) == ["d0", "d1"]  # local disks first
+        assert sorted(backup_index(store, copies=3)) == ["d0", "d1", "s3a"]
+        index_dir = store.cfg.index_dir
+    keys = [o["Key"] for o in seaweedfs.client().list_objects_v2(Bucket=bucket, Prefix="index-copy/")["Contents"]]
+    assert any(k.endswith("/stamp.json") for k in keys) and any(k.endswith("/data.mdb") for k in keys)
+    for lost in ("d0", "d1"):
+        shutil.rmtree(tmp_path / lost)
+    shutil.rmtree(index_dir)
+    cfg_path = _config(tmp_path, seaweedfs, bucket, copies=2, locals_=("d2", "d3"))
+    out = hoard("--config", str(cfg_path), "index", "restore", "--without", "d2", "--without", "d3")
+    assert out.returncode == 0 and "from disk s3a" in out.stdout, out.stdout + out.stderr
+    with Store.open(config.load(cfg_path)) as store:
+        assert check_store(store) == len({r.sha256 for r in res})
+        assert store.index.count(store.index.rooted) == len({r.sha256 for r in res})

@@ -101,6 +101,9 @@ class Beside(Protocol):
 
     # a copy of the index: `fill(folder)` writes its files into a local folder, kept on the disk
     def put_index_copy(self, fill: Callable[[Path], None]) -> None: ...
+    # the stamp.json of the copy kept (None: none), and its files fetched into a new local folder
+    def index_copy_stamp(self) -> bytes | None: ...
+    def get_index_copy(self, into: Path) -> None: ...
     # the orphan sweep: tmp/ files older than `grace_s` (and gc's reservation) removed — how many;
     # with `repair`, what was set aside longer ago removed — (where, bytes) of each
     def sweep(self, now: float, grace_s: float, repair: bool) -> tuple[int, list[tuple[str, int]]]: ...
@@ -323,6 +326,15 @@ class LocalBeside:
         os.rename(tmp, final)
         fsync_dir(self.root)
         shutil.rmtree(old, ignore_errors=True)
+
+    def index_copy_stamp(self) -> bytes | None:
+        try:
+            return (self.root / INDEX_COPY / "stamp.json").read_bytes()
+        except FileNotFoundError:
+            return None
+
+    def get_index_copy(self, into: Path) -> None:
+        shutil.copytree(self.root / INDEX_COPY, into)
 
     def sweep(self, now: float, grace_s: float, repair: bool) -> tuple[int, list[tuple[str, int]]]:
         removed, deleted = 0, []

@@ -272,6 +272,25 @@ class S3Beside:
                 self.disk._call("deleting an older index copy", self.disk.client.delete_object,
                                 Bucket=self.disk.bucket, Key=obj["Key"])
 
+    def _copy_prefix(self) -> str | None:
+        """The prefix of the newest complete index copy (one with its stamp.json), or None."""
+        done = sorted(o["Key"][:-len("stamp.json")] for o in self.objects(f"{INDEX_COPY}/")
+                      if o["Key"].endswith("/stamp.json"))
+        return done[-1] if done else None
+
+    def index_copy_stamp(self) -> bytes | None:
+        prefix = self._copy_prefix()
+        return None if prefix is None else self._get(prefix + "stamp.json")
+
+    def get_index_copy(self, into: Path) -> None:
+        prefix = self._copy_prefix()
+        if prefix is None:
+            raise FileNotFoundError(f"disk {self.disk.label}: no index copy in bucket {self.disk.bucket}")
+        into.mkdir()
+        for obj in list(self.objects(prefix)):
+            self.disk._call(f"fetching {obj['Key']}", self.disk.client.download_file, self.disk.bucket, obj["Key"],
+                            str(into / obj["Key"][len(prefix):]))
+
     def sweep(self, now: float, grace_s: float, repair: bool) -> tuple[int, list[tuple[str, int]]]:
         """The staging folder's tmp/ and orphans/ as a local disk's; with `repair`, the shards
         set aside in the bucket (`orphans/`) longer than `grace_s` ago deleted."""

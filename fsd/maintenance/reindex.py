@@ -31,7 +31,8 @@ from fsd.base.errors import ExitCode, HoardError
 from fsd.base.files import size_or_zero
 from fsd.core import formats, marks, pointers, storelock
 from fsd.core import shardfmt as fmt
-from fsd.core.beside import INDEX_COPY
+from fsd.core.backend import has_files
+from fsd.core.beside import INDEX_COPY, LocalBeside
 from fsd.core.disks import (
     IDENTITY,
     SHARDS_DIR,
@@ -178,15 +179,23 @@ class _Bucket:
     sizes: dict[PurePath, int] = field(default_factory=dict)  # an object's size, by the name it is read as
 
 
+def _bucket(dc: Any) -> _Bucket:
+    """The S3 disk `dc` configures, to be read (its uuid set once its identity is read)."""
+    # deferred: boto3 (fsd.core.s3) is loaded only for a configured S3 disk
+    from fsd.core.s3 import S3Disk
+
+    return _Bucket(dc.label, dc.path, S3Disk(dc.label, "", str(dc.endpoint), str(dc.bucket), dc.path,
+                                             int((dc.capacity_gb or 0) * (1 << 30))))
+
+
 def _bucket_to_read(dc: Any, found: list[tuple[Any, dict]], missing: list[tuple[str, str]],
                     rep: IndexRebuildReport) -> None:
     """`_disks_to_read` for an S3 disk: its bucket's identity read (an engine that does not
     answer, or a bucket without one, is a disk that cannot be read: refused unless left out)."""
     # deferred: boto3 (fsd.core.s3) is loaded only for a configured S3 disk
-    from fsd.core.s3 import EngineError, S3Disk
+    from fsd.core.s3 import EngineError
 
-    b = _Bucket(dc.label, dc.path, S3Disk(dc.label, "", str(dc.endpoint), str(dc.bucket), dc.path,
-                                          int((dc.capacity_gb or 0) * (1 << 30))))
+    b = _bucket(dc)
     try:
         ident = b.disk.read_identity()
         forgotten = ident is not None and b.disk.beside.read(FORGOTTEN)
@@ -709,8 +718,9 @@ def backup_index(store, copies: int = 2) -> list[str]:
 
     A disk keeps it beside its shards (Beside.put_index_copy: written to `index-copy.tmp`,
     fsynced, then swapped in by rename, so a crash leaves the previous copy intact). Returns the labels of the disks that hold a fresh copy."""
+    # local disks first (a bucket's copy is fetched, and its age not shown by a status refresh)
     disks = sorted((d for u, d in store.disks.items() if store.usable(u, for_write=True)),
-                   key=lambda d: -d.free_bytes(0))[:copies]
+                   key=lambda d: (not has_files(d), -d.free_bytes(0)))[:copies]
     done = []
     stamp = {"taken_at": time.time(), "objects": store.index.count_objects()}
     for d in disks:
@@ -725,9 +735,11 @@ def backup_index(store, copies: int = 2) -> list[str]:
 def index_copies(cfg: Settings) -> list[dict[str, Any]]:
     """The index copies `hoard index backup` left on the configured disks: `{disk, age_s}` each,
     from the stamp's time on disk (one stat per disk: cheap enough for a status refresh; a disk
-    that is gone, or holds no copy, is left out)."""
+    that is gone, or holds no copy, is left out; so is an S3 disk: backups go to local disks first)."""
     out = []
     for d in cfg.disks:
+        if d.kind == "s3":
+            continue  # (a request to an engine, which may not answer, is not for a status refresh)
         try:
             taken = (d.path / INDEX_COPY / "stamp.json").stat().st_mtime
         except OSError:
@@ -756,11 +768,13 @@ def _restore_index(cfg: Settings, ssd_uuid: str, progress: Callable[[int, int], 
     large objects' piece digests."""
     found = []
     for dc in cfg.disks:
-        stamp = dc.path / INDEX_COPY / "stamp.json"
+        side = _bucket(dc).disk.beside if dc.kind == "s3" else LocalBeside(dc.path)
+        stamp = side.shown(f"{INDEX_COPY}/stamp.json")
         try:
-            doc = json.loads(stamp.read_text())
-        except FileNotFoundError:
-            continue
+            body = side.index_copy_stamp()
+            if body is None:
+                continue
+            doc = json.loads(body)
         except (OSError, ValueError) as e:
             log.warning("index copy on %s not usable: %s", dc.label, e)
             continue
@@ -768,22 +782,22 @@ def _restore_index(cfg: Settings, ssd_uuid: str, progress: Callable[[int, int], 
         if not isinstance(taken, (int, float)) or isinstance(taken, bool):
             log.warning("index copy on %s not usable: %s has no time stamp", dc.label, stamp)
             continue
-        found.append((doc, dc))
+        found.append((doc, dc, side))
     if not found:
         raise HoardError("no usable index copy on any disk; use `hoard index rebuild` (from the shards)",
                          ExitCode.DATA)
     copy = cfg.index_dir.with_name(cfg.index_dir.name + ".restore")
     tried = []
     # newest first; a copy that cannot be read (damaged, half-written) gives way to the next
-    for stamp, dc in sorted(found, key=lambda x: -x[0]["taken_at"]):
+    for stamp, dc, side in sorted(found, key=lambda x: -x[0]["taken_at"]):
         shutil.rmtree(copy, ignore_errors=True)
         try:
-            shutil.copytree(dc.path / INDEX_COPY, copy)
+            side.get_index_copy(copy)
             Index(copy, readonly=True).close()
         except (OSError, lmdb.Error) as e:
-            why = str(e).replace(str(copy), str(dc.path / INDEX_COPY))
+            why = str(e).replace(str(copy), side.shown(INDEX_COPY))
             tried.append(f"{dc.label}: {why}")
-            log.warning("index copy %s not usable: %s", dc.path / INDEX_COPY, why)
+            log.warning("index copy %s not usable: %s", side.shown(INDEX_COPY), why)
             continue
         try:
             rep = _rebuild_index(cfg, ssd_uuid, progress, backup=copy, without=without)
