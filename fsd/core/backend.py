@@ -14,11 +14,12 @@ What a backend must also provide is what it keeps *beside* its shards — each d
 the batch, view and db-dump pointers, the index copies, the forgotten-disk marker, a `tmp/` and an
 `orphans/` folder for the sweep: a disk's `beside` (fsd.core.beside: `LocalBeside`, files under a
 local disk's root; `fsd.core.s3files.S3Beside`, objects in the bucket), which every caller uses
-(`Disk`). The identity is the backend's own (`check`). What stays the local disk's alone is
-`LocalFiles`: descriptors for the mount and copies, a copy's tmp file and its install, gc's space
-reservation (`tmp_path`), and the shard files one by one (`shard_files`: planted, damaged or
-misnamed ones included) for index rebuild, the orphan sweep and `hoard check`, which a backend
-without files does with its own listing (`shard_ids`).
+(`Disk`). The identity is the backend's own (`check`). Index rebuild, the orphan sweep and
+`hoard check` look at the shard files one by one (`shard_files`: planted, damaged or misnamed
+ones included) and at the shards kept as objects (`shard_objects`: a bucket's listing). What
+stays the local disk's alone is `LocalFiles` (`has_files`): descriptors for the mount and
+copies, a copy's tmp file and its install, gc's fallocated reservation (`tmp_path`); a caller
+that uses them goes through the contract for a disk without files.
 """
 
 from __future__ import annotations
@@ -94,7 +95,7 @@ class Disk(ShardBackend, Protocol):
 class LocalFiles(Disk, Protocol):
     """What the local disk gives beyond the contract, for the callers that work on its files
     (named in the module docstring): copies with a read-back check, the mount's own
-    descriptors, the files beside the shards."""
+    descriptors, gc's reservation."""
 
     root: Path
 

@@ -453,16 +453,7 @@ class S3Disk:
             body.close()
 
     def _keys(self, prefix: str) -> Iterator[str]:
-        token: dict = {}
-        while True:
-            page = self._call(f"listing {prefix}", self.client.list_objects_v2, Bucket=self.bucket, Prefix=prefix,
-                              **token)
-            for obj in page.get("Contents", []):
-                yield obj["Key"]
-            if not page.get("IsTruncated"):
-                return
-            token = {"ContinuationToken": page["NextContinuationToken"]}
-
+        return (obj["Key"] for obj in self.beside.objects(prefix))
 
 class _Stream:
     """A `read(offset, n)` over one object for `verify_shard`, which reads the footer, then the

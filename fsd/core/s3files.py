@@ -102,7 +102,7 @@ class S3Beside:
                       if k.endswith(suffix) and "/" not in k[len(prefix):])
 
     def planted(self, name: str) -> bool:
-        return pointers.foreign_name(PurePosixPath(name))  # type: ignore[arg-type]  # (no FIFO is an object)
+        return pointers.foreign_name(PurePosixPath(name))  # (no FIFO is an object: the name alone)
 
     def in_the_way(self, name: str) -> str:
         return ""  # an object never stands in another's way
@@ -124,6 +124,7 @@ class S3Beside:
         return sorted(out)
 
     def objects(self, prefix: str) -> Iterator[dict]:
+        """Every object under `prefix` (its Key, Size, LastModified), page by page."""
         token: dict = {}
         while True:
             page = self.disk._call(f"listing {prefix}", self.disk.client.list_objects_v2, Bucket=self.disk.bucket,
