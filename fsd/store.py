@@ -34,7 +34,8 @@ from fsd.base.paths import file_ext
 from fsd.base.units import fmt_bytes
 from fsd.core import formats, storelock
 from fsd.core import shardfmt as fmt
-from fsd.core.disks import DiskGone, DiskRecord, DiskState, LocalDisk
+from fsd.core.backend import Disk
+from fsd.core.disks import DiskGone, DiskRecord, DiskState
 from fsd.core.held import iter_named
 from fsd.core.index import Index, ShardMeta, has_index, index_error, open_existing
 from fsd.core.layout import BATCHES_DIR, VIEWS_DIR, check_ssd, lock_root, pin_path, protect_ssd
@@ -88,7 +89,7 @@ class Store:
         self.shard_bytes = cfg.store.shard_size_mb << 20
         #: bytes of new files appended before their group's fdatasync is queued (fsd.io.put)
         self.group_bytes = GROUP_BYTES
-        self.disks: dict[str, LocalDisk] = {}
+        self.disks: dict[str, Disk] = {}
         self.records: dict[str, DiskRecord] = {}
         self.queue: dict[str, int] = {}
         self.measured_bw: dict[str, float] = {}  # MB/s seen by the batch reader, per disk uuid
@@ -167,7 +168,7 @@ class Store:
         after = {u: (r.state, r.path, r.reason) for u, r in fresh.records.items()}
         if before == after:
             return False
-        disks = {u: self.disks[u] if u in self.disks and self.disks[u].root == d.root else d
+        disks = {u: self.disks[u] if u in self.disks and self.disks[u].where == d.where else d
                  for u, d in fresh.disks.items()}
         with self.lock:
             self.records, self.disks = fresh.records, disks
@@ -216,7 +217,7 @@ class Store:
         """Replicas on disks that can be read now (active or draining; not failed or missing)."""
         return sum(1 for u in meta.replicas if self.usable(u))
 
-    def gone(self, disk: LocalDisk, err: DiskGone) -> None:
+    def gone(self, disk: Disk, err: DiskGone) -> None:
         """The disk's mount or identity is gone: this process stops using it at once (its
         state in the index is not changed: it may come back)."""
         rec = self.records.get(disk.uuid)
@@ -266,7 +267,7 @@ class Store:
         return rec.uuid
 
     def place(self, n: int, need: int, exclude: set[str], why_excluded: str = "excluded after an error"
-              ) -> list[LocalDisk]:
+              ) -> list[Disk]:
         """`n` distinct disks with room for `need` bytes; a reservation of this process's on
         them is shrunk by `need` first, so the write about to happen finds the space."""
         disks = [self.disks[c.uuid] for c in choose(self.candidates(), n, need, self.rng, exclude, why_excluded)]
@@ -275,11 +276,11 @@ class Store:
                 self.reservations.take(d.uuid, need)
         return disks
 
-    def queue_changed(self, disks: list[LocalDisk], delta: int) -> None:
+    def queue_changed(self, disks: list[Disk], delta: int) -> None:
         for d in disks:
             self.queue[d.uuid] = self.queue.get(d.uuid, 0) + delta
 
-    def disk_error(self, disk: LocalDisk, op: str, err: OSError | Exception, shard: str = "") -> None:
+    def disk_error(self, disk: Disk, op: str, err: OSError | Exception, shard: str = "") -> None:
         """Record an error; a disk that is gone (unmounted, foreign) stops being used at once."""
         detail = getattr(err, "strerror", None) or str(err)
         log.warning("disk %s: %s error%s: %s", disk.label, op, f" on shard {shard}" if shard else "", detail)
@@ -383,7 +384,7 @@ class Store:
         copies.pointing(self, lambda write: self.index.keep_pointer(key, doc, write))
 
     # -- the marks logs and pointers beside the shards: fsd.io.copies ---------------------------
-    def write_pointer(self, rel: str, body: bytes, failed: list[tuple[LocalDisk, OSError]] | None = None
+    def write_pointer(self, rel: str, body: bytes, failed: list[tuple[Disk, OSError]] | None = None
                       ) -> list[str]:
         return copies.write_pointer(self, rel, body, failed)
 
@@ -427,7 +428,7 @@ class Store:
         info = self.index.get_batch(batch_id)
         return json.loads(self.get(info["manifest"])) if info else None
 
-    def replica_order(self, meta: ShardMeta, avoid: Set[str] = frozenset()) -> list[LocalDisk]:
+    def replica_order(self, meta: ShardMeta, avoid: Set[str] = frozenset()) -> list[Disk]:
         usable = [u for u in meta.replicas if self.usable(u) and u not in avoid]
         usable.sort(key=lambda u: (self.records[u].state != DiskState.ACTIVE, self.queue.get(u, 0)))
         return [self.disks[u] for u in usable]
@@ -545,7 +546,7 @@ class Store:
         raise DataError(f"object {sha.hex()}: no good replica of shard {loc.shard_id.hex()}; tried "
                         + (", ".join(tried) or "none usable") + "; see `hoard health`")
 
-    def bad_replica(self, disk: LocalDisk, meta: ShardMeta, op: str, err: Exception) -> None:
+    def bad_replica(self, disk: Disk, meta: ShardMeta, op: str, err: Exception) -> None:
         """A replica gave an error or wrong bytes: report it and queue it for repair (the
         replicator re-copies it from a good replica)."""
         self.disk_error(disk, op, err, meta.hex)
@@ -554,7 +555,7 @@ class Store:
         except (lmdb.Error, formats.NewerFormat) as e:
             log.error("index: cannot queue the repair of shard %s on %s: %s", meta.hex, disk.label, e)
 
-    def _read_record(self, disk: LocalDisk, shard_hex: str, offset: int, length: int, sha: bytes) -> bytes:
+    def _read_record(self, disk: Disk, shard_hex: str, offset: int, length: int, sha: bytes) -> bytes:
         buf = disk.read_at(shard_hex, offset - fmt.RECORD_HEADER_SIZE, fmt.RECORD_HEADER_SIZE + length)
         return verify_record(memoryview(buf), 0, sha, length, f" (shard {shard_hex} on {disk.label})")
 
@@ -571,11 +572,13 @@ class Store:
     def status(self) -> dict:
         disks = []
         seen = self.index.disks_seen()[0]
+        backends = {d.label: d.kind for d in self.cfg.disks}
         for uuid, rec in self.records.items():
             d = self.disks.get(uuid)
             fresh = self._disk_record(uuid) if d else rec
             entry = {"label": rec.label, "uuid": uuid, "path": rec.path, "state": rec.state.value,
-                     "reason": rec.reason, "used_bytes": fresh.used_bytes, "seen": seen.get(uuid)}
+                     "reason": rec.reason, "used_bytes": fresh.used_bytes, "seen": seen.get(uuid),
+                     "backend": backends.get(rec.label, "local")}
             if d is not None and rec.state != DiskState.MISSING:
                 try:
                     entry.update(total_bytes=d.total_bytes(), free_bytes=d.free_bytes(fresh.used_bytes))

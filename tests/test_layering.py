@@ -395,16 +395,11 @@ def test_only_sql_writes_sql() -> None:
 
 #: what a disk is called where its shards are reached (a name, or `store.disks[...]`)
 DISK_NAMES = {"disk", "src", "dst", "dest", "source", "target"}
-#: the modules that reach a disk's `root` for files that are not shards, each kept beside them
-#: on a local disk (fsd/core/backend.py names them as what a backend must also provide)
+#: the modules that reach a disk's `root`: the local backend and what it keeps beside its shards
+#: (fsd/core/beside.py: every other caller goes through `disk.beside`, which an S3 disk has too)
 DISK_ROOT_FOR = {
     "fsd.core.disks": "the local backend itself",
-    "fsd.io.copies": "each disk's marks log and pointers, written in step with the index",
-    "fsd.io.integrity": "the same files, read to judge them",
-    "fsd.maintenance.reindex": "the index copies kept on two disks",
-    "fsd.maintenance.lifecycle": "the marker a forgotten disk carries",
-    "fsd.maintenance.orphans": "the sweep of a disk's tmp/ and orphans/ folders",
-    "fsd.store": "which configured disk is the one already open (same root)",
+    "fsd.core.beside": "the files a local disk keeps beside its shards (every other module uses `disk.beside`)",
 }
 
 

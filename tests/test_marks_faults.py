@@ -253,14 +253,14 @@ def test_one_read_only_disk_does_not_make_every_open_rewrite_every_log(store_fac
     write is EROFS, which does not fail the disk). Its log stays behind, so every writable
     open — every `hoard put`, worker job, gc — rewrites the whole log of every *other* disk
     (a million marks: ~90 MB each, fsynced, inside the LMDB write lock)."""
-    import fsd.io.copies as copies  # where marks logs and pointers are written
+    import fsd.core.beside as beside  # where a local disk's marks logs and pointers are written
 
     store = store_factory(n_disks=3, caps=None)
     store.put_many(make_files(tmp_path / "a", 3, seed=39), root=PUT)
     ingested = make_files(tmp_path / "b", 2, seed=40)
     store.put_many(ingested)  # a batch's files, not roots
     d1, d3 = tmp_path / "disks" / "d1", tmp_path / "disks" / "d3"
-    real_open, real_atomic = os.open, copies.atomic_write
+    real_open, real_atomic = os.open, beside.atomic_write
 
     def ro_open(path, flags, *a, **kw):
         if flags & (os.O_WRONLY | os.O_RDWR) and str(path).startswith(str(d3) + "/"):
@@ -273,7 +273,7 @@ def test_one_read_only_disk_does_not_make_every_open_rewrite_every_log(store_fac
         return real_atomic(path, data, **kw)
 
     monkeypatch.setattr(os, "open", ro_open)
-    monkeypatch.setattr(copies, "atomic_write", ro_atomic)
+    monkeypatch.setattr(beside, "atomic_write", ro_atomic)
     # no shard write reaches d3 (only marks: `hoard put` of files already stored, `delete
     # --node`, `delete --batch`), so nothing turns it draining; its log misses this record
     store.put_many(ingested, root=PUT)
@@ -409,7 +409,7 @@ def test_a_stamp_on_the_disks_is_never_given_again(store_factory, tmp_path: Path
     take the snapshot (a transient error). d2 now ends with "s unroot x" = the index's stamp:
     it is "current" and never rewritten, and replay at stamp s sorts `unroot` after the
     snapshot's `root`: the logs no longer replay x's root (a rebuild loses it)."""
-    import fsd.io.copies as copies  # where marks logs and pointers are written
+    import fsd.core.beside as beside  # where a local disk's marks logs are written
     import fsd.store as store_mod
     from fsd.core.index import MARKS_NS
 
@@ -434,16 +434,16 @@ def test_a_stamp_on_the_disks_is_never_given_again(store_factory, tmp_path: Path
     cfg = store.cfg
     store.index.mark_log = None
     store.close()
-    real_create = copies.create_new  # (what a snapshot's file is written with)
+    real_create = beside.create_new  # (what a snapshot's file is written with)
 
     def d2_fails(path, mode):
         if str(path).startswith(str(d2) + "/"):
             raise OSError(errno.EIO, "Input/output error (transient)")
         return real_create(path, mode)
 
-    monkeypatch.setattr(copies, "create_new", d2_fails)
+    monkeypatch.setattr(beside, "create_new", d2_fails)
     Store.open(cfg).close()  # the next writer: a snapshot, d2 misses it
-    monkeypatch.setattr(copies, "create_new", real_create)
+    monkeypatch.setattr(beside, "create_new", real_create)
     with Store.open(cfg) as s:
         behind = s.marks_behind()
     found: set[marks.Record] = set()
@@ -583,7 +583,7 @@ def test_a_disk_that_vanishes_and_comes_back_during_an_append_is_not_counted(lab
     log lacked them with nothing to catch it up (the hole chaos seed 1025 found, narrowed
     to the time between the two checks). The append must be on the disk's filesystem."""
     from fsd.base import config
-    from fsd.io import copies
+    from fsd.core.beside import LocalBeside
     from fsd.maintenance.deletion import hide
     from tests.helpers import write_config
     from tests.lab import DiskProfile
@@ -592,13 +592,13 @@ def test_a_disk_that_vanishes_and_comes_back_during_an_append_is_not_counted(lab
     disks = [(label, lab.disks[label].mountpoint, None) for label in ("m1", "m2", "m3")]
     cfg = config.load(write_config(tmp_path, disks, allow_dirs=False, shard_size_mb=1, copy_of_raw=2))
     m3 = lab.disks["m3"].mountpoint
-    real_log, real_regular = copies.marks_log, marks.regular
+    real_log, real_regular = LocalBeside._log_made, marks.regular
     armed = []
 
-    def marks_log(disk):  # after the check before: the disk drops off
-        if armed and disk.label == "m3":
+    def marks_log(files):  # after the check before: the disk drops off
+        if armed and files.root == m3:
             lab.vanish("m3")
-        return real_log(disk)
+        return real_log(files)
 
     def regular(fd, path):  # the log is open (beside the disk): it is mounted again
         real_regular(fd, path)
@@ -608,7 +608,7 @@ def test_a_disk_that_vanishes_and_comes_back_during_an_append_is_not_counted(lab
 
     with Store.open(cfg, init=True) as store:
         stored = store.put_many(make_files(tmp_path / "a", 6, seed=62), root=PUT)
-        monkeypatch.setattr(copies, "marks_log", marks_log)
+        monkeypatch.setattr(LocalBeside, "_log_made", marks_log)
         monkeypatch.setattr(marks, "regular", regular)
         armed.append(True)
         hidden = [bytes.fromhex(r.sha256) for r in stored[:4]]

@@ -366,15 +366,18 @@ def test_a_bad_disk_entry_is_one_line(tmp_path: Path, entry: dict, said: str) ->
     assert said in err.value.message and "disks[0]" in err.value.message and "\n" not in err.value.message
 
 
-def test_the_store_does_not_take_s3_disks_yet(tmp_path: Path) -> None:
-    """A valid S3 disk entry is refused in one line until the store takes S3 disks."""
+def test_an_s3_disk_entry_is_taken_with_its_staging_folder_on_the_ssd(tmp_path: Path) -> None:
+    """A valid S3 disk entry is taken (tests/test_s3_store.py uses one); without a `path`, its
+    staging folder is `<ssd.root>/s3-staging/<label>` (docs/config.md)."""
     cfg = tmp_path / "hoard.toml"
-    cfg.write_text('[[disks]]\nlabel = "hdd1"\npath = "d1"\n[[disks]]\nlabel = "hdd2"\npath = "d2"\n'
+    cfg.write_text('database_url = "postgresql:///x"\nredis_url = "redis://localhost:1/0"\n'
+                   '[[disks]]\nlabel = "hdd1"\npath = "d1"\n[[disks]]\nlabel = "hdd2"\npath = "d2"\n'
                    '[[disks]]\nlabel = "s3a"\nkind = "s3"\nendpoint = "http://127.0.0.1:8333"\n'
                    'bucket = "hoard-a"\ncapacity_gb = 100\n[ssd]\nroot = "ssd"\n'
                    + "".join(f"[ssd.zones.{z}]\nquota_gb = 1\n" for z in ("3A", "3B", "3C", "3D")))
-    with pytest.raises(ConfigError, match='disk s3a: kind = "s3" disks are not used by the store yet'):
-        config.load(cfg)
+    s3a = config.load(cfg).disks[2]
+    assert (s3a.kind, s3a.bucket, s3a.capacity_gb) == ("s3", "hoard-a", 100)
+    assert s3a.path == config.load(cfg).ssd.root / "s3-staging" / "s3a"
 
 
 def test_verify_streams_with_bounded_memory(seaweedfs, engine_env, tmp_path: Path) -> None:

@@ -444,11 +444,11 @@ def test_a_pointer_write_error_on_one_disk_fails_that_disk_not_the_command(store
     other disks take the pointer, the disk is marked failed; with no disk left, one clear error."""
     import errno
 
-    import fsd.io.copies as copies  # where pointers are written
+    import fsd.core.beside as beside  # where a local disk's pointers are written
     from fsd.base.errors import HoardError
 
     store = store_factory(n_disks=3, caps=None)
-    real = copies.atomic_write
+    real = beside.atomic_write
     bad = {str(tmp_path / "disks" / "d2")}
 
     def flaky(path, data, **kw):
@@ -458,7 +458,7 @@ def test_a_pointer_write_error_on_one_disk_fails_that_disk_not_the_command(store
 
     manifests = [store.put_bytes(json.dumps({"format": "hoardfs-batch-manifest-1", "batch_id": b, "files": []})
                                  .encode()).sha256 for b in ("b1", "b2")]
-    monkeypatch.setattr(copies, "atomic_write", flaky)
+    monkeypatch.setattr(beside, "atomic_write", flaky)
     store.register_batch("b1", {"manifest": manifests[0]})
     d2 = next(u for u, d in store.disks.items() if d.label == "d2")
     assert store.records[d2].state.value == "failed"

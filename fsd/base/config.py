@@ -50,6 +50,10 @@ _strict = ConfigDict(extra="forbid")
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 
 
+#: under ssd.root: the staging folders of the S3 disks that name none (`disks[].path`)
+S3_STAGING = "s3-staging"
+
+
 class DiskConfig(BaseModel):
     """One disk and the label people call it by: an HDD (kind "local": where it is mounted) or
     a bucket on an S3-compatible engine (kind "s3": its endpoint and bucket; docs/scale-out.md)."""
@@ -59,8 +63,8 @@ class DiskConfig(BaseModel):
     kind: Literal["local", "s3"] = "local"
     #: a local disk's mount point (required); an S3 disk's staging folder, where its open shards
     #: are appended before the upload at seal (optional). Typed as what every caller reads:
-    #: `_kind` refuses a local disk without one, and Settings refuses S3 disks until the store
-    #: takes them (docs/scale-out.md), so None never reaches a caller
+    #: `_kind` refuses a local disk without one, and Settings gives an S3 disk without one
+    #: `<ssd.root>/s3-staging/<label>`, so None never reaches a caller
     path: Path = Field(default=None, validate_default=False)  # type: ignore[assignment]  # see above
     #: cap on the bytes hoard may use on this disk (default: the whole filesystem); an S3 disk's
     #: is required: the engine's free space is not visible through S3
@@ -352,10 +356,9 @@ class Settings(BaseSettings):
         dup = sorted({x for x in labels if labels.count(x) > 1})
         if dup:
             raise ValueError(f"disk labels must be unique; repeated: {', '.join(dup)}")
-        s3 = [d.label for d in self.disks if d.kind == "s3"]
-        if s3:  # fsd.core.s3 is the backend; attaching, placement and rebuild do not take it yet
-            raise ValueError(f'disk {s3[0]}: kind = "s3" disks are not used by the store yet (docs/scale-out.md, '
-                             '"Not built yet"): remove the entry for now')
+        for d in self.disks:  # an S3 disk's staging folder, when not given: on the SSD
+            if d.kind == "s3" and d.path is None:
+                d.path = self.ssd.root / S3_STAGING / d.label
         paths = [d.path for d in self.disks]
         if len(set(paths)) != len(paths):
             raise ValueError("disk paths must be unique")

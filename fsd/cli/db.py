@@ -97,7 +97,7 @@ def backrest_for(cfg):
     e = cfg.embedded
     if e is None or not e.postgres or os.environ.get("HOARD_DATABASE_URL") or not shutil.which("pgbackrest"):
         return None
-    return BackRest.for_cluster(_cluster(cfg), [d.path for d in cfg.disks])
+    return BackRest.for_cluster(_cluster(cfg), [d.path for d in cfg.disks if d.kind == "local"])
 
 
 def _cluster(cfg):

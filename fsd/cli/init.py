@@ -32,7 +32,9 @@ def init(
         st.config_path = str(path)
     cfg = st.settings
     for d in cfg.disks:
-        if cfg.store.allow_directory_disks:
+        if d.kind == "s3":  # its path is its staging folder (the bucket is given its identity by the open)
+            ensure_dir(d.path)
+        elif cfg.store.allow_directory_disks:
             ensure_dir(d.path, PASSAGE)
         elif not d.path.is_dir():
             raise HoardError(f"disk {d.label}: {d.path} does not exist; mount the disk there first",
@@ -41,5 +43,6 @@ def init(
     protect_ssd(cfg, make=True)  # the zones and the index, each with its mode (docs/security.md)
 
     Store.open(cfg, init=True).close()  # identity files for new disks, orphan recovery
-    out.print(f"disks:  {', '.join(f'{d.label}={d.path}' for d in cfg.disks)}")
+    where = {d.label: d.path if d.kind == "local" else f"{d.endpoint}/{d.bucket}" for d in cfg.disks}
+    out.print(f"disks:  {', '.join(f'{label}={w}' for label, w in where.items())}")
     out.print(f"ssd:    {cfg.ssd.root} (zones {', '.join(ZONES)}; index {cfg.index_dir})")

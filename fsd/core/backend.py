@@ -10,22 +10,24 @@ This is the contract: no module but `fsd.core.disks` reaches a disk's shard file
 `disk.root`, `disk.find` or `disk.path`, or names the shard layout (`shards/`, `.shard`,
 `.open`) — tests/test_layering.py::test_only_the_local_backend_reaches_shard_files.
 
-What a backend must also provide, which the local disk keeps as plain files beside its shards
-under its `root` (`LocalFiles` below; an S3 backend keeps them as objects of its own):
-each disk's marks log and the batch, view and db-dump pointers (`fsd.io.copies` writes them,
-`fsd.io.integrity` and index rebuild read them), the index copies (`fsd.maintenance.reindex`),
-the identity files and the forgotten-disk marker (`fsd.core.disks`, `fsd.maintenance.lifecycle`),
-the free space it reports (statvfs) and gc's space reservation (`tmp_path`), and the folders
-the orphan sweep empties (`tmp/`, `orphans/`: `fsd.maintenance.orphans`). Index rebuild, the
-orphan sweep and `hoard check` also look at a local disk's shard files one by one
-(`shard_files`: planted, damaged or misnamed ones included), which a backend without files
-does with its own listing.
+What a backend must also provide is what it keeps *beside* its shards — each disk's marks log,
+the batch, view and db-dump pointers, the index copies, the forgotten-disk marker, a `tmp/` and an
+`orphans/` folder for the sweep: a disk's `beside` (fsd.core.beside: `LocalBeside`, files under a
+local disk's root; `fsd.core.s3files.S3Beside`, objects in the bucket), which every caller uses
+(`Disk`). The identity is the backend's own (`check`). Index rebuild, the orphan sweep and
+`hoard check` look at the shard files one by one (`shard_files`: planted, damaged or misnamed
+ones included) and at the shards kept as objects (`shard_objects`: a bucket's listing). What
+stays the local disk's alone is `LocalFiles` (`has_files`): descriptors for the mount and
+copies, a copy's tmp file and its install, gc's fallocated reservation (`tmp_path`); a caller
+that uses them goes through the contract for a disk without files.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, TypeGuard
+
+from fsd.core.beside import Beside
 
 
 class ShardSink(Protocol):
@@ -69,10 +71,31 @@ class ShardBackend(Protocol):
     def set_aside(self, shard_hex: str, src: Path | None = None) -> Path: ...
 
 
-class LocalFiles(ShardBackend, Protocol):
+class Disk(ShardBackend, Protocol):
+    """A disk as the store uses it: its shards, what it keeps beside them, its identity."""
+
+    @property
+    def beside(self) -> Beside: ...
+    # where it is, for messages and to tell two configured disks apart: a path, endpoint/bucket
+    @property
+    def where(self) -> str: ...
+
+    def check(self) -> None: ...  # DiskGone unless it is still this disk (mounted, its identity)
+    def total_bytes(self) -> int: ...  # the space it has for hoard (an S3 disk: what was granted)
+    def forget(self, shard_hex: str) -> None: ...  # drop what is cached of the shard (descriptors)
+    def close_all(self) -> None: ...
+    # the shard files it keeps on local storage (planted, damaged or misnamed ones included): a
+    # local disk's all, an S3 disk's open ones on its staging folder — the orphan sweep's look
+    def shard_files(self) -> list[Path]: ...
+    # (shard hex, size, modified time) of each shard it keeps as an object (an S3 disk's sealed
+    # ones, from its bucket's listing); [] on a local disk, whose shards are all files
+    def shard_objects(self) -> list[tuple[str, int, float]]: ...
+
+
+class LocalFiles(Disk, Protocol):
     """What the local disk gives beyond the contract, for the callers that work on its files
     (named in the module docstring): copies with a read-back check, the mount's own
-    descriptors, the files beside the shards."""
+    descriptors, gc's reservation."""
 
     root: Path
 
@@ -82,4 +105,10 @@ class LocalFiles(ShardBackend, Protocol):
     def tmp_path(self, name: str) -> Path: ...
     # a complete, checked copy in `tmp` named as the shard's sealed file
     def install(self, shard_hex: str, tmp: Path) -> None: ...
-    def shard_files(self) -> list[Path]: ...
+
+
+def has_files(disk: object) -> TypeGuard[LocalFiles]:
+    """Whether the disk keeps its shards as local files (`LocalFiles`: a copy's descriptors and
+    tmp file, the mount's own descriptors, gc's reservation use them); a backend without them
+    (an S3 disk) is used through the contract alone."""
+    return hasattr(disk, "open_fd")

@@ -16,28 +16,63 @@ vanished mount.
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
-import enum
 import errno
 import hashlib
-import json
 import os
 import threading
 import time
-import uuid as uuidlib
 from collections import OrderedDict
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from pathlib import Path, PurePath
 
-from fsd.base.files import atomic_write, fsync_dir
+from fsd.base.files import fsync_dir
 from fsd.base.modes import FILE
-from fsd.core import formats
 from fsd.core import shardfmt as fmt
+from fsd.core.beside import LocalBeside
 
-IDENTITY = ".hoard-disk.json"
-#: a second copy of a disk's identity (as ext4 keeps backup superblocks): a damaged identity
-#: file alone does not make a disk a stranger (`hoard disks activate` puts it back)
-IDENTITY_COPY = ".hoard-disk.copy.json"
+# the identity and the records, re-exported: every caller imported them from here
+from fsd.core.diskid import (
+    IDENTITY as IDENTITY,
+)
+from fsd.core.diskid import (
+    IDENTITY_COPY as IDENTITY_COPY,
+)
+from fsd.core.diskid import (
+    IDENTITY_FORMAT as IDENTITY_FORMAT,
+)
+from fsd.core.diskid import (
+    ORPHANS_DIR as ORPHANS_DIR,
+)
+from fsd.core.diskid import (
+    SHARDS_DIR as SHARDS_DIR,
+)
+from fsd.core.diskid import (
+    TMP_DIR as TMP_DIR,
+)
+from fsd.core.diskid import (
+    DiskGone as DiskGone,
+)
+from fsd.core.diskid import (
+    DiskRecord as DiskRecord,
+)
+from fsd.core.diskid import (
+    DiskState as DiskState,
+)
+from fsd.core.diskid import (
+    keep_identity_copy as keep_identity_copy,
+)
+from fsd.core.diskid import (
+    new_identity as new_identity,
+)
+from fsd.core.diskid import (
+    read_identity as read_identity,
+)
+from fsd.core.diskid import (
+    restore_identity as restore_identity,
+)
+from fsd.core.diskid import (
+    write_identity as write_identity,
+)
+
 #: one pread() asks for at most this much: Linux returns at most 0x7ffff000 bytes per call,
 #: so every whole-record read loops (else an object over 2 GiB does not read)
 READ_STEP = 1 << 30
@@ -45,114 +80,9 @@ READ_STEP = 1 << 30
 STREAM_PIECE = 8 << 20
 #: after this many bytes appended, a shard sink asks the kernel to start writing them back
 WRITEBACK_STEP = 2 << 20
-IDENTITY_FORMAT = formats.IDENTITY
-#: the folders of the shard layout above; no other module names them or the suffixes
+#: the suffixes of the shard layout above; no other module names them
 #: (tests/test_layering.py::test_only_the_local_backend_reaches_shard_files)
-SHARDS_DIR, TMP_DIR, ORPHANS_DIR = "shards", "tmp", "orphans"
 SEALED, OPEN = ".shard", ".open"
-
-
-class DiskGone(OSError):
-    """The disk's mount point or identity is gone (unmounted, vanished, replaced)."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(errno.ENODEV, message)
-
-
-class DiskState(str, enum.Enum):  # noqa: UP042  # StrEnum would change str(member), which messages print
-    ACTIVE = "active"  # takes new shards and serves reads
-    DRAINING = "draining"  # serves reads, takes no new shards (retire in progress)
-    FAILED = "failed"  # errors seen: no reads, no writes until replaced
-    MISSING = "missing"  # not mounted, or another disk's identity is there
-
-
-@dataclass
-class DiskRecord:
-    """What the index remembers about a disk."""
-
-    uuid: str
-    label: str
-    path: str
-    state: DiskState
-    created: str
-    used_bytes: int = 0
-    reason: str = ""
-    # the JSON holds exactly these fields: the previous release reads a record with `cls(**d)`,
-    # and a field it does not know would make it fail to open an index written by this one (a
-    # downgrade). Whatever else is noted about a disk goes into the index's `meta` — when a
-    # store open last found it at its path: Index.disks_seen.
-
-    def to_json(self) -> bytes:
-        d = asdict(self)
-        d["state"] = self.state.value
-        return json.dumps(d).encode()
-
-    @classmethod
-    def from_json(cls, raw: bytes) -> DiskRecord:
-        d = json.loads(raw)
-        d["state"] = DiskState(d["state"])
-        # a field a later version added is not this version's to read (an index written by it
-        # still opens here); a `seen` that records of the version that kept it here carry is read
-        # by Index.disks_seen and moved out by the index's migration to format 2 (fsd.core.formats)
-        return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
-
-
-def read_identity(root: Path, name: str = IDENTITY) -> dict | None:
-    """The identity, None if there is none, or {"uuid": None, "error": why} if unreadable
-    (with "damaged": True when the file reads but is not an identity)."""
-    try:
-        ident = json.loads((root / name).read_text())
-    except FileNotFoundError:
-        return None
-    except OSError as e:
-        return {"uuid": None, "error": f"cannot read {root / name}: {e.strerror}", "errno": e.errno}
-    except ValueError:
-        ident = None
-    if not isinstance(ident, dict) or not isinstance(ident.get("uuid"), str):
-        return {"uuid": None, "error": f"{root / name} is damaged (not an identity)", "damaged": True}
-    return ident
-
-
-def new_identity(label: str, uuid: str | None = None) -> dict:
-    """A disk's identity: a fresh uuid (or `uuid`), its label, the format, when it was made (an
-    S3 disk keeps the same document as an object: fsd.core.s3)."""
-    return {"uuid": uuid or str(uuidlib.uuid4()), "label": label, "format": IDENTITY_FORMAT,
-            "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}
-
-
-def write_identity(root: Path, label: str, name: str = IDENTITY, uuid: str | None = None) -> dict:
-    """Give a fresh disk (or the SSD) its identity (tmp → fsync → rename → fsync dir); a disk's
-    is written twice (IDENTITY_COPY). `uuid`: one the identity is to name (an S3 disk's staging
-    folder names its disk's), else a fresh one."""
-    ident = new_identity(label, uuid)
-    _write_identity_file(root / name, ident)
-    if name == IDENTITY:
-        _write_identity_file(root / IDENTITY_COPY, ident)
-    return ident
-
-
-def _write_identity_file(path: Path, ident: dict) -> None:
-    atomic_write(path, json.dumps(ident, indent=1).encode())
-
-
-def keep_identity_copy(root: Path, uuid: str) -> None:
-    """Write the second copy of a disk's identity if it has none (a disk initialised before
-    copies were kept); the identity must name `uuid`."""
-    if (root / IDENTITY_COPY).exists():
-        return
-    ident = read_identity(root)
-    if ident and ident.get("uuid") == uuid:
-        _write_identity_file(root / IDENTITY_COPY, ident)
-
-
-def restore_identity(root: Path, uuid: str) -> bool:
-    """Put a damaged identity back from its copy, if the copy names `uuid` (the disk the index
-    registered at this path); True if it did."""
-    copy = read_identity(root, IDENTITY_COPY)
-    if not copy or copy.get("uuid") != uuid:
-        return False
-    _write_identity_file(root / IDENTITY, copy)
-    return True
 
 
 def drop_cache(fd: int) -> None:
@@ -228,7 +158,13 @@ def shard_files(root: Path) -> list[Path]:
     return sorted(p for p in (root / SHARDS_DIR).glob("*/*") if p.suffix in (SEALED, OPEN))
 
 
-def shard_of(path: Path) -> tuple[str, bool]:
+def object_name(bucket: str, shard_hex: str) -> PurePath:
+    """The name an S3 disk's sealed shard object is read under by what takes shard files one by
+    one (`shard_of` reads it: sealed) — index rebuild's listing of a bucket."""
+    return PurePath(bucket, SHARDS_DIR, shard_hex[-2:], shard_hex + SEALED)
+
+
+def shard_of(path: PurePath) -> tuple[str, bool]:
     """(shard hex as the file name spells it, sealed) of a file `shard_files` listed."""
     return path.stem, path.suffix == SEALED
 
@@ -298,6 +234,8 @@ class LocalDisk:
                  require_mount: bool = True) -> None:
         self.label, self.root, self.uuid, self.capacity_bytes = label, root, uuid, capacity_bytes
         self.require_mount = require_mount
+        self.where = str(root)
+        self.beside = LocalBeside(root)  # the marks log, pointers, index copy, tmp/ and orphans/
         # (shard, read-ahead off: see read_exact) → [fd, readers using it now]; least recently
         # used first. Shared by every thread reading this disk (the planner's readers, the
         # mount's, a scrub's): an fd is closed only when no read is using it — closing one
@@ -340,6 +278,9 @@ class LocalDisk:
     def shard_files(self) -> list[Path]:
         """The shard files on this disk (see `shard_files`); [] when it has no shards folder."""
         return shard_files(self.root) if (self.root / SHARDS_DIR).is_dir() else []
+
+    def shard_objects(self) -> list[tuple[str, int, float]]:
+        return []  # (every shard here is a file: shard_files)
 
     def shard_ids(self) -> list[tuple[str, bool]]:
         """(shard hex, sealed) of every shard file on this disk."""

@@ -18,7 +18,7 @@ from typing import Any
 import lmdb
 
 from fsd.base.errors import ExitCode, HoardError
-from fsd.core.disks import DiskRecord
+from fsd.core.diskid import DiskRecord
 
 _OBJ = struct.Struct("<12sQQB")
 

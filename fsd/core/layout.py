@@ -27,7 +27,7 @@ from fsd.base.config import ZONES, Settings
 from fsd.base.errors import ExitCode, HoardError
 from fsd.base.paths import NAME_PATTERN
 from fsd.core import storelock
-from fsd.core.disks import SHARDS_DIR, TMP_DIR, read_identity, write_identity
+from fsd.core.diskid import SHARDS_DIR, TMP_DIR, read_identity, write_identity
 
 #: per disk: `<root>/batches/<batch_id>.json` names each ingested batch's manifest object
 BATCHES_DIR = "batches"

@@ -45,7 +45,7 @@ import stat
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any
 
 import xxhash
@@ -292,6 +292,17 @@ def read_log(folder: Path, planted: list[str] | None = None, label: str = "", sp
     return out
 
 
+def read_stream(f: Any, path: PurePath, label: str = "", spill: Spill | None = None, src: int = 0,
+                cutoff: int | None = None, start: int = 0, lines: int = 0, checked: bool = False) -> DiskLog:
+    """The records of one log read from `f` (a log a backend without files hands over whole,
+    fsd.core.s3files; `path` names it: its name is MARKS_LOG), from byte `start` on as
+    `read_tail` reads, or whole as `read_log` reads one file."""
+    out = DiskLog(label, spilled=spill is not None)
+    f.seek(start)
+    _read_lines(f, path, out, _keeper(out, spill, src, cutoff), cutoff, start, lines, checked)
+    return out
+
+
 def read_tail(path: Path, label: str, spill: Spill, src: int, cutoff: int, start: int, lines: int,
               checked: bool) -> DiskLog:
     """The records of the log at `path` from byte `start` on (the end of a judged prefix,
@@ -312,7 +323,7 @@ def read_tail(path: Path, label: str, spill: Spill, src: int, cutoff: int, start
     return out
 
 
-def _read_lines(f: Any, path: Path, out: DiskLog, keep: Callable[[Record], None], cutoff: int | None,
+def _read_lines(f: Any, path: PurePath, out: DiskLog, keep: Callable[[Record], None], cutoff: int | None,
                 pos: int = 0, n: int = 0, checked: bool = False) -> None:
     """Classify every line of `f` (its first is line `n + 1`, at byte `pos`) into `out`. Of
     the store's own log (MARKS_LOG) it also notes the judged prefix (DiskLog.judged): up to the
@@ -416,15 +427,20 @@ def tail_is_legacy(disk_root: Path) -> bool:
 def log_ends(disk_root: Path) -> tuple[int | None, bool]:
     """(`last_stamp`, `tail_is_legacy`) from one open and read of the log's two ends (every
     writable open asks both of every disk: Store.catch_up_marks)."""
-    ends = _ends(disk_root)
-    tail = ends[1]
+    return judge_ends(*ends(disk_root))
+
+
+def judge_ends(first: bytes | None, tail: bytes | None) -> tuple[int | None, bool]:
+    """(`last_stamp`, `tail_is_legacy`) of a log whose first non-blank line and last line are
+    these (None, None: no log, or an empty one) — whichever backend keeps it."""
     rec = parse(tail) if tail is not None else None
     stamp = 0 if tail is None else (rec[0] if rec else None)
-    return stamp, any(end is not None and classify(end)[0] == LEGACY for end in ends)
+    return stamp, any(end is not None and classify(end)[0] == LEGACY for end in (first, tail))
 
 
-def _ends(disk_root: Path) -> tuple[bytes | None, bytes | None]:
-    """The log's first non-blank line and its last line (None: no log, or an empty one)."""
+def ends(disk_root: Path) -> tuple[bytes | None, bytes | None]:
+    """The first non-blank line and the last line of the log under a local disk's root (None:
+    no log, or an empty one)."""
     try:
         fd = os.open(log_path(disk_root), os.O_RDONLY | os.O_NONBLOCK)
     except FileNotFoundError:
@@ -438,6 +454,14 @@ def _ends(disk_root: Path) -> tuple[bytes | None, bytes | None]:
         tail = os.pread(fd, min(size, 4096), max(0, size - 4096))
     finally:
         os.close(fd)
+    return ends_of(head, tail)
+
+
+def ends_of(head: bytes, tail: bytes) -> tuple[bytes | None, bytes | None]:
+    """The first non-blank line of `head` (a log's first bytes) and the last line of `tail` (its
+    last ones); None, None for an empty log."""
+    if not head and not tail:
+        return None, None
     first = head.lstrip(b"\n")
     return first[:first.find(b"\n") + 1] or first, tail[tail.rfind(b"\n", 0, len(tail) - 1) + 1:]
 

@@ -22,7 +22,7 @@ import re
 import stat
 import time
 from collections.abc import Callable, Iterable
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any
 
 from fsd.base.paths import NAME_PATTERN
@@ -98,7 +98,7 @@ def read(path: Path) -> bytes:
     return body
 
 
-def foreign_name(path: Path) -> bool:
+def foreign_name(path: PurePath) -> bool:
     """Whether the file's name is none the store writes: not UTF-8 (no key of the index's
     `pointers` table: taken for a pointer, it would end every writable open with a traceback
     while a disk holding one is behind), or in batches/ or views/ a name no batch or view can

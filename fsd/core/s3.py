@@ -4,7 +4,8 @@
     <bucket>/.hoard-disk.json           identity, the same document as a local disk's; written once
     <bucket>/shards/<xx>/<shard hex>    a sealed shard, one object; metadata `hoard-sha256`: the
                                         sha256 of the whole object (hex)
-    <bucket>/orphans/<hex>.<time>       a shard set aside (never deleted by hoard)
+    <bucket>/orphans/<hex>.<time>       a shard set aside (deleted by `hoard verify --orphans --repair`
+                                        after the grace period, as a local disk's)
 
 `<xx>` is the last two hex digits of the shard id, as on a local disk. An open shard is never
 in the bucket: it is appended on a local staging folder (a `LocalDisk` of its own, whose
@@ -56,6 +57,7 @@ from fsd.core.disks import (
     verify_shard,
     write_identity,
 )
+from fsd.core.s3files import S3Beside
 
 #: key prefixes in the bucket (module docstring)
 SHARD_PREFIX, ORPHAN_PREFIX = "shards/", "orphans/"
@@ -114,6 +116,8 @@ class S3Disk:
         self.capacity_bytes, self.part_size = capacity_bytes, part_size
         self.client = client if client is not None else client_for(endpoint)
         self.staging = LocalDisk(label, staging, uuid, require_mount=False)
+        self.where = f"{endpoint}/{bucket}"
+        self.beside = S3Beside(self)  # the marks log, pointers, index copy as objects (fsd.core.s3files)
 
     def __repr__(self) -> str:
         return f"S3Disk({self.label})"
@@ -274,6 +278,16 @@ class S3Disk:
         S3 has no call that reports an engine's free space."""
         return max(0, self.capacity_bytes - used_by_hoard)
 
+    def total_bytes(self) -> int:
+        """The space granted to hoard on the engine (`capacity_gb`)."""
+        return self.capacity_bytes
+
+    def close_all(self) -> None:
+        self.staging.close_all()
+
+    def forget(self, shard_hex: str) -> None:
+        self.staging.forget(shard_hex)
+
     def state(self, shard_hex: str) -> str | None:
         if self._head(self.key(shard_hex)) is not None:
             return "sealed"
@@ -285,6 +299,18 @@ class S3Disk:
         found = [(k.rsplit("/", 1)[-1], True) for k in self._keys(SHARD_PREFIX)]
         found += [(h, False) for h, sealed in self.staging.shard_ids() if not sealed]
         return sorted(found)
+
+    def shard_files(self) -> list[Path]:
+        """The open shards' files on the staging folder (the sealed ones are objects: `shard_objects`)."""
+        return self.staging.shard_files()
+
+    def shard_objects(self) -> list[tuple[str, int, float]]:
+        """(shard hex, size, modified time) of every object under shards/: a listing, for the
+        orphan sweep — never on the read path."""
+        out = []
+        for obj in self.beside.objects(SHARD_PREFIX):
+            out.append((obj["Key"].rsplit("/", 1)[-1], int(obj["Size"]), obj["LastModified"].timestamp()))
+        return sorted(out)
 
     def verify(self, shard_hex: str, sha256: bool = False) -> tuple[int, int]:
         """(size, records) of the sealed object after checking every record (`verify_shard`) and
@@ -427,16 +453,7 @@ class S3Disk:
             body.close()
 
     def _keys(self, prefix: str) -> Iterator[str]:
-        token: dict = {}
-        while True:
-            page = self._call(f"listing {prefix}", self.client.list_objects_v2, Bucket=self.bucket, Prefix=prefix,
-                              **token)
-            for obj in page.get("Contents", []):
-                yield obj["Key"]
-            if not page.get("IsTruncated"):
-                return
-            token = {"ContinuationToken": page["NextContinuationToken"]}
-
+        return (obj["Key"] for obj in self.beside.objects(prefix))
 
 class _Stream:
     """A `read(offset, n)` over one object for `verify_shard`, which reads the footer, then the

@@ -7,6 +7,7 @@ disk's last-seen time. The store facade calls these at every open and refresh.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -23,6 +24,7 @@ from fsd.core.disks import (
     IDENTITY,
     IDENTITY_COPY,
     SHARDS_DIR,
+    DiskGone,
     DiskRecord,
     DiskState,
     LocalDisk,
@@ -49,6 +51,8 @@ def refuse_lost_index(cfg: Settings) -> None:
     (the index was lost, and an empty one would hide them) or, without an identity, is not
     mounted (it may hold the shards of a lost index)."""
     for dc in cfg.disks:
+        if dc.kind == "s3":  # (a bucket holding shards is refused when it is attached: attach_s3)
+            continue
         ident = read_identity(dc.path) if dc.path.is_dir() else None
         if not forgotten(dc.path, ident):
             refuse_disk_with_shards(cfg, dc, ident, True)
@@ -96,6 +100,9 @@ def attach_disks(store: Store, init: bool) -> None:
     allow_dir = store.cfg.store.allow_directory_disks
     for dc in store.cfg.disks:
         rec = known.pop(dc.label, None)
+        if dc.kind == "s3":
+            attach_s3(store, dc, rec, init)
+            continue
         if rec is None:
             ident = read_identity(dc.path) if dc.path.is_dir() else None
             if ident is not None and forgotten(dc.path, ident):  # forgotten, still in hoard.toml
@@ -141,6 +148,77 @@ def attach_disks(store: Store, init: bool) -> None:
             f"registered in the index but not listed in {store.cfg.source}: `hoard disks forget {rec.label}` "
             "once no shard needs it (or put its [[disks]] table back)")
         store.records[rec.uuid] = rec
+
+
+def attach_s3(store: Store, dc: config_mod.DiskConfig, rec: DiskRecord | None, init: bool) -> None:
+    """An S3 disk: its bucket's identity matched to the index's record (a new bucket given one
+    by `init`, If-None-Match: never over another disk's), its staging folder given the same
+    identity if it has none, its state the engine's answer (`S3Disk.check`: an engine that does
+    not answer, refuses the credentials or lost the bucket is `missing`, in its one line)."""
+    # deferred: boto3 (fsd.core.s3) is loaded only by a store that has an S3 disk
+    from fsd.core.s3 import EngineError, S3Disk
+
+    cap = int((dc.capacity_gb or 0) * (1 << 30))
+    disk = S3Disk(dc.label, rec.uuid if rec else "", str(dc.endpoint), str(dc.bucket), dc.path, cap)
+    try:
+        ident, answered = disk.read_identity(), True
+    except EngineError as e:
+        ident, answered, why = None, False, e.message
+    else:
+        why = f"bucket {dc.bucket} at {dc.endpoint} has no {IDENTITY} (not initialised: `hoard init`)"
+    if rec is None:
+        if ident is not None and forgotten_s3(disk):  # forgotten, still in hoard.toml
+            rec = DiskRecord(ident["uuid"], dc.label, disk.where, DiskState.MISSING, "", reason="forgotten by "
+                             f"`hoard disks forget`: remove its [[disks]] table from {store.cfg.source}")
+            store.records[rec.uuid] = rec
+            return
+        if ident is not None:
+            if disk.shard_ids():
+                raise HoardError(f"disk {dc.label}: bucket {dc.bucket} at {dc.endpoint} holds shards, but the index "
+                                 f"at {store.cfg.index_dir} does not know this disk: if the SSD's index was lost, run "
+                                 "`hoard index restore` (or `hoard index rebuild`); if the bucket belongs to another "
+                                 "store, remove it from the config", ExitCode.UNAVAILABLE)
+        if ident is None and init and answered:  # an empty bucket: this disk's from now on
+            dc.path.mkdir(parents=True, exist_ok=True)
+            ident = S3Disk.initialise(dc.label, str(dc.endpoint), str(dc.bucket), dc.path, cap).read_identity()
+        if ident is None:
+            rec = DiskRecord("unregistered-" + dc.label, dc.label, disk.where, DiskState.MISSING, "", reason=why)
+            store.records[rec.uuid] = rec
+            return
+        rec = DiskRecord(ident["uuid"], dc.label, disk.where, DiskState.ACTIVE, ident.get("created", ""))
+        store.index.put_disk(rec)
+        disk = S3Disk(dc.label, rec.uuid, str(dc.endpoint), str(dc.bucket), dc.path, cap)
+    if store.writable and ident is not None and ident.get("uuid") == rec.uuid and read_identity(dc.path) is None:
+        try:  # a staging folder lost or new: it names this disk again
+            dc.path.mkdir(parents=True, exist_ok=True)
+            write_identity(dc.path, dc.label, uuid=rec.uuid)
+        except OSError as e:
+            log.warning("disk %s: cannot give its staging folder %s its identity: %s", dc.label, dc.path, e)
+    try:
+        disk.check()
+        state, why = DiskState.ACTIVE, ""
+    except DiskGone as e:
+        state, why = DiskState.MISSING, (e.message if isinstance(e, EngineError) else str(e.strerror))
+    if state == DiskState.ACTIVE:
+        note_seen(store, rec, store.index.disks_seen()[0].get(rec.uuid, 0.0))
+    if rec.path != disk.where:
+        rec.path = disk.where
+        store.index.put_disk(rec)
+    if rec.state == DiskState.FAILED or (rec.state == DiskState.DRAINING and state == DiskState.ACTIVE):
+        state, why = rec.state, rec.reason
+    rec.state, rec.reason = state, why
+    store.records[rec.uuid] = rec
+    store.disks[rec.uuid] = disk
+    store.queue[rec.uuid] = 0
+
+
+def forgotten_s3(disk: Any) -> bool:
+    """Whether the bucket carries the marker of `hoard disks forget` (as `forgotten`)."""
+    try:
+        marker = json.loads(disk.beside.read(FORGOTTEN))
+    except (OSError, ValueError):
+        return False
+    return isinstance(marker, dict) and bool(marker.get("uuid"))
 
 
 def note_seen(store: Store, rec: DiskRecord, noted: float) -> None:

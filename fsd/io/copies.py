@@ -3,30 +3,27 @@ in step with the index: appended and written on every disk in service, brought u
 index on a disk that is behind (added, replaced onto, back from failed or unplugged),
 snapshotted when a log grows. The index decides what they say (fsd.core.index: the marks
 tables and the `pointers` table), fsd.core.marks and fsd.core.pointers their formats; the
-store facade delegates here. Each small file is written by path on a disk checked to be there
-before and after the write (`on_disk`).
+store facade delegates here, and each disk's `beside` (fsd.core.beside) keeps them. Each is
+written on a disk checked to be there before and after the write (`on_disk`).
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno
 import fcntl
 import logging
 import os
-import stat
 import time
 from collections.abc import Callable, Iterable, Iterator
-from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import lmdb
 
 from fsd.base.errors import ExitCode, HoardError
-from fsd.base.files import atomic_write, create_new, fsync_dir, size_or_zero
-from fsd.base.modes import FILE, rewrite_mode
+from fsd.base.modes import FILE
 from fsd.core import marks, pointers
-from fsd.core.disks import DiskGone, LocalDisk
+from fsd.core.backend import Disk
+from fsd.core.disks import DiskGone
 from fsd.core.index import MARKS_NS
 from fsd.core.layout import lock_root
 from fsd.core.spill import Spill, spill_parent
@@ -45,7 +42,7 @@ POINTERS_RETRY_S = 600.0
 def pointing(store: Store, name: Callable[[Callable[[str, bytes], list[str]]], bytes]) -> None:
     """`name(write)` with write_pointer as `write`; the disks' errors are reported after
     the index transaction (reporting one writes to the index)."""
-    failed: list[tuple[LocalDisk, OSError]] = []
+    failed: list[tuple[Disk, OSError]] = []
     try:
         name(lambda key, body: write_pointer(store, key, body, failed=failed))
     finally:
@@ -53,7 +50,7 @@ def pointing(store: Store, name: Callable[[Callable[[str, bytes], list[str]]], b
             store.disk_error(disk, "write", e)
 
 
-def write_pointer(store: Store, rel: str, body: bytes, failed: list[tuple[LocalDisk, OSError]] | None = None
+def write_pointer(store: Store, rel: str, body: bytes, failed: list[tuple[Disk, OSError]] | None = None
                   ) -> list[str]:
     """Write (tmp → fsync → rename) a pointer's bytes (fsd/core/pointers.py: stamped by
     Index.name_pointer, so a disk that missed later writes holds an older one and rebuild
@@ -143,9 +140,9 @@ def bring_pointers(store: Store, uuid: str) -> bool:
     if ok:
         try:
             for folder in pointers.KINDS:
-                for path in (disk.root / folder).glob("*.json"):
-                    key = pointers.rel(folder, path.stem)
-                    if key not in bodies and not pointers.planted(path):
+                for stem in disk.beside.names(folder, ".json"):
+                    key = pointers.rel(folder, stem)
+                    if key not in bodies and not disk.beside.planted(key):
                         stale[key] = pointer_stamp(disk, key)
         except OSError as e:
             log.warning("disk %s: cannot list its pointers: %s", disk.label, e)
@@ -159,8 +156,8 @@ def bring_pointers(store: Store, uuid: str) -> bool:
 
 
 def log_marks(store: Store, op: str, shas: list[bytes], stamp: int) -> list[str]:
-    """Append marks-log records (`op` is one of MARK_OPS) to `marks/marks.log` on every
-    writable disk, fsynced — what `hoard index rebuild` replays (fsd/core/marks.py); returns the
+    """Append marks-log records (`op` is one of MARK_OPS) to the marks log on every
+    writable disk (`marks/marks.log`; fsd.core.beside), fsynced — what `hoard index rebuild` replays (fsd/core/marks.py); returns the
     uuids of the disks that took them (Index.log_in notes them). Called by the index
     inside the transaction that applies them: raising here (no disk took the records)
     leaves the index unchanged too. Each append starts with a newline, so the torn rest of
@@ -170,24 +167,12 @@ def log_marks(store: Store, op: str, shas: list[bytes], stamp: int) -> list[str]
     for uuid, disk in store.disks.items():
         if not store.usable(uuid, for_write=True):
             continue
-        path = marks.log_path(disk.root)
         try:
             with on_disk(store, disk) as wrote:
-                marks_log(disk)
-                # O_APPEND: records of concurrent processes interleave whole (one write each)
-                fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NONBLOCK, FILE)
-                try:
-                    marks.regular(fd, path)
-                    view = memoryview(body)
-                    while view:
-                        view = view[os.write(fd, view):]
-                    os.fsync(fd)
-                    wrote.append(os.fstat(fd).st_dev)
-                finally:
-                    os.close(fd)
+                disk.beside.marks_append(body, wrote)
             took.append(uuid)
         except OSError as e:
-            log.warning("disk %s: cannot append to %s: %s", disk.label, path, e)
+            log.warning("disk %s: cannot append to %s: %s", disk.label, disk.beside.marks_where(), e)
             errors.append(disk_error_text(disk, e))
     if not took:
         raise HoardError(f"no disk took the marks (roots, hides, deletions: {'; '.join(errors) or 'no writable disk'}); "
@@ -215,7 +200,7 @@ def catch_up_marks(store: Store) -> list[str]:
     for u, d in store.disks.items():
         if store.usable(u):
             try:
-                stamp, old_format = marks.log_ends(d.root)
+                stamp, old_format = marks.judge_ends(*d.beside.marks_ends())
                 tails[u] = stamp or 0
                 if old_format and store.usable(u, for_write=True):
                     legacy.append(u)
@@ -229,6 +214,9 @@ def catch_up_marks(store: Store) -> list[str]:
     # (or one committing right now: checked again inside the snapshot's transaction)
     ahead = [u for u, t in tails.items() if u in at and t > at[u] and store.usable(u, for_write=True)]
     behind = marks_behind(store, state)
+    # a log kept as many objects (fsd.core.s3files) is compacted now, not only by the next gc
+    behind += [u for u, d in store.disks.items() if u not in behind and store.usable(u, for_write=True)
+               and time.time() - state[2].get(u, 0.0) > MARKS_RETRY_S and _crowded(d)]
     # (a legacy log that refused its rewrite waits MARKS_RETRY_S like a disk behind: each try
     # reads every disk's whole log and takes a write transaction)
     behind += [u for u in legacy if u not in behind and time.time() - state[2].get(u, 0.0) > MARKS_RETRY_S]
@@ -241,13 +229,21 @@ def catch_up_marks(store: Store) -> list[str]:
     return done
 
 
+def _crowded(disk: Disk) -> bool:
+    try:
+        return disk.beside.marks_crowded()
+    except OSError as e:  # an engine that does not answer: health's business
+        log.warning("disk %s: cannot list its marks log: %s", disk.label, e)
+        return False
+
+
 def compact_marks(store: Store) -> list[str]:
     """Snapshot the writable disks whose marks log has grown past twice what a snapshot
     would take (plus 1 MiB): the history is replaced by the state."""
     n = sum(store.index.count(getattr(store.index, t)) for t in marks.TABLES)
     limit = 2 * (n + 1) * marks.RECORD_BYTES + (1 << 20)
     big = [u for u, d in store.disks.items()
-           if store.usable(u, for_write=True) and size_or_zero(marks.log_path(d.root)) > limit]
+           if store.usable(u, for_write=True) and d.beside.marks_size() > limit]
     return snapshot_marks(store, big) if big else []
 
 
@@ -290,36 +286,33 @@ def _snapshot_lock(store: Store, wait: bool) -> Iterator[bool]:
 
 def _snapshot(store: Store, chosen: list[str], recheck: set[str]) -> list[str]:
     done: list[str] = []
-    cuts: dict[str, tuple[int, int]] = {}  # uuid → (inode, size) of its log when the stamp was taken
+    cuts: dict[str, Any] = {}  # uuid → its log when the stamp was taken (Beside.marks_cut)
 
-    def start(stamp: int, at: dict[str, int]) -> dict[str, tuple[int, int]]:
+    def start(stamp: int, at: dict[str, int]) -> dict[str, Any]:
         for uuid in chosen:
             disk = store.disks[uuid]
             try:
-                if uuid in recheck and (marks.last_stamp(disk.root) or 0) <= at.get(uuid, -1):
+                if uuid in recheck and (marks.judge_ends(*disk.beside.marks_ends())[0] or 0) <= at.get(uuid, -1):
                     continue  # "ahead" — no longer, now that no transaction is in flight
-                st = os.stat(marks.log_path(disk.root))
-                cuts[uuid] = (st.st_ino, st.st_size)
-            except OSError:  # none yet (or none to be had: writing the snapshot says why)
-                cuts[uuid] = (0, 0)
+            except OSError:  # (writing the snapshot says why)
+                pass
+            cuts[uuid] = disk.beside.marks_cut()
         return cuts
 
+    def counted(chunks: Iterable[bytes]) -> Iterator[bytes]:
+        for piece in chunks:
+            store.index.env.count_writes(piece.count(b"\n"))  # (none open: nothing counted)
+            yield piece
+
     def write(stamp: int, tables: Callable[[], dict[str, Iterable[bytes]]],
-              todo: dict[str, tuple[int, int]]) -> tuple[list[str], list[str]]:
+              todo: dict[str, Any]) -> tuple[list[str], list[str]]:
         written, failed = [], []
         for uuid in todo:
             disk = store.disks[uuid]
-            path = marks.log_path(disk.root)
+            path = disk.beside.marks_where()
             try:
                 with on_disk(store, disk) as wrote:
-                    # (create_new removes a killed snapshot's file: one snapshot at a time)
-                    with create_new(_snap_tmp(marks_log(disk)), rewrite_mode(path)) as f:
-                        for piece in marks.snapshot_chunks(stamp, tables()):
-                            f.write(piece)
-                            store.index.env.count_writes(piece.count(b"\n"))  # (none open: nothing counted)
-                        f.flush()
-                        os.fsync(f.fileno())
-                        wrote.append(os.fstat(f.fileno()).st_dev)
+                    disk.beside.marks_snapshot(counted(marks.snapshot_chunks(stamp, tables())), wrote)
                 written.append(uuid)
             except DiskGone as e:  # not a refusal: tried again by the first writer that finds it back
                 log.warning("disk %s: cannot rewrite %s from the index: %s", disk.label, path, e)
@@ -332,37 +325,13 @@ def _snapshot(store: Store, chosen: list[str], recheck: set[str]) -> list[str]:
         """Inside a write transaction (no append meanwhile): what the log took since the cut
         goes after the snapshot, which then replaces the log."""
         disk = store.disks[uuid]
-        path = marks.log_path(disk.root)
-        tmp = _snap_tmp(path)
-        ino, size = cuts[uuid]
         try:
             with on_disk(store, disk) as wrote:
-                try:
-                    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-                except FileNotFoundError:
-                    tail = b""
-                else:
-                    try:
-                        st = os.fstat(fd)
-                        if not stat.S_ISREG(st.st_mode):
-                            tail = b""  # (something planted there: replaced, as ever, by the snapshot)
-                        elif ino and (st.st_ino != ino or st.st_size < size):
-                            raise OSError(errno.ESTALE, "the log was replaced while its snapshot was written", str(path))
-                        else:
-                            tail = _read_from(fd, size if ino else 0, st.st_size)
-                    finally:
-                        os.close(fd)
-                with open(tmp, "ab") as f:
-                    f.write(tail)  # (each append began with a newline: whole lines, the torn rest of one too)
-                    f.flush()
-                    os.fsync(f.fileno())
-                    wrote.append(os.fstat(f.fileno()).st_dev)
-                os.rename(tmp, path)
-                fsync_dir(path.parent)
+                disk.beside.marks_swap(cuts[uuid], wrote)
         except (DiskGone, OSError) as e:
-            log.warning("disk %s: cannot rewrite %s from the index: %s", disk.label, path, e)
+            log.warning("disk %s: cannot rewrite %s from the index: %s", disk.label, disk.beside.marks_where(), e)
             with contextlib.suppress(OSError):
-                tmp.unlink()
+                disk.beside.marks_discard()
             return False
         done.append(disk.label)
         return True
@@ -377,31 +346,14 @@ def _drop_snapshot_leftovers(store: Store) -> None:
     found = []
     for u, d in store.disks.items():
         if store.usable(u, for_write=True):
-            tmp = _snap_tmp(marks.log_path(d.root))
-            if tmp.is_file():
-                found.append(tmp)
+            with contextlib.suppress(OSError):
+                if d.beside.marks_leftover():
+                    found.append(d)
     if not found:
         return
     with _snapshot_lock(store, wait=False) as got:
-        for tmp in found if got else ():
-            with contextlib.suppress(OSError):
-                tmp.unlink()
-
-
-def _snap_tmp(path: Path) -> Path:
-    """Where a snapshot is written beside the log `path` (not a `*.log`: no reader takes it
-    for one)."""
-    return path.with_name(f".{path.name}.tmp")
-
-
-def _read_from(fd: int, start: int, end: int) -> bytes:
-    out = bytearray()
-    while start + len(out) < end:
-        got = os.pread(fd, end - start - len(out), start + len(out))
-        if not got:
-            break
-        out += got
-    return bytes(out)
+        for d in found if got else ():
+            d.beside.marks_discard()
 
 
 def logged_marks(store: Store) -> dict[str, list[bytes]]:
@@ -415,8 +367,7 @@ def logged_marks(store: Store) -> dict[str, list[bytes]]:
             if store.usable(u):
                 logs.append(None)  # (a log that fails to read leaves records in the spill: not read)
                 try:
-                    logs[-1] = marks.read_log(marks.log_path(d.root).parent, label=d.label, spill=spill,
-                                              src=len(logs) - 1)
+                    logs[-1] = d.beside.marks_read(label=d.label, spill=spill, src=len(logs) - 1)
                 except OSError:
                     continue
         known = in_index(store)
@@ -429,7 +380,7 @@ def logged_marks(store: Store) -> dict[str, list[bytes]]:
 
 
 @contextlib.contextmanager
-def on_disk(store: Store, disk: LocalDisk) -> Iterator[list[int]]:
+def on_disk(store: Store, disk: Disk) -> Iterator[list[int]]:
     """Small files (marks logs, pointers) written by path inside: the disk is checked to be
     there before (a vanished mount leaves an empty directory on the root filesystem that takes
     any write) and after (one that vanished during the write took it beside the disk, not on
@@ -443,7 +394,7 @@ def on_disk(store: Store, disk: LocalDisk) -> Iterator[list[int]]:
         disk.check()
         yield wrote
         disk.check()
-        if any(dev != os.stat(disk.root).st_dev for dev in wrote):
+        if not disk.beside.landed(wrote):
             raise DiskGone(f"disk {disk.label}: a file was written beside it, not on it (the disk dropped off "
                            "and came back during the write)")
     except DiskGone as e:
@@ -451,39 +402,28 @@ def on_disk(store: Store, disk: LocalDisk) -> Iterator[list[int]]:
         raise
 
 
-def put_pointer(disk: LocalDisk, key: str, body: bytes, wrote: list[int]) -> None:
-    """A pointer's bytes at `key` under the disk's root (inside `on_disk`)."""
-    path = disk.root / key
-    path.parent.mkdir(exist_ok=True)
-    atomic_write(path, body, prepare=lambda fd, _: wrote.append(os.fstat(fd).st_dev))
+def put_pointer(disk: Disk, key: str, body: bytes, wrote: list[int]) -> None:
+    """A pointer's bytes at `key` beside the disk's shards (inside `on_disk`)."""
+    disk.beside.write(key, body, wrote)
 
 
-def pointer_on(disk: LocalDisk, key: str) -> bytes | None:
+def pointer_on(disk: Disk, key: str) -> bytes | None:
     """The bytes of the disk's pointer at `key`; None when there is none that reads."""
     try:
-        return pointers.read(disk.root / key)
+        return disk.beside.read(key)
     except (OSError, ValueError):
         return None
 
 
-def pointer_stamp(disk: LocalDisk, key: str) -> int:
+def pointer_stamp(disk: Disk, key: str) -> int:
     """The stamp of the disk's pointer at `key` (0 when it does not read as one)."""
     try:
-        return pointers.decode(pointers.read(disk.root / key)).get(pointers.STAMP, 0)
+        return pointers.decode(disk.beside.read(key)).get(pointers.STAMP, 0)
     except (OSError, ValueError):
         return 0
 
 
-def marks_log(disk: LocalDisk) -> Path:
-    """The disk's marks log path, its directory made (and made durable) if it is new."""
-    path = marks.log_path(disk.root)
-    if not path.parent.is_dir():
-        path.parent.mkdir()
-        fsync_dir(disk.root)
-    return path
-
-
-def disk_error_text(disk: LocalDisk, e: OSError) -> str:
+def disk_error_text(disk: Disk, e: OSError) -> str:
     """"LABEL: what went wrong", without the label twice (a DiskGone names its disk itself)."""
     text = e.strerror or str(e)
     return text if text.startswith(f"disk {disk.label}") else f"{disk.label}: {text}"

@@ -13,7 +13,6 @@ check and verify named, and verify read the marks logs but no pointer.
 from __future__ import annotations
 
 import contextlib
-import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -21,10 +20,11 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from fsd.core import formats, marks, pointers
 from fsd.core import shardfmt as fmt
+from fsd.core.beside import MARKS_NAME
 from fsd.core.disks import DiskState
 from fsd.core.held import named
 from fsd.core.index import MARKS_NS, IndexDamaged, named_entry
-from fsd.core.layout import BATCHES_DIR, VIEWS_DIR, naming_busy
+from fsd.core.layout import BATCHES_DIR, MARKS_LOG, VIEWS_DIR, naming_busy
 from fsd.core.spill import Spill, spill_parent
 from fsd.io import judged
 
@@ -223,13 +223,7 @@ def _files(store: Store) -> dict[str, tuple[list[int] | None, dict[str, list[int
         disk = store.disks.get(uuid)
         if disk is None or rec.state == DiskState.MISSING:
             continue
-        path = marks.log_path(disk.root)
-        own, others = judged.files_of(path.parent)
-        try:
-            size = os.lstat(path).st_size
-        except OSError:
-            size = -1
-        out[uuid] = (own, others, size)
+        out[uuid] = disk.beside.marks_files()
     return out
 
 
@@ -244,7 +238,7 @@ def _still(store: Store, mem: judged.Memory, cutoff: int, files: dict) -> bool:
     return (not found and mem.index == judged.index_identity(store) and cutoff >= mem.cutoff
             and set(mem.disks) == set(files)
             and all(mem.disks[u].fits(store.records[u].state.value, files[u][0], files[u][1], files[u][2],
-                                      marks.log_path(store.disks[u].root)) for u in files))
+                                      store.disks[u].beside) for u in files))
 
 
 def _judge_marks(store: Store, rep: Findings, known: Callable[[bytes], bool], spill: Spill, cutoff: int,
@@ -267,20 +261,19 @@ def _judge_marks(store: Store, rep: Findings, known: Callable[[bytes], bool], sp
         if disk is None or rec.state == DiskState.MISSING:
             continue
         planted: list[str] = []
-        blocker = _in_the_way(marks.log_path(disk.root)) if rec.state != DiskState.FAILED else ""
+        blocker = disk.beside.in_the_way(MARKS_NAME) if rec.state != DiskState.FAILED else ""
         src = len(logs)
         logs.append(None)  # (until it is read whole: a read that fails leaves records in the spill)
         old = before.disks[uuid] if before is not None else None
         try:
             if old is not None:
-                gained = marks.read_tail(marks.log_path(disk.root), rec.label, spill, src, cutoff, old.judged,
-                                         old.lines, old.checked)
+                gained = disk.beside.marks_read_tail(rec.label, spill, src, cutoff, old.judged, old.lines,
+                                                     old.checked)
                 if gained.damaged or gained.other or gained.legacy or gained.broken_resets or gained.resets:
                     raise Irregular(rec.label)
                 got = judged.merged(old.log, gained)
             else:
-                got = marks.read_log(marks.log_path(disk.root).parent, planted, rec.label,
-                                     None if blocker else spill, src, cutoff)
+                got = disk.beside.marks_read(planted, rec.label, None if blocker else spill, src, cutoff)
         except OSError as e:
             clean = False
             if rec.state == DiskState.FAILED:
@@ -291,12 +284,12 @@ def _judge_marks(store: Store, rep: Findings, known: Callable[[bytes], bool], sp
         clean &= not planted and not blocker
         now.disks[uuid] = judged.Remembered(rec.state.value, files[uuid][0], files[uuid][1], got.judged,
                                             got.judged_lines, got.checked, judged.facts(got),
-                                            tip=judged.tip(marks.log_path(disk.root), got.judged, files[uuid][0]))
+                                            tip=disk.beside.marks_tip(got.judged, files[uuid][0]))
         uuids[src] = uuid
         lines_read += got.judged_lines - (old.lines if old is not None else 0)
         steps += [("note", f"disk {rec.label}: {p} (not a marks log: skipped by a rebuild; remove it)") for p in planted]
         steps += [("note", f"disk {rec.label}: {p}: {n} line(s) that are not records (not the store's log, which is "
-                           f"{marks.log_path(disk.root).name}: a rebuild reads its records and skips the rest; "
+                           f"{MARKS_LOG}: a rebuild reads its records and skips the rest; "
                            "remove it)") for p, n in got.foreign.items()]
         if blocker:
             steps.append(("add", f"disk {rec.label}: {blocker} where its marks log goes: remove it, then {fix}"))
@@ -426,7 +419,7 @@ def _pointers(store: Store, rep: Findings, known: Callable[[bytes], bool]) -> No
         lines = []
         for folder in pointers.KINDS:
             try:
-                listed = {pointers.rel(folder, p.stem) for p in (disk.root / folder).glob("*.json")}
+                listed = {pointers.rel(folder, stem) for stem in disk.beside.names(folder, ".json")}
             except OSError as e:
                 rep.add("pointer", f"disk {rec.label}: its {folder}/ cannot be listed ({e}): `hoard health`, then {fix}")
                 continue
@@ -445,14 +438,14 @@ def _pointers(store: Store, rep: Findings, known: Callable[[bytes], bool]) -> No
 def _pointer_finding(disk, key: str, want: bytes | None, since: int) -> str:
     """What is wrong with the disk's pointer at `key` (the index holds `want`), or ""."""
     what = pointers.describe(key)
-    if want is None and pointers.planted(disk.root / key):
-        return f"!{pointers.shown(disk.root / key)}"  # a note, not a disagreement (see _check_pointers)
+    if want is None and disk.beside.planted(key):
+        return f"!{disk.beside.shown(key)}"  # a note, not a disagreement (see _check_pointers)
     try:
-        body = pointers.read(disk.root / key)
+        body = disk.beside.read(key)
     except FileNotFoundError:
         return f"lacks the pointer of {what}" if want else ""
     except (OSError, ValueError) as e:
-        if want is not None and (blocker := _in_the_way(disk.root / key)):
+        if want is not None and (blocker := disk.beside.in_the_way(key)):
             # (a writer cannot replace it: the fix alone failed, again and again)
             return f"{blocker} where its pointer of {what} goes: remove it, then"
         return f"its pointer of {what} cannot be read ({getattr(e, 'strerror', None) or e})"
@@ -469,16 +462,6 @@ def _pointer_finding(disk, key: str, want: bytes | None, since: int) -> str:
         return f"holds a pointer of {what}, which the index does not name (an index rebuild would bring it back)"
     return (f"holds an older pointer of {what}" if stamp < pointers.stamp_of(want)
             else f"holds a different pointer of {what}")
-
-
-def _in_the_way(path) -> str:
-    """What stands where a pointer or a marks log is to be written that a writer cannot replace — a directory
-    at its name, or something that is not a directory at its folder's — or ""."""
-    if os.path.isdir(path) and not os.path.islink(path):
-        return f"a directory stands at {pointers.shown(path)},"
-    if os.path.lexists(path.parent) and not os.path.isdir(path.parent):
-        return f"{pointers.shown(path.parent)} is not a directory,"
-    return ""
 
 
 def _index_marks(txn: Any, idx: Any, spill: Spill) -> None:

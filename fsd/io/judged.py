@@ -13,9 +13,10 @@ The memory is one JSON file, `<ssd.root>/state/marks-judged.json` (MEMORY), rewr
 cleanly. It is trusted only for the same index (the inode of its data file: a rebuild or a
 restore swaps it) whose marks stamp has not gone back, the same disks in the same states, the
 same other `*.log` files beside each log, and each log its same file no shorter than judged
-whose last bytes before that length are still the ones judged (`tip`: a log cut shorter behind
+whose last bytes before that length are still the ones judged (Beside.marks_tip: a log cut shorter behind
 the store's back and grown again by appends past that length is the same inode, longer — its
-judged part is not what was judged); anything else — a memory that does not hold what this
+judged part is not what was judged; a log kept as objects, fsd.core.s3files, has no such
+identity and is read whole every time); anything else — a memory that does not hold what this
 version writes, field by field, included — and the logs are read whole again.
 """
 
@@ -23,19 +24,16 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import stat
 import time
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import xxhash
-
 from fsd.base.files import atomic_write
 from fsd.core import formats, marks
 
 if TYPE_CHECKING:
+    from fsd.core.beside import Beside
     from fsd.store import Store
 
 log = logging.getLogger(__name__)
@@ -58,28 +56,6 @@ def index_identity(store: Store) -> list[int] | None:
     return [st.st_dev, st.st_ino]
 
 
-def files_of(folder: Path) -> tuple[list[int] | None, dict[str, list[int]]]:
-    """Of a disk's marks folder, before it is read: the log's (device, inode) (None: no log)
-    and every other `*.log` beside it as name → (device, inode, size, mtime_ns) — a reading of
-    the tail trusts those to be what the last reading read."""
-    own = None
-    others: dict[str, list[int]] = {}
-    try:
-        names = sorted(p.name for p in folder.glob("*.log"))
-    except OSError:
-        return None, {}
-    for name in names:
-        try:
-            st = os.lstat(folder / name)
-        except OSError:
-            continue
-        if name == marks.log_path(folder.parent).name:
-            own = [st.st_dev, st.st_ino]
-        else:
-            others[name] = [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns]
-    return own, others
-
-
 @dataclass
 class Remembered:
     """One disk's log as last judged: which file, how much of it, and what that part held."""
@@ -95,39 +71,14 @@ class Remembered:
     tip: str = ""  # `tip` of the judged part ("": none taken — never fits)
 
     def fits(self, state: str, file: list[int] | None, others: dict[str, list[int]], size: int,
-             path: Path | None = None) -> bool:
-        """Whether the log is still the file judged, grown only by appends (`path`: the log,
-        whose bytes before the judged length must still be the ones judged)."""
+             beside: Beside | None = None) -> bool:
+        """Whether the log is still the file judged, grown only by appends (`beside`: where the
+        log is, whose bytes before the judged length must still be the ones judged:
+        Beside.marks_tip). A log without a file identity (fsd.core.s3files) never fits: it is
+        read whole."""
         return (self.state == state and self.file is not None and self.file == file and self.others == others
                 and size >= self.judged and bool(self.tip)
-                and (path is None or tip(path, self.judged, self.file) == self.tip))
-
-
-#: the bytes before a judged length whose hash is kept (`tip`): the last record or two judged (more would
-#: also catch rot in them — `hoard verify` reads every byte for that)
-TIP = 256
-
-
-def tip(path: Path, judged: int, file: list[int] | None) -> str:
-    """A hash of the `TIP` bytes of the log `path` before byte `judged` (and of that length),
-    when the log is still the file `file` (device, inode) — "" when it is not, or cannot be
-    read. One small read: a log cut behind the store's back and grown again past `judged`
-    holds other records there (the stamps and objects of the appends that regrew it)."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-    except OSError:
-        return ""
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode) or [st.st_dev, st.st_ino] != file or st.st_size < judged:
-            return ""
-        start = max(0, judged - TIP)
-        data = os.pread(fd, judged - start, start)
-        return xxhash.xxh3_64_hexdigest(str(judged).encode() + b" " + data) if len(data) == judged - start else ""
-    except OSError:
-        return ""
-    finally:
-        os.close(fd)
+                and (beside is None or beside.marks_tip(self.judged, self.file) == self.tip))
 
 
 @dataclass

@@ -37,7 +37,7 @@ from fsd.io.writer import _unlock, try_lock
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from fsd.core.disks import LocalDisk
+    from fsd.core.backend import Disk
     from fsd.core.index import ShardMeta
     from fsd.store import Store
 
@@ -64,7 +64,7 @@ def recover_orphans(store: Store) -> list[str]:
     return done
 
 
-def _valid_prefix(disk: LocalDisk, shard_hex: str) -> list[fmt.RecordInfo] | None:
+def _valid_prefix(disk: Disk, shard_hex: str) -> list[fmt.RecordInfo] | None:
     """The replica's verified records from the start; None when not even its header is there
     (a power cut before the first fsync leaves a file of zeros, or an empty one)."""
     size = disk.size(shard_hex)
@@ -85,7 +85,7 @@ def _valid_prefix(disk: LocalDisk, shard_hex: str) -> list[fmt.RecordInfo] | Non
     return out
 
 
-def _sealed_records(disk: LocalDisk, shard_hex: str) -> list[fmt.RecordInfo] | None:
+def _sealed_records(disk: Disk, shard_hex: str) -> list[fmt.RecordInfo] | None:
     """The footer's records if this replica was already renamed to .shard with a good footer.
     A `.shard` whose footer does not decode (bit rot; an index rebuild indexed its verified
     records as an open copy's) is renamed back to `.open`: None, and it is recovered as one —
@@ -112,7 +112,7 @@ def _end(records: list[fmt.RecordInfo] | None) -> int:
     return records[-1].end if records else fmt.SHARD_HEADER_SIZE
 
 
-def set_aside(disk: LocalDisk, shard_hex: str, why: str, src: Path | None = None) -> str:
+def set_aside(disk: Disk, shard_hex: str, why: str, src: Path | None = None) -> str:
     """Move a replica file (`src`, by default the shard's file on `disk`) out of the shards
     into the disk's orphans (`LocalDisk.set_aside`: a rename, no byte lost), with a log line."""
     dest = disk.set_aside(shard_hex, src)

@@ -19,10 +19,11 @@ from typing import TYPE_CHECKING
 from fsd.base.files import SYNC_FILE_RANGE_ALL, SYNC_FILE_RANGE_WRITE, sync_file_range
 from fsd.base.modes import FILE
 from fsd.core import shardfmt as fmt
+from fsd.core.backend import has_files
 from fsd.core.disks import drop_cache, pread_full, verify_shard
 
 if TYPE_CHECKING:
-    from fsd.core.disks import LocalDisk
+    from fsd.core.backend import Disk
     from fsd.core.index import ShardMeta
     from fsd.store import Store
 
@@ -31,7 +32,7 @@ PAGE = 4096
 log = logging.getLogger(__name__)
 
 
-def check_replica(disk: LocalDisk, meta: ShardMeta, sha256: bool = False) -> int:
+def check_replica(disk: Disk, meta: ShardMeta, sha256: bool = False) -> int:
     """Bytes checked; raises OSError or ShardFormatError on anything wrong."""
     size, count = disk.verify(meta.hex, sha256)
     if count != meta.records:
@@ -40,7 +41,7 @@ def check_replica(disk: LocalDisk, meta: ShardMeta, sha256: bool = False) -> int
 
 
 
-def repair_replica(store: Store, meta: ShardMeta, disk: LocalDisk, sources, reason: str,
+def repair_replica(store: Store, meta: ShardMeta, disk: Disk, sources, reason: str,
                    sha256: bool = False, check_sources: bool = True) -> bool:
     """Replace `disk`'s bad replica of `meta` by a verified copy of the first of `sources`
     that gives one (each checked whole first unless the caller just did); True when done (its
@@ -65,7 +66,7 @@ def repair_replica(store: Store, meta: ShardMeta, disk: LocalDisk, sources, reas
     return False
 
 
-def reseal_unlisted(store: Store, meta: ShardMeta, disk: LocalDisk) -> int | None:
+def reseal_unlisted(store: Store, meta: ShardMeta, disk: Disk) -> int | None:
     """Repair a sealed replica whose body holds records its footer does not list (what a Ctrl-C
     between writing a record and noting it left behind, before the writer sealed at the record's
     end: every replica alike, so there is no good copy to repair from). The new file keeps the
@@ -73,7 +74,10 @@ def reseal_unlisted(store: Store, meta: ShardMeta, disk: LocalDisk) -> int | Non
     every record kept; a trailing record nothing names (the interrupted file: its re-run stored
     it elsewhere) is dropped. Written tmp → fsync → verify → rename, the index's size and record
     count updated first. Returns the number of records dropped; None (nothing changed) when the
-    replica is not of that kind — a listed record missing, a record that does not verify."""
+    replica is not of that kind — a listed record missing, a record that does not verify — or
+    its disk keeps no files (an S3 disk: repaired from another replica, or not at all)."""
+    if not has_files(disk):
+        return None
     fd = disk.open_fd(meta.hex)
     try:
         size = os.fstat(fd).st_size
@@ -132,7 +136,7 @@ def reseal_unlisted(store: Store, meta: ShardMeta, disk: LocalDisk) -> int | Non
     return len(body) - len(kept)
 
 
-def discard_copy(disk: LocalDisk, shard_hex: str, why: str) -> None:
+def discard_copy(disk: Disk, shard_hex: str, why: str) -> None:
     """Delete a replica just made that must not stay (the shard was retired or swapped while
     it was copied). A copy that cannot be deleted now (its disk dropped off) is named in the
     log and left for `hoard verify --orphans`, which finds files the index does not name."""
@@ -160,7 +164,12 @@ def copy_shard(src, dst, shard_hex: str, rate_mb_s: float | None = None,
     with the writes; the lab throttles reads and writes apart: docs/benchmarks.md.)
 
     `stop` set ends the copy at its next piece (or rate-limit pause) with CopyStopped, which
-    blames no disk; nothing is left behind."""
+    blames no disk; nothing is left behind.
+
+    Onto or off a backend without files (an S3 disk) the copy goes through the contract
+    instead (`_copy_through`)."""
+    if not (has_files(src) and has_files(dst)):
+        return _copy_through(src, dst, shard_hex, rate_mb_s, stop)
     size = src.size(shard_hex)
     tmp = dst.tmp_path(f"{shard_hex}.shard.tmp")
     fd_in = src.open_fd(shard_hex)
@@ -185,6 +194,53 @@ def copy_shard(src, dst, shard_hex: str, rate_mb_s: float | None = None,
     with _on_target():
         dst.check()  # it may have dropped off during the copy: the descriptor still wrote to it, the path would not
         dst.install(shard_hex, tmp)
+    return size
+
+
+def _copy_through(src, dst, shard_hex: str, rate_mb_s: float | None, stop: threading.Event | None) -> int:
+    """copy_shard onto or off an S3 disk: the source read in COPY_CHUNK pieces (`read_exact`:
+    ranged GETs off an S3 disk), appended to an open shard on `dst` (an S3 disk's staging
+    folder) and synced, then sealed — on an S3 disk the upload, which a HEAD confirms holds the
+    staged bytes' sha256 (fsd.core.s3) — and the sealed replica checked whole (`dst.verify`),
+    before the caller names it. What `dst` holds of the shard already (a repair's bad replica, a
+    killed copy's open file) is deleted first: the source, checked, holds what it should.
+    Anything that fails leaves no replica named: the index still names only the source's."""
+    size = src.size(shard_hex)
+    stop = stop or threading.Event()
+    with _on_target():
+        dst.check()
+        if dst.state(shard_hex) is not None:  # a repair's bad replica, or a killed copy's open file
+            dst.delete(shard_hex)  # (a sealed shard has no writer; the source holds what this one should)
+        sink = dst.create(shard_hex)
+    t0 = time.monotonic()
+    try:
+        for off in range(0, size, COPY_CHUNK):
+            if stop.is_set():
+                raise CopyStopped(f"shard {shard_hex} on {src.label}: the copy was stopped")
+            chunk = src.read_exact(shard_hex, off, min(COPY_CHUNK, size - off))
+            if len(chunk) != min(COPY_CHUNK, size - off):
+                raise fmt.TruncatedShard(f"shard {shard_hex} on {src.label} ended at {off + len(chunk)} of {size}")
+            with _on_target():
+                sink.write(chunk)
+            if rate_mb_s:
+                ahead = (off + len(chunk)) / (rate_mb_s * 1e6) - (time.monotonic() - t0)
+                if ahead > 0 and stop.wait(ahead):
+                    raise CopyStopped(f"shard {shard_hex} on {src.label}: the copy was stopped")
+        with _on_target():
+            sink.sync()
+            sink.close()
+            dst.seal(shard_hex)
+        try:
+            dst.verify(shard_hex)
+        except fmt.ShardFormatError as e:
+            raise _whose_bytes(src, shard_hex, dst, e) from e
+        except OSError as e:
+            raise TargetError(e) from e
+    except BaseException:
+        sink.close()
+        with contextlib.suppress(OSError):  # (an engine that is down keeps it: named by no index entry)
+            dst.delete(shard_hex)
+        raise
     return size
 
 

@@ -34,7 +34,7 @@ from fsd.core import storelock
 from fsd.core.index import ObjectLoc, ShardMeta
 
 if TYPE_CHECKING:
-    from fsd.core.disks import LocalDisk
+    from fsd.core.backend import Disk
     from fsd.store import Store
 
 log = logging.getLogger(__name__)
@@ -51,7 +51,7 @@ def new_shard_id() -> bytes:
 
 
 class ReplicaFailed(Exception):
-    def __init__(self, disk: LocalDisk, err: OSError) -> None:
+    def __init__(self, disk: Disk, err: OSError) -> None:
         super().__init__(f"disk {disk.label}: {err.strerror or err}")
         self.disk, self.err = disk, err
 
@@ -80,7 +80,7 @@ class OpenShard:
     """One shard being appended on its replica disks by this process."""
 
     meta: ShardMeta
-    disks: list[LocalDisk]
+    disks: list[Disk]
     sinks: list
     lock_fd: int
     pos: int = 0  # bytes handed to the sinks or the buffer
@@ -245,7 +245,7 @@ class ShardWriter:
             data, sh.buf = sh.buf, bytearray()
             self._submit(sh, lambda s: s.write(data))
 
-    def _lane(self, disk: LocalDisk) -> ThreadPoolExecutor:
+    def _lane(self, disk: Disk) -> ThreadPoolExecutor:
         lane = self.lanes.get(disk.uuid)
         if lane is None:
             lane = self.lanes[disk.uuid] = ThreadPoolExecutor(1, thread_name_prefix=f"write-{disk.label}")
@@ -427,7 +427,7 @@ def _sync(sink) -> None:
     sink.sync()
 
 
-def _create(disk: LocalDisk, shard_hex: str, header: bytes):
+def _create(disk: Disk, shard_hex: str, header: bytes):
     """A new replica file with the shard header written (run on the disk's lane)."""
     sink = disk.create(shard_hex)
     try:

@@ -45,6 +45,7 @@ from fsd.core import formats
 from fsd.core import held as held_mod
 from fsd.core import live as live_mod
 from fsd.core import shardfmt as fmt
+from fsd.core.backend import has_files
 from fsd.core.disks import DiskState, shard_of
 from fsd.core.index import IndexDamaged, ObjectLoc, ShardMeta, disk_record
 from fsd.io import attach, integrity
@@ -406,8 +407,10 @@ def _unnamed_bytes(store: Store, uuid: str, named_then: set[tuple[str, str]]) ->
     file " .shard" made an empty key the index refused (check failed, blaming the index), while
     a copy named in capitals, which no reader opens, was taken for the shard's replica."""
     total = 0
-    for p in store.disks[uuid].shard_files():
-        shard_hex = shard_of(p)[0]
+    disk = store.disks[uuid]
+    listed: list[tuple[str, Any]] = ([(shard_of(p)[0], p) for p in disk.shard_files()] if has_files(disk)
+                                     else [(h, None) for h, _ in disk.shard_ids()])
+    for shard_hex, p in listed:
         if (shard_hex, uuid) in named_then:
             continue
         try:
@@ -415,5 +418,13 @@ def _unnamed_bytes(store: Store, uuid: str, named_then: set[tuple[str, str]]) ->
         except IndexDamaged:  # named already ("malformed"): its file is no orphan for that
             continue
         if now is None or uuid not in now.replicas:
-            total += size_or_zero(p)
+            total += size_or_zero(p) if p is not None else _size_or_zero(disk, shard_hex)
     return total
+
+
+def _size_or_zero(disk: Any, shard_hex: str) -> int:
+    """The size of a shard a backend without files lists (0: gone since the listing)."""
+    try:
+        return int(disk.size(shard_hex))
+    except FileNotFoundError:
+        return 0

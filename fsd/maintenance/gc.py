@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from fsd.base.errors import ExitCode, HoardError
 from fsd.base.units import fmt_bytes
 from fsd.core import shardfmt as fmt
+from fsd.core.backend import has_files
 from fsd.core.disks import DiskGone
 from fsd.core.index import ObjectLoc, ShardMeta
 from fsd.core.layout import pinned
@@ -335,6 +336,9 @@ class Reservation:
         store.reservations = self
 
     def add(self, disk, nbytes: int) -> None:
+        if not has_files(disk):  # an S3 disk: its space is the capacity granted, which only hoard spends
+            self.files[disk.uuid] = ("", nbytes)
+            return
         path = disk.tmp_path(RESERVE_NAME)
         path.parent.mkdir(exist_ok=True)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -353,8 +357,9 @@ class Reservation:
             return
         path, left = self.files[uuid]
         left = max(0, left - nbytes)
-        with contextlib.suppress(FileNotFoundError):
-            os.truncate(path, left)
+        if path:
+            with contextlib.suppress(FileNotFoundError):
+                os.truncate(path, left)
         self.files[uuid] = (path, left)
 
     def release(self) -> None:

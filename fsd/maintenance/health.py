@@ -24,8 +24,10 @@ def disk_status(cfg: Settings) -> list[dict[str, Any]]:
     out = []
     for d in cfg.disks:
         entry: dict[str, Any] = {"label": d.label, "path": str(d.path), "present": d.path.is_dir(),
-                                 "mount_point": os.path.ismount(d.path)}
-        if entry["present"]:
+                                 "mount_point": os.path.ismount(d.path), "backend": d.kind}
+        if d.kind == "s3":  # (its path is the staging folder; its space is the capacity granted)
+            entry.update(endpoint=d.endpoint, bucket=d.bucket, total_bytes=int((d.capacity_gb or 0) * GB))
+        elif entry["present"]:
             st = os.statvfs(d.path)
             total, free = st.f_blocks * st.f_frsize, st.f_bavail * st.f_frsize
             if d.capacity_gb is not None:
@@ -173,7 +175,7 @@ def smart_status(cfg: Settings, disks: list[dict[str, Any]], max_age_s: float = 
     disk at its path is read — a mount point, or a directory holding the disk's identity file:
     an unmounted disk's mount point is an empty directory on another drive, whose SMART is not
     this disk's."""
-    paths = {d.label: d.path for d in cfg.disks}
+    paths = {d.label: d.path for d in cfg.disks if d.kind == "local"}  # (an S3 disk has no drive of its own)
     labels = [d["label"] for d in disks if d["label"] in paths and d.get("present", True)
               and d.get("state", "active") != "missing"
               and (d.get("mount_point") or (paths[d["label"]] / IDENTITY).exists())]
@@ -187,7 +189,8 @@ def smart_of_store(store: Store, max_age_s: float = smart.FRESH_S,
     `hoard verify` report, in `hoard health`'s words."""
     states = {r.label: r.state.value for r in store.records.values()}
     disks = [{"label": d.label, "state": states.get(d.label, "active"), "present": d.path.is_dir(),
-              "mount_point": os.path.ismount(d.path)} for d in store.cfg.disks if labels is None or d.label in labels]
+              "mount_point": os.path.ismount(d.path)} for d in store.cfg.disks
+             if (labels is None or d.label in labels) and d.kind == "local"]
     readings = smart_status(store.cfg, disks, max_age_s)
     for d in disks:
         if d["label"] in readings:

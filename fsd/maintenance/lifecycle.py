@@ -16,8 +16,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from fsd.base.errors import ExitCode, HoardError
-from fsd.base.files import atomic_write
-from fsd.core.disks import IDENTITY_COPY, DiskState, probe, read_identity, restore_identity
+from fsd.core.disks import IDENTITY_COPY, DiskGone, DiskState, probe, read_identity, restore_identity
 from fsd.core.layout import FORGOTTEN
 from fsd.io.replicate import counted_replicas
 from fsd.io.scrub import verify
@@ -25,6 +24,7 @@ from fsd.maintenance.rebuild import shards_on
 
 log = logging.getLogger(__name__)
 if TYPE_CHECKING:
+    from fsd.base.config import DiskConfig
     from fsd.core.disks import DiskRecord
     from fsd.store import Store
 
@@ -59,24 +59,13 @@ def activate(store: Store, label: str) -> ActivateReport:
     if dc is None or rec.uuid not in store.disks:
         raise HoardError(f"disk {label} is not in {store.cfg.source}; add its [[disks]] table back first",
                          ExitCode.USAGE)
-    ident = read_identity(dc.path) if dc.path.is_dir() else None
-    if ident and ident.get("damaged"):
-        if not restore_identity(dc.path, rec.uuid):
-            raise HoardError(f"disk {label} at {dc.path}: {ident['error']}, and the copy of it ({IDENTITY_COPY}) is "
-                             f"missing or names another disk: hoard cannot tell this is the disk registered as "
-                             f"{label}; treat it as lost — `hoard disks replace {label} NEW` or `hoard rebuild --disk "
-                             f"{label}`", ExitCode.UNAVAILABLE)
-        log.warning("disk %s: %s; put back from its copy %s", label, ident["error"], IDENTITY_COPY)
-        store.index.record_event("identity_restored", disk=label, detail=ident["error"])
-        ident = read_identity(dc.path)
-    if not ident or ident.get("uuid") != rec.uuid:
-        found = (ident or {}).get("uuid") or (ident or {}).get("error") or "no identity file"
-        raise HoardError(f"disk {label} at {dc.path}: its identity says {found}, the index registered {rec.uuid}; "
-                         "this is not the same disk — mount the right one there, or add this one as a new disk",
-                         ExitCode.UNAVAILABLE)
-    now, why = probe(dc.path, rec.uuid, store.cfg.store.allow_directory_disks)
-    if now != DiskState.ACTIVE:
-        raise HoardError(f"disk {label} at {dc.path} cannot be used: {why}", ExitCode.UNAVAILABLE)
+    if dc.kind == "s3":  # the bucket's identity, and its staging folder's, checked by the disk itself
+        try:
+            store.disks[rec.uuid].check()
+        except DiskGone as e:
+            raise HoardError(f"disk {label} cannot be used: {e.strerror}", ExitCode.UNAVAILABLE) from None
+    else:
+        _same_local_disk(store, dc, rec, label)
     rep = ActivateReport()
     with store.maintenance(f"activate {label}"):
         # readable but not writable while it is checked: verify reads it, nothing places shards on it
@@ -104,6 +93,29 @@ def activate(store: Store, label: str) -> ActivateReport:
                              "warning above); it is active, and the next writer tries again", ExitCode.UNAVAILABLE)
     store.index.record_event("disk_activated", disk=label, detail=f"{rep.adopted} adopted, {len(rep.bad)} bad")
     return rep
+
+
+def _same_local_disk(store: Store, dc: DiskConfig, rec: DiskRecord, label: str) -> None:
+    """Refuse unless the local disk at `dc.path` is the one registered as `rec` and usable (a
+    damaged identity put back from its copy first)."""
+    ident = read_identity(dc.path) if dc.path.is_dir() else None
+    if ident and ident.get("damaged"):
+        if not restore_identity(dc.path, rec.uuid):
+            raise HoardError(f"disk {label} at {dc.path}: {ident['error']}, and the copy of it ({IDENTITY_COPY}) is "
+                             f"missing or names another disk: hoard cannot tell this is the disk registered as "
+                             f"{label}; treat it as lost — `hoard disks replace {label} NEW` or `hoard rebuild --disk "
+                             f"{label}`", ExitCode.UNAVAILABLE)
+        log.warning("disk %s: %s; put back from its copy %s", label, ident["error"], IDENTITY_COPY)
+        store.index.record_event("identity_restored", disk=label, detail=ident["error"])
+        ident = read_identity(dc.path)
+    if not ident or ident.get("uuid") != rec.uuid:
+        found = (ident or {}).get("uuid") or (ident or {}).get("error") or "no identity file"
+        raise HoardError(f"disk {label} at {dc.path}: its identity says {found}, the index registered {rec.uuid}; "
+                         "this is not the same disk — mount the right one there, or add this one as a new disk",
+                         ExitCode.UNAVAILABLE)
+    now, why = probe(dc.path, rec.uuid, store.cfg.store.allow_directory_disks)
+    if now != DiskState.ACTIVE:
+        raise HoardError(f"disk {label} at {dc.path} cannot be used: {why}", ExitCode.UNAVAILABLE)
 
 
 def _adopt(uuid: str):
@@ -143,10 +155,10 @@ def forget(store: Store, label: str) -> int:
     store.index.record_event("disk_forgotten", disk=label, detail=f"{len(listing)} replicas released")
     store.records.pop(rec.uuid, None)
     disk = store.disks.pop(rec.uuid, None)
-    if disk is not None and disk.root.is_dir():
+    if disk is not None:
         try:
-            atomic_write(disk.root / FORGOTTEN, json.dumps({"uuid": rec.uuid, "label": label,
-                                                            "time": time.time()}).encode())
+            disk.beside.write(FORGOTTEN, json.dumps({"uuid": rec.uuid, "label": label, "time": time.time()}).encode(),
+                              [])
         except OSError:
             pass  # a dead disk cannot be told; its identity no longer matches any index record anyway
     return len(listing)

@@ -14,6 +14,10 @@ gc is moving files meanwhile):
 * removes stale files in `<disk>/tmp/` (copies in progress that never finished, a gc
   reservation whose gc died) — they are never named by the index;
 * with `repair`, deletes what has been aside in `orphans/` for longer than the grace.
+
+An S3 disk's sealed shards are objects (`shard_objects`: the bucket's listing, each with its
+time) judged the same way and set aside to the bucket's `orphans/`; its open ones are files on
+its staging folder (`shard_files`).
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from fsd.core import shardfmt as fmt
-from fsd.core.disks import ORPHANS_DIR, TMP_DIR, pread_full, shard_of
+from fsd.core.disks import pread_full, shard_of
 from fsd.core.index import ShardMeta
 from fsd.io.recovery import set_aside
 from fsd.io.writer import writer_alive
@@ -64,33 +68,66 @@ def named_replicas(store: Store) -> set[tuple[str, str]]:
 
 
 def records_of(path) -> list[fmt.RecordInfo]:
-    """The records a shard file holds: its footer if sealed, else the verified prefix — also for
-    a `.shard` whose footer does not decode (its records are each checked on their own: taken
-    for unreadable, it was set aside and deleted while it held objects the index lacked)."""
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # a FIFO planted there must not hang the sweep
+    """The records a shard file holds (`records_in`); a FIFO planted there must not hang the sweep."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             raise OSError(errno.EINVAL, "not a regular file", str(path))
-        size = os.fstat(fd).st_size
-        read = lambda off, n: pread_full(fd, n, off)  # noqa: E731
-        if shard_of(path)[1]:
-            with contextlib.suppress(fmt.FooterMismatch):
-                found = fmt.decode_footer(read, size)
-                if found is not None:
-                    return found
-        out: list[fmt.RecordInfo] = []
-        try:
-            out.extend(fmt.scan_records(read, size, sealed=False))
-        except fmt.ShardFormatError as e:
-            fmt.refuse_newer(e, str(path))  # (a later hoardfs's shard is not one to set aside)
-        return out
+        return records_in(lambda off, n: pread_full(fd, n, off), os.fstat(fd).st_size, shard_of(path)[1], str(path))
     finally:
         os.close(fd)
+
+
+def records_in(read, size: int, sealed: bool, name: str) -> list[fmt.RecordInfo]:
+    """The records a shard holds: its footer if sealed, else the verified prefix — also for a
+    sealed one whose footer does not decode (its records are each checked on their own: taken
+    for unreadable, it was set aside and deleted while it held objects the index lacked)."""
+    if sealed:
+        with contextlib.suppress(fmt.FooterMismatch):
+            found = fmt.decode_footer(read, size)
+            if found is not None:
+                return found
+    out: list[fmt.RecordInfo] = []
+    try:
+        out.extend(fmt.scan_records(read, size, sealed=False))
+    except fmt.ShardFormatError as e:
+        fmt.refuse_newer(e, name)  # (a later hoardfs's shard is not one to set aside)
+    return out
 
 
 def sweep(store: Store, repair: bool = False, grace_s: float = DEFAULT_GRACE_S) -> OrphanReport:
     with store.maintenance("verify --orphans"):
         return _sweep(store, repair, grace_s)
+
+
+def _sweep_objects(store: Store, rep: OrphanReport, disk, uuid: str, named: set[tuple[str, str]], now: float,
+                   grace_s: float) -> None:
+    """The shards a disk keeps as objects (an S3 disk's bucket) that no index entry names,
+    judged as files are: too young, or holding an object the index does not know (kept,
+    reported), else set aside to the bucket's orphans/ (a server-side copy: no byte lost)."""
+    for shard_hex, size, mtime in disk.shard_objects():
+        if (shard_hex, uuid) in named:
+            continue
+        rep.found += 1
+        rep.bytes += size
+        if now - mtime < grace_s:
+            rep.too_young += 1
+            continue
+        where = f"{disk.beside.where}/{shard_hex}"
+        try:
+            unknown = [r for r in records_in(lambda off, n, h=shard_hex: disk.read_exact(h, off, n), size, True, where)
+                       if store.index.lookup(r.sha256) is None]
+        except fmt.ShardFormatError:
+            unknown = []  # not a shard: nothing in it can be read; set it aside
+        except OSError as e:  # the engine gone meanwhile: nothing is decided on it
+            rep.unindexed.append(f"{where} does not read ({e.strerror or e}): it is kept; run this again once "
+                                 f"disk {disk.label} answers")
+            continue
+        if unknown:
+            rep.unindexed.append(f"{where} holds {len(unknown)} objects the index does not know (e.g. "
+                                 f"{unknown[0].sha256.hex()}): run `hoard index rebuild` — it is kept")
+            continue
+        rep.set_aside.append(set_aside(disk, shard_hex, "no index entry names it"))
 
 
 def _sweep(store: Store, repair: bool, grace_s: float) -> OrphanReport:
@@ -101,6 +138,7 @@ def _sweep(store: Store, repair: bool, grace_s: float) -> OrphanReport:
     for uuid, disk in store.disks.items():
         if not store.usable(uuid):
             continue
+        _sweep_objects(store, rep, disk, uuid, named, now, grace_s)
         for path in disk.shard_files():
             shard_hex, sealed = shard_of(path)
             if (shard_hex, uuid) in named:
@@ -137,20 +175,9 @@ def _sweep(store: Store, repair: bool, grace_s: float) -> OrphanReport:
                                      f"{unknown[0].sha256.hex()}): run `hoard index rebuild` — it is kept")
                 continue
             rep.set_aside.append(set_aside(disk, shard_hex, "no index entry names it", path))
-        tmp = disk.root / TMP_DIR
-        for p in sorted(tmp.iterdir()) if tmp.is_dir() else []:
-            if p.is_file() and (now - p.stat().st_mtime >= grace_s or p.name == "gc-reserve"):
-                p.unlink(missing_ok=True)  # nothing names a file in tmp/; under the lock no job uses it
-                rep.tmp_removed += 1
-        aside = disk.root / ORPHANS_DIR
-        if repair and aside.is_dir():
-            for p in sorted(aside.iterdir()):
-                st = p.lstat()  # (a link planted in shards/ and set aside is removed, not its target)
-                if stat.S_ISDIR(st.st_mode):
-                    continue  # a directory planted in shards/: not ours to delete with what it holds
-                if now - st.st_mtime >= grace_s:
-                    p.unlink()
-                    rep.deleted.append(str(p))
-                    rep.bytes_deleted += st.st_size
+        removed, deleted = disk.beside.sweep(now, grace_s, repair)
+        rep.tmp_removed += removed
+        rep.deleted += [where for where, _ in deleted]
+        rep.bytes_deleted += sum(n for _, n in deleted)
     rep.seconds = time.monotonic() - t0
     return rep

@@ -25,7 +25,7 @@ from fsd.io.replica import TargetError, check_replica, copy_shard, discard_copy
 from fsd.io.replicate import counted_replicas
 
 if TYPE_CHECKING:
-    from fsd.core.disks import LocalDisk
+    from fsd.core.backend import Disk
     from fsd.core.index import ShardMeta
     from fsd.store import Store
 
@@ -56,7 +56,7 @@ def _rebuild(store: Store, label: str, onto: str | None, rate_mb_s: float | None
              progress: Callable[[int, int], None] | None, streams: int) -> RebuildReport:
     rep = RebuildReport()
     t0 = time.monotonic()
-    target: LocalDisk | None = None
+    target: Disk | None = None
     if onto is not None:
         target = next((d for d in store.disks.values() if d.label == onto), None)
         if target is None or not store.usable(target.uuid, for_write=True):
@@ -126,7 +126,7 @@ def _rebuild(store: Store, label: str, onto: str | None, rate_mb_s: float | None
     return rep
 
 
-def _check_room(store: Store, lost: str, onto: LocalDisk | None) -> None:
+def _check_room(store: Store, lost: str, onto: Disk | None) -> None:
     """Refuse before anything changes when the lost disk's shards cannot all be placed (on
     `onto`, or on distinct disks that do not hold them yet)."""
     cands = [c for c in store.candidates() if c.uuid != lost and (onto is None or c.uuid == onto.uuid)]
@@ -139,7 +139,7 @@ def _check_room(store: Store, lost: str, onto: LocalDisk | None) -> None:
                       "was not marked failed")
 
 
-def _done_already(store: Store, meta: ShardMeta, lost: str, onto: LocalDisk | None) -> bool:
+def _done_already(store: Store, meta: ShardMeta, lost: str, onto: Disk | None) -> bool:
     """Whether the shard needs no copy to replace the lost disk's: it is on the target disk
     already, or has its replica target without the lost copy (`hoard replicate` made them
     while the disk was missing or draining). Its lost copy is then only dropped from the index."""
@@ -155,7 +155,7 @@ def _adoptable(store: Store, meta: ShardMeta):
     return None
 
 
-def _verified_copy_exists(disk: LocalDisk, meta: ShardMeta) -> bool:
+def _verified_copy_exists(disk: Disk, meta: ShardMeta) -> bool:
     if disk.state(meta.hex) != "sealed":
         return False
     try:

@@ -21,21 +21,25 @@ import shutil
 import time
 from collections.abc import Callable, Container, Iterable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any
 
 import lmdb
 
 from fsd.base.config import Settings
 from fsd.base.errors import ExitCode, HoardError
-from fsd.base.files import fsync_dir, size_or_zero
+from fsd.base.files import size_or_zero
 from fsd.core import formats, marks, pointers, storelock
 from fsd.core import shardfmt as fmt
+from fsd.core.backend import has_files
+from fsd.core.beside import INDEX_COPY, LocalBeside
 from fsd.core.disks import (
+    IDENTITY,
     SHARDS_DIR,
     DiskRecord,
     DiskState,
     drop_cache,
+    object_name,
     pread_full,
     read_identity,
     shard_files,
@@ -131,8 +135,15 @@ def _disks_to_read(cfg: Settings, without: frozenset[str], rep: IndexRebuildRepo
     if unknown:
         raise HoardError(f"--without {', '.join(unknown)}: no such disk in the configuration "
                          f"(disks: {', '.join(dc.label for dc in cfg.disks)})", ExitCode.USAGE)
-    found, missing = [], []
+    found: list[tuple[Any, dict]] = []
+    missing: list[tuple[str, str]] = []
     for dc in cfg.disks:
+        if dc.kind == "s3" and dc.label in without:
+            rep.skipped_disks.append(f"{dc.label}: left out (--without {dc.label})")
+            continue
+        if dc.kind == "s3":
+            _bucket_to_read(dc, found, missing, rep)
+            continue
         ident = read_identity(dc.path) if dc.path.is_dir() else None
         # (an unreadable marker is no marker: an EIO there must not leave a live disk out as "forgotten")
         forgotten = read_identity(dc.path, FORGOTTEN) if ident and ident.get("uuid") else None
@@ -156,11 +167,63 @@ def _disks_to_read(cfg: Settings, without: frozenset[str], rep: IndexRebuildRepo
     return found
 
 
+@dataclass
+class _Bucket:
+    """An S3 disk as an index rebuild reads it: its sealed shards, marks log and pointers are
+    objects in its bucket (fsd.core.s3files), its open shards files on its staging folder."""
+
+    label: str
+    path: Path  # its staging folder
+    disk: Any  # its fsd.core.s3.S3Disk
+    kind: str = "s3"
+    sizes: dict[PurePath, int] = field(default_factory=dict)  # an object's size, by the name it is read as
+
+
+def _bucket(dc: Any) -> _Bucket:
+    """The S3 disk `dc` configures, to be read (its uuid set once its identity is read)."""
+    # deferred: boto3 (fsd.core.s3) is loaded only for a configured S3 disk
+    from fsd.core.s3 import S3Disk
+
+    return _Bucket(dc.label, dc.path, S3Disk(dc.label, "", str(dc.endpoint), str(dc.bucket), dc.path,
+                                             int((dc.capacity_gb or 0) * (1 << 30))))
+
+
+def _bucket_to_read(dc: Any, found: list[tuple[Any, dict]], missing: list[tuple[str, str]],
+                    rep: IndexRebuildReport) -> None:
+    """`_disks_to_read` for an S3 disk: its bucket's identity read (an engine that does not
+    answer, or a bucket without one, is a disk that cannot be read: refused unless left out)."""
+    # deferred: boto3 (fsd.core.s3) is loaded only for a configured S3 disk
+    from fsd.core.s3 import EngineError
+
+    b = _bucket(dc)
+    try:
+        ident = b.disk.read_identity()
+        forgotten = ident is not None and b.disk.beside.read(FORGOTTEN)
+    except FileNotFoundError:
+        forgotten = False
+    except EngineError as e:
+        missing.append((dc.label, e.message))
+        return
+    if ident is None:
+        missing.append((dc.label, f"disk {dc.label}: bucket {dc.bucket} at {dc.endpoint} has no {IDENTITY}"))
+    elif forgotten:
+        rep.skipped_disks.append(f"{dc.label}: forgotten by `hoard disks forget`; remove it from the config")
+    else:
+        b.disk.uuid = ident["uuid"]
+        found.append((b, ident))
+
+
 def _still_there(disks: list[tuple[Any, dict]]) -> None:
     """Every disk read still answers with the identity it had: one that vanished during the
     scan gave errors or an empty directory, not its shards (checked before the swap)."""
     for dc, had in disks:
-        ident = read_identity(dc.path) if dc.path.is_dir() else None
+        if dc.kind == "s3":
+            try:
+                ident = dc.disk.read_identity()
+            except OSError as e:
+                raise _went_away(dc, f"its bucket's identity no longer reads: {e.strerror or e}") from None
+        else:
+            ident = read_identity(dc.path) if dc.path.is_dir() else None
         if not ident or ident.get("uuid") != had["uuid"]:
             raise _went_away(dc, "its identity no longer reads")
 
@@ -191,9 +254,25 @@ def _listing(dc: Any, folder: str, pattern: str) -> list[Path]:
         raise _went_away(dc, f"listing {folder}/: {e.strerror or e}") from None
 
 
-def _shard_files(dc: Any) -> list[Path]:
+def _size(dc: Any, path: PurePath) -> int:
+    """A replica's size, for progress: an object's from its bucket's listing."""
+    return int(dc.sizes.get(path, 0)) if dc.kind == "s3" else size_or_zero(path)
+
+
+def _shard_files(dc: Any) -> list[PurePath]:
+    """The disk's shard files; of an S3 disk its objects (named as a sealed file of that shard
+    would be: `object_name`) and its staging folder's open files."""
+    if dc.kind == "s3":
+        try:
+            names: list[PurePath] = []
+            for shard_hex, size, _ in dc.disk.shard_objects():
+                names.append(object_name(dc.disk.bucket, shard_hex))
+                dc.sizes[names[-1]] = size
+            return names + list(dc.disk.shard_files())
+        except OSError as e:
+            raise _went_away(dc, f"listing its shards: {e.strerror or e}") from None
     try:
-        return shard_files(dc.path)
+        return list(shard_files(dc.path))
     except OSError as e:
         raise _went_away(dc, f"listing {SHARDS_DIR}/: {e.strerror or e}") from None
 
@@ -245,13 +324,13 @@ def _build(cfg: Settings, disks: list[tuple[Any, dict]], work: Path, ssd_uuid: s
     shards: dict[bytes, ShardMeta] = {}
     found_pointers: dict[str, dict] = {}  # rel path → the newest pointer of that name
     files = {dc.label: _shard_files(dc) for dc, _ in disks}
-    total = sum(size_or_zero(p) for fs in files.values() for p in fs)
+    total = sum(_size(dc, p) for dc, _ in disks for p in files[dc.label])
     done = 0
     logs: list[marks.DiskLog] = []  # each disk's marks log: replayed as the disks agree (marks.settle)
     kept_states = _old_disk_states(backup or target)
     found_disks: list[DiskRecord] = []
     # every replica file of a shard, the shards in the order their first file is listed
-    by_name: dict[str, list[tuple[Any, str, Path]]] = {}
+    by_name: dict[str, list[tuple[Any, str, Any]]] = {}
     for dc, ident in disks:
         for path in files[dc.label]:
             by_name.setdefault(shard_of(path)[0], []).append((dc, ident["uuid"], path))
@@ -261,7 +340,7 @@ def _build(cfg: Settings, disks: list[tuple[Any, dict]], work: Path, ssd_uuid: s
                 found: list[_Copy] = []
                 for dc, uuid, path in listed:
                     if progress:
-                        done += size_or_zero(path)
+                        done += _size(dc, path)
                         progress(done, total)
                     copy = _read_copy(dc, uuid, path, rep)
                     if copy is not None:
@@ -280,7 +359,8 @@ def _build(cfg: Settings, disks: list[tuple[Any, dict]], work: Path, ssd_uuid: s
                 logs.append(_read_marks(dc, rep, marked, i))
                 # a failed or draining disk stays so (a user's or rebuild's decision, as Store.open keeps it)
                 state, reason = kept_states.get(uuid, (DiskState.ACTIVE, ""))
-                found_disks.append(DiskRecord(uuid, dc.label, str(dc.path), state, ident.get("created", ""),
+                found_disks.append(DiskRecord(uuid, dc.label, dc.disk.where if dc.kind == "s3" else str(dc.path),
+                                              state, ident.get("created", ""),
                                               reason=reason))
                 rep.disks += 1
             for meta in shards.values():
@@ -315,9 +395,10 @@ def _build(cfg: Settings, disks: list[tuple[Any, dict]], work: Path, ssd_uuid: s
 
 
 def _read_copy(dc: Any, uuid: str, path: Path, rep: IndexRebuildReport) -> _Copy | None:
-    """One replica file as read, or None when it is damage to report (planted, or not a shard)."""
+    """One replica file (or object) as read, or None when it is damage to report (planted, or
+    not a shard)."""
     try:
-        meta, records, damage = _read_shard(path)
+        meta, records, damage = _read_shard(path) if isinstance(path, Path) else _read_object(dc, path)
     except FileNotFoundError:  # listed a moment ago, the store idle: the disk is not what it was
         if os.path.islink(path):  # (unless it is a symbolic link to nothing: planted)
             rep.damaged.append(f"replica {path}: a symbolic link to nothing ({os.readlink(path)})")
@@ -468,24 +549,38 @@ def _read_pointers(dc: Any, found: dict[str, dict], rep: IndexRebuildReport) -> 
     holds (a disk that was failed or absent may hold an older one). One that does not read as
     a pointer (planted, or damaged: its checksum) is damage to name; one that does not read
     (EIO) stops the rebuild: the newest pointer may be this disk's alone (a removal too)."""
-    paths = [(pointers.rel(folder, p.stem), p) for folder in pointers.KINDS for p in _listing(dc, folder, "*.json")]
-    paths += [(key, dc.path / key) for key in pointers.ROOT_FILES if os.path.lexists(dc.path / key)]
-    for key, path in paths:
-        if pointers.foreign_name(path):
-            rep.damaged.append(f"{pointers.shown(path)}: a name the store never writes (not UTF-8, or no batch or "
-                               "view name): not a pointer, not registered")
+    if dc.kind == "s3":  # objects in its bucket (fsd.core.s3files); a root file there is read if it is there
+        side = dc.disk.beside
+        try:
+            keys = [pointers.rel(folder, stem) for folder in pointers.KINDS for stem in side.names(folder, ".json")]
+        except OSError as e:
+            raise _went_away(dc, f"listing its pointers: {e.strerror or e}") from None
+        items = [(key, side.shown(key), side.planted(key), lambda k=key: side.read(k))
+                 for key in [*keys, *pointers.ROOT_FILES]]
+    else:
+        paths = [(pointers.rel(folder, p.stem), p) for folder in pointers.KINDS for p in _listing(dc, folder, "*.json")]
+        paths += [(key, dc.path / key) for key in pointers.ROOT_FILES if os.path.lexists(dc.path / key)]
+        keys = [key for key, _ in paths]
+        items = [(key, str(path), pointers.foreign_name(path), lambda p=path: pointers.read(p)) for key, path in paths]
+    for key, where, foreign, read in items:
+        if foreign:
+            shown = where.encode("utf-8", "backslashreplace").decode()  # (as pointers.shown: never raw)
+            rep.damaged.append(f"{shown}: a name the store never writes (not UTF-8, or no batch or view name): not a "
+                               "pointer, not registered")
             continue
         try:
-            doc = pointers.decode(pointers.read(path), key)
+            doc = pointers.decode(read(), key)
         except FileNotFoundError:  # listed a moment ago, the store idle
-            raise _went_away(dc, f"{path} was listed, then not found") from None
+            if key not in keys:
+                continue  # (a root file a bucket does not hold)
+            raise _went_away(dc, f"{where} was listed, then not found") from None
         except OSError as e:
             if e.errno not in PLANTED:
-                raise _went_away(dc, f"reading {path}: {e.strerror or e}") from None
-            rep.damaged.append(f"{path}: {e.strerror}")  # planted: a directory, a FIFO, a link
+                raise _went_away(dc, f"reading {where}: {e.strerror or e}") from None
+            rep.damaged.append(f"{where}: {e.strerror}")  # planted: a directory, a FIFO, a link
             continue
         except ValueError as e:
-            rep.damaged.append(f"{path}: {e}")
+            rep.damaged.append(f"{where}: {e}")
             continue
         _newer(found, key, doc)
 
@@ -546,10 +641,13 @@ def _read_marks(dc: Any, rep: IndexRebuildReport, spill: Spill | None = None, sr
     without those marks, and its writer then seeded every log with it. Only a log that is not
     a regular file (planted content) is damage to report and skip — the folder's other logs
     are still read; a damaged line (its check does not hold) is named and not obeyed."""
-    folder = dc.path / MARKS_DIR
+    folder = f"{dc.disk.beside.where}/{MARKS_DIR}" if dc.kind == "s3" else dc.path / MARKS_DIR
     planted: list[str] = []
     try:
-        got = marks.read_log(folder, planted, dc.label, spill, src)
+        if dc.kind == "s3":  # (its segments: fsd.core.s3files)
+            got = dc.disk.beside.marks_read(planted, dc.label, spill, src)
+        else:
+            got = marks.read_log(dc.path / MARKS_DIR, planted, dc.label, spill, src)
     except OSError as e:
         raise _went_away(dc, f"reading {e.filename or MARKS_DIR + '/'}: {e.strerror or e}") from None
     rep.damaged += [f"marks log {p}" for p in planted]
@@ -565,33 +663,47 @@ def _read_marks(dc: Any, rep: IndexRebuildReport, spill: Spill | None = None, sr
 
 
 def _read_shard(path: Path) -> tuple[ShardMeta, list[fmt.RecordInfo], str]:
-    """(metadata, records, damage) of one replica file; `damage` names what is wrong with a
-    `.shard` whose footer does not decode — it is then read as an open copy (its verified
-    prefix), never skipped: its records are each checked on their own."""
+    """(metadata, records, damage) of one replica file (`_parse_shard`)."""
     name, sealed = shard_of(path)
-    damage = ""
     fd, read = _reader(path)
     try:
-        size = os.fstat(fd).st_size
-        header = fmt.decode_shard_header(read(0, fmt.SHARD_HEADER_SIZE))
-        if header.shard_id.hex() != name:
-            raise fmt.ShardFormatError(f"file name says {name}, header says {header.shard_id.hex()}")
-        if sealed:
-            try:
-                records = fmt.decode_footer(read, size)
-                if records is None:
-                    raise fmt.FooterMismatch("sealed shard without a footer")
-            except fmt.FooterMismatch as e:
-                damage, sealed = f"its footer does not decode ({e})", False
-        if not sealed:  # the verified prefix; the next writer's recovery seals it
-            records = []
-            try:
-                records.extend(fmt.scan_records(read, size, sealed=False))
-            except fmt.ShardFormatError:
-                pass
+        got = _parse_shard(read, os.fstat(fd).st_size, name, sealed)
         drop_cache(fd)
+        return got
     finally:
         os.close(fd)
+
+
+def _read_object(dc: Any, ref: PurePath) -> tuple[ShardMeta, list[fmt.RecordInfo], str]:
+    """(metadata, records, damage) of one sealed shard object of an S3 disk, read with ranged
+    GETs (`_parse_shard`)."""
+    name = shard_of(ref)[0]
+    return _parse_shard(lambda off, n: dc.disk.read_exact(name, off, n), dc.sizes[ref], name, True)
+
+
+def _parse_shard(read: Callable[[int, int], bytes], size: int, name: str,
+                 sealed: bool) -> tuple[ShardMeta, list[fmt.RecordInfo], str]:
+    """(metadata, records, damage) of a replica of `size` bytes read through `read`; `damage`
+    names what is wrong with a sealed one whose footer does not decode — it is then read as an
+    open copy (its verified prefix), never skipped: its records are each checked on their own."""
+    damage = ""
+    header = fmt.decode_shard_header(read(0, fmt.SHARD_HEADER_SIZE))
+    if header.shard_id.hex() != name:
+        raise fmt.ShardFormatError(f"file name says {name}, header says {header.shard_id.hex()}")
+    records = None
+    if sealed:
+        try:
+            records = fmt.decode_footer(read, size)
+            if records is None:
+                raise fmt.FooterMismatch("sealed shard without a footer")
+        except fmt.FooterMismatch as e:
+            damage, sealed = f"its footer does not decode ({e})", False
+    if not sealed:  # the verified prefix; the next writer's recovery seals it
+        records = []
+        try:
+            records.extend(fmt.scan_records(read, size, sealed=False))
+        except fmt.ShardFormatError:
+            pass
     assert records is not None  # a footer that does not decode makes it an open copy, read above
     created = int.from_bytes(header.shard_id[:6], "big") / 1000
     meta = ShardMeta(header.shard_id, fmt.CLASS_NAMES[header.klass], size if sealed else 0, sealed, [],
@@ -599,34 +711,23 @@ def _read_shard(path: Path) -> tuple[ShardMeta, list[fmt.RecordInfo], str]:
     return meta, records, damage
 
 
-INDEX_COPY = "index-copy"
 
 
 def backup_index(store, copies: int = 2) -> list[str]:
     """Copy the LMDB index (compacted, consistent) to `copies` HDDs: `<disk>/index-copy/`.
 
-    Written to `index-copy.tmp`, fsynced, then swapped in by rename, so a crash leaves the
-    previous copy intact. Returns the labels of the disks that hold a fresh copy."""
+    A disk keeps it beside its shards (Beside.put_index_copy: written to `index-copy.tmp`,
+    fsynced, then swapped in by rename, so a crash leaves the previous copy intact). Returns the labels of the disks that hold a fresh copy."""
+    # local disks first (a bucket's copy is fetched, and its age not shown by a status refresh)
     disks = sorted((d for u, d in store.disks.items() if store.usable(u, for_write=True)),
-                   key=lambda d: -d.free_bytes(0))[:copies]
+                   key=lambda d: (not has_files(d), -d.free_bytes(0)))[:copies]
     done = []
     stamp = {"taken_at": time.time(), "objects": store.index.count_objects()}
     for d in disks:
-        tmp, final, old = d.root / f"{INDEX_COPY}.tmp", d.root / INDEX_COPY, d.root / f"{INDEX_COPY}.old"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
-        store.index.env.copy(str(tmp), compact=True)
-        (tmp / "stamp.json").write_text(json.dumps(stamp))
-        for f in tmp.iterdir():
-            with open(f, "rb") as fh:
-                os.fsync(fh.fileno())
-        fsync_dir(tmp)
-        shutil.rmtree(old, ignore_errors=True)
-        if final.exists():
-            os.rename(final, old)
-        os.rename(tmp, final)
-        fsync_dir(d.root)
-        shutil.rmtree(old, ignore_errors=True)
+        def fill(folder: Path) -> None:
+            store.index.env.copy(str(folder), compact=True)
+            (folder / "stamp.json").write_text(json.dumps(stamp))
+        d.beside.put_index_copy(fill)
         done.append(d.label)
     return done
 
@@ -634,9 +735,11 @@ def backup_index(store, copies: int = 2) -> list[str]:
 def index_copies(cfg: Settings) -> list[dict[str, Any]]:
     """The index copies `hoard index backup` left on the configured disks: `{disk, age_s}` each,
     from the stamp's time on disk (one stat per disk: cheap enough for a status refresh; a disk
-    that is gone, or holds no copy, is left out)."""
+    that is gone, or holds no copy, is left out; so is an S3 disk: backups go to local disks first)."""
     out = []
     for d in cfg.disks:
+        if d.kind == "s3":
+            continue  # (a request to an engine, which may not answer, is not for a status refresh)
         try:
             taken = (d.path / INDEX_COPY / "stamp.json").stat().st_mtime
         except OSError:
@@ -665,11 +768,13 @@ def _restore_index(cfg: Settings, ssd_uuid: str, progress: Callable[[int, int], 
     large objects' piece digests."""
     found = []
     for dc in cfg.disks:
-        stamp = dc.path / INDEX_COPY / "stamp.json"
+        side = _bucket(dc).disk.beside if dc.kind == "s3" else LocalBeside(dc.path)
+        stamp = side.shown(f"{INDEX_COPY}/stamp.json")
         try:
-            doc = json.loads(stamp.read_text())
-        except FileNotFoundError:
-            continue
+            body = side.index_copy_stamp()
+            if body is None:
+                continue
+            doc = json.loads(body)
         except (OSError, ValueError) as e:
             log.warning("index copy on %s not usable: %s", dc.label, e)
             continue
@@ -677,22 +782,22 @@ def _restore_index(cfg: Settings, ssd_uuid: str, progress: Callable[[int, int], 
         if not isinstance(taken, (int, float)) or isinstance(taken, bool):
             log.warning("index copy on %s not usable: %s has no time stamp", dc.label, stamp)
             continue
-        found.append((doc, dc))
+        found.append((doc, dc, side))
     if not found:
         raise HoardError("no usable index copy on any disk; use `hoard index rebuild` (from the shards)",
                          ExitCode.DATA)
     copy = cfg.index_dir.with_name(cfg.index_dir.name + ".restore")
     tried = []
     # newest first; a copy that cannot be read (damaged, half-written) gives way to the next
-    for stamp, dc in sorted(found, key=lambda x: -x[0]["taken_at"]):
+    for stamp, dc, side in sorted(found, key=lambda x: -x[0]["taken_at"]):
         shutil.rmtree(copy, ignore_errors=True)
         try:
-            shutil.copytree(dc.path / INDEX_COPY, copy)
+            side.get_index_copy(copy)
             Index(copy, readonly=True).close()
         except (OSError, lmdb.Error) as e:
-            why = str(e).replace(str(copy), str(dc.path / INDEX_COPY))
+            why = str(e).replace(str(copy), side.shown(INDEX_COPY))
             tried.append(f"{dc.label}: {why}")
-            log.warning("index copy %s not usable: %s", dc.path / INDEX_COPY, why)
+            log.warning("index copy %s not usable: %s", side.shown(INDEX_COPY), why)
             continue
         try:
             rep = _rebuild_index(cfg, ssd_uuid, progress, backup=copy, without=without)

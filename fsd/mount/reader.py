@@ -51,6 +51,7 @@ import xxhash
 
 from fsd.base.errors import HoardError
 from fsd.core import shardfmt as fmt
+from fsd.core.backend import has_files
 from fsd.core.disks import pread_full
 from fsd.core.records import MAP_PIECE, STREAM_THRESHOLD, ObjectNotFound, learn_map, verify_record
 from fsd.mount.extents import Extents, all_set, set_bits
@@ -128,7 +129,10 @@ class _Stream:
 def _open_read(disk, shard_hex: str, lo: int, hi: int, pattern: int) -> bytes:
     """Bytes [lo, hi) of a shard file (fewer at its end), telling the kernel how it is read:
     POSIX_FADV_RANDOM turns its own read-ahead off (else a 40 KiB read fetches 128 KiB),
-    WILLNEED fetches a whole block in one request."""
+    WILLNEED fetches a whole block in one request. A backend without files (an S3 disk) reads
+    exactly these bytes with one ranged GET."""
+    if not has_files(disk):
+        return bytes(disk.read_exact(shard_hex, lo, hi - lo))
     fd = disk.open_fd(shard_hex)
     try:
         os.posix_fadvise(fd, lo, hi - lo, pattern)
@@ -406,6 +410,8 @@ class Reader:
     def _keep_open(self, disk, meta, lo: int, hi: int) -> None:
         """(A worker thread, after a good read of bytes [lo, hi) of the shard from `disk`.)
         Keep a file of the shard open for `_small_nowait`, and mark those pages read."""
+        if not has_files(disk):
+            return  # (an S3 disk: no descriptor to keep; each read is a ranged GET)
         key = (meta.shard_id, disk.uuid)
         with self.lock:
             kept = self.fds.get(key)

@@ -1,0 +1,326 @@
+"""A store with two local disks and one S3 disk on a real SeaweedFS (docs/scale-out.md): put,
+replicate onto the bucket, read back, `hoard verify`, both local disks lost and rebuilt from the
+S3 replicas, gc compacting shards on the bucket, `hoard health --json` naming each disk's
+backend — then the faults that must not lose an acknowledged object: the engine killed in the
+middle of a replication, the bucket deleted."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from fsd.base import config
+from fsd.core import s3
+from fsd.core.disks import DiskState
+from fsd.io.replicate import replicate_once
+from fsd.maintenance.deletion import drop_batch
+from fsd.maintenance.gc import gc
+from fsd.store import Store
+from tests.helpers import make_files, write_config
+from tests.test_cli import hoard
+from tests.test_s3_backend import engine_env  # noqa: F401  # (a fixture)
+from tests.test_store import check_store
+
+# tier: a SeaweedFS server and hoard processes
+pytestmark = pytest.mark.services
+
+
+def _config(tmp_path: Path, engine, bucket: str, copies: int, locals_: tuple[str, ...] = ("d0", "d1")) -> Path:
+    """hoard.toml: local directory disks `locals_` and the S3 disk s3a (staging folder on the SSD)."""
+    disks = [(label, tmp_path / label, None) for label in locals_]
+    for _, p, _ in disks:
+        p.mkdir(exist_ok=True)
+    path = write_config(tmp_path, disks, shard_size_mb=1, copy_of_raw=copies, write_ack=min(copies, 2))
+    text = path.read_text().replace("\n[ssd]", f'\n[[disks]]\nlabel = "s3a"\nkind = "s3"\nendpoint = "{engine.endpoint}"\n'
+                                               f'bucket = "{bucket}"\ncapacity_gb = 2\n\n[ssd]', 1)
+    path.write_text(text)
+    return path
+
+
+def _bucket(engine, name: str) -> str:
+    engine.client().create_bucket(Bucket=name)
+    return name
+
+
+def _uuid(store: Store, label: str) -> str:
+    return next(u for u, r in store.records.items() if r.label == label)
+
+
+def _on(store: Store, label: str) -> int:
+    uuid = _uuid(store, label)
+    return sum(uuid in m.replicas for m in store.index.iter_shards())
+
+
+def _batch(store: Store, res, name: str) -> None:
+    body = json.dumps({"files": [{"path": str(i), "sha256": r.sha256, "size": r.size} for i, r in enumerate(res)]})
+    store.register_batch(name, {"source": "t", "manifest": store.put_bytes(body.encode()).sha256, "files": len(res),
+                                "bytes": 0})
+
+
+def test_a_store_with_an_s3_disk(tmp_path: Path, seaweedfs, engine_env) -> None:  # noqa: F811
+    """Put, replicate onto the bucket, read back from every replica, verify; lose both local disks
+    and rebuild them from the S3 replicas; gc compacts shards on the bucket; health names the
+    backend of each disk."""
+    engine_env(seaweedfs)
+    bucket = _bucket(seaweedfs, "hoard-store-a")
+    cfg_path = _config(tmp_path, seaweedfs, bucket, copies=2)
+    with Store.open(config.load(cfg_path), init=True) as store:
+        assert {r.label: r.state.value for r in store.records.values()} == {"d0": "active", "d1": "active",
+                                                                            "s3a": "active"}
+        kept = store.put_many(make_files(tmp_path / "keep", 40, seed=1, hi=96 * 1024))
+        dropped = store.put_many(make_files(tmp_path / "drop", 40, seed=2, hi=96 * 1024))
+        _batch(store, kept, "kept")
+        _batch(store, dropped, "dropped")
+    cfg_path = _config(tmp_path, seaweedfs, bucket, copies=3)  # every shard onto the bucket too
+    with Store.open(config.load(cfg_path)) as store:
+        replicate_once(store, rate_mb_s=None)
+        shards = sum(1 for _ in store.index.iter_shards())
+        assert _on(store, "s3a") == shards > 2
+        assert check_store(store) == 82  # every object reads back from every replica, the bucket's too
+    keys = [o["Key"] for o in seaweedfs.client().list_objects_v2(Bucket=bucket)["Contents"]]
+    assert sum(k.startswith("shards/") for k in keys) == shards
+    assert "batches/kept.json" in keys and any(k.startswith("marks/log/") for k in keys)
+    res = hoard("--config", str(cfg_path), "verify")
+    assert res.returncode == 0, res.stdout + res.stderr
+
+    for lost in ("d0", "d1"):
+        shutil.rmtree(tmp_path / lost)  # both local disks gone: the bucket holds the only replicas
+    for new in ("d2", "d3"):
+        (tmp_path / new).mkdir()
+        res = hoard("--config", str(cfg_path), "disks", "add", str(tmp_path / new), "--label", new)
+        assert res.returncode == 0, res.stdout + res.stderr
+    for dead, new in (("d0", "d2"), ("d1", "d3")):
+        res = hoard("--config", str(cfg_path), "disks", "replace", dead, new)
+        assert res.returncode == 0, res.stdout + res.stderr
+    with Store.open(config.load(cfg_path)) as store:
+        assert _on(store, "d2") == _on(store, "d3") == _on(store, "s3a") == shards
+        assert check_store(store) == 82
+        before = _on(store, "s3a")
+        drop_batch(store, "dropped")
+        rep = gc(store, threshold=0.9)
+        assert rep.compacted > 0
+        assert _on(store, "s3a") < before + rep.compacted  # old shards gone from the bucket, new ones there
+        s3a = store.disks[_uuid(store, "s3a")]
+        on_bucket = {h for h, _ in s3a.shard_ids()}
+        assert on_bucket == {m.hex for m in store.index.iter_shards() if _uuid(store, "s3a") in m.replicas}
+        assert check_store(store) == 41
+    res = hoard("--config", str(cfg_path), "verify")
+    assert res.returncode == 0, res.stdout + res.stderr
+    health = hoard("--config", str(cfg_path), "health", "--json")
+    report = json.loads(health.stdout)
+    backends = {d["label"]: d.get("backend") for d in report["disks"]}
+    assert backends["s3a"] == "s3" and backends["d2"] == backends["d3"] == "local", report["disks"]
+
+
+@pytest.mark.expect_log(r"disk s3a: replicate error on shard .*does not answer", level="WARNING")
+def test_engine_killed_mid_replication_loses_nothing(tmp_path: Path, seaweedfs_own, engine_env,  # noqa: F811
+                                                     monkeypatch) -> None:
+    """The engine killed in the middle of a replication (one shard's replica up, the next
+    upload starting — tests/test_s3_backend.py kills it between two parts of one): the copy fails
+    in one line, no replica on the bucket is named but the one acknowledged, every object still reads from the local replicas; once
+    the engine is back, replicate puts every shard on the bucket and verify is clean."""
+    engine_env(seaweedfs_own)
+    bucket = _bucket(seaweedfs_own, "hoard-store-b")
+    cfg_path = _config(tmp_path, seaweedfs_own, bucket, copies=2)
+    with Store.open(config.load(cfg_path), init=True) as store:
+        store.set_disk_state("s3a", DiskState.DRAINING, "test: nothing placed here")
+        res = store.put_many(make_files(tmp_path / "in", 30, seed=3, hi=96 * 1024))
+        assert _on(store, "s3a") == 0
+        store.set_disk_state("s3a", DiskState.ACTIVE, "")
+    real_upload = s3.S3Disk._upload
+    uploads = []
+
+    def killed_midway(self, *a, **kw):
+        uploads.append(1)
+        if len(uploads) == 2:
+            seaweedfs_own.stop()
+        return real_upload(self, *a, **kw)
+
+    monkeypatch.setattr(s3.S3Disk, "_upload", killed_midway)
+    cfg_path = _config(tmp_path, seaweedfs_own, bucket, copies=3)
+    with Store.open(config.load(cfg_path)) as store:
+        replicate_once(store, rate_mb_s=None)
+        named = _on(store, "s3a")
+        assert named == 1  # the first copy went up before the engine died; nothing after it is named
+        assert check_store(store) == len({r.sha256 for r in res})
+    monkeypatch.undo()
+    seaweedfs_own.start()
+    engine_env(seaweedfs_own)
+    with Store.open(config.load(cfg_path)) as store:
+        replicate_once(store, rate_mb_s=None)
+        assert _on(store, "s3a") == sum(1 for _ in store.index.iter_shards())
+        assert check_store(store) == len({r.sha256 for r in res})
+    res_v = hoard("--config", str(cfg_path), "verify")
+    assert res_v.returncode == 0, res_v.stdout + res_v.stderr
+
+
+def test_bucket_deleted_loses_nothing(tmp_path: Path, seaweedfs, engine_env) -> None:  # noqa: F811
+    """Every shard on the bucket and on both local disks; the bucket deleted behind the store's
+    back: the S3 disk is missing with the line that names the next step, and every object still
+    reads from the local replicas."""
+    engine_env(seaweedfs)
+    bucket = _bucket(seaweedfs, "hoard-store-c")
+    cfg_path = _config(tmp_path, seaweedfs, bucket, copies=3)
+    with Store.open(config.load(cfg_path), init=True) as store:
+        res = store.put_many(make_files(tmp_path / "in", 30, seed=4, hi=96 * 1024))
+        replicate_once(store, rate_mb_s=None)
+        assert _on(store, "s3a") == sum(1 for _ in store.index.iter_shards())
+    client = seaweedfs.client()
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket):
+        for obj in page.get("Contents", []):
+            client.delete_object(Bucket=bucket, Key=obj["Key"])
+    client.delete_bucket(Bucket=bucket)
+    with Store.open(config.load(cfg_path)) as store:
+        rec = store.records[_uuid(store, "s3a")]
+        assert rec.state.value == "missing"
+        assert f"bucket {bucket} does not exist" in rec.reason and "hoard disks forget s3a" in rec.reason
+        assert check_store(store) == len({r.sha256 for r in res})
+    health = hoard("--config", str(cfg_path), "health", "--json")
+    problems = " ".join(json.loads(health.stdout)["problems"])
+    assert "disk s3a: missing" in problems and "does not exist" in problems, problems
+
+
+def test_the_index_is_rebuilt_from_the_bucket_alone(tmp_path: Path, seaweedfs, engine_env) -> None:  # noqa: F811
+    """The SSD's index and both local disks lost: `hoard index rebuild` from the S3 disk alone
+    (the new disks left out) brings back every object (its shard objects read with ranged GETs), the batch the bucket's
+    pointer names and the roots its marks log's segments hold; every object reads back."""
+    engine_env(seaweedfs)
+    bucket = _bucket(seaweedfs, "hoard-store-d")
+    cfg_path = _config(tmp_path, seaweedfs, bucket, copies=3)
+    with Store.open(config.load(cfg_path), init=True) as store:
+        res = store.put_many(make_files(tmp_path / "in", 20, seed=5, hi=96 * 1024), root="hoard put")
+        _batch(store, res[:5], "b1")
+        replicate_once(store, rate_mb_s=None)
+        shards = {m.hex for m in store.index.iter_shards()}
+        assert _on(store, "s3a") == len(shards)
+        rooted = store.index.count(store.index.rooted)
+        assert rooted == len({r.sha256 for r in res})
+        index_dir = store.cfg.index_dir
+    for lost in ("d0", "d1"):
+        shutil.rmtree(tmp_path / lost)
+    shutil.rmtree(index_dir)
+    cfg_path = _config(tmp_path, seaweedfs, bucket, copies=2, locals_=("d2", "d3"))  # new, empty disks
+    out = hoard("--config", str(cfg_path), "index", "rebuild", "--without", "d2", "--without", "d3")
+    assert out.returncode == 0, out.stdout + out.stderr
+    with Store.open(config.load(cfg_path)) as store:
+        assert {m.hex for m in store.index.iter_shards()} == shards and _on(store, "s3a") == len(shards)
+        assert store.index.count(store.index.rooted) == rooted
+        assert [name for name, _ in store.index.iter_batches()] == ["b1"]
+        assert check_store(store) == len({r.sha256 for r in res}) + 1  # (+ the batch's manifest)
+    res_v = hoard("--config", str(cfg_path), "verify")
+    assert res_v.returncode == 0, res_v.stdout + res_v.stderr
+
+
+def test_a_failed_s3_disk_is_activated_again(tmp_path: Path, seaweedfs, engine_env) -> None:  # noqa: F811
+    """`hoard init` gives an empty bucket its identity (its staging folder made on the SSD);
+    `hoard disks activate` takes a failed S3 disk back by its bucket's identity (not by its
+    staging folder being a mount point) and verifies every replica on the bucket first."""
+    engine_env(seaweedfs)
+    bucket = _bucket(seaweedfs, "hoard-store-e")
+    cfg_path = _config(tmp_path, seaweedfs, bucket, copies=3)
+    out = hoard("--config", str(cfg_path), "init")
+    assert out.returncode == 0 and f"s3a={seaweedfs.endpoint}/{bucket}" in out.stdout, out.stdout + out.stderr
+    ident = json.loads(seaweedfs.client().get_object(Bucket=bucket, Key=".hoard-disk.json")["Body"].read())
+    assert ident["label"] == "s3a"
+    assert json.loads((tmp_path / "ssd" / "s3-staging" / "s3a" / ".hoard-disk.json").read_text())["uuid"] == ident["uuid"]
+    with Store.open(config.load(cfg_path)) as store:
+        store.put_many(make_files(tmp_path / "in", 10, seed=6))
+        replicate_once(store, rate_mb_s=None)
+        shards = _on(store, "s3a")
+        store.set_disk_state("s3a", DiskState.FAILED, "test: failed by hand")
+    out = hoard("--config", str(cfg_path), "disks", "activate", "s3a")
+    assert out.returncode == 0, out.stdout + out.stderr
+    with Store.open(config.load(cfg_path)) as store:
+        assert store.records[_uuid(store, "s3a")].state == DiskState.ACTIVE and _on(store, "s3a") == shards
+
+
+@pytest.mark.expect_log(r"shard \w+ on s3a set aside to hoard-store-f/orphans/", level="WARNING")
+def test_orphan_objects_on_the_bucket_are_set_aside_never_lost(tmp_path: Path, seaweedfs,  # noqa: F811
+                                                               engine_env) -> None:
+    """`hoard verify --orphans` on a bucket: an object under shards/ that no index entry names is
+    set aside to orphans/ when every object in it is known, kept and reported when it holds one
+    the index does not know (after an index loss it may be the only copy); with --repair what
+    was aside longer than the grace is deleted — and every named replica is untouched."""
+    import os
+
+    from fsd.maintenance.orphans import sweep
+    from tests.test_s3_backend import shard_bytes
+
+    engine_env(seaweedfs)
+    bucket = _bucket(seaweedfs, "hoard-store-f")
+    cfg_path = _config(tmp_path, seaweedfs, bucket, copies=3)
+    client = seaweedfs.client()
+    with Store.open(config.load(cfg_path), init=True) as store:
+        res = store.put_many(make_files(tmp_path / "in", 10, seed=7))
+        replicate_once(store, rate_mb_s=None)
+        named = next(m.hex for m in store.index.iter_shards())
+        copy = os.urandom(12).hex()  # a copy of a named shard under a name nothing names
+        client.copy_object(Bucket=bucket, Key=f"shards/{copy[-2:]}/{copy}",
+                           CopySource={"Bucket": bucket, "Key": f"shards/{named[-2:]}/{named}"})
+        sid = os.urandom(12)  # a shard holding an object the index has never seen
+        body, footer = shard_bytes([b"only here " + os.urandom(64)], sid)
+        client.put_object(Bucket=bucket, Key=f"shards/{sid.hex()[-2:]}/{sid.hex()}", Body=body + footer)
+        rep = sweep(store, grace_s=0)
+        assert rep.found == 2 and len(rep.set_aside) == 1 and f"orphans/{copy}." in rep.set_aside[0], rep
+        assert len(rep.unindexed) == 1 and sid.hex() in rep.unindexed[0] and "it is kept" in rep.unindexed[0]
+        keys = {o["Key"] for o in client.list_objects_v2(Bucket=bucket)["Contents"]}
+        assert f"shards/{sid.hex()[-2:]}/{sid.hex()}" in keys and f"shards/{copy[-2:]}/{copy}" not in keys
+        assert check_store(store) == len({r.sha256 for r in res})
+        rep = sweep(store, repair=True, grace_s=0)
+        assert len(rep.deleted) == 1 and f"orphans/{copy}." in rep.deleted[0] and len(rep.unindexed) == 1
+        keys = {o["Key"] for o in client.list_objects_v2(Bucket=bucket)["Contents"]}
+        assert not any(k.startswith("orphans/") for k in keys) and f"shards/{sid.hex()[-2:]}/{sid.hex()}" in keys
+        assert check_store(store) == len({r.sha256 for r in res})
+
+
+def test_a_crowded_s3_marks_log_is_compacted_by_the_next_writer(tmp_path: Path, seaweedfs, engine_env,  # noqa: F811
+                                                               monkeypatch) -> None:
+    """A bucket's marks log of more segments than CROWDED (one per append) is replaced by a
+    snapshot at the next writable open, not only by gc: one segment, holding every root."""
+    from fsd.core import marks, s3files
+
+    monkeypatch.setattr(s3files, "CROWDED", 3)
+    engine_env(seaweedfs)
+    cfg_path = _config(tmp_path, seaweedfs, _bucket(seaweedfs, "hoard-store-g"), copies=3)
+    with Store.open(config.load(cfg_path), init=True) as store:
+        for i in range(5):  # a put per append
+            store.put_many(make_files(tmp_path / f"in{i}", 2, seed=10 + i), root="hoard put")
+        side = store.disks[_uuid(store, "s3a")].beside
+        assert len(side._segments()) > 3
+        rooted = sorted(bytes(k) for k in store.index.env.begin().cursor(db=store.index.rooted).iternext(values=False))
+    with Store.open(config.load(cfg_path)) as store:
+        side = store.disks[_uuid(store, "s3a")].beside
+        assert len(side._segments()) == 1
+        got = side.marks_read()
+        assert got.resets and marks.replay(got.records | {(max(got.resets), marks.RESET, "0" * 64)})["rooted"] == rooted
+
+
+def test_the_index_is_restored_from_a_copy_in_the_bucket(tmp_path: Path, seaweedfs, engine_env) -> None:  # noqa: F811
+    """`hoard index backup` puts its copy on the local disks first, in the bucket when asked for
+    more; with the SSD's index and both local disks lost, `hoard index restore` takes the
+    bucket's copy and brings it up to date from the bucket: every object and root is back."""
+    from fsd.maintenance.reindex import backup_index
+
+    engine_env(seaweedfs)
+    bucket = _bucket(seaweedfs, "hoard-store-h")
+    cfg_path = _config(tmp_path, seaweedfs, bucket, copies=3)
+    with Store.open(config.load(cfg_path), init=True) as store:
+        res = store.put_many(make_files(tmp_path / "in", 12, seed=8), root="hoard put")
+        replicate_once(store, rate_mb_s=None)
+        assert sorted(backup_index(store, copies=2)) == ["d0", "d1"]  # local disks first
+        assert sorted(backup_index(store, copies=3)) == ["d0", "d1", "s3a"]
+        index_dir = store.cfg.index_dir
+    keys = [o["Key"] for o in seaweedfs.client().list_objects_v2(Bucket=bucket, Prefix="index-copy/")["Contents"]]
+    assert any(k.endswith("/stamp.json") for k in keys) and any(k.endswith("/data.mdb") for k in keys)
+    for lost in ("d0", "d1"):
+        shutil.rmtree(tmp_path / lost)
+    shutil.rmtree(index_dir)
+    cfg_path = _config(tmp_path, seaweedfs, bucket, copies=2, locals_=("d2", "d3"))
+    out = hoard("--config", str(cfg_path), "index", "restore", "--without", "d2", "--without", "d3")
+    assert out.returncode == 0 and "from disk s3a" in out.stdout, out.stdout + out.stderr
+    with Store.open(config.load(cfg_path)) as store:
+        assert check_store(store) == len({r.sha256 for r in res})
+        assert store.index.count(store.index.rooted) == len({r.sha256 for r in res})
