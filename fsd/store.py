@@ -61,6 +61,10 @@ from fsd.io.writer import ShardWriter, writer_alive
 
 log = logging.getLogger(__name__)
 
+#: how far back `status()` lists the disks' failures (the health document's `store.disk_failures`,
+#: which jobs.events relays as `disk_failed` events: a relay missed for this long misses one)
+DISK_FAILURES_S = 7 * 86400
+
 
 class SetAside(Protocol):
     """Space set aside for this process on each disk (gc's Reservation, a layer above)."""
@@ -591,5 +595,8 @@ class Store:
                 "oldest_unverified_s": oldest_unverified_age(self),
                 "pending_repairs": len(self.index.pending_repairs()),
                 "recent_errors": [e for e in self.index.recent_events(50) if e["kind"].endswith("_error")][:10],
+                # what jobs.events relays as `disk_failed` events (each once, by its key's time)
+                "disk_failures": [{"at_ns": at, "disk": e.get("disk"), "detail": e.get("detail")} for at, e in
+                                  self.index.events_since("disk_failed", time.time() - DISK_FAILURES_S)],
                 "recovery_incomplete": [e for e in self.index.recent_events(200)
                                         if e["kind"] == "recovery_incomplete" and e.get("shard") in stuck][:10]}
