@@ -353,3 +353,50 @@ def test_a_failed_disk_is_relayed_once_from_the_index(hoard_home: Path, pg, redi
     assert (ev.name, ev.subject, ev.detail["reason"]) == ("disk_failed", "hdd2", "I/O error during read: test")
     (got,) = rx.got
     assert got["signed"] and json.loads(got["body"])["subject"] == "hdd2"
+
+
+def test_a_runs_gate_failure_and_finish_are_announced_once_each(hoard_home: Path, pg, redis_conn, receivers) -> None:
+    """An AC3 run whose GPU gate is not ready (its hook says exit 1): `gate_waiting` once, however
+    often the gate is polled; past gate.timeout_s the run fails: `run_failed` with the error line;
+    resumed with the gate ready, it finishes: `run_finished`. Each is delivered once, signed."""
+    from tests.test_action_gate import hooked
+    from tests.test_action_runs import action_home, hoard
+
+    rx = receivers([(200, "")])
+    cfg, batch = action_home(hoard_home, pg, redis_conn, seed=141, items=3)
+    d = hooked(cfg, batch, hoard_home, timeout=2, poll=5)
+    cfg = with_webhooks(cfg.source, hook(rx.url, events=["gate_waiting", "run_failed", "run_finished"]))
+    res = hoard(cfg.source, "action", "run", "thumbs", "--here")
+    assert res.returncode == 3 and "failed at step gate" in res.stdout + res.stderr, res.stdout + res.stderr
+    (d / "ready").touch()
+    (rid,) = [p.stem for p in (cfg.ssd.root / "state" / "actions").glob("thumbs-v*.json") if p.stem.count(".") == 0]
+    res = hoard(cfg.source, "action", "resume", rid, "--here")
+    assert res.returncode == 0, res.stdout + res.stderr
+    work(cfg, redis_conn, pg)
+    got = [json.loads(g["body"]) for g in rx.got]
+    assert all(g["signed"] for g in rx.got)
+    assert sorted(g["event"] for g in got) == ["gate_waiting", "run_failed", "run_finished"], got
+    assert {g["subject"] for g in got} == {rid}
+    failed = next(g for g in got if g["event"] == "run_failed")
+    assert "not released within 2 s" in failed["detail"]["error"] and failed["detail"]["step"] == "gate", failed
+    finished = next(g for g in got if g["event"] == "run_finished")
+    assert finished["detail"]["action"] == "thumbs" and finished["detail"]["inputs"] == 3, finished
+    assert {d.state for d in deliveries(pg)} == {"delivered"}
+
+
+def test_a_built_dataset_version_is_announced_and_an_unchanged_one_is_not(hoard_home: Path, pg, redis_conn,
+                                                                           receivers, tmp_path: Path) -> None:
+    """`hoard dataset build --here`: version 1 is `dataset_built` (NAME@1, its counts); the same
+    spec again over the same data builds nothing and announces nothing."""
+    from tests.test_datasets import _build, _spec, labelled
+
+    rx = receivers([(200, "")])
+    cfg, _shas = labelled.__wrapped__(hoard_home, pg, redis_conn)
+    cfg = with_webhooks(cfg.source, hook(rx.url, events=["dataset_built"]))
+    spec = _spec(tmp_path)
+    assert _build(cfg, spec)["version"] == 1
+    assert _build(cfg, spec)["unchanged"]
+    work(cfg, redis_conn, pg)
+    (got,) = [json.loads(g["body"]) for g in rx.got]
+    assert (got["event"], got["subject"], got["detail"]["version"]) == ("dataset_built", "pets@1", 1), got
+    assert got["detail"]["files"] > 0 and got["detail"]["counts"], got
