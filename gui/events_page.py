@@ -40,8 +40,7 @@ def register() -> None:
                          "(docs/config.md)").classes("text-caption")
             with ui.column().classes("gap-0").mark("webhooks"):
                 for w in hooks:
-                    label(f"{w.display}: {', '.join(w.events)} — {w.tries} tries, first retry after "
-                          f"{w.backoff_s:g} s (doubling)")
+                    label(w.summary)
             try:
                 evs, dels = await in_thread(_rows)
             except psycopg.Error as e:

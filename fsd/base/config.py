@@ -262,6 +262,12 @@ class WebhookConfig(BaseModel):
         return f"{parts.scheme}://{parts.hostname}" + (f":{parts.port}" if parts.port else "")
 
     @property
+    def summary(self) -> str:
+        """One line for people (`hoard webhooks list`, the GUI): never the secret or the url's path."""
+        return (f"{self.display}: {', '.join(self.events)} — {self.tries} tries, first retry after "
+                f"{self.backoff_s:g} s (doubling), {self.timeout_s:g} s per try")
+
+    @property
     def url_sha256(self) -> str:
         """What a delivery row names it by (the url itself is never stored)."""
         return hashlib.sha256(self.url.encode()).hexdigest()

@@ -6,9 +6,11 @@ answers) are printed as text, never markup; a webhook's secret and its URL's pat
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Sequence
 from typing import Annotated, Any
 
 import typer
+from pydantic import BaseModel
 
 from fsd.base.config import EVENT_NAMES
 from fsd.base.errors import ExitCode, HoardError
@@ -32,36 +34,40 @@ def events(
 ) -> None:
     """The newest events, newest first: batch_ingested, run_finished, run_failed, gate_waiting,
     dataset_built, disk_failed (kept 90 days)."""
-    if name is not None and name not in EVENT_NAMES:
-        raise HoardError(f"--name {name}: no such event; events are {', '.join(EVENT_NAMES)}", ExitCode.USAGE)
+    _allowed("--name", name, EVENT_NAMES)
     with database(state(ctx).settings, needed_for="events are kept in the database") as conn:
         rows = sql_events.events(conn, limit, name)
+    _show("events", rows, as_json, "no events yet (they are recorded as batches are ingested, runs end, datasets "
+          "are built, disks fail)", lambda r: f"{r.at:%Y-%m-%d %H:%M:%S%z}  #{r.event_id:<6} {r.name:<15} {r.subject}")
+
+
+def _allowed(flag: str, value: str | None, allowed: tuple[str, ...]) -> None:
+    if value is not None and value not in allowed:
+        raise HoardError(f"{flag} {value}: allowed: {', '.join(allowed)}", ExitCode.USAGE)
+
+
+def _show(key: str, rows: Sequence[Any], as_json: bool, empty: str, line: Callable[[Any], str]) -> None:
+    """`rows` (models or dicts) as one JSON document ({key: [...]}) or one line each (`empty` when
+    there is none); never markup: their values come from outside."""
     if as_json:
-        out.print(json.dumps({"events": [r.model_dump(mode="json") for r in rows]}), markup=False)
+        out.print(json.dumps({key: [r.model_dump(mode="json") if isinstance(r, BaseModel) else r for r in rows]}),
+                  markup=False)
         return
     if not rows:
-        out.print("no events yet (they are recorded as batches are ingested, runs end, datasets are built, disks fail)",
-                  markup=False)
+        out.print(empty, markup=False)
     for r in rows:
-        out.print(f"{r.at:%Y-%m-%d %H:%M:%S%z}  #{r.event_id:<6} {r.name:<15} {r.subject}", markup=False)
+        out.print(line(r), markup=False)
 
 
 @app.command("list")
 def list_(ctx: typer.Context, as_json: AsJson = False) -> None:
     """The [[webhooks]] of hoard.toml: name (or scheme://host:port), events, tries, backoff, timeout —
     never the secret, nor the URL's path (it may hold a token)."""
-    hooks: list[dict[str, Any]] = [{"webhook": w.display, "events": w.events, "tries": w.tries,
-                                    "backoff_s": w.backoff_s, "timeout_s": w.timeout_s}
-                                   for w in state(ctx).settings.webhooks]
-    if as_json:
-        out.print(json.dumps({"webhooks": hooks}), markup=False)
-        return
-    if not hooks:
-        out.print("no webhooks; add a [[webhooks]] table (url, events, secret) to hoard.toml — docs/config.md",
-                  markup=False)
-    for h in hooks:
-        out.print(f"{h['webhook']}: {', '.join(h['events'])} — {h['tries']} tries, first retry after "
-                  f"{h['backoff_s']:g} s (doubling), {h['timeout_s']:g} s per try", markup=False)
+    hooks = state(ctx).settings.webhooks
+    _show("webhooks", [{"webhook": w.display, "events": w.events, "tries": w.tries, "backoff_s": w.backoff_s,
+                        "timeout_s": w.timeout_s, "summary": w.summary} for w in hooks], as_json,
+          "no webhooks; add a [[webhooks]] table (url, events, secret) to hoard.toml — docs/config.md",
+          lambda h: h["summary"])
 
 
 @app.command("deliveries")
@@ -73,25 +79,21 @@ def deliveries(
 ) -> None:
     """Each delivery of an event to a webhook, newest first: its state, tries, the receiver's last
     answer or the error that kept it from answering, and when the next try is due."""
-    if state_ is not None and state_ not in sql_events.DELIVERY_STATES:
-        raise HoardError(f"--state {state_}: allowed: {', '.join(sql_events.DELIVERY_STATES)}", ExitCode.USAGE)
+    _allowed("--state", state_, sql_events.DELIVERY_STATES)
     with database(state(ctx).settings, needed_for="deliveries are kept in the database") as conn:
         rows = sql_events.deliveries(conn, limit, state_)
-    if as_json:
-        out.print(json.dumps({"deliveries": [r.model_dump(mode="json") for r in rows]}), markup=False)
-        return
-    if not rows:
-        out.print("no deliveries" + (f" {state_}" if state_ else ""), markup=False)
-    for d in rows:
-        line = (f"#{d.delivery_id:<6} {d.state:<9} {d.event} {d.subject} → {d.webhook}, "
-                f"try {d.attempts}/{d.max_tries}")
-        if d.last_status is not None:
-            line += f", HTTP {d.last_status}"
-        if d.last_error:
-            line += f": {d.last_error}"
-        if d.next_attempt_at is not None:
-            line += f"; next try {d.next_attempt_at:%Y-%m-%d %H:%M:%S%z}"
-        out.print(line, markup=False)
+    _show("deliveries", rows, as_json, "no deliveries" + (f" {state_}" if state_ else ""), _delivery_line)
+
+
+def _delivery_line(d: sql_events.Delivery) -> str:
+    line = f"#{d.delivery_id:<6} {d.state:<9} {d.event} {d.subject} → {d.webhook}, try {d.attempts}/{d.max_tries}"
+    if d.last_status is not None:
+        line += f", HTTP {d.last_status}"
+    if d.last_error:
+        line += f": {d.last_error}"
+    if d.next_attempt_at is not None:
+        line += f"; next try {d.next_attempt_at:%Y-%m-%d %H:%M:%S%z}"
+    return line
 
 
 @app.command("requeue")
