@@ -164,19 +164,28 @@ def relay_disk_failures(cfg: Settings, failures: list[dict[str, Any]]) -> None:
     written — by whichever process met it, the mount included, none of which reaches PostgreSQL —
     and every health collection (the GUI's refresh, `hoard health`, hoard-usage.timer) relays
     them here, once each by its key. Quiet when PostgreSQL is down: the next collection relays."""
-    if not failures:
+    keyed = {f"disk_failed:{f['disk']}:{f['at_ns']}|{cfg.database_url}": f for f in failures}
+    todo = {k: f for k, f in keyed.items() if k not in _relayed}
+    if not todo:  # (the GUI collects every few seconds: a failure relayed is not looked up again)
         return
     try:
         with psycopg.connect(cfg.database_url, autocommit=True, connect_timeout=EMIT_CONNECT_S) as conn:
-            for f in failures:
+            for k, f in todo.items():
                 at = dt.datetime.fromtimestamp(f["at_ns"] / 1e9, dt.UTC)
-                rec = sql_events.record(conn, "disk_failed", f"disk_failed:{f['disk']}:{f['at_ns']}", f["disk"],
+                rec = sql_events.record(conn, "disk_failed", k.partition("|")[0], f["disk"],
                                         {"disk": f["disk"], "reason": f.get("detail") or ""},
                                         targets(cfg, "disk_failed"), at=at)
                 if rec.deliveries:
                     _queue(cfg, [(d, 1) for d in rec.deliveries])
+                if len(_relayed) > 10_000:
+                    _relayed.clear()
+                _relayed.add(k)
     except Exception as e:  # noqa: BLE001 - a health collection goes on; the next one relays
         log.info("disk failures not relayed as events now: %s", first_line(e))
+
+
+#: the disk failures this process relayed (key|database): not looked up again
+_relayed: set[str] = set()
 
 
 # -- delivering ---------------------------------------------------------------------------------
