@@ -215,11 +215,11 @@ def post(hook: WebhookConfig, payload: bytes, headers: dict[str, str]) -> tuple[
         return e.code, f"HTTP {e.code} {e.reason}" + (f": {answer}" if answer else "") + extra
     except urllib.error.URLError as e:
         reason = e.reason.strerror if isinstance(e.reason, OSError) and e.reason.strerror else e.reason
-        return None, f"cannot connect to {hook.display}: {reason}"
+        return None, f"cannot connect: {reason}"
     except TimeoutError:
-        return None, f"{hook.display} did not answer within {hook.timeout_s:g} s (timeout_s)"
+        return None, f"no answer within {hook.timeout_s:g} s (timeout_s)"
     except (OSError, http.client.HTTPException, ValueError) as e:
-        return None, f"{hook.display}: {type(e).__name__}: {first_line(e)}"
+        return None, f"{type(e).__name__}: {first_line(e)}"
 
 
 def _answer(e: urllib.error.HTTPError) -> str:
@@ -235,6 +235,22 @@ def _version() -> str:
         return importlib.metadata.version("hoardfs")
     except importlib.metadata.PackageNotFoundError:
         return "dev"
+
+
+def _headers(hook: WebhookConfig, payload: bytes, event: str, delivery: str, n: int) -> dict[str, str]:
+    return {"Content-Type": "application/json", "User-Agent": f"hoardfs/{_version()}", "X-Hoard-Event": event,
+            "X-Hoard-Delivery": delivery, "X-Hoard-Attempt": str(n),
+            SIGNATURE_HEADER: sign(hook.secret.get_secret_value(), payload)}
+
+
+def ping(hook: WebhookConfig) -> tuple[int | None, str | None]:
+    """POST a signed `ping` (event "ping", id 0: recorded nowhere, never retried) to `hook` now —
+    `hoard webhooks test`: whether the receiver answers, and checks the signature, before a real
+    event needs it. (status, None) when it answered 2xx, else (status or None, one line why)."""
+    payload = json.dumps({"id": 0, "event": "ping", "at": dt.datetime.now(dt.UTC).isoformat(),
+                          "subject": hook.display, "detail": {"events": hook.events}},
+                         sort_keys=True, separators=(",", ":")).encode()
+    return post(hook, payload, _headers(hook, payload, "ping", "0", 1))
 
 
 def deliver(config_path: str | None, delivery_id: int, n: int) -> dict[str, Any]:
@@ -257,10 +273,7 @@ def deliver(config_path: str | None, delivery_id: int, n: int) -> dict[str, Any]
             retry = None
         else:
             payload = body(event)
-            status, error = post(hook, payload, {
-                "Content-Type": "application/json", "User-Agent": f"hoardfs/{_version()}",
-                "X-Hoard-Event": event.name, "X-Hoard-Delivery": str(delivery_id), "X-Hoard-Attempt": str(n),
-                SIGNATURE_HEADER: sign(hook.secret.get_secret_value(), payload)})
+            status, error = post(hook, payload, _headers(hook, payload, event.name, str(delivery_id), n))
             retry = (None if error is None or n >= d.max_tries
                      else dt.timedelta(seconds=backoff_s(hook, n)))
         row = sql_events.attempted(conn, delivery_id, status=status, error=error, delivered=error is None,

@@ -167,6 +167,11 @@ def test_fails_twice_then_delivered_on_the_third_try(hoard_home: Path, pg, redis
     # the same fact again (a step re-run): no second event, no second delivery
     assert events.emit(cfg, "batch_ingested", "batch_ingested:b-1", "b-1", {"files": 3}) is None
     assert len(deliveries(pg)) == 1 and len(rx.got) == 3
+    # `hoard webhooks test ops`: a signed ping, recorded nowhere
+    res = subprocess.run([sys.executable, "-m", "fsd", "--config", str(cfg.source), "webhooks", "test", "ops"],
+                         capture_output=True, text=True, timeout=120)
+    assert (res.returncode, res.stdout) == (0, "ops: answered HTTP 200\n"), res.stdout + res.stderr
+    assert rx.got[3]["signed"] and json.loads(rx.got[3]["body"])["event"] == "ping" and len(deliveries(pg)) == 1
 
 
 @pytest.mark.expect_log(r"failed for good", "WARNING")
@@ -206,9 +211,14 @@ def test_an_unreachable_url_is_one_clear_line(hoard_home: Path, pg, redis_conn) 
         cfg = home_with(hoard_home, pg, hook(f"http://127.0.0.1:{port}/x", tries=1))
         events.emit(cfg, "disk_failed", "disk_failed:hdd9:1", "hdd9")
         work(cfg, redis_conn, pg)
+        res = subprocess.run([sys.executable, "-m", "fsd", "--config", str(cfg.source), "webhooks", "test"],
+                             capture_output=True, text=True, timeout=120)
     (d,) = deliveries(pg)
-    assert (d.state, d.attempts, d.last_status) == ("failed", 1, None), d
-    assert d.last_error == f"cannot connect to http://127.0.0.1:{port}: Connection refused", d.last_error
+    assert (d.state, d.attempts, d.last_status, d.webhook) == ("failed", 1, None, f"http://127.0.0.1:{port}"), d
+    assert d.last_error == "cannot connect: Connection refused", d.last_error
+    # `hoard webhooks test`: a signed ping now, its failure one line naming the webhook (exit 3)
+    assert res.returncode == 3 and res.stderr == (f"hoard: error: http://127.0.0.1:{port}: cannot connect: Connection "
+                                                  "refused — fix the receiver or the url in hoard.toml\n"), res.stderr
 
 
 @pytest.mark.expect_log(r"event batch_ingested of b-2 not recorded, dropped: .*(connect|socket)", "WARNING")

@@ -96,6 +96,30 @@ def _delivery_line(d: sql_events.Delivery) -> str:
     return line
 
 
+@app.command("test")
+def test(
+    ctx: typer.Context,
+    name: Annotated[str | None, typer.Argument(help="the webhook's name (or scheme://host:port); default: every one")
+                    ] = None,
+) -> None:
+    """POST a signed `ping` event (id 0, recorded nowhere, not retried) to each webhook now and
+    print its answer in one line; exit 3 if one did not answer 2xx."""
+    hooks = [w for w in state(ctx).settings.webhooks if name is None or w.display == name]
+    if not hooks:
+        raise HoardError(f"no webhook {name}; `hoard webhooks list` shows them" if name else
+                         "no webhooks; add a [[webhooks]] table (url, events, secret) to hoard.toml — docs/config.md",
+                         ExitCode.USAGE)
+    failed = []
+    for w in hooks:
+        status, error = events_mod.ping(w)
+        if error is None:
+            out.print(f"{w.display}: answered HTTP {status}", markup=False)
+        else:
+            failed.append(f"{w.display}: {error}")
+    if failed:
+        raise HoardError("; ".join(failed) + " — fix the receiver or the url in hoard.toml", ExitCode.UNAVAILABLE)
+
+
 @app.command("requeue")
 def requeue(ctx: typer.Context) -> None:
     """Queue again the pending deliveries whose try is overdue (their job was lost: Redis was down
