@@ -116,7 +116,11 @@ def emit(cfg: Settings, name: str, key: str, subject: str, detail: dict[str, Any
         return None
     queue = [(d, 1) for d in rec.deliveries] + [(d, made + 1) for d, made in late if d not in rec.deliveries]
     if queue:
-        _queue(cfg, queue)
+        try:
+            _queue(cfg, queue)
+        except Exception as e:  # noqa: BLE001 - (Redis's own errors are said by _queue) pending, requeued later
+            log.warning("webhook deliveries of event %s not queued: %s; they stay pending (`hoard webhooks requeue`)",
+                        name, first_line(e))
     return rec.event_id
 
 
