@@ -114,7 +114,7 @@ def work(cfg: config.Settings, redis_conn, pg, queues: tuple[str, ...] = ("event
          rounds: int = 20) -> list[tuple[int, dt.timedelta | None]]:
     """Run the queues' jobs (RQ's scheduler enqueueing the retries that are due) until no
     delivery is pending; per round, each pending delivery's (tries made, the wait it was given)."""
-    waits = []
+    waits: dict[tuple[int, dt.timedelta | None], None] = {}  # (a round that ran nothing adds nothing)
     for _ in range(rounds):
         w = _Worker([rq_queue(q, redis_conn) for q in queues], connection=redis_conn, serializer=SERIALIZER,
                     job_class=HoardJob)
@@ -123,8 +123,8 @@ def work(cfg: config.Settings, redis_conn, pg, queues: tuple[str, ...] = ("event
         pending = pg.execute("SELECT attempts, next_attempt_at - last_attempt_at, next_attempt_at - now() "
                              "FROM webhook_delivery WHERE state = 'pending' ORDER BY next_attempt_at").fetchall()
         if not pending:
-            return waits
-        waits += [(n, wait) for n, wait, _ in pending]
+            return list(waits)
+        waits.update({(n, wait): None for n, wait, _ in pending})
         # RQ's scheduler keeps whole seconds: a retry is enqueued within a second of its time
         time.sleep(max(0.0, max(p[2].total_seconds() for p in pending)) + 1.1)
     raise AssertionError(f"deliveries still pending after {rounds} rounds: {pending}")
