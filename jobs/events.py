@@ -192,6 +192,25 @@ def relay_disk_failures(cfg: Settings, failures: list[dict[str, Any]]) -> None:
 _relayed: set[str] = set()
 
 
+def warnings(cfg: Settings) -> list[str]:
+    """`hoard health`'s warnings of the webhooks (none without [[webhooks]]): deliveries failed in
+    the last day, per webhook, and deliveries overdue. Never raises: the database's own trouble is
+    the health document's `database` part."""
+    if not cfg.webhooks:
+        return []
+    try:
+        with psycopg.connect(cfg.database_url, autocommit=True, connect_timeout=EMIT_CONNECT_S) as conn:
+            t = sql_events.trouble(conn, dt.timedelta(days=1), OVERDUE)
+    except Exception:  # noqa: BLE001 - (said by the database part; a table missing by `hoard db migrate`'s check)
+        return []
+    out = [f"webhook {name}: {n} deliveries failed in the last 24 h; `hoard webhooks deliveries --state failed` says "
+           f"why, `hoard webhooks test {name}` tries it now" for name, n in t["failed"].items()]
+    if t["overdue"]:
+        out.append(f"webhooks: {t['overdue']} deliveries overdue by more than {OVERDUE.seconds // 60} min: does a "
+                   "`hoard worker` serve the `events` queue? Then `hoard webhooks requeue`")
+    return out
+
+
 # -- delivering ---------------------------------------------------------------------------------
 
 class _NoRedirect(urllib.request.HTTPRedirectHandler):

@@ -64,6 +64,7 @@ def collect(cfg: Settings, smart_max_age_s: float = math.inf) -> dict[str, Any]:
     problems += database_problems(report["database"])
     if not report["redis"]["ok"]:
         problems.append(f"redis: {report['redis']['error']}; start it with `hoard services up` or fix redis_url")
+    warnings += events.warnings(cfg)
     report["problems"] = problems
     report["warnings"] = warnings
     report["ok"] = not problems

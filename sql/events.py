@@ -182,3 +182,17 @@ def latest_at(conn: psycopg.Connection, name: str) -> dt.datetime | None:
     """When the newest event of `name` happened (None: none kept)."""
     row = conn.execute("SELECT max(at) FROM event WHERE name = %s", [name]).fetchone()
     return row[0] if row else None
+
+
+def trouble(conn: psycopg.Connection, since: dt.timedelta, late: dt.timedelta) -> dict[str, Any]:
+    """What `hoard health` warns of: deliveries failed since `since` ago (per webhook), and
+    pending ones overdue by more than `late` (no worker serves the queue, or their job was lost)."""
+    try:
+        failed: dict[str, int] = {r[0]: r[1] for r in conn.execute(
+            "SELECT webhook, count(*) FROM webhook_delivery WHERE state = 'failed' "
+            "AND last_attempt_at > now() - %s GROUP BY 1 ORDER BY 1", [since])}
+        overdue_n = conn.execute("SELECT count(*) FROM webhook_delivery WHERE state = 'pending' "
+                                 "AND next_attempt_at < now() - %s", [late]).fetchone()
+    except psycopg.errors.UndefinedTable as e:
+        raise _no_table(e) from None
+    return {"failed": failed, "overdue": overdue_n[0] if overdue_n else 0}

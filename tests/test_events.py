@@ -189,6 +189,9 @@ def test_always_500_is_marked_failed_after_its_tries_with_the_last_error(hoard_h
     assert (d.state, d.attempts, d.max_tries, d.last_status) == ("failed", 3, 3, 500), d
     assert d.last_error == "HTTP 500 Internal Server Error: <b>boom</b> \x1b[31mstack line\x1b[0m", d.last_error
     assert d.next_attempt_at is None and d.delivered_at is None and len(rx.got) == 3
+    assert events.warnings(cfg) == [  # `hoard health` warns of it
+        f"webhook {d.webhook}: 1 deliveries failed in the last 24 h; `hoard webhooks deliveries --state failed` says "
+        f"why, `hoard webhooks test {d.webhook}` tries it now"]
     res = subprocess.run([sys.executable, "-m", "fsd", "--config", str(cfg.source), "webhooks", "deliveries"],
                          capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
@@ -243,6 +246,7 @@ def test_redis_down_keeps_deliveries_pending_until_requeued(hoard_home: Path, pg
     assert events.emit(down, "dataset_built", "dataset_built:pets@1", "pets@1") is not None
     (d,) = deliveries(pg)
     assert (d.state, d.attempts) == ("pending", 0) and not rx.got
+    assert sql_events.trouble(pg, dt.timedelta(days=1), dt.timedelta(0))["overdue"] == 1  # health warns past OVERDUE
     res = subprocess.run([sys.executable, "-m", "fsd", "--config", str(cfg.source), "webhooks", "requeue"],
                          capture_output=True, text=True, timeout=120)
     assert res.returncode == 0 and "1 overdue deliveries queued again" in res.stdout, res.stdout + res.stderr
