@@ -13,8 +13,8 @@ Emitting never fails the step it reports, and never holds it long:
   the run's, the dataset's version), so this is a race, not the rule; a failed run's event is
   emitted when its `action_event` is written, which waits in the run's state while PostgreSQL is
   down (jobs.actions.steps.record_ending) — queued, not dropped. A disk's failure is relayed
-  from the index's own events (`relay_disk_failures`, by every health collection), so it is
-  recorded once PostgreSQL answers.
+  from the index's own events (`relay_disk_failures`: at the end of every maintenance job and by
+  every health collection), so it is recorded once PostgreSQL answers.
 - Redis unreachable: the deliveries are recorded pending; a delivery whose try is overdue by
   OVERDUE is queued again by the next `emit` (or `hoard webhooks requeue`).
 - Connecting takes at most EMIT_CONNECT_S; recording is one short transaction.
@@ -42,6 +42,7 @@ import redis
 from fsd.base import config as config_mod
 from fsd.base.config import Settings, WebhookConfig
 from fsd.base.errors import first_line
+from fsd.store import Store
 from jobs.queues import connect, enqueue_once, redis_required, rq_queue
 from sql import events as sql_events
 from sql.events import EVENT_NAMES as EVENT_NAMES
@@ -186,6 +187,19 @@ def relay_disk_failures(cfg: Settings, failures: list[dict[str, Any]]) -> None:
                 _relayed.add(k)
     except Exception as e:  # noqa: BLE001 - a health collection goes on; the next one relays
         log.info("disk failures not relayed as events now: %s", first_line(e))
+
+
+def relay_from_index(cfg: Settings) -> None:
+    """`relay_disk_failures` of the failures the index recorded in the last DISK_FAILURES_S,
+    read here (a maintenance job — verify, scrub, rebuild, replicate: where a dying disk is most
+    often met — relays at its end, not only at the next health collection). Never raises."""
+    try:
+        with Store.open(cfg, writable=False) as store:
+            failures = store.status_disk_failures()
+    except Exception as e:  # noqa: BLE001 - the job's own report is what counts; the next collection relays
+        log.info("disk failures not read from the index now: %s", first_line(e))
+        return
+    relay_disk_failures(cfg, failures)
 
 
 #: the disk failures this process relayed (key|database): not looked up again

@@ -414,3 +414,19 @@ def test_a_built_dataset_version_is_announced_and_an_unchanged_one_is_not(hoard_
     (got,) = [json.loads(g["body"]) for g in rx.got]
     assert (got["event"], got["subject"], got["detail"]["version"]) == ("dataset_built", "pets@1", 1), got
     assert got["detail"]["files"] > 0 and got["detail"]["counts"], got
+
+
+def test_a_maintenance_job_relays_a_failed_disk_at_its_end(hoard_home: Path, pg, redis_conn) -> None:
+    """A disk failed in the index (the writer or the mount met EIO): the next maintenance job
+    (here replicate) relays it as `disk_failed` when it ends, without waiting for a health
+    collection; a second job relays nothing new."""
+    from jobs import maintenance
+
+    cfg = home_with(hoard_home, pg)
+    for d in cfg.disks:
+        d.path.mkdir(parents=True, exist_ok=True)
+    with Store.open(cfg, init=True) as store:
+        store.set_disk_state("hdd3", DiskState.FAILED, "I/O error during write: test")
+    maintenance.run("replicate", str(cfg.source))
+    maintenance.run("replicate", str(cfg.source))
+    assert [(e.name, e.subject) for e in sql_events.events(pg)] == [("disk_failed", "hdd3")]
