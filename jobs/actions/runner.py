@@ -145,10 +145,10 @@ def _run_step_logged(cfg: Settings, rid: str, step: str, *, then_enqueue: bool =
 
 
 def _finished_detail(st: RunState) -> dict[str, Any]:
-    """What `run_finished` says of a run: its action, version and figures (no parameters' values
-    beyond the run's own report)."""
+    """What `run_finished` says of a run: its action, version, parameters (as `run_failed`'s detail
+    has them) and figures."""
     rep = st.report
-    return {"run": st.run_id, "action": st.action, "version": st.version, "inputs": st.inputs,
+    return {"run": st.run_id, "action": st.action, "version": st.version, "params": st.params, "inputs": st.inputs,
             "started_at": st.created, "finished_at": rep.get("finished_at"),
             "database": rep.get("database"), "seconds": round(sum(st.seconds.values()), 3)}
 
