@@ -47,7 +47,6 @@ CREATE TABLE webhook_delivery (
     CHECK ((state = 'delivered') = (delivered_at IS NOT NULL))
 );
 CREATE INDEX webhook_delivery_due ON webhook_delivery (next_attempt_at) WHERE state = 'pending';
-CREATE INDEX webhook_delivery_recent ON webhook_delivery (delivery_id DESC);
 
 COMMENT ON TABLE event IS 'Facts others may want to hear of (batch_ingested, run_finished, run_failed, gate_waiting, dataset_built, disk_failed), once each by key; kept 90 days (sql.events).';
 COMMENT ON COLUMN event.event_id IS 'The event''s number; a webhook body''s "id"';
