@@ -93,7 +93,12 @@ def backoff_s(hook: WebhookConfig, tries_made: int) -> float:
 
 # -- emitting -----------------------------------------------------------------------------------
 
+#: the most overdue deliveries one `emit` queues again (the rest: the next one, `hoard webhooks requeue`)
+SWEEP = 50
+
+
 def targets(cfg: Settings, name: str) -> list[sql_events.Target]:
+    """The webhooks that ask for `name` (one URL each: the configuration refuses a URL twice)."""
     return [sql_events.Target(w.display, w.url_sha256, w.tries) for w in cfg.webhooks if w.wants(name)]
 
 
@@ -106,11 +111,11 @@ def emit(cfg: Settings, name: str, key: str, subject: str, detail: dict[str, Any
     try:
         if conn is not None:
             rec = sql_events.record(conn, name, key, subject, detail, targets(cfg, name), at=at)
-            late = sql_events.overdue(conn, OVERDUE) if cfg.webhooks else []
+            late = sql_events.overdue(conn, OVERDUE, SWEEP) if cfg.webhooks else []
         else:
             with psycopg.connect(cfg.database_url, autocommit=True, connect_timeout=EMIT_CONNECT_S) as own:
                 rec = sql_events.record(own, name, key, subject, detail, targets(cfg, name), at=at)
-                late = sql_events.overdue(own, OVERDUE) if cfg.webhooks else []
+                late = sql_events.overdue(own, OVERDUE, SWEEP) if cfg.webhooks else []
     except Exception as e:  # noqa: BLE001 - the step reported on goes on whatever happens here
         why = e.message if hasattr(e, "message") else first_line(e)
         log.warning("event %s of %s not recorded, dropped: %s (its webhooks are not called)", name, subject, why)

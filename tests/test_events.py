@@ -299,7 +299,9 @@ def test_webhook_configuration_is_checked_and_the_secret_never_echoed(tmp_path: 
             + "".join(f"[ssd.zones.{z}]\nquota_gb = 1\n" for z in ("3A", "3B", "3C", "3D")))
     cases = {'url = "http://h/x"\nevents = ["*"]\nsecret = "short-Pa55"\n': ("webhooks.0.secret", "short-Pa55"),
              f'url = "http://h/x"\nevents = ["batch_done"]\nsecret = "{SECRET}"\n': ("webhooks.0.events", None),
-             f'url = "http://u:pw@h/x"\nevents = ["*"]\nsecret = "{SECRET}"\n': ("webhooks.0.url", None)}
+             f'url = "http://u:pw@h/x"\nevents = ["*"]\nsecret = "{SECRET}"\n': ("webhooks.0.url", None),
+             f'url = "http://h/x"\nevents = ["*"]\nsecret = "{SECRET}"\n[[webhooks]]\nurl = "http://h/x"\n'
+             f'events = ["run_failed"]\nsecret = "{SECRET}"\n': ("webhooks[1]: the same url as webhooks[0]", None)}
     for body, (key, hidden) in cases.items():
         (tmp_path / "hoard.toml").write_text(base + "[[webhooks]]\n" + body)
         with pytest.raises(ConfigError) as e:

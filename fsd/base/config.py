@@ -420,6 +420,11 @@ class Settings(BaseSettings):
         paths = [d.path for d in self.disks]
         if len(set(paths)) != len(paths):
             raise ValueError("disk paths must be unique")
+        urls = [w.url for w in self.webhooks]
+        again = next((i for i, u in enumerate(urls) if u in urls[:i]), None)
+        if again is not None:  # (a delivery names its webhook by the url: each receiver one table)
+            raise ValueError(f"webhooks[{again}]: the same url as webhooks[{urls.index(urls[again])}]; give a "
+                             "receiver one [[webhooks]] table with every event it wants")
         bad = {k: v for k, v in self.sources.items() if v not in SOURCE_FORMATS}
         if bad:
             name, fmt = next(iter(bad.items()))
