@@ -62,6 +62,10 @@ from fsd.io.writer import ShardWriter, writer_alive
 
 log = logging.getLogger(__name__)
 
+#: how far back `status()` lists the disks' failures (the health document's `store.disk_failures`,
+#: which jobs.events relays as `disk_failed` events: a relay missed for this long misses one)
+DISK_FAILURES_S = 7 * 86400
+
 
 class SetAside(Protocol):
     """Space set aside for this process on each disk (gc's Reservation, a layer above)."""
@@ -252,6 +256,12 @@ class Store:
     def _disk_record(self, uuid: str) -> DiskRecord:
         """The index's current record (used_bytes moves as other processes write)."""
         return self.index.get_disk(uuid) or self.records[uuid]
+
+    def status_disk_failures(self) -> list[dict]:
+        """The disks' failures the index recorded in the last DISK_FAILURES_S, oldest first: what
+        jobs.events relays as `disk_failed` events (each once, by the time of its index key)."""
+        return [{"at_ns": at, "disk": e.get("disk"), "detail": e.get("detail")}
+                for at, e in self.index.events_since("disk_failed", time.time() - DISK_FAILURES_S)]
 
     def set_disk_state(self, label: str, state: DiskState, reason: str) -> str:
         """Persist a disk's state (with an event when it changes) and use it at once; returns its uuid."""
@@ -594,5 +604,6 @@ class Store:
                 "oldest_unverified_s": oldest_unverified_age(self),
                 "pending_repairs": len(self.index.pending_repairs()),
                 "recent_errors": [e for e in self.index.recent_events(50) if e["kind"].endswith("_error")][:10],
+                "disk_failures": self.status_disk_failures(),
                 "recovery_incomplete": [e for e in self.index.recent_events(200)
                                         if e["kind"] == "recovery_incomplete" and e.get("shard") in stuck][:10]}

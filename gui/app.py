@@ -28,6 +28,7 @@ from gui import (
     auth,
     browse_page,
     datasets_page,
+    events_page,
     launch_page,
     overview,
     pipelines_page,
@@ -118,6 +119,7 @@ def build(cfg: Settings) -> None:
     browse_page.register()
     pipelines_page.register()
     datasets_page.register()
+    events_page.register()
     rqdash.mount(cfg)
 
 

@@ -17,7 +17,7 @@ from gui.text import shown
 
 NAV = (("Overview", "/"), ("Storage", "/storage"), ("Runs", "/runs"), ("Launch", "/launch"), ("Actions", "/actions"),
        ("Batches", "/batches"), ("Assets", "/assets"), ("Pipelines", "/pipelines"),
-       ("Datasets", "/datasets"), ("Users", "/users"), ("RQ", "/rq/"),
+       ("Datasets", "/datasets"), ("Events", "/events"), ("Users", "/users"), ("RQ", "/rq/"),
        ("Metrics", "/metrics"))
 
 

@@ -4,12 +4,14 @@ file) and is checked again here. The work is datasets.api.build's."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from datasets import api
 from datasets.spec import DatasetSpec, parse_spec
 from fsd.base import config as config_mod
 from fsd.base.config import Settings
+from jobs import events
 from jobs.queues import connect, enqueue_once, redis_required
 
 QUEUE = "io"
@@ -34,7 +36,21 @@ def run_job(config_path: str | None, spec_doc: dict[str, Any], mode: str = "copy
     cfg = config_mod.load(config_path)
     spec = parse_spec(DatasetSpec.from_doc(spec_doc).model_dump(mode="json"),
                       f"the spec of dataset job {spec_doc.get('name')}")
-    return api.build(cfg, spec, mode=mode, force=force)
+    return build(cfg, spec, mode=mode, force=force)
+
+
+def build(cfg: Settings, spec: DatasetSpec, mode: str | None = None, force: bool = False,
+          progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+    """datasets.api.build, then the webhooks' `dataset_built` (jobs.events) of a new version —
+    the job and `hoard dataset build --here` both build through this; an unchanged spec built
+    nothing and emits nothing."""
+    report = api.build(cfg, spec, mode=mode, force=force, progress=progress)
+    if not report.get("unchanged"):
+        ref = f"{report['name']}@{report['version']}"
+        events.emit(cfg, "dataset_built", f"dataset_built:{ref}", ref,
+                    {k: report.get(k) for k in ("name", "version", "path", "mode", "status", "files", "bytes",
+                                                "counts", "samples", "seconds")})
+    return report
 
 
 def submit_materialize(cfg: Settings, ref: str) -> str:

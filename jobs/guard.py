@@ -66,6 +66,7 @@ JOB_FUNCTIONS = {
     "jobs.datasets.materialize_job": 0,
     "jobs.maintenance.run": 1,
     "jobs.store_jobs.replicate": 0,
+    "jobs.events.deliver": 0,
 }
 
 

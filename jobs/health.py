@@ -16,7 +16,7 @@ from fsd.base import landlock
 from fsd.base.config import Settings
 from fsd.io.attach import formats_found
 from fsd.maintenance.health import disk_status, smart_findings, smart_status, store_problems, store_status, zone_status
-from jobs import outputs
+from jobs import events, outputs
 from jobs.actions import api as actions
 from jobs.ingest import ingest_status
 from jobs.queues import redis_status
@@ -65,7 +65,11 @@ def collect(cfg: Settings, smart_max_age_s: float = math.inf) -> dict[str, Any]:
     problems += database_problems(report["database"])
     if not report["redis"]["ok"]:
         problems.append(f"redis: {report['redis']['error']}; start it with `hoard services up` or fix redis_url")
+    warnings += events.warnings(cfg)
     report["problems"] = problems
     report["warnings"] = warnings
     report["ok"] = not problems
+    # the index's disk failures become `disk_failed` events (each once): none of the processes that
+    # fail a disk (the mount, a writer) reaches PostgreSQL, every health collection relays them
+    events.relay_disk_failures(cfg, store.get("disk_failures") or [])
     return report

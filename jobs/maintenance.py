@@ -23,8 +23,8 @@ from fsd.io.scrub import verify as _verify
 from fsd.maintenance.gc import gc as _gc
 from fsd.maintenance.rebuild import rebuild as _rebuild
 from fsd.store import Store
+from jobs import events, reports, runlog, store_jobs
 from jobs import progress as job_progress
-from jobs import reports, runlog, store_jobs
 from sql.backup import dump_backup, verify_dump
 from sql.deletion import referenced
 
@@ -126,11 +126,14 @@ def run(kind: str, config_path: str | None, **params: Any) -> dict[str, Any]:
     job_id = job.id if job is not None else kind
     cfg = config.load(config_path)
     with runlog.captured(cfg, kind, job_id):
-        if kind not in PROGRESS or not cfg.redis_url:
-            report = JOBS[kind](config_path, **params)
-        else:
-            with job_progress.reported(cfg.redis_url, job_id, PROGRESS[kind]) as hook:
-                report = JOBS[kind](config_path, **params, progress=hook)
+        try:
+            if kind not in PROGRESS or not cfg.redis_url:
+                report = JOBS[kind](config_path, **params)
+            else:
+                with job_progress.reported(cfg.redis_url, job_id, PROGRESS[kind]) as hook:
+                    report = JOBS[kind](config_path, **params, progress=hook)
+        finally:  # a disk this job found dying is announced now (jobs.events), not at the next health
+            events.relay_from_index(cfg)
     if job is not None:  # the runs list reads it without loading every report (jobs.launch)
         job.meta["errors"] = reports.errors(report)
         job.save_meta()

@@ -29,8 +29,9 @@ from fsd.base.proc import pid_alive
 from jobs.guard import SERIALIZER, GuardedWorker, HoardJob
 
 #: The queues of hoardfs, in the order a default worker serves them (`actions`: an action's
-#: worker step, which may run for hours — its own queue, so stages and ingests are not stuck behind it)
-QUEUES = ("ingest", "io", "sql", "maintenance", "actions")
+#: worker step, which may run for hours — its own queue, so stages and ingests are not stuck behind it;
+#: `events`: webhook deliveries, short network calls, jobs.events)
+QUEUES = ("ingest", "io", "sql", "maintenance", "actions", "events")
 #: the states `job_counts` counts jobs in (RQ's queue and its registries; `abandoned`: started by a
 #: worker that died, not yet failed or retried by a worker's maintenance), in its order
 JOB_STATES = ("queued", "started", "abandoned", "deferred", "scheduled", "finished", "failed")

@@ -63,6 +63,7 @@ COMMANDS: dict[str, list[str]] = {
     "disks replace": ["hdd4", "nosuch"],
     "disks retire": ["nosuch"],
     "disks smart": [],
+    "events": [],
     "export": [],
     "fixtures generate": ["{OUTDIR}", "--items", "3", "--batches", "1", "--large-max-mb", "1"],
     "gc": [],
@@ -107,6 +108,10 @@ COMMANDS: dict[str, list[str]] = {
     "view add": ["v1", "{FILE}"],
     "view list": [],
     "view rm": ["nosuch"],
+    "webhooks deliveries": [],
+    "webhooks list": [],
+    "webhooks requeue": [],
+    "webhooks test": [],  # no webhooks in this world: exit 2 in one line
     "worker": ["--burst"],
     "zones clean": ["nosuch"],
     "zones list": [],
@@ -114,8 +119,9 @@ COMMANDS: dict[str, list[str]] = {
 
 #: commands whose work needs the service: with it down they must say so (exit 3, naming it)
 NEEDS_DATABASE = {"dataset diff", "dataset list", "dataset materialize", "dataset rm", "dataset show",
-                  "db backup", "db migrate", "db proposals", "db status", "db verify-backup", "delete", "demo", "gc",
-                  "label add", "pipeline advance", "pipeline show", "select"}
+                  "db backup", "db migrate", "db proposals", "db status", "db verify-backup", "delete", "demo", "events",
+                  "gc", "label add", "pipeline advance", "pipeline show", "select", "webhooks deliveries",
+                  "webhooks requeue"}
 NEEDS_REDIS = {"demo", "worker"}
 
 
@@ -250,8 +256,8 @@ def test_a_database_without_hoardfs_tables(world, servers) -> None:
         url = psycopg.conninfo.make_conninfo(servers["database_url"], options=f"-c search_path={schema}")
         (home / "unmigrated.toml").write_text(text.replace("database_url = ", f"database_url = {url!r}\n#", 1))
         failures = []
-        reads = {"dataset list", "dataset show", "db backup", "db proposals", "db verify-backup", "delete", "label add",
-                 "select"}
+        reads = {"dataset list", "dataset show", "db backup", "db proposals", "db verify-backup", "delete", "events",
+                 "label add", "select", "webhooks deliveries", "webhooks requeue"}
 
         def one(command: str) -> None:
             res = _run(home / "unmigrated.toml", _args(command, world))

@@ -148,7 +148,8 @@ def test_every_page_runs_under_the_policy(served) -> None:
         for path, text in (("/", "Overview"), ("/storage", "SSD zones"), ("/runs", "runs"), ("/launch", "Maintenance"),
                            ("/batches", "batches"), ("/assets", "assets on page 1"), (f"/node/{NODE}", "Metadata"),
                            ("/pipelines", "Dataset exports"), ("/users", "vera"), ("/rq/", "Queues"),
-                           ("/actions", "Contracts"), ("/actions/resize-variants", "Launch resize-variants")):
+                           ("/actions", "Contracts"), ("/actions/resize-variants", "Launch resize-variants"),
+                           ("/events", "Deliveries")):
             d.get(f"{url}{path}")
             wait_text(d, text)
             time.sleep(0.5)  # charts, fonts, the first refresh
@@ -208,7 +209,7 @@ async def test_every_answer_carries_the_headers(user) -> None:
                "metrics 401": await client.get("/metrics")}
     await sign_in_user(user, "otto")
     for path in ("/", "/runs", "/runs?view=failed", "/launch", "/batches", "/assets", "/pipelines", "/users", "/actions",
-                 "/actions/thumbnail"):
+                 "/actions/thumbnail", "/events"):
         answers[path] = await client.get(path)
         assert answers[path].status_code == 200, path
     answers |= {"page": await client.get("/storage"), "node": await client.get(f"/node/{NODE}"),

@@ -14,6 +14,7 @@ loading and its one-line errors, and the embedded setup's template (`embedded_co
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import tomllib
@@ -27,6 +28,7 @@ from pydantic import (
     ConfigDict,
     Field,
     IPvAnyNetwork,
+    SecretStr,
     StringConstraints,
     ValidationError,
     field_validator,
@@ -215,6 +217,70 @@ class LabelStudioConfig(BaseModel):
         return path
 
 
+#: the events hoardfs records and a webhook may ask for (contracts: receivers match on them;
+#: sql.events records them, jobs.events emits and delivers them)
+EVENT_NAMES = ("batch_ingested", "run_finished", "run_failed", "gate_waiting", "dataset_built", "disk_failed")
+
+
+class WebhookConfig(BaseModel):
+    """One `[[webhooks]]` table: where events are POSTed, which ones, and the secret their
+    bodies are signed with (HMAC-SHA256, `X-Hoard-Signature: sha256=<hex>`; docs/config.md)."""
+
+    model_config = _strict
+    #: where the events are POSTed (http or https; the path may hold a token: it is never shown)
+    url: str = Field(pattern=r"^https?://[^\s/?#@]+(/[^\s#]*)?(\?[^\s#]*)?$")  # no user:password@
+    #: the event names it is sent, or ["*"] for every one
+    events: list[str] = Field(min_length=1)
+    #: the HMAC-SHA256 key of the signature; never logged, stored or shown
+    secret: SecretStr
+    #: how logs, the GUI and `hoard webhooks` name it (default: scheme://host:port of the url)
+    name: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+    #: tries of one delivery, the first included, before it is marked failed
+    tries: int = Field(default=8, ge=1, le=50)
+    #: the wait before the second try; each next wait doubles, up to 6 h (jobs.events.BACKOFF_CAP_S)
+    backoff_s: float = Field(default=30.0, gt=0, le=3600)
+    #: the longest one try may take (connect, send, answer)
+    timeout_s: float = Field(default=10.0, gt=0, le=300)
+
+    @field_validator("events")
+    @classmethod
+    def _known_events(cls, names: list[str]) -> list[str]:
+        unknown = [n for n in names if n != "*" and n not in EVENT_NAMES]
+        if unknown:
+            raise ValueError(f"unknown event {unknown[0]!r}; allowed: {', '.join(EVENT_NAMES)} or \"*\" for all")
+        return names
+
+    @field_validator("secret")
+    @classmethod
+    def _long_secret(cls, secret: SecretStr) -> SecretStr:
+        if len(secret.get_secret_value()) < 16:  # (the value itself is never put in the message)
+            raise ValueError("the secret must be at least 16 characters (e.g. the output of `openssl rand -hex 32`)")
+        return secret
+
+    def wants(self, event: str) -> bool:
+        return "*" in self.events or event in self.events
+
+    @property
+    def display(self) -> str:
+        """Its name, else scheme://host[:port] of its url: never the userinfo, path or query,
+        which may hold a token."""
+        if self.name:
+            return self.name
+        parts = urlsplit(self.url)
+        return f"{parts.scheme}://{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+
+    @property
+    def summary(self) -> str:
+        """One line for people (`hoard webhooks list`, the GUI): never the secret or the url's path."""
+        return (f"{self.display}: {', '.join(self.events)} — {self.tries} tries, first retry after "
+                f"{self.backoff_s:g} s (doubling), {self.timeout_s:g} s per try")
+
+    @property
+    def url_sha256(self) -> str:
+        """What a delivery row names it by (the url itself is never stored)."""
+        return hashlib.sha256(self.url.encode()).hexdigest()
+
+
 class MountConfig(BaseModel):
     """Where `hoard mount` serves the store (systemd/hoard-mount.service: /srv/hoard): a
     view-mode stage or export points into it."""
@@ -337,6 +403,8 @@ class Settings(BaseSettings):
     test_redis_url: str = Field(default=None, validate_default=False)  # type: ignore[assignment]  # see above
     actions: ActionsConfig = ActionsConfig()
     label_studio: LabelStudioConfig = LabelStudioConfig()
+    #: where events are POSTed (jobs.events; docs/config.md, "[[webhooks]]")
+    webhooks: list[WebhookConfig] = []
     #: the file this came from (set by `load`, not a key of the file)
     source: Path | None = Field(default=None, exclude=True)
 
@@ -362,6 +430,11 @@ class Settings(BaseSettings):
         paths = [d.path for d in self.disks]
         if len(set(paths)) != len(paths):
             raise ValueError("disk paths must be unique")
+        urls = [w.url for w in self.webhooks]
+        again = next((i for i, u in enumerate(urls) if u in urls[:i]), None)
+        if again is not None:  # (a delivery names its webhook by the url: each receiver one table)
+            raise ValueError(f"webhooks[{again}]: the same url as webhooks[{urls.index(urls[again])}]; give a "
+                             "receiver one [[webhooks]] table with every event it wants")
         bad = {k: v for k, v in self.sources.items() if v not in SOURCE_FORMATS}
         if bad:
             name, fmt = next(iter(bad.items()))
@@ -537,7 +610,7 @@ def _describe(first: Any, model: Any) -> str:
         msg = "required key is missing"
     else:
         msg = first["msg"].removeprefix("Value error, ")
-        if "input" in first and not isinstance(first["input"], (dict, list)):
+        if "input" in first and not isinstance(first["input"], (dict, list)) and "secret" not in loc:  # never echoed
             msg += f" (got {first['input']!r})"
     return f"{key}: {msg}"
 

@@ -68,7 +68,7 @@ def build(
         return
     if here:
         with progress(f"dataset {spec.name}") as update:
-            report = api.build(cfg, spec, mode, force, update)
+            report = dataset_jobs.build(cfg, spec, mode, force, update)
         _report(report, as_json)
         return
     job_id = dataset_jobs.submit(cfg, spec, mode, force)

@@ -29,7 +29,6 @@ import psycopg
 import typer
 
 from adapters.synth import Spec, generate
-from datasets import api as datasets_api
 from datasets.spec import parse_spec
 from fsd.base.config import Settings
 from fsd.base.errors import ExitCode, HoardError
@@ -37,6 +36,7 @@ from fsd.base.units import fmt_bytes
 from fsd.cli._common import err, out, state
 from fsd.io.replicate import replicate_once
 from fsd.store import Store
+from jobs import datasets as dataset_jobs
 from jobs import outputs
 from jobs import users as logins
 from jobs.actions import api as actions
@@ -279,7 +279,7 @@ def _dataset(cfg: Settings) -> str:
     """Build the demo's dataset (version 1; a second demo run finds it unchanged) into 3D;
     the directory it sealed."""
     t0 = time.monotonic()
-    r = datasets_api.build(cfg, parse_spec(DEMO_DATASET, "the demo's dataset spec"))
+    r = dataset_jobs.build(cfg, parse_spec(DEMO_DATASET, "the demo's dataset spec"))  # (its dataset_built event too)
     counts = "; ".join(f"{split}: " + ", ".join(f"{c} {n}" for c, n in by.items()) for split, by in r["counts"].items())
     out.print(f"[bold]12. dataset[/]  {r['name']}@{r['version']} ({DEMO_DATASET['layout']}, class = variant): "
               f"{counts} — " + (f"unchanged since version {r['version']}, " if r.get("unchanged") else

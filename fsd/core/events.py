@@ -70,6 +70,19 @@ class EventTables:
                         break
         return out
 
+    def events_since(self, kind: str, since_s: float) -> list[tuple[int, dict[str, Any]]]:
+        """(time in ns of its key, event) of each event of `kind` recorded since `since_s` (a
+        time.time()), oldest first: read from that key on, not the whole table."""
+        out = []
+        with self.env.begin(db=self.events) as txn:
+            cur = txn.cursor()
+            if cur.set_range(struct.pack(">Q", max(0, int(since_s * 1e9)))):
+                for k, v in cur:
+                    doc = json.loads(v)
+                    if doc.get("kind") == kind:
+                        out.append((struct.unpack(">Q", bytes(k)[:8])[0], doc))
+        return out
+
     def queue_repair(self, sid: bytes, disk_uuid: str, reason: str) -> None:
         with self.env.begin(write=True, db=self.repairs) as txn:
             txn.put(sid + disk_uuid.encode(), json.dumps({"reason": reason, "time": time.time()}).encode())

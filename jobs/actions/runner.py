@@ -21,7 +21,7 @@ from fsd.base.config import Settings
 from fsd.base.errors import ExitCode, HoardError, first_line
 from fsd.base.files import flocked
 from fsd.outputs import zones
-from jobs import runlog
+from jobs import events, runlog
 from jobs.actions.state import (
     HEARTBEAT_S,
     QUEUE_OF,
@@ -107,6 +107,12 @@ def _run_step_logged(cfg: Settings, rid: str, step: str, *, then_enqueue: bool =
         st.status = w.status
         st.seconds[step] = round(st.seconds.get(step, 0) + time.monotonic() - t0, 3)
         st.report["poll_s"] = w.poll_s  # saved: `--here` waits this long between two checks
+        if w.status == Status.WAIT_GPU_READY.value and st.gate.get("event_of") != st.gate.get("since"):
+            # the first wait at this gate only, not every poll (and once by its key whatever happens)
+            events.emit(cfg, "gate_waiting", f"gate_waiting:{rid}:{st.attempt}:{st.gate.get('since')}", rid,
+                        {"run": rid, "action": st.action, "since": st.gate.get("since"),
+                         "release": f"hoard action release {rid}"})
+            st.gate["event_of"] = st.gate.get("since")
         save_state(cfg, st)
         if then_enqueue:
             _schedule_poll(cfg, st, w.poll_s)
@@ -133,8 +139,18 @@ def _run_step_logged(cfg: Settings, rid: str, step: str, *, then_enqueue: bool =
     else:
         st.status, st.error, st.exit_code = Status.DONE.value, None, 0
         save_state(cfg, st)
+        events.emit(cfg, "run_finished", f"run_finished:{rid}", rid, _finished_detail(st))
         after_done(cfg, st, here=not then_enqueue)
     return st.report
+
+
+def _finished_detail(st: RunState) -> dict[str, Any]:
+    """What `run_finished` says of a run: its action, version, parameters (as `run_failed`'s detail
+    has them) and figures."""
+    rep = st.report
+    return {"run": st.run_id, "action": st.action, "version": st.version, "params": st.params, "inputs": st.inputs,
+            "started_at": st.created, "finished_at": rep.get("finished_at"),
+            "database": rep.get("database"), "seconds": round(sum(st.seconds.values()), 3)}
 
 
 #: the job that deletes what finished runs set aside in 3C's trash (one at a time, by its id)

@@ -47,7 +47,7 @@ from fsd.base.paths import display
 from fsd.core.layout import pin_path
 from fsd.outputs.seal import MANIFEST
 from fsd.store import Store
-from jobs import outputs
+from jobs import events, outputs
 from jobs.actions import execute, labelstudio, parse
 from jobs.actions.contract import Contract, RunExternal, RunLabelStudio
 from jobs.actions.execute import Roots
@@ -623,6 +623,7 @@ def write_pending_events(cfg: Settings, st: RunState) -> bool:
                         apply_write_intent(conn, st.pending_events[0])
                     except IntentConflict:
                         pass  # this attempt's ending was written by a process that died before saving
+                    _emit_failed(cfg, st, st.pending_events[0], conn)
                     st.pending_events.pop(0)
         st.report.pop("ending_event", None)
     except psycopg.OperationalError as e:
@@ -631,6 +632,16 @@ def write_pending_events(cfg: Settings, st: RunState) -> bool:
         log.info("run %s: its ending event was not recorded: %s", st.run_id, st.report["ending_event"])
     save_state(cfg, st)
     return not st.pending_events
+
+
+def _emit_failed(cfg: Settings, st: RunState, intent: dict[str, Any], conn: psycopg.Connection) -> None:
+    """The webhooks' `run_failed` (jobs.events) of an ending just written: once per attempt (its
+    key is the ending's), and only once PostgreSQL took the ending — so it waits with it."""
+    for ev in intent.get("events", []):
+        if ev.get("status") == Status.FAILED.value:
+            events.emit(cfg, "run_failed", "run_failed:" + str(intent["key"]).removeprefix("action-end:"), st.run_id,
+                        {"run": st.run_id, "action": st.action, "ended_at": ev.get("ended_at")} | ev.get("detail", {}),
+                        conn=conn)
 
 
 def wait_a_little(seconds: float, stop: Callable[[], bool]) -> None:

@@ -26,6 +26,7 @@ from fsd.io.replicate import replicate_once
 from fsd.outputs import members, zones
 from fsd.outputs.manifest import batch_manifest, naming_lock
 from fsd.store import Store
+from jobs import events
 from jobs.ingest.state import SIGNAL, BatchState, IngestError, Status, _now, _work, save_state
 from sql.apply import apply_write_intent
 from sql.migrate import migrate
@@ -267,10 +268,14 @@ def _step_finish(cfg: Settings, st: BatchState) -> None:
     status = Status.DONE_WITH_REJECTS if st.report.get("rejected") else Status.DONE
     summary = {k: v for k, v in st.report.items() if k != "rejected"} | {
         "rejected": len(st.report.get("rejected", [])), "status": status.value}
+    detail = json.loads(json.dumps(summary, default=str))
     with psycopg.connect(cfg.database_url, autocommit=True) as conn:
         apply_write_intent(conn, {"key": f"ingest:{st.batch_id}:event", "events": [{
             "batch_id": st.batch_id, "action": 0, "status": "done", "started_at": st.signalled,
-            "ended_at": st.report["finished_at"], "detail": json.loads(json.dumps(summary, default=str))}]})
+            "ended_at": st.report["finished_at"], "detail": detail}]})
+        # the webhooks' event (jobs.events): once per batch whatever re-runs the step; never fails it
+        events.emit(cfg, "batch_ingested", f"batch_ingested:{st.batch_id}", st.batch_id,
+                    {"batch": st.batch_id, "source": st.source} | detail, conn=conn)
     st.status = status.value
     for what in ("records", "stored"):
         _work(cfg, st.batch_id, what).unlink(missing_ok=True)
