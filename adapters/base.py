@@ -95,6 +95,18 @@ class Parsed:
         self.rejects.append(Reject(list(rels), reason))
 
 
+@dataclass(frozen=True, slots=True)
+class Rendition:
+    """A file the ingest makes from a parsed record (`Adapter.render`) and stores as a child of
+    the record's node: `name` (letters, digits, `_`, `-`, one extension) under `rendered/` in
+    the batch, the edge's `relationship`, and labels the file gets (key → value)."""
+
+    name: str
+    data: bytes
+    relationship: str
+    labels: dict[str, str]
+
+
 class BadDocument(ValueError):
     """A metadata document that cannot be read; the message says where it breaks."""
 
@@ -221,6 +233,14 @@ class Adapter:
 
     def parse(self, batch: BatchView) -> Parsed:  # pragma: no cover - interface
         raise NotImplementedError
+
+    def render(self, record: dict[str, Any]) -> Rendition | None:
+        """A file to make from a parsed record (its JSON form, `adapters.records.record_json`),
+        or None. Run by the ingest job, not by the sandboxed parser (which may write nothing):
+        it must check what it takes from the record, which that parser made from hostile
+        bytes, and decode nothing (stroke data: adapters.strokes). ValueError if the record is
+        not one `parse` makes."""
+        return None
 
 
 # -- helpers for adapters --------------------------------------------------------------------
