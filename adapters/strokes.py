@@ -86,7 +86,7 @@ def drawing_fault(drawing: Any) -> str | None:
             low, high = (0, MAX_T) if name == "t" else (-MAX_COORD, MAX_COORD)
             for i, v in enumerate(values):
                 if type(v) not in (int, float):  # not isinstance: a boolean is no number here
-                    return f"stroke {s} {name}[{i}] is not a number ({short(json.dumps(v), 40)})"
+                    return f"stroke {s} {name}[{i}] is not a number ({_shown(v)})"
                 if not (low <= v <= high):  # NaN compares false too
                     what = "not a finite number" if isinstance(v, float) and not math.isfinite(v) else "out of range"
                     return f"stroke {s} {name}[{i}] = {v!r} is {what} ({low:,} to {high:,})"
@@ -95,6 +95,12 @@ def drawing_fault(drawing: Any) -> str | None:
 
 def _compact(v: Any) -> str:
     return json.dumps(v, separators=(",", ":"))
+
+
+def _shown(v: Any, limit: int = 40) -> str:
+    """A JSON value for a message: compact, cut to `limit` characters."""
+    s = _compact(v)
+    return s if len(s) <= limit else s[:limit] + "…"
 
 
 class QuickDraw(Adapter):
@@ -172,7 +178,7 @@ class QuickDraw(Adapter):
         word = doc.get("word")
         if not isinstance(word, str) or not word.strip():
             raise BadDocument("has no `word` (the drawing's category, text)" if word in (None, "") or
-                              isinstance(word, str) else f"has a `word` that is not text ({short(_compact(word), 40)})")
+                              isinstance(word, str) else f"has a `word` that is not text ({_shown(word)})")
         if len(word) > MAX_WORD:
             raise BadDocument(f"has a `word` of {len(word):,} characters, more than {MAX_WORD}")
         fault = drawing_fault(doc.get("drawing"))
@@ -186,7 +192,7 @@ class QuickDraw(Adapter):
             key = str(key)
         if not isinstance(key, str) or not KEY_ID.fullmatch(key):
             raise BadDocument(f"has a `key_id` that is not 1-64 letters, digits, `_` or `-` "
-                              f"({short(_compact(key), 40)})")
+                              f"({_shown(key)})")
         if key in first:
             raise BadDocument(f"repeats key_id {key} (first at {first[key]})")
         for name, kind in (("countrycode", str), ("recognized", bool), ("timestamp", str)):
