@@ -254,3 +254,28 @@ def test_hoard_ingest_stores_drawings_pngs_and_quarantines_bad_lines(hoard_home:
     out = cfg.ssd.zone_path("3D") / "sketches-v1"
     pngs = sorted(p.relative_to(out).parts[1] for p in out.rglob("*.png"))
     assert len(pngs) == drawings and set(pngs) == {"cat", "dog"} | ({"angel"} if SAMPLES.is_dir() else set())
+
+
+def test_a_record_the_parse_never_gives_refuses_the_batch_before_anything_is_drawn(hoard_home: Path, pg) -> None:
+    """The scan step draws from the sandboxed parser's answer only after the adapter's checks:
+    a record with strokes out of bounds, a key_id that climbs out of the directory, or a name
+    given twice (what a parser made to lie could answer) refuses the batch in one line (exit 5),
+    and the files drawn before it are removed from the work directory."""
+    from fsd.base.errors import HoardError
+    from jobs.ingest.render import render_all, rendered_dir
+
+    cfg = ingest_home(hoard_home, pg)
+    good = {"node": ["a", "drawing", "1"], "specific": {"word": "cat", "drawing": drawing(2, "1")}, "edges": []}
+    made = render_all(cfg, "qd-lie", QuickDraw("quickdraw"), [dict(good, edges=[])], {"a.ndjson": 10})
+    assert made == {"rendered/1.png": {"word": "cat"}}
+    assert (rendered_dir(cfg, "qd-lie") / "1.png").read_bytes() == draw_png(drawing(2, "1"))
+    lies = [[good, {**good, "specific": {"word": "cat", "drawing": [[[0, 10**9], [0, 1]]]}}],
+            [{**good, "node": ["a", "drawing", "../../gui/users"]}],
+            [dict(good, edges=[]), dict(good, edges=[])]]
+    for records in lies:
+        with pytest.raises(HoardError) as e:
+            render_all(cfg, "qd-lie", QuickDraw("quickdraw"), [dict(r, edges=[]) for r in records], {})
+        assert int(e.value.exit_code) == 5 and "\n" not in e.value.message
+        assert "gave a record its parse never gives" in e.value.message and "nothing of the batch" in e.value.message
+        assert not rendered_dir(cfg, "qd-lie").exists()
+    assert not (hoard_home / "gui").exists()

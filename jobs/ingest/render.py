@@ -43,7 +43,8 @@ def render_all(cfg: Settings, batch_id: str, adapter: Adapter, records: list[dic
     directory), add to each record the edge from its node to the file, and return the files:
     `rendered/<name>` → the labels it gets. Durable when it returns (one syncfs, not an fsync
     a file: a batch holds tens of thousands of drawings). A record the adapter's checks refuse
-    — the parser made it; a parse never gives one — refuses the batch in one line (exit 5)."""
+    — the parser made it; a parse never gives one — refuses the batch in one line (exit 5),
+    the files drawn so far removed."""
     where = rendered_dir(cfg, batch_id)
     shutil.rmtree(where, ignore_errors=True)
     out: dict[str, dict[str, str]] = {}
@@ -56,6 +57,7 @@ def render_all(cfg: Settings, batch_id: str, adapter: Adapter, records: list[dic
             if not _NAME.fullmatch(made.name) or rel in out or rel in files:
                 raise ValueError(f"the file name {made.name!r} twice, or one that is no plain name")
         except ValueError as e:
+            shutil.rmtree(where, ignore_errors=True)
             raise HoardError(f"the {adapter.format} parser of batch {display(batch_id)} gave a record its parse never "
                              f"gives ({display(str(e))[:200]}): nothing of the batch was taken. A parser that lies has "
                              "been made to by a document of the batch (or is a bug): keep the batch for inspection "
