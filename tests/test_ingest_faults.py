@@ -100,7 +100,7 @@ def test_disk_error_under_here_names_the_disk_then_resumes(hoard_home: Path, pg,
     folder, files = drop_batch(cfg, seed=43, items=12)
     hdd1 = next(d for d in cfg.disks if d.label == "hdd1")
 
-    def dying(store: Store, batch_id: str, info) -> None:
+    def dying(store: Store, batch_id: str, info, holds=None) -> None:
         raise OSError(errno.EIO, "Input/output error", str(hdd1.path / "batches"))
 
     monkeypatch.setattr(Store, "register_batch", dying)
