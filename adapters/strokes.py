@@ -143,10 +143,14 @@ class QuickDraw(Adapter):
         """(where, the parsed document or the BadDocument saying why not) per line of an ndjson
         file, per item of a `.json` list. A `.json` that is not a list is one BadDocument."""
         if rel.endswith(".json"):
-            doc = batch.read_json(rel)
+            try:
+                doc = batch.read_json(rel)
+            except (RecursionError, ValueError) as e:  # BadDocument is one; so is a 5,000-digit number's error
+                raise BadDocument(str(e) if isinstance(e, BadDocument) else
+                                  f"{rel} is JSON nested too deep or with a number too long") from None
             if not isinstance(doc, list):
-                raise BadDocument(f"{rel} holds a JSON {type(doc).__name__}, not a list of drawings "
-                                  "(one drawing a line is the .ndjson format)")
+                raise BadDocument(f"{rel} is not a JSON list of drawings (a .json file holds a list; one "
+                                  "drawing a line is the .ndjson format)")
             out: list[tuple[str, int, Any]] = []
             for n, item in enumerate(doc, 1):
                 size = len(_compact(item).encode())
@@ -166,15 +170,16 @@ class QuickDraw(Adapter):
                 out.append(("line", n, BadDocument(f"is not UTF-8 (byte {e.start})")))
             except json.JSONDecodeError as e:
                 out.append(("line", n, BadDocument(f"is not JSON ({e.msg} at column {e.colno})")))
-            except RecursionError:
-                out.append(("line", n, BadDocument("is JSON nested too deep")))
+            except (RecursionError, ValueError):  # ValueError: a number of more than 4,300 digits
+                out.append(("line", n, BadDocument("is JSON nested too deep or with a number too long")))
         return out
 
     def _drawing(self, rel: str, where: tuple[str, int], doc: Any, first: dict[str, str]) -> tuple[Record, str]:
         """The record of one drawing (`where`: line or item, its number) and its key_id;
         BadDocument says what is wrong with it."""
         if not isinstance(doc, dict):
-            raise BadDocument(f"is a JSON {type(doc).__name__}, not an object with `word` and `drawing`")
+            what = {list: "a list", str: "text", bool: "a boolean", type(None): "null"}.get(type(doc), "a number")
+            raise BadDocument(f"is {what}, not a JSON object with `word` and `drawing`")
         word = doc.get("word")
         if not isinstance(word, str) or not word.strip():
             raise BadDocument("has no `word` (the drawing's category, text)" if word in (None, "") or

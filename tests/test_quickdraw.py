@@ -60,7 +60,9 @@ BAD = {
     "too_big_for_metadata": (line("9000000000000011", strokes=[[[65000 + i % 500 for i in range(1500)]] * 2]),
                              f"more than {DRAWING_BYTES:,}"),
     "not_json": ('{"word": "cat", "drawing": [[[1, 2], [1, 2]]', "is not JSON"),
-    "not_an_object": ("[1, 2, 3]", "is a JSON list, not an object"),
+    "nested_too_deep": ("[" * 100_000 + "]" * 100_000, "is JSON nested too deep or with a number too long"),
+    "number_too_long": ('{"word": "cat", "drawing": [[[1' + "0" * 5000 + '], [1]]]}', "with a number too long"),
+    "not_an_object": ("[1, 2, 3]", "is a list, not a JSON object with `word` and `drawing`"),
     "no_word": (json.dumps({"key_id": "9000000000000012", "drawing": drawing(2)}), "has no `word`"),
     "word_not_text": (line("9000000000000013", word=5), "has a `word` that is not text"),  # type: ignore[arg-type]
     "bad_key_id": (line("../../etc/passwd"), "has a `key_id` that is not 1-64 letters"),
@@ -106,13 +108,16 @@ def test_a_file_without_a_good_drawing_goes_to_quarantine_with_every_reason(tmp_
     its lines' reasons are given too; the batch's other files go on."""
     d = _batch(tmp_path, "b", {"bad.ndjson": "\n".join(BAD[k][0] for k in ("nan", "no_word")) + "\n",
                                "empty.ndjson": "\n\n", "good.ndjson": "\n".join(good_lines(2, "dog")),
-                               "notes.txt": "hello"})
+                               "notes.txt": "hello", "deep.json": "[" * 100_000 + "]" * 100_000,
+                               "object.json": json.dumps({"word": "cat"})})
     parsed, _ = parse_batch(d, adapter_for("quickdraw", {}))
     assert parsed.claimed == {"good.ndjson"} and len(parsed.records) == 2
     by_path = {r.paths[0]: r.reason for r in parsed.rejects if r.paths}
     assert by_path["bad.ndjson"] == "bad.ndjson holds no good drawing (2 bad); fix it and drop it in a new batch"
     assert by_path["empty.ndjson"].startswith("empty.ndjson holds no drawing")
     assert "not described by any quickdraw metadata" in by_path["notes.txt"]
+    assert by_path["deep.json"].startswith("deep.json is JSON nested too deep or with a number too long; fix")
+    assert by_path["object.json"].startswith("object.json is not a JSON list of drawings")
     lines = [r.reason for r in parsed.rejects if not r.paths]
     assert lines[0].startswith("bad.ndjson line 1: stroke 1 x[1] = nan") and lines[1].startswith("bad.ndjson line 2:")
 
