@@ -29,7 +29,20 @@ import math
 import re
 from typing import Any
 
-from adapters.base import Adapter, Asset, BadDocument, BatchView, Parsed, Record, Rendition, short, text, to_time
+from adapters.base import (
+    JSON_ERRORS,
+    Adapter,
+    Asset,
+    BadDocument,
+    BatchView,
+    Parsed,
+    Record,
+    Rendition,
+    json_fault,
+    short,
+    text,
+    to_time,
+)
 
 #: the longest line (or list item, as JSON) taken; a longer one is refused unread
 MAX_LINE_BYTES = 1 << 20
@@ -143,11 +156,7 @@ class QuickDraw(Adapter):
         """(where, the parsed document or the BadDocument saying why not) per line of an ndjson
         file, per item of a `.json` list. A `.json` that is not a list is one BadDocument."""
         if rel.endswith(".json"):
-            try:
-                doc = batch.read_json(rel)
-            except (RecursionError, ValueError) as e:  # BadDocument is one; so is a 5,000-digit number's error
-                raise BadDocument(str(e) if isinstance(e, BadDocument) else
-                                  f"{rel} is JSON nested too deep or with a number too long") from None
+            doc = batch.read_json(rel)
             if not isinstance(doc, list):
                 raise BadDocument(f"{rel} is not a JSON list of drawings (a .json file holds a list; one "
                                   "drawing a line is the .ndjson format)")
@@ -166,12 +175,8 @@ class QuickDraw(Adapter):
                 continue
             try:
                 out.append(("line", n, json.loads(line)))
-            except UnicodeDecodeError as e:
-                out.append(("line", n, BadDocument(f"is not UTF-8 (byte {e.start})")))
-            except json.JSONDecodeError as e:
-                out.append(("line", n, BadDocument(f"is not JSON ({e.msg} at column {e.colno})")))
-            except (RecursionError, ValueError):  # ValueError: a number of more than 4,300 digits
-                out.append(("line", n, BadDocument("is JSON nested too deep or with a number too long")))
+            except JSON_ERRORS as e:
+                out.append(("line", n, BadDocument(json_fault(e, line))))
         return out
 
     def _drawing(self, rel: str, where: tuple[str, int], doc: Any, first: dict[str, str]) -> tuple[Record, str]:

@@ -181,6 +181,45 @@ def test_a_mistyped_document_is_rejected_alone(tmp_path: Path, case: int, data) 
     parse_intent(json.loads(json.dumps(intent, default=str)))
 
 
+#: JSON that json.loads refuses with neither JSONDecodeError nor UnicodeDecodeError
+UNREADABLE = {"nested past the recursion limit": ("[" * 100_000 + "]" * 100_000, "nested deeper than can be read"),
+              "a 5,000-digit number": ('{"id": 1' + "0" * 5000 + "}", "a number of more than 4,300 digits")}
+
+
+@pytest.mark.parametrize("what", list(UNREADABLE))
+@pytest.mark.parametrize("case", range(len(CASES)), ids=[f"{c[0]}-{i}" for i, c in enumerate(CASES)])
+def test_json_too_deep_or_too_long_to_read_rejects_its_document_alone(tmp_path: Path, case: int, what: str) -> None:
+    """A document nested past Python's recursion limit, or holding an integer of more digits
+    than Python converts, is one reject naming it — json.loads raises RecursionError and
+    ValueError there, which ended the whole batch's parse — and the other documents are taken."""
+    fmt, victim, _doc, rest = CASES[case]
+    root = tmp_path / "batch"
+    root.mkdir()
+    for rel, body in rest.items():
+        (root / rel).write_bytes(body)
+    body, phrase = UNREADABLE[what]
+    (root / victim).write_text(body)
+    parsed, _ = parse_batch(root, FORMATS[fmt](fmt))
+    mine = [r.reason for r in parsed.rejects if victim in r.paths]
+    start = f"{victim} line 1 is JSON " if victim.endswith(".jsonl") else f"{victim} is JSON "
+    assert len(mine) == 1 and mine[0].startswith(start) and phrase in mine[0], parsed.rejects
+    assert {rel for rel in rest if not rel.startswith("a.")} <= parsed.claimed
+
+
+def test_a_csv_header_past_the_field_limit_rejects_its_manifest_alone(tmp_path: Path) -> None:
+    """A manifest whose header holds a cell past csv's field limit (128 KB) is one reject naming
+    it (csv.Error was raised outside the rows' reading, and ended the batch's parse)."""
+    root = tmp_path / "batch"
+    root.mkdir()
+    (root / "a.csv").write_text('"' + "x" * 200_000 + '"\n')
+    (root / "b.csv").write_text("path,title\nb.png,t\n")
+    (root / "b.png").write_bytes(PNG)
+    parsed, _ = parse_batch(root, FORMATS["csv_manifest"]("csv_manifest"))
+    assert [r.paths for r in parsed.rejects] == [["a.csv"]]
+    assert parsed.rejects[0].reason.startswith("manifest a.csv line 1: field larger than field limit")
+    assert parsed.claimed == {"b.csv", "b.png"}
+
+
 def test_a_list_of_strings_as_attachments_fails_only_its_file(tmp_path: Path) -> None:
     """The reported case: `"media_attachments": ["not-an-object"]` rejects that status's file
     with one line naming it; the good status in the other file is ingested."""

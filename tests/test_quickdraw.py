@@ -59,9 +59,10 @@ BAD = {
                         f"more than {MAX_POINTS:,} points"),
     "too_big_for_metadata": (line("9000000000000011", strokes=[[[65000 + i % 500 for i in range(1500)]] * 2]),
                              f"more than {DRAWING_BYTES:,}"),
-    "not_json": ('{"word": "cat", "drawing": [[[1, 2], [1, 2]]', "is not JSON"),
-    "nested_too_deep": ("[" * 100_000 + "]" * 100_000, "is JSON nested too deep or with a number too long"),
-    "number_too_long": ('{"word": "cat", "drawing": [[[1' + "0" * 5000 + '], [1]]]}', "with a number too long"),
+    "not_json": ('{"word": "cat", "drawing": [[[1, 2], [1, 2]]', "is truncated JSON: Expecting ',' delimiter"),
+    "nested_too_deep": ("[" * 100_000 + "]" * 100_000, "is JSON nested deeper than can be read"),
+    "number_too_long": ('{"word": "cat", "drawing": [[[1' + "0" * 5000 + '], [1]]]}',
+                        "is JSON with a number of more than 4,300 digits"),
     "not_an_object": ("[1, 2, 3]", "is a list, not a JSON object with `word` and `drawing`"),
     "no_word": (json.dumps({"key_id": "9000000000000012", "drawing": drawing(2)}), "has no `word`"),
     "word_not_text": (line("9000000000000013", word=5), "has a `word` that is not text"),  # type: ignore[arg-type]
@@ -116,7 +117,7 @@ def test_a_file_without_a_good_drawing_goes_to_quarantine_with_every_reason(tmp_
     assert by_path["bad.ndjson"] == "bad.ndjson holds no good drawing (2 bad); fix it and drop it in a new batch"
     assert by_path["empty.ndjson"].startswith("empty.ndjson holds no drawing")
     assert "not described by any quickdraw metadata" in by_path["notes.txt"]
-    assert by_path["deep.json"].startswith("deep.json is JSON nested too deep or with a number too long; fix")
+    assert by_path["deep.json"].startswith("deep.json is JSON nested deeper than can be read; fix")
     assert by_path["object.json"].startswith("object.json is not a JSON list of drawings")
     lines = [r.reason for r in parsed.rejects if not r.paths]
     assert lines[0].startswith("bad.ndjson line 1: stroke 1 x[1] = nan") and lines[1].startswith("bad.ndjson line 2:")
