@@ -153,8 +153,9 @@ class QuickDraw(Adapter):
 
     @staticmethod
     def _items(batch: BatchView, rel: str) -> list[tuple[str, int, Any]]:
-        """(where, the parsed document or the BadDocument saying why not) per line of an ndjson
-        file, per item of a `.json` list. A `.json` that is not a list is one BadDocument."""
+        """("line", its number, the parsed document or the BadDocument saying why not) per line
+        of an ndjson file (blank lines count, unread), ("item", …) per item of a `.json` list.
+        A `.json` that is not a list is one BadDocument."""
         if rel.endswith(".json"):
             doc = batch.read_json(rel)
             if not isinstance(doc, list):
@@ -243,7 +244,7 @@ class QuickDraw(Adapter):
         word: Any = specific.get("word")
         key = node[2]
         fault = drawing_fault(drawing) or (None if KEY_ID.fullmatch(key) else "a key_id that is no file name") or (
-            None if isinstance(word, str) and 0 < len(word) <= MAX_WORD else "no word")
+            None if isinstance(word, str) and word.strip() and len(word) <= MAX_WORD else "no word")
         if fault:
             raise ValueError(f"drawing {short(key, 70)}: {fault}")
         return Rendition(f"{key}.png", draw_png(drawing), "media_of", {"word": word.strip()})

@@ -162,7 +162,7 @@ def test_render_checks_the_record_again() -> None:
     assert QuickDraw("quickdraw").render(ok) is not None
     assert QuickDraw("quickdraw").render({"node": ["f", "x.ndjson"], "specific": {}}) is None
     for bad in ({"node": ["a", "drawing", "../x"]}, {"specific": {"word": "cat", "drawing": [[[1] * 30_000] * 2]}},
-                {"specific": {"word": "", "drawing": drawing(1)}}, {"specific": {"word": "cat", "drawing": "x"}}):
+                {"specific": {"word": " ", "drawing": drawing(1)}}, {"specific": {"word": "cat", "drawing": "x"}}):
         with pytest.raises(ValueError):
             QuickDraw("quickdraw").render(ok | bad)
     assert drawing_fault([[[1.5, 2], [3, -4.25]]]) is None
