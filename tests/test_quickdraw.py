@@ -285,3 +285,25 @@ def test_a_record_the_parse_never_gives_refuses_the_batch_before_anything_is_dra
         assert "gave a record its parse never gives" in e.value.message and "nothing of the batch" in e.value.message
         assert not rendered_dir(cfg, "qd-lie").exists()
     assert not (hoard_home / "gui").exists()
+
+
+def test_the_pngs_are_deleted_with_their_batch(hoard_home: Path, pg) -> None:
+    """`hoard ingest --here` (no worker) of a stroke batch, then `hoard delete --batch` and `hoard
+    gc`: the rendered PNGs are members of the batch like the ndjson — marked deleted in the
+    database and freed from the store — so no PNG outlives the batch that made it."""
+    cfg = ingest_home(hoard_home, pg)
+    _batch(cfg.ssd.zone_path("3A"), "qd-del", {"a.ndjson": "\n".join(good_lines(3, "tree"))})
+    done = _hoard(cfg, "ingest", str(cfg.ssd.zone_path("3A") / "qd-del"), "--source", "quickdraw", "--here")
+    assert done.returncode == 0, done.stdout + done.stderr
+    pngs = {bytes(s).hex() for (s,) in pg.execute(
+        "SELECT n.sha256 FROM node n JOIN physical_content pc USING (node_id) WHERE pc.file_type = 'png'")}
+    assert len(pngs) == 3
+    gone = _hoard(cfg, "delete", "--batch", "qd-del", "--yes")
+    assert gone.returncode == 0, gone.stderr
+    deleted = {bytes(s).hex() for (s,) in pg.execute(
+        "SELECT n.sha256 FROM physical_content pc JOIN node n USING (node_id) WHERE pc.is_deleted")}
+    assert pngs < deleted  # the ndjson too
+    freed = _hoard(cfg, "gc", "--threshold", "1.0")
+    assert freed.returncode == 0, freed.stderr
+    with Store.open(cfg, writable=False) as store:
+        assert all(store.index.lookup(bytes.fromhex(s)) is None for s in pngs)
