@@ -15,19 +15,20 @@ import difflib
 from collections.abc import Mapping
 from pathlib import Path
 
-from adapters.base import Adapter, Asset, BatchView, File, Parsed, Record, Reject
+from adapters.base import Adapter, Asset, BatchView, File, Parsed, Record, Reject, Rendition
 from adapters.manifest import CsvManifest
 from adapters.screen import display, quarantine, screen
 from adapters.sidecars import GalleryDl, Sidecar, YtDlp
 from adapters.social import Mastodon, Reddit, Twitter
+from adapters.strokes import QuickDraw
 from fsd.base.errors import ExitCode, HoardError
 
-__all__ = ["ALIASES", "FORMATS", "Adapter", "Asset", "BatchView", "File", "Parsed", "Record", "Reject", "UnknownSource",
-           "adapter_for", "canonical_source", "display", "known_sources", "parse_batch", "quarantine", "screen"]
+__all__ = ["ALIASES", "FORMATS", "Adapter", "Asset", "BatchView", "File", "Parsed", "Record", "Reject", "Rendition",
+           "UnknownSource", "adapter_for", "canonical_source", "display", "known_sources", "parse_batch", "quarantine", "screen"]
 
 #: format name → adapter class; a source name that is a format name needs no configuration
 FORMATS: dict[str, type[Adapter]] = {a.format: a for a in (YtDlp, GalleryDl, Sidecar, CsvManifest,
-                                                           Twitter, Reddit, Mastodon)}
+                                                           Twitter, Reddit, Mastodon, QuickDraw)}
 
 
 #: an alias (`yt-dlp`, `gallery-dl`) → the format it stands for; see `Adapter.aliases`

@@ -22,6 +22,7 @@ import datetime as dt
 import json
 import os
 import stat
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -93,6 +94,18 @@ class Parsed:
 
     def reject(self, reason: str, *rels: str) -> None:
         self.rejects.append(Reject(list(rels), reason))
+
+
+@dataclass(frozen=True, slots=True)
+class Rendition:
+    """A file the ingest makes from a parsed record (`Adapter.render`) and stores as a child of
+    the record's node: `name` (letters, digits, `_`, `-`, one extension) under `rendered/` in
+    the batch, the edge's `relationship`, and labels the file gets (key → value)."""
+
+    name: str
+    data: bytes
+    relationship: str
+    labels: dict[str, str]
 
 
 class BadDocument(ValueError):
@@ -176,11 +189,8 @@ class BatchView:
         raw = self.read_bytes(rel)
         try:
             return json.loads(raw)
-        except UnicodeDecodeError as e:
-            raise BadDocument(f"{rel} is not UTF-8 (byte {e.start})") from None
-        except json.JSONDecodeError as e:
-            what = "truncated" if e.pos >= len(raw.rstrip()) else "malformed"
-            raise BadDocument(f"{rel} is {what} JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
+        except JSON_ERRORS as e:
+            raise BadDocument(f"{rel} {json_fault(e, raw)}") from None
 
     def read_jsonl(self, rel: str) -> list[Any]:
         out = []
@@ -189,8 +199,8 @@ class BatchView:
                 continue
             try:
                 out.append(json.loads(line))
-            except (UnicodeDecodeError, json.JSONDecodeError) as e:
-                raise BadDocument(f"{rel} line {n} is not valid JSON ({e})") from None
+            except JSON_ERRORS as e:
+                raise BadDocument(f"{rel} line {n} {json_fault(e, line)}") from None
         return out
 
     def ref(self, base: str, name: str) -> str:
@@ -207,6 +217,26 @@ def short(name: str, limit: int = 80) -> str:
     return repr(name) if len(name) <= limit else repr(name[:limit]) + f"… ({len(name)} characters)"
 
 
+#: what json.loads raises on bytes it cannot take: JSONDecodeError and UnicodeDecodeError (both
+#: ValueErrors), a plain ValueError for an integer past Python's digit limit (4,300), and
+#: RecursionError for arrays or objects nested past the interpreter's — a scraped document
+#: can be any of them, and each must reject that document, not end the batch's parse
+JSON_ERRORS = (ValueError, RecursionError)
+
+
+def json_fault(e: BaseException, raw: bytes) -> str:
+    """Why json.loads refused `raw` (one of JSON_ERRORS), as the end of a sentence that names
+    the document: "is truncated JSON: … at line 1 column 9"."""
+    if isinstance(e, UnicodeDecodeError):
+        return f"is not UTF-8 (byte {e.start})"
+    if isinstance(e, json.JSONDecodeError):
+        what = "truncated" if e.pos >= len(raw.rstrip()) else "malformed"
+        return f"is {what} JSON: {e.msg} at line {e.lineno} column {e.colno}"
+    if isinstance(e, RecursionError):
+        return "is JSON nested deeper than can be read"
+    return f"is JSON with a number of more than {sys.get_int_max_str_digits():,} digits"
+
+
 class Adapter:
     """Base class of a format. Subclasses set `format` and implement `parse`."""
 
@@ -221,6 +251,14 @@ class Adapter:
 
     def parse(self, batch: BatchView) -> Parsed:  # pragma: no cover - interface
         raise NotImplementedError
+
+    def render(self, record: dict[str, Any]) -> Rendition | None:
+        """A file to make from a parsed record (its JSON form, `adapters.records.record_json`),
+        or None. Run by the ingest job, not by the sandboxed parser (which may write nothing):
+        it must check what it takes from the record, which that parser made from hostile
+        bytes, and decode nothing (stroke data: adapters.strokes). ValueError if the record is
+        not one `parse` makes."""
+        return None
 
 
 # -- helpers for adapters --------------------------------------------------------------------

@@ -28,8 +28,11 @@ class IntentStats:
 
 
 def build_intent(key: str, batch_id: str, source: str, records: list[Record], stored: dict[str, tuple[str, int]],
-                 download_time: dt.datetime) -> tuple[dict[str, Any], IntentStats]:
-    """`stored`: relative path → (sha256 hex, size) of every file the store took."""
+                 download_time: dt.datetime, labels: dict[str, dict[str, str]] | None = None,
+                 ) -> tuple[dict[str, Any], IntentStats]:
+    """`stored`: relative path → (sha256 hex, size) of every file the store took; `labels`:
+    relative path → the labels (key → value) its file gets, with origin `ingest:<source>`
+    (the rendered files' labels, e.g. a drawing's word)."""
     stats = IntentStats()
     nodes: dict[str, dict[str, Any]] = {}
     for rel, (sha, size) in stored.items():
@@ -66,6 +69,10 @@ def build_intent(key: str, batch_id: str, source: str, records: list[Record], st
               "relationships": [{"name": r} for r in RELATIONSHIPS],
               "nodes": list(nodes.values()), "metadata": metadata, "edges": list(edges.values()),
               "batches": [{"batch_id": batch_id, "source": source, "members": members, "seal": True}]}
+    marks = _no_nul([{"node": stored[rel][0], "key": k, "value": v, "origin": f"ingest:{source}"}
+                     for rel, kv in sorted((labels or {}).items()) if rel in stored for k, v in sorted(kv.items())])
+    if marks:  # only then: an intent of a batch without labels hashes as before
+        intent["labels"] = marks
     return intent, stats
 
 

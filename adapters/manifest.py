@@ -55,7 +55,10 @@ class CsvManifest(Adapter):
         except UnicodeDecodeError as e:
             raise BadDocument(f"manifest {man} is not UTF-8 (byte {e.start})") from None
         reader = csv.DictReader(io.StringIO(body, newline=""))
-        header = reader.fieldnames or []
+        try:
+            header = reader.fieldnames or []
+        except csv.Error as e:  # a header cell past csv's field limit (128 KB)
+            raise BadDocument(f"manifest {man} line {max(reader.line_num, 1)}: {e}") from None
         if not any(c in header for c in _PATH):
             raise BadDocument(f"manifest {man} has no path column (one of {', '.join(_PATH)}); "
                               f"its header is {', '.join(header) or 'empty'}")

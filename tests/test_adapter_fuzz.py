@@ -1,7 +1,7 @@
 """Type-mutation fuzz of every JSON adapter: one document of a batch with values of the wrong
 JSON type (an object where a list belongs, a number where text belongs, …) is rejected with
-one line naming its file — never an exception out of the adapter or the intent builder — and
-the batch's other documents still give their records and a valid write-intent. (csv_manifest
+one line naming its file (quickdraw: a line naming its line) — never an exception out of the
+adapter, its renderer or the intent builder — and the batch's other documents still give their records and a valid write-intent. (csv_manifest
 is not here: its cells are all text, there are no JSON types to mutate.)"""
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 
 from adapters import FORMATS, parse_batch
 from adapters.intent import build_intent
+from adapters.records import record_json
 from sql.intents import parse_intent
 from tests.helpers import REALDATA
 
@@ -48,6 +49,8 @@ YTDLP_INFO = {"id": "v1", "title": "t", "ext": "mp4", "view_count": 3, "timestam
 GALLERY_DOC = {"category": "site", "id": 5, "user": {"name": "n", "id": 7}, "title": "t",
                "date": "2024-01-01 00:00:00", "tags": ["x"], "width": 1}
 SIDECAR_DOC = {"title": "t", "author": {"name": "n"}, "views": 3, "date": "2024-01-02", "id": "i", "parent_id": "p"}
+QUICKDRAW = [{"word": "cat", "countrycode": "US", "timestamp": "2017-03-03 20:39:08.85189 UTC", "recognized": True,
+              "key_id": f"{n}", "drawing": [[[1, 2 + n, 3], [4, 5, 6 + n]], [[7, 8], [9, 10], [0, 12]]]} for n in (1, 2)]
 
 
 def _jsonl(*pages: Any) -> bytes:
@@ -68,6 +71,9 @@ def _cases() -> list[tuple[str, str, Any, dict[str, bytes]]]:
                                                    "b.png.json": json.dumps(GALLERY_DOC).encode()}),
         ("sidecar", "a.png.json", SIDECAR_DOC, {"a.png": PNG, "b.png": PNG + b"b",
                                                 "b.png.json": json.dumps(SIDECAR_DOC).encode()}),
+        # a drawing repeated in another file is a line refused there (a repeated key_id): the
+        # bystander's drawings are others
+        ("quickdraw", "a.json", QUICKDRAW, {"b.ndjson": _jsonl(*({**d, "key_id": f"b{d['key_id']}"} for d in QUICKDRAW))}),
     ]
     social = REALDATA / "social_api"
     if social.is_dir():  # the real samples when ../shared/realdata is there
@@ -167,10 +173,51 @@ def test_a_mistyped_document_is_rejected_alone(tmp_path: Path, case: int, data) 
     assert bystanders <= parsed.claimed
     if victim_rejects:  # the bystander gives everything it gives alone (with the victim taken, items
         assert _nodes(alone) <= _nodes(parsed), _nodes(alone) - _nodes(parsed)  # both hold are the victim's)
+    for rec in parsed.records:  # a record the parse made is one the ingest can render (stroke data)
+        adapter.render(record_json(rec))
     stored = {rel: (hashlib.sha256((root / rel).read_bytes()).hexdigest(), size)
               for rel, size in view.files.items() if rel in parsed.claimed}
     intent, _ = build_intent("fuzz", "b1", fmt, parsed.records, stored, dt.datetime(2026, 1, 1, tzinfo=dt.UTC))
     parse_intent(json.loads(json.dumps(intent, default=str)))
+
+
+#: JSON that json.loads refuses with neither JSONDecodeError nor UnicodeDecodeError
+UNREADABLE = {"nested past the recursion limit": ("[" * 100_000 + "]" * 100_000, "nested deeper than can be read"),
+              "a 5,000-digit number": ('{"id": 1' + "0" * 5000 + "}", "a number of more than 4,300 digits")}
+
+
+@pytest.mark.parametrize("what", list(UNREADABLE))
+@pytest.mark.parametrize("case", range(len(CASES)), ids=[f"{c[0]}-{i}" for i, c in enumerate(CASES)])
+def test_json_too_deep_or_too_long_to_read_rejects_its_document_alone(tmp_path: Path, case: int, what: str) -> None:
+    """A document nested past Python's recursion limit, or holding an integer of more digits
+    than Python converts, is one reject naming it — json.loads raises RecursionError and
+    ValueError there, which ended the whole batch's parse — and the other documents are taken."""
+    fmt, victim, _doc, rest = CASES[case]
+    root = tmp_path / "batch"
+    root.mkdir()
+    for rel, body in rest.items():
+        (root / rel).write_bytes(body)
+    body, phrase = UNREADABLE[what]
+    (root / victim).write_text(body)
+    parsed, _ = parse_batch(root, FORMATS[fmt](fmt))
+    mine = [r.reason for r in parsed.rejects if victim in r.paths]
+    start = f"{victim} line 1 is JSON " if victim.endswith(".jsonl") else f"{victim} is JSON "
+    assert len(mine) == 1 and mine[0].startswith(start) and phrase in mine[0], parsed.rejects
+    assert {rel for rel in rest if not rel.startswith("a.")} <= parsed.claimed
+
+
+def test_a_csv_header_past_the_field_limit_rejects_its_manifest_alone(tmp_path: Path) -> None:
+    """A manifest whose header holds a cell past csv's field limit (128 KB) is one reject naming
+    it (csv.Error was raised outside the rows' reading, and ended the batch's parse)."""
+    root = tmp_path / "batch"
+    root.mkdir()
+    (root / "a.csv").write_text('"' + "x" * 200_000 + '"\n')
+    (root / "b.csv").write_text("path,title\nb.png,t\n")
+    (root / "b.png").write_bytes(PNG)
+    parsed, _ = parse_batch(root, FORMATS["csv_manifest"]("csv_manifest"))
+    assert [r.paths for r in parsed.rejects] == [["a.csv"]]
+    assert parsed.rejects[0].reason.startswith("manifest a.csv line 1: field larger than field limit")
+    assert parsed.claimed == {"b.csv", "b.png"}
 
 
 def test_a_list_of_strings_as_attachments_fails_only_its_file(tmp_path: Path) -> None:

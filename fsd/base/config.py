@@ -41,7 +41,8 @@ from fsd.base.errors import ConfigError
 ZONES = ("3A", "3B", "3C", "3D")
 #: the batch formats a `[sources]` entry may name, in the order messages list them: one per
 #: adapter of `adapters.FORMATS` (a test keeps the two equal; the config sits below adapters)
-SOURCE_FORMATS = ("ytdlp", "gallery_dl", "sidecar", "csv_manifest", "twitter", "reddit", "mastodon")
+SOURCE_FORMATS = ("ytdlp", "gallery_dl", "sidecar", "csv_manifest", "twitter", "reddit", "mastodon",
+                  "quickdraw")
 ZoneName = Literal["3A", "3B", "3C", "3D"]
 SEARCH_PATHS = (Path("hoard.toml"), Path("/etc/hoard/hoard.toml"))
 

@@ -27,6 +27,8 @@ from fsd.outputs import members, zones
 from fsd.outputs.manifest import batch_manifest, naming_lock
 from fsd.store import Store
 from jobs import events
+from jobs.ingest.render import forget as forget_rendered
+from jobs.ingest.render import path_of, render_all
 from jobs.ingest.state import SIGNAL, BatchState, IngestError, Status, _now, _work, save_state
 from sql.apply import apply_write_intent
 from sql.migrate import migrate
@@ -61,11 +63,15 @@ def _step_scan(cfg: Settings, st: BatchState) -> None:
                      for r in parsed.rejects for p in (r.paths or [""])], "quarantine": None})
     if not files:
         _nothing_accepted(st, root, "accepted", st.report["rejected"])  # --status lists every reason
+    # made before anything moves: a record the adapter's checks refuse refuses the batch whole
+    rendered = render_all(cfg, st.batch_id, adapter, records, files)
+    if rendered:
+        st.report["files_rendered"] = len(rendered)
     quarantine(zone3a, st.batch_id, parsed.rejects)
     if parsed.rejects:
         st.report["quarantine"] = str(zone3a / "_quarantine" / st.batch_id)
     atomic_write(_work(cfg, st.batch_id, "records"),
-                 json.dumps({"files": files, "records": records,
+                 json.dumps({"files": files, "records": records, "rendered": rendered,
                              "identity": {rel: view.identity[rel] for rel in files if rel in view.identity}}).encode())
 
 
@@ -102,7 +108,8 @@ def _nothing_accepted(st: BatchState, root: Path, what: str, rejected: list[dict
 def _step_store(cfg: Settings, st: BatchState) -> None:
     work = json.loads(_work(cfg, st.batch_id, "records").read_bytes())
     root = cfg.ssd.zone_path("3A") / st.batch_id
-    rels = list(work["files"])
+    rendered = work.get("rendered", {})  # a work file of before rendered files has none
+    rels = [*work["files"], *rendered]
     # each file must be the one the scan saw (device, inode, size, mtime): one swapped for a
     # link to a secret since was stored as root, and the world-readable shards gave it back
     # (the device is the batch directory's now, not the scan's: a reboot or a power cut may
@@ -111,7 +118,8 @@ def _step_store(cfg: Settings, st: BatchState) -> None:
     dev = os.stat(root).st_dev if work.get("identity") else 0
     expect = {str(root / r): (dev, *v[1:]) for r, v in work.get("identity", {}).items()}
     with Store.open(cfg) as store:
-        results = store.put_many([root / r for r in rels], klass="raw", expect=expect)
+        results = store.put_many([path_of(cfg, st.batch_id, root, r, rendered) for r in rels], klass="raw",
+                                 expect=expect)
         # referenced from now on, before the store lock is let go: a `hoard delete --batch`
         # of another batch holding the same files cannot let gc free them before this
         # batch's manifest is registered (the package step); the finish step unpins
@@ -138,10 +146,11 @@ def _step_store(cfg: Settings, st: BatchState) -> None:
 
 
 def _step_apply(cfg: Settings, st: BatchState) -> None:
-    records = [record_load(r) for r in json.loads(_work(cfg, st.batch_id, "records").read_bytes())["records"]]
+    work = json.loads(_work(cfg, st.batch_id, "records").read_bytes())
+    records = [record_load(r) for r in work["records"]]
     stored = {k: tuple(v) for k, v in json.loads(_work(cfg, st.batch_id, "stored").read_bytes()).items()}
     intent, stats = build_intent(f"ingest:{st.batch_id}", st.batch_id, st.source, records, stored,
-                                 dt.datetime.fromisoformat(st.signalled))
+                                 dt.datetime.fromisoformat(st.signalled), labels=work.get("rendered"))
     with psycopg.connect(cfg.database_url, autocommit=True) as conn:
         migrate(conn)
         res = apply_write_intent(conn, intent)
@@ -169,8 +178,10 @@ def _step_package(cfg: Settings, st: BatchState) -> None:
         zones.reserve(cfg, "3B", st.batch_id, f"ingest:{st.batch_id}", need,
                       next_step=f"`hoard ingest --resume {st.batch_id}`; the batch stays stored and in 3A until then")
         try:
+            rendered = work.get("rendered", {})
             parts = _write_parts(root, out, st.batch_id, stored, int(cfg.store.batch_size_gb * (1 << 30)),
-                                 work.get("identity", {}))
+                                 work.get("identity", {}),
+                                 {rel: path_of(cfg, st.batch_id, root, rel, rendered) for rel in rendered})
             docs = {r["doc"] for r in records if r.get("doc") and r["doc"] in stored}
             atomic_write(manifest_path, batch_manifest(st.batch_id, st.source, st.signalled, stored, parts, docs,
                                                        st.report.get("rejected", [])))
@@ -197,9 +208,10 @@ def _step_package(cfg: Settings, st: BatchState) -> None:
 
 
 def _write_parts(root: Path, out: Path, batch_id: str, stored: dict[str, tuple[str, int]], part_bytes: int,
-                 identity: dict[str, list[int]]) -> dict[str, int]:
+                 identity: dict[str, list[int]], elsewhere: dict[str, Path]) -> dict[str, int]:
     """Tar archives of at most `part_bytes` (a bigger file gets a part of its own), each
     written to a temporary name, fsynced and renamed; a part already complete is kept.
+    `elsewhere`: files of the batch read from another place than `root` (its rendered files).
     Each file must still be the one the scan saw and the store step stored (`identity`: inode,
     size, mtime; the device is the batch directory's, as the store step compares): a file or
     directory of the batch swapped for a link since would put a root-only file in the package."""
@@ -224,7 +236,7 @@ def _write_parts(root: Path, out: Path, batch_id: str, stored: dict[str, tuple[s
         with open(tmp, "wb") as fh:
             with tarfile.open(fileobj=fh, mode="w", format=tarfile.PAX_FORMAT) as tar:
                 for rel in group:
-                    with open(root / rel, "rb") as src:
+                    with open(elsewhere.get(rel, root / rel), "rb") as src:
                         fst = os.fstat(src.fileno())
                         seen = identity.get(rel)
                         if seen is not None and (dev, *seen[1:]) != (fst.st_dev, fst.st_ino, fst.st_size,
@@ -279,6 +291,7 @@ def _step_finish(cfg: Settings, st: BatchState) -> None:
     st.status = status.value
     for what in ("records", "stored"):
         _work(cfg, st.batch_id, what).unlink(missing_ok=True)
+    forget_rendered(cfg, st.batch_id)
     with Store.open(cfg, writable=False) as store:
         store.unpin(f"ingest-{st.batch_id}")  # the registered manifest references the files now
 
