@@ -77,14 +77,18 @@ class DiskConfig(BaseModel):
     #: kind "s3": the engine's S3 URL (http:// or https://) and the bucket the disk is
     endpoint: str | None = None
     bucket: str | None = None
+    #: kind "s3": how long one request may wait for the engine's answer, in seconds, before it
+    #: counts as not answering (each request is tried 3 times, with backoff; then the disk is
+    #: `missing` in one line). A slow engine within it is only slow.
+    timeout_s: float = Field(default=60.0, gt=0, le=3600)
 
     @model_validator(mode="after")
     def _kind(self) -> DiskConfig:
         if self.kind == "local":
             if self.path is None:
                 raise ValueError(f"disk {self.label}: path is required (the disk's mount point)")
-            for key in ("endpoint", "bucket"):
-                if getattr(self, key) is not None:
+            for key in ("endpoint", "bucket", "timeout_s"):
+                if key in self.model_fields_set:
                     raise ValueError(f'disk {self.label}: {key} is a key of kind = "s3" disks; add kind = "s3" '
                                      f"or remove {key}")
             return self

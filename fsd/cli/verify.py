@@ -63,6 +63,8 @@ def verify(
                   f"{rep.seconds:.1f} s: {len(rep.bad)} bad, {len(rep.repaired)} repaired")
         for b in rep.bad:
             err.print(f"bad {b}", markup=False)
+        for line in scrub.skipped_lines(store, rep):
+            err.print(f"not verified: {line}", markup=False)
         for w in smart_warnings:
             err.print(f"warning: {w}", markup=False)
         for p in smart_problems:

@@ -40,11 +40,11 @@ import json
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import boto3
 from botocore.config import Config
-from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
+from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, ReadTimeoutError
 
 from fsd.base.errors import ExitCode, HoardError, first_line
 from fsd.core import shardfmt as fmt
@@ -59,6 +59,9 @@ from fsd.core.disks import (
 )
 from fsd.core.s3files import S3Beside
 
+if TYPE_CHECKING:
+    from fsd.base.config import DiskConfig
+
 #: key prefixes in the bucket (module docstring)
 SHARD_PREFIX, ORPHAN_PREFIX = "shards/", "orphans/"
 #: the object metadata key holding the sha256 (hex) of the whole object; S3 sends it as the
@@ -70,9 +73,9 @@ PART_SIZE, MIN_PART = 64 << 20, 5 << 20
 #: a verify's stream keeps this much behind its position: a record's sha256 pass re-reads a
 #: payload of up to this size from memory (a longer one with ranged GETs)
 WINDOW = STREAM_PIECE
-#: client settings: a few retries with backoff (a 5xx, a dropped connection), then an error
-_CONFIG = Config(retries={"mode": "standard", "max_attempts": 3}, connect_timeout=5, read_timeout=120,
-                 s3={"addressing_style": "path"})
+#: client settings: a few retries with backoff (a 5xx, a dropped connection), then an error;
+#: the read timeout is the disk's `timeout_s` (fsd.base.config.DiskConfig)
+ATTEMPTS, CONNECT_TIMEOUT, READ_TIMEOUT = 3, 5, 60.0
 _NOT_FOUND = ("404", "NoSuchKey", "NotFound")
 _REFUSED = ("403", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken",
             "ExpiredToken", "InvalidSecurity")
@@ -95,9 +98,12 @@ class ObjectMismatch(fmt.ShardFormatError, HoardError):
     exit_code = ExitCode.DATA
 
 
-def client_for(endpoint: str) -> Any:
-    """An S3 client for `endpoint`; credentials and region from boto3's usual chain."""
-    return boto3.session.Session().client("s3", endpoint_url=endpoint, config=_CONFIG)
+def client_for(endpoint: str, timeout_s: float = READ_TIMEOUT) -> Any:
+    """An S3 client for `endpoint` whose requests wait `timeout_s` for an answer; credentials and
+    region from boto3's usual chain."""
+    config = Config(retries={"mode": "standard", "max_attempts": ATTEMPTS}, connect_timeout=min(CONNECT_TIMEOUT,
+                    timeout_s), read_timeout=timeout_s, s3={"addressing_style": "path"})
+    return boto3.session.Session().client("s3", endpoint_url=endpoint, config=config)
 
 
 def _code(e: ClientError) -> tuple[str, int]:
@@ -121,6 +127,12 @@ class S3Disk:
 
     def __repr__(self) -> str:
         return f"S3Disk({self.label})"
+
+    @classmethod
+    def configured(cls, dc: DiskConfig, uuid: str = "") -> S3Disk:
+        """The disk a `[[disks]]` table of kind "s3" declares (`uuid`: its identity, once known)."""
+        return cls(dc.label, uuid, str(dc.endpoint), str(dc.bucket), dc.path, int((dc.capacity_gb or 0) * (1 << 30)),
+                   client=client_for(str(dc.endpoint), dc.timeout_s))
 
     # -- identity ------------------------------------------------------------------------
 
@@ -395,6 +407,11 @@ class S3Disk:
         except NoCredentialsError:
             raise EngineError(f"disk {self.label}: no S3 credentials found while {what}: set AWS_ACCESS_KEY_ID and "
                               "AWS_SECRET_ACCESS_KEY, or a credentials file (boto3's usual chain)") from None
+        except ReadTimeoutError:
+            wait = self.client.meta.config.read_timeout
+            raise EngineError(f"disk {self.label}: the engine at {self.endpoint} does not answer within its "
+                              f"timeout_s = {wait:g} s while {what} ({ATTEMPTS} tries): see why it is slow (its "
+                              "log, its load), or raise disks.timeout_s") from None
         except BotoCoreError as e:
             raise EngineError(f"disk {self.label}: the engine at {self.endpoint} does not answer while {what} "
                               f"({first_line(e)}): start it, or correct disks.endpoint") from None

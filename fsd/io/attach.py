@@ -158,8 +158,7 @@ def attach_s3(store: Store, dc: config_mod.DiskConfig, rec: DiskRecord | None, i
     # deferred: boto3 (fsd.core.s3) is loaded only by a store that has an S3 disk
     from fsd.core.s3 import EngineError, S3Disk
 
-    cap = int((dc.capacity_gb or 0) * (1 << 30))
-    disk = S3Disk(dc.label, rec.uuid if rec else "", str(dc.endpoint), str(dc.bucket), dc.path, cap)
+    disk = S3Disk.configured(dc, rec.uuid if rec else "")
     try:
         ident, answered = disk.read_identity(), True
     except EngineError as e:
@@ -180,14 +179,15 @@ def attach_s3(store: Store, dc: config_mod.DiskConfig, rec: DiskRecord | None, i
                                  "store, remove it from the config", ExitCode.UNAVAILABLE)
         if ident is None and init and answered:  # an empty bucket: this disk's from now on
             dc.path.mkdir(parents=True, exist_ok=True)
-            ident = S3Disk.initialise(dc.label, str(dc.endpoint), str(dc.bucket), dc.path, cap).read_identity()
+            ident = S3Disk.initialise(dc.label, disk.endpoint, disk.bucket, dc.path, disk.capacity_bytes,
+                                      client=disk.client).read_identity()
         if ident is None:
             rec = DiskRecord("unregistered-" + dc.label, dc.label, disk.where, DiskState.MISSING, "", reason=why)
             store.records[rec.uuid] = rec
             return
         rec = DiskRecord(ident["uuid"], dc.label, disk.where, DiskState.ACTIVE, ident.get("created", ""))
         store.index.put_disk(rec)
-        disk = S3Disk(dc.label, rec.uuid, str(dc.endpoint), str(dc.bucket), dc.path, cap)
+        disk = S3Disk.configured(dc, rec.uuid)
     if store.writable and ident is not None and ident.get("uuid") == rec.uuid and read_identity(dc.path) is None:
         try:  # a staging folder lost or new: it names this disk again
             dc.path.mkdir(parents=True, exist_ok=True)

@@ -44,10 +44,25 @@ class VerifyReport:
     #: check` sees too), "replica bytes" (bytes inside a whole file: only verify reads them),
     #: "marks log", "pointer" (fsd.io.integrity: judged as `hoard check` and `hoard health` do)
     kinds: dict[str, int] = field(default_factory=dict)
+    #: replicas of the chosen shards on disks that cannot be read now (missing, failed), by
+    #: disk label: not verified — said, so a clean run never hides them
+    skipped: dict[str, int] = field(default_factory=dict)
 
     @property
     def unrepaired(self) -> int:
         return len(self.bad) - len(self.repaired)
+
+
+def skipped_lines(store: Store, rep: VerifyReport) -> list[str]:
+    """One line per disk whose replicas a verify could not read: how many, its state and why."""
+    by_label = {r.label: r for r in store.records.values()}
+    lines = []
+    for label, n in sorted(rep.skipped.items()):
+        rec = by_label.get(label)
+        state = rec.state.value if rec else "unknown"
+        why = f": {rec.reason}" if rec and rec.reason else ""
+        lines.append(f"{n} replica(s) on disk {label}, which is {state}{why} — `hoard health` says what to do")
+    return lines
 
 
 def batch_shards(store: Store, batch_id: str) -> set[bytes]:
@@ -93,9 +108,15 @@ def _verify(store: Store, sample_pct: float, disk_label: str | None, sha256: boo
         metas = metas[:max(1, math.ceil(len(metas) * sample_pct / 100))]
     work: dict[str, list[ShardMeta]] = {}
     for meta in metas:
+        readable = set()
         for disk in store.replica_order(meta):
+            readable.add(disk.uuid)
             if only_disk is None or disk.uuid == only_disk:
                 work.setdefault(disk.uuid, []).append(meta)
+        for uuid in meta.replicas:
+            if uuid not in readable and (only_disk is None or uuid == only_disk):
+                label = store.records[uuid].label if uuid in store.records else uuid
+                rep.skipped[label] = rep.skipped.get(label, 0) + 1
     results: dict[bytes, dict[str, str | None]] = {}  # shard → disk uuid → None (good) or why
     file_or_bytes: dict[tuple[bytes, str], str] = {}  # (shard, disk uuid) → kind of what is bad
     lock = threading.Lock()

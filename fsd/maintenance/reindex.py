@@ -184,8 +184,7 @@ def _bucket(dc: Any) -> _Bucket:
     # deferred: boto3 (fsd.core.s3) is loaded only for a configured S3 disk
     from fsd.core.s3 import S3Disk
 
-    return _Bucket(dc.label, dc.path, S3Disk(dc.label, "", str(dc.endpoint), str(dc.bucket), dc.path,
-                                             int((dc.capacity_gb or 0) * (1 << 30))))
+    return _Bucket(dc.label, dc.path, S3Disk.configured(dc))
 
 
 def _bucket_to_read(dc: Any, found: list[tuple[Any, dict]], missing: list[tuple[str, str]],

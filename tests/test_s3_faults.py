@@ -1,0 +1,148 @@
+"""An S3 disk on a real SeaweedFS behind a real proxy that answers 5xx or answers slowly
+(tests/s3fault.py): a 5xx now and then is retried and never seen; an engine that keeps failing
+or keeps everyone waiting is one line naming the disk and the next step — from a replication, a
+put, `hoard health` — and loses nothing acknowledged: every object still reads from the local
+replicas, and once the engine answers again replication puts every shard on the bucket."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from fsd.base import config
+from fsd.core.disks import DiskState
+from fsd.io.replicate import replicate_once
+from fsd.store import Store
+from tests.helpers import make_files
+from tests.s3fault import FaultProxy
+from tests.test_cli import hoard
+from tests.test_s3_backend import engine_env  # noqa: F401  # (a fixture)
+from tests.test_s3_store import _bucket, _config, _on
+from tests.test_store import check_store
+
+# tier: a SeaweedFS server and hoard processes
+pytestmark = pytest.mark.services
+
+
+def _behind(cfg_path: Path, proxy: FaultProxy, engine, timeout_s: float | None = None) -> Path:
+    """hoard.toml with the S3 disk reached through `proxy` (and its `timeout_s`)."""
+    text = cfg_path.read_text().replace(f'endpoint = "{engine.endpoint}"', f'endpoint = "{proxy.endpoint}"')
+    if timeout_s is not None:
+        text = text.replace('kind = "s3"\n', f'kind = "s3"\ntimeout_s = {timeout_s}\n', 1)
+    cfg_path.write_text(text)
+    return cfg_path
+
+
+def _store(tmp_path: Path, engine, proxy: FaultProxy, bucket: str, copies: int,
+           timeout_s: float | None = None) -> Path:
+    return _behind(_config(tmp_path, engine, bucket, copies=copies), proxy, engine, timeout_s)
+
+
+def _shards(store: Store) -> int:
+    return sum(1 for _ in store.index.iter_shards())
+
+
+def test_a_5xx_now_and_then_is_retried_and_never_seen(tmp_path: Path, seaweedfs, engine_env) -> None:  # noqa: F811
+    """Every upload of a replication meets one 503 first: each is tried again and lands, and
+    the bucket's replicas read back and verify."""
+    engine_env(seaweedfs)
+    with FaultProxy(seaweedfs.endpoint) as proxy:
+        bucket = _bucket(seaweedfs, "hoard-fault-a")
+        cfg_path = _store(tmp_path, seaweedfs, proxy, bucket, copies=2)
+        with Store.open(config.load(cfg_path), init=True) as store:
+            store.set_disk_state("s3a", DiskState.DRAINING, "test: nothing placed here")
+            res = store.put_many(make_files(tmp_path / "in", 30, seed=5, hi=96 * 1024))
+            store.set_disk_state("s3a", DiskState.ACTIVE, "")
+        cfg_path = _store(tmp_path, seaweedfs, proxy, bucket, copies=3)
+        proxy.flaky()
+        with Store.open(config.load(cfg_path)) as store:
+            replicate_once(store, rate_mb_s=None)
+            assert _on(store, "s3a") == _shards(store) > 1
+        proxy.flaky(False)
+        assert proxy.faults > _shards_of(cfg_path)  # a 503 met by every upload, and by the requests beside them
+        with Store.open(config.load(cfg_path)) as store:
+            assert check_store(store) == len({r.sha256 for r in res})
+        done = hoard("--config", str(cfg_path), "verify")
+        assert done.returncode == 0, done.stdout + done.stderr
+
+
+def _shards_of(cfg_path: Path) -> int:
+    with Store.open(config.load(cfg_path)) as store:
+        return _shards(store)
+
+
+@pytest.mark.expect_log(r"disk s3a: replicate error on shard .*failed \(503 SlowDown\)", level="WARNING")
+@pytest.mark.expect_log(r"replication of shard .* postponed: .*s3a missing \(disk s3a: .*failed \(503 SlowDown\)",
+                        level="WARNING")
+def test_an_engine_that_keeps_failing_is_one_line_and_loses_nothing(tmp_path: Path, seaweedfs,  # noqa: F811
+                                                                    engine_env) -> None:  # noqa: F811
+    """An engine that answers 503 to everything: the replication names the disk, the status and
+    the next step for each shard it could not copy and names no replica on the bucket; a put
+    goes to the local disks; `hoard health` says the disk is missing and why; every object
+    reads back; once the engine answers, replication puts every shard on the bucket and verify
+    is clean."""
+    engine_env(seaweedfs)
+    with FaultProxy(seaweedfs.endpoint) as proxy:
+        bucket = _bucket(seaweedfs, "hoard-fault-b")
+        cfg_path = _store(tmp_path, seaweedfs, proxy, bucket, copies=2)
+        with Store.open(config.load(cfg_path), init=True) as store:
+            store.set_disk_state("s3a", DiskState.DRAINING, "test: nothing placed here")
+            first = store.put_many(make_files(tmp_path / "a", 30, seed=6, hi=96 * 1024))
+            store.set_disk_state("s3a", DiskState.ACTIVE, "")
+        cfg_path = _store(tmp_path, seaweedfs, proxy, bucket, copies=3)
+        with Store.open(config.load(cfg_path)) as store:
+            proxy.fail(10**9)  # from here on: 503 to every request
+            replicate_once(store, rate_mb_s=None)
+            assert _on(store, "s3a") == 0
+            assert check_store(store) == len({r.sha256 for r in first})
+        health = hoard("--config", str(cfg_path), "health", "--json")
+        disks = {d["label"]: d for d in json.loads(health.stdout)["disks"]}
+        assert disks["s3a"]["state"] == "missing", disks["s3a"]
+        said = json.dumps(disks["s3a"])
+        assert "failed (503 SlowDown)" in said and "try again" in said, said
+        src = tmp_path / "b"
+        make_files(src, 5, seed=7, hi=8 * 1024)
+        put = hoard("--config", str(cfg_path), "put", str(src))
+        assert put.returncode == 0, put.stdout + put.stderr  # two local copies: acknowledged, durable
+        assert "Traceback" not in put.stderr
+        proxy.fail(0)
+        with Store.open(config.load(cfg_path)) as store:
+            assert store.records[next(u for u, r in store.records.items() if r.label == "s3a")].state \
+                == DiskState.ACTIVE
+            replicate_once(store, rate_mb_s=None)
+            assert _on(store, "s3a") == _shards(store)
+            assert check_store(store) == len({r.sha256 for r in first}) + 5
+    done = hoard("--config", str(cfg_path), "verify")
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_a_slow_engine_is_one_line_within_its_timeout(tmp_path: Path, seaweedfs, engine_env) -> None:  # noqa: F811
+    """An engine that answers slower than the disk's `timeout_s`: `hoard health` and `hoard
+    verify` end (no hang) and name the disk as not answering, with the key to raise; an engine
+    slow within it is only slow — the same commands succeed."""
+    engine_env(seaweedfs)
+    with FaultProxy(seaweedfs.endpoint) as proxy:
+        bucket = _bucket(seaweedfs, "hoard-fault-c")
+        cfg_path = _store(tmp_path, seaweedfs, proxy, bucket, copies=3, timeout_s=1)
+        with Store.open(config.load(cfg_path), init=True) as store:
+            res = store.put_many(make_files(tmp_path / "in", 10, seed=8, hi=32 * 1024))
+            replicate_once(store, rate_mb_s=None)  # (the open shard sealed, and copied to the bucket)
+            assert _on(store, "s3a") == _shards(store)
+        proxy.delay(3.0)  # each request: 3 s before an answer, the disk waits 1 s
+        health = hoard("--config", str(cfg_path), "health", "--json")
+        disks = {d["label"]: d for d in json.loads(health.stdout)["disks"]}
+        said = json.dumps(disks["s3a"])
+        assert disks["s3a"]["state"] == "missing" and "does not answer" in said and "timeout_s" in said, said
+        verify = hoard("--config", str(cfg_path), "verify")
+        assert "Traceback" not in verify.stderr
+        assert verify.returncode == 0, verify.stdout + verify.stderr  # the local replicas are good
+        assert "not verified: 1 replica(s) on disk s3a, which is missing: " in verify.stderr, verify.stderr
+        assert "does not answer within its timeout_s = 1 s" in verify.stderr, verify.stderr
+        proxy.delay(0.2)  # slow, within the timeout
+        health = hoard("--config", str(cfg_path), "health", "--json")
+        disks = {d["label"]: d for d in json.loads(health.stdout)["disks"]}
+        assert disks["s3a"]["state"] == "active", disks["s3a"]
+        with Store.open(config.load(cfg_path)) as store:
+            assert check_store(store) == len({r.sha256 for r in res})
