@@ -72,4 +72,5 @@ def collect(cfg: Settings, smart_max_age_s: float = math.inf) -> dict[str, Any]:
     # the index's disk failures become `disk_failed` events (each once): none of the processes that
     # fail a disk (the mount, a writer) reaches PostgreSQL, every health collection relays them
     events.relay_disk_failures(cfg, store.get("disk_failures") or [])
+    actions.relay_dead_runs(cfg)  # (likewise: a process that died records nothing of its own)
     return report

@@ -432,3 +432,41 @@ def test_a_maintenance_job_relays_a_failed_disk_at_its_end(hoard_home: Path, pg,
     maintenance.run("replicate", str(cfg.source))
     maintenance.run("replicate", str(cfg.source))
     assert [(e.name, e.subject) for e in sql_events.events(pg)] == [("disk_failed", "hdd3")]
+
+
+@pytest.mark.parametrize("looked", [True, False], ids=["health-looked", "resumed-unseen"])
+def test_a_run_whose_process_died_is_announced_once(hoard_home: Path, pg, redis_conn, receivers,
+                                                    looked: bool) -> None:
+    """A runner killed -9 in the middle of a step records no ending of its own: the next health
+    collection announces `run_failed` (the step, the line health shows), once however often it
+    looks, and not again when the run is resumed (the same attempt); resumed before any health
+    collection looked, the resume announces it. The resumed run that completes is
+    `run_finished`."""
+    from jobs.health import collect
+    from tests.test_action_faults import KILLED_IN_STAGE
+    from tests.test_action_runs import action_home, hoard
+    from tests.test_action_workers import worker_contract
+
+    rx = receivers([(200, "")])
+    cfg, batch = action_home(hoard_home, pg, redis_conn, seed=142, items=3)
+    worker_contract(cfg, batch)
+    cfg = with_webhooks(cfg.source, hook(rx.url, events=["run_failed", "run_finished"]))
+    killed = subprocess.run([sys.executable, "-c", KILLED_IN_STAGE, str(cfg.source)], capture_output=True, text=True,
+                            timeout=300)
+    assert killed.returncode == -9, killed.stderr
+    (rid,) = [p.stem for p in (cfg.ssd.root / "state" / "actions").glob("thumbs-v*.json") if p.stem.count(".") == 0]
+    if looked:
+        collect(cfg)
+        collect(cfg)
+        work(cfg, redis_conn, pg)
+        (ev,) = [e for e in sql_events.events(pg) if e.name.startswith("run_")]
+        assert (ev.name, ev.subject, ev.detail["step"]) == ("run_failed", rid, "stage"), ev
+        assert "stopped (killed, or its host went down)" in ev.detail["error"], ev.detail
+    res = hoard(cfg.source, "action", "run", "thumbs", "--here")
+    assert res.returncode == 0, res.stdout + res.stderr
+    work(cfg, redis_conn, pg)
+    collect(cfg)  # (the resumed run: nothing died)
+    work(cfg, redis_conn, pg)
+    got = [json.loads(g["body"]) for g in rx.got]
+    assert sorted(g["event"] for g in got) == ["run_failed", "run_finished"], got
+    assert all(g["signed"] for g in rx.got) and {g["subject"] for g in got} == {rid}

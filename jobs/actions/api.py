@@ -24,6 +24,7 @@ from rq.exceptions import NoSuchJobError
 from fsd.base.config import Settings
 from fsd.base.errors import ExitCode, HoardError, first_line
 from fsd.base.files import flocked
+from jobs import events
 from jobs.actions import contract as contracts
 from jobs.actions.contract import TYPES, Contract
 from jobs.actions.params import canonical, parse_params
@@ -45,6 +46,7 @@ from jobs.actions.state import (
     job_id,
     load_state,
     lock_path,
+    now,
     resume_line,
     run_id,
     run_key,
@@ -210,7 +212,9 @@ def resume(cfg: Settings, rid: str, *, redis_conn=None, queue: bool = True) -> S
 
 def _again(cfg: Settings, st: RunState, redis_conn, queue: bool) -> Submitted:
     st = retry_events(cfg, st)  # an ending PostgreSQL could not take: written first, before another attempt
-    shown, _why = describe(cfg, st)
+    shown, why = describe(cfg, st)
+    if _died(cfg, st, shown):
+        _announce_death(cfg, st, why)  # before its attempt is replaced: no health collection may have seen it
     if shown == Status.DONE.value:
         return Submitted(st, "done already")
     if shown == Status.RUNNING.value:
@@ -420,6 +424,31 @@ def _must(cfg: Settings, rid: str) -> RunState:
 
 def runs(cfg: Settings) -> list[dict[str, Any]]:
     return [status_doc(cfg, st) for st in all_states(cfg)]
+
+
+def _died(cfg: Settings, st: RunState, shown: str) -> bool:
+    """The process running `st`'s step is gone (its state says running, nothing holds its lock)."""
+    return st.status == Status.RUNNING.value and shown == Status.FAILED.value and not is_running(cfg, st.run_id)
+
+
+def _announce_death(cfg: Settings, st: RunState, why: str) -> None:
+    """`run_failed` for an attempt whose process died: keyed as the attempt's ending event would
+    be (`run_failed:<run>:<attempt>`), so however often it is seen — each health collection,
+    the resume — and whatever ending is written for it later, it is one event."""
+    events.emit(cfg, "run_failed", f"run_failed:{st.run_id}:{st.attempt}", st.run_id,
+                {"run": st.run_id, "action": st.action, "version": st.version, "step": st.step, "error": why,
+                 "ended_at": now()})
+
+
+def relay_dead_runs(cfg: Settings) -> None:
+    """`run_failed` for each run whose process died in a step (killed, out of memory, its host
+    down): a dead process records no ending, so every health collection looks (one event per
+    attempt). A step that only stopped writing its heartbeat may still end well: not announced."""
+    for st in all_states(cfg):
+        if st.status == Status.RUNNING.value:
+            shown, why = describe(cfg, st, check_jobs=False)
+            if _died(cfg, st, shown):
+                _announce_death(cfg, st, why)
 
 
 def problems(cfg: Settings) -> list[str]:
