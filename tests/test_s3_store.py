@@ -324,3 +324,52 @@ def test_the_index_is_restored_from_a_copy_in_the_bucket(tmp_path: Path, seaweed
     with Store.open(config.load(cfg_path)) as store:
         assert check_store(store) == len({r.sha256 for r in res})
         assert store.index.count(store.index.rooted) == len({r.sha256 for r in res})
+
+
+def test_an_s3_disk_is_added_with_hoard_disks_add(tmp_path: Path, seaweedfs, engine_env) -> None:  # noqa: F811
+    """`hoard disks add s3://BUCKET --endpoint URL --capacity-gb N`: checked before hoard.toml is
+    touched — the flags it needs, the engine answering, the bucket there and no disk's yet —
+    then the bucket given its identity, the table appended, the disk active and replicated
+    onto; each refusal one line that leaves hoard.toml as it was."""
+    engine_env(seaweedfs)
+    disks = [(label, tmp_path / label, None) for label in ("d0", "d1")]
+    for _, p, _ in disks:
+        p.mkdir()
+    cfg_path = write_config(tmp_path, disks, shard_size_mb=1, copy_of_raw=2, copy_of_generated=2)
+    with Store.open(config.load(cfg_path), init=True) as store:
+        res = store.put_many(make_files(tmp_path / "in", 20, seed=11, hi=64 * 1024))
+    before = cfg_path.read_text()
+    bucket = _bucket(seaweedfs, "hoard-added")
+    args = ("--config", str(cfg_path), "disks", "add", f"s3://{bucket}", "--label", "s3x")
+    for extra, said in (((), "an S3 disk needs --endpoint URL"),
+                        (("--endpoint", seaweedfs.endpoint), "an S3 disk needs --capacity-gb N"),
+                        (("--endpoint", "ftp://x", "--capacity-gb", "2"), "is not an engine's S3 URL"),
+                        (("--endpoint", "http://127.0.0.1:9", "--capacity-gb", "2", "--timeout-s", "2"),
+                         "does not answer"),
+                        (("--endpoint", seaweedfs.endpoint, "--capacity-gb", "2"), None)):
+        if said is None:  # the bucket missing: its own line
+            args = ("--config", str(cfg_path), "disks", "add", "s3://no-such-bucket", "--label", "s3x")
+            said = "bucket no-such-bucket does not exist at"
+        done = hoard(*args, *extra)
+        assert done.returncode != 0 and said in done.stderr, (extra, done.stdout + done.stderr)
+        assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
+        assert cfg_path.read_text() == before
+    ok = hoard("--config", str(cfg_path), "disks", "add", f"s3://{bucket}", "--label", "s3x", "--endpoint",
+               seaweedfs.endpoint, "--capacity-gb", "2", "--timeout-s", "30")
+    assert ok.returncode == 0 and "disk s3x added: bucket hoard-added at" in ok.stdout, ok.stdout + ok.stderr
+    table = config.load(cfg_path).disks[-1]
+    assert (table.kind, table.bucket, table.capacity_gb, table.timeout_s) == ("s3", bucket, 2, 30)
+    again = hoard("--config", str(cfg_path), "disks", "add", f"s3://{bucket}", "--label", "s3y", "--endpoint",
+                  seaweedfs.endpoint, "--capacity-gb", "2")
+    assert again.returncode != 0 and "already a disk in" in again.stderr, again.stderr
+    text = cfg_path.read_text().replace("copy_of_raw = 2", "copy_of_raw = 3").replace("copy_of_generated = 2",
+                                                                                      "copy_of_generated = 3")
+    assert text != cfg_path.read_text()
+    cfg_path.write_text(text)
+    with Store.open(config.load(cfg_path)) as store:
+        replicate_once(store, rate_mb_s=None)
+        assert _on(store, "s3x") == sum(1 for _ in store.index.iter_shards()) > 0
+        assert check_store(store) == len({r.sha256 for r in res})
+    health = json.loads(hoard("--config", str(cfg_path), "health", "--json").stdout)
+    s3x = next(d for d in health["disks"] if d["label"] == "s3x")
+    assert (s3x["state"], s3x["backend"]) == ("active", "s3"), s3x

@@ -6,9 +6,10 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
+from pydantic import ValidationError
 from rich.markup import escape
 
 from fsd.base import config as config_mod
@@ -44,31 +45,87 @@ def list_(ctx: typer.Context, as_json: Annotated[bool, typer.Option("--json", he
 @app.command()
 def add(
     ctx: typer.Context,
-    path: Annotated[Path, typer.Argument(help="where the new disk is mounted")],
+    where: Annotated[str, typer.Argument(metavar="PATH|s3://BUCKET",
+                                         help="where the new disk is mounted, or s3://BUCKET: a bucket on an "
+                                              "S3-compatible engine (with --endpoint and --capacity-gb)")],
     label: Annotated[str, typer.Option("--label", "-l", help="name for the disk, e.g. wd4t")],
+    endpoint: Annotated[str | None, typer.Option("--endpoint", help="s3://BUCKET: the engine's S3 URL, "
+                                                 "http://host:port")] = None,
+    capacity_gb: Annotated[float | None, typer.Option("--capacity-gb", min=0, callback=finite,
+                                                      help="the space hoard may use on the disk (required for "
+                                                           "s3://: S3 reports no free space)")] = None,
+    timeout_s: Annotated[float | None, typer.Option("--timeout-s", min=0, callback=finite,
+                                                    help="s3://BUCKET: how long one request waits for an answer "
+                                                         "(default 60)")] = None,
 ) -> None:
-    """Give a mounted disk its identity, register it and append it to hoard.toml."""
+    """Give a mounted disk (or an empty bucket) its identity, register it and append it to hoard.toml."""
 
     st = state(ctx)
     cfg = st.settings
     if not re.fullmatch(r"[a-z0-9][a-z0-9_-]{0,31}", label):
         raise HoardError(f"label {label!r}: use 1-32 of a-z 0-9 _ - (starting with a letter or digit)", ExitCode.USAGE)
-    path = path.resolve()
     if any(d.label == label for d in cfg.disks):
         raise HoardError(f"a disk labelled {label} is already in {cfg.source}", ExitCode.USAGE)
-    if any(d.path == path for d in cfg.disks):
-        raise HoardError(f"{path} is already a disk in {cfg.source}", ExitCode.USAGE)
-    if not path.is_dir():
-        raise HoardError(f"{path} does not exist; mount the disk there first", ExitCode.UNAVAILABLE)
-    if not cfg.store.allow_directory_disks and not os.path.ismount(path):
-        raise HoardError(f"{path} is not a mount point; mount the disk first", ExitCode.UNAVAILABLE)
     if cfg.source is None:
         raise ConfigError("cannot add a disk: the configuration has no file to record it in")
+    if where.startswith("s3://"):
+        table = _s3_table(cfg, where, label, endpoint, capacity_gb, timeout_s)
+        shown = f"bucket {table['bucket']} at {table['endpoint']}"
+    else:
+        for key, given in (("--endpoint", endpoint), ("--timeout-s", timeout_s)):
+            if given is not None:
+                raise HoardError(f"{key} is for an S3 disk (s3://BUCKET); {where} is a local disk's path",
+                                 ExitCode.USAGE)
+        path = Path(where).resolve()
+        if any(d.path == path for d in cfg.disks):
+            raise HoardError(f"{path} is already a disk in {cfg.source}", ExitCode.USAGE)
+        if not path.is_dir():
+            raise HoardError(f"{path} does not exist; mount the disk there first", ExitCode.UNAVAILABLE)
+        if not cfg.store.allow_directory_disks and not os.path.ismount(path):
+            raise HoardError(f"{path} is not a mount point; mount the disk first", ExitCode.UNAVAILABLE)
+        table = {"label": label, "path": str(path)} | ({"capacity_gb": capacity_gb} if capacity_gb else {})
+        shown = f"at {path}"
     with open(cfg.source, "a") as f:
-        f.write(f'\n[[disks]]\nlabel = "{label}"\npath = "{path}"\n')
+        f.write("\n[[disks]]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in table.items()))
     st._settings = config_mod.load(cfg.source)
-    Store.open(st.settings, init=True).close()
-    out.print(f"disk {label} added at {path}; `hoard replicate` spreads replicas onto it")
+    with Store.open(st.settings, init=True) as store:
+        rec = next(r for r in store.records.values() if r.label == label)
+    if rec.state != DiskState.ACTIVE:  # (checked before: an engine that stopped answering since)
+        raise HoardError(f"disk {label} is in {cfg.source} but {rec.state.value}: {rec.reason}; `hoard disks "
+                         f"activate {label}` once it answers", ExitCode.UNAVAILABLE)
+    out.print(escape(f"disk {label} added: {shown}; `hoard replicate` spreads replicas onto it"))
+
+
+def _s3_table(cfg: config_mod.Settings, where: str, label: str, endpoint: str | None, capacity_gb: float | None,
+              timeout_s: float | None) -> dict[str, Any]:
+    """The [[disks]] table of an S3 disk `where` (s3://BUCKET), checked — its keys, and that the
+    engine answers and its bucket exists and is no hoardfs disk yet — before hoard.toml is
+    touched."""
+    bucket = where.removeprefix("s3://").rstrip("/")
+    table: dict[str, Any] = {"label": label, "kind": "s3", "endpoint": endpoint, "bucket": bucket,
+                             "capacity_gb": capacity_gb} | (
+        {"timeout_s": timeout_s} if timeout_s is not None else {})
+    for key, flag in (("endpoint", "--endpoint URL"), ("capacity_gb", "--capacity-gb N")):
+        if table[key] is None:
+            raise HoardError(f"an S3 disk needs {flag}: see `hoard disks add --help`", ExitCode.USAGE)
+    try:
+        dc = config_mod.DiskConfig(**table, path=cfg.ssd.root / config_mod.S3_STAGING / label)
+    except ValidationError as e:
+        raise HoardError(config_mod.describe_validation_error(e, config_mod.DiskConfig), ExitCode.USAGE) from None
+    if any(d.kind == "s3" and d.bucket == bucket and d.endpoint == dc.endpoint for d in cfg.disks):
+        raise HoardError(f"bucket {bucket} at {endpoint} is already a disk in {cfg.source}", ExitCode.USAGE)
+    # deferred: boto3 (fsd.core.s3) is loaded only for an S3 disk
+    from fsd.core.s3 import S3Disk
+
+    disk = S3Disk.configured(dc)
+    if not disk.bucket_exists():
+        raise HoardError(f"bucket {bucket} does not exist at {endpoint}: create it with the engine's tools (e.g. "
+                         f"`aws --endpoint-url {endpoint} s3 mb s3://{bucket}`), then run this again",
+                         ExitCode.UNAVAILABLE)
+    if disk.read_identity() is not None:
+        raise HoardError(f"bucket {bucket} at {endpoint} is a hoardfs disk already (it has an identity): give "
+                         "this disk an empty bucket", ExitCode.USAGE)
+    return table
 
 
 @app.command()

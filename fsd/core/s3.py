@@ -171,6 +171,15 @@ class S3Disk:
                               "put it back from the index's disk record (`hoard disks activate`)")
         return ident
 
+    def bucket_exists(self) -> bool:
+        """Whether the engine has the bucket (one that does not answer or refuses: EngineError)."""
+        try:
+            self._call("looking up its bucket", self.client.head_bucket, Bucket=self.bucket,
+                       passing=(*_NOT_FOUND, "NoSuchBucket"))
+        except ClientError:
+            return False
+        return True
+
     def check(self) -> None:
         """Raise DiskGone unless the bucket is still this disk and the staging folder its own:
         checked before a shard is created or sealed."""
@@ -396,13 +405,13 @@ class S3Disk:
             return fn(*args, **kw)
         except ClientError as e:
             code, status = _code(e)
+            if code in passing:
+                raise
             if code in _NOT_FOUND and code != "NoSuchBucket":
                 if code != "NoSuchKey":  # a HEAD's bare 404 is the key's or the bucket's
                     self._bucket_there(what)
                 raise FileNotFoundError(errno.ENOENT, f"disk {self.label}: no {kw.get('Key', '?')} in bucket "
                                                       f"{self.bucket}") from None
-            if code in passing:
-                raise
             raise self._error(what, e, code, status) from None
         except NoCredentialsError:
             raise EngineError(f"disk {self.label}: no S3 credentials found while {what}: set AWS_ACCESS_KEY_ID and "
