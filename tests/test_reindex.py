@@ -538,6 +538,61 @@ def test_index_copy_on_two_disks_restores_the_index(tmp_path: Path) -> None:
         assert check_store(store) == 100
 
 
+def test_two_index_backups_at_once_each_leave_a_whole_copy(tmp_path: Path, monkeypatch) -> None:
+    """The timer's backup and one run by hand at the same time: the second waits for the first
+    (before, it deleted the first's half-written `index-copy.tmp`, and the first then swapped in
+    the second's copy while it was being written — or failed); both end, and every copy opens
+    and holds every object."""
+    from fsd.core.index import Index
+    from fsd.maintenance import reindex
+
+    cfg = config.load(dir_disks_config(tmp_path, 2, shard_size_mb=1))
+    with Store.open(cfg, init=True) as store:
+        store.put_many(make_files(tmp_path / "in", 40))
+        first_filled, go = threading.Event(), threading.Event()
+        disk_type = type(next(iter(store.disks.values())).beside)
+        real_put = disk_type.put_index_copy
+        calls: list[int] = []
+
+        def slow_put(self, fill):
+            def held(folder: Path) -> None:
+                fill(folder)
+                calls.append(1)
+                if len(calls) == 1:  # the first backup's first copy: written, not yet swapped in
+                    first_filled.set()
+                    go.wait(30)
+            return real_put(self, held)
+
+        monkeypatch.setattr(disk_type, "put_index_copy", slow_put)
+        errors: list[BaseException] = []
+
+        def backup() -> None:
+            try:
+                reindex.backup_index(store, copies=2)
+            except BaseException as e:  # noqa: BLE001 - the test reports it
+                errors.append(e)
+
+        a = threading.Thread(target=backup)
+        a.start()
+        assert first_filled.wait(60)
+        b = threading.Thread(target=backup)
+        b.start()
+        b.join(3)  # (the old code's second backup ran through here, under the first one)
+        waited = b.is_alive()
+        go.set()
+        a.join(120)
+        b.join(120)
+        assert not errors, errors
+        assert waited, "the second backup did not wait for the first"
+    for copy in tmp_path.glob("d*/index-copy"):
+        idx = Index(copy, readonly=True)
+        try:
+            assert idx.count_objects() == 40
+        finally:
+            idx.close()
+    assert len(list(tmp_path.glob("d*/index-copy"))) == 2 and not list(tmp_path.glob("d*/index-copy.*"))
+
+
 def _index_files(cfg) -> set[str]:
     """The index folder and what an earlier rebuild set aside beside it."""
     return {p.name for p in cfg.index_dir.parent.iterdir() if p.name.startswith(cfg.index_dir.name)}

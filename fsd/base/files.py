@@ -53,8 +53,13 @@ def ssd_space(ssd_root: Path, what: str, path: Path | str | None = None) -> Iter
 def flocked(path: Path, wait: bool = True) -> Iterator[None]:
     """Hold an exclusive flock on `path` (created if need be) for the with-block: one holder
     at a time across processes; the kernel drops it when the holder dies (kill -9 included).
-    With `wait=False`, BlockingIOError at once when another process holds it."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, FILE)
+    With `wait=False`, BlockingIOError at once when another process holds it. A lock file this
+    user may only read (made by root: a command run as root beside the services) is locked
+    through a read-only descriptor — flock needs no write access — instead of failing."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, FILE)
+    except PermissionError:
+        fd = os.open(path, os.O_RDONLY)  # (it exists: creating it was not what was refused)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
         yield

@@ -28,7 +28,7 @@ import lmdb
 
 from fsd.base.config import Settings
 from fsd.base.errors import ExitCode, HoardError
-from fsd.base.files import size_or_zero
+from fsd.base.files import flocked, size_or_zero
 from fsd.core import formats, marks, pointers, storelock
 from fsd.core import shardfmt as fmt
 from fsd.core.backend import has_files
@@ -712,23 +712,31 @@ def _parse_shard(read: Callable[[int, int], bytes], size: int, name: str,
 
 
 
+#: beside the store's other locks (`lock_root`): held by `hoard index backup`
+BACKUP_LOCK = "index-backup.lock"
+
+
 def backup_index(store, copies: int = 2) -> list[str]:
     """Copy the LMDB index (compacted, consistent) to `copies` HDDs: `<disk>/index-copy/`.
 
     A disk keeps it beside its shards (Beside.put_index_copy: written to `index-copy.tmp`,
-    fsynced, then swapped in by rename, so a crash leaves the previous copy intact). Returns the labels of the disks that hold a fresh copy."""
-    # local disks first (a bucket's copy is fetched, and its age not shown by a status refresh)
-    disks = sorted((d for u, d in store.disks.items() if store.usable(u, for_write=True)),
-                   key=lambda d: (not has_files(d), -d.free_bytes(0)))[:copies]
-    done = []
-    stamp = {"taken_at": time.time(), "objects": store.index.count_objects()}
-    for d in disks:
-        def fill(folder: Path) -> None:
-            store.index.env.copy(str(folder), compact=True)
-            (folder / "stamp.json").write_text(json.dumps(stamp))
-        d.beside.put_index_copy(fill)
-        done.append(d.label)
-    return done
+    fsynced, then swapped in by rename, so a crash leaves the previous copy intact). One backup
+    at a time (BACKUP_LOCK: the timer's and one run by hand share each disk's `index-copy.tmp`;
+    without it the second deleted the first's half-written copy, and the first swapped in the
+    second's while it was being written). Returns the labels of the disks that hold a fresh copy."""
+    with flocked(lock_root(store.cfg) / BACKUP_LOCK):
+        # local disks first (a bucket's copy is fetched, and its age not shown by a status refresh)
+        disks = sorted((d for u, d in store.disks.items() if store.usable(u, for_write=True)),
+                       key=lambda d: (not has_files(d), -d.free_bytes(0)))[:copies]
+        done = []
+        stamp = {"taken_at": time.time(), "objects": store.index.count_objects()}
+        for d in disks:
+            def fill(folder: Path) -> None:
+                store.index.env.copy(str(folder), compact=True)
+                (folder / "stamp.json").write_text(json.dumps(stamp))
+            d.beside.put_index_copy(fill)
+            done.append(d.label)
+        return done
 
 
 def index_copies(cfg: Settings) -> list[dict[str, Any]]:
