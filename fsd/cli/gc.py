@@ -53,5 +53,7 @@ def gc(
               f"data copied: {fmt_bytes(rep.bytes_freed - rep.bytes_written)} net freed on the disks "
               f"in {rep.seconds:.1f} s"
               + (f"; {rep.kept_back} kept back (stored again meanwhile), retried next run" if rep.kept_back else "")
+              + (f"; {rep.kept_damaged} shards left as they are: a footer or a `live` count disagrees with the "
+                 "index — `hoard check` names each, with its next step" if rep.kept_damaged else "")
               + (f"; {rep.stale_cleared} chunk maps or extensions of objects not in the store cleared"
                  if rep.stale_cleared else ""))

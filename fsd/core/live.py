@@ -21,11 +21,11 @@ pass (each transaction reads where it is from the index), and a killed fill is r
 the next (the index stays below format 4 until one finishes).
 
 *What a wrong count can do*: only make gc compact more or less. gc decides what is live from the
-index and the references at swap time, never from here; its swap retires a shard only when the
-members it moved or dropped (its footer's records the index points there) leave the count at 0,
-so a count too high keeps a shard, and a member missing from a footer keeps it too as long as it
-is counted. `hoard check` recounts by its one pass and names a count that differs (next step:
-`hoard index recount`).
+index and the references at swap time, never from here; it takes a shard's members from a
+footer only when that lists the replica's whole body (a record left out of it is no longer
+trusted to a count that may be as wrong), and its swap retires a shard only when the members it
+moved or dropped leave the count at 0, so a count too high keeps a shard. `hoard check`
+recounts by its one pass and names a count that differs (next step: `hoard index recount`).
 """
 
 from __future__ import annotations

@@ -223,6 +223,19 @@ def decode_footer(read_at, file_size: int, strict: bool = True) -> list[RecordIn
     return out
 
 
+def lists_whole_body(records: list[RecordInfo], file_size: int) -> bool:
+    """Whether a sealed shard's footer `records` name every record of its body: each follows the
+    one before from the shard header on (as `scan_records` walks them), and the last ends where
+    the footer begins. A footer that leaves one out (damaged, or a sealing cut short) is no list
+    of what the shard holds."""
+    pos = SHARD_HEADER_SIZE
+    for r in sorted(records, key=lambda r: r.offset):
+        if r.offset != pos + RECORD_HEADER_SIZE:
+            return False
+        pos = r.end
+    return pos == file_size - len(records) * FOOTER_ENTRY_SIZE - TRAILER_SIZE
+
+
 def footer_start(trailer: bytes, file_size: int) -> int:
     """Where the footer begins, from a sealed shard's last TRAILER_SIZE bytes; `file_size`
     when they are not a plausible trailer (nothing is checked beyond its geometry: a copy

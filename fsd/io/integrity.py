@@ -494,17 +494,19 @@ def _index_stamp(store: Store) -> int:
     return int(raw) if raw else (1 << 63)
 
 
-def first_footer(store: Store, meta: Any) -> tuple[list[fmt.RecordInfo] | None, int]:
+def first_footer(store: Store, meta: Any, whole: bool = False) -> tuple[list[fmt.RecordInfo] | None, int]:
     """The footer (and file size) of the first replica whose footer reads and checks. A replica cut short has
     no seal at its end (`decode_footer` gives None, it does not raise): the next is read — the
     first one truncated made the whole shard "no readable replica footer", and its record
-    count and unindexed objects went unchecked."""
+    count and unindexed objects went unchecked. `whole`: only a footer that lists its replica's
+    whole body, on a replica of the size the index records (`fmt.lists_whole_body`: what gc
+    takes for the shard's members)."""
     for disk in store.replica_order(meta):
         try:
             size = disk.size(meta.hex)
             recs = fmt.decode_footer(lambda off, n, d=disk: d.read_at(meta.hex, off, n), size)
         except (OSError, fmt.ShardFormatError):
             continue
-        if recs is not None:
+        if recs is not None and (not whole or (size == meta.size and fmt.lists_whole_body(recs, size))):
             return recs, size
     return None, 0

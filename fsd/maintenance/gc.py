@@ -19,7 +19,7 @@ threshold are compacted, in this order (docs/design.md, "gc order"):
    the old shard moves from `shards` to `retired`. An object whose tombstone was cleared
    meanwhile (stored again) but was not copied keeps its old shard alive: that shard is
    not retired this round — nor is one whose `live` count the moves and drops would not
-   bring to 0 (an object the index points there that the footer lacks).
+   bring to 0 (an object the index points there that its members lack: `kept_damaged`).
 4. **delete**: the retired shards' replica files are removed, then the `retired` entry.
 
 A crash before 3 leaves unreferenced new shards (garbage for the next gc); after 3, the
@@ -68,6 +68,9 @@ class GcReport:
     candidates: int = 0
     compacted: int = 0
     kept_back: int = 0  # an object was stored again meanwhile: retried next run
+    #: shards left as they are: no replica's footer lists the whole body, or the index counts more
+    #: objects in them than gc moved or dropped — `hoard check` names each, with its next step
+    kept_damaged: int = 0
     live_bytes_copied: int = 0
     objects_dropped: int = 0
     replicas_deleted: int = 0
@@ -141,13 +144,15 @@ PLAN_MEMBERS = 1_000_000
 Candidate = tuple[ShardMeta, int, list[bytes]]
 
 
-def plan(store: Store, threshold: float, dead: set[bytes], members: bool = True) -> list[Candidate]:
+def plan(store: Store, threshold: float, dead: set[bytes], members: bool = True,
+         left: list[ShardMeta] | None = None) -> list[Candidate]:
     """The sealed shards below `threshold` live, with their live bytes and members (`members`
     False: an empty list each, for `--dry-run`). From the `live` table (fsd.core.live) once the
     index has it complete: a shard's count less the lengths of its dead objects (one lookup
     each), the members from each candidate's footer — the work grows with the dead objects and
     the shards, not with the store. Else (an index not migrated yet) by passes over the objects
-    table (`_plan_by_pass`)."""
+    table (`_plan_by_pass`). A shard whose footer cannot be taken for its members goes to
+    `left`, not to the plan."""
     metas = [meta for meta in store.index.iter_shards() if meta.sealed and meta.size > 0]
     if not store.index.live_ready():
         return _plan_by_pass(store, threshold, dead, metas)
@@ -171,8 +176,10 @@ def plan(store: Store, threshold: float, dead: set[bytes], members: bool = True)
     for meta, live in below:
         shas = footer_members(store, meta)
         if shas is None:
-            log.warning("gc: shard %s left as it is this round: no replica's footer reads (`hoard verify` names "
-                        "the damage)", meta.hex)
+            log.warning("gc: shard %s left as it is this round: no replica's footer lists its whole body (`hoard "
+                        "verify` names the damage, `hoard verify --repair` mends it)", meta.hex)
+            if left is not None:
+                left.append(meta)
             continue
         out.append((meta, live, shas))
     return out
@@ -180,10 +187,13 @@ def plan(store: Store, threshold: float, dead: set[bytes], members: bool = True)
 
 def footer_members(store: Store, meta: ShardMeta) -> list[bytes] | None:
     """The objects the index points at in `meta` (sealed), from the shard's own record list (its
-    footer, from the first replica whose footer reads) checked against the index: a record whose
-    entry points elsewhere (a copy stored twice) is no member. None when no footer reads. The swap
-    retires the shard only when these leave its `live` count at 0 (`_swap`)."""
-    recs, _size = integrity.first_footer(store, meta)
+    footer, from the first replica whose footer lists its whole body) checked against the index:
+    a record whose entry points elsewhere (a copy stored twice) is no member. None when no
+    replica's footer does: a footer that leaves out a record the index points at would leave
+    that object behind in a shard about to be freed — the swap's `live` count check guards it
+    only while the count is right (a count lowered by one beside such a footer lost the
+    object). The swap retires the shard only when these leave its `live` count at 0 (`_swap`)."""
+    recs, _size = integrity.first_footer(store, meta, whole=True)
     if recs is None:
         return None
     idx = store.index
@@ -237,7 +247,9 @@ def _gc(store: Store, threshold: float, dry_run: bool, roots: Roots | None, wait
     if wanted and not dry_run:
         store.index.unmark(store.index.deleted, wanted)  # referenced again: not deleted after all
     dead = tombstoned - wanted
-    todo = plan(store, threshold, dead, members=not dry_run)
+    left: list[ShardMeta] = []
+    todo = plan(store, threshold, dead, members=not dry_run, left=left)
+    rep.kept_damaged = len(left)
     rep.candidates = len(todo)
     rep.plan = [{"shard": m.hex, "size": m.size, "live": live, "ratio": round(live / payload(m), 3)}
                 for m, live, _ in todo]
@@ -264,9 +276,10 @@ def _gc(store: Store, threshold: float, dry_run: bool, roots: Roots | None, wait
             # stored again, pinned or named by a new manifest since the plan are kept
             candidates = {sha for _, _, shas in items for sha in shas if sha not in moved}
             still = referenced(store, candidates & store.index.marked(store.index.deleted), roots, manifests)
-            done, kept, dropped = _swap(store, items, moved, still)
+            done, kept, damaged, dropped = _swap(store, items, moved, still)
         rep.compacted += done
         rep.kept_back += kept
+        rep.kept_damaged += damaged
         rep.objects_dropped += dropped
     deleted, freed = _finish_retired(store)
     rep.replicas_deleted += deleted
@@ -437,7 +450,8 @@ def _copy_live(store: Store, klass: str, items, dead: set[bytes],
 
 # -- 3. swap ---------------------------------------------------------------------------------
 
-def _swap(store: Store, items, moved: dict[bytes, ObjectLoc], referenced_now: set[bytes]) -> tuple[int, int, int]:
+def _swap(store: Store, items, moved: dict[bytes, ObjectLoc], referenced_now: set[bytes]
+          ) -> tuple[int, int, int, int]:
     """Point lookups of each candidate shard's members (known from the plan: a sealed shard
     gains no objects), never a scan of the whole index — in write transactions of a bounded
     size (txnlog.TXN_ENTRIES), several shards to one, a large shard over several: first its
@@ -448,9 +462,10 @@ def _swap(store: Store, items, moved: dict[bytes, ObjectLoc], referenced_now: se
     (a dropped object's shard is retired with it) — what check, verify and health expect.
     One shard's drops are never split, so a transaction may hold one shard's dead members
     (SWAP_ENTRIES entries each): bounded by the shard size, not by the store. A member
-    wanted again since the plan keeps its shard this round (`kept`); the next gc compacts it."""
+    wanted again since the plan keeps its shard this round (`kept`); the next gc compacts it. One
+    whose `live` count disagrees is kept too (`damaged`: `hoard check` names it)."""
     idx = store.index
-    done = kept = dropped = 0
+    done = kept = damaged = dropped = 0
     per = TXN_ENTRIES - SLACK
     parts = []  # (meta, members, repoint only?, weight in entries)
     for meta, _live, shas in items:
@@ -479,9 +494,9 @@ def _swap(store: Store, items, moved: dict[bytes, ObjectLoc], referenced_now: se
                 if left is not None and left != len(here):
                     # the index points more objects at the shard than its members (a footer that
                     # lacks one): never retire a shard an entry may still need — kept, check names it
-                    log.warning("gc: shard %s kept: the index counts %d objects in it, %d were moved or dead",
-                                meta.hex, left, len(here))
-                    kept += 1
+                    log.warning("gc: shard %s kept: the index counts %d objects in it, %d were moved or dead "
+                                "(`hoard check` names what disagrees, with its next step)", meta.hex, left, len(here))
+                    damaged += 1
                     continue
                 for sha, length in here.items():
                     txn.delete(sha, db=idx.objects)
@@ -498,7 +513,7 @@ def _swap(store: Store, items, moved: dict[bytes, ObjectLoc], referenced_now: se
             tally.apply(txn)
             idx.note_dropped(txn, gone)  # (the mount's by-hash numbers: Index.sole_owner)
             idx.log_in(txn, "drop", gone)  # an object stored anew later must not get the old marks back
-    return done, kept, dropped
+    return done, kept, damaged, dropped
 
 
 #: the most entries one dropped object writes in the swap: its object entry, a tombstone, a
