@@ -725,9 +725,17 @@ def backup_index(store, copies: int = 2) -> list[str]:
     without it the second deleted the first's half-written copy, and the first swapped in the
     second's while it was being written). Returns the labels of the disks that hold a fresh copy."""
     with flocked(lock_root(store.cfg) / BACKUP_LOCK):
-        # local disks first (a bucket's copy is fetched, and its age not shown by a status refresh)
-        disks = sorted((d for u, d in store.disks.items() if store.usable(u, for_write=True)),
-                       key=lambda d: (not has_files(d), -d.free_bytes(0)))[:copies]
+        # local disks first (a bucket's copy is fetched, and its age not shown by a status refresh),
+        # then those holding a copy already (replaced, not left behind to age beside the new ones:
+        # on disks sharing a filesystem, free space alone chose other disks from one run to the next)
+        # — while one has room for a second copy beside its old one (the swap keeps both a moment)
+        room = 2 * size_or_zero(store.cfg.index_dir / "data.mdb")
+
+        def rank(d: Any) -> tuple[bool, bool, int]:
+            local, free = has_files(d), d.free_bytes(0)
+            return not local, not (local and free >= room and d.beside.index_copy_stamp() is not None), -free
+
+        disks = sorted((d for u, d in store.disks.items() if store.usable(u, for_write=True)), key=rank)[:copies]
         done = []
         stamp = {"taken_at": time.time(), "objects": store.index.count_objects()}
         for d in disks:
