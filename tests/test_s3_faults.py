@@ -44,18 +44,24 @@ def _shards(store: Store) -> int:
     return sum(1 for _ in store.index.iter_shards())
 
 
+def _local_first(tmp_path: Path, engine, proxy: FaultProxy, name: str, seed: int) -> tuple[Path, list]:
+    """30 objects stored on the local disks alone (the S3 disk draining meanwhile), then the
+    config asking for a third copy — on the bucket, behind `proxy`."""
+    bucket = _bucket(engine, name)
+    cfg_path = _store(tmp_path, engine, proxy, bucket, copies=2)
+    with Store.open(config.load(cfg_path), init=True) as store:
+        store.set_disk_state("s3a", DiskState.DRAINING, "test: nothing placed here")
+        res = store.put_many(make_files(tmp_path / f"in{seed}", 30, seed=seed, hi=96 * 1024))
+        store.set_disk_state("s3a", DiskState.ACTIVE, "")
+    return _store(tmp_path, engine, proxy, bucket, copies=3), res
+
+
 def test_a_5xx_now_and_then_is_retried_and_never_seen(tmp_path: Path, seaweedfs, engine_env) -> None:  # noqa: F811
     """Every upload of a replication meets one 503 first: each is tried again and lands, and
     the bucket's replicas read back and verify."""
     engine_env(seaweedfs)
     with FaultProxy(seaweedfs.endpoint) as proxy:
-        bucket = _bucket(seaweedfs, "hoard-fault-a")
-        cfg_path = _store(tmp_path, seaweedfs, proxy, bucket, copies=2)
-        with Store.open(config.load(cfg_path), init=True) as store:
-            store.set_disk_state("s3a", DiskState.DRAINING, "test: nothing placed here")
-            res = store.put_many(make_files(tmp_path / "in", 30, seed=5, hi=96 * 1024))
-            store.set_disk_state("s3a", DiskState.ACTIVE, "")
-        cfg_path = _store(tmp_path, seaweedfs, proxy, bucket, copies=3)
+        cfg_path, res = _local_first(tmp_path, seaweedfs, proxy, "hoard-fault-a", seed=5)
         proxy.flaky()
         with Store.open(config.load(cfg_path)) as store:
             replicate_once(store, rate_mb_s=None)
@@ -85,13 +91,7 @@ def test_an_engine_that_keeps_failing_is_one_line_and_loses_nothing(tmp_path: Pa
     is clean."""
     engine_env(seaweedfs)
     with FaultProxy(seaweedfs.endpoint) as proxy:
-        bucket = _bucket(seaweedfs, "hoard-fault-b")
-        cfg_path = _store(tmp_path, seaweedfs, proxy, bucket, copies=2)
-        with Store.open(config.load(cfg_path), init=True) as store:
-            store.set_disk_state("s3a", DiskState.DRAINING, "test: nothing placed here")
-            first = store.put_many(make_files(tmp_path / "a", 30, seed=6, hi=96 * 1024))
-            store.set_disk_state("s3a", DiskState.ACTIVE, "")
-        cfg_path = _store(tmp_path, seaweedfs, proxy, bucket, copies=3)
+        cfg_path, first = _local_first(tmp_path, seaweedfs, proxy, "hoard-fault-b", seed=6)
         with Store.open(config.load(cfg_path)) as store:
             proxy.fail(10**9)  # from here on: 503 to every request
             replicate_once(store, rate_mb_s=None)
