@@ -16,6 +16,8 @@ from typing import Any
 import psycopg
 import pytest
 
+from sql.cluster import PrivateCluster
+
 REPO = Path(__file__).resolve().parent.parent
 REALDATA = REPO.parent / "shared" / "realdata"
 def missing(msg: str) -> None:
@@ -285,3 +287,13 @@ def older_index(index_dir: Path, version: int, without: str) -> None:
         txn.drop(env.open_db(without.encode(), txn=txn), delete=True)
         txn.put(formats.INDEX_KEY.encode(), str(version).encode(), db=env.open_db(b"meta", txn=txn))
     env.close()
+
+
+def private_cluster(base: Path) -> PrivateCluster:
+    """A private PostgreSQL cluster at a path no earlier run used. As root, a directory the
+    server user cannot reach gets a stand-in under /var/lib/hoardfs named after the path
+    (sql.cluster), and a run killed before its teardown leaves that stand-in for the next run
+    whose tmp path repeats (pytest numbers them from 0 again once /tmp is cleared): the test then
+    found an old cluster, archive settings and rows included."""
+    pg = base / f"pg-{uuid.uuid4().hex[:8]}"
+    return PrivateCluster(pg, pg / "socket")

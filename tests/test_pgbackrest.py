@@ -17,7 +17,7 @@ from sql.cluster import PrivateCluster
 from sql.deletion import hide_nodes
 from sql.migrate import migrate
 from sql.pgbackrest import BackRest
-from tests.helpers import dir_disks_config, make_files
+from tests.helpers import dir_disks_config, make_files, private_cluster
 
 # tier: each test starts a private PostgreSQL cluster
 pytestmark = [pytest.mark.needs(shutil.which("pgbackrest") is not None, "PGBACKREST MISSING: `make deps` installs it"),
@@ -26,7 +26,7 @@ pytestmark = [pytest.mark.needs(shutil.which("pgbackrest") is not None, "PGBACKR
 
 @pytest.fixture
 def cluster(tmp_path: Path):
-    c = PrivateCluster(tmp_path / "pg", tmp_path / "pg" / "socket")
+    c = private_cluster(tmp_path)
     c.start()
     yield c
     conf = c.link.resolve() / "pgbackrest" / "pgbackrest.conf"

@@ -39,7 +39,7 @@ from fsd.core.index import Index
 from fsd.core.records import DataError, ObjectNotFound
 from fsd.maintenance.gc import RESERVE_NAME
 from fsd.store import Store
-from tests.helpers import write_config
+from tests.helpers import private_cluster, write_config
 from tests.lab import CutImages, DiskProfile, Lab, stopped
 from tests.test_store import check_store
 
@@ -301,9 +301,10 @@ def test_power_cut_right_after_initdb_leaves_a_cluster_that_starts_as_configured
     lab = lab_factory(POWER_LAB[-1:], throttle=False, direct_io=True)
     os.chmod(lab.root, 0o711)  # the server user must reach its data directory on the lab disk
     mnt = lab.disks["ssd"].mountpoint
-    assert PrivateCluster(mnt / "pg", mnt / "pg" / "socket").initdb()
+    first = private_cluster(mnt)
+    assert first.initdb()
     lab.reboot(lab.power_cut())  # nothing runs: no pause needed
-    cluster = PrivateCluster(mnt / "pg", mnt / "pg" / "socket")
+    cluster = PrivateCluster(first.link, first.socket_dir)
     cluster.start()
     try:
         with psycopg.connect(host=str(cluster.socket_dir), user="hoard", dbname="postgres") as conn:

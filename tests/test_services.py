@@ -9,8 +9,9 @@ import psycopg
 import pytest
 
 from jobs.redis_server import PrivateRedis
-from sql.cluster import PrivateCluster, ensure_database
+from sql.cluster import ensure_database
 from sql.health import database_status
+from tests.helpers import private_cluster
 
 
 @pytest.mark.services  # starts hoard processes, servers or a FUSE mount
@@ -39,8 +40,8 @@ def test_private_redis_refuses_overlong_socket_path(tmp_path: Path) -> None:
 @pytest.mark.services  # starts hoard processes, servers or a FUSE mount
 def test_private_cluster_lifecycle(tmp_path: Path) -> None:
     """initdb + start in a private directory, create a database, stop, start again, destroy."""
-    cluster = PrivateCluster(tmp_path / "pg", tmp_path / "pg" / "socket")
-    url = f"postgresql://hoard@/lifecycle?host={tmp_path / 'pg' / 'socket'}"
+    cluster = private_cluster(tmp_path)
+    url = f"postgresql://hoard@/lifecycle?host={cluster.socket_dir}"
     try:
         assert cluster.start() is True
         assert cluster.start() is False

@@ -76,6 +76,7 @@ from pathlib import Path
 import psycopg
 
 from fsd.base.files import syncfs
+from tests.helpers import private_cluster
 from tests.lab import DiskProfile, Lab, stopped
 
 REPO = Path(__file__).resolve().parents[2]
@@ -266,7 +267,6 @@ class World:
 
     def __post_init__(self) -> None:
         from jobs.redis_server import PrivateRedis
-        from sql.cluster import PrivateCluster
 
         self.cfg_path = self.home / "hoard.toml"
         self.power = power_world(self.seed)
@@ -279,7 +279,7 @@ class World:
             os.chmod(self.lab.root, 0o711)  # PostgreSQL's server user must reach its data directory there
         self.ssd = base / "ssd"
         # its own servers, so that stopping them hurts no other test (nor a developer's run)
-        self.pg = PrivateCluster(base / "pg", base / "pg" / "socket")
+        self.pg = private_cluster(base)
         self.redis = PrivateRedis(base / "redis", self.home / "run" / "redis.sock")
 
     # -- the CLI ------------------------------------------------------------------
