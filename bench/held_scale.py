@@ -73,20 +73,32 @@ def as_format_2(index_dir: Path) -> None:
 
 
 def held_size(index_dir: Path) -> dict | None:
-    """The `held` table's entries and the bytes of its B-tree pages (None: the index has none)."""
+    """The `held` table's entries and the bytes of its B-tree pages, its key length, and the
+    bytes of every table's pages (`index_bytes`: the index without its free pages) — None:
+    the index has no `held` table."""
     env = lmdb.open(str(index_dir), max_dbs=24, readonly=True, lock=False)
     try:
         with env.begin() as txn:
             try:
-                st = txn.stat(env.open_db(b"held", txn=txn, create=False))
+                held = env.open_db(b"held", txn=txn, create=False)
             except lmdb.NotFoundError:
                 return None
+            st = txn.stat(held)
             objects = txn.stat(env.open_db(b"objects", txn=txn, create=False))["entries"]
+            cur = txn.cursor(db=held)
+            key = bytes(cur.key()) if cur.first() else b""
+            tables = [bytes(k) for k in txn.cursor().iternext(values=False)]
+            index = sum(pages(txn.stat(env.open_db(t, txn=txn, create=False))) for t in tables) + pages(txn.stat())
     finally:
         env.close()
-    pages = st["branch_pages"] + st["leaf_pages"] + st["overflow_pages"]
-    return {"entries": st["entries"], "bytes": pages * st["psize"], "objects": objects,
-            "bytes_per_object": round(pages * st["psize"] / max(objects, 1), 1)}
+    return {"entries": st["entries"], "bytes": pages(st), "objects": objects, "key_bytes": len(key),
+            "bytes_per_object": round(pages(st) / max(objects, 1), 1), "index_bytes": index,
+            "index_bytes_per_object": round(index / max(objects, 1), 1)}
+
+
+def pages(st: dict) -> int:
+    """The bytes of a table's B-tree pages (from its `stat`)."""
+    return (st["branch_pages"] + st["leaf_pages"] + st["overflow_pages"]) * st["psize"]
 
 
 def copy_store(src: Path, dst: Path) -> Path:
