@@ -50,9 +50,10 @@ def apply_write_intent(conn: psycopg.Connection, intent: WriteIntent | dict[str,
                                      "an intent's key must name exactly one body — use a new key")
             return ApplyResult(intent.key, True, prev_counts)
         try:
-            before = _joins_by_index(conn)
+            before = _joins_by_index(conn, intent)
             counts = apply_body(conn, intent)
-            _joins_by_index(conn, before)
+            if before is not None:
+                _set_joins(conn, before)
         except psycopg.errors.CheckViolation as e:
             raise IntentError(f"write-intent {intent.key!r} rejected: {e.diag.message_primary}") from None
         conn.execute("UPDATE applied_intent SET counts = %s WHERE key = %s", [json.dumps(counts), intent.key])
@@ -61,21 +62,36 @@ def apply_write_intent(conn: psycopg.Connection, intent: WriteIntent | dict[str,
 
 #: the planner's join methods an intent's statements go without (`_joins_by_index`)
 _JOINS = ("enable_hashjoin", "enable_mergejoin")
+#: an intent joins by index when the node table holds this many times its largest list of rows
+BY_INDEX_RATIO = 8
 
 
-def _joins_by_index(conn: psycopg.Connection, restore: Sequence[str] | None = None) -> list[str]:
-    """For the rest of the transaction, join by nested loops only (or, `restore`, the settings
-    as they were: what this returned), and return the settings before. Every statement of an
-    intent joins rows of the intent's size (its temporary tables, its arrays) with tables of the
-    database's (`node` above all) on their indexes: a lookup per row. Left to the planner, tens
-    of thousands of rows met a node table of millions by a hash join over the whole table — a
-    read of every node per statement, ten statements an intent: its cost grew with the
-    database, not with the intent (issue 37: a 100,000-node intent 3.2× slower per node at 10 M
-    nodes than at 1 M; docs/benchmarks.md). SET LOCAL: a rolled back intent leaves nothing."""
+def _joins_by_index(conn: psycopg.Connection, it: WriteIntent) -> list[str] | None:
+    """Join by index lookups only for the rest of the transaction (no hash or merge joins) when
+    the node table is large beside the intent — `BY_INDEX_RATIO` times its largest list of
+    rows, by the table's statistics; returns the settings before (None: left to the planner).
+    Every statement of an intent joins rows of the intent's size (its temporary tables, its
+    arrays) with tables of the database's size (`node` above all) on their indexes. Left to the
+    planner, tens of thousands of rows met a node table of millions by a hash join over the
+    whole table — a read of every node in each of ten statements, spilling to disk at 1 M nodes:
+    an intent's cost grew with the database, not with the intent (issue 37: a 100,000-node
+    intent 3.2× slower per node at 10 M nodes than at 1 M; docs/benchmarks.md). Into a small
+    database (a first bulk load, an intent larger than it) hash joins stay the faster way.
+    SET LOCAL: a rolled back intent leaves nothing."""
+    rows = max(len(it.nodes), len(it.edges), len(it.labels), len(it.metadata), len(it.unlabels), len(it.results),
+               len(it.black_list), sum(len(b.members) for b in it.batches))
+    nodes = one(conn.execute("SELECT reltuples FROM pg_class WHERE oid = 'node'::regclass"))[0]
+    if nodes < BY_INDEX_RATIO * max(rows, 1):
+        return None
     was = [str(v) for v in one(conn.execute(f"SELECT {', '.join(f'current_setting({s!r})' for s in _JOINS)}"))]
-    for name, value in zip(_JOINS, restore or ["off"] * len(_JOINS), strict=True):
-        conn.execute("SELECT set_config(%s, %s, true)", [name, value])
+    _set_joins(conn, ["off"] * len(_JOINS))
     return was
+
+
+def _set_joins(conn: psycopg.Connection, values: Sequence[str]) -> None:
+    """Set `_JOINS` to `values` for the rest of the transaction."""
+    for name, value in zip(_JOINS, values, strict=True):
+        conn.execute("SELECT set_config(%s, %s, true)", [name, value])
 
 
 def _copy(conn: psycopg.Connection, table: str, columns: str, rows: Iterable[Sequence]) -> None:
