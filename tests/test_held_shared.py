@@ -11,6 +11,9 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import lmdb
@@ -23,7 +26,7 @@ from fsd.maintenance.deletion import drop_batch
 from fsd.maintenance.gc import gc
 from fsd.outputs.manifest import batch_manifest
 from fsd.store import Store
-from tests.helpers import dir_disks_config, freed, reads_back
+from tests.helpers import REPO, dir_disks_config, freed, reads_back
 from tests.test_held import SMALL, _clean, _drop, _fresh, _hoard, _objects, _table
 
 # tier: the module's tests start hoard processes
@@ -54,9 +57,10 @@ def _register(store: Store, name: str, body: bytes, files: int) -> bytes:
     return bytes.fromhex(manifest)
 
 
-def _pair(tmp_path: Path) -> tuple[Path, dict[str, list[bytes]], dict[str, bytes]]:
+def _pair(tmp_path: Path, unregistered: str = "") -> tuple[Path, dict[str, list[bytes]], dict[str, bytes]]:
     """Batches A and B whose manifests share their first 4 bytes, naming objects of their own and
-    some both name; a batch C apart. Returns the config, the objects by kind, the manifests."""
+    some both name; a batch C apart (`unregistered`: that one's manifest only stored). Returns the
+    config, the objects by kind, the manifests."""
     cfg_path = dir_disks_config(tmp_path, 3, shard_size_mb=1)
     with Store.open(config.load(cfg_path), init=True) as store:
         every = _objects(store, 150, 7)
@@ -64,7 +68,8 @@ def _pair(tmp_path: Path) -> tuple[Path, dict[str, list[bytes]], dict[str, bytes
         names = {"A": kinds["a_only"] + kinds["shared"], "B": kinds["shared"] + kinds["b_only"]}
         files = {n: {f"f{i}": (s.hex(), 1) for i, s in enumerate(shas)} for n, shas in names.items()}
         bodies = _sharing_bodies(files)
-        manifests = {n: _register(store, n, bodies[n], len(names[n])) for n in names}
+        manifests = {n: bytes.fromhex(store.put_bytes(bodies[n]).sha256) if n == unregistered
+                     else _register(store, n, bodies[n], len(names[n])) for n in names}
         c = {f"c{i}": (s.hex(), 1) for i, s in enumerate(kinds["c"])}
         manifests["C"] = _register(store, "C", batch_manifest("C", "t", "now", c, dict.fromkeys(c, 0), [], []), len(c))
     assert manifests["A"][:held.MAN] == manifests["B"][:held.MAN] and manifests["A"] != manifests["B"]
@@ -128,6 +133,34 @@ def test_a_killed_deletion_beside_a_sharing_manifest_is_one_finding_and_loses_no
     reads_back(cfg_path, kinds["shared"] + kinds["b_only"] + kinds["c"])
     _clean(cfg_path)
     assert _judged_alike(cfg_path) == []
+
+
+@pytest.mark.parametrize("site", ["fsd.core.held:hold:2", "fsd.core.held:hold:3"])
+def test_a_registration_killed_beside_a_sharing_manifest_is_finished_by_gc(tmp_path: Path, site: str) -> None:
+    """A's registration killed while its entries are added, B registered with A's prefix: check,
+    health and verify name the pending record alike; the gc they name removes A's entries but
+    not those of objects B names (the table then what B and C make: the old code cut to 4 bytes
+    left every entry of A, for good), and a deletion of B frees all of B."""
+    cfg_path, kinds, manifests = _pair(tmp_path, unregistered="A")
+    code = ("import sys; from fsd.base import config; from fsd.store import Store; "
+            "from fsd.outputs.manifest import naming_lock; s = Store.open(config.load(sys.argv[1]))\n"
+            "with naming_lock(s):\n"
+            "    s.register_batch('A', {'source': 't', 'manifest': sys.argv[2], 'files': 70, 'bytes': 0})")
+    res = subprocess.run([sys.executable, "-c", code, str(cfg_path), manifests["A"].hex()], capture_output=True,
+                         text=True, env={**os.environ, "PYTHONPATH": str(REPO), **SMALL, KILL_VAR: site}, cwd=REPO,
+                         timeout=600)
+    assert res.returncode == -9, res.stderr[-2000:]
+    [line] = _judged_alike(cfg_path)
+    assert "batch A" in line and "`hoard gc`" in line, line
+    res = _hoard(cfg_path, "gc", "--no-database", env=SMALL)
+    assert res.returncode == 0, res.stderr[-2000:]
+    _clean(cfg_path)
+    with Store.open(config.load(cfg_path)) as store:
+        assert drop_batch(store, "B") == (len(kinds["shared"]) + len(kinds["b_only"]) + 1, 0)
+        gc(store, threshold=1.0)
+    freed(cfg_path, kinds["shared"] + kinds["b_only"])
+    reads_back(cfg_path, kinds["c"])
+    _clean(cfg_path)
 
 
 def test_an_entry_of_another_objects_prefix_keeps_it_and_misleads_nothing(tmp_path: Path) -> None:
