@@ -13,7 +13,9 @@ checkout writes (2: no `held` table) and the store copied, one copy per checkout
 in turn: `hoard index migrate` (this checkout's fills `held`: every manifest read once), then
 two rounds of the store's side of `hoard delete --batch` of the newest batch
 (`fsd.maintenance.deletion.drop_batch`, as the CLI calls it), `hoard gc --no-database --dry-run`
-and `hoard gc --no-database`, each its own process: seconds, VmHWM and peak RssAnon. Raw JSON in bench/results/held-scale-<label>.json.
+and `hoard gc --no-database`, each its own process: seconds, VmHWM and peak RssAnon (with
+`--migrate-old`, this checkout's `hoard index migrate` of the old copy's index after its rounds
+too: the upgrade's migration). Raw JSON in bench/results/held-scale-<label>.json.
 """
 
 from __future__ import annotations
@@ -73,20 +75,32 @@ def as_format_2(index_dir: Path) -> None:
 
 
 def held_size(index_dir: Path) -> dict | None:
-    """The `held` table's entries and the bytes of its B-tree pages (None: the index has none)."""
+    """The `held` table's entries and the bytes of its B-tree pages, its key length, and the
+    bytes of every table's pages (`index_bytes`: the index without its free pages) — None:
+    the index has no `held` table."""
     env = lmdb.open(str(index_dir), max_dbs=24, readonly=True, lock=False)
     try:
         with env.begin() as txn:
             try:
-                st = txn.stat(env.open_db(b"held", txn=txn, create=False))
+                held = env.open_db(b"held", txn=txn, create=False)
             except lmdb.NotFoundError:
                 return None
+            st = txn.stat(held)
             objects = txn.stat(env.open_db(b"objects", txn=txn, create=False))["entries"]
+            cur = txn.cursor(db=held)
+            key = bytes(cur.key()) if cur.first() else b""
+            tables = [bytes(k) for k in txn.cursor().iternext(values=False)]
+            index = sum(pages(txn.stat(env.open_db(t, txn=txn, create=False))) for t in tables) + pages(txn.stat())
     finally:
         env.close()
-    pages = st["branch_pages"] + st["leaf_pages"] + st["overflow_pages"]
-    return {"entries": st["entries"], "bytes": pages * st["psize"], "objects": objects,
-            "bytes_per_object": round(pages * st["psize"] / max(objects, 1), 1)}
+    return {"entries": st["entries"], "bytes": pages(st), "objects": objects, "key_bytes": len(key),
+            "bytes_per_object": round(pages(st) / max(objects, 1), 1), "index_bytes": index,
+            "index_bytes_per_object": round(index / max(objects, 1), 1)}
+
+
+def pages(st: dict) -> int:
+    """The bytes of a table's B-tree pages (from its `stat`)."""
+    return (st["branch_pages"] + st["leaf_pages"] + st["overflow_pages"]) * st["psize"]
 
 
 def copy_store(src: Path, dst: Path) -> Path:
@@ -122,6 +136,8 @@ def main() -> None:
     ap.add_argument("--object-bytes", default="512-4096", help="the objects' sizes, LOW-HIGH")
     ap.add_argument("--work", type=Path, default=None)
     ap.add_argument("--label", default=None)
+    ap.add_argument("--migrate-old", action="store_true",
+                    help="after the old checkout's rounds, time this one's `hoard index migrate` of its index")
     args = ap.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     work = args.work or Path(f"/var/tmp/held-scale-{os.getpid()}")
@@ -141,6 +157,9 @@ def main() -> None:
             for who, repo in (("old", args.old.resolve()), ("new", REPO)):
                 copy = copy_store(base / "grown", base / who)
                 got[who] = rounds(copy, repo, args.rounds)
+                if who == "old" and args.migrate_old:  # the old checkout's index, migrated by this one
+                    got["old migrated"] = {"index migrate": hoard_process(copy, ["index", "migrate"], ok=(0,)),
+                                           "held table": held_size(config.load(copy).index_dir)}
                 shutil.rmtree(base / who)
                 print(f"{size}: {who}: " + "; ".join(
                     f"{k} {r[k]['seconds']:.2f} s" for r in got[who]["rounds"]

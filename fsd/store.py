@@ -384,7 +384,8 @@ class Store:
                 # they cannot (the manifest no longer reads), they stay with their pending record
                 # for the next gc; the registration's own error is the one to tell
                 with contextlib.suppress(HoardError, OSError, lmdb.Error):
-                    self.index.unhold(manifest, iter_named(self.get, manifest) if holds is None else holds, "add")
+                    self.index.unhold(manifest, iter_named(self.get, manifest) if holds is None else holds, "add",
+                                      get=self.get)
             raise
 
     def keep_pointer(self, key: str, doc: dict) -> None:

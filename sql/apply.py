@@ -50,11 +50,48 @@ def apply_write_intent(conn: psycopg.Connection, intent: WriteIntent | dict[str,
                                      "an intent's key must name exactly one body — use a new key")
             return ApplyResult(intent.key, True, prev_counts)
         try:
+            before = _joins_by_index(conn, intent)
             counts = apply_body(conn, intent)
+            if before is not None:
+                _set_joins(conn, before)
         except psycopg.errors.CheckViolation as e:
             raise IntentError(f"write-intent {intent.key!r} rejected: {e.diag.message_primary}") from None
         conn.execute("UPDATE applied_intent SET counts = %s WHERE key = %s", [json.dumps(counts), intent.key])
     return ApplyResult(intent.key, False, counts)
+
+
+#: the planner's join methods an intent's statements go without (`_joins_by_index`)
+_JOINS = ("enable_hashjoin", "enable_mergejoin")
+#: an intent joins by index when the node table holds this many times its largest list of rows
+BY_INDEX_RATIO = 8
+
+
+def _joins_by_index(conn: psycopg.Connection, it: WriteIntent) -> list[str] | None:
+    """Join by index lookups only for the rest of the transaction (no hash or merge joins) when
+    the node table is large beside the intent — `BY_INDEX_RATIO` times its largest list of
+    rows, by the table's statistics; returns the settings before (None: left to the planner).
+    Every statement of an intent joins rows of the intent's size (its temporary tables, its
+    arrays) with tables of the database's size (`node` above all) on their indexes. Left to the
+    planner, tens of thousands of rows met a node table of millions by a hash join over the
+    whole table — a read of every node in each of ten statements, spilling to disk at 1 M nodes:
+    an intent's cost grew with the database, not with the intent (issue 37: a 100,000-node
+    intent 3.2× slower per node at 10 M nodes than at 1 M; docs/benchmarks.md). Into a small
+    database (a first bulk load, an intent larger than it) hash joins stay the faster way.
+    SET LOCAL: a rolled back intent leaves nothing."""
+    rows = max(len(it.nodes), len(it.edges), len(it.labels), len(it.metadata), len(it.unlabels), len(it.results),
+               len(it.black_list), sum(len(b.members) for b in it.batches))
+    nodes = one(conn.execute("SELECT reltuples FROM pg_class WHERE oid = 'node'::regclass"))[0]
+    if nodes < BY_INDEX_RATIO * max(rows, 1):
+        return None
+    was = [str(v) for v in one(conn.execute(f"SELECT {', '.join(f'current_setting({s!r})' for s in _JOINS)}"))]
+    _set_joins(conn, ["off"] * len(_JOINS))
+    return was
+
+
+def _set_joins(conn: psycopg.Connection, values: Sequence[str]) -> None:
+    """Set `_JOINS` to `values` for the rest of the transaction."""
+    for name, value in zip(_JOINS, values, strict=True):
+        conn.execute("SELECT set_config(%s, %s, true)", [name, value])
 
 
 def _copy(conn: psycopg.Connection, table: str, columns: str, rows: Iterable[Sequence]) -> None:
@@ -266,9 +303,9 @@ def apply_body(conn: psycopg.Connection, it: WriteIntent) -> dict[str, int]:
                 if sealed:
                     raise IntentError(f"write-intent {it.key!r} rejected: batch {b.batch_id} is sealed and takes "
                                       "no new members")
-            cur = conn.execute("INSERT INTO batch_member (batch_id, node_id) SELECT %s, n.node_id FROM node n "
-                               "WHERE n.sha256 = ANY(%s) ON CONFLICT DO NOTHING",
-                               [b.batch_id, [bytes.fromhex(s) for s in b.members]])
+            cur = conn.execute("INSERT INTO batch_member (batch_id, node_id) SELECT %s, n.node_id "
+                               "FROM unnest(%s::bytea[]) AS m(sha) JOIN node n ON n.sha256 = m.sha "
+                               "ON CONFLICT DO NOTHING", [b.batch_id, [bytes.fromhex(s) for s in b.members]])
             counts["members_new"] = counts.get("members_new", 0) + cur.rowcount
         if b.seal:
             conn.execute("UPDATE action_batch SET sealed_at = now() WHERE batch_id = %s AND sealed_at IS NULL",
@@ -283,8 +320,9 @@ def apply_body(conn: psycopg.Connection, it: WriteIntent) -> dict[str, int]:
     if it.results:  # after the batches: a result row names the batch that produced it
         counts["results_new"] = _write_results(conn, it)
     if it.black_list:
-        cur = conn.execute("UPDATE physical_content pc SET in_black_list = true FROM node n "
-                           "WHERE n.node_id = pc.node_id AND n.sha256 = ANY(%s) AND NOT pc.in_black_list",
+        cur = conn.execute("UPDATE physical_content pc SET in_black_list = true "
+                           "FROM unnest(%s::bytea[]) AS b(sha) JOIN node n ON n.sha256 = b.sha "
+                           "WHERE n.node_id = pc.node_id AND NOT pc.in_black_list",
                            [[bytes.fromhex(s) for s in it.black_list]])
         counts["black_listed"] = cur.rowcount
     return counts
@@ -293,7 +331,8 @@ def apply_body(conn: psycopg.Connection, it: WriteIntent) -> dict[str, int]:
 def _physical_nodes(conn: psycopg.Connection, shas: list[str]) -> None:
     """Each black-listed node must be a physical node of the database (or of this intent)."""
     found = {bytes(r[0]) for r in conn.execute(
-        "SELECT n.sha256 FROM node n JOIN physical_content pc USING (node_id) WHERE n.sha256 = ANY(%s)",
+        "SELECT n.sha256 FROM unnest(%s::bytea[]) AS b(sha) JOIN node n ON n.sha256 = b.sha "
+        "JOIN physical_content pc USING (node_id)",
         [[bytes.fromhex(s) for s in shas]]).fetchall()}
     for i, s in enumerate(shas):
         if bytes.fromhex(s) not in found:

@@ -60,11 +60,15 @@ log = logging.getLogger(__name__)
 #: (`disk_seen:<uuid>`), every batch and view named in `pointers`, the version in `meta`. 3: the
 #: `held` table (fsd.core.held) names, for every object a registered manifest names, that manifest.
 #: 4: the `live` table (fsd.core.live) counts, for every shard, the objects the index points at
-#: there and their payload bytes.
-INDEX = 4
-#: the first index format whose `held` table is complete (an older one's is filled by its
-#: migration, which reads every registered manifest: until then the manifests are read)
-INDEX_HELD = 3
+#: there and their payload bytes. 5: the `held` table's keys are 12 + 4 bytes (3 and 4: 16 + 8).
+INDEX = 5
+#: the first index format whose `held` table is complete and keyed as this hoardfs reads it
+#: (12 + 4 bytes). Until then the manifests are read: an index before INDEX_HELD_LONG gets its
+#: table filled by the migration to 3 (every registered manifest read), one of 3 or 4 gets its
+#: keys cut by the migration to 5 (one pass over the table)
+INDEX_HELD = 5
+#: the first index format with a `held` table, keyed by 16 + 8 bytes up to INDEX_HELD
+INDEX_HELD_LONG = 3
 #: the first index format whose `live` table is complete (an older one's is filled by its
 #: migration, one pass over the objects: until then gc's plan makes that pass)
 INDEX_LIVE = 4
@@ -184,12 +188,22 @@ def _live_filled(index: Index) -> int:
     return index.fill_live()
 
 
+def _held_shortened(index: Index) -> int:
+    # the `held` keys of formats 3 and 4 (16 + 8 bytes) cut to 12 + 4: one pass over the table —
+    # only on an index of those formats (a table the migration to 3 just filled has these keys;
+    # one another process migrated meanwhile is cut already)
+    if not INDEX_HELD_LONG <= index_version(index) < INDEX_HELD:
+        return 0
+    return index.shorten_held()
+
+
 #: every step, oldest first; a step must be idempotent and commit in bounded transactions
 MIGRATIONS = (
     Migration(2, "disk last-seen times out of the disk records", _seen_out),
     Migration(2, "batch and view pointers into the pointers table", _pointers_filled),
     Migration(3, "which manifests name each object into the held table", _held_filled, reads=True),
     Migration(4, "each shard's live objects and bytes counted into the live table", _live_filled),
+    Migration(5, "the held table's keys cut to 12 + 4 bytes", _held_shortened),
 )
 
 

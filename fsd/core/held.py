@@ -5,17 +5,26 @@ gc which tombstoned objects a manifest still names. That is written only in the 
 asked of them, both commands read every registered manifest — their time grew with the store,
 not with the batch (docs/benchmarks.md). The index keeps the answer beside the registrations:
 
-    held   object sha256[:16] || manifest sha256[:8]  →  b""   (one entry per object a manifest
+    held   object sha256[:12] || manifest sha256[:4]  →  b""   (one entry per object a manifest
                                                                names: its files and its own
                                                                objects, as `iter_files` yields them)
     meta   `held_pending:<manifest sha256 hex>`       →  JSON {"op": "add" | "remove",
                                                                "kind": "batch" | "view", "name"}
 
-An object is *held* when some entry of its 16 bytes names the 8 bytes of a manifest registered
-now (`batches` or `views`). *Reasons for the prefixes*: 24 B a key, not 64. Two objects sharing
-16 bytes (1 in 2^128 per pair) only make one look held: it is kept, never freed. Two registered
-manifests sharing 8 bytes share their entries: removing one's entries is skipped while the
-other is registered (`unhold`), so sharing too can only keep an object, never free it.
+An object is *held* when some entry of its 12 bytes names the 4 bytes of a manifest registered
+now (`batches` or `views`). *Reasons for the prefixes*: 16 B a key, not 64 (index format 5;
+formats 3 and 4 wrote 16 + 8: the migration to 5 cuts their keys). A prefix shared can only
+keep an object, never free one:
+
+- two objects sharing 12 bytes (1 in 2^96 per pair: ~10^-13 in a store of 10^8) make one look
+  held while the other is: it is kept (`hoard info` reads one manifest more and finds no path);
+- two registered manifests sharing 4 bytes (not rare: ~1 % of stores with 10,000 batches, most
+  with 100,000) share their entries: an entry of that prefix holds while either is registered.
+  When one of them is deleted (`held_among`'s `skip`) or unregistered (`unhold`), what the
+  others name is read from them (`_sharing`): the objects whose 12 bytes they name stay held
+  and keep their entries, the rest are the departing manifest's alone — so its own objects are
+  tombstoned and freed as without the sharing, not kept for as long as the other is registered.
+  A sharer that cannot be read keeps every entry of the prefix (a leak, never a loss).
 
 Invariant (what gc and deletion rely on): every object a registered manifest names has its
 entry. Hence the order, always under `naming_lock` (fsd.outputs.manifest):
@@ -26,40 +35,51 @@ entry. Hence the order, always under `naming_lock` (fsd.outputs.manifest):
 - unregistering M (a batch deleted — after its tombstones are set, asked of `held` leaving M
   out —, a view removed or replaced): the transaction that unregisters it writes a pending
   `remove` record; then `unhold` deletes M's entries in bounded transactions (each first checks
-  the record is still `remove` and M is not registered again) and the record last.
+  the record is still `remove` and the manifests registered with M's prefix are the ones it
+  read — M is not registered again) and the record last.
 
 A process killed in between leaves entries of a manifest not registered — they hold nothing
 (only registered manifests count) — and its pending record, which the next `hoard gc` or a
 re-run `hoard delete --batch` finishes (fsd.outputs.holders.finish; a manifest that no longer
 reads by a pass over the table: `unhold_unread`). `hoard check` compares the
 table with the manifests; `hoard index rebuild` and the migration to index format 3 fill it
-from the registered manifests (`fill`). Never read by an index before format 3
-(formats.INDEX_HELD): its manifests are read, as before.
+from the registered manifests (`fill_held`, these keys), the migration to 5 cuts the keys of
+formats 3 and 4 (`shorten_held`). Never read by an index before format 5 (formats.INDEX_HELD):
+its manifests are read, as before.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable, Iterable, Iterator
 from itertools import islice
 from typing import Any
 
+from fsd.base.errors import HoardError
 from fsd.core import formats
 from fsd.core.entries import named_entry
 from fsd.core.txnlog import SLACK, TXN_ENTRIES, chunked
 
-__all__ = ["OBJ", "MAN", "PENDING", "HeldTables", "iter_files", "iter_named", "named", "named_by", "pair"]
+__all__ = ["OBJ", "MAN", "LONG_OBJ", "LONG_MAN", "PENDING", "HeldTables", "iter_files", "iter_named", "named",
+           "named_by", "pair"]
+
+log = logging.getLogger(__name__)
 
 #: bytes of the object's sha256 and of the manifest's sha256 in a `held` key
-OBJ, MAN = 16, 8
+OBJ, MAN = 12, 4
+#: the same in index formats 3 and 4 (formats.INDEX_HELD_LONG), whose keys the migration to 5 cuts
+LONG_OBJ, LONG_MAN = 16, 8
 #: `meta` key prefix of a manifest whose entries are being added or removed
 PENDING = b"held_pending:"
 
 Get = Callable[[str], bytes]
 
 
-#: entries visited per write transaction by `HeldTables._sweep`
-_PER = TXN_ENTRIES - SLACK
+#: entries visited per write transaction by `HeldTables._sweep` (each may be replaced: two writes)
+_PER = (TXN_ENTRIES - SLACK) // 2
+#: what reading a manifest may raise (it is lost, of a newer format, does not decode)
+_UNREADABLE = (HoardError, OSError, ValueError, KeyError, TypeError)
 
 
 def pair(sha: bytes, manifest: bytes) -> bytes:
@@ -146,27 +166,58 @@ class HeldTables:
     held_reads = 0
 
     def held_ready(self) -> bool:
-        """Whether `held` is complete and may be asked (format 3 or later; else the manifests are read)."""
+        """Whether `held` is complete and of these keys (format 5 or later; else the manifests are read)."""
         return self.held is not None and getattr(self, "format", 0) >= formats.INDEX_HELD
 
-    def registered_prefixes(self, txn: Any) -> set[bytes]:
-        """The 8-byte prefixes of every registered batch and view manifest (a few hundred entries)."""
-        out = set()
-        for kind, db in (("batch", self.batches), ("view", self.views)):
-            for k, v in txn.cursor(db=db):
-                out.add(bytes.fromhex(named_entry(kind, bytes(k).decode(errors="replace"), bytes(v))["manifest"])[:MAN])
-        return out
+    def registered_manifests(self, txn: Any) -> set[bytes]:
+        """The sha256 of every registered batch and view manifest (a few hundred entries)."""
+        return {bytes.fromhex(named_entry(kind, bytes(k).decode(errors="replace"), bytes(v))["manifest"])
+                for kind, db in (("batch", self.batches), ("view", self.views)) for k, v in txn.cursor(db=db)}
 
-    def held_among(self, among: Iterable[bytes], skip: bytes | None = None) -> set[bytes]:
+    def registered_prefixes(self, txn: Any) -> set[bytes]:
+        """The MAN-byte prefixes of every registered batch and view manifest."""
+        return {man[:MAN] for man in self.registered_manifests(txn)}
+
+    def _sharers(self, txn: Any, manifest: bytes) -> frozenset[bytes]:
+        """The registered manifests with `manifest`'s MAN bytes, itself included if registered."""
+        return frozenset(m for m in self.registered_manifests(txn) if m[:MAN] == manifest[:MAN])
+
+    def _sharing(self, manifest: bytes, get: Get | None) -> tuple[frozenset[bytes], set[bytes] | None]:
+        """The other registered manifests with `manifest`'s MAN bytes (`_sharers`, itself left
+        out), and the OBJ-byte prefixes of every object they name — read with `get`; None when
+        there is no `get` or one of them cannot be read (then every entry of the prefix may be
+        theirs). Almost always no sharer: nothing is read."""
+        with self.env.begin() as txn:
+            sharers = self._sharers(txn, manifest) - {manifest}
+        if not sharers:
+            return sharers, set()
+        if get is None:
+            return sharers, None
+        try:
+            return sharers, {sha[:OBJ] for m in sorted(sharers) for sha in iter_named(get, m.hex())}
+        except _UNREADABLE as e:
+            log.warning("manifest %s shares its first %d bytes with registered manifests it cannot read (%s): "
+                        "the held entries of that prefix are kept", manifest.hex(), MAN, e)
+            return sharers, None
+
+    def held_among(self, among: Iterable[bytes], skip: bytes | None = None, get: Get | None = None) -> set[bytes]:
         """Which of `among` a registered manifest names now — other than manifest `skip` (a
-        batch being deleted; one sharing its 8 bytes is left out with it: gc asks again when it
-        swaps). A cursor positioning per object, whatever the store holds."""
+        batch being deleted). An entry of `skip`'s prefix that another registered manifest
+        shares holds when that one names an object of its 12 bytes (read with `get`; without
+        it, or unreadable, every such entry holds). A cursor positioning per object, whatever
+        the store holds."""
+        sharers, theirs = self._sharing(skip, get) if skip is not None else (frozenset(), set())
         out = set()
         with self.env.begin() as txn:
-            live = self.registered_prefixes(txn) - ({skip[:MAN]} if skip is not None else set())
+            live = self.registered_prefixes(txn)
+            mine = None
+            if skip is not None and theirs is not None and self._sharers(txn, skip) - {skip} == sharers:
+                mine = skip[:MAN]  # (else: registrations changed, or unreadable — the prefix holds)
+                live.discard(mine)
+            theirs = theirs or set()
             cur = txn.cursor(db=self.held)
             for sha in among:
-                if any(man in live for man in self._manifests_of(cur, sha)):
+                if any(man in live or (man == mine and sha[:OBJ] in theirs) for man in self._manifests_of(cur, sha)):
                     out.add(sha)
         return out
 
@@ -254,37 +305,46 @@ class HeldTables:
                     n += txn.put(pair(sha, man), b"")
         return n
 
-    def unhold(self, manifest_hex: str, shas: Iterable[bytes], op: str = "remove") -> int:
+    def unhold(self, manifest_hex: str, shas: Iterable[bytes], op: str = "remove", get: Get | None = None) -> int:
         """Remove manifest's entries (`shas`: what it names), in bounded write transactions, each
-        only while its pending record still says `op` and no registered manifest has its prefix
-        (registered again meanwhile, or sharing the 8 bytes: its entries stay); the record goes
-        with the last. Returns how many entries were removed."""
+        only while its pending record still says `op` and the registered manifests of its prefix
+        are the ones `_sharing` found (registered again meanwhile: its entries stay) — and not
+        the entries of an object whose 12 bytes a manifest sharing its prefix names (read with
+        `get`; without it or unreadable, every entry stays); the record goes with the last.
+        Returns how many entries were removed."""
         man = bytes.fromhex(manifest_hex)
+        sharers, theirs = self._sharing(man, get)
         n = 0
-        for part in chunked(shas):
-            with self.env.begin(write=True) as txn:
-                if not self._going(txn, manifest_hex, op):
-                    break
-                n += sum(1 for sha in part if txn.delete(pair(sha, man), db=self.held))
+        if theirs is not None:
+            for part in chunked(shas):
+                with self.env.begin(write=True) as txn:
+                    if not self._going(txn, manifest_hex, op, sharers):
+                        break
+                    n += sum(1 for sha in part if sha[:OBJ] not in theirs and txn.delete(pair(sha, man), db=self.held))
         self._unpend(manifest_hex, op)
         return n
 
-    def unhold_unread(self, manifest_hex: str, op: str = "remove") -> int:
+    def unhold_unread(self, manifest_hex: str, op: str = "remove", get: Get | None = None) -> int:
         """`unhold` for a manifest that cannot be read (a gc freed it beside a deletion killed
-        after the unregistration; a disk gone): every entry with its 8 bytes, found by a pass over
+        after the unregistration; a disk gone): every entry with its 4 bytes, found by a pass over
         the table, under the same conditions — entries of a manifest not registered hold nothing,
         so none is needed. Returns how many entries were removed."""
-        man = bytes.fromhex(manifest_hex)[:MAN]
-        n = self._sweep(lambda txn: (lambda m: m == man) if self._going(txn, manifest_hex, op) else None)
+        man = bytes.fromhex(manifest_hex)
+        sharers, theirs = self._sharing(man, get)
+        n = 0
+        if theirs is not None:
+            n = self._sweep(lambda txn: (lambda k: b"" if k[OBJ:] == man[:MAN] and k[:OBJ] not in theirs else None)
+                            if self._going(txn, manifest_hex, op, sharers) else None)
         self._unpend(manifest_hex, op)
         return n
 
-    def _going(self, txn: Any, manifest_hex: str, op: str) -> bool:
-        """Whether the manifest's pending record still says `op` and no registered manifest has
-        its 8 bytes (registered again meanwhile, or sharing them: its entries stay)."""
+    def _going(self, txn: Any, manifest_hex: str, op: str, sharers: frozenset[bytes]) -> bool:
+        """Whether the manifest's pending record still says `op` and the registered manifests of
+        its prefix are still `sharers` (it registered again meanwhile, or another one of them:
+        its entries stay)."""
         raw = txn.get(PENDING + manifest_hex.encode(), db=self.meta)
         return raw is not None and json.loads(bytes(raw)).get("op") == op and \
-            bytes.fromhex(manifest_hex)[:MAN] not in self.registered_prefixes(txn)
+            self._sharers(txn, bytes.fromhex(manifest_hex)) == sharers
 
     def _unpend(self, manifest_hex: str, op: str) -> None:
         """The pending record goes, if it still says `op`."""
@@ -313,27 +373,41 @@ class HeldTables:
                         n += txn.put(pair(sha, man), b"")
         return n + self._sweep(self._unneeded)
 
-    def _unneeded(self, txn: Any) -> Callable[[bytes], bool]:
-        """`gone(manifest prefix)` of the migration's sweep: neither registered nor pending."""
+    def _unneeded(self, txn: Any) -> Callable[[bytes], bytes | None]:
+        """The migration's sweep: entries of manifests neither registered nor pending go (and
+        any key not OBJ + MAN bytes: one of formats 3 and 4 a killed fill of theirs left)."""
         keep = self.registered_prefixes(txn) | {bytes.fromhex(m)[:MAN] for m, _ in self._pending(txn)}
-        return lambda m: m not in keep
+        return lambda k: b"" if k[OBJ:] not in keep else None
 
-    def _sweep(self, which: Callable[[Any], Callable[[bytes], bool] | None]) -> int:
-        """Remove the entries whose manifest prefix `which(txn)` says is gone, in bounded write
-        transactions (each visits at most _PER entries and asks `which` at its own moment; None:
-        stop)."""
-        removed = 0
+    def shorten_held(self) -> int:
+        """The migration to format 5: every key of formats 3 and 4 (16 + 8 bytes) becomes its
+        12 + 4 (two keys of one object prefix and manifest prefix become one entry: an entry is
+        a fact, not a count). A process killed half-way leaves both kinds: the index stays at
+        its format, whose table is not read (`held_ready`), and the next migration cuts the
+        rest. Returns how many keys were cut."""
+        long = LONG_OBJ + LONG_MAN
+        return self._sweep(lambda txn: lambda k: k[:OBJ] + k[LONG_OBJ:LONG_OBJ + MAN] if len(k) == long else None)
+
+    def _sweep(self, which: Callable[[Any], Callable[[bytes], bytes | None] | None]) -> int:
+        """Pass over the table in bounded write transactions, each visiting at most _PER
+        entries: `which(txn)`, asked at each one's own moment, gives `edit(key)` — None leaves
+        the key, b"" removes it, other bytes replace it with those — or None: stop. Returns
+        how many keys were removed or replaced."""
+        changed = 0
         at: bytes | None = b""
         while at is not None:
             with self.env.begin(write=True) as txn:
-                gone_if = which(txn)
-                if gone_if is None:
+                edit = which(txn)
+                if edit is None:
                     break
                 cur = txn.cursor(db=self.held)
                 keys = [bytes(k) for k in islice(cur.iternext(values=False), _PER)] if cur.set_range(at) else []
                 at = keys[-1] + b"\0" if len(keys) == _PER else None
-                gone = [k for k in keys if gone_if(k[OBJ:])]
-                for k in gone:
-                    txn.delete(k, db=self.held)
-            removed += len(gone)
-        return removed
+                for k in keys:
+                    new = edit(k)
+                    if new is not None:
+                        txn.delete(k, db=self.held)
+                        if new:
+                            txn.put(new, b"", db=self.held)
+                        changed += 1
+        return changed

@@ -20,7 +20,7 @@ Named databases (keys → values):
     dropped  sha256[:8]           → sha256[8:16] (b"" when several): an object gc collected, so that
                                     the mount never lets a by-hash number name a later object
                                     with the same leading bits (Index.sole_owner)
-    held     sha256[:16] || manifest sha256[:8] → b"": a registered batch or view manifest names the
+    held     sha256[:12] || manifest sha256[:4] → b"": a registered batch or view manifest names the
                                     object (its files and its own objects), see fsd.core.held
     live     shard_id (12 B)      → u64 objects | u64 payload bytes: the objects entries pointing at the
                                     shard, kept with every change to `objects` (gc plans from it),

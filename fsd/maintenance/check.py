@@ -386,8 +386,10 @@ class _Held:
             if man not in live and man not in pending:
                 rep.add("held", f"{n} `held` entries name manifest {man.hex()}…, which is neither registered nor "
                                 f"being removed (they keep objects, never free them): {REBUILD}")
-            # (a manifest registered after check listed them was not read: its count is not known)
-            elif man in live and man in self.named and n > self.named[man] and man not in self.unjudged:
+            # (a manifest registered after check listed them was not read: its count is not known;
+            # one sharing its prefix with a manifest being added or removed has that one's too)
+            elif man in live and man in self.named and n > self.named[man] and man not in self.unjudged \
+                    and man not in pending:
                 rep.add("held", f"manifest {man.hex()}… has {n} `held` entries and names {self.named[man]} objects "
                                 f"(the rest keep objects it does not name): {REBUILD}")
 

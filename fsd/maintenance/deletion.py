@@ -57,7 +57,7 @@ def drop_batch(store, batch_id: str) -> tuple[int, int]:
         if idx.held_ready():
             names = named_by(store.get, info["manifest"])
             mine = set(names)
-            shared = idx.held_among(mine, skip=bytes.fromhex(info["manifest"]))
+            shared = idx.held_among(mine, skip=bytes.fromhex(info["manifest"]), get=store.get)
         else:
             names = None
             mine = {sha for _path, sha, _size in iter_files(store.get, info["manifest"])}

@@ -319,7 +319,7 @@ def _build(cfg: Settings, disks: list[tuple[Any, dict]], work: Path, ssd_uuid: s
     index.set_meta("ssd_uuid", ssd_uuid)
     # its `held` table is filled from the manifests by the migration to that format, which reads
     # them through a store (the first writable open: _seed_marks's, right after the swap)
-    index.set_meta(formats.INDEX_KEY, str(formats.INDEX_HELD - 1))
+    index.set_meta(formats.INDEX_KEY, str(formats.INDEX_HELD_LONG - 1))
     shards: dict[bytes, ShardMeta] = {}
     found_pointers: dict[str, dict] = {}  # rel path → the newest pointer of that name
     files = {dc.label: _shard_files(dc) for dc, _ in disks}

@@ -32,7 +32,8 @@ def unhold(store, manifest_hex: str, shas: Iterable[bytes] | None = None) -> int
     if store.index.held is None:
         return 0
     try:
-        return store.index.unhold(manifest_hex, iter_named(store.get, manifest_hex) if shas is None else shas)
+        return store.index.unhold(manifest_hex, iter_named(store.get, manifest_hex) if shas is None else shas,
+                                  get=store.get)
     except _UNREADABLE as e:
         return _unread(store, manifest_hex, "remove", e)
 
@@ -42,7 +43,7 @@ def _unread(store, manifest_hex: str, op: str, e: Exception) -> int:
     the table (a gc that freed the manifest beside a deletion killed after the unregistration
     left them, and a pending record whose next step, `hoard gc`, never worked)."""
     log.info("manifest %s cannot be read (%s): its held entries are found by a pass over the table", manifest_hex, e)
-    return store.index.unhold_unread(manifest_hex, op)
+    return store.index.unhold_unread(manifest_hex, op, get=store.get)
 
 
 def finish(store) -> int:
@@ -53,7 +54,7 @@ def finish(store) -> int:
     for manifest, doc in store.index.pending_held():
         op = str(doc.get("op"))
         try:
-            store.index.unhold(manifest, iter_named(store.get, manifest), op)
+            store.index.unhold(manifest, iter_named(store.get, manifest), op, get=store.get)
         except _UNREADABLE as e:
             _unread(store, manifest, op, e)
         done += 1

@@ -17,7 +17,7 @@ page of a view's tree — with that directory's path ("a/b/"). *Reason for 8 byt
 entry on the SSD, and a prefix two objects share (1 in 2^64 per pair) only costs a read of a
 place whose entries are then compared whole: a members file says where to look, never what is
 there. A lookup is one binary search per registered manifest that the index's `held` table says
-names the object (every registered manifest on an index before format 3: an open, an mmap,
+names the object (every registered manifest on an index before format 5: an open, an mmap,
 ~20 page reads each) and a read of the objects holding the object: a batch's manifest, or one page (at most
 4,096 entries) of a view of any size.
 
@@ -189,8 +189,9 @@ def holding(store, sha: bytes) -> Iterator[tuple[str, str, list[tuple[str, str]]
     """("batch" | "view", name, places) of each registered manifest that may name `sha`, with
     the (object, directory path) places to read — all that do, and (1 in 2^64 per entry) one
     that only names an object of the same prefix. Only the manifests the index's `held` table
-    names for `sha` are looked up (format 3: one cursor positioning, whatever the number of
-    batches); every registered one on an older index. A manifest that cannot be read is left
+    may mean for `sha` are looked up — those registered with a prefix its entries name (format
+    5: one cursor positioning, whatever the number of batches); every registered one on an
+    older index. A manifest that cannot be read is left
     out, as it was when every manifest was read (`hoard check` reports it)."""
     prefix = sha[:PREFIX]
     held = store.index.holders(sha)
