@@ -57,6 +57,8 @@ NO_OPEN = bool(getattr(pyfuse3, "READ_GETS_INODE_WITHOUT_OPEN", False))
 #: fetched again — from the page cache mostly (reader.py); a stream's pieces are cancelled
 RECENT_BYTES = 64 << 20
 RECENT_STREAMS = 32
+#: … and small files' entries at most (one whose read failed holds no bytes)
+RECENT_FILES = 4096
 
 
 def _object(n: Node) -> bytes:
@@ -77,8 +79,9 @@ class _Open:
 class _Recent:
     """No-open: the state of the files being read, per inode, least recently read first out."""
 
-    def __init__(self, max_bytes: int = RECENT_BYTES, max_streams: int = RECENT_STREAMS) -> None:
-        self.max_bytes, self.max_streams = max_bytes, max_streams
+    def __init__(self, max_bytes: int = RECENT_BYTES, max_streams: int = RECENT_STREAMS,
+                 max_files: int = RECENT_FILES) -> None:
+        self.max_bytes, self.max_streams, self.max_files = max_bytes, max_streams, max_files
         self.small: OrderedDict[int, _Open] = OrderedDict()
         self.streams: OrderedDict[int, _Open] = OrderedDict()
         self.bytes = 0  # of the small objects' data held
@@ -104,20 +107,27 @@ class _Recent:
             _close(h)
 
     def add(self, inode: int, h: _Open) -> None:
-        (self.streams if h.node.size > SMALL_MAX else self.small)[inode] = h
+        """A file's first READ since it was last kept (the oldest go while there are too many)."""
+        if h.node.size > SMALL_MAX:
+            self.streams[inode] = h
+            while len(self.streams) > self.max_streams:
+                _close(self.streams.popitem(last=False)[1])
+        else:
+            self.small[inode] = h
+            self._trim()
 
     def loaded(self, h: _Open) -> None:
-        """A small object's bytes came: older files' bytes go while there are too many."""
+        """A small object's bytes came (the oldest files' go while there are too many)."""
         assert h.data is not None
-        self.bytes += len(h.data)
-        while self.bytes > self.max_bytes and len(self.small) > 1:
+        if self.small.get(h.node.inode) is h:  # (else evicted while being read: only its READs hold it)
+            self.bytes += len(h.data)
+            self._trim()
+
+    def _trim(self) -> None:
+        while (self.bytes > self.max_bytes or len(self.small) > self.max_files) and len(self.small) > 1:
             _, old = self.small.popitem(last=False)
             if old.data is not None:
                 self.bytes -= len(old.data)
-
-    def trim(self) -> None:
-        while len(self.streams) > self.max_streams:
-            _close(self.streams.popitem(last=False)[1])
 
 
 def _close(h: _Open) -> None:
@@ -306,7 +316,6 @@ class HoardOps(pyfuse3.Operations):
             if h.stream is None:
                 log.debug("fetch %d", h.node.inode)
                 h.stream = self.reader.open_stream(_object(h.node), h.node.size, h.lane)
-                self.recent.trim()
             return await self._verified(self.reader.read_stream(h.stream, off, size))
         except pyfuse3.FUSEError as e:
             if e.errno == errno.ESTALE and self.no_open:  # (collected: _verified)
