@@ -255,8 +255,10 @@ def test_a_by_hash_number_another_object_comes_to_share_is_looked_up_again(tmp_p
     """A by-hash file is numbered by its sha256's leading bits while no other object shares
     them. An object stored later with the same bits (forced here: 8 bits) makes that number
     name nothing: the next open of the cached name gets ESTALE inside the kernel, which looks
-    the name up again and reads the right bytes under a number of its own; the newcomer reads
-    its own bytes; a reader that held the file open keeps reading it."""
+    the name up again and reads the right bytes under a number of its own (with no-open there
+    is no OPEN: the kernel keeps the number, and what it or the daemon keeps of the file is
+    its own bytes); the newcomer reads its own bytes; a reader that held the file open keeps
+    reading it."""
     from tests.test_mount_inodes import sharing_bytes
 
     cfg_path, cfg, datas, shas, tops = _forty_small_objects(tmp_path)
@@ -323,6 +325,7 @@ def test_a_by_hash_number_never_names_an_object_stored_after_its_own_was_collect
             with pytest.raises(OSError):  # (ENOENT: collected)
                 got = path(shas[named]).read_bytes()
                 assert got != newcomers[tops[named]], "a collected object's name read the newcomer's bytes"
+            assert not path(shas[named]).exists()  # its name looked up again (no-open: invalidated at the READ)
             with pytest.raises(OSError):  # (ESTALE: its number names nothing now)
                 with open(f"/proc/self/fd/{fd}", "rb") as again:
                     got = again.read()

@@ -379,23 +379,16 @@ class Namespace:
     def names_of(self, inode: int, sha: bytes | None) -> list[tuple[int, bytes]]:
         """(parent inode, name) the kernel may know file `inode` by, a file that is gone: those
         of its object `sha`, or, for a by-hash number that names nothing now (`derived_node`),
-        those of every stored object with its bits — which one it named is not known — and the
-        by-hash directory it would be in (a collected object's by-hash name cannot be derived:
-        its extension may be gone; the kernel then looks up again the names it held there).
+        those of every stored object with its bits — which one it named is not known (a
+        collected object's by-hash name cannot be derived: its extension may be gone).
         Blocking: a worker thread."""
-        if sha is None:
-            if not inode >= DERIVED | _FILE:
-                return []
-            top = inode - (DERIVED | _FILE)
-            shas = set(self.index.with_bits(top, self.PREFIX_BITS))
-            first, known = (top << (64 - self.PREFIX_BITS)).to_bytes(8, "big"), self.PREFIX_BITS // 8
+        if sha is not None:
+            shas = {sha}
+        elif inode >= DERIVED | _FILE:
+            shas = set(self.index.with_bits(inode - (DERIVED | _FILE), self.PREFIX_BITS))
         else:
-            shas, first, known = {sha}, sha, 2
-        out = self.with_object(shas) if shas else []
-        where, name = (("dir", "hash1", first[0]), first[1]) if known >= 2 else (("dir", "by-hash"), first[0])
-        if p := self.known_inode(where):
-            out.append((p, f"{name:02x}".encode()))
-        return out
+            return []
+        return self.with_object(shas) if shas else []
 
     def _names_in(self, parent: int, shas: set[bytes]) -> list[bytes]:
         """The names of files `shas` in directory `parent` (none if the kernel forgot it)."""

@@ -326,16 +326,26 @@ class HoardOps(pyfuse3.Operations):
     async def _stale(self, inode: int, sha: bytes | None) -> NoReturn:
         """No-open: ESTALE for a READ of a file that is gone, once the kernel's names of it are
         invalidated — with no OPEN to answer ESTALE to (the kernel would look the name up again
-        then), nothing else makes it drop a name it holds for ENTRY_TIMEOUT. In a worker thread:
-        naming a view's file may read a manifest page, and an invalidation waits for the kernel."""
+        then), nothing else makes it drop a name it holds for ENTRY_TIMEOUT. A by-hash number's
+        name may not be derivable (a collected object's): its attributes are invalidated, so the
+        next stat (or open, with default_permissions) asks GETATTR, whose ESTALE makes the VFS
+        look the name up again. Only the attributes: dropping the pages would wait for this
+        READ's own. In a worker thread: naming a view's file may read a manifest page, and an
+        invalidation waits for the kernel."""
         def invalidate() -> int:
-            names = self.ns.names_of(inode, sha)
-            for parent, name in names:
+            told = 0
+            for parent, name in self.ns.names_of(inode, sha):
                 try:
                     pyfuse3.invalidate_entry(parent, name)
-                except OSError:  # (ENOENT: the kernel forgot it meanwhile)
-                    pass
-            return len(names)
+                    told += 1
+                except OSError as e:  # (ENOENT: the kernel forgot it meanwhile)
+                    log.debug("invalidate %d %r: %s", parent, name, e)
+            if inode >= DERIVED:
+                try:
+                    pyfuse3.invalidate_inode(inode, attr_only=True)
+                except OSError as e:
+                    log.debug("invalidate %d: %s", inode, e)
+            return told
 
         told = await trio.to_thread.run_sync(invalidate)
         log.info("mount: inode %d is gone: %d kernel entries invalidated", inode, told)
