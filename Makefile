@@ -58,7 +58,8 @@ PKGS = $(APT_PKGS)
 
 # pyfuse3 with hoardfs's patch (fsd/mount/pyfuse3-noopen.patch: read() is told the inode when the
 # kernel opens files without asking — docs/mount.md, "What the kernel keeps"), as a wheel built
-# once under var/pyfuse3 from the pinned sdist, its sha256 checked first (pyproject.toml pins
+# once under var/pyfuse3 from the pinned sdist (`--no-binary pyfuse3`: its build's own Python
+# packages come as wheels — `:all:` built Cython from source too), its sha256 checked first (pyproject.toml pins
 # pyfuse3==3.5.0; the wheel's local version label, +hoardfs.noopen1, satisfies it). Cython and the
 # build's Python packages come through pip (build isolation); gcc, libfuse3-dev and pkg-config are
 # in the Debian packages above. A new patch or label builds again; nothing else does.
@@ -75,7 +76,7 @@ $(PYFUSE3_BUILT): $(PYFUSE3_PATCH) | deps
 	@echo "==> building pyfuse3 $(PYFUSE3_VERSION)+$(PYFUSE3_LABEL) (the pinned sdist with $(PYFUSE3_PATCH))"
 	@[ -x $(PYFUSE3_PIP) ] || { $(PYTHON) -m venv $(VENV) && $(VENV)/bin/pip install -q --disable-pip-version-check -U pip; }
 	@rm -rf $(PYFUSE3_DIR) && mkdir -p $(PYFUSE3_DIR)/sdist $(PYFUSE3_DIR)/dist
-	@$(PYFUSE3_PIP) download -q --disable-pip-version-check --no-deps --no-binary :all: \
+	@$(PYFUSE3_PIP) download -q --disable-pip-version-check --no-deps --no-binary pyfuse3 \
 	  -d $(PYFUSE3_DIR)/sdist 'pyfuse3==$(PYFUSE3_VERSION)'
 	@cd $(PYFUSE3_DIR)/sdist && echo "$(PYFUSE3_SHA256)  pyfuse3-$(PYFUSE3_VERSION).tar.gz" | sha256sum -c --quiet - \
 	  || { echo "pyfuse3-$(PYFUSE3_VERSION).tar.gz is not the sdist pinned in the Makefile (PYFUSE3_SHA256)"; exit 1; }
