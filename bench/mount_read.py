@@ -248,8 +248,8 @@ def main() -> None:
                      ("  ls -R, mount", f"{t['entries_mount_ls']:6.2f} s  {n_mount / t['entries_mount_ls']:9.0f} entries/s")]
         if "warm" in parts:  # the page cache only: no disk is read in the timed epoch, nothing throttled
             rows += warm_part(args, cfg_path, mnt, mfs, warm_rels, warm_branches, t)
-    report("hoard mount reads", rows, {"profile": args.profile, "commit": _commit(), "machine": _machine(),
-                                       "units": "MiB = 2^20 bytes",
+    # (the commit and the machine, with its load at the start and the end, are report()'s)
+    report("hoard mount reads", rows, {"profile": args.profile, "units": "MiB = 2^20 bytes",
                                        **{k: round(v, 4) if isinstance(v, float) else v for k, v in t.items()}})
     shutil.rmtree(work, ignore_errors=True)
 
@@ -352,18 +352,6 @@ def _cpu_s(pid: int) -> float:
     """CPU seconds (user + system, all threads) a process has used so far."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def _commit() -> str:
-    try:
-        return subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
-                              text=True).stdout.strip()
-    except OSError:
-        return ""
-
-
-def _machine() -> str:
-    return f"{os.cpu_count()} cores, {os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') >> 30} GiB"
 
 
 def _count(cmd: list[str]) -> int:

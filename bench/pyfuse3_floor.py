@@ -1,5 +1,5 @@
 """What a warm epoch costs through any pyfuse3 file system, hoardfs aside: the floor under
-the mount's `warm` figures (bench/mount_read.py), and what FUSE's no-open would give.
+the mount's `warm` figures (bench/mount_read.py), with an OPEN per file and with FUSE's no-open.
 
     python bench/pyfuse3_floor.py [--files 100000] [--readers 4]
 
@@ -7,12 +7,14 @@ A minimal pyfuse3 file system (this script again, `--serve MOUNTPOINT [--no-open
 FILES files of 2 KiB, 1,000 per directory, all holding the same bytes, their names and
 attributes kept an hour by the kernel, served two ways:
 
-open     OPEN answered with `keep_cache`, RELEASE answered — as `hoard mount` does: each
-         open() of a file whose pages are cached costs the daemon an OPEN and a RELEASE;
+open     OPEN answered with `keep_cache`, RELEASE answered — as `hoard mount` does with
+         pyfuse3 as released: each open() of a file whose pages are cached costs the daemon
+         an OPEN and a RELEASE;
 no-open  OPEN answered ENOSYS, after which the kernel sends no OPEN or RELEASE at all
-         (`FUSE_NO_OPEN_SUPPORT`) and every READ carries file handle 0. Possible here only
-         because every file holds the same bytes: pyfuse3's read() is not told the inode,
-         so `hoard mount` cannot answer this way (docs/mount.md).
+         (`FUSE_NO_OPEN_SUPPORT`) and every READ carries file handle 0 — as `hoard mount`
+         does with pyfuse3 built with hoardfs's patch, which hands read() the inode then
+         (fsd/mount/pyfuse3-noopen.patch; docs/mount.md). This file system needs no inode:
+         every file holds the same bytes.
 
 Each is read once in name order and then, timed, in a seeded random order by `--readers`
 threads (reader i takes items i, i+N, …), as are the same files as plain files on this

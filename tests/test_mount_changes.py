@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from fsd.base import config
+from fsd.mount.ops import NO_OPEN
 from fsd.outputs.views import define_view
 from fsd.store import Store
 from tests.helpers import dir_disks_config, make_files
@@ -102,14 +103,39 @@ def _requests(log: Path) -> Counter:
     return Counter(re.findall(rb"opcode: (\w+)", text)) + Counter(fetch=len(re.findall(rb"fsd\.mount\.ops: fetch \d+", text)))
 
 
+def _open_per_file(cmd: list[str]) -> list[str]:
+    """A `mounted(wrap=)` that runs the mount daemon as it runs with pyfuse3 as released
+    (without hoardfs's no-open patch: every open asks the daemon)."""
+    code = ("import runpy; import fsd.mount.ops as o; o.NO_OPEN = False; "
+            "runpy.run_module('fsd', run_name='__main__', alter_sys=True)")
+    return [cmd[0], "-c", code] + cmd[3:]  # cmd: python -m fsd …
+
+
+def _slurp(path: Path) -> bytes:
+    """A file's bytes, unbuffered: Python's buffered open asks isatty() (an IOCTL round trip
+    on a FUSE file, docs/mount.md); a loader reading with buffering=0 sends none."""
+    with open(path, "rb", buffering=0) as f:
+        return f.readall()
+
+
+#: requests the kernel sends whenever it likes (memory pressure), not for a read
+_UNASKED = (b"FORGET", b"BATCH_FORGET")
+
+
 @pytest.mark.services  # starts hoard processes, servers or a FUSE mount
-def test_a_warm_pass_fetches_nothing_and_a_changed_view_serves_new_bytes(tmp_path: Path) -> None:
+@pytest.mark.parametrize("no_open", [
+    pytest.param(True, id="no-open", marks=pytest.mark.needs(
+        NO_OPEN, "pyfuse3 without hoardfs's no-open patch in this venv: `make venv` builds it")),
+    pytest.param(False, id="open-per-file")])
+def test_a_warm_pass_fetches_nothing_and_a_changed_view_serves_new_bytes(tmp_path: Path, no_open: bool) -> None:
     """Objects never change, so the kernel keeps their names, attributes and pages: a second
     pass over the files of a view (small ones and a large one) sends no LOOKUP, GETATTR or
-    READ, and the daemon fetches no object for it — the first pass fetched each once; only
-    OPEN and RELEASE reach it (pyfuse3 cannot do without them: docs/mount.md). A view
-    redefined under that warm cache serves the new bytes within the names refresh, and a
-    pass over the new view is warm again after its first."""
+    READ, and the daemon fetches no object for it — the first pass fetched each once. With
+    pyfuse3 built with hoardfs's patch (no-open) it sends no request at all: the mount's
+    first OPEN is answered ENOSYS and the kernel opens files itself from then on; with
+    pyfuse3 as released, OPEN and RELEASE still reach the daemon. A view redefined under that
+    warm cache serves the new bytes within the names refresh, and a pass over the new view is
+    warm again after its first."""
     cfg_path = dir_disks_config(tmp_path, 2, shard_size_mb=1)
     cfg = config.load(cfg_path)
     files = make_files(tmp_path / "in", 31) + make_files(tmp_path / "big", 1, seed=1, lo=9 << 20, hi=9 << 20)
@@ -124,10 +150,15 @@ def test_a_warm_pass_fetches_nothing_and_a_changed_view_serves_new_bytes(tmp_pat
 
     def a_pass() -> Counter:
         before = _requests(log)
-        assert [p.read_bytes() for p in paths] == want
-        # RELEASE is sent after close() returns: wait for all of this pass's
-        return _until(lambda: (_requests(log) - before)[b"RELEASE"] >= len(paths) and _requests(log) - before,
-                      "the pass's RELEASEs did not arrive")
+        assert [_slurp(p) for p in paths] == want
+        if no_open:  # every request of the pass was answered before its read returned
+            got = _requests(log) - before
+        else:  # RELEASE is sent after close() returns: wait for all of this pass's
+            got = _until(lambda: (_requests(log) - before)[b"RELEASE"] >= len(paths) and _requests(log) - before,
+                         "the pass's RELEASEs did not arrive")
+        for k in _UNASKED:
+            got.pop(k, None)
+        return got
 
     def a_warm_pass() -> Counter:
         # up to three: the caches are the machine's, and another process writing 3 to
@@ -138,12 +169,17 @@ def test_a_warm_pass_fetches_nothing_and_a_changed_view_serves_new_bytes(tmp_pat
                 break
         return got
 
-    with mounted(str(cfg_path), mnt, wrap=lambda cmd: [*cmd, "--debug"]):
+    mode = (lambda cmd: cmd) if no_open else _open_per_file
+    with mounted(str(cfg_path), mnt, wrap=lambda cmd: [*mode(cmd), "--debug"]):
         first, second = a_pass(), a_warm_pass()
         assert first["fetch"] == len(paths) and first[b"READ"] >= len(paths), first
-        assert second[b"OPEN"] == len(paths), second
-        assert {k: second[k] for k in ("fetch", b"READ", b"LOOKUP", b"GETATTR")} == \
-            {"fetch": 0, b"READ": 0, b"LOOKUP": 0, b"GETATTR": 0}, second
+        if no_open:
+            assert first[b"OPEN"] == 1 and first[b"RELEASE"] == 0, first  # the first open only: ENOSYS
+            assert second == Counter(), second  # not one request
+        else:
+            assert second[b"OPEN"] == len(paths), second
+            assert {k: second[k] for k in ("fetch", b"READ", b"LOOKUP", b"GETATTR")} == \
+                {"fetch": 0, b"READ": 0, b"LOOKUP": 0, b"GETATTR": 0}, second
 
         with Store.open(cfg) as store:  # d/0.bin now names object 30: the kernel's pages are of another file
             define_view(store, "train", "".join(f"{r.sha256}  {n}\n" for n, r in
@@ -153,6 +189,44 @@ def test_a_warm_pass_fetches_nothing_and_a_changed_view_serves_new_bytes(tmp_pat
         a_pass()
         again = a_warm_pass()
         assert {k: again[k] for k in ("fetch", b"READ")} == {"fetch": 0, b"READ": 0}, again
+        if no_open:
+            assert again == Counter(), again
+    mode_line = (b"no-open" if no_open else b"open per file")
+    assert b"files: " + mode_line in log.read_bytes()
+
+
+@pytest.mark.services  # starts hoard processes, servers or a FUSE mount
+@pytest.mark.needs(NO_OPEN, "pyfuse3 without hoardfs's no-open patch in this venv: `make venv` builds it")
+def test_health_is_fresh_though_the_kernel_keeps_its_pages(tmp_path: Path) -> None:
+    """With no-open the kernel keeps `.hoard/health`'s pages as any file's (no direct_io
+    without an OPEN reply): the daemon invalidates them when the text changes, so a reader
+    that read it once reads the new text — the same length or not — after the next round."""
+    cfg_path, _, datas, shas, _ = _forty_small_objects(tmp_path)
+    mnt = tmp_path / "mnt"
+    health = mnt / ".hoard" / "health"
+    with mounted(str(cfg_path), mnt, wrap=_health_every(0.3)):
+        first = _until(lambda: (t := _slurp(health)) != b"starting\n" and t, "health never rendered")
+        assert b"mount: no-open" in first, first
+        for k in range(40):  # the read queues' lines count what was served
+            assert _slurp(mnt / "by-hash" / shas[k][:2] / shas[k][2:4] / shas[k]) == datas[k]
+        later = _until(lambda: (t := _slurp(health)) != first and t, "health's old text is still served")
+        assert later.startswith(b"objects: 40") and later.count(b"\n") == first.count(b"\n"), later
+
+
+def _health_every(seconds: float):
+    """A `mounted(wrap=)` that renders `.hoard/health` every `seconds` (10 in a real mount)."""
+    code = ("import runpy, sys; import fsd.mount.watch as w; w.HEALTH_S = float(sys.argv.pop(1)); "
+            "runpy.run_module('fsd', run_name='__main__', alter_sys=True)")
+    return lambda cmd: [cmd[0], "-c", code, str(seconds)] + cmd[3:]  # cmd: python -m fsd …
+
+
+def _drop_pages(path: Path) -> None:
+    """The kernel's cached pages of one file dropped (clean pages: as memory pressure would)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
 
 
 def _prefix_bits(bits: int, marks_s: float = 2.0):
@@ -181,8 +255,10 @@ def test_a_by_hash_number_another_object_comes_to_share_is_looked_up_again(tmp_p
     """A by-hash file is numbered by its sha256's leading bits while no other object shares
     them. An object stored later with the same bits (forced here: 8 bits) makes that number
     name nothing: the next open of the cached name gets ESTALE inside the kernel, which looks
-    the name up again and reads the right bytes under a number of its own; the newcomer reads
-    its own bytes; a reader that held the file open keeps reading it."""
+    the name up again and reads the right bytes under a number of its own (with no-open there
+    is no OPEN: the kernel keeps the number, and what it or the daemon keeps of the file is
+    its own bytes); the newcomer reads its own bytes; a reader that held the file open keeps
+    reading it."""
     from tests.test_mount_inodes import sharing_bytes
 
     cfg_path, cfg, datas, shas, tops = _forty_small_objects(tmp_path)
@@ -200,7 +276,12 @@ def test_a_by_hash_number_another_object_comes_to_share_is_looked_up_again(tmp_p
                 b_sha = store.put_bytes(sharing_bytes(bytes.fromhex(shas[i]), 8)).sha256
             assert b_sha[:2] == shas[i][:2]
             assert a.read_bytes() == datas[i]  # (the kernel's ESTALE retry: a lookup, then a row's number)
-            assert os.stat(a).st_ino < 1 << 62
+            if NO_OPEN:  # no OPEN to answer ESTALE: the kernel keeps the number (and its pages) until a READ
+                assert os.stat(a).st_ino >= 1 << 62
+                _drop_pages(a)
+                assert a.read_bytes() == datas[i]  # (the daemon keeps what it read by inode: its own bytes)
+            else:
+                assert os.stat(a).st_ino < 1 << 62
             assert path(b_sha).read_bytes() == sharing_bytes(bytes.fromhex(shas[i]), 8)
             assert os.stat(path(b_sha)).st_ino != os.stat(a).st_ino
             assert held.read() == datas[i]
@@ -244,6 +325,7 @@ def test_a_by_hash_number_never_names_an_object_stored_after_its_own_was_collect
             with pytest.raises(OSError):  # (ENOENT: collected)
                 got = path(shas[named]).read_bytes()
                 assert got != newcomers[tops[named]], "a collected object's name read the newcomer's bytes"
+            assert not path(shas[named]).exists()  # its name looked up again (no-open: invalidated at the READ)
             with pytest.raises(OSError):  # (ESTALE: its number names nothing now)
                 with open(f"/proc/self/fd/{fd}", "rb") as again:
                     got = again.read()

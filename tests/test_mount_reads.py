@@ -25,6 +25,51 @@ from tests.test_mount import mounted
 pytestmark = pytest.mark.needs(os.path.exists("/dev/fuse"), "MOUNT TESTS SKIPPED: no /dev/fuse")
 
 
+def test_no_open_keeps_the_files_being_read_within_bounds() -> None:
+    """No-open: what the files being read need is kept per inode (nothing releases it), least
+    recently read first out, within its bounds of bytes, files and streams; a file evicted
+    while its bytes were being read is not counted; a stream evicted or forgotten has its
+    pieces cancelled."""
+    import concurrent.futures as cf
+
+    from fsd.mount.namespace import Node
+    from fsd.mount.ops import _Open, _Recent
+    from fsd.mount.reader import SMALL_MAX, _Stream
+
+    def small(ino: int, size: int) -> _Open:
+        return _Open(Node(ino, ("file", b"s", 0), 0o100440, size, 0, b"s"))
+
+    r = _Recent(max_bytes=10, max_streams=2, max_files=3)
+    a, b, c = small(1, 4), small(2, 4), small(3, 4)
+    for h in (a, b, c):
+        r.add(h.node.inode, h)
+    for h in (a, b):
+        h.data = b"x" * 4
+        r.loaded(h)
+    assert r.get(1) is a  # 1 read again: 2 is now the least recently read
+    c.data = b"x" * 4
+    r.loaded(c)  # 12 bytes > 10: 2 goes
+    assert (2 in r, 1 in r, 3 in r, r.bytes) == (False, True, True, 8)
+    late = small(4, 4)
+    r.add(4, late)
+    for k in (5, 6):  # files: 3 at most — 1 and 3 go, the one being read (4) stays
+        r.add(k, small(k, 1))
+    assert (1 in r, 3 in r, 4 in r, r.bytes) == (False, False, True, 0)
+    r.add(7, small(7, 1))  # 4 evicted while its bytes are read: not counted when they come
+    late.data = b"x" * 4
+    r.loaded(late)
+    assert 4 not in r and r.bytes == 0
+    streams = []
+    for k in (10, 11, 12):
+        h = _Open(Node(k, ("file", b"l", 0), 0o100440, SMALL_MAX + 1, 0, b"l"))
+        h.stream = _Stream(b"l", SMALL_MAX + 1, k, pieces={0: cf.Future()})
+        streams.append(h)
+        r.add(k, h)
+    assert 10 not in r and streams[0].stream.pieces[0].cancelled()  # 2 streams at most
+    r.drop(11)  # the kernel forgot it
+    assert 11 not in r and streams[1].stream.pieces[0].cancelled() and not streams[2].stream.pieces[0].cancelled()
+
+
 def test_disk_queue_serves_readers_in_turn() -> None:
     """A reader with 40 queued requests does not make a reader with one wait behind them all;
     a queued request can be taken over; read-ahead never runs on a foreground thread."""

@@ -394,6 +394,20 @@ class Index(MarksTables, PointerTables, EventTables, HeldTables, LiveTables):
                         return None
         return found
 
+    def with_bits(self, top: int, bits: int) -> list[bytes]:
+        """The stored objects whose sha256 begins with the `bits` (≤ 64) bits `top`: the ones a
+        by-hash number that names nothing now (`sole_owner`) may have named. One read transaction."""
+        shift = 64 - bits
+        out = []
+        with self.env.begin(db=self.objects) as txn:
+            cur = txn.cursor()
+            if cur.set_range((top << shift).to_bytes(8, "big")):
+                for k in cur.iternext(values=False):
+                    if int.from_bytes(k[:8], "big") >> shift != top:
+                        break
+                    out.append(bytes(k))
+        return out
+
     # -- what the mount shows (read-only) -------------------------------------------------------
     def shown(self, sha: bytes) -> bool:
         """Whether the mount shows object `sha`: not hidden, and not tombstoned unless it is a

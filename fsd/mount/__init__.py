@@ -29,8 +29,8 @@ def run_mount(cfg: Settings, mountpoint: Path, debug: bool = False, ready=None, 
     import pyfuse3
     import trio
 
+    from fsd.mount import ops as mount_ops
     from fsd.mount.namespace import Namespace
-    from fsd.mount.ops import HoardOps
     from fsd.mount.reader import Reader
     from fsd.mount.watch import Watcher
     from fsd.store import Store
@@ -43,7 +43,12 @@ def run_mount(cfg: Settings, mountpoint: Path, debug: bool = False, ready=None, 
     store.index.damaged = _warn_once()  # a damaged index entry hides itself, not its folder
     reader = Reader(store)
     ns = Namespace(store.index, str(cfg.ssd.zone_path("3A")), reader.get_object)
-    watcher = Watcher(store, reader, ns)
+    no_open = mount_ops.NO_OPEN
+    mode = (f"no-open (pyfuse3 {pyfuse3.__version__}): a file whose pages the kernel keeps is read with no "
+            "request to the daemon" if no_open else
+            f"open per file (pyfuse3 {pyfuse3.__version__} without hoardfs's no-open patch: each open asks the "
+            "daemon; `make venv` or `make install` builds the patched one)")
+    watcher = Watcher(store, reader, ns, mode, no_open)
     ns.visible = watcher.visible
     # before the first request: the deletions known (a name the kernel learns from now on is
     # invalidated when its object is deleted), the names, the disks' figures (in threads of their
@@ -51,7 +56,7 @@ def run_mount(cfg: Settings, mountpoint: Path, debug: bool = False, ready=None, 
     # record, a start that grew with the store
     for refresh in (watcher.refresh_marks, watcher.refresh_names, watcher.refresh_space):
         refresh()
-    ops = HoardOps(ns, reader, watcher)
+    ops = mount_ops.HoardOps(ns, reader, watcher, no_open)
     options = set(pyfuse3.default_options) | {"fsname=hoardfs", "subtype=hoard", "ro"}
     if os.geteuid() == 0 or cfg.mount.allow_other:
         # others may look up the mount, the kernel lets only the owner and the `hoard` group read
@@ -66,7 +71,7 @@ def run_mount(cfg: Settings, mountpoint: Path, debug: bool = False, ready=None, 
         raise HoardError(f"cannot mount at {mountpoint}: {e} (libfuse's reason is on the line above; as a user "
                          "other than root, /dev/fuse must be readable and writable by it, and fusermount3 setuid "
                          "root)", ExitCode.UNAVAILABLE) from None
-    log.info("mounted %s at %s", cfg.source or "hoardfs", mountpoint)
+    log.info("mounted %s at %s; files: %s", cfg.source or "hoardfs", mountpoint, mode)
     if ready is not None:
         ready()
 

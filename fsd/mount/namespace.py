@@ -376,6 +376,20 @@ class Namespace:
             out.update((p, name) for name in self._names_in(p, shas))
         return sorted(out)
 
+    def names_of(self, inode: int, sha: bytes | None) -> list[tuple[int, bytes]]:
+        """(parent inode, name) the kernel may know file `inode` by, a file that is gone: those
+        of its object `sha`, or, for a by-hash number that names nothing now (`derived_node`),
+        those of every stored object with its bits — which one it named is not known (a
+        collected object's by-hash name cannot be derived: its extension may be gone).
+        Blocking: a worker thread."""
+        if sha is not None:
+            shas = {sha}
+        elif inode >= DERIVED | _FILE:
+            shas = set(self.index.with_bits(inode - (DERIVED | _FILE), self.PREFIX_BITS))
+        else:
+            return []
+        return self.with_object(shas) if shas else []
+
     def _names_in(self, parent: int, shas: set[bytes]) -> list[bytes]:
         """The names of files `shas` in directory `parent` (none if the kernel forgot it)."""
         if parent >= DERIVED:

@@ -22,7 +22,9 @@ an idle store costs them nothing, whatever its size:
   reader's open shard files that gc removed or moved are closed;
 * **health** (`HEALTH_S`): the `.hoard/health` document: the read queues' figures, and the
   store's (`store.status()`, which reads every shard's record) when the index changed or
-  `STATUS_MAX_S` after the last time (its `generated:` line says when);
+  `STATUS_MAX_S` after the last time (its `generated:` line says when). With no-open the
+  kernel keeps its pages as any file's: they are invalidated (`pyfuse3.invalidate_inode`,
+  from this worker thread — it waits for a READ of the file in flight) whenever it changes;
 * **space** (`SPACE_S`): statvfs per disk, each in its own thread (a dying disk's statvfs
   can hang), summed for `statfs`.
 """
@@ -56,8 +58,10 @@ DEAD_PREFIX = 16
 
 
 class Watcher:
-    def __init__(self, store, reader, ns) -> None:
+    def __init__(self, store, reader, ns, mode: str = "", no_open: bool = False) -> None:
         self.store, self.reader, self.ns = store, reader, ns
+        #: how files are opened (a line of `.hoard/health`), and whether the kernel keeps its pages
+        self.mode, self.no_open = mode, no_open
         #: the deleted objects at the last deletions round: their first DEAD_PREFIX bytes, sorted
         self.dead = b""
         self.unnamed: frozenset[bytes] = frozenset()  # dead objects whose names are still to invalidate
@@ -157,7 +161,14 @@ class Watcher:
         lines = [f"read queue {label}: {q['pending']} waiting, {q['pending_ahead']} ahead, "
                  f"{q['seconds_per_read'] * 1000:.1f} ms/read, {q['served']} served"
                  for label, q in sorted(self.reader.statistics().items())]
-        self.health = self._status + "".join(f"{line}\n" for line in lines).encode()
+        if self.mode:
+            lines.append(f"mount: {self.mode}")
+        health, self.health = self.health, self._status + "".join(f"{line}\n" for line in lines).encode()
+        if self.no_open and self.health != health and (ino := self.ns.known_inode(("health",))):
+            try:
+                pyfuse3.invalidate_inode(ino)
+            except OSError:  # (ENOENT: the kernel forgot it meanwhile)
+                pass
 
     def refresh_space(self) -> None:
         for uuid, disk in list(self.store.disks.items()):
