@@ -24,6 +24,7 @@ walked again by the next install.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 from collections.abc import Iterable
@@ -117,7 +118,8 @@ def take_over(top: Path, uid: int | None, gid: int | None, acc: Accounts, skip: 
                 continue
             found.entries += 1
             if apply:
-                os.chown(name, *new, dir_fd=dirfd, follow_symlinks=False)
+                with contextlib.suppress(FileNotFoundError):  # (removed meanwhile, as above)
+                    os.chown(name, *new, dir_fd=dirfd, follow_symlinks=False)
     new = rule.change(top_st, whole=True)
     if new is not None:
         found.entries += 1
