@@ -624,6 +624,25 @@ def test_a_process_the_thumbnail_decoder_forked_dies_with_it(tmp_path: Path, end
             os.kill(int(grand.read_text()), 9)
 
 
+def test_a_decoder_reaped_behind_the_guis_back_is_replaced() -> None:
+    """A decoder that died and that something else in the GUI's process reaped (a library's wait
+    for any child) is taken as ended — its id, maybe another's by now, is not signalled — and the
+    next image gets a new decoder."""
+    dec = Decoder()
+    try:
+        buf = io.BytesIO()
+        Image.new("RGB", (64, 48), "red").save(buf, "PNG")
+        assert dec.thumbnail(buf.getvalue())[0] is not None
+        assert dec._proc is not None
+        first = dec._proc.pid
+        os.kill(first, 9)
+        os.waitpid(first, 0)  # reaped, not by the Decoder
+        assert dec.thumbnail(buf.getvalue())[0] is not None
+        assert dec._proc is not None and dec._proc.pid != first
+    finally:
+        dec.close()
+
+
 @pytest.mark.parametrize("body,timeout_s,why", [
     ("time.sleep(3600)", 2.0, "gave no answer within 2 s"),  # a document that makes it loop
     ("os.fork() or time.sleep(3600)\nprint('{}')", 2.0, "gave no answer within 2 s"),  # a grandchild keeps stdout

@@ -66,8 +66,15 @@ def pid_alive(pid: int) -> bool:
 def ended(proc: subprocess.Popen) -> bool:
     """Whether child `proc` has ended — without reaping it: until it is reaped its id, and so
     the id of the process group it leads, cannot name another process (`end_group` may still
-    kill that group). `Popen.poll()` would reap it."""
-    return proc.returncode is not None or os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+    kill that group). `Popen.poll()` would reap it. One reaped behind our back (a library's wait
+    for any child) has ended: `poll()` records it so, and `end_group` then leaves its id alone."""
+    if proc.returncode is not None:
+        return True
+    try:
+        return os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+    except ChildProcessError:
+        proc.poll()  # (ECHILD: Popen takes it as ended, status 0)
+        return True
 
 
 def end_group(proc: subprocess.Popen) -> int:
