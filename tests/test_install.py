@@ -15,8 +15,9 @@ from pathlib import Path
 import pytest
 
 from fsd.base.config import load
+from fsd.cli._host import Host
 from fsd.cli._takeover import Accounts, take_over
-from fsd.cli.install import ENABLE, SHIPPED_RW, config_text, render_unit, unit_exec_start
+from fsd.cli.install import ENABLE, SHIPPED_RW, Installer, config_text, render_unit, unit_exec_start
 from tests.helpers import REPO
 
 HOARD = [sys.executable, "-m", "fsd"]
@@ -294,13 +295,27 @@ for mode in sys.argv[2:]:
 '''
 
 
-def _in_namespace(etc: Path, *args: str) -> subprocess.CompletedProcess[str]:
+def _in_namespace(etc: Path, *args: str, prefix: tuple[str, ...] = ()) -> subprocess.CompletedProcess[str]:
     """TAKEOVER run with `etc`'s passwd and group as the system's: bound over /etc's in a mount
     namespace of its own (this machine's stay as they are), so `chown hoard` names HOARD_ID."""
     binds = " && ".join(f"mount --bind {etc / name} /etc/{name}" for name in ("passwd", "group"))
     return subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c",
-                           f'{binds} && exec "$@"', "sh", sys.executable, "-c", TAKEOVER, *args],
+                           f'{binds} && exec "$@"', "sh", *prefix, sys.executable, "-c", TAKEOVER, *args],
                           capture_output=True, text=True, timeout=120, cwd=REPO)
+
+
+def _accounts(tmp_path: Path) -> Path:
+    """An /etc with this machine's accounts and the takeover tests' (HOARD_ID, …)."""
+    etc = tmp_path / "etc"
+    etc.mkdir()
+    (etc / "passwd").write_text(Path("/etc/passwd").read_text() + "".join(
+        f"{name}:x:{uid}:{uid}::/nonexistent:/usr/sbin/nologin\n"
+        for name, uid in (("hoard", HOARD_ID), ("postgres", POSTGRES_ID), ("scraper", SCRAPER_ID),
+                          ("trainer", TRAINER_ID))))
+    (etc / "group").write_text(Path("/etc/group").read_text() + "".join(
+        f"{name}:x:{gid}:\n" for name, gid in (("hoard", HOARD_ID), ("postgres", POSTGRES_ID), ("scraper", SCRAPER_ID),
+                                                ("trainer", TRAINER_ID), ("hoard-scrapers", SCRAPERS_GID))))
+    return etc
 
 
 @pytest.mark.services  # runs `hoard install`'s step in a mount namespace of its own
@@ -313,15 +328,7 @@ def test_install_takes_over_what_root_made_once_and_nothing_of_anyone_elses(tmp_
     others write, the target of a link, nor a file that has a second hard link (the old `chown -R`
     gave a root-only file linked into 3A to hoard); the dry run changes nothing, and a second
     install takes nothing again (a tree whose top is hoard's is an installed one)."""
-    etc = tmp_path / "etc"
-    etc.mkdir()
-    (etc / "passwd").write_text(Path("/etc/passwd").read_text() + "".join(
-        f"{name}:x:{uid}:{uid}::/nonexistent:/usr/sbin/nologin\n"
-        for name, uid in (("hoard", HOARD_ID), ("postgres", POSTGRES_ID), ("scraper", SCRAPER_ID),
-                          ("trainer", TRAINER_ID))))
-    (etc / "group").write_text(Path("/etc/group").read_text() + "".join(
-        f"{name}:x:{gid}:\n" for name, gid in (("hoard", HOARD_ID), ("postgres", POSTGRES_ID), ("scraper", SCRAPER_ID),
-                                                ("trainer", TRAINER_ID), ("hoard-scrapers", SCRAPERS_GID))))
+    etc = _accounts(tmp_path)
     srv, secret = tmp_path / "srv", tmp_path / "secret"
     secret.write_text("root's only")
     secret.chmod(0o600)
@@ -400,3 +407,64 @@ def test_install_takes_over_what_root_made_once_and_nothing_of_anyone_elses(tmp_
     acc = Accounts.of(etc)
     found = take_over(srv / "hd1/pgbackrest", POSTGRES_ID, POSTGRES_ID, acc, apply=True)
     assert found.entries == 2 and owners()["hd1/pgbackrest/backup.info"] == (POSTGRES_ID, POSTGRES_ID)
+
+
+@pytest.mark.needs(os.geteuid() == 0, "ROOT NEEDED (owners are changed)")
+def test_a_disk_reached_through_a_link_is_taken_over_inside_the_installed_root(tmp_path: Path) -> None:
+    """`hoard install --root`: a disk whose path is an absolute link (/srv/hd1 → /data/hd1) is
+    that root's /data/hd1 — the link is followed inside the root, as `chroot … chown -R` followed
+    it — never this host's /data/hd1."""
+    root = tmp_path / "root"
+    (root / "etc").mkdir(parents=True)
+    (root / "etc/passwd").write_text(f"root:x:0:0::/root:/bin/sh\nhoard:x:{HOARD_ID}:{HOARD_ID}::/:/bin/false\n")
+    (root / "etc/group").write_text(f"root:x:0:\nhoard:x:{HOARD_ID}:\n")
+    disk = root / "data/hd1"
+    (disk / "shards").mkdir(parents=True)
+    (disk / "shards/s1.shard").write_text("shard")
+    disk.chmod(0o751)
+    (root / "srv").mkdir()
+    (root / "srv/hd1").symlink_to("/data/hd1")
+    for made in ("srv/hd2", "srv/ssd", "srv/hoard"):  # (already the services': nothing to do there)
+        (root / made).mkdir()
+        os.chown(root / made, HOARD_ID, HOARD_ID)
+    for made in ("srv/hd2", "srv/ssd"):
+        (root / made).chmod(0o751)
+    (root / "srv/hoard").chmod(0o755)
+    cfg = tmp_path / "hoard.toml"
+    cfg.write_text(config_text([("hd1", "/srv/hd1"), ("hd2", "/srv/hd2")], Path("/srv/ssd"), QUOTAS, Path("/srv/hoard"),
+                               False, True))
+    host = Host(root, dry_run=False)
+    Installer(host, REPO, [], None, {}, False, True, None).directories(load(cfg))
+    assert host.changes == 1
+    for p in (disk, disk / "shards", disk / "shards/s1.shard"):
+        assert (p.stat().st_uid, p.stat().st_gid) == (HOARD_ID, HOARD_ID), p
+    assert (root / "srv/hd1").is_symlink() and os.lstat(root / "srv/hd1").st_uid == 0  # the link itself kept
+
+
+@pytest.mark.services  # runs `hoard install`'s step in a mount namespace of its own, without root's DAC capabilities
+@pytest.mark.needs(os.geteuid() == 0 and shutil.which("unshare") is not None and shutil.which("setpriv") is not None,
+                   "ROOT, UNSHARE AND SETPRIV NEEDED")
+def test_a_mount_point_root_may_not_look_at_is_kept(tmp_path: Path) -> None:
+    """hoard's running mount (not shared: no allow_other) refuses even root a look at its mount
+    point (EACCES — here a directory root may not search, root without CAP_DAC_OVERRIDE and
+    CAP_DAC_READ_SEARCH): the next install says it is kept and changes nothing (following a link
+    at the path raised PermissionError there, a traceback)."""
+    etc, srv = _accounts(tmp_path), tmp_path / "srv"
+    for disk in ("hd1", "hd2", "ssd"):
+        (srv / disk).mkdir(parents=True)
+        os.chown(srv / disk, HOARD_ID, HOARD_ID)
+        (srv / disk).chmod(0o751)
+    mount = srv / "closed/hoard"
+    mount.mkdir(parents=True)
+    (srv / "closed").chmod(0)
+    cfg = tmp_path / "hoard.toml"
+    cfg.write_text(config_text([("hd1", str(srv / "hd1")), ("hd2", str(srv / "hd2"))], srv / "ssd", QUOTAS, mount,
+                               False, True))
+    try:
+        res = _in_namespace(etc, str(cfg), "real",
+                            prefix=("setpriv", "--bounding-set", "-dac_override,-dac_read_search", "--"))
+    finally:
+        (srv / "closed").chmod(0o755)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert f"the mount point: {mount} is mounted by another user (the running hoard-mount.service), kept" in res.stdout
+    assert res.stdout.splitlines()[-1] == "changes: 0", res.stdout

@@ -86,13 +86,13 @@ class _Rule:
 
 def take_over(top: Path, uid: int | None, gid: int | None, acc: Accounts, skip: Iterable[str] = (),
               shared: Iterable[str] = (), apply: bool = False) -> Found:
-    """Walk the tree at `top` (the path as this process sees it) and count — `apply`: make — the
-    changes that give it to `uid`:`gid` by the rules above; `skip`: names below the top not
-    walked, `shared`: names below the top whose directory keeps its owner and whose entries are
-    taken only from root or an account this system lacks."""
+    """Walk the tree at `top` (a directory, not a link to one: the path as this process sees it)
+    and count — `apply`: make — the changes that give it to `uid`:`gid` by the rules above;
+    `skip`: names below the top not walked, `shared`: names below the top whose directory keeps
+    its owner and whose entries are taken only from root or an account this system lacks."""
     assert not apply or (uid is not None and gid is not None), "take_over: the account does not exist"
+    assert not top.is_symlink(), f"take_over: {top} is a link (the caller resolves it in its system)"
     rule, found = _Rule(uid, gid, acc), Found()
-    top = top.resolve()  # (a disk reached through a link: its own directory, as `chown -R` of it)
     top_st = os.stat(top)
     skip, shared = set(skip) | {FILE_SYSTEM}, set(shared)
     for dirpath, dirnames, filenames, dirfd in os.fwalk(top, follow_symlinks=False):

@@ -207,7 +207,7 @@ class Installer:
         was made before the install (by a root-run hoardfs, another server's): what it holds is
         taken over once (fsd/cli/_takeover.py: `skip` and `shared` as there), or — not a `tree`
         — its top only."""
-        real = self.h.p(path)
+        real = _followed(self.h, path)
         try:
             real.stat()
         except PermissionError:  # a FUSE mount without allow_other: even root may not look (hoard's mount)
@@ -235,7 +235,7 @@ class Installer:
         """Give `owner` the tree at `path` made before the install (fsd/cli/_takeover.py), once:
         one change for all its entries; a file it keeps is named with the command to give it."""
         acc = Accounts.of(self.h.p("/etc"))
-        uid, gid, real = acc.users.get(owner), acc.groups.get(owner), self.h.p(path)
+        uid, gid, real = acc.users.get(owner), acc.groups.get(owner), _followed(self.h, path)
         found = take_over(real, uid, gid, acc, skip, shared)
         for rel in found.linked[:5]:
             out.print(f"{what}: problem: {path / rel} has more than one hard link: kept as it is (a link another "
@@ -464,6 +464,22 @@ def _name(host: Host, ident: int, table: str) -> str | None:
         if len(parts) > 2 and parts[2] == str(ident):
             return parts[0]
     return None
+
+
+def _followed(host: Host, path: Path) -> Path:
+    """`path` of the target system as seen from here, a link at it followed inside that system
+    (a disk reached through one: its own directory, as `chown -R` in a chroot of it would) — an
+    absolute link's target is the target system's, not this host's."""
+    real = host.p(path)
+    for _ in range(40):  # (the kernel's own bound on a chain of links)
+        try:
+            if not real.is_symlink():
+                return real
+        except PermissionError:  # a FUSE mount without allow_other (hoard's): no link; `_own` says what it is
+            return real
+        target = Path(os.readlink(real))
+        real = host.p(target) if target.is_absolute() else real.parent / target
+    raise HoardError(f"{path}: too many levels of symbolic links", ExitCode.DATA)
 
 
 def _source_stamp(source: Path) -> str:
