@@ -20,7 +20,6 @@ systemd sandboxing is then the only wall.
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import importlib
 import json
@@ -42,6 +41,7 @@ from adapters.screen import open_batch
 from fsd.base import landlock
 from fsd.base.errors import ExitCode, HoardError
 from fsd.base.paths import display, hostile_reason
+from fsd.base.proc import end_group, ended
 
 log = logging.getLogger(__name__)
 
@@ -131,16 +131,12 @@ def _run(cmd: list[str], timeout_s: float, limit: int, fmt: str, name: str) -> t
                     del err[:-_STDERR_TAIL]
                 elif buf is out and len(out) > limit:
                     why = f"answered more than {limit >> 20} MB"
-        while why is None and not _ended(proc.pid):  # (its output closed; its end, not reaped yet)
+        while why is None and not ended(proc):  # (its output closed; its end, not reaped yet)
             if time.monotonic() > deadline:
                 why = f"gave no answer within {timeout_s:.0f} s (a document that makes it loop?)"
             time.sleep(0.01)
     finally:
-        # its whole group — what it forked too, which may outlive it: killed before the child is
-        # reaped, while its id cannot name another process
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+        end_group(proc)  # what it forked too, which may outlive it
         proc.stdout.close()
         proc.stderr.close()
     if why is None:
@@ -148,11 +144,6 @@ def _run(cmd: list[str], timeout_s: float, limit: int, fmt: str, name: str) -> t
     raise HoardError(f"the {fmt} parser of batch {name} {why}: it was stopped and nothing of the batch was taken. "
                      "Keep the batch for inspection and tell the developers; a batch of that many files is split "
                      f"in smaller ones, then `hoard ingest --resume {name}`", ExitCode.DATA)
-
-
-def _ended(pid: int) -> bool:
-    """Whether child `pid` has ended — without reaping it (its process group stays its own)."""
-    return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
 
 
 def answer(root: Path, adapter: Adapter, doc: Any) -> tuple[Parsed, BatchView, list[dict[str, Any]]]:

@@ -15,7 +15,9 @@ from pathlib import Path
 import pytest
 
 from fsd.base.config import load
-from fsd.cli.install import ENABLE, SHIPPED_RW, config_text, render_unit, unit_exec_start
+from fsd.cli._host import Host
+from fsd.cli._takeover import Accounts, take_over
+from fsd.cli.install import ENABLE, SHIPPED_RW, Installer, config_text, render_unit, unit_exec_start
 from tests.helpers import REPO
 
 HOARD = [sys.executable, "-m", "fsd"]
@@ -274,3 +276,195 @@ def test_system_backup_runs_as_postgres_only(tmp_path: Path) -> None:
     res = subprocess.run([*HOARD, "db", "system-backup", "--conf", str(tmp_path / "hoard.conf")], capture_output=True,
                          text=True, timeout=120, cwd=REPO)
     assert res.returncode == 2 and "run it as postgres" in res.stderr and "Traceback" not in res.stderr
+
+
+#: the accounts of the system the takeover test installs on (a private mount namespace's /etc/passwd
+#: and /etc/group): uid 4242 is another server's `hoard`, a user this system does not have
+HOARD_ID, POSTGRES_ID, SCRAPER_ID, TRAINER_ID, SCRAPERS_GID, OLD_ID = 64990, 64991, 64992, 64993, 64994, 4242
+TAKEOVER = '''
+import sys
+from pathlib import Path
+from fsd.base.config import load
+from fsd.cli._host import Host
+from fsd.cli.install import Installer
+cfg = load(Path(sys.argv[1]))
+for mode in sys.argv[2:]:
+    host = Host(Path("/"), mode == "dry")
+    Installer(host, Path("."), [], None, {}, False, True, None).directories(cfg)
+    print("changes:", host.changes)
+'''
+
+
+def _in_namespace(etc: Path, *args: str, prefix: tuple[str, ...] = ()) -> subprocess.CompletedProcess[str]:
+    """TAKEOVER run with `etc`'s passwd and group as the system's: bound over /etc's in a mount
+    namespace of its own (this machine's stay as they are), so `chown hoard` names HOARD_ID."""
+    binds = " && ".join(f"mount --bind {etc / name} /etc/{name}" for name in ("passwd", "group"))
+    return subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                           f'{binds} && exec "$@"', "sh", *prefix, sys.executable, "-c", TAKEOVER, *args],
+                          capture_output=True, text=True, timeout=120, cwd=REPO)
+
+
+def _accounts(tmp_path: Path) -> Path:
+    """An /etc with this machine's accounts and the takeover tests' (HOARD_ID, …)."""
+    etc = tmp_path / "etc"
+    etc.mkdir()
+    (etc / "passwd").write_text(Path("/etc/passwd").read_text() + "".join(
+        f"{name}:x:{uid}:{uid}::/nonexistent:/usr/sbin/nologin\n"
+        for name, uid in (("hoard", HOARD_ID), ("postgres", POSTGRES_ID), ("scraper", SCRAPER_ID),
+                          ("trainer", TRAINER_ID))))
+    (etc / "group").write_text(Path("/etc/group").read_text() + "".join(
+        f"{name}:x:{gid}:\n" for name, gid in (("hoard", HOARD_ID), ("postgres", POSTGRES_ID), ("scraper", SCRAPER_ID),
+                                                ("trainer", TRAINER_ID), ("hoard-scrapers", SCRAPERS_GID))))
+    return etc
+
+
+@pytest.mark.services  # runs `hoard install`'s step in a mount namespace of its own
+@pytest.mark.needs(os.geteuid() == 0 and shutil.which("unshare") is not None, "ROOT AND UNSHARE NEEDED (owners are "
+                   "changed, the accounts bound in a mount namespace)")
+def test_install_takes_over_what_root_made_once_and_nothing_of_anyone_elses(tmp_path: Path) -> None:
+    """Disks and an SSD made before the install (by a root-run hoardfs, or another server's whose
+    `hoard` had another uid) become hoard's, so the services running as hoard write them — but
+    not pgBackRest's repository, lost+found, a scraper's batch or a trainer's run in the zones
+    others write, the target of a link, nor a file that has a second hard link (the old `chown -R`
+    gave a root-only file linked into 3A to hoard); the dry run changes nothing, and a second
+    install takes nothing again (a tree whose top is hoard's is an installed one)."""
+    etc = _accounts(tmp_path)
+    srv, secret = tmp_path / "srv", tmp_path / "secret"
+    secret.write_text("root's only")
+    secret.chmod(0o600)
+
+    def made(rel: str, owner: tuple[int, int] = (0, 0), mode: int = 0o750, text: str | None = None) -> Path:
+        p = srv / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        if text is None:
+            p.mkdir(exist_ok=True)
+        else:
+            p.write_text(text)
+        os.chown(p, *owner)
+        p.chmod(mode)
+        return p
+
+    for disk in ("hd1", "hd2", "ssd"):
+        made(disk, mode=0o751)
+    made("hd1/shards")
+    made("hd1/shards/s1.shard", text="shard", mode=0o640)
+    (srv / "hd1/shards/to-secret").symlink_to(secret)
+    made("hd1/marks", (OLD_ID, OLD_ID))
+    made("hd1/marks/log", (OLD_ID, OLD_ID), text="marks", mode=0o640)
+    made("hd1/pgbackrest", (OLD_ID, OLD_ID))
+    made("hd1/pgbackrest/backup.info", (OLD_ID, OLD_ID), text="info", mode=0o640)
+    made("hd1/lost+found", mode=0o700)
+    os.chown(srv / "hd2", HOARD_ID, HOARD_ID)  # installed before: not walked again
+    made("hd2/late", text="made by root since", mode=0o640)
+    made("ssd/index")
+    made("ssd/index/data.mdb", text="index", mode=0o640)
+    made("ssd/3B/pkg", (OLD_ID, OLD_ID), text="package", mode=0o640)
+    made("ssd/3A", mode=0o1770)
+    made("ssd/3A/_quarantine")
+    made("ssd/3A/batch1", (SCRAPER_ID, SCRAPERS_GID), mode=0o770)
+    made("ssd/3A/batch1/a.json", (SCRAPER_ID, SCRAPERS_GID), text="{}", mode=0o640)
+    made("ssd/3A/batch1/_REASON.txt", text="refused", mode=0o640)
+    os.link(secret, srv / "ssd/3A/batch1/linked")  # (where fs.protected_hardlinks=0, a scraper can)
+    made("ssd/3C", mode=0o1770)
+    made("ssd/3C/run1", (TRAINER_ID, TRAINER_ID))
+    made("hoard", mode=0o755)  # the mount point, not mounted
+    cfg = tmp_path / "hoard.toml"
+    cfg.write_text(config_text([("hd1", str(srv / "hd1")), ("hd2", str(srv / "hd2"))], srv / "ssd", QUOTAS,
+                               srv / "hoard", False, True))
+
+    def owners() -> dict[str, tuple[int, int]]:
+        found = {".": (os.stat(srv).st_uid, os.stat(srv).st_gid), "secret": (0, 0)}
+        for dirpath, dirs, files in os.walk(srv):
+            for name in dirs + files:
+                st = (Path(dirpath) / name).lstat()
+                found[str((Path(dirpath) / name).relative_to(srv))] = (st.st_uid, st.st_gid)
+        st = secret.stat()
+        found["secret"] = (st.st_uid, st.st_gid)
+        return found
+
+    before = owners()
+    dry = _in_namespace(etc, str(cfg), "dry")
+    assert dry.returncode == 0, dry.stdout + dry.stderr
+    assert owners() == before, "the dry run changed an owner"
+    real = _in_namespace(etc, str(cfg), "real", "real")
+    assert real.returncode == 0, real.stdout + real.stderr
+    hoard = (HOARD_ID, HOARD_ID)
+    after = owners()
+    assert after == {
+        **before,
+        **{rel: hoard for rel in ("hd1", "hd1/shards", "hd1/shards/s1.shard", "hd1/shards/to-secret", "hd1/marks",
+                                  "hd1/marks/log", "ssd", "ssd/index", "ssd/index/data.mdb", "ssd/3B", "ssd/3B/pkg",
+                                  "ssd/3A/_quarantine", "ssd/3A/batch1/_REASON.txt", "hoard")},
+        "ssd/3A": (0, HOARD_ID), "ssd/3C": (0, HOARD_ID),  # the zones others write stay root's, in hoard's group
+    }, {k: v for k, v in after.items() if before.get(k) != v}
+    assert f"would: ssd: 9 entries of {srv / 'ssd'} made before the install" in dry.stdout, dry.stdout
+    assert (f"ssd: problem: {srv / 'ssd/3A/batch1/linked'} has more than one hard link: kept as it is" in real.stdout
+            and f"`chown hoard:hoard {srv / 'ssd/3A/batch1/linked'}`" in real.stdout), real.stdout
+    changes = [line for line in real.stdout.splitlines() if line.startswith("changes: ")]
+    assert changes == [dry.stdout.splitlines()[-1], "changes: 0"], real.stdout  # the same changes; then none
+    # the repository moved with the disk is given to this server's postgres by the same walk (`hoard install`'s
+    # pgBackRest step, once its top is not postgres's)
+    acc = Accounts.of(etc)
+    found = take_over(srv / "hd1/pgbackrest", POSTGRES_ID, POSTGRES_ID, acc, apply=True)
+    assert found.entries == 2 and owners()["hd1/pgbackrest/backup.info"] == (POSTGRES_ID, POSTGRES_ID)
+
+
+@pytest.mark.needs(os.geteuid() == 0, "ROOT NEEDED (owners are changed)")
+def test_a_disk_reached_through_a_link_is_taken_over_inside_the_installed_root(tmp_path: Path) -> None:
+    """`hoard install --root`: a disk whose path is an absolute link (/srv/hd1 → /data/hd1) is
+    that root's /data/hd1 — the link is followed inside the root, as `chroot … chown -R` followed
+    it — never this host's /data/hd1."""
+    root = tmp_path / "root"
+    (root / "etc").mkdir(parents=True)
+    (root / "etc/passwd").write_text(f"root:x:0:0::/root:/bin/sh\nhoard:x:{HOARD_ID}:{HOARD_ID}::/:/bin/false\n")
+    (root / "etc/group").write_text(f"root:x:0:\nhoard:x:{HOARD_ID}:\n")
+    disk = root / "data/hd1"
+    (disk / "shards").mkdir(parents=True)
+    (disk / "shards/s1.shard").write_text("shard")
+    disk.chmod(0o751)
+    (root / "srv").mkdir()
+    (root / "srv/hd1").symlink_to("/data/hd1")
+    for made in ("srv/hd2", "srv/ssd", "srv/hoard"):  # (already the services': nothing to do there)
+        (root / made).mkdir()
+        os.chown(root / made, HOARD_ID, HOARD_ID)
+    for made in ("srv/hd2", "srv/ssd"):
+        (root / made).chmod(0o751)
+    (root / "srv/hoard").chmod(0o755)
+    cfg = tmp_path / "hoard.toml"
+    cfg.write_text(config_text([("hd1", "/srv/hd1"), ("hd2", "/srv/hd2")], Path("/srv/ssd"), QUOTAS, Path("/srv/hoard"),
+                               False, True))
+    host = Host(root, dry_run=False)
+    Installer(host, REPO, [], None, {}, False, True, None).directories(load(cfg))
+    assert host.changes == 1
+    for p in (disk, disk / "shards", disk / "shards/s1.shard"):
+        assert (p.stat().st_uid, p.stat().st_gid) == (HOARD_ID, HOARD_ID), p
+    assert (root / "srv/hd1").is_symlink() and os.lstat(root / "srv/hd1").st_uid == 0  # the link itself kept
+
+
+@pytest.mark.services  # runs `hoard install`'s step in a mount namespace of its own, without root's DAC capabilities
+@pytest.mark.needs(os.geteuid() == 0 and shutil.which("unshare") is not None and shutil.which("setpriv") is not None,
+                   "ROOT, UNSHARE AND SETPRIV NEEDED")
+def test_a_mount_point_root_may_not_look_at_is_kept(tmp_path: Path) -> None:
+    """hoard's running mount (not shared: no allow_other) refuses even root a look at its mount
+    point (EACCES — here a directory root may not search, root without CAP_DAC_OVERRIDE and
+    CAP_DAC_READ_SEARCH): the next install says it is kept and changes nothing (following a link
+    at the path raised PermissionError there, a traceback)."""
+    etc, srv = _accounts(tmp_path), tmp_path / "srv"
+    for disk in ("hd1", "hd2", "ssd"):
+        (srv / disk).mkdir(parents=True)
+        os.chown(srv / disk, HOARD_ID, HOARD_ID)
+        (srv / disk).chmod(0o751)
+    mount = srv / "closed/hoard"
+    mount.mkdir(parents=True)
+    (srv / "closed").chmod(0)
+    cfg = tmp_path / "hoard.toml"
+    cfg.write_text(config_text([("hd1", str(srv / "hd1")), ("hd2", str(srv / "hd2"))], srv / "ssd", QUOTAS, mount,
+                               False, True))
+    try:
+        res = _in_namespace(etc, str(cfg), "real",
+                            prefix=("setpriv", "--bounding-set", "-dac_override,-dac_read_search", "--"))
+    finally:
+        (srv / "closed").chmod(0o755)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert f"the mount point: {mount} is mounted by another user (the running hoard-mount.service), kept" in res.stdout
+    assert res.stdout.splitlines()[-1] == "changes: 0", res.stdout

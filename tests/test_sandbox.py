@@ -30,6 +30,7 @@ from adapters.isolated import parse_isolated
 from adapters.records import record_json
 from fsd.base import landlock
 from fsd.base.errors import HoardError
+from fsd.base.proc import ended
 from fsd.outputs.thumb_decoder import Decoder
 from tests.helpers import REPO, missing
 from tests.nolandlock import UNSUPPORTED
@@ -468,7 +469,8 @@ def test_a_confined_process_reaches_no_service_and_changes_no_file_outside(tmp_p
     (or decoder, or built-in) taken over by a document connected to the service's own Redis — an
     RQ job it enqueues runs in an unconfined worker — and PostgreSQL. None can change a file's
     mode, times or attributes outside (chmod 000 of a shard: Landlock does not cover it), and the
-    parser and decoder (`confine_reader`) cannot signal the worker that started them either."""
+    parser and decoder (`confine_reader`) cannot signal the worker that started them either, nor
+    leave their process group (what they fork is killed with that group when they end)."""
     batch = tmp_path / "b1"
     batch.mkdir()
     (batch / "v.info.json").write_text(json.dumps({"id": "v", "title": "t"}))
@@ -486,7 +488,8 @@ shard = {str(shard)!r}
 res = services({urls})
 res.update({{"chmod": attempt(lambda: os.chmod(shard, 0)), "utime": attempt(lambda: os.utime(shard, (0, 0))),
             "xattr": attempt(lambda: os.setxattr(shard, "user.x", b"1")),
-            "signal the parent": attempt(lambda: os.kill(os.getppid(), 0))}})
+            "signal the parent": attempt(lambda: os.kill(os.getppid(), 0)),
+            "leave its process group": attempt(lambda: os.setpgid(0, 0)), "leave its session": attempt(os.setsid)}})
 print(json.dumps(res))
 ''')
     builtin = _inside(REACH + f'''
@@ -502,7 +505,8 @@ print(json.dumps(res))
     for who, got in (("parser", parser), ("builtin", builtin)):
         assert got.pop("redis") != 0 and got.pop("postgresql") != 0, (who, got)
     assert parser == {"chmod": errno.EPERM, "utime": errno.EPERM, "xattr": errno.EPERM,
-                      "signal the parent": errno.EPERM}, parser
+                      "signal the parent": errno.EPERM, "leave its process group": errno.EPERM,
+                      "leave its session": errno.EPERM}, parser
     # a built-in's outputs are 0644 from its umask (the worker may run as another user), not chmod
     assert builtin == {"chmod": errno.EPERM, "utime": errno.EPERM, "output's mode": "0o644"}, builtin
     after = shard.stat()
@@ -563,12 +567,80 @@ def test_a_process_the_parser_forked_dies_with_it(tmp_path: Path) -> None:
     cmd = [sys.executable, "-c", CHILD.format(pidfile=str(tmp_path / "pid"), body=body)]
     with pytest.raises(HoardError):
         parse_isolated(batch, FORMATS["ytdlp"]("ytdlp"), cmd=cmd, timeout_s=30.0, limit=1 << 20)
-    pid = int(grand.read_text())
-    for _ in range(500):  # SIGKILL is delivered at once; its adopter reaps it when it does
+    assert _ends(int(grand.read_text())), "the parser's forked process still runs"
+
+
+def _ends(pid: int) -> bool:
+    """Whether `pid` stops running within 5 s: a SIGKILL is delivered at once, and whoever adopted
+    the process reaps it when it does."""
+    for _ in range(500):
         if not _alive(pid):
-            break
+            return True
         time.sleep(0.01)
-    assert not _alive(pid), f"the parser's forked process {pid} still runs"
+    return False
+
+
+#: a decoder taken over by an image: it forks a process that closes its pipes and lives on, then ends its answer so
+FORKS = '''
+import os, struct, sys, time
+head = sys.stdin.buffer.read(9)
+sys.stdin.buffer.read(struct.unpack(">cQ", head)[1])
+if os.fork() == 0:
+    os.close(0); os.close(1); os.close(2)
+    open({grand!r} + ".tmp", "w").write(str(os.getpid()))
+    os.rename({grand!r} + ".tmp", {grand!r})
+    time.sleep(3600)
+while not os.path.exists({grand!r}): time.sleep(0.01)
+{ending}
+'''
+
+
+@pytest.mark.parametrize("ending", [
+    pytest.param("sys.stdout.buffer.write(b'J' + (8).to_bytes(8, 'big') + b'<svg/on>'); sys.stdout.flush(); "
+                 "sys.stdin.read()", id="lies"),
+    pytest.param("sys.stdout.buffer.write(b'J' + (100).to_bytes(8, 'big') + b'\\xff\\xd8\\xff')", id="dies-mid-answer"),
+    pytest.param("time.sleep(3600)", id="hangs"),
+    pytest.param("sys.stdout.buffer.write(b'N' + (0).to_bytes(8, 'big'))", id="answers-then-ends"),
+])
+def test_a_process_the_thumbnail_decoder_forked_dies_with_it(tmp_path: Path, ending: str) -> None:
+    """A decoder made to fork a process that closes its pipes and lives on gets that process
+    killed with it when it is replaced — whether it lied, died mid-answer, hung or ended after
+    answering (the GUI killed only the decoder, or reaped one that had ended, and left what it
+    forked running)."""
+    grand = tmp_path / "grand"
+    dec = Decoder([sys.executable, "-c", FORKS.format(grand=str(grand), ending=ending)], timeout_s=5)
+    try:
+        dec.thumbnail(b"\xff\xd8\xff any image")
+        while dec._proc is not None and not ended(dec._proc):  # (the one that answered: till it ends)
+            time.sleep(0.01)
+        dec.argv = Decoder().argv  # the next image's decoder is the real one
+        buf = io.BytesIO()
+        Image.new("RGB", (64, 48), "red").save(buf, "PNG")
+        assert dec.thumbnail(buf.getvalue())[0] is not None
+        assert _ends(int(grand.read_text())), "the decoder's forked process still runs"
+    finally:
+        dec.close()
+        if grand.exists() and _alive(int(grand.read_text())):  # (a failure leaves no process behind)
+            os.kill(int(grand.read_text()), 9)
+
+
+def test_a_decoder_reaped_behind_the_guis_back_is_replaced() -> None:
+    """A decoder that died and that something else in the GUI's process reaped (a library's wait
+    for any child) is taken as ended — its id, maybe another's by now, is not signalled — and the
+    next image gets a new decoder."""
+    dec = Decoder()
+    try:
+        buf = io.BytesIO()
+        Image.new("RGB", (64, 48), "red").save(buf, "PNG")
+        assert dec.thumbnail(buf.getvalue())[0] is not None
+        assert dec._proc is not None
+        first = dec._proc.pid
+        os.kill(first, 9)
+        os.waitpid(first, 0)  # reaped, not by the Decoder
+        assert dec.thumbnail(buf.getvalue())[0] is not None
+        assert dec._proc is not None and dec._proc.pid != first
+    finally:
+        dec.close()
 
 
 @pytest.mark.parametrize("body,timeout_s,why", [

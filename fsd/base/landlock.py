@@ -289,6 +289,9 @@ _METADATA: dict[str, tuple[int, ...]] = {
     "aarch64": (52, 53, 452, 54, 55, 88, 5, 6, 7, 14, 15, 16, 463, 466)}
 _SIGNALS: dict[str, tuple[int, ...]] = {"x86_64": (62, 200, 234, 129, 297, 424),
                                         "aarch64": (129, 130, 131, 138, 240, 424)}
+#: setpgid(2) and setsid(2): the parent kills a reader's whole process group when it ends
+#: (`fsd.base.proc.end_group`), and a process the reader forked that left the group outlived it
+_LEAVE_GROUP: dict[str, tuple[int, ...]] = {"x86_64": (109, 112), "aarch64": (154, 157)}
 _PR_SET_SECCOMP, _SECCOMP_MODE_FILTER = 22, 2
 _RET_ALLOW, _RET_ERRNO, _LD_W_ABS, _JEQ_K, _RET_K = 0x7FFF0000, 0x00050000, 0x20, 0x15, 0x06
 
@@ -445,11 +448,12 @@ def limit_memory(mb: int) -> None:
 def confine_reader(read: Iterable[Path | str] = ()) -> bool:
     """A decoder of hostile bytes: it writes nothing, starts no program and reads only below
     `read` and `python_runtime()` — import what it needs first. Nor does it change a file's
-    mode, owner, times or attributes, or send a signal (`_METADATA`, `_SIGNALS`)."""
+    mode, owner, times or attributes, send a signal, or leave its process group — nor does what
+    it forks (`_METADATA`, `_SIGNALS`, `_LEAVE_GROUP`)."""
     if not confine(read=[*python_runtime(), *read], write=[], write_files=()):
         return False
     if refuse_metadata():
-        _seccomp([lambda: refuse_syscalls(_SIGNALS, errno.EPERM)])
+        _seccomp([lambda: refuse_syscalls(_SIGNALS, errno.EPERM), lambda: refuse_syscalls(_LEAVE_GROUP, errno.EPERM)])
     return True
 
 

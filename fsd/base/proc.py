@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
 import subprocess
 from collections.abc import Sequence
 from pathlib import Path
@@ -59,3 +61,30 @@ def pid_alive(pid: int) -> bool:
     except OSError:  # no /proc to look at: as kill() said
         return True
     return stat[stat.rindex(b")") + 2:][:1] not in (b"Z", b"X")
+
+
+def ended(proc: subprocess.Popen) -> bool:
+    """Whether child `proc` has ended — without reaping it: until it is reaped its id, and so
+    the id of the process group it leads, cannot name another process (`end_group` may still
+    kill that group). `Popen.poll()` would reap it. One reaped behind our back (a library's wait
+    for any child) has ended: `poll()` records it so, and `end_group` then leaves its id alone."""
+    if proc.returncode is not None:
+        return True
+    try:
+        return os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+    except ChildProcessError:
+        proc.poll()  # (ECHILD: Popen takes it as ended, status 0)
+        return True
+
+
+def end_group(proc: subprocess.Popen) -> int:
+    """Kill child `proc` and its whole process group, then reap it; its exit status. For a child
+    started with `start_new_session=True` (it leads its group) that ran hostile input: what it
+    forked is in its group and may outlive it — a process that closed its output and sleeps or
+    loops. The group is killed before the child is reaped, while its id cannot name another
+    process; so whoever waits on the child until then uses `ended`, never `poll()`. (A process
+    that left the group — setsid, setpgid — escapes this: `landlock.confine_reader` refuses both.)"""
+    if proc.returncode is None:  # (reaped already by a poll(): its id may be another's now)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    return proc.wait()

@@ -32,6 +32,7 @@ from fsd.base.config import ZONES, load
 from fsd.base.errors import ExitCode, HoardError
 from fsd.cli._common import out
 from fsd.cli._host import Host
+from fsd.cli._takeover import SHARED_ZONES, Accounts, take_over
 from sql import system as pgsys
 
 VENV = Path("/opt/hoardfs/venv")
@@ -53,6 +54,8 @@ SHIPPED_SSD_RW = "-/srv/ssd"
 #: the one path hoard-smart.service (root) may write: the SSD's state directory (its readings)
 SHIPPED_SMART_RW = "-/srv/ssd/state"
 SHIPPED_MOUNT = "/srv/hoard"
+#: pgBackRest's repository on its disk (postgres's: not taken over with the disk)
+REPO_DIR = "pgbackrest"
 
 
 def _checkout() -> Path | None:
@@ -191,12 +194,20 @@ class Installer:
         ssd = cfg.ssd.root
         mount = cfg.mount.path or Path(SHIPPED_MOUNT)
         self.missing_disks(cfg)
-        for what, path, mode in [*((f"disk {lbl}", p, "0751") for lbl, p in disks), ("ssd", ssd, "0751"),
-                                 ("the mount point", mount, "0755")]:
-            self._own(what, Path(path), mode)
+        for label, path in disks:
+            self._own(f"disk {label}", Path(path), "0751", skip=(REPO_DIR,))
+        self._own("ssd", ssd, "0751", shared=SHARED_ZONES)
+        if not cfg.index_dir.is_relative_to(ssd):
+            self._own("the index", cfg.index_dir, "0750")
+        self._own("the mount point", mount, "0755", tree=False)
 
-    def _own(self, what: str, path: Path, mode: str) -> None:
-        real = self.h.p(path)
+    def _own(self, what: str, path: Path, mode: str, skip: tuple[str, ...] = (), shared: tuple[str, ...] = (),
+             tree: bool = True) -> None:
+        """`path` a directory of hoard's, of `mode`: made if missing; one whose top is not hoard's
+        was made before the install (by a root-run hoardfs, another server's): what it holds is
+        taken over once (fsd/cli/_takeover.py: `skip` and `shared` as there), or — not a `tree`
+        — its top only."""
+        real = _followed(self.h, path)
         try:
             real.stat()
         except PermissionError:  # a FUSE mount without allow_other: even root may not look (hoard's mount)
@@ -204,15 +215,39 @@ class Installer:
             return
         except FileNotFoundError:
             pass
+        if not tree and os.path.ismount(real):  # a shared mount, running: the mount's nodes, never chowned
+            out.print(f"{what}: {path} is mounted (the running hoard-mount.service), kept", markup=False)
+            return
         if not real.is_dir():
             self.h.run(f"{what}: make {path}", ["install", "-d", "-o", USER, "-g", USER, "-m", mode, str(path)])
             return
         st = real.stat()
         if not self.h.user_exists(USER) or _name(self.h, st.st_uid, "passwd") != USER:
-            # a store a root-run hoardfs made: its files become the services' (once)
-            self.h.run(f"{what}: {path} and what it holds to {USER}", ["chown", "-R", f"{USER}:{USER}", str(path)])
+            if tree:
+                self._take_over(what, path, USER, "the services run as it", skip, shared)
+            else:
+                self.h.run(f"{what}: to {USER}", ["chown", f"{USER}:{USER}", str(path)])
         if st.st_mode & 0o777 != int(mode, 8):  # (the setgid bit hoard gives its directories stays: chmod keeps it)
             self.h.run(f"{what}: mode {mode}", ["chmod", mode, str(path)])
+
+    def _take_over(self, what: str, path: Path, owner: str, why: str, skip: tuple[str, ...] = (),
+                   shared: tuple[str, ...] = ()) -> None:
+        """Give `owner` the tree at `path` made before the install (fsd/cli/_takeover.py), once:
+        one change for all its entries; a file it keeps is named with the command to give it."""
+        acc = Accounts.of(self.h.p("/etc"))
+        uid, gid, real = acc.users.get(owner), acc.groups.get(owner), _followed(self.h, path)
+        found = take_over(real, uid, gid, acc, skip, shared)
+        for rel in found.linked[:5]:
+            out.print(f"{what}: problem: {path / rel} has more than one hard link: kept as it is (a link another "
+                      f"account made would hand over the file it names); if it is hoardfs's, `chown {owner}:{owner} "
+                      f"{path / rel}`", markup=False)
+        if len(found.linked) > 5:
+            out.print(f"{what}: problem: {len(found.linked) - 5} more such files kept under {path}: `find {path} "
+                      f"-type f -links +1 ! -user {owner}` lists them", markup=False)
+        if found.entries:
+            self.h.change(f"{what}: {found.entries} entr{'y' if found.entries == 1 else 'ies'} of {path} made before "
+                          f"the install (by root, or by a user or group this system does not have) given to {owner} "
+                          f"({why}; once)", lambda: take_over(real, uid, gid, acc, skip, shared, apply=True))
 
     def venv(self) -> None:
         stamp = self.h.p(VENV / ".hoard-source")
@@ -331,13 +366,15 @@ class Installer:
         if disk is None:
             raise HoardError(f"--backup-disk {label}: no such disk in {CONFIG} (its disks: "
                              f"{', '.join(d.label for d in cfg.disks)})", ExitCode.USAGE)
-        return label, disk.path / "pgbackrest"
+        return label, disk.path / REPO_DIR
 
     def backrest(self, cfg, cluster: pgsys.SystemCluster) -> Path:
         label, repo = self.repo(cfg)
         if not self.h.p(repo).is_dir():
             self.h.run(f"pgBackRest's repository on disk {label}",
                        ["install", "-d", "-o", "postgres", "-g", "postgres", "-m", "0750", str(repo)])
+        elif _name(self.h, self.h.p(repo).stat().st_uid, "passwd") != "postgres":  # another server's, moved here
+            self._take_over(f"pgBackRest's repository on disk {label}", repo, "postgres", "pgBackRest runs as it")
         if not self.h.p(pgsys.LOCK_DIR).is_dir():
             self.h.run("pgBackRest's lock directory", ["install", "-d", "-o", "postgres", "-g", "postgres", "-m", "0750",
                                                        str(pgsys.LOCK_DIR)])
@@ -427,6 +464,22 @@ def _name(host: Host, ident: int, table: str) -> str | None:
         if len(parts) > 2 and parts[2] == str(ident):
             return parts[0]
     return None
+
+
+def _followed(host: Host, path: Path) -> Path:
+    """`path` of the target system as seen from here, a link at it followed inside that system
+    (a disk reached through one: its own directory, as `chown -R` in a chroot of it would) — an
+    absolute link's target is the target system's, not this host's."""
+    real = host.p(path)
+    for _ in range(40):  # (the kernel's own bound on a chain of links)
+        try:
+            if not real.is_symlink():
+                return real
+        except PermissionError:  # a FUSE mount without allow_other (hoard's): no link; `_own` says what it is
+            return real
+        target = Path(os.readlink(real))
+        real = host.p(target) if target.is_absolute() else real.parent / target
+    raise HoardError(f"{path}: too many levels of symbolic links", ExitCode.DATA)
 
 
 def _source_stamp(source: Path) -> str:

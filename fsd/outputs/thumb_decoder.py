@@ -31,6 +31,7 @@ import time
 
 from fsd.base import landlock
 from fsd.base.paths import display
+from fsd.base.proc import end_group, ended
 
 log = logging.getLogger(__name__)
 SIZE = (256, 256)
@@ -143,7 +144,7 @@ class Decoder:
         return None, "the decoder process answered with something that is not a JPEG", False
 
     def _running(self) -> subprocess.Popen[bytes]:
-        if self._proc is not None and self._proc.poll() is not None:
+        if self._proc is not None and ended(self._proc):  # (not poll(): it would reap it before `close`)
             self.close()  # it died (killed, or crashed on the last image): its pipes closed, a new one started
         if self._proc is None:
             # a session of its own: the GUI's stderr may be the terminal that started it, and a
@@ -158,10 +159,10 @@ class Decoder:
         return self._proc
 
     def close(self) -> None:
+        """End the decoder and its whole process group: what a decoder taken over forked may
+        have closed its pipes and live on (`end_group`)."""
         if self._proc is not None:
-            if self._proc.poll() is None:
-                self._proc.kill()
-            self._proc.wait()
+            end_group(self._proc)
             if self._stderr is not None:
                 self._stderr.report()  # its last words (a crash), before the pipe goes
             for f in (self._proc.stdin, self._proc.stdout, self._proc.stderr):
