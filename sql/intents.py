@@ -175,17 +175,21 @@ RESULT_COLUMNS: Final[dict[str, tuple[frozenset[str], frozenset[str]]]] = {
     "result_canny": (frozenset({"status", "edge_ratio"}), frozenset({"status"})),
     "result_ocr_box": (frozenset({"box_no", "x", "y", "w", "h", "text", "confidence"}),
                        frozenset({"box_no", "x", "y", "w", "h"})),
+    # perceptual hashes (migration 015): 64-bit patterns as signed bigints
+    "result_image_hash": (frozenset({"phash", "dhash", "phash_flip"}), frozenset({"phash", "dhash", "phash_flip"})),
 }
 
 #: the result columns that hold text (the others hold numbers)
 RESULT_TEXT_COLUMNS: Final = frozenset({"status", "text"})
+#: the result columns that hold a 64-bit hash (a whole number, -2^63 ≤ v < 2^63: a bigint)
+RESULT_HASH_COLUMNS: Final = frozenset({"phash", "dhash", "phash_flip"})
 
 
 class ResultIn(BaseModel):
     """One row of a result table (an action's per-node result), for the batch that produced it."""
 
     model_config = _strict
-    table: Literal["result_canny", "result_ocr_box"]
+    table: Literal["result_canny", "result_ocr_box", "result_image_hash"]
     node: Sha
     batch_id: Annotated[str, StringConstraints(pattern=NAME_PATTERN)]
     values: dict[str, str | int | float | None]
@@ -202,7 +206,8 @@ class ResultIn(BaseModel):
         for col, v in sorted(self.values.items()):
             text = col in RESULT_TEXT_COLUMNS
             if v is not None and (isinstance(v, str) != text or isinstance(v, bool)
-                                  or col == "box_no" and not isinstance(v, int)):
+                                  or col in ("box_no", *RESULT_HASH_COLUMNS) and not isinstance(v, int)
+                                 or col in RESULT_HASH_COLUMNS and not -(1 << 63) <= int(v) < 1 << 63):
                 raise ValueError(f"{self.table}.{col} takes {'text' if text else 'a number'}, not {v!r:.40}")
         return self
 
