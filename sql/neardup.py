@@ -26,8 +26,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import psycopg
-from scipy.sparse import coo_matrix
-from scipy.sparse.csgraph import connected_components
 
 #: the threshold `hoard dups` uses when none is given (bits of 64): resized, re-encoded and
 #: EXIF-rotated copies of a picture lie within it (docs/near-dups.md, bench/neardup.py)
@@ -150,6 +148,10 @@ def group(phash: np.ndarray, phash_flip: np.ndarray, t: int, *, flips: bool = Tr
     """Near-duplicate groups of images given their pHashes and mirrored pHashes (uint64 arrays
     of one length): positions whose pHashes are within t, or one's pHash within t of the
     other's mirrored pHash, are in one group (and those linked to them)."""
+    # deferred: scipy (~0.3 s to load) only where groups are made, not in every importer of the thresholds
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
     check_threshold(t)
     values, cls = np.unique(phash, return_inverse=True)  # identical pHashes are one value
     cls = cls.reshape(-1)
@@ -227,11 +229,14 @@ def groups(conn: psycopg.Connection, threshold: int = DEFAULT_THRESHOLD, *, flip
     return out
 
 
-def group_of_nodes(conn: psycopg.Connection, threshold: int) -> dict[int, int]:
-    """node id → its group's least node id, for every hashed image in a group (datasets)."""
-    ids, ph, pf = _hashes(conn)
-    found = group(ph, pf, threshold)
-    return {int(ids[p]): int(ids[g[0]]) for g in found.groups for p in g}
+def group_of_nodes(conn: psycopg.Connection, threshold: int) -> dict[int, str]:
+    """node id → its group's name, the least sha256 (hex) of its members, for every hashed image
+    in a group (datasets: a name from the content, the same in any database)."""
+    out: dict[int, str] = {}
+    for g in groups(conn, threshold):
+        name = min(m.sha256 for m in g)
+        out.update((m.node_id, name) for m in g)
+    return out
 
 
 def near_of(conn: psycopg.Connection, sha256_hex: str, threshold: int = DEFAULT_THRESHOLD) -> list[tuple[str, int, bool]]:

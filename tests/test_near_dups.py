@@ -195,6 +195,12 @@ def _dups_of_copies(hoard_home: Path, pg) -> None:
     empty = _hoard(cfg, "dups")
     assert empty.returncode == 0 and empty.stdout == "" and "hoard action run near-dup-hash" in empty.stderr
 
+    spec = hoard_home / "copies.toml"
+    spec.write_text('name = "copies"\nlayout = "webdataset"\ndedup = "by_near_dup"\n[selector]\nkinds = ["image"]\n'
+                    '[split]\nratios = { train = 0.5, val = 0.5 }\ngroup = "near_dup"\n')
+    unhashed = _hoard(cfg, "dataset", "build", str(spec), "--dry-run")
+    assert unhashed.returncode == 5 and "hoard action run near-dup-hash" in unhashed.stderr, unhashed.stderr
+
     run = _hoard(cfg, "action", "run", "near-dup-hash", "--here", "--json")
     assert run.returncode == 0, run.stdout + run.stderr
     assert json.loads(run.stdout)["status"] == "done"
@@ -231,6 +237,14 @@ def _dups_of_copies(hoard_home: Path, pg) -> None:
     near = neardup.near_of(pg, sha[(chosen[0], "original")])
     assert {s for s, _, _ in near} == {sha[(chosen[0], k)] for k in kinds[1:]}
     assert [m for s, _, m in near if s == sha[(chosen[0], "flip")]] == [True]
+
+    built = _hoard(cfg, "dataset", "build", str(spec), "--here", "--json")
+    assert built.returncode == 0, built.stdout + built.stderr
+    manifest = Path(json.loads(built.stdout)["path"]) / "manifest.jsonl"
+    samples = {json.loads(ln)["sha256"]: json.loads(ln)["split"] for ln in manifest.read_text().splitlines()}
+    for n in chosen:  # one sample of each group, the others' images each (bad images included: no hash, no group)
+        assert len({sha[(n, k)] for k in kinds} & set(samples)) == 1
+    assert len(samples) == len(sha) + len(bad) - 3 * (len(kinds) - 1)
 
     for bad_t in ("17", "-1"):
         refused = _hoard(cfg, "dups", "--threshold", bad_t)

@@ -48,16 +48,17 @@ def to_hex(h: imagehash.ImageHash) -> str:
     return str(h)
 
 
-def hashes(path: Path) -> dict[str, str]:
+def hashes(path: Path, *, draft: bool = True) -> dict[str, str]:
     """{"phash", "dhash", "phash_flip"} of the image at `path`, 16 hex digits each.
-    _image.Undecodable when it is not an image Pillow can decode whole."""
+    _image.Undecodable when it is not an image Pillow can decode whole. `draft` False decodes
+    a JPEG whole (bench/neardup.py compares the two)."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as raw:
                 if raw.width * raw.height > _image.MAX_PIXELS:
                     raise _image.Undecodable(f"{raw.width}x{raw.height} pixels, more than {_image.MAX_PIXELS}")
-                if raw.format == "JPEG":
+                if draft and raw.format == "JPEG":
                     raw.draft("L", (DRAFT_SIDE, DRAFT_SIDE))
                 raw.load()  # decodes now: a truncated file fails here
                 shown = ImageOps.exif_transpose(raw)
