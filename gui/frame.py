@@ -16,7 +16,7 @@ from gui.context import ctx
 from gui.text import shown
 
 NAV = (("Overview", "/"), ("Storage", "/storage"), ("Runs", "/runs"), ("Launch", "/launch"), ("Actions", "/actions"),
-       ("Batches", "/batches"), ("Assets", "/assets"), ("Pipelines", "/pipelines"),
+       ("Batches", "/batches"), ("Assets", "/assets"), ("Near-dups", "/dups"), ("Pipelines", "/pipelines"),
        ("Datasets", "/datasets"), ("Events", "/events"), ("Users", "/users"), ("RQ", "/rq/"),
        ("Metrics", "/metrics"))
 
