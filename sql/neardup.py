@@ -104,9 +104,15 @@ def near_pairs(index: np.ndarray, queries: np.ndarray, t: int) -> tuple[np.ndarr
         sel = np.uint64((1 << width) - 1)
         keys = ((index >> np.uint64(shift)) & sel).astype(np.int64)
         order = np.argsort(keys, kind="stable")
-        starts = np.zeros((1 << width) + 1, np.int64)  # bucket k is order[starts[k]:starts[k + 1]]
+        values = index[order]  # the index sorted by this substring: a bucket is a run of it
+        starts = np.zeros((1 << width) + 1, np.int64)  # bucket k is values[starts[k]:starts[k + 1]]
         np.cumsum(np.bincount(keys, minlength=1 << width), out=starts[1:])
+        # the queries sorted by their key too: a probe's keys (key ^ mask) then walk the bucket
+        # table and the sorted index in runs, not at random (measured: several times faster at 1 M)
         qkeys = ((queries >> np.uint64(shift)) & sel).astype(np.int64)
+        qorder = np.argsort(qkeys, kind="stable")
+        qkeys = qkeys[qorder]
+        qvalues = queries[qorder]
         for mask in _masks(width, r):
             probe = qkeys ^ mask
             lo = starts[probe]
@@ -125,10 +131,10 @@ def near_pairs(index: np.ndarray, queries: np.ndarray, t: int) -> tuple[np.ndarr
                 c = count[q]
                 qpos = np.repeat(q, c)
                 offsets = np.arange(len(qpos)) - np.repeat(np.cumsum(c) - c, c)
-                ipos = order[np.repeat(lo[q], c) + offsets]
-                close = np.bitwise_count(queries[qpos] ^ index[ipos]) <= t
-                found_q.append(qpos[close])
-                found_i.append(ipos[close])
+                spos = np.repeat(lo[q], c) + offsets
+                close = np.bitwise_count(qvalues[qpos] ^ values[spos]) <= t
+                found_q.append(qorder[qpos[close]])
+                found_i.append(order[spos[close]])
                 start = stop
     if not found_q:
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
