@@ -166,7 +166,7 @@ def render() -> None:
     lines += ["", f"Recall per transform (the share of originals grouped with their copy) by threshold; "
               f"the default is {t}:", "",
               "| threshold | " + " | ".join(kinds) + " | false joins |", "|---" * (len(kinds) + 2) + "|"]
-    for th, v in rec.items():
+    for th, v in sorted(rec.items(), key=lambda kv: int(kv[0])):
         bold = "**" if int(th) == t else ""
         lines.append(f"| {bold}{th}{bold} | " + " | ".join(f"{v['recall'][k]:.2f}" for k in kinds)
                      + f" | {v['false_joins']} |")
@@ -175,7 +175,8 @@ def render() -> None:
               + "; ".join(f"{k} {min(v)}–{max(v)} (median {statistics.median(v):g})" for k, v in dist.items())
               + f"; a mirrored copy's pHash to the original's mirrored pHash {min(doc['flip_distance_to_phash_flip'])}–"
               f"{max(doc['flip_distance_to_phash_flip'])}. A 90° turn without an EXIF tag is not found (no hash of "
-              "the turned image is kept); a 10 % crop needs a threshold of 12–20.", ""]
+              "the turned image is kept); a 10 % crop needs a larger threshold (its distances above), where unrelated "
+              "pictures begin to join (false joins).", ""]
     if doc["scale"]:
         lines += ["Grouping at scale (`sql.neardup.group`, mirrored pHashes included, default threshold; hashes a "
                   "quarter random and the rest 1, 3 and 6 bits from them):", "",

@@ -8,10 +8,9 @@ from __future__ import annotations
 import psycopg
 from nicegui import ui
 
-from fsd.base.errors import HoardError
 from gui.browse_page import thumb_img
-from gui.context import ctx, in_thread, page
-from gui.frame import db_down, frame
+from gui.context import ctx, page
+from gui.frame import frame, read_or_say
 from gui.text import label
 from sql import neardup
 
@@ -39,14 +38,10 @@ def register() -> None:
             ui.label(f"images whose pHashes differ in at most {t} bits"
                      + (", or one's pHash and the other's mirrored pHash," if flips else "")
                      + " are near-duplicates; a chain of them is one group (`hoard dups`)").classes("text-caption")
-            try:
-                hashed, groups = await in_thread(_groups, t, flips)
-            except psycopg.Error as e:
-                db_down(e)
+            found = await read_or_say(_groups, t, flips)
+            if found is None:
                 return
-            except HoardError as e:  # the table is not there: `hoard db migrate`
-                label(e.message).classes("text-negative")
-                return
+            hashed, groups = found
             if not hashed:
                 ui.label("no image has been hashed yet: run the action near-dup-hash (Actions, or "
                          "`hoard action run near-dup-hash`)").mark("none")
