@@ -205,9 +205,12 @@ class ResultIn(BaseModel):
             raise ValueError(f"{self.table} needs column {missing[0]!r}")
         for col, v in sorted(self.values.items()):
             text = col in RESULT_TEXT_COLUMNS
+            if col in RESULT_HASH_COLUMNS and v is not None and (
+                    isinstance(v, bool) or not isinstance(v, int) or not -(1 << 63) <= v < 1 << 63):
+                raise ValueError(f"{self.table}.{col} takes a 64-bit hash as a whole number from -2^63 to 2^63 - 1 "
+                                 f"(a bigint), not {v!r:.40}")
             if v is not None and (isinstance(v, str) != text or isinstance(v, bool)
-                                  or col in ("box_no", *RESULT_HASH_COLUMNS) and not isinstance(v, int)
-                                 or col in RESULT_HASH_COLUMNS and not -(1 << 63) <= int(v) < 1 << 63):
+                                  or col == "box_no" and not isinstance(v, int)):
                 raise ValueError(f"{self.table}.{col} takes {'text' if text else 'a number'}, not {v!r:.40}")
         return self
 

@@ -113,6 +113,43 @@ def test_hashes_see_resized_requality_exif_rotated_and_mirrored_copies(tmp_path:
     assert got["phash_flip"] == str(imagehash.phash(full.transpose(Image.Transpose.FLIP_LEFT_RIGHT)))
 
 
+def test_the_action_s_hex_hashes_become_bigints_and_bad_ones_are_refused(tmp_path: Path) -> None:
+    """The contract's parse of hashes.jsonl: 16 hex digits → the signed bigint of that bit
+    pattern (ffff… negative); a hash that is not 16 hex digits refuses the run's output naming
+    the line and the field. A write-intent's hash outside bigint, or not a whole number, is refused
+    naming results[i]."""
+    from jobs.actions import contract
+    from jobs.actions.builtin import CONTRACTS
+    from jobs.actions.parse import InputFile, OutputProblem, parse_outputs
+    from sql.intents import IntentError, parse_intent
+
+    c = contract.load_file(CONTRACTS / "near-dup-hash.toml")
+    shas = [hashlib.sha256(f"image {i}".encode()).hexdigest() for i in range(2)]
+    inputs = [InputFile(s, f"flat/{s}.jpg") for s in shas]
+    root = tmp_path / "out"
+    root.mkdir()
+    recs = [{"sha256": shas[0], "phash": "ffffffffffffffff", "dhash": "0000000000000001", "phash_flip": "8000000000000000"},
+            {"sha256": shas[1], "phash": "7fffffffffffffff", "dhash": "00000000000000ff", "phash_flip": "0123456789abcdef"}]
+    (root / "hashes.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    got = parse_outputs(c, root, inputs, a4_scale=1)
+    values = {r.node_sha256: r.values for r in got.records}
+    assert values[shas[0]] == {"phash": -1, "dhash": 1, "phash_flip": -(1 << 63)}
+    assert values[shas[1]] == {"phash": (1 << 63) - 1, "dhash": 255, "phash_flip": 0x0123456789ABCDEF}
+    assert all(r.into == "result_image_hash" for r in got.records)
+    for bad in ("ffff", "zzzzzzzzzzzzzzzz", 12345, "0x12345678901234"):
+        (root / "hashes.jsonl").write_text(json.dumps(recs[0] | {"dhash": bad}) + "\n")
+        with pytest.raises(OutputProblem, match=r"line 1: field 'dhash' \(result_image_hash.dhash\) must be a 64-bit hash"):
+            parse_outputs(c, root, inputs, a4_scale=1)
+    row = {"table": "result_image_hash", "node": shas[0], "batch_id": "run-1",
+           "values": {"phash": 1, "dhash": 2, "phash_flip": 3}}
+    assert parse_intent({"key": "k", "results": [row]}).results[0].values["phash"] == 1
+    for bad_value in (1 << 63, -(1 << 63) - 1, 1.5, "ff"):
+        with pytest.raises(IntentError, match=r"results\[0\]: result_image_hash.phash takes a 64-bit hash"):
+            parse_intent({"key": "k", "results": [row | {"values": {**row["values"], "phash": bad_value}}]})
+    with pytest.raises(IntentError, match=r"results\[0\]: result_image_hash needs column 'phash_flip'"):
+        parse_intent({"key": "k", "results": [row | {"values": {"phash": 1, "dhash": 2}}]})
+
+
 def _bomb(path: Path) -> None:
     """A PNG whose header claims 30000×30000 pixels (900 M): refused before a pixel is decoded."""
     def chunk(kind: bytes, data: bytes) -> bytes:
@@ -153,6 +190,54 @@ def test_hoard_builtin_hashes_good_images_and_names_each_bad_one(tmp_path: Path)
     assert all(len(recs[0][k]) == 16 for k in ("phash", "dhash", "phash_flip"))
     with pytest.raises(_image.Undecodable, match="pixels"):
         hashes(inp / "bomb.png")
+
+
+def write_hashes(conn, key: str, ph: list[int], flip: list[int]) -> list[str]:
+    """Image nodes with these pHashes and mirrored pHashes (64-bit patterns), written as the
+    action writes them (result rows of a write-intent); their sha256s."""
+    from sql.apply import apply_write_intent
+
+    shas = [hashlib.sha256(f"{key} image {i}".encode()).hexdigest() for i in range(len(ph))]
+    apply_write_intent(conn, {
+        "key": key, "nodes": [{"sha256": s, "physical": {"size": 10, "file_type": "jpg"}} for s in shas],
+        "batches": [{"batch_id": f"{key}-run", "seal": True}],
+        "results": [{"table": "result_image_hash", "node": s, "batch_id": f"{key}-run",
+                     "values": {"phash": neardup.to_signed(p), "dhash": 0, "phash_flip": neardup.to_signed(f)}}
+                    for s, p, f in zip(shas, ph, flip, strict=True)]})
+    return shas
+
+
+@pytest.mark.services
+def test_deleted_images_leave_their_groups_and_near_of_uses_the_quarter_indexes(pg) -> None:
+    """sql.neardup over real PostgreSQL: an image hidden by a type-A delete is in no group and no
+    one's neighbour; near_of finds neighbours within t whose differing bits are spread over all
+    four quarters (t = 7: 1 bit in three quarters, 4 in one) and through a mirror, nearest first,
+    and its query uses the quarter indexes (EXPLAIN)."""
+    from sql.deletion import hide_nodes
+    from sql.migrate import migrate
+
+    migrate(pg)
+    base = 0x1234_5678_9ABC_DEF0
+    spread = base ^ (1 << 63) ^ (1 << 40) ^ (1 << 20) ^ 0b1111  # 7 bits, in every quarter
+    ph = [base, base ^ 0b1, spread, 0x0F0F_0F0F_0F0F_0F0F, base ^ (0b11 << 30)]
+    # the fourth is the first's mirror image: each one's mirrored pHash near the other's pHash
+    flip = [0x0F0F_0F0F_0F0F_0F0E, 0x5555, 0x6666, base ^ (1 << 50), 0x7777]
+    shas = write_hashes(pg, "del", ph, flip)
+    found = neardup.groups(pg, 7)
+    assert [sorted(m.sha256 for m in g) for g in found] == [sorted(shas)]
+    assert {m.sha256 for g in found for m in g if m.flipped} == {shas[3]}
+    near = neardup.near_of(pg, shas[0], 7)
+    assert near == sorted([(shas[1], 1, False), (shas[4], 2, False), (shas[2], 7, False), (shas[3], 1, True)],
+                          key=lambda x: (x[1], x[0]))
+    assert neardup.near_of(pg, shas[0], 0) == []
+    plan = "\n".join(r[0] for r in pg.execute(
+        "EXPLAIN SELECT 1 FROM result_image_hash r WHERE ((r.phash >> 48) & 65535) = ANY(%s) "
+        "OR (r.phash & 65535) = ANY(%s)", [[1, 2], [3]]))
+    assert "result_image_hash_q0" in plan and "result_image_hash_q3" in plan, plan
+    hide_nodes(pg, [bytes.fromhex(shas[1])])
+    assert neardup.hashed_count(pg) == 4
+    assert [sorted(m.sha256 for m in g) for g in neardup.groups(pg, 7)] == [sorted(set(shas) - {shas[1]})]
+    assert shas[1] not in {s for s, _, _ in neardup.near_of(pg, shas[0], 7)}
 
 
 def _hoard(cfg, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
