@@ -452,6 +452,7 @@ def dry_plan(conn, spec: DatasetSpec, fmt: Format, frozen_map: list[str] | None,
     label_groups = None
     if g != "node":
         sqld.dry_roots(conn, spec.split.ratios, spec.split.salt)
+        rows: list[dict[str, Any]] = []
         if g.startswith("label:"):
             pairs = sqld.dry_label_pairs(conn, g[6:])
             rows = [{"node_id": i, "root_id": root, "labels": {g[6:]: [v]}} for i, (root, v) in enumerate(pairs)]

@@ -245,10 +245,12 @@ def group_of_nodes(conn: psycopg.Connection, threshold: int) -> dict[int, str]:
     return out
 
 
-def near_of(conn: psycopg.Connection, sha256_hex: str, threshold: int = DEFAULT_THRESHOLD) -> list[tuple[str, int, bool]]:
-    """The images within `threshold` of one (not itself), nearest first: (sha256, distance,
-    through its mirror). Looked up in PostgreSQL by the indexed 16-bit quarters of pHash — each
-    quarter's keys within floor(t/4) bits of the image's, for its pHash and its mirror's."""
+def near_of(conn: psycopg.Connection, sha256_hex: str, threshold: int = DEFAULT_THRESHOLD,
+            limit: int | None = None) -> list[tuple[str, int, bool]]:
+    """The images within `threshold` of one (not itself, none deleted), nearest first: (sha256,
+    distance, through its mirror); `limit`: the nearest so many. Looked up in PostgreSQL by the
+    indexed 16-bit quarters of pHash — each quarter's keys within floor(t/4) bits of the
+    image's, for its pHash and its mirror's."""
     check_threshold(threshold)
     row = conn.execute("SELECT r.node_id, r.phash, r.phash_flip FROM result_image_hash r JOIN node n USING (node_id) "
                        "WHERE n.sha256 = %s", [bytes.fromhex(sha256_hex)]).fetchone()
@@ -265,9 +267,11 @@ def near_of(conn: psycopg.Connection, sha256_hex: str, threshold: int = DEFAULT_
             "JOIN node n USING (node_id) JOIN physical_content pc USING (node_id) "
             "WHERE NOT pc.is_deleted AND r.node_id <> %(me)s AND (((r.phash >> 48) & 65535) = ANY(%(q0)s) "
             "OR ((r.phash >> 32) & 65535) = ANY(%(q1)s) OR ((r.phash >> 16) & 65535) = ANY(%(q2)s) "
-            "OR (r.phash & 65535) = ANY(%(q3)s)) AND bit_count((r.phash # %(v)s)::bit(64)) <= %(t)s",
-            {"v": value, "me": node_id, "t": threshold, **{f"q{i}": q for i, q in enumerate(quarters)}}).fetchall()
+            "OR (r.phash & 65535) = ANY(%(q3)s)) AND bit_count((r.phash # %(v)s)::bit(64)) <= %(t)s "
+            "ORDER BY 2, 1 LIMIT %(limit)s",
+            {"v": value, "me": node_id, "t": threshold, "limit": limit,
+             **{f"q{i}": q for i, q in enumerate(quarters)}}).fetchall()
         for sha, d in rows:
             if sha not in best or (d, mirrored) < best[sha]:
                 best[sha] = (int(d), mirrored)
-    return sorted(((s, d, m) for s, (d, m) in best.items()), key=lambda x: (x[1], x[0]))
+    return sorted(((s, d, m) for s, (d, m) in best.items()), key=lambda x: (x[1], x[0]))[:limit]
