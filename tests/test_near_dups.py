@@ -86,6 +86,8 @@ def test_groups_are_the_connected_pairs_flips_included() -> None:
         assert got.groups == expected
         assert not neardup.group(ph, pf, t, flips=False).flipped
     assert neardup.to_hex(neardup.to_signed(0xFFFF_0000_0000_0001)) == "ffff000000000001"
+    none = np.zeros(0, np.uint64)
+    assert neardup.group(none, none, 6).groups == []
 
 
 def test_hashes_see_resized_requality_exif_rotated_and_mirrored_copies(tmp_path: Path) -> None:
