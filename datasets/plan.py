@@ -23,6 +23,7 @@ from datasets.spec import DatasetError, DatasetSpec
 from fsd.base.errors import ExitCode
 from fsd.base.paths import display, hostile_reason
 from sql import datasets as sqld
+from sql import neardup
 from sql.datasets import sample_rows
 from sql.selectors import parse_selector, query_nodes, selector_query
 
@@ -113,6 +114,10 @@ def plan(conn, spec: DatasetSpec, fmt: Format, frozen_map: list[str] | None) -> 
     if not rows:
         raise DatasetError(f"dataset {spec.name}: the selection is empty — its [selector] matches only manifests of "
                            "datasets; check it with `hoard select` (nothing was written)", ExitCode.DATA)
+    if uses_near_dups(spec):
+        near = near_dup_groups(conn, spec)
+        for r in rows.values():
+            r["near_dup"] = near.get(r["node_id"])
     return samples_from_rows(spec, fmt, [rows[n] for n in node_ids if n in rows], frozen_map)
 
 
@@ -151,7 +156,8 @@ def samples_from_rows(spec: DatasetSpec, fmt: Format, rows: list[dict[str, Any]]
     groups = group_keys(spec, [r for r, _ in classed])
     drawn: dict[str, str] = {}  # group key → split (the samples of a group share their draw)
     for r, cls in sorted(classed, key=lambda rc: rc[0]["node_id"]):
-        ident = r["sha256"] if spec.dedup == "by_sha256" else r["node_id"]
+        ident = r["sha256"] if spec.dedup == "by_sha256" else r["node_id"] if spec.dedup == "by_node" else \
+            f"near_dup:{r.get('near_dup') or r['sha256']}"
         if ident in seen:
             dropped += 1
             continue
@@ -270,19 +276,41 @@ def _class_map(spec: DatasetSpec, frozen: list[str] | None, found: list[str],
     return base + new, new
 
 
+def uses_near_dups(spec: DatasetSpec) -> bool:
+    return spec.split.group == "near_dup" or spec.dedup == "by_near_dup"
+
+
+def near_dup_groups(conn, spec: DatasetSpec) -> dict[int, str]:
+    """node id → its near-duplicate group's name (sql.neardup.group_of_nodes, over every hashed
+    image, selected or not: two selected copies linked through a third are one group); refused
+    in one line when no image has been hashed."""
+    if not neardup.hashed_count(conn):
+        raise DatasetError(f"dataset {spec.name}: split.group = \"near_dup\" and dedup = \"by_near_dup\" need the "
+                           "images' perceptual hashes, and no image has them: run `hoard action run near-dup-hash` "
+                           "first (docs/near-dups.md)", ExitCode.DATA)
+    return neardup.group_of_nodes(conn, spec.near_dup_threshold)
+
+
 def group_keys(spec: DatasetSpec, rows: list[dict[str, Any]]) -> dict[int, str]:
     """node id → the key its split is drawn from: `node:<id>`, `root:<root id>`, or with
     `group = "label:KEY"` one key for every sample linked by a root or a value of KEY — a
     near-duplicate group and every sample of each post it touches lie in one split (keyed by
     the group's least value, `label:<value>`; `root:<id>` for a post none of whose samples has
     the label). Taking a node's label alone would put a labelled image in its group's split and
-    its unlabelled siblings of the same post in their root's: one post in two splits."""
+    its unlabelled siblings of the same post in their root's: one post in two splits. With
+    `group = "near_dup"` the same, a row's `near_dup` (its group's name) as its one value,
+    keyed `near_dup:<name>`."""
     g = spec.split.group
     if g == "node":
         return {r["node_id"]: f"node:{r['node_id']}" for r in rows}
-    if not g.startswith("label:"):
+    if not g.startswith("label:") and g != "near_dup":
         return {r["node_id"]: f"root:{r['root_id']}" for r in rows}
     key = g[6:]
+    prefix = "near_dup:" if g == "near_dup" else "label:"
+
+    def values(r: dict[str, Any]) -> Any:
+        return ([r["near_dup"]] if r.get("near_dup") else []) if g == "near_dup" else r["labels"].get(key, ())
+
     parent: dict[str, str] = {}
 
     def find(x: str) -> str:
@@ -294,8 +322,8 @@ def group_keys(spec: DatasetSpec, rows: list[dict[str, Any]]) -> dict[int, str]:
 
     for r in rows:
         root = find(f"root:{r['root_id']}")
-        for v in r["labels"].get(key, ()):
-            a, b = sorted((root, find(f"label:{v}")))  # a label key sorts before a root key: it names the group
+        for v in values(r):
+            a, b = sorted((root, find(f"{prefix}{v}")))  # a label (or near_dup) key sorts before a root key: it names the group
             parent[b] = a
             root = a
     return {r["node_id"]: find(f"root:{r['root_id']}") for r in rows}
@@ -420,16 +448,31 @@ def dry_plan(conn, spec: DatasetSpec, fmt: Format, frozen_map: list[str] | None,
         raise _no_class(spec, selected)
     cmap, new = _class_map(spec, frozen_map, sqld.dry_found(conn), lambda c: sqld.dry_node_of(conn, c))
     splits = list(spec.split.ratios)
+    near = near_dup_groups(conn, spec) if uses_near_dups(spec) else {}
     label_groups = None
     if g != "node":
         sqld.dry_roots(conn, spec.split.ratios, spec.split.salt)
+        rows: list[dict[str, Any]] = []
         if g.startswith("label:"):
             pairs = sqld.dry_label_pairs(conn, g[6:])
             rows = [{"node_id": i, "root_id": root, "labels": {g[6:]: [v]}} for i, (root, v) in enumerate(pairs)]
+        elif g == "near_dup":
+            rows = [{"node_id": n, "root_id": root, "near_dup": near[n], "labels": {}}
+                    for n, root in sqld.dry_roots_of(conn, sorted(near))]
+        if g.startswith("label:") or g == "near_dup":
             keys = group_keys(spec, rows)  # the same union of roots and values as the build's
-            label_groups = {root: splits.index(split_of(spec.split.ratios, spec.split.salt, keys[i]))
-                            for i, (root, _v) in enumerate(pairs)}
+            label_groups = {r["root_id"]: splits.index(split_of(spec.split.ratios, spec.split.salt, keys[r["node_id"]]))
+                            for r in rows}
     sqld.dry_kept(conn, group=g, ratios=spec.split.ratios, salt=spec.split.salt, label_groups=label_groups)
+    dropped = 0
+    if spec.dedup == "by_near_dup":  # as the build: of each group's classed members, the lowest node id stays
+        seen: set[str] = set()
+        copies = []
+        for n in sqld.dry_kept_ids(conn, sorted(near)):
+            if near[n] in seen:
+                copies.append(n)
+            seen.add(near[n])
+        dropped = sqld.dry_drop(conn, copies)
     if spec.split.field is not None:
         bad = sqld.dry_field(conn, spec.split.field, splits)
         if bad is not None:
@@ -450,5 +493,5 @@ def dry_plan(conn, spec: DatasetSpec, fmt: Format, frozen_map: list[str] | None,
                                                                          cmap.index(c) if c in cmap else -1))}
     return DryPlan(spec, cmap, new, {k: dict(sorted(v.items())) for k, v in counts.items()}, total, nbytes, blocks,
                    members, thumbs, selected=selected, unlabelled=selected - classed if spec.class_label else 0,
-                   dropped_dup=0, capped=classed - total, table=table)
+                   dropped_dup=dropped, capped=classed - dropped - total, table=table)
 

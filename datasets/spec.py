@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, Validation
 from datasets.card import canonical
 from fsd.base.config import describe_validation_error
 from fsd.base.errors import ExitCode, HoardError
+from sql.neardup import DEFAULT_THRESHOLD, MAX_THRESHOLD
 
 #: a dataset's name: an output id of zone 3D once `-v<N>` is added (jobs/outputs.OUTPUT_ID) and
 #: an RQ job id once `dataset-` is (jobs.datasets.submit: RQ takes letters, digits, `_` and `-` only)
@@ -43,8 +44,9 @@ class SplitSpec(BaseModel):
     #: split name → its share; in the order written (the hash thresholds follow it)
     ratios: dict[Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")], float]
     salt: str = ""
-    #: the group that never straddles splits: root | node | label:KEY
-    group: Annotated[str, StringConstraints(pattern=r"^(root|node|label:.{1,200})$")] = "root"
+    #: the group that never straddles splits: root | node | label:KEY | near_dup (the near-duplicate
+    #: groups of `hoard dups` at the spec's near_dup_threshold, joined with the roots they touch)
+    group: Annotated[str, StringConstraints(pattern=r"^(root|node|label:.{1,200}|near_dup)$")] = "root"
     #: a label key whose value names the split (explicit splits), instead of the hash
     field: Annotated[str, StringConstraints(min_length=1, max_length=200)] | None = None
 
@@ -90,7 +92,10 @@ class DatasetSpec(BaseModel):
     allow_new_classes: bool = False
     selector: dict[str, Any] = {}
     split: SplitSpec = SplitSpec(ratios={"train": 1.0})
-    dedup: Literal["by_sha256", "by_node"] = "by_sha256"
+    dedup: Literal["by_sha256", "by_node", "by_near_dup"] = "by_sha256"
+    #: the Hamming distance near-duplicate groups are made at (split.group = "near_dup",
+    #: dedup = "by_near_dup"): as `hoard dups --threshold`
+    near_dup_threshold: int = Field(default=DEFAULT_THRESHOLD, ge=0, le=MAX_THRESHOLD)
     #: class → at most this many samples per split
     caps: dict[str, Annotated[int, Field(ge=1)]] | None = None
     #: every class: at most this many samples per split

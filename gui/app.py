@@ -28,6 +28,7 @@ from gui import (
     auth,
     browse_page,
     datasets_page,
+    dups_page,
     events_page,
     launch_page,
     overview,
@@ -120,6 +121,7 @@ def build(cfg: Settings) -> None:
     pipelines_page.register()
     datasets_page.register()
     events_page.register()
+    dups_page.register()
     rqdash.mount(cfg)
 
 

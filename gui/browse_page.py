@@ -25,9 +25,11 @@ from gui.frame import db_down, frame, page_number
 from gui.state import STORE_LOCK
 from gui.text import shown
 from jobs import ingest
-from sql import browse
+from sql import browse, neardup
 
 PER_PAGE = 48
+#: an image's near-duplicates its node page shows (the nearest)
+NEAR_SHOWN = 24
 
 
 def _db(fn, *args, **kwargs):
@@ -70,6 +72,28 @@ def relatives_list(rows: list[dict]) -> ui.html:
                      f'{html.escape(shown(r["rel"]))} (depth {r["depth"]})</span> '
                      f'<a href="/node/{html.escape(r["sha256"])}">{html.escape(what)}</a></li>')
     return ui.html(f'<ul class="q-ml-md" style="list-style:none;padding:0">{"".join(items)}</ul>')
+
+
+async def _near_duplicates(sha256: str) -> None:
+    """The node page's near-duplicates of an image (sql.neardup.near_of, by the indexed quarters
+    of its pHash), nearest first, each a thumbnail linking to its node; the /dups page groups them all."""
+    try:
+        near = await in_thread(_db, neardup.near_of, sha256, neardup.DEFAULT_THRESHOLD, limit=NEAR_SHOWN)
+    except (psycopg.Error, HoardError) as e:  # a missing table included (`hoard db migrate`)
+        text.label(f"near-duplicates: {e}").classes("text-caption text-negative")
+        return
+    with ui.row().classes("items-center"):
+        ui.label("Near-duplicates").classes("text-h6")
+        ui.link("all groups", f"/dups?threshold={neardup.DEFAULT_THRESHOLD}").classes("q-ml-sm")
+    if not near:
+        ui.label(f"none within {neardup.DEFAULT_THRESHOLD} bits among the hashed images (the action near-dup-hash "
+                 "hashes them)").classes("text-caption").mark("node-near-none")
+        return
+    with ui.row().classes("gap-2").mark("node-near"):
+        for sha, d, mirrored in near:
+            with ui.link(target=f"/node/{sha}").classes("column items-center"):
+                thumb_img(sha, "w-24 h-24")
+                ui.label(f"{d} bits" + (", mirror image" if mirrored else "")).classes("text-caption")
 
 
 def register() -> None:
@@ -226,6 +250,8 @@ def register() -> None:
                         if m.get("raw_metadata"):
                             text.pre(json.dumps(m["raw_metadata"], indent=1, ensure_ascii=False, default=str)
                                      ).mark("node-raw-metadata")
+            if n.get("kind") == "image":
+                await _near_duplicates(n["sha256"])
             ui.label("Labels").classes("text-h6")
             for lab in n["labels"]:
                 text.label(f"{lab['key']} = {lab['value']} ({lab['origin']})")

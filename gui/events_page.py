@@ -13,9 +13,8 @@ import json
 import psycopg
 from nicegui import ui
 
-from fsd.base.errors import HoardError
-from gui.context import ctx, in_thread, page
-from gui.frame import db_down, frame
+from gui.context import ctx, page
+from gui.frame import frame, read_or_say
 from gui.text import label
 from sql import events as sql_events
 
@@ -41,14 +40,10 @@ def register() -> None:
             with ui.column().classes("gap-0").mark("webhooks"):
                 for w in hooks:
                     label(w.summary)
-            try:
-                evs, dels = await in_thread(_rows)
-            except psycopg.Error as e:
-                db_down(e)
+            rows = await read_or_say(_rows)
+            if rows is None:
                 return
-            except HoardError as e:  # the tables are not there: `hoard db migrate`
-                label(e.message).classes("text-negative")
-                return
+            evs, dels = rows
             ui.label(f"Deliveries (newest {SHOWN})").classes("text-h6 q-mt-md")
             if not dels:
                 ui.label("none yet").classes("text-caption")

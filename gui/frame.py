@@ -7,16 +7,17 @@ import contextlib
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import psycopg
 from nicegui import ui
 
-from fsd.base.errors import first_line
+from fsd.base.errors import HoardError, first_line
 from fsd.base.units import fmt_bytes
 from gui.auth import SignedIn, current_user
-from gui.context import ctx
-from gui.text import shown
+from gui.context import ctx, in_thread
+from gui.text import label, shown
 
 NAV = (("Overview", "/"), ("Storage", "/storage"), ("Runs", "/runs"), ("Launch", "/launch"), ("Actions", "/actions"),
-       ("Batches", "/batches"), ("Assets", "/assets"), ("Pipelines", "/pipelines"),
+       ("Batches", "/batches"), ("Assets", "/assets"), ("Near-dups", "/dups"), ("Pipelines", "/pipelines"),
        ("Datasets", "/datasets"), ("Events", "/events"), ("Users", "/users"), ("RQ", "/rq/"),
        ("Metrics", "/metrics"))
 
@@ -68,6 +69,18 @@ def frame(title: str) -> Iterator[SignedIn]:
 def db_down(e: Exception) -> None:
     """The line a page shows where its database read failed."""
     ui.label(f"the database does not answer: {first_line(e)}").classes("text-negative")
+
+
+async def read_or_say(fn: Callable[..., Any], *args: Any) -> Any:
+    """`fn(*args)` (a database read) in a thread, or None after a line saying why not: the
+    database does not answer, or a refusal (a table missing: `hoard db migrate`) shown as text."""
+    try:
+        return await in_thread(fn, *args)
+    except psycopg.Error as e:
+        db_down(e)
+    except HoardError as e:
+        label(e.message).classes("text-negative")
+    return None
 
 
 def progress_text(p: dict[str, Any]) -> str:

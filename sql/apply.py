@@ -366,4 +366,5 @@ def _write_results(conn: psycopg.Connection, it: WriteIntent) -> int:
 
 
 #: the SQL type of each result column that is not `real`
-_RESULT_TYPES = {"status": "text", "text": "text", "box_no": "integer"}
+_RESULT_TYPES = {"status": "text", "text": "text", "box_no": "integer", "phash": "bigint", "dhash": "bigint",
+                 "phash_flip": "bigint"}

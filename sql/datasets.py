@@ -265,6 +265,24 @@ def dry_label_pairs(conn: psycopg.Connection, key: str) -> list[tuple[int, str]]
                         "JOIN label l ON l.node_id = c.node_id AND l.key = %s WHERE c.n IS NOT NULL", [key]).fetchall()
 
 
+def dry_roots_of(conn: psycopg.Connection, node_ids: list[int]) -> list[tuple[int, int]]:
+    """(node id, root id) of the classed nodes among `node_ids` (the near-duplicate groups'
+    members: what those groups are joined with)."""
+    return conn.execute(f"SELECT c.node_id, {ROOT} FROM ds_cls c LEFT JOIN ds_up u ON u.start = c.parent "
+                        "WHERE c.n IS NOT NULL AND c.node_id = ANY(%s)", [node_ids]).fetchall()
+
+
+def dry_drop(conn: psycopg.Connection, node_ids: list[int]) -> int:
+    """Take these nodes out of ds_kept (the copies `dedup = "by_near_dup"` drops); how many were there."""
+    return conn.execute("DELETE FROM ds_kept WHERE node_id = ANY(%s)", [node_ids]).rowcount
+
+
+def dry_kept_ids(conn: psycopg.Connection, node_ids: list[int]) -> list[int]:
+    """Which of `node_ids` are classed nodes of the selection (ds_cls), in node id order."""
+    return [n for (n,) in conn.execute("SELECT node_id FROM ds_cls WHERE n IS NOT NULL AND node_id = ANY(%s) "
+                                       "ORDER BY node_id", [node_ids])]
+
+
 def split_thresholds(ratios: dict[str, float]) -> list[int]:
     """For each split in order, N: a draw n (the first 8 bytes of the hash, unsigned) falls in
     it or before iff n < N — exactly where `datasets.plan.split_of`'s `n / 2**64 < acc` (acc

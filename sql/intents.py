@@ -175,17 +175,21 @@ RESULT_COLUMNS: Final[dict[str, tuple[frozenset[str], frozenset[str]]]] = {
     "result_canny": (frozenset({"status", "edge_ratio"}), frozenset({"status"})),
     "result_ocr_box": (frozenset({"box_no", "x", "y", "w", "h", "text", "confidence"}),
                        frozenset({"box_no", "x", "y", "w", "h"})),
+    # perceptual hashes (migration 015): 64-bit patterns as signed bigints
+    "result_image_hash": (frozenset({"phash", "dhash", "phash_flip"}), frozenset({"phash", "dhash", "phash_flip"})),
 }
 
 #: the result columns that hold text (the others hold numbers)
 RESULT_TEXT_COLUMNS: Final = frozenset({"status", "text"})
+#: the result columns that hold a 64-bit hash (a whole number, -2^63 ≤ v < 2^63: a bigint)
+RESULT_HASH_COLUMNS: Final = frozenset({"phash", "dhash", "phash_flip"})
 
 
 class ResultIn(BaseModel):
     """One row of a result table (an action's per-node result), for the batch that produced it."""
 
     model_config = _strict
-    table: Literal["result_canny", "result_ocr_box"]
+    table: Literal["result_canny", "result_ocr_box", "result_image_hash"]
     node: Sha
     batch_id: Annotated[str, StringConstraints(pattern=NAME_PATTERN)]
     values: dict[str, str | int | float | None]
@@ -201,6 +205,10 @@ class ResultIn(BaseModel):
             raise ValueError(f"{self.table} needs column {missing[0]!r}")
         for col, v in sorted(self.values.items()):
             text = col in RESULT_TEXT_COLUMNS
+            if col in RESULT_HASH_COLUMNS and v is not None and (
+                    isinstance(v, bool) or not isinstance(v, int) or not -(1 << 63) <= v < 1 << 63):
+                raise ValueError(f"{self.table}.{col} takes a 64-bit hash as a whole number from -2^63 to 2^63 - 1 "
+                                 f"(a bigint), not {v!r:.40}")
             if v is not None and (isinstance(v, str) != text or isinstance(v, bool)
                                   or col == "box_no" and not isinstance(v, int)):
                 raise ValueError(f"{self.table}.{col} takes {'text' if text else 'a number'}, not {v!r:.40}")

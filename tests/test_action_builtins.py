@@ -132,7 +132,7 @@ def test_every_builtin_contract_validates_and_runs_hoard_builtin() -> None:
     files = sorted(CONTRACTS.glob("*.toml"))
     ids = {p.stem for p in files}
     assert ids == {"blacklist-small-images", "thumbnail", "exif", "resize-variants", "canny", "keyframes",
-                   "label-studio"}
+                   "label-studio", "near-dup-hash"}
     types = {}
     for path in files:
         c = contract.load_file(path)
@@ -141,7 +141,7 @@ def test_every_builtin_contract_validates_and_runs_hoard_builtin() -> None:
             assert c.run_spec.command[:4] == ["hoard-builtin", c.action_id, "{input_root}", "{output_root}"]
             assert c.action_id in PROGRAMS
     assert types == {"blacklist-small-images": "AC1", "thumbnail": "AC2", "exif": "AC2", "keyframes": "AC2",
-                     "resize-variants": "AC4", "canny": "AC4", "label-studio": "AC5"}
+                     "near-dup-hash": "AC2", "resize-variants": "AC4", "canny": "AC4", "label-studio": "AC5"}
     for gpu in ("resize-variants", "canny"):
         c = load(gpu)
         assert c.gate is not None and c.a4_scale is not None
@@ -366,7 +366,8 @@ def test_action_list_and_show_find_builtins_a_file_shadows_them(tmp_path: Path) 
     lines = res.stdout.splitlines()
     assert lines[0].startswith("canny ") and " v7 " in lines[0] and str(tmp_path / "actions" / "canny.toml") in lines[0]
     assert sorted(ln.split()[0] for ln in lines[1:]) == sorted(
-        ["blacklist-small-images", "thumbnail", "exif", "resize-variants", "keyframes", "label-studio"])
+        ["blacklist-small-images", "thumbnail", "exif", "resize-variants", "keyframes", "label-studio",
+         "near-dup-hash"])
     assert all(ln.endswith(" builtin") for ln in lines[1:]), lines
     doc = json.loads(hoard(tmp_path, "action", "list", "--json").stdout)
     sources = {a["action_id"]: a["source"] for a in doc["actions"]}

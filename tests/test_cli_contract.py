@@ -63,6 +63,7 @@ COMMANDS: dict[str, list[str]] = {
     "disks replace": ["hdd4", "nosuch"],
     "disks retire": ["nosuch"],
     "disks smart": [],
+    "dups": [],
     "events": [],
     "export": [],
     "fixtures generate": ["{OUTDIR}", "--items", "3", "--batches", "1", "--large-max-mb", "1"],
@@ -119,8 +120,8 @@ COMMANDS: dict[str, list[str]] = {
 
 #: commands whose work needs the service: with it down they must say so (exit 3, naming it)
 NEEDS_DATABASE = {"dataset diff", "dataset list", "dataset materialize", "dataset rm", "dataset show",
-                  "db backup", "db migrate", "db proposals", "db status", "db verify-backup", "delete", "demo", "events",
-                  "gc", "label add", "pipeline advance", "pipeline show", "select", "webhooks deliveries",
+                  "db backup", "db migrate", "db proposals", "db status", "db verify-backup", "delete", "demo", "dups",
+                  "events", "gc", "label add", "pipeline advance", "pipeline show", "select", "webhooks deliveries",
                   "webhooks requeue"}
 NEEDS_REDIS = {"demo", "worker"}
 
@@ -256,7 +257,7 @@ def test_a_database_without_hoardfs_tables(world, servers) -> None:
         url = psycopg.conninfo.make_conninfo(servers["database_url"], options=f"-c search_path={schema}")
         (home / "unmigrated.toml").write_text(text.replace("database_url = ", f"database_url = {url!r}\n#", 1))
         failures = []
-        reads = {"dataset list", "dataset show", "db backup", "db proposals", "db verify-backup", "delete", "events",
+        reads = {"dataset list", "dataset show", "db backup", "db proposals", "db verify-backup", "delete", "dups", "events",
                  "label add", "select", "webhooks deliveries", "webhooks requeue"}
 
         def one(command: str) -> None:

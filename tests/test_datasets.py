@@ -75,6 +75,40 @@ def _rows(n: int, classes=("cat", "dog"), roots: int | None = None) -> list[dict
     return rows
 
 
+def test_a_near_dup_group_lies_in_one_split_and_dedup_keeps_one_of_it() -> None:
+    """group = "near_dup": each row's `near_dup` (its near-duplicate group's name, as
+    sql.neardup.group_of_nodes gives it) joins its group with the posts it touches — every group
+    and every post lies in one split; dedup = "by_near_dup" keeps one sample of each group (the
+    lowest node id) and every image in no group."""
+    spec = load_spec(SPEC.replace('salt = "v1"', 'salt = "v1"\ngroup = "near_dup"'))
+    fmt = FORMATS["imagefolder"]
+    out = _rows(160, roots=None)
+    for i, r in enumerate(out):
+        r["root_id"] = 10_000 + i // 2
+        r["lineage"] = [r["node_id"], r["root_id"]]
+        if i % 3 == 0:  # groups of 3 copies across 2-3 posts
+            r["near_dup"] = f"{i // 9:064x}"
+    samples = samples_from_rows(spec, fmt, out, None).samples
+    split_of_node = {s.node_id: s.split for s in samples}
+    by: dict[str, set[str]] = {}
+    for r in out:
+        by.setdefault(f"root {r['root_id']}", set()).add(split_of_node[r["node_id"]])
+        if r.get("near_dup"):
+            by.setdefault(f"group {r['near_dup']}", set()).add(split_of_node[r["node_id"]])
+    assert all(len(v) == 1 for v in by.values()), by
+    assert {s.split for s in samples} == {"train", "val"}
+    deduped = samples_from_rows(spec.model_copy(update={"dedup": "by_near_dup"}), fmt, out, None)
+    grouped = {r["near_dup"] for r in out if r.get("near_dup")}
+    assert deduped.dropped_dup == sum(1 for r in out if r.get("near_dup")) - len(grouped)
+    kept = {s.node_id for s in deduped.samples}
+    first = {}
+    for r in sorted(out, key=lambda r: r["node_id"]):
+        first.setdefault(r.get("near_dup") or r["sha256"], r["node_id"])
+    assert kept == set(first.values())
+    with pytest.raises(DatasetError, match=r"near_dup_threshold"):
+        load_spec("near_dup_threshold = 40\n" + SPEC)
+
+
 def test_ratios_not_summing_to_one_and_unknown_keys_are_one_line() -> None:
     with pytest.raises(DatasetError, match=r"split.ratios: the ratios sum to 0.9, not 1"):
         load_spec(SPEC.replace("val = 0.2", "val = 0.1"))
@@ -605,11 +639,39 @@ def _dry_data(pg, second_parents: bool = True) -> dict[str, int]:
             for h in pngs}
 
 
+def _dry_hashes(pg, shas: dict[str, int]) -> None:
+    """Perceptual hashes (result_image_hash, through a write-intent) for most of the nodes:
+    clusters of 2-6 nodes whose pHashes lie 0-4 bits apart (from anywhere in the lineages: a
+    cluster joins roots), a mirror pair, the rest apart."""
+    import random
+
+    from sql.neardup import to_signed
+
+    rng = random.Random(15)
+    order = sorted(shas, key=shas.get)
+    rows, i = [], 0
+    while i < len(order) - 6:
+        base = rng.getrandbits(64)
+        size = rng.choice([1, 1, 2, 3, 6])
+        for _ in range(size):
+            p = base ^ sum(1 << b for b in rng.sample(range(64), rng.randrange(5)))
+            rows.append({"sha": order[i], "phash": p, "flip": rng.getrandbits(64)})
+            i += 1
+    rows[-1]["flip"] = rows[0]["phash"] ^ 1  # the last one is the first one's mirror image
+    apply_write_intent(pg, {"key": "test:dry-hashes", "batches": [{"batch_id": "hash-run", "seal": True}],
+                            "results": [{"table": "result_image_hash", "node": r["sha"], "batch_id": "hash-run",
+                                         "values": {"phash": to_signed(r["phash"]), "dhash": 0,
+                                                    "phash_flip": to_signed(r["flip"])}}
+                                        for r in rows]})
+
+
 DRY_VARIANTS = {
     "root": "",
     "root, one parent each": "",
     "node": 'group = "node"',
     "label group": 'group = "label:dup"',
+    "near-dup group": 'group = "near_dup"',
+    "near-dup group, dedup by group": 'group = "near_dup"',
     "explicit field": 'field = "fold"',
     "caps": "",
     "max per class, by node": "",
@@ -627,13 +689,17 @@ def test_dry_run_counts_are_the_builds(pg, variant: str) -> None:
     run built every sample)."""
     from datasets.plan import dry_plan, plan
 
-    _dry_data(pg, second_parents=variant != "root, one parent each")
+    shas = _dry_data(pg, second_parents=variant != "root, one parent each")
+    if variant.startswith("near-dup"):
+        _dry_hashes(pg, shas)
     head = 'name = "dry"\nlayout = "imagefolder"\nclass_label = "class"\n'
     extra = ""
     if variant == "caps":
         extra = 'caps = { cat = 5, dog = 3 }\n'
     elif variant == "max per class, by node":
         extra = 'max_per_class = 4\ndedup = "by_node"\n'
+    elif variant == "near-dup group, dedup by group":
+        extra = 'dedup = "by_near_dup"\nnear_dup_threshold = 3\n'
     elif variant == "no class (webdataset)":
         head = 'name = "dry"\nlayout = "webdataset"\n'
     spec = load_spec(f'{head}{extra}[selector]\nfile_types = ["png"]\n[split]\n'
@@ -649,6 +715,8 @@ def test_dry_run_counts_are_the_builds(pg, variant: str) -> None:
     assert len(d.counts) == 3 and all(d.counts[s] for s in ("train", "val"))
     if variant in ("caps", "max per class, by node"):
         assert d.capped > 0
+    if variant == "near-dup group, dedup by group":
+        assert d.dropped_dup > 0
 
 
 def test_dry_run_refuses_what_the_build_refuses_in_the_same_line(pg) -> None:

@@ -48,7 +48,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "db": ("db", "app"), "index": ("index", "app"), "zones": ("zones", "app"), "users": ("users", "app"),
     "label": ("label", "app"), "view": ("mount", "view_app"), "action": ("action", "app"),
     "pipeline": ("pipeline", "app"), "dataset": ("dataset", "app"),
-    "events": ("events", "events"), "webhooks": ("events", "app"),
+    "events": ("events", "events"), "webhooks": ("events", "app"), "dups": ("dups", "dups"),
     "install": ("install", "install"), "uninstall": ("install", "uninstall"),
 }
 

@@ -300,7 +300,7 @@ class ResultMapping(BaseModel):
     `columns` = {column: the record's field}."""
 
     model_config = _strict
-    into: Literal["labels", "result_canny", "result_ocr_box"]
+    into: Literal["labels", "result_canny", "result_ocr_box", "result_image_hash"]
     columns: dict[str, Annotated[str, StringConstraints(min_length=1, max_length=200)]] = Field(min_length=1)
 
 

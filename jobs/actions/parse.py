@@ -36,6 +36,7 @@ from fsd.base.errors import ExitCode, HoardError
 from fsd.base.paths import MAX_NAME_BYTES, display, hostile_reason, long_name
 from fsd.base.units import fmt_bytes
 from jobs.actions.contract import RESULT_TABLES, ChildFiles, Contract, OutputParser, ResultFiles, RunExternal
+from sql.intents import RESULT_HASH_COLUMNS
 
 #: the largest result file read (a JSON array is parsed whole; records are held until stored)
 MAX_RESULT_FILE_BYTES = 64 << 20
@@ -82,7 +83,7 @@ class Child:
 @dataclass(frozen=True)
 class Record:
     rule: str                   # output_parser.results name
-    into: str                   # "labels" | "result_canny" | "result_ocr_box"
+    into: str                   # "labels" | "result_canny" | "result_ocr_box" | "result_image_hash"
     node_sha256: str | None     # an input's sha256 …
     child_path: str | None      # … or a child's path (node_key = "output_path")
     values: dict[str, Any]      # every column of `into` (but node and batch) → its value, typed
@@ -478,6 +479,15 @@ def _number(v: Any) -> float | None:
     return None
 
 
+def _hash64(v: Any) -> int | None:
+    """16 hex digits (imagehash's notation of a 64-bit hash) → the signed bigint of that bit
+    pattern (migration 015)."""
+    if not isinstance(v, str) or not re.fullmatch(r"[0-9a-fA-F]{16}", v):
+        return None
+    n = int(v, 16)
+    return n - (1 << 64) if n >= 1 << 63 else n
+
+
 #: column → (what it must be, convert: value → typed value or None when it is not)
 def _typed(table: str, col: str, v: Any) -> tuple[Any, str]:
     """(the value typed for the column, '') or (None, what it must be)."""
@@ -498,6 +508,9 @@ def _typed(table: str, col: str, v: Any) -> tuple[Any, str]:
     if col == "status":
         ok = ("ok", "failed", "skipped")
         return (v, "") if v in ok else (None, "must be one of " + ", ".join(ok))
+    if col in RESULT_HASH_COLUMNS:
+        h = _hash64(v)
+        return (h, "") if h is not None else (None, "must be a 64-bit hash: 16 hex digits")
     if col == "box_no":
         n = _number(v)
         if n is None or not n.is_integer() or not 0 <= n <= 2**31 - 1:

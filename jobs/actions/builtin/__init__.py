@@ -22,7 +22,7 @@ from jobs.actions.builtin import _io
 CONTRACTS = Path(__file__).resolve().parent / "contracts"
 #: program name → its module (each has add_arguments(parser) and run(input_root, output_root, args))
 PROGRAMS = {"thumbnail": "thumbnail", "exif": "exif", "resize-variants": "resize_variants", "canny": "canny",
-            "keyframes": "keyframes"}
+            "keyframes": "keyframes", "near-dup-hash": "near_dup_hash"}
 
 __all__ = ["CONTRACTS", "PROGRAMS", "main"]
 
