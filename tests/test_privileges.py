@@ -366,3 +366,39 @@ def test_an_unprivileged_user_reads_nothing_through_the_mount(reachable: Path) -
         assert readable_by_user([path]) == []
         listed = as_user('ls "$1"', str(mnt / "by-hash"))
         assert listed.returncode != 0 and "Permission denied" in listed.stderr, listed
+
+
+@pytest.mark.services  # starts hoard processes as root and as another user
+def test_root_on_a_store_another_account_owns_is_sent_to_that_account(reachable: Path) -> None:
+    """An installed store is `hoard`'s: root's commands there would leave root's files (marks,
+    locks, the health cache) that the services cannot write. Root is refused with one line that
+    names the command to run instead — and that command works; --help and what only root does
+    (`disks smart`) still run as root."""
+    import re
+    import shlex
+
+    from tests.helpers import dir_disks_config
+
+    cfg_path = dir_disks_config(reachable, 2)
+    blob = reachable / "a.bin"
+    blob.write_bytes(os.urandom(20_000))
+    hoard(cfg_path, "init")
+    hoard(cfg_path, "put", str(blob))
+    for p in [*reachable.rglob("*"), reachable]:
+        os.lchown(p, 65534, 65534)  # the store given to its account, as `hoard install` does
+    refused = hoard(cfg_path, "verify", ok=False)
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    line = " ".join(refused.stderr.split())
+    assert f"this store is {USER}'s" in line and "run it as" in line, line
+    assert [str(p) for p in reachable.rglob("*") if p.lstat().st_uid == 0] == []  # nothing of root's left there
+    assert hoard(cfg_path, "verify", "--help").returncode == 0
+    smart = hoard(cfg_path, "disks", "smart", ok=False)
+    assert "this store is" not in smart.stderr, smart.stderr
+    again = shlex.split(re.search(r"`(runuser [^`]+)`", line).group(1))  # type: ignore[union-attr]
+    assert again[:4] == ["runuser", "-u", USER, "--"]
+    env = {k: v for k, v in os.environ.items() if k not in ("HOARD_CONFIG", "PYTEST_CURRENT_TEST")}
+    ran = subprocess.run(again, capture_output=True, text=True, env=env, cwd="/", timeout=600)
+    assert ran.returncode == 0 and "verified 2 replicas of 1 shards" in ran.stdout and "0 bad" in ran.stdout, \
+        ran.stdout + ran.stderr
+    # only the SMART readings root took for hoard-smart.service (readable by the services)
+    assert [p.name for p in reachable.rglob("*") if p.lstat().st_uid == 0] == ["smart.json"]

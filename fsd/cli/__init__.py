@@ -11,6 +11,9 @@ from __future__ import annotations
 import importlib
 import importlib.metadata
 import logging
+import os
+import pwd
+import shlex
 import sys
 import traceback
 from typing import Annotated, Final, cast
@@ -105,6 +108,48 @@ def _root(
     state(ctx).config_path = config
 
 
+#: what root may run on a store another account owns: what only root can do (the install, the
+#: SMART readings of hoard-smart.service, replacing the system cluster's data directory)
+AS_ROOT: Final = {("install",), ("uninstall",), ("disks", "smart"), ("db", "restore")}
+
+
+def _refuse_root_on_anothers_store(argv: list[str] | None) -> None:
+    """Root refused on a store whose index directory another account owns (`hoard install`'s
+    `hoard` user): every file a command writes there — marks, shards, locks, the health cache —
+    would be root's, and the services, which run as that account, could no longer write them.
+    The line names the command to run instead."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if os.geteuid() != 0 or {"--help", "-h", "--version"} & set(args):
+        return
+    explicit, words, i = None, [], 0
+    while i < len(args) and len(words) < 2:
+        if args[i] in ("--config", "-c") and not words:
+            explicit, i = (args[i + 1] if i + 1 < len(args) else None), i + 2
+            continue
+        if args[i].startswith("--config=") and not words:
+            explicit = args[i].split("=", 1)[1]
+        elif not args[i].startswith("-"):
+            words.append(args[i])
+        i += 1
+    if not words or tuple(words[:1]) in AS_ROOT or tuple(words[:2]) in AS_ROOT:
+        return
+    try:
+        index_dir = config_mod.load(explicit).index_dir
+        owner = index_dir.stat().st_uid
+    except (HoardError, OSError, ValueError):
+        return  # no store yet, or a config the command itself will name
+    if owner == 0:
+        return
+    try:
+        name = pwd.getpwuid(owner).pw_name
+    except KeyError:
+        name = f"#{owner}"
+    me = [sys.executable, "-m", "fsd"] if sys.argv[0].endswith("__main__.py") else sys.argv[:1]
+    again = shlex.join(["runuser", "-u", name, "--", *me, *args])
+    raise HoardError(f"this store is {name}'s (its index {index_dir} is): run as root, hoard would leave files "
+                     f"there that {name}'s services cannot write; run it as {name}: `{again}`", ExitCode.USAGE)
+
+
 def _print_version(wanted: bool) -> None:
     if wanted:
         out.print(f"hoard (hoardfs) {importlib.metadata.version('hoardfs')}", markup=False)
@@ -147,6 +192,7 @@ def main(argv: list[str] | None = None) -> None:
     guard_stdout()  # click would turn a closed stdout (EPIPE) into exit 1, "a bug" in our table
     try:
         try:
+            _refuse_root_on_anothers_store(argv)
             app(args=argv, prog_name="hoard")
         except lmdb.Error as e:  # the SSD under the index is full or failing: a condition, not a bug
             raise index_error(_index_path(argv), e) from None
