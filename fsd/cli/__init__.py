@@ -121,7 +121,9 @@ def _refuse_root_on_anothers_store(argv: list[str] | None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
     if os.geteuid() != 0 or {"--help", "-h", "--version"} & set(args):
         return
-    explicit, words, i = None, [], 0
+    explicit: str | None = None
+    words: list[str] = []
+    i = 0
     while i < len(args) and len(words) < 2:
         if args[i] in ("--config", "-c") and not words:
             explicit, i = (args[i + 1] if i + 1 < len(args) else None), i + 2
