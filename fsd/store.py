@@ -221,6 +221,21 @@ class Store:
         """Replicas on disks that can be read now (active or draining; not failed or missing)."""
         return sum(1 for u in meta.replicas if self.usable(u))
 
+    def weight(self, uuid: str) -> int:
+        """The copies one replica on this disk counts as toward a class's target: an S3 disk's
+        `copies` (the engine's own durability: docs/scale-out.md), 1 for any other."""
+        rec = self.records.get(uuid)
+        if rec is None:
+            return 1
+        return next((d.copies for d in self.cfg.disks if d.label == rec.label), 1)
+
+    def copies_of(self, meta: ShardMeta, without: str | None = None, readable: bool = False) -> int:
+        """The copies a shard has toward its class's target (`target`): its replicas on active
+        disks — or on any disk that can be read now, `readable` — each counted as its disk's
+        `weight`, leaving out `without`'s."""
+        return sum(self.weight(u) for u in meta.replicas if u != without and (
+            self.usable(u) if readable else (u in self.records and self.records[u].state == DiskState.ACTIVE)))
+
     def gone(self, disk: Disk, err: DiskGone) -> None:
         """The disk's mount or identity is gone: this process stops using it at once (its
         state in the index is not changed: it may come back)."""
@@ -250,7 +265,7 @@ class Store:
                 continue
             if self.reservations is not None:  # what gc set aside is free for gc itself
                 free += self.reservations.remaining(uuid)
-            out.append(Candidate(uuid, rec.label, free, self.queue.get(uuid, 0)))
+            out.append(Candidate(uuid, rec.label, free, self.queue.get(uuid, 0), copies=self.weight(uuid)))
         return out
 
     def _disk_record(self, uuid: str) -> DiskRecord:

@@ -354,6 +354,8 @@ def test_an_s3_disk_entry_parses() -> None:
     (s3_entry(capacity_gb=None), "needs capacity_gb"),
     (s3_entry(kind="nfs"), "kind"),
     ({"label": "hdd1", "path": "/x", "bucket": "b-b-b"}, 'bucket is a key of kind = "s3" disks'),
+    ({"label": "hdd1", "path": "/x", "copies": 3}, 'copies is a key of kind = "s3" disks'),
+    (s3_entry(copies=0), "copies: Input should be greater than or equal to 1"),
     ({"label": "hdd1"}, "path is required"),
 ])
 def test_a_bad_disk_entry_is_one_line(tmp_path: Path, entry: dict, said: str) -> None:
@@ -376,8 +378,20 @@ def test_an_s3_disk_entry_is_taken_with_its_staging_folder_on_the_ssd(tmp_path: 
                    'bucket = "hoard-a"\ncapacity_gb = 100\n[ssd]\nroot = "ssd"\n'
                    + "".join(f"[ssd.zones.{z}]\nquota_gb = 1\n" for z in ("3A", "3B", "3C", "3D")))
     s3a = config.load(cfg).disks[2]
-    assert (s3a.kind, s3a.bucket, s3a.capacity_gb) == ("s3", "hoard-a", 100)
+    assert (s3a.kind, s3a.bucket, s3a.capacity_gb, s3a.copies) == ("s3", "hoard-a", 100, 1)
     assert s3a.path == config.load(cfg).ssd.root / "s3-staging" / "s3a"
+    # an engine that keeps 3 copies of its own: the store's targets count it as 3, write_ack as one disk
+    text = cfg.read_text().replace("capacity_gb = 100\n", "capacity_gb = 100\ncopies = 3\n")
+    cfg.write_text(text + "[store]\ncopy_of_raw = 5\n")
+    assert (config.load(cfg).disks[2].copies, config.load(cfg).store.copy_of_raw) == (3, 5)
+    for store, said in (("copy_of_raw = 6", "copy_of_raw=6 needs that many disks; allowed 2..5 with 3 disks (an S3 "
+                                            "disk counts as its `copies`)"),
+                        ("copy_of_raw = 5\nwrite_ack = 4", "write_ack=4 needs that many disks: an acknowledged "
+                                                           "write is on write_ack distinct disks; allowed 1..3")):
+        cfg.write_text(text + f"[store]\n{store}\n")
+        with pytest.raises(ConfigError) as err:
+            config.load(cfg)
+        assert said in err.value.message, err.value.message
 
 
 def test_verify_streams_with_bounded_memory(seaweedfs, engine_env, tmp_path: Path) -> None:

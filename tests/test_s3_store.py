@@ -15,7 +15,7 @@ import pytest
 from fsd.base import config
 from fsd.core import s3
 from fsd.core.disks import DiskState
-from fsd.io.replicate import replicate_once
+from fsd.io.replicate import replicate_once, replication_lag
 from fsd.maintenance.deletion import drop_batch
 from fsd.maintenance.gc import gc
 from fsd.store import Store
@@ -28,14 +28,17 @@ from tests.test_store import check_store
 pytestmark = pytest.mark.services
 
 
-def _config(tmp_path: Path, engine, bucket: str, copies: int, locals_: tuple[str, ...] = ("d0", "d1")) -> Path:
-    """hoard.toml: local directory disks `locals_` and the S3 disk s3a (staging folder on the SSD)."""
+def _config(tmp_path: Path, engine, bucket: str, copies: int, locals_: tuple[str, ...] = ("d0", "d1"),
+            weight: int = 1) -> Path:
+    """hoard.toml: local directory disks `locals_` and the S3 disk s3a (staging folder on the SSD),
+    copy_of_raw = `copies`, s3a's own `copies` = `weight`."""
     disks = [(label, tmp_path / label, None) for label in locals_]
     for _, p, _ in disks:
         p.mkdir(exist_ok=True)
     path = write_config(tmp_path, disks, shard_size_mb=1, copy_of_raw=copies, write_ack=min(copies, 2))
     text = path.read_text().replace("\n[ssd]", f'\n[[disks]]\nlabel = "s3a"\nkind = "s3"\nendpoint = "{engine.endpoint}"\n'
-                                               f'bucket = "{bucket}"\ncapacity_gb = 2\n\n[ssd]', 1)
+                                               f'bucket = "{bucket}"\ncapacity_gb = 2\n'
+                                               + (f"copies = {weight}\n" if weight != 1 else "") + "\n[ssd]", 1)
     path.write_text(text)
     return path
 
@@ -373,3 +376,50 @@ def test_an_s3_disk_is_added_with_hoard_disks_add(tmp_path: Path, seaweedfs, eng
     health = json.loads(hoard("--config", str(cfg_path), "health", "--json").stdout)
     s3x = next(d for d in health["disks"] if d["label"] == "s3x")
     assert (s3x["state"], s3x["backend"]) == ("active", "s3"), s3x
+
+
+def test_an_engine_s_own_copies_count_toward_the_target_and_never_let_a_copy_go(tmp_path: Path, seaweedfs,  # noqa: F811
+                                                                                 engine_env) -> None:
+    """s3a keeps 2 copies of its own (`copies = 2`), copy_of_raw = 3: shards written on the two
+    local disks get the bucket as their third replica; with a local disk lost, a local disk and
+    the bucket are still 3 copies, so its rebuild needs no new disk (without the weights it was
+    refused: no disk left to copy to). Replicate, check, health and `hoard info` count the same
+    copies; and the bucket's copies are never given up for less — retired, its shards are short,
+    `disks forget` refuses it, and every object still reads."""
+    engine_env(seaweedfs)
+    bucket = _bucket(seaweedfs, "hoard-store-w")
+    cfg_path = _config(tmp_path, seaweedfs, bucket, copies=3, weight=2)
+    with Store.open(config.load(cfg_path), init=True) as store:
+        res = store.put_many(make_files(tmp_path / "in", 60, seed=5, hi=96 * 1024))
+        _batch(store, res, "b")
+    with Store.open(config.load(cfg_path)) as store:
+        replicate_once(store, rate_mb_s=None)
+        s3a = _uuid(store, "s3a")
+        shards = [m for m in store.index.iter_shards() if m.sealed]
+        assert shards and all(s3a in m.replicas for m in shards)  # only the bucket could give a third copy
+        assert all(store.copies_of(m) == 4 for m in shards)
+    shutil.rmtree(tmp_path / "d1")  # a local disk lost: d0 and the bucket are 3 copies
+    rebuilt = hoard("--config", str(cfg_path), "rebuild", "--disk", "d1")
+    assert rebuilt.returncode == 0, rebuilt.stdout + rebuilt.stderr
+    with Store.open(config.load(cfg_path)) as store:
+        assert all(len(m.replicas) == 2 and store.copies_of(m) == 3 for m in store.index.iter_shards() if m.sealed)
+        assert replication_lag(store)["shards_below_target"] == 0
+        assert check_store(store) == 61
+    info = json.loads(hoard("--config", str(cfg_path), "info", res[0].sha256, "--json").stdout)
+    assert info["copies"] >= info["target"] == 3, info
+    health = json.loads(hoard("--config", str(cfg_path), "health", "--json").stdout)
+    said = health["problems"] + health.get("warnings", [])
+    assert not [p for p in said if "replica target" in p or "cannot reach copy_of_raw" in p], said
+    checked = hoard("--config", str(cfg_path), "check")
+    assert checked.returncode == 0 and "below their replica target" not in checked.stdout + checked.stderr, \
+        checked.stdout + checked.stderr
+
+    res_retire = hoard("--config", str(cfg_path), "disks", "retire", "s3a")
+    assert res_retire.returncode == 0, res_retire.stdout + res_retire.stderr
+    with Store.open(config.load(cfg_path)) as store:
+        assert replication_lag(store)["shards_below_target"] == len(shards)  # draining: its copies count no more
+    forget = hoard("--config", str(cfg_path), "disks", "forget", "s3a")
+    assert forget.returncode == 5 and "still need its replica" in forget.stderr, forget.stdout + forget.stderr
+    with Store.open(config.load(cfg_path)) as store:
+        assert all(s3a in m.replicas for m in store.index.iter_shards() if m.sealed)
+        assert check_store(store) == 61

@@ -81,13 +81,19 @@ class DiskConfig(BaseModel):
     #: counts as not answering (each request is tried 3 times, with backoff; then the disk is
     #: `missing` in one line). A slow engine within it is only slow.
     timeout_s: float = Field(default=60.0, gt=0, le=3600)
+    #: kind "s3": how many copies one replica in this bucket counts as toward copy_of_raw and
+    #: copy_of_generated — the engine's own durability where it replicates or erasure-codes
+    #: (3 for a pool of three replicas; docs/scale-out.md, "Durability on the engine"). A
+    #: local disk is one copy. write_ack still counts disks: an acknowledged write is on that
+    #: many distinct disks.
+    copies: int = Field(default=1, ge=1, le=16)
 
     @model_validator(mode="after")
     def _kind(self) -> DiskConfig:
         if self.kind == "local":
             if self.path is None:
                 raise ValueError(f"disk {self.label}: path is required (the disk's mount point)")
-            for key in ("endpoint", "bucket", "timeout_s"):
+            for key in ("endpoint", "bucket", "timeout_s", "copies"):
                 if key in self.model_fields_set:
                     raise ValueError(f'disk {self.label}: {key} is a key of kind = "s3" disks; add kind = "s3" '
                                      f"or remove {key}")
@@ -444,11 +450,16 @@ class Settings(BaseSettings):
         if bad:
             name, fmt = next(iter(bad.items()))
             raise ValueError(f"sources.{name} = {fmt!r} is not a format; allowed: {', '.join(SOURCE_FORMATS)}")
-        n = len(self.disks)
+        n = sum(d.copies for d in self.disks)
+        weighted = "" if n == len(self.disks) else " (an S3 disk counts as its `copies`)"
         st = self.store
         for key in ("copy_of_raw", "copy_of_generated"):
             if getattr(st, key) > n:
-                raise ValueError(f"store.{key}={getattr(st, key)} needs that many disks; allowed 2..{n} with {n} disks")
+                raise ValueError(f"store.{key}={getattr(st, key)} needs that many disks; allowed 2..{n} with "
+                                 f"{len(self.disks)} disks{weighted}")
+        if st.write_ack > len(self.disks):
+            raise ValueError(f"store.write_ack={st.write_ack} needs that many disks: an acknowledged write is on "
+                             f"write_ack distinct disks; allowed 1..{len(self.disks)} with {len(self.disks)} disks")
         if st.write_ack > min(st.copy_of_raw, st.copy_of_generated):
             raise ValueError(f"store.write_ack={st.write_ack} must not exceed copy_of_raw/copy_of_generated")
         if self.embedded is not None:

@@ -95,6 +95,8 @@ def info(
                           "state": store.records[u].state.value if u in store.records else "unknown"}
                          for u in (meta.replicas if meta else [])],
             "target": store.target(meta.klass) if meta else None,
+            # toward the target: replicas on active disks, an S3 disk's counted as its `copies`
+            "copies": store.copies_of(meta) if meta else None,
             "verified": time.strftime("%Y-%m-%d %H:%M", time.localtime(meta.verified)) if meta and meta.verified
             else None,
             "hidden": store.index.is_marked(store.index.hidden, sha),
@@ -115,7 +117,9 @@ def info(
              ("hidden (type A)", doc.get("hidden")), ("tombstoned (type B)", doc.get("tombstoned")))
     lines = [f"sha256:    {doc['sha256']}",
              f"size:      {doc['size']:,} bytes" + (f", .{ext}" if ext else ""),
-             f"replicas:  {len(doc['replicas'])} of {doc['target']}: {reps}; shard {doc['shard']} ({doc['class']})"
+             f"replicas:  {len(doc['replicas'])} of {doc['target']}"
+             + (f" ({doc['copies']} copies counted)" if doc["copies"] != len(doc["replicas"]) else "")
+             + f": {reps}; shard {doc['shard']} ({doc['class']})"
              + (f", verified {doc['verified']}" if doc["verified"] else ", never verified"),
              *(["marks:     " + ", ".join(m for m, on in marks if on)] if any(on for _, on in marks) else [])]
     for m in doc["in_manifests"][:20]:

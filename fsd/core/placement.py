@@ -25,6 +25,7 @@ class Candidate:
     queue: int = 0  # shards being written there now
     usable: bool = True
     why_not: str = ""
+    copies: int = 1  # what one replica here counts as toward a target (an S3 disk's `copies`)
 
 
 class NoSpace(HoardError):
@@ -62,7 +63,8 @@ def _describe(c: Candidate, need: int, exclude: Set[str], why_excluded: str) -> 
 
 @dataclass(frozen=True)
 class Need:
-    """`copies` new replicas of `size` bytes, on distinct disks other than `holding`."""
+    """`copies` more copies of `size` bytes, on distinct disks other than `holding` (a disk
+    whose replica counts as several — an S3 disk's `copies` — gives that many)."""
 
     size: int
     copies: int
@@ -76,14 +78,21 @@ def simulate(cands: list[Candidate], needs: list[Need], slack: int = 0) -> tuple
     Returns the bytes each disk would take, and the needs that would not fit — so a job can
     refuse (or report) up front instead of failing half way with disks full."""
     room = {c.uuid: c.free_bytes - slack for c in cands if c.usable}
+    weight = {c.uuid: c.copies for c in cands}
     taken: dict[str, int] = {}
     unplaced = []
     for need in sorted(needs, key=lambda n: -n.size):
         pool = sorted((u for u in room if u not in need.holding and room[u] >= need.size), key=lambda u: -room[u])
-        if len(pool) < need.copies:
+        chosen, got = [], 0
+        for u in pool:
+            if got >= need.copies:
+                break
+            chosen.append(u)
+            got += weight[u]
+        if got < need.copies:
             unplaced.append(need)
             continue
-        for u in pool[:need.copies]:
+        for u in chosen:
             room[u] -= need.size
             taken[u] = taken.get(u, 0) + need.size
     return taken, unplaced

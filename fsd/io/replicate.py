@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from fsd.core import shardfmt as fmt
-from fsd.core.disks import DiskState
 from fsd.core.placement import Need, NoSpace, simulate, space_report
 from fsd.io.replica import TargetError, check_replica, copy_shard, discard_copy, repair_replica
 
@@ -28,10 +27,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-def counted_replicas(store: Store, meta: ShardMeta) -> list[str]:
-    return [u for u in meta.replicas if u in store.records and store.records[u].state == DiskState.ACTIVE]
-
-
 def replication_lag(store: Store) -> dict:
     """Shards and bytes below their class target (sealed shards; open ones are at write_ack),
     and the shards at risk: fewer readable replicas than write_ack (one more loss away from
@@ -39,7 +34,7 @@ def replication_lag(store: Store) -> dict:
     shards = bytes_ = 0
     at_risk = []
     for meta in store.index.iter_shards():
-        if meta.sealed and len(counted_replicas(store, meta)) < store.target(meta.klass):
+        if meta.sealed and store.copies_of(meta) < store.target(meta.klass):
             shards += 1
             bytes_ += meta.size
         readable = sum(1 for u in meta.replicas if store.usable(u))
@@ -78,10 +73,10 @@ def _replicate(store: Store, budget_s: float, rate_mb_s: float | None,
     rep.repaired = repair_reported(store)
     todo = [m for m in store.index.iter_shards()
             if m.sealed and (only is None or m.shard_id in only)
-            and len(counted_replicas(store, m)) < store.target(m.klass)]
+            and store.copies_of(m) < store.target(m.klass)]
     todo.sort(key=lambda m: m.created)
     cands = store.candidates()
-    _, unplaced = simulate(cands, [Need(m.size, store.target(m.klass) - len(counted_replicas(store, m)),
+    _, unplaced = simulate(cands, [Need(m.size, store.target(m.klass) - store.copies_of(m),
                                         frozenset(m.replicas), m.hex) for m in todo])
     if unplaced:  # said once, up front, instead of a warning (and a failed copy) per shard
         rep.no_room = len(unplaced)
@@ -90,14 +85,14 @@ def _replicate(store: Store, budget_s: float, rate_mb_s: float | None,
         skip = {n.what for n in unplaced}
         todo = [m for m in todo if m.hex not in skip]
         rep.remaining_shards += len(skip)
-    total = sum(m.size * (store.target(m.klass) - len(counted_replicas(store, m))) for m in todo)
+    total = sum(m.size * (store.target(m.klass) - store.copies_of(m)) for m in todo)
     for meta in todo:
         if progress:
             progress(rep.copied_bytes, total)
         if time.monotonic() - t0 > budget_s:
             rep.remaining_shards += 1
             continue
-        while len(counted_replicas(store, meta)) < store.target(meta.klass):
+        while store.copies_of(meta) < store.target(meta.klass):
             try:
                 n = _copy_one(store, meta, rate_mb_s)
             except ShardGone:

@@ -318,7 +318,7 @@ def _check(store: Store, missing_in_db: MissingInDb | None) -> CheckReport:
             held.judge(rep, f"{kind} {name}", man)
     if held is not None:  # 11
         held.stale(rep)
-    below = sum(1 for m in shards.values() if m.sealed and store.readable_replicas(m) < store.target(m.klass))
+    below = sum(1 for m in shards.values() if m.sealed and store.copies_of(m, readable=True) < store.target(m.klass))
     if below:
         rep.notes.append(f"{below} shards are below their replica target; `hoard replicate`")
     if missing_in_db is not None:  # 7

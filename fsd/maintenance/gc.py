@@ -437,7 +437,7 @@ def _copy_live(store: Store, klass: str, items, dead: set[bytes],
     new_shards = {loc.shard_id for loc in moved.values()}
     for _ in range(3):  # bring the copies to the replica target before the old ones go
         _replicate(store, budget_s=3600, rate_mb_s=None)
-        short = [s for s in new_shards if len((store.index.get_shard(s) or ShardMeta(s, klass)).replicas)
+        short = [s for s in new_shards if store.copies_of(store.index.get_shard(s) or ShardMeta(s, klass))
                  < store.target(klass)]
         if not short:
             break

@@ -215,19 +215,21 @@ def _space_problems(cfg: Settings, disks: list[dict[str, Any]]) -> list[str]:
     """Disks too full to take a new shard, and whether the store can still place a new raw
     shard's `copy_of_raw` replicas on distinct disks (writes need `write_ack` of them)."""
     shard = cfg.store.shard_size_mb << 20
+    weight = {d.label: d.copies for d in cfg.disks}  # an S3 disk counts as its `copies` toward copy_of_raw
     out = []
-    roomy = 0
+    roomy = copies = 0
     for d in disks:
         if d.get("state", "active") != "active" or d.get("free_bytes") is None:
             continue
         free, total = d["free_bytes"], d.get("total_bytes") or 0
         if free >= shard:
             roomy += 1
+            copies += weight.get(d["label"], 1)
         if free < 2 * shard or (total and free < 0.02 * total):
             out.append(f"disk {d['label']}: {fmt_bytes(free)} free of {fmt_bytes(total)} — it "
                        f"{'takes no new shard' if free < shard else 'is nearly full'}; free space "
                        "(`hoard delete` + `hoard gc`) or add a disk (`hoard disks add`)")
-    if roomy < cfg.store.copy_of_raw:
+    if roomy < cfg.store.write_ack or copies < cfg.store.copy_of_raw:
         what = ("new writes are refused" if roomy < cfg.store.write_ack
                 else f"new raw shards cannot reach copy_of_raw = {cfg.store.copy_of_raw}")
         out.append(f"store: only {roomy} disks have room for a new shard ({fmt_bytes(shard)}): {what}; add a disk "

@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING
 from fsd.base.errors import ExitCode, HoardError
 from fsd.core.disks import IDENTITY_COPY, DiskGone, DiskState, probe, read_identity, restore_identity
 from fsd.core.layout import FORGOTTEN
-from fsd.io.replicate import counted_replicas
 from fsd.io.scrub import verify
 from fsd.maintenance.rebuild import shards_on
 
@@ -139,7 +138,7 @@ def forget(store: Store, label: str) -> int:
     with store.maintenance(f"forget {label}"):
         listing = [m for m in store.index.iter_shards() if rec.uuid in m.replicas]
         short = [m for m in listing
-                 if len([u for u in counted_replicas(store, m) if u != rec.uuid]) < store.target(m.klass)]
+                 if store.copies_of(m, without=rec.uuid) < store.target(m.klass)]
         if short:
             step = ("`hoard replicate` (it copies a draining disk's shards elsewhere)" if rec.state ==
                     DiskState.DRAINING else f"`hoard rebuild --disk {label}`")

@@ -22,7 +22,6 @@ from fsd.core import shardfmt as fmt
 from fsd.core.disks import DiskState
 from fsd.core.placement import Need, NoSpace, simulate, space_report
 from fsd.io.replica import TargetError, check_replica, copy_shard, discard_copy
-from fsd.io.replicate import counted_replicas
 
 if TYPE_CHECKING:
     from fsd.core.backend import Disk
@@ -145,7 +144,7 @@ def _done_already(store: Store, meta: ShardMeta, lost: str, onto: Disk | None) -
     while the disk was missing or draining). Its lost copy is then only dropped from the index."""
     if onto is not None and onto.uuid in meta.replicas:
         return True
-    return len([u for u in counted_replicas(store, meta) if u != lost]) >= store.target(meta.klass)
+    return store.copies_of(meta, without=lost) >= store.target(meta.klass)
 
 
 def _adoptable(store: Store, meta: ShardMeta):

@@ -993,7 +993,6 @@ class World:
 
     def _cut_claim_true(self, problem: str) -> bool:
         from fsd.base import config
-        from fsd.io.replicate import counted_replicas
         from fsd.outputs import zones
         from fsd.store import Store
         from jobs import ingest, outputs
@@ -1008,7 +1007,7 @@ class World:
         if m := re.match(r"store: (\d+) shards \(.*\) are below their replica target", problem):
             with Store.open(cfg, writable=False) as store:
                 below = sum(1 for meta in store.index.iter_shards()
-                            if meta.sealed and len(counted_replicas(store, meta)) < store.target(meta.klass))
+                            if meta.sealed and store.copies_of(meta) < store.target(meta.klass))
             return below == int(m[1])
         if m := re.match(r"zone (3[A-D]): the reservation of job .* for (\S+) is stale \(pid (\d+)", problem):
             held = (zones.reservations_dir(cfg, m[1]) / f"{m[2]}.json").is_file()
