@@ -24,7 +24,8 @@ from fsd.core import formats, held
 from fsd.core.txnlog import KILL_VAR
 from fsd.maintenance.deletion import drop_batch
 from fsd.maintenance.gc import gc
-from fsd.outputs.manifest import batch_manifest
+from fsd.outputs.manifest import PAGE_ENTRIES, VIEW_FORMAT, _Builder, batch_manifest
+from fsd.outputs.views import define_view_rows, remove_view
 from fsd.store import Store
 from tests.helpers import REPO, dir_disks_config, freed, reads_back
 from tests.test_held import SMALL, _clean, _drop, _fresh, _hoard, _objects, _table
@@ -238,4 +239,60 @@ def test_an_index_of_format_4_is_read_by_its_manifests_until_its_keys_are_cut(tm
         gc(store, threshold=1.0)
     reads_back(cfg_path, kinds["shared"] + kinds["b_only"] + kinds["c"])
     freed(cfg_path, kinds["a_only"])
+    _clean(cfg_path)
+
+
+class _Unstored(_Builder):
+    """A view's directory objects and manifest as build_view makes them, hashed and not stored."""
+
+    def flush(self) -> None:
+        self.pending, self.pending_bytes = [], 0
+
+
+def _view_sha(name: str, rows: list[tuple[str, bytes, int]]) -> str:
+    """The sha256 of the manifest `build_view` makes of `rows` (path, sha256, size; in path order)."""
+    builder = _Unstored(None, name, PAGE_ENTRIES)
+    root, files, total = builder.build((path.split("/"), sha.hex(), size) for path, sha, size in rows)
+    body = json.dumps({"format": VIEW_FORMAT, "name": name, "files": files, "bytes": total, "root": root},
+                      sort_keys=True).encode()
+    return hashlib.sha256(body).hexdigest()
+
+
+def test_an_output_view_sharing_a_batch_manifest_prefix_releases_its_files(tmp_path: Path) -> None:
+    """An output's view (3B-…) whose manifest shares its first 4 bytes with a registered batch's:
+    cleaning the output releases the files it served that nothing else holds — tombstoned, freed
+    by gc — and keeps the batch's. The release asked `held` before the view's entries were
+    removed, counting them as the batch's (its prefix is registered): the files were kept for as
+    long as the batch is, untombstoned — a leak no check names."""
+    cfg_path = dir_disks_config(tmp_path, 3, shard_size_mb=1)
+    name = "3B-shared"
+    with Store.open(config.load(cfg_path), init=True) as store:
+        every = _objects(store, 40, 11)
+        served, kept = every[:20], every[20:]
+        sizes = {sha: store.index.lookup(sha).length for sha in served}
+        files = {f"k{i}": (s.hex(), 1) for i, s in enumerate(kept)}
+        template = batch_manifest("B", "t", "@SIGNALLED@", files, dict.fromkeys(files, 0), [], [])
+        views: dict[bytes, str] = {}
+        batches: dict[bytes, bytes] = {}
+        for i in itertools.count():  # (both sides varied: a few hundred thousand hashes)
+            tag = f"v{i}"
+            view_sha = _view_sha(name, sorted((f"{tag}/s{j:02d}", s, sizes[s]) for j, s in enumerate(served)))
+            views[bytes.fromhex(view_sha)[:held.MAN]] = tag
+            body = template.replace(b"@SIGNALLED@", b"2026-%d" % i)
+            batches[hashlib.sha256(body).digest()[:held.MAN]] = body
+            meet = views.keys() & batches.keys()
+            if meet:
+                prefix = meet.pop()
+                break
+        manifest_b = _register(store, "B", batches[prefix], len(kept))
+        tag = views[prefix]
+        info = define_view_rows(store, name, [(f"{tag}/s{j:02d}", s.hex()) for j, s in enumerate(served)],
+                                for_output=True)
+        assert bytes.fromhex(info["manifest"])[:held.MAN] == manifest_b[:held.MAN] == prefix
+        remove_view(store, name, for_output=True)
+        assert store.index.marked_among(store.index.deleted, set(served)) == set(served)
+        assert store.index.marked_among(store.index.deleted, set(kept)) == set()
+        gc(store, threshold=1.0)
+    freed(cfg_path, served)
+    reads_back(cfg_path, kept + [manifest_b])
     _clean(cfg_path)
