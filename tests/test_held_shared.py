@@ -12,6 +12,7 @@ import hashlib
 import itertools
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -295,4 +296,40 @@ def test_an_output_view_sharing_a_batch_manifest_prefix_releases_its_files(tmp_p
         gc(store, threshold=1.0)
     freed(cfg_path, served)
     reads_back(cfg_path, kept + [manifest_b])
+    _clean(cfg_path)
+
+
+def test_an_index_copy_of_format_4_restores_to_the_short_keys(tmp_path: Path) -> None:
+    """`hoard index restore` from a copy format 4 wrote (its `held` keys 16 + 8 bytes), the index
+    lost: the restored index is of this format with the table the manifests make, check is
+    clean, and A's deletion and gc keep every object B (sharing A's 4 bytes) names."""
+    cfg_path, kinds, manifests = _pair(tmp_path)
+    cfg = config.load(cfg_path)
+    res = _hoard(cfg_path, "index", "backup")
+    assert res.returncode == 0, res.stderr[-2000:]
+    with Store.open(cfg, writable=False) as store:
+        keys, fresh = _long(store), _fresh(store)
+    copies = [d.path / "index-copy" for d in cfg.disks if (d.path / "index-copy" / "data.mdb").exists()]
+    assert copies
+    for copy in copies:
+        env = lmdb.open(str(copy), max_dbs=24, map_size=1 << 30)
+        with env.begin(write=True) as txn:
+            db = env.open_db(b"held", txn=txn)
+            txn.drop(db, delete=False)
+            for k in keys:
+                txn.put(k, b"", db=db)
+            txn.put(formats.INDEX_KEY.encode(), b"4", db=env.open_db(b"meta", txn=txn))
+        env.close()
+    shutil.rmtree(cfg.index_dir)
+    res = _hoard(cfg_path, "index", "restore")
+    assert res.returncode == 0, res.stdout + res.stderr[-2000:]
+    with Store.open(cfg) as store:
+        assert store.index.format == formats.INDEX and store.index.held_ready()
+    assert _table(cfg.index_dir) == (dict.fromkeys(fresh, b""), {})
+    _clean(cfg_path)
+    with Store.open(cfg) as store:
+        drop_batch(store, "A")
+        gc(store, threshold=1.0)
+    reads_back(cfg_path, kinds["shared"] + kinds["b_only"] + kinds["c"])
+    freed(cfg_path, kinds["a_only"])
     _clean(cfg_path)
