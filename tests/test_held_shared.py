@@ -231,6 +231,11 @@ def test_an_index_of_format_4_is_read_by_its_manifests_until_its_keys_are_cut(tm
         assert res.returncode == -9, res.stderr[-2000:]
         with Store.open(cfg, writable=False) as store:
             assert store.index.format == 4 and not store.index.held_ready()
+            raw = store.index.get_meta(formats.INDEX_KEY)
+        # a release of format 4 would read the keys cut as missing entries — A's deletion there
+        # tombstoned what B names, its gc freed it —: by its reading (parse_version, no other
+        # since the key exists) the index is newer, which it refuses
+        assert formats.parse_version(raw) > 4, raw
         assert {len(k) for k in _table(cfg.index_dir)[0]} == {held.OBJ + held.MAN, held.LONG_OBJ + held.LONG_MAN}
     res = _hoard(cfg_path, "index", "migrate", env=SMALL)
     assert res.returncode == 0 and "(migrated from format 4)" in res.stdout, res.stdout + res.stderr[-2000:]
