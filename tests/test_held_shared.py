@@ -196,12 +196,13 @@ def _long(store: Store) -> set[bytes]:
             for _kind, _name, info in held.named(store.index) for sha in held.named_by(store.get, info["manifest"])}
 
 
-def _as_format_4(cfg_path: Path) -> None:
-    """The index as format 4 wrote it: the `held` table of 16 + 8-byte keys, format 4."""
+def _as_format_4(cfg_path: Path, at: Path | None = None) -> None:
+    """The index (or its copy `at`) as format 4 wrote it: the `held` table of 16 + 8-byte keys,
+    format 4."""
     cfg = config.load(cfg_path)
     with Store.open(cfg, writable=False) as store:
         keys = _long(store)
-    env = lmdb.open(str(cfg.index_dir), max_dbs=24, map_size=1 << 40)
+    env = lmdb.open(str(at or cfg.index_dir), max_dbs=24, map_size=1 << 40)
     with env.begin(write=True) as txn:
         db = env.open_db(b"held", txn=txn)
         txn.drop(db, delete=False)
@@ -209,6 +210,17 @@ def _as_format_4(cfg_path: Path) -> None:
             txn.put(k, b"", db=db)
         txn.put(formats.INDEX_KEY.encode(), b"4", db=env.open_db(b"meta", txn=txn))
     env.close()
+
+
+def _a_deleted_keeps_b(cfg_path: Path, kinds: dict[str, list[bytes]]) -> None:
+    """A's deletion and gc free A's own objects and keep every object B (sharing A's 4 bytes)
+    and C name; check is clean after."""
+    with Store.open(config.load(cfg_path)) as store:
+        drop_batch(store, "A")
+        gc(store, threshold=1.0)
+    reads_back(cfg_path, kinds["shared"] + kinds["b_only"] + kinds["c"])
+    freed(cfg_path, kinds["a_only"])
+    _clean(cfg_path)
 
 
 @pytest.mark.parametrize("kill", [None, "fsd.core.held:_sweep:2"])
@@ -240,12 +252,7 @@ def test_an_index_of_format_4_is_read_by_its_manifests_until_its_keys_are_cut(tm
     res = _hoard(cfg_path, "index", "migrate", env=SMALL)
     assert res.returncode == 0 and "(migrated from format 4)" in res.stdout, res.stdout + res.stderr[-2000:]
     assert _table(cfg.index_dir) == (dict.fromkeys(fresh, b""), {})
-    with Store.open(cfg) as store:
-        drop_batch(store, "A")
-        gc(store, threshold=1.0)
-    reads_back(cfg_path, kinds["shared"] + kinds["b_only"] + kinds["c"])
-    freed(cfg_path, kinds["a_only"])
-    _clean(cfg_path)
+    _a_deleted_keeps_b(cfg_path, kinds)
 
 
 class _Unstored(_Builder):
@@ -313,18 +320,11 @@ def test_an_index_copy_of_format_4_restores_to_the_short_keys(tmp_path: Path) ->
     res = _hoard(cfg_path, "index", "backup")
     assert res.returncode == 0, res.stderr[-2000:]
     with Store.open(cfg, writable=False) as store:
-        keys, fresh = _long(store), _fresh(store)
+        fresh = _fresh(store)
     copies = [d.path / "index-copy" for d in cfg.disks if (d.path / "index-copy" / "data.mdb").exists()]
     assert copies
     for copy in copies:
-        env = lmdb.open(str(copy), max_dbs=24, map_size=1 << 30)
-        with env.begin(write=True) as txn:
-            db = env.open_db(b"held", txn=txn)
-            txn.drop(db, delete=False)
-            for k in keys:
-                txn.put(k, b"", db=db)
-            txn.put(formats.INDEX_KEY.encode(), b"4", db=env.open_db(b"meta", txn=txn))
-        env.close()
+        _as_format_4(cfg_path, copy)
     shutil.rmtree(cfg.index_dir)
     res = _hoard(cfg_path, "index", "restore")
     assert res.returncode == 0, res.stdout + res.stderr[-2000:]
@@ -332,9 +332,4 @@ def test_an_index_copy_of_format_4_restores_to_the_short_keys(tmp_path: Path) ->
         assert store.index.format == formats.INDEX and store.index.held_ready()
     assert _table(cfg.index_dir) == (dict.fromkeys(fresh, b""), {})
     _clean(cfg_path)
-    with Store.open(cfg) as store:
-        drop_batch(store, "A")
-        gc(store, threshold=1.0)
-    reads_back(cfg_path, kinds["shared"] + kinds["b_only"] + kinds["c"])
-    freed(cfg_path, kinds["a_only"])
-    _clean(cfg_path)
+    _a_deleted_keeps_b(cfg_path, kinds)
