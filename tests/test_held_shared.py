@@ -12,6 +12,7 @@ import hashlib
 import itertools
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -24,7 +25,8 @@ from fsd.core import formats, held
 from fsd.core.txnlog import KILL_VAR
 from fsd.maintenance.deletion import drop_batch
 from fsd.maintenance.gc import gc
-from fsd.outputs.manifest import batch_manifest
+from fsd.outputs.manifest import PAGE_ENTRIES, VIEW_FORMAT, _Builder, batch_manifest
+from fsd.outputs.views import define_view_rows, remove_view
 from fsd.store import Store
 from tests.helpers import REPO, dir_disks_config, freed, reads_back
 from tests.test_held import SMALL, _clean, _drop, _fresh, _hoard, _objects, _table
@@ -194,12 +196,13 @@ def _long(store: Store) -> set[bytes]:
             for _kind, _name, info in held.named(store.index) for sha in held.named_by(store.get, info["manifest"])}
 
 
-def _as_format_4(cfg_path: Path) -> None:
-    """The index as format 4 wrote it: the `held` table of 16 + 8-byte keys, format 4."""
+def _as_format_4(cfg_path: Path, at: Path | None = None) -> None:
+    """The index (or its copy `at`) as format 4 wrote it: the `held` table of 16 + 8-byte keys,
+    format 4."""
     cfg = config.load(cfg_path)
     with Store.open(cfg, writable=False) as store:
         keys = _long(store)
-    env = lmdb.open(str(cfg.index_dir), max_dbs=24, map_size=1 << 40)
+    env = lmdb.open(str(at or cfg.index_dir), max_dbs=24, map_size=1 << 40)
     with env.begin(write=True) as txn:
         db = env.open_db(b"held", txn=txn)
         txn.drop(db, delete=False)
@@ -207,6 +210,17 @@ def _as_format_4(cfg_path: Path) -> None:
             txn.put(k, b"", db=db)
         txn.put(formats.INDEX_KEY.encode(), b"4", db=env.open_db(b"meta", txn=txn))
     env.close()
+
+
+def _a_deleted_keeps_b(cfg_path: Path, kinds: dict[str, list[bytes]]) -> None:
+    """A's deletion and gc free A's own objects and keep every object B (sharing A's 4 bytes)
+    and C name; check is clean after."""
+    with Store.open(config.load(cfg_path)) as store:
+        drop_batch(store, "A")
+        gc(store, threshold=1.0)
+    reads_back(cfg_path, kinds["shared"] + kinds["b_only"] + kinds["c"])
+    freed(cfg_path, kinds["a_only"])
+    _clean(cfg_path)
 
 
 @pytest.mark.parametrize("kill", [None, "fsd.core.held:_sweep:2"])
@@ -229,13 +243,93 @@ def test_an_index_of_format_4_is_read_by_its_manifests_until_its_keys_are_cut(tm
         assert res.returncode == -9, res.stderr[-2000:]
         with Store.open(cfg, writable=False) as store:
             assert store.index.format == 4 and not store.index.held_ready()
+            raw = store.index.get_meta(formats.INDEX_KEY)
+        # a release of format 4 would read the keys cut as missing entries — A's deletion there
+        # tombstoned what B names, its gc freed it —: by its reading (parse_version, no other
+        # since the key exists) the index is newer, which it refuses
+        assert formats.parse_version(raw) > 4, raw
         assert {len(k) for k in _table(cfg.index_dir)[0]} == {held.OBJ + held.MAN, held.LONG_OBJ + held.LONG_MAN}
     res = _hoard(cfg_path, "index", "migrate", env=SMALL)
     assert res.returncode == 0 and "(migrated from format 4)" in res.stdout, res.stdout + res.stderr[-2000:]
     assert _table(cfg.index_dir) == (dict.fromkeys(fresh, b""), {})
-    with Store.open(cfg) as store:
-        drop_batch(store, "A")
+    _a_deleted_keeps_b(cfg_path, kinds)
+
+
+class _Unstored(_Builder):
+    """A view's directory objects and manifest as build_view makes them, hashed and not stored."""
+
+    def flush(self) -> None:
+        self.pending, self.pending_bytes = [], 0
+
+
+def _view_sha(name: str, rows: list[tuple[str, bytes, int]]) -> str:
+    """The sha256 of the manifest `build_view` makes of `rows` (path, sha256, size; in path order)."""
+    builder = _Unstored(None, name, PAGE_ENTRIES)
+    root, files, total = builder.build((path.split("/"), sha.hex(), size) for path, sha, size in rows)
+    body = json.dumps({"format": VIEW_FORMAT, "name": name, "files": files, "bytes": total, "root": root},
+                      sort_keys=True).encode()
+    return hashlib.sha256(body).hexdigest()
+
+
+def test_an_output_view_sharing_a_batch_manifest_prefix_releases_its_files(tmp_path: Path) -> None:
+    """An output's view (3B-…) whose manifest shares its first 4 bytes with a registered batch's:
+    cleaning the output releases the files it served that nothing else holds — tombstoned, freed
+    by gc — and keeps the batch's. The release asked `held` before the view's entries were
+    removed, counting them as the batch's (its prefix is registered): the files were kept for as
+    long as the batch is, untombstoned — a leak no check names."""
+    cfg_path = dir_disks_config(tmp_path, 3, shard_size_mb=1)
+    name = "3B-shared"
+    with Store.open(config.load(cfg_path), init=True) as store:
+        every = _objects(store, 40, 11)
+        served, kept = every[:20], every[20:]
+        sizes = {sha: store.index.lookup(sha).length for sha in served}
+        files = {f"k{i}": (s.hex(), 1) for i, s in enumerate(kept)}
+        template = batch_manifest("B", "t", "@SIGNALLED@", files, dict.fromkeys(files, 0), [], [])
+        views: dict[bytes, str] = {}
+        batches: dict[bytes, bytes] = {}
+        for i in itertools.count():  # (both sides varied: a few hundred thousand hashes)
+            tag = f"v{i}"
+            view_sha = _view_sha(name, sorted((f"{tag}/s{j:02d}", s, sizes[s]) for j, s in enumerate(served)))
+            views[bytes.fromhex(view_sha)[:held.MAN]] = tag
+            body = template.replace(b"@SIGNALLED@", b"2026-%d" % i)
+            batches[hashlib.sha256(body).digest()[:held.MAN]] = body
+            meet = views.keys() & batches.keys()
+            if meet:
+                prefix = meet.pop()
+                break
+        manifest_b = _register(store, "B", batches[prefix], len(kept))
+        tag = views[prefix]
+        info = define_view_rows(store, name, [(f"{tag}/s{j:02d}", s.hex()) for j, s in enumerate(served)],
+                                for_output=True)
+        assert bytes.fromhex(info["manifest"])[:held.MAN] == manifest_b[:held.MAN] == prefix
+        remove_view(store, name, for_output=True)
+        assert store.index.marked_among(store.index.deleted, set(served)) == set(served)
+        assert store.index.marked_among(store.index.deleted, set(kept)) == set()
         gc(store, threshold=1.0)
-    reads_back(cfg_path, kinds["shared"] + kinds["b_only"] + kinds["c"])
-    freed(cfg_path, kinds["a_only"])
+    freed(cfg_path, served)
+    reads_back(cfg_path, kept + [manifest_b])
     _clean(cfg_path)
+
+
+def test_an_index_copy_of_format_4_restores_to_the_short_keys(tmp_path: Path) -> None:
+    """`hoard index restore` from a copy format 4 wrote (its `held` keys 16 + 8 bytes), the index
+    lost: the restored index is of this format with the table the manifests make, check is
+    clean, and A's deletion and gc keep every object B (sharing A's 4 bytes) names."""
+    cfg_path, kinds, manifests = _pair(tmp_path)
+    cfg = config.load(cfg_path)
+    res = _hoard(cfg_path, "index", "backup")
+    assert res.returncode == 0, res.stderr[-2000:]
+    with Store.open(cfg, writable=False) as store:
+        fresh = _fresh(store)
+    copies = [d.path / "index-copy" for d in cfg.disks if (d.path / "index-copy" / "data.mdb").exists()]
+    assert copies
+    for copy in copies:
+        _as_format_4(cfg_path, copy)
+    shutil.rmtree(cfg.index_dir)
+    res = _hoard(cfg_path, "index", "restore")
+    assert res.returncode == 0, res.stdout + res.stderr[-2000:]
+    with Store.open(cfg) as store:
+        assert store.index.format == formats.INDEX and store.index.held_ready()
+    assert _table(cfg.index_dir) == (dict.fromkeys(fresh, b""), {})
+    _clean(cfg_path)
+    _a_deleted_keeps_b(cfg_path, kinds)

@@ -143,7 +143,21 @@ def index_version(index: Index) -> int:
     """The index's format (INDEX_UNVERSIONED when it has no key; a value that is no number is
     taken as newer: it is nothing this version wrote)."""
     raw = index.get_meta(INDEX_KEY)
-    return INDEX_UNVERSIONED if raw is None else parse_version(raw)
+    return INDEX_UNVERSIONED if raw is None else parse_index_version(raw)
+
+
+#: the mark after an index's format while a migration step rewrites, in place, a table that
+#: format's release reads (`_held_shortened`): "4+" is format 4 to this hoardfs — the step is
+#: done again —, and no number to a release of format 4 (parse_version), which then refuses it
+#: as newer instead of reading a table half rewritten (a `held` half cut: the objects whose keys
+#: were cut look unheld to it, and its deletion and gc would free what a batch still names)
+REWRITING = "+"
+
+
+def parse_index_version(raw: str) -> int:
+    """The index's stored format (parse_version), a step rewriting it in place (REWRITING) read
+    as the format it started from."""
+    return parse_version(raw[:-len(REWRITING)] if raw.endswith(REWRITING) else raw)
 
 
 def parse_version(raw: str) -> int:
@@ -192,8 +206,12 @@ def _held_shortened(index: Index) -> int:
     # the `held` keys of formats 3 and 4 (16 + 8 bytes) cut to 12 + 4: one pass over the table —
     # only on an index of those formats (a table the migration to 3 just filled has these keys;
     # one another process migrated meanwhile is cut already)
-    if not INDEX_HELD_LONG <= index_version(index) < INDEX_HELD:
+    found = index_version(index)
+    if not INDEX_HELD_LONG <= found < INDEX_HELD:
         return 0
+    # (a release of that format must not read the table half cut: it refuses the index until
+    # the version this migration writes last)
+    index.set_meta(INDEX_KEY, f"{found}{REWRITING}")
     return index.shorten_held()
 
 

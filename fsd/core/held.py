@@ -20,7 +20,8 @@ keep an object, never free one:
   held while the other is: it is kept (`hoard info` reads one manifest more and finds no path);
 - two registered manifests sharing 4 bytes (not rare: ~1 % of stores with 10,000 batches, most
   with 100,000) share their entries: an entry of that prefix holds while either is registered.
-  When one of them is deleted (`held_among`'s `skip`) or unregistered (`unhold`), what the
+  When one of them is deleted (`held_among`'s `skip`; an output's view that went releasing its
+  files before its entries go: fsd.outputs.views.release_owned) or unregistered (`unhold`), what the
   others name is read from them (`_sharing`): the objects whose 12 bytes they name stay held
   and keep their entries, the rest are the departing manifest's alone — so its own objects are
   tombstoned and freed as without the sharing, not kept for as long as the other is registered.

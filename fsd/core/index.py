@@ -182,7 +182,7 @@ class Index(MarksTables, PointerTables, EventTables, HeldTables, LiveTables):
             return formats.INDEX_UNVERSIONED
         with self.env.begin(db=meta) as txn:
             raw = txn.get(formats.INDEX_KEY.encode())
-        return formats.parse_version(bytes(raw).decode(errors="replace")) if raw else formats.INDEX_UNVERSIONED
+        return formats.parse_index_version(bytes(raw).decode(errors="replace")) if raw else formats.INDEX_UNVERSIONED
 
     def migrate(self, get: Callable[[str], bytes] | None = None) -> list[str]:
         """Bring an older index up to this hoardfs's format (fsd.core.formats.migrate_index);

@@ -61,9 +61,14 @@ def finish(store) -> int:
     return done
 
 
-def referencer(store) -> Callable[[set[bytes]], set[bytes]]:
+def referencer(store, departing: str | None = None) -> Callable[[set[bytes]], set[bytes]]:
     """`refs(among)`: which of `among` a registered manifest names — from `held` (a positioning
-    per digest), or, for an index not migrated yet, by reading every manifest (References)."""
+    per digest), or, for an index not migrated yet, by reading every manifest (References).
+    `departing`: a manifest unregistered whose entries are not removed yet (a view that went,
+    before `unhold`): its prefix holds only what the registered manifests sharing it name."""
     if store.index.held_ready():
-        return store.index.held_among
+        if departing is None:
+            return store.index.held_among
+        skip = bytes.fromhex(departing)
+        return lambda among: store.index.held_among(among, skip=skip, get=store.get)
     return References(store)

@@ -208,7 +208,7 @@ def _retire(store, name: str, old: dict) -> None:
             if not lines or lines[0].split(" ")[0] != OWNED_FORMAT:
                 raise ValueError(f"not a {OWNED_FORMAT} list")
             release_owned(store, {bytes.fromhex(h) for h in lines[1:] if h} | {bytes.fromhex(old["owned"])},
-                          "made for a view that was removed or replaced")
+                          "made for a view that was removed or replaced", old["manifest"])
         except Exception as e:  # noqa: BLE001 - see above
             log.warning("the objects view %s owned (list %s) are left in place: %s", name, old["owned"], e)
     if not OUTPUT_VIEW.match(name):
@@ -218,18 +218,20 @@ def _retire(store, name: str, old: dict) -> None:
         for _path, sha, _size in iter_files(store.get, old["manifest"]):
             files.add(sha)
             if len(files) >= RELEASE_CHUNK:
-                release_owned(store, files, "served by an output that was cleaned or redone")
+                release_owned(store, files, "served by an output that was cleaned or redone", old["manifest"])
                 files = set()
-        release_owned(store, files, "served by an output that was cleaned or redone")
+        release_owned(store, files, "served by an output that was cleaned or redone", old["manifest"])
     except Exception as e:  # noqa: BLE001 - see above
         log.warning("the files of output view %s (manifest %s) are left in place: %s", name, old["manifest"], e)
 
 
-def release_owned(store, shas: set[bytes], reason: str) -> int:
+def release_owned(store, shas: set[bytes], reason: str, departing: str | None = None) -> int:
     """Tombstone objects made for or served by a view that went (its sidecars; an output's
     files) unless a registered manifest, a `hoard put` root or a pin still names them; gc checks
-    again when it swaps. Returns how many. A pin file that cannot be read keeps them all (as
-    gc would refuse to run)."""
+    again when it swaps. `departing`: the manifest of the view that went, whose `held` entries
+    are still there — those of its prefix hold only what a registered manifest sharing that
+    prefix names (fsd.core.held: else a sharer kept every file it served). Returns how many. A
+    pin file that cannot be read keeps them all (as gc would refuse to run)."""
     from fsd.core.layout import pinned  # deferred: only releasing needs the pins
 
     if not shas:
@@ -240,5 +242,6 @@ def release_owned(store, shas: set[bytes], reason: str) -> int:
         logging.getLogger(__name__).warning("pin files unreadable (%s): %d objects made for a view are left in place",
                                             "; ".join(bad), len(shas))
         return 0
-    kept = (shas & holders.referencer(store)(shas)) | store.index.marked_among(store.index.rooted, shas) | (shas & pins)
+    kept = (shas & holders.referencer(store, departing)(shas)) | store.index.marked_among(store.index.rooted, shas) \
+        | (shas & pins)
     return store.index.mark(store.index.deleted, shas - kept, reason)
