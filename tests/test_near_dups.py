@@ -194,6 +194,33 @@ def test_hoard_builtin_hashes_good_images_and_names_each_bad_one(tmp_path: Path)
         hashes(inp / "bomb.png")
 
 
+@pytest.mark.services  # starts `hoard-builtin` as its own process
+def test_an_image_with_corrupt_exif_is_hashed_with_one_line_naming_it(tmp_path: Path) -> None:
+    """A JPEG whose EXIF block claims more data than it holds (a scraped file's, or a hostile
+    one) is hashed by its pixels; what Pillow warns of is one stderr line naming the file — not
+    Pillow's own warnings, two lines each naming Pillow's source and not the input."""
+    import io
+
+    inp, out = tmp_path / "in", tmp_path / "out"
+    inp.mkdir()
+    good = next(iter(originals(REALDATA / "images").values()))
+    (inp / "good.jpg").write_bytes(good)
+    buf = io.BytesIO()
+    with Image.open(io.BytesIO(good)) as im:  # an orientation tag whose count points past the block
+        im.convert("RGB").save(buf, "JPEG", exif=b"Exif\0\0MM\0*\0\0\0\x08\0\x01\x01\x12\0\x03\xff\xff\xff\xff"
+                               b"\0\x06\0\0")
+    (inp / "odd exif.jpg").write_bytes(buf.getvalue())
+    res = subprocess.run([sys.executable, "-m", "jobs.actions.builtin", "near-dup-hash", str(inp), str(out)],
+                         capture_output=True, text=True, timeout=300, env=os.environ | {"PYTHONPATH": str(REPO)})
+    assert res.returncode == 0, res.stderr
+    lines = res.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("hoard-builtin: odd exif.jpg: hashed; ") and "EXIF" in lines[0], lines
+    recs = [json.loads(ln) for ln in (out / "hashes.jsonl").read_text().splitlines()]
+    assert sorted(r["sha256"] for r in recs) == sorted(hashlib.sha256(b).hexdigest() for b in (good, buf.getvalue()))
+    odd = next(r for r in recs if r["sha256"] == hashlib.sha256(buf.getvalue()).hexdigest())
+    assert odd["phash"] == hashes(inp / "good.jpg")["phash"]  # the same pixels (re-encoded): near, here equal
+
+
 def write_hashes(conn, key: str, ph: list[int], flip: list[int]) -> list[str]:
     """Image nodes with these pHashes and mirrored pHashes (64-bit patterns), written as the
     action writes them (result rows of a write-intent); their sha256s."""
