@@ -269,6 +269,27 @@ def test_deleted_images_leave_their_groups_and_near_of_uses_the_quarter_indexes(
     assert shas[1] not in {s for s, _, _ in neardup.near_of(pg, shas[0], 7)}
 
 
+@pytest.mark.services
+@pytest.mark.xfail(strict=True, reason="near_of looks others' pHashes up near this image's pHash and mirrored pHash "
+                   "only, never others' mirrored pHashes near this one's pHash (no index on phash_flip's quarters: "
+                   "a migration) — review w13-review-mount")
+def test_near_of_finds_every_image_hoard_dups_groups_with_one_through_a_mirror(pg) -> None:
+    """A mirrored copy that was also re-encoded is not an exact mirror: one image's mirrored
+    pHash can lie within t of the other's pHash while the other's mirrored pHash lies farther
+    from the first's. `hoard dups` (groups) links the two either way; the node page's
+    near-duplicates (near_of) must show each from the other — the same facts judged the same way."""
+    from sql.migrate import migrate
+
+    migrate(pg)
+    p = 0x1234_5678_9ABC_DEF0
+    # b's mirrored pHash is a's pHash (1 bit off); a's mirrored pHash is 20 bits from b's pHash
+    q = 0x0F0F_0F0F_0F0F_0F0F
+    a, b = write_hashes(pg, "mirror-one-way", [p, q], [q ^ 0xFFFFF, p ^ 1])
+    assert [sorted(m.sha256 for m in g) for g in neardup.groups(pg, 6)] == [sorted([a, b])]
+    assert [s for s, _, _ in neardup.near_of(pg, b, 6)] == [a]
+    assert [s for s, _, _ in neardup.near_of(pg, a, 6)] == [b]
+
+
 def _hoard(cfg, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "fsd", "--config", str(cfg.source), *args],
                           capture_output=True, text=True, timeout=timeout)
