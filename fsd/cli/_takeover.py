@@ -104,6 +104,7 @@ def take_over(top: Path, uid: int | None, gid: int | None, acc: Accounts, skip: 
     rule, found = _Rule(uid, gid, acc), Found()
     top_st = os.stat(top)
     skip, shared = set(skip) | {FILE_SYSTEM}, set(shared)
+    known = set(acc.users.values()) - {0, uid}
     for dirpath, dirnames, filenames, dirfd in os.fwalk(top, follow_symlinks=False):
         here = Path(dirpath).relative_to(top)
         in_shared = bool(here.parts) and here.parts[0] in shared
@@ -119,8 +120,7 @@ def take_over(top: Path, uid: int | None, gid: int | None, acc: Accounts, skip: 
                     dirnames.remove(name)
                 continue
             zone_top = not here.parts and name in shared
-            if (not in_shared and not zone_top and st.st_uid not in (0, uid)
-                    and st.st_uid in set(acc.users.values()) and len(found.others) < 5):
+            if not in_shared and not zone_top and st.st_uid in known and len(found.others) < 5:
                 found.others.append(str(here / name))
             new = rule.change(st, whole=not in_shared, keep_owner=zone_top)
             if new is None:
