@@ -409,6 +409,41 @@ def test_install_takes_over_what_root_made_once_and_nothing_of_anyone_elses(tmp_
     assert found.entries == 2 and owners()["hd1/pgbackrest/backup.info"] == (POSTGRES_ID, POSTGRES_ID)
 
 
+@pytest.mark.services  # runs `hoard install`'s step in a mount namespace of its own
+@pytest.mark.needs(os.geteuid() == 0 and shutil.which("unshare") is not None, "ROOT AND UNSHARE NEEDED (owners are "
+                   "changed, the accounts bound in a mount namespace)")
+def test_install_takes_nothing_of_a_directory_hoardfs_did_not_make(tmp_path: Path) -> None:
+    """A disk or an SSD named by mistake — a home, a data directory of a user this system has —
+    is refused with one line naming its files of other accounts, and nothing in it changes owner
+    (the takeover gave every file of that tree to hoard: `--disk hd1=/home` handed over every
+    home)."""
+    etc = _accounts(tmp_path)
+    home = tmp_path / "home"
+    (home / "trainer/.ssh").mkdir(parents=True)
+    (home / "trainer/.ssh/authorized_keys").write_text("ssh-ed25519 AAAA trainer")
+    (home / "notes.txt").write_text("root's")
+    for p in (home / "trainer", home / "trainer/.ssh", home / "trainer/.ssh/authorized_keys"):
+        os.chown(p, TRAINER_ID, TRAINER_ID)
+    srv = tmp_path / "srv"
+    for d in ("ssd", "hd2"):
+        (srv / d).mkdir(parents=True)
+    cfg = tmp_path / "hoard.toml"
+    cfg.write_text(config_text([("hd1", str(home)), ("hd2", str(srv / "hd2"))], srv / "ssd", QUOTAS, srv / "hoard",
+                               False, True))
+
+    def owners() -> dict[str, tuple[int, int]]:
+        return {str(p.relative_to(tmp_path)): (p.lstat().st_uid, p.lstat().st_gid)
+                for p in [home, *home.rglob("*")]}
+
+    before = owners()
+    for mode in ("dry", "real"):
+        res = _in_namespace(etc, str(cfg), mode)
+        assert res.returncode != 0, res.stdout
+        lines = [ln for ln in res.stderr.splitlines() if "not a tree hoardfs made" in ln]
+        assert len(lines) == 1 and f"disk hd1: {home} holds files of other accounts (trainer" in lines[0], res.stderr
+        assert owners() == before, mode
+
+
 @pytest.mark.needs(os.geteuid() == 0, "ROOT NEEDED (owners are changed)")
 def test_a_disk_reached_through_a_link_is_taken_over_inside_the_installed_root(tmp_path: Path) -> None:
     """`hoard install --root`: a disk whose path is an absolute link (/srv/hd1 → /data/hd1) is

@@ -13,13 +13,15 @@ import time
 from pathlib import Path
 
 import pytest
+import trio
+import trio.testing
 
 from fsd.base import config
 from fsd.mount.queue import BACKGROUND, DiskQueue
 from fsd.mount.reader import BLOCK, PREFETCH_BLOCKS
 from fsd.outputs.views import define_view
 from fsd.store import Store
-from tests.helpers import make_files, write_config
+from tests.helpers import dir_disks_config, make_files, write_config
 from tests.test_mount import mounted
 
 pytestmark = pytest.mark.needs(os.path.exists("/dev/fuse"), "MOUNT TESTS SKIPPED: no /dev/fuse")
@@ -274,3 +276,113 @@ def test_hung_replica_is_bypassed(lab_factory, tmp_path: Path) -> None:
         assert proc.poll() is None
     log = (tmp_path / "mnt.log").read_text()
     assert "Traceback" not in log
+
+
+class _Gate:
+    """Every foreground thread of the reader's disk queues held (real requests wait queued
+    behind them) until `open()`: what a reader's READs find when the disks are busy."""
+
+    def __init__(self, reader) -> None:
+        self.release, self.started = threading.Event(), threading.Semaphore(0)
+        self.n = 0
+        for q in reader.queues.values():
+            for _ in range(sum(1 for t in q.threads if not t.name.startswith("ahead-"))):
+                q.submit(("gate", self.n), self._hold)
+                self.n += 1
+        for _ in range(self.n):
+            assert self.started.acquire(timeout=30)
+
+    def _hold(self) -> None:
+        self.started.release()
+        self.release.wait()
+
+    def open(self) -> None:
+        self.release.set()
+
+
+def _no_open_ops(tmp_path: Path, sizes: list[int], **recent):
+    """A no-open HoardOps (the mount daemon's, without FUSE) over a real store of objects of
+    `sizes` (large ones are streamed): (ops, [(inode, bytes)], closer)."""
+    from fsd.mount.namespace import Namespace
+    from fsd.mount.ops import HoardOps, _Recent
+    from fsd.mount.reader import Reader
+    from fsd.mount.watch import Watcher
+
+    cfg = config.load(dir_disks_config(tmp_path, 2))
+    store = Store.open(cfg, init=True)
+    rng = random.Random(7)
+    datas = [rng.randbytes(n) for n in sizes]
+    shas = [r.sha256 for r in store.put_bytes_many(datas)]
+    reader = Reader(store)
+    ns = Namespace(store.index, str(cfg.ssd.zone_path("3A")), reader.get_object)
+    watcher = Watcher(store, reader, ns, "no-open", True)
+    ns.visible = watcher.visible
+    ops = HoardOps(ns, reader, watcher, no_open=True)
+    if recent:
+        ops.recent = _Recent(**recent)
+    files = [(ns._file_number(bytes.fromhex(s) if isinstance(s, str) else s), d) for s, d in zip(shas, datas)]
+
+    def close() -> None:
+        reader.close()
+        store.close()
+
+    return ops, files, close
+
+
+async def _read(ops, inode: int, off: int, size: int, out: dict, key) -> None:
+    import pyfuse3
+
+    try:
+        out[key] = await ops.read(inode, off, size)
+    except pyfuse3.FUSEError as e:
+        out[key] = f"errno {e.errno}"
+
+
+def _two_reads(ops, first: tuple, second: tuple) -> dict:
+    """READ `first` (inode, off, size) waiting on the gated disks, then READ `second`, then
+    the disks let go: what each READ answered."""
+    out: dict = {}
+
+    async def main() -> None:
+        ops.reader.token = trio.lowlevel.current_trio_token()
+        gate = await trio.to_thread.run_sync(_Gate, ops.reader)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_read, ops, *first, out, "first")
+            await trio.testing.wait_all_tasks_blocked()
+            nursery.start_soon(_read, ops, *second, out, "second")
+            await trio.testing.wait_all_tasks_blocked()
+            gate.open()
+
+    trio.run(main)
+    return out
+
+
+def test_no_open_two_readers_of_one_large_file_both_get_their_bytes(tmp_path: Path) -> None:
+    """No-open: two readers of one large file share its stream (one state per inode). A READ
+    far from the other reader's position moves the read-ahead window there — the pieces the
+    other reader's READ is waiting for must still come, not be cancelled under it (EIO)."""
+    from fsd.mount.reader import MAP_PIECE, SMALL_MAX
+
+    ops, [(ino, data)], close = _no_open_ops(tmp_path, [SMALL_MAX + 4 * MAP_PIECE])
+    try:
+        far = SMALL_MAX + 2 * MAP_PIECE
+        out = _two_reads(ops, (ino, 0, 128 << 10), (ino, far, 128 << 10))
+        assert out["first"] == data[:128 << 10], out["first"] if isinstance(out["first"], str) else "wrong bytes"
+        assert out["second"] == data[far:far + (128 << 10)]
+    finally:
+        close()
+
+
+def test_no_open_a_read_in_flight_survives_its_file_being_evicted(tmp_path: Path) -> None:
+    """No-open: more large files read at once than streams kept (RECENT_STREAMS; a data
+    loader with many workers) evicts a file whose READ is still waiting for its pieces — that
+    READ must still get its bytes, not EIO."""
+    from fsd.mount.reader import MAP_PIECE, SMALL_MAX
+
+    ops, [(a, da), (b, db)], close = _no_open_ops(tmp_path, [SMALL_MAX + MAP_PIECE] * 2, max_streams=1)
+    try:
+        out = _two_reads(ops, (a, MAP_PIECE - 10, 20), (b, 0, 128 << 10))
+        assert out["first"] == da[MAP_PIECE - 10:MAP_PIECE + 10], out["first"] if isinstance(out["first"], str) else "wrong bytes"
+        assert out["second"] == db[:128 << 10]
+    finally:
+        close()

@@ -570,6 +570,46 @@ def test_a_process_the_parser_forked_dies_with_it(tmp_path: Path) -> None:
     assert _ends(int(grand.read_text())), "the parser's forked process still runs"
 
 
+#: in a confined reader, the x86_64 calls' i386 twins made through `int 0x80` (a document that took the
+#: decoder over runs its own machine code): their numbers differ, so a filter on the x86_64 numbers passed them
+I386 = TRY + '''
+import ctypes, mmap, sys
+from fsd.base import landlock
+def i386(nr):
+    m = mmap.mmap(-1, 4096, prot=mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC)
+    m.write(b"\\xb8" + nr.to_bytes(4, "little") + b"\\xcd\\x80\\xc3")  # mov eax, nr; int 0x80; ret
+    return ctypes.CFUNCTYPE(ctypes.c_int)(ctypes.addressof(ctypes.c_char.from_buffer(m)))()
+def forked(fn):
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.write(w, json.dumps(fn()).encode())
+        os._exit(0)
+    os.close(w)
+    os.waitpid(pid, 0)
+    got = os.read(r, 4096)
+    return json.loads(got) if got else "died"
+ia32 = forked(lambda: i386(20) == os.getpid())  # getpid(2) on i386: is there i386 emulation?
+assert landlock.confine_reader()
+# setsid(2) on i386 (66), in a process the reader forked (the group's leader cannot leave it anyway)
+left = forked(lambda: {"returned": i386(66), "left": os.getsid(0) == os.getpid()})
+print(json.dumps({"ia32": ia32, "setsid": left, "getppid": forked(lambda: i386(64))}))
+'''
+
+
+@pytest.mark.skipif(os.uname().machine != "x86_64", reason="the i386 system call ABI is x86_64's")
+def test_a_confined_reader_cannot_leave_its_group_through_the_i386_abi(landlock_support) -> None:
+    """What `confine_reader` refuses (setsid, setpgid, kill, chmod …; sockets in every confined
+    process) is refused through every ABI the kernel offers, not only x86_64's: a forked process
+    of a decoder taken over that called setsid(2) through `int 0x80` (number 66) left the process
+    group `end_group` kills and outlived it — and i386's socketcall(2) reached Redis the same way."""
+    got = _inside(I386)
+    if got["ia32"] is not True:
+        missing("NO I386 EMULATION IN THIS KERNEL: the i386 ABI cannot be tried")
+    assert got["setsid"] == {"returned": -errno.ENOSYS, "left": False}, got
+    assert got["getppid"] == -errno.ENOSYS, got  # every i386 call, not only those refused by number
+
+
 def _ends(pid: int) -> bool:
     """Whether `pid` stops running within 5 s: a SIGKILL is delivered at once, and whoever adopted
     the process reaps it when it does."""

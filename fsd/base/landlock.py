@@ -37,7 +37,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 __all__ = ["MIN_ABI", "abi", "child_env", "confine", "confine_reader", "limit_memory", "python_runtime", "refuse_metadata",
-           "refuse_read_truncate", "refuse_ioctls", "refuse_requests", "refuse_syscalls", "status"]
+           "refuse_other_abis", "refuse_read_truncate", "refuse_ioctls", "refuse_requests", "refuse_syscalls", "status"]
 
 _CREATE_RULESET, _ADD_RULE, _RESTRICT_SELF = 444, 445, 446  # the same number on every architecture
 _CREATE_RULESET_VERSION = 1
@@ -221,7 +221,8 @@ def confine(*, write: Iterable[Path | str] = (), read: Iterable[Path | str] | No
                 os.close(fd)
         if _libc().prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:  # required by restrict_self without CAP_SYS_ADMIN
             raise OSError(ctypes.get_errno(), "prctl(PR_SET_NO_NEW_PRIVS)")
-        filters = [lambda: refuse_syscalls(_SOCKETS, errno.EACCES), lambda: refuse_syscalls(_FLOCK, errno.ENOLCK),
+        filters = [refuse_other_abis, lambda: refuse_syscalls(_SOCKETS, errno.EACCES),
+                   lambda: refuse_syscalls(_FLOCK, errno.ENOLCK),
                    refuse_ioctls]
         if version < 3:  # Landlock cannot refuse truncate(2) of a path yet: a shard the uid may write
             # nor an open(O_RDONLY | O_TRUNC), which truncates what it may read
@@ -306,9 +307,9 @@ class _SockFprog(ctypes.Structure):
 
 def refuse_syscalls(numbers: dict[str, tuple[int, ...]], err: int) -> bool:
     """A seccomp filter, for this thread and what it starts, for good: the system calls
-    `numbers[machine]` fail with `err`, every other call runs (another architecture's calls —
-    i386 compatibility — run too). False on an architecture `numbers` does not name. The
-    caller must have set no_new_privs (`confine` has)."""
+    `numbers[machine]` fail with `err`, every other call runs (another ABI's calls — i386
+    compatibility — pass it: `confine` refuses those first, `refuse_other_abis`). False on an
+    architecture `numbers` does not name. The caller must have set no_new_privs (`confine` has)."""
     machine = os.uname().machine
     arch, nrs = _AUDIT_ARCH.get(machine), numbers.get(machine)
     if arch is None or not nrs:
@@ -318,6 +319,27 @@ def refuse_syscalls(numbers: dict[str, tuple[int, ...]], err: int) -> bool:
     code += [(_JEQ_K, n - i, 0, nr) for i, nr in enumerate(nrs)]  # equal: to the ERRNO return, past ALLOW
     code += [(_RET_K, 0, 0, _RET_ALLOW), (_RET_K, 0, 0, _RET_ERRNO | err)]
     _install(code)
+    return True
+
+
+#: the x32 ABI's bit in a system call number: its calls reach a filter as x86_64's, numbered apart
+_X32_BIT = 0x40000000
+_JGE_K = 0x35
+
+
+def refuse_other_abis() -> bool:
+    """A seccomp filter, for this thread and what it starts, for good: a system call made through
+    another ABI than this machine's own — i386's (`int 0x80` on x86_64), arm32's (on aarch64),
+    x32's — fails with ENOSYS. Their numbers are not this machine's, so without it each filter
+    here (`refuse_syscalls`) is passed by the same call made that way: setsid(2) is 66 on i386,
+    socketcall(2) reaches a socket. Nothing hoardfs confines uses them (it starts no program).
+    False on an architecture `_AUDIT_ARCH` does not name. The caller must have set no_new_privs."""
+    arch = _AUDIT_ARCH.get(os.uname().machine)
+    if arch is None:
+        return False
+    _install([(_LD_W_ABS, 0, 0, 4), (_JEQ_K, 0, 3, arch),  # another ABI: to ENOSYS
+              (_LD_W_ABS, 0, 0, 0), (_JGE_K, 1, 0, _X32_BIT),  # x32: to ENOSYS
+              (_RET_K, 0, 0, _RET_ALLOW), (_RET_K, 0, 0, _RET_ERRNO | errno.ENOSYS)])
     return True
 
 

@@ -16,6 +16,11 @@ user, except what is not the service's:
 - another file system mounted inside (not descended), a symbolic link's target (its own owner
   changes, never what it names).
 
+A tree that holds, where every entry is taken, an entry of an account this system names (not
+root, not the new owner) is not one hoardfs made — a home or a data directory named as a disk
+by mistake, whose files the walk would give away: `Found.others` names them, and the caller
+refuses the tree, taking nothing.
+
 A group is given only where it is root's or one this system does not name: a group set by hand
 is kept. The walk holds each directory open (`os.fwalk`): a directory swapped for a link under
 it sends no change elsewhere. The tree's top is changed last, so a takeover cut short is
@@ -65,6 +70,10 @@ class Found:
     entries: int = 0
     #: files kept: more than one hard link (paths below the tree's top, relative)
     linked: list[str] = field(default_factory=list)
+    #: entries of an account this system names (not root, not the new owner) where every entry is
+    #: taken — a tree hoardfs did not make (a home, a data directory named by mistake): the caller
+    #: refuses it, nothing taken (paths below the tree's top, relative; the first few)
+    others: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -95,6 +104,7 @@ def take_over(top: Path, uid: int | None, gid: int | None, acc: Accounts, skip: 
     rule, found = _Rule(uid, gid, acc), Found()
     top_st = os.stat(top)
     skip, shared = set(skip) | {FILE_SYSTEM}, set(shared)
+    known = set(acc.users.values()) - {0, uid}
     for dirpath, dirnames, filenames, dirfd in os.fwalk(top, follow_symlinks=False):
         here = Path(dirpath).relative_to(top)
         in_shared = bool(here.parts) and here.parts[0] in shared
@@ -110,6 +120,8 @@ def take_over(top: Path, uid: int | None, gid: int | None, acc: Accounts, skip: 
                     dirnames.remove(name)
                 continue
             zone_top = not here.parts and name in shared
+            if not in_shared and not zone_top and st.st_uid in known and len(found.others) < 5:
+                found.others.append(str(here / name))
             new = rule.change(st, whole=not in_shared, keep_owner=zone_top)
             if new is None:
                 continue

@@ -237,6 +237,12 @@ class Installer:
         acc = Accounts.of(self.h.p("/etc"))
         uid, gid, real = acc.users.get(owner), acc.groups.get(owner), _followed(self.h, path)
         found = take_over(real, uid, gid, acc, skip, shared)
+        if found.others:
+            raise HoardError(f"{what}: {path} holds files of other accounts ({', '.join(found.others[:3])}"
+                             f"{' …' if len(found.others) > 3 else ''}): not a tree hoardfs made, and nothing of it was "
+                             f"given to {owner} — name an empty directory or a hoardfs one; if these are hoardfs's, "
+                             f"`find {path} ! -user root ! -user {owner}` lists them: give them to root and install "
+                             "again", ExitCode.USAGE)
         for rel in found.linked[:5]:
             out.print(f"{what}: problem: {path / rel} has more than one hard link: kept as it is (a link another "
                       f"account made would hand over the file it names); if it is hoardfs's, `chown {owner}:{owner} "

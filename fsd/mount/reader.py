@@ -599,7 +599,8 @@ class Reader:
         if first == last and in_order:  # the common case: a 128 KiB request inside one verified piece
             fut = st.pieces.get(first)
             ahead = first + max(1, st.ahead // 2)  # refill the read-ahead when it runs half empty
-            if fut is not None and fut.done() and (ahead in st.pieces or ahead * MAP_PIECE >= st.size):
+            if (fut is not None and fut.done() and not fut.cancelled()
+                    and (ahead in st.pieces or ahead * MAP_PIECE >= st.size)):
                 piece = fut.result()
                 lo = off - first * MAP_PIECE
                 return piece[lo:lo + end - off]
@@ -621,17 +622,28 @@ class Reader:
 
     async def _piece(self, st: _Stream, i: int) -> bytes:
         """Piece i, hedged (`_race`): if its disk does not answer in time, the stream moves to
-        another replica (this piece and the ones after it)."""
-        slow = st.disk
+        another replica (this piece and the ones after it). A piece cancelled while this READ
+        waits for it is asked for again: a stream is shared by every reader of its file
+        (no-open: state per inode), and another reader's READ elsewhere moves its window, a
+        hedge moves it to another disk, an eviction lets it go (ops._Recent) — none of which
+        may fail a READ already waiting (EIO)."""
+        while True:
+            fut = st.pieces.get(i)
+            if fut is None or fut.cancelled():
+                fut = st.pieces[i] = self._queue(st.disk).submit(st.lane, self._piece_sync, st, i)
+            slow = st.disk
 
-        def move(other: str) -> cf.Future:
-            st.disk = other
-            for k in [k for k in st.pieces if k > i and not st.pieces[k].running()]:
-                st.pieces.pop(k).cancel()
-            return self._queue(other).submit(st.lane, self._piece_sync, st, i, frozenset({slow}))
+            def move(other: str, slow: str = slow) -> cf.Future:
+                st.disk = other
+                for k in [k for k in st.pieces if k > i and not st.pieces[k].running()]:
+                    st.pieces.pop(k).cancel()
+                return self._queue(other).submit(st.lane, self._piece_sync, st, i, frozenset({slow}))
 
-        return await self._race(st.pieces[i], slow, lambda: self._plan(st.sha)[0],
-                                f"object {st.sha.hex()[:12]} (streamed)", move)
+            try:
+                return await self._race(fut, slow, lambda: self._plan(st.sha)[0],
+                                        f"object {st.sha.hex()[:12]} (streamed)", move)
+            except cf.CancelledError:
+                continue
 
     def _piece_sync(self, st: _Stream, i: int, avoid: frozenset = frozenset()) -> bytes:
         length = min(MAP_PIECE, st.size - i * MAP_PIECE)

@@ -41,6 +41,11 @@ def warn(path: str, why: str) -> None:
     print(f"hoard-builtin: skipped {display(path)}: {why}", file=sys.stderr, flush=True)
 
 
+def note(path: str, what: str) -> None:
+    """One line on stderr for one input that was used, with something said about it."""
+    print(f"hoard-builtin: {display(path)}: {what}", file=sys.stderr, flush=True)
+
+
 @dataclass(frozen=True)
 class Input:
     path: Path       # absolute, inside the input root

@@ -86,7 +86,15 @@ def run(input_root: Path, output_root: Path, args: argparse.Namespace) -> int:
     records: list[dict[str, Any]] = []
     for inp in _io.inputs(input_root):
         try:
-            records.append({"sha256": inp.sha256, **hashes(inp.path)})
+            # what Pillow warns of (corrupt EXIF in a hostile file, skipped: its pixels are hashed)
+            # is one line naming the input, not Pillow's own two lines naming its source file
+            with warnings.catch_warnings(record=True) as said:
+                warnings.simplefilter("always")
+                records.append({"sha256": inp.sha256, **hashes(inp.path)})
+            if said:
+                told = dict.fromkeys(str(w.message).strip().splitlines()[0] if str(w.message).strip()
+                                     else w.category.__name__ for w in said)
+                _io.note(inp.rel, f"hashed; Pillow warned: {'; '.join(told)}")
         except _image.Undecodable as e:
             _io.warn(inp.rel, str(e))
         except MemoryError:
