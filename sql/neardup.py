@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import psycopg
+from psycopg import sql
 
 #: the threshold `hoard dups` uses when none is given (bits of 64): resized, re-encoded and
 #: EXIF-rotated copies of a picture lie within it (docs/near-dups.md, bench/neardup.py)
@@ -260,8 +261,9 @@ def near_of(conn: psycopg.Connection, sha256_hex: str, threshold: int = DEFAULT_
             limit: int | None = None) -> list[tuple[str, int, bool]]:
     """The images within `threshold` of one (not itself, none deleted), nearest first: (sha256,
     distance, through its mirror); `limit`: the nearest so many. Looked up in PostgreSQL by the
-    indexed 16-bit quarters of pHash — each quarter's keys within floor(t/4) bits of the
-    image's, for its pHash and its mirror's."""
+    indexed 16-bit quarters of pHash and of the mirror's pHash (migrations 015, 016) — each
+    quarter's keys within floor(t/4) bits of the image's: others' pHash near its pHash and its
+    mirror's, others' mirror near its pHash."""
     check_threshold(threshold)
     row = conn.execute("SELECT r.node_id, r.phash, r.phash_flip FROM result_image_hash r JOIN node n USING (node_id) "
                        "WHERE n.sha256 = %s", [bytes.fromhex(sha256_hex)]).fetchone()
@@ -270,16 +272,19 @@ def near_of(conn: psycopg.Connection, sha256_hex: str, threshold: int = DEFAULT_
     node_id, p, f = row
     r = threshold // 4
     best: dict[str, tuple[int, bool]] = {}
-    for value, mirrored in ((p, False), (f, True)):
+    # others' pHash near this one's pHash, near its mirror's, and others' mirrors near this pHash:
+    # mirroring is not exactly symmetric for pHash, and `groups` compares all three ways
+    for col, value, mirrored in (("phash", p, False), ("phash", f, True), ("phash_flip", p, True)):
         u = value & ((1 << 64) - 1)
         quarters = [[(((u >> shift) & 0xFFFF) ^ m) for m in _masks(16, r)] for shift in (48, 32, 16, 0)]
-        rows = conn.execute(
-            "SELECT encode(n.sha256, 'hex'), bit_count((r.phash # %(v)s)::bit(64)) AS d FROM result_image_hash r "
+        c = sql.Identifier(col)
+        rows = conn.execute(sql.SQL(
+            "SELECT encode(n.sha256, 'hex'), bit_count((r.{c} # %(v)s)::bit(64)) AS d FROM result_image_hash r "
             "JOIN node n USING (node_id) JOIN physical_content pc USING (node_id) "
-            "WHERE NOT pc.is_deleted AND r.node_id <> %(me)s AND (((r.phash >> 48) & 65535) = ANY(%(q0)s) "
-            "OR ((r.phash >> 32) & 65535) = ANY(%(q1)s) OR ((r.phash >> 16) & 65535) = ANY(%(q2)s) "
-            "OR (r.phash & 65535) = ANY(%(q3)s)) AND bit_count((r.phash # %(v)s)::bit(64)) <= %(t)s "
-            "ORDER BY 2, 1 LIMIT %(limit)s",
+            "WHERE NOT pc.is_deleted AND r.node_id <> %(me)s AND (((r.{c} >> 48) & 65535) = ANY(%(q0)s) "
+            "OR ((r.{c} >> 32) & 65535) = ANY(%(q1)s) OR ((r.{c} >> 16) & 65535) = ANY(%(q2)s) "
+            "OR (r.{c} & 65535) = ANY(%(q3)s)) AND bit_count((r.{c} # %(v)s)::bit(64)) <= %(t)s "
+            "ORDER BY 2, 1 LIMIT %(limit)s").format(c=c),
             {"v": value, "me": node_id, "t": threshold, "limit": limit,
              **{f"q{i}": q for i, q in enumerate(quarters)}}).fetchall()
         for sha, d in rows:

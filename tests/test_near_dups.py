@@ -270,9 +270,6 @@ def test_deleted_images_leave_their_groups_and_near_of_uses_the_quarter_indexes(
 
 
 @pytest.mark.services
-@pytest.mark.xfail(strict=True, reason="near_of looks others' pHashes up near this image's pHash and mirrored pHash "
-                   "only, never others' mirrored pHashes near this one's pHash (no index on phash_flip's quarters: "
-                   "a migration) — review w13-review-mount")
 def test_near_of_finds_every_image_hoard_dups_groups_with_one_through_a_mirror(pg) -> None:
     """A mirrored copy that was also re-encoded is not an exact mirror: one image's mirrored
     pHash can lie within t of the other's pHash while the other's mirrored pHash lies farther
