@@ -503,3 +503,38 @@ def test_a_mount_point_root_may_not_look_at_is_kept(tmp_path: Path) -> None:
     assert res.returncode == 0, res.stdout + res.stderr
     assert f"the mount point: {mount} is mounted by another user (the running hoard-mount.service), kept" in res.stdout
     assert res.stdout.splitlines()[-1] == "changes: 0", res.stdout
+
+
+@pytest.mark.needs(os.geteuid() == 0, "ROOT NEEDED (owners are changed)")
+def test_an_entry_swapped_for_a_hard_link_between_its_look_and_its_change_is_not_what_changes(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The takeover looks at an entry, then changes its owner. In a zone others write, a user
+    could put a hard link to a root-only file in its place in between (fs.protected_hardlinks=0):
+    the change by name gave that file to hoard. Now it changes the entry it looked at, through
+    one descriptor. The swap is made at the one moment between the two (the rule's decision)."""
+    from fsd.cli import _takeover
+
+    etc = tmp_path / "etc"
+    etc.mkdir()
+    (etc / "passwd").write_text(f"root:x:0:0::/root:/bin/sh\nhoard:x:{HOARD_ID}:{HOARD_ID}::/:/bin/false\n")
+    (etc / "group").write_text(f"root:x:0:\nhoard:x:{HOARD_ID}:\n")
+    top = tmp_path / "ssd"
+    (top / "3A" / "batch").mkdir(parents=True)
+    entry = top / "3A" / "batch" / "a.jpg"
+    entry.write_bytes(b"scraped")  # root's: taken over
+    secret = tmp_path / "shadow"  # outside, on the same file system, root-only, as /etc/shadow would be
+    secret.write_bytes(b"root:$6$...")
+    secret.chmod(0o600)
+    real = _takeover._Rule.change
+
+    def swapped(self, st, whole, keep_owner=False):
+        answer = real(self, st, whole, keep_owner)
+        if st.st_ino == os.lstat(entry).st_ino:  # looked at: now the attacker's hard link in its place
+            entry.unlink()
+            os.link(secret, entry)
+        return answer
+
+    monkeypatch.setattr(_takeover._Rule, "change", swapped)
+    found = take_over(top, HOARD_ID, HOARD_ID, Accounts.of(etc), shared=("3A", "3C"), apply=True)
+    assert (secret.stat().st_uid, secret.stat().st_gid) == (0, 0)
+    assert found.entries == 4  # 3A's group, batch, a.jpg as it was looked at (now unlinked), the top

@@ -29,7 +29,7 @@ walked again by the next install.
 
 from __future__ import annotations
 
-import contextlib
+import ctypes
 import os
 import stat
 from collections.abc import Iterable
@@ -40,6 +40,19 @@ from pathlib import Path
 FILE_SYSTEM = "lost+found"
 #: the SSD's zones others write too (fsd.base.modes.DROP)
 SHARED_ZONES = ("3A", "3C")
+
+AT_EMPTY_PATH = 0x1000  # <fcntl.h>: fchownat on the descriptor itself
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _chown_held(fd: int, uid: int, gid: int) -> None:
+    """chown the very entry `fd` (O_PATH) was opened on, whatever its name means by now:
+    `fchownat(fd, "", …, AT_EMPTY_PATH)` — a link or a hard link put in its place after it was
+    looked at is not what changes owner."""
+    if _libc.fchownat(fd, b"", ctypes.c_uint32(uid & 0xFFFFFFFF), ctypes.c_uint32(gid & 0xFFFFFFFF),
+                      AT_EMPTY_PATH) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
 
 
 @dataclass(frozen=True)
@@ -111,27 +124,32 @@ def take_over(top: Path, uid: int | None, gid: int | None, acc: Accounts, skip: 
         if not here.parts:
             dirnames[:] = [d for d in dirnames if d not in skip]
         for name in [*dirnames, *filenames]:
+            # the entry is looked at and changed through one descriptor: one swapped between the
+            # two (for a hard link to /etc/shadow, in a zone others write) is not what changes
             try:
-                st = os.stat(name, dir_fd=dirfd, follow_symlinks=False)
+                fd = os.open(name, os.O_PATH | os.O_NOFOLLOW, dir_fd=dirfd)
             except FileNotFoundError:  # (gone meanwhile: a running service's temporary file)
                 continue
-            if st.st_dev != top_st.st_dev:  # another file system mounted here: not the tree's
-                if name in dirnames:
-                    dirnames.remove(name)
-                continue
-            zone_top = not here.parts and name in shared
-            if not in_shared and not zone_top and st.st_uid in known and len(found.others) < 5:
-                found.others.append(str(here / name))
-            new = rule.change(st, whole=not in_shared, keep_owner=zone_top)
-            if new is None:
-                continue
-            if stat.S_ISREG(st.st_mode) and st.st_nlink > 1 and new[0] != -1:
-                found.linked.append(str(here / name))
-                continue
-            found.entries += 1
-            if apply:
-                with contextlib.suppress(FileNotFoundError):  # (removed meanwhile, as above)
-                    os.chown(name, *new, dir_fd=dirfd, follow_symlinks=False)
+            try:
+                st = os.fstat(fd)
+                if st.st_dev != top_st.st_dev:  # another file system mounted here: not the tree's
+                    if name in dirnames:
+                        dirnames.remove(name)
+                    continue
+                zone_top = not here.parts and name in shared
+                if not in_shared and not zone_top and st.st_uid in known and len(found.others) < 5:
+                    found.others.append(str(here / name))
+                new = rule.change(st, whole=not in_shared, keep_owner=zone_top)
+                if new is None:
+                    continue
+                if stat.S_ISREG(st.st_mode) and st.st_nlink > 1 and new[0] != -1:
+                    found.linked.append(str(here / name))
+                    continue
+                found.entries += 1
+                if apply:
+                    _chown_held(fd, *new)
+            finally:
+                os.close(fd)
     new = rule.change(top_st, whole=True)
     if new is not None:
         found.entries += 1
