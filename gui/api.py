@@ -224,7 +224,21 @@ async def _receive(request: Request, who: str) -> tuple[int, dict[str, Any]]:
     return 202, body
 
 
+async def _sweep() -> None:
+    """At start: what uploads cut short by a killed server left in 3A/.tmp goes (their process is gone)."""
+    try:
+        gone = await in_thread(up_mod.sweep, ctx().cfg)
+    except AppStopping:
+        return
+    except HoardError as e:  # (3A not there: the first upload says so)
+        log.warning("HTTP ingest: 3A's temporary uploads not checked: %s", e.message)
+        return
+    if gone:
+        log.info("HTTP ingest: removed %d upload(s) a stopped server left in 3A/.tmp", len(gone))
+
+
 def register() -> None:
+    app.on_startup(_sweep)
     @app.post(f"{PREFIX}/batches", status_code=202, tags=["ingest"], openapi_extra=_MULTIPART_BODY,
               responses={202: {"description": "taken: ingest queued"}, 400: _ERROR, 401: _ERROR, 409: _ERROR,
                          411: _ERROR, 413: _ERROR, 415: _ERROR, 507: _ERROR})

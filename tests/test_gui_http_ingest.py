@@ -272,6 +272,36 @@ def test_a_dropped_connection_leaves_nothing_half_ingested(server: Server) -> No
     assert whole.status_code == 202, whole.text
 
 
+def test_an_upload_cut_by_a_killed_server_is_removed_at_its_next_start(hoard_home: Path, pg, redis_conn) -> None:
+    """`hoard gui` killed (SIGKILL) mid-upload leaves its temporary directory and reservation in
+    3A; the next start removes both, and no batch ever appeared."""
+    from fsd.base import config
+    from fsd.outputs import zones
+    from tests.gui_browser import serving
+
+    with gui_process(hoard_home, pg, _prepare) as (_, cfg_path):
+        pass  # (the home, its config and database made once)
+    server = Server("", cfg_path, subprocess.run(
+        [sys.executable, "-m", "fsd", "--config", str(cfg_path), "tokens", "add", "scraper"],
+        capture_output=True, text=True, env=child_env()).stdout.strip())
+    cfg = config.load(cfg_path)
+    headers, body = _multipart([("source", None, b"gallery"), ("files", b"big.png", os.urandom(1 << 20))])
+    started: list[subprocess.Popen] = []
+    with serving(cfg_path, hoard_home / "gui-1.log", cfg.gui.port, started=started) as url:
+        sock = _connect(url)
+        _raw_request(sock, url, server.auth() | headers | {"Content-Length": str(len(body))}, body[:600_000])
+        _until(lambda: any(f.stat().st_size > 100_000 for f in (server.zone3a / ".tmp").glob("upload-*/big.png")),
+               "the upload's file written")
+        started[0].kill()
+        started[0].wait()
+        sock.close()
+    left = [p.name for p in (server.zone3a / ".tmp").iterdir()]
+    assert len(left) == 1 and [r.id for r in zones.reservations(cfg, "3A")] == left
+    with serving(cfg_path, hoard_home / "gui-2.log", cfg.gui.port):
+        _until(lambda: not any((server.zone3a / ".tmp").iterdir()), "the killed upload's directory removed")
+        assert zones.reservations(cfg, "3A") == [] and server.batches() == set()
+
+
 @pytest.mark.parametrize(("name", "why"), [
     (b"../escape.png", "climbs out"), (b"/etc/cron.d/x", "an absolute path"), (b"a\x00b.png", "NUL"),
     (b"x" * 300 + b".png", "at most 255"), (b"d/" * 600 + b"f", "at most 1000"), (b"_READY", "hoardfs writes"),
