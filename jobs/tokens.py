@@ -14,16 +14,13 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import hmac
-import json
-import os
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
 from fsd.base.config import Settings
 from fsd.base.errors import ExitCode, HoardError
-from fsd.base.files import atomic_write, flocked
-from jobs.users import NAME
+from jobs.users import NAME, edit_private, read_private
 
 #: what every token starts with: a reader of a log or a leaked config tells a hoardfs upload
 #: token from other secrets (GitHub's `ghp_` convention)
@@ -46,17 +43,8 @@ def digest(token: str) -> str:
 
 
 def _read(path: Path) -> dict[str, dict[str, str]]:
-    try:
-        data = json.loads(path.read_bytes())
-    except FileNotFoundError:
-        return {}
-    except (OSError, ValueError) as e:
-        raise TokenError(f"{path}: cannot read the tokens file ({e}); fix or remove it (removing it revokes every "
-                         "token: `hoard tokens add` makes new ones)", ExitCode.DATA) from None
-    if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
-        raise TokenError(f"{path}: not a tokens file (expected a JSON object of names); fix or remove it",
-                         ExitCode.DATA)
-    return data
+    return read_private(path, "tokens file", "removing it revokes every token: `hoard tokens add` makes new ones",
+                        TokenError)
 
 
 def tokens(cfg: Settings) -> dict[str, Token]:
@@ -66,13 +54,7 @@ def tokens(cfg: Settings) -> dict[str, Token]:
 
 
 def _edit(cfg: Settings, change) -> None:
-    path = cfg.api_tokens_file
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with flocked(path.with_name(f".{path.name}.lock")):
-        data = _read(path)
-        change(data)
-        # 0600 from its first byte: a hash is no token, but whose token is which is nobody else's
-        atomic_write(path, json.dumps(data, indent=1, sort_keys=True).encode(), lambda fd, _tmp: os.fchmod(fd, 0o600))
+    edit_private(cfg.api_tokens_file, _read, change)
 
 
 def add(cfg: Settings, name: str) -> str:

@@ -3,12 +3,11 @@ of `hoard gui`; sha256 hashes in api.tokens_file — jobs.tokens, docs/http-inge
 
 from __future__ import annotations
 
-import json
 from typing import Annotated
 
 import typer
 
-from fsd.cli._common import err, out, state
+from fsd.cli._common import err, out, print_rows, state
 from jobs import tokens
 
 app = typer.Typer(help="Upload tokens of remote scrapers (HTTP ingest): add, list, rm.", no_args_is_help=True)
@@ -31,12 +30,8 @@ def list_(
     """The tokens' names and when each was made (never the tokens)."""
     found = sorted(tokens.tokens(state(ctx).settings).values(), key=lambda t: t.name)
     rows = [{"name": t.name, "created": t.created} for t in found]
-    if as_json:
-        out.print_json(json.dumps(rows))
-    elif not rows:
-        out.print("no tokens; `hoard tokens add NAME` makes one for a scraper")
-    for r in rows if not as_json else []:
-        out.print(f"{r['name']:<20} {r['created']}", markup=False)
+    print_rows(rows, as_json, "no tokens; `hoard tokens add NAME` makes one for a scraper",
+               lambda r: f"{r['name']:<20} {r['created']}")
 
 
 @app.command("rm")
