@@ -225,7 +225,7 @@ def adopt(cfg: Settings, source: str, batch_id: str | None, manifest: bytes) -> 
         raise UploadError(f"batch {batch_id} is signalled or ingested already; `hoard ingest --status {batch_id}` "
                           "says where it is", status=409)
     listed = _manifest_entries(manifest, cfg.api.max_files)
-    present = set()
+    present: set[str] = set()
     for here, dirs, names in os.walk(root):  # (never into a linked directory: it is listed, as a file)
         rel = Path(here).relative_to(root)
         present |= {(rel / n).as_posix() for n in names + [d for d in dirs if os.path.islink(os.path.join(here, d))]}
@@ -234,8 +234,8 @@ def adopt(cfg: Settings, source: str, batch_id: str | None, manifest: bytes) -> 
         shown = ", ".join(display(x) for x in extra[:3]) + (", …" if len(extra) > 3 else "")
         raise UploadError(f"{root} holds {len(extra)} file(s) the manifest does not list ({shown}): a copy still "
                           "running, or left over; list them or remove them, then send the manifest again", status=409)
-    for n, (rel, (size, sha)) in enumerate(listed.items(), start=1):
-        _check_listed(root, n, rel, size, sha)
+    for n, (path, (size, sha)) in enumerate(listed.items(), start=1):
+        _check_listed(root, n, path, size, sha)
     atomic_write(root / SIGNAL, f"{source}\n".encode())
     log.info("HTTP manifest: batch %s (%s, %d files) signalled in 3A", batch_id, source, len(listed))
     return _submitted(cfg, root, source, len(listed), sum(size for size, _ in listed.values()))
@@ -246,7 +246,7 @@ def _manifest_entries(manifest: bytes, max_files: int) -> dict[str, tuple[int, s
     try:
         doc = json.loads(manifest)
     except ValueError as e:
-        raise UploadError(f"the manifest is not JSON ({e}); send {{\"files\": [{{\"path\": …, \"size\": …}}]}}")
+        raise UploadError(f"the manifest is not JSON ({e}); send {{\"files\": [{{\"path\": …, \"size\": …}}]}}") from None
     files = doc.get("files") if isinstance(doc, dict) else None
     if not isinstance(files, list) or not files:
         raise UploadError('the manifest needs a non-empty "files" list of {"path", "size", "sha256" (optional)}')
@@ -254,8 +254,9 @@ def _manifest_entries(manifest: bytes, max_files: int) -> dict[str, tuple[int, s
         raise UploadError(f"the manifest lists {len(files)} files, more than api.max_files = {max_files}; send "
                           "several batches", status=413)
     out: dict[str, tuple[int, str | None]] = {}
-    for n, e in enumerate(files, start=1):
-        path, size, sha = (e.get("path"), e.get("size"), e.get("sha256")) if isinstance(e, dict) else (None,) * 3
+    for n, entry in enumerate(files, start=1):
+        path, size, sha = ((entry.get("path"), entry.get("size"), entry.get("sha256")) if isinstance(entry, dict)
+                           else (None, None, None))
         if not isinstance(path, str) or not isinstance(size, int) or isinstance(size, bool) or size < 0 or (
                 sha is not None and not (isinstance(sha, str) and len(sha) == 64 and set(sha) <= set("0123456789abcdef"))):
             raise UploadError(f"manifest entry {n}: needs \"path\" (text), \"size\" (bytes) and optionally "
