@@ -230,6 +230,35 @@ def test_a_retry_with_the_same_idempotency_key_gets_the_first_answer(server: Ser
     assert bad.status_code == 400 and "Idempotency-Key" in bad.json()["error"]
 
 
+def test_a_retry_sent_while_the_first_upload_runs_waits_for_its_answer(server: Server) -> None:
+    """A retry under the same key that arrives while the first upload is still being received
+    (the client gave up waiting, the server did not) waits, then gets the first's answer: one batch."""
+    import threading
+
+    key = str(uuid.uuid4())
+    before = server.batches()
+    headers, body = _multipart([("source", None, b"sidecar"), ("files", b"a.png", os.urandom(300_000)),
+                                ("files", b"a.png.json", b"{}")])
+    sock = _connect(server.url)
+    _raw_request(sock, server.url, server.auth() | headers | {"Content-Length": str(len(body)), "Idempotency-Key": key},
+                 body[:100_000])
+    _until(lambda: any((server.zone3a / ".tmp").glob("upload-*/a.png")), "the first upload under way")
+    retry: list[httpx.Response] = []
+    thread = threading.Thread(target=lambda: retry.append(httpx.post(
+        f"{server.url}/api/v1/batches", headers=server.auth() | headers | {"Idempotency-Key": key}, content=body,
+        timeout=60)))
+    thread.start()
+    thread.join(1.0)
+    assert thread.is_alive() and not retry  # waiting for the first (its body is not all sent)
+    sock.sendall(body[100_000:])
+    status, first = _answer(sock)
+    sock.close()
+    thread.join(60)
+    assert status == 202 and retry[0].status_code == 202 and retry[0].json() == first
+    assert retry[0].headers["idempotent-replayed"] == "true"
+    assert server.batches() == before | {first["batch"]}
+
+
 def test_a_full_3a_is_507_before_the_body_is_read(server: Server) -> None:
     """With 3A past its deny threshold an upload is answered 507 naming zone 3A and the next
     step as soon as its headers arrive: the client sent none of its body."""
