@@ -171,6 +171,8 @@ async def _receive(request: Request, who: str) -> tuple[int, dict[str, Any]]:
     except ValueError:
         return 411, {"error": "send a Content-Length (the upload's size is reserved in zone 3A before it is read)"}
     cap = int(cfg.api.max_batch_mb * (1 << 20))
+    if length < 1:
+        return 400, {"error": "the body is empty: send the batch's fields and files"}
     if length > cap:
         return 413, {"error": f"the upload is {length} bytes, more than api.max_batch_mb = {cfg.api.max_batch_mb:g} "
                               "MiB; send it in several batches"}
@@ -212,6 +214,10 @@ async def _receive(request: Request, who: str) -> tuple[int, dict[str, Any]]:
     except HoardError as e:  # an unknown source, a batch id used before
         await in_thread(upload.abort)
         return 400, {"error": e.message}
+    except OSError as e:  # the SSD's file system full under the quota, or failing
+        await in_thread(upload.abort)
+        refused = up_mod.written_error(e)
+        return refused.status, {"error": refused.message, "zone": "3A"}
     except BaseException:
         upload.abort()  # (the GUI stopping, or a bug: no thread to ask for)
         raise

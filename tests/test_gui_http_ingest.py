@@ -395,7 +395,8 @@ def test_a_manifest_signals_a_batch_copied_into_3a(server: Server, gallery: Path
 
 def test_bad_forms_are_refused_by_name(server: Server) -> None:
     """An unknown source (with the names that exist), no source, an unknown field, a used
-    batch id, a part without a file name and a body that is not multipart each get one line."""
+    batch id, a part without a file name, a body that is not multipart and an empty one each
+    get one line."""
     before = server.batches()
     cases = [
         ([("source", None, b"galery"), ("files", b"a.png", b"x")], 400, "did you mean gallery"),
@@ -415,6 +416,8 @@ def test_bad_forms_are_refused_by_name(server: Server) -> None:
     assert used.status_code == 409 and "mine-1 exists already" in used.json()["error"]
     plain = httpx.post(f"{server.url}/api/v1/batches", headers=server.auth(), json={"source": "sidecar"})
     assert plain.status_code == 415
+    empty = httpx.post(f"{server.url}/api/v1/batches", headers=server.auth() | headers, content=b"")
+    assert empty.status_code == 400 and "the body is empty" in empty.json()["error"]
     assert server.batches() == before | {"mine-1"}
 
 

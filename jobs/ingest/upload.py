@@ -24,6 +24,7 @@ Rules, and why:
 from __future__ import annotations
 
 import datetime as dt
+import errno
 import hashlib
 import json
 import logging
@@ -78,6 +79,16 @@ class UploadError(HoardError):
         self.status, self.part = status, part
 
 
+def written_error(e: OSError) -> UploadError:
+    """What an upload that could not be written to 3A is answered: 507 for a full file system
+    (the quota had room, the SSD did not), else 503 naming the error."""
+    full = e.errno in (errno.ENOSPC, errno.EDQUOT)
+    return UploadError(f"zone 3A: cannot write {e.filename or 'the upload'} ({e.strerror or e})"
+                       + ("; its file system is full though the quota had room: free space on it"
+                          if full else "; look at the SSD (`hoard health`)") + ", then send the batch again",
+                       status=507 if full else 503)
+
+
 def refused_name(rel: str) -> str | None:
     """Why an uploaded file's name is refused, or None (the rules of a batch's own paths)."""
     why = hostile_reason(rel)
@@ -119,16 +130,18 @@ class Upload:
     @classmethod
     def begin(cls, cfg: Settings, nbytes: int, who: str) -> Upload:
         """Reserve `nbytes` in 3A and make the temporary directory; UploadError 507 when 3A
-        cannot take them."""
-        sweep(cfg)
+        cannot take them, 503 when 3A cannot be used (not there, a damaged reservation file)."""
         up = cls(cfg, f"upload-{secrets.token_hex(8)}", nbytes)
         try:
+            sweep(cfg)
             zones.reserve(cfg, "3A", up.id, f"HTTP upload {up.id} of {who}", nbytes,
                           next_step="send the batch again")
         except zones.ZoneFull as e:
             raise UploadError(e.message, status=507) from None
-        except HoardError as e:  # 3A not there: the SSD not mounted
+        except HoardError as e:  # 3A not there (the SSD not mounted), a reservation file damaged
             raise UploadError(e.message, status=503) from None
+        except OSError as e:
+            raise written_error(e) from None
         try:
             up.dir.mkdir(parents=True)
         except BaseException:
