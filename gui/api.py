@@ -18,8 +18,10 @@ against `api.max_batch_mb`, and 3A's room (its quota and file system: 507 when f
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
+from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import Request
@@ -48,9 +50,23 @@ TEXT_FIELDS = {"source": 1024, "batch": 1024, "manifest": 64 << 20}
 KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
 NO_TOKEN = "send `Authorization: Bearer TOKEN` with a token from `hoard tokens add NAME` (on the server)"
 
-#: one lock per (token, Idempotency-Key): a retry sent while the first upload still runs waits
-#: for its answer instead of making a second batch (one GUI process serves the endpoint)
-_keys: dict[tuple[str, str], asyncio.Lock] = {}
+#: one lock per (token, Idempotency-Key) in use, and how many requests hold or wait for it: a
+#: retry sent while the first upload still runs waits for its answer instead of making a second
+#: batch (one GUI process serves the endpoint); the last one out drops it
+_keys: dict[tuple[str, str], tuple[asyncio.Lock, list[int]]] = {}
+
+
+@contextlib.asynccontextmanager
+async def _key_turn(key: tuple[str, str]) -> AsyncIterator[None]:
+    lock, users = _keys.setdefault(key, (asyncio.Lock(), [0]))
+    users[0] += 1
+    try:
+        async with lock:
+            yield
+    finally:
+        users[0] -= 1
+        if not users[0]:
+            del _keys[key]
 
 _MULTIPART_BODY = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
     "type": "object", "required": ["source"], "properties": {
@@ -263,7 +279,7 @@ def register() -> None:
                 return JSONResponse(body, status_code=status)
             if not KEY.match(key):
                 return _error(400, "Idempotency-Key: 1 to 255 printable ASCII characters, no spaces")
-            async with _keys.setdefault((who, key), asyncio.Lock()):
+            async with _key_turn((who, key)):
                 first = await in_thread(up_mod.remembered, ctx().cfg, who, key)
                 if first is not None:
                     return JSONResponse(first["body"], status_code=first["status"],
