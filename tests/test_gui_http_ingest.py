@@ -403,6 +403,9 @@ def test_bad_forms_are_refused_by_name(server: Server) -> None:
         ([("files", b"a.png", b"x")], 400, "no `source` field"),
         ([("source", None, b"sidecar"), ("color", None, b"red")], 400, "unknown field 'color'"),
         ([("source", None, b"sidecar"), ("files", None, b"x")], 400, "needs its file name"),
+        ([("source", None, b"sidecar"), ("files", b"a.png", b"x"), ("files", b"a.png", b"y")], 400, "comes twice"),
+        ([("source", None, b"sidecar"), ("files", b"d", b"x"), ("files", b"d/a.png", b"y")], 400, "both a file and"),
+        ([("source", None, b"sidecar"), ("files", b"d/a.png", b"x"), ("files", b"d", b"y")], 400, "both a file and"),
         ([("source", None, b"sidecar")], 400, "holds no file"),
         ([("source", None, b"sidecar"), ("batch", None, b"../up"), ("files", b"a.png", b"x")], 400, "not a batch id"),
     ]

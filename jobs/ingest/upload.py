@@ -162,12 +162,11 @@ class Upload:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o640)
-        except FileExistsError:
-            raise UploadError(f"part {part}: file name {display(name)!r} comes twice in this upload; give each file "
-                              "its own name", part=part) from None
-        except (NotADirectoryError, IsADirectoryError):
-            raise UploadError(f"part {part}: file name {display(name)!r} is both a file and a directory in this "
-                              "upload; rename one", part=part) from None
+        except (FileExistsError, NotADirectoryError) as e:
+            twice = isinstance(e, FileExistsError) and name in self.files
+            raise UploadError(f"part {part}: file name {display(name)!r} " + (
+                "comes twice in this upload; give each file its own name" if twice else
+                "is both a file and a directory in this upload; rename one"), part=part) from None
         self._fh, self._name, self._part = open(fd, "wb"), name, part
         self.files[name] = 0
 
@@ -204,7 +203,13 @@ class Upload:
             fsync_dir(d)
         atomic_write(self.dir / SIGNAL, f"{source}\n".encode())
         final = self.cfg.ssd.zone_path("3A") / batch_id
-        os.rename(self.dir, final)  # whole, or not there at all
+        try:
+            os.rename(self.dir, final)  # whole, or not there at all
+        except OSError as e:
+            if e.errno not in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR):
+                raise
+            raise UploadError(f"batch {batch_id} appeared in 3A while this upload was received; send it under a "
+                              "new id, or none (the server makes one)", status=409) from None
         fsync_dir(final.parent)
         zones.release(self.cfg, "3A", self.id)
         log.info("HTTP upload %s: batch %s (%s, %d files) in 3A", self.id, batch_id, source, len(self.files))
