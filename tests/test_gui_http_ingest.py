@@ -303,7 +303,8 @@ def test_a_dropped_connection_leaves_nothing_half_ingested(server: Server) -> No
 
 def test_an_upload_cut_by_a_killed_server_is_removed_at_its_next_start(hoard_home: Path, pg, redis_conn) -> None:
     """`hoard gui` killed (SIGKILL) mid-upload leaves its temporary directory and reservation in
-    3A; the next start removes both, and no batch ever appeared."""
+    3A, which `hoard health` names with the step that removes them — the next start, which does;
+    no batch ever appeared."""
     from fsd.base import config
     from fsd.outputs import zones
     from tests.gui_browser import serving
@@ -326,6 +327,9 @@ def test_an_upload_cut_by_a_killed_server_is_removed_at_its_next_start(hoard_hom
         sock.close()
     left = [p.name for p in (server.zone3a / ".tmp").iterdir()]
     assert len(left) == 1 and [r.id for r in zones.reservations(cfg, "3A")] == left
+    health = json.loads(server.hoard("health", "--json").stdout)
+    said = [p for p in health["problems"] if left[0] in p]
+    assert len(said) == 1 and "start `hoard gui` again" in said[0] and "zones clean" not in said[0], said
     with serving(cfg_path, hoard_home / "gui-2.log", cfg.gui.port):
         _until(lambda: not any((server.zone3a / ".tmp").iterdir()), "the killed upload's directory removed")
         assert zones.reservations(cfg, "3A") == [] and server.batches() == set()
