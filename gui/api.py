@@ -87,12 +87,29 @@ def _error(status: int, message: str, **extra: Any) -> JSONResponse:
     return JSONResponse({"error": message, **extra}, status_code=status, headers=headers)
 
 
-async def _scraper(request: Request) -> str | None:
-    """The name of the token the request carries, or None."""
+class _Refused(Exception):
+    """A request answered before its route does anything: `response` says why."""
+
+    def __init__(self, response: Response) -> None:
+        super().__init__()
+        self.response = response
+
+
+async def _scraper(request: Request) -> str:
+    """The name of the token the request carries; _Refused 401 without a valid one, 503 when
+    the tokens file cannot be read (what is wrong with it goes to the log, not to the client)."""
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
-        return None
-    return await in_thread(tokens.check, ctx().cfg, token.strip())
+        raise _Refused(_error(401, NO_TOKEN))
+    try:
+        who = await in_thread(tokens.check, ctx().cfg, token.strip())
+    except HoardError as e:
+        log.warning("HTTP ingest refused: %s", e.message)
+        raise _Refused(_error(503, "the server's tokens file cannot be read; its operator sees why in `hoard tokens "
+                                   "list` (and the GUI's log)")) from None
+    if who is None:
+        raise _Refused(_error(401, NO_TOKEN))
+    return who
 
 
 class _Form:
@@ -271,8 +288,6 @@ def register() -> None:
         the first upload under that key (and token) was answered, without taking its bytes."""
         try:
             who = await _scraper(request)
-            if who is None:
-                return _error(401, NO_TOKEN)
             key = request.headers.get("idempotency-key")
             if key is None:
                 status, body = await _receive(request, who)
@@ -288,6 +303,8 @@ def register() -> None:
                 if status == 202:  # a refusal is not remembered: the retry may succeed
                     await in_thread(up_mod.remember, ctx().cfg, who, key, {"status": status, "body": body})
                 return JSONResponse(body, status_code=status)
+        except _Refused as r:
+            return r.response
         except AppStopping:
             return _error(503, "the GUI is stopping; send the batch again when it is back")
 
@@ -296,9 +313,10 @@ def register() -> None:
     async def batch_status(request: Request, batch_id: str) -> Response:
         """The batch's ingest state and report: the `hoard ingest --status BATCH --json` document."""
         try:
-            if await _scraper(request) is None:
-                return _error(401, NO_TOKEN)
+            await _scraper(request)
             st = await in_thread(load_state, ctx().cfg, batch_id) if up_mod.BATCH_ID.match(batch_id) else None
+        except _Refused as r:
+            return r.response
         except AppStopping:
             return _error(503, "the GUI is stopping; ask again when it is back")
         if st is None:

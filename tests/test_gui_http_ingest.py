@@ -161,6 +161,25 @@ def test_tokens_are_printed_once_and_kept_as_hashes(server: Server) -> None:
     assert gone.status_code == 401, gone.text
 
 
+@pytest.mark.expect_log(r"cannot read the tokens file", level="WARNING")
+def test_a_damaged_tokens_file_is_one_line_not_a_500(server: Server) -> None:
+    """A tokens file that is not JSON: `hoard tokens list` names it and what removing it does
+    (exit 5), and an upload is 503 saying where its operator sees why — nothing of the file's
+    path or content goes to the client."""
+    path = Path(server.cfg_path).parent / "ssd" / "state" / "gui" / "tokens.json"
+    kept = path.read_bytes()
+    try:
+        path.write_text('{"scraper": ')
+        res = server.hoard("tokens", "list")
+        assert res.returncode == 5 and "Traceback" not in res.stderr
+        assert f"{path}: cannot read the tokens file" in res.stderr and "revokes every token" in res.stderr
+        r = httpx.get(f"{server.url}/api/v1/batches/x", headers=server.auth())
+        assert r.status_code == 503 and "`hoard tokens list`" in r.json()["error"] and str(path) not in r.text
+    finally:
+        path.write_bytes(kept)
+    assert httpx.get(f"{server.url}/api/v1/batches/x", headers=server.auth()).status_code == 404
+
+
 def test_an_upload_is_ingested_and_its_status_is_hoard_ingest_status(server: Server, gallery: Path) -> None:
     """A gallery-dl batch POSTed with a token lands whole in 3A with its `_READY` (202, the
     batch id and its status URL), is ingested by the workers' job, and the status URL serves

@@ -369,16 +369,24 @@ def remembered(cfg: Settings, who: str, key: str) -> dict[str, Any] | None:
         if time.time() - path.stat().st_mtime > cfg.api.idempotency_hours * 3600:
             return None
         doc = json.loads(path.read_bytes())
-    except (FileNotFoundError, ValueError):
+    except FileNotFoundError:
         return None
-    return doc if isinstance(doc, dict) else None
+    except (OSError, ValueError) as e:  # (written atomically: a person's edit, or the SSD failing)
+        log.warning("Idempotency-Key answer %s cannot be read (%s): the upload is taken as a new one", path, e)
+        return None
+    return doc if isinstance(doc, dict) and isinstance(doc.get("body"), dict) else None
 
 
 def remember(cfg: Settings, who: str, key: str, answer: dict[str, Any]) -> None:
-    """Keep the answer of `who`'s upload under `key`; drop answers past api.idempotency_hours."""
+    """Keep the answer of `who`'s upload under `key`; drop answers past api.idempotency_hours.
+    One that cannot be written is logged, not raised: the batch is taken either way."""
     path = _answer_path(cfg, who, key)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, json.dumps(answer).encode())
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, json.dumps(answer).encode())
+    except OSError as e:
+        log.warning("Idempotency-Key answer %s not kept (%s): a retry would make a second batch", path, e)
+        return
     horizon = time.time() - cfg.api.idempotency_hours * 3600
     for old in path.parent.glob("*.json"):
         try:
