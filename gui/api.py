@@ -68,6 +68,7 @@ async def _key_turn(key: tuple[str, str]) -> AsyncIterator[None]:
         if not users[0]:
             del _keys[key]
 
+
 _MULTIPART_BODY = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
     "type": "object", "required": ["source"], "properties": {
         "source": {"type": "string", "description": "the source the batch's metadata is in the format of (an "
