@@ -25,6 +25,7 @@ from fsd.base.errors import ExitCode, HoardError
 from fsd.base.modes import PASSAGE, ensure_dir
 from gui import (
     actions_page,
+    api,
     auth,
     browse_page,
     datasets_page,
@@ -122,6 +123,7 @@ def build(cfg: Settings) -> None:
     datasets_page.register()
     events_page.register()
     dups_page.register()
+    api.register()
     rqdash.mount(cfg)
 
 

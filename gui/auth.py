@@ -42,6 +42,9 @@ OPEN_PREFIXES = ("/health/", "/_nicegui")
 OPEN_PATHS = ("/login", "/login/finish", "/logout")
 #: paths answered with 401 + Basic instead of a redirect to the login page
 API_PREFIXES = ("/metrics", "/api/")
+#: paths whose routes check a scraper's bearer token themselves (gui.api): a login, a session
+#: or HTTP Basic gives nothing there, and the login limits do not count them
+TOKEN_PREFIXES = ("/api/v1/",)
 #: mounted apps whose POSTs act (rq-dashboard: requeue, cancel, delete): operators and admins only
 ACTING_PREFIXES = ("/rq",)
 #: GET routes that act when a browser arrives (sign out, finish a sign-in, a program's API): a
@@ -255,7 +258,7 @@ class AuthMiddleware(BaseHTTPMiddleware):
                                 status_code=403)
         if path.startswith(ACTING_PREFIXES) and acting and (why := _not_from_the_gui(request)):
             return JSONResponse({"error": f"refused: {why}; open the GUI itself to act"}, status_code=403)
-        if path in OPEN_PATHS or path.startswith(OPEN_PREFIXES) or user is not None:
+        if path in OPEN_PATHS or path.startswith(OPEN_PREFIXES + TOKEN_PREFIXES) or user is not None:
             return await call_next(request)
         if path.startswith(API_PREFIXES):
             creds = _basic(request)

@@ -17,8 +17,10 @@ import os
 import re
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
@@ -95,15 +97,20 @@ def weak_password(password: str, name: str = "") -> str | None:
 
 
 def _read_file(path: Path) -> dict[str, dict[str, str]]:
+    return read_private(path, "users file", "`hoard users add` writes a new one", UserError)
+
+
+def read_private(path: Path, what: str, if_removed: str, error: type[HoardError]) -> dict[str, dict[str, str]]:
+    """The JSON object of names in `path` (the users file, the tokens file; {} when there is
+    none); `error` naming `what` and what removing it does when it cannot be read or is not one."""
     try:
         data = json.loads(path.read_bytes())
     except FileNotFoundError:
         return {}
     except (OSError, ValueError) as e:
-        raise UserError(f"{path}: cannot read the users file ({e}); fix or remove it "
-                        "(`hoard users add` writes a new one)", ExitCode.DATA) from None
-    if not isinstance(data, dict):
-        raise UserError(f"{path}: not a users file (expected a JSON object); fix or remove it", ExitCode.DATA)
+        raise error(f"{path}: cannot read the {what} ({e}); fix or remove it ({if_removed})", ExitCode.DATA) from None
+    if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
+        raise error(f"{path}: not a {what} (expected a JSON object of names); fix or remove it", ExitCode.DATA)
     return data
 
 
@@ -127,12 +134,17 @@ def authenticate(cfg: Settings, name: str, password: str) -> User | None:
 
 
 def _edit(cfg: Settings, name: str, change) -> None:
-    path = cfg.gui_users_file
+    edit_private(cfg.gui_users_file, _read_file, change)
+
+
+def edit_private(path: Path, read: Callable[[Path], dict[str, Any]], change: Callable[[dict[str, Any]], object]) -> None:
+    """`change` the JSON object in `path` (as `read` reads it) under the file's lock, and write it
+    back atomically, 0600 from its first byte: the users file (password hashes) and the tokens
+    file (jobs.tokens) are nobody else's to read."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with flocked(path.with_name(f".{path.name}.lock")):
-        data = _read_file(path)
+        data = read(path)
         change(data)
-        # 0600 from its first byte: password hashes
         atomic_write(path, json.dumps(data, indent=1, sort_keys=True).encode(), lambda fd, _tmp: os.fchmod(fd, 0o600))
 
 

@@ -156,17 +156,22 @@ def redis_conn(servers) -> Iterator[redis.Redis]:
 @pytest.fixture
 def hoard_home(tmp_path: Path, servers) -> Path:
     """A hoard.toml in tmp_path: directory disks of unequal size, SSD zones, test servers."""
+    return write_home(tmp_path, servers)
+
+
+def write_home(home: Path, servers: dict[str, str]) -> Path:
+    """`hoard_home`'s hoard.toml in `home` (for a fixture of a wider scope); returns `home`."""
     disks = "\n".join(
         f'[[disks]]\nlabel = "hdd{i}"\npath = "disks/hdd{i}"\ncapacity_gb = {cap}\n'
         for i, cap in enumerate((4, 3, 2, 1.5), start=1)
     )
     zones = "\n".join(f"[ssd.zones.{z}]\nquota_gb = 1\n" for z in ("3A", "3B", "3C", "3D"))
-    (tmp_path / "hoard.toml").write_text(
+    (home / "hoard.toml").write_text(
         f"database_url = {servers['database_url']!r}\nredis_url = {servers['redis_url']!r}\n\n"
         "[store]\nshard_size_mb = 4\nallow_directory_disks = true\n\n"
         f"{disks}\n[ssd]\nroot = \"ssd\"\n\n{zones}"
     )
-    return tmp_path
+    return home
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:

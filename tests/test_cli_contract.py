@@ -98,6 +98,9 @@ COMMANDS: dict[str, list[str]] = {
     "services status": [],
     "services up": [],
     "stage": [],
+    "tokens add": ["bot"],
+    "tokens list": [],
+    "tokens rm": ["nosuch"],
     "umount": ["{MISSING}"],
     "uninstall": ["--dry-run", "--root", "{MISSING}"],
     "users add": ["alice", "--role", "viewer"],  # stdin is closed: no password, exit 2

@@ -152,7 +152,8 @@ def test_every_key_is_documented() -> None:
               "store.": config.StoreConfig, "embedded.": config.EmbeddedConfig,
                   "ingest.": config.IngestConfig, "mount.": config.MountConfig,
               "actions.": config.ActionsConfig, "label_studio.": config.LabelStudioConfig,
-              "gui.": config.GuiConfig, "gui.users[].": config.GuiUser, "webhooks[].": config.WebhookConfig}
+              "gui.": config.GuiConfig, "gui.users[].": config.GuiUser, "webhooks[].": config.WebhookConfig,
+              "api.": config.ApiConfig}
     missing = [f"{prefix}{name}" for prefix, model in models.items() for name in model.model_fields
                if name != "source" and f"`{prefix}{name}`" not in doc]
     assert not missing, f"undocumented keys: {missing}"

@@ -365,6 +365,24 @@ class GuiConfig(BaseModel):
         return proxies
 
 
+class ApiConfig(BaseModel):
+    """The HTTP ingest endpoint of `hoard gui` (`POST /api/v1/batches`; docs/http-ingest.md):
+    its scrapers' tokens and the limits of one upload, checked before its bytes are accepted."""
+
+    model_config = _strict
+    #: the tokens `hoard tokens add|rm` manage (sha256 hashes only); default
+    #: `<ssd.root>/state/gui/tokens.json`, beside the users file
+    tokens_file: Path | None = None
+    #: the most bytes one upload may send (its Content-Length, the multipart framing included)
+    max_batch_mb: float = Field(default=10240, gt=0, le=1 << 30)
+    #: the most bytes one file of an upload may hold
+    max_file_mb: float = Field(default=4096, gt=0, le=1 << 30)
+    #: the most files one upload may hold
+    max_files: int = Field(default=20000, ge=1, le=10_000_000)
+    #: how long an `Idempotency-Key` is remembered: a retry within it gets the first answer
+    idempotency_hours: float = Field(default=24, gt=0, le=24 * 365)
+
+
 class EmbeddedConfig(BaseModel):
     """Private PostgreSQL and Redis run by `hoard services up` under `root`."""
 
@@ -416,6 +434,8 @@ class Settings(BaseSettings):
     label_studio: LabelStudioConfig = LabelStudioConfig()
     #: where events are POSTed (jobs.events; docs/config.md, "[[webhooks]]")
     webhooks: list[WebhookConfig] = []
+    #: the HTTP ingest endpoint's tokens file and limits (gui.api; docs/http-ingest.md)
+    api: ApiConfig = ApiConfig()
     #: the file this came from (set by `load`, not a key of the file)
     source: Path | None = Field(default=None, exclude=True)
 
@@ -496,6 +516,10 @@ class Settings(BaseSettings):
     def gui_users_file(self) -> Path:
         return self.gui.users_file or self.ssd.root / "state" / "gui" / "users.json"
 
+    @property
+    def api_tokens_file(self) -> Path:
+        return self.api.tokens_file or self.ssd.root / "state" / "gui" / "tokens.json"
+
 
 def _derive_test_db_url(url: str) -> str:
     """Same server, database `<name>_test`: tests never touch the working database."""
@@ -557,7 +581,7 @@ def find_config(explicit: str | os.PathLike[str] | None = None) -> Path:
 
 
 _PATH_KEYS = (("ssd", "root"), ("ssd", "index_dir"), ("embedded", "root"), ("gui", "users_file"), ("actions", "dir"),
-              ("label_studio", "token_file"), ("label_studio", "converter_python"))
+              ("label_studio", "token_file"), ("label_studio", "converter_python"), ("api", "tokens_file"))
 
 
 def _resolve_paths(data: dict[str, Any], base: Path) -> None:

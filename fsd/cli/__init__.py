@@ -49,6 +49,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "worker": ("worker", "worker"), "demo": ("demo", "demo"),
     "services": ("services", "app"), "fixtures": ("fixtures", "app"), "disks": ("disks", "app"),
     "db": ("db", "app"), "index": ("index", "app"), "zones": ("zones", "app"), "users": ("users", "app"),
+    "tokens": ("tokens", "app"),
     "label": ("label", "app"), "view": ("mount", "view_app"), "action": ("action", "app"),
     "pipeline": ("pipeline", "app"), "dataset": ("dataset", "app"),
     "events": ("events", "events"), "webhooks": ("events", "app"), "dups": ("dups", "dups"),

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import math
 import os
 import stat as st_mod
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -127,6 +128,17 @@ def print_lines(lines: Iterable[str]) -> None:
     write = sys.stdout.write
     for line in lines:
         write(line + "\n")
+
+
+def print_rows(rows: list[dict[str, Any]], as_json: bool, empty: str, line: Callable[[dict[str, Any]], str]) -> None:
+    """A listing: `rows` as one JSON array with --json, else `line(row)` each (plain text, never
+    markup: names may come from a file), or `empty` when there is none."""
+    if as_json:
+        out.print_json(json.dumps(rows))
+    elif not rows:
+        out.print(empty)
+    for r in rows if not as_json else []:
+        out.print(line(r), markup=False)
 
 
 def guard_stdout() -> None:

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import getpass
-import json
 import sys
 from typing import Annotated
 
 import typer
 
 from fsd.base.errors import ExitCode, HoardError
-from fsd.cli._common import out, state
+from fsd.cli._common import out, print_rows, state
 from jobs import users
 
 app = typer.Typer(help="Who may sign in to `hoard gui`: add, passwd, rm, list, hash.", no_args_is_help=True)
@@ -75,12 +74,8 @@ def list_(
     """The users and their roles."""
     found = sorted(users.users(state(ctx).settings).values(), key=lambda u: u.name)
     rows = [{"name": u.name, "role": u.role, "from": "hoard.toml" if u.from_config else "users file"} for u in found]
-    if as_json:
-        out.print_json(json.dumps(rows))
-    elif not rows:
-        out.print("no users; `hoard users add NAME --role admin` adds the first")
-    for r in rows if not as_json else []:
-        out.print(f"{r['name']:<20} {r['role']:<9} ({r['from']})", markup=False)
+    print_rows(rows, as_json, "no users; `hoard users add NAME --role admin` adds the first",
+               lambda r: f"{r['name']:<20} {r['role']:<9} ({r['from']})")
 
 
 @app.command("hash")

@@ -300,6 +300,11 @@ def store_problems(cfg: Settings, store: dict[str, Any], disks: list[dict[str, A
                                 f"{r['host']} is gone) before sealing {r['id']}; run the same `hoard dataset build "
                                 f"SPEC` (or `hoard dataset materialize {ref}`) again — it resumes, keeping what "
                                 f"checks — or give it up: `hoard dataset rm {ref}`")
+            elif r["stale"] and z == "3A":  # 3A holds no job outputs: an HTTP upload (jobs.ingest.upload)
+                problems.append(f"zone {z}: {r['job']} was cut short (pid {r['pid']} on {r['host']} is gone): "
+                                f"{s['path']}/.tmp/{r['id']} holds what it received and nothing was ingested; start "
+                                "`hoard gui` again — it removes both at start — and have the scraper send the batch "
+                                "again")
             elif r["stale"]:
                 problems.append(f"zone {z}: the reservation of job {r['job']} for {r['id']} is stale (pid {r['pid']} "
                                 f"on {r['host']} is gone); `hoard zones clean {r['id']}` reclaims it and removes "

@@ -1,0 +1,472 @@
+"""HTTP ingest (gui.api, jobs.ingest.upload, jobs.tokens): a real `hoard gui` process on the
+test PostgreSQL and Redis, driven by real HTTP clients — httpx, and a raw socket where a
+client must stop half-way (a dropped connection, a body the server refuses to read)."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import httpx
+import pytest
+import redis
+
+from tests.conftest import write_home
+from tests.gui_browser import child_env
+from tests.gui_fixtures import PASSWORDS, gui_process
+from tests.helpers import fresh_schema
+
+#: 3A's quota here: 50 MiB (deny at 90 %), so a test fills it with a 47 MiB file
+QUOTA_GB = 50 / 1024
+API = """
+[api]
+max_batch_mb = 8
+max_file_mb = 2
+
+[ingest]
+settle_s = 0.05
+
+[sources]
+gallery = "gallery_dl"
+"""
+
+
+@dataclass
+class Server:
+    url: str
+    cfg_path: Path
+    token: str
+
+    @property
+    def zone3a(self) -> Path:
+        from fsd.base import config
+
+        return config.load(self.cfg_path).ssd.zone_path("3A")
+
+    def auth(self, token: str | None = None) -> dict[str, str]:
+        return {"Authorization": f"Bearer {token or self.token}"}
+
+    def hoard(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "fsd", "--config", str(self.cfg_path), *args],
+                              capture_output=True, text=True, env=child_env())
+
+    def batches(self) -> set[str]:
+        """The batch directories of 3A, and anything left under 3A/.tmp."""
+        z = self.zone3a
+        return ({p.name for p in z.iterdir() if p.is_dir() and not p.name.startswith((".", "_"))}
+                | {f".tmp/{p.name}" for p in (z / ".tmp").glob("*")})
+
+
+def _prepare(cfg_path: Path) -> None:
+    text = cfg_path.read_text().replace("[ssd.zones.3A]\nquota_gb = 1\n", f"[ssd.zones.3A]\nquota_gb = {QUOTA_GB}\n")
+    cfg_path.write_text(text + API)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory, servers: dict[str, str]) -> Iterator[Server]:
+    """One `hoard gui` for the module (its start takes seconds), with a scraper's token. The
+    test Redis is emptied after: the batches queued here and never worked must not reach
+    another module's worker (it refuses a job naming another configuration, loudly)."""
+    r = redis.Redis.from_url(servers["redis_url"])
+    r.flushdb()
+    home = write_home(tmp_path_factory.mktemp("http-ingest"), servers)
+    try:
+        with fresh_schema(servers["database_url"]) as conn, gui_process(home, conn, _prepare) as (url, cfg_path):
+            res = subprocess.run([sys.executable, "-m", "fsd", "--config", str(cfg_path), "tokens", "add", "scraper"],
+                                 capture_output=True, text=True, env=child_env())
+            assert res.returncode == 0, res.stderr
+            yield Server(url, cfg_path, res.stdout.strip())
+    finally:
+        r.flushdb()
+
+
+@pytest.fixture
+def gallery(tmp_path: Path) -> Path:
+    """A synthetic gallery-dl batch (media + JSON sidecars) outside 3A, as a scraper holds it."""
+    from adapters.synth import Spec, generate
+
+    batch = generate(tmp_path / "scraped", Spec(seed=5, batches=1, items_per_batch=5, sources=("gallery",),
+                                                large_max_mb=1))[0]
+    return tmp_path / "scraped" / batch.batch_id
+
+
+def _files(root: Path) -> list[tuple[str, tuple[str, bytes]]]:
+    return [("files", (p.relative_to(root).as_posix(), p.read_bytes())) for p in sorted(root.rglob("*")) if p.is_file()]
+
+
+def _multipart(parts: list[tuple[str, bytes | None, bytes]], boundary: str = "b0undary") -> tuple[dict[str, str], bytes]:
+    """A multipart/form-data body written byte by byte (httpx escapes what a hostile client
+    would send as it is): parts of (field, raw file name or None, content)."""
+    out = b""
+    for name, filename, content in parts:
+        disp = f'form-data; name="{name}"'.encode() + (b'; filename="' + filename + b'"' if filename is not None else b"")
+        out += b"--" + boundary.encode() + b"\r\nContent-Disposition: " + disp + b"\r\n\r\n" + content + b"\r\n"
+    return {"Content-Type": f"multipart/form-data; boundary={boundary}"}, out + b"--" + boundary.encode() + b"--\r\n"
+
+
+def _connect(url: str) -> socket.socket:
+    parts = urlsplit(url)
+    return socket.create_connection((parts.hostname, parts.port), timeout=60)
+
+
+def _raw_request(sock: socket.socket, url: str, headers: dict[str, str], body: bytes = b"") -> None:
+    host = urlsplit(url).netloc
+    head = "".join(f"{k}: {v}\r\n" for k, v in {"Host": host, **headers}.items())
+    sock.sendall(f"POST /api/v1/batches HTTP/1.1\r\n{head}\r\n".encode() + body)
+
+
+def _answer(sock: socket.socket) -> tuple[int, dict]:
+    resp = http.client.HTTPResponse(sock)
+    resp.begin()
+    return resp.status, json.loads(resp.read())
+
+
+def _until(cond, what: str, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, f"never happened: {what}"
+        time.sleep(0.05)
+
+
+def test_tokens_are_printed_once_and_kept_as_hashes(server: Server) -> None:
+    """`hoard tokens add` prints the token once and keeps only its sha256 (0600); `list --json`
+    names it without it; `rm` revokes it: its next upload is 401."""
+    add = server.hoard("tokens", "add", "second")
+    assert add.returncode == 0, add.stderr
+    token = add.stdout.strip()
+    assert token.startswith("hoard_") and len(token) > 40 and "shown this once" in add.stderr
+    path = Path(server.cfg_path).parent / "ssd" / "state" / "gui" / "tokens.json"
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert token not in path.read_text() and server.token not in path.read_text()
+    import hashlib
+    assert json.loads(path.read_text())["second"]["sha256"] == hashlib.sha256(token.encode()).hexdigest()
+    listed = json.loads(server.hoard("tokens", "list", "--json").stdout)
+    assert {r["name"] for r in listed} == {"scraper", "second"} and token not in json.dumps(listed)
+    again = server.hoard("tokens", "add", "second")
+    assert again.returncode == 2 and "exists" in again.stderr
+    ok = httpx.get(f"{server.url}/api/v1/batches/nothing-here", headers=server.auth(token))
+    assert ok.status_code == 404, ok.text
+    assert server.hoard("tokens", "rm", "second").returncode == 0
+    gone = httpx.get(f"{server.url}/api/v1/batches/nothing-here", headers=server.auth(token))
+    assert gone.status_code == 401, gone.text
+
+
+@pytest.mark.expect_log(r"cannot read the tokens file", level="WARNING")
+def test_a_damaged_tokens_file_is_one_line_not_a_500(server: Server) -> None:
+    """A tokens file that is not JSON: `hoard tokens list` names it and what removing it does
+    (exit 5), and an upload is 503 saying where its operator sees why — nothing of the file's
+    path or content goes to the client."""
+    path = Path(server.cfg_path).parent / "ssd" / "state" / "gui" / "tokens.json"
+    kept = path.read_bytes()
+    try:
+        path.write_text('{"scraper": ')
+        res = server.hoard("tokens", "list")
+        assert res.returncode == 5 and "Traceback" not in res.stderr
+        assert f"{path}: cannot read the tokens file" in res.stderr and "revokes every token" in res.stderr
+        r = httpx.get(f"{server.url}/api/v1/batches/x", headers=server.auth())
+        assert r.status_code == 503 and "`hoard tokens list`" in r.json()["error"] and str(path) not in r.text
+    finally:
+        path.write_bytes(kept)
+    assert httpx.get(f"{server.url}/api/v1/batches/x", headers=server.auth()).status_code == 404
+
+
+def test_an_upload_is_ingested_and_its_status_is_hoard_ingest_status(server: Server, gallery: Path) -> None:
+    """A gallery-dl batch POSTed with a token lands whole in 3A with its `_READY` (202, the
+    batch id and its status URL), is ingested by the workers' job, and the status URL serves
+    the document `hoard ingest --status BATCH --json` prints."""
+    from fsd.base import config
+    from jobs.ingest import work_here
+
+    before = server.batches()
+    r = httpx.post(f"{server.url}/api/v1/batches", headers=server.auth(), data={"source": "gallery"},
+                   files=_files(gallery), timeout=60)
+    assert r.status_code == 202, r.text
+    body = r.json()
+    batch = body["batch"]
+    assert body["status_url"] == f"{server.url}/api/v1/batches/{batch}" and body["source"] == "gallery"
+    landed = server.zone3a / batch
+    sent = {p.relative_to(gallery).as_posix(): p.read_bytes() for p in gallery.rglob("*") if p.is_file()}
+    assert {p.relative_to(landed).as_posix(): p.read_bytes() for p in landed.rglob("*") if p.is_file()} == (
+        sent | {"_READY": b"gallery\n"})
+    assert server.batches() == before | {batch}  # nothing left in 3A/.tmp
+    queued = httpx.get(body["status_url"], headers=server.auth()).json()
+    assert queued["batch_id"] == batch and queued["status"] == "queued" and queued["step"] == "scan"
+
+    work_here(config.load(server.cfg_path))
+    doc = httpx.get(body["status_url"], headers=server.auth()).json()
+    cli = server.hoard("ingest", "--status", batch, "--json")
+    assert cli.returncode == 0, cli.stderr
+    assert doc == json.loads(cli.stdout)
+    assert doc["status"] == "done" and doc["report"]["stored_new"] + doc["report"].get("stored_existing", 0) > 0
+    assert not landed.exists()  # taken out of 3A by the ingest
+
+
+def test_a_missing_or_wrong_token_is_401(server: Server, gallery: Path) -> None:
+    """No token, a wrong one, another scheme or a person's login (HTTP Basic) is 401 with
+    `WWW-Authenticate: Bearer`, and nothing reaches 3A."""
+    before = server.batches()
+    for headers in ({}, server.auth("hoard_" + "x" * 43), server.auth(server.token + "x"),
+                    {"Authorization": f"Token {server.token}"}):
+        r = httpx.post(f"{server.url}/api/v1/batches", headers=headers, data={"source": "gallery"},
+                       files=_files(gallery))
+        assert r.status_code == 401, r.text
+        assert r.headers["www-authenticate"].startswith("Bearer") and "hoard tokens add" in r.json()["error"]
+    basic = httpx.post(f"{server.url}/api/v1/batches", auth=("ada", PASSWORDS["ada"]), data={"source": "gallery"},
+                       files=_files(gallery))
+    assert basic.status_code == 401, basic.text
+    assert httpx.get(f"{server.url}/api/v1/batches/x", headers=server.auth("nope")).status_code == 401
+    assert server.batches() == before
+
+
+def test_a_retry_with_the_same_idempotency_key_gets_the_first_answer(server: Server, gallery: Path) -> None:
+    """The same upload sent again under its Idempotency-Key answers the first 202 (marked
+    replayed) and makes no second batch; another key makes another batch."""
+    key = str(uuid.uuid4())
+    before = server.batches()
+    first = httpx.post(f"{server.url}/api/v1/batches", headers=server.auth() | {"Idempotency-Key": key},
+                       data={"source": "gallery"}, files=_files(gallery))
+    assert first.status_code == 202, first.text
+    again = httpx.post(f"{server.url}/api/v1/batches", headers=server.auth() | {"Idempotency-Key": key},
+                       data={"source": "gallery"}, files=_files(gallery))
+    assert again.status_code == 202 and again.json() == first.json()
+    assert again.headers["idempotent-replayed"] == "true"
+    assert server.batches() == before | {first.json()["batch"]}
+    other = httpx.post(f"{server.url}/api/v1/batches", headers=server.auth() | {"Idempotency-Key": key + "2"},
+                       data={"source": "gallery"}, files=_files(gallery))
+    assert other.status_code == 202 and other.json()["batch"] != first.json()["batch"]
+    bad = httpx.post(f"{server.url}/api/v1/batches", headers=server.auth() | {"Idempotency-Key": "a key"},
+                     data={"source": "gallery"}, files=_files(gallery))
+    assert bad.status_code == 400 and "Idempotency-Key" in bad.json()["error"]
+
+
+def test_a_retry_sent_while_the_first_upload_runs_waits_for_its_answer(server: Server) -> None:
+    """A retry under the same key that arrives while the first upload is still being received
+    (the client gave up waiting, the server did not) waits, then gets the first's answer: one batch."""
+    import threading
+
+    key = str(uuid.uuid4())
+    before = server.batches()
+    headers, body = _multipart([("source", None, b"sidecar"), ("files", b"a.png", os.urandom(300_000)),
+                                ("files", b"a.png.json", b"{}")])
+    sock = _connect(server.url)
+    _raw_request(sock, server.url, server.auth() | headers | {"Content-Length": str(len(body)), "Idempotency-Key": key},
+                 body[:100_000])
+    _until(lambda: any((server.zone3a / ".tmp").glob("upload-*/a.png")), "the first upload under way")
+    retry: list[httpx.Response] = []
+    thread = threading.Thread(target=lambda: retry.append(httpx.post(
+        f"{server.url}/api/v1/batches", headers=server.auth() | headers | {"Idempotency-Key": key}, content=body,
+        timeout=60)))
+    thread.start()
+    thread.join(1.0)
+    assert thread.is_alive() and not retry  # waiting for the first (its body is not all sent)
+    sock.sendall(body[100_000:])
+    status, first = _answer(sock)
+    sock.close()
+    thread.join(60)
+    assert status == 202 and retry[0].status_code == 202 and retry[0].json() == first
+    assert retry[0].headers["idempotent-replayed"] == "true"
+    assert server.batches() == before | {first["batch"]}
+
+
+def test_a_full_3a_is_507_before_the_body_is_read(server: Server) -> None:
+    """With 3A past its deny threshold an upload is answered 507 naming zone 3A and the next
+    step as soon as its headers arrive: the client sent none of its body."""
+    filler = server.zone3a / "_filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        os.posix_fallocate(fd, 0, 47 << 20)  # allocated blocks: what `du`, and so the quota, counts
+    finally:
+        os.close(fd)
+    before = server.batches()
+    try:
+        with _connect(server.url) as sock:
+            headers, body = _multipart([("source", None, b"gallery"), ("files", b"a.png", b"x" * 4096)])
+            _raw_request(sock, server.url, server.auth() | headers | {"Content-Length": str(len(body))})
+            status, doc = _answer(sock)  # the body never sent
+        assert status == 507, doc
+        assert doc["zone"] == "3A" and "zone 3A" in doc["error"] and "free space in zone 3A" in doc["next_step"]
+        assert server.batches() == before
+    finally:
+        filler.unlink()
+
+
+def test_a_dropped_connection_leaves_nothing_half_ingested(server: Server) -> None:
+    """A client that goes away mid-file leaves no batch in 3A, no temporary directory and no
+    reservation: the bytes it sent are removed, and the next upload goes through."""
+    from fsd.base import config
+    from fsd.outputs import zones
+
+    before = server.batches()
+    headers, body = _multipart([("source", None, b"gallery"), ("files", b"big.png", os.urandom(1 << 20))])
+    sock = _connect(server.url)
+    _raw_request(sock, server.url, server.auth() | headers | {"Content-Length": str(len(body))}, body[:600_000])
+    tmp = server.zone3a / ".tmp"
+    _until(lambda: any(f.stat().st_size > 100_000 for f in tmp.glob("upload-*/big.png")), "the upload's file written")
+    sock.close()
+    _until(lambda: server.batches() == before, "the dropped upload's temporary directory removed")
+    assert zones.reservations(config.load(server.cfg_path), "3A") == []
+    whole = httpx.post(f"{server.url}/api/v1/batches", headers=server.auth(), data={"source": "sidecar"},
+                       files=[("files", ("a.png", b"\x89PNG...")), ("files", ("a.png.json", b"{}"))])
+    assert whole.status_code == 202, whole.text
+
+
+def test_an_upload_cut_by_a_killed_server_is_removed_at_its_next_start(hoard_home: Path, pg, redis_conn) -> None:
+    """`hoard gui` killed (SIGKILL) mid-upload leaves its temporary directory and reservation in
+    3A, which `hoard health` names with the step that removes them — the next start, which does;
+    no batch ever appeared."""
+    from fsd.base import config
+    from fsd.outputs import zones
+    from tests.gui_browser import serving
+
+    with gui_process(hoard_home, pg, _prepare) as (_, cfg_path):
+        pass  # (the home, its config and database made once)
+    server = Server("", cfg_path, subprocess.run(
+        [sys.executable, "-m", "fsd", "--config", str(cfg_path), "tokens", "add", "scraper"],
+        capture_output=True, text=True, env=child_env()).stdout.strip())
+    cfg = config.load(cfg_path)
+    headers, body = _multipart([("source", None, b"gallery"), ("files", b"big.png", os.urandom(1 << 20))])
+    started: list[subprocess.Popen] = []
+    with serving(cfg_path, hoard_home / "gui-1.log", cfg.gui.port, started=started) as url:
+        sock = _connect(url)
+        _raw_request(sock, url, server.auth() | headers | {"Content-Length": str(len(body))}, body[:600_000])
+        _until(lambda: any(f.stat().st_size > 100_000 for f in (server.zone3a / ".tmp").glob("upload-*/big.png")),
+               "the upload's file written")
+        started[0].kill()
+        started[0].wait()
+        sock.close()
+    left = [p.name for p in (server.zone3a / ".tmp").iterdir()]
+    assert len(left) == 1 and [r.id for r in zones.reservations(cfg, "3A")] == left
+    health = json.loads(server.hoard("health", "--json").stdout)
+    said = [p for p in health["problems"] if left[0] in p]
+    assert len(said) == 1 and "start `hoard gui` again" in said[0] and "zones clean" not in said[0], said
+    with serving(cfg_path, hoard_home / "gui-2.log", cfg.gui.port):
+        _until(lambda: not any((server.zone3a / ".tmp").iterdir()), "the killed upload's directory removed")
+        assert zones.reservations(cfg, "3A") == [] and server.batches() == set()
+
+
+@pytest.mark.parametrize(("name", "why"), [
+    (b"../escape.png", "climbs out"), (b"/etc/cron.d/x", "an absolute path"), (b"a\x00b.png", "NUL"),
+    (b"x" * 300 + b".png", "at most 255"), (b"d/" * 600 + b"f", "at most 1000"), (b"_READY", "hoardfs writes"),
+    (b"a/./b.png", "not normalised"), (b"\xff\xfe.png", "not valid UTF-8"), (b"ev\xe2\x80\xaeil.png", "bidirectional"),
+])
+def test_a_hostile_file_name_is_400_naming_its_part(server: Server, name: bytes, why: str) -> None:
+    """A file name that climbs out, is absolute, holds a NUL, a control or an override, is too
+    long or is the batch's own signal is refused with 400 naming the part; nothing is kept."""
+    before = server.batches()
+    headers, body = _multipart([("source", None, b"sidecar"), ("files", b"ok.png", b"fine"),
+                                ("files", name, b"payload")])
+    r = httpx.post(f"{server.url}/api/v1/batches", headers=server.auth() | headers, content=body)
+    assert r.status_code == 400, r.text
+    assert r.json()["part"] == 3 and r.json()["error"].startswith("part 3: file name") and why in r.json()["error"]
+    assert server.batches() == before
+
+
+def test_a_manifest_signals_a_batch_copied_into_3a(server: Server, gallery: Path) -> None:
+    """A scraper that copied its files into 3A/<batch> itself sends a manifest of them: the
+    batch is signalled and queued only when the directory holds exactly those files, of those
+    sizes and digests — a missing, short, changed or extra file is refused by name, no _READY."""
+    import hashlib
+    import shutil
+
+    root = server.zone3a / "copied-1"
+    shutil.copytree(gallery, root)
+    files = sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
+    listed = [{"path": f, "size": (root / f).stat().st_size, "sha256": hashlib.sha256((root / f).read_bytes()).hexdigest()}
+              for f in files]
+
+    def send(entries: list[dict]) -> httpx.Response:
+        return httpx.post(f"{server.url}/api/v1/batches", headers=server.auth(), data={"source": "gallery",
+                          "batch": "copied-1"}, files=[("manifest", ("manifest.json", json.dumps({"files": entries})))])
+
+    last = root / files[-1]
+    whole = last.read_bytes()
+    last.unlink()
+    r = send(listed)
+    assert r.status_code == 409 and "no such file" in r.json()["error"] and files[-1] in r.json()["error"], r.text
+    last.write_bytes(whole[:-1])
+    r = send(listed)
+    assert r.status_code == 409 and f"{len(whole) - 1} bytes in 3A, {len(whole)} in the manifest" in r.json()["error"]
+    last.write_bytes(whole[:-1] + bytes([whole[-1] ^ 1]))
+    r = send(listed)
+    assert r.status_code == 409 and "sha256" in r.json()["error"], r.text
+    last.write_bytes(whole)
+    (root / ".partial.rsync-tmp").write_bytes(b"x")
+    r = send(listed)
+    assert r.status_code == 409 and "does not list (.partial.rsync-tmp)" in r.json()["error"], r.text
+    assert not (root / "_READY").exists()
+    (root / ".partial.rsync-tmp").unlink()
+    r = send([{"path": "../x", "size": 1}])
+    assert r.status_code == 400 and "manifest entry 1" in r.json()["error"] and "climbs out" in r.json()["error"]
+    r = send(listed)
+    assert r.status_code == 202, r.text
+    assert r.json()["batch"] == "copied-1" and r.json()["files"] == len(files)
+    assert (root / "_READY").read_text() == "gallery\n"
+    assert httpx.get(r.json()["status_url"], headers=server.auth()).json()["status"] == "queued"
+    again = send(listed)
+    assert again.status_code == 409 and "signalled or ingested already" in again.json()["error"]
+
+
+def test_bad_forms_are_refused_by_name(server: Server) -> None:
+    """An unknown source (with the names that exist), no source, an unknown field, a used
+    batch id, a part without a file name, a body that is not multipart and an empty one each
+    get one line."""
+    before = server.batches()
+    cases = [
+        ([("source", None, b"galery"), ("files", b"a.png", b"x")], 400, "did you mean gallery"),
+        ([("files", b"a.png", b"x")], 400, "no `source` field"),
+        ([("source", None, b"sidecar"), ("color", None, b"red")], 400, "unknown field 'color'"),
+        ([("source", None, b"sidecar"), ("files", None, b"x")], 400, "needs its file name"),
+        ([("source", None, b"sidecar"), ("files", b"a.png", b"x"), ("files", b"a.png", b"y")], 400, "comes twice"),
+        ([("source", None, b"sidecar"), ("files", b"d", b"x"), ("files", b"d/a.png", b"y")], 400, "both a file and"),
+        ([("source", None, b"sidecar"), ("files", b"d/a.png", b"x"), ("files", b"d", b"y")], 400, "both a file and"),
+        ([("source", None, b"sidecar")], 400, "holds no file"),
+        ([("source", None, b"sidecar"), ("batch", None, b"../up"), ("files", b"a.png", b"x")], 400, "not a batch id"),
+    ]
+    for parts, status, words in cases:
+        headers, body = _multipart(parts)
+        r = httpx.post(f"{server.url}/api/v1/batches", headers=server.auth() | headers, content=body)
+        assert r.status_code == status and words in r.json()["error"], (parts, r.text)
+    headers, body = _multipart([("source", None, b"sidecar"), ("batch", None, b"mine-1"), ("files", b"a.png", b"x")])
+    assert httpx.post(f"{server.url}/api/v1/batches", headers=server.auth() | headers, content=body).status_code == 202
+    used = httpx.post(f"{server.url}/api/v1/batches", headers=server.auth() | headers, content=body)
+    assert used.status_code == 409 and "mine-1 exists already" in used.json()["error"]
+    plain = httpx.post(f"{server.url}/api/v1/batches", headers=server.auth(), json={"source": "sidecar"})
+    assert plain.status_code == 415
+    empty = httpx.post(f"{server.url}/api/v1/batches", headers=server.auth() | headers, content=b"")
+    assert empty.status_code == 400 and "the body is empty" in empty.json()["error"]
+    assert server.batches() == before | {"mine-1"}
+
+
+def test_oversize_uploads_are_413(server: Server) -> None:
+    """An upload whose Content-Length passes api.max_batch_mb is 413 before its body is read;
+    a file past api.max_file_mb is 413 naming its part; neither leaves anything in 3A."""
+    before = server.batches()
+    with _connect(server.url) as sock:
+        headers, _ = _multipart([])
+        _raw_request(sock, server.url, server.auth() | headers | {"Content-Length": str(9 << 20)})
+        status, doc = _answer(sock)
+    assert status == 413 and "api.max_batch_mb = 8" in doc["error"]
+    headers, body = _multipart([("source", None, b"sidecar"), ("files", b"small.png", b"x"),
+                                ("files", b"huge.png", b"x" * ((2 << 20) + 1))])
+    r = httpx.post(f"{server.url}/api/v1/batches", headers=server.auth() | headers, content=body, timeout=60)
+    assert r.status_code == 413 and r.json()["part"] == 3 and "api.max_file_mb = 2" in r.json()["error"], r.text
+    assert server.batches() == before
+
+
+def test_the_openapi_schema_describes_the_routes(server: Server) -> None:
+    """/api/v1/openapi.json is FastAPI's schema of the ingest routes, the multipart form included."""
+    doc = httpx.get(f"{server.url}/api/v1/openapi.json").json()
+    assert set(doc["paths"]) == {"/api/v1/batches", "/api/v1/batches/{batch_id}"}
+    form = doc["paths"]["/api/v1/batches"]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]
+    assert form["required"] == ["source"] and {"files", "manifest", "batch"} <= set(form["properties"])
+    assert "507" in doc["paths"]["/api/v1/batches"]["post"]["responses"]
