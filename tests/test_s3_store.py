@@ -358,10 +358,10 @@ def test_an_s3_disk_is_added_with_hoard_disks_add(tmp_path: Path, seaweedfs, eng
         assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
         assert cfg_path.read_text() == before
     ok = hoard("--config", str(cfg_path), "disks", "add", f"s3://{bucket}", "--label", "s3x", "--endpoint",
-               seaweedfs.endpoint, "--capacity-gb", "2", "--timeout-s", "30")
+               seaweedfs.endpoint, "--capacity-gb", "2", "--timeout-s", "30", "--copies", "2")
     assert ok.returncode == 0 and "disk s3x added: bucket hoard-added at" in ok.stdout, ok.stdout + ok.stderr
     table = config.load(cfg_path).disks[-1]
-    assert (table.kind, table.bucket, table.capacity_gb, table.timeout_s) == ("s3", bucket, 2, 30)
+    assert (table.kind, table.bucket, table.capacity_gb, table.timeout_s, table.copies) == ("s3", bucket, 2, 30, 2)
     again = hoard("--config", str(cfg_path), "disks", "add", f"s3://{bucket}", "--label", "s3y", "--endpoint",
                   seaweedfs.endpoint, "--capacity-gb", "2")
     assert again.returncode != 0 and "already a disk in" in again.stderr, again.stderr

@@ -57,6 +57,9 @@ def add(
     timeout_s: Annotated[float | None, typer.Option("--timeout-s", min=0, callback=finite,
                                                     help="s3://BUCKET: how long one request waits for an answer "
                                                          "(default 60)")] = None,
+    copies: Annotated[int | None, typer.Option("--copies", min=1, max=16,
+                                               help="s3://BUCKET: the copies the engine keeps of its own, which one "
+                                                    "replica there counts as (default 1; docs/scale-out.md)")] = None,
 ) -> None:
     """Give a mounted disk (or an empty bucket) its identity, register it and append it to hoard.toml."""
 
@@ -69,10 +72,10 @@ def add(
     if cfg.source is None:
         raise ConfigError("cannot add a disk: the configuration has no file to record it in")
     if where.startswith("s3://"):
-        table = _s3_table(cfg, where, label, endpoint, capacity_gb, timeout_s)
+        table = _s3_table(cfg, where, label, endpoint, capacity_gb, timeout_s, copies)
         shown = f"bucket {table['bucket']} at {table['endpoint']}"
     else:
-        for key, given in (("--endpoint", endpoint), ("--timeout-s", timeout_s)):
+        for key, given in (("--endpoint", endpoint), ("--timeout-s", timeout_s), ("--copies", copies)):
             if given is not None:
                 raise HoardError(f"{key} is for an S3 disk (s3://BUCKET); {where} is a local disk's path",
                                  ExitCode.USAGE)
@@ -97,14 +100,14 @@ def add(
 
 
 def _s3_table(cfg: config_mod.Settings, where: str, label: str, endpoint: str | None, capacity_gb: float | None,
-              timeout_s: float | None) -> dict[str, Any]:
+              timeout_s: float | None, copies: int | None = None) -> dict[str, Any]:
     """The [[disks]] table of an S3 disk `where` (s3://BUCKET), checked — its keys, and that the
     engine answers and its bucket exists and is no hoardfs disk yet — before hoard.toml is
     touched."""
     bucket = where.removeprefix("s3://").rstrip("/")
     table: dict[str, Any] = {"label": label, "kind": "s3", "endpoint": endpoint, "bucket": bucket,
                              "capacity_gb": capacity_gb} | (
-        {"timeout_s": timeout_s} if timeout_s is not None else {})
+        {"timeout_s": timeout_s} if timeout_s is not None else {}) | ({"copies": copies} if copies is not None else {})
     for key, flag in (("endpoint", "--endpoint URL"), ("capacity_gb", "--capacity-gb N")):
         if table[key] is None:
             raise HoardError(f"an S3 disk needs {flag}: see `hoard disks add --help`", ExitCode.USAGE)
