@@ -42,11 +42,11 @@ import redis
 from adapters import canonical_source
 from fsd.base.config import Settings
 from fsd.base.errors import ExitCode, HoardError
-from fsd.base.files import atomic_write, fsync_dir
+from fsd.base.files import atomic_write, fsync_dir, open_nofollow
 from fsd.base.paths import MAX_NAME_BYTES, display, hostile_reason, long_name
 from fsd.outputs import zones
 from jobs.ingest.signals import REASON_FILE, REJECTED_SIGNAL, submit
-from jobs.ingest.state import BATCH_ID, SIGNAL, BatchState, load_state, state_dir
+from jobs.ingest.state import BATCH_ID, SIGNAL, WORK, BatchState, load_state, names_work, state_dir
 from jobs.queues import condition_line
 
 log = logging.getLogger(__name__)
@@ -109,6 +109,9 @@ def check_batch_id(cfg: Settings, batch_id: str) -> None:
     if not BATCH_ID.match(batch_id):
         raise UploadError(f"batch {display(batch_id)!r} is not a batch id: letters, digits, `.`, `_`, `-`, at most "
                           "128, starting with a letter or digit; send another, or none (the server makes one)")
+    if names_work(batch_id):
+        raise UploadError(f"batch {batch_id} ends in .{batch_id.rpartition('.')[2]}, the name of another batch's "
+                          f"ingest work file (.{', .'.join(WORK)}); send another id, or none (the server makes one)")
     if (cfg.ssd.zone_path("3A") / batch_id).exists() or load_state(cfg, batch_id) is not None:
         raise UploadError(f"batch {batch_id} exists already (in 3A, or ingested before): a batch id is used once; "
                           "send the batch under a new id, or none (the server makes one)", status=409)
@@ -263,7 +266,7 @@ def _manifest_entries(manifest: bytes, max_files: int) -> dict[str, tuple[int, s
     """path → (size, sha256 or None), every entry checked; UploadError naming the first bad one."""
     try:
         doc = json.loads(manifest)
-    except ValueError as e:
+    except (ValueError, RecursionError) as e:  # (a hostile `[[[[…` nests past the parser's depth)
         raise UploadError(f"the manifest is not JSON ({e}); send {{\"files\": [{{\"path\": …, \"size\": …}}]}}") from None
     files = doc.get("files") if isinstance(doc, dict) else None
     if not isinstance(files, list) or not files:
@@ -288,10 +291,15 @@ def _manifest_entries(manifest: bytes, max_files: int) -> dict[str, tuple[int, s
 
 
 def _check_listed(root: Path, n: int, rel: str, size: int, sha: str | None) -> None:
-    """The listed file is a regular file there (no link followed), of its size and digest."""
+    """The listed file is a regular file there, of its size and digest: no link followed on the
+    way (a linked directory listed after a file in it), no fifo waited on."""
     where = f"manifest entry {n} ({display(rel)})"
     try:
-        fd = os.open(root / rel, os.O_RDONLY | os.O_NOFOLLOW)
+        root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            fd = open_nofollow(root_fd, rel)
+        finally:
+            os.close(root_fd)
     except FileNotFoundError:
         raise UploadError(f"{where}: no such file in {root}; copy it there, then send the manifest again",
                           status=409) from None
