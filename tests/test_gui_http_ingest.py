@@ -4,9 +4,11 @@ client must stop half-way (a dropped connection, a body the server refuses to re
 
 from __future__ import annotations
 
+import hashlib
 import http.client
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -148,7 +150,6 @@ def test_tokens_are_printed_once_and_kept_as_hashes(server: Server) -> None:
     path = Path(server.cfg_path).parent / "ssd" / "state" / "gui" / "tokens.json"
     assert path.stat().st_mode & 0o777 == 0o600
     assert token not in path.read_text() and server.token not in path.read_text()
-    import hashlib
     assert json.loads(path.read_text())["second"]["sha256"] == hashlib.sha256(token.encode()).hexdigest()
     listed = json.loads(server.hoard("tokens", "list", "--json").stdout)
     assert {r["name"] for r in listed} == {"scraper", "second"} and token not in json.dumps(listed)
@@ -375,8 +376,6 @@ def test_a_manifest_signals_a_batch_copied_into_3a(server: Server, gallery: Path
     """A scraper that copied its files into 3A/<batch> itself sends a manifest of them: the
     batch is signalled and queued only when the directory holds exactly those files, of those
     sizes and digests — a missing, short, changed or extra file is refused by name, no _READY."""
-    import hashlib
-    import shutil
 
     root = server.zone3a / "copied-1"
     shutil.copytree(gallery, root)
@@ -470,3 +469,88 @@ def test_the_openapi_schema_describes_the_routes(server: Server) -> None:
     form = doc["paths"]["/api/v1/batches"]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]
     assert form["required"] == ["source"] and {"files", "manifest", "batch"} <= set(form["properties"])
     assert "507" in doc["paths"]["/api/v1/batches"]["post"]["responses"]
+
+
+def test_a_manifest_nested_too_deep_is_400_not_a_500(server: Server) -> None:
+    """A manifest of JSON nested deeper than the parser goes (a hostile client's `[[[[…`) is
+    one line naming the manifest, not a 500; nothing is signalled."""
+    root = server.zone3a / "deep-1"
+    root.mkdir()
+    (root / "a.png").write_bytes(b"x")
+    try:
+        headers, body = _multipart([("source", None, b"sidecar"), ("batch", None, b"deep-1"),
+                                    ("manifest", b"manifest.json", b"[" * 200_000)])
+        r = httpx.post(f"{server.url}/api/v1/batches", headers=server.auth() | headers, content=body, timeout=60)
+        assert r.status_code == 400, r.text
+        assert "the manifest is not JSON" in r.json()["error"] and "Traceback" not in r.text
+        assert not (root / "_READY").exists()
+    finally:
+        shutil.rmtree(root)
+
+
+def test_a_manifest_never_reads_through_a_linked_directory(server: Server, tmp_path: Path) -> None:
+    """A directory of 3A/<batch> that is a symbolic link to elsewhere on the server (a scraper
+    writes 3A itself: rsync copies links) is never followed by the manifest's checks, whatever
+    the order of its entries: the answer tells nothing of the file behind it (its size, its
+    sha256) and nothing is signalled."""
+    secret = tmp_path / "outside" / "secret.txt"
+    secret.parent.mkdir()
+    secret.write_bytes(b"the server's own file, outside 3A\n")
+    root = server.zone3a / "linked-1"
+    root.mkdir()
+    (root / "sub").symlink_to(secret.parent)
+    try:
+        entries = [{"path": "sub/secret.txt", "size": 1, "sha256": "0" * 64}, {"path": "sub", "size": 0}]
+        r = httpx.post(f"{server.url}/api/v1/batches", headers=server.auth(), data={"source": "sidecar",
+                       "batch": "linked-1"}, files=[("manifest", ("manifest.json", json.dumps({"files": entries})))])
+        assert r.status_code == 400 and "symbolic link" in r.json()["error"], r.text
+        assert hashlib.sha256(secret.read_bytes()).hexdigest() not in r.text
+        assert str(secret.stat().st_size) not in r.text
+        assert not (root / "_READY").exists()
+    finally:
+        shutil.rmtree(root)
+
+
+def test_a_manifest_listing_a_fifo_is_refused_not_waited_on(server: Server) -> None:
+    """A fifo in 3A/<batch> (rsync --specials copies one) listed by the manifest is refused as
+    not a regular file: the check never waits for a writer that never comes (a worker thread
+    of the GUI held for ever, per request)."""
+    import contextlib
+
+    root = server.zone3a / "fifo-1"
+    root.mkdir()
+    os.mkfifo(root / "pipe.png")
+    try:
+        r = httpx.post(f"{server.url}/api/v1/batches", headers=server.auth(), timeout=30,
+                       data={"source": "sidecar", "batch": "fifo-1"},
+                       files=[("manifest", ("manifest.json", json.dumps({"files": [{"path": "pipe.png", "size": 0}]})))])
+        assert r.status_code == 400 and "not a regular file" in r.json()["error"], r.text
+        assert not (root / "_READY").exists()
+    finally:
+        with contextlib.suppress(OSError):  # (the old code's reader, still waiting: let it go)
+            os.close(os.open(root / "pipe.png", os.O_WRONLY | os.O_NONBLOCK))
+        shutil.rmtree(root)
+
+
+def test_a_batch_id_naming_another_batchs_work_file_is_refused(server: Server) -> None:
+    """`<batch>.records` and `<batch>.stored` name the ingest's work files of <batch>
+    (state/ingest/<batch>.<work>.json, beside its <batch>.json): a batch sent under such an id
+    would have its state written over the other batch's work (and removed when that batch
+    ends); it is refused, and asking the status of such a name is 404, not a 500."""
+    from fsd.base import config
+    from jobs.ingest.state import state_dir
+
+    before = server.batches()
+    for work in ("records", "stored"):
+        headers, body = _multipart([("source", None, b"sidecar"), ("batch", None, f"victim-1.{work}".encode()),
+                                    ("files", b"a.png", b"x")])
+        r = httpx.post(f"{server.url}/api/v1/batches", headers=server.auth() | headers, content=body)
+        assert r.status_code == 400 and f"victim-1.{work}" in r.json()["error"], r.text
+    assert server.batches() == before
+    stored = state_dir(config.load(server.cfg_path)) / "victim-2.stored.json"
+    stored.write_text("{}")  # (as the ingest leaves it between its steps: an empty stored map)
+    try:
+        r = httpx.get(f"{server.url}/api/v1/batches/victim-2.stored", headers=server.auth())
+        assert r.status_code == 404, r.text
+    finally:
+        stored.unlink()
