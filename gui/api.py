@@ -320,6 +320,10 @@ def register() -> None:
                   if up_mod.BATCH_ID.match(batch_id) and not names_work(batch_id) else None)
         except _Refused as r:
             return r.response
+        except (ValueError, TypeError, OSError) as e:  # a damaged record: the detail to the log only
+            log.warning("ingest record of batch %s cannot be read: %s", batch_id, e)
+            return _error(503, f"the ingest record of batch {batch_id} cannot be read; its operator sees why in "
+                               "the GUI's log")
         except AppStopping:
             return _error(503, "the GUI is stopping; ask again when it is back")
         if st is None:

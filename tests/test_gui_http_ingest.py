@@ -554,3 +554,30 @@ def test_a_batch_id_naming_another_batchs_work_file_is_refused(server: Server) -
         assert r.status_code == 404, r.text
     finally:
         stored.unlink()
+
+
+@pytest.mark.expect_log(r"cannot be read", level="WARNING")
+def test_a_damaged_ingest_record_or_token_entry_is_one_line_not_a_500(server: Server) -> None:
+    """An ingest record (state/ingest/<batch>.json) that is not JSON: its status is 503 saying
+    where the operator sees why, and an upload under its id is 409 (the id is used). A tokens
+    file entry whose hash is not text (a person's edit) matches no token and stops no other."""
+    from fsd.base import config
+    from jobs.ingest.state import state_dir
+
+    record = state_dir(config.load(server.cfg_path)) / "dmg-1.json"
+    record.write_text('{"batch_id": ')
+    path = Path(server.cfg_path).parent / "ssd" / "state" / "gui" / "tokens.json"
+    kept = path.read_bytes()
+    try:
+        r = httpx.get(f"{server.url}/api/v1/batches/dmg-1", headers=server.auth())
+        assert r.status_code == 503 and "dmg-1" in r.json()["error"] and str(record) not in r.text, r.text
+        headers, body = _multipart([("source", None, b"sidecar"), ("batch", None, b"dmg-1"), ("files", b"a.png", b"x")])
+        r = httpx.post(f"{server.url}/api/v1/batches", headers=server.auth() | headers, content=body)
+        assert r.status_code == 409 and "dmg-1 exists already" in r.json()["error"], r.text
+        path.write_text(json.dumps(json.loads(kept) | {"edited": {"sha256": 5}, "accented": {"sha256": "é" * 64}}))
+        assert httpx.get(f"{server.url}/api/v1/batches/x", headers=server.auth()).status_code == 404
+        assert httpx.get(f"{server.url}/api/v1/batches/x", headers=server.auth("hoard_" + "x" * 43)).status_code == 401
+    finally:
+        record.unlink()
+        path.write_bytes(kept)
+    assert "dmg-1" not in server.batches()

@@ -112,7 +112,12 @@ def check_batch_id(cfg: Settings, batch_id: str) -> None:
     if names_work(batch_id):
         raise UploadError(f"batch {batch_id} ends in .{batch_id.rpartition('.')[2]}, the name of another batch's "
                           f"ingest work file (.{', .'.join(WORK)}); send another id, or none (the server makes one)")
-    if (cfg.ssd.zone_path("3A") / batch_id).exists() or load_state(cfg, batch_id) is not None:
+    try:
+        recorded = load_state(cfg, batch_id) is not None
+    except (ValueError, TypeError, OSError) as e:  # a damaged record is a used id all the same
+        log.warning("ingest record of batch %s cannot be read: %s", batch_id, e)
+        recorded = True
+    if (cfg.ssd.zone_path("3A") / batch_id).exists() or recorded:
         raise UploadError(f"batch {batch_id} exists already (in 3A, or ingested before): a batch id is used once; "
                           "send the batch under a new id, or none (the server makes one)", status=409)
 
