@@ -581,3 +581,31 @@ def test_a_damaged_ingest_record_or_token_entry_is_one_line_not_a_500(server: Se
         record.unlink()
         path.write_bytes(kept)
     assert "dmg-1" not in server.batches()
+
+
+def test_many_small_files_cannot_fill_3a_past_its_quota(server: Server) -> None:
+    """Each file takes at least a block of the SSD (what the quota counts), far more than its
+    few bytes of the body: an upload of 2,600 one-byte files (a Content-Length of ~200 KB that
+    3A has room for) would take ~10 MiB. Its reservation grows as its files take room, and the
+    upload is 507 naming its part once 3A cannot take more; nothing of it is kept."""
+    from fsd.base import config
+    from fsd.outputs import zones
+
+    cfg = config.load(server.cfg_path)
+    filler = server.zone3a / "_filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        os.posix_fallocate(fd, 0, (40 << 20) - zones.du(server.zone3a))  # 3A at 40 of its 50 MiB (deny: 45)
+    finally:
+        os.close(fd)
+    before = server.batches()
+    try:
+        headers, body = _multipart([("source", None, b"sidecar")]
+                                   + [("files", f"f{n:04}.png".encode(), b"x") for n in range(2600)])
+        assert len(body) < 256 << 10
+        r = httpx.post(f"{server.url}/api/v1/batches", headers=server.auth() | headers, content=body, timeout=300)
+        assert r.status_code == 507 and "zone 3A" in r.json()["error"] and r.json()["part"] > 1500, r.text
+        assert server.batches() == before and zones.reservations(cfg, "3A") == []
+        assert zones.du(server.zone3a) <= cfg.ssd.thresholds.deny * zones.quota(cfg, "3A")
+    finally:
+        filler.unlink()

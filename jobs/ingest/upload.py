@@ -55,6 +55,11 @@ log = logging.getLogger(__name__)
 #: `hoard ingest` sets aside beside it): an upload holding one is refused
 RESERVED = frozenset({SIGNAL, REJECTED_SIGNAL, REASON_FILE})
 CHUNK = 1 << 20
+#: what a file (and a directory) takes at least on the SSD's file system, as the quota counts
+#: it (allocated blocks): an upload of many small files takes far more than its bytes
+BLOCK = 4096
+#: how much more an upload's reservation grows by at once when its files take more than it
+GROW = 64 * BLOCK
 
 
 @dataclass(frozen=True)
@@ -131,6 +136,9 @@ class Upload:
         self.cfg, self.id, self.nbytes = cfg, upload_id, nbytes
         self.dir = cfg.ssd.zone_path("3A") / zones.TMP / upload_id
         self.files: dict[str, int] = {}
+        self.res: zones.Reservation | None = None
+        self.charged = BLOCK  # what the files and directories written take on disk, as the quota counts it
+        self._dirs: set[str] = set()
         self._fh: BinaryIO | None = None
         self._name = ""
         self._part = 0
@@ -142,8 +150,8 @@ class Upload:
         up = cls(cfg, f"upload-{secrets.token_hex(8)}", nbytes)
         try:
             sweep(cfg)
-            zones.reserve(cfg, "3A", up.id, f"HTTP upload {up.id} of {who}", nbytes,
-                          next_step="send the batch again")
+            up.res = zones.reserve(cfg, "3A", up.id, f"HTTP upload {up.id} of {who}", nbytes,
+                                   next_step="send the batch again")
         except zones.ZoneFull as e:
             raise UploadError(e.message, status=507) from None
         except HoardError as e:  # 3A not there (the SSD not mounted), a reservation file damaged
@@ -167,6 +175,9 @@ class Upload:
             raise UploadError(f"part {part}: file name {display(name)!r} is refused: {why}; send the file under a "
                               "relative name inside the batch", part=part)
         path = self.dir / name
+        new_dirs = {d for d in _parents(name)[1:] if d not in self._dirs}
+        self._charge(part, BLOCK * len(new_dirs))  # (its blocks are charged as they are written)
+        self._dirs |= new_dirs
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o640)
@@ -187,8 +198,21 @@ class Upload:
             raise UploadError(f"part {self._part}: file {display(self._name)!r} is larger than api.max_file_mb = "
                               f"{self.cfg.api.max_file_mb:g} MiB; split it or raise the limit", status=413,
                               part=self._part)
+        self._charge(self._part, _blocks(size) - _blocks(self.files[self._name]))
         self._fh.write(data)
         self.files[self._name] = size
+
+    def _charge(self, part: int, nbytes: int) -> None:
+        """Count `nbytes` more on disk; past the reservation (many small files: each takes a
+        block), grow it — UploadError 507 when 3A cannot take them (its emergency threshold)."""
+        self.charged += nbytes
+        if self.res is None or self.charged <= self.res.bytes:
+            return
+        try:
+            self.res = zones.grow(self.cfg, self.res, self.charged + GROW)
+        except zones.ZoneFull as e:
+            raise UploadError(f"part {part}: the upload's files take more room in zone 3A than its size (each file "
+                              f"takes at least {BLOCK} bytes): {e.message}", status=507, part=part) from None
 
     def close_file(self) -> None:
         if self._fh is not None:
@@ -324,6 +348,10 @@ def _check_listed(root: Path, n: int, rel: str, size: int, sha: str | None) -> N
             if h.hexdigest() != sha:
                 raise UploadError(f"{where}: its sha256 in 3A is {h.hexdigest()}, not the manifest's {sha}; copy it "
                                   "again, then send the manifest again", status=409)
+
+
+def _blocks(size: int) -> int:
+    return -(-size // BLOCK) * BLOCK
 
 
 def _parents(name: str) -> list[str]:
