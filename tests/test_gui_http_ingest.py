@@ -547,6 +547,19 @@ def test_a_batch_id_naming_another_batchs_work_file_is_refused(server: Server) -
         r = httpx.post(f"{server.url}/api/v1/batches", headers=server.auth() | headers, content=body)
         assert r.status_code == 400 and f"victim-1.{work}" in r.json()["error"], r.text
     assert server.batches() == before
+    copied = server.zone3a / "victim-1.records"  # (copied into 3A by the scraper itself)
+    copied.mkdir()
+    (copied / "a.png").write_bytes(b"x")
+    try:
+        r = httpx.post(f"{server.url}/api/v1/batches", headers=server.auth(), data={"source": "sidecar",
+                       "batch": "victim-1.records"}, files=[("manifest", ("manifest.json", json.dumps(
+                           {"files": [{"path": "a.png", "size": 1}]})))])
+        assert r.status_code == 400 and "work file" in r.json()["error"], r.text
+        assert not (copied / "_READY").exists()
+        res = server.hoard("ingest", str(copied), "--source", "sidecar")
+        assert res.returncode != 0 and "work file" in res.stderr and "Traceback" not in res.stderr, res.stderr
+    finally:
+        shutil.rmtree(copied)
     stored = state_dir(config.load(server.cfg_path)) / "victim-2.stored.json"
     stored.write_text("{}")  # (as the ingest leaves it between its steps: an empty stored map)
     try:

@@ -265,7 +265,7 @@ def adopt(cfg: Settings, source: str, batch_id: str | None, manifest: bytes) -> 
     if not batch_id:
         raise UploadError("a manifest names files already in 3A: send the `batch` field naming their directory")
     source = canonical_source(source, cfg.sources)
-    if not BATCH_ID.match(batch_id):
+    if not BATCH_ID.match(batch_id) or names_work(batch_id):
         check_batch_id(cfg, batch_id)  # (its one line)
     root = cfg.ssd.zone_path("3A") / batch_id
     if root.is_symlink() or not root.is_dir():
