@@ -622,3 +622,18 @@ def test_many_small_files_cannot_fill_3a_past_its_quota(server: Server) -> None:
         assert zones.du(server.zone3a) <= cfg.ssd.thresholds.deny * zones.quota(cfg, "3A")
     finally:
         filler.unlink()
+
+
+def test_a_batch_id_with_a_dot_is_counted_with_the_others(server: Server) -> None:
+    """A batch id may hold `.` (`hoard ingest` itself proposes `<batch>.2` for a re-used id):
+    a batch sent as `shots.v2` is in the ingest's counts (`hoard health`, the runs page) like
+    any other, not taken for another batch's work file and left out."""
+    from fsd.base import config
+    from jobs.ingest.health import ingest_status
+
+    cfg = config.load(server.cfg_path)
+    queued = ingest_status(cfg)["batches"].get("queued", 0)
+    headers, body = _multipart([("source", None, b"sidecar"), ("batch", None, b"shots.v2"), ("files", b"a.png", b"x")])
+    r = httpx.post(f"{server.url}/api/v1/batches", headers=server.auth() | headers, content=body)
+    assert r.status_code == 202 and r.json()["status"] == "queued", r.text
+    assert ingest_status(cfg)["batches"].get("queued", 0) == queued + 1

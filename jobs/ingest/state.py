@@ -104,7 +104,7 @@ def _work(cfg: Settings, batch_id: str, what: str) -> Path:
 def all_states(cfg: Settings) -> list[BatchState]:
     out = []
     for p in sorted(state_dir(cfg).glob("*.json")):
-        if p.name.count(".") == 1:  # <batch>.json, not <batch>.<work>.json
+        if not names_work(p.name.removesuffix(".json")):  # <batch>.json, not <batch>.<work>.json (an id may hold `.`)
             try:
                 out.append(BatchState(**json.loads(p.read_bytes())))
             except (ValueError, TypeError):
