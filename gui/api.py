@@ -38,6 +38,7 @@ from gui.context import AppStopping, ctx, in_thread
 from jobs import tokens
 from jobs.ingest import load_state
 from jobs.ingest import upload as up_mod
+from jobs.ingest.state import names_work
 from jobs.ingest.upload import Upload, UploadError
 
 log = logging.getLogger(__name__)
@@ -315,9 +316,14 @@ def register() -> None:
         """The batch's ingest state and report: the `hoard ingest --status BATCH --json` document."""
         try:
             await _scraper(request)
-            st = await in_thread(load_state, ctx().cfg, batch_id) if up_mod.BATCH_ID.match(batch_id) else None
+            st = (await in_thread(load_state, ctx().cfg, batch_id)
+                  if up_mod.BATCH_ID.match(batch_id) and not names_work(batch_id) else None)
         except _Refused as r:
             return r.response
+        except (ValueError, TypeError, OSError) as e:  # a damaged record: the detail to the log only
+            log.warning("ingest record of batch %s cannot be read: %s", batch_id, e)
+            return _error(503, f"the ingest record of batch {batch_id} cannot be read; its operator sees why in "
+                               "the GUI's log")
         except AppStopping:
             return _error(503, "the GUI is stopping; ask again when it is back")
         if st is None:

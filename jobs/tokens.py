@@ -49,7 +49,7 @@ def _read(path: Path) -> dict[str, dict[str, str]]:
 
 def tokens(cfg: Settings) -> dict[str, Token]:
     """Every token by name (hashes only: the tokens themselves were shown once and never kept)."""
-    return {name: Token(name, t.get("sha256", ""), t.get("created", ""))
+    return {name: Token(name, str(t.get("sha256", "")), str(t.get("created", "")))
             for name, t in _read(cfg.api_tokens_file).items()}
 
 
@@ -91,6 +91,7 @@ def check(cfg: Settings, token: str) -> str | None:
     presented = digest(token)
     found = None
     for t in tokens(cfg).values():
-        if hmac.compare_digest(presented, t.sha256) and t.sha256:
+        stored = t.sha256.encode("utf-8", "surrogateescape")  # (bytes: a person's edit may hold any text)
+        if hmac.compare_digest(presented.encode(), stored) and stored:
             found = t.name
     return found

@@ -4,9 +4,11 @@ client must stop half-way (a dropped connection, a body the server refuses to re
 
 from __future__ import annotations
 
+import hashlib
 import http.client
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -148,7 +150,6 @@ def test_tokens_are_printed_once_and_kept_as_hashes(server: Server) -> None:
     path = Path(server.cfg_path).parent / "ssd" / "state" / "gui" / "tokens.json"
     assert path.stat().st_mode & 0o777 == 0o600
     assert token not in path.read_text() and server.token not in path.read_text()
-    import hashlib
     assert json.loads(path.read_text())["second"]["sha256"] == hashlib.sha256(token.encode()).hexdigest()
     listed = json.loads(server.hoard("tokens", "list", "--json").stdout)
     assert {r["name"] for r in listed} == {"scraper", "second"} and token not in json.dumps(listed)
@@ -375,8 +376,6 @@ def test_a_manifest_signals_a_batch_copied_into_3a(server: Server, gallery: Path
     """A scraper that copied its files into 3A/<batch> itself sends a manifest of them: the
     batch is signalled and queued only when the directory holds exactly those files, of those
     sizes and digests — a missing, short, changed or extra file is refused by name, no _READY."""
-    import hashlib
-    import shutil
 
     root = server.zone3a / "copied-1"
     shutil.copytree(gallery, root)
@@ -470,3 +469,171 @@ def test_the_openapi_schema_describes_the_routes(server: Server) -> None:
     form = doc["paths"]["/api/v1/batches"]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]
     assert form["required"] == ["source"] and {"files", "manifest", "batch"} <= set(form["properties"])
     assert "507" in doc["paths"]["/api/v1/batches"]["post"]["responses"]
+
+
+def test_a_manifest_nested_too_deep_is_400_not_a_500(server: Server) -> None:
+    """A manifest of JSON nested deeper than the parser goes (a hostile client's `[[[[…`) is
+    one line naming the manifest, not a 500; nothing is signalled."""
+    root = server.zone3a / "deep-1"
+    root.mkdir()
+    (root / "a.png").write_bytes(b"x")
+    try:
+        headers, body = _multipart([("source", None, b"sidecar"), ("batch", None, b"deep-1"),
+                                    ("manifest", b"manifest.json", b"[" * 200_000)])
+        r = httpx.post(f"{server.url}/api/v1/batches", headers=server.auth() | headers, content=body, timeout=60)
+        assert r.status_code == 400, r.text
+        assert "the manifest is not JSON" in r.json()["error"] and "Traceback" not in r.text
+        assert not (root / "_READY").exists()
+    finally:
+        shutil.rmtree(root)
+
+
+def test_a_manifest_never_reads_through_a_linked_directory(server: Server, tmp_path: Path) -> None:
+    """A directory of 3A/<batch> that is a symbolic link to elsewhere on the server (a scraper
+    writes 3A itself: rsync copies links) is never followed by the manifest's checks, whatever
+    the order of its entries: the answer tells nothing of the file behind it (its size, its
+    sha256) and nothing is signalled."""
+    secret = tmp_path / "outside" / "secret.txt"
+    secret.parent.mkdir()
+    secret.write_bytes(b"the server's own file, outside 3A\n")
+    root = server.zone3a / "linked-1"
+    root.mkdir()
+    (root / "sub").symlink_to(secret.parent)
+    try:
+        entries = [{"path": "sub/secret.txt", "size": 1, "sha256": "0" * 64}, {"path": "sub", "size": 0}]
+        r = httpx.post(f"{server.url}/api/v1/batches", headers=server.auth(), data={"source": "sidecar",
+                       "batch": "linked-1"}, files=[("manifest", ("manifest.json", json.dumps({"files": entries})))])
+        assert r.status_code == 400 and "symbolic link" in r.json()["error"], r.text
+        assert hashlib.sha256(secret.read_bytes()).hexdigest() not in r.text
+        assert str(secret.stat().st_size) not in r.text
+        assert not (root / "_READY").exists()
+    finally:
+        shutil.rmtree(root)
+
+
+def test_a_manifest_listing_a_fifo_is_refused_not_waited_on(server: Server) -> None:
+    """A fifo in 3A/<batch> (rsync --specials copies one) listed by the manifest is refused as
+    not a regular file: the check never waits for a writer that never comes (a worker thread
+    of the GUI held for ever, per request)."""
+    import contextlib
+
+    root = server.zone3a / "fifo-1"
+    root.mkdir()
+    os.mkfifo(root / "pipe.png")
+    try:
+        r = httpx.post(f"{server.url}/api/v1/batches", headers=server.auth(), timeout=30,
+                       data={"source": "sidecar", "batch": "fifo-1"},
+                       files=[("manifest", ("manifest.json", json.dumps({"files": [{"path": "pipe.png", "size": 0}]})))])
+        assert r.status_code == 400 and "not a regular file" in r.json()["error"], r.text
+        assert not (root / "_READY").exists()
+    finally:
+        with contextlib.suppress(OSError):  # (the old code's reader, still waiting: let it go)
+            os.close(os.open(root / "pipe.png", os.O_WRONLY | os.O_NONBLOCK))
+        shutil.rmtree(root)
+
+
+def test_a_batch_id_naming_another_batchs_work_file_is_refused(server: Server) -> None:
+    """`<batch>.records` and `<batch>.stored` name the ingest's work files of <batch>
+    (state/ingest/<batch>.<work>.json, beside its <batch>.json): a batch sent under such an id
+    would have its state written over the other batch's work (and removed when that batch
+    ends); it is refused, and asking the status of such a name is 404, not a 500."""
+    from fsd.base import config
+    from jobs.ingest.state import state_dir
+
+    before = server.batches()
+    for work in ("records", "stored"):
+        headers, body = _multipart([("source", None, b"sidecar"), ("batch", None, f"victim-1.{work}".encode()),
+                                    ("files", b"a.png", b"x")])
+        r = httpx.post(f"{server.url}/api/v1/batches", headers=server.auth() | headers, content=body)
+        assert r.status_code == 400 and f"victim-1.{work}" in r.json()["error"], r.text
+    assert server.batches() == before
+    copied = server.zone3a / "victim-1.records"  # (copied into 3A by the scraper itself)
+    copied.mkdir()
+    (copied / "a.png").write_bytes(b"x")
+    try:
+        r = httpx.post(f"{server.url}/api/v1/batches", headers=server.auth(), data={"source": "sidecar",
+                       "batch": "victim-1.records"}, files=[("manifest", ("manifest.json", json.dumps(
+                           {"files": [{"path": "a.png", "size": 1}]})))])
+        assert r.status_code == 400 and "work file" in r.json()["error"], r.text
+        assert not (copied / "_READY").exists()
+        res = server.hoard("ingest", str(copied), "--source", "sidecar")
+        assert res.returncode != 0 and "work file" in res.stderr and "Traceback" not in res.stderr, res.stderr
+    finally:
+        shutil.rmtree(copied)
+    stored = state_dir(config.load(server.cfg_path)) / "victim-2.stored.json"
+    stored.write_text("{}")  # (as the ingest leaves it between its steps: an empty stored map)
+    try:
+        r = httpx.get(f"{server.url}/api/v1/batches/victim-2.stored", headers=server.auth())
+        assert r.status_code == 404, r.text
+    finally:
+        stored.unlink()
+
+
+@pytest.mark.expect_log(r"cannot be read", level="WARNING")
+def test_a_damaged_ingest_record_or_token_entry_is_one_line_not_a_500(server: Server) -> None:
+    """An ingest record (state/ingest/<batch>.json) that is not JSON: its status is 503 saying
+    where the operator sees why, and an upload under its id is 409 (the id is used). A tokens
+    file entry whose hash is not text (a person's edit) matches no token and stops no other."""
+    from fsd.base import config
+    from jobs.ingest.state import state_dir
+
+    record = state_dir(config.load(server.cfg_path)) / "dmg-1.json"
+    record.write_text('{"batch_id": ')
+    path = Path(server.cfg_path).parent / "ssd" / "state" / "gui" / "tokens.json"
+    kept = path.read_bytes()
+    try:
+        r = httpx.get(f"{server.url}/api/v1/batches/dmg-1", headers=server.auth())
+        assert r.status_code == 503 and "dmg-1" in r.json()["error"] and str(record) not in r.text, r.text
+        headers, body = _multipart([("source", None, b"sidecar"), ("batch", None, b"dmg-1"), ("files", b"a.png", b"x")])
+        r = httpx.post(f"{server.url}/api/v1/batches", headers=server.auth() | headers, content=body)
+        assert r.status_code == 409 and "dmg-1 exists already" in r.json()["error"], r.text
+        path.write_text(json.dumps(json.loads(kept) | {"edited": {"sha256": 5}, "accented": {"sha256": "é" * 64}}))
+        assert httpx.get(f"{server.url}/api/v1/batches/x", headers=server.auth()).status_code == 404
+        assert httpx.get(f"{server.url}/api/v1/batches/x", headers=server.auth("hoard_" + "x" * 43)).status_code == 401
+    finally:
+        record.unlink()
+        path.write_bytes(kept)
+    assert "dmg-1" not in server.batches()
+
+
+def test_many_small_files_cannot_fill_3a_past_its_quota(server: Server) -> None:
+    """Each file takes at least a block of the SSD (what the quota counts), far more than its
+    few bytes of the body: an upload of 2,600 one-byte files (a Content-Length of ~200 KB that
+    3A has room for) would take ~10 MiB. Its reservation grows as its files take room, and the
+    upload is 507 naming its part once 3A cannot take more; nothing of it is kept."""
+    from fsd.base import config
+    from fsd.outputs import zones
+
+    cfg = config.load(server.cfg_path)
+    filler = server.zone3a / "_filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        os.posix_fallocate(fd, 0, (40 << 20) - zones.du(server.zone3a))  # 3A at 40 of its 50 MiB (deny: 45)
+    finally:
+        os.close(fd)
+    before = server.batches()
+    try:
+        headers, body = _multipart([("source", None, b"sidecar")]
+                                   + [("files", f"f{n:04}.png".encode(), b"x") for n in range(2600)])
+        assert len(body) < 256 << 10
+        r = httpx.post(f"{server.url}/api/v1/batches", headers=server.auth() | headers, content=body, timeout=300)
+        assert r.status_code == 507 and "zone 3A" in r.json()["error"] and r.json()["part"] > 1500, r.text
+        assert server.batches() == before and zones.reservations(cfg, "3A") == []
+        assert zones.du(server.zone3a) <= cfg.ssd.thresholds.deny * zones.quota(cfg, "3A")
+    finally:
+        filler.unlink()
+
+
+def test_a_batch_id_with_a_dot_is_counted_with_the_others(server: Server) -> None:
+    """A batch id may hold `.` (`hoard ingest` itself proposes `<batch>.2` for a re-used id):
+    a batch sent as `shots.v2` is in the ingest's counts (`hoard health`, the runs page) like
+    any other, not taken for another batch's work file and left out."""
+    from fsd.base import config
+    from jobs.ingest.health import ingest_status
+
+    cfg = config.load(server.cfg_path)
+    queued = ingest_status(cfg)["batches"].get("queued", 0)
+    headers, body = _multipart([("source", None, b"sidecar"), ("batch", None, b"shots.v2"), ("files", b"a.png", b"x")])
+    r = httpx.post(f"{server.url}/api/v1/batches", headers=server.auth() | headers, content=body)
+    assert r.status_code == 202 and r.json()["status"] == "queued", r.text
+    assert ingest_status(cfg)["batches"].get("queued", 0) == queued + 1

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from fsd.base.errors import ExitCode, HoardError
+from fsd.base.files import open_nofollow
 from fsd.base.paths import MAX_NAME_BYTES, display, hostile_reason, long_name
 from fsd.base.units import fmt_bytes
 from jobs.actions.contract import RESULT_TABLES, ChildFiles, Contract, OutputParser, ResultFiles, RunExternal
@@ -344,27 +345,10 @@ class _Nodes:
 
 # -- reading result files ----------------------------------------------------------------------
 
-def _open_nofollow(root_fd: int, rel: str) -> int:
-    """A descriptor of the file `rel` under `root_fd`, every directory on the way and the file
-    opened without following a link (OSError, ELOOP for a link)."""
-    parts = rel.split("/")
-    fd = root_fd
-    try:
-        for d in parts[:-1]:
-            nxt = os.open(d, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
-            if fd != root_fd:
-                os.close(fd)
-            fd = nxt
-        return os.open(parts[-1], os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC, dir_fd=fd)
-    finally:
-        if fd != root_fd:
-            os.close(fd)
-
-
 def _open_as_scanned(root_fd: int, f: _File, shown: str) -> int:
     """A descriptor of `f`, opened without following a link and still the file the walk saw."""
     try:
-        out = _open_nofollow(root_fd, f.rel)
+        out = open_nofollow(root_fd, f.rel)
     except OSError as e:
         raise OutputProblem(f"{shown}: changed while it was read ({e.strerror}); {_AGAIN}") from None
     st = os.fstat(out)
@@ -719,7 +703,7 @@ def open_output(output_root: Path, child: Child) -> BinaryIO:
     try:
         root_fd = os.open(output_root, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
         try:
-            fd = _open_nofollow(root_fd, child.path)
+            fd = open_nofollow(root_fd, child.path)
         finally:
             os.close(root_fd)
     except OSError as e:

@@ -25,6 +25,7 @@ from jobs.ingest.state import (
     _job_id,
     _now,
     load_state,
+    names_work,
     save_state,
     state_dir,
 )
@@ -100,6 +101,9 @@ def _batch_dir(cfg: Settings, batch_dir: Path) -> Path:
     if not BATCH_ID.match(batch_dir.name):
         raise IngestError(f"batch directory name {batch_dir.name!r} is not a batch id (letters, digits, `.`, `_`, "
                           "`-`, at most 128, starting with a letter or digit); rename the directory")
+    if names_work(batch_dir.name):
+        raise IngestError(f"batch directory name {batch_dir.name!r} ends in .{batch_dir.name.rpartition('.')[2]}, "
+                          "the name of another batch's ingest work file; rename the directory")
     return batch_dir
 
 

@@ -30,6 +30,8 @@ QUEUE_OF = {"scan": "ingest", "store": "io", "apply": "sql", "package": "io", "f
 STEP_TIMEOUT_S = 6 * 3600
 BATCH_ID = re.compile(NAME_PATTERN)
 SIGNAL = "_READY"
+#: the work files a batch's steps keep beside its state: state/ingest/<batch>.<work>.json
+WORK = ("records", "stored")
 
 
 class Status(str, enum.Enum):  # noqa: UP042  # StrEnum would change str(member), which messages print
@@ -88,6 +90,13 @@ def save_state(cfg: Settings, st: BatchState) -> None:
     atomic_write(state_dir(cfg) / f"{st.batch_id}.json", json.dumps(asdict(st), indent=1).encode())
 
 
+def names_work(batch_id: str) -> bool:
+    """Whether `batch_id` is `<another batch>.<work>`: its state file would be that batch's
+    work file (read as a state, written over it, removed when that batch ends)."""
+    head, dot, tail = batch_id.rpartition(".")
+    return bool(head and dot) and tail in WORK
+
+
 def _work(cfg: Settings, batch_id: str, what: str) -> Path:
     return state_dir(cfg) / f"{batch_id}.{what}.json"
 
@@ -95,7 +104,7 @@ def _work(cfg: Settings, batch_id: str, what: str) -> Path:
 def all_states(cfg: Settings) -> list[BatchState]:
     out = []
     for p in sorted(state_dir(cfg).glob("*.json")):
-        if p.name.count(".") == 1:  # <batch>.json, not <batch>.<work>.json
+        if not names_work(p.name.removesuffix(".json")):  # <batch>.json, not <batch>.<work>.json (an id may hold `.`)
             try:
                 out.append(BatchState(**json.loads(p.read_bytes())))
             except (ValueError, TypeError):

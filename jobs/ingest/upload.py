@@ -42,11 +42,11 @@ import redis
 from adapters import canonical_source
 from fsd.base.config import Settings
 from fsd.base.errors import ExitCode, HoardError
-from fsd.base.files import atomic_write, fsync_dir
+from fsd.base.files import atomic_write, fsync_dir, open_nofollow
 from fsd.base.paths import MAX_NAME_BYTES, display, hostile_reason, long_name
 from fsd.outputs import zones
 from jobs.ingest.signals import REASON_FILE, REJECTED_SIGNAL, submit
-from jobs.ingest.state import BATCH_ID, SIGNAL, BatchState, load_state, state_dir
+from jobs.ingest.state import BATCH_ID, SIGNAL, WORK, BatchState, load_state, names_work, state_dir
 from jobs.queues import condition_line
 
 log = logging.getLogger(__name__)
@@ -55,6 +55,11 @@ log = logging.getLogger(__name__)
 #: `hoard ingest` sets aside beside it): an upload holding one is refused
 RESERVED = frozenset({SIGNAL, REJECTED_SIGNAL, REASON_FILE})
 CHUNK = 1 << 20
+#: what a file (and a directory) takes at least on the SSD's file system, as the quota counts
+#: it (allocated blocks): an upload of many small files takes far more than its bytes
+BLOCK = 4096
+#: how much more an upload's reservation grows by at once when its files take more than it
+GROW = 64 * BLOCK
 
 
 @dataclass(frozen=True)
@@ -109,7 +114,15 @@ def check_batch_id(cfg: Settings, batch_id: str) -> None:
     if not BATCH_ID.match(batch_id):
         raise UploadError(f"batch {display(batch_id)!r} is not a batch id: letters, digits, `.`, `_`, `-`, at most "
                           "128, starting with a letter or digit; send another, or none (the server makes one)")
-    if (cfg.ssd.zone_path("3A") / batch_id).exists() or load_state(cfg, batch_id) is not None:
+    if names_work(batch_id):
+        raise UploadError(f"batch {batch_id} ends in .{batch_id.rpartition('.')[2]}, the name of another batch's "
+                          f"ingest work file (.{', .'.join(WORK)}); send another id, or none (the server makes one)")
+    try:
+        recorded = load_state(cfg, batch_id) is not None
+    except (ValueError, TypeError, OSError) as e:  # a damaged record is a used id all the same
+        log.warning("ingest record of batch %s cannot be read: %s", batch_id, e)
+        recorded = True
+    if (cfg.ssd.zone_path("3A") / batch_id).exists() or recorded:
         raise UploadError(f"batch {batch_id} exists already (in 3A, or ingested before): a batch id is used once; "
                           "send the batch under a new id, or none (the server makes one)", status=409)
 
@@ -123,6 +136,9 @@ class Upload:
         self.cfg, self.id, self.nbytes = cfg, upload_id, nbytes
         self.dir = cfg.ssd.zone_path("3A") / zones.TMP / upload_id
         self.files: dict[str, int] = {}
+        self.res: zones.Reservation | None = None
+        self.charged = BLOCK  # what the files and directories written take on disk, as the quota counts it
+        self._dirs: set[str] = set()
         self._fh: BinaryIO | None = None
         self._name = ""
         self._part = 0
@@ -134,8 +150,8 @@ class Upload:
         up = cls(cfg, f"upload-{secrets.token_hex(8)}", nbytes)
         try:
             sweep(cfg)
-            zones.reserve(cfg, "3A", up.id, f"HTTP upload {up.id} of {who}", nbytes,
-                          next_step="send the batch again")
+            up.res = zones.reserve(cfg, "3A", up.id, f"HTTP upload {up.id} of {who}", nbytes,
+                                   next_step="send the batch again")
         except zones.ZoneFull as e:
             raise UploadError(e.message, status=507) from None
         except HoardError as e:  # 3A not there (the SSD not mounted), a reservation file damaged
@@ -159,6 +175,9 @@ class Upload:
             raise UploadError(f"part {part}: file name {display(name)!r} is refused: {why}; send the file under a "
                               "relative name inside the batch", part=part)
         path = self.dir / name
+        new_dirs = {d for d in _parents(name)[1:] if d not in self._dirs}
+        self._charge(part, BLOCK * len(new_dirs))  # (its blocks are charged as they are written)
+        self._dirs |= new_dirs
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o640)
@@ -179,8 +198,21 @@ class Upload:
             raise UploadError(f"part {self._part}: file {display(self._name)!r} is larger than api.max_file_mb = "
                               f"{self.cfg.api.max_file_mb:g} MiB; split it or raise the limit", status=413,
                               part=self._part)
+        self._charge(self._part, _blocks(size) - _blocks(self.files[self._name]))
         self._fh.write(data)
         self.files[self._name] = size
+
+    def _charge(self, part: int, nbytes: int) -> None:
+        """Count `nbytes` more on disk; past the reservation (many small files: each takes a
+        block), grow it — UploadError 507 when 3A cannot take them (its emergency threshold)."""
+        self.charged += nbytes
+        if self.res is None or self.charged <= self.res.bytes:
+            return
+        try:
+            self.res = zones.grow(self.cfg, self.res, self.charged + GROW)
+        except zones.ZoneFull as e:
+            raise UploadError(f"part {part}: the upload's files take more room in zone 3A than its size (each file "
+                              f"takes at least {BLOCK} bytes): {e.message}", status=507, part=part) from None
 
     def close_file(self) -> None:
         if self._fh is not None:
@@ -233,7 +265,7 @@ def adopt(cfg: Settings, source: str, batch_id: str | None, manifest: bytes) -> 
     if not batch_id:
         raise UploadError("a manifest names files already in 3A: send the `batch` field naming their directory")
     source = canonical_source(source, cfg.sources)
-    if not BATCH_ID.match(batch_id):
+    if not BATCH_ID.match(batch_id) or names_work(batch_id):
         check_batch_id(cfg, batch_id)  # (its one line)
     root = cfg.ssd.zone_path("3A") / batch_id
     if root.is_symlink() or not root.is_dir():
@@ -263,7 +295,7 @@ def _manifest_entries(manifest: bytes, max_files: int) -> dict[str, tuple[int, s
     """path → (size, sha256 or None), every entry checked; UploadError naming the first bad one."""
     try:
         doc = json.loads(manifest)
-    except ValueError as e:
+    except (ValueError, RecursionError) as e:  # (a hostile `[[[[…` nests past the parser's depth)
         raise UploadError(f"the manifest is not JSON ({e}); send {{\"files\": [{{\"path\": …, \"size\": …}}]}}") from None
     files = doc.get("files") if isinstance(doc, dict) else None
     if not isinstance(files, list) or not files:
@@ -288,10 +320,15 @@ def _manifest_entries(manifest: bytes, max_files: int) -> dict[str, tuple[int, s
 
 
 def _check_listed(root: Path, n: int, rel: str, size: int, sha: str | None) -> None:
-    """The listed file is a regular file there (no link followed), of its size and digest."""
+    """The listed file is a regular file there, of its size and digest: no link followed on the
+    way (a linked directory listed after a file in it), no fifo waited on."""
     where = f"manifest entry {n} ({display(rel)})"
     try:
-        fd = os.open(root / rel, os.O_RDONLY | os.O_NOFOLLOW)
+        root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            fd = open_nofollow(root_fd, rel)
+        finally:
+            os.close(root_fd)
     except FileNotFoundError:
         raise UploadError(f"{where}: no such file in {root}; copy it there, then send the manifest again",
                           status=409) from None
@@ -311,6 +348,10 @@ def _check_listed(root: Path, n: int, rel: str, size: int, sha: str | None) -> N
             if h.hexdigest() != sha:
                 raise UploadError(f"{where}: its sha256 in 3A is {h.hexdigest()}, not the manifest's {sha}; copy it "
                                   "again, then send the manifest again", status=409)
+
+
+def _blocks(size: int) -> int:
+    return -(-size // BLOCK) * BLOCK
 
 
 def _parents(name: str) -> list[str]:
