@@ -91,6 +91,7 @@ class Store:
     def __init__(self, cfg: Settings, index: Index, writable: bool) -> None:
         self.cfg, self.index, self.writable = cfg, index, writable
         self.shard_bytes = cfg.store.shard_size_mb << 20
+        self._copies = cfg.disk_copies  # label → what one replica there counts as (`weight`)
         #: bytes of new files appended before their group's fdatasync is queued (fsd.io.put)
         self.group_bytes = GROUP_BYTES
         self.disks: dict[str, Disk] = {}
@@ -225,9 +226,7 @@ class Store:
         """The copies one replica on this disk counts as toward a class's target: an S3 disk's
         `copies` (the engine's own durability: docs/scale-out.md), 1 for any other."""
         rec = self.records.get(uuid)
-        if rec is None:
-            return 1
-        return next((d.copies for d in self.cfg.disks if d.label == rec.label), 1)
+        return 1 if rec is None else self._copies.get(rec.label, 1)
 
     def copies_of(self, meta: ShardMeta, without: str | None = None, readable: bool = False) -> int:
         """The copies a shard has toward its class's target (`target`): its replicas on active

@@ -501,6 +501,12 @@ class Settings(BaseSettings):
         return self
 
     @property
+    def disk_copies(self) -> dict[str, int]:
+        """Each disk's label → the copies one replica there counts as toward copy_of_raw and
+        copy_of_generated (`disks[].copies`: an S3 disk's engine; 1 for a local disk)."""
+        return {d.label: d.copies for d in self.disks}
+
+    @property
     def index_dir(self) -> Path:
         assert self.ssd.index_dir is not None
         return self.ssd.index_dir

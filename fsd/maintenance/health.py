@@ -215,7 +215,7 @@ def _space_problems(cfg: Settings, disks: list[dict[str, Any]]) -> list[str]:
     """Disks too full to take a new shard, and whether the store can still place a new raw
     shard's `copy_of_raw` replicas on distinct disks (writes need `write_ack` of them)."""
     shard = cfg.store.shard_size_mb << 20
-    weight = {d.label: d.copies for d in cfg.disks}  # an S3 disk counts as its `copies` toward copy_of_raw
+    weight = cfg.disk_copies  # an S3 disk counts as its `copies` toward copy_of_raw
     out = []
     roomy = copies = 0
     for d in disks:
