@@ -93,14 +93,14 @@ class Found:
 class _Rule:
     uid: int | None  # the new owner (None: not created yet — a dry run of a first install)
     gid: int | None
-    acc: Accounts
+    uids: frozenset[int]  # the accounts and groups the system names
+    gids: frozenset[int]
 
     def change(self, st: os.stat_result, whole: bool, keep_owner: bool = False) -> tuple[int, int] | None:
         """(uid, gid) to give an entry, -1 for "unchanged"; None if nothing changes."""
-        uids, gids = set(self.acc.users.values()), set(self.acc.groups.values())
-        foreign = st.st_uid == 0 or st.st_uid not in uids
+        foreign = st.st_uid == 0 or st.st_uid not in self.uids
         uid = -1 if keep_owner or st.st_uid == self.uid or not (whole or foreign) else self.uid
-        gid = -1 if st.st_gid == self.gid or not (st.st_gid == 0 or st.st_gid not in gids) else self.gid
+        gid = -1 if st.st_gid == self.gid or not (st.st_gid == 0 or st.st_gid not in self.gids) else self.gid
         if uid is None or gid is None:  # (the account does not exist yet: it would change)
             return (0, 0)
         return None if uid == gid == -1 else (uid, gid)
@@ -114,7 +114,7 @@ def take_over(top: Path, uid: int | None, gid: int | None, acc: Accounts, skip: 
     its owner and whose entries are taken only from root or an account this system lacks."""
     assert not apply or (uid is not None and gid is not None), "take_over: the account does not exist"
     assert not top.is_symlink(), f"take_over: {top} is a link (the caller resolves it in its system)"
-    rule, found = _Rule(uid, gid, acc), Found()
+    rule, found = _Rule(uid, gid, frozenset(acc.users.values()), frozenset(acc.groups.values())), Found()
     top_st = os.stat(top)
     skip, shared = set(skip) | {FILE_SYSTEM}, set(shared)
     known = set(acc.users.values()) - {0, uid}
