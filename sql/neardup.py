@@ -13,8 +13,8 @@ least one substring j when Σ(r_j + 1) > t (pigeonhole), so each value is looked
 substring, at every key within r_j bits of its own (a sorted array and a binary search), and only
 the values found are compared whole. m is chosen from the number of values and t to make the
 fewest lookups and comparisons (`plan`). The figures (1 M and 10 M hashes): docs/near-dups.md.
-`near_of` answers for one image in PostgreSQL with the four 16-bit quarters the migration
-indexes.
+`near_of` answers for one image in PostgreSQL with the four 16-bit quarters of `phash` and of
+`phash_flip` the migrations index (015, 016).
 """
 
 from __future__ import annotations
