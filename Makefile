@@ -61,18 +61,25 @@ PKGS = $(APT_PKGS)
 # once under var/pyfuse3 from the pinned sdist (`--no-binary pyfuse3`: its build's own Python
 # packages come as wheels — `:all:` built Cython from source too), its sha256 checked first (pyproject.toml pins
 # pyfuse3==3.5.0; the wheel's local version label, +hoardfs.noopen1, satisfies it). Cython and the
-# build's Python packages come through pip (build isolation); gcc, libfuse3-dev and pkg-config are
-# in the Debian packages above. A new patch or label builds again; nothing else does.
+# build's Python packages come through pip (build isolation), pinned by $(PYFUSE3_BUILD_PINS);
+# gcc, libfuse3-dev and pkg-config are in the Debian packages above. The build is reproducible: the
+# pinned build packages, a fixed SOURCE_DATE_EPOCH (the wheel's zip times) and the build folder's
+# path mapped away (-ffile-prefix-map: the .so's debug information named it) make the same wheel in
+# any checkout; on Debian 12 (gcc 12, libfuse3 3.14) its sha256 is $(PYFUSE3_WHEEL_SHA256), which
+# the build prints beside its own. A new patch, label or pin builds again; nothing else does.
 PYFUSE3_VERSION := 3.5.0
 PYFUSE3_SHA256 := 88399a9494b88603230bba300f4ba9ad63fece5ed514ca3633d555a0c6a42b24
 PYFUSE3_LABEL := hoardfs.noopen1
 PYFUSE3_PATCH := fsd/mount/pyfuse3-noopen.patch
+PYFUSE3_BUILD_PINS := fsd/mount/pyfuse3-build-constraints.txt
+PYFUSE3_EPOCH := 1700000000
+PYFUSE3_WHEEL_SHA256 := b3f5c0fceacc2deffadd9810ae55c3c798e25c1958a2049da29d960595ba3884
 PYFUSE3_DIR := var/pyfuse3
 PYFUSE3_BUILT := $(PYFUSE3_DIR)/dist/.built-$(PYFUSE3_VERSION)+$(PYFUSE3_LABEL)
 # the pip that downloads and builds it (`make install` passes the production venv's)
 PYFUSE3_PIP ?= $(VENV)/bin/pip
 
-$(PYFUSE3_BUILT): $(PYFUSE3_PATCH) | deps
+$(PYFUSE3_BUILT): $(PYFUSE3_PATCH) $(PYFUSE3_BUILD_PINS) | deps
 	@echo "==> building pyfuse3 $(PYFUSE3_VERSION)+$(PYFUSE3_LABEL) (the pinned sdist with $(PYFUSE3_PATCH))"
 	@[ -x $(PYFUSE3_PIP) ] || { $(PYTHON) -m venv $(VENV) && $(VENV)/bin/pip install -q --disable-pip-version-check -U pip; }
 	@rm -rf $(PYFUSE3_DIR) && mkdir -p $(PYFUSE3_DIR)/sdist $(PYFUSE3_DIR)/dist
@@ -82,8 +89,11 @@ $(PYFUSE3_BUILT): $(PYFUSE3_PATCH) | deps
 	  || { echo "pyfuse3-$(PYFUSE3_VERSION).tar.gz is not the sdist pinned in the Makefile (PYFUSE3_SHA256)"; exit 1; }
 	@tar -xzf $(PYFUSE3_DIR)/sdist/pyfuse3-$(PYFUSE3_VERSION).tar.gz -C $(PYFUSE3_DIR)
 	@patch -s -p1 -d $(PYFUSE3_DIR)/pyfuse3-$(PYFUSE3_VERSION) < $(PYFUSE3_PATCH)
-	@SETUPTOOLS_SCM_PRETEND_VERSION=$(PYFUSE3_VERSION)+$(PYFUSE3_LABEL) $(PYFUSE3_PIP) wheel -q \
-	  --disable-pip-version-check --no-deps -w $(PYFUSE3_DIR)/dist $(PYFUSE3_DIR)/pyfuse3-$(PYFUSE3_VERSION)
+	@SETUPTOOLS_SCM_PRETEND_VERSION=$(PYFUSE3_VERSION)+$(PYFUSE3_LABEL) SOURCE_DATE_EPOCH=$(PYFUSE3_EPOCH) \
+	  CFLAGS="-ffile-prefix-map=$(abspath $(PYFUSE3_DIR))/pyfuse3-$(PYFUSE3_VERSION)=pyfuse3-$(PYFUSE3_VERSION)" \
+	  $(PYFUSE3_PIP) wheel -q --disable-pip-version-check --no-deps --build-constraint $(PYFUSE3_BUILD_PINS) \
+	  -w $(PYFUSE3_DIR)/dist $(PYFUSE3_DIR)/pyfuse3-$(PYFUSE3_VERSION)
+	@cd $(PYFUSE3_DIR)/dist && echo "    wheel sha256 $$(sha256sum pyfuse3-*.whl | cut -d' ' -f1) (Debian 12's: $(PYFUSE3_WHEEL_SHA256))"
 	@rm -rf $(PYFUSE3_DIR)/pyfuse3-$(PYFUSE3_VERSION)
 	@touch $@
 
