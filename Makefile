@@ -63,9 +63,9 @@ PKGS = $(APT_PKGS)
 # pyfuse3==3.5.0; the wheel's local version label, +hoardfs.noopen1, satisfies it). Cython and the
 # build's Python packages come through pip (build isolation), pinned by $(PYFUSE3_BUILD_PINS);
 # gcc, libfuse3-dev and pkg-config are in the Debian packages above. The build is reproducible: the
-# pinned build packages, a fixed SOURCE_DATE_EPOCH (the wheel's zip times) and the build folder's
-# path mapped away (-ffile-prefix-map: the .so's debug information named it) make the same wheel in
-# any checkout; on Debian 12 (gcc 12, libfuse3 3.14) its sha256 is $(PYFUSE3_WHEEL_SHA256), which
+# pinned build packages, a fixed SOURCE_DATE_EPOCH (the wheel's zip times) and the paths of the
+# build folder and the venv mapped away (-ffile-prefix-map: the .so's debug information named them) make the same wheel in
+# any checkout from the same $(PYTHON); on Debian 12 (python3 3.11.2, gcc 12, libfuse3 3.14) its sha256 is $(PYFUSE3_WHEEL_SHA256), which
 # the build prints beside its own. A new patch, label or pin builds again; nothing else does.
 PYFUSE3_VERSION := 3.5.0
 PYFUSE3_SHA256 := 88399a9494b88603230bba300f4ba9ad63fece5ed514ca3633d555a0c6a42b24
@@ -89,8 +89,10 @@ $(PYFUSE3_BUILT): $(PYFUSE3_PATCH) $(PYFUSE3_BUILD_PINS) | deps
 	  || { echo "pyfuse3-$(PYFUSE3_VERSION).tar.gz is not the sdist pinned in the Makefile (PYFUSE3_SHA256)"; exit 1; }
 	@tar -xzf $(PYFUSE3_DIR)/sdist/pyfuse3-$(PYFUSE3_VERSION).tar.gz -C $(PYFUSE3_DIR)
 	@patch -s -p1 -d $(PYFUSE3_DIR)/pyfuse3-$(PYFUSE3_VERSION) < $(PYFUSE3_PATCH)
+	@$(PYFUSE3_PIP) install -q --disable-pip-version-check 'pip>=25.3'  # --build-constraint is pip 25.3's
 	@SETUPTOOLS_SCM_PRETEND_VERSION=$(PYFUSE3_VERSION)+$(PYFUSE3_LABEL) SOURCE_DATE_EPOCH=$(PYFUSE3_EPOCH) \
-	  CFLAGS="-ffile-prefix-map=$(abspath $(PYFUSE3_DIR))/pyfuse3-$(PYFUSE3_VERSION)=pyfuse3-$(PYFUSE3_VERSION)" \
+	  CFLAGS="-ffile-prefix-map=$(abspath $(PYFUSE3_DIR))/pyfuse3-$(PYFUSE3_VERSION)=pyfuse3-$(PYFUSE3_VERSION) \
+	  -ffile-prefix-map=$(abspath $(dir $(PYFUSE3_PIP))..)=venv" \
 	  $(PYFUSE3_PIP) wheel -q --disable-pip-version-check --no-deps --build-constraint $(PYFUSE3_BUILD_PINS) \
 	  -w $(PYFUSE3_DIR)/dist $(PYFUSE3_DIR)/pyfuse3-$(PYFUSE3_VERSION)
 	@cd $(PYFUSE3_DIR)/dist && echo "    wheel sha256 $$(sha256sum pyfuse3-*.whl | cut -d' ' -f1) (Debian 12's: $(PYFUSE3_WHEEL_SHA256))"
