@@ -12,10 +12,12 @@ only the dead host served is never looked at at all.
 So every `hoard worker` of the store's server runs `Reaper` in a thread: each
 `worker.heartbeat_s` it reads the started registry of every hoardfs queue (ZRANGE: no job is
 loaded for the live ones), and for an entry whose job's `last_heartbeat` is older than
-`worker.reap_after_s` it takes the entry with one ZREM — only the reaper whose ZREM removed it
-goes on, so two servers' workers never queue a job twice — and puts the job back on its queue
-(RQ's `Queue.enqueue_job`: status queued, at the front). `reap_after_s` is below 60 s
-(config), so the reaper comes before RQ's expiry and RQ's clean-up never fails such a job.
+`worker.reap_after_s` — and whose worker is not a live process of this host (an in-process
+SimpleWorker sends no heartbeat while it runs a job) — it takes the entry with one ZREM: only
+the reaper whose ZREM removed it goes on, so two server workers never queue a job twice. The
+job goes back on its queue (RQ's `Queue.enqueue_job`: status queued, at the front).
+`reap_after_s` is below 60 s (config), so the reaper comes before RQ's expiry and RQ's
+clean-up never fails such a job.
 
 Running it again must be harmless, and is for the jobs it takes: a stage or export resumes
 or reports its sealed output (jobs.outputs, jobs.remote); the other hoardfs jobs resume from
@@ -26,14 +28,17 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import socket
 import threading
 from typing import Any
 
 import redis
+from rq import Worker
 from rq.executions import parse_composite_key
 from rq.registry import StartedJobRegistry
 from rq.utils import str_to_date
 
+from fsd.base.proc import pid_alive
 from jobs.queues import QUEUES, connect, fetch_job, rq_queue
 from jobs.remote import QUEUE as REMOTE_QUEUE
 
@@ -52,10 +57,10 @@ def reap(conn: redis.Redis, reap_after_s: float, now: dt.datetime | None = None)
         queue = rq_queue(name, conn)
         registry = StartedJobRegistry(queue=queue)
         for raw in conn.zrange(registry.key, 0, -1):
-            entry = raw.decode() if isinstance(raw, bytes) else str(raw)
+            entry = _text(raw)
             job_id, _execution = parse_composite_key(entry)
             beat = _last_heartbeat(conn, job_id)
-            if beat is not None and (now - beat).total_seconds() <= reap_after_s:
+            if beat is not None and (now - beat).total_seconds() <= reap_after_s or _runs_here(conn, job_id):
                 continue
             if not conn.zrem(registry.key, entry):
                 continue  # another reaper (or the job's end) took it first
@@ -73,6 +78,25 @@ def reap(conn: redis.Redis, reap_after_s: float, now: dt.datetime | None = None)
                         (now - beat).total_seconds() if beat else reap_after_s)
             taken.append(job_id)
     return taken
+
+
+def _runs_here(conn: redis.Redis, job_id: str) -> bool:
+    """Whether the job's worker is a live process of this host: RQ's SimpleWorker (in-process:
+    `hoard demo`, the benchmarks) sends no heartbeat while it runs a job, and a process of
+    this host is known alive without one."""
+    name = _text(conn.hget(f"rq:job:{job_id}", "worker_name"))
+    if not name:
+        return False
+    host, pid = (_text(v) for v in conn.hmget(Worker.redis_worker_namespace_prefix + name, "hostname", "pid"))
+    try:
+        return host == socket.gethostname() and pid_alive(int(pid or 0))
+    except ValueError:
+        return False
+
+
+def _text(raw: Any) -> str:
+    """A Redis answer (bytes, or nothing) as text."""
+    return raw.decode(errors="replace") if isinstance(raw, bytes) else str(raw or "")
 
 
 def _last_heartbeat(conn: redis.Redis, job_id: str) -> dt.datetime | None:

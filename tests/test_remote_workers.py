@@ -9,6 +9,7 @@ host. Real PostgreSQL, Redis, SeaweedFS, store and processes."""
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import hashlib
 import json
 import os
@@ -22,6 +23,9 @@ from pathlib import Path
 
 import pytest
 import redis
+from rq import Worker
+from rq.job import Job
+from rq.registry import StartedJobRegistry
 
 from adapters.synth import Spec
 from fsd.base import config
@@ -29,7 +33,9 @@ from fsd.base.proc import which
 from fsd.io.replicate import replicate_once
 from fsd.outputs import seal
 from fsd.store import Store
-from jobs.queues import fetch_job
+from jobs.guard import SERIALIZER
+from jobs.queues import fetch_job, rq_queue
+from jobs.reaper import reap
 from tests.helpers import missing
 from tests.s3fault import FaultProxy
 from tests.test_ingest import ingest_sample
@@ -316,3 +322,34 @@ def test_a_host_killed_mid_stage_has_its_job_queued_again_and_finished_elsewhere
 
 def _logs(host: Host) -> str:
     return "".join(f"\n--- {p.name}\n{p.read_text(errors='replace')[-3000:]}" for p in sorted(host.home.glob("*.log")))
+
+
+def _started(conn, job_id: str) -> tuple[Worker, Job]:
+    """A job on `io` taken by a worker of this process, as RQ's worker takes one (its execution
+    in the started registry, the job `started` with a heartbeat now)."""
+    queue = rq_queue("io", conn)
+    queue.enqueue("jobs.outputs.run_job", None, job_id, job_id=job_id)
+    worker = Worker([queue], connection=conn, serializer=SERIALIZER)
+    worker.register_birth()
+    job = queue.dequeue_any([queue], None, connection=conn, serializer=SERIALIZER)[0]
+    worker.prepare_execution(job)
+    worker.prepare_job_execution(job)
+    return worker, job
+
+
+@pytest.mark.expect_log(r"reaper: job silent .* sent no heartbeat for 60 s \(host down\?\); queued again",
+                        level="WARNING")
+def test_the_reaper_takes_a_silent_job_once_and_never_a_live_local_one(redis_conn) -> None:
+    """A started job whose heartbeat is older than reap_after_s is queued again once — a second
+    reaper finds nothing — unless its worker is a live process of this host (an in-process
+    SimpleWorker beats only between jobs); a job with a fresh beat is left alone."""
+    worker, job = _started(redis_conn, "silent")
+    later = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=60)
+    assert reap(redis_conn, 40) == []  # a fresh beat
+    assert reap(redis_conn, 40, now=later) == []  # silent, but its worker is this live process
+    redis_conn.hset(worker.key, "hostname", "another-host")  # the same worker, on a host that died
+    assert reap(redis_conn, 40, now=later) == ["silent"]
+    assert reap(redis_conn, 40, now=later) == []  # taken once: a second reaper finds nothing
+    queue = rq_queue("io", redis_conn)
+    assert queue.job_ids == ["silent"] and fetch_job("silent", redis_conn).get_status() == "queued"
+    assert not StartedJobRegistry(queue=queue).get_job_ids(cleanup=False)
