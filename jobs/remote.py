@@ -26,6 +26,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from rq import get_current_job
+
 from fsd.base import config as config_mod
 from fsd.base.config import Settings
 from fsd.base.errors import ExitCode, HoardError
@@ -118,7 +120,13 @@ def run_output(config_path: str | None, spec_doc: dict[str, Any], plan: dict[str
         with LocatedReader(cfg, plan["where"]) as reader:
             return outputs.copy_planned(cfg, spec, reader, items, int(plan["nodes"]), progress, started)
 
-    return outputs.run(cfg, spec.id, keep_refusal=True, body=body)
+    try:
+        return outputs.run(cfg, spec.id, keep_refusal=True, body=body)
+    except HoardError as e:  # its exit code for `--wait` on the server (jobs keep no exit code of their own)
+        if (job := get_current_job()) is not None:
+            job.meta["exit_code"] = int(e.exit_code)
+            job.save_meta()
+        raise
 
 
 @dataclass
@@ -171,17 +179,31 @@ class LocatedReader:
         stats = _Stats()
         for sha_hex in shas_hex:
             disk, shard_hex, offset, length = self._disk(sha_hex)
-            sha, where = bytes.fromhex(sha_hex), f" (shard {shard_hex} on {disk.label})"
-            if length <= PIECE or large_sink is None:
-                buf = disk.read_exact(shard_hex, offset - fmt.RECORD_HEADER_SIZE, fmt.RECORD_HEADER_SIZE + length)
-                sink(sha, memoryview(verify_record(memoryview(buf), 0, sha, length, where)))
-            else:  # the header checked here, the whole payload's sha256 by the sink
-                head = disk.read_exact(shard_hex, offset - fmt.RECORD_HEADER_SIZE, fmt.RECORD_HEADER_SIZE)
-                got, got_len, _digest, _flags = fmt.decode_record_header(head)
-                if got != sha or got_len != length:
-                    raise fmt.ShardFormatError(f"record header names {got.hex()[:12]}…/{got_len} bytes, the plan "
-                                               f"expects {sha_hex[:12]}…/{length}{where}")
-                large_sink(sha, (disk.read_exact(shard_hex, offset + k, min(PIECE, length - k))
-                                 for k in range(0, length, PIECE)))
+            try:
+                self._read(disk, sha_hex, shard_hex, offset, length, sink, large_sink)
+            except fmt.ShardFormatError as e:
+                raise RemoteError(f"object {sha_hex}: its record in shard {shard_hex} on S3 disk {disk.label} does "
+                                  f"not check ({e}); the output keeps what it copied — run `hoard verify` on the "
+                                  "store's server (it repairs the replica from another), then the same command",
+                                  ExitCode.DATA) from None
         stats.seconds = time.monotonic() - t0
         return _Stats(seconds=0.0), stats
+
+    @staticmethod
+    def _read(disk: Any, sha_hex: str, shard_hex: str, offset: int, length: int,
+              sink: Callable[[bytes, memoryview], None],
+              large_sink: Callable[[bytes, Iterator[bytes]], None] | None) -> None:
+        """One located record into `sink` (checked here) or, in pieces, `large_sink` (its
+        header checked here, the whole payload's sha256 by the sink)."""
+        sha, where = bytes.fromhex(sha_hex), f" (shard {shard_hex} on {disk.label})"
+        if length <= PIECE or large_sink is None:
+            buf = disk.read_exact(shard_hex, offset - fmt.RECORD_HEADER_SIZE, fmt.RECORD_HEADER_SIZE + length)
+            sink(sha, memoryview(verify_record(memoryview(buf), 0, sha, length, where)))
+        else:  # the header checked here, the whole payload's sha256 by the sink
+            head = disk.read_exact(shard_hex, offset - fmt.RECORD_HEADER_SIZE, fmt.RECORD_HEADER_SIZE)
+            got, got_len, _digest, _flags = fmt.decode_record_header(head)
+            if got != sha or got_len != length:
+                raise fmt.ShardFormatError(f"record header names {got.hex()[:12]}…/{got_len} bytes, the plan "
+                                           f"expects {sha_hex[:12]}…/{length}{where}")
+            large_sink(sha, (disk.read_exact(shard_hex, offset + k, min(PIECE, length - k))
+                             for k in range(0, length, PIECE)))

@@ -185,7 +185,8 @@ def cluster(hoard_home: Path, pg, redis_conn, seaweedfs, engine_env, tmp_path: P
                        for h, p in zip(hosts, (proxy1, proxy2), strict=True)]
             try:
                 yield {"main": main, "hosts": hosts, "remotes": remotes, "proxies": (proxy1, proxy2),
-                       "redis": redis.Redis(port=port, password=password), "bucket": bucket}
+                       "redis": redis.Redis(port=port, password=password), "bucket": bucket,
+                       "s3": seaweedfs.client()}
             finally:
                 for h in hosts:  # (before their Redis stops: a worker would log that it is gone)
                     h.kill_all()
@@ -353,3 +354,46 @@ def test_the_reaper_takes_a_silent_job_once_and_never_a_live_local_one(redis_con
     queue = rq_queue("io", redis_conn)
     assert queue.job_ids == ["silent"] and fetch_job("silent", redis_conn).get_status() == "queued"
     assert not StartedJobRegistry(queue=queue).get_job_ids(cleanup=False)
+
+
+@pytest.mark.expect_log(r"job remote-stage-st3 \(stage st3 \(remote\)\) failed: object [0-9a-f]{64} lies on S3 disk\(s\) "
+                        r"s3a, none of which .* declares", level="ERROR")
+@pytest.mark.expect_log(r"job remote-stage-st4 \(stage st4 \(remote\)\) failed: object [0-9a-f]{64}: its record in "
+                        r"shard [0-9a-f]+ on S3 disk s3a does not check", level="ERROR")
+def test_a_host_that_cannot_read_an_object_fails_the_job_in_one_line(cluster, tmp_path: Path) -> None:
+    """A host whose hoard.toml names the S3 disk by another label, and a record damaged in its
+    shard's object on the bucket: each fails the job with one line naming the disk or the
+    object and the next step — `--wait` exits 5 with it, the host's worker logs it without a
+    traceback, and nothing is sealed."""
+    main, (host1, host2), (remote1, remote2) = cluster["main"], cluster["hosts"], cluster["remotes"]
+    cfg = config.load(main)
+    shas = _nodes(cfg, tmp_path / "shas.txt")
+    _onto_the_bucket(main)
+    stage = ("stage", "--layout", "by_sha256", "--nodes", str(tmp_path / "shas.txt"), "--remote", "--wait",
+             "--timeout", "100")
+
+    remote2.write_text(remote2.read_text().replace('label = "s3a"', 'label = "s3b"'))
+    host2.start_worker(remote2)
+    res = _hoard(main, stage[0], "st3", *stage[1:])
+    lines = [ln for ln in (res.stdout + res.stderr).splitlines() if ln.strip()]
+    assert res.returncode == 3 and len(lines) == 1, lines
+    assert "none of which" in lines[0] and "[[disks]] table" in lines[0] and "s3a" in lines[0], lines
+    host2.kill_all()
+
+    with Store.open(config.load(main), writable=False) as store:  # one object's payload damaged on the bucket
+        loc = store.index.lookup(bytes.fromhex(shas[0]))
+        assert loc is not None
+        key = f"shards/{loc.shard_id.hex()[-2:]}/{loc.shard_id.hex()}"  # (docs/scale-out.md: the layout in the bucket)
+    client = cluster["s3"]
+    body = bytearray(client.get_object(Bucket=cluster["bucket"], Key=key)["Body"].read())
+    body[loc.offset] ^= 0xFF
+    client.put_object(Bucket=cluster["bucket"], Key=key, Body=bytes(body))
+    host1.start_worker(remote1)
+    res = _hoard(main, stage[0], "st4", *stage[1:])
+    lines = [ln for ln in (res.stdout + res.stderr).splitlines() if ln.strip()]
+    assert res.returncode == 5 and len(lines) == 1, lines
+    assert f"object {shas[0]}" in lines[0] and "does not check" in lines[0] and "hoard verify" in lines[0], lines
+    assert not (host1.home / "ssd" / "3C" / "st4").exists()
+    status = _hoard(remote1, "stage", "--status", "st4", "--json")
+    assert json.loads(status.stdout)["status"] == "failed", status.stdout + status.stderr
+    assert "Traceback" not in _logs(host1) + _logs(host2)

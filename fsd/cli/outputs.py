@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 from pathlib import Path
 from typing import Annotated
@@ -169,11 +170,25 @@ def _remote(cfg, spec: outputs.OutputSpec, wait: bool, as_json: bool, timeout: f
             time.sleep(0.5)
         job = fetch_job(job_id, conn)
         if status != "finished":
-            last = job.latest_result()
-            why = (last.exc_string or "").strip().splitlines() if last is not None else []
-            raise HoardError(f"{spec.kind} {spec.id} {getattr(status, 'value', status)} on a remote worker: {why[-1] if why else 'no reason kept'}"
-                             f"; `hoard {spec.kind} --status {spec.id}` on that host", ExitCode.DATA)
+            raise HoardError(f"{spec.kind} {spec.id} {getattr(status, 'value', status)} on a remote worker: "
+                             f"{_why(job)} (`hoard {spec.kind} --status {spec.id}` on that host)", _exit_code(job))
         _report(job.return_value() or {}, as_json)
+
+
+def _why(job) -> str:
+    """The line a failed job ended with: its exception's message, without the type's name."""
+    last = job.latest_result()
+    lines = (last.exc_string or "").strip().splitlines() if last is not None else []
+    return re.sub(r"^[\w.]+: ", "", lines[-1]) if lines else "no reason kept"
+
+
+def _exit_code(job) -> ExitCode:
+    """A remote stage/export's exit code: the one its host recorded for it in the job's meta,
+    else 5 (the output is not there)."""
+    try:
+        return ExitCode(int(job.meta.get("exit_code", ExitCode.DATA)))
+    except (TypeError, ValueError):
+        return ExitCode.DATA
 
 
 def _json_file(path: Path, what: str) -> dict:
