@@ -33,10 +33,11 @@ from fsd.base.proc import which
 from fsd.io.replicate import replicate_once
 from fsd.outputs import seal
 from fsd.store import Store
+from jobs import remote as remote_mod
 from jobs.guard import SERIALIZER
 from jobs.queues import fetch_job, rq_queue
 from jobs.reaper import reap
-from tests.helpers import missing
+from tests.helpers import missing, write_config
 from tests.s3fault import FaultProxy
 from tests.test_ingest import ingest_sample
 from tests.test_s3_backend import engine_env  # noqa: F401  # (a fixture)
@@ -397,3 +398,57 @@ def test_a_host_that_cannot_read_an_object_fails_the_job_in_one_line(cluster, tm
     status = _hoard(remote1, "stage", "--status", "st4", "--json")
     assert json.loads(status.stdout)["status"] == "failed", status.stdout + status.stderr
     assert "Traceback" not in _logs(host1) + _logs(host2)
+
+
+def test_a_large_record_is_read_off_the_bucket_in_checked_pieces(tmp_path: Path, seaweedfs, engine_env) -> None:  # noqa: F811
+    """An object larger than a piece (8 MiB) is read by a remote worker's reader in pieces of
+    ranged GETs, its record header checked first, the pieces' sha256 the object's; a plan that
+    points at another record's place is refused in one line naming the object and the shard."""
+    engine_env(seaweedfs)
+    bucket = "hoard-large-" + secrets.token_hex(4)
+    seaweedfs.client().create_bucket(Bucket=bucket)
+    cfg_path = _s3_store_config(tmp_path, seaweedfs.endpoint, bucket)
+    big, small = os.urandom(remote_mod.PIECE + 12345), b"a small one"
+    with Store.open(config.load(cfg_path), init=True) as store:
+        shas = [r.sha256 for r in store.put_bytes_many([big, small])]
+    with Store.open(config.load(cfg_path)) as store:
+        replicate_once(store, rate_mb_s=None)
+        s3a = next(u for u, r in store.records.items() if r.label == "s3a")
+        where = {}
+        for sha in shas:
+            loc = store.index.lookup(bytes.fromhex(sha))
+            meta = store.index.get_shard(loc.shard_id)
+            assert meta.sealed and s3a in meta.replicas
+            where[sha] = [meta.hex, loc.offset, loc.length, ["s3a"]]
+    pieces: list[int] = []
+    got: dict[str, str] = {}
+
+    def sink(sha: bytes, payload: memoryview) -> None:
+        got[sha.hex()] = hashlib.sha256(payload).hexdigest()
+
+    def large_sink(sha: bytes, parts) -> None:
+        h = hashlib.sha256()
+        for part in parts:
+            pieces.append(len(part))
+            h.update(part)
+        got[sha.hex()] = h.hexdigest()
+
+    with remote_mod.LocatedReader(config.load(cfg_path), where) as reader:
+        reader.read_batch(shas, sink, large_sink)
+    assert got == {s: s for s in shas} and pieces == [remote_mod.PIECE, 12345]
+    where[shas[0]] = [where[shas[1]][0], where[shas[1]][1], len(big), ["s3a"]]  # another record's place
+    with remote_mod.LocatedReader(config.load(cfg_path), where) as reader, \
+            pytest.raises(remote_mod.RemoteError) as e:
+        reader.read_batch([shas[0]], sink, large_sink)
+    assert f"object {shas[0]}" in e.value.message and "does not check" in e.value.message
+
+
+def _s3_store_config(root: Path, endpoint: str, bucket: str) -> Path:
+    """Two directory disks and the S3 disk s3a, every shard on all three."""
+    disks = [(label, root / label, None) for label in ("d0", "d1")]
+    for _, p, _ in disks:
+        p.mkdir()
+    path = write_config(root, disks, shard_size_mb=64, copy_of_raw=3, copy_of_generated=3, write_ack=2)
+    path.write_text(path.read_text().replace("\n[ssd]", f'\n[[disks]]\nlabel = "s3a"\nkind = "s3"\nendpoint = '
+                                                        f'"{endpoint}"\nbucket = "{bucket}"\ncapacity_gb = 2\n\n[ssd]', 1))
+    return path
