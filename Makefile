@@ -13,10 +13,11 @@ SHELL := /bin/bash
 # driver for the GUI's end-to-end test (tests/test_gui_e2e.py: Selenium never downloads one);
 # ffmpeg for the built-in `keyframes` action (jobs/actions/builtin/keyframes.py); docker.io
 # (dockerd, containerd, runc) and busybox-static for the docker run_spec's tests, which start
-# their own daemon and import their image from a busybox root filesystem (tests/dockerd.py).
+# their own daemon and import their image from a busybox root filesystem (tests/dockerd.py);
+# iproute2 (`ip netns`) for the remote workers' test hosts (tests/test_remote_workers.py).
 APT_PKGS := postgresql redis-server pgbackrest fuse3 libfuse3-dev pkg-config patch \
             python3-dev python3-venv gcc libc6-dev e2fsprogs util-linux rsync procps \
-            chromium chromium-driver ffmpeg docker.io busybox-static smartmontools debootstrap
+            chromium chromium-driver ffmpeg docker.io busybox-static smartmontools debootstrap iproute2
 # what a production install needs (`make install`): the run-time part of the above, no browser,
 # no docker, no test tools
 INSTALL_PKGS := postgresql redis-server pgbackrest fuse3 libfuse3-dev pkg-config patch python3-dev \

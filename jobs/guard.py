@@ -12,8 +12,9 @@ fetches the job (the GUI's run pages, rq-dashboard). So:
 - a worker runs a job only when `refusal(job, …)` finds nothing wrong: its function one of
   JOB_FUNCTIONS, no instance, no callbacks or webhooks, and the configuration file it names the worker's
   own (a job naming another file would run a hoardfs job against someone else's disks and
-  paths, as the worker's user). A refused job is marked failed with the reason, one line in
-  the worker's log, and nothing of it was imported or run.
+  paths, as the worker's user) — or, for HOST_JOBS, none at all (run with the worker's
+  own). A refused job is marked failed with the reason, one line in the worker's log, and
+  nothing of it was imported or run.
 
 This is the second wall: the first is that only the `hoard` group can reach Redis at all (a
 unix socket with mode 0770, or a password; docs/security.md).
@@ -67,7 +68,12 @@ JOB_FUNCTIONS = {
     "jobs.maintenance.run": 1,
     "jobs.store_jobs.replicate": 0,
     "jobs.events.deliver": 0,
+    "jobs.remote.run_output": 0,
 }
+#: the job functions that name no configuration (None) and run against the worker's own —
+#: `hoard worker` sets HOARD_CONFIG to its file: a stage/export planned on the store's server
+#: and run on another host (jobs.remote), whose hoard.toml is not the server's
+HOST_JOBS = frozenset({"jobs.remote.run_output"})
 
 
 class HoardJob(Job):
@@ -107,6 +113,8 @@ def refusal(job: Job, config_path: str | os.PathLike[str] | None) -> str:
         return f"{func_name}: names callbacks or webhooks; hoardfs jobs have none"
     at = JOB_FUNCTIONS[func_name]
     named = args[at] if len(args) > at else kwargs.get("config_path")
+    if func_name in HOST_JOBS:
+        return "" if named is None else f"{func_name}: names a configuration ({str(named)[:200]!r}); it runs with the worker's own"
     if not _same_file(named, config_path):
         return (f"{func_name}: names configuration {str(named)[:200]!r}, not this worker's "
                 f"({str(config_path) if config_path else 'none given'})")

@@ -287,12 +287,18 @@ def run_job(config_path: str | None, output_id: str) -> dict[str, Any]:
     return run(cfg, output_id, keep_refusal=True)
 
 
+#: what a run does between its state's `running` and `done`: (cfg, spec, progress, started) → report
+Body = Callable[[Settings, OutputSpec, Callable[[int, int], None] | None, Callable[[], None]], dict[str, Any]]
+
+
 def run(cfg: Settings, output_id: str, progress: Callable[[int, int], None] | None = None,
-        keep_refusal: bool = False) -> dict[str, Any]:
+        keep_refusal: bool = False, body: Body | None = None) -> dict[str, Any]:
     """Plan, reserve, copy, seal; the report. Idempotent: a sealed output of the same request
     is reported as it is. A HoardError before the run started (nothing reserved, nothing
     written) is a refusal: the request is forgotten (`keep_refusal`: kept as `refused`, which
-    holds no id) and the error raised as it is; so is a Ctrl-C before it started (--here)."""
+    holds no id) and the error raised as it is; so is a Ctrl-C before it started (--here).
+    `body`: the run itself (default: planned here and read from this host's store; a remote
+    worker's is planned on the store's server, jobs.remote)."""
     with _id_lock(cfg, output_id):
         st = load_state(cfg, output_id)
         if st is None:
@@ -313,7 +319,7 @@ def run(cfg: Settings, output_id: str, progress: Callable[[int, int], None] | No
 
         try:
             with runlog.captured(cfg, spec.kind, output_id):
-                report = _run(cfg, spec, progress, started)
+                report = (body or _run)(cfg, spec, progress, started)
         except BaseException as e:
             if isinstance(e, HoardError) and not st.started:
                 if keep_refusal:
@@ -434,14 +440,8 @@ def _run(cfg: Settings, spec: OutputSpec, progress: Callable[[int, int], None] |
     from fsd.store import Store  # deferred: the store opens only when there is something to copy
 
     t0 = time.monotonic()
-    zone, final = spec.zone, cfg.ssd.zone_path(spec.zone) / spec.id
-    if (final / seal.SEALED).is_file():
-        doc = seal.check_sealed(final)
-        if doc.get("selector") != _request(spec):
-            raise OutputError(f"{final} is sealed for another request; ids are immutable", ExitCode.DATA)
-        zones.release_stale(cfg, zone, spec.id)  # a run killed after its seal, before its release
-        return {"id": spec.id, "zone": zone, "path": str(final), "files": doc["actual_files"],
-                "bytes": doc["actual_bytes"], "already_done": True}
+    if (done := _sealed_report(cfg, spec)) is not None:
+        return done
     if spec.mode == "view" and cfg.mount.path is None:
         raise OutputError("--mode view needs the mount: set `[mount] path = \"/srv/hoard\"` in hoard.toml (where "
                           "`hoard mount` / hoard-mount.service serves), or use --mode copy")
@@ -450,11 +450,37 @@ def _run(cfg: Settings, spec: OutputSpec, progress: Callable[[int, int], None] |
         require_stored(store, [it.sha256 for it in items], OutputError)
         if spec.mode == "view":
             return _run_view(cfg, spec, store, items, n_nodes, t0, started)
-        # the worker's output directory, and a root per staged role (parents, children) even with no file
-        empty = [f"{spec.layout['name']}/{role}" for role in ("output", *(spec.context or {}))] if spec.kind == "stage" else []
-        doc, rep = write_copy(cfg, store, zone, spec.id, job=f"{spec.kind}:{spec.id}", kind=spec.kind, items=items,
-                              selector=_request(spec), layout=spec.layout, progress=progress, started=started,
-                              empty_dirs=empty)
+        return copy_planned(cfg, spec, store, items, n_nodes, progress, started, t0)
+
+
+def _sealed_report(cfg: Settings, spec: OutputSpec) -> dict[str, Any] | None:
+    """The report of the id's output when it is sealed already (for this request: another's
+    is refused), else None."""
+    zone, final = spec.zone, cfg.ssd.zone_path(spec.zone) / spec.id
+    if not (final / seal.SEALED).is_file():
+        return None
+    doc = seal.check_sealed(final)
+    if doc.get("selector") != _request(spec):
+        raise OutputError(f"{final} is sealed for another request; ids are immutable", ExitCode.DATA)
+    zones.release_stale(cfg, zone, spec.id)  # a run killed after its seal, before its release
+    return {"id": spec.id, "zone": zone, "path": str(final), "files": doc["actual_files"],
+            "bytes": doc["actual_bytes"], "already_done": True}
+
+
+def copy_planned(cfg: Settings, spec: OutputSpec, store: Any, items: list[Item], n_nodes: int,
+                 progress: Callable[[int, int], None] | None, started: Callable[[], None],
+                 t0: float | None = None) -> dict[str, Any]:
+    """Copy mode of a planned output: `items` read through `store` (its `read_batch`: the store,
+    or a remote worker's reader of located records) into the zone, sealed; the report."""
+    t0 = time.monotonic() if t0 is None else t0
+    if (done := _sealed_report(cfg, spec)) is not None:
+        return done
+    zone, final = spec.zone, cfg.ssd.zone_path(spec.zone) / spec.id
+    # the worker's output directory, and a root per staged role (parents, children) even with no file
+    empty = [f"{spec.layout['name']}/{role}" for role in ("output", *(spec.context or {}))] if spec.kind == "stage" else []
+    doc, rep = write_copy(cfg, store, zone, spec.id, job=f"{spec.kind}:{spec.id}", kind=spec.kind, items=items,
+                          selector=_request(spec), layout=spec.layout, progress=progress, started=started,
+                          empty_dirs=empty)
     return {"id": spec.id, "zone": zone, "path": str(final), "layout": spec.layout["name"], "nodes": n_nodes,
             "files": doc["actual_files"], "bytes": doc["actual_bytes"], "copied_files": rep.written,
             "copied_bytes": rep.bytes_written, "kept_files": rep.kept, "fallbacks": rep.fallbacks,

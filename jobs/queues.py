@@ -216,10 +216,10 @@ def running(conn: redis.Redis, job_id: str) -> bool:
     return any(w.get_current_job_id() == job_id and worker_alive(w) for w in Worker.all(connection=conn))
 
 
-def unserved_queues(conn: redis.Redis) -> list[str]:
-    """The hoardfs queues no live worker serves: a job queued there waits until one starts."""
+def unserved_queues(conn: redis.Redis, queues: tuple[str, ...] = QUEUES) -> list[str]:
+    """The hoardfs queues (of `queues`) no live worker serves: a job queued there waits until one starts."""
     served = {q for w in Worker.all(connection=conn) if worker_alive(w) for q in w.queue_names()}
-    return [q for q in QUEUES if q not in served]
+    return [q for q in queues if q not in served]
 
 
 def worker_alive(worker: BaseWorker) -> bool:

@@ -27,9 +27,10 @@ _HOP = {"connection", "keep-alive", "transfer-encoding", "proxy-connection", "te
 
 
 class FaultProxy:
-    """A proxy on 127.0.0.1 (its `endpoint`) in front of the engine at `upstream`."""
+    """A proxy on `bind` (127.0.0.1 by default; its `endpoint`) in front of the engine at
+    `upstream` — another address lets a host in a network namespace reach the engine."""
 
-    def __init__(self, upstream: str) -> None:
+    def __init__(self, upstream: str, bind: str = "127.0.0.1") -> None:
         url = urlsplit(upstream)
         self._up = (url.hostname or "127.0.0.1", url.port or 80)
         self._lock = threading.Lock()
@@ -84,9 +85,9 @@ class FaultProxy:
             def handle_error(self, request: object, client_address: object) -> None:
                 pass  # a client that gave up (a timeout) or an engine stopped: the client sees it
 
-        self._server = Server(("127.0.0.1", 0), Handler)
+        self._server = Server((bind, 0), Handler)
         self._server.daemon_threads = True
-        self.endpoint = f"http://127.0.0.1:{self._server.server_address[1]}"
+        self.endpoint = f"http://{bind}:{self._server.server_address[1]}"
         self._thread = threading.Thread(target=self._server.serve_forever, name="s3-fault-proxy", daemon=True)
 
     def _next(self) -> tuple[int, float]:

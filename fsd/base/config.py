@@ -199,6 +199,33 @@ class ActionsConfig(BaseModel):
     max_output_bytes: int = Field(default=256 << 30, ge=1, le=1 << 60)
 
 
+class WorkerConfig(BaseModel):
+    """`hoard worker` on this host: the store's own server, or a host beside it that stages and
+    exports from the store's S3 disks (docs/scale-out.md, "Workers on other hosts")."""
+
+    model_config = _strict
+    #: this host is not the store's server: its `hoard worker` serves the `remote` queue only
+    #: (stage/export jobs whose every object lies on an S3 disk), runs each against this
+    #: host's own hoard.toml (its SSD's 3C/3D, its S3 disks) and never opens the index
+    remote: bool = False
+    #: seconds between a busy worker's heartbeats to Redis (its job's `last_heartbeat` and its
+    #: entry in RQ's started registry are refreshed each time; RQ's job_monitoring_interval)
+    heartbeat_s: int = Field(default=10, ge=1, le=25)
+    #: a running job whose worker has not heartbeaten for this many seconds is re-queued by the
+    #: reaper of the store's server (jobs.reaper, in its `hoard worker`s, looking every
+    #: heartbeat_s): a host that died has its job queued again within reap_after_s + heartbeat_s
+    #: (50 s by default). Below 60: RQ lets a silent job's entry expire heartbeat_s + 60 s after
+    #: its last beat, and its own clean-up then fails the job instead of queueing it again
+    reap_after_s: float = Field(default=40, ge=2, le=55)
+
+    @model_validator(mode="after")
+    def _reap_after_beats(self) -> WorkerConfig:
+        if self.reap_after_s < 2 * self.heartbeat_s:
+            raise ValueError(f"worker.reap_after_s ({self.reap_after_s:g}) must be at least twice worker.heartbeat_s "
+                             f"({self.heartbeat_s:g}): a live worker's job would be taken from it between two beats")
+        return self
+
+
 class LabelStudioConfig(BaseModel):
     """AC5: the team's Label Studio (docs/actions.md, "AC5 — your Label Studio")."""
 
@@ -431,6 +458,8 @@ class Settings(BaseSettings):
     redis_url: str = Field(default=None, validate_default=False)  # type: ignore[assignment]  # see above
     test_redis_url: str = Field(default=None, validate_default=False)  # type: ignore[assignment]  # see above
     actions: ActionsConfig = ActionsConfig()
+    #: `hoard worker` on this host: remote or the store's server, heartbeat and reaper
+    worker: WorkerConfig = WorkerConfig()
     label_studio: LabelStudioConfig = LabelStudioConfig()
     #: where events are POSTed (jobs.events; docs/config.md, "[[webhooks]]")
     webhooks: list[WebhookConfig] = []
@@ -473,11 +502,12 @@ class Settings(BaseSettings):
         n = sum(d.copies for d in self.disks)
         weighted = "" if n == len(self.disks) else " (an S3 disk counts as its `copies`)"
         st = self.store
+        # (a remote worker's host writes nothing to the store: one S3 disk it reads is enough)
         for key in ("copy_of_raw", "copy_of_generated"):
-            if getattr(st, key) > n:
+            if getattr(st, key) > n and not self.worker.remote:
                 raise ValueError(f"store.{key}={getattr(st, key)} needs that many disks; allowed 2..{n} with "
                                  f"{len(self.disks)} disks{weighted}")
-        if st.write_ack > len(self.disks):
+        if st.write_ack > len(self.disks) and not self.worker.remote:
             raise ValueError(f"store.write_ack={st.write_ack} needs that many disks: an acknowledged write is on "
                              f"write_ack distinct disks; allowed 1..{len(self.disks)} with {len(self.disks)} disks")
         if st.write_ack > min(st.copy_of_raw, st.copy_of_generated):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 from pathlib import Path
 from typing import Annotated
@@ -14,8 +15,9 @@ from fsd.base.errors import ExitCode, HoardError
 from fsd.base.units import fmt_bytes
 from fsd.cli._common import err, out, print_figures, progress, read_input, state
 from jobs import outputs
+from jobs import remote as remote_jobs
 from jobs.launch import enqueue_output
-from jobs.queues import connect, redis_required, unserved_queues
+from jobs.queues import connect, fetch_job, redis_required, unserved_queues
 
 LAYOUT_HELP = "by_sha256 | by_batch | by_label | flat, or a layout .toml file (docs/layouts.md)"
 
@@ -28,6 +30,8 @@ def stage(
     nodes: Annotated[Path | None, typer.Option(help="a file of sha256s, one per line ('-': stdin)")] = None,
     mode: Annotated[str, typer.Option(help="copy (files on the SSD) or view (a view in the mount, no copy)")] = "copy",
     here: Annotated[bool, typer.Option("--here", help="run in this process (no worker needed)")] = False,
+    remote: Annotated[bool, typer.Option("--remote", help="run on a worker of another host (queue `remote`): "
+                                         "planned here, read there from the S3 disks, made in that host's zone")] = False,
     wait: Annotated[bool, typer.Option(help="wait for the worker to finish and print the report")] = False,
     status: Annotated[str | None, typer.Option("--status", metavar="ID", help="show a stage's state")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="the report as JSON")] = False,
@@ -40,7 +44,7 @@ def stage(
     same command resumes a failed or killed run; the same id again after success does
     nothing. Runs as an RQ job on the `io` queue (`hoard worker`), or --here."""
     _command(ctx, "stage", action_batch, layout, selector, nodes, "by_node", mode, here, wait, status, as_json,
-             timeout)
+             timeout, remote)
 
 
 def export(
@@ -51,6 +55,8 @@ def export(
     dedup: Annotated[str, typer.Option(help="by_node: as the layout says; by_sha256: each content once")] = "by_node",
     mode: Annotated[str, typer.Option(help="copy (files on the SSD) or view (a view in the mount, no copy)")] = "copy",
     here: Annotated[bool, typer.Option("--here", help="run in this process (no worker needed)")] = False,
+    remote: Annotated[bool, typer.Option("--remote", help="run on a worker of another host (queue `remote`): "
+                                         "planned here, read there from the S3 disks, made in that host's zone")] = False,
     wait: Annotated[bool, typer.Option(help="wait for the worker to finish and print the report")] = False,
     status: Annotated[str | None, typer.Option("--status", metavar="ID", help="show an export's state")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="the report as JSON")] = False,
@@ -59,12 +65,13 @@ def export(
     """Export a selection into zone 3D in a layout: `3D/<id>/<layout>/…` (see `hoard stage`)."""
     if dedup not in ("by_node", "by_sha256"):
         raise HoardError(f"--dedup {dedup!r}: by_node or by_sha256", ExitCode.USAGE)
-    _command(ctx, "export", output_id, layout, selector, None, dedup, mode, here, wait, status, as_json, timeout)
+    _command(ctx, "export", output_id, layout, selector, None, dedup, mode, here, wait, status, as_json, timeout,
+             remote)
 
 
 def _command(ctx: typer.Context, kind: str, output_id: str | None, layout: str | None, selector: Path | None,
              nodes: Path | None, dedup: str, mode: str, here: bool, wait: bool, status: str | None,
-             as_json: bool, timeout: float) -> None:
+             as_json: bool, timeout: float, remote: bool = False) -> None:
 
     cfg = state(ctx).settings
     if status:
@@ -83,6 +90,11 @@ def _command(ctx: typer.Context, kind: str, output_id: str | None, layout: str |
     sel = _json_file(selector, "selector") if selector is not None else None
     listed = _sha_list(nodes) if nodes is not None else None
     spec = outputs.make_spec(kind, output_id, layout, sel, listed, dedup, mode)
+    if remote:
+        if here:
+            raise HoardError("--here or --remote, not both", ExitCode.USAGE)
+        _remote(cfg, spec, wait, as_json, timeout)
+        return
     st = outputs.submit(cfg, spec)
     if st.status == "done":
         _report(st.report | {"already_done": True}, as_json)
@@ -134,6 +146,49 @@ def _enqueue(cfg, kind: str, output_id: str) -> None:
         if outputs.QUEUE in unserved_queues(conn):
             err.print(f"[yellow]no worker serves the {outputs.QUEUE} queue: `hoard worker`, or run it here with "
                       f"`hoard {kind} {escape(output_id)} ... --here`[/]")
+
+
+def _remote(cfg, spec: outputs.OutputSpec, wait: bool, as_json: bool, timeout: float) -> None:
+    """--remote: planned and located here (refused in one line when an object is on no S3 disk),
+    queued on `remote`; its state is kept on the host that runs it. --wait follows the RQ job."""
+    with redis_required(cfg.redis_url):
+        conn = connect(cfg.redis_url)
+        job_id = remote_jobs.enqueue(cfg, spec, conn)
+        if remote_jobs.QUEUE in unserved_queues(conn, (remote_jobs.QUEUE,)):
+            err.print(f"[yellow]no worker serves the {remote_jobs.QUEUE} queue: start `hoard worker` on a host whose "
+                      "hoard.toml says [worker] remote = true (docs/scale-out.md)[/]")
+        if not wait:
+            out.print(f"{spec.kind} {spec.id}: queued on `{remote_jobs.QUEUE}` as job {job_id} (`hoard {spec.kind} "
+                      f"--status {spec.id}` on the host that runs it)")
+            return
+        deadline = time.monotonic() + timeout
+        while (status := fetch_job(job_id, conn).get_status(refresh=True)) not in ("finished", "failed", "stopped",
+                                                                                  "canceled"):
+            if time.monotonic() > deadline:
+                raise HoardError(f"{spec.kind} {spec.id} still {getattr(status, 'value', status)} after {timeout:.0f} s on `{remote_jobs.QUEUE}` "
+                                 f"(job {job_id})", ExitCode.UNAVAILABLE)
+            time.sleep(0.5)
+        job = fetch_job(job_id, conn)
+        if status != "finished":
+            raise HoardError(f"{spec.kind} {spec.id} {getattr(status, 'value', status)} on a remote worker: "
+                             f"{_why(job)} (`hoard {spec.kind} --status {spec.id}` on that host)", _exit_code(job))
+        _report(job.return_value() or {}, as_json)
+
+
+def _why(job) -> str:
+    """The line a failed job ended with: its exception's message, without the type's name."""
+    last = job.latest_result()
+    lines = (last.exc_string or "").strip().splitlines() if last is not None else []
+    return re.sub(r"^[\w.]+: ", "", lines[-1]) if lines else "no reason kept"
+
+
+def _exit_code(job) -> ExitCode:
+    """A remote stage/export's exit code: the one its host recorded for it in the job's meta,
+    else 5 (the output is not there)."""
+    try:
+        return ExitCode(int(job.meta.get("exit_code", ExitCode.DATA)))
+    except (TypeError, ValueError):
+        return ExitCode.DATA
 
 
 def _json_file(path: Path, what: str) -> dict:

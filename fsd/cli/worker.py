@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from typing import Annotated
 
 import typer
@@ -11,25 +12,44 @@ from fsd.base.errors import ExitCode, HoardError
 from fsd.cli._common import state
 from jobs.guard import exposure
 from jobs.queues import QUEUES, HoardWorker, connect, redis_required, rq_queue
+from jobs.reaper import Reaper
+from jobs.remote import QUEUE as REMOTE_QUEUE
 
 
 def worker(
     ctx: typer.Context,
     queues: Annotated[str | None, typer.Option("--queues", "-q", help="comma-separated queue names (default: every "
-                                               "queue: " + ",".join(QUEUES) + ")")] = None,
+                                               "queue: " + ",".join(QUEUES) + "; on a host whose hoard.toml says "
+                                               f"[worker] remote = true: {REMOTE_QUEUE})")] = None,
     burst: Annotated[bool, typer.Option("--burst", help="quit when the queues are empty")] = False,
 ) -> None:
     """Run an RQ worker on the hoardfs queues, with RQ's scheduler (a waiting action run's poll
-    is a scheduled job: nothing holds a worker while it waits)."""
-    names = list(QUEUES) if queues is None else [q.strip() for q in queues.split(",") if q.strip()]
-    unknown = [q for q in names if q not in QUEUES]
-    if unknown:
-        raise HoardError(f"unknown queue(s) {', '.join(unknown)}; allowed: {', '.join(QUEUES)}", ExitCode.USAGE)
+    is a scheduled job: nothing holds a worker while it waits). It heartbeats every
+    `[worker] heartbeat_s`; on the store's server it also runs the reaper, which queues again
+    a job whose worker went silent (docs/scale-out.md)."""
     cfg = state(ctx).settings
+    remote = cfg.worker.remote
+    allowed = (REMOTE_QUEUE,) if remote else (*QUEUES, REMOTE_QUEUE)
+    names = list(allowed[:1] if remote else QUEUES) if queues is None else [q.strip() for q in queues.split(",")
+                                                                             if q.strip()]
+    unknown = [q for q in names if q not in allowed]
+    if unknown:
+        why = " (this host's hoard.toml says [worker] remote = true: it serves remote jobs only)" if remote else ""
+        raise HoardError(f"unknown queue(s) {', '.join(unknown)}; allowed: {', '.join(allowed)}{why}", ExitCode.USAGE)
     assert cfg.redis_url
     if open_to := exposure(cfg.redis_url):
         logging.getLogger("jobs.guard").warning("%s", open_to)
+    if cfg.source is not None:  # a job of jobs.guard.HOST_JOBS runs with this file (its work horse inherits it)
+        os.environ["HOARD_CONFIG"] = str(cfg.source)
+    beat = cfg.worker.heartbeat_s
     with redis_required(cfg.redis_url):
         conn = connect(cfg.redis_url)
-        HoardWorker([rq_queue(n, conn) for n in names], connection=conn, config_path=cfg.source).work(
-            burst=burst, with_scheduler=True)
+        reaper = None if remote else Reaper(cfg.redis_url, beat, cfg.worker.reap_after_s)
+        if reaper is not None:
+            reaper.start()
+        try:
+            HoardWorker([rq_queue(n, conn) for n in names], connection=conn, config_path=cfg.source,
+                        job_monitoring_interval=beat).work(burst=burst, with_scheduler=True)
+        finally:
+            if reaper is not None:
+                reaper.stop()

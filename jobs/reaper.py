@@ -1,0 +1,136 @@
+"""The reaper: a running job whose worker stopped heartbeating — its host died, lost power or
+its network — is queued again (docs/scale-out.md, "Heartbeat and reaper").
+
+RQ's own handling of such a job has two gaps (rq#944, rq#1571). A busy worker refreshes its
+job's `last_heartbeat` and the job's entry in the queue's StartedJobRegistry (`rq:wip:<queue>`,
+scored by when it expires: now + job_monitoring_interval + 60 s) every
+job_monitoring_interval; when the host dies the entry expires, but only a worker's
+maintenance (every 10 minutes, by a worker serving that very queue) looks at it, and then it
+*fails* the job (AbandonedJobError) unless the job has retries left. A job on a queue that
+only the dead host served is never looked at at all.
+
+So every `hoard worker` of the store's server runs `Reaper` in a thread: each
+`worker.heartbeat_s` it reads the started registry of every hoardfs queue (ZRANGE: no job is
+loaded for the live ones), and for an entry whose job's `last_heartbeat` is older than
+`worker.reap_after_s` — and whose worker is not a live process of this host (an in-process
+SimpleWorker sends no heartbeat while it runs a job) — it takes the entry with one ZREM: only
+the reaper whose ZREM removed it goes on, so two server workers never queue a job twice. The
+job goes back on its queue (RQ's `Queue.enqueue_job`: status queued, at the front).
+`reap_after_s` is below 60 s (config), so the reaper comes before RQ's expiry and RQ's
+clean-up never fails such a job.
+
+Running it again must be harmless, and is for the jobs it takes: a stage or export resumes
+or reports its sealed output (jobs.outputs, jobs.remote); the other hoardfs jobs resume from
+their state files as after a kill -9 (their tests kill them at every step).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import socket
+import threading
+from typing import Any
+
+import redis
+from rq import Worker
+from rq.executions import parse_composite_key
+from rq.registry import StartedJobRegistry
+from rq.utils import str_to_date
+
+from fsd.base.proc import pid_alive
+from jobs.queues import QUEUES, connect, fetch_job, rq_queue
+from jobs.remote import QUEUE as REMOTE_QUEUE
+
+log = logging.getLogger(__name__)
+
+#: every queue the reaper looks at
+REAPED = (*QUEUES, REMOTE_QUEUE)
+
+
+def reap(conn: redis.Redis, reap_after_s: float, now: dt.datetime | None = None) -> list[str]:
+    """Queue again every started job whose last heartbeat is older than `reap_after_s`; the
+    ids of those this call took."""
+    now = now or dt.datetime.now(dt.UTC)
+    taken = []
+    for name in REAPED:
+        queue = rq_queue(name, conn)
+        registry = StartedJobRegistry(queue=queue)
+        for raw in conn.zrange(registry.key, 0, -1):
+            entry = _text(raw)
+            job_id, _execution = parse_composite_key(entry)
+            beat = _last_heartbeat(conn, job_id)
+            if beat is not None and (now - beat).total_seconds() <= reap_after_s or _runs_here(conn, job_id):
+                continue
+            if not conn.zrem(registry.key, entry):
+                continue  # another reaper (or the job's end) took it first
+            try:
+                job = fetch_job(job_id, conn)
+            except Exception as e:  # noqa: BLE001  # a job hash gone or unreadable: nothing to queue
+                log.warning("reaper: job %s of queue %s had no heartbeat for %ss but cannot be read (%s); dropped "
+                            "from the started jobs", job_id, name, reap_after_s, e)
+                continue
+            if job.get_status(refresh=False) != "started":
+                continue  # it ended meanwhile: its own end removed or will remove what is left
+            queue.enqueue_job(job, at_front=True)
+            log.warning("reaper: job %s (%s) on queue %s: its worker %s sent no heartbeat for %.0f s (host down?); "
+                        "queued again", job_id, job.description, name, job.worker_name or "?",
+                        (now - beat).total_seconds() if beat else reap_after_s)
+            taken.append(job_id)
+    return taken
+
+
+def _runs_here(conn: redis.Redis, job_id: str) -> bool:
+    """Whether the job's worker is a live process of this host: RQ's SimpleWorker (in-process:
+    `hoard demo`, the benchmarks) sends no heartbeat while it runs a job, and a process of
+    this host is known alive without one."""
+    name = _text(conn.hget(f"rq:job:{job_id}", "worker_name"))
+    if not name:
+        return False
+    host, pid = (_text(v) for v in conn.hmget(Worker.redis_worker_namespace_prefix + name, "hostname", "pid"))
+    try:
+        return host == socket.gethostname() and pid_alive(int(pid or 0))
+    except ValueError:
+        return False
+
+
+def _text(raw: Any) -> str:
+    """A Redis answer (bytes, or nothing) as text."""
+    return raw.decode(errors="replace") if isinstance(raw, bytes) else str(raw or "")
+
+
+def _last_heartbeat(conn: redis.Redis, job_id: str) -> dt.datetime | None:
+    """The job's last heartbeat (RQ writes it at start and at every beat), None when it has none."""
+    raw = conn.hget(f"rq:job:{job_id}", "last_heartbeat")
+    if not raw:
+        return None
+    try:
+        return str_to_date(raw)  # (RQ's own reading of what it wrote: UTC, aware)
+    except ValueError:
+        return None
+
+
+class Reaper(threading.Thread):
+    """`reap` every `every_s` on a connection of its own until `stop()`; a Redis that does not
+    answer is one warning per outage, and the reaper tries again."""
+
+    def __init__(self, url: str, every_s: float, reap_after_s: float) -> None:
+        super().__init__(name="hoard-reaper", daemon=True)
+        self.url, self.every_s, self.reap_after_s = url, every_s, reap_after_s
+        self._halt = threading.Event()
+
+    def run(self) -> None:
+        conn: Any = connect(self.url)
+        down = False
+        while not self._halt.wait(self.every_s):
+            try:
+                reap(conn, self.reap_after_s)
+                down = False
+            except redis.RedisError as e:
+                if not down:
+                    log.warning("reaper: Redis at %s does not answer (%s); trying again every %ss", self.url,
+                                str(e).splitlines()[0] if str(e) else type(e).__name__, self.every_s)
+                down = True
+
+    def stop(self) -> None:
+        self._halt.set()

@@ -1,0 +1,209 @@
+"""Stage and export on another host (docs/scale-out.md, "Workers on other hosts").
+
+    hoard stage ab-0042 --layout by_sha256 --nodes shas.txt --remote     (on the store's server)
+    hoard worker                                                         (on a host whose hoard.toml
+                                                                          says [worker] remote = true)
+
+The store's server plans the output (the selection from PostgreSQL, the layout's paths) and
+looks every object up in its index: where each record lies — shard, offset, length — and which
+S3 disks hold a replica of that shard. An output with an object that no S3 disk holds (its
+replicas only on the server's own HDDs) is refused there, in one line: only jobs a remote
+worker can serve reach the `remote` queue. The job carries that plan; the remote worker
+never opens the index (it lives on the server's SSD): it records the request in its own
+`<ssd>/state/outputs/`, reads each record with a ranged GET from its S3 disk of the same
+label, checks it (the record header names the object; its xxh3 and sha256 are checked as any
+read checks them) and writes the output into its own 3C or 3D through the same reserve, copy
+and seal as a local run (fsd.outputs.write). A job re-queued after its host died (jobs.reaper)
+runs the same request again: on a host that already holds the sealed output it is reported
+done, a partial tree is resumed (what checks is kept), and on another host it is made there —
+nothing of a stage or an export is written outside the host's own zone.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from rq import get_current_job
+
+from fsd.base import config as config_mod
+from fsd.base.config import Settings
+from fsd.base.errors import ExitCode, HoardError
+from fsd.core import shardfmt as fmt
+from fsd.core.records import verify_record
+from fsd.outputs.materialize import Item
+from jobs import outputs
+
+#: the queue only remote workers serve (not one of jobs.queues.QUEUES: a worker of the store's
+#: server serves those, and a job here is meant for another host's zone)
+QUEUE = "remote"
+#: records longer than this are read in pieces of it (bounded memory); shorter ones whole
+PIECE = 8 << 20
+
+
+class RemoteError(HoardError):
+    exit_code = ExitCode.UNAVAILABLE
+
+
+def job_id(kind: str, output_id: str) -> str:
+    return f"remote-{kind}-{output_id}"
+
+
+# -- on the store's server: plan and locate ----------------------------------------------------
+
+def locate(cfg: Settings, spec: outputs.OutputSpec) -> dict[str, Any]:
+    """The plan a remote worker runs: the output's items and, for each object, its record's
+    place (shard hex, offset, length) and the labels of the S3 disks holding a replica.
+    RemoteError (one line) when an object is on no S3 disk, or the output is not a copy."""
+    from fsd.store import Store  # deferred: opened only to look the objects up
+
+    if spec.mode != "copy":
+        raise RemoteError(f"{spec.kind} {spec.id}: --remote copies (--mode copy); a view lives in this server's "
+                          "mount", ExitCode.USAGE)
+    items, n_nodes = outputs.plan_items(cfg, spec)
+    s3 = {d.label for d in cfg.disks if d.kind == "s3"}
+    where: dict[str, list[Any]] = {}
+    away: list[str] = []
+    with Store.open(cfg, writable=False) as store:
+        labels = {rec.uuid: rec.label for rec in store.records.values()}
+        found = store.index.lookup_many({bytes.fromhex(it.sha256) for it in items})
+        for it in items:
+            if it.sha256 in where:
+                continue
+            loc = found.get(bytes.fromhex(it.sha256))
+            meta = store.index.get_shard(loc.shard_id) if loc is not None else None
+            if loc is None or meta is None:
+                raise RemoteError(f"{spec.kind} {spec.id}: object {it.sha256} is not in the store; nothing was "
+                                  f"queued — narrow the selection (`hoard info {it.sha256}`)", ExitCode.DATA)
+            on = sorted(labels[u] for u in meta.replicas if labels.get(u) in s3 and meta.sealed)
+            if not on:
+                away.append(it.sha256)
+            where[it.sha256] = [meta.hex, loc.offset, loc.length, on]
+    if away:
+        raise RemoteError(f"{spec.kind} {spec.id}: {len(away)} of {len(where)} objects are on no S3 disk (only on "
+                          f"this server's disks), e.g. {away[0]}; a remote worker cannot read them — `hoard replicate` "
+                          "onto the S3 disk first, or run it here without --remote", ExitCode.UNAVAILABLE)
+    return {"nodes": n_nodes, "items": [[it.path, it.sha256, it.size,
+                                         it.sidecar.decode() if it.sidecar is not None else None] for it in items],
+            "where": where}
+
+
+def enqueue(cfg: Settings, spec: outputs.OutputSpec, conn: Any) -> str:
+    """Plan and locate here, then queue the job on `remote` (once: a job of the same id that
+    waits or runs is kept)."""
+    from jobs.queues import enqueue_once  # deferred: jobs.queues loads RQ
+
+    plan = locate(cfg, spec)
+    return enqueue_once(conn, QUEUE, "jobs.remote.run_output", None, spec.model_dump(), plan,
+                        job_id=job_id(spec.kind, spec.id), timeout=outputs.JOB_TIMEOUT_S,
+                        description=f"{spec.kind} {spec.id} (remote)")
+
+
+# -- on the remote host: run the plan ----------------------------------------------------------
+
+def run_output(config_path: str | None, spec_doc: dict[str, Any], plan: dict[str, Any]) -> dict[str, Any]:
+    """RQ job (queue `remote`): the located plan of a stage or export, run against this host's
+    own configuration (`config_path`: the worker's, given by jobs.guard). Idempotent: a sealed
+    output of the same request is reported done; a partial one resumed."""
+    cfg = config_mod.load(config_path)
+    try:
+        spec = outputs.OutputSpec.model_validate(spec_doc)
+    except ValueError as e:
+        raise RemoteError(f"remote job: not a stage/export request ({str(e).splitlines()[0]})", ExitCode.USAGE) from None
+    outputs.submit(cfg, spec)
+    items = [Item(path, sha, size, car.encode() if car is not None else None) for path, sha, size, car in plan["items"]]
+
+    def body(cfg: Settings, spec: outputs.OutputSpec, progress: Callable[[int, int], None] | None,
+             started: Callable[[], None]) -> dict[str, Any]:
+        with LocatedReader(cfg, plan["where"]) as reader:
+            return outputs.copy_planned(cfg, spec, reader, items, int(plan["nodes"]), progress, started)
+
+    try:
+        return outputs.run(cfg, spec.id, keep_refusal=True, body=body)
+    except HoardError as e:  # its exit code for `--wait` on the server (jobs keep no exit code of their own)
+        if (job := get_current_job()) is not None:
+            job.meta["exit_code"] = int(e.exit_code)
+            job.save_meta()
+        raise
+
+
+@dataclass
+class _Stats:
+    """What materialize reads of a batch read's statistics and plan."""
+
+    seconds: float = 0.0
+    fallbacks: int = 0
+    per_disk_seconds: dict[str, float] = field(default_factory=dict)
+
+
+class LocatedReader:
+    """The one call of the store that copying an output makes (`read_batch`), served from the
+    records the plan located on this host's S3 disks: ranged GETs, no index."""
+
+    def __init__(self, cfg: Settings, where: dict[str, list[Any]]) -> None:
+        self.where = where
+        self.disks: dict[str, Any] = {}
+        self.cfg = cfg
+
+    def __enter__(self) -> LocatedReader:
+        from fsd.core.s3 import S3Disk  # deferred: boto3 is loaded only where an S3 disk is read
+
+        wanted = {label for _, _, _, labels in self.where.values() for label in labels}
+        for dc in self.cfg.disks:
+            if dc.kind == "s3" and dc.label in wanted:
+                disk = S3Disk.configured(dc)
+                ident = disk.read_identity()  # (an engine that does not answer: EngineError, one line)
+                if ident is None or ident.get("label") != dc.label:
+                    raise RemoteError(f"disk {dc.label}: bucket {dc.bucket} at {dc.endpoint} is not that hoardfs "
+                                      f"disk (its identity: {ident and ident.get('label')}); correct disks.bucket in "
+                                      f"{self.cfg.source}")
+                self.disks[dc.label] = S3Disk.configured(dc, str(ident["uuid"]))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.disks.clear()
+
+    def _disk(self, sha_hex: str) -> tuple[Any, str, int, int]:
+        shard_hex, offset, length, labels = self.where[sha_hex]
+        here = [label for label in labels if label in self.disks]
+        if not here:
+            raise RemoteError(f"object {sha_hex} lies on S3 disk(s) {', '.join(labels)}, none of which "
+                              f"{self.cfg.source} declares: add its [[disks]] table (kind = \"s3\") on this host")
+        return self.disks[here[0]], shard_hex, int(offset), int(length)
+
+    def read_batch(self, shas_hex: list[str], sink: Callable[[bytes, memoryview], None],
+                   large_sink: Callable[[bytes, Iterator[bytes]], None] | None = None) -> tuple[_Stats, _Stats]:
+        t0 = time.monotonic()
+        stats = _Stats()
+        for sha_hex in shas_hex:
+            disk, shard_hex, offset, length = self._disk(sha_hex)
+            try:
+                self._read(disk, sha_hex, shard_hex, offset, length, sink, large_sink)
+            except fmt.ShardFormatError as e:
+                raise RemoteError(f"object {sha_hex}: its record in shard {shard_hex} on S3 disk {disk.label} does "
+                                  f"not check ({e}); the output keeps what it copied — run `hoard verify` on the "
+                                  "store's server (it repairs the replica from another), then the same command",
+                                  ExitCode.DATA) from None
+        stats.seconds = time.monotonic() - t0
+        return _Stats(seconds=0.0), stats
+
+    @staticmethod
+    def _read(disk: Any, sha_hex: str, shard_hex: str, offset: int, length: int,
+              sink: Callable[[bytes, memoryview], None],
+              large_sink: Callable[[bytes, Iterator[bytes]], None] | None) -> None:
+        """One located record into `sink` (checked here) or, in pieces, `large_sink` (its
+        header checked here, the whole payload's sha256 by the sink)."""
+        sha, where = bytes.fromhex(sha_hex), f" (shard {shard_hex} on {disk.label})"
+        if length <= PIECE or large_sink is None:
+            buf = disk.read_exact(shard_hex, offset - fmt.RECORD_HEADER_SIZE, fmt.RECORD_HEADER_SIZE + length)
+            sink(sha, memoryview(verify_record(memoryview(buf), 0, sha, length, where)))
+        else:  # the header checked here, the whole payload's sha256 by the sink
+            head = disk.read_exact(shard_hex, offset - fmt.RECORD_HEADER_SIZE, fmt.RECORD_HEADER_SIZE)
+            got, got_len, _digest, _flags = fmt.decode_record_header(head)
+            if got != sha or got_len != length:
+                raise fmt.ShardFormatError(f"record header names {got.hex()[:12]}…/{got_len} bytes, the plan "
+                                           f"expects {sha_hex[:12]}…/{length}{where}")
+            large_sink(sha, (disk.read_exact(shard_hex, offset + k, min(PIECE, length - k))
+                             for k in range(0, length, PIECE)))

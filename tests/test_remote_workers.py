@@ -1,0 +1,454 @@
+"""Workers on other hosts (docs/scale-out.md, "Workers on other hosts"): a `hoard worker` in a
+network namespace of its own — a second host, which reaches the store's server only over a
+veth pair: Redis on TCP with a password, SeaweedFS's S3 through a proxy on the pair's address
+— stages and exports from the S3 disk into its own SSD's 3C/3D; an output with an object on no
+S3 disk is refused on the server in one line; a host killed mid-job (SIGKILL of every process
+in its namespace) has its job queued again by the server's reaper and finished by another
+host. Real PostgreSQL, Redis, SeaweedFS, store and processes."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import hashlib
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+from rq import Worker
+from rq.job import Job
+from rq.registry import StartedJobRegistry
+
+from adapters.synth import Spec
+from fsd.base import config
+from fsd.base.proc import which
+from fsd.io.replicate import replicate_once
+from fsd.outputs import seal
+from fsd.store import Store
+from jobs import remote as remote_mod
+from jobs.guard import SERIALIZER
+from jobs.queues import fetch_job, rq_queue
+from jobs.reaper import reap
+from tests.helpers import missing, write_config
+from tests.s3fault import FaultProxy
+from tests.test_ingest import ingest_sample
+from tests.test_s3_backend import engine_env  # noqa: F401  # (a fixture)
+
+# tier: SeaweedFS, PostgreSQL, Redis and hoard processes in network namespaces
+pytestmark = pytest.mark.services
+
+REPO = Path(__file__).resolve().parent.parent
+#: the heartbeat and reaper of every host in these tests (the defaults are 10 s and 40 s)
+WORKER = "[worker]\nheartbeat_s = 1\nreap_after_s = 3\n"
+
+
+def _run(*argv: str) -> None:
+    subprocess.run(argv, check=True, capture_output=True, timeout=30)
+
+
+class Host:
+    """A network namespace joined to this host by a veth pair: this side 10.77.<n>.1, the
+    namespace's 10.77.<n>.2 — what it can reach of the server is what listens on 10.77.<n>.1."""
+
+    def __init__(self, n: int, home: Path) -> None:
+        self.n, self.home = n, home
+        tag = f"{os.getpid() % 10000}{n}"
+        self.ns, self.veth = f"hoardt{tag}", f"hvt{tag}"
+        self.server_ip = f"10.77.{n}.1"
+        self.procs: list[subprocess.Popen] = []
+
+    def up(self) -> None:
+        try:
+            _run("ip", "netns", "add", self.ns)
+        except (subprocess.CalledProcessError, FileNotFoundError) as e:
+            missing(f"NETWORK NAMESPACES UNAVAILABLE (`ip netns add` failed: "
+                    f"{getattr(e, 'stderr', b'') or e!s}); the remote-worker tests need root and netns")
+        _run("ip", "link", "add", self.veth + "a", "type", "veth", "peer", "name", self.veth + "b")
+        _run("ip", "link", "set", self.veth + "b", "netns", self.ns)
+        _run("ip", "addr", "add", f"{self.server_ip}/24", "dev", self.veth + "a")
+        _run("ip", "link", "set", self.veth + "a", "up")
+        for cmd in (("ip", "addr", "add", f"10.77.{self.n}.2/24", "dev", self.veth + "b"),
+                    ("ip", "link", "set", self.veth + "b", "up"), ("ip", "link", "set", "lo", "up")):
+            _run("ip", "netns", "exec", self.ns, *cmd)
+
+    def start_worker(self, cfg: Path) -> subprocess.Popen:
+        """`hoard worker` inside the namespace, with this host's own hoard.toml."""
+        log = (self.home / f"worker-{len(self.procs)}.log").open("wb")
+        proc = subprocess.Popen(["ip", "netns", "exec", self.ns, sys.executable, "-m", "fsd", "--config", str(cfg),
+                                 "worker"], cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=True)
+        self.procs.append(proc)
+        return proc
+
+    def kill_all(self) -> list[int]:
+        """SIGKILL every process in the namespace (the host dies); their pids."""
+        pids = [int(p) for p in subprocess.run(["ip", "netns", "pids", self.ns], capture_output=True, text=True,
+                                                timeout=30).stdout.split()]
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        for proc in self.procs:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(10)
+        return pids
+
+    def down(self) -> None:
+        self.kill_all()
+        subprocess.run(["ip", "netns", "del", self.ns], capture_output=True, timeout=30)
+        subprocess.run(["ip", "link", "del", self.veth + "a"], capture_output=True, timeout=30)
+
+
+@contextlib.contextmanager
+def _redis_on(ips: list[str], base: Path) -> Iterator[tuple[int, str]]:
+    """A Redis of the test's own on TCP (these addresses and 127.0.0.1) with a password: (port,
+    password)."""
+    password = secrets.token_hex(16)
+    base.mkdir(parents=True, exist_ok=True)
+    with FaultProxy("http://127.0.0.1:1") as probe:  # a free port, taken and given back
+        port = int(probe.endpoint.rsplit(":", 1)[1])
+    proc = subprocess.Popen([which("redis-server", "redis-server"), "--port", str(port), "--bind", "127.0.0.1", *ips,
+                             "--requirepass", password, "--save", "", "--appendonly", "no", "--dir", str(base)],
+                            stdout=(base / "redis.log").open("wb"), stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        r = redis.Redis(port=port, password=password)
+        for _ in range(200):
+            with contextlib.suppress(redis.ConnectionError):
+                if r.ping():
+                    break
+            time.sleep(0.05)
+        yield port, password
+    finally:
+        proc.kill()
+        proc.wait(10)
+
+
+def _remote_config(home: Path, server_ip: str, port: int, password: str, endpoint: str, bucket: str,
+                   database_url: str) -> Path:
+    """A second host's hoard.toml: the server's Redis over TCP, its PostgreSQL, the S3 disk by
+    the address this host reaches it at, an SSD of its own."""
+    home.mkdir(parents=True, exist_ok=True)
+    zones = "".join(f"[ssd.zones.{z}]\nquota_gb = 1\n" for z in ("3A", "3B", "3C", "3D"))
+    path = home / "hoard.toml"
+    path.write_text(f'redis_url = "redis://:{password}@{server_ip}:{port}/0"\ndatabase_url = {database_url!r}\n\n'
+                    f"[worker]\nremote = true\nheartbeat_s = 1\nreap_after_s = 3\n\n"
+                    f'[[disks]]\nlabel = "s3a"\nkind = "s3"\nendpoint = "{endpoint}"\nbucket = "{bucket}"\n'
+                    f'capacity_gb = 2\n\n[ssd]\nroot = "ssd"\n\n{zones}')
+    for z in ("3A", "3B", "3C", "3D"):
+        (home / "ssd" / z).mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _hoard(cfg: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "fsd", "--config", str(cfg), *args], cwd=REPO,
+                          capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+
+
+def _tree(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture
+def cluster(hoard_home: Path, pg, redis_conn, seaweedfs, engine_env, tmp_path: Path):  # noqa: F811
+    """The store's server (a store of four directory disks and the S3 disk s3a, filled by a real
+    ingest), a TCP Redis, and two hosts in network namespaces, each with its S3 proxy."""
+    engine_env(seaweedfs)
+    cfg, _ = ingest_sample(hoard_home, pg, redis_conn, Spec(seed=91, batches=1, items_per_batch=30, large_max_mb=1,
+                                                             ready_signal=True, sources=("gallery",)))
+    bucket = "hoard-remote-" + secrets.token_hex(4)
+    seaweedfs.client().create_bucket(Bucket=bucket)
+    main = Path(cfg.source)
+    text = main.read_text().replace("\n[ssd]", f'\n[[disks]]\nlabel = "s3a"\nkind = "s3"\nendpoint = '
+                                              f'"{seaweedfs.endpoint}"\nbucket = "{bucket}"\ncapacity_gb = 2\n\n[ssd]', 1)
+    main.write_text(text)
+    Store.open(config.load(main), init=True).close()  # the empty bucket becomes the disk s3a
+    hosts = [Host(n, tmp_path / f"host{n}") for n in (1, 2)]
+    try:
+        for h in hosts:
+            h.home.mkdir()
+            h.up()
+        with _redis_on([h.server_ip for h in hosts], tmp_path / "redis") as (port, password), \
+                FaultProxy(seaweedfs.endpoint, bind=hosts[0].server_ip) as proxy1, \
+                FaultProxy(seaweedfs.endpoint, bind=hosts[1].server_ip) as proxy2:
+            text = main.read_text()
+            main.write_text(text.replace(f"redis_url = {cfg.redis_url!r}",
+                                         f'redis_url = "redis://:{password}@127.0.0.1:{port}/0"', 1) + "\n" + WORKER)
+            assert "127.0.0.1" in config.load(main).redis_url
+            remotes = [_remote_config(h.home, h.server_ip, port, password, p.endpoint, bucket, cfg.database_url)
+                       for h, p in zip(hosts, (proxy1, proxy2), strict=True)]
+            try:
+                yield {"main": main, "hosts": hosts, "remotes": remotes, "proxies": (proxy1, proxy2),
+                       "redis": redis.Redis(port=port, password=password), "bucket": bucket,
+                       "s3": seaweedfs.client()}
+            finally:
+                for h in hosts:  # (before their Redis stops: a worker would log that it is gone)
+                    h.kill_all()
+    finally:
+        for h in hosts:
+            h.down()
+
+
+def _onto_the_bucket(main: Path) -> None:
+    """Every shard replicated onto s3a too (a copy target of five: four HDDs and the bucket)."""
+    text = main.read_text().replace("[store]\n", "[store]\ncopy_of_raw = 5\ncopy_of_generated = 5\n", 1)
+    main.write_text(text)
+    with Store.open(config.load(main)) as store:
+        replicate_once(store, rate_mb_s=None)
+        s3a = next(u for u, r in store.records.items() if r.label == "s3a")
+        assert all(s3a in m.replicas for m in store.index.iter_shards() if m.sealed)
+
+
+def _nodes(cfg: config.Settings, path: Path) -> list[str]:
+    import psycopg
+
+    with psycopg.connect(cfg.database_url) as conn:
+        shas = [r[0] for r in conn.execute("SELECT encode(sha256, 'hex') FROM node n JOIN physical_content USING "
+                                           "(node_id) ORDER BY 1").fetchall()]
+    path.write_text("\n".join(shas) + "\n")
+    return shas
+
+
+def test_a_worker_on_another_host_stages_and_exports_from_the_s3_disk(cluster, tmp_path: Path) -> None:
+    """Refused on the server in one line while an object is on no S3 disk; once every shard is on
+    the bucket, a worker in another network namespace stages and exports into its own 3C/3D —
+    sealed, every file the object's bytes — and nothing lands in the server's zones."""
+    main, (host, _), (remote, _) = cluster["main"], cluster["hosts"], cluster["remotes"]
+    cfg = config.load(main)
+    shas = _nodes(cfg, tmp_path / "shas.txt")
+    assert len(shas) > 20
+    refused = _hoard(main, "stage", "st1", "--layout", "by_sha256", "--nodes", str(tmp_path / "shas.txt"), "--remote")
+    lines = [ln for ln in (refused.stdout + refused.stderr).splitlines() if ln.strip()]
+    assert refused.returncode == 3 and len(lines) == 1, lines
+    assert "on no S3 disk" in lines[0] and "hoard replicate" in lines[0] and "Traceback" not in lines[0]
+    assert not cluster["redis"].exists("rq:queue:remote")  # nothing was queued
+
+    _onto_the_bucket(main)
+    host.start_worker(remote)
+    res = _hoard(main, "stage", "st1", "--layout", "by_sha256", "--nodes", str(tmp_path / "shas.txt"), "--remote",
+                 "--wait", "--json", "--timeout", "100")
+    assert res.returncode == 0, res.stdout + res.stderr + _logs(host)
+    report = json.loads(res.stdout.strip().splitlines()[-1])
+    staged = host.home / "ssd" / "3C" / "st1"
+    doc = seal.check_sealed(staged, verify=True)
+    assert doc["kind"] == "stage" and report["files"] == doc["actual_files"] == len(shas)
+    assert sorted(_tree(staged / "by_sha256" / "input").values()) == shas
+    assert (staged / "by_sha256" / "output").is_dir()
+    assert not (cfg.ssd.zone_path("3C") / "st1").exists()
+
+    selector = tmp_path / "sel.json"
+    selector.write_text(json.dumps({"sources": ["gallery"]}))
+    res = _hoard(main, "export", "ex1", "--layout", "by_batch", "--selector", str(selector), "--remote", "--wait",
+                 "--timeout", "100")
+    assert res.returncode == 0, res.stdout + res.stderr + _logs(host)
+    exported = host.home / "ssd" / "3D" / "ex1"
+    doc = seal.check_sealed(exported, verify=True)
+    files = _tree(exported / "by_batch")
+    assert doc["kind"] == "export" and len(files) == doc["actual_files"] > 20 and set(files.values()) <= set(shas)
+    assert not (cfg.ssd.zone_path("3D") / "ex1").exists()
+    status = _hoard(remote, "export", "--status", "ex1", "--json")
+    assert status.returncode == 0 and json.loads(status.stdout)["status"] == "done", status.stdout + status.stderr
+
+
+@pytest.mark.expect_log(r"reaper: job remote-stage-st2 .* sent no heartbeat for \d+ s \(host down\?\); queued again",
+                        level="WARNING")
+@pytest.mark.expect_log(r"zone 3C: reclaimed the stale reservation of job stage:st2 .* its process is gone",
+                        level="WARNING")
+def test_a_host_killed_mid_stage_has_its_job_queued_again_and_finished_elsewhere(cluster, tmp_path: Path) -> None:
+    """SIGKILL of every process of host 1 while it stages (its S3 answers slowed down): the
+    server's reaper (heartbeat 1 s, reap after 3 s) queues the job again within
+    reap_after_s + heartbeat_s of the last beat, host 2 stages the whole output, sealed; the
+    job is never failed; host 1, back, runs the same job again and resumes its own partial tree
+    to the same files — nothing duplicated, nothing lost."""
+    main, (host1, host2), (remote1, remote2) = cluster["main"], cluster["hosts"], cluster["remotes"]
+    proxy1, _ = cluster["proxies"]
+    cfg = config.load(main)
+    shas = _nodes(cfg, tmp_path / "shas.txt")
+    _onto_the_bucket(main)
+    reaper = subprocess.Popen([sys.executable, "-m", "fsd", "--config", str(main), "worker", "--queues", "sql"],
+                              cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              stdin=subprocess.DEVNULL, start_new_session=True)
+    try:
+        proxy1.delay(0.3)  # host 1's reads crawl: it is killed in the middle
+        host1.start_worker(remote1)
+        res = _hoard(main, "stage", "st2", "--layout", "by_sha256", "--nodes", str(tmp_path / "shas.txt"), "--remote")
+        assert res.returncode == 0, res.stdout + res.stderr
+        partial = host1.home / "ssd" / "3C" / ".tmp" / "st2"
+        deadline = time.monotonic() + 60
+        while not (partial.is_dir() and any(p.is_file() for p in partial.rglob("*"))):
+            assert time.monotonic() < deadline, _logs(host1)
+            time.sleep(0.1)
+        conn = cluster["redis"]
+        job = fetch_job("remote-stage-st2", conn)
+        assert job.get_status() == "started"
+        host1.kill_all()
+        killed = time.time()
+        host2.start_worker(remote2)
+        while (status := fetch_job("remote-stage-st2", conn).get_status(refresh=True)) != "finished":
+            assert status != "failed" and time.monotonic() < deadline + 60, status + _logs(host2)
+            time.sleep(0.2)
+        job = fetch_job("remote-stage-st2", conn)
+        requeued = job.enqueued_at.timestamp()  # (set again when the reaper queued it)
+        assert requeued - killed <= 3 + 1 + 2, (requeued - killed)  # reap_after_s + heartbeat_s, and a beat's slack
+        assert not conn.zcard("rq:failed:remote")
+    finally:
+        reaper.send_signal(signal.SIGTERM)
+        out, _ = reaper.communicate(timeout=60)
+    assert "remote-stage-st2" in out and "queued again" in out, out
+    staged = host2.home / "ssd" / "3C" / "st2"
+    assert seal.check_sealed(staged, verify=True)["actual_files"] == len(shas)
+    assert sorted(_tree(staged / "by_sha256" / "input").values()) == shas
+    assert not (host1.home / "ssd" / "3C" / "st2").exists() and partial.is_dir()
+
+    # host 1 back (host 2 gone): the same job again resumes host 1's partial tree
+    host2.kill_all()
+    proxy1.delay(0)
+    host1.start_worker(remote1)
+    conn.delete("rq:job:remote-stage-st2")  # finished: the next `--remote` queues it anew
+    res = _hoard(main, "stage", "st2", "--layout", "by_sha256", "--nodes", str(tmp_path / "shas.txt"), "--remote",
+                 "--wait", "--json", "--timeout", "100")
+    assert res.returncode == 0, res.stdout + res.stderr + _logs(host1) + _logs(host2)
+    report = json.loads(res.stdout.strip().splitlines()[-1])
+    assert report["kept_files"] > 0 and report["copied_files"] + report["kept_files"] == len(shas), report
+    resumed = host1.home / "ssd" / "3C" / "st2"
+    assert seal.check_sealed(resumed, verify=True)["actual_files"] == len(shas)
+    assert _tree(resumed / "by_sha256") == _tree(staged / "by_sha256")
+
+
+def _logs(host: Host) -> str:
+    return "".join(f"\n--- {p.name}\n{p.read_text(errors='replace')[-3000:]}" for p in sorted(host.home.glob("*.log")))
+
+
+def _started(conn, job_id: str) -> tuple[Worker, Job]:
+    """A job on `io` taken by a worker of this process, as RQ's worker takes one (its execution
+    in the started registry, the job `started` with a heartbeat now)."""
+    queue = rq_queue("io", conn)
+    queue.enqueue("jobs.outputs.run_job", None, job_id, job_id=job_id)
+    worker = Worker([queue], connection=conn, serializer=SERIALIZER)
+    worker.register_birth()
+    job = queue.dequeue_any([queue], None, connection=conn, serializer=SERIALIZER)[0]
+    worker.prepare_execution(job)
+    worker.prepare_job_execution(job)
+    return worker, job
+
+
+@pytest.mark.expect_log(r"reaper: job silent .* sent no heartbeat for 60 s \(host down\?\); queued again",
+                        level="WARNING")
+def test_the_reaper_takes_a_silent_job_once_and_never_a_live_local_one(redis_conn) -> None:
+    """A started job whose heartbeat is older than reap_after_s is queued again once — a second
+    reaper finds nothing — unless its worker is a live process of this host (an in-process
+    SimpleWorker beats only between jobs); a job with a fresh beat is left alone."""
+    worker, job = _started(redis_conn, "silent")
+    later = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=60)
+    assert reap(redis_conn, 40) == []  # a fresh beat
+    assert reap(redis_conn, 40, now=later) == []  # silent, but its worker is this live process
+    redis_conn.hset(worker.key, "hostname", "another-host")  # the same worker, on a host that died
+    assert reap(redis_conn, 40, now=later) == ["silent"]
+    assert reap(redis_conn, 40, now=later) == []  # taken once: a second reaper finds nothing
+    queue = rq_queue("io", redis_conn)
+    assert queue.job_ids == ["silent"] and fetch_job("silent", redis_conn).get_status() == "queued"
+    assert not StartedJobRegistry(queue=queue).get_job_ids(cleanup=False)
+
+
+@pytest.mark.expect_log(r"job remote-stage-st3 \(stage st3 \(remote\)\) failed: object [0-9a-f]{64} lies on S3 disk\(s\) "
+                        r"s3a, none of which .* declares", level="ERROR")
+@pytest.mark.expect_log(r"job remote-stage-st4 \(stage st4 \(remote\)\) failed: object [0-9a-f]{64}: its record in "
+                        r"shard [0-9a-f]+ on S3 disk s3a does not check", level="ERROR")
+def test_a_host_that_cannot_read_an_object_fails_the_job_in_one_line(cluster, tmp_path: Path) -> None:
+    """A host whose hoard.toml names the S3 disk by another label, and a record damaged in its
+    shard's object on the bucket: each fails the job with one line naming the disk or the
+    object and the next step — `--wait` exits 5 with it, the host's worker logs it without a
+    traceback, and nothing is sealed."""
+    main, (host1, host2), (remote1, remote2) = cluster["main"], cluster["hosts"], cluster["remotes"]
+    cfg = config.load(main)
+    shas = _nodes(cfg, tmp_path / "shas.txt")
+    _onto_the_bucket(main)
+    stage = ("stage", "--layout", "by_sha256", "--nodes", str(tmp_path / "shas.txt"), "--remote", "--wait",
+             "--timeout", "100")
+
+    remote2.write_text(remote2.read_text().replace('label = "s3a"', 'label = "s3b"'))
+    host2.start_worker(remote2)
+    res = _hoard(main, stage[0], "st3", *stage[1:])
+    lines = [ln for ln in (res.stdout + res.stderr).splitlines() if ln.strip()]
+    assert res.returncode == 3 and len(lines) == 1, lines
+    assert "none of which" in lines[0] and "[[disks]] table" in lines[0] and "s3a" in lines[0], lines
+    host2.kill_all()
+
+    with Store.open(config.load(main), writable=False) as store:  # one object's payload damaged on the bucket
+        loc = store.index.lookup(bytes.fromhex(shas[0]))
+        assert loc is not None
+        key = f"shards/{loc.shard_id.hex()[-2:]}/{loc.shard_id.hex()}"  # (docs/scale-out.md: the layout in the bucket)
+    client = cluster["s3"]
+    body = bytearray(client.get_object(Bucket=cluster["bucket"], Key=key)["Body"].read())
+    body[loc.offset] ^= 0xFF
+    client.put_object(Bucket=cluster["bucket"], Key=key, Body=bytes(body))
+    host1.start_worker(remote1)
+    res = _hoard(main, stage[0], "st4", *stage[1:])
+    lines = [ln for ln in (res.stdout + res.stderr).splitlines() if ln.strip()]
+    assert res.returncode == 5 and len(lines) == 1, lines
+    assert f"object {shas[0]}" in lines[0] and "does not check" in lines[0] and "hoard verify" in lines[0], lines
+    assert not (host1.home / "ssd" / "3C" / "st4").exists()
+    status = _hoard(remote1, "stage", "--status", "st4", "--json")
+    assert json.loads(status.stdout)["status"] == "failed", status.stdout + status.stderr
+    assert "Traceback" not in _logs(host1) + _logs(host2)
+
+
+def test_a_large_record_is_read_off_the_bucket_in_checked_pieces(tmp_path: Path, seaweedfs, engine_env) -> None:  # noqa: F811
+    """An object larger than a piece (8 MiB) is read by a remote worker's reader in pieces of
+    ranged GETs, its record header checked first, the pieces' sha256 the object's; a plan that
+    points at another record's place is refused in one line naming the object and the shard."""
+    engine_env(seaweedfs)
+    bucket = "hoard-large-" + secrets.token_hex(4)
+    seaweedfs.client().create_bucket(Bucket=bucket)
+    cfg_path = _s3_store_config(tmp_path, seaweedfs.endpoint, bucket)
+    big, small = os.urandom(remote_mod.PIECE + 12345), b"a small one"
+    with Store.open(config.load(cfg_path), init=True) as store:
+        shas = [r.sha256 for r in store.put_bytes_many([big, small])]
+    with Store.open(config.load(cfg_path)) as store:
+        replicate_once(store, rate_mb_s=None)
+        s3a = next(u for u, r in store.records.items() if r.label == "s3a")
+        where = {}
+        for sha in shas:
+            loc = store.index.lookup(bytes.fromhex(sha))
+            meta = store.index.get_shard(loc.shard_id)
+            assert meta.sealed and s3a in meta.replicas
+            where[sha] = [meta.hex, loc.offset, loc.length, ["s3a"]]
+    pieces: list[int] = []
+    got: dict[str, str] = {}
+
+    def sink(sha: bytes, payload: memoryview) -> None:
+        got[sha.hex()] = hashlib.sha256(payload).hexdigest()
+
+    def large_sink(sha: bytes, parts) -> None:
+        h = hashlib.sha256()
+        for part in parts:
+            pieces.append(len(part))
+            h.update(part)
+        got[sha.hex()] = h.hexdigest()
+
+    with remote_mod.LocatedReader(config.load(cfg_path), where) as reader:
+        reader.read_batch(shas, sink, large_sink)
+    assert got == {s: s for s in shas} and pieces == [remote_mod.PIECE, 12345]
+    where[shas[0]] = [where[shas[1]][0], where[shas[1]][1], len(big), ["s3a"]]  # another record's place
+    with remote_mod.LocatedReader(config.load(cfg_path), where) as reader, \
+            pytest.raises(remote_mod.RemoteError) as e:
+        reader.read_batch([shas[0]], sink, large_sink)
+    assert f"object {shas[0]}" in e.value.message and "does not check" in e.value.message
+
+
+def _s3_store_config(root: Path, endpoint: str, bucket: str) -> Path:
+    """Two directory disks and the S3 disk s3a, every shard on all three."""
+    disks = [(label, root / label, None) for label in ("d0", "d1")]
+    for _, p, _ in disks:
+        p.mkdir()
+    path = write_config(root, disks, shard_size_mb=64, copy_of_raw=3, copy_of_generated=3, write_ack=2)
+    path.write_text(path.read_text().replace("\n[ssd]", f'\n[[disks]]\nlabel = "s3a"\nkind = "s3"\nendpoint = '
+                                                        f'"{endpoint}"\nbucket = "{bucket}"\ncapacity_gb = 2\n\n[ssd]', 1))
+    return path
