@@ -381,6 +381,13 @@ class ApiConfig(BaseModel):
     max_files: int = Field(default=20000, ge=1, le=10_000_000)
     #: how long an `Idempotency-Key` is remembered: a retry within it gets the first answer
     idempotency_hours: float = Field(default=24, gt=0, le=24 * 365)
+    #: the longest an upload's body may send nothing: past it the upload ends (408) and what it
+    #: wrote and reserved in 3A goes — a client that opens an upload and goes quiet holds neither
+    idle_timeout_s: float = Field(default=60, gt=0, le=24 * 3600)
+    #: the least an upload's body must average, in KiB/s, once `idle_timeout_s` has passed: its
+    #: deadline is `idle_timeout_s` + its bytes received / this rate (Apache mod_reqtimeout's
+    #: MinRate) — a client sending a byte now and then cannot hold an upload for ever either
+    min_rate_kib_s: float = Field(default=1, gt=0, le=1 << 30)
 
 
 class EmbeddedConfig(BaseModel):
