@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import json
 import logging
 import re
 import time
@@ -82,6 +84,13 @@ _MULTIPART_BODY: dict[str, Any] = {"requestBody": {"required": True, "content": 
         "manifest": {"type": "string", "description": "instead of files: JSON {\"files\": [{\"path\", \"size\", "
                      "\"sha256\" (optional)}]} of the files already copied into 3A/<batch>"},
     }}}}}}
+_MULTIPART_BODY["parameters"] = [{
+    "name": "Idempotency-Key", "in": "header", "required": False,
+    "schema": {"type": "string", "pattern": KEY.pattern, "maxLength": 255},
+    "description": "makes a retry within api.idempotency_hours answer what the first upload under the key (and "
+                   "token) was answered, with `Idempotent-Replayed: true`, making no second batch — if it is the "
+                   "same request: the same source, batch id, manifest bytes and files (names, sizes, sha256s; in "
+                   "any order). Another request under a used key is 422."}]
 _ERROR = {"content": {"application/json": {"schema": {"type": "object", "properties": {
     "error": {"type": "string"}, "part": {"type": "integer"}}}}}}
 
@@ -128,18 +137,36 @@ class _TooSlow(Exception):
 
 class _Form:
     """python-multipart's callbacks → the upload: each `files` part to its file in 3A, the text
-    fields kept (small). Runs in the worker thread that feeds the parser."""
+    fields kept (small). Runs in the worker thread that feeds the parser.
 
-    def __init__(self, cfg: Settings, upload: Upload) -> None:
-        self.cfg, self.up = cfg, upload
+    Without an upload (`upload=None`: a retry under a used Idempotency-Key) nothing is written:
+    the parts are only hashed. With `digest` each file part is hashed as it passes (its sha256
+    and size) for `request_digest`, what a retry is judged the same request by."""
+
+    def __init__(self, cfg: Settings, upload: Upload | None, digest: bool) -> None:
+        self.cfg, self.up, self.digest = cfg, upload, digest
         self.part = 0
         self.fields: dict[str, str] = {}
         self.manifest: bytes | None = None
+        self.files: list[str] = []  # each file part: its name as sent, size and sha256 (with `digest`)
         self.ended = False
         self._headers: dict[bytes, bytes] = {}
         self._field, self._value = b"", b""
         self._text: str | None = None  # the text field of this part, if it is one
+        self._file: str | None = None  # the file name of this part, if it is a file
+        self._sha = hashlib.sha256()
+        self._size = 0
         self._buf = bytearray()
+
+    def request_digest(self) -> str:
+        """The sha256 of what makes the request the request: its source (canonical), batch id
+        (none and empty alike), the manifest's bytes, and each file's name, size and sha256 —
+        in any order of the parts (docs/http-ingest.md, "Idempotency")."""
+        manifest = hashlib.sha256(self.manifest).hexdigest() if self.manifest is not None else "-"
+        lines = [json.dumps(["source", self.fields.get("source", "")]),
+                 json.dumps(["batch", self.fields.get("batch") or ""]), json.dumps(["manifest", manifest]),
+                 *sorted(self.files)]
+        return hashlib.sha256("\n".join(lines).encode()).hexdigest()
 
     def callbacks(self) -> dict[str, Any]:
         return {"on_part_begin": self._begin, "on_header_field": self._hfield, "on_header_value": self._hvalue,
@@ -148,7 +175,8 @@ class _Form:
 
     def _begin(self) -> None:
         self.part += 1
-        self._headers, self._text = {}, None
+        self._headers, self._text, self._file = {}, None, None
+        self._sha, self._size = hashlib.sha256(), 0
         self._buf.clear()
 
     def _hfield(self, data: bytes, start: int, end: int) -> None:
@@ -171,7 +199,9 @@ class _Form:
             filename = opts.get(b"filename")
             if filename is None:
                 raise UploadError(f"part {self.part}: a `files` part needs its file name (`filename=`)", part=self.part)
-            self.up.open_file(self.part, filename.decode("utf-8", "surrogateescape"))
+            self._file = filename.decode("utf-8", "surrogateescape")
+            if self.up is not None:
+                self.up.open_file(self.part, self._file)
         elif name in TEXT_FIELDS:
             self._text = name
         else:
@@ -180,7 +210,11 @@ class _Form:
 
     def _data(self, data: bytes, start: int, end: int) -> None:
         if self._text is None:
-            self.up.write(data[start:end])
+            if self.digest:
+                self._sha.update(data[start:end])
+                self._size += end - start
+            if self.up is not None:
+                self.up.write(data[start:end])
             return
         self._buf += data[start:end]
         if len(self._buf) > TEXT_FIELDS[self._text]:
@@ -189,7 +223,9 @@ class _Form:
 
     def _end(self) -> None:
         if self._text is None:
-            self.up.close_file()
+            self.files.append(json.dumps(["file", self._file, self._size, self._sha.hexdigest()]))
+            if self.up is not None:
+                self.up.close_file()
             return
         if self._text == "manifest":
             self.manifest = bytes(self._buf)
@@ -289,8 +325,8 @@ def _log_stop(e: Exception, what: str, form: _Form) -> None:
         log.warning("%s ended after %d parts: %s; nothing kept, its reservation in 3A released", what, form.part, e)
 
 
-async def _receive(request: Request, who: str) -> tuple[int, dict[str, Any]]:
-    """Take the upload in: (HTTP status, JSON body)."""
+async def _receive(request: Request, who: str, keyed: bool) -> tuple[int, dict[str, Any], str | None]:
+    """Take the upload in: (HTTP status, JSON body, the request's digest when `keyed`)."""
     cfg = ctx().cfg
     boundary, length = _framing(request, cfg)
     try:
@@ -298,8 +334,8 @@ async def _receive(request: Request, who: str) -> tuple[int, dict[str, Any]]:
     except UploadError as e:  # 3A full (507), or not there (503)
         return e.status, {"error": e.message, "zone": "3A",
                           "next_step": "free space in zone 3A (`hoard zones`), then send the batch again"
-                          if e.status == 507 else "mount the SSD (or `hoard init`), then send the batch again"}
-    form = _Form(cfg, upload)
+                          if e.status == 507 else "mount the SSD (or `hoard init`), then send the batch again"}, None
+    form = _Form(cfg, upload, digest=keyed)
     try:
         await _read(request, form, boundary, length)
         source, batch = form.fields["source"], form.fields.get("batch") or None
@@ -313,7 +349,7 @@ async def _receive(request: Request, who: str) -> tuple[int, dict[str, Any]]:
     except _STOPS as e:
         await in_thread(upload.abort)
         _log_stop(e, f"HTTP upload {upload.id} of {who}", form)
-        return _refusal(e, form)
+        return (*_refusal(e, form), None)
     except BaseException:
         upload.abort()  # (the GUI stopping, or a bug: no thread to ask for)
         raise
@@ -323,7 +359,25 @@ async def _receive(request: Request, who: str) -> tuple[int, dict[str, Any]]:
     if taken.warning:
         body["warning"] = taken.warning
     log.info("HTTP ingest of %s: batch %s, %d files", who, taken.batch, taken.files)
-    return 202, body
+    return 202, body, form.request_digest() if keyed else None
+
+
+async def _retried(request: Request, who: str, key: str, first: dict[str, Any]) -> Response:
+    """A request under an Idempotency-Key answered before: its body read and hashed (nothing
+    written), then the first answer again if it is the same request, 422 if it is another."""
+    cfg = ctx().cfg
+    boundary, length = _framing(request, cfg)
+    form = _Form(cfg, None, digest=True)
+    try:
+        await _read(request, form, boundary, length)
+    except _STOPS as e:
+        _log_stop(e, f"HTTP retry under a used Idempotency-Key of {who}", form)
+        return _reply(*_refusal(e, form))
+    if first.get("request") not in (None, form.request_digest()):  # (None: kept before requests were)
+        return _error(422, f"Idempotency-Key {key!r} was used for another request (batch "
+                           f"{first['body'].get('batch')}): this one differs in its source, batch id, manifest or "
+                           "files (names, sizes, sha256s); send a new request under a new key, or that one unchanged")
+    return JSONResponse(first["body"], status_code=first["status"], headers={"Idempotent-Replayed": "true"})
 
 
 async def _sweep() -> None:
@@ -345,28 +399,32 @@ def register() -> None:
               responses={202: {"description": "taken: ingest queued"}, 400: _ERROR, 401: _ERROR,
                          408: _ERROR | {"description": "the body stopped coming (api.idle_timeout_s) or came slower "
                                         "than api.min_rate_kib_s: nothing of the upload kept"},
-                         409: _ERROR, 411: _ERROR, 413: _ERROR, 415: _ERROR, 507: _ERROR})
+                         409: _ERROR, 411: _ERROR, 413: _ERROR, 415: _ERROR,
+                         422: _ERROR | {"description": "the Idempotency-Key was used for another request (another "
+                                        "source, batch id, manifest or files): send a new key"},
+                         507: _ERROR})
     async def post_batch(request: Request) -> Response:
         """Upload a batch into zone 3A and queue its ingest (as `hoard ingest` does).
 
         An `Idempotency-Key` header makes a retry within `api.idempotency_hours` answer what
-        the first upload under that key (and token) was answered, without taking its bytes."""
+        the first upload under that key (and token) was answered, without writing its bytes —
+        if it is the same request (`_Form.request_digest`); another request is 422."""
         try:
             who = await _scraper(request)
             key = request.headers.get("idempotency-key")
             if key is None:
-                status, body = await _receive(request, who)
+                status, body, _ = await _receive(request, who, keyed=False)
                 return _reply(status, body)
             if not KEY.match(key):
                 return _error(400, "Idempotency-Key: 1 to 255 printable ASCII characters, no spaces")
             async with _key_turn((who, key)):
                 first = await in_thread(up_mod.remembered, ctx().cfg, who, key)
                 if first is not None:
-                    return JSONResponse(first["body"], status_code=first["status"],
-                                        headers={"Idempotent-Replayed": "true"})
-                status, body = await _receive(request, who)
+                    return await _retried(request, who, key, first)
+                status, body, digest = await _receive(request, who, keyed=True)
                 if status == 202:  # a refusal is not remembered: the retry may succeed
-                    await in_thread(up_mod.remember, ctx().cfg, who, key, {"status": status, "body": body})
+                    await in_thread(up_mod.remember, ctx().cfg, who, key,
+                                    {"status": status, "body": body, "request": digest})
                 return _reply(status, body)
         except _Refused as r:
             return r.response

@@ -349,7 +349,10 @@ def test_the_openapi_schema_describes_the_routes(server: Server) -> None:
     assert set(doc["paths"]) == {"/api/v1/batches", "/api/v1/batches/{batch_id}"}
     form = doc["paths"]["/api/v1/batches"]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]
     assert form["required"] == ["source"] and {"files", "manifest", "batch"} <= set(form["properties"])
-    assert {"408", "507"} <= set(doc["paths"]["/api/v1/batches"]["post"]["responses"])
+    post = doc["paths"]["/api/v1/batches"]["post"]
+    assert {"408", "422", "507"} <= set(post["responses"])
+    assert "another request" in post["responses"]["422"]["description"]
+    assert [p["name"] for p in post["parameters"]] == ["Idempotency-Key"] and "422" in post["parameters"][0]["description"]
 
 
 def test_a_manifest_nested_too_deep_is_400_not_a_500(server: Server) -> None:

@@ -1,16 +1,31 @@
 """HTTP ingest against clients that misbehave on purpose: a sender that goes quiet or drips a
-byte now and then. A real `hoard gui` on the test PostgreSQL and Redis, real sockets and httpx."""
+byte now and then, an Idempotency-Key sent again with another request, and a scraper that
+swaps its batch directory for a link while the server checks the manifest. A real `hoard gui`
+on the test PostgreSQL and Redis, real sockets and httpx."""
 
 from __future__ import annotations
 
 import os
 import select
+import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.http_ingest import Server, answer, connect, ingest_server, multipart, prepare, raw_request, until
+from tests.http_ingest import (  # noqa: F401 - fixtures
+    Server,
+    answer,
+    connect,
+    files_of,
+    gallery,
+    ingest_server,
+    multipart,
+    prepare,
+    raw_request,
+    until,
+)
 
 #: this module's server: an upload quiet for 3 s, or slower than 1 KiB/s past those 3 s, is
 #: ended
@@ -73,3 +88,35 @@ def test_a_sender_that_goes_quiet_or_drips_is_ended_and_nothing_kept(server: Ser
     whole = httpx.post(f"{url}/api/v1/batches", headers=server.auth() | headers, content=body, timeout=60)
     assert whole.status_code == 202, whole.text
     assert zones.reservations(cfg, "3A") == []
+
+
+def test_an_idempotency_key_sent_with_another_request_is_422(server: Server, gallery: Path) -> None:
+    """An Idempotency-Key used again with another request — a file fewer, a file changed, a
+    file renamed, another source, another batch id — is 422 naming the key and the first batch,
+    and makes no batch; the first request sent again (its parts in another order) still gets
+    the first answer, replayed."""
+    key = str(uuid.uuid4())
+    files = files_of(gallery)
+
+    def post(data: dict[str, str], parts: list[tuple[str, tuple[str, bytes]]]) -> httpx.Response:
+        return httpx.post(f"{server.url}/api/v1/batches", headers=server.auth() | {"Idempotency-Key": key},
+                          data=data, files=parts, timeout=60)
+
+    first = post({"source": "gallery"}, files)
+    assert first.status_code == 202, first.text
+    batch = first.json()["batch"]
+    before = server.batches()
+    name, content = files[0][1]
+    changed = [("files", (name, content[:-1] + bytes([content[-1] ^ 1])))] + files[1:]
+    renamed = [("files", ("x-" + name, content))] + files[1:]
+    others = [({"source": "gallery"}, files[:-1]), ({"source": "gallery"}, changed), ({"source": "gallery"}, renamed),
+              ({"source": "sidecar"}, files), ({"source": "gallery", "batch": "another-1"}, files)]
+    for data, parts in others:
+        r = post(data, parts)
+        assert r.status_code == 422, (data, r.text)
+        assert f"Idempotency-Key {key!r} was used for another request (batch {batch})" in r.json()["error"]
+        assert "idempotent-replayed" not in r.headers
+    assert server.batches() == before
+    again = post({"source": "gallery"}, list(reversed(files)))
+    assert again.status_code == 202 and again.json() == first.json() and again.headers["idempotent-replayed"] == "true"
+    assert server.batches() == before
