@@ -5,8 +5,12 @@ on the test PostgreSQL and Redis, real sockets and httpx."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import select
+import shutil
+import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,14 +32,14 @@ from tests.http_ingest import (  # noqa: F401 - fixtures
 )
 
 #: this module's server: an upload quiet for 3 s, or slower than 1 KiB/s past those 3 s, is
-#: ended
+#: ended; 3A's quota has room for a sparse file of some GiB (the quota counts its apparent size)
 SLOW = "idle_timeout_s = 3\nmin_rate_kib_s = 1\n"
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory, servers: dict[str, str]) -> Iterator[Server]:
-    """The module's `hoard gui` (tests.http_ingest), with SLOW."""
-    with ingest_server(tmp_path_factory, servers, lambda cfg_path: prepare(cfg_path, api=SLOW)) as srv:
+    """The module's `hoard gui` (tests.http_ingest), with SLOW and 3A's quota at 16 GiB."""
+    with ingest_server(tmp_path_factory, servers, lambda cfg_path: prepare(cfg_path, 16, SLOW)) as srv:
         yield srv
 
 
@@ -120,3 +124,104 @@ def test_an_idempotency_key_sent_with_another_request_is_422(server: Server, gal
     again = post({"source": "gallery"}, list(reversed(files)))
     assert again.status_code == 202 and again.json() == first.json() and again.headers["idempotent-replayed"] == "true"
     assert server.batches() == before
+
+
+def _open_by_a_process(path: Path) -> bool:
+    """Some process of this user holds `path` open (the server, hashing it)."""
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            if any(os.readlink(f"/proc/{pid}/fd/{fd}") == str(path) for fd in os.listdir(f"/proc/{pid}/fd")):
+                return True
+        except OSError:  # (another user's, or gone)
+            continue
+    return False
+
+
+@pytest.mark.expect_log(r"was replaced while its manifest was checked", level="WARNING")
+def test_a_batch_directory_swapped_for_a_link_while_its_manifest_is_checked(server: Server, tmp_path: Path) -> None:
+    """A scraper swaps 3A/<batch> for a symbolic link to a directory elsewhere on the server
+    while the server hashes the manifest's last file (a real swap, made once the server holds
+    that file open): the upload is refused naming the swap, nothing is signalled or written
+    there or in 3A, no ingest is recorded — the server never went through the link."""
+    from fsd.base import config
+    from jobs.ingest import load_state
+
+    elsewhere = tmp_path / "elsewhere"  # what the link leads to: the server must not write or read there
+    elsewhere.mkdir()
+    (elsewhere / "a.png").write_bytes(b"the server's own file\n")
+    root = server.zone3a / "swapped-1"
+    root.mkdir()
+    (root / "a.png").write_bytes(b"x" * 100)
+    big = root / "big.bin"  # sparse: its sha256 takes the server seconds, the disk nothing
+    size = 3 << 30
+    with open(big, "wb") as f:
+        f.truncate(size)
+    zeros = hashlib.sha256()
+    block = bytes(1 << 20)
+    for _ in range(size >> 20):
+        zeros.update(block)
+    entries = [{"path": "a.png", "size": 100}, {"path": "big.bin", "size": size, "sha256": zeros.hexdigest()}]
+    answers: list[httpx.Response] = []
+    thread = threading.Thread(target=lambda: answers.append(httpx.post(
+        f"{server.url}/api/v1/batches", headers=server.auth(), data={"source": "sidecar", "batch": "swapped-1"},
+        files=[("manifest", ("manifest.json", json.dumps({"files": entries})))], timeout=300)))
+    thread.start()
+    moved = server.zone3a / "_moved-1"
+    try:
+        until(lambda: _open_by_a_process(big) or not thread.is_alive(), "the server hashing big.bin", timeout=120)
+        root.rename(moved)
+        root.symlink_to(elsewhere)
+        thread.join(300)
+        r = answers[0]
+        assert r.status_code == 409, r.text
+        assert "swapped-1" in r.json()["error"] and "replaced while" in r.json()["error"], r.text
+        assert sorted(p.name for p in elsewhere.iterdir()) == ["a.png"]  # no _READY written through the link
+        assert not (moved / "_READY").exists()
+        assert load_state(config.load(server.cfg_path), "swapped-1") is None
+    finally:
+        thread.join(300)
+        root.unlink(missing_ok=True)
+        shutil.rmtree(moved, ignore_errors=True)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_a_manifest_batch_swapped_before_its_ingest_is_not_read_through_the_link(server: Server, gallery: Path,
+                                                                                 tmp_path: Path) -> None:
+    """A batch signalled by its manifest (202, queued), then swapped for a link to a copy of
+    it elsewhere on the server whose image is another (a secret): the ingest reads nothing
+    through the link — the batch fails in one line naming the link, the secret is not in the
+    store, and the batch's own files wait where the scraper moved them."""
+    from fsd.base import config
+    from fsd.store import Store
+    from jobs.ingest import load_state, work_here
+
+    cfg = config.load(server.cfg_path)
+    root = server.zone3a / "swapped-2"
+    shutil.copytree(gallery, root)
+    listed = sorted(p for p in root.rglob("*") if p.is_file())
+    entries = [{"path": p.relative_to(root).as_posix(), "size": p.stat().st_size} for p in listed]
+    r = httpx.post(f"{server.url}/api/v1/batches", headers=server.auth(), data={"source": "gallery",
+                   "batch": "swapped-2"}, files=[("manifest", ("manifest.json", json.dumps({"files": entries})))])
+    assert r.status_code == 202 and r.json()["status"] == "queued", r.text
+    elsewhere = tmp_path / "elsewhere"
+    shutil.copytree(root, elsewhere)
+    image = next(p for p in elsewhere.rglob("*") if p.is_file() and p.suffix in (".jpg", ".png", ".webp"))
+    secret = b"the server's own file, outside 3A\n"
+    image.write_bytes(secret)
+    moved = server.zone3a / "_moved-2"
+    root.rename(moved)
+    root.symlink_to(elsewhere)
+    try:
+        work_here(cfg)
+        st = load_state(cfg, "swapped-2")
+        assert st is not None and st.status == "failed" and "symbolic link" in (st.error or ""), st
+        assert "\n" not in (st.error or "") and "Traceback" not in (st.error or "")
+        with Store.open(cfg, writable=False) as store:
+            assert store.index.lookup(hashlib.sha256(secret).digest()) is None
+        assert sorted(p.relative_to(moved) for p in moved.rglob("*") if p.is_file()) == sorted(
+            [p.relative_to(root) for p in listed] + [Path("_READY")])
+    finally:
+        root.unlink(missing_ok=True)
+        shutil.rmtree(moved, ignore_errors=True)
