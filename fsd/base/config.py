@@ -182,6 +182,11 @@ class IngestConfig(BaseModel):
     #: document that expands past it (a JSON bomb) fails the batch in one line instead of
     #: taking the server's memory (docs/security.md, "Sandboxed parsers")
     parser_memory_mb: int = Field(default=2048, ge=64, le=1 << 20)
+    #: hash each batch's images for near-duplicate groups as it is ingested: its finish step
+    #: queues the built-in `near-dup-hash` action over the batch (the run a pipeline stage or
+    #: `hoard action run near-dup-hash` would make: the same sandbox, the same rows;
+    #: docs/near-dups.md)
+    near_dup_at_ingest: bool = False
 
 
 class ActionsConfig(BaseModel):
