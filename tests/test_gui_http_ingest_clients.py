@@ -126,15 +126,15 @@ def test_an_idempotency_key_sent_with_another_request_is_422(server: Server, gal
     assert server.batches() == before
 
 
-def _open_by_a_process(path: Path) -> bool:
-    """Some process of this user holds `path` open (the server, hashing it)."""
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit():
-            continue
+def _held_open(cfg_path: Path, path: Path) -> bool:
+    """The `hoard gui` serving `cfg_path` holds `path` open (hashing it)."""
+    for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
-            if any(os.readlink(f"/proc/{pid}/fd/{fd}") == str(path) for fd in os.listdir(f"/proc/{pid}/fd")):
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            if str(cfg_path).encode() in argv and b"gui" in argv and any(
+                    os.readlink(f"/proc/{pid}/fd/{fd}") == str(path) for fd in os.listdir(f"/proc/{pid}/fd")):
                 return True
-        except OSError:  # (another user's, or gone)
+        except OSError:  # (gone meanwhile)
             continue
     return False
 
@@ -170,7 +170,7 @@ def test_a_batch_directory_swapped_for_a_link_while_its_manifest_is_checked(serv
     thread.start()
     moved = server.zone3a / "_moved-1"
     try:
-        until(lambda: _open_by_a_process(big) or not thread.is_alive(), "the server hashing big.bin", timeout=120)
+        until(lambda: _held_open(server.cfg_path, big) or not thread.is_alive(), "the server hashing big.bin", timeout=120)
         root.rename(moved)
         root.symlink_to(elsewhere)
         thread.join(300)
