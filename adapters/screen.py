@@ -29,8 +29,9 @@ def open_batch(root: Path) -> int:
     line, exit 5) when it is a link or no directory that can be read."""
     try:
         return os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
-    except OSError as e:
-        what = "a symbolic link" if e.errno == errno.ELOOP else f"not a directory that can be read ({e.strerror})"
+    except OSError as e:  # (a link is ENOTDIR to O_DIRECTORY | O_NOFOLLOW on Linux, not ELOOP)
+        link = e.errno in (errno.ELOOP, errno.ENOTDIR) and os.path.islink(root)
+        what = "a symbolic link" if link else f"not a directory that can be read ({e.strerror})"
         raise HoardError(f"batch directory {display(str(root))} is {what}; nothing of it was read — drop the batch "
                          "again as a directory of its own", ExitCode.DATA) from None
 

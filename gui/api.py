@@ -19,8 +19,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import json
 import logging
 import re
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -33,6 +36,7 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import ClientDisconnect
 
 from adapters import canonical_source
+from fsd.base.config import Settings
 from fsd.base.errors import HoardError
 from gui.context import AppStopping, ctx, in_thread
 from jobs import tokens
@@ -70,7 +74,7 @@ async def _key_turn(key: tuple[str, str]) -> AsyncIterator[None]:
             del _keys[key]
 
 
-_MULTIPART_BODY = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
+_MULTIPART_BODY: dict[str, Any] = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
     "type": "object", "required": ["source"], "properties": {
         "source": {"type": "string", "description": "the source the batch's metadata is in the format of (an "
                    "adapter: ytdlp, gallery_dl, sidecar, csv_manifest, … or a [sources] name of hoard.toml)"},
@@ -80,6 +84,13 @@ _MULTIPART_BODY = {"requestBody": {"required": True, "content": {"multipart/form
         "manifest": {"type": "string", "description": "instead of files: JSON {\"files\": [{\"path\", \"size\", "
                      "\"sha256\" (optional)}]} of the files already copied into 3A/<batch>"},
     }}}}}}
+_MULTIPART_BODY["parameters"] = [{
+    "name": "Idempotency-Key", "in": "header", "required": False,
+    "schema": {"type": "string", "pattern": KEY.pattern, "maxLength": 255},
+    "description": "makes a retry within api.idempotency_hours answer what the first upload under the key (and "
+                   "token) was answered, with `Idempotent-Replayed: true`, making no second batch — if it is the "
+                   "same request: the same source, batch id, manifest bytes and files (names, sizes, sha256s; in "
+                   "any order). Another request under a used key is 422."}]
 _ERROR = {"content": {"application/json": {"schema": {"type": "object", "properties": {
     "error": {"type": "string"}, "part": {"type": "integer"}}}}}}
 
@@ -87,6 +98,11 @@ _ERROR = {"content": {"application/json": {"schema": {"type": "object", "propert
 def _error(status: int, message: str, **extra: Any) -> JSONResponse:
     headers = {"WWW-Authenticate": 'Bearer realm="hoard"'} if status == 401 else None
     return JSONResponse({"error": message, **extra}, status_code=status, headers=headers)
+
+
+def _reply(status: int, body: dict[str, Any]) -> JSONResponse:
+    """The JSON answer; a 408 closes the connection (what the client still sends is not read)."""
+    return JSONResponse(body, status_code=status, headers={"Connection": "close"} if status == 408 else None)
 
 
 class _Refused(Exception):
@@ -114,20 +130,43 @@ async def _scraper(request: Request) -> str:
     return who
 
 
+class _TooSlow(Exception):
+    """An upload's body stopped coming (api.idle_timeout_s) or came too slowly to finish
+    (api.min_rate_kib_s): answered 408, what it wrote and reserved removed."""
+
+
 class _Form:
     """python-multipart's callbacks → the upload: each `files` part to its file in 3A, the text
-    fields kept (small). Runs in the worker thread that feeds the parser."""
+    fields kept (small). Runs in the worker thread that feeds the parser.
 
-    def __init__(self, upload: Upload) -> None:
-        self.up = upload
+    Without an upload (`upload=None`: a retry under a used Idempotency-Key) nothing is written:
+    the parts are only hashed. With `digest` each file part is hashed as it passes (its sha256
+    and size) for `request_digest`, what a retry is judged the same request by."""
+
+    def __init__(self, cfg: Settings, upload: Upload | None, digest: bool) -> None:
+        self.cfg, self.up, self.digest = cfg, upload, digest
         self.part = 0
         self.fields: dict[str, str] = {}
         self.manifest: bytes | None = None
+        self.files: list[str] = []  # each file part: its name as sent, size and sha256 (with `digest`)
         self.ended = False
         self._headers: dict[bytes, bytes] = {}
         self._field, self._value = b"", b""
         self._text: str | None = None  # the text field of this part, if it is one
+        self._file: str | None = None  # the file name of this part, if it is a file
+        self._sha = hashlib.sha256()
+        self._size = 0
         self._buf = bytearray()
+
+    def request_digest(self) -> str:
+        """The sha256 of what makes the request the request: its source (canonical), batch id
+        (none and empty alike), the manifest's bytes, and each file's name, size and sha256 —
+        in any order of the parts (docs/http-ingest.md, "Idempotency")."""
+        manifest = hashlib.sha256(self.manifest).hexdigest() if self.manifest is not None else "-"
+        lines = [json.dumps(["source", self.fields.get("source", "")]),
+                 json.dumps(["batch", self.fields.get("batch") or ""]), json.dumps(["manifest", manifest]),
+                 *sorted(self.files)]
+        return hashlib.sha256("\n".join(lines).encode()).hexdigest()
 
     def callbacks(self) -> dict[str, Any]:
         return {"on_part_begin": self._begin, "on_header_field": self._hfield, "on_header_value": self._hvalue,
@@ -136,7 +175,8 @@ class _Form:
 
     def _begin(self) -> None:
         self.part += 1
-        self._headers, self._text = {}, None
+        self._headers, self._text, self._file = {}, None, None
+        self._sha, self._size = hashlib.sha256(), 0
         self._buf.clear()
 
     def _hfield(self, data: bytes, start: int, end: int) -> None:
@@ -159,7 +199,9 @@ class _Form:
             filename = opts.get(b"filename")
             if filename is None:
                 raise UploadError(f"part {self.part}: a `files` part needs its file name (`filename=`)", part=self.part)
-            self.up.open_file(self.part, filename.decode("utf-8", "surrogateescape"))
+            self._file = filename.decode("utf-8", "surrogateescape")
+            if self.up is not None:
+                self.up.open_file(self.part, self._file)
         elif name in TEXT_FIELDS:
             self._text = name
         else:
@@ -168,7 +210,11 @@ class _Form:
 
     def _data(self, data: bytes, start: int, end: int) -> None:
         if self._text is None:
-            self.up.write(data[start:end])
+            if self.digest:
+                self._sha.update(data[start:end])
+                self._size += end - start
+            if self.up is not None:
+                self.up.write(data[start:end])
             return
         self._buf += data[start:end]
         if len(self._buf) > TEXT_FIELDS[self._text]:
@@ -177,7 +223,9 @@ class _Form:
 
     def _end(self) -> None:
         if self._text is None:
-            self.up.close_file()
+            self.files.append(json.dumps(["file", self._file, self._size, self._sha.hexdigest()]))
+            if self.up is not None:
+                self.up.close_file()
             return
         if self._text == "manifest":
             self.manifest = bytes(self._buf)
@@ -185,7 +233,7 @@ class _Form:
         value = self._buf.decode("utf-8", "replace").strip()
         if self._text == "source":  # a wrong source stops the upload before the files' bytes
             try:
-                value = canonical_source(value, self.up.cfg.sources)
+                value = canonical_source(value, self.cfg.sources)
             except HoardError as e:
                 raise UploadError(f"part {self.part}: {e.message}", part=self.part) from None
         self.fields[self._text] = value
@@ -194,39 +242,102 @@ class _Form:
         self.ended = True
 
 
-async def _receive(request: Request, who: str) -> tuple[int, dict[str, Any]]:
-    """Take the upload in: (HTTP status, JSON body)."""
-    cfg = ctx().cfg
+def _framing(request: Request, cfg: Settings) -> tuple[bytes, int]:
+    """The body's multipart boundary and its Content-Length; _Refused 415, 411, 400 (empty) or
+    413 (past api.max_batch_mb) before a byte of it is read."""
     kind, opts = parse_options_header(request.headers.get("content-type", ""))
     boundary = opts.get(b"boundary")
     if kind != b"multipart/form-data" or not boundary:
-        return 415, {"error": "send the batch as multipart/form-data (curl -F source=NAME -F files=@FILE …)"}
+        raise _Refused(_error(415, "send the batch as multipart/form-data (curl -F source=NAME -F files=@FILE …)"))
     try:
         length = int(request.headers.get("content-length", ""))
     except ValueError:
-        return 411, {"error": "send a Content-Length (the upload's size is reserved in zone 3A before it is read)"}
+        raise _Refused(_error(411, "send a Content-Length (the upload's size is reserved in zone 3A before it is "
+                                   "read)")) from None
     cap = int(cfg.api.max_batch_mb * (1 << 20))
     if length < 1:
-        return 400, {"error": "the body is empty: send the batch's fields and files"}
+        raise _Refused(_error(400, "the body is empty: send the batch's fields and files"))
     if length > cap:
-        return 413, {"error": f"the upload is {length} bytes, more than api.max_batch_mb = {cfg.api.max_batch_mb:g} "
-                              "MiB; send it in several batches"}
+        raise _Refused(_error(413, f"the upload is {length} bytes, more than api.max_batch_mb = "
+                                   f"{cfg.api.max_batch_mb:g} MiB; send it in several batches"))
+    return boundary, length
+
+
+async def _read(request: Request, form: _Form, boundary: bytes, length: int) -> None:
+    """Feed the body to the form as it arrives, and check it is a whole form with a source.
+
+    _TooSlow when nothing of it comes for api.idle_timeout_s, or it has not all come by
+    idle_timeout_s + its bytes received / api.min_rate_kib_s (a byte a minute): a client that
+    opens an upload and goes quiet holds neither a task nor a reservation for long."""
+    api = form.cfg.api
+    parser = MultipartParser(boundary, form.callbacks(), max_size=length)  # type: ignore[arg-type]
+    chunks = request.stream().__aiter__()
+    start, got = time.monotonic(), 0
+    while True:
+        late = start + api.idle_timeout_s + got / (api.min_rate_kib_s * 1024) - time.monotonic()
+        wait = min(api.idle_timeout_s, late)
+        try:
+            if wait <= 0:
+                raise TimeoutError
+            chunk = await asyncio.wait_for(anext(chunks), wait)
+        except StopAsyncIteration:
+            break
+        except TimeoutError:
+            raise _TooSlow(f"no byte of the body came for {api.idle_timeout_s:g} s (api.idle_timeout_s)"
+                           if wait == api.idle_timeout_s else
+                           f"the body came at less than api.min_rate_kib_s = {api.min_rate_kib_s:g} KiB/s ({got} of "
+                           f"its {length} bytes in {time.monotonic() - start:.0f} s)") from None
+        if chunk:
+            got += len(chunk)
+            await in_thread(parser.write, chunk)
+    if not form.ended:
+        raise UploadError("the body ended before the multipart's closing boundary; send the whole batch again")
+    if "source" not in form.fields:
+        raise UploadError("no `source` field: name the adapter the metadata is for (e.g. -F source=gallery_dl)")
+
+
+def _refusal(e: Exception, form: _Form) -> tuple[int, dict[str, Any]]:
+    """What an upload that stopped on `e` (one of _STOPS) is answered."""
+    if isinstance(e, ClientDisconnect):
+        return 400, {"error": "the client disconnected"}  # nobody reads it
+    if isinstance(e, _TooSlow):
+        return 408, {"error": f"{e}: the upload was ended and nothing of it kept; send the batch again"}
+    if isinstance(e, UploadError):
+        return e.status, {"error": e.message} | ({"part": e.part} if e.part else {})
+    if isinstance(e, MultipartParseError):
+        return 400, {"error": f"the body is not well-formed multipart/form-data ({e}); send it again",
+                     "part": form.part}
+    if isinstance(e, HoardError):  # an unknown source, a batch id used before
+        return 400, {"error": e.message}
+    assert isinstance(e, OSError)  # the SSD's file system full under the quota, or failing
+    refused = up_mod.written_error(e)
+    return refused.status, {"error": refused.message, "zone": "3A"}
+
+
+#: what ends an upload with an answer (`_refusal`); anything else is the GUI stopping, or a bug
+_STOPS = (ClientDisconnect, _TooSlow, MultipartParseError, HoardError, OSError)
+
+
+def _log_stop(e: Exception, what: str, form: _Form) -> None:
+    if isinstance(e, ClientDisconnect):
+        log.info("%s: the client went away after %d parts; nothing kept", what, form.part)
+    elif isinstance(e, _TooSlow):
+        log.warning("%s ended after %d parts: %s; nothing kept, its reservation in 3A released", what, form.part, e)
+
+
+async def _receive(request: Request, who: str, keyed: bool) -> tuple[int, dict[str, Any], str | None]:
+    """Take the upload in: (HTTP status, JSON body, the request's digest when `keyed`)."""
+    cfg = ctx().cfg
+    boundary, length = _framing(request, cfg)
     try:
         upload = await in_thread(Upload.begin, cfg, length, who)
     except UploadError as e:  # 3A full (507), or not there (503)
         return e.status, {"error": e.message, "zone": "3A",
                           "next_step": "free space in zone 3A (`hoard zones`), then send the batch again"
-                          if e.status == 507 else "mount the SSD (or `hoard init`), then send the batch again"}
-    form = _Form(upload)
-    parser = MultipartParser(boundary, form.callbacks(), max_size=length)  # type: ignore[arg-type]
+                          if e.status == 507 else "mount the SSD (or `hoard init`), then send the batch again"}, None
+    form = _Form(cfg, upload, digest=keyed)
     try:
-        async for chunk in request.stream():
-            if chunk:
-                await in_thread(parser.write, chunk)
-        if not form.ended:
-            raise UploadError("the body ended before the multipart's closing boundary; send the whole batch again")
-        if "source" not in form.fields:
-            raise UploadError("no `source` field: name the adapter the metadata is for (e.g. -F source=gallery_dl)")
+        await _read(request, form, boundary, length)
         source, batch = form.fields["source"], form.fields.get("batch") or None
         if form.manifest is None:
             taken = await in_thread(upload.finish, source, batch)
@@ -235,24 +346,10 @@ async def _receive(request: Request, who: str) -> tuple[int, dict[str, Any]]:
         else:
             await in_thread(upload.abort)  # (nothing was written: the files are in 3A already)
             taken = await in_thread(up_mod.adopt, cfg, source, batch, form.manifest)
-    except ClientDisconnect:
+    except _STOPS as e:
         await in_thread(upload.abort)
-        log.info("HTTP upload %s of %s: the client went away after %d parts; nothing kept", upload.id, who, form.part)
-        return 400, {"error": "the client disconnected"}  # nobody reads it
-    except UploadError as e:
-        await in_thread(upload.abort)
-        return e.status, {"error": e.message} | ({"part": e.part} if e.part else {})
-    except MultipartParseError as e:
-        await in_thread(upload.abort)
-        return 400, {"error": f"the body is not well-formed multipart/form-data ({e}); send it again",
-                     "part": form.part}
-    except HoardError as e:  # an unknown source, a batch id used before
-        await in_thread(upload.abort)
-        return 400, {"error": e.message}
-    except OSError as e:  # the SSD's file system full under the quota, or failing
-        await in_thread(upload.abort)
-        refused = up_mod.written_error(e)
-        return refused.status, {"error": refused.message, "zone": "3A"}
+        _log_stop(e, f"HTTP upload {upload.id} of {who}", form)
+        return (*_refusal(e, form), None)
     except BaseException:
         upload.abort()  # (the GUI stopping, or a bug: no thread to ask for)
         raise
@@ -262,7 +359,25 @@ async def _receive(request: Request, who: str) -> tuple[int, dict[str, Any]]:
     if taken.warning:
         body["warning"] = taken.warning
     log.info("HTTP ingest of %s: batch %s, %d files", who, taken.batch, taken.files)
-    return 202, body
+    return 202, body, form.request_digest() if keyed else None
+
+
+async def _retried(request: Request, who: str, key: str, first: dict[str, Any]) -> Response:
+    """A request under an Idempotency-Key answered before: its body read and hashed (nothing
+    written), then the first answer again if it is the same request, 422 if it is another."""
+    cfg = ctx().cfg
+    boundary, length = _framing(request, cfg)
+    form = _Form(cfg, None, digest=True)
+    try:
+        await _read(request, form, boundary, length)
+    except _STOPS as e:
+        _log_stop(e, f"HTTP retry under a used Idempotency-Key of {who}", form)
+        return _reply(*_refusal(e, form))
+    if first.get("request") not in (None, form.request_digest()):  # (None: kept before requests were)
+        return _error(422, f"Idempotency-Key {key!r} was used for another request (batch "
+                           f"{first['body'].get('batch')}): this one differs in its source, batch id, manifest or "
+                           "files (names, sizes, sha256s); send a new request under a new key, or that one unchanged")
+    return JSONResponse(first["body"], status_code=first["status"], headers={"Idempotent-Replayed": "true"})
 
 
 async def _sweep() -> None:
@@ -281,30 +396,36 @@ async def _sweep() -> None:
 def register() -> None:
     app.on_startup(_sweep)
     @app.post(f"{PREFIX}/batches", status_code=202, tags=["ingest"], openapi_extra=_MULTIPART_BODY,
-              responses={202: {"description": "taken: ingest queued"}, 400: _ERROR, 401: _ERROR, 409: _ERROR,
-                         411: _ERROR, 413: _ERROR, 415: _ERROR, 507: _ERROR})
+              responses={202: {"description": "taken: ingest queued"}, 400: _ERROR, 401: _ERROR,
+                         408: _ERROR | {"description": "the body stopped coming (api.idle_timeout_s) or came slower "
+                                        "than api.min_rate_kib_s: nothing of the upload kept"},
+                         409: _ERROR, 411: _ERROR, 413: _ERROR, 415: _ERROR,
+                         422: _ERROR | {"description": "the Idempotency-Key was used for another request (another "
+                                        "source, batch id, manifest or files): send a new key"},
+                         507: _ERROR})
     async def post_batch(request: Request) -> Response:
         """Upload a batch into zone 3A and queue its ingest (as `hoard ingest` does).
 
         An `Idempotency-Key` header makes a retry within `api.idempotency_hours` answer what
-        the first upload under that key (and token) was answered, without taking its bytes."""
+        the first upload under that key (and token) was answered, without writing its bytes —
+        if it is the same request (`_Form.request_digest`); another request is 422."""
         try:
             who = await _scraper(request)
             key = request.headers.get("idempotency-key")
             if key is None:
-                status, body = await _receive(request, who)
-                return JSONResponse(body, status_code=status)
+                status, body, _ = await _receive(request, who, keyed=False)
+                return _reply(status, body)
             if not KEY.match(key):
                 return _error(400, "Idempotency-Key: 1 to 255 printable ASCII characters, no spaces")
             async with _key_turn((who, key)):
                 first = await in_thread(up_mod.remembered, ctx().cfg, who, key)
                 if first is not None:
-                    return JSONResponse(first["body"], status_code=first["status"],
-                                        headers={"Idempotent-Replayed": "true"})
-                status, body = await _receive(request, who)
+                    return await _retried(request, who, key, first)
+                status, body, digest = await _receive(request, who, keyed=True)
                 if status == 202:  # a refusal is not remembered: the retry may succeed
-                    await in_thread(up_mod.remember, ctx().cfg, who, key, {"status": status, "body": body})
-                return JSONResponse(body, status_code=status)
+                    await in_thread(up_mod.remember, ctx().cfg, who, key,
+                                    {"status": status, "body": body, "request": digest})
+                return _reply(status, body)
         except _Refused as r:
             return r.response
         except AppStopping:

@@ -62,6 +62,7 @@ JOB_FUNCTIONS = {
     "jobs.ingest.run_step": 0,
     "jobs.actions.run_step": 0,
     "jobs.actions.empty_trash": 0,
+    "jobs.actions.near_dups_of_batch": 0,
     "jobs.outputs.run_job": 0,
     "jobs.datasets.run_job": 0,
     "jobs.datasets.materialize_job": 0,

@@ -5,139 +5,20 @@ client must stop half-way (a dropped connection, a body the server refuses to re
 from __future__ import annotations
 
 import hashlib
-import http.client
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
-import time
 import uuid
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import httpx
 import pytest
-import redis
 
-from tests.conftest import write_home
 from tests.gui_browser import child_env
 from tests.gui_fixtures import PASSWORDS, gui_process
-from tests.helpers import fresh_schema
-
-#: 3A's quota here: 50 MiB (deny at 90 %), so a test fills it with a 47 MiB file
-QUOTA_GB = 50 / 1024
-API = """
-[api]
-max_batch_mb = 8
-max_file_mb = 2
-
-[ingest]
-settle_s = 0.05
-
-[sources]
-gallery = "gallery_dl"
-"""
-
-
-@dataclass
-class Server:
-    url: str
-    cfg_path: Path
-    token: str
-
-    @property
-    def zone3a(self) -> Path:
-        from fsd.base import config
-
-        return config.load(self.cfg_path).ssd.zone_path("3A")
-
-    def auth(self, token: str | None = None) -> dict[str, str]:
-        return {"Authorization": f"Bearer {token or self.token}"}
-
-    def hoard(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "fsd", "--config", str(self.cfg_path), *args],
-                              capture_output=True, text=True, env=child_env())
-
-    def batches(self) -> set[str]:
-        """The batch directories of 3A, and anything left under 3A/.tmp."""
-        z = self.zone3a
-        return ({p.name for p in z.iterdir() if p.is_dir() and not p.name.startswith((".", "_"))}
-                | {f".tmp/{p.name}" for p in (z / ".tmp").glob("*")})
-
-
-def _prepare(cfg_path: Path) -> None:
-    text = cfg_path.read_text().replace("[ssd.zones.3A]\nquota_gb = 1\n", f"[ssd.zones.3A]\nquota_gb = {QUOTA_GB}\n")
-    cfg_path.write_text(text + API)
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory, servers: dict[str, str]) -> Iterator[Server]:
-    """One `hoard gui` for the module (its start takes seconds), with a scraper's token. The
-    test Redis is emptied after: the batches queued here and never worked must not reach
-    another module's worker (it refuses a job naming another configuration, loudly)."""
-    r = redis.Redis.from_url(servers["redis_url"])
-    r.flushdb()
-    home = write_home(tmp_path_factory.mktemp("http-ingest"), servers)
-    try:
-        with fresh_schema(servers["database_url"]) as conn, gui_process(home, conn, _prepare) as (url, cfg_path):
-            res = subprocess.run([sys.executable, "-m", "fsd", "--config", str(cfg_path), "tokens", "add", "scraper"],
-                                 capture_output=True, text=True, env=child_env())
-            assert res.returncode == 0, res.stderr
-            yield Server(url, cfg_path, res.stdout.strip())
-    finally:
-        r.flushdb()
-
-
-@pytest.fixture
-def gallery(tmp_path: Path) -> Path:
-    """A synthetic gallery-dl batch (media + JSON sidecars) outside 3A, as a scraper holds it."""
-    from adapters.synth import Spec, generate
-
-    batch = generate(tmp_path / "scraped", Spec(seed=5, batches=1, items_per_batch=5, sources=("gallery",),
-                                                large_max_mb=1))[0]
-    return tmp_path / "scraped" / batch.batch_id
-
-
-def _files(root: Path) -> list[tuple[str, tuple[str, bytes]]]:
-    return [("files", (p.relative_to(root).as_posix(), p.read_bytes())) for p in sorted(root.rglob("*")) if p.is_file()]
-
-
-def _multipart(parts: list[tuple[str, bytes | None, bytes]], boundary: str = "b0undary") -> tuple[dict[str, str], bytes]:
-    """A multipart/form-data body written byte by byte (httpx escapes what a hostile client
-    would send as it is): parts of (field, raw file name or None, content)."""
-    out = b""
-    for name, filename, content in parts:
-        disp = f'form-data; name="{name}"'.encode() + (b'; filename="' + filename + b'"' if filename is not None else b"")
-        out += b"--" + boundary.encode() + b"\r\nContent-Disposition: " + disp + b"\r\n\r\n" + content + b"\r\n"
-    return {"Content-Type": f"multipart/form-data; boundary={boundary}"}, out + b"--" + boundary.encode() + b"--\r\n"
-
-
-def _connect(url: str) -> socket.socket:
-    parts = urlsplit(url)
-    return socket.create_connection((parts.hostname, parts.port), timeout=60)
-
-
-def _raw_request(sock: socket.socket, url: str, headers: dict[str, str], body: bytes = b"") -> None:
-    host = urlsplit(url).netloc
-    head = "".join(f"{k}: {v}\r\n" for k, v in {"Host": host, **headers}.items())
-    sock.sendall(f"POST /api/v1/batches HTTP/1.1\r\n{head}\r\n".encode() + body)
-
-
-def _answer(sock: socket.socket) -> tuple[int, dict]:
-    resp = http.client.HTTPResponse(sock)
-    resp.begin()
-    return resp.status, json.loads(resp.read())
-
-
-def _until(cond, what: str, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, f"never happened: {what}"
-        time.sleep(0.05)
+from tests.http_ingest import Server, answer, connect, files_of, gallery, multipart, prepare, raw_request, server, until  # noqa: F401 - fixtures
 
 
 def test_tokens_are_printed_once_and_kept_as_hashes(server: Server) -> None:
@@ -190,7 +71,7 @@ def test_an_upload_is_ingested_and_its_status_is_hoard_ingest_status(server: Ser
 
     before = server.batches()
     r = httpx.post(f"{server.url}/api/v1/batches", headers=server.auth(), data={"source": "gallery"},
-                   files=_files(gallery), timeout=60)
+                   files=files_of(gallery), timeout=60)
     assert r.status_code == 202, r.text
     body = r.json()
     batch = body["batch"]
@@ -219,11 +100,11 @@ def test_a_missing_or_wrong_token_is_401(server: Server, gallery: Path) -> None:
     for headers in ({}, server.auth("hoard_" + "x" * 43), server.auth(server.token + "x"),
                     {"Authorization": f"Token {server.token}"}):
         r = httpx.post(f"{server.url}/api/v1/batches", headers=headers, data={"source": "gallery"},
-                       files=_files(gallery))
+                       files=files_of(gallery))
         assert r.status_code == 401, r.text
         assert r.headers["www-authenticate"].startswith("Bearer") and "hoard tokens add" in r.json()["error"]
     basic = httpx.post(f"{server.url}/api/v1/batches", auth=("ada", PASSWORDS["ada"]), data={"source": "gallery"},
-                       files=_files(gallery))
+                       files=files_of(gallery))
     assert basic.status_code == 401, basic.text
     assert httpx.get(f"{server.url}/api/v1/batches/x", headers=server.auth("nope")).status_code == 401
     assert server.batches() == before
@@ -235,18 +116,18 @@ def test_a_retry_with_the_same_idempotency_key_gets_the_first_answer(server: Ser
     key = str(uuid.uuid4())
     before = server.batches()
     first = httpx.post(f"{server.url}/api/v1/batches", headers=server.auth() | {"Idempotency-Key": key},
-                       data={"source": "gallery"}, files=_files(gallery))
+                       data={"source": "gallery"}, files=files_of(gallery))
     assert first.status_code == 202, first.text
     again = httpx.post(f"{server.url}/api/v1/batches", headers=server.auth() | {"Idempotency-Key": key},
-                       data={"source": "gallery"}, files=_files(gallery))
+                       data={"source": "gallery"}, files=files_of(gallery))
     assert again.status_code == 202 and again.json() == first.json()
     assert again.headers["idempotent-replayed"] == "true"
     assert server.batches() == before | {first.json()["batch"]}
     other = httpx.post(f"{server.url}/api/v1/batches", headers=server.auth() | {"Idempotency-Key": key + "2"},
-                       data={"source": "gallery"}, files=_files(gallery))
+                       data={"source": "gallery"}, files=files_of(gallery))
     assert other.status_code == 202 and other.json()["batch"] != first.json()["batch"]
     bad = httpx.post(f"{server.url}/api/v1/batches", headers=server.auth() | {"Idempotency-Key": "a key"},
-                     data={"source": "gallery"}, files=_files(gallery))
+                     data={"source": "gallery"}, files=files_of(gallery))
     assert bad.status_code == 400 and "Idempotency-Key" in bad.json()["error"]
 
 
@@ -257,12 +138,12 @@ def test_a_retry_sent_while_the_first_upload_runs_waits_for_its_answer(server: S
 
     key = str(uuid.uuid4())
     before = server.batches()
-    headers, body = _multipart([("source", None, b"sidecar"), ("files", b"a.png", os.urandom(300_000)),
+    headers, body = multipart([("source", None, b"sidecar"), ("files", b"a.png", os.urandom(300_000)),
                                 ("files", b"a.png.json", b"{}")])
-    sock = _connect(server.url)
-    _raw_request(sock, server.url, server.auth() | headers | {"Content-Length": str(len(body)), "Idempotency-Key": key},
+    sock = connect(server.url)
+    raw_request(sock, server.url, server.auth() | headers | {"Content-Length": str(len(body)), "Idempotency-Key": key},
                  body[:100_000])
-    _until(lambda: any((server.zone3a / ".tmp").glob("upload-*/a.png")), "the first upload under way")
+    until(lambda: any((server.zone3a / ".tmp").glob("upload-*/a.png")), "the first upload under way")
     retry: list[httpx.Response] = []
     thread = threading.Thread(target=lambda: retry.append(httpx.post(
         f"{server.url}/api/v1/batches", headers=server.auth() | headers | {"Idempotency-Key": key}, content=body,
@@ -271,7 +152,7 @@ def test_a_retry_sent_while_the_first_upload_runs_waits_for_its_answer(server: S
     thread.join(1.0)
     assert thread.is_alive() and not retry  # waiting for the first (its body is not all sent)
     sock.sendall(body[100_000:])
-    status, first = _answer(sock)
+    status, first = answer(sock)
     sock.close()
     thread.join(60)
     assert status == 202 and retry[0].status_code == 202 and retry[0].json() == first
@@ -290,10 +171,10 @@ def test_a_full_3a_is_507_before_the_body_is_read(server: Server) -> None:
         os.close(fd)
     before = server.batches()
     try:
-        with _connect(server.url) as sock:
-            headers, body = _multipart([("source", None, b"gallery"), ("files", b"a.png", b"x" * 4096)])
-            _raw_request(sock, server.url, server.auth() | headers | {"Content-Length": str(len(body))})
-            status, doc = _answer(sock)  # the body never sent
+        with connect(server.url) as sock:
+            headers, body = multipart([("source", None, b"gallery"), ("files", b"a.png", b"x" * 4096)])
+            raw_request(sock, server.url, server.auth() | headers | {"Content-Length": str(len(body))})
+            status, doc = answer(sock)  # the body never sent
         assert status == 507, doc
         assert doc["zone"] == "3A" and "zone 3A" in doc["error"] and "free space in zone 3A" in doc["next_step"]
         assert server.batches() == before
@@ -308,13 +189,13 @@ def test_a_dropped_connection_leaves_nothing_half_ingested(server: Server) -> No
     from fsd.outputs import zones
 
     before = server.batches()
-    headers, body = _multipart([("source", None, b"gallery"), ("files", b"big.png", os.urandom(1 << 20))])
-    sock = _connect(server.url)
-    _raw_request(sock, server.url, server.auth() | headers | {"Content-Length": str(len(body))}, body[:600_000])
+    headers, body = multipart([("source", None, b"gallery"), ("files", b"big.png", os.urandom(1 << 20))])
+    sock = connect(server.url)
+    raw_request(sock, server.url, server.auth() | headers | {"Content-Length": str(len(body))}, body[:600_000])
     tmp = server.zone3a / ".tmp"
-    _until(lambda: any(f.stat().st_size > 100_000 for f in tmp.glob("upload-*/big.png")), "the upload's file written")
+    until(lambda: any(f.stat().st_size > 100_000 for f in tmp.glob("upload-*/big.png")), "the upload's file written")
     sock.close()
-    _until(lambda: server.batches() == before, "the dropped upload's temporary directory removed")
+    until(lambda: server.batches() == before, "the dropped upload's temporary directory removed")
     assert zones.reservations(config.load(server.cfg_path), "3A") == []
     whole = httpx.post(f"{server.url}/api/v1/batches", headers=server.auth(), data={"source": "sidecar"},
                        files=[("files", ("a.png", b"\x89PNG...")), ("files", ("a.png.json", b"{}"))])
@@ -329,18 +210,18 @@ def test_an_upload_cut_by_a_killed_server_is_removed_at_its_next_start(hoard_hom
     from fsd.outputs import zones
     from tests.gui_browser import serving
 
-    with gui_process(hoard_home, pg, _prepare) as (_, cfg_path):
+    with gui_process(hoard_home, pg, prepare) as (_, cfg_path):
         pass  # (the home, its config and database made once)
     server = Server("", cfg_path, subprocess.run(
         [sys.executable, "-m", "fsd", "--config", str(cfg_path), "tokens", "add", "scraper"],
         capture_output=True, text=True, env=child_env()).stdout.strip())
     cfg = config.load(cfg_path)
-    headers, body = _multipart([("source", None, b"gallery"), ("files", b"big.png", os.urandom(1 << 20))])
+    headers, body = multipart([("source", None, b"gallery"), ("files", b"big.png", os.urandom(1 << 20))])
     started: list[subprocess.Popen] = []
     with serving(cfg_path, hoard_home / "gui-1.log", cfg.gui.port, started=started) as url:
-        sock = _connect(url)
-        _raw_request(sock, url, server.auth() | headers | {"Content-Length": str(len(body))}, body[:600_000])
-        _until(lambda: any(f.stat().st_size > 100_000 for f in (server.zone3a / ".tmp").glob("upload-*/big.png")),
+        sock = connect(url)
+        raw_request(sock, url, server.auth() | headers | {"Content-Length": str(len(body))}, body[:600_000])
+        until(lambda: any(f.stat().st_size > 100_000 for f in (server.zone3a / ".tmp").glob("upload-*/big.png")),
                "the upload's file written")
         started[0].kill()
         started[0].wait()
@@ -351,7 +232,7 @@ def test_an_upload_cut_by_a_killed_server_is_removed_at_its_next_start(hoard_hom
     said = [p for p in health["problems"] if left[0] in p]
     assert len(said) == 1 and "start `hoard gui` again" in said[0] and "zones clean" not in said[0], said
     with serving(cfg_path, hoard_home / "gui-2.log", cfg.gui.port):
-        _until(lambda: not any((server.zone3a / ".tmp").iterdir()), "the killed upload's directory removed")
+        until(lambda: not any((server.zone3a / ".tmp").iterdir()), "the killed upload's directory removed")
         assert zones.reservations(cfg, "3A") == [] and server.batches() == set()
 
 
@@ -364,7 +245,7 @@ def test_a_hostile_file_name_is_400_naming_its_part(server: Server, name: bytes,
     """A file name that climbs out, is absolute, holds a NUL, a control or an override, is too
     long or is the batch's own signal is refused with 400 naming the part; nothing is kept."""
     before = server.batches()
-    headers, body = _multipart([("source", None, b"sidecar"), ("files", b"ok.png", b"fine"),
+    headers, body = multipart([("source", None, b"sidecar"), ("files", b"ok.png", b"fine"),
                                 ("files", name, b"payload")])
     r = httpx.post(f"{server.url}/api/v1/batches", headers=server.auth() | headers, content=body)
     assert r.status_code == 400, r.text
@@ -432,10 +313,10 @@ def test_bad_forms_are_refused_by_name(server: Server) -> None:
         ([("source", None, b"sidecar"), ("batch", None, b"../up"), ("files", b"a.png", b"x")], 400, "not a batch id"),
     ]
     for parts, status, words in cases:
-        headers, body = _multipart(parts)
+        headers, body = multipart(parts)
         r = httpx.post(f"{server.url}/api/v1/batches", headers=server.auth() | headers, content=body)
         assert r.status_code == status and words in r.json()["error"], (parts, r.text)
-    headers, body = _multipart([("source", None, b"sidecar"), ("batch", None, b"mine-1"), ("files", b"a.png", b"x")])
+    headers, body = multipart([("source", None, b"sidecar"), ("batch", None, b"mine-1"), ("files", b"a.png", b"x")])
     assert httpx.post(f"{server.url}/api/v1/batches", headers=server.auth() | headers, content=body).status_code == 202
     used = httpx.post(f"{server.url}/api/v1/batches", headers=server.auth() | headers, content=body)
     assert used.status_code == 409 and "mine-1 exists already" in used.json()["error"]
@@ -450,12 +331,12 @@ def test_oversize_uploads_are_413(server: Server) -> None:
     """An upload whose Content-Length passes api.max_batch_mb is 413 before its body is read;
     a file past api.max_file_mb is 413 naming its part; neither leaves anything in 3A."""
     before = server.batches()
-    with _connect(server.url) as sock:
-        headers, _ = _multipart([])
-        _raw_request(sock, server.url, server.auth() | headers | {"Content-Length": str(9 << 20)})
-        status, doc = _answer(sock)
+    with connect(server.url) as sock:
+        headers, _ = multipart([])
+        raw_request(sock, server.url, server.auth() | headers | {"Content-Length": str(9 << 20)})
+        status, doc = answer(sock)
     assert status == 413 and "api.max_batch_mb = 8" in doc["error"]
-    headers, body = _multipart([("source", None, b"sidecar"), ("files", b"small.png", b"x"),
+    headers, body = multipart([("source", None, b"sidecar"), ("files", b"small.png", b"x"),
                                 ("files", b"huge.png", b"x" * ((2 << 20) + 1))])
     r = httpx.post(f"{server.url}/api/v1/batches", headers=server.auth() | headers, content=body, timeout=60)
     assert r.status_code == 413 and r.json()["part"] == 3 and "api.max_file_mb = 2" in r.json()["error"], r.text
@@ -468,7 +349,10 @@ def test_the_openapi_schema_describes_the_routes(server: Server) -> None:
     assert set(doc["paths"]) == {"/api/v1/batches", "/api/v1/batches/{batch_id}"}
     form = doc["paths"]["/api/v1/batches"]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]
     assert form["required"] == ["source"] and {"files", "manifest", "batch"} <= set(form["properties"])
-    assert "507" in doc["paths"]["/api/v1/batches"]["post"]["responses"]
+    post = doc["paths"]["/api/v1/batches"]["post"]
+    assert {"408", "422", "507"} <= set(post["responses"])
+    assert "another request" in post["responses"]["422"]["description"]
+    assert [p["name"] for p in post["parameters"]] == ["Idempotency-Key"] and "422" in post["parameters"][0]["description"]
 
 
 def test_a_manifest_nested_too_deep_is_400_not_a_500(server: Server) -> None:
@@ -478,7 +362,7 @@ def test_a_manifest_nested_too_deep_is_400_not_a_500(server: Server) -> None:
     root.mkdir()
     (root / "a.png").write_bytes(b"x")
     try:
-        headers, body = _multipart([("source", None, b"sidecar"), ("batch", None, b"deep-1"),
+        headers, body = multipart([("source", None, b"sidecar"), ("batch", None, b"deep-1"),
                                     ("manifest", b"manifest.json", b"[" * 200_000)])
         r = httpx.post(f"{server.url}/api/v1/batches", headers=server.auth() | headers, content=body, timeout=60)
         assert r.status_code == 400, r.text
@@ -542,7 +426,7 @@ def test_a_batch_id_naming_another_batchs_work_file_is_refused(server: Server) -
 
     before = server.batches()
     for work in ("records", "stored"):
-        headers, body = _multipart([("source", None, b"sidecar"), ("batch", None, f"victim-1.{work}".encode()),
+        headers, body = multipart([("source", None, b"sidecar"), ("batch", None, f"victim-1.{work}".encode()),
                                     ("files", b"a.png", b"x")])
         r = httpx.post(f"{server.url}/api/v1/batches", headers=server.auth() | headers, content=body)
         assert r.status_code == 400 and f"victim-1.{work}" in r.json()["error"], r.text
@@ -584,7 +468,7 @@ def test_a_damaged_ingest_record_or_token_entry_is_one_line_not_a_500(server: Se
     try:
         r = httpx.get(f"{server.url}/api/v1/batches/dmg-1", headers=server.auth())
         assert r.status_code == 503 and "dmg-1" in r.json()["error"] and str(record) not in r.text, r.text
-        headers, body = _multipart([("source", None, b"sidecar"), ("batch", None, b"dmg-1"), ("files", b"a.png", b"x")])
+        headers, body = multipart([("source", None, b"sidecar"), ("batch", None, b"dmg-1"), ("files", b"a.png", b"x")])
         r = httpx.post(f"{server.url}/api/v1/batches", headers=server.auth() | headers, content=body)
         assert r.status_code == 409 and "dmg-1 exists already" in r.json()["error"], r.text
         path.write_text(json.dumps(json.loads(kept) | {"edited": {"sha256": 5}, "accented": {"sha256": "é" * 64}}))
@@ -613,7 +497,7 @@ def test_many_small_files_cannot_fill_3a_past_its_quota(server: Server) -> None:
         os.close(fd)
     before = server.batches()
     try:
-        headers, body = _multipart([("source", None, b"sidecar")]
+        headers, body = multipart([("source", None, b"sidecar")]
                                    + [("files", f"f{n:04}.png".encode(), b"x") for n in range(2600)])
         assert len(body) < 256 << 10
         r = httpx.post(f"{server.url}/api/v1/batches", headers=server.auth() | headers, content=body, timeout=300)
@@ -633,7 +517,7 @@ def test_a_batch_id_with_a_dot_is_counted_with_the_others(server: Server) -> Non
 
     cfg = config.load(server.cfg_path)
     queued = ingest_status(cfg)["batches"].get("queued", 0)
-    headers, body = _multipart([("source", None, b"sidecar"), ("batch", None, b"shots.v2"), ("files", b"a.png", b"x")])
+    headers, body = multipart([("source", None, b"sidecar"), ("batch", None, b"shots.v2"), ("files", b"a.png", b"x")])
     r = httpx.post(f"{server.url}/api/v1/batches", headers=server.auth() | headers, content=body)
     assert r.status_code == 202 and r.json()["status"] == "queued", r.text
     assert ingest_status(cfg)["batches"].get("queued", 0) == queued + 1

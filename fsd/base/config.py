@@ -182,6 +182,11 @@ class IngestConfig(BaseModel):
     #: document that expands past it (a JSON bomb) fails the batch in one line instead of
     #: taking the server's memory (docs/security.md, "Sandboxed parsers")
     parser_memory_mb: int = Field(default=2048, ge=64, le=1 << 20)
+    #: hash each batch's images for near-duplicate groups as it is ingested: its finish step
+    #: queues the built-in `near-dup-hash` action over the batch (the run a pipeline stage or
+    #: `hoard action run near-dup-hash` would make: the same sandbox, the same rows;
+    #: docs/near-dups.md)
+    near_dup_at_ingest: bool = False
 
 
 class ActionsConfig(BaseModel):
@@ -408,6 +413,13 @@ class ApiConfig(BaseModel):
     max_files: int = Field(default=20000, ge=1, le=10_000_000)
     #: how long an `Idempotency-Key` is remembered: a retry within it gets the first answer
     idempotency_hours: float = Field(default=24, gt=0, le=24 * 365)
+    #: the longest an upload's body may send nothing: past it the upload ends (408) and what it
+    #: wrote and reserved in 3A goes — a client that opens an upload and goes quiet holds neither
+    idle_timeout_s: float = Field(default=60, gt=0, le=24 * 3600)
+    #: the least an upload's body must average, in KiB/s, once `idle_timeout_s` has passed: its
+    #: deadline is `idle_timeout_s` + its bytes received / this rate (Apache mod_reqtimeout's
+    #: MinRate) — a client sending a byte now and then cannot hold an upload for ever either
+    min_rate_kib_s: float = Field(default=1, gt=0, le=1 << 30)
 
 
 class EmbeddedConfig(BaseModel):

@@ -82,6 +82,24 @@ def ingest(
         raise typer.Exit(code)
 
 
+def _near_dups_here(cfg, batch_id: str) -> None:
+    """`ingest.near_dup_at_ingest` under --here: the batch's near-dup-hash run, run here too (as
+    the worker's finish step queues it). Its failure is said, not the batch's: it is ingested."""
+    # deferred: jobs.actions and what it loads only when the key asks for it
+    from jobs.actions import api, run_here
+
+    try:
+        sub = api.near_dups_of(cfg, batch_id, queue=False)
+        code = run_here(cfg, sub.state.run_id) if sub is not None and sub.how != "done already" else ExitCode.OK
+    except HoardError as e:
+        code, why = e.exit_code, e.message
+    else:
+        why = f"`hoard action status {sub.state.run_id}` says why" if sub is not None else ""
+    if code != ExitCode.OK:
+        err.print(f"[yellow]hoard: {escape(batch_id)}: ingested, but its near-dup-hash run did not end (exit "
+                  f"{int(code)}): {escape(why)}[/]")
+
+
 def _ingest(cfg, dirs: list[Path], source: str | None, *, wait: bool, here: bool, as_json: bool,
             timeout: float) -> int:
     """Submit each batch on its own, run or wait for them; the exit code (0 when all is done)."""
@@ -106,6 +124,8 @@ def _ingest(cfg, dirs: list[Path], source: str | None, *, wait: bool, here: bool
         for batch_id in pending:  # one after the other; a failed batch does not stop the others
             if code := ua1.run_here(cfg, batch_id):
                 failed[batch_id] = code
+            elif cfg.ingest.near_dup_at_ingest:
+                _near_dups_here(cfg, batch_id)
     elif pending and (idle := ua1.unserved_queues(connect(cfg.redis_url))):
         advice = (f"no worker serves the {', '.join(idle)} queue(s), so {', '.join(pending)} wait(s) in Redis: "
                   "start one with `hoard worker` (systemd: hoard-worker@…), or run the jobs here with "

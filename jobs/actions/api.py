@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +22,7 @@ import psycopg
 import redis
 from rq.exceptions import NoSuchJobError
 
+from fsd.base import config as config_mod
 from fsd.base.config import Settings
 from fsd.base.errors import ExitCode, HoardError, first_line
 from fsd.base.files import flocked
@@ -62,6 +64,8 @@ from sql.apply import apply_write_intent
 from sql.batches import register_action
 from sql.migrate import migrate
 from sql.selectors import is_deleted, parse_selector, physical_nodes, query_nodes
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -180,6 +184,34 @@ def submit(cfg: Settings, name: str, *, selector: dict | None = None, nodes: lis
             if queue:
                 _queue(cfg, st, redis_conn, forget=True)
         return Submitted(st, "new")
+
+
+#: the built-in action `ingest.near_dup_at_ingest` runs over each batch ingested
+NEAR_DUP_ACTION = "near-dup-hash"
+
+
+def near_dups_of(cfg: Settings, batch_id: str, *, queue: bool = True, redis_conn=None) -> Submitted | None:
+    """Submit the near-dup-hash run over the images of ingested batch `batch_id`
+    (`ingest.near_dup_at_ingest`): the run `hoard action run near-dup-hash --selector
+    '{"batches": [BATCH]}'` and a pipeline stage make — its key is its inputs, so it is that
+    run, hashed in that sandbox, its rows those. None when the batch holds no image."""
+    try:
+        return submit(cfg, NEAR_DUP_ACTION, selector={"batches": [batch_id]}, queue=queue, redis_conn=redis_conn,
+                      by=f"ingest of {batch_id}")
+    except ActionError as e:
+        if e.exit_code != ExitCode.DATA:  # (DATA: no node of the batch is an image)
+            raise
+        log.info("batch %s: no image to hash for near-duplicates", batch_id)
+        return None
+
+
+def near_dups_of_batch(config_path: str | None, batch_id: str) -> str | None:
+    """RQ job the ingest's finish step queues by name (`jobs.ingest` cannot import this
+    package: it imports the ingest's runner): `near_dups_of`; the run id, or None."""
+    sub = near_dups_of(config_mod.load(config_path), batch_id)
+    if sub is not None:
+        log.info("batch %s: near-dup-hash run %s %s", batch_id, sub.state.run_id, sub.how)
+    return sub.state.run_id if sub is not None else None
 
 
 @contextlib.contextmanager

@@ -23,9 +23,18 @@ from fsd.base.files import flocked
 from jobs import runlog
 from jobs.guard import SERIALIZER, GuardedWorker, HoardJob
 from jobs.ingest.signals import enqueue
-from jobs.ingest.state import STEPS, IngestError, Status, load_state, save_state, state_dir
+from jobs.ingest.state import STEP_TIMEOUT_S, STEPS, IngestError, Status, load_state, save_state, state_dir
 from jobs.ingest.steps import _STEPS
-from jobs.queues import CONDITIONS, QUEUES, condition_exit_code, condition_line, connect, is_condition, rq_queue
+from jobs.queues import (
+    CONDITIONS,
+    QUEUES,
+    condition_exit_code,
+    condition_line,
+    connect,
+    enqueue_once,
+    is_condition,
+    rq_queue,
+)
 
 log = logging.getLogger(__name__)
 
@@ -87,8 +96,24 @@ def _run_step_logged(cfg: Settings, batch_id: str, step: str, *, then_enqueue: b
         if then_enqueue:
             enqueue(cfg, st)
     else:
+        if then_enqueue and cfg.ingest.near_dup_at_ingest:  # before "done" is saved: queued at least once
+            queue_near_dups(cfg, batch_id)
         save_state(cfg, st)
     return st.report
+
+
+def queue_near_dups(cfg: Settings, batch_id: str) -> None:
+    """Queue the near-dup-hash run over an ingested batch (`ingest.near_dup_at_ingest`), by the
+    job's name: jobs.actions imports this package, so it cannot be imported here. A Redis that
+    fails now costs the hashes, not the batch: said in one line with the command that makes them."""
+    assert cfg.redis_url
+    try:
+        enqueue_once(connect(cfg.redis_url), "actions", "jobs.actions.near_dups_of_batch",
+                     str(cfg.source) if cfg.source else None, batch_id, job_id=f"near-dups-{batch_id}",
+                     timeout=STEP_TIMEOUT_S, description=f"near-dup-hash over batch {batch_id}")
+    except (redis.RedisError, OSError) as e:
+        log.warning("batch %s: its near-dup-hash run not queued (%s); `hoard action run near-dup-hash --selector "
+                    "'{\"batches\": [\"%s\"]}'` makes it", batch_id, condition_line(e), batch_id)
 
 
 def _explain(e: Exception, cfg: Settings | None = None) -> str:

@@ -115,7 +115,7 @@ def _step_store(cfg: Settings, st: BatchState) -> None:
     # (the device is the batch directory's now, not the scan's: a reboot or a power cut may
     # number the SSD's filesystem anew, and a resume must still find its files; a link to
     # another filesystem stays refused)
-    dev = os.stat(root).st_dev if work.get("identity") else 0
+    dev = os.lstat(root).st_dev if work.get("identity") else 0  # (a link: its own device, never its target's)
     expect = {str(root / r): (dev, *v[1:]) for r, v in work.get("identity", {}).items()}
     with Store.open(cfg) as store:
         results = store.put_many([path_of(cfg, st.batch_id, root, r, rendered) for r in rels], klass="raw",

@@ -268,25 +268,50 @@ def adopt(cfg: Settings, source: str, batch_id: str | None, manifest: bytes) -> 
     if not BATCH_ID.match(batch_id) or names_work(batch_id):
         check_batch_id(cfg, batch_id)  # (its one line)
     root = cfg.ssd.zone_path("3A") / batch_id
-    if root.is_symlink() or not root.is_dir():
+    try:  # held from here on: every look below goes through this descriptor, never the path
+        root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
         raise UploadError(f"no batch directory {root}: copy the files there first, or send them as `files` parts",
-                          status=404)
-    if load_state(cfg, batch_id) is not None or (root / SIGNAL).exists():
+                          status=404) from None
+    try:
+        return _adopt_held(cfg, root, root_fd, source, manifest)
+    finally:
+        os.close(root_fd)
+
+
+def _adopt_held(cfg: Settings, root: Path, root_fd: int, source: str, manifest: bytes) -> Taken:
+    """`adopt` with the batch directory held open (`root_fd`, opened without following a link):
+    the walk, each listed file and the `_READY` are reached from it, so a scraper that swaps
+    3A/<batch> for a link while the manifest is checked leads none of them through the link —
+    and the swap is refused (409) before anything is signalled."""
+    batch_id = root.name
+    held = Path(f"/proc/self/fd/{root_fd}")  # the held directory itself, whatever its path names now
+    if load_state(cfg, batch_id) is not None or os.path.lexists(held / SIGNAL):
         raise UploadError(f"batch {batch_id} is signalled or ingested already; `hoard ingest --status {batch_id}` "
                           "says where it is", status=409)
     listed = _manifest_entries(manifest, cfg.api.max_files)
     present: set[str] = set()
-    for here, dirs, names in os.walk(root):  # (never into a linked directory: it is listed, as a file)
-        rel = Path(here).relative_to(root)
-        present |= {(rel / n).as_posix() for n in names + [d for d in dirs if os.path.islink(os.path.join(here, d))]}
+    for here, dirs, names, dfd in os.fwalk(".", dir_fd=root_fd, follow_symlinks=False):
+        rel = "" if here == "." else here[2:] + "/"  # (a linked directory is not walked into: listed, as a file)
+        present |= {rel + n for n in names + [d for d in dirs if stat.S_ISLNK(os.lstat(d, dir_fd=dfd).st_mode)]}
     extra = sorted(present - set(listed) - RESERVED)
     if extra:
         shown = ", ".join(display(x) for x in extra[:3]) + (", …" if len(extra) > 3 else "")
         raise UploadError(f"{root} holds {len(extra)} file(s) the manifest does not list ({shown}): a copy still "
                           "running, or left over; list them or remove them, then send the manifest again", status=409)
     for n, (path, (size, sha)) in enumerate(listed.items(), start=1):
-        _check_listed(root, n, path, size, sha)
-    atomic_write(root / SIGNAL, f"{source}\n".encode())
+        _check_listed(root, root_fd, n, path, size, sha)
+    mine = os.fstat(root_fd)
+    try:
+        now = os.lstat(root)
+    except OSError:
+        now = None
+    if now is None or (now.st_dev, now.st_ino) != (mine.st_dev, mine.st_ino):
+        log.warning("HTTP manifest: %s was replaced while its manifest was checked; nothing signalled", root)
+        raise UploadError(f"{root} was replaced while its manifest was checked (moved, or a link put in its place): "
+                          "nothing was signalled; put the batch's directory back, then send the manifest again",
+                          status=409)
+    atomic_write(held / SIGNAL, f"{source}\n".encode())
     log.info("HTTP manifest: batch %s (%s, %d files) signalled in 3A", batch_id, source, len(listed))
     return _submitted(cfg, root, source, len(listed), sum(size for size, _ in listed.values()))
 
@@ -319,16 +344,13 @@ def _manifest_entries(manifest: bytes, max_files: int) -> dict[str, tuple[int, s
     return out
 
 
-def _check_listed(root: Path, n: int, rel: str, size: int, sha: str | None) -> None:
-    """The listed file is a regular file there, of its size and digest: no link followed on the
-    way (a linked directory listed after a file in it), no fifo waited on."""
+def _check_listed(root: Path, root_fd: int, n: int, rel: str, size: int, sha: str | None) -> None:
+    """The listed file is a regular file beneath the held batch directory `root_fd`, of its
+    size and digest: no link followed on the way (a linked directory listed after a file in it),
+    no fifo waited on."""
     where = f"manifest entry {n} ({display(rel)})"
     try:
-        root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
-        try:
-            fd = open_nofollow(root_fd, rel)
-        finally:
-            os.close(root_fd)
+        fd = open_nofollow(root_fd, rel)
     except FileNotFoundError:
         raise UploadError(f"{where}: no such file in {root}; copy it there, then send the manifest again",
                           status=409) from None
