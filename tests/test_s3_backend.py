@@ -210,7 +210,9 @@ def test_a_different_object_under_the_key_is_refused_not_replaced(seaweedfs, eng
 def test_an_upload_racing_another_never_replaces_it(seaweedfs, engine_env, tmp_path: Path, same: bool) -> None:
     """Another object lands under the key between the seal's look and its upload's completion:
     the engine refuses the completion (`If-None-Match: *`, 412) and the seal judges what is
-    there — the same shard is taken as sealed, another is refused and kept as it was."""
+    there — the same shard is taken as sealed, another is refused and kept as it was. (An
+    engine's own guard, which Ceph RGW 16.2 lacks: it replaces the object; a seal's claim
+    guards against another seal on any engine — the test below.)"""
     engine_env(seaweedfs)
     disk = s3_disk(seaweedfs, tmp_path / "staging")
     payload = os.urandom(7 << 20)
@@ -235,6 +237,44 @@ def test_an_upload_racing_another_never_replaces_it(seaweedfs, engine_env, tmp_p
     assert completes == [1]
     assert disk.read_at(sid.hex(), 0, len(theirs)) == theirs
     assert disk.client.list_multipart_uploads(Bucket=disk.bucket).get("Uploads", []) == []  # ours aborted
+
+
+@pytest.mark.parametrize("same", [True, False], ids=["same-bytes", "other-bytes"])
+def test_two_seals_of_one_shard_never_replace_each_other(seaweedfs, engine_env, tmp_path: Path, same: bool) -> None:
+    """A second seal of the same shard (another process: its own staging folder) runs while the
+    first completes its upload: with the same bytes both end sealed on the one object; with
+    other bytes the second is refused at its claim, before it sends anything, and keeps its open
+    shard — the object is the first's on every engine, Ceph RGW 16.2 too (it ignores
+    `If-None-Match: *` on a multipart completion); no claim is left."""
+    engine_env(seaweedfs)
+    disk = s3_disk(seaweedfs, tmp_path / "staging")
+    (tmp_path / "staging2").mkdir()
+    write_identity(tmp_path / "staging2", "s3a", uuid=disk.uuid)
+    other = s3.S3Disk("s3a", disk.uuid, disk.endpoint, disk.bucket, tmp_path / "staging2", 10 << 30, part_size=PART)
+    payload, sid = os.urandom(7 << 20), os.urandom(12)
+    raced: list[object] = []
+
+    def the_other_seal(**_kw) -> None:
+        if raced:
+            return
+        raced.append("ran")
+        try:
+            write_shard(other, [payload if same else payload[::-1]], sid=sid)
+        except s3.ObjectMismatch as e:
+            raced.append(e)
+
+    disk.client.meta.events.register("before-call.s3.CompleteMultipartUpload", the_other_seal)
+    _, ours = write_shard(disk, [payload], sid=sid)
+    assert disk.state(sid.hex()) == "sealed" and disk.staging.state(sid.hex()) is None
+    assert disk.read_at(sid.hex(), 0, len(ours)) == ours and disk.verify(sid.hex(), sha256=True)[1] == 1
+    if same:
+        assert raced == ["ran"] and other.staging.state(sid.hex()) is None
+    else:
+        assert len(raced) == 2 and isinstance(raced[1], s3.ObjectMismatch), raced
+        assert "is being sealed with other bytes" in raced[1].message and "\n" not in raced[1].message
+        assert other.staging.state(sid.hex()) == "open"
+    assert disk.client.list_objects_v2(Bucket=disk.bucket, Prefix=s3.CLAIM_PREFIX).get("KeyCount") == 0
+    assert disk.client.list_multipart_uploads(Bucket=disk.bucket).get("Uploads", []) == []
 
 
 def test_a_stored_sha256_that_differs_is_caught(seaweedfs, engine_env, tmp_path: Path) -> None:
@@ -277,9 +317,10 @@ def test_engine_killed_mid_upload_leaves_the_shard_open(seaweedfs_own, engine_en
     shard = disk.staging.shard_ids()[0][0]
     assert disk.state(shard) == "open"
     assert disk.shard_ids() == sorted([(kept, True), (shard, False)])
-    disk.seal(shard)
+    disk.seal(shard)  # past the claim the killed seal left: it names these bytes
     assert disk.state(shard) == "sealed"
     assert disk.verify(shard, sha256=True)[1] == 1
+    assert disk.client.list_objects_v2(Bucket=disk.bucket, Prefix=s3.CLAIM_PREFIX).get("KeyCount") == 0
 
 
 def test_credentials_refused(seaweedfs, engine_env, tmp_path: Path) -> None:
