@@ -390,8 +390,12 @@ def test_an_engine_s_own_copies_count_toward_the_target_and_never_let_a_copy_go(
     bucket = _bucket(seaweedfs, "hoard-store-w")
     cfg_path = _config(tmp_path, seaweedfs, bucket, copies=3, weight=2)
     with Store.open(config.load(cfg_path), init=True) as store:
+        # written on the local disks alone: placement picks the bucket now and then (its 2 GB
+        # against the local file system's free space), and a shard on d0 + s3a has its 3 copies
+        store.set_disk_state("s3a", DiskState.DRAINING, "test: nothing placed here")
         res = store.put_many(make_files(tmp_path / "in", 60, seed=5, hi=96 * 1024))
         _batch(store, res, "b")
+        store.set_disk_state("s3a", DiskState.ACTIVE, "")
     with Store.open(config.load(cfg_path)) as store:
         replicate_once(store, rate_mb_s=None)
         s3a = _uuid(store, "s3a")
