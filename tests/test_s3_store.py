@@ -246,7 +246,8 @@ def test_orphan_objects_on_the_bucket_are_set_aside_never_lost(tmp_path: Path, s
     """`hoard verify --orphans` on a bucket: an object under shards/ that no index entry names is
     set aside to orphans/ when every object in it is known, kept and reported when it holds one
     the index does not know (after an index loss it may be the only copy); with --repair what
-    was aside longer than the grace is deleted — and every named replica is untouched."""
+    was aside longer than the grace is deleted — and every named replica is untouched. A seal's
+    claim older than the grace is removed, a younger one kept."""
     import os
 
     from fsd.maintenance.orphans import sweep
@@ -266,7 +267,12 @@ def test_orphan_objects_on_the_bucket_are_set_aside_never_lost(tmp_path: Path, s
         sid = os.urandom(12)  # a shard holding an object the index has never seen
         body, footer = shard_bytes([b"only here " + os.urandom(64)], sid)
         client.put_object(Bucket=bucket, Key=f"shards/{sid.hex()[-2:]}/{sid.hex()}", Body=body + footer)
+        claim = f"claims/{os.urandom(12).hex()}"  # what a seal that failed leaves (fsd/core/s3.py)
+        client.put_object(Bucket=bucket, Key=claim, Body=b"100 " + b"0" * 64)
+        sweep(store, grace_s=3600)  # younger than the grace: its seal may be running
+        assert claim in {o["Key"] for o in client.list_objects_v2(Bucket=bucket)["Contents"]}
         rep = sweep(store, grace_s=0)
+        assert rep.tmp_removed >= 1 and claim not in {o["Key"] for o in client.list_objects_v2(Bucket=bucket)["Contents"]}
         assert rep.found == 2 and len(rep.set_aside) == 1 and f"orphans/{copy}." in rep.set_aside[0], rep
         assert len(rep.unindexed) == 1 and sid.hex() in rep.unindexed[0] and "it is kept" in rep.unindexed[0]
         keys = {o["Key"] for o in client.list_objects_v2(Bucket=bucket)["Contents"]}

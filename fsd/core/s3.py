@@ -20,7 +20,8 @@ put with `If-None-Match: *`, which every engine honours on a plain PUT — and o
 for the object and uploads: a second seal with other bytes is refused at the claim, before it
 sends anything, on any engine; one with the same bytes goes on (its upload puts the same
 bytes). The claim is deleted once the object is checked; one left by a seal that failed names
-that seal's bytes, so its retry passes it. The sha256 is ours: a
+that seal's bytes, so its retry passes it (`hoard verify --orphans` removes one older than its
+grace, as a stale tmp file). The sha256 is ours: a
 multipart ETag is not the content's MD5. Only once the engine acknowledged the object and a
 HEAD shows it whole is the open file removed; until then the shard is `open` and its reads
 come from the staging folder (a GET finds no object first), so nothing is reported sealed that
@@ -65,13 +66,13 @@ from fsd.core.disks import (
     verify_shard,
     write_identity,
 )
-from fsd.core.s3files import S3Beside
+from fsd.core.s3files import CLAIMS, S3Beside
 
 if TYPE_CHECKING:
     from fsd.base.config import DiskConfig
 
 #: key prefixes in the bucket (module docstring)
-SHARD_PREFIX, ORPHAN_PREFIX, CLAIM_PREFIX = "shards/", "orphans/", "claims/"
+SHARD_PREFIX, ORPHAN_PREFIX, CLAIM_PREFIX = "shards/", "orphans/", CLAIMS
 #: the object metadata key holding the sha256 (hex) of the whole object; S3 sends it as the
 #: `x-amz-meta-hoard-sha256` header
 SHA_KEY = "hoard-sha256"
