@@ -140,16 +140,17 @@ class Gateway:
         self.proc = c.spawn(f"rgw.{self.name}", "radosgw", "-n", f"client.rgw.{self.name}", "--keyring", str(keyring),
                             "--rgw-frontends", f"beast endpoint=127.0.0.1:{self.port}",
                             "--rgw-data", str(c.base / "rgw" / self.name))
-        client = self.client()
-        c.wait(f"radosgw {self.name} to take writes at {self.endpoint}", lambda: self._ready(client), self.proc,
-               self.log)
+        c.wait(f"radosgw {self.name} to take writes at {self.endpoint}", self._ready, self.proc, self.log)
 
-    def _ready(self, client) -> bool:
-        if not self.cluster.access_key:  # the cluster's first gateway: the S3 user made once it answers
+    def _ready(self) -> bool:
+        """Whether a signed object round trip works (the cluster's first gateway: the S3 user is
+        made once it answers at all)."""
+        client = self.client()
+        if not self.cluster.access_key:
             try:
                 client.list_buckets()
             except ClientError:
-                pass  # refused, as an anonymous or unknown key should be: it answers
+                pass  # refused, as an unknown key should be: it answers
             except BotoCoreError:
                 return False
             self.cluster.make_user()

@@ -27,6 +27,8 @@ REALDATA = REPO.parent / "shared" / "realdata"
 S3_ENGINES = ["seaweedfs", pytest.param("ceph", marks=pytest.mark.ceph)]
 #: each engine's fixtures (tests/conftest.py): the session's, and a test's own that it may stop
 ENGINE_FIXTURES = {"seaweedfs": ("seaweedfs", "seaweedfs_own"), "ceph": ("ceph_rgw", "ceph_rgw_own")}
+
+
 def free_ports(n: int) -> list[int]:
     """`n` distinct TCP ports of 127.0.0.1 that were free a moment ago (for a server a test starts)."""
     socks = []
