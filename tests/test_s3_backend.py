@@ -1,5 +1,6 @@
 """The shard backend contract (fsd/core/backend.py), one test body for the local disk and for
-a bucket on a real SeaweedFS S3 server (fsd/core/s3.py; tests/seaweedfs.py), then what only an
+a bucket on each real S3 engine — SeaweedFS (tests/seaweedfs.py) and, where Ceph is installed,
+Ceph RGW (tests/ceph_rgw.py; fsd/core/s3.py) — then what only an
 engine can do wrong: a seal retried with other bytes, the engine killed mid-upload, credentials
 refused, the bucket deleted — each one line with the next step, nothing sealed that the engine
 does not hold. docs/scale-out.md."""
@@ -20,7 +21,9 @@ from fsd.base.errors import ConfigError, HoardError
 from fsd.core import backend, s3
 from fsd.core import shardfmt as fmt
 from fsd.core.disks import DiskGone, LocalDisk, write_identity
+from tests import ceph_rgw as ceph_mod
 from tests import seaweedfs as weed_mod
+from tests.helpers import ENGINE_FIXTURES, S3_ENGINES
 
 #: small parts, so a 12 MiB shard goes up in three (S3 wants ≥ 5 MiB for all but the last)
 PART = 5 << 20
@@ -29,7 +32,7 @@ PART = 5 << 20
 @pytest.fixture
 def engine_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
     """Point boto3's usual chain (the environment) at a server's identity, and at nothing else."""
-    def use(engine: weed_mod.Engine, secret: str | None = None) -> None:
+    def use(engine: weed_mod.Engine | ceph_mod.Gateway, secret: str | None = None) -> None:
         monkeypatch.setenv("AWS_ACCESS_KEY_ID", engine.access_key)
         monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", secret or engine.secret_key)
         monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
@@ -40,20 +43,25 @@ def engine_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
     return use
 
 
-def s3_disk(engine: weed_mod.Engine, staging: Path) -> s3.S3Disk:
+def s3_disk(engine: weed_mod.Engine | ceph_mod.Gateway, staging: Path) -> s3.S3Disk:
     bucket = "hoard-" + secrets.token_hex(6)
     engine.client().create_bucket(Bucket=bucket)
     return s3.S3Disk.initialise("s3a", engine.endpoint, bucket, staging, capacity_bytes=10 << 30, part_size=PART)
 
 
-@pytest.fixture(params=["local", pytest.param("s3", marks=pytest.mark.services)])
+#: the backends of the contract's tests: a local disk, and a bucket on each S3 engine
+BACKENDS = ["local", *(pytest.param(p, marks=pytest.mark.services) if isinstance(p, str)
+                      else pytest.param(*p.values, marks=[pytest.mark.services, *p.marks]) for p in S3_ENGINES)]
+
+
+@pytest.fixture(params=BACKENDS)
 def disk(request, tmp_path: Path, engine_env):
     """The backend under test: a local directory disk, or a fresh bucket on the session's engine."""
     if request.param == "local":
         root = tmp_path / "hdd1"
         root.mkdir()
         return LocalDisk("hdd1", root, write_identity(root, "hdd1")["uuid"], require_mount=False)
-    engine = request.getfixturevalue("seaweedfs")
+    engine = request.getfixturevalue(ENGINE_FIXTURES[request.param][0])
     engine_env(engine)
     return s3_disk(engine, tmp_path / "staging")
 
@@ -194,10 +202,10 @@ def test_both_backends_meet_the_contract() -> None:
 # -- what only an engine does --------------------------------------------------------------------
 
 
-def test_a_different_object_under_the_key_is_refused_not_replaced(seaweedfs, engine_env, tmp_path: Path) -> None:
+def test_a_different_object_under_the_key_is_refused_not_replaced(s3_engine, engine_env, tmp_path: Path) -> None:
     """A shard sealed again with other bytes is refused in one line; the object there stays."""
-    engine_env(seaweedfs)
-    disk = s3_disk(seaweedfs, tmp_path / "staging")
+    engine_env(s3_engine)
+    disk = s3_disk(s3_engine, tmp_path / "staging")
     shard, data = write_shard(disk, [b"first" * 100])
     with pytest.raises(s3.ObjectMismatch, match="already holds a different object") as err:
         write_shard(disk, [b"other" * 100], sid=bytes.fromhex(shard))
@@ -210,7 +218,9 @@ def test_a_different_object_under_the_key_is_refused_not_replaced(seaweedfs, eng
 def test_an_upload_racing_another_never_replaces_it(seaweedfs, engine_env, tmp_path: Path, same: bool) -> None:
     """Another object lands under the key between the seal's look and its upload's completion:
     the engine refuses the completion (`If-None-Match: *`, 412) and the seal judges what is
-    there — the same shard is taken as sealed, another is refused and kept as it was."""
+    there — the same shard is taken as sealed, another is refused and kept as it was. (An
+    engine's own guard, which Ceph RGW 16.2 lacks: it replaces the object; a seal's claim
+    guards against another seal on any engine — the test below.)"""
     engine_env(seaweedfs)
     disk = s3_disk(seaweedfs, tmp_path / "staging")
     payload = os.urandom(7 << 20)
@@ -237,22 +247,60 @@ def test_an_upload_racing_another_never_replaces_it(seaweedfs, engine_env, tmp_p
     assert disk.client.list_multipart_uploads(Bucket=disk.bucket).get("Uploads", []) == []  # ours aborted
 
 
-def test_a_stored_sha256_that_differs_is_caught(seaweedfs, engine_env, tmp_path: Path) -> None:
+@pytest.mark.parametrize("same", [True, False], ids=["same-bytes", "other-bytes"])
+def test_two_seals_of_one_shard_never_replace_each_other(s3_engine, engine_env, tmp_path: Path, same: bool) -> None:
+    """A second seal of the same shard (another process: its own staging folder) runs while the
+    first completes its upload: with the same bytes both end sealed on the one object; with
+    other bytes the second is refused at its claim, before it sends anything, and keeps its open
+    shard — the object is the first's on every engine, Ceph RGW 16.2 too (it ignores
+    `If-None-Match: *` on a multipart completion); no claim is left."""
+    engine_env(s3_engine)
+    disk = s3_disk(s3_engine, tmp_path / "staging")
+    (tmp_path / "staging2").mkdir()
+    write_identity(tmp_path / "staging2", "s3a", uuid=disk.uuid)
+    other = s3.S3Disk("s3a", disk.uuid, disk.endpoint, disk.bucket, tmp_path / "staging2", 10 << 30, part_size=PART)
+    payload, sid = os.urandom(7 << 20), os.urandom(12)
+    raced: list[object] = []
+
+    def the_other_seal(**_kw) -> None:
+        if raced:
+            return
+        raced.append("ran")
+        try:
+            write_shard(other, [payload if same else payload[::-1]], sid=sid)
+        except s3.ObjectMismatch as e:
+            raced.append(e)
+
+    disk.client.meta.events.register("before-call.s3.CompleteMultipartUpload", the_other_seal)
+    _, ours = write_shard(disk, [payload], sid=sid)
+    assert disk.state(sid.hex()) == "sealed" and disk.staging.state(sid.hex()) is None
+    assert disk.read_at(sid.hex(), 0, len(ours)) == ours and disk.verify(sid.hex(), sha256=True)[1] == 1
+    if same:
+        assert raced == ["ran"] and other.staging.state(sid.hex()) is None
+    else:
+        assert len(raced) == 2 and isinstance(raced[1], s3.ObjectMismatch), raced
+        assert "is being sealed with other bytes" in raced[1].message and "\n" not in raced[1].message
+        assert other.staging.state(sid.hex()) == "open"
+    assert disk.client.list_objects_v2(Bucket=disk.bucket, Prefix=s3.CLAIM_PREFIX).get("KeyCount") == 0
+    assert disk.client.list_multipart_uploads(Bucket=disk.bucket).get("Uploads", []) == []
+
+
+def test_a_stored_sha256_that_differs_is_caught(s3_engine, engine_env, tmp_path: Path) -> None:
     """Bytes whose records all check but which are not what was uploaded (the object's sha256
     is not the one stored at upload) fail verify."""
-    engine_env(seaweedfs)
-    disk = s3_disk(seaweedfs, tmp_path / "staging")
+    engine_env(s3_engine)
+    disk = s3_disk(s3_engine, tmp_path / "staging")
     shard, data = write_shard(disk, [b"x" * 100])
     disk.client.put_object(Bucket=disk.bucket, Key=disk.key(shard), Body=data, Metadata={s3.SHA_KEY: "0" * 64})
     with pytest.raises(s3.ObjectMismatch, match="stored at upload"):
         disk.verify(shard)
 
 
-def test_engine_killed_mid_upload_leaves_the_shard_open(seaweedfs_own, engine_env, tmp_path: Path) -> None:
+def test_engine_killed_mid_upload_leaves_the_shard_open(s3_engine_own, engine_env, tmp_path: Path) -> None:
     """The engine dies between two parts of the upload: seal fails in one line, the shard is
     still open (nothing reported sealed that the engine does not hold), and once the engine is
     back the same seal completes."""
-    engine = seaweedfs_own
+    engine = s3_engine_own
     engine_env(engine)
     disk = s3_disk(engine, tmp_path / "staging")
     kept, kept_data = write_shard(disk, [b"sealed before" * 100])
@@ -277,17 +325,18 @@ def test_engine_killed_mid_upload_leaves_the_shard_open(seaweedfs_own, engine_en
     shard = disk.staging.shard_ids()[0][0]
     assert disk.state(shard) == "open"
     assert disk.shard_ids() == sorted([(kept, True), (shard, False)])
-    disk.seal(shard)
+    disk.seal(shard)  # past the claim the killed seal left: it names these bytes
     assert disk.state(shard) == "sealed"
     assert disk.verify(shard, sha256=True)[1] == 1
+    assert disk.client.list_objects_v2(Bucket=disk.bucket, Prefix=s3.CLAIM_PREFIX).get("KeyCount") == 0
 
 
-def test_credentials_refused(seaweedfs, engine_env, tmp_path: Path) -> None:
+def test_credentials_refused(s3_engine, engine_env, tmp_path: Path) -> None:
     """A secret the engine refuses: reads, lookups, verify and writes each say so in one line."""
-    engine_env(seaweedfs)
-    disk = s3_disk(seaweedfs, tmp_path / "staging")
+    engine_env(s3_engine)
+    disk = s3_disk(s3_engine, tmp_path / "staging")
     shard, _ = write_shard(disk, [b"x" * 100])
-    engine_env(seaweedfs, secret="not-the-secret")
+    engine_env(s3_engine, secret="not-the-secret")
     wrong = s3.S3Disk("s3a", disk.uuid, disk.endpoint, disk.bucket, tmp_path / "staging", 10 << 30)
     for call in (lambda: wrong.read_at(shard, 0, 10), lambda: wrong.state(shard), lambda: wrong.verify(shard),
                  lambda: write_shard(wrong, [b"y"])):
@@ -296,10 +345,10 @@ def test_credentials_refused(seaweedfs, engine_env, tmp_path: Path) -> None:
         assert "AWS_ACCESS_KEY_ID" in err.value.message and "\n" not in err.value.message
 
 
-def test_no_credentials_at_all(seaweedfs, engine_env, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_no_credentials_at_all(s3_engine, engine_env, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """No credentials anywhere in boto3's chain: one line naming where to put them."""
-    engine_env(seaweedfs)
-    disk = s3_disk(seaweedfs, tmp_path / "staging")
+    engine_env(s3_engine)
+    disk = s3_disk(s3_engine, tmp_path / "staging")
     monkeypatch.delenv("AWS_ACCESS_KEY_ID")
     monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
     bare = s3.S3Disk("s3a", disk.uuid, disk.endpoint, disk.bucket, tmp_path / "staging", 10 << 30)
@@ -307,12 +356,15 @@ def test_no_credentials_at_all(seaweedfs, engine_env, monkeypatch: pytest.Monkey
         bare.state("00" * 12)
 
 
-def test_bucket_deleted(seaweedfs, engine_env, tmp_path: Path) -> None:
+def test_bucket_deleted(s3_engine, engine_env, tmp_path: Path) -> None:
     """The bucket deleted under the disk: every call says so in one line with the next step."""
-    engine_env(seaweedfs)
-    disk = s3_disk(seaweedfs, tmp_path / "staging")
+    engine_env(s3_engine)
+    disk = s3_disk(s3_engine, tmp_path / "staging")
     shard, _ = write_shard(disk, [b"x" * 100])
-    seaweedfs.client().delete_bucket(Bucket=disk.bucket)  # the engine empties it first (its default)
+    client = s3_engine.client()
+    for obj in client.list_objects_v2(Bucket=disk.bucket)["Contents"]:  # (RGW refuses a non-empty bucket)
+        client.delete_object(Bucket=disk.bucket, Key=obj["Key"])
+    client.delete_bucket(Bucket=disk.bucket)
     for call in (lambda: disk.read_at(shard, 0, 10), lambda: disk.state(shard), lambda: disk.size(shard),
                  lambda: disk.delete(shard), lambda: disk.verify(shard), lambda: write_shard(disk, [b"y"])):
         with pytest.raises(s3.EngineError, match=f"bucket {disk.bucket} does not exist") as err:
@@ -320,10 +372,10 @@ def test_bucket_deleted(seaweedfs, engine_env, tmp_path: Path) -> None:
         assert "hoard disks forget s3a" in err.value.message and "\n" not in err.value.message
 
 
-def test_a_bucket_of_another_disk_is_not_written(seaweedfs, engine_env, tmp_path: Path) -> None:
+def test_a_bucket_of_another_disk_is_not_written(s3_engine, engine_env, tmp_path: Path) -> None:
     """A bucket holding a disk identity is not taken by another disk, nor written by a disk it does not name."""
-    engine_env(seaweedfs)
-    disk = s3_disk(seaweedfs, tmp_path / "staging")
+    engine_env(s3_engine)
+    disk = s3_disk(s3_engine, tmp_path / "staging")
     with pytest.raises(s3.EngineError, match="already holds a disk identity"):
         s3.S3Disk.initialise("s3b", disk.endpoint, disk.bucket, tmp_path / "staging2", 1 << 30)
     other = s3.S3Disk("s3a", "not-its-uuid", disk.endpoint, disk.bucket, tmp_path / "staging", 1 << 30)
@@ -394,11 +446,11 @@ def test_an_s3_disk_entry_is_taken_with_its_staging_folder_on_the_ssd(tmp_path: 
         assert said in err.value.message, err.value.message
 
 
-def test_verify_streams_with_bounded_memory(seaweedfs, engine_env, tmp_path: Path) -> None:
+def test_verify_streams_with_bounded_memory(s3_engine, engine_env, tmp_path: Path) -> None:
     """A shard larger than anything verify may hold is checked whole (records, sha256 of each and
     of the object) with its Python allocations well under the shard's size."""
-    engine_env(seaweedfs)
-    disk = s3_disk(seaweedfs, tmp_path / "staging")
+    engine_env(s3_engine)
+    disk = s3_disk(s3_engine, tmp_path / "staging")
     shard, data = write_shard(disk, [os.urandom(24 << 20) for _ in range(3)])
     tracemalloc.start()
     try:

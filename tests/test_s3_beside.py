@@ -1,5 +1,5 @@
 """What a disk keeps beside its shards (fsd/core/beside.py's `Beside`): one test body for a local
-disk's files and for the objects of a bucket on a real SeaweedFS (fsd/core/s3files.py) — small
+disk's files and for the objects of a bucket on each real S3 engine (fsd/core/s3files.py) — small
 files, the marks log appended, read, snapshotted with appends in flight, bit rot found — then
 the S3 log's format against the local one's bytes, and the engine gone mid-append."""
 
@@ -13,17 +13,18 @@ import pytest
 from fsd.core import marks, pointers, s3, s3files
 from fsd.core.beside import MARKS_NAME
 from fsd.core.disks import LocalDisk, write_identity
-from tests.test_s3_backend import engine_env, s3_disk  # noqa: F401  # (engine_env: a fixture)
+from tests.helpers import ENGINE_FIXTURES
+from tests.test_s3_backend import BACKENDS, engine_env, s3_disk  # noqa: F401  # (engine_env: a fixture)
 
 SHA = [bytes([i]) * 32 for i in range(1, 7)]
 
 
-@pytest.fixture(params=["local", pytest.param("s3", marks=pytest.mark.services)])
+@pytest.fixture(params=BACKENDS)
 def disk(request, tmp_path: Path, engine_env):
     """A local directory disk, or a fresh bucket on the session's engine."""
     if request.param == "local":
         return _local(tmp_path)
-    engine = request.getfixturevalue("seaweedfs")
+    engine = request.getfixturevalue(ENGINE_FIXTURES[request.param][0])
     engine_env(engine)
     return s3_disk(engine, tmp_path / "staging")
 
@@ -137,12 +138,12 @@ def test_bit_rot_in_the_marks_log_is_damage_never_obeyed(disk) -> None:
 
 
 @pytest.mark.services
-def test_the_s3_log_holds_the_bytes_a_local_log_holds(tmp_path: Path, seaweedfs, engine_env) -> None:
+def test_the_s3_log_holds_the_bytes_a_local_log_holds(tmp_path: Path, s3_engine, engine_env) -> None:
     """The same appends and snapshot give the same log bytes on a local disk and in a bucket,
     one segment object per append under `marks/log/<20-digit stamp>.<8 hex>` (fsd/core/s3files.py,
     docs/design.md) — and the local log is the file `marks/marks.log` it always was."""
-    engine_env(seaweedfs)
-    local, bucket = _local(tmp_path), s3_disk(seaweedfs, tmp_path / "staging")
+    engine_env(s3_engine)
+    local, bucket = _local(tmp_path), s3_disk(s3_engine, tmp_path / "staging")
     for disk in (local, bucket):
         _append(disk, 5, "root", SHA[:3])
         _append(disk, 6, "hide", SHA[3:4])
@@ -160,19 +161,19 @@ def test_the_s3_log_holds_the_bytes_a_local_log_holds(tmp_path: Path, seaweedfs,
 
 
 @pytest.mark.services
-def test_engine_gone_mid_append_is_one_line_and_loses_nothing_acknowledged(tmp_path: Path, seaweedfs_own,
+def test_engine_gone_mid_append_is_one_line_and_loses_nothing_acknowledged(tmp_path: Path, s3_engine_own,
                                                                         engine_env) -> None:
     """With the engine down an append raises EngineError (a DiskGone: the store stops using the
     disk) in one line naming the disk and the next step; every append acknowledged before is
     there once the engine is back, and appending goes on."""
-    engine_env(seaweedfs_own)
-    disk = s3_disk(seaweedfs_own, tmp_path / "staging")
+    engine_env(s3_engine_own)
+    disk = s3_disk(s3_engine_own, tmp_path / "staging")
     _append(disk, 40, "root", SHA[:2])
-    seaweedfs_own.stop()
+    s3_engine_own.stop()
     with pytest.raises(s3.EngineError) as e:
         _append(disk, 41, "root", SHA[2:3])
     assert "\n" not in e.value.message and "disk s3a" in e.value.message and "start it" in e.value.message
-    seaweedfs_own.start()
+    s3_engine_own.start()
     assert {(40, "root", SHA[0].hex()), (40, "root", SHA[1].hex())} <= disk.beside.marks_read().records
     _append(disk, 42, "drop", SHA[:1])
     assert marks.judge_ends(*disk.beside.marks_ends()) == (42, False)

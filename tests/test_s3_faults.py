@@ -1,5 +1,5 @@
-"""An S3 disk on a real SeaweedFS behind a real proxy that answers 5xx or answers slowly
-(tests/s3fault.py): a 5xx now and then is retried and never seen; an engine that keeps failing
+"""An S3 disk on each real S3 engine (SeaweedFS; Ceph RGW where installed) behind a real proxy
+that answers 5xx or answers slowly (tests/s3fault.py): a 5xx now and then is retried and never seen; an engine that keeps failing
 or keeps everyone waiting is one line naming the disk and the next step — from a replication, a
 put, `hoard health` — and loses nothing acknowledged: every object still reads from the local
 replicas, and once the engine answers again replication puts every shard on the bucket."""
@@ -22,7 +22,7 @@ from tests.test_s3_backend import engine_env  # noqa: F401  # (a fixture)
 from tests.test_s3_store import _bucket, _config, _on
 from tests.test_store import check_store
 
-# tier: a SeaweedFS server and hoard processes
+# tier: an S3 engine (SeaweedFS; Ceph RGW where installed) and hoard processes
 pytestmark = pytest.mark.services
 
 
@@ -56,12 +56,12 @@ def _local_first(tmp_path: Path, engine, proxy: FaultProxy, name: str, seed: int
     return _store(tmp_path, engine, proxy, bucket, copies=3), res
 
 
-def test_a_5xx_now_and_then_is_retried_and_never_seen(tmp_path: Path, seaweedfs, engine_env) -> None:  # noqa: F811
+def test_a_5xx_now_and_then_is_retried_and_never_seen(tmp_path: Path, s3_engine, engine_env) -> None:  # noqa: F811
     """Every upload of a replication meets one 503 first: each is tried again and lands, and
     the bucket's replicas read back and verify."""
-    engine_env(seaweedfs)
-    with FaultProxy(seaweedfs.endpoint) as proxy:
-        cfg_path, res = _local_first(tmp_path, seaweedfs, proxy, "hoard-fault-a", seed=5)
+    engine_env(s3_engine)
+    with FaultProxy(s3_engine.endpoint) as proxy:
+        cfg_path, res = _local_first(tmp_path, s3_engine, proxy, "hoard-fault-a", seed=5)
         proxy.flaky()
         with Store.open(config.load(cfg_path)) as store:
             replicate_once(store, rate_mb_s=None)
@@ -82,16 +82,16 @@ def _shards_of(cfg_path: Path) -> int:
 @pytest.mark.expect_log(r"disk s3a: replicate error on shard .*failed \(503 SlowDown\)", level="WARNING")
 @pytest.mark.expect_log(r"replication of shard .* postponed: .*s3a missing \(disk s3a: .*failed \(503 SlowDown\)",
                         level="WARNING")
-def test_an_engine_that_keeps_failing_is_one_line_and_loses_nothing(tmp_path: Path, seaweedfs,  # noqa: F811
+def test_an_engine_that_keeps_failing_is_one_line_and_loses_nothing(tmp_path: Path, s3_engine,  # noqa: F811
                                                                     engine_env) -> None:  # noqa: F811
     """An engine that answers 503 to everything: the replication names the disk, the status and
     the next step for each shard it could not copy and names no replica on the bucket; a put
     goes to the local disks; `hoard health` says the disk is missing and why; every object
     reads back; once the engine answers, replication puts every shard on the bucket and verify
     is clean."""
-    engine_env(seaweedfs)
-    with FaultProxy(seaweedfs.endpoint) as proxy:
-        cfg_path, first = _local_first(tmp_path, seaweedfs, proxy, "hoard-fault-b", seed=6)
+    engine_env(s3_engine)
+    with FaultProxy(s3_engine.endpoint) as proxy:
+        cfg_path, first = _local_first(tmp_path, s3_engine, proxy, "hoard-fault-b", seed=6)
         with Store.open(config.load(cfg_path)) as store:
             proxy.fail(10**9)  # from here on: 503 to every request
             replicate_once(store, rate_mb_s=None)
@@ -118,14 +118,14 @@ def test_an_engine_that_keeps_failing_is_one_line_and_loses_nothing(tmp_path: Pa
     assert done.returncode == 0, done.stdout + done.stderr
 
 
-def test_a_slow_engine_is_one_line_within_its_timeout(tmp_path: Path, seaweedfs, engine_env) -> None:  # noqa: F811
+def test_a_slow_engine_is_one_line_within_its_timeout(tmp_path: Path, s3_engine, engine_env) -> None:  # noqa: F811
     """An engine that answers slower than the disk's `timeout_s`: `hoard health` and `hoard
     verify` end (no hang) and name the disk as not answering, with the key to raise; an engine
     slow within it is only slow — the same commands succeed."""
-    engine_env(seaweedfs)
-    with FaultProxy(seaweedfs.endpoint) as proxy:
-        bucket = _bucket(seaweedfs, "hoard-fault-c")
-        cfg_path = _store(tmp_path, seaweedfs, proxy, bucket, copies=3, timeout_s=1)
+    engine_env(s3_engine)
+    with FaultProxy(s3_engine.endpoint) as proxy:
+        bucket = _bucket(s3_engine, "hoard-fault-c")
+        cfg_path = _store(tmp_path, s3_engine, proxy, bucket, copies=3, timeout_s=1)
         with Store.open(config.load(cfg_path), init=True) as store:
             res = store.put_many(make_files(tmp_path / "in", 10, seed=8, hi=32 * 1024))
             replicate_once(store, rate_mb_s=None)  # (the open shard sealed, and copied to the bucket)

@@ -1,6 +1,6 @@
-"""A store with two local disks and one S3 disk on a real SeaweedFS (docs/scale-out.md): put,
-replicate onto the bucket, read back, `hoard verify`, both local disks lost and rebuilt from the
-S3 replicas, gc compacting shards on the bucket, `hoard health --json` naming each disk's
+"""A store with two local disks and one S3 disk on each real S3 engine (SeaweedFS; Ceph RGW
+where installed; docs/scale-out.md): put, replicate onto the bucket, read back, `hoard verify`,
+both local disks lost and rebuilt from the S3 replicas, gc compacting shards on the bucket, `hoard health --json` naming each disk's
 backend — then the faults that must not lose an acknowledged object: the engine killed in the
 middle of a replication, the bucket deleted."""
 
@@ -24,7 +24,7 @@ from tests.test_cli import hoard
 from tests.test_s3_backend import engine_env  # noqa: F401  # (a fixture)
 from tests.test_store import check_store
 
-# tier: a SeaweedFS server and hoard processes
+# tier: an S3 engine (SeaweedFS; Ceph RGW where installed) and hoard processes
 pytestmark = pytest.mark.services
 
 
@@ -63,13 +63,13 @@ def _batch(store: Store, res, name: str) -> None:
                                 "bytes": 0})
 
 
-def test_a_store_with_an_s3_disk(tmp_path: Path, seaweedfs, engine_env) -> None:  # noqa: F811
+def test_a_store_with_an_s3_disk(tmp_path: Path, s3_engine, engine_env) -> None:  # noqa: F811
     """Put, replicate onto the bucket, read back from every replica, verify; lose both local disks
     and rebuild them from the S3 replicas; gc compacts shards on the bucket; health names the
     backend of each disk."""
-    engine_env(seaweedfs)
-    bucket = _bucket(seaweedfs, "hoard-store-a")
-    cfg_path = _config(tmp_path, seaweedfs, bucket, copies=2)
+    engine_env(s3_engine)
+    bucket = _bucket(s3_engine, "hoard-store-a")
+    cfg_path = _config(tmp_path, s3_engine, bucket, copies=2)
     with Store.open(config.load(cfg_path), init=True) as store:
         assert {r.label: r.state.value for r in store.records.values()} == {"d0": "active", "d1": "active",
                                                                             "s3a": "active"}
@@ -77,13 +77,13 @@ def test_a_store_with_an_s3_disk(tmp_path: Path, seaweedfs, engine_env) -> None:
         dropped = store.put_many(make_files(tmp_path / "drop", 40, seed=2, hi=96 * 1024))
         _batch(store, kept, "kept")
         _batch(store, dropped, "dropped")
-    cfg_path = _config(tmp_path, seaweedfs, bucket, copies=3)  # every shard onto the bucket too
+    cfg_path = _config(tmp_path, s3_engine, bucket, copies=3)  # every shard onto the bucket too
     with Store.open(config.load(cfg_path)) as store:
         replicate_once(store, rate_mb_s=None)
         shards = sum(1 for _ in store.index.iter_shards())
         assert _on(store, "s3a") == shards > 2
         assert check_store(store) == 82  # every object reads back from every replica, the bucket's too
-    keys = [o["Key"] for o in seaweedfs.client().list_objects_v2(Bucket=bucket)["Contents"]]
+    keys = [o["Key"] for o in s3_engine.client().list_objects_v2(Bucket=bucket)["Contents"]]
     assert sum(k.startswith("shards/") for k in keys) == shards
     assert "batches/kept.json" in keys and any(k.startswith("marks/log/") for k in keys)
     res = hoard("--config", str(cfg_path), "verify")
@@ -119,15 +119,15 @@ def test_a_store_with_an_s3_disk(tmp_path: Path, seaweedfs, engine_env) -> None:
 
 
 @pytest.mark.expect_log(r"disk s3a: replicate error on shard .*does not answer", level="WARNING")
-def test_engine_killed_mid_replication_loses_nothing(tmp_path: Path, seaweedfs_own, engine_env,  # noqa: F811
+def test_engine_killed_mid_replication_loses_nothing(tmp_path: Path, s3_engine_own, engine_env,  # noqa: F811
                                                      monkeypatch) -> None:
     """The engine killed in the middle of a replication (one shard's replica up, the next
     upload starting — tests/test_s3_backend.py kills it between two parts of one): the copy fails
     in one line, no replica on the bucket is named but the one acknowledged, every object still reads from the local replicas; once
     the engine is back, replicate puts every shard on the bucket and verify is clean."""
-    engine_env(seaweedfs_own)
-    bucket = _bucket(seaweedfs_own, "hoard-store-b")
-    cfg_path = _config(tmp_path, seaweedfs_own, bucket, copies=2)
+    engine_env(s3_engine_own)
+    bucket = _bucket(s3_engine_own, "hoard-store-b")
+    cfg_path = _config(tmp_path, s3_engine_own, bucket, copies=2)
     with Store.open(config.load(cfg_path), init=True) as store:
         store.set_disk_state("s3a", DiskState.DRAINING, "test: nothing placed here")
         res = store.put_many(make_files(tmp_path / "in", 30, seed=3, hi=96 * 1024))
@@ -139,19 +139,19 @@ def test_engine_killed_mid_replication_loses_nothing(tmp_path: Path, seaweedfs_o
     def killed_midway(self, *a, **kw):
         uploads.append(1)
         if len(uploads) == 2:
-            seaweedfs_own.stop()
+            s3_engine_own.stop()
         return real_upload(self, *a, **kw)
 
     monkeypatch.setattr(s3.S3Disk, "_upload", killed_midway)
-    cfg_path = _config(tmp_path, seaweedfs_own, bucket, copies=3)
+    cfg_path = _config(tmp_path, s3_engine_own, bucket, copies=3)
     with Store.open(config.load(cfg_path)) as store:
         replicate_once(store, rate_mb_s=None)
         named = _on(store, "s3a")
         assert named == 1  # the first copy went up before the engine died; nothing after it is named
         assert check_store(store) == len({r.sha256 for r in res})
     monkeypatch.undo()
-    seaweedfs_own.start()
-    engine_env(seaweedfs_own)
+    s3_engine_own.start()
+    engine_env(s3_engine_own)
     with Store.open(config.load(cfg_path)) as store:
         replicate_once(store, rate_mb_s=None)
         assert _on(store, "s3a") == sum(1 for _ in store.index.iter_shards())
@@ -160,18 +160,18 @@ def test_engine_killed_mid_replication_loses_nothing(tmp_path: Path, seaweedfs_o
     assert res_v.returncode == 0, res_v.stdout + res_v.stderr
 
 
-def test_bucket_deleted_loses_nothing(tmp_path: Path, seaweedfs, engine_env) -> None:  # noqa: F811
+def test_bucket_deleted_loses_nothing(tmp_path: Path, s3_engine, engine_env) -> None:  # noqa: F811
     """Every shard on the bucket and on both local disks; the bucket deleted behind the store's
     back: the S3 disk is missing with the line that names the next step, and every object still
     reads from the local replicas."""
-    engine_env(seaweedfs)
-    bucket = _bucket(seaweedfs, "hoard-store-c")
-    cfg_path = _config(tmp_path, seaweedfs, bucket, copies=3)
+    engine_env(s3_engine)
+    bucket = _bucket(s3_engine, "hoard-store-c")
+    cfg_path = _config(tmp_path, s3_engine, bucket, copies=3)
     with Store.open(config.load(cfg_path), init=True) as store:
         res = store.put_many(make_files(tmp_path / "in", 30, seed=4, hi=96 * 1024))
         replicate_once(store, rate_mb_s=None)
         assert _on(store, "s3a") == sum(1 for _ in store.index.iter_shards())
-    client = seaweedfs.client()
+    client = s3_engine.client()
     for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket):
         for obj in page.get("Contents", []):
             client.delete_object(Bucket=bucket, Key=obj["Key"])
@@ -186,13 +186,13 @@ def test_bucket_deleted_loses_nothing(tmp_path: Path, seaweedfs, engine_env) -> 
     assert "disk s3a: missing" in problems and "does not exist" in problems, problems
 
 
-def test_the_index_is_rebuilt_from_the_bucket_alone(tmp_path: Path, seaweedfs, engine_env) -> None:  # noqa: F811
+def test_the_index_is_rebuilt_from_the_bucket_alone(tmp_path: Path, s3_engine, engine_env) -> None:  # noqa: F811
     """The SSD's index and both local disks lost: `hoard index rebuild` from the S3 disk alone
     (the new disks left out) brings back every object (its shard objects read with ranged GETs), the batch the bucket's
     pointer names and the roots its marks log's segments hold; every object reads back."""
-    engine_env(seaweedfs)
-    bucket = _bucket(seaweedfs, "hoard-store-d")
-    cfg_path = _config(tmp_path, seaweedfs, bucket, copies=3)
+    engine_env(s3_engine)
+    bucket = _bucket(s3_engine, "hoard-store-d")
+    cfg_path = _config(tmp_path, s3_engine, bucket, copies=3)
     with Store.open(config.load(cfg_path), init=True) as store:
         res = store.put_many(make_files(tmp_path / "in", 20, seed=5, hi=96 * 1024), root="hoard put")
         _batch(store, res[:5], "b1")
@@ -205,7 +205,7 @@ def test_the_index_is_rebuilt_from_the_bucket_alone(tmp_path: Path, seaweedfs, e
     for lost in ("d0", "d1"):
         shutil.rmtree(tmp_path / lost)
     shutil.rmtree(index_dir)
-    cfg_path = _config(tmp_path, seaweedfs, bucket, copies=2, locals_=("d2", "d3"))  # new, empty disks
+    cfg_path = _config(tmp_path, s3_engine, bucket, copies=2, locals_=("d2", "d3"))  # new, empty disks
     out = hoard("--config", str(cfg_path), "index", "rebuild", "--without", "d2", "--without", "d3")
     assert out.returncode == 0, out.stdout + out.stderr
     with Store.open(config.load(cfg_path)) as store:
@@ -217,16 +217,16 @@ def test_the_index_is_rebuilt_from_the_bucket_alone(tmp_path: Path, seaweedfs, e
     assert res_v.returncode == 0, res_v.stdout + res_v.stderr
 
 
-def test_a_failed_s3_disk_is_activated_again(tmp_path: Path, seaweedfs, engine_env) -> None:  # noqa: F811
+def test_a_failed_s3_disk_is_activated_again(tmp_path: Path, s3_engine, engine_env) -> None:  # noqa: F811
     """`hoard init` gives an empty bucket its identity (its staging folder made on the SSD);
     `hoard disks activate` takes a failed S3 disk back by its bucket's identity (not by its
     staging folder being a mount point) and verifies every replica on the bucket first."""
-    engine_env(seaweedfs)
-    bucket = _bucket(seaweedfs, "hoard-store-e")
-    cfg_path = _config(tmp_path, seaweedfs, bucket, copies=3)
+    engine_env(s3_engine)
+    bucket = _bucket(s3_engine, "hoard-store-e")
+    cfg_path = _config(tmp_path, s3_engine, bucket, copies=3)
     out = hoard("--config", str(cfg_path), "init")
-    assert out.returncode == 0 and f"s3a={seaweedfs.endpoint}/{bucket}" in out.stdout, out.stdout + out.stderr
-    ident = json.loads(seaweedfs.client().get_object(Bucket=bucket, Key=".hoard-disk.json")["Body"].read())
+    assert out.returncode == 0 and f"s3a={s3_engine.endpoint}/{bucket}" in out.stdout, out.stdout + out.stderr
+    ident = json.loads(s3_engine.client().get_object(Bucket=bucket, Key=".hoard-disk.json")["Body"].read())
     assert ident["label"] == "s3a"
     assert json.loads((tmp_path / "ssd" / "s3-staging" / "s3a" / ".hoard-disk.json").read_text())["uuid"] == ident["uuid"]
     with Store.open(config.load(cfg_path)) as store:
@@ -241,21 +241,22 @@ def test_a_failed_s3_disk_is_activated_again(tmp_path: Path, seaweedfs, engine_e
 
 
 @pytest.mark.expect_log(r"shard \w+ on s3a set aside to hoard-store-f/orphans/", level="WARNING")
-def test_orphan_objects_on_the_bucket_are_set_aside_never_lost(tmp_path: Path, seaweedfs,  # noqa: F811
+def test_orphan_objects_on_the_bucket_are_set_aside_never_lost(tmp_path: Path, s3_engine,  # noqa: F811
                                                                engine_env) -> None:
     """`hoard verify --orphans` on a bucket: an object under shards/ that no index entry names is
     set aside to orphans/ when every object in it is known, kept and reported when it holds one
     the index does not know (after an index loss it may be the only copy); with --repair what
-    was aside longer than the grace is deleted — and every named replica is untouched."""
+    was aside longer than the grace is deleted — and every named replica is untouched. A seal's
+    claim older than the grace is removed, a younger one kept."""
     import os
 
     from fsd.maintenance.orphans import sweep
     from tests.test_s3_backend import shard_bytes
 
-    engine_env(seaweedfs)
-    bucket = _bucket(seaweedfs, "hoard-store-f")
-    cfg_path = _config(tmp_path, seaweedfs, bucket, copies=3)
-    client = seaweedfs.client()
+    engine_env(s3_engine)
+    bucket = _bucket(s3_engine, "hoard-store-f")
+    cfg_path = _config(tmp_path, s3_engine, bucket, copies=3)
+    client = s3_engine.client()
     with Store.open(config.load(cfg_path), init=True) as store:
         res = store.put_many(make_files(tmp_path / "in", 10, seed=7))
         replicate_once(store, rate_mb_s=None)
@@ -266,7 +267,12 @@ def test_orphan_objects_on_the_bucket_are_set_aside_never_lost(tmp_path: Path, s
         sid = os.urandom(12)  # a shard holding an object the index has never seen
         body, footer = shard_bytes([b"only here " + os.urandom(64)], sid)
         client.put_object(Bucket=bucket, Key=f"shards/{sid.hex()[-2:]}/{sid.hex()}", Body=body + footer)
+        claim = f"claims/{os.urandom(12).hex()}"  # what a seal that failed leaves (fsd/core/s3.py)
+        client.put_object(Bucket=bucket, Key=claim, Body=b"100 " + b"0" * 64)
+        sweep(store, grace_s=3600)  # younger than the grace: its seal may be running
+        assert claim in {o["Key"] for o in client.list_objects_v2(Bucket=bucket)["Contents"]}
         rep = sweep(store, grace_s=0)
+        assert rep.tmp_removed >= 1 and claim not in {o["Key"] for o in client.list_objects_v2(Bucket=bucket)["Contents"]}
         assert rep.found == 2 and len(rep.set_aside) == 1 and f"orphans/{copy}." in rep.set_aside[0], rep
         assert len(rep.unindexed) == 1 and sid.hex() in rep.unindexed[0] and "it is kept" in rep.unindexed[0]
         keys = {o["Key"] for o in client.list_objects_v2(Bucket=bucket)["Contents"]}
@@ -279,15 +285,15 @@ def test_orphan_objects_on_the_bucket_are_set_aside_never_lost(tmp_path: Path, s
         assert check_store(store) == len({r.sha256 for r in res})
 
 
-def test_a_crowded_s3_marks_log_is_compacted_by_the_next_writer(tmp_path: Path, seaweedfs, engine_env,  # noqa: F811
+def test_a_crowded_s3_marks_log_is_compacted_by_the_next_writer(tmp_path: Path, s3_engine, engine_env,  # noqa: F811
                                                                monkeypatch) -> None:
     """A bucket's marks log of more segments than CROWDED (one per append) is replaced by a
     snapshot at the next writable open, not only by gc: one segment, holding every root."""
     from fsd.core import marks, s3files
 
     monkeypatch.setattr(s3files, "CROWDED", 3)
-    engine_env(seaweedfs)
-    cfg_path = _config(tmp_path, seaweedfs, _bucket(seaweedfs, "hoard-store-g"), copies=3)
+    engine_env(s3_engine)
+    cfg_path = _config(tmp_path, s3_engine, _bucket(s3_engine, "hoard-store-g"), copies=3)
     with Store.open(config.load(cfg_path), init=True) as store:
         for i in range(5):  # a put per append
             store.put_many(make_files(tmp_path / f"in{i}", 2, seed=10 + i), root="hoard put")
@@ -301,27 +307,27 @@ def test_a_crowded_s3_marks_log_is_compacted_by_the_next_writer(tmp_path: Path, 
         assert got.resets and marks.replay(got.records | {(max(got.resets), marks.RESET, "0" * 64)})["rooted"] == rooted
 
 
-def test_the_index_is_restored_from_a_copy_in_the_bucket(tmp_path: Path, seaweedfs, engine_env) -> None:  # noqa: F811
+def test_the_index_is_restored_from_a_copy_in_the_bucket(tmp_path: Path, s3_engine, engine_env) -> None:  # noqa: F811
     """`hoard index backup` puts its copy on the local disks first, in the bucket when asked for
     more; with the SSD's index and both local disks lost, `hoard index restore` takes the
     bucket's copy and brings it up to date from the bucket: every object and root is back."""
     from fsd.maintenance.reindex import backup_index
 
-    engine_env(seaweedfs)
-    bucket = _bucket(seaweedfs, "hoard-store-h")
-    cfg_path = _config(tmp_path, seaweedfs, bucket, copies=3)
+    engine_env(s3_engine)
+    bucket = _bucket(s3_engine, "hoard-store-h")
+    cfg_path = _config(tmp_path, s3_engine, bucket, copies=3)
     with Store.open(config.load(cfg_path), init=True) as store:
         res = store.put_many(make_files(tmp_path / "in", 12, seed=8), root="hoard put")
         replicate_once(store, rate_mb_s=None)
         assert sorted(backup_index(store, copies=2)) == ["d0", "d1"]  # local disks first
         assert sorted(backup_index(store, copies=3)) == ["d0", "d1", "s3a"]
         index_dir = store.cfg.index_dir
-    keys = [o["Key"] for o in seaweedfs.client().list_objects_v2(Bucket=bucket, Prefix="index-copy/")["Contents"]]
+    keys = [o["Key"] for o in s3_engine.client().list_objects_v2(Bucket=bucket, Prefix="index-copy/")["Contents"]]
     assert any(k.endswith("/stamp.json") for k in keys) and any(k.endswith("/data.mdb") for k in keys)
     for lost in ("d0", "d1"):
         shutil.rmtree(tmp_path / lost)
     shutil.rmtree(index_dir)
-    cfg_path = _config(tmp_path, seaweedfs, bucket, copies=2, locals_=("d2", "d3"))
+    cfg_path = _config(tmp_path, s3_engine, bucket, copies=2, locals_=("d2", "d3"))
     out = hoard("--config", str(cfg_path), "index", "restore", "--without", "d2", "--without", "d3")
     assert out.returncode == 0 and "from disk s3a" in out.stdout, out.stdout + out.stderr
     with Store.open(config.load(cfg_path)) as store:
@@ -329,12 +335,12 @@ def test_the_index_is_restored_from_a_copy_in_the_bucket(tmp_path: Path, seaweed
         assert store.index.count(store.index.rooted) == len({r.sha256 for r in res})
 
 
-def test_an_s3_disk_is_added_with_hoard_disks_add(tmp_path: Path, seaweedfs, engine_env) -> None:  # noqa: F811
+def test_an_s3_disk_is_added_with_hoard_disks_add(tmp_path: Path, s3_engine, engine_env) -> None:  # noqa: F811
     """`hoard disks add s3://BUCKET --endpoint URL --capacity-gb N`: checked before hoard.toml is
     touched — the flags it needs, the engine answering, the bucket there and no disk's yet —
     then the bucket given its identity, the table appended, the disk active and replicated
     onto; each refusal one line that leaves hoard.toml as it was."""
-    engine_env(seaweedfs)
+    engine_env(s3_engine)
     disks = [(label, tmp_path / label, None) for label in ("d0", "d1")]
     for _, p, _ in disks:
         p.mkdir()
@@ -342,14 +348,14 @@ def test_an_s3_disk_is_added_with_hoard_disks_add(tmp_path: Path, seaweedfs, eng
     with Store.open(config.load(cfg_path), init=True) as store:
         res = store.put_many(make_files(tmp_path / "in", 20, seed=11, hi=64 * 1024))
     before = cfg_path.read_text()
-    bucket = _bucket(seaweedfs, "hoard-added")
+    bucket = _bucket(s3_engine, "hoard-added")
     args = ("--config", str(cfg_path), "disks", "add", f"s3://{bucket}", "--label", "s3x")
     for extra, said in (((), "an S3 disk needs --endpoint URL"),
-                        (("--endpoint", seaweedfs.endpoint), "an S3 disk needs --capacity-gb N"),
+                        (("--endpoint", s3_engine.endpoint), "an S3 disk needs --capacity-gb N"),
                         (("--endpoint", "ftp://x", "--capacity-gb", "2"), "is not an engine's S3 URL"),
                         (("--endpoint", "http://127.0.0.1:9", "--capacity-gb", "2", "--timeout-s", "2"),
                          "does not answer"),
-                        (("--endpoint", seaweedfs.endpoint, "--capacity-gb", "2"), None)):
+                        (("--endpoint", s3_engine.endpoint, "--capacity-gb", "2"), None)):
         if said is None:  # the bucket missing: its own line
             args = ("--config", str(cfg_path), "disks", "add", "s3://no-such-bucket", "--label", "s3x")
             said = "bucket no-such-bucket does not exist at"
@@ -358,12 +364,12 @@ def test_an_s3_disk_is_added_with_hoard_disks_add(tmp_path: Path, seaweedfs, eng
         assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
         assert cfg_path.read_text() == before
     ok = hoard("--config", str(cfg_path), "disks", "add", f"s3://{bucket}", "--label", "s3x", "--endpoint",
-               seaweedfs.endpoint, "--capacity-gb", "2", "--timeout-s", "30", "--copies", "2")
+               s3_engine.endpoint, "--capacity-gb", "2", "--timeout-s", "30", "--copies", "2")
     assert ok.returncode == 0 and "disk s3x added: bucket hoard-added at" in ok.stdout, ok.stdout + ok.stderr
     table = config.load(cfg_path).disks[-1]
     assert (table.kind, table.bucket, table.capacity_gb, table.timeout_s, table.copies) == ("s3", bucket, 2, 30, 2)
     again = hoard("--config", str(cfg_path), "disks", "add", f"s3://{bucket}", "--label", "s3y", "--endpoint",
-                  seaweedfs.endpoint, "--capacity-gb", "2")
+                  s3_engine.endpoint, "--capacity-gb", "2")
     assert again.returncode != 0 and "already a disk in" in again.stderr, again.stderr
     text = cfg_path.read_text().replace("copy_of_raw = 2", "copy_of_raw = 3").replace("copy_of_generated = 2",
                                                                                       "copy_of_generated = 3")
@@ -378,7 +384,7 @@ def test_an_s3_disk_is_added_with_hoard_disks_add(tmp_path: Path, seaweedfs, eng
     assert (s3x["state"], s3x["backend"]) == ("active", "s3"), s3x
 
 
-def test_an_engine_s_own_copies_count_toward_the_target_and_never_let_a_copy_go(tmp_path: Path, seaweedfs,  # noqa: F811
+def test_an_engine_s_own_copies_count_toward_the_target_and_never_let_a_copy_go(tmp_path: Path, s3_engine,  # noqa: F811
                                                                                  engine_env) -> None:
     """s3a keeps 2 copies of its own (`copies = 2`), copy_of_raw = 3: shards written on the two
     local disks get the bucket as their third replica; with a local disk lost, a local disk and
@@ -386,12 +392,16 @@ def test_an_engine_s_own_copies_count_toward_the_target_and_never_let_a_copy_go(
     refused: no disk left to copy to). Replicate, check, health and `hoard info` count the same
     copies; and the bucket's copies are never given up for less — retired, its shards are short,
     `disks forget` refuses it, and every object still reads."""
-    engine_env(seaweedfs)
-    bucket = _bucket(seaweedfs, "hoard-store-w")
-    cfg_path = _config(tmp_path, seaweedfs, bucket, copies=3, weight=2)
+    engine_env(s3_engine)
+    bucket = _bucket(s3_engine, "hoard-store-w")
+    cfg_path = _config(tmp_path, s3_engine, bucket, copies=3, weight=2)
     with Store.open(config.load(cfg_path), init=True) as store:
+        # written on the local disks alone: placement picks the bucket now and then (its 2 GB
+        # against the local file system's free space), and a shard on d0 + s3a has its 3 copies
+        store.set_disk_state("s3a", DiskState.DRAINING, "test: nothing placed here")
         res = store.put_many(make_files(tmp_path / "in", 60, seed=5, hi=96 * 1024))
         _batch(store, res, "b")
+        store.set_disk_state("s3a", DiskState.ACTIVE, "")
     with Store.open(config.load(cfg_path)) as store:
         replicate_once(store, rate_mb_s=None)
         s3a = _uuid(store, "s3a")

@@ -6,13 +6,22 @@
                                         sha256 of the whole object (hex)
     <bucket>/orphans/<hex>.<time>       a shard set aside (deleted by `hoard verify --orphans --repair`
                                         after the grace period, as a local disk's)
+    <bucket>/claims/<shard hex>         while a seal runs: `<size> <sha256 hex>` of the bytes it uploads
 
 `<xx>` is the last two hex digits of the shard id, as on a local disk. An open shard is never
 in the bucket: it is appended on a local staging folder (a `LocalDisk` of its own, whose
 identity names this disk's uuid) and uploaded at seal as one object — a multipart upload of
 `part_size` pieces completed with `If-None-Match: *`, so a second upload of the same shard
 (a seal retried after a crash) never replaces the first: the one there is kept if its
-`hoard-sha256` and size are this shard's, and refused loudly if not. The sha256 is ours: a
+`hoard-sha256` and size are this shard's, and refused loudly if not. Not every engine honours
+that header on a multipart completion (Ceph RGW 16.2 replaces the object: docs/scale-out.md),
+so a seal first claims the shard — a small object under claims/ naming its size and sha256,
+put with `If-None-Match: *`, which every engine honours on a plain PUT — and only then looks
+for the object and uploads: a second seal with other bytes is refused at the claim, before it
+sends anything, on any engine; one with the same bytes goes on (its upload puts the same
+bytes). The claim is deleted once the object is checked; one left by a seal that failed names
+that seal's bytes, so its retry passes it (`hoard verify --orphans` removes one older than its
+grace, as a stale tmp file). The sha256 is ours: a
 multipart ETag is not the content's MD5. Only once the engine acknowledged the object and a
 HEAD shows it whole is the open file removed; until then the shard is `open` and its reads
 come from the staging folder (a GET finds no object first), so nothing is reported sealed that
@@ -57,13 +66,13 @@ from fsd.core.disks import (
     verify_shard,
     write_identity,
 )
-from fsd.core.s3files import S3Beside
+from fsd.core.s3files import CLAIMS, S3Beside
 
 if TYPE_CHECKING:
     from fsd.base.config import DiskConfig
 
 #: key prefixes in the bucket (module docstring)
-SHARD_PREFIX, ORPHAN_PREFIX = "shards/", "orphans/"
+SHARD_PREFIX, ORPHAN_PREFIX, CLAIM_PREFIX = "shards/", "orphans/", CLAIMS
 #: the object metadata key holding the sha256 (hex) of the whole object; S3 sends it as the
 #: `x-amz-meta-hoard-sha256` header
 SHA_KEY = "hoard-sha256"
@@ -215,6 +224,7 @@ class S3Disk:
             digest.update(self.staging.read_exact(shard_hex, off, min(STREAM_PIECE, size - off)))
         sha = digest.hexdigest()
         key = self.key(shard_hex)
+        self._claim(shard_hex, size, sha)
         if self._head(key) is None:  # else a seal retried after its upload: judged below, not sent again
             self._upload(shard_hex, key, size, sha)
         head = self._head(key)
@@ -227,6 +237,38 @@ class S3Disk:
                                  f"shard {shard_hex} ({there[0]} bytes, sha256 {there[1]}; this one {size}, {sha}): "
                                  "neither touched; run `hoard check`")
         self.staging.delete(shard_hex)
+        # best effort: the shard is sealed; a claim left behind names these very bytes
+        with contextlib.suppress(EngineError):
+            self._call(f"sealing shard {shard_hex}", self.client.delete_object, Bucket=self.bucket,
+                       Key=CLAIM_PREFIX + shard_hex)
+
+    def _claim(self, shard_hex: str, size: int, sha: str) -> None:
+        """Name the bytes this seal uploads under claims/<shard> (If-None-Match: *) before it
+        looks for the object (module docstring); raise ObjectMismatch when another seal's claim
+        names other bytes."""
+        key, what, mine = CLAIM_PREFIX + shard_hex, f"claiming shard {shard_hex}", f"{size} {sha}"
+        for _ in range(2):
+            try:
+                self._call(what, self.client.put_object, Bucket=self.bucket, Key=key, Body=mine.encode(),
+                           IfNoneMatch="*")
+                return
+            except ClientError:  # 412: a claim is there
+                pass
+            try:
+                body = self._call(what, self.client.get_object, Bucket=self.bucket, Key=key)["Body"]
+                theirs = body.read().decode(errors="replace")
+            except FileNotFoundError:
+                continue  # that seal ended meanwhile: claim again
+            except BotoCoreError as e:
+                raise self._broke(what, e) from None
+            if theirs != mine:
+                raise ObjectMismatch(f"disk {self.label}: shard {shard_hex} is being sealed with other bytes "
+                                     f"({key} in bucket {self.bucket} names {theirs}; this one {mine}): this one "
+                                     "stays open; run `hoard check`, and delete that claim if no hoard process "
+                                     "seals the shard")
+            return  # the same bytes: a seal of this shard retried, or running beside this one
+        raise EngineError(f"disk {self.label}: the claim of shard {shard_hex} in bucket {self.bucket} comes and "
+                          "goes while it is sealed: it stays open; seal again")
 
     def _upload(self, shard_hex: str, key: str, size: int, sha: str) -> None:
         """One multipart upload of the open shard, completed only if no object has the key."""

@@ -54,6 +54,8 @@ from fsd.core.spill import Spill
 
 #: where the marks log's segments and pending snapshots are (module docstring)
 SEGMENTS, PENDING = f"{MARKS_DIR}/log/", f"{MARKS_DIR}/pending/"
+#: where a seal claims its shard before its upload (fsd.core.s3, `S3Disk._claim`)
+CLAIMS = "claims/"
 #: a segment's name after its prefix: the stamp (20 digits) and a nonce
 SEGMENT_NAME = re.compile(r"(\d{20})\.([0-9a-f]{8})")
 #: what a segment counts for beside its bytes in `marks_size` (the cost of one more GET)
@@ -293,9 +295,17 @@ class S3Beside:
                             str(into / obj["Key"][len(prefix):]))
 
     def sweep(self, now: float, grace_s: float, repair: bool) -> tuple[int, list[tuple[str, int]]]:
-        """The staging folder's tmp/ and orphans/ as a local disk's; with `repair`, the shards
+        """The staging folder's tmp/ and orphans/ as a local disk's, and seals' claims older than
+        `grace_s` (counted as tmp files removed); with `repair`, the shards
         set aside in the bucket (`orphans/`) longer than `grace_s` ago deleted."""
         removed, deleted = self.disk.staging.beside.sweep(now, grace_s, repair)
+        for obj in list(self.objects(CLAIMS)):
+            # a claim left by a seal that failed (or whose delete did not reach the engine), as a
+            # local disk's tmp/ file: under the grace a seal may be running
+            if now - obj["LastModified"].timestamp() >= grace_s:
+                self.disk._call(f"deleting {obj['Key']}", self.disk.client.delete_object, Bucket=self.disk.bucket,
+                                Key=obj["Key"])
+                removed += 1
         if repair:
             for obj in list(self.objects("orphans/")):
                 if now - obj["LastModified"].timestamp() >= grace_s:
