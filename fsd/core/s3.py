@@ -73,6 +73,9 @@ PART_SIZE, MIN_PART = 64 << 20, 5 << 20
 #: a verify's stream keeps this much behind its position: a record's sha256 pass re-reads a
 #: payload of up to this size from memory (a longer one with ranged GETs)
 WINDOW = STREAM_PIECE
+#: ranged GETs one reader keeps in flight (the batch planner's ranges, a large object's pieces):
+#: one at a time leaves the engine idle between requests (docs/benchmarks.md, "W3-L")
+READ_STREAMS = 4
 #: client settings: a few retries with backoff (a 5xx, a dropped connection), then an error;
 #: the read timeout is the disk's `timeout_s` (fsd.base.config.DiskConfig)
 ATTEMPTS, CONNECT_TIMEOUT, READ_TIMEOUT = 3, 5, 60.0
@@ -113,6 +116,8 @@ def _code(e: ClientError) -> tuple[str, int]:
 
 class S3Disk:
     """One bucket holding sealed shards, with a local staging folder for the open ones."""
+
+    read_streams = READ_STREAMS
 
     def __init__(self, label: str, uuid: str, endpoint: str, bucket: str, staging: Path, capacity_bytes: int,
                  part_size: int = PART_SIZE, client: Any = None) -> None:
