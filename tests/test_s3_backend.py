@@ -10,6 +10,7 @@ import hashlib
 import inspect
 import os
 import secrets
+import threading
 import tracemalloc
 from pathlib import Path
 
@@ -280,6 +281,48 @@ def test_engine_killed_mid_upload_leaves_the_shard_open(seaweedfs_own, engine_en
     disk.seal(shard)
     assert disk.state(shard) == "sealed"
     assert disk.verify(shard, sha256=True)[1] == 1
+
+
+def test_a_seal_uploads_parts_side_by_side_and_a_failed_part_sends_no_more(seaweedfs, engine_env,
+                                                                             tmp_path: Path) -> None:
+    """A seal keeps UPLOAD_STREAMS parts of its upload in flight (one after the other left the
+    engine's PUT rate unused: bench/s3_backend.py); when a part fails, the parts not started are
+    never sent, the upload is aborted and the shard stays open — sealed by the next seal whole."""
+    engine_env(seaweedfs)
+    disk = s3_disk(seaweedfs, tmp_path / "staging")
+    assert disk.upload_streams == s3.UPLOAD_STREAMS >= 2
+    together = threading.Barrier(2, timeout=20)  # the first two parts are sent at once, or it breaks
+    sent: list[int] = []
+
+    def two_at_once(params, **_kw) -> None:
+        sent.append(params["PartNumber"])
+        if len(sent) <= 2:
+            together.wait()
+
+    disk.client.meta.events.register("before-parameter-build.s3.UploadPart", two_at_once)
+    shard, data = write_shard(disk, [os.urandom(3 * PART)])  # 4 parts
+    disk.client.meta.events.unregister("before-parameter-build.s3.UploadPart", two_at_once)
+    assert sorted(sent) == [1, 2, 3, 4] and disk.read_at(shard, 0, len(data)) == data
+    assert disk.verify(shard, sha256=True)[1] == 1
+
+    sent.clear()
+    disk.upload_streams = 1  # (so which parts were started is certain)
+
+    def second_fails(params, **_kw) -> None:
+        sent.append(params["PartNumber"])
+        if params["PartNumber"] == 2:
+            raise s3.EngineError("disk s3a: test: the second part failed")
+
+    disk.client.meta.events.register("before-parameter-build.s3.UploadPart", second_fails)
+    with pytest.raises(s3.EngineError, match="the second part failed"):
+        write_shard(disk, [os.urandom(3 * PART)])
+    disk.client.meta.events.unregister("before-parameter-build.s3.UploadPart", second_fails)
+    assert sent == [1, 2]  # parts 3 and 4 never went
+    assert disk.client.list_multipart_uploads(Bucket=disk.bucket).get("Uploads", []) == []  # aborted
+    opened = next(h for h, sealed in disk.shard_ids() if not sealed)
+    assert disk.state(opened) == "open"
+    disk.seal(opened)
+    assert disk.state(opened) == "sealed" and disk.verify(opened, sha256=True)[1] == 1
 
 
 def test_credentials_refused(seaweedfs, engine_env, tmp_path: Path) -> None:

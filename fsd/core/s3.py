@@ -37,8 +37,10 @@ import contextlib
 import errno
 import hashlib
 import json
+import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -76,6 +78,9 @@ WINDOW = STREAM_PIECE
 #: ranged GETs one reader keeps in flight (the batch planner's ranges, a large object's pieces):
 #: one at a time leaves the engine idle between requests (docs/benchmarks.md, "W3-L")
 READ_STREAMS = 4
+#: parts of one upload in flight (at most this many parts in memory): the engine takes parts side
+#: by side faster than one after the other (bench/s3_backend.py, "engine_put")
+UPLOAD_STREAMS = 2
 #: client settings: a few retries with backoff (a 5xx, a dropped connection), then an error;
 #: the read timeout is the disk's `timeout_s` (fsd.base.config.DiskConfig)
 ATTEMPTS, CONNECT_TIMEOUT, READ_TIMEOUT = 3, 5, 60.0
@@ -117,7 +122,7 @@ def _code(e: ClientError) -> tuple[str, int]:
 class S3Disk:
     """One bucket holding sealed shards, with a local staging folder for the open ones."""
 
-    read_streams = READ_STREAMS
+    read_streams, upload_streams = READ_STREAMS, UPLOAD_STREAMS
 
     def __init__(self, label: str, uuid: str, endpoint: str, bucket: str, staging: Path, capacity_bytes: int,
                  part_size: int = PART_SIZE, client: Any = None) -> None:
@@ -234,18 +239,35 @@ class S3Disk:
         self.staging.delete(shard_hex)
 
     def _upload(self, shard_hex: str, key: str, size: int, sha: str) -> None:
-        """One multipart upload of the open shard, completed only if no object has the key."""
+        """One multipart upload of the open shard, completed only if no object has the key; its
+        parts `upload_streams` at a time, each read from the staging file when its turn comes."""
         what = f"uploading shard {shard_hex}"
         up = self._call(what, self.client.create_multipart_upload, Bucket=self.bucket, Key=key,
                         Metadata={SHA_KEY: sha})
         upload_id = up["UploadId"]
-        try:
-            parts = []
-            for n, off in enumerate(range(0, size, self.part_size), start=1):
+
+        failed = threading.Event()  # a part failed: the parts not started yet are not sent
+
+        def part(n: int, off: int) -> dict | None:
+            if failed.is_set():
+                return None  # (never looked at: an earlier part's error is raised first)
+            try:
                 body = self.staging.read_exact(shard_hex, off, min(self.part_size, size - off))
                 r = self._call(what, self.client.upload_part, Bucket=self.bucket, Key=key, UploadId=upload_id,
                                PartNumber=n, Body=body)
-                parts.append({"PartNumber": n, "ETag": r["ETag"]})
+            except BaseException:
+                failed.set()
+                raise
+            return {"PartNumber": n, "ETag": r["ETag"]}
+
+        try:
+            with ThreadPoolExecutor(self.upload_streams, thread_name_prefix=f"upload {self.label}") as pool:
+                futures = [pool.submit(part, n, off) for n, off in enumerate(range(0, size, self.part_size), start=1)]
+                try:
+                    parts = [f.result() for f in futures]
+                except BaseException:
+                    failed.set()  # (Ctrl-C while waiting too) the ones under way end, the rest are not sent
+                    raise
             try:
                 self._call(what, self.client.complete_multipart_upload, Bucket=self.bucket, Key=key,
                            UploadId=upload_id, MultipartUpload={"Parts": parts}, IfNoneMatch="*")
