@@ -530,7 +530,15 @@ def render() -> None:
                  "benchmark — whose numbers are not results" + (f" (`bench/results/{'`, `bench/results/'.join(trials)}`)"
                                                                   if trials else "") + ". The figures come from its "
                  "default run (20,000 objects, a 256 MiB object, 12,000 objects moved by `hoard disks replace`) on a "
-                 "quiet machine: `.venv/bin/python bench/s3_backend.py` writes them here.", "", END]
+                 "quiet machine: `.venv/bin/python bench/s3_backend.py` writes them here, with the reads and the "
+                 "seal at one stream (as before W3-L) beside `READ_STREAMS` / `UPLOAD_STREAMS` in the same run — on "
+                 "the busy machine the trials did not tell the two apart.", "",
+                 "What the trials did show, as a matter of kind: the engine's GETs and PUTs run on the same two cores "
+                 "as the backend, and the backend's client spends several times the CPU per GiB of a bare GET loop "
+                 "(every record's header and xxh3-128 checked, each payload copied out of the response and handed to "
+                 "a sink; the per-row CPU seconds are in the JSON); a seal hashes its staging file before the upload "
+                 "(S3 takes an object's metadata, where the sha256 goes, only when its multipart upload starts). "
+                 "Whether these keep the backend under 90 % of the engine is for the full run to say.", "", END]
         write_doc_section(BEGIN, END, lines)
         return
     doc = json.loads(RESULT.read_text())

@@ -76,10 +76,13 @@ PART_SIZE, MIN_PART = 64 << 20, 5 << 20
 #: payload of up to this size from memory (a longer one with ranged GETs)
 WINDOW = STREAM_PIECE
 #: ranged GETs one reader keeps in flight (the batch planner's ranges, a large object's pieces):
-#: one at a time leaves the engine idle between requests (docs/benchmarks.md, "W3-L")
+#: an engine serves requests side by side, and across a network each request's round trip is
+#: hidden behind the others'; one at a time, the reader waits out every request alone.
+#: bench/s3_backend.py measures this setting against one stream in the same run
+#: (docs/benchmarks.md, "W3-L")
 READ_STREAMS = 4
-#: parts of one upload in flight (at most this many parts in memory): the engine takes parts side
-#: by side faster than one after the other (bench/s3_backend.py, "engine_put")
+#: parts of one upload in flight (at most this many parts in memory), for the same reason;
+#: bench/s3_backend.py seals with this and with one part at a time in the same run
 UPLOAD_STREAMS = 2
 #: client settings: a few retries with backoff (a 5xx, a dropped connection), then an error;
 #: the read timeout is the disk's `timeout_s` (fsd.base.config.DiskConfig)
