@@ -8,7 +8,9 @@
 3. On each disk, sort by (shard, offset) and coalesce records whose gap is at most
    GAP_BYTES into one read (reading a small gap is cheaper than a seek).
 4. One reader thread per disk; every record is verified (header + xxh3-128) before it is
-   handed to the sink; a failed range falls back to `Store.get` on the other replicas.
+   handed to the sink; a failed range falls back to `Store.get` on the other replicas. A
+   disk with `read_streams` > 1 (an S3 engine) has that many reads in flight, handed on in
+   order (`in_order`), and its ranges cut at MAX_RANGE / read_streams.
 5. The first failure stops the whole read: an exception in a reader (a sink's included) or
    in the caller's thread (Ctrl-C) sets a stop event every reader checks before each range,
    record and large-record piece, so `execute` returns within about one record's time
