@@ -10,7 +10,9 @@
 `<xx>` is the last two hex digits of the shard id, as on a local disk. An open shard is never
 in the bucket: it is appended on a local staging folder (a `LocalDisk` of its own, whose
 identity names this disk's uuid) and uploaded at seal as one object — a multipart upload of
-`part_size` pieces completed with `If-None-Match: *`, so a second upload of the same shard
+`part_size` pieces (`_Appended` hashed them as they were appended; the upload hashes them again
+as they go and refuses a staging file that changed) completed with `If-None-Match: *`, so a
+second upload of the same shard
 (a seal retried after a crash) never replaces the first: the one there is kept if its
 `hoard-sha256` and size are this shard's, and refused loudly if not. The sha256 is ours: a
 multipart ETag is not the content's MD5. Only once the engine acknowledged the object and a
@@ -136,6 +138,7 @@ class S3Disk:
         self.client = client if client is not None else client_for(endpoint)
         self.staging = LocalDisk(label, staging, uuid, require_mount=False)
         self.where = f"{endpoint}/{bucket}"
+        self._appended: dict[str, _Appended] = {}  # open shards this process created: their bytes' sha256
         self.beside = S3Beside(self)  # the marks log, pointers, index copy as objects (fsd.core.s3files)
 
     def __repr__(self) -> str:
@@ -212,10 +215,22 @@ class S3Disk:
 
     def create(self, shard_hex: str) -> Any:
         self.check()
-        return self.staging.create(shard_hex)
+        sink = _Appended(self.staging.create(shard_hex))
+        self._appended[shard_hex] = sink
+        return sink
 
     def reopen(self, shard_hex: str) -> Any:
+        self._appended.pop(shard_hex, None)  # bytes from before this process: the seal hashes the file
         return self.staging.reopen(shard_hex)
+
+    def _written(self, shard_hex: str, size: int) -> str | None:
+        """The sha256 of the open shard's bytes as they were appended, when every one of its
+        `size` bytes went through this process's sink (no reopen, no cut that left a part
+        unhashed); None otherwise."""
+        sink = self._appended.get(shard_hex)
+        if sink is None or sink.sha is None or sink.pos != size:
+            return None
+        return str(sink.sha.hexdigest())
 
     def seal(self, shard_hex: str) -> None:
         """Upload the open shard as one object, check the engine holds it whole, then drop the
@@ -223,10 +238,12 @@ class S3Disk:
         ObjectMismatch (another object under its key: neither is touched)."""
         self.check()
         size = self.staging.size(shard_hex)
-        digest = hashlib.sha256()
-        for off in range(0, size, STREAM_PIECE):
-            digest.update(self.staging.read_exact(shard_hex, off, min(STREAM_PIECE, size - off)))
-        sha = digest.hexdigest()
+        sha = self._written(shard_hex, size)
+        if sha is None:  # (a shard reopened by recovery, or cut back to fewer bytes than were hashed)
+            digest = hashlib.sha256()
+            for off in range(0, size, STREAM_PIECE):
+                digest.update(self.staging.read_exact(shard_hex, off, min(STREAM_PIECE, size - off)))
+            sha = digest.hexdigest()
         key = self.key(shard_hex)
         if self._head(key) is None:  # else a seal retried after its upload: judged below, not sent again
             self._upload(shard_hex, key, size, sha)
@@ -240,22 +257,33 @@ class S3Disk:
                                  f"shard {shard_hex} ({there[0]} bytes, sha256 {there[1]}; this one {size}, {sha}): "
                                  "neither touched; run `hoard check`")
         self.staging.delete(shard_hex)
+        self._appended.pop(shard_hex, None)
 
     def _upload(self, shard_hex: str, key: str, size: int, sha: str) -> None:
         """One multipart upload of the open shard, completed only if no object has the key; its
-        parts `upload_streams` at a time, each read from the staging file when its turn comes."""
+        parts `upload_streams` at a time, each read from the staging file when its turn comes.
+        The parts are hashed in order as they go: bytes that are not the ones `sha` was taken of
+        (the staging file changed since they were appended) abort the upload before it is
+        completed — EIO, the shard stays open, nothing sealed."""
         what = f"uploading shard {shard_hex}"
         up = self._call(what, self.client.create_multipart_upload, Bucket=self.bucket, Key=key,
                         Metadata={SHA_KEY: sha})
         upload_id = up["UploadId"]
-
         failed = threading.Event()  # a part failed: the parts not started yet are not sent
+        sent = hashlib.sha256()  # what the parts hold, in order
+        hashed = [threading.Event() for _ in range(0, size, self.part_size)]  # part n + 1 is in `sent`
 
         def part(n: int, off: int) -> dict | None:
             if failed.is_set():
                 return None  # (never looked at: an earlier part's error is raised first)
             try:
                 body = self.staging.read_exact(shard_hex, off, min(self.part_size, size - off))
+                if n > 1:  # after the part before it
+                    while not hashed[n - 2].wait(0.05):
+                        if failed.is_set():
+                            return None
+                sent.update(body)
+                hashed[n - 1].set()
                 r = self._call(what, self.client.upload_part, Bucket=self.bucket, Key=key, UploadId=upload_id,
                                PartNumber=n, Body=body)
             except BaseException:
@@ -271,6 +299,11 @@ class S3Disk:
                 except BaseException:
                     failed.set()  # (Ctrl-C while waiting too) the ones under way end, the rest are not sent
                     raise
+            if sent.hexdigest() != sha:
+                raise OSError(errno.EIO, f"disk {self.label}: the staging file of shard {shard_hex} no longer holds "
+                                         f"the bytes appended to it (sha256 {sent.hexdigest()}, appended {sha}): "
+                                         "not uploaded, the shard stays open; look at the staging folder's disk, "
+                                         "then run `hoard check`")
             try:
                 self._call(what, self.client.complete_multipart_upload, Bucket=self.bucket, Key=key,
                            UploadId=upload_id, MultipartUpload={"Parts": parts}, IfNoneMatch="*")
@@ -338,6 +371,7 @@ class S3Disk:
 
     def forget(self, shard_hex: str) -> None:
         self.staging.forget(shard_hex)
+        self._appended.pop(shard_hex, None)
 
     def state(self, shard_hex: str) -> str | None:
         if self._head(self.key(shard_hex)) is not None:
@@ -510,6 +544,39 @@ class S3Disk:
 
     def _keys(self, prefix: str) -> Iterator[str]:
         return (obj["Key"] for obj in self.beside.objects(prefix))
+
+class _Appended:
+    """An open shard's sink on the staging folder that hashes what is appended through it, so
+    the seal need not read the file once more to learn its sha256 — and the upload, hashing what
+    it sends, finds a file that changed since. A cut to other than the bytes hashed, or a write
+    that failed, leaves no hash (`sha` None): the seal then hashes the file."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.sha: Any = hashlib.sha256()
+        self.pos = 0
+
+    def write(self, data: bytes | memoryview) -> None:
+        try:
+            self.inner.write(data)
+        except BaseException:
+            self.sha = None  # some of it may be in the file
+            raise
+        if self.sha is not None:
+            self.sha.update(data)
+            self.pos += len(data)
+
+    def sync(self) -> None:
+        self.inner.sync()
+
+    def truncate(self, size: int) -> None:
+        self.inner.truncate(size)
+        if size != self.pos:
+            self.sha = None
+
+    def close(self) -> None:
+        self.inner.close()
+
 
 class _Stream:
     """A `read(offset, n)` over one object for `verify_shard`, which reads the footer, then the
