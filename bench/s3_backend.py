@@ -111,6 +111,14 @@ def engine(base: Path):
         yield eng
 
 
+def reclaim(eng) -> None:
+    """The room of deleted objects back from the engine (its volumes compacted): the rates do not
+    need it, the machine's disk does. A deletion the filer has not passed on yet is reclaimed by
+    the next call."""
+    with contextlib.suppress(RuntimeError):
+        eng.shell("lock\nvolume.vacuum -garbageThreshold=0.01\nunlock")
+
+
 def evict(*roots: Path) -> None:
     """Every file under `roots` out of the page cache (fdatasync first: dirty pages stay)."""
     for root in roots:
@@ -283,8 +291,7 @@ def seal_rounds(eng, disk, seals: list[dict], mib: int, rounds: int) -> dict:
             disk.upload_streams = streams
             runs[key].append(seals.pop())
             disk.delete(shard_hex)
-            with contextlib.suppress(RuntimeError):
-                eng.shell("volume.vacuum -garbageThreshold=0.01")
+            reclaim(eng)
     out: dict = {"upload_streams": streams}
     for key, got in runs.items():
         for r in got:
@@ -414,8 +421,7 @@ def run_reads_and_seals(args, work: Path) -> dict:
             for n in PUT_THREADS:
                 put_rows[f"{n}_in_flight"] = put_multipart(client, "hoard-bench", f"bench-put-{n}", large,
                                                            s3.PART_SIZE, n)
-                with contextlib.suppress(RuntimeError):  # its room back; the rates do not need it
-                    eng.shell("volume.vacuum -garbageThreshold=0.01")
+                reclaim(eng)
             large.unlink()
             seal_runs = seal_rounds(eng, disk, seals, args.large_mib, args.rounds)
             shas = [results[i].sha256 for i in order]
