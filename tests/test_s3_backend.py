@@ -332,7 +332,7 @@ def test_a_staging_file_changed_after_its_bytes_were_appended_is_not_sealed(seaw
     """The seal takes the shard's sha256 from the bytes as they were appended (no second read of
     the staging file: it reads the file once, for the parts) and hashes the parts as they go up:
     a staging file whose bytes changed since — a bit flipped on the staging disk — is refused
-    (EIO, nothing sealed, no upload left behind, the shard still open). Before, the seal hashed
+    (EBADMSG, nothing sealed, no upload left behind, the shard still open). Before, the seal hashed
     the changed file and sealed its bytes as the shard's. A shard reopened (recovery) or cut
     back is hashed from the file, as before."""
     engine_env(seaweedfs)
@@ -348,7 +348,7 @@ def test_a_staging_file_changed_after_its_bytes_were_appended_is_not_sealed(seaw
     flip_byte(disk.staging.path(bad, False), len(data) // 2)  # the staging disk's own doing
     with pytest.raises(OSError, match="no longer holds the bytes appended") as err:
         disk.seal(bad)
-    assert err.value.errno == errno.EIO
+    assert err.value.errno == errno.EBADMSG
     assert disk.state(bad) == "open"
     assert disk.client.list_multipart_uploads(Bucket=disk.bucket).get("Uploads", []) == []
     assert disk.client.list_objects_v2(Bucket=disk.bucket, Prefix=s3.SHARD_PREFIX).get("Contents", []) == []

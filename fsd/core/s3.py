@@ -264,7 +264,8 @@ class S3Disk:
         parts `upload_streams` at a time, each read from the staging file when its turn comes.
         The parts are hashed in order as they go: bytes that are not the ones `sha` was taken of
         (the staging file changed since they were appended) abort the upload before it is
-        completed — EIO, the shard stays open, nothing sealed."""
+        completed — EBADMSG (the writer drops this replica and records the error; the disk stays
+        in service: its bucket is sound), the shard stays open, nothing sealed."""
         what = f"uploading shard {shard_hex}"
         up = self._call(what, self.client.create_multipart_upload, Bucket=self.bucket, Key=key,
                         Metadata={SHA_KEY: sha})
@@ -300,10 +301,10 @@ class S3Disk:
                     failed.set()  # (Ctrl-C while waiting too) the ones under way end, the rest are not sent
                     raise
             if sent.hexdigest() != sha:
-                raise OSError(errno.EIO, f"disk {self.label}: the staging file of shard {shard_hex} no longer holds "
-                                         f"the bytes appended to it (sha256 {sent.hexdigest()}, appended {sha}): "
-                                         "not uploaded, the shard stays open; look at the staging folder's disk, "
-                                         "then run `hoard check`")
+                raise OSError(errno.EBADMSG, f"disk {self.label}: the staging file of shard {shard_hex} no longer "
+                                             f"holds the bytes appended to it (sha256 {sent.hexdigest()}, appended "
+                                             f"{sha}): not uploaded, the shard stays open; look at the staging "
+                                             "folder's disk, then run `hoard check`")
             try:
                 self._call(what, self.client.complete_multipart_upload, Bucket=self.bucket, Key=key,
                            UploadId=upload_id, MultipartUpload={"Parts": parts}, IfNoneMatch="*")
@@ -347,6 +348,7 @@ class S3Disk:
         """Remove the shard's object and any open file of it; FileNotFoundError when neither was
         there, EngineError when the engine cannot say."""
         removed = False
+        self._appended.pop(shard_hex, None)
         with contextlib.suppress(FileNotFoundError):
             self.staging.delete(shard_hex)
             removed = True
