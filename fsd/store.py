@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import json
 import logging
 import os
@@ -53,7 +54,7 @@ from fsd.core.records import (
     verify_record,
 )
 from fsd.io import attach, copies
-from fsd.io.planner import execute, make_plan
+from fsd.io.planner import execute, in_order, make_plan
 from fsd.io.put import put_files, put_payloads
 from fsd.io.recovery import recover_orphans
 from fsd.io.replicate import replication_lag
@@ -476,16 +477,21 @@ class Store:
         from memory, or its map lost with the index) is first read once in full — its
         xxh3-128 and sha256 checked, streaming — to learn the map. Pieces come from the disk
         `first` while it holds a good replica (the batch planner's choice); `exact` reads
-        them with the disk's read-ahead off (the planner, which reads ahead itself)."""
+        them with the disk's read-ahead off (the planner, which reads ahead itself). Off a
+        disk that reads several requests at once (`read_streams`: an S3 engine, where one
+        ranged GET at a time leaves it idle between requests) that many pieces are fetched at
+        once and yielded in order: memory is `read_streams` pieces."""
         loc = self.index.lookup(sha)
         if loc is None:
             raise ObjectNotFound(f"object {sha.hex()} is not in the store (check the digest)")
         digests = self.chunk_map(sha, loc.length)
-        for start in range(0, loc.length, ITER_READ):
-            n = min(ITER_READ, loc.length - start)
+        length = loc.length
+
+        def piece(start: int) -> bytes:
+            n = min(ITER_READ, length - start)
             piece0 = start // MAP_PIECE  # (not `first`: that is the disk the caller wants read)
 
-            def read(disk, meta, loc, start=start, n=n, piece0=piece0) -> bytes:
+            def read(disk, meta, loc) -> bytes:
                 buf = (disk.read_exact if exact else disk.read_at)(meta.hex, loc.offset + start, n)
                 if len(buf) != n:
                     raise fmt.TruncatedShard(f"shard {meta.hex} on {disk.label} ends inside object {sha.hex()[:12]}…")
@@ -497,7 +503,21 @@ class Store:
                                                           f"chunk map (shard {meta.hex} on {disk.label})")
                 return buf
 
-            yield self.from_replicas(sha, read, avoid, first=first)
+            return self.from_replicas(sha, read, avoid, first=first)
+
+        calls = (functools.partial(piece, start) for start in range(0, length, ITER_READ))
+        yield from in_order(calls, self._read_streams(loc.shard_id, avoid, first))
+
+    def _read_streams(self, shard_id: bytes, avoid: Set[str], first: str) -> int:
+        """How many pieces of an object to fetch at once: the `read_streams` of the disk its
+        pieces will come from (`first`, else the first usable replica) — several ranged GETs in
+        flight on an S3 engine, one read at a time on a local disk."""
+        disk = self.disks.get(first)
+        if disk is None:
+            meta = self.index.get_shard(shard_id)
+            order = self.replica_order(meta, avoid) if meta else []
+            disk = order[0] if order else None
+        return disk.read_streams if disk is not None else 1
 
     def copy_object_to(self, sha: bytes, f) -> int:
         """Write the object's verified bytes to the binary file `f`, piece by piece; returns

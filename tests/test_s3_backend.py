@@ -7,10 +7,12 @@ does not hold. docs/scale-out.md."""
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import inspect
 import os
 import secrets
+import threading
 import tracemalloc
 from pathlib import Path
 
@@ -23,7 +25,7 @@ from fsd.core import shardfmt as fmt
 from fsd.core.disks import DiskGone, LocalDisk, write_identity
 from tests import ceph_rgw as ceph_mod
 from tests import seaweedfs as weed_mod
-from tests.helpers import ENGINE_FIXTURES, S3_ENGINES
+from tests.helpers import ENGINE_FIXTURES, S3_ENGINES, flip_byte
 
 #: small parts, so a 12 MiB shard goes up in three (S3 wants ≥ 5 MiB for all but the last)
 PART = 5 << 20
@@ -329,6 +331,100 @@ def test_engine_killed_mid_upload_leaves_the_shard_open(s3_engine_own, engine_en
     assert disk.state(shard) == "sealed"
     assert disk.verify(shard, sha256=True)[1] == 1
     assert disk.client.list_objects_v2(Bucket=disk.bucket, Prefix=s3.CLAIM_PREFIX).get("KeyCount") == 0
+
+
+def test_a_seal_uploads_parts_side_by_side_and_a_failed_part_sends_no_more(seaweedfs, engine_env,
+                                                                             tmp_path: Path) -> None:
+    """A seal keeps UPLOAD_STREAMS parts of its upload in flight (one after the other left the
+    engine's PUT rate unused: bench/s3_backend.py); when a part fails, the parts not started are
+    never sent, the upload is aborted and the shard stays open — sealed by the next seal whole."""
+    engine_env(seaweedfs)
+    disk = s3_disk(seaweedfs, tmp_path / "staging")
+    assert disk.upload_streams == s3.UPLOAD_STREAMS >= 2
+    together = threading.Barrier(2, timeout=20)  # the first two parts are sent at once, or it breaks
+    sent: list[int] = []
+
+    def two_at_once(params, **_kw) -> None:
+        sent.append(params["PartNumber"])
+        if len(sent) <= 2:
+            together.wait()
+
+    disk.client.meta.events.register("before-parameter-build.s3.UploadPart", two_at_once)
+    shard, data = write_shard(disk, [os.urandom(3 * PART)])  # 4 parts
+    disk.client.meta.events.unregister("before-parameter-build.s3.UploadPart", two_at_once)
+    assert sorted(sent) == [1, 2, 3, 4] and disk.read_at(shard, 0, len(data)) == data
+    assert disk.verify(shard, sha256=True)[1] == 1
+
+    sent.clear()
+    disk.upload_streams = 1  # (so which parts were started is certain)
+
+    def second_fails(params, **_kw) -> None:
+        sent.append(params["PartNumber"])
+        if params["PartNumber"] == 2:
+            raise s3.EngineError("disk s3a: test: the second part failed")
+
+    disk.client.meta.events.register("before-parameter-build.s3.UploadPart", second_fails)
+    with pytest.raises(s3.EngineError, match="the second part failed"):
+        write_shard(disk, [os.urandom(3 * PART)])
+    disk.client.meta.events.unregister("before-parameter-build.s3.UploadPart", second_fails)
+    assert sent == [1, 2]  # parts 3 and 4 never went
+    assert disk.client.list_multipart_uploads(Bucket=disk.bucket).get("Uploads", []) == []  # aborted
+    opened = next(h for h, sealed in disk.shard_ids() if not sealed)
+    assert disk.state(opened) == "open"
+    disk.seal(opened)
+    assert disk.state(opened) == "sealed" and disk.verify(opened, sha256=True)[1] == 1
+
+
+def test_a_staging_file_changed_after_its_bytes_were_appended_is_not_sealed(seaweedfs, engine_env,
+                                                                             tmp_path: Path) -> None:
+    """The seal takes the shard's sha256 from the bytes as they were appended (no second read of
+    the staging file: it reads the file once, for the parts) and hashes the parts as they go up:
+    a staging file whose bytes changed since — a bit flipped on the staging disk — is refused
+    (EBADMSG, nothing sealed, no upload left behind, the shard still open). Before, the seal hashed
+    the changed file and sealed its bytes as the shard's. A shard reopened (recovery) or cut
+    back is hashed from the file, as before."""
+    engine_env(seaweedfs)
+    disk = s3_disk(seaweedfs, tmp_path / "staging")
+    reads: list[int] = []
+    real_read = disk.staging.read_exact
+
+    def counted(shard_hex: str, offset: int, length: int) -> bytes:
+        reads.append(length)
+        return real_read(shard_hex, offset, length)
+
+    bad, data = write_shard(disk, [os.urandom(PART + 100)], seal=False)
+    flip_byte(disk.staging.path(bad, False), len(data) // 2)  # the staging disk's own doing
+    with pytest.raises(OSError, match="no longer holds the bytes appended") as err:
+        disk.seal(bad)
+    assert err.value.errno == errno.EBADMSG
+    assert disk.state(bad) == "open"
+    assert disk.client.list_multipart_uploads(Bucket=disk.bucket).get("Uploads", []) == []
+    assert disk.client.list_objects_v2(Bucket=disk.bucket, Prefix=s3.SHARD_PREFIX).get("Contents", []) == []
+
+    disk.staging.read_exact = counted
+    shard, data = write_shard(disk, [os.urandom(PART), os.urandom(PART // 2)])
+    assert sum(reads) == len(data)  # each byte read once: for its part, not for a hash pass as well
+    assert disk.verify(shard, sha256=True)[1] == 2
+
+    for how in ("reopened", "cut back"):
+        sid = os.urandom(12)
+        body, footer = shard_bytes([os.urandom(1000)], sid)
+        sink = disk.create(sid.hex())
+        if how == "reopened":  # (recovery's reopen: the bytes came from before it)
+            sink.write(body)
+            sink.close()
+            disk.close_all()
+            sink = disk.reopen(sid.hex())
+        else:  # (the writer's rollback of an uncommitted group)
+            sink.write(body + b"a group cut off")
+            sink.truncate(len(body))
+        sink.write(footer)
+        sink.sync()
+        sink.close()
+        reads.clear()
+        disk.seal(sid.hex())
+        assert sum(reads) == 2 * len(body + footer), how  # hashed from the file, then its part
+        assert disk.verify(sid.hex(), sha256=True)[1] == 1, how
 
 
 def test_credentials_refused(s3_engine, engine_env, tmp_path: Path) -> None:

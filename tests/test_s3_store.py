@@ -6,8 +6,11 @@ middle of a replication, the bucket deleted."""
 
 from __future__ import annotations
 
+import io
 import json
+import random
 import shutil
+import threading
 from pathlib import Path
 
 import pytest
@@ -433,3 +436,58 @@ def test_an_engine_s_own_copies_count_toward_the_target_and_never_let_a_copy_go(
     with Store.open(config.load(cfg_path)) as store:
         assert all(s3a in m.replicas for m in store.index.iter_shards() if m.sealed)
         assert check_store(store) == 61
+
+
+def test_a_batch_read_off_a_bucket_keeps_several_ranged_gets_in_flight(tmp_path: Path, seaweedfs,  # noqa: F811
+                                                                        engine_env, monkeypatch) -> None:
+    """The planner reads an S3 disk with READ_STREAMS ranged GETs in flight (one at a time left
+    the engine idle between requests: docs/benchmarks.md, W3-L), its ranges shortened so the
+    bytes in flight stay one reader's MAX_RANGE; a large object's pieces come several at once
+    too — every object arrives whole and checked, by the planner and by `copy_object_to`."""
+    from fsd.io.planner import MAX_RANGE
+
+    engine_env(seaweedfs)
+    bucket = _bucket(seaweedfs, "hoard-store-streams")
+    path = write_config(tmp_path, [], shard_size_mb=1, copy_of_raw=2, write_ack=1)
+    path.write_text(path.read_text().replace("\n[ssd]", f'\n[[disks]]\nlabel = "s3a"\nkind = "s3"\n'
+                                             f'endpoint = "{seaweedfs.endpoint}"\nbucket = "{bucket}"\n'
+                                             "capacity_gb = 2\ncopies = 2\n\n[ssd]", 1))
+    files = make_files(tmp_path / "in", 150, seed=5, hi=96 * 1024)
+    big = tmp_path / "big.bin"
+    big.write_bytes(random.Random(5).randbytes(MAX_RANGE + (9 << 20)))  # past MAX_RANGE: streamed in pieces
+    together = threading.Barrier(2, timeout=20)  # the first two GETs of each read run at once, or it breaks
+    gets = []
+    real_get = s3.S3Disk._get
+
+    def get(self, key, offset, length, what):
+        gets.append(key)
+        if len(gets) in (1, 2):
+            together.wait()
+        return real_get(self, key, offset, length, what)
+
+    with Store.open(config.load(path), init=True) as store:
+        res = store.put_many([*files, big])
+        want = {bytes.fromhex(r.sha256): p.read_bytes() for r, p in zip(res, [*files, big])}
+        monkeypatch.setattr(s3.S3Disk, "_get", get)
+        got: dict[bytes, bytes] = {}
+        lock = threading.Lock()
+
+        def sink(sha: bytes, data) -> None:
+            with lock:
+                got[sha] = bytes(data)
+
+        def large_sink(sha: bytes, pieces) -> None:
+            data = b"".join(bytes(p) for p in pieces)
+            with lock:
+                got[sha] = data
+
+        plan, stats = store.read_batch([r.sha256 for r in res], sink, large_sink)
+        assert got == want and stats.fallbacks == 0
+        ranges = next(iter(plan.ranges.values()))
+        assert len(ranges) > s3.READ_STREAMS  # more reads than streams: the window moved along
+        assert all(r.end - r.start <= MAX_RANGE // s3.READ_STREAMS for r in ranges)
+        gets.clear()
+        together.reset()
+        out = io.BytesIO()
+        assert store.copy_object_to(bytes.fromhex(res[-1].sha256), out) == big.stat().st_size
+        assert out.getvalue() == want[bytes.fromhex(res[-1].sha256)]

@@ -413,6 +413,35 @@ def test_a_failing_sink_stops_the_other_readers(store_factory, tmp_path: Path) -
     assert len(delivered) <= 20 + 8, f"{len(delivered) - 20} records delivered after the sink failed"
 
 
+def test_in_order_keeps_the_order_runs_calls_at_once_and_drops_the_rest_when_left() -> None:
+    """`in_order` (the planner's reads off a disk with several streams): results in the calls'
+    order whatever order they finish in, `streams` calls running at once, an exception raised
+    in its call's place, and calls not yet started never run once the consumer leaves."""
+    from fsd.io.planner import in_order
+
+    together = threading.Barrier(3, timeout=10)  # the first three run at once, or it breaks
+    started: list[int] = []
+
+    def call(i: int):
+        def run() -> int:
+            started.append(i)
+            if i < 3:
+                together.wait()
+                time.sleep(0.01 * (3 - i))  # the later ones finish first
+            if i == 5:
+                raise OSError(5, "the fifth read failed")
+            return i
+        return run
+
+    got = in_order((call(i) for i in range(8)), 3)
+    assert [next(got) for _ in range(5)] == [0, 1, 2, 3, 4]
+    with pytest.raises(OSError, match="the fifth read failed"):
+        next(got)
+    got.close()
+    assert max(started) <= 5 + 3, started  # the window: at most `streams` calls beyond the one handed out
+    assert [r for r in in_order((call(i) for i in (3, 4)), 1)] == [3, 4]  # one stream: the calls in turn
+
+
 def test_cli_put_get(hoard_home: Path, tmp_path: Path) -> None:
     """`hoard put` prints sha256/status/replicas; `hoard get -o` writes the bytes back."""
     from tests.test_cli import hoard

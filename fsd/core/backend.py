@@ -42,6 +42,9 @@ class ShardSink(Protocol):
 class ShardBackend(Protocol):
     label: str
     uuid: str
+    # how many reads one reader keeps in flight (the batch planner, a large object's pieces):
+    # 1 for a disk head, several for an S3 engine (fsd.core.s3.READ_STREAMS)
+    read_streams: int
 
     def create(self, shard_hex: str) -> ShardSink: ...
     def reopen(self, shard_hex: str) -> ShardSink: ...

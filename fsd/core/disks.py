@@ -230,6 +230,9 @@ def _close(fd: int) -> None:
 class LocalDisk:
     """One HDD (or, for tests and the embedded default, a directory) holding shards."""
 
+    #: reads one reader makes at once: one (a disk head seeks between concurrent reads)
+    read_streams = 1
+
     def __init__(self, label: str, root: Path, uuid: str, capacity_bytes: int | None = None,
                  require_mount: bool = True) -> None:
         self.label, self.root, self.uuid, self.capacity_bytes = label, root, uuid, capacity_bytes

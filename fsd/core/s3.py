@@ -11,7 +11,9 @@
 `<xx>` is the last two hex digits of the shard id, as on a local disk. An open shard is never
 in the bucket: it is appended on a local staging folder (a `LocalDisk` of its own, whose
 identity names this disk's uuid) and uploaded at seal as one object — a multipart upload of
-`part_size` pieces completed with `If-None-Match: *`, so a second upload of the same shard
+`part_size` pieces (`_Appended` hashed them as they were appended; the upload hashes them again
+as they go and refuses a staging file that changed) completed with `If-None-Match: *`, so a
+second upload of the same shard
 (a seal retried after a crash) never replaces the first: the one there is kept if its
 `hoard-sha256` and size are this shard's, and refused loudly if not. Not every engine honours
 that header on a multipart completion (Ceph RGW 16.2 replaces the object: docs/scale-out.md),
@@ -46,8 +48,10 @@ import contextlib
 import errno
 import hashlib
 import json
+import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -82,6 +86,15 @@ PART_SIZE, MIN_PART = 64 << 20, 5 << 20
 #: a verify's stream keeps this much behind its position: a record's sha256 pass re-reads a
 #: payload of up to this size from memory (a longer one with ranged GETs)
 WINDOW = STREAM_PIECE
+#: ranged GETs one reader keeps in flight (the batch planner's ranges, a large object's pieces):
+#: an engine serves requests side by side, and across a network each request's round trip is
+#: hidden behind the others'; one at a time, the reader waits out every request alone.
+#: bench/s3_backend.py measures this setting against one stream in the same run
+#: (docs/benchmarks.md, "W3-L")
+READ_STREAMS = 4
+#: parts of one upload in flight (at most this many parts in memory), for the same reason;
+#: bench/s3_backend.py seals with this and with one part at a time in the same run
+UPLOAD_STREAMS = 2
 #: client settings: a few retries with backoff (a 5xx, a dropped connection), then an error;
 #: the read timeout is the disk's `timeout_s` (fsd.base.config.DiskConfig)
 ATTEMPTS, CONNECT_TIMEOUT, READ_TIMEOUT = 3, 5, 60.0
@@ -123,6 +136,8 @@ def _code(e: ClientError) -> tuple[str, int]:
 class S3Disk:
     """One bucket holding sealed shards, with a local staging folder for the open ones."""
 
+    read_streams, upload_streams = READ_STREAMS, UPLOAD_STREAMS
+
     def __init__(self, label: str, uuid: str, endpoint: str, bucket: str, staging: Path, capacity_bytes: int,
                  part_size: int = PART_SIZE, client: Any = None) -> None:
         if part_size < MIN_PART:
@@ -132,6 +147,7 @@ class S3Disk:
         self.client = client if client is not None else client_for(endpoint)
         self.staging = LocalDisk(label, staging, uuid, require_mount=False)
         self.where = f"{endpoint}/{bucket}"
+        self._appended: dict[str, _Appended] = {}  # open shards this process created: their bytes' sha256
         self.beside = S3Beside(self)  # the marks log, pointers, index copy as objects (fsd.core.s3files)
 
     def __repr__(self) -> str:
@@ -208,10 +224,22 @@ class S3Disk:
 
     def create(self, shard_hex: str) -> Any:
         self.check()
-        return self.staging.create(shard_hex)
+        sink = _Appended(self.staging.create(shard_hex))
+        self._appended[shard_hex] = sink
+        return sink
 
     def reopen(self, shard_hex: str) -> Any:
+        self._appended.pop(shard_hex, None)  # bytes from before this process: the seal hashes the file
         return self.staging.reopen(shard_hex)
+
+    def _written(self, shard_hex: str, size: int) -> str | None:
+        """The sha256 of the open shard's bytes as they were appended, when every one of its
+        `size` bytes went through this process's sink (no reopen, no cut that left a part
+        unhashed); None otherwise."""
+        sink = self._appended.get(shard_hex)
+        if sink is None or sink.sha is None or sink.pos != size:
+            return None
+        return str(sink.sha.hexdigest())
 
     def seal(self, shard_hex: str) -> None:
         """Upload the open shard as one object, check the engine holds it whole, then drop the
@@ -219,10 +247,12 @@ class S3Disk:
         ObjectMismatch (another object under its key: neither is touched)."""
         self.check()
         size = self.staging.size(shard_hex)
-        digest = hashlib.sha256()
-        for off in range(0, size, STREAM_PIECE):
-            digest.update(self.staging.read_exact(shard_hex, off, min(STREAM_PIECE, size - off)))
-        sha = digest.hexdigest()
+        sha = self._written(shard_hex, size)
+        if sha is None:  # (a shard reopened by recovery, or cut back to fewer bytes than were hashed)
+            digest = hashlib.sha256()
+            for off in range(0, size, STREAM_PIECE):
+                digest.update(self.staging.read_exact(shard_hex, off, min(STREAM_PIECE, size - off)))
+            sha = digest.hexdigest()
         key = self.key(shard_hex)
         self._claim(shard_hex, size, sha)
         if self._head(key) is None:  # else a seal retried after its upload: judged below, not sent again
@@ -241,6 +271,7 @@ class S3Disk:
         with contextlib.suppress(EngineError):
             self._call(f"sealing shard {shard_hex}", self.client.delete_object, Bucket=self.bucket,
                        Key=CLAIM_PREFIX + shard_hex)
+        self._appended.pop(shard_hex, None)
 
     def _claim(self, shard_hex: str, size: int, sha: str) -> None:
         """Name the bytes this seal uploads under claims/<shard> (If-None-Match: *) before it
@@ -271,18 +302,51 @@ class S3Disk:
                           "goes while it is sealed: it stays open; seal again")
 
     def _upload(self, shard_hex: str, key: str, size: int, sha: str) -> None:
-        """One multipart upload of the open shard, completed only if no object has the key."""
+        """One multipart upload of the open shard, completed only if no object has the key; its
+        parts `upload_streams` at a time, each read from the staging file when its turn comes.
+        The parts are hashed in order as they go: bytes that are not the ones `sha` was taken of
+        (the staging file changed since they were appended) abort the upload before it is
+        completed — EBADMSG (the writer drops this replica and records the error; the disk stays
+        in service: its bucket is sound), the shard stays open, nothing sealed."""
         what = f"uploading shard {shard_hex}"
         up = self._call(what, self.client.create_multipart_upload, Bucket=self.bucket, Key=key,
                         Metadata={SHA_KEY: sha})
         upload_id = up["UploadId"]
-        try:
-            parts = []
-            for n, off in enumerate(range(0, size, self.part_size), start=1):
+        failed = threading.Event()  # a part failed: the parts not started yet are not sent
+        sent = hashlib.sha256()  # what the parts hold, in order
+        hashed = [threading.Event() for _ in range(0, size, self.part_size)]  # part n + 1 is in `sent`
+
+        def part(n: int, off: int) -> dict | None:
+            if failed.is_set():
+                return None  # (never looked at: an earlier part's error is raised first)
+            try:
                 body = self.staging.read_exact(shard_hex, off, min(self.part_size, size - off))
+                if n > 1:  # after the part before it
+                    while not hashed[n - 2].wait(0.05):
+                        if failed.is_set():
+                            return None
+                sent.update(body)
+                hashed[n - 1].set()
                 r = self._call(what, self.client.upload_part, Bucket=self.bucket, Key=key, UploadId=upload_id,
                                PartNumber=n, Body=body)
-                parts.append({"PartNumber": n, "ETag": r["ETag"]})
+            except BaseException:
+                failed.set()
+                raise
+            return {"PartNumber": n, "ETag": r["ETag"]}
+
+        try:
+            with ThreadPoolExecutor(self.upload_streams, thread_name_prefix=f"upload {self.label}") as pool:
+                futures = [pool.submit(part, n, off) for n, off in enumerate(range(0, size, self.part_size), start=1)]
+                try:
+                    parts = [f.result() for f in futures]
+                except BaseException:
+                    failed.set()  # (Ctrl-C while waiting too) the ones under way end, the rest are not sent
+                    raise
+            if sent.hexdigest() != sha:
+                raise OSError(errno.EBADMSG, f"disk {self.label}: the staging file of shard {shard_hex} no longer "
+                                             f"holds the bytes appended to it (sha256 {sent.hexdigest()}, appended "
+                                             f"{sha}): not uploaded, the shard stays open; look at the staging "
+                                             "folder's disk, then run `hoard check`")
             try:
                 self._call(what, self.client.complete_multipart_upload, Bucket=self.bucket, Key=key,
                            UploadId=upload_id, MultipartUpload={"Parts": parts}, IfNoneMatch="*")
@@ -326,6 +390,7 @@ class S3Disk:
         """Remove the shard's object and any open file of it; FileNotFoundError when neither was
         there, EngineError when the engine cannot say."""
         removed = False
+        self._appended.pop(shard_hex, None)
         with contextlib.suppress(FileNotFoundError):
             self.staging.delete(shard_hex)
             removed = True
@@ -350,6 +415,7 @@ class S3Disk:
 
     def forget(self, shard_hex: str) -> None:
         self.staging.forget(shard_hex)
+        self._appended.pop(shard_hex, None)
 
     def state(self, shard_hex: str) -> str | None:
         if self._head(self.key(shard_hex)) is not None:
@@ -522,6 +588,39 @@ class S3Disk:
 
     def _keys(self, prefix: str) -> Iterator[str]:
         return (obj["Key"] for obj in self.beside.objects(prefix))
+
+class _Appended:
+    """An open shard's sink on the staging folder that hashes what is appended through it, so
+    the seal need not read the file once more to learn its sha256 — and the upload, hashing what
+    it sends, finds a file that changed since. A cut to other than the bytes hashed, or a write
+    that failed, leaves no hash (`sha` None): the seal then hashes the file."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.sha: Any = hashlib.sha256()
+        self.pos = 0
+
+    def write(self, data: bytes | memoryview) -> None:
+        try:
+            self.inner.write(data)
+        except BaseException:
+            self.sha = None  # some of it may be in the file
+            raise
+        if self.sha is not None:
+            self.sha.update(data)
+            self.pos += len(data)
+
+    def sync(self) -> None:
+        self.inner.sync()
+
+    def truncate(self, size: int) -> None:
+        self.inner.truncate(size)
+        if size != self.pos:
+            self.sha = None
+
+    def close(self) -> None:
+        self.inner.close()
+
 
 class _Stream:
     """A `read(offset, n)` over one object for `verify_shard`, which reads the footer, then the

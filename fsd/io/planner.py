@@ -8,7 +8,9 @@
 3. On each disk, sort by (shard, offset) and coalesce records whose gap is at most
    GAP_BYTES into one read (reading a small gap is cheaper than a seek).
 4. One reader thread per disk; every record is verified (header + xxh3-128) before it is
-   handed to the sink; a failed range falls back to `Store.get` on the other replicas.
+   handed to the sink; a failed range falls back to `Store.get` on the other replicas. A
+   disk with `read_streams` > 1 (an S3 engine) has that many reads in flight, handed on in
+   order (`in_order`), and its ranges cut at MAX_RANGE / read_streams.
 5. The first failure stops the whole read: an exception in a reader (a sink's included) or
    in the caller's thread (Ctrl-C) sets a stop event every reader checks before each range,
    record and large-record piece, so `execute` returns within about one record's time
@@ -21,15 +23,17 @@ bandwidth of the disks involved (no plan can beat it).
 
 from __future__ import annotations
 
+import collections
 import contextlib
+import itertools
 import queue
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from fsd.core import shardfmt as fmt
 from fsd.core.records import verify_record
@@ -43,6 +47,7 @@ MAX_RANGE = 32 << 20
 DEFAULT_MB_S = 100.0
 
 Sink = Callable[[bytes, memoryview], None]
+T = TypeVar("T")
 
 
 @dataclass
@@ -163,12 +168,15 @@ def make_plan(store: Store, shas: list[bytes], bw: dict[str, float] | None = Non
         # never interleave: ordering the pieces orders the records (sorting 20,000 records
         # one by one took half the plan's time)
         chosen.sort(key=lambda p: (p[0], p[1][0].offset))
+        # a disk read with several requests at once (an S3 engine) gets as many shorter ranges:
+        # the bytes held in flight stay those of one reader's MAX_RANGE
+        longest = MAX_RANGE // max(1, store.disks[uuid].read_streams)
         ranges: list[ReadRange] = []
         for shard_hex, piece in chosen:
             for w in piece:
                 last = ranges[-1] if ranges else None
                 if (last and last.shard_hex == shard_hex and w.start - last.end <= GAP_BYTES
-                        and w.end - last.start <= MAX_RANGE):
+                        and w.end - last.start <= longest):
                     last.end = max(last.end, w.end)
                     last.records.append(w)
                 else:
@@ -260,14 +268,43 @@ def _ahead(source: Iterator, stop: threading.Event, name: str) -> Iterator:
             q.get_nowait()  # a put waiting for room returns now and sees `gone`
 
 
+def in_order(calls: Iterable[Callable[[], T]], streams: int) -> Iterator[T]:
+    """The results of `calls`, in their order, with up to `streams` of them running at once in
+    threads of their own (one after the other when `streams` is 1). An exception is raised in
+    its call's place. At most `streams` results are held besides the one handed out; calls not
+    started yet are dropped when the consumer leaves (the iterator closed or collected)."""
+    if streams <= 1:
+        for call in calls:
+            yield call()
+        return
+    pool = ThreadPoolExecutor(streams, thread_name_prefix="in-order")
+    try:
+        todo = iter(calls)
+        window: collections.deque[Future[T]] = collections.deque(
+            pool.submit(c) for c in itertools.islice(todo, streams))
+        while window:
+            first = window.popleft()
+            nxt = next(todo, None)
+            if nxt is not None:
+                window.append(pool.submit(nxt))
+            yield first.result()
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
+
+
 def _range_reads(disk, ranges: list[ReadRange]) -> Iterator[tuple[ReadRange, bytes | BaseException]]:
     """Each range with its bytes, or the read error it met (the consumer reports it and reads
-    what it had not delivered from other replicas)."""
-    for rng in ranges:
-        try:
-            yield rng, _read_range(disk, rng)
-        except (OSError, fmt.ShardFormatError) as e:
-            yield rng, e
+    what it had not delivered from other replicas); `disk.read_streams` reads at once (an S3
+    engine: several ranged GETs in flight; a local disk: one)."""
+    def read(rng: ReadRange) -> Callable[[], tuple[ReadRange, bytes | BaseException]]:
+        def one() -> tuple[ReadRange, bytes | BaseException]:
+            try:
+                return rng, _read_range(disk, rng)
+            except (OSError, fmt.ShardFormatError) as e:
+                return rng, e
+        return one
+
+    yield from in_order((read(rng) for rng in ranges), disk.read_streams)
 
 
 def execute(store: Store, plan: Plan, sink: Sink,
