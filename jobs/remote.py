@@ -32,15 +32,16 @@ from fsd.base import config as config_mod
 from fsd.base.config import Settings
 from fsd.base.errors import ExitCode, HoardError
 from fsd.core import shardfmt as fmt
-from fsd.core.records import verify_record
+from fsd.core.records import ITER_READ, checked_header, verify_record
 from fsd.outputs.materialize import Item
 from jobs import outputs
 
 #: the queue only remote workers serve (not one of jobs.queues.QUEUES: a worker of the store's
 #: server serves those, and a job here is meant for another host's zone)
 QUEUE = "remote"
-#: records longer than this are read in pieces of it (bounded memory); shorter ones whole
-PIECE = 8 << 20
+#: records longer than this are read in pieces of it (bounded memory), as `Store.iter_object`
+#: reads them; shorter ones whole
+PIECE = ITER_READ
 
 
 class RemoteError(HoardError):
@@ -200,10 +201,7 @@ class LocatedReader:
             buf = disk.read_exact(shard_hex, offset - fmt.RECORD_HEADER_SIZE, fmt.RECORD_HEADER_SIZE + length)
             sink(sha, memoryview(verify_record(memoryview(buf), 0, sha, length, where)))
         else:  # the header checked here, the whole payload's sha256 by the sink
-            head = disk.read_exact(shard_hex, offset - fmt.RECORD_HEADER_SIZE, fmt.RECORD_HEADER_SIZE)
-            got, got_len, _digest, _flags = fmt.decode_record_header(head)
-            if got != sha or got_len != length:
-                raise fmt.ShardFormatError(f"record header names {got.hex()[:12]}…/{got_len} bytes, the plan "
-                                           f"expects {sha_hex[:12]}…/{length}{where}")
+            checked_header(disk.read_exact(shard_hex, offset - fmt.RECORD_HEADER_SIZE, fmt.RECORD_HEADER_SIZE), 0,
+                           sha, length, where)
             large_sink(sha, (disk.read_exact(shard_hex, offset + k, min(PIECE, length - k))
                              for k in range(0, length, PIECE)))

@@ -80,12 +80,19 @@ def learn_map(read_at, where: str, loc, sha: bytes) -> bytes:
     return b"".join(pieces)
 
 
-def verify_record(buf: memoryview, at: int, sha: bytes, length: int, where: str = "") -> bytes:
-    """Check the record header at `at` describes (sha, length) and the payload's xxh3; return it."""
+def checked_header(buf: bytes | memoryview, at: int, sha: bytes, length: int, where: str = "") -> bytes:
+    """The payload's xxh3-128 from the record header at `at`, once the header is shown to
+    describe (sha, length); ShardFormatError naming both otherwise."""
     got_sha, got_len, digest, _flags = fmt.decode_record_header(buf, at)
     if got_sha != sha or got_len != length:
         raise fmt.ShardFormatError(f"record header names {got_sha.hex()[:12]}…/{got_len} bytes, "
                                    f"index expects {sha.hex()[:12]}…/{length}{where}")
+    return digest
+
+
+def verify_record(buf: memoryview, at: int, sha: bytes, length: int, where: str = "") -> bytes:
+    """Check the record header at `at` describes (sha, length) and the payload's xxh3; return it."""
+    digest = checked_header(buf, at, sha, length, where)
     start = at + fmt.RECORD_HEADER_SIZE
     payload = buf[start:start + length]
     if len(payload) != length:
