@@ -12,6 +12,8 @@ import hashlib
 import inspect
 import os
 import secrets
+import socket
+import subprocess
 import threading
 import tracemalloc
 from pathlib import Path
@@ -20,6 +22,7 @@ import pytest
 
 from fsd.base import config
 from fsd.base.errors import ConfigError, HoardError
+from fsd.base.proc import pid_start
 from fsd.core import backend, s3
 from fsd.core import shardfmt as fmt
 from fsd.core.disks import DiskGone, LocalDisk, write_identity
@@ -27,6 +30,7 @@ from tests import ceph_rgw as ceph_mod
 from tests import seaweedfs as weed_mod
 from tests.helpers import ENGINE_FIXTURES, S3_ENGINES, flip_byte
 
+_HOST = socket.gethostname()
 #: small parts, so a 12 MiB shard goes up in three (S3 wants ≥ 5 MiB for all but the last)
 PART = 5 << 20
 
@@ -285,6 +289,86 @@ def test_two_seals_of_one_shard_never_replace_each_other(s3_engine, engine_env, 
         assert other.staging.state(sid.hex()) == "open"
     assert disk.client.list_objects_v2(Bucket=disk.bucket, Prefix=s3.CLAIM_PREFIX).get("KeyCount") == 0
     assert disk.client.list_multipart_uploads(Bucket=disk.bucket).get("Uploads", []) == []
+
+
+def _claims(disk: s3.S3Disk) -> list[str]:
+    listed = disk.client.list_objects_v2(Bucket=disk.bucket, Prefix=s3.CLAIM_PREFIX).get("Contents", [])
+    return [disk.client.get_object(Bucket=disk.bucket, Key=o["Key"])["Body"].read().decode() for o in listed]
+
+
+def _open_shard(disk: s3.S3Disk, payloads: list[bytes]) -> tuple[str, bytes]:
+    """An open shard with its footer written, not sealed: what recovery leaves before its seal."""
+    sid = os.urandom(12)
+    body, footer = shard_bytes(payloads, sid)
+    sink = disk.create(sid.hex())
+    try:
+        sink.write(body + footer)
+        sink.sync()
+    finally:
+        sink.close()
+    return sid.hex(), body + footer
+
+
+@pytest.fixture
+def a_process():
+    """(pid, start time) of a process on this host, running while the test runs: `.end()` it."""
+    proc = subprocess.Popen(["sleep", "60"])
+
+    class Handle:
+        pid, start = proc.pid, pid_start(proc.pid)
+
+        @staticmethod
+        def end() -> None:
+            proc.kill()
+            proc.wait()
+    yield Handle
+    Handle.end()
+
+
+def test_a_claim_left_by_a_seal_that_is_gone_never_blocks_the_next_seal(s3_engine, engine_env, a_process,
+                                                                        tmp_path: Path) -> None:
+    """A seal that failed (killed, or the engine down) leaves its claim naming its bytes;
+    recovery then cuts the open shard back to what the index acknowledges and seals other
+    bytes. Once the claim's seal is gone — its process ended on this host, or it was this very
+    process's own seal, no longer running — the claim is replaced and the seal goes through
+    (before: refused as "being sealed with other bytes" for the 24 h of `verify --orphans`'
+    grace, and the refusal escaped recovery inside every writable Store.open)."""
+    engine_env(s3_engine)
+    disk = s3_disk(s3_engine, tmp_path / "staging")
+    a_process.end()
+    theirs = {"a dead process": f"{_HOST} {a_process.pid} {a_process.start} 0011223344556677",
+              "this process, an earlier seal": f"{_HOST} {os.getpid()} {pid_start(os.getpid())} 8899aabbccddeeff"}
+    for who, seal in theirs.items():
+        shard, data = _open_shard(disk, [os.urandom(3000), os.urandom(500)])
+        old = f"{len(data) + 4096} {hashlib.sha256(data + b'cut').hexdigest()} {seal}"
+        disk.client.put_object(Bucket=disk.bucket, Key=s3.CLAIM_PREFIX + shard, Body=old.encode())
+        disk.seal(shard)
+        assert disk.state(shard) == "sealed" and disk.staging.state(shard) is None, who
+        assert disk.read_at(shard, 0, len(data)) == data and disk.verify(shard, sha256=True)[1] == 2, who
+        assert _claims(disk) == [], who
+
+
+def test_a_live_seal_s_claim_with_other_bytes_still_refuses(s3_engine, engine_env, a_process, tmp_path: Path) -> None:
+    """A claim naming other bytes whose seal may still run — its process alive on this host,
+    another host's (its process cannot be asked), or a claim in the older form that names no
+    seal — refuses the seal as before, in one line: a SealRefused, which is an OSError as every
+    other failed seal of a replica (the writer and recovery leave the replica out and go on)
+    and an ObjectMismatch; the shard stays open and the claim is left as it was."""
+    engine_env(s3_engine)
+    disk = s3_disk(s3_engine, tmp_path / "staging")
+    seals = {"a live process": f"{_HOST} {a_process.pid} {a_process.start} 0011223344556677",
+             "another host": f"{_HOST}-other 1 1 0011223344556677", "the older form": ""}
+    for who, seal in seals.items():
+        shard, data = _open_shard(disk, [os.urandom(2000)])
+        old = f"{len(data) + 1} {hashlib.sha256(data + b'x').hexdigest()} {seal}".strip()
+        disk.client.put_object(Bucket=disk.bucket, Key=s3.CLAIM_PREFIX + shard, Body=old.encode())
+        with pytest.raises(s3.SealRefused) as err:
+            disk.seal(shard)
+        assert isinstance(err.value, OSError) and isinstance(err.value, s3.ObjectMismatch), who
+        assert "is being sealed with other bytes" in err.value.message and "\n" not in err.value.message, who
+        assert disk.state(shard) == "open" and disk.read_at(shard, 0, len(data)) == data, who
+        assert old in _claims(disk), who
+        disk.client.delete_object(Bucket=disk.bucket, Key=s3.CLAIM_PREFIX + shard)
 
 
 def test_a_stored_sha256_that_differs_is_caught(s3_engine, engine_env, tmp_path: Path) -> None:

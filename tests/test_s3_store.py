@@ -10,6 +10,8 @@ import io
 import json
 import random
 import shutil
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -22,7 +24,7 @@ from fsd.io.replicate import replicate_once, replication_lag
 from fsd.maintenance.deletion import drop_batch
 from fsd.maintenance.gc import gc
 from fsd.store import Store
-from tests.helpers import make_files, write_config
+from tests.helpers import REPO, make_files, write_config
 from tests.test_cli import hoard
 from tests.test_s3_backend import engine_env  # noqa: F401  # (a fixture)
 from tests.test_store import check_store
@@ -119,6 +121,50 @@ def test_a_store_with_an_s3_disk(tmp_path: Path, s3_engine, engine_env) -> None:
     report = json.loads(health.stdout)
     backends = {d["label"]: d.get("backend") for d in report["disks"]}
     assert backends["s3a"] == "s3" and backends["d2"] == backends["d3"] == "local", report["disks"]
+
+
+DIE_BEFORE_SEAL = """
+import os, sys
+from fsd.base import config
+from fsd.io.writer import ShardWriter
+from fsd.store import Store
+ShardWriter.seal = lambda self: os._exit(9)  # killed with the objects committed, the shard open everywhere
+store = Store.open(config.load(sys.argv[1]))
+store.put_many(sys.argv[2:])
+"""
+
+
+@pytest.mark.expect_log(r"disk s3a: recovery error on shard .*is being sealed with other bytes", level="WARNING")
+def test_a_refused_seal_in_recovery_leaves_the_replica_out_and_opens_the_store(tmp_path: Path, s3_engine,  # noqa: F811
+                                                                               engine_env) -> None:
+    """The writer dies with a shard open on d0 and s3a; a live seal elsewhere claims the shard
+    on the bucket with other bytes. Recovery inside the next Store.open seals the local replica
+    and leaves the bucket's out — the refusal is one disk's failed seal, not an error
+    of the open (before: the ObjectMismatch escaped recovery and no writable Store.open went
+    through). Every acknowledged object reads back; once the claim is gone, replicate puts the
+    shard on the bucket."""
+    engine_env(s3_engine)
+    bucket = _bucket(s3_engine, "hoard-store-claimed")
+    cfg_path = _config(tmp_path, s3_engine, bucket, copies=2, locals_=("d0",))  # each shard written to d0 and s3a
+    with Store.open(config.load(cfg_path), init=True):
+        pass
+    files = make_files(tmp_path / "in", 12, seed=5, hi=32 * 1024)
+    died = subprocess.run([sys.executable, "-c", DIE_BEFORE_SEAL, str(cfg_path), *map(str, files)], cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
+    assert died.returncode == 9, died.stderr
+    open_shards = sorted(p.name.split(".")[0] for p in (tmp_path / "d0").rglob("*.open"))
+    assert len(open_shards) == 1, open_shards
+    client = s3_engine.client()
+    claim = f"1 {'0' * 64} elsewhere 1 1 0011223344556677"
+    client.put_object(Bucket=bucket, Key=s3.CLAIM_PREFIX + open_shards[0], Body=claim.encode())
+    with Store.open(config.load(cfg_path)) as store:
+        meta = next(store.index.iter_shards())
+        assert meta.sealed and [store.records[u].label for u in meta.replicas] == ["d0"]
+        assert check_store(store) == len(files)
+    client.delete_object(Bucket=bucket, Key=s3.CLAIM_PREFIX + open_shards[0])
+    with Store.open(config.load(cfg_path)) as store:
+        replicate_once(store, rate_mb_s=None)
+        assert _on(store, "s3a") == 1 and check_store(store) == len(files)
 
 
 @pytest.mark.expect_log(r"disk s3a: replicate error on shard .*does not answer", level="WARNING")

@@ -63,6 +63,25 @@ def pid_alive(pid: int) -> bool:
     return stat[stat.rindex(b")") + 2:][:1] not in (b"Z", b"X")
 
 
+def pid_start(pid: int) -> int | None:
+    """The start time of `pid` in clock ticks since boot, or None (no such process, no /proc)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_bytes()
+    except OSError:
+        return None
+    return int(stat[stat.rindex(b")") + 2:].split()[19])
+
+
+def alive_since(pid: int, start: int | None) -> bool:
+    """Whether the process `pid` that started at `start` (`pid_start`; None: not known) still
+    runs on this host: not gone, not a zombie (`pid_alive`), and not another process that was
+    given the same pid since (its start time differs)."""
+    if not pid_alive(pid):
+        return False
+    now = pid_start(pid)
+    return start is None or now is None or now == start
+
+
 def ended(proc: subprocess.Popen) -> bool:
     """Whether child `proc` has ended — without reaping it: until it is reaped its id, and so
     the id of the process group it leads, cannot name another process (`end_group` may still

@@ -6,7 +6,8 @@
                                         sha256 of the whole object (hex)
     <bucket>/orphans/<hex>.<time>       a shard set aside (deleted by `hoard verify --orphans --repair`
                                         after the grace period, as a local disk's)
-    <bucket>/claims/<shard hex>         while a seal runs: `<size> <sha256 hex>` of the bytes it uploads
+    <bucket>/claims/<shard hex>         while a seal runs: `<size> <sha256 hex> <host> <pid> <pid start>
+                                        <nonce>`: the bytes it uploads, and which seal it is
 
 `<xx>` is the last two hex digits of the shard id, as on a local disk. An open shard is never
 in the bucket: it is appended on a local staging folder (a `LocalDisk` of its own, whose
@@ -21,9 +22,12 @@ so a seal first claims the shard — a small object under claims/ naming its siz
 put with `If-None-Match: *`, which every engine honours on a plain PUT — and only then looks
 for the object and uploads: a second seal with other bytes is refused at the claim, before it
 sends anything, on any engine; one with the same bytes goes on (its upload puts the same
-bytes). The claim is deleted once the object is checked; one left by a seal that failed names
-that seal's bytes, so its retry passes it (`hoard verify --orphans` removes one older than its
-grace, as a stale tmp file). The sha256 is ours: a
+bytes). The claim is deleted once the object is checked. One left by a seal that failed is
+passed by a retry with the same bytes, and replaced by a seal with other bytes when the seal
+that wrote it is gone — its process ended on this host, or it was this process's own (recovery
+cuts an open shard back to what the index acknowledges, so the retry's bytes may differ); a
+claim from another host is taken as live until `hoard verify --orphans` removes it after its
+grace, as a stale tmp file. The sha256 is ours: a
 multipart ETag is not the content's MD5. Only once the engine acknowledged the object and a
 HEAD shows it whole is the open file removed; until then the shard is `open` and its reads
 come from the staging folder (a GET finds no object first), so nothing is reported sealed that
@@ -48,6 +52,10 @@ import contextlib
 import errno
 import hashlib
 import json
+import logging
+import os
+import secrets
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -60,6 +68,7 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, ReadTimeoutError
 
 from fsd.base.errors import ExitCode, HoardError, first_line
+from fsd.base.proc import alive_since, pid_start
 from fsd.core import shardfmt as fmt
 from fsd.core.disks import (
     IDENTITY,
@@ -98,9 +107,26 @@ UPLOAD_STREAMS = 2
 #: client settings: a few retries with backoff (a 5xx, a dropped connection), then an error;
 #: the read timeout is the disk's `timeout_s` (fsd.base.config.DiskConfig)
 ATTEMPTS, CONNECT_TIMEOUT, READ_TIMEOUT = 3, 5, 60.0
+#: this host, as a seal's claim names it (`S3Disk._claim`)
+_HOST = socket.gethostname()
+#: the nonces of this process's seals in flight, on any S3Disk object (`S3Disk._claim`)
+_SEALING: set[str] = set()
+log = logging.getLogger(__name__)
 _NOT_FOUND = ("404", "NoSuchKey", "NotFound")
 _REFUSED = ("403", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken",
             "ExpiredToken", "InvalidSecurity")
+
+
+def _me() -> tuple[int, int]:
+    """(pid, its start time) of this process — asked again after a fork (an RQ work horse)."""
+    pid = os.getpid()
+    if _ME.get(pid) is None:
+        _ME.clear()
+        _ME[pid] = pid_start(pid) or 0
+    return pid, _ME[pid]
+
+
+_ME: dict[int, int] = {}
 
 
 class EngineError(DiskGone, HoardError):
@@ -118,6 +144,12 @@ class ObjectMismatch(fmt.ShardFormatError, HoardError):
     """An object's bytes are not what hoard uploaded (its sha256 or size differ)."""
 
     exit_code = ExitCode.DATA
+
+
+class SealRefused(ObjectMismatch, OSError):
+    """A seal refused: another object, or another live seal's claim, names other bytes for the
+    shard. An OSError too, as every other failure of a replica's seal: the writer and recovery
+    leave this replica out (the shard stays open on it, neither object touched) and go on."""
 
 
 def client_for(endpoint: str, timeout_s: float = READ_TIMEOUT) -> Any:
@@ -244,7 +276,8 @@ class S3Disk:
     def seal(self, shard_hex: str) -> None:
         """Upload the open shard as one object, check the engine holds it whole, then drop the
         open file (module docstring). Raises EngineError (the shard stays open: seal again),
-        ObjectMismatch (another object under its key: neither is touched)."""
+        SealRefused (another object under its key, or another live seal's claim naming other
+        bytes: nothing touched, the shard stays open here)."""
         self.check()
         size = self.staging.size(shard_hex)
         sha = self._written(shard_hex, size)
@@ -253,8 +286,15 @@ class S3Disk:
             for off in range(0, size, STREAM_PIECE):
                 digest.update(self.staging.read_exact(shard_hex, off, min(STREAM_PIECE, size - off)))
             sha = digest.hexdigest()
-        key = self.key(shard_hex)
-        self._claim(shard_hex, size, sha)
+        key, nonce = self.key(shard_hex), secrets.token_hex(8)
+        _SEALING.add(nonce)
+        try:
+            self._seal(shard_hex, key, size, sha, nonce)
+        finally:
+            _SEALING.discard(nonce)
+
+    def _seal(self, shard_hex: str, key: str, size: int, sha: str, nonce: str) -> None:
+        self._claim(shard_hex, size, sha, nonce)
         if self._head(key) is None:  # else a seal retried after its upload: judged below, not sent again
             self._upload(shard_hex, key, size, sha)
         head = self._head(key)
@@ -263,22 +303,27 @@ class S3Disk:
                               "it stays open; look at the engine's health, then seal again")
         there = (head["ContentLength"], head.get("Metadata", {}).get(SHA_KEY))
         if there != (size, sha):
-            raise ObjectMismatch(f"disk {self.label}: bucket {self.bucket} already holds a different object for "
-                                 f"shard {shard_hex} ({there[0]} bytes, sha256 {there[1]}; this one {size}, {sha}): "
-                                 "neither touched; run `hoard check`")
+            raise SealRefused(f"disk {self.label}: bucket {self.bucket} already holds a different object for "
+                              f"shard {shard_hex} ({there[0]} bytes, sha256 {there[1]}; this one {size}, {sha}): "
+                              "neither touched; run `hoard check`")
         self.staging.delete(shard_hex)
-        # best effort: the shard is sealed; a claim left behind names these very bytes
-        with contextlib.suppress(EngineError):
+        # best effort: the shard is sealed; a claim left behind names these very bytes (one already
+        # gone — a 404 — is what was wanted)
+        with contextlib.suppress(EngineError, FileNotFoundError):
             self._call(f"sealing shard {shard_hex}", self.client.delete_object, Bucket=self.bucket,
                        Key=CLAIM_PREFIX + shard_hex)
         self._appended.pop(shard_hex, None)
 
-    def _claim(self, shard_hex: str, size: int, sha: str) -> None:
+    def _claim(self, shard_hex: str, size: int, sha: str, nonce: str) -> None:
         """Name the bytes this seal uploads under claims/<shard> (If-None-Match: *) before it
-        looks for the object (module docstring); raise ObjectMismatch when another seal's claim
-        names other bytes."""
-        key, what, mine = CLAIM_PREFIX + shard_hex, f"claiming shard {shard_hex}", f"{size} {sha}"
-        for _ in range(2):
+        looks for the object (module docstring); raise SealRefused when another live seal's
+        claim names other bytes. A claim names its seal too — host, pid, the pid's start time
+        and a nonce per seal — so one left by a seal that is gone (its process ended on this
+        host, or it was this process's own seal that failed) is replaced: recovery may have cut
+        the shard back since, and the bytes now sealed are the ones the index acknowledges."""
+        key, what = CLAIM_PREFIX + shard_hex, f"claiming shard {shard_hex}"
+        mine = f"{size} {sha} {_HOST} {' '.join(map(str, _me()))} {nonce}"
+        for _ in range(3):
             try:
                 self._call(what, self.client.put_object, Bucket=self.bucket, Key=key, Body=mine.encode(),
                            IfNoneMatch="*")
@@ -292,14 +337,32 @@ class S3Disk:
                 continue  # that seal ended meanwhile: claim again
             except BotoCoreError as e:
                 raise self._broke(what, e) from None
-            if theirs != mine:
-                raise ObjectMismatch(f"disk {self.label}: shard {shard_hex} is being sealed with other bytes "
-                                     f"({key} in bucket {self.bucket} names {theirs}; this one {mine}): this one "
-                                     "stays open; run `hoard check`, and delete that claim if no hoard process "
-                                     "seals the shard")
-            return  # the same bytes: a seal of this shard retried, or running beside this one
+            if theirs.split()[:2] == mine.split()[:2]:
+                return  # the same bytes: a seal of this shard retried, or running beside this one
+            if self._gone(theirs):
+                log.info("disk %s: shard %s: the claim of a seal that is gone (%s) replaced", self.label, shard_hex,
+                         theirs)
+                self._call(what, self.client.delete_object, Bucket=self.bucket, Key=key)
+                continue
+            raise SealRefused(f"disk {self.label}: shard {shard_hex} is being sealed with other bytes "
+                              f"({key} in bucket {self.bucket} names {theirs}; this one {mine}): this one "
+                              "stays open; run `hoard check`, and delete that claim if no hoard process "
+                              "seals the shard")
         raise EngineError(f"disk {self.label}: the claim of shard {shard_hex} in bucket {self.bucket} comes and "
                           "goes while it is sealed: it stays open; seal again")
+
+    def _gone(self, claim: str) -> bool:
+        """Whether the seal that wrote `claim` has ended: its process is gone from this host, or
+        it is this process and none of its seals in flight wrote it. A claim from another host,
+        or in the older form without its seal's name, is taken as live (`hoard verify --orphans`
+        removes it after its grace)."""
+        fields = claim.split()
+        if len(fields) != 6 or fields[2] != _HOST or not (fields[3].isdigit() and fields[4].isdigit()):
+            return False
+        pid, start, nonce = int(fields[3]), int(fields[4]), fields[5]
+        if (pid, start) == _me():
+            return nonce not in _SEALING
+        return not alive_since(pid, start)
 
     def _upload(self, shard_hex: str, key: str, size: int, sha: str) -> None:
         """One multipart upload of the open shard, completed only if no object has the key; its

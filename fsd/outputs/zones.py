@@ -52,7 +52,7 @@ from fsd.base.config import ZONES, Settings
 from fsd.base.errors import ExitCode, HoardError
 from fsd.base.files import atomic_write, flocked, fsync_dir, read_in_zone
 from fsd.base.paths import NAME_PATTERN
-from fsd.base.proc import pid_alive
+from fsd.base.proc import alive_since, pid_start
 from fsd.base.units import fmt_bytes
 
 log = logging.getLogger(__name__)
@@ -123,26 +123,6 @@ class Reservation:
     def to_json(self) -> dict[str, Any]:
         return asdict(self) | {"outstanding": self.outstanding,
                                "age_s": round(max(0, time.time_ns() - self.created_ns) / 1e9, 1)}
-
-
-# -- processes ----------------------------------------------------------------------------
-
-def _pid_start(pid: int) -> int | None:
-    """The start time of `pid` in clock ticks since boot, or None (no such process, no /proc)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_bytes()
-    except OSError:
-        return None
-    return int(stat[stat.rindex(b")") + 2:].split()[19])
-
-
-def _alive(pid: int, start: int | None) -> bool:
-    """Whether the reservation's process still runs: not gone, not a zombie (`pid_alive`), and
-    not another process that was given the same pid since (its start time differs)."""
-    if not pid_alive(pid):
-        return False
-    now = _pid_start(pid)
-    return start is None or now is None or now == start
 
 
 # -- files and locks ----------------------------------------------------------------------
@@ -380,7 +360,7 @@ def reservations(cfg: Settings, zone: str) -> list[Reservation]:
             # written atomically, so only a person's edit gets here: name it, never count it silently
             raise HoardError(f"reservation file {p} is unreadable ({e}); remove it if no job is writing "
                              f"{zpath / p.stem}", ExitCode.DATA) from None
-        r.stale = r.host == here and not _alive(r.pid, r.pid_start)
+        r.stale = r.host == here and not alive_since(r.pid, r.pid_start)
         r.written = du(zpath / TMP / r.id) + output_bytes(cfg, zone, zpath / r.id)
         found.append(r)
     return sorted(found, key=lambda r: r.created_ns)
@@ -582,7 +562,7 @@ def reserve(cfg: Settings, zone: str, output_id: str, job: str, nbytes: int, nex
             raise ZoneFull(refusal(cfg, zone, job, need, used, reserved, others, next_step))
         now = time.time_ns()
         r = Reservation(zone=zone, id=output_id, job=job, bytes=nbytes, pid=os.getpid(),
-                        pid_start=_pid_start(os.getpid()), host=socket.gethostname(),
+                        pid_start=pid_start(os.getpid()), host=socket.gethostname(),
                         created=_iso(now / 1e9), created_ns=now, written=written)
         with space_lock(cfg):
             _check_fs(cfg, zone, output_id, job, need, next_step)
