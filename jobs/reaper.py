@@ -19,6 +19,16 @@ job goes back on its queue (RQ's `Queue.enqueue_job`: status queued, at the fron
 `reap_after_s` is below 60 s (config), so the reaper comes before RQ's expiry and RQ's
 clean-up never fails such a job.
 
+A job can also die *before* it starts: a worker serving one queue (a remote host serves
+`remote` alone) takes a job with BLMOVE into the queue's intermediate list
+(`rq:queue:<name>:intermediate`) and only then, in its work horse, moves it into the started
+registry. A host that dies in between leaves the job in that list, where only a worker serving
+that same queue looks (RQ's maintenance) — and fails it (`Job was stuck in intermediate
+queue`). The reaper looks there too: a job id seen in the list, not started, on two passes
+`reap_after_s` apart (the first sighting is kept in `hoard:reaper:intermediate:<job id>`) is
+taken with one LREM — again only the reaper whose LREM removed it goes on — and, still
+`queued`, put back at the front of its queue.
+
 Running it again must be harmless, and is for the jobs it takes: a stage or export resumes
 or reports its sealed output (jobs.outputs, jobs.remote); the other hoardfs jobs resume from
 their state files as after a kill -9 (their tests kill them at every step).
@@ -49,8 +59,9 @@ REAPED = (*QUEUES, REMOTE_QUEUE)
 
 
 def reap(conn: redis.Redis, reap_after_s: float, now: dt.datetime | None = None) -> list[str]:
-    """Queue again every started job whose last heartbeat is older than `reap_after_s`; the
-    ids of those this call took."""
+    """Queue again every started job whose last heartbeat is older than `reap_after_s`, and
+    every job left unstarted in a queue's intermediate list that long; the ids of those this
+    call took."""
     now = now or dt.datetime.now(dt.UTC)
     taken = []
     for name in REAPED:
@@ -77,6 +88,47 @@ def reap(conn: redis.Redis, reap_after_s: float, now: dt.datetime | None = None)
                         "queued again", job_id, job.description, name, job.worker_name or "?",
                         (now - beat).total_seconds() if beat else reap_after_s)
             taken.append(job_id)
+        taken += _reap_intermediate(conn, queue, registry, reap_after_s, now)
+    return taken
+
+
+#: when the reaper first saw a job id in a queue's intermediate list (epoch seconds)
+SEEN = "hoard:reaper:intermediate:{}"
+
+
+def _reap_intermediate(conn: redis.Redis, queue: Any, registry: StartedJobRegistry, reap_after_s: float,
+                       now: dt.datetime) -> list[str]:
+    """Queue again every job left in `queue`'s intermediate list — taken by a worker that did
+    not start it — for longer than `reap_after_s` (module docstring); the ids taken."""
+    key, taken = queue.intermediate_queue_key, []
+    for raw in conn.lrange(key, 0, -1):
+        job_id = _text(raw)
+        if job_id in registry:
+            continue  # started: its heartbeat is what counts (above)
+        seen_key = SEEN.format(job_id)
+        if conn.set(seen_key, now.timestamp(), nx=True, ex=int(reap_after_s * 4) + 60):
+            continue  # first seen now
+        try:
+            seen = float(_text(conn.get(seen_key)))
+        except ValueError:
+            continue  # (the key expired between the two calls: seen again next time)
+        if now.timestamp() - seen <= reap_after_s:
+            continue
+        if not conn.lrem(key, 1, job_id):
+            continue  # its worker started it, or another reaper took it, meanwhile
+        conn.delete(seen_key)
+        try:
+            job = fetch_job(job_id, conn)
+        except Exception as e:  # noqa: BLE001  # a job hash gone or unreadable: nothing to queue
+            log.warning("reaper: job %s left unstarted on queue %s cannot be read (%s); dropped", job_id,
+                        queue.name, e)
+            continue
+        if job.get_status(refresh=False) != "queued":
+            continue  # its worker started it after all (or it was cancelled): not queued twice
+        queue.enqueue_job(job, at_front=True)
+        log.warning("reaper: job %s (%s) on queue %s was taken by a worker that never started it (for %.0f s: "
+                    "host down?); queued again", job_id, job.description, queue.name, now.timestamp() - seen)
+        taken.append(job_id)
     return taken
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 import redis
-from rq import Worker
+from rq import Queue, Worker
 from rq.job import Job
 from rq.registry import StartedJobRegistry
 
@@ -326,10 +326,10 @@ def _logs(host: Host) -> str:
     return "".join(f"\n--- {p.name}\n{p.read_text(errors='replace')[-3000:]}" for p in sorted(host.home.glob("*.log")))
 
 
-def _started(conn, job_id: str) -> tuple[Worker, Job]:
-    """A job on `io` taken by a worker of this process, as RQ's worker takes one (its execution
-    in the started registry, the job `started` with a heartbeat now)."""
-    queue = rq_queue("io", conn)
+def _started(conn, job_id: str, name: str = "io") -> tuple[Worker, Job]:
+    """A job on queue `name` taken by a worker of this process, as RQ's worker takes one (its
+    execution in the started registry, the job `started` with a heartbeat now)."""
+    queue = rq_queue(name, conn)
     queue.enqueue("jobs.outputs.run_job", None, job_id, job_id=job_id)
     worker = Worker([queue], connection=conn, serializer=SERIALIZER)
     worker.register_birth()
@@ -355,6 +355,32 @@ def test_the_reaper_takes_a_silent_job_once_and_never_a_live_local_one(redis_con
     queue = rq_queue("io", redis_conn)
     assert queue.job_ids == ["silent"] and fetch_job("silent", redis_conn).get_status() == "queued"
     assert not StartedJobRegistry(queue=queue).get_job_ids(cleanup=False)
+
+
+@pytest.mark.expect_log(r"reaper: job lost .* was taken by a worker that never started it \(for 60 s: host down\?\); "
+                        r"queued again", level="WARNING")
+def test_the_reaper_queues_again_a_job_its_worker_took_but_never_started(redis_conn) -> None:
+    """A worker serving one queue (a remote host) takes a job into the queue's intermediate
+    list and dies before it starts it: RQ would fail it at its maintenance (rq#1571), by a
+    worker of that queue only. The reaper queues it again after two sightings `reap_after_s`
+    apart, once; a job in the list that its worker started is left alone."""
+    queue = rq_queue(remote_mod.QUEUE, redis_conn)
+    queue.enqueue("jobs.outputs.run_job", None, "lost", job_id="lost")
+    assert Queue.lmove(redis_conn, queue.key, None) is not None  # BLMOVE, as `hoard worker` takes it
+    assert redis_conn.lrange(queue.intermediate_queue_key, 0, -1) == [b"lost"] and queue.job_ids == []
+    now = dt.datetime.now(dt.UTC)
+    assert reap(redis_conn, 40, now=now) == []  # first seen
+    assert reap(redis_conn, 40, now=now + dt.timedelta(seconds=30)) == []  # not long enough yet
+    later = now + dt.timedelta(seconds=60)
+    assert reap(redis_conn, 40, now=later) == ["lost"]
+    assert reap(redis_conn, 40, now=later + dt.timedelta(seconds=60)) == []  # taken once
+    assert queue.job_ids == ["lost"] and fetch_job("lost", redis_conn).get_status() == "queued"
+    assert redis_conn.llen(queue.intermediate_queue_key) == 0
+    queue.remove("lost")
+    worker, job = _started(redis_conn, "running", remote_mod.QUEUE)  # started: its heartbeat counts, not the list
+    redis_conn.rpush(queue.intermediate_queue_key, "running")
+    assert reap(redis_conn, 40, now=later) == reap(redis_conn, 40, now=later + dt.timedelta(seconds=60)) == []
+    assert fetch_job("running", redis_conn).get_status() == "started"
 
 
 @pytest.mark.expect_log(r"job remote-stage-st3 \(stage st3 \(remote\)\) failed: object [0-9a-f]{64} lies on S3 disk\(s\) "
