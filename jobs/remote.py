@@ -21,6 +21,7 @@ nothing of a stage or an export is written outside the host's own zone.
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -31,6 +32,7 @@ from rq import get_current_job
 from fsd.base import config as config_mod
 from fsd.base.config import Settings
 from fsd.base.errors import ExitCode, HoardError
+from fsd.base.paths import display, hostile_reason
 from fsd.core import shardfmt as fmt
 from fsd.core.records import ITER_READ, checked_header, verify_record
 from fsd.outputs.materialize import Item
@@ -113,13 +115,13 @@ def run_output(config_path: str | None, spec_doc: dict[str, Any], plan: dict[str
         spec = outputs.OutputSpec.model_validate(spec_doc)
     except ValueError as e:
         raise RemoteError(f"remote job: not a stage/export request ({str(e).splitlines()[0]})", ExitCode.USAGE) from None
+    items, where, n_nodes = checked_plan(spec, plan)
     outputs.submit(cfg, spec)
-    items = [Item(path, sha, size, car.encode() if car is not None else None) for path, sha, size, car in plan["items"]]
 
     def body(cfg: Settings, spec: outputs.OutputSpec, progress: Callable[[int, int], None] | None,
              started: Callable[[], None]) -> dict[str, Any]:
-        with LocatedReader(cfg, plan["where"]) as reader:
-            return outputs.copy_planned(cfg, spec, reader, items, int(plan["nodes"]), progress, started)
+        with LocatedReader(cfg, where) as reader:
+            return outputs.copy_planned(cfg, spec, reader, items, n_nodes, progress, started)
 
     try:
         return outputs.run(cfg, spec.id, keep_refusal=True, body=body)
@@ -128,6 +130,58 @@ def run_output(config_path: str | None, spec_doc: dict[str, Any], plan: dict[str
             job.meta["exit_code"] = int(e.exit_code)
             job.save_meta()
         raise
+
+
+_SHA = re.compile(r"[0-9a-f]{64}")
+_SHARD = re.compile(r"[0-9a-f]{24}")  # a shard id: 12 bytes (fsd.core.entries)
+
+
+def checked_plan(spec: outputs.OutputSpec, plan: Any) -> tuple[list[Item], dict[str, list[Any]], int]:
+    """The plan of a job read from Redis, checked before anything of it is written or read: the
+    server's `locate` made it, but anyone who can write to Redis can queue a `run_output` (the
+    guard allows the function), and its paths are joined to this host's zone and its sidecars
+    are bytes written there. Every path must be a clean relative path under the layout's own
+    directory (`fsd.base.paths.hostile_reason`, as the seal checks it — but the sidecars are
+    written before the seal looks), every object located, each place well-formed. RemoteError
+    (one line) naming the first thing wrong; nothing written, nothing recorded."""
+    def bad(why: str) -> RemoteError:
+        return RemoteError(f"{spec.kind} {spec.id}: the job's plan {why}; refused, nothing written — a plan is made "
+                           "by `hoard {spec.kind} … --remote` on the store's server (who else can write to its "
+                           "Redis? docs/security.md)".replace("{spec.kind}", spec.kind), ExitCode.USAGE)
+
+    if not isinstance(plan, dict) or not isinstance(plan.get("items"), list) or not isinstance(plan.get("where"), dict):
+        raise bad("is not {nodes, items, where}")
+    nodes = plan.get("nodes")
+    if not isinstance(nodes, int) or isinstance(nodes, bool) or nodes < 0:
+        raise bad("has no count of nodes")
+    where: dict[str, list[Any]] = {}
+    for sha, place in plan["where"].items():
+        ok = isinstance(place, list) and len(place) == 4
+        shard, offset, length, labels = place if ok else (None, 0, 0, None)
+        if not (ok and _SHA.fullmatch(sha) and isinstance(shard, str) and _SHARD.fullmatch(shard)
+                and isinstance(offset, int) and isinstance(length, int) and not isinstance(offset, bool)
+                and not isinstance(length, bool) and offset >= fmt.RECORD_HEADER_SIZE and length >= 0
+                and isinstance(labels, list) and all(isinstance(x, str) for x in labels)):
+            raise bad(f"places object {display(str(sha))[:80]!r} nowhere a record can be")
+        where[sha] = [shard, offset, length, labels]
+    prefix = f"{spec.layout.get('name')}/"
+    items = []
+    for n, entry in enumerate(plan["items"], start=1):
+        ok = isinstance(entry, list) and len(entry) == 4
+        path, sha, size, car = entry if ok else (None, None, None, None)
+        if not (ok and isinstance(path, str) and isinstance(sha, str) and isinstance(size, int)
+                and not isinstance(size, bool) and (car is None or isinstance(car, str))):
+            raise bad(f"item {n} is not [path, sha256, size, sidecar]")
+        why = hostile_reason(path) or (hostile_reason(path + ".json") if car is not None else None)
+        if why is None and not path.startswith(prefix):
+            why = f"it is not under the layout's directory {prefix}"
+        if why is not None:
+            raise bad(f"item {n} names file {display(path)[:200]!r}: {why}")
+        if sha not in where or where[sha][2] != size:
+            raise bad(f"item {n} ({display(path)[:200]!r}): object {display(sha)[:80]} is not located, or not of "
+                      f"its {size} bytes")
+        items.append(Item(path, sha, size, car.encode() if car is not None else None))
+    return items, where, nodes
 
 
 @dataclass

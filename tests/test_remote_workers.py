@@ -452,3 +452,36 @@ def _s3_store_config(root: Path, endpoint: str, bucket: str) -> Path:
     path.write_text(path.read_text().replace("\n[ssd]", f'\n[[disks]]\nlabel = "s3a"\nkind = "s3"\nendpoint = '
                                                         f'"{endpoint}"\nbucket = "{bucket}"\ncapacity_gb = 2\n\n[ssd]', 1))
     return path
+
+
+def test_a_hostile_plan_queued_by_hand_writes_nothing_outside_the_zone(redis_conn, tmp_path: Path) -> None:
+    """A `run_output` job written into Redis by someone other than the server (the guard allows
+    the function, and it names no configuration) whose plan names paths out of the zone — `..`,
+    an absolute path, a path beside the layout's directory — with sidecar bytes of its choosing:
+    refused in one line before anything is written or recorded (the sidecars were written
+    outside the zone, to the job's paths, before any record was read)."""
+    from jobs.guard import refusal
+
+    root = tmp_path / "host"
+    for d in ("d0", "d1", "ssd/3A", "ssd/3B", "ssd/3C", "ssd/3D"):
+        (root / d).mkdir(parents=True)
+    cfg_path = write_config(root, [(d, root / d, None) for d in ("d0", "d1")])
+    cfg = config.load(cfg_path)
+    sha = hashlib.sha256(b"x").hexdigest()
+    where = {sha: ["00" * 12, 72, 1, []]}
+    for n, path in enumerate(["../../../../outside/pwned", str(tmp_path / "abs" / "pwned"), "x/input/../../../../up",
+                              "_SEALED", "y/input/a"]):
+        spec = {"kind": "stage", "id": f"evil{n}", "nodes": [sha], "layout": {
+            "name": "x", "template": "{sha256}", "sidecars": True, "per_locator": False}}
+        plan = {"nodes": 1, "items": [["x/input/ok", sha, 1, None], [path, sha, 1, "bytes of the job's choosing"]],
+                "where": where}
+        job = rq_queue(remote_mod.QUEUE, redis_conn).enqueue("jobs.remote.run_output", None, spec, plan,
+                                                            job_id=f"remote-stage-evil{n}")
+        assert refusal(fetch_job(job.id, redis_conn), cfg_path) == ""  # what the guard lets through
+        with pytest.raises(remote_mod.RemoteError) as e:
+            remote_mod.run_output(str(cfg_path), spec, plan)  # what the worker's work horse runs
+        assert not (tmp_path / "outside").exists() and not (tmp_path / "abs").exists(), path
+        assert not any(root.parent.rglob("*pwned*")) and not any(root.parent.rglob("up*")), path
+        assert "the job's plan item 2" in e.value.message and "\n" not in e.value.message, e.value.message
+        assert not (cfg.ssd.root / "state" / "outputs" / f"evil{n}.json").exists()  # nothing recorded
+        assert not (cfg.ssd.zone_path("3C") / ".tmp" / f"evil{n}").exists()
