@@ -485,3 +485,58 @@ def test_a_hostile_plan_queued_by_hand_writes_nothing_outside_the_zone(redis_con
         assert "the job's plan item 2" in e.value.message and "\n" not in e.value.message, e.value.message
         assert not (cfg.ssd.root / "state" / "outputs" / f"evil{n}.json").exists()  # nothing recorded
         assert not (cfg.ssd.zone_path("3C") / ".tmp" / f"evil{n}").exists()
+
+
+@pytest.mark.expect_log(r"reaper: Redis at .* does not answer", level="WARNING")
+@pytest.mark.expect_log(r"reaper: job beating .* sent no heartbeat for \d+ s \(host down\?\); queued again",
+                        level="WARNING")
+def test_after_redis_was_down_the_reaper_lets_live_workers_beat_again_first(tmp_path: Path) -> None:
+    """Redis stopped for longer than reap_after_s and started again (its data kept): no worker
+    could beat meanwhile, and a live one beats again within its heartbeat after Redis is back —
+    the reaper takes nothing before reap_after_s has passed with Redis there (it used to take
+    the job at its first look, from its live worker: another host made the output again); a job
+    whose worker stays silent after that is taken as before."""
+    from jobs.reaper import Reaper
+
+    with FaultProxy("http://127.0.0.1:1") as probe:  # a free port, taken and given back
+        port = int(probe.endpoint.rsplit(":", 1)[1])
+    argv = [which("redis-server", "redis-server"), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+            "--appendonly", "yes", "--dir", str(tmp_path)]
+
+    def start() -> subprocess.Popen:
+        proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True)
+        conn = redis.Redis(port=port)
+        for _ in range(200):
+            with contextlib.suppress(redis.ConnectionError):
+                if conn.ping():
+                    return proc
+            time.sleep(0.05)
+        raise AssertionError("redis-server did not start")
+
+    proc = start()
+    conn = redis.Redis(port=port)
+    reaper = Reaper(f"redis://127.0.0.1:{port}/0", 0.2, 2)
+    try:
+        worker, job = _started(conn, "beating")
+        conn.hset(worker.key, "hostname", "another-host")  # a remote host's worker: only its beat counts
+        reaper.start()
+        time.sleep(0.5)
+        job.heartbeat(dt.datetime.now(dt.UTC), 60)
+        proc.terminate()  # (Redis writes its append-only file on the way out)
+        proc.wait(10)
+        time.sleep(3)  # longer than reap_after_s: no beat could be sent
+        proc = start()
+        time.sleep(1.0)  # the live worker's next beat, within its heartbeat_s of Redis answering
+        assert fetch_job("beating", conn).get_status() == "started", "taken from its live worker"
+        job.heartbeat(dt.datetime.now(dt.UTC), 60)
+        time.sleep(1.5)
+        assert fetch_job("beating", conn).get_status() == "started" and not rq_queue("io", conn).job_ids
+        until = time.monotonic() + 10  # silent from now on: taken once reap_after_s passed
+        while rq_queue("io", conn).job_ids != ["beating"]:
+            assert time.monotonic() < until, "a silent job never taken"
+            time.sleep(0.1)
+    finally:
+        reaper.stop()
+        reaper.join(10)
+        proc.kill()
+        proc.wait(10)
