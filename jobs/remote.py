@@ -21,6 +21,7 @@ nothing of a stage or an export is written outside the host's own zone.
 
 from __future__ import annotations
 
+import logging
 import re
 import time
 from collections.abc import Callable, Iterator
@@ -31,12 +32,14 @@ from rq import get_current_job
 
 from fsd.base import config as config_mod
 from fsd.base.config import Settings
-from fsd.base.errors import ExitCode, HoardError
+from fsd.base.errors import ExitCode, HoardError, first_line
 from fsd.base.paths import display, hostile_reason
 from fsd.core import shardfmt as fmt
-from fsd.core.records import ITER_READ, checked_header, verify_record
+from fsd.core.records import ITER_READ, DataError, checked_header, verify_record
 from fsd.outputs.materialize import Item
 from jobs import outputs
+
+log = logging.getLogger(__name__)
 
 #: the queue only remote workers serve (not one of jobs.queues.QUEUES: a worker of the store's
 #: server serves those, and a job here is meant for another host's zone)
@@ -220,27 +223,43 @@ class LocatedReader:
     def __exit__(self, *exc: object) -> None:
         self.disks.clear()
 
-    def _disk(self, sha_hex: str) -> tuple[Any, str, int, int]:
+    def _disks(self, sha_hex: str) -> tuple[list[Any], str, int, int]:
+        """The S3 disks of this host holding the object's shard (in the plan's order), and its place."""
         shard_hex, offset, length, labels = self.where[sha_hex]
-        here = [label for label in labels if label in self.disks]
+        here = [self.disks[label] for label in labels if label in self.disks]
         if not here:
             raise RemoteError(f"object {sha_hex} lies on S3 disk(s) {', '.join(labels)}, none of which "
                               f"{self.cfg.source} declares: add its [[disks]] table (kind = \"s3\") on this host")
-        return self.disks[here[0]], shard_hex, int(offset), int(length)
+        return here, shard_hex, int(offset), int(length)
 
     def read_batch(self, shas_hex: list[str], sink: Callable[[bytes, memoryview], None],
                    large_sink: Callable[[bytes, Iterator[bytes]], None] | None = None) -> tuple[_Stats, _Stats]:
+        """Each object from the first of its S3 disks that gives it whole and checked: a record
+        that does not check, or a disk that does not answer, is read from the next disk holding
+        the shard (the store's reads fall back to another replica too); only when none does is
+        the job failed, in one line."""
         t0 = time.monotonic()
         stats = _Stats()
         for sha_hex in shas_hex:
-            disk, shard_hex, offset, length = self._disk(sha_hex)
-            try:
-                self._read(disk, sha_hex, shard_hex, offset, length, sink, large_sink)
-            except fmt.ShardFormatError as e:
-                raise RemoteError(f"object {sha_hex}: its record in shard {shard_hex} on S3 disk {disk.label} does "
-                                  f"not check ({e}); the output keeps what it copied — run `hoard verify` on the "
-                                  "store's server (it repairs the replica from another), then the same command",
-                                  ExitCode.DATA) from None
+            disks, shard_hex, offset, length = self._disks(sha_hex)
+            for n, disk in enumerate(disks, start=1):
+                try:
+                    self._read(disk, sha_hex, shard_hex, offset, length, sink, large_sink)
+                    break
+                except (fmt.ShardFormatError, DataError, OSError) as e:  # (EngineError is an OSError: DiskGone)
+                    if n < len(disks):
+                        stats.fallbacks += 1
+                        log.warning("object %s: its record in shard %s on S3 disk %s cannot be used (%s); read from "
+                                    "S3 disk %s instead — `hoard verify` on the store's server repairs the replica",
+                                    sha_hex, shard_hex, disk.label, first_line(e), disks[n].label)
+                        continue
+                    if isinstance(e, (fmt.ShardFormatError, DataError)):
+                        on = ", ".join(d.label for d in disks)
+                        raise RemoteError(f"object {sha_hex}: its record in shard {shard_hex} on S3 disk {on} does "
+                                          f"not check ({first_line(e)}); the output keeps what it copied — run `hoard "
+                                          "verify` on the store's server (it repairs the replica from another), then "
+                                          "the same command", ExitCode.DATA) from None
+                    raise
         stats.seconds = time.monotonic() - t0
         return _Stats(seconds=0.0), stats
 

@@ -30,6 +30,7 @@ from rq.registry import StartedJobRegistry
 from adapters.synth import Spec
 from fsd.base import config
 from fsd.base.proc import which
+from fsd.core.records import DataError
 from fsd.io.replicate import replicate_once
 from fsd.outputs import seal
 from fsd.store import Store
@@ -540,3 +541,66 @@ def test_after_redis_was_down_the_reaper_lets_live_workers_beat_again_first(tmp_
         reaper.join(10)
         proc.kill()
         proc.wait(10)
+
+
+@pytest.mark.expect_log(r"object [0-9a-f]{64}: its record in shard [0-9a-f]+ on S3 disk s3a cannot be used .*; read "
+                        r"from S3 disk s3b instead", level="WARNING")
+def test_a_bad_record_on_one_s3_disk_is_read_from_another(tmp_path: Path, seaweedfs, engine_env) -> None:  # noqa: F811
+    """Two S3 disks hold each shard; on the first the payload of a small record and of one larger
+    than a piece is damaged: a remote worker's reader reads both from the second, checked, each
+    fallback a WARNING and counted (the reader tried only the plan's first disk and failed the job
+    though another held the shard); with the second damaged too the job fails in one line."""
+    engine_env(seaweedfs)
+    buckets = {label: f"hoard-{label}-" + secrets.token_hex(4) for label in ("s3a", "s3b")}
+    for b in buckets.values():
+        seaweedfs.client().create_bucket(Bucket=b)
+    cfg_path = _s3_store_config(tmp_path, seaweedfs.endpoint, buckets["s3a"])
+    text = cfg_path.read_text().replace("copy_of_raw = 3", "copy_of_raw = 4").replace(
+        "\n[ssd]", f'\n[[disks]]\nlabel = "s3b"\nkind = "s3"\nendpoint = "{seaweedfs.endpoint}"\nbucket = '
+                   f'"{buckets["s3b"]}"\ncapacity_gb = 2\n\n[ssd]', 1)
+    cfg_path.write_text(text)
+    big, small = os.urandom(remote_mod.PIECE + 999), b"a small one"
+    with Store.open(config.load(cfg_path), init=True) as store:
+        shas = [r.sha256 for r in store.put_bytes_many([big, small])]
+    where = {}
+    with Store.open(config.load(cfg_path)) as store:
+        replicate_once(store, rate_mb_s=None)
+        labels = {u: r.label for u, r in store.records.items()}
+        for sha in shas:
+            loc = store.index.lookup(bytes.fromhex(sha))
+            meta = store.index.get_shard(loc.shard_id)
+            assert meta.sealed and {"s3a", "s3b"} <= {labels[u] for u in meta.replicas}
+            where[sha] = [meta.hex, loc.offset, loc.length, ["s3a", "s3b"]]
+    client = seaweedfs.client()
+
+    def damage(label: str) -> None:
+        for shard_hex, offset, _length, _ in where.values():
+            key = f"shards/{shard_hex[-2:]}/{shard_hex}"
+            body = bytearray(client.get_object(Bucket=buckets[label], Key=key)["Body"].read())
+            body[offset + 5] ^= 0xFF
+            client.put_object(Bucket=buckets[label], Key=key, Body=bytes(body))
+
+    got: dict[str, str] = {}
+
+    def sink(sha: bytes, payload: memoryview) -> None:
+        got[sha.hex()] = hashlib.sha256(payload).hexdigest()
+
+    def large_sink(sha: bytes, parts) -> None:  # as materialize's: the whole payload's sha256 checked
+        h = hashlib.sha256()
+        for part in parts:
+            h.update(part)
+        if h.hexdigest() != sha.hex():
+            raise DataError(f"object {sha.hex()} read back with another sha256")
+        got[sha.hex()] = h.hexdigest()
+
+    damage("s3a")
+    with remote_mod.LocatedReader(config.load(cfg_path), where) as reader:
+        _, stats = reader.read_batch(shas, sink, large_sink)
+    assert got == {s: s for s in shas} and stats.fallbacks == 2
+    damage("s3b")
+    got.clear()
+    with remote_mod.LocatedReader(config.load(cfg_path), where) as reader, \
+            pytest.raises(remote_mod.RemoteError) as e:
+        reader.read_batch([shas[1]], sink, large_sink)
+    assert f"object {shas[1]}" in e.value.message and "on S3 disk s3a, s3b does not check" in e.value.message
+    assert "\n" not in e.value.message and got == {}
