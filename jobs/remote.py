@@ -167,7 +167,12 @@ def checked_plan(spec: outputs.OutputSpec, plan: Any) -> tuple[list[Item], dict[
                 and isinstance(labels, list) and all(isinstance(x, str) for x in labels)):
             raise bad(f"places object {display(str(sha))[:80]!r} nowhere a record can be")
         where[sha] = [shard, offset, length, labels]
-    prefix = f"{spec.layout.get('name')}/"
+    name = spec.layout.get("name")
+    if not isinstance(name, str) or hostile_reason(name) is not None or "/" in name:
+        raise bad(f"names layout {display(str(name))[:200]!r}, not a name (its directories are made in the zone)")
+    if not plan["items"]:
+        raise bad("names no file (a plan of an empty selection is refused on the server)")
+    prefix = f"{name}/"
     items = []
     for n, entry in enumerate(plan["items"], start=1):
         ok = isinstance(entry, list) and len(entry) == 4

@@ -486,6 +486,13 @@ def test_a_hostile_plan_queued_by_hand_writes_nothing_outside_the_zone(redis_con
         assert "the job's plan item 2" in e.value.message and "\n" not in e.value.message, e.value.message
         assert not (cfg.ssd.root / "state" / "outputs" / f"evil{n}.json").exists()  # nothing recorded
         assert not (cfg.ssd.zone_path("3C") / ".tmp" / f"evil{n}").exists()
+    for n, name in enumerate(["../../../../escape", str(tmp_path / "escape")]):  # no file: only its empty directories
+        spec = {"kind": "stage", "id": f"evil-layout{n}", "nodes": [sha], "layout": {
+            "name": name, "template": "{sha256}", "sidecars": False, "per_locator": False}}
+        with pytest.raises(remote_mod.RemoteError) as e:
+            remote_mod.run_output(str(cfg_path), spec, {"nodes": 1, "items": [], "where": {}})
+        assert not (tmp_path / "escape").exists() and not any(root.parent.rglob("escape")), name
+        assert "the job's plan names layout" in e.value.message, e.value.message
 
 
 @pytest.mark.expect_log(r"reaper: Redis at .* does not answer", level="WARNING")
