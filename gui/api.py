@@ -338,6 +338,13 @@ async def _receive(request: Request, who: str, keyed: bool) -> tuple[int, dict[s
     form = _Form(cfg, upload, digest=keyed)
     try:
         await _read(request, form, boundary, length)
+        try:  # its token again: revoked (`hoard tokens rm`) while the body came, it takes nothing
+            await _scraper(request)
+        except _Refused:
+            await in_thread(upload.abort)
+            log.warning("HTTP upload %s of %s: its token was revoked while it was received; nothing kept", upload.id,
+                        who)
+            raise
         source, batch = form.fields["source"], form.fields.get("batch") or None
         if form.manifest is None:
             taken = await in_thread(upload.finish, source, batch)

@@ -40,6 +40,7 @@ import datetime as dt
 import logging
 import socket
 import threading
+import time
 from typing import Any
 
 import redis
@@ -174,10 +175,21 @@ class Reaper(threading.Thread):
     def run(self) -> None:
         conn: Any = connect(self.url)
         down = False
+        # Silence is judged only over time Redis was there to beat into: while it was down (or
+        # before this reaper ran: a server restarted with its Redis) no worker could beat, and a
+        # live one's next beat may come up to heartbeat_s — plus its reconnect — after Redis is
+        # back. Reaping at once then took every remote job from its live worker (another host
+        # made the output again); so the first reap waits reap_after_s, as after any outage.
+        quiet_until = time.monotonic() + self.reap_after_s
         while not self._halt.wait(self.every_s):
             try:
-                reap(conn, self.reap_after_s)
-                down = False
+                if down:
+                    conn.ping()
+                    log.info("reaper: Redis at %s answers again; no job is taken for %ss (its workers beat "
+                             "again first)", self.url, self.reap_after_s)
+                    quiet_until, down = time.monotonic() + self.reap_after_s, False
+                elif time.monotonic() >= quiet_until:
+                    reap(conn, self.reap_after_s)
             except redis.RedisError as e:
                 if not down:
                     log.warning("reaper: Redis at %s does not answer (%s); trying again every %ss", self.url,

@@ -21,6 +21,8 @@ nothing of a stage or an export is written outside the host's own zone.
 
 from __future__ import annotations
 
+import logging
+import re
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -30,11 +32,14 @@ from rq import get_current_job
 
 from fsd.base import config as config_mod
 from fsd.base.config import Settings
-from fsd.base.errors import ExitCode, HoardError
+from fsd.base.errors import ExitCode, HoardError, first_line
+from fsd.base.paths import display, hostile_reason
 from fsd.core import shardfmt as fmt
-from fsd.core.records import ITER_READ, checked_header, verify_record
+from fsd.core.records import ITER_READ, DataError, checked_header, verify_record
 from fsd.outputs.materialize import Item
 from jobs import outputs
+
+log = logging.getLogger(__name__)
 
 #: the queue only remote workers serve (not one of jobs.queues.QUEUES: a worker of the store's
 #: server serves those, and a job here is meant for another host's zone)
@@ -113,13 +118,13 @@ def run_output(config_path: str | None, spec_doc: dict[str, Any], plan: dict[str
         spec = outputs.OutputSpec.model_validate(spec_doc)
     except ValueError as e:
         raise RemoteError(f"remote job: not a stage/export request ({str(e).splitlines()[0]})", ExitCode.USAGE) from None
+    items, where, n_nodes = checked_plan(spec, plan)
     outputs.submit(cfg, spec)
-    items = [Item(path, sha, size, car.encode() if car is not None else None) for path, sha, size, car in plan["items"]]
 
     def body(cfg: Settings, spec: outputs.OutputSpec, progress: Callable[[int, int], None] | None,
              started: Callable[[], None]) -> dict[str, Any]:
-        with LocatedReader(cfg, plan["where"]) as reader:
-            return outputs.copy_planned(cfg, spec, reader, items, int(plan["nodes"]), progress, started)
+        with LocatedReader(cfg, where) as reader:
+            return outputs.copy_planned(cfg, spec, reader, items, n_nodes, progress, started)
 
     try:
         return outputs.run(cfg, spec.id, keep_refusal=True, body=body)
@@ -128,6 +133,63 @@ def run_output(config_path: str | None, spec_doc: dict[str, Any], plan: dict[str
             job.meta["exit_code"] = int(e.exit_code)
             job.save_meta()
         raise
+
+
+_SHA = re.compile(r"[0-9a-f]{64}")
+_SHARD = re.compile(r"[0-9a-f]{24}")  # a shard id: 12 bytes (fsd.core.entries)
+
+
+def checked_plan(spec: outputs.OutputSpec, plan: Any) -> tuple[list[Item], dict[str, list[Any]], int]:
+    """The plan of a job read from Redis, checked before anything of it is written or read: the
+    server's `locate` made it, but anyone who can write to Redis can queue a `run_output` (the
+    guard allows the function), and its paths are joined to this host's zone and its sidecars
+    are bytes written there. Every path must be a clean relative path under the layout's own
+    directory (`fsd.base.paths.hostile_reason`, as the seal checks it — but the sidecars are
+    written before the seal looks), every object located, each place well-formed. RemoteError
+    (one line) naming the first thing wrong; nothing written, nothing recorded."""
+    def bad(why: str) -> RemoteError:
+        return RemoteError(f"{spec.kind} {spec.id}: the job's plan {why}; refused, nothing written — a plan is made "
+                           "by `hoard {spec.kind} … --remote` on the store's server (who else can write to its "
+                           "Redis? docs/security.md)".replace("{spec.kind}", spec.kind), ExitCode.USAGE)
+
+    if not isinstance(plan, dict) or not isinstance(plan.get("items"), list) or not isinstance(plan.get("where"), dict):
+        raise bad("is not {nodes, items, where}")
+    nodes = plan.get("nodes")
+    if not isinstance(nodes, int) or isinstance(nodes, bool) or nodes < 0:
+        raise bad("has no count of nodes")
+    where: dict[str, list[Any]] = {}
+    for sha, place in plan["where"].items():
+        ok = isinstance(place, list) and len(place) == 4
+        shard, offset, length, labels = place if ok else (None, 0, 0, None)
+        if not (ok and _SHA.fullmatch(sha) and isinstance(shard, str) and _SHARD.fullmatch(shard)
+                and isinstance(offset, int) and isinstance(length, int) and not isinstance(offset, bool)
+                and not isinstance(length, bool) and offset >= fmt.RECORD_HEADER_SIZE and length >= 0
+                and isinstance(labels, list) and all(isinstance(x, str) for x in labels)):
+            raise bad(f"places object {display(str(sha))[:80]!r} nowhere a record can be")
+        where[sha] = [shard, offset, length, labels]
+    name = spec.layout.get("name")
+    if not isinstance(name, str) or hostile_reason(name) is not None or "/" in name:
+        raise bad(f"names layout {display(str(name))[:200]!r}, not a name (its directories are made in the zone)")
+    if not plan["items"]:
+        raise bad("names no file (a plan of an empty selection is refused on the server)")
+    prefix = f"{name}/"
+    items = []
+    for n, entry in enumerate(plan["items"], start=1):
+        ok = isinstance(entry, list) and len(entry) == 4
+        path, sha, size, car = entry if ok else (None, None, None, None)
+        if not (ok and isinstance(path, str) and isinstance(sha, str) and isinstance(size, int)
+                and not isinstance(size, bool) and (car is None or isinstance(car, str))):
+            raise bad(f"item {n} is not [path, sha256, size, sidecar]")
+        why = hostile_reason(path) or (hostile_reason(path + ".json") if car is not None else None)
+        if why is None and not path.startswith(prefix):
+            why = f"it is not under the layout's directory {prefix}"
+        if why is not None:
+            raise bad(f"item {n} names file {display(path)[:200]!r}: {why}")
+        if sha not in where or where[sha][2] != size:
+            raise bad(f"item {n} ({display(path)[:200]!r}): object {display(sha)[:80]} is not located, or not of "
+                      f"its {size} bytes")
+        items.append(Item(path, sha, size, car.encode() if car is not None else None))
+    return items, where, nodes
 
 
 @dataclass
@@ -166,27 +228,43 @@ class LocatedReader:
     def __exit__(self, *exc: object) -> None:
         self.disks.clear()
 
-    def _disk(self, sha_hex: str) -> tuple[Any, str, int, int]:
+    def _disks(self, sha_hex: str) -> tuple[list[Any], str, int, int]:
+        """The S3 disks of this host holding the object's shard (in the plan's order), and its place."""
         shard_hex, offset, length, labels = self.where[sha_hex]
-        here = [label for label in labels if label in self.disks]
+        here = [self.disks[label] for label in labels if label in self.disks]
         if not here:
             raise RemoteError(f"object {sha_hex} lies on S3 disk(s) {', '.join(labels)}, none of which "
                               f"{self.cfg.source} declares: add its [[disks]] table (kind = \"s3\") on this host")
-        return self.disks[here[0]], shard_hex, int(offset), int(length)
+        return here, shard_hex, int(offset), int(length)
 
     def read_batch(self, shas_hex: list[str], sink: Callable[[bytes, memoryview], None],
                    large_sink: Callable[[bytes, Iterator[bytes]], None] | None = None) -> tuple[_Stats, _Stats]:
+        """Each object from the first of its S3 disks that gives it whole and checked: a record
+        that does not check, or a disk that does not answer, is read from the next disk holding
+        the shard (the store's reads fall back to another replica too); only when none does is
+        the job failed, in one line."""
         t0 = time.monotonic()
         stats = _Stats()
         for sha_hex in shas_hex:
-            disk, shard_hex, offset, length = self._disk(sha_hex)
-            try:
-                self._read(disk, sha_hex, shard_hex, offset, length, sink, large_sink)
-            except fmt.ShardFormatError as e:
-                raise RemoteError(f"object {sha_hex}: its record in shard {shard_hex} on S3 disk {disk.label} does "
-                                  f"not check ({e}); the output keeps what it copied — run `hoard verify` on the "
-                                  "store's server (it repairs the replica from another), then the same command",
-                                  ExitCode.DATA) from None
+            disks, shard_hex, offset, length = self._disks(sha_hex)
+            for n, disk in enumerate(disks, start=1):
+                try:
+                    self._read(disk, sha_hex, shard_hex, offset, length, sink, large_sink)
+                    break
+                except (fmt.ShardFormatError, DataError, OSError) as e:  # (EngineError is an OSError: DiskGone)
+                    if n < len(disks):
+                        stats.fallbacks += 1
+                        log.warning("object %s: its record in shard %s on S3 disk %s cannot be used (%s); read from "
+                                    "S3 disk %s instead — `hoard verify` on the store's server repairs the replica",
+                                    sha_hex, shard_hex, disk.label, first_line(e), disks[n].label)
+                        continue
+                    if isinstance(e, (fmt.ShardFormatError, DataError)):
+                        on = ", ".join(d.label for d in disks)
+                        raise RemoteError(f"object {sha_hex}: its record in shard {shard_hex} on S3 disk {on} does "
+                                          f"not check ({first_line(e)}); the output keeps what it copied — run `hoard "
+                                          "verify` on the store's server (it repairs the replica from another), then "
+                                          "the same command", ExitCode.DATA) from None
+                    raise
         stats.seconds = time.monotonic() - t0
         return _Stats(seconds=0.0), stats
 

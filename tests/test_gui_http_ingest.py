@@ -521,3 +521,29 @@ def test_a_batch_id_with_a_dot_is_counted_with_the_others(server: Server) -> Non
     r = httpx.post(f"{server.url}/api/v1/batches", headers=server.auth() | headers, content=body)
     assert r.status_code == 202 and r.json()["status"] == "queued", r.text
     assert ingest_status(cfg)["batches"].get("queued", 0) == queued + 1
+
+
+@pytest.mark.expect_log(r"HTTP upload upload-\w+ of midway: its token was revoked while it was received", level="WARNING")
+def test_a_token_revoked_mid_upload_gets_no_batch(server: Server) -> None:
+    """`hoard tokens rm` while the token's upload is being received: the upload is 401 when its
+    body ends — no batch in 3A, nothing queued, nothing left in 3A/.tmp, no reservation (the
+    token was checked only before the body was read: the revoked scraper's batch was taken)."""
+    from fsd.base import config
+    from fsd.outputs import zones
+
+    add = server.hoard("tokens", "add", "midway")
+    assert add.returncode == 0, add.stderr
+    token, before = add.stdout.strip(), server.batches()
+    headers, body = multipart([("source", None, b"sidecar"), ("files", b"a.png", os.urandom(300_000)),
+                               ("files", b"a.png.json", b"{}")])
+    sock = connect(server.url)
+    raw_request(sock, server.url, server.auth(token) | headers | {"Content-Length": str(len(body))}, body[:200_000])
+    until(lambda: any(f.stat().st_size > 100_000 for f in (server.zone3a / ".tmp").glob("upload-*/a.png")),
+          "the upload's file written")
+    assert server.hoard("tokens", "rm", "midway").returncode == 0
+    sock.sendall(body[200_000:])
+    status, doc = answer(sock)
+    sock.close()
+    assert status == 401 and "hoard tokens add" in doc["error"], (status, doc)
+    assert server.batches() == before
+    assert zones.reservations(config.load(server.cfg_path), "3A") == []

@@ -225,3 +225,29 @@ def test_a_manifest_batch_swapped_before_its_ingest_is_not_read_through_the_link
     finally:
         root.unlink(missing_ok=True)
         shutil.rmtree(moved, ignore_errors=True)
+
+
+
+def test_a_part_s_headers_are_bounded_not_held_whole(server: Server) -> None:
+    """A part whose headers run on — one header of 4 MiB, or 60,000 headers of their own names
+    — is 400 (python-multipart ≥ 0.0.27 bounds a part's headers: 8 of ≤ 4 KiB), nothing kept in
+    3A. The form collects the header bytes python-multipart hands over and held them all until
+    the part's data began — up to api.max_batch_mb (10 GiB by default), copied again at every
+    chunk — with the python-multipart < 0.0.27 that pyproject.toml allowed (this test, run with
+    0.0.26 first on the path, gets 202 after the server held the 4 MiB header)."""
+    from fsd.base import config
+    from fsd.outputs import zones
+
+    before = server.batches()
+    pads = [b"X-Pad: " + b"a" * (4 << 20) + b"\r\n", b"".join(b"X-%d: a\r\n" % i for i in range(60_000))]
+    for pad in pads:
+        body = (b"--bnd\r\nContent-Disposition: form-data; name=\"source\"\r\n\r\nsidecar\r\n"
+                b"--bnd\r\nContent-Disposition: form-data; name=\"files\"; filename=\"a.png\"\r\n" + pad
+                + b"\r\n\x89PNG...\r\n--bnd\r\nContent-Disposition: form-data; name=\"files\"; filename=\"a.png.json\""
+                b"\r\n\r\n{}\r\n--bnd--\r\n")
+        res = httpx.post(f"{server.url}/api/v1/batches", content=body, timeout=60,
+                         headers=server.auth() | {"Content-Type": "multipart/form-data; boundary=bnd"})
+        assert res.status_code == 400, res.text
+        assert res.json()["part"] == 2 and "not well-formed multipart" in res.json()["error"], res.text
+        assert server.batches() == before
+        assert zones.reservations(config.load(server.cfg_path), "3A") == []

@@ -30,6 +30,7 @@ from rq.registry import StartedJobRegistry
 from adapters.synth import Spec
 from fsd.base import config
 from fsd.base.proc import which
+from fsd.core.records import DataError
 from fsd.io.replicate import replicate_once
 from fsd.outputs import seal
 from fsd.store import Store
@@ -478,3 +479,161 @@ def _s3_store_config(root: Path, endpoint: str, bucket: str) -> Path:
     path.write_text(path.read_text().replace("\n[ssd]", f'\n[[disks]]\nlabel = "s3a"\nkind = "s3"\nendpoint = '
                                                         f'"{endpoint}"\nbucket = "{bucket}"\ncapacity_gb = 2\n\n[ssd]', 1))
     return path
+
+
+def test_a_hostile_plan_queued_by_hand_writes_nothing_outside_the_zone(redis_conn, tmp_path: Path) -> None:
+    """A `run_output` job written into Redis by someone other than the server (the guard allows
+    the function, and it names no configuration) whose plan names paths out of the zone — `..`,
+    an absolute path, a path beside the layout's directory — with sidecar bytes of its choosing:
+    refused in one line before anything is written or recorded (the sidecars were written
+    outside the zone, to the job's paths, before any record was read)."""
+    from jobs.guard import refusal
+
+    root = tmp_path / "host"
+    for d in ("d0", "d1", "ssd/3A", "ssd/3B", "ssd/3C", "ssd/3D"):
+        (root / d).mkdir(parents=True)
+    cfg_path = write_config(root, [(d, root / d, None) for d in ("d0", "d1")])
+    cfg = config.load(cfg_path)
+    sha = hashlib.sha256(b"x").hexdigest()
+    where = {sha: ["00" * 12, 72, 1, []]}
+    for n, path in enumerate(["../../../../outside/pwned", str(tmp_path / "abs" / "pwned"), "x/input/../../../../up",
+                              "_SEALED", "y/input/a"]):
+        spec = {"kind": "stage", "id": f"evil{n}", "nodes": [sha], "layout": {
+            "name": "x", "template": "{sha256}", "sidecars": True, "per_locator": False}}
+        plan = {"nodes": 1, "items": [["x/input/ok", sha, 1, None], [path, sha, 1, "bytes of the job's choosing"]],
+                "where": where}
+        job = rq_queue(remote_mod.QUEUE, redis_conn).enqueue("jobs.remote.run_output", None, spec, plan,
+                                                            job_id=f"remote-stage-evil{n}")
+        assert refusal(fetch_job(job.id, redis_conn), cfg_path) == ""  # what the guard lets through
+        with pytest.raises(remote_mod.RemoteError) as e:
+            remote_mod.run_output(str(cfg_path), spec, plan)  # what the worker's work horse runs
+        assert not (tmp_path / "outside").exists() and not (tmp_path / "abs").exists(), path
+        assert not any(root.parent.rglob("*pwned*")) and not any(root.parent.rglob("up*")), path
+        assert "the job's plan item 2" in e.value.message and "\n" not in e.value.message, e.value.message
+        assert not (cfg.ssd.root / "state" / "outputs" / f"evil{n}.json").exists()  # nothing recorded
+        assert not (cfg.ssd.zone_path("3C") / ".tmp" / f"evil{n}").exists()
+    for n, name in enumerate(["../../../../escape", str(tmp_path / "escape")]):  # no file: only its empty directories
+        spec = {"kind": "stage", "id": f"evil-layout{n}", "nodes": [sha], "layout": {
+            "name": name, "template": "{sha256}", "sidecars": False, "per_locator": False}}
+        with pytest.raises(remote_mod.RemoteError) as e:
+            remote_mod.run_output(str(cfg_path), spec, {"nodes": 1, "items": [], "where": {}})
+        assert not (tmp_path / "escape").exists() and not any(root.parent.rglob("escape")), name
+        assert "the job's plan names layout" in e.value.message, e.value.message
+
+
+@pytest.mark.expect_log(r"reaper: Redis at .* does not answer", level="WARNING")
+@pytest.mark.expect_log(r"reaper: job beating .* sent no heartbeat for \d+ s \(host down\?\); queued again",
+                        level="WARNING")
+def test_after_redis_was_down_the_reaper_lets_live_workers_beat_again_first(tmp_path: Path) -> None:
+    """Redis stopped for longer than reap_after_s and started again (its data kept): no worker
+    could beat meanwhile, and a live one beats again within its heartbeat after Redis is back —
+    the reaper takes nothing before reap_after_s has passed with Redis there (it used to take
+    the job at its first look, from its live worker: another host made the output again); a job
+    whose worker stays silent after that is taken as before."""
+    from jobs.reaper import Reaper
+
+    with FaultProxy("http://127.0.0.1:1") as probe:  # a free port, taken and given back
+        port = int(probe.endpoint.rsplit(":", 1)[1])
+    argv = [which("redis-server", "redis-server"), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+            "--appendonly", "yes", "--dir", str(tmp_path)]
+
+    def start() -> subprocess.Popen:
+        proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True)
+        conn = redis.Redis(port=port)
+        for _ in range(200):
+            with contextlib.suppress(redis.ConnectionError):
+                if conn.ping():
+                    return proc
+            time.sleep(0.05)
+        raise AssertionError("redis-server did not start")
+
+    proc = start()
+    conn = redis.Redis(port=port)
+    reaper = Reaper(f"redis://127.0.0.1:{port}/0", 0.2, 2)
+    try:
+        worker, job = _started(conn, "beating")
+        conn.hset(worker.key, "hostname", "another-host")  # a remote host's worker: only its beat counts
+        reaper.start()
+        time.sleep(0.5)
+        job.heartbeat(dt.datetime.now(dt.UTC), 60)
+        proc.terminate()  # (Redis writes its append-only file on the way out)
+        proc.wait(10)
+        time.sleep(3)  # longer than reap_after_s: no beat could be sent
+        proc = start()
+        time.sleep(1.0)  # the live worker's next beat, within its heartbeat_s of Redis answering
+        assert fetch_job("beating", conn).get_status() == "started", "taken from its live worker"
+        job.heartbeat(dt.datetime.now(dt.UTC), 60)
+        time.sleep(1.5)
+        assert fetch_job("beating", conn).get_status() == "started" and not rq_queue("io", conn).job_ids
+        until = time.monotonic() + 10  # silent from now on: taken once reap_after_s passed
+        while rq_queue("io", conn).job_ids != ["beating"]:
+            assert time.monotonic() < until, "a silent job never taken"
+            time.sleep(0.1)
+    finally:
+        reaper.stop()
+        reaper.join(10)
+        proc.kill()
+        proc.wait(10)
+
+
+@pytest.mark.expect_log(r"object [0-9a-f]{64}: its record in shard [0-9a-f]+ on S3 disk s3a cannot be used .*; read "
+                        r"from S3 disk s3b instead", level="WARNING")
+def test_a_bad_record_on_one_s3_disk_is_read_from_another(tmp_path: Path, seaweedfs, engine_env) -> None:  # noqa: F811
+    """Two S3 disks hold each shard; on the first the payload of a small record and of one larger
+    than a piece is damaged: a remote worker's reader reads both from the second, checked, each
+    fallback a WARNING and counted (the reader tried only the plan's first disk and failed the job
+    though another held the shard); with the second damaged too the job fails in one line."""
+    engine_env(seaweedfs)
+    buckets = {label: f"hoard-{label}-" + secrets.token_hex(4) for label in ("s3a", "s3b")}
+    for b in buckets.values():
+        seaweedfs.client().create_bucket(Bucket=b)
+    cfg_path = _s3_store_config(tmp_path, seaweedfs.endpoint, buckets["s3a"])
+    text = cfg_path.read_text().replace("copy_of_raw = 3", "copy_of_raw = 4").replace(
+        "\n[ssd]", f'\n[[disks]]\nlabel = "s3b"\nkind = "s3"\nendpoint = "{seaweedfs.endpoint}"\nbucket = '
+                   f'"{buckets["s3b"]}"\ncapacity_gb = 2\n\n[ssd]', 1)
+    cfg_path.write_text(text)
+    big, small = os.urandom(remote_mod.PIECE + 999), b"a small one"
+    with Store.open(config.load(cfg_path), init=True) as store:
+        shas = [r.sha256 for r in store.put_bytes_many([big, small])]
+    where = {}
+    with Store.open(config.load(cfg_path)) as store:
+        replicate_once(store, rate_mb_s=None)
+        labels = {u: r.label for u, r in store.records.items()}
+        for sha in shas:
+            loc = store.index.lookup(bytes.fromhex(sha))
+            meta = store.index.get_shard(loc.shard_id)
+            assert meta.sealed and {"s3a", "s3b"} <= {labels[u] for u in meta.replicas}
+            where[sha] = [meta.hex, loc.offset, loc.length, ["s3a", "s3b"]]
+    client = seaweedfs.client()
+
+    def damage(label: str) -> None:
+        for shard_hex, offset, _length, _ in where.values():
+            key = f"shards/{shard_hex[-2:]}/{shard_hex}"
+            body = bytearray(client.get_object(Bucket=buckets[label], Key=key)["Body"].read())
+            body[offset + 5] ^= 0xFF
+            client.put_object(Bucket=buckets[label], Key=key, Body=bytes(body))
+
+    got: dict[str, str] = {}
+
+    def sink(sha: bytes, payload: memoryview) -> None:
+        got[sha.hex()] = hashlib.sha256(payload).hexdigest()
+
+    def large_sink(sha: bytes, parts) -> None:  # as materialize's: the whole payload's sha256 checked
+        h = hashlib.sha256()
+        for part in parts:
+            h.update(part)
+        if h.hexdigest() != sha.hex():
+            raise DataError(f"object {sha.hex()} read back with another sha256")
+        got[sha.hex()] = h.hexdigest()
+
+    damage("s3a")
+    with remote_mod.LocatedReader(config.load(cfg_path), where) as reader:
+        _, stats = reader.read_batch(shas, sink, large_sink)
+    assert got == {s: s for s in shas} and stats.fallbacks == 2
+    damage("s3b")
+    got.clear()
+    with remote_mod.LocatedReader(config.load(cfg_path), where) as reader, \
+            pytest.raises(remote_mod.RemoteError) as e:
+        reader.read_batch([shas[1]], sink, large_sink)
+    assert f"object {shas[1]}" in e.value.message and "on S3 disk s3a, s3b does not check" in e.value.message
+    assert "\n" not in e.value.message and got == {}
