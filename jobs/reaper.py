@@ -82,9 +82,8 @@ def reap(conn: redis.Redis, reap_after_s: float, now: dt.datetime | None = None)
                 log.warning("reaper: job %s of queue %s had no heartbeat for %ss but cannot be read (%s); dropped "
                             "from the started jobs", job_id, name, reap_after_s, e)
                 continue
-            if job.get_status(refresh=False) != "started":
+            if not _queue_again(conn, queue, job, "started"):
                 continue  # it ended meanwhile: its own end removed or will remove what is left
-            queue.enqueue_job(job, at_front=True)
             log.warning("reaper: job %s (%s) on queue %s: its worker %s sent no heartbeat for %.0f s (host down?); "
                         "queued again", job_id, job.description, name, job.worker_name or "?",
                         (now - beat).total_seconds() if beat else reap_after_s)
@@ -124,13 +123,29 @@ def _reap_intermediate(conn: redis.Redis, queue: Any, registry: StartedJobRegist
             log.warning("reaper: job %s left unstarted on queue %s cannot be read (%s); dropped", job_id,
                         queue.name, e)
             continue
-        if job.get_status(refresh=False) != "queued":
+        if not _queue_again(conn, queue, job, "queued"):
             continue  # its worker started it after all (or it was cancelled): not queued twice
-        queue.enqueue_job(job, at_front=True)
         log.warning("reaper: job %s (%s) on queue %s was taken by a worker that never started it (for %.0f s: "
                     "host down?); queued again", job_id, job.description, queue.name, now.timestamp() - seen)
         taken.append(job_id)
     return taken
+
+
+def _queue_again(conn: redis.Redis, queue: Any, job: Any, status: str) -> bool:
+    """Put `job` back at the front of `queue` if its status is still `status` when it is put
+    back: read and written in one WATCHed transaction, so a job that ends (or starts) between
+    the reaper's look and its write is left as it is, not run again. Whether it was put back."""
+    with conn.pipeline() as pipe:
+        try:
+            pipe.watch(job.key)
+            if _text(pipe.hget(job.key, "status")) != status:
+                return False
+            pipe.multi()
+            queue.enqueue_job(job, pipeline=pipe, at_front=True)
+            pipe.execute()
+        except redis.WatchError:
+            return False
+    return True
 
 
 def _runs_here(conn: redis.Redis, job_id: str) -> bool:

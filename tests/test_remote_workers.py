@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 import redis
+import rq
 from rq import Queue, Worker
 from rq.job import Job
 from rq.registry import StartedJobRegistry
@@ -382,6 +383,24 @@ def test_the_reaper_queues_again_a_job_its_worker_took_but_never_started(redis_c
     redis_conn.rpush(queue.intermediate_queue_key, "running")
     assert reap(redis_conn, 40, now=later) == reap(redis_conn, 40, now=later + dt.timedelta(seconds=60)) == []
     assert fetch_job("running", redis_conn).get_status() == "started"
+
+
+def test_the_reaper_never_queues_again_a_job_that_ends_as_it_is_taken(redis_conn, monkeypatch) -> None:
+    """A silent job that finishes after the reaper looked at it, as the reaper puts it back (its
+    worker was slow, not dead): the job's status is read and the job queued in one WATCHed
+    transaction, so the finished job stays finished and is not run again (before: queued)."""
+    worker, job = _started(redis_conn, "late")
+    redis_conn.hset(worker.key, "hostname", "another-host")
+    real = rq.Queue.enqueue_job
+    other = redis.Redis(connection_pool=redis_conn.connection_pool)
+
+    def finishes_meanwhile(self, job, *a, **kw):
+        other.hset(job.key, "status", "finished")  # the worker's own end, from its connection
+        return real(self, job, *a, **kw)
+
+    monkeypatch.setattr(rq.Queue, "enqueue_job", finishes_meanwhile)
+    assert reap(redis_conn, 40, now=dt.datetime.now(dt.UTC) + dt.timedelta(seconds=60)) == []
+    assert fetch_job("late", redis_conn).get_status() == "finished" and rq_queue("io", redis_conn).job_ids == []
 
 
 @pytest.mark.expect_log(r"job remote-stage-st3 \(stage st3 \(remote\)\) failed: object [0-9a-f]{64} lies on S3 disk\(s\) "
