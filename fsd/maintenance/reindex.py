@@ -390,7 +390,7 @@ def _build(cfg: Settings, disks: list[tuple[Any, dict]], work: Path, ssd_uuid: s
                     rep.damaged.append(f"index copy: {e}; the index is rebuilt without its disk states and events")
             rep.shards = len(shards)
             if _fill_held(cfg, index, disks, found_disks, spills, rep):
-                # `live` was counted as the objects went in (Index.add_objects): the index is of
+                # `live` was counted as the objects went in (Index.append_objects): the index is of
                 # this hoardfs's format, with nothing for a migration to do
                 index.set_meta(formats.INDEX_KEY, str(formats.INDEX))
         finally:
