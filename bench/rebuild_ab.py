@@ -10,7 +10,9 @@ in batches of 20,000, each batch's manifest stored and registered with its `held
 the ingest's package step does (bench/scale.py's `store_batch`, smaller payloads). Then
 `hoard index rebuild` runs `--rounds` times per checkout, alternating old, new, old, new — the
 machine may be shared, so each pair saw much the same load: wall seconds, the process's CPU
-seconds (utime + stime of the child), peak RSS (VmHWM) and RssAnon, the load before each run.
+seconds (utime + stime of the child), the bytes it had the filesystem write (its blocks out: the
+index's pages, which a commit of keys in hash order rewrote most of), peak RSS (VmHWM) and
+RssAnon, the load before each run.
 
 Raw JSON: bench/results/rebuild-ab-<label>.json (label default: the size, e.g. 1m-under-load):
 an A/B on a shared machine, not a docs/benchmarks.md figure.
@@ -97,7 +99,9 @@ def rebuild(cfg_path: Path, repo: Path) -> dict:
     for old in sorted(cfg_path.parent.glob("ssd/**/index.old-*")):  # (each rebuild sets the old index aside)
         subprocess.run(["rm", "-rf", str(old)], check=True)
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    return {"seconds": round(got["seconds"], 2), "cpu_s": round(cpu, 2), "vmhwm_kb": got["vmhwm_kb"],
+    written = (after.ru_oublock - before.ru_oublock) * 512  # (the filesystem's writes it caused: the index's pages)
+    return {"seconds": round(got["seconds"], 2), "cpu_s": round(cpu, 2), "written_mb": round(written / 1e6, 1),
+            "vmhwm_kb": got["vmhwm_kb"],
             "peak_anon_kb": got["peak_anon_kb"], "load_1min_before": round(load, 2)}
 
 
