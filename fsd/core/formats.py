@@ -49,6 +49,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
 from fsd.base.errors import ExitCode, HoardError
+from fsd.core.spill import spill_parent
 
 if TYPE_CHECKING:
     from fsd.core.index import Index
@@ -190,8 +191,9 @@ def _pointers_filled(index: Index) -> int:
 
 
 def _held_filled(index: Index, get: Callable[[str], bytes]) -> int:
-    # the object → manifests table (fsd.core.held): every registered manifest read once
-    return index.fill_held(get)
+    # the object → manifests table (fsd.core.held): every registered manifest read once, its keys
+    # sorted in runs beside the index (on the SSD, when this process may write there)
+    return index.fill_held(get, spill_parent(index.path.parent))
 
 
 def _live_filled(index: Index) -> int:

@@ -55,11 +55,13 @@ import json
 import logging
 from collections.abc import Callable, Iterable, Iterator
 from itertools import islice
+from pathlib import Path
 from typing import Any
 
 from fsd.base.errors import HoardError
 from fsd.core import formats
 from fsd.core.entries import named_entry
+from fsd.core.spill import Spill
 from fsd.core.txnlog import SLACK, TXN_ENTRIES, chunked
 
 __all__ = ["OBJ", "MAN", "LONG_OBJ", "LONG_MAN", "PENDING", "HeldTables", "iter_files", "iter_named", "named",
@@ -81,6 +83,15 @@ Get = Callable[[str], bytes]
 _PER = (TXN_ENTRIES - SLACK) // 2
 #: what reading a manifest may raise (it is lost, of a newer format, does not decode)
 _UNREADABLE = (HoardError, OSError, ValueError, KeyError, TypeError)
+
+
+def _distinct(keys: Iterable[bytes]) -> Iterator[bytes]:
+    """`keys` (sorted) without repeats: MDB_APPEND takes each key only once, after the last."""
+    last = None
+    for k in keys:
+        if k != last:
+            yield k
+            last = k
 
 
 def pair(sha: bytes, manifest: bytes) -> bytes:
@@ -355,23 +366,40 @@ class HeldTables:
             if raw is not None and json.loads(bytes(raw)).get("op") == op:
                 txn.delete(key, db=self.meta)
 
-    def fill_held(self, get: Get) -> int:
+    def fill_held(self, get: Get, spills: Path | None = None) -> int:
         """Fill `held` from every registered manifest (read with `get`), then remove the entries
         of manifests neither registered nor pending: the migration to format 3 and an index
         rebuild's. Only adds what a registered manifest names and removes what no manifest could
         need, so two processes migrating at once cannot undo each other (each one's version is
         written after its own complete fill), and a killed one is redone whole. Bounded write
-        transactions; a manifest that cannot be read raises (the index then stays below 3)."""
+        transactions; a manifest that cannot be read raises (the index then stays below 3).
+
+        The keys are written in key order (issue 37): every manifest's entries are spilled first
+        (fsd.core.spill: sorted runs on disk under `spills`, the system's temporary folder when
+        None — memory for 1/256 of them), then put sorted, each transaction's run appended at
+        the table's end (LMDB's MDB_APPEND) when it sorts after every key there — always, into
+        an empty table. Put as the manifests name them, each key dirtied a page of its own once
+        the table outgrew a transaction, and every commit wrote most of the tree: 48 % of a
+        rebuild at 10 M objects, 1.76× its cost per object at 1 M."""
         with self.env.begin() as txn:
             manifests = sorted({bytes.fromhex(named_entry(kind, bytes(k).decode(errors="replace"), bytes(v))["manifest"])
                                 for kind, db in (("batch", self.batches), ("view", self.views))
                                 for k, v in txn.cursor(db=db)})
         n = 0
-        for man in manifests:
-            for part in chunked(iter_named(get, man.hex())):
+        with Spill(spills, OBJ + MAN, prefix="held-") as runs:
+            for man in manifests:
+                for sha in iter_named(get, man.hex()):
+                    runs.add(pair(sha, man))
+            for part in chunked(_distinct(runs.sorted())):
                 with self.env.begin(write=True, db=self.held) as txn:
-                    for sha in part:
-                        n += txn.put(pair(sha, man), b"")
+                    cur = txn.cursor()
+                    last = bytes(cur.key()) if cur.last() else b""
+                    added = 0
+                    if part[0] > last:  # (the run sorts after the table: appended, its pages written full)
+                        added = cur.putmulti([(k, b"") for k in part], append=True)[1]
+                    if added != len(part):  # (a key LMDB did not append — none should be — is put)
+                        added = sum(txn.put(k, b"") for k in part)
+                    n += added
         return n + self._sweep(self._unneeded)
 
     def _unneeded(self, txn: Any) -> Callable[[bytes], bytes | None]:

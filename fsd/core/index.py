@@ -66,6 +66,7 @@ import lmdb
 from fsd.core import formats
 from fsd.core.disks import DiskRecord
 from fsd.core.entries import (
+    _OBJ,
     IndexDamaged,
     IndexUnavailable,
     ObjectLoc,
@@ -234,6 +235,23 @@ class Index(MarksTables, PointerTables, EventTables, HeldTables, LiveTables):
             if update is not None:
                 self._update_shard(txn, *update)
         return added
+
+    def append_objects(self, entries: list[tuple[bytes, bytes]]) -> None:
+        """An index rebuild's objects: (sha256, `objects` value) in ascending order, each after
+        every key the table holds, appended in one transaction (LMDB's MDB_APPEND: no descent
+        per key, every page written once and full) and counted into `live`. Raises
+        IndexDamaged when one does not sort after the table (nothing of the transaction is
+        written): a rebuild then stops before its swap."""
+        with self.env.begin(write=True) as txn:
+            tally = Tally(self, txn)
+            for sha, raw in entries:
+                sid, _offset, length, _flags = _OBJ.unpack(raw)
+                tally.add(sha, sid, length)
+            added = txn.cursor(db=self.objects).putmulti(entries, overwrite=False, append=True)[1]
+            if added != len(entries):
+                raise IndexDamaged(f"{len(entries) - added} of {len(entries)} objects entries were not appended "
+                                   "(not after every key the table holds)")
+            tally.apply(txn)
 
     def _optional_db(self, name: bytes, readonly: bool) -> Any:
         try:

@@ -167,6 +167,11 @@ class _Counting:
         self._counter.writes += 1
         return self._inner.put(*a, **kw)
 
+    def putmulti(self, *a: Any, **kw: Any) -> tuple[int, int]:
+        consumed, added = self._inner.putmulti(*a, **kw)
+        self._counter.writes += consumed
+        return consumed, added
+
     def replace(self, *a: Any, **kw: Any) -> Any:
         self._counter.writes += 1
         return self._inner.replace(*a, **kw)

@@ -317,8 +317,8 @@ def _build(cfg: Settings, disks: list[tuple[Any, dict]], work: Path, ssd_uuid: s
     (marks.settle)."""
     index = Index(work)
     index.set_meta("ssd_uuid", ssd_uuid)
-    # its `held` table is filled from the manifests by the migration to that format, which reads
-    # them through a store (the first writable open: _seed_marks's, right after the swap)
+    # the format before `held` until its table is filled from the manifests (`_fill_held`, at the
+    # end): a fill that cannot read one leaves it to the migration of the first writer
     index.set_meta(formats.INDEX_KEY, str(formats.INDEX_HELD_LONG - 1))
     shards: dict[bytes, ShardMeta] = {}
     found_pointers: dict[str, dict] = {}  # rel path → the newest pointer of that name
@@ -389,8 +389,44 @@ def _build(cfg: Settings, disks: list[tuple[Any, dict]], work: Path, ssd_uuid: s
                 except lmdb.Error as e:  # a copy damaged inside: the disks' part stands on its own
                     rep.damaged.append(f"index copy: {e}; the index is rebuilt without its disk states and events")
             rep.shards = len(shards)
+            if _fill_held(cfg, index, disks, found_disks, spills, rep):
+                # `live` was counted as the objects went in (Index.append_objects): the index is of
+                # this hoardfs's format, with nothing for a migration to do
+                index.set_meta(formats.INDEX_KEY, str(formats.INDEX))
         finally:
             index.close()
+
+
+def _fill_held(cfg: Settings, index: Index, disks: list[tuple[Any, dict]], records: list[DiskRecord],
+               spills: Path, rep: IndexRebuildReport) -> bool:
+    """Fill the new index's `held` table from the manifests it registers, read from the disks
+    the rebuild read through the new index (a store of those disks alone, in their states); True
+    when it is complete. Before the swap, so the index swapped in is whole — a rebuild left
+    `held` to the migration of the first writer after it, which put its keys in the order the
+    manifests name them (57 % of a rebuild at 10 M objects; issue 37). A manifest that cannot be
+    read leaves the index at the format before `held` (deletion and gc read every manifest, as
+    that format does) and is named; the next writer's migration tries again."""
+    from fsd.core.disks import LocalDisk  # deferred, as _seed_marks's store
+    from fsd.store import Store
+
+    reading = Store(cfg, index, writable=False)
+    for (dc, _), rec in zip(disks, records, strict=True):
+        reading.records[rec.uuid] = rec
+        reading.disks[rec.uuid] = dc.disk if dc.kind == "s3" else LocalDisk(
+            dc.label, dc.path, rec.uuid, require_mount=not cfg.store.allow_directory_disks)
+        reading.queue[rec.uuid] = 0
+    try:
+        index.fill_held(reading.get, spills)
+        return True
+    except (HoardError, ValueError, KeyError, TypeError) as e:  # (as Store.open's migration: fsd.store)
+        why = e.message if isinstance(e, HoardError) else f"a manifest does not decode: {e!r}"
+        rep.damaged.append(f"held table not filled ({why}): the index stays at format {formats.INDEX_HELD_LONG - 1} "
+                           "— deletion and gc read every manifest until `hoard index migrate` succeeds; "
+                           "`hoard check` names a damaged manifest")
+        return False
+    finally:
+        for d in reading.disks.values():
+            d.close_all()  # (the shard files it opened)
 
 
 def _read_copy(dc: Any, uuid: str, path: Path, rep: IndexRebuildReport) -> _Copy | None:
@@ -417,22 +453,23 @@ def _read_copy(dc: Any, uuid: str, path: Path, rep: IndexRebuildReport) -> _Copy
 
 def _put_objects(index: Index, objs: Spill) -> int:
     """Write the spilled objects to the index in sha256 order, each object's first copy read
-    (of the first shard listed, its first record there); returns how many."""
+    (of the first shard listed, its first record there), appended (Index.append_objects: the
+    table is new); returns how many."""
     n = 0
     last = b""
-    batch: list[tuple[bytes, ObjectLoc]] = []
+    batch: list[tuple[bytes, bytes]] = []
     for e in objs.sorted():
         sha = e[:32]
         if sha == last:
             continue
         last = sha
-        batch.append((sha, ObjectLoc.unpack(e[40:], sha)))
+        batch.append((sha, e[40:]))
         if len(batch) >= CHUNK:
-            index.add_objects(batch)
+            index.append_objects(batch)
             n += len(batch)
             batch = []
     if batch:
-        index.add_objects(batch)
+        index.append_objects(batch)
         n += len(batch)
     return n
 
