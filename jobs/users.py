@@ -12,6 +12,7 @@ is taken from hoard.toml. Only argon2 hashes are ever stored.
 from __future__ import annotations
 
 import collections
+import functools
 import json
 import os
 import re
@@ -47,9 +48,16 @@ football baseball sunshine princess starwars whatever abc123 abcdefgh abcdefghij
 """.split())
 
 _hasher = PasswordHasher()
-# verifying against this costs what a real hash costs, so an unknown name answers as slowly
-# as a wrong password and does not tell which names exist
-_DUMMY = _hasher.hash("not a password of anyone")
+
+
+@functools.cache
+def _dummy() -> str:
+    """A hash to verify against for an unknown name: it costs what a real hash costs, so an
+    unknown name answers as slowly as a wrong password and does not tell which names exist.
+    Made on the first login, not at import: an argon2 hash (64 MiB, ~0.1-0.8 s of CPU) was paid
+    by every process that imports this module (`hoard users`, `hoard tokens`, `hoard demo`, the
+    GUI), most of which never authenticate anyone."""
+    return _hasher.hash("not a password of anyone")
 
 
 class UserError(HoardError):
@@ -126,8 +134,9 @@ def users(cfg: Settings) -> dict[str, User]:
 def authenticate(cfg: Settings, name: str, password: str) -> User | None:
     """The user if `password` is theirs, else None (also for an unknown name, as slowly)."""
     user = users(cfg).get(name)
+    dummy = _dummy()  # made by the first login whatever its name: that one is slower for a known name too
     try:
-        _hasher.verify(user.password_hash if user else _DUMMY, password)
+        _hasher.verify(user.password_hash if user else dummy, password)
     except (VerifyMismatchError, VerificationError, InvalidHashError):
         return None
     return user
