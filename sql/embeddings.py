@@ -59,7 +59,7 @@ def vectors(conn: psycopg.Connection, model: str) -> tuple[np.ndarray, np.ndarra
     """(node ids, float32 matrix one row each) of every row of `model`, by node id."""
     ids: list[int] = []
     blobs: list[bytes] = []
-    with conn.cursor(name="embeddings") as cur:
+    with conn.transaction(), conn.cursor(name="embeddings") as cur:  # a server-side cursor lives in a transaction
         cur.itersize = _FETCH
         cur.execute("SELECT node_id, embedding FROM result_image_embedding WHERE model = %s ORDER BY node_id",
                     [model])
