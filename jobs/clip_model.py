@@ -14,6 +14,7 @@ command that does not search never pays their import time.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import os
 import sys
@@ -67,18 +68,17 @@ def open_clip_module() -> Any:
     if "open_clip" in sys.modules:
         return sys.modules["open_clip"]
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # open_clip asks the hub for nothing; if it did, it must not
-    import torch  # noqa: F401 - before torchvision, as torchvision itself does
+    import torch
 
-    try:
-        import torchvision  # noqa: F401
-    except RuntimeError as e:
-        if "torchvision::" not in str(e):
-            raise
-        for name in [k for k in sys.modules if k == "torchvision" or k.startswith("torchvision.")]:
-            del sys.modules[name]
-        for name in ("torchvision._meta_registrations", "torchvision._autograd_registrations"):
-            sys.modules[name] = types.ModuleType(name)
-        import torchvision  # noqa: F401
+    spec = importlib.util.find_spec("torchvision")  # found, not imported
+    where = Path(spec.submodule_search_locations[0]) if spec and spec.submodule_search_locations else None
+    ext = next(where.glob("_C*.so"), None) if where else None
+    if ext is not None and "torchvision" not in sys.modules:
+        try:
+            torch.ops.load_library(str(ext))  # what torchvision's own import does first
+        except OSError:  # its operators cannot be had here: import it without registering kernels for them
+            for name in ("torchvision._meta_registrations", "torchvision._autograd_registrations"):
+                sys.modules[name] = types.ModuleType(name)
     import open_clip
 
     return open_clip
@@ -117,9 +117,8 @@ def _model_name(model: str) -> str:
     return path.stem
 
 
-def load(model: str, weights: Path | str | None, device: str = "cpu") -> Loaded:
-    """The model `model` with the weights file `weights`, on `device` ("cpu" or "cuda"), in
-    eval mode; loaded once per process. ClipError (one line) when it cannot be."""
+def weights_file(weights: Path | str | None) -> Path:
+    """The weights file named, checked to be one (ClipError otherwise), before anything is imported."""
     if not weights:
         raise ClipError("search.clip_weights is not set: put the path of an open_clip weights file in hoard.toml "
                         "under [search] (docs/search.md names the weights to install)")
@@ -127,6 +126,13 @@ def load(model: str, weights: Path | str | None, device: str = "cpu") -> Loaded:
     if not wpath.is_file():
         raise ClipError(f"search.clip_weights: {display(str(wpath))} is not a file; install the weights there "
                         "(docs/search.md) or fix the path in hoard.toml")
+    return wpath
+
+
+def load(model: str, weights: Path | str | None, device: str = "cpu") -> Loaded:
+    """The model `model` with the weights file `weights`, on `device` ("cpu" or "cuda"), in
+    eval mode; loaded once per process. ClipError (one line) when it cannot be."""
+    wpath = weights_file(weights)
     key = (model, str(wpath.resolve()), device)
     if key in _CACHE:
         return _CACHE[key]
@@ -186,8 +192,12 @@ def search_text(settings: Any, conn: Any, text: str, limit: int, note: Callable[
     embeddings are stored."""
     from sql import embeddings
 
-    m = load(settings.search.clip_model, settings.search.clip_weights, "cpu")
+    weights_file(settings.search.clip_weights)
     have = embeddings.models(conn)
+    if not have:  # nothing to search: no need to load the model
+        raise NothingEmbedded("no image is embedded yet: `hoard action run clip-embed` embeds the stored images "
+                              "(docs/search.md)")
+    m = load(settings.search.clip_model, settings.search.clip_weights, "cpu")
     if not have.get(m.model_id):
         others = "; stored: " + ", ".join(f"{k} ({v} images)" for k, v in have.items()) if have else ""
         raise NothingEmbedded(f"no image is embedded with {m.model_id} yet: `hoard action run clip-embed` embeds the "

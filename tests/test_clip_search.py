@@ -11,7 +11,6 @@ import base64
 import hashlib
 import json
 import logging
-import os
 import shutil
 import subprocess
 import sys
@@ -97,44 +96,6 @@ def _vec(b64: str | bytes) -> np.ndarray:
     return np.frombuffer(raw, "<f4")
 
 
-@pytest.mark.services  # starts `hoard-builtin` as its own process
-def test_the_worker_embeds_each_good_image_as_the_loaded_model_does_and_names_each_bad_one(
-        tiny: tuple[Path, Path], tmp_path: Path) -> None:
-    """`hoard-builtin clip-embed IN OUT --model CFG --weights W --device cpu`: one record per
-    decodable image, its embedding 32 float32 numbers of norm 1, equal to what jobs.clip_model
-    gives for that image in this process; a truncated PNG and a text file are one stderr line each
-    naming the file, and the run exits 0. The model id names the weights' sha256."""
-    cfg, weights = tiny
-    inp, out = tmp_path / "in", tmp_path / "out"
-    inp.mkdir()
-    shas = _pictures(inp)
-    bad = _bad(inp)
-    res = subprocess.run([sys.executable, "-m", "jobs.actions.builtin", "clip-embed", str(inp), str(out),
-                          "--model", str(cfg), "--weights", str(weights), "--device", "cpu"],
-                         capture_output=True, text=True, timeout=300, env=os.environ | {"PYTHONPATH": str(REPO)})
-    assert res.returncode == 0, res.stderr
-    lines = res.stderr.splitlines()
-    assert len(lines) == len(bad), lines
-    for name, why in bad.items():
-        assert sum(ln.startswith(f"hoard-builtin: skipped {name}: ") and why in ln for ln in lines) == 1, lines
-    recs = [json.loads(ln) for ln in (out / "embeddings.jsonl").read_text().splitlines()]
-    assert sorted(r["sha256"] for r in recs) == sorted(shas.values())
-    m = clip_model.load(str(cfg), weights)
-    assert m.model_id == f"tiny-clip@{hashlib.sha256(weights.read_bytes()).hexdigest()[:16]}" and m.dim == 32
-    assert clip_model.load(str(cfg), weights) is m  # loaded once per process
-    assert {r["model"] for r in recs} == {m.model_id}
-    mine = clip_model.encode_images(m, [Image.open(inp / f"{n}.png").convert("RGB") for n in COLOURS])
-    assert mine.shape == (len(COLOURS), 32) and mine.dtype == np.float32
-    by_sha = {r["sha256"]: _vec(r["embedding"]) for r in recs}
-    for i, n in enumerate(COLOURS):
-        v = by_sha[shas[n]]
-        assert v.shape == (32,) and abs(float(np.linalg.norm(v)) - 1) < 1e-5
-        np.testing.assert_allclose(v, mine[i], atol=1e-4)
-    t = clip_model.encode_text(m, "a red square")
-    assert t.shape == (32,) and abs(float(np.linalg.norm(t)) - 1) < 1e-5
-    assert not np.allclose(t, clip_model.encode_text(m, "a blue circle"))
-
-
 def test_weights_that_are_missing_or_not_the_model_s_are_one_line(tiny: tuple[Path, Path], tmp_path: Path) -> None:
     """No weights configured, a path that is no file, a file that is not these weights, and a
     config that would download a tokenizer: each a ClipError naming what to fix."""
@@ -171,16 +132,21 @@ def test_clip_embed_then_hoard_search_finds_the_nearest_as_brute_force_does(
 
 
 def _embed_and_search(home: Path, pg, tiny: tuple[Path, Path]) -> None:
+    from fsd.base import config
+    from sql import embeddings
+
     model_cfg, weights = tiny
     cfg = ingest_home(home, pg)
     unset = _hoard(cfg, "search", "a red square")
     assert unset.returncode == 2 and "search.clip_weights is not set" in unset.stderr, unset.stderr
     with open(cfg.source, "a") as fh:
         fh.write(f'\n[search]\nclip_model = "{model_cfg}"\nclip_weights = "{weights}"\ndevice = "cpu"\n')
+    cfg = config.load(cfg.source)
     batch = cfg.ssd.zone_path("3A") / "clip-1"
     batch.mkdir()
     shas = _pictures(batch, sidecars=True)
-    _bad(batch, sidecars=True)
+    bad = {hashlib.sha256((batch / n).read_bytes()).hexdigest(): why for n, why in _bad(batch, sidecars=True).items()}
+    pictures = {n: Image.open(batch / f"{n}.png").convert("RGB") for n in COLOURS}
     done = _hoard(cfg, "ingest", str(batch), "--source", "sidecar", "--here")
     assert done.returncode == 0, done.stdout + done.stderr
 
@@ -189,56 +155,68 @@ def _embed_and_search(home: Path, pg, tiny: tuple[Path, Path]) -> None:
 
     run = _hoard(cfg, "action", "run", "clip-embed", "--here", "--json")
     assert run.returncode == 0, run.stdout + run.stderr
-    assert json.loads(run.stdout)["status"] == "done"
+    doc = json.loads(run.stdout)
+    assert doc["status"] == "done"
+    log = (cfg.ssd.root / "state" / "actions" / f"{doc['run']}.worker.log").read_text().splitlines()
+    for sha, why in bad.items():  # each bad image one line naming it (staged flat: by sha256); the run went on
+        assert sum(f"hoard-builtin: skipped {sha}" in ln and why in ln for ln in log) == 1, log
     rows = {bytes(s).hex(): (m, _vec(e)) for s, m, e in pg.execute(
         "SELECT n.sha256, r.model, r.embedding FROM result_image_embedding r JOIN node n USING (node_id)")}
     assert set(rows) == set(shas.values())  # the bad images have none
-    model_id = f"tiny-clip@{hashlib.sha256(weights.read_bytes()).hexdigest()[:16]}"
-    assert {m for m, _ in rows.values()} == {model_id}
-    assert all(v.shape == (32,) and abs(float(np.linalg.norm(v)) - 1) < 1e-5 for _, v in rows.values())
-
     m = clip_model.load(str(model_cfg), weights)
+    assert clip_model.load(str(model_cfg), weights) is m  # loaded once per process
+    model_id = f"tiny-clip@{hashlib.sha256(weights.read_bytes()).hexdigest()[:16]}"
+    assert m.model_id == model_id and m.dim == 32
+    assert {mid for mid, _ in rows.values()} == {model_id}
+    mine = clip_model.encode_images(m, list(pictures.values()))  # the worker's numbers are this process's
+    assert mine.shape == (len(COLOURS), 32) and mine.dtype == np.float32
+    for i, n in enumerate(COLOURS):
+        v = rows[shas[n]][1]
+        assert v.shape == (32,) and abs(float(np.linalg.norm(v)) - 1) < 1e-5
+        np.testing.assert_allclose(v, mine[i], atol=1e-4)
 
     def brute(text: str) -> list[tuple[str, float]]:
         q = clip_model.encode_text(m, text)
+        assert q.shape == (32,) and abs(float(np.linalg.norm(q)) - 1) < 1e-5
         return sorted(((s, float(v @ q)) for s, (_, v) in rows.items()), key=lambda x: -x[1])
 
-    index = cfg.ssd.root / "state" / "search" / f"{model_id}.usearch"
-    for text, limit in (("a red square", 8), ("purple stripes", 3)):
-        res = _hoard(cfg, "search", text, "--json", "--limit", str(limit))
-        assert res.returncode == 0, res.stderr
-        doc = json.loads(res.stdout)
-        want = brute(text)[:limit]
-        assert doc["model"] == model_id and doc["query"] == text
-        assert [r["sha256"] for r in doc["results"]] == [s for s, _ in want]
-        np.testing.assert_allclose([r["score"] for r in doc["results"]], [sc for _, sc in want], atol=1e-4)
-        assert all(r["locator"].startswith("batch:clip-1/") for r in doc["results"])
+    assert [s for s, _ in brute("a red square")] != [s for s, _ in brute("purple stripes")]
+    res = _hoard(cfg, "search", "a red square", "--json", "--limit", "8")
+    assert res.returncode == 0 and res.stderr.count("\n") == 1 and "missing; rebuilt from the 8" in res.stderr, res
+    doc = json.loads(res.stdout)
+    want = brute("a red square")
+    assert doc["model"] == model_id and doc["query"] == "a red square"
+    assert [r["sha256"] for r in doc["results"]] == [s for s, _ in want]
+    np.testing.assert_allclose([r["score"] for r in doc["results"]], [sc for _, sc in want], atol=1e-4)
+    assert all(r["locator"].startswith("batch:clip-1/") for r in doc["results"])
+    index = embeddings.index_dir(cfg.ssd.root) / f"{model_id}.usearch"
     assert index.is_file()
-    lines = _hoard(cfg, "search", "a red square", "--limit", "2")
-    assert lines.returncode == 0 and lines.stderr == ""  # the index is current: nothing rebuilt
-    assert [ln.split()[1] for ln in lines.stdout.splitlines()] == [s for s, _ in brute("a red square")[:2]]
 
-    index.write_bytes(b"\0garbage" * 64)  # a corrupt cache: rebuilt from PostgreSQL, same answer
-    again = _hoard(cfg, "search", "a red square", "--json")
-    assert again.returncode == 0, again.stderr
-    assert "rebuilt from the 8 embeddings in PostgreSQL" in again.stderr and again.stderr.count("\n") == 1, again.stderr
-    assert [r["sha256"] for r in json.loads(again.stdout)["results"]] == [s for s, _ in brute("a red square")]
-    index.unlink()
-    gone = _hoard(cfg, "search", "a red square", "--limit", "1")
-    assert gone.returncode == 0 and "missing; rebuilt" in gone.stderr, gone.stderr
+    said: list[str] = []
 
-    # a row PostgreSQL has and the index has not: the index is behind and rebuilt; a deleted image
-    # is never an answer
-    red = shas["red"]
+    def search(text: str, limit: int) -> list[str]:  # what `hoard search` runs, in this process
+        got = clip_model.search_text(cfg, pg, text, limit, said.append)
+        assert got[0] == model_id
+        return [h.sha256 for h in got[1]]
+
+    assert search("purple stripes", 3) == [s for s, _ in brute("purple stripes")[:3]] and said == []  # current
+    index.write_bytes(b"\0garbage" * 64)  # a corrupt cache: rebuilt from PostgreSQL, the same answer
+    assert search("a red square", 8) == [s for s, _ in want]
+    assert len(said) == 1 and "unreadable" in said[0] and "rebuilt from the 8 embeddings in PostgreSQL" in said[0]
+    # a row PostgreSQL has lost and the index has not: behind, rebuilt; a deleted image is never an answer
+    red, blue = shas["red"], shas["blue"]
     pg.execute("DELETE FROM result_image_embedding WHERE node_id = (SELECT node_id FROM node WHERE sha256 = %s)",
                [bytes.fromhex(red)])
     pg.execute("UPDATE physical_content SET is_deleted = true WHERE node_id = (SELECT node_id FROM node "
-               "WHERE sha256 = %s)", [bytes.fromhex(shas["blue"])])
-    behind = _hoard(cfg, "search", "a red square", "--json")
-    assert "behind the database (8 images in it, 7 in PostgreSQL)" in behind.stderr, behind.stderr
-    got = [r["sha256"] for r in json.loads(behind.stdout)["results"]]
-    assert red not in got and shas["blue"] not in got and len(got) == 6
+               "WHERE sha256 = %s)", [bytes.fromhex(blue)])
+    got = search("a red square", 8)
+    assert "behind the database (8 images in it, 7 in PostgreSQL)" in said[1], said
+    assert got == [s for s, _ in want if s not in (red, blue)]
 
+    text = _hoard(cfg, "search", "a red square", "--limit", "2")  # the lines: similarity, sha256, locator
+    assert text.returncode == 0 and text.stderr == "", text.stderr
+    lines = [ln.split() for ln in text.stdout.splitlines()]
+    assert [ln[1] for ln in lines] == got[:2] and all(ln[2].startswith("batch:clip-1/") for ln in lines)
     for bad_limit in ("0", "1001"):
         refused = _hoard(cfg, "search", "x", "--limit", bad_limit)
         assert refused.returncode == 2 and refused.stderr.count("\n") == 1 and "--limit" in refused.stderr
