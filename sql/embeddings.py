@@ -130,18 +130,17 @@ class SearchIndex:
         elif have is None:
             why = "its stamp is missing or unreadable"
         elif {k: have.get(k) for k in want} != want:
-            why = f"behind the database ({have.get('count')} images in it, {want['count']} in PostgreSQL)"
+            why = f"out of date ({have.get('count')} images in it, {want['count']} in PostgreSQL)"
         else:
+            idx = Index(ndim=int(have.get("dim") or 1), metric="cos", dtype="f32", connectivity=CONNECTIVITY,
+                        expansion_search=EXPANSION_SEARCH)
             try:
-                idx = Index.restore(str(self.path))
+                idx.load(str(self.path))
             except (RuntimeError, ValueError, OSError) as e:
-                idx, why = None, f"unreadable ({str(e).splitlines()[0] if str(e) else type(e).__name__})"
-            if idx is None and not why:
-                why = "unreadable (not a usearch index)"
-            elif idx is not None and (len(idx) != want["count"] or (want["count"] and idx.ndim != have.get("dim"))):
-                why = f"unreadable (it holds {len(idx)} vectors, its stamp says {want['count']})"
+                why = f"unreadable ({str(e).splitlines()[0] if str(e) else type(e).__name__})"
+            if not why and (len(idx) != want["count"] or (want["count"] and idx.ndim != have.get("dim"))):
+                why = f"unreadable (it holds {len(idx)} vectors of {idx.ndim}, its stamp says {want['count']})"
             if not why:
-                idx.expansion_search = EXPANSION_SEARCH
                 return idx
         note(f"search index {self.path}: {why}; rebuilt from the {want['count']} embeddings in PostgreSQL")
         return self._build(conn, want)

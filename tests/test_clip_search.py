@@ -210,7 +210,7 @@ def _embed_and_search(home: Path, pg, tiny: tuple[Path, Path]) -> None:
     pg.execute("UPDATE physical_content SET is_deleted = true WHERE node_id = (SELECT node_id FROM node "
                "WHERE sha256 = %s)", [bytes.fromhex(blue)])
     got = search("a red square", 8)
-    assert "behind the database (8 images in it, 7 in PostgreSQL)" in said[1], said
+    assert "out of date (8 images in it, 7 in PostgreSQL)" in said[1], said
     assert got == [s for s, _ in want if s not in (red, blue)]
 
     text = _hoard(cfg, "search", "a red square", "--limit", "2")  # the lines: similarity, sha256, locator
