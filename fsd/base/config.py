@@ -202,7 +202,7 @@ class SearchConfig(BaseModel):
     #: actions' worker user; unset: search and the clip-embed action say how to install one
     clip_weights: Path | None = None
     #: where clip-embed runs the model: "cuda" waits at the action's GPU gate until a CUDA
-    #: device is there; "cpu" runs it on the CPU at once (slow: ~10 images/s a core for ViT-B-32)
+    #: device is there; "cpu" runs it on the CPU at once (slow)
     device: Literal["cuda", "cpu"] = "cuda"
 
     @model_validator(mode="after")
