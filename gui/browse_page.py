@@ -24,7 +24,7 @@ from gui.context import AppStopping, ctx, in_thread, page, stopping
 from gui.frame import db_down, frame, page_number
 from gui.state import STORE_LOCK
 from gui.text import shown
-from jobs import ingest
+from jobs import clip_model, ingest
 from sql import browse, neardup
 
 PER_PAGE = 48
@@ -96,6 +96,37 @@ async def _near_duplicates(sha256: str) -> None:
                 ui.label(f"{d} bits" + (", mirror image" if mirrored else "")).classes("text-caption")
 
 
+def _search_text(text_: str) -> tuple[str, list]:
+    with psycopg.connect(ctx().cfg.database_url, connect_timeout=5) as conn:
+        return clip_model.search_text(ctx().cfg, conn, text_, PER_PAGE, lambda line: None)
+
+
+async def _looks_like(query: str) -> None:
+    """The images nearest a text by their CLIP embeddings (jobs.clip_model.search_text, as `hoard
+    search`), nearest first, each a thumbnail with its similarity linking to its node. The query
+    and every name are shown as text, never as markup."""
+    try:
+        model, hits = await in_thread(_search_text, query)
+    except clip_model.NothingEmbedded as e:
+        text.label(e.message).classes("text-caption").mark("assets-looks-none")
+        return
+    except HoardError as e:
+        text.label(e.message).classes("text-negative").mark("assets-refused")
+        return
+    except psycopg.Error as e:
+        db_down(e)
+        return
+    text.label(f"{len(hits)} images nearest “{query}” ({model}); the other filters do not apply to this "
+               "search").classes("text-caption").mark("assets-looks-caption")
+    with ui.row().classes("w-full").mark("assets-looks"):
+        for h in hits:
+            with ui.link(target=f"/node/{h.sha256}").classes("no-underline text-black"):
+                with ui.card().classes("w-44 q-pa-xs").props(f'data-testid="look-{h.sha256[:12]}"'):
+                    thumb_img(h.sha256, "w-40 h-40")
+                    text.label(h.locator.split("/")[-1][:40] or h.sha256[:16]).classes("text-caption")
+                    ui.label(f"similarity {h.score:.3f}").classes("text-caption text-grey-7")
+
+
 def register() -> None:
     @app.get("/thumb/{sha256}")
     async def thumb(sha256: str) -> Response:
@@ -146,10 +177,10 @@ def register() -> None:
 
     @page("/assets")
     async def assets_page(source: str = "", batch: str = "", since: str = "", until: str = "", q: str = "",
-                          kind: str = "", label: str = "", page: int = 1) -> None:
+                          kind: str = "", label: str = "", looks: str = "", page: int = 1) -> None:
         page = page_number(page)
         current = {"source": source, "batch": batch, "since": since, "until": until, "q": q, "label": label,
-                   "kind": kind}
+                   "kind": kind, "looks": looks}
 
         def go(**change: str) -> None:
             ui.navigate.to(f"/assets?{urlencode({k: v for k, v in (current | change).items() if v})}")
@@ -159,13 +190,17 @@ def register() -> None:
                 fields = {}
                 for key, caption in (("source", "source"), ("batch", "batch"), ("since", "from (YYYY-MM-DD)"),
                                      ("until", "until (YYYY-MM-DD)"), ("q", "words in title, author, metadata"),
-                                     ("label", "label (key or key=value)")):
+                                     ("label", "label (key or key=value)"),
+                                     ("looks", "images that look like (text)")):
                     fields[key] = ui.input(caption, value=current[key]).classes("w-44").mark(f"assets-{key}")
                     fields[key].on("keydown.enter", lambda: go(**{k: f.value.strip() for k, f in fields.items()}))
                 ui.select({"": "any kind", "image": "image", "video": "video", "audio": "audio", "text": "text"},
                           value=kind, label="kind", on_change=lambda e: go(kind=e.value)).classes("w-32")
                 ui.button("Search", on_click=lambda: go(**{k: f.value.strip() for k, f in fields.items()})).mark(
                     "assets-search")
+            if looks.strip():
+                await _looks_like(looks.strip())
+                return
             bad = [label for value, label in ((since, "from"), (until, "until")) if value and _date(value) is None]
             if bad:  # never an unfiltered listing for a filter that did not parse
                 ui.label(f"{' and '.join(bad)}: not a date; write it as YYYY-MM-DD").classes("text-negative")

@@ -359,7 +359,7 @@ def _write_results(conn: psycopg.Connection, it: WriteIntent) -> int:
         _copy(conn, f"tmp_{table}", "sha, batch_id, " + ", ".join(cols),
               ((bytes.fromhex(r.node), r.batch_id, *(r.values.get(c) for c in cols)) for r in rows))
         cur = conn.execute(f"INSERT INTO {table} (node_id, batch_id, {', '.join(cols)}) "  # noqa: S608 - fixed names
-                           f"SELECT n.node_id, t.batch_id, {', '.join('t.' + c for c in cols)} FROM tmp_{table} t "
+                           f"SELECT n.node_id, t.batch_id, {', '.join(_RESULT_EXPR.get(c, 't.' + c) for c in cols)} FROM tmp_{table} t "
                            "JOIN node n ON n.sha256 = t.sha ON CONFLICT DO NOTHING")
         new += cur.rowcount
     return new
@@ -367,4 +367,6 @@ def _write_results(conn: psycopg.Connection, it: WriteIntent) -> int:
 
 #: the SQL type of each result column that is not `real`
 _RESULT_TYPES = {"status": "text", "text": "text", "box_no": "integer", "phash": "bigint", "dhash": "bigint",
-                 "phash_flip": "bigint"}
+                 "phash_flip": "bigint", "model": "text", "embedding": "text"}
+#: how a column's value is written when not as it came: an embedding comes as base64, is kept as bytes
+_RESULT_EXPR = {"embedding": "decode(t.embedding, 'base64')"}

@@ -177,10 +177,13 @@ RESULT_COLUMNS: Final[dict[str, tuple[frozenset[str], frozenset[str]]]] = {
                        frozenset({"box_no", "x", "y", "w", "h"})),
     # perceptual hashes (migration 015): 64-bit patterns as signed bigints
     "result_image_hash": (frozenset({"phash", "dhash", "phash_flip"}), frozenset({"phash", "dhash", "phash_flip"})),
+    # image embeddings (migration 017): the model's name and weights, the vector as base64 of
+    # float32 little-endian (stored as bytea)
+    "result_image_embedding": (frozenset({"model", "embedding"}), frozenset({"model", "embedding"})),
 }
 
 #: the result columns that hold text (the others hold numbers)
-RESULT_TEXT_COLUMNS: Final = frozenset({"status", "text"})
+RESULT_TEXT_COLUMNS: Final = frozenset({"status", "text", "model", "embedding"})
 #: the result columns that hold a 64-bit hash (a whole number, -2^63 ≤ v < 2^63: a bigint)
 RESULT_HASH_COLUMNS: Final = frozenset({"phash", "dhash", "phash_flip"})
 
@@ -189,7 +192,7 @@ class ResultIn(BaseModel):
     """One row of a result table (an action's per-node result), for the batch that produced it."""
 
     model_config = _strict
-    table: Literal["result_canny", "result_ocr_box", "result_image_hash"]
+    table: Literal["result_canny", "result_ocr_box", "result_image_hash", "result_image_embedding"]
     node: Sha
     batch_id: Annotated[str, StringConstraints(pattern=NAME_PATTERN)]
     values: dict[str, str | int | float | None]

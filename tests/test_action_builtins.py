@@ -132,7 +132,7 @@ def test_every_builtin_contract_validates_and_runs_hoard_builtin() -> None:
     files = sorted(CONTRACTS.glob("*.toml"))
     ids = {p.stem for p in files}
     assert ids == {"blacklist-small-images", "thumbnail", "exif", "resize-variants", "canny", "keyframes",
-                   "label-studio", "near-dup-hash"}
+                   "label-studio", "near-dup-hash", "clip-embed"}
     types = {}
     for path in files:
         c = contract.load_file(path)
@@ -141,10 +141,12 @@ def test_every_builtin_contract_validates_and_runs_hoard_builtin() -> None:
             assert c.run_spec.command[:4] == ["hoard-builtin", c.action_id, "{input_root}", "{output_root}"]
             assert c.action_id in PROGRAMS
     assert types == {"blacklist-small-images": "AC1", "thumbnail": "AC2", "exif": "AC2", "keyframes": "AC2",
-                     "near-dup-hash": "AC2", "resize-variants": "AC4", "canny": "AC4", "label-studio": "AC5"}
+                     "near-dup-hash": "AC2", "resize-variants": "AC4", "canny": "AC4", "label-studio": "AC5",
+                     "clip-embed": "AC3"}
     for gpu in ("resize-variants", "canny"):
         c = load(gpu)
         assert c.gate is not None and c.a4_scale is not None
+    assert load("clip-embed").gate is not None
     ls = load("label-studio").run_spec
     assert isinstance(ls, contract.RunLabelStudio)
     for tag in ("<RectangleLabels", "<PolygonLabels", "<Choices", "<TextArea"):

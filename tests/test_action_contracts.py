@@ -274,10 +274,11 @@ def test_action_list_shows_each_contract_and_each_bad_file_in_one_line(home: Pat
     res = hoard(home, "action", "list")
     assert res.returncode == 0, res.stderr
     lines = res.stdout.splitlines()
-    # the directory's 6 files, then the built-ins none of them shadows (exif, keyframes, near-dup-hash)
+    # the directory's 6 files, then the built-ins none of them shadows (clip-embed, exif, keyframes, near-dup-hash)
     own = [ln for ln in lines if not ln.endswith(" builtin")]
     assert len(own) == 6 and "Traceback" not in res.stderr, lines
-    assert sorted(ln.split()[0] for ln in lines if ln.endswith(" builtin")) == ["exif", "keyframes", "near-dup-hash"], \
+    assert sorted(ln.split()[0] for ln in lines if ln.endswith(" builtin")) == ["clip-embed", "exif", "keyframes",
+                                                                                 "near-dup-hash"], \
         lines
     assert any(ln.startswith("thumbnail ") and " AC2 " in ln and " v2 " in ln for ln in lines), lines
     bad = [ln for ln in lines if "broken.toml" in ln]

@@ -93,6 +93,7 @@ COMMANDS: dict[str, list[str]] = {
     "put": ["{FILE}"],
     "rebuild": ["--disk", "nosuch"],
     "replicate": ["--budget-s", "5"],
+    "search": ["a red car"],  # no search.clip_weights in the test config: one line, exit 2
     "select": ["--type", "txt"],
     "services down": [],
     "services status": [],

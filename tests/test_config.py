@@ -153,7 +153,8 @@ def test_every_key_is_documented() -> None:
                   "ingest.": config.IngestConfig, "mount.": config.MountConfig,
               "actions.": config.ActionsConfig, "label_studio.": config.LabelStudioConfig,
               "gui.": config.GuiConfig, "gui.users[].": config.GuiUser, "webhooks[].": config.WebhookConfig,
-              "api.": config.ApiConfig, "worker.": config.WorkerConfig}
+              "api.": config.ApiConfig, "worker.": config.WorkerConfig,
+              "search.": config.SearchConfig}
     missing = [f"{prefix}{name}" for prefix, model in models.items() for name in model.model_fields
                if name != "source" and f"`{prefix}{name}`" not in doc]
     assert not missing, f"undocumented keys: {missing}"

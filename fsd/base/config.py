@@ -189,6 +189,32 @@ class IngestConfig(BaseModel):
     near_dup_at_ingest: bool = False
 
 
+class SearchConfig(BaseModel):
+    """Text → image search (`hoard search`, the browser's search box; docs/search.md): the
+    open_clip model the built-in `clip-embed` action embeds images with and the text is
+    embedded with. Nothing is downloaded: the weights are a file you install."""
+
+    model_config = _strict
+    #: an open_clip model name whose config ships with open_clip (ViT-B-32, ViT-L-14, …) or the
+    #: path of a model config JSON in open_clip's format
+    clip_model: str = Field(default="ViT-B-32", min_length=1, max_length=4096)
+    #: the weights file of that model (open_clip's .bin/.pt/.safetensors), readable by the
+    #: actions' worker user; unset: search and the clip-embed action say how to install one
+    clip_weights: Path | None = None
+    #: where clip-embed runs the model: "cuda" waits at the action's GPU gate until a CUDA
+    #: device is there; "cpu" runs it on the CPU at once (slow)
+    device: Literal["cuda", "cpu"] = "cuda"
+
+    @model_validator(mode="after")
+    def _absolute(self) -> SearchConfig:
+        # the worker runs in its own directory, as its own user: a relative path would name another file
+        if self.clip_weights is not None and not self.clip_weights.is_absolute():
+            raise ValueError(f"search.clip_weights: give an absolute path, not {str(self.clip_weights)!r}")
+        if self.clip_model.endswith(".json") and not Path(self.clip_model).is_absolute():
+            raise ValueError(f"search.clip_model: give a model config JSON as an absolute path, not {self.clip_model!r}")
+        return self
+
+
 class ActionsConfig(BaseModel):
     """UA_2: where the ActionContract files are (docs/actions.md)."""
 
@@ -477,6 +503,8 @@ class Settings(BaseSettings):
     webhooks: list[WebhookConfig] = []
     #: the HTTP ingest endpoint's tokens file and limits (gui.api; docs/http-ingest.md)
     api: ApiConfig = ApiConfig()
+    #: text → image search: the CLIP model (docs/search.md)
+    search: SearchConfig = SearchConfig()
     #: the file this came from (set by `load`, not a key of the file)
     source: Path | None = Field(default=None, exclude=True)
 

@@ -53,6 +53,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "label": ("label", "app"), "view": ("mount", "view_app"), "action": ("action", "app"),
     "pipeline": ("pipeline", "app"), "dataset": ("dataset", "app"),
     "events": ("events", "events"), "webhooks": ("events", "app"), "dups": ("dups", "dups"),
+    "search": ("search", "search"),
     "install": ("install", "install"), "uninstall": ("install", "uninstall"),
 }
 

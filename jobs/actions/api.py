@@ -87,11 +87,11 @@ def load_contract(cfg: Settings, name: str) -> Contract:
     return contracts.load_file(contracts.find_any(cfg.actions_dir, name)[0])
 
 
-def _params(c: Contract, given: list[str]) -> dict[str, Any]:
+def _params(c: Contract, given: list[str], cfg: Settings | None = None) -> dict[str, Any]:
     if not c.params and not given:
         return {}
 
-    return parse_params(c, given)
+    return parse_params(c, given, cfg)
 
 
 def steps_of(c: Contract) -> list[str]:
@@ -150,7 +150,7 @@ def prepare(cfg: Settings, name: str, *, selector: dict | None = None, nodes: li
     """(contract, typed parameters, inputs, run id) of the run `submit` would record — nothing
     is written (a pipeline looks its stages' runs up by this)."""
     c = load_contract(cfg, name)
-    params = _params(c, list(given or []))
+    params = _params(c, list(given or []), cfg)
     inputs = select_inputs(cfg, c, selector, nodes)
     return c, params, inputs, run_id(c.action_id, c.version, run_key(c.action_id, c.version, _canonical(c, params),
                                                                       inputs))

@@ -98,9 +98,14 @@ class Param(BaseModel):
     min: float | None = None
     max: float | None = None
     help: Text = ""
+    #: a hoard.toml key (`section.key`) whose value is the default, read when the run is made
+    #: (so it is part of the run's key); unset there: the parameter must be given
+    default_from: Annotated[str, StringConstraints(pattern=r"^[a-z][a-z_]{0,40}\.[a-z][a-z_]{0,40}$")] | None = None
 
     @model_validator(mode="after")
     def _fits(self) -> Param:
+        if self.default is not None and self.default_from is not None:
+            raise ValueError("give `default` or `default_from`, not both")
         if (self.type == "choice") != bool(self.choices):
             raise ValueError("`choices` goes with type = \"choice\" (and only with it): list the allowed values")
         if (self.min is not None or self.max is not None) and self.type not in ("int", "float"):
@@ -300,7 +305,7 @@ class ResultMapping(BaseModel):
     `columns` = {column: the record's field}."""
 
     model_config = _strict
-    into: Literal["labels", "result_canny", "result_ocr_box", "result_image_hash"]
+    into: Literal["labels", "result_canny", "result_ocr_box", "result_image_hash", "result_image_embedding"]
     columns: dict[str, Annotated[str, StringConstraints(min_length=1, max_length=200)]] = Field(min_length=1)
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from typing import Any
 
 from fsd.base.errors import ExitCode, HoardError
 from fsd.base.paths import display
@@ -77,11 +78,29 @@ def _num(x: float) -> str:
     return str(int(x)) if float(x).is_integer() else repr(float(x))
 
 
-def parse_params(c: Contract, given: list[str]) -> dict[str, Value]:
+def _from_config(name: str, p: Param, settings: Any) -> Value | None:
+    """The default a parameter's `default_from` names in hoard.toml, typed; None when unset."""
+    assert p.default_from is not None
+    section, key = p.default_from.split(".")
+    part = getattr(settings, section, None) if settings is not None else None
+    if part is None or key not in type(part).model_fields:
+        raise ParamError(f"--param {name}: its default comes from {p.default_from}, which is not a key of hoard.toml "
+                         f"(docs/config.md); give --param {name}=VALUE")
+    v = getattr(part, key)
+    if v is None:
+        return None
+    try:
+        return _typed(name, p, str(v) if not isinstance(v, bool) else str(v).lower())
+    except ParamError as e:
+        raise ParamError(f"{p.default_from} in hoard.toml, the default of {e}") from None
+
+
+def parse_params(c: Contract, given: list[str], settings: Any = None) -> dict[str, Value]:
     """The parameters of one run: each declared name → its typed value (the given one, else
     the default). ParamError (one line, exit 2) for an item without "=", an unknown name, a
     name given twice, a value of the wrong type or outside the allowed ones, a required
-    parameter not given."""
+    parameter not given. `settings` (the loaded hoard.toml) gives the defaults named by
+    `default_from`."""
     raw: dict[str, str] = {}
     for item in given:
         name, eq, value = item.partition("=")
@@ -99,6 +118,11 @@ def parse_params(c: Contract, given: list[str]) -> dict[str, Value]:
         elif p.default is not None:
             d = p.default
             out[name] = float(d) if p.type == "float" and not isinstance(d, bool) else d
+        elif p.default_from is not None and (v := _from_config(name, p, settings)) is not None:
+            out[name] = v
+        elif p.default_from is not None:
+            raise ParamError(f"--param {name}: {p.default_from} is not set in hoard.toml; set it there "
+                             f"(docs/config.md) or give --param {name}=VALUE")
         else:
             allowed = f" (one of {', '.join(p.choices)})" if p.type == "choice" else f" (a {p.type})"
             raise ParamError(f"--param {name}: required (it has no default); give --param {name}=VALUE{allowed}")

@@ -19,6 +19,9 @@ output".
 
 from __future__ import annotations
 
+import array
+import base64
+import binascii
 import csv
 import errno
 import io
@@ -27,6 +30,7 @@ import math
 import os
 import re
 import stat
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,6 +51,8 @@ MAX_RESULT_BYTES = 256 << 20
 MAX_ENTRIES = 2_000_000
 #: the deepest directory nesting an output root may hold
 MAX_DEPTH = 64
+#: the most numbers an embedding (result_image_embedding.embedding) may hold
+MAX_EMBEDDING_DIM = 4096
 #: a real (float4) column's largest magnitude
 _REAL_MAX = 3.4e38
 #: the next step of a problem in what the worker wrote
@@ -489,6 +495,13 @@ def _typed(table: str, col: str, v: Any) -> tuple[Any, str]:
         if len(s) > limit:
             return None, f"is {len(s)} characters long; at most {limit}"
         return s, ""
+    if col == "model":
+        s = _string(v)
+        if s is None or not 1 <= len(s) <= 200 or not s.isprintable():
+            return None, "must be a model's name: 1 to 200 printable characters"
+        return s, ""
+    if col == "embedding":
+        return _embedding(v)
     if col == "status":
         ok = ("ok", "failed", "skipped")
         return (v, "") if v in ok else (None, "must be one of " + ", ".join(ok))
@@ -508,6 +521,23 @@ def _typed(table: str, col: str, v: Any) -> tuple[Any, str]:
     if col in ("w", "h") and n < 0:
         return None, "must be a number ≥ 0"
     return n, ""
+
+
+def _embedding(v: Any) -> tuple[Any, str]:
+    """An embedding: base64 of float32 little-endian, 1 to MAX_EMBEDDING_DIM finite numbers."""
+    s = _string(v)
+    try:
+        raw = base64.b64decode(s, validate=True) if s is not None and s.isascii() else None
+    except binascii.Error:
+        raw = None
+    if raw is None or not raw or len(raw) % 4 or len(raw) // 4 > MAX_EMBEDDING_DIM:
+        return None, f"must be base64 of 1 to {MAX_EMBEDDING_DIM} float32 numbers (little-endian)"
+    vec = array.array("f", raw)
+    if sys.byteorder != "little":
+        vec.byteswap()
+    if not all(math.isfinite(x) for x in vec):
+        return None, "holds a number that is not finite (NaN or infinity)"
+    return s, ""
 
 
 #: the value a column gets when the record has none (the table's default; None: NULL)

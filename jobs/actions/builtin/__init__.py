@@ -22,7 +22,7 @@ from jobs.actions.builtin import _io
 CONTRACTS = Path(__file__).resolve().parent / "contracts"
 #: program name → its module (each has add_arguments(parser) and run(input_root, output_root, args))
 PROGRAMS = {"thumbnail": "thumbnail", "exif": "exif", "resize-variants": "resize_variants", "canny": "canny",
-            "keyframes": "keyframes", "near-dup-hash": "near_dup_hash"}
+            "keyframes": "keyframes", "near-dup-hash": "near_dup_hash", "clip-embed": "clip_embed"}
 
 __all__ = ["CONTRACTS", "PROGRAMS", "main"]
 
@@ -31,6 +31,13 @@ def main(argv: list[str] | None = None) -> int:
     """The `hoard-builtin` console script. Exit 0: every input done or skipped (a skipped input is
     one line on stderr); 2: the run could not start (bad arguments, input root missing)."""
     argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["gpu-ready"]:  # the clip-embed contract's gate hook: no input or output root
+        if len(argv) != 2 or argv[1] not in ("cpu", "cuda"):
+            print("usage: hoard-builtin gpu-ready cpu|cuda", file=sys.stderr)
+            return 2
+        from jobs.actions.builtin.clip_embed import gpu_ready
+
+        return gpu_ready(argv[1])
     # numpy's OpenBLAS and OpenCV start thread pools at import, before `_io.confine`: threads
     # outside the sandbox in its memory (`landlock.confine` refuses them). One thread each; a pool
     # a library starts later is started from the confined thread and is confined with it

@@ -1,0 +1,205 @@
+"""Loading an open_clip model from a weights file the user installed, and encoding images and
+text with it — the one code path the `clip-embed` action's worker (image side) and `hoard
+search` / the GUI's search box (text side) both go through (docs/search.md).
+
+Nothing here downloads: the model's architecture is an open_clip model name whose config ships
+with open_clip (`ViT-B-32`, …) or the path of a model config JSON in open_clip's own format
+(`{"embed_dim", "vision_cfg", "text_cfg"}`, added with `open_clip.add_model_config`), and the
+weights are a local file (`search.clip_weights`). A config that names a Hugging Face tokenizer
+or timm backbone that would fetch files is refused before open_clip is asked
+(`HF_HUB_OFFLINE` is set besides). torch and open_clip are imported on first use: a `hoard`
+command that does not search never pays their import time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import sys
+import types
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fsd.base.errors import ExitCode, HoardError
+from fsd.base.paths import display
+
+#: images encoded per forward pass
+BATCH = 16
+#: the longest search text (characters); the tokenizer truncates to the model's context anyway
+MAX_QUERY = 1000
+
+
+class ClipError(HoardError):
+    """The model cannot be loaded (no weights configured, a missing or unreadable file, a
+    config that would download): one line naming the file and the next step."""
+
+    exit_code = ExitCode.USAGE
+
+
+@dataclass
+class Loaded:
+    """A model ready to encode: `model_id` is what its embeddings are stored under."""
+
+    model_id: str
+    dim: int
+    model: Any
+    preprocess: Any
+    tokenizer: Any
+    device: str
+
+
+_CACHE: dict[tuple[str, str, str], Loaded] = {}
+
+
+def open_clip_module() -> Any:
+    """open_clip, imported (with torch and torchvision) on first use.
+
+    torchvision's wheel on PyPI is built against torch's CUDA build: beside torch's CPU build its
+    C++ operators (nms, roi_align, …) do not load, and torchvision 0.28 then fails at import,
+    registering fake kernels for those missing operators (`operator torchvision::nms does not
+    exist`). open_clip uses none of them — only torchvision's transforms and FrozenBatchNorm2d,
+    pure Python — so when that import fails the two registration modules are left out (empty
+    modules in their place) and torchvision is imported again. With a torchvision whose
+    operators load (a CUDA host's), nothing is changed."""
+    if "open_clip" in sys.modules:
+        return sys.modules["open_clip"]
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # open_clip asks the hub for nothing; if it did, it must not
+    import torch
+
+    spec = importlib.util.find_spec("torchvision")  # found, not imported
+    where = Path(spec.submodule_search_locations[0]) if spec and spec.submodule_search_locations else None
+    ext = next(where.glob("_C*.so"), None) if where else None
+    if ext is not None and "torchvision" not in sys.modules:
+        try:
+            torch.ops.load_library(str(ext))  # what torchvision's own import does first
+        except OSError:  # its operators cannot be had here: import it without registering kernels for them
+            for name in ("torchvision._meta_registrations", "torchvision._autograd_registrations"):
+                sys.modules[name] = types.ModuleType(name)
+    import open_clip
+
+    return open_clip
+
+
+def weights_digest(path: Path) -> str:
+    """The first 16 hex digits of the weights file's sha256: part of the model id."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 22):
+            h.update(chunk)
+    return h.hexdigest()[:16]
+
+
+def _model_name(model: str) -> str:
+    """The open_clip name of `model`: a built-in name, or a config JSON's stem once it is added."""
+    if not model.endswith(".json"):
+        return model
+    open_clip = open_clip_module()
+    path = Path(model)
+    try:
+        cfg = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise ClipError(f"search.clip_model: {display(model)} is not a readable model config JSON ({e}); give an "
+                        "open_clip model name (ViT-B-32) or such a file") from None
+    text = cfg.get("text_cfg", {}) if isinstance(cfg, dict) else {}
+    vision = cfg.get("vision_cfg", {}) if isinstance(cfg, dict) else {}
+    if not isinstance(text, dict) or not isinstance(vision, dict) or "embed_dim" not in cfg:
+        raise ClipError(f"search.clip_model: {display(model)} is not an open_clip model config "
+                        "(it needs embed_dim, vision_cfg and text_cfg)")
+    if text.get("hf_model_name") or text.get("hf_tokenizer_name") or vision.get("timm_model_pretrained"):
+        raise ClipError(f"search.clip_model: {display(model)} names a Hugging Face model, tokenizer or pretrained "
+                        "timm backbone, which would be downloaded; nothing is downloaded here — use a config "
+                        "whose parts ship with open_clip")
+    open_clip.add_model_config(path)
+    return path.stem
+
+
+def weights_file(weights: Path | str | None) -> Path:
+    """The weights file named, checked to be one (ClipError otherwise), before anything is imported."""
+    if not weights:
+        raise ClipError("search.clip_weights is not set: put the path of an open_clip weights file in hoard.toml "
+                        "under [search] (docs/search.md names the weights to install)")
+    wpath = Path(weights)
+    if not wpath.is_file():
+        raise ClipError(f"search.clip_weights: {display(str(wpath))} is not a file; install the weights there "
+                        "(docs/search.md) or fix the path in hoard.toml")
+    return wpath
+
+
+def load(model: str, weights: Path | str | None, device: str = "cpu") -> Loaded:
+    """The model `model` with the weights file `weights`, on `device` ("cpu" or "cuda"), in
+    eval mode; loaded once per process. ClipError (one line) when it cannot be."""
+    wpath = weights_file(weights)
+    key = (model, str(wpath.resolve()), device)
+    if key in _CACHE:
+        return _CACHE[key]
+    open_clip = open_clip_module()
+    import torch
+
+    name = _model_name(model)
+    if name not in open_clip.list_models():
+        raise ClipError(f"search.clip_model: {display(model)} is not an open_clip model name nor a config JSON; "
+                        f"e.g. ViT-B-32 (docs/search.md)")
+    try:
+        net, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=str(wpath), device=device)
+    except Exception as e:  # a file that is not these weights fails in many ways (pickle, zip, shapes)
+        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise ClipError(f"search.clip_weights: {display(str(wpath))} does not load into {name} ({first}); give the "
+                        "weights of that model (docs/search.md)") from None
+    net.eval()
+    tokenizer = open_clip.get_tokenizer(name)
+    with torch.no_grad():
+        dim = int(net.encode_text(tokenizer(["a"]).to(device)).shape[-1])
+    loaded = Loaded(f"{name}@{weights_digest(wpath)}", dim, net, preprocess, tokenizer, device)
+    _CACHE[key] = loaded
+    return loaded
+
+
+def encode_images(m: Loaded, images: list[Any]) -> Any:
+    """L2-normalised float32 embeddings (numpy, one row per PIL image, RGB)."""
+    import torch
+
+    rows = []
+    with torch.no_grad():
+        for i in range(0, len(images), BATCH):
+            x = torch.stack([m.preprocess(im) for im in images[i:i + BATCH]]).to(m.device)
+            rows.append(torch.nn.functional.normalize(m.model.encode_image(x).float(), dim=-1).cpu())
+    return torch.cat(rows).numpy() if rows else torch.zeros((0, m.dim)).numpy()
+
+
+def encode_text(m: Loaded, text: str) -> Any:
+    """The L2-normalised float32 embedding (numpy, 1-D) of `text`."""
+    import torch
+
+    with torch.no_grad():
+        t = m.tokenizer([text[:MAX_QUERY]]).to(m.device)
+        return torch.nn.functional.normalize(m.model.encode_text(t).float(), dim=-1).cpu().numpy()[0]
+
+
+class NothingEmbedded(HoardError):
+    """No image is embedded with the configured model yet: one line with the way on (exit 0
+    from `hoard search`: not an error, an empty answer)."""
+
+    exit_code = ExitCode.OK
+
+
+def search_text(settings: Any, conn: Any, text: str, limit: int, note: Callable[[str], None]) -> tuple[str, list[Any]]:
+    """(model id, the `limit` images nearest `text`, nearest first) — `hoard search` and the GUI's
+    search box. ClipError when the model cannot be loaded; NothingEmbedded when none of its
+    embeddings are stored."""
+    from sql import embeddings
+
+    weights_file(settings.search.clip_weights)
+    have = embeddings.models(conn)
+    if not have:  # nothing to search: no need to load the model
+        raise NothingEmbedded("no image is embedded yet: `hoard action run clip-embed` embeds the stored images "
+                              "(docs/search.md)")
+    m = load(settings.search.clip_model, settings.search.clip_weights, "cpu")
+    if not have.get(m.model_id):
+        others = "; stored: " + ", ".join(f"{k} ({v} images)" for k, v in have.items()) if have else ""
+        raise NothingEmbedded(f"no image is embedded with {m.model_id} yet: `hoard action run clip-embed` embeds the "
+                              f"stored images (docs/search.md){others}")
+    return m.model_id, embeddings.nearest(conn, settings.ssd.root, m.model_id, encode_text(m, text), limit, note)

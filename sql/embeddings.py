@@ -1,0 +1,173 @@
+"""Image embeddings (migration 017, table `result_image_embedding`) and the nearest-neighbour
+index `hoard search` queries (docs/search.md).
+
+PostgreSQL is the truth: the rows the `clip-embed` action's write-intent stored. The index is
+an HNSW graph (usearch, cosine) kept beside the database on the SSD,
+`<ssd>/state/search/<model>.usearch`, with a small JSON stamp of the rows it was built from
+(`<model>.json`: their count, the sum and the largest of their node ids). It is a cache: before a
+search the stamp is compared with the table's; a missing, unreadable or behind index is rebuilt
+from the rows (one line says which and why) and written beside the old by a rename. PostgreSQL
+here has no pgvector (Debian 12 does not package it), which is why the graph lives in a file.
+
+Deleted images are dropped from the answers (their rows stay until their node is purged:
+`ON DELETE CASCADE`); the index is asked for a few more than wanted to make up for them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import psycopg
+
+#: rows read from PostgreSQL per fetch while rebuilding
+_FETCH = 10_000
+#: HNSW's graph degree and its search breadth: usearch's defaults are 16 and 64; a wider search
+#: costs little at the sizes searched here and keeps recall ≈ 1
+CONNECTIVITY = 16
+EXPANSION_SEARCH = 128
+
+
+@dataclass(frozen=True)
+class Hit:
+    sha256: str
+    score: float     # cosine similarity, -1..1 (higher: nearer)
+    locator: str     # where it came from, e.g. batch:<batch>/<path> (scraped text: shown as text, never markup)
+
+
+def models(conn: psycopg.Connection) -> dict[str, int]:
+    """model id → the images embedded with it."""
+    return {m: int(n) for m, n in conn.execute(
+        "SELECT model, count(*) FROM result_image_embedding GROUP BY model ORDER BY model").fetchall()}
+
+
+def stamp(conn: psycopg.Connection, model: str) -> dict[str, int]:
+    """What identifies the rows of `model`: count, sum and largest node id."""
+    row = conn.execute("SELECT count(*), coalesce(sum(node_id), 0), coalesce(max(node_id), 0) "
+                       "FROM result_image_embedding WHERE model = %s", [model]).fetchone()
+    assert row is not None
+    return {"count": int(row[0]), "sum": int(row[1]), "max": int(row[2])}
+
+
+def vectors(conn: psycopg.Connection, model: str) -> tuple[np.ndarray, np.ndarray]:
+    """(node ids, float32 matrix one row each) of every row of `model`, by node id."""
+    ids: list[int] = []
+    blobs: list[bytes] = []
+    with conn.transaction(), conn.cursor(name="embeddings") as cur:  # a server-side cursor lives in a transaction
+        cur.itersize = _FETCH
+        cur.execute("SELECT node_id, embedding FROM result_image_embedding WHERE model = %s ORDER BY node_id",
+                    [model])
+        for node_id, blob in cur:
+            ids.append(int(node_id))
+            blobs.append(bytes(blob))
+    if not ids:
+        return np.zeros(0, np.int64), np.zeros((0, 0), np.float32)
+    dims = {len(b) for b in blobs}
+    if len(dims) != 1:
+        raise ValueError(f"the embeddings of {model} differ in length ({sorted(dims)} bytes): the table is "
+                         "not what the clip-embed action writes")
+    mat = np.frombuffer(b"".join(blobs), dtype="<f4").reshape(len(ids), dims.pop() // 4)
+    return np.asarray(ids, np.int64), mat.astype(np.float32)
+
+
+def index_dir(ssd_root: Path) -> Path:
+    return ssd_root / "state" / "search"
+
+
+def _file_name(model: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._@-]", "_", model)[:200]
+
+
+class SearchIndex:
+    """The on-disk HNSW index of one model's embeddings under `directory`."""
+
+    def __init__(self, directory: Path, model: str) -> None:
+        self.directory = directory
+        self.model = model
+        self.path = directory / f"{_file_name(model)}.usearch"
+        self.stamp_path = directory / f"{_file_name(model)}.json"
+
+    def _read_stamp(self) -> dict[str, Any] | None:
+        try:
+            doc = json.loads(self.stamp_path.read_text())
+        except (OSError, ValueError):
+            return None
+        return doc if isinstance(doc, dict) and doc.get("model") == self.model else None
+
+    def _build(self, conn: psycopg.Connection, want: dict[str, int]) -> Any:
+        from usearch.index import Index  # lazy: only a search needs it
+
+        ids, mat = vectors(conn, self.model)
+        idx = Index(ndim=mat.shape[1] or 1, metric="cos", dtype="f32", connectivity=CONNECTIVITY,
+                    expansion_search=EXPANSION_SEARCH)
+        if len(ids):
+            idx.add(ids.astype(np.uint64), mat)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        idx.save(str(tmp))
+        os.replace(tmp, self.path)
+        tmp_stamp = self.stamp_path.with_name(f".{self.stamp_path.name}.{os.getpid()}.tmp")
+        tmp_stamp.write_text(json.dumps({"model": self.model, **want, "dim": int(mat.shape[1])}))
+        os.replace(tmp_stamp, self.stamp_path)
+        return idx
+
+    def open(self, conn: psycopg.Connection, note: Callable[[str], None]) -> Any:
+        """The index, rebuilt first when missing, unreadable or not of the rows PostgreSQL
+        holds now (`note` gets one line saying so)."""
+        from usearch.index import Index
+
+        want = stamp(conn, self.model)
+        have = self._read_stamp()
+        why = ""
+        if not self.path.exists():
+            why = "missing"
+        elif have is None:
+            why = "its stamp is missing or unreadable"
+        elif {k: have.get(k) for k in want} != want:
+            why = f"out of date ({have.get('count')} images in it, {want['count']} in PostgreSQL)"
+        else:
+            idx = Index(ndim=int(have.get("dim") or 1), metric="cos", dtype="f32", connectivity=CONNECTIVITY,
+                        expansion_search=EXPANSION_SEARCH)
+            try:
+                idx.load(str(self.path))
+            except (RuntimeError, ValueError, OSError) as e:
+                why = f"unreadable ({str(e).splitlines()[0] if str(e) else type(e).__name__})"
+            if not why and (len(idx) != want["count"] or (want["count"] and idx.ndim != have.get("dim"))):
+                why = f"unreadable (it holds {len(idx)} vectors of {idx.ndim}, its stamp says {want['count']})"
+            if not why:
+                return idx
+        note(f"search index {self.path}: {why}; rebuilt from the {want['count']} embeddings in PostgreSQL")
+        return self._build(conn, want)
+
+
+def nearest(conn: psycopg.Connection, ssd_root: Path, model: str, query: np.ndarray, limit: int,
+            note: Callable[[str], None]) -> list[Hit]:
+    """The `limit` images nearest `query` (an L2-normalised vector of the model's dimension) among
+    those embedded with `model`, nearest first; deleted ones left out."""
+    idx = SearchIndex(index_dir(ssd_root), model).open(conn, note)
+    n = len(idx)
+    if not n or limit <= 0:
+        return []
+    if idx.ndim != len(query):
+        raise ValueError(f"the query has {len(query)} numbers, the index of {model} {idx.ndim}")
+    ask = min(n, limit * 2 + 16)
+    while True:
+        found = idx.search(np.asarray(query, np.float32), ask)
+        keys = [int(k) for k in found.keys]
+        dist = [float(d) for d in found.distances]
+        rows = {r[0]: r[1:] for r in conn.execute(
+            "SELECT n.node_id, encode(n.sha256, 'hex'), coalesce((SELECT min(pp.locator) FROM physical_path pp "
+            "WHERE pp.node_id = n.node_id), '') FROM node n JOIN physical_content pc USING (node_id) "
+            "WHERE n.node_id = ANY(%s) AND NOT pc.is_deleted",
+            [keys]).fetchall()}
+        hits = [Hit(rows[k][0], 1.0 - d, rows[k][1]) for k, d in zip(keys, dist, strict=True)
+                if k in rows]
+        if len(hits) >= limit or ask >= n:
+            return hits[:limit]
+        ask = min(n, ask * 4)
