@@ -31,6 +31,8 @@ from rq.job import Job
 from rq.queue import Queue
 from rq.serializers import JSONSerializer
 
+from fsd.base.proc import process_space
+
 #: the serializer of every hoardfs queue, job fetch and worker (never RQ's default, pickle)
 SERIALIZER = JSONSerializer
 
@@ -141,6 +143,12 @@ class GuardedWorker:
     running it. `config_path` is the file the worker's own configuration came from."""
 
     config_path: str | os.PathLike[str] | None = None
+
+    def serialize(self) -> dict[str, Any]:
+        """RQ's worker record, with where this worker's pid means what it says (its host's boot
+        and pid namespace: fsd.base.proc.process_space): the reaper tells a live worker of its own
+        host from a dead one on a host of the same name (jobs.reaper)."""
+        return {**super().serialize(), "hoard_space": process_space() or "-"}  # type: ignore[misc]
 
     def execute_job(self, job: Job, queue: Queue) -> None:
         why = refusal(job, self.config_path)

@@ -49,7 +49,7 @@ from rq.executions import parse_composite_key
 from rq.registry import StartedJobRegistry
 from rq.utils import str_to_date
 
-from fsd.base.proc import pid_alive
+from fsd.base.proc import pid_alive, process_space
 from jobs.queues import QUEUES, connect, fetch_job, rq_queue
 from jobs.remote import QUEUE as REMOTE_QUEUE
 
@@ -149,15 +149,19 @@ def _queue_again(conn: redis.Redis, queue: Any, job: Any, status: str) -> bool:
 
 
 def _runs_here(conn: redis.Redis, job_id: str) -> bool:
-    """Whether the job's worker is a live process of this host: RQ's SimpleWorker (in-process:
+    """Whether the job's worker is a live process of this host — its hostname, and the process
+    space its `hoard worker` recorded (jobs.guard), this one's: RQ's SimpleWorker (in-process:
     `hoard demo`, the benchmarks) sends no heartbeat while it runs a job, and a process of
     this host is known alive without one."""
     name = _text(conn.hget(f"rq:job:{job_id}", "worker_name"))
     if not name:
         return False
-    host, pid = (_text(v) for v in conn.hmget(Worker.redis_worker_namespace_prefix + name, "hostname", "pid"))
+    host, pid, space = (_text(v) for v in conn.hmget(Worker.redis_worker_namespace_prefix + name, "hostname",
+                                                       "pid", "hoard_space"))
+    if host != socket.gethostname() or (space and space != (process_space() or "?")):
+        return False  # another host, or one of this name (a cloned VM, a container): its pid says nothing here
     try:
-        return host == socket.gethostname() and pid_alive(int(pid or 0))
+        return pid_alive(int(pid or 0))
     except ValueError:
         return False
 

@@ -15,6 +15,7 @@ import json
 import os
 import secrets
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -30,14 +31,14 @@ from rq.registry import StartedJobRegistry
 
 from adapters.synth import Spec
 from fsd.base import config
-from fsd.base.proc import which
+from fsd.base.proc import process_space, which
 from fsd.core.records import DataError
 from fsd.io.replicate import replicate_once
 from fsd.outputs import seal
 from fsd.store import Store
 from jobs import remote as remote_mod
 from jobs.guard import SERIALIZER
-from jobs.queues import fetch_job, rq_queue
+from jobs.queues import HoardWorker, fetch_job, rq_queue
 from jobs.reaper import reap
 from tests.helpers import missing, write_config
 from tests.s3fault import FaultProxy
@@ -383,6 +384,25 @@ def test_the_reaper_queues_again_a_job_its_worker_took_but_never_started(redis_c
     redis_conn.rpush(queue.intermediate_queue_key, "running")
     assert reap(redis_conn, 40, now=later) == reap(redis_conn, 40, now=later + dt.timedelta(seconds=60)) == []
     assert fetch_job("running", redis_conn).get_status() == "started"
+
+
+@pytest.mark.expect_log(r"reaper: job cloned .* sent no heartbeat", level="WARNING")
+def test_a_dead_host_of_this_host_s_name_is_not_taken_for_this_one(redis_conn) -> None:
+    """A remote host with the server's hostname (a cloned VM, a container) dies; its worker's pid
+    happens to be a live process here. The worker's record names its process space (boot id and
+    pid namespace: `hoard worker` writes it), so the reaper does not take it for a live worker
+    of this host, and queues its job again (before: never, while that pid lived here)."""
+    hoard_worker = HoardWorker([rq_queue("io", redis_conn)], connection=redis_conn)
+    hoard_worker.register_birth()  # what `hoard worker` records of itself
+    assert redis_conn.hget(hoard_worker.key, "hoard_space").decode() == process_space() != ""
+    hoard_worker.register_death()
+    worker, job = _started(redis_conn, "cloned")
+    assert redis_conn.hget(worker.key, "hostname").decode() == socket.gethostname()  # (this process: alive)
+    later = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=60)
+    redis_conn.hset(worker.key, "hoard_space", process_space())
+    assert reap(redis_conn, 40, now=later) == []  # this host's live worker
+    redis_conn.hset(worker.key, "hoard_space", "0-other-boot.4026531836")
+    assert reap(redis_conn, 40, now=later) == ["cloned"]
 
 
 def test_the_reaper_never_queues_again_a_job_that_ends_as_it_is_taken(redis_conn, monkeypatch) -> None:

@@ -22,7 +22,7 @@ import pytest
 
 from fsd.base import config
 from fsd.base.errors import ConfigError, HoardError
-from fsd.base.proc import pid_start
+from fsd.base.proc import pid_start, process_space
 from fsd.core import backend, s3
 from fsd.core import shardfmt as fmt
 from fsd.core.disks import DiskGone, LocalDisk, write_identity
@@ -30,7 +30,7 @@ from tests import ceph_rgw as ceph_mod
 from tests import seaweedfs as weed_mod
 from tests.helpers import ENGINE_FIXTURES, S3_ENGINES, flip_byte
 
-_HOST = socket.gethostname()
+_HOST, _SPACE = socket.gethostname(), process_space()
 #: small parts, so a 12 MiB shard goes up in three (S3 wants ≥ 5 MiB for all but the last)
 PART = 5 << 20
 
@@ -336,8 +336,8 @@ def test_a_claim_left_by_a_seal_that_is_gone_never_blocks_the_next_seal(s3_engin
     engine_env(s3_engine)
     disk = s3_disk(s3_engine, tmp_path / "staging")
     a_process.end()
-    theirs = {"a dead process": f"{_HOST} {a_process.pid} {a_process.start} 0011223344556677",
-              "this process, an earlier seal": f"{_HOST} {os.getpid()} {pid_start(os.getpid())} 8899aabbccddeeff"}
+    theirs = {"a dead process": f"{_HOST} {_SPACE} {a_process.pid} {a_process.start} 0011223344556677",
+              "this process, an earlier seal": f"{_HOST} {_SPACE} {os.getpid()} {pid_start(os.getpid())} 8899aabbccddeeff"}
     for who, seal in theirs.items():
         shard, data = _open_shard(disk, [os.urandom(3000), os.urandom(500)])
         old = f"{len(data) + 4096} {hashlib.sha256(data + b'cut').hexdigest()} {seal}"
@@ -350,14 +350,20 @@ def test_a_claim_left_by_a_seal_that_is_gone_never_blocks_the_next_seal(s3_engin
 
 def test_a_live_seal_s_claim_with_other_bytes_still_refuses(s3_engine, engine_env, a_process, tmp_path: Path) -> None:
     """A claim naming other bytes whose seal may still run — its process alive on this host,
-    another host's (its process cannot be asked), or a claim in the older form that names no
-    seal — refuses the seal as before, in one line: a SealRefused, which is an OSError as every
+    another host's (its process cannot be asked), one of a host with this host's name but another
+    boot or pid namespace (a cloned VM, a container: its pid says nothing here — here, that pid
+    is gone), or a claim in the older form that names no seal — refuses the seal as before, in one line: a SealRefused, which is an OSError as every
     other failed seal of a replica (the writer and recovery leave the replica out and go on)
     and an ObjectMismatch; the shard stays open and the claim is left as it was."""
     engine_env(s3_engine)
     disk = s3_disk(s3_engine, tmp_path / "staging")
-    seals = {"a live process": f"{_HOST} {a_process.pid} {a_process.start} 0011223344556677",
-             "another host": f"{_HOST}-other 1 1 0011223344556677", "the older form": ""}
+    a_process.end()
+    seals = {"another host": f"{_HOST}-other {_SPACE} 1 1 0011223344556677",
+             "a host of the same name (another boot or pid namespace)":
+                 f"{_HOST} 0-other.1 {a_process.pid} {a_process.start} 0011223344556677",
+             "the older form": ""}
+    live = subprocess.Popen(["sleep", "60"])
+    seals["a live process"] = f"{_HOST} {_SPACE} {live.pid} {pid_start(live.pid)} 0011223344556677"
     for who, seal in seals.items():
         shard, data = _open_shard(disk, [os.urandom(2000)])
         old = f"{len(data) + 1} {hashlib.sha256(data + b'x').hexdigest()} {seal}".strip()
@@ -369,6 +375,8 @@ def test_a_live_seal_s_claim_with_other_bytes_still_refuses(s3_engine, engine_en
         assert disk.state(shard) == "open" and disk.read_at(shard, 0, len(data)) == data, who
         assert old in _claims(disk), who
         disk.client.delete_object(Bucket=disk.bucket, Key=s3.CLAIM_PREFIX + shard)
+    live.kill()
+    live.wait()
 
 
 def test_a_stored_sha256_that_differs_is_caught(s3_engine, engine_env, tmp_path: Path) -> None:

@@ -72,6 +72,20 @@ def pid_start(pid: int) -> int | None:
     return int(stat[stat.rindex(b")") + 2:].split()[19])
 
 
+def process_space() -> str:
+    """Where this process's pids mean what they say: the kernel's boot (`boot_id`) and the pid
+    namespace, as `<boot id>.<pid namespace inode>` ("" when /proc cannot tell). Two hosts
+    with one hostname — cloned VMs, containers — differ here, so a pid named by another is
+    never looked up in this one's process table."""
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        ns = os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return ""
+    digits = "".join(c for c in ns if c.isdigit())
+    return f"{boot}.{digits}" if boot and digits else ""
+
+
 def alive_since(pid: int, start: int | None) -> bool:
     """Whether the process `pid` that started at `start` (`pid_start`; None: not known) still
     runs on this host: not gone, not a zombie (`pid_alive`), and not another process that was

@@ -6,8 +6,9 @@
                                         sha256 of the whole object (hex)
     <bucket>/orphans/<hex>.<time>       a shard set aside (deleted by `hoard verify --orphans --repair`
                                         after the grace period, as a local disk's)
-    <bucket>/claims/<shard hex>         while a seal runs: `<size> <sha256 hex> <host> <pid> <pid start>
-                                        <nonce>`: the bytes it uploads, and which seal it is
+    <bucket>/claims/<shard hex>         while a seal runs: `<size> <sha256 hex> <host> <process space>
+                                        <pid> <pid start> <nonce>`: the bytes it uploads, and
+                                        which seal it is (fsd.base.proc.process_space)
 
 `<xx>` is the last two hex digits of the shard id, as on a local disk. An open shard is never
 in the bucket: it is appended on a local staging folder (a `LocalDisk` of its own, whose
@@ -68,7 +69,7 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, ReadTimeoutError
 
 from fsd.base.errors import ExitCode, HoardError, first_line
-from fsd.base.proc import alive_since, pid_start
+from fsd.base.proc import alive_since, pid_start, process_space
 from fsd.core import shardfmt as fmt
 from fsd.core.disks import (
     IDENTITY,
@@ -317,12 +318,13 @@ class S3Disk:
     def _claim(self, shard_hex: str, size: int, sha: str, nonce: str) -> None:
         """Name the bytes this seal uploads under claims/<shard> (If-None-Match: *) before it
         looks for the object (module docstring); raise SealRefused when another live seal's
-        claim names other bytes. A claim names its seal too — host, pid, the pid's start time
+        claim names other bytes. A claim names its seal too — host, process space (boot and pid
+        namespace: `process_space`), pid, the pid's start time
         and a nonce per seal — so one left by a seal that is gone (its process ended on this
         host, or it was this process's own seal that failed) is replaced: recovery may have cut
         the shard back since, and the bytes now sealed are the ones the index acknowledges."""
         key, what = CLAIM_PREFIX + shard_hex, f"claiming shard {shard_hex}"
-        mine = f"{size} {sha} {_HOST} {' '.join(map(str, _me()))} {nonce}"
+        mine = f"{size} {sha} {_HOST} {process_space() or '-'} {' '.join(map(str, _me()))} {nonce}"
         for _ in range(3):
             try:
                 self._call(what, self.client.put_object, Bucket=self.bucket, Key=key, Body=mine.encode(),
@@ -357,9 +359,10 @@ class S3Disk:
         or in the older form without its seal's name, is taken as live (`hoard verify --orphans`
         removes it after its grace)."""
         fields = claim.split()
-        if len(fields) != 6 or fields[2] != _HOST or not (fields[3].isdigit() and fields[4].isdigit()):
-            return False
-        pid, start, nonce = int(fields[3]), int(fields[4]), fields[5]
+        if (len(fields) != 7 or fields[2] != _HOST or fields[3] != (process_space() or "?")
+                or not (fields[4].isdigit() and fields[5].isdigit())):
+            return False  # another host's (or one of the same name: another boot or pid namespace)
+        pid, start, nonce = int(fields[4]), int(fields[5]), fields[6]
         if (pid, start) == _me():
             return nonce not in _SEALING
         return not alive_since(pid, start)
