@@ -25,7 +25,8 @@ A job can also die *before* it starts: a worker serving one queue (a remote host
 registry. A host that dies in between leaves the job in that list, where only a worker serving
 that same queue looks (RQ's maintenance) — and fails it (`Job was stuck in intermediate
 queue`). The reaper looks there too: a job id seen in the list, not started, on two passes
-`reap_after_s` apart (the first sighting is kept in `hoard:reaper:intermediate:<job id>`) is
+`reap_after_s` apart (the first sighting is kept in `hoard:reaper:intermediate:<job id>`, with
+the job's enqueued_at: a job queued again since — started and ended meanwhile — is seen anew) is
 taken with one LREM — again only the reaper whose LREM removed it goes on — and, still
 `queued`, put back at the front of its queue.
 
@@ -92,7 +93,8 @@ def reap(conn: redis.Redis, reap_after_s: float, now: dt.datetime | None = None)
     return taken
 
 
-#: when the reaper first saw a job id in a queue's intermediate list (epoch seconds)
+#: when the reaper first saw a job id in a queue's intermediate list (epoch seconds), and the
+#: job's enqueued_at then: `<seconds> <enqueued_at>`
 SEEN = "hoard:reaper:intermediate:{}"
 
 
@@ -105,13 +107,21 @@ def _reap_intermediate(conn: redis.Redis, queue: Any, registry: StartedJobRegist
         job_id = _text(raw)
         if job_id in registry:
             continue  # started: its heartbeat is what counts (above)
-        seen_key = SEEN.format(job_id)
-        if conn.set(seen_key, now.timestamp(), nx=True, ex=int(reap_after_s * 4) + 60):
+        # a sighting is of one time in the list: the job's enqueued_at (RQ sets it at every enqueue)
+        # is kept beside it — a job seen there, started, ended and queued again, then taken by a
+        # live worker as the reaper passes, is a new sighting, not one reap_after_s old
+        seen_key, ttl = SEEN.format(job_id), int(reap_after_s * 4) + 60
+        mark = f"{now.timestamp()} {_text(conn.hget(f'rq:job:{job_id}', 'enqueued_at'))}"
+        if conn.set(seen_key, mark, nx=True, ex=ttl):
             continue  # first seen now
+        at, _, enqueued = _text(conn.get(seen_key)).partition(" ")
         try:
-            seen = float(_text(conn.get(seen_key)))
+            seen = float(at)
         except ValueError:
             continue  # (the key expired between the two calls: seen again next time)
+        if enqueued != mark.partition(" ")[2]:
+            conn.set(seen_key, mark, ex=ttl)  # queued again since that sighting: seen anew now
+            continue
         if now.timestamp() - seen <= reap_after_s:
             continue
         if not conn.lrem(key, 1, job_id):

@@ -385,6 +385,31 @@ def test_the_reaper_queues_again_a_job_its_worker_took_but_never_started(redis_c
     assert fetch_job("running", redis_conn).get_status() == "started"
 
 
+def test_the_reaper_never_takes_a_job_a_live_worker_just_took_on_an_old_sighting(redis_conn) -> None:
+    """A job seen in the intermediate list in the moment between its worker's BLMOVE and its
+    start, started, ended and queued again (a retry, a resubmission) is taken by a live worker
+    as the reaper passes again: the reaper's first sighting is of the earlier time in the list,
+    not of this one — the job is left to its worker (before: taken and queued again, run by
+    two workers at once)."""
+    queue = rq_queue(remote_mod.QUEUE, redis_conn)
+    queue.enqueue("jobs.outputs.run_job", None, "again", job_id="again")
+    assert Queue.lmove(redis_conn, queue.key, None) is not None  # a live worker takes it...
+    now = dt.datetime.now(dt.UTC)
+    assert reap(redis_conn, 40, now=now) == []  # ...as the reaper passes: seen
+    worker = Worker([queue], connection=redis_conn, serializer=SERIALIZER)
+    worker.register_birth()
+    job = fetch_job("again", redis_conn)
+    worker.prepare_execution(job)
+    worker.prepare_job_execution(job, remove_from_intermediate_queue=True)  # started: out of the list
+    assert redis_conn.llen(queue.intermediate_queue_key) == 0
+    redis_conn.delete(StartedJobRegistry(queue=queue).key)  # it ends (its execution leaves the registry)...
+    job.set_status("finished")
+    queue.enqueue_job(job)  # ...and is queued again; a live worker takes it as the reaper passes
+    assert Queue.lmove(redis_conn, queue.key, None) is not None
+    assert reap(redis_conn, 40, now=now + dt.timedelta(seconds=60)) == []
+    assert redis_conn.lrange(queue.intermediate_queue_key, 0, -1) == [b"again"] and queue.job_ids == []
+
+
 def test_the_reaper_never_queues_again_a_job_that_ends_as_it_is_taken(redis_conn, monkeypatch) -> None:
     """A silent job that finishes after the reaper looked at it, as the reaper puts it back (its
     worker was slow, not dead): the job's status is read and the job queued in one WATCHed
