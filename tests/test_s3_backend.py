@@ -12,8 +12,8 @@ import hashlib
 import inspect
 import os
 import secrets
-import socket
 import subprocess
+import sys
 import threading
 import tracemalloc
 from pathlib import Path
@@ -28,9 +28,9 @@ from fsd.core import shardfmt as fmt
 from fsd.core.disks import DiskGone, LocalDisk, write_identity
 from tests import ceph_rgw as ceph_mod
 from tests import seaweedfs as weed_mod
-from tests.helpers import ENGINE_FIXTURES, S3_ENGINES, flip_byte
+from tests.helpers import ENGINE_FIXTURES, REPO, S3_ENGINES, flip_byte, missing
 
-_HOST = socket.gethostname()
+_HOST = s3._HOST  # (this host as a claim names it: name, machine, boot, pid namespace)
 #: small parts, so a 12 MiB shard goes up in three (S3 wants ≥ 5 MiB for all but the last)
 PART = 5 << 20
 
@@ -369,6 +369,56 @@ def test_a_live_seal_s_claim_with_other_bytes_still_refuses(s3_engine, engine_en
         assert disk.state(shard) == "open" and disk.read_at(shard, 0, len(data)) == data, who
         assert old in _claims(disk), who
         disk.client.delete_object(Bucket=disk.bucket, Key=s3.CLAIM_PREFIX + shard)
+
+
+CLAIM_AND_WAIT = """
+import secrets, sys, time
+from pathlib import Path
+from fsd.core import s3
+disk = s3.S3Disk("s3a", sys.argv[1], sys.argv[2], sys.argv[3], Path(sys.argv[4]), 10 << 30)
+nonce = secrets.token_hex(8)
+s3._SEALING.add(nonce)  # a seal of this process under way: its claim put, its upload not yet
+disk._claim(sys.argv[5], int(sys.argv[6]), sys.argv[7], nonce)
+print("claimed", flush=True)
+time.sleep(60)
+"""
+
+
+def test_a_live_seal_in_another_pid_namespace_of_this_host_name_still_refuses(s3_engine, engine_env,
+                                                                             tmp_path: Path) -> None:
+    """A seal whose process runs in another pid namespace under this host's name — a container
+    sharing the host's UTS namespace (host networking), or another machine of the same name: a
+    clone — names a pid that is some other process here, or none. Its claim is live: a seal
+    with other bytes is refused at it (before: judged by this host's /proc, its claim looked
+    gone and was replaced, and on an engine that ignores `If-None-Match` on a multipart
+    completion the second seal's object could replace the first's). A claim of an earlier boot
+    of this machine is still replaced (every process of that boot is gone)."""
+    if subprocess.run(["unshare", "--pid", "--fork", "--mount-proc", "true"], capture_output=True).returncode:
+        missing("UNSHARE --PID (ROOT) IS NEEDED for a seal in another pid namespace")
+    engine_env(s3_engine)
+    disk = s3_disk(s3_engine, tmp_path / "staging")
+    (tmp_path / "staging2").mkdir()
+    write_identity(tmp_path / "staging2", "s3a", uuid=disk.uuid)
+    shard, data = _open_shard(disk, [os.urandom(2000)])
+    other = hashlib.sha256(data + b"x").hexdigest()
+    seal = subprocess.Popen(["unshare", "--pid", "--fork", "--mount-proc", sys.executable, "-c", CLAIM_AND_WAIT,
+                             disk.uuid, disk.endpoint, disk.bucket, str(tmp_path / "staging2"), shard,
+                             str(len(data) + 1), other], cwd=REPO, stdout=subprocess.PIPE, text=True)
+    try:
+        assert seal.stdout is not None and seal.stdout.readline().strip() == "claimed"
+        with pytest.raises(s3.SealRefused):
+            disk.seal(shard)
+        assert disk.state(shard) == "open" and len(_claims(disk)) == 1 and other in _claims(disk)[0]
+    finally:
+        seal.kill()
+        seal.wait()
+    disk.client.delete_object(Bucket=disk.bucket, Key=s3.CLAIM_PREFIX + shard)
+    # this machine, an earlier boot: gone whatever its pid names now
+    name, machine, _boot, pidns = s3._HOST.split("/")
+    old = f"{len(data) + 1} {other} {name}/{machine}/{'0' * 32}/{pidns} 1 1 0011223344556677"
+    disk.client.put_object(Bucket=disk.bucket, Key=s3.CLAIM_PREFIX + shard, Body=old.encode())
+    disk.seal(shard)
+    assert disk.state(shard) == "sealed" and disk.read_at(shard, 0, len(data)) == data and _claims(disk) == []
 
 
 def test_a_stored_sha256_that_differs_is_caught(s3_engine, engine_env, tmp_path: Path) -> None:

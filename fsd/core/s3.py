@@ -7,7 +7,8 @@
     <bucket>/orphans/<hex>.<time>       a shard set aside (deleted by `hoard verify --orphans --repair`
                                         after the grace period, as a local disk's)
     <bucket>/claims/<shard hex>         while a seal runs: `<size> <sha256 hex> <host> <pid> <pid start>
-                                        <nonce>`: the bytes it uploads, and which seal it is
+                                        <nonce>`: the bytes it uploads, and which seal it is (<host>:
+                                        `<name>/<machine id>/<boot id>/<pid namespace>`)
 
 `<xx>` is the last two hex digits of the shard id, as on a local disk. An open shard is never
 in the bucket: it is appended on a local staging folder (a `LocalDisk` of its own, whose
@@ -24,10 +25,12 @@ for the object and uploads: a second seal with other bytes is refused at the cla
 sends anything, on any engine; one with the same bytes goes on (its upload puts the same
 bytes). The claim is deleted once the object is checked. One left by a seal that failed is
 passed by a retry with the same bytes, and replaced by a seal with other bytes when the seal
-that wrote it is gone — its process ended on this host, or it was this process's own (recovery
-cuts an open shard back to what the index acknowledges, so the retry's bytes may differ); a
-claim from another host is taken as live until `hoard verify --orphans` removes it after its
-grace, as a stale tmp file. The sha256 is ours: a
+that wrote it is gone — its process ended on this host (this boot and pid namespace: a pid
+means nothing on another machine of the same name, or in a container sharing the host's name),
+it was this process's own (recovery cuts an open shard back to what the index acknowledges, so
+the retry's bytes may differ), or it ran in an earlier boot of this machine; a claim from
+another host is taken as live until `hoard verify --orphans` removes it after its grace, as a
+stale tmp file. The sha256 is ours: a
 multipart ETag is not the content's MD5. Only once the engine acknowledged the object and a
 HEAD shows it whole is the open file removed; until then the shard is `open` and its reads
 come from the staging folder (a GET finds no object first), so nothing is reported sealed that
@@ -107,8 +110,30 @@ UPLOAD_STREAMS = 2
 #: client settings: a few retries with backoff (a 5xx, a dropped connection), then an error;
 #: the read timeout is the disk's `timeout_s` (fsd.base.config.DiskConfig)
 ATTEMPTS, CONNECT_TIMEOUT, READ_TIMEOUT = 3, 5, 60.0
-#: this host, as a seal's claim names it (`S3Disk._claim`)
-_HOST = socket.gethostname()
+
+
+def _this_host() -> str:
+    """This host as a seal's claim names it: `<name>/<machine id>/<boot id>/<pid namespace>`
+    (`-` for a part that cannot be read). A pid and its start time name a process only within
+    one boot of one machine and one pid namespace: a host name alone is not that — another
+    machine of the same name (a clone), a container sharing the host's name (host networking)
+    each has pids of its own, and a claim of theirs judged by this /proc looked gone."""
+    def first(*paths: str) -> str:
+        for path in paths:
+            with contextlib.suppress(OSError):
+                return Path(path).read_text().strip().replace("-", "") or "-"
+        return "-"
+    try:
+        ns = os.readlink("/proc/self/ns/pid")  # pid:[4026531836]
+        ns = ns[ns.index("[") + 1:ns.index("]")]
+    except (OSError, ValueError):
+        ns = "-"
+    return "/".join([socket.gethostname(), first("/etc/machine-id", "/var/lib/dbus/machine-id"),
+                     first("/proc/sys/kernel/random/boot_id"), ns])
+
+
+#: this host, as a seal's claim names it (`S3Disk._claim`, `_this_host`)
+_HOST = _this_host()
 #: the nonces of this process's seals in flight, on any S3Disk object (`S3Disk._claim`)
 _SEALING: set[str] = set()
 log = logging.getLogger(__name__)
@@ -352,13 +377,18 @@ class S3Disk:
                           "goes while it is sealed: it stays open; seal again")
 
     def _gone(self, claim: str) -> bool:
-        """Whether the seal that wrote `claim` has ended: its process is gone from this host, or
-        it is this process and none of its seals in flight wrote it. A claim from another host,
-        or in the older form without its seal's name, is taken as live (`hoard verify --orphans`
-        removes it after its grace)."""
+        """Whether the seal that wrote `claim` has ended: its process is gone from this host (this
+        boot, this pid namespace: `_this_host`), it is this process and none of its seals in
+        flight wrote it, or it ran in an earlier boot of this machine. A claim from another
+        host, machine or pid namespace, or in an older form, is taken as live (`hoard verify
+        --orphans` removes it after its grace)."""
         fields = claim.split()
-        if len(fields) != 6 or fields[2] != _HOST or not (fields[3].isdigit() and fields[4].isdigit()):
+        if len(fields) != 6 or not (fields[3].isdigit() and fields[4].isdigit()):
             return False
+        if fields[2] != _HOST:  # another machine, pid namespace or boot: gone only if an earlier boot of this one
+            name, machine, boot, _ns = (fields[2].split("/") + ["-"] * 4)[:4]
+            here = _HOST.split("/")
+            return "-" not in (machine, boot, here[2]) and (name, machine) == (here[0], here[1]) and boot != here[2]
         pid, start, nonce = int(fields[3]), int(fields[4]), fields[5]
         if (pid, start) == _me():
             return nonce not in _SEALING
