@@ -266,7 +266,7 @@ def test_a_worker_on_another_host_stages_and_exports_from_the_s3_disk(cluster, t
 def test_a_host_killed_mid_stage_has_its_job_queued_again_and_finished_elsewhere(cluster, tmp_path: Path) -> None:
     """SIGKILL of every process of host 1 while it stages (its S3 answers slowed down): the
     server's reaper (heartbeat 1 s, reap after 3 s) queues the job again within
-    reap_after_s + heartbeat_s of the last beat, host 2 stages the whole output, sealed; the
+    reap_after_s + 2 × heartbeat_s of the last beat, host 2 stages the whole output, sealed; the
     job is never failed; host 1, back, runs the same job again and resumes its own partial tree
     to the same files — nothing duplicated, nothing lost."""
     main, (host1, host2), (remote1, remote2) = cluster["main"], cluster["hosts"], cluster["remotes"]
@@ -298,7 +298,7 @@ def test_a_host_killed_mid_stage_has_its_job_queued_again_and_finished_elsewhere
             time.sleep(0.2)
         job = fetch_job("remote-stage-st2", conn)
         requeued = job.enqueued_at.timestamp()  # (set again when the reaper queued it)
-        assert requeued - killed <= 3 + 1 + 2, (requeued - killed)  # reap_after_s + heartbeat_s, and a beat's slack
+        assert requeued - killed <= 3 + 2 + 1, (requeued - killed)  # reap_after_s + 2 × heartbeat_s, a beat's slack
         assert not conn.zcard("rq:failed:remote")
     finally:
         reaper.send_signal(signal.SIGTERM)
@@ -344,7 +344,7 @@ def _started(conn, job_id: str, name: str = "io") -> tuple[Worker, Job]:
 @pytest.mark.expect_log(r"reaper: job silent .* sent no heartbeat for 60 s \(host down\?\); queued again",
                         level="WARNING")
 def test_the_reaper_takes_a_silent_job_once_and_never_a_live_local_one(redis_conn) -> None:
-    """A started job whose heartbeat is older than reap_after_s is queued again once — a second
+    """A started job whose heartbeat has not changed for reap_after_s (the reaper's clock) is queued again once — a second
     reaper finds nothing — unless its worker is a live process of this host (an in-process
     SimpleWorker beats only between jobs); a job with a fresh beat is left alone."""
     worker, job = _started(redis_conn, "silent")
@@ -385,6 +385,23 @@ def test_the_reaper_queues_again_a_job_its_worker_took_but_never_started(redis_c
     assert fetch_job("running", redis_conn).get_status() == "started"
 
 
+@pytest.mark.expect_log(r"reaper: job behind .* sent no heartbeat for 44 s \(host down\?\); queued again", level="WARNING")
+def test_the_reaper_never_takes_a_job_whose_worker_beats_by_a_clock_behind(redis_conn) -> None:
+    """A remote host's clock 45 s behind the reaper's (no NTP there): its worker beats every
+    heartbeat_s, each beat stamped by its own clock. Silence is judged by the reaper's clock
+    alone — a beat that changes is a live worker, whatever time it names —, so its job is left
+    to it (before: every beat looked 45 s old, and the live job was taken and run twice); once
+    the beats stop for reap_after_s of the reaper's time, it is taken."""
+    worker, job = _started(redis_conn, "behind")
+    redis_conn.hset(worker.key, "hostname", "another-host")
+    now = dt.datetime.now(dt.UTC)
+    for t in range(0, 100, 10):  # a beat every 10 s of the worker's clock, 45 s behind
+        job.heartbeat(now + dt.timedelta(seconds=t - 45), 60)
+        assert reap(redis_conn, 40, now=now + dt.timedelta(seconds=t + 1)) == [], t
+    assert reap(redis_conn, 40, now=now + dt.timedelta(seconds=125)) == []  # silent 34 s: not yet
+    assert reap(redis_conn, 40, now=now + dt.timedelta(seconds=135)) == ["behind"]  # silent 44 s
+
+
 def test_the_reaper_never_takes_a_job_a_live_worker_just_took_on_an_old_sighting(redis_conn) -> None:
     """A job seen in the intermediate list in the moment between its worker's BLMOVE and its
     start, started, ended and queued again (a retry, a resubmission) is taken by a live worker
@@ -423,6 +440,7 @@ def test_the_reaper_never_queues_again_a_job_that_ends_as_it_is_taken(redis_conn
         other.hset(job.key, "status", "finished")  # the worker's own end, from its connection
         return real(self, job, *a, **kw)
 
+    assert reap(redis_conn, 40) == []  # its beat seen (silence is counted from there)
     monkeypatch.setattr(rq.Queue, "enqueue_job", finishes_meanwhile)
     assert reap(redis_conn, 40, now=dt.datetime.now(dt.UTC) + dt.timedelta(seconds=60)) == []
     assert fetch_job("late", redis_conn).get_status() == "finished" and rq_queue("io", redis_conn).job_ids == []
