@@ -148,7 +148,7 @@ class GuardedWorker:
         """RQ's worker record, with where this worker's pid means what it says (its host's boot
         and pid namespace: fsd.base.proc.process_space): the reaper tells a live worker of its own
         host from a dead one on a host of the same name (jobs.reaper)."""
-        return {**super().serialize(), "hoard_space": process_space() or "-"}  # type: ignore[misc]
+        return {**super().serialize(), "hoard_space": process_space()}  # type: ignore[misc]
 
     def execute_job(self, job: Job, queue: Queue) -> None:
         why = refusal(job, self.config_path)

@@ -11,8 +11,10 @@ only the dead host served is never looked at at all.
 
 So every `hoard worker` of the store's server runs `Reaper` in a thread: each
 `worker.heartbeat_s` it reads the started registry of every hoardfs queue (ZRANGE: no job is
-loaded for the live ones), and for an entry whose job's `last_heartbeat` is older than
-`worker.reap_after_s` — and whose worker is not a live process of this host (an in-process
+loaded for the live ones), and for an entry whose job's `last_heartbeat` has not changed for
+`worker.reap_after_s` by the reaper's own clock (kept in `hoard:reaper:beat:<job id>`: a beat
+names the time of its worker's host, and one whose clock is behind looked silent while it beat)
+— and whose worker is not a live process of this host (an in-process
 SimpleWorker sends no heartbeat while it runs a job) — it takes the entry with one ZREM: only
 the reaper whose ZREM removed it goes on, so two server workers never queue a job twice. The
 job goes back on its queue (RQ's `Queue.enqueue_job`: status queued, at the front).
@@ -25,7 +27,8 @@ A job can also die *before* it starts: a worker serving one queue (a remote host
 registry. A host that dies in between leaves the job in that list, where only a worker serving
 that same queue looks (RQ's maintenance) — and fails it (`Job was stuck in intermediate
 queue`). The reaper looks there too: a job id seen in the list, not started, on two passes
-`reap_after_s` apart (the first sighting is kept in `hoard:reaper:intermediate:<job id>`) is
+`reap_after_s` apart (the first sighting is kept in `hoard:reaper:intermediate:<job id>`, with
+the job's enqueued_at: a job queued again since — started and ended meanwhile — is seen anew) is
 taken with one LREM — again only the reaper whose LREM removed it goes on — and, still
 `queued`, put back at the front of its queue.
 
@@ -47,7 +50,6 @@ import redis
 from rq import Worker
 from rq.executions import parse_composite_key
 from rq.registry import StartedJobRegistry
-from rq.utils import str_to_date
 
 from fsd.base.proc import pid_alive, process_space
 from jobs.queues import QUEUES, connect, fetch_job, rq_queue
@@ -71,8 +73,8 @@ def reap(conn: redis.Redis, reap_after_s: float, now: dt.datetime | None = None)
         for raw in conn.zrange(registry.key, 0, -1):
             entry = _text(raw)
             job_id, _execution = parse_composite_key(entry)
-            beat = _last_heartbeat(conn, job_id)
-            if beat is not None and (now - beat).total_seconds() <= reap_after_s or _runs_here(conn, job_id):
+            quiet = _silent_for(conn, job_id, reap_after_s, now)
+            if quiet is None or _runs_here(conn, job_id):
                 continue
             if not conn.zrem(registry.key, entry):
                 continue  # another reaper (or the job's end) took it first
@@ -84,15 +86,43 @@ def reap(conn: redis.Redis, reap_after_s: float, now: dt.datetime | None = None)
                 continue
             if not _queue_again(conn, queue, job, "started"):
                 continue  # it ended meanwhile: its own end removed or will remove what is left
+            conn.delete(BEAT.format(job_id))
             log.warning("reaper: job %s (%s) on queue %s: its worker %s sent no heartbeat for %.0f s (host down?); "
-                        "queued again", job_id, job.description, name, job.worker_name or "?",
-                        (now - beat).total_seconds() if beat else reap_after_s)
+                        "queued again", job_id, job.description, name, job.worker_name or "?", quiet)
             taken.append(job_id)
         taken += _reap_intermediate(conn, queue, registry, reap_after_s, now)
     return taken
 
 
-#: when the reaper first saw a job id in a queue's intermediate list (epoch seconds)
+#: when the reaper first saw a started job's heartbeat as it is now (epoch seconds, by the reaper's
+#: clock), and that heartbeat: `<seconds> <last_heartbeat>`
+BEAT = "hoard:reaper:beat:{}"
+
+
+def _silent_for(conn: redis.Redis, job_id: str, reap_after_s: float, now: dt.datetime) -> float | None:
+    """How long, by this reaper's clock, the started job's heartbeat has not changed — when that
+    is over `reap_after_s`; else None. A beat names the time of its worker's host: judged by the
+    reaper's clock, every beat of a host whose clock is behind looked old, and its live jobs were
+    taken (and run twice). A beat that changes is a live worker, whatever time it names."""
+    beat = _text(conn.hget(f"rq:job:{job_id}", "last_heartbeat"))
+    key, ttl = BEAT.format(job_id), int(reap_after_s * 4) + 60
+    mark = f"{now.timestamp()} {beat}"
+    if conn.set(key, mark, nx=True, ex=ttl):
+        return None  # first seen so
+    at, _, was = _text(conn.get(key)).partition(" ")
+    try:
+        seen = float(at)
+    except ValueError:
+        return None  # (the key expired between the two calls: seen again next time)
+    if was != beat:
+        conn.set(key, mark, ex=ttl)  # it beat since: seen anew now
+        return None
+    quiet = now.timestamp() - seen
+    return quiet if quiet > reap_after_s else None
+
+
+#: when the reaper first saw a job id in a queue's intermediate list (epoch seconds), and the
+#: job's enqueued_at then: `<seconds> <enqueued_at>`
 SEEN = "hoard:reaper:intermediate:{}"
 
 
@@ -105,13 +135,21 @@ def _reap_intermediate(conn: redis.Redis, queue: Any, registry: StartedJobRegist
         job_id = _text(raw)
         if job_id in registry:
             continue  # started: its heartbeat is what counts (above)
-        seen_key = SEEN.format(job_id)
-        if conn.set(seen_key, now.timestamp(), nx=True, ex=int(reap_after_s * 4) + 60):
+        # a sighting is of one time in the list: the job's enqueued_at (RQ sets it at every enqueue)
+        # is kept beside it — a job seen there, started, ended and queued again, then taken by a
+        # live worker as the reaper passes, is a new sighting, not one reap_after_s old
+        seen_key, ttl = SEEN.format(job_id), int(reap_after_s * 4) + 60
+        mark = f"{now.timestamp()} {_text(conn.hget(f'rq:job:{job_id}', 'enqueued_at'))}"
+        if conn.set(seen_key, mark, nx=True, ex=ttl):
             continue  # first seen now
+        at, _, enqueued = _text(conn.get(seen_key)).partition(" ")
         try:
-            seen = float(_text(conn.get(seen_key)))
+            seen = float(at)
         except ValueError:
             continue  # (the key expired between the two calls: seen again next time)
+        if enqueued != mark.partition(" ")[2]:
+            conn.set(seen_key, mark, ex=ttl)  # queued again since that sighting: seen anew now
+            continue
         if now.timestamp() - seen <= reap_after_s:
             continue
         if not conn.lrem(key, 1, job_id):
@@ -158,7 +196,7 @@ def _runs_here(conn: redis.Redis, job_id: str) -> bool:
         return False
     host, pid, space = (_text(v) for v in conn.hmget(Worker.redis_worker_namespace_prefix + name, "hostname",
                                                        "pid", "hoard_space"))
-    if host != socket.gethostname() or (space and space != (process_space() or "?")):
+    if host != socket.gethostname() or (space and space != process_space()):
         return False  # another host, or one of this name (a cloned VM, a container): its pid says nothing here
     try:
         return pid_alive(int(pid or 0))
@@ -169,17 +207,6 @@ def _runs_here(conn: redis.Redis, job_id: str) -> bool:
 def _text(raw: Any) -> str:
     """A Redis answer (bytes, or nothing) as text."""
     return raw.decode(errors="replace") if isinstance(raw, bytes) else str(raw or "")
-
-
-def _last_heartbeat(conn: redis.Redis, job_id: str) -> dt.datetime | None:
-    """The job's last heartbeat (RQ writes it at start and at every beat), None when it has none."""
-    raw = conn.hget(f"rq:job:{job_id}", "last_heartbeat")
-    if not raw:
-        return None
-    try:
-        return str_to_date(raw)  # (RQ's own reading of what it wrote: UTC, aware)
-    except ValueError:
-        return None
 
 
 class Reaper(threading.Thread):

@@ -22,7 +22,7 @@ from fsd.maintenance import reindex
 from fsd.outputs.manifest import batch_manifest
 from fsd.outputs.views import define_view_rows
 from fsd.store import Store
-from tests.helpers import dir_disks_config
+from tests.helpers import dir_disks_config, flip_byte
 
 
 def _tables(index_dir: Path) -> dict[str, dict[bytes, bytes]]:
@@ -119,3 +119,40 @@ def test_the_held_fill_keeps_a_slice_of_its_keys_in_memory(tmp_path: Path, monke
     large, n_large = _fill(tmp_path / "large", 80, 500)
     in_memory = (n_large - n_small) * (held.OBJ + held.MAN + 33 + 8)  # (a bytes object each, a list's pointer)
     assert large - small < in_memory / 4, (small, large, in_memory)
+
+
+@pytest.mark.expect_log(r"disk d[0-9]: read error on shard [0-9a-f]+: payload checksum mismatch", level="WARNING")
+@pytest.mark.expect_log(r"the index stays at format 2 \(object [0-9a-f]+: no good replica", level="WARNING")
+def test_a_rebuild_that_cannot_read_a_manifest_never_swaps_in_format_5(tmp_path: Path) -> None:
+    """A registered batch's manifest damaged on every replica when the SSD is lost: the rebuild
+    names it and leaves the index at the format before `held` — never format 5 with the
+    batch's entries missing (gc and deletion would take its objects as unheld) —, every
+    writable open tries the fill again, and once the manifest reads (here: its shard put
+    back) the migration fills `held` to what the store grew."""
+    cfg = config.load(dir_disks_config(tmp_path, 3, shard_size_mb=1, copy_of_raw=2, write_ack=2))
+    datas = [hashlib.sha256(b"%d" % i).digest() * (1 + i % 13) for i in range(120)]
+    with Store.open(cfg, init=True) as store:
+        shas = [bytes.fromhex(r.sha256) for r in store.put_bytes_many(datas)]
+        _register(store, "b0", shas[:80])
+        _register(store, "b1", shas[40:])
+        manifest = bytes.fromhex(store.index.get_batch("b1")["manifest"])
+        loc = store.index.lookup(manifest)
+        shard = store.index.get_shard(loc.shard_id).hex
+    grown = _tables(cfg.index_dir)
+    replicas = sorted(tmp_path.glob(f"d*/shards/*/{shard}.shard"))
+    kept = {p: p.read_bytes() for p in replicas}
+    for p in replicas:
+        flip_byte(p, loc.offset + 3)
+    shutil.rmtree(cfg.index_dir)  # the SSD died
+    with reindex._store_idle(cfg, "index rebuild") as ssd_uuid:
+        rep = reindex._rebuild_index(cfg, ssd_uuid)
+    assert any("held table not filled" in d and manifest.hex() in d for d in rep.damaged), rep.damaged
+    assert _tables(cfg.index_dir)["format"][b""] == str(formats.INDEX_HELD_LONG - 1).encode()
+    with Store.open(cfg) as store:  # (its migration cannot read it either)
+        assert not store.index.held_ready()
+    for p, raw in kept.items():
+        p.write_bytes(raw)
+    with Store.open(cfg) as store:
+        assert store.index.held_ready()
+    rebuilt = _tables(cfg.index_dir)
+    assert rebuilt["held"] == grown["held"] and rebuilt["format"] == grown["format"]

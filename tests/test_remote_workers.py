@@ -267,7 +267,7 @@ def test_a_worker_on_another_host_stages_and_exports_from_the_s3_disk(cluster, t
 def test_a_host_killed_mid_stage_has_its_job_queued_again_and_finished_elsewhere(cluster, tmp_path: Path) -> None:
     """SIGKILL of every process of host 1 while it stages (its S3 answers slowed down): the
     server's reaper (heartbeat 1 s, reap after 3 s) queues the job again within
-    reap_after_s + heartbeat_s of the last beat, host 2 stages the whole output, sealed; the
+    reap_after_s + 2 × heartbeat_s of the last beat, host 2 stages the whole output, sealed; the
     job is never failed; host 1, back, runs the same job again and resumes its own partial tree
     to the same files — nothing duplicated, nothing lost."""
     main, (host1, host2), (remote1, remote2) = cluster["main"], cluster["hosts"], cluster["remotes"]
@@ -299,7 +299,7 @@ def test_a_host_killed_mid_stage_has_its_job_queued_again_and_finished_elsewhere
             time.sleep(0.2)
         job = fetch_job("remote-stage-st2", conn)
         requeued = job.enqueued_at.timestamp()  # (set again when the reaper queued it)
-        assert requeued - killed <= 3 + 1 + 2, (requeued - killed)  # reap_after_s + heartbeat_s, and a beat's slack
+        assert requeued - killed <= 3 + 2 + 1, (requeued - killed)  # reap_after_s + 2 × heartbeat_s, a beat's slack
         assert not conn.zcard("rq:failed:remote")
     finally:
         reaper.send_signal(signal.SIGTERM)
@@ -345,7 +345,7 @@ def _started(conn, job_id: str, name: str = "io") -> tuple[Worker, Job]:
 @pytest.mark.expect_log(r"reaper: job silent .* sent no heartbeat for 60 s \(host down\?\); queued again",
                         level="WARNING")
 def test_the_reaper_takes_a_silent_job_once_and_never_a_live_local_one(redis_conn) -> None:
-    """A started job whose heartbeat is older than reap_after_s is queued again once — a second
+    """A started job whose heartbeat has not changed for reap_after_s (the reaper's clock) is queued again once — a second
     reaper finds nothing — unless its worker is a live process of this host (an in-process
     SimpleWorker beats only between jobs); a job with a fresh beat is left alone."""
     worker, job = _started(redis_conn, "silent")
@@ -398,11 +398,54 @@ def test_a_dead_host_of_this_host_s_name_is_not_taken_for_this_one(redis_conn) -
     hoard_worker.register_death()
     worker, job = _started(redis_conn, "cloned")
     assert redis_conn.hget(worker.key, "hostname").decode() == socket.gethostname()  # (this process: alive)
-    later = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=60)
+    now = dt.datetime.now(dt.UTC)
     redis_conn.hset(worker.key, "hoard_space", process_space())
-    assert reap(redis_conn, 40, now=later) == []  # this host's live worker
-    redis_conn.hset(worker.key, "hoard_space", "0-other-boot.4026531836")
-    assert reap(redis_conn, 40, now=later) == ["cloned"]
+    assert reap(redis_conn, 40, now=now) == []  # its beat seen
+    assert reap(redis_conn, 40, now=now + dt.timedelta(seconds=60)) == []  # silent, but this host's live worker
+    redis_conn.hset(worker.key, "hoard_space", process_space().rsplit("/", 1)[0] + "/1")  # another pid namespace
+    assert reap(redis_conn, 40, now=now + dt.timedelta(seconds=60)) == ["cloned"]
+
+
+@pytest.mark.expect_log(r"reaper: job behind .* sent no heartbeat for 44 s \(host down\?\); queued again", level="WARNING")
+def test_the_reaper_never_takes_a_job_whose_worker_beats_by_a_clock_behind(redis_conn) -> None:
+    """A remote host's clock 45 s behind the reaper's (no NTP there): its worker beats every
+    heartbeat_s, each beat stamped by its own clock. Silence is judged by the reaper's clock
+    alone — a beat that changes is a live worker, whatever time it names —, so its job is left
+    to it (before: every beat looked 45 s old, and the live job was taken and run twice); once
+    the beats stop for reap_after_s of the reaper's time, it is taken."""
+    worker, job = _started(redis_conn, "behind")
+    redis_conn.hset(worker.key, "hostname", "another-host")
+    now = dt.datetime.now(dt.UTC)
+    for t in range(0, 100, 10):  # a beat every 10 s of the worker's clock, 45 s behind
+        job.heartbeat(now + dt.timedelta(seconds=t - 45), 60)
+        assert reap(redis_conn, 40, now=now + dt.timedelta(seconds=t + 1)) == [], t
+    assert reap(redis_conn, 40, now=now + dt.timedelta(seconds=125)) == []  # silent 34 s: not yet
+    assert reap(redis_conn, 40, now=now + dt.timedelta(seconds=135)) == ["behind"]  # silent 44 s
+
+
+def test_the_reaper_never_takes_a_job_a_live_worker_just_took_on_an_old_sighting(redis_conn) -> None:
+    """A job seen in the intermediate list in the moment between its worker's BLMOVE and its
+    start, started, ended and queued again (a retry, a resubmission) is taken by a live worker
+    as the reaper passes again: the reaper's first sighting is of the earlier time in the list,
+    not of this one — the job is left to its worker (before: taken and queued again, run by
+    two workers at once)."""
+    queue = rq_queue(remote_mod.QUEUE, redis_conn)
+    queue.enqueue("jobs.outputs.run_job", None, "again", job_id="again")
+    assert Queue.lmove(redis_conn, queue.key, None) is not None  # a live worker takes it...
+    now = dt.datetime.now(dt.UTC)
+    assert reap(redis_conn, 40, now=now) == []  # ...as the reaper passes: seen
+    worker = Worker([queue], connection=redis_conn, serializer=SERIALIZER)
+    worker.register_birth()
+    job = fetch_job("again", redis_conn)
+    worker.prepare_execution(job)
+    worker.prepare_job_execution(job, remove_from_intermediate_queue=True)  # started: out of the list
+    assert redis_conn.llen(queue.intermediate_queue_key) == 0
+    redis_conn.delete(StartedJobRegistry(queue=queue).key)  # it ends (its execution leaves the registry)...
+    job.set_status("finished")
+    queue.enqueue_job(job)  # ...and is queued again; a live worker takes it as the reaper passes
+    assert Queue.lmove(redis_conn, queue.key, None) is not None
+    assert reap(redis_conn, 40, now=now + dt.timedelta(seconds=60)) == []
+    assert redis_conn.lrange(queue.intermediate_queue_key, 0, -1) == [b"again"] and queue.job_ids == []
 
 
 def test_the_reaper_never_queues_again_a_job_that_ends_as_it_is_taken(redis_conn, monkeypatch) -> None:
@@ -418,6 +461,7 @@ def test_the_reaper_never_queues_again_a_job_that_ends_as_it_is_taken(redis_conn
         other.hset(job.key, "status", "finished")  # the worker's own end, from its connection
         return real(self, job, *a, **kw)
 
+    assert reap(redis_conn, 40) == []  # its beat seen (silence is counted from there)
     monkeypatch.setattr(rq.Queue, "enqueue_job", finishes_meanwhile)
     assert reap(redis_conn, 40, now=dt.datetime.now(dt.UTC) + dt.timedelta(seconds=60)) == []
     assert fetch_job("late", redis_conn).get_status() == "finished" and rq_queue("io", redis_conn).job_ids == []

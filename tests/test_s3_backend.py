@@ -12,8 +12,8 @@ import hashlib
 import inspect
 import os
 import secrets
-import socket
 import subprocess
+import sys
 import threading
 import tracemalloc
 from pathlib import Path
@@ -22,15 +22,15 @@ import pytest
 
 from fsd.base import config
 from fsd.base.errors import ConfigError, HoardError
-from fsd.base.proc import pid_start, process_space
+from fsd.base.proc import pid_start
 from fsd.core import backend, s3
 from fsd.core import shardfmt as fmt
 from fsd.core.disks import DiskGone, LocalDisk, write_identity
 from tests import ceph_rgw as ceph_mod
 from tests import seaweedfs as weed_mod
-from tests.helpers import ENGINE_FIXTURES, S3_ENGINES, flip_byte
+from tests.helpers import ENGINE_FIXTURES, REPO, S3_ENGINES, flip_byte, missing
 
-_HOST, _SPACE = socket.gethostname(), process_space()
+_HOST = s3._HOST  # (this host as a claim names it: name, machine, boot, pid namespace)
 #: small parts, so a 12 MiB shard goes up in three (S3 wants ≥ 5 MiB for all but the last)
 PART = 5 << 20
 
@@ -336,8 +336,8 @@ def test_a_claim_left_by_a_seal_that_is_gone_never_blocks_the_next_seal(s3_engin
     engine_env(s3_engine)
     disk = s3_disk(s3_engine, tmp_path / "staging")
     a_process.end()
-    theirs = {"a dead process": f"{_HOST} {_SPACE} {a_process.pid} {a_process.start} 0011223344556677",
-              "this process, an earlier seal": f"{_HOST} {_SPACE} {os.getpid()} {pid_start(os.getpid())} 8899aabbccddeeff"}
+    theirs = {"a dead process": f"{_HOST} {a_process.pid} {a_process.start} 0011223344556677",
+              "this process, an earlier seal": f"{_HOST} {os.getpid()} {pid_start(os.getpid())} 8899aabbccddeeff"}
     for who, seal in theirs.items():
         shard, data = _open_shard(disk, [os.urandom(3000), os.urandom(500)])
         old = f"{len(data) + 4096} {hashlib.sha256(data + b'cut').hexdigest()} {seal}"
@@ -350,20 +350,14 @@ def test_a_claim_left_by_a_seal_that_is_gone_never_blocks_the_next_seal(s3_engin
 
 def test_a_live_seal_s_claim_with_other_bytes_still_refuses(s3_engine, engine_env, a_process, tmp_path: Path) -> None:
     """A claim naming other bytes whose seal may still run — its process alive on this host,
-    another host's (its process cannot be asked), one of a host with this host's name but another
-    boot or pid namespace (a cloned VM, a container: its pid says nothing here — here, that pid
-    is gone), or a claim in the older form that names no seal — refuses the seal as before, in one line: a SealRefused, which is an OSError as every
+    another host's (its process cannot be asked), or a claim in the older form that names no
+    seal — refuses the seal as before, in one line: a SealRefused, which is an OSError as every
     other failed seal of a replica (the writer and recovery leave the replica out and go on)
     and an ObjectMismatch; the shard stays open and the claim is left as it was."""
     engine_env(s3_engine)
     disk = s3_disk(s3_engine, tmp_path / "staging")
-    a_process.end()
-    seals = {"another host": f"{_HOST}-other {_SPACE} 1 1 0011223344556677",
-             "a host of the same name (another boot or pid namespace)":
-                 f"{_HOST} 0-other.1 {a_process.pid} {a_process.start} 0011223344556677",
-             "the older form": ""}
-    live = subprocess.Popen(["sleep", "60"])
-    seals["a live process"] = f"{_HOST} {_SPACE} {live.pid} {pid_start(live.pid)} 0011223344556677"
+    seals = {"a live process": f"{_HOST} {a_process.pid} {a_process.start} 0011223344556677",
+             "another host": f"{_HOST}-other 1 1 0011223344556677", "the older form": ""}
     for who, seal in seals.items():
         shard, data = _open_shard(disk, [os.urandom(2000)])
         old = f"{len(data) + 1} {hashlib.sha256(data + b'x').hexdigest()} {seal}".strip()
@@ -375,8 +369,56 @@ def test_a_live_seal_s_claim_with_other_bytes_still_refuses(s3_engine, engine_en
         assert disk.state(shard) == "open" and disk.read_at(shard, 0, len(data)) == data, who
         assert old in _claims(disk), who
         disk.client.delete_object(Bucket=disk.bucket, Key=s3.CLAIM_PREFIX + shard)
-    live.kill()
-    live.wait()
+
+
+CLAIM_AND_WAIT = """
+import secrets, sys, time
+from pathlib import Path
+from fsd.core import s3
+disk = s3.S3Disk("s3a", sys.argv[1], sys.argv[2], sys.argv[3], Path(sys.argv[4]), 10 << 30)
+nonce = secrets.token_hex(8)
+s3._SEALING.add(nonce)  # a seal of this process under way: its claim put, its upload not yet
+disk._claim(sys.argv[5], int(sys.argv[6]), sys.argv[7], nonce)
+print("claimed", flush=True)
+time.sleep(60)
+"""
+
+
+def test_a_live_seal_in_another_pid_namespace_of_this_host_name_still_refuses(s3_engine, engine_env,
+                                                                             tmp_path: Path) -> None:
+    """A seal whose process runs in another pid namespace under this host's name — a container
+    sharing the host's UTS namespace (host networking), or another machine of the same name: a
+    clone — names a pid that is some other process here, or none. Its claim is live: a seal
+    with other bytes is refused at it (before: judged by this host's /proc, its claim looked
+    gone and was replaced, and on an engine that ignores `If-None-Match` on a multipart
+    completion the second seal's object could replace the first's). A claim of an earlier boot
+    of this machine is still replaced (every process of that boot is gone)."""
+    if subprocess.run(["unshare", "--pid", "--fork", "--mount-proc", "true"], capture_output=True).returncode:
+        missing("UNSHARE --PID (ROOT) IS NEEDED for a seal in another pid namespace")
+    engine_env(s3_engine)
+    disk = s3_disk(s3_engine, tmp_path / "staging")
+    (tmp_path / "staging2").mkdir()
+    write_identity(tmp_path / "staging2", "s3a", uuid=disk.uuid)
+    shard, data = _open_shard(disk, [os.urandom(2000)])
+    other = hashlib.sha256(data + b"x").hexdigest()
+    seal = subprocess.Popen(["unshare", "--pid", "--fork", "--mount-proc", sys.executable, "-c", CLAIM_AND_WAIT,
+                             disk.uuid, disk.endpoint, disk.bucket, str(tmp_path / "staging2"), shard,
+                             str(len(data) + 1), other], cwd=REPO, stdout=subprocess.PIPE, text=True)
+    try:
+        assert seal.stdout is not None and seal.stdout.readline().strip() == "claimed"
+        with pytest.raises(s3.SealRefused):
+            disk.seal(shard)
+        assert disk.state(shard) == "open" and len(_claims(disk)) == 1 and other in _claims(disk)[0]
+    finally:
+        seal.kill()
+        seal.wait()
+    disk.client.delete_object(Bucket=disk.bucket, Key=s3.CLAIM_PREFIX + shard)
+    # this machine, an earlier boot: gone whatever its pid names now
+    name, machine, _boot, pidns = s3._HOST.split("/")
+    old = f"{len(data) + 1} {other} {name}/{machine}/{'0' * 32}/{pidns} 1 1 0011223344556677"
+    disk.client.put_object(Bucket=disk.bucket, Key=s3.CLAIM_PREFIX + shard, Body=old.encode())
+    disk.seal(shard)
+    assert disk.state(shard) == "sealed" and disk.read_at(shard, 0, len(data)) == data and _claims(disk) == []
 
 
 def test_a_stored_sha256_that_differs_is_caught(s3_engine, engine_env, tmp_path: Path) -> None:

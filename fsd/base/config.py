@@ -242,11 +242,13 @@ class WorkerConfig(BaseModel):
     #: seconds between a busy worker's heartbeats to Redis (its job's `last_heartbeat` and its
     #: entry in RQ's started registry are refreshed each time; RQ's job_monitoring_interval)
     heartbeat_s: int = Field(default=10, ge=1, le=25)
-    #: a running job whose worker has not heartbeaten for this many seconds is re-queued by the
-    #: reaper of the store's server (jobs.reaper, in its `hoard worker`s, looking every
-    #: heartbeat_s): a host that died has its job queued again within reap_after_s + heartbeat_s
-    #: (50 s by default). Below 60: RQ lets a silent job's entry expire heartbeat_s + 60 s after
-    #: its last beat, and its own clean-up then fails the job instead of queueing it again
+    #: a running job whose worker has not heartbeaten for this many seconds (its beat unchanged,
+    #: by the reaper's clock) is re-queued by the reaper of the store's server (jobs.reaper, in
+    #: its `hoard worker`s, looking every heartbeat_s): a host that died has its job queued again
+    #: within reap_after_s + 2 × heartbeat_s (60 s by default). Below 60: RQ lets a silent job's
+    #: entry expire heartbeat_s + 60 s after its last beat, and its own clean-up (every 10 min)
+    #: then fails the job instead of queueing it again — the reaper comes first while
+    #: reap_after_s + heartbeat_s < 60, as by default
     reap_after_s: float = Field(default=40, ge=2, le=55)
 
     @model_validator(mode="after")

@@ -6,6 +6,7 @@ import contextlib
 import os
 import shutil
 import signal
+import socket
 import subprocess
 from collections.abc import Sequence
 from pathlib import Path
@@ -73,17 +74,24 @@ def pid_start(pid: int) -> int | None:
 
 
 def process_space() -> str:
-    """Where this process's pids mean what they say: the kernel's boot (`boot_id`) and the pid
-    namespace, as `<boot id>.<pid namespace inode>` ("" when /proc cannot tell). Two hosts
-    with one hostname — cloned VMs, containers — differ here, so a pid named by another is
-    never looked up in this one's process table."""
+    """This host as the place where a pid names a process: `<name>/<machine id>/<boot id>/<pid
+    namespace>` (`-` for a part that cannot be read). A pid and its start time name a process
+    only within one boot of one machine and one pid namespace: a host name alone is not that —
+    another machine of the same name (a clone), a container sharing the host's name (host
+    networking) each has pids of its own. A seal's claim (fsd.core.s3) and `hoard worker`'s
+    record (jobs.guard, read by jobs.reaper) name it."""
+    def first(*paths: str) -> str:
+        for path in paths:
+            with contextlib.suppress(OSError):
+                return Path(path).read_text().strip().replace("-", "") or "-"
+        return "-"
     try:
-        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-        ns = os.readlink("/proc/self/ns/pid")
-    except OSError:
-        return ""
-    digits = "".join(c for c in ns if c.isdigit())
-    return f"{boot}.{digits}" if boot and digits else ""
+        ns = os.readlink("/proc/self/ns/pid")  # pid:[4026531836]
+        ns = ns[ns.index("[") + 1:ns.index("]")]
+    except (OSError, ValueError):
+        ns = "-"
+    return "/".join([socket.gethostname(), first("/etc/machine-id", "/var/lib/dbus/machine-id"),
+                     first("/proc/sys/kernel/random/boot_id"), ns])
 
 
 def alive_since(pid: int, start: int | None) -> bool:

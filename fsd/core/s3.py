@@ -6,9 +6,9 @@
                                         sha256 of the whole object (hex)
     <bucket>/orphans/<hex>.<time>       a shard set aside (deleted by `hoard verify --orphans --repair`
                                         after the grace period, as a local disk's)
-    <bucket>/claims/<shard hex>         while a seal runs: `<size> <sha256 hex> <host> <process space>
-                                        <pid> <pid start> <nonce>`: the bytes it uploads, and
-                                        which seal it is (fsd.base.proc.process_space)
+    <bucket>/claims/<shard hex>         while a seal runs: `<size> <sha256 hex> <host> <pid> <pid start>
+                                        <nonce>`: the bytes it uploads, and which seal it is (<host>:
+                                        `<name>/<machine id>/<boot id>/<pid namespace>`)
 
 `<xx>` is the last two hex digits of the shard id, as on a local disk. An open shard is never
 in the bucket: it is appended on a local staging folder (a `LocalDisk` of its own, whose
@@ -25,10 +25,12 @@ for the object and uploads: a second seal with other bytes is refused at the cla
 sends anything, on any engine; one with the same bytes goes on (its upload puts the same
 bytes). The claim is deleted once the object is checked. One left by a seal that failed is
 passed by a retry with the same bytes, and replaced by a seal with other bytes when the seal
-that wrote it is gone — its process ended on this host, or it was this process's own (recovery
-cuts an open shard back to what the index acknowledges, so the retry's bytes may differ); a
-claim from another host is taken as live until `hoard verify --orphans` removes it after its
-grace, as a stale tmp file. The sha256 is ours: a
+that wrote it is gone — its process ended on this host (this boot and pid namespace: a pid
+means nothing on another machine of the same name, or in a container sharing the host's name),
+it was this process's own (recovery cuts an open shard back to what the index acknowledges, so
+the retry's bytes may differ), or it ran in an earlier boot of this machine; a claim from
+another host is taken as live until `hoard verify --orphans` removes it after its grace, as a
+stale tmp file. The sha256 is ours: a
 multipart ETag is not the content's MD5. Only once the engine acknowledged the object and a
 HEAD shows it whole is the open file removed; until then the shard is `open` and its reads
 come from the staging folder (a GET finds no object first), so nothing is reported sealed that
@@ -56,7 +58,6 @@ import json
 import logging
 import os
 import secrets
-import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -108,8 +109,10 @@ UPLOAD_STREAMS = 2
 #: client settings: a few retries with backoff (a 5xx, a dropped connection), then an error;
 #: the read timeout is the disk's `timeout_s` (fsd.base.config.DiskConfig)
 ATTEMPTS, CONNECT_TIMEOUT, READ_TIMEOUT = 3, 5, 60.0
-#: this host, as a seal's claim names it (`S3Disk._claim`)
-_HOST = socket.gethostname()
+
+
+#: this host, as a seal's claim names it (`S3Disk._claim`; fsd.base.proc.process_space)
+_HOST = process_space()
 #: the nonces of this process's seals in flight, on any S3Disk object (`S3Disk._claim`)
 _SEALING: set[str] = set()
 log = logging.getLogger(__name__)
@@ -318,13 +321,12 @@ class S3Disk:
     def _claim(self, shard_hex: str, size: int, sha: str, nonce: str) -> None:
         """Name the bytes this seal uploads under claims/<shard> (If-None-Match: *) before it
         looks for the object (module docstring); raise SealRefused when another live seal's
-        claim names other bytes. A claim names its seal too — host, process space (boot and pid
-        namespace: `process_space`), pid, the pid's start time
+        claim names other bytes. A claim names its seal too — host, pid, the pid's start time
         and a nonce per seal — so one left by a seal that is gone (its process ended on this
         host, or it was this process's own seal that failed) is replaced: recovery may have cut
         the shard back since, and the bytes now sealed are the ones the index acknowledges."""
         key, what = CLAIM_PREFIX + shard_hex, f"claiming shard {shard_hex}"
-        mine = f"{size} {sha} {_HOST} {process_space() or '-'} {' '.join(map(str, _me()))} {nonce}"
+        mine = f"{size} {sha} {_HOST} {' '.join(map(str, _me()))} {nonce}"
         for _ in range(3):
             try:
                 self._call(what, self.client.put_object, Bucket=self.bucket, Key=key, Body=mine.encode(),
@@ -354,15 +356,19 @@ class S3Disk:
                           "goes while it is sealed: it stays open; seal again")
 
     def _gone(self, claim: str) -> bool:
-        """Whether the seal that wrote `claim` has ended: its process is gone from this host, or
-        it is this process and none of its seals in flight wrote it. A claim from another host,
-        or in the older form without its seal's name, is taken as live (`hoard verify --orphans`
-        removes it after its grace)."""
+        """Whether the seal that wrote `claim` has ended: its process is gone from this host (this
+        boot, this pid namespace: fsd.base.proc.process_space), it is this process and none of its seals in
+        flight wrote it, or it ran in an earlier boot of this machine. A claim from another
+        host, machine or pid namespace, or in an older form, is taken as live (`hoard verify
+        --orphans` removes it after its grace)."""
         fields = claim.split()
-        if (len(fields) != 7 or fields[2] != _HOST or fields[3] != (process_space() or "?")
-                or not (fields[4].isdigit() and fields[5].isdigit())):
-            return False  # another host's (or one of the same name: another boot or pid namespace)
-        pid, start, nonce = int(fields[4]), int(fields[5]), fields[6]
+        if len(fields) != 6 or not (fields[3].isdigit() and fields[4].isdigit()):
+            return False
+        if fields[2] != _HOST:  # another machine, pid namespace or boot: gone only if an earlier boot of this one
+            name, machine, boot, _ns = (fields[2].split("/") + ["-"] * 4)[:4]
+            here = _HOST.split("/")
+            return "-" not in (machine, boot, here[2]) and (name, machine) == (here[0], here[1]) and boot != here[2]
+        pid, start, nonce = int(fields[3]), int(fields[4]), fields[5]
         if (pid, start) == _me():
             return nonce not in _SEALING
         return not alive_since(pid, start)
