@@ -102,6 +102,8 @@ BAD = [
     (GOOD.replace("[ssd.zones.3A]\nquota_gb = 1", "[ssd.zones.3A]\nquota_gb = -5"),
      r"ssd\.zones\.3A\.quota_gb: Input should be greater than 0 \(got -5\)"),
     (GOOD + "[ssd.zones.3E]\nquota_gb = 1\n", r"ssd\.zones\.3E"),
+    (GOOD + "[worker]\nheartbeat_s = 19\nreap_after_s = 45\n",
+     r"worker\.reap_after_s \+ worker\.heartbeat_s \(45 \+ 19\) must stay below 60"),
 ]
 
 

@@ -248,7 +248,7 @@ class WorkerConfig(BaseModel):
     #: within reap_after_s + 2 × heartbeat_s (60 s by default). Below 60: RQ lets a silent job's
     #: entry expire heartbeat_s + 60 s after its last beat, and its own clean-up (every 10 min)
     #: then fails the job instead of queueing it again — the reaper comes first while
-    #: reap_after_s + heartbeat_s < 60, as by default
+    #: reap_after_s + heartbeat_s < 60 (a file that sets more is refused)
     reap_after_s: float = Field(default=40, ge=2, le=55)
 
     @model_validator(mode="after")
@@ -256,6 +256,10 @@ class WorkerConfig(BaseModel):
         if self.reap_after_s < 2 * self.heartbeat_s:
             raise ValueError(f"worker.reap_after_s ({self.reap_after_s:g}) must be at least twice worker.heartbeat_s "
                              f"({self.heartbeat_s:g}): a live worker's job would be taken from it between two beats")
+        if self.reap_after_s + self.heartbeat_s >= 60:
+            raise ValueError(f"worker.reap_after_s + worker.heartbeat_s ({self.reap_after_s:g} + {self.heartbeat_s:g}) "
+                             "must stay below 60: RQ's own clean-up would fail a dead host's job before the reaper "
+                             "queues it again")
         return self
 
 
