@@ -29,6 +29,9 @@ from fsd.base.paths import display
 
 #: images encoded per forward pass
 BATCH = 16
+#: what a search says where torch and open_clip are not installed (`make install` leaves them out)
+NOT_INSTALLED = ("text → image search needs torch and open_clip, which this install lacks: install the search "
+                 "extra, `pip install 'hoardfs[search]'` (docs/search.md, Install)")
 #: the longest side an image is given to the model, in units of its shortest (`prepare`)
 MAX_ASPECT = 4
 #: the longest search text (characters); the tokenizer truncates to the model's context anyway
@@ -73,7 +76,10 @@ def open_clip_module() -> Any:
     # set, not defaulted: a HF_HUB_OFFLINE=0 in the service's environment does not turn downloads on
     os.environ["HF_HUB_OFFLINE"] = "1"
     os.environ["TRANSFORMERS_OFFLINE"] = "1"
-    import torch
+    try:
+        import torch
+    except ImportError:
+        raise ClipError(NOT_INSTALLED) from None
 
     spec = importlib.util.find_spec("torchvision")  # found, not imported
     where = Path(spec.submodule_search_locations[0]) if spec and spec.submodule_search_locations else None
@@ -84,8 +90,14 @@ def open_clip_module() -> Any:
         except OSError:  # its operators cannot be had here: import it without registering kernels for them
             for name in ("torchvision._meta_registrations", "torchvision._autograd_registrations"):
                 sys.modules[name] = types.ModuleType(name)
-    import open_clip
-
+    try:
+        import open_clip
+    except ImportError:
+        raise ClipError(NOT_INSTALLED) from None
+    except (OSError, RuntimeError) as e:  # a torchvision or torch that does not load here
+        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise ClipError(f"open_clip does not import here ({first}); reinstall the search extra (docs/search.md, "
+                        "Install)") from None
     return open_clip
 
 

@@ -231,3 +231,46 @@ def test_index_file_name_is_the_model_s_own(tmp_path: Path) -> None:
     a = embeddings.SearchIndex(tmp_path, "m/x@0123456789abcdef").path
     b = embeddings.SearchIndex(tmp_path, "m_x@0123456789abcdef").path
     assert a != b and a.parent == b.parent == tmp_path and os.sep not in a.name
+
+
+@pytest.mark.services
+def test_without_torch_installed_loading_is_one_line() -> None:
+    """A production install (`make install`) leaves the search extra out: `hoard search` and the
+    worker then raised ModuleNotFoundError with a traceback. (A process of its own: this one has
+    torch imported already.)"""
+    code = ("import sys; sys.modules['torch'] = None\n"
+            "from jobs import clip_model\n"
+            "try:\n    clip_model.load('ViT-B-32', '/etc/hostname')\n"
+            "except clip_model.ClipError as e:\n    print(e.message)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=REPO)
+    assert done.returncode == 0 and done.stderr == "", done.stderr[-2000:]
+    assert done.stdout.count("\n") == 1 and "hoardfs[search]" in done.stdout, done.stdout
+
+
+class _Payload:
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_weights_that_run_code_or_are_no_file_are_refused(tiny, tmp_path: Path) -> None:  # noqa: F811
+    """A weights file that is a pickle running a command is refused without running it
+    (torch.load with weights_only); a FIFO, a link to one and a device are no weights file (a
+    FIFO would block the search forever)."""
+    import pickle
+
+    cfg, _ = tiny
+    marker = tmp_path / "ran"
+    evil = tmp_path / "evil.bin"
+    evil.write_bytes(pickle.dumps({"state_dict": _Payload(marker)}))
+    with pytest.raises(clip_model.ClipError, match="does not load into tiny-clip"):
+        clip_model.load(str(cfg), evil)
+    assert not marker.exists()
+    fifo = tmp_path / "fifo.bin"
+    os.mkfifo(fifo)
+    (tmp_path / "link.bin").symlink_to(fifo)
+    for path in (fifo, tmp_path / "link.bin", Path("/dev/zero")):
+        with pytest.raises(clip_model.ClipError, match="is not a file"):
+            clip_model.load(str(cfg), path)

@@ -43,7 +43,11 @@ def gpu_ready(device: str) -> int:
     """The gate hook: 0 when the run may start on `device`."""
     if device == "cpu":
         return 0
-    import torch
+    try:
+        import torch
+    except ImportError:
+        print(f"hoard-builtin gpu-ready: {clip_model.NOT_INSTALLED}; the run waits", file=sys.stderr)
+        return 1
 
     if torch.cuda.is_available():
         return 0
