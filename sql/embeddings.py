@@ -111,7 +111,7 @@ def _file_name(model: str) -> str:
 class SearchIndex:
     """The on-disk HNSW index of one model's embeddings under `directory`."""
 
-    def __init__(self, directory: Path, model: str, dim: int = 0) -> None:
+    def __init__(self, directory: Path, model: str, dim: int) -> None:
         self.directory = directory
         self.model = model
         self.dim = dim  # the model's embeddings' length: rows of another are left out
@@ -129,7 +129,7 @@ class SearchIndex:
         from usearch.index import Index  # lazy: only a search needs it
 
         ids, mat = vectors(conn, self.model, self.dim)
-        idx = Index(ndim=self.dim or 1, metric="cos", dtype="f32", connectivity=CONNECTIVITY,
+        idx = Index(ndim=self.dim, metric="cos", dtype="f32", connectivity=CONNECTIVITY,
                     expansion_search=EXPANSION_SEARCH)
         if len(ids):
             idx.add(ids.astype(np.uint64), mat)
@@ -157,7 +157,7 @@ class SearchIndex:
         elif {k: have.get(k) for k in want} != want or have.get("dim") != self.dim:
             why = f"out of date ({have.get('count')} images in it, {want['count']} in PostgreSQL)"
         else:
-            idx = Index(ndim=self.dim or 1, metric="cos", dtype="f32", connectivity=CONNECTIVITY,
+            idx = Index(ndim=self.dim, metric="cos", dtype="f32", connectivity=CONNECTIVITY,
                         expansion_search=EXPANSION_SEARCH)
             try:
                 idx.load(str(self.path))

@@ -171,7 +171,7 @@ def test_an_index_file_renamed_in_by_a_slower_rebuild_is_not_trusted(db, tmp_pat
     vecs = dict(zip(shas, _unit(rng, 5), strict=True))
     _embed(db, "run-a", MODEL, {s: vecs[s] for s in shas[:3]})
     embeddings.nearest(db, tmp_path, MODEL, vecs[shas[0]], 1, lambda _: None)
-    index = embeddings.SearchIndex(embeddings.index_dir(tmp_path), MODEL).path
+    index = embeddings.SearchIndex(embeddings.index_dir(tmp_path), MODEL, 32).path
     older = index.read_bytes()
     _drop(db, [shas[2]])
     _embed(db, "run-b", MODEL, {shas[3]: vecs[shas[3]]})  # 3 rows again, another set
@@ -228,8 +228,8 @@ def test_index_file_name_is_the_model_s_own(tmp_path: Path) -> None:
     """Two model ids that differ only where the file name writes `_` do not share a file."""
     from sql import embeddings
 
-    a = embeddings.SearchIndex(tmp_path, "m/x@0123456789abcdef").path
-    b = embeddings.SearchIndex(tmp_path, "m_x@0123456789abcdef").path
+    a = embeddings.SearchIndex(tmp_path, "m/x@0123456789abcdef", 32).path
+    b = embeddings.SearchIndex(tmp_path, "m_x@0123456789abcdef", 32).path
     assert a != b and a.parent == b.parent == tmp_path and os.sep not in a.name
 
 
