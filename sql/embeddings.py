@@ -19,6 +19,7 @@ import hashlib
 import json
 import os
 import re
+import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -134,12 +135,20 @@ class SearchIndex:
         if len(ids):
             idx.add(ids.astype(np.uint64), mat)
         self.directory.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-        idx.save(str(tmp))
-        os.replace(tmp, self.path)
-        tmp_stamp = self.stamp_path.with_name(f".{self.stamp_path.name}.{os.getpid()}.tmp")
-        tmp_stamp.write_text(json.dumps({"model": self.model, **want, "dim": self.dim}))
-        os.replace(tmp_stamp, self.stamp_path)
+        # temporary names of this rebuild alone: the GUI's searches are threads of one process
+        # and rebuild at once too (a name of the process id only was written by two, and one's
+        # rename then found it gone)
+        unique = f"{os.getpid()}.{secrets.token_hex(6)}.tmp"
+        tmp = self.path.with_name(f".{self.path.name}.{unique}")
+        tmp_stamp = self.stamp_path.with_name(f".{self.stamp_path.name}.{unique}")
+        try:
+            idx.save(str(tmp))
+            os.replace(tmp, self.path)
+            tmp_stamp.write_text(json.dumps({"model": self.model, **want, "dim": self.dim}))
+            os.replace(tmp_stamp, self.stamp_path)
+        finally:
+            tmp.unlink(missing_ok=True)
+            tmp_stamp.unlink(missing_ok=True)
         return idx
 
     def open(self, conn: psycopg.Connection, note: Callable[[str], None]) -> Any:

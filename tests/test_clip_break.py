@@ -274,3 +274,40 @@ def test_weights_that_run_code_or_are_no_file_are_refused(tiny, tmp_path: Path) 
     for path in (fifo, tmp_path / "link.bin", Path("/dev/zero")):
         with pytest.raises(clip_model.ClipError, match="is not a file"):
             clip_model.load(str(cfg), path)
+
+
+def test_searches_rebuilding_at_once_in_one_process_do_not_fail(db, servers, tmp_path: Path) -> None:
+    """The GUI searches in threads of one process: rebuilding the index at once they wrote the
+    same temporary file (named by the process id only), and one's rename found it gone."""
+    import threading
+
+    import psycopg
+
+    from sql import embeddings
+
+    rng = np.random.default_rng(6)
+    shas = _fill(db, 300, "threads")
+    vecs = dict(zip(shas, _unit(rng, 300), strict=True))
+    _embed(db, "run-a", MODEL, vecs)
+    schema = db.execute("SELECT current_schema()").fetchone()[0]
+    errors: list[BaseException] = []
+    index = embeddings.SearchIndex(embeddings.index_dir(tmp_path), MODEL, 32)
+
+    def one(gate: threading.Barrier) -> None:
+        try:
+            with psycopg.connect(servers["database_url"], options=f"-c search_path={schema}", autocommit=True) as c:
+                gate.wait()
+                got = embeddings.nearest(c, tmp_path, MODEL, vecs[shas[7]], 1, lambda _: None)
+                assert got[0].sha256 == shas[7]
+        except BaseException as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    for _ in range(5):
+        index.path.unlink(missing_ok=True)
+        gate = threading.Barrier(6)
+        threads = [threading.Thread(target=one, args=(gate,)) for _ in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert errors == []
