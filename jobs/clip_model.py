@@ -18,6 +18,7 @@ import importlib.util
 import json
 import os
 import sys
+import threading
 import types
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -58,6 +59,8 @@ class Loaded:
 
 
 _CACHE: dict[tuple[str, str, str], Loaded] = {}
+#: one load at a time: the GUI's searches are threads, and open_clip's config registry is global
+_LOCK = threading.Lock()
 
 
 def open_clip_module() -> Any:
@@ -160,6 +163,11 @@ def load(model: str, weights: Path | str | None, device: str = "cpu") -> Loaded:
     """The model `model` with the weights file `weights`, on `device` ("cpu" or "cuda"), in
     eval mode; loaded once per process. ClipError (one line) when it cannot be."""
     wpath = weights_file(weights)
+    with _LOCK:
+        return _load(model, wpath, device)
+
+
+def _load(model: str, wpath: Path, device: str) -> Loaded:
     key = (model, str(wpath.resolve()), device)
     if key in _CACHE:
         return _CACHE[key]
