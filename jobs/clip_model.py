@@ -58,7 +58,7 @@ class Loaded:
     device: str
 
 
-_CACHE: dict[tuple[str, str, str], Loaded] = {}
+_CACHE: dict[tuple[str, str, str], tuple[tuple[int, int, int], Loaded]] = {}
 #: one load at a time: the GUI's searches are threads, and open_clip's config registry is global
 _LOCK = threading.Lock()
 
@@ -169,8 +169,11 @@ def load(model: str, weights: Path | str | None, device: str = "cpu") -> Loaded:
 
 def _load(model: str, wpath: Path, device: str) -> Loaded:
     key = (model, str(wpath.resolve()), device)
-    if key in _CACHE:
-        return _CACHE[key]
+    st = wpath.stat()  # new weights copied over the old file are another model (the GUI runs for weeks)
+    sig = (st.st_size, st.st_mtime_ns, st.st_ino)
+    if key in _CACHE and _CACHE[key][0] == sig:
+        return _CACHE[key][1]
+    _CACHE.pop(key, None)  # the old model's memory goes with it
     open_clip = open_clip_module()
     import torch
 
@@ -191,7 +194,7 @@ def _load(model: str, wpath: Path, device: str) -> Loaded:
     with torch.no_grad():
         dim = int(net.encode_text(tokenizer(["a"]).to(device)).shape[-1])
     loaded = Loaded(f"{name}@{weights_digest(wpath)}", dim, net, preprocess, tokenizer, device)
-    _CACHE[key] = loaded
+    _CACHE[key] = (sig, loaded)
     return loaded
 
 

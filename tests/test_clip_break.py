@@ -311,3 +311,20 @@ def test_searches_rebuilding_at_once_in_one_process_do_not_fail(db, servers, tmp
         for t in threads:
             t.join()
         assert errors == []
+
+
+def test_weights_replaced_at_the_same_path_are_loaded_anew(tiny, tmp_path: Path) -> None:  # noqa: F811
+    """The GUI keeps the model loaded: new weights copied over the configured file were never
+    seen — its searches went on with the old model and its old id until a restart."""
+    import torch
+
+    cfg, weights = tiny
+    mine = tmp_path / "w.bin"
+    mine.write_bytes(weights.read_bytes())
+    first = clip_model.load(str(cfg), mine)
+    state = torch.load(mine, weights_only=True)
+    state["logit_scale"] = state["logit_scale"] + 1
+    torch.save(state, mine)
+    second = clip_model.load(str(cfg), mine)
+    assert second.model_id != first.model_id
+    assert second.model_id.endswith(hashlib.sha256(mine.read_bytes()).hexdigest()[:16])
