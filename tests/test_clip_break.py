@@ -328,3 +328,18 @@ def test_weights_replaced_at_the_same_path_are_loaded_anew(tiny, tmp_path: Path)
     second = clip_model.load(str(cfg), mine)
     assert second.model_id != first.model_id
     assert second.model_id.endswith(hashlib.sha256(mine.read_bytes()).hexdigest()[:16])
+
+
+@pytest.mark.services
+def test_search_with_nothing_configured_says_so_before_asking_the_database(tmp_path: Path) -> None:
+    """No [search] in hoard.toml and no database reachable: the one line is about the weights
+    (what to do first), not the database."""
+    (tmp_path / "hoard.toml").write_text(
+        f'database_url = "postgresql:///nothing?host={tmp_path}/no-pg"\nredis_url = "unix://{tmp_path}/no-redis"\n'
+        '[store]\nallow_directory_disks = true\n'
+        + "".join(f'[[disks]]\nlabel = "hdd{i}"\npath = "d{i}"\ncapacity_gb = 1\n' for i in (1, 2))
+        + '[ssd]\nroot = "ssd"\n' + "".join(f"[ssd.zones.{z}]\nquota_gb = 1\n" for z in ("3A", "3B", "3C", "3D")))
+    done = subprocess.run([sys.executable, "-m", "fsd", "--config", str(tmp_path / "hoard.toml"), "search", "a dog"],
+                          capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert done.returncode == 2 and done.stdout == "", done
+    assert done.stderr.count("\n") == 1 and "search.clip_weights is not set" in done.stderr, done.stderr
