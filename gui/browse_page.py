@@ -118,7 +118,7 @@ async def _looks_like(query: str) -> None:
         return
     text.label(f"{len(hits)} images nearest “{query}” ({model}); the other filters do not apply to this "
                "search").classes("text-caption").mark("assets-looks-caption")
-    with ui.row().classes("w-full").mark("assets-looks"):
+    with ui.row().classes("w-full").mark("assets-looks-results"):
         for h in hits:
             with ui.link(target=f"/node/{h.sha256}").classes("no-underline text-black"):
                 with ui.card().classes("w-44 q-pa-xs").props(f'data-testid="look-{h.sha256[:12]}"'):

@@ -18,6 +18,7 @@ import importlib.util
 import json
 import os
 import sys
+import threading
 import types
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -29,6 +30,11 @@ from fsd.base.paths import display
 
 #: images encoded per forward pass
 BATCH = 16
+#: what a search says where torch and open_clip are not installed (`make install` leaves them out)
+NOT_INSTALLED = ("text → image search needs torch and open_clip, which this install lacks: install the search "
+                 "extra, `pip install 'hoardfs[search]'` (docs/search.md, Install)")
+#: the longest side an image is given to the model, in units of its shortest (`prepare`)
+MAX_ASPECT = 4
 #: the longest search text (characters); the tokenizer truncates to the model's context anyway
 MAX_QUERY = 1000
 
@@ -52,7 +58,9 @@ class Loaded:
     device: str
 
 
-_CACHE: dict[tuple[str, str, str], Loaded] = {}
+_CACHE: dict[tuple[str, str, str], tuple[tuple[int, int, int], Loaded]] = {}
+#: one load at a time: the GUI's searches are threads, and open_clip's config registry is global
+_LOCK = threading.Lock()
 
 
 def open_clip_module() -> Any:
@@ -67,8 +75,14 @@ def open_clip_module() -> Any:
     operators load (a CUDA host's), nothing is changed."""
     if "open_clip" in sys.modules:
         return sys.modules["open_clip"]
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # open_clip asks the hub for nothing; if it did, it must not
-    import torch
+    # open_clip asks the hub for nothing (load refuses the configs that would); if it did, it must not —
+    # set, not defaulted: a HF_HUB_OFFLINE=0 in the service's environment does not turn downloads on
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ["TRANSFORMERS_OFFLINE"] = "1"
+    try:
+        import torch
+    except ImportError:
+        raise ClipError(NOT_INSTALLED) from None
 
     spec = importlib.util.find_spec("torchvision")  # found, not imported
     where = Path(spec.submodule_search_locations[0]) if spec and spec.submodule_search_locations else None
@@ -79,8 +93,14 @@ def open_clip_module() -> Any:
         except OSError:  # its operators cannot be had here: import it without registering kernels for them
             for name in ("torchvision._meta_registrations", "torchvision._autograd_registrations"):
                 sys.modules[name] = types.ModuleType(name)
-    import open_clip
-
+    try:
+        import open_clip
+    except ImportError:
+        raise ClipError(NOT_INSTALLED) from None
+    except (OSError, RuntimeError) as e:  # a torchvision or torch that does not load here
+        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise ClipError(f"open_clip does not import here ({first}); reinstall the search extra (docs/search.md, "
+                        "Install)") from None
     return open_clip
 
 
@@ -109,12 +129,22 @@ def _model_name(model: str) -> str:
     if not isinstance(text, dict) or not isinstance(vision, dict) or "embed_dim" not in cfg:
         raise ClipError(f"search.clip_model: {display(model)} is not an open_clip model config "
                         "(it needs embed_dim, vision_cfg and text_cfg)")
-    if text.get("hf_model_name") or text.get("hf_tokenizer_name") or vision.get("timm_model_pretrained"):
-        raise ClipError(f"search.clip_model: {display(model)} names a Hugging Face model, tokenizer or pretrained "
-                        "timm backbone, which would be downloaded; nothing is downloaded here — use a config "
-                        "whose parts ship with open_clip")
+    _refuse_downloads(model, cfg)
     open_clip.add_model_config(path)
     return path.stem
+
+
+def _refuse_downloads(model: str, cfg: dict[str, Any]) -> None:
+    """ClipError when the model config `cfg` names a part open_clip would fetch from the hub: a
+    Hugging Face text model or tokenizer (49 of the configs open_clip ships do, every SigLIP
+    among them), a pretrained timm backbone."""
+    text = cfg.get("text_cfg", {})
+    vision = cfg.get("vision_cfg", {})
+    if (isinstance(text, dict) and (text.get("hf_model_name") or text.get("hf_tokenizer_name"))) or (
+            isinstance(vision, dict) and vision.get("timm_model_pretrained")):
+        raise ClipError(f"search.clip_model: {display(model)} names a Hugging Face model, tokenizer or pretrained "
+                        "timm backbone, which would be downloaded; nothing is downloaded here — use a config "
+                        "whose parts ship with open_clip (ViT-B-32, ViT-B-16, ViT-L-14; docs/search.md)")
 
 
 def weights_file(weights: Path | str | None) -> Path:
@@ -133,9 +163,17 @@ def load(model: str, weights: Path | str | None, device: str = "cpu") -> Loaded:
     """The model `model` with the weights file `weights`, on `device` ("cpu" or "cuda"), in
     eval mode; loaded once per process. ClipError (one line) when it cannot be."""
     wpath = weights_file(weights)
+    with _LOCK:
+        return _load(model, wpath, device)
+
+
+def _load(model: str, wpath: Path, device: str) -> Loaded:
     key = (model, str(wpath.resolve()), device)
-    if key in _CACHE:
-        return _CACHE[key]
+    st = wpath.stat()  # new weights copied over the old file are another model (the GUI runs for weeks)
+    sig = (st.st_size, st.st_mtime_ns, st.st_ino)
+    if key in _CACHE and _CACHE[key][0] == sig:
+        return _CACHE[key][1]
+    _CACHE.pop(key, None)  # the old model's memory goes with it
     open_clip = open_clip_module()
     import torch
 
@@ -143,8 +181,10 @@ def load(model: str, weights: Path | str | None, device: str = "cpu") -> Loaded:
     if name not in open_clip.list_models():
         raise ClipError(f"search.clip_model: {display(model)} is not an open_clip model name nor a config JSON; "
                         f"e.g. ViT-B-32 (docs/search.md)")
-    try:
-        net, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=str(wpath), device=device)
+    _refuse_downloads(model, open_clip.get_model_config(name) or {})
+    try:  # the absolute path: a relative one may read as a download tag (`openai`), which open_clip tries first
+        net, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=str(wpath.resolve()),
+                                                                   device=device)
     except Exception as e:  # a file that is not these weights fails in many ways (pickle, zip, shapes)
         first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
         raise ClipError(f"search.clip_weights: {display(str(wpath))} does not load into {name} ({first}); give the "
@@ -154,18 +194,40 @@ def load(model: str, weights: Path | str | None, device: str = "cpu") -> Loaded:
     with torch.no_grad():
         dim = int(net.encode_text(tokenizer(["a"]).to(device)).shape[-1])
     loaded = Loaded(f"{name}@{weights_digest(wpath)}", dim, net, preprocess, tokenizer, device)
-    _CACHE[key] = loaded
+    _CACHE[key] = (sig, loaded)
     return loaded
+
+
+def prepare(m: Loaded, image: Any) -> Any:
+    """The model's input tensor of a PIL image (RGB): the model's own transform, given at most
+    the middle MAX_ASPECT:1 of an image longer than that. open_clip's transform scales the short
+    side to the model's size and then keeps the middle square: a 1 × 2,000,000 image (a few KB
+    of PNG) was scaled to 224 × 448,000,000 pixels first. What is cut off lies outside that
+    square, so an image of an ordinary shape is transformed as before. MemoryError or ValueError
+    when the image cannot be transformed still."""
+    w, h = image.size
+    if w > MAX_ASPECT * h:
+        left = (w - MAX_ASPECT * h) // 2
+        image = image.crop((left, 0, left + MAX_ASPECT * h, h))
+    elif h > MAX_ASPECT * w:
+        top = (h - MAX_ASPECT * w) // 2
+        image = image.crop((0, top, w, top + MAX_ASPECT * w))
+    return m.preprocess(image)
 
 
 def encode_images(m: Loaded, images: list[Any]) -> Any:
     """L2-normalised float32 embeddings (numpy, one row per PIL image, RGB)."""
+    return encode_prepared(m, [prepare(m, im) for im in images])
+
+
+def encode_prepared(m: Loaded, tensors: list[Any]) -> Any:
+    """L2-normalised float32 embeddings (numpy, one row per tensor `prepare` made)."""
     import torch
 
     rows = []
     with torch.no_grad():
-        for i in range(0, len(images), BATCH):
-            x = torch.stack([m.preprocess(im) for im in images[i:i + BATCH]]).to(m.device)
+        for i in range(0, len(tensors), BATCH):
+            x = torch.stack(tensors[i:i + BATCH]).to(m.device)
             rows.append(torch.nn.functional.normalize(m.model.encode_image(x).float(), dim=-1).cpu())
     return torch.cat(rows).numpy() if rows else torch.zeros((0, m.dim)).numpy()
 

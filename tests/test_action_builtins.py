@@ -369,7 +369,7 @@ def test_action_list_and_show_find_builtins_a_file_shadows_them(tmp_path: Path) 
     assert lines[0].startswith("canny ") and " v7 " in lines[0] and str(tmp_path / "actions" / "canny.toml") in lines[0]
     assert sorted(ln.split()[0] for ln in lines[1:]) == sorted(
         ["blacklist-small-images", "thumbnail", "exif", "resize-variants", "keyframes", "label-studio",
-         "near-dup-hash"])
+         "near-dup-hash", "clip-embed"])
     assert all(ln.endswith(" builtin") for ln in lines[1:]), lines
     doc = json.loads(hoard(tmp_path, "action", "list", "--json").stdout)
     sources = {a["action_id"]: a["source"] for a in doc["actions"]}

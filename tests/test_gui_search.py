@@ -62,11 +62,11 @@ async def test_the_search_box_shows_the_nearest_images_in_brute_force_order(clip
     rows = _embedded(cfg, m.model_id, 12)
     query = "<b>a red square</b>"
     await user.open("/assets?" + urlencode({"looks": query}))
-    await user.should_see(marker="assets-looks", retries=100)
+    await user.should_see(marker="assets-looks-results", retries=100)
     await user.should_see(f"12 images nearest “{query}” ({m.model_id})")
     q = clip_model.encode_text(m, query)
     want = [s for s, _ in sorted(rows.items(), key=lambda kv: -float(kv[1] @ q))]
-    grid = next(el for el in user.find(marker="assets-looks").elements if "assets-looks" in el._markers)
+    grid = next(iter(user.find(marker="assets-looks-results").elements))  # (the search field is marked assets-looks)
     shown = [el.text for el in grid.descendants() if getattr(el, "text", None) in {s[:16] for s in rows}]
     assert shown == [s[:16] for s in want]
     await user.should_not_see(kind=ui.html)

@@ -34,6 +34,7 @@ def search(
         raise HoardError("TEXT is empty: say what the images should show, e.g. hoard search \"a red car\"",
                          ExitCode.USAGE)
     settings = state(ctx).settings
+    clip_model.weights_file(settings.search.clip_weights)  # nothing configured: that line, before the database's
     with database(settings, needed_for="the images' embeddings are kept in the database") as conn:
         try:
             model, hits = clip_model.search_text(settings, conn, text, limit, lambda line: err.print(line, markup=False))

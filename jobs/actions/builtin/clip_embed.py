@@ -43,7 +43,11 @@ def gpu_ready(device: str) -> int:
     """The gate hook: 0 when the run may start on `device`."""
     if device == "cpu":
         return 0
-    import torch
+    try:
+        import torch
+    except ImportError:
+        print(f"hoard-builtin gpu-ready: {clip_model.NOT_INSTALLED}; the run waits", file=sys.stderr)
+        return 1
 
     if torch.cuda.is_available():
         return 0
@@ -62,7 +66,7 @@ def run(input_root: Path, output_root: Path, args: argparse.Namespace) -> int:
     pending: list[tuple[str, Any]] = []
 
     def flush() -> None:
-        vecs = clip_model.encode_images(m, [im for _, im in pending])
+        vecs = clip_model.encode_prepared(m, [x for _, x in pending])
         for (sha, _), v in zip(pending, vecs, strict=True):
             records.append({"sha256": sha, "model": m.model_id,
                             "embedding": base64.b64encode(v.astype("<f4").tobytes()).decode()})
@@ -71,12 +75,17 @@ def run(input_root: Path, output_root: Path, args: argparse.Namespace) -> int:
     for inp in _io.inputs(input_root):
         try:
             shown, _raw = _image.open_image(inp.path)
-            pending.append((inp.sha256, shown.convert("RGB")))
+            # transformed now, one at a time: the batch holds the model's small tensors, not
+            # decoded images, and one that cannot be transformed is skipped alone
+            pending.append((inp.sha256, clip_model.prepare(m, shown.convert("RGB"))))
         except _image.Undecodable as e:
             _io.warn(inp.rel, str(e))
             continue
         except MemoryError:
             _io.warn(inp.rel, f"needs more than the {MEMORY_MB} MB this program may take")
+            continue
+        except (ValueError, OSError) as e:  # a shape or mode the model's transform refuses
+            _io.warn(inp.rel, f"cannot be given to the model: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
             continue
         if len(pending) >= clip_model.BATCH:
             flush()
