@@ -113,10 +113,13 @@ pyfuse3_into = $(1)/bin/python -c "import importlib.metadata as m, sys; \
 # S3 backend's tests (tests/seaweedfs.py); the search extra text → image search (docs/search.md)
 # with torch's CPU build, installed first and named again so that nothing swaps in the index's
 # CUDA build (GBs of nvidia libraries): about 1 GB in the venv. The CPU wheel is found in
-# $(TORCH_WHEELS) (this machine kind's wheel store) when that directory exists.
-TORCH_CPU := torch==2.13.0+cpu
+# $(TORCH_WHEELS) (this machine kind's wheel store) when it holds it; elsewhere from PyTorch's own
+# CPU index (PyPI has no CPU build), and if that cannot be reached, PyPI's build of the same
+# version (`torch==2.13.0` matches both: pip takes the +cpu one where it sees it).
 TORCH_WHEELS ?= /opt/wheels
-TORCH_FROM = $(if $(wildcard $(TORCH_WHEELS)),--find-links $(TORCH_WHEELS))
+TORCH_CPU_WHEEL = $(wildcard $(TORCH_WHEELS)/torch-2.13.0+cpu-*.whl)
+TORCH_CPU = $(if $(TORCH_CPU_WHEEL),torch==2.13.0+cpu,torch==2.13.0)
+TORCH_FROM = $(if $(TORCH_CPU_WHEEL),--find-links $(TORCH_WHEELS),--extra-index-url https://download.pytorch.org/whl/cpu)
 $(STAMP): pyproject.toml $(PYFUSE3_BUILT) | deps
 	@echo "==> creating $(VENV) with the project"
 	@[ -x $(VENV)/bin/python ] || $(PYTHON) -m venv $(VENV)
