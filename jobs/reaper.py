@@ -105,8 +105,14 @@ def _silent_for(conn: redis.Redis, job_id: str, reap_after_s: float, now: dt.dat
     reaper's clock, every beat of a host whose clock is behind looked old, and its live jobs were
     taken (and run twice). A beat that changes is a live worker, whatever time it names."""
     beat = _text(conn.hget(f"rq:job:{job_id}", "last_heartbeat"))
-    key, ttl = BEAT.format(job_id), int(reap_after_s * 4) + 60
-    mark = f"{now.timestamp()} {beat}"
+    return _unchanged_for(conn, BEAT.format(job_id), beat, reap_after_s, now)
+
+
+def _unchanged_for(conn: redis.Redis, key: str, value: str, reap_after_s: float, now: dt.datetime) -> float | None:
+    """How long, by this reaper's clock, `value` has been what `key` last saw — when that is
+    over `reap_after_s`; else None. The key keeps `<seconds> <value>` of the first sighting; a
+    value that changed is seen anew now."""
+    ttl, mark = int(reap_after_s * 4) + 60, f"{now.timestamp()} {value}"
     if conn.set(key, mark, nx=True, ex=ttl):
         return None  # first seen so
     at, _, was = _text(conn.get(key)).partition(" ")
@@ -114,8 +120,8 @@ def _silent_for(conn: redis.Redis, job_id: str, reap_after_s: float, now: dt.dat
         seen = float(at)
     except ValueError:
         return None  # (the key expired between the two calls: seen again next time)
-    if was != beat:
-        conn.set(key, mark, ex=ttl)  # it beat since: seen anew now
+    if was != value:
+        conn.set(key, mark, ex=ttl)  # it changed since: seen anew now
         return None
     quiet = now.timestamp() - seen
     return quiet if quiet > reap_after_s else None
@@ -138,19 +144,10 @@ def _reap_intermediate(conn: redis.Redis, queue: Any, registry: StartedJobRegist
         # a sighting is of one time in the list: the job's enqueued_at (RQ sets it at every enqueue)
         # is kept beside it — a job seen there, started, ended and queued again, then taken by a
         # live worker as the reaper passes, is a new sighting, not one reap_after_s old
-        seen_key, ttl = SEEN.format(job_id), int(reap_after_s * 4) + 60
-        mark = f"{now.timestamp()} {_text(conn.hget(f'rq:job:{job_id}', 'enqueued_at'))}"
-        if conn.set(seen_key, mark, nx=True, ex=ttl):
-            continue  # first seen now
-        at, _, enqueued = _text(conn.get(seen_key)).partition(" ")
-        try:
-            seen = float(at)
-        except ValueError:
-            continue  # (the key expired between the two calls: seen again next time)
-        if enqueued != mark.partition(" ")[2]:
-            conn.set(seen_key, mark, ex=ttl)  # queued again since that sighting: seen anew now
-            continue
-        if now.timestamp() - seen <= reap_after_s:
+        seen_key = SEEN.format(job_id)
+        taken_for = _unchanged_for(conn, seen_key, _text(conn.hget(f"rq:job:{job_id}", "enqueued_at")),
+                                   reap_after_s, now)
+        if taken_for is None:
             continue
         if not conn.lrem(key, 1, job_id):
             continue  # its worker started it, or another reaper took it, meanwhile
@@ -164,7 +161,7 @@ def _reap_intermediate(conn: redis.Redis, queue: Any, registry: StartedJobRegist
         if not _queue_again(conn, queue, job, "queued"):
             continue  # its worker started it after all (or it was cancelled): not queued twice
         log.warning("reaper: job %s (%s) on queue %s was taken by a worker that never started it (for %.0f s: "
-                    "host down?); queued again", job_id, job.description, queue.name, now.timestamp() - seen)
+                    "host down?); queued again", job_id, job.description, queue.name, taken_for)
         taken.append(job_id)
     return taken
 
