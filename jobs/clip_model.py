@@ -80,7 +80,7 @@ def open_clip_module() -> Any:
     os.environ["HF_HUB_OFFLINE"] = "1"
     os.environ["TRANSFORMERS_OFFLINE"] = "1"
     try:
-        import torch
+        import torch  # deferred: torch loads only where a model is used
     except ImportError:
         raise ClipError(NOT_INSTALLED) from None
 
@@ -94,7 +94,7 @@ def open_clip_module() -> Any:
             for name in ("torchvision._meta_registrations", "torchvision._autograd_registrations"):
                 sys.modules[name] = types.ModuleType(name)
     try:
-        import open_clip
+        import open_clip  # deferred: after the offline variables above
     except ImportError:
         raise ClipError(NOT_INSTALLED) from None
     except (OSError, RuntimeError) as e:  # a torchvision or torch that does not load here
@@ -175,7 +175,7 @@ def _load(model: str, wpath: Path, device: str) -> Loaded:
         return _CACHE[key][1]
     _CACHE.pop(key, None)  # the old model's memory goes with it
     open_clip = open_clip_module()
-    import torch
+    import torch  # deferred: torch loads only where a model is used
 
     name = _model_name(model)
     if name not in open_clip.list_models():
@@ -222,7 +222,7 @@ def encode_images(m: Loaded, images: list[Any]) -> Any:
 
 def encode_prepared(m: Loaded, tensors: list[Any]) -> Any:
     """L2-normalised float32 embeddings (numpy, one row per tensor `prepare` made)."""
-    import torch
+    import torch  # deferred: torch loads only where a model is used
 
     rows = []
     with torch.no_grad():
@@ -234,7 +234,7 @@ def encode_prepared(m: Loaded, tensors: list[Any]) -> Any:
 
 def encode_text(m: Loaded, text: str) -> Any:
     """The L2-normalised float32 embedding (numpy, 1-D) of `text`."""
-    import torch
+    import torch  # deferred: torch loads only where a model is used
 
     with torch.no_grad():
         t = m.tokenizer([text[:MAX_QUERY]]).to(m.device)
@@ -252,7 +252,7 @@ def search_text(settings: Any, conn: Any, text: str, limit: int, note: Callable[
     """(model id, the `limit` images nearest `text`, nearest first) — `hoard search` and the GUI's
     search box. ClipError when the model cannot be loaded; NothingEmbedded when none of its
     embeddings are stored."""
-    from sql import embeddings
+    from sql import embeddings  # deferred: the index code only a search needs, not the action
 
     weights_file(settings.search.clip_weights)
     have = embeddings.models(conn)

@@ -127,7 +127,7 @@ class SearchIndex:
         return doc if isinstance(doc, dict) and doc.get("model") == self.model else None
 
     def _build(self, conn: psycopg.Connection, want: dict[str, int]) -> Any:
-        from usearch.index import Index  # lazy: only a search needs it
+        from usearch.index import Index  # deferred: only a search needs usearch
 
         ids, mat = vectors(conn, self.model, self.dim)
         idx = Index(ndim=self.dim, metric="cos", dtype="f32", connectivity=CONNECTIVITY,
@@ -154,7 +154,7 @@ class SearchIndex:
     def open(self, conn: psycopg.Connection, note: Callable[[str], None]) -> Any:
         """The index, rebuilt first when missing, unreadable or not of the rows PostgreSQL
         holds now (`note` gets one line saying so)."""
-        from usearch.index import Index
+        from usearch.index import Index  # deferred: only a search needs usearch
 
         want = stamp(conn, self.model, self.dim)
         have = self._read_stamp()

@@ -26,7 +26,7 @@ def search(
     """The stored images nearest TEXT, nearest first, one a line: cosine similarity, sha256 and
     where the image came from. Only images the `clip-embed` action has embedded with the model
     of `search.clip_model` / `search.clip_weights` are searched (`hoard action run clip-embed`)."""
-    from jobs import clip_model  # torch is imported only by a search
+    from jobs import clip_model  # deferred: torch is imported only by a search
 
     if not 1 <= limit <= MAX_LIMIT:
         raise HoardError(f"--limit: {limit} is outside 1–{MAX_LIMIT}", ExitCode.USAGE)

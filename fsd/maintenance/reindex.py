@@ -406,8 +406,8 @@ def _fill_held(cfg: Settings, index: Index, disks: list[tuple[Any, dict]], recor
     manifests name them (57 % of a rebuild at 10 M objects; issue 37). A manifest that cannot be
     read leaves the index at the format before `held` (deletion and gc read every manifest, as
     that format does) and is named; the next writer's migration tries again."""
-    from fsd.core.disks import LocalDisk  # deferred, as _seed_marks's store
-    from fsd.store import Store
+    from fsd.core.disks import LocalDisk  # deferred: as _seed_marks's store
+    from fsd.store import Store  # deferred: as above
 
     reading = Store(cfg, index, writable=False)
     for (dc, _), rec in zip(disks, records, strict=True):

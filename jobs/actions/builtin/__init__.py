@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
         if len(argv) != 2 or argv[1] not in ("cpu", "cuda"):
             print("usage: hoard-builtin gpu-ready cpu|cuda", file=sys.stderr)
             return 2
-        from jobs.actions.builtin.clip_embed import gpu_ready
+        from jobs.actions.builtin.clip_embed import gpu_ready  # deferred: torch, only for the gate hook
 
         return gpu_ready(argv[1])
     # numpy's OpenBLAS and OpenCV start thread pools at import, before `_io.confine`: threads

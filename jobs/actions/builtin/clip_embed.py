@@ -44,7 +44,7 @@ def gpu_ready(device: str) -> int:
     if device == "cpu":
         return 0
     try:
-        import torch
+        import torch  # deferred: torch (~1 GB) only where the gate asks for cuda
     except ImportError:
         print(f"hoard-builtin gpu-ready: {clip_model.NOT_INSTALLED}; the run waits", file=sys.stderr)
         return 1
