@@ -19,6 +19,7 @@ import pytest
 
 from fsd.base import config
 from fsd.base.errors import ExitCode
+from fsd.base.proc import pid_alive, process_space
 from fsd.base.units import fmt_bytes
 from fsd.outputs import seal, zones
 from tests.helpers import missing
@@ -233,6 +234,33 @@ def test_reservation_survives_kill9_and_is_reclaimed_as_stale(tmp_path: Path) ->
     res = hoard(cfg, "zones", "clean", "stage-9")
     assert res.returncode == 0 and "removed incomplete output stage-9 (1.0 MiB freed)" in res.stdout, res.stderr
     assert not (cfg.ssd.zone_path("3C") / ".tmp" / "stage-9").exists()
+
+
+def test_a_reservation_is_judged_where_its_pid_names_a_process(tmp_path: Path) -> None:
+    """A reservation names its process by pid, start time and process space (machine, boot, pid
+    namespace): one whose pid runs here but was made in another boot of this machine is stale
+    (judged by host name and pid it looked alive: the old code kept it, and `hoard zones clean`
+    refused it for good); one of another pid namespace is live (its pid cannot be checked here);
+    this process's own is live; a file without `space` (the format before it) is judged by host
+    name and pid as it was — a dead pid stale, a live one not."""
+    cfg = zone_config(tmp_path)
+    zones.reserve(cfg, "3C", "own", "stage:own", MiB)
+    d = cfg.ssd.root / "state" / "reservations" / "3C"
+    doc = json.loads((d / "own.json").read_bytes())
+    name, machine, boot, ns = process_space().split("/")
+    if "-" in (machine, boot):
+        pytest.skip("no machine id or boot id to tell a boot by")
+    dead = next(pid for pid in range(int(Path("/proc/sys/kernel/pid_max").read_text()) - 1, 1, -1)
+                if not pid_alive(pid))  # (a pid no process has)
+    old = {k: v for k, v in doc.items() if k != "space"}
+    for rid, body in {"other-boot": doc | {"space": f"{name}/{machine}/{'0' * 32}/{ns}"},
+                      "other-ns": doc | {"space": f"{name}/{machine}/{boot}/1"},
+                      "old-live": old, "old-dead": old | {"pid": dead}}.items():
+        (d / f"{rid}.json").write_text(json.dumps(body | {"id": rid, "job": f"stage:{rid}"}))
+    stale = {r.id: r.stale for r in zones.reservations(cfg, "3C")}
+    assert stale == {"own": False, "other-boot": True, "other-ns": False, "old-live": False, "old-dead": True}
+    assert zones.clean(cfg, "other-boot")["stale_reservation"]["id"] == "other-boot"  # health's next step for it
+    assert sorted(r.id for r in zones.reservations(cfg, "3C")) == ["old-dead", "old-live", "other-ns", "own"]
 
 
 PACKAGER = """

@@ -16,9 +16,11 @@ releases the reservation when its output is sealed or it failed (`release`):
   is nearly out of what its quota promises.
 
 Reservations are files, `<ssd.root>/state/reservations/<zone>/<id>.json` (written atomically,
-fsynced), so they survive a crash: each names its job, pid, the pid's start time, host and
-creation time. One whose process is gone (on this host) is stale — reclaimed by the next
-`reserve` in its zone or `hoard zones clean`, and reported. Every change to a zone's
+fsynced), so they survive a crash: each names its job, pid, the pid's start time, host, the
+process space its pid belongs to (`fsd.base.proc.process_space`: name, machine id, boot id,
+pid namespace) and creation time. One whose process is gone is stale — reclaimed by the next
+`reserve` in its zone or `hoard zones clean`, and reported (`owner_gone`: as a seal's claim on
+an S3 disk is judged). Every change to a zone's
 reservations happens under an flock on `<ssd.root>/locks/zone-<zone>.lock`, held while the
 zone is measured, so two processes never both get the last room.
 
@@ -52,7 +54,7 @@ from fsd.base.config import ZONES, Settings
 from fsd.base.errors import ExitCode, HoardError
 from fsd.base.files import atomic_write, flocked, fsync_dir, read_in_zone
 from fsd.base.paths import NAME_PATTERN
-from fsd.base.proc import alive_since, pid_start
+from fsd.base.proc import alive_since, pid_start, process_space
 from fsd.base.units import fmt_bytes
 
 log = logging.getLogger(__name__)
@@ -107,7 +109,11 @@ class Reservation:
     host: str
     created: str
     created_ns: int
-    #: set when read: its process is gone (this host only; another host's pid cannot be checked)
+    #: where `pid` names a process (fsd.base.proc.process_space); "" in a file written before it
+    #: was recorded (then judged by `host` alone, as it was)
+    space: str = ""
+    #: set when read: its process is gone (`owner_gone`; another machine's or pid namespace's
+    #: pid cannot be checked: live)
     stale: bool = field(default=False, compare=False)
     #: set when read: bytes already written to its output (they count as used, not reserved)
     written: int = field(default=0, compare=False)
@@ -345,22 +351,49 @@ def fs_free(path: os.PathLike[str] | str) -> int:
     return st.f_bavail * (st.f_frsize or st.f_bsize)
 
 
+#: this process's space (fsd.base.proc.process_space): read once, as a seal's claim reads it
+_SPACE = process_space()
+
+
+def owner_gone(r: Reservation) -> bool:
+    """Whether the process that holds `r` has ended. Its pid is looked at only where it names a
+    process — this space (machine, boot, pid namespace), with its start time: a host name alone
+    is not that (a container or clone of the same name made a dead owner look alive, or a live
+    one dead, and after a reboot the pid is another process's). A reservation made in an
+    earlier boot of this machine is gone (none outlives a reboot); one from another machine or
+    pid namespace cannot be checked and is live. A file without `space` (written before it was
+    recorded) is judged by its host name, as it was."""
+    if not r.space:
+        return r.host == socket.gethostname() and not alive_since(r.pid, r.pid_start)
+    if r.space != _SPACE:
+        name, machine, boot = (r.space.split("/") + ["-"] * 3)[:3]
+        here = _SPACE.split("/")
+        return "-" not in (machine, boot, here[2]) and (name, machine) == (here[0], here[1]) and boot != here[2]
+    return not alive_since(r.pid, r.pid_start)
+
+
+def _mine(r: Reservation) -> bool:
+    """Whether this process holds `r` (its pid, start time and space)."""
+    here = r.space == _SPACE if r.space else r.host == socket.gethostname()
+    return here and (r.pid, r.pid_start) == (os.getpid(), pid_start(os.getpid()))
+
+
 def reservations(cfg: Settings, zone: str) -> list[Reservation]:
     """The zone's reservations, oldest first, each with `stale` and `written` filled in."""
     found = []
-    here = socket.gethostname()
     zpath = cfg.ssd.zone_path(zone)
+    fields = [k for k in Reservation.__dataclass_fields__ if k not in ("stale", "written")]
     for p in sorted(reservations_dir(cfg, zone).glob("*.json")):
         try:
             doc = json.loads(p.read_bytes())
-            r = Reservation(**{k: doc[k] for k in Reservation.__dataclass_fields__ if k not in ("stale", "written")})
+            r = Reservation(**{k: doc[k] for k in fields if k in doc or k != "space"})
         except FileNotFoundError:  # released meanwhile (listing takes no lock)
             continue
         except (OSError, ValueError, KeyError, TypeError) as e:
             # written atomically, so only a person's edit gets here: name it, never count it silently
             raise HoardError(f"reservation file {p} is unreadable ({e}); remove it if no job is writing "
                              f"{zpath / p.stem}", ExitCode.DATA) from None
-        r.stale = r.host == here and not alive_since(r.pid, r.pid_start)
+        r.stale = owner_gone(r)
         r.written = du(zpath / TMP / r.id) + output_bytes(cfg, zone, zpath / r.id)
         found.append(r)
     return sorted(found, key=lambda r: r.created_ns)
@@ -549,7 +582,7 @@ def reserve(cfg: Settings, zone: str, output_id: str, job: str, nbytes: int, nex
     with zone_lock(cfg, zone):
         rs = _reclaim(cfg, zone, reservations(cfg, zone))
         mine = next((r for r in rs if r.id == output_id), None)
-        if mine is not None and mine.pid != os.getpid():
+        if mine is not None and not _mine(mine):
             raise ZoneBusy(f"zone {zone}: output {output_id} is reserved by {mine.describe()}; wait for it to "
                            "finish (or stop it: its reservation is then reclaimed)")
         others = [r for r in rs if r.id != output_id]
@@ -563,7 +596,7 @@ def reserve(cfg: Settings, zone: str, output_id: str, job: str, nbytes: int, nex
         now = time.time_ns()
         r = Reservation(zone=zone, id=output_id, job=job, bytes=nbytes, pid=os.getpid(),
                         pid_start=pid_start(os.getpid()), host=socket.gethostname(),
-                        created=_iso(now / 1e9), created_ns=now, written=written)
+                        created=_iso(now / 1e9), created_ns=now, space=_SPACE, written=written)
         with space_lock(cfg):
             _check_fs(cfg, zone, output_id, job, need, next_step)
             _save(cfg, r)
