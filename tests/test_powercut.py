@@ -290,6 +290,29 @@ def test_power_cut_right_after_gc_leaves_no_unreferenced_shard(lab_factory, tmp_
     assert leaks == [], f"{len(leaks)} shard files nobody refers to: {leaks[:4]}"
 
 
+def test_power_cut_right_after_an_index_rebuild_keeps_the_rebuilt_index(lab_factory, tmp_path: Path) -> None:
+    """A power cut right after `hoard index rebuild` returns brings back the index it swapped in
+    (the same directory, its objects readable), not the one it set aside: the swap's two renames
+    are durable when the command returns (the SSD's directory is fsynced after them)."""
+    from fsd.maintenance.reindex import rebuild_index
+    from tests.helpers import make_files
+
+    lab = lab_factory(POWER_LAB, throttle=False, direct_io=True)
+    # ext4 commits its journal every 5 s anyway: push that out so the cut surely comes first
+    subprocess.run(["mount", "-o", "remount,commit=300", str(lab.disks["ssd"].mountpoint)], check=True)
+    cfg = config.load(_config(tmp_path, {label: d.mountpoint for label, d in lab.disks.items()}))
+    with Store.open(cfg, init=True) as store:
+        shas = [r.sha256 for r in store.put_many(make_files(tmp_path / "in", 20, seed=11))]
+    rebuild_index(cfg)
+    rebuilt = cfg.index_dir.stat().st_ino  # (a copied image keeps its inode numbers)
+    with lab.power_cut() as cut:  # this process is idle now: no pause needed
+        after = config.load(_config(cut.root, cut.mount()))
+        assert after.index_dir.stat().st_ino == rebuilt, "the index set aside came back, not the rebuilt one"
+        assert [p.name for p in after.index_dir.parent.glob("index.rebuild*")] == []
+        with Store.open(after) as store:
+            assert all(hashlib.sha256(store.get(sha)).hexdigest() == sha for sha in shas)
+
+
 def test_power_cut_right_after_initdb_leaves_a_cluster_that_starts_as_configured(lab_factory) -> None:
     """The private PostgreSQL cluster's set-up is durable when initdb returns: after a power cut
     right then, it starts with the embedded settings (they were appended to postgresql.conf

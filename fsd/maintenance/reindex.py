@@ -28,7 +28,7 @@ import lmdb
 
 from fsd.base.config import Settings
 from fsd.base.errors import ExitCode, HoardError
-from fsd.base.files import flocked, size_or_zero
+from fsd.base.files import flocked, fsync_dir, size_or_zero
 from fsd.core import formats, marks, pointers, storelock
 from fsd.core import shardfmt as fmt
 from fsd.core.backend import has_files
@@ -294,8 +294,14 @@ def _rebuild_index(cfg: Settings, ssd_uuid: str, progress: Callable[[int, int], 
         raise
     finally:
         shutil.rmtree(spills, ignore_errors=True)
+    # LMDB fsyncs its files, never the directories naming them: the new index's entries in
+    # `work`, then both renames in the SSD's directory, are made durable here — without the
+    # last fsync a power cut right after the command returned brought the index set aside back
+    # (tests/test_powercut.py)
+    fsync_dir(work)
     _set_aside(target)
     os.rename(work, target)
+    fsync_dir(target.parent)
     rep.seconds = time.monotonic() - t0
     return rep
 
