@@ -39,7 +39,7 @@ from fsd.core.backend import Disk
 from fsd.core.disks import DiskGone, DiskRecord, DiskState
 from fsd.core.held import iter_named
 from fsd.core.index import Index, ShardMeta, has_index, index_error, open_existing
-from fsd.core.layout import BATCHES_DIR, VIEWS_DIR, check_ssd, lock_root, pin_path, protect_ssd
+from fsd.core.layout import BATCHES_DIR, VIEWS_DIR, check_ssd, lock_root, pin_path, protect_ssd, remove_index_leftovers
 from fsd.core.placement import Candidate, choose
 from fsd.core.records import (
     GET_MAX,
@@ -142,6 +142,9 @@ class Store:
                     _migrate_reading(store)
                 if writable:
                     recover_orphans(store)
+                    # (under the store lock: no index rebuild or restore can be using them)
+                    for gone in remove_index_leftovers(cfg):
+                        log.info("removed %s, left by a killed index rebuild or restore", gone)
                     store.catch_up_marks()
                     copies.catch_up_pointers_or_warn(store)
             except BaseException:

@@ -795,3 +795,49 @@ def test_an_unreadable_forgotten_marker_does_not_leave_a_disk_out(tmp_path: Path
     assert res.returncode == 3 and "disk d1: cannot read" in res.stderr and "forgotten by" not in res.stderr, res.stderr
     with Store.open(cfg, writable=False) as store:
         assert _snapshot(store) == before
+
+
+def test_what_a_killed_rebuild_left_is_named_alike_and_removed_but_never_a_running_ones(tmp_path: Path) -> None:
+    """The work folders a killed `hoard index rebuild` leaves beside the index (the new index half
+    built, its spill) are named by `hoard health` and `hoard check` in the same line — the path
+    and the next step — and removed by the next writer's open and by the next rebuild; while a
+    rebuild runs (it holds the readers lock exclusively) they are its own: neither named nor
+    removed. Before, nothing named them, and they stayed until the next rebuild."""
+    from fsd.core import storelock
+    from fsd.core.layout import lock_root
+    from fsd.maintenance.check import check
+    from fsd.maintenance.health import store_problems, store_status
+    from fsd.maintenance.reindex import rebuild_index
+
+    cfg = config.load(dir_disks_config(tmp_path, 2, shard_size_mb=1))
+    with Store.open(cfg, init=True) as store:
+        sha = store.put_bytes(b"acknowledged before the rebuild").sha256
+    left = [cfg.index_dir.with_name(f"{cfg.index_dir.name}.{kind}") for kind in ("rebuild", "spill")]
+
+    def plant() -> None:  # as a rebuild killed while it filled its new index leaves them
+        shutil.copytree(cfg.index_dir, left[0])
+        left[1].mkdir()
+        (left[1] / "objects-00").write_bytes(bytes(69))
+
+    def named() -> tuple[list[str], list[str]]:
+        st = store_status(cfg)
+        health = [p for p in store_problems(cfg, st, st["disks"], {}) if "index rebuild or restore" in p]
+        with Store.open(cfg, writable=False) as store:
+            return health, [p for p in check(store).problems if "index rebuild or restore" in p]
+
+    plant()
+    with storelock.exclusive(lock_root(cfg), "index rebuild", storelock.READERS):  # a rebuild runs
+        assert named() == ([], [])
+        Store.open(cfg).close()  # a writer's open leaves them to it
+        assert all(p.exists() for p in left)
+    health, checked = named()
+    assert len(checked) == 2 and health == [f"store: {line}" for line in checked], (health, checked)
+    assert all(line.startswith(f"{p}: left by an index rebuild or restore that was killed") and
+               "the next writer removes it" in line for p, line in zip(left, checked, strict=True)), checked
+    Store.open(cfg).close()  # the next step they name
+    assert not any(p.exists() for p in left) and named() == ([], [])
+    plant()
+    rebuild_index(cfg)
+    assert not any(p.exists() for p in left) and named() == ([], [])
+    with Store.open(cfg) as store:
+        assert store.get(sha) == b"acknowledged before the rebuild"

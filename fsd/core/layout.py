@@ -19,7 +19,9 @@ A leaf of the store: the facade, gc, reindex and lifecycle import it.
 from __future__ import annotations
 
 import json
+import logging
 import re
+import shutil
 from pathlib import Path
 
 from fsd.base import modes
@@ -28,6 +30,8 @@ from fsd.base.errors import ExitCode, HoardError
 from fsd.base.paths import NAME_PATTERN
 from fsd.core import storelock
 from fsd.core.diskid import SHARDS_DIR, TMP_DIR, read_identity, write_identity
+
+log = logging.getLogger(__name__)
 
 #: per disk: `<root>/batches/<batch_id>.json` names each ingested batch's manifest object
 BATCHES_DIR = "batches"
@@ -119,6 +123,53 @@ def naming_busy(cfg: Settings) -> bool:
 def lock_root(cfg: Settings) -> Path:
     """Where the store's lock files live (beside the index, on the SSD)."""
     return cfg.index_dir.parent
+
+
+#: what `hoard index rebuild` and `restore` work in beside the index, `<index>.<kind>/`: the new
+#: index (`rebuild`), its spilled sorted runs (`spill`), the index copy a restore reads
+#: (`restore`). Removed when the command ends; a killed one leaves them (`index_leftovers`).
+INDEX_WORK = ("rebuild", "spill", "restore")
+
+
+def index_work(cfg: Settings, kind: str) -> Path:
+    """`<index>.<kind>/` (INDEX_WORK)."""
+    return cfg.index_dir.with_name(f"{cfg.index_dir.name}.{kind}")
+
+
+def index_rebuild_busy(cfg: Settings) -> bool:
+    """Whether an index rebuild or restore runs now: only they hold the readers lock exclusively
+    (fsd.core.storelock), for as long as their work folders are in use. A lock file this user
+    cannot read: taken as busy (nothing is reported or removed that may be in use)."""
+    try:
+        return storelock.taken(lock_root(cfg) / "locks" / f"{storelock.READERS}.lock")
+    except OSError:
+        return True
+
+
+def index_leftovers(cfg: Settings) -> list[Path]:
+    """The work folders (INDEX_WORK) a killed index rebuild or restore left beside the index —
+    none while a rebuild or restore runs (they are its own, or it removes them as it starts).
+    The one judgement `hoard health`, `hoard check` and `hoard verify` share (fsd.io.integrity),
+    and what a writer's open removes (`remove_index_leftovers`)."""
+    found = [p for p in (index_work(cfg, kind) for kind in INDEX_WORK) if p.exists() or p.is_symlink()]
+    return found if found and not index_rebuild_busy(cfg) else []
+
+
+def remove_index_leftovers(cfg: Settings) -> list[Path]:
+    """Remove `index_leftovers`; those removed (a writer's open: it holds the store lock, so no
+    rebuild or restore can start meanwhile). One that cannot be removed stays, and is named."""
+    gone = []
+    for p in index_leftovers(cfg):
+        try:
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p)
+            else:
+                p.unlink()
+        except OSError as e:
+            log.warning("%s (left by a killed index rebuild or restore) not removed: %s", p, e.strerror or e)
+            continue
+        gone.append(p)
+    return gone
 
 
 def check_ssd(cfg: Settings, init: bool) -> str:

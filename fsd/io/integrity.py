@@ -1,5 +1,6 @@
 """The facts `hoard check`, `hoard verify` and `hoard health` judge alike: each disk's marks log
-and batch and view pointers (docs/design.md, "One judgement, three tools").
+and batch and view pointers, what a killed process left half done (a registration's `held`
+entries, an index rebuild's work folders) (docs/design.md, "One judgement, three tools").
 
 Each tool calls `judge` on an open store and reports what it finds in its own words: check
 as disagreements (exit 5), verify as bad (exit 5; `--repair` rewrites the logs and pointers
@@ -24,7 +25,7 @@ from fsd.core.beside import MARKS_NAME
 from fsd.core.disks import DiskState
 from fsd.core.held import named
 from fsd.core.index import MARKS_NS, IndexDamaged, named_entry
-from fsd.core.layout import BATCHES_DIR, MARKS_LOG, VIEWS_DIR, naming_busy
+from fsd.core.layout import BATCHES_DIR, MARKS_LOG, VIEWS_DIR, index_leftovers, naming_busy
 from fsd.core.spill import Spill, spill_parent
 from fsd.io import judged
 
@@ -35,8 +36,9 @@ if TYPE_CHECKING:
 SHOW = 20
 T = TypeVar("T")
 #: the kinds `judge` reports: a disk's marks log (or the logs against the index), a pointer, a
-#: batch or view (un)registration a killed process left half done (its `held` entries)
-KINDS = ("marks log", "pointer", "held")
+#: batch or view (un)registration a killed process left half done (its `held` entries), the work
+#: folders a killed index rebuild or restore left on the SSD
+KINDS = ("marks log", "pointer", "held", "leftover")
 #: judged again when a marks-log snapshot lands between reading the index and the logs
 RETRIES = 3
 #: how long records stamped after the index's last stamp are given to commit (their writer
@@ -95,6 +97,7 @@ def judge(store: Store, known: Callable[[bytes], bool] | None = None, into: Find
             break
     _pointers(store, found, known)
     _held_pending(store, found)
+    _index_leftovers(store, found)
     if into is not None:
         for kind, n in found.counts.items():
             into.counts[kind] = into.counts.get(kind, 0) + n
@@ -127,6 +130,17 @@ def _held_pending(store: Store, found: Findings) -> None:
             what, redo = f"{kind} {name}: a registration that did not complete (it is not registered) left", ""
         found.add("held", f"{what} the held entries of manifest {manifest} (they keep objects, never free "
                           f"them); `hoard gc` removes them{redo}")
+
+
+def _index_leftovers(store: Store, found: Findings) -> None:
+    """The work folders a killed index rebuild or restore left beside the index (the new index
+    it was building, its spill, the copy it read: `fsd.core.layout.index_leftovers`) — never
+    while one runs. Nothing reads them; they only hold SSD space (as much as the index, and
+    more), until the next writer's open removes them."""
+    for p in index_leftovers(store.cfg):
+        found.add("leftover", f"{p}: left by an index rebuild or restore that was killed (none runs now; nothing "
+                              "reads it): the next writer removes it as it opens the store (`hoard index migrate` "
+                              "is one that changes nothing else), or remove it")
 
 
 def in_index(store: Store, renew: int = 10_000) -> Callable[[bytes], bool]:

@@ -23,7 +23,8 @@ verifies"):
 11. (design.md's item 12) the `held` table names, for every object a registered manifest names,
    that manifest, and nothing else (fsd.core.held; read with item 6's manifests). A batch
    deletion or registration a killed process left half done is judged with the marks logs and
-   pointers (fsd.io.integrity: `held`), as health and verify judge it.
+   pointers (fsd.io.integrity: `held`), as health and verify judge it; so are the work folders
+   a killed index rebuild or restore left on the SSD (`leftover`).
 12. (design.md's item 13) the `live` table counts, for each shard, the objects the index points
    at there and their payload bytes (fsd.core.live; from item 1's pass, in its read transaction).
 

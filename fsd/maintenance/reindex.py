@@ -46,7 +46,16 @@ from fsd.core.disks import (
     shard_of,
 )
 from fsd.core.index import Index, ObjectLoc, ShardMeta
-from fsd.core.layout import BATCHES_DIR, FORGOTTEN, MARKS_DIR, VIEWS_DIR, check_ssd, lock_root
+from fsd.core.layout import (
+    BATCHES_DIR,
+    FORGOTTEN,
+    INDEX_WORK,
+    MARKS_DIR,
+    VIEWS_DIR,
+    check_ssd,
+    index_work,
+    lock_root,
+)
 from fsd.core.spill import Spill
 from fsd.core.txnlog import SLACK, TXN_ENTRIES
 
@@ -282,10 +291,12 @@ def _rebuild_index(cfg: Settings, ssd_uuid: str, progress: Callable[[int, int], 
     t0 = time.monotonic()
     disks = _disks_to_read(cfg, without, rep)
     target = cfg.index_dir
-    work = target.with_name(target.name + ".rebuild")
-    spills = target.with_name(target.name + ".spill")  # sorted runs of objects and marks (a crash leaves them)
-    shutil.rmtree(work, ignore_errors=True)
-    shutil.rmtree(spills, ignore_errors=True)
+    work = index_work(cfg, "rebuild")
+    spills = index_work(cfg, "spill")  # sorted runs of objects and marks
+    # what a killed rebuild or restore left (INDEX_WORK), but the copy this restore reads
+    for kind in INDEX_WORK:
+        if index_work(cfg, kind) != backup:
+            shutil.rmtree(index_work(cfg, kind), ignore_errors=True)
     try:
         _build(cfg, disks, work, ssd_uuid, target, rep, progress, backup, spills)
         _still_there(disks)
@@ -844,7 +855,7 @@ def _restore_index(cfg: Settings, ssd_uuid: str, progress: Callable[[int, int], 
     if not found:
         raise HoardError("no usable index copy on any disk; use `hoard index rebuild` (from the shards)",
                          ExitCode.DATA)
-    copy = cfg.index_dir.with_name(cfg.index_dir.name + ".restore")
+    copy = index_work(cfg, "restore")
     tried = []
     # newest first; a copy that cannot be read (damaged, half-written) gives way to the next
     for stamp, dc, side in sorted(found, key=lambda x: -x[0]["taken_at"]):
