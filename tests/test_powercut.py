@@ -12,7 +12,8 @@ shards, seals, replica copies, gc) and the files recovery left that nothing refe
 
 Run time here, on 2 shared cores: 70–100 s for the module, depending on load — 60 cuts
 during put_many (60–85 s), 12 during replicate + gc (~10 s), one right after gc (~2 s,
-an expected failure until gc makes its deletes durable).
+an expected failure until gc makes its deletes durable), one right after an index rebuild
+(~3 s: the rebuilt index must come back, not the one it set aside).
 
 The embedded servers' own files are cut too (the chaos suite's power worlds found both):
 the private PostgreSQL cluster right after its set-up (~4 s) and the private Redis with
