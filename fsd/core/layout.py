@@ -165,8 +165,8 @@ def remove_index_leftovers(cfg: Settings) -> list[Path]:
                 shutil.rmtree(p)
             else:
                 p.unlink()
-        except OSError as e:
-            log.warning("%s (left by a killed index rebuild or restore) not removed: %s", p, e.strerror or e)
+        except OSError as e:  # (INFO, not a WARNING at every writer's open: health and check name it)
+            log.info("%s (left by a killed index rebuild or restore) not removed: %s", p, e.strerror or e)
             continue
         gone.append(p)
     return gone
