@@ -1300,7 +1300,7 @@ NOT_ADVICE = r"Nothing in it is a sealed output `hoard zones clean` could remove
 #: `hoard` commands the harness follows when a problem names them (others change the world the
 #: harness keeps track of — disks replaced, servers — and are its heal's)
 FOLLOW = (("replicate",), ("verify",), ("index", "rewrite-marks"), ("index", "rewrite-pointers"),
-          ("index", "rebuild"), ("gc",), ("ingest", "--resume"), ("disks", "activate"), ("zones", "clean"),
+          ("index", "rebuild"), ("index", "migrate"), ("gc",), ("ingest", "--resume"), ("disks", "activate"), ("zones", "clean"),
           ("check",), ("health",))
 
 
