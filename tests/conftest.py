@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -81,6 +82,8 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     # what a confined child gets here: `hoard health` asks a child once per process (the real
     # one, run now), and a unit-tier test that reads health then starts none
     landlock.status()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        return  # the sweep below runs once, in the controlling process, before any worker's lab exists
     try:
         lab_mod.check_support()
     except lab_mod.LabUnavailable:
@@ -108,6 +111,7 @@ def servers() -> dict[str, str]:
             pytest.fail(f"no test servers: set HOARD_TEST_DATABASE_URL/HOARD_TEST_REDIS_URL or run `make test` "
                         f"(it writes hoard.toml and starts the services): {e}", pytrace=False)
         db, rd, work_redis = db or cfg.test_database_url, rd or cfg.test_redis_url, cfg.redis_url
+    db, rd = per_worker(db, rd)
     name = psycopg.conninfo.conninfo_to_dict(db).get("dbname", "")
     if not str(name).endswith("_test"):
         pytest.fail(f"refusing to test against database {name!r}: its name must end in _test", pytrace=False)
@@ -121,6 +125,43 @@ def servers() -> dict[str, str]:
     except Exception as e:  # noqa: BLE001
         pytest.fail(f"test servers unreachable ({e}); `make test` starts the embedded ones", pytrace=False)
     return {"database_url": db, "redis_url": rd}
+
+
+def per_worker(db: str, rd: str) -> tuple[str, str]:
+    """The test servers of this pytest-xdist worker (`make test` runs the suite in TEST_WORKERS
+    processes): worker gwN gets its own database `<name>_gwN_test` (created when missing, as the
+    test database is) and its own Redis database, N numbers above the test one — a test's
+    migrations, rows and RQ queues never meet another worker's. No worker: the URLs as given."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    if not worker.startswith("gw"):
+        return db, rd
+    n = int(worker[2:])
+    name = str(psycopg.conninfo.conninfo_to_dict(db).get("dbname") or "hoard_test")
+    mine = f"{name.removesuffix('_test')}_{worker}_test"
+    if db.startswith(("postgresql://", "postgres://")):  # kept a URI (the form hoard.toml has)
+        parts = urllib.parse.urlsplit(db)
+        query = urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
+        if any(k == "dbname" for k, _ in query):
+            query = [(k, mine if k == "dbname" else v) for k, v in query]
+        else:
+            parts = parts._replace(path="/" + urllib.parse.quote(mine))
+        db = f"{parts.scheme}://{parts.netloc}{parts.path}" + (
+            f"?{urllib.parse.urlencode(query, safe='/')}" if query else "")
+    else:
+        db = psycopg.conninfo.make_conninfo(db, dbname=mine)
+    conn = redis.connection.parse_url(rd)
+    redis_db = int(conn.get("db") or 0) + n
+    if redis_db > 15:
+        pytest.fail(f"test Redis database {redis_db} for worker {worker}: Redis has 0-15; run fewer workers",
+                    pytrace=False)
+    head, _, query = rd.partition("?")
+    rest = [p for p in query.split("&") if p and not p.startswith("db=")]
+    if head.startswith("unix://"):
+        rd = f"{head}?{'&'.join(rest + [f'db={redis_db}'])}"
+    else:
+        root = head.rpartition("/")[0] if head.count("/") > 2 else head
+        rd = f"{root}/{redis_db}" + (f"?{'&'.join(rest)}" if rest else "")
+    return db, rd
 
 
 @pytest.fixture(scope="session")
@@ -343,6 +384,11 @@ TIER_FIXTURES = {"gui": {"user", "gui_home", "proxied"}, "lab": {"lab", "lab_fac
                               "s3_engine_own", "ceph_cluster", "ceph_rgw", "ceph_rgw_own"}}
 
 
+#: test files that must not run at the same time as each other in two pytest-xdist workers
+#: (one group = one worker): what they use is one per machine, not one per test
+SHARED_GROUPS = {"test_install.py": "system", "test_install_root.py": "system", "test_privileges.py": "system"}
+
+
 def tier_of(item: pytest.Item) -> str:
     """The heaviest tier what `item` uses says: its fixtures (TIER_FIXTURES), a `tests/test_gui_*`
     file (gui), or a tier marker it declares (for what no fixture shows: a private PostgreSQL,
@@ -365,6 +411,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     teardown artefact of the test harness, not something a user of the GUI meets — allowed,
     never required, in the GUI tests only."""
     for item in items:
+        # pytest-xdist (`--dist loadgroup`): a file's tests run in one worker, so a module's
+        # fixtures are set up once; files that share a machine-wide resource share a group
+        item.add_marker(pytest.mark.xdist_group(SHARED_GROUPS.get(item.path.name, item.path.name)))
         tier = tier_of(item)
         if not any(m.name == tier for m in item.iter_markers()):
             item.add_marker(getattr(pytest.mark, tier))
