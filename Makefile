@@ -142,11 +142,11 @@ demo: up
 # --durations: the slowest tests named at the end of every run (CI has 90 minutes: watch them).
 # TEST_WORKERS pytest processes (pytest-xdist): the suite mostly waits — on servers, fsyncs,
 # subprocesses, polls — and one process kept about half of the 2 cores busy. A file's tests
-# stay in one worker (tests/conftest.py: xdist_group), each worker has its own test database
+# stay in one worker (tests/conftest.py: pytest_xdist_make_scheduler), each worker has its own test database
 # and Redis database (tests/conftest.py `per_worker`). TEST_WORKERS=0: one process, as before.
 TEST_WORKERS ?= 2
 test: up labelstudio readers
-	@$(VENV)/bin/python -m pytest --durations=30 $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadgroup) $(PYTEST_ARGS)
+	@$(VENV)/bin/python -m pytest --durations=30 $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadfile) $(PYTEST_ARGS)
 
 # the optional `ceph` group alone: the S3 backend's tests against a private Ceph cluster and its RGW
 # (tests/ceph_rgw.py, docs/testing.md "Ceph RGW"). `make test` runs the group too wherever Debian's

@@ -30,11 +30,18 @@ _ENV = "HOARD_LOG_JSON"  # fsd.base.logs.ENV (not imported: the plugin loads bef
 _OWN = pytest.StashKey[str]()
 
 
+_MAKER = "HOARD_LOG_JSON_MADE_BY"  # the pid of the pytest process that made the file
+
+
 def pytest_configure(config: pytest.Config) -> None:
-    if not os.environ.get(_ENV):
+    """A file of this process's own, unless one was given. A pytest-xdist worker inherits the
+    controller's environment: it makes its own too, or a test would own the records of the
+    processes another worker's test started meanwhile."""
+    if not os.environ.get(_ENV) or os.environ.get(_MAKER, str(os.getpid())) != str(os.getpid()):
         fd, path = tempfile.mkstemp(prefix="hoard-test-logs-", suffix=".jsonl")
         os.close(fd)
         os.environ[_ENV] = config.stash[_OWN] = path
+        os.environ[_MAKER] = str(os.getpid())
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

@@ -389,6 +389,26 @@ TIER_FIXTURES = {"gui": {"user", "gui_home", "proxied"}, "lab": {"lab", "lab_fac
 SHARED_GROUPS = {"test_install.py": "system", "test_install_root.py": "system", "test_privileges.py": "system"}
 
 
+@pytest.hookimpl(optionalhook=True, tryfirst=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
+    """`--dist loadfile` (what `make test` asks for), with SHARED_GROUPS: each test file is one
+    unit of work that one worker runs whole — a module's fixtures are set up once, and tests of
+    one file never race each other (tests/test_remote_workers.py's hosts, say, are numbered per
+    test) — and the files of one group are one unit. Not xdist's `loadgroup` markers: pytest 9.2
+    keeps a node's id where pytest-xdist 3.8 no longer writes the group into it, so they group
+    nothing. Another --dist: xdist's own scheduler."""
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadScopeScheduling  # deferred: pytest-xdist is loaded only when the suite is split
+
+    class ByFile(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            path = nodeid.split("::", 1)[0]
+            return SHARED_GROUPS.get(path.rpartition("/")[2], path)
+
+    return ByFile(config, log)
+
+
 def tier_of(item: pytest.Item) -> str:
     """The heaviest tier what `item` uses says: its fixtures (TIER_FIXTURES), a `tests/test_gui_*`
     file (gui), or a tier marker it declares (for what no fixture shows: a private PostgreSQL,
@@ -411,9 +431,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     teardown artefact of the test harness, not something a user of the GUI meets — allowed,
     never required, in the GUI tests only."""
     for item in items:
-        # pytest-xdist (`--dist loadgroup`): a file's tests run in one worker, so a module's
-        # fixtures are set up once; files that share a machine-wide resource share a group
-        item.add_marker(pytest.mark.xdist_group(SHARED_GROUPS.get(item.path.name, item.path.name)))
         tier = tier_of(item)
         if not any(m.name == tier for m in item.iter_markers()):
             item.add_marker(getattr(pytest.mark, tier))
