@@ -843,8 +843,6 @@ def test_what_a_killed_rebuild_left_is_named_alike_and_removed_but_never_a_runni
         assert store.get(sha) == b"acknowledged before the rebuild"
 
 
-@pytest.mark.xfail(strict=True, reason="rebuild/restore rmtree(ignore_errors=True) leaves a symlink or a file "
-                   "named index.rebuild/.spill/.restore: the index is built through the symlink, a file stops it")
 @pytest.mark.parametrize("command", ["rebuild", "restore"])
 def test_a_leftover_that_is_a_symlink_or_a_file_is_removed_by_the_next_rebuild_never_followed(
         tmp_path: Path, command: str) -> None:

@@ -155,16 +155,30 @@ def index_leftovers(cfg: Settings) -> list[Path]:
     return found if found and not index_rebuild_busy(cfg) else []
 
 
+def remove_index_work(p: Path, ignore_errors: bool = False) -> None:
+    """Remove `p`, one of INDEX_WORK: a folder with what it holds, a symlink or a file itself —
+    never what a symlink points at (`shutil.rmtree` refuses a symlink, and with `ignore_errors`
+    it stayed: a rebuild built its new index through it, then renamed the symlink into place as
+    the index; a file there stopped it). One that is not there is gone already."""
+    if p.is_dir() and not p.is_symlink():
+        shutil.rmtree(p, ignore_errors=ignore_errors)
+        return
+    try:
+        p.unlink()
+    except FileNotFoundError:
+        pass
+    except OSError:
+        if not ignore_errors:
+            raise
+
+
 def remove_index_leftovers(cfg: Settings) -> list[Path]:
     """Remove `index_leftovers`; those removed (a writer's open: it holds the store lock, so no
     rebuild or restore can start meanwhile). One that cannot be removed stays, and is named."""
     gone = []
     for p in index_leftovers(cfg):
         try:
-            if p.is_dir() and not p.is_symlink():
-                shutil.rmtree(p)
-            else:
-                p.unlink()
+            remove_index_work(p)
         except OSError as e:  # (INFO, not a WARNING at every writer's open: health and check name it)
             log.info("%s (left by a killed index rebuild or restore) not removed: %s", p, e.strerror or e)
             continue

@@ -17,7 +17,6 @@ import errno
 import json
 import logging
 import os
-import shutil
 import time
 from collections.abc import Callable, Container, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -55,6 +54,7 @@ from fsd.core.layout import (
     check_ssd,
     index_work,
     lock_root,
+    remove_index_work,
 )
 from fsd.core.spill import Spill
 from fsd.core.txnlog import SLACK, TXN_ENTRIES
@@ -296,15 +296,15 @@ def _rebuild_index(cfg: Settings, ssd_uuid: str, progress: Callable[[int, int], 
     # what a killed rebuild or restore left (INDEX_WORK), but the copy this restore reads
     for kind in INDEX_WORK:
         if index_work(cfg, kind) != backup:
-            shutil.rmtree(index_work(cfg, kind), ignore_errors=True)
+            remove_index_work(index_work(cfg, kind), ignore_errors=True)
     try:
         _build(cfg, disks, work, ssd_uuid, target, rep, progress, backup, spills)
         _still_there(disks)
     except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
+        remove_index_work(work, ignore_errors=True)
         raise
     finally:
-        shutil.rmtree(spills, ignore_errors=True)
+        remove_index_work(spills, ignore_errors=True)
     # LMDB fsyncs its files, never the directories naming them: the new index's entries in
     # `work`, then both renames in the SSD's directory, are made durable here — without the
     # last fsync a power cut right after the command returned brought the index set aside back
@@ -859,7 +859,7 @@ def _restore_index(cfg: Settings, ssd_uuid: str, progress: Callable[[int, int], 
     tried = []
     # newest first; a copy that cannot be read (damaged, half-written) gives way to the next
     for stamp, dc, side in sorted(found, key=lambda x: -x[0]["taken_at"]):
-        shutil.rmtree(copy, ignore_errors=True)
+        remove_index_work(copy, ignore_errors=True)
         try:
             side.get_index_copy(copy)
             Index(copy, readonly=True).close()
@@ -871,7 +871,7 @@ def _restore_index(cfg: Settings, ssd_uuid: str, progress: Callable[[int, int], 
         try:
             rep = _rebuild_index(cfg, ssd_uuid, progress, backup=copy, without=without)
         finally:
-            shutil.rmtree(copy, ignore_errors=True)
+            remove_index_work(copy, ignore_errors=True)
         rep.damaged += [f"index copy on {t}" for t in tried]
         return dc.label, stamp, rep
     raise HoardError(f"no index copy can be read ({'; '.join(tried)}); `hoard index rebuild` rebuilds the index "
