@@ -877,9 +877,6 @@ def test_a_leftover_that_is_a_symlink_or_a_file_is_removed_by_the_next_rebuild_n
         assert store.get(sha) == b"acknowledged before the rebuild"
 
 
-@pytest.mark.xfail(strict=True, reason="`hoard index migrate` exits 0 ('index at format N already') and leaves a "
-                   "leftover it cannot remove (the cause is an INFO record, hidden without -v); health, check and "
-                   "verify keep advising it")
 @pytest.mark.services  # starts hoard processes
 def test_the_advice_for_a_leftover_that_cannot_be_removed_says_so(tmp_path: Path) -> None:
     """`hoard health`, `check` and `verify` name a killed rebuild's leftover with the advice

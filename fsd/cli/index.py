@@ -10,6 +10,7 @@ from fsd.base.errors import ExitCode, HoardError
 from fsd.cli._common import err, out, progress, state
 from fsd.cli.store import open_store
 from fsd.core import formats
+from fsd.core.layout import index_leftovers, remove_index_work
 from fsd.core.marks import TABLES
 from fsd.maintenance.reindex import backup_index, rebuild_index, restore_index
 
@@ -86,8 +87,19 @@ def migrate(ctx: typer.Context) -> None:
         found = store.index.format
     if found > formats.INDEX:
         raise formats.NewerFormat(f"the index at {state(ctx).settings.index_dir}", found, formats.INDEX)
-    with open_store(ctx) as store:  # (the writable open migrates it)
+    stuck = []
+    with open_store(ctx) as store:  # (the writable open migrates it, and removes a killed rebuild's leftovers)
         now = store.index.format
+        # what the open could not remove (it only logs why: every writer opens): health, check and
+        # verify name this command as the way out, so it says why it is not
+        for p in index_leftovers(store.cfg):
+            try:
+                remove_index_work(p)
+            except OSError as e:
+                stuck.append(f"{p} ({e.strerror or e})")
+    if stuck:
+        raise HoardError(f"{'; '.join(stuck)}: left by a killed index rebuild or restore, and cannot be removed; "
+                         "nothing reads it: remove it by hand, then run `hoard check`", ExitCode.DATA)
     if now < formats.INDEX:  # a step that reads the manifests could not (the open warned why)
         raise HoardError(f"the index at {state(ctx).settings.index_dir} stays at format {now}: a registered manifest "
                          "cannot be read (the warning above names it); `hoard check` names the damage — repair it "
