@@ -94,6 +94,20 @@ def process_space() -> str:
                      first("/proc/sys/kernel/random/boot_id"), ns])
 
 
+def booted_ns() -> int | None:
+    """When this boot began, in ns since the epoch (`btime` in /proc/stat; to the second), or
+    None (no /proc to read). Something stamped since then cannot come from an earlier boot of
+    this machine, whatever its boot id says: another kernel wrote it (a clone that kept the
+    machine id, a sandbox with a kernel of its own)."""
+    try:
+        for line in Path("/proc/stat").read_text().splitlines():
+            if line.startswith("btime "):
+                return int(line.split()[1]) * 1_000_000_000
+    except (OSError, ValueError):
+        pass
+    return None
+
+
 def alive_since(pid: int, start: int | None) -> bool:
     """Whether the process `pid` that started at `start` (`pid_start`; None: not known) still
     runs on this host: not gone, not a zombie (`pid_alive`), and not another process that was
