@@ -941,3 +941,45 @@ def test_a_rebuild_killed_between_its_two_renames_loses_nothing_the_index_knew(t
     with Store.open(cfg) as store:
         assert store.get(sha) == b"acknowledged before the rebuild"
         assert {r.label: r.state for r in store.index.get_disks()}["d2"] == DiskState.DRAINING
+
+
+@pytest.mark.xfail(strict=True, reason="`hoard index backup` opens the store read-only with no lock: it replaces the "
+                   "disks' index copies while a restore, holding the store and readers locks, works from one")
+@pytest.mark.services  # starts hoard processes
+def test_an_index_backup_waits_while_a_restore_works_from_a_copy(tmp_path: Path) -> None:
+    """`hoard index restore` copies the newest index copy on the disks to `index.restore/` and
+    rebuilds from the disks plus it, holding the store and readers locks exclusively (hours on
+    a large store). `hoard index backup` (the daily timer's) must wait for it: it replaces the
+    disks' copies. Before, it took no lock and ran through — a restore killed after that left
+    the copy it restored from only in `index.restore/`, which the next writer's open removes as
+    a leftover (and it would have backed up the index the restore was replacing)."""
+    import json
+    import subprocess
+    import sys
+
+    from fsd.core import storelock
+    from fsd.core.layout import lock_root
+    from fsd.maintenance import reindex
+
+    cfg_path = dir_disks_config(tmp_path, 2, shard_size_mb=1)
+    cfg = config.load(cfg_path)
+    with Store.open(cfg, init=True) as store:
+        store.put_bytes(b"acknowledged")
+        reindex.backup_index(store, copies=2)
+
+    def stamps() -> dict[str, float]:
+        return {d.label: json.loads((d.path / "index-copy" / "stamp.json").read_text())["taken_at"] for d in cfg.disks}
+
+    before = stamps()
+    with storelock.exclusive(lock_root(cfg), "index restore"), \
+            storelock.exclusive(lock_root(cfg), "index restore", storelock.READERS):  # a restore runs
+        proc = subprocess.Popen([sys.executable, "-m", "fsd", "--config", str(cfg_path), "index", "backup"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            pass
+        assert stamps() == before, "the index copies were replaced under a running restore"
+    out, errs = proc.communicate(timeout=120)
+    assert proc.returncode == 0 and "index copied to" in out, (out, errs)
+    assert stamps() != before
