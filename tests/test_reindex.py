@@ -943,8 +943,6 @@ def test_a_rebuild_killed_between_its_two_renames_loses_nothing_the_index_knew(t
         assert {r.label: r.state for r in store.index.get_disks()}["d2"] == DiskState.DRAINING
 
 
-@pytest.mark.xfail(strict=True, reason="`hoard index backup` opens the store read-only with no lock: it replaces the "
-                   "disks' index copies while a restore, holding the store and readers locks, works from one")
 @pytest.mark.services  # starts hoard processes
 def test_an_index_backup_waits_while_a_restore_works_from_a_copy(tmp_path: Path) -> None:
     """`hoard index restore` copies the newest index copy on the disks to `index.restore/` and

@@ -9,10 +9,11 @@ import typer
 from fsd.base.errors import ExitCode, HoardError
 from fsd.cli._common import err, out, progress, state
 from fsd.cli.store import open_store
-from fsd.core import formats
+from fsd.core import formats, storelock
 from fsd.core.layout import index_leftovers, remove_index_work
 from fsd.core.marks import TABLES
 from fsd.maintenance.reindex import backup_index, rebuild_index, restore_index
+from fsd.store import Store
 
 app = typer.Typer(help="The LMDB index: rebuild it from the shards on the disks.", no_args_is_help=True)
 
@@ -125,7 +126,10 @@ def recount(ctx: typer.Context) -> None:
 def backup(ctx: typer.Context, copies: int = typer.Option(2, min=1, help="how many HDDs get a copy")) -> None:
     """Copy the index to HDDs (`<disk>/index-copy/`), so a dead SSD costs no rebuild scan."""
 
-    with open_store(ctx, writable=False) as store:
+    # the readers lock, shared (as the mount holds it), taken before the index is opened: an index
+    # rebuild or restore holds it exclusively — a restore works from a copy this replaces, and a
+    # restore killed then had its copy only in index.restore/, a leftover the next writer removes
+    with Store.open(state(ctx).settings, writable=False, lock=storelock.READERS, what="hoard index backup") as store:
         labels = backup_index(store, copies)
     out.print(f"index copied to {', '.join(labels)}")
 
