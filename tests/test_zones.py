@@ -297,9 +297,6 @@ def test_a_reservation_made_after_this_boot_began_is_never_an_earlier_boots(tmp_
 
 
 
-@pytest.mark.xfail(strict=True, reason="zones clean refuses a reservation of another pid namespace with 'stop pid N "
-                   "first (its reservation is then stale ...)': N names another process here, and stopping it never "
-                   "makes that reservation stale")
 def test_a_reservation_of_another_process_space_is_refused_with_advice_that_works(tmp_path: Path) -> None:
     """`hoard zones clean` refuses a live reservation, naming the next step. For one made in
     another process space (another pid namespace — a container — or machine: its pid cannot be

@@ -742,6 +742,12 @@ def clean(cfg: Settings, output_id: str, zone: str | None = None, aside: bool = 
     with zone_lock(cfg, z):
         rs = reservations(cfg, z)
         mine = next((r for r in rs if r.id == output_id), None)
+        if mine is not None and not mine.stale and mine.space and mine.space != _SPACE:
+            # (its pid names a process of that space only: here "stop pid N" may name any other one)
+            raise ZoneBusy(f"zone {z}: output {output_id} is reserved by {mine.describe()}, made in another machine, "
+                           f"boot or pid namespace ({mine.space}; this process: {_SPACE}): its pid cannot be checked "
+                           f"here; run `hoard zones clean {output_id}` where that job ran, or, if no job writes it "
+                           f"any more, remove {_res_path(cfg, z, output_id)} and run this again")
         if mine is not None and not mine.stale:
             raise ZoneBusy(f"zone {z}: output {output_id} is still being written by {mine.describe()}; let it "
                            f"finish, or stop pid {mine.pid} first (its reservation is then stale and "
