@@ -6,7 +6,7 @@ Two `flock` files under `<ssd.root>/locks/`:
   long-lived process (writers, RQ work horses, the mount); **exclusive** for the moments
   that must see the store still: gc's reachability + swap, `hoard index rebuild` /
   `restore` (they rename the index away under everyone), and rebuild's switch-over.
-* `readers.lock` — **shared** by long-lived readers (the mount); **exclusive** only for
+* `readers.lock` — **shared** by long-lived readers (the mount, `hoard index backup`); **exclusive** only for
   `hoard index rebuild` / `restore`, which would pull the index out from under them.
 * `maintenance.lock` — **exclusive** for the jobs that move replicas around (gc,
   replicate, rebuild, verify --repair), so that two of them never race on one shard.
