@@ -914,9 +914,6 @@ def test_the_advice_for_a_leftover_that_cannot_be_removed_says_so(tmp_path: Path
             stuck.chmod(0o755)
 
 
-@pytest.mark.xfail(strict=True, reason="a rebuild killed between its two renames leaves no index: health and the "
-                   "open advise `hoard index rebuild`, which removes the finished index.rebuild and builds from the "
-                   "shards alone — a retired disk comes back active (the states were in index.old-*)")
 def test_a_rebuild_killed_between_its_two_renames_loses_nothing_the_index_knew(tmp_path: Path) -> None:
     """`hoard index rebuild` swaps its new index in by two renames: the index set aside
     (`index.old-<time>`), then `index.rebuild` renamed to `index` (fsd.maintenance.reindex). A
@@ -925,7 +922,8 @@ def test_a_rebuild_killed_between_its_two_renames_loses_nothing_the_index_knew(t
     `hoard index restore` or `hoard index rebuild`"; the rebuild they advise must not lose what
     the index knew and the shards do not (here: a retired disk's state). Before, it removed
     `index.rebuild` as a leftover and took the disk states from the missing `index`: the
-    retired disk came back active (new replicas would go to it)."""
+    retired disk came back active (new replicas would go to it). Now the states come from the
+    index the killed rebuild set aside (`_last_index`)."""
     from fsd.core.disks import DiskState
     from fsd.maintenance.reindex import rebuild_index
 

@@ -343,7 +343,7 @@ def _build(cfg: Settings, disks: list[tuple[Any, dict]], work: Path, ssd_uuid: s
     total = sum(_size(dc, p) for dc, _ in disks for p in files[dc.label])
     done = 0
     logs: list[marks.DiskLog] = []  # each disk's marks log: replayed as the disks agree (marks.settle)
-    kept_states = _old_disk_states(backup or target)
+    kept_states = _old_disk_states(backup or _last_index(target))
     found_disks: list[DiskRecord] = []
     # every replica file of a shard, the shards in the order their first file is listed
     by_name: dict[str, list[tuple[Any, str, Any]]] = {}
@@ -575,6 +575,27 @@ def _resolve(found: list[_Copy], rep: IndexRebuildReport) -> tuple[ShardMeta, li
             meta.replicas.append(c.uuid)
             rep.replicas += 1
     return meta, best.records
+
+
+def _last_index(target: Path) -> Path:
+    """The index whose disk states a rebuild keeps: `target`; where there is none, the one an
+    earlier rebuild set aside last (`_set_aside`). A rebuild or restore killed between its two
+    renames leaves no `target`, its finished index in `index.rebuild` (removed as a leftover)
+    and the index it replaced set aside — the rebuild every message then advises took the
+    disk states from the missing `target`: a retired or failed disk came back active."""
+    if target.exists():
+        return target
+
+    def stamp(p: Path) -> tuple[str, int]:  # `<name>.old-YYYYmmdd-HHMMSS[-n]`, n from 2 within one second
+        rest = p.name.removeprefix(f"{target.name}.old-")
+        return rest[:15], int(rest[16:]) if rest[16:].isdigit() else 1
+
+    aside = [p for p in target.parent.glob(f"{target.name}.old-*") if p.is_dir() and not p.is_symlink()]
+    if not aside:
+        return target
+    last = max(aside, key=stamp)
+    log.info("no index at %s: the disk states are taken from %s, the index an earlier rebuild set aside", target, last)
+    return last
 
 
 def _old_disk_states(target: Path) -> dict[str, tuple[DiskState, str]]:
