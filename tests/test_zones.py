@@ -19,7 +19,7 @@ import pytest
 
 from fsd.base import config
 from fsd.base.errors import ExitCode
-from fsd.base.proc import pid_alive, process_space
+from fsd.base.proc import booted_ns, pid_alive, process_space
 from fsd.base.units import fmt_bytes
 from fsd.outputs import seal, zones
 from tests.helpers import missing
@@ -236,6 +236,17 @@ def test_reservation_survives_kill9_and_is_reclaimed_as_stale(tmp_path: Path) ->
     assert not (cfg.ssd.zone_path("3C") / ".tmp" / "stage-9").exists()
 
 
+def _own_reservation(tmp_path: Path) -> tuple[config.Settings, Path, dict]:
+    """A zone config with one reservation of this process in 3C ("own"): the config, the
+    reservations folder and the reservation's document (to write others from)."""
+    if "-" in process_space().split("/")[1:3]:
+        pytest.skip("no machine id or boot id to tell a boot by")
+    cfg = zone_config(tmp_path)
+    zones.reserve(cfg, "3C", "own", "stage:own", MiB)
+    d = cfg.ssd.root / "state" / "reservations" / "3C"
+    return cfg, d, json.loads((d / "own.json").read_bytes())
+
+
 def test_a_reservation_is_judged_where_its_pid_names_a_process(tmp_path: Path) -> None:
     """A reservation names its process by pid, start time and process space (machine, boot, pid
     namespace): one whose pid runs here but was made in another boot of this machine is stale
@@ -243,20 +254,15 @@ def test_a_reservation_is_judged_where_its_pid_names_a_process(tmp_path: Path) -
     refused it for good); one of another pid namespace is live (its pid cannot be checked here);
     this process's own is live; a file without `space` (the format before it) is judged by host
     name and pid as it was — a dead pid stale, a live one not."""
-    cfg = zone_config(tmp_path)
-    zones.reserve(cfg, "3C", "own", "stage:own", MiB)
-    d = cfg.ssd.root / "state" / "reservations" / "3C"
-    doc = json.loads((d / "own.json").read_bytes())
+    cfg, d, doc = _own_reservation(tmp_path)
     name, machine, boot, ns = process_space().split("/")
-    if "-" in (machine, boot):
-        pytest.skip("no machine id or boot id to tell a boot by")
     dead = next(pid for pid in range(int(Path("/proc/sys/kernel/pid_max").read_text()) - 1, 1, -1)
                 if not pid_alive(pid))  # (a pid no process has)
     old = {k: v for k, v in doc.items() if k != "space"}
-    booted = next(int(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
-                  if line.startswith("btime "))
+    booted = booted_ns()
+    assert booted is not None
     for rid, body in {"other-boot": doc | {"space": f"{name}/{machine}/{'0' * 32}/{ns}",  # made before this boot
-                                           "created_ns": (booted - 3600) * 10**9},
+                                           "created_ns": booted - 3600 * 10**9},
                       "other-ns": doc | {"space": f"{name}/{machine}/{boot}/1"},
                       "old-live": old, "old-dead": old | {"pid": dead}}.items():
         (d / f"{rid}.json").write_text(json.dumps(body | {"id": rid, "job": f"stage:{rid}"}))
@@ -275,13 +281,8 @@ def test_a_reservation_made_after_this_boot_began_is_never_an_earlier_boots(tmp_
     id and a set host name) sharing this SSD. Its pid cannot be checked here: it is live — not
     reclaimed by the next `reserve`, and `hoard zones clean` refuses it (before, both went
     ahead: the running job's output was removed under it)."""
-    cfg = zone_config(tmp_path)
-    zones.reserve(cfg, "3C", "own", "stage:own", MiB)
-    d = cfg.ssd.root / "state" / "reservations" / "3C"
-    doc = json.loads((d / "own.json").read_bytes())
+    cfg, d, doc = _own_reservation(tmp_path)
     name, machine, boot, ns = process_space().split("/")
-    if "-" in (machine, boot):
-        pytest.skip("no machine id or boot id to tell a boot by")
     now = time.time_ns()  # (made now: after this boot began)
     (d / "clone.json").write_text(json.dumps(doc | {"id": "clone", "job": "stage:clone", "created_ns": now,
                                                      "space": f"{name}/{machine}/{'0' * 32}/{ns}"}))
