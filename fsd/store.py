@@ -143,7 +143,7 @@ class Store:
                 if writable:
                     recover_orphans(store)
                     # (under the store lock: no index rebuild or restore can be using them)
-                    for gone in remove_index_leftovers(cfg):
+                    for gone in remove_index_leftovers(cfg)[0]:
                         log.info("removed %s, left by a killed index rebuild or restore", gone)
                     store.catch_up_marks()
                     copies.catch_up_pointers_or_warn(store)

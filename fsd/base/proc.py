@@ -108,6 +108,21 @@ def booted_ns() -> int | None:
     return None
 
 
+def earlier_boot(space: str, here: str, made_ns: int | None = None) -> bool:
+    """Whether `space` (another process's `process_space`) is an earlier boot of this machine,
+    whose space is `here`: the same name and machine id, another boot id — and, where `made_ns`
+    says when what names it was made, made before this boot began (`booted_ns`: one made since
+    came from another kernel). A part not known ("-") is never taken for one."""
+    name, machine, boot = (space.split("/") + ["-"] * 3)[:3]
+    this = here.split("/")
+    if "-" in (machine, boot, this[2]) or (name, machine) != (this[0], this[1]) or boot == this[2]:
+        return False
+    if made_ns is None:
+        return True
+    booted = booted_ns()
+    return booted is not None and made_ns < booted
+
+
 def alive_since(pid: int, start: int | None) -> bool:
     """Whether the process `pid` that started at `start` (`pid_start`; None: not known) still
     runs on this host: not gone, not a zombie (`pid_alive`), and not another process that was

@@ -10,7 +10,7 @@ from fsd.base.errors import ExitCode, HoardError
 from fsd.cli._common import err, out, progress, state
 from fsd.cli.store import open_store
 from fsd.core import formats, storelock
-from fsd.core.layout import index_leftovers, remove_index_work
+from fsd.core.layout import remove_index_leftovers
 from fsd.core.marks import TABLES
 from fsd.maintenance.reindex import backup_index, rebuild_index, restore_index
 from fsd.store import Store
@@ -88,16 +88,11 @@ def migrate(ctx: typer.Context) -> None:
         found = store.index.format
     if found > formats.INDEX:
         raise formats.NewerFormat(f"the index at {state(ctx).settings.index_dir}", found, formats.INDEX)
-    stuck = []
     with open_store(ctx) as store:  # (the writable open migrates it, and removes a killed rebuild's leftovers)
         now = store.index.format
         # what the open could not remove (it only logs why: every writer opens): health, check and
         # verify name this command as the way out, so it says why it is not
-        for p in index_leftovers(store.cfg):
-            try:
-                remove_index_work(p)
-            except OSError as e:
-                stuck.append(f"{p} ({e.strerror or e})")
+        _, stuck = remove_index_leftovers(store.cfg)
     if stuck:
         raise HoardError(f"{'; '.join(stuck)}: left by a killed index rebuild or restore, and cannot be removed; "
                          "nothing reads it: remove it by hand, then run `hoard check`", ExitCode.DATA)

@@ -172,18 +172,20 @@ def remove_index_work(p: Path, ignore_errors: bool = False) -> None:
             raise
 
 
-def remove_index_leftovers(cfg: Settings) -> list[Path]:
-    """Remove `index_leftovers`; those removed (a writer's open: it holds the store lock, so no
-    rebuild or restore can start meanwhile). One that cannot be removed stays, and is named."""
-    gone = []
+def remove_index_leftovers(cfg: Settings) -> tuple[list[Path], list[str]]:
+    """Remove `index_leftovers` (a writer's open: it holds the store lock, so no rebuild or
+    restore can start meanwhile): those removed, and each that stays with why ("<path>
+    (<reason>)"; `hoard index migrate` fails naming them)."""
+    gone, stuck = [], []
     for p in index_leftovers(cfg):
         try:
             remove_index_work(p)
         except OSError as e:  # (INFO, not a WARNING at every writer's open: health and check name it)
             log.info("%s (left by a killed index rebuild or restore) not removed: %s", p, e.strerror or e)
+            stuck.append(f"{p} ({e.strerror or e})")
             continue
         gone.append(p)
-    return gone
+    return gone, stuck
 
 
 def check_ssd(cfg: Settings, init: bool) -> str:

@@ -70,7 +70,7 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, ReadTimeoutError
 
 from fsd.base.errors import ExitCode, HoardError, first_line
-from fsd.base.proc import alive_since, pid_start, process_space
+from fsd.base.proc import alive_since, earlier_boot, pid_start, process_space
 from fsd.core import shardfmt as fmt
 from fsd.core.disks import (
     IDENTITY,
@@ -365,9 +365,7 @@ class S3Disk:
         if len(fields) != 6 or not (fields[3].isdigit() and fields[4].isdigit()):
             return False
         if fields[2] != _HOST:  # another machine, pid namespace or boot: gone only if an earlier boot of this one
-            name, machine, boot, _ns = (fields[2].split("/") + ["-"] * 4)[:4]
-            here = _HOST.split("/")
-            return "-" not in (machine, boot, here[2]) and (name, machine) == (here[0], here[1]) and boot != here[2]
+            return earlier_boot(fields[2], _HOST)
         pid, start, nonce = int(fields[3]), int(fields[4]), fields[5]
         if (pid, start) == _me():
             return nonce not in _SEALING

@@ -54,7 +54,7 @@ from fsd.base.config import ZONES, Settings
 from fsd.base.errors import ExitCode, HoardError
 from fsd.base.files import atomic_write, flocked, fsync_dir, read_in_zone
 from fsd.base.paths import NAME_PATTERN
-from fsd.base.proc import alive_since, booted_ns, pid_start, process_space
+from fsd.base.proc import alive_since, earlier_boot, pid_start, process_space
 from fsd.base.units import fmt_bytes
 
 log = logging.getLogger(__name__)
@@ -353,8 +353,6 @@ def fs_free(path: os.PathLike[str] | str) -> int:
 
 #: this process's space (fsd.base.proc.process_space): read once, as a seal's claim reads it
 _SPACE = process_space()
-#: when this boot began (fsd.base.proc.booted_ns): a reservation made since is not an earlier boot's
-_BOOTED_NS = booted_ns()
 
 
 def owner_gone(r: Reservation) -> bool:
@@ -371,10 +369,7 @@ def owner_gone(r: Reservation) -> bool:
     if not r.space:
         return r.host == socket.gethostname() and not alive_since(r.pid, r.pid_start)
     if r.space != _SPACE:
-        name, machine, boot = (r.space.split("/") + ["-"] * 3)[:3]
-        here = _SPACE.split("/")
-        return ("-" not in (machine, boot, here[2]) and (name, machine) == (here[0], here[1]) and boot != here[2]
-                and _BOOTED_NS is not None and r.created_ns < _BOOTED_NS)
+        return earlier_boot(r.space, _SPACE, r.created_ns)
     return not alive_since(r.pid, r.pid_start)
 
 
