@@ -31,7 +31,7 @@ VENV := .venv
 HOARD := $(VENV)/bin/hoard
 STAMP := $(VENV)/.installed
 
-.PHONY: install uninstall help demo test test-fast test-ceph lint chaos peers bench deps venv up down clean labelstudio readers pyfuse3
+.PHONY: summaries install uninstall help demo test test-fast test-ceph lint chaos peers bench deps venv up down clean labelstudio readers pyfuse3
 
 help:
 	@echo "make demo   - install, start the embedded default and run the main job"
@@ -195,6 +195,11 @@ test-fast: venv
 lint: venv
 	@$(VENV)/bin/ruff check .
 	@$(VENV)/bin/mypy
+
+# each command's line in `hoard --help` (fsd/cli/_summaries.py), written again from the commands'
+# own help after one changes (tests/test_cli_help.py says when)
+summaries: venv
+	@$(VENV)/bin/python -c 'import fsd.cli; fsd.cli.write_summaries()'
 
 SEEDS ?= 200
 SEED0 ?= 0

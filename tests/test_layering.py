@@ -286,7 +286,7 @@ def test_the_cli_takes_only_the_gui_entry_point() -> None:
 
 @pytest.mark.services  # starts hoard processes, servers or a FUSE mount
 def test_a_command_loads_only_its_own_module() -> None:
-    """`hoard put` (and `get`, `mount`, `--version`) start without NiceGUI, RQ, Redis, the
+    """`hoard put` (and `get`, `mount`, `--version`, `--help`) start without NiceGUI, RQ, Redis, the
     database client, jobs or sql: the root of the command line imports a command's module
     only when that command runs (fsd.cli.COMMANDS). Checked in a real process."""
     heavy = ("gui", "nicegui", "rq", "redis", "psycopg", "jobs", "sql", "adapters", "PIL", "pyfuse3", "trio")
@@ -298,7 +298,7 @@ def test_a_command_loads_only_its_own_module() -> None:
             "    assert not e.code, e.code\n"
             f"print(sorted({{m.split('.')[0] for m in sys.modules}} & set({heavy!r})), file=sys.stderr)\n")
     env = {k: v for k, v in os.environ.items() if k != "HOARD_CONFIG"}
-    for args in (["--version"], ["put", "--help"], ["get", "--help"], ["mount", "--help"]):
+    for args in (["--help"], ["--version"], ["put", "--help"], ["get", "--help"], ["mount", "--help"]):
         res = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, cwd=REPO, env=env,
                              timeout=120)
         assert res.returncode == 0, res.stderr

@@ -2,20 +2,25 @@
 
 The top layer (docs/ARCHITECTURE.md, Layers): commands parse, call downward and print. Each
 command lives in a module of its own (or of its group), imported only when that command runs
-(`COMMANDS`; `hoard --help` loads them all to list them), so a module imports what its
-commands use at its top and `hoard put` never loads NiceGUI, RQ or the database client.
+(`COMMANDS`), so a module imports what its commands use at its top and `hoard put` never loads
+NiceGUI, RQ or the database client. `hoard --help` loads none of them: it lists each command
+with the summary kept for it in `fsd.cli._summaries` (written from the commands themselves by
+`make summaries`; a test fails when one is out of date) — loading them all took
+about 4 s, most of it NiceGUI's.
 """
 
 from __future__ import annotations
 
 import importlib
 import importlib.metadata
+import inspect
 import logging
 import os
 import pwd
 import shlex
 import sys
 import traceback
+from pathlib import Path
 from typing import Annotated, Final, cast
 
 import lmdb
@@ -26,7 +31,9 @@ from typer.core import TyperCommand, TyperGroup, TyperOption
 from fsd.base import config as config_mod
 from fsd.base import logs
 from fsd.base.errors import ExitCode, HoardError, first_line
+from fsd.cli import _summaries
 from fsd.cli._common import OutputFailed, err, guard_stdout, out, state
+from fsd.cli._summaries import SUMMARIES
 from fsd.core.index import index_error
 
 
@@ -62,16 +69,45 @@ MARKUP: Final = "markdown"
 
 
 class LazyGroup(TyperGroup):
-    """The root group: a command's module is imported when the command is asked for."""
+    """The root group: a command's module is imported when the command is asked for — but
+    not to list it in `hoard --help`, which shows the summary kept for it (SUMMARIES)."""
+
+    listing = False  # True while the root's own help is written
 
     def list_commands(self, ctx: typer.Context) -> list[str]:  # type: ignore[override]  # typer's own Context
         return list(COMMANDS)
 
+    def format_help(self, ctx: typer.Context, formatter: object) -> None:  # type: ignore[override]
+        self.listing = True
+        try:
+            super().format_help(ctx, formatter)  # type: ignore[arg-type]  # typer's formatter
+        finally:
+            self.listing = False
+
     def get_command(self, ctx: typer.Context, cmd_name: str) -> TyperCommand | TyperGroup | None:  # type: ignore[override]
+        if self.listing and cmd_name not in self.commands and cmd_name in SUMMARIES:
+            return TyperCommand(cmd_name, help=SUMMARIES[cmd_name])  # only its line in the list
         if cmd_name not in self.commands and cmd_name in COMMANDS:
             self.commands[cmd_name] = load(cmd_name)
         # what `load` put there: typer builds its own command classes
         return cast("TyperCommand | TyperGroup | None", self.commands.get(cmd_name))
+
+
+def summaries() -> dict[str, str]:
+    """Every command's line in `hoard --help` — the first paragraph of its short help, else of
+    its help, as typer lists it — each command loaded to read it (what `fsd.cli._summaries` keeps)."""
+    return {name: inspect.cleandoc(cmd.short_help or cmd.help or "").split("\n\n")[0]
+            for name in COMMANDS for cmd in [load(name)]}
+
+
+def write_summaries() -> None:
+    """`make summaries`: write `fsd/cli/_summaries.py` again from the commands' own help."""
+    import pprint  # deferred: only `make summaries` writes the file
+
+    path = Path(_summaries.__file__)
+    head, _, rest = path.read_text().partition("SUMMARIES: dict[str, str] = ")
+    body = pprint.pformat(summaries(), width=110, sort_dicts=False)
+    path.write_text(f"{head}SUMMARIES: dict[str, str] = {body}\n")
 
 
 def load(name: str) -> TyperCommand | TyperGroup:

@@ -1,0 +1,32 @@
+"""`hoard --help` lists every command from fsd/cli/_summaries.py without loading one
+(fsd.cli.LazyGroup): the kept lines must be what the commands themselves say."""
+
+from __future__ import annotations
+
+import sys
+
+from typer.testing import CliRunner
+
+import fsd.cli
+from fsd.cli import COMMANDS, app, summaries
+from fsd.cli._summaries import SUMMARIES
+
+
+def test_the_kept_summaries_are_the_commands_own() -> None:
+    """Each command's line in `hoard --help` as kept equals the one its own help gives now — a
+    command added, renamed or re-described without `make summaries` fails here."""
+    assert SUMMARIES == summaries(), "fsd/cli/_summaries.py is out of date: run `make summaries`"
+    assert list(SUMMARIES) == list(COMMANDS)
+
+
+def test_the_root_help_lists_every_command_from_the_summaries() -> None:
+    """The root help names every command with its kept line — the first words of each are in
+    the output — and loading a command afterwards still gives the real one, not the listing's."""
+    res = CliRunner().invoke(app, ["--help"], env={"COLUMNS": "200"}, prog_name="hoard")
+    assert res.exit_code == 0, res.output
+    words = " ".join(res.output.split())
+    for name, line in SUMMARIES.items():  # as rendered: markdown's `code` loses its backticks
+        assert f"│ {name} " in words and " ".join(line.replace("`", "").split()[:4]) in words, name
+    res = CliRunner().invoke(app, ["put", "--help"], env={"COLUMNS": "200"}, prog_name="hoard")
+    assert res.exit_code == 0 and "--name" in res.output, res.output
+    assert "fsd.cli.store" in sys.modules and fsd.cli.LazyGroup.listing is False
