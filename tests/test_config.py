@@ -86,6 +86,38 @@ def test_environment_overrides_the_file(tmp_path: Path, monkeypatch) -> None:
     assert cfg.store.write_ack == 1
 
 
+
+def test_environment_gives_nested_keys_tables_and_lists(tmp_path: Path, monkeypatch) -> None:
+    """HOARD_<SECTION>__<KEY> at any depth and in any case, a table or a list as JSON, a key given
+    beside its whole table winning over the table's; variables that name no key are left alone."""
+    for name, value in {"hoard_ssd__zones__3a__quota_gb": "7", "HOARD_SOURCES__MYSRC": "reddit",
+                        "HOARD_STORE": '{"write_ack": 2, "copy_of_raw": 3}', "HOARD_STORE__WRITE_ACK": "1",
+                        "HOARD_GUI__USERS": "[]", "HOARD_CONFIG": "elsewhere.toml", "HOARD_LOG_JSON": "x"}.items():
+        monkeypatch.setenv(name, value)
+    cfg = config.load(_write(tmp_path, GOOD))
+    assert cfg.ssd.zones["3A"].quota_gb == 7 and cfg.ssd.zones["3B"].quota_gb == 1
+    assert cfg.sources == {"mysrc": "reddit"}
+    assert (cfg.store.write_ack, cfg.store.copy_of_raw, cfg.store.shard_size_mb) == (1, 3, 256)
+    monkeypatch.setenv("HOARD_DISKS", '[{"label": "x", "path": "/x"}, {"label": "y", "path": "/y"}, '
+                                      '{"label": "z", "path": "/z"}]')
+    assert [d.label for d in config.load(_write(tmp_path, GOOD)).disks] == ["x", "y", "z"]
+
+
+@pytest.mark.parametrize(("name", "value", "pattern"), [
+    ("HOARD_STORE", "three copies", r"^HOARD_STORE: store is a table or a list: give it as JSON"),
+    ("HOARD_DISKS__0__LABEL", "x", r"^HOARD_DISKS__0__LABEL: disks is a list, which takes no key of its own; give "
+                                   r"it whole as JSON in HOARD_DISKS"),
+    ("HOARD_STORE__SHARD_SISE_MB", "1", r"store\.shard_sise_mb: unknown key; allowed here: shard_size_mb"),
+])
+def test_a_bad_environment_variable_is_one_line_naming_it(tmp_path: Path, monkeypatch, name: str, value: str,
+                                                          pattern: str) -> None:
+    """JSON that does not parse for a table (pydantic-settings raised its own SettingsError here,
+    a traceback from every command), a key inside a list, an unknown key: one line each."""
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigError) as exc:
+        config.load(_write(tmp_path, GOOD))
+    assert "\n" not in exc.value.message and re.search(pattern, exc.value.message), exc.value.message
+
 BAD = [
     ("[store\n", r"not valid TOML: .*line 1"),
     (GOOD + "[store]\nwrite_ack = 0\n", r"store\.write_ack: Input should be greater than or equal to 1 \(got 0\)"),

@@ -3,8 +3,10 @@
 Where it is found: `--config PATH`, else `$HOARD_CONFIG`, else `./hoard.toml`, else
 `/etc/hoard/hoard.toml`. Relative paths inside the file are relative to the file.
 Environment variables `HOARD_<KEY>` override top-level keys (`HOARD_DATABASE_URL`,
-`HOARD_REDIS_URL`, ...) and `HOARD_<SECTION>__<KEY>` nested ones. Every key is
-documented in docs/config.md; a test checks that the document names them all.
+`HOARD_REDIS_URL`, ...) and `HOARD_<SECTION>__<KEY>` nested ones (`environment`: read here,
+not by pydantic-settings, whose import — asyncio and ssl with it — was a quarter of every
+`hoard` command's start). Every key is documented in docs/config.md; a test checks that the
+document names them all.
 
 A bad file produces one `ConfigError` line naming the file, the key and what is allowed.
 
@@ -15,6 +17,7 @@ loading and its one-line errors, and the embedded setup's template (`embedded_co
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import tomllib
@@ -34,7 +37,6 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from fsd.base.errors import ConfigError
 
@@ -480,10 +482,10 @@ class EmbeddedConfig(BaseModel):
         return self.root / "run" / "redis.sock"
 
 
-class Settings(BaseSettings):
-    """The validated contents of hoard.toml plus environment overrides."""
+class Settings(BaseModel):
+    """The validated contents of hoard.toml plus environment overrides (`load`)."""
 
-    model_config = SettingsConfigDict(env_prefix="HOARD_", env_nested_delimiter="__", extra="forbid")
+    model_config = _strict
 
     disks: list[DiskConfig] = Field(min_length=1)
     ssd: SSDConfig
@@ -495,8 +497,7 @@ class Settings(BaseSettings):
     sources: dict[Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,62}$")], str] = {}
     embedded: EmbeddedConfig | None = None
     # typed as what every caller reads: `_consistent` derives each URL or refuses the file, so
-    # None ("not given") never outlives validation; validate_default=False because a settings
-    # model validates its defaults, and None is no str
+    # None ("not given") never outlives validation, and None is no str: the default is not validated
     database_url: str = Field(default=None, validate_default=False)  # type: ignore[assignment]  # see above
     test_database_url: str = Field(default=None, validate_default=False)  # type: ignore[assignment]  # see above
     redis_url: str = Field(default=None, validate_default=False)  # type: ignore[assignment]  # see above
@@ -513,16 +514,6 @@ class Settings(BaseSettings):
     search: SearchConfig = SearchConfig()
     #: the file this came from (set by `load`, not a key of the file)
     source: Path | None = Field(default=None, exclude=True)
-
-    @classmethod
-    def settings_customise_sources(
-        cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource, dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        # The environment beats the file, so HOARD_DATABASE_URL can point a checkout at a
-        # running server without editing hoard.toml.
-        return env_settings, init_settings
 
     @model_validator(mode="after")
     def _consistent(self) -> Settings:
@@ -697,12 +688,99 @@ def load(explicit: str | os.PathLike[str] | None = None) -> Settings:
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: not valid TOML: {e}") from None
     _resolve_paths(data, path.resolve().parent)
+    # the environment beats the file, so HOARD_DATABASE_URL can point a checkout at a running
+    # server without editing hoard.toml
+    _overlay(data, environment())
     try:
         settings = Settings(**data)
     except ValidationError as e:
         raise ConfigError(f"{path}: {describe_validation_error(e)}") from None
     settings.source = path.resolve()
     return settings
+
+
+#: the prefix of an environment variable that gives a key of hoard.toml
+ENV_PREFIX = "HOARD_"
+#: what separates a section from its key in such a variable's name
+ENV_NESTED = "__"
+
+
+def environment(env: dict[str, str] | None = None) -> dict[str, Any]:
+    """The keys of hoard.toml the environment gives, as the file's tables would hold them:
+    `HOARD_<KEY>` a top-level key, `HOARD_<SECTION>__<KEY>` (deeper: `__` again) a nested one;
+    names in any case. A value for a table or a list is JSON (`HOARD_DISKS='[{...}]'`), any
+    other is the string as given (validation converts it, as it does the file's). A variable
+    whose first word names no key — `HOARD_CONFIG`, `HOARD_LOG_JSON`, the ones the programs read
+    themselves — is none of this. ConfigError, naming the variable, for JSON that does not
+    parse or a key inside a list."""
+    found: dict[str, Any] = {}
+    for name, value in sorted((os.environ if env is None else env).items()):
+        if not name.upper().startswith(ENV_PREFIX):
+            continue
+        path = name[len(ENV_PREFIX):].lower().split(ENV_NESTED)
+        if path[0] not in Settings.model_fields or Settings.model_fields[path[0]].exclude:
+            continue
+        table, tp = found, Any
+        for i, key in enumerate(path):
+            within = Settings if i == 0 else tp
+            path[i] = key = _dict_key(within, key)
+            tp = _key_type(within, key)
+            if i == len(path) - 1:
+                break
+            if get_origin(_unwrap(tp)) is list:
+                raise ConfigError(f"{name}: {'.'.join(path[:i + 1])} is a list, which takes no key of its own; give "
+                                  f"it whole as JSON in {ENV_PREFIX}{ENV_NESTED.join(path[:i + 1]).upper()}")
+            nested = table.setdefault(key, {})
+            if not isinstance(nested, dict):
+                raise ConfigError(f"{name}: {'.'.join(path[:i + 1])} is also given whole by another variable")
+            table = nested
+        if value and _is_table_or_list(tp):
+            try:
+                value = json.loads(value)
+            except ValueError as e:
+                raise ConfigError(f"{name}: {'.'.join(path)} is a table or a list: give it as JSON ({e})") from None
+        if isinstance(table.get(path[-1]), dict) and isinstance(value, dict):
+            _overlay(value, table[path[-1]])  # HOARD_STORE='{...}' and HOARD_STORE__KEY: the key wins
+        table[path[-1]] = value
+    return found
+
+
+def _dict_key(within: Any, key: str) -> str:
+    """`key` as a dict of `within` spells it where its keys are fixed words in capitals (the
+    zones: HOARD_SSD__ZONES__3A__QUOTA_GB, whose name comes lower-cased), else as given."""
+    inner = _unwrap(within)
+    if get_origin(inner) is dict:
+        words = get_args(get_args(inner)[0]) if get_origin(get_args(inner)[0]) is Literal else ()
+        return next((w for w in words if isinstance(w, str) and w.lower() == key), key)
+    return key
+
+
+def _key_type(within: Any, key: str) -> Any:
+    """The type of `key` inside a value of type `within`: a model's field, a dict's value
+    (a `[sources]` or `[ssd.zones]` entry), Any where it is not known (validation names it)."""
+    inner = _unwrap(within)
+    fields = getattr(inner, "model_fields", None)
+    if fields is not None:
+        return fields[key].annotation if key in fields else Any
+    if get_origin(inner) is dict:
+        return _unwrap(inner, item=True)
+    return Any
+
+
+def _is_table_or_list(tp: Any) -> bool:
+    inner = _unwrap(tp)
+    return get_origin(inner) in (list, dict) or inner in (list, dict) or (
+        isinstance(inner, type) and issubclass(inner, BaseModel))
+
+
+def _overlay(base: dict[str, Any], over: dict[str, Any]) -> None:
+    """`over`'s keys into `base`, table into table: a key of `over` replaces the same key of
+    `base`, and a table of both keeps `base`'s other keys."""
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            _overlay(base[key], value)
+        else:
+            base[key] = value
 
 
 def describe_validation_error(err: ValidationError, model: Any = None) -> str:
