@@ -34,14 +34,15 @@ import xml.etree.ElementTree as ET
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
-
-import httpx
 
 from fsd.base.config import Settings
 from fsd.base.errors import ExitCode, HoardError, first_line
 from fsd.base.paths import display
+
+if TYPE_CHECKING:
+    import httpx
 
 #: tasks per import request: Label Studio's big imports time out and hit its upload caps
 #: (label-studio#2678, #4556)
@@ -161,6 +162,8 @@ def _auth(ls: Client, http: httpx.Client, fresh: bool = False) -> dict[str, str]
 
 def _send(ls: Client, http: httpx.Client, method: str, path: str, headers: dict[str, str],
           **kw: Any) -> httpx.Response:
+    import httpx  # deferred: every `hoard` command that reads action runs loads this module; httpx is ~50 ms
+
     try:
         return http.request(method, ls.url + path, headers=headers, timeout=ls.timeout_s, **kw)
     except httpx.TimeoutException:
@@ -206,6 +209,8 @@ def _detail(r: httpx.Response) -> str:
 
 
 def _client() -> httpx.Client:
+    import httpx  # deferred: as in _send
+
     return httpx.Client(follow_redirects=False, trust_env=False)
 
 
