@@ -88,3 +88,49 @@ def test_stale_holder_files_are_ignored(tmp_path: Path) -> None:
     assert not stale.exists()
     with storelock.exclusive(tmp_path, "index rebuild"):
         pass
+
+
+#: a process holding the lock file shared without a holder file of its own — what `taken`
+#: (hoard health's probe for a running index rebuild) does for a moment — for argv[2] seconds
+PROBE = """
+import fcntl, os, sys, time
+fd = os.open(sys.argv[1], os.O_RDONLY)
+fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+print("probing", flush=True)
+time.sleep(float(sys.argv[2]))
+"""
+
+
+def _probe(tmp_path: Path, name: str, seconds: float) -> subprocess.Popen:
+    lock = tmp_path / "locks" / f"{name}.lock"
+    lock.parent.mkdir(exist_ok=True)
+    lock.touch()
+    child = subprocess.Popen([sys.executable, "-c", PROBE, str(lock), str(seconds)], stdout=subprocess.PIPE, text=True)
+    assert child.stdout is not None and child.stdout.readline().strip() == "probing"
+    return child
+
+
+def test_a_probe_of_a_moment_does_not_refuse_an_index_rebuild(tmp_path: Path) -> None:
+    """`hoard health` probes the readers lock (`taken`: a shared flock for a moment, no holder
+    file) to tell a running index rebuild; an index rebuild asking for it exclusively at that
+    moment (wait 0) was refused, "held by a process that left no holder file". Now a lock no
+    holder file names is waited for a moment (MOMENT_S)."""
+    child = _probe(tmp_path, storelock.READERS, 0.3)
+    try:
+        with storelock.exclusive(tmp_path, "hoard index rebuild", storelock.READERS):
+            assert child.wait(5) == 0  # the probe had ended: it was waited for, not overrun
+    finally:
+        child.kill()
+
+
+def test_a_lock_held_longer_by_a_process_without_holder_file_is_still_refused(tmp_path: Path) -> None:
+    """The moment's wait is a moment: a holder that names itself nowhere and keeps the lock is
+    refused after MOMENT_S, with the line that says so."""
+    child = _probe(tmp_path, storelock.READERS, 30)
+    try:
+        with pytest.raises(StoreBusy) as e:
+            with storelock.exclusive(tmp_path, "hoard index rebuild", storelock.READERS):
+                pass
+        assert "a process that left no holder file" in e.value.message
+    finally:
+        child.kill()

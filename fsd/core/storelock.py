@@ -47,6 +47,12 @@ READERS = "readers"
 MAINTENANCE = "maintenance"
 #: how long an exclusive request waits for the shared holders to finish, by default
 DEFAULT_WAIT_S = 0.0
+#: how long an exclusive request waits, whatever it was given, for a lock that no live holder
+#: file names: one held for a moment — `taken` probing it (`hoard health`, which the GUI runs
+#: every few seconds, judging index leftovers), a sharer passing the gate or between its flock and
+#: its holder file. Refused at once, an index rebuild started beside the GUI failed now and then
+#: with "held by a process that left no holder file".
+MOMENT_S = 1.0
 
 
 class StoreBusy(HoardError):
@@ -229,15 +235,9 @@ def exclusive(ssd_root: Path, what: str, name: str = STORE, wait_s: float = DEFA
         else:
             nested = False
             _open(lk, what)
-            deadline = time.monotonic() + wait_s
-            # holding the gate, nobody else acquires anything: a failed conversion below drops
-            # this process's shared lock (Linux), and nobody can take the lock meanwhile
-            got = lk._flock(fcntl.LOCK_EX, wait_s, lk.gate)
-            if got:
-                got = lk._flock(fcntl.LOCK_EX, max(0.0, deadline - time.monotonic()))
-                if not got and lk.shared:
-                    fcntl.flock(lk.open_fd, fcntl.LOCK_SH)  # back to shared: only sharers hold it now
-                fcntl.flock(lk.open_gate, fcntl.LOCK_UN)
+            got = _take_exclusive(lk, wait_s)
+            if not got and not lk.holders():  # held only for a moment (see MOMENT_S)
+                got = _take_exclusive(lk, MOMENT_S)
             if not got:
                 _close_if_unused(lk)
                 raise lk.refusal(what)
@@ -262,6 +262,21 @@ def exclusive(ssd_root: Path, what: str, name: str = STORE, wait_s: float = DEFA
                     with contextlib.suppress(HoardError):
                         lk._write_holder("shared", lk.what)
                 _close_if_unused(lk)
+
+
+def _take_exclusive(lk: _Lock, wait_s: float) -> bool:
+    """Convert or take `lk` exclusively within `wait_s`; False (this process's shared hold
+    kept) when others keep it."""
+    deadline = time.monotonic() + wait_s
+    # holding the gate, nobody else acquires anything: a failed conversion below drops
+    # this process's shared lock (Linux), and nobody can take the lock meanwhile
+    got = lk._flock(fcntl.LOCK_EX, wait_s, lk.gate)
+    if got:
+        got = lk._flock(fcntl.LOCK_EX, max(0.0, deadline - time.monotonic()))
+        if not got and lk.shared:
+            fcntl.flock(lk.open_fd, fcntl.LOCK_SH)  # back to shared: only sharers hold it now
+        fcntl.flock(lk.open_gate, fcntl.LOCK_UN)
+    return got
 
 
 def holders(ssd_root: Path, name: str = STORE) -> list[dict]:
