@@ -843,6 +843,33 @@ def test_what_a_killed_rebuild_left_is_named_alike_and_removed_but_never_a_runni
         assert store.get(sha) == b"acknowledged before the rebuild"
 
 
+def test_a_rebuild_ending_while_health_looks_is_not_named_as_leftovers(tmp_path: Path, monkeypatch) -> None:
+    """`hoard health` sees a running rebuild's work folders, then probes the readers lock: a
+    rebuild that ended in between (its folders removed, the lock given back) left nothing — but
+    health named the folders it had seen as a killed rebuild's leftovers, an alarm without a
+    cause. The interleaving is made by ending the rebuild inside the probe."""
+    from fsd.core import layout
+    from fsd.maintenance.health import store_problems, store_status
+
+    cfg = config.load(dir_disks_config(tmp_path, 2, shard_size_mb=1))
+    Store.open(cfg, init=True).close()
+    work = [layout.index_work(cfg, kind) for kind in ("rebuild", "spill")]
+    for p in work:
+        p.mkdir()
+    probe = layout.index_rebuild_busy
+
+    def the_rebuild_ends_now(c: config.Settings) -> bool:
+        for p in work:
+            shutil.rmtree(p)
+        return probe(c)
+
+    monkeypatch.setattr(layout, "index_rebuild_busy", the_rebuild_ends_now)
+    assert layout.index_leftovers(cfg) == []
+    monkeypatch.setattr(layout, "index_rebuild_busy", probe)
+    st = store_status(cfg)
+    assert not [p for p in store_problems(cfg, st, st["disks"], {}) if "index rebuild or restore" in p]
+
+
 @pytest.mark.parametrize("command", ["rebuild", "restore"])
 def test_a_leftover_that_is_a_symlink_or_a_file_is_removed_by_the_next_rebuild_never_followed(
         tmp_path: Path, command: str) -> None:

@@ -152,7 +152,10 @@ def index_leftovers(cfg: Settings) -> list[Path]:
     The one judgement `hoard health`, `hoard check` and `hoard verify` share (fsd.io.integrity),
     and what a writer's open removes (`remove_index_leftovers`)."""
     found = [p for p in (index_work(cfg, kind) for kind in INDEX_WORK) if p.exists() or p.is_symlink()]
-    return found if found and not index_rebuild_busy(cfg) else []
+    if not found or index_rebuild_busy(cfg):
+        return []
+    # looked at again: a rebuild that ended while the lock was probed removed its own
+    return [p for p in found if p.exists() or p.is_symlink()]
 
 
 def remove_index_work(p: Path, ignore_errors: bool = False) -> None:
