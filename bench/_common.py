@@ -87,15 +87,20 @@ def report(title: str, rows: list[tuple[str, str]], data: dict, results: Path | 
     for k, v in rows:
         print(f"  {k:<{width}}  {v}")
     print("json: " + json.dumps(data, sort_keys=True))
-    import re
-
     results = results or RESULTS
     results.mkdir(parents=True, exist_ok=True)
-    variant = "-".join(a.lstrip("-") for a in sys.argv[1:]) or "default"
-    slug = re.sub(r"[^a-z0-9]+", "-", f"{Path(sys.argv[0]).stem}-{variant}".lower()).strip("-")
+    slug = result_name(Path(sys.argv[0]).stem, sys.argv[1:])
     doc = {"benchmark": title, "argv": sys.argv[1:], "when": time.strftime("%Y-%m-%dT%H:%M:%S"),
            "commit": _commit(), "machine": _machine(), **data}
     (results / f"{slug}.json").write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n")
+
+
+def result_name(script: str, argv: list[str]) -> str:
+    """The name (without `.json`) `report` gives the results of `script` run with `argv`."""
+    import re
+
+    variant = "-".join(a.lstrip("-") for a in argv) or "default"
+    return re.sub(r"[^a-z0-9]+", "-", f"{script}-{variant}".lower()).strip("-")
 
 
 def lab_config(work: Path, url: str, redis_url: str, body: str, quota_gb: int) -> config.Settings:
