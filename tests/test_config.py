@@ -118,6 +118,31 @@ def test_a_bad_environment_variable_is_one_line_naming_it(tmp_path: Path, monkey
         config.load(_write(tmp_path, GOOD))
     assert "\n" not in exc.value.message and re.search(pattern, exc.value.message), exc.value.message
 
+
+@pytest.mark.parametrize("env", [
+    {"HOARD_REDIS_URL__FILE": "/run/secrets/redis"},  # a string takes no key: no key of hoard.toml
+    {"HOARD_DATABASE_URL__X": "1", "HOARD_TEST_DATABASE_URL__X": "2"},
+    {"HOARD_WEBHOOKS": "null", "HOARD_SOURCES": "null", "HOARD_GUI": "null"},  # JSON null: no value given
+])
+def test_environment_variables_that_give_no_key_leave_the_file_alone(tmp_path: Path, monkeypatch,
+                                                                       env: dict[str, str]) -> None:
+    """What pydantic-settings read as no value, the file's standing: a variable under a key that
+    is a string (every command was refused: "redis_url: Input should be a valid string"), and a
+    table or a list given as JSON null (was refused, or `HOARD_EMBEDDED=null` dropped the file's
+    [embedded])."""
+    text = GOOD + '[sources]\nmine = "reddit"\n[gui]\nport = 9000\n[[webhooks]]\nurl = "http://hook.lan/x"\n' \
+                  'events = ["*"]\nsecret = "0123456789abcdef"\n'
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    cfg = config.load(_write(tmp_path, text))
+    assert (cfg.database_url, cfg.redis_url, cfg.test_database_url) == (
+        "postgresql:///hoard", "redis://127.0.0.1:6379/0", "postgresql:///hoard_test")
+    assert (cfg.sources, cfg.gui.port, [w.url for w in cfg.webhooks]) == ({"mine": "reddit"}, 9000,
+                                                                           ["http://hook.lan/x"])
+    monkeypatch.setenv("HOARD_EMBEDDED", "null")
+    assert config.load(_write(tmp_path, text + '[embedded]\nroot = "var"\n')).embedded is not None
+
+
 BAD = [
     ("[store\n", r"not valid TOML: .*line 1"),
     (GOOD + "[store]\nwrite_ack = 0\n", r"store\.write_ack: Input should be greater than or equal to 1 \(got 0\)"),

@@ -709,17 +709,19 @@ def environment(env: dict[str, str] | None = None) -> dict[str, Any]:
     """The keys of hoard.toml the environment gives, as the file's tables would hold them:
     `HOARD_<KEY>` a top-level key, `HOARD_<SECTION>__<KEY>` (deeper: `__` again) a nested one;
     names in any case. A value for a table or a list is JSON (`HOARD_DISKS='[{...}]'`), any
-    other is the string as given (validation converts it, as it does the file's). A variable
-    whose first word names no key — `HOARD_CONFIG`, `HOARD_LOG_JSON`, the ones the programs read
-    themselves — is none of this. ConfigError, naming the variable, for JSON that does not
-    parse or a key inside a list."""
+    other is the string as given (validation converts it, as it does the file's); a top-level
+    table or list given as JSON `null` is not given. A variable whose first word names no key —
+    `HOARD_CONFIG`, `HOARD_LOG_JSON`, the ones the programs read themselves — or that goes below
+    a top-level key that is no table (`HOARD_REDIS_URL__FILE`) is none of this. ConfigError,
+    naming the variable, for JSON that does not parse or a key inside a list."""
     found: dict[str, Any] = {}
     for name, value in sorted((os.environ if env is None else env).items()):
         if not name.upper().startswith(ENV_PREFIX):
             continue
         path = name[len(ENV_PREFIX):].lower().split(ENV_NESTED)
-        if path[0] not in Settings.model_fields or Settings.model_fields[path[0]].exclude:
-            continue
+        top = Settings.model_fields.get(path[0])
+        if top is None or top.exclude or (len(path) > 1 and not _is_table_or_list(top.annotation)):
+            continue  # (HOARD_REDIS_URL__FILE: a string has no keys; pydantic-settings read none either)
         table, tp = found, Any
         for i, key in enumerate(path):
             within = Settings if i == 0 else tp
@@ -739,6 +741,8 @@ def environment(env: dict[str, str] | None = None) -> dict[str, Any]:
                 value = json.loads(value)
             except ValueError as e:
                 raise ConfigError(f"{name}: {'.'.join(path)} is a table or a list: give it as JSON ({e})") from None
+            if value is None and len(path) == 1:
+                continue  # `null`: nothing given, the file's stands (as pydantic-settings had it)
         if isinstance(table.get(path[-1]), dict) and isinstance(value, dict):
             _overlay(value, table[path[-1]])  # HOARD_STORE='{...}' and HOARD_STORE__KEY: the key wins
         table[path[-1]] = value
