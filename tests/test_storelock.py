@@ -115,7 +115,7 @@ def test_a_probe_of_a_moment_does_not_refuse_an_index_rebuild(tmp_path: Path) ->
     file) to tell a running index rebuild; an index rebuild asking for it exclusively at that
     moment (wait 0) was refused, "held by a process that left no holder file". Now a lock no
     holder file names is waited for a moment (MOMENT_S)."""
-    child = _probe(tmp_path, storelock.READERS, 0.3)
+    child = _probe(tmp_path, storelock.READERS, 0.2)
     try:
         with storelock.exclusive(tmp_path, "hoard index rebuild", storelock.READERS):
             assert child.wait(5) == 0  # the probe had ended: it was waited for, not overrun
