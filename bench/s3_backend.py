@@ -5,7 +5,7 @@ a local disk onto an S3 disk — every bound measured in the same run, on the sa
 
     python bench/s3_backend.py [--engine seaweedfs|ceph] [--objects 20000] [--large-mib 256] [--replace-objects 12000]
     python bench/s3_backend.py --objects 500 --large-mib 48 --replace-objects 500 --trial [--read-streams 1]
-    python bench/s3_backend.py --render      # docs/benchmarks.md's section from the JSON
+    python bench/s3_backend.py --render      # docs/benchmarks.md's sections, docs/scale-out.md's engines table
 
 The engine: SeaweedFS as the tests start it (`tests/seaweedfs.py`: one `weed server` on
 127.0.0.1, data under this run's folder in /var/tmp, writes under /buckets/ fsynced), pip
