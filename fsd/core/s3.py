@@ -28,10 +28,11 @@ passed by a retry with the same bytes, and replaced by a seal with other bytes w
 that wrote it is gone — its process ended on this host (this boot and pid namespace: a pid
 means nothing on another machine of the same name, or in a container sharing the host's name),
 it was this process's own (recovery cuts an open shard back to what the index acknowledges, so
-the retry's bytes may differ), or it ran in an earlier boot of this machine; a claim from
-another host is taken as live until `hoard verify --orphans` removes it after its grace, as a
-stale tmp file. The sha256 is ours: a
-multipart ETag is not the content's MD5. Only once the engine acknowledged the object and a
+the retry's bytes may differ), or it ran in an earlier boot of this machine (another boot id,
+and the claim's object made before this boot began: one made since came from another kernel
+with this machine's name and id — a cloned VM); a claim from another host is taken as live
+until `hoard verify --orphans` removes it after its grace, as a stale tmp file. The sha256 is
+ours: a multipart ETag is not the content's MD5. Only once the engine acknowledged the object and a
 HEAD shows it whole is the open file removed; until then the shard is `open` and its reads
 come from the staging folder (a GET finds no object first), so nothing is reported sealed that
 the engine does not hold.
@@ -106,6 +107,12 @@ READ_STREAMS = 4
 #: parts of one upload in flight (at most this many parts in memory), for the same reason;
 #: bench/s3_backend.py seals with this and with one part at a time in the same run
 UPLOAD_STREAMS = 2
+#: a claim (claims/<shard>) of another boot of this machine is that boot's — its seal gone — only
+#: if its object was made this long (ns) before this boot began: the object's time is the
+#: engine's clock, the boot's this host's, and a clock behind by less than this never makes a
+#: live claim of another kernel look older than this boot. A claim a crash left within it is
+#: taken as live: the safe side (`hoard verify --orphans` removes it after its grace)
+CLAIM_CLOCK_SLACK = 60 * 10**9
 #: client settings: a few retries with backoff (a 5xx, a dropped connection), then an error;
 #: the read timeout is the disk's `timeout_s` (fsd.base.config.DiskConfig)
 ATTEMPTS, CONNECT_TIMEOUT, READ_TIMEOUT = 3, 5, 60.0
@@ -335,15 +342,16 @@ class S3Disk:
             except ClientError:  # 412: a claim is there
                 pass
             try:
-                body = self._call(what, self.client.get_object, Bucket=self.bucket, Key=key)["Body"]
-                theirs = body.read().decode(errors="replace")
+                got = self._call(what, self.client.get_object, Bucket=self.bucket, Key=key)
+                theirs = got["Body"].read().decode(errors="replace")
             except FileNotFoundError:
                 continue  # that seal ended meanwhile: claim again
             except BotoCoreError as e:
                 raise self._broke(what, e) from None
             if theirs.split()[:2] == mine.split()[:2]:
                 return  # the same bytes: a seal of this shard retried, or running beside this one
-            if self._gone(theirs):
+            made = got.get("LastModified")
+            if self._gone(theirs, int(made.timestamp() * 1e9) if made is not None else None):
                 log.info("disk %s: shard %s: the claim of a seal that is gone (%s) replaced", self.label, shard_hex,
                          theirs)
                 self._call(what, self.client.delete_object, Bucket=self.bucket, Key=key)
@@ -355,17 +363,21 @@ class S3Disk:
         raise EngineError(f"disk {self.label}: the claim of shard {shard_hex} in bucket {self.bucket} comes and "
                           "goes while it is sealed: it stays open; seal again")
 
-    def _gone(self, claim: str) -> bool:
+    def _gone(self, claim: str, made_ns: int | None) -> bool:
         """Whether the seal that wrote `claim` has ended: its process is gone from this host (this
         boot, this pid namespace: fsd.base.proc.process_space), it is this process and none of its seals in
-        flight wrote it, or it ran in an earlier boot of this machine. A claim from another
-        host, machine or pid namespace, or in an older form, is taken as live (`hoard verify
-        --orphans` removes it after its grace)."""
+        flight wrote it, or it ran in an earlier boot of this machine — which the claim's object
+        must show: made (`made_ns`, its LastModified) at least CLAIM_CLOCK_SLACK before this boot
+        began. One made since names this machine's name and machine id but came from another
+        kernel (a VM cloned with its machine id): its seal may run. A claim from another host,
+        machine or pid namespace, one of another boot that no time places before this one, or
+        one in an older form, is taken as live (`hoard verify --orphans` removes it after its
+        grace)."""
         fields = claim.split()
         if len(fields) != 6 or not (fields[3].isdigit() and fields[4].isdigit()):
             return False
         if fields[2] != _HOST:  # another machine, pid namespace or boot: gone only if an earlier boot of this one
-            return earlier_boot(fields[2], _HOST)
+            return made_ns is not None and earlier_boot(fields[2], _HOST, made_ns + CLAIM_CLOCK_SLACK)
         pid, start, nonce = int(fields[3]), int(fields[4]), fields[5]
         if (pid, start) == _me():
             return nonce not in _SEALING
