@@ -26,7 +26,10 @@ Rows and their bounds (docs/benchmarks.md, "S3 backend"):
   read and dropped, with 1, 2, 4 and 8 requests in flight. The bound is the best of those
   (the strongest fair baseline: the same requests, the same library, only the concurrency
   chosen after the fact); the row at 2 in flight (what the planner keeps in flight) is shown
-  beside it. Shares are of MiB/s over the same bytes (the ranges' bytes: records, their
+  beside it. The same GETs are timed once more sent to presigned URLs with urllib3, as the
+  backend sends its ranged GETs (`S3Disk._get`: boto3 costs ~3 ms of client CPU per request,
+  urllib3 a fraction of it), and the bound is the best of both kinds: the backend's choice of
+  request never leaves its baseline the slower client. Shares are of MiB/s over the same bytes (the ranges' bytes: records, their
   headers and the small gaps the planner reads through).
   Why this bound and not another: `weed`'s own clients (`weed download`, `weed filer.cat`)
   read through the master/filer, not the S3 gateway the backend has to use — another path,
@@ -38,7 +41,8 @@ Rows and their bounds (docs/benchmarks.md, "S3 backend"):
 - **large-object read** — the same planner on one object of `--large-mib` (read piece by
   piece, `Store.iter_object`, each 8 MiB piece checked against the chunk map) and
   `Store.copy_object_to` (what `hoard get` does), against ranged GETs of the object's bytes in
-  8 MiB pieces with 1, 2, 4, 8 in flight, and one plain GET of the whole range.
+  8 MiB pieces with 1, 2, 4, 8 in flight, and one plain GET of the whole range — each by boto3
+  and by presigned URL (urllib3), the best of all.
 - **seal** — `S3Disk.seal` of an open shard of `--large-mib` just written on the staging folder
   (the file hashed, a HEAD, the multipart upload of 64 MiB parts, `upload_streams` in flight, a
   HEAD; the open file dropped), alternately with one part at a time (as before W3-L), each
@@ -82,6 +86,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import urllib3
 from _common import REPO, RESULTS, MiB, hoard_process, report, run_timed, write_doc_section
 
 from adapters.synth import flat_files
@@ -167,6 +172,39 @@ def get_ranges(client, bucket: str, ranges: list[tuple[str, int, int]], threads:
     with ThreadPoolExecutor(threads) as pool:
         got = sum(pool.map(one, ranges))
     return got, time.monotonic() - t0
+
+
+def get_ranges_signed(client, bucket: str, ranges: list[tuple[str, int, int]], threads: int) -> tuple[int, float]:
+    """The same GETs to URLs presigned once per key (SigV4 in the query string, valid for any
+    range) sent with urllib3, as the backend's ranged reads are (`fsd.core.s3.S3Disk._get`):
+    the same requests without boto3's per-request CPU; `threads` in flight, bytes dropped."""
+    urls: dict[str, str] = {}
+    for key, _s, _e in ranges:
+        if key not in urls:
+            urls[key] = client.generate_presigned_url("get_object", Params={"Bucket": bucket, "Key": key},
+                                                      ExpiresIn=3600)
+    cfg = client.meta.config
+    pool = urllib3.PoolManager(maxsize=max(threads, cfg.max_pool_connections), retries=False,
+                               timeout=urllib3.Timeout(connect=cfg.connect_timeout, read=cfg.read_timeout))
+
+    def one(r: tuple[str, int, int]) -> int:
+        key, start, end = r
+        resp = pool.request("GET", urls[key], headers={"Range": f"bytes={start}-{end - 1}"}, preload_content=False)
+        n = 0
+        try:
+            assert resp.status == 206, (resp.status, key)
+            while chunk := resp.read(1 << 20):
+                n += len(chunk)
+        finally:
+            resp.release_conn()
+        return n
+
+    t0 = time.monotonic()
+    with ThreadPoolExecutor(threads) as pool_:
+        got = sum(pool_.map(one, ranges))
+    took = time.monotonic() - t0
+    pool.clear()
+    return got, took
 
 
 def pieces(ranges: list[tuple[str, int, int]], size: int) -> list[tuple[str, int, int]]:
@@ -377,6 +415,11 @@ def read_rows(eng, store: Store, disk, shas: list[str], large_sha: str, large_by
         **{f"large_engine_{n}_in_flight": get_to(
             lambda n=n: get_ranges(client, disk.bucket, pieces(whole, PIECE), n)[0]) for n in GET_THREADS},
         "large_engine_one_get": get_to(lambda: get_ranges(client, disk.bucket, whole, 1)[0]),
+        **{f"batch_engine_signed_{n}_in_flight": get_to(
+            lambda n=n: get_ranges_signed(client, disk.bucket, ranges, n)[0]) for n in GET_THREADS},
+        **{f"large_engine_signed_{n}_in_flight": get_to(
+            lambda n=n: get_ranges_signed(client, disk.bucket, pieces(whole, PIECE), n)[0]) for n in GET_THREADS},
+        "large_engine_signed_one_get": get_to(lambda: get_ranges_signed(client, disk.bucket, whole, 1)[0]),
     }
     got = measure(eng, rows, rounds)
     disk.read_streams = streams
@@ -635,18 +678,21 @@ def render() -> None:
                   "staging folder, uploaded, then read back whole and checked (its sha256, every record) before the "
                   "index names it, three shards at a time; its seconds are its process's, start included."]
     lines += ["", "The engine's rates by requests in flight (MiB/s, cold / warm):", "",
-              "| in flight | batch: the plan's ranges (≤ 32 MiB) | batch: the same in 8 MiB pieces | large object, "
-              "8 MiB pieces | multipart PUT (64 MiB parts) |", "|---|---|---|---|---|"]
+              "| in flight | batch: the plan's ranges (≤ 32 MiB) | batch: the same in 8 MiB pieces | batch: the "
+              "plan's ranges, presigned URLs (urllib3) | large object, 8 MiB pieces | large object, presigned "
+              "URLs | multipart PUT (64 MiB parts) |", "|---|---|---|---|---|---|---|"]
+
+    def pair(rows: dict, k: str) -> str:
+        return f"{rows[k]['cold']['mib_s']} / {rows[k]['warm']['mib_s']}" if k in rows else "—"
+
+    be, le = doc["batch_engine"], doc["large_engine"]
     for n in GET_THREADS:
         k = f"{n}_in_flight"
         put = doc["engine_put"].get(k)
-        cut = doc["batch_engine"][f"{k}_8mib"]
-        lines.append(f"| {n} | {doc['batch_engine'][k]['cold']['mib_s']} / {doc['batch_engine'][k]['warm']['mib_s']} | "
-                     f"{cut['cold']['mib_s']} / {cut['warm']['mib_s']} | "
-                     f"{doc['large_engine'][k]['cold']['mib_s']} / {doc['large_engine'][k]['warm']['mib_s']} | "
-                     f"{put['mib_s'] if put else '—'} |")
-    one = doc["large_engine"]["one_get"]
-    lines.append(f"| one GET of the whole object | — | — | {one['cold']['mib_s']} / {one['warm']['mib_s']} | — |")
+        lines.append(f"| {n} | {pair(be, k)} | {pair(be, k + '_8mib')} | {pair(be, 'signed_' + k)} | {pair(le, k)} | "
+                     f"{pair(le, 'signed_' + k)} | {put['mib_s'] if put else '—'} |")
+    lines.append(f"| one GET of the whole object | — | — | — | {pair(le, 'one_get')} | {pair(le, 'signed_one_get')} "
+                 "| — |")
     small = doc["seal"]["small_shards"]
     if small:
         lines += ["", f"Seals while the small objects were put: {len(small)} shards, "

@@ -37,7 +37,8 @@ HEAD shows it whole is the open file removed; until then the shard is `open` and
 come from the staging folder (a GET finds no object first), so nothing is reported sealed that
 the engine does not hold.
 
-Reads are ranged GETs, never a listing: the index says where a shard lives. `shard_ids` lists
+Reads are ranged GETs (to presigned URLs, with urllib3: `_get`), never a listing: the index
+says where a shard lives. `shard_ids` lists
 the bucket (for check and rebuild only). `verify` streams the object once (bounded memory:
 `_Stream`), checking every record and the whole object's sha256 against `hoard-sha256`.
 `free_bytes` is the space granted to hoard on the engine (`capacity_gb`) less what hoard
@@ -67,6 +68,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import boto3
+import urllib3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, ReadTimeoutError
 
@@ -113,6 +115,9 @@ UPLOAD_STREAMS = 2
 #: live claim of another kernel look older than this boot. A claim a crash left within it is
 #: taken as live: the safe side (`hoard verify --orphans` removes it after its grace)
 CLAIM_CLOCK_SLACK = 60 * 10**9
+#: a shard's ranged GETs go to a URL presigned for its key (`S3Disk._get`), valid this long (s)
+#: and signed again once less than a quarter of it is left; at most SIGNED_KEYS are kept
+SIGNED_S, SIGNED_KEYS = 3600, 4096
 #: client settings: a few retries with backoff (a 5xx, a dropped connection), then an error;
 #: the read timeout is the disk's `timeout_s` (fsd.base.config.DiskConfig)
 ATTEMPTS, CONNECT_TIMEOUT, READ_TIMEOUT = 3, 5, 60.0
@@ -191,6 +196,12 @@ class S3Disk:
         self.staging = LocalDisk(label, staging, uuid, require_mount=False)
         self.where = f"{endpoint}/{bucket}"
         self._appended: dict[str, _Appended] = {}  # open shards this process created: their bytes' sha256
+        # ranged GETs: presigned URLs per key (url, when it expires) and a pool of connections of
+        # their own, as many as boto3's (`_get`)
+        self._signed: dict[str, tuple[str, float]] = {}
+        cfg = self.client.meta.config
+        self._pool = urllib3.PoolManager(maxsize=cfg.max_pool_connections, block=False, retries=False,
+                                         timeout=urllib3.Timeout(connect=cfg.connect_timeout, read=cfg.read_timeout))
         self.beside = S3Beside(self)  # the marks log, pointers, index copy as objects (fsd.core.s3files)
 
     def __repr__(self) -> str:
@@ -631,7 +642,7 @@ class S3Disk:
         return EngineError(f"disk {self.label}: the engine at {self.endpoint} answered {status} {code} while {what}: "
                            f"{first_line(e)}")
 
-    def _broke(self, what: str, e: BotoCoreError) -> EngineError:
+    def _broke(self, what: str, e: BotoCoreError | urllib3.exceptions.HTTPError) -> EngineError:
         """A response body that broke off while it was read (the engine stopped, a timeout)."""
         return EngineError(f"disk {self.label}: the engine at {self.endpoint} broke off while {what} "
                            f"({first_line(e)}): try again once it answers")
@@ -653,7 +664,46 @@ class S3Disk:
             return None
 
     def _get(self, key: str, offset: int, length: int, what: str) -> bytes:
-        """`length` bytes at `offset` (fewer only at the end of the object), one ranged GET."""
+        """`length` bytes at `offset` (fewer only at the end of the object), one ranged GET — to
+        a URL presigned for the key (SigV4 in the query: valid for any range) with urllib3, not
+        a boto3 call: boto3 spends about 3 ms of CPU per request on its own machinery (hooks,
+        endpoint rules, signing, parsing headers it then drops), on the same cores as the engine
+        (docs/benchmarks.md, W3-L). Only a 206 with the range asked for is taken; anything else
+        — an error status, no answer, a range ignored — is asked again through boto3
+        (`_get_boto`), whose retries and errors are every other request's."""
+        headers = {"Range": f"bytes={offset}-{offset + length - 1}"}
+        try:
+            r = self._pool.request("GET", self._url(key), headers=headers, preload_content=False)
+        except urllib3.exceptions.HTTPError:
+            return self._get_boto(key, offset, length, what)
+        try:
+            if r.status != 206 or not str(r.headers.get("Content-Range", "")).startswith(f"bytes {offset}-"):
+                if r.status == 403:  # a URL signed with credentials since changed: sign again
+                    self._signed.pop(key, None)
+                return self._get_boto(key, offset, length, what)
+            try:
+                data: bytes = r.read()
+            except urllib3.exceptions.HTTPError as e:  # (a short body: the length is enforced)
+                raise self._broke(what, e) from None
+            return data
+        finally:
+            r.release_conn()
+
+    def _url(self, key: str) -> str:
+        """The key's presigned GET URL, signed again when less than a quarter of its time is left."""
+        now = time.monotonic()
+        url, until = self._signed.get(key, ("", 0.0))
+        if now < until:
+            return url
+        url = self._call(f"signing a request for {key}", self.client.generate_presigned_url, "get_object",
+                         Params={"Bucket": self.bucket, "Key": key}, ExpiresIn=SIGNED_S)
+        if len(self._signed) >= SIGNED_KEYS:
+            self._signed.clear()
+        self._signed[key] = (url, now + SIGNED_S * 3 / 4)
+        return url
+
+    def _get_boto(self, key: str, offset: int, length: int, what: str) -> bytes:
+        """The same ranged GET through boto3: its retries, and each failure as `_call` says it."""
         try:
             r = self._call(what, self.client.get_object, Bucket=self.bucket, Key=key,
                            Range=f"bytes={offset}-{offset + length - 1}", passing=("InvalidRange",))
