@@ -11,6 +11,7 @@ import errno
 import hashlib
 import inspect
 import os
+import re
 import secrets
 import subprocess
 import sys
@@ -441,6 +442,24 @@ def test_a_claim_of_another_boot_made_since_this_boot_began_still_refuses(s3_eng
     # the same claim made before this boot began is an earlier boot's: every process of it is gone
     assert disk._gone(clone, booted - s3.CLAIM_CLOCK_SLACK - 10**9)
     assert not disk._gone(clone, booted - s3.CLAIM_CLOCK_SLACK // 2) and not disk._gone(clone, None)
+
+
+def test_a_ranged_read_whose_signature_is_refused_is_signed_again(s3_engine, engine_env, tmp_path: Path) -> None:
+    """A ranged GET goes to a URL presigned for its shard's key (`S3Disk._get`: boto3's CPU per
+    request was the read's limit). One the engine refuses — signed with credentials rotated
+    since, or a bad signature — is asked again through boto3 and the key signed anew: the read
+    returns the bytes asked for, and the next one goes to the new URL."""
+    engine_env(s3_engine)
+    disk = s3_disk(s3_engine, tmp_path / "staging")
+    shard, data = write_shard(disk, [os.urandom(5000), os.urandom(700)])
+    key = disk.key(shard)
+    assert disk.read_at(shard, 10, 100) == data[10:110]
+    url, until = disk._signed[key]
+    bad = re.sub(r"X-Amz-Signature=[0-9a-f]+", "X-Amz-Signature=" + "0" * 64, url)
+    assert bad != url
+    disk._signed[key] = (bad, until)
+    assert disk.read_exact(shard, 200, 300) == data[200:500]
+    assert disk.read_at(shard, 0, len(data)) == data and disk._signed[key][0] not in (bad, "")
 
 
 def test_a_stored_sha256_that_differs_is_caught(s3_engine, engine_env, tmp_path: Path) -> None:

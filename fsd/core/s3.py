@@ -172,7 +172,8 @@ def client_for(endpoint: str, timeout_s: float = READ_TIMEOUT) -> Any:
     """An S3 client for `endpoint` whose requests wait `timeout_s` for an answer; credentials and
     region from boto3's usual chain."""
     config = Config(retries={"mode": "standard", "max_attempts": ATTEMPTS}, connect_timeout=min(CONNECT_TIMEOUT,
-                    timeout_s), read_timeout=timeout_s, s3={"addressing_style": "path"})
+                    timeout_s), read_timeout=timeout_s, s3={"addressing_style": "path"},
+                    signature_version="s3v4")  # (presigned URLs too: boto3 signs those SigV2 otherwise)
     return boto3.session.Session().client("s3", endpoint_url=endpoint, config=config)
 
 
