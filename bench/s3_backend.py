@@ -725,7 +725,7 @@ def render() -> None:
                   f"({lname.replace('_', ' ')}). Client and engine share {m['cpus']} cores, so the client's CPU is "
                   "the read's limit. What it goes on, measured in this run:"]
         if cut and pieces8:
-            lines += ["", f"- *Requests and threads, not the checks.* With {rs} GETs in flight a reader cuts the "
+            lines += ["", f"- *Requests and threads.* With {rs} GETs in flight a reader cuts the "
                       f"plan's ranges at 8 MiB ({b['requests']} GETs where one stream makes {b['requests_one_stream']}) "
                       "and reads a large object in 8 MiB pieces, each GET in a thread of its own. The engine's own "
                       "GET loop pays for that cut as well: the same ranges in 8 MiB pieces, 4 in flight, cost "
@@ -750,7 +750,8 @@ def render() -> None:
             lines += ["", f"This run shared the machine (1-minute load {m['loadavg_1m_at_start']:.1f} → "
                       f"{m['loadavg_1m_at_end']:.1f} on {m['cpus']} cores: other work ran beside it), so its rates "
                       "and shares move from round to round (every round is in the JSON) — the seal, which nothing "
-                      "here changed, among them; the CPU seconds per GiB move less."]
+                      "here changed, among them — and the client's CPU seconds per GiB move too (more threads waiting "
+                      "on the same cores): compare runs of one commit before reading a change into them."]
     seals = [doc["seal"]["seal_median"]]
     if seals:
         took, up = sum(x["seconds"] for x in seals), sum(x["upload_s"] for x in seals)
