@@ -11,6 +11,7 @@ import errno
 import hashlib
 import inspect
 import os
+import re
 import secrets
 import subprocess
 import sys
@@ -22,7 +23,7 @@ import pytest
 
 from fsd.base import config
 from fsd.base.errors import ConfigError, HoardError
-from fsd.base.proc import pid_start
+from fsd.base.proc import booted_ns, pid_start
 from fsd.core import backend, s3
 from fsd.core import shardfmt as fmt
 from fsd.core.disks import DiskGone, LocalDisk, write_identity
@@ -391,8 +392,7 @@ def test_a_live_seal_in_another_pid_namespace_of_this_host_name_still_refuses(s3
     clone — names a pid that is some other process here, or none. Its claim is live: a seal
     with other bytes is refused at it (before: judged by this host's /proc, its claim looked
     gone and was replaced, and on an engine that ignores `If-None-Match` on a multipart
-    completion the second seal's object could replace the first's). A claim of an earlier boot
-    of this machine is still replaced (every process of that boot is gone)."""
+    completion the second seal's object could replace the first's)."""
     if subprocess.run(["unshare", "--pid", "--fork", "--mount-proc", "true"], capture_output=True).returncode:
         missing("UNSHARE --PID (ROOT) IS NEEDED for a seal in another pid namespace")
     engine_env(s3_engine)
@@ -413,12 +413,53 @@ def test_a_live_seal_in_another_pid_namespace_of_this_host_name_still_refuses(s3
         seal.kill()
         seal.wait()
     disk.client.delete_object(Bucket=disk.bucket, Key=s3.CLAIM_PREFIX + shard)
-    # this machine, an earlier boot: gone whatever its pid names now
-    name, machine, _boot, pidns = s3._HOST.split("/")
-    old = f"{len(data) + 1} {other} {name}/{machine}/{'0' * 32}/{pidns} 1 1 0011223344556677"
-    disk.client.put_object(Bucket=disk.bucket, Key=s3.CLAIM_PREFIX + shard, Body=old.encode())
     disk.seal(shard)
     assert disk.state(shard) == "sealed" and disk.read_at(shard, 0, len(data)) == data and _claims(disk) == []
+
+
+def test_a_claim_of_another_boot_made_since_this_boot_began_still_refuses(s3_engine, engine_env,
+                                                                          tmp_path: Path) -> None:
+    """A claim naming this host name and machine id but another boot id is an earlier boot's —
+    its seal gone, the claim replaced — only if its object was made before this boot began
+    (`btime`; its LastModified, with `CLAIM_CLOCK_SLACK` for the engine's clock). One made
+    since came from another kernel with this machine's name and id (a VM cloned with its
+    machine id, a sandbox with a kernel of its own): its seal may run, so a seal with other
+    bytes is refused at it and the claim is left (before: judged by boot id alone, it was
+    replaced, as zone reservations were before they passed their creation time)."""
+    name, machine, boot, pidns = s3._HOST.split("/")
+    booted = booted_ns()
+    if "-" in (machine, boot) or booted is None:
+        pytest.skip("no machine id, boot id or boot time to tell a boot by")
+    engine_env(s3_engine)
+    disk = s3_disk(s3_engine, tmp_path / "staging")
+    shard, data = _open_shard(disk, [os.urandom(2000)])
+    clone = f"{len(data) + 1} {hashlib.sha256(data + b'x').hexdigest()} {name}/{machine}/{'0' * 32}/{pidns} 1 1 " \
+            "0011223344556677"
+    disk.client.put_object(Bucket=disk.bucket, Key=s3.CLAIM_PREFIX + shard, Body=clone.encode())
+    with pytest.raises(s3.SealRefused, match="is being sealed with other bytes"):
+        disk.seal(shard)
+    assert disk.state(shard) == "open" and _claims(disk) == [clone]
+    # the same claim made before this boot began is an earlier boot's: every process of it is gone
+    assert disk._gone(clone, booted - s3.CLAIM_CLOCK_SLACK - 10**9)
+    assert not disk._gone(clone, booted - s3.CLAIM_CLOCK_SLACK // 2) and not disk._gone(clone, None)
+
+
+def test_a_ranged_read_whose_signature_is_refused_is_signed_again(s3_engine, engine_env, tmp_path: Path) -> None:
+    """A ranged GET goes to a URL presigned for its shard's key (`S3Disk._get`: boto3's CPU per
+    request was the read's limit). One the engine refuses — signed with credentials rotated
+    since, or a bad signature — is asked again through boto3 and the key signed anew: the read
+    returns the bytes asked for, and the next one goes to the new URL."""
+    engine_env(s3_engine)
+    disk = s3_disk(s3_engine, tmp_path / "staging")
+    shard, data = write_shard(disk, [os.urandom(5000), os.urandom(700)])
+    key = disk.key(shard)
+    assert disk.read_at(shard, 10, 100) == data[10:110]
+    url, until = disk._signed[key]
+    bad = re.sub(r"X-Amz-Signature=[0-9a-f]+", "X-Amz-Signature=" + "0" * 64, url)
+    assert bad != url
+    disk._signed[key] = (bad, until)
+    assert disk.read_exact(shard, 200, 300) == data[200:500]
+    assert disk.read_at(shard, 0, len(data)) == data and disk._signed[key][0] not in (bad, "")
 
 
 def test_a_stored_sha256_that_differs_is_caught(s3_engine, engine_env, tmp_path: Path) -> None:

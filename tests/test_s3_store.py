@@ -20,13 +20,14 @@ import pytest
 from fsd.base import config
 from fsd.core import s3
 from fsd.core.disks import DiskState
+from fsd.core.records import DataError
 from fsd.io.replicate import replicate_once, replication_lag
 from fsd.maintenance.deletion import drop_batch
 from fsd.maintenance.gc import gc
 from fsd.store import Store
 from tests.helpers import REPO, make_files, write_config
 from tests.test_cli import hoard
-from tests.test_s3_backend import engine_env  # noqa: F401  # (a fixture)
+from tests.test_s3_backend import damage, engine_env  # noqa: F401  # (engine_env: a fixture)
 from tests.test_store import check_store
 
 # tier: an S3 engine (SeaweedFS; Ceph RGW where installed) and hoard processes
@@ -537,3 +538,41 @@ def test_a_batch_read_off_a_bucket_keeps_several_ranged_gets_in_flight(tmp_path:
         out = io.BytesIO()
         assert store.copy_object_to(bytes.fromhex(res[-1].sha256), out) == big.stat().st_size
         assert out.getvalue() == want[bytes.fromhex(res[-1].sha256)]
+
+
+@pytest.mark.expect_log(r"disk s3a: read error on shard [0-9a-f]+: payload checksum mismatch", level="WARNING")
+def test_a_damaged_record_on_the_bucket_fails_the_batch_read(tmp_path: Path, seaweedfs,  # noqa: F811
+                                                            engine_env) -> None:  # noqa: F811
+    """One flipped byte in a record's payload on the bucket (the object's only disk) fails the
+    batch read and a get of that object, naming it; no sink is handed the damaged bytes and
+    every other object arrives whole — the record checks stand whatever client sends the GETs
+    (presigned URLs with urllib3 since W3-L: `S3Disk._get`)."""
+    engine_env(seaweedfs)
+    bucket = _bucket(seaweedfs, "hoard-store-damage")
+    path = write_config(tmp_path, [], shard_size_mb=64, copy_of_raw=2, write_ack=1)
+    path.write_text(path.read_text().replace("\n[ssd]", f'\n[[disks]]\nlabel = "s3a"\nkind = "s3"\n'
+                                             f'endpoint = "{seaweedfs.endpoint}"\nbucket = "{bucket}"\n'
+                                             "capacity_gb = 2\ncopies = 2\n\n[ssd]", 1))
+    files = make_files(tmp_path / "in", 40, seed=9, lo=4096, hi=64 * 1024)
+    with Store.open(config.load(path), init=True) as store:
+        res = store.put_many(files)
+        replicate_once(store, rate_mb_s=None)  # (the open shard sealed: an object on the bucket)
+        want = {bytes.fromhex(r.sha256): p.read_bytes() for r, p in zip(res, files)}
+        bad = bytes.fromhex(res[len(res) // 2].sha256)
+        loc = store.index.lookup(bad)
+        meta = store.index.get_shard(loc.shard_id)
+        assert meta.sealed
+        disk = next(d for d in store.disks.values() if d.label == "s3a")
+        damage(disk, meta.hex, loc.offset + loc.length // 2)
+        got: dict[bytes, bytes] = {}
+        lock = threading.Lock()
+
+        def sink(sha: bytes, data) -> None:
+            with lock:
+                got[sha] = bytes(data)
+
+        with pytest.raises(DataError, match=f"object {bad.hex()}: no good replica"):
+            store.read_batch([r.sha256 for r in res], sink)
+        assert bad not in got and all(want[sha] == data for sha, data in got.items())
+        with pytest.raises(DataError, match="no good replica"):
+            store.get(bad.hex())

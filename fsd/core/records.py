@@ -92,13 +92,21 @@ def checked_header(buf: bytes | memoryview, at: int, sha: bytes, length: int, wh
 
 def verify_record(buf: memoryview, at: int, sha: bytes, length: int, where: str = "") -> bytes:
     """Check the record header at `at` describes (sha, length) and the payload's xxh3; return it."""
+    return bytes(verified_view(buf, at, sha, length, where))
+
+
+def verified_view(buf: memoryview, at: int, sha: bytes, length: int, where: str = "") -> memoryview:
+    """`verify_record`'s checks, the payload handed back as a view into `buf`, not a copy: the
+    batch planner's sinks write each payload out at once, and a copy of every record is a
+    client's CPU the read could not spare (docs/benchmarks.md, W3-L). A view keeps all of
+    `buf` alive: for a caller that uses the payload at once, never one that keeps it."""
     digest = checked_header(buf, at, sha, length, where)
     start = at + fmt.RECORD_HEADER_SIZE
     payload = buf[start:start + length]
     if len(payload) != length:
         raise fmt.TruncatedShard(f"short read{where}")
     fmt.verify_payload(payload, digest, where)
-    return bytes(payload)
+    return payload
 
 
 def sha_bytes(hex_: str) -> bytes:

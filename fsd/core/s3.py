@@ -28,15 +28,17 @@ passed by a retry with the same bytes, and replaced by a seal with other bytes w
 that wrote it is gone — its process ended on this host (this boot and pid namespace: a pid
 means nothing on another machine of the same name, or in a container sharing the host's name),
 it was this process's own (recovery cuts an open shard back to what the index acknowledges, so
-the retry's bytes may differ), or it ran in an earlier boot of this machine; a claim from
-another host is taken as live until `hoard verify --orphans` removes it after its grace, as a
-stale tmp file. The sha256 is ours: a
-multipart ETag is not the content's MD5. Only once the engine acknowledged the object and a
+the retry's bytes may differ), or it ran in an earlier boot of this machine (another boot id,
+and the claim's object made before this boot began: one made since came from another kernel
+with this machine's name and id — a cloned VM); a claim from another host is taken as live
+until `hoard verify --orphans` removes it after its grace, as a stale tmp file. The sha256 is
+ours: a multipart ETag is not the content's MD5. Only once the engine acknowledged the object and a
 HEAD shows it whole is the open file removed; until then the shard is `open` and its reads
 come from the staging folder (a GET finds no object first), so nothing is reported sealed that
 the engine does not hold.
 
-Reads are ranged GETs, never a listing: the index says where a shard lives. `shard_ids` lists
+Reads are ranged GETs (to presigned URLs, with urllib3: `_get`), never a listing: the index
+says where a shard lives. `shard_ids` lists
 the bucket (for check and rebuild only). `verify` streams the object once (bounded memory:
 `_Stream`), checking every record and the whole object's sha256 against `hoard-sha256`.
 `free_bytes` is the space granted to hoard on the engine (`capacity_gb`) less what hoard
@@ -66,6 +68,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import boto3
+import urllib3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, ReadTimeoutError
 
@@ -106,6 +109,15 @@ READ_STREAMS = 4
 #: parts of one upload in flight (at most this many parts in memory), for the same reason;
 #: bench/s3_backend.py seals with this and with one part at a time in the same run
 UPLOAD_STREAMS = 2
+#: a claim (claims/<shard>) of another boot of this machine is that boot's — its seal gone — only
+#: if its object was made this long (ns) before this boot began: the object's time is the
+#: engine's clock, the boot's this host's, and a clock behind by less than this never makes a
+#: live claim of another kernel look older than this boot. A claim a crash left within it is
+#: taken as live: the safe side (`hoard verify --orphans` removes it after its grace)
+CLAIM_CLOCK_SLACK = 60 * 10**9
+#: a shard's ranged GETs go to a URL presigned for its key (`S3Disk._get`), valid this long (s)
+#: and signed again once less than a quarter of it is left; at most SIGNED_KEYS are kept
+SIGNED_S, SIGNED_KEYS = 3600, 4096
 #: client settings: a few retries with backoff (a 5xx, a dropped connection), then an error;
 #: the read timeout is the disk's `timeout_s` (fsd.base.config.DiskConfig)
 ATTEMPTS, CONNECT_TIMEOUT, READ_TIMEOUT = 3, 5, 60.0
@@ -160,7 +172,8 @@ def client_for(endpoint: str, timeout_s: float = READ_TIMEOUT) -> Any:
     """An S3 client for `endpoint` whose requests wait `timeout_s` for an answer; credentials and
     region from boto3's usual chain."""
     config = Config(retries={"mode": "standard", "max_attempts": ATTEMPTS}, connect_timeout=min(CONNECT_TIMEOUT,
-                    timeout_s), read_timeout=timeout_s, s3={"addressing_style": "path"})
+                    timeout_s), read_timeout=timeout_s, s3={"addressing_style": "path"},
+                    signature_version="s3v4")  # (presigned URLs too: boto3 signs those SigV2 otherwise)
     return boto3.session.Session().client("s3", endpoint_url=endpoint, config=config)
 
 
@@ -184,6 +197,12 @@ class S3Disk:
         self.staging = LocalDisk(label, staging, uuid, require_mount=False)
         self.where = f"{endpoint}/{bucket}"
         self._appended: dict[str, _Appended] = {}  # open shards this process created: their bytes' sha256
+        # ranged GETs: presigned URLs per key (url, when it expires) and a pool of connections of
+        # their own, as many as boto3's (`_get`)
+        self._signed: dict[str, tuple[str, float]] = {}
+        cfg = self.client.meta.config
+        self._pool = urllib3.PoolManager(maxsize=cfg.max_pool_connections, block=False, retries=False,
+                                         timeout=urllib3.Timeout(connect=cfg.connect_timeout, read=cfg.read_timeout))
         self.beside = S3Beside(self)  # the marks log, pointers, index copy as objects (fsd.core.s3files)
 
     def __repr__(self) -> str:
@@ -335,15 +354,16 @@ class S3Disk:
             except ClientError:  # 412: a claim is there
                 pass
             try:
-                body = self._call(what, self.client.get_object, Bucket=self.bucket, Key=key)["Body"]
-                theirs = body.read().decode(errors="replace")
+                got = self._call(what, self.client.get_object, Bucket=self.bucket, Key=key)
+                theirs = got["Body"].read().decode(errors="replace")
             except FileNotFoundError:
                 continue  # that seal ended meanwhile: claim again
             except BotoCoreError as e:
                 raise self._broke(what, e) from None
             if theirs.split()[:2] == mine.split()[:2]:
                 return  # the same bytes: a seal of this shard retried, or running beside this one
-            if self._gone(theirs):
+            made = got.get("LastModified")
+            if self._gone(theirs, int(made.timestamp() * 1e9) if made is not None else None):
                 log.info("disk %s: shard %s: the claim of a seal that is gone (%s) replaced", self.label, shard_hex,
                          theirs)
                 self._call(what, self.client.delete_object, Bucket=self.bucket, Key=key)
@@ -355,17 +375,21 @@ class S3Disk:
         raise EngineError(f"disk {self.label}: the claim of shard {shard_hex} in bucket {self.bucket} comes and "
                           "goes while it is sealed: it stays open; seal again")
 
-    def _gone(self, claim: str) -> bool:
+    def _gone(self, claim: str, made_ns: int | None) -> bool:
         """Whether the seal that wrote `claim` has ended: its process is gone from this host (this
         boot, this pid namespace: fsd.base.proc.process_space), it is this process and none of its seals in
-        flight wrote it, or it ran in an earlier boot of this machine. A claim from another
-        host, machine or pid namespace, or in an older form, is taken as live (`hoard verify
-        --orphans` removes it after its grace)."""
+        flight wrote it, or it ran in an earlier boot of this machine — which the claim's object
+        must show: made (`made_ns`, its LastModified) at least CLAIM_CLOCK_SLACK before this boot
+        began. One made since names this machine's name and machine id but came from another
+        kernel (a VM cloned with its machine id): its seal may run. A claim from another host,
+        machine or pid namespace, one of another boot that no time places before this one, or
+        one in an older form, is taken as live (`hoard verify --orphans` removes it after its
+        grace)."""
         fields = claim.split()
         if len(fields) != 6 or not (fields[3].isdigit() and fields[4].isdigit()):
             return False
         if fields[2] != _HOST:  # another machine, pid namespace or boot: gone only if an earlier boot of this one
-            return earlier_boot(fields[2], _HOST)
+            return made_ns is not None and earlier_boot(fields[2], _HOST, made_ns + CLAIM_CLOCK_SLACK)
         pid, start, nonce = int(fields[3]), int(fields[4]), fields[5]
         if (pid, start) == _me():
             return nonce not in _SEALING
@@ -619,7 +643,7 @@ class S3Disk:
         return EngineError(f"disk {self.label}: the engine at {self.endpoint} answered {status} {code} while {what}: "
                            f"{first_line(e)}")
 
-    def _broke(self, what: str, e: BotoCoreError) -> EngineError:
+    def _broke(self, what: str, e: BotoCoreError | urllib3.exceptions.HTTPError) -> EngineError:
         """A response body that broke off while it was read (the engine stopped, a timeout)."""
         return EngineError(f"disk {self.label}: the engine at {self.endpoint} broke off while {what} "
                            f"({first_line(e)}): try again once it answers")
@@ -641,7 +665,46 @@ class S3Disk:
             return None
 
     def _get(self, key: str, offset: int, length: int, what: str) -> bytes:
-        """`length` bytes at `offset` (fewer only at the end of the object), one ranged GET."""
+        """`length` bytes at `offset` (fewer only at the end of the object), one ranged GET — to
+        a URL presigned for the key (SigV4 in the query: valid for any range) with urllib3, not
+        a boto3 call: boto3 spends about 3 ms of CPU per request on its own machinery (hooks,
+        endpoint rules, signing, parsing headers it then drops), on the same cores as the engine
+        (docs/benchmarks.md, W3-L). Only a 206 with the range asked for is taken; anything else
+        — an error status, no answer, a range ignored — is asked again through boto3
+        (`_get_boto`), whose retries and errors are every other request's."""
+        headers = {"Range": f"bytes={offset}-{offset + length - 1}"}
+        try:
+            r = self._pool.request("GET", self._url(key), headers=headers, preload_content=False)
+        except urllib3.exceptions.HTTPError:
+            return self._get_boto(key, offset, length, what)
+        try:
+            if r.status != 206 or not str(r.headers.get("Content-Range", "")).startswith(f"bytes {offset}-"):
+                if r.status == 403:  # a URL signed with credentials since changed: sign again
+                    self._signed.pop(key, None)
+                return self._get_boto(key, offset, length, what)
+            try:
+                data: bytes = r.read()
+            except urllib3.exceptions.HTTPError as e:  # (a short body: the length is enforced)
+                raise self._broke(what, e) from None
+            return data
+        finally:
+            r.release_conn()
+
+    def _url(self, key: str) -> str:
+        """The key's presigned GET URL, signed again when less than a quarter of its time is left."""
+        now = time.monotonic()
+        url, until = self._signed.get(key, ("", 0.0))
+        if now < until:
+            return url
+        url = self._call(f"signing a request for {key}", self.client.generate_presigned_url, "get_object",
+                         Params={"Bucket": self.bucket, "Key": key}, ExpiresIn=SIGNED_S)
+        if len(self._signed) >= SIGNED_KEYS:
+            self._signed.clear()
+        self._signed[key] = (url, now + SIGNED_S * 3 / 4)
+        return url
+
+    def _get_boto(self, key: str, offset: int, length: int, what: str) -> bytes:
+        """The same ranged GET through boto3: its retries, and each failure as `_call` says it."""
         try:
             r = self._call(what, self.client.get_object, Bucket=self.bucket, Key=key,
                            Range=f"bytes={offset}-{offset + length - 1}", passing=("InvalidRange",))

@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, TypeVar
 
 from fsd.core import shardfmt as fmt
-from fsd.core.records import verify_record
+from fsd.core.records import verified_view
 
 if TYPE_CHECKING:
     from fsd.store import Store
@@ -354,9 +354,9 @@ def execute(store: Store, plan: Plan, sink: Sink,
                 for w in rng.records:
                     if stop.is_set():
                         return
-                    payload = verify_record(buf, w.start - rng.start, w.sha, w.length,
+                    payload = verified_view(buf, w.start - rng.start, w.sha, w.length,
                                             f" (shard {rng.shard_hex} on {disk.label})")
-                    sink(w.sha, memoryview(payload))
+                    sink(w.sha, payload)
                     delivered += 1
                     n_obj += 1
                     n_bytes += w.length
