@@ -22,6 +22,7 @@ from fsd.base.errors import ExitCode, HoardError, first_line
 from fsd.base.files import flocked
 from fsd.outputs import zones
 from jobs import events, runlog
+from jobs.actions.remote import ALL_STEPS as STEPS
 from jobs.actions.state import (
     HEARTBEAT_S,
     QUEUE_OF,
@@ -42,7 +43,7 @@ from jobs.actions.state import (
     save_state,
     with_way_on,
 )
-from jobs.actions.steps import STEPS, cleanup_cancelled, record_ending, wait_a_little
+from jobs.actions.steps import cleanup_cancelled, record_ending, wait_a_little
 from jobs.ingest.runner import _explain, _interruptible
 from jobs.queues import CONDITIONS, condition_exit_code, connect, enqueue_once, fetch_job, is_condition, rq_queue
 
