@@ -189,7 +189,7 @@ def _go(cfg, sub, *, here: bool, wait: bool, as_json: bool) -> None:
     if sub.how == "done already":
         _run_report(cfg, rid, as_json, f"run {rid}: done already (nothing changed)")
         return
-    if sub.how in ("running",) + WAITING and not here:
+    if sub.how in ("running",) + WAITING and not here and not wait:  # (--wait: waits for it below)
         _run_report(cfg, rid, as_json, f"run {rid}: {sub.how} (`hoard action status {rid}`)")
         return
     if sub.how == "requeued" and not wait:

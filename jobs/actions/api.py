@@ -21,6 +21,7 @@ from typing import Any
 import psycopg
 import redis
 from rq.exceptions import NoSuchJobError
+from rq.registry import ScheduledJobRegistry
 
 from fsd.base import config as config_mod
 from fsd.base.config import Settings
@@ -33,6 +34,7 @@ from jobs.actions.params import canonical, parse_params
 from jobs.actions.remote import check_locatable
 from jobs.actions.runner import enqueue
 from jobs.actions.state import (
+    QUEUE_OF,
     STALE_S,
     STEPS_AC1,
     STEPS_AC5,
@@ -61,7 +63,7 @@ from jobs.actions.state import (
     write_work,
 )
 from jobs.actions.steps import cleanup_cancelled, record_ending, stage_context, write_pending_events
-from jobs.queues import connect, fetch_job, running
+from jobs.queues import connect, fetch_job, rq_queue, running
 from sql.apply import apply_write_intent
 from sql.batches import register_action
 from sql.migrate import migrate
@@ -334,6 +336,10 @@ def job_lost(cfg: Settings, st: RunState, redis_conn=None, strict: bool = False)
             except NoSuchJobError:
                 continue
             if status in ("queued", "scheduled", "deferred") or (status == "started" and running(conn, jid)):
+                return False
+            # a poll that scheduled its next run under its own id is then marked finished by RQ
+            # (its hash saved over the new one's) while the scheduler still holds that next run
+            if suffix == "-poll" and jid in ScheduledJobRegistry(queue=rq_queue(QUEUE_OF[st.step], conn)):
                 return False
         return True
     except redis.RedisError:

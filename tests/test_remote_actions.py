@@ -1,0 +1,214 @@
+"""Action runs on other hosts (docs/scale-out.md, "Workers on other hosts"; jobs.actions.remote):
+`hoard action run thumbnail --remote` on the store's server, its stage, worker and parse by a
+`hoard worker` in a network namespace of its own (tests/test_remote_workers.py's hosts: Redis
+on TCP with a password, SeaweedFS's S3 through a proxy on a veth pair), its children back
+through the bucket, stored and applied on the server. Real PostgreSQL, Redis, SeaweedFS,
+store, worker program and processes."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from fsd.base import config
+from fsd.store import Store
+from jobs.actions import remote as remote_actions
+from jobs.actions.contract import Contract
+from jobs.actions.state import load_state
+from jobs.queues import fetch_job
+from tests.test_remote_workers import REPO, _hoard, _logs, _onto_the_bucket, cluster  # noqa: F401  # (a fixture)
+from tests.test_s3_backend import engine_env  # noqa: F401  # (a fixture)
+
+# tier: SeaweedFS, PostgreSQL, Redis and hoard processes in network namespaces
+pytestmark = pytest.mark.services
+
+
+@contextlib.contextmanager
+def _reachable_ssds(remotes: list[Path]) -> Iterator[None]:
+    """Each host's SSD moved where an action's worker can pass: as root, a worker runs as
+    `actions.worker_user` (nobody), who cannot enter pytest's root-only tmp_path (0711 under
+    /var/tmp: passage, no listing)."""
+    made = []
+    try:
+        for cfg in remotes:
+            d = Path(tempfile.mkdtemp(prefix="hoard-host-ssd-", dir="/var/tmp"))
+            d.chmod(0o711)
+            made.append(d)
+            for z in ("3A", "3B", "3C", "3D"):
+                (d / z).mkdir()
+            cfg.write_text(cfg.read_text().replace('root = "ssd"', f'root = "{d}"', 1))
+        yield
+    finally:
+        for d in made:
+            shutil.rmtree(d, ignore_errors=True)
+
+
+def _images(cfg: config.Settings) -> list[str]:
+    with psycopg.connect(cfg.database_url) as conn:
+        return [r[0] for r in conn.execute(
+            "SELECT encode(sha256, 'hex') FROM node JOIN physical_content USING (node_id) "
+            "WHERE file_type IN (SELECT ext FROM file_type WHERE kind = 'image') ORDER BY 1").fetchall()]
+
+
+def _children(cfg: config.Settings) -> list[tuple[str, str]]:
+    """(parent, child) of every `thumbnail_of` edge in PostgreSQL."""
+    with psycopg.connect(cfg.database_url) as conn:
+        return sorted(conn.execute(
+            "SELECT encode(p.sha256, 'hex'), encode(c.sha256, 'hex') FROM edge e JOIN node p ON p.node_id = "
+            "e.parent_id JOIN node c ON c.node_id = e.child_id JOIN relationship_type r USING (rel_id) "
+            "WHERE r.name = 'thumbnail_of'").fetchall())
+
+
+def _run_id(line_source: str) -> str:
+    doc = json.loads(line_source.strip().splitlines()[-1])
+    return str(doc["run"])
+
+
+@contextlib.contextmanager
+def _server_worker(main: Path, home: Path) -> Iterator[subprocess.Popen]:
+    """`hoard worker` of the store's server: every server queue, RQ's scheduler, the reaper."""
+    log = (home / "server-worker.log").open("wb")
+    proc = subprocess.Popen([sys.executable, "-m", "fsd", "--config", str(main), "worker"], cwd=REPO, stdout=log,
+                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+    try:
+        yield proc
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+
+
+def _server_log(home: Path) -> str:
+    p = home / "server-worker.log"
+    return f"\n--- server worker\n{p.read_text(errors='replace')[-4000:]}" if p.exists() else ""
+
+
+def test_a_remote_host_runs_an_action_and_its_children_are_stored_on_the_server(cluster, tmp_path: Path) -> None:
+    """Refused on the server in one line, nothing recorded or queued, while an input is on no S3
+    disk; once the shards are on the bucket, `hoard action run thumbnail --remote --wait` has a
+    worker in another network namespace stage the images into its own 3C, make the thumbnails
+    and upload them: the server stores each child, PostgreSQL holds one `thumbnail_of` edge per
+    image, the transfer is gone from the bucket, nothing of the run is left in either host's 3C;
+    the same command again is "done already"."""
+    main, (host, _), (remote, _) = cluster["main"], cluster["hosts"], cluster["remotes"]
+    cfg = config.load(main)
+    images = _images(cfg)
+    assert len(images) > 5
+    nodes = tmp_path / "images.txt"
+    nodes.write_text("\n".join(images) + "\n")  # (the thumbnails are images too: a later run would take them)
+    refused = _hoard(main, "action", "run", "thumbnail", "--nodes", str(nodes), "--remote")
+    lines = [ln for ln in (refused.stdout + refused.stderr).splitlines() if ln.strip()]
+    assert refused.returncode == 3 and len(lines) == 1, lines
+    assert "on no S3 disk" in lines[0] and "hoard replicate" in lines[0] and "thumbnail --remote" in lines[0], lines
+    assert not cluster["redis"].exists("rq:queue:remote")  # nothing queued …
+    assert not list((cfg.ssd.root / "state" / "actions").glob("thumbnail-*.json"))  # … nor recorded
+
+    _onto_the_bucket(main)
+    with _reachable_ssds([remote]), _server_worker(main, tmp_path):
+        host.start_worker(remote)
+        res = _hoard(main, "action", "run", "thumbnail", "--nodes", str(nodes), "--remote", "--wait", "--json",
+                     timeout=300)
+        assert res.returncode == 0, res.stdout + res.stderr + _logs(host) + _server_log(tmp_path)
+        rid = _run_id(res.stdout)
+        st = load_state(cfg, rid)
+        assert st is not None and st.status == "done" and st.steps[:3] == ["plan", "remote", "collect"], st
+        edges = _children(cfg)
+        assert sorted(p for p, _ in edges) == images and len({c for _, c in edges}) == len(images), edges
+        with Store.open(config.load(main), writable=False) as store:
+            assert all(store.index.lookup(bytes.fromhex(c)) is not None for _, c in edges)
+        assert st.report["children_stored"] == len(images) and st.report["remote"]["host"], st.report
+        listed = cluster["s3"].list_objects_v2(Bucket=cluster["bucket"], Prefix="transfers/").get("Contents", [])
+        assert listed == []
+        host_cfg = config.load(remote)
+        assert not (host_cfg.ssd.zone_path("3C") / rid).exists() and not (cfg.ssd.zone_path("3C") / rid).exists()
+        assert fetch_job(remote_actions.job_id(rid), cluster["redis"]).get_status() == "finished"
+
+        again = _hoard(main, "action", "run", "thumbnail", "--nodes", str(nodes), "--remote")
+        assert again.returncode == 0 and "done already" in again.stdout, again.stdout + again.stderr
+        assert _children(cfg) == edges
+
+
+@pytest.mark.expect_log(r"reaper: job remote-action-thumbnail-v1-[0-9a-f]{12} .* sent no heartbeat for \d+ s "
+                        r"\(host down\?\); queued again", level="WARNING")
+@pytest.mark.expect_log(r"zone 3C: reclaimed the stale reservation of job stage:thumbnail-v1-.* its process is gone",
+                        level="WARNING")
+def test_a_host_killed_mid_action_has_it_finished_elsewhere_and_nothing_stored_twice(cluster, tmp_path: Path) -> None:
+    """SIGKILL of every process of host 1 while it stages a run's inputs (its S3 answers slowed
+    down): the server's reaper queues the host's job again, host 2 stages, runs and uploads
+    the whole run, and the server stores and applies it once — one `thumbnail_of` edge per
+    image, one write-intent; the run never failed."""
+    main, (host1, host2), (remote1, remote2) = cluster["main"], cluster["hosts"], cluster["remotes"]
+    proxy1, _ = cluster["proxies"]
+    cfg = config.load(main)
+    images = _images(cfg)
+    nodes = tmp_path / "images.txt"
+    nodes.write_text("\n".join(images) + "\n")
+    _onto_the_bucket(main)
+    conn = cluster["redis"]
+    with _reachable_ssds([remote1, remote2]), _server_worker(main, tmp_path):
+        proxy1.delay(0.3)  # host 1's reads crawl: it is killed in the middle of its stage
+        host1.start_worker(remote1)
+        res = _hoard(main, "action", "run", "thumbnail", "--nodes", str(nodes), "--remote", "--json")
+        assert res.returncode == 0, res.stdout + res.stderr
+        rid = _run_id(res.stdout)
+        partial = config.load(remote1).ssd.zone_path("3C") / ".tmp" / rid
+        deadline = time.monotonic() + 90
+        while not (partial.is_dir() and any(p.is_file() for p in partial.rglob("*"))):
+            assert time.monotonic() < deadline, _logs(host1) + _server_log(tmp_path)
+            time.sleep(0.1)
+        assert fetch_job(remote_actions.job_id(rid), conn).get_status() == "started"
+        host1.kill_all()
+        host2.start_worker(remote2)
+        waited = _hoard(main, "action", "run", "thumbnail", "--nodes", str(nodes), "--remote", "--wait", "--json",
+                        timeout=300)
+        assert waited.returncode == 0, waited.stdout + waited.stderr + _logs(host2) + _server_log(tmp_path)
+    st = load_state(cfg, rid)
+    assert st is not None and st.status == "done" and st.endings == 0, st
+    edges = _children(cfg)
+    assert sorted(p for p, _ in edges) == images and len(edges) == len(images), edges
+    with psycopg.connect(cfg.database_url) as db:
+        assert db.execute("SELECT count(*) FROM applied_intent WHERE key = %s", (f"action:{rid}",)).fetchone() == (1,)
+    assert not conn.zcard("rq:failed:remote")
+    assert "queued again" in _server_log(tmp_path)
+
+
+def test_what_a_host_uploaded_is_checked_before_anything_is_stored() -> None:
+    """parsed.json is read from a bucket anyone with its key can write: a child path out of the
+    output root, a parent that is not an input of the run, a relationship or a record table the
+    contract does not have — each refused with one line naming it."""
+    c = Contract.model_validate(json.loads(json.dumps(_thumbnail())))
+    inp, other = "a" * 64, "b" * 64
+    good = {"path": "thumbs/x.jpg", "sha256": "c" * 64, "size": 3, "parent_sha256": inp, "parent_path": None,
+            "relationship": "thumbnail_of", "labels": {"variant": "thumbnail"}}
+    children, _, _ = remote_actions._checked(c, {"children": [good], "records": []}, {inp})
+    assert children == [good]
+    for change, said in (({"path": "../../etc/x.jpg"}, "child 1 names"), ({"parent_sha256": other}, "its parent"),
+                         ({"relationship": "owns"}, "relationship 'owns'"), ({"sha256": "zz"}, "child 1 is not")):
+        with pytest.raises(remote_actions._Bad) as e:
+            remote_actions._checked(c, {"children": [good | change], "records": []}, {inp})
+        assert said in str(e.value) and "\n" not in str(e.value), (change, str(e.value))
+    record = {"rule": "x", "into": "result_canny", "node_sha256": inp, "child_path": None, "values": {"status": "ok"}}
+    with pytest.raises(remote_actions._Bad) as e:
+        remote_actions._checked(c, {"children": [good], "records": [record]}, {inp})
+    assert "record 1" in str(e.value)
+
+
+def _thumbnail() -> dict:
+    from jobs.actions import contract as contracts  # deferred: the built-in's file, found as the CLI finds it
+
+    return contracts.load_file(contracts.find_any(Path("/nonexistent"), "thumbnail")[0]).model_dump(mode="json")
