@@ -104,7 +104,8 @@ def test_a_remote_host_runs_an_action_and_its_children_are_stored_on_the_server(
     worker in another network namespace stage the images into its own 3C, make the thumbnails
     and upload them: the server stores each child, PostgreSQL holds one `thumbnail_of` edge per
     image, the transfer is gone from the bucket, nothing of the run is left in either host's 3C;
-    the same command again is "done already"."""
+    the same command again is "done already". A run cancelled while it waits for a host is taken
+    off the `remote` queue."""
     main, (host, _), (remote, _) = cluster["main"], cluster["hosts"], cluster["remotes"]
     cfg = config.load(main)
     images = _images(cfg)
@@ -120,6 +121,19 @@ def test_a_remote_host_runs_an_action_and_its_children_are_stored_on_the_server(
 
     _onto_the_bucket(main)
     with _reachable_ssds([remote]), _server_worker(main, tmp_path):
+        few = tmp_path / "few.txt"
+        few.write_text("\n".join(images[:2]) + "\n")
+        queued = _hoard(main, "action", "run", "thumbnail", "--nodes", str(few), "--remote", "--json")
+        assert queued.returncode == 0, queued.stdout + queued.stderr
+        cancelled = _run_id(queued.stdout)  # no host serves `remote` yet: it waits there …
+        deadline = time.monotonic() + 60
+        while (st := load_state(cfg, cancelled)) is None or st.status != "waiting_remote":
+            assert time.monotonic() < deadline, _server_log(tmp_path)
+            time.sleep(0.2)
+        res = _hoard(main, "action", "cancel", cancelled)
+        assert res.returncode == 0, res.stdout + res.stderr  # … until cancelled: taken off the queue
+        assert fetch_job(remote_actions.job_id(cancelled), cluster["redis"]).get_status() == "canceled"
+        assert load_state(cfg, cancelled).status == "cancelled"
         host.start_worker(remote)
         res = _hoard(main, "action", "run", "thumbnail", "--nodes", str(nodes), "--remote", "--wait", "--json",
                      timeout=300)

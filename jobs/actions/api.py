@@ -31,7 +31,7 @@ from jobs import events
 from jobs.actions import contract as contracts
 from jobs.actions.contract import TYPES, Contract
 from jobs.actions.params import canonical, parse_params
-from jobs.actions.remote import check_locatable
+from jobs.actions.remote import cancel_remote, check_locatable
 from jobs.actions.runner import enqueue
 from jobs.actions.state import (
     QUEUE_OF,
@@ -466,6 +466,7 @@ def cancel(cfg: Settings, rid: str) -> RunState:
             if st.status != Status.CANCELLED.value:
 
                 cleanup_cancelled(cfg, st)
+                cancel_remote(cfg, st)
                 st.status, st.error = Status.CANCELLED.value, f"cancelled at step {st.step}"
                 save_state(cfg, st)
                 record_ending(cfg, st, Status.CANCELLED.value)

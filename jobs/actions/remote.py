@@ -47,7 +47,9 @@ import stat
 from pathlib import Path
 from typing import Any
 
-from rq.exceptions import NoSuchJobError
+import redis
+from rq.command import send_stop_job_command
+from rq.exceptions import InvalidJobOperation, NoSuchJobError
 
 from fsd.base import config as config_mod
 from fsd.base.config import Settings
@@ -325,6 +327,36 @@ def _download(disk: Any, rid: str, sha: str, size: int, dest: Path) -> Path:
 def _drop_transfer(disk: Any, rid: str) -> None:
     for key in disk.transfer_keys(prefix(rid)):
         disk.delete_transfer(key)
+
+
+def cancel_remote(cfg: Settings, st: RunState) -> None:
+    """A cancelled --remote run: its host's job taken off the queue, or stopped where it runs
+    (RQ's stop command reaches a worker on any host), and what it uploaded deleted. Best
+    effort — Redis or the engine not answering leaves them, said in the log: the job's output
+    is never collected (the run is cancelled) and `transfers/<run>/` is a plain prefix to delete."""
+    if "remote" not in st.steps or not cfg.redis_url:
+        return
+    rid = st.run_id
+    try:
+        conn = connect(cfg.redis_url)
+        job = fetch_job(job_id(rid), conn)
+        status = str(getattr(job.get_status(refresh=True), "value", ""))
+        if status == "started":
+            send_stop_job_command(conn, job.id)
+        elif status in ("queued", "scheduled", "deferred"):
+            job.cancel()
+    except NoSuchJobError:
+        pass
+    except (redis.RedisError, InvalidJobOperation) as e:
+        log.warning("run %s: its remote job %s could not be stopped (%s); it runs to its end, and nothing collects "
+                    "what it uploads", rid, job_id(rid), first_line(e))
+    label = st.report.get("remote", {}).get("disk")
+    if label:
+        try:
+            _drop_transfer(remote_jobs.open_s3(cfg, label), rid)
+        except (HoardError, OSError) as e:
+            log.warning("run %s: what its host uploaded (%s on S3 disk %s) was not deleted: %s", rid, prefix(rid),
+                        label, first_line(e))
 
 
 #: the steps of a --remote run that are not a local run's (jobs.actions.runner runs them all)

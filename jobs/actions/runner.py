@@ -23,6 +23,7 @@ from fsd.base.files import flocked
 from fsd.outputs import zones
 from jobs import events, runlog
 from jobs.actions.remote import ALL_STEPS as STEPS
+from jobs.actions.remote import cancel_remote
 from jobs.actions.state import (
     HEARTBEAT_S,
     QUEUE_OF,
@@ -208,6 +209,7 @@ def _enqueue_next(cfg: Settings, st: RunState) -> None:
 
 def _cancelled(cfg: Settings, st: RunState) -> None:
     cleanup_cancelled(cfg, st)
+    cancel_remote(cfg, st)
     st.status, st.error = Status.CANCELLED.value, f"cancelled at step {st.step}"
     save_state(cfg, st)
     record_ending(cfg, st, Status.CANCELLED.value)
