@@ -206,7 +206,11 @@ def _step_collect(cfg: Settings, st: RunState) -> None:
     `stored` as a local run's parse and store steps write them; the transfer deleted."""
     rid = st.run_id
     c = contract_of(cfg, st)
-    disk = remote_jobs.open_s3(cfg, st.report["remote"]["disk"])
+    rep = st.report["remote"]
+    disk = remote_jobs.open_s3(cfg, rep["disk"])
+    if rep.get("collected") == st.attempt:  # stored by a collect killed before it was recorded done
+        _drop_transfer(disk, rid)
+        return
     where = f"{disk.where}/{prefix(rid)}"
     body = disk.open_transfer(prefix(rid) + PARSED)
     try:
@@ -245,11 +249,12 @@ def _step_collect(cfg: Settings, st: RunState) -> None:
     keep = ("path", "parent_sha256", "parent_path", "relationship", "labels", "size")
     write_work(cfg, rid, "parsed", {"children": [{k: ch[k] for k in keep} for ch in children], "records": records})
     write_work(cfg, rid, "stored", stored)
-    _drop_transfer(disk, rid)
-    shutil.rmtree(state_dir(cfg) / f"{rid}.collect", ignore_errors=True)
     st.report.update(children=len(children), records=len(records), children_stored=len(stored),
                      output_files=doc.get("files", 0), output_bytes=doc.get("bytes", 0), run=doc.get("run", {}))
-    st.report["remote"]["host"] = doc.get("host", "")
+    rep.update(host=doc.get("host", ""), collected=st.attempt)
+    save_state(cfg, st)  # the transfer is deleted only once the state says what was stored
+    _drop_transfer(disk, rid)
+    shutil.rmtree(state_dir(cfg) / f"{rid}.collect", ignore_errors=True)
 
 
 class _Bad(Exception):
