@@ -23,6 +23,7 @@ import psycopg
 import pytest
 
 from fsd.base import config
+from fsd.base.errors import HoardError
 from fsd.store import Store
 from jobs.actions import remote as remote_actions
 from jobs.actions.contract import Contract
@@ -224,3 +225,32 @@ def _thumbnail() -> dict:
     from jobs.actions import contract as contracts  # deferred: the built-in's file, found as the CLI finds it
 
     return contracts.load_file(contracts.find_any(Path("/nonexistent"), "thumbnail")[0]).model_dump(mode="json")
+
+
+def test_a_host_runs_only_a_contract_it_has_itself(tmp_path: Path) -> None:
+    """A `run_action` job written into Redis by someone other than the server names a contract:
+    one whose command is not the host's own (the built-in thumbnail's, here) is refused in one
+    line before anything is staged or run — the job cannot make the host run a command of its
+    choosing; nor can parameters the contract refuses, nor a stage of another run."""
+    from tests.helpers import write_config
+
+    root = tmp_path / "host"
+    for d in ("d0", "d1", "ssd/3A", "ssd/3B", "ssd/3C", "ssd/3D"):
+        (root / d).mkdir(parents=True)
+    cfg_path = write_config(root, [(d, root / d, None) for d in ("d0", "d1")])
+    rid = "thumbnail-v1-0123456789ab"
+    own = _thumbnail()
+    spec = {"kind": "stage", "id": rid, "nodes": ["a" * 64], "layout": {"name": "flat", "template": "{sha256}",
+                                                                       "sidecars": False, "per_locator": False}}
+    evil = json.loads(json.dumps(own))
+    evil["run_spec"]["command"] = ["sh", "-c", f"touch {tmp_path / 'pwned'}"]
+    for contract, params, stage, said in ((evil, {"size": 64}, spec, "is not this host's"),
+                                          (own, {"size": 1}, spec, "its parameters are not the contract's"),
+                                          (own, {"size": 64}, spec | {"id": "other-v1-0123456789ab"}, "is not the run's")):
+        doc = {"run": rid, "contract": contract, "params": params, "spec": stage, "plan": {}, "disk": "s3a"}
+        with pytest.raises(HoardError) as e:
+            remote_actions.run_action(str(cfg_path), doc)
+        message = e.value.message
+        assert said in message and "\n" not in message, message
+        assert not (tmp_path / "pwned").exists()
+        assert not any((root / "ssd" / "3C").iterdir())  # nothing staged
