@@ -78,7 +78,6 @@ from jobs.actions.state import (
     write_work,
 )
 from jobs.actions.steps import (
-    STEPS,
     _empty,
     _rows,
     _why,
@@ -154,12 +153,14 @@ def _step_remote(cfg: Settings, st: RunState) -> None:
             return
         try:
             job = fetch_job(job_id(rid), conn)
-            status = str(getattr(job.get_status(refresh=True), "value", ""))
+            found = job.get_status(refresh=True)
+            status = str(getattr(found, "value", found))
         except NoSuchJobError:
             job, status = None, ""
         if job is not None and status == "failed":
-            raise ActionError(f"run {rid}: its job {job.id} failed on a remote host: {_failed_line(job)}; then "
-                              f"{resume_line(rid)}", _exit_code(job))
+            line = _failed_line(job)
+            raise ActionError(f"run {rid}: its job {job.id} failed on a remote host: {line}"
+                              + ("" if resume_line(rid) in line else f"; then {resume_line(rid)}"), _exit_code(job))
         if status in ("queued", "scheduled", "deferred", "started"):
             # (started by a worker that is gone: the server's reaper queues it again — jobs.reaper)
             raise Waiting(Status.WAITING_REMOTE.value, REMOTE_POLL_S)
@@ -345,7 +346,8 @@ def cancel_remote(cfg: Settings, st: RunState) -> None:
     try:
         conn = connect(cfg.redis_url)
         job = fetch_job(job_id(rid), conn)
-        status = str(getattr(job.get_status(refresh=True), "value", ""))
+        found = job.get_status(refresh=True)
+        status = str(getattr(found, "value", found))
         if status == "started":
             send_stop_job_command(conn, job.id)
         elif status in ("queued", "scheduled", "deferred"):
@@ -364,9 +366,8 @@ def cancel_remote(cfg: Settings, st: RunState) -> None:
                         label, first_line(e))
 
 
-#: the steps of a --remote run that are not a local run's (jobs.actions.runner runs them all)
+#: the steps of a --remote run that are not a local run's (jobs.actions.runner runs both kinds)
 REMOTE_STEPS = {"remote": _step_remote, "collect": _step_collect}
-ALL_STEPS = {**STEPS, **REMOTE_STEPS}
 
 
 # -- on the remote host: the job -----------------------------------------------------------------
