@@ -208,16 +208,17 @@ def test_what_a_host_uploaded_is_checked_before_anything_is_stored() -> None:
     inp, other = "a" * 64, "b" * 64
     good = {"path": "thumbs/x.jpg", "sha256": "c" * 64, "size": 3, "parent_sha256": inp, "parent_path": None,
             "relationship": "thumbnail_of", "labels": {"variant": "thumbnail"}}
-    children, _, _ = remote_actions._checked(c, {"children": [good], "records": []}, {inp})
+    children, _, _ = remote_actions._checked(c, {"children": [good], "records": []}, {inp}, limit=1, max_bytes=None)
     assert children == [good]
     for change, said in (({"path": "../../etc/x.jpg"}, "child 1 names"), ({"parent_sha256": other}, "its parent"),
                          ({"relationship": "owns"}, "relationship 'owns'"), ({"sha256": "zz"}, "child 1 is not")):
         with pytest.raises(remote_actions._Bad) as e:
-            remote_actions._checked(c, {"children": [good | change], "records": []}, {inp})
+            remote_actions._checked(c, {"children": [good | change], "records": []}, {inp}, limit=1,
+                                    max_bytes=None)
         assert said in str(e.value) and "\n" not in str(e.value), (change, str(e.value))
     record = {"rule": "x", "into": "result_canny", "node_sha256": inp, "child_path": None, "values": {"status": "ok"}}
     with pytest.raises(remote_actions._Bad) as e:
-        remote_actions._checked(c, {"children": [good], "records": [record]}, {inp})
+        remote_actions._checked(c, {"children": [good], "records": [record]}, {inp}, limit=1, max_bytes=None)
     assert "record 1" in str(e.value)
 
 
@@ -231,7 +232,9 @@ def test_a_host_runs_only_a_contract_it_has_itself(tmp_path: Path) -> None:
     """A `run_action` job written into Redis by someone other than the server names a contract:
     one whose command is not the host's own (the built-in thumbnail's, here) is refused in one
     line before anything is staged or run — the job cannot make the host run a command of its
-    choosing; nor can parameters the contract refuses, nor a stage of another run."""
+    choosing; nor can parameters the contract refuses, nor a stage of another run, nor a run id
+    that is not the hash of that contract, those parameters and inputs (the host would upload its
+    outputs as another run's)."""
     from tests.helpers import write_config
 
     root = tmp_path / "host"
@@ -246,7 +249,10 @@ def test_a_host_runs_only_a_contract_it_has_itself(tmp_path: Path) -> None:
     evil["run_spec"]["command"] = ["sh", "-c", f"touch {tmp_path / 'pwned'}"]
     for contract, params, stage, said in ((evil, {"size": 64}, spec, "is not this host's"),
                                           (own, {"size": 1}, spec, "its parameters are not the contract's"),
-                                          (own, {"size": 64}, spec | {"id": "other-v1-0123456789ab"}, "is not the run's")):
+                                          (own, {"size": 64}, spec | {"id": "other-v1-0123456789ab"}, "is not the run's"),
+                                          # a run id of the server's not made of this contract, these
+                                          # parameters and inputs: its outputs would be uploaded as that run's
+                                          (own, {"size": 64}, spec, "is not the run of action thumbnail")):
         doc = {"run": rid, "contract": contract, "params": params, "spec": stage, "plan": {}, "disk": "s3a"}
         with pytest.raises(HoardError) as e:
             remote_actions.run_action(str(cfg_path), doc)
@@ -254,3 +260,32 @@ def test_a_host_runs_only_a_contract_it_has_itself(tmp_path: Path) -> None:
         assert said in message and "\n" not in message, message
         assert not (tmp_path / "pwned").exists()
         assert not any((root / "ssd" / "3C").iterdir())  # nothing staged
+
+
+def test_what_a_host_uploaded_is_held_to_the_runs_limits() -> None:
+    """A host (or anyone who can write the bucket) is held to what a local run's parse allows:
+    no more children than a4_scale × inputs, no more bytes than max_output_bytes — else the
+    server would download and store whatever the document claims (its sizes are the
+    document's); no path twice (the stored table is by path: one child's bytes would be
+    stored and pinned, the other's applied); no parents in a ring (two children each the
+    other's parent: a cycle in PostgreSQL's edges)."""
+    c = Contract.model_validate(json.loads(json.dumps(_thumbnail())))
+    inp = "a" * 64
+
+    def child(n: int, **change: object) -> dict:
+        return {"path": f"thumbs/{n}.jpg", "sha256": f"{n:064x}", "size": 10, "parent_sha256": inp,
+                "parent_path": None, "relationship": "thumbnail_of", "labels": {}} | change
+
+    two = [child(1), child(2)]
+    children, _, _ = remote_actions._checked(c, {"children": two, "records": []}, {inp}, limit=2, max_bytes=20)
+    assert [ch["path"] for ch in children] == ["thumbs/1.jpg", "thumbs/2.jpg"]
+    ring = [child(1, parent_sha256=None, parent_path="thumbs/2.jpg"),
+            child(2, parent_sha256=None, parent_path="thumbs/1.jpg")]
+    for kids, limit, max_bytes, said in (
+            ([child(1), child(2), child(3)], 2, None, "3 children, more than 2"),
+            ([child(1), child(2, size=11)], 2, 20, "more than max_output_bytes"),
+            ([child(1), child(1, sha256="f" * 64)], 2, None, "twice"),
+            (ring, 2, None, "ring")):
+        with pytest.raises(remote_actions._Bad) as e:
+            remote_actions._checked(c, {"children": kids, "records": []}, {inp}, limit=limit, max_bytes=max_bytes)
+        assert said in str(e.value) and "\n" not in str(e.value), (said, str(e.value))

@@ -223,6 +223,12 @@ def _go(cfg, sub, *, here: bool, wait: bool, as_json: bool) -> None:
         _run_report(cfg, rid, as_json, f"run {rid}: {sub.how}, queued (`hoard action status {rid}`; `hoard worker` "
                                        "runs it)")
         return
+    if "remote" in sub.state.steps and not as_json:  # (--wait would wait in silence for a host that never comes)
+        assert cfg.redis_url
+        with redis_required(cfg.redis_url):
+            if unserved_queues(connect(cfg.redis_url), ("remote",)):
+                err.print(f"run {rid}: no worker serves the remote queue yet: start `hoard worker` on a host whose "
+                          "hoard.toml says [worker] remote = true (docs/scale-out.md); waiting", markup=False)
     while True:
         st = load_state(cfg, rid)
         assert st is not None

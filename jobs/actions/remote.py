@@ -61,7 +61,7 @@ from jobs import remote as remote_jobs
 from jobs.actions import contract as contracts
 from jobs.actions import execute, parse
 from jobs.actions.contract import Contract, RunExternal, RunLabelStudio
-from jobs.actions.params import parse_params
+from jobs.actions.params import canonical, parse_params
 from jobs.actions.state import (
     REMOTE_POLL_S,
     STEP_TIMEOUT_S,
@@ -73,6 +73,8 @@ from jobs.actions.state import (
     log_path,
     now,
     resume_line,
+    run_id,
+    run_key,
     save_state,
     state_dir,
     write_work,
@@ -221,7 +223,10 @@ def _step_collect(cfg: Settings, st: RunState) -> None:
     try:
         if len(raw) > PARSED_MAX:
             raise _Bad(f"{PARSED} holds more than {PARSED_MAX} bytes")
-        children, records, doc = _checked(c, json.loads(raw), set(inputs_of(cfg, st)))
+        inputs = set(inputs_of(cfg, st))
+        children, records, doc = _checked(c, json.loads(raw), inputs,
+                                          limit=(c.a4_scale or cfg.store.a4_scale) * len(inputs),
+                                          max_bytes=c.max_output_bytes or cfg.actions.max_output_bytes)
         tmp = state_dir(cfg) / f"{rid}.collect"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
@@ -233,6 +238,7 @@ def _step_collect(cfg: Settings, st: RunState) -> None:
                                                 tmp / (ch["sha256"] + (f".{ext}" if _EXT.fullmatch(ext) else "")))
     except (_Bad, ValueError) as e:
         st.report["output_refused"] = "collect"  # resumed, the host runs it again (api._again)
+        shutil.rmtree(state_dir(cfg) / f"{rid}.collect", ignore_errors=True)  # (what came down before the refusal)
         _drop_transfer(disk, rid)
         raise ActionError(f"run {rid}: what its host uploaded ({where}) is refused: {first_line(e)}; nothing was "
                           f"stored — {resume_line(rid)} runs it on a host again", ExitCode.DATA) from None
@@ -241,7 +247,8 @@ def _step_collect(cfg: Settings, st: RunState) -> None:
         with Store.open(cfg) as store:
             results = store.put_many(list(files.values()), klass="generated")
             bad = next((r for r in results if r.status == "rejected"), None)
-            if bad is not None:
+            if bad is not None:  # (downloaded again when resumed: the transfer is kept, this copy not)
+                shutil.rmtree(state_dir(cfg) / f"{rid}.collect", ignore_errors=True)
                 raise ActionError(f"run {rid}: child {bad.sha256 or display(str(bad.path))} could not be stored: "
                                   f"{bad.reason}; {resume_line(rid)} once fixed", ExitCode.DATA)
             # referenced from now on (gc), until the apply's rows reference them; finish unpins
@@ -251,26 +258,39 @@ def _step_collect(cfg: Settings, st: RunState) -> None:
     write_work(cfg, rid, "parsed", {"children": [{k: ch[k] for k in keep} for ch in children], "records": records})
     write_work(cfg, rid, "stored", stored)
     st.report.update(children=len(children), records=len(records), children_stored=len(stored),
-                     output_files=doc.get("files", 0), output_bytes=doc.get("bytes", 0), run=doc.get("run", {}))
-    rep.update(host=doc.get("host", ""), collected=st.attempt)
+                     output_files=_count(doc.get("files")), output_bytes=_count(doc.get("bytes")),
+                     run={k: v for k, v in (doc.get("run") or {}).items()
+                          if k in ("reason", "exit_code", "seconds") and isinstance(v, (str, int, float))
+                          and len(str(v)) <= 80} if isinstance(doc.get("run"), dict) else {})
+    rep.update(host=str(doc.get("host", ""))[:200], collected=st.attempt)  # (the document's word: shown, never used)
     save_state(cfg, st)  # the transfer is deleted only once the state says what was stored
     _drop_transfer(disk, rid)
     shutil.rmtree(state_dir(cfg) / f"{rid}.collect", ignore_errors=True)
+
+
+def _count(v: Any) -> int:
+    """A figure of parsed.json for the report (state file, GUI): a count, or 0."""
+    return v if isinstance(v, int) and not isinstance(v, bool) and v >= 0 else 0
 
 
 class _Bad(Exception):
     """What a host uploaded is not what a run of this contract writes."""
 
 
-def _checked(c: Contract, doc: Any, inputs: set[str]) -> tuple[list[dict[str, Any]], list[dict[str, Any]],
-                                                                 dict[str, Any]]:
+def _checked(c: Contract, doc: Any, inputs: set[str], *, limit: int, max_bytes: int | None
+             ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, Any]]:
     """parsed.json as the server takes it (anyone who can write to the bucket could have put it
     there): every child a clean relative path with a sha256, a size and a parent among the
     run's inputs or its children, with one of the contract's relationships; every record of a
-    node of the run, into a table the contract maps to."""
+    node of the run, into a table the contract maps to. Held to a local parse's limits before
+    a byte is downloaded (the sizes are the document's word, checked as they come down): at
+    most `limit` children (a4_scale × inputs) of at most `max_bytes` together; each path once
+    (`stored` is by path) and no parents in a ring (a cycle in the edges)."""
     if not isinstance(doc, dict) or not isinstance(doc.get("children"), list) or not isinstance(doc.get("records"),
                                                                                                  list):
         raise _Bad(f"{PARSED} is not {{children, records}}")
+    if len(doc["children"]) > limit:
+        raise _Bad(f"{len(doc['children'])} children, more than {limit} (a4_scale × inputs)")
     parser = c.output_parser
     relationships = {r.relationship for r in parser.children} if parser is not None else set()
     paths = {ch.get("path") for ch in doc["children"] if isinstance(ch, dict)}
@@ -295,6 +315,23 @@ def _checked(c: Contract, doc: Any, inputs: set[str]) -> tuple[list[dict[str, An
             raise _Bad(f"child {display(ch['path'])[:200]!r}: its parent is neither an input of the run nor another "
                        "child")
         children.append(ch)
+    total = sum(ch["size"] for ch in children)
+    if max_bytes is not None and total > max_bytes:
+        raise _Bad(f"the children hold {total} bytes, more than max_output_bytes allows ({max_bytes})")
+    parent_of: dict[str, str | None] = {}
+    for ch in children:
+        if ch["path"] in parent_of:
+            raise _Bad(f"child {display(ch['path'])[:200]!r} is named twice")
+        parent_of[ch["path"]] = ch["parent_path"]
+    for ch in children:  # each chain of parent_path ends at an input within len(children) steps
+        at: str | None = ch["path"]
+        for _ in range(len(children) + 1):
+            at = parent_of[at] if at is not None else None
+            if at is None:
+                break
+        else:
+            raise _Bad(f"child {display(ch['path'])[:200]!r}: its parents go round in a ring, never reaching an "
+                       "input of the run")
     tables = {"labels"} | {m.into for m in c.result_mapping.values()}
     records = []
     for n, r in enumerate(doc["records"], start=1):
@@ -421,6 +458,12 @@ def _job(cfg: Settings, doc: Any) -> tuple[str, Contract, dict[str, Any], output
         raise bad(f"its parameters are not the contract's ({first_line(e)[:200]})") from None
     if refusal(c):
         raise bad(refusal(c))
+    # the run's id is the hash of what it is (api.prepare): a job naming a run of the server with
+    # another contract, parameters or inputs would have this host upload its outputs as that
+    # run's, collected there if they came first (If-None-Match: the first parsed.json stands)
+    key = run_key(c.action_id, c.version, canonical(typed) if typed else "{}", sorted(spec.nodes or []))
+    if run_id(c.action_id, c.version, key) != rid:
+        raise bad(f"run {rid} is not the run of action {c.action_id} v{c.version} on these parameters and inputs")
     return rid, c, typed, spec, doc.get("plan"), doc["disk"]
 
 
