@@ -28,7 +28,7 @@ from fsd.store import Store
 from jobs.actions import remote as remote_actions
 from jobs.actions.contract import Contract
 from jobs.actions.state import load_state
-from jobs.queues import fetch_job
+from jobs.queues import enqueue_once, fetch_job
 from tests.test_remote_workers import REPO, _hoard, _logs, _onto_the_bucket, cluster  # noqa: F401  # (a fixture)
 from tests.test_s3_backend import engine_env  # noqa: F401  # (a fixture)
 
@@ -289,3 +289,35 @@ def test_what_a_host_uploaded_is_held_to_the_runs_limits() -> None:
         with pytest.raises(remote_actions._Bad) as e:
             remote_actions._checked(c, {"children": kids, "records": []}, {inp}, limit=limit, max_bytes=max_bytes)
         assert said in str(e.value) and "\n" not in str(e.value), (said, str(e.value))
+
+
+def test_a_job_run_again_after_its_run_was_collected_leaves_nothing_on_the_bucket(cluster, tmp_path: Path) -> None:
+    """The reaper re-queues a job whose host sent no heartbeat; if that host was only slow, the
+    job runs twice. When the second run ends after the server collected (and deleted) the
+    transfer, what it uploads is nobody's: the bucket must not keep it (the server closes the run
+    in Redis before it deletes the transfer; the job looks before it stages and after it uploads)."""
+    main, (host, _), (remote, _) = cluster["main"], cluster["hosts"], cluster["remotes"]
+    cfg = config.load(main)
+    few = tmp_path / "few.txt"
+    few.write_text("\n".join(_images(cfg)[:2]) + "\n")
+    _onto_the_bucket(main)
+    conn = cluster["redis"]
+    with _reachable_ssds([remote]), _server_worker(main, tmp_path):
+        host.start_worker(remote)
+        res = _hoard(main, "action", "run", "thumbnail", "--nodes", str(few), "--remote", "--wait", "--json",
+                     timeout=300)
+        assert res.returncode == 0, res.stdout + res.stderr + _logs(host) + _server_log(tmp_path)
+        rid = _run_id(res.stdout)
+        assert load_state(cfg, rid).status == "done"
+        job = fetch_job(remote_actions.job_id(rid), conn)
+        # the same job again, as the reaper queues it (jobs.queues.enqueue_once, same id and args)
+        enqueue_once(conn, "remote", remote_actions.JOB_FUNCTION, *job.args, job_id=job.id, timeout=600,
+                     description=job.description)
+        deadline = time.monotonic() + 180
+        while fetch_job(job.id, conn).get_status(refresh=True) not in ("finished", "failed"):
+            assert time.monotonic() < deadline, _logs(host)
+            time.sleep(0.5)
+    listed = cluster["s3"].list_objects_v2(Bucket=cluster["bucket"], Prefix=f"transfers/{rid}/").get("Contents", [])
+    assert [o["Key"] for o in listed] == []
+    assert fetch_job(job.id, conn).return_value().get("already_done") is True  # (nothing staged nor run again)
+    assert not (config.load(remote).ssd.zone_path("3C") / rid).exists()

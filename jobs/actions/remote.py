@@ -48,6 +48,7 @@ from pathlib import Path
 from typing import Any
 
 import redis
+from rq import get_current_job
 from rq.command import send_stop_job_command
 from rq.exceptions import InvalidJobOperation, NoSuchJobError
 
@@ -108,6 +109,22 @@ _EXT = re.compile(r"[a-z0-9]{1,10}")
 
 def job_id(rid: str) -> str:
     return f"remote-action-{rid}"
+
+
+#: how long a run stays closed to its host's job (RQ's failure_ttl: a job is not kept longer)
+CLOSED_TTL_S = 30 * 86400
+
+
+def closed_key(rid: str) -> str:
+    """Redis key set once the server has collected (or cancelled) run `rid`: a job of it that
+    runs after that — queued again by the reaper while its first host was only slow, or one a
+    cancel could not stop — uploads nothing, or deletes what it uploaded (nothing would collect
+    it); deleted when the server queues the run's job again (a resumed run)."""
+    return f"hoard:remote-action:{rid}:closed"
+
+
+def _close(conn: Any, rid: str, why: str) -> None:
+    conn.set(closed_key(rid), why, ex=CLOSED_TTL_S)
 
 
 def prefix(rid: str) -> str:
@@ -176,6 +193,7 @@ def _step_remote(cfg: Settings, st: RunState) -> None:
     label = _transfer_disk(plan)
     doc = {"run": rid, "attempt": st.attempt, "contract": c.model_dump(mode="json"), "params": st.params,
            "spec": spec.model_dump(), "plan": plan, "disk": label}
+    conn.delete(closed_key(rid))  # (a cancelled run resumed: its host's job runs again)
     enqueue_once(conn, remote_jobs.QUEUE, JOB_FUNCTION, None, doc, job_id=job_id(rid), timeout=STEP_TIMEOUT_S,
                  description=f"action {rid} (remote)")
     rep.update(job=job_id(rid), disk=label, attempt=st.attempt, queued=now())
@@ -264,6 +282,8 @@ def _step_collect(cfg: Settings, st: RunState) -> None:
                           and len(str(v)) <= 80} if isinstance(doc.get("run"), dict) else {})
     rep.update(host=str(doc.get("host", ""))[:200], collected=st.attempt)  # (the document's word: shown, never used)
     save_state(cfg, st)  # the transfer is deleted only once the state says what was stored
+    if cfg.redis_url:  # before the delete: a late job that uploads after it sees this and deletes its own
+        _close(connect(cfg.redis_url), rid, "collected")
     _drop_transfer(disk, rid)
     shutil.rmtree(state_dir(cfg) / f"{rid}.collect", ignore_errors=True)
 
@@ -382,6 +402,7 @@ def cancel_remote(cfg: Settings, st: RunState) -> None:
     rid = st.run_id
     try:
         conn = connect(cfg.redis_url)
+        _close(conn, rid, "cancelled")  # (a job the stop below misses deletes what it uploads)
         job = fetch_job(job_id(rid), conn)
         found = job.get_status(refresh=True)
         status = str(getattr(found, "value", found))
@@ -471,6 +492,9 @@ def _run_action(cfg: Settings, doc: Any) -> dict[str, Any]:
     rid, c, params, spec, plan, label = _job(cfg, doc)
     host = socket.gethostname()
     disk = remote_jobs.open_s3(cfg, label)
+    if _closed(rid):
+        log.info("run %s: collected or cancelled on the store's server already; nothing to do", rid)
+        return {"run": rid, "already_done": True, "host": host}
     if disk.transfer_sha(prefix(rid) + PARSED) is not None:
         log.info("run %s: its outputs are on the bucket already (%s); nothing to do", rid, disk.where)
         return {"run": rid, "already_done": True, "host": host}
@@ -509,12 +533,23 @@ def _run_action(cfg: Settings, doc: Any) -> dict[str, Any]:
            "run": {"reason": outcome.reason, "exit_code": outcome.exit_code, "seconds": round(outcome.seconds, 3)}}
     body = json.dumps(out).encode()
     disk.put_transfer(prefix(rid) + PARSED, body, hashlib.sha256(body).hexdigest())
+    if _closed(rid):  # collected (from another host's upload) or cancelled meanwhile: nobody collects this
+        log.info("run %s: collected or cancelled on the store's server while this host ran it; what it uploaded "
+                 "is deleted", rid)
+        _drop_transfer(disk, rid)
     try:  # this host's copy of the inputs is not needed any more: its room in 3C given back
         outputs.clean(cfg, rid, "3C")
     except (outputs.zones.NoSuchOutput, outputs.OutputError, OSError) as e:
         log.warning("run %s: its stage in this host's 3C could not be removed (%s); `hoard zones clean %s` here "
                     "removes it", rid, first_line(e), rid)
     return {"run": rid, "children": len(children), "records": len(parsed.records), "uploaded": sent, "host": host}
+
+
+def _closed(rid: str) -> bool:
+    """True when the server has closed run `rid` (closed_key), asked on the job's own Redis
+    connection (none outside a worker: a direct call checks nothing)."""
+    job = get_current_job()
+    return job is not None and bool(job.connection.exists(closed_key(rid)))
 
 
 def _upload(disk: Any, rid: str, root_fd: int, ch: dict[str, Any], done: dict[str, int]) -> tuple[str, int]:
