@@ -292,8 +292,9 @@ def test_what_a_host_uploaded_is_held_to_the_runs_limits() -> None:
 
 
 def test_a_job_run_again_after_its_run_was_collected_leaves_nothing_on_the_bucket(cluster, tmp_path: Path) -> None:
-    """The reaper re-queues a job whose host sent no heartbeat; if that host was only slow, the
-    job runs twice. When the second run ends after the server collected (and deleted) the
+    """`--wait` on a --remote run no host serves yet says so (one line) and waits for one. The
+    reaper re-queues a job whose host sent no heartbeat; if that host was only slow, the job runs
+    twice. When the second run ends after the server collected (and deleted) the
     transfer, what it uploads is nobody's: the bucket must not keep it (the server closes the run
     in Redis before it deletes the transfer; the job looks before it stages and after it uploads)."""
     main, (host, _), (remote, _) = cluster["main"], cluster["hosts"], cluster["remotes"]
@@ -303,11 +304,19 @@ def test_a_job_run_again_after_its_run_was_collected_leaves_nothing_on_the_bucke
     _onto_the_bucket(main)
     conn = cluster["redis"]
     with _reachable_ssds([remote]), _server_worker(main, tmp_path):
-        host.start_worker(remote)
-        res = _hoard(main, "action", "run", "thumbnail", "--nodes", str(few), "--remote", "--wait", "--json",
-                     timeout=300)
-        assert res.returncode == 0, res.stdout + res.stderr + _logs(host) + _server_log(tmp_path)
-        rid = _run_id(res.stdout)
+        said = tmp_path / "wait.err"
+        with said.open("w") as err:  # --wait before any host serves `remote`: it says so, then waits
+            proc = subprocess.Popen([sys.executable, "-m", "fsd", "--config", str(main), "action", "run", "thumbnail",
+                                     "--nodes", str(few), "--remote", "--wait"], cwd=REPO, stdout=subprocess.PIPE,
+                                    stderr=err, stdin=subprocess.DEVNULL, text=True)
+            deadline = time.monotonic() + 60
+            while "no worker serves the remote queue" not in said.read_text():
+                assert proc.poll() is None and time.monotonic() < deadline, said.read_text()
+                time.sleep(0.2)
+            host.start_worker(remote)
+            out, _ = proc.communicate(timeout=300)
+        assert proc.returncode == 0, out + said.read_text() + _logs(host) + _server_log(tmp_path)
+        rid = out.split()[1].rstrip(":")  # "run RID: done"
         assert load_state(cfg, rid).status == "done"
         job = fetch_job(remote_actions.job_id(rid), conn)
         # the same job again, as the reaper queues it (jobs.queues.enqueue_once, same id and args)

@@ -119,8 +119,9 @@ def closed_key(rid: str) -> str:
     """Redis key set once the server has collected (or cancelled) run `rid`: a job of it that
     runs after that — queued again by the reaper while its first host was only slow, or one a
     cancel could not stop — uploads nothing, or deletes what it uploaded (nothing would collect
-    it); deleted when the server queues the run's job again (a resumed run)."""
-    return f"hoard:remote-action:{rid}:closed"
+    it); deleted when the server queues the run's job again (a resumed run). Under `rq:`: a
+    host's Redis user may be allowed no other keys (docs/scale-out.md)."""
+    return f"rq:hoard:remote-action-closed:{rid}"
 
 
 def _close(conn: Any, rid: str, why: str) -> None:
