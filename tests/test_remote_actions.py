@@ -262,6 +262,47 @@ def test_a_host_runs_only_a_contract_it_has_itself(tmp_path: Path) -> None:
         assert not any((root / "ssd" / "3C").iterdir())  # nothing staged
 
 
+@pytest.mark.expect_log(r"job remote-action-thumbs-v1-[0-9a-f]{12} .* failed: run thumbs-v1-[0-9a-f]{12} on host "
+                        r".*: the worker exited with status 3", level="ERROR")
+@pytest.mark.expect_log(r"job action-thumbs-v1-[0-9a-f]{12}-remote(-poll)? .* failed: run thumbs-v1-[0-9a-f]{12}: its "
+                        r"job remote-action-thumbs-v1-[0-9a-f]{12} failed on a remote host", level="ERROR")
+def test_a_worker_failing_on_the_host_fails_the_run_in_one_line_and_resume_reruns_it(cluster, tmp_path: Path) -> None:
+    """A worker that exits 3 on the remote host: `--wait` on the server exits 5 with one line
+    naming the worker's exit, its log on that host and `hoard action resume RUN`; `status` says
+    failed. The worker fixed (the same contract on both hosts), `hoard action resume RUN --wait`
+    runs the host's part again and the children are stored once each."""
+    from tests.helpers import ACTION_WORKER, worker_contract
+
+    main, (host, _), (remote, _) = cluster["main"], cluster["hosts"], cluster["remotes"]
+    cfg = config.load(main)
+    _onto_the_bucket(main)
+    with psycopg.connect(cfg.database_url) as db:
+        (batch,) = db.execute("SELECT batch_id FROM action_batch ORDER BY batch_id LIMIT 1").fetchone()
+    cfg.actions_dir.mkdir(parents=True, exist_ok=True)
+    contract = worker_contract(cfg, batch, exit=3)
+    mine = config.load(remote).actions_dir
+    mine.mkdir(parents=True, exist_ok=True)
+    shutil.copy(contract, mine / contract.name)  # the host runs only a contract it has itself
+    with _reachable_ssds([remote]), _server_worker(main, tmp_path):
+        host.start_worker(remote)
+        res = _hoard(main, "action", "run", "thumbs", "--remote", "--wait", timeout=300)
+        lines = [ln for ln in (res.stdout + res.stderr).splitlines() if ln.strip()]
+        assert res.returncode == 5 and len(lines) == 1, lines + [_logs(host), _server_log(tmp_path)]
+        assert "exited with status 3" in lines[0] and "hoard action resume thumbs-v1-" in lines[0], lines
+        rid = lines[0].split("run ", 1)[1].split(" ", 1)[0]
+        status = _hoard(main, "action", "status", rid, "--json")
+        assert json.loads(status.stdout)["status"] == "failed", status.stdout
+        (cfg.actions_dir / "thumbs-worker.py").write_text(ACTION_WORKER.format(children=1, exit=0, sleep=0))
+        res = _hoard(main, "action", "resume", rid, "--wait", timeout=300)
+        assert res.returncode == 0 and f"run {rid}: done" in res.stdout, res.stdout + res.stderr + _logs(host)
+    st = load_state(cfg, rid)
+    assert st is not None and st.report["children_stored"] == st.inputs > 0, st.report
+    with psycopg.connect(cfg.database_url) as db:
+        (edges,) = db.execute("SELECT count(*) FROM edge JOIN relationship_type USING (rel_id) WHERE name = "
+                              "'thumb_of'").fetchone()
+    assert edges == st.inputs
+
+
 def test_what_a_host_uploaded_is_held_to_the_runs_limits() -> None:
     """A host (or anyone who can write the bucket) is held to what a local run's parse allows:
     no more children than a4_scale × inputs, no more bytes than max_output_bytes — else the

@@ -341,7 +341,11 @@ def job_lost(cfg: Settings, st: RunState, redis_conn=None, strict: bool = False)
             # (its hash saved over the new one's) while the scheduler still holds that next run
             if suffix == "-poll" and jid in ScheduledJobRegistry(queue=rq_queue(QUEUE_OF[st.step], conn)):
                 return False
-        return True
+        # looked at again: a poll started after the first look replaces its own job (deleted, then
+        # scheduled anew) under the run's lock, and a step that ended since saved the state
+        after = load_state(cfg, st.run_id)
+        return not (is_running(cfg, st.run_id) or after is None or after.updated != st.updated
+                    or after.status != st.status)
     except redis.RedisError:
         if strict:
             raise
