@@ -30,7 +30,7 @@ from jobs.actions.contract import Contract, Param
 
 STATUS_COLOR = {"done": "positive", "failed": "negative", "running": "primary", "queued": "grey",
                 "canceled": "grey", "cancelled": "grey", "WAIT_GPU_READY": "orange", "waiting_external": "orange",
-                "waiting_labels": "orange"}
+                "waiting_labels": "orange", "waiting_remote": "orange"}
 STEP_COLOR = {"done": "positive", "failed": "negative", "running": "primary", "waiting": "orange",
               "queued": "grey-7", "cancelled": "grey-7"}
 

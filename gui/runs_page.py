@@ -19,7 +19,8 @@ from jobs import launch, reports
 PER_PAGE = 25
 STATUS_COLOR = {"done": "positive", "done with rejects": "warning", "done with errors": "warning",
                 "failed": "negative", "running": "primary", "queued": "grey", "canceled": "grey",
-                "refused": "orange", "WAIT_GPU_READY": "orange", "waiting_external": "orange"}
+                "refused": "orange", "WAIT_GPU_READY": "orange", "waiting_external": "orange",
+                "waiting_remote": "orange"}
 
 
 def _filters(current: dict[str, str]) -> None:

@@ -72,11 +72,13 @@ JOB_FUNCTIONS = {
     "jobs.store_jobs.replicate": 0,
     "jobs.events.deliver": 0,
     "jobs.remote.run_output": 0,
+    "jobs.actions.remote.run_action": 0,
 }
 #: the job functions that name no configuration (None) and run against the worker's own —
 #: `hoard worker` sets HOARD_CONFIG to its file: a stage/export planned on the store's server
-#: and run on another host (jobs.remote), whose hoard.toml is not the server's
-HOST_JOBS = frozenset({"jobs.remote.run_output"})
+#: and run on another host (jobs.remote), whose hoard.toml is not the server's; an action run's
+#: stage, worker and parse there (jobs.actions.remote)
+HOST_JOBS = frozenset({"jobs.remote.run_output", "jobs.actions.remote.run_action"})
 
 
 class HoardJob(Job):

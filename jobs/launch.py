@@ -50,8 +50,8 @@ DATASET_PREFIX = "dataset-"
 #: "done with errors": finished, but its report counts errors (a replicate that could not
 #: copy a shard) — not a success; "refused": a stage/export refused before it started
 #: (nothing written or reserved, its id free again)
-STATUSES = ("queued", "running", "WAIT_GPU_READY", "waiting_external", "done", "done with rejects", "done with errors",
-            "failed", "canceled", "refused")
+STATUSES = ("queued", "running", "WAIT_GPU_READY", "waiting_external", "waiting_remote", "done", "done with rejects",
+            "done with errors", "failed", "canceled", "refused")
 #: what a person may do with a run in each status: cancel what waits or works, retry what failed
 CANCELABLE = ("queued", "running")
 RETRYABLE = ("failed", "canceled")
@@ -648,8 +648,8 @@ def action_detail(cfg: Settings, rid: str) -> dict[str, Any]:
         if s in st.done:
             state = "done"
         elif s == st.step:
-            state = {"WAIT_GPU_READY": "waiting", "waiting_external": "waiting", "waiting_labels": "waiting"}.get(shown,
-                                                                                                       shown)
+            state = {"WAIT_GPU_READY": "waiting", "waiting_external": "waiting", "waiting_labels": "waiting",
+                     "waiting_remote": "waiting"}.get(shown, shown)
         else:
             state = "to do"
         steps.append({"step": s, "queue": ACTION_QUEUE_OF.get(s, ""), "state": state, "seconds": st.seconds.get(s)})

@@ -118,6 +118,25 @@ def run_output(config_path: str | None, spec_doc: dict[str, Any], plan: dict[str
         spec = outputs.OutputSpec.model_validate(spec_doc)
     except ValueError as e:
         raise RemoteError(f"remote job: not a stage/export request ({str(e).splitlines()[0]})", ExitCode.USAGE) from None
+    try:
+        return make_planned(cfg, spec, plan)
+    except HoardError as e:
+        keep_exit_code(e)
+        raise
+
+
+def keep_exit_code(e: HoardError) -> None:
+    """The exit code of the error a job fails with, in its meta, for `--wait` on the server (RQ
+    keeps no exit code of a job's own)."""
+    if (job := get_current_job()) is not None:
+        job.meta["exit_code"] = int(e.exit_code)
+        job.save_meta()
+
+
+def make_planned(cfg: Settings, spec: outputs.OutputSpec, plan: Any) -> dict[str, Any]:
+    """The located plan of `spec` (checked first: `checked_plan`) made in this host's zone —
+    recorded, reserved, read off the S3 disks, sealed; the output's report. Also the stage of
+    an action run on this host (jobs.actions.remote)."""
     items, where, n_nodes = checked_plan(spec, plan)
     outputs.submit(cfg, spec)
 
@@ -126,13 +145,7 @@ def run_output(config_path: str | None, spec_doc: dict[str, Any], plan: dict[str
         with LocatedReader(cfg, where) as reader:
             return outputs.copy_planned(cfg, spec, reader, items, n_nodes, progress, started)
 
-    try:
-        return outputs.run(cfg, spec.id, keep_refusal=True, body=body)
-    except HoardError as e:  # its exit code for `--wait` on the server (jobs keep no exit code of their own)
-        if (job := get_current_job()) is not None:
-            job.meta["exit_code"] = int(e.exit_code)
-            job.save_meta()
-        raise
+    return outputs.run(cfg, spec.id, keep_refusal=True, body=body)
 
 
 _SHA = re.compile(r"[0-9a-f]{64}")
@@ -192,6 +205,24 @@ def checked_plan(spec: outputs.OutputSpec, plan: Any) -> tuple[list[Item], dict[
     return items, where, nodes
 
 
+def open_s3(cfg: Settings, label: str) -> Any:
+    """This host's S3 disk `label`, its bucket checked to be that hoardfs disk (its identity):
+    RemoteError (one line) when hoard.toml declares no such S3 disk or names another bucket."""
+    from fsd.core.s3 import S3Disk  # deferred: boto3 is loaded only where an S3 disk is read
+
+    dc = next((d for d in cfg.disks if d.kind == "s3" and d.label == label), None)
+    if dc is None:
+        raise RemoteError(f"S3 disk {label}: {cfg.source} declares no such disk: add its [[disks]] table "
+                          "(kind = \"s3\") on this host")
+    disk = S3Disk.configured(dc)
+    ident = disk.read_identity()  # (an engine that does not answer: EngineError, one line)
+    if ident is None or ident.get("label") != dc.label:
+        raise RemoteError(f"disk {dc.label}: bucket {dc.bucket} at {dc.endpoint} is not that hoardfs "
+                          f"disk (its identity: {ident and ident.get('label')}); correct disks.bucket in "
+                          f"{cfg.source}")
+    return S3Disk.configured(dc, str(ident["uuid"]))
+
+
 @dataclass
 class _Stats:
     """What materialize reads of a batch read's statistics and plan."""
@@ -211,18 +242,10 @@ class LocatedReader:
         self.cfg = cfg
 
     def __enter__(self) -> LocatedReader:
-        from fsd.core.s3 import S3Disk  # deferred: boto3 is loaded only where an S3 disk is read
-
         wanted = {label for _, _, _, labels in self.where.values() for label in labels}
         for dc in self.cfg.disks:
             if dc.kind == "s3" and dc.label in wanted:
-                disk = S3Disk.configured(dc)
-                ident = disk.read_identity()  # (an engine that does not answer: EngineError, one line)
-                if ident is None or ident.get("label") != dc.label:
-                    raise RemoteError(f"disk {dc.label}: bucket {dc.bucket} at {dc.endpoint} is not that hoardfs "
-                                      f"disk (its identity: {ident and ident.get('label')}); correct disks.bucket in "
-                                      f"{self.cfg.source}")
-                self.disks[dc.label] = S3Disk.configured(dc, str(ident["uuid"]))
+                self.disks[dc.label] = open_s3(self.cfg, dc.label)
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -104,9 +104,13 @@ def run(ctx: typer.Context, name: Annotated[str, typer.Argument(metavar="NAME", 
         param: Annotated[list[str] | None, typer.Option("--param", help="NAME=VALUE (a declared parameter)")] = None,
         here: Annotated[bool, typer.Option("--here", help="run every step in this process (no worker)")] = False,
         wait: Annotated[bool, typer.Option("--wait", help="queue it, then wait until it ends")] = False,
+        remote: Annotated[bool, typer.Option("--remote", help="stage, run and parse on a worker of another host "
+                                             "(queue `remote`) reading the inputs from the S3 disks; the children "
+                                             "come back through the bucket and are stored here")] = False,
         as_json: AsJson = False) -> None:
-    """Run an action on its inputs: queued for `hoard worker` (or --here, or --wait). The same
-    command again: done → "done already" (nothing changes); failed or interrupted → resumed."""
+    """Run an action on its inputs: queued for `hoard worker` (or --here, or --wait; --remote: its
+    worker on another host, docs/scale-out.md). The same command again: done → "done already"
+    (nothing changes); failed or interrupted → resumed."""
     # deferred: jobs.actions and what it loads (rq, redis, psycopg) only in the commands that run; list, show and validate stay light
     from fsd.base.errors import HoardError
     from fsd.cli._common import read_sha_list
@@ -119,6 +123,8 @@ def run(ctx: typer.Context, name: Annotated[str, typer.Argument(metavar="NAME", 
                          "it), not both", ExitCode.USAGE)
     if here and wait:
         raise HoardError("--here runs the steps in this process; --wait waits for a worker: give one", ExitCode.USAGE)
+    if here and remote:
+        raise HoardError("--here runs the steps in this process; --remote on another host: give one", ExitCode.USAGE)
     cfg = state(ctx).settings
     try:
         sel = _json_file(selector, "selector") if selector is not None else None
@@ -132,7 +138,7 @@ def run(ctx: typer.Context, name: Annotated[str, typer.Argument(metavar="NAME", 
         else:
             assert cfg.redis_url
             with redis_required(cfg.redis_url):
-                sub = api.submit(cfg, name, selector=sel, nodes=listed, given=param or [])
+                sub = api.submit(cfg, name, selector=sel, nodes=listed, given=param or [], remote=remote)
     except ContractError as e:
         _refuse(e)
         return
@@ -183,7 +189,7 @@ def _go(cfg, sub, *, here: bool, wait: bool, as_json: bool) -> None:
     if sub.how == "done already":
         _run_report(cfg, rid, as_json, f"run {rid}: done already (nothing changed)")
         return
-    if sub.how in ("running",) + WAITING and not here:
+    if sub.how in ("running",) + WAITING and not here and not wait:  # (--wait: waits for it below)
         _run_report(cfg, rid, as_json, f"run {rid}: {sub.how} (`hoard action status {rid}`)")
         return
     if sub.how == "requeued" and not wait:
@@ -206,12 +212,23 @@ def _go(cfg, sub, *, here: bool, wait: bool, as_json: bool) -> None:
     if not wait:
         assert cfg.redis_url
         with redis_required(cfg.redis_url):
-            idle = unserved_queues(connect(cfg.redis_url))
+            conn = connect(cfg.redis_url)
+            idle = unserved_queues(conn)
+            away = "remote" in sub.state.steps and bool(unserved_queues(conn, ("remote",)))
         if idle and not as_json:
             err.print(f"no worker serves the {', '.join(idle)} queue(s): `hoard worker`, or add --here", markup=False)
+        if away and not as_json:
+            err.print("no worker serves the remote queue: start `hoard worker` on a host whose hoard.toml says "
+                      "[worker] remote = true (docs/scale-out.md)", markup=False)
         _run_report(cfg, rid, as_json, f"run {rid}: {sub.how}, queued (`hoard action status {rid}`; `hoard worker` "
                                        "runs it)")
         return
+    if "remote" in sub.state.steps and not as_json:  # (--wait would wait in silence for a host that never comes)
+        assert cfg.redis_url
+        with redis_required(cfg.redis_url):
+            if unserved_queues(connect(cfg.redis_url), ("remote",)):
+                err.print(f"run {rid}: no worker serves the remote queue yet: start `hoard worker` on a host whose "
+                          "hoard.toml says [worker] remote = true (docs/scale-out.md); waiting", markup=False)
     while True:
         st = load_state(cfg, rid)
         assert st is not None

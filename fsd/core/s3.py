@@ -6,6 +6,9 @@
                                         sha256 of the whole object (hex)
     <bucket>/orphans/<hex>.<time>       a shard set aside (deleted by `hoard verify --orphans --repair`
                                         after the grace period, as a local disk's)
+    <bucket>/transfers/<run>/<sha256>   a --remote action run's child on its way to the store's
+                                        server (metadata `hoard-sha256`), and `transfers/<run>/
+                                        parsed.json`, what its host parsed; deleted once collected
     <bucket>/claims/<shard hex>         while a seal runs: `<size> <sha256 hex> <host> <pid> <pid start>
                                         <nonce>`: the bytes it uploads, and which seal it is (<host>:
                                         `<name>/<machine id>/<boot id>/<pid namespace>`)
@@ -91,6 +94,9 @@ if TYPE_CHECKING:
 
 #: key prefixes in the bucket (module docstring)
 SHARD_PREFIX, ORPHAN_PREFIX, CLAIM_PREFIX = "shards/", "orphans/", CLAIMS
+#: a --remote action run's outputs on their way from its host to the store's server
+#: (jobs.actions.remote): objects of their own, never read as shards nor listed with them
+TRANSFER_PREFIX = "transfers/"
 #: the object metadata key holding the sha256 (hex) of the whole object; S3 sends it as the
 #: `x-amz-meta-hoard-sha256` header
 SHA_KEY = "hoard-sha256"
@@ -494,6 +500,38 @@ class S3Disk:
             removed = True
         if not removed:
             raise FileNotFoundError(errno.ENOENT, f"no shard {shard_hex} on disk {self.label}")
+
+    # -- transfers (jobs.actions.remote): plain objects under transfers/, not shards --------------
+
+    def put_transfer(self, key: str, body: Any, sha_hex: str) -> bool:
+        """Upload `body` (bytes or a file open for reading) as `key` under transfers/, its sha256
+        in the metadata, with If-None-Match: * — True when uploaded, False when the key was there
+        already (a retried upload: the key names the content, or the first writer's document)."""
+        assert key.startswith(TRANSFER_PREFIX)
+        try:
+            self._call(f"uploading {key}", self.client.put_object, Bucket=self.bucket, Key=key, Body=body,
+                       Metadata={SHA_KEY: sha_hex}, IfNoneMatch="*")
+        except ClientError:  # (only a 412 passes _call)
+            return False
+        return True
+
+    def transfer_sha(self, key: str) -> str | None:
+        """The sha256 a transfer object's metadata names; None when there is no such object."""
+        head = self._head(key)
+        return None if head is None else str(head.get("Metadata", {}).get(SHA_KEY, ""))
+
+    def open_transfer(self, key: str) -> Any:
+        """The body of a transfer object (a stream: `read(n)`, `close()`); FileNotFoundError when
+        it is not there."""
+        return self._call(f"reading {key}", self.client.get_object, Bucket=self.bucket, Key=key)["Body"]
+
+    def transfer_keys(self, prefix: str) -> list[str]:
+        assert prefix.startswith(TRANSFER_PREFIX)
+        return sorted(self._keys(prefix))
+
+    def delete_transfer(self, key: str) -> None:
+        assert key.startswith(TRANSFER_PREFIX)
+        self._call(f"deleting {key}", self.client.delete_object, Bucket=self.bucket, Key=key)
 
     def free_bytes(self, used_by_hoard: int) -> int:
         """The space granted to hoard on the engine (`capacity_gb`) less what hoard holds there:

@@ -4,8 +4,9 @@
 file safely and listing a directory of them. `params` — `--param K=V`; `execute` — starting,
 watching and ending a worker; `parse` — a worker's output root read back into child files and
 typed result records, hostile-input safe. Runs: `api` — submit, status, release, cancel;
-`runner` — the RQ job `run_step` and `run_here`; `steps` — what each step does; `state` — a
-run's key, id and state file. `labelstudio` — AC5's client of a real Label Studio
+`runner` — the RQ job `run_step` and `run_here`; `steps` — what each step does; `remote` — a
+`--remote` run's steps on the server and its job on another host; `state` — a run's key, id
+and state file. `labelstudio` — AC5's client of a real Label Studio
 (project, tasks by URL, export, COCO, annotations → labels).
 """
 

@@ -21,6 +21,7 @@ from typing import Any
 import psycopg
 import redis
 from rq.exceptions import NoSuchJobError
+from rq.registry import ScheduledJobRegistry
 
 from fsd.base import config as config_mod
 from fsd.base.config import Settings
@@ -30,11 +31,14 @@ from jobs import events
 from jobs.actions import contract as contracts
 from jobs.actions.contract import TYPES, Contract
 from jobs.actions.params import canonical, parse_params
+from jobs.actions.remote import cancel_remote, check_locatable
 from jobs.actions.runner import enqueue
 from jobs.actions.state import (
+    QUEUE_OF,
     STALE_S,
     STEPS_AC1,
     STEPS_AC5,
+    STEPS_REMOTE,
     STEPS_WORKER,
     WAITING,
     ActionError,
@@ -58,8 +62,8 @@ from jobs.actions.state import (
     with_way_on,
     write_work,
 )
-from jobs.actions.steps import cleanup_cancelled, record_ending, write_pending_events
-from jobs.queues import connect, fetch_job, running
+from jobs.actions.steps import cleanup_cancelled, record_ending, stage_context, write_pending_events
+from jobs.queues import connect, fetch_job, rq_queue, running
 from sql.apply import apply_write_intent
 from sql.batches import register_action
 from sql.migrate import migrate
@@ -94,7 +98,9 @@ def _params(c: Contract, given: list[str], cfg: Settings | None = None) -> dict[
     return parse_params(c, given, cfg)
 
 
-def steps_of(c: Contract) -> list[str]:
+def steps_of(c: Contract, remote: bool = False) -> list[str]:
+    if remote:  # stage, run, parse on another host; its children collected (jobs.actions.remote)
+        return [s for s in STEPS_REMOTE if s != "gate" or c.gate is not None]
     if c.action_type == "AC1":
         return list(STEPS_AC1)
     if c.action_type == "AC5":
@@ -157,17 +163,30 @@ def prepare(cfg: Settings, name: str, *, selector: dict | None = None, nodes: li
 
 
 def submit(cfg: Settings, name: str, *, selector: dict | None = None, nodes: list[str] | None = None,
-           given: list[str] | None = None, redis_conn=None, queue: bool = True, by: str = "") -> Submitted:
+           given: list[str] | None = None, redis_conn=None, queue: bool = True, by: str = "",
+           remote: bool = False) -> Submitted:
     """Record the run of action `name` (the actions directory's contract, else the built-in of
     that id) and queue its next step (`queue=False`: the caller runs the steps itself,
-    `run_here`); `by`: who launched it (a GUI login). The same run again: done → "done already",
-    nothing changed; failed, cancelled or interrupted → resumed at its step; running or waiting
-    → said so."""
+    `run_here`); `by`: who launched it (a GUI login); `remote`: its stage, worker and parse on
+    a host of the `remote` queue (jobs.actions.remote: refused in one line, nothing recorded,
+    when an input is on no S3 disk). The same run again: done → "done already", nothing
+    changed; failed, cancelled or interrupted → resumed at its step; running or waiting → said
+    so."""
     c, params, inputs, rid = prepare(cfg, name, selector=selector, nodes=nodes, given=given)
     with flocked(state_dir(cfg) / f"{rid}.submit.lock"):
         st = load_state(cfg, rid)
         if st is not None:
+            if ("remote" in st.steps) != remote:
+                way = "with --remote" if "remote" in st.steps else "on this server"
+                raise ActionError(f"run {rid} was submitted {way}; it goes on as it began: {resume_line(rid)}")
             return _again(cfg, st, redis_conn, queue)
+        context = None
+        if remote:
+            if not queue or not cfg.redis_url:
+                raise ActionError("--remote queues the run for a host of the `remote` queue: it needs redis_url in "
+                                  "hoard.toml and no --here")
+            context = stage_context(cfg, c, inputs)
+            check_locatable(cfg, c, rid, inputs, context)
         with _database(rid):
             conn = psycopg.connect(cfg.database_url, autocommit=True, connect_timeout=10)
             with conn:
@@ -177,8 +196,11 @@ def submit(cfg: Settings, name: str, *, selector: dict | None = None, nodes: lis
                     {"batch_id": rid, "action": num, "members": inputs, "seal": True}]})
         write_work(cfg, rid, "contract", c.model_dump(mode="json"))
         write_work(cfg, rid, "inputs", inputs)
+        if context is not None:  # what was located is what the run stages (the plan step keeps it)
+            write_work(cfg, rid, "context", context)
         cancel_flag(cfg, rid).unlink(missing_ok=True)
-        st = RunState(rid, c.action_id, c.version, c.action_type, num, params, steps_of(c), len(inputs), by=by)
+        st = RunState(rid, c.action_id, c.version, c.action_type, num, params, steps_of(c, remote), len(inputs),
+                      by=by)
         with flocked(lock_path(cfg, rid)):  # saved and queued as one: never seen "queued" without its job
             save_state(cfg, st)
             if queue:
@@ -278,8 +300,9 @@ def _again(cfg: Settings, st: RunState, redis_conn, queue: bool) -> Submitted:
                 # what the worker wrote was refused (at parse; or at store: a file swapped after it
                 # was parsed): reading or storing it again would refuse it again — the (fixed)
                 # worker runs again, on an emptied output root
-                first = st.steps.index("run")
-                st.step = "run"
+                back = "remote" if "remote" in st.steps else "run"  # (a --remote run's host runs it)
+                first = st.steps.index(back)
+                st.step = back
                 st.done = [d for d in st.done if st.steps.index(d) < first]
                 st.report.pop("output_refused", None)
             if st.step in ("run", "labels"):
@@ -314,7 +337,15 @@ def job_lost(cfg: Settings, st: RunState, redis_conn=None, strict: bool = False)
                 continue
             if status in ("queued", "scheduled", "deferred") or (status == "started" and running(conn, jid)):
                 return False
-        return True
+            # a poll that scheduled its next run under its own id is then marked finished by RQ
+            # (its hash saved over the new one's) while the scheduler still holds that next run
+            if suffix == "-poll" and jid in ScheduledJobRegistry(queue=rq_queue(QUEUE_OF[st.step], conn)):
+                return False
+        # looked at again: a poll started after the first look replaces its own job (deleted, then
+        # scheduled anew) under the run's lock, and a step that ended since saved the state
+        after = load_state(cfg, st.run_id)
+        return not (is_running(cfg, st.run_id) or after is None or after.updated != st.updated
+                    or after.status != st.status)
     except redis.RedisError:
         if strict:
             raise
@@ -439,6 +470,7 @@ def cancel(cfg: Settings, rid: str) -> RunState:
             if st.status != Status.CANCELLED.value:
 
                 cleanup_cancelled(cfg, st)
+                cancel_remote(cfg, st)
                 st.status, st.error = Status.CANCELLED.value, f"cancelled at step {st.step}"
                 save_state(cfg, st)
                 record_ending(cfg, st, Status.CANCELLED.value)

@@ -23,8 +23,12 @@ from fsd.base.files import atomic_write
 STEPS_AC1 = ("plan", "apply", "finish")
 STEPS_WORKER = ("plan", "stage", "gate", "run", "parse", "store", "apply", "finish")
 STEPS_AC5 = ("plan", "stage", "tasks", "labels", "apply", "finish")
+#: an AC2–AC4 run with --remote (jobs.actions.remote): stage, run and parse on another host
+#: (one job on the `remote` queue, which `remote` queues and waits for), its children collected
+STEPS_REMOTE = ("plan", "gate", "remote", "collect", "apply", "finish")
 QUEUE_OF = {"plan": "sql", "stage": "io", "gate": "maintenance", "run": "actions", "parse": "io", "store": "io",
-            "tasks": "maintenance", "labels": "maintenance", "apply": "sql", "finish": "maintenance"}
+            "tasks": "maintenance", "labels": "maintenance", "apply": "sql", "finish": "maintenance",
+            "remote": "actions", "collect": "io"}
 #: RQ timeout of a step (the worker's own timeout is the contract's; the run step adds a margin)
 STEP_TIMEOUT_S = 6 * 3600
 #: a running step writes its heartbeat this often …
@@ -33,6 +37,8 @@ HEARTBEAT_S = 5
 STALE_S = 120
 #: how often a waiting `external` run looks for its done marker
 EXTERNAL_POLL_S = 30
+#: how often a --remote run looks whether its host's job ended (Redis, then the bucket)
+REMOTE_POLL_S = 5
 #: how often an AC5 run waiting for its labellers asks Label Studio how far they are
 LABELS_POLL_S = 60
 RUN_ID = re.compile(r"[a-z][a-z0-9_-]{0,63}-v[0-9]+-[0-9a-f]{12}")
@@ -44,12 +50,15 @@ class Status(str, enum.Enum):  # noqa: UP042  # StrEnum would change str(member)
     WAIT_GPU_READY = "WAIT_GPU_READY"
     WAITING_EXTERNAL = "waiting_external"
     WAITING_LABELS = "waiting_labels"
+    #: a --remote run while a host of the `remote` queue stages, runs and parses it
+    WAITING_REMOTE = "waiting_remote"
     DONE = "done"
     FAILED = "failed"
     CANCELLED = "cancelled"
 
 
-WAITING = (Status.WAIT_GPU_READY.value, Status.WAITING_EXTERNAL.value, Status.WAITING_LABELS.value)
+WAITING = (Status.WAIT_GPU_READY.value, Status.WAITING_EXTERNAL.value, Status.WAITING_LABELS.value,
+           Status.WAITING_REMOTE.value)
 
 
 class ActionError(HoardError):

@@ -119,19 +119,27 @@ def _step_plan(cfg: Settings, st: RunState) -> None:
         write_work(cfg, st.run_id, "plan", {"labels": labels, "black_list": sorted(black)})
         st.report.update(labels_planned=len(labels), black_list_planned=len(black))
         return
-    s = c.stage_layout
     # fixed now, once: a resumed run stages the same — and a plan run again (its runner killed
     # after the submit below, before its state said so) submits the same request, not one of
     # the parents/children of now, which the id's recorded request would refuse
-    if s is not None and (s.include_parents or s.include_children) and context_of(cfg, st) is None:
-        shas = [bytes.fromhex(h) for h in sorted(inputs)]
-        with _connect(cfg) as conn:
-            chosen = {role: neighbours(conn, shas, up=role == "parents")
-                      for role, wanted in (("parents", s.include_parents), ("children", s.include_children)) if wanted}
+    if context_of(cfg, st) is None and (chosen := stage_context(cfg, c, sorted(inputs))) is not None:
         write_work(cfg, st.run_id, "context", chosen)
     context = context_of(cfg, st)
     st.report.update({f"{role}_staged": len(v) for role, v in (context or {}).items()})
-    outputs.submit(cfg, stage_spec(c, st.run_id, sorted(inputs), context))
+    if "remote" not in st.steps:  # (a --remote run's stage is recorded on the host that makes it)
+        outputs.submit(cfg, stage_spec(c, st.run_id, sorted(inputs), context))
+
+
+def stage_context(cfg: Settings, c: Contract, inputs: list[str]) -> dict[str, list[str]] | None:
+    """The parents and children of `inputs` the contract stages beside them (include_parents,
+    include_children), from PostgreSQL now; None when it stages none."""
+    s = c.stage_layout
+    if s is None or not (s.include_parents or s.include_children):
+        return None
+    shas = [bytes.fromhex(h) for h in sorted(inputs)]
+    with _connect(cfg) as conn:
+        return {role: neighbours(conn, shas, up=role == "parents")
+                for role, wanted in (("parents", s.include_parents), ("children", s.include_children)) if wanted}
 
 
 def context_of(cfg: Settings, st: RunState) -> dict[str, list[str]] | None:
@@ -161,20 +169,29 @@ def _step_stage(cfg: Settings, st: RunState) -> None:
     st.report["stage"] = {k: rep.get(k) for k in ("path", "files", "bytes", "copied_files")}
 
 
-def roots_of(cfg: Settings, c: Contract, st: RunState):
-    spec = stage_spec(c, st.run_id, [])
-    base = cfg.ssd.zone_path("3C") / st.run_id / spec.layout["name"]
+def roots_of(cfg: Settings, c: Contract, st: RunState) -> Roots:
+    return roots_for(cfg, c, st.run_id)
+
+
+def roots_for(cfg: Settings, c: Contract, rid: str) -> Roots:
+    """The run's roots in this host's 3C (a --remote run's host: in its own)."""
+    spec = stage_spec(c, rid, [])
+    base = cfg.ssd.zone_path("3C") / rid / spec.layout["name"]
     s = c.stage_layout
-    return Roots(input_root=base / "input", output_root=base / "output", batch_id=st.run_id,
+    return Roots(input_root=base / "input", output_root=base / "output", batch_id=rid,
                  parents_root=base / "parents" if s is not None and s.include_parents else None,
                  children_root=base / "children" if s is not None and s.include_children else None)
 
 
 def staged_inputs(cfg: Settings, c: Contract, st: RunState) -> list[Any]:
+    return staged_inputs_for(cfg, c, st.run_id)
+
+
+def staged_inputs_for(cfg: Settings, c: Contract, rid: str) -> list[Any]:
     """The staged files (relative to the input root) and their sha256, from the stage's manifest."""
-    spec = stage_spec(c, st.run_id, [])
+    spec = stage_spec(c, rid, [])
     prefix = f"{spec.layout['name']}/input/"
-    doc = json.loads((cfg.ssd.zone_path("3C") / st.run_id / MANIFEST).read_bytes())
+    doc = json.loads((cfg.ssd.zone_path("3C") / rid / MANIFEST).read_bytes())
     return [InputFile(sha256=f["sha256"], staged_path=f["path"].removeprefix(prefix))
             for f in doc["files"] if f.get("sha256") and f["path"].startswith(prefix)
             and not (spec.layout.get("sidecars") and f["path"].endswith(".json"))]
