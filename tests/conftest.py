@@ -386,7 +386,9 @@ TIER_FIXTURES = {"gui": {"user", "gui_home", "proxied"}, "lab": {"lab", "lab_fac
 
 #: test files that must not run at the same time as each other in two pytest-xdist workers
 #: (one group = one worker): what they use is one per machine, not one per test
-SHARED_GROUPS = {"test_install.py": "system", "test_install_root.py": "system", "test_privileges.py": "system"}
+SHARED_GROUPS = {"test_install.py": "system", "test_install_root.py": "system", "test_privileges.py": "system",
+                 # their hosts are network namespaces on the fixed subnets 10.77.<n>.0/24 (test_remote_workers.Host)
+                 "test_remote_workers.py": "netns", "test_remote_actions.py": "netns"}
 
 
 @pytest.hookimpl(optionalhook=True, tryfirst=True)
