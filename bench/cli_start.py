@@ -15,7 +15,7 @@ The floor, measured in the same run: `python -c pass` with the same interpreter 
 (what any Python command costs), and `python -c "import typer, pydantic"` (the two libraries
 every `hoard` command needs to parse its arguments and its hoard.toml). `--before DIR` (a
 checkout of the old code: `git worktree add --detach DIR <commit>`) runs the same invocations
-with that code right after each of this code's, on the same store, with the same interpreter
+with that code, its runs and this code's taken in turn, on the same store, with the same interpreter
 (`--before-path DIR`: a library the old code needs that this one dropped — pydantic-settings —
 installed with `pip install --target DIR`).
 
@@ -86,11 +86,21 @@ def once(argv: list[str], cwd: Path, env: dict[str, str]) -> tuple[float, float]
 
 def measure(argv: list[str], cwd: Path, env: dict[str, str], repeat: int) -> dict:
     """Median wall and CPU of `repeat` runs after one discarded (warm)."""
-    once(argv, cwd, env)
-    runs = [once(argv, cwd, env) for _ in range(repeat)]
-    return {"wall_s": round(statistics.median(w for w, _ in runs), 4),
-            "cpu_s": round(statistics.median(c for _, c in runs), 4),
-            "runs": [[round(w, 4), round(c, 4)] for w, c in runs]}
+    return measure_each({"this": (argv, cwd, env)}, repeat)["this"]
+
+
+def measure_each(how: dict[str, tuple[list[str], Path, dict[str, str]]], repeat: int) -> dict[str, dict]:
+    """`measure` for each of several ways of running one invocation, their runs taken in turn
+    (this, before, this, before …) so that a drift of the machine's load falls on all alike."""
+    for argv, cwd, env in how.values():
+        once(argv, cwd, env)
+    runs: dict[str, list[tuple[float, float]]] = {name: [] for name in how}
+    for _ in range(repeat):
+        for name, (argv, cwd, env) in how.items():
+            runs[name].append(once(argv, cwd, env))
+    return {name: {"wall_s": round(statistics.median(w for w, _ in rs), 4),
+                   "cpu_s": round(statistics.median(c for _, c in rs), 4),
+                   "runs": [[round(w, 4), round(c, 4)] for w, c in rs]} for name, rs in runs.items()}
 
 
 def main() -> None:
@@ -123,11 +133,11 @@ def main() -> None:
         results: dict[str, dict] = {}
         for name, words in INVOCATIONS.items():
             argv = [fill.get(w, w) for w in words]
-            results[name] = {}
+            how = {}
             for code, where in codes.items():
                 path = os.pathsep.join([str(where)] + ([args.before_path] if code == "before" and args.before_path else []))
-                results[name][code] = measure([sys.executable, "-m", "fsd", "--config", str(cfg), *argv], where,
-                                              dict(env, PYTHONPATH=path), args.repeat)
+                how[code] = ([sys.executable, "-m", "fsd", "--config", str(cfg), *argv], where, dict(env, PYTHONPATH=path))
+            results[name] = measure_each(how, args.repeat)
             print(f"{name}: " + ", ".join(f"{c} {r['cpu_s']:.3f} s CPU / {r['wall_s']:.3f} s"
                                           for c, r in results[name].items()), flush=True)
     data = {"repeat": args.repeat, "floor": floor, "invocations": results,
