@@ -250,6 +250,11 @@ def get_ranges(client, bucket: str, ranges: list[tuple[str, int, int]], threads:
             body.close()
         return n
 
+    return _timed_in_threads(one, ranges, threads)
+
+
+def _timed_in_threads(one, ranges: list[tuple[str, int, int]], threads: int) -> tuple[int, float]:
+    """`one` over every range, `threads` at once: (the bytes they return together, seconds)."""
     t0 = time.monotonic()
     with ThreadPoolExecutor(threads) as pool:
         got = sum(pool.map(one, ranges))
@@ -281,12 +286,10 @@ def get_ranges_signed(client, bucket: str, ranges: list[tuple[str, int, int]], t
             resp.release_conn()
         return n
 
-    t0 = time.monotonic()
-    with ThreadPoolExecutor(threads) as pool_:
-        got = sum(pool_.map(one, ranges))
-    took = time.monotonic() - t0
-    pool.clear()
-    return got, took
+    try:
+        return _timed_in_threads(one, ranges, threads)
+    finally:
+        pool.clear()
 
 
 def pieces(ranges: list[tuple[str, int, int]], size: int) -> list[tuple[str, int, int]]:

@@ -35,13 +35,14 @@ pytestmark = pytest.mark.services
 
 
 def _config(tmp_path: Path, engine, bucket: str, copies: int, locals_: tuple[str, ...] = ("d0", "d1"),
-            weight: int = 1) -> Path:
+            weight: int = 1, shard_size_mb: int = 1, write_ack: int | None = None) -> Path:
     """hoard.toml: local directory disks `locals_` and the S3 disk s3a (staging folder on the SSD),
-    copy_of_raw = `copies`, s3a's own `copies` = `weight`."""
+    copy_of_raw = `copies`, s3a's own `copies` = `weight`, write_ack (default: copies, at most 2)."""
     disks = [(label, tmp_path / label, None) for label in locals_]
     for _, p, _ in disks:
         p.mkdir(exist_ok=True)
-    path = write_config(tmp_path, disks, shard_size_mb=1, copy_of_raw=copies, write_ack=min(copies, 2))
+    path = write_config(tmp_path, disks, shard_size_mb=shard_size_mb, copy_of_raw=copies,
+                        write_ack=min(copies, 2) if write_ack is None else write_ack)
     text = path.read_text().replace("\n[ssd]", f'\n[[disks]]\nlabel = "s3a"\nkind = "s3"\nendpoint = "{engine.endpoint}"\n'
                                                f'bucket = "{bucket}"\ncapacity_gb = 2\n'
                                                + (f"copies = {weight}\n" if weight != 1 else "") + "\n[ssd]", 1)
@@ -495,10 +496,7 @@ def test_a_batch_read_off_a_bucket_keeps_several_ranged_gets_in_flight(tmp_path:
 
     engine_env(seaweedfs)
     bucket = _bucket(seaweedfs, "hoard-store-streams")
-    path = write_config(tmp_path, [], shard_size_mb=1, copy_of_raw=2, write_ack=1)
-    path.write_text(path.read_text().replace("\n[ssd]", f'\n[[disks]]\nlabel = "s3a"\nkind = "s3"\n'
-                                             f'endpoint = "{seaweedfs.endpoint}"\nbucket = "{bucket}"\n'
-                                             "capacity_gb = 2\ncopies = 2\n\n[ssd]", 1))
+    path = _config(tmp_path, seaweedfs, bucket, copies=2, locals_=(), weight=2, shard_size_mb=1, write_ack=1)
     files = make_files(tmp_path / "in", 150, seed=5, hi=96 * 1024)
     big = tmp_path / "big.bin"
     big.write_bytes(random.Random(5).randbytes(MAX_RANGE + (9 << 20)))  # past MAX_RANGE: streamed in pieces
@@ -549,10 +547,7 @@ def test_a_damaged_record_on_the_bucket_fails_the_batch_read(tmp_path: Path, sea
     (presigned URLs with urllib3 since W3-L: `S3Disk._get`)."""
     engine_env(seaweedfs)
     bucket = _bucket(seaweedfs, "hoard-store-damage")
-    path = write_config(tmp_path, [], shard_size_mb=64, copy_of_raw=2, write_ack=1)
-    path.write_text(path.read_text().replace("\n[ssd]", f'\n[[disks]]\nlabel = "s3a"\nkind = "s3"\n'
-                                             f'endpoint = "{seaweedfs.endpoint}"\nbucket = "{bucket}"\n'
-                                             "capacity_gb = 2\ncopies = 2\n\n[ssd]", 1))
+    path = _config(tmp_path, seaweedfs, bucket, copies=2, locals_=(), weight=2, shard_size_mb=64, write_ack=1)
     files = make_files(tmp_path / "in", 40, seed=9, lo=4096, hi=64 * 1024)
     with Store.open(config.load(path), init=True) as store:
         res = store.put_many(files)

@@ -55,6 +55,7 @@ from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from fsd.base import config as config_mod
 from fsd.base.config import Settings
 from fsd.base.errors import ExitCode, HoardError, first_line
+from fsd.base.files import open_nofollow
 from fsd.base.paths import display, hostile_reason
 from fsd.store import Store
 from jobs import outputs
@@ -579,19 +580,10 @@ def _upload(disk: Any, rid: str, root_fd: int, ch: dict[str, Any], done: dict[st
 
 
 def _open_below(root_fd: int, rel: str) -> int:
-    """`rel` opened under the directory `root_fd`, no component followed if it is a link."""
-    parts = rel.split("/")
-    fd = root_fd
+    """`rel` opened under the directory `root_fd`, no component followed if it is a link (a fifo
+    opened, not waited on: the caller's fstat refuses what is not a regular file)."""
     try:
-        for part in parts[:-1]:
-            nxt = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
-            if fd != root_fd:
-                os.close(fd)
-            fd = nxt
-        return os.open(parts[-1], os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+        return open_nofollow(root_fd, rel)
     except OSError as e:
         raise parse.OutputProblem(f"output {rel}: cannot be opened without following a link ({e.strerror}); not "
                                   "uploaded") from None
-    finally:
-        if fd != root_fd:
-            os.close(fd)
