@@ -61,7 +61,7 @@ from fsd.store import Store
 from jobs import outputs
 from jobs import remote as remote_jobs
 from jobs.actions import contract as contracts
-from jobs.actions import execute, parse
+from jobs.actions import parse
 from jobs.actions.contract import Contract, RunExternal, RunLabelStudio
 from jobs.actions.params import canonical, parse_params
 from jobs.actions.state import (
@@ -82,13 +82,13 @@ from jobs.actions.state import (
     write_work,
 )
 from jobs.actions.steps import (
-    _empty,
     _rows,
     _why,
     context_of,
     contract_of,
     inputs_of,
     roots_for,
+    run_attempts,
     stage_spec,
     staged_inputs_for,
 )
@@ -235,6 +235,7 @@ def _step_collect(cfg: Settings, st: RunState) -> None:
         _drop_transfer(disk, rid)
         return
     where = f"{disk.where}/{prefix(rid)}"
+    tmp = state_dir(cfg) / f"{rid}.collect"  # what comes down, until stored
     body = disk.open_transfer(prefix(rid) + PARSED)
     try:
         raw = body.read(PARSED_MAX + 1)
@@ -247,7 +248,6 @@ def _step_collect(cfg: Settings, st: RunState) -> None:
         children, records, doc = _checked(c, json.loads(raw), inputs,
                                           limit=(c.a4_scale or cfg.store.a4_scale) * len(inputs),
                                           max_bytes=c.max_output_bytes or cfg.actions.max_output_bytes)
-        tmp = state_dir(cfg) / f"{rid}.collect"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
         files: dict[str, Path] = {}
@@ -258,7 +258,7 @@ def _step_collect(cfg: Settings, st: RunState) -> None:
                                                 tmp / (ch["sha256"] + (f".{ext}" if _EXT.fullmatch(ext) else "")))
     except (_Bad, ValueError) as e:
         st.report["output_refused"] = "collect"  # resumed, the host runs it again (api._again)
-        shutil.rmtree(state_dir(cfg) / f"{rid}.collect", ignore_errors=True)  # (what came down before the refusal)
+        shutil.rmtree(tmp, ignore_errors=True)  # (what came down before the refusal)
         _drop_transfer(disk, rid)
         raise ActionError(f"run {rid}: what its host uploaded ({where}) is refused: {first_line(e)}; nothing was "
                           f"stored — {resume_line(rid)} runs it on a host again", ExitCode.DATA) from None
@@ -268,7 +268,7 @@ def _step_collect(cfg: Settings, st: RunState) -> None:
             results = store.put_many(list(files.values()), klass="generated")
             bad = next((r for r in results if r.status == "rejected"), None)
             if bad is not None:  # (downloaded again when resumed: the transfer is kept, this copy not)
-                shutil.rmtree(state_dir(cfg) / f"{rid}.collect", ignore_errors=True)
+                shutil.rmtree(tmp, ignore_errors=True)
                 raise ActionError(f"run {rid}: child {bad.sha256 or display(str(bad.path))} could not be stored: "
                                   f"{bad.reason}; {resume_line(rid)} once fixed", ExitCode.DATA)
             # referenced from now on (gc), until the apply's rows reference them; finish unpins
@@ -287,7 +287,7 @@ def _step_collect(cfg: Settings, st: RunState) -> None:
     if cfg.redis_url:  # before the delete: a late job that uploads after it sees this and deletes its own
         _close(connect(cfg.redis_url), rid, "collected")
     _drop_transfer(disk, rid)
-    shutil.rmtree(state_dir(cfg) / f"{rid}.collect", ignore_errors=True)
+    shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _count(v: Any) -> int:
@@ -502,17 +502,8 @@ def _run_action(cfg: Settings, doc: Any) -> dict[str, Any]:
         return {"run": rid, "already_done": True, "host": host}
     stage = remote_jobs.make_planned(cfg, spec, plan)
     roots = roots_for(cfg, c, rid)
-    attempts, outcome = 1 + c.retries, None
-    for attempt in range(1, attempts + 1):
-        _empty(roots.output_root)
-        outcome = execute.run_worker(c, roots, params, log_path=log_path(cfg, rid), heartbeat=lambda: None,
-                                     should_stop=lambda: False, worker_user=cfg.actions.worker_user,
-                                     run_dir=cfg.ssd.zone_path("3C") / rid)
-        if outcome.reason == "exited" and outcome.exit_code == 0:
-            break
-        if attempt < attempts:
-            log.info("run %s: attempt %d of %d: %s; trying again", rid, attempt, attempts, _why(outcome, c))
-    assert outcome is not None
+    attempts = 1 + c.retries
+    outcome = run_attempts(cfg, c, roots, params, rid, heartbeat=lambda: None, should_stop=lambda: False)
     if not (outcome.reason == "exited" and outcome.exit_code == 0):
         raise remote_jobs.RemoteError(f"run {rid} on host {host}: {_why(outcome, c)} ({attempts} attempt"
                                       f"{'s' * (attempts > 1)}); its log there: {log_path(cfg, rid)} — fix the "

@@ -260,31 +260,46 @@ def _step_run(cfg: Settings, st: RunState) -> None:
                               "waits anew", ExitCode.UNAVAILABLE)
         raise Waiting(Status.WAITING_EXTERNAL.value, min(EXTERNAL_POLL_S, max(1.0, rs.timeout_s - waited)))
     attempts = 1 + c.retries
-    outcome = None
     end_left_worker(cfg, st)  # a runner killed (kill -9) while its worker ran left that worker running
-    for attempt in range(1, attempts + 1):
-        _empty(roots.output_root)
-        outcome = execute.run_worker(c, roots, st.params, log_path=log_path(cfg, st.run_id),
-                                     heartbeat=lambda: beat(cfg, st.run_id),
-                                     should_stop=lambda: cancel_flag(cfg, st.run_id).exists(),
-                                     worker_user=cfg.actions.worker_user,
-                                     on_start=lambda pid, start: _worker_started(cfg, st, pid, start),
-                                     run_dir=cfg.ssd.zone_path("3C") / st.run_id)
+
+    def ended(outcome: execute.Outcome) -> None:
         st.worker = None
         save_state(cfg, st)
         if outcome.reason == "cancelled":
             raise Cancelled(f"run {st.run_id} was cancelled while its worker ran (stopped after "
                             f"{outcome.seconds:.0f} s)")
-        if outcome.reason == "exited" and outcome.exit_code == 0:
-            break
-        if attempt < attempts:  # the last one's failure is the run's error line
-            log.info("run %s: attempt %d of %d: %s; trying again", st.run_id, attempt, attempts, _why(outcome, c))
-    assert outcome is not None
+
+    outcome = run_attempts(cfg, c, roots, st.params, st.run_id, heartbeat=lambda: beat(cfg, st.run_id),
+                           should_stop=lambda: cancel_flag(cfg, st.run_id).exists(),
+                           on_start=lambda pid, start: _worker_started(cfg, st, pid, start), ended=ended)
     st.report["run"] = {"reason": outcome.reason, "exit_code": outcome.exit_code, "seconds": round(outcome.seconds, 3)}
     if not (outcome.reason == "exited" and outcome.exit_code == 0):
         raise ActionError(f"run {st.run_id}: {_why(outcome, c)} ({attempts} attempt{'s' * (attempts > 1)}); its log: "
                           f"{log_path(cfg, st.run_id)}; the output is kept in {roots.output_root} — fix the worker, "
                           f"then {resume_line(st.run_id)}", ExitCode.DATA)
+
+
+def run_attempts(cfg: Settings, c: Contract, roots: execute.Roots, params: dict[str, Any], rid: str, *,
+                 heartbeat: Callable[[], None], should_stop: Callable[[], bool],
+                 on_start: Callable[[int, int], None] | None = None,
+                 ended: Callable[[execute.Outcome], None] = lambda outcome: None) -> execute.Outcome:
+    """The worker run on an emptied output root, again after a failure, up to 1 + `c.retries`
+    times (here and on a --remote run's host, jobs.actions.remote); `ended(outcome)` after each
+    attempt. The last attempt's outcome: a success, or the failure that is the run's error line."""
+    attempts = 1 + c.retries
+    outcome: execute.Outcome | None = None
+    for attempt in range(1, attempts + 1):
+        _empty(roots.output_root)
+        outcome = execute.run_worker(c, roots, params, log_path=log_path(cfg, rid), heartbeat=heartbeat,
+                                     should_stop=should_stop, worker_user=cfg.actions.worker_user,
+                                     on_start=on_start, run_dir=cfg.ssd.zone_path("3C") / rid)
+        ended(outcome)
+        if outcome.reason == "exited" and outcome.exit_code == 0:
+            break
+        if attempt < attempts:  # the last one's failure is the run's error line
+            log.info("run %s: attempt %d of %d: %s; trying again", rid, attempt, attempts, _why(outcome, c))
+    assert outcome is not None
+    return outcome
 
 
 def _worker_started(cfg: Settings, st: RunState, pid: int, start: int) -> None:
