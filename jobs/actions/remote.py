@@ -151,10 +151,15 @@ def check_locatable(cfg: Settings, c: Contract, rid: str, inputs: list[str],
     why = refusal(c)
     if why:
         raise ActionError(f"{why}; run it without --remote")
+    _located(cfg, stage_spec(c, rid, inputs, context), f"action {c.action_id} --remote")
+
+
+def _located(cfg: Settings, spec: outputs.OutputSpec, who: str) -> dict[str, Any]:
+    """jobs.remote.locate's plan of the stage `spec`; its refusal as the run's, `who` first."""
     try:
-        remote_jobs.locate(cfg, stage_spec(c, rid, inputs, context))
+        return remote_jobs.locate(cfg, spec)
     except remote_jobs.RemoteError as e:
-        raise ActionError(f"action {c.action_id} --remote: {e.message.split(': ', 1)[-1]}", e.exit_code) from None
+        raise ActionError(f"{who}: {e.message.split(': ', 1)[-1]}", e.exit_code) from None
 
 
 # -- on the store's server: the steps `remote` and `collect` -------------------------------------
@@ -188,10 +193,7 @@ def _step_remote(cfg: Settings, st: RunState) -> None:
         # no such job (Redis lost it), or it ended without uploading: queued again below
     c = contract_of(cfg, st)
     spec = stage_spec(c, rid, sorted(inputs_of(cfg, st)), context_of(cfg, st))
-    try:  # located now, not at submit: shards move (compaction, a disk replaced) meanwhile
-        plan = remote_jobs.locate(cfg, spec)
-    except remote_jobs.RemoteError as e:
-        raise ActionError(f"run {rid}: {e.message.split(': ', 1)[-1]}", e.exit_code) from None
+    plan = _located(cfg, spec, f"run {rid}")  # now, not at submit: shards move (compaction, a disk replaced)
     label = _transfer_disk(plan)
     doc = {"run": rid, "attempt": st.attempt, "contract": c.model_dump(mode="json"), "params": st.params,
            "spec": spec.model_dump(), "plan": plan, "disk": label}
