@@ -127,6 +127,21 @@ def servers() -> dict[str, str]:
     return {"database_url": db, "redis_url": rd}
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _redis_per_file(request: pytest.FixtureRequest) -> None:
+    """Each test file that uses the servers starts on an empty test Redis database: what an
+    earlier file left queued — a `--here` action run's maintenance job (actions-empty-trash),
+    which no worker of that file took — is no later file's `hoard worker --burst`'s to take
+    (it refuses a job naming another file's hoard.toml, and logs the refusal as an error:
+    the CI run of stop 52 failed test_cli_contract's PostgreSQL-down scenario on it). Files
+    without servers (the unit tier) start none."""
+    path = request.node.path
+    if not any("servers" in item.fixturenames for item in request.session.items if item.path == path):
+        return
+    servers = request.getfixturevalue("servers")
+    redis.Redis.from_url(servers["redis_url"]).flushdb()
+
+
 def per_worker(db: str, rd: str) -> tuple[str, str]:
     """The test servers of this pytest-xdist worker (`make test` runs the suite in TEST_WORKERS
     processes): worker gwN gets its own database `<name>_gwN_test` (created when missing, as the
