@@ -8,8 +8,10 @@ store, worker program and processes."""
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -27,10 +29,10 @@ from fsd.base.errors import HoardError
 from fsd.store import Store
 from jobs.actions import remote as remote_actions
 from jobs.actions.contract import Contract
-from jobs.actions.state import load_state
+from jobs.actions.state import RunState, load_state, save_state
 from jobs.queues import enqueue_once, fetch_job
 from tests.test_remote_workers import REPO, _hoard, _logs, _onto_the_bucket, cluster  # noqa: F401  # (a fixture)
-from tests.test_s3_backend import engine_env  # noqa: F401  # (a fixture)
+from tests.test_s3_backend import engine_env, s3_disk  # noqa: F401  # (a fixture)
 
 # tier: SeaweedFS, PostgreSQL, Redis and hoard processes in network namespaces
 pytestmark = pytest.mark.services
@@ -371,3 +373,64 @@ def test_a_job_run_again_after_its_run_was_collected_leaves_nothing_on_the_bucke
     assert [o["Key"] for o in listed] == []
     assert fetch_job(job.id, conn).return_value().get("already_done") is True  # (nothing staged nor run again)
     assert not (config.load(remote).ssd.zone_path("3C") / rid).exists()
+
+
+def _transfer(disk, key: str) -> None:
+    body = key.encode()
+    disk.put_transfer(key, body, hashlib.sha256(body).hexdigest())
+
+
+def test_what_past_deletes_left_on_the_bucket_is_swept_and_nothing_a_run_still_needs(
+        hoard_home: Path, seaweedfs, engine_env, tmp_path: Path) -> None:  # noqa: F811
+    """A cancel while the engine did not answer, or a host cut off from Redis that uploaded
+    after its run was collected from another host, leaves `transfers/<run>/` on the bucket, which
+    `verify --orphans` does not look at. The next collect or cancel of a --remote run sweeps it
+    (sweep_transfers): the prefix of every run done or cancelled on this server, once its newest
+    object is older than the grace — never one of a run that failed or waits (a resume collects
+    what is there), nor one this server does not know, nor a key no run names."""
+    engine_env(seaweedfs)
+    cfg = config.load(hoard_home / "hoard.toml")
+    disk = s3_disk(seaweedfs, tmp_path / "staging")
+    runs = {}
+    for status in ("done", "cancelled", "failed", "waiting_remote", "unknown"):
+        rid = f"thumbs-v1-{secrets.token_hex(6)}"
+        runs[status] = rid
+        if status != "unknown":
+            save_state(cfg, RunState(run_id=rid, action="thumbs", version=1, action_type="AC2", action_num=1,
+                                     params={}, steps=["plan", "remote", "collect", "apply", "finish"], inputs=1,
+                                     status=status))
+        for name in ("a" * 64, "b" * 64, remote_actions.PARSED):
+            _transfer(disk, remote_actions.prefix(rid) + name)
+    _transfer(disk, "transfers/not-a-run/x")
+
+    assert remote_actions.sweep_transfers(cfg, disk) == []  # all younger than the grace: a resume may want them
+    assert remote_actions.sweep_transfers(cfg, disk, grace_s=0) == sorted([runs["done"], runs["cancelled"]])
+    left = {key.split("/")[1] for key in disk.transfer_ages()}
+    assert left == {runs["failed"], runs["waiting_remote"], runs["unknown"], "not-a-run"}
+    assert all(len(disk.transfer_keys(remote_actions.prefix(runs[s]))) == 3 for s in ("failed", "waiting_remote"))
+
+
+def test_a_host_removes_the_stages_of_runs_the_server_closed(hoard_home: Path, redis_conn) -> None:
+    """A job a cancel stopped mid-run, or one the reaper moved to another host while this one
+    was cut off, leaves its stage in this host's 3C. The host's next run_action job removes the
+    stage of every run the server has closed (collected or cancelled) — not the job's own run's,
+    not a run still open, not another output of the host."""
+    from jobs import outputs
+
+    cfg = config.load(hoard_home / "hoard.toml")
+    ids = {what: f"thumbs-v1-{secrets.token_hex(6)}" for what in ("collected", "cancelled", "open", "current")}
+    ids["a stage"] = "plain-stage"
+    for what, oid in ids.items():
+        outputs.submit(cfg, outputs.make_spec("stage", oid, "by_sha256", nodes=["c" * 64]))
+        (cfg.ssd.zone_path("3C") / oid / "by_sha256").mkdir(parents=True)
+        (cfg.ssd.zone_path("3C") / oid / "by_sha256" / "x.bin").write_bytes(b"staged")
+        if what in ("collected", "cancelled", "current"):
+            remote_actions._close(redis_conn, oid, what)
+    redis_conn.set(remote_actions.closed_key("plain-stage"), "collected")  # (no run's id: never judged)
+
+    removed = remote_actions.sweep_host_stages(cfg, redis_conn, ids["current"])
+    assert removed == sorted([ids["collected"], ids["cancelled"]])
+    for what, oid in ids.items():
+        kept = what not in ("collected", "cancelled")
+        assert (cfg.ssd.zone_path("3C") / oid).exists() == kept, what
+        assert (outputs.load_state(cfg, oid) is not None) == kept, what

@@ -529,6 +529,13 @@ class S3Disk:
         assert prefix.startswith(TRANSFER_PREFIX)
         return sorted(self._keys(prefix))
 
+    def transfer_ages(self, prefix: str = TRANSFER_PREFIX) -> dict[str, float]:
+        """Each transfer object under `prefix` and its age in seconds: this host's clock less
+        the engine's LastModified (two clocks: close enough for a grace of an hour)."""
+        assert prefix.startswith(TRANSFER_PREFIX)
+        now = time.time()
+        return {obj["Key"]: now - obj["LastModified"].timestamp() for obj in self.beside.objects(prefix)}
+
     def delete_transfer(self, key: str) -> None:
         assert key.startswith(TRANSFER_PREFIX)
         self._call(f"deleting {key}", self.client.delete_object, Bucket=self.bucket, Key=key)

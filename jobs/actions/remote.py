@@ -66,12 +66,14 @@ from jobs.actions.contract import Contract, RunExternal, RunLabelStudio
 from jobs.actions.params import canonical, parse_params
 from jobs.actions.state import (
     REMOTE_POLL_S,
+    RUN_ID,
     STEP_TIMEOUT_S,
     ActionError,
     RunState,
     Status,
     Waiting,
     check_id,
+    load_state,
     log_path,
     now,
     resume_line,
@@ -290,6 +292,7 @@ def _step_collect(cfg: Settings, st: RunState) -> None:
         _close(connect(cfg.redis_url), rid, "collected")
     _drop_transfer(disk, rid)
     shutil.rmtree(tmp, ignore_errors=True)
+    sweep_transfers(cfg, disk)
 
 
 def _count(v: Any) -> int:
@@ -396,6 +399,74 @@ def _drop_transfer(disk: Any, rid: str) -> None:
         disk.delete_transfer(key)
 
 
+#: a closed run's transfer is swept only once its newest object is this old: a cancelled run
+#: resumed meanwhile uploads anew, and a sweep that read its state a moment before takes none of it
+TRANSFER_GRACE_S = 3600.0
+
+
+def sweep_transfers(cfg: Settings, disk: Any, grace_s: float = TRANSFER_GRACE_S) -> list[str]:
+    """What a delete of the past left under `transfers/` on S3 disk `disk` — a cancel while the
+    engine did not answer, a host cut off from Redis that uploaded after its run was collected
+    from another host — deleted: the prefix of every run this server has as done or cancelled
+    whose newest object is older than `grace_s`. Called after each collect and each cancel of a
+    --remote run; best effort (the next one tries again), never a transfer of a run that is
+    still to be collected. The runs swept, in order."""
+    swept: list[str] = []
+    try:
+        ages = disk.transfer_ages()
+    except (HoardError, OSError) as e:
+        log.info("transfers on S3 disk %s not swept (%s); the next collect or cancel tries again", disk.label,
+                 first_line(e))
+        return swept
+    newest: dict[str, float] = {}
+    for key, age in ages.items():
+        rid = key.split("/", 2)[1]  # transfers/<run>/<name>
+        newest[rid] = min(age, newest.get(rid, age))
+    for rid, age in sorted(newest.items()):
+        if age < grace_s or not RUN_ID.fullmatch(rid):
+            continue  # (a key no run of hoard's names: not ours to judge)
+        try:
+            st = load_state(cfg, rid)
+            if st is None or st.status not in (Status.DONE.value, Status.CANCELLED.value):
+                continue  # failed or waiting: a resume collects what is there; unknown: not this store's run
+            _drop_transfer(disk, rid)
+        except (HoardError, OSError, ValueError) as e:
+            log.info("run %s: its transfer on S3 disk %s not swept (%s)", rid, disk.label, first_line(e))
+            continue
+        log.info("run %s (%s): what its host uploaded (%s on S3 disk %s) deleted", rid, st.status, prefix(rid),
+                 disk.label)
+        swept.append(rid)
+    return swept
+
+
+def sweep_host_stages(cfg: Settings, conn: Any, current: str) -> list[str]:
+    """On a remote host: the stages in its own 3C of runs the store's server has closed
+    (collected or cancelled: closed_key) removed — a job a cancel stopped mid-run, or one the
+    reaper queued on another host while this one was cut off, left its stage here. Called at
+    the start of each run_action job, so a host gives the room back by itself. The runs whose
+    stage was removed."""
+    removed: list[str] = []
+    for path in sorted(outputs.state_dir(cfg).glob("*.json")):
+        rid = path.stem
+        if rid == current or not RUN_ID.fullmatch(rid):
+            continue
+        try:
+            if not conn.exists(closed_key(rid)):
+                continue
+            outputs.clean(cfg, rid, "3C")
+        except (redis.RedisError, HoardError, OSError) as e:  # (ZoneBusy: a job of it runs here still)
+            log.info("run %s: its stage in this host's 3C is kept for now (%s)", rid, first_line(e))
+            continue
+        log.info("run %s is closed on the store's server (%s); its stage in this host's 3C is removed", rid,
+                 _text(conn.get(closed_key(rid))))
+        removed.append(rid)
+    return removed
+
+
+def _text(v: Any) -> str:
+    return v.decode(errors="replace") if isinstance(v, bytes) else str(v)
+
+
 def cancel_remote(cfg: Settings, st: RunState) -> None:
     """A cancelled --remote run: its host's job taken off the queue, or stopped where it runs
     (RQ's stop command reaches a worker on any host), and what it uploaded deleted. Best
@@ -422,10 +493,13 @@ def cancel_remote(cfg: Settings, st: RunState) -> None:
     label = st.report.get("remote", {}).get("disk")
     if label:
         try:
-            _drop_transfer(remote_jobs.open_s3(cfg, label), rid)
+            disk = remote_jobs.open_s3(cfg, label)
+            _drop_transfer(disk, rid)
         except (HoardError, OSError) as e:
-            log.warning("run %s: what its host uploaded (%s on S3 disk %s) was not deleted: %s", rid, prefix(rid),
-                        label, first_line(e))
+            log.warning("run %s: what its host uploaded (%s on S3 disk %s) was not deleted: %s; the next collect or "
+                        "cancel of a --remote run deletes it", rid, prefix(rid), label, first_line(e))
+            return
+        sweep_transfers(cfg, disk)
 
 
 #: the steps of a --remote run that are not a local run's (jobs.actions.runner runs both kinds)
@@ -495,6 +569,9 @@ def _job(cfg: Settings, doc: Any) -> tuple[str, Contract, dict[str, Any], output
 def _run_action(cfg: Settings, doc: Any) -> dict[str, Any]:
     rid, c, params, spec, plan, label = _job(cfg, doc)
     host = socket.gethostname()
+    job = get_current_job()
+    if job is not None:
+        sweep_host_stages(cfg, job.connection, rid)
     disk = remote_jobs.open_s3(cfg, label)
     if _closed(rid):
         log.info("run %s: collected or cancelled on the store's server already; nothing to do", rid)
