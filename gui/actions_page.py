@@ -140,6 +140,10 @@ def _launch_form(c: Contract, user: SignedIn) -> None:
                                value="", placeholder='{"batches": ["…"]}').classes("w-full").mark("action-selector")
         nodes = ui.textarea("or these nodes: sha256, one a line (instead of the contract's selector)",
                             value="").classes("w-full").mark("action-nodes")
+        elsewhere = None
+        if not launch.remote_refusal(c):  # (AC2–AC4 with a worker of its own: docs/scale-out.md)
+            elsewhere = ui.checkbox("on another host: stage, run and parse on a worker of the remote queue "
+                                    "(--remote; the inputs must be on an S3 disk)", value=False).mark("action-remote")
         message = ui.label("").mark("action-message")
 
         def refuse(line: str) -> None:
@@ -163,7 +167,8 @@ def _launch_form(c: Contract, user: SignedIn) -> None:
             listed = (nodes.value or "").split() or None
             given = [item for item in (r() for r in readers) if item is not None]
             try:
-                sub = await in_thread(launch.launch_action, ctx().cfg, c.action_id, sel, listed, given, who.name)
+                sub = await in_thread(launch.launch_action, ctx().cfg, c.action_id, sel, listed, given, who.name,
+                                      remote=bool(elsewhere is not None and elsewhere.value))
             except HoardError as e:
                 refuse(text.shown(e.message.splitlines()[0] if e.message else type(e).__name__))
                 return

@@ -590,14 +590,23 @@ def action_runs(cfg: Settings, action: str | None = None) -> list[dict[str, Any]
 
 @_needs_redis
 def launch_action(cfg: Settings, name: str, selector: dict | None = None, nodes: list[str] | None = None,
-                  given: list[str] | None = None, by: str = "", conn=None) -> actions_api.Submitted:
-    """`hoard action run NAME [--selector|--nodes] [--param K=V]…`, queued for `hoard worker`;
-    `by`: who launched it. The same run again: "done already", "resumed", or what it does now."""
+                  given: list[str] | None = None, by: str = "", conn=None, remote: bool = False
+                  ) -> actions_api.Submitted:
+    """`hoard action run NAME [--selector|--nodes] [--param K=V]… [--remote]`, queued for `hoard
+    worker`; `by`: who launched it; `remote`: its stage, worker and parse on a host of the
+    `remote` queue. The same run again: "done already", "resumed", or what it does now."""
     if selector is not None and nodes is not None:
         raise LaunchError("give a selector (narrows the contract's input_selector) or a list of sha256 (replaces "
                           "it), not both")
     return actions_api.submit(cfg, name, selector=selector, nodes=nodes, given=given or [],
-                              redis_conn=conn or connect(cfg.redis_url), by=by)
+                              redis_conn=conn or connect(cfg.redis_url), by=by, remote=remote)
+
+
+def remote_refusal(c: contracts.Contract) -> str:
+    """Why action `c` cannot run on another host (`--remote`), or "" when it can."""
+    from jobs.actions.remote import refusal  # deferred: the launch form asks; remote runs import boto3 later
+
+    return refusal(c)
 
 
 @_needs_redis

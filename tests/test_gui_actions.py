@@ -13,6 +13,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
+import redis
 from nicegui import run, ui
 
 from gui.context import ctx
@@ -390,3 +391,34 @@ async def test_a_failed_run_names_and_offers_resume(user, gui_home: Path) -> Non
     await user.open(f"/runs/action/{rid}")
     await user.should_see(marker="run-children", retries=50)
     await user.should_not_see(marker="run-resume")
+
+
+@WITH_BATCH
+async def test_the_launch_form_offers_another_host_where_a_host_can_run_it(user, gui_home: Path) -> None:
+    """An action a host can run (AC2–AC4 with a worker of its own) has "on another host" on its
+    launch form (`hoard action run --remote`); launched so while its inputs are on no S3 disk,
+    the form shows the one line the command gives and nothing is recorded or queued; unticked,
+    the same form queues the run here. An AC1 form does not offer it."""
+    cfg = await _ingested(gui_home)
+    write_contract(cfg, "check-quality", AC1.format(batch=BATCH))
+    worker_contract(cfg, BATCH)
+    await sign_in(user, "otto")
+    await user.open("/actions/check-quality")
+    await user.should_see(marker="action-launch", retries=50)
+    await user.should_not_see(marker="action-remote")
+
+    await user.open("/actions/thumbs")
+    await user.should_see(marker="action-remote", retries=50)
+    user.find(marker="action-remote").click()
+    user.find(marker="action-launch").click()
+    await user.should_see("on no S3 disk", retries=50)
+    line = user.find(marker="action-message").elements.pop().text
+    assert "hoard replicate" in line and "\n" not in line, line
+    assert await run.io_bound(launch.action_runs, cfg) == []  # nothing recorded …
+    assert not redis.Redis.from_url(cfg.redis_url).exists("rq:queue:remote")  # … nor queued
+
+    user.find(marker="action-remote").click()  # unticked: a run on this server
+    user.find(marker="action-launch").click()
+    await user.should_see(marker="run-status", retries=50)
+    runs = await run.io_bound(launch.action_runs, cfg)
+    assert len(runs) == 1 and "remote" not in runs[0]["steps"], runs
