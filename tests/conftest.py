@@ -402,7 +402,8 @@ TIER_FIXTURES = {"gui": {"user", "gui_home", "proxied"}, "lab": {"lab", "lab_fac
 #: test files that must not run at the same time as each other in two pytest-xdist workers
 #: (one group = one worker): what they use is one per machine, not one per test
 SHARED_GROUPS = {"test_install.py": "system", "test_install_root.py": "system", "test_privileges.py": "system",
-                 # their hosts are network namespaces on the fixed subnets 10.77.<n>.0/24 (test_remote_workers.Host)
+                 # each test starts a cluster of its own (an ingest, two network namespaces, their workers):
+                 # kept to one worker as before — though their subnets no longer collide (Host takes a free one)
                  "test_remote_workers.py": "netns", "test_remote_actions.py": "netns"}
 
 

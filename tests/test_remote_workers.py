@@ -57,15 +57,42 @@ def _run(*argv: str) -> None:
     subprocess.run(argv, check=True, capture_output=True, timeout=30)
 
 
+#: where the subnets hosts hold are locked: one file per 10.77.<n>.0/24, flocked while a Host is
+#: up — two pytest runs at once (two checkouts, or xdist workers) never take the same addresses
+SUBNET_LOCKS = Path("/run/lock/hoard-test-subnets")
+
+
+def _take_subnet() -> tuple[int, int]:
+    """A subnet 10.77.<n>.0/24 no Host of any process holds and no interface here uses: (n, the
+    descriptor of its flocked lock file, held until Host.down)."""
+    import fcntl
+
+    SUBNET_LOCKS.mkdir(parents=True, exist_ok=True)
+    used = subprocess.run(["ip", "-o", "-4", "addr", "show"], capture_output=True, text=True, timeout=30).stdout
+    for n in range(1, 255):
+        if f" 10.77.{n}." in used:
+            continue  # (a dead run's leftover, or someone else's)
+        fd = os.open(SUBNET_LOCKS / str(n), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            continue
+        return n, fd
+    raise RuntimeError("no free subnet 10.77.<1-254>.0/24 for a test host: `ip -o addr` shows them all in use")
+
+
 class Host:
     """A network namespace joined to this host by a veth pair: this side 10.77.<n>.1, the
-    namespace's 10.77.<n>.2 — what it can reach of the server is what listens on 10.77.<n>.1."""
+    namespace's 10.77.<n>.2 — what it can reach of the server is what listens on 10.77.<n>.1;
+    `n` a subnet no other Host holds (_take_subnet)."""
 
-    def __init__(self, n: int, home: Path) -> None:
-        self.n, self.home = n, home
-        tag = f"{os.getpid() % 10000}{n}"
+    def __init__(self, home: Path) -> None:
+        self.home = home
+        self.n, self._lock = _take_subnet()
+        tag = f"{os.getpid() % 10000}{self.n}"
         self.ns, self.veth = f"hoardt{tag}", f"hvt{tag}"
-        self.server_ip = f"10.77.{n}.1"
+        self.server_ip = f"10.77.{self.n}.1"
         self.procs: list[subprocess.Popen] = []
 
     def up(self) -> None:
@@ -107,6 +134,7 @@ class Host:
         self.kill_all()
         subprocess.run(["ip", "netns", "del", self.ns], capture_output=True, timeout=30)
         subprocess.run(["ip", "link", "del", self.veth + "a"], capture_output=True, timeout=30)
+        os.close(self._lock)  # (the subnet free again)
 
 
 @contextlib.contextmanager
@@ -173,7 +201,7 @@ def cluster(hoard_home: Path, pg, redis_conn, seaweedfs, engine_env, tmp_path: P
                                               f'"{seaweedfs.endpoint}"\nbucket = "{bucket}"\ncapacity_gb = 2\n\n[ssd]', 1)
     main.write_text(text)
     Store.open(config.load(main), init=True).close()  # the empty bucket becomes the disk s3a
-    hosts = [Host(n, tmp_path / f"host{n}") for n in (1, 2)]
+    hosts = [Host(tmp_path / f"host{i}") for i in (1, 2)]
     try:
         for h in hosts:
             h.home.mkdir()

@@ -181,8 +181,7 @@ def _step_remote(cfg: Settings, st: RunState) -> None:
             return
         try:
             job = fetch_job(job_id(rid), conn)
-            found = job.get_status(refresh=True)
-            status = str(getattr(found, "value", found))
+            status = _status(job)
         except NoSuchJobError:
             job, status = None, ""
         if job is not None and status == "failed":
@@ -205,6 +204,12 @@ def _step_remote(cfg: Settings, st: RunState) -> None:
     rep.update(job=job_id(rid), disk=label, attempt=st.attempt, queued=now())
     save_state(cfg, st)
     raise Waiting(Status.WAITING_REMOTE.value, REMOTE_POLL_S)
+
+
+def _status(job: Any) -> str:
+    """The job's RQ status as read now: "queued", "started", "failed"… ("" when it has none)."""
+    found = job.get_status(refresh=True)
+    return str(getattr(found, "value", found or ""))
 
 
 def _transfer_disk(plan: dict[str, Any]) -> str:
@@ -479,8 +484,7 @@ def cancel_remote(cfg: Settings, st: RunState) -> None:
         conn = connect(cfg.redis_url)
         _close(conn, rid, "cancelled")  # (a job the stop below misses deletes what it uploads)
         job = fetch_job(job_id(rid), conn)
-        found = job.get_status(refresh=True)
-        status = str(getattr(found, "value", found))
+        status = _status(job)
         if status == "started":
             send_stop_job_command(conn, job.id)
         elif status in ("queued", "scheduled", "deferred"):
