@@ -436,9 +436,9 @@ def read_rows(eng, store: Store, disk, shas: list[str], large_sha: str, large_by
             with lock:
                 payload[0] += len(p)
 
-    def backend(what: list[str], n_streams: int, expect: int) -> Callable[[], tuple[int, float]]:
+    def backend(what: list[str], n_streams: int, expect: int, stream: bool = True) -> Callable[[], tuple[int, float]]:
         def run() -> tuple[int, float]:
-            disk.read_streams = n_streams
+            disk.read_streams, disk.stream_large = n_streams, stream
             payload[0] = 0
             t0 = time.monotonic()
             plan, _ = store.read_batch(what, sink, large_sink)
@@ -458,8 +458,8 @@ def read_rows(eng, store: Store, disk, shas: list[str], large_sha: str, large_by
         def write(self, b) -> int:
             return len(b)
 
-    def copy_to(n_streams: int) -> int:
-        disk.read_streams = n_streams
+    def copy_to(n_streams: int, stream: bool = True) -> int:
+        disk.read_streams, disk.stream_large = n_streams, stream
         return store.copy_object_to(sha, Drop())
 
     # the plans: the ranges the engine is asked for (one stream's, up to MAX_RANGE each)
@@ -482,9 +482,11 @@ def read_rows(eng, store: Store, disk, shas: list[str], large_sha: str, large_by
         **{f"batch_engine_{n}_in_flight_8mib": get_to(
             lambda n=n: get_ranges(client, disk.bucket, pieces(ranges, PIECE), n)[0]) for n in GET_THREADS},
         "large_planner": backend([large_sha], streams, large_bytes),
-        "large_planner_one_stream": backend([large_sha], 1, large_bytes),
+        "large_planner_pieces": backend([large_sha], streams, large_bytes, stream=False),
+        "large_planner_one_stream": backend([large_sha], 1, large_bytes, stream=False),
         "large_copy_object_to": get_to(lambda: copy_to(streams)),
-        "large_copy_object_to_one_stream": get_to(lambda: copy_to(1)),
+        "large_copy_object_to_pieces": get_to(lambda: copy_to(streams, stream=False)),
+        "large_copy_object_to_one_stream": get_to(lambda: copy_to(1, stream=False)),
         **{f"large_engine_{n}_in_flight": get_to(
             lambda n=n: get_ranges(client, disk.bucket, pieces(whole, PIECE), n)[0]) for n in GET_THREADS},
         "large_engine_one_get": get_to(lambda: get_ranges(client, disk.bucket, whole, 1)[0]),
@@ -495,7 +497,7 @@ def read_rows(eng, store: Store, disk, shas: list[str], large_sha: str, large_by
         "large_engine_signed_one_get": get_to(lambda: get_ranges_signed(client, disk.bucket, whole, 1)[0]),
     }
     got = measure(eng, rows, rounds)
-    disk.read_streams = streams
+    disk.read_streams, disk.stream_large = streams, type(disk).stream_large
 
     def group(prefix: str) -> dict:
         return {k[len(prefix):]: v for k, v in got.items() if k.startswith(prefix)}
@@ -506,8 +508,11 @@ def read_rows(eng, store: Store, disk, shas: list[str], large_sha: str, large_by
             "batch_backend": got["batch_backend"], "batch_backend_one_stream": got["batch_backend_one_stream"],
             "batch_engine": group("batch_engine_"),
             "large_backend": {"planner": got["large_planner"], "copy_object_to": got["large_copy_object_to"],
+                              "planner_pieces": got["large_planner_pieces"],
+                              "copy_object_to_pieces": got["large_copy_object_to_pieces"],
                               "planner_one_stream": got["large_planner_one_stream"],
                               "copy_object_to_one_stream": got["large_copy_object_to_one_stream"]},
+            "stream_large": True,
             "large_engine": group("large_engine_"), "large": {"bytes": loc.length, "shard": meta.hex},
             "rounds": rounds}
 
@@ -598,14 +603,8 @@ def shares(data: dict) -> dict:
         out[temp] = {"batch": {"bound": b_name, "share": round(data["batch_backend"][temp]["mib_s"] / b["mib_s"], 3)},
                      "batch_one_stream": {"bound": b_name, "share": round(
                          data["batch_backend_one_stream"][temp]["mib_s"] / b["mib_s"], 3)},
-                     "large_planner_one_stream": {"bound": l_name, "share": round(
-                         data["large_backend"]["planner_one_stream"][temp]["mib_s"] / lb["mib_s"], 3)},
-                     "large_copy_object_to_one_stream": {"bound": l_name, "share": round(
-                         data["large_backend"]["copy_object_to_one_stream"][temp]["mib_s"] / lb["mib_s"], 3)},
-                     "large_planner": {"bound": l_name, "share": round(
-                         data["large_backend"]["planner"][temp]["mib_s"] / lb["mib_s"], 3)},
-                     "large_copy_object_to": {"bound": l_name, "share": round(
-                         data["large_backend"]["copy_object_to"][temp]["mib_s"] / lb["mib_s"], 3)}}
+                     **{f"large_{k}": {"bound": l_name, "share": round(v[temp]["mib_s"] / lb["mib_s"], 3)}
+                        for k, v in data["large_backend"].items()}}
     p_name, p = best(data["engine_put"])
     for key, what in (("seal", "seal_median"), ("seal_one_stream", "seal_median_one_stream")):
         rate = data["seal"][what]["mib_s"]

@@ -146,14 +146,23 @@ def _render_engine(kind: str, path: Path | None) -> None:
         f"{b['range_bytes'] / MiB:.0f} MiB, {rs} in flight)", doc["batch_backend"], "batch", doc["batch_engine"])
     row(f"— the same, one GET at a time (before W3-L: {b['requests_one_stream']} GETs)",
         doc["batch_backend_one_stream"], "batch_one_stream", doc["batch_engine"])
-    row(f"large object, {big['bytes'] / MiB:.0f} MiB, through the planner ({rs} pieces in flight)",
-        doc["large_backend"]["planner"], "large_planner", doc["large_engine"])
-    row("— the same, one piece at a time (before)", doc["large_backend"]["planner_one_stream"],
-        "large_planner_one_stream", doc["large_engine"])
-    row("the same object through `Store.copy_object_to` (`hoard get`)", doc["large_backend"]["copy_object_to"],
+    lb = doc["large_backend"]
+    streamed = doc.get("stream_large", False)  # (runs before S3Disk.stream_large read pieces only)
+    how = "one streamed GET, checked per 8 MiB piece" if streamed else f"{rs} pieces in flight"
+    row(f"large object, {big['bytes'] / MiB:.0f} MiB, through the planner ({how})", lb["planner"], "large_planner",
+        doc["large_engine"])
+    if "planner_pieces" in lb:
+        row(f"— the same in 8 MiB pieces, {rs} in flight (before the streamed GET)", lb["planner_pieces"],
+            "large_planner_pieces", doc["large_engine"])
+    row("— the same, one piece at a time (before W3-L)" if streamed else "— the same, one piece at a time (before)",
+        lb["planner_one_stream"], "large_planner_one_stream", doc["large_engine"])
+    row("the same object through `Store.copy_object_to` (`hoard get`)", lb["copy_object_to"],
         "large_copy_object_to", doc["large_engine"])
-    row("— one piece at a time (before)", doc["large_backend"]["copy_object_to_one_stream"],
-        "large_copy_object_to_one_stream", doc["large_engine"])
+    if "copy_object_to_pieces" in lb:
+        row(f"— in 8 MiB pieces, {rs} in flight (before the streamed GET)", lb["copy_object_to_pieces"],
+            "large_copy_object_to_pieces", doc["large_engine"])
+    row("— one piece at a time (before W3-L)" if streamed else "— one piece at a time (before)",
+        lb["copy_object_to_one_stream"], "large_copy_object_to_one_stream", doc["large_engine"])
     p_name, p = best(doc["engine_put"])
     lines.append(f"| seal of a {big['bytes'] / MiB:.0f} MiB shard (hashed, uploaded in 64 MiB parts, "
                  f"{doc['seal']['upload_streams']} in flight, HEAD; median of {len(doc['seal']['rounds'])}) | "
@@ -220,7 +229,10 @@ def _render_engine(kind: str, path: Path | None) -> None:
         if cut and pieces8:
             lines += ["", f"- *Requests and threads.* With {rs} GETs in flight a reader cuts the "
                       f"plan's ranges at 8 MiB ({b['requests']} GETs where one stream makes {b['requests_one_stream']}) "
-                      "and reads a large object in 8 MiB pieces, each GET in a thread of its own. The engine's own "
+                      + ("and reads a large object off one streamed GET (S3Disk.stream_large; in 8 MiB pieces, each "
+                         "GET in a thread of its own, before it). " if doc.get("stream_large") else
+                         "and reads a large object in 8 MiB pieces, each GET in a thread of its own. ")
+                      + "The engine's own "
                       "GET loop pays for that cut as well: the same ranges in 8 MiB pieces, 4 in flight, cost "
                       f"{cpu_gib(cut['warm'])} s/GiB (boto3), the object's 8 MiB pieces {cpu_gib(pieces8['warm'])} "
                       f"(presigned URLs), against {cpu_gib(be[bname]['warm'])} and {cpu_gib(le[lname]['warm'])} "

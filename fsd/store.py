@@ -37,6 +37,7 @@ from fsd.core import formats, storelock
 from fsd.core import shardfmt as fmt
 from fsd.core.backend import Disk
 from fsd.core.disks import DiskGone, DiskRecord, DiskState
+from fsd.core.entries import ObjectLoc
 from fsd.core.held import iter_named
 from fsd.core.index import Index, ShardMeta, has_index, index_error, open_existing
 from fsd.core.layout import BATCHES_DIR, VIEWS_DIR, check_ssd, lock_root, pin_path, protect_ssd, remove_index_leftovers
@@ -481,35 +482,70 @@ class Store:
         xxh3-128 and sha256 checked, streaming — to learn the map. Pieces come from the disk
         `first` while it holds a good replica (the batch planner's choice); `exact` reads
         them with the disk's read-ahead off (the planner, which reads ahead itself). Off a
-        disk that reads several requests at once (`read_streams`: an S3 engine, where one
-        ranged GET at a time leaves it idle between requests) that many pieces are fetched at
-        once and yielded in order: memory is `read_streams` pieces."""
+        disk that streams large objects (`stream_large`: an S3 engine) the pieces come off
+        one streamed read of the whole record (`_streamed`), one piece in memory; should that
+        stop (the engine broke off, a piece did not check), the rest is read piece by piece,
+        `read_streams` at once, yielded in order."""
         loc = self.index.lookup(sha)
         if loc is None:
             raise ObjectNotFound(f"object {sha.hex()} is not in the store (check the digest)")
         digests = self.chunk_map(sha, loc.length)
         length = loc.length
 
+        def checked(buf: bytes, start: int, disk: Disk, meta: ShardMeta) -> bytes:
+            n = min(ITER_READ, length - start)
+            if len(buf) != n:
+                raise fmt.TruncatedShard(f"shard {meta.hex} on {disk.label} ends inside object {sha.hex()[:12]}…")
+            view = memoryview(buf)
+            piece0 = start // MAP_PIECE
+            for i in range(0, n, MAP_PIECE):
+                k = piece0 + i // MAP_PIECE
+                if fmt.xxh3(view[i:i + MAP_PIECE]) != digests[k * 16:(k + 1) * 16]:
+                    raise fmt.PayloadChecksumMismatch(f"piece {k} of {sha.hex()[:12]}… does not match its "
+                                                      f"chunk map (shard {meta.hex} on {disk.label})")
+            return buf
+
         def piece(start: int) -> bytes:
             n = min(ITER_READ, length - start)
-            piece0 = start // MAP_PIECE  # (not `first`: that is the disk the caller wants read)
 
-            def read(disk, meta, loc) -> bytes:
-                buf = (disk.read_exact if exact else disk.read_at)(meta.hex, loc.offset + start, n)
-                if len(buf) != n:
-                    raise fmt.TruncatedShard(f"shard {meta.hex} on {disk.label} ends inside object {sha.hex()[:12]}…")
-                view = memoryview(buf)
-                for i in range(0, n, MAP_PIECE):
-                    k = piece0 + i // MAP_PIECE
-                    if fmt.xxh3(view[i:i + MAP_PIECE]) != digests[k * 16:(k + 1) * 16]:
-                        raise fmt.PayloadChecksumMismatch(f"piece {k} of {sha.hex()[:12]}… does not match its "
-                                                          f"chunk map (shard {meta.hex} on {disk.label})")
-                return buf
+            def read(disk, meta, loc) -> bytes:  # (not `first`: that is the disk the caller wants read)
+                return checked((disk.read_exact if exact else disk.read_at)(meta.hex, loc.offset + start, n),
+                               start, disk, meta)
 
             return self.from_replicas(sha, read, avoid, first=first)
 
-        calls = (functools.partial(piece, start) for start in range(0, length, ITER_READ))
+        done = 0
+        if length > ITER_READ:
+            with contextlib.closing(self._streamed(sha, loc, avoid, first, checked)) as streamed:
+                for buf in streamed:
+                    done += len(buf)
+                    yield buf
+        calls = (functools.partial(piece, start) for start in range(done, length, ITER_READ))
         yield from in_order(calls, self._read_streams(loc.shard_id, avoid, first))
+
+    def _streamed(self, sha: bytes, loc: ObjectLoc, avoid: Set[str], first: str,
+                  checked: Callable[[bytes, int, Disk, ShardMeta], bytes]):
+        """The object's checked pieces off ONE streamed read (`stream_at`) of the replica its
+        first piece would come from, when that disk streams large objects; ends quietly at the
+        first piece that does not come whole or does not check — the caller reads that piece and
+        the rest through `from_replicas`, which tries every replica and reports a bad one (the
+        same replica first: its fault is reported as any read's)."""
+        meta = self.index.get_shard(loc.shard_id)
+        if meta is None:
+            return
+        order = self.replica_order(meta, avoid)
+        order.sort(key=lambda d: d.uuid != first)
+        if not order or not order[0].stream_large:
+            return
+        disk, start = order[0], 0
+        try:
+            with contextlib.closing(disk.stream_at(meta.hex, loc.offset, loc.length, ITER_READ)) as pieces:
+                for buf in pieces:
+                    yield checked(buf, start, disk, meta)
+                    start += len(buf)
+        except (OSError, fmt.ShardFormatError) as e:
+            log.info("object %s…: its stream off disk %s stopped at byte %d (%s); the rest is read piece by piece",
+                     sha.hex()[:12], disk.label, start, e)
 
     def _read_streams(self, shard_id: bytes, avoid: Set[str], first: str) -> int:
         """How many pieces of an object to fetch at once: the `read_streams` of the disk its

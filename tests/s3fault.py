@@ -8,6 +8,7 @@ request that gets no fault gets the engine's own answer.
         proxy.fail(2)          # the next two requests are answered 503 SlowDown
         proxy.flaky()          # every request meets one 503 first (each other one is answered 503)
         proxy.delay(5.0)       # every request waits 5 s before it is sent on
+        proxy.cut(12 << 20)    # the next answer whose body is longer stops after 12 MiB
         proxy.requests         # how many requests reached the proxy
 """
 
@@ -35,7 +36,8 @@ class FaultProxy:
         self._up = (url.hostname or "127.0.0.1", url.port or 80)
         self._lock = threading.Lock()
         self._failing, self._status, self._delay, self._flaky, self._passed = 0, 503, 0.0, False, False
-        self.requests = self.faults = 0
+        self._cut: int | None = None
+        self.requests = self.faults = self.cuts = 0
         proxy = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -75,7 +77,10 @@ class FaultProxy:
                                                            else int(r.getheader("Content-Length") or 0)))
                     self.end_headers()
                     if self.command != "HEAD":
-                        self.wfile.write(data)
+                        cut = proxy._cut_at(len(data))
+                        self.wfile.write(data if cut is None else data[:cut])
+                        if cut is not None:  # the Content-Length promised more: the client sees a body cut short
+                            self.close_connection = True
                 finally:
                     conn.close()
 
@@ -100,6 +105,20 @@ class FaultProxy:
                 return self._status, self._delay
             self._passed = True
             return 0, self._delay
+
+    def _cut_at(self, length: int) -> int | None:
+        with self._lock:
+            if self._cut is None or length <= self._cut:
+                return None
+            cut, self._cut = self._cut, None
+            self.cuts += 1
+            return cut
+
+    def cut(self, after: int) -> None:
+        """Stop the body of the next answer longer than `after` bytes after that many (its
+        Content-Length the whole body's, the connection closed): an engine that breaks off."""
+        with self._lock:
+            self._cut = after
 
     def fail(self, n: int, status: int = 503) -> None:
         """Answer the next `n` requests with `status` (0: none)."""

@@ -6,7 +6,10 @@ replicas, and once the engine answers again replication puts every shard on the 
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
+import random
 from pathlib import Path
 
 import pytest
@@ -146,3 +149,74 @@ def test_a_slow_engine_is_one_line_within_its_timeout(tmp_path: Path, s3_engine,
         assert disks["s3a"]["state"] == "active", disks["s3a"]
         with Store.open(config.load(cfg_path)) as store:
             assert check_store(store) == len({r.sha256 for r in res})
+
+
+def _large_on_the_bucket(tmp_path: Path, engine, bucket: str, proxy: FaultProxy, locals_: tuple[str, ...],
+                         mib: int = 40) -> tuple[Path, Path]:
+    """hoard.toml with the S3 disk behind `proxy`, and one object of `mib` MiB stored and sealed
+    on the bucket — its only copy (the bucket's `copies` 2) without `locals_`, else one on the
+    bucket and one on a local disk."""
+    path = _behind(_config(tmp_path, engine, bucket, copies=2, locals_=locals_, weight=1 if locals_ else 2,
+                           shard_size_mb=1, write_ack=1), proxy, engine)
+    big = tmp_path / "big.bin"
+    big.write_bytes(random.Random(mib).randbytes(mib << 20))
+    with Store.open(config.load(path), init=True) as store:
+        store.put_many([big])
+        replicate_once(store, rate_mb_s=None)  # (sealed: an object on the bucket; its other copies made)
+    return path, big
+
+
+def test_a_large_objects_stream_that_breaks_off_costs_a_few_gets_not_the_read(tmp_path: Path, s3_engine,
+                                                                             engine_env) -> None:  # noqa: F811
+    """A large object on the bucket comes off ONE ranged GET (S3Disk.stream_at), checked piece
+    by piece as it arrives. The engine breaking that body off part way (the proxy cuts it after
+    12 MiB) is not a bad replica: the pieces already checked stand, the rest is read piece by
+    piece — `copy_object_to` (what `hoard get` runs) hands over every byte, nothing is queued
+    for repair, and the bucket's only copy is still the store's (before, each 8 MiB piece was a
+    GET of its own: 5 for this object)."""
+    engine_env(s3_engine)
+    bucket = _bucket(s3_engine, "hoard-fault-cut")
+    with FaultProxy(s3_engine.endpoint) as proxy:
+        path, big = _large_on_the_bucket(tmp_path, s3_engine, bucket, proxy, locals_=())
+        want = big.read_bytes()
+        sha = bytes.fromhex(hashlib.sha256(want).hexdigest())
+        with Store.open(config.load(path)) as store:
+            before = proxy.requests
+            out = io.BytesIO()
+            assert store.copy_object_to(sha, out) == len(want) and out.getvalue() == want
+            assert proxy.requests - before == 1  # one GET for 40 MiB
+            proxy.cut(12 << 20)
+            before = proxy.requests
+            out = io.BytesIO()
+            assert store.copy_object_to(sha, out) == len(want) and out.getvalue() == want
+            assert proxy.cuts == 1 and proxy.requests - before == 1 + 4  # the stream, then 8 MiB pieces from byte 8 Mi
+            assert list(store.index.pending_repairs()) == []
+        done = hoard("--config", str(path), "get", sha.hex(), "-o", str(tmp_path / "back.bin"))
+        assert done.returncode == 0 and (tmp_path / "back.bin").read_bytes() == want, done.stderr
+
+
+@pytest.mark.expect_log(r"disk s3a: read error on shard [0-9a-f]+: piece 17 of [0-9a-f]{12}… does not match its "
+                        r"chunk map", level="WARNING")
+def test_a_damaged_piece_in_a_large_objects_stream_is_read_from_another_replica(tmp_path: Path, s3_engine,
+                                                                               engine_env) -> None:  # noqa: F811
+    """One flipped byte in the bucket's copy of a large object, 17 MiB in: the stream's third
+    piece does not match the object's chunk map, so no reader is handed it — the pieces before
+    it stand, that piece and the rest come from the local replica, and the bucket's copy is
+    reported and queued for repair, as any bad read's."""
+    from tests.test_s3_backend import damage
+
+    engine_env(s3_engine)
+    bucket = _bucket(s3_engine, "hoard-fault-flip")
+    with FaultProxy(s3_engine.endpoint) as proxy:
+        path, big = _large_on_the_bucket(tmp_path, s3_engine, bucket, proxy, locals_=("d0",))
+        want = big.read_bytes()
+        sha = bytes.fromhex(hashlib.sha256(want).hexdigest())
+        with Store.open(config.load(path)) as store:
+            loc = store.index.lookup(sha)
+            meta = store.index.get_shard(loc.shard_id)
+            s3a = next(d for d in store.disks.values() if d.label == "s3a")
+            assert s3a.uuid in meta.replicas and len(meta.replicas) == 2
+            damage(s3a, meta.hex, loc.offset + (17 << 20))
+            got = b"".join(store.iter_object(sha, first=s3a.uuid))
+            assert got == want
+            assert [r[:2] for r in store.index.pending_repairs()] == [(meta.shard_id, s3a.uuid)]

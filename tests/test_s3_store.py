@@ -490,8 +490,9 @@ def test_a_batch_read_off_a_bucket_keeps_several_ranged_gets_in_flight(tmp_path:
                                                                         engine_env, monkeypatch) -> None:
     """The planner reads an S3 disk with READ_STREAMS ranged GETs in flight (one at a time left
     the engine idle between requests: docs/benchmarks.md, W3-L), its ranges shortened so the
-    bytes in flight stay one reader's MAX_RANGE; a large object's pieces come several at once
-    too — every object arrives whole and checked, by the planner and by `copy_object_to`."""
+    bytes in flight stay one reader's MAX_RANGE; a large object comes off one streamed GET
+    (S3Disk.stream_at, test_s3_faults) — every object arrives whole and checked, by the planner
+    and by `copy_object_to`."""
     from fsd.io.planner import MAX_RANGE
 
     engine_env(seaweedfs)

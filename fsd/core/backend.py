@@ -24,6 +24,7 @@ that uses them goes through the contract for a disk without files.
 
 from __future__ import annotations
 
+from collections.abc import Generator
 from pathlib import Path
 from typing import Protocol, TypeGuard
 
@@ -45,6 +46,9 @@ class ShardBackend(Protocol):
     # how many reads one reader keeps in flight (the batch planner, a large object's pieces):
     # 1 for a disk head, several for an S3 engine (fsd.core.s3.READ_STREAMS)
     read_streams: int
+    # whether a large object's pieces come off one streamed read (`stream_at`: S3, one GET for
+    # the whole record) rather than a read per piece (a local disk, whose reads are cheap)
+    stream_large: bool
 
     def create(self, shard_hex: str) -> ShardSink: ...
     def reopen(self, shard_hex: str) -> ShardSink: ...
@@ -56,6 +60,10 @@ class ShardBackend(Protocol):
     # the same bytes, fetched without speculating past them (a local file: read-ahead off; S3:
     # the same ranged GET) — the batch planner's reads, which know exactly what comes next
     def read_exact(self, shard_hex: str, offset: int, length: int) -> bytes: ...
+    # `length` bytes at `offset` in pieces of `piece` bytes (the last shorter) as they arrive,
+    # in order; raises OSError or ShardFormatError at the piece it could not read (the pieces
+    # before it were whole). The caller checks each piece (Store.iter_object)
+    def stream_at(self, shard_hex: str, offset: int, length: int, piece: int) -> Generator[bytes, None, None]: ...
     def size(self, shard_hex: str) -> int: ...
     # durable; FileNotFoundError when nothing was there, DiskGone when the backend is unreachable
     def delete(self, shard_hex: str) -> None: ...

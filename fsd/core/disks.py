@@ -22,6 +22,7 @@ import os
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Generator
 from pathlib import Path, PurePath
 
 from fsd.base.files import fsync_dir
@@ -232,6 +233,8 @@ class LocalDisk:
 
     #: reads one reader makes at once: one (a disk head seeks between concurrent reads)
     read_streams = 1
+    #: a large object is read piece by piece (each a pread: no request to save)
+    stream_large = False
 
     def __init__(self, label: str, root: Path, uuid: str, capacity_bytes: int | None = None,
                  require_mount: bool = True) -> None:
@@ -395,6 +398,12 @@ class LocalDisk:
 
     def read_at(self, shard_hex: str, offset: int, length: int) -> bytes:
         return self._pread(shard_hex, offset, length)
+
+    def stream_at(self, shard_hex: str, offset: int, length: int, piece: int) -> Generator[bytes, None, None]:
+        """The bytes in pieces, a pread each (the backend contract's; Store.iter_object reads a
+        local disk's pieces itself, stream_large being False)."""
+        for start in range(0, length, piece):
+            yield self._pread(shard_hex, offset + start, min(piece, length - start))
 
     def read_exact(self, shard_hex: str, offset: int, length: int) -> bytes:
         """`read_at` with the kernel's read-ahead off: exactly these bytes come off the disk.
