@@ -6,6 +6,7 @@ request that gets no fault gets the engine's own answer.
 
     with FaultProxy(engine.endpoint) as proxy:
         proxy.fail(2)          # the next two requests are answered 503 SlowDown
+        proxy.fail(9, after=3) # three requests get through, then nine are answered 503
         proxy.flaky()          # every request meets one 503 first (each other one is answered 503)
         proxy.delay(5.0)       # every request waits 5 s before it is sent on
         proxy.cut(12 << 20)    # the next answer whose body is longer stops after 12 MiB
@@ -36,6 +37,7 @@ class FaultProxy:
         self._up = (url.hostname or "127.0.0.1", url.port or 80)
         self._lock = threading.Lock()
         self._failing, self._status, self._delay, self._flaky, self._passed = 0, 503, 0.0, False, False
+        self._through = 0  # requests that still get through before the failing ones
         self._cut: int | None = None
         self.requests = self.faults = self.cuts = 0
         proxy = self
@@ -98,6 +100,9 @@ class FaultProxy:
     def _next(self) -> tuple[int, float]:
         with self._lock:
             self.requests += 1
+            if self._failing and self._through:
+                self._through -= 1
+                return 0, self._delay
             if self._failing or (self._flaky and self._passed):
                 self._failing = max(0, self._failing - 1)
                 self.faults += 1
@@ -120,10 +125,11 @@ class FaultProxy:
         with self._lock:
             self._cut = after
 
-    def fail(self, n: int, status: int = 503) -> None:
-        """Answer the next `n` requests with `status` (0: none)."""
+    def fail(self, n: int, status: int = 503, after: int = 0) -> None:
+        """Answer the next `n` requests with `status` (0: none) — those after the next `after`,
+        which get through: an engine that stops answering part way through a series of requests."""
         with self._lock:
-            self._failing, self._status = n, status
+            self._failing, self._status, self._through = n, status, after
 
     def flaky(self, on: bool = True) -> None:
         """Answer 503 to each request that follows one that got through: a client that tries

@@ -26,11 +26,14 @@ import pytest
 
 from fsd.base import config
 from fsd.base.errors import HoardError
+from fsd.base.files import flocked
+from fsd.core import s3
 from fsd.store import Store
 from jobs.actions import remote as remote_actions
 from jobs.actions.contract import Contract
-from jobs.actions.state import RunState, load_state, save_state
+from jobs.actions.state import RunState, load_state, save_state, state_dir
 from jobs.queues import enqueue_once, fetch_job
+from tests.s3fault import FaultProxy
 from tests.test_remote_workers import REPO, _hoard, _logs, _onto_the_bucket, cluster  # noqa: F401  # (a fixture)
 from tests.test_s3_backend import engine_env, s3_disk  # noqa: F401  # (a fixture)
 
@@ -434,3 +437,63 @@ def test_a_host_removes_the_stages_of_runs_the_server_closed(hoard_home: Path, r
         kept = what not in ("collected", "cancelled")
         assert (cfg.ssd.zone_path("3C") / oid).exists() == kept, what
         assert (outputs.load_state(cfg, oid) is not None) == kept, what
+
+
+def _cancelled(cfg, status: str = "cancelled") -> str:
+    rid = f"thumbs-v1-{secrets.token_hex(6)}"
+    save_state(cfg, RunState(run_id=rid, action="thumbs", version=1, action_type="AC2", action_num=1, params={},
+                             steps=["plan", "remote", "collect", "apply", "finish"], inputs=1, status=status))
+    return rid
+
+
+def test_a_delete_that_breaks_off_never_leaves_a_transfer_that_looks_uploaded(
+        hoard_home: Path, seaweedfs, engine_env, tmp_path: Path) -> None:  # noqa: F811
+    """parsed.json says a host's upload is whole: the host's job of a resumed run that finds it
+    does nothing ("already done"), the server's poll that finds it collects. A delete of
+    `transfers/<run>/` the engine breaks off part way (a sweep here; a cancel or a collect the
+    same) must so never leave parsed.json without the children it names — a cancelled run,
+    resumed, would be collected from the half-deleted transfer and refused ("child … is not in
+    the bucket"): a failed run, and a second resume for nothing."""
+    engine_env(seaweedfs)
+    cfg = config.load(hoard_home / "hoard.toml")
+    bucket = "hoard-" + secrets.token_hex(6)
+    seaweedfs.client().create_bucket(Bucket=bucket)
+    with FaultProxy(seaweedfs.endpoint) as proxy:
+        disk = s3.S3Disk.initialise("s3a", proxy.endpoint, bucket, tmp_path / "staging", capacity_bytes=10 << 30)
+        rid = _cancelled(cfg)
+        names = [hashlib.sha256(bytes([i])).hexdigest() for i in range(6)] + [remote_actions.PARSED]
+        for name in names:
+            _transfer(disk, remote_actions.prefix(rid) + name)
+        before = proxy.requests
+        disk.transfer_ages()
+        disk.transfer_keys(remote_actions.prefix(rid))
+        listings = proxy.requests - before  # (the sweep lists the transfers, then the run's keys)
+        proxy.fail(1000, after=listings + 3)  # three deletes get through, then the engine stops answering
+        assert remote_actions.sweep_transfers(cfg, disk, grace_s=0) == []
+        proxy.fail(0)
+        left = disk.transfer_keys(remote_actions.prefix(rid))
+        assert 0 < len(left) < len(names), left  # (it did break off part way)
+        assert disk.transfer_sha(remote_actions.prefix(rid) + remote_actions.PARSED) is None, left
+        assert remote_actions.sweep_transfers(cfg, disk, grace_s=0) == [rid]  # the next sweep takes the rest
+        assert disk.transfer_keys(remote_actions.prefix(rid)) == []
+
+
+def test_a_sweep_takes_nothing_of_a_run_a_resume_is_recording(hoard_home: Path, seaweedfs, engine_env,
+                                                             tmp_path: Path) -> None:  # noqa: F811
+    """`hoard action resume` of a cancelled run records its new attempt under the run's submit
+    lock, then its host's job uploads to `transfers/<run>/` — or, finding the old attempt's
+    parsed.json still there, does nothing and the server collects that. A sweep that judged the
+    run cancelled and deleted meanwhile would leave that collect a half-deleted transfer (the
+    sweep's delete of a large run takes minutes). So a sweep judges and deletes under the same
+    lock: while a resume holds it the run is not swept; once it is free, a cancelled run is."""
+    engine_env(seaweedfs)
+    cfg = config.load(hoard_home / "hoard.toml")
+    disk = s3_disk(seaweedfs, tmp_path / "staging")
+    rid = _cancelled(cfg)
+    for name in ("a" * 64, remote_actions.PARSED):
+        _transfer(disk, remote_actions.prefix(rid) + name)
+    with flocked(state_dir(cfg) / f"{rid}.submit.lock"):  # (as api.resume holds it)
+        assert remote_actions.sweep_transfers(cfg, disk, grace_s=0) == []
+        assert len(disk.transfer_keys(remote_actions.prefix(rid))) == 2
+    assert remote_actions.sweep_transfers(cfg, disk, grace_s=0) == [rid]
+    assert disk.transfer_keys(remote_actions.prefix(rid)) == []
