@@ -55,7 +55,7 @@ from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from fsd.base import config as config_mod
 from fsd.base.config import Settings
 from fsd.base.errors import ExitCode, HoardError, first_line
-from fsd.base.files import open_nofollow
+from fsd.base.files import flocked, open_nofollow
 from fsd.base.paths import display, hostile_reason
 from fsd.store import Store
 from jobs import outputs
@@ -400,13 +400,20 @@ def _download(disk: Any, rid: str, sha: str, size: int, dest: Path) -> Path:
 
 
 def _drop_transfer(disk: Any, rid: str) -> None:
-    for key in disk.transfer_keys(prefix(rid)):
+    """`transfers/<run>/` deleted, parsed.json first: it is what says the upload is whole (a
+    host's job that finds it does nothing, the server's poll collects), so a delete the engine
+    breaks off part way leaves children nobody takes for an upload (the next sweep's), never a
+    parsed.json naming children that are gone — a resumed run collected from that is refused."""
+    parsed = prefix(rid) + PARSED
+    for key in sorted(disk.transfer_keys(prefix(rid)), key=lambda k: k != parsed):
         disk.delete_transfer(key)
 
 
 #: a closed run's transfer is swept only once its newest object is this old: a cancelled run
 #: resumed meanwhile uploads anew, and a sweep that read its state a moment before takes none of it
 TRANSFER_GRACE_S = 3600.0
+#: the states of a run whose transfer nothing will collect: collected and applied, or cancelled
+CLOSED = (Status.DONE.value, Status.CANCELLED.value)
 
 
 def sweep_transfers(cfg: Settings, disk: Any, grace_s: float = TRANSFER_GRACE_S) -> list[str]:
@@ -432,9 +439,17 @@ def sweep_transfers(cfg: Settings, disk: Any, grace_s: float = TRANSFER_GRACE_S)
             continue  # (a key no run of hoard's names: not ours to judge)
         try:
             st = load_state(cfg, rid)
-            if st is None or st.status not in (Status.DONE.value, Status.CANCELLED.value):
+            if st is None or st.status not in CLOSED:
                 continue  # failed or waiting: a resume collects what is there; unknown: not this store's run
-            _drop_transfer(disk, rid)
+            # judged again and deleted under the lock `hoard action run/resume` records a new
+            # attempt under: a resume waits for this delete, and one under way now is not swept
+            with flocked(state_dir(cfg) / f"{rid}.submit.lock", wait=False):
+                st = load_state(cfg, rid)
+                if st is None or st.status not in CLOSED:
+                    continue  # (resumed since it was read above)
+                _drop_transfer(disk, rid)
+        except BlockingIOError:
+            continue  # (a submit or resume of it holds the lock: the next sweep judges it)
         except (HoardError, OSError, ValueError) as e:
             log.info("run %s: its transfer on S3 disk %s not swept (%s)", rid, disk.label, first_line(e))
             continue
