@@ -220,3 +220,39 @@ def test_a_damaged_piece_in_a_large_objects_stream_is_read_from_another_replica(
             got = b"".join(store.iter_object(sha, first=s3a.uuid))
             assert got == want
             assert [r[:2] for r in store.index.pending_repairs()] == [(meta.shard_id, s3a.uuid)]
+
+
+@pytest.mark.expect_log(r"disk s3a: read error on shard [0-9a-f]+: piece 17 of [0-9a-f]{12}… does not match its "
+                        r"chunk map", level="WARNING")
+def test_a_damaged_piece_the_stream_found_is_reported_though_the_replicas_order_changed(
+        tmp_path: Path, s3_engine, engine_env) -> None:  # noqa: F811
+    """The stream off the bucket's copy (the first replica when the read began) meets a damaged
+    piece 17 MiB in and stops there; that piece is read again from the same replica first, so
+    the bucket's copy is reported and queued for repair — even when the replicas' order changed
+    meanwhile (the writes in flight on each disk order them: Store.queue_changed, as a writer
+    calls it) and the local replica now comes first. Else the damage the stream saw is
+    forgotten: the reader gets good bytes, the store believes in a copy it does not have."""
+    from tests.test_s3_backend import damage
+
+    engine_env(s3_engine)
+    bucket = _bucket(s3_engine, "hoard-fault-order")
+    with FaultProxy(s3_engine.endpoint) as proxy:
+        path, big = _large_on_the_bucket(tmp_path, s3_engine, bucket, proxy, locals_=("d0",))
+        want = big.read_bytes()
+        sha = bytes.fromhex(hashlib.sha256(want).hexdigest())
+        with Store.open(config.load(path)) as store:
+            loc = store.index.lookup(sha)
+            meta = store.index.get_shard(loc.shard_id)
+            s3a = next(d for d in store.disks.values() if d.label == "s3a")
+            d0 = next(d for d in store.disks.values() if d.label == "d0")
+            damage(s3a, meta.hex, loc.offset + (17 << 20))
+            store.queue_changed([d0], +1)  # a write in flight on d0: the read begins on the bucket
+            before = proxy.requests
+            pieces = store.iter_object(sha)  # (what `hoard get` reads: no disk asked for first)
+            got = [next(pieces)]
+            assert proxy.requests - before == 1  # (the stream off the bucket)
+            store.queue_changed([d0], -1)  # that write ended, one on the bucket began
+            store.queue_changed([s3a], +1)
+            got += list(pieces)
+            assert b"".join(got) == want
+            assert [r[:2] for r in store.index.pending_repairs()] == [(meta.shard_id, s3a.uuid)]
