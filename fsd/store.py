@@ -505,39 +505,46 @@ class Store:
                                                       f"chunk map (shard {meta.hex} on {disk.label})")
             return buf
 
-        def piece(start: int) -> bytes:
+        def piece(start: int, prefer: str) -> bytes:
             n = min(ITER_READ, length - start)
 
             def read(disk, meta, loc) -> bytes:  # (not `first`: that is the disk the caller wants read)
                 return checked((disk.read_exact if exact else disk.read_at)(meta.hex, loc.offset + start, n),
                                start, disk, meta)
 
-            return self.from_replicas(sha, read, avoid, first=first)
+            return self.from_replicas(sha, read, avoid, first=prefer)
 
-        done = 0
-        if length > ITER_READ:
-            with contextlib.closing(self._streamed(sha, loc, avoid, first, checked)) as streamed:
+        done, then = 0, first
+        streaming = self._stream_disk(loc, avoid, first) if length > ITER_READ else None
+        if streaming is not None:
+            disk, meta = streaming
+            # the piece a stream stops at, and the rest, are read from its replica first: a piece
+            # that did not check there is reported, whatever order the replicas are in by then
+            then = disk.uuid
+            with contextlib.closing(self._streamed(sha, loc, disk, meta, checked)) as streamed:
                 for buf in streamed:
                     done += len(buf)
                     yield buf
-        calls = (functools.partial(piece, start) for start in range(done, length, ITER_READ))
-        yield from in_order(calls, self._read_streams(loc.shard_id, avoid, first))
+        calls = (functools.partial(piece, start, then) for start in range(done, length, ITER_READ))
+        yield from in_order(calls, self._read_streams(loc.shard_id, avoid, then))
 
-    def _streamed(self, sha: bytes, loc: ObjectLoc, avoid: Set[str], first: str,
-                  checked: Callable[[bytes, int, Disk, ShardMeta], bytes]):
-        """The object's checked pieces off ONE streamed read (`stream_at`) of the replica its
-        first piece would come from, when that disk streams large objects; ends quietly at the
-        first piece that does not come whole or does not check — the caller reads that piece and
-        the rest through `from_replicas`, which tries every replica and reports a bad one (the
-        same replica first: its fault is reported as any read's)."""
+    def _stream_disk(self, loc: ObjectLoc, avoid: Set[str], first: str) -> tuple[Disk, ShardMeta] | None:
+        """The replica an object's first piece would come from, and its shard, when that disk
+        streams large objects (`stream_large`); else None."""
         meta = self.index.get_shard(loc.shard_id)
         if meta is None:
-            return
+            return None
         order = self.replica_order(meta, avoid)
         order.sort(key=lambda d: d.uuid != first)
-        if not order or not order[0].stream_large:
-            return
-        disk, start = order[0], 0
+        return (order[0], meta) if order and order[0].stream_large else None
+
+    def _streamed(self, sha: bytes, loc: ObjectLoc, disk: Disk, meta: ShardMeta,
+                  checked: Callable[[bytes, int, Disk, ShardMeta], bytes]):
+        """The object's checked pieces off ONE streamed read (`stream_at`) of `disk`'s replica;
+        ends quietly at the first piece that does not come whole or does not check — the caller
+        reads that piece and the rest through `from_replicas` with `disk` first, which reports
+        its fault as any read's and tries every other replica."""
+        start = 0
         try:
             with contextlib.closing(disk.stream_at(meta.hex, loc.offset, loc.length, ITER_READ)) as pieces:
                 for buf in pieces:
