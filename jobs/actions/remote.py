@@ -471,20 +471,17 @@ def sweep_host_stages(cfg: Settings, conn: Any, current: str) -> list[str]:
         if rid == current or not RUN_ID.fullmatch(rid):
             continue
         try:
-            if not conn.exists(closed_key(rid)):
+            why = conn.get(closed_key(rid))
+            if why is None:
                 continue
             outputs.clean(cfg, rid, "3C")
         except (redis.RedisError, HoardError, OSError) as e:  # (ZoneBusy: a job of it runs here still)
             log.info("run %s: its stage in this host's 3C is kept for now (%s)", rid, first_line(e))
             continue
-        log.info("run %s is closed on the store's server (%s); its stage in this host's 3C is removed", rid,
-                 _text(conn.get(closed_key(rid))))
+        log.info("run %s is %s on the store's server; its stage in this host's 3C is removed", rid,
+                 why.decode(errors="replace") if isinstance(why, bytes) else why)
         removed.append(rid)
     return removed
-
-
-def _text(v: Any) -> str:
-    return v.decode(errors="replace") if isinstance(v, bytes) else str(v)
 
 
 def cancel_remote(cfg: Settings, st: RunState) -> None:
