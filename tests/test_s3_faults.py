@@ -6,10 +6,12 @@ replicas, and once the engine answers again replication puts every shard on the 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
 import random
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -195,35 +197,45 @@ def test_a_large_objects_stream_that_breaks_off_costs_a_few_gets_not_the_read(tm
         assert done.returncode == 0 and (tmp_path / "back.bin").read_bytes() == want, done.stderr
 
 
-@pytest.mark.expect_log(r"disk s3a: read error on shard [0-9a-f]+: piece 17 of [0-9a-f]{12}… does not match its "
-                        r"chunk map", level="WARNING")
+#: the log line of the damaged piece the tests below plant
+PIECE_17 = pytest.mark.expect_log(r"disk s3a: read error on shard [0-9a-f]+: piece 17 of [0-9a-f]{12}… does not "
+                                  r"match its chunk map", level="WARNING")
+
+
+@contextlib.contextmanager
+def _damaged_17_mib_in(tmp_path: Path, engine, name: str) -> Iterator[tuple]:
+    """A 40 MiB object with one copy on the bucket (behind a proxy) and one on the local disk d0,
+    one byte of the bucket's copy flipped 17 MiB in: (store, proxy, sha, the bytes, shard, s3a, d0)."""
+    from tests.test_s3_backend import damage
+
+    bucket = _bucket(engine, name)
+    with FaultProxy(engine.endpoint) as proxy:
+        path, big = _large_on_the_bucket(tmp_path, engine, bucket, proxy, locals_=("d0",))
+        want = big.read_bytes()
+        sha = bytes.fromhex(hashlib.sha256(want).hexdigest())
+        with Store.open(config.load(path)) as store:
+            loc = store.index.lookup(sha)
+            meta = store.index.get_shard(loc.shard_id)
+            s3a, d0 = (next(d for d in store.disks.values() if d.label == label) for label in ("s3a", "d0"))
+            assert sorted(meta.replicas) == sorted([s3a.uuid, d0.uuid])
+            damage(s3a, meta.hex, loc.offset + (17 << 20))
+            yield store, proxy, sha, want, meta, s3a, d0
+
+
+@PIECE_17
 def test_a_damaged_piece_in_a_large_objects_stream_is_read_from_another_replica(tmp_path: Path, s3_engine,
                                                                                engine_env) -> None:  # noqa: F811
     """One flipped byte in the bucket's copy of a large object, 17 MiB in: the stream's third
     piece does not match the object's chunk map, so no reader is handed it — the pieces before
     it stand, that piece and the rest come from the local replica, and the bucket's copy is
     reported and queued for repair, as any bad read's."""
-    from tests.test_s3_backend import damage
-
     engine_env(s3_engine)
-    bucket = _bucket(s3_engine, "hoard-fault-flip")
-    with FaultProxy(s3_engine.endpoint) as proxy:
-        path, big = _large_on_the_bucket(tmp_path, s3_engine, bucket, proxy, locals_=("d0",))
-        want = big.read_bytes()
-        sha = bytes.fromhex(hashlib.sha256(want).hexdigest())
-        with Store.open(config.load(path)) as store:
-            loc = store.index.lookup(sha)
-            meta = store.index.get_shard(loc.shard_id)
-            s3a = next(d for d in store.disks.values() if d.label == "s3a")
-            assert s3a.uuid in meta.replicas and len(meta.replicas) == 2
-            damage(s3a, meta.hex, loc.offset + (17 << 20))
-            got = b"".join(store.iter_object(sha, first=s3a.uuid))
-            assert got == want
-            assert [r[:2] for r in store.index.pending_repairs()] == [(meta.shard_id, s3a.uuid)]
+    with _damaged_17_mib_in(tmp_path, s3_engine, "hoard-fault-flip") as (store, _, sha, want, meta, s3a, _):
+        assert b"".join(store.iter_object(sha, first=s3a.uuid)) == want
+        assert [r[:2] for r in store.index.pending_repairs()] == [(meta.shard_id, s3a.uuid)]
 
 
-@pytest.mark.expect_log(r"disk s3a: read error on shard [0-9a-f]+: piece 17 of [0-9a-f]{12}… does not match its "
-                        r"chunk map", level="WARNING")
+@PIECE_17
 def test_a_damaged_piece_the_stream_found_is_reported_though_the_replicas_order_changed(
         tmp_path: Path, s3_engine, engine_env) -> None:  # noqa: F811
     """The stream off the bucket's copy (the first replica when the read began) meets a damaged
@@ -232,27 +244,15 @@ def test_a_damaged_piece_the_stream_found_is_reported_though_the_replicas_order_
     meanwhile (the writes in flight on each disk order them: Store.queue_changed, as a writer
     calls it) and the local replica now comes first. Else the damage the stream saw is
     forgotten: the reader gets good bytes, the store believes in a copy it does not have."""
-    from tests.test_s3_backend import damage
-
     engine_env(s3_engine)
-    bucket = _bucket(s3_engine, "hoard-fault-order")
-    with FaultProxy(s3_engine.endpoint) as proxy:
-        path, big = _large_on_the_bucket(tmp_path, s3_engine, bucket, proxy, locals_=("d0",))
-        want = big.read_bytes()
-        sha = bytes.fromhex(hashlib.sha256(want).hexdigest())
-        with Store.open(config.load(path)) as store:
-            loc = store.index.lookup(sha)
-            meta = store.index.get_shard(loc.shard_id)
-            s3a = next(d for d in store.disks.values() if d.label == "s3a")
-            d0 = next(d for d in store.disks.values() if d.label == "d0")
-            damage(s3a, meta.hex, loc.offset + (17 << 20))
-            store.queue_changed([d0], +1)  # a write in flight on d0: the read begins on the bucket
-            before = proxy.requests
-            pieces = store.iter_object(sha)  # (what `hoard get` reads: no disk asked for first)
-            got = [next(pieces)]
-            assert proxy.requests - before == 1  # (the stream off the bucket)
-            store.queue_changed([d0], -1)  # that write ended, one on the bucket began
-            store.queue_changed([s3a], +1)
-            got += list(pieces)
-            assert b"".join(got) == want
-            assert [r[:2] for r in store.index.pending_repairs()] == [(meta.shard_id, s3a.uuid)]
+    with _damaged_17_mib_in(tmp_path, s3_engine, "hoard-fault-order") as (store, proxy, sha, want, meta, s3a, d0):
+        store.queue_changed([d0], +1)  # a write in flight on d0: the read begins on the bucket
+        before = proxy.requests
+        pieces = store.iter_object(sha)  # (what `hoard get` reads: no disk asked for first)
+        got = [next(pieces)]
+        assert proxy.requests - before == 1  # (the stream off the bucket)
+        store.queue_changed([d0], -1)  # that write ended, one on the bucket began
+        store.queue_changed([s3a], +1)
+        got += list(pieces)
+        assert b"".join(got) == want
+        assert [r[:2] for r in store.index.pending_repairs()] == [(meta.shard_id, s3a.uuid)]
