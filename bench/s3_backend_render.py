@@ -251,7 +251,9 @@ def _render_engine(kind: str, path: Path | None) -> None:
                       "parsing), some 0.3 s/GiB at 8 MiB pieces — is no longer paid: the backend's ranged GETs go to "
                       "presigned URLs with urllib3 (`S3Disk._get`), and the bound includes the same GETs sent so "
                       "(the `signed` rows)."]
-        if max(m["loadavg_1m_at_start"], m["loadavg_1m_at_end"]) > m["cpus"]:
+        # (judged by the load before the run: at its end the engine's and the client's own threads
+        # count in it, whatever else ran)
+        if m["loadavg_1m_at_start"] >= 1.0:
             lines += ["", f"This run shared the machine (1-minute load {m['loadavg_1m_at_start']:.1f} → "
                       f"{m['loadavg_1m_at_end']:.1f} on {m['cpus']} cores: other work ran beside it), so its rates "
                       "and shares move from round to round (every round is in the JSON) — the seal, which nothing "
