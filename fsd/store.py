@@ -458,9 +458,11 @@ class Store:
         info = self.index.get_batch(batch_id)
         return json.loads(self.get(info["manifest"])) if info else None
 
-    def replica_order(self, meta: ShardMeta, avoid: Set[str] = frozenset()) -> list[Disk]:
+    def replica_order(self, meta: ShardMeta, avoid: Set[str] = frozenset(), first: str = "") -> list[Disk]:
+        """The usable disks holding `meta`, active ones first, then by the reads queued on each;
+        the disk `first` (a uuid) ahead of them all when it holds one (the caller's choice)."""
         usable = [u for u in meta.replicas if self.usable(u) and u not in avoid]
-        usable.sort(key=lambda u: (self.records[u].state != DiskState.ACTIVE, self.queue.get(u, 0)))
+        usable.sort(key=lambda u: (u != first, self.records[u].state != DiskState.ACTIVE, self.queue.get(u, 0)))
         return [self.disks[u] for u in usable]
 
     def get(self, sha256_hex: str, avoid: Set[str] = frozenset()) -> bytes:
@@ -534,8 +536,7 @@ class Store:
         meta = self.index.get_shard(loc.shard_id)
         if meta is None:
             return None
-        order = self.replica_order(meta, avoid)
-        order.sort(key=lambda d: d.uuid != first)
+        order = self.replica_order(meta, avoid, first)
         return (order[0], meta) if order and order[0].stream_large else None
 
     def _streamed(self, sha: bytes, loc: ObjectLoc, disk: Disk, meta: ShardMeta,
@@ -618,8 +619,7 @@ class Store:
                 break  # it did not move: the missing files are really missing
             loc, tried, missing = new, [], []
             meta = self.index.get_shard(loc.shard_id)
-            order = self.replica_order(meta, avoid) if meta else []
-            order.sort(key=lambda d: d.uuid != first)  # stable: the rest keep their order
+            order = self.replica_order(meta, avoid, first) if meta else []
             for disk in order:
                 try:
                     return read(disk, meta, loc)

@@ -493,20 +493,7 @@ class S3Disk:
         left before its end is closed, not handed back to the pool half read."""
         if length <= 0:
             return
-        key = self.key(shard_hex)
-        r = None
-        try:
-            r = self._pool.request("GET", self._url(key), headers={"Range": f"bytes={offset}-{offset + length - 1}"},
-                                   preload_content=False)
-        except urllib3.exceptions.HTTPError:
-            pass
-        if r is not None and (r.status != 206 or not str(r.headers.get("Content-Range", "")).startswith(
-                f"bytes {offset}-{offset + length - 1}/")):
-            if r.status == 403:  # a URL signed with credentials since changed: sign again
-                self._signed.pop(key, None)
-            r.close()
-            r.release_conn()
-            r = None
+        r = self._ranged(self.key(shard_hex), offset, length, whole=True)
         if r is None:
             for start in range(0, length, piece):
                 yield self.read_at(shard_hex, offset + start, min(piece, length - start))
@@ -766,16 +753,10 @@ class S3Disk:
         (docs/benchmarks.md, W3-L). Only a 206 with the range asked for is taken; anything else
         — an error status, no answer, a range ignored — is asked again through boto3
         (`_get_boto`), whose retries and errors are every other request's."""
-        headers = {"Range": f"bytes={offset}-{offset + length - 1}"}
-        try:
-            r = self._pool.request("GET", self._url(key), headers=headers, preload_content=False)
-        except urllib3.exceptions.HTTPError:
+        r = self._ranged(key, offset, length, whole=False)
+        if r is None:
             return self._get_boto(key, offset, length, what)
         try:
-            if r.status != 206 or not str(r.headers.get("Content-Range", "")).startswith(f"bytes {offset}-"):
-                if r.status == 403:  # a URL signed with credentials since changed: sign again
-                    self._signed.pop(key, None)
-                return self._get_boto(key, offset, length, what)
             try:
                 data: bytes = r.read()
             except urllib3.exceptions.HTTPError as e:  # (a short body: the length is enforced)
@@ -783,6 +764,28 @@ class S3Disk:
             return data
         finally:
             r.release_conn()
+
+    def _ranged(self, key: str, offset: int, length: int, whole: bool) -> Any:
+        """One ranged GET of `length` bytes at `offset` to the key's presigned URL, its body not
+        read yet (`_get`, `stream_at`): the response when the engine answers 206 with the range
+        asked for — from `offset`, and to its last byte when `whole` (else fewer bytes only at
+        the end of the object) —, None for anything else (an error status, no answer, a range
+        ignored), its connection let go. A 403 drops the URL: a URL signed with credentials
+        since changed is signed again."""
+        end = offset + length - 1
+        try:
+            r = self._pool.request("GET", self._url(key), headers={"Range": f"bytes={offset}-{end}"},
+                                   preload_content=False)
+        except urllib3.exceptions.HTTPError:
+            return None
+        if r.status == 206 and str(r.headers.get("Content-Range", "")).startswith(
+                f"bytes {offset}-{end}/" if whole else f"bytes {offset}-"):
+            return r
+        if r.status == 403:
+            self._signed.pop(key, None)
+        r.close()  # (its body unread: not a connection to hand back)
+        r.release_conn()
+        return None
 
     def _url(self, key: str) -> str:
         """The key's presigned GET URL, signed again when less than a quarter of its time is left."""
