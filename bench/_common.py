@@ -330,7 +330,8 @@ def hoard_process(cfg_path: Path, argv: list[str], repo: Path = REPO, txn_log: P
                   ok: tuple[int, ...] = (0, 5), prog: list[str] | None = None) -> dict:
     """Run `python -m fsd --config CFG ARGV` (or `prog` + ARGV) from checkout `repo` as its own
     process: seconds, peak RSS (VmHWM, which counts the index pages the process mapped) and
-    peak RssAnon (what it allocated), in KiB; with `txn_log` the process gets
+    peak RssAnon (what it allocated), in KiB; its CPU seconds, the bytes it read from the disk
+    (page-cache misses) and its major faults (`peak_memory`); with `txn_log` the process gets
     HOARD_LMDB_TXN_LOG and the keys it appended there (`txn_lines`). An exit outside `ok`
     fails the benchmark (5: check found something — still a measurement)."""
     from tests.helpers import peak_memory
@@ -345,7 +346,8 @@ def hoard_process(cfg_path: Path, argv: list[str], repo: Path = REPO, txn_log: P
     if got["exit"] not in ok:
         raise SystemExit(f"{' '.join(argv)} failed ({got['exit']}): {got['stderr'][-2000:]}")
     out = {"seconds": round(got["seconds"], 3), "vmhwm_kb": got["vmhwm_kb"], "peak_anon_kb": got["peak_anon_kb"],
-           "exit": got["exit"]}
+           "exit": got["exit"], "cpu_s": round(got["cpu_s"], 3), "read_bytes": got["read_bytes"],
+           "majflt": got["majflt"]}
     if txn_log is not None:
         out.update(txn_lines(txn_log, offset)[0])
     return out

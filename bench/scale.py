@@ -54,10 +54,12 @@ import json
 import os
 import random
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import psycopg
@@ -111,6 +113,12 @@ COMMANDS: dict[str, tuple[list[str], tuple[int, ...], str]] = {
     "index rebuild": (["index", "rebuild"], (0,), "object"),
     "index restore": (["index", "restore"], (0,), "object"),
 }
+#: the commands that read every shard: each starts with the page cache dropped, at every size (a
+#: 1 M store fits this machine's page cache after its build, a 10 M one does not: warm at one
+#: size and cold at the other, the ratio would compare two media)
+COLD = ("check", "index rebuild", "index restore")
+#: before each size's measurements: the load (1 min) waited for, and for at most how long
+SETTLE_LOAD, SETTLE_MAX_S = 0.5, 600
 #: the goals of issue 37 item 2
 GOAL_RATIO, GOAL_RSS_KB, GOAL_TXN_S, GOAL_INDEX_B, GOAL_HEALTH_S = 1.25, 2 << 20, 1.0, 200, 2.0
 
@@ -134,6 +142,9 @@ def main() -> None:
                                    f"{', '.join(k for k in COMMANDS if not k.startswith(READ_ONLY))}")
     ap.add_argument("--repo", type=Path, help="with --only: time the commands and the mount of this checkout (e.g. "
                                               "the old code: `git archive main | tar -x -C DIR`; the GUI is this one's)")
+    ap.add_argument("--profile", metavar="LABEL", help="with --only: each measured process (the mount: during `find` "
+                                       "and the lookups) sampled by py-spy into bench/results/scale-profile-LABEL-"
+                                       "<what>.collapsed (its times are py-spy's, not the table's)")
     ap.add_argument("--apply-intent", type=Path, help=argparse.SUPPRESS)  # (the measured write-intent's process)
     ap.add_argument("--database-url", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -155,10 +166,10 @@ def main() -> None:
                 f"{', '.join(unknown) or 'nothing'} not a measurement; any start of {', '.join(READ_ONLY)}, or "
                 f"the whole name of {', '.join(k for k in COMMANDS if not k.startswith(READ_ONLY))}"))
         run_only(sizes if args.sizes else None, args.label, args.work, args.batch, only,
-                 (args.repo or REPO).resolve())
+                 (args.repo or REPO).resolve(), args.profile)
         return
-    if args.repo:
-        raise SystemExit("--repo: only with --only (a full run times this checkout)")
+    if args.repo or args.profile:
+        raise SystemExit(f"{'--repo' if args.repo else '--profile'}: only with --only (a full run times this checkout)")
     label = args.label or "-".join(_short(n) for n in sizes)
     batch = args.batch or min(BATCH, sizes[0] // 4)
     if batch < 5000 or INTENT_NODES % batch or any(n % batch for n in sizes):
@@ -357,22 +368,43 @@ def grow(cfg_path: Path, url: str, built: Built, upto: int, db_upto: int) -> dic
 class Run:
     """One run's store, cluster and figures."""
 
-    def __init__(self, work: Path, cfg_path: Path, url: str, cluster, repo: Path = REPO) -> None:
+    def __init__(self, work: Path, cfg_path: Path, url: str, cluster, repo: Path = REPO,
+                 profile: str | None = None) -> None:
         self.work, self.cfg_path, self.url, self.cluster, self.repo = work, cfg_path, url, cluster, repo
+        self.profile = profile  # (a label: each process sampled by py-spy into bench/results/)
         self.txn_log = work / "lmdb-txn.jsonl"
         os.environ["HOARD_LMDB_TXN_LOG"] = str(self.txn_log)  # every child (mount, GUI too) inherits it
         self.cfg = config.load(cfg_path)
 
     def command(self, argv: list[str], ok: tuple[int, ...] = (0,), objects: int = 1, prog: list[str] | None = None
                 ) -> dict:
+        if self.profile:  # (py-spy's process is the one timed: a profile's figures are not the table's)
+            out = self.profile_path(" ".join(argv) or "write-intent")
+            prog = [*_py_spy(out), "--", *(prog or [sys.executable, "-m", "fsd", "--config", str(self.cfg_path)])]
         got = hoard_process(self.cfg_path, argv, repo=self.repo, txn_log=self.txn_log, ok=ok, prog=prog)
+        if self.profile:
+            got["profile"] = str(out.relative_to(REPO))
         got["per_object_s"] = got["seconds"] / objects
         print(f"    {' '.join(argv or ['write-intent'])[:60]:<60} {got['seconds']:8.2f} s  VmHWM {got['vmhwm_kb'] / 1024:7.0f} MB  "
               f"RssAnon {got['peak_anon_kb'] / 1024:7.0f} MB  txn {got['longest_write_txn_s']}", flush=True)
         return got
 
+    def profile_path(self, what: str) -> Path:
+        slug = "".join(c if c.isalnum() else "-" for c in what).strip("-")
+        return RESULTS / f"scale-profile-{self.profile}-{slug}.collapsed"
+
     def index_bytes(self) -> int:
         return allocated(self.cfg.index_dir)
+
+    def pg_blocks(self, since: dict | None = None) -> dict:
+        """The cluster's block reads (`pg_blocks_read`: not in shared buffers, from the page
+        cache or the disk) and hits (`pg_blocks_hit`) in this database so far; with `since`, the
+        difference (what the process between the two calls cost the server)."""
+        with psycopg.connect(self.url, autocommit=True) as conn:
+            read, hit = conn.execute("SELECT blks_read, blks_hit FROM pg_stat_database "
+                                     "WHERE datname = current_database()").fetchone()
+        now = {"pg_blocks_read": int(read), "pg_blocks_hit": int(hit)}
+        return now if since is None else {k: now[k] - since[k] for k in now}
 
     def database_bytes(self) -> dict:
         with psycopg.connect(self.url, autocommit=True) as conn:
@@ -383,9 +415,52 @@ class Run:
         return {"database_bytes": db, "wal_bytes": int(wal), "rows": counts}
 
 
+def settle(r: Run) -> dict:
+    """Before a size's measurements: the cluster vacuumed and checkpointed (autovacuum and the
+    checkpointer would otherwise work off the build during them), the build's dirty pages
+    written back, then the load (1 min) let fall below SETTLE_LOAD (at most SETTLE_MAX_S): each
+    size is measured from the same quiet state, not right behind its build."""
+    t0 = time.monotonic()
+    with psycopg.connect(r.url, autocommit=True) as conn:
+        conn.execute("VACUUM (ANALYZE)")
+        conn.execute("CHECKPOINT")
+    os.sync()
+    while os.getloadavg()[0] > SETTLE_LOAD and time.monotonic() - t0 < SETTLE_MAX_S:
+        time.sleep(5)
+    got = {"settle_s": round(time.monotonic() - t0, 1), "load_at_measure": round(os.getloadavg()[0], 2)}
+    print(f"  settled in {got['settle_s']:.0f} s (vacuum, checkpoint, sync; load {got['load_at_measure']})",
+          flush=True)
+    return got
+
+
+def disk_rate(disks: list[Path], limit: int = 4 << 30) -> dict:
+    """The bound `check` reads against: the disks' cold sequential rate, the largest shard files
+    read once (one stream, 8 MiB reads, as `check` reads one shard at a time) after the page
+    cache was dropped, up to `limit` bytes; MiB/s."""
+    files = sorted((p for d in disks for p in Path(d).rglob("*.shard") if p.is_file()),
+                   key=lambda p: -p.stat().st_size)
+    drop_caches()
+    done, t0 = 0, time.monotonic()
+    for path in files:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            while done < limit and (got := os.read(fd, 8 << 20)):
+                done += len(got)
+        finally:
+            os.close(fd)
+        if done >= limit:
+            break
+    secs = time.monotonic() - t0
+    mib_s = done / secs / 2**20 if secs else 0.0
+    print(f"    disk: {done / 2**30:.1f} GiB of shards read cold in {secs:.1f} s ({mib_s:.0f} MiB/s, one stream)",
+          flush=True)
+    return {"disk_read_bytes": done, "disk_read_mib_s": round(mib_s, 1)}
+
+
 def measure_size(r: Run, built: Built, n: int) -> dict:
     """Every measurement at `n` objects (the store already holds all but the last batch)."""
     cmds: dict[str, dict] = {}
+    settled = settle(r)
     t_setup = time.monotonic()
     put_dir = r.work / f"put-{n}"
     put_dir.mkdir()
@@ -401,10 +476,11 @@ def measure_size(r: Run, built: Built, n: int) -> dict:
     intent_path = r.work / "intent.json"
     intent_path.write_text(json.dumps(intent_for(built, built.db_upto, pending, f"scale-measured-{n}")))
     setup += time.monotonic() - t_setup
+    blocks = r.pg_blocks()
     cmds["write-intent"] = r.command([], objects=n, prog=[sys.executable, str(Path(__file__).resolve()),
                                                           "--apply-intent", str(intent_path),
                                                           "--database-url", r.url])
-    cmds["write-intent"] |= {"work": "fixed", "nodes": pending}
+    cmds["write-intent"] |= {"work": "fixed", "nodes": pending, **r.pg_blocks(since=blocks)}
     built.db_upto = built.count
     intent_path.unlink()
 
@@ -421,6 +497,7 @@ def measure_size(r: Run, built: Built, n: int) -> dict:
     pages, failed = gui(r, n)
     cmds |= pages
     return {"objects": n, "commands": cmds, "failed": failed, "setup_s": round(setup, 1), "view_entries": len(view),
+            **settled,
             "index_bytes_as_grown": index_as_grown, "index_bytes_rebuilt": index_rebuilt,
             "index_b_per_object_as_grown": index_as_grown / n, "index_b_per_object_rebuilt": index_rebuilt / n,
             "store_bytes": allocated(*(d.path for d in r.cfg.disks)), **r.database_bytes()}
@@ -452,7 +529,11 @@ def time_commands(r: Run, built: Built, n: int, only: list[str] | None = None) -
         argv = [a.format(sha=sample, batch=victim) for a in argv]
         if name == "delete --batch":
             before_delete = allocated(*disks)
-        cmds[name] = r.command(argv, ok=ok, objects=n) | {"work": work}
+        bound = disk_rate(disks) if name == "check" else {}
+        if name in COLD:
+            drop_caches()
+        cmds[name] = r.command(argv, ok=ok, objects=n) | {"work": work, **bound} | (
+            {"cold": True} if name in COLD else {})
         if name == "delete --batch":
             built.deleted.add(victim)
         if name == "gc (one deleted batch)" and before_delete is not None:  # what it freed: the batch's bytes, twice
@@ -491,8 +572,9 @@ def selects(r: Run, n: int, only: list[str] | None = None) -> dict:
         drop_caches()
         r.cluster.start()
         for temp in ("cold", "warm"):
+            blocks = r.pg_blocks()
             out[f"select {name} ({temp})"] = r.command(["select", "--file", str(path)], objects=n) | {
-                "work": "object" if name == "broad" else "fixed"}
+                "work": "object" if name == "broad" else "fixed"} | r.pg_blocks(since=blocks)
     return out
 
 
@@ -520,16 +602,18 @@ def mount(r: Run, view: list[bytes], n: int) -> dict:
         start, start_cpu = sorted(starts)[1], sorted(cpus)[1]
         watch = PeakWatch(proc.pid)
         anon = {"anon_after_start_kb": _rss_anon_kb(proc.pid)}
-        c0, t0 = _cpu_s(proc.pid), time.monotonic()
-        found = subprocess.run(["find", str(mnt / "views" / "scale"), "-type", "f"], capture_output=True,
-                               check=True).stdout.count(b"\n")
-        find_s, find_cpu = time.monotonic() - t0, _cpu_s(proc.pid) - c0
+        with sampled(r, proc.pid, "mount find"):
+            c0, t0 = _cpu_s(proc.pid), time.monotonic()
+            found = subprocess.run(["find", str(mnt / "views" / "scale"), "-type", "f"], capture_output=True,
+                                   check=True).stdout.count(b"\n")
+            find_s, find_cpu = time.monotonic() - t0, _cpu_s(proc.pid) - c0
         anon["anon_after_find_kb"] = _rss_anon_kb(proc.pid)
-        c0, t0 = _cpu_s(proc.pid), time.monotonic()
-        for s in lookups:
-            h = s.hex()
-            os.stat(mnt / "by-hash" / h[:2] / h[2:4] / h)
-        lookup_s, lookup_cpu = time.monotonic() - t0, _cpu_s(proc.pid) - c0
+        with sampled(r, proc.pid, "mount lookups"):
+            c0, t0 = _cpu_s(proc.pid), time.monotonic()
+            for s in lookups:
+                h = s.hex()
+                os.stat(mnt / "by-hash" / h[:2] / h[2:4] / h)
+            lookup_s, lookup_cpu = time.monotonic() - t0, _cpu_s(proc.pid) - c0
         anon["anon_after_lookups_kb"] = _rss_anon_kb(proc.pid)
         mem = watch.stop() | anon
     subprocess.run(["fusermount3", "-u", "-z", str(mnt)], capture_output=True)
@@ -548,6 +632,28 @@ def mount(r: Run, view: list[bytes], n: int) -> dict:
                                   "entries": found, "daemon_cpu_s": round(find_cpu, 2)},
             "mount by-hash lookups": {**common, "seconds": round(lookup_s, 3), "per_object_s": lookup_s / n,
                                       "lookups": len(lookups), "daemon_cpu_s": round(lookup_cpu, 2)}}
+
+
+def _py_spy(out: Path) -> list[str]:
+    """py-spy sampling a process into `out` (collapsed stacks; 100 a second, without stopping it)."""
+    exe = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    return [exe, "record", "--rate", "100", "--format", "raw", "--nonblocking", "--output", str(out)]
+
+
+@contextmanager
+def sampled(r: Run, pid: int, what: str):
+    """With `--profile`: the daemon `pid` sampled by py-spy while the block runs."""
+    if not r.profile:
+        yield None
+        return
+    out = r.profile_path(what)
+    spy = subprocess.Popen([*_py_spy(out), "--pid", str(pid)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    time.sleep(1.0)  # (attached before the work starts)
+    try:
+        yield out
+    finally:
+        spy.send_signal(signal.SIGINT)
+        spy.wait(60)
 
 
 def _cpu_s(pid: int) -> float:
@@ -660,7 +766,7 @@ def write_results(label: str, load_before, t_run: float, est: float, batch: int,
 
 
 def run_only(sizes: list[int] | None, label: str | None, work: Path, batch: int | None, only: list[str],
-             repo: Path) -> None:
+             repo: Path, profile: str | None = None) -> None:
     """`--only`: the measurements `only` names on the store kept in `work` (a new one if it has
     none), at each of `sizes` (default: the kept store's size), grown to each first; the commands
     and the mount from checkout `repo`. The store, and its cluster if it was kept, stay."""
@@ -693,7 +799,7 @@ def run_only(sizes: list[int] | None, label: str | None, work: Path, batch: int 
             cfg_path = _home(work, url, repo_cfg.test_redis_url)
         with psycopg.connect(url, autocommit=True) as conn:
             migrate(conn)
-        r = Run(work, cfg_path, url, cluster, repo)
+        r = Run(work, cfg_path, url, cluster, repo, profile)
         try:
             for n in sizes:
                 t0, had, deleted = time.monotonic(), built.count, len(built.deleted)
@@ -728,6 +834,7 @@ def run_only(sizes: list[int] | None, label: str | None, work: Path, batch: int 
            "commit": _commit(), "machine": _machine(), "load_before": load_before, "load_after": os.getloadavg(),
            "disks": "two directory disks on this machine's disk (virtio, ext4), two copies", "batch": built.batch,
            "only": only, "repo": str(repo), "cluster": "kept (the store's rows)" if kept else "new (no rows)",
+           "profiled": bool(profile),
            "sizes": results, "seconds": round(time.monotonic() - t_run)}
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / f"scale-only-{label or '-'.join(_short(n) for n in sizes)}.json"

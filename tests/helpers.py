@@ -250,7 +250,10 @@ def peak_memory(argv: list[str], env: dict[str, str] | None = None, cwd: Path = 
     program, VmHWM) and `peak_anon_kb` (the highest RssAnon seen), read from /proc every
     `poll_s`. VmHWM counts the pages of the LMDB index the process mapped (a scan
     of the index maps all of it: page cache, dropped under pressure); RssAnon is what the
-    process itself allocated — what a store's size must not make grow."""
+    process itself allocated — what a store's size must not make grow. From its rusage (the
+    program and the children it waited for): `cpu_s` (user + system), `read_bytes` (what the
+    filesystems read for it from their devices: page-cache misses) and `majflt` (the page
+    faults that read a mapped page, e.g. of the index, from disk)."""
     import subprocess
     import time
 
@@ -270,7 +273,7 @@ def peak_memory(argv: list[str], env: dict[str, str] | None = None, cwd: Path = 
                         break
         except (OSError, ValueError, IndexError):
             pass
-        got, status = os.waitpid(proc.pid, os.WNOHANG)
+        got, status, usage = os.wait4(proc.pid, os.WNOHANG)
         if got:
             break
         time.sleep(poll_s)
@@ -279,7 +282,8 @@ def peak_memory(argv: list[str], env: dict[str, str] | None = None, cwd: Path = 
     err = errf.read().decode(errors="replace")
     errf.close()
     return {"exit": proc.returncode, "seconds": time.monotonic() - t0, "vmhwm_kb": hwm,
-            "peak_anon_kb": anon, "stderr": err}
+            "peak_anon_kb": anon, "stderr": err, "cpu_s": usage.ru_utime + usage.ru_stime,
+            "read_bytes": usage.ru_inblock * 512, "majflt": usage.ru_majflt}
 
 
 def reads_back(cfg_path: Path, shas: list[bytes]) -> None:
