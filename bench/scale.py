@@ -50,6 +50,7 @@ the sizes), which --render does not read.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
@@ -113,12 +114,13 @@ COMMANDS: dict[str, tuple[list[str], tuple[int, ...], str]] = {
     "index rebuild": (["index", "rebuild"], (0,), "object"),
     "index restore": (["index", "restore"], (0,), "object"),
 }
-#: the commands that read every shard: each starts with the page cache dropped, at every size (a
-#: 1 M store fits this machine's page cache after its build, a 10 M one does not: warm at one
-#: size and cold at the other, the ratio would compare two media)
+#: the commands that read the disks (every shard's footer, the marks logs) and the whole index:
+#: each starts with the page cache dropped, at every size (a 1 M store fits this machine's page
+#: cache after its build, a 10 M one does not: warm at one size and cold at the other, the ratio
+#: would compare two media)
 COLD = ("check", "index rebuild", "index restore")
 #: before each size's measurements: the load (1 min) waited for, and for at most how long
-SETTLE_LOAD, SETTLE_MAX_S = 0.5, 600
+SETTLE_LOAD, SETTLE_MAX_S = 0.5, float(os.environ.get("HOARD_SCALE_SETTLE_MAX_S", 600))
 #: the goals of issue 37 item 2
 GOAL_RATIO, GOAL_RSS_KB, GOAL_TXN_S, GOAL_INDEX_B, GOAL_HEALTH_S = 1.25, 2 << 20, 1.0, 200, 2.0
 
@@ -145,6 +147,9 @@ def main() -> None:
     ap.add_argument("--profile", metavar="LABEL", help="with --only: each measured process (the mount: during `find` "
                                        "and the lookups) sampled by py-spy into bench/results/scale-profile-LABEL-"
                                        "<what>.collapsed (its times are py-spy's, not the table's)")
+    ap.add_argument("--pg-set", action="append", metavar="NAME=VALUE", default=[],
+                    help="with --only on a kept cluster: a PostgreSQL setting for this run (ALTER SYSTEM, the cluster "
+                         "restarted; reset afterwards), e.g. shared_buffers=4GB; repeatable")
     ap.add_argument("--apply-intent", type=Path, help=argparse.SUPPRESS)  # (the measured write-intent's process)
     ap.add_argument("--database-url", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -166,15 +171,46 @@ def main() -> None:
                 f"{', '.join(unknown) or 'nothing'} not a measurement; any start of {', '.join(READ_ONLY)}, or "
                 f"the whole name of {', '.join(k for k in COMMANDS if not k.startswith(READ_ONLY))}"))
         run_only(sizes if args.sizes else None, args.label, args.work, args.batch, only,
-                 (args.repo or REPO).resolve(), args.profile)
+                 (args.repo or REPO).resolve(), args.profile, dict(_setting(x) for x in args.pg_set))
         return
-    if args.repo or args.profile:
-        raise SystemExit(f"{'--repo' if args.repo else '--profile'}: only with --only (a full run times this checkout)")
+    if args.repo or args.profile or args.pg_set:
+        raise SystemExit("--repo, --profile, --pg-set: only with --only (a full run times this checkout)")
     label = args.label or "-".join(_short(n) for n in sizes)
     batch = args.batch or min(BATCH, sizes[0] // 4)
     if batch < 5000 or INTENT_NODES % batch or any(n % batch for n in sizes):
         raise SystemExit(f"--batch {batch}: at least 5,000, dividing {INTENT_NODES:,} and every size")
     run(sizes, label, args.work, args.keep, batch)
+
+
+def _setting(text: str) -> tuple[str, str]:
+    name, eq, value = text.partition("=")
+    if not eq or not name.replace("_", "").isalnum() or not value:
+        raise SystemExit(f"--pg-set {text}: NAME=VALUE, e.g. shared_buffers=4GB")
+    return name, value
+
+
+@contextmanager
+def pg_settings(r: Run, settings: dict[str, str]):
+    """The kept cluster with `settings` (ALTER SYSTEM, restarted) while the block runs; reset
+    after it, so the kept cluster stays as the run left it."""
+    from psycopg import sql
+
+    def alter(reset: bool) -> None:
+        with psycopg.connect(r.url, autocommit=True) as conn:
+            for name, value in settings.items():
+                conn.execute(sql.SQL("ALTER SYSTEM RESET {}").format(sql.Identifier(name)) if reset else
+                             sql.SQL("ALTER SYSTEM SET {} = {}").format(sql.Identifier(name), sql.Literal(value)))
+        r.cluster.stop()
+        r.cluster.start()
+
+    if not settings:
+        yield
+        return
+    alter(reset=False)
+    try:
+        yield
+    finally:
+        alter(reset=True)
 
 
 def _pretty(n: int) -> str:
@@ -434,9 +470,9 @@ def settle(r: Run) -> dict:
 
 
 def disk_rate(disks: list[Path], limit: int = 4 << 30) -> dict:
-    """The bound `check` reads against: the disks' cold sequential rate, the largest shard files
-    read once (one stream, 8 MiB reads, as `check` reads one shard at a time) after the page
-    cache was dropped, up to `limit` bytes; MiB/s."""
+    """The disks' cold sequential rate, measured beside `check` (which reads each shard's footer,
+    not its bytes: what it reads is in its `read_bytes`): the largest shard files read once (one
+    stream, 8 MiB reads) after the page cache was dropped, up to `limit` bytes; MiB/s."""
     files = sorted((p for d in disks for p in Path(d).rglob("*.shard") if p.is_file()),
                    key=lambda p: -p.stat().st_size)
     drop_caches()
@@ -455,6 +491,51 @@ def disk_rate(disks: list[Path], limit: int = 4 << 30) -> dict:
     print(f"    disk: {done / 2**30:.1f} GiB of shards read cold in {secs:.1f} s ({mib_s:.0f} MiB/s, one stream)",
           flush=True)
     return {"disk_read_bytes": done, "disk_read_mib_s": round(mib_s, 1)}
+
+
+def put_again(r: Run, built: Built, n: int) -> dict:
+    """`--only put (one batch)`: a `hoard put` of one batch of new objects (another seed than
+    any built), timed; then deleted and collected, untimed, so the store is as it was."""
+    settle(r)
+    put_dir = r.work / f"put-again-{n}"
+    shutil.rmtree(put_dir, ignore_errors=True)
+    put_dir.mkdir()
+    for i, data in enumerate(payloads(10**13 + time.time_ns() % 10**9, built.batch)):
+        (put_dir / f"{i:05d}.bin").write_bytes(data)
+    name = f"again-{n}-{time.time_ns()}"
+    got = r.command(["put", "--name", name, str(put_dir)], objects=n)
+    got |= {"work": "fixed", "files_per_s": built.batch / got["seconds"]}
+    shutil.rmtree(put_dir)
+    hoard_process(r.cfg_path, ["delete", "--put", name, "--yes"], repo=r.repo, ok=(0,))
+    hoard_process(r.cfg_path, ["gc"], repo=r.repo, ok=(0,))
+    return got
+
+
+def intent_again(r: Run, built: Built, n: int) -> dict:
+    """`--only write-intent`: the rows of the last INTENT_NODES objects before the batches
+    deleted last (their nodes, with their edges, labels and memberships, and their batches)
+    deleted, the cluster vacuumed and settled, then the same write-intent as the run's (the same
+    shape: INTENT_NODES nodes of whole batches) timed, under a new key."""
+    end = built.count  # (the batches deleted last are left out: their objects are gone, and so must their rows stay)
+    for bid, b0, bn in reversed(built.batches):
+        if bid not in built.deleted or b0 + bn != end:
+            break
+        end = b0
+    first = max([0, end - INTENT_NODES] + [b0 + bn for bid, b0, bn in built.batches
+                                           if bid in built.deleted and b0 + bn <= end])  # (fewer, in a small store)
+    intent = intent_for(built, first, end - first, f"scale-again-{n}-{time.time_ns()}")
+    with psycopg.connect(r.url, autocommit=True) as conn:
+        conn.execute("DELETE FROM action_batch WHERE batch_id = ANY(%s)", ([b["batch_id"] for b in intent["batches"]],))
+        conn.execute("DELETE FROM node WHERE sha256 = ANY(%s)", ([bytes.fromhex(x["sha256"]) for x in intent["nodes"]
+                                                                 if "physical" in x],))
+    settle(r)
+    path = r.work / "intent-again.json"
+    path.write_text(json.dumps(intent))
+    blocks = r.pg_blocks()
+    got = r.command([], objects=n, prog=[sys.executable, str(Path(__file__).resolve()), "--apply-intent", str(path),
+                                         "--database-url", r.url])
+    path.unlink()
+    return got | {"work": "fixed", "nodes": end - first, **r.pg_blocks(since=blocks)}
 
 
 def measure_size(r: Run, built: Built, n: int) -> dict:
@@ -766,7 +847,7 @@ def write_results(label: str, load_before, t_run: float, est: float, batch: int,
 
 
 def run_only(sizes: list[int] | None, label: str | None, work: Path, batch: int | None, only: list[str],
-             repo: Path, profile: str | None = None) -> None:
+             repo: Path, profile: str | None = None, pg_set: dict[str, str] | None = None) -> None:
     """`--only`: the measurements `only` names on the store kept in `work` (a new one if it has
     none), at each of `sizes` (default: the kept store's size), grown to each first; the commands
     and the mount from checkout `repo`. The store, and its cluster if it was kept, stay."""
@@ -782,7 +863,9 @@ def run_only(sizes: list[int] | None, label: str | None, work: Path, batch: int 
                              f"objects in batches of {built.batch:,}; each size at least that, ascending, "
                              "a whole number of batches apart")
     kept = (work / "kept-pg").is_dir()  # the cluster a run with --keep left, with the store's rows
-    needs_rows = [k for k in RETIMED if k.startswith(("select", "GUI")) and wanted(k, only)]
+    if pg_set and not kept:
+        raise SystemExit(f"--pg-set: {work} has no kept cluster (kept-pg: a run with --keep makes one)")
+    needs_rows = [k for k in RETIMED if k.startswith(("select", "GUI", "write-intent")) and wanted(k, only)]
     if needs_rows and not kept:
         print(f"  no kept cluster in {work} (kept-pg: a run with --keep makes one): the selects and GUI pages "
               "are not re-timed", flush=True)
@@ -800,7 +883,9 @@ def run_only(sizes: list[int] | None, label: str | None, work: Path, batch: int 
         with psycopg.connect(url, autocommit=True) as conn:
             migrate(conn)
         r = Run(work, cfg_path, url, cluster, repo, profile)
-        try:
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(pg_settings(r, pg_set or {}))
+            stack.callback(built.save)
             for n in sizes:
                 t0, had, deleted = time.monotonic(), built.count, len(built.deleted)
                 grown = grow(cfg_path, url, built, built.count + n - built.size,
@@ -810,7 +895,13 @@ def run_only(sizes: list[int] | None, label: str | None, work: Path, batch: int 
                           f"({grown['store_s']:.0f} s store, {grown['database_s']:.0f} s database)", flush=True)
                 got: dict = {"objects": n, "grown": built.count - had, "build_s": round(time.monotonic() - t0, 1),
                              **{k: round(v, 1) for k, v in grown.items()}}
-                cmds, _ = time_commands(r, built, n, only)
+                cmds: dict[str, dict] = {}
+                if wanted("put (one batch)", only):
+                    cmds["put (one batch)"] = put_again(r, built, n)
+                if kept and wanted("write-intent", only):
+                    cmds["write-intent"] = intent_again(r, built, n)
+                got_cmds, _ = time_commands(r, built, n, only)
+                cmds |= got_cmds
                 if kept:
                     cmds |= selects(r, n, only)
                 if any(wanted(k, only) for k in MOUNT):
@@ -826,15 +917,13 @@ def run_only(sizes: list[int] | None, label: str | None, work: Path, batch: int 
                 pages, failed = gui(r, n) if kept and any(wanted(k, only) for k in GUI) else ({}, {})
                 cmds |= {k: v for k, v in pages.items() if wanted(k, only)}
                 results.append(got | {"commands": cmds, "failed": {k: v for k, v in failed.items() if wanted(k, only)}})
-        finally:
-            built.save()
     if not any(got["commands"] or got["failed"] for got in results):
         raise SystemExit(f"--only {','.join(only)}: nothing re-timed (no results file written)")
     doc = {"benchmark": "scale --only", "argv": sys.argv[1:], "when": time.strftime("%Y-%m-%dT%H:%M:%S"),
            "commit": _commit(), "machine": _machine(), "load_before": load_before, "load_after": os.getloadavg(),
            "disks": "two directory disks on this machine's disk (virtio, ext4), two copies", "batch": built.batch,
            "only": only, "repo": str(repo), "cluster": "kept (the store's rows)" if kept else "new (no rows)",
-           "profiled": bool(profile),
+           "profiled": bool(profile), "pg_set": pg_set or {},
            "sizes": results, "seconds": round(time.monotonic() - t_run)}
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / f"scale-only-{label or '-'.join(_short(n) for n in sizes)}.json"
@@ -930,6 +1019,7 @@ def render(path: Path, against: Path | None = None, note: str | None = None) -> 
                      f"{c_hi['peak_anon_kb'] / 1024:.0f} | {'—' if txn is None else f'{txn:.2f}'} |")
         if max(ratios) > GOAL_RATIO:
             misses.append(f"{name} {max(ratios):.2f}×")
+    lines += where_time_went(lo, hi, a, b)
     lines += ["", "| size | index B/object as grown | after a rebuild | PostgreSQL | WAL | store (2 copies) | "
                   "build s (store + database) |", "|---|---:|---:|---:|---:|---:|---:|"]
     for s in doc["sizes"]:
@@ -945,6 +1035,48 @@ def render(path: Path, against: Path | None = None, note: str | None = None) -> 
     lines += ["", END]
     write_doc_section(BEGIN, END, lines)
     write_doc_section(SIZING_BEGIN, SIZING_END, sizing(doc, path), doc=SIZING)
+
+
+def where_time_went(lo: dict, hi: dict, a: str, b: str) -> list[str]:
+    """What each command spent besides its wall time, at both sizes (a run whose JSON has it):
+    its CPU seconds, what it read from the disk (page-cache misses) and its major faults; the
+    cluster's block reads (outside shared buffers) for the write-intent and the selects; and the
+    disks' cold one-stream rate measured before `check`."""
+    def cpu(c: dict) -> float | None:  # (the mount's rows: the daemon's CPU in them)
+        return c.get("cpu_s", c.get("daemon_cpu_s", c.get("start_cpu_s")))
+
+    rows = [k for k in hi["commands"] if cpu(hi["commands"][k]) is not None
+            and cpu(lo["commands"].get(k, {})) is not None]
+    if not rows:
+        return []
+    cold = f" — each of {', '.join(COLD)} starts with the page cache dropped" if any(k in COLD for k in rows) else ""
+    out = ["", f"Where the time went (each process's rusage; the mount's: its daemon's CPU; *pg blocks read*: the cluster's reads outside its shared "
+           f"buffers during the command){cold}:",
+           "", f"| command | {a}: s | {a}: CPU s | {a}: read MB | {a}: major faults | {a}: pg blocks read | "
+           f"{b}: s | {b}: CPU s | {b}: read MB | {b}: major faults | {b}: pg blocks read |", "|---|" + "---:|" * 10]
+    for name in [k for k in ORDER if k in rows] + sorted(set(rows) - set(ORDER)):
+        cells = []
+        for size in (lo, hi):
+            c = size["commands"][name]
+            pg, read, faults = c.get("pg_blocks_read"), c.get("read_bytes"), c.get("majflt")
+            cells += [f"{c['seconds']:.2f}", f"{cpu(c):.2f}", "—" if read is None else f"{read / 1e6:,.0f}",
+                      "—" if faults is None else f"{faults:,}", "—" if pg is None else f"{pg:,}"]
+        out.append(f"| {name} | " + " | ".join(cells) + " |")
+    for size, label in ((lo, a), (hi, b)):
+        c = size["commands"].get("check", {})
+        if c.get("disk_read_mib_s"):
+            out.append("")
+            out.append(f"At {label}, `check` took {c['seconds']:.1f} s, {c['cpu_s']:.1f} s of it CPU, and read "
+                       f"{c['read_bytes'] / 2**20:,.0f} MiB from the disk (the shards' footers, the index, the "
+                       f"manifests: {c['read_bytes'] / size['store_bytes']:.1%} of the store's "
+                       f"{size['store_bytes'] / 2**30:.2f} GiB); the disks gave {c['disk_read_mib_s']:.0f} MiB/s to one "
+                       f"stream reading {c['disk_read_bytes'] / 2**30:.1f} GiB of the largest shards cold just before.")
+    if any("settle_s" in s for s in (lo, hi)):
+        out += ["", "Each size was measured from a settled state (the cluster vacuumed and checkpointed, the build's "
+                "writes synced, the load let fall below " + f"{SETTLE_LOAD}): " + "; ".join(
+                    f"{_pretty(s['objects'])} after {s['settle_s']:.0f} s, load {s['load_at_measure']}"
+                    for s in (lo, hi) if "settle_s" in s) + "."]
+    return out
 
 
 SIZING = RESULTS.parent.parent / "docs" / "sizing.md"
@@ -1024,8 +1156,9 @@ MOUNT = ["mount start", "mount find (view)", "mount by-hash lookups"]
 GUI = ["GUI storage page", "GUI assets page"]
 ORDER = ["put (one batch)", "write-intent", *COMMANDS, "select narrow (cold)", "select narrow (warm)",
          "select broad (cold)", "select broad (warm)", *MOUNT, *GUI]
-#: what `--only` can re-time (the timed put and write-intent grow the store and its rows)
-RETIMED = ORDER[2:]
+#: what `--only` can re-time (the put's batch is deleted and collected after it; the
+#: write-intent's rows are the last INTENT_NODES objects', deleted and vacuumed before it)
+RETIMED = ORDER
 
 
 def _units(c: dict, size: dict) -> tuple[str, int]:
