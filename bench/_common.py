@@ -347,7 +347,7 @@ def hoard_process(cfg_path: Path, argv: list[str], repo: Path = REPO, txn_log: P
         raise SystemExit(f"{' '.join(argv)} failed ({got['exit']}): {got['stderr'][-2000:]}")
     out = {"seconds": round(got["seconds"], 3), "vmhwm_kb": got["vmhwm_kb"], "peak_anon_kb": got["peak_anon_kb"],
            "exit": got["exit"], "cpu_s": round(got["cpu_s"], 3), "read_bytes": got["read_bytes"],
-           "majflt": got["majflt"]}
+           "write_bytes": got["write_bytes"], "majflt": got["majflt"]}
     if txn_log is not None:
         out.update(txn_lines(txn_log, offset)[0])
     return out

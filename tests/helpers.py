@@ -252,8 +252,9 @@ def peak_memory(argv: list[str], env: dict[str, str] | None = None, cwd: Path = 
     of the index maps all of it: page cache, dropped under pressure); RssAnon is what the
     process itself allocated — what a store's size must not make grow. From its rusage (the
     program and the children it waited for): `cpu_s` (user + system), `read_bytes` (what the
-    filesystems read for it from their devices: page-cache misses) and `majflt` (the page
-    faults that read a mapped page, e.g. of the index, from disk)."""
+    filesystems read for it from their devices: page-cache misses), `write_bytes` (what it had
+    them write: its own writes and the pages it dirtied in a mapped file, e.g. an LMDB commit)
+    and `majflt` (the page faults that read a mapped page, e.g. of the index, from disk)."""
     import subprocess
     import time
 
@@ -283,7 +284,7 @@ def peak_memory(argv: list[str], env: dict[str, str] | None = None, cwd: Path = 
     errf.close()
     return {"exit": proc.returncode, "seconds": time.monotonic() - t0, "vmhwm_kb": hwm,
             "peak_anon_kb": anon, "stderr": err, "cpu_s": usage.ru_utime + usage.ru_stime,
-            "read_bytes": usage.ru_inblock * 512, "majflt": usage.ru_majflt}
+            "read_bytes": usage.ru_inblock * 512, "write_bytes": usage.ru_oublock * 512, "majflt": usage.ru_majflt}
 
 
 def reads_back(cfg_path: Path, shas: list[bytes]) -> None:
