@@ -45,6 +45,7 @@ from fsd.core.placement import Candidate, choose
 from fsd.core.records import (
     GET_MAX,
     GROUP_BYTES,
+    GROUP_OBJECTS,
     ITER_READ,
     MAP_PIECE,
     DataError,
@@ -94,8 +95,8 @@ class Store:
         self.cfg, self.index, self.writable = cfg, index, writable
         self.shard_bytes = cfg.store.shard_size_mb << 20
         self._copies = cfg.disk_copies  # label → what one replica there counts as (`weight`)
-        #: bytes of new files appended before their group's fdatasync is queued (fsd.io.put)
-        self.group_bytes = GROUP_BYTES
+        #: bytes, or objects, of new files appended before their group's fdatasync is queued (fsd.io.put)
+        self.group_bytes, self.group_objects = GROUP_BYTES, GROUP_OBJECTS
         self.disks: dict[str, Disk] = {}
         self.records: dict[str, DiskRecord] = {}
         self.queue: dict[str, int] = {}

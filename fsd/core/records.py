@@ -19,11 +19,18 @@ import xxhash
 from fsd.base.errors import ExitCode, HoardError
 from fsd.core import shardfmt as fmt
 from fsd.core.disks import drop_cache
+from fsd.core.txnlog import SLACK, TXN_ENTRIES
 
 #: files up to this size are read into memory whole; larger ones are streamed twice
 STREAM_THRESHOLD = 8 << 20
 #: uncommitted bytes that trigger an fsync + index commit
 GROUP_BYTES = 32 << 20
+#: … or uncommitted objects: the index transaction that adds a group (Index.add_objects) writes
+#: an entry per object and one per extension, and once the objects table is much larger than a
+#: transaction each entry dirties a page of its own — at 10 M objects a 32 MiB group of ~14,000
+#: small objects held the index 0.86–1.12 s (issue 37: no write transaction over 1 s;
+#: docs/benchmarks.md, W3-Z). A group stays within a maintenance command's chunk (TXN_ENTRIES).
+GROUP_OBJECTS = max(1, (TXN_ENTRIES - SLACK) // 2)
 CHUNK = 4 << 20
 #: a large object's chunk map has the xxh3-128 of every MAP_PIECE bytes (CHUNK is a multiple)
 MAP_PIECE = 1 << 20

@@ -93,7 +93,7 @@ class _Batch:
         self.waiting: dict[bytes, list[PutResult]] = {}  # appended, not yet committed
         self.known: list[PutResult] = []  # "existing", acknowledged once rooted (see _ack)
         self.known_since = 0.0
-        self.uncommitted = 0
+        self.uncommitted = self.uncommitted_n = 0  # bytes and objects appended since the last commit
         self.expect: dict[str, tuple[int, int, int, int]] = {}
 
     # -- per file ---------------------------------------------------------------------------
@@ -154,7 +154,8 @@ class _Batch:
         self._retrying(lambda: self.writer.append(sha, data, ext))
         self.waiting[sha] = [res]
         self.uncommitted += len(data)
-        if self.uncommitted >= self.store.group_bytes:
+        self.uncommitted_n += 1
+        if self.uncommitted >= self.store.group_bytes or self.uncommitted_n >= self.store.group_objects:
             self._commit(wait=False)
 
     def _add_large(self, res: PutResult, path: Path) -> None:
@@ -233,7 +234,7 @@ class _Batch:
         commit, which finishes it first). Either way a file is reported only after its group
         was fsynced on every replica and indexed (ShardWriter.finish_commit)."""
         self._retrying(self.writer.commit if wait else self.writer.start_commit)
-        self.uncommitted = 0
+        self.uncommitted = self.uncommitted_n = 0
         self._report_committed()
 
     def _ready(self) -> None:
