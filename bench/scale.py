@@ -35,13 +35,20 @@ from it, with the largest / smallest size's per-object ratio and each goal's ver
 before / after a fix, on the same rows. NAMES, comma-separated: a measurement that leaves the
 store as it found it by any start of its name (`info`, `ls`, `health`, `replicate`, `verify`,
 `select`, `select narrow`, `mount`, `GUI`, `GUI assets`), one that changes it (check,
-gc --dry-run, delete --batch, gc (one deleted batch), index backup / rebuild / restore) by its
-whole name. They are timed at the kept store's size, or at each of `--sizes` (ascending, none
-below it), the store grown to each first in the kept store's batches — without the timed
-`put` and write-intent, the PostgreSQL rows grown with it when the cluster was kept (a DIR
-without a store gets a new one). With the kept cluster the selects and the GUI pages can be
-re-timed; without one (a store kept before the cluster was, or made by `--only`) a new empty
-cluster serves the commands, and they are not. `--repo CHECKOUT`: the commands and the mount
+gc --dry-run, delete --batch, gc (one deleted batch), index backup / rebuild / restore,
+`put (one batch)`: a batch of new objects, deleted and collected after it; `write-intent`: the
+rows of the last 100,000 objects deleted and vacuumed first, so it is slower than a run's own
+and compares only with another re-time) by its whole name. They are timed at the kept store's
+size, or at each of `--sizes` (ascending, none below it), the store grown to each first in the
+kept store's batches, the PostgreSQL rows grown with it when the cluster was kept (a DIR
+without a store gets a new one). With the kept cluster the selects, the GUI pages and the
+write-intent can be re-timed; without one (a store kept before the cluster was, or made by
+`--only`) a new empty cluster serves the commands, and they are not. `--pg-set NAME=VALUE`
+(repeatable): the kept cluster restarted with that setting for the run, reset after.
+`--profile LABEL`: each process sampled by py-spy (100 a second, not stopped) into
+bench/results/scale-profile-LABEL-<measurement>.collapsed — py-spy's times, not the table's.
+Each size starts from a settled state (the cluster vacuumed and checkpointed, a sync, the load
+below SETTLE_LOAD; `HOARD_SCALE_SETTLE_MAX_S` bounds the wait, 600 s). `--repo CHECKOUT`: the commands and the mount
 are that checkout's (e.g. the old code: `git archive COMMIT | tar -x -C CHECKOUT`), the GUI
 this one's. The store stays; the JSON is bench/results/scale-only-<label>.json (label default:
 the sizes), which --render does not read.
@@ -54,6 +61,7 @@ import contextlib
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import subprocess
@@ -90,6 +98,7 @@ from sql.apply import apply_write_intent
 from sql.intents import virtual_sha256
 from sql.migrate import migrate
 
+_HEX = re.compile(r"[0-9a-f]{16,}")
 BATCH = 20_000          # objects per batch (UA_1's batch; a quarter of the smallest size when that is less)
 INTENT_NODES = 100_000  # the measured write-intent
 VIEW_MAX = 1_000_000    # entries of the view the mount's `find` walks
@@ -408,6 +417,7 @@ class Run:
                  profile: str | None = None) -> None:
         self.work, self.cfg_path, self.url, self.cluster, self.repo = work, cfg_path, url, cluster, repo
         self.profile = profile  # (a label: each process sampled by py-spy into bench/results/)
+        self._profiled: dict[str, int] = {}
         self.txn_log = work / "lmdb-txn.jsonl"
         os.environ["HOARD_LMDB_TXN_LOG"] = str(self.txn_log)  # every child (mount, GUI too) inherits it
         self.cfg = config.load(cfg_path)
@@ -415,7 +425,8 @@ class Run:
     def command(self, argv: list[str], ok: tuple[int, ...] = (0,), objects: int = 1, prog: list[str] | None = None
                 ) -> dict:
         if self.profile:  # (py-spy's process is the one timed: a profile's figures are not the table's)
-            out = self.profile_path(" ".join(argv) or "write-intent")
+            out = self.profile_path(" ".join(a for a in argv if not a.startswith("/") and not _HEX.fullmatch(a))
+                                    or "write-intent")
             prog = [*_py_spy(out), "--", *(prog or [sys.executable, "-m", "fsd", "--config", str(self.cfg_path)])]
         got = hoard_process(self.cfg_path, argv, repo=self.repo, txn_log=self.txn_log, ok=ok, prog=prog)
         if self.profile:
@@ -426,8 +437,11 @@ class Run:
         return got
 
     def profile_path(self, what: str) -> Path:
-        slug = "".join(c if c.isalnum() else "-" for c in what).strip("-")
-        return RESULTS / f"scale-profile-{self.profile}-{slug}.collapsed"
+        """Where a profile of `what` goes: its words, numbered from the second of this run on
+        (a cold and a warm select are two profiles)."""
+        slug = "-".join("".join(c if c.isalnum() else " " for c in what).split())
+        self._profiled[slug] = n = self._profiled.get(slug, 0) + 1
+        return RESULTS / f"scale-profile-{self.profile}-{slug}{'' if n == 1 else f'-{n}'}.collapsed"
 
     def index_bytes(self) -> int:
         return allocated(self.cfg.index_dir)
