@@ -466,3 +466,24 @@ def test_a_view_defined_again_as_it_was_killed_is_named_as_registered(tmp_path: 
         gc(store, threshold=1.0)
     reads_back(cfg_path, rows)
     _clean(cfg_path)
+
+
+def test_the_registered_manifests_follow_an_entry_changed_under_the_parsed_cache(tmp_path: Path) -> None:
+    """`registered_manifests` parses each batch or view entry once per process: an entry
+    registered again for another manifest (a batch's manifest replaced, a view redefined) is
+    seen at once, and a dropped one goes — a stale answer would let the sweep after a `held`
+    fill, or check, treat a registered manifest's entries as unneeded."""
+    cfg_path = dir_disks_config(tmp_path, 2)
+    with Store.open(config.load(cfg_path), init=True) as store:
+        idx = store.index
+        first, second = hashlib.sha256(b"first").digest(), hashlib.sha256(b"second").digest()
+        for table, name in ((idx.batches, b"b1"), (idx.views, b"v1")):
+            for man in (first, second, first):
+                with idx.env.begin(write=True) as txn:
+                    txn.put(name, json.dumps({"manifest": man.hex()}).encode(), db=table)
+                with idx.env.begin() as txn:
+                    assert idx.registered_manifests(txn) == {man}
+            with idx.env.begin(write=True) as txn:
+                txn.delete(name, db=table)
+        with idx.env.begin() as txn:
+            assert idx.registered_manifests(txn) == set()
