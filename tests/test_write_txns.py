@@ -326,3 +326,22 @@ def test_a_put_killed_between_its_group_commits_keeps_what_it_reported(tmp_path:
         assert store.index.count_objects() == 3000
     res = _hoard(cfg_path, "check", "--no-database")
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+
+
+def test_a_put_of_files_the_store_has_writes_their_extensions_in_bounded_transactions(tmp_path: Path) -> None:
+    """The second `hoard put` of 3,000 small files (all "existing"), chunks of 1,000 entries:
+    their extensions are remembered within the chunk too (the old code: one transaction of every
+    existing file's extension — an ingest's resume of a 20,000-file batch, 20,000). (Review
+    finding of 8c089eb.)"""
+    cfg_path = dir_disks_config(tmp_path, 2, copy_of_raw=2, write_ack=2)
+    with Store.open(config.load(cfg_path), init=True):
+        pass
+    files = _small_files(tmp_path / "in", 3000, seed=7)
+    small = {"HOARD_LMDB_TXN_ENTRIES": "1000"}
+    assert _hoard(cfg_path, "put", "--json", str(files), env=small).returncode == 0
+    log_path = tmp_path / "txn.jsonl"
+    res = _hoard(cfg_path, "put", "--json", str(files), env={**small, LOG_VAR: str(log_path)})
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert [json.loads(x)["status"] for x in res.stdout.splitlines()] == ["existing"] * 3000
+    (line,) = _logged(log_path)
+    assert 0 < line["most_write_txn_writes"] <= 1000, line

@@ -82,7 +82,7 @@ from fsd.core.held import HeldTables
 from fsd.core.live import LiveTables, Tally
 from fsd.core.marks import HELD_UNTIL_NAMED, MARKS_NS, MarksTables
 from fsd.core.pointers import PointerTables
-from fsd.core.txnlog import Env
+from fsd.core.txnlog import Env, chunked
 
 #: what callers take from here, kept where they live: the entries (fsd.core.entries), the
 #: marks' and pointers' parts of the index (fsd.core.marks, fsd.core.pointers)
@@ -343,10 +343,12 @@ class Index(MarksTables, PointerTables, EventTables, HeldTables, LiveTables):
 
     # -- what readers want to know about an object: its extension, its chunk digests ------------
     def put_exts(self, exts: dict[bytes, str]) -> None:
-        """Remember extensions (first one seen wins: the object's name never changes)."""
-        with self.env.begin(write=True, db=self.exts) as txn:
-            for sha, ext in exts.items():
-                txn.put(sha, ext.encode(), overwrite=False)
+        """Remember extensions (first one seen wins: the object's name never changes), in
+        transactions of at most a chunk (a put of 20,000 files the store had: as many)."""
+        for part in chunked(exts.items()):
+            with self.env.begin(write=True, db=self.exts) as txn:
+                for sha, ext in part:
+                    txn.put(sha, ext.encode(), overwrite=False)
 
     def get_ext(self, sha: bytes) -> str:
         with self.env.begin(db=self.exts) as txn:

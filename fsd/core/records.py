@@ -30,7 +30,7 @@ GROUP_BYTES = 32 << 20
 #: transaction each entry dirties a page of its own — at 10 M objects a 32 MiB group of ~14,000
 #: small objects held the index 0.86–1.12 s (issue 37: no write transaction over 1 s;
 #: docs/benchmarks.md, W3-Z). A group stays within a maintenance command's chunk (TXN_ENTRIES).
-GROUP_OBJECTS = max(1, (TXN_ENTRIES - SLACK) // 2)
+GROUP_OBJECTS = max(256, (TXN_ENTRIES - SLACK) // 2)  # (a floor: a small TXN_ENTRIES must not make a group a file)
 CHUNK = 4 << 20
 #: a large object's chunk map has the xxh3-128 of every MAP_PIECE bytes (CHUNK is a multiple)
 MAP_PIECE = 1 << 20
