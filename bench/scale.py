@@ -99,6 +99,8 @@ from sql.intents import virtual_sha256
 from sql.migrate import migrate
 
 _HEX = re.compile(r"[0-9a-f]{16,}")
+#: what a profiled process's figures leave out (they are py-spy's process's)
+PROFILED_OUT = ("vmhwm_kb", "peak_anon_kb", "cpu_s", "read_bytes", "write_bytes", "majflt")
 BATCH = 20_000          # objects per batch (UA_1's batch; a quarter of the smallest size when that is less)
 INTENT_NODES = 100_000  # the measured write-intent
 VIEW_MAX = 1_000_000    # entries of the view the mount's `find` walks
@@ -429,11 +431,13 @@ class Run:
                                     or "write-intent")
             prog = [*_py_spy(out), "--", *(prog or [sys.executable, "-m", "fsd", "--config", str(self.cfg_path)])]
         got = hoard_process(self.cfg_path, argv, repo=self.repo, txn_log=self.txn_log, ok=ok, prog=prog)
-        if self.profile:
-            got["profile"] = str(out.relative_to(REPO))
+        if self.profile:  # (the memory and rusage measured are py-spy's own: not kept)
+            got = {k: v for k, v in got.items() if k not in PROFILED_OUT} | {"profile": str(out.relative_to(REPO))}
         got["per_object_s"] = got["seconds"] / objects
-        print(f"    {' '.join(argv or ['write-intent'])[:60]:<60} {got['seconds']:8.2f} s  VmHWM {got['vmhwm_kb'] / 1024:7.0f} MB  "
-              f"RssAnon {got['peak_anon_kb'] / 1024:7.0f} MB  txn {got['longest_write_txn_s']}", flush=True)
+        mem = ("  (profiled)" if self.profile else f"  VmHWM {got['vmhwm_kb'] / 1024:7.0f} MB  RssAnon "
+               f"{got['peak_anon_kb'] / 1024:7.0f} MB")
+        print(f"    {' '.join(argv or ['write-intent'])[:60]:<60} {got['seconds']:8.2f} s{mem}  txn "
+              f"{got['longest_write_txn_s']}", flush=True)
         return got
 
     def profile_path(self, what: str) -> Path:
@@ -909,6 +913,7 @@ def run_only(sizes: list[int] | None, label: str | None, work: Path, batch: int 
                           f"({grown['store_s']:.0f} s store, {grown['database_s']:.0f} s database)", flush=True)
                 got: dict = {"objects": n, "grown": built.count - had, "build_s": round(time.monotonic() - t0, 1),
                              **{k: round(v, 1) for k, v in grown.items()}}
+                got |= settle(r)  # (after the growth, before the first measurement)
                 cmds: dict[str, dict] = {}
                 if wanted("put (one batch)", only):
                     cmds["put (one batch)"] = put_again(r, built, n)
