@@ -331,8 +331,8 @@ def hoard_process(cfg_path: Path, argv: list[str], repo: Path = REPO, txn_log: P
     """Run `python -m fsd --config CFG ARGV` (or `prog` + ARGV) from checkout `repo` as its own
     process: seconds, peak RSS (VmHWM, which counts the index pages the process mapped) and
     peak RssAnon (what it allocated), in KiB; its CPU seconds, the bytes it read from the disk
-    (page-cache misses) and its major faults (`peak_memory`); with `txn_log` the process gets
-    HOARD_LMDB_TXN_LOG and the keys it appended there (`txn_lines`). An exit outside `ok`
+    (page-cache misses), the bytes it had written and its major faults (`peak_memory`); with
+    `txn_log` the process gets HOARD_LMDB_TXN_LOG and the keys it appended there (`txn_lines`). An exit outside `ok`
     fails the benchmark (5: check found something — still a measurement)."""
     from tests.helpers import peak_memory
 

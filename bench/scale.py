@@ -515,15 +515,8 @@ def put_again(r: Run, built: Built, n: int) -> dict:
     """`--only put (one batch)`: a `hoard put` of one batch of new objects (another seed than
     any built), timed; then deleted and collected, untimed, so the store is as it was."""
     settle(r)
-    put_dir = r.work / f"put-again-{n}"
-    shutil.rmtree(put_dir, ignore_errors=True)
-    put_dir.mkdir()
-    for i, data in enumerate(payloads(10**13 + time.time_ns() % 10**9, built.batch)):
-        (put_dir / f"{i:05d}.bin").write_bytes(data)
     name = f"again-{n}-{time.time_ns()}"
-    got = r.command(["put", "--name", name, str(put_dir)], objects=n)
-    got |= {"work": "fixed", "files_per_s": built.batch / got["seconds"]}
-    shutil.rmtree(put_dir)
+    got, _ = timed_put(r, built, n, 10**13 + time.time_ns() % 10**9, name)
     hoard_process(r.cfg_path, ["delete", "--put", name, "--yes"], repo=r.repo, ok=(0,))
     hoard_process(r.cfg_path, ["gc"], repo=r.repo, ok=(0,))
     return got
@@ -547,41 +540,50 @@ def intent_again(r: Run, built: Built, n: int) -> dict:
         conn.execute("DELETE FROM node WHERE sha256 = ANY(%s)", ([bytes.fromhex(x["sha256"]) for x in intent["nodes"]
                                                                  if "physical" in x],))
     settle(r)
-    path = r.work / "intent-again.json"
+    return timed_intent(r, intent, end - first, n)[0]
+
+
+def timed_put(r: Run, built: Built, n: int, seed: int, name: str) -> tuple[dict, float]:
+    """`hoard put --name NAME` of one batch of new files (payloads of `seed`), timed; and the
+    seconds spent writing those files first (setup, untimed)."""
+    t0 = time.monotonic()
+    put_dir = r.work / f"put-{name}"
+    shutil.rmtree(put_dir, ignore_errors=True)
+    put_dir.mkdir()
+    for i, data in enumerate(payloads(seed, built.batch)):
+        (put_dir / f"{i:05d}.bin").write_bytes(data)
+    setup = time.monotonic() - t0
+    got = r.command(["put", "--name", name, str(put_dir)], objects=n)
+    shutil.rmtree(put_dir)
+    return got | {"work": "fixed", "files_per_s": built.batch / got["seconds"]}, setup
+
+
+def timed_intent(r: Run, intent: dict, nodes: int, n: int) -> tuple[dict, float]:
+    """`intent` (of `nodes` objects' rows) applied by a process of its own (`--apply-intent`),
+    timed with the cluster's block reads around it; and the seconds spent writing it out first."""
+    t0 = time.monotonic()
+    path = r.work / "intent.json"
     path.write_text(json.dumps(intent))
+    setup = time.monotonic() - t0
     blocks = r.pg_blocks()
     got = r.command([], objects=n, prog=[sys.executable, str(Path(__file__).resolve()), "--apply-intent", str(path),
                                          "--database-url", r.url])
     path.unlink()
-    return got | {"work": "fixed", "nodes": end - first, **r.pg_blocks(since=blocks)}
+    return got | {"work": "fixed", "nodes": nodes, **r.pg_blocks(since=blocks)}, setup
 
 
 def measure_size(r: Run, built: Built, n: int) -> dict:
     """Every measurement at `n` objects (the store already holds all but the last batch)."""
     cmds: dict[str, dict] = {}
     settled = settle(r)
-    t_setup = time.monotonic()
-    put_dir = r.work / f"put-{n}"
-    put_dir.mkdir()
-    for i, data in enumerate(payloads(10**12 + n, built.batch)):
-        (put_dir / f"{i:05d}.bin").write_bytes(data)
-    setup = time.monotonic() - t_setup
-    cmds["put (one batch)"] = r.command(["put", "--name", f"last-{n}", str(put_dir)], objects=n)
-    cmds["put (one batch)"] |= {"work": "fixed", "files_per_s": built.batch / cmds["put (one batch)"]["seconds"]}
-    shutil.rmtree(put_dir)
-
+    cmds["put (one batch)"], setup = timed_put(r, built, n, 10**12 + n, f"last-{n}")
     t_setup = time.monotonic()
     pending = built.count - built.db_upto
-    intent_path = r.work / "intent.json"
-    intent_path.write_text(json.dumps(intent_for(built, built.db_upto, pending, f"scale-measured-{n}")))
+    intent = intent_for(built, built.db_upto, pending, f"scale-measured-{n}")
     setup += time.monotonic() - t_setup
-    blocks = r.pg_blocks()
-    cmds["write-intent"] = r.command([], objects=n, prog=[sys.executable, str(Path(__file__).resolve()),
-                                                          "--apply-intent", str(intent_path),
-                                                          "--database-url", r.url])
-    cmds["write-intent"] |= {"work": "fixed", "nodes": pending, **r.pg_blocks(since=blocks)}
+    cmds["write-intent"], wrote = timed_intent(r, intent, pending, n)
+    setup += wrote
     built.db_upto = built.count
-    intent_path.unlink()
 
     index_as_grown = r.index_bytes()
     got, index_rebuilt = time_commands(r, built, n)

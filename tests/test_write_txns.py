@@ -272,6 +272,14 @@ def test_a_gc_killed_mid_way_keeps_what_a_batch_view_put_or_pin_names(tmp_path: 
     _log_marks_agree(cfg_path)
 
 
+def _empty_store(tmp_path: Path) -> Path:
+    """A new store on two directory disks, two copies (`hoard put` needs one made)."""
+    cfg_path = dir_disks_config(tmp_path, 2, copy_of_raw=2, write_ack=2)
+    with Store.open(config.load(cfg_path), init=True):
+        pass
+    return cfg_path
+
+
 def _small_files(where: Path, n: int, seed: int) -> Path:
     """`n` files of 16–64 B under `where` (a group's 32 MiB would hold hundreds of thousands)."""
     rng = random.Random(seed)
@@ -286,9 +294,7 @@ def test_a_put_of_many_small_files_commits_in_bounded_transactions(tmp_path: Pat
     writes more (the old code: a group commit per 32 MiB, here all 3,000 files — one
     transaction of an objects entry and an extension each, 6,000 entries; at 10 M objects a
     group of ~14,000 held the index over 1 s)."""
-    cfg_path = dir_disks_config(tmp_path, 2, copy_of_raw=2, write_ack=2)
-    with Store.open(config.load(cfg_path), init=True):
-        pass
+    cfg_path = _empty_store(tmp_path)
     files = _small_files(tmp_path / "in", 3000, seed=5)
     log_path = tmp_path / "txn.jsonl"
     res = _hoard(cfg_path, "put", "--json", str(files), env={"HOARD_LMDB_TXN_ENTRIES": "1000", LOG_VAR: str(log_path)})
@@ -304,9 +310,7 @@ def test_a_put_killed_between_its_group_commits_keeps_what_it_reported(tmp_path:
     """`hoard put` killed right after its second group's index transaction: every file it
     printed reads back, `hoard check` finds nothing, and the put run again stores the rest —
     each file once, and all of them read back."""
-    cfg_path = dir_disks_config(tmp_path, 2, copy_of_raw=2, write_ack=2)
-    with Store.open(config.load(cfg_path), init=True):
-        pass
+    cfg_path = _empty_store(tmp_path)
     files = _small_files(tmp_path / "in", 3000, seed=6)
     small = {"HOARD_LMDB_TXN_ENTRIES": "1000"}
     res = _hoard(cfg_path, "put", "--json", str(files), env={**small, KILL_VAR: "fsd.core.index:add_objects:2"})
@@ -333,9 +337,7 @@ def test_a_put_of_files_the_store_has_writes_their_extensions_in_bounded_transac
     their extensions are remembered within the chunk too (the old code: one transaction of every
     existing file's extension — an ingest's resume of a 20,000-file batch, 20,000). (Review
     finding of 8c089eb.)"""
-    cfg_path = dir_disks_config(tmp_path, 2, copy_of_raw=2, write_ack=2)
-    with Store.open(config.load(cfg_path), init=True):
-        pass
+    cfg_path = _empty_store(tmp_path)
     files = _small_files(tmp_path / "in", 3000, seed=7)
     small = {"HOARD_LMDB_TXN_ENTRIES": "1000"}
     assert _hoard(cfg_path, "put", "--json", str(files), env=small).returncode == 0
