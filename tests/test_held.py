@@ -487,3 +487,44 @@ def test_the_registered_manifests_follow_an_entry_changed_under_the_parsed_cache
                 txn.delete(name, db=table)
         with idx.env.begin() as txn:
             assert idx.registered_manifests(txn) == set()
+
+
+def test_the_sweep_reads_the_registrations_per_span_and_decides_at_each_write(tmp_path: Path, monkeypatch) -> None:
+    """The pass over `held` (an index rebuild's sweep of entries no manifest needs, a format's
+    migration, an unreadable manifest's removal) asks its `which` — the rebuild's reads every
+    registered batch and view — once per span of keys it reads, not once per write transaction
+    of keys visited (chunks x batches: the square of the store); and a key is changed only if
+    the `which` of the write transaction changing it says so (a registration made after the
+    read keeps its entries)."""
+    cfg_path = dir_disks_config(tmp_path, 2)
+    with Store.open(config.load(cfg_path), init=True) as store:
+        idx = store.index
+        keys = sorted(held.pair(hashlib.sha256(b"%d" % i).digest(), b"\x05" * 32) for i in range(2500))
+        with idx.env.begin(write=True) as txn:
+            for k in keys:
+                txn.put(k, b"", db=idx.held)
+        monkeypatch.setattr(held, "_SPAN", 1000)
+        monkeypatch.setattr(held, "_PER", 600)
+        asked: list[int] = []
+
+        def nothing(txn):
+            asked.append(1)
+            return lambda k: None
+
+        assert idx._sweep(nothing) == 0
+        assert len(asked) == 3  # three spans read; no write transaction (the old pass asked per 600 keys)
+
+        monkeypatch.setattr(held, "_SPAN", 10_000)
+        kept = set(keys[::3])  # "registered since the read": the writers' moment keeps them
+        calls: list[str] = []
+
+        def moments(txn):
+            calls.append("write" if calls and calls[-1] == "read" else "read")
+            if calls[-1] == "read":
+                return lambda k: b""  # the read: every key unneeded
+            return lambda k: None if k in kept else b""
+
+        assert idx._sweep(moments) == len(keys) - len(kept)
+        assert calls == ["read", "write"] * 5  # a read stops at 600 keys to change: the write changes them
+        with idx.env.begin() as txn:
+            assert {bytes(k) for k in txn.cursor(db=idx.held).iternext(values=False)} == kept

@@ -54,7 +54,6 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable, Iterable, Iterator
-from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -79,8 +78,10 @@ PENDING = b"held_pending:"
 Get = Callable[[str], bytes]
 
 
-#: entries visited per write transaction by `HeldTables._sweep` (each may be replaced: two writes)
+#: entries changed per write transaction by `HeldTables._sweep` (each may be replaced: two writes)
 _PER = (TXN_ENTRIES - SLACK) // 2
+#: entries `HeldTables._sweep` reads per read transaction (its `which` asked once per span)
+_SPAN = 200_000
 #: registered entries whose manifest `_manifest_of` keeps parsed (a cache, cleared when full)
 _SEEN_MAX = 100_000
 #: what reading a manifest may raise (it is lost, of a newer format, does not decode)
@@ -438,25 +439,43 @@ class HeldTables:
         return self._sweep(lambda txn: lambda k: k[:OBJ] + k[LONG_OBJ:LONG_OBJ + MAN] if len(k) == long else None)
 
     def _sweep(self, which: Callable[[Any], Callable[[bytes], bytes | None] | None]) -> int:
-        """Pass over the table in bounded write transactions, each visiting at most _PER
-        entries: `which(txn)`, asked at each one's own moment, gives `edit(key)` — None leaves
-        the key, b"" removes it, other bytes replace it with those — or None: stop. Returns
-        how many keys were removed or replaced."""
+        """Pass over the table once: `which(txn)` gives `edit(key)` — None leaves the key, b""
+        removes it, other bytes replace it with those — or None: stop. Returns how many keys
+        were removed or replaced.
+
+        The keys are read in read transactions of up to _SPAN keys, `which` asked once for
+        each; the ones its `edit` would change (up to _PER: a read stops there) are changed in
+        one write transaction, where `which` is asked again, at that transaction's own moment,
+        and decides alone: a key is changed only if it is still there and that `edit` changes
+        it (a registration made since the read keeps its entries). Asked per write transaction
+        of _PER keys visited, `which` (the rebuild's sweep: every registered batch and view)
+        cost chunks x batches — the square of the store (docs/benchmarks.md, issue 37)."""
         changed = 0
         at: bytes | None = b""
         while at is not None:
-            with self.env.begin(write=True) as txn:
+            changing: list[bytes] = []
+            with self.env.begin() as txn:
                 edit = which(txn)
                 if edit is None:
                     break
                 cur = txn.cursor(db=self.held)
-                keys = [bytes(k) for k in islice(cur.iternext(values=False), _PER)] if cur.set_range(at) else []
-                at = keys[-1] + b"\0" if len(keys) == _PER else None
-                for k in keys:
-                    new = edit(k)
-                    if new is not None:
-                        txn.delete(k, db=self.held)
-                        if new:
-                            txn.put(new, b"", db=self.held)
-                        changed += 1
+                seen, last = 0, b""
+                for k in (cur.iternext(values=False) if cur.set_range(at) else ()):
+                    seen, last = seen + 1, bytes(k)
+                    if edit(last) is not None:
+                        changing.append(last)
+                    if seen == _SPAN or len(changing) == _PER:
+                        break
+            at = last + b"\0" if seen == _SPAN or len(changing) == _PER else None
+            if changing:
+                with self.env.begin(write=True) as txn:
+                    edit = which(txn)
+                    if edit is None:
+                        break
+                    for k in changing:
+                        new = edit(k)
+                        if new is not None and txn.delete(k, db=self.held):
+                            if new:
+                                txn.put(new, b"", db=self.held)
+                            changed += 1
         return changed
