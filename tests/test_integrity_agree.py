@@ -153,3 +153,69 @@ def test_stale_hidden_deleted_and_root_marks_are_cleared_by_the_rebuild_check_na
         assert set(shas) <= idx.marked_among(idx.rooted, set(shas)) | {shas[1]}
     for sha in shas:
         _ok(_hoard(cfg, "get", sha.hex(), "-o", "/dev/null"))
+
+
+def _pointers_read(cfg: Path) -> tuple[list[str], dict]:
+    """Health's store and disk problems, and what its judgement of the pointers read."""
+    report = collect(config.load(cfg))
+    problems = [p for p in report["problems"] if p.startswith(("store:", "disk "))]
+    read = report["store"]["integrity"]["read"]
+    return problems, {k: read[k] for k in ("pointers_read", "pointers_remembered")}
+
+
+def test_health_reads_again_only_the_pointers_that_changed_and_names_them_as_check_does(tmp_path: Path) -> None:
+    """`hoard health` does not read a pointer whose file and index pointer are the ones the last
+    judgement found agreeing (a batch's pointer per disk was its one cost growing with the
+    store, issue 37); a pointer damaged in place (its mtime put back: the ctime moved), one
+    replaced by an older one (a new inode), and a memory file that is garbage are each read
+    again — health names what check names, and nothing is read twice once they are mended."""
+    import os
+
+    cfg = _cli_store(tmp_path)
+    put = _hoard(cfg, "put", *map(str, make_files(tmp_path / "in", 3, seed=307)))
+    _ok(put)
+    rows = tmp_path / "v.list"
+    shas = [line.split()[0] for line in put.stdout.splitlines()]
+    for name in ("v1", "v2"):
+        rows.write_text("".join(f"{sha}  {name}/f{i}.bin\n" for i, sha in enumerate(shas)))
+        _ok(_hoard(cfg, "view", "add", name, str(rows)))
+    assert _three(cfg) == ([], 0, 0)  # check and verify read every pointer
+    problems, read = _pointers_read(cfg)
+    assert problems == [] and read["pointers_read"] == 0 and read["pointers_remembered"] >= 6, read
+
+    # damaged in place, its mtime put back: the ctime says it was written
+    pointer = tmp_path / "d2" / "views" / "v2.json"
+    st = pointer.stat()
+    data = bytearray(pointer.read_bytes())
+    data[data.index(b'"manifest"') + 15] ^= 0x01
+    with open(pointer, "r+b") as f:
+        f.write(bytes(data))
+    os.utime(pointer, ns=(st.st_atime_ns, st.st_mtime_ns))
+    problems, read = _pointers_read(cfg)
+    assert read["pointers_read"] == 1, read
+    assert any(p.startswith("disk d2: its pointer of view v2 is damaged") for p in problems), problems
+    assert _hoard(cfg, "check").returncode == 5
+
+    # replaced by the pointer of an older definition (a new inode): what check calls older
+    older = (tmp_path / "d0" / "views" / "v1.json").read_bytes()
+    rows.write_text("".join(f"{sha}  again/f{i}.bin\n" for i, sha in enumerate(shas)))
+    _ok(_hoard(cfg, "view", "add", "v1", str(rows)))  # defined again
+    _ok(_hoard(cfg, "verify", "--repair"))  # (the pointer damaged above, rewritten)
+    assert _three(cfg) == ([], 0, 0)
+    tmp = tmp_path / "d1" / "views" / ".old"
+    tmp.write_bytes(older)
+    tmp.rename(tmp_path / "d1" / "views" / "v1.json")
+    problems, read = _pointers_read(cfg)
+    assert read["pointers_read"] == 1, read
+    assert any(p.startswith("disk d1: holds an older pointer of view v1") for p in problems), problems
+    assert _hoard(cfg, "check").returncode == 5
+    _ok(_hoard(cfg, "index", "rewrite-pointers"))  # the next step both name
+    assert _three(cfg) == ([], 0, 0)
+
+    # the memory is garbage: every pointer is read, nothing is named, the memory is written anew
+    memory = config.load(cfg).ssd.root / "state" / "pointers-judged.json"
+    memory.write_bytes(b'{"format": 1, "index": [1, 2], "disks": {"x": {"views/v1.json": [1]}}}')
+    problems, read = _pointers_read(cfg)
+    assert problems == [] and read["pointers_read"] >= 6 and read["pointers_remembered"] == 0, read
+    problems, read = _pointers_read(cfg)
+    assert problems == [] and read["pointers_read"] == 0, read

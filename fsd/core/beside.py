@@ -66,7 +66,8 @@ class Beside(Protocol):
     def shown(self, name: str) -> str: ...  # a file's place, for a message
     # the bytes of a small file: FileNotFoundError when there is none, OSError when it does not
     # read (EINVAL: not a regular file), ValueError when larger than pointers.POINTER_MAX
-    def read(self, name: str) -> bytes: ...
+    def read(self, name: str, ident: list[int] | None = None) -> bytes: ...  # `ident`: gets identity()'s of what was read
+    def identity(self, name: str) -> list[int] | None: ...  # a local file's (device, inode, size, mtime, ctime); else None
     def write(self, name: str, body: bytes, wrote: list[int]) -> None: ...  # atomic, durable
     # the stems of the files `folder/*<suffix>`, sorted; OSError when the folder does not list
     def names(self, folder: str, suffix: str) -> list[str]: ...
@@ -127,8 +128,15 @@ class LocalBeside:
     def shown(self, name: str) -> str:
         return pointers.shown(self.root / name)
 
-    def read(self, name: str) -> bytes:
-        return pointers.read(self.root / name)
+    def read(self, name: str, ident: list[int] | None = None) -> bytes:
+        return pointers.read(self.root / name, ident)
+
+    def identity(self, name: str) -> list[int] | None:
+        try:
+            st = os.lstat(self.root / name)
+        except OSError:
+            return None
+        return pointers.identity(st) if stat.S_ISREG(st.st_mode) else None
 
     def write(self, name: str, body: bytes, wrote: list[int]) -> None:
         path = self.root / name

@@ -82,13 +82,15 @@ def encode(info: dict | None, stamp: int, key: str = "") -> bytes:
     return json.dumps(doc, indent=1, sort_keys=True).encode()
 
 
-def read(path: Path) -> bytes:
+def read(path: Path, ident: list[int] | None = None) -> bytes:
     """A pointer's bytes; OSError(EINVAL) if it is not a regular file (a FIFO planted there
     would block a rebuild for good, a directory is not a pointer), ValueError if it is larger
-    than POINTER_MAX."""
+    than POINTER_MAX. `ident` gets the `identity` of the file read."""
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
     try:
         marks.regular(fd, path)
+        if ident is not None:
+            ident[:] = identity(os.fstat(fd))
         with os.fdopen(fd, "rb", closefd=False) as f:
             body = f.read(POINTER_MAX + 1)
     finally:
@@ -96,6 +98,13 @@ def read(path: Path) -> bytes:
     if len(body) > POINTER_MAX:
         raise ValueError(f"larger than {POINTER_MAX} bytes: not a pointer")
     return body
+
+
+def identity(st: os.stat_result) -> list[int]:
+    """A file's device, inode, size, mtime and ctime (ns): a pointer is replaced by a rename (a
+    new inode), and any write in place moves its ctime — only rot under the file system leaves
+    all five as they were (what `hoard check` and `hoard verify`, which read every pointer, find)."""
+    return [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
 
 
 def foreign_name(path: PurePath) -> bool:

@@ -84,7 +84,10 @@ class S3Beside:
     def shown(self, name: str) -> str:
         return f"{self.where}/{name}".encode("utf-8", "backslashreplace").decode()
 
-    def read(self, name: str) -> bytes:
+    def identity(self, name: str) -> list[int] | None:
+        return None  # (an object has no identity a rewrite must change: read every time)
+
+    def read(self, name: str, ident: list[int] | None = None) -> bytes:
         r = self.disk._call(f"reading {name}", self.disk.client.get_object, Bucket=self.disk.bucket, Key=name)
         body = r["Body"]
         try:

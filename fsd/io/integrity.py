@@ -95,7 +95,7 @@ def judge(store: Store, known: Callable[[bytes], bool] | None = None, into: Find
         moved = _marks_logs(store, found, known, by, tail)
         if not moved or attempt == RETRIES - 1:
             break
-    _pointers(store, found, known)
+    _pointers(store, found, known, tail)
     _held_pending(store, found)
     _index_leftovers(store, found)
     if into is not None:
@@ -391,11 +391,14 @@ def _judge_marks(store: Store, rep: Findings, known: Callable[[bytes], bool], sp
     return moved
 
 
-def _pointers(store: Store, rep: Findings, known: Callable[[bytes], bool]) -> None:
+def _pointers(store: Store, rep: Findings, known: Callable[[bytes], bool], tail: bool = False) -> None:
     """The index's `pointers` table must name what its batches and views are; each disk in
     service (an index rebuild reads them, and one may be all that is left after the others
     are replaced) must hold those pointers. A pointer stamped after the table was read is a
-    write in flight, not a disagreement."""
+    write in flight, not a disagreement. Every pointer read is judged; `tail` (`hoard
+    health`): one whose file and index pointer are the ones the last judgement found agreeing
+    (fsd.io.judged.Pointers) is not read again — a batch's pointer per disk, 500 at 10 M
+    objects, was health's one cost that grew with the store (issue 37)."""
     fix = "`hoard index rewrite-pointers` writes the index's batch and view pointers to every disk in service"
     if store.index.pointers is None:
         return
@@ -426,6 +429,7 @@ def _pointers(store: Store, rep: Findings, known: Callable[[bytes], bool]) -> No
             why = "another definition"
         rep.add("pointer", f"{pointers.describe(key)}: the index holds {why} as its pointer, so an index "
                            f"rebuild would not bring back what the index names now: {fix}")
+    memory = judged.Pointers(store, recall=tail)
     for uuid, rec in store.records.items():
         disk = store.disks.get(uuid)
         if disk is None or not store.usable(uuid):
@@ -437,9 +441,9 @@ def _pointers(store: Store, rep: Findings, known: Callable[[bytes], bool]) -> No
             except OSError as e:
                 rep.add("pointer", f"disk {rec.label}: its {folder}/ cannot be listed ({e}): `hoard health`, then {fix}")
                 continue
-            lines += [_pointer_finding(disk, key, bodies.get(key), since) for key in sorted(listed | {
+            lines += [_pointer_finding(disk, uuid, key, bodies.get(key), since, memory) for key in sorted(listed | {
                 k for k in bodies if k.startswith(folder + "/")})]
-        lines += [_pointer_finding(disk, key, bodies[key], since) for key in pointers.ROOT_FILES if key in bodies]
+        lines += [_pointer_finding(disk, uuid, key, bodies[key], since, memory) for key in pointers.ROOT_FILES if key in bodies]
         rep.notes += [f"disk {rec.label}: {line[1:]} (not a pointer: skipped by a rebuild; remove it)"
                       for line in lines if line.startswith("!")]
         lines = [line for line in lines if line and not line.startswith("!")]
@@ -447,15 +451,22 @@ def _pointers(store: Store, rep: Findings, known: Callable[[bytes], bool]) -> No
             rep.add("pointer", f"disk {rec.label}: {line}: {fix}")
         if len(lines) > SHOW:
             rep.add("pointer", f"disk {rec.label}: {len(lines) - SHOW} more pointers like these: {fix}")
+    memory.save()
+    rep.read |= {"pointers_read": memory.read, "pointers_remembered": memory.remembered}
 
 
-def _pointer_finding(disk, key: str, want: bytes | None, since: int) -> str:
-    """What is wrong with the disk's pointer at `key` (the index holds `want`), or ""."""
+def _pointer_finding(disk, uuid: str, key: str, want: bytes | None, since: int, memory: judged.Pointers) -> str:
+    """What is wrong with the disk's pointer at `key` (the index holds `want`), or "" — read
+    unless `memory` holds it as judged agreeing, that file, against this `want`."""
     what = pointers.describe(key)
     if want is None and disk.beside.planted(key):
         return f"!{disk.beside.shown(key)}"  # a note, not a disagreement (see _check_pointers)
+    if memory.fits(uuid, key, want, disk.beside):
+        return ""
+    ident: list[int] = []
     try:
-        body = disk.beside.read(key)
+        memory.read += 1
+        body = disk.beside.read(key, ident)
     except FileNotFoundError:
         return f"lacks the pointer of {what}" if want else ""
     except (OSError, ValueError) as e:
@@ -464,13 +475,17 @@ def _pointer_finding(disk, key: str, want: bytes | None, since: int) -> str:
             return f"{blocker} where its pointer of {what} goes: remove it, then"
         return f"its pointer of {what} cannot be read ({getattr(e, 'strerror', None) or e})"
     if body == want:
+        memory.judged(uuid, key, want, ident)
         return ""
     try:
         doc = pointers.decode(body, key)
     except ValueError as e:
         return f"its pointer of {what} is damaged ({e})"
     stamp = doc.get(pointers.STAMP, 0)
-    if stamp > since or (want is None and doc.get("removed")):  # a definition committing now; a removal
+    if want is None and doc.get("removed") and stamp <= since:  # a removal
+        memory.judged(uuid, key, want, ident)
+        return ""
+    if stamp > since:  # a definition committing now
         return ""
     if want is None:
         return f"holds a pointer of {what}, which the index does not name (an index rebuild would bring it back)"

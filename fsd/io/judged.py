@@ -29,6 +29,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import xxhash
+
 from fsd.base.files import atomic_write
 from fsd.core import formats, marks
 
@@ -41,6 +43,8 @@ log = logging.getLogger(__name__)
 #: the memory's file, under `ssd.root`
 MEMORY = Path("state") / "marks-judged.json"
 FORMAT = formats.JUDGED
+#: the pointers found to be what the index names, by the identity of the file read (`Pointers`)
+POINTERS = Path("state") / "pointers-judged.json"
 
 
 def memory_path(store: Store) -> Path:
@@ -219,3 +223,64 @@ def age(mem: Memory | None, now: float | None = None) -> dict[str, Any]:
     now = time.time() if now is None else now
     return {"whole_by": mem.whole_by, "whole_age_s": round(now - mem.whole_at, 1),
             "tail_age_s": round(now - mem.tail_at, 1) if mem.tail_at else None}
+
+
+class Pointers:
+    """The batch and view pointers on each disk that the last judgement (any tool) read and
+    found to be what the index names (or a removal record the index does not name), by the
+    identity of the file read — device, inode, size, mtime and ctime (`pointers.identity`) —
+    and a digest of the index's pointer then. `hoard health` reads again only a pointer whose
+    file or index pointer changed since: a rewrite is a new inode, a write in place moves its
+    ctime; only rot under the file system keeps all five, and `hoard check` and `hoard verify`
+    read every pointer (the marks logs' rule, above). Kept in `<ssd.root>/state/pointers-
+    judged.json` for one index (its data file's identity); anything else found there is
+    nothing remembered."""
+
+    def __init__(self, store: Store, recall: bool) -> None:
+        self.store, self.path = store, store.cfg.ssd.root / POINTERS
+        self.index, self.recall = index_identity(store), recall
+        self.old: dict[str, dict[str, list]] = self._load()
+        self.now: dict[str, dict[str, list]] = {}
+        self.read = self.remembered = 0
+
+    def _load(self) -> dict[str, dict[str, list]]:
+        try:
+            doc = json.loads(self.path.read_bytes())
+            disks = doc["disks"]
+            if doc.get("format") == 1 and doc.get("index") == self.index and isinstance(disks, dict) and all(
+                    isinstance(keys, dict) and all(isinstance(v, list) and len(v) == 6 and _ints(v[:5], 5, None)
+                                                   and isinstance(v[5], str) for v in keys.values())
+                    for keys in disks.values()):
+                return disks
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            pass
+        return {}
+
+    @staticmethod
+    def digest(want: bytes | None) -> str:
+        return "none" if want is None else xxhash.xxh3_64_hexdigest(want)
+
+    def fits(self, uuid: str, key: str, want: bytes | None, beside: Beside) -> bool:
+        """Whether the disk's pointer at `key` is the file judged last time against this `want`."""
+        got = self.old.get(uuid, {}).get(key) if self.recall else None
+        if got is None or got[5] != self.digest(want) or beside.identity(key) != got[:5]:
+            return False
+        self.now.setdefault(uuid, {})[key] = got
+        self.remembered += 1
+        return True
+
+    def judged(self, uuid: str, key: str, want: bytes | None, ident: list[int]) -> None:
+        """The file `ident` at `key` was read and found to be what the index names."""
+        if ident:
+            self.now.setdefault(uuid, {})[key] = [*ident, self.digest(want)]
+
+    def save(self) -> None:
+        """Keep what this judgement found, unless it is what was kept (a health refresh writes
+        nothing); a reader that may not write the SSD keeps nothing."""
+        if self.now == self.old:
+            return
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write(self.path, json.dumps({"format": 1, "index": self.index, "disks": self.now}).encode())
+        except OSError as e:
+            log.debug("cannot keep the pointers judged at %s: %s", self.path, e)
