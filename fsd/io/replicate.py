@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -27,20 +27,20 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-def replication_lag(store: Store) -> dict:
+def replication_lag(store: Store, shards: Iterable[ShardMeta] | None = None) -> dict:
     """Shards and bytes below their class target (sealed shards; open ones are at write_ack),
     and the shards at risk: fewer readable replicas than write_ack (one more loss away from
-    data loss, or lost already)."""
-    shards = bytes_ = 0
+    data loss, or lost already). `shards`: the index's, when the caller read them already."""
+    below = bytes_ = 0
     at_risk = []
-    for meta in store.index.iter_shards():
+    for meta in store.index.iter_shards() if shards is None else shards:
         if meta.sealed and store.copies_of(meta) < store.target(meta.klass):
-            shards += 1
+            below += 1
             bytes_ += meta.size
         readable = sum(1 for u in meta.replicas if store.usable(u))
         if readable < store.cfg.store.write_ack:
             at_risk.append({"shard": meta.hex, "readable_replicas": readable})
-    return {"shards_below_target": shards, "bytes_below_target": bytes_, "at_risk": at_risk}
+    return {"shards_below_target": below, "bytes_below_target": bytes_, "at_risk": at_risk}
 
 
 @dataclass

@@ -14,7 +14,7 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -250,9 +250,10 @@ def _disk_uuid(store: Store, label: str) -> str:
                      ExitCode.USAGE)
 
 
-def oldest_unverified_age(store: Store) -> float | None:
-    """Seconds since the least recently verified sealed shard was verified (or created)."""
-    ages = [m.verified or m.created for m in store.index.iter_shards() if m.sealed]
+def oldest_unverified_age(store: Store, shards: Iterable[ShardMeta] | None = None) -> float | None:
+    """Seconds since the least recently verified sealed shard was verified (or created).
+    `shards`: the index's, when the caller read them already."""
+    ages = [m.verified or m.created for m in (store.index.iter_shards() if shards is None else shards) if m.sealed]
     return time.time() - min(ages) if ages else None
 
 
