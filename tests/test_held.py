@@ -528,3 +528,34 @@ def test_the_sweep_reads_the_registrations_per_span_and_decides_at_each_write(tm
         assert calls == ["read", "write"] * 5  # a read stops at 600 keys to change: the write changes them
         with idx.env.begin() as txn:
             assert {bytes(k) for k in txn.cursor(db=idx.held).iternext(values=False)} == kept
+
+
+@pytest.mark.parametrize("span,per", [(1, 1), (1, 5), (2, 1), (3, 2), (7, 3), (50, 50)])
+def test_the_sweep_visits_every_key_once_whatever_the_span_and_the_write_bound(tmp_path: Path, monkeypatch,
+                                                                              span: int, per: int) -> None:
+    """The pass's cursor (`at`) neither skips nor repeats a key at a span's or a write's bound —
+    keys exactly a span, the last key, keys replaced by ones that sort before or after the
+    cursor (the migration's cut) — and an empty table ends at once."""
+    cfg_path = dir_disks_config(tmp_path, 2)
+    with Store.open(config.load(cfg_path), init=True) as store:
+        idx = store.index
+        monkeypatch.setattr(held, "_SPAN", span)
+        monkeypatch.setattr(held, "_PER", per)
+        assert idx._sweep(lambda txn: lambda k: b"") == 0  # empty
+        long = held.LONG_OBJ + held.LONG_MAN
+        keys = sorted(hashlib.sha256(b"%d" % i).digest()[:long if i % 3 else held.OBJ + held.MAN] for i in range(span * 4))
+        with idx.env.begin(write=True) as txn:
+            for k in keys:
+                txn.put(k, b"", db=idx.held)
+        cut = {k: k[:held.OBJ] + k[held.LONG_OBJ:held.LONG_OBJ + held.MAN] for k in keys if len(k) == long}
+        assert idx.shorten_held() == len(cut)
+        with idx.env.begin() as txn:
+            assert {bytes(k) for k in txn.cursor(db=idx.held).iternext(values=False)} == \
+                   {cut.get(k, k) for k in keys}
+        seen: list[bytes] = []
+
+        def count(txn):
+            return lambda k: seen.append(k)  # (None: nothing changed)
+
+        idx._sweep(count)
+        assert sorted(seen) == seen and len(set(seen)) == len(seen) == len({cut.get(k, k) for k in keys})

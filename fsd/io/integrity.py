@@ -452,7 +452,7 @@ def _pointers(store: Store, rep: Findings, known: Callable[[bytes], bool], tail:
         if len(lines) > SHOW:
             rep.add("pointer", f"disk {rec.label}: {len(lines) - SHOW} more pointers like these: {fix}")
     memory.save()
-    rep.read |= {"pointers_read": memory.read, "pointers_remembered": memory.remembered}
+    rep.read |= memory.age()
 
 
 def _pointer_finding(disk, uuid: str, key: str, want: bytes | None, since: int, memory: judged.Pointers) -> str:

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 import xxhash
 
-from fsd.base.files import atomic_write
+from fsd.base.files import atomic_write, read_in_zone
 from fsd.core import formats, marks
 
 if TYPE_CHECKING:
@@ -45,6 +45,10 @@ MEMORY = Path("state") / "marks-judged.json"
 FORMAT = formats.JUDGED
 #: the pointers found to be what the index names, by the identity of the file read (`Pointers`)
 POINTERS = Path("state") / "pointers-judged.json"
+#: health reads every pointer again once the last reading of all of them is this old
+WHOLE_MAX_S = 3600.0
+#: a pointer whose ctime is this close to its reading is not remembered (ns)
+RACY_NS = 2_000_000_000
 
 
 def memory_path(store: Store) -> Path:
@@ -111,7 +115,7 @@ def load(store: Store) -> Memory | None:
     version writes — a bit flipped in it, a hand edit: the logs are read whole, and that
     reading writes it anew)."""
     try:
-        doc = json.loads(memory_path(store).read_bytes())
+        doc = json.loads(_read(memory_path(store)))
         if not isinstance(doc, dict) or doc.get("format") != FORMAT or not _sound(doc):
             return None
         return Memory(doc["index"], doc["cutoff"], float(doc["whole_at"]), doc["whole_by"],
@@ -119,6 +123,17 @@ def load(store: Store) -> Memory | None:
                       doc["disputes"], doc["unknown"], float(doc.get("tail_at", 0.0)))
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
+
+
+#: the most of a memory file read (a larger one — planted, or a store far beyond 100 M objects —
+#: is cut there: it no longer decodes, and nothing is remembered)
+READ_MAX = 64 << 20
+
+
+def _read(path: Path) -> bytes:
+    """A memory file's bytes, never following a link or blocking on a FIFO planted at its name
+    (`read_in_zone`: OSError, so nothing is remembered)."""
+    return read_in_zone(path, READ_MAX)
 
 
 def _int(v: Any, low: int | None = 0) -> bool:
@@ -226,35 +241,46 @@ def age(mem: Memory | None, now: float | None = None) -> dict[str, Any]:
 
 
 class Pointers:
-    """The batch and view pointers on each disk that the last judgement (any tool) read and
-    found to be what the index names (or a removal record the index does not name), by the
-    identity of the file read — device, inode, size, mtime and ctime (`pointers.identity`) —
-    and a digest of the index's pointer then. `hoard health` reads again only a pointer whose
-    file or index pointer changed since: a rewrite is a new inode, a write in place moves its
-    ctime; only rot under the file system keeps all five, and `hoard check` and `hoard verify`
-    read every pointer (the marks logs' rule, above). Kept in `<ssd.root>/state/pointers-
-    judged.json` for one index (its data file's identity); anything else found there is
-    nothing remembered."""
+    """The batch and view pointers on each disk that a judgement (any tool's) read and found to
+    be what the index names (or a removal record the index does not name), by the identity of
+    the file read — device, inode, size, mtime and ctime (`pointers.identity`) — and a digest
+    of the index's pointer then. `hoard health` reads again only a pointer whose file or index
+    pointer changed since: a rewrite is a new inode, a write through the file system moves its
+    ctime — except one through a shared memory map of a page already written (the kernel stamps
+    the first write only) and rot under the file system, which keep all five. So health reads
+    every pointer again once the last reading of all of them (`whole_at`) is older than
+    WHOLE_MAX_S, and `hoard check` and `hoard verify` read every one, every time (the marks
+    logs' rule, above). A file whose ctime was within RACY_NS of its reading is not remembered
+    (a second change in the same clock tick keeps its ctime: git's "racily clean"). Kept in
+    `<ssd.root>/state/pointers-judged.json` for one index (its data file's identity); anything
+    else found there is nothing remembered."""
 
     def __init__(self, store: Store, recall: bool) -> None:
         self.store, self.path = store, store.cfg.ssd.root / POINTERS
-        self.index, self.recall = index_identity(store), recall
-        self.old: dict[str, dict[str, list]] = self._load()
+        self.index, self.started = index_identity(store), time.time()
+        self.old: dict[str, dict[str, list]] = {}
+        self.whole_at = self.started
+        if recall:  # (check and verify read every pointer: they open no file of health's)
+            whole_at, old = self._load()
+            if self.started - whole_at < WHOLE_MAX_S:
+                self.old, self.whole_at = old, whole_at
+        self.kept_at = self.whole_at if self.old else None
         self.now: dict[str, dict[str, list]] = {}
         self.read = self.remembered = 0
 
-    def _load(self) -> dict[str, dict[str, list]]:
+    def _load(self) -> tuple[float, dict[str, dict[str, list]]]:
         try:
-            doc = json.loads(self.path.read_bytes())
-            disks = doc["disks"]
-            if doc.get("format") == 1 and doc.get("index") == self.index and isinstance(disks, dict) and all(
+            doc = json.loads(_read(self.path))
+            disks, whole_at = doc["disks"], doc["whole_at"]
+            if doc.get("format") == 1 and doc.get("index") == self.index and _num(whole_at) and isinstance(
+                    disks, dict) and all(
                     isinstance(keys, dict) and all(isinstance(v, list) and len(v) == 6 and _ints(v[:5], 5, None)
                                                    and isinstance(v[5], str) for v in keys.values())
                     for keys in disks.values()):
-                return disks
+                return float(whole_at), disks
         except (OSError, ValueError, KeyError, TypeError, AttributeError):
             pass
-        return {}
+        return 0.0, {}
 
     @staticmethod
     def digest(want: bytes | None) -> str:
@@ -262,7 +288,7 @@ class Pointers:
 
     def fits(self, uuid: str, key: str, want: bytes | None, beside: Beside) -> bool:
         """Whether the disk's pointer at `key` is the file judged last time against this `want`."""
-        got = self.old.get(uuid, {}).get(key) if self.recall else None
+        got = self.old.get(uuid, {}).get(key)
         if got is None or got[5] != self.digest(want) or beside.identity(key) != got[:5]:
             return False
         self.now.setdefault(uuid, {})[key] = got
@@ -271,16 +297,23 @@ class Pointers:
 
     def judged(self, uuid: str, key: str, want: bytes | None, ident: list[int]) -> None:
         """The file `ident` at `key` was read and found to be what the index names."""
-        if ident:
+        if ident and self.started * 1e9 - ident[4] > RACY_NS:
             self.now.setdefault(uuid, {})[key] = [*ident, self.digest(want)]
 
+    def age(self) -> dict[str, Any]:
+        """What `store.integrity.read` says of the pointers: how many were read and taken as
+        judged, and how old the last reading of every one is."""
+        return {"pointers_read": self.read, "pointers_remembered": self.remembered,
+                "pointers_whole_age_s": round(self.started - self.whole_at, 1)}
+
     def save(self) -> None:
-        """Keep what this judgement found, unless it is what was kept (a health refresh writes
-        nothing); a reader that may not write the SSD keeps nothing."""
-        if self.now == self.old:
+        """Keep what this judgement found, unless it is what was kept (a health refresh that
+        read nothing new writes nothing); a reader that may not write the SSD keeps nothing."""
+        if self.now == self.old and self.kept_at == self.whole_at:
             return
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write(self.path, json.dumps({"format": 1, "index": self.index, "disks": self.now}).encode())
+            atomic_write(self.path, json.dumps({"format": 1, "index": self.index, "whole_at": self.whole_at,
+                                                "disks": self.now}).encode())
         except OSError as e:
             log.debug("cannot keep the pointers judged at %s: %s", self.path, e)
