@@ -37,6 +37,18 @@ def _ok(res) -> None:
     assert res.returncode == 0, res.stdout + res.stderr
 
 
+def _viewed(tmp_path: Path, files: int, seed: int, folder: str) -> Path:
+    """A store of `files` put files, view v1 naming them under `folder`/, judged clean by all three."""
+    cfg = _cli_store(tmp_path)
+    put = _hoard(cfg, "put", *map(str, make_files(tmp_path / "in", files, seed=seed)))
+    _ok(put)
+    rows = tmp_path / "v.list"
+    rows.write_text("".join(f"{line.split()[0]}  {folder}/f{i}.bin\n" for i, line in enumerate(put.stdout.splitlines())))
+    _ok(_hoard(cfg, "view", "add", "v1", str(rows)))
+    assert _three(cfg) == ([], 0, 0)
+    return cfg
+
+
 def test_a_damaged_marks_log_line_is_named_by_all_three_and_the_advice_clears_it(tmp_path: Path) -> None:
     cfg = _cli_store(tmp_path)
     _ok(_hoard(cfg, "put", *map(str, make_files(tmp_path / "in", 3, seed=301))))
@@ -57,13 +69,7 @@ def test_a_damaged_marks_log_line_is_named_by_all_three_and_the_advice_clears_it
 def test_a_damaged_pointer_is_named_by_all_three_and_verify_repair_rewrites_it(tmp_path: Path) -> None:
     """One flipped byte in a view's pointer on one disk: check named it; verify (exit 0) and
     health said nothing."""
-    cfg = _cli_store(tmp_path)
-    put = _hoard(cfg, "put", *map(str, make_files(tmp_path / "in", 2, seed=303)))
-    _ok(put)
-    rows = tmp_path / "v.list"
-    rows.write_text("".join(f"{line.split()[0]}  dir/f{i}.bin\n" for i, line in enumerate(put.stdout.splitlines())))
-    _ok(_hoard(cfg, "view", "add", "v1", str(rows)))
-    assert _three(cfg) == ([], 0, 0)
+    cfg = _viewed(tmp_path, 2, 303, "dir")
     pointer = tmp_path / "d0" / "views" / "v1.json"
     data = bytearray(pointer.read_bytes())
     data[data.index(b'"manifest"') + 15] ^= 0x01  # a hex digit of the manifest: the checksum no longer matches
@@ -241,13 +247,7 @@ def test_a_pointer_changed_through_a_shared_mapping_is_named_once_its_reading_ag
     from fsd.core import pointers
     from fsd.io import judged
 
-    cfg = _cli_store(tmp_path)
-    put = _hoard(cfg, "put", *map(str, make_files(tmp_path / "in", 3, seed=311)))
-    _ok(put)
-    rows = tmp_path / "v.list"
-    rows.write_text("".join(f"{line.split()[0]}  v1/f{i}.bin\n" for i, line in enumerate(put.stdout.splitlines())))
-    _ok(_hoard(cfg, "view", "add", "v1", str(rows)))
-    assert _three(cfg) == ([], 0, 0)
+    cfg = _viewed(tmp_path, 3, 311, "v1")
     time.sleep(judged.RACY_NS / 1e9 + 0.1)
     assert _pointers_read(cfg)[0] == []  # (every pointer remembered now: none written within RACY_NS)
     pointer = tmp_path / "d2" / "views" / "v1.json"
