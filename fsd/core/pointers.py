@@ -102,8 +102,9 @@ def read(path: Path, ident: list[int] | None = None) -> bytes:
 
 def identity(st: os.stat_result) -> list[int]:
     """A file's device, inode, size, mtime and ctime (ns): a pointer is replaced by a rename (a
-    new inode), and any write in place moves its ctime — only rot under the file system leaves
-    all five as they were (what `hoard check` and `hoard verify`, which read every pointer, find)."""
+    new inode), and a write in place moves its ctime — except a store through a shared map into
+    a page already written, and rot under the file system, which leave all five as they were
+    (fsd.io.judged.Pointers: what health re-reads hourly, and check and verify always)."""
     return [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
 
 

@@ -256,7 +256,7 @@ class Pointers:
     else found there is nothing remembered."""
 
     def __init__(self, store: Store, recall: bool) -> None:
-        self.store, self.path = store, store.cfg.ssd.root / POINTERS
+        self.path = store.cfg.ssd.root / POINTERS
         self.index, self.started = index_identity(store), time.time()
         self.old: dict[str, dict[str, list]] = {}
         self.whole_at = self.started
@@ -264,7 +264,6 @@ class Pointers:
             whole_at, old = self._load()
             if self.started - whole_at < WHOLE_MAX_S:
                 self.old, self.whole_at = old, whole_at
-        self.kept_at = self.whole_at if self.old else None
         self.now: dict[str, dict[str, list]] = {}
         self.read = self.remembered = 0
 
@@ -309,7 +308,7 @@ class Pointers:
     def save(self) -> None:
         """Keep what this judgement found, unless it is what was kept (a health refresh that
         read nothing new writes nothing); a reader that may not write the SSD keeps nothing."""
-        if self.now == self.old and self.kept_at == self.whole_at:
+        if self.old and self.now == self.old:  # (no memory taken: this reading is a whole one, kept)
             return
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
