@@ -471,13 +471,14 @@ class Run:
 
     def pg_blocks(self, since: dict | None = None) -> dict:
         """The cluster's block reads (`pg_blocks_read`: not in shared buffers, from the page
-        cache or the disk) and hits (`pg_blocks_hit`) in this database so far; with `since`, the
-        difference (what the process between the two calls cost the server)."""
+        cache or the disk), hits (`pg_blocks_hit`) and milliseconds waited on the reads
+        (`pg_read_ms`: 0 unless `--pg-set track_io_timing=on`) in this database so far; with
+        `since`, the difference (what the process between the two calls cost the server)."""
         with psycopg.connect(self.url, autocommit=True) as conn:
-            read, hit = conn.execute("SELECT blks_read, blks_hit FROM pg_stat_database "
-                                     "WHERE datname = current_database()").fetchone()
-        now = {"pg_blocks_read": int(read), "pg_blocks_hit": int(hit)}
-        return now if since is None else {k: now[k] - since[k] for k in now}
+            read, hit, ms = conn.execute("SELECT blks_read, blks_hit, blk_read_time FROM pg_stat_database "
+                                         "WHERE datname = current_database()").fetchone()
+        now = {"pg_blocks_read": int(read), "pg_blocks_hit": int(hit), "pg_read_ms": float(ms)}
+        return now if since is None else {k: round(now[k] - since[k], 1) for k in now}
 
     def database_bytes(self) -> dict:
         with psycopg.connect(self.url, autocommit=True) as conn:
@@ -708,11 +709,12 @@ def selects(r: Run, n: int, only: list[str] | None = None) -> dict:
 
 def _median_run(runs: list[dict], key: str = "seconds") -> dict:
     """Of runs timed alike, the run of the median `key`, with every run's `key` in the order run
-    (`runs_s`) and, where the runs counted the cluster's block reads, theirs (`pg_blocks_read_runs`)."""
+    (`runs_s`) and, where the runs counted the cluster's block reads, theirs (`pg_blocks_read_runs`,
+    `pg_read_ms_runs`)."""
     got = sorted(runs, key=lambda g: g[key])[len(runs) // 2]
     if len(runs) == 1:
         return got
-    more = {"pg_blocks_read_runs": [g["pg_blocks_read"] for g in runs]} if "pg_blocks_read" in got else {}
+    more = {f"{k}_runs": [g[k] for g in runs] for k in ("pg_blocks_read", "pg_read_ms") if k in got}
     return got | {"runs_s": [g[key] for g in runs]} | more
 
 
