@@ -29,7 +29,9 @@ it reports at exit is kept with its figures (null while the checkout has no inst
 `health --json`, `info` and the warm narrow select — about a second each, mostly a fixed
 start — run five times; the run of the median time is kept, with every time in the order run
 (`runs_s`; health's first reads every pointer changed since the last judgement, the others
-what changed after it) and, for the select, the cluster's blocks per run.
+what changed after it) and, for the select, the cluster's blocks per run. The cold narrow select
+and the GUI pages' first visits run three times (RESTARTS), each from its own restart (the
+cluster restarted and the page cache dropped; a new `hoard gui` and browser), the median kept.
 
 Raw JSON: bench/results/scale-<label>.json; `--render` writes docs/benchmarks.md's section
 from it, with the largest / smallest size's per-object ratio and each goal's verdict.
