@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import json
 import os
 import secrets
@@ -335,6 +336,46 @@ def test_what_a_host_uploaded_is_held_to_the_runs_limits() -> None:
         with pytest.raises(remote_actions._Bad) as e:
             remote_actions._checked(c, {"children": kids, "records": []}, {inp}, limit=limit, max_bytes=max_bytes)
         assert said in str(e.value) and "\n" not in str(e.value), (said, str(e.value))
+
+
+def test_a_parsed_json_is_read_as_it_streams_and_refused_before_it_fills_the_servers_memory(
+        seaweedfs, engine_env, tmp_path: Path) -> None:  # noqa: F811
+    """parsed.json comes off a bucket anyone with its key can write. Read whole and given to
+    `json.loads` (as before), a document of PARSED_MAX (1 GiB) could hold twenty times that in
+    the server's memory — a list of empty maps — before a check looked at it. It is now read as
+    it streams: what the engine serves is taken as json.loads takes it, and a document that nests
+    too deep, is not JSON, names a top key twice, has a child that is not a map, or would take
+    more memory than the server allows (HELD_MAX, lowered here) is refused in one line as soon as
+    that shows — the rest of it never read."""
+    engine_env(seaweedfs)
+    disk = s3_disk(seaweedfs, tmp_path / "staging")
+    inp = "a" * 64
+    kids = [{"path": f"thumbs/{n}.jpg", "sha256": f"{n:064x}", "size": 10, "parent_sha256": inp, "parent_path": None,
+             "relationship": "thumbnail_of", "labels": {f"k{i}": "" for i in range(100)}} for n in range(2000)]
+    good = {"children": kids, "records": [{"into": "labels", "node_sha256": inp, "child_path": None,
+                                           "values": {"key": "k", "value": 0.25}}],
+            "files": 2000, "bytes": 20000, "run": {"reason": "ok", "seconds": 1.5}, "host": "h"}
+    raw = json.dumps(good).encode()
+    key = remote_actions.prefix("thumbs-v1-" + secrets.token_hex(6)) + remote_actions.PARSED
+    disk.put_transfer(key, raw, hashlib.sha256(raw).hexdigest())
+    body = disk.open_transfer(key)
+    try:
+        assert remote_actions._read_parsed(body) == json.loads(raw)  # (off the engine, as a collect reads it)
+    finally:
+        body.close()
+    held = 4 << 20  # (the good document takes ~40 MiB as reckoned)
+    for doc, said in ((raw, "more than this server takes in memory"),
+                      (b'{"children": [' + b",".join([b"1"] * 1_000_000) + b"]}", "child 1 is not a map"),
+                      (b'{"children": [], "children": [' + b",".join([b"{}"] * 1_000_000) + b"]}", "twice"),
+                      (b'{"run": ' + b"[" * 1_000_000 + b"]" * 1_000_000 + b"}", "nests deeper than"),
+                      (b'{"children": [], "records": [] ' + b" " * 3_000_000 + b"x}", "is not JSON"),
+                      (b"[" + b",".join([b"{}"] * 1_000_000) + b"]", "is not {children, records}")):
+        stream = io.BytesIO(doc)
+        with pytest.raises(remote_actions._Bad) as e:
+            remote_actions._read_parsed(stream, held_max=held)
+        assert said in str(e.value) and "\n" not in str(e.value), (said, str(e.value))
+        if said != "is not JSON":  # (the refusal shows before the end: the rest is not read)
+            assert stream.tell() < len(doc) // 2, (said, stream.tell(), len(doc))
 
 
 def test_a_job_run_again_after_its_run_was_collected_leaves_nothing_on_the_bucket(cluster, tmp_path: Path) -> None:

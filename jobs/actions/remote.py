@@ -104,6 +104,11 @@ JOB_FUNCTION = "jobs.actions.remote.run_action"
 PARSED = "parsed.json"
 #: the most bytes a parsed.json may hold (a run of 100,000 children writes ~40 MB)
 PARSED_MAX = 1 << 30
+#: the most memory what parsed.json holds may take on the server, as `_read_parsed` reckons it
+#: (CPython's sizes of its strings, numbers, maps and lists: a run of 100,000 children ~0.2 GiB)
+HELD_MAX = 2 << 30
+#: the deepest parsed.json nests (a record's values map is at 4)
+PARSED_DEPTH_MAX = 16
 #: read and upload in pieces of this size
 PIECE = 8 << 20
 _SHA = re.compile(r"[0-9a-f]{64}")
@@ -245,16 +250,14 @@ def _step_collect(cfg: Settings, st: RunState) -> None:
         return
     where = f"{disk.where}/{prefix(rid)}"
     tmp = state_dir(cfg) / f"{rid}.collect"  # what comes down, until stored
-    body = disk.open_transfer(prefix(rid) + PARSED)
     try:
-        raw = body.read(PARSED_MAX + 1)
-    finally:
-        body.close()
-    try:
-        if len(raw) > PARSED_MAX:
-            raise _Bad(f"{PARSED} holds more than {PARSED_MAX} bytes")
+        body = disk.open_transfer(prefix(rid) + PARSED)
+        try:
+            doc = _read_parsed(body)
+        finally:
+            body.close()
         inputs = set(inputs_of(cfg, st))
-        children, records, doc = _checked(c, json.loads(raw), inputs,
+        children, records, doc = _checked(c, doc, inputs,
                                           limit=(c.a4_scale or cfg.store.a4_scale) * len(inputs),
                                           max_bytes=c.max_output_bytes or cfg.actions.max_output_bytes)
         shutil.rmtree(tmp, ignore_errors=True)
@@ -307,6 +310,76 @@ def _count(v: Any) -> int:
 
 class _Bad(Exception):
     """What a host uploaded is not what a run of this contract writes."""
+
+
+#: what `_read_parsed` reckons each JSON event to take on the server (bytes; a string's and a
+#: key's characters added): about CPython's object sizes, and a map's or a list's slot
+_HELD = {"start_map": 240, "start_array": 64, "map_key": 90, "string": 60, "number": 40, "boolean": 8, "null": 8,
+         "end_map": 0, "end_array": 0}
+_ENDS = frozenset(("end_map", "end_array", "string", "number", "boolean", "null"))
+
+
+class _Capped:
+    """A transfer's body read through `read(n)`, refused (_Bad) past PARSED_MAX bytes."""
+
+    def __init__(self, body: Any) -> None:
+        self.body, self.n = body, 0
+
+    def read(self, n: int = -1) -> bytes:
+        piece = self.body.read(PIECE if n is None or n < 0 else min(n, PIECE))
+        self.n += len(piece)
+        if self.n > PARSED_MAX:
+            raise _Bad(f"{PARSED} holds more than {PARSED_MAX} bytes")
+        return piece
+
+
+def _read_parsed(body: Any, held_max: int = HELD_MAX) -> dict[str, Any]:
+    """parsed.json off the bucket as it streams (ijson), never its bytes whole: anyone who can
+    write to the bucket could have put it there, and `json.loads` of a document of 1 GiB can hold
+    twenty times that (a list of empty maps). Refused (_Bad), reading no further, the moment it
+    is more than PARSED_MAX bytes, what it holds would take more than `held_max` of memory
+    (`_HELD`), it nests deeper than PARSED_DEPTH_MAX, a child or a record is not a map, it is
+    not JSON, or it names a key twice at its top. `_checked` then judges what it holds."""
+    import ijson  # deferred: only a collect of a --remote run reads a parsed.json
+
+    doc: dict[str, Any] = {}
+    key, builder, held, depth = None, None, 0, 0
+    try:
+        for where, event, value in ijson.parse(_Capped(body), use_float=True):
+            held += _HELD[event] + (len(value) if event in ("string", "map_key") else 0)
+            if held > held_max:
+                raise _Bad(f"{PARSED} holds more than this server takes in memory ({held_max >> 20} MiB as reckoned)")
+            depth += (event in ("start_map", "start_array")) - (event in ("end_map", "end_array"))
+            if depth > PARSED_DEPTH_MAX:
+                raise _Bad(f"{PARSED} nests deeper than {PARSED_DEPTH_MAX}")
+            if where == "" and event == "map_key":  # (a top-level key: its value's events follow)
+                if value in doc:
+                    raise _Bad(f"{PARSED} names {str(value)[:40]!r} twice")
+                key, builder = value, ijson.ObjectBuilder()
+                continue
+            if where == "" or key is None:
+                if event not in ("start_map", "end_map"):
+                    raise _Bad(f"{PARSED} is not {{children, records}}")
+                continue
+            if key in ("children", "records") and where == key:  # (the list itself)
+                if event not in ("start_array", "end_array"):
+                    raise _Bad(f"{PARSED} is not {{children, records}}: {key} is not a list")
+                doc.setdefault(key, [])
+                continue
+            assert builder is not None
+            builder.event(event, value)
+            if event not in _ENDS:
+                continue
+            if key in ("children", "records") and where == f"{key}.item":  # one child or record whole
+                if not isinstance(builder.value, dict):
+                    raise _Bad(f"{key[:-1] if key == 'records' else 'child'} {len(doc[key]) + 1} is not a map")
+                doc[key].append(builder.value)
+                builder = ijson.ObjectBuilder()
+            elif where == key:  # any other top-level value whole (files, bytes, run, host)
+                doc[key] = builder.value
+    except ijson.JSONError as e:
+        raise _Bad(f"{PARSED} is not JSON ({first_line(e)[:120]})") from None
+    return doc
 
 
 def _checked(c: Contract, doc: Any, inputs: set[str], *, limit: int, max_bytes: int | None
