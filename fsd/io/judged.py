@@ -22,6 +22,7 @@ version writes, field by field, included — and the logs are read whole again.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import time
@@ -121,9 +122,14 @@ def load(store: Store) -> Memory | None:
         return Memory(doc["index"], doc["cutoff"], float(doc["whole_at"]), doc["whole_by"],
                       {u: Remembered(**r) for u, r in doc["disks"].items()}, doc["counts"], doc["lost"],
                       doc["disputes"], doc["unknown"], float(doc.get("tail_at", 0.0)))
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+    except _UNREADABLE:
         return None
 
+
+#: what reading a memory file may raise, each taken as nothing remembered: RecursionError for
+#: JSON nested deeper than the decoder goes (200 KB of `[`: review 39 — before, health said the
+#: store could not be opened, and dropped its whole integrity section)
+_UNREADABLE = (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError)
 
 #: the most of a memory file read (a larger one — planted, or a store far beyond 100 M objects —
 #: is cut there: it no longer decodes, and nothing is remembered)
@@ -196,7 +202,18 @@ def save(store: Store, mem: Memory, after: Memory | None) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(path, json.dumps(mem.to_json()).encode())
     except OSError as e:
-        log.debug("cannot keep the marks judgement at %s: %s", path, e)
+        _not_kept("the marks judgement", path, e)
+
+
+def _not_kept(what: str, path: Path, e: OSError) -> None:
+    """A memory that could not be written: quiet for a reader that may not write the SSD's
+    state; a warning naming the file otherwise (a directory planted at its name: review 39 —
+    every health then read everything whole, and nothing said why)."""
+    if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        log.debug("cannot keep %s at %s: %s", what, path, e)
+    else:
+        log.warning("cannot keep %s at %s (%s): every health reads it all again until it can — remove what is "
+                    "at that name", what, path, e.strerror or e)
 
 
 def forget(store: Store) -> None:
@@ -262,7 +279,10 @@ class Pointers:
         self.whole_at = self.started
         if recall:  # (check and verify read every pointer: they open no file of health's)
             whole_at, old = self._load()
-            if self.started - whole_at < WHOLE_MAX_S:
+            # (a reading "in the future" — written under a clock that was ahead, or Infinity —
+            # would never age: review 39, health took a damaged pointer as judged until the next
+            # check; one older than WHOLE_MAX_S, or ahead of this clock, is no reading)
+            if 0 <= self.started - whole_at < WHOLE_MAX_S:
                 self.old, self.whole_at = old, whole_at
         self.now: dict[str, dict[str, list]] = {}
         self.read = self.remembered = 0
@@ -277,7 +297,7 @@ class Pointers:
                                                    and isinstance(v[5], str) for v in keys.values())
                     for keys in disks.values()):
                 return float(whole_at), disks
-        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        except _UNREADABLE:
             pass
         return 0.0, {}
 
@@ -315,4 +335,4 @@ class Pointers:
             atomic_write(self.path, json.dumps({"format": 1, "index": self.index, "whole_at": self.whole_at,
                                                 "disks": self.now}).encode())
         except OSError as e:
-            log.debug("cannot keep the pointers judged at %s: %s", self.path, e)
+            _not_kept("the pointers judged", self.path, e)
