@@ -324,16 +324,29 @@ def test_a_memory_file_too_deep_for_json_or_a_directory_there_is_nothing_remembe
     agrees with check (review 39: json's RecursionError escaped, and health said the store could
     not be opened and dropped its integrity section). A directory planted at a memory's name:
     health still judges, and says why nothing is kept (the warning declared above)."""
+    import json
     import shutil
 
     from fsd.io import judged
 
     cfg = _viewed(tmp_path, 3, 317, "v1")
     ssd = config.load(cfg).ssd.root
-    for name in (judged.POINTERS, judged.MEMORY):
-        (ssd / name).write_bytes(b"[" * 200_000)
-    problems, read = _pointers_read(cfg)
-    assert problems == [] and read["pointers_remembered"] == 0 and read["pointers_read"] > 0, (problems, read)
+    _pointers_read(cfg)  # (both memories written)
+    kept = {name: json.loads((ssd / name).read_bytes()) for name in (judged.POINTERS, judged.MEMORY)}
+    # and numbers json reads that are no time (review 39: a 401-digit integer's OverflowError
+    # escaped the loaders as the RecursionError had; NaN made health's ages NaN, not JSON)
+    planted = [(name, b"[" * 200_000) for name in kept] + [
+        (name, json.dumps(kept[name] | {field: v}).encode())
+        for name, field in ((judged.POINTERS, "whole_at"), (judged.MEMORY, "whole_at"), (judged.MEMORY, "tail_at"))
+        for v in (10 ** 400, float("nan"), float("-inf"))]
+    for name, text in planted:
+        (ssd / name).write_bytes(text)
+        report = collect(config.load(cfg))
+        problems = [p for p in report["problems"] if p.startswith(("store:", "disk "))]
+        assert problems == [], (name, text[:60], problems)
+        json.dumps(report, allow_nan=False)  # (health --json prints it: JSON, no NaN)
+        if name == judged.POINTERS:
+            assert report["store"]["integrity"]["read"]["pointers_remembered"] == 0, (text[:60], report)
     assert _three(cfg) == ([], 0, 0)
     (ssd / judged.POINTERS).unlink()
     (ssd / judged.POINTERS).mkdir()

@@ -25,6 +25,7 @@ from __future__ import annotations
 import errno
 import json
 import logging
+import math
 import time
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -129,7 +130,7 @@ def load(store: Store) -> Memory | None:
 #: what reading a memory file may raise, each taken as nothing remembered: RecursionError for
 #: JSON nested deeper than the decoder goes (200 KB of `[`: review 39 — before, health said the
 #: store could not be opened, and dropped its whole integrity section)
-_UNREADABLE = (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError)
+_UNREADABLE = (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError, OverflowError)
 
 #: the most of a memory file read (a larger one — planted, or a store far beyond 100 M objects —
 #: is cut there: it no longer decodes, and nothing is remembered)
@@ -147,7 +148,14 @@ def _int(v: Any, low: int | None = 0) -> bool:
 
 
 def _num(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
+    """A finite number (NaN and Infinity are JSON to Python's json, and a 400-digit integer is no
+    float: review 39 — the one raised past the loaders, the others made health's ages NaN)."""
+    if not isinstance(v, (int, float)) or isinstance(v, bool):
+        return False
+    try:
+        return math.isfinite(v)
+    except OverflowError:
+        return False
 
 
 def _ints(v: Any, n: int | None = None, low: int | None = None) -> bool:
@@ -209,7 +217,8 @@ def _not_kept(what: str, path: Path, e: OSError) -> None:
     """A memory that could not be written: quiet for a reader that may not write the SSD's
     state; a warning naming the file otherwise (a directory planted at its name: review 39 —
     every health then read everything whole, and nothing said why)."""
-    if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+    if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOENT, errno.EEXIST):
+        # (ENOENT, EEXIST: another health saving at the same moment took the temporary file)
         log.debug("cannot keep %s at %s: %s", what, path, e)
     else:
         log.warning("cannot keep %s at %s (%s): every health reads it all again until it can — remove what is "

@@ -44,6 +44,7 @@ import re
 import shutil
 import socket
 import stat
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -251,11 +252,7 @@ def _step_collect(cfg: Settings, st: RunState) -> None:
     where = f"{disk.where}/{prefix(rid)}"
     tmp = state_dir(cfg) / f"{rid}.collect"  # what comes down, until stored
     try:
-        body = disk.open_transfer(prefix(rid) + PARSED)
-        try:
-            doc = _read_parsed(body)
-        finally:
-            body.close()
+        doc = _read_parsed_from(disk, prefix(rid) + PARSED)
         inputs = set(inputs_of(cfg, st))
         children, records, doc = _checked(c, doc, inputs,
                                           limit=(c.a4_scale or cfg.store.a4_scale) * len(inputs),
@@ -312,73 +309,121 @@ class _Bad(Exception):
     """What a host uploaded is not what a run of this contract writes."""
 
 
-#: what `_read_parsed` reckons each JSON event to take on the server (bytes; a string's and a
-#: key's characters added): about CPython's object sizes, and a map's or a list's slot
-_HELD = {"start_map": 240, "start_array": 64, "map_key": 90, "string": 60, "number": 40, "boolean": 8, "null": 8,
-         "end_map": 0, "end_array": 0}
+#: what `_read_parsed` reckons each JSON event to take on the server besides its value's own
+#: size (sys.getsizeof: a string's characters at their width — an emoji makes every character
+#: of its string 4 bytes): a map's or a list's base and growth, a key's share of its map's table,
+#: and each value's slot in its container
+_HELD = {"start_map": 240, "start_array": 120, "map_key": 60}
+_SLOT = 8
 _ENDS = frozenset(("end_map", "end_array", "string", "number", "boolean", "null"))
+#: the longest run of bytes parsed.json may go without a JSON event: one value (a path, a
+#: label, an embedding of 4,096 floats in base64 is 22 KB). yajl scans a token that spans its
+#: reads again at each read — quadratic: an 8 MiB number took 4.6 s, 1 GiB would take a day
+TOKEN_MAX = 1 << 20
+
+
+class _Overflow(Exception):
+    """An integer yajl cannot hold (beyond 64 bits, or -2**63: the phash of a blank image)."""
 
 
 class _Capped:
-    """A transfer's body read through `read(n)`, refused (_Bad) past PARSED_MAX bytes."""
+    """A transfer's body read through `read(n)`, refused (_Bad) past PARSED_MAX bytes, or past
+    TOKEN_MAX bytes since the reader last marked an event (`mark`)."""
 
     def __init__(self, body: Any) -> None:
-        self.body, self.n = body, 0
+        self.body, self.n, self.at_event = body, 0, 0
+
+    def mark(self) -> None:
+        self.at_event = self.n
 
     def read(self, n: int = -1) -> bytes:
         piece = self.body.read(PIECE if n is None or n < 0 else min(n, PIECE))
         self.n += len(piece)
         if self.n > PARSED_MAX:
             raise _Bad(f"{PARSED} holds more than {PARSED_MAX} bytes")
+        if self.n - self.at_event > TOKEN_MAX + len(piece):
+            raise _Bad(f"{PARSED} holds a value (or a gap between two) longer than {TOKEN_MAX} bytes")
         return piece
 
 
-def _read_parsed(body: Any, held_max: int = HELD_MAX) -> dict[str, Any]:
-    """parsed.json off the bucket as it streams (ijson), never its bytes whole: anyone who can
-    write to the bucket could have put it there, and `json.loads` of a document of 1 GiB can hold
-    twenty times that (a list of empty maps). Refused (_Bad), reading no further, the moment it
-    is more than PARSED_MAX bytes, what it holds would take more than `held_max` of memory
-    (`_HELD`), it nests deeper than PARSED_DEPTH_MAX, a child or a record is not a map, it is
-    not JSON, or it names a key twice at its top. `_checked` then judges what it holds."""
+def _read_parsed_from(disk: Any, key: str, held_max: int = HELD_MAX) -> dict[str, Any]:
+    """`_read_parsed` of transfer `key`: with ijson's fastest parser (yajl's), and once more
+    with its own Python one when the document holds an integer yajl cannot (a record's hash of
+    -2**63, which a blank or evenly graded image has)."""
     import ijson  # deferred: only a collect of a --remote run reads a parsed.json
 
+    for backend in (ijson, ijson.get_backend("python")):
+        body = disk.open_transfer(key)
+        try:
+            return _read_parsed(body, held_max, backend)
+        except _Overflow:
+            continue
+        finally:
+            body.close()
+    raise _Bad(f"{PARSED} holds an integer this server cannot read")
+
+
+def _read_parsed(body: Any, held_max: int = HELD_MAX, backend: Any = None) -> dict[str, Any]:
+    """parsed.json off the bucket as it streams (ijson, `backend`: its default unless given),
+    never its bytes whole: anyone who can write to the bucket could have put it there, and
+    `json.loads` of a document of 1 GiB can hold twenty times that (a list of empty maps).
+    Refused (_Bad), reading no further, the moment it is more than PARSED_MAX bytes, holds a
+    value longer than TOKEN_MAX, would take more than `held_max` of memory (`_HELD`), nests
+    deeper than PARSED_DEPTH_MAX, has a child or a record that is not a map, is not JSON, or
+    names a key twice at its top; _Overflow for an integer the backend cannot hold. `_checked`
+    then judges what it holds."""
+    import ijson  # deferred: only a collect of a --remote run reads a parsed.json
+
+    backend = backend or ijson
+    capped = _Capped(body)
     doc: dict[str, Any] = {}
     key, builder, held, depth = None, None, 0, 0
     try:
-        for where, event, value in ijson.parse(_Capped(body), use_float=True):
-            held += _HELD[event] + (len(value) if event in ("string", "map_key") else 0)
+        for _, event, value in backend.parse(capped, use_float=True):
+            capped.mark()
+            held += _HELD.get(event, 0) + (sys.getsizeof(value) + _SLOT if value is not None else _SLOT)
             if held > held_max:
                 raise _Bad(f"{PARSED} holds more than this server takes in memory ({held_max >> 20} MiB as reckoned)")
+            at = depth  # (the depth the event is at: 0 the document, 1 a top key's value, 2 a child or record)
             depth += (event in ("start_map", "start_array")) - (event in ("end_map", "end_array"))
             if depth > PARSED_DEPTH_MAX:
                 raise _Bad(f"{PARSED} nests deeper than {PARSED_DEPTH_MAX}")
-            if where == "" and event == "map_key":  # (a top-level key: its value's events follow)
+            if at == 0:
+                if event != "start_map":
+                    raise _Bad(f"{PARSED} is not {{children, records}}")
+                continue
+            if depth == 0:  # (the document's end)
+                continue
+            if at == 1 and event == "map_key":  # a top-level key: its value's events follow
                 if value in doc:
                     raise _Bad(f"{PARSED} names {str(value)[:40]!r} twice")
                 key, builder = value, ijson.ObjectBuilder()
                 continue
-            if where == "" or key is None:
-                if event not in ("start_map", "end_map"):
-                    raise _Bad(f"{PARSED} is not {{children, records}}")
-                continue
-            if key in ("children", "records") and where == key:  # (the list itself)
-                if event not in ("start_array", "end_array"):
+            listed = key in ("children", "records")
+            if listed and at == 1:  # (the list itself: opened here, closed by an end_array back at depth 1)
+                if event != "start_array":
                     raise _Bad(f"{PARSED} is not {{children, records}}: {key} is not a list")
-                doc.setdefault(key, [])
+                doc[key] = []
+                continue
+            if listed and event == "end_array" and depth == 1:
                 continue
             assert builder is not None
             builder.event(event, value)
             if event not in _ENDS:
                 continue
-            if key in ("children", "records") and where == f"{key}.item":  # one child or record whole
+            if listed and depth == 2:  # one child or record whole
                 if not isinstance(builder.value, dict):
-                    raise _Bad(f"{key[:-1] if key == 'records' else 'child'} {len(doc[key]) + 1} is not a map")
+                    raise _Bad(f"{'record' if key == 'records' else 'child'} {len(doc[key]) + 1} is not a map")
                 doc[key].append(builder.value)
                 builder = ijson.ObjectBuilder()
-            elif where == key:  # any other top-level value whole (files, bytes, run, host)
+            elif not listed and depth == 1:  # any other top-level value whole (files, bytes, run, host)
                 doc[key] = builder.value
     except ijson.JSONError as e:
+        if "integer overflow" in str(e):
+            raise _Overflow() from None
         raise _Bad(f"{PARSED} is not JSON ({first_line(e)[:120]})") from None
+    except UnicodeDecodeError as e:
+        raise _Bad(f"{PARSED} is not JSON: not UTF-8 ({first_line(e)[:120]})") from None
     return doc
 
 
