@@ -377,7 +377,9 @@ def _read_parsed(body: Any, held_max: int = HELD_MAX, backend: Any = None) -> di
     backend = backend or ijson
     capped = _Capped(body)
     doc: dict[str, Any] = {}
-    key, builder, held, depth = None, None, 0, 0
+    key: str = ""
+    builder: Any = None
+    held = depth = 0
     try:
         for _, event, value in backend.parse(capped, use_float=True):
             capped.mark()
