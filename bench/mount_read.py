@@ -315,9 +315,13 @@ def warm_part(args, cfg_path: Path, mnt: Path, mfs: Path, rels: list[str], branc
         first = read_all(paths, n)
         t[f"warm_{kind}_first"] = time.monotonic() - t0
         cpu0 = _cpu_s(proc.pid) if proc else 0.0
+        disk0 = _vmstat()
         t0 = time.monotonic()
         got = read_all([paths[k] for k in order], n)
         t[f"warm_{kind}"] = time.monotonic() - t0
+        # (what the whole machine read from block devices during the epoch: a warm epoch reads
+        # nothing, unless its pages were taken away after the first pass)
+        t[f"warm_{kind}_disk_read_kib"] = _vmstat()["pgpgin"] - disk0["pgpgin"]
         if proc:
             t[f"warm_{kind}_daemon_cpu_s"] = _cpu_s(proc.pid) - cpu0
         assert got == first, (kind, got, first)
@@ -348,13 +352,19 @@ def warm_part(args, cfg_path: Path, mnt: Path, mfs: Path, rels: list[str], branc
                  "mount": "hoard mount", "before": f"hoard mount at {t.get('warm_before_commit', '?')}"}[kind]
         cpu = t.get(f"warm_{kind}_daemon_cpu_s")
         rows.append((f"  {label}", f"{t[f'warm_{kind}']:6.2f} s {files / t[f'warm_{kind}']:8.0f} files/s warm epoch"
-                                   f"{'' if cpu is None else f' ({cpu:.1f} s daemon CPU)'}; first pass "
+                                   f"{'' if cpu is None else f' ({cpu:.1f} s daemon CPU)'}, "
+                                   f"{t[f'warm_{kind}_disk_read_kib'] / 1024:.0f} MiB read from disk; first pass "
                                    f"{files / t[f'warm_{kind}_first']:7.0f} files/s"))
     best = min(t["warm_mergerfs"], t["warm_mergerfs_cached"])  # (the faster mergerfs is the baseline)
     for kind in kinds[3:]:
         rows.append((f"  {kind} / plain, / the faster mergerfs", f"{t['warm_plain'] / t[f'warm_{kind}']:.0%}, "
                                                                 f"{best / t[f'warm_{kind}']:.2f}x"))
     return rows
+
+
+def _vmstat() -> dict[str, int]:
+    """/proc/vmstat's counters (pgpgin: KiB read from block devices since boot)."""
+    return {k: int(v) for k, v in (row.split() for row in Path("/proc/vmstat").read_text().splitlines())}
 
 
 def _cpu_s(pid: int) -> float:
