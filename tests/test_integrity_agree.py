@@ -233,7 +233,7 @@ def test_health_reads_again_only_the_pointers_that_changed_and_names_them_as_che
 
 
 def test_a_pointer_changed_through_a_shared_mapping_is_named_once_its_reading_ages_or_check_reads_it(
-        tmp_path: Path) -> None:
+        tmp_path: Path, monkeypatch) -> None:
     """A write through a shared writable mapping of a pointer changes its bytes and keeps its
     device, inode, size, mtime and ctime (the kernel stamps the file at the page's first write
     fault only). Health, which remembered the file as agreeing, names it once the last reading
@@ -254,13 +254,16 @@ def test_a_pointer_changed_through_a_shared_mapping_is_named_once_its_reading_ag
     memory = config.load(cfg).ssd.root / judged.POINTERS
     at = pointer.read_bytes().index(b'"manifest"') + 15
     # (a writeback between the two writes — a sync by another process — protects the page again:
-    # the second write then stamps the file, and the premise is made again on a fresh attempt)
+    # the second write then stamps the file, and the premise is made again on a fresh attempt.
+    # The window is kept short: this process's health remembers a file changed just before its
+    # reading — RACY_NS 0 here — instead of sleeping 2 s with the page dirty; a sync every 0.4 s
+    # elsewhere failed all five attempts with the sleep)
+    monkeypatch.setattr(judged, "RACY_NS", 0)
     for _ in range(5):
         fd = os.open(pointer, os.O_RDWR)
         try:
             with mmap.mmap(fd, 0) as m:
                 m[at] = m[at]  # the page's first write: the file's times move now; its bytes do not
-                time.sleep(judged.RACY_NS / 1e9 + 0.1)  # (a file changed within RACY_NS is not remembered)
                 problems, read = _pointers_read(cfg)  # read again (its ctime moved), agreeing: remembered
                 assert problems == [] and read["pointers_read"] == 1, read
                 before = pointers.identity(os.stat(pointer))
