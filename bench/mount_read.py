@@ -303,6 +303,7 @@ def warm_part(args, cfg_path: Path, mnt: Path, mfs: Path, rels: list[str], branc
     """The `warm` part (module docstring): each way of reading, a first pass in name order and
     then the timed shuffled epoch, the daemon's CPU seconds during that epoch."""
     import random
+    import resource
     import time
 
     order = list(range(len(rels)))
@@ -315,10 +316,13 @@ def warm_part(args, cfg_path: Path, mnt: Path, mfs: Path, rels: list[str], branc
         first = read_all(paths, n)
         t[f"warm_{kind}_first"] = time.monotonic() - t0
         cpu0 = _cpu_s(proc.pid) if proc else 0.0
-        disk0 = _vmstat()
+        disk0, ru0 = _vmstat(), resource.getrusage(resource.RUSAGE_SELF)
         t0 = time.monotonic()
         got = read_all([paths[k] for k in order], n)
         t[f"warm_{kind}"] = time.monotonic() - t0
+        ru1 = resource.getrusage(resource.RUSAGE_SELF)  # (the readers are this process's threads)
+        t[f"warm_{kind}_readers_user_s"] = round(ru1.ru_utime - ru0.ru_utime, 2)
+        t[f"warm_{kind}_readers_sys_s"] = round(ru1.ru_stime - ru0.ru_stime, 2)
         # (what the whole machine read from block devices during the epoch: a warm epoch reads
         # nothing, unless its pages were taken away after the first pass)
         t[f"warm_{kind}_disk_read_kib"] = _vmstat()["pgpgin"] - disk0["pgpgin"]
@@ -353,7 +357,9 @@ def warm_part(args, cfg_path: Path, mnt: Path, mfs: Path, rels: list[str], branc
         cpu = t.get(f"warm_{kind}_daemon_cpu_s")
         rows.append((f"  {label}", f"{t[f'warm_{kind}']:6.2f} s {files / t[f'warm_{kind}']:8.0f} files/s warm epoch"
                                    f"{'' if cpu is None else f' ({cpu:.1f} s daemon CPU)'}, "
-                                   f"{t[f'warm_{kind}_disk_read_kib'] / 1024:.0f} MiB read from disk; first pass "
+                                   f"{t[f'warm_{kind}_disk_read_kib'] / 1024:.0f} MiB read from disk, readers "
+                                   f"{t[f'warm_{kind}_readers_user_s']:.1f} s user + {t[f'warm_{kind}_readers_sys_s']:.1f}"
+                                   " s system; first pass "
                                    f"{files / t[f'warm_{kind}_first']:7.0f} files/s"))
     best = min(t["warm_mergerfs"], t["warm_mergerfs_cached"])  # (the faster mergerfs is the baseline)
     for kind in kinds[3:]:
