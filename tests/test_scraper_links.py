@@ -60,8 +60,8 @@ def test_a_link_planted_at_a_temporary_name_is_not_written_through(home: Path) -
     O_CREAT|O_TRUNC, following links. In the scraper's own batch directory the ingest (root)
     writes `_REASON.txt` when it sets a refused `_READY` aside: the scraper planted
     `._REASON.txt.tmp` → a root-only file, and `hoard ingest --ready` truncated that file,
-    wrote the reason into it and made it 0640. A leftover at the temporary name is now removed,
-    never followed, and the file made new (O_EXCL)."""
+    wrote the reason into it and made it 0640. The temporary name is now the writer's own
+    (random, never guessed) and the file made new (O_EXCL|O_NOFOLLOW)."""
     cfg_path = home / "hoard.toml"
     victim = _secret(home)
     batch = _gallery(home / "gen")
@@ -275,7 +275,8 @@ def test_a_file_name_with_a_line_separator_is_refused_at_the_screen(tmp_path: Pa
 def test_get_never_writes_through_a_link_at_its_temporary_name(hoard_home: Path) -> None:
     """`hoard get SHA -o DIR/out` writes `DIR/.out.part`, then renames it. Run as root into a
     directory others write (/tmp), a link planted at `.out.part` had the object written into
-    the file it named. The temporary file is now made new (the link removed, not followed)."""
+    the file it named. The temporary name is now the command's own (`.out.<pid>-<random>.part`,
+    fsd.base.files.writer_tmp) and made new: the planted link is never written through."""
     import hashlib
     import subprocess
     import sys

@@ -11,6 +11,7 @@ import ctypes
 import errno
 import fcntl
 import os
+import secrets
 import shutil
 import stat
 from collections.abc import Callable, Iterable, Iterator
@@ -110,31 +111,49 @@ def sync_file_range(fd: int, offset: int, length: int, flags: int) -> bool:
     return True
 
 
+def writer_tmp(path: Path, suffix: str = "tmp") -> Path:
+    """A temporary name beside `path` that is this writer's alone: `.<name>.<pid>-<random>.<suffix>`.
+    One name shared by every writer let two at once publish a torn file: the second removed the
+    first's temporary file and wrote a new one there, and the first then renamed the second's
+    half-written file over `path`. The random part also keeps a planted link from being guessed."""
+    return path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.{suffix}")
+
+
 def atomic_write(path: Path, data: bytes | Iterable[bytes], prepare: Callable[[int, Path], None] | None = None) -> None:
-    """tmp → fsync → rename → fsync the directory: a crash leaves the old file or the new one.
-    The new file is 0640, or as strict as the file it replaces; `prepare(fd, tmp)` runs on it
-    before it is synced (another mode or owner, say). `data`: the bytes, or pieces of them."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with create_new(tmp, rewrite_mode(path)) as f:
+    """tmp → fsync → rename → fsync the directory: a crash leaves the old file or the new one,
+    and two writers at once each publish a whole file (the last rename wins). The new file is
+    0640, or as strict as the file it replaces; `prepare(fd, tmp)` runs on it before it is
+    synced (another mode or owner, say). `data`: the bytes, or pieces of them."""
+    with _published(path) as tmp, create_new(tmp, rewrite_mode(path)) as f:
         for piece in (data,) if isinstance(data, (bytes, bytearray, memoryview)) else data:
             f.write(piece)
         f.flush()
         if prepare is not None:
             prepare(f.fileno(), tmp)
         os.fsync(f.fileno())
-    os.rename(tmp, path)
-    fsync_dir(path.parent)
 
 
 def atomic_copy(src: Path, dest: Path) -> None:
     """Copy a file of any size (streamed) as `atomic_write` writes one: tmp → fsync → rename."""
-    tmp = dest.with_name(f".{dest.name}.tmp")
-    with open(src, "rb") as fin, create_new(tmp, rewrite_mode(dest)) as fout:
+    with _published(dest) as tmp, open(src, "rb") as fin, create_new(tmp, rewrite_mode(dest)) as fout:
         shutil.copyfileobj(fin, fout, 8 << 20)
         fout.flush()
         os.fsync(fout.fileno())
-    os.rename(tmp, dest)
-    fsync_dir(dest.parent)
+
+
+@contextlib.contextmanager
+def _published(path: Path) -> Iterator[Path]:
+    """This writer's temporary name for `path`; renamed over `path` (and the directory synced)
+    when the block ends without an error, removed when it raises."""
+    tmp = writer_tmp(path)
+    try:
+        yield tmp
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    os.rename(tmp, path)
+    fsync_dir(path.parent)
 
 
 def create_new(tmp: Path, mode: int) -> BinaryIO:

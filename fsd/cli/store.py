@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -17,7 +18,7 @@ from typing import Annotated
 import typer
 
 from fsd.base.errors import ExitCode, HoardError
-from fsd.base.files import create_new, size_or_zero
+from fsd.base.files import create_new, size_or_zero, writer_tmp
 from fsd.base.modes import FILE
 from fsd.base.paths import display
 from fsd.base.units import fmt_bytes
@@ -214,10 +215,11 @@ def write_output(output: Path, how: str, chunks) -> None:
     """Write `chunks` to `output` as `check_output` decided; a failure is one line (no room:
     exit 6), and a regular file is only replaced once it is complete and fsynced."""
     name = display(str(output))
-    tmp = output.with_name(f".{output.name}.part") if how == "file" else output
+    tmp = writer_tmp(output, "part") if how == "file" else output
     try:
-        # the temporary name beside the target is made new, never followed: `-o /tmp/x` as root
-        # with a link planted at /tmp/.x.part truncated what it pointed at
+        # the temporary name beside the target is this command's own and made new, never
+        # followed: `-o /tmp/x` as root with a link planted at /tmp/.x.part truncated what it
+        # pointed at; two commands writing one -o at once renamed each other's half
         with (create_new(tmp, FILE) if how == "file" else open(tmp, "wb")) as f:
             for chunk in chunks:
                 f.write(chunk)
@@ -226,9 +228,12 @@ def write_output(output: Path, how: str, chunks) -> None:
                 os.fsync(f.fileno())
         if how == "file":
             os.rename(tmp, output)
-    except OSError as e:
+    except BaseException as e:
         if how == "file":
-            tmp.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
+        if not isinstance(e, OSError):
+            raise
         raise HoardError(f"cannot write {name}: {e.strerror}",
                          ExitCode.NO_SPACE if e.errno in (errno.ENOSPC, errno.EDQUOT) else ExitCode.USAGE) from None
 

@@ -217,8 +217,9 @@ def _not_kept(what: str, path: Path, e: OSError) -> None:
     """A memory that could not be written: quiet for a reader that may not write the SSD's
     state; a warning naming the file otherwise (a directory planted at its name: review 39 —
     every health then read everything whole, and nothing said why)."""
-    if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOENT, errno.EEXIST):
-        # (ENOENT, EEXIST: another health saving at the same moment took the temporary file)
+    if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOENT):
+        # (ENOENT: the state directory went meanwhile; two healths saving at once each write a
+        # temporary file of their own, fsd.base.files.writer_tmp)
         log.debug("cannot keep %s at %s: %s", what, path, e)
     else:
         log.warning("cannot keep %s at %s (%s): every health reads it all again until it can — remove what is "
