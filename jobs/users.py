@@ -154,7 +154,7 @@ def edit_private(path: Path, read: Callable[[Path], dict[str, Any]], change: Cal
     with flocked(path.with_name(f".{path.name}.lock")):
         data = read(path)
         change(data)
-        atomic_write(path, json.dumps(data, indent=1, sort_keys=True).encode(), lambda fd, _tmp: os.fchmod(fd, 0o600))
+        atomic_write(path, json.dumps(data, indent=1, sort_keys=True).encode(), lambda fd: os.fchmod(fd, 0o600))
 
 
 def _in_config(cfg: Settings, name: str) -> bool:

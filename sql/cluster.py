@@ -158,20 +158,31 @@ def run_as_server() -> list[str]:
 def _replace_durably(path: Path, text: str) -> None:
     """Replace a file of the server's (`atomic_write`: a power cut leaves the old file or the
     new one), the new one with the old one's mode and the server as its owner."""
-    def as_the_old(fd: int, tmp: Path) -> None:
+    def as_the_old(fd: int) -> None:
         os.fchmod(fd, path.stat().st_mode & 0o777)
-        give_to_server(tmp)
+        give_fd_to_server(fd)
 
     atomic_write(path, text.encode(), as_the_old)
 
 
+def give_fd_to_server(fd: int) -> None:
+    """chown an open file to the server user (when root). By its descriptor, never a path: a
+    file made in a directory the server owns could be swapped for a link before a chown by
+    name, which follows it — root would give the server any file the link names (review 40)."""
+    if os.geteuid() == 0:
+        pw = pwd.getpwnam(SERVER_USER)
+        os.fchown(fd, pw.pw_uid, pw.pw_gid)
+
+
 def give_to_server(*paths: Path) -> None:
-    """chown paths to the server user (when root: the server must own what it writes)."""
+    """chown paths to the server user (when root: the server must own what it writes). A link
+    at one of them is given, never followed: these are made in directories the server owns
+    (pgBackRest's home), where it could have put a link to /etc in their place."""
     if os.geteuid() != 0:
         return
     pw = pwd.getpwnam(SERVER_USER)
     for p in paths:
-        os.chown(p, pw.pw_uid, pw.pw_gid)
+        os.chown(p, pw.pw_uid, pw.pw_gid, follow_symlinks=False)
 
 
 def ensure_database(url: str) -> bool:

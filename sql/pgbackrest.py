@@ -33,10 +33,10 @@ import psycopg
 from psycopg import sql
 
 from fsd.base.errors import ExitCode, HoardError
-from fsd.base.files import atomic_write
-from fsd.base.modes import passage
+from fsd.base.files import atomic_write, create_new
+from fsd.base.modes import FILE, passage
 from sql.backup import VerifyResult, _counts, sampled_not_in_store
-from sql.cluster import SERVER_USER, PrivateCluster, _reachable_by, give_to_server, run_as_server
+from sql.cluster import SERVER_USER, PrivateCluster, _reachable_by, give_fd_to_server, give_to_server, run_as_server
 from sql.rows import one
 from sql.system import BACKREST_CONF, SystemCluster, read_backrest_conf
 
@@ -124,7 +124,7 @@ class BackRest:
         if self.conf.exists() and self.conf.read_text() == text:
             return False
         # whole or not at all after a power cut, owned by the server from the first byte
-        atomic_write(self.conf, text.encode(), lambda _fd, tmp: give_to_server(tmp))
+        atomic_write(self.conf, text.encode(), give_fd_to_server)
         return True
 
     def archive_command(self) -> str:
@@ -303,9 +303,10 @@ def _own_configuration(data: Path) -> None:
     PostgreSQL refuses to start ("could not access the server configuration file")."""
     for name, text in (("postgresql.conf", "# hoardfs restore-verify: settings on the command line\n"),
                        ("pg_hba.conf", "local all all peer\n"), ("pg_ident.conf", "")):
-        if not (data / name).exists():
-            (data / name).write_text(text)
-            give_to_server(data / name)
+        if not os.path.lexists(data / name):  # (what the restore wrote, as the server, stays; a link is not written through)
+            with create_new(data / name, FILE) as f:
+                f.write(text.encode())
+                give_fd_to_server(f.fileno())
 
 
 def _writes(conn: psycopg.Connection, schema: str) -> dict[str, int]:

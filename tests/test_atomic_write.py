@@ -3,15 +3,23 @@ two writers at once, a write broken off."""
 
 from __future__ import annotations
 
+import os
+import pwd
+import signal
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from fsd.base import files
 from fsd.base.errors import HoardError
 from fsd.base.files import atomic_copy, atomic_write
 from fsd.cli.store import write_output
+from sql.cluster import SERVER_USER, give_fd_to_server, give_to_server
+from tests.helpers import REPO
 
 PIECE = 4096
 
@@ -50,8 +58,17 @@ def _racing(path: Path, write) -> tuple[bytes, bytes, list[BaseException]]:
     return after_a, path.read_bytes(), errors
 
 
+@pytest.fixture(params=["unnamed", "named"])
+def made(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Both ways a new file is made: without a name (O_TMPFILE) and, as on a file system that
+    cannot, at its temporary name from the start."""
+    if request.param == "named":
+        monkeypatch.setattr(files, "_PROC_FD", False)
+    return str(request.param)
+
+
 @pytest.mark.parametrize("how", ["atomic_write", "get -o"])
-def test_two_writers_at_once_each_publish_a_whole_file(tmp_path: Path, how: str) -> None:
+def test_two_writers_at_once_each_publish_a_whole_file(tmp_path: Path, how: str, made: str) -> None:
     """One temporary name (`.<name>.tmp`) for every writer: B's start removed A's temporary
     file and made its own there; A, done, renamed B's half-written file over the state file
     — a torn file published, and A's write, acknowledged, gone. (Two `hoard health` saving
@@ -73,7 +90,7 @@ class _Broken(Exception):
 
 
 @pytest.mark.parametrize("error", [_Broken, KeyboardInterrupt])
-def test_a_write_broken_off_leaves_the_old_file_and_nothing_beside_it(tmp_path: Path, error: type) -> None:
+def test_a_write_broken_off_leaves_the_old_file_and_nothing_beside_it(tmp_path: Path, error: type, made: str) -> None:
     """A write whose data fails part way (an error, Ctrl-C) keeps the old file whole and
     removes its temporary file (a leftover once stayed until the next write of that name)."""
     path = tmp_path / "state.json"
@@ -90,7 +107,7 @@ def test_a_write_broken_off_leaves_the_old_file_and_nothing_beside_it(tmp_path: 
         assert sorted(p.name for p in tmp_path.iterdir()) == ["state.json"]
 
 
-def test_a_copy_that_fails_keeps_the_old_file(tmp_path: Path) -> None:
+def test_a_copy_that_fails_keeps_the_old_file(tmp_path: Path, made: str) -> None:
     """atomic_copy of a source that cannot be read (a directory) keeps the old destination and
     leaves no temporary file; a good copy replaces it whole."""
     dest = tmp_path / "out" / "dump"
@@ -118,3 +135,96 @@ def test_get_o_refusing_a_full_disk_is_one_line_and_leaves_nothing(tmp_path: Pat
         write_output(path, "file", pieces())
     assert got.value.exit_code == 6
     assert path.read_bytes() == b"old" and sorted(p.name for p in tmp_path.iterdir()) == ["x"]
+
+
+#: 80 characters of three bytes each: a name a person gives `-o` (a title in Japanese), 240 bytes
+LONG_NAME = "写" * 80
+
+
+def test_a_name_that_fit_beside_its_old_temporary_name_is_still_written(tmp_path: Path, made: str) -> None:
+    """NAME_MAX is 255 bytes. `.<name>.part` added 6 bytes to the name; the writer's own
+    `.<name>.<pid>-<8 hex>.part` adds up to 23, so `hoard get -o` of a 240-byte name (80 CJK
+    characters) failed `cannot write …: File name too long` (review 40), though the name is
+    legal. The temporary name is cut to fit, never the target's."""
+    out = tmp_path / LONG_NAME
+    assert len(os.fsencode(out.name)) == 240
+    write_output(out, "file", iter([b"the object"]))
+    assert out.read_bytes() == b"the object"
+    atomic_write(tmp_path / ("s" * 245), b"state")
+    assert (tmp_path / ("s" * 245)).read_bytes() == b"state"
+    assert sorted(len(os.fsencode(p.name)) for p in tmp_path.iterdir()) == [240, 245]
+
+
+@pytest.mark.services  # (a process of its own, killed: no server)
+def test_a_killed_get_leaves_no_part_behind_the_next_one(tmp_path: Path) -> None:
+    """`hoard get -o` stopped by SIGTERM (`timeout`, systemd, kill) runs no clean-up. With one
+    shared temporary name the next `get -o` of that path removed the leftover; with a name of
+    each writer's own (review 40) nothing did — a retried download left one object-sized
+    `.part` per attempt. The file is now made without a name (O_TMPFILE) and named only just
+    before the rename: three killed attempts and one that completes leave only the output."""
+    out = tmp_path / "object.bin"
+    child = ("import pathlib, sys, time\n"
+             "from fsd.cli.store import write_output\n"
+             "def chunks():\n"
+             "    yield b'x' * (1 << 20)\n"
+             "    print('half', flush=True)\n"
+             "    time.sleep(60)\n"
+             f"write_output(pathlib.Path({str(out)!r}), 'file', chunks())\n")
+    for _ in range(3):
+        p = subprocess.Popen([sys.executable, "-c", child], stdout=subprocess.PIPE, cwd=REPO)
+        assert p.stdout is not None and p.stdout.readline() == b"half\n"
+        p.send_signal(signal.SIGTERM)
+        assert p.wait(30) == -signal.SIGTERM
+        p.stdout.close()
+    write_output(out, "file", iter([b"whole"]))
+    assert out.read_bytes() == b"whole"
+    left = sorted(p.name for p in tmp_path.iterdir() if p != out)
+    assert left == [], f"{len(left)} killed writers' temporary files left beside {out.name}: {left}"
+
+
+def _server_user() -> bool:
+    try:
+        pwd.getpwnam(SERVER_USER)
+    except KeyError:
+        return False
+    return True
+
+
+@pytest.mark.needs(os.geteuid() == 0 and _server_user(), f"ROOT AND THE USER {SERVER_USER} NEEDED")
+@pytest.mark.parametrize("named", [False, True], ids=["unnamed", "named"])
+def test_the_server_user_cannot_have_root_chown_a_file_through_a_link(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                       named: bool) -> None:
+    """pgBackRest's home is the server user's, and root writes `pgbackrest.conf` there giving
+    it to the server: `prepare` chowned the temporary file by its name, which follows a link.
+    The server user lists the directory (inotify): between the create and the chown it moved
+    the file away and put a link to a root-only file at its name, and root made that file the
+    server's (review 40). The owner is now given by the descriptor (`give_fd_to_server`), on a
+    file that has no name yet where the file system allows (`named`: where it does not), and
+    `give_to_server` of a path gives a link itself, never what it names. (The generator stands
+    in for the server user's process at that moment.)"""
+    if named:
+        monkeypatch.setattr(files, "_PROC_FD", False)  # (as on a file system without O_TMPFILE)
+    home = tmp_path / "pgbackrest"
+    home.mkdir()
+    give_to_server(home)  # as PgBackRest.write_conf does
+    victim = tmp_path / "root-only"
+    victim.write_text("root's")
+    victim.chmod(0o600)
+    swapped = []
+
+    def data() -> Iterator[bytes]:
+        yield b"[global]\n"
+        for tmp in [p for p in home.iterdir() if p.name.endswith(".tmp")]:
+            os.rename(tmp, home / "moved-away")
+            os.symlink(victim, tmp)
+            swapped.append(tmp)
+        yield b"repo1-path=/x\n"
+
+    # (named: the link is then renamed to pgbackrest.conf — which the server, owning the
+    # directory, could do itself; what it must not get is root's chown through it)
+    atomic_write(home / "pgbackrest.conf", data(), give_fd_to_server)
+    assert bool(swapped) == named
+    assert victim.stat().st_uid == 0, "root gave a file of its own to the server user through the link"
+    (home / "log").symlink_to(victim)  # a directory write_conf makes and gives, swapped for a link
+    give_to_server(home / "log")
+    assert victim.stat().st_uid == 0

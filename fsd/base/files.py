@@ -112,48 +112,101 @@ def sync_file_range(fd: int, offset: int, length: int, flags: int) -> bool:
 
 
 def writer_tmp(path: Path, suffix: str = "tmp") -> Path:
-    """A temporary name beside `path` that is this writer's alone: `.<name>.<pid>-<random>.<suffix>`.
-    One name shared by every writer let two at once publish a torn file: the second removed the
-    first's temporary file and wrote a new one there, and the first then renamed the second's
-    half-written file over `path`. The random part also keeps a planted link from being guessed."""
-    return path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.{suffix}")
+    """A temporary name beside `path` that is this writer's alone: `.<name>.<pid>-<random>.<suffix>`
+    (the name cut short to keep within NAME_MAX, 255 bytes). One name shared by every writer
+    let two at once publish a torn file: the second removed the first's temporary file and
+    wrote a new one there, and the first then renamed the second's half-written file over
+    `path`. The random part also keeps a planted link from being guessed."""
+    tail = f".{os.getpid()}-{secrets.token_hex(4)}.{suffix}"
+    head = os.fsencode(path.name)[: NAME_MAX - 1 - len(tail)]
+    return path.with_name(f".{os.fsdecode(head)}{tail}")
 
 
-def atomic_write(path: Path, data: bytes | Iterable[bytes], prepare: Callable[[int, Path], None] | None = None) -> None:
-    """tmp → fsync → rename → fsync the directory: a crash leaves the old file or the new one,
-    and two writers at once each publish a whole file (the last rename wins). The new file is
-    0640, or as strict as the file it replaces; `prepare(fd, tmp)` runs on it before it is
-    synced (another mode or owner, say). `data`: the bytes, or pieces of them."""
-    with _published(path) as tmp, create_new(tmp, rewrite_mode(path)) as f:
+#: the longest file name Linux file systems take, in bytes
+NAME_MAX = 255
+
+#: whether a file made with O_TMPFILE can be given a name (linkat through /proc/self/fd)
+_PROC_FD = os.path.isdir("/proc/self/fd")
+
+
+def atomic_write(path: Path, data: bytes | Iterable[bytes], prepare: Callable[[int], None] | None = None) -> None:
+    """A new file replaces `path` whole (`replacing`): a crash leaves the old file or the new
+    one, two writers at once each publish a whole file (the last one wins). The new file is
+    0640, or as strict as the file it replaces; `prepare(fd)` runs on it before it is synced
+    and has a name (another mode or owner, say: by the descriptor, never by a path). `data`:
+    the bytes, or pieces of them."""
+    with replacing(path, rewrite_mode(path)) as f:
         for piece in (data,) if isinstance(data, (bytes, bytearray, memoryview)) else data:
             f.write(piece)
         f.flush()
         if prepare is not None:
-            prepare(f.fileno(), tmp)
+            prepare(f.fileno())
         os.fsync(f.fileno())
 
 
 def atomic_copy(src: Path, dest: Path) -> None:
-    """Copy a file of any size (streamed) as `atomic_write` writes one: tmp → fsync → rename."""
-    with _published(dest) as tmp, open(src, "rb") as fin, create_new(tmp, rewrite_mode(dest)) as fout:
+    """Copy a file of any size (streamed) as `atomic_write` writes one."""
+    with open(src, "rb") as fin, replacing(dest, rewrite_mode(dest)) as fout:
         shutil.copyfileobj(fin, fout, 8 << 20)
         fout.flush()
         os.fsync(fout.fileno())
 
 
 @contextlib.contextmanager
-def _published(path: Path) -> Iterator[Path]:
-    """This writer's temporary name for `path`; renamed over `path` (and the directory synced)
-    when the block ends without an error, removed when it raises."""
-    tmp = writer_tmp(path)
+def replacing(path: Path, mode: int, suffix: str = "tmp") -> Iterator[BinaryIO]:
+    """A new file, open for writing with `mode`, that replaces `path` when the block ends
+    without an error (the caller fsyncs what it wrote): renamed over `path`, the directory
+    synced. It is made without a name (O_TMPFILE) and given this writer's own temporary name
+    (`writer_tmp`) only once written, just before the rename: a writer killed part way (a
+    power cut, SIGKILL, `timeout` around `hoard get -o`) leaves nothing behind — a named
+    temporary file of each killed attempt stayed for good. Where the file system cannot make
+    one (O_TMPFILE unsupported) the file is made at its temporary name from the start
+    (`create_new`). A block that raises leaves `path` as it was and no temporary file."""
+    tmp: Path | None = None
     try:
-        yield tmp
+        f = _unnamed(path.parent, mode)
+        if f is None:
+            tmp = writer_tmp(path, suffix)
+            f = create_new(tmp, mode)
+        with f:
+            yield f
+            if tmp is None:
+                named = writer_tmp(path, suffix)
+                _name(f.fileno(), named)
+                tmp = named
+        os.rename(tmp, path)
     except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
         raise
-    os.rename(tmp, path)
     fsync_dir(path.parent)
+
+
+def _name(fd: int, name: Path) -> None:
+    """Give the unnamed file open at `fd` the name `name` (open(2), O_TMPFILE: linkat of
+    /proc/self/fd/N following it; os.link calls linkat only when given a directory's fd —
+    link(2) would link the /proc entry itself, EXDEV)."""
+    dfd = os.open(name.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.link(f"/proc/self/fd/{fd}", name.name, dst_dir_fd=dfd)
+    finally:
+        os.close(dfd)
+
+
+def _unnamed(directory: Path, mode: int) -> BinaryIO | None:
+    """A new file without a name in `directory`, open for writing with `mode`; None where the
+    file system (or this machine: no /proc) cannot make one."""
+    if not _PROC_FD:
+        return None
+    try:
+        fd = os.open(directory, os.O_TMPFILE | os.O_WRONLY, mode)
+    except OSError as e:
+        if e.errno in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):
+            return None
+        raise
+    os.fchmod(fd, mode)
+    return open(fd, "wb")
 
 
 def create_new(tmp: Path, mode: int) -> BinaryIO:

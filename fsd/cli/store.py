@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import json
 import os
@@ -18,7 +17,7 @@ from typing import Annotated
 import typer
 
 from fsd.base.errors import ExitCode, HoardError
-from fsd.base.files import create_new, size_or_zero, writer_tmp
+from fsd.base.files import replacing, size_or_zero
 from fsd.base.modes import FILE
 from fsd.base.paths import display
 from fsd.base.units import fmt_bytes
@@ -215,25 +214,18 @@ def write_output(output: Path, how: str, chunks) -> None:
     """Write `chunks` to `output` as `check_output` decided; a failure is one line (no room:
     exit 6), and a regular file is only replaced once it is complete and fsynced."""
     name = display(str(output))
-    tmp = writer_tmp(output, "part") if how == "file" else output
     try:
-        # the temporary name beside the target is this command's own and made new, never
-        # followed: `-o /tmp/x` as root with a link planted at /tmp/.x.part truncated what it
-        # pointed at; two commands writing one -o at once renamed each other's half
-        with (create_new(tmp, FILE) if how == "file" else open(tmp, "wb")) as f:
+        # a file is made new beside the target, without a name until it is whole (`replacing`):
+        # `-o /tmp/x` as root with a link planted at /tmp/.x.part truncated what it pointed at;
+        # two commands writing one -o at once renamed each other's half; a killed one left its
+        # part for good
+        with replacing(output, FILE, "part") if how == "file" else open(output, "wb") as f:
             for chunk in chunks:
                 f.write(chunk)
             f.flush()
             if how == "file":
                 os.fsync(f.fileno())
-        if how == "file":
-            os.rename(tmp, output)
-    except BaseException as e:
-        if how == "file":
-            with contextlib.suppress(OSError):
-                tmp.unlink(missing_ok=True)
-        if not isinstance(e, OSError):
-            raise
+    except OSError as e:
         raise HoardError(f"cannot write {name}: {e.strerror}",
                          ExitCode.NO_SPACE if e.errno in (errno.ENOSPC, errno.EDQUOT) else ExitCode.USAGE) from None
 

@@ -142,7 +142,7 @@ class LocalBeside:
         path = self.root / name
         if path.parent != self.root:  # (never the root itself: a disk whose root is gone takes nothing)
             path.parent.mkdir(exist_ok=True)
-        atomic_write(path, body, prepare=lambda fd, _: wrote.append(os.fstat(fd).st_dev))
+        atomic_write(path, body, prepare=lambda fd: wrote.append(os.fstat(fd).st_dev))
 
     def names(self, folder: str, suffix: str) -> list[str]:
         return sorted(p.stem for p in (self.root / folder).glob(f"*{suffix}"))
