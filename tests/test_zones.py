@@ -833,3 +833,18 @@ def test_a_file_rewritten_in_place_in_a_sealed_output_is_counted_at_the_recount(
     doc = json.loads(record.read_bytes())
     record.write_text(json.dumps(doc | {"at": doc["at"] - zones.RECOUNT_S - 1}))
     assert zones.zone_usage(cfg, "3C")["used_bytes"] == zones.du(z)
+
+
+def test_a_dump_folder_entry_that_is_a_dangling_link_or_gone_does_not_break_the_listing(tmp_path: Path) -> None:
+    """3B/db-dumps is judged complete by its newest entry's mtime: `stat` of each entry listed
+    followed a link (a dangling one raised FileNotFoundError out of `hoard zones` and health)
+    and raised for a dump's temporary name renamed between the listing and the stat (review
+    40). Each entry's own mtime is read now, and an entry gone meanwhile is passed over."""
+    dumps = tmp_path / "db-dumps"
+    dumps.mkdir()
+    (dumps / "hoard-1.dump").write_bytes(b"dump")
+    os.utime(dumps / "hoard-1.dump", (1_000_000, 1_000_000))
+    (dumps / "stray").symlink_to(tmp_path / "nowhere")
+    os.utime(dumps / "stray", (2_000_000, 2_000_000), follow_symlinks=False)
+    assert zones._seal_of("3B", dumps) == ("db-dumps", 2_000_000)
+    assert zones._mtime(dumps / "gone") is None

@@ -504,8 +504,17 @@ def _seal_of(zone: str, p: Path) -> tuple[str, float] | None:
         with contextlib.suppress(FileNotFoundError):
             return "ingest-package", (p / f"{p.name}.manifest.json").stat().st_mtime
         if p.name == "db-dumps":  # `hoard db backup` copies each dump whole (atomic_copy)
-            return "db-dumps", max((f.stat().st_mtime for f in p.iterdir()), default=p.stat().st_mtime)
+            return "db-dumps", max((m for f in p.iterdir() if (m := _mtime(f)) is not None), default=p.stat().st_mtime)
     return None
+
+
+def _mtime(path: Path) -> float | None:
+    """The entry's own mtime (a link's, never what it names); None when it went since it was
+    listed (a dump's temporary name, renamed a moment later)."""
+    try:
+        return path.lstat().st_mtime
+    except FileNotFoundError:
+        return None
 
 
 #: every zone's reservations as one `usage` call read them (or what reading them raised)
