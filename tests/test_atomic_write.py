@@ -228,3 +228,20 @@ def test_the_server_user_cannot_have_root_chown_a_file_through_a_link(tmp_path: 
     (home / "log").symlink_to(victim)  # a directory write_conf makes and gives, swapped for a link
     give_to_server(home / "log")
     assert victim.stat().st_uid == 0
+
+
+def test_create_new_removes_a_link_planted_at_its_name_and_never_writes_through_it(tmp_path: Path) -> None:
+    """`create_new` (the marks snapshot's fixed `.marks.log.tmp`, a rendered file's temporary
+    name, the fallback of `replacing`): a link or a leftover file at the name is removed, never
+    followed or truncated, and the new file has the mode asked for whatever the umask."""
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"root's")
+    tmp = tmp_path / ".x.tmp"
+    tmp.symlink_to(victim)
+    with files.create_new(tmp, 0o600) as f:
+        f.write(b"new")
+    assert victim.read_bytes() == b"root's" and not tmp.is_symlink()
+    assert tmp.read_bytes() == b"new" and oct(tmp.stat().st_mode & 0o777) == oct(0o600)
+    with files.create_new(tmp, 0o640) as f:  # a leftover file: made new, not truncated in place
+        f.write(b"again")
+    assert tmp.read_bytes() == b"again" and oct(tmp.stat().st_mode & 0o777) == oct(0o640)
