@@ -111,6 +111,13 @@ def sync_file_range(fd: int, offset: int, length: int, flags: int) -> bool:
     return True
 
 
+#: the longest file name Linux file systems take, in bytes
+NAME_MAX = 255
+
+#: whether a file made with O_TMPFILE can be given a name (linkat through /proc/self/fd)
+_PROC_FD = os.path.isdir("/proc/self/fd")
+
+
 def writer_tmp(path: Path, suffix: str = "tmp") -> Path:
     """A temporary name beside `path` that is this writer's alone: `.<name>.<pid>-<random>.<suffix>`
     (the name cut short to keep within NAME_MAX, 255 bytes). One name shared by every writer
@@ -120,13 +127,6 @@ def writer_tmp(path: Path, suffix: str = "tmp") -> Path:
     tail = f".{os.getpid()}-{secrets.token_hex(4)}.{suffix}"
     head = os.fsencode(path.name)[: NAME_MAX - 1 - len(tail)]
     return path.with_name(f".{os.fsdecode(head)}{tail}")
-
-
-#: the longest file name Linux file systems take, in bytes
-NAME_MAX = 255
-
-#: whether a file made with O_TMPFILE can be given a name (linkat through /proc/self/fd)
-_PROC_FD = os.path.isdir("/proc/self/fd")
 
 
 def atomic_write(path: Path, data: bytes | Iterable[bytes], prepare: Callable[[int], None] | None = None) -> None:
