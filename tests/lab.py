@@ -55,6 +55,7 @@ import contextlib
 import itertools
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -239,6 +240,25 @@ class Lab:
                 os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
             finally:
                 os.close(fd)
+
+    def rot_inode(self, label: str, path: Path) -> None:
+        """Bit rot in the filesystem's own records: one bit of `path`'s inode (its mtime) flips
+        on the disk, so its checksum fails and ext4 answers EBADMSG to the next open — what a
+        dying drive's bad sector under an inode table looks like. The file must not be open:
+        the caches are dropped so the inode is read from the disk again."""
+        d = self.disks[label]
+        os.sync()
+        where = _sh("debugfs", "-R", f"imap <{os.stat(path).st_ino}>", d.device)
+        m = re.search(r"located at block (\d+), offset (0x[0-9a-f]+)", where)
+        assert m, f"debugfs imap: {where!r}"
+        pos = int(m.group(1)) * os.statvfs(d.mountpoint).f_bsize + int(m.group(2), 16) + 0x10  # i_mtime
+        fd = os.open(d.device, os.O_RDWR)  # the block device's cache is the one ext4 reads through
+        try:
+            os.pwrite(fd, bytes([os.pread(fd, 1, pos)[0] ^ 1]), pos)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        drop_caches()
 
     def fail_writes(self, label: str) -> None:
         """Writes to the disk start failing with EIO (reads still work until ext4 gives up):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import random
@@ -12,6 +13,7 @@ import pytest
 from fsd.base import config
 from fsd.core.placement import choose
 from fsd.io.put import _Batch
+from fsd.maintenance.check import check
 from fsd.store import Store
 from tests.helpers import make_files, write_config
 from tests.lab import DiskProfile, drop_caches
@@ -107,6 +109,41 @@ def test_eio_on_one_disk_reads_come_from_the_others(lab, tmp_path: Path) -> None
     drop_caches()
     plan, stats = store.read_batch([r.sha256 for r in results], lambda s, b: got.__setitem__(s, bytes(b)))
     assert len(got) == len(files) and all(hashlib.sha256(v).digest() == k for k, v in got.items())
+    store.close()
+
+
+@pytest.mark.expect_log(r"disk lab\d: read error on shard \w+: Bad message", level="WARNING")
+def test_rotted_inode_fails_its_disk_as_eio_does(lab, tmp_path: Path) -> None:
+    """One bit flips in a shard file's inode on one disk: ext4 answers EBADMSG (its checksum
+    fails). The objects come from the other replica, and the disk is failed as a disk answering
+    EIO is, with the next step — before, `get` and the batch planner left it active (only the
+    mount failed it), so every later read went to a filesystem that is rotting."""
+    store = _lab_store(lab, tmp_path, ["lab1", "lab2", "lab3"], shard_size_mb=4, copy_of_raw=2)
+    files = make_files(tmp_path / "in", 60, lo=4000, hi=40000)
+    results = store.put_many(files)
+    meta = next(iter(store.index.iter_shards()))
+    victim_uuid = meta.replicas[0]  # the first replica read (no reads queued yet)
+    victim = store.disks[victim_uuid]
+    shard_file = victim.find(meta.hex)
+    store.close()
+    lab.rot_inode(victim.label, shard_file)
+    store = Store.open(store.cfg)
+    found = check(store)  # before anything read it: check names it as get and verify will judge it
+    assert found.counts == {"unreadable replica": 1}
+    assert found.problems == [
+        f"shard {meta.hex}: its replica on {victim.label} does not read (Bad message): the disk is dying; "
+        f"`hoard rebuild --disk {victim.label}` stops using it and copies what it holds from the other replicas"]
+    in_shard = [(p, r) for p, r in zip(files, results)
+                if store.index.lookup(bytes.fromhex(r.sha256)).shard_id == meta.shard_id]
+    assert in_shard
+    for p, r in in_shard:
+        assert store.get(r.sha256) == p.read_bytes()
+    rec = store.records[victim_uuid]
+    assert rec.state.value == "failed"
+    assert "its filesystem found its own records corrupt during read" in rec.reason
+    assert f"`hoard rebuild --disk {victim.label}`" in rec.reason
+    errors = [e for e in store.index.recent_events(50) if e["kind"] == "read_error"]
+    assert errors and {(e["disk"], e["errno"]) for e in errors} == {(victim.label, errno.EBADMSG)}
     store.close()
     with Store.open(store.cfg) as again:  # reopened, the dying disk is not used at all
         rec = again.records[victim_uuid]

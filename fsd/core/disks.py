@@ -456,3 +456,17 @@ class LocalDisk:
         st = os.statvfs(self.root)
         total = st.f_blocks * st.f_frsize
         return min(total, self.capacity_bytes) if self.capacity_bytes is not None else total
+
+
+def dying(err: OSError | Exception, reading: bool) -> str | None:
+    """Why an error says the disk is dying, or None. EIO, in any operation; and, reading a
+    replica, a filesystem that finds its own records corrupt — ext4 answers EBADMSG for a
+    metadata block or inode whose checksum fails (bit rot under the shards), EUCLEAN for one
+    that makes no sense. (An S3 disk's EBADMSG while sealing is its staging file changed under
+    the upload, not a dying disk: that is a write.)"""
+    code = getattr(err, "errno", None)
+    if code == errno.EIO:
+        return "I/O error"
+    if reading and code in (errno.EBADMSG, errno.EUCLEAN):
+        return "its filesystem found its own records corrupt"
+    return None

@@ -47,7 +47,7 @@ from fsd.core import held as held_mod
 from fsd.core import live as live_mod
 from fsd.core import shardfmt as fmt
 from fsd.core.backend import has_files
-from fsd.core.disks import DiskState, shard_of
+from fsd.core.disks import DiskState, dying, shard_of
 from fsd.core.index import IndexDamaged, ObjectLoc, ShardMeta, disk_record
 from fsd.io import attach, integrity
 from fsd.io.writer import writer_alive
@@ -237,9 +237,16 @@ def _check(store: Store, missing_in_db: MissingInDb | None) -> CheckReport:
                 continue  # health reports the disk; its files cannot be looked at now
             try:
                 size = _replica_size(store, disk, meta, uuid)
-            except OSError:
+            except FileNotFoundError:
                 rep.add("missing replica", f"shard {meta.hex}: its replica on {rec.label} is missing; "
                                            "`hoard replicate` makes a new one from the others")
+                continue
+            except OSError as e:  # not missing: the disk does not read it (as verify and get judge it)
+                rep.add("unreadable replica", f"shard {meta.hex}: its replica on {rec.label} does not read "
+                        f"({e.strerror or e})" + (
+                            f": the disk is dying; `hoard rebuild --disk {rec.label}` stops using it and copies "
+                            "what it holds from the other replicas" if dying(e, reading=True) else
+                            "; `hoard verify --repair` replaces a damaged replica"))
                 continue
             if meta.sealed and size is not None and size != meta.size:
                 rep.add("replica size", f"shard {meta.hex} on {rec.label} is {size} bytes, the index says "

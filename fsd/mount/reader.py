@@ -38,7 +38,6 @@ per-disk queues: queue.py).
 from __future__ import annotations
 
 import concurrent.futures as cf
-import errno
 import functools
 import logging
 import os
@@ -562,8 +561,6 @@ class Reader:
 
     def _bad_replica(self, disk, meta, e: Exception) -> None:
         log.warning("mount: replica of shard %s on %s unreadable: %s; trying another", meta.hex, disk.label, e)
-        if isinstance(e, OSError) and e.errno in (errno.EIO, errno.EBADMSG):
-            e = OSError(errno.EIO, e.strerror or "I/O error")
         self.store.bad_replica(disk, meta, "read", e)
 
     # -- large objects -------------------------------------------------------------------------
