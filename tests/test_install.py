@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from fsd.base.config import load
+from fsd.base.errors import HoardError
 from fsd.cli._host import Host
 from fsd.cli._takeover import Accounts, take_over
 from fsd.cli.install import ENABLE, SHIPPED_RW, Installer, config_text, render_unit, unit_exec_start
@@ -285,6 +286,7 @@ TAKEOVER = '''
 import sys
 from pathlib import Path
 from fsd.base.config import load
+from fsd.base.errors import HoardError
 from fsd.cli._host import Host
 from fsd.cli.install import Installer
 cfg = load(Path(sys.argv[1]))
@@ -538,3 +540,30 @@ def test_an_entry_swapped_for_a_hard_link_between_its_look_and_its_change_is_not
     found = take_over(top, HOARD_ID, HOARD_ID, Accounts.of(etc), shared=("3A", "3C"), apply=True)
     assert (secret.stat().st_uid, secret.stat().st_gid) == (0, 0)
     assert found.entries == 4  # 3A's group, batch, a.jpg as it was looked at (now unlinked), the top
+
+
+@pytest.mark.needs(os.geteuid() == 0, "ROOT NEEDED (owners are changed)")
+def test_a_written_file_is_owned_as_the_root_numbers_its_owner_and_never_written_through_a_link(
+        tmp_path: Path) -> None:
+    """`Host.write` (the config, units, pgBackRest's conf): the owner is the installed root's
+    user and group (its /etc/passwd and /etc/group), set by the descriptor before the file has
+    a name. Before, root wrote `.<name>.tmp` with write_text — through a link planted there,
+    into any file — and chowned it by path."""
+    root = tmp_path / "root"
+    (root / "etc/hoard").mkdir(parents=True)
+    (root / "etc/passwd").write_text(f"root:x:0:0::/root:/bin/sh\nhoard:x:{HOARD_ID}:{HOARD_ID}::/:/bin/false\n")
+    (root / "etc/group").write_text(f"root:x:0:\nhoard:x:{HOARD_ID}:\npostgres:x:{HOARD_ID + 1}:\n")
+    victim = tmp_path / "elsewhere"
+    victim.write_text("someone else's file\n")
+    (root / "etc/hoard/.hoard.toml.tmp").symlink_to(victim)
+    host = Host(root, dry_run=False)
+    assert host.write("/etc/hoard/hoard.toml", "[store]\n", 0o640, "root:hoard")
+    written = root / "etc/hoard/hoard.toml"
+    st = written.lstat()
+    assert written.read_text() == "[store]\n" and (st.st_uid, st.st_gid, st.st_mode & 0o7777) == (0, HOARD_ID, 0o640)
+    assert victim.read_text() == "someone else's file\n" and victim.stat().st_uid == 0
+    assert not host.write("/etc/hoard/hoard.toml", "[store]\n", 0o640, "root:hoard")  # same text: nothing to do
+    with pytest.raises(HoardError, match=r"owner root:nobody: no such group in .*/etc \(`hoard install` makes"):
+        host.write("/etc/hoard/other.toml", "x\n", 0o640, "root:nobody")
+    assert not (root / "etc/hoard/other.toml").exists()
+    assert sorted(p.name for p in (root / "etc/hoard").iterdir()) == [".hoard.toml.tmp", "hoard.toml"]

@@ -162,45 +162,40 @@ def replacing(path: Path, mode: int, suffix: str = "tmp") -> Iterator[BinaryIO]:
     temporary file of each killed attempt stayed for good. Where the file system cannot make
     one (O_TMPFILE unsupported) the file is made at its temporary name from the start
     (`create_new`). A block that raises leaves `path` as it was and no temporary file."""
-    tmp: Path | None = None
+    dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)  # every step in this one directory
+    tmp: str | None = None
     try:
-        f = _unnamed(path.parent, mode)
+        f = _unnamed(dfd, mode)
         if f is None:
-            tmp = writer_tmp(path, suffix)
-            f = create_new(tmp, mode)
+            tmp = writer_tmp(path, suffix).name
+            f = create_new(tmp, mode, dir_fd=dfd)
         with f:
             yield f
             if tmp is None:
-                named = writer_tmp(path, suffix)
-                _name(f.fileno(), named)
+                named = writer_tmp(path, suffix).name
+                # linkat of /proc/self/fd/N following it (open(2), O_TMPFILE); os.link calls
+                # linkat only when given a directory's fd — link(2) would give EXDEV
+                os.link(f"/proc/self/fd/{f.fileno()}", named, dst_dir_fd=dfd)
                 tmp = named
-        os.rename(tmp, path)
+        os.rename(tmp, path.name, src_dir_fd=dfd, dst_dir_fd=dfd)
+        tmp = None
+        os.fsync(dfd)
     except BaseException:
         if tmp is not None:
             with contextlib.suppress(OSError):
-                os.unlink(tmp)
+                os.unlink(tmp, dir_fd=dfd)
         raise
-    fsync_dir(path.parent)
-
-
-def _name(fd: int, name: Path) -> None:
-    """Give the unnamed file open at `fd` the name `name` (open(2), O_TMPFILE: linkat of
-    /proc/self/fd/N following it; os.link calls linkat only when given a directory's fd —
-    link(2) would link the /proc entry itself, EXDEV)."""
-    dfd = os.open(name.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.link(f"/proc/self/fd/{fd}", name.name, dst_dir_fd=dfd)
     finally:
         os.close(dfd)
 
 
-def _unnamed(directory: Path, mode: int) -> BinaryIO | None:
-    """A new file without a name in `directory`, open for writing with `mode`; None where the
-    file system (or this machine: no /proc) cannot make one."""
+def _unnamed(dir_fd: int, mode: int) -> BinaryIO | None:
+    """A new file without a name in the directory open at `dir_fd`, open for writing with
+    `mode`; None where the file system (or this machine: no /proc) cannot make one."""
     if not _PROC_FD:
         return None
     try:
-        fd = os.open(directory, os.O_TMPFILE | os.O_WRONLY, mode)
+        fd = os.open(".", os.O_TMPFILE | os.O_WRONLY, mode, dir_fd=dir_fd)
     except OSError as e:
         if e.errno in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):
             return None
@@ -209,16 +204,17 @@ def _unnamed(directory: Path, mode: int) -> BinaryIO | None:
     return open(fd, "wb")
 
 
-def create_new(tmp: Path, mode: int) -> BinaryIO:
+def create_new(tmp: Path | str, mode: int, dir_fd: int | None = None) -> BinaryIO:
     """`tmp` new, empty and open for writing with `mode` whatever the umask. A leftover there
     (a crash's, or a link planted where hoardfs writes: the `_REASON.txt` of a batch directory
     in 3A is written as root in a directory the scraper owns) is removed, never followed or
-    truncated — a link at `._REASON.txt.tmp` once had a root-only file overwritten."""
+    truncated — a link at `._REASON.txt.tmp` once had a root-only file overwritten. `dir_fd`:
+    `tmp` is a name in the directory open there."""
     for _ in range(3):
         with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+            os.unlink(tmp, dir_fd=dir_fd)
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode, dir_fd=dir_fd)
             break
         except FileExistsError:  # made again between the unlink and the open: another writer
             continue

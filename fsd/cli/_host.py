@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from fsd.base.errors import ExitCode, HoardError
+from fsd.base.files import atomic_write
 from fsd.cli._common import out
 
 PATH = ("/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin")
@@ -52,13 +53,33 @@ class Host:
             return None
         return subprocess.run(self.argv(cmd, user), capture_output=True, text=True, cwd="/", timeout=120)
 
+    def _ids(self, table: str) -> dict[str, int]:
+        """Name → id in the target system's /etc/passwd or /etc/group (fields 0 and 2)."""
+        path = self.p(table)
+        if not path.exists():
+            return {}
+        rows = (line.split(":") for line in path.read_text().splitlines())
+        return {f[0]: int(f[2]) for f in rows if len(f) > 2 and f[2].isdigit()}
+
+    def name_of(self, uid: int) -> str | None:
+        """The target system's name of user `uid`."""
+        return next((name for name, ident in self._ids("/etc/passwd").items() if ident == uid), None)
+
     def user_exists(self, name: str) -> bool:
-        passwd = self.p("/etc/passwd")
-        return passwd.exists() and any(line.split(":", 1)[0] == name for line in passwd.read_text().splitlines())
+        return name in self._ids("/etc/passwd")
 
     def group_exists(self, name: str) -> bool:
-        group = self.p("/etc/group")
-        return group.exists() and any(line.split(":", 1)[0] == name for line in group.read_text().splitlines())
+        return name in self._ids("/etc/group")
+
+    def owner_ids(self, owner: str) -> tuple[int, int]:
+        """`user:group` as the target system numbers them (its own files: a chroot's users are
+        not this system's)."""
+        user, _, group = owner.partition(":")
+        uid, gid = self._ids("/etc/passwd").get(user), self._ids("/etc/group").get(group or user)
+        if uid is None or gid is None:
+            raise HoardError(f"owner {owner}: no such {'user' if uid is None else 'group'} in {self.p('/etc')} "
+                             "(`hoard install` makes its own user and group first)", ExitCode.UNAVAILABLE)
+        return uid, gid
 
     # -- changing -----------------------------------------------------------------------------
     def say(self, what: str) -> None:
@@ -99,12 +120,13 @@ class Host:
 
         def act() -> None:
             real.parent.mkdir(parents=True, exist_ok=True)
-            tmp = real.with_name(f".{real.name}.tmp")
-            tmp.write_text(text)
-            os.chmod(tmp, mode)
-            subprocess.run(self.argv(["chown", owner, str(Path(path).with_name(tmp.name))]), check=True,
-                           capture_output=True)
-            os.replace(tmp, real)
+            uid, gid = self.owner_ids(owner)
+
+            def prepare(fd: int) -> None:  # by the descriptor, before it has a name: never through a link
+                os.fchown(fd, uid, gid)
+                os.fchmod(fd, mode)
+
+            atomic_write(real, text.encode(), prepare)
 
         self.change(f"{'replace' if real.exists() else 'write'} {path} ({owner}, {mode:04o})", act)
         return True

@@ -222,7 +222,7 @@ class Installer:
             self.h.run(f"{what}: make {path}", ["install", "-d", "-o", USER, "-g", USER, "-m", mode, str(path)])
             return
         st = real.stat()
-        if not self.h.user_exists(USER) or _name(self.h, st.st_uid, "passwd") != USER:
+        if not self.h.user_exists(USER) or self.h.name_of(st.st_uid) != USER:
             if tree:
                 self._take_over(what, path, USER, "the services run as it", skip, shared)
             else:
@@ -379,7 +379,7 @@ class Installer:
         if not self.h.p(repo).is_dir():
             self.h.run(f"pgBackRest's repository on disk {label}",
                        ["install", "-d", "-o", "postgres", "-g", "postgres", "-m", "0750", str(repo)])
-        elif _name(self.h, self.h.p(repo).stat().st_uid, "passwd") != "postgres":  # another server's, moved here
+        elif self.h.name_of(self.h.p(repo).stat().st_uid) != "postgres":  # another server's, moved here
             self._take_over(f"pgBackRest's repository on disk {label}", repo, "postgres", "pgBackRest runs as it")
         if not self.h.p(pgsys.LOCK_DIR).is_dir():
             self.h.run("pgBackRest's lock directory", ["install", "-d", "-o", "postgres", "-g", "postgres", "-m", "0750",
@@ -461,15 +461,6 @@ def _load(text: str | None, named: str = str(CONFIG)):
             return load(path)
         except HoardError as e:
             raise HoardError(e.message.replace(str(path), named), ExitCode.USAGE) from None
-
-
-def _name(host: Host, ident: int, table: str) -> str | None:
-    f = host.p(f"/etc/{table}")
-    for line in f.read_text().splitlines() if f.exists() else []:
-        parts = line.split(":")
-        if len(parts) > 2 and parts[2] == str(ident):
-            return parts[0]
-    return None
 
 
 def _followed(host: Host, path: Path) -> Path:
