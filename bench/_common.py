@@ -254,7 +254,7 @@ def _wait_mount(mnt: Path, proc) -> None:
     while not os.path.ismount(mnt):
         if proc.poll() is not None or time.monotonic() > deadline:
             raise SystemExit(f"mount at {mnt} did not come up")
-        time.sleep(0.05)
+        time.sleep(0.005)  # (a start's time is known to 5 ms; 50 ms steps hid a quarter of a 0.2 s change)
 
 
 def read_file(path: Path, bs: int = MiB) -> int:
