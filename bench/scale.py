@@ -7,8 +7,7 @@
 
 The store: objects of 0.5–4 KB of random bytes on two *directory* disks under `--work`
 (this machine's disk, not the lab's loop devices: the figures are about how cost grows with
-the store, not about disk speed), two copies each (`--copies 1`: one, so that two sizes fit
-the disk at once to be re-timed in turn), built through the public write path
+the store, not about disk speed), two copies each, built through the public write path
 (`Store.put_bytes_many`) in batches of 20,000 like UA_1's: each batch's manifest stored and
 registered as the ingest's package step does, and its write-intent applied (`sql.apply`, the
 real path) to a PostgreSQL of the bench's own: a node per object (+ a virtual channel per 300),
@@ -161,9 +160,6 @@ def main() -> None:
     ap.add_argument("--label", help="the results file's label (default: the sizes, e.g. 1m-10m)")
     ap.add_argument("--batch", type=int, help=f"objects per batch (default {BATCH:,} or a quarter of the smallest size; "
                                               "with --only the kept store's)")
-    ap.add_argument("--copies", type=int, choices=(1, 2), default=2,
-                    help="copies of each object (default 2; 1 halves the store's bytes: two sizes kept at once, "
-                         "re-timed in turn, fit a smaller disk)")
     ap.add_argument("--keep", action="store_true", help="keep the store, its cluster (DIR/kept-pg) and built.json")
     ap.add_argument("--render", nargs="?", const="newest", help="write docs/benchmarks.md's section from a JSON")
     ap.add_argument("--against", type=Path, help="with --render: another run's JSON whose smallest size is the "
@@ -193,8 +189,6 @@ def main() -> None:
                args.against.resolve() if args.against else None, args.note)
         return
     sizes = [int(s) for s in (args.sizes or "1000000,10000000").split(",")]
-    if args.copies != 2 and args.only:
-        raise SystemExit("--copies: only when a store is built (a kept store keeps its own)")
     if args.only:
         only = [o.strip() for o in args.only.split(",") if o.strip()]
         unknown = [o for o in only if not any(wanted(k, [o]) for k in RETIMED)]
@@ -212,7 +206,7 @@ def main() -> None:
     batch = args.batch or min(BATCH, sizes[0] // 4)
     if batch < 5000 or INTENT_NODES % batch or any(n % batch for n in sizes):
         raise SystemExit(f"--batch {batch}: at least 5,000, dividing {INTENT_NODES:,} and every size")
-    run(sizes, label, args.work, args.keep, batch, args.copies)
+    run(sizes, label, args.work, args.keep, batch)
 
 
 def _setting(text: str) -> tuple[str, str]:
@@ -255,11 +249,10 @@ def _short(n: int) -> str:
 
 
 def full_run(doc: dict) -> bool:
-    """Whether a results JSON is a full run's of two sizes or more with two copies (what --render
-    compares, and docs/sizing.md's tables assume), not an `--only` run's, a one-size run's or a
-    one-copy run's."""
+    """Whether a results JSON is a full run's of two sizes or more (what --render compares), not
+    an `--only` run's or a one-size run's."""
     return (doc.get("benchmark") == "scale" and "only" not in doc and "partial" not in doc
-            and len(doc.get("sizes", [])) > 1 and "one copy" not in doc.get("disks", ""))
+            and len(doc.get("sizes", [])) > 1)
 
 
 def newest_results() -> Path:
@@ -897,7 +890,7 @@ def _serve_pages(r: Run) -> tuple[dict[str, dict], dict[str, int], dict[str, str
         return pages, watch.stop(), failed
 
 
-def run(sizes: list[int], label: str, work: Path | None, keep: bool, batch: int, copies: int = 2) -> None:
+def run(sizes: list[int], label: str, work: Path | None, keep: bool, batch: int) -> None:
     est, basis = estimate_s(sizes)
     print(f"estimated duration: {est / 3600:.1f} h ({est / 60:.0f} min; {basis})", flush=True)
     work = work or Path(tempfile.mkdtemp(prefix="hoard-scale-", dir="/var/tmp"))
@@ -910,11 +903,10 @@ def run(sizes: list[int], label: str, work: Path | None, keep: bool, batch: int,
     t_run = time.monotonic()
     results = []
     with private_cluster(work, keep=keep) as (url, cluster):
-        cfg_path = _home(work, url, repo_cfg.test_redis_url, copies)
+        cfg_path = _home(work, url, repo_cfg.test_redis_url)
         with psycopg.connect(url, autocommit=True) as conn:
             migrate(conn)
         r = Run(work, cfg_path, url, cluster)
-        disks = _disks(cfg_path)
         built = Built(work, batch)
         try:
             for n in sizes:
@@ -929,7 +921,7 @@ def run(sizes: list[int], label: str, work: Path | None, keep: bool, batch: int,
                         **{k: round(v, 1) for k, v in grown.items()}}
                 results.append(got)
                 built.size = n
-                write_results(label, load_before, t_run, est, batch, results, disks, partial=n != sizes[-1])
+                write_results(label, load_before, t_run, est, batch, results, partial=n != sizes[-1])
                 print(f"  index {got['index_b_per_object_as_grown']:.0f} B/object as grown, "
                       f"{got['index_b_per_object_rebuilt']:.0f} after a rebuild", flush=True)
         finally:
@@ -940,18 +932,18 @@ def run(sizes: list[int], label: str, work: Path | None, keep: bool, batch: int,
                     shutil.rmtree(d.path, ignore_errors=True)
     if not keep:
         shutil.rmtree(work, ignore_errors=True)
-    doc = write_results(label, load_before, t_run, est, batch, results, disks)
+    doc = write_results(label, load_before, t_run, est, batch, results)
     print(f"bench/results/scale-{label}.json written; the run took {doc['seconds'] / 60:.0f} min "
           f"(estimated {est / 60:.0f})", flush=True)
 
 
 def write_results(label: str, load_before, t_run: float, est: float, batch: int, results: list[dict],
-                  disks: str, partial: bool = False) -> dict:
+                  partial: bool = False) -> dict:
     """The run's JSON: after each size (`partial`: a run that dies at a larger size keeps what the
     smaller ones measured; --render reads no partial file) and at the end."""
     doc = {"benchmark": "scale", "argv": sys.argv[1:], "when": time.strftime("%Y-%m-%dT%H:%M:%S"),
            "commit": _commit(), "machine": _machine(), "load_before": load_before, "load_after": os.getloadavg(),
-           "disks": disks, "batch": batch, "intent_nodes": INTENT_NODES, "sizes": results, "seconds": round(time.monotonic() - t_run),
+           "disks": DISKS, "batch": batch, "intent_nodes": INTENT_NODES, "sizes": results, "seconds": round(time.monotonic() - t_run),
            "estimated_s": round(est)} | ({"partial": True} if partial else {})
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"scale-{label}.json").write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n")
@@ -1034,7 +1026,7 @@ def run_only(sizes: list[int] | None, label: str | None, work: Path, batch: int 
         raise SystemExit(f"--only {','.join(only)}: nothing re-timed (no results file written)")
     doc = {"benchmark": "scale --only", "argv": sys.argv[1:], "when": time.strftime("%Y-%m-%dT%H:%M:%S"),
            "commit": _commit(), "machine": _machine(), "load_before": load_before, "load_after": os.getloadavg(),
-           "disks": _disks(cfg_path), "batch": built.batch,
+           "disks": DISKS, "batch": built.batch,
            "only": only, "repo": str(repo), "cluster": "kept (the store's rows)" if kept else "new (no rows)",
            "profiled": bool(profile), "pg_set": pg_set or {},
            "sizes": results, "seconds": round(time.monotonic() - t_run)}
@@ -1044,15 +1036,13 @@ def run_only(sizes: list[int] | None, label: str | None, work: Path, batch: int 
     print(f"{out.relative_to(REPO)} written; the store stays in {work}", flush=True)
 
 
-def _disks(cfg_path: Path) -> str:
-    """What the store's disks are, for the results: the copies as its hoard.toml says."""
-    n = config.load(cfg_path).store.copy_of_raw
-    return f"two directory disks on this machine's disk (virtio, ext4), {'one copy' if n == 1 else f'{n} copies'}"
+#: the store's disks, as the results name them
+DISKS = "two directory disks on this machine's disk (virtio, ext4), two copies"
 
 
-def _home(work: Path, url: str, redis_url: str, copies: int = 2) -> Path:
-    """hoard.toml: two directory disks, `copies` copies (two unless `--copies`), the bench's
-    cluster, the GUI on a free port, a viewer to sign in as."""
+def _home(work: Path, url: str, redis_url: str) -> Path:
+    """hoard.toml: two directory disks, two copies, the bench's cluster, the GUI on a free port,
+    a viewer to sign in as."""
     from jobs import users
     from tests.gui_browser import free_port
     from tests.gui_fixtures import PASSWORDS, ROLES
@@ -1060,7 +1050,7 @@ def _home(work: Path, url: str, redis_url: str, copies: int = 2) -> Path:
     disks = "".join(f'[[disks]]\nlabel = "d{i}"\npath = "{work / f"d{i}"}"\n' for i in range(2))
     for i in range(2):
         (work / f"d{i}").mkdir(exist_ok=True)
-    cfg = lab_config(work, url, redis_url, f"[store]\nallow_directory_disks = true\nwrite_ack = {copies}\ncopy_of_raw = {copies}\n"
+    cfg = lab_config(work, url, redis_url, "[store]\nallow_directory_disks = true\nwrite_ack = 2\ncopy_of_raw = 2\n"
                      f"[gui]\nport = {free_port()}\nrefresh_s = 2.0\n{disks}", quota_gb=50)
     users.add(cfg, "vera", ROLES["vera"], PASSWORDS["vera"])
     return work / "hoard.toml"
