@@ -32,6 +32,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench._common import REPO, RESULTS, hoard_mounted, report, run_timed, write_doc_section  # noqa: E402
 
 BEGIN, END = "<!-- mount-start:begin -->", "<!-- mount-start:end -->"
+#: the steps in the order a start takes them
+ORDER = ["interpreter", "imports", "Store.open", "reader, namespace, watcher", "refresh_marks", "refresh_names",
+         "refresh_space"]
 
 #: what a start does before it serves (fsd/mount/__init__.py, run_mount), each step timed
 STEPS = r"""
@@ -125,7 +128,7 @@ def measure(configs: list[Path], rounds: int) -> None:
 def render() -> None:
     newest = max(RESULTS.glob("mount-start-*.json"), key=lambda p: json.loads(p.read_text())["when"])
     doc = json.loads(newest.read_text())
-    steps = list(doc["stores"][0]["step_cpu_s"])
+    steps = [s for s in ORDER if s in doc["stores"][0]["step_cpu_s"]]  # (the JSON's keys are sorted)
     lines = [BEGIN, "", f"`python bench/mount_start.py` at {doc['commit']} ({newest.relative_to(REPO)}): the kept "
              f"stores taken in turn, {doc['rounds']} rounds; CPU milliseconds of each step before the mount serves "
              "(the median), then the whole `hoard mount` start (wall seconds until it answers, and the daemon's CPU).",
