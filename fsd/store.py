@@ -36,7 +36,7 @@ from fsd.base.units import fmt_bytes
 from fsd.core import formats, storelock
 from fsd.core import shardfmt as fmt
 from fsd.core.backend import Disk
-from fsd.core.disks import DiskGone, DiskRecord, DiskState, dying
+from fsd.core.disks import DiskGone, DiskRecord, DiskState
 from fsd.core.entries import ObjectLoc
 from fsd.core.held import iter_named
 from fsd.core.index import Index, ShardMeta, has_index, index_error, open_existing
@@ -310,10 +310,8 @@ class Store:
         for d in disks:
             self.queue[d.uuid] = self.queue.get(d.uuid, 0) + delta
 
-    def disk_error(self, disk: Disk, op: str, err: OSError | Exception, shard: str = "",
-                   reading: bool = False) -> None:
-        """Record an error; a disk that is gone (unmounted, foreign) or dying (EIO, or
-        `reading` a replica a filesystem that finds itself corrupt: `dying`) stops being used at once."""
+    def disk_error(self, disk: Disk, op: str, err: OSError | Exception, shard: str = "") -> None:
+        """Record an error; a disk that is gone (unmounted, foreign) stops being used at once."""
         detail = getattr(err, "strerror", None) or str(err)
         log.warning("disk %s: %s error%s: %s", disk.label, op, f" on shard {shard}" if shard else "", detail)
         try:
@@ -323,11 +321,11 @@ class Store:
             log.error("index: cannot record the %s error of disk %s: %s", op, disk.label, e)
         if isinstance(err, DiskGone):
             self.gone(disk, err)
-        elif (why := dying(err, reading)) is not None:
-            # a disk answering EIO (or whose filesystem finds its own records corrupt) is dying:
-            # stop using it now, and say so until it is replaced
+        elif getattr(err, "errno", None) == errno.EIO:
+            # a disk answering EIO is dying: stop using it now, and say so until it is replaced
+            # (EBADMSG/EUCLEAN, a filesystem's corrupt records, is not: `corrupt_fs`)
             self.set_disk_state(disk.label, DiskState.FAILED,
-                                f"{why} during {op} at {time.strftime('%Y-%m-%d %H:%M:%S')}: {detail}; "
+                                f"I/O error during {op} at {time.strftime('%Y-%m-%d %H:%M:%S')}: {detail}; "
                                 f"run `hoard rebuild --disk {disk.label}`")
         elif getattr(err, "errno", None) == errno.EROFS and self.records[disk.uuid].state == DiskState.ACTIVE:
             # the kernel turned the filesystem read-only after errors: readable, not writable
@@ -644,7 +642,7 @@ class Store:
     def bad_replica(self, disk: Disk, meta: ShardMeta, op: str, err: Exception) -> None:
         """A replica gave an error or wrong bytes: report it and queue it for repair (the
         replicator re-copies it from a good replica)."""
-        self.disk_error(disk, op, err, meta.hex, reading=True)
+        self.disk_error(disk, op, err, meta.hex)
         try:
             self.index.queue_repair(meta.shard_id, disk.uuid, getattr(err, "strerror", None) or str(err))
         except (lmdb.Error, formats.NewerFormat) as e:

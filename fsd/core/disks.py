@@ -458,15 +458,10 @@ class LocalDisk:
         return min(total, self.capacity_bytes) if self.capacity_bytes is not None else total
 
 
-def dying(err: OSError | Exception, reading: bool) -> str | None:
-    """Why an error says the disk is dying, or None. EIO, in any operation; and, reading a
-    replica, a filesystem that finds its own records corrupt — ext4 answers EBADMSG for a
-    metadata block or inode whose checksum fails (bit rot under the shards), EUCLEAN for one
-    that makes no sense. (An S3 disk's EBADMSG while sealing is its staging file changed under
-    the upload, not a dying disk: that is a write.)"""
-    code = getattr(err, "errno", None)
-    if code == errno.EIO:
-        return "I/O error"
-    if reading and code in (errno.EBADMSG, errno.EUCLEAN):
-        return "its filesystem found its own records corrupt"
-    return None
+def corrupt_fs(err: OSError | Exception) -> bool:
+    """Whether an error is a filesystem that finds its own records corrupt: ext4 answers EBADMSG
+    for an inode or extent block whose checksum fails (bit rot under the shards), EUCLEAN for one
+    that makes no sense. One file's damage, not a dying disk: the disk stays in service (a
+    disk failed for it is not read even where its other replicas hold the only good copy of
+    an object — review 41); `e2fsck -f` on its device mends the records."""
+    return getattr(err, "errno", None) in (errno.EBADMSG, errno.EUCLEAN)

@@ -361,7 +361,7 @@ def execute(store: Store, plan: Plan, sink: Sink,
                     n_obj += 1
                     n_bytes += w.length
             except (OSError, fmt.ShardFormatError) as e:
-                store.disk_error(disk, "read", e, rng.shard_hex, reading=True)
+                store.disk_error(disk, "read", e, rng.shard_hex)
                 with lock:
                     failed.append((uuid, rng.records[delivered:]))
         for w in plan.large_by_disk.get(uuid, []):  # read errors fail over piece by piece (iter_object)

@@ -47,7 +47,7 @@ from fsd.core import held as held_mod
 from fsd.core import live as live_mod
 from fsd.core import shardfmt as fmt
 from fsd.core.backend import has_files
-from fsd.core.disks import DiskState, dying, shard_of
+from fsd.core.disks import DiskState, corrupt_fs, shard_of
 from fsd.core.index import IndexDamaged, ObjectLoc, ShardMeta, disk_record
 from fsd.io import attach, integrity
 from fsd.io.writer import writer_alive
@@ -211,6 +211,15 @@ def _replica_size(store: Store, disk, meta: ShardMeta, uuid: str) -> int | None:
         return disk.size(meta.hex)
 
 
+def _unreadable(shard_hex: str, label: str, e: OSError) -> str:
+    """The line of a replica whose file does not read, with what mends it."""
+    head = f"shard {shard_hex}: its replica on {label} does not read ({e.strerror or e})"
+    if corrupt_fs(e):
+        return (f"{head}: its filesystem finds its own records corrupt — unmount {label}, run `e2fsck -f` on its "
+                "device, mount it again, then `hoard verify`")
+    return f"{head}: if the disk is dying, docs/operations.md \"A disk dies\" (`hoard health` names it once a read fails)"
+
+
 def _check(store: Store, missing_in_db: MissingInDb | None) -> CheckReport:
     rep = CheckReport()
     t0 = time.monotonic()
@@ -241,12 +250,8 @@ def _check(store: Store, missing_in_db: MissingInDb | None) -> CheckReport:
                 rep.add("missing replica", f"shard {meta.hex}: its replica on {rec.label} is missing; "
                                            "`hoard replicate` makes a new one from the others")
                 continue
-            except OSError as e:  # not missing: the disk does not read it (as verify and get judge it)
-                rep.add("unreadable replica", f"shard {meta.hex}: its replica on {rec.label} does not read "
-                        f"({e.strerror or e})" + (
-                            f": the disk is dying; `hoard rebuild --disk {rec.label}` stops using it and copies "
-                            "what it holds from the other replicas" if dying(e, reading=True) else
-                            "; `hoard verify --repair` replaces a damaged replica"))
+            except OSError as e:  # not missing: the disk does not read it
+                rep.add("unreadable replica", _unreadable(meta.hex, rec.label, e))
                 continue
             if meta.sealed and size is not None and size != meta.size:
                 rep.add("replica size", f"shard {meta.hex} on {rec.label} is {size} bytes, the index says "
