@@ -39,6 +39,7 @@ BEGIN, END = "<!-- bench/scale_turns.py: begin -->", "<!-- bench/scale_turns.py:
 
 def run_rounds(small: Path, large: Path, rounds: int, only: str, label: str) -> Path:
     got: list[dict] = []
+    done: list[Path] = []  # each round's own JSON, removed once this run's holds them all
     t0 = time.monotonic()
     for n in range(1, rounds + 1):
         pair = [("small", small), ("large", large)]
@@ -49,58 +50,70 @@ def run_rounds(small: Path, large: Path, rounds: int, only: str, label: str) -> 
                             "--label", tag], check=True, cwd=REPO)
             path = RESULTS / f"scale-only-{tag}.json"
             got.append({"round": n, "which": which, "result": json.loads(path.read_text())})
-            path.unlink()  # (kept inside this run's JSON)
+            done.append(path)
     doc = {"benchmark": "scale turns", "argv": sys.argv[1:], "when": time.strftime("%Y-%m-%dT%H:%M:%S"),
            "commit": _commit(), "machine": _machine(), "only": only, "rounds": rounds,
            "seconds": round(time.monotonic() - t0), "runs": got}
     out = RESULTS / f"scale-turns-{label}.json"
     out.write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n")
+    for path in done:
+        path.unlink()
     print(f"{out.relative_to(REPO)} written", flush=True)
     return out
 
 
-def ratios(doc: dict) -> list[dict]:
-    """Per command: the work unit, each round's small and large seconds and ratio, the median ratio."""
+def ratios(doc: dict) -> tuple[list[int], list[dict]]:
+    """The rounds, and per command (every command any run measured): the work unit, each round's
+    small and large seconds and ratio (None where a size lacks it), the median of the rounds
+    that have both."""
     by_round: dict[int, dict[str, dict]] = {}
     for run in doc["runs"]:
         by_round.setdefault(run["round"], {})[run["which"]] = run["result"]["sizes"][0]
-    names = list(next(iter(by_round.values()))["small"]["commands"])
+    rounds = sorted(by_round)
+    names = list(dict.fromkeys(k for pair in by_round.values() for size in pair.values() for k in size["commands"]))
     out = []
     for name in names:
-        rows = []
-        for n, pair in sorted(by_round.items()):
-            s, lg = pair["small"], pair["large"]
-            cs, cl = s["commands"].get(name), lg["commands"].get(name)
+        rows, work = [], None
+        for n in rounds:
+            s, lg = by_round[n].get("small"), by_round[n].get("large")
+            cs = s["commands"].get(name) if s else None
+            cl = lg["commands"].get(name) if lg else None
             if not cs or not cl:
+                rows.append(None)
                 continue
             work, us = _units(cs, s)
             _, ul = _units(cl, lg)
             rows.append({"round": n, "small_s": cs["seconds"], "large_s": cl["seconds"],
                          "ratio": (cl["seconds"] / ul) / (cs["seconds"] / us)})
-        if rows:
-            out.append({"command": name, "work": work, "rounds": rows,
-                        "median": statistics.median(r["ratio"] for r in rows),
-                        "sizes": (by_round[1]["small"]["objects"], by_round[1]["large"]["objects"])})
-    return out
+        have = [r for r in rows if r]
+        if have:
+            out.append({"command": name, "work": work, "rounds": rows, "complete": len(have) == len(rows),
+                        "median": statistics.median(r["ratio"] for r in have)})
+    return rounds, out
 
 
 def render(path: Path) -> None:
     doc = json.loads(path.read_text())
-    got = ratios(doc)
-    a, b = (_pretty(n) for n in got[0]["sizes"])
+    rounds, got = ratios(doc)
+    first = {r["round"]: r["which"] for r in reversed(doc["runs"])}  # (the first run of each round)
+    sizes = {r["which"]: r["result"]["sizes"][0]["objects"] for r in doc["runs"]}
+    a, b = _pretty(sizes["small"]), _pretty(sizes["large"])
     disks = doc["runs"][0]["result"]["disks"]
+    cluster = doc["runs"][0]["result"].get("cluster", "")
     over = [g["command"] for g in got if g["median"] > GOAL_RATIO]
     lines = [BEGIN, "", f"`python bench/scale_turns.py` at {doc['commit']} ({path.relative_to(REPO)}, "
-             f"{doc['seconds'] / 60:.0f} min): a {a} and a {b} store ({disks}) re-timed in turn, {doc['rounds']} "
-             f"rounds, each size settled before its measurements. The ratio is the {b} store's cost per unit of work "
-             f"over the {a} store's in the same round; a goal (≤ {GOAL_RATIO}×) is judged by the median of the rounds.",
-             "", "| command | work | " + " | ".join(f"round {r['round']}: {a} s / {b} s (ratio)"
-                                                    for r in got[0]["rounds"]) + " | median ratio |",
-             "|" + "---|" * (len(got[0]["rounds"]) + 3)]
+             f"{doc['seconds'] / 60:.0f} min): a {a} and a {b} store ({disks}; cluster: {cluster}) re-timed in turn, "
+             f"{len(rounds)} rounds, each size settled before its measurements. The ratio is the {b} store's cost per "
+             f"unit of work over the {a} store's in the same round; a goal (≤ {GOAL_RATIO}×) is judged by the median "
+             "of the rounds (— : a size did not measure it that round).",
+             "", "| command | work | " + " | ".join(f"round {n} ({_pretty(sizes[first[n]])} first): {a} s / {b} s "
+                                                    "(ratio)" for n in rounds) + " | median ratio |",
+             "|" + "---|" * (len(rounds) + 3)]
     for g in got:
-        cells = " | ".join(f"{r['small_s']:.2f} / {r['large_s']:.2f} ({r['ratio']:.2f}×)" for r in g["rounds"])
-        med = f"**{g['median']:.2f}×**" if g["median"] > GOAL_RATIO else f"{g['median']:.2f}×"
-        lines.append(f"| {g['command']} | {g['work']} | {cells} | {med} |")
+        cells = " | ".join(f"{r['small_s']:.2f} / {r['large_s']:.2f} ({r['ratio']:.2f}×)" if r else "—"
+                           for r in g["rounds"])
+        med = f"{g['median']:.2f}×" + ("" if g["complete"] else f" ({sum(1 for r in g['rounds'] if r)} rounds)")
+        lines.append(f"| {g['command']} | {g['work']} | {cells} | {f'**{med}**' if g['median'] > GOAL_RATIO else med} |")
     lines += ["", ("Over the goal by the median: " + ", ".join(over) + ".") if over else
               f"Every command within {GOAL_RATIO}× by the median of the rounds.", "", END]
     write_doc_section(BEGIN, END, lines)
