@@ -286,7 +286,6 @@ TAKEOVER = '''
 import sys
 from pathlib import Path
 from fsd.base.config import load
-from fsd.base.errors import HoardError
 from fsd.cli._host import Host
 from fsd.cli.install import Installer
 cfg = load(Path(sys.argv[1]))

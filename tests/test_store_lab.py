@@ -17,7 +17,7 @@ from fsd.io.put import _Batch
 from fsd.maintenance.check import check
 from fsd.store import Store
 from tests.helpers import make_files, write_config
-from tests.lab import MOUNT_OPTIONS, DiskProfile, drop_caches
+from tests.lab import DiskProfile, drop_caches
 from tests.test_store import check_store
 
 pytestmark = pytest.mark.lab
@@ -157,11 +157,11 @@ def test_a_rotted_inode_is_read_around_named_by_check_and_mended_by_fsck(lab, tm
     device = lab.disks[victim.label].device  # the next step, as an operator takes it
     subprocess.run(["umount", str(lab.disks[victim.label].mountpoint)], check=True)
     assert subprocess.run(["e2fsck", "-fy", device], capture_output=True).returncode in (0, 1)  # 1: corrected
-    subprocess.run(["mount", "-o", MOUNT_OPTIONS, device, str(lab.disks[victim.label].mountpoint)], check=True)
+    lab.reappear(victim.label)
     with Store.open(store.cfg) as again:
         assert check(again).counts == {}
         for p, r in in_shard:
-            assert again._read_record(victim, meta.hex, *_where(again, r.sha256)) == p.read_bytes()
+            assert again._read_record(again.disks[victim_uuid], meta.hex, *_where(again, r.sha256)) == p.read_bytes()
 
 
 def _where(store: Store, sha256_hex: str) -> tuple[int, int, bytes]:
