@@ -42,7 +42,9 @@ before / after a fix, on the same rows. NAMES, comma-separated: a measurement th
 store as it found it by any start of its name (`info`, `ls`, `health`, `replicate`, `verify`,
 `select`, `select narrow`, `mount`, `GUI`, `GUI assets`), one that changes it (check,
 gc --dry-run, delete --batch, gc (one deleted batch), index backup / rebuild / restore,
-`put (one batch)`: a batch of new objects, deleted and collected after it; `write-intent`: the
+`put (one batch)`: a batch of new objects with the page cache dropped first, `put (one batch;
+index cached)` the same with the LMDB index read into it first, each deleted and collected after
+it; `write-intent`: the
 rows of the last 100,000 objects deleted and vacuumed first, so it is slower than a run's own
 and compares only with another re-time) by its whole name. They are timed at the kept store's
 size, or at each of `--sizes` (ascending, none below it), the store grown to each first in the
@@ -533,12 +535,13 @@ def disk_rate(disks: list[Path], limit: int = 4 << 30) -> dict:
     return {"disk_read_bytes": done, "disk_read_mib_s": round(mib_s, 1)}
 
 
-def put_again(r: Run, built: Built, n: int) -> dict:
-    """`--only put (one batch)`: a `hoard put` of one batch of new objects (another seed than
-    any built), timed; then deleted and collected, untimed, so the store is as it was."""
+def put_again(r: Run, built: Built, n: int, index: str = "cold") -> dict:
+    """`--only put (one batch)` (`index` "cold") and `put (one batch; index cached)` ("cached"):
+    a `hoard put` of one batch of new objects (another seed than any built), timed; then deleted
+    and collected, untimed, so the store is as it was."""
     settle(r)
     name = f"again-{n}-{time.time_ns()}"
-    got, _ = timed_put(r, built, n, 10**13 + time.time_ns() % 10**9, name)
+    got, _ = timed_put(r, built, n, 10**13 + time.time_ns() % 10**9, name, index)
     hoard_process(r.cfg_path, ["delete", "--put", name, "--yes"], repo=r.repo, ok=(0,))
     hoard_process(r.cfg_path, ["gc"], repo=r.repo, ok=(0,))
     return got
@@ -565,19 +568,42 @@ def intent_again(r: Run, built: Built, n: int) -> dict:
     return timed_intent(r, intent, end - first, n)[0]
 
 
-def timed_put(r: Run, built: Built, n: int, seed: int, name: str) -> tuple[dict, float]:
+#: the two states of the page cache a put is timed in: nothing cached (the index's pages read
+#: from the disk as the put's B-tree descent needs them: more distinct pages at a larger size),
+#: and the whole LMDB index cached (a server with RAM for it, an ingest that runs all day)
+PUT_STATES = {"cold": "put (one batch)", "cached": "put (one batch; index cached)"}
+
+
+def timed_put(r: Run, built: Built, n: int, seed: int, name: str, index: str = "cold") -> tuple[dict, float]:
     """`hoard put --name NAME` of one batch of new files (payloads of `seed`), timed; and the
-    seconds spent writing those files first (setup, untimed)."""
+    seconds spent writing those files first (setup, untimed). The page cache is dropped first,
+    then the files written and synced (they are cached, as a batch just scraped would be);
+    `index` "cached" then reads the whole LMDB index once (PUT_STATES): the same state at every
+    size, whatever the process before left cached."""
     t0 = time.monotonic()
+    drop_caches()
     put_dir = r.work / f"put-{name}"
     shutil.rmtree(put_dir, ignore_errors=True)
     put_dir.mkdir()
     for i, data in enumerate(payloads(seed, built.batch)):
         (put_dir / f"{i:05d}.bin").write_bytes(data)
+    if index == "cached":
+        read_through(r.cfg.index_dir)
+    os.sync()
     setup = time.monotonic() - t0
     got = r.command(["put", "--name", name, str(put_dir)], objects=n)
     shutil.rmtree(put_dir)
-    return got | {"work": "fixed", "files_per_s": built.batch / got["seconds"]}, setup
+    return got | {"work": "fixed", "files_per_s": built.batch / got["seconds"], "index": index}, setup
+
+
+def read_through(top: Path) -> int:
+    """Every file under `top` read once (into the page cache); the bytes read."""
+    done = 0
+    for path in sorted(p for p in Path(top).rglob("*") if p.is_file()):
+        with path.open("rb", buffering=0) as f:
+            while got := f.read(8 << 20):
+                done += len(got)
+    return done
 
 
 def timed_intent(r: Run, intent: dict, nodes: int, n: int) -> tuple[dict, float]:
@@ -598,7 +624,8 @@ def measure_size(r: Run, built: Built, n: int) -> dict:
     """Every measurement at `n` objects (the store already holds all but the last batch)."""
     cmds: dict[str, dict] = {}
     settled = settle(r)
-    cmds["put (one batch)"], setup = timed_put(r, built, n, 10**12 + n, f"last-{n}")
+    cmds[PUT_STATES["cached"]] = put_again(r, built, n, "cached")  # (first: deleted and collected after it)
+    cmds[PUT_STATES["cold"]], setup = timed_put(r, built, n, 10**12 + n, f"last-{n}")
     t_setup = time.monotonic()
     pending = built.count - built.db_upto
     intent = intent_for(built, built.db_upto, pending, f"scale-measured-{n}")
@@ -1001,8 +1028,9 @@ def run_only(sizes: list[int] | None, label: str | None, work: Path, batch: int 
                              **{k: round(v, 1) for k, v in grown.items()}}
                 got |= settle(r)  # (after the growth, before the first measurement)
                 cmds: dict[str, dict] = {}
-                if wanted("put (one batch)", only):
-                    cmds["put (one batch)"] = put_again(r, built, n)
+                for index, name in PUT_STATES.items():
+                    if wanted(name, only):
+                        cmds[name] = put_again(r, built, n, index)
                 if kept and wanted("write-intent", only):
                     cmds["write-intent"] = intent_again(r, built, n)
                 got_cmds, _ = time_commands(r, built, n, only)
@@ -1263,7 +1291,7 @@ def sizing(doc: dict, path: Path) -> list[str]:
 #: the table's order: the order of the measurements
 MOUNT = ["mount start", "mount find (view)", "mount by-hash lookups"]
 GUI = ["GUI snapshot (first gathering)", "GUI storage page", "GUI assets page"]
-ORDER = ["put (one batch)", "write-intent", *COMMANDS, "select narrow (cold)", "select narrow (warm)",
+ORDER = [*PUT_STATES.values(), "write-intent", *COMMANDS, "select narrow (cold)", "select narrow (warm)",
          "select broad (cold)", "select broad (warm)", *MOUNT, *GUI]
 #: what `--only` can re-time (the put's batch is deleted and collected after it; the
 #: write-intent's rows are the last INTENT_NODES objects', deleted and vacuumed before it)

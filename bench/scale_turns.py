@@ -33,7 +33,7 @@ from bench.scale import GOAL_RATIO, _pretty, _units  # noqa: E402
 #: what issue 37's run left over 1.25× against one of its 1 M measurements (session 40), and the
 #: cheap commands beside them; the store's alone (the write-intent and the GUI need a kept cluster);
 #: `index restore` restores the copy `index backup` makes first
-ONLY = "put (one batch),health --json,info,check,index backup,index rebuild,index restore,mount"
+ONLY = "put (one batch),put (one batch; index cached),health --json,info,check,index backup,index rebuild,index restore,mount"
 BEGIN, END = "<!-- bench/scale_turns.py: begin -->", "<!-- bench/scale_turns.py: end -->"
 
 
