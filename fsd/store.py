@@ -36,7 +36,7 @@ from fsd.base.units import fmt_bytes
 from fsd.core import formats, storelock
 from fsd.core import shardfmt as fmt
 from fsd.core.backend import Disk
-from fsd.core.disks import DiskGone, DiskRecord, DiskState
+from fsd.core.disks import DiskGone, DiskRecord, DiskState, corrupt_fs, fsck_step
 from fsd.core.entries import ObjectLoc
 from fsd.core.held import iter_named
 from fsd.core.index import Index, ShardMeta, has_index, index_error, open_existing
@@ -313,7 +313,8 @@ class Store:
     def disk_error(self, disk: Disk, op: str, err: OSError | Exception, shard: str = "") -> None:
         """Record an error; a disk that is gone (unmounted, foreign) stops being used at once."""
         detail = getattr(err, "strerror", None) or str(err)
-        log.warning("disk %s: %s error%s: %s", disk.label, op, f" on shard {shard}" if shard else "", detail)
+        log.warning("disk %s: %s error%s: %s%s", disk.label, op, f" on shard {shard}" if shard else "", detail,
+                    f"; {fsck_step(disk.label)}" if corrupt_fs(err) else "")
         try:
             self.index.record_event(f"{op}_error", disk=disk.label, shard=shard, detail=detail,
                                     errno=getattr(err, "errno", None))

@@ -14,10 +14,12 @@ import pytest
 from fsd.base import config
 from fsd.core.placement import choose
 from fsd.io.put import _Batch
+from fsd.io.replicate import replicate_once
 from fsd.maintenance.check import check
 from fsd.store import Store
 from tests.helpers import make_files, write_config
 from tests.lab import DiskProfile, drop_caches
+from tests.test_recovery import DIE_BEFORE_SEAL, _run_child
 from tests.test_store import check_store
 
 pytestmark = pytest.mark.lab
@@ -162,6 +164,47 @@ def test_a_rotted_inode_is_read_around_named_by_check_and_mended_by_fsck(lab, tm
         assert check(again).counts == {}
         for p, r in in_shard:
             assert again._read_record(again.disks[victim_uuid], meta.hex, *_where(again, r.sha256)) == p.read_bytes()
+
+
+@pytest.mark.expect_log(r"disk lab\d: recovery error on shard \w+: Bad message", level="WARNING")
+def test_a_rotted_inode_on_an_open_shard_does_not_stop_the_store_opening(lab, tmp_path: Path, caplog) -> None:
+    """The writer dies before sealing; one bit flips in the inode of one replica's open file
+    (EBADMSG on its stat). A writable open runs recovery: it must not raise (review 41: the
+    stat sat outside recovery's error handling, so no writer could open the store) — the good
+    replica is sealed, every committed object reads, the disk stays in service, and `hoard
+    check` notes the one replica short, and `hoard replicate` (its step) brings it back; the log
+    line names the shard, the disk and `e2fsck -f`."""
+    store = _lab_store(lab, tmp_path, ["lab1", "lab2"], shard_size_mb=64, copy_of_raw=2)
+    cfg = store.cfg
+    store.close()
+    files = make_files(tmp_path / "in", 80, lo=2000, hi=20000)
+    listing = tmp_path / "list.txt"
+    listing.write_text("\n".join(map(str, files)))
+    child = _run_child(DIE_BEFORE_SEAL, str(cfg.source), str(listing))
+    assert child.returncode == 9, child.stderr
+    with Store.open(cfg, writable=False) as ro:
+        [meta] = [m for m in ro.index.iter_shards() if not m.sealed]
+        victim_uuid = meta.replicas[1]
+        victim = ro.disks[victim_uuid]
+        open_file = victim.find(meta.hex)
+    assert open_file.name.endswith(".open")
+    lab.rot_inode(victim.label, open_file)
+    with Store.open(cfg) as store:  # a writer: recovery runs, and must not raise
+        fresh = store.index.get_shard(meta.shard_id)
+        assert fresh.sealed and fresh.replicas == [meta.replicas[0]]
+        for f in files:
+            data = f.read_bytes()
+            assert store.get(hashlib.sha256(data).hexdigest()) == data
+        assert store.records[victim_uuid].state.value == "active"
+        errors = [e for e in store.index.recent_events(50) if e["kind"] == "recovery_error"]
+        assert {(e["disk"], e["errno"]) for e in errors} == {(victim.label, errno.EBADMSG)}
+        found = check(store)  # (the good replica is all the index names: one below the target)
+        assert found.problems == [] and found.notes == ["1 shards are below their replica target; `hoard replicate`"]
+        assert replicate_once(store, rate_mb_s=None).copied_shards == 1  # the note's step works
+        assert len(store.index.get_shard(meta.shard_id).replicas) == 2
+        assert check(store).counts == {} and check_store(store) == len(files)
+    assert f"recovery error on shard {meta.hex}: Bad message; its filesystem finds its own records corrupt — " \
+           f"unmount {victim.label}, run `e2fsck -f`" in caplog.text
 
 
 def _where(store: Store, sha256_hex: str) -> tuple[int, int, bytes]:

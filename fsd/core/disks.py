@@ -465,3 +465,9 @@ def corrupt_fs(err: OSError | Exception) -> bool:
     disk failed for it is not read even where its other replicas hold the only good copy of
     an object — review 41); `e2fsck -f` on its device mends the records."""
     return getattr(err, "errno", None) in (errno.EBADMSG, errno.EUCLEAN)
+
+
+def fsck_step(label: str) -> str:
+    """What mends a disk whose filesystem finds its own records corrupt (`corrupt_fs`)."""
+    return (f"its filesystem finds its own records corrupt — unmount {label}, run `e2fsck -f` on its device, "
+            "mount it again, then `hoard verify`")

@@ -131,10 +131,10 @@ def _recover(store: Store, meta: ShardMeta) -> bool:
         if disk is None or not store.usable(uuid):
             unreachable += 1
             continue
-        if disk.state(meta.hex) is None:
-            absent += 1  # the writer died before it created this replica's file
-            continue
-        try:
+        try:  # (the stat too: a rotted inode answers EBADMSG to it, and recovery must go on)
+            if disk.state(meta.hex) is None:
+                absent += 1  # the writer died before it created this replica's file
+                continue
             done = _sealed_records(disk, meta.hex)
             found[uuid] = (done, True) if done is not None else (_valid_prefix(disk, meta.hex), False)
         except (OSError, fmt.ShardFormatError) as e:

@@ -47,7 +47,7 @@ from fsd.core import held as held_mod
 from fsd.core import live as live_mod
 from fsd.core import shardfmt as fmt
 from fsd.core.backend import has_files
-from fsd.core.disks import DiskState, corrupt_fs, shard_of
+from fsd.core.disks import DiskState, corrupt_fs, fsck_step, shard_of
 from fsd.core.index import IndexDamaged, ObjectLoc, ShardMeta, disk_record
 from fsd.io import attach, integrity
 from fsd.io.writer import writer_alive
@@ -215,8 +215,7 @@ def _unreadable(shard_hex: str, label: str, e: OSError) -> str:
     """The line of a replica whose file does not read, with what mends it."""
     head = f"shard {shard_hex}: its replica on {label} does not read ({e.strerror or e})"
     if corrupt_fs(e):
-        return (f"{head}: its filesystem finds its own records corrupt — unmount {label}, run `e2fsck -f` on its "
-                "device, mount it again, then `hoard verify`")
+        return f"{head}: {fsck_step(label)}"
     return f"{head}: if the disk is dying, docs/operations.md \"A disk dies\" (`hoard health` names it once a read fails)"
 
 
