@@ -172,6 +172,8 @@ def activate(
         err.print(f"[red]bad[/] {b}")
     if rep.bad:
         err.print("bad replicas are queued for repair: `hoard verify --repair` or `hoard replicate`")
+    for line in rep.unreadable:  # (not listed again: the index keeps the shard's other replicas)
+        err.print(escape(f"unreadable {line}"), style="red")
 
 
 @app.command()

@@ -16,7 +16,16 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from fsd.base.errors import ExitCode, HoardError
-from fsd.core.disks import IDENTITY_COPY, DiskGone, DiskState, probe, read_identity, restore_identity
+from fsd.core.disks import (
+    IDENTITY_COPY,
+    DiskGone,
+    DiskState,
+    corrupt_fs,
+    fsck_step,
+    probe,
+    read_identity,
+    restore_identity,
+)
 from fsd.core.layout import FORGOTTEN
 from fsd.io.scrub import verify
 from fsd.maintenance.rebuild import shards_on
@@ -33,6 +42,7 @@ class ActivateReport:
     adopted: int = 0  # shard files on the disk the index had stopped listing there (a rebuild dropped them)
     checked: int = 0  # replicas verified
     bad: list[str] = field(default_factory=list)  # left for repair (`hoard verify --repair`, the replicator)
+    unreadable: list[str] = field(default_factory=list)  # shard files on it that did not read: not listed again
 
 
 def _record(store: Store, label: str) -> DiskRecord:
@@ -71,7 +81,16 @@ def activate(store: Store, label: str) -> ActivateReport:
         store.records[rec.uuid].state = DiskState.DRAINING
         disk = store.disks[rec.uuid]
         for meta in store.index.iter_shards():
-            if meta.sealed and rec.uuid not in meta.replicas and disk.state(meta.hex) == "sealed":
+            if not meta.sealed or rec.uuid in meta.replicas:
+                continue
+            try:
+                found = disk.state(meta.hex)
+            except OSError as e:  # (EIO fails the disk again: refused below; a rotted inode is one file's)
+                store.disk_error(disk, "activate", e, meta.hex)
+                rep.unreadable.append(f"shard {meta.hex}: its file on {label} does not read ({e.strerror or e})"
+                                      + (f": {fsck_step(label)}" if corrupt_fs(e) else ""))
+                continue
+            if found == "sealed":
                 rep.adopted += store.index.update_shard(meta.shard_id, _adopt(rec.uuid)) is not None
         before = {m.shard_id for m in shards_on(store, rec.uuid)}
         # (its marks log and pointers are behind by nature: brought up below, not judged bad)
