@@ -468,6 +468,14 @@ class Store:
         usable.sort(key=lambda u: (u != first, self.records[u].state != DiskState.ACTIVE, self.queue.get(u, 0)))
         return [self.disks[u] for u in usable]
 
+    def last_resort(self, meta: ShardMeta, avoid: Set[str] = frozenset()) -> list[Disk]:
+        """The disks holding `meta` that were failed but are still attached: read only when
+        every usable replica failed (review 41: a failed disk read by nothing made an object
+        unreadable whose other replica had rotted, while the failed disk still held it whole).
+        Never written to; a read that fails there is not reported again (the disk is failed)."""
+        return [self.disks[u] for u in meta.replicas if u not in avoid and u in self.disks and u in self.records
+                and self.records[u].state == DiskState.FAILED]
+
     def get(self, sha256_hex: str, avoid: Set[str] = frozenset()) -> bytes:
         """The object's bytes, verified (xxh3-128 and sha256), from the first good replica."""
         sha = sha_bytes(sha256_hex)
@@ -605,7 +613,9 @@ class Store:
         """`read(disk, meta, loc)` on the object's usable replicas in order (the disk `first`
         first, when it holds one: the mount's choice by queue depth) until one succeeds.
 
-        A replica that fails is reported (an EIO marks its disk failed) and queued for repair.
+        A replica that fails is reported (an EIO marks its disk failed) and queued for repair;
+        when every usable replica failed, those on failed but attached disks are read last
+        (`last_resort`) before giving up.
         If every replica's file was missing, the object may have moved meanwhile (a gc swap
         re-points it, then deletes the old shard): the lookup is done once more before
         anything is reported. Raises ObjectNotFound or DataError naming what was tried.
@@ -632,6 +642,16 @@ class Store:
                 except (OSError, fmt.ShardFormatError) as e:
                     tried.append(f"{disk.label} ({getattr(e, 'strerror', None) or e})")
                     report(disk, meta, e)
+            for disk in self.last_resort(meta, avoid) if meta is not None else []:
+                assert meta is not None
+                try:
+                    got = read(disk, meta, loc)
+                except (OSError, fmt.ShardFormatError) as e:
+                    tried.append(f"{disk.label}, failed ({getattr(e, 'strerror', None) or e})")
+                    continue
+                log.warning("object %s: read from failed disk %s, the last good replica of shard %s; `hoard "
+                            "replicate` copies it while the disk still reads", sha.hex(), disk.label, meta.hex)
+                return got
             if not missing:
                 break
         for disk, err in missing:

@@ -66,6 +66,9 @@ def rebuild(config_path: str | None, disk: str, onto: str | None = None, rate_mb
     if rep.lost:
         raise HoardError(f"{len(rep.lost)} shards of disk {disk} have no healthy replica (e.g. {rep.lost[0]}); "
                          "restore them from the zone 3B packages", ExitCode.DATA)
+    if rep.not_copied:
+        raise HoardError(f"{len(rep.not_copied)} shards of disk {disk} could not be copied: {rep.not_copied[0]}",
+                         ExitCode.DATA)
     return asdict(rep)
 
 

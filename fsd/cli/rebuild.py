@@ -7,6 +7,7 @@ from dataclasses import asdict
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from fsd.base.errors import ExitCode
 from fsd.base.units import fmt_bytes
@@ -30,14 +31,15 @@ def run_rebuild(ctx: typer.Context, disk: str, onto: str | None, rate_mb_s: floa
             rep = run(store, disk, onto, rate_mb_s or None, progress=update)
     if as_json:
         out.print(json.dumps(asdict(rep)), markup=False)
-        if rep.lost:
-            raise typer.Exit(ExitCode.DATA)
-        return
-    out.print(f"rebuilt {rep.shards} shards of disk {disk} in {rep.seconds:.1f} s: {rep.copied} copied "
-              f"({fmt_bytes(rep.bytes)}), {rep.adopted} already there, {len(rep.lost)} without a healthy replica")
-    for hex_ in rep.lost:
-        err.print(f"[red]lost[/] shard {hex_}: no healthy replica; restore it from cold storage (zone 3B packages)")
-    if rep.lost:
+    else:
+        out.print(f"rebuilt {rep.shards} shards of disk {disk} in {rep.seconds:.1f} s: {rep.copied} copied "
+                  f"({fmt_bytes(rep.bytes)}), {rep.adopted} already there, {len(rep.lost)} without a healthy replica"
+                  + (f", {len(rep.not_copied)} not copied" if rep.not_copied else ""))
+        for hex_ in rep.lost:
+            err.print(f"[red]lost[/] shard {hex_}: no healthy replica; restore it from cold storage (zone 3B packages)")
+        for line in rep.not_copied:
+            err.print(escape(f"not copied: {line}"), style="red")
+    if rep.lost or rep.not_copied:
         raise typer.Exit(ExitCode.DATA)
 
 

@@ -115,7 +115,7 @@ def _replicate(store: Store, budget_s: float, rate_mb_s: float | None,
 
 
 def _copy_one(store: Store, meta: ShardMeta, rate_mb_s: float | None) -> int | None:
-    sources = store.replica_order(meta)
+    sources = store.replica_order(meta) + store.last_resort(meta)
     if not sources:
         log.warning("shard %s has no readable replica to copy from", meta.hex)
         return None
@@ -168,5 +168,6 @@ def repair_reported(store: Store) -> int:
             continue
         except (OSError, fmt.ShardFormatError):
             pass
-        fixed += repair_replica(store, meta, disk, store.replica_order(meta, avoid={uuid}), why.get("reason", ""))
+        sources = store.replica_order(meta, avoid={uuid}) + store.last_resort(meta)
+        fixed += repair_replica(store, meta, disk, sources, why.get("reason", ""))
     return fixed

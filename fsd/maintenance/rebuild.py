@@ -36,6 +36,9 @@ class RebuildReport:
     adopted: int = 0
     bytes: int = 0
     lost: list[str] = field(default_factory=list)  # shards with no healthy replica left
+    #: shards no replica could be copied from (each line names them and what each replica said);
+    #: the lost disk's replica stays listed for them, and the rebuild went on with the others
+    not_copied: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
 
@@ -100,12 +103,18 @@ def _rebuild(store: Store, label: str, onto: str | None, rate_mb_s: float | None
             with lock:
                 rep.adopted += 1
         else:
-            sources = store.replica_order(meta)
+            # (the lost disk itself last: failed, but it may still read what no other replica does)
+            sources = store.replica_order(meta) + store.last_resort(meta)
             if not sources:
                 with lock:
                     rep.lost.append(meta.hex)
                 return
-            _copy_from_any(store, sources, dst, meta, rate_mb_s / streams if rate_mb_s else None, stop)
+            try:
+                _copy_from_any(store, sources, dst, meta, rate_mb_s / streams if rate_mb_s else None, stop)
+            except NoSource as e:  # one shard's: the others are still copied
+                with lock:
+                    rep.not_copied.append(str(e))
+                return
             with lock:
                 rep.copied += 1
                 rep.bytes += meta.size
@@ -180,8 +189,12 @@ def _copy_from_any(store: Store, sources: list, dst, meta: ShardMeta, rate_mb_s:
         except (OSError, fmt.ShardFormatError) as e:
             store.bad_replica(src, meta, "rebuild", e)  # queued: the replicator mends it
             errors.append(f"{src.label}: {getattr(e, 'strerror', None) or e}")
-    raise HoardError(f"shard {meta.hex}: no replica could be copied ({'; '.join(errors)}); "
-                     "`hoard verify --repair` may restore one", ExitCode.DATA)
+    raise NoSource(f"shard {meta.hex}: no replica could be copied ({'; '.join(errors)}); its replica on the lost disk "
+                   "stays listed — `hoard verify --repair` may restore one, then run the rebuild again")
+
+
+class NoSource(Exception):
+    """No replica of one shard could be copied (each one's error in the text)."""
 
 
 def _swap(store: Store, meta: ShardMeta, lost: str, new: str | None) -> None:

@@ -1,0 +1,129 @@
+"""A failed disk is read as the last resort (review 41): a disk failed for one EIO is read by
+nothing else, so an object whose other replica rotted was unreadable — and `hoard rebuild
+--disk` of that disk, which copies from the other replicas only, gave up on the whole rebuild
+at the first such shard. Each test tries to lose an acknowledged object that the failed disk
+still holds whole, and fails on the old code. Real files on directory disks, the real CLI."""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from fsd.base import config
+from fsd.base.errors import ExitCode
+from fsd.core.disks import DiskState
+from fsd.io.replicate import replicate_once
+from fsd.maintenance.check import check
+from fsd.maintenance.rebuild import rebuild
+from fsd.store import Store
+from tests.helpers import REPO, dir_disks_config, flip_byte, make_files
+from tests.test_store import check_store
+
+
+def _store(tmp_path: Path, disks: int = 3, files: int = 40, shard_size_mb: int = 64):
+    cfg = config.load(dir_disks_config(tmp_path, disks, shard_size_mb=shard_size_mb, copy_of_raw=2))
+    store = Store.open(cfg, init=True)
+    paths = make_files(tmp_path / "in", files, seed=41, lo=2000, hi=20000)
+    shas = [r.sha256 for r in store.put_many(paths)]
+    return store, paths, shas
+
+
+def _rot(store: Store, disk_uuid: str, sha_hex: str) -> None:
+    """One bit of the object's payload flips in its replica on that disk."""
+    loc = store.index.lookup(bytes.fromhex(sha_hex))
+    meta = store.index.get_shard(loc.shard_id)
+    flip_byte(store.disks[disk_uuid].find(meta.hex), loc.offset + 5)
+
+
+def _replicas(store: Store, sha_hex: str) -> list[str]:
+    return store.index.get_shard(store.index.lookup(bytes.fromhex(sha_hex)).shard_id).replicas
+
+
+@pytest.mark.expect_log(r"disk d\d: read error on shard \w+: .*checksum", level="WARNING")
+@pytest.mark.expect_log(r"read from failed disk d\d, the last good replica of shard \w+", level="WARNING")
+def test_an_object_whose_other_replica_rotted_reads_from_the_failed_disk_and_is_copied(tmp_path: Path) -> None:
+    store, paths, shas = _store(tmp_path)
+    victim = shas[7]
+    failed, rotted = _replicas(store, victim)
+    label = store.records[failed].label
+    store.set_disk_state(label, DiskState.FAILED, "test: an EIO once")
+    _rot(store, rotted, victim)
+    assert store.get(victim) == paths[7].read_bytes()  # old code: DataError, no good replica
+    # the warning's step: replicate mends the rotted replica (queued by the read) from the failed
+    # disk, then copies the shard back up to its target on active disks
+    got = replicate_once(store, rate_mb_s=None)
+    assert got.repaired == 1 and got.copied_shards >= 1
+    active = [u for u in _replicas(store, victim) if store.records[u].state == DiskState.ACTIVE]
+    assert len(active) == 2
+    rebuild(store, label)  # the failed disk's replicas dropped: every object reads from active disks alone
+    assert failed not in _replicas(store, victim)
+    assert check_store(store) == len(shas)
+    assert check(store).counts == {}
+    for p, sha in zip(paths, shas):
+        assert store.get(sha) == p.read_bytes()
+    store.close()
+
+
+@pytest.mark.services  # starts hoard processes
+@pytest.mark.expect_log(r"disk d\d: rebuild error on shard \w+: .*checksum", level="WARNING")
+def test_rebuild_copies_from_the_lost_disk_when_the_other_replica_rotted(tmp_path: Path) -> None:
+    """`hoard rebuild --disk L` of a disk still attached: a shard whose other replica rotted is
+    copied from L itself (the last resort), not given up on."""
+    store, paths, shas = _store(tmp_path)
+    victim = shas[3]
+    lost, rotted = _replicas(store, victim)
+    label = store.records[lost].label
+    _rot(store, rotted, victim)
+    cfg = store.cfg
+    store.close()
+    got = subprocess.run([sys.executable, "-m", "fsd", "--config", str(cfg.source), "rebuild", "--disk", label,
+                          "--yes"], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert got.returncode == 0, got.stderr  # old code: ExitCode.DATA, "no replica could be copied"
+    with Store.open(cfg) as store:
+        assert lost not in _replicas(store, victim)
+        assert replicate_once(store, rate_mb_s=None).repaired == 1  # the rotted replica, queued by the rebuild
+        assert check_store(store) == len(shas)  # every replica of every object reads whole
+        for p, sha in zip(paths, shas):
+            assert store.get(sha) == p.read_bytes()
+
+
+@pytest.mark.services  # starts hoard processes
+@pytest.mark.expect_log(r"disk d\d: rebuild error on shard \w+: .*checksum", level="WARNING")
+def test_rebuild_goes_on_past_a_shard_it_cannot_copy_and_names_it(tmp_path: Path) -> None:
+    """Both replicas of one shard rotted (the lost disk's too): the rebuild copies every other
+    shard, names that one with what each replica said, exits with ExitCode.DATA, and keeps the lost
+    disk's replica listed — nothing dropped from the index (old code: stopped at the shard)."""
+    store, paths, shas = _store(tmp_path, disks=3, files=600, shard_size_mb=1)
+    by_shard: dict[bytes, list[str]] = {}
+    for sha in shas:
+        by_shard.setdefault(store.index.lookup(bytes.fromhex(sha)).shard_id, []).append(sha)
+    lost = _replicas(store, shas[0])[0]
+    label = store.records[lost].label
+    on_lost = [sid for sid in by_shard if lost in store.index.get_shard(sid).replicas]
+    assert len(on_lost) >= 3, "the test needs several shards on the lost disk"
+    # the shard created first is the first the rebuild copies (shards_on sorts by creation)
+    first = min(on_lost, key=lambda sid: store.index.get_shard(sid).created)
+    victim = by_shard[first][0]
+    for uuid in _replicas(store, victim):
+        _rot(store, uuid, victim)
+    cfg = store.cfg
+    store.close()
+    got = subprocess.run([sys.executable, "-m", "fsd", "--config", str(cfg.source), "rebuild", "--disk", label,
+                          "--yes"], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert got.returncode == ExitCode.DATA, got.stderr
+    said = " ".join(got.stderr.split())
+    assert f"not copied: shard {first.hex()}: no replica could be copied" in said
+    assert "its replica on the lost disk stays listed" in said
+    assert f"{len(on_lost) - 1} copied" in got.stdout
+    with Store.open(cfg, writable=False) as store:
+        assert lost in store.index.get_shard(first).replicas
+        for sid in on_lost:
+            if sid != first:
+                assert lost not in store.index.get_shard(sid).replicas
+        for p, sha in zip(paths, shas):
+            if sha != victim:
+                assert hashlib.sha256(store.get(sha)).hexdigest() == sha
