@@ -68,6 +68,19 @@ def test_an_object_whose_other_replica_rotted_reads_from_the_failed_disk_and_is_
     store.close()
 
 
+def test_batch_reads_of_a_shard_whose_disks_all_failed_come_from_them(tmp_path: Path) -> None:
+    """Both disks of a shard failed (each gave one EIO): the batch planner (ingest's export,
+    datasets, `hoard get --batch`) reads them as the last resort instead of calling every
+    object of the shard "not in the store"."""
+    store, paths, shas = _store(tmp_path, disks=2)
+    for label in ("d0", "d1"):
+        store.set_disk_state(label, DiskState.FAILED, "test: an EIO once")
+    got: dict[str, bytes] = {}
+    store.read_batch(shas, lambda sha, data: got.__setitem__(sha.hex(), bytes(data)))
+    assert got == {sha: p.read_bytes() for p, sha in zip(paths, shas)}
+    store.close()
+
+
 @pytest.mark.services  # starts hoard processes
 @pytest.mark.expect_log(r"disk d\d: rebuild error on shard \w+: .*checksum", level="WARNING")
 def test_rebuild_copies_from_the_lost_disk_when_the_other_replica_rotted(tmp_path: Path) -> None:

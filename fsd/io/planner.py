@@ -39,6 +39,7 @@ from fsd.core import shardfmt as fmt
 from fsd.core.records import verified_view
 
 if TYPE_CHECKING:
+    from fsd.core.entries import ShardMeta
     from fsd.store import Store
 
 PIECE_BYTES = 16 << 20
@@ -129,7 +130,7 @@ def make_plan(store: Store, shas: list[bytes], bw: dict[str, float] | None = Non
     large_pieces: list[tuple[int, str, list[str], Wanted]] = []
     for w in plan.large:  # balanced with the rest: a large record is a piece of its own, streamed
         meta = store.index.get_shard(locs[w.sha].shard_id)
-        cands = [d.uuid for d in store.replica_order(meta)] if meta else []
+        cands = _candidates(store, meta)
         if meta is not None and cands:
             large_pieces.append((w.length, meta.hex, cands, w))
         else:
@@ -137,7 +138,7 @@ def make_plan(store: Store, shas: list[bytes], bw: dict[str, float] | None = Non
     plan.large = [p[3] for p in large_pieces]
     for sid, wanted in by_shard.items():
         meta = store.index.get_shard(sid)
-        cands = [d.uuid for d in store.replica_order(meta)] if meta else []
+        cands = _candidates(store, meta)
         if not cands:
             plan.missing.extend(w.sha for w in wanted)
             continue
@@ -305,6 +306,14 @@ def _range_reads(disk, ranges: list[ReadRange]) -> Iterator[tuple[ReadRange, byt
         return one
 
     yield from in_order((read(rng) for rng in ranges), disk.read_streams)
+
+
+def _candidates(store: Store, meta: ShardMeta | None) -> list[str]:
+    """The disks a shard's piece may be read from: its usable replicas, or, when it has none,
+    those on failed but attached disks (Store.last_resort) rather than calling it missing."""
+    if meta is None:
+        return []
+    return [d.uuid for d in store.replica_order(meta) or store.last_resort(meta)]
 
 
 def execute(store: Store, plan: Plan, sink: Sink,
