@@ -467,6 +467,7 @@ def test_cli_put_get(hoard_home: Path, tmp_path: Path) -> None:
 
 
 @pytest.mark.expect_log(r"disk d\d: write error", level="WARNING")
+@pytest.mark.expect_log(r"read from failed disk d\d, the last good replica", level="WARNING")  # (b2's manifest)
 def test_a_pointer_write_error_on_one_disk_fails_that_disk_not_the_command(store_factory, tmp_path: Path,
                                                                           monkeypatch) -> None:
     """A disk answering EIO to a batch pointer (before anything else noticed it dying): the
