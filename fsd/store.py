@@ -472,9 +472,20 @@ class Store:
         """The disks holding `meta` that were failed but are still attached: read only when
         every usable replica failed (review 41: a failed disk read by nothing made an object
         unreadable whose other replica had rotted, while the failed disk still held it whole).
-        Never written to; a read that fails there is not reported again (the disk is failed)."""
-        return [self.disks[u] for u in meta.replicas if u not in avoid and u in self.disks and u in self.records
-                and self.records[u].state == DiskState.FAILED]
+        Never written to; a read that fails there is not reported again (the disk is failed).
+        Only a disk still at its path with its own identity (`check`): one that is gone holds
+        nothing to read, and another disk mounted in its place must not be read as it."""
+        out = []
+        for u in meta.replicas:
+            rec = self.records.get(u)
+            if u in avoid or u not in self.disks or rec is None or rec.state != DiskState.FAILED:
+                continue
+            try:
+                self.disks[u].check()
+            except OSError:  # (DiskGone: unmounted, another disk, its identity damaged)
+                continue
+            out.append(self.disks[u])
+        return out
 
     def get(self, sha256_hex: str, avoid: Set[str] = frozenset()) -> bytes:
         """The object's bytes, verified (xxh3-128 and sha256), from the first good replica."""

@@ -300,6 +300,7 @@ def test_rebuild_reports_every_shard_it_deals_with(tmp_path: Path) -> None:
         other = partners.most_common(1)[0][0]  # the disk sharing most of d0's shards
         both = [m for m in on_d0 if other in m.replicas]
     shutil.rmtree(tmp_path / label[other])  # gone too: the shards d0 shared with it have no source left
+    shutil.rmtree(tmp_path / "d0")  # (d0 itself gone: a lost disk still attached is read as the last resort)
     calls = []
     with Store.open(config.load(cfg_path)) as store:
         rep = rebuild(store, "d0", progress=lambda done, total: calls.append((done, total)))
