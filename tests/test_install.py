@@ -8,6 +8,7 @@ from __future__ import annotations
 import configparser
 import os
 import shutil
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -566,3 +567,50 @@ def test_a_written_file_is_owned_as_the_root_numbers_its_owner_and_never_written
         host.write("/etc/hoard/other.toml", "x\n", 0o640, "root:nobody")
     assert not (root / "etc/hoard/other.toml").exists()
     assert sorted(p.name for p in (root / "etc/hoard").iterdir()) == [".hoard.toml.tmp", "hoard.toml"]
+
+
+@pytest.mark.needs(os.geteuid() == 0, "ROOT NEEDED (owners are changed)")
+def test_what_a_written_file_finds_there_is_looked_at_without_following_or_blocking(tmp_path: Path, capsys) -> None:
+    """Review 41: the same text with the wrong owner or mode was left as it was; a FIFO in the
+    file's place hung the install (read_text blocks on it); a link to a file with the same
+    text was taken for ours. Now: owner and mode are set by a descriptor, a FIFO or a link
+    is replaced by the file (the link's target untouched), all without waiting."""
+    import signal
+
+    root = tmp_path / "root"
+    (root / "etc/hoard").mkdir(parents=True)
+    (root / "etc/passwd").write_text(f"root:x:0:0::/root:/bin/sh\nhoard:x:{HOARD_ID}:{HOARD_ID}::/:/bin/false\n")
+    (root / "etc/group").write_text(f"root:x:0:\nhoard:x:{HOARD_ID}:\n")
+    host = Host(root, dry_run=False)
+    same = root / "etc/hoard/hoard.toml"
+    same.write_text("[store]\n")
+    os.chmod(same, 0o666)
+    assert not host.write("/etc/hoard/hoard.toml", "[store]\n", 0o640, "root:hoard")  # the text is right
+    st = same.lstat()
+    assert (st.st_uid, st.st_gid, st.st_mode & 0o7777) == (0, HOARD_ID, 0o640)
+    assert "set owner and mode of /etc/hoard/hoard.toml (root:hoard, 0640; was root:0, 0666)" in capsys.readouterr().out
+    assert not host.write("/etc/hoard/hoard.toml", "[store]\n", 0o640, "root:hoard")
+    assert "set owner" not in capsys.readouterr().out  # right already: nothing said, nothing done
+    fifo = root / "etc/hoard/unit.conf"
+    os.mkfifo(fifo)
+    victim = tmp_path / "victim"
+    victim.write_text("x\n")
+    os.chmod(victim, 0o600)
+    link = root / "etc/hoard/linked.conf"
+    link.symlink_to(victim)
+    def hung(*_: object) -> None:
+        raise TimeoutError("Host.write waited on what it found in the file's place")
+
+    before = signal.signal(signal.SIGALRM, hung)  # (a hang fails the test instead of stalling the suite)
+    signal.alarm(20)
+    try:
+        assert host.write("/etc/hoard/unit.conf", "x\n", 0o644)
+        assert host.write("/etc/hoard/linked.conf", "x\n", 0o644, "root:hoard")
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, before)
+    for path in (fifo, link):
+        st = path.lstat()
+        assert stat.S_ISREG(st.st_mode) and path.read_text() == "x\n"
+    assert link.lstat().st_gid == HOARD_ID
+    assert (victim.stat().st_gid, victim.stat().st_mode & 0o7777) == (0, 0o600)  # the link's target untouched

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import shlex
 import shutil
+import stat
 import subprocess
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -113,10 +114,17 @@ class Host:
 
     def write(self, path: str | Path, text: str, mode: int, owner: str = "root:root", keep: bool = False) -> bool:
         """Write a file of the target system if its text differs (`keep`: only if it is missing);
-        True if it was (or would be) written."""
+        True if it was (or would be) written. A file with the same text but another owner or
+        mode gets them set (`keep` files are the operator's: left as they are). What is there
+        is looked at without following a link or blocking on a FIFO (`_regular_text`): anything
+        but a regular file of ours is replaced."""
         real = self.p(path)
-        if real.exists() and (keep or real.read_text() == text):
+        found = _regular_text(real)
+        if found is not None and (keep or found[0] == text):
+            if not keep:
+                self._mend(path, real, found[1], mode, owner)
             return False
+        exists = os.path.lexists(real)
 
         def act() -> None:
             real.parent.mkdir(parents=True, exist_ok=True)
@@ -128,8 +136,31 @@ class Host:
 
             atomic_write(real, text.encode(), prepare)
 
-        self.change(f"{'replace' if real.exists() else 'write'} {path} ({owner}, {mode:04o})", act)
+        self.change(f"{'replace' if exists else 'write'} {path} ({owner}, {mode:04o})", act)
         return True
+
+    def _mend(self, path: str | Path, real: Path, st: os.stat_result, mode: int, owner: str) -> None:
+        """Set a file's owner and mode where they differ, by a descriptor opened without
+        following a link (the file may have been swapped since it was looked at: then the
+        descriptor's file is checked again and left alone if it is not the one looked at)."""
+        uid, gid = self.owner_ids(owner)
+        if (st.st_uid, st.st_gid, st.st_mode & 0o7777) == (uid, gid, mode):
+            return
+
+        def act() -> None:
+            fd = os.open(real, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+            try:
+                now = os.fstat(fd)
+                if (now.st_dev, now.st_ino) != (st.st_dev, st.st_ino):
+                    raise HoardError(f"{real} changed while `hoard install` looked at it; run it again",
+                                     ExitCode.UNAVAILABLE)
+                os.fchown(fd, uid, gid)
+                os.fchmod(fd, mode)
+            finally:
+                os.close(fd)
+
+        self.change(f"set owner and mode of {path} ({owner}, {mode:04o}; was "
+                    f"{self.name_of(st.st_uid) or st.st_uid}:{st.st_gid}, {st.st_mode & 0o7777:04o})", act)
 
     def remove(self, path: str | Path) -> None:
         real = self.p(path)
@@ -137,3 +168,29 @@ class Host:
             self.change(f"remove {path}/", lambda: shutil.rmtree(real))
         elif real.exists() or real.is_symlink():
             self.change(f"remove {path}", real.unlink)
+
+
+#: the largest file `hoard install` compares before replacing it (its own files are a few KB)
+_LOOK_MAX = 1 << 20
+
+
+def _regular_text(real: Path) -> tuple[str, os.stat_result] | None:
+    """A regular file's text and its stat, looked at through a descriptor opened without
+    following a link (O_NOFOLLOW) or waiting on a FIFO (O_NONBLOCK); None when there is no
+    such file — a link, a FIFO, a device, a directory, a file too large or not text: what
+    `Host.write` replaces."""
+    try:
+        fd = os.open(real, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:  # missing, a link (ELOOP), unreadable: written anew
+        return None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_size > _LOOK_MAX:
+            return None
+        data = os.read(fd, _LOOK_MAX + 1)
+    finally:
+        os.close(fd)
+    try:
+        return data.decode(), st
+    except UnicodeDecodeError:
+        return None
