@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import errno
 import os
 import random
 import signal
@@ -220,6 +221,29 @@ def test_batch_read_plan_covers_everything_coalesced(store_factory, tmp_path: Pa
     assert stats.objects == len(shas) and stats.fallbacks == 0
     assert all(hashlib.sha256(v).digest() == k for k, v in got.items()) and len(got) == len(shas)
 
+
+
+@pytest.mark.parametrize("err", [errno.EIO, errno.ENOSPC], ids=["EIO", "ENOSPC"])
+def test_a_sink_error_in_a_batch_read_is_raised_not_blamed_on_the_disk_read(store_factory, tmp_path: Path,
+                                                                           err: int) -> None:
+    """The sink (an export writing to a zone) fails: its error is raised as it is, and the disk
+    the objects came from is not blamed — review 41: the sink's EIO marked the healthy source
+    disk failed, its ENOSPC was recorded as the source's read error and retried elsewhere."""
+    store = store_factory(shard_size_mb=4)
+    shas = [r.sha256 for r in store.put_many(make_files(tmp_path / "in", 100))]
+    calls = []
+
+    def sink(sha: bytes, payload: memoryview) -> None:
+        calls.append(sha)
+        if len(calls) == 30:
+            raise OSError(err, os.strerror(err), str(tmp_path / "3D" / "export"))
+
+    with pytest.raises(OSError) as got:
+        store.read_batch(shas, sink)
+    assert got.value.errno == err
+    assert {r.state.value for r in store.records.values()} == {"active"}
+    assert not [e for e in store.index.recent_events(50) if e["kind"].endswith("_error")]
+    assert not list(store.index.pending_repairs())  # nothing queued for repair either
 
 
 def _ranges_by_record_order(records: list, gap: int, max_range: int) -> list[tuple]:

@@ -308,6 +308,12 @@ def _range_reads(disk, ranges: list[ReadRange]) -> Iterator[tuple[ReadRange, byt
     yield from in_order((read(rng) for rng in ranges), disk.read_streams)
 
 
+class SinkFailed(Exception):
+    """A sink raised (its exception is the cause): raised past the reader's handling of read
+    errors, so the disk read from is not blamed (review 41: a sink's EIO failed the source
+    disk, its ENOSPC was recorded as the source's read error and retried from the others)."""
+
+
 def _candidates(store: Store, meta: ShardMeta | None) -> list[str]:
     """The disks a shard's piece may be read from: its usable replicas, or, when it has none,
     those on failed but attached disks (Store.last_resort) rather than calling it missing."""
@@ -345,7 +351,7 @@ def execute(store: Store, plan: Plan, sink: Sink,
             pass
         except BaseException as e:
             with lock:
-                errors.append(e)
+                errors.append(e.__cause__ if isinstance(e, SinkFailed) and e.__cause__ is not None else e)
             stop.set()
 
     def _read_disk(uuid: str) -> None:
@@ -365,7 +371,10 @@ def execute(store: Store, plan: Plan, sink: Sink,
                         return
                     payload = verified_view(buf, w.start - rng.start, w.sha, w.length,
                                             f" (shard {rng.shard_hex} on {disk.label})")
-                    sink(w.sha, payload)
+                    try:
+                        sink(w.sha, payload)
+                    except BaseException as e:  # the sink's own (a full zone, its disk's EIO): not this disk's
+                        raise SinkFailed() from e
                     delivered += 1
                     n_obj += 1
                     n_bytes += w.length
