@@ -234,12 +234,21 @@ class Store:
         rec = self.records.get(uuid)
         return 1 if rec is None else self._copies.get(rec.label, 1)
 
-    def copies_of(self, meta: ShardMeta, without: str | None = None, readable: bool = False) -> int:
+    def copies_of(self, meta: ShardMeta, without: str | None = None, readable: bool = False,
+                  bad: Set[tuple[bytes, str]] = frozenset()) -> int:
         """The copies a shard has toward its class's target (`target`): its replicas on active
         disks — or on any disk that can be read now, `readable` — each counted as its disk's
-        `weight`, leaving out `without`'s."""
-        return sum(self.weight(u) for u in meta.replicas if u != without and (
+        `weight`, leaving out `without`'s and those in `bad` ((shard id, disk uuid) pairs:
+        `known_bad`, replicas a reader found bad and queued for repair)."""
+        return sum(self.weight(u) for u in meta.replicas if u != without and (meta.shard_id, u) not in bad and (
             self.usable(u) if readable else (u in self.records and self.records[u].state == DiskState.ACTIVE)))
+
+    def known_bad(self) -> set[tuple[bytes, str]]:
+        """(shard id, disk uuid) of every replica queued for repair: found bad by a reader and
+        not yet mended — not to be counted on when another replica is dropped (review 42: a
+        rebuild or forget dropped a failed disk's good replica, the last one, while the
+        active ones it counted were known bad)."""
+        return {(sid, uuid) for sid, uuid, _ in self.index.pending_repairs()}
 
     def gone(self, disk: Disk, err: DiskGone) -> None:
         """The disk's mount or identity is gone: this process stops using it at once (its

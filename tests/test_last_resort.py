@@ -140,3 +140,83 @@ def test_rebuild_goes_on_past_a_shard_it_cannot_copy_and_names_it(tmp_path: Path
         for p, sha in zip(paths, shas):
             if sha != victim:
                 assert hashlib.sha256(store.get(sha)).hexdigest() == sha
+
+
+def _hoard(cfg, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "fsd", "--config", str(cfg.source), *args], capture_output=True,
+                          text=True, cwd=REPO, timeout=120)
+
+
+@pytest.mark.services  # starts hoard processes
+@pytest.mark.expect_log(r"disk d\d: (read|rebuild) error on shard \w+: .*checksum", level="WARNING")
+def test_replacing_a_disk_by_one_that_holds_its_shards_keeps_two_copies(tmp_path: Path) -> None:
+    """Review 42: `hoard disks replace d1 d2`, d2 already holding the shards d1 shared with it,
+    counted d2's copy as the rebuilt one and dropped d1's: one copy left, and none when d2's had
+    rotted (exit 0). Now the shard gets its second copy on another disk (from d1 if need be)."""
+    store, paths, shas = _store(tmp_path, disks=4)
+    victim = shas[3]
+    lost, other = _replicas(store, victim)
+    lost_label, other_label = store.records[lost].label, store.records[other].label
+    store.set_disk_state(lost_label, DiskState.FAILED, "test: an EIO once")
+    _rot(store, other, victim)
+    cfg = store.cfg
+    store.close()
+    got = _hoard(cfg, "disks", "replace", lost_label, other_label, "--yes")
+    assert got.returncode == 0, got.stderr
+    with Store.open(cfg) as store:
+        assert lost not in _replicas(store, victim) and len(_replicas(store, victim)) == 2
+        assert store.get(victim) == paths[3].read_bytes()  # old code: DataError, d1's good copy dropped
+        assert replicate_once(store, rate_mb_s=None).repaired == 1  # the rotted one, queued by the rebuild
+        assert check_store(store) == len(shas) and check(store).counts == {}
+
+
+@pytest.mark.services  # starts hoard processes
+def test_a_disk_is_not_rebuilt_onto_itself(tmp_path: Path) -> None:
+    """Review 42: `hoard rebuild --disk d0 --onto d0` marked d0 failed, then counted its copies
+    as rebuilt and dropped them all from the index (exit 0). Now refused, nothing changed."""
+    store, paths, shas = _store(tmp_path)
+    label = store.records[_replicas(store, shas[0])[0]].label
+    cfg = store.cfg
+    store.close()
+    got = _hoard(cfg, "rebuild", "--disk", label, "--onto", label, "--yes")
+    assert got.returncode == ExitCode.USAGE and f"disk {label} cannot be rebuilt onto itself" in got.stderr
+    with Store.open(cfg) as store:
+        assert {r.state for r in store.records.values()} == {DiskState.ACTIVE}
+        assert all(len(_replicas(store, sha)) == 2 for sha in shas)
+
+
+@pytest.mark.services  # starts hoard processes
+@pytest.mark.expect_log(r"disk d\d: (read|rebuild) error on shard \w+: .*checksum", level="WARNING")
+@pytest.mark.expect_log(r"read from failed disk d\d, the last good replica of shard \w+", level="WARNING")
+@pytest.mark.parametrize("how", ["forget", "rebuild of a rotted one"])
+def test_a_failed_disk_is_not_dropped_while_the_copies_counted_instead_are_known_bad(tmp_path: Path,
+                                                                                   how: str) -> None:
+    """Review 42: a failed disk d1 holds the last good replica; the shard's two active replicas
+    were read bad (queued for repair). `hoard disks forget d1` (and `hoard rebuild --disk` of one
+    of the bad ones) counted those as copies and dropped d1's: the object was lost. Now a
+    replica queued for repair is not counted: forget is refused, the rebuild copies from d1."""
+    store, paths, shas = _store(tmp_path, disks=4)
+    victim = shas[3]
+    failed = _replicas(store, victim)[0]
+    label = store.records[failed].label
+    store.set_disk_state(label, DiskState.FAILED, "test: an EIO once")
+    from fsd.io.replicate import _copy_one
+
+    meta = store.index.get_shard(store.index.lookup(bytes.fromhex(victim)).shard_id)
+    assert _copy_one(store, meta, None)  # `hoard replicate` made a copy while d1 was failed
+    actives = [u for u in _replicas(store, victim) if u != failed]
+    assert len(actives) == 2
+    for u in actives:
+        _rot(store, u, victim)
+    assert store.get(victim) == paths[3].read_bytes()  # from d1, the two bad ones queued for repair
+    assert {uuid for _, uuid, _ in store.index.pending_repairs()} == set(actives)
+    cfg = store.cfg
+    store.close()
+    if how == "forget":
+        got = _hoard(cfg, "disks", "forget", label)
+        assert got.returncode == ExitCode.DATA and "shards still need its replica" in got.stderr
+    else:
+        got = _hoard(cfg, "rebuild", "--disk", store.records[actives[0]].label, "--yes")
+        assert got.returncode == 0, got.stderr
+    with Store.open(cfg) as store:
+        assert store.get(victim) == paths[3].read_bytes()  # old code: DataError, d1's replica dropped

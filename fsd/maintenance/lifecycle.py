@@ -156,8 +156,9 @@ def forget(store: Store, label: str) -> int:
                          ExitCode.USAGE)
     with store.maintenance(f"forget {label}"):
         listing = [m for m in store.index.iter_shards() if rec.uuid in m.replicas]
+        bad = store.known_bad()  # (a replica queued for repair is not a copy to count on)
         short = [m for m in listing
-                 if store.copies_of(m, without=rec.uuid) < store.target(m.klass)]
+                 if store.copies_of(m, without=rec.uuid, bad=bad) < store.target(m.klass)]
         if short:
             step = ("`hoard replicate` (it copies a draining disk's shards elsewhere)" if rec.state ==
                     DiskState.DRAINING else f"`hoard rebuild --disk {label}`")

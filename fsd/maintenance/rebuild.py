@@ -12,7 +12,7 @@ from __future__ import annotations
 import errno
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Set
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -67,7 +67,11 @@ def _rebuild(store: Store, label: str, onto: str | None, rate_mb_s: float | None
     lost_rec = next((r for r in store.index.get_disks() if r.label == label), None)
     if lost_rec is None:
         raise HoardError(f"no disk labelled {label}; `hoard disks list` shows them", ExitCode.USAGE)
-    _check_room(store, lost_rec.uuid, target)
+    if target is not None and target.uuid == lost_rec.uuid:  # (it would drop every replica it holds)
+        raise HoardError(f"disk {label} cannot be rebuilt onto itself; name another disk with --onto",
+                         ExitCode.USAGE)
+    bad = store.known_bad()  # replicas queued for repair: not copies to count on
+    _check_room(store, lost_rec.uuid, target, bad)
     # the switch-over: no other writer may keep placing shards on the disk (they read disk
     # states when they open the store), so it happens while this process holds the store alone
     with store.exclusive(f"rebuild of {label}: marking it failed", wait_s=60):
@@ -94,11 +98,14 @@ def _rebuild(store: Store, label: str, onto: str | None, rate_mb_s: float | None
     def handle(meta: ShardMeta) -> None:
         with lock:
             rep.shards += 1
-            if _done_already(store, meta, lost_uuid, target):  # (`hoard replicate` ran first): no copy
+            if _done_already(store, meta, lost_uuid, bad):  # (`hoard replicate` ran first): no copy
                 _swap(store, meta, lost_uuid, None)
                 return
-            dst = target or _adoptable(store, meta) or store.place(1, meta.size, exclude=set(meta.replicas),
-                                                                   why_excluded="holds a copy already")[0]
+            # (a shard the target holds already needs its copy elsewhere: its one copy there
+            # does not stand for two — review 42, `disks replace d1 d2` left shards at one copy)
+            onto_it = target if target is not None and target.uuid not in meta.replicas else None
+            dst = onto_it or _adoptable(store, meta) or store.place(1, meta.size, exclude=set(meta.replicas),
+                                                                    why_excluded="holds a copy already")[0]
         if _verified_copy_exists(dst, meta):
             with lock:
                 rep.adopted += 1
@@ -134,26 +141,35 @@ def _rebuild(store: Store, label: str, onto: str | None, rate_mb_s: float | None
     return rep
 
 
-def _check_room(store: Store, lost: str, onto: Disk | None) -> None:
+def _check_room(store: Store, lost: str, onto: Disk | None, bad: Set[tuple[bytes, str]]) -> None:
     """Refuse before anything changes when the lost disk's shards cannot all be placed (on
-    `onto`, or on distinct disks that do not hold them yet)."""
-    cands = [c for c in store.candidates() if c.uuid != lost and (onto is None or c.uuid == onto.uuid)]
-    needs = [Need(m.size, 1, frozenset(m.replicas), m.hex) for m in shards_on(store, lost)
-             if not _done_already(store, m, lost, onto)]
-    _, unplaced = simulate(cands, needs)
+    `onto` — those it holds already on any other disk — or on distinct disks that do not
+    hold them yet)."""
+    anywhere = [c for c in store.candidates() if c.uuid != lost]
+    todo = [m for m in shards_on(store, lost) if not _done_already(store, m, lost, bad)]
+
+    def needs(ms: list[ShardMeta]) -> list[Need]:
+        return [Need(m.size, 1, frozenset(m.replicas), m.hex) for m in ms]
+
+    if onto is None:
+        _, unplaced = simulate(anywhere, needs(todo))
+    else:
+        _, unplaced = simulate([c for c in anywhere if c.uuid == onto.uuid],
+                               needs([m for m in todo if onto.uuid not in m.replicas]))
+        _, elsewhere = simulate(anywhere, needs([m for m in todo if onto.uuid in m.replicas]))
+        unplaced += elsewhere
     if unplaced:
-        raise NoSpace(f"rebuild refused before it started: {space_report(cands, unplaced)}; add a disk "
+        raise NoSpace(f"rebuild refused before it started: {space_report(anywhere, unplaced)}; add a disk "
                       f"(`hoard disks add`) or free space (`hoard gc`) first — disk {store.records[lost].label} "
                       "was not marked failed")
 
 
-def _done_already(store: Store, meta: ShardMeta, lost: str, onto: Disk | None) -> bool:
-    """Whether the shard needs no copy to replace the lost disk's: it is on the target disk
-    already, or has its replica target without the lost copy (`hoard replicate` made them
-    while the disk was missing or draining). Its lost copy is then only dropped from the index."""
-    if onto is not None and onto.uuid in meta.replicas:
-        return True
-    return store.copies_of(meta, without=lost) >= store.target(meta.klass)
+def _done_already(store: Store, meta: ShardMeta, lost: str, bad: Set[tuple[bytes, str]]) -> bool:
+    """Whether the shard needs no copy to replace the lost disk's: it has its replica target
+    without the lost copy, counting no replica known bad (`hoard replicate` made them while
+    the disk was missing or draining). Its lost copy is then only dropped from the index.
+    (A copy on the target disk is one copy, not the target: review 42.)"""
+    return store.copies_of(meta, without=lost, bad=bad) >= store.target(meta.klass)
 
 
 def _adoptable(store: Store, meta: ShardMeta):
@@ -164,9 +180,9 @@ def _adoptable(store: Store, meta: ShardMeta):
 
 
 def _verified_copy_exists(disk: Disk, meta: ShardMeta) -> bool:
-    if disk.state(meta.hex) != "sealed":
-        return False
-    try:
+    try:  # (the stat too: a rotted directory block or inode answers EBADMSG to it — review 42)
+        if disk.state(meta.hex) != "sealed":
+            return False
         check_replica(disk, meta)
         return True
     except (OSError, fmt.ShardFormatError):
