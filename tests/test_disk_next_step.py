@@ -152,12 +152,15 @@ def test_failed_disk(tmp_path: Path) -> None:
                     if len(m.replicas) == 2)
     with Store.open(config.load(cfg_path)) as st:
         st.set_disk_state(pair[0], DiskState.FAILED, "I/O error during read (test)")
-    other = tmp_path / pair[1]
+    other, failed_disk = tmp_path / pair[1], tmp_path / pair[0]
     other.rename(other.with_name(pair[1] + ".away"))
+    failed_disk.rename(failed_disk.with_name(pair[0] + ".away"))  # (unplugged too: nothing to read it from)
     card = _cards(cfg_path)[pair[0]]
     assert card["state"] == "failed" and card["only_here"] > 0, card
     r = hoard("--config", str(cfg_path), "disks", "forget", pair[0])
     assert f"`hoard disks forget {pair[0]}` is refused" in card["next_step"] and r.returncode == 5, r.stderr
+    assert f"mount it again at {failed_disk}" in card["next_step"], card
+    failed_disk.with_name(pair[0] + ".away").rename(failed_disk)
     _follow(cfg_path, card["next_step"], [f"hoard disks activate {pair[0]}"])
     other.with_name(pair[1] + ".away").rename(other)
     assert all(d["state"] == "active" for d in _cards(cfg_path).values())
@@ -179,6 +182,36 @@ def test_failed_disk(tmp_path: Path) -> None:
     cards = _cards(cfg_path)
     assert set(cards) == set(held) - set(failed) | {"d9"}, cards
     assert all(d["state"] == "active" for d in cards.values()), cards
+    _all_read_back(cfg_path, results)
+
+
+@pytest.mark.services  # starts hoard processes, servers or a FUSE mount
+def test_a_failed_disk_still_attached_holding_the_only_readable_replicas_is_replaced_from_itself(
+        tmp_path: Path) -> None:
+    """A failed disk still at its path, whose shards' other replicas are on a missing disk: it
+    is read as the last resort, so the advice is to replace it — and the replacement copies
+    those shards from the failed disk itself (review 42: the advice said the replacement copies
+    only the others, and that was so)."""
+    cfg_path, results = _store(tmp_path)
+    with Store.open(config.load(cfg_path), writable=False) as st:
+        pair = next(sorted(st.records[u].label for u in m.replicas) for m in st.index.iter_shards()
+                    if len(m.replicas) == 2)
+    with Store.open(config.load(cfg_path)) as st:
+        st.set_disk_state(pair[0], DiskState.FAILED, "I/O error during read (test)")
+    other = tmp_path / pair[1]
+    other.rename(other.with_name(pair[1] + ".away"))
+    card = _cards(cfg_path)[pair[0]]
+    assert card["state"] == "failed" and card["only_here"] > 0, card
+    assert f"those are copied from {pair[0]} itself" in card["next_step"], card
+    (tmp_path / "d9").mkdir()
+    _follow(cfg_path, card["next_step"], ["hoard disks add PATH --label NEW", f"hoard disks replace {pair[0]} NEW"],
+            PATH=str(tmp_path / "d9"), NEW="d9")
+    _all_read_back(cfg_path, results)  # with the other disk still away: the copies came from the failed one
+    other.with_name(pair[1] + ".away").rename(other)
+    _follow(cfg_path, card["next_step"], [f"hoard disks forget {pair[0]}"])
+    _remove_table(cfg_path, pair[0], card["next_step"])
+    cards = _cards(cfg_path)
+    assert pair[0] not in cards and all(d["state"] == "active" for d in cards.values()), cards
     _all_read_back(cfg_path, results)
 
 

@@ -71,13 +71,15 @@ def test_an_object_whose_other_replica_rotted_reads_from_the_failed_disk_and_is_
 def test_batch_reads_of_a_shard_whose_disks_all_failed_come_from_them(tmp_path: Path) -> None:
     """Both disks of a shard failed (each gave one EIO): the batch planner (ingest's export,
     datasets, `hoard get --batch`) reads them as the last resort instead of calling every
-    object of the shard "not in the store"."""
+    object of the shard "not in the store"; `hoard check` reads its footer there too."""
     store, paths, shas = _store(tmp_path, disks=2)
     for label in ("d0", "d1"):
         store.set_disk_state(label, DiskState.FAILED, "test: an EIO once")
     got: dict[str, bytes] = {}
     store.read_batch(shas, lambda sha, data: got.__setitem__(sha.hex(), bytes(data)))
     assert got == {sha: p.read_bytes() for p, sha in zip(paths, shas)}
+    found = check(store)  # its footer read from a failed disk: not "no readable replica footer" (review 42)
+    assert found.counts == {} and found.problems == []
     store.close()
 
 
@@ -220,3 +222,22 @@ def test_a_failed_disk_is_not_dropped_while_the_copies_counted_instead_are_known
         assert got.returncode == 0, got.stderr
     with Store.open(cfg) as store:
         assert store.get(victim) == paths[3].read_bytes()  # old code: DataError, d1's replica dropped
+
+
+@pytest.mark.expect_log(r"disk d\d: verify error on shard \w+: .*checksum", level="WARNING")
+def test_verify_repair_mends_a_rotted_replica_from_the_failed_disk(tmp_path: Path) -> None:
+    """Review 42: `hoard verify --repair` looked for a good copy among the usable replicas only,
+    so a shard whose one active replica rotted stayed bad (exit 5, no step) while the failed
+    disk held it whole; now it is repaired from there, as the docs say."""
+    from fsd.io.scrub import verify
+
+    store, paths, shas = _store(tmp_path)
+    victim = shas[5]
+    failed, rotted = _replicas(store, victim)
+    store.set_disk_state(store.records[failed].label, DiskState.FAILED, "test: an EIO once")
+    _rot(store, rotted, victim)
+    rep = verify(store, repair=True)
+    assert rep.repaired == [f"shard {store.index.get_shard(store.index.lookup(bytes.fromhex(victim)).shard_id).hex} "
+                            f"on {store.records[rotted].label}"] and not rep.unrepaired
+    assert verify(store).bad == [] and check_store(store) == len(shas)
+    store.close()

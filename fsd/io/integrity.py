@@ -529,8 +529,9 @@ def first_footer(store: Store, meta: Any, whole: bool = False) -> tuple[list[fmt
     first one truncated made the whole shard "no readable replica footer", and its record
     count and unindexed objects went unchecked. `whole`: only a footer that lists its replica's
     whole body, on a replica of the size the index records (`fmt.lists_whole_body`: what gc
-    takes for the shard's members)."""
-    for disk in store.replica_order(meta):
+    takes for the shard's members). Replicas on failed but attached disks are read last
+    (`Store.last_resort`): a shard whose replicas are all on such disks still has its footer."""
+    for disk in store.replica_order(meta) + store.last_resort(meta):
         try:
             size = disk.size(meta.hex)
             recs = fmt.decode_footer(lambda off, n, d=disk: d.read_at(meta.hex, off, n), size)
