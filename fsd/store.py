@@ -21,7 +21,7 @@ import os
 import random
 import threading
 import time
-from collections.abc import Callable, Iterable, Set
+from collections.abc import Callable, Iterable, Iterator, Set
 from pathlib import Path
 from typing import Protocol
 
@@ -100,6 +100,7 @@ class Store:
         self.disks: dict[str, Disk] = {}
         self.records: dict[str, DiskRecord] = {}
         self.queue: dict[str, int] = {}
+        self._last_resort_said: set[tuple[bytes, str]] = set()  # (shard, disk) warned of once
         self.measured_bw: dict[str, float] = {}  # MB/s seen by the batch reader, per disk uuid
         self.lock = threading.RLock()
         self.rng = random.Random()
@@ -477,6 +478,12 @@ class Store:
         usable.sort(key=lambda u: (u != first, self.records[u].state != DiskState.ACTIVE, self.queue.get(u, 0)))
         return [self.disks[u] for u in usable]
 
+    def sources(self, meta: ShardMeta, avoid: Set[str] = frozenset()) -> Iterator[Disk]:
+        """The disks to read or copy `meta` from, in turn: `replica_order`, then — only once
+        those are used up — `last_resort` (its probe of each failed disk made only then)."""
+        yield from self.replica_order(meta, avoid)
+        yield from self.last_resort(meta, avoid)
+
     def last_resort(self, meta: ShardMeta, avoid: Set[str] = frozenset()) -> list[Disk]:
         """The disks holding `meta` that were failed but are still attached: read only when
         every usable replica failed (review 41: a failed disk read by nothing made an object
@@ -669,8 +676,10 @@ class Store:
                 except (OSError, fmt.ShardFormatError) as e:
                     tried.append(f"{disk.label}, failed ({getattr(e, 'strerror', None) or e})")
                     continue
-                log.warning("object %s: read from failed disk %s, the last good replica of shard %s; `hoard "
-                            "replicate` copies it while the disk still reads", sha.hex(), disk.label, meta.hex)
+                if (meta.shard_id, disk.uuid) not in self._last_resort_said:  # (once, not per piece)
+                    self._last_resort_said.add((meta.shard_id, disk.uuid))
+                    log.warning("object %s: read from failed disk %s, the last good replica of shard %s; `hoard "
+                                "replicate` copies it while the disk still reads", sha.hex(), disk.label, meta.hex)
                 return got
             if not missing:
                 break

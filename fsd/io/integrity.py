@@ -531,7 +531,7 @@ def first_footer(store: Store, meta: Any, whole: bool = False) -> tuple[list[fmt
     whole body, on a replica of the size the index records (`fmt.lists_whole_body`: what gc
     takes for the shard's members). Replicas on failed but attached disks are read last
     (`Store.last_resort`): a shard whose replicas are all on such disks still has its footer."""
-    for disk in store.replica_order(meta) + store.last_resort(meta):
+    for disk in store.sources(meta):
         try:
             size = disk.size(meta.hex)
             recs = fmt.decode_footer(lambda off, n, d=disk: d.read_at(meta.hex, off, n), size)

@@ -10,6 +10,7 @@ Source reads use POSIX_FADV_DONTNEED so replication does not evict hot data.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 from collections.abc import Callable, Iterable
@@ -115,12 +116,13 @@ def _replicate(store: Store, budget_s: float, rate_mb_s: float | None,
 
 
 def _copy_one(store: Store, meta: ShardMeta, rate_mb_s: float | None) -> int | None:
-    sources = store.replica_order(meta) + store.last_resort(meta)
-    if not sources:
+    sources = store.sources(meta)
+    first = next(sources, None)
+    if first is None:
         log.warning("shard %s has no readable replica to copy from", meta.hex)
         return None
     [target] = store.place(1, meta.size, exclude=set(meta.replicas), why_excluded="holds a copy already")
-    for src in sources:
+    for src in itertools.chain([first], sources):
         try:
             n = copy_shard(src, target, meta.hex, rate_mb_s)
         except TargetError as e:  # the disk copied to failed, not the source: the next run places elsewhere
@@ -168,6 +170,5 @@ def repair_reported(store: Store) -> int:
             continue
         except (OSError, fmt.ShardFormatError):
             pass
-        sources = store.replica_order(meta, avoid={uuid}) + store.last_resort(meta)
-        fixed += repair_replica(store, meta, disk, sources, why.get("reason", ""))
+        fixed += repair_replica(store, meta, disk, store.sources(meta, avoid={uuid}), why.get("reason", ""))
     return fixed

@@ -85,8 +85,12 @@ def activate(store: Store, label: str) -> ActivateReport:
                 continue
             try:
                 found = disk.state(meta.hex)
-            except OSError as e:  # (EIO fails the disk again: refused below; a rotted inode is one file's)
+            except OSError as e:  # a rotted inode is one file's; anything else: the disk stays failed
                 store.disk_error(disk, "activate", e, meta.hex)
+                if not corrupt_fs(e):  # (no stat of every other file, each a slow EIO — review 42)
+                    store.records[rec.uuid].state = DiskState.FAILED
+                    raise HoardError(f"disk {label} failed while its shard files were listed ({e.strerror or e}); "
+                                     "it stays failed", ExitCode.UNAVAILABLE) from None
                 rep.unreadable.append(f"shard {meta.hex}: its file on {label} does not read ({e.strerror or e})"
                                       + (f": {fsck_step(label)}" if corrupt_fs(e) else ""))
                 continue

@@ -10,9 +10,10 @@ first, so nothing reads from or writes to it meanwhile.
 from __future__ import annotations
 
 import errno
+import itertools
 import threading
 import time
-from collections.abc import Callable, Set
+from collections.abc import Callable, Iterable, Set
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -111,13 +112,14 @@ def _rebuild(store: Store, label: str, onto: str | None, rate_mb_s: float | None
                 rep.adopted += 1
         else:
             # (the lost disk itself last: failed, but it may still read what no other replica does)
-            sources = store.replica_order(meta) + store.last_resort(meta)
-            if not sources:
+            sources = store.sources(meta)
+            first = next(sources, None)
+            if first is None:
                 with lock:
                     rep.lost.append(meta.hex)
                 return
             try:
-                _copy_from_any(store, sources, dst, meta, rate_mb_s / streams if rate_mb_s else None, stop)
+                _copy_from_any(store, itertools.chain([first], sources), dst, meta, rate_mb_s / streams if rate_mb_s else None, stop)
             except NoSource as e:  # one shard's: the others are still copied
                 with lock:
                     rep.not_copied.append(str(e))
@@ -189,7 +191,7 @@ def _verified_copy_exists(disk: Disk, meta: ShardMeta) -> bool:
         return False
 
 
-def _copy_from_any(store: Store, sources: list, dst, meta: ShardMeta, rate_mb_s: float | None,
+def _copy_from_any(store: Store, sources: Iterable[Disk], dst, meta: ShardMeta, rate_mb_s: float | None,
                    stop: threading.Event | None = None) -> None:
     errors = []
     for src in sources:
