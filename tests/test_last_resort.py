@@ -241,3 +241,48 @@ def test_verify_repair_mends_a_rotted_replica_from_the_failed_disk(tmp_path: Pat
                             f"on {store.records[rotted].label}"] and not rep.unrepaired
     assert verify(store).bad == [] and check_store(store) == len(shas)
     store.close()
+
+
+@pytest.mark.expect_log(r"disk d\d: verify error on shard \w+: .*checksum", level="WARNING")
+def test_verify_repair_assembles_a_shard_whose_replicas_rotted_at_different_records(tmp_path: Path) -> None:
+    """Review 42: two replicas, each rotted at another record: every object still read (from the
+    one that holds it whole), yet no command could mend the shard — copies were whole-shard
+    only. `hoard verify --repair` now assembles a copy record by record onto one bad replica's
+    disk, then repairs the other from it."""
+    from fsd.io.scrub import verify
+
+    store, paths, shas = _store(tmp_path)
+    a, b = _replicas(store, shas[2])
+    _rot(store, a, shas[2])
+    _rot(store, b, shas[9])
+    assert len(verify(store).bad) == 2
+    rep = verify(store, repair=True)
+    assert len(rep.repaired) == 2 and not rep.unrepaired, rep
+    assert any("assembled record by record" in r for r in rep.repaired)
+    assert verify(store, sha256=True).bad == [] and check_store(store) == len(shas)
+    assert any(e["kind"] == "assembled" for e in store.index.recent_events(20))
+    for p, sha in zip(paths, shas):
+        assert store.get(sha) == p.read_bytes()
+    store.close()
+
+
+@pytest.mark.services  # starts hoard processes
+@pytest.mark.expect_log(r"disk d\d: rebuild error on shard \w+: .*checksum", level="WARNING")
+@pytest.mark.expect_log(r"no replica is whole; a copy assembled record by record", level="WARNING")
+def test_rebuild_assembles_a_copy_when_the_lost_and_the_other_replica_rotted_at_different_records(
+        tmp_path: Path) -> None:
+    store, paths, shas = _store(tmp_path)
+    lost, other = _replicas(store, shas[2])
+    label = store.records[lost].label
+    _rot(store, lost, shas[2])
+    _rot(store, other, shas[9])
+    cfg = store.cfg
+    store.close()
+    got = _hoard(cfg, "rebuild", "--disk", label, "--yes")
+    assert got.returncode == 0, got.stderr  # old code: exit 5, not copied
+    with Store.open(cfg) as store:
+        assert lost not in _replicas(store, shas[2])
+        assert replicate_once(store, rate_mb_s=None).repaired == 1  # the other, queued by the rebuild
+        assert check_store(store) == len(shas)
+        for p, sha in zip(paths, shas):
+            assert store.get(sha) == p.read_bytes()

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import logging
 import os
 import queue
 import threading
 import time
+from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from fsd.base.files import SYNC_FILE_RANGE_ALL, SYNC_FILE_RANGE_WRITE, sync_file_range
@@ -134,6 +136,176 @@ def reseal_unlisted(store: Store, meta: ShardMeta, disk: Disk) -> int | None:
         disk.install(meta.hex, tmp)
     meta.size, meta.records = new_size, len(kept)
     return len(body) - len(kept)
+
+
+def copy_from_any(store: Store, sources: Iterable[Disk], dst: Disk, meta: ShardMeta, op: str,
+                  rate_mb_s: float | None = None, stop: threading.Event | None = None) -> int:
+    """A checked copy of `meta` on `dst` from the first of `sources` that gives one whole
+    (`copy_shard`; a source that fails is reported and queued for repair); when none does,
+    one assembled record by record from all of them (`copy_merged`). Returns the bytes
+    copied; raises TargetError when `dst` fails (another source would not help), NoSource
+    when no copy could be made (the text names what each replica said)."""
+    tried: list[Disk] = []
+    errors = []
+    for src in sources:
+        try:
+            return copy_shard(src, dst, meta.hex, rate_mb_s, stop)
+        except TargetError:
+            raise
+        except CopyStopped:
+            raise
+        except (OSError, fmt.ShardFormatError) as e:
+            store.bad_replica(src, meta, op, e)  # queued: the replicator mends it
+            errors.append(f"{src.label}: {getattr(e, 'strerror', None) or e}")
+            tried.append(src)
+    if len(tried) > 1:  # (each replica bad somewhere: maybe not at the same records)
+        try:
+            n = copy_merged(tried, dst, meta)
+        except fmt.ShardFormatError as e:
+            errors.append(f"assembled from them: {e}")
+        else:
+            log.warning("shard %s: no replica is whole; a copy assembled record by record from %s written to %s",
+                        meta.hex, ", ".join(d.label for d in tried), dst.label)
+            store.index.record_event("assembled", disk=dst.label, shard=meta.hex,
+                                     detail="from " + ", ".join(d.label for d in tried))
+            return n
+    raise NoSource(f"shard {meta.hex}: no replica could be copied ({'; '.join(errors) or 'none readable'})")
+
+
+class NoSource(Exception):
+    """No copy of one shard could be made (each replica's error in the text)."""
+
+
+def copy_merged(sources: Iterable[Disk], dst: Disk, meta: ShardMeta) -> int:
+    """A whole copy on `dst` of a sealed shard no replica of which is whole, record by record:
+    each record (its header and payload) from the first replica whose bytes there check —
+    the record header's own check, the payload's xxh3-128 and its sha256 against the name the
+    footer gives it — the shard header and footer from the first that hold them. The replicas
+    of a sealed shard are the same bytes (copies, or sealed alike by recovery), so each
+    record's bytes sit at the same place in each; a replica of another size or footer is not
+    used. Written tmp → fsync → checked whole (sha256 too) → named, as `copy_shard` does.
+    Raises ShardFormatError naming the first record no replica holds whole (nothing is
+    named then), TargetError when `dst` fails; returns the bytes written.
+
+    What makes a shard mendable whose two replicas rotted at different records (review 42:
+    whole-shard copies only, so no command could mend it while every object still read)."""
+    if not has_files(dst):
+        raise fmt.ShardFormatError(f"shard {meta.hex}: a copy assembled from its replicas goes onto a disk with "
+                                   f"files only, not {dst.label}")
+    fds: list[tuple[Disk, int]] = []
+    try:
+        for src in sources:
+            if not has_files(src):
+                continue
+            try:
+                fd = src.open_fd(meta.hex)
+            except OSError:
+                continue
+            if os.fstat(fd).st_size != meta.size:
+                os.close(fd)
+                continue
+            fds.append((src, fd))
+        records = _merge_footer(fds, meta)
+        tmp = dst.tmp_path(f"{meta.hex}.shard.tmp")
+        with _on_target():
+            dst.check()
+            tmp.parent.mkdir(parents=True, exist_ok=True)
+            out = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, FILE)
+        try:
+            _write_from_first(fds, out, 0, fmt.SHARD_HEADER_SIZE, _header_of(meta), "the shard header")
+            for rec in records:
+                start = rec.offset - fmt.RECORD_HEADER_SIZE
+                _write_from_first(fds, out, start, rec.end - start, _record_of(rec), f"the record at {rec.offset}")
+            footer_at = records[-1].end if records else fmt.SHARD_HEADER_SIZE
+            with _on_target():
+                os.pwrite(out, fmt.encode_footer(records, footer_at), footer_at)
+                os.fsync(out)
+            try:
+                verify_shard(lambda off, n: pread_full(out, n, off), meta.size, tmp.name, sha256=True,
+                             shard_hex=meta.hex)
+            except OSError as e:
+                raise TargetError(e) from e
+            except fmt.ShardFormatError as e:  # every piece checked as it was read: the disk gave back others
+                raise TargetError(OSError(errno.EIO, f"disk {dst.label} gave back other bytes than were written "
+                                                     f"to it ({e})")) from e
+        except BaseException:
+            os.close(out)
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise
+        os.close(out)
+        with _on_target():
+            dst.check()
+            dst.install(meta.hex, tmp)
+        return meta.size
+    finally:
+        for _src, fd in fds:
+            os.close(fd)
+
+
+def _merge_footer(fds: list[tuple[Disk, int]], meta: ShardMeta) -> list[fmt.RecordInfo]:
+    """The records of the first replica whose footer checks, lists its whole body and as many
+    records as the index counts; the replicas whose footer differs are left out of `fds`."""
+    found: list[fmt.RecordInfo] | None = None
+    for src, fd in fds:
+        try:
+            recs = fmt.decode_footer(lambda off, n, fd=fd: pread_full(fd, n, off), meta.size)
+        except (OSError, fmt.ShardFormatError):
+            continue
+        if recs is not None and len(recs) == meta.records and fmt.lists_whole_body(recs, meta.size):
+            found = sorted(recs, key=lambda r: r.offset)
+            break
+    if found is None:
+        raise fmt.FooterMismatch(f"shard {meta.hex}: no replica's footer lists its records "
+                                 f"({', '.join(src.label for src, _ in fds) or 'none could be opened'})")
+    return found
+
+
+def _header_of(meta: ShardMeta):
+    def good(buf: bytes) -> bool:
+        try:
+            return fmt.decode_shard_header(buf).shard_id == meta.shard_id
+        except fmt.ShardFormatError:
+            return False
+    return good
+
+
+def _record_of(rec: fmt.RecordInfo):
+    def good(buf: bytes) -> bool:
+        try:
+            sha, length, digest, _flags = fmt.decode_record_header(buf)
+        except fmt.ShardFormatError:
+            return False
+        payload = memoryview(buf)[fmt.RECORD_HEADER_SIZE:]
+        return (sha == rec.sha256 and length == rec.length == len(payload) and fmt.xxh3(payload) == digest
+                and hashlib.sha256(payload).digest() == rec.sha256)
+    return good
+
+
+def _write_from_first(fds: list[tuple[Disk, int]], out: int, start: int, n: int, good, what: str) -> None:
+    """Bytes [start, start+n) from the first replica whose bytes there are `good`, written at
+    `start` in `out`. (A record is held whole in memory: this path mends rare damage; a record
+    larger than MERGE_MAX is refused rather than read whole.)"""
+    if n > MERGE_MAX:
+        raise fmt.ShardFormatError(f"{what} is {n} bytes, over the {MERGE_MAX >> 20} MiB a copy assembled from "
+                                   "replicas reads at once")
+    said = []
+    for src, fd in fds:
+        try:
+            buf = pread_full(fd, n, start)
+        except OSError as e:
+            said.append(f"{src.label}: {e.strerror or e}")
+            continue
+        if len(buf) == n and good(buf):
+            with _on_target():
+                os.pwrite(out, buf, start)
+            return
+        said.append(f"{src.label}: does not check")
+    raise fmt.PayloadChecksumMismatch(f"no replica holds {what} whole ({'; '.join(said)})")
+
+
+#: the largest record `copy_merged` reads at once
+MERGE_MAX = 256 << 20
 
 
 def discard_copy(disk: Disk, shard_hex: str, why: str) -> None:

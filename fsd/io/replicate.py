@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 from fsd.core import shardfmt as fmt
 from fsd.core.placement import Need, NoSpace, simulate, space_report
-from fsd.io.replica import TargetError, check_replica, copy_shard, discard_copy, repair_replica
+from fsd.io.replica import NoSource, TargetError, check_replica, copy_from_any, discard_copy, repair_replica
 
 if TYPE_CHECKING:
     from fsd.core.index import ShardMeta
@@ -122,29 +122,27 @@ def _copy_one(store: Store, meta: ShardMeta, rate_mb_s: float | None) -> int | N
         log.warning("shard %s has no readable replica to copy from", meta.hex)
         return None
     [target] = store.place(1, meta.size, exclude=set(meta.replicas), why_excluded="holds a copy already")
-    for src in itertools.chain([first], sources):
-        try:
-            n = copy_shard(src, target, meta.hex, rate_mb_s)
-        except TargetError as e:  # the disk copied to failed, not the source: the next run places elsewhere
-            store.disk_error(target, "replicate", e.err, meta.hex)
-            return None
-        except (OSError, fmt.ShardFormatError) as e:
-            store.bad_replica(src, meta, "replicate", e)
-            continue
+    try:
+        n = copy_from_any(store, itertools.chain([first], sources), target, meta, "replicate", rate_mb_s)
+    except TargetError as e:  # the disk copied to failed, not the source: the next run places elsewhere
+        store.disk_error(target, "replicate", e.err, meta.hex)
+        return None
+    except NoSource as e:
+        log.warning("%s", e)
+        return None
 
-        def add(m: ShardMeta) -> dict[str, int]:
-            if target.uuid in m.replicas:
-                return {}
-            m.replicas.append(target.uuid)
-            return {target.uuid: n}
+    def add(m: ShardMeta) -> dict[str, int]:
+        if target.uuid in m.replicas:
+            return {}
+        m.replicas.append(target.uuid)
+        return {target.uuid: n}
 
-        fresh = store.index.update_shard(meta.shard_id, add)
-        if fresh is None:  # gc retired the shard while it was copied: the copy must not resurrect it
-            discard_copy(target, meta.hex, "gc retired it while it was copied")
-            raise ShardGone(meta.hex)
-        meta.replicas = fresh.replicas
-        return n
-    return None
+    fresh = store.index.update_shard(meta.shard_id, add)
+    if fresh is None:  # gc retired the shard while it was copied: the copy must not resurrect it
+        discard_copy(target, meta.hex, "gc retired it while it was copied")
+        raise ShardGone(meta.hex)
+    meta.replicas = fresh.replicas
+    return n
 
 
 class ShardGone(Exception):

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 from fsd.base.errors import ExitCode, HoardError
 from fsd.core import shardfmt as fmt
 from fsd.io import integrity
-from fsd.io.replica import TargetError, check_replica, repair_replica, reseal_unlisted
+from fsd.io.replica import TargetError, check_replica, copy_merged, repair_replica, reseal_unlisted
 
 log = logging.getLogger(__name__)
 
@@ -168,6 +168,9 @@ def _verify(store: Store, sample_pct: float, disk_label: str | None, sha256: boo
             if not good:  # no good copy: a body holding records its footer does not list is resealed
                 good = _reseal(store, meta, bad, rep)
                 bad = [(d, why) for d, why in bad if d not in good]
+            if not good:  # each replica bad somewhere: one assembled record by record onto a bad one's disk
+                good = _assemble(store, meta, bad, rep)
+                bad = [(d, why) for d, why in bad if d not in good]
             left = []  # a repair that failed (its disk's error recorded): the shard is not verified
             for disk, why in bad if good else []:
                 if repair_replica(store, meta, disk, good, why, sha256, check_sources=False):
@@ -186,6 +189,31 @@ def _verify(store: Store, sample_pct: float, disk_label: str | None, sha256: boo
         _judge_logs_and_pointers(store, rep, only_disk, repair)
     rep.seconds = time.monotonic() - t0
     return rep
+
+
+def _assemble(store: Store, meta: ShardMeta, bad: list, rep: VerifyReport) -> list:
+    """Replace the first bad replica on a writable disk by a copy assembled record by record
+    from every replica that reads (`copy_merged`: each record from one that holds it whole);
+    returns [that disk] when done, else [] (a record no replica holds whole: named in the log)."""
+    sources = list(store.sources(meta))
+    for disk, _why in bad:
+        if len(sources) < 2 or not store.usable(disk.uuid, for_write=True):
+            continue
+        try:
+            copy_merged(sources, disk, meta)
+        except TargetError as e:
+            store.disk_error(disk, "repair", e.err, meta.hex)
+            continue
+        except (OSError, fmt.ShardFormatError) as e:
+            log.warning("shard %s: no copy could be assembled from its replicas: %s", meta.hex, e)
+            return []
+        store.index.clear_repair(meta.shard_id, disk.uuid)
+        store.index.record_event("assembled", disk=disk.label, shard=meta.hex,
+                                 detail="from " + ", ".join(d.label for d in sources))
+        rep.repaired.append(f"shard {meta.hex} on {disk.label} (assembled record by record from "
+                            f"{', '.join(d.label for d in sources)})")
+        return [disk]
+    return []
 
 
 def _reseal(store: Store, meta: ShardMeta, bad: list, rep: VerifyReport) -> list:

@@ -22,7 +22,7 @@ from fsd.base.errors import ExitCode, HoardError
 from fsd.core import shardfmt as fmt
 from fsd.core.disks import DiskState
 from fsd.core.placement import Need, NoSpace, simulate, space_report
-from fsd.io.replica import TargetError, check_replica, copy_shard, discard_copy
+from fsd.io.replica import NoSource, TargetError, check_replica, copy_from_any, discard_copy
 
 if TYPE_CHECKING:
     from fsd.core.backend import Disk
@@ -193,26 +193,17 @@ def _verified_copy_exists(disk: Disk, meta: ShardMeta) -> bool:
 
 def _copy_from_any(store: Store, sources: Iterable[Disk], dst, meta: ShardMeta, rate_mb_s: float | None,
                    stop: threading.Event | None = None) -> None:
-    errors = []
-    for src in sources:
-        try:
-            copy_shard(src, dst, meta.hex, rate_mb_s, stop)
-            return
-        except TargetError as e:  # another source would not help: the disk copied to failed
-            store.disk_error(dst, "rebuild", e.err, meta.hex)
-            raise HoardError(f"shard {meta.hex}: writing its copy onto disk {dst.label} failed ({e.strerror or e}); "
-                             "nothing was lost (a copy is indexed only once it is checked) — see `hoard health`, "
-                             "then run the rebuild again (with --onto, onto another disk)",
-                             ExitCode.NO_SPACE if e.errno == errno.ENOSPC else ExitCode.UNAVAILABLE) from e
-        except (OSError, fmt.ShardFormatError) as e:
-            store.bad_replica(src, meta, "rebuild", e)  # queued: the replicator mends it
-            errors.append(f"{src.label}: {getattr(e, 'strerror', None) or e}")
-    raise NoSource(f"shard {meta.hex}: no replica could be copied ({'; '.join(errors)}); its replica on the lost disk "
-                   "stays listed — `hoard verify --repair` may restore one, then run the rebuild again")
-
-
-class NoSource(Exception):
-    """No replica of one shard could be copied (each one's error in the text)."""
+    try:
+        copy_from_any(store, sources, dst, meta, "rebuild", rate_mb_s, stop)
+    except TargetError as e:  # another source would not help: the disk copied to failed
+        store.disk_error(dst, "rebuild", e.err, meta.hex)
+        raise HoardError(f"shard {meta.hex}: writing its copy onto disk {dst.label} failed ({e.strerror or e}); "
+                         "nothing was lost (a copy is indexed only once it is checked) — see `hoard health`, "
+                         "then run the rebuild again (with --onto, onto another disk)",
+                         ExitCode.NO_SPACE if e.errno == errno.ENOSPC else ExitCode.UNAVAILABLE) from e
+    except NoSource as e:
+        raise NoSource(f"{e}; its replica on the lost disk stays listed, and every object of it that a replica "
+                       "holds whole still reads — `hoard verify --sha256` names the damage") from None
 
 
 def _swap(store: Store, meta: ShardMeta, lost: str, new: str | None) -> None:
