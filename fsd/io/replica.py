@@ -15,7 +15,8 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from fsd.base.files import SYNC_FILE_RANGE_ALL, SYNC_FILE_RANGE_WRITE, sync_file_range
@@ -25,7 +26,7 @@ from fsd.core.backend import has_files
 from fsd.core.disks import drop_cache, pread_full, verify_shard
 
 if TYPE_CHECKING:
-    from fsd.core.backend import Disk
+    from fsd.core.backend import Disk, LocalFiles
     from fsd.core.index import ShardMeta
     from fsd.store import Store
 
@@ -103,11 +104,7 @@ def reseal_unlisted(store: Store, meta: ShardMeta, disk: Disk) -> int | None:
             return None
         end = kept[-1].end
         footer = fmt.encode_footer(kept, end)
-        tmp = disk.tmp_path(f"{meta.hex}.shard.tmp")
-        with _on_target():
-            tmp.parent.mkdir(parents=True, exist_ok=True)
-            out = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, FILE)
-        try:
+        with _tmp_replica(disk, meta.hex) as (out, tmp):
             with _on_target():
                 for off in range(0, end, COPY_CHUNK):
                     data = read(off, min(COPY_CHUNK, end - off))
@@ -115,12 +112,6 @@ def reseal_unlisted(store: Store, meta: ShardMeta, disk: Disk) -> int | None:
                 os.write(out, footer)
                 os.fsync(out)
             verify_shard(lambda off, n: pread_full(out, n, off), end + len(footer), tmp.name, shard_hex=meta.hex)
-        except BaseException:
-            os.close(out)
-            with contextlib.suppress(OSError):
-                tmp.unlink()
-            raise
-        os.close(out)
     finally:
         os.close(fd)
     new_size = end + len(footer)
@@ -136,6 +127,25 @@ def reseal_unlisted(store: Store, meta: ShardMeta, disk: Disk) -> int | None:
         disk.install(meta.hex, tmp)
     meta.size, meta.records = new_size, len(kept)
     return len(body) - len(kept)
+
+
+@contextlib.contextmanager
+def _tmp_replica(disk: LocalFiles, shard_hex: str) -> Iterator[tuple[int, Path]]:
+    """A new replica file in the making on `disk` (its tmp folder, checked to be the disk
+    first), open read-write: (descriptor, path); closed after the block, removed if it raises."""
+    tmp = disk.tmp_path(f"{shard_hex}.shard.tmp")
+    with _on_target():
+        disk.check()  # a vanished disk leaves an empty mount point: nothing may land on the root filesystem
+        tmp.parent.mkdir(parents=True, exist_ok=True)
+        out = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, FILE)
+    try:
+        yield out, tmp
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    finally:
+        os.close(out)
 
 
 def copy_from_any(store: Store, sources: Iterable[Disk], dst: Disk, meta: ShardMeta, op: str,
@@ -206,12 +216,7 @@ def copy_merged(sources: Iterable[Disk], dst: Disk, meta: ShardMeta) -> int:
                 continue
             fds.append((src, fd))
         records = _merge_footer(fds, meta)
-        tmp = dst.tmp_path(f"{meta.hex}.shard.tmp")
-        with _on_target():
-            dst.check()
-            tmp.parent.mkdir(parents=True, exist_ok=True)
-            out = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, FILE)
-        try:
+        with _tmp_replica(dst, meta.hex) as (out, tmp):
             _write_from_first(fds, out, 0, fmt.SHARD_HEADER_SIZE, _header_of(meta), "the shard header")
             for rec in records:
                 start = rec.offset - fmt.RECORD_HEADER_SIZE
@@ -228,12 +233,6 @@ def copy_merged(sources: Iterable[Disk], dst: Disk, meta: ShardMeta) -> int:
             except fmt.ShardFormatError as e:  # every piece checked as it was read: the disk gave back others
                 raise TargetError(OSError(errno.EIO, f"disk {dst.label} gave back other bytes than were written "
                                                      f"to it ({e})")) from e
-        except BaseException:
-            os.close(out)
-            with contextlib.suppress(OSError):
-                tmp.unlink()
-            raise
-        os.close(out)
         with _on_target():
             dst.check()
             dst.install(meta.hex, tmp)
