@@ -481,8 +481,10 @@ class Store:
     def sources(self, meta: ShardMeta, avoid: Set[str] = frozenset()) -> Iterator[Disk]:
         """The disks to read or copy `meta` from, in turn: `replica_order`, then — only once
         those are used up — `last_resort` (its probe of each failed disk made only then)."""
-        yield from self.replica_order(meta, avoid)
-        yield from self.last_resort(meta, avoid)
+        order = self.replica_order(meta, avoid)
+        yield from order
+        # (not one of those again: a disk a copy just failed is a last resort by now — review 42)
+        yield from self.last_resort(meta, set(avoid) | {d.uuid for d in order})
 
     def last_resort(self, meta: ShardMeta, avoid: Set[str] = frozenset()) -> list[Disk]:
         """The disks holding `meta` that were failed but are still attached: read only when

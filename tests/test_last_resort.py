@@ -286,3 +286,60 @@ def test_rebuild_assembles_a_copy_when_the_lost_and_the_other_replica_rotted_at_
         assert check_store(store) == len(shas)
         for p, sha in zip(paths, shas):
             assert store.get(sha) == p.read_bytes()
+
+
+@pytest.mark.expect_log(r"disk d\d: (verify|read) error on shard \w+", level="WARNING")
+@pytest.mark.expect_log(r"no copy could be assembled from its replicas", level="WARNING")
+def test_another_shards_file_under_a_shards_name_is_never_assembled_from(tmp_path: Path) -> None:
+    """Review 42 (second): two shards of the same size and count (same-size objects); one
+    replica of A is B's file (a cross-link), A's other replica has one rotted record. The
+    assembly took B's footer and records (they check against B's names) and `verify --repair`
+    overwrote A's last good copy with them: every object of A lost, verify and check clean.
+    Now a replica whose header names another shard, or whose footer disagrees with the index,
+    gives nothing: nothing is overwritten, and every object that read still reads."""
+    import shutil
+
+    from fsd.io.scrub import verify
+
+    cfg = config.load(dir_disks_config(tmp_path, 3, shard_size_mb=1, copy_of_raw=2))
+    store = Store.open(cfg, init=True)
+    paths = make_files(tmp_path / "in", 50, seed=42, lo=50000, hi=50000)
+    shas = [r.sha256 for r in store.put_many(paths)]
+    by_shard: dict[bytes, list[int]] = {}
+    for i, sha in enumerate(shas):
+        by_shard.setdefault(store.index.lookup(bytes.fromhex(sha)).shard_id, []).append(i)
+    a, b = (store.index.get_shard(sid) for sid in list(by_shard)[:2])
+    assert (a.size, a.records) == (b.size, b.records)
+    shutil.copyfile(store.disks[b.replicas[0]].find(b.hex), store.disks[a.replicas[0]].find(a.hex))
+    in_a = by_shard[a.shard_id]
+    _rot(store, a.replicas[1], shas[in_a[3]])
+    readable = [i for i in in_a if i != in_a[3]]
+    verify(store, repair=True)
+    for i in readable:
+        assert store.get(shas[i]) == paths[i].read_bytes()  # old code: DataError, A's good copy overwritten
+    store.close()
+
+
+@pytest.mark.expect_log(r"disk d\d: read error on shard \w+: .*checksum", level="WARNING")
+@pytest.mark.expect_log(r"repair of shard \w+ on d\d from d\d failed: payload checksum mismatch", level="WARNING")
+def test_the_repair_queue_assembles_what_no_whole_copy_mends(tmp_path: Path) -> None:
+    """Review 42 (second): reads queued both rotted replicas for repair and `hoard health` said
+    `hoard replicate` — which copied whole replicas only, so it never converged. Now the
+    repair queue assembles a copy record by record when no whole one exists."""
+    store, paths, shas = _store(tmp_path)
+    a, b = _replicas(store, shas[2])
+    _rot(store, a, shas[2])
+    _rot(store, b, shas[9])
+    for i in (2, 9):
+        assert store.get(shas[i]) == paths[i].read_bytes()  # each from the replica that holds it whole
+    queued = {u for _, u, _ in store.index.pending_repairs()}  # (the replica read first for each)
+    assert queued and queued <= {a, b}
+    got = replicate_once(store, rate_mb_s=None)
+    assert got.repaired == len(queued) and not list(store.index.pending_repairs())  # old code: 0, forever
+    fixed = next(iter(queued))  # it now reads every object whole:
+    for sha in shas:
+        loc = store.index.lookup(bytes.fromhex(sha))
+        meta = store.index.get_shard(loc.shard_id)
+        if fixed in meta.replicas:
+            store._read_record(store.disks[fixed], meta.hex, loc.offset, loc.length, bytes.fromhex(sha))
+    store.close()

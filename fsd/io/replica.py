@@ -27,7 +27,7 @@ from fsd.core.disks import drop_cache, pread_full, verify_shard
 
 if TYPE_CHECKING:
     from fsd.core.backend import Disk, LocalFiles
-    from fsd.core.index import ShardMeta
+    from fsd.core.index import Index, ShardMeta
     from fsd.store import Store
 
 COPY_CHUNK = 4 << 20
@@ -158,6 +158,8 @@ def copy_from_any(store: Store, sources: Iterable[Disk], dst: Disk, meta: ShardM
     tried: list[Disk] = []
     errors = []
     for src in sources:
+        if any(src.uuid == t.uuid for t in tried):  # (a disk failed by this very copy comes back as a last resort)
+            continue
         try:
             return copy_shard(src, dst, meta.hex, rate_mb_s, stop)
         except TargetError:
@@ -170,7 +172,7 @@ def copy_from_any(store: Store, sources: Iterable[Disk], dst: Disk, meta: ShardM
             tried.append(src)
     if len(tried) > 1:  # (each replica bad somewhere: maybe not at the same records)
         try:
-            n = copy_merged(tried, dst, meta)
+            n = copy_merged(tried, dst, meta, store.index, stop)
         except fmt.ShardFormatError as e:
             errors.append(f"assembled from them: {e}")
         else:
@@ -182,11 +184,34 @@ def copy_from_any(store: Store, sources: Iterable[Disk], dst: Disk, meta: ShardM
     raise NoSource(f"shard {meta.hex}: no replica could be copied ({'; '.join(errors) or 'none readable'})")
 
 
+def assemble_onto(store: Store, meta: ShardMeta, disk: Disk, reason: str) -> bool:
+    """Replace `disk`'s bad replica of `meta` by a copy assembled record by record from every
+    replica that reads (`copy_merged`, the bad one included: it may hold records the others
+    lost); True when done (its queued repair cleared, an `assembled` event). What every whole
+    copy failed to mend: each replica bad somewhere."""
+    sources = list(store.sources(meta))
+    if len(sources) < 2 or not store.usable(disk.uuid, for_write=True):
+        return False
+    try:
+        copy_merged(sources, disk, meta, store.index)
+    except TargetError as e:
+        store.disk_error(disk, "repair", e.err, meta.hex)
+        return False
+    except (OSError, fmt.ShardFormatError) as e:
+        log.warning("shard %s: no copy could be assembled from its replicas: %s", meta.hex, e)
+        return False
+    store.index.clear_repair(meta.shard_id, disk.uuid)
+    store.index.record_event("assembled", disk=disk.label, shard=meta.hex,
+                             detail=f"from {', '.join(d.label for d in sources)} ({reason})")
+    return True
+
+
 class NoSource(Exception):
     """No copy of one shard could be made (each replica's error in the text)."""
 
 
-def copy_merged(sources: Iterable[Disk], dst: Disk, meta: ShardMeta) -> int:
+def copy_merged(sources: Iterable[Disk], dst: Disk, meta: ShardMeta, index: Index,
+                stop: threading.Event | None = None) -> int:
     """A whole copy on `dst` of a sealed shard no replica of which is whole, record by record:
     each record (its header and payload) from the first replica whose bytes there check —
     the record header's own check, the payload's xxh3-128 and its sha256 against the name the
@@ -211,20 +236,23 @@ def copy_merged(sources: Iterable[Disk], dst: Disk, meta: ShardMeta) -> int:
                 fd = src.open_fd(meta.hex)
             except OSError:
                 continue
-            if os.fstat(fd).st_size != meta.size:
-                os.close(fd)
+            if os.fstat(fd).st_size != meta.size or not _names_the_shard(fd, meta):
+                os.close(fd)  # (another shard's file under this name — a cross-link — gives nothing: review 42)
                 continue
             fds.append((src, fd))
-        records = _merge_footer(fds, meta)
+        records = _merge_footer(fds, meta, index)
         with _tmp_replica(dst, meta.hex) as (out, tmp):
             _write_from_first(fds, out, 0, fmt.SHARD_HEADER_SIZE, _header_of(meta), "the shard header")
             for rec in records:
+                if stop is not None and stop.is_set():
+                    raise CopyStopped(f"shard {meta.hex}: the assembled copy was stopped")
                 start = rec.offset - fmt.RECORD_HEADER_SIZE
                 _write_from_first(fds, out, start, rec.end - start, _record_of(rec), f"the record at {rec.offset}")
             footer_at = records[-1].end if records else fmt.SHARD_HEADER_SIZE
             with _on_target():
                 os.pwrite(out, fmt.encode_footer(records, footer_at), footer_at)
                 os.fsync(out)
+                drop_cache(out)  # (the check reads what the disk holds, not the pages just written)
             try:
                 verify_shard(lambda off, n: pread_full(out, n, off), meta.size, tmp.name, sha256=True,
                              shard_hex=meta.hex)
@@ -242,22 +270,36 @@ def copy_merged(sources: Iterable[Disk], dst: Disk, meta: ShardMeta) -> int:
             os.close(fd)
 
 
-def _merge_footer(fds: list[tuple[Disk, int]], meta: ShardMeta) -> list[fmt.RecordInfo]:
+def _names_the_shard(fd: int, meta: ShardMeta) -> bool:
+    try:
+        return fmt.decode_shard_header(pread_full(fd, fmt.SHARD_HEADER_SIZE, 0)).shard_id == meta.shard_id
+    except (OSError, fmt.ShardFormatError):
+        return False
+
+
+def _merge_footer(fds: list[tuple[Disk, int]], meta: ShardMeta, index: Index) -> list[fmt.RecordInfo]:
     """The records of the first replica whose footer checks, lists its whole body and as many
-    records as the index counts; the replicas whose footer differs are left out of `fds`."""
-    found: list[fmt.RecordInfo] | None = None
+    records as the index counts, and agrees with the index: no record it lists is indexed
+    elsewhere (another shard, another offset or length). The records are then checked against
+    this list by their sha256, so a list that is not this shard's must never be taken."""
+    said = []
     for src, fd in fds:
         try:
             recs = fmt.decode_footer(lambda off, n, fd=fd: pread_full(fd, n, off), meta.size)
-        except (OSError, fmt.ShardFormatError):
+        except (OSError, fmt.ShardFormatError) as e:
+            said.append(f"{src.label}: {getattr(e, 'strerror', None) or e}")
             continue
-        if recs is not None and len(recs) == meta.records and fmt.lists_whole_body(recs, meta.size):
-            found = sorted(recs, key=lambda r: r.offset)
-            break
-    if found is None:
-        raise fmt.FooterMismatch(f"shard {meta.hex}: no replica's footer lists its records "
-                                 f"({', '.join(src.label for src, _ in fds) or 'none could be opened'})")
-    return found
+        if recs is None or len(recs) != meta.records or not fmt.lists_whole_body(recs, meta.size):
+            said.append(f"{src.label}: no footer listing its {meta.records} records")
+            continue
+        locs = index.lookup_many([r.sha256 for r in recs])
+        if any(r.sha256 in locs and (locs[r.sha256].shard_id, locs[r.sha256].offset, locs[r.sha256].length)
+               != (meta.shard_id, r.offset, r.length) for r in recs):
+            said.append(f"{src.label}: its footer disagrees with the index")
+            continue
+        return sorted(recs, key=lambda r: r.offset)
+    raise fmt.FooterMismatch(f"shard {meta.hex}: no replica's footer lists its records "
+                             f"({'; '.join(said) or 'no replica of its size naming it could be opened'})")
 
 
 def _header_of(meta: ShardMeta):

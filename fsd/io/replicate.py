@@ -19,7 +19,15 @@ from typing import TYPE_CHECKING
 
 from fsd.core import shardfmt as fmt
 from fsd.core.placement import Need, NoSpace, simulate, space_report
-from fsd.io.replica import NoSource, TargetError, check_replica, copy_from_any, discard_copy, repair_replica
+from fsd.io.replica import (
+    NoSource,
+    TargetError,
+    assemble_onto,
+    check_replica,
+    copy_from_any,
+    discard_copy,
+    repair_replica,
+)
 
 if TYPE_CHECKING:
     from fsd.core.index import ShardMeta
@@ -168,5 +176,8 @@ def repair_reported(store: Store) -> int:
             continue
         except (OSError, fmt.ShardFormatError):
             pass
-        fixed += repair_replica(store, meta, disk, store.sources(meta, avoid={uuid}), why.get("reason", ""))
+        reason = why.get("reason", "")
+        # (no whole copy anywhere — each replica bad somewhere — one assembled record by record)
+        fixed += (repair_replica(store, meta, disk, store.sources(meta, avoid={uuid}), reason)
+                  or assemble_onto(store, meta, disk, reason))
     return fixed

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 from fsd.base.errors import ExitCode, HoardError
 from fsd.core import shardfmt as fmt
 from fsd.io import integrity
-from fsd.io.replica import TargetError, check_replica, copy_merged, repair_replica, reseal_unlisted
+from fsd.io.replica import TargetError, assemble_onto, check_replica, repair_replica, reseal_unlisted
 
 log = logging.getLogger(__name__)
 
@@ -193,26 +193,13 @@ def _verify(store: Store, sample_pct: float, disk_label: str | None, sha256: boo
 
 def _assemble(store: Store, meta: ShardMeta, bad: list, rep: VerifyReport) -> list:
     """Replace the first bad replica on a writable disk by a copy assembled record by record
-    from every replica that reads (`copy_merged`: each record from one that holds it whole);
-    returns [that disk] when done, else [] (a record no replica holds whole: named in the log)."""
-    sources = list(store.sources(meta))
-    for disk, _why in bad:
-        if len(sources) < 2 or not store.usable(disk.uuid, for_write=True):
-            continue
-        try:
-            copy_merged(sources, disk, meta)
-        except TargetError as e:
-            store.disk_error(disk, "repair", e.err, meta.hex)
-            continue
-        except (OSError, fmt.ShardFormatError) as e:
-            log.warning("shard %s: no copy could be assembled from its replicas: %s", meta.hex, e)
-            return []
-        store.index.clear_repair(meta.shard_id, disk.uuid)
-        store.index.record_event("assembled", disk=disk.label, shard=meta.hex,
-                                 detail="from " + ", ".join(d.label for d in sources))
-        rep.repaired.append(f"shard {meta.hex} on {disk.label} (assembled record by record from "
-                            f"{', '.join(d.label for d in sources)})")
-        return [disk]
+    (`assemble_onto`); returns [that disk] when done, else []."""
+    for disk, why in bad:
+        if store.usable(disk.uuid, for_write=True):
+            if not assemble_onto(store, meta, disk, why):
+                return []
+            rep.repaired.append(f"shard {meta.hex} on {disk.label} (assembled record by record from its replicas)")
+            return [disk]
     return []
 
 
