@@ -327,8 +327,9 @@ async def test_pages_end_quietly_while_the_app_stops(user) -> None:
 
 
 def _two_holders_failed(cfg) -> None:
-    """Files put, then both disks holding one shard failed: that shard has no readable replica,
-    so a replicate run ends with errors (a real report, not a made-up one)."""
+    """Files put, then both disks holding one shard failed and unplugged (a failed disk still
+    attached is read as the last resort): that shard has no readable replica, so a replicate run
+    ends with errors (a real report, not a made-up one)."""
     from fsd.core.disks import DiskState
     from fsd.store import Store
     from tests.helpers import make_files
@@ -340,6 +341,10 @@ def _two_holders_failed(cfg) -> None:
                     if len(m.replicas) == 2)
         for label in pair:
             store.set_disk_state(label, DiskState.FAILED, "I/O error during read (test)")
+    for d in cfg.disks:
+        if d.label in pair:
+            d.path.rename(d.path.with_name(d.path.name + ".away"))
+            d.path.mkdir()  # (the empty mount point it leaves)
 
 
 @pytest.mark.expect_log(r"shard \w+ has no readable replica to copy from", level="WARNING")
