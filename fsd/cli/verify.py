@@ -74,6 +74,11 @@ def verify(
     if rep.unrepaired:
         if not repair:
             err.print("run `hoard verify --repair` to replace bad replicas from good ones (and rewrite damaged marks logs from the index)")
+        else:  # (no whole copy, none assembled record by record: see the log above for each shard)
+            err.print(f"{rep.unrepaired} bad replicas could not be repaired: no replica holds every record of their "
+                      "shard whole (the log names what each lacked); keep their disks in service — every object a "
+                      "replica holds whole still reads — and see docs/operations.md \"A shard no replica holds "
+                      "whole\"", markup=False)
         raise typer.Exit(ExitCode.DATA)
 
 
