@@ -343,3 +343,27 @@ def test_the_repair_queue_assembles_what_no_whole_copy_mends(tmp_path: Path) -> 
         if fixed in meta.replicas:
             store._read_record(store.disks[fixed], meta.hex, loc.offset, loc.length, bytes.fromhex(sha))
     store.close()
+
+
+@pytest.mark.services  # starts hoard processes
+@pytest.mark.expect_log(r"disk d\d: verify error on shard \w+", level="WARNING")
+@pytest.mark.expect_log(r"no copy could be assembled from its replicas: no replica holds the record at", level="WARNING")
+def test_what_verify_repair_cannot_mend_is_said_with_what_still_reads(tmp_path: Path) -> None:
+    """The same record rotted in both replicas: no whole copy, none assembled. `hoard verify
+    --repair` exits 5 with a line that says so and where to read on (it printed no step), and
+    every other object of the shard still reads."""
+    store, paths, shas = _store(tmp_path)
+    for u in _replicas(store, shas[4]):
+        _rot(store, u, shas[4])
+    cfg = store.cfg
+    store.close()
+    got = _hoard(cfg, "verify", "--repair")
+    said = " ".join(got.stderr.split())
+    assert got.returncode == ExitCode.DATA, got.stderr
+    assert "2 bad replicas could not be repaired: no replica holds every record of their shard whole" in said
+    assert 'docs/operations.md "A shard no replica holds whole"' in said
+    assert "## A shard no replica holds whole" in (REPO / "docs" / "operations.md").read_text()
+    with Store.open(cfg, writable=False) as store:
+        for i, (p, sha) in enumerate(zip(paths, shas)):
+            if i != 4:
+                assert store.get(sha) == p.read_bytes()
