@@ -367,3 +367,30 @@ def test_what_verify_repair_cannot_mend_is_said_with_what_still_reads(tmp_path: 
         for i, (p, sha) in enumerate(zip(paths, shas)):
             if i != 4:
                 assert store.get(sha) == p.read_bytes()
+
+
+@pytest.mark.services  # starts hoard processes
+@pytest.mark.expect_log(r"disk d\d: (verify|read|rebuild|replicate) error on shard \w+: not a regular file", level="WARNING")
+def test_a_fifo_in_a_shard_files_place_hangs_nothing_and_is_repaired(tmp_path: Path) -> None:
+    """Review 42: a FIFO where a replica's file should be hung `hoard rebuild` (the open waited
+    for a writer). Now every open of a shard file refuses what is not a regular file: reads
+    come from the other replica, `hoard verify` names it, `--repair` puts the file back."""
+    import os
+
+    store, paths, shas = _store(tmp_path)
+    fifo_disk, _other = _replicas(store, shas[0])
+    path = store.disks[fifo_disk].find(store.index.get_shard(store.index.lookup(bytes.fromhex(shas[0])).shard_id).hex)
+    label = store.records[fifo_disk].label
+    path.unlink()
+    os.mkfifo(path)
+    for p, sha in zip(paths, shas):
+        assert store.get(sha) == p.read_bytes()
+    cfg = store.cfg
+    store.close()
+    found = _hoard(cfg, "verify")  # (_hoard's timeout: a hang fails the test)
+    assert found.returncode == ExitCode.DATA and f"on {label}: not a regular file" in found.stderr, found.stderr
+    mended = _hoard(cfg, "verify", "--repair")
+    assert mended.returncode == 0, mended.stderr
+    assert path.is_file() and not path.is_symlink()
+    with Store.open(cfg, writable=False) as store:
+        assert check_store(store) == len(shas)

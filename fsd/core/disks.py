@@ -19,6 +19,7 @@ import contextlib
 import errno
 import hashlib
 import os
+import stat
 import threading
 import time
 from collections import OrderedDict
@@ -95,10 +96,27 @@ def drop_cache(fd: int) -> None:
             raise
 
 
+def open_shard_file(path: Path) -> int:
+    """A read-only descriptor of a shard file: opened without following a link or waiting on a
+    FIFO (O_NOFOLLOW | O_NONBLOCK: a FIFO in a shard file's place hung a rebuild — review 42),
+    and only if it is a regular file (else OSError EINVAL naming it; a read error like another:
+    the replica is reported and repaired)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        mode = os.fstat(fd).st_mode
+    except BaseException:
+        os.close(fd)
+        raise
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        raise OSError(errno.EINVAL, "not a regular file (a FIFO, device or folder in a shard file's place)", str(path))
+    return fd
+
+
 def verify_shard_file(path: Path, sha256: bool = False, shard_hex: str | None = None) -> tuple[int, int]:
     """(size, records) of a sealed shard file, after checking it (`verify_shard`). Raises
     OSError or ShardFormatError; leaves nothing of the file in the page cache."""
-    fd = os.open(path, os.O_RDONLY)
+    fd = open_shard_file(path)
     try:
         size = os.fstat(fd).st_size
         count = verify_shard(lambda off, n: pread_full(fd, n, off), size, path.name, sha256, shard_hex)
@@ -299,7 +317,7 @@ class LocalDisk:
     def open_fd(self, shard_hex: str) -> int:
         """A read-only descriptor of the shard's file for a caller that keeps its own (the
         mount's reader, a copy's source); the caller closes it."""
-        return os.open(self.find(shard_hex), os.O_RDONLY)
+        return open_shard_file(self.find(shard_hex))
 
     def unseal(self, shard_hex: str) -> bool:
         """sealed → open again (a sealed replica whose footer does not decode is recovered as an
@@ -368,7 +386,7 @@ class LocalDisk:
         with self._fds_lock:
             ent = self._fds.get(key)
             if ent is None:
-                fd = os.open(self.find(shard_hex), os.O_RDONLY)
+                fd = open_shard_file(self.find(shard_hex))
                 if exact:
                     with contextlib.suppress(OSError):  # only a hint: the bytes are the same without it
                         os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)
