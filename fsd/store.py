@@ -671,18 +671,18 @@ class Store:
                 except (OSError, fmt.ShardFormatError) as e:
                     tried.append(f"{disk.label} ({getattr(e, 'strerror', None) or e})")
                     report(disk, meta, e)
-            for disk in self.last_resort(meta, avoid) if meta is not None else []:
-                assert meta is not None
-                try:
-                    got = read(disk, meta, loc)
-                except (OSError, fmt.ShardFormatError) as e:
-                    tried.append(f"{disk.label}, failed ({getattr(e, 'strerror', None) or e})")
-                    continue
-                if (meta.shard_id, disk.uuid) not in self._last_resort_said:  # (once, not per piece)
-                    self._last_resort_said.add((meta.shard_id, disk.uuid))
-                    log.warning("object %s: read from failed disk %s, the last good replica of shard %s; `hoard "
-                                "replicate` copies it while the disk still reads", sha.hex(), disk.label, meta.hex)
-                return got
+            if meta is not None:  # (not a disk just tried: one whose EIO failed it above would be read again)
+                for disk in self.last_resort(meta, set(avoid) | {d.uuid for d in order}):
+                    try:
+                        got = read(disk, meta, loc)
+                    except (OSError, fmt.ShardFormatError) as e:
+                        tried.append(f"{disk.label}, failed ({getattr(e, 'strerror', None) or e})")
+                        continue
+                    if (meta.shard_id, disk.uuid) not in self._last_resort_said:  # (once, not per piece)
+                        self._last_resort_said.add((meta.shard_id, disk.uuid))
+                        log.warning("object %s: read from failed disk %s, the last good replica of shard %s; `hoard "
+                                    "replicate` copies it while the disk still reads", sha.hex(), disk.label, meta.hex)
+                    return got
             if not missing:
                 break
         for disk, err in missing:

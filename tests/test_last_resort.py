@@ -395,3 +395,32 @@ def test_a_fifo_in_a_shard_files_place_hangs_nothing_and_is_repaired(tmp_path: P
     assert path.is_file() and not path.is_symlink()
     with Store.open(cfg, writable=False) as store:
         assert check_store(store) == len(shas)
+
+
+@pytest.mark.expect_log(r"disk d\d: read error on shard \w+: (Input/output error|payload checksum mismatch)",
+                        level="WARNING")
+def test_a_disk_failed_by_this_very_read_is_not_read_again_as_its_last_resort(tmp_path: Path) -> None:
+    """One replica answers EIO (its disk is failed during the read), the other is rotted: the
+    dying disk must not then come back as a last resort within the same read (a second slow
+    EIO), as `Store.sources` already leaves out the disks it yielded."""
+    import errno as errno_
+
+    from fsd.core.records import DataError
+
+    store, paths, shas = _store(tmp_path)
+    sha = bytes.fromhex(shas[6])
+    dying, rotted = _replicas(store, shas[6])
+    _rot(store, rotted, shas[6])
+    calls: list[str] = []
+
+    def read(disk, meta, loc) -> bytes:
+        calls.append(disk.uuid)
+        if disk.uuid == dying:
+            raise OSError(errno_.EIO, "Input/output error")
+        return store._read_record(disk, meta.hex, loc.offset, loc.length, sha)
+
+    with pytest.raises(DataError):
+        store.from_replicas(sha, read, first=dying)
+    assert store.records[dying].state == DiskState.FAILED
+    assert calls == [dying, rotted]  # old code: [dying, rotted, dying]
+    store.close()
