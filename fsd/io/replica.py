@@ -178,8 +178,6 @@ def copy_from_any(store: Store, sources: Iterable[Disk], dst: Disk, meta: ShardM
         else:
             log.warning("shard %s: no replica is whole; a copy assembled record by record from %s written to %s",
                         meta.hex, ", ".join(d.label for d in tried), dst.label)
-            store.index.record_event("assembled", disk=dst.label, shard=meta.hex,
-                                     detail="from " + ", ".join(d.label for d in tried))
             return n
     raise NoSource(f"shard {meta.hex}: no replica could be copied ({'; '.join(errors) or 'none readable'})")
 
@@ -193,7 +191,7 @@ def assemble_onto(store: Store, meta: ShardMeta, disk: Disk, reason: str) -> boo
     if len(sources) < 2 or not store.usable(disk.uuid, for_write=True):
         return False
     try:
-        copy_merged(sources, disk, meta, store.index)
+        copy_merged(sources, disk, meta, store.index, why=reason)
     except TargetError as e:
         store.disk_error(disk, "repair", e.err, meta.hex)
         return False
@@ -201,8 +199,6 @@ def assemble_onto(store: Store, meta: ShardMeta, disk: Disk, reason: str) -> boo
         log.warning("shard %s: no copy could be assembled from its replicas: %s", meta.hex, e)
         return False
     store.index.clear_repair(meta.shard_id, disk.uuid)
-    store.index.record_event("assembled", disk=disk.label, shard=meta.hex,
-                             detail=f"from {', '.join(d.label for d in sources)} ({reason})")
     return True
 
 
@@ -211,7 +207,7 @@ class NoSource(Exception):
 
 
 def copy_merged(sources: Iterable[Disk], dst: Disk, meta: ShardMeta, index: Index,
-                stop: threading.Event | None = None) -> int:
+                stop: threading.Event | None = None, why: str = "") -> int:
     """A whole copy on `dst` of a sealed shard no replica of which is whole, record by record:
     each record (its header and payload) from the first replica whose bytes there check —
     the record header's own check, the payload's xxh3-128 and its sha256 against the name the
@@ -220,7 +216,8 @@ def copy_merged(sources: Iterable[Disk], dst: Disk, meta: ShardMeta, index: Inde
     record's bytes sit at the same place in each; a replica of another size or footer is not
     used. Written tmp → fsync → checked whole (sha256 too) → named, as `copy_shard` does.
     Raises ShardFormatError naming the first record no replica holds whole (nothing is
-    named then), TargetError when `dst` fails; returns the bytes written.
+    named then), TargetError when `dst` fails; returns the bytes written, with an `assembled`
+    event naming the replicas used (and `why`).
 
     What makes a shard mendable whose two replicas rotted at different records (review 42:
     whole-shard copies only, so no command could mend it while every object still read)."""
@@ -264,6 +261,8 @@ def copy_merged(sources: Iterable[Disk], dst: Disk, meta: ShardMeta, index: Inde
         with _on_target():
             dst.check()
             dst.install(meta.hex, tmp)
+        index.record_event("assembled", disk=dst.label, shard=meta.hex,
+                           detail=f"from {', '.join(src.label for src, _ in fds)}" + (f" ({why})" if why else ""))
         return meta.size
     finally:
         for _src, fd in fds:
@@ -272,8 +271,8 @@ def copy_merged(sources: Iterable[Disk], dst: Disk, meta: ShardMeta, index: Inde
 
 def _names_the_shard(fd: int, meta: ShardMeta) -> bool:
     try:
-        return fmt.decode_shard_header(pread_full(fd, fmt.SHARD_HEADER_SIZE, 0)).shard_id == meta.shard_id
-    except (OSError, fmt.ShardFormatError):
+        return _header_of(meta)(pread_full(fd, fmt.SHARD_HEADER_SIZE, 0))
+    except OSError:
         return False
 
 

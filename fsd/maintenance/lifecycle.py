@@ -91,8 +91,8 @@ def activate(store: Store, label: str) -> ActivateReport:
                     store.records[rec.uuid].state = DiskState.FAILED
                     raise HoardError(f"disk {label} failed while its shard files were listed ({e.strerror or e}); "
                                      "it stays failed", ExitCode.UNAVAILABLE) from None
-                rep.unreadable.append(f"shard {meta.hex}: its file on {label} does not read ({e.strerror or e})"
-                                      + (f": {fsck_step(label)}" if corrupt_fs(e) else ""))
+                rep.unreadable.append(f"shard {meta.hex}: its file on {label} does not read ({e.strerror or e}): "
+                                      f"{fsck_step(label)}")
                 continue
             if found == "sealed":
                 rep.adopted += store.index.update_shard(meta.shard_id, _adopt(rec.uuid)) is not None
