@@ -224,20 +224,34 @@ def create_new(tmp: Path | str, mode: int, dir_fd: int | None = None) -> BinaryI
     return open(fd, "wb")
 
 
+def open_regular(path: Path, what: str = "not a regular file") -> int:
+    """A read-only descriptor of the regular file at `path`, opened without following a link
+    (OSError ELOOP) or waiting on a FIFO (O_NONBLOCK: it is opened, not waited on); anything
+    but a regular file is closed again and refused with OSError EINVAL and `what`."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    try:
+        regular = stat.S_ISREG(os.fstat(fd).st_mode)
+    except BaseException:
+        os.close(fd)
+        raise
+    if not regular:
+        os.close(fd)
+        raise OSError(errno.EINVAL, what, str(path))
+    return fd
+
+
 def read_in_zone(path: Path, limit: int = 64 << 10) -> bytes:
     """At most `limit` bytes of the regular file at `path`, in a directory others write (a
     batch of 3A: its `_READY`, `_REASON.txt`). A symbolic link there is never followed — a
     `_READY` linked to a root-only file had its first word shown as the 'unknown source' — and
     a fifo or device is not read (OSError naming what it is)."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY)
+        fd = open_regular(path)
     except OSError as e:
         if e.errno == errno.ELOOP:
             raise OSError(errno.ELOOP, "a symbolic link, never followed there", str(path)) from None
         raise
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise OSError(errno.EINVAL, "not a regular file", str(path))
         chunks, left = [], limit
         while left > 0 and (chunk := os.read(fd, left)):
             chunks.append(chunk)

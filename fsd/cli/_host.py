@@ -12,13 +12,12 @@ from __future__ import annotations
 import os
 import shlex
 import shutil
-import stat
 import subprocess
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from fsd.base.errors import ExitCode, HoardError
-from fsd.base.files import atomic_write
+from fsd.base.files import atomic_write, open_regular
 from fsd.cli._common import out
 
 PATH = ("/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin")
@@ -180,12 +179,12 @@ def _regular_text(real: Path) -> tuple[str, os.stat_result] | None:
     such file — a link, a FIFO, a device, a directory, a file too large or not text: what
     `Host.write` replaces."""
     try:
-        fd = os.open(real, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError:  # missing, a link (ELOOP), unreadable: written anew
+        fd = open_regular(real)
+    except OSError:  # missing, a link (ELOOP), not a regular file, unreadable: written anew
         return None
     try:
         st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode) or st.st_size > _LOOK_MAX:
+        if st.st_size > _LOOK_MAX:
             return None
         data = os.read(fd, _LOOK_MAX + 1)
     finally:

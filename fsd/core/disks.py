@@ -19,14 +19,13 @@ import contextlib
 import errno
 import hashlib
 import os
-import stat
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Generator
 from pathlib import Path, PurePath
 
-from fsd.base.files import fsync_dir
+from fsd.base.files import fsync_dir, open_regular
 from fsd.base.modes import FILE
 from fsd.core import shardfmt as fmt
 from fsd.core.beside import LocalBeside
@@ -97,20 +96,10 @@ def drop_cache(fd: int) -> None:
 
 
 def open_shard_file(path: Path) -> int:
-    """A read-only descriptor of a shard file: opened without following a link or waiting on a
-    FIFO (O_NOFOLLOW | O_NONBLOCK: a FIFO in a shard file's place hung a rebuild — review 42),
-    and only if it is a regular file (else OSError EINVAL naming it; a read error like another:
-    the replica is reported and repaired)."""
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    try:
-        mode = os.fstat(fd).st_mode
-    except BaseException:
-        os.close(fd)
-        raise
-    if not stat.S_ISREG(mode):
-        os.close(fd)
-        raise OSError(errno.EINVAL, "not a regular file (a FIFO, device or folder in a shard file's place)", str(path))
-    return fd
+    """A read-only descriptor of a shard file: only a regular file, opened without following a
+    link or waiting on a FIFO (`open_regular`: a FIFO in a shard file's place hung a rebuild —
+    review 42); else OSError, a read error like another: the replica is reported and repaired."""
+    return open_regular(path, "not a regular file (a FIFO, device or folder in a shard file's place)")
 
 
 def verify_shard_file(path: Path, sha256: bool = False, shard_hex: str | None = None) -> tuple[int, int]:
