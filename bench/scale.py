@@ -92,6 +92,7 @@ from _common import (
     hoard_process,
     lab_config,
     private_cluster,
+    read_all,
     txn_lines,
     visit_page,
     write_doc_section,
@@ -588,22 +589,12 @@ def timed_put(r: Run, built: Built, n: int, seed: int, name: str, index: str = "
     for i, data in enumerate(payloads(seed, built.batch)):
         (put_dir / f"{i:05d}.bin").write_bytes(data)
     if index == "cached":
-        read_through(r.cfg.index_dir)
+        read_all([p for p in Path(r.cfg.index_dir).rglob("*") if p.is_file()], 1)
     os.sync()
     setup = time.monotonic() - t0
     got = r.command(["put", "--name", name, str(put_dir)], objects=n)
     shutil.rmtree(put_dir)
     return got | {"work": "fixed", "files_per_s": built.batch / got["seconds"], "index": index}, setup
-
-
-def read_through(top: Path) -> int:
-    """Every file under `top` read once (into the page cache); the bytes read."""
-    done = 0
-    for path in sorted(p for p in Path(top).rglob("*") if p.is_file()):
-        with path.open("rb", buffering=0) as f:
-            while got := f.read(8 << 20):
-                done += len(got)
-    return done
 
 
 def timed_intent(r: Run, intent: dict, nodes: int, n: int) -> tuple[dict, float]:
