@@ -370,6 +370,74 @@ def test_batch_read_survives_a_damaged_replica(store_factory, tmp_path: Path) ->
     assert stats.fallbacks > 0
 
 
+@pytest.mark.expect_log(r"read error", level="WARNING")
+def test_a_record_rotted_mid_range_hands_on_each_object_once(store_factory, tmp_path: Path) -> None:
+    """A range whose middle record is rotted: the records before it are handed on from that
+    range (checked in the thread that read it), the rotted one and those after it from the
+    other replica — each object exactly once, every byte right."""
+    from fsd.io.planner import execute, make_plan
+
+    store = store_factory(shard_size_mb=4)
+    res = store.put_many(make_files(tmp_path / "in", 60))
+    plan = make_plan(store, [bytes.fromhex(r.sha256) for r in res])
+    uuid, ranges = next((u, rs) for u, rs in plan.ranges.items() if any(len(r.records) >= 5 for r in rs))
+    rng = next(r for r in ranges if len(r.records) >= 5)
+    bad = rng.records[len(rng.records) // 2]
+    disk = store.disks[uuid]
+    path = disk.find(rng.shard_hex)
+    raw = bytearray(path.read_bytes())
+    raw[bad.offset + bad.length // 2] ^= 0xFF  # the payload of one record: its xxh3 fails
+    path.write_bytes(raw)
+    disk.close_all()
+    seen: Counter = Counter()
+    right = set()
+
+    def sink(sha: bytes, payload: memoryview) -> None:
+        seen[sha] += 1
+        if hashlib.sha256(payload).digest() == sha:
+            right.add(sha)
+
+    stats = execute(store, plan, sink)
+    assert set(seen) == right == {bytes.fromhex(r.sha256) for r in res}
+    assert max(seen.values()) == 1, "an object was handed on twice"
+    assert stats.fallbacks == len(rng.records) - rng.records.index(bad)
+
+
+def test_the_collector_held_off_comes_back_once_the_last_holder_leaves() -> None:
+    """`collections_paused` (the batch plan's): nested and in two threads at once, the cyclic
+    collector runs again only when the last block ends — and stays off if it was off before."""
+    import gc
+
+    from fsd.base.collect import collections_paused
+
+    assert gc.isenabled()
+    inside, leave = threading.Event(), threading.Event()
+
+    def other() -> None:
+        with collections_paused():
+            inside.set()
+            leave.wait(10)
+
+    t = threading.Thread(target=other)
+    with collections_paused():
+        t.start()
+        assert inside.wait(10)
+        with collections_paused():
+            assert not gc.isenabled()
+        assert not gc.isenabled()
+    assert not gc.isenabled(), "the other thread's block still runs"
+    leave.set()
+    t.join(10)
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        with collections_paused():
+            pass
+        assert not gc.isenabled(), "a collector that was off was turned on"
+    finally:
+        gc.enable()
+
+
 def _slow_read(store_factory, tmp_path: Path, on_record) -> tuple[list, list]:
     """Read 400 objects from 4 disks through a sink that takes 10 ms a record and calls
     `on_record(n)` after the n-th; (records delivered, what execute raised)."""

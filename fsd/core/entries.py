@@ -13,7 +13,7 @@ import struct
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import lmdb
 
@@ -23,8 +23,12 @@ from fsd.core.diskid import DiskRecord
 _OBJ = struct.Struct("<12sQQB")
 
 
-@dataclass(frozen=True, slots=True)
-class ObjectLoc:
+class ObjectLoc(NamedTuple):
+    """Where an object's record is: its shard, the payload's offset there and its length. A
+    named tuple, not a dataclass: a batch read looks up tens of thousands at once, and a tuple
+    is made in half the time of a frozen dataclass's instance (the plan's lookups:
+    docs/benchmarks.md, "W3-L")."""
+
     shard_id: bytes
     offset: int
     length: int
@@ -34,7 +38,7 @@ class ObjectLoc:
     def unpack(cls, raw: bytes, sha: bytes | None = None) -> ObjectLoc:
         """From an `objects` table value (of object `sha`, named if the value is malformed)."""
         try:
-            return cls(*_OBJ.unpack(raw))
+            return cls._make(_OBJ.unpack(raw))
         except struct.error:
             raise IndexDamaged(f"the index entry of object {sha.hex() if sha else '?'} is malformed "
                                f"({len(raw)} bytes, an entry has {_OBJ.size})") from None

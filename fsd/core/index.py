@@ -206,11 +206,12 @@ class Index(MarksTables, PointerTables, EventTables, HeldTables, LiveTables):
 
     def lookup_many(self, shas: Iterable[bytes]) -> dict[bytes, ObjectLoc]:
         out = {}
+        unpack = ObjectLoc.unpack
         with self.env.begin(db=self.objects) as txn:
+            get = txn.get
             for sha in shas:
-                raw = txn.get(sha)
-                if raw:
-                    out[sha] = ObjectLoc.unpack(raw, sha)
+                if raw := get(sha):
+                    out[sha] = unpack(raw, sha)
         return out
 
     def add_objects(self, entries: list[tuple[bytes, ObjectLoc]], shard: ShardMeta | None = None,

@@ -8,13 +8,19 @@
 3. On each disk, sort by (shard, offset) and coalesce records whose gap is at most
    GAP_BYTES into one read (reading a small gap is cheaper than a seek).
 4. One reader thread per disk; every record is verified (header + xxh3-128) before it is
-   handed to the sink; a failed range falls back to `Store.get` on the other replicas. A
-   disk with `read_streams` > 1 (an S3 engine) has that many reads in flight, handed on in
-   order (`in_order`), and its ranges cut at MAX_RANGE / read_streams.
+   handed to the sink — in the thread that read its range, beside the reader's sink calls;
+   a failed range falls back to `Store.get` on the other replicas. A disk with
+   `read_streams` > 1 (an S3 engine) has that many reads in flight, handed on in order
+   (`in_order`), and its ranges cut at MAX_RANGE / read_streams.
 5. The first failure stops the whole read: an exception in a reader (a sink's included) or
    in the caller's thread (Ctrl-C) sets a stop event every reader checks before each range,
    record and large-record piece, so `execute` returns within about one record's time
    instead of reading (and handing to the sink) everything that was left.
+
+The plan's per-record objects are built with the cyclic collector held off
+(`fsd.base.collect.collections_paused`), and the index's locations are named tuples: a
+batch of tens of thousands would otherwise set off a full collection of everything the
+process holds, several times the plan's own time (docs/benchmarks.md, "W3-L").
 
 `Plan.bound_s` is the plan's own makespan at the assumed bandwidths — the bound that
 benchmarks compare the achieved time with; `Plan.ideal_s` is total bytes over the summed
@@ -35,6 +41,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, TypeVar
 
+from fsd.base.collect import collections_paused
 from fsd.core import shardfmt as fmt
 from fsd.core.records import verified_view
 
@@ -51,7 +58,7 @@ Sink = Callable[[bytes, memoryview], None]
 T = TypeVar("T")
 
 
-@dataclass
+@dataclass(slots=True)
 class Wanted:
     sha: bytes
     offset: int  # payload offset in the shard
@@ -66,7 +73,7 @@ class Wanted:
         return self.offset + self.length
 
 
-@dataclass
+@dataclass(slots=True)
 class ReadRange:
     shard_hex: str
     start: int
@@ -107,25 +114,28 @@ def bandwidths(store: Store) -> dict[str, float]:
 
 
 def make_plan(store: Store, shas: list[bytes], bw: dict[str, float] | None = None) -> Plan:
+    """The plan for reading `shas` (see the module's steps 1–3), built with the cyclic collector
+    held off: its few objects per record outlive it (fsd.base.collect)."""
+    with collections_paused():
+        return _make_plan(store, shas, bw)
+
+
+def _make_plan(store: Store, shas: list[bytes], bw: dict[str, float] | None) -> Plan:
     t0 = time.monotonic()
     bw = bw or bandwidths(store)
     plan = Plan()
-    locs = store.index.lookup_many(shas)
+    unique = list(dict.fromkeys(shas))
+    locs = store.index.lookup_many(unique)
     by_shard: dict[bytes, list[Wanted]] = defaultdict(list)
-    seen = set()
-    for sha in shas:
-        if sha in seen:
-            continue
-        seen.add(sha)
+    for sha in unique:
         loc = locs.get(sha)
         if loc is None:
             plan.missing.append(sha)
-            continue
-        if loc.length > MAX_RANGE:
+        elif loc.length > MAX_RANGE:
             plan.large.append(Wanted(sha, loc.offset, loc.length))
-            continue
-        by_shard[loc.shard_id].append(Wanted(sha, loc.offset, loc.length))
-    plan.objects = len(seen) - len(plan.missing)
+        else:
+            by_shard[loc.shard_id].append(Wanted(sha, loc.offset, loc.length))
+    plan.objects = len(unique) - len(plan.missing)
     pieces: list[tuple[int, str, list[str], list[Wanted]]] = []
     large_pieces: list[tuple[int, str, list[str], Wanted]] = []
     for w in plan.large:  # balanced with the rest: a large record is a piece of its own, streamed
@@ -174,14 +184,16 @@ def make_plan(store: Store, shas: list[bytes], bw: dict[str, float] | None = Non
         longest = MAX_RANGE // max(1, store.disks[uuid].read_streams)
         ranges: list[ReadRange] = []
         for shard_hex, piece in chosen:
+            # the range this shard's records go on into while they fit (the last piece's too)
+            last = ranges[-1] if ranges and ranges[-1].shard_hex == shard_hex else None
             for w in piece:
-                last = ranges[-1] if ranges else None
-                if (last and last.shard_hex == shard_hex and w.start - last.end <= GAP_BYTES
-                        and w.end - last.start <= longest):
-                    last.end = max(last.end, w.end)
+                start, end = w.offset - fmt.RECORD_HEADER_SIZE, w.offset + w.length
+                if last is not None and start - last.end <= GAP_BYTES and end - last.start <= longest:
+                    last.end = max(last.end, end)
                     last.records.append(w)
                 else:
-                    ranges.append(ReadRange(shard_hex, w.start, w.end, [w]))
+                    last = ReadRange(shard_hex, start, end, [w])
+                    ranges.append(last)
         plan.ranges[uuid] = ranges
     for uuid in set(plan.ranges) | set(plan.large_by_disk):
         plan.ranges.setdefault(uuid, [])
@@ -293,19 +305,32 @@ def in_order(calls: Iterable[Callable[[], T]], streams: int) -> Iterator[T]:
         pool.shutdown(wait=False, cancel_futures=True)
 
 
-def _range_reads(disk, ranges: list[ReadRange]) -> Iterator[tuple[ReadRange, bytes | BaseException]]:
-    """Each range with its bytes, or the read error it met (the consumer reports it and reads
-    what it had not delivered from other replicas); `disk.read_streams` reads at once (an S3
-    engine: several ranged GETs in flight; a local disk: one)."""
-    def read(rng: ReadRange) -> Callable[[], tuple[ReadRange, bytes | BaseException]]:
-        def one() -> tuple[ReadRange, bytes | BaseException]:
-            try:
-                return rng, _read_range(disk, rng)
-            except (OSError, fmt.ShardFormatError) as e:
-                return rng, e
-        return one
+def _range_reads(disk, ranges: list[ReadRange]) -> Iterator[tuple[ReadRange, list[memoryview], Exception | None]]:
+    """Each range with its records' payloads, verified (`_verified`), and the read error it met
+    (the consumer reports it and reads what was not verified from other replicas);
+    `disk.read_streams` ranges at once (an S3 engine: several ranged GETs in flight; a local
+    disk: one), each verified in the thread that read it."""
+    def read(rng: ReadRange) -> Callable[[], tuple[ReadRange, list[memoryview], Exception | None]]:
+        return lambda: (rng, *_verified(disk, rng))
 
     yield from in_order((read(rng) for rng in ranges), disk.read_streams)
+
+
+def _verified(disk, rng: ReadRange) -> tuple[list[memoryview], Exception | None]:
+    """The range read, and the payloads of its records that check out (header, xxh3-128), in
+    order, as views into its bytes — up to the first that does not, with the error that
+    stopped it (a read error: none). Done in the thread that read the range, not the one
+    handing payloads to the sink: the checks of several ranges run beside each other (xxh3
+    lets go of the GIL) and beside the sink's own work (docs/benchmarks.md, "W3-L")."""
+    views: list[memoryview] = []
+    try:
+        buf = memoryview(_read_range(disk, rng))
+        where = f" (shard {rng.shard_hex} on {disk.label})"
+        for w in rng.records:
+            views.append(verified_view(buf, w.start - rng.start, w.sha, w.length, where))
+    except (OSError, fmt.ShardFormatError) as e:
+        return views, e
+    return views, None
 
 
 class SinkFailed(Exception):
@@ -358,19 +383,14 @@ def execute(store: Store, plan: Plan, sink: Sink,
         disk = store.disks[uuid]
         t0 = time.monotonic()
         n_obj = n_bytes = 0
-        for rng, got in _ahead(_range_reads(disk, plan.ranges[uuid]), stop, f"read-ahead {disk.label}"):
+        for rng, payloads, err in _ahead(_range_reads(disk, plan.ranges[uuid]), stop, f"read-ahead {disk.label}"):
             if stop.is_set():
                 return
             delivered = 0
             try:
-                if isinstance(got, BaseException):
-                    raise got
-                buf = memoryview(got)
-                for w in rng.records:
+                for w, payload in zip(rng.records, payloads):
                     if stop.is_set():
                         return
-                    payload = verified_view(buf, w.start - rng.start, w.sha, w.length,
-                                            f" (shard {rng.shard_hex} on {disk.label})")
                     try:
                         sink(w.sha, payload)
                     except BaseException as e:  # the sink's own (a full zone, its disk's EIO): not this disk's
@@ -378,6 +398,8 @@ def execute(store: Store, plan: Plan, sink: Sink,
                     delivered += 1
                     n_obj += 1
                     n_bytes += w.length
+                if err is not None:
+                    raise err
             except (OSError, fmt.ShardFormatError) as e:
                 store.disk_error(disk, "read", e, rng.shard_hex)
                 with lock:
