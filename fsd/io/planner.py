@@ -11,7 +11,7 @@
    handed to the sink — in the thread that read its range, beside the reader's sink calls;
    a failed range falls back to `Store.get` on the other replicas. A disk with
    `read_streams` > 1 (an S3 engine) has that many reads in flight, handed on in order
-   (`in_order`), and its ranges cut at MAX_RANGE / read_streams.
+   (`in_order`), and its ranges cut at `range_limit(read_streams)`.
 5. The first failure stops the whole read: an exception in a reader (a sink's included) or
    in the caller's thread (Ctrl-C) sets a stop event every reader checks before each range,
    record and large-record piece, so `execute` returns within about one record's time
@@ -52,6 +52,12 @@ if TYPE_CHECKING:
 PIECE_BYTES = 16 << 20
 GAP_BYTES = 256 << 10
 MAX_RANGE = 32 << 20
+#: the longest range of a disk read with several requests in flight (an S3 engine), where
+#: MAX_RANGE / read_streams would be shorter: each request is the engine's work too, on the
+#: same cores here, and bench/s3_backend.py read 20,000 small objects with 4 in flight at
+#: 750 / 925 MiB/s (cold / warm) in 8 MiB ranges, 901 / 1102 in 16 MiB and 886 / 966 in 32 MiB
+#: (docs/benchmarks.md, "W3-L"). A reader holds read_streams of them in flight
+STREAM_RANGE = 16 << 20
 DEFAULT_MB_S = 100.0
 
 Sink = Callable[[bytes, memoryview], None]
@@ -111,6 +117,13 @@ def bandwidths(store: Store) -> dict[str, float]:
         mb_s = (conf.read_mb_s if conf and conf.read_mb_s else None) or measured or DEFAULT_MB_S
         out[uuid] = mb_s * 1e6
     return out
+
+
+def range_limit(streams: int) -> int:
+    """The longest range one read of a disk with `streams` reads in flight asks for: MAX_RANGE
+    with one, MAX_RANGE / streams with several but never below STREAM_RANGE — a reader holds
+    `streams` of them in flight (4: 64 MiB)."""
+    return min(MAX_RANGE, max(MAX_RANGE // max(1, streams), STREAM_RANGE))
 
 
 def make_plan(store: Store, shas: list[bytes], bw: dict[str, float] | None = None) -> Plan:
@@ -179,9 +192,7 @@ def _make_plan(store: Store, shas: list[bytes], bw: dict[str, float] | None) -> 
         # never interleave: ordering the pieces orders the records (sorting 20,000 records
         # one by one took half the plan's time)
         chosen.sort(key=lambda p: (p[0], p[1][0].offset))
-        # a disk read with several requests at once (an S3 engine) gets as many shorter ranges:
-        # the bytes held in flight stay those of one reader's MAX_RANGE
-        longest = MAX_RANGE // max(1, store.disks[uuid].read_streams)
+        longest = range_limit(store.disks[uuid].read_streams)
         ranges: list[ReadRange] = []
         for shard_hex, piece in chosen:
             # the range this shard's records go on into while they fit (the last piece's too)
