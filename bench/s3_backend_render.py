@@ -227,8 +227,10 @@ def _render_engine(kind: str, path: Path | None) -> None:
                   f"({lname.replace('_', ' ')}). Client and engine share {m['cpus']} cores, so the client's CPU is "
                   "the read's limit. What it goes on, measured in this run:"]
         if cut and pieces8:
+            cut_mib = b.get("range_limit", 8 * MiB) // MiB  # (runs before range_limit cut at 8 MiB)
             lines += ["", f"- *Requests and threads.* With {rs} GETs in flight a reader cuts the "
-                      f"plan's ranges at 8 MiB ({b['requests']} GETs where one stream makes {b['requests_one_stream']}) "
+                      f"plan's ranges at {cut_mib} MiB ({b['requests']} GETs where one stream makes "
+                      f"{b['requests_one_stream']}) "
                       + ("and reads a large object off one streamed GET (S3Disk.stream_large; in 8 MiB pieces, each "
                          "GET in a thread of its own, before it). " if doc.get("stream_large") else
                          "and reads a large object in 8 MiB pieces, each GET in a thread of its own. ")
