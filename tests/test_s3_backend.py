@@ -11,6 +11,7 @@ import errno
 import hashlib
 import inspect
 import os
+import random
 import re
 import secrets
 import subprocess
@@ -600,6 +601,47 @@ def test_a_staging_file_changed_after_its_bytes_were_appended_is_not_sealed(seaw
         disk.seal(sid.hex())
         assert sum(reads) == 2 * len(body + footer), how  # hashed from the file, then its part
         assert disk.verify(sid.hex(), sha256=True)[1] == 1, how
+
+
+def test_each_part_is_checked_against_the_bytes_appended_in_it(seaweedfs, engine_env, tmp_path: Path) -> None:
+    """The upload checks each part against the xxh3-128 its bytes had as they were appended
+    (`_Appended.part_digests`: appends of any size, cut at the part boundaries): a shard
+    appended in odd pieces that straddle the parts seals; a byte changed on the staging file in
+    its first, a middle or its last (short) part is refused — EBADMSG, nothing sealed, no
+    upload left behind, the shard still open."""
+    engine_env(seaweedfs)
+    disk = s3_disk(seaweedfs, tmp_path / "staging")
+    rng = random.Random(3)
+
+    def appended() -> tuple[str, bytes]:
+        sid = os.urandom(12)
+        body, footer = shard_bytes([rng.randbytes(PART - 7), rng.randbytes(PART + 11), rng.randbytes(PART + 5000)], sid)
+        data = body + footer
+        sink = disk.create(sid.hex())
+        at = 0
+        while at < len(data):  # odd pieces: none ends on a part boundary by design
+            n = rng.choice((1, 4093, 65537, 1 << 20, 3 << 20))
+            sink.write(memoryview(data)[at:at + n])
+            at += n
+        sink.sync()
+        sink.close()
+        return sid.hex(), data
+
+    good, data = appended()
+    assert len(data) > 3 * PART
+    disk.seal(good)
+    assert disk.state(good) == "sealed" and disk.verify(good, sha256=True)[1] == 3
+    for where in (10, 2 * PART - 1, None):
+        bad, data = appended()
+        flip_byte(disk.staging.path(bad, False), len(data) - 3 if where is None else where)
+        with pytest.raises(OSError, match="no longer holds the bytes appended") as err:
+            disk.seal(bad)
+        assert err.value.errno == errno.EBADMSG
+        assert disk.state(bad) == "open", where
+        assert disk.client.list_multipart_uploads(Bucket=disk.bucket).get("Uploads", []) == [], where
+        keys = [o["Key"] for o in disk.client.list_objects_v2(Bucket=disk.bucket, Prefix=s3.SHARD_PREFIX)
+                .get("Contents", [])]
+        assert keys == [disk.key(good)], where
 
 
 def test_credentials_refused(s3_engine, engine_env, tmp_path: Path) -> None:

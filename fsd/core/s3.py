@@ -16,8 +16,9 @@
 `<xx>` is the last two hex digits of the shard id, as on a local disk. An open shard is never
 in the bucket: it is appended on a local staging folder (a `LocalDisk` of its own, whose
 identity names this disk's uuid) and uploaded at seal as one object — a multipart upload of
-`part_size` pieces (`_Appended` hashed them as they were appended; the upload hashes them again
-as they go and refuses a staging file that changed) completed with `If-None-Match: *`, so a
+`part_size` pieces (`_Appended` hashed the shard and each part as they were appended; the
+upload checks each part against its own xxh3-128 as it goes and refuses a staging file that
+changed) completed with `If-None-Match: *`, so a
 second upload of the same shard
 (a seal retried after a crash) never replaces the first: the one there is kept if its
 `hoard-sha256` and size are this shard's, and refused loudly if not. Not every engine honours
@@ -72,6 +73,7 @@ from typing import TYPE_CHECKING, Any
 
 import boto3
 import urllib3
+import xxhash
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, ReadTimeoutError
 
@@ -289,7 +291,7 @@ class S3Disk:
 
     def create(self, shard_hex: str) -> Any:
         self.check()
-        sink = _Appended(self.staging.create(shard_hex))
+        sink = _Appended(self.staging.create(shard_hex), self.part_size)
         self._appended[shard_hex] = sink
         return sink
 
@@ -297,14 +299,14 @@ class S3Disk:
         self._appended.pop(shard_hex, None)  # bytes from before this process: the seal hashes the file
         return self.staging.reopen(shard_hex)
 
-    def _written(self, shard_hex: str, size: int) -> str | None:
-        """The sha256 of the open shard's bytes as they were appended, when every one of its
-        `size` bytes went through this process's sink (no reopen, no cut that left a part
-        unhashed); None otherwise."""
+    def _written(self, shard_hex: str, size: int) -> tuple[str, list[bytes]] | None:
+        """The sha256 of the open shard's bytes as they were appended, and the xxh3-128 of each
+        of its parts, when every one of its `size` bytes went through this process's sink (no
+        reopen, no cut that left a part unhashed); None otherwise."""
         sink = self._appended.get(shard_hex)
         if sink is None or sink.sha is None or sink.pos != size:
             return None
-        return str(sink.sha.hexdigest())
+        return str(sink.sha.hexdigest()), sink.part_digests()
 
     def seal(self, shard_hex: str) -> None:
         """Upload the open shard as one object, check the engine holds it whole, then drop the
@@ -313,23 +315,26 @@ class S3Disk:
         bytes: nothing touched, the shard stays open here)."""
         self.check()
         size = self.staging.size(shard_hex)
-        sha = self._written(shard_hex, size)
-        if sha is None:  # (a shard reopened by recovery, or cut back to fewer bytes than were hashed)
+        written = self._written(shard_hex, size)
+        parts: list[bytes] | None = None
+        if written is None:  # (a shard reopened by recovery, or cut back to fewer bytes than were hashed)
             digest = hashlib.sha256()
             for off in range(0, size, STREAM_PIECE):
                 digest.update(self.staging.read_exact(shard_hex, off, min(STREAM_PIECE, size - off)))
             sha = digest.hexdigest()
+        else:
+            sha, parts = written
         key, nonce = self.key(shard_hex), secrets.token_hex(8)
         _SEALING.add(nonce)
         try:
-            self._seal(shard_hex, key, size, sha, nonce)
+            self._seal(shard_hex, key, size, sha, nonce, parts)
         finally:
             _SEALING.discard(nonce)
 
-    def _seal(self, shard_hex: str, key: str, size: int, sha: str, nonce: str) -> None:
+    def _seal(self, shard_hex: str, key: str, size: int, sha: str, nonce: str, parts: list[bytes] | None) -> None:
         self._claim(shard_hex, size, sha, nonce)
         if self._head(key) is None:  # else a seal retried after its upload: judged below, not sent again
-            self._upload(shard_hex, key, size, sha)
+            self._upload(shard_hex, key, size, sha, parts)
         head = self._head(key)
         if head is None:
             raise EngineError(f"disk {self.label}: the engine acknowledged shard {shard_hex} but does not show it: "
@@ -405,32 +410,47 @@ class S3Disk:
             return nonce not in _SEALING
         return not alive_since(pid, start)
 
-    def _upload(self, shard_hex: str, key: str, size: int, sha: str) -> None:
+    def _upload(self, shard_hex: str, key: str, size: int, sha: str, parts: list[bytes] | None = None) -> None:
         """One multipart upload of the open shard, completed only if no object has the key; its
         parts `upload_streams` at a time, each read from the staging file when its turn comes.
-        The parts are hashed in order as they go: bytes that are not the ones `sha` was taken of
-        (the staging file changed since they were appended) abort the upload before it is
-        completed — EBADMSG (the writer drops this replica and records the error; the disk stays
-        in service: its bucket is sound), the shard stays open, nothing sealed."""
+        Each part is checked as it goes against the xxh3-128 its bytes had when they were
+        appended (`parts`), or, without those (a shard reopened or cut back, whose `sha` the seal
+        has just taken of the file), the parts are hashed in order with sha256: bytes that are
+        not the ones `sha` was taken of (the staging file changed since they were appended)
+        abort the upload before it is completed — EBADMSG (the writer drops this replica and
+        records the error; the disk stays in service: its bucket is sound), the shard stays
+        open, nothing sealed."""
         what = f"uploading shard {shard_hex}"
+        n_parts = len(range(0, size, self.part_size))
+        if parts is not None and len(parts) != n_parts:
+            parts = None  # (a part size other than the one appended with: hash them all)
         up = self._call(what, self.client.create_multipart_upload, Bucket=self.bucket, Key=key,
                         Metadata={SHA_KEY: sha})
         upload_id = up["UploadId"]
         failed = threading.Event()  # a part failed: the parts not started yet are not sent
-        sent = hashlib.sha256()  # what the parts hold, in order
-        hashed = [threading.Event() for _ in range(0, size, self.part_size)]  # part n + 1 is in `sent`
+        sent = hashlib.sha256()  # what the parts hold, in order (no `parts` to check them against)
+        hashed = [threading.Event() for _ in range(n_parts)]  # part n + 1 is in `sent`
+
+        def changed(detail: str) -> OSError:
+            return OSError(errno.EBADMSG, f"disk {self.label}: the staging file of shard {shard_hex} no longer "
+                                          f"holds the bytes appended to it ({detail}): not uploaded, the shard "
+                                          "stays open; look at the staging folder's disk, then run `hoard check`")
 
         def part(n: int, off: int) -> dict | None:
             if failed.is_set():
                 return None  # (never looked at: an earlier part's error is raised first)
             try:
                 body = self.staging.read_exact(shard_hex, off, min(self.part_size, size - off))
-                if n > 1:  # after the part before it
-                    while not hashed[n - 2].wait(0.05):
-                        if failed.is_set():
-                            return None
-                sent.update(body)
-                hashed[n - 1].set()
+                if parts is not None:
+                    if xxhash.xxh3_128_digest(body) != parts[n - 1]:
+                        raise changed(f"part {n} at byte {off} differs")
+                else:
+                    if n > 1:  # after the part before it
+                        while not hashed[n - 2].wait(0.05):
+                            if failed.is_set():
+                                return None
+                    sent.update(body)
+                    hashed[n - 1].set()
                 r = self._call(what, self.client.upload_part, Bucket=self.bucket, Key=key, UploadId=upload_id,
                                PartNumber=n, Body=body)
             except BaseException:
@@ -442,18 +462,15 @@ class S3Disk:
             with ThreadPoolExecutor(self.upload_streams, thread_name_prefix=f"upload {self.label}") as pool:
                 futures = [pool.submit(part, n, off) for n, off in enumerate(range(0, size, self.part_size), start=1)]
                 try:
-                    parts = [f.result() for f in futures]
+                    uploaded = [f.result() for f in futures]
                 except BaseException:
                     failed.set()  # (Ctrl-C while waiting too) the ones under way end, the rest are not sent
                     raise
-            if sent.hexdigest() != sha:
-                raise OSError(errno.EBADMSG, f"disk {self.label}: the staging file of shard {shard_hex} no longer "
-                                             f"holds the bytes appended to it (sha256 {sent.hexdigest()}, appended "
-                                             f"{sha}): not uploaded, the shard stays open; look at the staging "
-                                             "folder's disk, then run `hoard check`")
+            if parts is None and sent.hexdigest() != sha:
+                raise changed(f"sha256 {sent.hexdigest()}, appended {sha}")
             try:
                 self._call(what, self.client.complete_multipart_upload, Bucket=self.bucket, Key=key,
-                           UploadId=upload_id, MultipartUpload={"Parts": parts}, IfNoneMatch="*")
+                           UploadId=upload_id, MultipartUpload={"Parts": uploaded}, IfNoneMatch="*")
                 return
             except ClientError as e:  # 412: an object has the key already; the caller judges it
                 if _code(e)[0] != "PreconditionFailed":
@@ -821,14 +838,19 @@ class S3Disk:
 
 class _Appended:
     """An open shard's sink on the staging folder that hashes what is appended through it, so
-    the seal need not read the file once more to learn its sha256 — and the upload, hashing what
-    it sends, finds a file that changed since. A cut to other than the bytes hashed, or a write
-    that failed, leaves no hash (`sha` None): the seal then hashes the file."""
+    the seal need not read the file once more to learn its sha256 — and the xxh3-128 of each
+    `part_size` piece, the upload's parts: the upload checks each part it sends against its
+    own (a few ms a part, where a second sha256 pass over the parts was CPU taken from the
+    engine's cores: docs/benchmarks.md, "W3-L") and so finds a file that changed since. A cut to other than the
+    bytes hashed, or a write that failed, leaves no hashes (`sha` None): the seal then hashes
+    the file, and the upload hashes its parts again with sha256."""
 
-    def __init__(self, inner: Any) -> None:
-        self.inner = inner
+    def __init__(self, inner: Any, part_size: int) -> None:
+        self.inner, self.part_size = inner, part_size
         self.sha: Any = hashlib.sha256()
         self.pos = 0
+        self.parts: list[bytes] = []  # the xxh3-128 of each whole part appended so far
+        self._part = xxhash.xxh3_128()  # of the part being appended
 
     def write(self, data: bytes | memoryview) -> None:
         try:
@@ -836,9 +858,22 @@ class _Appended:
         except BaseException:
             self.sha = None  # some of it may be in the file
             raise
-        if self.sha is not None:
-            self.sha.update(data)
-            self.pos += len(data)
+        if self.sha is None:
+            return
+        self.sha.update(data)
+        view = memoryview(data)
+        while view:
+            take = min(len(view), self.part_size - self.pos % self.part_size)
+            self._part.update(view[:take])
+            self.pos += take
+            view = view[take:]
+            if self.pos % self.part_size == 0:
+                self.parts.append(self._part.digest())
+                self._part.reset()
+
+    def part_digests(self) -> list[bytes]:
+        """The xxh3-128 of every part of the bytes appended, the last (short) one included."""
+        return self.parts + ([self._part.digest()] if self.pos % self.part_size else [])
 
     def sync(self) -> None:
         self.inner.sync()
