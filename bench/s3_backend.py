@@ -25,14 +25,15 @@ is N MiB of random bytes, a shard of its own.
 
 Rows and their bounds (docs/benchmarks.md, "S3 backend"):
 
-- **batch read** — `Store.read_batch` (the planner: one reader per disk with one range read
-  ahead, every record's xxh3 checked, handed to a sink) against **the engine's GET rate for
-  the same bytes**: the plan's own ranges, fetched with the backend's own client settings
+- **batch read** — `Store.read_batch` (the planner: one reader per disk, `read_streams`
+  ranged GETs in flight and one range read ahead, every record's xxh3 checked, handed to a
+  sink) against **the engine's GET rate for the same bytes**: the ranges one stream's plan
+  makes (up to 32 MiB each — the engine's faster size here: fewer requests; the backend's own
+  plan cuts them at `range_limit`), fetched with the backend's own client settings
   (`fsd.core.s3.client_for`: boto3, the same retries, timeouts and connection pool), bytes
-  read and dropped, with 1, 2, 4 and 8 requests in flight. The bound is the best of those
-  (the strongest fair baseline: the same requests, the same library, only the concurrency
-  chosen after the fact); the row at 2 in flight (what the planner keeps in flight) is shown
-  beside it. The same GETs are timed once more sent to presigned URLs with urllib3, as the
+  read and dropped, with 1, 2, 4 and 8 requests in flight, and the same ranges cut in 8 MiB
+  pieces. The bound is the best of those (the strongest fair baseline: the same bytes, the
+  same library, only the concurrency and cut chosen after the fact). The same GETs are timed once more sent to presigned URLs with urllib3, as the
   backend sends its ranged GETs (`S3Disk._get`: boto3 costs ~3 ms of client CPU per request,
   urllib3 a fraction of it), and the bound is the best of both kinds: the backend's choice of
   request never leaves its baseline the slower client. Shares are of MiB/s over the same bytes (the ranges' bytes: records, their
@@ -111,8 +112,6 @@ from tests.helpers import write_config
 GET_THREADS, PUT_THREADS = (1, 2, 4, 8), (1, 2, 4)
 #: the pieces of the large-object GET baseline (the backend's ITER_READ)
 PIECE = 8 << 20
-#: the planner's requests in flight on one disk: its reader and one read ahead (fsd.io.planner.READ_AHEAD)
-PLANNER_IN_FLIGHT = 2
 
 
 # -- the engine and its page cache ------------------------------------------------------------------

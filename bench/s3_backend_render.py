@@ -210,7 +210,7 @@ def _render_engine(kind: str, path: Path | None) -> None:
               f"read {'met' if met[1] else 'NOT met'}, seal upload {'met' if met[2] else 'NOT met'} "
               f"(S3Disk.read_streams = {doc['read_streams']} ranged GETs in flight per reader)."]
     lines += ["", f"The batch read's time includes its plan (the index looked up for every object, the ranges "
-              f"cut): {b['plan_s']:.2f} s; the engine's rows are given the ranges made."]
+              f"cut): {b['plan_s']:.2f} s; the engine's rows are given ranges made (one stream's plan, up to 32 MiB)."]
     behind = [name for name, ok in zip(("the batch read", "the large-object read", "the seal"), met) if not ok]
     if behind:
         def cpu_gib(row: dict) -> str:

@@ -438,6 +438,46 @@ def test_the_collector_held_off_comes_back_once_the_last_holder_leaves() -> None
         gc.enable()
 
 
+@pytest.mark.parametrize("where", ["_depth += 1", "gc.disable()", "yield", "_depth -= 1"])
+def test_a_ctrl_c_inside_the_collector_pause_never_leaves_it_off(where: str) -> None:
+    """A KeyboardInterrupt at the way in (before the count is raised, before the collector is
+    turned off, after) or at the way out (the lock taken, the count not lowered yet) of
+    `collections_paused` is raised, and the collector runs again — a later pause ends with it on too (review 43: an interrupt right
+    after gc.disable() left it off for the process's life)."""
+    import gc
+    import sys
+
+    from fsd.base import collect
+
+    path = collect.__file__
+    lines = open(path).read().splitlines()
+    target = next(i for i, text in enumerate(lines, 1) if text.strip().split("  #")[0] == where)
+    fired: list[int] = []
+
+    def tracer(frame, event, arg):
+        if frame.f_code.co_filename != path:
+            return None
+
+        def local(frame, event, arg):
+            if event == "line" and frame.f_lineno == target and not fired:
+                fired.append(1)
+                raise KeyboardInterrupt
+            return local
+        return local
+
+    sys.settrace(tracer)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            with collect.collections_paused():
+                pass
+    finally:
+        sys.settrace(None)
+    assert fired and gc.isenabled() and collect._depth == 0
+    with collect.collections_paused():
+        assert not gc.isenabled()
+    assert gc.isenabled()
+
+
 def _slow_read(store_factory, tmp_path: Path, on_record) -> tuple[list, list]:
     """Read 400 objects from 4 disks through a sink that takes 10 ms a record and calls
     `on_record(n)` after the n-th; (records delivered, what execute raised)."""

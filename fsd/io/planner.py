@@ -56,7 +56,7 @@ MAX_RANGE = 32 << 20
 #: MAX_RANGE / read_streams would be shorter: each request is the engine's work too, on the
 #: same cores here, and bench/s3_backend.py read 20,000 small objects with 4 in flight at
 #: 750 / 925 MiB/s (cold / warm) in 8 MiB ranges, 901 / 1102 in 16 MiB and 886 / 966 in 32 MiB
-#: (docs/benchmarks.md, "W3-L"). A reader holds read_streams of them in flight
+#: (docs/benchmarks.md, "W3-L"). A reader holds up to read_streams + 3 ranges at once (`execute`)
 STREAM_RANGE = 16 << 20
 DEFAULT_MB_S = 100.0
 
@@ -120,34 +120,31 @@ def bandwidths(store: Store) -> dict[str, float]:
 
 
 def range_limit(streams: int) -> int:
-    """The longest range one read of a disk with `streams` reads in flight asks for: MAX_RANGE
-    with one, MAX_RANGE / streams with several but never below STREAM_RANGE — a reader holds
-    `streams` of them in flight (4: 64 MiB)."""
+    """The longest range one read of a disk with `streams` reads in flight asks for, records
+    joined: MAX_RANGE with one, MAX_RANGE / streams with several but never below STREAM_RANGE.
+    (A single record up to MAX_RANGE is a range of its own, however long.)"""
     return min(MAX_RANGE, max(MAX_RANGE // max(1, streams), STREAM_RANGE))
 
 
 def make_plan(store: Store, shas: list[bytes], bw: dict[str, float] | None = None) -> Plan:
-    """The plan for reading `shas` (see the module's steps 1–3), built with the cyclic collector
-    held off: its few objects per record outlive it (fsd.base.collect)."""
-    with collections_paused():
-        return _make_plan(store, shas, bw)
-
-
-def _make_plan(store: Store, shas: list[bytes], bw: dict[str, float] | None) -> Plan:
+    """The plan for reading `shas` (the module's steps 1–3)."""
     t0 = time.monotonic()
     bw = bw or bandwidths(store)
     plan = Plan()
     unique = list(dict.fromkeys(shas))
-    locs = store.index.lookup_many(unique)
     by_shard: dict[bytes, list[Wanted]] = defaultdict(list)
-    for sha in unique:
-        loc = locs.get(sha)
-        if loc is None:
-            plan.missing.append(sha)
-        elif loc.length > MAX_RANGE:
-            plan.large.append(Wanted(sha, loc.offset, loc.length))
-        else:
-            by_shard[loc.shard_id].append(Wanted(sha, loc.offset, loc.length))
+    # the records' objects, built with the cyclic collector held off: they outlive the block
+    # (fsd.base.collect); the rest of the plan (a failed disk's check among it) is not held so
+    with collections_paused():
+        locs = store.index.lookup_many(unique)
+        for sha in unique:
+            loc = locs.get(sha)
+            if loc is None:
+                plan.missing.append(sha)
+            elif loc.length > MAX_RANGE:
+                plan.large.append(Wanted(sha, loc.offset, loc.length))
+            else:
+                by_shard[loc.shard_id].append(Wanted(sha, loc.offset, loc.length))
     plan.objects = len(unique) - len(plan.missing)
     pieces: list[tuple[int, str, list[str], list[Wanted]]] = []
     large_pieces: list[tuple[int, str, list[str], Wanted]] = []
@@ -369,7 +366,12 @@ def execute(store: Store, plan: Plan, sink: Sink,
 
     An exception from a sink (or a reader) stops every reader and is raised here; so is one
     the calling thread gets while it waits (KeyboardInterrupt), after the readers stopped —
-    no sink is called once `execute` has returned."""
+    no sink is called once `execute` has returned.
+
+    Memory: a disk's reader holds up to `read_streams` + 3 ranges at once — those in flight
+    (`in_order`), one its read-ahead thread waits to queue, one in the queue (READ_AHEAD) and
+    the one whose payloads the sink is given: 4 streams of 16 MiB (an S3 disk) 112 MiB, one of
+    32 MiB (a local disk) 96 MiB; a range of one record up to MAX_RANGE is that long."""
     if plan.large and large_sink is None:
         raise ValueError(f"{len(plan.large)} objects are larger than {MAX_RANGE >> 20} MiB: pass a large_sink "
                          "that consumes them piece by piece")
