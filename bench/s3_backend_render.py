@@ -139,7 +139,7 @@ def _render_engine(kind: str, path: Path | None) -> None:
             bname, bound = best({k: v[temp] for k, v in engine_rows.items()})
             cells.append(f"{backend[temp]['mib_s']} MiB/s, **{_pct(sh[temp][key]['share'])}** of "
                          f"{bound['mib_s']} ({bname.replace('_', ' ')})")
-        lines.append(f"| {name} | {cells[0]} | {cells[1]} | the engine's GETs of the same ranges |")
+        lines.append(f"| {name} | {cells[0]} | {cells[1]} | the engine's GETs of the same bytes |")
 
     rs = doc["read_streams"]
     row(f"batch read of {b['objects']:,} small objects (`Store.read_batch`; {b['requests']} ranged GETs, "
@@ -258,8 +258,8 @@ def _render_engine(kind: str, path: Path | None) -> None:
         if m["loadavg_1m_at_start"] >= 1.0:
             lines += ["", f"This run shared the machine (1-minute load {m['loadavg_1m_at_start']:.1f} → "
                       f"{m['loadavg_1m_at_end']:.1f} on {m['cpus']} cores: other work ran beside it), so its rates "
-                      "and shares move from round to round (every round is in the JSON) — the seal, which nothing "
-                      "here changed, among them — and the client's CPU seconds per GiB move too (more threads waiting "
+                      "and shares move from round to round (every round is in the JSON) — the engine's own among them "
+                      "— and the client's CPU seconds per GiB move too (more threads waiting "
                       "on the same cores): compare runs of one commit before reading a change into them."]
     seals = [doc["seal"]["seal_median"]]
     if seals:

@@ -403,79 +403,28 @@ def test_a_record_rotted_mid_range_hands_on_each_object_once(store_factory, tmp_
     assert stats.fallbacks == len(rng.records) - rng.records.index(bad)
 
 
-def test_the_collector_held_off_comes_back_once_the_last_holder_leaves() -> None:
-    """`collections_paused` (the batch plan's): nested and in two threads at once, the cyclic
-    collector runs again only when the last block ends — and stays off if it was off before."""
+def test_the_heap_frozen_for_a_plan_is_thawed_and_the_collector_never_stops() -> None:
+    """`heap_frozen` (the batch plan's): the objects held before the block are frozen out of
+    the collector's walks while it runs — the collector still running — and thawed after it,
+    on an exception too, nested too; a Ctrl-C in the block leaves nothing switched off (review
+    43: the collector held off instead could stay off for good after a Ctrl-C)."""
     import gc
 
-    from fsd.base.collect import collections_paused
+    from fsd.base.collect import heap_frozen
 
-    assert gc.isenabled()
-    inside, leave = threading.Event(), threading.Event()
-
-    def other() -> None:
-        with collections_paused():
-            inside.set()
-            leave.wait(10)
-
-    t = threading.Thread(target=other)
-    with collections_paused():
-        t.start()
-        assert inside.wait(10)
-        with collections_paused():
-            assert not gc.isenabled()
-        assert not gc.isenabled()
-    assert not gc.isenabled(), "the other thread's block still runs"
-    leave.set()
-    t.join(10)
-    assert gc.isenabled()
-    gc.disable()
-    try:
-        with collections_paused():
-            pass
-        assert not gc.isenabled(), "a collector that was off was turned on"
-    finally:
-        gc.enable()
-
-
-@pytest.mark.parametrize("where", ["_depth += 1", "gc.disable()", "yield", "_depth -= 1"])
-def test_a_ctrl_c_inside_the_collector_pause_never_leaves_it_off(where: str) -> None:
-    """A KeyboardInterrupt at the way in (before the count is raised, before the collector is
-    turned off, after) or at the way out (the lock taken, the count not lowered yet) of
-    `collections_paused` is raised, and the collector runs again — a later pause ends with it on too (review 43: an interrupt right
-    after gc.disable() left it off for the process's life)."""
-    import gc
-    import sys
-
-    from fsd.base import collect
-
-    path = collect.__file__
-    lines = open(path).read().splitlines()
-    target = next(i for i, text in enumerate(lines, 1) if text.strip().split("  #")[0] == where)
-    fired: list[int] = []
-
-    def tracer(frame, event, arg):
-        if frame.f_code.co_filename != path:
-            return None
-
-        def local(frame, event, arg):
-            if event == "line" and frame.f_lineno == target and not fired:
-                fired.append(1)
-                raise KeyboardInterrupt
-            return local
-        return local
-
-    sys.settrace(tracer)
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            with collect.collections_paused():
-                pass
-    finally:
-        sys.settrace(None)
-    assert fired and gc.isenabled() and collect._depth == 0
-    with collect.collections_paused():
-        assert not gc.isenabled()
-    assert gc.isenabled()
+    held = [[i] for i in range(1000)]
+    assert gc.get_freeze_count() == 0
+    with heap_frozen():
+        assert gc.isenabled() and gc.get_freeze_count() >= len(held)
+        with heap_frozen():
+            made = [[i] for i in range(1000)]
+        assert gc.get_freeze_count() == 0  # (the inner block's end thawed it all: time, not harm)
+    assert gc.get_freeze_count() == 0 and gc.isenabled() and made
+    for exc in (ValueError, KeyboardInterrupt):
+        with pytest.raises(exc):
+            with heap_frozen():
+                raise exc()
+        assert gc.get_freeze_count() == 0 and gc.isenabled()
 
 
 def _slow_read(store_factory, tmp_path: Path, on_record) -> tuple[list, list]:

@@ -1,59 +1,32 @@
-"""Python's cyclic garbage collector held off while a burst of long-lived objects is built."""
+"""The objects a process already holds kept out of the cyclic collector's way while a burst of
+long-lived objects is built."""
 
 from __future__ import annotations
 
 import contextlib
 import gc
-import threading
 from collections.abc import Iterator
-
-_lock = threading.Lock()
-_depth = 0
-_was_enabled = True
 
 
 @contextlib.contextmanager
-def collections_paused() -> Iterator[None]:
-    """No cyclic collection while the block runs (nested and from several threads at once: the
-    collector runs again when the last block ends, if it ran before the first began).
+def heap_frozen() -> Iterator[None]:
+    """Every object the process holds when the block begins moved out of the cyclic
+    collector's walks (`gc.freeze`) until it ends (`gc.unfreeze`); the collector itself keeps
+    running, on what the block makes.
 
-    For a short CPU-bound block — no I/O — that builds many objects which outlive it and holds
-    no cycles of its own: the batch planner's per-record plan. Every allocation in it counts
-    toward the collector's thresholds, and once those objects are promoted CPython runs a full
-    collection, which walks every object the process holds: 120 ms of a 40 ms plan in a
-    process holding ~260,000 (docs/benchmarks.md, "The batch read's client work"). Built with
-    the collector off, the plan's objects are looked at once, young, when it runs again.
+    For a short CPU-bound block that builds many objects which outlive it: the batch planner's
+    per-record plan. Its allocations count toward the collector's thresholds, and once they
+    are promoted CPython runs a full collection, which walks every object the process holds:
+    120 ms of a 40 ms plan in a process holding ~260,000 (docs/benchmarks.md, "The batch read's
+    client work"); frozen, those are not walked.
 
-    The state is the process's: a thread that turns the collector off while a block runs has
-    it turned on again when the last block ends, and a child forked meanwhile starts with it
-    off. A KeyboardInterrupt never leaves it off: the count is raised before the collector is
-    turned off, and the way out is retried until it is done (the interrupt raised after)."""
-    global _depth, _was_enabled
-    counted = False
+    Nothing is left switched off: a block cut short (a Ctrl-C between the freeze and the
+    `try`) leaves the objects of then frozen — not collected, never lost — until the next
+    block's end unfreezes them. The freeze is the process's: blocks in two threads at once
+    unfreeze each other's (the later one then may walk everything: time, not harm), and a
+    `gc.freeze()` of other code is undone at a block's end (none in hoardfs's processes)."""
+    gc.freeze()
     try:
-        with _lock:
-            if _depth == 0:
-                _was_enabled = gc.isenabled()
-            _depth += 1
-            counted = True  # (no signal is taken between these two: no call, no backward jump)
-            gc.disable()  # (a signal taken after it: counted, so the way out turns it on again)
         yield
     finally:
-        if counted:
-            _leave()
-
-
-def _leave() -> None:
-    global _depth
-    interrupted: BaseException | None = None
-    while True:
-        try:
-            with _lock:
-                _depth -= 1
-                if _depth == 0 and _was_enabled:
-                    gc.enable()
-            break
-        except BaseException as e:  # (a KeyboardInterrupt while the lock was awaited: nothing done yet)
-            interrupted = e
-    if interrupted is not None:
-        raise interrupted
+        gc.unfreeze()

@@ -299,14 +299,15 @@ class S3Disk:
         self._appended.pop(shard_hex, None)  # bytes from before this process: the seal hashes the file
         return self.staging.reopen(shard_hex)
 
-    def _written(self, shard_hex: str, size: int) -> tuple[str, list[bytes]] | None:
+    def _written(self, shard_hex: str, size: int) -> tuple[str, list[bytes] | None] | None:
         """The sha256 of the open shard's bytes as they were appended, and the xxh3-128 of each
         of its parts, when every one of its `size` bytes went through this process's sink (no
         reopen, no cut that left a part unhashed); None otherwise."""
         sink = self._appended.get(shard_hex)
         if sink is None or sink.sha is None or sink.pos != size:
             return None
-        return str(sink.sha.hexdigest()), sink.part_digests()
+        # parts of another size than the upload's (the disk's part_size changed since): none
+        return str(sink.sha.hexdigest()), sink.part_digests() if sink.part_size == self.part_size else None
 
     def seal(self, shard_hex: str) -> None:
         """Upload the open shard as one object, check the engine holds it whole, then drop the
@@ -423,7 +424,7 @@ class S3Disk:
         what = f"uploading shard {shard_hex}"
         n_parts = len(range(0, size, self.part_size))
         if parts is not None and len(parts) != n_parts:
-            parts = None  # (a part size other than the one appended with: hash them all)
+            parts = None  # (not this upload's parts: hash them all)
         up = self._call(what, self.client.create_multipart_upload, Bucket=self.bucket, Key=key,
                         Metadata={SHA_KEY: sha})
         upload_id = up["UploadId"]
@@ -841,8 +842,7 @@ class _Appended:
     the seal need not read the file once more to learn its sha256 — and the xxh3-128 of each
     `part_size` piece, the upload's parts: the upload checks each part it sends against its
     own (a few ms a part, where a second sha256 pass over the parts, in order, was CPU taken
-    from the engine's cores: the seal 84 -> 87 % of the engine's PUT, docs/benchmarks.md,
-    "W3-L") and so finds a file that changed since. A cut to other than the
+    from the engine's cores) and so finds a file that changed since. A cut to other than the
     bytes hashed, or a write that failed, leaves no hashes (`sha` None): the seal then hashes
     the file, and the upload hashes its parts again with sha256."""
 
@@ -856,11 +856,15 @@ class _Appended:
     def write(self, data: bytes | memoryview) -> None:
         try:
             self.inner.write(data)
+            if self.sha is not None:
+                self._hash(data)
         except BaseException:
-            self.sha = None  # some of it may be in the file
+            # some of it may be in the file, or in one hash and not the other (review 43: the
+            # sha256 had a write the parts' hashes had not, and the seal named the object so)
+            self.sha = None
             raise
-        if self.sha is None:
-            return
+
+    def _hash(self, data: bytes | memoryview) -> None:
         self.sha.update(data)
         view = memoryview(data)
         while view:

@@ -17,10 +17,10 @@
    record and large-record piece, so `execute` returns within about one record's time
    instead of reading (and handing to the sink) everything that was left.
 
-The plan's per-record objects are built with the cyclic collector held off
-(`fsd.base.collect.collections_paused`), and the index's locations are named tuples: a
-batch of tens of thousands would otherwise set off a full collection of everything the
-process holds, several times the plan's own time (docs/benchmarks.md, "W3-L").
+The plan's per-record objects are built with the process's other objects frozen out of the
+cyclic collector's walks (`fsd.base.collect.heap_frozen`), and the index's locations are
+named tuples: a batch of tens of thousands would otherwise set off a full collection of
+everything the process holds, several times the plan's own time (docs/benchmarks.md, "W3-L").
 
 `Plan.bound_s` is the plan's own makespan at the assumed bandwidths — the bound that
 benchmarks compare the achieved time with; `Plan.ideal_s` is total bytes over the summed
@@ -41,7 +41,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, TypeVar
 
-from fsd.base.collect import collections_paused
+from fsd.base.collect import heap_frozen
 from fsd.core import shardfmt as fmt
 from fsd.core.records import verified_view
 
@@ -133,9 +133,9 @@ def make_plan(store: Store, shas: list[bytes], bw: dict[str, float] | None = Non
     plan = Plan()
     unique = list(dict.fromkeys(shas))
     by_shard: dict[bytes, list[Wanted]] = defaultdict(list)
-    # the records' objects, built with the cyclic collector held off: they outlive the block
-    # (fsd.base.collect); the rest of the plan (a failed disk's check among it) is not held so
-    with collections_paused():
+    # the records' objects, built with the rest of the process's out of the collector's walks:
+    # they outlive the block (fsd.base.collect)
+    with heap_frozen():
         locs = store.index.lookup_many(unique)
         for sha in unique:
             loc = locs.get(sha)
@@ -368,10 +368,11 @@ def execute(store: Store, plan: Plan, sink: Sink,
     the calling thread gets while it waits (KeyboardInterrupt), after the readers stopped —
     no sink is called once `execute` has returned.
 
-    Memory: a disk's reader holds up to `read_streams` + 3 ranges at once — those in flight
-    (`in_order`), one its read-ahead thread waits to queue, one in the queue (READ_AHEAD) and
-    the one whose payloads the sink is given: 4 streams of 16 MiB (an S3 disk) 112 MiB, one of
-    32 MiB (a local disk) 96 MiB; a range of one record up to MAX_RANGE is that long."""
+    Memory: a disk's reader holds up to `read_streams` + 3 ranges at once with several streams
+    — those in flight (`in_order`), one its read-ahead thread waits to queue, one in the queue
+    (READ_AHEAD) and the one whose payloads the sink is given — and 3 with one: 4 streams of
+    16 MiB (an S3 disk) 112 MiB, one of 32 MiB (a local disk) 96 MiB; a range of one record up
+    to MAX_RANGE is that long (an S3 disk's reader: up to 224 MiB)."""
     if plan.large and large_sink is None:
         raise ValueError(f"{len(plan.large)} objects are larger than {MAX_RANGE >> 20} MiB: pass a large_sink "
                          "that consumes them piece by piece")
