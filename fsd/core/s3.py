@@ -415,22 +415,20 @@ class S3Disk:
         """One multipart upload of the open shard, completed only if no object has the key; its
         parts `upload_streams` at a time, each read from the staging file when its turn comes.
         Each part is checked as it goes against the xxh3-128 its bytes had when they were
-        appended (`parts`), or, without those (a shard reopened or cut back, whose `sha` the seal
-        has just taken of the file), the parts are hashed in order with sha256: bytes that are
-        not the ones `sha` was taken of (the staging file changed since they were appended)
-        abort the upload before it is completed — EBADMSG (the writer drops this replica and
-        records the error; the disk stays in service: its bucket is sound), the shard stays
-        open, nothing sealed."""
+        appended (`parts`: `_written` gives them only for this part size and these bytes),
+        or, without those (a shard reopened or cut back, whose `sha` the seal has just taken of
+        the file), the parts are hashed in order with sha256: bytes that are not the ones `sha`
+        was taken of (the staging file changed since they were appended) abort the upload
+        before it is completed — EBADMSG (the writer drops this replica and records the error;
+        the disk stays in service: its bucket is sound), the shard stays open, nothing sealed."""
         what = f"uploading shard {shard_hex}"
-        n_parts = len(range(0, size, self.part_size))
-        if parts is not None and len(parts) != n_parts:
-            parts = None  # (not this upload's parts: hash them all)
+        offsets = range(0, size, self.part_size)
         up = self._call(what, self.client.create_multipart_upload, Bucket=self.bucket, Key=key,
                         Metadata={SHA_KEY: sha})
         upload_id = up["UploadId"]
         failed = threading.Event()  # a part failed: the parts not started yet are not sent
         sent = hashlib.sha256()  # what the parts hold, in order (no `parts` to check them against)
-        hashed = [threading.Event() for _ in range(n_parts)]  # part n + 1 is in `sent`
+        hashed = [threading.Event() for _ in offsets]  # part n + 1 is in `sent`
 
         def changed(detail: str) -> OSError:
             return OSError(errno.EBADMSG, f"disk {self.label}: the staging file of shard {shard_hex} no longer "
@@ -461,7 +459,7 @@ class S3Disk:
 
         try:
             with ThreadPoolExecutor(self.upload_streams, thread_name_prefix=f"upload {self.label}") as pool:
-                futures = [pool.submit(part, n, off) for n, off in enumerate(range(0, size, self.part_size), start=1)]
+                futures = [pool.submit(part, n, off) for n, off in enumerate(offsets, start=1)]
                 try:
                     uploaded = [f.result() for f in futures]
                 except BaseException:
