@@ -340,6 +340,11 @@ def seal_timer(disk) -> list[dict]:
     return seals
 
 
+def median_round(rounds: list[dict]) -> dict:
+    """The round of median MiB/s of `rounds` (each a dict with "mib_s")."""
+    return sorted(rounds, key=lambda r: r["mib_s"])[len(rounds) // 2]
+
+
 def measure(eng, rows: dict[str, Callable[[], tuple[int, float]]], rounds: int) -> dict:
     """Each row's `fn` (→ bytes, seconds) with the engine's files evicted (cold), then again at
     once (warm); `rounds` rounds over all the rows in turn (the rows interleaved: a machine whose
@@ -361,8 +366,7 @@ def measure(eng, rows: dict[str, Callable[[], tuple[int, float]]], rounds: int) 
     for name, temps in runs.items():
         out[name] = {}
         for temp, got in temps.items():
-            mid = sorted(got, key=lambda r: r["mib_s"])[len(got) // 2]
-            out[name][temp] = {**mid, "rounds_mib_s": [r["mib_s"] for r in got]}
+            out[name][temp] = {**median_round(got), "rounds_mib_s": [r["mib_s"] for r in got]}
     return out
 
 
@@ -414,7 +418,7 @@ def seal_rounds(eng, disk, seals: list[dict], mib: int, rounds: int) -> dict:
     for key, got in runs.items():
         for r in got:
             r["mib_s"] = mib_s(r["bytes"], r["seconds"])
-        out[key.replace("rounds", "seal_median")] = sorted(got, key=lambda r: r["mib_s"])[len(got) // 2]
+        out[key.replace("rounds", "seal_median")] = median_round(got)
         out[key] = got
     return out
 
@@ -558,8 +562,9 @@ def run_reads_and_seals(args, work: Path) -> dict:
             seal_runs = seal_rounds(eng, disk, seals, args.large_mib, args.rounds)
             shas = [results[i].sha256 for i in order]
             data = read_rows(eng, store, disk, shas, large_sha, args.large_mib * MiB, args.rounds)
-        data["engine_put"] = {k: {**_median_put(runs), "rounds_mib_s": [mib_s(n, s) for n, s in runs]}
-                              for k, runs in put_runs.items()}
+        puts = {k: [{"bytes": n, "seconds": round(s, 3), "mib_s": mib_s(n, s)} for n, s in runs]
+                for k, runs in put_runs.items()}
+        data["engine_put"] = {k: {**median_round(rs), "rounds_mib_s": [r["mib_s"] for r in rs]} for k, rs in puts.items()}
         data["seal"] = {"small_shards": small_seals, "large_shards": large_seals, **seal_runs,
                         "put_small_s": round(put_small_s, 3), "put_large_s": round(put_large_s, 3)}
         data["engine_version"] = eng.version()
@@ -571,11 +576,6 @@ def run_reads_and_seals(args, work: Path) -> dict:
     shutil.rmtree(work / "engine")
     shutil.rmtree(work / "store")
     return data
-
-
-def _median_put(runs: list[tuple[int, float]]) -> dict:
-    n, secs = sorted(runs, key=lambda r: r[0] / r[1])[len(runs) // 2]
-    return {"bytes": n, "seconds": round(secs, 3), "mib_s": mib_s(n, secs)}
 
 
 def run_replace(args, work: Path) -> dict:
