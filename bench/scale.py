@@ -880,6 +880,20 @@ def gui(r: Run, n: int) -> tuple[dict, dict[str, str]]:
 _GATHERED = re.compile(r"gathered in (\d+(?:\.\d+)?) s")
 
 
+#: the GUI's log line of a gathering and its parts (gui/state.py `Cache._gather`)
+_PARTS_LINE = re.compile(r"snapshot gathered in [\d.]+ s: (.*); health: (.*)$", re.M)
+
+
+def _gathering_parts(log: Path) -> dict[str, dict[str, float]]:
+    """The first gathering's parts from the GUI's log — {"parts_s": {part: s}, "health_parts_s":
+    {part: s}} — or {} when the log has no such line (a checkout that does not log it)."""
+    m = _PARTS_LINE.search(log.read_text(errors="replace"))
+    if m is None:
+        return {}
+    return {key: {name: float(s) for name, s in re.findall(r"([\w ]+?) ([\d.]+) s(?:, |$)", text)}
+            for key, text in (("parts_s", m.group(1)), ("health_parts_s", m.group(2)))}
+
+
 def _serve_pages(r: Run) -> tuple[dict[str, dict], dict[str, int], dict[str, str]]:
     """One `hoard gui` process and browser: vera signs in on the overview, which shows once the
     process's first snapshot is gathered (its "gathered in" read); then the storage and assets
@@ -898,7 +912,8 @@ def _serve_pages(r: Run) -> tuple[dict[str, dict], dict[str, int], dict[str, str
             took = _GATHERED.search(page_text(driver))
             if took is None:
                 raise AssertionError("the overview showed no 'gathered in N s'")
-            pages[GUI[0]] = {"first_s": float(took.group(1))}  # (once per process: no "again")
+            pages[GUI[0]] = {"first_s": float(took.group(1)), **_gathering_parts(r.work / "gui.log")}
+            # (once per process: no "again")
             pages[GUI[1]] = visit_page(driver, base, "/storage", "SSD zones", 3)
             pages[GUI[2]] = visit_page(driver, base, "/assets", "assets on page 1", 3)
         except Exception as e:  # (a finding, not the run's end)

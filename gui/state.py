@@ -19,7 +19,7 @@ import redis
 from fsd.base.config import Settings
 from fsd.maintenance.health import verified_by_disk
 from fsd.maintenance.reindex import index_copies
-from jobs.health import collect
+from jobs.health import Laps, collect
 from jobs.launch import Run, runs
 from jobs.queues import job_counts
 from sql.browse import ingested_per_day_at
@@ -29,6 +29,8 @@ log = logging.getLogger(__name__)
 #: one Store open at a time in this process: LMDB allows an environment to be opened once per
 #: process, and the health document, thumbnails and the jobs API each open the store
 STORE_LOCK = threading.Lock()
+#: a refresh slower than this is logged with its parts (INFO; the others at DEBUG)
+SLOW_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -55,6 +57,11 @@ class Snapshot:
     @property
     def age_s(self) -> float:
         return time.time() - self.taken
+
+
+def _parts(took: dict[str, float]) -> str:
+    """`took` as "name 0.012 s, …" (a snapshot's log line)."""
+    return ", ".join(f"{name} {s:.3f} s" for name, s in took.items())
 
 
 def banners(health: dict[str, Any]) -> list[Banner]:
@@ -113,22 +120,36 @@ class Cache:
             return self.snapshot or self._gather()
 
     def _gather(self) -> Snapshot:
-        """A new snapshot; the caller holds self._lock."""
-        t0 = time.monotonic()
+        """A new snapshot; the caller holds self._lock. Logs what each part took (the health
+        document's parts, then the GUI's own)."""
+        t0, first = time.monotonic(), self.snapshot is None
+        lap = Laps()
         with STORE_LOCK:
+            lap("store lock")
             health = collect(self.cfg)
+            lap("health")
             verified = verified_by_disk(self.cfg) if health["store"].get("ok") else {}
+            lap("verified")
         try:
             jobs = job_counts(self.cfg.redis_url) if health["redis"].get("ok") else {}
         except redis.RedisError:
             jobs = {}
+        lap("jobs")
         try:
             all_runs = runs(self.cfg)
         except redis.RedisError:
             all_runs = []
+        lap("runs")
         ingested = ingested_per_day_at(self.cfg.database_url) if health["database"].get("ok") else []
-        self.snapshot = Snapshot(health, jobs, banners(health), index_copies(self.cfg), all_runs, ingested, verified,
+        lap("ingested")
+        copies = index_copies(self.cfg)
+        lap("index copies")
+        self.snapshot = Snapshot(health, jobs, banners(health), copies, all_runs, ingested, verified,
                                  took_s=time.monotonic() - t0)
+        # (the first in a process, what a page right after a start waits for, and a slow one)
+        level = logging.INFO if first or self.snapshot.took_s > SLOW_S else logging.DEBUG
+        log.log(level, "snapshot gathered in %.3f s: %s; health: %s", self.snapshot.took_s, _parts(lap.took),
+                _parts(health.get("took_s") or {}))
         return self.snapshot
 
     def get(self) -> Snapshot:

@@ -10,6 +10,7 @@ the GUI (which sit above jobs) read the same document.
 from __future__ import annotations
 
 import math
+import time
 from typing import Any
 
 from fsd.base import landlock
@@ -31,23 +32,31 @@ def collect(cfg: Settings, smart_max_age_s: float = math.inf) -> dict[str, Any]:
     runs no smartctl; `hoard health` passes FRESH_S (as root it reads a drive read over an
     hour ago)."""
     assert cfg.database_url and cfg.redis_url
+    lap = Laps()
     store = store_status(cfg)
-    report: dict[str, Any] = {
-        "config": str(cfg.source) if cfg.source else None,
-        "disks": store.pop("disks", None) or disk_status(cfg),
-        "store": store,
-        "formats": store.pop("formats", None) or formats_found(cfg, None),
-        "zones": zone_status(cfg),
-        "database": database_status(cfg.database_url),
-        "redis": redis_status(cfg.redis_url),
-        "ingest": ingest_status(cfg),
-    }
+    lap("store")
+    disks = store.pop("disks", None) or disk_status(cfg)
+    formats = store.pop("formats", None) or formats_found(cfg, None)
+    lap("disks")
+    zones = zone_status(cfg)
+    lap("zones")
+    database = database_status(cfg.database_url)
+    lap("database")
+    redis = redis_status(cfg.redis_url)
+    lap("redis")
+    ingest = ingest_status(cfg)
+    lap("ingest")
+    report: dict[str, Any] = {"config": str(cfg.source) if cfg.source else None, "disks": disks, "store": store,
+                              "formats": formats, "zones": zones, "database": database, "redis": redis,
+                              "ingest": ingest}
     readings = smart_status(cfg, report["disks"], smart_max_age_s)
     for d in report["disks"]:
         if d["label"] in readings:
             d["smart"] = readings[d["label"]]
     problems, warnings = smart_findings(report["disks"])
+    lap("smart")
     report["sandbox"] = sandbox = landlock.status()
+    lap("sandbox")
     if not sandbox["enforced"]:
         # a confined child that cannot even start: every batch and thumbnail fails with it
         (problems if sandbox["fails"] else warnings).append(
@@ -66,6 +75,7 @@ def collect(cfg: Settings, smart_max_age_s: float = math.inf) -> dict[str, Any]:
     if not report["redis"]["ok"]:
         problems.append(f"redis: {report['redis']['error']}; start it with `hoard services up` or fix redis_url")
     warnings += events.warnings(cfg)
+    lap("problems")
     report["problems"] = problems
     report["warnings"] = warnings
     report["ok"] = not problems
@@ -73,4 +83,21 @@ def collect(cfg: Settings, smart_max_age_s: float = math.inf) -> dict[str, Any]:
     # fail a disk (the mount, a writer) reaches PostgreSQL, every health collection relays them
     events.relay_disk_failures(cfg, store.get("disk_failures") or [])
     actions.relay_dead_runs(cfg)  # (likewise: a process that died records nothing of its own)
+    lap("relays")
+    report["took_s"] = lap.took
     return report
+
+
+class Laps:
+    """The seconds each part of a collection took, in the order gathered (the document's
+    `took_s`: where a slow `hoard health` or GUI refresh spends its time). `lap(name)` closes
+    the part that began at the previous lap (or at creation)."""
+
+    def __init__(self) -> None:
+        self.took: dict[str, float] = {}
+        self._t = time.perf_counter()
+
+    def __call__(self, name: str) -> None:
+        now = time.perf_counter()
+        self.took[name] = round(now - self._t, 4)
+        self._t = now

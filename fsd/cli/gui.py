@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Annotated
 
 import typer
 
+from fsd.base import logs
 from fsd.cli._common import out, state
 from gui.app import serve, usable
 
@@ -18,6 +20,8 @@ def gui(
     """Serve the scheduler and dashboards (NiceGUI) until interrupted."""
     cfg = state(ctx).settings
     usable(cfg, host, port)
+    if logging.getLogger().getEffectiveLevel() > logging.INFO:  # (the CLI set WARNING; -v: DEBUG)
+        logs.setup(logging.INFO, force=True)  # a server's log: its ingests, its snapshots' times
     where = (f"unix socket {cfg.gui.socket}, for the proxy in front" if cfg.gui.socket else f"http://{host or cfg.gui.host}:{port or cfg.gui.port}/")
     out.print(f"hoard gui: {where} (Ctrl-C stops it)")
     serve(cfg, host, port)
