@@ -52,7 +52,9 @@ kept store's batches, the PostgreSQL rows grown with it when the cluster was kep
 without a store gets a new one). With the kept cluster the selects, the GUI pages and the
 write-intent can be re-timed; without one (a store kept before the cluster was, or made by
 `--only`) a new empty cluster serves the commands, and they are not. `--pg-set NAME=VALUE`
-(repeatable): the kept cluster restarted with that setting for the run, reset after.
+(repeatable): the cluster restarted with that setting for the run (a full run: its build and
+every measurement, e.g. docs/sizing.md's settings for 10–100 M nodes; `--only`: the kept
+cluster), reset after.
 `--profile LABEL`: each process sampled by py-spy (100 a second, not stopped) into
 bench/results/scale-profile-LABEL-<measurement>.collapsed — py-spy's times, not the table's.
 Each size starts from a settled state (the cluster vacuumed and checkpointed, a sync, the load
@@ -178,8 +180,9 @@ def main() -> None:
                                        "and the lookups) sampled by py-spy into bench/results/scale-profile-LABEL-"
                                        "<what>.collapsed (its times are py-spy's, not the table's)")
     ap.add_argument("--pg-set", action="append", metavar="NAME=VALUE", default=[],
-                    help="with --only on a kept cluster: a PostgreSQL setting for this run (ALTER SYSTEM, the cluster "
-                         "restarted; reset afterwards), e.g. shared_buffers=4GB; repeatable")
+                    help="a PostgreSQL setting for this run (ALTER SYSTEM, the cluster restarted; reset afterwards), "
+                         "e.g. shared_buffers=4GB; repeatable. A full run: for its build and measurements; with "
+                         "--only: on the kept cluster")
     ap.add_argument("--apply-intent", type=Path, help=argparse.SUPPRESS)  # (the measured write-intent's process)
     ap.add_argument("--database-url", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -203,13 +206,13 @@ def main() -> None:
         run_only(sizes if args.sizes else None, args.label, args.work, args.batch, only,
                  (args.repo or REPO).resolve(), args.profile, dict(_setting(x) for x in args.pg_set))
         return
-    if args.repo or args.profile or args.pg_set:
-        raise SystemExit("--repo, --profile, --pg-set: only with --only (a full run times this checkout)")
+    if args.repo or args.profile:
+        raise SystemExit("--repo, --profile: only with --only (a full run times this checkout)")
     label = args.label or "-".join(_short(n) for n in sizes)
     batch = args.batch or min(BATCH, sizes[0] // 4)
     if batch < 5000 or INTENT_NODES % batch or any(n % batch for n in sizes):
         raise SystemExit(f"--batch {batch}: at least 5,000, dividing {INTENT_NODES:,} and every size")
-    run(sizes, label, args.work, args.keep, batch)
+    run(sizes, label, args.work, args.keep, batch, dict(_setting(x) for x in args.pg_set))
 
 
 def _setting(text: str) -> tuple[str, str]:
@@ -923,7 +926,8 @@ def _serve_pages(r: Run) -> tuple[dict[str, dict], dict[str, int], dict[str, str
         return pages, watch.stop(), failed
 
 
-def run(sizes: list[int], label: str, work: Path | None, keep: bool, batch: int) -> None:
+def run(sizes: list[int], label: str, work: Path | None, keep: bool, batch: int,
+        pg_set: dict[str, str] | None = None) -> None:
     est, basis = estimate_s(sizes)
     print(f"estimated duration: {est / 3600:.1f} h ({est / 60:.0f} min; {basis})", flush=True)
     work = work or Path(tempfile.mkdtemp(prefix="hoard-scale-", dir="/var/tmp"))
@@ -942,21 +946,23 @@ def run(sizes: list[int], label: str, work: Path | None, keep: bool, batch: int)
         r = Run(work, cfg_path, url, cluster)
         built = Built(work, batch)
         try:
-            for n in sizes:
-                have = built.count
-                t0 = time.monotonic()
-                grown = grow(cfg_path, url, built, n - batch, n - batch - INTENT_NODES)
-                build_s = time.monotonic() - t0
-                print(f"{n:,} objects: grew {built.count - have:,} in {build_s:.0f} s ({grown['store_s']:.0f} s "
-                      f"store, {grown['database_s']:.0f} s database)", flush=True)
-                got = measure_size(r, built, n)
-                got |= {"grown": n - have, "build_s": round(build_s, 1),
-                        **{k: round(v, 1) for k, v in grown.items()}}
-                results.append(got)
-                built.size = n
-                write_results(label, load_before, t_run, est, batch, results, partial=n != sizes[-1])
-                print(f"  index {got['index_b_per_object_as_grown']:.0f} B/object as grown, "
-                      f"{got['index_b_per_object_rebuilt']:.0f} after a rebuild", flush=True)
+            with pg_settings(r, pg_set or {}):  # (the whole run: its build and its measurements)
+                for n in sizes:
+                    have = built.count
+                    t0 = time.monotonic()
+                    grown = grow(cfg_path, url, built, n - batch, n - batch - INTENT_NODES)
+                    build_s = time.monotonic() - t0
+                    print(f"{n:,} objects: grew {built.count - have:,} in {build_s:.0f} s ({grown['store_s']:.0f} s "
+                          f"store, {grown['database_s']:.0f} s database)", flush=True)
+                    got = measure_size(r, built, n)
+                    got |= {"grown": n - have, "build_s": round(build_s, 1),
+                            **{k: round(v, 1) for k, v in grown.items()}}
+                    results.append(got)
+                    built.size = n
+                    write_results(label, load_before, t_run, est, batch, results, pg_set,
+                                  partial=n != sizes[-1])
+                    print(f"  index {got['index_b_per_object_as_grown']:.0f} B/object as grown, "
+                          f"{got['index_b_per_object_rebuilt']:.0f} after a rebuild", flush=True)
         finally:
             if keep:
                 built.save()  # (with the cluster in DIR/kept-pg: what `--only` re-times)
@@ -965,19 +971,19 @@ def run(sizes: list[int], label: str, work: Path | None, keep: bool, batch: int)
                     shutil.rmtree(d.path, ignore_errors=True)
     if not keep:
         shutil.rmtree(work, ignore_errors=True)
-    doc = write_results(label, load_before, t_run, est, batch, results)
+    doc = write_results(label, load_before, t_run, est, batch, results, pg_set)
     print(f"bench/results/scale-{label}.json written; the run took {doc['seconds'] / 60:.0f} min "
           f"(estimated {est / 60:.0f})", flush=True)
 
 
 def write_results(label: str, load_before, t_run: float, est: float, batch: int, results: list[dict],
-                  partial: bool = False) -> dict:
+                  pg_set: dict[str, str] | None, partial: bool = False) -> dict:
     """The run's JSON: after each size (`partial`: a run that dies at a larger size keeps what the
     smaller ones measured; --render reads no partial file) and at the end."""
     doc = {"benchmark": "scale", "argv": sys.argv[1:], "when": time.strftime("%Y-%m-%dT%H:%M:%S"),
            "commit": _commit(), "machine": _machine(), "load_before": load_before, "load_after": os.getloadavg(),
            "disks": DISKS, "batch": batch, "intent_nodes": INTENT_NODES, "sizes": results, "seconds": round(time.monotonic() - t_run),
-           "estimated_s": round(est)} | ({"partial": True} if partial else {})
+           "estimated_s": round(est), "pg_set": pg_set or {}} | ({"partial": True} if partial else {})
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"scale-{label}.json").write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n")
     return doc
@@ -1100,6 +1106,15 @@ def _load(doc: dict) -> str:
     return f"load (1 min) {doc['load_before'][0]:.1f} before, {doc['load_after'][0]:.1f} after"
 
 
+def _pg_text(doc: dict) -> str:
+    """The PostgreSQL settings a run set for its whole length (`--pg-set`), as a sentence."""
+    settings = doc.get("pg_set") or {}
+    if not settings:
+        return "PostgreSQL: the embedded default's settings. "
+    return ("PostgreSQL, for the whole run (build and measurements), with docs/sizing.md's settings for "
+            "10–100 M nodes: " + ", ".join(f"`{k} = {v}`" for k, v in settings.items()) + ". ")
+
+
 def render(path: Path, against: Path | None = None, note: str | None = None) -> None:
     doc = json.loads(path.read_text())
     if not full_run(doc):
@@ -1127,10 +1142,12 @@ def render(path: Path, against: Path | None = None, note: str | None = None) -> 
                     f"{est / 3600:.1f} h by this run's rates (build and per-object costs at {b}, if they stay flat), "
                     f"and about {10 * hi['store_bytes'] / 1e9 + 5:.0f} GB of disk.")
     lines = [BEGIN, "", f"## W3-Z: every command at {a} and {b} objects (issue 37)", "",
-             f"`python bench/scale.py --sizes {lo['objects']},{hi['objects']}` at {doc['commit']} "
+             f"`python bench/scale.py --sizes {lo['objects']},{hi['objects']}"
+             + "".join(f" --pg-set {k}={v}" for k, v in (doc.get("pg_set") or {}).items())
+             + f"` at {doc['commit']} "
              f"({path.relative_to(RESULTS.parent.parent)}); {doc['disks']}; batches of {doc['batch']:,}; machine "
              f"{doc['machine']['cpus']} cores, {doc['machine']['mem_mib'] / 1024:.0f} GiB, {_load(doc)}"
-             + (f" ({note})" if note else "") + f". {duration} "
+             + (f" ({note})" if note else "") + f". {_pg_text(doc)}{duration} "
              "Each command is its own process: time, VmHWM (peak RSS, "
              "index pages it mapped included) and peak RssAnon (what it allocated). The ratio compares the cost "
              f"per unit of work at {b} with {a}: per object in the store for commands whose work grows with it, "
