@@ -245,3 +245,39 @@ def test_create_new_removes_a_link_planted_at_its_name_and_never_writes_through_
     with files.create_new(tmp, 0o640) as f:  # a leftover file: made new, not truncated in place
         f.write(b"again")
     assert tmp.read_bytes() == b"again" and oct(tmp.stat().st_mode & 0o777) == oct(0o640)
+
+
+@pytest.mark.needs(os.geteuid() == 0, "ROOT NEEDED (a link another account owns)")
+def test_a_link_another_account_planted_on_the_way_is_not_followed(tmp_path: Path) -> None:
+    """Review 41: `replacing` opened the file's directory by its path, following every link on
+    the way — PostgreSQL's conf.d is the postgres account's, and a conf.d swapped for a link to
+    /etc had root write (and `hoard install` chown) its file there. Now the directory is walked
+    to (`files.open_dir`) following only links root or this process owns (the kernel's
+    protected_symlinks rule): another account's link is refused, naming it, and nothing is
+    written where it points; a link root made is followed as before, `..` and absolute targets
+    included; a loop ends in ELOOP."""
+    nobody = 65534
+    target = tmp_path / "etc"
+    target.mkdir()
+    owned = tmp_path / "postgresql" / "15" / "main"
+    owned.mkdir(parents=True)
+    os.chown(owned, nobody, nobody)
+    (owned / "conf.d").symlink_to(target)
+    os.lchown(owned / "conf.d", nobody, nobody)
+    with pytest.raises(OSError, match=r"a symbolic link owned by uid 65534 on the way to .*/conf.d: not followed"):
+        atomic_write(owned / "conf.d" / "hoard.conf", b"archive_command = 'x'\n")
+    assert list(target.iterdir()) == []
+    for reader in (lambda p: files.open_regular(p, walk=True), files.read_in_zone):
+        (target / "secret").write_bytes(b"root's")
+        with pytest.raises(OSError, match="owned by uid 65534"):
+            reader(owned / "conf.d" / "secret")
+    (tmp_path / "srv").symlink_to("postgresql/15")  # root's links: followed, relative ones too
+    (owned / "up").symlink_to("../../../etc")
+    atomic_write(tmp_path / "srv" / "main" / "up" / "ok.conf", b"ok\n")
+    assert (target / "ok.conf").read_bytes() == b"ok\n"
+    (tmp_path / "abs").symlink_to(target)
+    atomic_write(tmp_path / "abs" / "ok2.conf", b"ok\n")
+    assert (target / "ok2.conf").read_bytes() == b"ok\n"
+    (tmp_path / "loop").symlink_to("loop")
+    with pytest.raises(OSError, match="more than 40 links"):
+        atomic_write(tmp_path / "loop" / "x", b"x")

@@ -614,3 +614,25 @@ def test_what_a_written_file_finds_there_is_looked_at_without_following_or_block
         assert stat.S_ISREG(st.st_mode) and path.read_text() == "x\n"
     assert link.lstat().st_gid == HOARD_ID
     assert (victim.stat().st_gid, victim.stat().st_mode & 0o7777) == (0, 0o600)  # the link's target untouched
+
+
+@pytest.mark.needs(os.geteuid() == 0, "ROOT NEEDED (owners are changed)")
+def test_a_file_is_not_written_through_a_directory_another_account_swapped_for_a_link(tmp_path: Path) -> None:
+    """Review 41: PostgreSQL's conf.d is the postgres account's; swapped for a link to /etc, root
+    wrote the archive settings there (a parent's link was followed). Now `Host.write` refuses in
+    one line naming the link, and nothing is written where it points."""
+    root = tmp_path / "root"
+    (root / "etc/postgresql/15/main").mkdir(parents=True)
+    (root / "etc/passwd").write_text(f"root:x:0:0::/root:/bin/sh\npostgres:x:{HOARD_ID}:{HOARD_ID}::/:/bin/false\n")
+    (root / "etc/group").write_text(f"root:x:0:\npostgres:x:{HOARD_ID}:\n")
+    main = root / "etc/postgresql/15/main"
+    os.chown(main, HOARD_ID, HOARD_ID)
+    elsewhere = tmp_path / "etc-cron.d"
+    elsewhere.mkdir()
+    (main / "conf.d").symlink_to(elsewhere)
+    os.lchown(main / "conf.d", HOARD_ID, HOARD_ID)
+    host = Host(root, dry_run=False)
+    with pytest.raises(HoardError, match=rf"/etc/postgresql/15/main/conf.d/hoard.conf not written: a symbolic link "
+                                         rf"owned by uid {HOARD_ID} on the way to .*: not followed"):
+        host.write("/etc/postgresql/15/main/conf.d/hoard.conf", "archive_mode = on\n", 0o644, "root:root")
+    assert list(elsewhere.iterdir()) == []

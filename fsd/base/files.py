@@ -162,7 +162,7 @@ def replacing(path: Path, mode: int, suffix: str = "tmp") -> Iterator[BinaryIO]:
     temporary file of each killed attempt stayed for good. Where the file system cannot make
     one (O_TMPFILE unsupported) the file is made at its temporary name from the start
     (`create_new`). A block that raises leaves `path` as it was and no temporary file."""
-    dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)  # every step in this one directory
+    dfd = open_dir(path.parent)  # every step in this one directory, reached through no planted link
     tmp: str | None = None
     try:
         f = _unnamed(dfd, mode)
@@ -224,11 +224,23 @@ def create_new(tmp: Path | str, mode: int, dir_fd: int | None = None) -> BinaryI
     return open(fd, "wb")
 
 
-def open_regular(path: Path, what: str = "not a regular file") -> int:
+def open_regular(path: Path, what: str = "not a regular file", walk: bool = False) -> int:
     """A read-only descriptor of the regular file at `path`, opened without following a link
     (OSError ELOOP) or waiting on a FIFO (O_NONBLOCK: it is opened, not waited on); anything
-    but a regular file is closed again and refused with OSError EINVAL and `what`."""
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    but a regular file is closed again and refused with OSError EINVAL and `what`. `walk`:
+    its directory reached by `open_dir` (no link another account planted on the way: a file
+    in a directory others can change)."""
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+    if walk:
+        dfd = open_dir(path.parent)
+        try:
+            fd = os.open(path.name, flags, dir_fd=dfd)
+        except OSError as e:
+            raise OSError(e.errno, e.strerror, str(path)) from None
+        finally:
+            os.close(dfd)
+    else:
+        fd = os.open(path, flags)
     try:
         regular = stat.S_ISREG(os.fstat(fd).st_mode)
     except BaseException:
@@ -246,9 +258,9 @@ def read_in_zone(path: Path, limit: int = 64 << 10) -> bytes:
     `_READY` linked to a root-only file had its first word shown as the 'unknown source' — and
     a fifo or device is not read (OSError naming what it is)."""
     try:
-        fd = open_regular(path)
+        fd = open_regular(path, walk=True)
     except OSError as e:
-        if e.errno == errno.ELOOP:
+        if e.errno == errno.ELOOP and e.filename == str(path):  # (open_dir's own names the link on the way)
             raise OSError(errno.ELOOP, "a symbolic link, never followed there", str(path)) from None
         raise
     try:
@@ -277,6 +289,57 @@ def open_nofollow(root_fd: int, rel: str) -> int:
     finally:
         if fd != root_fd:
             os.close(fd)
+
+
+#: links followed on the way to one directory (the kernel's own bound, path_resolution(7))
+_MAX_LINKS = 40
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def open_dir(path: Path | str) -> int:
+    """A descriptor of the directory `path`, walked to one component at a time from `/` (or
+    the working directory) without following a symbolic link unless root or this process owns
+    it — the kernel's fs.protected_symlinks rule, for every directory, not only sticky ones. A
+    file hoardfs replaces as root in a directory another account can change (PostgreSQL's
+    conf.d, owned by postgres; a scraper's batch directory in 3A) would otherwise be written
+    wherever a link that account planted on the way points (`hoard install` writing a root-run
+    setting into /etc): refused with OSError ELOOP naming the link and its owner. A link the
+    administrator made (root's: /srv/ssd → /mnt/ssd1) is followed as before."""
+    text = os.fspath(path)
+    fd = os.open("/" if text.startswith("/") else ".", _DIR_FLAGS)
+    todo = [c for c in text.split("/") if c not in ("", ".")]
+    todo.reverse()  # (a stack: a followed link's components go on top)
+    links = 0
+    try:
+        while todo:
+            name = todo.pop()
+            try:
+                nxt = os.open(name, _DIR_FLAGS, dir_fd=fd)
+            except OSError as e:
+                if e.errno not in (errno.ELOOP, errno.ENOTDIR):
+                    raise
+                st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+                if not stat.S_ISLNK(st.st_mode):
+                    raise
+                if st.st_uid not in (0, os.geteuid()):
+                    raise OSError(errno.ELOOP, f"a symbolic link owned by uid {st.st_uid} on the way to {text}: not "
+                                  "followed (a link another account made could send this write anywhere) — put the "
+                                  "real directory in its place, or a link root owns", name) from None
+                links += 1
+                if links > _MAX_LINKS:
+                    raise OSError(errno.ELOOP, f"more than {_MAX_LINKS} links on the way to {text}", name) from None
+                target = os.readlink(name, dir_fd=fd)
+                if target.startswith("/"):
+                    nxt = os.open("/", _DIR_FLAGS)
+                else:
+                    nxt = os.dup(fd)
+                todo.extend(reversed([c for c in target.split("/") if c not in ("", ".")]))
+            os.close(fd)
+            fd = nxt
+        return fd
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 def fsync_dir(path: Path) -> None:

@@ -9,6 +9,7 @@ written under it.
 
 from __future__ import annotations
 
+import errno
 import os
 import shlex
 import shutil
@@ -133,7 +134,13 @@ class Host:
                 os.fchown(fd, uid, gid)
                 os.fchmod(fd, mode)
 
-            atomic_write(real, text.encode(), prepare)
+            try:
+                atomic_write(real, text.encode(), prepare)
+            except OSError as e:
+                if e.errno != errno.ELOOP:
+                    raise
+                # (a link another account planted on the way: files.open_dir's words name it)
+                raise HoardError(f"{path} not written: {e.strerror} ({e.filename})", ExitCode.USAGE) from None
 
         self.change(f"{'replace' if exists else 'write'} {path} ({owner}, {mode:04o})", act)
         return True
@@ -147,7 +154,7 @@ class Host:
             return
 
         def act() -> None:
-            fd = os.open(real, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+            fd = open_regular(real, walk=True)
             try:
                 now = os.fstat(fd)
                 if (now.st_dev, now.st_ino) != (st.st_dev, st.st_ino):
@@ -179,7 +186,7 @@ def _regular_text(real: Path) -> tuple[str, os.stat_result] | None:
     such file — a link, a FIFO, a device, a directory, a file too large or not text: what
     `Host.write` replaces."""
     try:
-        fd = open_regular(real)
+        fd = open_regular(real, walk=True)
     except OSError:  # missing, a link (ELOOP), not a regular file, unreadable: written anew
         return None
     try:
