@@ -1231,11 +1231,31 @@ def where_time_went(lo: dict, hi: dict, a: str, b: str) -> list[str]:
                        f"manifests: {c['read_bytes'] / size['store_bytes']:.1%} of the store's "
                        f"{size['store_bytes'] / 2**30:.2f} GiB); the disks gave {c['disk_read_mib_s']:.0f} MiB/s to one "
                        f"stream reading {c['disk_read_bytes'] / 2**30:.1f} GiB of the largest shards cold just before.")
+    out += gathering_parts(lo, hi, a, b)
     if any("settle_s" in s for s in (lo, hi)):
         out += ["", "Each size was measured from a settled state (the cluster vacuumed and checkpointed, the build's "
                 "writes synced, the load let fall below " + f"{SETTLE_LOAD}): " + "; ".join(
                     f"{_pretty(s['objects'])} after {s['settle_s']:.0f} s, load {s['load_at_measure']}"
                     for s in (lo, hi) if "settle_s" in s) + "."]
+    return out
+
+
+def gathering_parts(lo: dict, hi: dict, a: str, b: str) -> list[str]:
+    """The GUI's first snapshot gathering part by part at both sizes (the median restart's, from
+    the GUI's log; a run whose JSON has them): its own parts, then the health document's."""
+    name = GUI[0]
+    got = [size["commands"].get(name, {}) for size in (lo, hi)]
+    if not all("parts_s" in g for g in got):
+        return []
+    out = ["", f"The GUI's first snapshot gathering, part by part (seconds, the median restart's; the GUI's log): "
+           f"{a} {got[0]['seconds']:.2f} s, {b} {got[1]['seconds']:.2f} s.", "",
+           f"| part | {a}: s | {b}: s |", "|---|---:|---:|"]
+    for key, prefix in (("parts_s", ""), ("health_parts_s", "health: ")):
+        for part in got[1][key]:
+            if key == "parts_s" and part == "health":
+                continue  # (its parts follow)
+            cells = [f"{g[key][part]:.3f}" if part in g.get(key, {}) else "—" for g in got]
+            out.append(f"| {prefix}{part} | {cells[0]} | {cells[1]} |")
     return out
 
 
