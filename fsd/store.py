@@ -116,6 +116,7 @@ class Store:
         their identity. A writer holds the `store` lock shared until `close()` (gc's swap, an
         index rebuild and rebuild's switch-over wait for it); a long-lived reader such as the
         mount passes `lock="readers"` (only an index rebuild or restore waits for that)."""
+        attach.refuse_planted_links(cfg)
         ssd_uuid = check_ssd(cfg, init)
         if writable:
             attach.refuse_newer_identities(cfg)

@@ -264,12 +264,12 @@ def test_a_link_another_account_planted_on_the_way_is_not_followed(tmp_path: Pat
     os.chown(owned, nobody, nobody)
     (owned / "conf.d").symlink_to(target)
     os.lchown(owned / "conf.d", nobody, nobody)
-    with pytest.raises(OSError, match=r"a symbolic link owned by uid 65534 on the way to .*/conf.d: not followed"):
+    with pytest.raises(files.PlantedLink, match=r"/main/conf.d: a symbolic link owned by uid 65534, not followed"):
         atomic_write(owned / "conf.d" / "hoard.conf", b"archive_command = 'x'\n")
     assert list(target.iterdir()) == []
     for reader in (lambda p: files.open_regular(p, walk=True), files.read_in_zone):
         (target / "secret").write_bytes(b"root's")
-        with pytest.raises(OSError, match="owned by uid 65534"):
+        with pytest.raises(files.PlantedLink, match="/main/conf.d: a symbolic link owned by uid 65534, not followed"):
             reader(owned / "conf.d" / "secret")
     (tmp_path / "srv").symlink_to("postgresql/15")  # root's links: followed, relative ones too
     (owned / "up").symlink_to("../../../etc")
@@ -281,3 +281,39 @@ def test_a_link_another_account_planted_on_the_way_is_not_followed(tmp_path: Pat
     (tmp_path / "loop").symlink_to("loop")
     with pytest.raises(OSError, match="more than 40 links"):
         atomic_write(tmp_path / "loop" / "x", b"x")
+
+
+@pytest.mark.services
+@pytest.mark.needs(os.geteuid() == 0, "ROOT NEEDED (a link another account owns)")
+def test_a_store_reached_through_another_accounts_link_is_one_line_not_a_traceback(tmp_path: Path) -> None:
+    """Review 44: a store whose SSD root is reached through a link another account owns (a
+    developer's home) — `hoard init` as root stopped with a traceback when it wrote the disks'
+    identities. Now one line naming the link and the next step, exit 2; through a link root
+    owns it initialises as before."""
+    from tests.helpers import write_config
+
+    real = tmp_path / "real"
+    (real / "d1").mkdir(parents=True)
+    (real / "d2").mkdir()
+    theirs = tmp_path / "home"
+    theirs.mkdir()
+    os.chown(theirs, 65534, 65534)
+    (theirs / "proj").symlink_to(real)
+    os.lchown(theirs / "proj", 65534, 65534)
+    cfg = write_config(tmp_path, [(d, theirs / "proj" / d, None) for d in ("d1", "d2")], ssd=theirs / "proj" / "ssd")
+    res = subprocess.run([sys.executable, "-m", "fsd", "--config", str(cfg), "init"], capture_output=True,
+                         text=True, timeout=120, cwd=tmp_path, env={**os.environ, "HOARD_CONFIG": ""})
+    assert res.returncode == 2, res.stdout + res.stderr
+    assert "Traceback" not in res.stderr and res.stderr.count("\n") == 1, res.stderr
+    assert "home/proj: a symbolic link owned by uid 65534 on the way to" in res.stderr, res.stderr
+    os.lchown(theirs / "proj", 0, 0)  # the administrator's link: followed
+    res = subprocess.run([sys.executable, "-m", "fsd", "--config", str(cfg), "init"], capture_output=True,
+                         text=True, timeout=120, cwd=tmp_path, env={**os.environ, "HOARD_CONFIG": ""})
+    assert res.returncode == 0, res.stdout + res.stderr
+    os.lchown(theirs / "proj", 65534, 65534)  # given away later: the store is not opened through it
+    (tmp_path / "f").write_bytes(b"x" * 100)
+    for args in (["put", str(tmp_path / "f")], ["ls"]):
+        res = subprocess.run([sys.executable, "-m", "fsd", "--config", str(cfg), *args], capture_output=True,
+                             text=True, timeout=120, cwd=tmp_path, env={**os.environ, "HOARD_CONFIG": ""})
+        assert res.returncode == 2 and res.stderr.count("\n") == 1, (args, res.stdout + res.stderr)
+        assert "ssd.root " in res.stderr and "a symbolic link owned by uid 65534 on the way to" in res.stderr

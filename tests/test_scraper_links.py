@@ -79,6 +79,32 @@ def test_a_link_planted_at_a_temporary_name_is_not_written_through(home: Path) -
     assert not (mine / "_REASON.txt").is_symlink()
 
 
+@needs_root
+def test_a_scrapers_link_in_3a_is_no_batch_and_stops_no_other(home: Path) -> None:
+    """Review 44: the scraper links `3A/0evil` to its own refused batch. `hoard ingest --ready`
+    took the link for a batch, renamed the real batch's `_READY` through it, then stopped with
+    a traceback when writing its `_REASON.txt` there (a link another account owns, not
+    followed) — and every batch after it was skipped at each run. A link in 3A is no batch
+    now: the refused batch is set aside under its own name, the good one queued, one line
+    each, no traceback."""
+    cfg_path = home / "hoard.toml"
+    refused = _gallery(home / "gen", seed=3)
+    (refused / "_READY").write_text("no-such-source\n")
+    good = _gallery(home / "gen2", seed=4)
+    zone = home / "ssd" / "3A"
+    res = as_user('cp -r "$1" "$2/" && cp -r "$3" "$2/zz-good" && ln -s "$4" "$2/0evil"', str(refused), str(zone),
+                  str(good), refused.name)
+    assert res.returncode == 0, res.stderr
+    res = hoard(cfg_path, "ingest", "--ready", ok=False)
+    both = res.stdout + res.stderr
+    assert "Traceback" not in both and "internal error" not in both, both
+    assert "0evil" not in both, both
+    assert f"{refused.name}:" in both and "no-such-source" in both, both
+    assert "zz-good" in both or good.name in both, both
+    assert (zone / refused.name / "_READY.rejected").exists() and "no-such-source" in (
+        zone / refused.name / "_REASON.txt").read_text()
+
+
 def test_a_sidecar_swapped_for_a_link_after_the_screen_is_not_read(tmp_path: Path) -> None:
     """The screen saw a batch's sidecar as a file of the batch; before the adapter read it (the
     settle wait's re-check is behind, the parse comes next) the scraper swapped it for a link

@@ -293,53 +293,75 @@ def open_nofollow(root_fd: int, rel: str) -> int:
 
 #: links followed on the way to one directory (the kernel's own bound, path_resolution(7))
 _MAX_LINKS = 40
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_PATH_FLAGS = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+class PlantedLink(OSError):
+    """A symbolic link on the way to a directory that neither root nor this process owns:
+    not followed (`open_dir`). errno ELOOP; `filename` the whole path asked for."""
 
 
 def open_dir(path: Path | str) -> int:
     """A descriptor of the directory `path`, walked to one component at a time from `/` (or
     the working directory) without following a symbolic link unless root or this process owns
-    it — the kernel's fs.protected_symlinks rule, for every directory, not only sticky ones. A
-    file hoardfs replaces as root in a directory another account can change (PostgreSQL's
-    conf.d, owned by postgres; a scraper's batch directory in 3A) would otherwise be written
-    wherever a link that account planted on the way points (`hoard install` writing a root-run
-    setting into /etc): refused with OSError ELOOP naming the link and its owner. A link the
-    administrator made (root's: /srv/ssd → /mnt/ssd1) is followed as before."""
+    it — on the model of the kernel's fs.protected_symlinks, which guards only sticky
+    world-writable directories and also trusts the directory owner's links; here every
+    directory is guarded and only root's and our own links are followed. A file hoardfs
+    replaces as root in a directory another account can change (PostgreSQL's conf.d, owned by
+    postgres; a scraper's batch directory in 3A) would otherwise be written wherever a link
+    that account planted on the way points (`hoard install` writing a root-run setting into
+    /etc): refused with `PlantedLink` naming the link and its owner. A link the administrator
+    made (root's: /srv/ssd → /mnt/ssd1) is followed as before. Each link is looked at and read
+    through one descriptor of it (O_PATH: no swap between the owner's check and its target);
+    the directories on the way need search permission only, the last one read permission (as
+    a plain open of it). Relies on fs.protected_hardlinks (Debian's default): otherwise a hard
+    link to a root-owned symbolic link would pass for root's. Any error's `filename` is `path`."""
     text = os.fspath(path)
-    fd = os.open("/" if text.startswith("/") else ".", _DIR_FLAGS)
     todo = [c for c in text.split("/") if c not in ("", ".")]
     todo.reverse()  # (a stack: a followed link's components go on top)
-    links = 0
+    links, walked = 0, [""] if text.startswith("/") else ["."]
+    fd = os.open("/" if text.startswith("/") else ".", _PATH_FLAGS | os.O_DIRECTORY)
     try:
         while todo:
             name = todo.pop()
+            nxt = os.open(name, _PATH_FLAGS, dir_fd=fd)
             try:
-                nxt = os.open(name, _DIR_FLAGS, dir_fd=fd)
-            except OSError as e:
-                if e.errno not in (errno.ELOOP, errno.ENOTDIR):
-                    raise
-                st = os.stat(name, dir_fd=fd, follow_symlinks=False)
-                if not stat.S_ISLNK(st.st_mode):
-                    raise
-                if st.st_uid not in (0, os.geteuid()):
-                    raise OSError(errno.ELOOP, f"a symbolic link owned by uid {st.st_uid} on the way to {text}: not "
-                                  "followed (a link another account made could send this write anywhere) — put the "
-                                  "real directory in its place, or a link root owns", name) from None
-                links += 1
-                if links > _MAX_LINKS:
-                    raise OSError(errno.ELOOP, f"more than {_MAX_LINKS} links on the way to {text}", name) from None
-                target = os.readlink(name, dir_fd=fd)
-                if target.startswith("/"):
-                    nxt = os.open("/", _DIR_FLAGS)
-                else:
-                    nxt = os.dup(fd)
+                st = os.fstat(nxt)
+                target = None
+                if stat.S_ISLNK(st.st_mode):
+                    where = "/".join([*walked, name]) or "/"
+                    if st.st_uid not in (0, os.geteuid()):
+                        on_the_way = "" if os.path.normpath(where) == os.path.normpath(text) else f" on the way to {text}"
+                        raise PlantedLink(errno.ELOOP, f"{where}: a symbolic link owned by uid {st.st_uid}{on_the_way}, "
+                                          "not followed (a link another account made could send this write "
+                                          "anywhere) — put the real directory in its place, or a link root owns", text)
+                    links += 1
+                    if links > _MAX_LINKS:
+                        raise OSError(errno.ELOOP, f"more than {_MAX_LINKS} links on the way to {text}", text)
+                    target = os.readlink("", dir_fd=nxt)  # (the link looked at, not its name again)
+                elif not stat.S_ISDIR(st.st_mode):
+                    raise OSError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), text)
+            except BaseException:
+                os.close(nxt)
+                raise
+            if target is not None:  # followed: its components next, from its directory or from /
+                os.close(nxt)
                 todo.extend(reversed([c for c in target.split("/") if c not in ("", ".")]))
+                if target.startswith("/"):
+                    top = os.open("/", _PATH_FLAGS | os.O_DIRECTORY)
+                    os.close(fd)
+                    fd, walked = top, [""]
+                continue
             os.close(fd)
             fd = nxt
-        return fd
-    except BaseException:
-        os.close(fd)
+            walked = walked[:-1] if name == ".." and len(walked) > 1 else [*walked, name]
+        return os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=fd)
+    except PlantedLink:
         raise
+    except OSError as e:
+        raise OSError(e.errno, e.strerror, text) from None
+    finally:
+        os.close(fd)
 
 
 def fsync_dir(path: Path) -> None:

@@ -31,6 +31,7 @@ from typer.core import TyperCommand, TyperGroup, TyperOption
 from fsd.base import config as config_mod
 from fsd.base import logs
 from fsd.base.errors import ExitCode, HoardError, first_line
+from fsd.base.files import PlantedLink
 from fsd.cli import _summaries
 from fsd.cli._common import OutputFailed, err, guard_stdout, out, state
 from fsd.cli._summaries import SUMMARIES
@@ -248,6 +249,9 @@ def main(argv: list[str] | None = None) -> None:
     except HoardError as e:
         err.print(f"[bold red]hoard: error:[/] {escape(e.message)}", soft_wrap=True)
         sys.exit(int(e.exit_code))
+    except PlantedLink as e:  # (any command: a store or zone path through another account's link)
+        err.print(f"hoard: error: {e.strerror}", markup=False, soft_wrap=True)
+        sys.exit(int(ExitCode.USAGE))
     except KeyboardInterrupt:
         err.print("hoard: interrupted")
         sys.exit(ExitCode.INTERRUPTED)

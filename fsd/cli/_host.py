@@ -9,7 +9,6 @@ written under it.
 
 from __future__ import annotations
 
-import errno
 import os
 import shlex
 import shutil
@@ -18,7 +17,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from fsd.base.errors import ExitCode, HoardError
-from fsd.base.files import atomic_write, open_regular
+from fsd.base.files import PlantedLink, atomic_write, open_regular
 from fsd.cli._common import out
 
 PATH = ("/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin")
@@ -136,11 +135,8 @@ class Host:
 
             try:
                 atomic_write(real, text.encode(), prepare)
-            except OSError as e:
-                if e.errno != errno.ELOOP:
-                    raise
-                # (a link another account planted on the way: files.open_dir's words name it)
-                raise HoardError(f"{path} not written: {e.strerror} ({e.filename})", ExitCode.USAGE) from None
+            except PlantedLink as e:  # (files.open_dir's words name the link)
+                raise HoardError(f"{path} not written: {e.strerror}", ExitCode.USAGE) from None
 
         self.change(f"{'replace' if exists else 'write'} {path} ({owner}, {mode:04o})", act)
         return True
@@ -154,7 +150,11 @@ class Host:
             return
 
         def act() -> None:
-            fd = open_regular(real, walk=True)
+            try:
+                fd = open_regular(real, walk=True)
+            except OSError as e:  # (swapped since it was looked at: a link, a FIFO, gone)
+                raise HoardError(f"{real} changed while `hoard install` looked at it ({e.strerror}); run it again",
+                                 ExitCode.UNAVAILABLE) from None
             try:
                 now = os.fstat(fd)
                 if (now.st_dev, now.st_ino) != (st.st_dev, st.st_ino):
@@ -187,6 +187,8 @@ def _regular_text(real: Path) -> tuple[str, os.stat_result] | None:
     `Host.write` replaces."""
     try:
         fd = open_regular(real, walk=True)
+    except PlantedLink as e:  # (on the way to it: the write would be refused too — say it now, dry run or not)
+        raise HoardError(f"{real} not written: {e.strerror}", ExitCode.USAGE) from None
     except OSError:  # missing, a link (ELOOP), not a regular file, unreadable: written anew
         return None
     try:

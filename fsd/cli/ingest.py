@@ -112,7 +112,10 @@ def _ingest(cfg, dirs: list[Path], source: str | None, *, wait: bool, here: bool
         except HoardError as e:  # this batch's problem: name it, go on with the others
             message = e.message
             if isinstance(e, ua1.SignalRefused) and (Path(d) / ua1.SIGNAL).exists():
-                message += "; " + ua1.set_signal_aside(Path(d), e.message)
+                try:
+                    message += "; " + ua1.set_signal_aside(Path(d), e.message)
+                except OSError as why:  # (a link on the way not followed, a full SSD: the batch's line says it)
+                    message += f"; its signal could not be set aside ({why.strerror})"
             err.print(f"[bold red]hoard: {escape(Path(d).name)}:[/] {escape(message)}")
             codes.append(e.exit_code)
     for st in submitted:  # with --json, the reports printed at the end are the output

@@ -19,6 +19,7 @@ import lmdb
 from fsd.base import config as config_mod
 from fsd.base.config import Settings
 from fsd.base.errors import ExitCode, HoardError
+from fsd.base.files import PlantedLink, open_dir
 from fsd.core import formats
 from fsd.core.disks import (
     IDENTITY,
@@ -72,6 +73,22 @@ def identity_formats(cfg: Settings) -> dict[str, Any]:
 def formats_found(cfg: Settings, index_format: int | None) -> dict[str, Any]:
     """`formats` of `hoard health --json` and `hoard check --json` (fsd.core.formats.survey)."""
     return formats.survey(index_format, identity_formats(cfg))
+
+
+def refuse_planted_links(cfg: Settings) -> None:
+    """Before the store is opened: the SSD root and every disk's folder reached through no
+    link another account owns (`files.open_dir`'s rule) — else that account chooses where the
+    index, the shards and the identities are read and written, as root (review 44: such a
+    store had its shards written through the link and only the files replaced beside them
+    refused). One line naming the link; a folder missing or unreadable is judged where it is
+    used, as before."""
+    for what, path in (("ssd.root", cfg.ssd.root), *((f"disk {d.label}", d.path) for d in cfg.disks)):
+        try:
+            os.close(open_dir(path))
+        except PlantedLink as e:
+            raise HoardError(f"{what} {path}: {e.strerror}", ExitCode.USAGE) from None
+        except OSError:
+            continue
 
 
 def refuse_newer_identities(cfg: Settings) -> None:

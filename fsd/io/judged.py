@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 import xxhash
 
-from fsd.base.files import atomic_write, read_in_zone
+from fsd.base.files import PlantedLink, atomic_write, read_in_zone
 from fsd.core import formats, marks
 
 if TYPE_CHECKING:
@@ -221,6 +221,8 @@ def _not_kept(what: str, path: Path, e: OSError) -> None:
         # (ENOENT: the state directory went meanwhile; two healths saving at once each write a
         # temporary file of their own, fsd.base.files.writer_tmp)
         log.debug("cannot keep %s at %s: %s", what, path, e)
+    elif isinstance(e, PlantedLink):  # (its words name the link and the next step)
+        log.warning("cannot keep %s at %s: %s; every health reads it all again until it can", what, path, e.strerror)
     else:
         log.warning("cannot keep %s at %s (%s): every health reads it all again until it can — remove what is "
                     "at that name", what, path, e.strerror or e)

@@ -144,8 +144,8 @@ def set_signal_aside(batch_dir: Path, reason: str) -> str:
     """Rename a refused `_READY` to `_READY.rejected` beside a `_REASON.txt`, so the timer's
     `--ready` does not refuse it again every 30 s while `hoard health` keeps showing it.
     Returns the sentence to add to the reason: how to signal the batch again."""
+    atomic_write(batch_dir / REASON_FILE, f"{_now()}\t{reason}\n".encode())  # (first: refused, nothing renamed)
     os.replace(batch_dir / SIGNAL, batch_dir / REJECTED_SIGNAL)
-    atomic_write(batch_dir / REASON_FILE, f"{_now()}\t{reason}\n".encode())
     return (f"its signal was set aside as {batch_dir / REJECTED_SIGNAL} (reason in {REASON_FILE}); once fixed, "
             f"write {SIGNAL} again")
 
@@ -189,8 +189,11 @@ def refused_batches(cfg: Settings) -> list[dict[str, str]]:
 
 def _signalled_dirs(cfg: Settings) -> list[Path]:
     zone3a = cfg.ssd.zone_path("3A")
+    # (a link in 3A is no batch: a scraper's link to another batch made `--ready` act on that
+    # batch under a name it does not own — review 44)
     return [d for d in (sorted(zone3a.iterdir()) if zone3a.is_dir() else [])
-            if d.is_dir() and not d.name.startswith("_") and ((d / SIGNAL).exists() or (d / REJECTED_SIGNAL).exists())]
+            if not d.is_symlink() and d.is_dir() and not d.name.startswith("_")
+            and ((d / SIGNAL).exists() or (d / REJECTED_SIGNAL).exists())]
 
 
 def enqueue(cfg: Settings, st: BatchState, redis_conn=None) -> str:
