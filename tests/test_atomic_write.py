@@ -317,3 +317,34 @@ def test_a_store_reached_through_another_accounts_link_is_one_line_not_a_traceba
                              text=True, timeout=120, cwd=tmp_path, env={**os.environ, "HOARD_CONFIG": ""})
         assert res.returncode == 2 and res.stderr.count("\n") == 1, (args, res.stdout + res.stderr)
         assert "ssd.root " in res.stderr and "a symbolic link owned by uid 65534 on the way to" in res.stderr
+
+
+@pytest.mark.needs(os.geteuid() == 0, "ROOT NEEDED (a link another account owns)")
+def test_a_link_swapped_between_its_check_and_its_reading_sends_nothing_elsewhere(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review 44: `open_dir` checked a link's owner by its name, then read its target by its
+    name again: the account owning the directory swapped root's link for its own in between
+    and the write went where its link pointed. Both are now done on one descriptor of the link
+    (O_PATH): the swap, made right after the owner's check, changes nothing."""
+    legit, victim = tmp_path / "legit", tmp_path / "victim"
+    legit.mkdir()
+    victim.mkdir()
+    pgdir = tmp_path / "pgdir"
+    pgdir.mkdir()
+    os.chown(pgdir, 65534, 65534)
+    (pgdir / "conf.d").symlink_to(legit)  # the administrator's (root's) link in the account's directory
+    real_fstat, swapped, link_ino = os.fstat, [], (pgdir / "conf.d").lstat().st_ino
+
+    def fstat(fd: int) -> os.stat_result:
+        st = real_fstat(fd)
+        if not swapped and st.st_ino == link_ino:  # (the owner's check of root's link: now swap it)
+            (pgdir / "conf.d").unlink()
+            (pgdir / "conf.d").symlink_to(victim)
+            os.lchown(pgdir / "conf.d", 65534, 65534)
+            swapped.append(fd)
+        return st
+
+    monkeypatch.setattr(os, "fstat", fstat)
+    atomic_write(pgdir / "conf.d" / "hoard.conf", b"x\n")
+    monkeypatch.undo()
+    assert swapped and list(victim.iterdir()) == [] and (legit / "hoard.conf").read_bytes() == b"x\n"
