@@ -217,7 +217,7 @@ def main() -> None:
 
 def _setting(text: str) -> tuple[str, str]:
     name, eq, value = text.partition("=")
-    if not eq or not name.replace("_", "").isalnum() or not value:
+    if not eq or not all(part.replace("_", "").isalnum() for part in name.split(".")) or not value:
         raise SystemExit(f"--pg-set {text}: NAME=VALUE, e.g. shared_buffers=4GB")
     return name, value
 
@@ -231,8 +231,9 @@ def pg_settings(r: Run, settings: dict[str, str]):
     def alter(reset: bool) -> None:
         with psycopg.connect(r.url, autocommit=True) as conn:
             for name, value in settings.items():
-                conn.execute(sql.SQL("ALTER SYSTEM RESET {}").format(sql.Identifier(name)) if reset else
-                             sql.SQL("ALTER SYSTEM SET {} = {}").format(sql.Identifier(name), sql.Literal(value)))
+                ident = sql.Identifier(*name.split("."))  # (a module's: auto_explain.log_min_duration)
+                conn.execute(sql.SQL("ALTER SYSTEM RESET {}").format(ident) if reset else
+                             sql.SQL("ALTER SYSTEM SET {} = {}").format(ident, sql.Literal(value)))
         r.cluster.stop()
         r.cluster.start()
 
