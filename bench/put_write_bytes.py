@@ -1,0 +1,118 @@
+"""What a `hoard put` of one batch really writes, with the LMDB index cold and cached (issue 37:
+bench/scale.py's "put (one batch; index cached)" reported 5.5–9.6 GB of `write_bytes` at 10 M
+objects against 0.3–0.5 GB for the same put with the page cache dropped).
+
+    python bench/put_write_bytes.py --work DIR [--rounds 2]
+
+DIR is a store `bench/scale.py --keep --work DIR` kept (its cluster in DIR/kept-pg is started
+for the gc that removes each batch again). Each round, in turn: "cold" (the page cache dropped)
+and "cached" (the whole index then read once, as scale.py's cached state reads it), each a
+`hoard put` of 20,000 new files of 0.5–4 KB written and synced first; for each, the put
+process's `write_bytes` (/proc/PID/io, its last reading) and what the machine's block device
+wrote from just before the put until a sync after it (/sys/block/DEV/stat: sectors written —
+the store's disks, index and SSD zones are all on it here), then the batch deleted and collected.
+Raw JSON: bench/results/put-write-bytes-<label>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from _common import RESULTS, _commit, _machine, drop_caches, private_cluster, read_all
+from scale import payloads
+
+from fsd.base import config
+
+FILES = 20_000
+
+
+def device_of(path: Path) -> str:
+    """The whole block device under `path` (vda for vda1)."""
+    dev = os.stat(path).st_dev
+    name = Path(f"/sys/dev/block/{os.major(dev)}:{os.minor(dev)}").resolve().name
+    parent = Path(f"/sys/class/block/{name}/partition")
+    return Path(f"/sys/class/block/{name}").resolve().parent.name if parent.exists() else name
+
+
+def written(dev: str) -> int:
+    """Bytes the block device `dev` has written since boot (sectors written × 512)."""
+    return int(Path(f"/sys/block/{dev}/stat").read_text().split()[6]) * 512
+
+
+def hoard(cfg: Path, *args: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "fsd", "--config", str(cfg), *args],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def one_put(work: Path, cfg_path: Path, state: str, seed: int, dev: str) -> dict:
+    cfg = config.load(cfg_path)
+    put_dir = work / "put-write-bytes"
+    shutil.rmtree(put_dir, ignore_errors=True)
+    put_dir.mkdir()
+    drop_caches()
+    for i, data in enumerate(payloads(seed, FILES)):
+        (put_dir / f"{i:05d}.bin").write_bytes(data)
+    if state == "cached":
+        read_all([p for p in Path(cfg.index_dir).rglob("*") if p.is_file()], 1)
+    os.sync()
+    time.sleep(2)
+    before, t0 = written(dev), time.monotonic()
+    name = f"write-bytes-{state}-{time.time_ns()}"
+    p = hoard(cfg_path, "put", "--name", name, str(put_dir))
+    io: dict[str, str] = {}
+    while p.poll() is None:
+        try:
+            io = dict(line.split(": ") for line in Path(f"/proc/{p.pid}/io").read_text().splitlines())
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.05)
+    seconds = time.monotonic() - t0
+    if p.returncode:
+        raise SystemExit(f"hoard put exited {p.returncode}: {p.stderr.read() if p.stderr else ''}")
+    os.sync()
+    time.sleep(2)
+    os.sync()
+    device = written(dev) - before
+    for args in (("delete", "--put", name, "--yes"), ("gc",)):
+        q = hoard(cfg_path, *args)
+        if q.wait():
+            raise SystemExit(f"hoard {' '.join(args)} exited {q.returncode}: {q.stderr.read() if q.stderr else ''}")
+    shutil.rmtree(put_dir)
+    got = {"state": state, "seconds": round(seconds, 2), "process_write_bytes": int(io.get("write_bytes", 0)),
+           "device_written_bytes": device}
+    print(f"  {state}: {seconds:.2f} s, the process's write_bytes {got['process_write_bytes'] / 1e6:,.0f} MB, "
+          f"the device wrote {device / 1e6:,.0f} MB", flush=True)
+    return got
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--work", type=Path, required=True, help="a store bench/scale.py --keep left")
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--label", default="10m")
+    args = ap.parse_args()
+    cfg_path = args.work / "hoard.toml"
+    built = json.loads((args.work / "built.json").read_text())
+    dev = device_of(config.load(cfg_path).index_dir)
+    runs = []
+    with private_cluster(args.work, keep=True):
+        for r in range(args.rounds):
+            for state in ("cold", "cached"):
+                runs.append(one_put(args.work, cfg_path, state, 10**14 + 2 * r + (state == "cached"), dev) | {"round": r})
+    doc = {"benchmark": "put-write-bytes", "argv": sys.argv[1:], "commit": _commit(), "machine": _machine(),
+           "when": time.strftime("%Y-%m-%dT%H:%M:%S"), "objects": built.get("size"), "device": dev,
+           "kernel": os.uname().release, "files": FILES, "runs": runs}
+    out = RESULTS / f"put-write-bytes-{args.label}.json"
+    out.write_text(json.dumps(doc, indent=1) + "\n")
+    print(f"{out.relative_to(RESULTS.parent.parent)} written", flush=True)
+
+
+if __name__ == "__main__":
+    main()
