@@ -154,7 +154,8 @@ COLD = ("check", "index rebuild", "index restore")
 #: before each size's measurements: the load (1 min) waited for, and for at most how long
 SETTLE_LOAD, SETTLE_MAX_S = 0.5, float(os.environ.get("HOARD_SCALE_SETTLE_MAX_S", 600))
 #: the goals of issue 37 item 2
-GOAL_RATIO, GOAL_RSS_KB, GOAL_TXN_S, GOAL_INDEX_B, GOAL_HEALTH_S = 1.25, 2 << 20, 1.0, 200, 2.0
+#: (2 GB as the issue writes it: 10^9 bytes, in the KiB /proc reports)
+GOAL_RATIO, GOAL_RSS_KB, GOAL_TXN_S, GOAL_INDEX_B, GOAL_HEALTH_S = 1.25, 2e9 / 1024, 1.0, 200, 2.0
 
 
 def main() -> None:
@@ -1160,7 +1161,7 @@ def render(path: Path, against: Path | None = None, note: str | None = None) -> 
     tag = [f" ({i + 1})" if against else "" for i in range(len(los))]
     lines += ["", "| command | work | " + " | ".join(f"{a}{t}: s" for t in tag) + f" | {b}: s | "
               + " | ".join(f"{a}{t}: µs per unit" for t in tag) + f" | {b}: µs per unit | "
-              + " | ".join(f"ratio{t}" for t in tag) + f" | {b}: VmHWM MB | {b}: RssAnon MB | {b}: longest write txn s |",
+              + " | ".join(f"ratio{t}" for t in tag) + f" | {b}: VmHWM MiB | {b}: RssAnon MiB | {b}: longest write txn s |",
               "|---|---|" + "---:|" * (3 * len(los) + 5)]
     misses: list[str] = []
     for name in [k for k in ORDER if k in hi["commands"]] + sorted(set(hi["commands"]) - set(ORDER)):
@@ -1192,6 +1193,7 @@ def render(path: Path, against: Path | None = None, note: str | None = None) -> 
               for name, err in s.get("failed", {}).items()]
     if failed:
         lines += ["", "Measurements that failed (no figure; each counts as a missed goal):", ""] + failed
+        misses += [f"{name} (failed at {s['objects']:,})" for s in doc["sizes"] for name in s.get("failed", {})]
     lines += ["", f"Goals (issue 37 item 2, judged here at {b} — they are set for 10 M):", ""] + goals(hi, misses)
     lines += ["", END]
     write_doc_section(BEGIN, END, lines)
@@ -1364,12 +1366,12 @@ def _txn_text(size: dict) -> str:
 def goals(hi: dict, misses: list[str]) -> list[str]:
     cmds = hi["commands"]
     rss = {k: max(c["vmhwm_kb"], c["peak_anon_kb"]) for k, c in cmds.items()}
-    anon_over = [f"{k} {c['peak_anon_kb'] / 2**20:.2f} GB" for k, c in cmds.items() if c["peak_anon_kb"] > GOAL_RSS_KB]
-    hwm_over = [f"{k} {c['vmhwm_kb'] / 2**20:.2f} GB" for k, c in cmds.items() if c["vmhwm_kb"] > GOAL_RSS_KB]
+    anon_over = [f"{k} {c['peak_anon_kb'] * 1024 / 1e9:.2f} GB" for k, c in cmds.items() if c["peak_anon_kb"] > GOAL_RSS_KB]
+    hwm_over = [f"{k} {c['vmhwm_kb'] * 1024 / 1e9:.2f} GB" for k, c in cmds.items() if c["vmhwm_kb"] > GOAL_RSS_KB]
     txns = [c.get("longest_write_txn_s") for c in cmds.values()]
     slow = {k: cmds[k]["seconds"] for k in ("health --json", "GUI storage page") if k in cmds}
     slow |= {k: float("inf") for k in ("health --json", "GUI storage page") if k in hi.get("failed", {})}
-    top = max(rss.values()) / 2**20
+    top = max(rss.values()) * 1024 / 1e9
     return [
         f"- per-object cost within {GOAL_RATIO}× (fixed work: absolute time): "
         + ("**met**" if not misses else f"**missed** by {', '.join(misses)}"),
