@@ -1293,13 +1293,16 @@ def sizing(doc: dict, path: Path) -> list[str]:
     wal = [f"{next((s['wal_bytes'] for s in doc['sizes'] if s['objects'] == n), hi['wal_bytes']) / gb:,.1f}"
            for n in PLAN]
 
-    def row(name: str, get, unit: float, fmt: str = "{:,.1f}") -> str:
-        """Measured where the run had the size; else on the line, never below the largest size's
-        figure (a slope the run's noise made negative does not make a bigger store cheaper)."""
+    def at(get, n: int) -> float:
+        """Measured where the run had the size `n`; else on the line, never below the largest
+        size's figure (a slope the run's noise made negative does not make a bigger store cheaper)."""
+        if n in had:
+            return get(next(s for s in doc["sizes"] if s["objects"] == n))
         b0, b1 = _line(lo, hi, get)
-        cells = [fmt.format(get(next(s for s in doc["sizes"] if s["objects"] == n)) / unit) if n in had
-                 else fmt.format(max(get(hi), b0 + b1 * n) / unit) for n in PLAN]
-        return f"| {name} | {' | '.join(cells)} |"
+        return max(get(hi), b0 + b1 * n)
+
+    def row(name: str, get, unit: float, fmt: str = "{:,.1f}") -> str:
+        return f"| {name} | {' | '.join(fmt.format(at(get, n) / unit) for n in PLAN)} |"
 
     out = [SIZING_BEGIN, "", f"From {path.relative_to(RESULTS.parent.parent)} ({doc['commit']}, "
            f"{lo['objects']:,} and {hi['objects']:,} objects of 0.5–4 KB, load {doc['load_before'][0]:.1f}–"
@@ -1325,6 +1328,7 @@ def sizing(doc: dict, path: Path) -> list[str]:
             out.append(row(f"{name}: RssAnon", lambda s, k=name: s["commands"][k]["peak_anon_kb"] * 1024, 1e6,
                            "{:,.0f}"))
             out.append(row(f"{name}: VmHWM", lambda s, k=name: s["commands"][k]["vmhwm_kb"] * 1024, 1e6, "{:,.0f}"))
+    out += buy_table(doc, at, head)
     out += ["", "**Time** (minutes; the store grown through `put_bytes_many` and write-intents, the commands "
             "whose work grows with the store):", "", f"| | {head} |", "|---|---:|---:|---:|",
             row("build: store", lambda s: s["store_s"] / s["grown"] * s["objects"], 60),
@@ -1334,6 +1338,40 @@ def sizing(doc: dict, path: Path) -> list[str]:
         if c["work"] == "object" and name in lo["commands"]:
             out.append(row(name, lambda s, k=name: s["commands"][k]["seconds"], 60, "{:,.1f}"))
     return out + ["", SIZING_END]
+
+
+def _setting_bytes(text: str) -> float:
+    """A PostgreSQL memory setting ("4GB", "256MB", "512kB") in bytes."""
+    for suffix, mult in (("TB", 2**40), ("GB", 2**30), ("MB", 2**20), ("kB", 2**10)):
+        if text.endswith(suffix):
+            return float(text[:-len(suffix)]) * mult
+    return float(text) * 8192  # (a bare number: 8 kB pages)
+
+
+def buy_table(doc: dict, at, head: str) -> list[str]:
+    """What to buy at each size, from the tables' own figures (GB): the SSD for the index and
+    PostgreSQL twice each (a rebuild writes a new index beside the old one; VACUUM FULL and
+    index builds need their table's size again) plus the WAL directory — the zones' quotas come
+    on top; the RAM for the largest allocation any measured command made (RssAnon), PostgreSQL's
+    shared buffers as the run set them, and the whole index in the page cache (a put that meets
+    it cold is the run's slowest per batch) — the database's own hot indexes in the page cache
+    come on top (not measured)."""
+    gb = 1e9
+    buffers = _setting_bytes((doc.get("pg_set") or {}).get("shared_buffers", "256MB"))
+    names = [k for k in doc["sizes"][-1]["commands"] if all(k in s["commands"] for s in doc["sizes"])]
+    cells_ssd, cells_ram = [], []
+    for n in PLAN:
+        index = at(lambda s: s["index_bytes_as_grown"], n)
+        database = at(lambda s: s["database_bytes"], n)
+        wal = max(s["wal_bytes"] for s in doc["sizes"])
+        anon = max(at(lambda s, k=k: s["commands"][k]["peak_anon_kb"] * 1024, n) for k in names)
+        cells_ssd.append(f"{(2 * index + 2 * database + wal) / gb:,.0f}")
+        cells_ram.append(f"{(anon + buffers + index) / gb:,.1f}")
+    return ["", "**What to buy** (GB; from the rows above — the SSD before the zones' quotas, the RAM before "
+            "the page cache the database's indexes want):", "", f"| | {head} |", "|---|---:|---:|---:|",
+            f"| SSD: index × 2 + PostgreSQL × 2 + WAL | {' | '.join(cells_ssd)} |",
+            f"| RAM: the largest RssAnon + shared_buffers ({buffers / 2**30:g} GiB in the run) + the index "
+            f"cached | {' | '.join(cells_ram)} |"]
 
 
 #: the table's order: the order of the measurements
