@@ -307,3 +307,33 @@ def test_a_disk_without_a_copy_of_its_identity_gets_one_at_the_next_open(tmp_pat
     with Store.open(config.load(cfg_path)):
         pass
     assert all((d / IDENTITY_COPY).read_bytes() == (d / IDENTITY).read_bytes() for d in disks)
+
+
+@pytest.mark.services  # starts hoard processes
+def test_a_put_of_a_file_whose_stored_copies_cannot_be_read_says_so(tmp_path: Path) -> None:
+    """Review 42: a file put again while every disk holding its stored copies is failed or
+    missing was answered `existing` (0/2) with exit 0 and "already present" — the team then
+    deleted its only readable copy, the one it had just put. Now a line names it (keep the
+    file; `hoard health`), the summary counts it and the exit is 5; the files whose copies read
+    are `existing` as before."""
+    cfg_path, results = _store(tmp_path)
+    with Store.open(config.load(cfg_path), writable=False) as st:
+        pair = next(sorted(st.records[u].label for u in m.replicas) for m in st.index.iter_shards()
+                    if len(m.replicas) == 2)
+        lost = [r for r in results if sorted(st.records[u].label for u in st.index.get_shard(
+            st.index.lookup(bytes.fromhex(r.sha256)).shard_id).replicas) == pair]
+    assert lost
+    with Store.open(config.load(cfg_path)) as st:
+        st.set_disk_state(pair[0], DiskState.FAILED, "I/O error during read (test)")
+    (tmp_path / pair[1]).rename(tmp_path / (pair[1] + ".away"))  # the other one unplugged
+    res = hoard("--config", str(cfg_path), "put", str(tmp_path / "in"))
+    assert res.returncode == 5, res.stdout + res.stderr
+    for r in lost:
+        assert f"already stored as {r.sha256}, but none of its copies can be read now" in res.stderr, res.stderr
+    assert f"{len(results)} already present ({len(lost)} with no readable copy now)" in res.stderr, res.stderr
+    assert "Traceback" not in res.stderr
+    (tmp_path / (pair[1] + ".away")).rename(tmp_path / pair[1])
+    with Store.open(config.load(cfg_path)) as st:
+        st.set_disk_state(pair[0], DiskState.ACTIVE, "")
+    res = hoard("--config", str(cfg_path), "put", str(tmp_path / "in"))
+    assert res.returncode == 0 and "none of its copies" not in res.stderr, res.stderr

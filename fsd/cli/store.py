@@ -79,7 +79,9 @@ def put(
 ) -> None:
     """Store files: prints sha256, new/existing and replicas now/target per file, as each is stored.
 
-    Exit 5 if any file was rejected (each is named on stderr with the reason). Interrupted,
+    Exit 5 if any file was rejected (each is named on stderr with the reason), or was stored
+    before but none of its copies can be read now (its disks failed or missing: keep the file;
+    named on stderr). Interrupted,
     it has printed exactly the files that were stored. What it stored is kept until
     `hoard delete --object SHA256` (dropping a batch with the same content does not free it);
     with `--name NAME`, until `hoard delete --put NAME` (an interrupted named put records
@@ -87,7 +89,7 @@ def put(
     """
     items, unreadable = _expand(paths or [], manifest)
     t0 = time.monotonic()
-    counts = {"new": 0, "existing": 0, "rejected": len(unreadable), "bytes": 0}
+    counts = {"new": 0, "existing": 0, "rejected": len(unreadable), "bytes": 0, "unreadable": 0}
     for why in unreadable:
         err.print(f"rejected {why}", markup=False)
 
@@ -112,6 +114,11 @@ def put(
             out.print(f"{r.sha256}  {r.status:<8} {r.replicas}/{r.target}  {shown}", markup=False)
         if r.status == "rejected":
             err.print(f"rejected {shown}: {r.reason}", markup=False)
+        elif r.status == "existing" and r.replicas == 0:  # (stored before, but no copy reads now)
+            counts["unreadable"] += 1
+            err.print(f"{shown}: already stored as {r.sha256}, but none of its copies can be read now (the disks "
+                      "holding them are failed or missing: `hoard health` says which and the next step); keep "
+                      "this file until they are back", markup=False)
 
     stop = _stop_on_first_ctrl_c()
     total = sum(size_or_zero(p) for p in items)
@@ -138,10 +145,11 @@ def put(
                     err.print(f"nothing stored: no put named {name} was recorded", markup=False)
     finally:
         if began:
+            unread = f" ({counts['unreadable']} with no readable copy now)" if counts["unreadable"] else ""
             err.print(f"{counts['new'] + counts['existing'] + counts['rejected']} files: {counts['new']} new "
-                      f"({fmt_bytes(counts['bytes'])}), {counts['existing']} already present, {counts['rejected']} "
-                      f"rejected in {time.monotonic() - t0:.2f} s", markup=False)
-    if counts["rejected"]:
+                      f"({fmt_bytes(counts['bytes'])}), {counts['existing']} already present{unread}, "
+                      f"{counts['rejected']} rejected in {time.monotonic() - t0:.2f} s", markup=False)
+    if counts["rejected"] or counts["unreadable"]:
         raise typer.Exit(ExitCode.DATA)
 
 
