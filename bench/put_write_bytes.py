@@ -8,7 +8,7 @@ DIR is a store `bench/scale.py --keep --work DIR` kept (its cluster in DIR/kept-
 for the gc that removes each batch again). Each round, in turn: "cold" (the page cache dropped)
 and "cached" (the whole index then read once, as scale.py's cached state reads it), each a
 `hoard put` of 20,000 new files of 0.5–4 KB written and synced first; for each, the put
-process's `write_bytes` (/proc/PID/io, its last reading) and what the machine's block device
+process's `write_bytes` (/proc/PID/io, as `_common.hoard_process` reads it) and what the machine's block device
 wrote from just before the put until a sync after it (/sys/block/DEV/stat: sectors written —
 the store's disks, index and SSD zones are all on it here), then the batch deleted and collected.
 Raw JSON: bench/results/put-write-bytes-<label>.json.
@@ -20,13 +20,12 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-from _common import RESULTS, _commit, _machine, drop_caches, private_cluster, read_all
-from scale import payloads
+from _common import RESULTS, _commit, _machine, hoard_process, private_cluster
+from scale import batch_to_put
 
 from fsd.base import config
 
@@ -46,48 +45,23 @@ def written(dev: str) -> int:
     return int(Path(f"/sys/block/{dev}/stat").read_text().split()[6]) * 512
 
 
-def hoard(cfg: Path, *args: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "fsd", "--config", str(cfg), *args],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-
-
 def one_put(work: Path, cfg_path: Path, state: str, seed: int, dev: str) -> dict:
-    cfg = config.load(cfg_path)
     put_dir = work / "put-write-bytes"
-    shutil.rmtree(put_dir, ignore_errors=True)
-    put_dir.mkdir()
-    drop_caches()
-    for i, data in enumerate(payloads(seed, FILES)):
-        (put_dir / f"{i:05d}.bin").write_bytes(data)
-    if state == "cached":
-        read_all([p for p in Path(cfg.index_dir).rglob("*") if p.is_file()], 1)
-    os.sync()
+    batch_to_put(put_dir, Path(config.load(cfg_path).index_dir), seed, FILES, state)
     time.sleep(2)
-    before, t0 = written(dev), time.monotonic()
+    before = written(dev)
     name = f"write-bytes-{state}-{time.time_ns()}"
-    p = hoard(cfg_path, "put", "--name", name, str(put_dir))
-    io: dict[str, str] = {}
-    while p.poll() is None:
-        try:
-            io = dict(line.split(": ") for line in Path(f"/proc/{p.pid}/io").read_text().splitlines())
-        except (OSError, ValueError):
-            pass
-        time.sleep(0.05)
-    seconds = time.monotonic() - t0
-    if p.returncode:
-        raise SystemExit(f"hoard put exited {p.returncode}: {p.stderr.read() if p.stderr else ''}")
+    put = hoard_process(cfg_path, ["put", "--name", name, str(put_dir)], ok=(0,))
     os.sync()
     time.sleep(2)
     os.sync()
     device = written(dev) - before
-    for args in (("delete", "--put", name, "--yes"), ("gc",)):
-        q = hoard(cfg_path, *args)
-        if q.wait():
-            raise SystemExit(f"hoard {' '.join(args)} exited {q.returncode}: {q.stderr.read() if q.stderr else ''}")
+    for args in (["delete", "--put", name, "--yes"], ["gc"]):
+        hoard_process(cfg_path, args, ok=(0,))
     shutil.rmtree(put_dir)
-    got = {"state": state, "seconds": round(seconds, 2), "process_write_bytes": int(io.get("write_bytes", 0)),
+    got = {"state": state, "seconds": round(put["seconds"], 2), "process_write_bytes": put["write_bytes"],
            "device_written_bytes": device}
-    print(f"  {state}: {seconds:.2f} s, the process's write_bytes {got['process_write_bytes'] / 1e6:,.0f} MB, "
+    print(f"  {state}: {got['seconds']:.2f} s, the process's write_bytes {got['process_write_bytes'] / 1e6:,.0f} MB, "
           f"the device wrote {device / 1e6:,.0f} MB", flush=True)
     return got
 

@@ -580,6 +580,20 @@ def intent_again(r: Run, built: Built, n: int) -> dict:
 PUT_STATES = {"cold": "put (one batch)", "cached": "put (one batch; index cached)"}
 
 
+def batch_to_put(put_dir: Path, index_dir: Path, seed: int, n: int, index: str) -> None:
+    """`n` new files of payloads of `seed` in `put_dir` (made anew), in the page-cache state
+    PUT_STATES names: the cache dropped first, the files written and synced (cached, as a batch
+    just scraped would be); `index` "cached" then reads the whole LMDB index at `index_dir`."""
+    drop_caches()
+    shutil.rmtree(put_dir, ignore_errors=True)
+    put_dir.mkdir()
+    for i, data in enumerate(payloads(seed, n)):
+        (put_dir / f"{i:05d}.bin").write_bytes(data)
+    if index == "cached":
+        read_all([p for p in index_dir.rglob("*") if p.is_file()], 1)
+    os.sync()
+
+
 def timed_put(r: Run, built: Built, n: int, seed: int, name: str, index: str = "cold") -> tuple[dict, float]:
     """`hoard put --name NAME` of one batch of new files (payloads of `seed`), timed; and the
     seconds spent writing those files first (setup, untimed). The page cache is dropped first,
@@ -587,15 +601,8 @@ def timed_put(r: Run, built: Built, n: int, seed: int, name: str, index: str = "
     `index` "cached" then reads the whole LMDB index once (PUT_STATES): the same state at every
     size, whatever the process before left cached."""
     t0 = time.monotonic()
-    drop_caches()
     put_dir = r.work / f"put-{name}"
-    shutil.rmtree(put_dir, ignore_errors=True)
-    put_dir.mkdir()
-    for i, data in enumerate(payloads(seed, built.batch)):
-        (put_dir / f"{i:05d}.bin").write_bytes(data)
-    if index == "cached":
-        read_all([p for p in Path(r.cfg.index_dir).rglob("*") if p.is_file()], 1)
-    os.sync()
+    batch_to_put(put_dir, Path(r.cfg.index_dir), seed, built.batch, index)
     setup = time.monotonic() - t0
     got = r.command(["put", "--name", name, str(put_dir)], objects=n)
     shutil.rmtree(put_dir)
