@@ -6,6 +6,12 @@
    database; sources and relationship types must be registered or declared);
 3. applies everything in one transaction, in bulk: COPY into temporary tables, then
    INSERT … SELECT … ON CONFLICT;
+
+Every sha256 the intent names is looked up in `node` once (`NodeIds`: one statement for all
+of them, one more for the nodes the intent adds) and every row after that travels with its
+node's id: the reference checks are lookups in that map, and no statement joins `node` again
+(issue 37: five to seven passes over the sha256 index per intent, whose cost grew with the
+database, became one).
 4. returns counts of what changed.
 
 Every reference check runs before anything that depends on it, and names the field path
@@ -60,18 +66,21 @@ def apply_write_intent(conn: psycopg.Connection, intent: WriteIntent | dict[str,
     return ApplyResult(intent.key, False, counts)
 
 
-#: the planner's join methods an intent's statements go without (`_joins_by_index`)
-_JOINS = ("enable_hashjoin", "enable_mergejoin")
+#: the planner's ways an intent's statements go without (`_joins_by_index`): hash and merge
+#: joins, and reading a whole table (a temporary table, which has no index, is still read whole)
+_JOINS = ("enable_hashjoin", "enable_mergejoin", "enable_seqscan")
 #: an intent joins by index when the node table holds this many times its largest list of rows
 BY_INDEX_RATIO = 8
 
 
 def _joins_by_index(conn: psycopg.Connection, it: WriteIntent) -> list[str] | None:
-    """Join by index lookups only for the rest of the transaction (no hash or merge joins) when
+    """Join by index lookups only for the rest of the transaction (no hash or merge joins, no
+    whole-table reads) when
     the node table is large beside the intent — `BY_INDEX_RATIO` times its largest list of
     rows, by the table's statistics; returns the settings before (None: left to the planner).
-    Every statement of an intent joins rows of the intent's size (its temporary tables, its
-    arrays) with tables of the database's size (`node` above all) on their indexes. Left to the
+    An intent's statements meet rows of the intent's size (its temporary tables, its arrays)
+    with tables of the database's size (`node` in `NodeIds`' one lookup; `physical_content`,
+    `label`, `common_metadata`) on their indexes. Left to the
     planner, tens of thousands of rows met a node table of millions by a hash join over the
     whole table — a read of every node in each of ten statements, spilling to disk at 1 M nodes:
     an intent's cost grew with the database, not with the intent (issue 37: a 100,000-node
@@ -116,27 +125,38 @@ def _ids(conn: psycopg.Connection, table: str, key: str, names: set[str]) -> dic
     return dict(rows)
 
 
-def _missing_nodes(conn: psycopg.Connection, shas: list[tuple[int, str, str]], what: str) -> None:
-    """(index, field, sha) triples whose node is not in the database (after the intent's upserts)."""
-    if not shas:
-        return
-    _temp(conn, "tmp_ref", "idx int, field text, sha bytea")
-    _copy(conn, "tmp_ref", "idx, field, sha", ((i, f, bytes.fromhex(s)) for i, f, s in shas))
-    row = conn.execute("SELECT r.idx, r.field, encode(r.sha, 'hex') FROM tmp_ref r "
-                       "LEFT JOIN node n ON n.sha256 = r.sha WHERE n.node_id IS NULL "
-                       "ORDER BY r.idx, r.field LIMIT 1").fetchone()
-    if row:
-        raise IntentError(f"{what}[{row[0]}].{row[1]}: node {row[2]} is neither in this intent nor in the database")
+class NodeIds:
+    """The node id (and kind) of each sha256 an intent names, looked up in `node` once."""
+
+    def __init__(self, conn: psycopg.Connection, shas: Iterable[bytes]) -> None:
+        self.conn = conn
+        self.ids: dict[bytes, tuple[int, bool]] = {}
+        self.look_up(set(shas))
+
+    def look_up(self, shas: set[bytes]) -> None:
+        if not shas:
+            return
+        with self.conn.cursor(binary=True) as cur:
+            cur.execute("SELECT sha256, node_id, is_virtual FROM node WHERE sha256 = ANY(%s)", [list(shas)])
+            self.ids.update((bytes(sha), (node_id, virtual)) for sha, node_id, virtual in cur)
+
+    def __getitem__(self, sha: bytes) -> int:
+        return self.ids[sha][0]
+
+    def check(self, refs: Iterable[tuple[str, bytes]], what: str) -> None:
+        """Refuse the first (field path, sha) whose node is not in the database (after the intent's
+        own nodes went in)."""
+        for path, sha in refs:
+            if sha not in self.ids:
+                raise IntentError(f"{what}[{path}: node {sha.hex()} is neither in this intent nor in the database")
 
 
-def _check_refs(conn: psycopg.Connection, table: str, what: str, *columns: tuple[str, str]) -> None:
-    """The first row of a loaded temporary table naming a node that does not exist."""
-    for column, name in columns:
-        row = conn.execute(f"SELECT t.idx, encode(t.{column}, 'hex') FROM {table} t "
-                           f"LEFT JOIN node n ON n.sha256 = t.{column} WHERE n.node_id IS NULL "
-                           "ORDER BY t.idx LIMIT 1").fetchone()
-        if row:
-            raise IntentError(f"{what}[{row[0]}].{name}: node {row[1]} is neither in this intent nor in the database")
+def _named(it: WriteIntent) -> set[bytes]:
+    """Every sha256 an intent names, as bytes."""
+    return {bytes.fromhex(s) for s in (
+        *(n.sha256 for n in it.nodes), *(m.node for m in it.metadata), *(e.parent for e in it.edges),
+        *(e.child for e in it.edges), *(lb.node for lb in it.labels), *(lb.node for lb in it.unlabels),
+        *(m for b in it.batches for m in b.members), *(r.node for r in it.results), *it.black_list)}
 
 
 #: the columns common_metadata and metadata_version share besides their keys
@@ -146,8 +166,9 @@ VERSION_COLUMNS = ("is_raw, is_root, title, view_count, update_time, download_ti
 
 def apply_body(conn: psycopg.Connection, it: WriteIntent) -> dict[str, int]:
     counts: dict[str, int] = {}
-    # Every id this function writes comes from a join against the row it references, inside
-    # this transaction, and every reference is checked first (`_check_refs`, `_ids`): the
+    # Every id this function writes comes from a lookup of the row it references, inside this
+    # transaction (`NodeIds`; no code deletes a node row — a deleted node is flagged — so an id
+    # looked up stays valid), and every reference is checked first (`NodeIds.check`, `_ids`): the
     # row-level foreign-key triggers would only repeat those checks, one row at a time (about
     # half the time of a bulk apply). A superuser may skip them for this transaction; the
     # one trigger with a rule of its own (sealed batches) is then checked here instead.
@@ -176,87 +197,83 @@ def apply_body(conn: psycopg.Connection, it: WriteIntent) -> dict[str, int]:
                               "declare it in the intent's `relationships`")
 
     # -- nodes ------------------------------------------------------------------------------
+    ids = NodeIds(conn, _named(it))
     if it.nodes:
-        _temp(conn, "tmp_node", "idx int, sha bytea, is_virtual bool, size bigint, file_type text, kind text, "
-              "source_id smallint, stable_id text, description text")
-        _copy(conn, "tmp_node", "idx, sha, is_virtual, size, file_type, kind, source_id, stable_id, description",
-              ((i, bytes.fromhex(n.sha256), n.virtual is not None,
-                n.physical.size if n.physical else None, n.physical.file_type if n.physical else None,
-                n.virtual.kind if n.virtual else None, sources[n.virtual.source] if n.virtual else None,
-                n.virtual.stable_id if n.virtual else None,
-                virtual_description(n.virtual.kind, n.virtual.source, n.virtual.stable_id) if n.virtual else None)
-               for i, n in enumerate(it.nodes)))
-        clash = conn.execute("SELECT t.idx FROM tmp_node t JOIN node n ON n.sha256 = t.sha "
-                             "WHERE n.is_virtual <> t.is_virtual ORDER BY t.idx LIMIT 1").fetchone()
-        if clash:
-            raise IntentError(f"nodes[{clash[0]}]: the database has this node as the other kind (physical/virtual)")
-        cur = conn.execute("INSERT INTO node (sha256, is_virtual, is_physical) "
-                           "SELECT DISTINCT ON (sha) sha, is_virtual, NOT is_virtual FROM tmp_node "
-                           "ON CONFLICT (sha256) DO NOTHING")
-        counts["nodes_new"] = cur.rowcount
-        cur = conn.execute("INSERT INTO physical_content (node_id, size, file_type) "
-                           "SELECT DISTINCT ON (n.node_id) n.node_id, t.size, ft.ext FROM tmp_node t "
-                           "JOIN node n ON n.sha256 = t.sha LEFT JOIN file_type ft ON ft.ext = t.file_type "
-                           "WHERE NOT t.is_virtual ON CONFLICT (node_id) DO NOTHING")
-        counts["physical_new"] = cur.rowcount
-        cur = conn.execute("INSERT INTO virtual_asset (node_id, kind, source_id, stable_id, description) "
-                           "SELECT DISTINCT ON (n.node_id) n.node_id, t.kind, t.source_id, t.stable_id, t.description "
-                           "FROM tmp_node t JOIN node n ON n.sha256 = t.sha WHERE t.is_virtual "
-                           "ON CONFLICT (node_id) DO NOTHING")
-        counts["virtual_new"] = cur.rowcount
-        paths = [(bytes.fromhex(n.sha256), loc) for n in it.nodes if n.physical for loc in n.physical.locators]
+        shas = [bytes.fromhex(n.sha256) for n in it.nodes]
+        _clash(it, shas, ids)
+        new = {sha: n.virtual is not None for sha, n in zip(shas, it.nodes, strict=True) if sha not in ids.ids}
+        counts["nodes_new"] = 0
+        if new:
+            _temp(conn, "tmp_node", "sha bytea, is_virtual bool")
+            _copy(conn, "tmp_node", "sha, is_virtual", new.items())
+            with conn.cursor(binary=True) as cur:
+                cur.execute("INSERT INTO node (sha256, is_virtual, is_physical) SELECT sha, is_virtual, NOT is_virtual "
+                            "FROM tmp_node ORDER BY sha ON CONFLICT (sha256) DO NOTHING RETURNING sha256, node_id, is_virtual")
+                added = [(bytes(sha), (node_id, virtual)) for sha, node_id, virtual in cur]
+            ids.ids.update(added)
+            counts["nodes_new"] = len(added)
+            raced = {sha for sha in new if sha not in ids.ids}  # (added meanwhile by a transaction that committed)
+            if raced:
+                ids.look_up(raced)
+                _clash(it, shas, ids)
+        physical = {ids[sha]: n.physical for sha, n in zip(shas, it.nodes, strict=True) if n.physical}
+        virtual = {ids[sha]: n.virtual for sha, n in zip(shas, it.nodes, strict=True) if n.virtual}
+        counts["physical_new"] = counts["virtual_new"] = 0
+        if physical:
+            _temp(conn, "tmp_physical", "node_id bigint, size bigint, file_type text")
+            _copy(conn, "tmp_physical", "node_id, size, file_type",
+                  ((node_id, p.size, p.file_type) for node_id, p in physical.items()))
+            counts["physical_new"] = conn.execute(
+                "INSERT INTO physical_content (node_id, size, file_type) SELECT t.node_id, t.size, ft.ext "
+                "FROM tmp_physical t LEFT JOIN file_type ft ON ft.ext = t.file_type "
+                "ON CONFLICT (node_id) DO NOTHING").rowcount
+        if virtual:
+            _temp(conn, "tmp_virtual", "node_id bigint, kind text, source_id smallint, stable_id text, description text")
+            _copy(conn, "tmp_virtual", "node_id, kind, source_id, stable_id, description",
+                  ((node_id, v.kind, sources[v.source], v.stable_id,
+                    virtual_description(v.kind, v.source, v.stable_id)) for node_id, v in virtual.items()))
+            counts["virtual_new"] = conn.execute(
+                "INSERT INTO virtual_asset (node_id, kind, source_id, stable_id, description) "
+                "SELECT node_id, kind, source_id, stable_id, description FROM tmp_virtual "
+                "ON CONFLICT (node_id) DO NOTHING").rowcount
+        paths = [(ids[sha], loc) for sha, n in zip(shas, it.nodes, strict=True) if n.physical
+                 for loc in n.physical.locators]
         if paths:
-            _temp(conn, "tmp_path", "sha bytea, locator text")
-            _copy(conn, "tmp_path", "sha, locator", paths)
-            cur = conn.execute("INSERT INTO physical_path (node_id, locator) SELECT n.node_id, p.locator "
-                               "FROM tmp_path p JOIN node n ON n.sha256 = p.sha ON CONFLICT DO NOTHING")
-            counts["paths_new"] = cur.rowcount
+            _temp(conn, "tmp_path", "node_id bigint, locator text")
+            _copy(conn, "tmp_path", "node_id, locator", paths)
+            counts["paths_new"] = conn.execute("INSERT INTO physical_path (node_id, locator) SELECT node_id, locator "
+                                               "FROM tmp_path ON CONFLICT DO NOTHING").rowcount
 
-    # -- load metadata, edges, labels; check every node they name; then write them -------------------
+    # -- check every node the rest names; then write it ------------------------------------------
+    ids.check(((f"{i}].node", bytes.fromhex(m.node)) for i, m in enumerate(it.metadata)), "metadata")
+    ids.check(((f"{i}].parent", bytes.fromhex(e.parent)) for i, e in enumerate(it.edges)), "edges")
+    ids.check(((f"{i}].child", bytes.fromhex(e.child)) for i, e in enumerate(it.edges)), "edges")
+    ids.check(((f"{i}].node", bytes.fromhex(lb.node)) for i, lb in enumerate(it.labels)), "labels")
+    ids.check(((f"{i}].node", bytes.fromhex(lb.node)) for i, lb in enumerate(it.unlabels)), "unlabels")
+    ids.check(((f"{i}].members[{j}]", bytes.fromhex(s)) for i, b in enumerate(it.batches)
+               for j, s in enumerate(b.members)), "batches")
+    ids.check(((f"{i}].node", bytes.fromhex(r.node)) for i, r in enumerate(it.results)), "results")
+    black = _physical_nodes(conn, it.black_list, ids)
     if it.metadata:
-        _temp(conn, "tmp_meta", "idx int, sha bytea, source_id smallint, is_raw bool, is_root bool, title text, "
+        _temp(conn, "tmp_meta", "node_id bigint, source_id smallint, is_raw bool, is_root bool, title text, "
               "view_count bigint, update_time timestamptz, download_time timestamptz, author text, "
               "user_name text, raw_metadata jsonb, raw_object bytea, specific jsonb")
-        _copy(conn, "tmp_meta", "idx, sha, source_id, is_raw, is_root, title, view_count, update_time, "
+        _copy(conn, "tmp_meta", "node_id, source_id, is_raw, is_root, title, view_count, update_time, "
               "download_time, author, user_name, raw_metadata, raw_object, specific",
-              ((i, bytes.fromhex(m.node), sources[m.source], m.is_raw, m.is_root, m.title, m.view_count,
+              ((ids[bytes.fromhex(m.node)], sources[m.source], m.is_raw, m.is_root, m.title, m.view_count,
                 m.update_time, m.download_time, m.author, m.user,
                 json.dumps(m.raw_metadata) if m.raw_metadata is not None else None,
                 bytes.fromhex(m.raw_object) if m.raw_object else None,
-                json.dumps(m.specific) if m.specific else None) for i, m in enumerate(it.metadata)))
-        _check_refs(conn, "tmp_meta", "metadata", ("sha", "node"))
-    if it.edges:
-        _temp(conn, "tmp_edge", "idx int, parent bytea, child bytea, rel_id smallint")
-        _copy(conn, "tmp_edge", "idx, parent, child, rel_id",
-              ((i, bytes.fromhex(e.parent), bytes.fromhex(e.child), rels[e.relationship])
-               for i, e in enumerate(it.edges)))
-        _check_refs(conn, "tmp_edge", "edges", ("parent", "parent"), ("child", "child"))
-    if it.labels:
-        _temp(conn, "tmp_label", "idx int, sha bytea, key text, value text, origin text")
-        _copy(conn, "tmp_label", "idx, sha, key, value, origin",
-              ((i, bytes.fromhex(lb.node), lb.key, lb.value, lb.origin) for i, lb in enumerate(it.labels)))
-        _check_refs(conn, "tmp_label", "labels", ("sha", "node"))
-    if it.unlabels:
-        _temp(conn, "tmp_unlabel", "idx int, sha bytea, key text, value text")
-        _copy(conn, "tmp_unlabel", "idx, sha, key, value",
-              ((i, bytes.fromhex(lb.node), lb.key, lb.value) for i, lb in enumerate(it.unlabels)))
-        _check_refs(conn, "tmp_unlabel", "unlabels", ("sha", "node"))
-    _missing_nodes(conn, [(i, f"members[{j}]", s) for i, b in enumerate(it.batches) for j, s in enumerate(b.members)],
-                   "batches")
-    if it.results:
-        _missing_nodes(conn, [(i, "node", r.node) for i, r in enumerate(it.results)], "results")
-    if it.black_list:
-        _physical_nodes(conn, it.black_list)
-    if it.metadata:
+                json.dumps(m.specific) if m.specific else None) for m in it.metadata))
         # the newest download wins when two batches describe the same node differently
         cur = conn.execute("""
             INSERT INTO common_metadata (node_id, source_id, is_raw, is_root, title, view_count, update_time,
                                          download_time, author, user_name, raw_metadata, raw_object, specific)
-            SELECT DISTINCT ON (n.node_id, t.source_id) n.node_id, t.source_id, t.is_raw, t.is_root, t.title,
+            SELECT DISTINCT ON (t.node_id, t.source_id) t.node_id, t.source_id, t.is_raw, t.is_root, t.title,
                    t.view_count, t.update_time, t.download_time, t.author, t.user_name, t.raw_metadata, t.raw_object,
                    t.specific
-            FROM tmp_meta t JOIN node n ON n.sha256 = t.sha
-            ORDER BY n.node_id, t.source_id, t.download_time DESC NULLS LAST
+            FROM tmp_meta t
+            ORDER BY t.node_id, t.source_id, t.download_time DESC NULLS LAST
             ON CONFLICT (node_id, source_id) DO UPDATE SET
                 is_raw = EXCLUDED.is_raw, is_root = EXCLUDED.is_root, title = EXCLUDED.title,
                 view_count = EXCLUDED.view_count, update_time = EXCLUDED.update_time,
@@ -268,25 +285,30 @@ def apply_body(conn: psycopg.Connection, it: WriteIntent) -> dict[str, int]:
         # every document's version too: deleting its batch later recomputes common_metadata from the rest
         conn.execute(f"""
             INSERT INTO metadata_version (node_id, source_id, raw_object, {VERSION_COLUMNS})
-            SELECT DISTINCT ON (n.node_id, t.source_id, t.raw_object) n.node_id, t.source_id, t.raw_object,
+            SELECT DISTINCT ON (t.node_id, t.source_id, t.raw_object) t.node_id, t.source_id, t.raw_object,
                    {', '.join('t.' + c for c in VERSION_COLUMNS.split(', '))}
-            FROM tmp_meta t JOIN node n ON n.sha256 = t.sha WHERE t.raw_object IS NOT NULL
+            FROM tmp_meta t WHERE t.raw_object IS NOT NULL
             ON CONFLICT DO NOTHING""")
 
         fill_specific_tables(conn, {sources[m.source] for m in it.metadata}, "tmp_meta")
     if it.edges:
-        cur = conn.execute("INSERT INTO edge (parent_id, child_id, rel_id) SELECT p.node_id, c.node_id, t.rel_id "
-                           "FROM tmp_edge t JOIN node p ON p.sha256 = t.parent JOIN node c ON c.sha256 = t.child "
-                           "ON CONFLICT DO NOTHING")
-        counts["edges_new"] = cur.rowcount
+        _temp(conn, "tmp_edge", "parent_id bigint, child_id bigint, rel_id smallint")
+        _copy(conn, "tmp_edge", "parent_id, child_id, rel_id",
+              ((ids[bytes.fromhex(e.parent)], ids[bytes.fromhex(e.child)], rels[e.relationship]) for e in it.edges))
+        counts["edges_new"] = conn.execute("INSERT INTO edge (parent_id, child_id, rel_id) SELECT parent_id, child_id, "
+                                           "rel_id FROM tmp_edge ON CONFLICT DO NOTHING").rowcount
     if it.labels:
-        cur = conn.execute("INSERT INTO label (node_id, key, value, origin) SELECT n.node_id, t.key, t.value, "
-                           "t.origin FROM tmp_label t JOIN node n ON n.sha256 = t.sha ON CONFLICT DO NOTHING")
-        counts["labels_new"] = cur.rowcount
+        _temp(conn, "tmp_label", "node_id bigint, key text, value text, origin text")
+        _copy(conn, "tmp_label", "node_id, key, value, origin",
+              ((ids[bytes.fromhex(lb.node)], lb.key, lb.value, lb.origin) for lb in it.labels))
+        counts["labels_new"] = conn.execute("INSERT INTO label (node_id, key, value, origin) SELECT node_id, key, "
+                                            "value, origin FROM tmp_label ON CONFLICT DO NOTHING").rowcount
     if it.unlabels:  # a NULL value takes every value of the key off
-        cur = conn.execute("DELETE FROM label l USING tmp_unlabel t, node n WHERE n.sha256 = t.sha "
-                           "AND l.node_id = n.node_id AND l.key = t.key AND (t.value IS NULL OR (md5(l.value) = md5(t.value) "
-                           "AND l.value = t.value))")
+        _temp(conn, "tmp_unlabel", "node_id bigint, key text, value text")
+        _copy(conn, "tmp_unlabel", "node_id, key, value",
+              ((ids[bytes.fromhex(lb.node)], lb.key, lb.value) for lb in it.unlabels))
+        cur = conn.execute("DELETE FROM label l USING tmp_unlabel t WHERE l.node_id = t.node_id AND l.key = t.key "
+                           "AND (t.value IS NULL OR (md5(l.value) = md5(t.value) AND l.value = t.value))")
         counts["labels_removed"] = cur.rowcount
 
     # -- batches and events ---------------------------------------------------------------------
@@ -303,9 +325,8 @@ def apply_body(conn: psycopg.Connection, it: WriteIntent) -> dict[str, int]:
                 if sealed:
                     raise IntentError(f"write-intent {it.key!r} rejected: batch {b.batch_id} is sealed and takes "
                                       "no new members")
-            cur = conn.execute("INSERT INTO batch_member (batch_id, node_id) SELECT %s, n.node_id "
-                               "FROM unnest(%s::bytea[]) AS m(sha) JOIN node n ON n.sha256 = m.sha "
-                               "ON CONFLICT DO NOTHING", [b.batch_id, [bytes.fromhex(s) for s in b.members]])
+            cur = conn.execute("INSERT INTO batch_member (batch_id, node_id) SELECT %s, unnest(%s::bigint[]) "
+                               "ON CONFLICT DO NOTHING", [b.batch_id, [ids[bytes.fromhex(s)] for s in b.members]])
             counts["members_new"] = counts.get("members_new", 0) + cur.rowcount
         if b.seal:
             conn.execute("UPDATE action_batch SET sealed_at = now() WHERE batch_id = %s AND sealed_at IS NULL",
@@ -318,28 +339,36 @@ def apply_body(conn: psycopg.Connection, it: WriteIntent) -> dict[str, int]:
                      [ev.batch_id, ev.action, ev.status, ev.started_at, ev.ended_at, json.dumps(ev.detail)])
     counts["events"] = len(it.events)
     if it.results:  # after the batches: a result row names the batch that produced it
-        counts["results_new"] = _write_results(conn, it)
+        counts["results_new"] = _write_results(conn, it, ids)
     if it.black_list:
-        cur = conn.execute("UPDATE physical_content pc SET in_black_list = true "
-                           "FROM unnest(%s::bytea[]) AS b(sha) JOIN node n ON n.sha256 = b.sha "
-                           "WHERE n.node_id = pc.node_id AND NOT pc.in_black_list",
-                           [[bytes.fromhex(s) for s in it.black_list]])
+        cur = conn.execute("UPDATE physical_content SET in_black_list = true "
+                           "WHERE node_id = ANY(%s) AND NOT in_black_list", [black])
         counts["black_listed"] = cur.rowcount
     return counts
 
 
-def _physical_nodes(conn: psycopg.Connection, shas: list[str]) -> None:
-    """Each black-listed node must be a physical node of the database (or of this intent)."""
-    found = {bytes(r[0]) for r in conn.execute(
-        "SELECT n.sha256 FROM unnest(%s::bytea[]) AS b(sha) JOIN node n ON n.sha256 = b.sha "
-        "JOIN physical_content pc USING (node_id)",
-        [[bytes.fromhex(s) for s in shas]]).fetchall()}
-    for i, s in enumerate(shas):
-        if bytes.fromhex(s) not in found:
+def _clash(it: WriteIntent, shas: list[bytes], ids: NodeIds) -> None:
+    """Refuse the first of the intent's nodes the database has as the other kind."""
+    for i, (sha, n) in enumerate(zip(shas, it.nodes, strict=True)):
+        if sha in ids.ids and ids.ids[sha][1] != (n.virtual is not None):
+            raise IntentError(f"nodes[{i}]: the database has this node as the other kind (physical/virtual)")
+
+
+def _physical_nodes(conn: psycopg.Connection, shas: list[str], ids: NodeIds) -> list[int]:
+    """The node ids of the black-listed nodes; each must be a physical node of the database (or
+    of this intent)."""
+    if not shas:
+        return []
+    wanted = [ids.ids.get(bytes.fromhex(s), (-1, True))[0] for s in shas]  # (-1: no node)
+    found = {r[0] for r in conn.execute("SELECT node_id FROM physical_content WHERE node_id = ANY(%s)",
+                                        [wanted]).fetchall()}
+    for i, (s, node_id) in enumerate(zip(shas, wanted, strict=True)):
+        if node_id not in found:
             raise IntentError(f"black_list[{i}]: node {s} is not a physical node of this intent or the database")
+    return wanted
 
 
-def _write_results(conn: psycopg.Connection, it: WriteIntent) -> int:
+def _write_results(conn: psycopg.Connection, it: WriteIntent, ids: NodeIds) -> int:
     """Insert the result rows, table by table; a row already there (same node, batch and, for
     boxes, number) is kept. Each row's batch must exist (in this intent or the database)."""
     new = 0
@@ -354,13 +383,13 @@ def _write_results(conn: psycopg.Connection, it: WriteIntent) -> int:
         if not rows:
             continue
         cols = sorted(allowed)
-        _temp(conn, f"tmp_{table}", "sha bytea, batch_id text, " + ", ".join(
+        _temp(conn, f"tmp_{table}", "node_id bigint, batch_id text, " + ", ".join(
             f"{c} {_RESULT_TYPES.get(c, 'real')}" for c in cols))
-        _copy(conn, f"tmp_{table}", "sha, batch_id, " + ", ".join(cols),
-              ((bytes.fromhex(r.node), r.batch_id, *(r.values.get(c) for c in cols)) for r in rows))
+        _copy(conn, f"tmp_{table}", "node_id, batch_id, " + ", ".join(cols),
+              ((ids[bytes.fromhex(r.node)], r.batch_id, *(r.values.get(c) for c in cols)) for r in rows))
         cur = conn.execute(f"INSERT INTO {table} (node_id, batch_id, {', '.join(cols)}) "  # noqa: S608 - fixed names
-                           f"SELECT n.node_id, t.batch_id, {', '.join(_RESULT_EXPR.get(c, 't.' + c) for c in cols)} FROM tmp_{table} t "
-                           "JOIN node n ON n.sha256 = t.sha ON CONFLICT DO NOTHING")
+                           f"SELECT t.node_id, t.batch_id, {', '.join(_RESULT_EXPR.get(c, 't.' + c) for c in cols)} "
+                           f"FROM tmp_{table} t ON CONFLICT DO NOTHING")
         new += cur.rowcount
     return new
 

@@ -199,7 +199,7 @@ def fill_specific_tables(conn: psycopg.Connection, source_ids: set[int], tmp_tab
         cols = [f for f in fields if f["column"]]
         exprs = [_cast(f) for f in cols]
         names = [sql.Identifier(f["column"]) for f in cols]
-        only = (sql.SQL("AND cm.node_id IN (SELECT n.node_id FROM {} t JOIN node n ON n.sha256 = t.sha)")
+        only = (sql.SQL("AND cm.node_id IN (SELECT t.node_id FROM {} t)")
                 .format(sql.Identifier(tmp_table)) if tmp_table else sql.SQL(""))
         q = sql.SQL("INSERT INTO {table} (node_id, {cols}extra) SELECT cm.node_id, {exprs}cm.specific - {paths} "
                     "FROM common_metadata cm WHERE cm.source_id = {sid} AND cm.specific IS NOT NULL {only} "
