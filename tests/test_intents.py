@@ -303,3 +303,42 @@ def test_an_intent_reads_the_large_tables_by_their_indexes_only(db) -> None:
                                                                "members_new": 2000, "black_listed": 50,
                                                                "labels_removed": 50}
     assert db.execute("SELECT count(*) FROM physical_content WHERE in_black_list").fetchone() == (50,)
+
+
+def test_a_node_another_transaction_adds_meanwhile_gets_its_edges(db, servers) -> None:
+    """A node the intent adds that another transaction adds first — uncommitted while the
+    intent looks its sha256s up, committed while the intent's insert waits on its key — is the
+    other transaction's row, and the intent's edge, content and membership go to that row's id:
+    nothing is dropped, nothing names a node that is not there."""
+    import threading
+
+    doc = intent()
+    target = doc["nodes"][1]["sha256"]
+    schema = db.execute("SELECT current_schema()").fetchone()[0]
+    opts = f"-c search_path={schema}"
+    url = servers["database_url"]
+    with psycopg.connect(url, options=opts) as other, psycopg.connect(url, options=opts) as mine:
+        other.execute("INSERT INTO node (sha256, is_virtual, is_physical) VALUES (%s, false, true)",
+                      [bytes.fromhex(target)])  # (its transaction stays open)
+        pid = mine.execute("SELECT pg_backend_pid()").fetchone()[0]
+        mine.commit()
+        result: dict = {}
+        runner = threading.Thread(target=lambda: result.update(res=apply_write_intent(mine, doc)))
+        runner.start()
+        watch = psycopg.connect(url, autocommit=True)
+        for _ in range(200):  # until the intent's insert waits on the other transaction's key
+            waiting = watch.execute("SELECT wait_event_type FROM pg_stat_activity WHERE pid = %s", [pid]).fetchone()
+            if waiting and waiting[0] == "Lock":
+                break
+            runner.join(0.05)
+        watch.close()
+        assert waiting and waiting[0] == "Lock", "the intent did not wait on the other transaction's node"
+        other.commit()
+        runner.join(30)
+        assert not runner.is_alive()
+    assert result["res"].counts["nodes_new"] == 3  # (four nodes: one was the other transaction's)
+    node_id = db.execute("SELECT node_id FROM node WHERE sha256 = %s", [bytes.fromhex(target)]).fetchone()[0]
+    assert db.execute("SELECT count(*) FROM edge WHERE child_id = %s", [node_id]).fetchone() == (1,)
+    assert db.execute("SELECT count(*) FROM batch_member WHERE node_id = %s", [node_id]).fetchone() == (1,)
+    assert db.execute("SELECT count(*) FROM physical_content WHERE node_id = %s", [node_id]).fetchone() == (1,)
+    assert db.execute("SELECT count(*) FROM edge").fetchone() == (3,)
