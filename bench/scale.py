@@ -72,6 +72,7 @@ import json
 import os
 import random
 import re
+import resource
 import shutil
 import signal
 import subprocess
@@ -775,10 +776,11 @@ def mount(r: Run, view: list[bytes], n: int) -> dict:
         watch = PeakWatch(proc.pid)
         anon = {"anon_after_start_kb": _rss_anon_kb(proc.pid)}
         with sampled(r, proc.pid, "mount find"):
-            c0, io0, t0 = _cpu_s(proc.pid), _io(proc.pid), time.monotonic()
+            c0, io0, t0, kids = _cpu_s(proc.pid), _io(proc.pid), time.monotonic(), _children_cpu_s()
             found = subprocess.run(["find", str(mnt / "views" / "scale"), "-type", "f"], capture_output=True,
                                    check=True).stdout.count(b"\n")
             find_s, find_cpu, find_io = time.monotonic() - t0, _cpu_s(proc.pid) - c0, _io(proc.pid, io0)
+            find_io["find_cpu_s"] = round(_children_cpu_s() - kids, 2)  # (`find`'s own: its system calls, FUSE's kernel side)
         anon["anon_after_find_kb"] = _rss_anon_kb(proc.pid)
         with sampled(r, proc.pid, "mount lookups"):
             c0, io0, t0 = _cpu_s(proc.pid), _io(proc.pid), time.monotonic()
@@ -834,13 +836,22 @@ def _cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def _io(pid: int, since: dict[str, int] | None = None) -> dict[str, int]:
-    """A process's bytes read from the disk (page-cache misses) and major faults so far, or
-    since `since` (`daemon_read_bytes`, `daemon_majflt`)."""
+def _io(pid: int, since: dict[str, float] | None = None) -> dict[str, float]:
+    """A process's bytes read from the disk (page-cache misses), major and minor faults and
+    system CPU seconds so far, or since `since` (`daemon_read_bytes`, `daemon_majflt`,
+    `daemon_minflt`, `daemon_sys_s`: the kernel's share of the daemon's CPU, its page faults
+    on the index's mapped pages among it)."""
     io = dict(row.split(": ") for row in Path(f"/proc/{pid}/io").read_text().splitlines())
-    now = {"daemon_read_bytes": int(io["read_bytes"]),
-           "daemon_majflt": int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[9])}
-    return {k: v - (since or {}).get(k, 0) for k, v in now.items()}
+    stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    now = {"daemon_read_bytes": int(io["read_bytes"]), "daemon_majflt": int(stat[9]), "daemon_minflt": int(stat[7]),
+           "daemon_sys_s": int(stat[12]) / os.sysconf("SC_CLK_TCK")}
+    return {k: round(v - (since or {}).get(k, 0), 2) for k, v in now.items()}
+
+
+def _children_cpu_s() -> float:
+    """CPU seconds (user + system) of this process's waited-for children so far."""
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
 
 
 def _rss_anon_kb(pid: int) -> int:
