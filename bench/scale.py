@@ -702,10 +702,14 @@ def time_commands(r: Run, built: Built, n: int, only: list[str] | None = None) -
 
 def define_view(r: Run, built: Built) -> list[bytes]:
     """View `scale`: the first VIEW_MAX objects of the batches not deleted (what the mount's
-    `find` walks); those objects."""
+    `find` walks); those objects. Then a gc: a view redefined (every size after the first)
+    leaves its old manifest tombstoned until one, and while any object awaits collection the
+    mount checks every file it shows against the deleted list (docs/benchmarks.md, issue 37,
+    session 45) — each size's `find` starts with nothing pending."""
     view = built.live(VIEW_MAX)
     with Store.open(r.cfg) as store:
         define_view_rows(store, "scale", ((f"d{i // 1000:04d}/f{i:07d}.bin", s.hex()) for i, s in enumerate(view)))
+    hoard_process(r.cfg_path, ["gc"], repo=r.repo, ok=(0,))
     return view
 
 

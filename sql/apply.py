@@ -197,7 +197,8 @@ def apply_body(conn: psycopg.Connection, it: WriteIntent) -> dict[str, int]:
                               "declare it in the intent's `relationships`")
 
     # -- nodes ------------------------------------------------------------------------------
-    ids = NodeIds(conn, _named(it))
+    named = _named(it)
+    ids = NodeIds(conn, named)
     if it.nodes:
         shas = [bytes.fromhex(n.sha256) for n in it.nodes]
         _clash(it, shas, ids)
@@ -245,6 +246,11 @@ def apply_body(conn: psycopg.Connection, it: WriteIntent) -> dict[str, int]:
                                                "FROM tmp_path ON CONFLICT DO NOTHING").rowcount
 
     # -- check every node the rest names; then write it ------------------------------------------
+    # (a node named only here and committed by another transaction since the lookup above — the
+    # one the node insert waited on, say — is in the database now: looked up again, not refused)
+    unknown = named - ids.ids.keys()
+    if unknown:
+        ids.look_up(unknown)
     ids.check(((f"{i}].node", bytes.fromhex(m.node)) for i, m in enumerate(it.metadata)), "metadata")
     ids.check(((f"{i}].parent", bytes.fromhex(e.parent)) for i, e in enumerate(it.edges)), "edges")
     ids.check(((f"{i}].child", bytes.fromhex(e.child)) for i, e in enumerate(it.edges)), "edges")
@@ -255,17 +261,18 @@ def apply_body(conn: psycopg.Connection, it: WriteIntent) -> dict[str, int]:
     ids.check(((f"{i}].node", bytes.fromhex(r.node)) for i, r in enumerate(it.results)), "results")
     black = _physical_nodes(conn, it.black_list, ids)
     if it.metadata:
-        _temp(conn, "tmp_meta", "node_id bigint, source_id smallint, is_raw bool, is_root bool, title text, "
+        _temp(conn, "tmp_meta", "idx int, node_id bigint, source_id smallint, is_raw bool, is_root bool, title text, "
               "view_count bigint, update_time timestamptz, download_time timestamptz, author text, "
               "user_name text, raw_metadata jsonb, raw_object bytea, specific jsonb")
-        _copy(conn, "tmp_meta", "node_id, source_id, is_raw, is_root, title, view_count, update_time, "
+        _copy(conn, "tmp_meta", "idx, node_id, source_id, is_raw, is_root, title, view_count, update_time, "
               "download_time, author, user_name, raw_metadata, raw_object, specific",
-              ((ids[bytes.fromhex(m.node)], sources[m.source], m.is_raw, m.is_root, m.title, m.view_count,
+              ((i, ids[bytes.fromhex(m.node)], sources[m.source], m.is_raw, m.is_root, m.title, m.view_count,
                 m.update_time, m.download_time, m.author, m.user,
                 json.dumps(m.raw_metadata) if m.raw_metadata is not None else None,
                 bytes.fromhex(m.raw_object) if m.raw_object else None,
-                json.dumps(m.specific) if m.specific else None) for m in it.metadata))
-        # the newest download wins when two batches describe the same node differently
+                json.dumps(m.specific) if m.specific else None) for i, m in enumerate(it.metadata)))
+        # the newest download wins when two batches describe the same node differently (a tie:
+        # the one listed last)
         cur = conn.execute("""
             INSERT INTO common_metadata (node_id, source_id, is_raw, is_root, title, view_count, update_time,
                                          download_time, author, user_name, raw_metadata, raw_object, specific)
@@ -273,7 +280,7 @@ def apply_body(conn: psycopg.Connection, it: WriteIntent) -> dict[str, int]:
                    t.view_count, t.update_time, t.download_time, t.author, t.user_name, t.raw_metadata, t.raw_object,
                    t.specific
             FROM tmp_meta t
-            ORDER BY t.node_id, t.source_id, t.download_time DESC NULLS LAST
+            ORDER BY t.node_id, t.source_id, t.download_time DESC NULLS LAST, t.idx DESC
             ON CONFLICT (node_id, source_id) DO UPDATE SET
                 is_raw = EXCLUDED.is_raw, is_root = EXCLUDED.is_root, title = EXCLUDED.title,
                 view_count = EXCLUDED.view_count, update_time = EXCLUDED.update_time,

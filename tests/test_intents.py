@@ -305,40 +305,84 @@ def test_an_intent_reads_the_large_tables_by_their_indexes_only(db) -> None:
     assert db.execute("SELECT count(*) FROM physical_content WHERE in_black_list").fetchone() == (50,)
 
 
+def _apply_while_another_commits(db, servers, doc: dict, theirs: list[str]) -> dict:
+    """Apply `doc` while another transaction holds `theirs` (sha256s) inserted as physical
+    nodes, uncommitted while the intent looks its sha256s up and committed once the intent's
+    node insert waits on one of their keys; {"res": ApplyResult} or {"err": exception}."""
+    import threading
+
+    schema = db.execute("SELECT current_schema()").fetchone()[0]
+    opts = f"-c search_path={schema}"
+    url = servers["database_url"]
+    with psycopg.connect(url, options=opts) as other, psycopg.connect(url, options=opts) as mine:
+        for s in theirs:  # (its transaction stays open)
+            other.execute("INSERT INTO node (sha256, is_virtual, is_physical) VALUES (%s, false, true)",
+                          [bytes.fromhex(s)])
+        pid = mine.execute("SELECT pg_backend_pid()").fetchone()[0]
+        mine.commit()
+        result: dict = {}
+
+        def apply() -> None:
+            try:
+                result["res"] = apply_write_intent(mine, doc)
+            except Exception as e:  # noqa: BLE001 - the test reports it
+                result["err"] = e
+
+        runner = threading.Thread(target=apply)
+        runner.start()
+        with psycopg.connect(url, autocommit=True) as watch:
+            for _ in range(200):  # until the intent's insert waits on the other transaction's key
+                waiting = watch.execute("SELECT wait_event_type FROM pg_stat_activity WHERE pid = %s",
+                                        [pid]).fetchone()
+                if waiting and waiting[0] == "Lock":
+                    break
+                runner.join(0.05)
+        assert waiting and waiting[0] == "Lock", "the intent did not wait on the other transaction's node"
+        other.commit()
+        runner.join(30)
+        assert not runner.is_alive()
+    return result
+
+
 def test_a_node_another_transaction_adds_meanwhile_gets_its_edges(db, servers) -> None:
     """A node the intent adds that another transaction adds first — uncommitted while the
     intent looks its sha256s up, committed while the intent's insert waits on its key — is the
     other transaction's row, and the intent's edge, content and membership go to that row's id:
     nothing is dropped, nothing names a node that is not there."""
-    import threading
-
     doc = intent()
     target = doc["nodes"][1]["sha256"]
-    schema = db.execute("SELECT current_schema()").fetchone()[0]
-    opts = f"-c search_path={schema}"
-    url = servers["database_url"]
-    with psycopg.connect(url, options=opts) as other, psycopg.connect(url, options=opts) as mine:
-        other.execute("INSERT INTO node (sha256, is_virtual, is_physical) VALUES (%s, false, true)",
-                      [bytes.fromhex(target)])  # (its transaction stays open)
-        pid = mine.execute("SELECT pg_backend_pid()").fetchone()[0]
-        mine.commit()
-        result: dict = {}
-        runner = threading.Thread(target=lambda: result.update(res=apply_write_intent(mine, doc)))
-        runner.start()
-        watch = psycopg.connect(url, autocommit=True)
-        for _ in range(200):  # until the intent's insert waits on the other transaction's key
-            waiting = watch.execute("SELECT wait_event_type FROM pg_stat_activity WHERE pid = %s", [pid]).fetchone()
-            if waiting and waiting[0] == "Lock":
-                break
-            runner.join(0.05)
-        watch.close()
-        assert waiting and waiting[0] == "Lock", "the intent did not wait on the other transaction's node"
-        other.commit()
-        runner.join(30)
-        assert not runner.is_alive()
+    result = _apply_while_another_commits(db, servers, doc, [target])
     assert result["res"].counts["nodes_new"] == 3  # (four nodes: one was the other transaction's)
     node_id = db.execute("SELECT node_id FROM node WHERE sha256 = %s", [bytes.fromhex(target)]).fetchone()[0]
     assert db.execute("SELECT count(*) FROM edge WHERE child_id = %s", [node_id]).fetchone() == (1,)
     assert db.execute("SELECT count(*) FROM batch_member WHERE node_id = %s", [node_id]).fetchone() == (1,)
     assert db.execute("SELECT count(*) FROM physical_content WHERE node_id = %s", [node_id]).fetchone() == (1,)
     assert db.execute("SELECT count(*) FROM edge").fetchone() == (3,)
+
+
+def test_a_node_committed_while_the_intent_waited_is_known_to_its_checks(db, servers) -> None:
+    """Another transaction adds X and Y; the intent adds X and Z and names Y only in an edge.
+    Y is in the database once the intent's wait on X ends: the edge is written (the first
+    NodeIds looked everything up before Y was committed — review 45 found the check refusing
+    it; the old join-per-statement code saw it)."""
+    x, y, z = sha("x"), sha("y"), sha("z")
+    doc = {"key": "k", "relationships": [{"name": "crop_of"}],
+           "nodes": [{"sha256": s, "physical": {"size": 1}} for s in (x, z)],
+           "edges": [{"parent": y, "child": x, "relationship": "crop_of"}]}
+    result = _apply_while_another_commits(db, servers, doc, [x, y])
+    assert "err" not in result, result["err"]
+    assert db.execute("SELECT count(*) FROM edge e JOIN node p ON p.node_id = e.parent_id "
+                      "WHERE p.sha256 = %s", [bytes.fromhex(y)]).fetchone() == (1,)
+
+
+def test_two_documents_of_one_download_time_the_last_listed_wins(db) -> None:
+    """Two metadata rows for one node and source with the same download time (or none): the
+    row listed last is the one kept, for every node — not whichever the sort left first."""
+    files = [sha(f"tie-{i}") for i in range(200)]
+    doc = {"key": "ties", "sources": ["ytdlp"],
+           "nodes": [{"sha256": f, "physical": {"size": 1}} for f in files],
+           "metadata": [{"node": f, "source": "ytdlp", "title": t, "download_time": T0.isoformat()}
+                        for t in ("first", "last") for f in files]
+                       + [{"node": f, "source": "ytdlp", "title": "undated"} for f in files[:50]]}
+    apply_write_intent(db, doc)
+    assert db.execute("SELECT title, count(*) FROM common_metadata GROUP BY title").fetchall() == [("last", 200)]
