@@ -1381,11 +1381,11 @@ def buy_table(doc: dict, at, head: str) -> list[str]:
     gb = 1e9
     buffers = _setting_bytes((doc.get("pg_set") or {}).get("shared_buffers", "256MB"))
     names = [k for k in doc["sizes"][-1]["commands"] if all(k in s["commands"] for s in doc["sizes"])]
+    wal = max(s["wal_bytes"] for s in doc["sizes"])
     cells_ssd, cells_ram = [], []
     for n in PLAN:
         index = at(lambda s: s["index_bytes_as_grown"], n)
         database = at(lambda s: s["database_bytes"], n)
-        wal = max(s["wal_bytes"] for s in doc["sizes"])
         anon = max(at(lambda s, k=k: s["commands"][k]["peak_anon_kb"] * 1024, n) for k in names)
         cells_ssd.append(f"{(2 * index + 2 * database + wal) / gb:,.0f}")
         cells_ram.append(f"{(anon + buffers + index) / gb:,.1f}")

@@ -6,13 +6,13 @@
    database; sources and relationship types must be registered or declared);
 3. applies everything in one transaction, in bulk: COPY into temporary tables, then
    INSERT … SELECT … ON CONFLICT;
+4. returns counts of what changed.
 
 Every sha256 the intent names is looked up in `node` once (`NodeIds`: one statement for all
 of them, one more for the nodes the intent adds) and every row after that travels with its
 node's id: the reference checks are lookups in that map, and no statement joins `node` again
 (issue 37: five to seven passes over the sha256 index per intent, whose cost grew with the
 database, became one).
-4. returns counts of what changed.
 
 Every reference check runs before anything that depends on it, and names the field path
 (`edges[12].child`) of the first problem. The bulk body (`apply_body`) runs inside the
@@ -213,9 +213,14 @@ def apply_body(conn: psycopg.Connection, it: WriteIntent) -> dict[str, int]:
                 added = [(bytes(sha), (node_id, virtual)) for sha, node_id, virtual in cur]
             ids.ids.update(added)
             counts["nodes_new"] = len(added)
-            raced = {sha for sha in new if sha not in ids.ids}  # (added meanwhile by a transaction that committed)
+            # a node this insert found taken (added meanwhile by a transaction that committed; the
+            # insert waited on its key), and any other name such a transaction committed: looked
+            # up again, not refused
+            raced = new.keys() - ids.ids.keys()
+            unknown = named - ids.ids.keys()
+            if unknown:
+                ids.look_up(unknown)
             if raced:
-                ids.look_up(raced)
                 _clash(it, shas, ids)
         physical = {ids[sha]: n.physical for sha, n in zip(shas, it.nodes, strict=True) if n.physical}
         virtual = {ids[sha]: n.virtual for sha, n in zip(shas, it.nodes, strict=True) if n.virtual}
@@ -246,11 +251,6 @@ def apply_body(conn: psycopg.Connection, it: WriteIntent) -> dict[str, int]:
                                                "FROM tmp_path ON CONFLICT DO NOTHING").rowcount
 
     # -- check every node the rest names; then write it ------------------------------------------
-    # (a node named only here and committed by another transaction since the lookup above — the
-    # one the node insert waited on, say — is in the database now: looked up again, not refused)
-    unknown = named - ids.ids.keys()
-    if unknown:
-        ids.look_up(unknown)
     ids.check(((f"{i}].node", bytes.fromhex(m.node)) for i, m in enumerate(it.metadata)), "metadata")
     ids.check(((f"{i}].parent", bytes.fromhex(e.parent)) for i, e in enumerate(it.edges)), "edges")
     ids.check(((f"{i}].child", bytes.fromhex(e.child)) for i, e in enumerate(it.edges)), "edges")
