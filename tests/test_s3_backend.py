@@ -259,7 +259,7 @@ def test_an_upload_racing_another_never_replaces_it(seaweedfs, engine_env, tmp_p
 def test_two_seals_of_one_shard_never_replace_each_other(s3_engine, engine_env, tmp_path: Path, same: bool) -> None:
     """A second seal of the same shard (another process: its own staging folder) runs while the
     first completes its upload: with the same bytes both end sealed on the one object; with
-    other bytes the second is refused at its claim, before it sends anything, and keeps its open
+    other bytes the second is refused at its claim, before its upload is completed, and keeps its open
     shard — the object is the first's on every engine, Ceph RGW 16.2 too (it ignores
     `If-None-Match: *` on a multipart completion); no claim is left."""
     engine_env(s3_engine)
@@ -549,6 +549,60 @@ def test_a_seal_uploads_parts_side_by_side_and_a_failed_part_sends_no_more(seawe
     assert disk.state(opened) == "open"
     disk.seal(opened)
     assert disk.state(opened) == "sealed" and disk.verify(opened, sha256=True)[1] == 1
+
+
+def test_a_seal_claims_beside_its_parts_and_completes_only_after_the_claim(seaweedfs, engine_env, a_process,
+                                                                          tmp_path: Path) -> None:
+    """The seal's claim and its look for the object run beside the upload's parts (one after the
+    other, a seal cost the engine's multipart PUT plus their round trips: bench/s3_backend.py);
+    the upload is completed only after both. A claim refused once parts went up — another live
+    seal's, naming other bytes — leaves no object and no upload behind, the shard open and the
+    other seal's claim as it was; a look that finds the object there (a seal retried after its
+    upload) sends no more parts, aborts its upload and takes the object as the shard's."""
+    engine_env(seaweedfs)
+    disk = s3_disk(seaweedfs, tmp_path / "staging")
+    disk.upload_streams = 1  # (which parts went up before the claim is certain)
+    first_part = threading.Event()
+    events: list[str] = []
+
+    def on_part(params, **_kw) -> None:
+        events.append(f"part {params['PartNumber']}")
+        first_part.set()
+
+    def on_claim(params, **_kw) -> None:
+        if params["Key"].startswith(s3.CLAIM_PREFIX):  # (the seal's claim: it waits for a part)
+            assert first_part.wait(15), "no part went up while the claim was made"
+            events.append("claim")
+
+    hooks = {"before-parameter-build.s3.UploadPart": on_part, "before-parameter-build.s3.PutObject": on_claim,
+             "before-call.s3.CompleteMultipartUpload": lambda **_kw: events.append("complete")}
+    for event, fn in hooks.items():
+        disk.client.meta.events.register(event, fn)
+    shard, data = write_shard(disk, [os.urandom(3 * PART)])  # 4 parts
+    assert events[0] == "part 1" and events.index("claim") < events.index("complete") == len(events) - 1, events
+    assert disk.state(shard) == "sealed" and disk.verify(shard, sha256=True)[1] == 1 and _claims(disk) == []
+
+    # another live seal's claim, other bytes: refused after a part went up, nothing completed
+    shard2, data2 = _open_shard(disk, [os.urandom(3 * PART)])
+    theirs = f"{len(data2) + 1} {hashlib.sha256(data2 + b'x').hexdigest()} {_HOST} {a_process.pid} " \
+             f"{a_process.start} 0011223344556677"
+    seaweedfs.client().put_object(Bucket=disk.bucket, Key=s3.CLAIM_PREFIX + shard2, Body=theirs.encode())
+    events.clear()
+    first_part.clear()
+    with pytest.raises(s3.SealRefused, match="is being sealed with other bytes"):
+        disk.seal(shard2)
+    assert "part 1" in events and "complete" not in events, events
+    assert disk.state(shard2) == "open" and disk.read_at(shard2, 0, len(data2)) == data2
+    assert disk._head(disk.key(shard2)) is None and _claims(disk) == [theirs]
+    assert disk.client.list_multipart_uploads(Bucket=disk.bucket).get("Uploads", []) == []
+
+    # the object there already (the crash came after the upload, before the open file went)
+    events.clear()
+    first_part.clear()
+    write_shard(disk, [bytes(data[fmt.SHARD_HEADER_SIZE + fmt.RECORD_HEADER_SIZE:-96])], sid=bytes.fromhex(shard))
+    assert "complete" not in events and len([e for e in events if e.startswith("part")]) < 4, events
+    assert disk.state(shard) == "sealed" and disk.read_at(shard, 0, len(data)) == data
+    assert disk.client.list_multipart_uploads(Bucket=disk.bucket).get("Uploads", []) == [] and _claims(disk) == [theirs]
 
 
 def test_a_staging_file_changed_after_its_bytes_were_appended_is_not_sealed(seaweedfs, engine_env,

@@ -80,6 +80,31 @@ def test_any_flipped_bit_is_detected(payloads: list[bytes], data) -> None:
         list(fmt.scan_records(reader(bytes(bad)), len(bad), sealed=False))
 
 
+@given(st.lists(st.binary(min_size=0, max_size=300), min_size=1, max_size=6), st.data())
+@settings(max_examples=200, deadline=None)
+def test_a_batch_reads_one_call_check_passes_nothing_the_detailed_checks_refuse(payloads: list[bytes], data) -> None:
+    """`sound_payload` (the batch read's check of a record in one call) hands back a payload
+    only where the detailed checks (`verified_view`'s: header, its check, sha256 and length as
+    the index says, xxh3-128) hand back the same one: a bit flipped anywhere in a record, or
+    the index naming another sha256 or length, gets None — and the detailed checks' error."""
+    from fsd.core.records import verified_view
+    buf, recs = build(payloads, seal=False)
+    for r, p in zip(recs, payloads):
+        at = r.offset - fmt.RECORD_HEADER_SIZE
+        assert bytes(fmt.sound_payload(memoryview(buf), at, r.sha256, r.length)) == p
+        assert bytes(verified_view(memoryview(buf), at, r.sha256, r.length)) == p
+    r = data.draw(st.sampled_from(recs))
+    at = r.offset - fmt.RECORD_HEADER_SIZE
+    pos = data.draw(st.integers(at, r.end - 1 if r.length else at + fmt.RECORD_HEADER_SIZE - 1))
+    bad = bytearray(buf)
+    bad[pos] ^= 1 << data.draw(st.integers(0, 7))
+    asked = [(bytes(bad), r.sha256, r.length), (buf, bytes(32), r.length), (buf, r.sha256, r.length + 1)]
+    for got, sha, length in asked:
+        assert fmt.sound_payload(memoryview(got), at, sha, length) is None
+        with pytest.raises(fmt.ShardFormatError):
+            verified_view(memoryview(got), at, sha, length)
+
+
 def test_typed_errors() -> None:
     """Each kind of damage has its own error type."""
     buf, recs = build([b"hello", b"world"])

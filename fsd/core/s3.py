@@ -23,11 +23,14 @@ second upload of the same shard
 (a seal retried after a crash) never replaces the first: the one there is kept if its
 `hoard-sha256` and size are this shard's, and refused loudly if not. Not every engine honours
 that header on a multipart completion (Ceph RGW 16.2 replaces the object: docs/scale-out.md),
-so a seal first claims the shard — a small object under claims/ naming its size and sha256,
+so a seal claims the shard — a small object under claims/ naming its size and sha256,
 put with `If-None-Match: *`, which every engine honours on a plain PUT — and only then looks
-for the object and uploads: a second seal with other bytes is refused at the claim, before it
-sends anything, on any engine; one with the same bytes goes on (its upload puts the same
-bytes). The claim is deleted once the object is checked. One left by a seal that failed is
+for the object, and completes its upload only once both are done: a second seal with other
+bytes is refused at the claim, before anything of its upload is completed, on any engine (the
+parts it sent meanwhile are aborted: the claim and the look run beside the upload's parts, so
+a seal costs the engine's multipart PUT and little more — bench/s3_backend.py); one with the
+same bytes goes on (its upload puts the same bytes); one that finds the object there (a seal
+retried after its upload) sends no more parts and judges it. The claim is deleted once the object is checked. One left by a seal that failed is
 passed by a retry with the same bytes, and replaced by a seal with other bytes when the seal
 that wrote it is gone — its process ended on this host (this boot and pid namespace: a pid
 means nothing on another machine of the same name, or in a container sharing the host's name),
@@ -67,7 +70,7 @@ import secrets
 import threading
 import time
 from collections.abc import Callable, Generator, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -314,7 +317,7 @@ class S3Disk:
         open file (module docstring). Raises EngineError (the shard stays open: seal again),
         SealRefused (another object under its key, or another live seal's claim naming other
         bytes: nothing touched, the shard stays open here)."""
-        self.check()
+        self.check()  # (before anything is sent: never a part into another disk's bucket)
         size = self.staging.size(shard_hex)
         written = self._written(shard_hex, size)
         parts: list[bytes] | None = None
@@ -333,9 +336,15 @@ class S3Disk:
             _SEALING.discard(nonce)
 
     def _seal(self, shard_hex: str, key: str, size: int, sha: str, nonce: str, parts: list[bytes] | None) -> None:
-        self._claim(shard_hex, size, sha, nonce)
-        if self._head(key) is None:  # else a seal retried after its upload: judged below, not sent again
-            self._upload(shard_hex, key, size, sha, parts)
+        # the shard claimed and the object looked for in a thread of their own while the parts
+        # go up; the upload is completed only once they are done, and not
+        # at all when they fail or find an object (a seal retried after its upload: judged below)
+        with ThreadPoolExecutor(1, thread_name_prefix=f"claim {self.label}") as side:
+            looked = side.submit(self._claim_and_look, shard_hex, key, size, sha, nonce)
+            try:
+                self._upload(shard_hex, key, size, sha, parts, looked)
+            finally:
+                looked.cancel()  # (not started yet: an upload that failed at once needs no claim)
         head = self._head(key)
         if head is None:
             raise EngineError(f"disk {self.label}: the engine acknowledged shard {shard_hex} but does not show it: "
@@ -352,6 +361,12 @@ class S3Disk:
             self._call(f"sealing shard {shard_hex}", self.client.delete_object, Bucket=self.bucket,
                        Key=CLAIM_PREFIX + shard_hex)
         self._appended.pop(shard_hex, None)
+
+    def _claim_and_look(self, shard_hex: str, key: str, size: int, sha: str, nonce: str) -> dict | None:
+        """What a seal does before its upload may be completed: the shard claimed (`_claim`),
+        then the object's HEAD (None: no object yet)."""
+        self._claim(shard_hex, size, sha, nonce)
+        return self._head(key)
 
     def _claim(self, shard_hex: str, size: int, sha: str, nonce: str) -> None:
         """Name the bytes this seal uploads under claims/<shard> (If-None-Match: *) before it
@@ -411,9 +426,14 @@ class S3Disk:
             return nonce not in _SEALING
         return not alive_since(pid, start)
 
-    def _upload(self, shard_hex: str, key: str, size: int, sha: str, parts: list[bytes] | None = None) -> None:
+    def _upload(self, shard_hex: str, key: str, size: int, sha: str, parts: list[bytes] | None = None,
+                looked: Future[dict | None] | None = None) -> None:
         """One multipart upload of the open shard, completed only if no object has the key; its
         parts `upload_streams` at a time, each read from the staging file when its turn comes.
+        `looked`: the seal's claim and look (`_claim_and_look`), running beside the parts: the
+        upload is completed only once it returned no object; an error of its is raised here,
+        an object it found leaves the upload aborted (the caller judges the object), and either
+        sends no more parts.
         Each part is checked as it goes against the xxh3-128 its bytes had when they were
         appended (`parts`: `_written` gives them only for this part size and these bytes),
         or, without those (a shard reopened or cut back, whose `sha` the seal has just taken of
@@ -429,6 +449,9 @@ class S3Disk:
         failed = threading.Event()  # a part failed: the parts not started yet are not sent
         sent = hashlib.sha256()  # what the parts hold, in order (no `parts` to check them against)
         hashed = [threading.Event() for _ in offsets]  # part n + 1 is in `sent`
+        if looked is not None:  # the claim refused or failed, or the object there: no more parts
+            looked.add_done_callback(lambda f: failed.set() if f.cancelled() or f.exception() is not None
+                                     or f.result() is not None else None)
 
         def changed(detail: str) -> OSError:
             return OSError(errno.EBADMSG, f"disk {self.label}: the staging file of shard {shard_hex} no longer "
@@ -465,6 +488,9 @@ class S3Disk:
                 except BaseException:
                     failed.set()  # (Ctrl-C while waiting too) the ones under way end, the rest are not sent
                     raise
+            if looked is not None and looked.result() is not None:  # (its error raised here)
+                self._abort(key, upload_id)
+                return  # an object has the key already: the caller judges it
             if parts is None and sent.hexdigest() != sha:
                 raise changed(f"sha256 {sent.hexdigest()}, appended {sha}")
             try:
