@@ -5,7 +5,9 @@
 2. checks references (an edge's or a label's nodes must be in the intent or the
    database; sources and relationship types must be registered or declared);
 3. applies everything in one transaction, in bulk: COPY into temporary tables, then
-   INSERT … SELECT … ON CONFLICT;
+   INSERT … SELECT … ORDER BY <the table's key> ON CONFLICT — every intent takes the rows'
+   locks in one order, so two intents writing the same rows listed in other orders wait for
+   each other, never deadlock (one of them was refused by PostgreSQL and its job retried);
 4. returns counts of what changed.
 
 Every sha256 the intent names is looked up in `node` once (`NodeIds`: one statement for all
@@ -232,7 +234,7 @@ def apply_body(conn: psycopg.Connection, it: WriteIntent) -> dict[str, int]:
             counts["physical_new"] = conn.execute(
                 "INSERT INTO physical_content (node_id, size, file_type) SELECT t.node_id, t.size, ft.ext "
                 "FROM tmp_physical t LEFT JOIN file_type ft ON ft.ext = t.file_type "
-                "ON CONFLICT (node_id) DO NOTHING").rowcount
+                "ORDER BY t.node_id ON CONFLICT (node_id) DO NOTHING").rowcount
         if virtual:
             _temp(conn, "tmp_virtual", "node_id bigint, kind text, source_id smallint, stable_id text, description text")
             _copy(conn, "tmp_virtual", "node_id, kind, source_id, stable_id, description",
@@ -241,14 +243,14 @@ def apply_body(conn: psycopg.Connection, it: WriteIntent) -> dict[str, int]:
             counts["virtual_new"] = conn.execute(
                 "INSERT INTO virtual_asset (node_id, kind, source_id, stable_id, description) "
                 "SELECT node_id, kind, source_id, stable_id, description FROM tmp_virtual "
-                "ON CONFLICT (node_id) DO NOTHING").rowcount
+                "ORDER BY node_id ON CONFLICT (node_id) DO NOTHING").rowcount
         paths = [(ids[sha], loc) for sha, n in zip(shas, it.nodes, strict=True) if n.physical
                  for loc in n.physical.locators]
         if paths:
             _temp(conn, "tmp_path", "node_id bigint, locator text")
             _copy(conn, "tmp_path", "node_id, locator", paths)
             counts["paths_new"] = conn.execute("INSERT INTO physical_path (node_id, locator) SELECT node_id, locator "
-                                               "FROM tmp_path ON CONFLICT DO NOTHING").rowcount
+                                               "FROM tmp_path ORDER BY node_id, locator ON CONFLICT DO NOTHING").rowcount
 
     # -- check every node the rest names; then write it ------------------------------------------
     ids.check(((f"{i}].node", bytes.fromhex(m.node)) for i, m in enumerate(it.metadata)), "metadata")
@@ -303,13 +305,15 @@ def apply_body(conn: psycopg.Connection, it: WriteIntent) -> dict[str, int]:
         _copy(conn, "tmp_edge", "parent_id, child_id, rel_id",
               ((ids[bytes.fromhex(e.parent)], ids[bytes.fromhex(e.child)], rels[e.relationship]) for e in it.edges))
         counts["edges_new"] = conn.execute("INSERT INTO edge (parent_id, child_id, rel_id) SELECT parent_id, child_id, "
-                                           "rel_id FROM tmp_edge ON CONFLICT DO NOTHING").rowcount
+                                           "rel_id FROM tmp_edge ORDER BY parent_id, child_id, rel_id "
+                                           "ON CONFLICT DO NOTHING").rowcount
     if it.labels:
         _temp(conn, "tmp_label", "node_id bigint, key text, value text, origin text")
         _copy(conn, "tmp_label", "node_id, key, value, origin",
               ((ids[bytes.fromhex(lb.node)], lb.key, lb.value, lb.origin) for lb in it.labels))
         counts["labels_new"] = conn.execute("INSERT INTO label (node_id, key, value, origin) SELECT node_id, key, "
-                                            "value, origin FROM tmp_label ON CONFLICT DO NOTHING").rowcount
+                                            "value, origin FROM tmp_label ORDER BY node_id, key, value "
+                                            "ON CONFLICT DO NOTHING").rowcount
     if it.unlabels:  # a NULL value takes every value of the key off
         _temp(conn, "tmp_unlabel", "node_id bigint, key text, value text")
         _copy(conn, "tmp_unlabel", "node_id, key, value",
@@ -332,8 +336,8 @@ def apply_body(conn: psycopg.Connection, it: WriteIntent) -> dict[str, int]:
                 if sealed:
                     raise IntentError(f"write-intent {it.key!r} rejected: batch {b.batch_id} is sealed and takes "
                                       "no new members")
-            cur = conn.execute("INSERT INTO batch_member (batch_id, node_id) SELECT %s, unnest(%s::bigint[]) "
-                               "ON CONFLICT DO NOTHING", [b.batch_id, [ids[bytes.fromhex(s)] for s in b.members]])
+            cur = conn.execute("INSERT INTO batch_member (batch_id, node_id) SELECT %s, n FROM "
+                               "unnest(%s::bigint[]) n ORDER BY n ON CONFLICT DO NOTHING", [b.batch_id, [ids[bytes.fromhex(s)] for s in b.members]])
             counts["members_new"] = counts.get("members_new", 0) + cur.rowcount
         if b.seal:
             conn.execute("UPDATE action_batch SET sealed_at = now() WHERE batch_id = %s AND sealed_at IS NULL",
@@ -396,7 +400,8 @@ def _write_results(conn: psycopg.Connection, it: WriteIntent, ids: NodeIds) -> i
               ((ids[bytes.fromhex(r.node)], r.batch_id, *(r.values.get(c) for c in cols)) for r in rows))
         cur = conn.execute(f"INSERT INTO {table} (node_id, batch_id, {', '.join(cols)}) "  # noqa: S608 - fixed names
                            f"SELECT t.node_id, t.batch_id, {', '.join(_RESULT_EXPR.get(c, 't.' + c) for c in cols)} "
-                           f"FROM tmp_{table} t ON CONFLICT DO NOTHING")
+                           f"FROM tmp_{table} t ORDER BY t.node_id, t.batch_id{', t.box_no' if 'box_no' in cols else ''} "
+                           "ON CONFLICT DO NOTHING")
         new += cur.rowcount
     return new
 

@@ -239,6 +239,18 @@ class WriteIntent(BaseModel):
     #: physical nodes to black-list (`physical_content.in_black_list`; an AC1 rule)
     black_list: list[Sha] = []
 
+    @model_validator(mode="after")
+    def _each_node_one_kind(self) -> WriteIntent:
+        """A node listed twice is one kind both times: listed as physical and as virtual, it
+        got both detail rows (a physical_content and a virtual_asset of one node)."""
+        first: dict[str, tuple[int, bool]] = {}
+        for i, n in enumerate(self.nodes):
+            j, virtual = first.setdefault(n.sha256, (i, n.virtual is not None))
+            if virtual != (n.virtual is not None):
+                raise ValueError(f"nodes[{i}] lists node {n.sha256} as {'virtual' if n.virtual else 'physical'}, "
+                                 f"nodes[{j}] as {'virtual' if virtual else 'physical'}: a node is one kind")
+        return self
+
     def digest(self) -> bytes:
         """sha256 of the body (everything but the key) as pydantic serialises it: field order
         is the model's, list order and the key order of free-form dicts are the caller's —

@@ -165,6 +165,23 @@ def test_physical_virtual_clash(db) -> None:
         apply_write_intent(db, doc)
 
 
+def test_a_node_listed_as_both_kinds_in_one_intent_is_refused(db) -> None:
+    """One intent listing a sha256 as a physical node and as a virtual one is refused, naming
+    both entries, and writes nothing (before: applied, the node got a physical_content row and
+    a virtual_asset row). Listed twice as the same kind, it is one node, as before."""
+    doc = intent()
+    chan = doc["nodes"][-1]["sha256"]
+    doc["nodes"].insert(0, {"sha256": chan, "physical": {"size": 1}})
+    with pytest.raises(IntentError, match=rf"nodes\[4\] lists node {chan} as virtual, nodes\[0\] as physical"):
+        apply_write_intent(db, doc)
+    assert db.execute("SELECT count(*) FROM node").fetchone()[0] == 0
+    doc["nodes"][0] = doc["nodes"][-1]
+    apply_write_intent(db, doc)
+    assert db.execute("SELECT count(*) FROM virtual_asset").fetchone()[0] == 1
+    assert db.execute("SELECT count(*) FROM physical_content pc JOIN node n USING (node_id) "
+                      "WHERE n.sha256 = %s", [bytes.fromhex(chan)]).fetchone()[0] == 0
+
+
 def test_the_text_backslash_u0000_is_no_nul() -> None:
     """The NUL check looks for `\\u0000` in the intent's JSON first: a string holding those six
     characters (no NUL) matches that search, and is still accepted as it is."""
@@ -342,6 +359,56 @@ def _apply_while_another_commits(db, servers, doc: dict, theirs: list[str]) -> d
         runner.join(30)
         assert not runner.is_alive()
     return result
+
+
+def test_two_intents_writing_the_same_labels_in_opposite_orders_never_deadlock(db, servers) -> None:
+    """Two intents label one node with the same 100 keys, one listing them A→Z, the other Z→A,
+    and both insert while a third transaction holds the middle label (so each has written its
+    half when the third lets go). Before, each then waited on a label the other had written:
+    PostgreSQL refused one (DeadlockDetected) and its job was retried. Rows go in in their
+    key's order now: one waits for the other, both apply, each label once."""
+    import threading
+
+    apply_write_intent(db, intent())
+    db.commit()
+    node = intent()["nodes"][0]["sha256"]
+    keys = [f"k{i:03d}" for i in range(100)]
+    docs = [{"key": f"labels-{way}", "labels": [{"node": node, "key": k, "value": "v"} for k in order]}
+            for way, order in (("up", keys), ("down", keys[::-1]))]
+    schema = db.execute("SELECT current_schema()").fetchone()[0]
+    url, opts = servers["database_url"], f"-c search_path={schema}"
+    results: dict[str, object] = {}
+    with psycopg.connect(url, options=opts) as holder, psycopg.connect(url, autocommit=True) as watch:
+        node_id = holder.execute("SELECT node_id FROM node WHERE sha256 = %s", [bytes.fromhex(node)]).fetchone()[0]
+        holder.execute("INSERT INTO label (node_id, key, value) VALUES (%s, 'k050', 'v')", [node_id])  # (held)
+        pids: list[int] = []
+
+        def apply(doc: dict) -> None:
+            with psycopg.connect(url, options=opts) as conn:
+                pids.append(conn.execute("SELECT pg_backend_pid()").fetchone()[0])
+                conn.commit()
+                try:
+                    results[doc["key"]] = apply_write_intent(conn, doc)
+                except Exception as e:  # noqa: BLE001 - the test reports it
+                    results[doc["key"]] = e
+
+        runners = [threading.Thread(target=apply, args=(d,)) for d in docs]
+        for t in runners:
+            t.start()
+        for _ in range(400):  # until both intents wait (on the held label, or one on the other)
+            waiting = watch.execute("SELECT count(*) FROM pg_stat_activity WHERE pid = ANY(%s) AND "
+                                    "wait_event_type = 'Lock'", [pids]).fetchone()[0]
+            if len(pids) == 2 and waiting == 2:
+                break
+            runners[0].join(0.05)
+        assert waiting == 2, "the intents did not both wait"
+        holder.rollback()
+        for t in runners:
+            t.join(30)
+    assert not any(t.is_alive() for t in runners)
+    assert all(not isinstance(r, Exception) for r in results.values()), results
+    assert db.execute("SELECT count(*) FROM label l JOIN node n USING (node_id) WHERE n.sha256 = %s AND "
+                      "l.key LIKE 'k%%'", [bytes.fromhex(node)]).fetchone()[0] == 100
 
 
 def test_a_node_another_transaction_adds_meanwhile_gets_its_edges(db, servers) -> None:
