@@ -631,7 +631,8 @@ def main() -> None:
     ap.add_argument("--objects", type=int, default=20000)
     ap.add_argument("--large-mib", type=int, default=256)
     ap.add_argument("--replace-objects", type=int, default=12000, help="0: no replace run")
-    ap.add_argument("--rounds", type=int, default=3, help="rounds over the read rows (the median is shown)")
+    ap.add_argument("--rounds", type=int, default=5, help="rounds over the read rows, the seals and the PUTs (the median is "
+                    "shown; 5: a run on a shared 2-core machine moves ±10 % from round to round)")
     ap.add_argument("--read-streams", type=int, default=s3.READ_STREAMS,
                     help="ranged GETs one reader keeps in flight (S3Disk.read_streams; 1: as before W3-L)")
     ap.add_argument("--upload-streams", type=int, default=s3.UPLOAD_STREAMS,
