@@ -150,7 +150,6 @@ def render() -> None:
         lines.append(f"| {what} | {st[key]['us_per_record']} | {st[key]['s_per_gib']} |")
     lines += ["", END]
     write_doc_section(BEGIN, END, lines)
-    print("docs/benchmarks.md: section rewritten from the JSON")
 
 
 def main() -> None:
