@@ -98,7 +98,7 @@ from typing import Any
 
 import urllib3
 from _common import MiB, hoard_process, report, run_timed
-from s3_backend_render import GOAL, best, mib_s, render
+from s3_backend_render import GOAL, _pct, best, mib_s, render, share
 
 from adapters.synth import flat_files
 from fsd.base import config
@@ -610,17 +610,17 @@ def shares(data: dict) -> dict:
     for temp in ("cold", "warm"):
         b_name, b = best({k: v[temp] for k, v in data["batch_engine"].items()})
         l_name, lb = best({k: v[temp] for k, v in data["large_engine"].items()})
-        out[temp] = {"batch": {"bound": b_name, "share": round(data["batch_backend"][temp]["mib_s"] / b["mib_s"], 3)},
-                     "batch_one_stream": {"bound": b_name, "share": round(
-                         data["batch_backend_one_stream"][temp]["mib_s"] / b["mib_s"], 3)},
-                     **{f"large_{k}": {"bound": l_name, "share": round(v[temp]["mib_s"] / lb["mib_s"], 3)}
+        out[temp] = {"batch": {"bound": b_name, "share": share(data["batch_backend"][temp]["mib_s"], b["mib_s"])},
+                     "batch_one_stream": {"bound": b_name, "share": share(
+                         data["batch_backend_one_stream"][temp]["mib_s"], b["mib_s"])},
+                     **{f"large_{k}": {"bound": l_name, "share": share(v[temp]["mib_s"], lb["mib_s"])}
                         for k, v in data["large_backend"].items()}}
     p_name, p = best(data["engine_put"])
     for key, what in (("seal", "seal_median"), ("seal_one_stream", "seal_median_one_stream")):
         rate = data["seal"][what]["mib_s"]
-        out[key] = {"bound": p_name, "mib_s": rate, "share": round(rate / p["mib_s"], 3)}
+        out[key] = {"bound": p_name, "mib_s": rate, "share": share(rate, p["mib_s"])}
     if "replace" in data:
-        out["replace"] = {"bound": p_name, "share": round(data["replace"]["mib_s"] / p["mib_s"], 3)}
+        out["replace"] = {"bound": p_name, "share": share(data["replace"]["mib_s"], p["mib_s"])}
     return out
 
 
@@ -666,18 +666,18 @@ def main() -> None:
                        f"{data['batch']['requests']} ranged GETs; large object {args.large_mib} MiB")]
     for temp in ("cold", "warm"):
         rows.append((f"batch read, {temp}", f"{data['batch_backend'][temp]['mib_s']} MiB/s, "
-                                            f"{sh[temp]['batch']['share']:.0%} of the engine's {sh[temp]['batch']['bound']}"))
+                                            f"{_pct(sh[temp]['batch']['share'])} of the engine's {sh[temp]['batch']['bound']}"))
         rows.append((f"  one stream, {temp}", f"{data['batch_backend_one_stream'][temp]['mib_s']} MiB/s, "
-                                              f"{sh[temp]['batch_one_stream']['share']:.0%}"))
+                                              f"{_pct(sh[temp]['batch_one_stream']['share'])}"))
         rows.append((f"large read (planner), {temp}", f"{data['large_backend']['planner'][temp]['mib_s']} MiB/s, "
-                                                      f"{sh[temp]['large_planner']['share']:.0%}"))
+                                                      f"{_pct(sh[temp]['large_planner']['share'])}"))
         rows.append((f"large read (get), {temp}", f"{data['large_backend']['copy_object_to'][temp]['mib_s']} MiB/s, "
-                                                  f"{sh[temp]['large_copy_object_to']['share']:.0%}"))
-    rows.append(("seal upload", f"{sh['seal']['mib_s']} MiB/s, {sh['seal']['share']:.0%} of the engine's PUT "
+                                                  f"{_pct(sh[temp]['large_copy_object_to']['share'])}"))
+    rows.append(("seal upload", f"{sh['seal']['mib_s']} MiB/s, {_pct(sh['seal']['share'])} of the engine's PUT "
                                 f"({sh['seal']['bound']})"))
-    rows.append(("  one part at a time", f"{sh['seal_one_stream']['mib_s']} MiB/s, {sh['seal_one_stream']['share']:.0%}"))
+    rows.append(("  one part at a time", f"{sh['seal_one_stream']['mib_s']} MiB/s, {_pct(sh['seal_one_stream']['share'])}"))
     if "replace" in data:
-        rows.append(("disks replace onto S3", f"{data['replace']['mib_s']} MiB/s, {sh['replace']['share']:.0%} of PUT"))
+        rows.append(("disks replace onto S3", f"{data['replace']['mib_s']} MiB/s, {_pct(sh['replace']['share'])} of PUT"))
     rows.insert(0, ("engine", f"{args.engine} ({data['engine_version'].splitlines()[0] if data['engine_version'] else '?'}), "
                               f"S3 answered {data['engine_start_s']} s after start"))
     report("S3 backend vs its engine" + (" (TRIAL)" if args.trial else ""), rows, data)

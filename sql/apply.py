@@ -5,9 +5,11 @@
 2. checks references (an edge's or a label's nodes must be in the intent or the
    database; sources and relationship types must be registered or declared);
 3. applies everything in one transaction, in bulk: COPY into temporary tables, then
-   INSERT … SELECT … ORDER BY <the table's key> ON CONFLICT — every intent takes the rows'
-   locks in one order, so two intents writing the same rows listed in other orders wait for
-   each other, never deadlock (one of them was refused by PostgreSQL and its job retried);
+   INSERT … SELECT … ORDER BY <the table's key> ON CONFLICT (batches in batch_id order) —
+   every intent takes the rows' locks in one order, so two intents writing the same rows
+   listed in other orders wait for each other, never deadlock (one of them was refused by
+   PostgreSQL and its job retried); of two rows with one key in an intent, the one listed
+   first is kept (the order's last column is the row's place in the intent);
 4. returns counts of what changed.
 
 Every sha256 the intent names is looked up in `node` once (`NodeIds`: one statement for all
@@ -312,11 +314,11 @@ def apply_body(conn: psycopg.Connection, it: WriteIntent) -> dict[str, int]:
                                            "rel_id FROM tmp_edge ORDER BY parent_id, child_id, rel_id "
                                            "ON CONFLICT DO NOTHING").rowcount
     if it.labels:
-        _temp(conn, "tmp_label", "node_id bigint, key text, value text, origin text")
-        _copy(conn, "tmp_label", "node_id, key, value, origin",
-              ((ids[lb.node], lb.key, lb.value, lb.origin) for lb in it.labels))
+        _temp(conn, "tmp_label", "idx int, node_id bigint, key text, value text, origin text")
+        _copy(conn, "tmp_label", "idx, node_id, key, value, origin",
+              ((i, ids[lb.node], lb.key, lb.value, lb.origin) for i, lb in enumerate(it.labels)))
         counts["labels_new"] = conn.execute("INSERT INTO label (node_id, key, value, origin) SELECT node_id, key, "
-                                            "value, origin FROM tmp_label ORDER BY node_id, key, value "
+                                            "value, origin FROM tmp_label ORDER BY node_id, key, value, idx "
                                             "ON CONFLICT DO NOTHING").rowcount
     if it.unlabels:  # a NULL value takes every value of the key off
         _temp(conn, "tmp_unlabel", "node_id bigint, key text, value text")
@@ -327,7 +329,8 @@ def apply_body(conn: psycopg.Connection, it: WriteIntent) -> dict[str, int]:
         counts["labels_removed"] = cur.rowcount
 
     # -- batches and events ---------------------------------------------------------------------
-    for i, b in enumerate(it.batches):
+    # in batch_id order (a batch listed twice: its entries as listed), as every table's rows are
+    for i, b in sorted(enumerate(it.batches), key=lambda ib: ib[1].batch_id):
         conn.execute("INSERT INTO action_batch (batch_id, action_id, source_id) VALUES (%s, %s, %s) "
                      "ON CONFLICT (batch_id) DO NOTHING", [b.batch_id, b.action, sources.get(b.source) if b.source else None])
         have = one(conn.execute("SELECT action_id FROM action_batch WHERE batch_id = %s", [b.batch_id]))
@@ -398,18 +401,22 @@ def _write_results(conn: psycopg.Connection, it: WriteIntent, ids: NodeIds) -> i
         if not rows:
             continue
         cols = sorted(allowed)
-        _temp(conn, f"tmp_{table}", "node_id bigint, batch_id text, " + ", ".join(
+        _temp(conn, f"tmp_{table}", "idx int, node_id bigint, batch_id text, " + ", ".join(
             f"{c} {_RESULT_TYPES.get(c, 'real')}" for c in cols))
-        _copy(conn, f"tmp_{table}", "node_id, batch_id, " + ", ".join(cols),
-              ((ids[r.node], r.batch_id, *(r.values.get(c) for c in cols)) for r in rows))
+        _copy(conn, f"tmp_{table}", "idx, node_id, batch_id, " + ", ".join(cols),
+              ((i, ids[r.node], r.batch_id, *(r.values.get(c) for c in cols)) for i, r in enumerate(rows)))
         cur = conn.execute(f"INSERT INTO {table} (node_id, batch_id, {', '.join(cols)}) "  # noqa: S608 - fixed names
                            f"SELECT t.node_id, t.batch_id, {', '.join(_RESULT_EXPR.get(c, 't.' + c) for c in cols)} "
-                           f"FROM tmp_{table} t ORDER BY t.node_id, t.batch_id{', t.box_no' if 'box_no' in cols else ''} "
+                           f"FROM tmp_{table} t ORDER BY {', '.join('t.' + k for k in _RESULT_KEYS[table])}, t.idx "
                            "ON CONFLICT DO NOTHING")
         new += cur.rowcount
     return new
 
 
+#: each result table's key (its primary key's columns): its rows go in in this order, and of
+#: two rows with one key the one listed first (`idx`) is kept, as before the order was set
+_RESULT_KEYS = {"result_ocr_box": ("node_id", "batch_id", "box_no"), "result_canny": ("node_id", "batch_id"),
+                "result_image_hash": ("node_id",), "result_image_embedding": ("node_id", "model")}
 #: the SQL type of each result column that is not `real`
 _RESULT_TYPES = {"status": "text", "text": "text", "box_no": "integer", "phash": "bigint", "dhash": "bigint",
                  "phash_flip": "bigint", "model": "text", "embedding": "text"}

@@ -361,26 +361,17 @@ def _apply_while_another_commits(db, servers, doc: dict, theirs: list[str]) -> d
     return result
 
 
-def test_two_intents_writing_the_same_labels_in_opposite_orders_never_deadlock(db, servers) -> None:
-    """Two intents label one node with the same 100 keys, one listing them A→Z, the other Z→A,
-    and both insert while a third transaction holds the middle label (so each has written its
-    half when the third lets go). Before, each then waited on a label the other had written:
-    PostgreSQL refused one (DeadlockDetected) and its job was retried. Rows go in in their
-    key's order now: one waits for the other, both apply, each label once."""
+def _both_apply_while_a_row_is_held(db, servers, docs: list[dict], hold: str, args: list) -> dict:
+    """Apply the two intents `docs` side by side while a third transaction holds one row they
+    both write (`hold`, `args`: its INSERT), uncommitted until both intents wait; then let go.
+    {intent key: ApplyResult or the exception it raised}."""
     import threading
 
-    apply_write_intent(db, intent())
-    db.commit()
-    node = intent()["nodes"][0]["sha256"]
-    keys = [f"k{i:03d}" for i in range(100)]
-    docs = [{"key": f"labels-{way}", "labels": [{"node": node, "key": k, "value": "v"} for k in order]}
-            for way, order in (("up", keys), ("down", keys[::-1]))]
     schema = db.execute("SELECT current_schema()").fetchone()[0]
     url, opts = servers["database_url"], f"-c search_path={schema}"
     results: dict[str, object] = {}
     with psycopg.connect(url, options=opts) as holder, psycopg.connect(url, autocommit=True) as watch:
-        node_id = holder.execute("SELECT node_id FROM node WHERE sha256 = %s", [bytes.fromhex(node)]).fetchone()[0]
-        holder.execute("INSERT INTO label (node_id, key, value) VALUES (%s, 'k050', 'v')", [node_id])  # (held)
+        holder.execute(hold, args)  # (held: its transaction stays open)
         pids: list[int] = []
 
         def apply(doc: dict) -> None:
@@ -395,7 +386,8 @@ def test_two_intents_writing_the_same_labels_in_opposite_orders_never_deadlock(d
         runners = [threading.Thread(target=apply, args=(d,)) for d in docs]
         for t in runners:
             t.start()
-        for _ in range(400):  # until both intents wait (on the held label, or one on the other)
+        waiting = 0
+        for _ in range(400):  # until both intents wait (on the held row, or one on the other)
             waiting = watch.execute("SELECT count(*) FROM pg_stat_activity WHERE pid = ANY(%s) AND "
                                     "wait_event_type = 'Lock'", [pids]).fetchone()[0]
             if len(pids) == 2 and waiting == 2:
@@ -406,9 +398,75 @@ def test_two_intents_writing_the_same_labels_in_opposite_orders_never_deadlock(d
         for t in runners:
             t.join(30)
     assert not any(t.is_alive() for t in runners)
+    return results
+
+
+def _embedding(x: float) -> str:
+    import base64
+    import struct
+    return base64.b64encode(struct.pack("<4f", x, 0, 0, 0)).decode()
+
+
+@pytest.mark.parametrize("rows", ["labels", "embeddings", "batches"])
+def test_two_intents_writing_the_same_rows_in_opposite_orders_never_deadlock(db, servers, rows: str) -> None:
+    """Two intents write the same 100 labels of one node (or 100 embeddings of one node, one
+    per model; or three batches), one listing them A→Z, the other Z→A, while a third
+    transaction holds the middle one — so each has written its half when the third lets go.
+    Before, each then waited on a row the other had written: PostgreSQL refused one
+    (DeadlockDetected) and its job was retried. Rows go in in their table's key order now (the
+    embeddings by node and model, the batches by batch_id): one waits for the other, both
+    apply, each row once."""
+    base = intent()
+    base["batches"].append({"batch_id": "emb-job", "action": 0})
+    apply_write_intent(db, base)
+    db.commit()
+    node = base["nodes"][0]["sha256"]
+    node_id = db.execute("SELECT node_id FROM node WHERE sha256 = %s", [bytes.fromhex(node)]).fetchone()[0]
+    names = [f"k{i:03d}" for i in range(100)] if rows != "batches" else ["b-a", "b-m", "b-z"]
+    middle = names[len(names) // 2]
+
+    def body(order: list[str]) -> dict:
+        if rows == "labels":
+            return {"labels": [{"node": node, "key": k, "value": "v"} for k in order]}
+        if rows == "embeddings":
+            return {"results": [{"table": "result_image_embedding", "node": node, "batch_id": "emb-job",
+                                 "values": {"model": m, "embedding": _embedding(1.0)}} for m in order]}
+        return {"batches": [{"batch_id": b, "action": 0} for b in order]}
+
+    docs = [{"key": f"{rows}-{way}", **body(order)} for way, order in (("up", names), ("down", names[::-1]))]
+    hold, args = {"labels": ("INSERT INTO label (node_id, key, value) VALUES (%s, %s, 'v')", [node_id, middle]),
+                  "embeddings": ("INSERT INTO result_image_embedding (node_id, batch_id, model, embedding) "
+                                 "VALUES (%s, 'emb-job', %s, '\\x00')", [node_id, middle]),
+                  "batches": ("INSERT INTO action_batch (batch_id, action_id) VALUES (%s, 0)", [middle])}[rows]
+    results = _both_apply_while_a_row_is_held(db, servers, docs, hold, args)
     assert all(not isinstance(r, Exception) for r in results.values()), results
-    assert db.execute("SELECT count(*) FROM label l JOIN node n USING (node_id) WHERE n.sha256 = %s AND "
-                      "l.key LIKE 'k%%'", [bytes.fromhex(node)]).fetchone()[0] == 100
+    count = {"labels": ("SELECT count(*) FROM label WHERE node_id = %s AND key LIKE 'k%%'", [node_id]),
+             "embeddings": ("SELECT count(*) FROM result_image_embedding WHERE node_id = %s", [node_id]),
+             "batches": ("SELECT count(*) FROM action_batch WHERE batch_id LIKE 'b-%%'", [])}[rows]
+    assert db.execute(*count).fetchone()[0] == len(names)
+
+
+def test_of_two_rows_with_one_key_in_an_intent_the_one_listed_first_is_kept(db) -> None:
+    """Ordering the rows by their table's key kept whichever of two rows with the same key the
+    sort left first (a label's origin, a node's hash or embedding from two batches): the one
+    listed first is kept, as before the order was set."""
+    doc = intent()
+    doc["batches"] += [{"batch_id": "zz-job", "action": 0}, {"batch_id": "aa-job", "action": 0}]
+    apply_write_intent(db, doc)
+    node = doc["nodes"][0]["sha256"]
+    labels = []
+    for i in range(50):
+        pair = [{"node": node, "key": f"t{i:02d}", "value": "v", "origin": o} for o in ("first", "second")]
+        labels += pair if i % 2 else pair[::-1]
+    results = [{"table": t, "node": node, "batch_id": b, "values": v(x)}
+               for x, b in ((1, "zz-job"), (2, "aa-job"))
+               for t, v in (("result_image_hash", lambda x: {"phash": x, "dhash": x, "phash_flip": x}),
+                            ("result_image_embedding", lambda x: {"model": "m@1", "embedding": _embedding(x)}))]
+    apply_write_intent(db, {"key": "ties", "labels": labels, "results": results})
+    got = dict(db.execute("SELECT key, origin FROM label WHERE key LIKE 't%'").fetchall())
+    assert got == {f"t{i:02d}": "first" if i % 2 else "second" for i in range(50)}
+    assert db.execute("SELECT batch_id, phash FROM result_image_hash").fetchall() == [("zz-job", 1)]
+    assert db.execute("SELECT batch_id FROM result_image_embedding").fetchall() == [("zz-job",)]
 
 
 def test_a_node_another_transaction_adds_meanwhile_gets_its_edges(db, servers) -> None:

@@ -14,9 +14,11 @@ import os
 import random
 import re
 import secrets
+import signal
 import subprocess
 import sys
 import threading
+import time
 import tracemalloc
 from pathlib import Path
 
@@ -603,6 +605,65 @@ def test_a_seal_claims_beside_its_parts_and_completes_only_after_the_claim(seawe
     assert "complete" not in events and len([e for e in events if e.startswith("part")]) < 4, events
     assert disk.state(shard) == "sealed" and disk.read_at(shard, 0, len(data)) == data
     assert disk.client.list_multipart_uploads(Bucket=disk.bucket).get("Uploads", []) == [] and _claims(disk) == [theirs]
+
+
+def test_a_part_failing_beside_a_refused_claim_is_the_claim_s_refusal(seaweedfs, engine_env, a_process,
+                                                                        tmp_path: Path) -> None:
+    """A part fails while the claim is being refused (another live seal's, other bytes): the
+    seal says SealRefused — the replica is left out, the disk stays in service — as when the
+    claim ran before the parts, not the part's EngineError, which takes the disk out of service
+    (review 46); nothing is left behind but the other seal's claim, the shard stays open."""
+    from botocore.exceptions import EndpointConnectionError
+
+    engine_env(seaweedfs)
+    disk = s3_disk(seaweedfs, tmp_path / "staging")
+    shard, data = _open_shard(disk, [os.urandom(3 * PART)])
+    theirs = f"{len(data) + 1} {hashlib.sha256(data + b'x').hexdigest()} {_HOST} {a_process.pid} " \
+             f"{a_process.start} 0011223344556677"
+    seaweedfs.client().put_object(Bucket=disk.bucket, Key=s3.CLAIM_PREFIX + shard, Body=theirs.encode())
+
+    def slow_claim(params, **_kw) -> None:
+        if params["Key"].startswith(s3.CLAIM_PREFIX):
+            time.sleep(0.5)  # (the part fails first)
+
+    def part_fails(**_kw) -> None:
+        raise EndpointConnectionError(endpoint_url=disk.endpoint)
+
+    disk.client.meta.events.register("before-parameter-build.s3.PutObject", slow_claim)
+    disk.client.meta.events.register("before-call.s3.UploadPart", part_fails)
+    with pytest.raises(s3.SealRefused, match="is being sealed with other bytes"):
+        disk.seal(shard)
+    assert disk.state(shard) == "open" and _claims(disk) == [theirs]
+    assert disk.client.list_multipart_uploads(Bucket=disk.bucket).get("Uploads", []) == []
+
+
+def test_ctrl_c_during_a_seal_is_not_held_up_by_its_claim(seaweedfs, engine_env, tmp_path: Path) -> None:
+    """Ctrl-C while the upload's parts go up and the claim is slow (an engine that answers
+    late): the seal ends at once, its upload aborted and the shard open — it does not wait out
+    the claim (review 46: 3.8 s here, up to the claim's timeouts on an engine that stopped)."""
+    engine_env(seaweedfs)
+    disk = s3_disk(seaweedfs, tmp_path / "staging")
+    disk.upload_streams = 1
+    shard, _data = _open_shard(disk, [os.urandom(3 * PART)])
+    main, fired = threading.get_ident(), []
+
+    def slow_claim(params, **_kw) -> None:
+        if params["Key"].startswith(s3.CLAIM_PREFIX):
+            if not fired:  # Ctrl-C in 0.2 s; the claim takes 4
+                fired.append(time.monotonic() + 0.2)
+                threading.Timer(0.2, lambda: signal.pthread_kill(main, signal.SIGINT)).start()
+            time.sleep(4)
+
+    disk.client.meta.events.register("before-parameter-build.s3.PutObject", slow_claim)
+    with pytest.raises(KeyboardInterrupt):
+        disk.seal(shard)
+    assert time.monotonic() - fired[0] < 2.0
+    assert disk.state(shard) == "open"
+    time.sleep(4)  # (the claim's thread ends; what it leaves is a gone seal's claim)
+    assert disk.client.list_multipart_uploads(Bucket=disk.bucket).get("Uploads", []) == []
+    disk.client.meta.events.unregister("before-parameter-build.s3.PutObject", slow_claim)
+    disk.seal(shard)  # past the claim the interrupted seal left
+    assert disk.state(shard) == "sealed" and _claims(disk) == []
 
 
 def test_a_staging_file_changed_after_its_bytes_were_appended_is_not_sealed(seaweedfs, engine_env,

@@ -27,8 +27,8 @@ so a seal claims the shard — a small object under claims/ naming its size and 
 put with `If-None-Match: *`, which every engine honours on a plain PUT — and only then looks
 for the object, and completes its upload only once both are done: a second seal with other
 bytes is refused at the claim, before anything of its upload is completed, on any engine (the
-parts it sent meanwhile are aborted: the claim and the look run beside the upload's parts, so
-a seal costs the engine's multipart PUT and little more — bench/s3_backend.py); one with the
+parts it sent meanwhile are aborted: the claim and the look run beside the upload's parts, not
+before them; a part that fails meanwhile is reported only when they passed); one with the
 same bytes goes on (its upload puts the same bytes); one that finds the object there (a seal
 retried after its upload) sends no more parts and judges it. The claim is deleted once the object is checked. One left by a seal that failed is
 passed by a retry with the same bytes, and replaced by a seal with other bytes when the seal
@@ -339,12 +339,17 @@ class S3Disk:
         # the shard claimed and the object looked for in a thread of their own while the parts
         # go up; the upload is completed only once they are done, and not
         # at all when they fail or find an object (a seal retried after its upload: judged below)
-        with ThreadPoolExecutor(1, thread_name_prefix=f"claim {self.label}") as side:
-            looked = side.submit(self._claim_and_look, shard_hex, key, size, sha, nonce)
-            try:
-                self._upload(shard_hex, key, size, sha, parts, looked)
-            finally:
-                looked.cancel()  # (not started yet: an upload that failed at once needs no claim)
+        side = ThreadPoolExecutor(1, thread_name_prefix=f"claim {self.label}")
+        looked = side.submit(self._claim_and_look, shard_hex, key, size, sha, nonce)
+        try:
+            self._upload(shard_hex, key, size, sha, parts, looked)
+        except Exception:
+            side.shutdown()
+            raise
+        except BaseException:  # Ctrl-C: not held up by a claim under way (one it leaves is a gone seal's)
+            side.shutdown(wait=False, cancel_futures=True)
+            raise
+        side.shutdown()
         head = self._head(key)
         if head is None:
             raise EngineError(f"disk {self.label}: the engine acknowledged shard {shard_hex} but does not show it: "
@@ -488,6 +493,18 @@ class S3Disk:
                 except BaseException:
                     failed.set()  # (Ctrl-C while waiting too) the ones under way end, the rest are not sent
                     raise
+        except Exception:
+            # a part failed: the claim's and the look's verdict first, as when they ran before
+            # the parts — a claim refused (SealRefused: the disk stays in service) or an object
+            # found there (the caller judges it) say more than a part that went wrong meanwhile
+            self._abort(key, upload_id)
+            if looked is not None and looked.result() is not None:
+                return
+            raise
+        except BaseException:  # (Ctrl-C: not waited for)
+            self._abort(key, upload_id)
+            raise
+        try:
             if looked is not None and looked.result() is not None:  # (its error raised here)
                 self._abort(key, upload_id)
                 return  # an object has the key already: the caller judges it
