@@ -655,8 +655,14 @@ def test_ctrl_c_during_a_seal_is_not_held_up_by_its_claim(seaweedfs, engine_env,
             time.sleep(4)
 
     disk.client.meta.events.register("before-parameter-build.s3.PutObject", slow_claim)
-    with pytest.raises(KeyboardInterrupt):
-        disk.seal(shard)
+    # Ctrl-C as a terminal's: the process's SIGINT raises KeyboardInterrupt (a pytest-xdist
+    # worker ignores SIGINT)
+    was = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            disk.seal(shard)
+    finally:
+        signal.signal(signal.SIGINT, was)
     assert time.monotonic() - fired[0] < 2.0
     assert disk.state(shard) == "open"
     time.sleep(4)  # (the claim's thread ends; what it leaves is a gone seal's claim)
