@@ -98,7 +98,7 @@ from typing import Any
 
 import urllib3
 from _common import MiB, hoard_process, report, run_timed
-from s3_backend_render import GOAL, _pct, best, mib_s, render, share
+from s3_backend_render import GOAL, best, mib_s, pct, render, share
 
 from adapters.synth import flat_files
 from fsd.base import config
@@ -666,18 +666,18 @@ def main() -> None:
                        f"{data['batch']['requests']} ranged GETs; large object {args.large_mib} MiB")]
     for temp in ("cold", "warm"):
         rows.append((f"batch read, {temp}", f"{data['batch_backend'][temp]['mib_s']} MiB/s, "
-                                            f"{_pct(sh[temp]['batch']['share'])} of the engine's {sh[temp]['batch']['bound']}"))
+                                            f"{pct(sh[temp]['batch']['share'])} of the engine's {sh[temp]['batch']['bound']}"))
         rows.append((f"  one stream, {temp}", f"{data['batch_backend_one_stream'][temp]['mib_s']} MiB/s, "
-                                              f"{_pct(sh[temp]['batch_one_stream']['share'])}"))
+                                              f"{pct(sh[temp]['batch_one_stream']['share'])}"))
         rows.append((f"large read (planner), {temp}", f"{data['large_backend']['planner'][temp]['mib_s']} MiB/s, "
-                                                      f"{_pct(sh[temp]['large_planner']['share'])}"))
+                                                      f"{pct(sh[temp]['large_planner']['share'])}"))
         rows.append((f"large read (get), {temp}", f"{data['large_backend']['copy_object_to'][temp]['mib_s']} MiB/s, "
-                                                  f"{_pct(sh[temp]['large_copy_object_to']['share'])}"))
-    rows.append(("seal upload", f"{sh['seal']['mib_s']} MiB/s, {_pct(sh['seal']['share'])} of the engine's PUT "
+                                                  f"{pct(sh[temp]['large_copy_object_to']['share'])}"))
+    rows.append(("seal upload", f"{sh['seal']['mib_s']} MiB/s, {pct(sh['seal']['share'])} of the engine's PUT "
                                 f"({sh['seal']['bound']})"))
-    rows.append(("  one part at a time", f"{sh['seal_one_stream']['mib_s']} MiB/s, {_pct(sh['seal_one_stream']['share'])}"))
+    rows.append(("  one part at a time", f"{sh['seal_one_stream']['mib_s']} MiB/s, {pct(sh['seal_one_stream']['share'])}"))
     if "replace" in data:
-        rows.append(("disks replace onto S3", f"{data['replace']['mib_s']} MiB/s, {_pct(sh['replace']['share'])} of PUT"))
+        rows.append(("disks replace onto S3", f"{data['replace']['mib_s']} MiB/s, {pct(sh['replace']['share'])} of PUT"))
     rows.insert(0, ("engine", f"{args.engine} ({data['engine_version'].splitlines()[0] if data['engine_version'] else '?'}), "
                               f"S3 answered {data['engine_start_s']} s after start"))
     report("S3 backend vs its engine" + (" (TRIAL)" if args.trial else ""), rows, data)

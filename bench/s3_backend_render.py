@@ -45,7 +45,7 @@ def best(rows: dict[str, dict]) -> tuple[str, dict]:
 
 # -- docs/benchmarks.md ------------------------------------------------------------------------------
 
-def _pct(x: float) -> str:
+def pct(x: float) -> str:
     """A share as a whole percent — with a tenth, cut not rounded, where rounding would lift a
     share short of GOAL to it (89.8 %, and 89.9 % for 0.8999: never 90 % for a goal not met)."""
     return f"{math.floor(x * 1000) / 10:.1f}%" if x < GOAL <= round(x, 2) else f"{x:.0%}"
@@ -159,7 +159,7 @@ def _render_engine(kind: str, path: Path | None) -> None:
         cells = []
         for temp in ("cold", "warm"):
             bname, bound = best({k: v[temp] for k, v in engine_rows.items()})
-            cells.append(f"{backend[temp]['mib_s']} MiB/s, **{_pct(sh[temp][key]['share'])}** of "
+            cells.append(f"{backend[temp]['mib_s']} MiB/s, **{pct(sh[temp][key]['share'])}** of "
                          f"{bound['mib_s']} ({bname.replace('_', ' ')})")
         lines.append(f"| {name} | {cells[0]} | {cells[1]} | the engine's GETs of the same bytes |")
 
@@ -188,15 +188,15 @@ def _render_engine(kind: str, path: Path | None) -> None:
     p_name, p = best(doc["engine_put"])
     lines.append(f"| seal of a {big['bytes'] / MiB:.0f} MiB shard (hashed, uploaded in 64 MiB parts, "
                  f"{doc['seal']['upload_streams']} in flight, HEAD; median of {len(doc['seal']['rounds'])}) | "
-                 f"{sh['seal']['mib_s']} MiB/s, **{_pct(sh['seal']['share'])}** of {p['mib_s']} | — | "
+                 f"{sh['seal']['mib_s']} MiB/s, **{pct(sh['seal']['share'])}** of {p['mib_s']} | — | "
                  f"the engine's multipart PUT of as many bytes ({p_name.replace('_', ' ')}) |")
     lines.append(f"| — the same, one part at a time (before W3-L; the rounds alternated) | "
-                 f"{sh['seal_one_stream']['mib_s']} MiB/s, **{_pct(sh['seal_one_stream']['share'])}** of "
+                 f"{sh['seal_one_stream']['mib_s']} MiB/s, **{pct(sh['seal_one_stream']['share'])}** of "
                  f"{p['mib_s']} | — | the same |")
     if "replace" in doc:
         r = doc["replace"]
         lines.append(f"| `hoard disks replace d1 s3b`: {r['shards']} shards, {r['bytes'] / MiB:.0f} MiB moved off a "
-                     f"local disk (source cold) | {r['mib_s']} MiB/s, **{_pct(sh['replace']['share'])}** of "
+                     f"local disk (source cold) | {r['mib_s']} MiB/s, **{pct(sh['replace']['share'])}** of "
                      f"{p['mib_s']} | — | the engine's multipart PUT |")
     if "replace" in doc:
         lines += ["", "A replace does more per shard than a PUT: the shard read off `d0`, written and synced on the "
@@ -262,7 +262,7 @@ def _render_engine(kind: str, path: Path | None) -> None:
                       f"(presigned URLs), against {cpu_gib(be[bname]['warm'])} and {cpu_gib(le[lname]['warm'])} "
                       "uncut. The batch read one GET at a time (32 MiB ranges) costs "
                       f"{cpu_gib(doc['batch_backend_one_stream']['warm'])} s/GiB and reaches "
-                      f"{_pct(sh['warm']['batch_one_stream']['share'])} warm: on one machine, loopback, a second "
+                      f"{pct(sh['warm']['batch_one_stream']['share'])} warm: on one machine, loopback, a second "
                       "request in flight hides no round trip and its CPU is paid on the engine's cores; across a "
                       "network it is what READ_STREAMS is for — not re-decided here (no network in this run).",
                       f"- *The checks and the plan* — the plan ({b['plan_s']:.2f} s: every object looked up in the "
@@ -332,18 +332,18 @@ def _render_engines() -> None:
 
     def share(d: dict, backend: dict, key: str) -> str:
         return (f"{backend['cold']['mib_s']} / {backend['warm']['mib_s']} "
-                f"({_pct(d['shares']['cold'][key]['share'])} / {_pct(d['shares']['warm'][key]['share'])})")
+                f"({pct(d['shares']['cold'][key]['share'])} / {pct(d['shares']['warm'][key]['share'])})")
 
     def started(d: dict) -> str:
         return f"{d['engine_start_s']} s" if "engine_start_s" in d else "— (not recorded by that run)"
 
     def seal(d: dict) -> str:
-        return f"{d['shares']['seal']['mib_s']} ({_pct(d['shares']['seal']['share'])})"
+        return f"{d['shares']['seal']['mib_s']} ({pct(d['shares']['seal']['share'])})"
 
     def replace(d: dict) -> str:
         if "replace" not in d:
             return "—"
-        return f"{d['replace']['mib_s']} ({_pct(d['shares']['replace']['share'])})"
+        return f"{d['replace']['mib_s']} ({pct(d['shares']['replace']['share'])})"
 
     def run(d: dict, path: Path) -> str:
         return (f"`{path.name}`: {d['batch']['objects']:,} objects, {d['large']['bytes'] / MiB:.0f} MiB object, "

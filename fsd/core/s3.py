@@ -30,8 +30,8 @@ bytes is refused at the claim, before anything of its upload is completed, on an
 parts it sent meanwhile are aborted: the claim and the look run beside the upload's parts, not
 before them; a part that fails meanwhile is reported only when they passed); one with the
 same bytes goes on (its upload puts the same bytes); one that finds the object there (a seal
-retried after its upload) sends no more parts and judges it. The claim is deleted once the object is checked. One left by a seal that failed is
-passed by a retry with the same bytes, and replaced by a seal with other bytes when the seal
+retried after its upload) sends no more parts and judges it. The claim is deleted once the
+object is checked. One left by a seal that failed is passed by a retry with the same bytes, and replaced by a seal with other bytes when the seal
 that wrote it is gone — its process ended on this host (this boot and pid namespace: a pid
 means nothing on another machine of the same name, or in a container sharing the host's name),
 it was this process's own (recovery cuts an open shard back to what the index acknowledges, so
@@ -336,9 +336,9 @@ class S3Disk:
             _SEALING.discard(nonce)
 
     def _seal(self, shard_hex: str, key: str, size: int, sha: str, nonce: str, parts: list[bytes] | None) -> None:
-        # the shard claimed and the object looked for in a thread of their own while the parts
-        # go up; the upload is completed only once they are done, and not
-        # at all when they fail or find an object (a seal retried after its upload: judged below)
+        # the shard claimed and the object looked for in a thread of their own while the parts go
+        # up; the upload is completed only once they are done, and not at all when they fail or
+        # find an object (a seal retried after its upload: judged below)
         side = ThreadPoolExecutor(1, thread_name_prefix=f"claim {self.label}")
         looked = side.submit(self._claim_and_look, shard_hex, key, size, sha, nonce)
         try:
@@ -458,6 +458,11 @@ class S3Disk:
             looked.add_done_callback(lambda f: failed.set() if f.cancelled() or f.exception() is not None
                                      or f.result() is not None else None)
 
+        def object_there() -> bool:
+            """The claim's and the look's verdict, once they are done: whether an object has
+            the key already (their error raised here)."""
+            return looked is not None and looked.result() is not None
+
         def changed(detail: str) -> OSError:
             return OSError(errno.EBADMSG, f"disk {self.label}: the staging file of shard {shard_hex} no longer "
                                           f"holds the bytes appended to it ({detail}): not uploaded, the shard "
@@ -498,16 +503,16 @@ class S3Disk:
             # the parts — a claim refused (SealRefused: the disk stays in service) or an object
             # found there (the caller judges it) say more than a part that went wrong meanwhile
             self._abort(key, upload_id)
-            if looked is not None and looked.result() is not None:
-                return
+            if object_there():
+                return  # the caller judges it
             raise
         except BaseException:  # (Ctrl-C: not waited for)
             self._abort(key, upload_id)
             raise
         try:
-            if looked is not None and looked.result() is not None:  # (its error raised here)
+            if object_there():
                 self._abort(key, upload_id)
-                return  # an object has the key already: the caller judges it
+                return  # the caller judges it
             if parts is None and sent.hexdigest() != sha:
                 raise changed(f"sha256 {sent.hexdigest()}, appended {sha}")
             try:
