@@ -200,6 +200,49 @@ def test_unseal_and_set_aside(disk) -> None:
     assert disk.shard_ids() == []
 
 
+def test_a_sealed_shard_s_staging_file_goes_after_the_seal_never_one_staged_again(s3_engine, engine_env,
+                                                                                    tmp_path: Path) -> None:
+    """The seal does not wait for its staging file's unlink (50–80 ms for 256 MiB cached: done by a
+    thread of its own), yet the file is gone from its name when the seal returns; a shard of the
+    same id staged again meanwhile (unsealed) is never the file removed, and one a crash leaves
+    in tmp/ is the orphan sweep's."""
+    engine_env(s3_engine)
+    disk = s3_disk(s3_engine, tmp_path / "staging")
+    held, unlinking = threading.Event(), threading.Event()
+    inner = disk._unlink_dropped
+
+    def slow_unlink(path: Path) -> None:
+        unlinking.set()
+        assert held.wait(30)
+        inner(path)
+
+    disk._unlink_dropped = slow_unlink  # type: ignore[method-assign]
+    shard, data = write_shard(disk, [os.urandom(3000), os.urandom(5000)])
+    assert unlinking.wait(10)  # the seal returned with its unlink still under way
+    assert disk.state(shard) == "sealed" and disk.staging.state(shard) is None
+    dropped = list((disk.staging.root / "tmp").iterdir())
+    assert [p.name.split(".")[0] for p in dropped] == [shard]
+    assert disk.unseal(shard)  # staged again under its own name while the unlink waits
+    held.set()
+    disk.close_all()  # (waits for the unlinks under way)
+    assert list((disk.staging.root / "tmp").iterdir()) == []
+    assert disk.state(shard) == "open" and disk.read_at(shard, 0, len(data)) == data
+    disk.seal(shard)
+    disk.close_all()
+    assert disk.read_at(shard, 0, len(data)) == data and disk.verify(shard)[0] == len(data)
+
+    # a crash between the rename and the unlink: the file is a stale tmp file
+    held.clear()
+    unlinking.clear()
+    other, _ = write_shard(disk, [os.urandom(1000)])
+    assert unlinking.wait(10)
+    removed, _ = disk.beside.sweep(time.time() + 3600, 60, repair=False)
+    assert removed == 1 and list((disk.staging.root / "tmp").iterdir()) == []
+    held.set()
+    disk.close_all()  # (the unlink finds it gone: nothing raised, nothing logged as lost)
+    assert disk.state(other) == "sealed"
+
+
 def test_both_backends_meet_the_contract() -> None:
     """Every method of ShardBackend is S3Disk's too, with the same parameters (the local disk's
     is tests/test_layering.py's)."""
