@@ -54,9 +54,9 @@ Rows and their bounds (docs/benchmarks.md, "S3 backend"):
   (the file hashed, a HEAD, the multipart upload of 64 MiB parts, `upload_streams` in flight, a
   HEAD; the open file dropped), alternately with one part at a time (as before W3-L), each
   object deleted after, `--rounds` rounds, the median — against a plain multipart upload of a
-  file of that size (64 MiB parts, the same client; 1, 2 and 4 parts in flight, each `--rounds` times
-  in turn, the median of each; the file read
-  from the page cache, as the seal reads its staging file). The seals made while the corpus
+  file of that size (64 MiB parts, the same client; 1, 2 and 4 parts in flight, the median of
+  each; the file read from the page cache, as the seal reads its staging file), each round's
+  PUTs just before its seals: a drift of the engine's pace moves both alike. The seals made while the corpus
   and the large object were put are timed too (in the JSON).
 - **disks replace** — a second store: two local directory disks on this machine's disk holding
   `--replace-objects` objects twice (shards of 64 MiB: several shards for the rebuild's 3
@@ -393,14 +393,23 @@ def add_s3(cfg: Path, eng, bucket: str, label: str, copies: int = 1) -> None:
     cfg.write_text(cfg.read_text().replace("\n[ssd]", table + "\n[ssd]", 1))
 
 
-def seal_rounds(eng, disk, seals: list[dict], mib: int, rounds: int) -> dict:
+def seal_rounds(eng, disk, seals: list[dict], mib: int, rounds: int,
+                put: Callable[[int], tuple[int, float]]) -> tuple[dict, dict[str, list[tuple[int, float]]]]:
     """Seals of an open shard of `mib` MiB of random bytes, just written on the staging folder (in
     the page cache, as a writer leaves it), with the disk's `upload_streams` and with one part at
-    a time, alternately for `rounds` rounds; each object deleted afterwards (and the engine's
-    room taken back). Per setting the round of median MiB/s and every round's."""
+    a time, each round after the engine's own multipart PUTs of as many bytes (`put(n)`: n parts
+    in flight, each of PUT_THREADS) — seals and PUTs in turn for `rounds` rounds, so a drift of
+    the engine's or the machine's pace moves them alike (the PUTs all first, the seals after,
+    saw the engine's PUT move by a tenth between runs while the seal did not); each object
+    deleted afterwards (and the engine's room taken back). Per setting the round of median
+    MiB/s and every round's; and the PUTs' (bytes, seconds) per setting."""
     streams = disk.upload_streams
     runs: dict[str, list[dict]] = {"rounds": [], "rounds_one_stream": []}
+    put_runs: dict[str, list[tuple[int, float]]] = {f"{n}_in_flight": [] for n in PUT_THREADS}
     for _ in range(rounds):
+        for n in PUT_THREADS:
+            put_runs[f"{n}_in_flight"].append(put(n))
+            eng.reclaim()
         for key, n in (("rounds", streams), ("rounds_one_stream", 1)):
             shard_hex = os.urandom(12).hex()
             sink = disk.create(shard_hex)
@@ -420,7 +429,7 @@ def seal_rounds(eng, disk, seals: list[dict], mib: int, rounds: int) -> dict:
             r["mib_s"] = mib_s(r["bytes"], r["seconds"])
         out[key.replace("rounds", "seal_median")] = median_round(got)
         out[key] = got
-    return out
+    return out, put_runs
 
 
 def read_rows(eng, store: Store, disk, shas: list[str], large_sha: str, large_bytes: int, rounds: int) -> dict:
@@ -550,16 +559,10 @@ def run_reads_and_seals(args, work: Path) -> dict:
             put_large_s = time.monotonic() - t0
             large_seals = [s for s in seals if s not in small_seals]
             client = s3.client_for(eng.endpoint)
-            # each setting `rounds` times, the settings in turn (a single upload per setting let one
-            # slow or fast sample pick the bound): per setting the round of median MiB/s
-            put_runs: dict[str, list[tuple[int, float]]] = {f"{n}_in_flight": [] for n in PUT_THREADS}
-            for _ in range(args.rounds):
-                for n in PUT_THREADS:
-                    put_runs[f"{n}_in_flight"].append(put_multipart(client, "hoard-bench", f"bench-put-{n}", large,
-                                                                    s3.PART_SIZE, n))
-                    eng.reclaim()
+            seal_runs, put_runs = seal_rounds(
+                eng, disk, seals, args.large_mib, args.rounds,
+                lambda n: put_multipart(client, "hoard-bench", f"bench-put-{n}", large, s3.PART_SIZE, n))
             large.unlink()
-            seal_runs = seal_rounds(eng, disk, seals, args.large_mib, args.rounds)
             shas = [results[i].sha256 for i in order]
             data = read_rows(eng, store, disk, shas, large_sha, args.large_mib * MiB, args.rounds)
         puts = {k: [{"bytes": n, "seconds": round(s, 3), "mib_s": mib_s(n, s)} for n, s in runs]

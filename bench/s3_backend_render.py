@@ -24,6 +24,8 @@ GOAL = 0.90
 #: the commit from which a seal claims its shard beside the upload's parts (its run's seal
 #: time is told apart: `_has`)
 CLAIM_BESIDE_PARTS = "86f75de"
+#: the commit from which a seal's staging file is renamed aside and unlinked by a thread of its own
+STAGING_DROP_BESIDE = "fe1b17d"
 
 
 def _has(doc: dict, commit: str) -> bool:
@@ -286,7 +288,11 @@ def _render_engine(kind: str, path: Path | None) -> None:
     seals = [doc["seal"]["seal_median"]]
     if seals:
         took, up = sum(x["seconds"] for x in seals), sum(x["upload_s"] for x in seals)
-        if _has(doc, CLAIM_BESIDE_PARTS):
+        if _has(doc, STAGING_DROP_BESIDE):
+            rest = ("the bucket's identity read before it, the HEAD after it, the staging file renamed aside (its "
+                    "unlink runs in a thread of its own) and the claim removed (the claim and the first HEAD run "
+                    "beside the parts, inside the upload's time)")
+        elif _has(doc, CLAIM_BESIDE_PARTS):
             rest = ("the bucket's identity read before it, the HEAD after it, the staging file and the claim removed "
                     "(the claim and the first HEAD run beside the parts, inside the upload's time)")
         else:

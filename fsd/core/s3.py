@@ -40,7 +40,8 @@ and the claim's object made before this boot began: one made since came from ano
 with this machine's name and id — a cloned VM); a claim from another host is taken as live
 until `hoard verify --orphans` removes it after its grace, as a stale tmp file. The sha256 is
 ours: a multipart ETag is not the content's MD5. Only once the engine acknowledged the object and a
-HEAD shows it whole is the open file removed; until then the shard is `open` and its reads
+HEAD shows it whole is the open file removed (renamed aside, unlinked by a thread of its own:
+`_drop_staged`); until then the shard is `open` and its reads
 come from the staging folder (a GET finds no object first), so nothing is reported sealed that
 the engine does not hold.
 
