@@ -982,7 +982,8 @@ class _Stream:
     """A `read(offset, n)` over one object for `verify_shard`, which reads the footer, then the
     records in order: in-order reads come off one streamed GET (hashed whole as it passes),
     re-reads of the last WINDOW bytes from memory, anything else as a ranged GET of its own.
-    It holds at most WINDOW bytes plus the read in hand."""
+    It holds at most WINDOW bytes behind the last read's end, plus up to CHUNK read past it and
+    the read in hand."""
 
     CHUNK = 1 << 20
 
@@ -1023,15 +1024,23 @@ class _Stream:
             return self.get(offset, end - offset)  # behind the window, or far ahead (the footer)
         self._trim(min(offset, end - WINDOW))  # what this read and the window after it do not need
         if end > self.pos:
-            self._consume(end - self.pos)
-        parts, at = [], self.start
-        for chunk in self.chunks:
-            lo, hi = max(offset, at), min(end, at + len(chunk))
+            # at least CHUNK off the stream: a record's header and payload read exactly left the
+            # window a deque of hundreds of small pieces, each walked for every read (a 64 MiB
+            # shard of small records verified at 140 MiB/s of one core's time)
+            self._consume(max(end - self.pos, min(self.CHUNK, self.size - self.pos)))
+        # the pieces holding [offset, end), from the newest back: reads go in order, so they are
+        # among the last few
+        parts, hi_at = [], self.pos
+        for chunk in reversed(self.chunks):
+            lo_at = hi_at - len(chunk)
+            lo, hi = max(offset, lo_at), min(end, hi_at)
             if lo < hi:
-                parts.append(chunk[lo - at:hi - at] if (lo, hi) != (at, at + len(chunk)) else chunk)
-            at += len(chunk)
-        self._trim(self.pos - WINDOW)
-        return b"".join(parts)
+                parts.append(chunk if (lo, hi) == (lo_at, hi_at) else chunk[lo - lo_at:hi - lo_at])
+            if lo_at <= offset:
+                break
+            hi_at = lo_at
+        self._trim(end - WINDOW)  # (WINDOW behind this read's end: a sha256 pass re-reads it)
+        return parts[0] if len(parts) == 1 else b"".join(reversed(parts))
 
     def finish(self) -> str:
         """The sha256 (hex) of the whole object, once the rest of it has streamed past."""
