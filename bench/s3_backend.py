@@ -50,6 +50,11 @@ Rows and their bounds (docs/benchmarks.md, "S3 backend"):
   `Store.copy_object_to` (what `hoard get` does), against ranged GETs of the object's bytes in
   8 MiB pieces with 1, 2, 4, 8 in flight, and one plain GET of the whole range — each by boto3
   and by presigned URL (urllib3), the best of all.
+- **verify** — `S3Disk.verify` of each of the corpus's shards (what `hoard verify` and a scrub do
+  on an S3 disk: one streamed GET of the object, its footer, every record's header and
+  xxh3-128, the object's sha256 against the one stored at its upload) against the engine's GET
+  of the same objects whole, one at a time (boto3, and presigned URLs with urllib3), bytes
+  dropped.
 - **seal** — `S3Disk.seal` of an open shard of `--large-mib` just written on the staging folder
   (the file hashed, a HEAD, the multipart upload of 64 MiB parts, `upload_streams` in flight, a
   HEAD; the open file dropped), alternately with one part at a time (as before W3-L), each
@@ -486,6 +491,12 @@ def read_rows(eng, store: Store, disk, shas: list[str], large_sha: str, large_by
     loc = store.index.lookup(sha)
     meta = store.index.get_shard(loc.shard_id)
     whole = [(disk.key(meta.hex), loc.offset, loc.offset + loc.length)]
+    # the corpus's shards whole, as `hoard verify` reads each (one GET, every record checked)
+    corpus = sorted({r.shard_hex for r in plan.ranges[disk.uuid]})
+    objects = [(disk.key(h), 0, store.index.get_shard(bytes.fromhex(h)).size) for h in corpus]
+
+    def verify_all() -> int:
+        return sum(disk.verify(h)[0] for h in corpus)
 
     rows: dict[str, Callable[[], tuple[int, float]]] = {
         "batch_backend": backend(shas, streams, payload_bytes),
@@ -508,6 +519,9 @@ def read_rows(eng, store: Store, disk, shas: list[str], large_sha: str, large_by
         **{f"large_engine_signed_{n}_in_flight": get_to(
             lambda n=n: get_ranges_signed(client, disk.bucket, pieces(whole, PIECE), n)[0]) for n in GET_THREADS},
         "large_engine_signed_one_get": get_to(lambda: get_ranges_signed(client, disk.bucket, whole, 1)[0]),
+        "verify_backend": get_to(verify_all),
+        "verify_engine_one_get": get_to(lambda: get_ranges(client, disk.bucket, objects, 1)[0]),
+        "verify_engine_signed_one_get": get_to(lambda: get_ranges_signed(client, disk.bucket, objects, 1)[0]),
     }
     got = measure(eng, rows, rounds)
     disk.read_streams, disk.stream_large = streams, type(disk).stream_large
@@ -528,6 +542,8 @@ def read_rows(eng, store: Store, disk, shas: list[str], large_sha: str, large_by
                               "copy_object_to_one_stream": got["large_copy_object_to_one_stream"]},
             "stream_large": True,
             "large_engine": group("large_engine_"), "large": {"bytes": loc.length, "shard": meta.hex},
+            "verify": {"shards": len(corpus), "bytes": sum(e for _k, _s, e in objects)},
+            "verify_backend": got["verify_backend"], "verify_engine": group("verify_engine_"),
             "rounds": rounds}
 
 
@@ -618,6 +634,10 @@ def shares(data: dict) -> dict:
                          data["batch_backend_one_stream"][temp]["mib_s"], b["mib_s"])},
                      **{f"large_{k}": {"bound": l_name, "share": share(v[temp]["mib_s"], lb["mib_s"])}
                         for k, v in data["large_backend"].items()}}
+        if "verify_backend" in data:
+            v_name, vb = best({k: v[temp] for k, v in data["verify_engine"].items()})
+            out[temp]["verify"] = {"bound": v_name, "share": share(data["verify_backend"][temp]["mib_s"],
+                                                                   vb["mib_s"])}
     p_name, p = best(data["engine_put"])
     for key, what in (("seal", "seal_median"), ("seal_one_stream", "seal_median_one_stream")):
         rate = data["seal"][what]["mib_s"]

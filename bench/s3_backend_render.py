@@ -187,6 +187,10 @@ def _render_engine(kind: str, path: Path | None) -> None:
             "large_copy_object_to_pieces", doc["large_engine"])
     row("— one piece at a time (before W3-L)" if streamed else "— one piece at a time (before)",
         lb["copy_object_to_one_stream"], "large_copy_object_to_one_stream", doc["large_engine"])
+    if "verify_backend" in doc:
+        v = doc["verify"]
+        row(f"`hoard verify` of the corpus's {v['shards']} shards ({v['bytes'] / MiB:.0f} MiB: one GET each, every "
+            "record and the object's sha256 checked)", doc["verify_backend"], "verify", doc["verify_engine"])
     p_name, p = best(doc["engine_put"])
     lines.append(f"| seal of a {big['bytes'] / MiB:.0f} MiB shard (hashed, uploaded in 64 MiB parts, "
                  f"{doc['seal']['upload_streams']} in flight, HEAD; median of {len(doc['seal']['rounds'])}) | "
